@@ -1,0 +1,30 @@
+"""graphconv: compile ConvNet classifiers into fully convolutional networks.
+
+    import graphconv
+    model = graphconv.compile_model("specs/alexnet.yaml")      # fc -> conv and friends
+    scores = model.run(image)                                  # (N, classes, rows, cols)
+    model.cell_box(0, 1)                                       # that cell's box in the image
+
+Pass authors start at `graphconv.pass_manager` (register_pass) and `graphconv.ir` (Graph).
+"""
+from graphconv.errors import GraphconvError, Location, PassError, ShapeError
+from graphconv.ir import Graph, Node
+from graphconv.pass_manager import PassManager, register_pass, registered_passes, run_passes
+from graphconv.spec import load_spec, save_model
+from graphconv.model import Model
+from graphconv.compiler import compile_model
+from graphconv.receptive import Field, receptive_fields
+
+__version__ = "0.1.0"
+
+
+def load(path) -> Model:
+    """Load a spec file or a compiled model directory as a runnable Model."""
+    return Model.load(path)
+
+
+__all__ = [
+    "Field", "Graph", "GraphconvError", "Location", "Model", "Node", "PassError", "PassManager",
+    "ShapeError", "compile_model", "load", "load_spec", "receptive_fields", "register_pass",
+    "registered_passes", "run_passes", "save_model",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from graphconv.cli import main
+
+sys.exit(main())

@@ -1,0 +1,285 @@
+"""The `graphconv` command: run, compile, inspect, verify, passes.
+
+User errors (GraphconvError) print one line, `graphconv: file:line: layer 'x': ...`, and
+exit with status 2; nothing is written unless the command succeeds. `--traceback`
+shows the Python traceback of a user error too (useful when debugging a plugin).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from graphconv.errors import GraphconvError
+
+EXIT_USER_ERROR = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        for plugin in getattr(args, "plugin", None) or ():
+            from graphconv.pass_manager import load_plugin
+            load_plugin(plugin)
+        return args.handler(args)
+    except GraphconvError as err:
+        if args.traceback:
+            raise
+        print(f"graphconv: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="graphconv",
+        description="Compile ConvNet classifiers (YAML specs) into fully convolutional networks "
+                    "that slide over large images in one pass, and run them on CPU or CUDA.")
+    parser.add_argument("--traceback", action="store_true", help="show tracebacks of user errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a spec or compiled model on an array or image",
+                         description="Run MODEL (a spec file or a compiled model directory) on an "
+                                     "input array or image and save or summarise its output.")
+    run.add_argument("model", help="spec .yaml file or compiled model directory")
+    source = run.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help="float32 .npy of shape (N, C, H, W) or (C, H, W)")
+    source.add_argument("--image", help="an image file (needs Pillow: pip install 'graphconv[images]')")
+    run.add_argument("--output", help="write the output array here (.npy)")
+    run.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    run.add_argument("--resize", type=int, nargs=2, metavar=("H", "W"), help="resize the image first")
+    run.add_argument("--heatmap", type=int, metavar="CLASS", help="class whose score map to draw")
+    run.add_argument("--heatmap-out", metavar="PNG", help="where to write the heatmap image")
+    run.add_argument("--profile", action="store_true", help="print per-layer times of this run")
+    _add_plugin_option(run)
+    run.set_defaults(handler=cmd_run)
+
+    comp = sub.add_parser("compile", help="run the pass pipeline and write a compiled model",
+                          description="Run the pass pipeline on SPEC and write DIR: a self-contained "
+                                      "model (model.yaml + weights.npz) that `run` and `inspect` take.")
+    comp.add_argument("spec")
+    comp.add_argument("--output", "-o", required=True, help="compiled model directory to write")
+    comp.add_argument("--passes", help="pipeline, e.g. 'shape-inference,fc-to-conv,my-pass{k=1}' "
+                                       "(default: shape-inference,remove-dropout,fc-to-conv,"
+                                       "fuse-conv-relu,dead-node-elimination)")
+    comp.add_argument("--output-stride", type=int, metavar="S",
+                      help="finer score map: S must divide the network's total stride")
+    comp.add_argument("--stride-method", default="auto", choices=("auto", "dilate", "shift"),
+                      help="how to reach --output-stride (auto: the one with fewer FLOPs)")
+    comp.add_argument("--print-ir-before", action="append", default=[], metavar="PASS",
+                      help="print the IR before PASS ('all' for every pass); repeatable")
+    comp.add_argument("--print-ir-after", action="append", default=[], metavar="PASS",
+                      help="print the IR after PASS ('all' for every pass); repeatable")
+    comp.add_argument("--timings", action="store_true", help="print the time each pass took")
+    comp.add_argument("--no-verify", action="store_true", help="skip the IR verifier between passes")
+    _add_plugin_option(comp)
+    comp.set_defaults(handler=cmd_compile)
+
+    insp = sub.add_parser("inspect", help="layers, shapes, parameters, FLOPs and receptive fields",
+                          description="Print a table of MODEL's layers for an input size.")
+    insp.add_argument("model")
+    insp.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                      help="image size (default: the spec's crop)")
+    insp.add_argument("--ir", action="store_true", help="also print the IR as text")
+    insp.add_argument("--profile", action="store_true",
+                      help="run once on random input and add measured per-layer times")
+    insp.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    insp.set_defaults(handler=cmd_inspect)
+
+    ver = sub.add_parser("verify", help="check the dense pass against the original on every crop",
+                         description="Compile SPEC, evaluate the compiled network once on a random "
+                                     "image and the original classifier on every crop, and compare. "
+                                     "Exit 0 only when they agree and the network is exact by "
+                                     "construction (no padding).")
+    ver.add_argument("spec")
+    ver.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), required=True)
+    ver.add_argument("--output-stride", type=int, metavar="S")
+    ver.add_argument("--stride-method", default="auto", choices=("auto", "dilate", "shift"))
+    ver.add_argument("--batch", type=int, default=1)
+    ver.add_argument("--tolerance", type=float, help="max abs difference (default 1e-4 x max score)")
+    ver.add_argument("--seed", type=int, default=0)
+    ver.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    _add_plugin_option(ver)
+    ver.set_defaults(handler=cmd_verify)
+
+    lst = sub.add_parser("passes", help="list the registered passes",
+                         description="List built-in and plugin passes, one line each.")
+    _add_plugin_option(lst)
+    lst.set_defaults(handler=cmd_passes)
+    return parser
+
+
+def _add_plugin_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
+                        help="load passes from a .py file or an importable module; repeatable")
+
+
+# ---- commands -----------------------------------------------------------------------------
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from graphconv.model import Model
+
+    if args.heatmap is not None and (args.image is None or not args.heatmap_out):
+        raise GraphconvError("--heatmap needs --image and --heatmap-out")
+    _check_writable(args.output, args.heatmap_out)
+    model = Model.load(args.model)
+    if args.image:
+        from graphconv import images
+        picture = images.load_image(args.image, args.resize)
+        x = images.preprocess(picture, model.graph.meta.get("preprocess"))[None]
+    else:
+        x = load_array(args.input)
+        if args.resize:
+            raise GraphconvError("--resize applies to --image only")
+    profile: dict[str, float] | None = {} if args.profile else None
+    start = time.perf_counter()
+    out = model.run(x, args.device, profile)
+    seconds = time.perf_counter() - start
+    if model.seeded_weights:
+        print("note: the spec names no weights file; ran with deterministic seeded weights")
+    print(f"output shape {tuple(out.shape)} in {seconds * 1e3:.1f} ms"
+          f" on {model.executor(args.device).device}")
+    if profile is not None:
+        print(format_profile(model, profile, x.shape[2:], x.shape[0]))
+    if args.heatmap is not None:
+        from graphconv import images
+        if not 0 <= args.heatmap < out.shape[1]:
+            raise GraphconvError(f"--heatmap {args.heatmap}: the model has {out.shape[1]} classes")
+        atomic_write(args.heatmap_out, lambda p: images.save_heatmap(picture, out[0, args.heatmap],
+                                                                      model.field, p), suffix=".png")
+        print(f"heatmap of class {args.heatmap} -> {args.heatmap_out}")
+    if args.output:
+        atomic_write(args.output, lambda p: np.save(p, out), suffix=".npy")
+        print(f"-> {args.output}")
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from graphconv.compiler import compile_model
+
+    model = compile_model(args.spec, args.passes, output_stride=args.output_stride,
+                          stride_method=args.stride_method, verify_each=not args.no_verify,
+                          print_ir_before=set(args.print_ir_before),
+                          print_ir_after=set(args.print_ir_after))
+    model.save(args.output)
+    if args.timings:
+        print(model.pass_manager.timings_table())
+    field = model.field
+    print(f"compiled {args.spec} -> {args.output} ({model.graph.meta['compiled']['passes']}); "
+          f"output stride {field.stride[0]}x{field.stride[1]}, each cell sees "
+          f"{field.size[0]}x{field.size[1]} pixels")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from graphconv.model import Model
+    from graphconv.inspect_report import inspect_report
+
+    model = Model.load(args.model)
+    hw = tuple(args.input_size) if args.input_size else None
+    print(inspect_report(model, hw))
+    if args.ir:
+        print(model.graph)
+    if args.profile:
+        c = model.crop_shape[0]
+        size = hw or model.crop_shape[1:]
+        x = np.random.default_rng(0).standard_normal((1, c, *size)).astype(np.float32)
+        model.run(x, args.device)  # warm-up: JIT compile and caches
+        profile: dict[str, float] = {}
+        model.run(x, args.device, profile)
+        print(format_profile(model, profile, size, 1))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from graphconv.compiler import compile_model
+    from graphconv.dense import verify
+    from graphconv.model import Model
+
+    original = Model.load(args.spec)
+    compiled = compile_model(original.graph, output_stride=args.output_stride,
+                             stride_method=args.stride_method)
+    c = original.crop_shape[0]
+    image = np.random.default_rng(args.seed).standard_normal((args.batch, c, *args.input_size))
+    compiled.map_size(*args.input_size)
+    report = verify(original, compiled, image.astype(np.float32), args.tolerance, args.device)
+    print(report)
+    return 0 if report.passed else 1
+
+
+def cmd_passes(args: argparse.Namespace) -> int:
+    from graphconv.pass_manager import registered_passes
+
+    infos = registered_passes()
+    width = max(len(p.name) for p in infos)
+    for info in infos:
+        extra = []
+        if info.requires:
+            extra.append("needs " + ",".join(info.requires))
+        if info.options:
+            extra.append("options " + ",".join(f"{k}={v}" for k, v in info.options.items()))
+        suffix = f" [{'; '.join(extra)}]" if extra else ""
+        print(f"{info.name:<{width}}  {info.description}{suffix}  -- {info.origin}")
+    return 0
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+def load_array(path: str) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise GraphconvError("input file not found", file=path) from None
+    except (OSError, ValueError) as err:
+        raise GraphconvError(f"cannot read a .npy array: {err}", file=path) from None
+    if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.floating):
+        raise GraphconvError(f"input must be a float array, got {getattr(array, 'dtype', type(array))}",
+                             file=path)
+    return array.astype(np.float32, copy=False)
+
+
+def _check_writable(*paths: str | None) -> None:
+    for path in filter(None, paths):
+        parent = Path(path).resolve().parent
+        if not parent.is_dir():
+            raise GraphconvError("the output's folder does not exist", file=path)
+
+
+def atomic_write(path: str, write, suffix: str) -> None:
+    """Write through a temporary file in the same folder, renamed into place when complete."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.resolve().parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def format_profile(model, profile: dict[str, float], hw, batch: int) -> str:
+    from graphconv.cost import layer_costs
+
+    costs = {row.name: row for row in layer_costs(model.graph, tuple(hw))}
+    total = sum(profile.values()) or 1e-12
+    lines = [f"{'layer':<16}{'op':<9}{'ms':>9}{'share':>7}{'GFLOP/s':>9}"]
+    for name, seconds in profile.items():
+        flops = costs[name].flops * batch if name in costs else 0
+        rate = flops / seconds / 1e9 if seconds > 0 else 0.0
+        lines.append(f"{name:<16}{costs[name].op:<9}{seconds * 1e3:>9.2f}{seconds / total:>7.0%}{rate:>9.1f}")
+    lines.append(f"{'total':<25}{total * 1e3:>9.2f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

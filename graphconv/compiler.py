@@ -1,0 +1,45 @@
+"""`compile_model`: spec -> pass pipeline -> Model, as `graphconv compile` does it."""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+from graphconv.ir import Graph
+from graphconv.model import Model
+from graphconv.pass_manager import DEFAULT_PIPELINE, PassManager, PipelineItem, format_pipeline, parse_pipeline
+from graphconv.spec import load_spec
+
+
+def build_pipeline(passes: str | Sequence[str] | None = None, output_stride: int | None = None,
+                   stride_method: str = "auto") -> list[PipelineItem]:
+    """The pipeline to run: `passes` (default: the standard one), with an output-stride
+    step added right after fc-to-conv when a finer stride is asked for."""
+    if passes is None:
+        items = [(name, {}) for name in DEFAULT_PIPELINE]
+    elif isinstance(passes, str):
+        items = parse_pipeline(passes)
+    else:
+        items = [(name, {}) for name in passes]
+    if output_stride is not None:
+        step = ("output-stride", {"stride": output_stride, "method": stride_method})
+        names = [name for name, _ in items]
+        at = names.index("fc-to-conv") + 1 if "fc-to-conv" in names else len(items)
+        items.insert(at, step)
+    return items
+
+
+def compile_model(source: str | os.PathLike | Graph, passes: str | Sequence[str] | None = None, *,
+                  output_stride: int | None = None, stride_method: str = "auto",
+                  **manager_options: Any) -> Model:
+    """Load `source` (a spec path or a Graph), run the pipeline and return the Model.
+
+    manager_options go to `PassManager` (print_ir_before/after, verify_each, out...)."""
+    graph = source if isinstance(source, Graph) else load_spec(source)
+    pipeline = build_pipeline(passes, output_stride, stride_method)
+    manager = PassManager(pipeline, **manager_options)
+    compiled = manager.run(graph)
+    info = compiled.meta.setdefault("compiled", {})
+    info["passes"] = format_pipeline(pipeline)
+    model = Model(compiled)
+    model.pass_manager = manager
+    return model

@@ -1,0 +1,31 @@
+"""Per-layer cost: output shapes, parameter counts and FLOPs for a given input size."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from graphconv.ir import Graph
+from graphconv.shapes import infer_shapes
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    name: str
+    op: str
+    shape: tuple[int, int, int]
+    params: int
+    flops: int  # per image
+
+
+def layer_costs(graph: Graph, input_hw: tuple[int, int] | None = None) -> list[LayerCost]:
+    shapes = infer_shapes(graph, input_hw, check_weights=False)
+    rows = []
+    for node in graph.layers():
+        in_shapes = [shapes[s.name] for s in node.inputs]
+        rows.append(LayerCost(node.name, node.op, shapes[node.name],
+                              sum(int(w.size) for w in node.weights.values()),
+                              int(node.opdef.flops(node.params, in_shapes, shapes[node.name]))))
+    return rows
+
+
+def total_flops(graph: Graph, input_hw: tuple[int, int] | None = None) -> int:
+    return sum(row.flops for row in layer_costs(graph, input_hw))

@@ -1,0 +1,42 @@
+"""The table `graphconv inspect` prints: layers, shapes, parameters, FLOPs, receptive fields."""
+from __future__ import annotations
+
+from graphconv.cost import layer_costs
+from graphconv.model import Model
+from graphconv.receptive import receptive_fields
+
+
+def inspect_report(model: Model, input_hw: tuple[int, int] | None = None) -> str:
+    graph = model.graph
+    c, hc, wc = model.crop_shape
+    hw = input_hw or (hc, wc)
+    costs = layer_costs(graph, hw)
+    fields = receptive_fields(graph)
+    head = f"{graph.name}: input {c}x{hw[0]}x{hw[1]} (trained crop {c}x{hc}x{wc})"
+    if model.seeded_weights:
+        head += "; seeded weights (the spec names no weights file)"
+    lines = [head, f"{'layer':<16}{'op':<9}{'output':>14}{'params':>12}{'MFLOP':>11}"
+                   f"{'field':>9}{'stride':>8}{'offset':>9}"]
+    for row in costs:
+        f = fields[row.name]
+        lines.append(f"{row.name:<16}{row.op:<9}{'x'.join(map(str, row.shape)):>14}{row.params:>12,}"
+                     f"{row.flops / 1e6:>11.1f}{_pair(f.size):>9}{_pair(f.stride):>8}{_pair(f.offset):>9}")
+    total_params = sum(r.params for r in costs)
+    total_flops = sum(r.flops for r in costs)
+    lines.append(f"{'total':<39}{total_params:>12,}{total_flops / 1e6:>11.1f}")
+    if model.stitch:
+        fy, fx = model.stitch["factor"]
+        lines.append(f"shift-and-stitch: {fy * fx} passes per image, "
+                     f"{fy * fx * total_flops / 1e9:.2f} GFLOP in all")
+    if graph.find("fc"):
+        if input_hw and tuple(input_hw) != (hc, wc):
+            lines.append("note: fc layers only accept the trained crop; compile with fc-to-conv "
+                         "to slide the network over larger images")
+    elif input_hw or costs[-1].shape[1:] != (1, 1):
+        lines.append(f"score map: {model.map_size(*hw)} cells at output stride "
+                     f"{_pair(model.output_stride)}")
+    return "\n".join(lines)
+
+
+def _pair(values) -> str:
+    return str(values[0]) if values[0] == values[1] else f"{values[0]},{values[1]}"

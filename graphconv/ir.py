@@ -1,0 +1,341 @@
+"""The IR: a thin wrapper over a `networkx.DiGraph` with one node per layer.
+
+Everything lives in the DiGraph, so there is nothing that can drift from it:
+
+* graph attributes: `name`, `input` (the input's name), `input_shape` (C, H, W of the
+  crop the classifier was trained on), `output` (the node whose value the network
+  returns) and `meta` (spec extras such as preprocessing, labels and compile plans);
+* node attributes: `op`, `params` (dict), `weights` (dict of float32 arrays), `shape`
+  (C, H, W once shape inference ran), `loc` (the spec line that defined it), `seq`
+  (creation order, to keep printing and topological order stable);
+* edge attribute `index`: the argument position (concat order matters).
+
+The input is a node too, with op "input", so edges always connect named values.
+`Node` is a view (graph + name), never a copy.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import Any, Iterable, Iterator, Sequence
+
+import networkx as nx
+import numpy as np
+
+from graphconv.errors import GraphconvError, Location
+from graphconv.ops import get_op
+
+INPUT_OP = "input"
+
+
+class Node:
+    """A named value of the graph: a layer or the input."""
+
+    __slots__ = ("graph", "name")
+
+    def __init__(self, graph: "Graph", name: str):
+        self.graph = graph
+        self.name = name
+
+    @property
+    def _data(self) -> dict:
+        return self.graph.nx.nodes[self.name]
+
+    @property
+    def op(self) -> str:
+        return self._data["op"]
+
+    @property
+    def params(self) -> dict:
+        return self._data["params"]
+
+    @property
+    def weights(self) -> dict[str, np.ndarray]:
+        return self._data["weights"]
+
+    @property
+    def shape(self) -> tuple[int, int, int] | None:
+        return self._data.get("shape")
+
+    @property
+    def loc(self) -> Location | None:
+        return self._data.get("loc")
+
+    @property
+    def inputs(self) -> list["Node"]:
+        """Producers of this node's arguments, in argument order."""
+        edges = self.graph.nx.in_edges(self.name, data="index")
+        return [Node(self.graph, src) for src, _, _ in sorted(edges, key=lambda e: e[2])]
+
+    @property
+    def users(self) -> list["Node"]:
+        return [Node(self.graph, n) for n in self.graph._ordered(self.graph.nx.successors(self.name))]
+
+    @property
+    def opdef(self):
+        return get_op(self.op)
+
+    def error(self, message: str, cls: type[GraphconvError] = GraphconvError) -> GraphconvError:
+        """An error that points at this node's spec line."""
+        return cls(message, loc=self.loc, layer=self.name)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Node) and other.graph is self.graph and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __repr__(self) -> str:
+        return f"Node({self.name!r}, op={self.op!r})"
+
+
+class Graph:
+    """A network: the verbs pass authors need, over one networkx DiGraph."""
+
+    def __init__(self, name: str, input_name: str, input_shape: Sequence[int],
+                 meta: dict | None = None, input_loc: Location | None = None):
+        self.nx = nx.DiGraph(name=name, input=input_name, input_shape=tuple(input_shape),
+                             output=input_name, meta=dict(meta or {}))
+        self._seq = itertools.count()
+        self.nx.add_node(input_name, op=INPUT_OP, params={}, weights={}, loc=input_loc,
+                         shape=tuple(input_shape), seq=next(self._seq))
+
+    # ---- graph-level attributes ---------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.nx.graph["name"]
+
+    @property
+    def input(self) -> Node:
+        return Node(self, self.nx.graph["input"])
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.nx.graph["input_shape"]
+
+    @property
+    def output(self) -> Node:
+        return Node(self, self.nx.graph["output"])
+
+    @output.setter
+    def output(self, node: Node | str) -> None:
+        self.nx.graph["output"] = _name(node)
+
+    @property
+    def meta(self) -> dict:
+        return self.nx.graph["meta"]
+
+    # ---- lookup -------------------------------------------------------------------------
+    def node(self, name: str) -> Node:
+        if name not in self.nx:
+            raise KeyError(f"no node named {name!r}")
+        return Node(self, name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.nx
+
+    def _ordered(self, names: Iterable[str]) -> list[str]:
+        return sorted(names, key=lambda n: self.nx.nodes[n]["seq"])
+
+    def nodes(self) -> list[Node]:
+        """Every node, input first, in a stable topological order."""
+        order = nx.lexicographical_topological_sort(self.nx, key=lambda n: self.nx.nodes[n]["seq"])
+        return [Node(self, n) for n in order]
+
+    def layers(self) -> list[Node]:
+        """Every node except the input, in topological order."""
+        return [n for n in self.nodes() if n.op != INPUT_OP]
+
+    def find(self, op: str) -> list[Node]:
+        return [n for n in self.layers() if n.op == op]
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.nodes())
+
+    def __len__(self) -> int:
+        return self.nx.number_of_nodes()
+
+    # ---- editing ------------------------------------------------------------------------
+    def add(self, name: str, op: str, inputs: Sequence[Node | str], params: dict | None = None,
+            weights: dict | None = None, loc: Location | None = None) -> Node:
+        """Add a layer reading `inputs` (in argument order). Its params are taken as given;
+        `graphconv.spec.normalize_params` fills in defaults if you need them."""
+        if name in self.nx:
+            raise ValueError(f"a node named {name!r} already exists")
+        get_op(op)
+        self.nx.add_node(name, op=op, params=dict(params or {}), weights=dict(weights or {}),
+                         loc=loc, shape=None, seq=next(self._seq))
+        for index, src in enumerate(inputs):
+            self.nx.add_edge(_name(src), name, index=index)
+        return Node(self, name)
+
+    def fresh_name(self, base: str) -> str:
+        """`base`, or `base_2`, `base_3`... whichever is not taken yet."""
+        if base not in self.nx:
+            return base
+        return next(f"{base}_{i}" for i in itertools.count(2) if f"{base}_{i}" not in self.nx)
+
+    def replace_all_uses(self, old: Node | str, new: Node | str) -> None:
+        """Make every user of `old` (and the graph output) read `new` instead."""
+        old, new = _name(old), _name(new)
+        for user in list(self.nx.successors(old)):
+            if user == new:
+                continue
+            index = self.nx.edges[old, user]["index"]
+            self.nx.remove_edge(old, user)
+            self.nx.add_edge(new, user, index=index)
+        if self.nx.graph["output"] == old:
+            self.nx.graph["output"] = new
+
+    def remove(self, node: Node | str) -> None:
+        """Remove a node. A node with one input is bypassed: its users read that input.
+        A node with users but several inputs cannot be bypassed and must be replaced."""
+        name = _name(node)
+        n = self.node(name)
+        if n.op == INPUT_OP:
+            raise ValueError("the input node cannot be removed")
+        if n.users or self.nx.graph["output"] == name:
+            sources = n.inputs
+            if len(sources) != 1:
+                raise ValueError(f"cannot bypass {name!r}: it has {len(sources)} inputs")
+            self.replace_all_uses(name, sources[0])
+        self.nx.remove_node(name)
+
+    def replace(self, old: Node | str, op: str, params: dict | None = None,
+                weights: dict | None = None, name: str | None = None) -> Node:
+        """Put a new layer in place of `old`: same inputs, same users, same spec location.
+        It keeps old's name unless `name` is given."""
+        old_node = self.node(_name(old))
+        inputs = [n.name for n in old_node.inputs]
+        loc, seq = old_node.loc, old_node._data["seq"]
+        users = [(u, self.nx.edges[old_node.name, u]["index"]) for u in self.nx.successors(old_node.name)]
+        was_output = self.nx.graph["output"] == old_node.name
+        self.nx.remove_node(old_node.name)
+        new = self.add(name or old_node.name, op, inputs, params, weights, loc)
+        self.nx.nodes[new.name]["seq"] = seq
+        for user, index in users:
+            self.nx.add_edge(new.name, user, index=index)
+        if was_output:
+            self.nx.graph["output"] = new.name
+        return new
+
+    def insert_after(self, node: Node | str, name: str, op: str, params: dict | None = None,
+                     weights: dict | None = None) -> Node:
+        """Insert a layer that reads `node`; node's former users read the new layer."""
+        anchor = self.node(_name(node))
+        users = [(u, self.nx.edges[anchor.name, u]["index"]) for u in self.nx.successors(anchor.name)]
+        new = self.add(name, op, [anchor], params, weights, anchor.loc)
+        for user, index in users:
+            self.nx.remove_edge(anchor.name, user)
+            self.nx.add_edge(new.name, user, index=index)
+        if self.nx.graph["output"] == anchor.name:
+            self.nx.graph["output"] = new.name
+        return new
+
+    def insert_before(self, node: Node | str, name: str, op: str, params: dict | None = None,
+                      weights: dict | None = None) -> Node:
+        """Insert a layer between `node` and its (single) input."""
+        anchor = self.node(_name(node))
+        sources = anchor.inputs
+        if len(sources) != 1:
+            raise ValueError(f"cannot insert before {anchor.name!r}: it has {len(sources)} inputs")
+        return self.insert_after(sources[0], name, op, params, weights)
+
+    def set_params(self, node: Node | str, **params: Any) -> None:
+        self.nx.nodes[_name(node)]["params"].update(params)
+
+    def set_weights(self, node: Node | str, **arrays: np.ndarray) -> None:
+        """Attach float32 weights (e.g. weight=..., bias=...); None removes one."""
+        weights = self.nx.nodes[_name(node)]["weights"]
+        for key, value in arrays.items():
+            if value is None:
+                weights.pop(key, None)
+            else:
+                weights[key] = np.ascontiguousarray(value, dtype=np.float32)
+
+    def set_shape(self, node: Node | str, shape: tuple[int, int, int] | None) -> None:
+        self.nx.nodes[_name(node)]["shape"] = shape
+
+    def match_chain(self, ops: Sequence[str]) -> list[tuple[Node, ...]]:
+        """Every chain of layers whose ops are `ops` in order, where each layer but the
+        last feeds only the next one (so the chain can be rewritten as a unit)."""
+        matches = []
+        for head in self.find(ops[0]):
+            chain = [head]
+            for op in ops[1:]:
+                users = chain[-1].users
+                if (len(users) != 1 or users[0].op != op or len(users[0].inputs) != 1
+                        or self.nx.graph["output"] == chain[-1].name):
+                    break
+                chain.append(users[0])
+            if len(chain) == len(ops):
+                matches.append(tuple(chain))
+        return matches
+
+    def copy(self) -> "Graph":
+        """A deep copy (weights included) that passes may edit freely."""
+        new = Graph.__new__(Graph)
+        new.nx = copy.deepcopy(self.nx)
+        new._seq = itertools.count(max(d["seq"] for _, d in self.nx.nodes(data=True)) + 1)
+        return new
+
+    # ---- checking and printing -----------------------------------------------------------
+    def verify(self) -> None:
+        """Check the IR's invariants; raise GraphconvError naming the broken one and its node.
+        Shapes and weights are checked by `graphconv.shapes.infer_shapes`, which the
+        pass manager's verifier runs after this."""
+        if not nx.is_directed_acyclic_graph(self.nx):
+            cycle = nx.find_cycle(self.nx)
+            raise GraphconvError(f"the graph has a cycle through {', '.join(e[0] for e in cycle)}")
+        inputs = [n for n, d in self.nx.nodes(data=True) if d["op"] == INPUT_OP]
+        if inputs != [self.nx.graph["input"]]:
+            raise GraphconvError(f"the graph must have exactly one input node, found {inputs}")
+        if self.nx.graph["output"] not in self.nx:
+            raise GraphconvError(f"the output {self.nx.graph['output']!r} is not a node")
+        for node in self.layers():
+            opdef = get_op(node.op)
+            indices = sorted(i for _, _, i in self.nx.in_edges(node.name, data="index"))
+            if indices != list(range(len(indices))):
+                raise node.error(f"argument positions {indices} are not 0..{len(indices) - 1}")
+            low, high = opdef.arity
+            if len(indices) < low or (high is not None and len(indices) > high):
+                expected = f"{low}" if low == high else f"at least {low}"
+                raise node.error(f"{node.op} takes {expected} input(s), has {len(indices)}")
+            unknown = set(node.params) - {p.name for p in opdef.params}
+            if unknown:
+                raise node.error(f"unknown parameter(s) {sorted(unknown)} for op {node.op}")
+            for key, array in node.weights.items():
+                if not isinstance(array, np.ndarray) or array.dtype != np.float32:
+                    raise node.error(f"weight '{key}' must be a float32 array")
+
+    def __str__(self) -> str:
+        """A readable dump: one line per node, `%name = op(inputs) {params} -> shape`."""
+        lines = [f"graph {self.name} (input %{self.input.name}: {_fmt_shape(self.input_shape)})"]
+        for node in self.layers():
+            args = ", ".join(f"%{i.name}" for i in node.inputs)
+            params = ", ".join(f"{k}={_fmt_value(v)}" for k, v in node.params.items())
+            weights = " ".join(f"{k}{list(v.shape)}" for k, v in node.weights.items())
+            line = f"  %{node.name} = {node.op}({args})"
+            if params:
+                line += f" {{{params}}}"
+            if weights:
+                line += f" weights: {weights}"
+            if node.shape is not None:
+                line += f" -> {_fmt_shape(node.shape)}"
+            lines.append(line)
+        lines.append(f"  return %{self.output.name}")
+        return "\n".join(lines)
+
+
+def _name(node: Node | str) -> str:
+    return node.name if isinstance(node, Node) else node
+
+
+def _fmt_shape(shape) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+def _fmt_value(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return "x".join(str(v) for v in value)
+    return str(value)

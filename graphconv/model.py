@@ -1,0 +1,120 @@
+"""`Model`: a graph ready to run, with the plan its compilation recorded.
+
+This is what the Python API and `graphconv run` use: it accepts (C, H, W) or
+(N, C, H, W) arrays of any size the network fits, carries out a shift-and-stitch plan
+when the model has one, and maps score-map cells back to boxes in the image.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from graphconv.errors import GraphconvError
+from graphconv.ir import Graph
+from graphconv.receptive import Field, receptive_fields
+from graphconv.runtime import Executor, resolve_device
+from graphconv.spec import load_spec, save_model
+
+
+class Model:
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self._executors: dict[str, Executor] = {}
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Model":
+        """Load a spec file or a compiled model directory."""
+        return cls(load_spec(path))
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        return save_model(self.graph, directory)
+
+    # ---- what the model computes ----------------------------------------------------------
+    @property
+    def crop_shape(self) -> tuple[int, int, int]:
+        """C, H, W of the crop the original classifier was trained on."""
+        return self.graph.input_shape
+
+    @property
+    def stitch(self) -> dict | None:
+        return self.graph.meta.get("compiled", {}).get("stitch")
+
+    @property
+    def seeded_weights(self) -> bool:
+        return bool(self.graph.meta.get("seeded_weights"))
+
+    @property
+    def field(self) -> Field:
+        """The receptive field of one score-map cell, with the map's stride in pixels."""
+        field = receptive_fields(self.graph)[self.graph.output.name]
+        if self.stitch:
+            fy, fx = self.stitch["factor"]
+            field = Field(field.size, (field.stride[0] // fy, field.stride[1] // fx), field.offset)
+        return field
+
+    @property
+    def output_stride(self) -> tuple[int, int]:
+        return self.field.stride
+
+    def cell_box(self, i: int, j: int) -> tuple[int, int, int, int]:
+        """(top, left, bottom, right) in input pixels of the field of score-map cell (i, j)."""
+        return self.field.box(i, j)
+
+    def map_size(self, height: int, width: int) -> tuple[int, int]:
+        """Rows and columns of the score map for an image of height x width."""
+        _, hc, wc = self.crop_shape
+        sy, sx = self.output_stride
+        if height < hc or width < wc:
+            raise GraphconvError(f"an image of {height}x{width} is smaller than the {hc}x{wc} crop")
+        return (height - hc) // sy + 1, (width - wc) // sx + 1
+
+    # ---- running ------------------------------------------------------------------------
+    def executor(self, device: str = "cpu") -> Executor:
+        device = resolve_device(device)
+        if device not in self._executors:
+            self._executors[device] = Executor(self.graph, device)
+        return self._executors[device]
+
+    def run(self, x: np.ndarray, device: str = "cpu", profile: dict | None = None) -> np.ndarray:
+        """The network's output for (C, H, W) or (N, C, H, W) float32 input."""
+        batch = as_batch(x, self.crop_shape[0])
+        executor = self.executor(device)
+        if self.stitch:
+            return self._run_stitched(executor, batch, profile)
+        return executor.run(batch, profile)
+
+    def _run_stitched(self, executor: Executor, x: np.ndarray, profile: dict | None) -> np.ndarray:
+        """Shift-and-stitch: all f*f shifted copies go through the network as one batch
+        (zero-filled where a shift runs off the image; those cells are cut away), and
+        pass (a, b)'s map fills rows a::fy and columns b::fx of the fine map."""
+        fy, fx = self.stitch["factor"]
+        step = self.stitch["step"]
+        n, c, height, width = x.shape
+        rows, cols = self.map_size(height, width)
+        shifted = np.zeros((fy, fx, n, c, height, width), np.float32)
+        for a in range(fy):
+            for b in range(fx):
+                shifted[a, b, :, :, :height - a * step, :width - b * step] = x[:, :, a * step:, b * step:]
+        maps = executor.run(shifted.reshape(fy * fx * n, c, height, width), profile)
+        maps = maps.reshape(fy, fx, n, *maps.shape[1:])
+        out = np.empty((n, maps.shape[3], rows, cols), np.float32)
+        for a in range(fy):
+            for b in range(fx):
+                part = out[:, :, a::fy, b::fx]
+                part[...] = maps[a, b, :, :, :part.shape[2], :part.shape[3]]
+        return out
+
+
+def as_batch(x: np.ndarray, channels: int) -> np.ndarray:
+    """(C, H, W) -> (1, C, H, W); checks the dtype and rank."""
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise GraphconvError(f"input must be a float32 array, got {x.dtype}")
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[1] != channels:
+        raise GraphconvError(f"input must be (N, {channels}, H, W) or ({channels}, H, W), got "
+                             f"shape {tuple(x.shape)}")
+    return np.ascontiguousarray(x, dtype=np.float32)

@@ -1,0 +1,86 @@
+"""conv: 2-D convolution with stride, padding, dilation and groups (torch.nn.Conv2d).
+
+`activation: relu` is graphconv's extension for the conv+bias+relu fusion pass: the
+kernel applies ReLU in its epilogue instead of a separate pass over memory.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from graphconv.errors import ShapeError
+from graphconv.ops.registry import OpDef, Param, Window, numel, pair, register, window_output
+
+
+def window(params: dict, shapes) -> Window:
+    return Window(pair(params["kernel_size"]), pair(params["stride"]), pair(params["padding"]),
+                  pair(params["dilation"]))
+
+
+def shape(params: dict, shapes) -> tuple[int, int, int]:
+    (c, h, w), = shapes
+    groups = params["groups"]
+    if c % groups or params["out_channels"] % groups:
+        raise ShapeError(f"groups={groups} must divide both the {c} input channels and "
+                         f"out_channels={params['out_channels']}")
+    ho, wo = window_output(window(params, shapes), shapes[0], "kernel")
+    return params["out_channels"], ho, wo
+
+
+def weight_shapes(params: dict, shapes) -> dict[str, tuple]:
+    (c, _, _), = shapes
+    kh, kw = pair(params["kernel_size"])
+    expected = {"weight": (params["out_channels"], c // params["groups"], kh, kw)}
+    if params["bias"]:
+        expected["bias"] = (params["out_channels"],)
+    return expected
+
+
+def flops(params: dict, shapes, out_shape) -> int:
+    (c, _, _), = shapes
+    kh, kw = pair(params["kernel_size"])
+    return 2 * numel(out_shape) * (c // params["groups"]) * kh * kw
+
+
+def reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
+    """Sum over kernel taps of (strided input slice) x (that tap's weights), per group."""
+    x, = inputs
+    w = weights["weight"]
+    n, c, _, _ = x.shape
+    out_c, c_per_group, kh, kw = w.shape
+    (sh, sw), (ph, pw), (dh, dw) = (pair(params[k]) for k in ("stride", "padding", "dilation"))
+    groups = params["groups"]
+    _, ho, wo = shape(params, [x.shape[1:]])
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))).astype(np.float64)
+    out = np.zeros((n, out_c, ho, wo))
+    o_per_group = out_c // groups
+    for g in range(groups):
+        xs = xp[:, g * c_per_group:(g + 1) * c_per_group]
+        ws = w[g * o_per_group:(g + 1) * o_per_group].astype(np.float64)
+        for i in range(kh):
+            for j in range(kw):
+                patch = xs[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
+                out[:, g * o_per_group:(g + 1) * o_per_group] += np.einsum("ncyx,oc->noyx", patch, ws[:, :, i, j])
+    if "bias" in weights:
+        out += weights["bias"][None, :, None, None]
+    if params["activation"] == "relu":
+        out = np.maximum(out, 0)
+    return out.astype(np.float32)
+
+
+register(OpDef(
+    name="conv",
+    doc="2-D convolution (torch.nn.Conv2d semantics)",
+    params=(
+        Param("out_channels", "int"),
+        Param("kernel_size", "pair"),
+        Param("stride", "pair", 1),
+        Param("padding", "pair", 0, minimum=0),
+        Param("dilation", "pair", 1),
+        Param("groups", "int", 1),
+        Param("bias", "bool", True),
+        Param("activation", "choice", "none", choices=("none", "relu"),
+              doc="graphconv extension: fused ReLU epilogue"),
+    ),
+    shape=shape, reference=reference, flops=flops, package=__name__,
+    weight_shapes=weight_shapes, window=window,
+))

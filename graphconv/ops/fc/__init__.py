@@ -1,0 +1,39 @@
+"""fc: a fully-connected layer over the whole incoming map, flattened in C, H, W order
+(torch.nn.Linear after flatten(1)). Its output is a (out_features, 1, 1) map so every
+layer in the IR has a C x H x W shape."""
+from __future__ import annotations
+
+import numpy as np
+
+from graphconv.ops.registry import OpDef, Param, Window, numel, register
+
+
+def weight_shapes(params: dict, shapes) -> dict[str, tuple]:
+    expected = {"weight": (params["out_features"], numel(shapes[0]))}
+    if params["bias"]:
+        expected["bias"] = (params["out_features"],)
+    return expected
+
+
+def reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
+    x = inputs[0].reshape(inputs[0].shape[0], -1).astype(np.float64)
+    y = x @ weights["weight"].astype(np.float64).T
+    if "bias" in weights:
+        y += weights["bias"]
+    return y.astype(np.float32)[:, :, None, None]
+
+
+def window(params: dict, shapes) -> Window:
+    """An fc layer is a window over its whole input: what fc-to-conv makes explicit."""
+    _, h, w = shapes[0]
+    return Window((h, w), (1, 1), (0, 0), (1, 1))
+
+
+register(OpDef(
+    name="fc", doc="fully-connected layer over the flattened C,H,W map",
+    params=(Param("out_features", "int"), Param("bias", "bool", True)),
+    shape=lambda params, shapes: (params["out_features"], 1, 1),
+    reference=reference,
+    flops=lambda params, shapes, out: 2 * numel(shapes[0]) * params["out_features"],
+    package=__name__, weight_shapes=weight_shapes, window=window,
+))

@@ -1,0 +1,28 @@
+"""lrn: cross-channel local response normalisation (torch.nn.functional.local_response_norm).
+
+b_c = a_c / (k + alpha / size * sum of a_j^2 over j in [c - size//2, c + (size-1)//2]) ** beta
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from graphconv.ops.registry import OpDef, Param, numel, register
+
+
+def reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
+    x = inputs[0].astype(np.float64)
+    size = params["size"]
+    sq = np.pad(x * x, ((0, 0), (size // 2, (size - 1) // 2), (0, 0), (0, 0)))
+    window_sum = sum(sq[:, j:j + x.shape[1]] for j in range(size))
+    return (x / (params["k"] + params["alpha"] / size * window_sum) ** params["beta"]).astype(np.float32)
+
+
+register(OpDef(
+    name="lrn", doc="local response normalisation across channels",
+    params=(Param("size", "int"), Param("alpha", "float", 1e-4), Param("beta", "float", 0.75),
+            Param("k", "float", 1.0)),
+    shape=lambda params, shapes: shapes[0],
+    reference=reference,
+    flops=lambda params, shapes, out: numel(out) * (params["size"] + 4),
+    package=__name__,
+))

@@ -1,0 +1,31 @@
+"""CPU softmax over channels, parallel over (image, row), numerically stable."""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, parallel=True)
+def _softmax(x):
+    n, c, height, width = x.shape
+    out = np.empty_like(x)
+    for job in prange(n * height):
+        b = job // height
+        y = job % height
+        for xx in range(width):
+            m = x[b, 0, y, xx]
+            for ch in range(1, c):
+                m = max(m, x[b, ch, y, xx])
+            total = 0.0
+            for ch in range(c):
+                e = np.exp(x[b, ch, y, xx] - m)
+                out[b, ch, y, xx] = e
+                total += e
+            inv = 1.0 / total
+            for ch in range(c):
+                out[b, ch, y, xx] *= inv
+    return out
+
+
+def run_softmax(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
+    return _softmax(np.ascontiguousarray(inputs[0]))

@@ -1,0 +1,329 @@
+"""The public pass API: register passes, build pipelines, run them with checks.
+
+A pass is a plain function `fn(graph, **options) -> bool | None` that edits a
+`graphconv.ir.Graph` in place and returns whether it changed anything (None counts
+as "changed"). It is registered with a name, a one-line description and what it
+needs and gives:
+
+    @register_pass("my-pass", "what it does in one line", requires=("shapes",))
+    def my_pass(graph, factor: int = 2) -> bool: ...
+
+* `requires`: analyses the pass reads (e.g. "shapes": every node's `shape`). The
+  manager runs the pass that `provides` a missing analysis first.
+* `provides`: analyses the pass computes (shape-inference provides "shapes").
+* `preserves`: analyses still valid after the pass changed the graph; every other
+  analysis is invalidated by a change.
+
+Pipelines are text, `shape-inference,fc-to-conv,output-stride{stride=16}`, or lists.
+After every pass that changed the graph the verifier checks the IR's invariants and
+names the pass that broke them.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence, TextIO
+
+from graphconv.errors import GraphconvError, PassError
+from graphconv.ir import Graph
+from graphconv.shapes import infer_shapes
+
+ENTRY_POINT_GROUP = "graphconv.passes"
+DEFAULT_PIPELINE = ("shape-inference", "remove-dropout", "fc-to-conv", "fuse-conv-relu",
+                    "dead-node-elimination")
+
+
+@dataclass(frozen=True)
+class PassInfo:
+    """A registered pass: its function and what the manager needs to know about it."""
+
+    name: str
+    description: str
+    run: Callable[..., bool | None]
+    requires: tuple[str, ...] = ()
+    provides: tuple[str, ...] = ()
+    preserves: tuple[str, ...] = ()
+    origin: str = ""
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The pass's options and their defaults, read from its signature."""
+        params = list(inspect.signature(self.run).parameters.values())[1:]
+        return {p.name: (None if p.default is inspect.Parameter.empty else p.default) for p in params}
+
+
+_REGISTRY: dict[str, PassInfo] = {}
+_loading_origin: list[str] = []
+_builtins_loaded = False
+
+
+def register_pass(name: str, description: str, *, requires: Sequence[str] = (),
+                  provides: Sequence[str] = (), preserves: Sequence[str] = ()) -> Callable:
+    """Decorator: register `fn(graph, **options)` as the pass `name`."""
+    if not re.fullmatch(r"[a-z][a-z0-9-]*", name):
+        raise PassError(f"pass name '{name}' must be lower-case letters, digits and '-'")
+
+    def decorator(fn: Callable) -> Callable:
+        if name in _REGISTRY:
+            raise PassError(f"pass '{name}' is already registered by {_REGISTRY[name].origin}")
+        origin = _loading_origin[-1] if _loading_origin else _origin_of(fn)
+        _REGISTRY[name] = PassInfo(name, description, fn, tuple(requires), tuple(provides),
+                                   tuple(preserves), origin)
+        return fn
+
+    return decorator
+
+
+def _origin_of(fn: Callable) -> str:
+    module = sys.modules.get(fn.__module__)
+    where = getattr(module, "__file__", None) or fn.__module__
+    if fn.__module__.startswith("passes."):
+        return f"built-in ({Path(where).parent.name}/{Path(where).name})"
+    return f"module {fn.__module__}"
+
+
+@contextlib.contextmanager
+def _origin(label: str) -> Iterator[None]:
+    _loading_origin.append(label)
+    try:
+        yield
+    finally:
+        _loading_origin.pop()
+
+
+def load_builtin_passes() -> None:
+    """Import the built-in passes (package `passes`) and those of installed plugins that
+    declare a `graphconv.passes` entry point. Done once, on first use of the registry."""
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True
+    importlib.import_module("passes")
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = entry.dist.name if entry.dist is not None else "?"
+        with _origin(f"entry point '{entry.name}' ({dist})"):
+            try:
+                entry.load()
+            except GraphconvError:
+                raise
+            except Exception as err:
+                raise PassError(f"plugin entry point '{entry.name}' ({entry.value}) failed to "
+                                f"import: {type(err).__name__}: {err}") from err
+
+
+def load_plugin(spec: str) -> None:
+    """Import a file (`path/to/passes.py`) or a module (`my.passes`) that registers passes."""
+    load_builtin_passes()
+    is_file = spec.endswith(".py") or "/" in spec or Path(spec).is_file()
+    label = f"plugin {spec}"
+    with _origin(label):
+        try:
+            if is_file:
+                path = Path(spec)
+                if not path.is_file():
+                    raise GraphconvError("plugin file not found", file=spec)
+                module_name = f"graphconv_plugin_{re.sub(r'[^0-9a-zA-Z_]', '_', path.stem)}"
+                module_spec = importlib.util.spec_from_file_location(module_name, path)
+                module = importlib.util.module_from_spec(module_spec)
+                sys.modules[module_name] = module
+                module_spec.loader.exec_module(module)
+            else:
+                importlib.import_module(spec)
+        except GraphconvError:
+            raise
+        except Exception as err:
+            raise PassError(f"plugin '{spec}' failed to import: {type(err).__name__}: {err}") from err
+
+
+def registered_passes() -> list[PassInfo]:
+    load_builtin_passes()
+    return sorted(_REGISTRY.values(), key=lambda p: p.name)
+
+
+def get_pass(name: str) -> PassInfo:
+    load_builtin_passes()
+    if name not in _REGISTRY:
+        raise PassError(f"unknown pass '{name}' (registered: {', '.join(sorted(_REGISTRY))})")
+    return _REGISTRY[name]
+
+
+def unregister_pass(name: str) -> None:
+    """Remove a pass from the registry (for tests and interactive sessions)."""
+    _REGISTRY.pop(name, None)
+
+
+# ---- pipelines ----------------------------------------------------------------------------
+
+PipelineItem = tuple[str, dict[str, Any]]
+
+
+def parse_pipeline(text: str) -> list[PipelineItem]:
+    """`a,b{k=1,m=x},c` -> [("a", {}), ("b", {"k": 1, "m": "x"}), ("c", {})]."""
+    items: list[PipelineItem] = []
+    for match in re.finditer(r"\s*([^,{}\s]+)\s*(?:\{([^}]*)\})?\s*(?:,|$)", text):
+        if not match.group(0):
+            continue
+        name, option_text = match.group(1), match.group(2)
+        options = {}
+        for part in filter(None, (p.strip() for p in (option_text or "").split(","))):
+            key, sep, value = part.partition("=")
+            if not sep:
+                raise PassError(f"pass option '{part}' of '{name}' must be key=value")
+            options[key.strip()] = _parse_value(value.strip())
+        items.append((name, options))
+    rebuilt = ",".join(n + ("{...}" if o else "") for n, o in items)
+    if not items or re.sub(r"\{[^}]*\}", "{...}", re.sub(r"\s", "", text)) != rebuilt:
+        raise PassError(f"cannot parse pipeline '{text}': expected 'pass-a,pass-b{{key=value}}'")
+    return items
+
+
+def _parse_value(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def format_pipeline(items: Sequence[PipelineItem]) -> str:
+    return ",".join(name + ("{" + ",".join(f"{k}={v}" for k, v in opts.items()) + "}" if opts else "")
+                    for name, opts in items)
+
+
+# ---- running ------------------------------------------------------------------------------
+
+@dataclass
+class PassRecord:
+    name: str
+    seconds: float
+    modified: bool
+    automatic: bool  # run to satisfy another pass's requirement
+
+
+@dataclass
+class PassManager:
+    """Runs a pipeline over a copy of a graph, with requirements, verification and tracing.
+
+    print_ir_before / print_ir_after: pass names, or {"all"}; the dumps go to `out`."""
+
+    pipeline: Sequence[PipelineItem | str]
+    verify_each: bool = True
+    auto_requirements: bool = True
+    print_ir_before: set[str] = field(default_factory=set)
+    print_ir_after: set[str] = field(default_factory=set)
+    out: TextIO | None = None
+    records: list[PassRecord] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        items = parse_pipeline(self.pipeline) if isinstance(self.pipeline, str) else self.pipeline
+        self.items = [(i, {}) if isinstance(i, str) else (i[0], dict(i[1])) for i in items]
+        for name, options in self.items:
+            _check_options(get_pass(name), options)
+        for name in (self.print_ir_before | self.print_ir_after) - {"all"}:
+            get_pass(name)
+
+    def run(self, graph: Graph) -> Graph:
+        """Run every pass on a copy of `graph` and return it; `graph` itself is untouched,
+        so a failing pipeline loses nothing."""
+        graph = graph.copy()
+        self._valid: set[str] = set()
+        if self.verify_each:
+            self._verify(graph, None)
+        for name, options in self.items:
+            self._run_one(graph, get_pass(name), options, automatic=False)
+        return graph
+
+    def _run_one(self, graph: Graph, info: PassInfo, options: dict, automatic: bool) -> None:
+        for analysis in info.requires:
+            if analysis not in self._valid:
+                provider = _provider_of(analysis, info)
+                if not self.auto_requirements:
+                    raise PassError(f"pass '{info.name}' requires '{analysis}'; run "
+                                    f"'{provider.name}' before it")
+                self._run_one(graph, provider, {}, automatic=True)
+        self._print("before", info.name, graph)
+        start = time.perf_counter()
+        try:
+            result = info.run(graph, **options)
+        except GraphconvError as err:
+            raise PassError(f"pass '{info.name}': {err.message}", loc=err.loc, layer=err.layer) from err
+        except Exception as err:
+            if info.origin.startswith("built-in"):
+                raise
+            raise PassError(f"pass '{info.name}' ({info.origin}) crashed: "
+                            f"{type(err).__name__}: {err}") from err
+        modified = result is not False
+        self.records.append(PassRecord(info.name, time.perf_counter() - start, modified, automatic))
+        if modified:
+            self._valid &= set(info.preserves)
+        self._valid |= set(info.provides)
+        if modified and self.verify_each:
+            self._verify(graph, info.name)
+        self._print("after", info.name, graph)
+
+    def _verify(self, graph: Graph, pass_name: str | None) -> None:
+        """The IR invariants: structure, shapes and weights, and annotated shapes that are
+        still claimed valid must match a fresh inference."""
+        try:
+            graph.verify()
+            shapes = infer_shapes(graph)
+            if "shapes" in self._valid:
+                for node in graph.nodes():
+                    if node.shape != shapes[node.name]:
+                        raise node.error(f"annotated shape {node.shape} but its inputs give "
+                                         f"{shapes[node.name]}")
+        except GraphconvError as err:
+            who = f"pass '{pass_name}' broke the IR" if pass_name else "the input IR is invalid"
+            raise PassError(f"{who}: {err}") from None
+
+    def _print(self, when: str, name: str, graph: Graph) -> None:
+        wanted = self.print_ir_before if when == "before" else self.print_ir_after
+        if "all" in wanted or name in wanted:
+            stream = self.out or sys.stdout
+            print(f"// ----- IR {when} {name} -----\n{graph}", file=stream)
+
+    def timings_table(self) -> str:
+        total = sum(r.seconds for r in self.records) or 1e-12
+        lines = [f"{'pass':<26}{'ms':>10}{'share':>8}  changed"]
+        for r in self.records:
+            name = r.name + (" (auto)" if r.automatic else "")
+            lines.append(f"{name:<26}{r.seconds * 1e3:>10.2f}{r.seconds / total:>8.0%}  "
+                         f"{'yes' if r.modified else 'no'}")
+        lines.append(f"{'total':<26}{total * 1e3:>10.2f}")
+        return "\n".join(lines)
+
+
+def _provider_of(analysis: str, needed_by: PassInfo) -> PassInfo:
+    for info in registered_passes():
+        if analysis in info.provides:
+            return info
+    raise PassError(f"pass '{needed_by.name}' requires '{analysis}', which no registered pass provides")
+
+
+def _check_options(info: PassInfo, options: dict) -> None:
+    known = info.options
+    for key in options:
+        if key not in known:
+            takes = ", ".join(f"{k}={v}" for k, v in known.items()) or "no options"
+            raise PassError(f"pass '{info.name}' has no option '{key}' (it takes: {takes})")
+    missing = [k for k, v in known.items() if v is None and k not in options]
+    if missing:
+        raise PassError(f"pass '{info.name}' needs option(s) {', '.join(missing)}: "
+                        f"write {info.name}{{{missing[0]}=...}}")
+
+
+def run_passes(graph: Graph, pipeline: str | Sequence[PipelineItem | str] = DEFAULT_PIPELINE,
+               **manager_options: Any) -> Graph:
+    """Convenience: run a pipeline and return the transformed copy of `graph`."""
+    return PassManager(pipeline, **manager_options).run(graph)

@@ -1,0 +1,58 @@
+"""Receptive fields: which input pixels each output cell of each layer looks at.
+
+For every node: the field's size, the cumulative stride between neighbouring cells
+and the offset of cell (0, 0)'s field (negative where padding reaches outside the
+image), per axis (h, w). The score map of a converted classifier has cell (i, j)
+looking at the box [offset + i*stride, offset + i*stride + size) on each axis.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from graphconv.errors import GraphconvError
+from graphconv.ir import Graph
+from graphconv.shapes import infer_shapes
+
+
+@dataclass(frozen=True)
+class Field:
+    size: tuple[int, int]
+    stride: tuple[int, int]
+    offset: tuple[int, int]
+
+    def box(self, i: int, j: int) -> tuple[int, int, int, int]:
+        """(top, left, bottom, right), bottom/right exclusive, of cell (i, j) in input pixels."""
+        top = self.offset[0] + i * self.stride[0]
+        left = self.offset[1] + j * self.stride[1]
+        return top, left, top + self.size[0], left + self.size[1]
+
+
+def receptive_fields(graph: Graph) -> dict[str, Field]:
+    """The receptive field of every node (the input's is one pixel)."""
+    shapes = infer_shapes(graph, check_weights=False)
+    fields = {graph.input.name: Field((1, 1), (1, 1), (0, 0))}
+    for node in graph.layers():
+        sources = [fields[s.name] for s in node.inputs]
+        strides = {f.stride for f in sources}
+        if len(strides) > 1:
+            raise node.error(f"merges maps of different strides {sorted(strides)}; their cells "
+                             "do not line up", GraphconvError)
+        stride = sources[0].stride
+        top = min(f.offset[0] for f in sources)
+        left = min(f.offset[1] for f in sources)
+        bottom = max(f.offset[0] + f.size[0] for f in sources)
+        right = max(f.offset[1] + f.size[1] for f in sources)
+        field = Field((bottom - top, right - left), stride, (top, left))
+        window = node.opdef.window(node.params, [shapes[s.name] for s in node.inputs])
+        if window is not None:
+            field = Field(
+                tuple(field.size[a] + (window.extent[a] - 1) * stride[a] for a in (0, 1)),
+                tuple(stride[a] * window.stride[a] for a in (0, 1)),
+                tuple(field.offset[a] - window.padding[a] * stride[a] for a in (0, 1)))
+        fields[node.name] = field
+    return fields
+
+
+def total_stride(graph: Graph) -> tuple[int, int]:
+    """The network's output stride in input pixels (32 for AlexNet and VGG-16)."""
+    return receptive_fields(graph)[graph.output.name].stride

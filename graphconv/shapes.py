@@ -1,0 +1,87 @@
+"""Shape propagation and weight checks: the one place that applies the ops' shape rules.
+
+The `shape-inference` pass annotates nodes with what `infer_shapes` returns; the
+verifier and the runtime call it directly for other input sizes.
+"""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+from graphconv.errors import GraphconvError, ShapeError
+from graphconv.ir import Graph, Node
+
+Shape = tuple[int, int, int]
+
+
+def infer_shapes(graph: Graph, input_hw: tuple[int, int] | None = None,
+                 check_weights: bool = True) -> dict[str, Shape]:
+    """Output shape of every node for an input of `input_hw` (default: the spec's crop).
+
+    Raises ShapeError naming the first layer that cannot be applied, and, when
+    `check_weights`, the first layer whose attached weights do not fit its input."""
+    c, h, w = graph.input_shape
+    if input_hw is not None:
+        h, w = input_hw
+    shapes: dict[str, Shape] = {graph.input.name: (c, h, w)}
+    for node in graph.layers():
+        in_shapes = [shapes[src.name] for src in node.inputs]
+        try:
+            shapes[node.name] = tuple(int(v) for v in node.opdef.shape(node.params, in_shapes))
+        except ShapeError as err:
+            got = ", ".join(_fmt(s) for s in in_shapes)
+            raise node.error(f"{err.message} (input {got})", ShapeError) from None
+        if check_weights and node.opdef.has_weights:
+            check_weights_fit(node, in_shapes, resized=input_hw is not None)
+    return shapes
+
+
+def check_weights_fit(node: Node, in_shapes: list[Shape], resized: bool = False) -> None:
+    expected = node.opdef.weight_shapes(node.params, in_shapes)
+    for key in set(node.weights) - set(expected):
+        raise node.error(f"has a weight '{key}' that {node.op} does not use", ShapeError)
+    for key, want in expected.items():
+        if key not in node.weights:
+            raise node.error(f"has no '{key}' weights (expected shape {list(want)})", ShapeError)
+        have = node.weights[key].shape
+        if tuple(have) != tuple(want):
+            message = (f"{node.op} expects {key} of shape {list(want)} for its input "
+                       f"{_fmt(in_shapes[0])}, but its {key} has shape {list(have)}")
+            if node.op == "fc" and resized:
+                message += ("; an fc layer only accepts the crop size it was trained on "
+                            "(compile with fc-to-conv to slide it over larger images)")
+            raise node.error(message, ShapeError)
+
+
+def init_weights(graph: Graph) -> list[str]:
+    """Give every layer that needs weights deterministic seeded ones (He-normal weights,
+    small uniform biases), seeded by the layer's name so they do not depend on order.
+    Returns the names of the layers that got weights."""
+    shapes = infer_shapes(graph, check_weights=False)
+    initialised = []
+    for node in graph.layers():
+        if not node.opdef.has_weights or node.weights:
+            continue
+        rng = np.random.default_rng(zlib.crc32(node.name.encode()))
+        expected = node.opdef.weight_shapes(node.params, [shapes[s.name] for s in node.inputs])
+        weight_shape = expected["weight"]
+        fan_in = int(np.prod(weight_shape[1:]))
+        arrays = {"weight": rng.normal(0.0, np.sqrt(2.0 / fan_in), weight_shape)}
+        if "bias" in expected:
+            arrays["bias"] = rng.uniform(-0.1, 0.1, expected["bias"])
+        graph.set_weights(node, **arrays)
+        initialised.append(node.name)
+    return initialised
+
+
+def require_shapes(graph: Graph) -> dict[str, Shape]:
+    """The node shapes that shape inference annotated; an error if it has not run."""
+    missing = [n.name for n in graph.nodes() if n.shape is None]
+    if missing:
+        raise GraphconvError(f"no shapes on {', '.join(missing[:3])}: run shape-inference first")
+    return {n.name: n.shape for n in graph.nodes()}
+
+
+def _fmt(shape: Shape) -> str:
+    return "x".join(str(v) for v in shape)
