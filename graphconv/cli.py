@@ -68,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("spec")
     comp.add_argument("--output", "-o", required=True, help="compiled model directory to write")
     comp.add_argument("--passes", help="pipeline, e.g. 'shape-inference,fc-to-conv,my-pass{k=1}' "
-                                       "(default: shape-inference,remove-dropout,fc-to-conv,"
-                                       "fuse-conv-relu,dead-node-elimination)")
+                                       "(default: shape-inference,remove-dropout,"
+                                       "dead-node-elimination,fc-to-conv,fuse-conv-relu)")
     comp.add_argument("--output-stride", type=int, metavar="S",
                       help="finer score map: S must divide the network's total stride")
     comp.add_argument("--stride-method", default="auto", choices=("auto", "dilate", "shift"),
@@ -125,7 +125,7 @@ def _add_plugin_option(parser: argparse.ArgumentParser) -> None:
 # ---- commands -----------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from graphconv.model import Model
+    from graphconv.model import Model, as_batch
 
     if args.heatmap is not None and (args.image is None or not args.heatmap_out):
         raise GraphconvError("--heatmap needs --image and --heatmap-out")
@@ -139,6 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         x = load_array(args.input)
         if args.resize:
             raise GraphconvError("--resize applies to --image only")
+    x = as_batch(x, model.crop_shape[0])
     profile: dict[str, float] | None = {} if args.profile else None
     start = time.perf_counter()
     out = model.run(x, args.device, profile)

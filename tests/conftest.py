@@ -1,0 +1,27 @@
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = ROOT / "specs"
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def write_spec(tmp_path):
+    """write_spec(text, name="net.yaml") -> path of a spec file written from dedented text."""
+    def write(text: str, name: str = "net.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text).lstrip())
+        return path
+    return write
+
+
+def random_input(rng, shape):
+    return rng.standard_normal(shape).astype(np.float32)

@@ -1,0 +1,88 @@
+"""The command line as a user drives it: outputs, exit codes, and nothing written on error."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from graphconv.cli import main
+from conftest import ROOT, SPECS
+
+
+def run_cli(*args):
+    return main([str(a) for a in args])
+
+
+def test_run_spec_on_array(tmp_path, capsys):
+    np.save(tmp_path / "in.npy", np.random.default_rng(0).standard_normal((2, 1, 32, 32)).astype(np.float32))
+    assert run_cli("run", SPECS / "lenet.yaml", "--input", tmp_path / "in.npy", "--output", tmp_path / "out.npy") == 0
+    out = np.load(tmp_path / "out.npy")
+    assert out.shape == (2, 10, 1, 1) and np.allclose(out.sum(axis=1), 1, atol=1e-5)
+    assert "seeded weights" in capsys.readouterr().out
+
+
+def test_compile_then_run_dense(tmp_path, capsys):
+    assert run_cli("compile", SPECS / "lenet.yaml", "-o", tmp_path / "m", "--timings") == 0
+    text = capsys.readouterr().out
+    assert "fc-to-conv" in text and "output stride 4x4" in text
+    np.save(tmp_path / "big.npy", np.random.default_rng(0).standard_normal((1, 40, 48)).astype(np.float32))
+    assert run_cli("run", tmp_path / "m", "--input", tmp_path / "big.npy", "--output", tmp_path / "o.npy",
+                   "--profile") == 0
+    assert np.load(tmp_path / "o.npy").shape == (1, 10, 3, 5)
+    assert "GFLOP/s" in capsys.readouterr().out
+
+
+def test_inspect_and_passes(capsys):
+    assert run_cli("inspect", SPECS / "alexnet.yaml") == 0
+    text = capsys.readouterr().out
+    assert "fc6" in text and "37,752,832" in text and "total" in text
+    assert run_cli("passes") == 0
+    assert "fc-to-conv" in capsys.readouterr().out
+
+
+def test_compile_with_plugin_and_print_ir(tmp_path, capsys):
+    assert run_cli("compile", SPECS / "lenet.yaml", "-o", tmp_path / "m", "--plugin", ROOT / "examples/my_passes.py",
+                   "--passes", "fc-to-conv,strip-softmax,count-ops", "--print-ir-after", "strip-softmax") == 0
+    out = capsys.readouterr().out
+    assert "// ----- IR after strip-softmax -----" in out and "ops: conv x5" in out
+    assert "op: softmax" not in (tmp_path / "m" / "model.yaml").read_text()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "missing.yaml", "--input", "x.npy"], "missing.yaml: cannot read spec"),
+    (["compile", SPECS / "lenet.yaml", "-o", "{tmp}/out", "--passes", "nope"], "unknown pass 'nope'"),
+    (["compile", SPECS / "lenet.yaml", "-o", "{tmp}/out", "--output-stride", "3"],
+     "output stride 3 does not divide the network's total stride 4x4; choose one of 1, 2, 4"),
+    (["compile", SPECS / "lenet.yaml", "-o", "{tmp}/out", "--plugin", "{tmp}/nothere.py"], "plugin file not found"),
+    (["run", SPECS / "lenet.yaml", "--input", "{tmp}/bad.npy", "--output", "{tmp}/out.npy"], "input must be (N, 1, H, W)"),
+])
+def test_user_errors_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, args, message):
+    np.save(tmp_path / "bad.npy", np.zeros((3, 32, 32), np.float32))
+    code = run_cli(*[str(a).replace("{tmp}", str(tmp_path)) for a in args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("graphconv: ") and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.npy").exists()
+
+
+def test_bad_spec_error_names_file_and_line(write_spec, capsys, tmp_path):
+    spec = write_spec("input: {shape: [1, 8, 8]}\nlayers:\n  - {name: a, op: relu}\n  - {name: b, op: convolution}\n")
+    assert run_cli("compile", spec, "-o", tmp_path / "m") == 2
+    assert capsys.readouterr().err.strip() == "graphconv: net.yaml:4: layer 'b': unknown op 'convolution' " \
+        "(known: add, avgpool, concat, conv, dropout, fc, lrn, maxpool, relu, softmax)"
+
+
+def test_failed_compile_keeps_the_previous_model(tmp_path):
+    assert run_cli("compile", SPECS / "lenet.yaml", "-o", tmp_path / "m") == 0
+    before = (tmp_path / "m" / "model.yaml").read_text()
+    assert run_cli("compile", SPECS / "lenet.yaml", "-o", tmp_path / "m", "--output-stride", "3") == 2
+    assert (tmp_path / "m" / "model.yaml").read_text() == before
+
+
+def test_console_script_has_no_traceback_for_user_errors(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "graphconv", "run", str(tmp_path / "nope.yaml"), "--input", "x.npy"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "nope.yaml" in proc.stderr
+    help_text = subprocess.run([sys.executable, "-m", "graphconv", "compile", "--help"],
+                               capture_output=True, text=True).stdout
+    assert "--output-stride" in help_text and "--plugin" in help_text

@@ -1,0 +1,90 @@
+"""The IR's editing verbs, pattern matcher, verifier and text form."""
+import numpy as np
+import pytest
+
+from graphconv.errors import GraphconvError
+from graphconv.ir import Graph
+from graphconv.spec import load_spec
+from conftest import SPECS
+
+
+@pytest.fixture
+def chain():
+    g = Graph("g", "x", (3, 8, 8))
+    g.add("c", "conv", ["x"], dict(out_channels=4, kernel_size=3, stride=1, padding=0, dilation=1,
+                                   groups=1, bias=True, activation="none"))
+    g.add("r", "relu", ["c"])
+    g.add("p", "maxpool", ["r"], dict(kernel_size=2, stride=2, padding=0, dilation=1))
+    g.output = "p"
+    return g
+
+
+def test_find_users_inputs_and_order(chain):
+    assert [n.name for n in chain.nodes()] == ["x", "c", "r", "p"]
+    assert [n.name for n in chain.find("relu")] == ["r"]
+    assert chain.node("r").inputs == [chain.node("c")]
+    assert chain.node("c").users == [chain.node("r")]
+
+
+def test_remove_reconnects_and_moves_output(chain):
+    chain.remove("r")
+    assert [i.name for i in chain.node("p").inputs] == ["c"]
+    chain.remove("p")
+    assert chain.output.name == "c"
+
+
+def test_insert_after_and_before(chain):
+    chain.insert_after("c", "n1", "dropout")
+    chain.insert_before("p", "n2", "relu")
+    assert [n.name for n in chain.nodes()] == ["x", "c", "n1", "r", "n2", "p"]
+    chain.insert_after("p", "tail", "softmax")
+    assert chain.output.name == "tail"
+
+
+def test_replace_keeps_wiring_argument_order_and_location():
+    g = load_spec(SPECS / "tinydag.yaml")
+    line = g.node("b1").loc.line
+    new = g.replace("b1", "relu")
+    assert new.loc.line == line
+    assert [i.name for i in g.node("join").inputs] == ["b1", "b2_relu"]
+    g.replace_all_uses("b2_relu", "b2")
+    assert [i.name for i in g.node("join").inputs] == ["b1", "b2"]
+
+
+def test_match_chain_requires_single_use(chain):
+    assert [tuple(n.name for n in m) for m in chain.match_chain(["conv", "relu", "maxpool"])] == [("c", "r", "p")]
+    chain.add("side", "relu", ["c"])
+    assert chain.match_chain(["conv", "relu"]) == []
+
+
+def test_verify_names_the_problem(chain):
+    chain.verify()
+    chain.nx.add_edge("p", "c", index=1)
+    with pytest.raises(GraphconvError, match="cycle"):
+        chain.verify()
+
+
+def test_verify_catches_arity_and_unknown_params(chain):
+    chain.add("a", "add", ["p"])
+    with pytest.raises(GraphconvError, match="layer 'a': add takes at least 2"):
+        chain.verify()
+    chain.remove("a")
+    chain.set_params("r", bogus=1)
+    with pytest.raises(GraphconvError, match=r"unknown parameter\(s\) \['bogus'\]"):
+        chain.verify()
+
+
+def test_copy_is_independent(chain):
+    chain.set_weights("c", weight=np.ones((4, 3, 3, 3)))
+    twin = chain.copy()
+    twin.node("c").weights["weight"][:] = 5
+    twin.remove("r")
+    assert chain.node("c").weights["weight"].max() == 1 and "r" in chain
+    assert twin.fresh_name("c") == "c_2"
+
+
+def test_text_form_is_readable():
+    text = str(load_spec(SPECS / "tinydag.yaml"))
+    assert "%join = concat(%b1, %b2_relu)" in text
+    assert "%stem = conv(%data) {out_channels=8, kernel_size=3, stride=2" in text
+    assert text.splitlines()[-1] == "  return %prob"

@@ -1,0 +1,173 @@
+"""Every op's CPU kernel against its numpy reference, over many parameter combinations.
+
+The reference implementations are themselves checked against PyTorch where it is
+installed, so the chain kernel == reference == torch holds op by op."""
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from graphconv.ops import all_ops, get_op
+from graphconv.spec import normalize_params
+from graphconv.ops.registry import pair
+
+from conftest import random_input
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:  # torch is a test extra; the kernel-vs-reference checks still run
+    torch = None
+
+
+def make_weights(opdef, params, in_shapes, rng):
+    if not opdef.has_weights:
+        return {}
+    return {k: random_input(rng, s) for k, s in opdef.weight_shapes(params, in_shapes).items()}
+
+
+def check_op(name, raw_params, in_shapes, rng, batch=2, rtol=1e-4, atol=1e-4):
+    opdef = get_op(name)
+    params = normalize_params(opdef, raw_params)
+    xs = [random_input(rng, (batch, *s)) for s in in_shapes]
+    weights = make_weights(opdef, params, in_shapes, rng)
+    got = opdef.kernel("cpu")(params, weights, xs)
+    want = opdef.reference(params, weights, xs)
+    assert got.dtype == np.float32
+    assert got.shape == (batch, *opdef.shape(params, in_shapes))
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+    return params, weights, xs, want
+
+
+CONV_CASES = [
+    dict(out_channels=4, kernel_size=3),
+    dict(out_channels=5, kernel_size=[3, 2], stride=[2, 1], padding=[1, 0]),
+    dict(out_channels=6, kernel_size=3, dilation=2, padding=2),
+    dict(out_channels=6, kernel_size=[2, 3], dilation=[3, 1], stride=3),
+    dict(out_channels=6, kernel_size=3, groups=3, stride=2, padding=1),
+    dict(out_channels=6, kernel_size=1, groups=6),
+    dict(out_channels=4, kernel_size=5, bias=False, activation="relu"),
+    dict(out_channels=3, kernel_size=[9, 7]),  # kernel covering the whole input: fc-as-conv
+]
+
+
+@pytest.mark.parametrize("params", CONV_CASES)
+@pytest.mark.parametrize("in_shape", [(6, 9, 7), (6, 11, 13)])
+def test_conv_matches_reference(params, in_shape, rng):
+    check_op("conv", params, [in_shape], rng)
+
+
+@settings(max_examples=40, deadline=None)
+@given(c=st.sampled_from([1, 2, 4]), groups=st.sampled_from([1, 2]), o_per=st.integers(1, 3),
+       kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3), sw=st.integers(1, 3),
+       ph=st.integers(0, 2), pw=st.integers(0, 2), dh=st.integers(1, 3), dw=st.integers(1, 3),
+       h=st.integers(1, 12), w=st.integers(1, 12), batch=st.integers(1, 3), relu=st.booleans())
+def test_conv_hypothesis(c, groups, o_per, kh, kw, sh, sw, ph, pw, dh, dw, h, w, batch, relu):
+    """Odd sizes people would not think of: kernels just fitting, strides past the end..."""
+    c = c * groups
+    if dh * (kh - 1) + 1 > h + 2 * ph or dw * (kw - 1) + 1 > w + 2 * pw:
+        return
+    params = dict(out_channels=o_per * groups, kernel_size=[kh, kw], stride=[sh, sw],
+                  padding=[ph, pw], dilation=[dh, dw], groups=groups,
+                  activation="relu" if relu else "none")
+    check_op("conv", params, [(c, h, w)], np.random.default_rng(h * 31 + w), batch=batch)
+
+
+def test_conv_large_input_uses_several_chunks(rng, monkeypatch):
+    """The im2col buffer is filled in chunks of output rows; results must not depend on it."""
+    from graphconv.ops.conv import cpu
+    monkeypatch.setattr(cpu, "SCRATCH_FLOATS", 50)
+    check_op("conv", dict(out_channels=3, kernel_size=3, padding=1, groups=1), [(2, 10, 9)], rng, batch=3)
+
+
+POOL_CASES = [
+    dict(kernel_size=2),
+    dict(kernel_size=3, stride=2),  # overlapping, AlexNet-style
+    dict(kernel_size=3, stride=2, padding=1),
+    dict(kernel_size=[3, 2], stride=[1, 2], dilation=[2, 1]),
+    dict(kernel_size=2, stride=1, dilation=3, padding=1),
+]
+
+
+@pytest.mark.parametrize("op", ["maxpool", "avgpool"])
+@pytest.mark.parametrize("params", POOL_CASES)
+@pytest.mark.parametrize("in_shape", [(3, 9, 9), (2, 8, 11)])
+def test_pool_matches_reference(op, params, in_shape, rng):
+    check_op(op, params, [in_shape], rng)
+
+
+@pytest.mark.parametrize("size,alpha,beta,k", [(1, 1e-4, 0.75, 1.0), (3, 0.1, 0.5, 2.0),
+                                               (5, 1e-2, 0.75, 2.0), (4, 0.5, 1.0, 1.0)])
+@pytest.mark.parametrize("channels", [1, 3, 7])
+def test_lrn_matches_reference(size, alpha, beta, k, channels, rng):
+    check_op("lrn", dict(size=size, alpha=alpha, beta=beta, k=k), [(channels, 4, 5)], rng)
+
+
+@pytest.mark.parametrize("in_shape", [(3, 4, 5), (10, 1, 1)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_fc_matches_reference(in_shape, bias, rng):
+    check_op("fc", dict(out_features=7, bias=bias), [in_shape], rng)
+
+
+@pytest.mark.parametrize("name,in_shapes", [
+    ("relu", [(3, 5, 4)]), ("dropout", [(3, 5, 4)]), ("softmax", [(6, 3, 2)]), ("softmax", [(1, 2, 2)]),
+    ("add", [(3, 5, 4)] * 2), ("add", [(2, 3, 3)] * 3),
+    ("concat", [(3, 5, 4), (2, 5, 4)]), ("concat", [(1, 2, 3), (4, 2, 3), (2, 2, 3)]),
+])
+def test_pointwise_ops_match_reference(name, in_shapes, rng):
+    check_op(name, {}, in_shapes, rng, batch=3)
+
+
+def test_every_registered_op_is_covered():
+    covered = {"conv", "maxpool", "avgpool", "lrn", "fc", "relu", "dropout", "softmax", "add", "concat"}
+    assert {op.name for op in all_ops()} <= covered, "add a kernel-vs-reference test for the new op"
+
+
+# ---- the references themselves against PyTorch -----------------------------------------
+
+torch_only = pytest.mark.skipif(torch is None, reason="torch not installed")
+
+
+def _t(a):
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+@torch_only
+@pytest.mark.parametrize("params", CONV_CASES)
+def test_conv_reference_matches_torch(params, rng):
+    p, w, xs, want = check_op("conv", params, [(6, 11, 13)], rng)
+    got = F.conv2d(_t(xs[0]), _t(w["weight"]), _t(w["bias"]) if "bias" in w else None,
+                   stride=pair(p["stride"]), padding=pair(p["padding"]), dilation=pair(p["dilation"]),
+                   groups=p["groups"])
+    if p["activation"] == "relu":
+        got = F.relu(got)
+    np.testing.assert_allclose(want, got.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@torch_only
+@pytest.mark.parametrize("params", POOL_CASES)
+def test_pool_references_match_torch(params, rng):
+    p, _, xs, want = check_op("maxpool", params, [(3, 9, 9)], rng)
+    kw = dict(kernel_size=pair(p["kernel_size"]), stride=pair(p["stride"]), padding=pair(p["padding"]))
+    np.testing.assert_allclose(want, F.max_pool2d(_t(xs[0]), dilation=pair(p["dilation"]), **kw).numpy())
+    if pair(p["dilation"]) == (1, 1):
+        p, _, xs, want = check_op("avgpool", params, [(3, 9, 9)], rng)
+        np.testing.assert_allclose(want, F.avg_pool2d(_t(xs[0]), **kw).numpy(), rtol=1e-5, atol=1e-6)
+
+
+@torch_only
+def test_lrn_reference_matches_torch(rng):
+    for size in (1, 2, 3, 5):
+        p, _, xs, want = check_op("lrn", dict(size=size, alpha=0.3, beta=0.75, k=2.0), [(6, 3, 4)], rng)
+        got = F.local_response_norm(_t(xs[0]), size, alpha=0.3, beta=0.75, k=2.0)
+        np.testing.assert_allclose(want, got.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@torch_only
+def test_softmax_and_fc_references_match_torch(rng):
+    _, _, xs, want = check_op("softmax", {}, [(6, 3, 2)], rng)
+    np.testing.assert_allclose(want, F.softmax(_t(xs[0]), dim=1).numpy(), rtol=1e-5, atol=1e-7)
+    _, w, xs, want = check_op("fc", dict(out_features=5), [(3, 2, 2)], rng)
+    got = F.linear(_t(xs[0]).flatten(1), _t(w["weight"]), _t(w["bias"]))
+    np.testing.assert_allclose(want[:, :, 0, 0], got.numpy(), rtol=1e-5, atol=1e-5)

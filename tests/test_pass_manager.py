@@ -1,0 +1,204 @@
+"""The pass API: registry, pipelines, requirements, the verifier, IR printing, plugins."""
+import io
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import graphconv
+from graphconv import pass_manager as pm
+from graphconv.errors import PassError
+from graphconv.pass_manager import PassManager, parse_pipeline, register_pass
+from graphconv.spec import load_spec
+from conftest import ROOT, SPECS
+
+
+@pytest.fixture(autouse=True)
+def isolated_registry(monkeypatch):
+    """Each test may register passes; none leaks into the next."""
+    pm.load_builtin_passes()
+    monkeypatch.setattr(pm, "_REGISTRY", dict(pm._REGISTRY))
+
+
+@pytest.fixture
+def lenet():
+    return load_spec(SPECS / "lenet.yaml")
+
+
+def test_builtins_are_registered_with_their_origin():
+    names = {p.name: p for p in pm.registered_passes()}
+    for name in ("shape-inference", "fc-to-conv", "remove-dropout", "dead-node-elimination",
+                 "fuse-conv-relu", "output-stride", "conv-to-fc", "receptive-field"):
+        assert name in names and names[name].description
+    assert names["fc-to-conv"].origin == "built-in (passes/fc_to_conv.py)"
+    assert names["output-stride"].options == {"stride": None, "method": "auto"}
+
+
+def test_parse_pipeline():
+    assert parse_pipeline("a, b{k=1,m=x, f=0.5, t=true},c") == [
+        ("a", {}), ("b", {"k": 1, "m": "x", "f": 0.5, "t": True}), ("c", {})]
+    for bad in ("a,,b", "a{k}", "a{k=1", ""):
+        with pytest.raises(PassError):
+            parse_pipeline(bad)
+
+
+def test_unknown_pass_and_option_are_clear():
+    with pytest.raises(PassError, match="unknown pass 'fc-to-cnv'"):
+        PassManager("fc-to-cnv")
+    with pytest.raises(PassError, match=r"pass 'output-stride' has no option 'strid' \(it takes: stride=None, method=auto\)"):
+        PassManager("output-stride{strid=2}")
+    with pytest.raises(PassError, match="needs option"):
+        PassManager("output-stride")
+
+
+def test_requirements_run_the_provider_first(lenet):
+    manager = PassManager(["fc-to-conv"])
+    out = manager.run(lenet)
+    assert [(r.name, r.automatic) for r in manager.records] == [("shape-inference", True), ("fc-to-conv", False)]
+    assert not out.find("fc") and lenet.find("fc"), "the manager works on a copy"
+
+
+def test_requirements_can_be_strict(lenet):
+    with pytest.raises(PassError, match="pass 'fc-to-conv' requires 'shapes'; run 'shape-inference' before it"):
+        PassManager(["fc-to-conv"], auto_requirements=False).run(lenet)
+
+
+def test_changes_invalidate_analyses_not_preserved(lenet):
+    calls = []
+
+    @register_pass("needs-shapes", "test", requires=("shapes",))
+    def needs_shapes(graph):
+        calls.append(graph.output.shape)
+        return False
+
+    @register_pass("breaks-shapes", "test")
+    def breaks_shapes(graph):
+        graph.set_params("conv1", out_channels=6)
+        return True
+
+    manager = PassManager(["needs-shapes", "breaks-shapes", "needs-shapes"])
+    manager.run(lenet)
+    assert [r.name for r in manager.records] == [
+        "shape-inference", "needs-shapes", "breaks-shapes", "shape-inference", "needs-shapes"]
+
+
+def test_verifier_names_the_pass_that_broke_the_ir(lenet):
+    @register_pass("bad-pass", "breaks the weights on purpose")
+    def bad_pass(graph):
+        graph.set_weights("fc4", weight=np.zeros((84, 7), np.float32))
+        return True
+
+    with pytest.raises(PassError, match=r"pass 'bad-pass' broke the IR: lenet.yaml:\d+: layer 'fc4': "
+                                         r"fc expects weight of shape \[84, 120\]"):
+        PassManager(["bad-pass"]).run(lenet)
+
+
+def test_verifier_catches_stale_shape_annotations(lenet):
+    @register_pass("lies-about-shapes", "claims to preserve shapes but does not", preserves=("shapes",))
+    def lies(graph):
+        graph.set_shape("relu1", (6, 27, 27))
+        return True
+
+    with pytest.raises(PassError, match=r"pass 'lies-about-shapes' broke the IR: .*layer 'relu1': "
+                                        r"annotated shape \(6, 27, 27\) but its inputs give \(6, 28, 28\)"):
+        PassManager(["shape-inference", "lies-about-shapes"]).run(lenet)
+
+
+def test_user_pass_crash_is_reported_with_its_name(lenet):
+    @register_pass("crashes", "divides by zero")
+    def crashes(graph):
+        return 1 / 0
+
+    with pytest.raises(PassError, match=r"pass 'crashes' \(module test_pass_manager\) crashed: ZeroDivisionError"):
+        PassManager(["crashes"]).run(lenet)
+
+
+def test_duplicate_registration_is_refused():
+    with pytest.raises(PassError, match="pass 'fc-to-conv' is already registered by built-in"):
+        register_pass("fc-to-conv", "again")(lambda graph: False)
+
+
+def test_print_ir_before_and_after(lenet):
+    out = io.StringIO()
+    PassManager(["remove-dropout", "fc-to-conv"], print_ir_before={"fc-to-conv"},
+                print_ir_after={"all"}, out=out).run(lenet)
+    text = out.getvalue()
+    assert "// ----- IR before fc-to-conv -----" in text
+    assert "// ----- IR after remove-dropout -----" in text
+    assert "// ----- IR after fc-to-conv -----" in text and "%fc3 = conv(%pool2)" in text
+
+
+def test_timings_table(lenet):
+    manager = PassManager(["fc-to-conv", "fuse-conv-relu"])
+    manager.run(lenet)
+    table = manager.timings_table()
+    assert "shape-inference (auto)" in table and "fuse-conv-relu" in table and "total" in table
+
+
+def test_builtin_housekeeping_passes():
+    graph = load_spec(SPECS / "tinydag.yaml")
+    graph.add("unused", "relu", ["stem"])
+    out = graphconv.run_passes(graph, "remove-dropout,dead-node-elimination,fuse-conv-relu")
+    assert not out.find("dropout") and "unused" not in out
+    assert out.node("stem").params["activation"] == "relu" and "stem_relu" not in out
+    assert out.node("b2").params["activation"] == "relu"
+    x = np.random.default_rng(0).standard_normal((2, 3, 28, 24)).astype(np.float32)
+    np.testing.assert_allclose(graphconv.Model(out).run(x), graphconv.Model(graph).run(x), rtol=1e-5, atol=1e-6)
+
+
+# ---- plugins ---------------------------------------------------------------------------
+
+def test_plugin_from_file_runs_end_to_end(lenet, capsys):
+    pm.load_plugin(str(ROOT / "examples" / "my_passes.py"))
+    info = pm.get_pass("strip-softmax")
+    assert info.origin.startswith("plugin ") and info.origin.endswith("my_passes.py")
+    out = graphconv.run_passes(lenet, "fc-to-conv,strip-softmax,count-ops{prefix=>>}")
+    assert out.output.name == "fc5"
+    assert ">> conv x5, maxpool x2, relu x4" in capsys.readouterr().out
+
+
+def test_plugin_from_module(tmp_path, monkeypatch):
+    (tmp_path / "team_passes.py").write_text(textwrap.dedent("""
+        from graphconv.pass_manager import register_pass
+
+        @register_pass("team-noop", "does nothing")
+        def team_noop(graph):
+            return False
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pm.load_plugin("team_passes")
+    assert pm.get_pass("team-noop").origin == "plugin team_passes"
+
+
+def test_plugin_from_entry_point(tmp_path, monkeypatch):
+    dist = tmp_path / "graphconv_extra-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: graphconv-extra\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[graphconv.passes]\nextra = graphconv_extra_passes\n")
+    (tmp_path / "graphconv_extra_passes.py").write_text(textwrap.dedent("""
+        from graphconv.pass_manager import register_pass
+
+        @register_pass("extra-noop", "from an installed package")
+        def extra_noop(graph):
+            return False
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(pm, "_builtins_loaded", False)
+    monkeypatch.setitem(sys.modules, "passes", sys.modules["passes"])  # built-ins stay imported once
+    pm.load_builtin_passes()
+    assert pm.get_pass("extra-noop").origin == "entry point 'extra' (graphconv-extra)"
+
+
+def test_broken_plugins_are_user_errors(tmp_path):
+    broken = tmp_path / "broken.py"
+    broken.write_text("import does_not_exist\n")
+    with pytest.raises(PassError, match=r"plugin '.*broken.py' failed to import: ModuleNotFoundError"):
+        pm.load_plugin(str(broken))
+    dup = tmp_path / "dup.py"
+    dup.write_text("from graphconv.pass_manager import register_pass\n"
+                   "register_pass('fc-to-conv', 'mine')(lambda graph: False)\n")
+    with pytest.raises(PassError, match="already registered by built-in"):
+        pm.load_plugin(str(dup))
+    with pytest.raises(graphconv.GraphconvError, match="missing.py: plugin file not found"):
+        pm.load_plugin(str(tmp_path / "missing.py"))
