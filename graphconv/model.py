@@ -83,7 +83,16 @@ class Model:
         executor = self.executor(device)
         if self.stitch:
             return self._run_stitched(executor, batch, profile)
-        return executor.run(batch, profile)
+        return self._crop_grid(executor.run(batch, profile), batch.shape[2:])
+
+    def _crop_grid(self, out: np.ndarray, image_hw) -> np.ndarray:
+        """Keep the cells of whole crops. When a classifier's last window does not use the
+        last pixels of its crop (floor rounding), the dense map has extra cells at the
+        bottom/right whose crop would run off the image; the crop grid excludes them."""
+        rows, cols = self.map_size(*image_hw)
+        if out.shape[2] > rows or out.shape[3] > cols:
+            out = np.ascontiguousarray(out[:, :, :rows, :cols])
+        return out
 
     def _run_stitched(self, executor: Executor, x: np.ndarray, profile: dict | None) -> np.ndarray:
         """Shift-and-stitch: all f*f shifted copies go through the network as one batch

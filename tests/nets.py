@@ -1,0 +1,48 @@
+"""Small unpadded networks for the dense-evaluation tests: every cell of their score maps
+must equal the classifier on its crop. Each stresses something different."""
+
+STRIDED = """
+name: strided
+input: {name: data, shape: [2, 19, 23]}
+layers:
+  - {name: c1, op: conv, out_channels: 4, kernel_size: [3, 5], stride: 2}
+  - {name: r1, op: relu}
+  - {name: p1, op: maxpool, kernel_size: 3, stride: 2}
+  - {name: fc1, op: fc, out_features: 6}
+  - {name: r2, op: relu}
+  - {name: fc2, op: fc, out_features: 3}
+"""
+
+GROUPED_LRN = """
+name: grouped_lrn
+input: {name: data, shape: [4, 16, 14]}
+layers:
+  - {name: c1, op: conv, out_channels: 8, kernel_size: 3, groups: 2}
+  - {name: n1, op: lrn, size: 3, alpha: 0.01, beta: 0.75, k: 1.0}
+  - {name: p1, op: avgpool, kernel_size: 2}
+  - {name: c2, op: conv, out_channels: 8, kernel_size: [2, 3], groups: 4, stride: [1, 2]}
+  - {name: r2, op: relu}
+  - {name: p2, op: maxpool, kernel_size: [3, 2], stride: [2, 1]}
+  - {name: fc1, op: fc, out_features: 5}
+  - {name: prob, op: softmax}
+"""
+
+DAG = """
+name: dag
+input: {name: data, shape: [3, 18, 18]}
+layers:
+  - {name: stem, op: conv, out_channels: 6, kernel_size: 3, stride: 2}
+  - {name: a, op: conv, out_channels: 4, kernel_size: 1, inputs: [stem]}
+  - {name: b, op: conv, out_channels: 4, kernel_size: 5, inputs: [stem]}
+  - {name: b_pool, op: maxpool, kernel_size: 3, stride: 1, inputs: [stem]}
+  - {name: b_proj, op: conv, out_channels: 4, kernel_size: 3}
+  - {name: sum, op: add, inputs: [b, b_proj]}
+  - {name: a_crop, op: maxpool, kernel_size: 5, stride: 1, inputs: [a]}
+  - {name: cat, op: concat, inputs: [a_crop, sum]}
+  - {name: pool, op: maxpool, kernel_size: 2}
+  - {name: fc1, op: fc, out_features: 7}
+  - {name: drop, op: dropout}
+  - {name: fc2, op: fc, out_features: 4}
+"""
+
+UNPADDED = {"strided": STRIDED, "grouped_lrn": GROUPED_LRN, "dag": DAG}

@@ -1,0 +1,79 @@
+"""Finer output strides: shift-and-stitch and the dilated rewrite both equal the crop loop."""
+import numpy as np
+import pytest
+
+import graphconv
+from graphconv.dense import crop_loop
+from graphconv.errors import GraphconvError
+from graphconv.receptive import total_stride
+from conftest import SPECS, random_input
+from nets import UNPADDED
+
+from passes.output_stride import method_flops
+
+
+def nets(write_spec):
+    out = {name: graphconv.load(write_spec(text, f"{name}.yaml")) for name, text in UNPADDED.items()}
+    out["lenet"] = graphconv.load(SPECS / "lenet.yaml")
+    out["tinydag"] = graphconv.load(SPECS / "tinydag.yaml")
+    return out
+
+
+def reachable_strides(total):
+    return [s for s in range(1, min(total) + 1) if total[0] % s == 0 and total[1] % s == 0]
+
+
+@pytest.mark.parametrize("name", ["lenet", "tinydag", "strided", "grouped_lrn", "dag"])
+@pytest.mark.parametrize("method", ["dilate", "shift"])
+def test_every_reachable_stride_equals_crop_loop(name, method, write_spec, rng):
+    classifier = nets(write_spec)[name]
+    c, hc, wc = classifier.crop_shape
+    image = random_input(rng, (2, c, hc + 11, wc + 7))
+    total = total_stride(graphconv.compile_model(classifier.graph).graph)
+    for stride in reachable_strides(total):
+        fine = graphconv.compile_model(classifier.graph, output_stride=stride, stride_method=method)
+        assert fine.output_stride == (stride, stride)
+        got = fine.run(image)
+        want = crop_loop(classifier, image, stride)
+        assert got.shape == want.shape, (stride, got.shape, want.shape)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=f"stride {stride}")
+
+
+def test_dilate_rewrites_the_later_layers_only():
+    fine = graphconv.compile_model(SPECS / "alexnet.yaml", output_stride=8, stride_method="dilate")
+    params = {n.name: n.params for n in fine.graph.layers()}
+    assert params["conv1"]["stride"] == 4 and params["conv1"]["dilation"] == 1
+    assert params["pool1"]["stride"] == 2 and params["conv2"]["dilation"] == 1
+    assert params["pool2"]["stride"] == 1 and params["conv3"]["dilation"] == 2
+    assert params["conv3"]["padding"] == 2
+    assert params["pool5"]["stride"] == 1 and params["pool5"]["dilation"] == 2
+    assert params["fc6"]["dilation"] == 4 and params["fc7"]["dilation"] == 4
+    assert fine.map_size(384, 384) == (21, 21)
+
+
+def test_shift_records_its_plan_in_the_saved_model(tmp_path, rng):
+    fine = graphconv.compile_model(SPECS / "lenet.yaml", output_stride=2, stride_method="shift")
+    fine.save(tmp_path / "m")
+    again = graphconv.load(tmp_path / "m")
+    assert again.stitch == {"factor": [2, 2], "step": 2}
+    image = random_input(rng, (1, 1, 41, 37))
+    np.testing.assert_array_equal(again.run(image), fine.run(image))
+    assert again.run(image).shape == (1, 10, 5, 3)
+
+
+def test_auto_picks_the_cheaper_method():
+    graph = graphconv.load(SPECS / "alexnet.yaml").graph
+    fine = graphconv.compile_model(graph, output_stride=16)
+    flops = method_flops(graphconv.compile_model(graph).graph, 16)
+    assert flops["dilate"] < flops["shift"]
+    assert fine.graph.meta["compiled"]["stride_method"] == "dilate"
+
+
+def test_stride_that_does_not_divide_is_a_user_error():
+    with pytest.raises(GraphconvError, match="output stride 12 does not divide the network's total stride 32x32"):
+        graphconv.compile_model(SPECS / "alexnet.yaml", output_stride=12)
+
+
+def test_output_stride_before_fc_to_conv_is_refused():
+    with pytest.raises(GraphconvError, match="run fc-to-conv first"):
+        graphconv.compile_model(SPECS / "lenet.yaml", "shape-inference", output_stride=2)
