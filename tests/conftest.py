@@ -8,6 +8,14 @@ ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
 
 
+@pytest.fixture(autouse=True)
+def isolated_pass_registry(monkeypatch):
+    """Tests (and CLI runs with --plugin) may register passes; none leaks into the next test."""
+    from graphconv import pass_manager
+    pass_manager.load_builtin_passes()
+    monkeypatch.setattr(pass_manager, "_REGISTRY", dict(pass_manager._REGISTRY))
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -14,13 +14,6 @@ from graphconv.spec import load_spec
 from conftest import ROOT, SPECS
 
 
-@pytest.fixture(autouse=True)
-def isolated_registry(monkeypatch):
-    """Each test may register passes; none leaks into the next."""
-    pm.load_builtin_passes()
-    monkeypatch.setattr(pm, "_REGISTRY", dict(pm._REGISTRY))
-
-
 @pytest.fixture
 def lenet():
     return load_spec(SPECS / "lenet.yaml")
