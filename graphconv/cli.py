@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--heatmap", type=int, metavar="CLASS", help="class whose score map to draw")
     run.add_argument("--heatmap-out", metavar="PNG", help="where to write the heatmap image")
     run.add_argument("--profile", action="store_true", help="print per-layer times of this run")
+    run.add_argument("--scales", type=_int_list, metavar="S1,S2,...",
+                     help="evaluate with the shorter image side resized to each scale and reduce "
+                          "every score map to one class vector (saved by --output)")
+    run.add_argument("--flip", action="store_true", help="with --scales: also the mirror images")
+    run.add_argument("--reduce", default="mean", choices=("mean", "max"),
+                     help="with --scales: reduce over positions, then scales and flips")
+    run.add_argument("--top", type=int, default=0, metavar="K", help="print the K best classes")
     _add_plugin_option(run)
     run.set_defaults(handler=cmd_run)
 
@@ -88,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("model")
     insp.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
                       help="image size (default: the spec's crop)")
+    insp.add_argument("--scales", type=_int_list, metavar="S1,S2,...",
+                      help="score-map size and FLOPs with the image's shorter side at each scale "
+                           "(of an image of --input-size, default square)")
     insp.add_argument("--ir", action="store_true", help="also print the IR as text")
     insp.add_argument("--profile", action="store_true",
                       help="run once on random input and add measured per-layer times")
@@ -129,6 +139,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.heatmap is not None and (args.image is None or not args.heatmap_out):
         raise GraphconvError("--heatmap needs --image and --heatmap-out")
+    if (args.flip or args.reduce != "mean") and not args.scales:
+        raise GraphconvError("--flip and --reduce apply to --scales runs")
     _check_writable(args.output, args.heatmap_out)
     model = Model.load(args.model)
     if args.image:
@@ -140,6 +152,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.resize:
             raise GraphconvError("--resize applies to --image only")
     x = as_batch(x, model.crop_shape[0])
+    if args.scales:
+        return _run_scales(args, model, x)
     profile: dict[str, float] | None = {} if args.profile else None
     start = time.perf_counter()
     out = model.run(x, args.device, profile)
@@ -157,10 +171,51 @@ def cmd_run(args: argparse.Namespace) -> int:
         atomic_write(args.heatmap_out, lambda p: images.save_heatmap(picture, out[0, args.heatmap],
                                                                       model.field, p), suffix=".png")
         print(f"heatmap of class {args.heatmap} -> {args.heatmap_out}")
+    if args.top:
+        print_top(reduce_map_or_vector(out), args.top, model.graph.meta.get("labels"))
     if args.output:
         atomic_write(args.output, lambda p: np.save(p, out), suffix=".npy")
         print(f"-> {args.output}")
     return 0
+
+
+def _run_scales(args: argparse.Namespace, model, x: np.ndarray) -> int:
+    from graphconv.scales import multiscale
+
+    if args.heatmap is not None or args.profile:
+        raise GraphconvError("--heatmap and --profile take a single-scale run (drop --scales)")
+    result = multiscale(model, x, args.scales, args.flip, args.reduce, args.device)
+    for (scale, flipped), score_map in result.maps.items():
+        print(f"scale {scale}{' flipped' if flipped else ''}: input resized to shorter side {scale}, "
+              f"score map {score_map.shape[2]}x{score_map.shape[3]}")
+    print(f"reduced ({args.reduce}) over {len(result.maps)} evaluation(s) -> scores {result.scores.shape}")
+    print_top(result.scores, args.top or 5, model.graph.meta.get("labels"))
+    if args.output:
+        atomic_write(args.output, lambda p: np.save(p, result.scores), suffix=".npy")
+        print(f"-> {args.output}")
+    return 0
+
+
+def reduce_map_or_vector(out: np.ndarray) -> np.ndarray:
+    return out.mean(axis=(2, 3)) if out.ndim == 4 else out
+
+
+def print_top(scores: np.ndarray, k: int, labels: list[str] | None) -> None:
+    from graphconv.scales import top_classes
+
+    for index, vector in enumerate(scores):
+        print(f"image {index}: " + ", ".join(f"{label} {score:.4g}" for _, label, score in
+                                             top_classes(vector, k, labels)))
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got '{text}'")
+    return values
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -186,7 +241,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     model = Model.load(args.model)
     hw = tuple(args.input_size) if args.input_size else None
-    print(inspect_report(model, hw))
+    print(inspect_report(model, hw, args.scales))
     if args.ir:
         print(model.graph)
     if args.profile:

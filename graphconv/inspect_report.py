@@ -6,7 +6,8 @@ from graphconv.model import Model
 from graphconv.receptive import receptive_fields
 
 
-def inspect_report(model: Model, input_hw: tuple[int, int] | None = None) -> str:
+def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
+                   scales: list[int] | None = None) -> str:
     graph = model.graph
     c, hc, wc = model.crop_shape
     hw = input_hw or (hc, wc)
@@ -35,6 +36,31 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None) -> str
     elif input_hw or costs[-1].shape[1:] != (1, 1):
         lines.append(f"score map: {model.map_size(*hw)} cells at output stride "
                      f"{_pair(model.output_stride)}")
+    if scales:
+        lines.append(scales_report(model, input_hw or (max(hc, wc), max(hc, wc)), scales))
+    return "\n".join(lines)
+
+
+def scales_report(model: Model, image_hw: tuple[int, int], scales: list[int]) -> str:
+    """Score-map size and FLOPs per scale, so users can choose scales knowingly."""
+    from graphconv.cost import total_flops
+    from graphconv.scales import scaled_size
+
+    _, hc, wc = model.crop_shape
+    passes = model.stitch["factor"][0] * model.stitch["factor"][1] if model.stitch else 1
+    lines = [f"scales for a {image_hw[0]}x{image_hw[1]} image (shorter side resized to each):",
+             f"{'scale':>7}{'image':>12}{'score map':>12}{'GFLOP':>10}"]
+    total = 0.0
+    for scale in scales:
+        h, w = scaled_size(*image_hw, scale)
+        if h < hc or w < wc:
+            lines.append(f"{scale:>7}{f'{h}x{w}':>12}  smaller than the {hc}x{wc} crop")
+            continue
+        rows, cols = model.map_size(h, w)
+        gflop = passes * total_flops(model.graph, (h, w)) / 1e9
+        total += gflop
+        lines.append(f"{scale:>7}{f'{h}x{w}':>12}{f'{rows}x{cols}':>12}{gflop:>10.2f}")
+    lines.append(f"{'total':>31}{total:>10.2f} GFLOP (x2 with --flip)")
     return "\n".join(lines)
 
 

@@ -1,0 +1,72 @@
+"""Multi-scale, flipped evaluation reduced to one class vector."""
+import numpy as np
+import pytest
+
+import graphconv
+from graphconv.cli import main
+from graphconv.dense import crop_loop
+from graphconv.errors import GraphconvError
+from graphconv.scales import multiscale, resize_bilinear, scaled_size
+from conftest import SPECS, random_input
+from torch_oracle import torch
+
+
+@pytest.fixture(scope="module")
+def lenet():
+    return graphconv.load(SPECS / "lenet.yaml"), graphconv.compile_model(SPECS / "lenet.yaml")
+
+
+def test_mean_over_positions_equals_mean_of_crop_loop(lenet, rng):
+    classifier, fcn = lenet
+    image = random_input(rng, (2, 1, 40, 52))
+    result = multiscale(fcn, image, [40], reduce="mean")
+    expected = crop_loop(classifier, image, 4).mean(axis=(2, 3))
+    np.testing.assert_allclose(result.scores, expected, rtol=1e-4, atol=1e-6)
+    result = multiscale(fcn, image, [40], reduce="max")
+    np.testing.assert_allclose(result.scores, crop_loop(classifier, image, 4).max(axis=(2, 3)), rtol=1e-4, atol=1e-6)
+
+
+def test_flips_are_evaluated_explicitly(lenet, rng):
+    classifier, fcn = lenet
+    image = random_input(rng, (1, 1, 36, 44))
+    result = multiscale(fcn, image, [36, 44], flip=True)
+    assert set(result.maps) == {(36, False), (36, True), (44, False), (44, True)}
+    mirrored = np.ascontiguousarray(image[..., ::-1])
+    np.testing.assert_allclose(result.maps[(36, True)], crop_loop(classifier, mirrored, 4), rtol=1e-4, atol=1e-6)
+    mean = np.mean([m.mean(axis=(2, 3)) for m in result.maps.values()], axis=0)
+    np.testing.assert_allclose(result.scores, mean, rtol=1e-5)
+
+
+def test_scale_resizes_the_shorter_side(lenet, rng):
+    _, fcn = lenet
+    assert scaled_size(300, 400, 384) == (384, 512)
+    assert scaled_size(400, 300, 384) == (512, 384)
+    result = multiscale(fcn, random_input(rng, (1, 1, 40, 60)), [48])
+    assert result.maps[(48, False)].shape == (1, 10, 5, 11)  # 48x72 image
+    with pytest.raises(GraphconvError, match="smaller than the 32x32 crop"):
+        multiscale(fcn, random_input(rng, (1, 1, 40, 60)), [20])
+
+
+@pytest.mark.skipif(torch is None, reason="torch not installed")
+def test_resize_matches_torch_bilinear(rng):
+    x = random_input(rng, (2, 3, 17, 23))
+    import torch.nn.functional as F
+    for size in [(30, 41), (9, 12), (17, 23)]:
+        want = F.interpolate(torch.from_numpy(x), size=size, mode="bilinear", align_corners=False).numpy()
+        np.testing.assert_allclose(resize_bilinear(x, *size), want, rtol=1e-5, atol=1e-5)
+
+
+def test_cli_multiscale_prints_top_classes_and_saves_the_vector(tmp_path, capsys):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(f"digit {i}" for i in range(10)))
+    spec = (SPECS / "lenet.yaml").read_text().replace("layers:", "labels: labels.txt\nlayers:")
+    (tmp_path / "net.yaml").write_text(spec)
+    assert main(["compile", str(tmp_path / "net.yaml"), "-o", str(tmp_path / "m")]) == 0
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((2, 1, 40, 40)).astype(np.float32))
+    assert main(["run", str(tmp_path / "m"), "--input", str(tmp_path / "x.npy"), "--scales", "32,40",
+                 "--flip", "--top", "3", "--output", str(tmp_path / "v.npy")]) == 0
+    out = capsys.readouterr().out
+    assert "scale 40 flipped" in out and "image 1: digit" in out
+    assert np.load(tmp_path / "v.npy").shape == (2, 10)
+    assert main(["inspect", str(tmp_path / "m"), "--scales", "32,64"]) == 0
+    assert "64x64" in capsys.readouterr().out
