@@ -257,7 +257,7 @@ class PassManager:
         try:
             result = info.run(graph, **options)
         except GraphconvError as err:
-            raise PassError(f"pass '{info.name}': {err.message}", loc=err.loc, layer=err.layer) from err
+            raise PassError(f"{err.message} (in pass '{info.name}')", loc=err.loc, layer=err.layer) from err
         except Exception as err:
             if info.origin.startswith("built-in"):
                 raise
