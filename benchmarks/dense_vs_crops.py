@@ -1,0 +1,104 @@
+"""Dense evaluation vs the crop loop, and finer output strides, on AlexNet at 384x384.
+
+    python benchmarks/dense_vs_crops.py [--repeats 5] [--write benchmarks/README.md]
+
+Times are medians over --repeats runs after one warm-up (JIT compile excluded), all in
+this process with the same thread count; PyTorch (if installed) runs the same converted
+network as a reference point. Not a test: it asserts nothing about speed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import graphconv  # noqa: E402
+from graphconv.cost import total_flops  # noqa: E402
+from graphconv.dense import crop_loop  # noqa: E402
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def torch_time(graph, image, repeats):
+    try:
+        import torch
+        sys.path.insert(0, str(ROOT / "tests"))
+        from torch_oracle import torch_forward
+    except ImportError:
+        return None
+    torch.set_num_threads(int(os.environ.get("THREADS", os.cpu_count())))
+    with torch.no_grad():
+        return median_ms(lambda: torch_forward(graph, image), repeats)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--size", type=int, default=384)
+    parser.add_argument("--write", help="append the table to this markdown file's benchmark section")
+    args = parser.parse_args()
+    spec = ROOT / "specs" / "alexnet.yaml"
+    classifier = graphconv.load(spec)
+    image = np.random.default_rng(0).standard_normal((1, 3, args.size, args.size)).astype(np.float32)
+    fcn = graphconv.compile_model(spec)
+    rows = []
+    hw = (args.size, args.size)
+    dense_ms = median_ms(lambda: fcn.run(image), args.repeats)
+    cells = int(np.prod(fcn.map_size(*hw)))
+    crop_flops = cells * total_flops(classifier.graph)
+    dense_flops = total_flops(fcn.graph, hw)
+    loop_ms = median_ms(lambda: crop_loop(classifier, image, 32), max(1, args.repeats // 2))
+    rows.append(("dense, stride 32 (one pass)", fcn.map_size(*hw), dense_ms, dense_flops))
+    rows.append((f"crop loop, stride 32 ({cells} crops, batched by 64)", fcn.map_size(*hw), loop_ms, crop_flops))
+    for stride in (16, 8):
+        for method in ("dilate", "shift"):
+            fine = graphconv.compile_model(spec, output_stride=stride, stride_method=method)
+            passes = fine.stitch["factor"][0] * fine.stitch["factor"][1] if fine.stitch else 1
+            ms = median_ms(lambda: fine.run(image), args.repeats)
+            rows.append((f"stride {stride}, {method}", fine.map_size(*hw), ms, passes * total_flops(fine.graph, hw)))
+    torch_ms = torch_time(fcn.graph, image, args.repeats)
+    lines = [f"AlexNet at {args.size}x{args.size}, batch 1, {os.cpu_count()} cores, "
+             f"{platform.processor() or platform.machine()}, medians of {args.repeats}",
+             "", "| what | score map | ms | GFLOP | GFLOP/s |", "| --- | --- | ---: | ---: | ---: |"]
+    for name, size, ms, flops in rows:
+        lines.append(f"| {name} | {size[0]}x{size[1]} | {ms:.1f} | {flops / 1e9:.2f} | {flops / ms / 1e6:.1f} |")
+    lines.append("")
+    lines.append(f"- crop loop / dense time ratio: **{loop_ms / dense_ms:.1f}x**; FLOP ratio the two should "
+                 f"have: **{crop_flops / dense_flops:.1f}x**")
+    if torch_ms is not None:
+        lines.append(f"- PyTorch {__import__('torch').__version__} on the same converted network, same threads: "
+                     f"{torch_ms:.1f} ms (graphconv/PyTorch time ratio {dense_ms / torch_ms:.2f})")
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        Path(args.write).write_text(HEADER + text + "\n")
+
+
+HEADER = """# Benchmarks
+
+Run `python benchmarks/dense_vs_crops.py --write benchmarks/README.md` to regenerate this
+file. Timings on shared machines are noisy: the table gives medians, read the ratios.
+
+## Dense evaluation vs the crop loop, and finer strides (`dense_vs_crops.py`)
+
+"""
+
+if __name__ == "__main__":
+    main()
