@@ -1,4 +1,11 @@
+import os
 import textwrap
+
+# CUDA kernels are tested on numba's simulator unless a real GPU is asked for
+# (GRAPHCONV_TEST_GPU=1); numba reads this when it is first imported, so set it first.
+if os.environ.get("GRAPHCONV_TEST_GPU") != "1":
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+
 from pathlib import Path
 
 import numpy as np

@@ -1,0 +1,31 @@
+"""CUDA LRN: one thread per (image, row, column), walking the channels."""
+from __future__ import annotations
+
+from numba import cuda
+
+from graphconv import cuda_backend
+
+
+@cuda.jit
+def _lrn(x, out, size, alpha, beta, k):
+    index = cuda.grid(1)
+    n, c, height, width = x.shape
+    if index >= n * height * width:
+        return
+    xx = index % width
+    y = (index // width) % height
+    b = index // (width * height)
+    for ch in range(c):
+        acc = 0.0
+        for j in range(max(0, ch - size // 2), min(c, ch + (size - 1) // 2 + 1)):
+            acc += x[b, j, y, xx] * x[b, j, y, xx]
+        out[b, ch, y, xx] = x[b, ch, y, xx] / (k + alpha / size * acc) ** beta
+
+
+def run_lrn(params: dict, weights: dict, inputs: list):
+    x = inputs[0]
+    n, _, height, width = x.shape
+    out = cuda_backend.empty(x.shape)
+    blocks, threads = cuda_backend.grid_1d(n * height * width)
+    _lrn[blocks, threads](x, out, params["size"], params["alpha"], params["beta"], params["k"])
+    return out

@@ -1,0 +1,52 @@
+"""CUDA pooling: one thread per output element, consecutive threads on consecutive columns."""
+from __future__ import annotations
+
+import math
+
+from numba import cuda
+
+from graphconv import cuda_backend
+from graphconv.ops.registry import pair
+
+
+@cuda.jit
+def _pool(x, out, kh, kw, sh, sw, ph, pw, dh, dw, is_max):
+    index = cuda.grid(1)
+    n, c, ho, wo = out.shape
+    if index >= n * c * ho * wo:
+        return
+    ox = index % wo
+    oy = (index // wo) % ho
+    ch = (index // (wo * ho)) % c
+    b = index // (wo * ho * c)
+    height, width = x.shape[2], x.shape[3]
+    acc = -math.inf if is_max else 0.0
+    for i in range(kh):
+        iy = oy * sh - ph + i * dh
+        if 0 <= iy < height:
+            for j in range(kw):
+                ix = ox * sw - pw + j * dw
+                if 0 <= ix < width:
+                    v = x[b, ch, iy, ix]
+                    acc = max(acc, v) if is_max else acc + v
+    out[b, ch, oy, ox] = acc if is_max else acc / (kh * kw)
+
+
+def _run(params: dict, x, is_max: bool):
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
+        pair(params[k]) for k in ("kernel_size", "stride", "padding", "dilation"))
+    n, c, height, width = x.shape
+    ho = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    out = cuda_backend.empty((n, c, ho, wo))
+    blocks, threads = cuda_backend.grid_1d(out.size)
+    _pool[blocks, threads](x, out, kh, kw, sh, sw, ph, pw, dh, dw, is_max)
+    return out
+
+
+def run_maxpool(params: dict, weights: dict, inputs: list):
+    return _run(params, inputs[0], True)
+
+
+def run_avgpool(params: dict, weights: dict, inputs: list):
+    return _run(params, inputs[0], False)

@@ -1,0 +1,38 @@
+"""CUDA softmax over channels: one thread per (image, row, column)."""
+from __future__ import annotations
+
+import math
+
+from numba import cuda
+
+from graphconv import cuda_backend
+
+
+@cuda.jit
+def _softmax(x, out):
+    index = cuda.grid(1)
+    n, c, height, width = x.shape
+    if index >= n * height * width:
+        return
+    xx = index % width
+    y = (index // width) % height
+    b = index // (width * height)
+    m = x[b, 0, y, xx]
+    for ch in range(1, c):
+        m = max(m, x[b, ch, y, xx])
+    total = 0.0
+    for ch in range(c):
+        e = math.exp(x[b, ch, y, xx] - m)
+        out[b, ch, y, xx] = e
+        total += e
+    for ch in range(c):
+        out[b, ch, y, xx] /= total
+
+
+def run_softmax(params: dict, weights: dict, inputs: list):
+    x = inputs[0]
+    n, _, height, width = x.shape
+    out = cuda_backend.empty(x.shape)
+    blocks, threads = cuda_backend.grid_1d(n * height * width)
+    _softmax[blocks, threads](x, out)
+    return out
