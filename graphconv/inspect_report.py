@@ -36,9 +36,28 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
     elif input_hw or costs[-1].shape[1:] != (1, 1):
         lines.append(f"score map: {model.map_size(*hw)} cells at output stride "
                      f"{_pair(model.output_stride)}")
+    if not graph.find("fc") and not model.stitch:
+        lines.extend(stride_options(model, hw))
     if scales:
         lines.append(scales_report(model, input_hw or (max(hc, wc), max(hc, wc)), scales))
     return "\n".join(lines)
+
+
+def stride_options(model: Model, image_hw: tuple[int, int]) -> list[str]:
+    """FLOPs of each finer output stride by both methods, so `--stride-method` is an informed choice."""
+    from passes.output_stride import method_flops
+
+    total = model.field.stride
+    strides = [s for s in range(1, min(total)) if total[0] % s == 0 and total[1] % s == 0]
+    if not strides:
+        return []
+    lines = [f"finer output strides for a {image_hw[0]}x{image_hw[1]} image (GFLOP): "]
+    for stride in reversed(strides):
+        flops = method_flops(model.graph, stride, image_hw)
+        best = min(flops, key=flops.get)
+        lines.append(f"  --output-stride {stride}: dilate {flops['dilate'] / 1e9:.2f}, shift "
+                     f"{flops['shift'] / 1e9:.2f} (auto picks {best})")
+    return lines
 
 
 def scales_report(model: Model, image_hw: tuple[int, int], scales: list[int]) -> str:

@@ -86,3 +86,15 @@ def test_console_script_has_no_traceback_for_user_errors(tmp_path):
     help_text = subprocess.run([sys.executable, "-m", "graphconv", "compile", "--help"],
                                capture_output=True, text=True).stdout
     assert "--output-stride" in help_text and "--plugin" in help_text
+
+
+def test_run_on_image_writes_heatmap(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    assert run_cli("compile", SPECS / "alexnet.yaml", "-o", tmp_path / "m") == 0
+    assert run_cli("run", tmp_path / "m", "--image", ROOT / "examples/scene.png", "--resize", 256, 288,
+                   "--heatmap", 3, "--heatmap-out", tmp_path / "h.png", "--output", tmp_path / "s.npy") == 0
+    from PIL import Image
+    assert Image.open(tmp_path / "h.png").size == (288, 256)
+    assert np.load(tmp_path / "s.npy").shape == (1, 1000, 2, 3)
+    assert run_cli("inspect", tmp_path / "m", "--input-size", 384, 384) == 0
+    assert "--output-stride 16: dilate" in capsys.readouterr().out
