@@ -7,6 +7,10 @@
 
 Pass authors start at `graphconv.pass_manager` (register_pass) and `graphconv.ir` (Graph).
 """
+from graphconv.threads import quiet_idle_workers
+
+quiet_idle_workers()  # before numba, OpenMP or OpenBLAS load: see graphconv/threads.py
+
 from graphconv.errors import GraphconvError, Location, PassError, ShapeError
 from graphconv.ir import Graph, Node
 from graphconv.pass_manager import PassManager, register_pass, registered_passes, run_passes

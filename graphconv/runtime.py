@@ -85,9 +85,10 @@ class Executor:
                 last_use[src.name] = index
         steps = []
         for index, node in enumerate(layers):
-            weights = node.weights
             if self._backend is not None:
-                weights = self._backend.upload_weights(weights)
+                weights = self._backend.upload_weights(node.weights)
+            else:  # kernels reshape weights; a contiguous array makes that free on every run
+                weights = {k: np.ascontiguousarray(v, np.float32) for k, v in node.weights.items()}
             frees = [name for name, last in last_use.items() if last == index and name != output]
             steps.append(Step(node.name, node.opdef, node.opdef.kernel(self.device), node.params,
                               weights, [i.name for i in node.inputs], frees))

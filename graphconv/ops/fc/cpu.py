@@ -1,12 +1,31 @@
-"""CPU fc: a single SGEMM (batch x in) @ (in x out) through BLAS, bias added in place."""
+"""CPU fc: (batch x in) @ (in x out) with the bias (and nothing else) added.
+
+A small batch is the weight-streaming product of `gemm_cpu` (each weight is read
+once and used batch times, so BLAS's packing would dominate); a large batch is one
+BLAS SGEMM.
+"""
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
+from graphconv.ops.gemm_cpu import padded_positions, stream_matmul
+
+STREAM_MAX_BATCH = 96
+
 
 @njit(cache=True)
-def _fc(x2d, weight, bias):
+def _fc_stream(x2d, weight, bias):
+    n, k = x2d.shape
+    xt = np.zeros((padded_positions(n), k), np.float32)
+    xt[:n] = x2d
+    out = np.empty((n, weight.shape[0], 1), np.float32)
+    stream_matmul(weight, bias, False, xt, n, 1, 0, out)
+    return out
+
+
+@njit(cache=True)
+def _fc_blas(x2d, weight, bias):
     y = np.dot(x2d, weight.T)
     y += bias
     return y
@@ -18,5 +37,6 @@ def run_fc(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
     bias = weights.get("bias")
     if bias is None:
         bias = np.zeros(weight.shape[0], np.float32)
-    y = _fc(np.ascontiguousarray(x).reshape(x.shape[0], -1), weight, bias)
+    x2d = np.ascontiguousarray(x).reshape(x.shape[0], -1)
+    y = (_fc_stream if x.shape[0] <= STREAM_MAX_BATCH else _fc_blas)(x2d, weight, bias)
     return y.reshape(x.shape[0], weight.shape[0], 1, 1)
