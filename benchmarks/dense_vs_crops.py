@@ -40,7 +40,7 @@ def torch_time(graph, image, repeats):
     try:
         import torch
         sys.path.insert(0, str(ROOT / "tests"))
-        from torch_oracle import torch_forward
+        from graphconv.torch_bridge import torch_forward
     except ImportError:
         return None
     torch.set_num_threads(int(os.environ.get("THREADS", os.cpu_count())))

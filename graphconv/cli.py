@@ -163,7 +163,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"output shape {tuple(out.shape)} in {seconds * 1e3:.1f} ms"
           f" on {model.executor(args.device).device}")
     if profile is not None:
-        print(format_profile(model, profile, x.shape[2:], x.shape[0]))
+        device = model.executor(args.device).device
+        print(format_profile(model, profile, x.shape[2:], x.shape[0], device))
+        print("(the first run in a process also loads every compiled kernel; "
+              "`graphconv inspect MODEL --profile` times a warmed-up run)")
     if args.heatmap is not None:
         from graphconv import images
         if not 0 <= args.heatmap < out.shape[1]:
@@ -251,7 +254,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         model.run(x, args.device)  # warm-up: JIT compile and caches
         profile: dict[str, float] = {}
         model.run(x, args.device, profile)
-        print(format_profile(model, profile, size, 1))
+        print(format_profile(model, profile, size, 1, model.executor(args.device).device))
     return 0
 
 
@@ -323,17 +326,24 @@ def atomic_write(path: str, write, suffix: str) -> None:
         raise
 
 
-def format_profile(model, profile: dict[str, float], hw, batch: int) -> str:
+def format_profile(model, profile: dict[str, float], hw, batch: int, device: str = "cpu") -> str:
+    """Per-layer ms, share and GFLOP/s, with the kernel strategy each layer ran with."""
     from graphconv.cost import layer_costs
+    from graphconv.shapes import infer_shapes
 
     costs = {row.name: row for row in layer_costs(model.graph, tuple(hw))}
+    shapes = infer_shapes(model.graph, tuple(hw), check_weights=False)
     total = sum(profile.values()) or 1e-12
-    lines = [f"{'layer':<16}{'op':<9}{'ms':>9}{'share':>7}{'GFLOP/s':>9}"]
+    lines = [f"{'layer':<16}{'op':<9}{'strategy':<11}{'ms':>9}{'share':>7}{'GFLOP/s':>9}"]
     for name, seconds in profile.items():
-        flops = costs[name].flops * batch if name in costs else 0
+        node = model.graph.node(name)
+        in_shape = (batch, *shapes[node.inputs[0].name])
+        strategy = node.opdef.variant(device, node.params, in_shape) or "-"
+        flops = costs[name].flops * batch
         rate = flops / seconds / 1e9 if seconds > 0 else 0.0
-        lines.append(f"{name:<16}{costs[name].op:<9}{seconds * 1e3:>9.2f}{seconds / total:>7.0%}{rate:>9.1f}")
-    lines.append(f"{'total':<25}{total * 1e3:>9.2f}")
+        lines.append(f"{name:<16}{node.op:<9}{strategy:<11}{seconds * 1e3:>9.2f}{seconds / total:>7.0%}"
+                     f"{rate:>9.1f}")
+    lines.append(f"{'total':<36}{total * 1e3:>9.2f}")
     return "\n".join(lines)
 
 

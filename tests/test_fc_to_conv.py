@@ -8,7 +8,7 @@ from graphconv.errors import GraphconvError
 from graphconv.receptive import total_stride
 from conftest import SPECS, random_input
 from nets import UNPADDED
-from torch_oracle import torch, torch_forward
+from graphconv.torch_bridge import torch, torch_forward
 
 
 def load_net(name, write_spec):

@@ -13,6 +13,7 @@ from graphconv.spec import normalize_params
 from graphconv.ops.registry import pair
 
 from conftest import random_input
+from graphconv.ops.conv import cpu as conv_cpu
 
 try:
     import torch
@@ -27,12 +28,12 @@ def make_weights(opdef, params, in_shapes, rng):
     return {k: random_input(rng, s) for k, s in opdef.weight_shapes(params, in_shapes).items()}
 
 
-def check_op(name, raw_params, in_shapes, rng, batch=2, rtol=1e-4, atol=1e-4):
+def check_op(name, raw_params, in_shapes, rng, batch=2, rtol=1e-4, atol=1e-4, **kernel_options):
     opdef = get_op(name)
     params = normalize_params(opdef, raw_params)
     xs = [random_input(rng, (batch, *s)) for s in in_shapes]
     weights = make_weights(opdef, params, in_shapes, rng)
-    got = opdef.kernel("cpu")(params, weights, xs)
+    got = opdef.kernel("cpu")(params, weights, xs, **kernel_options)
     want = opdef.reference(params, weights, xs)
     assert got.dtype == np.float32
     assert got.shape == (batch, *opdef.shape(params, in_shapes))
@@ -52,10 +53,35 @@ CONV_CASES = [
 ]
 
 
+def applicable_strategies(params):
+    """Every CPU conv strategy that can run this layer (pointwise needs a plain 1x1)."""
+    plain_1x1 = (pair(params.get("kernel_size")) == (1, 1) and pair(params.get("stride", 1)) == (1, 1)
+                 and pair(params.get("padding", 0)) == (0, 0))
+    return [s for s in conv_cpu.STRATEGIES if s != "pointwise" or plain_1x1]
+
+
 @pytest.mark.parametrize("params", CONV_CASES)
 @pytest.mark.parametrize("in_shape", [(6, 9, 7), (6, 11, 13)])
 def test_conv_matches_reference(params, in_shape, rng):
-    check_op("conv", params, [in_shape], rng)
+    check_op("conv", params, [in_shape], rng)  # the strategy the shape picks
+    for strategy in applicable_strategies(params):
+        check_op("conv", params, [in_shape], rng, strategy=strategy)
+
+
+@pytest.mark.parametrize("params,in_shape,expected", [
+    (dict(out_channels=64, kernel_size=6), (1, 32, 11, 11), "stream"),    # fc6-as-conv: 36 positions
+    (dict(out_channels=64, kernel_size=1), (1, 32, 6, 6), "stream"),      # fc7-as-conv
+    (dict(out_channels=64, kernel_size=1), (1, 32, 20, 20), "pointwise"),  # a real 1x1 conv
+    (dict(out_channels=64, kernel_size=1, stride=2), (1, 32, 40, 40), "im2col"),
+    (dict(out_channels=64, kernel_size=3, padding=1), (1, 32, 20, 20), "im2col"),
+    (dict(out_channels=64, kernel_size=3, padding=1), (8, 32, 3, 3), "stream"),  # batch counts too
+])
+def test_conv_strategy_follows_the_layer_shape(params, in_shape, expected):
+    opdef = get_op("conv")
+    normalized = normalize_params(opdef, params)
+    assert conv_cpu.choose_strategy(normalized, in_shape) == expected
+    assert opdef.variant("cpu", normalized, in_shape) == expected
+    assert get_op("maxpool").variant("cpu", {}, in_shape) == ""  # one strategy: nothing to show
 
 
 @settings(max_examples=40, deadline=None)
@@ -71,14 +97,17 @@ def test_conv_hypothesis(c, groups, o_per, kh, kw, sh, sw, ph, pw, dh, dw, h, w,
     params = dict(out_channels=o_per * groups, kernel_size=[kh, kw], stride=[sh, sw],
                   padding=[ph, pw], dilation=[dh, dw], groups=groups,
                   activation="relu" if relu else "none")
-    check_op("conv", params, [(c, h, w)], np.random.default_rng(h * 31 + w), batch=batch)
+    for strategy in applicable_strategies(params):
+        check_op("conv", params, [(c, h, w)], np.random.default_rng(h * 31 + w), batch=batch,
+                 strategy=strategy)
 
 
 def test_conv_large_input_uses_several_chunks(rng, monkeypatch):
     """The im2col buffer is filled in chunks of output rows; results must not depend on it."""
     from graphconv.ops.conv import cpu
     monkeypatch.setattr(cpu, "SCRATCH_FLOATS", 50)
-    check_op("conv", dict(out_channels=3, kernel_size=3, padding=1, groups=1), [(2, 10, 9)], rng, batch=3)
+    check_op("conv", dict(out_channels=3, kernel_size=3, padding=1, groups=1), [(2, 10, 9)], rng, batch=3,
+             strategy="im2col")
 
 
 POOL_CASES = [
@@ -106,8 +135,13 @@ def test_lrn_matches_reference(size, alpha, beta, k, channels, rng):
 
 @pytest.mark.parametrize("in_shape", [(3, 4, 5), (10, 1, 1)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_fc_matches_reference(in_shape, bias, rng):
-    check_op("fc", dict(out_features=7, bias=bias), [in_shape], rng)
+@pytest.mark.parametrize("batch", [1, 2, 4])
+@pytest.mark.parametrize("path", ["stream", "blas"])
+def test_fc_matches_reference(in_shape, bias, batch, path, rng, monkeypatch):
+    """Both fc paths: the weight-streaming product for small batches, one SGEMM above."""
+    from graphconv.ops.fc import cpu
+    monkeypatch.setattr(cpu, "STREAM_MAX_BATCH", 96 if path == "stream" else 0)
+    check_op("fc", dict(out_features=7, bias=bias), [in_shape], rng, batch=batch)
 
 
 @pytest.mark.parametrize("name,in_shapes", [

@@ -6,7 +6,7 @@ import graphconv
 from graphconv.errors import GraphconvError
 from graphconv.runtime import Executor, resolve_device, run_reference
 from conftest import SPECS, random_input
-from torch_oracle import torch, torch_forward
+from graphconv.torch_bridge import torch, torch_forward
 
 SMALL_SPECS = ["lenet", "tinydag"]
 

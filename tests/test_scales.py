@@ -8,7 +8,7 @@ from graphconv.dense import crop_loop
 from graphconv.errors import GraphconvError
 from graphconv.scales import multiscale, resize_bilinear, scaled_size
 from conftest import SPECS, random_input
-from torch_oracle import torch
+from graphconv.torch_bridge import torch
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,10 @@ def stream_matmul(w, bias, relu, xt, positions, hw, o_offset, out3):
     padded = xt.shape[0]
     for band in prange((m + ROWS_PER_TILE - 1) // ROWS_PER_TILE):
         o0 = band * ROWS_PER_TILE
-        if o0 + ROWS_PER_TILE <= m:
+        if positions == 1:  # a matrix-vector product: no padding positions to compute
+            for o in range(o0, min(m, o0 + ROWS_PER_TILE)):
+                _store_one(out3, relu, o_offset + o, 0, 1, hw, _dot(w[o], xt[0]) + bias[o_offset + o])
+        elif o0 + ROWS_PER_TILE <= m:
             w0, w1, w2, w3 = w[o0], w[o0 + 1], w[o0 + 2], w[o0 + 3]
             for p0 in range(0, padded, POSITIONS_PER_TILE):
                 x0, x1, x2 = xt[p0], xt[p0 + 1], xt[p0 + 2]
@@ -73,6 +76,14 @@ def stream_matmul(w, bias, relu, xt, positions, hw, o_offset, out3):
                         a1 += u * x1[i]
                         a2 += u * x2[i]
                     _store(out3, bias, relu, o_offset + o, p0, positions, hw, a0, a1, a2)
+
+
+@njit(cache=True, inline="always", fastmath=True)
+def _dot(a, b):
+    acc = np.float32(0.0)
+    for i in range(a.size):
+        acc += a[i] * b[i]
+    return acc
 
 
 @njit(cache=True, inline="always")

@@ -85,6 +85,13 @@ class OpDef:
             self._kernels[device] = getattr(module, self.kernel_name or f"run_{self.name}")
         return self._kernels[device]
 
+    def variant(self, device: str, params: dict, in_shape: tuple[int, ...]) -> str:
+        """Which of its strategies the kernel picks for an (N, C, H, W) input ("" when it
+        has one): a kernel module may define `describe_<name>(params, in_shape) -> str`."""
+        module = importlib.import_module(f"{self.package}.{device}")
+        describe = getattr(module, f"describe_{self.kernel_name or self.name}", None)
+        return describe(params, in_shape) if describe else ""
+
     @property
     def has_weights(self) -> bool:
         return self.weight_shapes is not None

@@ -1,0 +1,54 @@
+"""Helpers the benchmark scripts share: thread setup, timing, and README sections."""
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "benchmarks" / "README.md"
+
+
+def pin_threads(threads: int | None) -> int:
+    """Give numba, OpenBLAS and PyTorch the same thread count. Must run before any of
+    them is imported: the BLAS and OpenMP pools size themselves when they load."""
+    threads = threads or os.cpu_count() or 1
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    sys.path.insert(0, str(ROOT))
+    return threads
+
+
+def median_ms(fn, repeats: int) -> float:
+    """Median wall time of fn() in ms over `repeats` runs after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def load_torch(threads: int):
+    """PyTorch with `threads` intra-op threads, or None when it is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    return torch
+
+
+def write_section(name: str, text: str, path: Path = README) -> None:
+    """Replace the README section between this benchmark's markers (appending it the
+    first time), so each script regenerates its own part and leaves the others."""
+    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    block = f"{begin}\n{text.rstrip()}\n{end}"
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    new = pattern.sub(lambda _: block, old) if pattern.search(old) else old.rstrip() + "\n\n" + block + "\n"
+    path.write_text(new)

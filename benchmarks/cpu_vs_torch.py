@@ -1,0 +1,225 @@
+"""graphconv's CPU kernels against PyTorch on AlexNet and VGG-16, per network and per layer.
+
+    python benchmarks/cpu_vs_torch.py [--threads 2] [--repeats 7] [--write]
+
+Everything runs in this one process with the same thread count for numba, OpenBLAS
+and PyTorch. graphconv and PyTorch evaluate the same graph with the same random
+weights, alternating run by run so that a noisy neighbour slows both; times are
+medians after one warm-up run (JIT compile excluded; start-up is measured on its own
+in fresh processes). The SGEMM ceiling is the faster of numpy's and numba's BLAS on a
+2048^3 product. Not a test: it asserts nothing about speed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common import ROOT, load_torch, median_ms, pin_threads, write_section
+
+
+@dataclass
+class Case:
+    title: str
+    spec: str
+    size: int
+    target: str
+    compile: dict | None = None  # compile_model options; None runs the classifier as written
+    per_layer: bool = True
+
+
+CASES = [
+    Case("AlexNet classifier", "alexnet.yaml", 224, "<= 16 ms", None),
+    Case("AlexNet-FCN", "alexnet.yaml", 384, "<= 60 ms", {}),
+    Case("AlexNet-FCN, stride 16 (dilate)", "alexnet.yaml", 384, "<= 1.5x stride 32",
+         {"output_stride": 16, "stride_method": "dilate"}, per_layer=False),
+    Case("VGG-16 classifier", "vgg16.yaml", 224, "<= 230 ms", None),
+    Case("VGG-16 FCN", "vgg16.yaml", 384, "<= 700 ms", {}),
+]
+
+
+@dataclass
+class Timing:
+    total: list[float] = field(default_factory=list)
+    layers: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, seconds: float, profile: dict[str, float]) -> None:
+        self.total.append(seconds)
+        for name, s in profile.items():
+            self.layers.setdefault(name, []).append(s)
+
+    def ms(self, layer: str | None = None) -> float:
+        values = self.total if layer is None else self.layers.get(layer, [float("nan")])
+        return statistics.median(values) * 1e3
+
+
+def sgemm_ceiling() -> float:
+    """GFLOP/s of a large SGEMM: the better of numpy's BLAS and the one numba calls (the
+    one graphconv's kernels use), so the ceiling is the machine's, not ours."""
+    import numpy as np
+    from numba import njit
+
+    @njit
+    def product(a, b, c):
+        np.dot(a, b, c)
+
+    n = 2048
+    a, b = (np.random.default_rng(i).random((n, n), dtype=np.float32) for i in (0, 1))
+    c = np.empty((n, n), np.float32)
+    best_ms = min(median_ms(lambda: product(a, b, c), 5), median_ms(lambda: np.dot(a, b, c), 5))
+    return 2 * n ** 3 / best_ms / 1e6
+
+
+def time_case(case: Case, repeats: int, torch):
+    import numpy as np
+    import graphconv
+    from graphconv.torch_bridge import torch_forward
+
+    spec = ROOT / "specs" / case.spec
+    model = graphconv.load(spec) if case.compile is None else graphconv.compile_model(spec, **case.compile)
+    x = np.random.default_rng(0).standard_normal((1, 3, case.size, case.size)).astype(np.float32)
+    ours, theirs = Timing(), Timing()
+    for _ in range(repeats + 1):  # the first round is the warm-up
+        for timing, run in ((ours, lambda p: model.run(x, "cpu", p)),
+                            (theirs, lambda p: torch_forward(model.graph, x, p) if torch else None)):
+            profile: dict[str, float] = {}
+            start = time.perf_counter()
+            run(profile)
+            timing.add(time.perf_counter() - start, profile)
+    for timing in (ours, theirs):
+        del timing.total[0]
+        for values in timing.layers.values():
+            del values[0]
+    return model, x, ours, theirs if torch else None
+
+
+def network_row(case, model, ours, theirs, ceiling, reference_ms):
+    from graphconv.cost import total_flops
+
+    hw = (case.size, case.size)
+    passes = model.stitch["factor"][0] * model.stitch["factor"][1] if model.stitch else 1
+    gflop = passes * total_flops(model.graph, hw) / 1e9
+    ms = ours.ms()
+    rate = gflop / ms * 1e3
+    torch_ms = f"{theirs.ms():.1f}" if theirs else "-"
+    speedup = f"{theirs.ms() / ms:.2f}x" if theirs else "-"
+    note = case.target
+    if reference_ms is not None:
+        note += f" (is {ms / reference_ms:.2f}x)"
+    rows, cols = model.map_size(*hw)
+    return (f"| {case.title} | {case.size} | {rows}x{cols} | {gflop:.2f} | {ms:.1f} | {rate:.0f} | "
+            f"{rate / ceiling:.0%} | {torch_ms} | {speedup} | {note} |")
+
+
+def layer_table(case, model, x, ours, theirs, ceiling) -> list[str]:
+    from graphconv.cost import layer_costs
+    from graphconv.shapes import infer_shapes
+
+    shapes = infer_shapes(model.graph, (case.size, case.size), check_weights=False)
+    lines = [f"#### {case.title} at {case.size}x{case.size}", "",
+             "| layer | op (strategy) | output | GFLOP | ms | GFLOP/s | of ceiling | PyTorch ms | PyTorch / graphconv |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for cost in layer_costs(model.graph, (case.size, case.size)):
+        node = model.graph.node(cost.name)
+        in_shape = (x.shape[0], *shapes[node.inputs[0].name])
+        variant = node.opdef.variant("cpu", node.params, in_shape)
+        op = f"{cost.op} ({variant})" if variant else cost.op
+        ms = ours.ms(cost.name)
+        gflop = cost.flops * x.shape[0] / 1e9
+        rate = gflop / ms * 1e3 if ms > 0 else 0.0
+        share = f"{rate / ceiling:.0%}" if cost.op in ("conv", "fc") else ""
+        t_ms = theirs.ms(cost.name) if theirs else None
+        lines.append(f"| {cost.name} | {op} | {'x'.join(map(str, cost.shape))} | {gflop:.3f} | {ms:.2f} | "
+                     f"{rate:.1f} | {share} | {'-' if t_ms is None else f'{t_ms:.2f}'} | "
+                     f"{'-' if t_ms is None else f'{t_ms / ms:.2f}x'} |")
+    return lines + [""]
+
+
+def startup_and_memory() -> list[str]:
+    """Fresh processes: `graphconv run` with an empty numba cache (every kernel is
+    JIT-compiled), then with the cache the first one left; and the peak resident
+    memory of a run, against what the network itself needs."""
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp / "numba-cache"))
+        np.save(tmp / "x.npy", np.random.default_rng(0).standard_normal((1, 3, 384, 384)).astype(np.float32))
+        cli = [sys.executable, "-m", "graphconv"]
+        subprocess.run(cli + ["compile", str(ROOT / "specs" / "alexnet.yaml"), "-o", str(tmp / "fcn")],
+                       env=env, check=True, capture_output=True)
+        run = cli + ["run", str(tmp / "fcn"), "--input", str(tmp / "x.npy"), "--output", str(tmp / "y.npy")]
+        times = []
+        for _ in range(4):
+            start = time.perf_counter()
+            subprocess.run(run, env=env, check=True, capture_output=True)
+            times.append(time.perf_counter() - start)
+        probes = {name: _peak_memory(env, str(path), size)
+                  for name, path, size in (("lenet", ROOT / "specs" / "lenet.yaml", 32),
+                                           ("alexnet", tmp / "fcn", 384))}
+    base, alex = probes["lenet"]["peak_mb"], probes["alexnet"]
+    need = alex["weights_mb"] + alex["two_largest_mb"]
+    return [f"- `graphconv run` on AlexNet-FCN at 384x384, whole process: first with an empty numba cache "
+            f"(JIT-compiles every kernel) {times[0]:.1f} s; later processes {statistics.median(times[1:]):.2f} s "
+            f"(target < 2 s)",
+            f"- peak resident memory of that run: {alex['peak_mb']:.0f} MB; weights {alex['weights_mb']:.0f} MB "
+            f"+ two largest activations {alex['two_largest_mb']:.1f} MB = {need:.0f} MB "
+            f"(ratio {alex['peak_mb'] / need:.2f}, target <= 1.5)",
+            f"- of that, {base:.0f} MB is the runtime itself (Python, numba/LLVM, BLAS: the peak of the same "
+            f"run on LeNet); the network adds {alex['peak_mb'] - base:.0f} MB "
+            f"({(alex['peak_mb'] - base) / need:.2f}x what it needs)"]
+
+
+def _peak_memory(env: dict, model: str, size: int) -> dict[str, float]:
+    probe = ROOT / "benchmarks" / "peak_memory.py"
+    result = subprocess.run([sys.executable, str(probe), model, str(size)], env=env, check=True,
+                            capture_output=True, text=True)
+    return {key: float(value) for key, value in (item.split("=") for item in result.stdout.split())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, help="threads for numba, BLAS and PyTorch (default: all cores)")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--only", help="comma-separated case titles to run (default: all)")
+    parser.add_argument("--write", action="store_true", help="update this section of benchmarks/README.md")
+    args = parser.parse_args()
+    threads = pin_threads(args.threads)
+    import graphconv  # noqa: F401  (first: its thread settings apply to the whole process)
+    torch = load_torch(threads)
+
+    ceiling = sgemm_ceiling()
+    header = [f"{os.cpu_count()} cores, {threads} threads, {platform.machine()}, batch 1, medians of "
+              f"{args.repeats}; SGEMM ceiling (2048^3, best of numpy's and numba's BLAS): **{ceiling:.0f} GFLOP/s**; "
+              f"PyTorch {torch.__version__ if torch else 'not installed'}", "",
+              "| network | input | map | GFLOP | graphconv ms | GFLOP/s | of ceiling | PyTorch ms | "
+              "speed-up over PyTorch | target |",
+              "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    layers, stride32_ms = [], None
+    for case in CASES:
+        if args.only and case.title not in args.only.split(","):
+            continue
+        model, x, ours, theirs = time_case(case, args.repeats, torch)
+        reference = stride32_ms if case.compile and case.compile.get("output_stride") else None
+        header.append(network_row(case, model, ours, theirs, ceiling, reference))
+        print(header[-1], flush=True)
+        if case.compile == {} and case.spec == "alexnet.yaml":
+            stride32_ms = ours.ms()
+        if case.per_layer:
+            layers += layer_table(case, model, x, ours, theirs, ceiling)
+    extra = ["", "Start-up and memory (fresh processes):", "", *startup_and_memory()]
+    text = "\n".join(header + extra + ["", "### Per layer", ""] + layers)
+    print(text)
+    if args.write:
+        write_section("cpu_vs_torch", "## graphconv vs PyTorch on the CPU (`cpu_vs_torch.py`)\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()
