@@ -2,7 +2,6 @@
 
 The reference implementations are themselves checked against PyTorch where it is
 installed, so the chain kernel == reference == torch holds op by op."""
-import itertools
 
 import numpy as np
 import pytest
