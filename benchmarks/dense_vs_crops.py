@@ -11,49 +11,31 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import sys
-import time
-from pathlib import Path
 
-import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import graphconv  # noqa: E402
-from graphconv.cost import total_flops  # noqa: E402
-from graphconv.dense import crop_loop  # noqa: E402
+from common import ROOT, load_torch, median_ms, pin_threads, write_section
 
 
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
-def torch_time(graph, image, repeats):
-    try:
-        import torch
-        sys.path.insert(0, str(ROOT / "tests"))
-        from graphconv.torch_bridge import torch_forward
-    except ImportError:
+def torch_time(graph, image, repeats, threads):
+    if load_torch(threads) is None:
         return None
-    torch.set_num_threads(int(os.environ.get("THREADS", os.cpu_count())))
-    with torch.no_grad():
-        return median_ms(lambda: torch_forward(graph, image), repeats)
+    from graphconv.torch_bridge import TorchRunner
+    runner = TorchRunner(graph)
+    return median_ms(lambda: runner.run(image), repeats)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--size", type=int, default=384)
-    parser.add_argument("--write", help="append the table to this markdown file's benchmark section")
+    parser.add_argument("--threads", type=int, help="threads for numba, BLAS and PyTorch (default: all cores)")
+    parser.add_argument("--write", action="store_true", help="update this section of benchmarks/README.md")
     args = parser.parse_args()
+    threads = pin_threads(args.threads)
+    import numpy as np
+    import graphconv
+    from graphconv.cost import total_flops
+    from graphconv.dense import crop_loop
+
     spec = ROOT / "specs" / "alexnet.yaml"
     classifier = graphconv.load(spec)
     image = np.random.default_rng(0).standard_normal((1, 3, args.size, args.size)).astype(np.float32)
@@ -73,8 +55,8 @@ def main() -> None:
             passes = fine.stitch["factor"][0] * fine.stitch["factor"][1] if fine.stitch else 1
             ms = median_ms(lambda: fine.run(image), args.repeats)
             rows.append((f"stride {stride}, {method}", fine.map_size(*hw), ms, passes * total_flops(fine.graph, hw)))
-    torch_ms = torch_time(fcn.graph, image, args.repeats)
-    lines = [f"AlexNet at {args.size}x{args.size}, batch 1, {os.cpu_count()} cores, "
+    torch_ms = torch_time(fcn.graph, image, args.repeats, threads)
+    lines = [f"AlexNet at {args.size}x{args.size}, batch 1, {os.cpu_count()} cores, {threads} threads, "
              f"{platform.processor() or platform.machine()}, medians of {args.repeats}",
              "", "| what | score map | ms | GFLOP | GFLOP/s |", "| --- | --- | ---: | ---: | ---: |"]
     for name, size, ms, flops in rows:
@@ -88,17 +70,9 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        Path(args.write).write_text(HEADER + text + "\n")
+        write_section("dense_vs_crops", "## Dense evaluation vs the crop loop, and finer strides "
+                      "(`dense_vs_crops.py`)\n\n" + text)
 
-
-HEADER = """# Benchmarks
-
-Run `python benchmarks/dense_vs_crops.py --write benchmarks/README.md` to regenerate this
-file. Timings on shared machines are noisy: the table gives medians, read the ratios.
-
-## Dense evaluation vs the crop loop, and finer strides (`dense_vs_crops.py`)
-
-"""
 
 if __name__ == "__main__":
     main()
