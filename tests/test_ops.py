@@ -68,12 +68,13 @@ def test_conv_matches_reference(params, in_shape, rng):
 
 
 @pytest.mark.parametrize("params,in_shape,expected", [
-    (dict(out_channels=64, kernel_size=6), (1, 32, 11, 11), "stream"),    # fc6-as-conv: 36 positions
-    (dict(out_channels=64, kernel_size=1), (1, 32, 6, 6), "stream"),      # fc7-as-conv
-    (dict(out_channels=64, kernel_size=1), (1, 32, 20, 20), "pointwise"),  # a real 1x1 conv
+    (dict(out_channels=4096, kernel_size=6), (1, 256, 11, 11), "stream"),    # fc6-as-conv: 36 positions
+    (dict(out_channels=4096, kernel_size=1), (1, 4096, 6, 6), "stream"),     # fc7-as-conv
+    (dict(out_channels=4096, kernel_size=1), (3, 4096, 6, 6), "pointwise"),  # 108 positions: BLAS
+    (dict(out_channels=256, kernel_size=3, padding=1), (1, 256, 6, 6), "im2col"),  # small weights
+    (dict(out_channels=64, kernel_size=1), (1, 32, 20, 20), "pointwise"),    # a real 1x1 conv
     (dict(out_channels=64, kernel_size=1, stride=2), (1, 32, 40, 40), "im2col"),
     (dict(out_channels=64, kernel_size=3, padding=1), (1, 32, 20, 20), "im2col"),
-    (dict(out_channels=64, kernel_size=3, padding=1), (8, 32, 3, 3), "stream"),  # batch counts too
 ])
 def test_conv_strategy_follows_the_layer_shape(params, in_shape, expected):
     opdef = get_op("conv")
@@ -139,7 +140,7 @@ def test_lrn_matches_reference(size, alpha, beta, k, channels, rng):
 def test_fc_matches_reference(in_shape, bias, batch, path, rng, monkeypatch):
     """Both fc paths: the weight-streaming product for small batches, one SGEMM above."""
     from graphconv.ops.fc import cpu
-    monkeypatch.setattr(cpu, "STREAM_MAX_BATCH", 96 if path == "stream" else 0)
+    monkeypatch.setattr(cpu, "prefers_stream", lambda positions, weights: path == "stream")
     check_op("fc", dict(out_features=7, bias=bias), [in_shape], rng, batch=batch)
 
 

@@ -1,7 +1,7 @@
 """CPU conv: one of three strategies per layer, chosen from the layer's shape.
 
-- "stream": few output positions (the fully-connected layers fc-to-conv produced,
-  or any conv whose kernel covers most of its input). The patches are gathered into
+- "stream": large weights used at few output positions (the fully-connected layers
+  fc-to-conv produced; see `gemm_cpu.prefers_stream`). The patches are gathered into
   a small (positions x C*kh*kw) matrix and the weights are streamed once through
   `gemm_cpu.stream_matmul`; a BLAS GEMM would spend as long re-packing the weights
   as multiplying them.
@@ -18,22 +18,22 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from graphconv.ops.gemm_cpu import padded_positions, stream_matmul
+from graphconv.ops.gemm_cpu import padded_positions, prefers_stream, stream_matmul
 from graphconv.ops.registry import pair
 
 SCRATCH_FLOATS = 1 << 22  # 16 MB of im2col columns per chunk
-STREAM_MAX_POSITIONS = 96  # above this a packed BLAS GEMM wins (see benchmarks/README.md)
 STRATEGIES = ("stream", "pointwise", "im2col")
 
 
 def choose_strategy(params: dict, in_shape: tuple[int, ...]) -> str:
     """The strategy `run_conv` uses for this layer on an (N, C, H, W) input."""
-    n, _, height, width = in_shape
+    n, c, height, width = in_shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
         pair(params[k]) for k in ("kernel_size", "stride", "padding", "dilation"))
     ho = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     wo = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    if n * ho * wo <= STREAM_MAX_POSITIONS:
+    weights = params["out_channels"] * (c // params["groups"]) * kh * kw
+    if prefers_stream(n * ho * wo, weights):
         return "stream"
     if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
         return "pointwise"

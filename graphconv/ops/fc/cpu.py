@@ -1,17 +1,15 @@
 """CPU fc: (batch x in) @ (in x out) with the bias (and nothing else) added.
 
-A small batch is the weight-streaming product of `gemm_cpu` (each weight is read
-once and used batch times, so BLAS's packing would dominate); a large batch is one
-BLAS SGEMM.
+Large weights at a small batch go through the weight-streaming product of
+`gemm_cpu` (each weight is read once and used batch times, so BLAS's packing would
+dominate); everything else is one BLAS SGEMM.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
-from graphconv.ops.gemm_cpu import padded_positions, stream_matmul
-
-STREAM_MAX_BATCH = 96
+from graphconv.ops.gemm_cpu import padded_positions, prefers_stream, stream_matmul
 
 
 @njit(cache=True)
@@ -38,5 +36,5 @@ def run_fc(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
     if bias is None:
         bias = np.zeros(weight.shape[0], np.float32)
     x2d = np.ascontiguousarray(x).reshape(x.shape[0], -1)
-    y = (_fc_stream if x.shape[0] <= STREAM_MAX_BATCH else _fc_blas)(x2d, weight, bias)
+    y = (_fc_stream if prefers_stream(x.shape[0], weight.size) else _fc_blas)(x2d, weight, bias)
     return y.reshape(x.shape[0], weight.shape[0], 1, 1)
