@@ -22,15 +22,20 @@ def pin_threads(threads: int | None) -> int:
     return threads
 
 
-def median_ms(fn, repeats: int) -> float:
-    """Median wall time of fn() in ms over `repeats` runs after one warm-up run."""
+def run_times(fn, repeats: int) -> list[float]:
+    """Wall seconds of `repeats` calls of fn() after one warm-up call."""
     fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return times
+
+
+def median_ms(fn, repeats: int) -> float:
+    """Median wall time of fn() in ms over `repeats` runs after one warm-up run."""
+    return statistics.median(run_times(fn, repeats)) * 1e3
 
 
 def load_torch(threads: int):

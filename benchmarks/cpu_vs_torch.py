@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import ROOT, load_torch, pin_threads, write_section
+from common import ROOT, load_torch, pin_threads, run_times, write_section
 
 
 @dataclass
@@ -74,18 +74,8 @@ def sgemm_ceiling() -> float:
     n = 2048
     a, b = (np.random.default_rng(i).random((n, n), dtype=np.float32) for i in (0, 1))
     c = np.empty((n, n), np.float32)
-    best = min(_best_seconds(lambda: product(a, b, c)), _best_seconds(lambda: np.dot(a, b, c)))
+    best = min(run_times(lambda: product(a, b, c), 5) + run_times(lambda: np.dot(a, b, c), 5))
     return 2 * n ** 3 / best / 1e9
-
-
-def _best_seconds(fn, repeats: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def time_case(case: Case, repeats: int, torch):

@@ -26,10 +26,7 @@ def _copy_channels(src, dst, c0):
     n, c, height, width = src.shape
     if i >= n * c * height * width:
         return
-    xx = i % width
-    y = (i // width) % height
-    ch = (i // (width * height)) % c
-    b = i // (width * height * c)
+    b, ch, y, xx = cuda_backend.unravel_nchw(i, c, height, width)
     dst[b, c0 + ch, y, xx] = src[b, ch, y, xx]
 
 

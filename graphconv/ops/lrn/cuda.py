@@ -12,9 +12,7 @@ def _lrn(x, out, size, alpha, beta, k):
     n, c, height, width = x.shape
     if index >= n * height * width:
         return
-    xx = index % width
-    y = (index // width) % height
-    b = index // (width * height)
+    b, _, y, xx = cuda_backend.unravel_nchw(index, 1, height, width)
     for ch in range(c):
         acc = 0.0
         for j in range(max(0, ch - size // 2), min(c, ch + (size - 1) // 2 + 1)):

@@ -15,10 +15,7 @@ def _pool(x, out, kh, kw, sh, sw, ph, pw, dh, dw, is_max):
     n, c, ho, wo = out.shape
     if index >= n * c * ho * wo:
         return
-    ox = index % wo
-    oy = (index // wo) % ho
-    ch = (index // (wo * ho)) % c
-    b = index // (wo * ho * c)
+    b, ch, oy, ox = cuda_backend.unravel_nchw(index, c, ho, wo)
     height, width = x.shape[2], x.shape[3]
     acc = -math.inf if is_max else 0.0
     for i in range(kh):

@@ -14,9 +14,7 @@ def _softmax(x, out):
     n, c, height, width = x.shape
     if index >= n * height * width:
         return
-    xx = index % width
-    y = (index // width) % height
-    b = index // (width * height)
+    b, _, y, xx = cuda_backend.unravel_nchw(index, 1, height, width)
     m = x[b, 0, y, xx]
     for ch in range(1, c):
         m = max(m, x[b, ch, y, xx])
