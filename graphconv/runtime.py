@@ -89,6 +89,7 @@ class Executor:
                 weights = self._backend.upload_weights(node.weights)
             else:  # kernels reshape weights; a contiguous array makes that free on every run
                 weights = {k: np.ascontiguousarray(v, np.float32) for k, v in node.weights.items()}
+                weights = node.opdef.prepare(self.device, node.params, weights)
             frees = [name for name, last in last_use.items() if last == index and name != output]
             steps.append(Step(node.name, node.opdef, node.opdef.kernel(self.device), node.params,
                               weights, [i.name for i in node.inputs], frees))

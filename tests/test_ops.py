@@ -27,12 +27,16 @@ def make_weights(opdef, params, in_shapes, rng):
     return {k: random_input(rng, s) for k, s in opdef.weight_shapes(params, in_shapes).items()}
 
 
-def check_op(name, raw_params, in_shapes, rng, batch=2, rtol=1e-4, atol=1e-4, **kernel_options):
+def check_op(name, raw_params, in_shapes, rng, batch=2, rtol=1e-4, atol=1e-4, prepared=False,
+             **kernel_options):
+    """The CPU kernel against the reference; `prepared` passes the weights as the Executor
+    stores them (the op's `prepare` hook) rather than as the spec gives them."""
     opdef = get_op(name)
     params = normalize_params(opdef, raw_params)
     xs = [random_input(rng, (batch, *s)) for s in in_shapes]
     weights = make_weights(opdef, params, in_shapes, rng)
-    got = opdef.kernel("cpu")(params, weights, xs, **kernel_options)
+    kernel_weights = opdef.prepare("cpu", params, weights) if prepared else weights
+    got = opdef.kernel("cpu")(params, kernel_weights, xs, **kernel_options)
     want = opdef.reference(params, weights, xs)
     assert got.dtype == np.float32
     assert got.shape == (batch, *opdef.shape(params, in_shapes))
@@ -53,10 +57,12 @@ CONV_CASES = [
 
 
 def applicable_strategies(params):
-    """Every CPU conv strategy that can run this layer (pointwise needs a plain 1x1)."""
-    plain_1x1 = (pair(params.get("kernel_size")) == (1, 1) and pair(params.get("stride", 1)) == (1, 1)
-                 and pair(params.get("padding", 0)) == (0, 0))
-    return [s for s in conv_cpu.STRATEGIES if s != "pointwise" or plain_1x1]
+    """Every CPU conv strategy that can run this layer (pointwise needs a plain 1x1, taps
+    stride 1)."""
+    stride_1 = pair(params.get("stride", 1)) == (1, 1)
+    plain_1x1 = pair(params.get("kernel_size")) == (1, 1) and stride_1 and pair(params.get("padding", 0)) == (0, 0)
+    return [s for s in conv_cpu.STRATEGIES
+            if (s != "pointwise" or plain_1x1) and (s != "taps" or stride_1)]
 
 
 @pytest.mark.parametrize("params", CONV_CASES)
@@ -65,16 +71,21 @@ def test_conv_matches_reference(params, in_shape, rng):
     check_op("conv", params, [in_shape], rng)  # the strategy the shape picks
     for strategy in applicable_strategies(params):
         check_op("conv", params, [in_shape], rng, strategy=strategy)
+        check_op("conv", params, [in_shape], rng, strategy=strategy, prepared=True)
 
 
 @pytest.mark.parametrize("params,in_shape,expected", [
     (dict(out_channels=4096, kernel_size=6), (1, 256, 11, 11), "stream"),    # fc6-as-conv: 36 positions
     (dict(out_channels=4096, kernel_size=1), (1, 4096, 6, 6), "stream"),     # fc7-as-conv
     (dict(out_channels=4096, kernel_size=1), (3, 4096, 6, 6), "pointwise"),  # 108 positions: BLAS
-    (dict(out_channels=256, kernel_size=3, padding=1), (1, 256, 6, 6), "im2col"),  # small weights
+    (dict(out_channels=256, kernel_size=3, padding=1), (1, 256, 6, 6), "direct"),  # small weights
     (dict(out_channels=64, kernel_size=1), (1, 32, 20, 20), "pointwise"),    # a real 1x1 conv
-    (dict(out_channels=64, kernel_size=1, stride=2), (1, 32, 40, 40), "im2col"),
-    (dict(out_channels=64, kernel_size=3, padding=1), (1, 32, 20, 20), "im2col"),
+    (dict(out_channels=64, kernel_size=1, stride=2), (1, 32, 40, 40), "direct"),
+    (dict(out_channels=64, kernel_size=3, padding=1), (1, 32, 20, 20), "direct"),
+    (dict(out_channels=64, kernel_size=3, padding=1), (1, 3, 224, 224), "taps"),     # VGG conv1_1
+    (dict(out_channels=64, kernel_size=11, stride=4), (1, 3, 224, 224), "direct"),   # AlexNet conv1
+    (dict(out_channels=512, kernel_size=3, padding=1), (1, 512, 28, 28), "im2col"),  # VGG conv4_2
+    (dict(out_channels=64, kernel_size=3), (1, 32, 5, 40), "im2col"),  # 3 output rows
 ])
 def test_conv_strategy_follows_the_layer_shape(params, in_shape, expected):
     opdef = get_op("conv")
@@ -99,7 +110,7 @@ def test_conv_hypothesis(c, groups, o_per, kh, kw, sh, sw, ph, pw, dh, dw, h, w,
                   activation="relu" if relu else "none")
     for strategy in applicable_strategies(params):
         check_op("conv", params, [(c, h, w)], np.random.default_rng(h * 31 + w), batch=batch,
-                 strategy=strategy)
+                 strategy=strategy, prepared=strategy == "direct")
 
 
 def test_conv_large_input_uses_several_chunks(rng, monkeypatch):
@@ -108,6 +119,17 @@ def test_conv_large_input_uses_several_chunks(rng, monkeypatch):
     monkeypatch.setattr(cpu, "SCRATCH_FLOATS", 50)
     check_op("conv", dict(out_channels=3, kernel_size=3, padding=1, groups=1), [(2, 10, 9)], rng, batch=3,
              strategy="im2col")
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 8, 13, 64])
+@pytest.mark.parametrize("params", [dict(out_channels=6, kernel_size=3, padding=1),
+                                    dict(out_channels=5, kernel_size=[2, 3], dilation=[2, 1], padding=[0, 2],
+                                         activation="relu")])
+def test_conv_taps_chunks_may_split_rows(chunk, params, rng, monkeypatch):
+    """taps walks the output in chunks of the padded width; a chunk may start or end in
+    the middle of a row, or in the columns past the output's right edge."""
+    monkeypatch.setattr(conv_cpu, "TAPS_CHUNK", chunk)
+    check_op("conv", params, [(3, 7, 9)], rng, batch=2, strategy="taps")
 
 
 POOL_CASES = [

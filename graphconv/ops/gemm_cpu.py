@@ -34,50 +34,68 @@ def stream_matmul(w, bias, relu, xt, positions, hw, o_offset, out3):
     out3: the output viewed as (N, C, H*W).
     """
     m, k = w.shape
-    padded = xt.shape[0]
+    patches = xt.reshape(-1)
     for band in prange((m + ROWS_PER_TILE - 1) // ROWS_PER_TILE):
         o0 = band * ROWS_PER_TILE
         if positions == 1:  # a matrix-vector product: no padding positions to compute
             for o in range(o0, min(m, o0 + ROWS_PER_TILE)):
                 _store_one(out3, relu, o_offset + o, 0, 1, hw, _dot(w[o], xt[0]) + bias[o_offset + o])
-        elif o0 + ROWS_PER_TILE <= m:
-            w0, w1, w2, w3 = w[o0], w[o0 + 1], w[o0 + 2], w[o0 + 3]
-            for p0 in range(0, padded, POSITIONS_PER_TILE):
-                x0, x1, x2 = xt[p0], xt[p0 + 1], xt[p0 + 2]
-                z = np.float32(0.0)
-                a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = a30 = a31 = a32 = z
-                for i in range(k):
-                    u0, u1, u2, u3 = w0[i], w1[i], w2[i], w3[i]
-                    v0, v1, v2 = x0[i], x1[i], x2[i]
-                    a00 += u0 * v0
-                    a01 += u0 * v1
-                    a02 += u0 * v2
-                    a10 += u1 * v0
-                    a11 += u1 * v1
-                    a12 += u1 * v2
-                    a20 += u2 * v0
-                    a21 += u2 * v1
-                    a22 += u2 * v2
-                    a30 += u3 * v0
-                    a31 += u3 * v1
-                    a32 += u3 * v2
-                _store(out3, bias, relu, o_offset + o0, p0, positions, hw, a00, a01, a02)
-                _store(out3, bias, relu, o_offset + o0 + 1, p0, positions, hw, a10, a11, a12)
-                _store(out3, bias, relu, o_offset + o0 + 2, p0, positions, hw, a20, a21, a22)
-                _store(out3, bias, relu, o_offset + o0 + 3, p0, positions, hw, a30, a31, a32)
         else:
-            for o in range(o0, m):
-                wo = w[o]
-                for p0 in range(0, padded, POSITIONS_PER_TILE):
-                    x0, x1, x2 = xt[p0], xt[p0 + 1], xt[p0 + 2]
-                    z = np.float32(0.0)
-                    a0 = a1 = a2 = z
-                    for i in range(k):
-                        u = wo[i]
-                        a0 += u * x0[i]
-                        a1 += u * x1[i]
-                        a2 += u * x2[i]
-                    _store(out3, bias, relu, o_offset + o, p0, positions, hw, a0, a1, a2)
+            multiply_band(w, o0, patches, k, xt.shape[0], bias, relu, 0, positions, hw, o_offset, out3)
+
+
+@njit(cache=True, fastmath=True, boundscheck=False)
+def multiply_band(w, o0, patches, step, count, bias, relu, first, end, hw, o_offset, out3):
+    """The register tile both streaming and direct convolution run on, for one band of
+    weight rows o0 .. o0 + ROWS_PER_TILE - 1 (fewer at the end of w).
+
+    Patch p (p < count, count a multiple of POSITIONS_PER_TILE) is
+    patches[p * step : p * step + K]; a step below K lets neighbouring patches overlap,
+    which is how the direct conv avoids copying each input pixel kh * kw times. Its
+    result goes to output position first + p, and is dropped when that is >= end.
+    """
+    m, k = w.shape
+    if o0 + ROWS_PER_TILE <= m:
+        w0, w1, w2, w3 = w[o0], w[o0 + 1], w[o0 + 2], w[o0 + 3]
+        for p0 in range(0, count, POSITIONS_PER_TILE):
+            b = p0 * step
+            x0, x1, x2 = patches[b:b + k], patches[b + step:b + step + k], patches[b + 2 * step:b + 2 * step + k]
+            z = np.float32(0.0)
+            a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = a30 = a31 = a32 = z
+            for i in range(k):
+                u0, u1, u2, u3 = w0[i], w1[i], w2[i], w3[i]
+                v0, v1, v2 = x0[i], x1[i], x2[i]
+                a00 += u0 * v0
+                a01 += u0 * v1
+                a02 += u0 * v2
+                a10 += u1 * v0
+                a11 += u1 * v1
+                a12 += u1 * v2
+                a20 += u2 * v0
+                a21 += u2 * v1
+                a22 += u2 * v2
+                a30 += u3 * v0
+                a31 += u3 * v1
+                a32 += u3 * v2
+            p = first + p0
+            _store(out3, bias, relu, o_offset + o0, p, end, hw, a00, a01, a02)
+            _store(out3, bias, relu, o_offset + o0 + 1, p, end, hw, a10, a11, a12)
+            _store(out3, bias, relu, o_offset + o0 + 2, p, end, hw, a20, a21, a22)
+            _store(out3, bias, relu, o_offset + o0 + 3, p, end, hw, a30, a31, a32)
+    else:
+        for o in range(o0, m):
+            wo = w[o]
+            for p0 in range(0, count, POSITIONS_PER_TILE):
+                b = p0 * step
+                x0, x1, x2 = patches[b:b + k], patches[b + step:b + step + k], patches[b + 2 * step:b + 2 * step + k]
+                z = np.float32(0.0)
+                a0 = a1 = a2 = z
+                for i in range(k):
+                    u = wo[i]
+                    a0 += u * x0[i]
+                    a1 += u * x1[i]
+                    a2 += u * x2[i]
+                _store(out3, bias, relu, o_offset + o, first + p0, end, hw, a0, a1, a2)
 
 
 @njit(cache=True, inline="always", fastmath=True)
@@ -89,16 +107,16 @@ def _dot(a, b):
 
 
 @njit(cache=True, inline="always")
-def _store(out3, bias, relu, channel, p0, positions, hw, a0, a1, a2):
+def _store(out3, bias, relu, channel, p0, end, hw, a0, a1, a2):
     b = bias[channel]
-    _store_one(out3, relu, channel, p0, positions, hw, a0 + b)
-    _store_one(out3, relu, channel, p0 + 1, positions, hw, a1 + b)
-    _store_one(out3, relu, channel, p0 + 2, positions, hw, a2 + b)
+    _store_one(out3, relu, channel, p0, end, hw, a0 + b)
+    _store_one(out3, relu, channel, p0 + 1, end, hw, a1 + b)
+    _store_one(out3, relu, channel, p0 + 2, end, hw, a2 + b)
 
 
 @njit(cache=True, inline="always")
-def _store_one(out3, relu, channel, p, positions, hw, value):
-    if p < positions:
+def _store_one(out3, relu, channel, p, end, hw, value):
+    if p < end:
         out3[p // hw, channel, p % hw] = max(value, np.float32(0.0)) if relu else value
 
 

@@ -92,6 +92,15 @@ class OpDef:
         describe = getattr(module, f"describe_{self.kernel_name or self.name}", None)
         return describe(params, in_shape) if describe else ""
 
+    def prepare(self, device: str, params: dict, weights: dict[str, np.ndarray]) -> dict:
+        """The weights as this op's `device` kernel wants them stored, computed once when a
+        network is bound to a device (e.g. a conv's taps reordered for the direct
+        strategy): a kernel module may define `prepare_<name>(params, weights) -> dict`.
+        The kernel must still accept the weights as the spec gives them."""
+        module = importlib.import_module(f"{self.package}.{device}")
+        prepare = getattr(module, f"prepare_{self.kernel_name or self.name}", None)
+        return prepare(params, weights) if prepare else weights
+
     @property
     def has_weights(self) -> bool:
         return self.weight_shapes is not None

@@ -16,51 +16,109 @@ Every strategy applies the bias and the fused ReLU while writing the output.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 
-from graphconv.ops.gemm_cpu import padded_positions, prefers_stream, stream_matmul
+from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, STREAM_MIN_WEIGHTS, multiply_band, padded_positions,
+                                    prefers_stream, stream_matmul)
 from graphconv.ops.registry import pair
 
 SCRATCH_FLOATS = 1 << 22  # 16 MB of im2col columns per chunk
-STRATEGIES = ("stream", "pointwise", "im2col")
+TAPS_CHUNK = 2048  # output positions whose partial sums for 4 channels (32 KB) stay in L1
+TAPS_MAX_K = 32  # patches this short leave the direct tile mostly reducing across lanes
+DIRECT_MAX_WEIGHTS = 1 << 21  # 8 MB of weights: past this im2col + BLAS wins
+DIRECT_MIN_ROWS = 4  # direct splits output rows between threads; fewer rows leave one idle
+STRATEGIES = ("stream", "pointwise", "taps", "direct", "im2col")
 
 
 def choose_strategy(params: dict, in_shape: tuple[int, ...]) -> str:
-    """The strategy `run_conv` uses for this layer on an (N, C, H, W) input."""
+    """The strategy `run_conv` uses for this layer on an (N, C, H, W) input.
+
+    The thresholds are measured on 2 AVX2 cores (benchmarks/cpu_vs_torch.py shows each
+    layer's choice and speed): direct beats im2col + OpenBLAS by 1.2-2x on the VGG and
+    AlexNet layers with up to 1.2M weights, and loses by about 15% on the 2.4M-weight
+    layers of VGG's conv4 and conv5, where BLAS's cache blocking pays off.
+    """
     n, c, height, width = in_shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
         pair(params[k]) for k in ("kernel_size", "stride", "padding", "dilation"))
     ho = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     wo = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    weights = params["out_channels"] * (c // params["groups"]) * kh * kw
+    taps = (c // params["groups"]) * kh * kw
+    weights = params["out_channels"] * taps
     if prefers_stream(n * ho * wo, weights):
         return "stream"
     if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
         return "pointwise"
-    return "im2col"
+    if taps <= TAPS_MAX_K and (sh, sw) == (1, 1):
+        return "taps"
+    if weights >= DIRECT_MAX_WEIGHTS or n * ho < DIRECT_MIN_ROWS:
+        return "im2col"
+    return "direct"
 
 
 describe_conv = choose_strategy  # what `--profile` and the benchmarks show per layer
 
 
+def prepare_conv(params: dict, weights: dict) -> dict:
+    """Store the taps in (kw, kh, c) order ("weight_kwkhc") for every layer that can never
+    stream, so the direct strategy need not reorder them on each run. Streamed weights
+    stay as they are: reordering fc6's 151 MB would cost a second copy for nothing."""
+    w = weights["weight"]
+    if w.size >= STREAM_MIN_WEIGHTS:
+        return weights
+    prepared = {k: v for k, v in weights.items() if k != "weight"}
+    prepared["weight_kwkhc"] = kwkhc_weights(w, params["groups"])
+    return prepared
+
+
 def run_conv(params: dict, weights: dict, inputs: list[np.ndarray],
              strategy: str | None = None) -> np.ndarray:
+    """The layer on (N, C, H, W) input, with `weights` as the spec gives them or as
+    `prepare_conv` stored them; `strategy` overrides the choice (tests force each one)."""
     x = np.ascontiguousarray(inputs[0])
-    w = weights["weight"]
-    out_c, c_per_group, kh, kw = w.shape
     groups = params["groups"]
+    kh, kw = pair(params["kernel_size"])
+    out_c = params["out_channels"]
     bias = weights.get("bias")
     if bias is None:
         bias = np.zeros(out_c, np.float32)
     relu = params["activation"] == "relu"
     geometry = tuple(v for k in ("stride", "padding", "dilation") for v in pair(params[k]))
-    w3 = w.reshape(groups, out_c // groups, c_per_group * kh * kw)
     strategy = strategy or choose_strategy(params, x.shape)
+    if strategy == "direct":
+        return _conv_direct(x, _taps_last(weights, groups), bias, kh, kw, *geometry, relu,
+                            get_num_threads())
     if strategy == "stream":
-        return _conv_stream(x, w3, bias, kh, kw, *geometry, relu)
+        return _conv_stream(x, _taps_first(weights, groups, kh, kw), bias, kh, kw, *geometry, relu)
+    if strategy == "taps":
+        (sh, sw), padding, dilation = geometry[:2], geometry[2:4], geometry[4:]
+        if (sh, sw) != (1, 1):
+            raise ValueError("the taps strategy needs stride 1")
+        return _conv_taps(x, _taps_first(weights, groups, kh, kw), bias, kh, kw, *padding, *dilation, relu,
+                          TAPS_CHUNK, get_num_threads())
+    taps_last = "weight_kwkhc" in weights  # pointwise and im2col take either order
+    w3 = weights["weight_kwkhc"] if taps_last else _taps_first(weights, groups, kh, kw)
     if strategy == "pointwise":
         return _conv_pointwise(x, w3, bias, relu)
-    return _conv_im2col(x, w3, bias, kh, kw, *geometry, relu, SCRATCH_FLOATS)
+    return _conv_im2col(x, w3, bias, kh, kw, *geometry, relu, taps_last, SCRATCH_FLOATS)
+
+
+def _taps_last(weights: dict, groups: int) -> np.ndarray:
+    """(groups, O/groups, K) weights with K ordered (kw, kh, c)."""
+    if "weight_kwkhc" in weights:
+        return weights["weight_kwkhc"]
+    return kwkhc_weights(weights["weight"], groups)
+
+
+def _taps_first(weights: dict, groups: int, kh: int, kw: int) -> np.ndarray:
+    """(groups, O/groups, K) weights with K ordered (c, kh, kw), as the spec stores them."""
+    if "weight" in weights:
+        w = weights["weight"]
+        return w.reshape(groups, w.shape[0] // groups, -1)
+    wk = weights["weight_kwkhc"]
+    g, og, k = wk.shape
+    return np.ascontiguousarray(
+        wk.reshape(g, og, kw, kh, k // (kw * kh)).transpose(0, 1, 4, 3, 2)).reshape(g, og, k)
 
 
 @njit(cache=True)
@@ -108,6 +166,197 @@ def _conv_stream(x, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu):
     return out
 
 
+# ---- direct ---------------------------------------------------------------------------------
+
+def kwkhc_weights(w: np.ndarray, groups: int) -> np.ndarray:
+    """(O, C/groups, kh, kw) weights as (groups, O/groups, kw*kh*C/groups), ordered (kw, kh, c):
+    the order in which a patch lies in the direct strategy's row panel."""
+    out_c, cg, kh, kw = w.shape
+    return np.ascontiguousarray(w.transpose(0, 3, 2, 1)).reshape(groups, out_c // groups, kw * kh * cg)
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _channels_last(x, c0, cg, ph, pw, xp):
+    """xp[n, y, x, c] = x[n, c0 + c, y - ph, x - pw], zero in the padding."""
+    height, width = x.shape[2], x.shape[3]
+    rows = xp.shape[1]
+    for job in prange(xp.shape[0] * rows):
+        n = job // rows
+        y = job % rows
+        iy = y - ph
+        dst = xp[n, y]
+        if iy < 0 or iy >= height:
+            dst[:, :] = 0.0
+            continue
+        dst[:pw, :] = 0.0
+        dst[pw + width:, :] = 0.0
+        for c in range(cg):
+            src = x[n, c0 + c, iy]
+            for ix in range(width):
+                dst[pw + ix, c] = src[ix]
+
+
+@njit(cache=True, boundscheck=False)
+def _fill_row_panel(image, oy, kh, kw, sh, sw, dh, dw, wo, overlap, panel):
+    """Lay out the patches of output row `oy` so each is contiguous in (kw, kh, c) order.
+
+    With dw == 1 ("overlap") the panel holds every input column once, as
+    panel[(x * kh + i) * C + c] = image[oy*sh + i*dh, x, c]; output column ox's patch then
+    starts at ox * sw * kh * C, overlapping its neighbours. With dilation along w the
+    taps of one patch are not adjacent columns, so each patch is copied out whole."""
+    width, cg = image.shape[1], image.shape[2]
+    if overlap:
+        for i in range(kh):
+            src = image[oy * sh + i * dh]
+            for x in range(width):
+                base = (x * kh + i) * cg
+                for c in range(cg):  # element loops: a slice copy per pixel costs more than 3 floats
+                    panel[base + c] = src[x, c]
+    else:
+        k = kw * kh * cg
+        for ox in range(wo):
+            for j in range(kw):
+                for i in range(kh):
+                    base = ox * k + (j * kh + i) * cg
+                    src = image[oy * sh + i * dh, ox * sw + j * dw]
+                    for c in range(cg):
+                        panel[base + c] = src[c]
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _direct_group(xp, wk, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, wo, out3, threads):
+    """Every output row of one group: build its row panel, then run every band of
+    weight rows over it with `multiply_band`. Threads take rows round-robin and each
+    keeps one panel, so nothing is allocated per row."""
+    n, _, width, cg = xp.shape
+    og, k = wk.shape
+    overlap = dw == 1
+    step = sw * kh * cg if overlap else k
+    count = padded_positions(wo)
+    size = max(width * kh * cg, (count - 1) * step + k) if overlap else count * k
+    jobs = n * ho
+    for t in prange(threads):
+        panel = np.zeros(size, np.float32)  # the tail past the last real patch stays zero
+        for job in range(t, jobs, threads):
+            b = job // ho
+            oy = job % ho
+            _fill_row_panel(xp[b], oy, kh, kw, sh, sw, dh, dw, wo, overlap, panel)
+            first = b * ho * wo + oy * wo
+            for o0 in range(0, og, ROWS_PER_TILE):
+                multiply_band(wk, o0, panel, step, count, bias, relu, first, first + wo, ho * wo,
+                              o_offset, out3)
+
+
+@njit(cache=True)
+def _conv_direct(x, wk, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, threads):
+    n, c, height, width = x.shape
+    groups, og, _ = wk.shape
+    cg = c // groups
+    ho, wo = _output_size(height, width, kh, kw, sh, sw, ph, pw, dh, dw)
+    out = np.empty((n, groups * og, ho, wo), np.float32)
+    out3 = out.reshape(n, groups * og, ho * wo)
+    xp = np.empty((n, height + 2 * ph, width + 2 * pw, cg), np.float32)
+    for g in range(groups):
+        _channels_last(x, g * cg, cg, ph, pw, xp)
+        _direct_group(xp, wk[g], bias, relu, kh, kw, sh, sw, dh, dw, g * og, ho, wo, out3, threads)
+    return out
+
+
+# ---- taps ---------------------------------------------------------------------------------
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _pad_input(x, ph, pw, xp):
+    """xp[n, c, y, x] = x[n, c, y - ph, x - pw], zero in the padding."""
+    height, width = x.shape[2], x.shape[3]
+    for plane in prange(xp.shape[0] * xp.shape[1]):
+        n = plane // xp.shape[1]
+        c = plane % xp.shape[1]
+        xp[n, c] = 0.0
+        xp[n, c, ph:ph + height, pw:pw + width] = x[n, c]
+
+
+@njit(cache=True, parallel=True, fastmath=True, boundscheck=False)
+def _taps_group(xp, w2, bias, relu, c0, kh, kw, dh, dw, o_offset, chunk, threads, out):
+    """One group of a stride-1 conv, accumulated tap by tap.
+
+    On the padded input, output (oy, ox) reads input (oy + i*dh, ox + j*dw), so with the
+    output indexed by the padded width as well (q = oy * Wp + ox) every tap is one
+    shifted 1-D slice of an input plane. Each thread takes `chunk` consecutive q at a time
+    and adds tap after tap into 4 channels' partial sums, which stay in L1; the columns
+    ox >= wo that this computes in passing are dropped when the sums are stored."""
+    n_img, _, hp, wp = xp.shape
+    og, k = w2.shape
+    ho, wo = out.shape[2], out.shape[3]
+    taps = kh * kw
+    span = (ho - 1) * wp + wo  # q of the last real output, plus one
+    chunks = (span + chunk - 1) // chunk
+    jobs = n_img * chunks
+    for t in prange(threads):
+        acc = np.empty((ROWS_PER_TILE, chunk), np.float32)
+        for job in range(t, jobs, threads):
+            n = job // chunks
+            q0 = (job % chunks) * chunk
+            size = min(chunk, span - q0)
+            for o0 in range(0, og, ROWS_PER_TILE):
+                rows = min(ROWS_PER_TILE, og - o0)
+                for r in range(rows):
+                    acc[r, :size] = bias[o_offset + o0 + r]
+                for tap in range(k):
+                    c = tap // taps
+                    start = q0 + ((tap // kw) % kh) * dh * wp + (tap % kw) * dw
+                    src = xp[n, c0 + c].reshape(hp * wp)[start:start + size]
+                    if rows == ROWS_PER_TILE:
+                        _add_tap4(src, w2[o0, tap], w2[o0 + 1, tap], w2[o0 + 2, tap], w2[o0 + 3, tap],
+                                  acc[0], acc[1], acc[2], acc[3])
+                    else:
+                        for r in range(rows):
+                            wv = w2[o0 + r, tap]
+                            a = acc[r]
+                            for q in range(size):
+                                a[q] += wv * src[q]
+                for r in range(rows):
+                    _store_rows(acc[r], q0, size, wp, wo, relu, out[n, o_offset + o0 + r])
+
+
+@njit(cache=True, boundscheck=False)
+def _store_rows(acc, q0, size, wp, wo, relu, plane):
+    """plane[oy, ox] = acc[q - q0] for the q = oy * wp + ox in [q0, q0 + size) with ox < wo."""
+    q = q0
+    while q < q0 + size:
+        oy = q // wp
+        ox = q % wp
+        end = min(q0 + size, oy * wp + wo)
+        row = plane[oy]
+        for i in range(q, end):
+            v = acc[i - q0]
+            row[ox + i - q] = max(v, np.float32(0.0)) if relu else v
+        q = (oy + 1) * wp
+
+
+@njit(cache=True, fastmath=True, boundscheck=False)
+def _add_tap4(src, w0, w1, w2, w3, a0, a1, a2, a3):
+    for q in range(src.size):
+        v = src[q]
+        a0[q] += w0 * v
+        a1[q] += w1 * v
+        a2[q] += w2 * v
+        a3[q] += w3 * v
+
+
+@njit(cache=True)
+def _conv_taps(x, w3, bias, kh, kw, ph, pw, dh, dw, relu, chunk, threads):
+    n, c, height, width = x.shape
+    groups, og, _ = w3.shape
+    cg = c // groups
+    ho, wo = _output_size(height, width, kh, kw, 1, 1, ph, pw, dh, dw)
+    out = np.empty((n, groups * og, ho, wo), np.float32)
+    xp = np.empty((n, c, height + 2 * ph, width + 2 * pw), np.float32)
+    _pad_input(x, ph, pw, xp)
+    for g in range(groups):
+        _taps_group(xp, w3[g], bias, relu, g * cg, kh, kw, dh, dw, g * og, chunk, threads, out)
+    return out
+
+
 # ---- pointwise ------------------------------------------------------------------------------
 
 @njit(cache=True)
@@ -138,14 +387,21 @@ def _bias_inplace(planes, bias, relu):
 # ---- im2col ---------------------------------------------------------------------------------
 
 @njit(cache=True, parallel=True)
-def _im2col(x, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, q0, q1, cols):
-    """cols[(c, i, j), (q - q0) * wo + ox] = x[n, c0 + c, oy*sh - ph + i*dh, ox*sw - pw + j*dw]
-    for output rows q = n * ho + oy in [q0, q1), zero where that falls in the padding."""
+def _im2col(x, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, q0, q1, taps_last, cols):
+    """cols[r, (q - q0) * wo + ox] = x[n, c0 + c, oy*sh - ph + i*dh, ox*sw - pw + j*dw]
+    for output rows q = n * ho + oy in [q0, q1), zero where that falls in the padding;
+    row r is tap (c, i, j) in that order, or in (j, i, c) order when taps_last."""
     height, width = x.shape[2], x.shape[3]
+    cg = cols.shape[0] // (kh * kw)
     for r in prange(cols.shape[0]):
-        c = r // (kh * kw)
-        i = (r // kw) % kh
-        j = r % kw
+        if taps_last:
+            c = r % cg
+            i = (r // cg) % kh
+            j = r // (cg * kh)
+        else:
+            c = r // (kh * kw)
+            i = (r // kw) % kh
+            j = r % kw
         for q in range(q0, q1):
             n = q // ho
             iy = (q % ho) * sh - ph + i * dh
@@ -174,7 +430,7 @@ def _epilogue(res, bias, o0, q0, q1, ho, wo, relu, out):
 
 
 @njit(cache=True)
-def _conv_im2col(x, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, scratch_floats):
+def _conv_im2col(x, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, taps_last, scratch_floats):
     n, c, height, width = x.shape
     groups, og, k = w3.shape
     ho, wo = _output_size(height, width, kh, kw, sh, sw, ph, pw, dh, dw)
@@ -193,7 +449,7 @@ def _conv_im2col(x, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, scratch_floa
             else:
                 cols_q = np.empty((k, (q1 - q0) * wo), np.float32)
                 res_q = np.empty((og, (q1 - q0) * wo), np.float32)
-            _im2col(x, g * cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, q0, q1, cols_q)
+            _im2col(x, g * cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, q0, q1, taps_last, cols_q)
             np.dot(wg, cols_q, res_q)
             _epilogue(res_q, bias, g * og, q0, q1, ho, wo, relu, out)
     return out
