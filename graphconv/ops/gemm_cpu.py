@@ -39,7 +39,7 @@ def stream_matmul(w, bias, relu, xt, positions, hw, o_offset, out3):
         o0 = band * ROWS_PER_TILE
         if positions == 1:  # a matrix-vector product: no padding positions to compute
             for o in range(o0, min(m, o0 + ROWS_PER_TILE)):
-                _store_one(out3, relu, o_offset + o, 0, 1, hw, _dot(w[o], xt[0]) + bias[o_offset + o])
+                _store_one(out3, relu, o_offset + o, 0, 0, _dot(w[o], xt[0]) + bias[o_offset + o])
         else:
             multiply_band(w, o0, patches, k, xt.shape[0], bias, relu, 0, positions, hw, o_offset, out3)
 
@@ -77,11 +77,11 @@ def multiply_band(w, o0, patches, step, count, bias, relu, first, end, hw, o_off
                 a30 += u3 * v0
                 a31 += u3 * v1
                 a32 += u3 * v2
-            p = first + p0
-            _store(out3, bias, relu, o_offset + o0, p, end, hw, a00, a01, a02)
-            _store(out3, bias, relu, o_offset + o0 + 1, p, end, hw, a10, a11, a12)
-            _store(out3, bias, relu, o_offset + o0 + 2, p, end, hw, a20, a21, a22)
-            _store(out3, bias, relu, o_offset + o0 + 3, p, end, hw, a30, a31, a32)
+            where = _tile_positions(first + p0, end, hw)
+            _store(out3, bias, relu, o_offset + o0, where, a00, a01, a02)
+            _store(out3, bias, relu, o_offset + o0 + 1, where, a10, a11, a12)
+            _store(out3, bias, relu, o_offset + o0 + 2, where, a20, a21, a22)
+            _store(out3, bias, relu, o_offset + o0 + 3, where, a30, a31, a32)
     else:
         for o in range(o0, m):
             wo = w[o]
@@ -95,7 +95,7 @@ def multiply_band(w, o0, patches, step, count, bias, relu, first, end, hw, o_off
                     a0 += u * x0[i]
                     a1 += u * x1[i]
                     a2 += u * x2[i]
-                _store(out3, bias, relu, o_offset + o, first + p0, end, hw, a0, a1, a2)
+                _store(out3, bias, relu, o_offset + o, _tile_positions(first + p0, end, hw), a0, a1, a2)
 
 
 @njit(cache=True, inline="always", fastmath=True)
@@ -107,17 +107,29 @@ def _dot(a, b):
 
 
 @njit(cache=True, inline="always")
-def _store(out3, bias, relu, channel, p0, end, hw, a0, a1, a2):
-    b = bias[channel]
-    _store_one(out3, relu, channel, p0, end, hw, a0 + b)
-    _store_one(out3, relu, channel, p0 + 1, end, hw, a1 + b)
-    _store_one(out3, relu, channel, p0 + 2, end, hw, a2 + b)
+def _tile_positions(p0, end, hw):
+    """(image, pixel) of the tile's 3 output positions p0, p0+1, p0+2, image -1 for those
+    at or past `end`. Worked out once per tile: a division per stored value cost as
+    much as the arithmetic of a direct conv tile with a short patch."""
+    n0, q0 = p0 // hw, p0 % hw
+    n1, q1 = (n0, q0 + 1) if q0 + 1 < hw else (n0 + 1, 0)
+    n2, q2 = (n1, q1 + 1) if q1 + 1 < hw else (n1 + 1, 0)
+    return (n0 if p0 < end else -1, q0, n1 if p0 + 1 < end else -1, q1, n2 if p0 + 2 < end else -1, q2)
 
 
 @njit(cache=True, inline="always")
-def _store_one(out3, relu, channel, p, end, hw, value):
-    if p < end:
-        out3[p // hw, channel, p % hw] = max(value, np.float32(0.0)) if relu else value
+def _store(out3, bias, relu, channel, where, a0, a1, a2):
+    b = bias[channel]
+    n0, q0, n1, q1, n2, q2 = where
+    _store_one(out3, relu, channel, n0, q0, a0 + b)
+    _store_one(out3, relu, channel, n1, q1, a1 + b)
+    _store_one(out3, relu, channel, n2, q2, a2 + b)
+
+
+@njit(cache=True, inline="always")
+def _store_one(out3, relu, channel, n, q, value):
+    if n >= 0:
+        out3[n, channel, q] = max(value, np.float32(0.0)) if relu else value
 
 
 def prefers_stream(positions: int, weight_elements: int) -> bool:

@@ -7,32 +7,41 @@ from numba import njit, prange
 from graphconv.ops.registry import pair
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, boundscheck=False)
 def _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, is_max):
+    """Each output row is built tap by tap: for tap (i, j) the output columns whose input
+    column lies inside the image are worked out once, so the loop over them has no
+    bounds tests and vectorises (the first version tested every tap of every output)."""
     n, c, height, width = x.shape
     ho = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     wo = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     out = np.empty((n, c, ho, wo), np.float32)
-    inv_area = 1.0 / (kh * kw)
+    inv_area = np.float32(1.0 / (kh * kw))
+    start = np.float32(-np.inf) if is_max else np.float32(0.0)
     for plane in prange(n * c):
         b = plane // c
         ch = plane % c
         for oy in range(ho):
-            for ox in range(wo):
-                acc = -np.inf if is_max else 0.0
-                for i in range(kh):
-                    iy = oy * sh - ph + i * dh
-                    if iy < 0 or iy >= height:
-                        continue
-                    for j in range(kw):
-                        ix = ox * sw - pw + j * dw
-                        if 0 <= ix < width:
-                            v = x[b, ch, iy, ix]
-                            if is_max:
-                                acc = max(acc, v)
-                            else:
-                                acc += v
-                out[b, ch, oy, ox] = acc if is_max else acc * inv_area
+            row = out[b, ch, oy]
+            row[:] = start
+            for i in range(kh):
+                iy = oy * sh - ph + i * dh
+                if iy < 0 or iy >= height:
+                    continue
+                src = x[b, ch, iy]
+                for j in range(kw):
+                    offset = j * dw - pw  # input column of output column ox is ox * sw + offset
+                    first = max(0, -(offset // sw)) if offset < 0 else 0
+                    end = min(wo, (width - 1 - offset) // sw + 1)
+                    if is_max:
+                        for ox in range(first, end):
+                            row[ox] = max(row[ox], src[ox * sw + offset])
+                    else:
+                        for ox in range(first, end):
+                            row[ox] += src[ox * sw + offset]
+            if not is_max:
+                for ox in range(wo):
+                    row[ox] *= inv_area
     return out
 
 
