@@ -1,0 +1,36 @@
+"""graphconv tells glibc to keep freed memory (no page faults on the next run's
+activations) unless the user opts out; elsewhere it changes nothing."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from graphconv import allocator
+
+GLIBC = sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
+
+
+def _applied_in_fresh_process(**env) -> str:
+    code = ("import numpy as np, graphconv; from graphconv import allocator; "
+            "graphconv.compile_model('specs/lenet.yaml').executor('cpu'); print(allocator._applied)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, **env}, cwd=os.path.dirname(os.path.dirname(__file__)))
+    return result.stdout.strip()
+
+
+@pytest.mark.skipif(not GLIBC, reason="only glibc has mallopt")
+def test_a_cpu_executor_keeps_freed_memory():
+    assert _applied_in_fresh_process() == "True"
+
+
+def test_the_user_can_opt_out():
+    assert _applied_in_fresh_process(GRAPHCONV_KEEP_MEMORY="0") == "False"
+
+
+def test_it_is_applied_once(monkeypatch):
+    calls = []
+    monkeypatch.setattr(allocator, "_applied", None)
+    monkeypatch.setattr(allocator, "_configure_glibc", lambda: calls.append(1) or True)
+    assert allocator.keep_freed_memory() and allocator.keep_freed_memory()
+    assert calls == [1]
