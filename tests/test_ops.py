@@ -57,12 +57,10 @@ CONV_CASES = [
 
 
 def applicable_strategies(params):
-    """Every CPU conv strategy that can run this layer (pointwise needs a plain 1x1, taps
-    stride 1)."""
-    stride_1 = pair(params.get("stride", 1)) == (1, 1)
-    plain_1x1 = pair(params.get("kernel_size")) == (1, 1) and stride_1 and pair(params.get("padding", 0)) == (0, 0)
-    return [s for s in conv_cpu.STRATEGIES
-            if (s != "pointwise" or plain_1x1) and (s != "taps" or stride_1)]
+    """Every CPU conv strategy that can run this layer (pointwise needs a plain 1x1)."""
+    plain_1x1 = (pair(params.get("kernel_size")) == (1, 1) and pair(params.get("stride", 1)) == (1, 1)
+                 and pair(params.get("padding", 0)) == (0, 0))
+    return [s for s in conv_cpu.STRATEGIES if s != "pointwise" or plain_1x1]
 
 
 @pytest.mark.parametrize("params", CONV_CASES)
@@ -80,9 +78,10 @@ def test_conv_matches_reference(params, in_shape, rng):
     (dict(out_channels=4096, kernel_size=1), (3, 4096, 6, 6), "pointwise"),  # 108 positions: BLAS
     (dict(out_channels=256, kernel_size=3, padding=1), (1, 256, 6, 6), "direct"),  # small weights
     (dict(out_channels=64, kernel_size=1), (1, 32, 20, 20), "pointwise"),    # a real 1x1 conv
-    (dict(out_channels=64, kernel_size=1, stride=2), (1, 32, 40, 40), "direct"),
+    (dict(out_channels=64, kernel_size=1, stride=2), (1, 128, 40, 40), "direct"),
+    (dict(out_channels=64, kernel_size=1, stride=2), (1, 32, 40, 40), "im2col"),     # patches of 32
     (dict(out_channels=64, kernel_size=3, padding=1), (1, 32, 20, 20), "direct"),
-    (dict(out_channels=64, kernel_size=3, padding=1), (1, 3, 224, 224), "taps"),     # VGG conv1_1
+    (dict(out_channels=64, kernel_size=3, padding=1), (1, 3, 224, 224), "im2col"),   # VGG conv1_1: K=27
     (dict(out_channels=64, kernel_size=11, stride=4), (1, 3, 224, 224), "direct"),   # AlexNet conv1
     (dict(out_channels=512, kernel_size=3, padding=1), (1, 512, 28, 28), "im2col"),  # VGG conv4_2
     (dict(out_channels=64, kernel_size=3), (1, 32, 5, 40), "im2col"),  # 3 output rows
@@ -119,17 +118,6 @@ def test_conv_large_input_uses_several_chunks(rng, monkeypatch):
     monkeypatch.setattr(cpu, "SCRATCH_FLOATS", 50)
     check_op("conv", dict(out_channels=3, kernel_size=3, padding=1, groups=1), [(2, 10, 9)], rng, batch=3,
              strategy="im2col")
-
-
-@pytest.mark.parametrize("chunk", [1, 3, 8, 13, 64])
-@pytest.mark.parametrize("params", [dict(out_channels=6, kernel_size=3, padding=1),
-                                    dict(out_channels=5, kernel_size=[2, 3], dilation=[2, 1], padding=[0, 2],
-                                         activation="relu")])
-def test_conv_taps_chunks_may_split_rows(chunk, params, rng, monkeypatch):
-    """taps walks the output in chunks of the padded width; a chunk may start or end in
-    the middle of a row, or in the columns past the output's right edge."""
-    monkeypatch.setattr(conv_cpu, "TAPS_CHUNK", chunk)
-    check_op("conv", params, [(3, 7, 9)], rng, batch=2, strategy="taps")
 
 
 POOL_CASES = [

@@ -1,4 +1,4 @@
-"""CPU conv: one of three strategies per layer, chosen from the layer's shape.
+"""CPU conv: one of four strategies per layer, chosen from the layer's shape.
 
 - "stream": large weights used at few output positions (the fully-connected layers
   fc-to-conv produced; see `gemm_cpu.prefers_stream`). The patches are gathered into
@@ -7,9 +7,17 @@
   as multiplying them.
 - "pointwise": a 1x1, stride-1, unpadded conv. The input already is the column
   matrix (C x H*W), so each image is one SGEMM with no copy before it.
-- "im2col": everything else. Columns are built in chunks of output rows so the
-  scratch buffer stays small (VGG's first layers at 384x384 would otherwise need
-  hundreds of MB) while each SGEMM stays large enough to run at BLAS speed.
+- "direct": most convs. The input is copied once to channels-last order; then, per
+  output row, a "row panel" holds the input rows that row reads, laid out so that
+  every output pixel's patch is one contiguous (kw, kh, c) run (overlapping its
+  neighbours' when the conv is not dilated along w). The same 4x3 register tile as
+  "stream" (`gemm_cpu.multiply_band`) runs over the panel with the weights stored in
+  that order (`prepare_conv`). No im2col matrix, no separate epilogue: 1.2-2x faster
+  than im2col + OpenBLAS on AlexNet's and VGG's convs (benchmarks/README.md).
+- "im2col": what direct does badly: patches under 64 values (VGG's conv1_1: 27) and
+  weights over 8 MB (VGG's conv4_2 onwards), where BLAS's blocking wins, and maps of
+  under 4 output rows. Columns are built in chunks of output rows so the scratch
+  buffer stays small while each SGEMM stays large enough to run at BLAS speed.
 
 Every strategy applies the bias and the fused ReLU while writing the output.
 """
@@ -23,11 +31,10 @@ from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, STREAM_MIN_WEIGHTS, multiply_
 from graphconv.ops.registry import pair
 
 SCRATCH_FLOATS = 1 << 22  # 16 MB of im2col columns per chunk
-TAPS_CHUNK = 2048  # output positions whose partial sums for 4 channels (32 KB) stay in L1
-TAPS_MAX_K = 32  # patches this short leave the direct tile mostly reducing across lanes
+DIRECT_MIN_K = 64  # shorter patches leave the direct tile mostly summing across vector lanes
 DIRECT_MAX_WEIGHTS = 1 << 21  # 8 MB of weights: past this im2col + BLAS wins
 DIRECT_MIN_ROWS = 4  # direct splits output rows between threads; fewer rows leave one idle
-STRATEGIES = ("stream", "pointwise", "taps", "direct", "im2col")
+STRATEGIES = ("stream", "pointwise", "direct", "im2col")
 
 
 def choose_strategy(params: dict, in_shape: tuple[int, ...]) -> str:
@@ -49,9 +56,7 @@ def choose_strategy(params: dict, in_shape: tuple[int, ...]) -> str:
         return "stream"
     if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
         return "pointwise"
-    if taps <= TAPS_MAX_K and (sh, sw) == (1, 1):
-        return "taps"
-    if weights >= DIRECT_MAX_WEIGHTS or n * ho < DIRECT_MIN_ROWS:
+    if taps < DIRECT_MIN_K or weights >= DIRECT_MAX_WEIGHTS or n * ho < DIRECT_MIN_ROWS:
         return "im2col"
     return "direct"
 
@@ -90,12 +95,6 @@ def run_conv(params: dict, weights: dict, inputs: list[np.ndarray],
                             get_num_threads())
     if strategy == "stream":
         return _conv_stream(x, _taps_first(weights, groups, kh, kw), bias, kh, kw, *geometry, relu)
-    if strategy == "taps":
-        (sh, sw), padding, dilation = geometry[:2], geometry[2:4], geometry[4:]
-        if (sh, sw) != (1, 1):
-            raise ValueError("the taps strategy needs stride 1")
-        return _conv_taps(x, _taps_first(weights, groups, kh, kw), bias, kh, kw, *padding, *dilation, relu,
-                          TAPS_CHUNK, get_num_threads())
     taps_last = "weight_kwkhc" in weights  # pointwise and im2col take either order
     w3 = weights["weight_kwkhc"] if taps_last else _taps_first(weights, groups, kh, kw)
     if strategy == "pointwise":
@@ -259,101 +258,6 @@ def _conv_direct(x, wk, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, threads):
     for g in range(groups):
         _channels_last(x, g * cg, cg, ph, pw, xp)
         _direct_group(xp, wk[g], bias, relu, kh, kw, sh, sw, dh, dw, g * og, ho, wo, out3, threads)
-    return out
-
-
-# ---- taps ---------------------------------------------------------------------------------
-
-@njit(cache=True, parallel=True, boundscheck=False)
-def _pad_input(x, ph, pw, xp):
-    """xp[n, c, y, x] = x[n, c, y - ph, x - pw], zero in the padding."""
-    height, width = x.shape[2], x.shape[3]
-    for plane in prange(xp.shape[0] * xp.shape[1]):
-        n = plane // xp.shape[1]
-        c = plane % xp.shape[1]
-        xp[n, c] = 0.0
-        xp[n, c, ph:ph + height, pw:pw + width] = x[n, c]
-
-
-@njit(cache=True, parallel=True, fastmath=True, boundscheck=False)
-def _taps_group(xp, w2, bias, relu, c0, kh, kw, dh, dw, o_offset, chunk, threads, out):
-    """One group of a stride-1 conv, accumulated tap by tap.
-
-    On the padded input, output (oy, ox) reads input (oy + i*dh, ox + j*dw), so with the
-    output indexed by the padded width as well (q = oy * Wp + ox) every tap is one
-    shifted 1-D slice of an input plane. Each thread takes `chunk` consecutive q at a time
-    and adds tap after tap into 4 channels' partial sums, which stay in L1; the columns
-    ox >= wo that this computes in passing are dropped when the sums are stored."""
-    n_img, _, hp, wp = xp.shape
-    og, k = w2.shape
-    ho, wo = out.shape[2], out.shape[3]
-    taps = kh * kw
-    span = (ho - 1) * wp + wo  # q of the last real output, plus one
-    chunks = (span + chunk - 1) // chunk
-    jobs = n_img * chunks
-    for t in prange(threads):
-        acc = np.empty((ROWS_PER_TILE, chunk), np.float32)
-        for job in range(t, jobs, threads):
-            n = job // chunks
-            q0 = (job % chunks) * chunk
-            size = min(chunk, span - q0)
-            for o0 in range(0, og, ROWS_PER_TILE):
-                rows = min(ROWS_PER_TILE, og - o0)
-                for r in range(rows):
-                    acc[r, :size] = bias[o_offset + o0 + r]
-                for tap in range(k):
-                    c = tap // taps
-                    start = q0 + ((tap // kw) % kh) * dh * wp + (tap % kw) * dw
-                    src = xp[n, c0 + c].reshape(hp * wp)[start:start + size]
-                    if rows == ROWS_PER_TILE:
-                        _add_tap4(src, w2[o0, tap], w2[o0 + 1, tap], w2[o0 + 2, tap], w2[o0 + 3, tap],
-                                  acc[0], acc[1], acc[2], acc[3])
-                    else:
-                        for r in range(rows):
-                            wv = w2[o0 + r, tap]
-                            a = acc[r]
-                            for q in range(size):
-                                a[q] += wv * src[q]
-                for r in range(rows):
-                    _store_rows(acc[r], q0, size, wp, wo, relu, out[n, o_offset + o0 + r])
-
-
-@njit(cache=True, boundscheck=False)
-def _store_rows(acc, q0, size, wp, wo, relu, plane):
-    """plane[oy, ox] = acc[q - q0] for the q = oy * wp + ox in [q0, q0 + size) with ox < wo."""
-    q = q0
-    while q < q0 + size:
-        oy = q // wp
-        ox = q % wp
-        end = min(q0 + size, oy * wp + wo)
-        row = plane[oy]
-        for i in range(q, end):
-            v = acc[i - q0]
-            row[ox + i - q] = max(v, np.float32(0.0)) if relu else v
-        q = (oy + 1) * wp
-
-
-@njit(cache=True, fastmath=True, boundscheck=False)
-def _add_tap4(src, w0, w1, w2, w3, a0, a1, a2, a3):
-    for q in range(src.size):
-        v = src[q]
-        a0[q] += w0 * v
-        a1[q] += w1 * v
-        a2[q] += w2 * v
-        a3[q] += w3 * v
-
-
-@njit(cache=True)
-def _conv_taps(x, w3, bias, kh, kw, ph, pw, dh, dw, relu, chunk, threads):
-    n, c, height, width = x.shape
-    groups, og, _ = w3.shape
-    cg = c // groups
-    ho, wo = _output_size(height, width, kh, kw, 1, 1, ph, pw, dh, dw)
-    out = np.empty((n, groups * og, ho, wo), np.float32)
-    xp = np.empty((n, c, height + 2 * ph, width + 2 * pw), np.float32)
-    _pad_input(x, ph, pw, xp)
-    for g in range(groups):
-        _taps_group(xp, w3[g], bias, relu, g * cg, kh, kw, dh, dw, g * og, chunk, threads, out)
     return out
 
 
