@@ -83,7 +83,8 @@ def test_conv_matches_reference(params, in_shape, rng):
     (dict(out_channels=64, kernel_size=3, padding=1), (1, 32, 20, 20), "direct"),
     (dict(out_channels=64, kernel_size=3, padding=1), (1, 3, 224, 224), "im2col"),   # VGG conv1_1: K=27
     (dict(out_channels=64, kernel_size=11, stride=4), (1, 3, 224, 224), "direct"),   # AlexNet conv1
-    (dict(out_channels=512, kernel_size=3, padding=1), (1, 512, 28, 28), "im2col"),  # VGG conv4_2
+    (dict(out_channels=512, kernel_size=3, padding=1), (1, 512, 28, 28), "im2col"),  # VGG conv4_2 at 224
+    (dict(out_channels=512, kernel_size=3, padding=1), (1, 512, 48, 48), "direct"),  # and at 384
     (dict(out_channels=64, kernel_size=3), (1, 32, 5, 40), "im2col"),  # 3 output rows
 ])
 def test_conv_strategy_follows_the_layer_shape(params, in_shape, expected):

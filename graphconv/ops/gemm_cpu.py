@@ -1,4 +1,9 @@
-"""The weight-streaming matrix product shared by the CPU conv and fc kernels.
+"""The register-tiled matrix product behind the CPU conv and fc kernels.
+
+`multiply_band` is the one inner kernel: 4 weight rows x 3 patches, 12 dot products
+in vector registers. `stream_matmul` runs it over a whole weight matrix for the
+"stream" strategy and the small-batch fc; the conv's "direct" strategy runs it over
+row panels of overlapping patches (graphconv/ops/conv/cpu.py).
 
 A fully-connected layer turned into a convolution evaluates a large weight matrix
 (fc6 of AlexNet: 4096 x 9216, 151 MB) at only a few output positions (36 on a

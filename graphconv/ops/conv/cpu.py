@@ -14,9 +14,9 @@
   "stream" (`gemm_cpu.multiply_band`) runs over the panel with the weights stored in
   that order (`prepare_conv`). No im2col matrix, no separate epilogue: 1.2-2x faster
   than im2col + OpenBLAS on AlexNet's and VGG's convs (benchmarks/README.md).
-- "im2col": what direct does badly: patches under 64 values (VGG's conv1_1: 27) and
-  weights over 8 MB (VGG's conv4_2 onwards), where BLAS's blocking wins, and maps of
-  under 4 output rows. Columns are built in chunks of output rows so the scratch
+- "im2col": what direct does badly: patches under 64 values (VGG's conv1_1: 27),
+  weights over 8 MB on rows under 32 pixels (VGG's conv4_2 onwards at 224x224), where
+  BLAS's blocking wins, and maps of under 4 output rows. Columns are built in chunks of output rows so the scratch
   buffer stays small while each SGEMM stays large enough to run at BLAS speed.
 
 Every strategy applies the bias and the fused ReLU while writing the output.
@@ -32,7 +32,8 @@ from graphconv.ops.registry import pair
 
 SCRATCH_FLOATS = 1 << 22  # 16 MB of im2col columns per chunk
 DIRECT_MIN_K = 64  # shorter patches leave the direct tile mostly summing across vector lanes
-DIRECT_MAX_WEIGHTS = 1 << 21  # 8 MB of weights: past this im2col + BLAS wins
+DIRECT_BIG_WEIGHTS = 1 << 21  # 8 MB: direct reads all weights once per output row, so ...
+DIRECT_WIDE_ROW = 32  # ... weights this big need rows this wide to pay for it
 DIRECT_MIN_ROWS = 4  # direct splits output rows between threads; fewer rows leave one idle
 STRATEGIES = ("stream", "pointwise", "direct", "im2col")
 
@@ -42,8 +43,10 @@ def choose_strategy(params: dict, in_shape: tuple[int, ...]) -> str:
 
     The thresholds are measured on 2 AVX2 cores (benchmarks/cpu_vs_torch.py shows each
     layer's choice and speed): direct beats im2col + OpenBLAS by 1.2-2x on the VGG and
-    AlexNet layers with up to 1.2M weights, and loses by about 15% on the 2.4M-weight
-    layers of VGG's conv4 and conv5, where BLAS's cache blocking pays off.
+    AlexNet layers with up to 1.2M weights. With VGG's 2.4M-weight 3x3 convs it wins on
+    48-pixel rows (145 against 130 GFLOP/s), ties on 24 and loses on 28 (142 against
+    156). Patches of 27 values (VGG's conv1_1) run at 50 GFLOP/s through im2col and 33
+    through direct.
     """
     n, c, height, width = in_shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
@@ -56,7 +59,8 @@ def choose_strategy(params: dict, in_shape: tuple[int, ...]) -> str:
         return "stream"
     if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
         return "pointwise"
-    if taps < DIRECT_MIN_K or weights >= DIRECT_MAX_WEIGHTS or n * ho < DIRECT_MIN_ROWS:
+    big_weights_narrow_rows = weights >= DIRECT_BIG_WEIGHTS and wo < DIRECT_WIDE_ROW
+    if taps < DIRECT_MIN_K or big_weights_narrow_rows or n * ho < DIRECT_MIN_ROWS:
         return "im2col"
     return "direct"
 
