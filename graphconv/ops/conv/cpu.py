@@ -16,8 +16,9 @@
   than im2col + OpenBLAS on AlexNet's and VGG's convs (benchmarks/README.md).
 - "im2col": what direct does badly: patches under 64 values (VGG's conv1_1: 27),
   weights over 8 MB on rows under 32 pixels (VGG's conv4_2 onwards at 224x224), where
-  BLAS's blocking wins, and maps of under 4 output rows. Columns are built in chunks of output rows so the scratch
-  buffer stays small while each SGEMM stays large enough to run at BLAS speed.
+  BLAS's blocking wins, and maps of under 4 output rows. Columns are built in chunks
+  of output rows so the scratch buffer stays small while each SGEMM stays large
+  enough to run at BLAS speed.
 
 Every strategy applies the bias and the fused ReLU while writing the output.
 """
