@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from graphconv.errors import GraphconvError
+from graphconv.spec import missing_folders, output_folders
 
 EXIT_USER_ERROR = 2
 
@@ -306,24 +307,25 @@ def load_array(path: str) -> np.ndarray:
 
 
 def _check_writable(*paths: str | None) -> None:
+    """Fail before the network runs if an output could never be written."""
     for path in filter(None, paths):
-        parent = Path(path).resolve().parent
-        if not parent.is_dir():
-            raise GraphconvError("the output's folder does not exist", file=path)
+        missing_folders(path)
 
 
 def atomic_write(path: str, write, suffix: str) -> None:
-    """Write through a temporary file in the same folder, renamed into place when complete."""
+    """Write through a temporary file in the same folder, renamed into place when complete;
+    missing folders above it are created, and removed again if the write fails."""
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.resolve().parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with output_folders(target):
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.resolve().parent)
+        os.close(fd)
+        try:
+            write(tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
 
 def format_profile(model, profile: dict[str, float], hw, batch: int, device: str = "cpu") -> str:

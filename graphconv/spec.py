@@ -12,8 +12,9 @@ import math
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import yaml
@@ -311,22 +312,55 @@ def save_model(graph: Graph, directory: str | os.PathLike) -> Path:
     everything goes to a temporary folder that replaces `directory` only once complete."""
     directory = Path(directory)
     text = spec_text(graph)
-    parent = directory.resolve().parent
-    if not parent.is_dir():
-        raise GraphconvError("the output's parent folder does not exist", file=str(directory))
     if directory.exists() and not directory.is_dir():
         raise GraphconvError("the output exists and is not a folder", file=str(directory))
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=parent))
-    try:
-        (tmp / MODEL_SPEC).write_text(text)
-        np.savez(tmp / MODEL_WEIGHTS, **weight_arrays(graph))
-        if "labels" in graph.meta:
-            (tmp / "labels.txt").write_text("\n".join(graph.meta["labels"]) + "\n")
-        replace_path(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with output_folders(directory):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.resolve().parent))
+        try:
+            (tmp / MODEL_SPEC).write_text(text)
+            np.savez(tmp / MODEL_WEIGHTS, **weight_arrays(graph))
+            if "labels" in graph.meta:
+                (tmp / "labels.txt").write_text("\n".join(graph.meta["labels"]) + "\n")
+            replace_path(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return directory
+
+
+def missing_folders(path: str | os.PathLike) -> list[Path]:
+    """The folders above `path` that do not exist yet, innermost first; a GraphconvError
+    if the nearest existing one is not a folder, so the write could never succeed."""
+    missing = []
+    folder = Path(path).resolve().parent
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    if not folder.is_dir():
+        raise GraphconvError(f"cannot create the output's folder: {folder} is a file", file=str(path))
+    return missing
+
+
+@contextmanager
+def output_folders(path: str | os.PathLike) -> Iterator[None]:
+    """Create the missing folders above `path` for a write (`-o build/model` works in a
+    fresh checkout), and remove them again if the write fails: a failed command
+    leaves nothing behind."""
+    missing = missing_folders(path)
+    try:
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+            except OSError as err:
+                raise GraphconvError(f"cannot create folder {folder}: {err.strerror}", file=str(path)) from None
+        yield
+    except BaseException:
+        for folder in missing:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        raise
 
 
 def replace_path(new: Path, target: Path) -> None:

@@ -98,3 +98,29 @@ def test_run_on_image_writes_heatmap(tmp_path, capsys):
     assert np.load(tmp_path / "s.npy").shape == (1, 1000, 2, 3)
     assert run_cli("inspect", tmp_path / "m", "--input-size", 384, 384) == 0
     assert "--output-stride 16: dilate" in capsys.readouterr().out
+
+
+def test_outputs_may_go_to_folders_that_do_not_exist_yet(tmp_path):
+    """The README's quick start writes to build/... in a fresh checkout."""
+    assert run_cli("compile", SPECS / "lenet.yaml", "-o", tmp_path / "build" / "deep" / "m") == 0
+    np.save(tmp_path / "in.npy", np.zeros((1, 1, 32, 32), np.float32))
+    assert run_cli("run", tmp_path / "build" / "deep" / "m", "--input", tmp_path / "in.npy",
+                   "--output", tmp_path / "results" / "scores.npy") == 0
+    assert np.load(tmp_path / "results" / "scores.npy").shape == (1, 10, 1, 1)
+
+
+def test_a_failed_command_removes_the_folders_it_created(tmp_path, capsys):
+    assert run_cli("compile", SPECS / "lenet.yaml", "-o", tmp_path / "build" / "m", "--output-stride", "3") == 2
+    np.save(tmp_path / "bad.npy", np.zeros((3, 32, 32), np.float32))
+    assert run_cli("run", SPECS / "lenet.yaml", "--input", tmp_path / "bad.npy",
+                   "--output", tmp_path / "results" / "out.npy") == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npy"]
+
+
+def test_an_output_below_a_file_is_refused_before_running(tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file, not a folder")
+    np.save(tmp_path / "in.npy", np.zeros((1, 1, 32, 32), np.float32))
+    assert run_cli("run", SPECS / "lenet.yaml", "--input", tmp_path / "in.npy",
+                   "--output", tmp_path / "taken" / "sub" / "out.npy") == 2
+    err = capsys.readouterr().err
+    assert "cannot create the output's folder" in err and "is a file" in err
