@@ -29,6 +29,7 @@ from numba import get_num_threads, njit, prange
 
 from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, STREAM_MIN_WEIGHTS, multiply_band, padded_positions,
                                     prefers_stream, stream_matmul)
+from graphconv.ops.conv import shape as output_shape
 from graphconv.ops.registry import pair
 
 SCRATCH_FLOATS = 1 << 22  # 16 MB of im2col columns per chunk
@@ -49,11 +50,9 @@ def choose_strategy(params: dict, in_shape: tuple[int, ...]) -> str:
     156). Patches of 27 values (VGG's conv1_1) run at 50 GFLOP/s through im2col and 33
     through direct.
     """
-    n, c, height, width = in_shape
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
-        pair(params[k]) for k in ("kernel_size", "stride", "padding", "dilation"))
-    ho = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    n, c = in_shape[:2]
+    (kh, kw), (sh, sw), (ph, pw) = (pair(params[k]) for k in ("kernel_size", "stride", "padding"))
+    _, ho, wo = output_shape(params, [tuple(in_shape[1:])])
     taps = (c // params["groups"]) * kh * kw
     weights = params["out_channels"] * taps
     if prefers_stream(n * ho * wo, weights):
