@@ -1,6 +1,8 @@
 """graphconv quiets idle BLAS/OpenMP workers by default but never overrides the user."""
 import os
 
+import pytest
+
 from graphconv import threads
 
 
@@ -19,3 +21,36 @@ def test_an_explicit_setting_wins(monkeypatch):
 
 def test_importing_graphconv_applied_them():
     assert all(name in os.environ for name in threads.QUIET_WORKERS)
+
+
+def test_an_openblas_loaded_earlier_is_requieted_only_when_graphconv_set_the_timeout(monkeypatch):
+    calls = []
+    monkeypatch.setattr(threads, "requiet_loaded_openblas", lambda: calls.append(1) or [])
+    monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", "10")
+    threads.quiet_idle_workers()
+    assert calls == []  # the user's own value was there when OpenBLAS loaded
+    monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT")
+    threads.quiet_idle_workers()
+    assert calls == [1]
+
+
+REQUIET_AFTER_USE = """
+import numpy as np
+a = np.random.default_rng(0).standard_normal((300, 300)).astype(np.float32)
+before = a @ a  # OpenBLAS's workers are running now
+from graphconv import threads
+print("requieted:", threads.requiet_loaded_openblas())
+np.testing.assert_allclose(a @ a, before, rtol=1e-5)  # workers restart on the next call
+print("ok")
+"""
+
+
+def test_requieting_openblas_keeps_it_working():
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    result = subprocess.run([sys.executable, "-c", REQUIET_AFTER_USE], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.endswith("ok\n")
+    if "openblas" not in result.stdout.split("ok")[0].lower():
+        pytest.skip("numpy here does not use OpenBLAS")
