@@ -11,9 +11,9 @@ The settings below make idle workers sleep at once. They are read when the
 libraries load, so this runs as the first thing `import graphconv` does, and an
 explicit setting in the environment always wins.
 
-A script that imports scipy.linalg (or anything built on it) before graphconv has
-already loaded the OpenBLAS that graphconv's kernels call, with its workers spinning:
-AlexNet-FCN at 384x384 then took 135-162 ms against 81-94 ms. So an OpenBLAS that is
+graphconv's kernels call numpy's OpenBLAS, and a script that imports numpy before
+graphconv (nearly every script) has loaded it already, with its workers spinning:
+AlexNet-FCN at 384x384 then took 143-149 ms against 87-90 ms. So an OpenBLAS that is
 already loaded is told to read the environment again and to stop its workers, which
 it restarts, with the new setting, on its next call.
 """

@@ -229,3 +229,44 @@ def test_softmax_and_fc_references_match_torch(rng):
     _, w, xs, want = check_op("fc", dict(out_features=5), [(3, 2, 2)], rng)
     got = F.linear(_t(xs[0]).flatten(1), _t(w["weight"]), _t(w["bias"]))
     np.testing.assert_allclose(want[:, :, 0, 0], got.numpy(), rtol=1e-5, atol=1e-5)
+
+
+NO_SCIPY_RUN = """
+import sys
+class NoScipy:
+    def find_spec(self, name, path=None, target=None):
+        if name == "scipy" or name.startswith("scipy."):
+            raise ImportError("scipy is blocked in this test")
+sys.meta_path.insert(0, NoScipy())
+import numpy as np
+from graphconv.ops import get_op
+from graphconv.ops.conv import cpu as conv_cpu
+from graphconv.ops.fc import cpu as fc_cpu
+from graphconv.spec import normalize_params
+rng = np.random.default_rng(0)
+conv = get_op("conv")
+for raw in (dict(out_channels=8, kernel_size=3, padding=1), dict(out_channels=8, kernel_size=1)):
+    params = normalize_params(conv, raw)
+    x = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
+    w = {k: rng.standard_normal(s).astype(np.float32) for k, s in conv.weight_shapes(params, [x.shape[1:]]).items()}
+    for strategy in conv_cpu.STRATEGIES:
+        if strategy != "pointwise" or raw["kernel_size"] == 1:
+            got = conv_cpu.run_conv(params, w, [x], strategy=strategy)
+            np.testing.assert_allclose(got, conv.reference(params, w, [x]), rtol=1e-4, atol=1e-4)
+fc = get_op("fc")
+params = normalize_params(fc, dict(out_features=5))
+x = rng.standard_normal((70, 12)).astype(np.float32)
+w = {k: rng.standard_normal(s).astype(np.float32) for k, s in fc.weight_shapes(params, [x.shape[1:]]).items()}
+np.testing.assert_allclose(fc_cpu.run_fc(params, w, [x]), fc.reference(params, w, [x]), rtol=1e-4, atol=1e-4)
+print("ran without scipy")
+"""
+
+
+def test_cpu_kernels_run_without_scipy():
+    """graphconv does not depend on scipy: its kernels call BLAS through numpy, outside
+    numba code (numba's own np.dot would need scipy's BLAS)."""
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-c", NO_SCIPY_RUN], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ran without scipy" in result.stdout

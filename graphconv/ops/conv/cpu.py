@@ -267,7 +267,6 @@ def _conv_direct(x, wk, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, threads):
 
 # ---- pointwise ------------------------------------------------------------------------------
 
-@njit(cache=True)
 def _conv_pointwise(x, w3, bias, relu):
     n, c, height, width = x.shape
     groups, og, _ = w3.shape
@@ -276,8 +275,8 @@ def _conv_pointwise(x, w3, bias, relu):
     for b in range(n):
         for g in range(groups):
             cols = x[b, g * cg:(g + 1) * cg].reshape(cg, height * width)
-            res = out[b, g * og:(g + 1) * og].reshape(og, height * width)
-            np.dot(w3[g], cols, res)
+            res = out[b, g * og:(g + 1) * og].reshape(og, height * width)  # a view: out is contiguous
+            np.matmul(w3[g], cols, out=res)
         _bias_inplace(out[b], bias, relu)
     return out
 
@@ -337,7 +336,6 @@ def _epilogue(res, bias, o0, q0, q1, ho, wo, relu, out):
                 out[n, o0 + o, oy, ox] = max(v, 0.0) if relu else v
 
 
-@njit(cache=True)
 def _conv_im2col(x, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, taps_last, scratch_floats):
     n, c, height, width = x.shape
     groups, og, k = w3.shape
@@ -358,6 +356,6 @@ def _conv_im2col(x, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, taps_last, s
                 cols_q = np.empty((k, (q1 - q0) * wo), np.float32)
                 res_q = np.empty((og, (q1 - q0) * wo), np.float32)
             _im2col(x, g * cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, q0, q1, taps_last, cols_q)
-            np.dot(wg, cols_q, res_q)
+            np.matmul(wg, cols_q, out=res_q)
             _epilogue(res_q, bias, g * og, q0, q1, ho, wo, relu, out)
     return out

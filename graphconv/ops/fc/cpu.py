@@ -22,9 +22,8 @@ def _fc_stream(x2d, weight, bias):
     return out
 
 
-@njit(cache=True)
 def _fc_blas(x2d, weight, bias):
-    y = np.dot(x2d, weight.T)
+    y = x2d @ weight.T
     y += bias
     return y
 
