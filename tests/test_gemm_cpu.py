@@ -1,34 +1,53 @@
 """The weight-streaming product behind FC-like convs and small-batch fc layers, against
-numpy, over the shapes its register tiles make awkward: rows and positions that do not
-fill a tile, a single position (the matrix-vector path), group offsets and ReLU."""
+numpy, over the shapes its register tiles make awkward: rows that do not fill a tile,
+position counts that leave part of a vector or of a 40-position block empty, a single
+position (the matrix-vector path), k that ends mid-chunk, group offsets and ReLU."""
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
-from graphconv.ops.gemm_cpu import POSITIONS_PER_TILE, padded_positions, stream_matmul
+from graphconv.ops import gemm_cpu
+from graphconv.ops.gemm_cpu import POSITIONS_PER_TILE, padded_positions, stream_matmul, stream_width
+from graphconv.ops.vector_tile import LANES
 
 
-def expected(w, bias, xt, relu):
-    y = xt.astype(np.float64) @ w.astype(np.float64).T + bias
+def expected(w, bias, cols, positions, relu):
+    y = cols[:, :positions].T.astype(np.float64) @ w.astype(np.float64).T + bias
     return np.maximum(y, 0) if relu else y
 
 
-@settings(max_examples=60, deadline=None)
-@given(m=st.integers(1, 13), k=st.integers(1, 70), positions=st.integers(1, 10),
-       images=st.integers(1, 3), offset=st.integers(0, 3), relu=st.booleans(), seed=st.integers(0, 99))
-def test_stream_matmul_matches_numpy(m, k, positions, images, offset, relu, seed):
+def run_stream(m, k, hw, images, offset, relu, seed):
     rng = np.random.default_rng(seed)
-    hw = positions  # each image holds `positions` output pixels
     total = images * hw
     w = rng.standard_normal((m, k)).astype(np.float32)
     bias = rng.standard_normal(m + offset).astype(np.float32)
-    xt = np.zeros((padded_positions(total), k), np.float32)
-    xt[:total] = rng.standard_normal((total, k))
+    cols = np.zeros((k, stream_width(total)), np.float32)
+    cols[:, :total] = rng.standard_normal((k, total))
     out3 = np.full((images, m + offset, hw), np.nan, np.float32)
-    stream_matmul(w, bias, relu, xt, total, hw, offset, out3)
-    want = expected(w, bias[offset:], xt[:total], relu)  # (positions, m)
+    stream_matmul(w, bias, relu, cols, total, hw, offset, out3)
+    want = expected(w, bias[offset:], cols, total, relu)  # (positions, m)
     got = out3[:, offset:, :].transpose(0, 2, 1).reshape(total, m)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.sqrt(k))
     assert np.isnan(out3[:, :offset]).all(), "channels before the offset belong to other groups"
+
+
+@settings(max_examples=80, deadline=None)
+@given(m=st.integers(1, 150), k=st.integers(1, 300), hw=st.integers(1, 50),
+       images=st.integers(1, 3), offset=st.integers(0, 3), relu=st.booleans(), seed=st.integers(0, 99))
+def test_stream_matmul_matches_numpy(m, k, hw, images, offset, relu, seed):
+    run_stream(m, k, hw, images, offset, relu, seed)
+
+
+@pytest.mark.parametrize("positions", [1, 2, 8, 9, 16, 24, 32, 36, 40, 41, 48, 64, 81, 96])
+def test_every_block_width_and_a_k_past_one_chunk(positions):
+    """Every tile shape (1-5 vectors per block, blocks after a full 40-wide one) and a k
+    loop of several chunks, on a matrix whose rows end mid-group and mid-tile."""
+    k = gemm_cpu.CHUNK_FLOATS // stream_width(positions) * 2 + 13
+    run_stream(gemm_cpu.GROUP_ROWS + 7, max(k, 2 * LANES + 3), positions, 1, 1, True, positions)
+
+
+def test_stream_width_holds_whole_vectors_or_one_column():
+    assert [stream_width(p) for p in (1, 2, 8, 9, 36)] == [1, 8, 8, 16, 40]
 
 
 def test_padded_positions_rounds_up_to_whole_tiles():

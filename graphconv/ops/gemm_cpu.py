@@ -1,21 +1,21 @@
-"""The register-tiled matrix product behind the CPU conv and fc kernels.
+"""The register-tiled matrix products behind the CPU conv and fc kernels.
 
-`multiply_band` is the one inner kernel: 4 weight rows x 3 patches, 12 dot products
-in vector registers. `stream_matmul` runs it over a whole weight matrix for the
-"stream" strategy and the small-batch fc; the conv's "direct" strategy runs it over
-row panels of overlapping patches (graphconv/ops/conv/cpu.py).
+`stream_matmul` is the "stream" strategy: a fully-connected layer turned into a
+convolution evaluates a large weight matrix (fc6 of AlexNet: 4096 x 9216, 151 MB) at
+only a few output positions (36 on a 384x384 image). A BLAS SGEMM handles that shape
+badly: it copies ("packs") the whole weight matrix into its blocked layout on every
+call, which costs about as long as the arithmetic when each weight is used only a few
+dozen times. Here the weights are read once, in the layout they are stored in, and
+multiplied into the positions by the explicit-SIMD tiles of `vector_tile`. Only the
+patches are packed: as a (K x positions) column matrix, walked in chunks of k small
+enough to stay in L1 while a group of weight rows streams past them.
 
-A fully-connected layer turned into a convolution evaluates a large weight matrix
-(fc6 of AlexNet: 4096 x 9216, 151 MB) at only a few output positions (36 on a
-384x384 image). A BLAS SGEMM handles that shape badly: it copies ("packs") the whole
-weight matrix into its blocked layout on every call, which costs about as long as
-the arithmetic when each weight is used only a few dozen times. Here the weights
-are read once, in the layout they are stored in: each thread takes a contiguous
-band of weight rows and multiplies 4 of them at a time against 3 positions at a
-time, keeping the 12 dot products in vector registers (LLVM vectorises the
-reduction over k because `fastmath` lets it reorder the sums).
+`multiply_band` is the dot-product tile (4 weight rows x 3 patches) the conv's
+"direct" strategy runs over row panels of overlapping patches
+(graphconv/ops/conv/cpu.py); overlapping patches cannot be packed as columns without
+copying each input pixel kh * kw times.
 
-The result goes straight to its place in the NCHW output, with bias and ReLU
+Both write their result straight to its place in the NCHW output, with bias and ReLU
 applied, so the caller needs no epilogue pass.
 """
 from __future__ import annotations
@@ -23,30 +23,62 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-ROWS_PER_TILE = 4       # weight rows (output channels) per register tile
-POSITIONS_PER_TILE = 3  # output positions per register tile; callers pad to a multiple
+from graphconv.ops.vector_tile import BLOCK_VECTORS, LANES, TILE_ROWS, multiply_tile
+
+ROWS_PER_TILE = 4       # multiply_band: weight rows (output channels) per register tile
+POSITIONS_PER_TILE = 3  # multiply_band: output positions per tile; callers pad to a multiple
 STREAM_MAX_POSITIONS = 96
 STREAM_MIN_WEIGHTS = 1 << 22  # 16 MB of float32
+GROUP_ROWS = 64  # weight rows a thread takes at a time in stream_matmul
+CHUNK_FLOATS = 4096  # 16 KB of patch columns per k chunk: they stay in L1 while the rows stream
 
 
 @njit(cache=True, parallel=True, fastmath=True, boundscheck=False)
-def stream_matmul(w, bias, relu, xt, positions, hw, o_offset, out3):
-    """out3[p // hw, o_offset + o, p % hw] = act(sum_k w[o, k] * xt[p, k] + bias[o_offset + o])
-    for p < positions.
+def stream_matmul(w, bias, relu, cols, positions, hw, o_offset, out3):
+    """out3[p // hw, o_offset + o, p % hw] = act(sum_k w[o, k] * cols[k, p] + bias[o_offset + o])
+    for p < positions, where positions is a whole number of images of hw pixels.
 
-    w: (M, K) C-contiguous weights; xt: (P, K) patches, one row per output position,
-    with P a multiple of POSITIONS_PER_TILE (rows past `positions` are padding);
-    out3: the output viewed as (N, C, H*W).
+    w: (M, K) C-contiguous weights; cols: (K, stream_width(positions)) patch columns,
+    zero past `positions`; out3: the output viewed as (N, C, H*W).
     """
     m, k = w.shape
-    patches = xt.reshape(-1)
-    for band in prange((m + ROWS_PER_TILE - 1) // ROWS_PER_TILE):
-        o0 = band * ROWS_PER_TILE
-        if positions == 1:  # a matrix-vector product: no padding positions to compute
-            for o in range(o0, min(m, o0 + ROWS_PER_TILE)):
-                _store_one(out3, relu, o_offset + o, 0, 0, _dot(w[o], xt[0]) + bias[o_offset + o])
-        else:
-            multiply_band(w, o0, patches, k, xt.shape[0], bias, relu, 0, positions, hw, o_offset, out3)
+    if positions == 1:  # a matrix-vector product: memory-bound, no tile to fill
+        x = cols.reshape(-1)
+        for o in prange(m):
+            _store_one(out3, relu, o_offset + o, 0, 0, _dot(w[o], x) + bias[o_offset + o])
+        return
+    width = cols.shape[1]
+    chunk = max(LANES, CHUNK_FLOATS // width)
+    flat_w, flat_cols = w.reshape(-1), cols.reshape(-1)
+    for group in prange((m + GROUP_ROWS - 1) // GROUP_ROWS):
+        first = group * GROUP_ROWS
+        rows = min(GROUP_ROWS, m - first)
+        sums = np.zeros((GROUP_ROWS + max(TILE_ROWS)) * width, np.float32)  # slack for the last tile's rows
+        for k0 in range(0, k, chunk):
+            steps = min(chunk, k - k0)
+            for c0 in range(0, width, BLOCK_VECTORS * LANES):
+                vectors = min(BLOCK_VECTORS, (width - c0) // LANES)
+                for r0 in range(0, rows, TILE_ROWS[vectors]):
+                    multiply_tile(vectors, flat_w, first + r0, m - 1, k, k0, steps, flat_cols, c0, width,
+                                  sums, r0, chunk)
+        _store_sums(sums, width, first, rows, bias, relu, positions // hw, hw, o_offset, out3)
+
+
+@njit(cache=True, inline="always")
+def _store_sums(sums, width, first, rows, bias, relu, images, hw, o_offset, out3):
+    for r in range(rows):
+        channel = o_offset + first + r
+        for n in range(images):
+            for q in range(hw):
+                _store_one(out3, relu, channel, n, q, sums[r * width + n * hw + q] + bias[channel])
+
+
+@njit(cache=True)
+def stream_width(positions: int) -> int:
+    """Columns of the patch matrix `stream_matmul` takes: whole vectors of positions,
+    or exactly 1 for a single position (its matrix-vector path reads the column as a
+    contiguous vector)."""
+    return 1 if positions == 1 else -(-positions // LANES) * LANES
 
 
 @njit(cache=True, fastmath=True, boundscheck=False)

@@ -2,7 +2,7 @@
 
 - "stream": large weights used at few output positions (the fully-connected layers
   fc-to-conv produced; see `gemm_cpu.prefers_stream`). The patches are gathered into
-  a small (positions x C*kh*kw) matrix and the weights are streamed once through
+  a small (C*kh*kw x positions) column matrix and the weights are streamed once through
   `gemm_cpu.stream_matmul`; a BLAS GEMM would spend as long re-packing the weights
   as multiplying them.
 - "pointwise": a 1x1, stride-1, unpadded conv. The input already is the column
@@ -28,7 +28,7 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, STREAM_MIN_WEIGHTS, multiply_band, padded_positions,
-                                    prefers_stream, stream_matmul)
+                                    prefers_stream, stream_matmul, stream_width)
 from graphconv.ops.conv import shape as output_shape
 from graphconv.ops.registry import pair
 
@@ -132,26 +132,22 @@ def _output_size(height, width, kh, kw, sh, sw, ph, pw, dh, dw):
 # ---- stream ---------------------------------------------------------------------------------
 
 @njit(cache=True, parallel=True)
-def _patches(x, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, xt):
-    """xt[(n, oy, ox), (c, i, j)] = x[n, c0 + c, oy*sh - ph + i*dh, ox*sw - pw + j*dw], zero in
-    the padding; rows past the last position stay zero."""
-    height, width = x.shape[2], x.shape[3]
-    positions = x.shape[0] * ho * wo
-    taps = kh * kw
-    for p in prange(xt.shape[0]):
-        row = xt[p]
-        if p >= positions:
-            row[:] = 0.0
-            continue
-        n = p // (ho * wo)
-        oy = (p // wo) % ho
-        ox = p % wo
-        for r in range(row.size):
-            c = r // taps
-            iy = oy * sh - ph + ((r // kw) % kh) * dh
-            ix = ox * sw - pw + (r % kw) * dw
-            inside = 0 <= iy < height and 0 <= ix < width
-            row[r] = x[n, c0 + c, iy, ix] if inside else 0.0
+def _patch_columns(x, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols):
+    """cols[(c, i, j), (n, oy, ox)] = x[n, c0 + c, oy*sh - ph + i*dh, ox*sw - pw + j*dw], zero in
+    the padding and in the columns past the last position."""
+    images, height, width = x.shape[0], x.shape[2], x.shape[3]
+    for r in prange(cols.shape[0]):
+        c, i, j = r // (kh * kw), (r // kw) % kh, r % kw
+        row = cols[r]
+        p = 0
+        for n in range(images):
+            for oy in range(ho):
+                iy = oy * sh - ph + i * dh
+                for ox in range(wo):
+                    ix = ox * sw - pw + j * dw
+                    row[p] = x[n, c0 + c, iy, ix] if 0 <= iy < height and 0 <= ix < width else 0.0
+                    p += 1
+        row[p:] = 0.0
 
 
 @njit(cache=True)
@@ -162,10 +158,10 @@ def _conv_stream(x, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu):
     out = np.empty((n, groups * og, ho, wo), np.float32)
     out3 = out.reshape(n, groups * og, ho * wo)
     positions = n * ho * wo
-    xt = np.empty((padded_positions(positions), k), np.float32)
+    cols = np.empty((k, stream_width(positions)), np.float32)
     for g in range(groups):
-        _patches(x, g * (c // groups), kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, xt)
-        stream_matmul(w3[g], bias, relu, xt, positions, ho * wo, g * og, out3)
+        _patch_columns(x, g * (c // groups), kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols)
+        stream_matmul(w3[g], bias, relu, cols, positions, ho * wo, g * og, out3)
     return out
 
 

@@ -9,16 +9,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from graphconv.ops.gemm_cpu import padded_positions, prefers_stream, stream_matmul
+from graphconv.ops.gemm_cpu import prefers_stream, stream_matmul, stream_width
 
 
 @njit(cache=True)
 def _fc_stream(x2d, weight, bias):
     n, k = x2d.shape
-    xt = np.zeros((padded_positions(n), k), np.float32)
-    xt[:n] = x2d
+    cols = np.zeros((k, stream_width(n)), np.float32)
+    cols[:, :n] = x2d.T
     out = np.empty((n, weight.shape[0], 1), np.float32)
-    stream_matmul(weight, bias, False, xt, n, 1, 0, out)
+    stream_matmul(weight, bias, False, cols, n, 1, 0, out)
     return out
 
 

@@ -1,0 +1,186 @@
+"""Explicit-SIMD register tiles: the outer-product kernel BLAS libraries are built on,
+written for numba as LLVM IR.
+
+Why it exists. A fully-connected layer turned into a convolution multiplies a huge
+weight matrix (fc6 of AlexNet: 4096 x 9216, 151 MB) by a few dozen output positions.
+Each weight is fetched from memory once, so every fetched weight must meet all the
+positions while it is in a register. The form that does this with the fewest loads
+is the outer product of BLAS micro-kernels: broadcast one weight w[o, k] and multiply
+it into 8 consecutive positions of the packed patch row cols[k, p:p+8], keeping
+`rows x vectors` vectors of sums in registers for the whole k loop.
+
+numba cannot say "this value is an 8-lane vector held in a register": LLVM finds
+vectors only in loops it can vectorise, which for plain Python loops means the dot
+product along k (`gemm_cpu.multiply_band`, which needs both operands in L1 and
+reaches about 65% of the machine's SGEMM rate on fc6). So the k loop here is emitted
+directly as LLVM IR through a numba intrinsic, with `<8 x float>` accumulators. In
+L1 it runs at about 95% of one core's peak; streaming fc6's weights from memory,
+the layer runs at 80% of the measured SGEMM ceiling on 2 cores (benchmarks/README.md).
+
+`<8 x float>` is a generic LLVM vector: LLVM splits it into two halves for SSE or
+NEON, so the kernel stays portable; 8 lanes is one AVX2 register.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+LANES = 8  # float32 lanes per vector register (AVX2)
+BLOCK_VECTORS = 5  # widest position block one tile covers: 40 positions
+# Weight rows per tile for a block of 1..5 vectors. Each shape keeps 8-12 sums in flight
+# (an FMA's latency times the two FMA ports) and fits the 16 vector registers; 2x6 and
+# 3x4 spill and run at half speed (measured, one core, operands in L1).
+TILE_ROWS = (0, 8, 4, 4, 2, 2)
+
+
+def _make_tile(rows: int, vectors: int):
+    """An intrinsic adding a (rows x vectors*LANES) product into `sums`:
+
+        sums[(s0 + r) * width + c0 + j] += sum_{k < steps} w[row_r * stride + k0 + k]
+                                                          * cols[(k0 + k) * width + c0 + j]
+
+    for r < rows and j < vectors * LANES, where row_r = min(row0 + r, last_row): the
+    rows past the last weight row repeat it, and the caller leaves their sums unused,
+    so a tile never needs a narrower twin for the matrix's last rows. Every step also
+    prefetches each weight row `prefetch` floats ahead, into L2: in the streaming loop
+    that is the same rows' next chunk, which the hardware prefetcher does not see
+    coming because the loop jumps between rows.
+
+    All arrays are flat float32; offsets and strides count floats.
+    """
+    @intrinsic
+    def tile(typingctx, w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, prefetch):
+        for array in (w, cols, sums):
+            if not (isinstance(array, types.Array) and array.dtype == types.float32 and array.ndim == 1):
+                return None
+        i = types.intp
+        return types.void(w, i, i, i, i, i, cols, i, i, sums, i, i), _codegen(rows, vectors)
+    tile.__name__ = f"tile_{rows}x{vectors}"
+    return tile
+
+
+def _codegen(rows: int, vectors: int):
+    def codegen(context, builder, signature, args):
+        w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, prefetch = args
+        w_ptr, cols_ptr, sums_ptr = (context.make_array(signature.args[n])(context, builder, value).data
+                                     for n, value in ((0, w), (6, cols), (9, sums)))
+        emit = _Emitter(builder)
+        row_starts = [emit.add(emit.mul(emit.min(emit.add(row0, emit.const(r)), last_row), stride), k0)
+                      for r in range(rows)]
+
+        before = builder.block
+        loop = builder.append_basic_block("tile.loop")
+        done = builder.append_basic_block("tile.done")
+        builder.cbranch(builder.icmp_signed(">", steps, emit.const(0)), loop, done)
+
+        builder.position_at_end(loop)
+        k = builder.phi(emit.i64)
+        k.add_incoming(emit.const(0), before)
+        sums_in = [[builder.phi(emit.vector) for _ in range(vectors)] for _ in range(rows)]
+        patch_row = emit.add(emit.mul(emit.add(k0, k), width), c0)
+        patches = [emit.load_vector(cols_ptr, emit.add(patch_row, emit.const(v * LANES))) for v in range(vectors)]
+        sums_out = []
+        for r in range(rows):
+            at = emit.add(row_starts[r], k)
+            emit.prefetch(w_ptr, emit.add(at, prefetch))
+            weight = emit.broadcast(builder.load(builder.gep(w_ptr, [at])))
+            sums_out.append([emit.fmuladd(weight, patches[v], sums_in[r][v]) for v in range(vectors)])
+        k_next = emit.add(k, emit.const(1))
+        k.add_incoming(k_next, loop)
+        for r in range(rows):
+            for v in range(vectors):
+                sums_in[r][v].add_incoming(emit.zero, before)
+                sums_in[r][v].add_incoming(sums_out[r][v], loop)
+        builder.cbranch(builder.icmp_signed("<", k_next, steps), loop, done)
+
+        builder.position_at_end(done)
+        finals = []
+        for r in range(rows):
+            for v in range(vectors):
+                final = builder.phi(emit.vector)
+                final.add_incoming(emit.zero, before)
+                final.add_incoming(sums_out[r][v], loop)
+                finals.append((r, v, final))
+        for r, v, final in finals:
+            at = emit.add(emit.mul(emit.add(s0, emit.const(r)), width), emit.add(c0, emit.const(v * LANES)))
+            emit.store_vector(sums_ptr, at, builder.fadd(emit.load_vector(sums_ptr, at), final))
+        return context.get_dummy_value()
+    return codegen
+
+
+class _Emitter:
+    """The few LLVM IR idioms the tile is written in, named."""
+
+    i64 = ir.IntType(64)
+    i32 = ir.IntType(32)
+    vector = ir.VectorType(ir.FloatType(), LANES)
+    zero = ir.Constant(vector, [0.0] * LANES)
+
+    def __init__(self, builder: ir.IRBuilder):
+        self.builder = builder
+        module = builder.module
+        self._fmuladd = cgutils.get_or_insert_function(
+            module, ir.FunctionType(self.vector, [self.vector] * 3), f"llvm.fmuladd.v{LANES}f32")
+        self._prefetch = cgutils.get_or_insert_function(
+            module, ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), self.i32, self.i32, self.i32]),
+            "llvm.prefetch.p0")
+
+    def const(self, value: int) -> ir.Constant:
+        return ir.Constant(self.i64, value)
+
+    def add(self, a, b):
+        return self.builder.add(a, b)
+
+    def mul(self, a, b):
+        return self.builder.mul(a, b)
+
+    def min(self, a, b):
+        return self.builder.select(self.builder.icmp_signed("<", a, b), a, b)
+
+    def load_vector(self, base, index):
+        """8 floats from base[index]; unaligned, as patch rows start anywhere."""
+        return self.builder.load(self.builder.bitcast(self.builder.gep(base, [index]), self.vector.as_pointer()),
+                                 align=4)
+
+    def store_vector(self, base, index, value):
+        self.builder.store(value, self.builder.bitcast(self.builder.gep(base, [index]), self.vector.as_pointer()),
+                           align=4)
+
+    def broadcast(self, scalar):
+        lanes = self.builder.insert_element(ir.Constant(self.vector, ir.Undefined), scalar, ir.Constant(self.i32, 0))
+        return self.builder.shuffle_vector(lanes, ir.Constant(self.vector, ir.Undefined),
+                                           ir.Constant(ir.VectorType(self.i32, LANES), [0] * LANES))
+
+    def fmuladd(self, a, b, c):
+        """a * b + c: one FMA where the target has it, a multiply and an add where not."""
+        return self.builder.call(self._fmuladd, [a, b, c])
+
+    def prefetch(self, base, index):
+        """Read-prefetch base[index] into L2 (locality 2); never faults, even past the end."""
+        address = self.builder.bitcast(self.builder.gep(base, [index]), ir.IntType(8).as_pointer())
+        self.builder.call(self._prefetch, [address, self.i32(0), self.i32(2), self.i32(1)])
+
+
+_tile_8x1 = _make_tile(8, 1)
+_tile_4x2 = _make_tile(4, 2)
+_tile_4x3 = _make_tile(4, 3)
+_tile_2x4 = _make_tile(2, 4)
+_tile_2x5 = _make_tile(2, 5)
+
+
+@njit(cache=True, inline="always")
+def multiply_tile(vectors, w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, prefetch):
+    """The tile for a block of `vectors` (1..BLOCK_VECTORS) position vectors, covering
+    TILE_ROWS[vectors] weight rows from row0; arguments as in `_make_tile`."""
+    if vectors == 5:
+        _tile_2x5(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, prefetch)
+    elif vectors == 4:
+        _tile_2x4(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, prefetch)
+    elif vectors == 3:
+        _tile_4x3(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, prefetch)
+    elif vectors == 2:
+        _tile_4x2(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, prefetch)
+    else:
+        _tile_8x1(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, prefetch)
