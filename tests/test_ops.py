@@ -76,6 +76,10 @@ def test_conv_matches_reference(params, in_shape, rng):
     (dict(out_channels=4096, kernel_size=6), (1, 256, 11, 11), "stream"),    # fc6-as-conv: 36 positions
     (dict(out_channels=4096, kernel_size=1), (1, 4096, 6, 6), "stream"),     # fc7-as-conv
     (dict(out_channels=4096, kernel_size=1), (3, 4096, 6, 6), "pointwise"),  # 108 positions: BLAS
+    (dict(out_channels=4096, kernel_size=1), (1, 4096, 9, 9), "pointwise"),  # 81 positions: BLAS
+    (dict(out_channels=1000, kernel_size=1), (1, 4096, 6, 6), "stream"),     # fc8-as-conv, 16 MB
+    (dict(out_channels=512, kernel_size=3, padding=1), (1, 512, 7, 7), "stream"),  # 9 MB at 49 positions
+    (dict(out_channels=256, kernel_size=3, padding=1), (1, 256, 7, 7), "direct"),  # 2 MB: BLAS-sized
     (dict(out_channels=256, kernel_size=3, padding=1), (1, 256, 6, 6), "direct"),  # small weights
     (dict(out_channels=64, kernel_size=1), (1, 32, 20, 20), "pointwise"),    # a real 1x1 conv
     (dict(out_channels=64, kernel_size=1, stride=2), (1, 128, 40, 40), "direct"),
@@ -109,8 +113,9 @@ def test_conv_hypothesis(c, groups, o_per, kh, kw, sh, sw, ph, pw, dh, dw, h, w,
                   padding=[ph, pw], dilation=[dh, dw], groups=groups,
                   activation="relu" if relu else "none")
     for strategy in applicable_strategies(params):
-        check_op("conv", params, [(c, h, w)], np.random.default_rng(h * 31 + w), batch=batch,
-                 strategy=strategy, prepared=strategy == "direct")
+        for prepared in (False, True):  # taps in the spec's order and in prepare_conv's
+            check_op("conv", params, [(c, h, w)], np.random.default_rng(h * 31 + w), batch=batch,
+                     strategy=strategy, prepared=prepared)
 
 
 def test_conv_large_input_uses_several_chunks(rng, monkeypatch):

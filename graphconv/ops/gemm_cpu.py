@@ -27,8 +27,8 @@ from graphconv.ops.vector_tile import BLOCK_VECTORS, LANES, TILE_ROWS, multiply_
 
 ROWS_PER_TILE = 4       # multiply_band: weight rows (output channels) per register tile
 POSITIONS_PER_TILE = 3  # multiply_band: output positions per tile; callers pad to a multiple
-STREAM_MAX_POSITIONS = 96
-STREAM_MIN_WEIGHTS = 1 << 22  # 16 MB of float32
+STREAM_MAX_POSITIONS = 64
+STREAM_MIN_WEIGHTS = 1 << 20  # 4 MB of float32
 GROUP_ROWS = 64  # weight rows a thread takes at a time in stream_matmul
 CHUNK_FLOATS = 4096  # 16 KB of patch columns per k chunk: they stay in L1 while the rows stream
 
@@ -172,10 +172,11 @@ def _store_one(out3, relu, channel, n, q, value):
 def prefers_stream(positions: int, weight_elements: int) -> bool:
     """Whether this product should stream its weights rather than call BLAS.
 
-    Streaming wins only when the weights are large (far past the caches, so BLAS's
-    packing copy is expensive) and each is used a few times. Measured on 2 cores:
-    4096x1024 weights, stream 4.3 ms vs BLAS 7.2 ms at 64 positions, about even at
-    100; 256x2304 weights at 36 positions, stream 1.2 ms vs BLAS 0.5 ms.
+    Streaming wins when each weight is used only a few dozen times, so BLAS's packing
+    copy costs about as much as the arithmetic. Measured on 2 cores against numpy's
+    OpenBLAS (medians of 9): at 36 positions it wins from 512x4608 weights (1.33 vs
+    1.54 ms) up to fc6's 4096x9216 (20 vs 27 ms) and ties at 256x2304; at 64 positions
+    it ties (4096x1024: 4.06 vs 4.04 ms); from 81 positions on BLAS wins by 15-30%.
     """
     return positions <= STREAM_MAX_POSITIONS and weight_elements >= STREAM_MIN_WEIGHTS
 

@@ -27,8 +27,8 @@ from __future__ import annotations
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, STREAM_MIN_WEIGHTS, multiply_band, padded_positions,
-                                    prefers_stream, stream_matmul, stream_width)
+from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, multiply_band, padded_positions, prefers_stream, stream_matmul,
+                                    stream_width)
 from graphconv.ops.conv import shape as output_shape
 from graphconv.ops.registry import pair
 
@@ -37,6 +37,7 @@ DIRECT_MIN_K = 64  # shorter patches leave the direct tile mostly summing across
 DIRECT_BIG_WEIGHTS = 1 << 21  # 8 MB: direct reads all weights once per output row, so ...
 DIRECT_WIDE_ROW = 32  # ... weights this big need rows this wide to pay for it
 DIRECT_MIN_ROWS = 4  # direct splits output rows between threads; fewer rows leave one idle
+REORDER_MAX_WEIGHTS = 1 << 22  # 16 MB: prepare_conv leaves larger weights in the spec's order
 STRATEGIES = ("stream", "pointwise", "direct", "im2col")
 
 
@@ -69,11 +70,13 @@ describe_conv = choose_strategy  # what `--profile` and the benchmarks show per 
 
 
 def prepare_conv(params: dict, weights: dict) -> dict:
-    """Store the taps in (kw, kh, c) order ("weight_kwkhc") for every layer that can never
-    stream, so the direct strategy need not reorder them on each run. Streamed weights
-    stay as they are: reordering fc6's 151 MB would cost a second copy for nothing."""
+    """Store the taps in (kw, kh, c) order ("weight_kwkhc"), so the direct strategy need not
+    reorder them on each run; the other strategies take either order. Weights of 16 MB
+    and more stay as they are: in practice only FC-like layers have them, which never
+    run direct, and the graph still holds the spec's copy, so reordering fc6's 151 MB
+    would double its memory for nothing."""
     w = weights["weight"]
-    if w.size >= STREAM_MIN_WEIGHTS:
+    if w.size >= REORDER_MAX_WEIGHTS:
         return weights
     prepared = {k: v for k, v in weights.items() if k != "weight"}
     prepared["weight_kwkhc"] = kwkhc_weights(w, params["groups"])
@@ -97,10 +100,10 @@ def run_conv(params: dict, weights: dict, inputs: list[np.ndarray],
     if strategy == "direct":
         return _conv_direct(x, _taps_last(weights, groups), bias, kh, kw, *geometry, relu,
                             get_num_threads())
-    if strategy == "stream":
-        return _conv_stream(x, _taps_first(weights, groups, kh, kw), bias, kh, kw, *geometry, relu)
-    taps_last = "weight_kwkhc" in weights  # pointwise and im2col take either order
+    taps_last = "weight_kwkhc" in weights  # stream, pointwise and im2col take either order
     w3 = weights["weight_kwkhc"] if taps_last else _taps_first(weights, groups, kh, kw)
+    if strategy == "stream":
+        return _conv_stream(x, w3, bias, kh, kw, *geometry, relu, taps_last)
     if strategy == "pointwise":
         return _conv_pointwise(x, w3, bias, relu)
     return _conv_im2col(x, w3, bias, kh, kw, *geometry, relu, taps_last, SCRATCH_FLOATS)
@@ -132,12 +135,17 @@ def _output_size(height, width, kh, kw, sh, sw, ph, pw, dh, dw):
 # ---- stream ---------------------------------------------------------------------------------
 
 @njit(cache=True, parallel=True)
-def _patch_columns(x, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols):
+def _patch_columns(x, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, taps_last, cols):
     """cols[(c, i, j), (n, oy, ox)] = x[n, c0 + c, oy*sh - ph + i*dh, ox*sw - pw + j*dw], zero in
-    the padding and in the columns past the last position."""
+    the padding and in the columns past the last position; rows ordered (j, i, c) instead
+    when `taps_last`, to match weights stored that way."""
     images, height, width = x.shape[0], x.shape[2], x.shape[3]
+    cg = cols.shape[0] // (kh * kw)
     for r in prange(cols.shape[0]):
-        c, i, j = r // (kh * kw), (r // kw) % kh, r % kw
+        if taps_last:
+            c, i, j = r % cg, (r // cg) % kh, r // (cg * kh)
+        else:
+            c, i, j = r // (kh * kw), (r // kw) % kh, r % kw
         row = cols[r]
         p = 0
         for n in range(images):
@@ -151,7 +159,7 @@ def _patch_columns(x, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols):
 
 
 @njit(cache=True)
-def _conv_stream(x, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu):
+def _conv_stream(x, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, taps_last):
     n, c, height, width = x.shape
     groups, og, k = w3.shape
     ho, wo = _output_size(height, width, kh, kw, sh, sw, ph, pw, dh, dw)
@@ -160,7 +168,7 @@ def _conv_stream(x, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu):
     positions = n * ho * wo
     cols = np.empty((k, stream_width(positions)), np.float32)
     for g in range(groups):
-        _patch_columns(x, g * (c // groups), kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols)
+        _patch_columns(x, g * (c // groups), kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, taps_last, cols)
         stream_matmul(w3[g], bias, relu, cols, positions, ho * wo, g * og, out3)
     return out
 
