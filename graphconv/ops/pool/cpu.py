@@ -1,4 +1,4 @@
-"""CPU pooling: one compiled loop nest per op, parallel over (image, channel) planes."""
+"""CPU pooling: one compiled loop nest for max and average, parallel over (image, channel) planes."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,40 +9,61 @@ from graphconv.ops.registry import pair
 
 @njit(cache=True, parallel=True, boundscheck=False)
 def _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, is_max):
-    """Each output row is built tap by tap: for tap (i, j) the output columns whose input
-    column lies inside the image are worked out once, so the loop over them has no
-    bounds tests and vectorises (the first version tested every tap of every output)."""
+    """Separably: each output row first reduces its kh input rows into one full-width
+    strip (contiguous reads), then reduces kw strided taps of the strip: kh*W + kw*Wo
+    operations per output row instead of kh*kw*Wo strided ones, with each tap's column
+    range worked out once per call rather than per row. Against the tap-by-tap loop,
+    alternating in one process: AlexNet's pool1 at 384 1.02 -> 0.73 ms, pool5 0.38 ->
+    0.24. Taps in the padding are left out of a max and count as zero in an average,
+    whose divisor is always kh*kw."""
     n, c, height, width = x.shape
     ho = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     wo = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     out = np.empty((n, c, ho, wo), np.float32)
     inv_area = np.float32(1.0 / (kh * kw))
     start = np.float32(-np.inf) if is_max else np.float32(0.0)
+    first, end = _tap_columns(kw, sw, pw, dw, width, wo)
     for plane in prange(n * c):
-        b = plane // c
-        ch = plane % c
+        b, ch = plane // c, plane % c
+        strip = np.empty(width, np.float32)
         for oy in range(ho):
-            row = out[b, ch, oy]
-            row[:] = start
+            strip[:] = start
             for i in range(kh):
                 iy = oy * sh - ph + i * dh
-                if iy < 0 or iy >= height:
-                    continue
-                src = x[b, ch, iy]
-                for j in range(kw):
-                    offset = j * dw - pw  # input column of output column ox is ox * sw + offset
-                    first = max(0, -(offset // sw)) if offset < 0 else 0
-                    end = min(wo, (width - 1 - offset) // sw + 1)
-                    if is_max:
-                        for ox in range(first, end):
-                            row[ox] = max(row[ox], src[ox * sw + offset])
-                    else:
-                        for ox in range(first, end):
-                            row[ox] += src[ox * sw + offset]
+                if 0 <= iy < height:
+                    _reduce_into(strip, x[b, ch, iy], 1, 0, 0, width, is_max)
+            row = out[b, ch, oy]
+            row[:] = start
+            for j in range(kw):
+                _reduce_into(row, strip, sw, j * dw - pw, first[j], end[j], is_max)
             if not is_max:
-                for ox in range(wo):
-                    row[ox] *= inv_area
+                row *= inv_area
     return out
+
+
+@njit(cache=True, inline="always")
+def _reduce_into(acc, src, step, offset, begin, end, is_max):
+    """acc[t] = max(acc[t], src[t * step + offset]) (or +=) for begin <= t < end."""
+    if is_max:
+        for t in range(begin, end):
+            v = src[t * step + offset]
+            acc[t] = v if v > acc[t] else acc[t]
+    else:
+        for t in range(begin, end):
+            acc[t] += src[t * step + offset]
+
+
+@njit(cache=True)
+def _tap_columns(kw, sw, pw, dw, width, wo):
+    """For each tap j, the output columns [first[j], end[j]) whose input column
+    ox * sw + j * dw - pw lies inside the image."""
+    first = np.zeros(kw, np.int64)
+    end = np.zeros(kw, np.int64)
+    for j in range(kw):
+        offset = j * dw - pw
+        first[j] = -(offset // sw) if offset < 0 else 0
+        end[j] = max(first[j], min(wo, (width - 1 - offset) // sw + 1))
+    return first, end
 
 
 def _run(params: dict, x: np.ndarray, is_max: bool) -> np.ndarray:
