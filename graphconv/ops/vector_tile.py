@@ -123,9 +123,10 @@ class _Emitter:
         module = builder.module
         self._fmuladd = cgutils.get_or_insert_function(
             module, ir.FunctionType(self.vector, [self.vector] * 3), f"llvm.fmuladd.v{LANES}f32")
-        self._prefetch = cgutils.get_or_insert_function(
-            module, ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), self.i32, self.i32, self.i32]),
-            "llvm.prefetch.p0")
+        address = ir.IntType(8).as_pointer()
+        # declare_intrinsic mangles the name as the module's LLVM expects ("llvm.prefetch.p0i8")
+        self._prefetch = module.declare_intrinsic(
+            "llvm.prefetch", [address], ir.FunctionType(ir.VoidType(), [address, self.i32, self.i32, self.i32]))
 
     def const(self, value: int) -> ir.Constant:
         return ir.Constant(self.i64, value)
