@@ -52,8 +52,9 @@ def _make_tile(rows: int, vectors: int):
     """
     @intrinsic
     def tile(typingctx, w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, prefetch):
-        for array in (w, cols, sums):
-            if not (isinstance(array, types.Array) and array.dtype == types.float32 and array.ndim == 1):
+        for array in (w, cols, sums):  # flat indexing from .data is right only for these
+            if not (isinstance(array, types.Array) and array.dtype == types.float32 and array.ndim == 1
+                    and array.layout == "C"):
                 return None
         i = types.intp
         return types.void(w, i, i, i, i, i, cols, i, i, sums, i, i), _codegen(rows, vectors)
