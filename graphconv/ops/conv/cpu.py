@@ -12,13 +12,14 @@
   every output pixel's patch is one contiguous (kw, kh, c) run (overlapping its
   neighbours' when the conv is not dilated along w). The same 4x3 register tile as
   "stream" (`gemm_cpu.multiply_band`) runs over the panel with the weights stored in
-  that order (`prepare_conv`). No im2col matrix, no separate epilogue: 1.2-2x faster
-  than im2col + OpenBLAS on AlexNet's and VGG's convs (benchmarks/README.md).
+  that order (`prepare_conv`). No im2col matrix, no separate epilogue: 3-6% faster
+  than im2col + OpenBLAS where weights are reused along wide rows (AlexNet's conv1 and
+  conv2, VGG's conv1_2 to conv4_1 at 384x384).
 - "im2col": what direct does badly: patches under 64 values (VGG's conv1_1: 27),
-  weights over 8 MB on rows under 32 pixels (VGG's conv4_2 onwards at 224x224), where
-  BLAS's blocking wins, and maps of under 4 output rows. Columns are built in chunks
-  of output rows so the scratch buffer stays small while each SGEMM stays large
-  enough to run at BLAS speed.
+  weights of 8 MB and more (VGG's conv4_2 onwards), and of 2 MB and more on rows under
+  32 pixels (AlexNet's conv3-5), where BLAS's blocking wins, and maps of under 4 output
+  rows. Columns are built in chunks of output rows so the scratch buffer stays small
+  while each SGEMM stays large enough to run at BLAS speed.
 
 Every strategy applies the bias and the fused ReLU while writing the output.
 """
@@ -31,11 +32,13 @@ from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, multiply_band, padded_positio
                                     stream_width)
 from graphconv.ops.conv import shape as output_shape
 from graphconv.ops.registry import pair
+from graphconv.ops.unsigned_index import unsigned
 
 SCRATCH_FLOATS = 1 << 22  # 16 MB of im2col columns per chunk
 DIRECT_MIN_K = 64  # shorter patches leave the direct tile mostly summing across vector lanes
-DIRECT_BIG_WEIGHTS = 1 << 21  # 8 MB: direct reads all weights once per output row, so ...
-DIRECT_WIDE_ROW = 32  # ... weights this big need rows this wide to pay for it
+DIRECT_MAX_WEIGHTS = 1 << 21  # 8 MB: direct reads all weights once per output row; BLAS's blocking wins
+DIRECT_BIG_WEIGHTS = 1 << 19  # 2 MB: weights this big ...
+DIRECT_WIDE_ROW = 32  # ... need output rows this wide to pay for reading them per row
 DIRECT_MIN_ROWS = 4  # direct splits output rows between threads; fewer rows leave one idle
 REORDER_MAX_WEIGHTS = 1 << 22  # 16 MB: prepare_conv leaves larger weights in the spec's order
 STRATEGIES = ("stream", "pointwise", "direct", "im2col")
@@ -44,12 +47,15 @@ STRATEGIES = ("stream", "pointwise", "direct", "im2col")
 def choose_strategy(params: dict, in_shape: tuple[int, ...]) -> str:
     """The strategy `run_conv` uses for this layer on an (N, C, H, W) input.
 
-    The thresholds are measured on 2 AVX2 cores (benchmarks/cpu_vs_torch.py shows each
-    layer's choice and speed): direct beats im2col + OpenBLAS by 1.2-2x on the VGG and
-    AlexNet layers with up to 1.2M weights. With VGG's 2.4M-weight 3x3 convs it wins on
-    48-pixel rows (145 against 130 GFLOP/s), ties on 24 and loses on 28 (142 against
-    156). Patches of 27 values (VGG's conv1_1) run at 50 GFLOP/s through im2col and 33
-    through direct.
+    The thresholds are measured on 2 AVX2 cores, each strategy alternating with the
+    other in one process (medians of 31; benchmarks/cpu_vs_torch.py shows each layer's
+    choice in a whole network). Direct wins by 3-6% where its weights are read from
+    cache many times per output row: AlexNet's conv1 and conv2 (307K weights on 27- to
+    95-pixel rows), VGG's conv2_x to conv4_1 at 48 pixels and more. im2col + OpenBLAS
+    wins by 6-12% on every layer of 2.4M weights (VGG's conv4_2 to conv5_3 on 24- to
+    96-pixel rows), and by 4-12% with 590K-1.2M weights on rows under 32 pixels
+    (AlexNet's conv3-5 at 13, 23 and 31 pixels; VGG's conv4_1 at 28). Patches of 27
+    values (VGG's conv1_1) run 1.8x faster through im2col.
     """
     n, c = in_shape[:2]
     (kh, kw), (sh, sw), (ph, pw) = (pair(params[k]) for k in ("kernel_size", "stride", "padding"))
@@ -61,7 +67,7 @@ def choose_strategy(params: dict, in_shape: tuple[int, ...]) -> str:
     if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
         return "pointwise"
     big_weights_narrow_rows = weights >= DIRECT_BIG_WEIGHTS and wo < DIRECT_WIDE_ROW
-    if taps < DIRECT_MIN_K or big_weights_narrow_rows or n * ho < DIRECT_MIN_ROWS:
+    if taps < DIRECT_MIN_K or weights >= DIRECT_MAX_WEIGHTS or big_weights_narrow_rows or n * ho < DIRECT_MIN_ROWS:
         return "im2col"
     return "direct"
 
@@ -132,31 +138,56 @@ def _output_size(height, width, kh, kw, sh, sw, ph, pw, dh, dw):
     return (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
 
 
-# ---- stream ---------------------------------------------------------------------------------
+# ---- patch columns (stream and im2col) ------------------------------------------------------
 
-@njit(cache=True, parallel=True)
-def _patch_columns(x, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, taps_last, cols):
-    """cols[(c, i, j), (n, oy, ox)] = x[n, c0 + c, oy*sh - ph + i*dh, ox*sw - pw + j*dw], zero in
-    the padding and in the columns past the last position; rows ordered (j, i, c) instead
-    when `taps_last`, to match weights stored that way."""
-    images, height, width = x.shape[0], x.shape[2], x.shape[3]
+@njit(cache=True, parallel=True, boundscheck=False)
+def _patch_columns(x, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, q0, q1, taps_last, cols):
+    """cols[(c, i, j), (q - q0) * wo + ox] = x[n, c0 + c, oy*sh - ph + i*dh, ox*sw - pw + j*dw]
+    for the output rows q = n * ho + oy in [q0, q1): the im2col matrix of those rows. Zero
+    where a tap falls in the padding and in the columns past the last row's; rows ordered
+    (j, i, c) instead when `taps_last`, to match weights stored that way."""
+    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
     cg = cols.shape[0] // (kh * kw)
+    row_length = cols.shape[1]
+    flat_x, flat_cols = x.reshape(-1), cols.reshape(-1)
     for r in prange(cols.shape[0]):
         if taps_last:
             c, i, j = r % cg, (r // cg) % kh, r // (cg * kh)
         else:
             c, i, j = r // (kh * kw), (r // kw) % kh, r % kw
-        row = cols[r]
-        p = 0
-        for n in range(images):
-            for oy in range(ho):
-                iy = oy * sh - ph + i * dh
-                for ox in range(wo):
-                    ix = ox * sw - pw + j * dw
-                    row[p] = x[n, c0 + c, iy, ix] if 0 <= iy < height and 0 <= ix < width else 0.0
-                    p += 1
-        row[p:] = 0.0
+        offset = j * dw - pw  # ix = ox * sw + offset
+        lo = min(wo, max(0, -(offset // sw)))  # first ox whose ix >= 0
+        hi = max(lo, min(wo, (width - 1 - offset) // sw + 1))  # one past the last ix < width
+        row = r * row_length
+        n, oy = q0 // ho, q0 % ho
+        for q in range(q0, q1):
+            start = row + (q - q0) * wo
+            iy = oy * sh - ph + i * dh
+            source = ((n * channels + c0 + c) * height + iy) * width + offset
+            oy += 1
+            if oy == ho:
+                n, oy = n + 1, 0
+            if iy < 0 or iy >= height:
+                _fill_zero(flat_cols, start, start + wo)
+                continue
+            _fill_zero(flat_cols, start, start + lo)
+            if sw == 1:  # a contiguous run: vectorised
+                for ox in range(lo, hi):
+                    flat_cols[unsigned(start + ox)] = flat_x[unsigned(source + ox)]
+            else:
+                for ox in range(lo, hi):
+                    flat_cols[unsigned(start + ox)] = flat_x[unsigned(source + ox * sw)]
+            _fill_zero(flat_cols, start + hi, start + wo)
+        _fill_zero(flat_cols, row + (q1 - q0) * wo, row + row_length)
 
+
+@njit(cache=True, inline="always")
+def _fill_zero(flat, start, stop):
+    for p in range(start, stop):
+        flat[unsigned(p)] = 0.0
+
+
+# ---- stream ---------------------------------------------------------------------------------
 
 @njit(cache=True)
 def _conv_stream(x, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, taps_last):
@@ -168,7 +199,7 @@ def _conv_stream(x, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, taps_last):
     positions = n * ho * wo
     cols = np.empty((k, stream_width(positions)), np.float32)
     for g in range(groups):
-        _patch_columns(x, g * (c // groups), kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, taps_last, cols)
+        _patch_columns(x, g * (c // groups), kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, 0, n * ho, taps_last, cols)
         stream_matmul(w3[g], bias, relu, cols, positions, ho * wo, g * og, out3)
     return out
 
@@ -298,35 +329,6 @@ def _bias_inplace(planes, bias, relu):
 # ---- im2col ---------------------------------------------------------------------------------
 
 @njit(cache=True, parallel=True)
-def _im2col(x, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, q0, q1, taps_last, cols):
-    """cols[r, (q - q0) * wo + ox] = x[n, c0 + c, oy*sh - ph + i*dh, ox*sw - pw + j*dw]
-    for output rows q = n * ho + oy in [q0, q1), zero where that falls in the padding;
-    row r is tap (c, i, j) in that order, or in (j, i, c) order when taps_last."""
-    height, width = x.shape[2], x.shape[3]
-    cg = cols.shape[0] // (kh * kw)
-    for r in prange(cols.shape[0]):
-        if taps_last:
-            c = r % cg
-            i = (r // cg) % kh
-            j = r // (cg * kh)
-        else:
-            c = r // (kh * kw)
-            i = (r // kw) % kh
-            j = r % kw
-        for q in range(q0, q1):
-            n = q // ho
-            iy = (q % ho) * sh - ph + i * dh
-            base = (q - q0) * wo
-            if iy < 0 or iy >= height:
-                for ox in range(wo):
-                    cols[r, base + ox] = 0.0
-                continue
-            for ox in range(wo):
-                ix = ox * sw - pw + j * dw
-                cols[r, base + ox] = x[n, c0 + c, iy, ix] if 0 <= ix < width else 0.0
-
-
-@njit(cache=True, parallel=True)
 def _epilogue(res, bias, o0, q0, q1, ho, wo, relu, out):
     """out[n, o0 + o, oy, :] = res[o, row] + bias[o0 + o], clamped at 0 when relu."""
     for o in prange(res.shape[0]):
@@ -359,7 +361,7 @@ def _conv_im2col(x, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, taps_last, s
             else:
                 cols_q = np.empty((k, (q1 - q0) * wo), np.float32)
                 res_q = np.empty((og, (q1 - q0) * wo), np.float32)
-            _im2col(x, g * cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, q0, q1, taps_last, cols_q)
+            _patch_columns(x, g * cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, q0, q1, taps_last, cols_q)
             np.matmul(wg, cols_q, out=res_q)
             _epilogue(res_q, bias, g * og, q0, q1, ho, wo, relu, out)
     return out
