@@ -46,6 +46,14 @@ def test_every_block_width_and_a_k_past_one_chunk(positions):
     run_stream(gemm_cpu.GROUP_ROWS + 7, max(k, 2 * LANES + 3), positions, 1, 1, True, positions)
 
 
+@pytest.mark.parametrize("m", [1, 3, 4, 5, 7, 8, 67])
+@pytest.mark.parametrize("relu", [False, True])
+def test_matrix_vector_rows_in_and_out_of_whole_bands(m, relu):
+    """One position: MV_ROWS rows at a time, fewer rows than a band, and a last band that
+    overlaps the one before it."""
+    run_stream(m, 301, 1, 1, 2, relu, m)
+
+
 def test_stream_width_holds_whole_vectors_or_one_column():
     assert [stream_width(p) for p in (1, 2, 8, 9, 36)] == [1, 8, 8, 16, 40]
 

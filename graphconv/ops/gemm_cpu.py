@@ -23,12 +23,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from graphconv.ops.unsigned_index import unsigned
 from graphconv.ops.vector_tile import BLOCK_VECTORS, LANES, TILE_ROWS, multiply_tile
 
 ROWS_PER_TILE = 4       # multiply_band: weight rows (output channels) per register tile
 POSITIONS_PER_TILE = 3  # multiply_band: output positions per tile; callers pad to a multiple
 STREAM_MAX_POSITIONS = 64
 STREAM_MIN_WEIGHTS = 1 << 20  # 4 MB of float32
+MV_ROWS = 4  # weight rows per step of the matrix-vector product
 GROUP_ROWS = 64  # weight rows a thread takes at a time in stream_matmul
 CHUNK_FLOATS = 4096  # 16 KB of patch columns per k chunk: they stay in L1 while the rows stream
 
@@ -43,9 +45,7 @@ def stream_matmul(w, bias, relu, cols, positions, hw, o_offset, out3):
     """
     m, k = w.shape
     if positions == 1:  # a matrix-vector product: memory-bound, no tile to fill
-        x = cols.reshape(-1)
-        for o in prange(m):
-            _store_one(out3, relu, o_offset + o, 0, 0, _dot(w[o], x) + bias[o_offset + o])
+        _matrix_vector(w, cols.reshape(-1), bias, relu, o_offset, out3)
         return
     width = cols.shape[1]
     chunk = max(LANES, CHUNK_FLOATS // width)
@@ -141,6 +141,36 @@ def _dot(a, b):
     for i in range(a.size):
         acc += a[i] * b[i]
     return acc
+
+
+@njit(cache=True, parallel=True, fastmath=True, boundscheck=False)
+def _matrix_vector(w, x, bias, relu, o_offset, out3):
+    """out3[0, o_offset + o, 0] = act(w[o] . x + bias[o_offset + o]), MV_ROWS rows at a time:
+    x is loaded once per MV_ROWS weights, and each core keeps MV_ROWS streams of weights
+    in flight, so the product runs at the memory's read speed (fc6 at batch 1: 4.5 ->
+    4.1 ms, 33 -> 37 GB/s; fc7: 1.9 -> 1.6 ms)."""
+    m, k = w.shape
+    if m < MV_ROWS:
+        for o in range(m):
+            _store_one(out3, relu, o_offset + o, 0, 0, _dot(w[o], x) + bias[o_offset + o])
+        return
+    flat_w = w.reshape(-1)
+    for band in prange((m + MV_ROWS - 1) // MV_ROWS):
+        o0 = min(band * MV_ROWS, m - MV_ROWS)  # the last band overlaps the one before: same sums
+        r0, r1, r2, r3 = o0 * k, (o0 + 1) * k, (o0 + 2) * k, (o0 + 3) * k
+        z = np.float32(0.0)
+        a0 = a1 = a2 = a3 = z
+        for i in range(k):
+            v = x[unsigned(i)]
+            a0 += flat_w[unsigned(r0 + i)] * v
+            a1 += flat_w[unsigned(r1 + i)] * v
+            a2 += flat_w[unsigned(r2 + i)] * v
+            a3 += flat_w[unsigned(r3 + i)] * v
+        o = o_offset + o0
+        _store_one(out3, relu, o, 0, 0, a0 + bias[o])
+        _store_one(out3, relu, o + 1, 0, 0, a1 + bias[o + 1])
+        _store_one(out3, relu, o + 2, 0, 0, a2 + bias[o + 2])
+        _store_one(out3, relu, o + 3, 0, 0, a3 + bias[o + 3])
 
 
 @njit(cache=True, inline="always")

@@ -12,8 +12,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from graphconv.ops.unsigned_index import unsigned
 
-@njit(cache=True, parallel=True, fastmath=True)
+
+@njit(cache=True, parallel=True, fastmath=True, boundscheck=False)
 def _lrn(x, size, alpha, beta, k):
     n, c, height, width = x.shape
     out = np.empty_like(x)
@@ -21,29 +23,35 @@ def _lrn(x, size, alpha, beta, k):
     scale = np.float32(alpha / size)
     k32 = np.float32(k)
     three_quarters = beta == 0.75
+    flat_x, flat_out = x.reshape(-1), out.reshape(-1)  # no array views made inside the loop
     for job in prange(n * height):
-        b = job // height
-        y = job % height
+        b, y = job // height, job % height
         acc = np.empty(width, np.float32)
         for ch in range(c):
             acc[:] = 0.0
             for j in range(max(0, ch - lo), min(c, ch + hi + 1)):
-                _add_squares(acc, x[b, j, y])
-            row = x[b, ch, y]
-            dst = out[b, ch, y]
+                _add_squares(acc, flat_x, _row_start(b, j, y, c, height, width))
+            row = _row_start(b, ch, y, c, height, width)
             for i in range(width):
-                t = k32 + scale * acc[i]
+                t = k32 + scale * acc[unsigned(i)]
+                v = flat_x[unsigned(row + i)]
                 if three_quarters:
-                    dst[i] = row[i] / np.sqrt(t * np.sqrt(t))
+                    flat_out[unsigned(row + i)] = v / np.sqrt(t * np.sqrt(t))
                 else:
-                    dst[i] = row[i] * np.float32(np.exp(-beta * np.log(t)))
+                    flat_out[unsigned(row + i)] = v * np.float32(np.exp(-beta * np.log(t)))
     return out
 
 
 @njit(cache=True, inline="always")
-def _add_squares(acc, row):
+def _row_start(b, ch, y, channels, height, width):
+    return ((b * channels + ch) * height + y) * width
+
+
+@njit(cache=True, inline="always")
+def _add_squares(acc, flat, start):
     for i in range(acc.size):
-        acc[i] += row[i] * row[i]
+        v = flat[unsigned(start + i)]
+        acc[unsigned(i)] += v * v
 
 
 def run_lrn(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
