@@ -104,12 +104,13 @@ def test_conv_strategy_follows_the_layer_shape(params, in_shape, expected):
 
 
 @settings(max_examples=40, deadline=None)
-@given(c=st.sampled_from([1, 2, 4]), groups=st.sampled_from([1, 2]), o_per=st.integers(1, 3),
+@given(c=st.sampled_from([1, 2, 4, 9, 17]), groups=st.sampled_from([1, 2]), o_per=st.integers(1, 3),
        kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3), sw=st.integers(1, 3),
        ph=st.integers(0, 2), pw=st.integers(0, 2), dh=st.integers(1, 3), dw=st.integers(1, 3),
        h=st.integers(1, 12), w=st.integers(1, 12), batch=st.integers(1, 3), relu=st.booleans())
 def test_conv_hypothesis(c, groups, o_per, kh, kw, sh, sw, ph, pw, dh, dw, h, w, batch, relu):
-    """Odd sizes people would not think of: kernels just fitting, strides past the end..."""
+    """Odd sizes people would not think of: kernels just fitting, strides past the end,
+    channel counts that fill blocks of 8 with some left over..."""
     c = c * groups
     if dh * (kh - 1) + 1 > h + 2 * ph or dw * (kw - 1) + 1 > w + 2 * pw:
         return
