@@ -4,8 +4,9 @@ numba indexes like Python: a negative index counts from the end, so every access
 signed integer carries a compare-and-add. Where LLVM cannot prove the index is never
 negative (any index built from a loop bound or an offset passed in), that select stays
 in the loop and stops it from being vectorised. The same index cast to an unsigned
-integer has no such meaning and compiles to a plain load or store: im2col's row copies
-ran 7x faster (0.58 -> 0.08 ms for AlexNet conv3's 1728 x 169 columns).
+integer has no such meaning and compiles to a plain load or store. A loop copying the
+13-float runs of AlexNet conv3's patch columns (1728 x 169 floats) ran 7x faster with
+it (0.58 -> 0.08 ms), and the whole patch gather of that layer 2.8x (0.25 -> 0.09 ms).
 
 Use it only on an index that is in range: like boundscheck=False, it trusts the caller.
 """

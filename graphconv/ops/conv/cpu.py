@@ -67,8 +67,9 @@ def choose_strategy(params: dict, in_shape: tuple[int, ...]) -> str:
         return "stream"
     if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
         return "pointwise"
-    big_weights_narrow_rows = weights >= DIRECT_BIG_WEIGHTS and wo < DIRECT_WIDE_ROW
-    if taps < DIRECT_MIN_K or weights >= DIRECT_MAX_WEIGHTS or big_weights_narrow_rows or n * ho < DIRECT_MIN_ROWS:
+    blas_blocks_weights_better = weights >= DIRECT_MAX_WEIGHTS or (
+        weights >= DIRECT_BIG_WEIGHTS and wo < DIRECT_WIDE_ROW)
+    if taps < DIRECT_MIN_K or blas_blocks_weights_better or n * ho < DIRECT_MIN_ROWS:
         return "im2col"
     return "direct"
 

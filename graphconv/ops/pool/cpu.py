@@ -15,8 +15,9 @@ def _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, is_max):
     operations per output row instead of kh*kw*Wo strided ones, with each tap's column
     range worked out once per call rather than per row. Against the tap-by-tap loop,
     alternating in one process: AlexNet's pool1 at 384 1.02 -> 0.73 ms, pool5 0.38 ->
-    0.24; indexing flat arrays with `unsigned` took pool1 on to 0.36 ms. Taps in the padding are left out of a max and count as zero in an average,
-    whose divisor is always kh*kw."""
+    0.24; indexing flat arrays with `unsigned` (no views made inside the parallel loop)
+    took pool1 on to 0.34 ms. Taps in the padding are left out of a max and count as
+    zero in an average, whose divisor is always kh*kw."""
     n, c, height, width = x.shape
     ho = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     wo = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
