@@ -19,3 +19,11 @@ from numba import njit
 @njit(cache=True, inline="always")
 def unsigned(index):
     return np.uintp(index)
+
+
+@njit(cache=True, inline="always")
+def fill(flat, start, stop, value):
+    """flat[start:stop] = value, as a loop that vectorises (a slice assignment inside a
+    parallel loop makes an array view, and with it reference-count updates)."""
+    for i in range(start, stop):
+        flat[unsigned(i)] = value

@@ -32,7 +32,7 @@ from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, multiply_band, padded_positio
                                     stream_width)
 from graphconv.ops.conv import shape as output_shape
 from graphconv.ops.registry import pair
-from graphconv.ops.unsigned_index import unsigned
+from graphconv.ops.unsigned_index import fill, unsigned
 
 SCRATCH_FLOATS = 1 << 22  # 16 MB of im2col columns per chunk
 DIRECT_MIN_K = 64  # shorter patches leave the direct tile mostly summing across vector lanes
@@ -170,23 +170,17 @@ def _patch_columns(x, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, q0, q1, taps_l
             if oy == ho:
                 n, oy = n + 1, 0
             if iy < 0 or iy >= height:
-                _fill_zero(flat_cols, start, start + wo)
+                fill(flat_cols, start, start + wo, 0.0)
                 continue
-            _fill_zero(flat_cols, start, start + lo)
+            fill(flat_cols, start, start + lo, 0.0)
             if sw == 1:  # a contiguous run: vectorised
                 for ox in range(lo, hi):
                     flat_cols[unsigned(start + ox)] = flat_x[unsigned(source + ox)]
             else:
                 for ox in range(lo, hi):
                     flat_cols[unsigned(start + ox)] = flat_x[unsigned(source + ox * sw)]
-            _fill_zero(flat_cols, start + hi, start + wo)
-        _fill_zero(flat_cols, row + (q1 - q0) * wo, row + row_length)
-
-
-@njit(cache=True, inline="always")
-def _fill_zero(flat, start, stop):
-    for p in range(start, stop):
-        flat[unsigned(p)] = 0.0
+            fill(flat_cols, start + hi, start + wo, 0.0)
+        fill(flat_cols, row + (q1 - q0) * wo, row + row_length, 0.0)
 
 
 # ---- stream ---------------------------------------------------------------------------------
@@ -232,10 +226,10 @@ def _channels_last(x, c0, cg, ph, pw, xp):
         n, iy = job // rows, job % rows - ph
         row = job * row_floats
         if iy < 0 or iy >= height:
-            _fill_zero(flat_xp, row, row + row_floats)
+            fill(flat_xp, row, row + row_floats, 0.0)
             continue
-        _fill_zero(flat_xp, row, row + pw * cg)
-        _fill_zero(flat_xp, row + (pw + width) * cg, row + row_floats)
+        fill(flat_xp, row, row + pw * cg, 0.0)
+        fill(flat_xp, row + (pw + width) * cg, row + row_floats, 0.0)
         first_pixel = row + pw * cg
         source = (n * channels + c0) * plane + iy * width
         block = 0

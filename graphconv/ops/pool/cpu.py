@@ -5,7 +5,7 @@ import numpy as np
 from numba import njit, prange
 
 from graphconv.ops.registry import pair
-from graphconv.ops.unsigned_index import unsigned
+from graphconv.ops.unsigned_index import fill, unsigned
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
@@ -29,13 +29,13 @@ def _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, is_max):
     for plane in prange(n * c):
         strip = np.empty(width, np.float32)
         for oy in range(ho):
-            _fill(strip, 0, width, start)
+            fill(strip, 0, width, start)
             for i in range(kh):
                 iy = oy * sh - ph + i * dh
                 if 0 <= iy < height:
                     _reduce_into(strip, 0, flat_x, (plane * height + iy) * width, 1, 0, width, is_max)
             row = (plane * ho + oy) * wo
-            _fill(flat_out, row, row + wo, start)
+            fill(flat_out, row, row + wo, start)
             for j in range(kw):
                 _reduce_into(flat_out, row, strip, j * dw - pw, sw, first[j], end[j], is_max)
             if not is_max:
@@ -55,12 +55,6 @@ def _reduce_into(acc, at, src, offset, step, begin, end, is_max):
     else:
         for t in range(begin, end):
             acc[unsigned(at + t)] += src[unsigned(offset + t * step)]
-
-
-@njit(cache=True, inline="always")
-def _fill(flat, start, stop, value):
-    for t in range(start, stop):
-        flat[unsigned(t)] = value
 
 
 @njit(cache=True)
