@@ -3,11 +3,53 @@
 A `GraphconvError` is a mistake the user can fix (a bad spec, a wrong array, an
 unknown option). The CLI prints it as one line and exits with status 2; anything
 else is an internal bug and keeps its traceback.
+
+Messages echo what the user wrote, and what the user wrote can be hostile: a layer
+name with a newline could print a fake `graphconv:` line, and a YAML alias can expand
+a 600-byte spec into a value of many megabytes. So every echoed value goes through
+`shown()`, which escapes control characters and cuts it to a short prefix.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+SHOWN_CHARS = 80
+MESSAGE_CHARS = 2000
+
+
+def shown(value: Any, limit: int = SHOWN_CHARS, depth: int = 4) -> str:
+    """`repr`-like text of a user's value, safe to print on one line: strings are
+    quoted with non-printable characters escaped (as `repr` does), and containers are
+    formatted piece by piece, at most `depth` levels deep, stopping after `limit`
+    characters, so a list of a million entries (or one shared a million times, or
+    nested a thousand deep) costs nothing to show."""
+    if isinstance(value, str):
+        text = repr(value[:limit + 1])
+    elif isinstance(value, (list, tuple, dict, set)):
+        text = _shown_container(value, limit, depth)
+    else:
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _shown_container(value: Any, limit: int, depth: int) -> str:
+    opening, closing = {tuple: "()", dict: "{}", set: "{}"}.get(type(value), "[]")
+    if depth <= 0:
+        return f"{opening}...{closing}"
+    items = value.items() if isinstance(value, dict) else value
+    parts: list[str] = []
+    size = 0
+    for item in items:
+        if size > limit:
+            parts.append("...")
+            break
+        part = (f"{shown(item[0], limit, depth - 1)}: {shown(item[1], limit, depth - 1)}"
+                if isinstance(value, dict) else shown(item, limit, depth - 1))
+        parts.append(part)
+        size += len(part) + 2
+    return opening + ", ".join(parts) + closing
 
 
 @dataclass(frozen=True)
@@ -37,9 +79,11 @@ class GraphconvError(Exception):
         if self.loc is not None:
             parts.append(str(self.loc))
         if self.layer is not None:
-            parts.append(f"layer '{self.layer}'")
+            parts.append(f"layer {shown(str(self.layer))}")
         parts.append(self.message)
-        return ": ".join(parts)
+        text = ": ".join(parts)
+        text = text.replace("\r", "\\r").replace("\n", "\\n")
+        return text if len(text) <= MESSAGE_CHARS else text[:MESSAGE_CHARS] + "..."
 
 
 class ShapeError(GraphconvError):
