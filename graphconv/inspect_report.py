@@ -45,7 +45,7 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
 
 def stride_options(model: Model, image_hw: tuple[int, int]) -> list[str]:
     """FLOPs of each finer output stride by both methods, so `--stride-method` is an informed choice."""
-    from passes.output_stride import method_flops
+    from graphconv.strides import method_flops
 
     total = model.field.stride
     strides = [s for s in range(1, min(total)) if total[0] % s == 0 and total[1] % s == 0]

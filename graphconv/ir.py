@@ -7,7 +7,8 @@ Everything lives in the DiGraph, so there is nothing that can drift from it:
   returns) and `meta` (spec extras such as preprocessing, labels and compile plans);
 * node attributes: `op`, `params` (dict), `weights` (dict of float32 arrays), `shape`
   (C, H, W once shape inference ran), `loc` (the spec line that defined it), `seq`
-  (creation order, to keep printing and topological order stable);
+  (creation order, to keep printing and topological order stable), `annotations`
+  (what analysis passes recorded, e.g. the receptive field);
 * edge attribute `index`: the argument position (concat order matters).
 
 The input is a node too, with op "input", so edges always connect named values.
@@ -60,6 +61,11 @@ class Node:
     @property
     def loc(self) -> Location | None:
         return self._data.get("loc")
+
+    @property
+    def annotations(self) -> dict[str, Any]:
+        """What analysis passes recorded on this node (e.g. "receptive_field")."""
+        return self._data.setdefault("annotations", {})
 
     @property
     def inputs(self) -> list["Node"]:
@@ -201,6 +207,14 @@ class Graph:
             self.replace_all_uses(name, sources[0])
         self.nx.remove_node(name)
 
+    def erase(self, node: Node | str) -> None:
+        """Delete a node whose value nobody reads (dead code); see `remove` to bypass one."""
+        name = _name(node)
+        n = self.node(name)
+        if n.op == INPUT_OP or n.users or self.nx.graph["output"] == name:
+            raise ValueError(f"cannot erase {name!r}: it is the input, the output, or still read")
+        self.nx.remove_node(name)
+
     def replace(self, old: Node | str, op: str, params: dict | None = None,
                 weights: dict | None = None, name: str | None = None) -> Node:
         """Put a new layer in place of `old`: same inputs, same users, same spec location.
@@ -255,6 +269,10 @@ class Graph:
 
     def set_shape(self, node: Node | str, shape: tuple[int, int, int] | None) -> None:
         self.nx.nodes[_name(node)]["shape"] = shape
+
+    def annotate(self, node: Node | str, key: str, value: Any) -> None:
+        """Record an analysis result on a node (read back through `node.annotations`)."""
+        self.node(_name(node)).annotations[key] = value
 
     def match_chain(self, ops: Sequence[str]) -> list[tuple[Node, ...]]:
         """Every chain of layers whose ops are `ops` in order, where each layer but the

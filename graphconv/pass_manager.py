@@ -85,7 +85,7 @@ def register_pass(name: str, description: str, *, requires: Sequence[str] = (),
 def _origin_of(fn: Callable) -> str:
     module = sys.modules.get(fn.__module__)
     where = getattr(module, "__file__", None) or fn.__module__
-    if fn.__module__.startswith("passes."):
+    if fn.__module__.startswith("graphconv.passes."):
         return f"built-in ({Path(where).parent.name}/{Path(where).name})"
     return f"module {fn.__module__}"
 
@@ -106,7 +106,7 @@ def load_builtin_passes() -> None:
     if _builtins_loaded:
         return
     _builtins_loaded = True
-    importlib.import_module("passes")
+    importlib.import_module("graphconv.passes")
     for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = entry.dist.name if entry.dist is not None else "?"
         with _origin(f"entry point '{entry.name}' ({dist})"):

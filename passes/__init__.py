@@ -1,6 +1,10 @@
 """graphconv's built-in passes, written against the public API in `graphconv.pass_manager`
-exactly as a user's plugin would be. Importing this package registers them all."""
-from passes import (  # noqa: F401
+exactly as a user's plugin would be. Importing this package registers them all.
+
+This folder is installed as `graphconv.passes` (see setup.py), never as a top-level
+`passes` package: a `passes.py` or `passes/` in the user's working folder cannot
+shadow it."""
+from . import (  # noqa: F401
     conv_to_fc,
     dead_node_elimination,
     fc_to_conv,

@@ -1,42 +1,22 @@
-"""Finer score maps: output stride S below the network's total stride T.
-
-Two ways, giving the same map:
-
-* shift (shift-and-stitch): run the converted net on f x f copies of the image shifted
-  by k*S pixels (f = T/S, k = 0..f-1 on each axis) and interleave the maps. The layers do
-  not change; the plan is recorded in the model and carried out by the runtime, which
-  batches the f*f shifted copies into one pass.
-* dilate (a trous): give each layer the cumulative stride gcd(c, S) instead of c. A layer
-  whose input stride drops by r = c_in / gcd(c_in, S) keeps its place on the image grid by
-  multiplying its dilation and padding by r; its own stride becomes gcd(c_out, S) /
-  gcd(c_in, S). One pass then computes the whole fine grid and the early layers are not
-  recomputed f*f times.
-"""
+"""Finer score maps: output stride S below the network's total stride, by dilating the
+later layers or by shift-and-stitch (the arithmetic and the trade-off: graphconv.strides)."""
 from __future__ import annotations
 
-from math import gcd
-
-from graphconv.cost import total_flops
-from graphconv.errors import GraphconvError
+from graphconv.errors import GraphconvError, shown
 from graphconv.ir import Graph
-from graphconv.ops import pair
 from graphconv.pass_manager import register_pass
-from graphconv.receptive import receptive_fields
-
-METHODS = ("auto", "dilate", "shift")
+from graphconv.strides import METHODS, cheaper_method, dilate, stitch_factor
 
 
 @register_pass("output-stride", "finer score map at output stride S, by dilation or shift-and-stitch",
                requires=("shapes",))
 def output_stride(graph: Graph, stride: int = None, method: str = "auto") -> bool:
     if method not in METHODS:
-        raise GraphconvError(f"method must be one of {', '.join(METHODS)}, got '{method}'")
+        raise GraphconvError(f"method must be one of {', '.join(METHODS)}, got {shown(method)}")
     if graph.find("fc"):
         raise GraphconvError(f"layer '{graph.find('fc')[0].name}' is still fc: run fc-to-conv first, "
                              "an fc layer only ever sees one crop")
-    total = receptive_fields(graph)[graph.output.name].stride
-    check_output_stride(stride, total)
-    factor = (total[0] // stride, total[1] // stride)
+    factor = stitch_factor(graph, stride)
     if factor == (1, 1):
         return False
     if method == "auto":
@@ -49,50 +29,3 @@ def output_stride(graph: Graph, stride: int = None, method: str = "auto") -> boo
     else:
         dilate(graph, stride)
     return True
-
-
-def check_output_stride(stride: object, total: tuple[int, int]) -> None:
-    if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1 or total[0] % stride \
-            or total[1] % stride:
-        divisors = [d for d in range(1, min(total) + 1) if total[0] % d == 0 and total[1] % d == 0]
-        raise GraphconvError(f"output stride {stride} does not divide the network's total stride "
-                             f"{total[0]}x{total[1]}; choose one of {', '.join(map(str, divisors))}")
-
-
-def dilate(graph: Graph, stride: int) -> None:
-    """Rewrite every windowed layer for cumulative strides gcd(c, stride) (see module doc)."""
-    fields = receptive_fields(graph)
-    for node in graph.layers():
-        window = node.opdef.window(node.params, [s.shape for s in node.inputs])
-        if window is None:
-            continue
-        c_in = fields[node.inputs[0].name].stride
-        c_out = fields[node.name].stride
-        rate = [c_in[a] // gcd(c_in[a], stride) for a in (0, 1)]
-        new_stride = [gcd(c_out[a], stride) // gcd(c_in[a], stride) for a in (0, 1)]
-        graph.set_params(node,
-                         stride=_pack(new_stride),
-                         dilation=_pack([pair(node.params["dilation"])[a] * rate[a] for a in (0, 1)]),
-                         padding=_pack([pair(node.params["padding"])[a] * rate[a] for a in (0, 1)]))
-
-
-def cheaper_method(graph: Graph, stride: int) -> str:
-    """Pick the method with fewer FLOPs on an image a few strides larger than the crop."""
-    flops = method_flops(graph, stride)
-    return "dilate" if flops["dilate"] <= flops["shift"] else "shift"
-
-
-def method_flops(graph: Graph, stride: int, image_hw: tuple[int, int] | None = None) -> dict[str, int]:
-    """FLOPs per image of both methods for an image of `image_hw` (default: crop + 4 strides)."""
-    total = receptive_fields(graph)[graph.output.name].stride
-    factor = (total[0] // stride, total[1] // stride)
-    if image_hw is None:
-        image_hw = (graph.input_shape[1] + 4 * total[0], graph.input_shape[2] + 4 * total[1])
-    dilated = graph.copy()
-    dilate(dilated, stride)
-    return {"shift": factor[0] * factor[1] * total_flops(graph, image_hw),
-            "dilate": total_flops(dilated, image_hw)}
-
-
-def _pack(values: list[int]):
-    return values[0] if values[0] == values[1] else tuple(values)

@@ -8,5 +8,5 @@ from graphconv.receptive import receptive_fields
                provides=("receptive-fields",))
 def receptive_field(graph: Graph) -> bool:
     for name, field in receptive_fields(graph).items():
-        graph.nx.nodes[name]["receptive_field"] = field
+        graph.annotate(name, "receptive_field", field)
     return False

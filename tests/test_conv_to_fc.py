@@ -8,7 +8,7 @@ from graphconv.ops import get_op
 from graphconv.spec import normalize_params
 from conftest import SPECS, random_input
 
-from passes.conv_to_fc import dense_matrix
+from graphconv.passes.conv_to_fc import dense_matrix
 
 
 @pytest.mark.parametrize("raw", [

@@ -9,7 +9,7 @@ from graphconv.receptive import total_stride
 from conftest import SPECS, random_input
 from nets import UNPADDED
 
-from passes.output_stride import method_flops
+from graphconv.strides import method_flops
 
 
 def nets(write_spec):
