@@ -1,23 +1,25 @@
 """The `graphconv` command: run, compile, inspect, verify, passes.
 
-User errors (GraphconvError) print one line, `graphconv: file:line: layer 'x': ...`, and
-exit with status 2; nothing is written unless the command succeeds. `--traceback`
-shows the Python traceback of a user error too (useful when debugging a plugin).
+User errors print one line, `graphconv: file:line: layer 'x': ...`, and exit with
+status 2; nothing is written unless the command succeeds (graphconv/files.py). Besides
+GraphconvError, what bad input makes the OS or Python raise (a file that cannot be
+read or written, memory that runs out) is reported the same way. `--traceback` shows
+the Python traceback instead (useful when debugging a plugin); any other exception is
+a bug in graphconv and keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from graphconv.errors import GraphconvError
-from graphconv.spec import missing_folders, output_folders
+from graphconv.errors import GraphconvError, shown
+from graphconv.files import atomic_write, check_model_target, check_writable
 
 EXIT_USER_ERROR = 2
 
@@ -26,17 +28,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from graphconv.memory import set_memory_limit
+        set_memory_limit(args.memory_limit)
         for plugin in getattr(args, "plugin", None) or ():
             from graphconv.pass_manager import load_plugin
             load_plugin(plugin)
         return args.handler(args)
-    except GraphconvError as err:
+    except (GraphconvError, OSError, MemoryError, RecursionError, UnicodeError) as err:
         if args.traceback:
             raise
-        print(f"graphconv: {err}", file=sys.stderr)
+        print(f"graphconv: {user_message(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return 130
+
+
+def user_message(err: BaseException) -> str:
+    """One line for an error that bad input (not a bug) can cause."""
+    if isinstance(err, GraphconvError):
+        return str(err)
+    if isinstance(err, BrokenPipeError):
+        return "output closed early"
+    if isinstance(err, OSError):
+        where = f"{err.filename}: " if err.filename else ""
+        return f"{where}{err.strerror or err}"
+    if isinstance(err, MemoryError):
+        return ("ran out of memory; use a smaller input, or a lower --memory-limit so graphconv "
+                "refuses such inputs up front")
+    if isinstance(err, RecursionError):
+        return "the input is nested too deeply"
+    return f"{type(err).__name__}: {shown(str(err))} (--traceback for details)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="graphconv",
         description="Compile ConvNet classifiers (YAML specs) into fully convolutional networks "
                     "that slide over large images in one pass, and run them on CPU or CUDA.")
-    parser.add_argument("--traceback", action="store_true", help="show tracebacks of user errors")
+    _add_common_options(parser, defaults=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a spec or compiled model on an array or image",
@@ -56,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--image", help="an image file (needs Pillow: pip install 'graphconv[images]')")
     run.add_argument("--output", help="write the output array here (.npy)")
     run.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
-    run.add_argument("--resize", type=int, nargs=2, metavar=("H", "W"), help="resize the image first")
-    run.add_argument("--heatmap", type=int, metavar="CLASS", help="class whose score map to draw")
+    run.add_argument("--resize", type=_positive_int, nargs=2, metavar=("H", "W"),
+                     help="resize the image first")
+    run.add_argument("--heatmap", type=_natural_int, metavar="CLASS", help="class whose score map to draw")
     run.add_argument("--heatmap-out", metavar="PNG", help="where to write the heatmap image")
     run.add_argument("--profile", action="store_true", help="print per-layer times of this run")
     run.add_argument("--scales", type=_int_list, metavar="S1,S2,...",
@@ -66,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--flip", action="store_true", help="with --scales: also the mirror images")
     run.add_argument("--reduce", default="mean", choices=("mean", "max"),
                      help="with --scales: reduce over positions, then scales and flips")
-    run.add_argument("--top", type=int, default=0, metavar="K", help="print the K best classes")
+    run.add_argument("--top", type=_positive_int, metavar="K", help="print the K best classes")
     _add_plugin_option(run)
     run.set_defaults(handler=cmd_run)
 
@@ -94,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     insp = sub.add_parser("inspect", help="layers, shapes, parameters, FLOPs and receptive fields",
                           description="Print a table of MODEL's layers for an input size.")
     insp.add_argument("model")
-    insp.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+    insp.add_argument("--input-size", type=_positive_int, nargs=2, metavar=("H", "W"),
                       help="image size (default: the spec's crop)")
     insp.add_argument("--scales", type=_int_list, metavar="S1,S2,...",
                       help="score-map size and FLOPs with the image's shorter side at each scale "
@@ -111,12 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      "Exit 0 only when they agree and the network is exact by "
                                      "construction (no padding).")
     ver.add_argument("spec")
-    ver.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), required=True)
+    ver.add_argument("--input-size", type=_positive_int, nargs=2, metavar=("H", "W"), required=True)
     ver.add_argument("--output-stride", type=int, metavar="S")
     ver.add_argument("--stride-method", default="auto", choices=("auto", "dilate", "shift"))
-    ver.add_argument("--batch", type=int, default=1)
-    ver.add_argument("--tolerance", type=float, help="max abs difference (default 1e-4 x max score)")
-    ver.add_argument("--seed", type=int, default=0)
+    ver.add_argument("--batch", type=_positive_int, default=1)
+    ver.add_argument("--tolerance", type=_tolerance, help="max abs difference (default 1e-4 x max score)")
+    ver.add_argument("--seed", type=_natural_int, default=0)
     ver.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     _add_plugin_option(ver)
     ver.set_defaults(handler=cmd_verify)
@@ -125,7 +147,21 @@ def build_parser() -> argparse.ArgumentParser:
                          description="List built-in and plugin passes, one line each.")
     _add_plugin_option(lst)
     lst.set_defaults(handler=cmd_passes)
+    for command in (run, comp, insp, ver, lst):
+        _add_common_options(command, defaults=False)
     return parser
+
+
+def _add_common_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """Options accepted before or after the command name (`graphconv --traceback run ...`
+    and `graphconv run ... --traceback`). The command's copy has no default, so it does
+    not overwrite a value given before the command."""
+    default = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
+    parser.add_argument("--traceback", action="store_true", default=default(False),
+                        help="show the Python traceback of an error")
+    parser.add_argument("--memory-limit", metavar="SIZE", default=default(None),
+                        help="refuse inputs whose estimated memory exceeds SIZE (e.g. 4G; "
+                             "default 80%% of this machine's RAM)")
 
 
 def _add_plugin_option(parser: argparse.ArgumentParser) -> None:
@@ -142,7 +178,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise GraphconvError("--heatmap needs --image and --heatmap-out")
     if (args.flip or args.reduce != "mean") and not args.scales:
         raise GraphconvError("--flip and --reduce apply to --scales runs")
-    _check_writable(args.output, args.heatmap_out)
+    for path in filter(None, (args.output, args.heatmap_out)):
+        check_writable(path)
     model = Model.load(args.model)
     if args.image:
         from graphconv import images
@@ -212,6 +249,33 @@ def print_top(scores: np.ndarray, k: int, labels: list[str] | None) -> None:
                                              top_classes(vector, k, labels)))
 
 
+def _positive_int(text: str) -> int:
+    value = _natural_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return value
+
+
+def _natural_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {shown(text)}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got '{text}'")
+    return value
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {shown(text)}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got '{text}'")
+    return value
+
+
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -223,16 +287,20 @@ def _int_list(text: str) -> list[int]:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
+    """Every check runs before the first byte is written: the output folder is checked
+    before the pipeline runs, and the compiled model's receptive field (which rejects
+    maps of different strides meeting) is worked out before it is saved."""
     from graphconv.compiler import compile_model
 
+    check_model_target(args.output)
     model = compile_model(args.spec, args.passes, output_stride=args.output_stride,
                           stride_method=args.stride_method, verify_each=not args.no_verify,
                           print_ir_before=set(args.print_ir_before),
                           print_ir_after=set(args.print_ir_after))
+    field = model.field
     model.save(args.output)
     if args.timings:
         print(model.pass_manager.timings_table())
-    field = model.field
     print(f"compiled {args.spec} -> {args.output} ({model.graph.meta['compiled']['passes']}); "
           f"output stride {field.stride[0]}x{field.stride[1]}, each cell sees "
           f"{field.size[0]}x{field.size[1]} pixels")
@@ -304,28 +372,6 @@ def load_array(path: str) -> np.ndarray:
         raise GraphconvError(f"input must be a float array, got {getattr(array, 'dtype', type(array))}",
                              file=path)
     return array.astype(np.float32, copy=False)
-
-
-def _check_writable(*paths: str | None) -> None:
-    """Fail before the network runs if an output could never be written."""
-    for path in filter(None, paths):
-        missing_folders(path)
-
-
-def atomic_write(path: str, write, suffix: str) -> None:
-    """Write through a temporary file in the same folder, renamed into place when complete;
-    missing folders above it are created, and removed again if the write fails."""
-    target = Path(path)
-    with output_folders(target):
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.resolve().parent)
-        os.close(fd)
-        try:
-            write(tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
 
 
 def format_profile(model, profile: dict[str, float], hw, batch: int, device: str = "cpu") -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
+from graphconv.errors import GraphconvError
 from graphconv.ir import Graph
 from graphconv.model import Model
 from graphconv.pass_manager import DEFAULT_PIPELINE, PassManager, PipelineItem, format_pipeline, parse_pipeline
@@ -38,6 +39,9 @@ def compile_model(source: str | os.PathLike | Graph, passes: str | Sequence[str]
     pipeline = build_pipeline(passes, output_stride, stride_method)
     manager = PassManager(pipeline, **manager_options)
     compiled = manager.run(graph)
+    if not compiled.layers():
+        raise GraphconvError(f"after the passes ({format_pipeline(pipeline)}) the network has no "
+                             "layers left: its output would be its input", loc=graph.input.loc)
     info = compiled.meta.setdefault("compiled", {})
     info["passes"] = format_pipeline(pipeline)
     model = Model(compiled)

@@ -60,7 +60,7 @@ class Location:
     line: int | None = None
 
     def __str__(self) -> str:
-        name = Path(self.file).name if self.file else "<spec>"
+        name = (Path(self.file).name or self.file) if self.file else "<spec>"
         return f"{name}:{self.line}" if self.line else name
 
 

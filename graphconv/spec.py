@@ -10,11 +10,8 @@ from __future__ import annotations
 import io
 import math
 import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import yaml
@@ -255,7 +252,8 @@ def _strip_lines(value: Any) -> Any:
 
 # ---- writing ------------------------------------------------------------------------------
 
-def spec_text(graph: Graph, weights_file: str | None = MODEL_WEIGHTS) -> str:
+def spec_text(graph: Graph, weights_file: str | None = MODEL_WEIGHTS,
+              labels_file: str = "labels.txt") -> str:
     """The graph as spec YAML: one flow-style line per layer, non-default params only."""
     header: dict[str, Any] = {"name": graph.name,
                               "input": {"name": graph.input.name, "shape": list(graph.input_shape)}}
@@ -265,7 +263,7 @@ def spec_text(graph: Graph, weights_file: str | None = MODEL_WEIGHTS) -> str:
         if key in graph.meta:
             header[key] = graph.meta[key]
     if "labels" in graph.meta:
-        header["labels"] = "labels.txt"
+        header["labels"] = labels_file
     out = io.StringIO()
     out.write(f"# written by graphconv from {graph.name}; loads back to the same graph\n")
     yaml.safe_dump(_plain(header), out, sort_keys=False, default_flow_style=None)
@@ -308,71 +306,10 @@ def weight_arrays(graph: Graph) -> dict[str, np.ndarray]:
 
 
 def save_model(graph: Graph, directory: str | os.PathLike) -> Path:
-    """Write `directory/model.yaml` + `weights.npz` (+ `labels.txt`), all or nothing:
-    everything goes to a temporary folder that replaces `directory` only once complete."""
-    directory = Path(directory)
-    text = spec_text(graph)
-    if directory.exists() and not directory.is_dir():
-        raise GraphconvError("the output exists and is not a folder", file=str(directory))
-    with output_folders(directory):
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.resolve().parent))
-        try:
-            (tmp / MODEL_SPEC).write_text(text)
-            np.savez(tmp / MODEL_WEIGHTS, **weight_arrays(graph))
-            if "labels" in graph.meta:
-                (tmp / "labels.txt").write_text("\n".join(graph.meta["labels"]) + "\n")
-            replace_path(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return directory
+    """Write a model folder (model.yaml + weights + labels) that loads back to `graph`;
+    all or nothing, never touching files graphconv did not write (graphconv.files)."""
+    from graphconv.files import save_model_folder
 
-
-def missing_folders(path: str | os.PathLike) -> list[Path]:
-    """The folders above `path` that do not exist yet, innermost first; a GraphconvError
-    if the nearest existing one is not a folder, so the write could never succeed."""
-    missing = []
-    folder = Path(path).resolve().parent
-    while not folder.exists():
-        missing.append(folder)
-        folder = folder.parent
-    if not folder.is_dir():
-        raise GraphconvError(f"cannot create the output's folder: {folder} is a file", file=str(path))
-    return missing
-
-
-@contextmanager
-def output_folders(path: str | os.PathLike) -> Iterator[None]:
-    """Create the missing folders above `path` for a write (`-o build/model` works in a
-    fresh checkout), and remove them again if the write fails: a failed command
-    leaves nothing behind."""
-    missing = missing_folders(path)
-    try:
-        for folder in reversed(missing):
-            try:
-                folder.mkdir()
-            except OSError as err:
-                raise GraphconvError(f"cannot create folder {folder}: {err.strerror}", file=str(path)) from None
-        yield
-    except BaseException:
-        for folder in missing:
-            try:
-                folder.rmdir()
-            except OSError:
-                pass
-        raise
-
-
-def replace_path(new: Path, target: Path) -> None:
-    """Move `new` onto `target` (a file or a folder), keeping the old one until it is done."""
-    if target.is_dir():
-        backup = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, backup)
-        try:
-            os.replace(new, target)
-        except BaseException:
-            os.replace(backup, target)
-            raise
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(new, target)
+    spec_text(graph)  # raises what rendering can raise, before the first byte is written
+    text = lambda weights_file, labels_file: spec_text(graph, weights_file, labels_file)
+    return save_model_folder(directory, text, weight_arrays(graph), graph.meta.get("labels"))

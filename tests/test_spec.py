@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from graphconv.errors import GraphconvError
-from graphconv.spec import load_spec, output_folders, save_model, spec_text
+from graphconv.spec import load_spec, save_model, spec_text
 from conftest import SPECS
 
 TINY = """
@@ -116,33 +116,3 @@ def test_round_trip_gives_the_same_graph(name, tmp_path):
                (b.name, b.op, b.params, [i.name for i in b.inputs])
         for key in a.weights:
             np.testing.assert_array_equal(a.weights[key], b.weights[key])
-
-
-def test_save_replaces_a_model_only_when_complete(tmp_path, write_spec):
-    graph = load_spec(write_spec(TINY))
-    target = tmp_path / "model"
-    save_model(graph, target)
-    (target / "marker").write_text("old")
-    save_model(graph, target)
-    assert not (target / "marker").exists()
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
-
-
-def test_output_folders_are_created_and_removed_again_when_the_write_fails(tmp_path):
-    target = tmp_path / "a" / "b" / "model"
-    with pytest.raises(RuntimeError):
-        with output_folders(target):
-            assert (tmp_path / "a" / "b").is_dir()
-            raise RuntimeError("the write failed")
-    assert not (tmp_path / "a").exists(), "a failed write leaves nothing behind"
-    (tmp_path / "keep").mkdir()
-    with pytest.raises(RuntimeError):
-        with output_folders(tmp_path / "keep" / "new" / "model"):
-            raise RuntimeError("the write failed")
-    assert (tmp_path / "keep").is_dir() and not (tmp_path / "keep" / "new").exists(), "only what it made"
-
-
-def test_save_model_creates_missing_folders(tmp_path):
-    graph = load_spec(SPECS / "lenet.yaml")
-    save_model(graph, tmp_path / "build" / "lenet")
-    assert (tmp_path / "build" / "lenet" / "model.yaml").is_file()

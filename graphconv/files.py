@@ -1,0 +1,359 @@
+"""Every file graphconv writes goes through here: nothing lost, nothing half-written.
+
+The promises (README, "Safety"):
+
+* Nothing is written unless the command succeeds: single files are written to a
+  temporary name beside the target and renamed into place when complete.
+* A model folder is replaced only by a complete model, and at every instant the
+  folder holds either the old model or the new one, even if the process is killed:
+  the weights and labels are written first under content-hashed names
+  (`weights-<hash>.npz`), then `model.yaml`, which names them, is renamed over the old
+  one. That rename is the commit; files the old model used are removed after it.
+* graphconv never deletes a file it did not make. In a model folder it owns
+  `model.yaml` (recognised by its first line) and the weights and labels files it
+  named (`weights-<hash>.npz`, `labels-<hash>.txt`, and the older fixed names
+  `weights.npz`, `labels.txt`); anything else a user puts there stays. A folder that
+  is neither empty nor a graphconv model is refused.
+* Two compiles to one folder take turns (an exclusive `flock` on the folder), so the
+  last one wins cleanly. Temporaries left by a killed run are removed by the next.
+* Unchanged weights are not rewritten: the same content hashes to the same name.
+
+GRAPHCONV_FAULT_KILL_AT=<checkpoint> kills the process at one of the `_checkpoint`
+calls below: the tests use it to show that a kill at any point loses nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import signal
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import yaml
+
+from graphconv.errors import GraphconvError
+
+MODEL_SPEC = "model.yaml"
+SIGNATURE = "# written by graphconv"
+TMP_PREFIX = ".graphconv-tmp-"
+LEGACY_OWNED = ("weights.npz", "labels.txt")
+HASHED_OWNED = re.compile(r"(weights-[0-9a-f]{16}\.npz|labels-[0-9a-f]{16}\.txt)")
+FAULT_ENV = "GRAPHCONV_FAULT_KILL_AT"
+
+try:
+    import fcntl
+except ImportError:  # Windows: no locking; concurrent compiles to one folder are not serialised
+    fcntl = None
+
+
+# ---- single files ---------------------------------------------------------------------------
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail before any work is done if `path` could never be written: it is a folder, an
+    empty name, or its folder (or the nearest one that exists) refuses new files."""
+    target = _output_path(path)
+    if target.is_dir():
+        raise GraphconvError("is a folder; give a file name", file=str(path))
+    existing = _nearest_existing_folder(target)
+    _probe_write(existing, str(path))
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: str = "") -> None:
+    """Call write(temporary path) and rename the result onto `path` once complete;
+    missing folders above it are created, and removed again if the write fails."""
+    target = _output_path(path)
+    if target.is_dir():
+        raise GraphconvError("is a folder; give a file name", file=str(path))
+    with output_folders(target):
+        folder = target.resolve().parent
+        _remove_stale_temporaries(folder)
+        tmp = _temporary(folder, target.name + suffix)
+        try:
+            write(str(tmp))
+            os.replace(tmp, target)
+        except OSError as err:
+            raise GraphconvError(f"cannot write: {err.strerror or err}", file=str(path)) from None
+        finally:
+            _unlink_quietly(tmp)
+
+
+# ---- model folders ----------------------------------------------------------------------------
+
+def check_model_target(directory: str | os.PathLike) -> None:
+    """Refuse, before anything is computed or written, an output that is not a new
+    folder, an empty folder, or a model folder graphconv wrote."""
+    target = _output_path(directory)
+    if target.exists() and not target.is_dir():
+        raise GraphconvError("exists and is not a folder; a compiled model is a folder",
+                             file=str(directory))
+    if target.is_dir():
+        foreign = _foreign_folder_entries(target)
+        if foreign is not None:
+            shown_names = ", ".join(repr(n) for n in foreign[:3])
+            raise GraphconvError(
+                f"is a folder that graphconv did not write (it holds {shown_names}"
+                f"{', ...' if len(foreign) > 3 else ''}); compile into a new or empty folder",
+                file=str(directory))
+        _probe_write(target, str(directory))
+    else:
+        _probe_write(_nearest_existing_folder(target), str(directory))
+
+
+def save_model_folder(directory: str | os.PathLike, spec_text: Callable[[str, str | None], str],
+                      weights: dict[str, np.ndarray], labels: list[str] | None) -> Path:
+    """Write a model folder as the module docstring describes. `spec_text(weights_file,
+    labels_file)` returns model.yaml's text naming those files."""
+    target = _output_path(directory)
+    check_model_target(target)
+    with output_folders(target / MODEL_SPEC):
+        with _locked(target):
+            check_model_target(target)  # another process may have changed it while we waited
+            _remove_stale_temporaries(target, locked=True)
+            old_files = _files_named_by(target / MODEL_SPEC)
+            written: list[Path] = []
+            try:
+                weights_name = _write_hashed(target, "weights", ".npz", _weights_writer(weights), written)
+                _checkpoint("weights-written")
+                labels_name = None
+                if labels is not None:
+                    text = "\n".join(labels) + "\n"
+                    labels_name = _write_hashed(target, "labels", ".txt", _text_writer(text), written)
+                spec = _temporary(target, MODEL_SPEC)
+                written.append(spec)
+                _write_synced(spec, _text_writer(spec_text(weights_name, labels_name)))
+                _checkpoint("before-commit")
+                os.replace(spec, target / MODEL_SPEC)
+                written.remove(spec)
+                _sync_folder(target)
+            except BaseException:
+                for path in written:
+                    _unlink_quietly(path)
+                raise
+            _checkpoint("after-commit")
+            _remove_superseded(target, old_files, keep={weights_name, labels_name})
+    return target
+
+
+def is_model_folder(folder: Path) -> bool:
+    """Whether `folder` holds a model.yaml that graphconv wrote."""
+    spec = folder / MODEL_SPEC
+    try:
+        with open(spec, "rb") as f:
+            return f.read(len(SIGNATURE)).decode("utf-8", "replace") == SIGNATURE
+    except OSError:
+        return False
+
+
+def _foreign_folder_entries(folder: Path) -> list[str] | None:
+    """None when graphconv may write into `folder` (empty, or a model it wrote);
+    otherwise the names of what is there."""
+    try:
+        entries = sorted(os.listdir(folder))
+    except OSError as err:
+        raise GraphconvError(f"cannot read the folder: {err.strerror}", file=str(folder)) from None
+    if not entries or is_model_folder(folder):
+        return None
+    if all(name.startswith(TMP_PREFIX) for name in entries):  # a first compile that was killed
+        return None
+    return entries
+
+
+def _files_named_by(spec: Path) -> set[str]:
+    """The graphconv-made files an existing model.yaml uses (to remove once replaced)."""
+    if not is_model_folder(spec.parent):
+        return set()
+    try:
+        doc = yaml.safe_load(spec.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return set()
+    names = {doc.get(key) for key in ("weights", "labels")} if isinstance(doc, dict) else set()
+    return {n for n in names if isinstance(n, str) and _owned_name(n)}
+
+
+def _owned_name(name: str) -> bool:
+    return name in LEGACY_OWNED or HASHED_OWNED.fullmatch(name) is not None
+
+
+def _remove_superseded(folder: Path, old_files: set[str], keep: set[str | None]) -> None:
+    """After the commit: the old model's files, and hashed files no model names (left by
+    a run killed between writing its weights and its commit)."""
+    orphans = {name for name in os.listdir(folder) if HASHED_OWNED.fullmatch(name)}
+    for name in (old_files | orphans) - keep:
+        _unlink_quietly(folder / name)
+
+
+def _write_hashed(folder: Path, stem: str, suffix: str, write: Callable[[Path], None],
+                  written: list[Path]) -> str:
+    """Write through a temporary, then rename to `<stem>-<content hash><suffix>`; an
+    existing file of that name already holds the same content and is kept as it is."""
+    tmp = _temporary(folder, stem + suffix)
+    written.append(tmp)
+    digest = _write_synced(tmp, write)
+    name = f"{stem}-{digest}{suffix}"
+    if (folder / name).exists():
+        _unlink_quietly(tmp)
+    else:
+        os.replace(tmp, folder / name)
+        written.append(folder / name)
+    written.remove(tmp)
+    return name
+
+
+def _weights_writer(weights: dict[str, np.ndarray]) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        with open(path, "wb") as f:
+            np.savez(f, **weights)
+    return write
+
+
+def _text_writer(text: str) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        path.write_text(text, encoding="utf-8")
+    return write
+
+
+def _write_synced(path: Path, write: Callable[[Path], None]) -> str:
+    """Write, flush to disk, and return a short digest of the bytes written."""
+    write(path)
+    digest = hashlib.blake2b(digest_size=8)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+        os.fsync(f.fileno())
+    return digest.hexdigest()
+
+
+# ---- folders, temporaries, locks --------------------------------------------------------------
+
+def _output_path(path: str | os.PathLike) -> Path:
+    if str(path).strip() == "":
+        raise GraphconvError("the output path is empty")
+    return Path(path)
+
+
+def _nearest_existing_folder(path: Path) -> Path:
+    folder = path.resolve().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise GraphconvError(f"cannot create the output's folder: {folder} is a file", file=str(path))
+    return folder
+
+
+def _probe_write(folder: Path, shown_path: str) -> None:
+    """Create and delete a file in `folder`: the only reliable test (as root, permission
+    bits say yes where /proc or a read-only mount say no)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=TMP_PREFIX + f"{os.getpid()}-probe-", dir=folder)
+    except OSError as err:
+        raise GraphconvError(f"cannot write in {folder}: {err.strerror or err}", file=shown_path) from None
+    os.close(fd)
+    _unlink_quietly(Path(probe))
+
+
+def missing_folders(path: str | os.PathLike) -> list[Path]:
+    """The folders above `path` that do not exist yet, innermost first."""
+    missing = []
+    folder = Path(path).resolve().parent
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+@contextmanager
+def output_folders(path: str | os.PathLike) -> Iterator[None]:
+    """Create the missing folders above `path` for a write (`-o build/model` works in a
+    fresh checkout), and remove them again if the write fails: a failed command
+    leaves nothing behind."""
+    _nearest_existing_folder(Path(path))
+    missing = missing_folders(path)
+    try:
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                pass
+            except OSError as err:
+                raise GraphconvError(f"cannot create folder {folder}: {err.strerror}", file=str(path)) from None
+        yield
+    except BaseException:
+        for folder in missing:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` (released by the kernel if the process dies)."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _temporary(folder: Path, name: str) -> Path:
+    return folder / f"{TMP_PREFIX}{os.getpid()}-{os.urandom(4).hex()}-{name}"
+
+
+def _remove_stale_temporaries(folder: Path, locked: bool = False) -> None:
+    """Remove temporaries of runs that died (their process is gone; in a locked model
+    folder, every temporary is stale: a live writer would hold the lock)."""
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(TMP_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(TMP_PREFIX):].split("-", 1)[0]
+        if locked or (pid.isdigit() and not _process_alive(int(pid))):
+            path = folder / name
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                _unlink_quietly(path)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the rename itself durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+        path.unlink()
+
+
+def _checkpoint(name: str) -> None:
+    if os.environ.get(FAULT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
