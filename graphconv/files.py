@@ -159,8 +159,8 @@ def _foreign_folder_entries(folder: Path) -> list[str] | None:
         raise GraphconvError(f"cannot read the folder: {err.strerror}", file=str(folder)) from None
     if not entries or is_model_folder(folder):
         return None
-    if all(name.startswith(TMP_PREFIX) for name in entries):  # a first compile that was killed
-        return None
+    if all(name.startswith(TMP_PREFIX) or HASHED_OWNED.fullmatch(name) for name in entries):
+        return None  # what a first compile, killed before its commit, left
     return entries
 
 

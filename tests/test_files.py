@@ -1,0 +1,237 @@
+"""Writing outputs: nothing lost, nothing half-written, never a file graphconv did not make.
+
+The data-loss cases run the real command in a subprocess; the kill cases use the
+fault-injection hook (GRAPHCONV_FAULT_KILL_AT) to SIGKILL the process at each point
+of a model save and show the folder still holds a complete model."""
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import graphconv
+from graphconv.errors import GraphconvError
+from graphconv.files import FAULT_ENV, TMP_PREFIX, atomic_write, check_writable, output_folders
+from conftest import SPECS
+
+LENET = SPECS / "lenet.yaml"
+
+
+def graphconv_cli(*args, env=None, cwd=None):
+    return subprocess.run([sys.executable, "-m", "graphconv", *map(str, args)], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, cwd=cwd, timeout=300)
+
+
+def snapshot(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_compile_refuses_a_folder_it_did_not_write_and_touches_nothing(tmp_path):
+    project = tmp_path / "proj"
+    (project / "data").mkdir(parents=True)
+    (project / "thesis.tex").write_text("years of work")
+    before = snapshot(project)
+    result = graphconv_cli("compile", LENET, "-o", project)
+    assert result.returncode == 2 and result.stdout == ""
+    assert "proj: is a folder that graphconv did not write" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert snapshot(project) == before and (project / "data").is_dir()
+
+
+@pytest.mark.parametrize("output", [".", ".."])
+def test_compile_into_the_current_or_parent_folder_is_refused_when_they_hold_other_files(tmp_path, output):
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    (work / "keep.txt").write_text("x")
+    (tmp_path / "a" / "keep.txt").write_text("y")
+    result = graphconv_cli("compile", LENET, "-o", output, cwd=work)
+    assert result.returncode == 2 and "graphconv did not write" in result.stderr
+    assert (work / "keep.txt").read_text() == "x" and (tmp_path / "a" / "keep.txt").read_text() == "y"
+
+
+def test_empty_output_path_is_an_error(tmp_path):
+    result = graphconv_cli("compile", LENET, "-o", "", cwd=tmp_path)
+    assert result.returncode == 2 and "output path is empty" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_recompiling_keeps_the_users_files_and_removes_the_old_weights(tmp_path):
+    model = tmp_path / "m"
+    graphconv.compile_model(LENET).save(model)
+    (model / "notes.txt").write_text("mine")
+    (model / "mytrained.npz").write_bytes(b"user data")
+    old_weights = {p.name for p in model.glob("weights-*.npz")}
+    changed = graphconv.compile_model(LENET)
+    changed.graph.set_weights("fc5", bias=np.ones(10, np.float32))
+    changed.save(model)
+    assert (model / "notes.txt").read_text() == "mine"
+    assert (model / "mytrained.npz").read_bytes() == b"user data"
+    new_weights = {p.name for p in model.glob("weights-*.npz")}
+    assert len(new_weights) == 1 and new_weights != old_weights, "the superseded weights file is gone"
+    np.testing.assert_array_equal(graphconv.load(model).graph.node("fc5").weights["bias"], 1)
+
+
+def test_unchanged_weights_are_not_rewritten(tmp_path):
+    model = tmp_path / "m"
+    graphconv.compile_model(LENET).save(model)
+    weights, = model.glob("weights-*.npz")
+    stamp = weights.stat().st_mtime_ns
+    graphconv.compile_model(LENET, output_stride=2).save(model)
+    assert weights.stat().st_mtime_ns == stamp
+    assert graphconv.load(model).graph.meta["compiled"]["output_stride"] == 2
+
+
+def test_a_model_folder_written_by_the_old_layout_is_replaced(tmp_path):
+    model = tmp_path / "m"
+    graph = graphconv.load_spec(LENET)
+    graphconv.save_model(graph, model)
+    weights, = model.glob("weights-*.npz")
+    weights.rename(model / "weights.npz")  # the fixed names earlier versions wrote
+    text = (model / "model.yaml").read_text().replace(weights.name, "weights.npz")
+    (model / "model.yaml").write_text(text)
+    graphconv.save_model(graph, model)
+    assert not (model / "weights.npz").exists() and len(list(model.glob("weights-*.npz"))) == 1
+
+
+@pytest.mark.parametrize("checkpoint", ["weights-written", "before-commit"])
+def test_a_kill_before_the_commit_leaves_the_old_model(tmp_path, checkpoint):
+    model = tmp_path / "m"
+    assert graphconv_cli("compile", LENET, "-o", model).returncode == 0
+    before = snapshot(model)
+    killed = graphconv_cli("compile", LENET, "-o", model, "--output-stride", "2", env={FAULT_ENV: checkpoint})
+    assert killed.returncode == -9
+    assert graphconv.load(model).graph.meta["compiled"].get("output_stride") is None
+    assert graphconv_cli("compile", LENET, "-o", model, "--output-stride", "2").returncode == 0
+    assert not [p for p in model.iterdir() if p.name.startswith(TMP_PREFIX)], "temporaries cleaned up"
+    assert graphconv.load(model).graph.meta["compiled"]["output_stride"] == 2
+    assert set(snapshot(model)) == set(before), "no orphaned files"
+
+
+def test_a_kill_after_the_commit_leaves_the_new_model_and_the_next_save_tidies_up(tmp_path):
+    model = tmp_path / "m"
+    graphconv.compile_model(LENET).save(model)
+    killed = graphconv_cli("compile", LENET, "-o", model, "--passes", "shape-inference",
+                           env={FAULT_ENV: "after-commit"})
+    assert killed.returncode == -9
+    assert graphconv.load(model).graph.find("fc"), "the new model (fc layers kept) is in place"
+    assert len(list(model.glob("weights-*.npz"))) == 2, "the old weights were not removed yet"
+    graphconv.compile_model(LENET).save(model)
+    assert len(list(model.glob("weights-*.npz"))) == 1
+
+
+def test_a_first_compile_killed_midway_leaves_no_model_and_the_next_one_works(tmp_path):
+    model = tmp_path / "m"
+    killed = graphconv_cli("compile", LENET, "-o", model, env={FAULT_ENV: "weights-written"})
+    assert killed.returncode == -9
+    assert not (model / "model.yaml").exists()
+    assert graphconv_cli("compile", LENET, "-o", model).returncode == 0
+    assert sorted(p.name for p in model.iterdir())[0] == "model.yaml" and len(list(model.iterdir())) == 2
+
+
+def test_concurrent_compiles_to_one_folder_take_turns(tmp_path):
+    model = tmp_path / "m"
+    strides = [1, 2, 4, 1, 2, 4]
+    with ThreadPoolExecutor(len(strides)) as pool:
+        results = list(pool.map(lambda s: graphconv_cli("compile", LENET, "-o", model, "--output-stride", s),
+                                strides))
+    assert [r.returncode for r in results] == [0] * len(strides), [r.stderr for r in results]
+    loaded = graphconv.load(model)
+    assert loaded.output_stride[0] in (1, 2, 4)
+    assert len(list(model.glob("weights-*.npz"))) == 1
+    assert not [p for p in model.iterdir() if p.name.startswith(TMP_PREFIX)]
+
+
+def test_a_failed_compile_writes_nothing_and_keeps_the_old_model(tmp_path, write_spec):
+    mismatched = write_spec("""
+        name: mismatched
+        input: {name: data, shape: [2, 12, 12]}
+        layers:
+          - {name: a, op: conv, out_channels: 2, kernel_size: 3, stride: 2, padding: 1}
+          - {name: b, op: conv, out_channels: 2, kernel_size: 7, inputs: [data]}
+          - {name: sum, op: add, inputs: [a, b]}
+          - {name: fc, op: fc, out_features: 3}
+    """)
+    new = tmp_path / "new"
+    result = graphconv_cli("compile", mismatched, "-o", new)
+    assert result.returncode == 2 and "merges maps of different strides" in result.stderr
+    assert not new.exists()
+    model = tmp_path / "m"
+    graphconv.compile_model(LENET).save(model)
+    before = snapshot(model)
+    assert graphconv_cli("compile", mismatched, "-o", model).returncode == 2
+    assert snapshot(model) == before
+
+
+def test_a_network_whose_passes_remove_every_layer_is_an_error(tmp_path, write_spec):
+    spec = write_spec("""
+        name: only_dropout
+        input: {shape: [1, 4, 4]}
+        layers:
+          - {name: d1, op: dropout}
+          - {name: d2, op: dropout}
+    """)
+    result = graphconv_cli("compile", spec, "-o", tmp_path / "m")
+    assert result.returncode == 2 and "no layers left" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("output,message", [
+    ("{tmp}", "is a folder"),
+    ("/proc/graphconv-out.npy", "cannot write in /proc"),
+    ("{tmp}/file.txt/out.npy", "is a file"),
+])
+def test_run_checks_its_outputs_before_running(tmp_path, output, message):
+    (tmp_path / "file.txt").write_text("x")
+    np.save(tmp_path / "in.npy", np.zeros((1, 1, 32, 32), np.float32))
+    result = graphconv_cli("run", LENET, "--input", tmp_path / "in.npy", "--output", output.format(tmp=tmp_path))
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "output shape" not in result.stdout, "nothing ran"
+
+
+def test_atomic_write_leaves_nothing_when_the_write_fails(tmp_path):
+    def failing(path):
+        with open(path, "w") as f:
+            f.write("partial")
+        raise GraphconvError("the write failed")
+
+    with pytest.raises(GraphconvError):
+        atomic_write(tmp_path / "sub" / "out.npy", failing)
+    assert list(tmp_path.iterdir()) == []
+    atomic_write(tmp_path / "out.txt", lambda p: open(p, "w").write("done"))
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_check_writable_rejects_folders_and_accepts_new_paths(tmp_path):
+    with pytest.raises(GraphconvError, match="is a folder"):
+        check_writable(tmp_path)
+    check_writable(tmp_path / "new" / "deeper" / "out.npy")
+    assert list(tmp_path.iterdir()) == [], "checking creates nothing"
+
+
+def test_output_folders_are_created_and_removed_again_when_the_write_fails(tmp_path):
+    target = tmp_path / "a" / "b" / "model"
+    with pytest.raises(RuntimeError):
+        with output_folders(target):
+            assert (tmp_path / "a" / "b").is_dir()
+            raise RuntimeError("the write failed")
+    assert not (tmp_path / "a").exists(), "a failed write leaves nothing behind"
+    (tmp_path / "keep").mkdir()
+    with pytest.raises(RuntimeError):
+        with output_folders(tmp_path / "keep" / "new" / "model"):
+            raise RuntimeError("the write failed")
+    assert (tmp_path / "keep").is_dir() and not (tmp_path / "keep" / "new").exists(), "only what it made"
+
+
+def test_save_model_creates_missing_folders(tmp_path):
+    graphconv.save_model(graphconv.load_spec(LENET), tmp_path / "build" / "lenet")
+    assert (tmp_path / "build" / "lenet" / "model.yaml").is_file()
+
+
+def test_a_passes_module_in_the_working_folder_is_never_imported(tmp_path):
+    (tmp_path / "passes").mkdir()
+    (tmp_path / "passes" / "__init__.py").write_text("raise SystemExit('user code ran')\n")
+    (tmp_path / "passes.py").write_text("raise SystemExit('user code ran')\n")
+    result = graphconv_cli("passes", cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 0 and "fc-to-conv" in result.stdout, result.stderr
