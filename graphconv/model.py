@@ -108,8 +108,9 @@ class Model:
         rows, cols = self.map_size(height, width)
         shifted = np.zeros((fy, fx, n, c, height, width), np.float32)
         for a in range(fy):
-            for b in range(fx):
-                shifted[a, b, :, :, :height - a * step, :width - b * step] = x[:, :, a * step:, b * step:]
+            for b in range(fx):  # a shift past the image's end leaves that copy all zeros
+                rows_left, cols_left = max(0, height - a * step), max(0, width - b * step)
+                shifted[a, b, :, :, :rows_left, :cols_left] = x[:, :, a * step:, b * step:]
         maps = executor.run(shifted.reshape(fy * fx * n, c, height, width), profile)
         maps = maps.reshape(fy, fx, n, *maps.shape[1:])
         out = np.empty((n, maps.shape[3], rows, cols), np.float32)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
-from graphconv.errors import GraphconvError, PassError
+from graphconv.errors import GraphconvError, PassError, shown
 from graphconv.ir import Graph
 from graphconv.shapes import infer_shapes
 
@@ -313,14 +313,28 @@ def _provider_of(analysis: str, needed_by: PassInfo) -> PassInfo:
 
 def _check_options(info: PassInfo, options: dict) -> None:
     known = info.options
-    for key in options:
+    for key, value in options.items():
         if key not in known:
             takes = ", ".join(f"{k}={v}" for k, v in known.items()) or "no options"
             raise PassError(f"pass '{info.name}' has no option '{key}' (it takes: {takes})")
+        _check_option_type(info, key, value, known[key])
     missing = [k for k, v in known.items() if v is None and k not in options]
     if missing:
         raise PassError(f"pass '{info.name}' needs option(s) {', '.join(missing)}: "
                         f"write {info.name}{{{missing[0]}=...}}")
+
+
+def _check_option_type(info: PassInfo, key: str, value: Any, default: Any) -> None:
+    """An option whose default is a bool, int or float takes only values of that kind
+    (an int where a float is expected is fine): a pass never sees `max_elements='abc'`."""
+    if default is None or isinstance(default, str):
+        return
+    kinds = {bool: (bool,), int: (int,), float: (int, float)}.get(type(default))
+    if kinds is None:
+        return
+    if isinstance(value, bool) != (type(default) is bool) or not isinstance(value, kinds):
+        kind = {bool: "true or false", int: "an integer", float: "a number"}[type(default)]
+        raise PassError(f"option '{key}' of pass '{info.name}' must be {kind}, got {shown(value)}")
 
 
 def run_passes(graph: Graph, pipeline: str | Sequence[PipelineItem | str] = DEFAULT_PIPELINE,

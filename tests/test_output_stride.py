@@ -77,3 +77,21 @@ def test_stride_that_does_not_divide_is_a_user_error():
 def test_output_stride_before_fc_to_conv_is_refused():
     with pytest.raises(GraphconvError, match="run fc-to-conv first"):
         graphconv.compile_model(SPECS / "lenet.yaml", "shape-inference", output_stride=2)
+
+
+@pytest.mark.parametrize("size", [6, 7, 9])
+def test_shift_and_stitch_on_images_shorter_than_its_largest_shift(size, write_spec, rng):
+    """Total stride 8 on a 6x6 crop: at output stride 1 the shifts reach 7 pixels, past
+    the end of the crop itself; those copies are all zeros and their cells are cut."""
+    spec = write_spec("""
+        name: short
+        input: {shape: [1, 6, 6]}
+        layers:
+          - {name: c1, op: conv, out_channels: 2, kernel_size: 2, stride: 4}
+          - {name: c2, op: conv, out_channels: 2, kernel_size: 1, stride: 2}
+          - {name: fc, op: fc, out_features: 3}
+    """)
+    classifier = graphconv.load(spec)
+    fine = graphconv.compile_model(spec, output_stride=1, stride_method="shift")
+    x = random_input(rng, (1, 1, size, size))
+    np.testing.assert_allclose(fine.run(x), crop_loop(classifier, x, 1), atol=1e-5)
