@@ -7,11 +7,12 @@
 
 Pass authors start at `graphconv.pass_manager` (register_pass) and `graphconv.ir` (Graph).
 """
-from graphconv.kernel_cache import use_versioned_cache
+from graphconv.kernel_cache import tolerate_damaged_cache_files, use_versioned_cache
 from graphconv.threads import quiet_idle_workers
 
 quiet_idle_workers()  # before numba, OpenMP or OpenBLAS load: see graphconv/threads.py
 use_versioned_cache()  # before any kernel is compiled: see graphconv/kernel_cache.py
+tolerate_damaged_cache_files()
 
 from graphconv.errors import GraphconvError, Location, PassError, ShapeError
 from graphconv.ir import Graph, Node

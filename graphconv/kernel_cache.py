@@ -12,11 +12,17 @@ kernel, about 20 s), and an unchanged install reuses it from the first run on. T
 runs when graphconv is imported, before any kernel module is; an explicit
 NUMBA_CACHE_DIR always wins. numba then keeps the caches of other packages' functions
 there too while graphconv is loaded, which changes nothing but their location.
+
+A cache file can also be damaged (a full disk, a killed process, a bad sector). numba
+then fails on every call of that kernel, in every later process, until someone finds
+and deletes the file. `tolerate_damaged_cache_files` makes numba treat a file it
+cannot unpickle as missing: the file is deleted and the kernel compiled again.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import sys
 from pathlib import Path
 
@@ -49,3 +55,48 @@ def use_versioned_cache() -> str | None:
     if config is not None:  # numba already imported: it read the environment before we set it
         config.CACHE_DIR = directory
     return directory
+
+
+DAMAGE = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+          ImportError, MemoryError)  # what unpickling random or truncated bytes raises
+
+
+def tolerate_damaged_cache_files() -> bool:
+    """Patch numba's cache reader so a damaged index or data file is a cache miss
+    (deleted, then recompiled and rewritten) instead of an error on every run. Returns
+    False, changing nothing, if this numba's cache reader is not the one this expects."""
+    try:
+        from numba.core.caching import IndexDataCacheFile
+    except ImportError:
+        return False
+    if getattr(IndexDataCacheFile, "_graphconv_tolerant", False):
+        return True
+    load_index, load_data = IndexDataCacheFile.__dict__.get("_load_index"), IndexDataCacheFile.__dict__.get("_load_data")
+    if load_index is None or load_data is None:
+        return False
+
+    def _load_index(self):
+        try:
+            return load_index(self)
+        except DAMAGE:
+            _remove(self._index_path)
+            return {}
+
+    def _load_data(self, name):
+        try:
+            return load_data(self, name)
+        except DAMAGE as err:  # numba's `load` treats an OSError here as a miss
+            _remove(self._data_path(name))
+            raise OSError(f"damaged kernel cache file removed: {err}") from None
+
+    IndexDataCacheFile._load_index = _load_index
+    IndexDataCacheFile._load_data = _load_data
+    IndexDataCacheFile._graphconv_tolerant = True
+    return True
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -33,3 +33,38 @@ def test_importing_graphconv_points_numba_at_the_versioned_cache(tmp_path):
     expected = tmp_path / "graphconv" / f"kernels-{kernel_cache.sources_digest()}"
     assert out.stdout.strip() == str(expected)
     assert expected.is_dir(), "numba writes its cache index there"
+
+
+KERNEL = """
+import graphconv
+from numba import njit
+
+@njit(cache=True)
+def twice(x):
+    return 2 * x
+
+print(twice(21), len(twice.stats.cache_misses))
+"""
+
+
+def test_a_damaged_cache_file_is_recompiled_not_fatal(tmp_path):
+    """Garbage in the index or a data file: the next run deletes it and compiles again
+    (one cache miss), and the run after that loads from the cache once more."""
+    (tmp_path / "kernel_module.py").write_text(KERNEL)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+
+    def run():
+        out = subprocess.run([sys.executable, "kernel_module.py"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        value, misses = out.stdout.split()
+        assert value == "42"
+        return int(misses)
+
+    assert run() == 1, "the first run compiles"
+    assert run() == 0, "the second loads from the cache"
+    for pattern in ("*.nbc", "*.nbi"):
+        for path in (tmp_path / "cache").rglob(pattern):
+            path.write_bytes(os.urandom(64))
+        assert run() == 1, f"a damaged {pattern} file is a cache miss"
+        assert run() == 0, "and the rewritten cache is used again"
