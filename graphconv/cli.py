@@ -22,6 +22,7 @@ from graphconv.errors import GraphconvError, shown
 from graphconv.files import atomic_write, check_model_target, check_writable
 
 EXIT_USER_ERROR = 2
+EXIT_BROKEN_PIPE = 128 + 13  # what a Unix tool killed by SIGPIPE returns
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,6 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from graphconv.pass_manager import load_plugin
             load_plugin(plugin)
         return args.handler(args)
+    except BrokenPipeError:  # `graphconv inspect ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except (GraphconvError, OSError, MemoryError, RecursionError, UnicodeError) as err:
         if args.traceback:
             raise
@@ -47,8 +51,6 @@ def user_message(err: BaseException) -> str:
     """One line for an error that bad input (not a bug) can cause."""
     if isinstance(err, GraphconvError):
         return str(err)
-    if isinstance(err, BrokenPipeError):
-        return "output closed early"
     if isinstance(err, OSError):
         where = f"{err.filename}: " if err.filename else ""
         return f"{where}{err.strerror or err}"
@@ -60,8 +62,18 @@ def user_message(err: BaseException) -> str:
     return f"{type(err).__name__}: {shown(str(err))} (--traceback for details)"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a usage error printed as one `graphconv:` line (exit 2) like
+    every other user error, instead of the usage block and the message."""
+
+    def error(self, message: str):
+        command = self.prog.partition(" ")[2]
+        where = f"{command}: " if command else ""
+        self.exit(EXIT_USER_ERROR, f"graphconv: {where}{message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="graphconv",
         description="Compile ConvNet classifiers (YAML specs) into fully convolutional networks "
                     "that slide over large images in one pass, and run them on CPU or CUDA.")
@@ -250,19 +262,20 @@ def print_top(scores: np.ndarray, k: int, labels: list[str] | None) -> None:
 
 
 def _positive_int(text: str) -> int:
-    value = _natural_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
-    return value
+    return _int_at_least(text, 1)
 
 
 def _natural_int(text: str) -> int:
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {shown(text)}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got '{text}'")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {shown(text)}")
     return value
 
 
@@ -344,7 +357,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_passes(args: argparse.Namespace) -> int:
-    from graphconv.pass_manager import registered_passes
+    from graphconv.pass_manager import ENTRY_POINT_GROUP, registered_passes
 
     infos = registered_passes()
     width = max(len(p.name) for p in infos)
@@ -356,6 +369,8 @@ def cmd_passes(args: argparse.Namespace) -> int:
             extra.append("options " + ",".join(f"{k}={v}" for k, v in info.options.items()))
         suffix = f" [{'; '.join(extra)}]" if extra else ""
         print(f"{info.name:<{width}}  {info.description}{suffix}  -- {info.origin}")
+    print(f"(passes of installed packages that declare a '{ENTRY_POINT_GROUP}' entry point are "
+          "imported on every graphconv run, like --plugin: install only packages you trust)")
     return 0
 
 
