@@ -55,32 +55,24 @@ def check_weights_fit(node: Node, in_shapes: list[Shape], resized: bool = False)
 
 
 def init_weights(graph: Graph) -> list[str]:
-    """Give every layer that needs weights deterministic seeded ones (He-normal weights,
-    small uniform biases), seeded by the layer's name so they do not depend on order.
+    """Give every layer that needs weights deterministic seeded ones, made by its op's
+    `init_weights` and seeded by the layer's name so they do not depend on layer order.
     Returns the names of the layers that got weights."""
     shapes = infer_shapes(graph, check_weights=False)
     initialised = []
     for node in graph.layers():
         if not node.opdef.has_weights or node.weights:
             continue
+        in_shapes = [shapes[s.name] for s in node.inputs]
         rng = np.random.default_rng(zlib.crc32(node.name.encode()))
-        expected = node.opdef.weight_shapes(node.params, [shapes[s.name] for s in node.inputs])
-        weight_shape = expected["weight"]
-        fan_in = int(np.prod(weight_shape[1:]))
-        arrays = {"weight": rng.normal(0.0, np.sqrt(2.0 / fan_in), weight_shape)}
-        if "bias" in expected:
-            arrays["bias"] = rng.uniform(-0.1, 0.1, expected["bias"])
+        try:
+            arrays = node.opdef.seeded_weights(node.params, in_shapes, rng)
+        except GraphconvError as err:
+            raise node.error(f"{node.op}: {err.message}") from None
         graph.set_weights(node, **arrays)
+        check_weights_fit(node, in_shapes)  # an op's own init_weights can get a shape wrong
         initialised.append(node.name)
     return initialised
-
-
-def require_shapes(graph: Graph) -> dict[str, Shape]:
-    """The node shapes that shape inference annotated; an error if it has not run."""
-    missing = [n.name for n in graph.nodes() if n.shape is None]
-    if missing:
-        raise GraphconvError(f"no shapes on {', '.join(missing[:3])}: run shape-inference first")
-    return {n.name: n.shape for n in graph.nodes()}
 
 
 def _fmt(shape: Shape) -> str:

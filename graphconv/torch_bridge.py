@@ -13,11 +13,10 @@ import numpy as np
 
 from graphconv.errors import GraphconvError
 from graphconv.ir import Graph
-from graphconv.ops import pair
+from graphconv.ops import OpDef
 
 try:
     import torch
-    import torch.nn.functional as F
 except ImportError:  # optional: only the callers that need torch fail
     torch = None
 
@@ -32,8 +31,7 @@ class TorchRunner:
     """A graph bound to a torch device, weights converted once (for timing on a GPU)."""
 
     def __init__(self, graph: Graph, device: str = "cpu"):
-        if torch is None:
-            raise GraphconvError("PyTorch is not installed (pip install 'graphconv[test]')")
+        _require_torch()
         self.graph, self.device = graph, torch.device(device)
         self.weights = {node.name: {k: _tensor(v).to(self.device) for k, v in node.weights.items()}
                         for node in graph.layers()}
@@ -52,36 +50,34 @@ class TorchRunner:
         return values[self.graph.output.name].cpu().numpy()
 
 
+def op_forward(opdef: OpDef, params: dict, weights: dict[str, np.ndarray],
+               inputs: list[np.ndarray]) -> np.ndarray:
+    """One op's PyTorch equivalent on numpy arrays: the per-op oracle the tests hold each
+    op's numpy reference to."""
+    _require_torch()
+    with torch.no_grad():
+        out = _equivalent(opdef)(params, {k: _tensor(v) for k, v in weights.items()},
+                                 [_tensor(x) for x in inputs])
+    return out.numpy()
+
+
+def _require_torch() -> None:
+    if torch is None:
+        raise GraphconvError("PyTorch is not installed (pip install 'graphconv[test]')")
+
+
 def _tensor(a: np.ndarray):
     return torch.from_numpy(np.ascontiguousarray(a))
 
 
-def _layer(node, w, args):
-    p = node.params
-    bias = w.get("bias")
-    if node.op == "conv":
-        y = F.conv2d(args[0], w["weight"], bias, stride=pair(p["stride"]),
-                     padding=pair(p["padding"]), dilation=pair(p["dilation"]), groups=p["groups"])
-        return F.relu(y) if p["activation"] == "relu" else y
-    if node.op == "maxpool":
-        return F.max_pool2d(args[0], pair(p["kernel_size"]), pair(p["stride"]), pair(p["padding"]),
-                            pair(p["dilation"]))
-    if node.op == "avgpool":
-        if pair(p["dilation"]) != (1, 1):
-            raise GraphconvError(f"layer '{node.name}': PyTorch has no dilated average pooling")
-        return F.avg_pool2d(args[0], pair(p["kernel_size"]), pair(p["stride"]), pair(p["padding"]))
-    if node.op == "fc":
-        return F.linear(args[0].flatten(1), w["weight"], bias)[:, :, None, None]
-    if node.op == "lrn":
-        return F.local_response_norm(args[0], p["size"], p["alpha"], p["beta"], p["k"])
-    if node.op == "relu":
-        return F.relu(args[0])
-    if node.op == "dropout":
-        return args[0]
-    if node.op == "softmax":
-        return F.softmax(args[0], dim=1)
-    if node.op == "concat":
-        return torch.cat(args, dim=1)
-    if node.op == "add":
-        return sum(args[1:], args[0])
-    raise GraphconvError(f"layer '{node.name}': no PyTorch equivalent for op '{node.op}'")
+def _layer(node, weights: dict, args: list):
+    try:
+        return _equivalent(node.opdef)(node.params, weights, args)
+    except GraphconvError as err:
+        raise node.error(err.message, type(err)) from None
+
+
+def _equivalent(opdef: OpDef):
+    if opdef.torch is None:
+        raise GraphconvError(f"no PyTorch equivalent for op '{opdef.name}'")
+    return opdef.torch

@@ -1,27 +1,82 @@
-"""Every op's CPU kernel against its numpy reference, over many parameter combinations.
+"""Every op's CPU kernel against its numpy reference: every registered op on each of
+its examples, then the ops whose kernels have several paths over many more parameter
+combinations.
 
-The reference implementations are themselves checked against PyTorch where it is
-installed, so the chain kernel == reference == torch holds op by op."""
+The references themselves are checked against each op's PyTorch equivalent (here for
+the cases below, in test_torch_bridge.py for every example), so the chain
+kernel == reference == torch holds op by op."""
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from graphconv.errors import GraphconvError
 from graphconv.ops import all_ops, get_op
 from graphconv.spec import normalize_params
 from graphconv.ops.registry import pair
+from graphconv.torch_bridge import op_forward, torch
 
 from conftest import random_input
 from graphconv.ops.conv import cpu as conv_cpu
 
-try:
-    import torch
-    import torch.nn.functional as F
-except ImportError:  # torch is a test extra; the kernel-vs-reference checks still run
-    torch = None
+EXAMPLES = [pytest.param(op, example, id=f"{op.name}-{i}")
+            for op in all_ops() for i, example in enumerate(op.examples)]
 
+
+@pytest.mark.parametrize("opdef", all_ops(), ids=lambda op: op.name)
+def test_every_op_has_examples_a_torch_equivalent_and_a_cpu_kernel(opdef):
+    """What the registry-driven tests need from an op, asked for by name."""
+    assert opdef.examples, f"give {opdef.name}'s OpDef a few examples (registry.Example)"
+    assert opdef.torch is not None, f"give {opdef.name}'s OpDef its PyTorch equivalent (torch=)"
+    assert callable(opdef.kernel("cpu"))
+
+
+@pytest.mark.parametrize("opdef,example", EXAMPLES)
+def test_seeded_weights_fit_the_op(opdef, example, rng):
+    params = normalize_params(opdef, example.params)
+    weights = opdef.seeded_weights(params, example.inputs, rng)
+    expected = opdef.weight_shapes(params, example.inputs) if opdef.has_weights else {}
+    assert {k: w.shape for k, w in weights.items()} == {k: tuple(s) for k, s in expected.items()}
+    assert all(np.isfinite(w).all() for w in weights.values())
+
+
+@pytest.mark.parametrize("opdef,example", EXAMPLES)
+def test_cpu_kernel_matches_reference_on_every_example(opdef, example, rng):
+    params = normalize_params(opdef, example.params)
+    xs = [random_input(rng, (2, *s)) for s in example.inputs]
+    weights = opdef.seeded_weights(params, example.inputs, rng)
+    want = opdef.reference(params, weights, xs)
+    for kernel_weights in (weights, opdef.prepare("cpu", params, weights)):  # as given, as stored
+        got = opdef.kernel("cpu")(params, kernel_weights, xs)
+        assert got.dtype == np.float32
+        assert got.shape == (2, *opdef.shape(params, example.inputs))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_missing_kernel_is_a_clear_error_but_a_broken_one_is_not(tmp_path, monkeypatch):
+    """No cuda.py, or no run_<op> in it: a GraphconvError naming the op and the device.
+    An import failing inside an existing kernel module is a bug and stays one."""
+    package = tmp_path / "graphconv_test_cpu_only"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "cpu.py").write_text("import graphconv_test_no_such_module\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cpu_only = replace(get_op("relu"), package="graphconv_test_cpu_only")
+    with pytest.raises(GraphconvError, match="op 'relu' has no cuda kernel"):
+        cpu_only.kernel("cuda")
+    with pytest.raises(ModuleNotFoundError, match="graphconv_test_no_such_module"):
+        cpu_only.kernel("cpu")
+    unnamed = replace(get_op("relu"), kernel_name="no_such_kernel")
+    with pytest.raises(GraphconvError, match="op 'relu' has no cpu kernel"):
+        unnamed.kernel("cpu")
+
+
+# ---- the ops whose kernels have several paths, over many more cases -------------------------
 
 def make_weights(opdef, params, in_shapes, rng):
+    """Standard-normal weights: larger than the seeded ones, so a kernel's rounding
+    differences show against the tolerances."""
     if not opdef.has_weights:
         return {}
     return {k: random_input(rng, s) for k, s in opdef.weight_shapes(params, in_shapes).items()}
@@ -178,67 +233,33 @@ def test_fc_matches_reference(in_shape, bias, batch, path, rng, monkeypatch):
     check_op("fc", dict(out_features=7, bias=bias), [in_shape], rng, batch=batch)
 
 
-@pytest.mark.parametrize("name,in_shapes", [
-    ("relu", [(3, 5, 4)]), ("dropout", [(3, 5, 4)]), ("softmax", [(6, 3, 2)]), ("softmax", [(1, 2, 2)]),
-    ("add", [(3, 5, 4)] * 2), ("add", [(2, 3, 3)] * 3),
-    ("concat", [(3, 5, 4), (2, 5, 4)]), ("concat", [(1, 2, 3), (4, 2, 3), (2, 2, 3)]),
-])
-def test_pointwise_ops_match_reference(name, in_shapes, rng):
-    check_op(name, {}, in_shapes, rng, batch=3)
-
-
-def test_every_registered_op_is_covered():
-    covered = {"conv", "maxpool", "avgpool", "lrn", "fc", "relu", "dropout", "softmax", "add", "concat"}
-    assert {op.name for op in all_ops()} <= covered, "add a kernel-vs-reference test for the new op"
-
-
-# ---- the references themselves against PyTorch -----------------------------------------
+# ---- the references against their ops' PyTorch equivalents, over the cases above ---------
 
 torch_only = pytest.mark.skipif(torch is None, reason="torch not installed")
-
-
-def _t(a):
-    return torch.from_numpy(np.ascontiguousarray(a))
 
 
 @torch_only
 @pytest.mark.parametrize("params", CONV_CASES)
 def test_conv_reference_matches_torch(params, rng):
     p, w, xs, want = check_op("conv", params, [(6, 11, 13)], rng)
-    got = F.conv2d(_t(xs[0]), _t(w["weight"]), _t(w["bias"]) if "bias" in w else None,
-                   stride=pair(p["stride"]), padding=pair(p["padding"]), dilation=pair(p["dilation"]),
-                   groups=p["groups"])
-    if p["activation"] == "relu":
-        got = F.relu(got)
-    np.testing.assert_allclose(want, got.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(want, op_forward(get_op("conv"), p, w, xs), rtol=1e-4, atol=1e-4)
 
 
 @torch_only
 @pytest.mark.parametrize("params", POOL_CASES)
 def test_pool_references_match_torch(params, rng):
-    p, _, xs, want = check_op("maxpool", params, [(3, 9, 9)], rng)
-    kw = dict(kernel_size=pair(p["kernel_size"]), stride=pair(p["stride"]), padding=pair(p["padding"]))
-    np.testing.assert_allclose(want, F.max_pool2d(_t(xs[0]), dilation=pair(p["dilation"]), **kw).numpy())
-    if pair(p["dilation"]) == (1, 1):
-        p, _, xs, want = check_op("avgpool", params, [(3, 9, 9)], rng)
-        np.testing.assert_allclose(want, F.avg_pool2d(_t(xs[0]), **kw).numpy(), rtol=1e-5, atol=1e-6)
+    p, w, xs, want = check_op("maxpool", params, [(3, 9, 9)], rng)
+    np.testing.assert_allclose(want, op_forward(get_op("maxpool"), p, w, xs))
+    if pair(p["dilation"]) == (1, 1):  # PyTorch has no dilated average pooling
+        p, w, xs, want = check_op("avgpool", params, [(3, 9, 9)], rng)
+        np.testing.assert_allclose(want, op_forward(get_op("avgpool"), p, w, xs), rtol=1e-5, atol=1e-6)
 
 
 @torch_only
 def test_lrn_reference_matches_torch(rng):
     for size in (1, 2, 3, 5):
-        p, _, xs, want = check_op("lrn", dict(size=size, alpha=0.3, beta=0.75, k=2.0), [(6, 3, 4)], rng)
-        got = F.local_response_norm(_t(xs[0]), size, alpha=0.3, beta=0.75, k=2.0)
-        np.testing.assert_allclose(want, got.numpy(), rtol=1e-5, atol=1e-6)
-
-
-@torch_only
-def test_softmax_and_fc_references_match_torch(rng):
-    _, _, xs, want = check_op("softmax", {}, [(6, 3, 2)], rng)
-    np.testing.assert_allclose(want, F.softmax(_t(xs[0]), dim=1).numpy(), rtol=1e-5, atol=1e-7)
-    _, w, xs, want = check_op("fc", dict(out_features=5), [(3, 2, 2)], rng)
-    got = F.linear(_t(xs[0]).flatten(1), _t(w["weight"]), _t(w["bias"]))
-    np.testing.assert_allclose(want[:, :, 0, 0], got.numpy(), rtol=1e-5, atol=1e-5)
+        p, w, xs, want = check_op("lrn", dict(size=size, alpha=0.3, beta=0.75, k=2.0), [(6, 3, 4)], rng)
+        np.testing.assert_allclose(want, op_forward(get_op("lrn"), p, w, xs), rtol=1e-5, atol=1e-6)
 
 
 NO_SCIPY_RUN = """

@@ -1,5 +1,26 @@
-"""The op registry and every built-in op (one sub-package each)."""
-from graphconv.ops.registry import OpDef, Param, Window, all_ops, get_op, pair, register
-from graphconv.ops import conv, elementwise, fc, lrn, pool, softmax  # noqa: F401  (registers them)
+"""The op registry and every built-in op, one sub-package each.
 
-__all__ = ["OpDef", "Param", "Window", "all_ops", "get_op", "pair", "register"]
+Every sub-package of this folder is imported here, which registers its ops: adding an op
+is adding a folder, with no list to edit. Plain modules (gemm_cpu, vector_tile,
+unsigned_index) are kernel helpers and are left for the kernels that use them to import.
+"""
+import importlib
+import pkgutil
+
+from graphconv.ops.registry import (
+    Example, NoTorchEquivalent, OpDef, Param, Window, all_ops, get_op, pair, register,
+)
+
+
+def _import_op_folders() -> None:
+    """Import each sub-package in name order (pkgutil sorts), so ops register in an
+    order that does not depend on the file system."""
+    for found in pkgutil.iter_modules(__path__):
+        if found.ispkg:
+            importlib.import_module(f"{__name__}.{found.name}")
+
+
+_import_op_folders()
+
+__all__ = ["Example", "NoTorchEquivalent", "OpDef", "Param", "Window", "all_ops", "get_op",
+           "pair", "register"]

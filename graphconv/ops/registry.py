@@ -1,23 +1,42 @@
 """The op registry: one `OpDef` per op holds everything graphconv knows about it.
 
-Adding an op means adding one folder under `graphconv/ops/` whose `__init__.py`
-calls `register(OpDef(...))`; its CPU and CUDA kernels live beside it in `cpu.py`
-and `cuda.py` and are imported only when a network actually runs on that device
-(numba-cuda is optional). Tests are parametrised over `all_ops()`, so a new op is
-checked against its numpy reference automatically.
+An op is one folder under `graphconv/ops/`: its `__init__.py` calls `register(OpDef(...))`
+(parameter schema, shape rule, weights and how to seed them, FLOPs, window, numpy
+reference, PyTorch equivalent, examples), and its kernels live beside it, `cpu.py` and
+`cuda.py`, each defining `run_<op>(params, weights, inputs) -> output`. Nothing else in
+graphconv lists ops: `graphconv/ops/__init__.py` imports every sub-package it finds, the
+spec loader, shape inference, weight seeding and the PyTorch bridge ask the `OpDef`, and
+the tests run every op's examples through its kernels, its reference and PyTorch. So a
+new op is usable and tested the moment its folder exists (`docs/adding-an-op.md`).
+
+A folder may register several ops when they share kernel code: `pool` holds maxpool and
+avgpool (one separable window walk), `elementwise` the pointwise ops that need no window
+(relu, dropout, add, concat) and their shared flat-array launch. An op with kernels of its
+own gets its own folder, like `sigmoid`. Plain modules beside the folders (`gemm_cpu`,
+`vector_tile`, `unsigned_index`) are kernel helpers shared across folders, not ops.
+
+Kernel modules are imported only when a network runs on that device (numba-cuda is
+optional), so an op may lack a `cuda.py`: running it there is then a `GraphconvError`
+naming the op and the device, never a ModuleNotFoundError.
 """
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from graphconv.errors import GraphconvError, ShapeError
+from graphconv.errors import GraphconvError, ShapeError, shown
 
 Shape = tuple[int, int, int]  # (C, H, W); the batch dimension is implicit everywhere in the IR
 REQUIRED = object()
+
+
+class NoTorchEquivalent(GraphconvError):
+    """Raised by an op's `torch` function for parameters PyTorch cannot express (e.g. a
+    dilated average pooling): the bridge reports it, the parity tests skip that example."""
 
 
 @dataclass(frozen=True)
@@ -54,15 +73,56 @@ class Window:
 
 
 @dataclass(frozen=True)
+class Example:
+    """One parameter set the tests run an op on: `params` as a spec would write them
+    (the spec loader fills in the defaults) and the (C, H, W) of each input. The CUDA
+    tests run every example on numba's simulator, one Python call per thread, so keep
+    the tensors tiny (a few hundred output elements)."""
+
+    params: dict
+    inputs: list[Shape]
+
+
+def he_normal_weights(params: dict, weight_shapes: dict[str, tuple],
+                      rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The default seeded weights: a He-normal `weight` (std sqrt(2 / fan_in), so
+    activations keep their scale through ReLU networks) drawn first, then a small
+    uniform `bias`. Weights with any other name need the op's own `init_weights`: a
+    random guess could be wrong for them (a batchnorm's running_var must be positive)."""
+    unknown = sorted(set(weight_shapes) - {"weight", "bias"})
+    if unknown:
+        raise GraphconvError(f"the default init_weights only makes 'weight' and 'bias', not "
+                             f"{', '.join(repr(k) for k in unknown)}: give the op's OpDef an "
+                             f"init_weights")
+    arrays = {}
+    if "weight" in weight_shapes:
+        shape = weight_shapes["weight"]
+        fan_in = int(np.prod(shape[1:]))
+        arrays["weight"] = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
+    if "bias" in weight_shapes:
+        arrays["bias"] = rng.uniform(-0.1, 0.1, weight_shapes["bias"])
+    return arrays
+
+
+@dataclass(frozen=True)
 class OpDef:
     """Everything about one op.
 
     shape(params, input_shapes) -> output shape, raising ShapeError(msg) when impossible.
-    weight_shapes(params, input_shapes) -> {"weight": shape, "bias": shape} it expects.
+    weight_shapes(params, input_shapes) -> {name: shape} of the weights it expects
+        (None: the op has no weights).
+    init_weights(params, weight_shapes, rng) -> {name: array}: seeded weights for a spec
+        without a weights file, drawn from `rng` in a fixed order (default: he_normal_weights).
     reference(params, weights, inputs) -> output: plain numpy, written for clarity, used by tests.
+    torch(params, weights, inputs) -> output: the same op in PyTorch, on torch tensors
+        (import torch inside, so graphconv never needs it); raise NoTorchEquivalent for
+        parameters PyTorch cannot express.
     flops(params, input_shapes, output_shape) -> floating point operations per image.
     window(params, input_shapes) -> Window for spatial ops; None when the op is pointwise.
-    The kernels are `run(params, weights, inputs) -> output` in `<package>.cpu` / `<package>.cuda`.
+    examples: a few tiny parameter sets every registry-driven test runs.
+    The kernels are `run_<name>(params, weights, inputs) -> output` in `<package>.cpu` and
+    `<package>.cuda`, optionally with `prepare_<name>` and `describe_<name>` beside them;
+    `kernel_name` replaces `<name>` there when ops share one kernel.
     """
 
     name: str
@@ -74,22 +134,27 @@ class OpDef:
     package: str
     arity: tuple[int, int | None] = (1, 1)
     weight_shapes: Callable[[dict, list[Shape]], dict[str, tuple]] | None = None
+    init_weights: Callable[[dict, dict[str, tuple], np.random.Generator],
+                           dict[str, np.ndarray]] = he_normal_weights
     window: Callable[[dict, list[Shape]], Window | None] = lambda params, shapes: None
+    torch: Callable[[dict, dict, list], Any] | None = None
+    examples: tuple[Example, ...] = ()
     kernel_name: str | None = None
-    _kernels: dict = field(default_factory=dict, compare=False, repr=False)
+    _kernels: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def kernel(self, device: str) -> Callable:
         """The `run` function of this op's kernel for `device` ("cpu" or "cuda")."""
         if device not in self._kernels:
-            module = importlib.import_module(f"{self.package}.{device}")
-            self._kernels[device] = getattr(module, self.kernel_name or f"run_{self.name}")
+            run = getattr(self._kernel_module(device), f"run_{self._kernel_stem}", None)
+            if run is None:
+                raise self._no_kernel(device)
+            self._kernels[device] = run
         return self._kernels[device]
 
     def variant(self, device: str, params: dict, in_shape: tuple[int, ...]) -> str:
         """Which of its strategies the kernel picks for an (N, C, H, W) input ("" when it
         has one): a kernel module may define `describe_<name>(params, in_shape) -> str`."""
-        module = importlib.import_module(f"{self.package}.{device}")
-        describe = getattr(module, f"describe_{self.kernel_name or self.name}", None)
+        describe = getattr(self._kernel_module(device), f"describe_{self._kernel_stem}", None)
         return describe(params, in_shape) if describe else ""
 
     def prepare(self, device: str, params: dict, weights: dict[str, np.ndarray]) -> dict:
@@ -97,13 +162,40 @@ class OpDef:
         network is bound to a device (e.g. a conv's taps reordered for the direct
         strategy): a kernel module may define `prepare_<name>(params, weights) -> dict`.
         The kernel must still accept the weights as the spec gives them."""
-        module = importlib.import_module(f"{self.package}.{device}")
-        prepare = getattr(module, f"prepare_{self.kernel_name or self.name}", None)
+        prepare = getattr(self._kernel_module(device), f"prepare_{self._kernel_stem}", None)
         return prepare(params, weights) if prepare else weights
 
     @property
     def has_weights(self) -> bool:
         return self.weight_shapes is not None
+
+    def seeded_weights(self, params: dict, in_shapes: list[Shape],
+                       rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """float32 weights from `init_weights` for a layer on `in_shapes` ({} when the op
+        has none): what a spec without a weights file gets, and what the tests run on."""
+        if not self.has_weights:
+            return {}
+        arrays = self.init_weights(params, self.weight_shapes(params, in_shapes), rng)
+        return {key: np.asarray(value, dtype=np.float32) for key, value in arrays.items()}
+
+    @property
+    def _kernel_stem(self) -> str:
+        return self.kernel_name or self.name
+
+    def _kernel_module(self, device: str) -> ModuleType:
+        """`<package>.<device>`; a missing module is a user-facing error naming the op,
+        but an ImportError raised inside an existing kernel module (a typo, a missing
+        dependency) is a bug and keeps its traceback."""
+        module_name = f"{self.package}.{device}"
+        try:
+            return importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name != module_name:
+                raise
+            raise self._no_kernel(device) from None
+
+    def _no_kernel(self, device: str) -> GraphconvError:
+        return GraphconvError(f"op '{self.name}' has no {device} kernel")
 
 
 _REGISTRY: dict[str, OpDef] = {}
@@ -120,7 +212,8 @@ def get_op(name: str) -> OpDef:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise GraphconvError(f"unknown op '{name}' (known: {', '.join(sorted(_REGISTRY))})") from None
+        known = ", ".join(sorted(_REGISTRY))
+        raise GraphconvError(f"unknown op {shown(name)} (known: {known})") from None
 
 
 def all_ops() -> list[OpDef]:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import numpy as np
 
 from graphconv.errors import ShapeError
-from graphconv.ops.registry import OpDef, Param, Window, numel, pair, register, window_output
+from graphconv.ops.registry import (
+    Example, OpDef, Param, Window, numel, pair, register, window_output,
+)
 
 
 def window(params: dict, shapes) -> Window:
@@ -67,6 +69,14 @@ def reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarr
     return out.astype(np.float32)
 
 
+def torch_equivalent(params: dict, weights: dict, inputs: list):
+    import torch.nn.functional as F
+    y = F.conv2d(inputs[0], weights["weight"], weights.get("bias"), stride=pair(params["stride"]),
+                 padding=pair(params["padding"]), dilation=pair(params["dilation"]),
+                 groups=params["groups"])
+    return F.relu(y) if params["activation"] == "relu" else y
+
+
 register(OpDef(
     name="conv",
     doc="2-D convolution (torch.nn.Conv2d semantics)",
@@ -82,5 +92,12 @@ register(OpDef(
               doc="graphconv extension: fused ReLU epilogue"),
     ),
     shape=shape, reference=reference, flops=flops, package=__name__,
-    weight_shapes=weight_shapes, window=window,
+    weight_shapes=weight_shapes, window=window, torch=torch_equivalent,
+    examples=(
+        Example(dict(out_channels=3, kernel_size=3), [(2, 6, 5)]),
+        Example(dict(out_channels=4, kernel_size=[2, 3], stride=2, padding=1, dilation=[2, 1],
+                     groups=2, activation="relu"), [(4, 7, 6)]),
+        Example(dict(out_channels=18, kernel_size=1, bias=False), [(17, 3, 2)]),  # past one CUDA tile
+        Example(dict(out_channels=2, kernel_size=[4, 3]), [(3, 4, 3)]),  # the whole input: fc-as-conv
+    ),
 ))

@@ -1,10 +1,14 @@
-"""Ops that need no window: relu, dropout (identity at inference), add, concat."""
+"""Ops that need no window: relu, dropout (identity at inference), add, concat.
+
+They share one folder because each kernel is a few lines of one pass over memory, with
+helpers in common (flat views, one CUDA thread per element); an op whose kernels stand
+alone gets its own folder, like `sigmoid`."""
 from __future__ import annotations
 
 import numpy as np
 
-from graphconv.ops.registry import OpDef, numel, register, same_spatial
 from graphconv.errors import ShapeError
+from graphconv.ops.registry import Example, OpDef, numel, register, same_spatial
 
 
 def _add_shape(params: dict, shapes):
@@ -19,16 +23,36 @@ def _concat_shape(params: dict, shapes):
     return (sum(s[0] for s in shapes), *shapes[0][1:])
 
 
-def _pointwise(name: str, doc: str, reference, shape=lambda p, s: s[0], arity=(1, 1), cost=1):
+def _torch_relu(params: dict, weights: dict, inputs: list):
+    import torch.nn.functional as F
+    return F.relu(inputs[0])
+
+
+def _torch_concat(params: dict, weights: dict, inputs: list):
+    import torch
+    return torch.cat(inputs, dim=1)
+
+
+ONE_INPUT = (Example({}, [(3, 2, 4)]),)
+
+
+def _pointwise(name: str, doc: str, reference, torch, examples=ONE_INPUT,
+               shape=lambda p, s: s[0], arity=(1, 1), cost=1):
     register(OpDef(name=name, doc=doc, params=(), shape=shape, reference=reference,
                    flops=lambda params, shapes, out: cost * numel(out) * len(shapes),
-                   package=__name__, arity=arity))
+                   package=__name__, arity=arity, torch=torch, examples=examples))
 
 
-_pointwise("relu", "max(x, 0)", lambda p, w, xs: np.maximum(xs[0], 0))
-_pointwise("dropout", "identity at inference", lambda p, w, xs: xs[0].copy(), cost=0)
+_pointwise("relu", "max(x, 0)", lambda p, w, xs: np.maximum(xs[0], 0), torch=_torch_relu)
+_pointwise("dropout", "identity at inference", lambda p, w, xs: xs[0].copy(),
+           torch=lambda p, w, xs: xs[0], cost=0)
 _pointwise("add", "elementwise sum of its inputs",
            lambda p, w, xs: np.sum(np.stack(xs), axis=0, dtype=np.float64).astype(np.float32),
+           torch=lambda p, w, xs: sum(xs[1:], xs[0]),
+           examples=(Example({}, [(3, 2, 4)] * 2), Example({}, [(2, 3, 3)] * 3)),
            shape=_add_shape, arity=(2, None))
 _pointwise("concat", "stack inputs along channels",
-           lambda p, w, xs: np.concatenate(xs, axis=1), shape=_concat_shape, arity=(2, None), cost=0)
+           lambda p, w, xs: np.concatenate(xs, axis=1), torch=_torch_concat,
+           examples=(Example({}, [(3, 2, 4), (2, 2, 4)]),
+                     Example({}, [(1, 2, 3), (4, 2, 3), (2, 2, 3)])),
+           shape=_concat_shape, arity=(2, None), cost=0)

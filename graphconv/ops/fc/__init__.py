@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphconv.ops.registry import OpDef, Param, Window, numel, register
+from graphconv.ops.registry import Example, OpDef, Param, Window, numel, register
 
 
 def weight_shapes(params: dict, shapes) -> dict[str, tuple]:
@@ -29,11 +29,20 @@ def window(params: dict, shapes) -> Window:
     return Window((h, w), (1, 1), (0, 0), (1, 1))
 
 
+def torch_equivalent(params: dict, weights: dict, inputs: list):
+    import torch.nn.functional as F
+    return F.linear(inputs[0].flatten(1), weights["weight"], weights.get("bias"))[:, :, None, None]
+
+
 register(OpDef(
     name="fc", doc="fully-connected layer over the flattened C,H,W map",
     params=(Param("out_features", "int"), Param("bias", "bool", True)),
     shape=lambda params, shapes: (params["out_features"], 1, 1),
     reference=reference,
     flops=lambda params, shapes, out: 2 * numel(shapes[0]) * params["out_features"],
-    package=__name__, weight_shapes=weight_shapes, window=window,
+    package=__name__, weight_shapes=weight_shapes, window=window, torch=torch_equivalent,
+    examples=(
+        Example(dict(out_features=5), [(3, 2, 3)]),
+        Example(dict(out_features=7, bias=False), [(10, 1, 1)]),
+    ),
 ))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphconv.ops.registry import OpDef, Param, numel, register
+from graphconv.ops.registry import Example, OpDef, Param, numel, register
 
 
 def reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
@@ -17,6 +17,12 @@ def reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarr
     return (x / (params["k"] + params["alpha"] / size * window_sum) ** params["beta"]).astype(np.float32)
 
 
+def torch_equivalent(params: dict, weights: dict, inputs: list):
+    import torch.nn.functional as F
+    return F.local_response_norm(inputs[0], params["size"], params["alpha"], params["beta"],
+                                 params["k"])
+
+
 register(OpDef(
     name="lrn", doc="local response normalisation across channels",
     params=(Param("size", "int"), Param("alpha", "float", 1e-4), Param("beta", "float", 0.75),
@@ -24,5 +30,10 @@ register(OpDef(
     shape=lambda params, shapes: shapes[0],
     reference=reference,
     flops=lambda params, shapes, out: numel(out) * (params["size"] + 4),
-    package=__name__,
+    package=__name__, torch=torch_equivalent,
+    examples=(
+        Example(dict(size=3, alpha=0.1, beta=0.75, k=2.0), [(5, 3, 2)]),
+        Example(dict(size=2, alpha=0.5, beta=1.0), [(4, 2, 3)]),  # even: reaches one channel further back
+        Example(dict(size=5), [(3, 2, 2)]),  # a window wider than the channels
+    ),
 ))

@@ -8,7 +8,9 @@ from __future__ import annotations
 import numpy as np
 
 from graphconv.errors import ShapeError
-from graphconv.ops.registry import OpDef, Param, Window, numel, pair, register, window_output
+from graphconv.ops.registry import (
+    Example, NoTorchEquivalent, OpDef, Param, Window, numel, pair, register, window_output,
+)
 
 
 def window(params: dict, shapes) -> Window:
@@ -50,6 +52,27 @@ def reference_avg(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.n
     return taps.mean(axis=0).astype(np.float32)
 
 
+def torch_max(params: dict, weights: dict, inputs: list):
+    import torch.nn.functional as F
+    return F.max_pool2d(inputs[0], pair(params["kernel_size"]), pair(params["stride"]),
+                        pair(params["padding"]), pair(params["dilation"]))
+
+
+def torch_avg(params: dict, weights: dict, inputs: list):
+    import torch.nn.functional as F
+    if pair(params["dilation"]) != (1, 1):
+        raise NoTorchEquivalent("PyTorch has no dilated average pooling")
+    return F.avg_pool2d(inputs[0], pair(params["kernel_size"]), pair(params["stride"]),
+                        pair(params["padding"]))
+
+
+EXAMPLES = (
+    Example(dict(kernel_size=2), [(2, 4, 5)]),
+    Example(dict(kernel_size=3, stride=2, padding=1), [(2, 7, 6)]),
+    Example(dict(kernel_size=[3, 2], stride=[1, 2], dilation=[2, 1]), [(2, 6, 7)]),
+)
+
+
 def _params(dilation_doc: str) -> tuple[Param, ...]:
     return (
         Param("kernel_size", "pair"),
@@ -62,10 +85,11 @@ def _params(dilation_doc: str) -> tuple[Param, ...]:
 register(OpDef(
     name="maxpool", doc="max over each window (torch.nn.MaxPool2d)",
     params=_params(""), shape=shape, reference=reference_max, flops=flops,
-    package=__name__, window=window,
+    package=__name__, window=window, torch=torch_max, examples=EXAMPLES,
 ))
 register(OpDef(
     name="avgpool", doc="mean over each window, padding counted (torch.nn.AvgPool2d)",
     params=_params("graphconv extension, used by the dilated stride rewrite"),
     shape=shape, reference=reference_avg, flops=flops, package=__name__, window=window,
+    torch=torch_avg, examples=EXAMPLES,
 ))
