@@ -13,12 +13,15 @@ README = ROOT / "benchmarks" / "README.md"
 
 
 def pin_threads(threads: int | None) -> int:
-    """Give numba, OpenBLAS and PyTorch the same thread count. Must run before any of
-    them is imported: the BLAS and OpenMP pools size themselves when they load."""
+    """Give numba, OpenBLAS and PyTorch the same thread count, and apply graphconv's
+    process settings as the CLI does. Must run before any of them is imported: the
+    BLAS and OpenMP pools size themselves when they load."""
     threads = threads or os.cpu_count() or 1
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[name] = str(threads)
     sys.path.insert(0, str(ROOT))
+    import graphconv
+    graphconv.configure_process()
     return threads
 
 

@@ -195,7 +195,6 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="update this section of benchmarks/README.md")
     args = parser.parse_args()
     threads = pin_threads(args.threads)
-    import graphconv  # noqa: F401  (first: its thread settings apply to the whole process)
     torch = load_torch(threads)
 
     ceiling = sgemm_ceiling()

@@ -7,12 +7,11 @@
 
 Pass authors start at `graphconv.pass_manager` (register_pass) and `graphconv.ir` (Graph).
 """
-from graphconv.kernel_cache import tolerate_damaged_cache_files, use_versioned_cache
-from graphconv.threads import quiet_idle_workers
+from graphconv.kernel_cache import install_kernel_cache
 
-quiet_idle_workers()  # before numba, OpenMP or OpenBLAS load: see graphconv/threads.py
-use_versioned_cache()  # before any kernel is compiled: see graphconv/kernel_cache.py
-tolerate_damaged_cache_files()
+install_kernel_cache()  # before any kernel is compiled; graphconv's kernels only
+
+from graphconv.process import configure_process
 
 from graphconv.errors import GraphconvError, Location, PassError, ShapeError
 from graphconv.ir import Graph, Node
@@ -32,6 +31,6 @@ def load(path) -> Model:
 
 __all__ = [
     "Field", "Graph", "GraphconvError", "Location", "Model", "Node", "PassError", "PassManager",
-    "ShapeError", "compile_model", "load", "load_spec", "receptive_fields", "register_pass",
+    "ShapeError", "compile_model", "configure_process", "load", "load_spec", "receptive_fields", "register_pass",
     "registered_passes", "run_passes", "save_model",
 ]

@@ -26,6 +26,9 @@ EXIT_BROKEN_PIPE = 128 + 13  # what a Unix tool killed by SIGPIPE returns
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from graphconv.process import configure_process
+
+    configure_process()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -6,17 +6,17 @@ strategy runs `gemm_cpu.multiply_band`), and the cached machine code of a kernel
 contains its helpers: change a helper, or upgrade graphconv to a version where only
 the helper's file changed, and the kernel keeps running the old helper.
 
-So graphconv points numba at a cache directory named after a digest of all its own
-sources: any change to any of them starts a fresh cache (one JIT compile of every
+So graphconv's own kernels are cached in a directory named after a digest of all
+its sources: any change to any of them starts a fresh cache (one JIT compile of every
 kernel, about 20 s), and an unchanged install reuses it from the first run on. This
-runs when graphconv is imported, before any kernel module is; an explicit
-NUMBA_CACHE_DIR always wins. numba then keeps the caches of other packages' functions
-there too while graphconv is loaded, which changes nothing but their location.
+is done by a cache locator that numba consults for graphconv's functions only: no
+environment variable is set and other packages' caches stay where numba puts them.
+An explicit NUMBA_CACHE_DIR still wins for everything.
 
 A cache file can also be damaged (a full disk, a killed process, a bad sector). numba
 then fails on every call of that kernel, in every later process, until someone finds
-and deletes the file. `tolerate_damaged_cache_files` makes numba treat a file it
-cannot unpickle as missing: the file is deleted and the kernel compiled again.
+and deletes the file. graphconv's kernels treat a file numba cannot unpickle as
+missing: the file is deleted and the kernel compiled again.
 """
 from __future__ import annotations
 
@@ -44,41 +44,76 @@ def cache_root() -> Path:
     return Path(base) / "graphconv"
 
 
-def use_versioned_cache() -> str | None:
-    """Point numba's cache at kernels-<digest of these sources>; returns that directory,
-    or None when the user has chosen their own NUMBA_CACHE_DIR."""
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return None
-    directory = str(cache_root() / f"kernels-{sources_digest()}")
-    os.environ["NUMBA_CACHE_DIR"] = directory
-    config = sys.modules.get("numba.core.config")
-    if config is not None:  # numba already imported: it read the environment before we set it
-        config.CACHE_DIR = directory
-    return directory
+def kernel_cache_dir() -> Path:
+    """Where this version of graphconv's sources keeps its compiled kernels."""
+    return cache_root() / f"kernels-{sources_digest()}"
+
+
+def install_kernel_cache() -> bool:
+    """Route graphconv's kernels to `kernel_cache_dir()` and make damaged cache files
+    there a cache miss. Touches nothing of other packages. Returns False (leaving
+    numba's defaults) if this numba's cache machinery is not the one this expects."""
+    try:
+        from numba.core import caching
+    except ImportError:
+        return False
+    locators = getattr(getattr(caching, "CacheImpl", None), "_locator_classes", None)
+    if not isinstance(locators, list) or not hasattr(caching, "UserProvidedCacheLocator"):
+        return False
+    locator = _graphconv_locator(caching.UserProvidedCacheLocator)
+    if not any(getattr(cls, "graphconv", False) for cls in locators):
+        locators.insert(0, locator)
+    return _tolerate_damaged_files(caching)
+
+
+def _graphconv_locator(base: type) -> type:
+    root = str(SOURCE_ROOT) + os.sep
+    directory = str(kernel_cache_dir())
+
+    class GraphconvCacheLocator(base):
+        """numba's locator for a user-provided cache directory, applied to functions
+        defined in graphconv's own files, with the versioned directory."""
+
+        graphconv = True
+
+        def __init__(self, py_func, py_file):
+            super().__init__(py_func, py_file)
+            self._cache_path = os.path.join(directory, self.get_suitable_cache_subpath(py_file))
+
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            from numba.core import config
+            if config.CACHE_DIR or not os.path.abspath(py_file).startswith(root):
+                return None  # the user's own choice, or not one of ours
+            return super(base, cls).from_function(py_func, py_file)
+
+    return GraphconvCacheLocator
 
 
 DAMAGE = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
           ImportError, MemoryError)  # what unpickling random or truncated bytes raises
 
 
-def tolerate_damaged_cache_files() -> bool:
-    """Patch numba's cache reader so a damaged index or data file is a cache miss
-    (deleted, then recompiled and rewritten) instead of an error on every run. Returns
-    False, changing nothing, if this numba's cache reader is not the one this expects."""
-    try:
-        from numba.core.caching import IndexDataCacheFile
-    except ImportError:
+def _tolerate_damaged_files(caching) -> bool:
+    """Patch numba's cache reader so a damaged index or data file under graphconv's
+    cache root is a cache miss (deleted, then recompiled and rewritten) instead of an
+    error on every run; files elsewhere behave exactly as before."""
+    reader = getattr(caching, "IndexDataCacheFile", None)
+    if reader is None:
         return False
-    if getattr(IndexDataCacheFile, "_graphconv_tolerant", False):
+    if getattr(reader, "_graphconv_tolerant", False):
         return True
-    load_index, load_data = IndexDataCacheFile.__dict__.get("_load_index"), IndexDataCacheFile.__dict__.get("_load_data")
+    load_index, load_data = reader.__dict__.get("_load_index"), reader.__dict__.get("_load_data")
     if load_index is None or load_data is None:
         return False
+    root = str(cache_root())
 
     def _load_index(self):
         try:
             return load_index(self)
         except DAMAGE:
+            if not str(self._cache_path).startswith(root):
+                raise
             _remove(self._index_path)
             return {}
 
@@ -86,12 +121,14 @@ def tolerate_damaged_cache_files() -> bool:
         try:
             return load_data(self, name)
         except DAMAGE as err:  # numba's `load` treats an OSError here as a miss
+            if not str(self._cache_path).startswith(root):
+                raise
             _remove(self._data_path(name))
             raise OSError(f"damaged kernel cache file removed: {err}") from None
 
-    IndexDataCacheFile._load_index = _load_index
-    IndexDataCacheFile._load_data = _load_data
-    IndexDataCacheFile._graphconv_tolerant = True
+    reader._load_index = _load_index
+    reader._load_data = _load_data
+    reader._graphconv_tolerant = True
     return True
 
 

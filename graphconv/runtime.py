@@ -14,7 +14,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from graphconv.allocator import keep_freed_memory
 from graphconv.errors import GraphconvError
 from graphconv.ir import Graph
 from graphconv.ops import OpDef
@@ -74,7 +73,6 @@ class Executor:
             self._backend = cuda_backend
         else:
             self._backend = None
-            keep_freed_memory()  # see graphconv/allocator.py
         self.steps = self._plan()
         self._shapes_checked: set[tuple] = set()
 

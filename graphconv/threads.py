@@ -8,8 +8,8 @@ steal the cores the other one needs next. On a 2-core machine that made AlexNet-
 twice as slow (200 ms against 87 ms at 384x384; see benchmarks/README.md).
 
 The settings below make idle workers sleep at once. They are read when the
-libraries load, so this runs as the first thing `import graphconv` does, and an
-explicit setting in the environment always wins.
+libraries load, so `configure_process()` (graphconv/process.py) applies them before
+the first run, and an explicit setting in the environment always wins.
 
 graphconv's kernels call numpy's OpenBLAS, and a script that imports numpy before
 graphconv (nearly every script) has loaded it already, with its workers spinning:

@@ -11,6 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import graphconv
+
+graphconv.configure_process()  # as the CLI does: the suite's runs at the CLI's speed
+
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
 

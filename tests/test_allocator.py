@@ -1,5 +1,5 @@
-"""graphconv tells glibc to keep freed memory (no page faults on the next run's
-activations) unless the user opts out; elsewhere it changes nothing."""
+"""configure_process() tells glibc to keep freed memory (no page faults on the next
+run's activations) unless the user opts out; elsewhere, and without it, nothing changes."""
 import os
 import subprocess
 import sys
@@ -11,17 +11,23 @@ from graphconv import allocator
 GLIBC = sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
 
 
-def _applied_in_fresh_process(**env) -> str:
+def _applied_in_fresh_process(configure: bool = True, **env) -> str:
     code = ("import numpy as np, graphconv; from graphconv import allocator; "
-            "graphconv.compile_model('specs/lenet.yaml').executor('cpu'); print(allocator._applied)")
+            + ("graphconv.configure_process(); " if configure else "")
+            + "graphconv.compile_model('specs/lenet.yaml').executor('cpu').run(np.zeros((1, 1, 32, 32), "
+              "np.float32)); print(allocator._applied)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env={**os.environ, **env}, cwd=os.path.dirname(os.path.dirname(__file__)))
     return result.stdout.strip()
 
 
 @pytest.mark.skipif(not GLIBC, reason="only glibc has mallopt")
-def test_a_cpu_executor_keeps_freed_memory():
+def test_configure_process_keeps_freed_memory():
     assert _applied_in_fresh_process() == "True"
+
+
+def test_running_without_configure_process_leaves_malloc_alone():
+    assert _applied_in_fresh_process(configure=False) == "None"
 
 
 def test_the_user_can_opt_out():

@@ -19,8 +19,15 @@ def test_an_explicit_setting_wins(monkeypatch):
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
-def test_importing_graphconv_applied_them():
-    assert all(name in os.environ for name in threads.QUIET_WORKERS)
+def test_importing_graphconv_sets_nothing_and_configure_process_sets_them():
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in threads.QUIET_WORKERS}
+    code = ("import os, graphconv; names = {names!r}; print(any(n in os.environ for n in names)); "
+            "graphconv.configure_process(); print(all(n in os.environ for n in names))"
+            ).format(names=sorted(threads.QUIET_WORKERS))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "True"]
 
 
 def test_an_openblas_loaded_earlier_is_requieted_only_when_graphconv_set_the_timeout(monkeypatch):
