@@ -4,105 +4,317 @@ Loading keeps every layer's line number (from PyYAML's node marks) on its IR nod
 any later error can say `net.yaml:14: layer 'fc6': ...`. YAML is loaded with the safe
 loader and weights with `allow_pickle=False`. Saving writes a spec plus `weights.npz`
 that load back to the same graph.
+
+A spec is untrusted input: whatever is wrong with it, loading ends in a one-line
+GraphconvError naming the file and line, quickly and in little memory.
+
+* Files: only regular files are read (never a FIFO or /dev/zero), at most
+  MAX_SPEC_BYTES of spec text and MAX_LABELS_BYTES of labels, and both must be UTF-8
+  text; a binary file given as a spec (an ONNX model, a PNG, weights) is called that.
+* Aliases and nesting: the safe loader keeps YAML aliases shared, but anything that
+  walks the document (copying `preprocess`, showing a value) expands them, so a
+  600-byte "billion laughs" spec would become gigabytes. The composer therefore counts
+  every node an alias stands for as if it were expanded, and refuses a document over
+  MAX_YAML_NODES (a 1000-layer network is about 10,000) or nested deeper than
+  MAX_YAML_DEPTH (a spec needs five levels; an alias counts at its full depth), and an
+  alias inside the node it names (a recursive structure). Aliases within those bounds
+  stay allowed: they are handy for parameters repeated across layers.
+* Values: mapping keys must be strings; names must be short printable strings;
+  numbers must be finite, integers at most MAX_INT; `preprocess` and `compiled` are
+  checked here rather than when a run uses them; and the sizes a spec implies (each
+  layer's output for one crop, the seeded weights) go through the memory budget
+  (`graphconv.memory`) before anything is allocated.
+
+Trust model for paths: a spec names its `weights` and `labels` relative to its own
+folder and they must stay inside it (no absolute path, no `..` or symlink leading out),
+so loading a downloaded spec cannot, say, read /etc/passwd as class names. Files passed
+to `load_spec(..., weights=, labels=)` (the CLI's --weights/--labels) come from the user
+directly: they are trusted wherever they are, and replace the spec's entries.
 """
 from __future__ import annotations
 
 import io
 import math
 import os
+import re
+import stat
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-from graphconv.errors import GraphconvError, Location
+from graphconv.arrays import file_kind, load_npz, open_regular_file
+from graphconv.errors import GraphconvError, Location, shown
 from graphconv.ir import Graph
+from graphconv.memory import check_fits
 from graphconv.ops import get_op
 from graphconv.ops.registry import REQUIRED, OpDef
 from graphconv.shapes import infer_shapes, init_weights
 
 LINE = "__line__"
+KEY_LINES = "__key_lines__"
 TOP_LEVEL_KEYS = {"name", "input", "weights", "layers", "preprocess", "labels", "compiled"}
+INPUT_KEYS = {"name", "shape"}
+PREPROCESS_KEYS = {"mean", "std", "scale"}
+COMPILED_KEYS = {"passes", "output_stride", "stride_method", "stitch"}
+STITCH_KEYS = {"factor", "step"}
+STRIDE_METHODS = ("auto", "dilate", "shift")
 MODEL_SPEC = "model.yaml"
 MODEL_WEIGHTS = "weights.npz"
 
+MAX_SPEC_BYTES = 4 << 20  # PyYAML reads about 1 MB/s of layers: a bound in time as well
+MAX_LABELS_BYTES = 16 << 20  # ImageNet-21k's labels are about 1 MB
+MAX_YAML_NODES = 50_000
+MAX_YAML_DEPTH = 32
+MAX_INT_BITS = 1000  # beyond this an int cannot even become a float or be printed in full
+MAX_INT = 2**31 - 1  # for sizes, strides and counts in a spec
+MAX_NAME_CHARS = 256
+MAX_LABEL_CHARS = 1000
+MAX_PATH_CHARS = 4096
+MAX_PASSES_CHARS = 4096
+MAX_STITCH_FACTOR = 1024
+FLOAT32_BYTES = 4
+SEED_DRAW_BYTES = 8  # seeded weights are drawn as float64, then stored as float32
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_INVISIBLE = "\u2028\u2029\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff\ud800-\udfff"
+_UNPRINTABLE = re.compile(f"[\x00-\x1f\x7f-\x9f{_INVISIBLE}]")  # control, bidi, separators
+_UNPRINTABLE_IN_LABEL = re.compile(f"[\x00-\x08\x0a-\x1f\x7f-\x9f{_INVISIBLE}]")  # tabs allowed
+
 
 class _LineLoader(yaml.SafeLoader):
-    """The safe loader, plus the 1-based line of every mapping under the key `__line__`."""
+    """The safe loader, plus the 1-based line of every mapping under the key `__line__`
+    (and of each of its keys under `__key_lines__`), and the bounds of the module
+    docstring, each refused with a GraphconvError naming the line."""
 
+    def __init__(self, text: str, spec_file: str):
+        super().__init__(text)
+        self.spec_file = spec_file
+        self._nodes = 0  # nodes composed so far, an alias counting as its whole subtree
+        self._depth = 0
+        self._extent: dict[int, tuple[int, int]] = {}  # id(finished node) -> (nodes, height)
+        self._child_heights: list[int] = []
+
+    def _refuse(self, message: str, mark) -> None:
+        raise GraphconvError(message, loc=Location(self.spec_file, mark.line + 1))
+
+    # ---- composing: counting nodes and depth, aliases expanded --------------------------
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            return self._compose_alias(parent, index, event)
+        self._count(1, event.start_mark)
+        self._depth += 1
+        if self._depth > MAX_YAML_DEPTH:
+            self._refuse(f"the YAML is nested more than {MAX_YAML_DEPTH} levels deep "
+                         "(a spec needs about five)", event.start_mark)
+        start = self._nodes
+        self._child_heights.append(0)
+        node = super().compose_node(parent, index)
+        height = self._child_heights.pop() + 1
+        self._depth -= 1
+        self._extent[id(node)] = (self._nodes - start + 1, height)
+        self._note_height(height)
+        return node
+
+    def _compose_alias(self, parent, index, event):
+        node = super().compose_node(parent, index)
+        extent = self._extent.get(id(node))
+        if extent is None:
+            self._refuse(f"the alias *{shown(event.anchor, 40)[1:-1]} is inside the node it names "
+                         "(a recursive structure)", event.start_mark)
+        nodes, height = extent
+        self._count(nodes, event.start_mark)
+        if self._depth + height > MAX_YAML_DEPTH:
+            self._refuse(f"the alias *{shown(event.anchor, 40)[1:-1]} nests the YAML more than "
+                         f"{MAX_YAML_DEPTH} levels deep", event.start_mark)
+        self._note_height(height)
+        return node
+
+    def _count(self, nodes: int, mark) -> None:
+        self._nodes += nodes
+        if self._nodes > MAX_YAML_NODES:
+            self._refuse(f"the YAML has more than {MAX_YAML_NODES} values, each alias counted as all "
+                         "it stands for; a spec has far fewer (an alias bomb?)", mark)
+
+    def _note_height(self, height: int) -> None:
+        if self._child_heights:
+            self._child_heights[-1] = max(self._child_heights[-1], height)
+
+    # ---- constructing: string keys, line numbers, bounded ints ------------------------------
     def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            for key_node, _ in node.value:
+                if key_node.tag != _STR_TAG:
+                    self._refuse_key(key_node)
         mapping = super().construct_mapping(node, deep=deep)
         mapping[LINE] = node.start_mark.line + 1
+        mapping[KEY_LINES] = {key_node.value: key_node.start_mark.line + 1 for key_node, _ in node.value}
         return mapping
 
+    def _refuse_key(self, key_node) -> None:
+        if isinstance(key_node, yaml.ScalarNode):
+            key = self.construct_object(key_node)
+            hint = " (YAML reads yes/no/on/off as booleans: quote it)" if isinstance(key, bool) else \
+                   " (quote it to make it a name)"
+            self._refuse(f"mapping keys must be strings, got {shown(key)}{hint}", key_node.start_mark)
+        self._refuse("mapping keys must be strings, got a "
+                     f"{'list' if isinstance(key_node, yaml.SequenceNode) else 'mapping'}",
+                     key_node.start_mark)
 
-def load_spec(path: str | os.PathLike, *, init_missing_weights: bool = True) -> Graph:
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as err:  # e.g. a date 2001-02-30, a 5000-digit int
+            value = shown(node.value, 40) if isinstance(node, yaml.ScalarNode) else "a value"
+            self._refuse(f"cannot read {value}: {shown(str(err), 120)[1:-1]}", node.start_mark)
+
+    def construct_yaml_int(self, node):
+        value = super().construct_yaml_int(node)
+        if value.bit_length() > MAX_INT_BITS:
+            self._refuse(f"an integer of {value.bit_length()} bits; no number in a spec is that large",
+                         node.start_mark)
+        return value
+
+
+_LineLoader.add_constructor("tag:yaml.org,2002:int", _LineLoader.construct_yaml_int)
+
+
+# ---- loading --------------------------------------------------------------------------------
+
+def load_spec(path: str | os.PathLike, *, weights: str | os.PathLike | None = None,
+              labels: str | os.PathLike | None = None, init_missing_weights: bool = True) -> Graph:
     """Parse a spec file (or a compiled model directory) into a checked IR graph.
 
-    A spec without `weights` gets deterministic seeded weights, recorded as
-    `graph.meta["seeded_weights"] = True` so tools can say so."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / MODEL_SPEC
+    `weights` (an .npz) and `labels` (a text file, one class name per line), when given,
+    replace the spec's own `weights:` and `labels:`; unlike those they may be anywhere
+    (see the module docstring). A spec without weights gets deterministic seeded
+    weights, recorded as `graph.meta["seeded_weights"] = True` so tools can say so."""
+    path = _spec_file(Path(path))
     doc = _read_yaml(path)
-    graph = _build_graph(doc, path)
-    weights_file = doc.get("weights")
+    graph = _build_graph(doc, path, labels)
+    shapes = _checked_shapes(graph)
+    _check_stitch_matches(graph, doc, path)
+    weights_file = Path(weights) if weights is not None else _spec_relative_file(doc, "weights", path)
     if weights_file is not None:
-        if not isinstance(weights_file, str):
-            raise GraphconvError("'weights' must be a file name", loc=Location(str(path), doc[LINE]))
-        _attach_weights(graph, path.parent / weights_file)
-    infer_shapes(graph, check_weights=weights_file is not None)
-    if weights_file is None and init_missing_weights:
+        _attach_weights(graph, weights_file)
+        infer_shapes(graph, check_weights=True)
+    elif init_missing_weights:
+        _check_seeded_weights_fit(graph, shapes, path)
         init_weights(graph)
         graph.meta["seeded_weights"] = True
     return graph
 
 
+def _spec_file(path: Path) -> Path:
+    """The spec file itself: `path`, or the model.yaml of a model folder."""
+    try:
+        is_folder = stat.S_ISDIR(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return path  # reading it will say what is wrong
+    if not is_folder:
+        return path
+    spec = path / MODEL_SPEC
+    if not os.path.exists(spec):
+        raise GraphconvError(f"a folder without a {MODEL_SPEC}: give a spec file, or a model folder "
+                             "written by graphconv compile", file=str(path))
+    return spec
+
+
 def _read_yaml(path: Path) -> dict:
+    text = _read_text(path, "spec", MAX_SPEC_BYTES, "not a YAML text file",
+                      not_found="cannot read spec: No such file or directory")
+    loader = None
     try:
-        text = path.read_text()
-    except OSError as err:
-        raise GraphconvError(f"cannot read spec: {err.strerror}", file=str(path)) from None
-    try:
-        doc = yaml.load(text, Loader=_LineLoader)
+        loader = _LineLoader(text, str(path))
+        doc = loader.get_single_data()
+    except yaml.reader.ReaderError as err:
+        line = text.count("\n", 0, err.position) + 1
+        raise GraphconvError(f"not a YAML text file: it has the control character #x{err.character:04x} "
+                             "(a binary file?)", loc=Location(str(path), line)) from None
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(err, "problem", None) or str(err)
-        raise GraphconvError(f"invalid YAML: {problem}", loc=Location(str(path), line)) from None
+        raise GraphconvError(f"invalid YAML: {_yaml_problem(err)}",
+                             loc=Location(str(path), _yaml_line(err))) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     if not isinstance(doc, dict):
         raise GraphconvError("a spec must be a YAML mapping with 'input' and 'layers'",
                              loc=Location(str(path), 1))
     return doc
 
 
-def _build_graph(doc: dict, path: Path) -> Graph:
-    where = Location(str(path), doc[LINE])
-    unknown = set(doc) - TOP_LEVEL_KEYS - {LINE}
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    problem = getattr(err, "problem", None) or str(err)
+    context = getattr(err, "context", None)
+    text = f"{context}: {problem}" if context else problem
+    return repr(text[:200])[1:-1]
+
+
+def _yaml_line(err: yaml.YAMLError) -> int | None:
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    return mark.line + 1 if mark is not None else None
+
+
+def _read_text(path: Path, what: str, limit: int, not_text: str, not_found: str | None = None) -> str:
+    """A small UTF-8 text file, read no further than `limit` bytes; `not_text` starts the
+    message for a binary file, which names what it looks like."""
+    with open_regular_file(path, what, not_found) as fp:
+        data = fp.read(limit + 1)
+    if len(data) > limit:
+        raise GraphconvError(f"the {what} is over {limit >> 20} MB, more than any {what} needs",
+                             file=str(path))
+    kind = file_kind(data[:16])
+    if kind is None:
+        try:
+            return data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            pass
+    raise GraphconvError(f"{not_text} ({_binary_hint(path, kind)})", file=str(path))
+
+
+def _binary_hint(path: Path, kind: str | None) -> str:
+    if kind is not None:
+        return f"{kind}?"
+    if path.suffix.lower() == ".onnx":
+        return "an ONNX model? graphconv reads network specs written as YAML"
+    return "a binary file? it is not UTF-8"
+
+
+def _loc(path: Path, mapping: dict, key: str | None = None) -> Location:
+    """Where `mapping` (or its `key`) is in the spec file."""
+    line = mapping.get(KEY_LINES, {}).get(key) if key is not None else None
+    return Location(str(path), line or mapping.get(LINE))
+
+
+def _user_keys(mapping: dict) -> list[str]:
+    return [key for key in mapping if key not in (LINE, KEY_LINES)]
+
+
+def _refuse_unknown_keys(mapping: dict, allowed: set[str], what: str, loc: Location) -> None:
+    unknown = sorted(set(_user_keys(mapping)) - allowed)
     if unknown:
-        raise GraphconvError(f"unknown top-level key(s) {sorted(unknown)}; expected "
-                             f"{sorted(TOP_LEVEL_KEYS)}", loc=where)
-    spec_input = doc.get("input")
-    if not isinstance(spec_input, dict):
-        raise GraphconvError("'input' must be a mapping {name: ..., shape: [C, H, W]}", loc=where)
-    input_loc = Location(str(path), spec_input[LINE])
-    shape = spec_input.get("shape")
-    if (not isinstance(shape, list) or len(shape) != 3
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
-        raise GraphconvError(f"input shape must be [C, H, W] of positive ints, got {shape!r}",
-                             loc=input_loc)
-    input_name = spec_input.get("name", "data")
-    if not isinstance(input_name, str):
-        raise GraphconvError("input name must be a string", loc=input_loc)
-    meta = {key: _strip_lines(doc[key]) for key in ("preprocess", "compiled") if key in doc}
-    if "labels" in doc:
-        meta["labels"] = _read_labels(path.parent, doc["labels"], where)
-    _check_preprocess(meta.get("preprocess"), shape[0], where)
-    graph = Graph(str(doc.get("name", path.stem)), input_name, shape, meta, input_loc)
+        raise GraphconvError(f"unknown {what} {shown(unknown)}; expected {sorted(allowed)}", loc=loc)
+
+
+def _build_graph(doc: dict, path: Path, labels: str | os.PathLike | None = None) -> Graph:
+    where = _loc(path, doc)
+    _refuse_unknown_keys(doc, TOP_LEVEL_KEYS, "top-level key(s)", where)
+    input_name, shape, input_loc = _spec_input(doc, path)
+    meta: dict[str, Any] = {}
+    if "preprocess" in doc:
+        meta["preprocess"] = _checked_preprocess(doc["preprocess"], shape[0], path, _loc(path, doc, "preprocess"))
+    if "compiled" in doc:
+        meta["compiled"] = _checked_compiled(doc["compiled"], path, _loc(path, doc, "compiled"))
+    labels_file = Path(labels) if labels is not None else _spec_relative_file(doc, "labels", path)
+    if labels_file is not None:
+        meta["labels"] = _read_labels(labels_file)
+    graph = Graph(_graph_name(doc, path), input_name, shape, meta, input_loc)
     layers = doc.get("layers")
     if not isinstance(layers, list) or not layers:
-        raise GraphconvError("'layers' must be a non-empty list", loc=where)
+        raise GraphconvError("'layers' must be a non-empty list", loc=_loc(path, doc, "layers"))
     previous = input_name
     for layer in layers:
         previous = _add_layer(graph, layer, previous, path, where)
@@ -110,36 +322,64 @@ def _build_graph(doc: dict, path: Path) -> Graph:
     return graph
 
 
+def _spec_input(doc: dict, path: Path) -> tuple[str, list[int], Location]:
+    spec_input = doc.get("input")
+    if not isinstance(spec_input, dict):
+        raise GraphconvError("'input' must be a mapping {name: ..., shape: [C, H, W]}",
+                             loc=_loc(path, doc, "input"))
+    loc = _loc(path, spec_input)
+    _refuse_unknown_keys(spec_input, INPUT_KEYS, "key(s) in 'input'", loc)
+    shape = spec_input.get("shape")
+    if (not isinstance(shape, list) or len(shape) != 3
+            or not all(_is_int(v) and 0 < v <= MAX_INT for v in shape)):
+        raise GraphconvError(f"input shape must be [C, H, W] of positive ints, got {shown(shape)}", loc=loc)
+    name = _checked_name(spec_input.get("name", "data"), "the input name", loc)
+    return name, list(shape), loc
+
+
+def _graph_name(doc: dict, path: Path) -> str:
+    if "name" not in doc:
+        return path.stem
+    name = doc["name"]
+    if isinstance(name, (int, float)) and not isinstance(name, bool):
+        name = str(name)
+    return _checked_name(name, "the network's name", _loc(path, doc, "name"))
+
+
+def _checked_name(value: Any, what: str, loc: Location, layer: str | None = None) -> str:
+    """`value` if it is a name that prints on one line: a short string without control
+    or invisible characters (a newline in a name could fake a line of output)."""
+    if not isinstance(value, str):
+        raise GraphconvError(f"{what} must be a string, got {shown(value)}", loc=loc, layer=layer)
+    if not value:
+        raise GraphconvError(f"{what} is empty", loc=loc, layer=layer)
+    if len(value) > MAX_NAME_CHARS:
+        raise GraphconvError(f"{what} is {len(value)} characters long, over {MAX_NAME_CHARS}: "
+                             f"{shown(value, 40)}", loc=loc, layer=layer)
+    if _UNPRINTABLE.search(value):
+        raise GraphconvError(f"{what} {shown(value)} has a control or invisible character",
+                             loc=loc, layer=layer)
+    return value
+
+
 def _add_layer(graph: Graph, layer: Any, previous: str, path: Path, where: Location) -> str:
     if not isinstance(layer, dict):
-        raise GraphconvError(f"each layer must be a mapping, got {layer!r}", loc=where)
-    loc = Location(str(path), layer[LINE])
-    name = layer.get("name")
-    if not isinstance(name, str) or not name:
+        raise GraphconvError(f"each layer must be a mapping, got {shown(layer)}", loc=where)
+    loc = _loc(path, layer)
+    if "name" not in layer:
         raise GraphconvError("layer without a 'name'", loc=loc)
+    name = _checked_name(layer["name"], "the layer name", loc)
     if name in graph:
         raise GraphconvError("duplicate layer name", loc=loc, layer=name)
-    op_name = layer.get("op")
-    if not isinstance(op_name, str):
+    if "op" not in layer:
         raise GraphconvError("layer without an 'op'", loc=loc, layer=name)
+    op_name = _checked_name(layer["op"], "'op'", loc, layer=name)
     try:
         opdef = get_op(op_name)
     except GraphconvError as err:
         raise GraphconvError(err.message, loc=loc, layer=name) from None
-    inputs = layer.get("inputs", [previous])
-    if isinstance(inputs, str):
-        inputs = [inputs]
-    if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
-        raise GraphconvError("'inputs' must be a list of layer names", loc=loc, layer=name)
-    for source in inputs:
-        if source not in graph:
-            raise GraphconvError(f"input '{source}' is not the input or an earlier layer",
-                                 loc=loc, layer=name)
-    low, high = opdef.arity
-    if len(inputs) < low or (high is not None and len(inputs) > high):
-        expected = str(low) if low == high else f"at least {low}"
-        raise GraphconvError(f"{op_name} takes {expected} input(s), got {len(inputs)}", loc=loc, layer=name)
-    raw = {k: v for k, v in layer.items() if k not in ("name", "op", "inputs", LINE)}
+    inputs = _layer_inputs(graph, layer, previous, opdef, loc, name)
+    raw = {key: layer[key] for key in _user_keys(layer) if key not in ("name", "op", "inputs")}
     try:
         params = normalize_params(opdef, raw)
     except GraphconvError as err:
@@ -148,13 +388,40 @@ def _add_layer(graph: Graph, layer: Any, previous: str, path: Path, where: Locat
     return name
 
 
+def _layer_inputs(graph: Graph, layer: dict, previous: str, opdef: OpDef, loc: Location,
+                  name: str) -> list[str]:
+    """The layer's checked `inputs` (default: the layer before it). Each must be a
+    different earlier layer: the IR has one edge per pair of nodes, so `add: [a, a]`
+    could not be represented."""
+    inputs = layer.get("inputs", [previous])
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if not isinstance(inputs, list):
+        raise GraphconvError(f"'inputs' must be a list of layer names, got {shown(inputs)}",
+                             loc=loc, layer=name)
+    for source in inputs:
+        _checked_name(source, "each of 'inputs'", loc, layer=name)
+        if source not in graph:
+            raise GraphconvError(f"input {shown(source)} is not the input or an earlier layer",
+                                 loc=loc, layer=name)
+    if len(set(inputs)) != len(inputs):
+        twice = next(source for source in inputs if inputs.count(source) > 1)
+        raise GraphconvError(f"'inputs' lists {shown(twice)} twice; each input must be a different layer",
+                             loc=loc, layer=name)
+    low, high = opdef.arity
+    if len(inputs) < low or (high is not None and len(inputs) > high):
+        expected = str(low) if low == high else f"at least {low}"
+        raise GraphconvError(f"{opdef.name} takes {expected} input(s), got {len(inputs)}", loc=loc, layer=name)
+    return inputs
+
+
 def normalize_params(opdef: OpDef, raw: dict) -> dict:
     """Check a layer's parameters against its op's schema and fill in the defaults.
     Pairs given as [h, w] with h == w become a single int, so equal specs give equal IR."""
     known = {p.name: p for p in opdef.params}
     unknown = set(raw) - set(known)
     if unknown:
-        raise GraphconvError(f"unknown parameter(s) {sorted(unknown)} for op {opdef.name} "
+        raise GraphconvError(f"unknown parameter(s) {shown(sorted(unknown, key=str))} for op {opdef.name} "
                              f"(it takes: {', '.join(known) or 'none'})")
     params = {}
     for p in opdef.params:
@@ -169,34 +436,194 @@ def normalize_params(opdef: OpDef, raw: dict) -> dict:
     return params
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite_number(value: Any) -> float | None:
+    """`value` as a float if it is a finite int or float (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _check_value(p, value):
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
+    def in_range(v):
+        return _is_int(v) and p.minimum <= v <= MAX_INT
 
     if p.kind == "int":
-        if not is_int(value) or value < p.minimum:
-            raise GraphconvError(f"'{p.name}' must be an integer >= {p.minimum}, got {value!r}")
+        if not in_range(value):
+            raise GraphconvError(f"'{p.name}' must be an integer >= {p.minimum} and <= {MAX_INT}, "
+                                 f"got {shown(value)}")
         return value
     if p.kind == "pair":
-        pair = [value, value] if is_int(value) else value
-        if (not isinstance(pair, (list, tuple)) or len(pair) != 2
-                or not all(is_int(v) and v >= p.minimum for v in pair)):
-            raise GraphconvError(f"'{p.name}' must be an integer >= {p.minimum} or a pair "
-                                 f"[h, w] of them, got {value!r}")
+        pair = [value, value] if _is_int(value) else value
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(in_range(v) for v in pair):
+            raise GraphconvError(f"'{p.name}' must be an integer >= {p.minimum} or a pair [h, w] of "
+                                 f"them (each <= {MAX_INT}), got {shown(value)}")
         return pair[0] if pair[0] == pair[1] else (pair[0], pair[1])
     if p.kind == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise GraphconvError(f"'{p.name}' must be a number, got {value!r}")
-        return float(value)
+        number = _finite_number(value)
+        if number is None:
+            raise GraphconvError(f"'{p.name}' must be a finite number, got {shown(value)}")
+        return number
     if p.kind == "bool":
         if not isinstance(value, bool):
-            raise GraphconvError(f"'{p.name}' must be true or false, got {value!r}")
+            raise GraphconvError(f"'{p.name}' must be true or false, got {shown(value)}")
         return value
     if p.kind == "choice":
-        if value not in p.choices:
-            raise GraphconvError(f"'{p.name}' must be one of {list(p.choices)}, got {value!r}")
+        if not isinstance(value, str) or value not in p.choices:
+            raise GraphconvError(f"'{p.name}' must be one of {list(p.choices)}, got {shown(value)}")
         return value
     raise AssertionError(f"unknown parameter kind {p.kind}")
+
+
+# ---- preprocess, compiled, labels, weights ---------------------------------------------------
+
+def _checked_preprocess(pre: Any, channels: int, path: Path, loc: Location) -> dict:
+    """`preprocess` with every number finite and every std non-zero, checked now rather
+    than when a run divides by it."""
+    if not isinstance(pre, dict):
+        raise GraphconvError("'preprocess' must be a mapping {scale: s, mean: [...], std: [...]}", loc=loc)
+    loc = _loc(path, pre)
+    unknown = sorted(set(_user_keys(pre)) - PREPROCESS_KEYS)
+    if unknown:
+        raise GraphconvError("'preprocess' takes mean, std (one number per channel) and scale, "
+                             f"not {shown(unknown)}", loc=loc)
+    checked = {}
+    for key in _user_keys(pre):
+        value = pre[key]
+        if key == "scale":
+            if _finite_number(value) is None:
+                raise GraphconvError(f"preprocess scale must be a finite number, got {shown(value)}",
+                                     loc=_loc(path, pre, key))
+        elif (not isinstance(value, list) or len(value) != channels
+              or any(_finite_number(v) is None for v in value)):
+            raise GraphconvError(f"preprocess {key} must list {channels} finite number(s), one per "
+                                 f"channel, got {shown(value)}", loc=_loc(path, pre, key))
+        elif key == "std" and any(v == 0 for v in value):
+            raise GraphconvError(f"preprocess std must not be 0 (it divides), got {shown(value)}",
+                                 loc=_loc(path, pre, key))
+        checked[key] = list(value) if isinstance(value, list) else value
+    return checked
+
+
+def _checked_compiled(block: Any, path: Path, loc: Location) -> dict:
+    """The plan a compiled model folder records (see passes/output_stride.py): checked at
+    load, since a bad value would otherwise fail deep inside a run."""
+    if not isinstance(block, dict):
+        raise GraphconvError(f"'compiled' must be a mapping of {sorted(COMPILED_KEYS)}, got {shown(block)}",
+                             loc=loc)
+    _refuse_unknown_keys(block, COMPILED_KEYS, "key(s) in 'compiled'", _loc(path, block))
+    checked: dict[str, Any] = {}
+    for key in _user_keys(block):
+        value, where = block[key], _loc(path, block, key)
+        if key == "passes":
+            checked[key] = _checked_passes(value, where)
+        elif key == "output_stride":
+            checked[key] = _checked_int(value, "compiled output_stride", 1, MAX_INT, where)
+        elif key == "stride_method":
+            if not isinstance(value, str) or value not in STRIDE_METHODS:
+                raise GraphconvError(f"compiled stride_method must be one of {list(STRIDE_METHODS)}, "
+                                     f"got {shown(value)}", loc=where)
+            checked[key] = value
+        else:
+            checked[key] = _checked_stitch(value, path, where)
+    return checked
+
+
+def _checked_passes(value: Any, loc: Location) -> str:
+    if not isinstance(value, str) or len(value) > MAX_PASSES_CHARS or _UNPRINTABLE.search(value):
+        raise GraphconvError(f"compiled passes must be the pipeline as one line of text (at most "
+                             f"{MAX_PASSES_CHARS} characters), got {shown(value)}", loc=loc)
+    return value
+
+
+def _checked_int(value: Any, what: str, low: int, high: int, loc: Location) -> int:
+    if not _is_int(value) or not low <= value <= high:
+        raise GraphconvError(f"{what} must be an integer from {low} to {high}, got {shown(value)}", loc=loc)
+    return value
+
+
+def _checked_stitch(stitch: Any, path: Path, loc: Location) -> dict:
+    """A shift-and-stitch plan: {factor: [fy, fx], step: s}, fy * fx shifted copies of
+    the image s pixels apart (what Model._run_stitched carries out)."""
+    if not isinstance(stitch, dict) or set(_user_keys(stitch)) != STITCH_KEYS:
+        raise GraphconvError(f"compiled stitch must be {{factor: [fy, fx], step: s}}, got {shown(stitch)}",
+                             loc=loc)
+    factor = stitch["factor"]
+    if not isinstance(factor, list) or len(factor) != 2:
+        raise GraphconvError(f"compiled stitch factor must be [fy, fx], got {shown(factor)}",
+                             loc=_loc(path, stitch, "factor"))
+    checked = {}
+    for key in _user_keys(stitch):
+        if key == "factor":
+            checked[key] = [_checked_int(v, "each stitch factor", 1, MAX_STITCH_FACTOR,
+                                         _loc(path, stitch, key)) for v in factor]
+        else:
+            checked[key] = _checked_int(stitch[key], "the stitch step", 1, MAX_INT, _loc(path, stitch, key))
+    return checked
+
+
+def _check_stitch_matches(graph: Graph, doc: dict, path: Path) -> None:
+    """A stitch plan only makes sense as the network's total stride split into `factor`
+    steps of `step` pixels; any other plan would interleave maps that do not line up."""
+    stitch = graph.meta.get("compiled", {}).get("stitch")
+    if stitch is None:
+        return
+    from graphconv.receptive import total_stride  # receptive imports shapes, which needs the IR
+
+    total = total_stride(graph)
+    planned = tuple(f * stitch["step"] for f in stitch["factor"])
+    if planned != tuple(total):
+        raise GraphconvError(f"compiled stitch factor {stitch['factor']} x step {stitch['step']} does not "
+                             f"make the network's total stride {total[0]}x{total[1]}",
+                             loc=_loc(path, doc, "compiled"))
+
+
+def _spec_relative_file(doc: dict, key: str, path: Path) -> Path | None:
+    """The file the spec's `key` names, resolved, which must lie inside the spec's
+    folder (the trust model of the module docstring); None when the spec names none."""
+    name = doc.get(key)
+    if name is None:
+        return None
+    loc = _loc(path, doc, key)
+    elsewhere = f"a file elsewhere can be given explicitly (--{key} FILE)"
+    if (not isinstance(name, str) or not name or len(name) > MAX_PATH_CHARS
+            or _UNPRINTABLE.search(name)):
+        raise GraphconvError(f"'{key}' must be a file name, got {shown(name)}", loc=loc)
+    if Path(name).is_absolute():
+        raise GraphconvError(f"'{key}' must be a path relative to the spec's folder, not the absolute "
+                             f"path {shown(name)}; {elsewhere}", loc=loc)
+    folder = path.parent.resolve()
+    try:
+        target = (folder / name).resolve()
+    except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop
+        raise GraphconvError(f"'{key}': cannot resolve {shown(name)} ({err})", loc=loc) from None
+    if not target.is_relative_to(folder):
+        raise GraphconvError(f"'{key}' leads outside the spec's folder ({shown(name)}); a spec may only "
+                             f"name files beside it; {elsewhere}", loc=loc)
+    return target
+
+
+def _read_labels(path: Path) -> list[str]:
+    """One class name per non-blank line, each printable and at most MAX_LABEL_CHARS."""
+    text = _read_text(path, "labels file", MAX_LABELS_BYTES, "the labels file is not UTF-8 text")
+    labels = []
+    for number, line in enumerate(text.splitlines(), 1):
+        label = line.strip()
+        if not label:
+            continue
+        if len(label) > MAX_LABEL_CHARS or _UNPRINTABLE_IN_LABEL.search(label):
+            raise GraphconvError(f"a label must be a line of at most {MAX_LABEL_CHARS} printable "
+                                 f"characters, got {shown(label)} (a binary file?)",
+                                 loc=Location(str(path), number))
+        labels.append(label)
+    return labels
 
 
 def _attach_weights(graph: Graph, path: Path) -> None:
@@ -204,50 +631,54 @@ def _attach_weights(graph: Graph, path: Path) -> None:
     for key, array in arrays.items():
         layer, _, what = key.rpartition(".")
         if layer not in graph or graph.node(layer).op == "input":
-            raise GraphconvError(f"has weights '{key}' but the spec has no layer '{layer}'", file=str(path))
-        if not np.issubdtype(array.dtype, np.floating):
-            raise GraphconvError(f"'{key}' must be a float array, not {array.dtype}", file=str(path))
+            raise GraphconvError(f"has weights {shown(key)} but the spec has no layer {shown(layer)}",
+                                 file=str(path))
         graph.set_weights(layer, **{what: array})
 
 
-def load_npz(path: Path) -> dict[str, np.ndarray]:
+# ---- sizes -----------------------------------------------------------------------------------
+
+def _checked_shapes(graph: Graph) -> dict[str, tuple[int, int, int]]:
+    """Every node's shape for the spec's own crop, each checked against the memory budget:
+    a network whose input or any one layer's output for a single crop is over it can
+    never run, and this bounds every size computed from the shapes after it."""
+    _fits(FLOAT32_BYTES * math.prod(graph.input_shape),
+          f"the input crop {_fmt_shape(graph.input_shape)}", graph.input.loc)
+    shapes = infer_shapes(graph, check_weights=False)
+    for node in graph.layers():
+        shape = shapes[node.name]
+        _fits(FLOAT32_BYTES * math.prod(shape), f"its output for one crop ({_fmt_shape(shape)})",
+              node.loc, node.name)
+    return shapes
+
+
+def _check_seeded_weights_fit(graph: Graph, shapes: dict, path: Path) -> None:
+    """Refuse seeded weights over the memory budget before drawing them: all of them as
+    float32, plus the float64 draw of the largest array before it is converted."""
+    total, largest = 0, (0, "", ())
+    for node in graph.layers():
+        if not node.opdef.has_weights or node.weights:
+            continue
+        expected = node.opdef.weight_shapes(node.params, [shapes[s.name] for s in node.inputs])
+        for shape in expected.values():
+            count = math.prod(int(v) for v in shape)
+            total += FLOAT32_BYTES * count
+            largest = max(largest, (count, node.name, tuple(int(v) for v in shape)), key=lambda t: t[0])
+    count, name, shape = largest
+    check_fits(total + SEED_DRAW_BYTES * count,
+               f"seeding random weights (the spec names no weights file; the largest array is "
+               f"{_fmt_shape(shape)}, in layer {shown(name)})", file=str(path))
+
+
+def _fits(nbytes: int, what: str, loc: Location | None, layer: str | None = None) -> None:
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
-    except FileNotFoundError:
-        raise GraphconvError("weights file not found", file=str(path)) from None
-    except (OSError, ValueError) as err:
-        raise GraphconvError(f"cannot read weights: {err}", file=str(path)) from None
+        check_fits(nbytes, what)
+    except GraphconvError as err:
+        raise GraphconvError(err.message, loc=loc, layer=layer) from None
 
 
-def _read_labels(folder: Path, name: Any, where: Location) -> list[str]:
-    if not isinstance(name, str):
-        raise GraphconvError("'labels' must be a file name", loc=where)
-    try:
-        return [line.strip() for line in (folder / name).read_text().splitlines() if line.strip()]
-    except OSError as err:
-        raise GraphconvError(f"cannot read labels file: {err.strerror}", file=str(folder / name)) from None
-
-
-def _check_preprocess(pre: Any, channels: int, where: Location) -> None:
-    if pre is None:
-        return
-    if not isinstance(pre, dict) or set(pre) - {"mean", "std", "scale"}:
-        raise GraphconvError("'preprocess' takes mean, std (one number per channel) and scale",
-                             loc=where)
-    for key in ("mean", "std"):
-        values = pre.get(key)
-        if values is not None and (not isinstance(values, list) or len(values) != channels
-                                   or not all(isinstance(v, (int, float)) for v in values)):
-            raise GraphconvError(f"preprocess {key} must list {channels} numbers", loc=where)
-
-
-def _strip_lines(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _strip_lines(v) for k, v in value.items() if k != LINE}
-    if isinstance(value, list):
-        return [_strip_lines(v) for v in value]
-    return value
+def _fmt_shape(shape) -> str:
+    return "x".join(str(v) for v in shape)
 
 
 # ---- writing ------------------------------------------------------------------------------

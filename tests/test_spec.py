@@ -116,3 +116,342 @@ def test_round_trip_gives_the_same_graph(name, tmp_path):
                (b.name, b.op, b.params, [i.name for i in b.inputs])
         for key in a.weights:
             np.testing.assert_array_equal(a.weights[key], b.weights[key])
+
+
+# ---- hostile specs: every bad file is one clean line, bounded in time and memory ---------------
+
+import json  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+
+from graphconv import memory  # noqa: E402
+from graphconv.spec import MAX_SPEC_BYTES, MAX_YAML_DEPTH  # noqa: E402
+
+BASE = "input: {name: data, shape: [2, 8, 8]}\nlayers:\n  - {name: a, op: relu}\n"
+LAUGHS = "".join([
+    "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n",
+    *(f"{n}: &{n} [{', '.join([f'*{p}'] * 10)}]\n" for p, n in zip("abcdefgh", "bcdefghi")),
+])
+
+
+def refused(path, match: str, line: int | None = None, seconds: float = 5.0, **kwargs) -> str:
+    """`load_spec(path)` fails fast with one line that names the file (and `line`)."""
+    start = time.perf_counter()
+    with pytest.raises(GraphconvError) as err:
+        load_spec(path, **kwargs)
+    assert time.perf_counter() - start < seconds
+    message = str(err.value)
+    assert match in message, message
+    assert "\n" not in message and len(message) <= 2000
+    prefix = f"{os.path.basename(path)}:{line}:" if line else f"{os.path.basename(path)}:"
+    assert message.startswith(prefix), message
+    return message
+
+
+def sparse_file(path, size: int) -> None:
+    with open(path, "wb") as f:
+        f.truncate(size)
+
+
+@pytest.fixture
+def small_budget():
+    memory.set_memory_limit("512M")
+    yield
+    memory.set_memory_limit(None)
+
+
+def test_billion_laughs_is_refused_while_parsing(write_spec):
+    assert len(LAUGHS) < 700
+    refused(write_spec(LAUGHS + BASE), "more than 50000 values, each alias counted as all it stands for", line=5)
+
+
+@pytest.mark.parametrize("text,match,line", [
+    # aliases expanded through the places that would copy or show them
+    ("preprocess: &p {scale: 1}\ncompiled: {passes: *p}\n" + BASE, "compiled passes must be", 2),
+    ("x: &a [y, y, y, y, y, y, y, y, y, y]\n" + "".join(
+        f"{n}: &{n} {{<<: [{', '.join(['*' + p] * 2)}]}}\n" for p, n in zip("a" + "bcdefghijklmnopqrstu",
+                                                                           "bcdefghijklmnopqrstuv")) + BASE,
+     "could not", None),
+    # nesting, direct and through aliases
+    ("x: " + "[" * 1000 + "]" * 1000 + "\n" + BASE, f"nested more than {MAX_YAML_DEPTH} levels", 1),
+    ("x: " + "{a: " * 1000 + "1" + "}" * 1000 + "\n" + BASE, f"nested more than {MAX_YAML_DEPTH} levels", 1),
+    ("a: &a [[[[[[[[[[1]]]]]]]]]]\nb: &b [[[[[[[[[[*a]]]]]]]]]]\nc: &c [[[[[[[[[[*b]]]]]]]]]]\n"
+     "d: [[[[[[[[[[*c]]]]]]]]]]\n" + BASE, "the alias *c nests the YAML more than 32 levels deep", 4),
+    ("preprocess: &a {scale: *a}\n" + BASE, "the alias *a is inside the node it names", 1),
+    ("x: &a [1, *a]\n" + BASE, "the alias *a is inside the node it names", 1),
+    ("input: &i {name: data, shape: [2, 8, 8], x: *i}\nlayers: [{name: a, op: relu}]\n",
+     "alias *i is inside the node it names", 1),
+])
+def test_yaml_bombs_and_deep_nesting_are_refused(write_spec, text, match, line):
+    if match == "could not":  # a merge-key bomb: each level doubles what the next merges
+        match = "each alias counted as all it stands for"
+    refused(write_spec(text), match, line)
+
+
+def test_aliases_within_bounds_still_work(write_spec):
+    graph = load_spec(write_spec("""
+        input: {shape: [2, 12, 12]}
+        layers:
+          - {name: a, op: conv, out_channels: 4, kernel_size: &k [3, 1]}
+          - {name: b, op: conv, out_channels: 4, kernel_size: *k}
+    """))
+    assert graph.node("b").params["kernel_size"] == (3, 1)
+
+
+@pytest.mark.parametrize("data,name,match", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "net.yaml", "not a YAML text file (a PNG image?)"),
+    (b"\x08\x07\x12\x07pytorch\x1a\x032.1:\xb5\x01\n\x99\x01\x12\x0bfc.weight\xff\xfe", "model.onnx",
+     "not a YAML text file (an ONNX model?"),
+    (b"PK\x03\x04\x14\x00\x00\x00\x00\x00", "net.yaml", "not a YAML text file (a zip archive"),
+    (b"\x93NUMPY\x01\x00", "net.yaml", "not a YAML text file (a .npy array?)"),
+    ("input: 1\n".encode("utf-16"), "net.yaml", "not a YAML text file (UTF-16 text?)"),
+    (b"input: \xe9t\xe9\n", "net.yaml", "not a YAML text file (a binary file? it is not UTF-8)"),
+    (b"input: {shape: [1, 2, 3]}\nlayers: \x01\n", "net.yaml", "control character #x0001"),
+])
+def test_binary_files_are_not_specs(tmp_path, data, name, match):
+    (tmp_path / name).write_bytes(data)
+    refused(tmp_path / name, match)
+
+
+def test_specs_that_are_not_regular_files_are_never_read(tmp_path):
+    (tmp_path / "folder").mkdir()
+    refused(tmp_path / "folder", "a folder without a model.yaml")
+    os.mkfifo(tmp_path / "fifo.yaml")
+    refused(tmp_path / "fifo.yaml", "not a regular file (a pipe or a device?)")
+    refused("/dev/zero", "not a regular file")
+    sparse_file(tmp_path / "huge.yaml", MAX_SPEC_BYTES + 1)
+    refused(tmp_path / "huge.yaml", "the spec is over 4 MB")
+
+
+@pytest.mark.parametrize("text,match,line", [
+    ("{1: x, name: a}\n", "mapping keys must be strings, got 1", 1),
+    ("input: {name: data, shape: [2, 8, 8]}\nlayers:\n  - {1: x, name: a, op: relu}\n",
+     "mapping keys must be strings, got 1", 3),
+    ("on: 1\n" + BASE, "got True (YAML reads yes/no/on/off as booleans: quote it)", 1),
+    ("? [a, b]\n: 1\n" + BASE, "mapping keys must be strings, got a list", 1),
+    ("null: 1\n" + BASE, "mapping keys must be strings, got None", 1),
+])
+def test_mapping_keys_must_be_strings(write_spec, text, match, line):
+    refused(write_spec(text), match, line)
+
+
+LAYER = "input: {name: data, shape: [2, 8, 8]}\nlayers:\n  - "
+
+
+@pytest.mark.parametrize("layer,match", [
+    ('{name: "a\\nb", op: relu}', r"the layer name 'a\nb' has a control or invisible character"),
+    ('{name: "a\\x1b[2J", op: relu}', "has a control or invisible character"),
+    ('{name: "a\\u202eb", op: relu}', "has a control or invisible character"),
+    ('{name: "\\ud800", op: relu}', "has a control or invisible character"),
+    ('{name: ' + "x" * 300 + ', op: relu}', "the layer name is 300 characters long, over 256"),
+    ("{name: 12, op: relu}", "the layer name must be a string, got 12"),
+    ("{name: [a], op: relu}", "the layer name must be a string, got ['a']"),
+    ("{name: '', op: relu}", "the layer name is empty"),
+    ("{name: a, op: [relu]}", "layer 'a': 'op' must be a string, got ['relu']"),
+    ('{name: a, op: "re\\nlu"}', "layer 'a': 'op' 're\\nlu' has a control"),
+    ('{name: a, op: relu, inputs: ["da\\nta"]}', "each of 'inputs' 'da\\nta' has a control"),
+    ("{name: a, op: relu, inputs: [1]}", "each of 'inputs' must be a string, got 1"),
+    ("{name: a, op: relu, inputs: {data: 1}}", "'inputs' must be a list of layer names"),
+    ("{name: a, op: relu}\n  - {name: b, op: add, inputs: [a, a]}", "'inputs' lists 'a' twice"),
+])
+def test_names_are_short_printable_strings(write_spec, layer, match):
+    message = refused(write_spec(LAYER + layer + "\n"), match)
+    assert "\x1b" not in message and "\u202e" not in message
+
+
+@pytest.mark.parametrize("spec_input,match", [
+    ('{name: "da\\rta", shape: [2, 8, 8]}', "the input name 'da\\rta' has a control"),
+    ("{name: 7, shape: [2, 8, 8]}", "the input name must be a string, got 7"),
+    ("{shape: [2, 8, 8], size: 3}", "unknown key(s) in 'input' ['size']"),
+    ("{shape: [2, 8, true]}", "input shape must be [C, H, W] of positive ints, got [2, 8, True]"),
+    ("{shape: [2, 8, 100000000000]}", "input shape must be [C, H, W] of positive ints"),
+])
+def test_the_input_is_checked_like_a_layer(write_spec, spec_input, match):
+    refused(write_spec(f"input: {spec_input}\nlayers:\n  - {{name: a, op: relu}}\n"), match, 1)
+
+
+@pytest.mark.parametrize("param,match", [
+    ("out_channels: true", "'out_channels' must be an integer >= 1 and <= 2147483647, got True"),
+    ("out_channels: 4.0", "'out_channels' must be an integer >= 1 and <= 2147483647, got 4.0"),
+    ("out_channels: '4'", "got '4'"),
+    ("out_channels: " + "1" + "0" * 100, "got 1000000000000000000000"),
+    ("out_channels: 0x" + "f" * 400, "an integer of 1600 bits; no number in a spec is that large"),
+    ("out_channels: " + "9" * 5000, "Exceeds the limit (4300 digits)"),
+    ("out_channels: 2, stride: [1, .nan]", "'stride' must be an integer >= 1 or a pair [h, w]"),
+    ("out_channels: 2, padding: [0, false]", "'padding' must be an integer >= 0 or a pair"),
+    ("out_channels: 2, activation: [relu]", "'activation' must be one of ['none', 'relu'], got ['relu']"),
+    ("out_channels: 2, bias: yes please", "'bias' must be true or false, got 'yes please'"),
+])
+def test_conv_numbers_are_checked(write_spec, param, match):
+    refused(write_spec(f"{LAYER}{{name: a, op: conv, kernel_size: 1, {param}}}\n"), match, 3)
+
+
+@pytest.mark.parametrize("value,match", [
+    (".nan", "'alpha' must be a finite number, got nan"),
+    ("-.inf", "got -inf"),
+    ("true", "got True"),
+    ("'1e-4'", "got '1e-4'"),
+    ("1.0e+400", "got inf"),
+])
+def test_float_params_are_finite_numbers(write_spec, value, match):
+    refused(write_spec(f"{LAYER}{{name: a, op: lrn, size: 3, alpha: {value}}}\n"), match, 3)
+
+
+def test_yaml_values_python_cannot_build_are_located(write_spec):
+    refused(write_spec("name: 2001-02-30\n" + BASE), "cannot read '2001-02-30': day is out of range", 1)
+
+
+@pytest.mark.parametrize("pre,match", [
+    ("[1, 2]", "'preprocess' must be a mapping"),
+    ("{scale: .nan}", "preprocess scale must be a finite number, got nan"),
+    ("{scale: .inf}", "got inf"),
+    ("{scale: true}", "got True"),
+    ("{scale: '1/255'}", "got '1/255'"),
+    ("{mean: [0.5, .nan]}", "preprocess mean must list 2 finite number(s), one per channel, got [0.5, nan]"),
+    ("{mean: [0.5]}", "preprocess mean must list 2"),
+    ("{mean: [true, false]}", "got [True, False]"),
+    ("{std: [1, 0]}", "preprocess std must not be 0 (it divides)"),
+    ("{std: [1, -.inf]}", "preprocess std must list 2 finite number(s)"),
+    ("{scale: 1, shift: 2}", "'preprocess' takes mean, std (one number per channel) and scale, not ['shift']"),
+])
+def test_preprocess_is_checked_at_load(write_spec, pre, match):
+    refused(write_spec(f"preprocess: {pre}\n" + BASE), match, 1)
+
+
+def test_preprocess_and_compiled_load_as_plain_values(write_spec):
+    graph = load_spec(write_spec(
+        "preprocess: {scale: 1, mean: [0.5, 0.25], std: [2, 4]}\n"
+        "compiled: {passes: fc-to-conv, output_stride: 4, stride_method: dilate}\n" + BASE))
+    assert graph.meta["preprocess"] == {"scale": 1, "mean": [0.5, 0.25], "std": [2, 4]}
+    assert graph.meta["compiled"] == {"passes": "fc-to-conv", "output_stride": 4, "stride_method": "dilate"}
+
+
+LENET_SHIFT = (SPECS / "lenet.yaml").read_text().replace(
+    "layers:", "compiled: {output_stride: 2, stride_method: shift, stitch: {factor: [2, 2], step: 2}}\nlayers:")
+
+
+def test_a_stitch_plan_that_splits_the_total_stride_loads(write_spec):
+    graph = load_spec(write_spec(LENET_SHIFT))
+    assert graph.meta["compiled"]["stitch"] == {"factor": [2, 2], "step": 2}
+
+
+@pytest.mark.parametrize("compiled,match", [
+    ("12", "'compiled' must be a mapping"),
+    ("{passes: 1}", "compiled passes must be the pipeline as one line of text"),
+    ('{passes: "a\\nb"}', "compiled passes must be"),
+    ("{output_stride: 0}", "compiled output_stride must be an integer from 1 to 2147483647, got 0"),
+    ("{output_stride: true}", "got True"),
+    ("{stride_method: sideways}", "compiled stride_method must be one of ['auto', 'dilate', 'shift'], got 'sideways'"),
+    ("{stitch: [2, 2]}", "compiled stitch must be {factor: [fy, fx], step: s}"),
+    ("{stitch: {factor: [2, 2]}}", "compiled stitch must be {factor: [fy, fx], step: s}"),
+    ("{stitch: {factor: [2, 2], step: 2, extra: 1}}", "compiled stitch must be"),
+    ("{stitch: {factor: 2, step: 2}}", "compiled stitch factor must be [fy, fx], got 2"),
+    ("{stitch: {factor: [0, 2], step: 2}}", "each stitch factor must be an integer from 1 to 1024, got 0"),
+    ("{stitch: {factor: [2, 1000000000], step: 2}}", "each stitch factor must be an integer from 1 to 1024"),
+    ("{stitch: {factor: [2, 2], step: -2}}", "the stitch step must be an integer from 1 to 2147483647, got -2"),
+    ("{stitch: {factor: [2, 2], step: 2.0}}", "got 2.0"),
+    ("{stitch: {factor: [2, 2], step: 1}}", "compiled stitch factor [2, 2] x step 1 does not make the "
+                                            "network's total stride 4x4"),
+    ("{optimised: true}", "unknown key(s) in 'compiled' ['optimised']"),
+])
+def test_compiled_plans_are_checked_at_load(write_spec, compiled, match):
+    text = (SPECS / "lenet.yaml").read_text().replace("layers:", f"compiled: {compiled}\nlayers:")
+    refused(write_spec(text), match, text.splitlines().index(f"compiled: {compiled}") + 1)
+
+
+# ---- the trust model: a spec's weights and labels stay beside it ---------------------------------
+
+def test_spec_paths_may_not_leave_the_spec_folder(tmp_path):
+    folder = tmp_path / "model"
+    (folder / "sub").mkdir(parents=True)
+    (tmp_path / "outside.txt").write_text("stolen\n")
+    (folder / "escape.txt").symlink_to(tmp_path / "outside.txt")
+    (folder / "sub" / "labels.txt").write_text("cat\ndog\n")
+    cases = {"/etc/passwd": "'labels' must be a path relative to the spec's folder, not the absolute path",
+             "../outside.txt": "'labels' leads outside the spec's folder ('../outside.txt')",
+             "sub/../../outside.txt": "leads outside the spec's folder",
+             "escape.txt": "'labels' leads outside the spec's folder ('escape.txt')",
+             "": "'labels' must be a file name, got ''",
+             "a\x00b": "'labels' must be a file name"}
+    for name, match in cases.items():
+        (folder / "net.yaml").write_text(f"labels: {json.dumps(name)}\n" + BASE)
+        message = refused(folder / "net.yaml", match, 1)
+        assert "stolen" not in message
+    (folder / "net.yaml").write_text("labels: 12\n" + BASE)
+    refused(folder / "net.yaml", "'labels' must be a file name, got 12", 1)
+    (folder / "net.yaml").write_text("weights: /etc/passwd\n" + BASE)
+    refused(folder / "net.yaml", "--weights FILE", 1)
+    (folder / "net.yaml").write_text("labels: sub/labels.txt\n" + BASE)
+    assert load_spec(folder / "net.yaml").meta["labels"] == ["cat", "dog"]
+
+
+def test_files_passed_explicitly_are_trusted_wherever_they_are(tmp_path, write_spec):
+    (tmp_path / "elsewhere").mkdir()
+    labels = tmp_path / "elsewhere" / "classes.txt"
+    labels.write_text("n01 tench\tTinca tinca\n\n  goldfish  \n")
+    np.savez(tmp_path / "elsewhere" / "w.npz", **{"c.weight": np.ones((3, 2, 1, 1), np.float32)})
+    spec = write_spec("weights: /etc/passwd\nlabels: ../x\ninput: {shape: [2, 4, 4]}\n"
+                      "layers: [{name: c, op: conv, out_channels: 3, kernel_size: 1, bias: false}]\n",
+                      name="sub.yaml")
+    graph = load_spec(spec, weights=tmp_path / "elsewhere" / "w.npz", labels=labels)
+    assert graph.meta["labels"] == ["n01 tench\tTinca tinca", "goldfish"]
+    assert not graph.meta.get("seeded_weights")
+    np.testing.assert_array_equal(graph.node("c").weights["weight"], np.ones((3, 2, 1, 1)))
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64)), "the labels file is not UTF-8 text (a PNG image?)"),
+    (lambda p: p.write_bytes(b"cat\n\xff\xfe\x00dog\n"), "the labels file is not UTF-8 text (a binary file?"),
+    (lambda p: p.write_bytes(b"cat\ndog\x00\x00\x00\n"), "a label must be a line of at most 1000 printable"),
+    (lambda p: p.write_text("cat\n" + "x" * 1001 + "\n"), "a label must be a line of at most 1000"),
+    (lambda p: p.write_text("cat\n\x1b[31mred\n"), "got '\\x1b[31mred'"),
+    (lambda p: sparse_file(p, (16 << 20) + 1), "the labels file is over 16 MB"),
+    (lambda p: os.mkfifo(p), "not a regular file"),
+    (lambda p: None, "labels file not found"),
+])
+def test_bad_labels_files_are_refused(write_spec, tmp_path, make, match):
+    labels = tmp_path / "labels.txt"
+    make(labels)
+    with pytest.raises(GraphconvError) as err:
+        load_spec(write_spec("labels: labels.txt\n" + BASE))
+    message = str(err.value)
+    assert match in message and message.startswith("labels.txt:") and "\n" not in message
+
+
+def test_dev_zero_as_labels_is_never_read(write_spec):
+    with pytest.raises(GraphconvError, match="not a regular file"):
+        load_spec(write_spec(BASE), labels="/dev/zero")
+
+
+def test_bad_weights_via_the_spec_name_the_weights_file(write_spec, tmp_path):
+    spec = TINY.replace("layers:", "weights: w.npz\nlayers:")
+    weights = {"conv1.weight": np.zeros((8, 3, 5, 5), np.float32), "conv1.bias": np.zeros(8, np.float32),
+               "fc1.weight": np.zeros((10, 2048), np.float32), "fc1.bias": np.full(10, np.nan, np.float32)}
+    np.savez(tmp_path / "w.npz", **weights)
+    with pytest.raises(GraphconvError, match=r"^w.npz: weights 'fc1.bias' has NaN values, the first at \[0\]$"):
+        load_spec(write_spec(spec))
+    (tmp_path / "w.npz").write_bytes(b"\x93NUMPY")
+    with pytest.raises(GraphconvError, match="a single .npy array, not an .npz archive"):
+        load_spec(write_spec(spec))
+    np.savez(tmp_path / "w.npz", **{"no_dot": np.zeros(3, np.float32)})
+    with pytest.raises(GraphconvError, match="has weights 'no_dot' but the spec has no layer ''"):
+        load_spec(write_spec(spec))
+
+
+# ---- sizes: nothing big is allocated for a small file -----------------------------------------
+
+@pytest.mark.parametrize("text,match,line", [
+    (LAYER + "{name: a, op: conv, out_channels: 1000000000, kernel_size: 1}\n",
+     "layer 'a': its output for one crop (1000000000x8x8) needs about 238.4 GB, over the memory limit", 3),
+    ("input: {shape: [3, 100000, 100000]}\nlayers:\n  - {name: fc, op: fc, out_features: 10}\n",
+     "the input crop 3x100000x100000 needs about 111.8 GB", 1),
+    ("input: {shape: [3, 1000, 1000]}\nlayers:\n  - {name: fc, op: fc, out_features: 100000}\n",
+     "seeding random weights (the spec names no weights file; the largest array is 100000x3000000, in layer "
+     "'fc') needs about", None),
+    (LAYER + "{name: a, op: conv, out_channels: 64, kernel_size: 1, padding: 2147483647}\n",
+     "layer 'a': its output for one crop", 3),
+    (LAYER + "{name: a, op: conv, out_channels: 2147483647, kernel_size: 1, padding: 2147483647}\n"
+     "  - {name: f, op: fc, out_features: 2147483647}\n", "its output for one crop", 3),
+])
+def test_huge_sizes_are_refused_before_allocating(write_spec, small_budget, text, match, line):
+    refused(write_spec(text), match, line, seconds=2.0)
