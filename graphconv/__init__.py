@@ -18,7 +18,7 @@ from graphconv.ir import Graph, Node
 from graphconv.pass_manager import PassManager, register_pass, registered_passes, run_passes
 from graphconv.spec import load_spec, save_model
 from graphconv.model import Model
-from graphconv.compiler import compile_model
+from graphconv.compiler import compile_graph, compile_model
 from graphconv.receptive import Field, receptive_fields
 
 __version__ = "0.1.0"
@@ -31,6 +31,6 @@ def load(path) -> Model:
 
 __all__ = [
     "Field", "Graph", "GraphconvError", "Location", "Model", "Node", "PassError", "PassManager",
-    "ShapeError", "compile_model", "configure_process", "load", "load_spec", "receptive_fields", "register_pass",
+    "ShapeError", "compile_graph", "compile_model", "configure_process", "load", "load_spec", "receptive_fields", "register_pass",
     "registered_passes", "run_passes", "save_model",
 ]

@@ -306,17 +306,20 @@ def cmd_compile(args: argparse.Namespace) -> int:
     """Every check runs before the first byte is written: the output folder is checked
     before the pipeline runs, and the compiled model's receptive field (which rejects
     maps of different strides meeting) is worked out before it is saved."""
-    from graphconv.compiler import compile_model
+    from graphconv.compiler import compile_graph
+    from graphconv.model import Model
+    from graphconv.pass_manager import timings_table
 
     check_model_target(args.output)
-    model = compile_model(args.spec, args.passes, output_stride=args.output_stride,
-                          stride_method=args.stride_method, verify_each=not args.no_verify,
-                          print_ir_before=set(args.print_ir_before),
-                          print_ir_after=set(args.print_ir_after))
+    graph, records = compile_graph(args.spec, args.passes, output_stride=args.output_stride,
+                                   stride_method=args.stride_method, verify_each=not args.no_verify,
+                                   print_ir_before=set(args.print_ir_before),
+                                   print_ir_after=set(args.print_ir_after))
+    model = Model(graph)
     field = model.field
     model.save(args.output)
     if args.timings:
-        print(model.pass_manager.timings_table())
+        print(timings_table(records))
     print(f"compiled {args.spec} -> {args.output} ({model.graph.meta['compiled']['passes']}); "
           f"output stride {field.stride[0]}x{field.stride[1]}, each cell sees "
           f"{field.size[0]}x{field.size[1]} pixels")

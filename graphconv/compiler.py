@@ -1,4 +1,5 @@
-"""`compile_model`: spec -> pass pipeline -> Model, as `graphconv compile` does it."""
+"""`compile_graph` / `compile_model`: spec -> pass pipeline -> compiled graph or Model,
+as `graphconv compile` does it."""
 from __future__ import annotations
 
 import os
@@ -7,7 +8,8 @@ from typing import Any, Sequence
 from graphconv.errors import GraphconvError
 from graphconv.ir import Graph
 from graphconv.model import Model
-from graphconv.pass_manager import DEFAULT_PIPELINE, PassManager, PipelineItem, format_pipeline, parse_pipeline
+from graphconv.pass_manager import (DEFAULT_PIPELINE, PassManager, PassRecord, PipelineItem, format_pipeline,
+                                    parse_pipeline)
 from graphconv.spec import load_spec
 
 
@@ -29,12 +31,13 @@ def build_pipeline(passes: str | Sequence[str] | None = None, output_stride: int
     return items
 
 
-def compile_model(source: str | os.PathLike | Graph, passes: str | Sequence[str] | None = None, *,
+def compile_graph(source: str | os.PathLike | Graph, passes: str | Sequence[str] | None = None, *,
                   output_stride: int | None = None, stride_method: str = "auto",
-                  **manager_options: Any) -> Model:
-    """Load `source` (a spec path or a Graph), run the pipeline and return the Model.
-
-    manager_options go to `PassManager` (print_ir_before/after, verify_each, out...)."""
+                  **manager_options: Any) -> tuple[Graph, list[PassRecord]]:
+    """Load `source` (a spec path or a Graph), run the pipeline, and return the compiled
+    graph with a record of every pass that ran (for `--timings`). `source` itself is
+    never changed. manager_options go to `PassManager` (print_ir_before/after,
+    verify_each, out...)."""
     graph = source if isinstance(source, Graph) else load_spec(source)
     pipeline = build_pipeline(passes, output_stride, stride_method)
     manager = PassManager(pipeline, **manager_options)
@@ -42,8 +45,14 @@ def compile_model(source: str | os.PathLike | Graph, passes: str | Sequence[str]
     if not compiled.layers():
         raise GraphconvError(f"after the passes ({format_pipeline(pipeline)}) the network has no "
                              "layers left: its output would be its input", loc=graph.input.loc)
-    info = compiled.meta.setdefault("compiled", {})
-    info["passes"] = format_pipeline(pipeline)
-    model = Model(compiled)
-    model.pass_manager = manager
-    return model
+    compiled.meta.setdefault("compiled", {})["passes"] = format_pipeline(pipeline)
+    return compiled, manager.records
+
+
+def compile_model(source: str | os.PathLike | Graph, passes: str | Sequence[str] | None = None, *,
+                  output_stride: int | None = None, stride_method: str = "auto",
+                  **manager_options: Any) -> Model:
+    """`compile_graph`, as a runnable Model."""
+    compiled, _ = compile_graph(source, passes, output_stride=output_stride,
+                                stride_method=stride_method, **manager_options)
+    return Model(compiled)

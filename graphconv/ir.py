@@ -13,12 +13,19 @@ Everything lives in the DiGraph, so there is nothing that can drift from it:
 
 The input is a node too, with op "input", so edges always connect named values.
 `Node` is a view (graph + name), never a copy.
+
+Every editing verb bumps `graph.version`, so whatever was derived from the graph (a
+Model's executors and receptive field, a device's prepared weights) knows to rebuild:
+an edit after a run takes effect on the next run. That is why `node.params` and
+`node.weights` are read-only views: edit through `set_params` / `set_weights`
+(writing into a weight array's numbers in place is not seen).
 """
 from __future__ import annotations
 
 import copy
 import itertools
-from typing import Any, Iterable, Iterator, Sequence
+from types import MappingProxyType
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import networkx as nx
 import numpy as np
@@ -47,12 +54,14 @@ class Node:
         return self._data["op"]
 
     @property
-    def params(self) -> dict:
-        return self._data["params"]
+    def params(self) -> Mapping[str, Any]:
+        """Read-only: change them with `graph.set_params`."""
+        return MappingProxyType(self._data["params"])
 
     @property
-    def weights(self) -> dict[str, np.ndarray]:
-        return self._data["weights"]
+    def weights(self) -> Mapping[str, np.ndarray]:
+        """Read-only mapping: change it with `graph.set_weights`."""
+        return MappingProxyType(self._data["weights"])
 
     @property
     def shape(self) -> tuple[int, int, int] | None:
@@ -101,7 +110,7 @@ class Graph:
     def __init__(self, name: str, input_name: str, input_shape: Sequence[int],
                  meta: dict | None = None, input_loc: Location | None = None):
         self.nx = nx.DiGraph(name=name, input=input_name, input_shape=tuple(input_shape),
-                             output=input_name, meta=dict(meta or {}))
+                             output=input_name, meta=dict(meta or {}), version=0)
         self._seq = itertools.count()
         self.nx.add_node(input_name, op=INPUT_OP, params={}, weights={}, loc=input_loc,
                          shape=tuple(input_shape), seq=next(self._seq))
@@ -126,6 +135,15 @@ class Graph:
     @output.setter
     def output(self, node: Node | str) -> None:
         self.nx.graph["output"] = _name(node)
+        self._changed()
+
+    @property
+    def version(self) -> int:
+        """A counter every editing verb increases (see the module docstring)."""
+        return self.nx.graph["version"]
+
+    def _changed(self) -> None:
+        self.nx.graph["version"] += 1
 
     @property
     def meta(self) -> dict:
@@ -173,6 +191,7 @@ class Graph:
                          loc=loc, shape=None, seq=next(self._seq))
         for index, src in enumerate(inputs):
             self.nx.add_edge(_name(src), name, index=index)
+        self._changed()
         return Node(self, name)
 
     def fresh_name(self, base: str) -> str:
@@ -192,6 +211,7 @@ class Graph:
             self.nx.add_edge(new, user, index=index)
         if self.nx.graph["output"] == old:
             self.nx.graph["output"] = new
+        self._changed()
 
     def remove(self, node: Node | str) -> None:
         """Remove a node. A node with one input is bypassed: its users read that input.
@@ -206,6 +226,7 @@ class Graph:
                 raise ValueError(f"cannot bypass {name!r}: it has {len(sources)} inputs")
             self.replace_all_uses(name, sources[0])
         self.nx.remove_node(name)
+        self._changed()
 
     def erase(self, node: Node | str) -> None:
         """Delete a node whose value nobody reads (dead code); see `remove` to bypass one."""
@@ -214,6 +235,7 @@ class Graph:
         if n.op == INPUT_OP or n.users or self.nx.graph["output"] == name:
             raise ValueError(f"cannot erase {name!r}: it is the input, the output, or still read")
         self.nx.remove_node(name)
+        self._changed()
 
     def replace(self, old: Node | str, op: str, params: dict | None = None,
                 weights: dict | None = None, name: str | None = None) -> Node:
@@ -231,6 +253,7 @@ class Graph:
             self.nx.add_edge(new.name, user, index=index)
         if was_output:
             self.nx.graph["output"] = new.name
+        self._changed()
         return new
 
     def insert_after(self, node: Node | str, name: str, op: str, params: dict | None = None,
@@ -244,6 +267,7 @@ class Graph:
             self.nx.add_edge(new.name, user, index=index)
         if self.nx.graph["output"] == anchor.name:
             self.nx.graph["output"] = new.name
+        self._changed()
         return new
 
     def insert_before(self, node: Node | str, name: str, op: str, params: dict | None = None,
@@ -257,6 +281,7 @@ class Graph:
 
     def set_params(self, node: Node | str, **params: Any) -> None:
         self.nx.nodes[_name(node)]["params"].update(params)
+        self._changed()
 
     def set_weights(self, node: Node | str, **arrays: np.ndarray) -> None:
         """Attach float32 weights (e.g. weight=..., bias=...); None removes one."""
@@ -266,6 +291,7 @@ class Graph:
                 weights.pop(key, None)
             else:
                 weights[key] = np.ascontiguousarray(value, dtype=np.float32)
+        self._changed()
 
     def set_shape(self, node: Node | str, shape: tuple[int, int, int] | None) -> None:
         self.nx.nodes[_name(node)]["shape"] = shape
@@ -322,6 +348,10 @@ class Graph:
             unknown = set(node.params) - {p.name for p in opdef.params}
             if unknown:
                 raise node.error(f"unknown parameter(s) {sorted(unknown)} for op {node.op}")
+            missing = [p.name for p in opdef.params if p.name not in node.params]
+            if missing:
+                raise node.error(f"{node.op} is missing parameter(s) {missing} (a pass that builds "
+                                 "layers can fill in defaults with graphconv.spec.normalize_params)")
             for key, array in node.weights.items():
                 if not isinstance(array, np.ndarray) or array.dtype != np.float32:
                     raise node.error(f"weight '{key}' must be a float32 array")

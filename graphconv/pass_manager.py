@@ -253,6 +253,7 @@ class PassManager:
                                     f"'{provider.name}' before it")
                 self._run_one(graph, provider, {}, automatic=True)
         self._print("before", info.name, graph)
+        version = graph.version
         start = time.perf_counter()
         try:
             result = info.run(graph, **options)
@@ -264,6 +265,10 @@ class PassManager:
             raise PassError(f"pass '{info.name}' ({info.origin}) crashed: "
                             f"{type(err).__name__}: {err}") from err
         modified = result is not False
+        if not modified and graph.version != version:
+            raise PassError(f"pass '{info.name}' ({info.origin}) changed the graph but returned False; "
+                            "return True (or None) when a pass edits the graph, so the analyses it "
+                            "invalidates are recomputed")
         self.records.append(PassRecord(info.name, time.perf_counter() - start, modified, automatic))
         if modified:
             self._valid &= set(info.preserves)
@@ -294,14 +299,19 @@ class PassManager:
             print(f"// ----- IR {when} {name} -----\n{graph}", file=stream)
 
     def timings_table(self) -> str:
-        total = sum(r.seconds for r in self.records) or 1e-12
-        lines = [f"{'pass':<26}{'ms':>10}{'share':>8}  changed"]
-        for r in self.records:
-            name = r.name + (" (auto)" if r.automatic else "")
-            lines.append(f"{name:<26}{r.seconds * 1e3:>10.2f}{r.seconds / total:>8.0%}  "
-                         f"{'yes' if r.modified else 'no'}")
-        lines.append(f"{'total':<26}{total * 1e3:>10.2f}")
-        return "\n".join(lines)
+        return timings_table(self.records)
+
+
+def timings_table(records: Sequence[PassRecord]) -> str:
+    """What `--timings` prints: each pass run, its time, share, and whether it changed the graph."""
+    total = sum(r.seconds for r in records) or 1e-12
+    lines = [f"{'pass':<26}{'ms':>10}{'share':>8}  changed"]
+    for r in records:
+        name = r.name + (" (auto)" if r.automatic else "")
+        lines.append(f"{name:<26}{r.seconds * 1e3:>10.2f}{r.seconds / total:>8.0%}  "
+                     f"{'yes' if r.modified else 'no'}")
+    lines.append(f"{'total':<26}{total * 1e3:>10.2f}")
+    return "\n".join(lines)
 
 
 def _provider_of(analysis: str, needed_by: PassInfo) -> PassInfo:

@@ -193,3 +193,25 @@ def test_broken_plugins_are_user_errors(tmp_path):
         pm.load_plugin(str(dup))
     with pytest.raises(graphconv.GraphconvError, match="missing.py: plugin file not found"):
         pm.load_plugin(str(tmp_path / "missing.py"))
+
+
+def test_a_pass_that_edits_the_graph_but_returns_false_is_caught(lenet):
+    @register_pass("sneaky", "removes softmax but says it changed nothing")
+    def sneaky(graph):
+        graph.remove("prob")
+        return False
+
+    with pytest.raises(PassError, match="pass 'sneaky' .* changed the graph but returned False"):
+        PassManager("shape-inference,sneaky").run(lenet)
+
+
+def test_the_verifier_names_a_missing_parameter(lenet):
+    @register_pass("half-built-conv", "adds a conv without its groups parameter")
+    def half_built_conv(graph):
+        graph.insert_after("relu1", "extra", "conv", {"out_channels": 6, "kernel_size": 1, "stride": 1,
+                                                       "padding": 0, "dilation": 1, "bias": False,
+                                                       "activation": "none"})
+
+    with pytest.raises(PassError, match=r"pass 'half-built-conv' broke the IR: .*layer 'extra': conv is "
+                                        r"missing parameter\(s\) \['groups'\]"):
+        PassManager("half-built-conv").run(lenet)

@@ -62,3 +62,34 @@ def test_intermediates_are_freed():
 def test_unknown_device():
     with pytest.raises(GraphconvError, match="unknown device"):
         resolve_device("tpu")
+
+
+def test_edits_after_a_run_take_effect_on_the_next_run(rng):
+    """A Model keeps its executors and receptive field per graph version: an edit to
+    the weights, the params or the structure is what the next run computes."""
+    model = graphconv.compile_model(SPECS / "lenet.yaml")
+    x = random_input(rng, (1, 1, 72, 72))
+    first = model.run(x)
+    model.graph.set_weights("fc5", bias=np.arange(10, dtype=np.float32))
+    np.testing.assert_allclose(model.run(x), run_reference(model.graph, x), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(model.run(x), first)
+    assert model.graph.node("conv1").params["activation"] == "relu"  # fused by the default pipeline
+    before = model.run(x)
+    model.graph.set_params("conv1", activation="none")
+    assert not np.allclose(model.run(x), before)
+    np.testing.assert_allclose(model.run(x), run_reference(model.graph, x), rtol=1e-4, atol=1e-5)
+    model.graph.remove("prob")
+    np.testing.assert_allclose(model.run(x), run_reference(model.graph, x), rtol=1e-4, atol=1e-5)
+    model.graph.set_params("pool1", stride=1)
+    assert model.output_stride == (2, 2), "the receptive field follows the edit"
+
+
+def test_params_and_weights_are_edited_through_the_graph():
+    graph = graphconv.load_spec(SPECS / "lenet.yaml")
+    with pytest.raises(TypeError):
+        graph.node("conv1").params["stride"] = 2
+    with pytest.raises(TypeError):
+        graph.node("conv1").weights["bias"] = np.zeros(6, np.float32)
+    version = graph.version
+    graph.set_params("conv1", stride=2)
+    assert graph.version > version
