@@ -266,21 +266,23 @@ def _read_text(path: Path, what: str, limit: int, not_text: str, not_found: str 
     if len(data) > limit:
         raise GraphconvError(f"the {what} is over {limit >> 20} MB, more than any {what} needs",
                              file=str(path))
-    kind = file_kind(data[:16])
+    kind = file_kind(data[:16]) or _onnx_kind(path, data[:3])
     if kind is None:
         try:
             return data.decode("utf-8-sig")
         except UnicodeDecodeError:
             pass
-    raise GraphconvError(f"{not_text} ({_binary_hint(path, kind)})", file=str(path))
+    hint = f"{kind}?" if kind else "a binary file? it is not UTF-8"
+    raise GraphconvError(f"{not_text} ({hint})", file=str(path))
 
 
-def _binary_hint(path: Path, kind: str | None) -> str:
-    if kind is not None:
-        return f"{kind}?"
-    if path.suffix.lower() == ".onnx":
+def _onnx_kind(path: Path, head: bytes) -> str | None:
+    """ONNX files have no magic number: a `.onnx` name, or the protobuf bytes an ONNX
+    model starts with (field 1, ir_version, a small varint, then another field)."""
+    if path.suffix.lower() == ".onnx" or (len(head) == 3 and head[0] == 0x08 and head[1] < 0x20
+                                           and head[2] in (0x12, 0x1A, 0x22, 0x2A, 0x3A)):
         return "an ONNX model? graphconv reads network specs written as YAML"
-    return "a binary file? it is not UTF-8"
+    return None
 
 
 def _loc(path: Path, mapping: dict, key: str | None = None) -> Location:
