@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from graphconv.arrays import load_npy
 from graphconv.errors import GraphconvError, shown
 from graphconv.files import atomic_write, check_model_target, check_writable
 
@@ -162,9 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
                          description="List built-in and plugin passes, one line each.")
     _add_plugin_option(lst)
     lst.set_defaults(handler=cmd_passes)
+    for command in (run, comp, insp, ver):
+        _add_model_files_options(command)
     for command in (run, comp, insp, ver, lst):
         _add_common_options(command, defaults=False)
     return parser
+
+
+def _add_model_files_options(parser: argparse.ArgumentParser) -> None:
+    """Files given on the command line are trusted wherever they are; those a spec
+    names must lie inside its folder (graphconv/spec.py)."""
+    parser.add_argument("--weights", metavar="NPZ",
+                        help="weights to use instead of the spec's (<layer>.weight / <layer>.bias)")
+    parser.add_argument("--labels", metavar="TXT", help="class names, one per line, instead of the spec's")
 
 
 def _add_common_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
@@ -195,13 +206,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise GraphconvError("--flip and --reduce apply to --scales runs")
     for path in filter(None, (args.output, args.heatmap_out)):
         check_writable(path)
-    model = Model.load(args.model)
+    model = Model.load(args.model, weights=args.weights, labels=args.labels)
     if args.image:
         from graphconv import images
         picture = images.load_image(args.image, args.resize)
         x = images.preprocess(picture, model.graph.meta.get("preprocess"))[None]
     else:
-        x = load_array(args.input)
+        x = load_npy(args.input)
         if args.resize:
             raise GraphconvError("--resize applies to --image only")
     x = as_batch(x, model.crop_shape[0])
@@ -309,9 +320,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from graphconv.compiler import compile_graph
     from graphconv.model import Model
     from graphconv.pass_manager import timings_table
+    from graphconv.spec import load_spec
 
     check_model_target(args.output)
-    graph, records = compile_graph(args.spec, args.passes, output_stride=args.output_stride,
+    source = load_spec(args.spec, weights=args.weights, labels=args.labels)
+    graph, records = compile_graph(source, args.passes, output_stride=args.output_stride,
                                    stride_method=args.stride_method, verify_each=not args.no_verify,
                                    print_ir_before=set(args.print_ir_before),
                                    print_ir_after=set(args.print_ir_after))
@@ -330,7 +343,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from graphconv.model import Model
     from graphconv.inspect_report import inspect_report
 
-    model = Model.load(args.model)
+    model = Model.load(args.model, weights=args.weights, labels=args.labels)
     hw = tuple(args.input_size) if args.input_size else None
     print(inspect_report(model, hw, args.scales))
     if args.ir:
@@ -351,7 +364,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from graphconv.dense import verify
     from graphconv.model import Model
 
-    original = Model.load(args.spec)
+    original = Model.load(args.spec, weights=args.weights, labels=args.labels)
     compiled = compile_model(original.graph, output_stride=args.output_stride,
                              stride_method=args.stride_method)
     c = original.crop_shape[0]
@@ -381,19 +394,6 @@ def cmd_passes(args: argparse.Namespace) -> int:
 
 
 # ---- helpers --------------------------------------------------------------------------------
-
-def load_array(path: str) -> np.ndarray:
-    try:
-        array = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise GraphconvError("input file not found", file=path) from None
-    except (OSError, ValueError) as err:
-        raise GraphconvError(f"cannot read a .npy array: {err}", file=path) from None
-    if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.floating):
-        raise GraphconvError(f"input must be a float array, got {getattr(array, 'dtype', type(array))}",
-                             file=path)
-    return array.astype(np.float32, copy=False)
-
 
 def format_profile(model, profile: dict[str, float], hw, batch: int, device: str = "cpu") -> str:
     """Per-layer ms, share and GFLOP/s, with the kernel strategy each layer ran with."""

@@ -36,9 +36,11 @@ class Model:
         return self._derived
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Model":
-        """Load a spec file or a compiled model directory."""
-        return cls(load_spec(path))
+    def load(cls, path: str | os.PathLike, *, weights: str | os.PathLike | None = None,
+             labels: str | os.PathLike | None = None) -> "Model":
+        """Load a spec file or a compiled model directory; `weights` / `labels` replace
+        the files the spec names (see graphconv.spec on which paths are trusted)."""
+        return cls(load_spec(path, weights=weights, labels=labels))
 
     def save(self, directory: str | os.PathLike) -> Path:
         return save_model(self.graph, directory)
