@@ -118,24 +118,19 @@ def network_row(case, model, ours, theirs, ceiling, reference_ms):
 
 
 def layer_table(case, model, x, ours, theirs, ceiling) -> list[str]:
-    from graphconv.cost import layer_costs
-    from graphconv.shapes import infer_shapes
+    from graphconv.profiling import layer_timings
 
-    shapes = infer_shapes(model.graph, (case.size, case.size), check_weights=False)
     lines = [f"#### {case.title} at {case.size}x{case.size}", "",
              "| layer | op (strategy) | output | GFLOP | ms | GFLOP/s | of ceiling | PyTorch ms | PyTorch / graphconv |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for cost in layer_costs(model.graph, (case.size, case.size)):
-        node = model.graph.node(cost.name)
-        in_shape = (x.shape[0], *shapes[node.inputs[0].name])
-        variant = node.opdef.variant("cpu", node.params, in_shape)
-        op = f"{cost.op} ({variant})" if variant else cost.op
-        ms = ours.ms(cost.name)
-        gflop = cost.flops * x.shape[0] / 1e9
-        rate = gflop / ms * 1e3 if ms > 0 else 0.0
-        share = f"{rate / ceiling:.0%}" if cost.op in ("conv", "fc") else ""
-        t_ms = theirs.ms(cost.name) if theirs else None
-        lines.append(f"| {cost.name} | {op} | {'x'.join(map(str, cost.shape))} | {gflop:.3f} | {ms:.2f} | "
+    medians = {name: ours.ms(name) / 1e3 for name in ours.layers}
+    for row in layer_timings(model.graph, medians, (case.size, case.size), x.shape[0]):
+        op = f"{row.op} ({row.strategy})" if row.strategy else row.op
+        ms = row.seconds * 1e3
+        rate = row.gflops_per_second
+        share = f"{rate / ceiling:.0%}" if row.op in ("conv", "fc") else ""
+        t_ms = theirs.ms(row.name) if theirs else None
+        lines.append(f"| {row.name} | {op} | {'x'.join(map(str, row.shape))} | {row.flops / 1e9:.3f} | {ms:.2f} | "
                      f"{rate:.1f} | {share} | {'-' if t_ms is None else f'{t_ms:.2f}'} | "
                      f"{'-' if t_ms is None else f'{t_ms / ms:.2f}x'} |")
     return lines + [""]

@@ -27,7 +27,7 @@ def main() -> None:
     args = parser.parse_args()
     import numpy as np
     import graphconv
-    from graphconv.cli import format_profile
+    from graphconv.profiling import format_profile
     from graphconv.runtime import cuda_status
 
     problem = cuda_status()
@@ -71,7 +71,7 @@ def main() -> None:
                 runs.append(profile)
             median = {name: statistics.median(r[name] for r in runs) for name in runs[0]}
             profiles += ["", f"`graphconv inspect --profile --device cuda` view of {title} at {size}x{size}:", "",
-                         "```", format_profile(model, median, (size, size), 1, "cuda"), "```"]
+                         "```", format_profile(model.graph, median, (size, size), 1, "cuda"), "```"]
     text = "\n".join(lines + profiles)
     print(text)
     if args.markdown:

@@ -21,6 +21,7 @@ import numpy as np
 from graphconv.arrays import load_npy
 from graphconv.errors import GraphconvError, shown
 from graphconv.files import atomic_write, check_model_target, check_writable
+from graphconv.profiling import format_profile
 
 EXIT_USER_ERROR = 2
 EXIT_BROKEN_PIPE = 128 + 13  # what a Unix tool killed by SIGPIPE returns
@@ -228,7 +229,7 @@ def cmd_run(args: argparse.Namespace) -> int:
           f" on {model.executor(args.device).device}")
     if profile is not None:
         device = model.executor(args.device).device
-        print(format_profile(model, profile, x.shape[2:], x.shape[0], device))
+        print(format_profile(model.graph, profile, x.shape[2:], x.shape[0], device))
         print("(the first run in a process also loads every compiled kernel; "
               "`graphconv inspect MODEL --profile` times a warmed-up run)")
     if args.heatmap is not None:
@@ -355,7 +356,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         model.run(x, args.device)  # warm-up: JIT compile and caches
         profile: dict[str, float] = {}
         model.run(x, args.device, profile)
-        print(format_profile(model, profile, size, 1, model.executor(args.device).device))
+        print(format_profile(model.graph, profile, size, 1, model.executor(args.device).device))
     return 0
 
 
@@ -391,29 +392,6 @@ def cmd_passes(args: argparse.Namespace) -> int:
     print(f"(passes of installed packages that declare a '{ENTRY_POINT_GROUP}' entry point are "
           "imported on every graphconv run, like --plugin: install only packages you trust)")
     return 0
-
-
-# ---- helpers --------------------------------------------------------------------------------
-
-def format_profile(model, profile: dict[str, float], hw, batch: int, device: str = "cpu") -> str:
-    """Per-layer ms, share and GFLOP/s, with the kernel strategy each layer ran with."""
-    from graphconv.cost import layer_costs
-    from graphconv.shapes import infer_shapes
-
-    costs = {row.name: row for row in layer_costs(model.graph, tuple(hw))}
-    shapes = infer_shapes(model.graph, tuple(hw), check_weights=False)
-    total = sum(profile.values()) or 1e-12
-    lines = [f"{'layer':<16}{'op':<9}{'strategy':<11}{'ms':>9}{'share':>7}{'GFLOP/s':>9}"]
-    for name, seconds in profile.items():
-        node = model.graph.node(name)
-        in_shape = (batch, *shapes[node.inputs[0].name])
-        strategy = node.opdef.variant(device, node.params, in_shape) or "-"
-        flops = costs[name].flops * batch
-        rate = flops / seconds / 1e9 if seconds > 0 else 0.0
-        lines.append(f"{name:<16}{node.op:<9}{strategy:<11}{seconds * 1e3:>9.2f}{seconds / total:>7.0%}"
-                     f"{rate:>9.1f}")
-    lines.append(f"{'total':<36}{total * 1e3:>9.2f}")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,50 @@
+"""Per-layer timings joined with what each layer computes: one place for the rows that
+`graphconv run --profile`, `graphconv inspect --profile` and the benchmarks print."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from graphconv.cost import layer_costs
+from graphconv.ir import Graph
+from graphconv.shapes import infer_shapes
+
+
+@dataclass(frozen=True)
+class LayerTiming:
+    name: str
+    op: str
+    strategy: str            # the kernel variant the layer ran with ("" when it has one)
+    shape: tuple[int, int, int]
+    flops: int               # for the whole batch
+    seconds: float
+
+    @property
+    def gflops_per_second(self) -> float:
+        return self.flops / self.seconds / 1e9 if self.seconds > 0 else 0.0
+
+
+def layer_timings(graph: Graph, profile: dict[str, float], input_hw: tuple[int, int], batch: int,
+                  device: str = "cpu") -> list[LayerTiming]:
+    """One row per layer of `graph` that `profile` (seconds per layer) timed, in run order."""
+    costs = {row.name: row for row in layer_costs(graph, tuple(input_hw))}
+    shapes = infer_shapes(graph, tuple(input_hw), check_weights=False)
+    rows = []
+    for name, seconds in profile.items():
+        node = graph.node(name)
+        in_shape = (batch, *shapes[node.inputs[0].name])
+        rows.append(LayerTiming(name, node.op, node.opdef.variant(device, node.params, in_shape),
+                                costs[name].shape, costs[name].flops * batch, seconds))
+    return rows
+
+
+def format_profile(graph: Graph, profile: dict[str, float], input_hw: tuple[int, int], batch: int,
+                   device: str = "cpu") -> str:
+    """Per-layer ms, share and GFLOP/s, with the kernel strategy each layer ran with."""
+    rows = layer_timings(graph, profile, input_hw, batch, device)
+    total = sum(r.seconds for r in rows) or 1e-12
+    lines = [f"{'layer':<16}{'op':<9}{'strategy':<11}{'ms':>9}{'share':>7}{'GFLOP/s':>9}"]
+    for r in rows:
+        lines.append(f"{r.name:<16}{r.op:<9}{r.strategy or '-':<11}{r.seconds * 1e3:>9.2f}"
+                     f"{r.seconds / total:>7.0%}{r.gflops_per_second:>9.1f}")
+    lines.append(f"{'total':<36}{total * 1e3:>9.2f}")
+    return "\n".join(lines)
