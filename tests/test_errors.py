@@ -1,0 +1,35 @@
+"""What error messages echo of a user's values: one short line, whatever the value."""
+import pytest
+
+from graphconv.errors import MESSAGE_CHARS, GraphconvError, Location, shown
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("fc6", "'fc6'"),
+    ("a\ngraphconv: fake line", "'a\\ngraphconv: fake line'"),
+    (3.5, "3.5"),
+    (10 ** 5000, "an integer of 16610 bits"),
+    ({"a": [1, 2]}, "{'a': [1, 2]}"),
+], ids=["name", "newline", "float", "huge-int", "mapping"])
+def test_shown_values(value, expected):
+    assert shown(value) == expected
+
+
+def test_shown_cuts_big_shared_and_deep_values_without_expanding_them():
+    shared = [1]
+    for _ in range(60):
+        shared = [shared, shared]  # 2^60 leaves if expanded
+    deep = [1]
+    for _ in range(5000):
+        deep = [deep]
+    for value in (shared, deep, ["x" * 10 ** 6] * 10 ** 6):
+        text = shown(value)
+        assert len(text) <= 90 and "\n" not in text
+
+
+def test_an_error_is_one_bounded_line():
+    err = GraphconvError("bad\nthing " * 1000, loc=Location("/tmp/net.yaml", 3), layer="a\nb")
+    text = str(err)
+    assert "\n" not in text and len(text) <= MESSAGE_CHARS + 3
+    assert text.startswith("net.yaml:3: layer 'a\\nb': bad")
+    assert str(GraphconvError("x", file=".")) == ".: x"
