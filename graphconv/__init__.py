@@ -16,7 +16,8 @@ from graphconv.process import configure_process
 from graphconv.errors import GraphconvError, Location, PassError, ShapeError
 from graphconv.ir import Graph, Node
 from graphconv.pass_manager import PassManager, register_pass, registered_passes, run_passes
-from graphconv.spec import load_spec, save_model
+from graphconv.frontends import load_network as load_spec
+from graphconv.frontends.yaml import save_model
 from graphconv.model import Model
 from graphconv.compiler import compile_graph, compile_model
 from graphconv.receptive import Field, receptive_fields

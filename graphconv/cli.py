@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_model_files_options(parser: argparse.ArgumentParser) -> None:
     """Files given on the command line are trusted wherever they are; those a spec
-    names must lie inside its folder (graphconv/spec.py)."""
+    names must lie inside its folder (graphconv/frontends/yaml.py)."""
     parser.add_argument("--weights", metavar="NPZ",
                         help="weights to use instead of the spec's (<layer>.weight / <layer>.bias)")
     parser.add_argument("--labels", metavar="TXT", help="class names, one per line, instead of the spec's")
@@ -321,7 +321,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from graphconv.compiler import compile_graph
     from graphconv.model import Model
     from graphconv.pass_manager import timings_table
-    from graphconv.spec import load_spec
+    from graphconv.frontends import load_network as load_spec
 
     check_model_target(args.output)
     source = load_spec(args.spec, weights=args.weights, labels=args.labels)

@@ -10,7 +10,7 @@ from graphconv.ir import Graph
 from graphconv.model import Model
 from graphconv.pass_manager import (DEFAULT_PIPELINE, PassManager, PassRecord, PipelineItem, format_pipeline,
                                     parse_pipeline)
-from graphconv.spec import load_spec
+from graphconv.frontends import load_network as load_spec
 
 
 def build_pipeline(passes: str | Sequence[str] | None = None, output_stride: int | None = None,

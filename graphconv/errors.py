@@ -27,7 +27,7 @@ def shown(value: Any, limit: int = SHOWN_CHARS, depth: int = 4) -> str:
     nested a thousand deep) costs nothing to show."""
     if isinstance(value, str):
         text = repr(value[:limit + 1])
-    elif isinstance(value, int) and value.bit_length() > 64:  # repr of a huge int can take seconds, or fail
+    elif isinstance(value, int) and value.bit_length() > 4000:  # repr fails past 4300 digits
         text = f"an integer of {value.bit_length()} bits"
     elif isinstance(value, (list, tuple, dict, set)):
         text = _shown_container(value, limit, depth)

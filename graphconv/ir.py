@@ -183,7 +183,7 @@ class Graph:
     def add(self, name: str, op: str, inputs: Sequence[Node | str], params: dict | None = None,
             weights: dict | None = None, loc: Location | None = None) -> Node:
         """Add a layer reading `inputs` (in argument order). Its params are taken as given;
-        `graphconv.spec.normalize_params` fills in defaults if you need them."""
+        `graphconv.params.normalize_params` fills in defaults if you need them."""
         if name in self.nx:
             raise ValueError(f"a node named {name!r} already exists")
         get_op(op)
@@ -351,7 +351,7 @@ class Graph:
             missing = [p.name for p in opdef.params if p.name not in node.params]
             if missing:
                 raise node.error(f"{node.op} is missing parameter(s) {missing} (a pass that builds "
-                                 "layers can fill in defaults with graphconv.spec.normalize_params)")
+                                 "layers can fill in defaults with graphconv.params.normalize_params)")
             for key, array in node.weights.items():
                 if not isinstance(array, np.ndarray) or array.dtype != np.float32:
                     raise node.error(f"weight '{key}' must be a float32 array")
@@ -385,5 +385,5 @@ def _fmt_shape(shape) -> str:
 
 def _fmt_value(value) -> str:
     if isinstance(value, (tuple, list)):
-        return "x".join(str(v) for v in value)
+        return str(value[0]) if len(set(value)) == 1 else "x".join(str(v) for v in value)
     return str(value)

@@ -15,7 +15,8 @@ from graphconv.errors import GraphconvError
 from graphconv.ir import Graph
 from graphconv.receptive import Field, receptive_fields
 from graphconv.runtime import Executor, resolve_device
-from graphconv.spec import load_spec, save_model
+from graphconv.frontends import load_network as load_spec
+from graphconv.frontends.yaml import save_model
 
 
 class Model:
@@ -39,7 +40,7 @@ class Model:
     def load(cls, path: str | os.PathLike, *, weights: str | os.PathLike | None = None,
              labels: str | os.PathLike | None = None) -> "Model":
         """Load a spec file or a compiled model directory; `weights` / `labels` replace
-        the files the spec names (see graphconv.spec on which paths are trusted)."""
+        the files the spec names (see graphconv/frontends/yaml.py on which paths are trusted)."""
         return cls(load_spec(path, weights=weights, labels=labels))
 
     def save(self, directory: str | os.PathLike) -> Path:

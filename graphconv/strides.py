@@ -55,9 +55,9 @@ def dilate(graph: Graph, stride: int) -> None:
         rate = [c_in[a] // gcd(c_in[a], stride) for a in (0, 1)]
         new_stride = [gcd(c_out[a], stride) // gcd(c_in[a], stride) for a in (0, 1)]
         graph.set_params(node,
-                         stride=_pack(new_stride),
-                         dilation=_pack([pair(node.params["dilation"])[a] * rate[a] for a in (0, 1)]),
-                         padding=_pack([pair(node.params["padding"])[a] * rate[a] for a in (0, 1)]))
+                         stride=tuple(new_stride),
+                         dilation=tuple(pair(node.params["dilation"])[a] * rate[a] for a in (0, 1)),
+                         padding=tuple(pair(node.params["padding"])[a] * rate[a] for a in (0, 1)))
 
 
 def cheaper_method(graph: Graph, stride: int) -> str:
@@ -76,7 +76,3 @@ def method_flops(graph: Graph, stride: int, image_hw: tuple[int, int] | None = N
     dilate(dilated, stride)
     return {"shift": fy * fx * total_flops(graph, image_hw),
             "dilate": total_flops(dilated, image_hw)}
-
-
-def _pack(values: list[int]):
-    return values[0] if values[0] == values[1] else tuple(values)

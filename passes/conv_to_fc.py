@@ -13,7 +13,8 @@ import numpy as np
 
 from graphconv.errors import GraphconvError
 from graphconv.ir import Graph, Node
-from graphconv.ops import pair
+from graphconv.ops import get_op, pair
+from graphconv.params import normalize_params
 from graphconv.pass_manager import register_pass
 
 DEFAULT_MAX_ELEMENTS = 1 << 24  # 64 MB of float32
@@ -40,7 +41,8 @@ def conv_to_fc(graph: Graph, layer: str = "", max_elements: int = DEFAULT_MAX_EL
                              f"with conv-to-fc{{max_elements={size}}}")
         weight, bias = dense_matrix(conv.params, conv.weights, in_shape, out_shape)
         relu = conv.params["activation"] == "relu"
-        fc = graph.replace(conv, "fc", {"out_features": weight.shape[0], "bias": bias is not None},
+        params = normalize_params(get_op("fc"), {"out_features": weight.shape[0], "bias": bias is not None})
+        fc = graph.replace(conv, "fc", params,
                            {"weight": weight} if bias is None else {"weight": weight, "bias": bias})
         graph.set_shape(fc, (weight.shape[0], 1, 1))
         if relu:

@@ -6,6 +6,8 @@ Its [out, C*H*W] weight, flattened in C,H,W order, reshapes to [out, C, H, W] wi
 moving a number. Every later fc sees a (K, 1, 1) map and becomes a 1x1 conv the same way.
 """
 from graphconv.ir import Graph
+from graphconv.ops import get_op
+from graphconv.params import normalize_params
 from graphconv.pass_manager import register_pass
 
 
@@ -16,9 +18,8 @@ def fc_to_conv(graph: Graph) -> bool:
     for fc in fcs:
         c, h, w = fc.inputs[0].shape
         weight = fc.weights["weight"].reshape(fc.params["out_features"], c, h, w)
-        params = {"out_channels": fc.params["out_features"], "kernel_size": h if h == w else (h, w),
-                  "stride": 1, "padding": 0, "dilation": 1, "groups": 1, "bias": fc.params["bias"],
-                  "activation": "none"}
+        params = normalize_params(get_op("conv"), {"out_channels": fc.params["out_features"],
+                                                   "kernel_size": (h, w), "bias": fc.params["bias"]})
         shape = fc.shape
         conv = graph.replace(fc, "conv", params, {**fc.weights, "weight": weight})
         graph.set_shape(conv, shape)

@@ -5,7 +5,7 @@ import pytest
 import graphconv
 from graphconv.errors import GraphconvError
 from graphconv.ops import get_op
-from graphconv.spec import normalize_params
+from graphconv.params import normalize_params
 from conftest import SPECS, random_input
 
 from graphconv.passes.conv_to_fc import dense_matrix

@@ -25,7 +25,7 @@ from graphconv import memory
 from graphconv.compiler import compile_model
 from graphconv.errors import GraphconvError
 from graphconv.ops import all_ops
-from graphconv.spec import load_spec
+from graphconv.frontends import load_network as load_spec
 from conftest import SPECS
 
 MESSAGE_CHARS = 2000

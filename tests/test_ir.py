@@ -4,7 +4,7 @@ import pytest
 
 from graphconv.errors import GraphconvError
 from graphconv.ir import Graph
-from graphconv.spec import load_spec
+from graphconv.frontends import load_network as load_spec
 from conftest import SPECS
 
 

@@ -9,7 +9,7 @@ import graphconv
 from graphconv import pass_manager as pm
 from graphconv.errors import PassError
 from graphconv.pass_manager import PassManager, parse_pipeline, register_pass
-from graphconv.spec import load_spec
+from graphconv.frontends import load_network as load_spec
 from conftest import ROOT, SPECS
 
 

@@ -34,7 +34,6 @@ directly: they are trusted wherever they are, and replace the spec's entries.
 from __future__ import annotations
 
 import io
-import math
 import os
 import re
 import stat
@@ -44,17 +43,16 @@ from typing import Any
 import numpy as np
 import yaml
 
-from graphconv.arrays import file_kind, load_npz, open_regular_file
+from graphconv.arrays import file_kind, open_regular_file
 from graphconv.errors import GraphconvError, Location, shown
 from graphconv.ir import Graph
-from graphconv.memory import check_fits
 from graphconv.ops import get_op
-from graphconv.ops.registry import REQUIRED, OpDef
-from graphconv.shapes import infer_shapes, init_weights
+from graphconv.ops.registry import OpDef
+from graphconv.params import MAX_INT, compact_params, finite_number, is_int, normalize_params
 
 LINE = "__line__"
 KEY_LINES = "__key_lines__"
-TOP_LEVEL_KEYS = {"name", "input", "weights", "layers", "preprocess", "labels", "compiled"}
+TOP_LEVEL_KEYS = {"name", "input", "weights", "layers", "preprocess", "labels", "compiled", "seeded_weights"}
 INPUT_KEYS = {"name", "shape"}
 PREPROCESS_KEYS = {"mean", "std", "scale"}
 COMPILED_KEYS = {"passes", "output_stride", "stride_method", "stitch"}
@@ -68,14 +66,11 @@ MAX_LABELS_BYTES = 16 << 20  # ImageNet-21k's labels are about 1 MB
 MAX_YAML_NODES = 50_000
 MAX_YAML_DEPTH = 32
 MAX_INT_BITS = 1000  # beyond this an int cannot even become a float or be printed in full
-MAX_INT = 2**31 - 1  # for sizes, strides and counts in a spec
 MAX_NAME_CHARS = 256
 MAX_LABEL_CHARS = 1000
 MAX_PATH_CHARS = 4096
 MAX_PASSES_CHARS = 4096
 MAX_STITCH_FACTOR = 1024
-FLOAT32_BYTES = 4
-SEED_DRAW_BYTES = 8  # seeded weights are drawn as float64, then stored as float32
 
 _STR_TAG = "tag:yaml.org,2002:str"
 _INVISIBLE = "\u2028\u2029\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff\ud800-\udfff"
@@ -184,28 +179,18 @@ _LineLoader.add_constructor("tag:yaml.org,2002:int", _LineLoader.construct_yaml_
 
 # ---- loading --------------------------------------------------------------------------------
 
-def load_spec(path: str | os.PathLike, *, weights: str | os.PathLike | None = None,
-              labels: str | os.PathLike | None = None, init_missing_weights: bool = True) -> Graph:
-    """Parse a spec file (or a compiled model directory) into a checked IR graph.
-
-    `weights` (an .npz) and `labels` (a text file, one class name per line), when given,
-    replace the spec's own `weights:` and `labels:`; unlike those they may be anywhere
-    (see the module docstring). A spec without weights gets deterministic seeded
-    weights, recorded as `graph.meta["seeded_weights"] = True` so tools can say so."""
-    path = _spec_file(Path(path))
+def read_spec(path: Path, *, weights: str | os.PathLike | None = None,
+              labels: str | os.PathLike | None = None) -> tuple[Graph, Path | None]:
+    """Parse a spec file (or a compiled model folder) into an IR graph without weights,
+    and the weights file to attach (`weights` when given, else the spec's own, which
+    must lie beside it; None when there is none). `labels` replaces the spec's labels.
+    `graphconv.frontends.finalize` does the rest."""
+    path = _spec_file(path)
     doc = _read_yaml(path)
     graph = _build_graph(doc, path, labels)
-    shapes = _checked_shapes(graph)
     _check_stitch_matches(graph, doc, path)
     weights_file = Path(weights) if weights is not None else _spec_relative_file(doc, "weights", path)
-    if weights_file is not None:
-        _attach_weights(graph, weights_file)
-        infer_shapes(graph, check_weights=True)
-    elif init_missing_weights:
-        _check_seeded_weights_fit(graph, shapes, path)
-        init_weights(graph)
-        graph.meta["seeded_weights"] = True
-    return graph
+    return graph, weights_file
 
 
 def _spec_file(path: Path) -> Path:
@@ -310,6 +295,10 @@ def _build_graph(doc: dict, path: Path, labels: str | os.PathLike | None = None)
         meta["preprocess"] = _checked_preprocess(doc["preprocess"], shape[0], path, _loc(path, doc, "preprocess"))
     if "compiled" in doc:
         meta["compiled"] = _checked_compiled(doc["compiled"], path, _loc(path, doc, "compiled"))
+    if "seeded_weights" in doc:  # a compiled model remembers that its weights were seeded
+        if not isinstance(doc["seeded_weights"], bool):
+            raise GraphconvError("'seeded_weights' must be true or false", loc=_loc(path, doc, "seeded_weights"))
+        meta["seeded_weights"] = doc["seeded_weights"]
     labels_file = Path(labels) if labels is not None else _spec_relative_file(doc, "labels", path)
     if labels_file is not None:
         meta["labels"] = _read_labels(labels_file)
@@ -333,7 +322,7 @@ def _spec_input(doc: dict, path: Path) -> tuple[str, list[int], Location]:
     _refuse_unknown_keys(spec_input, INPUT_KEYS, "key(s) in 'input'", loc)
     shape = spec_input.get("shape")
     if (not isinstance(shape, list) or len(shape) != 3
-            or not all(_is_int(v) and 0 < v <= MAX_INT for v in shape)):
+            or not all(is_int(v) and 0 < v <= MAX_INT for v in shape)):
         raise GraphconvError(f"input shape must be [C, H, W] of positive ints, got {shown(shape)}", loc=loc)
     name = _checked_name(spec_input.get("name", "data"), "the input name", loc)
     return name, list(shape), loc
@@ -417,73 +406,6 @@ def _layer_inputs(graph: Graph, layer: dict, previous: str, opdef: OpDef, loc: L
     return inputs
 
 
-def normalize_params(opdef: OpDef, raw: dict) -> dict:
-    """Check a layer's parameters against its op's schema and fill in the defaults.
-    Pairs given as [h, w] with h == w become a single int, so equal specs give equal IR."""
-    known = {p.name: p for p in opdef.params}
-    unknown = set(raw) - set(known)
-    if unknown:
-        raise GraphconvError(f"unknown parameter(s) {shown(sorted(unknown, key=str))} for op {opdef.name} "
-                             f"(it takes: {', '.join(known) or 'none'})")
-    params = {}
-    for p in opdef.params:
-        if p.name in raw:
-            params[p.name] = _check_value(p, raw[p.name])
-        elif p.default_from is not None:
-            params[p.name] = params[p.default_from]
-        elif p.default is REQUIRED:
-            raise GraphconvError(f"{opdef.name} needs parameter '{p.name}'")
-        else:
-            params[p.name] = p.default
-    return params
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _finite_number(value: Any) -> float | None:
-    """`value` as a float if it is a finite int or float (not a bool), else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _check_value(p, value):
-    def in_range(v):
-        return _is_int(v) and p.minimum <= v <= MAX_INT
-
-    if p.kind == "int":
-        if not in_range(value):
-            raise GraphconvError(f"'{p.name}' must be an integer >= {p.minimum} and <= {MAX_INT}, "
-                                 f"got {shown(value)}")
-        return value
-    if p.kind == "pair":
-        pair = [value, value] if _is_int(value) else value
-        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(in_range(v) for v in pair):
-            raise GraphconvError(f"'{p.name}' must be an integer >= {p.minimum} or a pair [h, w] of "
-                                 f"them (each <= {MAX_INT}), got {shown(value)}")
-        return pair[0] if pair[0] == pair[1] else (pair[0], pair[1])
-    if p.kind == "float":
-        number = _finite_number(value)
-        if number is None:
-            raise GraphconvError(f"'{p.name}' must be a finite number, got {shown(value)}")
-        return number
-    if p.kind == "bool":
-        if not isinstance(value, bool):
-            raise GraphconvError(f"'{p.name}' must be true or false, got {shown(value)}")
-        return value
-    if p.kind == "choice":
-        if not isinstance(value, str) or value not in p.choices:
-            raise GraphconvError(f"'{p.name}' must be one of {list(p.choices)}, got {shown(value)}")
-        return value
-    raise AssertionError(f"unknown parameter kind {p.kind}")
-
-
 # ---- preprocess, compiled, labels, weights ---------------------------------------------------
 
 def _checked_preprocess(pre: Any, channels: int, path: Path, loc: Location) -> dict:
@@ -500,11 +422,11 @@ def _checked_preprocess(pre: Any, channels: int, path: Path, loc: Location) -> d
     for key in _user_keys(pre):
         value = pre[key]
         if key == "scale":
-            if _finite_number(value) is None:
+            if finite_number(value) is None:
                 raise GraphconvError(f"preprocess scale must be a finite number, got {shown(value)}",
                                      loc=_loc(path, pre, key))
         elif (not isinstance(value, list) or len(value) != channels
-              or any(_finite_number(v) is None for v in value)):
+              or any(finite_number(v) is None for v in value)):
             raise GraphconvError(f"preprocess {key} must list {channels} finite number(s), one per "
                                  f"channel, got {shown(value)}", loc=_loc(path, pre, key))
         elif key == "std" and any(v == 0 for v in value):
@@ -546,7 +468,7 @@ def _checked_passes(value: Any, loc: Location) -> str:
 
 
 def _checked_int(value: Any, what: str, low: int, high: int, loc: Location) -> int:
-    if not _is_int(value) or not low <= value <= high:
+    if not is_int(value) or not low <= value <= high:
         raise GraphconvError(f"{what} must be an integer from {low} to {high}, got {shown(value)}", loc=loc)
     return value
 
@@ -628,61 +550,6 @@ def _read_labels(path: Path) -> list[str]:
     return labels
 
 
-def _attach_weights(graph: Graph, path: Path) -> None:
-    arrays = load_npz(path)
-    for key, array in arrays.items():
-        layer, _, what = key.rpartition(".")
-        if layer not in graph or graph.node(layer).op == "input":
-            raise GraphconvError(f"has weights {shown(key)} but the spec has no layer {shown(layer)}",
-                                 file=str(path))
-        graph.set_weights(layer, **{what: array})
-
-
-# ---- sizes -----------------------------------------------------------------------------------
-
-def _checked_shapes(graph: Graph) -> dict[str, tuple[int, int, int]]:
-    """Every node's shape for the spec's own crop, each checked against the memory budget:
-    a network whose input or any one layer's output for a single crop is over it can
-    never run, and this bounds every size computed from the shapes after it."""
-    _fits(FLOAT32_BYTES * math.prod(graph.input_shape),
-          f"the input crop {_fmt_shape(graph.input_shape)}", graph.input.loc)
-    shapes = infer_shapes(graph, check_weights=False)
-    for node in graph.layers():
-        shape = shapes[node.name]
-        _fits(FLOAT32_BYTES * math.prod(shape), f"its output for one crop ({_fmt_shape(shape)})",
-              node.loc, node.name)
-    return shapes
-
-
-def _check_seeded_weights_fit(graph: Graph, shapes: dict, path: Path) -> None:
-    """Refuse seeded weights over the memory budget before drawing them: all of them as
-    float32, plus the float64 draw of the largest array before it is converted."""
-    total, largest = 0, (0, "", ())
-    for node in graph.layers():
-        if not node.opdef.has_weights or node.weights:
-            continue
-        expected = node.opdef.weight_shapes(node.params, [shapes[s.name] for s in node.inputs])
-        for shape in expected.values():
-            count = math.prod(int(v) for v in shape)
-            total += FLOAT32_BYTES * count
-            largest = max(largest, (count, node.name, tuple(int(v) for v in shape)), key=lambda t: t[0])
-    count, name, shape = largest
-    check_fits(total + SEED_DRAW_BYTES * count,
-               f"seeding random weights (the spec names no weights file; the largest array is "
-               f"{_fmt_shape(shape)}, in layer {shown(name)})", file=str(path))
-
-
-def _fits(nbytes: int, what: str, loc: Location | None, layer: str | None = None) -> None:
-    try:
-        check_fits(nbytes, what)
-    except GraphconvError as err:
-        raise GraphconvError(err.message, loc=loc, layer=layer) from None
-
-
-def _fmt_shape(shape) -> str:
-    return "x".join(str(v) for v in shape)
-
-
 # ---- writing ------------------------------------------------------------------------------
 
 def spec_text(graph: Graph, weights_file: str | None = MODEL_WEIGHTS,
@@ -697,6 +564,8 @@ def spec_text(graph: Graph, weights_file: str | None = MODEL_WEIGHTS,
             header[key] = graph.meta[key]
     if "labels" in graph.meta:
         header["labels"] = labels_file
+    if graph.meta.get("seeded_weights"):
+        header["seeded_weights"] = True
     out = io.StringIO()
     out.write(f"# written by graphconv from {graph.name}; loads back to the same graph\n")
     yaml.safe_dump(_plain(header), out, sort_keys=False, default_flow_style=None)
@@ -711,13 +580,7 @@ def spec_text(graph: Graph, weights_file: str | None = MODEL_WEIGHTS,
         inputs = [i.name for i in node.inputs]
         if inputs != [previous]:
             entry["inputs"] = inputs
-        for p in node.opdef.params:
-            value = node.params[p.name]
-            if p.default_from is not None and value == node.params[p.default_from]:
-                continue
-            if p.default is not REQUIRED and p.default_from is None and value == p.default:
-                continue
-            entry[p.name] = value
+        entry.update(compact_params(node.opdef, node.params))
         line = yaml.safe_dump(_plain(entry), default_flow_style=True, sort_keys=False, width=1 << 16)
         out.write(f"  - {line.strip()}\n")
         previous = node.name

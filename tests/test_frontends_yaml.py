@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from graphconv.errors import GraphconvError
-from graphconv.spec import load_spec, save_model, spec_text
+from graphconv.frontends import load_network as load_spec
+from graphconv.frontends.yaml import save_model, spec_text
 from conftest import SPECS
 
 TINY = """
@@ -23,10 +24,10 @@ def test_parses_the_issue_example(write_spec):
     assert [n.name for n in graph.layers()] == ["conv1", "relu1", "pool1", "fc1", "prob"]
     assert graph.input_shape == (3, 36, 36) and graph.output.name == "prob"
     conv = graph.node("conv1")
-    assert conv.params == dict(out_channels=8, kernel_size=5, stride=1, padding=0, dilation=1,
-                               groups=1, bias=True, activation="none")
+    assert conv.params == dict(out_channels=8, kernel_size=(5, 5), stride=(1, 1), padding=(0, 0),
+                               dilation=(1, 1), groups=1, bias=True, activation="none")
     assert conv.loc.line == 4 and graph.node("fc1").loc.line == 7
-    assert graph.node("pool1").params["stride"] == 2
+    assert graph.node("pool1").params["stride"] == (2, 2)
     assert graph.meta["seeded_weights"]
     assert conv.weights["weight"].shape == (8, 3, 5, 5)
 
@@ -45,7 +46,16 @@ def test_pool_stride_defaults_to_kernel_and_pairs_normalise(write_spec):
           - {name: c, op: conv, out_channels: 2, kernel_size: [2, 2], stride: [1, 1]}
     """))
     assert graph.node("p").params["stride"] == (3, 2)
-    assert graph.node("c").params["kernel_size"] == 2
+    assert graph.node("c").params["kernel_size"] == (2, 2), "one canonical form: (h, w) pairs"
+    assert "{name: c, op: conv, out_channels: 2, kernel_size: 2}" in spec_text(graph), \
+        "written back compactly: equal halves as one int, defaults left out"
+
+
+def test_seeded_weights_are_remembered_by_a_compiled_model(tmp_path):
+    graph = load_spec(SPECS / "lenet.yaml")
+    assert graph.meta["seeded_weights"]
+    save_model(graph, tmp_path / "m")
+    assert load_spec(tmp_path / "m").meta["seeded_weights"]
 
 
 @pytest.mark.parametrize("body,line,expected", [
@@ -125,7 +135,7 @@ import os  # noqa: E402
 import time  # noqa: E402
 
 from graphconv import memory  # noqa: E402
-from graphconv.spec import MAX_SPEC_BYTES, MAX_YAML_DEPTH  # noqa: E402
+from graphconv.frontends.yaml import MAX_SPEC_BYTES, MAX_YAML_DEPTH  # noqa: E402
 
 BASE = "input: {name: data, shape: [2, 8, 8]}\nlayers:\n  - {name: a, op: relu}\n"
 LAUGHS = "".join([
@@ -436,7 +446,7 @@ def test_bad_weights_via_the_spec_name_the_weights_file(write_spec, tmp_path):
     with pytest.raises(GraphconvError, match="a single .npy array, not an .npz archive"):
         load_spec(write_spec(spec))
     np.savez(tmp_path / "w.npz", **{"no_dot": np.zeros(3, np.float32)})
-    with pytest.raises(GraphconvError, match="has weights 'no_dot' but the spec has no layer ''"):
+    with pytest.raises(GraphconvError, match="has weights 'no_dot' but the network has no layer ''"):
         load_spec(write_spec(spec))
 
 

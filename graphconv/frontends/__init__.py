@@ -1,0 +1,111 @@
+"""Front ends: where networks come from, behind one seam.
+
+A front end reads one kind of file into an IR graph plus its weights; `finalize`, the
+one step every front end shares, then attaches the weights (every name must match a
+layer), seeds the ones a network lacks (deterministic, and recorded as
+`graph.meta["seeded_weights"]` so every tool, and the compiled model, can say so),
+and infers and checks every shape, all within the memory budget.
+
+    yaml.py   network specs written as YAML (and compiled model folders)
+
+`load_network` picks the front end for a path; `graphconv.load_spec` is this function.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from graphconv.arrays import load_npz
+from graphconv.errors import GraphconvError, Location, shown
+from graphconv.ir import Graph
+from graphconv.memory import check_fits
+from graphconv.shapes import infer_shapes, init_weights
+
+FLOAT32_BYTES = 4
+SEED_DRAW_BYTES = 8  # seeded weights are drawn as float64, then stored as float32
+
+
+def load_network(path: str | os.PathLike, *, weights: str | os.PathLike | None = None,
+                 labels: str | os.PathLike | None = None, init_missing_weights: bool = True) -> Graph:
+    """Read a network (a spec file or a compiled model folder) into a checked IR graph.
+
+    `weights` (an .npz) and `labels` (a text file, one class name per line), when given,
+    replace the ones the file names; unlike those they may be anywhere (see the trust
+    model in graphconv/frontends/yaml.py). A network without weights gets deterministic
+    seeded ones unless `init_missing_weights` is False."""
+    from graphconv.frontends import yaml as yaml_frontend
+
+    graph, weights_file = yaml_frontend.read_spec(Path(path), weights=weights, labels=labels)
+    arrays = load_npz(weights_file) if weights_file is not None else None
+    return finalize(graph, arrays, str(weights_file or path), init_missing_weights)
+
+
+def finalize(graph: Graph, weights: dict[str, np.ndarray] | None, source: str,
+             init_missing_weights: bool = True) -> Graph:
+    """What every front end does last: shapes checked against the memory budget, then
+    `weights` ("<layer>.<name>" -> array) attached and checked against the shapes, or,
+    when there are none, seeded weights. `source` names the weights' file in errors."""
+    shapes = _checked_shapes(graph)
+    if weights is not None:
+        _attach_weights(graph, weights, source)
+        infer_shapes(graph, check_weights=True)
+    elif init_missing_weights:
+        _check_seeded_weights_fit(graph, shapes, source)
+        init_weights(graph)
+        graph.meta["seeded_weights"] = True
+    return graph
+
+
+def _attach_weights(graph: Graph, arrays: dict[str, np.ndarray], source: str) -> None:
+    for key, array in arrays.items():
+        layer, _, what = key.rpartition(".")
+        if layer not in graph or graph.node(layer).op == "input":
+            raise GraphconvError(f"has weights {shown(key)} but the network has no layer {shown(layer)}",
+                                 file=source)
+        graph.set_weights(layer, **{what: array})
+
+
+def _checked_shapes(graph: Graph) -> dict[str, tuple[int, int, int]]:
+    """Every node's shape for the spec's own crop, each checked against the memory budget:
+    a network whose input or any one layer's output for a single crop is over it can
+    never run, and this bounds every size computed from the shapes after it."""
+    _fits(FLOAT32_BYTES * math.prod(graph.input_shape),
+          f"the input crop {_fmt_shape(graph.input_shape)}", graph.input.loc)
+    shapes = infer_shapes(graph, check_weights=False)
+    for node in graph.layers():
+        shape = shapes[node.name]
+        _fits(FLOAT32_BYTES * math.prod(shape), f"its output for one crop ({_fmt_shape(shape)})",
+              node.loc, node.name)
+    return shapes
+
+
+def _check_seeded_weights_fit(graph: Graph, shapes: dict, source: str) -> None:
+    """Refuse seeded weights over the memory budget before drawing them: all of them as
+    float32, plus the float64 draw of the largest array before it is converted."""
+    total, largest = 0, (0, "", ())
+    for node in graph.layers():
+        if not node.opdef.has_weights or node.weights:
+            continue
+        expected = node.opdef.weight_shapes(node.params, [shapes[s.name] for s in node.inputs])
+        for shape in expected.values():
+            count = math.prod(int(v) for v in shape)
+            total += FLOAT32_BYTES * count
+            largest = max(largest, (count, node.name, tuple(int(v) for v in shape)), key=lambda t: t[0])
+    count, name, shape = largest
+    check_fits(total + SEED_DRAW_BYTES * count,
+               f"seeding random weights (the spec names no weights file; the largest array is "
+               f"{_fmt_shape(shape)}, in layer {shown(name)})", file=source)
+
+
+def _fits(nbytes: int, what: str, loc: Location | None, layer: str | None = None) -> None:
+    try:
+        check_fits(nbytes, what)
+    except GraphconvError as err:
+        raise GraphconvError(err.message, loc=loc, layer=layer) from None
+
+
+def _fmt_shape(shape) -> str:
+    return "x".join(str(v) for v in shape)
