@@ -1,0 +1,449 @@
+"""Loading images: channel counts, 16-bit and float pixels, resizing, the memory budget
+(decompression bombs), and one clean error for every kind of bad file."""
+import struct
+import time
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+
+PIL = pytest.importorskip("PIL")
+from PIL import Image  # noqa: E402
+
+from graphconv import images  # noqa: E402
+from graphconv.errors import GraphconvError  # noqa: E402
+from graphconv.images import decode_bytes, load_image, preprocess, save_heatmap  # noqa: E402
+from graphconv.memory import set_memory_limit  # noqa: E402
+from graphconv.receptive import Field  # noqa: E402
+
+CHANNEL_COUNTS = [1, 3, 4]
+
+
+@pytest.fixture
+def limit():
+    """set_memory_limit for one test; the default comes back afterwards."""
+    yield set_memory_limit
+    set_memory_limit(None)
+
+
+@pytest.fixture
+def pillow_state():
+    """Pillow's global limit and the warnings filters, to check load_image leaves them as found."""
+    return Image.MAX_IMAGE_PIXELS, list(warnings.filters)
+
+
+def assert_pillow_state_kept(state):
+    assert (Image.MAX_IMAGE_PIXELS, list(warnings.filters)) == state
+
+
+# ---- writing PNGs by hand: 16-bit colour (Pillow cannot write it) and bombs --------------------
+
+def png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
+def png_bytes(width: int, height: int, bit_depth: int, colour_type: int, idat: bytes) -> bytes:
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", idat)
+            + png_chunk(b"IEND", b""))
+
+
+def sixteen_bit_png(pixels: np.ndarray, colour_type: int) -> bytes:
+    """(H, W, samples) uint16 as a PNG: colour type 0 grey, 2 RGB, 4 grey+alpha, 6 RGBA."""
+    height, width = pixels.shape[:2]
+    rows = pixels.astype(">u2").reshape(height, -1)
+    raw = b"".join(b"\0" + row.tobytes() for row in rows)
+    return png_bytes(width, height, 16, colour_type, zlib.compress(raw))
+
+
+def zero_png(width: int, height: int, bit_depth: int = 1, colour_type: int = 0) -> bytes:
+    """A real, valid all-black PNG of any size, compressed row by row (a 20000x20000
+    1-bit one is about 50 KB): what a decompression bomb looks like."""
+    row = b"\0" * (1 + (width * bit_depth + 7) // 8)
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    return png_bytes(width, height, bit_depth, colour_type, idat)
+
+
+def write(tmp_path, name: str, data: bytes):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def save(tmp_path, name: str, img: Image.Image, **kwargs):
+    path = tmp_path / name
+    img.save(path, **kwargs)
+    return path
+
+
+def colour_pixels(rng, height=5, width=7) -> np.ndarray:
+    return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+# ---- 8-bit images and channel counts ------------------------------------------------------
+
+def test_an_rgb_image_loads_as_float32_chw(tmp_path, rng):
+    pixels = colour_pixels(rng)
+    path = save(tmp_path, "a.png", Image.fromarray(pixels))
+    got = load_image(str(path))
+    assert got.dtype == np.float32 and got.flags.c_contiguous and got.shape == (3, 5, 7)
+    np.testing.assert_array_equal(got, pixels.transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("source_mode", ["RGB", "RGBA", "L", "LA", "P", "1"])
+@pytest.mark.parametrize("channels", CHANNEL_COUNTS)
+def test_every_8_bit_mode_gives_the_channels_asked_for(source_mode, channels, tmp_path, rng):
+    img = Image.fromarray(colour_pixels(rng)).convert(source_mode)
+    path = save(tmp_path, "a.png", img)
+    got = load_image(str(path), channels=channels)
+    want = np.asarray(Image.open(path).convert(images.CHANNEL_MODES[channels]), np.float32)
+    assert got.shape == (channels, 5, 7)
+    np.testing.assert_array_equal(got, np.atleast_3d(want).transpose(2, 0, 1))
+
+
+def test_greyscale_for_one_channel_models_is_luma(tmp_path):
+    path = save(tmp_path, "a.png", Image.fromarray(np.array([[[255, 0, 0], [0, 0, 255]]], np.uint8)))
+    got = load_image(str(path), channels=1)
+    np.testing.assert_array_equal(got, [[[76, 29]]])  # ITU-R 601: 0.299 R, 0.114 B
+
+
+def test_rgba_keeps_the_alpha_and_is_opaque_without_one(tmp_path, rng):
+    rgba = rng.integers(0, 256, (4, 6, 4), dtype=np.uint8)
+    with_alpha = load_image(str(save(tmp_path, "a.png", Image.fromarray(rgba))), channels=4)
+    np.testing.assert_array_equal(with_alpha[3], rgba[..., 3])
+    without = load_image(str(save(tmp_path, "b.png", Image.fromarray(rgba[..., :3]))), channels=4)
+    assert (without[3] == 255).all()
+
+
+@pytest.mark.parametrize("channels", [0, 2, 5, -1, 3.0, True, "3", None])
+def test_channel_counts_images_cannot_provide(channels, tmp_path, rng):
+    path = save(tmp_path, "a.png", Image.fromarray(colour_pixels(rng)))
+    with pytest.raises(GraphconvError, match=r"images provide 1 \(greyscale\), 3 \(RGB\) or 4 \(RGBA\)") as err:
+        load_image(str(path), channels=channels)
+    assert str(err.value).startswith("a.png: ")
+
+
+# ---- 16-bit and float images ----------------------------------------------------------------
+
+SIXTEEN_BIT_VALUES = np.array([[0, 257, 30000, 40000], [12345, 60000, 65534, 65535]], np.uint16)
+
+
+def sixteen_bit_files(tmp_path) -> dict:
+    """The same 16-bit grey pixels in the files Pillow opens as I;16, I;16B and I."""
+    values = SIXTEEN_BIT_VALUES
+    big_endian = Image.frombytes("I;16B", values.shape[::-1], values.astype(">u2").tobytes())
+    height, width = values.shape
+    return {
+        "I;16": save(tmp_path, "grey16.png", Image.fromarray(values)),
+        "I;16B": save(tmp_path, "grey16b.tif", big_endian),
+        "I (16-bit PGM)": write(tmp_path, "grey16.pgm",
+                                b"P5 %d %d 65535\n" % (width, height) + values.astype(">u2").tobytes()),
+        "I (32-bit TIFF)": save(tmp_path, "grey32.tif", Image.fromarray(values.astype(np.int32))),
+    }
+
+
+@pytest.mark.parametrize("kind", ["I;16", "I;16B", "I (16-bit PGM)", "I (32-bit TIFF)"])
+@pytest.mark.parametrize("channels", CHANNEL_COUNTS)
+def test_16_bit_grey_is_scaled_by_257_not_clipped(kind, channels, tmp_path):
+    path = sixteen_bit_files(tmp_path)[kind]
+    assert Image.open(path).mode == kind.split(" ")[0]
+    got = load_image(str(path), channels=channels)
+    want = SIXTEEN_BIT_VALUES.astype(np.float32) / np.float32(257)
+    assert got.shape == (channels, 2, 4) and got.dtype == np.float32
+    for c in range(min(channels, 3)):
+        np.testing.assert_allclose(got[c], want, rtol=1e-6)
+    if channels == 4:
+        assert (got[3] == 255).all()
+    assert got[0].max() == 255 and 116 < got[0, 0, 2] < 117  # 30000 is not clipped to 255
+
+
+@pytest.mark.parametrize("colour_type, samples", [(2, 3), (6, 4)])
+def test_16_bit_colour_arrives_on_the_0_255_scale(colour_type, samples, tmp_path, rng):
+    values = rng.integers(0, 65536, (3, 5, samples), dtype=np.uint16)
+    values[0, 0] = 65535
+    path = write(tmp_path, "colour16.png", sixteen_bit_png(values, colour_type))
+    got = load_image(str(path), channels=samples)
+    assert got.shape == (samples, 3, 5)
+    np.testing.assert_allclose(got, values.transpose(2, 0, 1) / 257.0, atol=1.0)
+    assert got[:, 0, 0].tolist() == [255.0] * samples
+
+
+def test_16_bit_grey_with_alpha_loads(tmp_path, rng):
+    values = rng.integers(0, 65536, (3, 5, 2), dtype=np.uint16)
+    path = write(tmp_path, "la16.png", sixteen_bit_png(values, 4))
+    got = load_image(str(path), channels=4)
+    np.testing.assert_allclose(got[0], values[..., 0] / 257.0, atol=1.0)
+    np.testing.assert_allclose(got[3], values[..., 1] / 257.0, atol=1.0)
+
+
+def test_float_images_are_read_as_0_to_1(tmp_path):
+    values = np.array([[0.0, 0.25, 0.5], [0.75, 1.0, 0.1]], np.float32)
+    path = save(tmp_path, "f.tif", Image.fromarray(values))
+    assert Image.open(path).mode == "F"
+    np.testing.assert_allclose(load_image(str(path), channels=1)[0], values * 255, rtol=1e-6)
+    assert load_image(str(path)).shape == (3, 2, 3)
+
+
+@pytest.mark.parametrize("values, message", [
+    ([[0.0, 1.5]], r"float pixels from 0 to 1.5: float images are read as 0..1"),
+    ([[-0.5, 0.5]], r"float pixels from -0.5 to 0.5"),
+    ([[np.nan, 0.5]], r"NaN or infinite"),
+    ([[np.inf, 0.5]], r"NaN or infinite"),
+])
+def test_float_pixels_outside_0_to_1_are_refused(values, message, tmp_path):
+    path = save(tmp_path, "f.tif", Image.fromarray(np.array(values, np.float32)))
+    with pytest.raises(GraphconvError, match=message):
+        load_image(str(path))
+
+
+@pytest.mark.parametrize("values", [[[0, 70000]], [[-5, 100]]])
+def test_32_bit_integers_outside_16_bits_are_refused(values, tmp_path):
+    path = save(tmp_path, "i.tif", Image.fromarray(np.array(values, np.int32)))
+    with pytest.raises(GraphconvError, match=r"i.tif: 32-bit integer pixels from .*read as 16-bit, 0..65535"):
+        load_image(str(path))
+
+
+# ---- resizing ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("channels", CHANNEL_COUNTS)
+def test_resize_is_height_then_width(channels, tmp_path, rng):
+    path = save(tmp_path, "a.png", Image.fromarray(colour_pixels(rng, 10, 20)))
+    assert load_image(str(path), (7, 13), channels).shape == (channels, 7, 13)
+    assert load_image(str(path), [30, 4], channels).shape == (channels, 30, 4)
+
+
+@pytest.mark.parametrize("channels", CHANNEL_COUNTS)
+def test_resizing_a_16_bit_image_keeps_its_scale(channels, tmp_path):
+    path = save(tmp_path, "flat16.png", Image.fromarray(np.full((8, 10), 40000, np.uint16)))
+    got = load_image(str(path), (17, 23), channels)
+    assert got.shape == (channels, 17, 23)
+    np.testing.assert_allclose(got[:3], 40000 / 257, rtol=1e-5)
+
+
+@pytest.mark.parametrize("resize", [(0, 0), (0, 5), (5, -1), (-3, -3)])
+def test_resize_needs_a_positive_height_and_width(resize, tmp_path, rng):
+    path = save(tmp_path, "a.png", Image.fromarray(colour_pixels(rng)))
+    with pytest.raises(GraphconvError, match=rf"a.png: resize to {resize[0]}x{resize[1]}: height and width "
+                                             rf"must be at least 1 pixel"):
+        load_image(str(path), resize)
+
+
+@pytest.mark.parametrize("resize", [(5,), (1, 2, 3), (2.5, 3), (True, 4), "ab", 7, ("5", "5")])
+def test_resize_must_be_two_whole_numbers(resize, tmp_path, rng):
+    path = save(tmp_path, "a.png", Image.fromarray(colour_pixels(rng)))
+    with pytest.raises(GraphconvError, match=r"resize takes a height and a width in pixels"):
+        load_image(str(path), resize)
+
+
+def test_a_huge_resize_is_refused_before_the_file_is_read(tmp_path, limit):
+    limit("8G")
+    started = time.perf_counter()
+    with pytest.raises(GraphconvError) as err:
+        load_image(str(tmp_path / "never-opened.png"), (100000, 100000))
+    assert time.perf_counter() - started < 1
+    assert str(err.value).startswith("never-opened.png: an image resized to 100000x100000 needs about ")
+    assert "over the memory limit of 8.0 GB" in str(err.value)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "I;16", "I;16B", "I", "F"])
+def test_pixel_array_copies_band_by_band_what_asarray_gives(mode, monkeypatch, rng):
+    monkeypatch.setattr(images, "BAND_BYTES", images.MAX_PIXEL_BYTES * 7 * 3)  # bands of 3 rows
+    values = rng.integers(0, 256, (11, 7, 3), dtype=np.uint8)
+    if mode in ("L", "RGB", "RGBA"):
+        img = Image.fromarray(values).convert(mode)
+    elif mode == "I;16B":
+        img = Image.frombytes(mode, (7, 11), (values[..., 0].astype(">u2") * 257).tobytes())
+    else:
+        img = Image.fromarray(values[..., 0].astype({"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]))
+    assert img.mode == mode
+    got = images.pixel_array(img)
+    want = np.asarray(img)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+
+
+# ---- the memory budget: decompression bombs -------------------------------------------------
+
+@pytest.mark.parametrize("width, height, bit_depth, colour_type", [
+    (20000, 20000, 1, 0),  # 400 M pixels in a 50 KB file
+    (12000, 12000, 16, 0),  # 16-bit grey, the 8 GB case
+])
+def test_a_decompression_bomb_is_refused_from_its_header(width, height, bit_depth, colour_type, tmp_path,
+                                                         limit, pillow_state):
+    path = write(tmp_path, "bomb.png", zero_png(width, height, bit_depth, colour_type))
+    assert path.stat().st_size < 1 << 20
+    limit("64M")
+    started = time.perf_counter()
+    with pytest.raises(GraphconvError) as err:
+        load_image(str(path))
+    assert time.perf_counter() - started < 2
+    message = str(err.value)
+    assert message.startswith(f"bomb.png: decoding a {height}x{width} image needs about ")
+    assert "over the memory limit of 64.0 MB" in message and "\n" not in message
+    assert_pillow_state_kept(pillow_state)
+
+
+def test_a_header_claiming_a_huge_size_needs_no_data_to_be_refused(tmp_path, limit):
+    path = write(tmp_path, "claim.png", png_bytes(100000, 100000, 8, 2, b""))
+    with pytest.raises(GraphconvError, match=r"claim.png: decoding a 100000x100000 image needs about .* GB"):
+        load_image(str(path))
+
+
+def test_the_budget_counts_the_resized_result_too(tmp_path, limit):
+    path = save(tmp_path, "small.png", Image.new("RGB", (40, 30)))
+    need = decode_bytes((30, 40), "RGB", 3, (3000, 3000))
+    limit(need - 1)
+    with pytest.raises(GraphconvError, match=r"small.png: an image resized to 3000x3000 needs about|"
+                                             r"small.png: decoding a 30x40 image resized to 3000x3000"):
+        load_image(str(path), (3000, 3000))
+    limit(need)
+    assert load_image(str(path), (3000, 3000)).shape == (3, 3000, 3000)
+
+
+@pytest.mark.parametrize("mode, channels", [("RGB", 3), ("L", 1), ("1", 4), ("I;16", 3), ("F", 1)])
+def test_decode_bytes_covers_the_result_and_pillows_image(mode, channels):
+    """An upper estimate: at least the float32 result plus Pillow's decoded image."""
+    pillow_bytes = {"1": 1, "L": 1, "I;16": 2}.get(mode, 4)
+    assert decode_bytes((100, 200), mode, channels) >= 100 * 200 * (4 * channels + pillow_bytes)
+    assert decode_bytes((100, 200), mode, channels, (50, 60)) >= 50 * 60 * 4 * channels + 100 * 200 * pillow_bytes
+
+
+def test_the_limit_just_at_the_estimate_loads(tmp_path, limit, rng):
+    path = save(tmp_path, "a.png", Image.fromarray(colour_pixels(rng, 64, 80)))
+    need = decode_bytes((64, 80), "RGB", 3)
+    limit(need - 1)
+    with pytest.raises(GraphconvError, match=r"a.png: decoding a 64x80 image needs about"):
+        load_image(str(path))
+    limit(need)
+    assert load_image(str(path)).shape == (3, 64, 80)
+
+
+@pytest.mark.parametrize("problem", [
+    PIL.Image.DecompressionBombError("Image size (400000000 pixels) exceeds limit of 9 pixels"),
+    PIL.Image.DecompressionBombWarning("Image size (400000000 pixels) exceeds limit of 9 pixels"),
+])
+def test_pillows_own_bomb_check_becomes_a_clean_error(problem, tmp_path, rng, monkeypatch, pillow_state):
+    """Pillow's limit guards the formats whose size changes while loading: whether it
+    raises its error or warns, the user gets one line."""
+    path = save(tmp_path, "icon.png", Image.fromarray(colour_pixels(rng)))
+
+    def load(self):
+        if isinstance(problem, Warning):
+            warnings.warn(str(problem), type(problem))
+        raise problem
+
+    monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", load)
+    with pytest.raises(GraphconvError, match=r"^icon.png: refused as a possible decompression bomb under "
+                                             r"the memory limit of .*Image size \(400000000 pixels\)"):
+        load_image(str(path))
+    assert_pillow_state_kept(pillow_state)
+
+
+def test_running_out_of_memory_while_decoding_is_a_clean_error(tmp_path, rng, monkeypatch):
+    path = save(tmp_path, "a.png", Image.fromarray(colour_pixels(rng)))
+
+    def load(self):
+        raise MemoryError()
+
+    monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", load)
+    with pytest.raises(GraphconvError, match=r"^a.png: ran out of memory decoding the image"):
+        load_image(str(path))
+
+
+def test_pillows_limit_while_decoding_comes_from_the_budget(tmp_path, rng, monkeypatch, limit, pillow_state):
+    path = save(tmp_path, "a.png", Image.fromarray(colour_pixels(rng)))
+    seen = []
+    real_load = PIL.ImageFile.ImageFile.load
+
+    def load(self):
+        seen.append(Image.MAX_IMAGE_PIXELS)
+        return real_load(self)
+
+    monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", load)
+    limit("130M")
+    load_image(str(path))
+    assert seen[0] == (130 << 20) // images.MIN_BYTES_PER_SOURCE_PIXEL
+    assert_pillow_state_kept(pillow_state)
+
+
+# ---- bad files ---------------------------------------------------------------------------
+
+def bad_files(tmp_path, rng) -> dict:
+    good = tmp_path / "good.png"
+    Image.fromarray(colour_pixels(rng, 40, 40)).save(good)
+    data = good.read_bytes()
+    corrupt = bytearray(data)
+    corrupt[60:80] = bytes(20)  # inside IDAT
+    jpeg = tmp_path / "good.jpg"
+    Image.fromarray(colour_pixels(rng, 40, 40)).save(jpeg)
+    return {
+        "truncated.png": data[: len(data) // 2],
+        "corrupt.png": bytes(corrupt),
+        "header-only.png": data[:40],
+        "truncated.jpg": jpeg.read_bytes()[:200],
+        "notes.txt": b"just some text, not a picture\n",
+        "empty.png": b"",
+        "zero-width.png": png_bytes(0, 10, 8, 0, zlib.compress(b"")),
+        "bad-ihdr.png": b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", b"\0\0"),
+    }
+
+
+@pytest.mark.parametrize("name", ["truncated.png", "corrupt.png", "header-only.png", "truncated.jpg",
+                                  "notes.txt", "empty.png", "zero-width.png", "bad-ihdr.png"])
+def test_a_bad_file_is_one_clean_line(name, tmp_path, rng, pillow_state):
+    path = write(tmp_path, name, bad_files(tmp_path, rng)[name])
+    with pytest.raises(GraphconvError) as err:
+        load_image(str(path))
+    message = str(err.value)
+    assert message.startswith(f"{name}: ") and "\n" not in message and len(message) < 400
+    assert_pillow_state_kept(pillow_state)
+
+
+def test_a_missing_file(tmp_path):
+    with pytest.raises(GraphconvError, match=r"^nothing.png: image not found$"):
+        load_image(str(tmp_path / "nothing.png"))
+
+
+def test_a_directory(tmp_path):
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(GraphconvError, match=r"^photos: is a directory, not an image$"):
+        load_image(str(tmp_path / "photos"))
+
+
+def test_dev_zero_is_not_read_forever():
+    started = time.perf_counter()
+    with pytest.raises(GraphconvError, match=r"^zero: not an image file Pillow can read$"):
+        load_image("/dev/zero")
+    assert time.perf_counter() - started < 2
+
+
+def test_a_file_name_with_a_newline_stays_on_one_line(tmp_path):
+    path = write(tmp_path, "evil\ngraphconv: fake.png", b"not an image")
+    with pytest.raises(GraphconvError) as err:
+        load_image(str(path))
+    assert "\n" not in str(err.value)
+
+
+# ---- preprocess and heatmaps ---------------------------------------------------------------
+
+def test_preprocess_applies_scale_mean_and_std_per_channel():
+    image = np.full((3, 2, 2), 255, np.float32)
+    spec = {"scale": 1 / 255, "mean": [0.5, 0.25, 0.0], "std": [0.5, 0.25, 1.0]}
+    np.testing.assert_allclose(preprocess(image, spec)[:, 0, 0], [1.0, 3.0, 1.0], rtol=1e-6)
+    assert preprocess(image, None) is image
+
+
+def test_preprocess_refuses_a_mean_for_other_channels():
+    with pytest.raises(GraphconvError, match=r"preprocess mean lists 3 numbers for an image of 1 channel"):
+        preprocess(np.zeros((1, 4, 4), np.float32), {"mean": [0.1, 0.2, 0.3]})
+
+
+@pytest.mark.parametrize("channels", CHANNEL_COUNTS)
+def test_heatmaps_over_images_of_every_channel_count(channels, tmp_path, rng):
+    image = rng.uniform(0, 255, (channels, 20, 24)).astype(np.float32)
+    scores = rng.standard_normal((3, 4)).astype(np.float32)
+    save_heatmap(image, scores, Field((8, 8), (4, 4), (0, 0)), str(tmp_path / "heat.png"))
+    written = Image.open(tmp_path / "heat.png")
+    assert written.size == (24, 20) and written.mode == "RGB"
