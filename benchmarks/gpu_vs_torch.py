@@ -28,9 +28,9 @@ def main() -> None:
     import numpy as np
     import graphconv
     from graphconv.profiling import format_profile
-    from graphconv.runtime import cuda_status
+    from graphconv.backends import get_backend
 
-    problem = cuda_status()
+    problem = get_backend("cuda").status()
     if problem:
         raise SystemExit(f"no GPU to benchmark: {problem}")
     import torch

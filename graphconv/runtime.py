@@ -1,132 +1,254 @@
-"""Executes an IR graph with the ops' compiled kernels.
+"""Executes an IR graph with the ops' compiled kernels: the runtime plans, kernels compute.
 
-Kernels and (for CUDA) device-resident weights are resolved once per `Executor`;
-a run then walks the layers in topological order, handing each kernel its inputs
-and dropping every intermediate after its last use so memory stays near the two
-largest live activations. On CUDA, activations never leave the device: one copy in,
-one copy out.
+An `Executor` binds a graph to one backend (`graphconv/backends.py`): each layer's
+kernel is looked up and its weights stored the backend's way once. For each input size
+it then makes a `Plan` (`make_plan`, cached): every value's shape, from the ops' shape
+rules through `infer_shapes` (the one place output sizes are worked out), every value's
+last use, and which reusable buffer holds each intermediate value. A run hands every
+kernel its inputs and the buffer to write its output into; kernels allocate nothing
+but their own scratch. So activations cost no allocation (and no page faults) after the
+first run of a size, and they take the buffers' total, near the two largest live
+activations, however deep the network is.
+
+A plan is shape arithmetic only, so `graphconv.memory` estimates a run from the same
+plan the Executor runs. It is also what tiled evaluation stands on: a tile is a run of
+a known input size whose output goes into a region of a larger map (`run(out=...)`).
 """
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
-from graphconv.errors import GraphconvError
-from graphconv.ir import Graph
-from graphconv.ops import OpDef
+from graphconv.backends import Backend, resolve_backend, resolve_device
+from graphconv.errors import GraphconvError, ShapeError
+from graphconv.ir import Graph, Node
 from graphconv.shapes import infer_shapes
 
-DEVICES = ("cpu", "cuda", "auto")
+# resolve_device is graphconv.backends', here too for callers that import it from here
+__all__ = ["Executor", "Plan", "Step", "make_plan", "resolve_device", "run_reference"]
+
+FLOAT_BYTES = 4
+PLANS_KEPT = 4  # input sizes an Executor keeps plans for; see Executor.plan
+
+Shape4 = tuple[int, int, int, int]
 
 
-def cuda_status() -> str | None:
-    """None when CUDA kernels can run (a GPU, or numba's simulator); else why not."""
-    try:
-        from numba import cuda
-    except ImportError:
-        return "numba-cuda is not installed (pip install 'graphconv[cuda]')"
-    try:
-        if cuda.is_available():
-            return None
-    except Exception as err:  # the driver itself can fail to load
-        return f"the CUDA driver failed: {err}"
-    return ("no CUDA GPU was found (set NUMBA_ENABLE_CUDASIM=1 to run the CUDA kernels "
-            "on numba's simulator)")
+@dataclass(frozen=True)
+class Plan:
+    """How a batch of one input size runs. Value names are layer names (plus the input's).
+
+    shapes: every value's (N, C, H, W).
+    last_use: for every value, the index in `graph.layers()` of the last layer that reads
+        it (its own index when nothing does).
+    buffer_of: for every intermediate value (neither the input, which is the caller's,
+        nor the output, which is returned), the reusable buffer it is written into.
+    buffer_floats: each buffer's size in float32 elements.
+    """
+
+    input: str
+    output: str
+    shapes: dict[str, Shape4]
+    last_use: dict[str, int]
+    buffer_of: dict[str, int]
+    buffer_floats: tuple[int, ...]
+
+    @property
+    def output_shape(self) -> Shape4:
+        return self.shapes[self.output]
+
+    @property
+    def buffer_bytes(self) -> int:
+        """What the intermediate activations of a run take, all together."""
+        return sum(self.buffer_floats) * FLOAT_BYTES
 
 
-def resolve_device(device: str) -> str:
-    """Map 'auto' to 'cuda' when a GPU is usable, else 'cpu'; reject an unusable 'cuda'."""
-    if device not in DEVICES:
-        raise GraphconvError(f"unknown device '{device}' (choose from {', '.join(DEVICES)})")
-    if device == "cpu":
-        return "cpu"
-    problem = cuda_status()
-    if device == "auto":
-        return "cpu" if problem else "cuda"
-    if problem:
-        raise GraphconvError(f"--device cuda: {problem}")
-    return "cuda"
+def make_plan(graph: Graph, batch: int, input_hw: tuple[int, int], check_weights: bool = True) -> Plan:
+    """The plan for `batch` images of `input_hw`. Raises the ShapeError of `infer_shapes`
+    (naming the layer) when the input does not fit; `check_weights=False` plans a graph
+    whose weights are not attached yet."""
+    shapes = {name: (batch, *shape)
+              for name, shape in infer_shapes(graph, tuple(input_hw), check_weights).items()}
+    layers = graph.layers()
+    last_use = _last_uses(layers)
+    buffer_of, buffer_floats = _assign_buffers(layers, shapes, last_use, graph.output.name)
+    return Plan(graph.input.name, graph.output.name, shapes, last_use, buffer_of, tuple(buffer_floats))
+
+
+def _last_uses(layers: list[Node]) -> dict[str, int]:
+    last_use: dict[str, int] = {}
+    for index, node in enumerate(layers):
+        last_use[node.name] = index
+        for src in node.inputs:
+            last_use[src.name] = index
+    return last_use
+
+
+def _assign_buffers(layers: list[Node], shapes: dict[str, Shape4], last_use: dict[str, int],
+                    output: str) -> tuple[dict[str, int], list[int]]:
+    """Give each intermediate value a buffer, walking the layers in order. A buffer is free
+    again once the last layer reading its value has run: freed after a layer's output is
+    placed, so a layer never writes into a buffer one of its inputs is in. A value takes
+    the smallest free buffer that holds it, else the largest free one, grown; a new
+    buffer only when none is free."""
+    released: dict[int, list[str]] = {}
+    for name, index in last_use.items():
+        released.setdefault(index, []).append(name)
+    buffer_of: dict[str, int] = {}
+    floats: list[int] = []
+    free: list[int] = []
+    for index, node in enumerate(layers):
+        if node.name != output:
+            buffer_of[node.name] = _take_buffer(free, floats, _size(shapes[node.name]))
+        free += [buffer_of[name] for name in released.get(index, ()) if name in buffer_of]
+    return buffer_of, floats
+
+
+def _take_buffer(free: list[int], floats: list[int], need: int) -> int:
+    if not free:
+        floats.append(need)
+        return len(floats) - 1
+    fitting = [b for b in free if floats[b] >= need]
+    buffer = min(fitting, key=floats.__getitem__) if fitting else max(free, key=floats.__getitem__)
+    floats[buffer] = max(floats[buffer], need)
+    free.remove(buffer)
+    return buffer
 
 
 @dataclass
 class Step:
+    """One layer bound to the backend: its kernel and its weights as the kernel keeps them."""
+
     name: str
-    opdef: OpDef
     kernel: Callable
     params: dict
     weights: dict[str, Any]
     inputs: list[str]
-    frees: list[str]  # values whose last use is this step
 
 
 class Executor:
-    """A graph bound to one device, ready to run on inputs of any batch and size."""
+    """A graph bound to one device, ready to run on inputs of any batch and size.
+
+    It owns the activation buffers its plans share, so one Executor runs one batch at a
+    time: a lock makes concurrent calls wait rather than share them."""
 
     def __init__(self, graph: Graph, device: str = "cpu"):
         self.graph = graph
-        self.device = resolve_device(device)
-        if self.device == "cuda":
-            from graphconv import cuda_backend
-            self._backend = cuda_backend
-        else:
-            self._backend = None
-        self.steps = self._plan()
-        self._shapes_checked: set[tuple] = set()
+        self.backend: Backend = resolve_backend(device)
+        self.steps = [self._bind(node) for node in self._layers()]
+        self._plans: OrderedDict[tuple[int, int, int], Plan] = OrderedDict()
+        self._buffers: list[Any] = []
+        self._lock = threading.RLock()  # run holds it while it asks plan
 
-    def _plan(self) -> list[Step]:
+    @property
+    def device(self) -> str:
+        return self.backend.name
+
+    def _layers(self) -> list[Node]:
         layers = self.graph.layers()
-        output = self.graph.output.name
-        last_use: dict[str, int] = {}
-        for index, node in enumerate(layers):
-            for src in node.inputs:
-                last_use[src.name] = index
-        steps = []
-        for index, node in enumerate(layers):
-            if self._backend is not None:
-                weights = self._backend.upload_weights(node.weights)
-            else:  # kernels reshape weights; a contiguous array makes that free on every run
-                weights = {k: np.ascontiguousarray(v, np.float32) for k, v in node.weights.items()}
-                weights = node.opdef.prepare(self.device, node.params, weights)
-            frees = [name for name, last in last_use.items() if last == index and name != output]
-            steps.append(Step(node.name, node.opdef, node.opdef.kernel(self.device), node.params,
-                              weights, [i.name for i in node.inputs], frees))
-        return steps
+        if not layers:
+            raise GraphconvError("the network has no layers: its output would be its input")
+        return layers
 
-    def check_input(self, x: np.ndarray) -> None:
-        """Reject arrays the network cannot take, naming the layer that cannot fit them."""
+    def _bind(self, node: Node) -> Step:
+        try:
+            kernel = self.backend.kernel(node.opdef)
+        except GraphconvError as err:
+            raise node.error(err.message) from None
+        weights = self.backend.prepare_weights(node.opdef, node.params, node.weights)
+        return Step(node.name, kernel, node.params, weights, [src.name for src in node.inputs])
+
+    def plan(self, batch: int, height: int, width: int) -> Plan:
+        """The plan for `batch` images of height x width, made on first use.
+
+        Plans for the PLANS_KEPT most recently run sizes are kept: callers alternate
+        between a few (a multi-scale pyramid, shift-and-stitch's batch, tiles and the
+        edge tiles), and making a plan again costs little (0.4 ms for AlexNet, 0.6 ms
+        for VGG-16: a shape inference), but a server fed images of every size must not
+        keep a plan per size forever.
+        The buffers are not the plans': every plan shares the Executor's, each grown to
+        the largest size any plan asked of it."""
+        key = (batch, height, width)
+        with self._lock:
+            if key in self._plans:
+                self._plans.move_to_end(key)
+                return self._plans[key]
+            try:
+                plan = make_plan(self.graph, batch, (height, width))
+            except ShapeError as err:
+                raise GraphconvError(f"input of {height}x{width} does not fit the network: {err}") from None
+            self._plans[key] = plan
+            if len(self._plans) > PLANS_KEPT:
+                self._plans.popitem(last=False)
+            return plan
+
+    def run(self, x: np.ndarray, profile: dict[str, float] | None = None, out: Any = None) -> Any:
+        """Run on (N, C, H, W) float32 input; `profile`, if given, collects seconds per layer.
+
+        The output goes into `out` when given (and `out` is returned): a host array of
+        the planned output shape, any strides (a view into a larger map), or an array of
+        this device's. Otherwise it is a new host array, the caller's to keep."""
+        x = self._checked_input(x)
+        with self._lock:
+            plan = self.plan(x.shape[0], x.shape[2], x.shape[3])
+            if out is not None:
+                self._check_out(out, plan.output_shape)
+            values = self._activations(plan, out)
+            values[plan.input] = self.backend.to_device(x)
+            for step in self.steps:
+                start = time.perf_counter() if profile is not None else 0.0
+                step.kernel(step.params, step.weights, [values[i] for i in step.inputs], values[step.name])
+                if profile is not None:
+                    self.backend.synchronize()
+                    profile[step.name] = profile.get(step.name, 0.0) + time.perf_counter() - start
+            result = values[plan.output]
+        return out if result is out else self.backend.to_host(result, out)
+
+    def _checked_input(self, x: np.ndarray) -> np.ndarray:
+        """The input as contiguous float32, or a GraphconvError for arrays of the wrong rank
+        or channel count (sizes the network cannot take are `plan`'s to reject)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
         c = self.graph.input_shape[0]
         if x.ndim != 4 or x.shape[1] != c:
             raise GraphconvError(f"input must be (N, {c}, H, W) or ({c}, H, W) float32, got shape "
                                  f"{tuple(x.shape)}")
-        key = tuple(x.shape[2:])
-        if key not in self._shapes_checked:
-            try:
-                infer_shapes(self.graph, key)
-            except GraphconvError as err:
-                raise GraphconvError(f"input of {key[0]}x{key[1]} does not fit the network: {err}") from None
-            self._shapes_checked.add(key)
+        return x
 
-    def run(self, x: np.ndarray, profile: dict[str, float] | None = None) -> np.ndarray:
-        """Run on (N, C, H, W) float32; `profile`, if given, collects seconds per layer."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        self.check_input(x)
-        if self._backend is not None:
-            x = self._backend.to_device(x)
-        values: dict[str, Any] = {self.graph.input.name: x}
-        for step in self.steps:
-            start = time.perf_counter() if profile is not None else 0.0
-            values[step.name] = step.kernel(step.params, step.weights, [values[i] for i in step.inputs])
-            if profile is not None:
-                if self._backend is not None:
-                    self._backend.synchronize()
-                profile[step.name] = profile.get(step.name, 0.0) + time.perf_counter() - start
-            for name in step.frees:
-                del values[name]
-        result = values[self.graph.output.name]
-        return self._backend.to_host(result) if self._backend is not None else result
+    def _check_out(self, out: Any, shape: Shape4) -> None:
+        if tuple(getattr(out, "shape", ())) != shape or getattr(out, "dtype", None) != np.float32:
+            raise GraphconvError(f"out must be a float32 array of shape {shape}, got "
+                                 f"{getattr(out, 'dtype', type(out).__name__)} "
+                                 f"{tuple(getattr(out, 'shape', ()))}")
+        if not (self.backend.can_write_into(out)
+                or isinstance(out, np.ndarray) and out.flags.writeable):
+            raise GraphconvError(f"out must be a writable numpy array or a C-contiguous "
+                                 f"{self.device} array")
+
+    def _activations(self, plan: Plan, out: Any) -> dict[str, Any]:
+        """Where each layer writes: its plan buffer (a view of the right shape), and for
+        the output `out` itself when kernels can write into it, else a new array."""
+        values = {name: self._buffer(buffer, plan.buffer_floats[buffer])[:_size(plan.shapes[name])]
+                  .reshape(plan.shapes[name]) for name, buffer in plan.buffer_of.items()}
+        direct = out is not None and self.backend.can_write_into(out)
+        values[plan.output] = out if direct else self.backend.empty(plan.output_shape)
+        return values
+
+    def _buffer(self, index: int, floats: int) -> Any:
+        """Buffer `index`, made (or remade larger) on first need and kept for later runs."""
+        while len(self._buffers) <= index:
+            self._buffers.append(None)
+        buffer = self._buffers[index]
+        if buffer is None or buffer.size < floats:
+            buffer = self._buffers[index] = self.backend.empty((floats,))
+        return buffer
+
+
+def _size(shape: Shape4) -> int:
+    return int(np.prod(shape))
 
 
 def run_reference(graph: Graph, x: np.ndarray) -> np.ndarray:

@@ -1,6 +1,8 @@
 """Every op's CPU kernel against its numpy reference: every registered op on each of
 its examples, then the ops whose kernels have several paths over many more parameter
-combinations.
+combinations. Kernels write into an output the harness allocates from the op's shape
+rule, as the runtime's plan does, filled with NaN so that an element a kernel forgets
+to write shows.
 
 The references themselves are checked against each op's PyTorch equivalent (here for
 the cases below, in test_torch_bridge.py for every example), so the chain
@@ -11,9 +13,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from graphconv.backends import get_backend
 from graphconv.errors import GraphconvError
 from graphconv.ops import all_ops, get_op
-from graphconv.spec import normalize_params
+from graphconv.params import normalize_params
 from graphconv.ops.registry import pair
 from graphconv.torch_bridge import op_forward, torch
 
@@ -22,6 +25,19 @@ from graphconv.ops.conv import cpu as conv_cpu
 
 EXAMPLES = [pytest.param(op, example, id=f"{op.name}-{i}")
             for op in all_ops() for i, example in enumerate(op.examples)]
+CPU = get_backend("cpu")
+
+
+def run_kernel(opdef, params, weights, xs, **kernel_options):
+    """The CPU kernel's output for inputs `xs`, written into a NaN-filled array of the
+    shape the op's shape rule gives; the inputs must come out unchanged."""
+    shape = (xs[0].shape[0], *opdef.shape(params, [x.shape[1:] for x in xs]))
+    out = np.full(shape, np.nan, np.float32)
+    before = [x.copy() for x in xs]
+    assert CPU.kernel(opdef)(params, weights, xs, out, **kernel_options) is None
+    for x, original in zip(xs, before):
+        np.testing.assert_array_equal(x, original, err_msg=f"{opdef.name} wrote into its input")
+    return out
 
 
 @pytest.mark.parametrize("opdef", all_ops(), ids=lambda op: op.name)
@@ -29,7 +45,7 @@ def test_every_op_has_examples_a_torch_equivalent_and_a_cpu_kernel(opdef):
     """What the registry-driven tests need from an op, asked for by name."""
     assert opdef.examples, f"give {opdef.name}'s OpDef a few examples (registry.Example)"
     assert opdef.torch is not None, f"give {opdef.name}'s OpDef its PyTorch equivalent (torch=)"
-    assert callable(opdef.kernel("cpu"))
+    assert callable(CPU.kernel(opdef))
 
 
 @pytest.mark.parametrize("opdef,example", EXAMPLES)
@@ -47,11 +63,9 @@ def test_cpu_kernel_matches_reference_on_every_example(opdef, example, rng):
     xs = [random_input(rng, (2, *s)) for s in example.inputs]
     weights = opdef.seeded_weights(params, example.inputs, rng)
     want = opdef.reference(params, weights, xs)
-    for kernel_weights in (weights, opdef.prepare("cpu", params, weights)):  # as given, as stored
-        got = opdef.kernel("cpu")(params, kernel_weights, xs)
-        assert got.dtype == np.float32
-        assert got.shape == (2, *opdef.shape(params, example.inputs))
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    for kernel_weights in (weights, CPU.prepare_weights(opdef, params, weights)):  # as given, as stored
+        np.testing.assert_allclose(run_kernel(opdef, params, kernel_weights, xs), want,
+                                   rtol=1e-4, atol=1e-5)
 
 
 def test_a_missing_kernel_is_a_clear_error_but_a_broken_one_is_not(tmp_path, monkeypatch):
@@ -85,16 +99,14 @@ def make_weights(opdef, params, in_shapes, rng):
 def check_op(name, raw_params, in_shapes, rng, batch=2, rtol=1e-4, atol=1e-4, prepared=False,
              **kernel_options):
     """The CPU kernel against the reference; `prepared` passes the weights as the Executor
-    stores them (the op's `prepare` hook) rather than as the spec gives them."""
+    stores them (the CPU backend's `prepare_weights`) rather than as the spec gives them."""
     opdef = get_op(name)
     params = normalize_params(opdef, raw_params)
     xs = [random_input(rng, (batch, *s)) for s in in_shapes]
     weights = make_weights(opdef, params, in_shapes, rng)
-    kernel_weights = opdef.prepare("cpu", params, weights) if prepared else weights
-    got = opdef.kernel("cpu")(params, kernel_weights, xs, **kernel_options)
+    kernel_weights = CPU.prepare_weights(opdef, params, weights) if prepared else weights
+    got = run_kernel(opdef, params, kernel_weights, xs, **kernel_options)
     want = opdef.reference(params, weights, xs)
-    assert got.dtype == np.float32
-    assert got.shape == (batch, *opdef.shape(params, in_shapes))
     np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
     return params, weights, xs, want
 
@@ -273,7 +285,7 @@ import numpy as np
 from graphconv.ops import get_op
 from graphconv.ops.conv import cpu as conv_cpu
 from graphconv.ops.fc import cpu as fc_cpu
-from graphconv.spec import normalize_params
+from graphconv.params import normalize_params
 rng = np.random.default_rng(0)
 conv = get_op("conv")
 for raw in (dict(out_channels=8, kernel_size=3, padding=1), dict(out_channels=8, kernel_size=1)):
@@ -282,13 +294,16 @@ for raw in (dict(out_channels=8, kernel_size=3, padding=1), dict(out_channels=8,
     w = {k: rng.standard_normal(s).astype(np.float32) for k, s in conv.weight_shapes(params, [x.shape[1:]]).items()}
     for strategy in conv_cpu.STRATEGIES:
         if strategy != "pointwise" or raw["kernel_size"] == 1:
-            got = conv_cpu.run_conv(params, w, [x], strategy=strategy)
+            got = np.empty((2, *conv.shape(params, [x.shape[1:]])), np.float32)
+            conv_cpu.run_conv(params, w, [x], got, strategy=strategy)
             np.testing.assert_allclose(got, conv.reference(params, w, [x]), rtol=1e-4, atol=1e-4)
 fc = get_op("fc")
 params = normalize_params(fc, dict(out_features=5))
-x = rng.standard_normal((70, 12)).astype(np.float32)
+x = rng.standard_normal((70, 12, 1, 1)).astype(np.float32)
 w = {k: rng.standard_normal(s).astype(np.float32) for k, s in fc.weight_shapes(params, [x.shape[1:]]).items()}
-np.testing.assert_allclose(fc_cpu.run_fc(params, w, [x]), fc.reference(params, w, [x]), rtol=1e-4, atol=1e-4)
+got = np.empty((70, 5, 1, 1), np.float32)
+fc_cpu.run_fc(params, w, [x], got)
+np.testing.assert_allclose(got, fc.reference(params, w, [x]), rtol=1e-4, atol=1e-4)
 print("ran without scipy")
 """
 

@@ -1,10 +1,12 @@
-"""Whole networks: the Numba runtime against the numpy references and against PyTorch."""
+"""Whole networks: the Numba runtime against the numpy references and against PyTorch;
+the plans it runs (shapes, lifetimes, buffers) and where its output goes."""
 import numpy as np
 import pytest
 
 import graphconv
 from graphconv.errors import GraphconvError
-from graphconv.runtime import Executor, resolve_device, run_reference
+from graphconv.runtime import PLANS_KEPT, Executor, make_plan, run_reference
+from graphconv.shapes import infer_shapes
 from conftest import SPECS, random_input
 from graphconv.torch_bridge import torch, torch_forward
 
@@ -52,16 +54,100 @@ def test_integer_input_is_rejected():
         graphconv.load(SPECS / "lenet.yaml").run(np.zeros((1, 32, 32), np.int64))
 
 
-def test_intermediates_are_freed():
+@pytest.mark.parametrize("name", ["tinydag", "alexnet"])
+def test_plan_shapes_lifetimes_and_buffers(name):
+    """Shapes are the shape rules' (with the batch); a buffer holds one value at a time:
+    two values share it only when one's last reader has run before the other is
+    written, so no layer writes into a buffer one of its inputs is in."""
+    graph = graphconv.load(SPECS / f"{name}.yaml").graph
+    hw = graph.input_shape[1:]
+    plan = make_plan(graph, 3, hw)
+    assert plan.shapes == {k: (3, *v) for k, v in infer_shapes(graph, hw).items()}
+    layers = graph.layers()
+    written = {node.name: index for index, node in enumerate(layers)}
+    for index, node in enumerate(layers):
+        assert plan.last_use[node.name] == max([index] + [i for i, user in enumerate(layers)
+                                                          if node in user.inputs])
+    assert set(plan.buffer_of) == set(written) - {graph.output.name}
+    for a, buffer in plan.buffer_of.items():
+        assert plan.buffer_floats[buffer] >= np.prod(plan.shapes[a])
+        for b, other in plan.buffer_of.items():
+            if a != b and buffer == other:
+                first, second = sorted((a, b), key=written.get)
+                assert plan.last_use[first] < written[second], f"{first} and {second} overlap"
+    assert len(plan.buffer_floats) < len(plan.buffer_of), "buffers are reused"
+
+
+def test_buffers_hold_no_more_than_the_values_alive_together():
+    """On a chain, reusing buffers by lifetime costs at most the two largest neighbouring
+    activations, like freeing each value after its last use did."""
+    graph = graphconv.compile_model(SPECS / "alexnet.yaml").graph
+    plan = make_plan(graph, 1, (384, 384))
+    layers = graph.layers()
+    sizes = [np.prod(plan.shapes[n.name]) for n in layers if n.name != graph.output.name]
+    assert sum(plan.buffer_floats) <= max(a + b for a, b in zip(sizes, sizes[1:]))
+    assert plan.buffer_bytes == 4 * sum(plan.buffer_floats)
+
+
+def test_plans_are_cached_per_input_size_and_bounded():
+    executor = Executor(graphconv.compile_model(SPECS / "lenet.yaml").graph)
+    first = executor.plan(1, 32, 32)
+    assert executor.plan(1, 32, 32) is first
+    for size in range(36, 36 + 4 * PLANS_KEPT, 4):
+        executor.plan(1, size, size)
+    assert executor.plan(1, 32, 32) is not first, "the oldest plan was dropped"
+    assert executor.plan(1, 32, 32) == first
+
+
+def test_runs_of_several_sizes_share_buffers(rng):
+    """Buffers grow to the largest size asked of them and are reused: alternating sizes
+    and batches gives each run the right answer, and each output stays the caller's."""
+    model = graphconv.compile_model(SPECS / "tinydag.yaml")
+    executor = model.executor("cpu")
+    inputs = [random_input(rng, shape) for shape in
+              [(1, 3, 28, 24), (2, 3, 60, 52), (1, 3, 28, 24), (3, 3, 36, 40)]]
+    outputs = [executor.run(x) for x in inputs]
+    for x, got in zip(inputs, outputs):
+        np.testing.assert_allclose(got, run_reference(model.graph, x), rtol=1e-4, atol=1e-5)
+
+
+def test_output_goes_into_out(rng):
+    """A C-contiguous `out` is written by the last kernel itself; a strided view into a
+    larger map (what a tile will pass) gets a copy; anything else is refused."""
+    executor = Executor(graphconv.load(SPECS / "lenet.yaml").graph)
+    x = random_input(rng, (2, 1, 32, 32))
+    want = run_reference(executor.graph, x)
+    out = np.empty((2, 10, 1, 1), np.float32)
+    assert executor.run(x, out=out) is out
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
+    big = np.zeros((2, 12, 3, 3), np.float32)
+    view = big[:, 1:11, 1:2, 2:]
+    assert executor.run(x, out=view) is view
+    np.testing.assert_allclose(view, want, rtol=1e-4, atol=1e-5)
+    assert np.count_nonzero(big) == want.size
+    for bad in (np.empty((2, 10, 1, 2), np.float32), np.empty((2, 10, 1, 1)), [0.0] * 20):
+        with pytest.raises(GraphconvError, match=r"out must be a float32 array of shape \(2, 10, 1, 1\)"):
+            executor.run(x, out=bad)
+    frozen = np.empty((2, 10, 1, 1), np.float32)
+    frozen.setflags(write=False)
+    with pytest.raises(GraphconvError, match="writable"):
+        executor.run(x, out=frozen)
+
+
+def test_profile_names_every_layer(rng):
     executor = Executor(graphconv.load(SPECS / "tinydag.yaml").graph)
-    freed = [name for step in executor.steps for name in step.frees]
-    assert len(freed) == len(set(freed))
-    assert "stem_relu" in freed and "prob" not in freed
+    profile = {}
+    executor.run(random_input(rng, (1, 3, 28, 24)), profile)
+    assert list(profile) == [node.name for node in executor.graph.layers()]
+    assert all(seconds >= 0 for seconds in profile.values())
 
 
-def test_unknown_device():
-    with pytest.raises(GraphconvError, match="unknown device"):
-        resolve_device("tpu")
+def test_a_network_without_layers_is_refused():
+    graph = graphconv.load(SPECS / "lenet.yaml").graph
+    for node in reversed(graph.layers()):
+        graph.remove(node)
+    with pytest.raises(GraphconvError, match="no layers"):
+        Executor(graph)
 
 
 def test_edits_after_a_run_take_effect_on_the_next_run(rng):

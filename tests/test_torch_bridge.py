@@ -9,7 +9,7 @@ import graphconv
 from graphconv import torch_bridge
 from graphconv.ops import NoTorchEquivalent, all_ops
 from graphconv.runtime import Executor
-from graphconv.spec import normalize_params
+from graphconv.params import normalize_params
 from conftest import random_input
 
 LENET = Path(__file__).resolve().parent.parent / "specs" / "lenet.yaml"

@@ -2,7 +2,8 @@
 
 Every sub-package of this folder is imported here, which registers its ops: adding an op
 is adding a folder, with no list to edit. Plain modules (gemm_cpu, vector_tile,
-unsigned_index) are kernel helpers and are left for the kernels that use them to import.
+unsigned_index, cuda_launch) are kernel helpers and are left for the kernels that use
+them to import.
 """
 import importlib
 import pkgutil

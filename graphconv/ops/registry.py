@@ -3,7 +3,9 @@
 An op is one folder under `graphconv/ops/`: its `__init__.py` calls `register(OpDef(...))`
 (parameter schema, shape rule, weights and how to seed them, FLOPs, window, numpy
 reference, PyTorch equivalent, examples), and its kernels live beside it, `cpu.py` and
-`cuda.py`, each defining `run_<op>(params, weights, inputs) -> output`. Nothing else in
+`cuda.py`, each defining `run_<op>(params, weights, inputs, out) -> None`, which writes
+the layer's output into `out`: the runtime plans every value's shape and buffer, so a
+kernel takes its output size from `out.shape` and allocates only scratch. Nothing else in
 graphconv lists ops: `graphconv/ops/__init__.py` imports every sub-package it finds, the
 spec loader, shape inference, weight seeding and the PyTorch bridge ask the `OpDef`, and
 the tests run every op's examples through its kernels, its reference and PyTorch. So a
@@ -13,7 +15,8 @@ A folder may register several ops when they share kernel code: `pool` holds maxp
 avgpool (one separable window walk), `elementwise` the pointwise ops that need no window
 (relu, dropout, add, concat) and their shared flat-array launch. An op with kernels of its
 own gets its own folder, like `sigmoid`. Plain modules beside the folders (`gemm_cpu`,
-`vector_tile`, `unsigned_index`) are kernel helpers shared across folders, not ops.
+`vector_tile`, `unsigned_index`, `cuda_launch`) are kernel helpers shared across folders,
+not ops.
 
 Kernel modules are imported only when a network runs on that device (numba-cuda is
 optional), so an op may lack a `cuda.py`: running it there is then a `GraphconvError`
@@ -120,9 +123,11 @@ class OpDef:
     flops(params, input_shapes, output_shape) -> floating point operations per image.
     window(params, input_shapes) -> Window for spatial ops; None when the op is pointwise.
     examples: a few tiny parameter sets every registry-driven test runs.
-    The kernels are `run_<name>(params, weights, inputs) -> output` in `<package>.cpu` and
-    `<package>.cuda`, optionally with `prepare_<name>` and `describe_<name>` beside them;
-    `kernel_name` replaces `<name>` there when ops share one kernel.
+    The kernels are `run_<name>(params, weights, inputs, out) -> None` in `<package>.cpu`
+    and `<package>.cuda`, writing into `out` (a C-contiguous float32 array of the shape
+    `shape` gives, batch first, never one of the inputs), optionally with `prepare_<name>`
+    and `describe_<name>` beside them; `kernel_name` replaces `<name>` there when ops
+    share one kernel.
     """
 
     name: str

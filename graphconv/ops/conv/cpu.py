@@ -45,8 +45,10 @@ REORDER_MAX_WEIGHTS = 1 << 22  # 16 MB: prepare_conv leaves larger weights in th
 STRATEGIES = ("stream", "pointwise", "direct", "im2col")
 
 
-def choose_strategy(params: dict, in_shape: tuple[int, ...]) -> str:
-    """The strategy `run_conv` uses for this layer on an (N, C, H, W) input.
+def choose_strategy(params: dict, in_shape: tuple[int, ...],
+                    out_hw: tuple[int, int] | None = None) -> str:
+    """The strategy `run_conv` uses for this layer on an (N, C, H, W) input whose output
+    is out_hw (by default, what the op's shape rule says).
 
     The thresholds are measured on 2 AVX2 cores, each strategy alternating with the
     other in one process (medians of 31; benchmarks/cpu_vs_torch.py shows each layer's
@@ -60,7 +62,7 @@ def choose_strategy(params: dict, in_shape: tuple[int, ...]) -> str:
     """
     n, c = in_shape[:2]
     (kh, kw), (sh, sw), (ph, pw) = (pair(params[k]) for k in ("kernel_size", "stride", "padding"))
-    _, ho, wo = output_shape(params, [tuple(in_shape[1:])])
+    ho, wo = out_hw or output_shape(params, [tuple(in_shape[1:])])[1:]
     taps = (c // params["groups"]) * kh * kw
     weights = params["out_channels"] * taps
     if prefers_stream(n * ho * wo, weights):
@@ -91,10 +93,10 @@ def prepare_conv(params: dict, weights: dict) -> dict:
     return prepared
 
 
-def run_conv(params: dict, weights: dict, inputs: list[np.ndarray],
-             strategy: str | None = None) -> np.ndarray:
-    """The layer on (N, C, H, W) input, with `weights` as the spec gives them or as
-    `prepare_conv` stored them; `strategy` overrides the choice (tests force each one)."""
+def run_conv(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray,
+             strategy: str | None = None) -> None:
+    """The layer on (N, C, H, W) input into `out`, with `weights` as the spec gives them
+    or as `prepare_conv` stored them; `strategy` overrides the choice (tests force each one)."""
     x = np.ascontiguousarray(inputs[0])
     groups = params["groups"]
     kh, kw = pair(params["kernel_size"])
@@ -104,17 +106,19 @@ def run_conv(params: dict, weights: dict, inputs: list[np.ndarray],
         bias = np.zeros(out_c, np.float32)
     relu = params["activation"] == "relu"
     geometry = tuple(v for k in ("stride", "padding", "dilation") for v in pair(params[k]))
-    strategy = strategy or choose_strategy(params, x.shape)
+    strategy = strategy or choose_strategy(params, x.shape, out.shape[2:])
     if strategy == "direct":
-        return _conv_direct(x, _taps_last(weights, groups), bias, kh, kw, *geometry, relu,
-                            get_num_threads())
+        _conv_direct(x, _taps_last(weights, groups), bias, kh, kw, *geometry, relu,
+                     get_num_threads(), out)
+        return
     taps_last = "weight_kwkhc" in weights  # stream, pointwise and im2col take either order
     w3 = weights["weight_kwkhc"] if taps_last else _taps_first(weights, groups, kh, kw)
     if strategy == "stream":
-        return _conv_stream(x, w3, bias, kh, kw, *geometry, relu, taps_last)
-    if strategy == "pointwise":
-        return _conv_pointwise(x, w3, bias, relu)
-    return _conv_im2col(x, w3, bias, kh, kw, *geometry, relu, taps_last, SCRATCH_FLOATS)
+        _conv_stream(x, w3, bias, kh, kw, *geometry, relu, taps_last, out)
+    elif strategy == "pointwise":
+        _conv_pointwise(x, w3, bias, relu, out)
+    else:
+        _conv_im2col(x, w3, bias, kh, kw, *geometry, relu, taps_last, SCRATCH_FLOATS, out)
 
 
 def _taps_last(weights: dict, groups: int) -> np.ndarray:
@@ -133,11 +137,6 @@ def _taps_first(weights: dict, groups: int, kh: int, kw: int) -> np.ndarray:
     g, og, k = wk.shape
     return np.ascontiguousarray(
         wk.reshape(g, og, kw, kh, k // (kw * kh)).transpose(0, 1, 4, 3, 2)).reshape(g, og, k)
-
-
-@njit(cache=True)
-def _output_size(height, width, kh, kw, sh, sw, ph, pw, dh, dw):
-    return (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
 
 
 # ---- patch columns (stream and im2col) ------------------------------------------------------
@@ -186,18 +185,16 @@ def _patch_columns(x, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, q0, q1, taps_l
 # ---- stream ---------------------------------------------------------------------------------
 
 @njit(cache=True)
-def _conv_stream(x, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, taps_last):
-    n, c, height, width = x.shape
+def _conv_stream(x, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, taps_last, out):
+    n, c = x.shape[0], x.shape[1]
     groups, og, k = w3.shape
-    ho, wo = _output_size(height, width, kh, kw, sh, sw, ph, pw, dh, dw)
-    out = np.empty((n, groups * og, ho, wo), np.float32)
+    ho, wo = out.shape[2], out.shape[3]
     out3 = out.reshape(n, groups * og, ho * wo)
     positions = n * ho * wo
     cols = np.empty((k, stream_width(positions)), np.float32)
     for g in range(groups):
         _patch_columns(x, g * (c // groups), kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, 0, n * ho, taps_last, cols)
         stream_matmul(w3[g], bias, relu, cols, positions, ho * wo, g * og, out3)
-    return out
 
 
 # ---- direct ---------------------------------------------------------------------------------
@@ -296,34 +293,30 @@ def _direct_group(xp, wk, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, wo, 
 
 
 @njit(cache=True)
-def _conv_direct(x, wk, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, threads):
+def _conv_direct(x, wk, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, threads, out):
     n, c, height, width = x.shape
     groups, og, _ = wk.shape
     cg = c // groups
-    ho, wo = _output_size(height, width, kh, kw, sh, sw, ph, pw, dh, dw)
-    out = np.empty((n, groups * og, ho, wo), np.float32)
+    ho, wo = out.shape[2], out.shape[3]
     out3 = out.reshape(n, groups * og, ho * wo)
     xp = np.empty((n, height + 2 * ph, width + 2 * pw, cg), np.float32)
     for g in range(groups):
         _channels_last(x, g * cg, cg, ph, pw, xp)
         _direct_group(xp, wk[g], bias, relu, kh, kw, sh, sw, dh, dw, g * og, ho, wo, out3, threads)
-    return out
 
 
 # ---- pointwise ------------------------------------------------------------------------------
 
-def _conv_pointwise(x, w3, bias, relu):
+def _conv_pointwise(x, w3, bias, relu, out):
     n, c, height, width = x.shape
     groups, og, _ = w3.shape
     cg = c // groups
-    out = np.empty((n, groups * og, height, width), np.float32)
     for b in range(n):
         for g in range(groups):
             cols = x[b, g * cg:(g + 1) * cg].reshape(cg, height * width)
             res = out[b, g * og:(g + 1) * og].reshape(og, height * width)  # a view: out is contiguous
             np.matmul(w3[g], cols, out=res)
         _bias_inplace(out[b], bias, relu)
-    return out
 
 
 @njit(cache=True, parallel=True)
@@ -352,11 +345,10 @@ def _epilogue(res, bias, o0, q0, q1, ho, wo, relu, out):
                 out[n, o0 + o, oy, ox] = max(v, 0.0) if relu else v
 
 
-def _conv_im2col(x, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, taps_last, scratch_floats):
-    n, c, height, width = x.shape
+def _conv_im2col(x, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, taps_last, scratch_floats, out):
+    n, c = x.shape[0], x.shape[1]
     groups, og, k = w3.shape
-    ho, wo = _output_size(height, width, kh, kw, sh, sw, ph, pw, dh, dw)
-    out = np.empty((n, groups * og, ho, wo), np.float32)
+    ho, wo = out.shape[2], out.shape[3]
     total_rows = n * ho
     rows = max(1, min(total_rows, scratch_floats // max(1, k * wo)))
     cols = np.empty((k, rows * wo), np.float32)
@@ -374,4 +366,3 @@ def _conv_im2col(x, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, taps_last, s
             _patch_columns(x, g * cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, q0, q1, taps_last, cols_q)
             np.matmul(wg, cols_q, out=res_q)
             _epilogue(res_q, bias, g * og, q0, q1, ho, wo, relu, out)
-    return out

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from numba import cuda, float32
 
-from graphconv import cuda_backend
 from graphconv.ops.registry import pair
 
 TILE = 16
@@ -59,24 +59,21 @@ def _conv_gemm(x, w2, bias, out, cg, kh, kw, sh, sw, ph, pw, dh, dw, og, relu):
         out[n, o, oy, ox] = v
 
 
-def conv_on_device(x, weight, bias, kh, kw, groups, stride, padding, dilation, relu):
-    n, c, height, width = x.shape
-    out_c = weight.shape[0]
+def conv_on_device(x, weight, bias, kh, kw, groups, stride, padding, dilation, relu, out) -> None:
+    """The implicit GEMM into `out`, whose (N, O, ho, wo) shape sets the launch."""
+    n, c = x.shape[0], x.shape[1]
+    _, out_c, ho, wo = out.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    ho = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    out = cuda_backend.empty((n, out_c, ho, wo))
     og = out_c // groups
     w2 = weight.reshape(out_c, weight.size // out_c)
     if bias is None:
-        bias = cuda_backend.zeros_like_bias(out_c)
+        bias = cuda.to_device(np.zeros(out_c, np.float32))
     grid = (math.ceil(n * ho * wo / TILE), math.ceil(og / TILE), groups)
     _conv_gemm[grid, (TILE, TILE)](x, w2, bias, out, c // groups, kh, kw, sh, sw, ph, pw, dh, dw, og, relu)
-    return out
 
 
-def run_conv(params: dict, weights: dict, inputs: list) -> object:
+def run_conv(params: dict, weights: dict, inputs: list, out) -> None:
     w = weights["weight"]
-    return conv_on_device(inputs[0], w, weights.get("bias"), w.shape[2], w.shape[3], params["groups"],
-                          pair(params["stride"]), pair(params["padding"]), pair(params["dilation"]),
-                          params["activation"] == "relu")
+    conv_on_device(inputs[0], w, weights.get("bias"), w.shape[2], w.shape[3], params["groups"],
+                   pair(params["stride"]), pair(params["padding"]), pair(params["dilation"]),
+                   params["activation"] == "relu", out)

@@ -6,17 +6,22 @@ from numba import njit, prange
 
 
 @njit(cache=True, parallel=True)
-def _relu(x):
-    flat = x.ravel()
-    out = np.empty_like(flat)
-    for i in prange(flat.size):
-        out[i] = max(flat[i], 0.0)
-    return out.reshape(x.shape)
+def _relu(x, out):
+    src, dst = x.ravel(), out.reshape(-1)  # reshape: a view, or an error, never a copy
+    for i in prange(src.size):
+        dst[i] = max(src[i], 0.0)
+
+
+@njit(cache=True, parallel=True)
+def _sum(a, b, out):
+    src_a, src_b, dst = a.ravel(), b.ravel(), out.reshape(-1)
+    for i in prange(dst.size):
+        dst[i] = src_a[i] + src_b[i]
 
 
 @njit(cache=True, parallel=True)
 def _accumulate(total, x):
-    a = total.ravel()
+    a = total.reshape(-1)
     b = x.ravel()
     for i in prange(a.size):
         a[i] += b[i]
@@ -33,26 +38,23 @@ def _copy_channels(src, dst, c0):
                 dst[b, c0 + ch, y, x] = src[b, ch, y, x]
 
 
-def run_relu(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
-    return _relu(np.ascontiguousarray(inputs[0]))
+def run_relu(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
+    _relu(np.ascontiguousarray(inputs[0]), out)
 
 
-def run_dropout(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
-    return inputs[0]
+def run_dropout(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
+    np.copyto(out, inputs[0])
 
 
-def run_add(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
-    total = np.array(inputs[0], dtype=np.float32, copy=True, order="C")
-    for x in inputs[1:]:
-        _accumulate(total, np.ascontiguousarray(x))
-    return total
+def run_add(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
+    first, second, *rest = (np.ascontiguousarray(x) for x in inputs)
+    _sum(first, second, out)
+    for x in rest:
+        _accumulate(out, x)
 
 
-def run_concat(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
-    n, _, height, width = inputs[0].shape
-    out = np.empty((n, sum(x.shape[1] for x in inputs), height, width), np.float32)
+def run_concat(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
     c0 = 0
     for x in inputs:
         _copy_channels(np.ascontiguousarray(x), out, c0)
         c0 += x.shape[1]
-    return out

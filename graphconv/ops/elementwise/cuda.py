@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from numba import cuda
 
-from graphconv import cuda_backend
+from graphconv.ops.cuda_launch import grid_1d, unravel_nchw
 
 
 @cuda.jit
@@ -26,7 +26,7 @@ def _copy_channels(src, dst, c0):
     n, c, height, width = src.shape
     if i >= n * c * height * width:
         return
-    b, ch, y, xx = cuda_backend.unravel_nchw(i, c, height, width)
+    b, ch, y, xx = unravel_nchw(i, c, height, width)
     dst[b, c0 + ch, y, xx] = src[b, ch, y, xx]
 
 
@@ -34,33 +34,26 @@ def _flat(x):
     return x.reshape(x.size)
 
 
-def run_relu(params: dict, weights: dict, inputs: list):
+def run_relu(params: dict, weights: dict, inputs: list, out) -> None:
     x = inputs[0]
-    out = cuda_backend.empty(x.shape)
-    blocks, threads = cuda_backend.grid_1d(x.size)
+    blocks, threads = grid_1d(x.size)
     _relu[blocks, threads](_flat(x), _flat(out))
-    return out
 
 
-def run_dropout(params: dict, weights: dict, inputs: list):
-    return inputs[0]
+def run_dropout(params: dict, weights: dict, inputs: list, out) -> None:
+    out.copy_to_device(inputs[0])
 
 
-def run_add(params: dict, weights: dict, inputs: list):
-    total = cuda_backend.empty(inputs[0].shape)
-    total.copy_to_device(inputs[0])
-    blocks, threads = cuda_backend.grid_1d(total.size)
+def run_add(params: dict, weights: dict, inputs: list, out) -> None:
+    out.copy_to_device(inputs[0])
+    blocks, threads = grid_1d(out.size)
     for x in inputs[1:]:
-        _add_into[blocks, threads](_flat(total), _flat(x))
-    return total
+        _add_into[blocks, threads](_flat(out), _flat(x))
 
 
-def run_concat(params: dict, weights: dict, inputs: list):
-    n, _, height, width = inputs[0].shape
-    out = cuda_backend.empty((n, sum(x.shape[1] for x in inputs), height, width))
+def run_concat(params: dict, weights: dict, inputs: list, out) -> None:
     c0 = 0
     for x in inputs:
-        blocks, threads = cuda_backend.grid_1d(x.size)
+        blocks, threads = grid_1d(x.size)
         _copy_channels[blocks, threads](x, out, c0)
         c0 += x.shape[1]
-    return out

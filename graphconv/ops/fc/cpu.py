@@ -13,27 +13,24 @@ from graphconv.ops.gemm_cpu import prefers_stream, stream_matmul, stream_width
 
 
 @njit(cache=True)
-def _fc_stream(x2d, weight, bias):
+def _fc_stream(x2d, weight, bias, out2d):
     n, k = x2d.shape
     cols = np.zeros((k, stream_width(n)), np.float32)
     cols[:, :n] = x2d.T
-    out = np.empty((n, weight.shape[0], 1), np.float32)
-    stream_matmul(weight, bias, False, cols, n, 1, 0, out)
-    return out
+    stream_matmul(weight, bias, False, cols, n, 1, 0, out2d.reshape(n, weight.shape[0], 1))
 
 
-def _fc_blas(x2d, weight, bias):
-    y = x2d @ weight.T
-    y += bias
-    return y
+def _fc_blas(x2d, weight, bias, out2d):
+    np.matmul(x2d, weight.T, out=out2d)
+    out2d += bias
 
 
-def run_fc(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
+def run_fc(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
     x = inputs[0]
     weight = weights["weight"]
     bias = weights.get("bias")
     if bias is None:
         bias = np.zeros(weight.shape[0], np.float32)
     x2d = np.ascontiguousarray(x).reshape(x.shape[0], -1)
-    y = (_fc_stream if prefers_stream(x.shape[0], weight.size) else _fc_blas)(x2d, weight, bias)
-    return y.reshape(x.shape[0], weight.shape[0], 1, 1)
+    out2d = out.reshape(x.shape[0], weight.shape[0])  # a view: out is C-contiguous
+    (_fc_stream if prefers_stream(x.shape[0], weight.size) else _fc_blas)(x2d, weight, bias, out2d)

@@ -1,8 +1,8 @@
-"""CPU identity: the input array itself; kernels never write into their inputs."""
+"""CPU identity: a copy of the input, since the output has a buffer of its own."""
 from __future__ import annotations
 
 import numpy as np
 
 
-def run_identity(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
-    return inputs[0]
+def run_identity(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
+    np.copyto(out, inputs[0])

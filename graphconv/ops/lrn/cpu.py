@@ -16,9 +16,8 @@ from graphconv.ops.unsigned_index import unsigned
 
 
 @njit(cache=True, parallel=True, fastmath=True, boundscheck=False)
-def _lrn(x, size, alpha, beta, k):
+def _lrn(x, size, alpha, beta, k, out):
     n, c, height, width = x.shape
-    out = np.empty_like(x)
     lo, hi = size // 2, (size - 1) // 2
     scale = np.float32(alpha / size)
     k32 = np.float32(k)
@@ -39,7 +38,6 @@ def _lrn(x, size, alpha, beta, k):
                     flat_out[unsigned(row + i)] = v / np.sqrt(t * np.sqrt(t))
                 else:
                     flat_out[unsigned(row + i)] = v * np.float32(np.exp(-beta * np.log(t)))
-    return out
 
 
 @njit(cache=True, inline="always")
@@ -54,6 +52,6 @@ def _add_squares(acc, flat, start):
         acc[unsigned(i)] += v * v
 
 
-def run_lrn(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
-    return _lrn(np.ascontiguousarray(inputs[0]), params["size"], params["alpha"], params["beta"],
-                params["k"])
+def run_lrn(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
+    _lrn(np.ascontiguousarray(inputs[0]), params["size"], params["alpha"], params["beta"], params["k"],
+         out)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from numba import cuda
 
-from graphconv import cuda_backend
+from graphconv.ops.cuda_launch import grid_1d, unravel_nchw
 
 
 @cuda.jit
@@ -12,7 +12,7 @@ def _lrn(x, out, size, alpha, beta, k):
     n, c, height, width = x.shape
     if index >= n * height * width:
         return
-    b, _, y, xx = cuda_backend.unravel_nchw(index, 1, height, width)
+    b, _, y, xx = unravel_nchw(index, 1, height, width)
     for ch in range(c):
         acc = 0.0
         for j in range(max(0, ch - size // 2), min(c, ch + (size - 1) // 2 + 1)):
@@ -20,10 +20,8 @@ def _lrn(x, out, size, alpha, beta, k):
         out[b, ch, y, xx] = x[b, ch, y, xx] / (k + alpha / size * acc) ** beta
 
 
-def run_lrn(params: dict, weights: dict, inputs: list):
+def run_lrn(params: dict, weights: dict, inputs: list, out) -> None:
     x = inputs[0]
     n, _, height, width = x.shape
-    out = cuda_backend.empty(x.shape)
-    blocks, threads = cuda_backend.grid_1d(n * height * width)
+    blocks, threads = grid_1d(n * height * width)
     _lrn[blocks, threads](x, out, params["size"], params["alpha"], params["beta"], params["k"])
-    return out

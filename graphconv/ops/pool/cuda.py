@@ -5,7 +5,7 @@ import math
 
 from numba import cuda
 
-from graphconv import cuda_backend
+from graphconv.ops.cuda_launch import grid_1d, unravel_nchw
 from graphconv.ops.registry import pair
 
 
@@ -15,7 +15,7 @@ def _pool(x, out, kh, kw, sh, sw, ph, pw, dh, dw, is_max):
     n, c, ho, wo = out.shape
     if index >= n * c * ho * wo:
         return
-    b, ch, oy, ox = cuda_backend.unravel_nchw(index, c, ho, wo)
+    b, ch, oy, ox = unravel_nchw(index, c, ho, wo)
     height, width = x.shape[2], x.shape[3]
     acc = -math.inf if is_max else 0.0
     for i in range(kh):
@@ -29,21 +29,16 @@ def _pool(x, out, kh, kw, sh, sw, ph, pw, dh, dw, is_max):
     out[b, ch, oy, ox] = acc if is_max else acc / (kh * kw)
 
 
-def _run(params: dict, x, is_max: bool):
+def _run(params: dict, x, is_max: bool, out) -> None:
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
         pair(params[k]) for k in ("kernel_size", "stride", "padding", "dilation"))
-    n, c, height, width = x.shape
-    ho = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    out = cuda_backend.empty((n, c, ho, wo))
-    blocks, threads = cuda_backend.grid_1d(out.size)
+    blocks, threads = grid_1d(out.size)
     _pool[blocks, threads](x, out, kh, kw, sh, sw, ph, pw, dh, dw, is_max)
-    return out
 
 
-def run_maxpool(params: dict, weights: dict, inputs: list):
-    return _run(params, inputs[0], True)
+def run_maxpool(params: dict, weights: dict, inputs: list, out) -> None:
+    _run(params, inputs[0], True, out)
 
 
-def run_avgpool(params: dict, weights: dict, inputs: list):
-    return _run(params, inputs[0], False)
+def run_avgpool(params: dict, weights: dict, inputs: list, out) -> None:
+    _run(params, inputs[0], False, out)

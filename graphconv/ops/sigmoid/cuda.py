@@ -5,7 +5,7 @@ import math
 
 from numba import cuda
 
-from graphconv import cuda_backend
+from graphconv.ops.cuda_launch import grid_1d
 
 
 @cuda.jit
@@ -15,9 +15,7 @@ def _sigmoid(x, out):
         out[i] = 1.0 / (1.0 + math.exp(-x[i]))
 
 
-def run_sigmoid(params: dict, weights: dict, inputs: list):
+def run_sigmoid(params: dict, weights: dict, inputs: list, out) -> None:
     x = inputs[0]
-    out = cuda_backend.empty(x.shape)
-    blocks, threads = cuda_backend.grid_1d(x.size)
+    blocks, threads = grid_1d(x.size)
     _sigmoid[blocks, threads](x.reshape(x.size), out.reshape(out.size))
-    return out

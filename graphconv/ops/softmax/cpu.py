@@ -6,9 +6,8 @@ from numba import njit, prange
 
 
 @njit(cache=True, parallel=True)
-def _softmax(x):
+def _softmax(x, out):
     n, c, height, width = x.shape
-    out = np.empty_like(x)
     for job in prange(n * height):
         b = job // height
         y = job % height
@@ -24,8 +23,7 @@ def _softmax(x):
             inv = 1.0 / total
             for ch in range(c):
                 out[b, ch, y, xx] *= inv
-    return out
 
 
-def run_softmax(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
-    return _softmax(np.ascontiguousarray(inputs[0]))
+def run_softmax(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
+    _softmax(np.ascontiguousarray(inputs[0]), out)

@@ -5,7 +5,7 @@ import math
 
 from numba import cuda
 
-from graphconv import cuda_backend
+from graphconv.ops.cuda_launch import grid_1d, unravel_nchw
 
 
 @cuda.jit
@@ -14,7 +14,7 @@ def _softmax(x, out):
     n, c, height, width = x.shape
     if index >= n * height * width:
         return
-    b, _, y, xx = cuda_backend.unravel_nchw(index, 1, height, width)
+    b, _, y, xx = unravel_nchw(index, 1, height, width)
     m = x[b, 0, y, xx]
     for ch in range(1, c):
         m = max(m, x[b, ch, y, xx])
@@ -27,10 +27,8 @@ def _softmax(x, out):
         out[b, ch, y, xx] /= total
 
 
-def run_softmax(params: dict, weights: dict, inputs: list):
+def run_softmax(params: dict, weights: dict, inputs: list, out) -> None:
     x = inputs[0]
     n, _, height, width = x.shape
-    out = cuda_backend.empty(x.shape)
-    blocks, threads = cuda_backend.grid_1d(n * height * width)
+    blocks, threads = grid_1d(n * height * width)
     _softmax[blocks, threads](x, out)
-    return out

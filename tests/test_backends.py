@@ -1,0 +1,94 @@
+"""The backend registry: names, choosing one ("auto", unusable devices), weights stored
+the backend's way, missing kernels named by layer, and numba.cuda left unloaded on CPU."""
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+import graphconv
+from graphconv import backends
+from graphconv.backends import backend_names, device_choices, get_backend, resolve_backend
+from graphconv.errors import GraphconvError
+from graphconv.ops import get_op
+from graphconv.params import normalize_params
+from graphconv.runtime import Executor
+from conftest import ROOT, SPECS
+
+
+def test_names_and_choices():
+    assert backend_names() == ("cpu", "cuda")
+    assert device_choices() == ("cpu", "cuda", "auto")
+    assert all(get_backend(name).name == name for name in backend_names())
+
+
+@pytest.mark.parametrize("name", ["tpu", "", ["cpu"]])
+def test_unknown_device(name):
+    with pytest.raises(GraphconvError, match=r"unknown device .* \(choose from cpu, cuda, auto\)"):
+        get_backend(name)
+
+
+def test_auto_prefers_a_usable_gpu(monkeypatch):
+    cuda = get_backend("cuda")
+    monkeypatch.setattr(cuda, "status", lambda: None)
+    assert resolve_backend("auto") is cuda
+    monkeypatch.setattr(cuda, "status", lambda: "no CUDA GPU was found")
+    assert resolve_backend("auto") is get_backend("cpu")
+    with pytest.raises(GraphconvError, match="--device cuda: no CUDA GPU was found"):
+        resolve_backend("cuda")
+    assert Executor(graphconv.load(SPECS / "lenet.yaml").graph, "auto").device == "cpu"
+
+
+def test_cpu_weights_are_contiguous_float32_and_prepared():
+    """The op's prepare hook runs on contiguous float32 copies (a conv's taps reordered);
+    weights an op does not reorder are used in place when they already are float32."""
+    cpu = get_backend("cpu")
+    conv = get_op("conv")
+    params = normalize_params(conv, dict(out_channels=4, kernel_size=3))
+    weight = np.asfortranarray(np.random.default_rng(0).standard_normal((4, 2, 3, 3)))
+    bias = np.zeros(4, np.float32)
+    prepared = cpu.prepare_weights(conv, params, {"weight": weight, "bias": bias})
+    assert set(prepared) == {"weight_kwkhc", "bias"}
+    assert prepared["weight_kwkhc"].dtype == np.float32 and prepared["weight_kwkhc"].flags.c_contiguous
+    assert prepared["bias"] is bias
+
+
+def test_a_missing_kernel_names_the_layer(tmp_path, monkeypatch):
+    """An op without a kernel for the device is refused when the Executor is built,
+    naming the layer, not half-way through a run."""
+    package = tmp_path / "graphconv_test_relu_cpu_only"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "cpu.py").write_text("from graphconv.ops.elementwise.cpu import run_relu\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from graphconv.ops import registry
+    monkeypatch.setitem(registry._REGISTRY, "relu",
+                        replace(get_op("relu"), package="graphconv_test_relu_cpu_only"))
+    monkeypatch.setattr(get_backend("cuda"), "status", lambda: None)
+    graph = graphconv.load(SPECS / "lenet.yaml").graph
+    with pytest.raises(GraphconvError, match="layer 'relu1': op 'relu' has no cuda kernel"):
+        Executor(graph, "cuda")
+    assert Executor(graph, "cpu").device == "cpu"
+
+
+CPU_ONLY_RUN = """
+import sys
+import numpy as np
+import graphconv
+model = graphconv.load(sys.argv[1])
+model.run(np.zeros((1, 1, 32, 32), np.float32), device="cpu")
+assert "numba.cuda" not in sys.modules, "a CPU run imported numba.cuda"
+print("cpu only")
+"""
+
+
+def test_a_cpu_run_never_imports_numba_cuda():
+    result = subprocess.run([sys.executable, "-c", CPU_ONLY_RUN, str(SPECS / "lenet.yaml")],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "cpu only" in result.stdout
+
+
+def test_resolve_device_is_the_backend_name():
+    assert backends.resolve_device("cpu") == "cpu"
