@@ -7,6 +7,10 @@ controls asks `check_fits(nbytes, what)` first, and gets a one-line GraphconvErr
 with the estimate when it is over the limit, instead of a MemoryError minutes later
 (or the kernel's OOM killer).
 
+A forward pass is the largest allocation of all: `run_estimate` works out what one
+needs from the shapes alone (weights, activations, kernel scratch), and
+`check_run_fits` refuses it before the Executor allocates anything.
+
 The limit defaults to DEFAULT_SHARE of the machine's physical memory; the CLI's
 `--memory-limit` (e.g. `--memory-limit 8G`) and `set_memory_limit()` change it.
 """
@@ -14,8 +18,12 @@ from __future__ import annotations
 
 import os
 import re
+from typing import TYPE_CHECKING
 
 from graphconv.errors import GraphconvError
+
+if TYPE_CHECKING:  # memory is imported everywhere; the IR only for annotations
+    from graphconv.ir import Graph, Node
 
 DEFAULT_SHARE = 0.8
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -63,3 +71,201 @@ def check_fits(nbytes: float, what: str, *, file: str | None = None) -> None:
     if nbytes > limit:
         raise GraphconvError(f"{what} needs about {format_size(nbytes)}, over the memory limit of "
                              f"{format_size(limit)} (raise it with --memory-limit)", file=file)
+
+
+# ---- what a forward pass needs -------------------------------------------------------------
+#
+# `run_estimate` is shape arithmetic only: it never builds an Executor or allocates an
+# activation, so the CLI can refuse a run (an image of 20000x20000, a batch of 4096, a
+# --scales size of 10000) before the first layer fills the machine.
+
+FLOAT_BYTES = 4
+ROW_SLACK = 64  # positions a kernel may round a row or a batch up to (tiles, vector lanes)
+ACTIVATION_MARGIN = 1.1  # for what the mirror leaves out: allocation rounding, per-thread rows
+BLAS_BUFFER_BYTES_PER_THREAD = 8 << 20  # OpenBLAS's packing buffers, touched on first use and kept
+BLAS_BUFFER_BYTES_MIN = 32 << 20
+
+
+def run_estimate(graph: Graph, batch: int, input_hw: tuple[int, int]) -> int:
+    """Bytes a CPU forward pass of `batch` images of `input_hw` needs at its peak.
+
+    The sum of: the weights as the CPU executor holds them (`weight_bytes`); what the
+    run itself holds at its peak (`run_peak_bytes`: input, activations, output, a
+    kernel's scratch), plus ACTIVATION_MARGIN; one more copy of the output, which
+    `Model.run` makes when it crops or stitches the score map; and `blas_buffer_bytes`.
+    A shift-and-stitch model runs factor_h * factor_w shifted copies of the batch at
+    once, and the caller's unshifted batch stays alive beside them.
+
+    Measured against runs with every large allocation mmapped (so that the process's
+    peak resident memory is what a run holds): AlexNet and VGG-16 at 227 to 2000
+    pixels, batches of 1 to 4, held 1.1 to 1.4 times less than this estimate (without
+    the weights and the BLAS buffers, held before), never more. Not counted: the
+    interpreter, the libraries and the compiled kernels (a few hundred MB, more while
+    numba compiles). On CUDA the activations live in GPU memory, so for host memory
+    it over-states a CUDA run.
+
+    Raises the ShapeError `infer_shapes` raises when the input does not fit. Costs
+    shape arithmetic only (the first call imports the CPU conv kernels' module, for
+    the strategy each conv will use)."""
+    from graphconv.shapes import infer_shapes  # here, so that any module may import memory
+
+    shapes = infer_shapes(graph, tuple(input_hw), check_weights=False)
+    copies = _stitch_copies(graph)
+    runs = batch * copies
+    model_copy = _value_bytes(shapes[graph.output.name], runs)
+    caller_batch = _value_bytes(shapes[graph.input.name], batch) if copies > 1 else 0
+    held = run_peak_bytes(graph, shapes, runs, tuple(input_hw)) + model_copy + caller_batch
+    return weight_bytes(graph) + int(ACTIVATION_MARGIN * held) + blas_buffer_bytes()
+
+
+def check_run_fits(graph: Graph, batch: int, input_hw: tuple[int, int], what: str, *,
+                   file: str | None = None) -> None:
+    """Refuse a forward pass whose `run_estimate` is over the budget, naming `what`
+    (e.g. "running alexnet on 1 image of 384x384")."""
+    check_fits(run_estimate(graph, batch, input_hw), what, file=file)
+
+
+def weight_bytes(graph: Graph) -> int:
+    """The weights' bytes as the CPU executor holds them: each layer's arrays (or, for a
+    layer with none attached yet, the shapes its op expects), plus the reordered copy
+    of each conv weight `prepare_conv` reorders (those under REORDER_MAX_WEIGHTS elements)."""
+    from graphconv.ops.conv.cpu import REORDER_MAX_WEIGHTS
+    from graphconv.shapes import infer_shapes
+
+    total = 0
+    shapes = None
+    for node in graph.layers():
+        if not node.opdef.has_weights:
+            continue
+        sizes = {key: array.size for key, array in node.weights.items()}
+        if not sizes:
+            shapes = shapes or infer_shapes(graph, check_weights=False)
+            expected = node.opdef.weight_shapes(node.params, [shapes[s.name] for s in node.inputs])
+            sizes = {key: _product(shape) for key, shape in expected.items()}
+        total += sum(sizes.values())
+        if node.op == "conv" and sizes.get("weight", 0) < REORDER_MAX_WEIGHTS:
+            total += sizes.get("weight", 0)
+    return total * FLOAT_BYTES
+
+
+def layer_workspace_bytes(node: Node, in_shapes: list, out_shape, batch: int) -> int:
+    """Scratch a layer's CPU kernel allocates besides its output: for conv see
+    `conv_scratch_bytes`; for fc, the transposed input columns of its
+    weight-streaming product. Other ops keep a row or two per thread: not worth counting."""
+    if node.op == "fc":
+        return _product(in_shapes[0]) * (batch + ROW_SLACK) * FLOAT_BYTES
+    if node.op == "conv":
+        return conv_scratch_bytes(node.params, in_shapes[0], out_shape, batch)
+    return 0
+
+
+def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: str | None = None) -> int:
+    """What the CPU conv kernel allocates besides its output, for `strategy` (default:
+    the one `choose_strategy` picks, which is shape arithmetic too):
+
+    - stream: patch columns for every position (at most gemm_cpu.STREAM_MAX_POSITIONS);
+    - pointwise: nothing, BLAS writes into the output;
+    - direct: a channels-last, padded copy of one group's input, and a row panel per thread;
+    - im2col: column and result buffers for one band of output rows (SCRATCH_FLOATS of
+      columns, at least one row), plus those of a shorter last band, which gets its own.
+    A strategy this does not know gets the largest of these."""
+    from graphconv.ops.conv.cpu import SCRATCH_FLOATS, choose_strategy
+    from graphconv.ops.registry import pair
+
+    c, h, w = in_shape
+    _, ho, wo = out_shape
+    groups = params["groups"]
+    (kh, kw), (ph, pw) = pair(params["kernel_size"]), pair(params["padding"])
+    per_group_in, per_group_out = c // groups, params["out_channels"] // groups
+    taps = per_group_in * kh * kw
+    panel = taps * (wo + ROW_SLACK) + (w + 2 * pw) * kh * per_group_in
+    band_rows = max(1, min(batch * ho, SCRATCH_FLOATS // max(1, taps * wo)))
+    last_band_rows = (batch * ho) % band_rows
+    scratch = {
+        "stream": taps * (batch * ho * wo + ROW_SLACK),
+        "pointwise": 0,
+        "direct": batch * (h + 2 * ph) * (w + 2 * pw) * per_group_in + _threads() * panel,
+        "im2col": (taps + per_group_out) * (band_rows + last_band_rows) * wo,
+    }
+    strategy = strategy or choose_strategy(params, (batch, c, h, w))
+    return FLOAT_BYTES * (scratch[strategy] if strategy in scratch else max(scratch.values()))
+
+
+def blas_buffer_bytes() -> int:
+    """OpenBLAS touches pages of its packing buffers the first time a product is large
+    enough to need them, and keeps them: measured 16 MB over a VGG-16 run on 2 threads
+    (8 MB a thread), in whichever layer first multiplies big matrices. Counted in every
+    estimate, as a run on a fresh process pays it."""
+    return max(BLAS_BUFFER_BYTES_MIN, BLAS_BUFFER_BYTES_PER_THREAD * _threads())
+
+
+def run_peak_bytes(graph: Graph, shapes: dict, batch: int, input_hw: tuple[int, int]) -> int:
+    """What `Executor.run` holds at its peak besides the weights: the caller's input,
+    the intermediate activations, the output and the running layer's kernel scratch.
+
+    The runtime's `make_plan`, where it has one, says which buffers hold the
+    intermediates: they are all allocated for the whole run, so the peak is all of
+    them with the output and the largest scratch. A runtime without plans allocates
+    each value when its layer runs and drops it after its last use: `_walk_peak`."""
+    try:
+        from graphconv.runtime import make_plan
+    except ImportError:
+        return _walk_peak(graph, shapes, batch)
+    plan = make_plan(graph, batch, input_hw, check_weights=False)
+    scratch = max((_layer_scratch(node, shapes, batch) for node in graph.layers()), default=0)
+    return (_value_bytes(shapes[graph.input.name], batch) + plan.buffer_bytes
+            + _value_bytes(shapes[graph.output.name], batch) + scratch)
+
+
+def _walk_peak(graph: Graph, shapes: dict, batch: int) -> int:
+    """The largest sum of live values (plus the running layer's scratch) when each layer's
+    output is allocated as it runs and dropped after its last use (never the caller's
+    input, never the output), as the runtime did before plans."""
+    layers = graph.layers()
+    input_name, output_name = graph.input.name, graph.output.name
+    last_use: dict[str, int] = {}
+    for index, node in enumerate(layers):
+        for src in node.inputs:
+            last_use[src.name] = index
+    frees_after: dict[int, list[str]] = {}
+    for name, index in last_use.items():
+        if name not in (input_name, output_name):
+            frees_after.setdefault(index, []).append(name)
+    live = peak = _value_bytes(shapes[input_name], batch)
+    for index, node in enumerate(layers):
+        out = _value_bytes(shapes[node.name], batch)
+        peak = max(peak, live + out + _layer_scratch(node, shapes, batch))
+        live += out
+        for name in frees_after.get(index, []):
+            live -= _value_bytes(shapes[name], batch)
+    return peak
+
+
+def _layer_scratch(node: Node, shapes: dict, batch: int) -> int:
+    return layer_workspace_bytes(node, [shapes[s.name] for s in node.inputs], shapes[node.name], batch)
+
+
+def _stitch_copies(graph: Graph) -> int:
+    """How many shifted copies of the batch a shift-and-stitch plan runs at once (1 without one)."""
+    stitch = (graph.meta.get("compiled") or {}).get("stitch") or {}
+    factor = stitch.get("factor") or (1, 1)
+    return int(factor[0]) * int(factor[1])
+
+
+def _value_bytes(shape, batch: int) -> int:
+    return batch * _product(shape) * FLOAT_BYTES
+
+
+def _product(values) -> int:
+    total = 1
+    for v in values:
+        total *= int(v)
+    return total
+
+
+def _threads() -> int:
+    """Threads numba may run a conv on (each keeps a row panel): the usable CPUs."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
