@@ -8,7 +8,8 @@ pixels and take 8 GB and minutes to decode. Pillow opens files lazily, so
 `load_image` reads the size from the header, asks the memory budget
 (`graphconv.memory.check_fits`) and only then decodes; every way Pillow fails on a
 bad file (truncated, corrupt, not an image, a directory) becomes one GraphconvError
-naming the file.
+naming the file. Only regular files are opened (`arrays.open_regular_file`): a FIFO
+would block and /dev/zero never ends.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from graphconv.arrays import open_regular_file
 from graphconv.errors import GraphconvError, shown
 from graphconv.memory import check_fits, format_size, memory_limit
 from graphconv.receptive import Field
@@ -89,9 +91,9 @@ def _read_pixels(image_mod, path: str, mode: str, channels: int,
                  out_hw: tuple[int, int] | None) -> tuple[np.ndarray, str | None]:
     """Decode within the budget: 8-bit images as `mode`, resized, with None; deep ones
     as they are, with their Pillow mode. Pillow's image is released on return."""
-    with _pillow_errors(image_mod, path):
+    with open_regular_file(path, "image", not_found="image not found") as fp, _pillow_errors(image_mod, path):
         image_mod.MAX_IMAGE_PIXELS = None  # any header may be read: the next line judges its size
-        with image_mod.open(path) as img:
+        with image_mod.open(fp) as img:
             _check_decode_fits(img, channels, out_hw, path)
             _decode(image_mod, img)
             if img.mode in DEEP_MODES:
@@ -162,7 +164,7 @@ def _checked_resize(resize, channels: int, path: str) -> tuple[int, int] | None:
     try:
         height, width = (int(v) for v in resize)
         exact = all(int(v) == v and not isinstance(v, bool) for v in resize)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # not two numbers; NaN; infinity
         exact = False
     if not exact:
         raise GraphconvError(f"resize takes a height and a width in pixels, got {shown(resize)}", file=path)
@@ -196,18 +198,13 @@ def _decode(image_mod, img) -> None:
 @contextmanager
 def _pillow_errors(image_mod, path: str) -> Iterator[None]:
     """Turn whatever Pillow raises on a bad file into one GraphconvError naming it, and
-    leave Pillow's global decompression-bomb limit (and the warnings filter) as found."""
+    leave Pillow's global decompression-bomb limit (and the warnings filter) as found.
+    (Files that are missing, unreadable, folders or devices never reach Pillow.)"""
     saved_limit = image_mod.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", image_mod.DecompressionBombWarning)
             yield
-    except FileNotFoundError:
-        raise GraphconvError("image not found", file=path) from None
-    except IsADirectoryError:
-        raise GraphconvError("is a directory, not an image", file=path) from None
-    except PermissionError:
-        raise GraphconvError("cannot read the image: permission denied", file=path) from None
     except image_mod.UnidentifiedImageError:
         raise GraphconvError("not an image file Pillow can read", file=path) from None
     except (image_mod.DecompressionBombError, image_mod.DecompressionBombWarning) as err:
@@ -215,10 +212,10 @@ def _pillow_errors(image_mod, path: str) -> Iterator[None]:
                              f"{format_size(memory_limit())} (Pillow: {shown(str(err), 120)})",
                              file=path) from None
     except MemoryError:
-        raise GraphconvError("ran out of memory decoding the image (lower --memory-limit leaves room "
-                             "for less; try a smaller image or --resize)", file=path) from None
+        raise GraphconvError("ran out of memory decoding the image: the machine has less free than "
+                             "the memory limit allows (set a lower --memory-limit)", file=path) from None
     except PILLOW_FAILURES as err:
-        raise GraphconvError(f"cannot read the image, truncated or corrupt? "
+        raise GraphconvError(f"cannot read image: truncated or corrupt? "
                              f"({type(err).__name__}: {shown(str(err))})", file=path) from None
     finally:
         image_mod.MAX_IMAGE_PIXELS = saved_limit
