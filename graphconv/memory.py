@@ -200,45 +200,16 @@ def blas_buffer_bytes() -> int:
 
 
 def run_peak_bytes(graph: Graph, shapes: dict, batch: int, input_hw: tuple[int, int]) -> int:
-    """What `Executor.run` holds at its peak besides the weights: the caller's input,
-    the intermediate activations, the output and the running layer's kernel scratch.
+    """What `Executor.run` holds at its peak besides the weights: the caller's input, the
+    buffers its plan (`runtime.make_plan`, shape arithmetic too) puts the intermediate
+    activations in, the output, and the largest kernel scratch. Every buffer and the
+    output are allocated for the whole run, so the peak is all of them at once."""
+    from graphconv.runtime import make_plan
 
-    The runtime's `make_plan`, where it has one, says which buffers hold the
-    intermediates: they are all allocated for the whole run, so the peak is all of
-    them with the output and the largest scratch. A runtime without plans allocates
-    each value when its layer runs and drops it after its last use: `_walk_peak`."""
-    try:
-        from graphconv.runtime import make_plan
-    except ImportError:
-        return _walk_peak(graph, shapes, batch)
     plan = make_plan(graph, batch, input_hw, check_weights=False)
     scratch = max((_layer_scratch(node, shapes, batch) for node in graph.layers()), default=0)
     return (_value_bytes(shapes[graph.input.name], batch) + plan.buffer_bytes
             + _value_bytes(shapes[graph.output.name], batch) + scratch)
-
-
-def _walk_peak(graph: Graph, shapes: dict, batch: int) -> int:
-    """The largest sum of live values (plus the running layer's scratch) when each layer's
-    output is allocated as it runs and dropped after its last use (never the caller's
-    input, never the output), as the runtime did before plans."""
-    layers = graph.layers()
-    input_name, output_name = graph.input.name, graph.output.name
-    last_use: dict[str, int] = {}
-    for index, node in enumerate(layers):
-        for src in node.inputs:
-            last_use[src.name] = index
-    frees_after: dict[int, list[str]] = {}
-    for name, index in last_use.items():
-        if name not in (input_name, output_name):
-            frees_after.setdefault(index, []).append(name)
-    live = peak = _value_bytes(shapes[input_name], batch)
-    for index, node in enumerate(layers):
-        out = _value_bytes(shapes[node.name], batch)
-        peak = max(peak, live + out + _layer_scratch(node, shapes, batch))
-        live += out
-        for name in frees_after.get(index, []):
-            live -= _value_bytes(shapes[name], batch)
-    return peak
 
 
 def _layer_scratch(node: Node, shapes: dict, batch: int) -> int:
