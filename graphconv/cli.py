@@ -21,6 +21,7 @@ import numpy as np
 from graphconv.arrays import load_npy
 from graphconv.errors import GraphconvError, shown
 from graphconv.files import atomic_write, check_model_target, check_writable
+from graphconv.memory import check_run_fits
 from graphconv.profiling import format_profile
 
 EXIT_USER_ERROR = 2
@@ -210,7 +211,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     model = Model.load(args.model, weights=args.weights, labels=args.labels)
     if args.image:
         from graphconv import images
-        picture = images.load_image(args.image, args.resize)
+        picture = images.load_image(args.image, args.resize, channels=model.crop_shape[0])
         x = images.preprocess(picture, model.graph.meta.get("preprocess"))[None]
     else:
         x = load_npy(args.input)
@@ -219,6 +220,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     x = as_batch(x, model.crop_shape[0])
     if args.scales:
         return _run_scales(args, model, x)
+    check_run_fits(model.graph, x.shape[0], x.shape[2:],
+                   f"running {model.graph.name} on {x.shape[0]} image(s) of {x.shape[2]}x{x.shape[3]}",
+                   file=args.image or args.input)
     profile: dict[str, float] | None = {} if args.profile else None
     start = time.perf_counter()
     out = model.run(x, args.device, profile)
@@ -248,10 +252,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_scales(args: argparse.Namespace, model, x: np.ndarray) -> int:
-    from graphconv.scales import multiscale
+    from graphconv.scales import multiscale, scaled_size
 
     if args.heatmap is not None or args.profile:
         raise GraphconvError("--heatmap and --profile take a single-scale run (drop --scales)")
+    largest = scaled_size(x.shape[2], x.shape[3], max(args.scales))  # buffers grow to the largest
+    check_run_fits(model.graph, x.shape[0], largest, f"scale {max(args.scales)} ({largest[0]}x{largest[1]})")
     result = multiscale(model, x, args.scales, args.flip, args.reduce, args.device)
     for (scale, flipped), score_map in result.maps.items():
         print(f"scale {scale}{' flipped' if flipped else ''}: input resized to shorter side {scale}, "
@@ -346,13 +352,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     model = Model.load(args.model, weights=args.weights, labels=args.labels)
     hw = tuple(args.input_size) if args.input_size else None
+    size = hw or model.crop_shape[1:]
+    if args.profile:
+        check_run_fits(model.graph, 1, size, f"profiling at {size[0]}x{size[1]}")
     print(inspect_report(model, hw, args.scales))
     if args.ir:
         print(model.graph)
     if args.profile:
         c = model.crop_shape[0]
-        size = hw or model.crop_shape[1:]
-        x = np.random.default_rng(0).standard_normal((1, c, *size)).astype(np.float32)
+        x = np.random.default_rng(0).standard_normal((1, c, *size), dtype=np.float32)
         model.run(x, args.device)  # warm-up: JIT compile and caches
         profile: dict[str, float] = {}
         model.run(x, args.device, profile)
@@ -362,16 +370,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from graphconv.compiler import compile_model
-    from graphconv.dense import verify
+    from graphconv.dense import CROPS_PER_BATCH, verify
     from graphconv.model import Model
 
     original = Model.load(args.spec, weights=args.weights, labels=args.labels)
     compiled = compile_model(original.graph, output_stride=args.output_stride,
                              stride_method=args.stride_method)
     c = original.crop_shape[0]
-    image = np.random.default_rng(args.seed).standard_normal((args.batch, c, *args.input_size))
-    compiled.map_size(*args.input_size)
-    report = verify(original, compiled, image.astype(np.float32), args.tolerance, args.device)
+    rows, cols = compiled.map_size(*args.input_size)
+    check_run_fits(compiled.graph, args.batch, args.input_size, "the dense pass")
+    crops = min(CROPS_PER_BATCH, args.batch * rows * cols)
+    check_run_fits(original.graph, crops, original.crop_shape[1:], "the crop loop")
+    image = np.random.default_rng(args.seed).standard_normal((args.batch, c, *args.input_size), dtype=np.float32)
+    report = verify(original, compiled, image, args.tolerance, args.device)
     print(report)
     return 0 if report.passed else 1
 

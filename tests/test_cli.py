@@ -169,3 +169,28 @@ def test_piping_into_head_is_quiet():
 def test_passes_lists_where_entry_points_come_from():
     result = graphconv_cli("passes")
     assert result.returncode == 0 and "'graphconv.passes' entry point are imported on every" in result.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", SPECS / "alexnet.yaml", "--image", ROOT / "examples/scene.png", "--resize", 100000, 100000],
+     "scene.png: an image resized to 100000x100000 needs about"),
+    (["run", SPECS / "alexnet.yaml", "--image", ROOT / "examples/scene.png", "--scales", 100000],
+     "scale 100000 (100000x133333) needs about"),
+    (["verify", SPECS / "lenet.yaml", "--input-size", 100000, 100000], "the dense pass needs about"),
+    (["inspect", SPECS / "vgg16.yaml", "--input-size", 30000, 30000, "--profile"], "profiling at 30000x30000"),
+    (["run", SPECS / "lenet.yaml", "--input", "{tmp}/x.npy", "--memory-limit", "1M"], "over the memory limit of 1.0 MB"),
+])
+def test_sizes_over_the_memory_limit_are_refused_before_allocating(tmp_path, args, message):
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 300, 300), np.float32))
+    result = graphconv_cli(*[str(a).replace("{tmp}", str(tmp_path)) for a in args])
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert result.stdout == "" and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_grey_model_takes_an_image(tmp_path):
+    """A 1-channel model gets the image as greyscale (images used to be RGB always)."""
+    pytest.importorskip("PIL")
+    result = graphconv_cli("run", SPECS / "lenet.yaml", "--image", ROOT / "examples/scene.png",
+                           "--resize", 32, 32, "--output", tmp_path / "o.npy")
+    assert result.returncode == 0, result.stderr
+    assert np.load(tmp_path / "o.npy").shape == (1, 10, 1, 1)
