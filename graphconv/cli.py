@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from graphconv.arrays import load_npy
+from graphconv.backends import device_choices
 from graphconv.errors import GraphconvError, shown
 from graphconv.files import atomic_write, check_model_target, check_writable
 from graphconv.memory import check_run_fits
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--input", help="float32 .npy of shape (N, C, H, W) or (C, H, W)")
     source.add_argument("--image", help="an image file (needs Pillow: pip install 'graphconv[images]')")
     run.add_argument("--output", help="write the output array here (.npy)")
-    run.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    run.add_argument("--device", default="cpu", choices=device_choices())
     run.add_argument("--resize", type=_positive_int, nargs=2, metavar=("H", "W"),
                      help="resize the image first")
     run.add_argument("--heatmap", type=_natural_int, metavar="CLASS", help="class whose score map to draw")
@@ -142,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("--ir", action="store_true", help="also print the IR as text")
     insp.add_argument("--profile", action="store_true",
                       help="run once on random input and add measured per-layer times")
-    insp.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    insp.add_argument("--device", default="cpu", choices=device_choices())
     insp.set_defaults(handler=cmd_inspect)
 
     ver = sub.add_parser("verify", help="check the dense pass against the original on every crop",
@@ -157,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--batch", type=_positive_int, default=1)
     ver.add_argument("--tolerance", type=_tolerance, help="max abs difference (default 1e-4 x max score)")
     ver.add_argument("--seed", type=_natural_int, default=0)
-    ver.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    ver.add_argument("--device", default="cpu", choices=device_choices())
     _add_plugin_option(ver)
     ver.set_defaults(handler=cmd_verify)
 

@@ -14,7 +14,7 @@ import numpy as np
 from graphconv.errors import GraphconvError
 from graphconv.ir import Graph
 from graphconv.receptive import Field, receptive_fields
-from graphconv.runtime import Executor, resolve_device
+from graphconv.runtime import Executor
 from graphconv.frontends import load_network as load_spec
 from graphconv.frontends.yaml import save_model
 
@@ -97,7 +97,8 @@ class Model:
 
     # ---- running ------------------------------------------------------------------------
     def executor(self, device: str = "cpu") -> Executor:
-        device = resolve_device(device)
+        """The Executor for `device` ("cpu", "cuda" or "auto"), made once per graph
+        version; it resolves the device itself, once."""
         executors = self._cache().setdefault("executors", {})
         if device not in executors:
             executors[device] = Executor(self.graph, device)
