@@ -52,9 +52,8 @@ def main() -> None:
     for stride in (16, 8):
         for method in ("dilate", "shift"):
             fine = graphconv.compile_model(spec, output_stride=stride, stride_method=method)
-            passes = fine.stitch["factor"][0] * fine.stitch["factor"][1] if fine.stitch else 1
             ms = median_ms(lambda: fine.run(image), args.repeats)
-            rows.append((f"stride {stride}, {method}", fine.map_size(*hw), ms, passes * total_flops(fine.graph, hw)))
+            rows.append((f"stride {stride}, {method}", fine.map_size(*hw), ms, total_flops(fine.graph, hw)))
     torch_ms = torch_time(fcn.graph, image, args.repeats, threads)
     lines = [f"AlexNet at {args.size}x{args.size}, batch 1, {os.cpu_count()} cores, {threads} threads, "
              f"{platform.processor() or platform.machine()}, medians of {args.repeats}",

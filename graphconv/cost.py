@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from graphconv.ir import Graph
-from graphconv.shapes import infer_shapes
+from graphconv.shapes import batch_scales, infer_shapes
 
 
 @dataclass(frozen=True)
@@ -13,17 +13,19 @@ class LayerCost:
     op: str
     shape: tuple[int, int, int]
     params: int
-    flops: int  # per image
+    flops: int  # per input image: a layer between shift-and-stitch's halves runs on every copy
 
 
 def layer_costs(graph: Graph, input_hw: tuple[int, int] | None = None) -> list[LayerCost]:
     shapes = infer_shapes(graph, input_hw, check_weights=False)
+    scales = batch_scales(graph)
     rows = []
     for node in graph.layers():
         in_shapes = [shapes[s.name] for s in node.inputs]
+        per_image = node.opdef.flops(node.params, in_shapes, shapes[node.name])
         rows.append(LayerCost(node.name, node.op, shapes[node.name],
                               sum(int(w.size) for w in node.weights.values()),
-                              int(node.opdef.flops(node.params, in_shapes, shapes[node.name]))))
+                              int(per_image * scales[node.inputs[0].name])))
     return rows
 
 

@@ -25,10 +25,9 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
     total_params = sum(r.params for r in costs)
     total_flops = sum(r.flops for r in costs)
     lines.append(f"{'total':<39}{total_params:>12,}{total_flops / 1e6:>11.1f}")
-    if model.stitch:
-        fy, fx = model.stitch["factor"]
-        lines.append(f"shift-and-stitch: {fy * fx} passes per image, "
-                     f"{fy * fx * total_flops / 1e9:.2f} GFLOP in all")
+    if model.stitch_copies > 1:
+        lines.append(f"shift-and-stitch: {model.stitch_copies} shifted copies of each image in one pass "
+                     "(counted in the FLOPs above)")
     if graph.find("fc"):
         if input_hw and tuple(input_hw) != (hc, wc):
             lines.append("note: fc layers only accept the trained crop; compile with fc-to-conv "
@@ -36,7 +35,7 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
     elif input_hw or costs[-1].shape[1:] != (1, 1):
         lines.append(f"score map: {model.map_size(*hw)} cells at output stride "
                      f"{_pair(model.output_stride)}")
-    if not graph.find("fc") and not model.stitch:
+    if not graph.find("fc") and model.stitch_copies == 1:
         lines.extend(stride_options(model, hw))
     if scales:
         lines.append(scales_report(model, input_hw or (max(hc, wc), max(hc, wc)), scales))
@@ -66,7 +65,6 @@ def scales_report(model: Model, image_hw: tuple[int, int], scales: list[int]) ->
     from graphconv.scales import scaled_size
 
     _, hc, wc = model.crop_shape
-    passes = model.stitch["factor"][0] * model.stitch["factor"][1] if model.stitch else 1
     lines = [f"scales for a {image_hw[0]}x{image_hw[1]} image (shorter side resized to each):",
              f"{'scale':>7}{'image':>12}{'score map':>12}{'GFLOP':>10}"]
     total = 0.0
@@ -76,7 +74,7 @@ def scales_report(model: Model, image_hw: tuple[int, int], scales: list[int]) ->
             lines.append(f"{scale:>7}{f'{h}x{w}':>12}  smaller than the {hc}x{wc} crop")
             continue
         rows, cols = model.map_size(h, w)
-        gflop = passes * total_flops(model.graph, (h, w)) / 1e9
+        gflop = total_flops(model.graph, (h, w)) / 1e9
         total += gflop
         lines.append(f"{scale:>7}{f'{h}x{w}':>12}{f'{rows}x{cols}':>12}{gflop:>10.2f}")
     lines.append(f"{'total':>31}{total:>10.2f} GFLOP (x2 with --flip)")

@@ -92,9 +92,9 @@ def run_estimate(graph: Graph, batch: int, input_hw: tuple[int, int]) -> int:
     The sum of: the weights as the CPU executor holds them (`weight_bytes`); what the
     run itself holds at its peak (`run_peak_bytes`: input, activations, output, a
     kernel's scratch), plus ACTIVATION_MARGIN; one more copy of the output, which
-    `Model.run` makes when it crops or stitches the score map; and `blas_buffer_bytes`.
-    A shift-and-stitch model runs factor_h * factor_w shifted copies of the batch at
-    once, and the caller's unshifted batch stays alive beside them.
+    `Model.run` makes when it crops the score map; and `blas_buffer_bytes`. A
+    shift-and-stitch model's plan holds its fy * fx shifted copies of the batch between
+    its `shift_copies` and `interleave` layers, so they are counted like any activation.
 
     Measured against runs with every large allocation mmapped (so that the process's
     peak resident memory is what a run holds): AlexNet and VGG-16 at 227 to 2000
@@ -107,14 +107,10 @@ def run_estimate(graph: Graph, batch: int, input_hw: tuple[int, int]) -> int:
     Raises the ShapeError `infer_shapes` raises when the input does not fit. Costs
     shape arithmetic only (the first call imports the CPU conv kernels' module, for
     the strategy each conv will use)."""
-    from graphconv.shapes import infer_shapes  # here, so that any module may import memory
+    from graphconv.runtime import make_plan  # here, so that any module may import memory
 
-    shapes = infer_shapes(graph, tuple(input_hw), check_weights=False)
-    copies = _stitch_copies(graph)
-    runs = batch * copies
-    model_copy = _value_bytes(shapes[graph.output.name], runs)
-    caller_batch = _value_bytes(shapes[graph.input.name], batch) if copies > 1 else 0
-    held = run_peak_bytes(graph, shapes, runs, tuple(input_hw)) + model_copy + caller_batch
+    plan = make_plan(graph, batch, tuple(input_hw), check_weights=False)
+    held = run_peak_bytes(graph, plan) + _array_bytes(plan.output_shape)
     return weight_bytes(graph) + int(ACTIVATION_MARGIN * held) + blas_buffer_bytes()
 
 
@@ -199,32 +195,24 @@ def blas_buffer_bytes() -> int:
     return max(BLAS_BUFFER_BYTES_MIN, BLAS_BUFFER_BYTES_PER_THREAD * _threads())
 
 
-def run_peak_bytes(graph: Graph, shapes: dict, batch: int, input_hw: tuple[int, int]) -> int:
-    """What `Executor.run` holds at its peak besides the weights: the caller's input, the
-    buffers its plan (`runtime.make_plan`, shape arithmetic too) puts the intermediate
-    activations in, the output, and the largest kernel scratch. Every buffer and the
-    output are allocated for the whole run, so the peak is all of them at once."""
-    from graphconv.runtime import make_plan
-
-    plan = make_plan(graph, batch, input_hw, check_weights=False)
-    scratch = max((_layer_scratch(node, shapes, batch) for node in graph.layers()), default=0)
-    return (_value_bytes(shapes[graph.input.name], batch) + plan.buffer_bytes
-            + _value_bytes(shapes[graph.output.name], batch) + scratch)
+def run_peak_bytes(graph: Graph, plan) -> int:
+    """What `Executor.run` holds at its peak besides the weights, by its `plan`
+    (`runtime.make_plan`, shape arithmetic too): the caller's input, the buffers the
+    intermediate activations go in, the output, and the largest kernel scratch. Every
+    buffer and the output are allocated for the whole run, so the peak is all of them."""
+    scratch = max((_layer_scratch(node, plan) for node in graph.layers()), default=0)
+    return (_array_bytes(plan.shapes[plan.input]) + plan.buffer_bytes + _array_bytes(plan.output_shape)
+            + scratch)
 
 
-def _layer_scratch(node: Node, shapes: dict, batch: int) -> int:
-    return layer_workspace_bytes(node, [shapes[s.name] for s in node.inputs], shapes[node.name], batch)
+def _layer_scratch(node: Node, plan) -> int:
+    images = plan.shapes[node.inputs[0].name][0]
+    return layer_workspace_bytes(node, [plan.shapes[s.name][1:] for s in node.inputs],
+                                 plan.shapes[node.name][1:], images)
 
 
-def _stitch_copies(graph: Graph) -> int:
-    """How many shifted copies of the batch a shift-and-stitch plan runs at once (1 without one)."""
-    stitch = (graph.meta.get("compiled") or {}).get("stitch") or {}
-    factor = stitch.get("factor") or (1, 1)
-    return int(factor[0]) * int(factor[1])
-
-
-def _value_bytes(shape, batch: int) -> int:
-    return batch * _product(shape) * FLOAT_BYTES
+def _array_bytes(shape) -> int:
+    return _product(shape) * FLOAT_BYTES
 
 
 def _product(values) -> int:

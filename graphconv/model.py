@@ -1,8 +1,10 @@
-"""`Model`: a graph ready to run, with the plan its compilation recorded.
+"""`Model`: a graph ready to run.
 
 This is what the Python API and `graphconv run` use: it accepts (C, H, W) or
-(N, C, H, W) arrays of any size the network fits, carries out a shift-and-stitch plan
-when the model has one, and maps score-map cells back to boxes in the image.
+(N, C, H, W) arrays of any size the network fits, and maps score-map cells back to
+boxes in the image. Everything a compilation decided is in the graph itself (a
+shift-and-stitch model has its `shift_copies` and `interleave` layers), so there is
+one way to run any model.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from graphconv.errors import GraphconvError
 from graphconv.ir import Graph
 from graphconv.receptive import Field, receptive_fields
 from graphconv.runtime import Executor
+from graphconv.strides import stitch_copies
 from graphconv.frontends import load_network as load_spec
 from graphconv.frontends.yaml import save_model
 
@@ -31,9 +34,8 @@ class Model:
 
     def _cache(self) -> dict:
         """What was derived from the graph at its current version."""
-        key = (self.graph.version, repr(self.stitch))
-        if key != self._derived_version:
-            self._derived, self._derived_version = {}, key
+        if self.graph.version != self._derived_version:
+            self._derived, self._derived_version = {}, self.graph.version
         return self._derived
 
     @classmethod
@@ -53,8 +55,9 @@ class Model:
         return self.graph.input_shape
 
     @property
-    def stitch(self) -> dict | None:
-        return self.graph.meta.get("compiled", {}).get("stitch")
+    def stitch_copies(self) -> int:
+        """Shifted copies of each image the network runs (1 unless it uses shift-and-stitch)."""
+        return stitch_copies(self.graph)
 
     @property
     def seeded_weights(self) -> bool:
@@ -69,15 +72,8 @@ class Model:
         AlexNet-FCN at 384)."""
         cache = self._cache()
         if "field" not in cache:
-            cache["field"] = self._compute_field()
+            cache["field"] = receptive_fields(self.graph)[self.graph.output.name]
         return cache["field"]
-
-    def _compute_field(self) -> Field:
-        field = receptive_fields(self.graph)[self.graph.output.name]
-        if self.stitch:
-            fy, fx = self.stitch["factor"]
-            field = Field(field.size, (field.stride[0] // fy, field.stride[1] // fx), field.offset)
-        return field
 
     @property
     def output_stride(self) -> tuple[int, int]:
@@ -107,40 +103,16 @@ class Model:
     def run(self, x: np.ndarray, device: str = "cpu", profile: dict | None = None) -> np.ndarray:
         """The network's output for (C, H, W) or (N, C, H, W) float32 input."""
         batch = as_batch(x, self.crop_shape[0])
-        executor = self.executor(device)
-        if self.stitch:
-            return self._run_stitched(executor, batch, profile)
-        return self._crop_grid(executor.run(batch, profile), batch.shape[2:])
+        return self._crop_grid(self.executor(device).run(batch, profile), batch.shape[2:])
 
     def _crop_grid(self, out: np.ndarray, image_hw) -> np.ndarray:
         """Keep the cells of whole crops. When a classifier's last window does not use the
         last pixels of its crop (floor rounding), the dense map has extra cells at the
-        bottom/right whose crop would run off the image; the crop grid excludes them."""
+        bottom/right whose crop would run off the image, and a shift-and-stitch map has
+        the cells of copies shifted past the image's end; the crop grid excludes them."""
         rows, cols = self.map_size(*image_hw)
         if out.shape[2] > rows or out.shape[3] > cols:
             out = np.ascontiguousarray(out[:, :, :rows, :cols])
-        return out
-
-    def _run_stitched(self, executor: Executor, x: np.ndarray, profile: dict | None) -> np.ndarray:
-        """Shift-and-stitch: all f*f shifted copies go through the network as one batch
-        (zero-filled where a shift runs off the image; those cells are cut away), and
-        pass (a, b)'s map fills rows a::fy and columns b::fx of the fine map."""
-        fy, fx = self.stitch["factor"]
-        step = self.stitch["step"]
-        n, c, height, width = x.shape
-        rows, cols = self.map_size(height, width)
-        shifted = np.zeros((fy, fx, n, c, height, width), np.float32)
-        for a in range(fy):
-            for b in range(fx):  # a shift past the image's end leaves that copy all zeros
-                rows_left, cols_left = max(0, height - a * step), max(0, width - b * step)
-                shifted[a, b, :, :, :rows_left, :cols_left] = x[:, :, a * step:, b * step:]
-        maps = executor.run(shifted.reshape(fy * fx * n, c, height, width), profile)
-        maps = maps.reshape(fy, fx, n, *maps.shape[1:])
-        out = np.empty((n, maps.shape[3], rows, cols), np.float32)
-        for a in range(fy):
-            for b in range(fx):
-                part = out[:, :, a::fy, b::fx]
-                part[...] = maps[a, b, :, :, :part.shape[2], :part.shape[3]]
         return out
 
 

@@ -47,10 +47,16 @@ def receptive_fields(graph: Graph) -> dict[str, Field]:
         if window is not None:
             field = Field(
                 tuple(field.size[a] + (window.extent[a] - 1) * stride[a] for a in (0, 1)),
-                tuple(stride[a] * window.stride[a] for a in (0, 1)),
+                tuple(_whole(stride[a] * window.stride[a]) for a in (0, 1)),
                 tuple(field.offset[a] - window.padding[a] * stride[a] for a in (0, 1)))
         fields[node.name] = field
     return fields
+
+
+def _whole(value):
+    """A stride as an int once it is one: a Fraction window stride (interleave's 1/f)
+    divides a stride made of whole pixels."""
+    return int(value) if getattr(value, "denominator", 1) == 1 else value
 
 
 def total_stride(graph: Graph) -> tuple[int, int]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+from fractions import Fraction
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -27,7 +28,7 @@ import numpy as np
 from graphconv.backends import Backend, resolve_backend, resolve_device
 from graphconv.errors import GraphconvError, ShapeError
 from graphconv.ir import Graph, Node
-from graphconv.shapes import infer_shapes
+from graphconv.shapes import batch_scales, infer_shapes
 
 # resolve_device is graphconv.backends', here too for callers that import it from here
 __all__ = ["Executor", "Plan", "Step", "make_plan", "resolve_device", "run_reference"]
@@ -42,7 +43,8 @@ Shape4 = tuple[int, int, int, int]
 class Plan:
     """How a batch of one input size runs. Value names are layer names (plus the input's).
 
-    shapes: every value's (N, C, H, W).
+    shapes: every value's (N, C, H, W); N is the input's batch times the value's
+        `batch_scales` (fy * fx between the two halves of shift-and-stitch).
     last_use: for every value, the index in `graph.layers()` of the last layer that reads
         it (its own index when nothing does).
     buffer_of: for every intermediate value (neither the input, which is the caller's,
@@ -71,12 +73,21 @@ def make_plan(graph: Graph, batch: int, input_hw: tuple[int, int], check_weights
     """The plan for `batch` images of `input_hw`. Raises the ShapeError of `infer_shapes`
     (naming the layer) when the input does not fit; `check_weights=False` plans a graph
     whose weights are not attached yet."""
-    shapes = {name: (batch, *shape)
+    scales = batch_scales(graph)
+    shapes = {name: (_images(batch, scales[name]), *shape)
               for name, shape in infer_shapes(graph, tuple(input_hw), check_weights).items()}
     layers = graph.layers()
     last_use = _last_uses(layers)
     buffer_of, buffer_floats = _assign_buffers(layers, shapes, last_use, graph.output.name)
     return Plan(graph.input.name, graph.output.name, shapes, last_use, buffer_of, tuple(buffer_floats))
+
+
+def _images(batch: int, scale: Fraction) -> int:
+    """A value's batch: the input's times its scale (shift-and-stitch's copies)."""
+    images = batch * scale
+    if images.denominator != 1:
+        raise GraphconvError(f"a batch of {batch} cannot be split into {1 / scale} parts")
+    return int(images)
 
 
 def _last_uses(layers: list[Node]) -> dict[str, int]:

@@ -6,6 +6,7 @@ verifier and the runtime call it directly for other input sizes.
 from __future__ import annotations
 
 import zlib
+from fractions import Fraction
 
 import numpy as np
 
@@ -35,6 +36,20 @@ def infer_shapes(graph: Graph, input_hw: tuple[int, int] | None = None,
         if check_weights and node.opdef.has_weights:
             check_weights_fit(node, in_shapes, resized=input_hw is not None)
     return shapes
+
+
+def batch_scales(graph: Graph) -> dict[str, Fraction]:
+    """Images per input image of every value: 1 everywhere but between the two halves of
+    shift-and-stitch, where each image is fy * fx shifted copies (OpDef.batch_scale).
+    A layer whose inputs carry different numbers of copies is an error naming it."""
+    scales = {graph.input.name: Fraction(1)}
+    for node in graph.layers():
+        incoming = {scales[src.name] for src in node.inputs}
+        if len(incoming) > 1:
+            raise node.error(f"joins values of {' and '.join(str(v) for v in sorted(incoming))} images "
+                             "per input image (inside and outside shift-and-stitch)", ShapeError)
+        scales[node.name] = incoming.pop() * Fraction(node.opdef.batch_scale(node.params))
+    return scales
 
 
 def check_weights_fit(node: Node, in_shapes: list[Shape], resized: bool = False) -> None:

@@ -4,8 +4,9 @@ Two ways, giving the same map:
 
 * shift (shift-and-stitch): run the converted net on f x f copies of the image shifted
   by k*S pixels (f = T/S, k = 0..f-1 on each axis) and interleave the maps. The layers do
-  not change; the plan is recorded in the model and carried out by the runtime, which
-  batches the f*f shifted copies into one pass.
+  not change: a `shift_copies` layer after the input makes the copies (one batch, one
+  pass) and an `interleave` layer before the output merges their maps, so receptive
+  fields, FLOPs, memory plans and the runtime see ordinary layers.
 * dilate (a trous): give each layer the cumulative stride gcd(c, S) instead of c. A layer
   whose input stride drops by r = c_in / gcd(c_in, S) keeps its place on the image grid by
   multiplying its dilation and padding by r; its own stride becomes gcd(c_out, S) /
@@ -76,3 +77,23 @@ def method_flops(graph: Graph, stride: int, image_hw: tuple[int, int] | None = N
     dilate(dilated, stride)
     return {"shift": fy * fx * total_flops(graph, image_hw),
             "dilate": total_flops(dilated, image_hw)}
+
+
+def insert_stitch(graph: Graph, factor: tuple[int, int], step: int) -> None:
+    """Shift-and-stitch as two layers: `shift_copies` right after the input and
+    `interleave` right before the output (see the module docstring)."""
+    from graphconv.ops import get_op
+    from graphconv.params import normalize_params
+
+    copies = normalize_params(get_op("shift_copies"), {"factor": list(factor), "step": step})
+    graph.insert_after(graph.input, graph.fresh_name("shift_copies"), "shift_copies", copies)
+    merge = normalize_params(get_op("interleave"), {"factor": list(factor)})
+    graph.insert_after(graph.output, graph.fresh_name("interleave"), "interleave", merge)
+
+
+def stitch_copies(graph: Graph) -> int:
+    """How many shifted copies of each image the network runs (1 without shift-and-stitch)."""
+    copies = 1
+    for node in graph.find("shift_copies"):
+        copies *= node.params["factor"][0] * node.params["factor"][1]
+    return copies

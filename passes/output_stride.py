@@ -5,7 +5,7 @@ from __future__ import annotations
 from graphconv.errors import GraphconvError, shown
 from graphconv.ir import Graph
 from graphconv.pass_manager import register_pass
-from graphconv.strides import METHODS, cheaper_method, dilate, stitch_factor
+from graphconv.strides import METHODS, cheaper_method, dilate, insert_stitch, stitch_factor
 
 
 @register_pass("output-stride", "finer score map at output stride S, by dilation or shift-and-stitch",
@@ -25,7 +25,7 @@ def output_stride(graph: Graph, stride: int = None, method: str = "auto") -> boo
     compiled["output_stride"] = stride
     compiled["stride_method"] = method
     if method == "shift":
-        compiled["stitch"] = {"factor": list(factor), "step": stride}
+        insert_stitch(graph, factor, stride)
     else:
         dilate(graph, stride)
     return True

@@ -29,9 +29,10 @@ def test_cuda_kernel_matches_reference(opdef, example, rng):
     except GraphconvError as err:
         pytest.skip(str(err))
     params = normalize_params(opdef, example.params)
-    xs = [random_input(rng, (2, *s)) for s in example.inputs]
+    xs = [random_input(rng, (example.batch, *s)) for s in example.inputs]
     weights = opdef.seeded_weights(params, example.inputs, rng)
-    out = CUDA.to_device(np.full((2, *opdef.shape(params, example.inputs)), np.nan, np.float32))
+    out_shape = (example.out_batch(opdef, params), *opdef.shape(params, example.inputs))
+    out = CUDA.to_device(np.full(out_shape, np.nan, np.float32))
     assert kernel(params, CUDA.prepare_weights(opdef, params, weights), [CUDA.to_device(x) for x in xs],
                   out) is None
     np.testing.assert_allclose(CUDA.to_host(out), opdef.reference(params, weights, xs),

@@ -21,9 +21,9 @@ def test_fc_becomes_conv_with_exactly_reshaped_weights():
     original = graphconv.load(SPECS / "lenet.yaml")
     compiled = graphconv.compile_model(original.graph, "fc-to-conv")
     fc3, conv3 = original.graph.node("fc3"), compiled.graph.node("fc3")
-    assert conv3.op == "conv" and conv3.params["kernel_size"] == 5 and conv3.params["out_channels"] == 120
+    assert conv3.op == "conv" and conv3.params["kernel_size"] == (5, 5) and conv3.params["out_channels"] == 120
     np.testing.assert_array_equal(conv3.weights["weight"].reshape(120, -1), fc3.weights["weight"])
-    assert compiled.graph.node("fc4").params["kernel_size"] == 1
+    assert compiled.graph.node("fc4").params["kernel_size"] == (1, 1)
     assert [n.op for n in compiled.graph.layers()][-1] == "softmax"
     assert sum(n.op == "conv" for n in compiled.graph.layers()) == 5
 

@@ -342,9 +342,12 @@ LENET_SHIFT = (SPECS / "lenet.yaml").read_text().replace(
     "layers:", "compiled: {output_stride: 2, stride_method: shift, stitch: {factor: [2, 2], step: 2}}\nlayers:")
 
 
-def test_a_stitch_plan_that_splits_the_total_stride_loads(write_spec):
+def test_a_stitch_plan_that_splits_the_total_stride_loads_as_layers(write_spec):
     graph = load_spec(write_spec(LENET_SHIFT))
-    assert graph.meta["compiled"]["stitch"] == {"factor": [2, 2], "step": 2}
+    assert "stitch" not in graph.meta["compiled"]
+    first, last = graph.layers()[0], graph.layers()[-1]
+    assert (first.op, first.params) == ("shift_copies", {"factor": (2, 2), "step": (2, 2)})
+    assert (last.op, last.params) == ("interleave", {"factor": (2, 2)})
 
 
 @pytest.mark.parametrize("compiled,match", [

@@ -22,7 +22,7 @@ def _cache_dir_in_fresh_process(tmp_path, **env):
     env = {**{k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}, **env,
            "XDG_CACHE_HOME": str(tmp_path)}
     code = ("import os, numpy as np, graphconv; from graphconv.ops.elementwise import cpu; "
-            "cpu.run_relu({}, {}, [np.ones((1, 1, 2, 2), np.float32)]); "
+            "x = np.ones((1, 1, 2, 2), np.float32); cpu.run_relu({}, {}, [x], np.empty_like(x)); "
             "print(os.environ.get('NUMBA_CACHE_DIR'))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -42,7 +42,8 @@ def test_an_explicit_cache_dir_wins(tmp_path):
 
 
 KERNEL = ("import numpy as np, graphconv; from graphconv.ops.softmax import cpu; "
-          "cpu._softmax(np.ones((1, 3, 2, 2), np.float32)); print(len(cpu._softmax.stats.cache_misses))")
+          "x = np.ones((1, 3, 2, 2), np.float32); cpu._softmax(x, np.empty_like(x)); "
+          "print(len(cpu._softmax.stats.cache_misses))")
 
 
 def test_a_damaged_cache_file_is_recompiled_not_fatal(tmp_path):

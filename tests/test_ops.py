@@ -8,6 +8,7 @@ The references themselves are checked against each op's PyTorch equivalent (here
 the cases below, in test_torch_bridge.py for every example), so the chain
 kernel == reference == torch holds op by op."""
 from dataclasses import replace
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -31,7 +32,8 @@ CPU = get_backend("cpu")
 def run_kernel(opdef, params, weights, xs, **kernel_options):
     """The CPU kernel's output for inputs `xs`, written into a NaN-filled array of the
     shape the op's shape rule gives; the inputs must come out unchanged."""
-    shape = (xs[0].shape[0], *opdef.shape(params, [x.shape[1:] for x in xs]))
+    images = int(xs[0].shape[0] * Fraction(opdef.batch_scale(params)))
+    shape = (images, *opdef.shape(params, [x.shape[1:] for x in xs]))
     out = np.full(shape, np.nan, np.float32)
     before = [x.copy() for x in xs]
     assert CPU.kernel(opdef)(params, weights, xs, out, **kernel_options) is None
@@ -60,7 +62,7 @@ def test_seeded_weights_fit_the_op(opdef, example, rng):
 @pytest.mark.parametrize("opdef,example", EXAMPLES)
 def test_cpu_kernel_matches_reference_on_every_example(opdef, example, rng):
     params = normalize_params(opdef, example.params)
-    xs = [random_input(rng, (2, *s)) for s in example.inputs]
+    xs = [random_input(rng, (example.batch, *s)) for s in example.inputs]
     weights = opdef.seeded_weights(params, example.inputs, rng)
     want = opdef.reference(params, weights, xs)
     for kernel_weights in (weights, CPU.prepare_weights(opdef, params, weights)):  # as given, as stored

@@ -9,6 +9,7 @@ from graphconv.receptive import total_stride
 from conftest import SPECS, random_input
 from nets import UNPADDED
 
+from graphconv.cost import total_flops
 from graphconv.strides import method_flops
 
 
@@ -42,23 +43,45 @@ def test_every_reachable_stride_equals_crop_loop(name, method, write_spec, rng):
 def test_dilate_rewrites_the_later_layers_only():
     fine = graphconv.compile_model(SPECS / "alexnet.yaml", output_stride=8, stride_method="dilate")
     params = {n.name: n.params for n in fine.graph.layers()}
-    assert params["conv1"]["stride"] == 4 and params["conv1"]["dilation"] == 1
-    assert params["pool1"]["stride"] == 2 and params["conv2"]["dilation"] == 1
-    assert params["pool2"]["stride"] == 1 and params["conv3"]["dilation"] == 2
-    assert params["conv3"]["padding"] == 2
-    assert params["pool5"]["stride"] == 1 and params["pool5"]["dilation"] == 2
-    assert params["fc6"]["dilation"] == 4 and params["fc7"]["dilation"] == 4
+    assert params["conv1"]["stride"] == (4, 4) and params["conv1"]["dilation"] == (1, 1)
+    assert params["pool1"]["stride"] == (2, 2) and params["conv2"]["dilation"] == (1, 1)
+    assert params["pool2"]["stride"] == (1, 1) and params["conv3"]["dilation"] == (2, 2)
+    assert params["conv3"]["padding"] == (2, 2)
+    assert params["pool5"]["stride"] == (1, 1) and params["pool5"]["dilation"] == (2, 2)
+    assert params["fc6"]["dilation"] == (4, 4) and params["fc7"]["dilation"] == (4, 4)
     assert fine.map_size(384, 384) == (21, 21)
 
 
-def test_shift_records_its_plan_in_the_saved_model(tmp_path, rng):
+def test_shift_and_stitch_is_two_layers_that_the_saved_model_keeps(tmp_path, rng):
+    """shift_copies after the input, interleave before the output: receptive field,
+    FLOPs and the runtime need nothing else to know about it."""
+    plain = graphconv.compile_model(SPECS / "lenet.yaml")
     fine = graphconv.compile_model(SPECS / "lenet.yaml", output_stride=2, stride_method="shift")
+    layers = fine.graph.layers()
+    assert layers[0].op == "shift_copies" and layers[0].params == {"factor": (2, 2), "step": (2, 2)}
+    assert layers[-1].op == "interleave" and fine.graph.output.name == layers[-1].name
+    assert fine.output_stride == (2, 2) and fine.field.size == plain.field.size
+    assert fine.stitch_copies == 4
+    assert total_flops(fine.graph, (41, 37)) == 4 * total_flops(plain.graph, (41, 37))
     fine.save(tmp_path / "m")
     again = graphconv.load(tmp_path / "m")
-    assert again.stitch == {"factor": [2, 2], "step": 2}
+    assert [n.op for n in again.graph.layers()] == [n.op for n in layers]
     image = random_input(rng, (1, 1, 41, 37))
     np.testing.assert_array_equal(again.run(image), fine.run(image))
     assert again.run(image).shape == (1, 10, 5, 3)
+
+
+def test_a_model_compiled_with_a_stitch_plan_loads_as_layers(tmp_path, rng):
+    """Models compiled before shift-and-stitch became layers carry `compiled.stitch`."""
+    fine = graphconv.compile_model(SPECS / "lenet.yaml", output_stride=2, stride_method="shift")
+    plain = graphconv.compile_model(SPECS / "lenet.yaml")
+    plain.graph.meta["compiled"]["stitch"] = {"factor": [2, 2], "step": 2}
+    plain.save(tmp_path / "old")
+    old = graphconv.load(tmp_path / "old")
+    assert [n.op for n in old.graph.layers()] == [n.op for n in fine.graph.layers()]
+    assert "stitch" not in old.graph.meta["compiled"]
+    image = random_input(rng, (2, 1, 41, 37))
+    np.testing.assert_array_equal(old.run(image), fine.run(image))
 
 
 def test_auto_picks_the_cheaper_method():

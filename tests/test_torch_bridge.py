@@ -22,7 +22,7 @@ torch_only = pytest.mark.skipif(torch_bridge.torch is None, reason="torch not in
 @pytest.mark.parametrize("opdef,example", EXAMPLES)
 def test_reference_matches_torch_on_every_example(opdef, example, rng):
     params = normalize_params(opdef, example.params)
-    xs = [random_input(rng, (2, *s)) for s in example.inputs]
+    xs = [random_input(rng, (example.batch, *s)) for s in example.inputs]
     weights = opdef.seeded_weights(params, example.inputs, rng)
     try:
         got = torch_bridge.op_forward(opdef, params, weights, xs)

@@ -189,6 +189,7 @@ def read_spec(path: Path, *, weights: str | os.PathLike | None = None,
     doc = _read_yaml(path)
     graph = _build_graph(doc, path, labels)
     _check_stitch_matches(graph, doc, path)
+    _stitch_as_layers(graph)
     weights_file = Path(weights) if weights is not None else _spec_relative_file(doc, "weights", path)
     return graph, weights_file
 
@@ -475,7 +476,7 @@ def _checked_int(value: Any, what: str, low: int, high: int, loc: Location) -> i
 
 def _checked_stitch(stitch: Any, path: Path, loc: Location) -> dict:
     """A shift-and-stitch plan: {factor: [fy, fx], step: s}, fy * fx shifted copies of
-    the image s pixels apart (what Model._run_stitched carries out)."""
+    the image s pixels apart, as models compiled before it became layers recorded it."""
     if not isinstance(stitch, dict) or set(_user_keys(stitch)) != STITCH_KEYS:
         raise GraphconvError(f"compiled stitch must be {{factor: [fy, fx], step: s}}, got {shown(stitch)}",
                              loc=loc)
@@ -491,6 +492,16 @@ def _checked_stitch(stitch: Any, path: Path, loc: Location) -> dict:
         else:
             checked[key] = _checked_int(stitch[key], "the stitch step", 1, MAX_INT, _loc(path, stitch, key))
     return checked
+
+
+def _stitch_as_layers(graph: Graph) -> None:
+    """A model compiled before shift-and-stitch became layers has a `stitch` plan in its
+    `compiled` block: it becomes the two layers the output-stride pass now inserts."""
+    stitch = graph.meta.get("compiled", {}).pop("stitch", None)
+    if stitch is not None:
+        from graphconv.strides import insert_stitch  # strides needs the IR and shapes loaded first
+
+        insert_stitch(graph, tuple(stitch["factor"]), stitch["step"])
 
 
 def _check_stitch_matches(graph: Graph, doc: dict, path: Path) -> None:

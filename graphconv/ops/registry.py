@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from fractions import Fraction
 from types import ModuleType
 from typing import Any, Callable, Sequence
 
@@ -84,6 +85,11 @@ class Example:
 
     params: dict
     inputs: list[Shape]
+    batch: int = 2  # images per input: interleave's must be a multiple of its copies
+
+    def out_batch(self, opdef: "OpDef", params: dict) -> int:
+        """The output's batch: `batch` times the op's batch_scale."""
+        return int(self.batch * Fraction(opdef.batch_scale(params)))
 
 
 def he_normal_weights(params: dict, weight_shapes: dict[str, tuple],
@@ -122,6 +128,12 @@ class OpDef:
         parameters PyTorch cannot express.
     flops(params, input_shapes, output_shape) -> floating point operations per image.
     window(params, input_shapes) -> Window for spatial ops; None when the op is pointwise.
+        A window's stride may be a Fraction: 1/f for an op that makes its map f times
+        finer (interleave), which is what receptive-field analysis needs to know of it.
+    batch_scale(params) -> how many images of output per image of input (an int, or a
+        Fraction below 1): 1 for every op but the two halves of shift-and-stitch. The IR's
+        shapes are per image; the runtime's plan, FLOP counts and memory estimates
+        multiply by it (graphconv.shapes.batch_scales).
     examples: a few tiny parameter sets every registry-driven test runs.
     The kernels are `run_<name>(params, weights, inputs, out) -> None` in `<package>.cpu`
     and `<package>.cuda`, writing into `out` (a C-contiguous float32 array of the shape
@@ -142,6 +154,7 @@ class OpDef:
     init_weights: Callable[[dict, dict[str, tuple], np.random.Generator],
                            dict[str, np.ndarray]] = he_normal_weights
     window: Callable[[dict, list[Shape]], Window | None] = lambda params, shapes: None
+    batch_scale: Callable[[dict], int | Fraction] = lambda params: 1
     torch: Callable[[dict, dict, list], Any] | None = None
     examples: tuple[Example, ...] = ()
     kernel_name: str | None = None
