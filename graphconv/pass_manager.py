@@ -155,11 +155,6 @@ def get_pass(name: str) -> PassInfo:
     return _REGISTRY[name]
 
 
-def unregister_pass(name: str) -> None:
-    """Remove a pass from the registry (for tests and interactive sessions)."""
-    _REGISTRY.pop(name, None)
-
-
 # ---- pipelines ----------------------------------------------------------------------------
 
 PipelineItem = tuple[str, dict[str, Any]]
