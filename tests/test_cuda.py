@@ -60,3 +60,25 @@ def test_output_into_a_host_view_or_a_device_array(rng):
     device = CUDA.empty(want.shape)
     assert executor.run(x, out=device) is device
     np.testing.assert_allclose(CUDA.to_host(device), want, rtol=1e-4, atol=1e-5)
+
+
+POOL_EDGE_CASES = [
+    ("maxpool", dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), (2, 7, 6)),
+    ("maxpool", dict(kernel_size=[4, 2], stride=[3, 2], dilation=[1, 2], ceil_mode=True), (1, 3, 6)),
+    ("avgpool", dict(kernel_size=[3, 2], stride=[2, 3], padding=1, ceil_mode=True), (1, 6, 7)),
+    ("avgpool", dict(kernel_size=3, stride=3, padding=1, ceil_mode=True, count_include_pad=False), (2, 7, 5)),
+    ("avgpool", dict(kernel_size=2, dilation=[4, 3], stride=1, padding=[2, 1]), (1, 3, 4)),
+]
+
+
+@pytest.mark.parametrize("op,raw,in_shape", POOL_EDGE_CASES)
+def test_cuda_pool_windows_hanging_off_the_end(op, raw, in_shape, rng):
+    """Beyond the examples: ceil-mode windows past the padding, and the divisors of
+    averages whose windows straddle the image, on the CUDA kernel."""
+    from graphconv.ops import get_op
+    opdef = get_op(op)
+    params = normalize_params(opdef, raw)
+    x = random_input(rng, (2, *in_shape))
+    out = CUDA.to_device(np.full((2, *opdef.shape(params, [in_shape])), np.nan, np.float32))
+    CUDA.kernel(opdef)(params, {}, [CUDA.to_device(x)], out)
+    np.testing.assert_allclose(CUDA.to_host(out), opdef.reference(params, {}, [x]), rtol=1e-5, atol=1e-6)

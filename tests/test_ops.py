@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from graphconv.backends import get_backend
-from graphconv.errors import GraphconvError
+from graphconv.errors import GraphconvError, ShapeError
 from graphconv.ops import all_ops, get_op
-from graphconv.params import normalize_params
+from graphconv.params import compact_params, normalize_params
 from graphconv.ops.registry import pair
 from graphconv.torch_bridge import op_forward, torch
 
@@ -216,17 +216,71 @@ def test_pool_matches_reference(op, params, in_shape, rng):
     check_op(op, params, [in_shape], rng)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(op=st.sampled_from(["maxpool", "avgpool"]), kh=st.integers(1, 4), kw=st.integers(1, 4),
        sh=st.integers(1, 3), sw=st.integers(1, 3), ph=st.integers(0, 2), pw=st.integers(0, 2),
-       dh=st.integers(1, 2), dw=st.integers(1, 3), h=st.integers(1, 10), w=st.integers(1, 10))
-def test_pool_hypothesis(op, kh, kw, sh, sw, ph, pw, dh, dw, h, w):
-    """The kernel works out, per tap, which output columns read inside the image; windows
-    hanging over either edge by any amount are where that goes wrong."""
-    if ph > kh // 2 or pw > kw // 2 or dh * (kh - 1) + 1 > h + 2 * ph or dw * (kw - 1) + 1 > w + 2 * pw:
-        return  # PyTorch's rule (padding at most half the kernel) and windows that fit
-    params = dict(kernel_size=[kh, kw], stride=[sh, sw], padding=[ph, pw], dilation=[dh, dw])
+       dh=st.integers(1, 2), dw=st.integers(1, 3), h=st.integers(1, 10), w=st.integers(1, 10),
+       ceil_mode=st.booleans(), count_include_pad=st.booleans())
+def test_pool_hypothesis(op, kh, kw, sh, sw, ph, pw, dh, dw, h, w, ceil_mode, count_include_pad):
+    """The kernel works out, per tap, which output columns read inside the image, and per
+    window how many taps an average divides by; windows hanging over either edge by any
+    amount (ceil mode's past the padding too) are where that goes wrong."""
+    if ph > kh // 2 or pw > kw // 2:
+        return  # PyTorch's rule: padding at most half the kernel
+    params = dict(kernel_size=[kh, kw], stride=[sh, sw], padding=[ph, pw], dilation=[dh, dw],
+                  ceil_mode=ceil_mode)
+    if op == "avgpool":
+        params["count_include_pad"] = count_include_pad
+    try:
+        get_op(op).shape(normalize_params(get_op(op), params), [(2, h, w)])
+    except ShapeError:
+        return  # no window fits
     check_op(op, params, [(2, h, w)], np.random.default_rng(h * 13 + w))
+
+
+def test_pool_defaults_leave_existing_specs_as_they_were():
+    """ceil_mode and count_include_pad default to what every spec meant before they
+    existed (floor, padding counted), and a spec written back leaves them out."""
+    for name in ("maxpool", "avgpool"):
+        params = normalize_params(get_op(name), dict(kernel_size=3, stride=2, padding=1))
+        assert params["ceil_mode"] is False
+        assert compact_params(get_op(name), params) == dict(kernel_size=3, stride=2, padding=1)
+    assert normalize_params(get_op("avgpool"), dict(kernel_size=2))["count_include_pad"] is True
+
+
+@pytest.mark.parametrize("size,kernel,stride,padding,dilation,expected", [
+    (5, 2, 2, 0, 1, 3),   # floor 2: a last window of one pixel
+    (6, 3, 2, 1, 1, 4),   # floor 3: the last window starts in the image, hangs past the padding
+    (4, 2, 3, 1, 1, 2),   # a third window would start in the right padding: dropped
+    (3, 4, 2, 0, 1, 1),   # a window longer than the input still gives one
+    (8, 2, 2, 0, 1, 4),   # even: ceil and floor agree
+    (6, 2, 2, 0, 2, 3),   # dilated taps 4 and 6: the second past the end
+])
+def test_ceil_output_follows_pytorch(size, kernel, stride, padding, dilation, expected):
+    from graphconv.ops.pool import ceil_output
+    assert ceil_output(size, kernel, stride, padding, dilation) == expected
+    if torch is not None:
+        x = torch.zeros(1, 1, size, size)
+        got = torch.nn.functional.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode=True)
+        assert got.shape[-1] == expected
+
+
+def test_avgpool_divisor_near_the_edges():
+    """On an image of ones an average is (taps in the image) / (taps that count). With
+    count_include_pad=False that is 1 everywhere; with it, each axis contributes
+    in-image / (in the image or its padding), and the part of a ceil-mode window past
+    the padding never counts: 3x3 windows, stride 2, padding 1 on 6 pixels read
+    {-1, 0, 1}, ..., {5, 6, 7}: 2/3, 1, 1, then 1/2 (5 in the image, 6 padding, 7 past)."""
+    x = np.ones((1, 1, 6, 6), np.float32)
+    avgpool = get_op("avgpool")
+    include = normalize_params(avgpool, dict(kernel_size=3, stride=2, padding=1, ceil_mode=True))
+    per_axis = np.array([2 / 3, 1, 1, 1 / 2])
+    np.testing.assert_allclose(run_kernel(avgpool, include, {}, [x])[0, 0], np.outer(per_axis, per_axis),
+                               rtol=1e-6)
+    np.testing.assert_allclose(avgpool.reference(include, {}, [x])[0, 0], np.outer(per_axis, per_axis),
+                               rtol=1e-6)
+    exclude = {**include, "count_include_pad": False}
+    np.testing.assert_allclose(run_kernel(avgpool, exclude, {}, [x]), 1.0, rtol=1e-6)
 
 
 @pytest.mark.parametrize("size,alpha,beta,k", [(1, 1e-4, 0.75, 1.0), (3, 0.1, 0.5, 2.0),
@@ -276,6 +330,86 @@ def test_lrn_reference_matches_torch(rng):
         np.testing.assert_allclose(want, op_forward(get_op("lrn"), p, w, xs), rtol=1e-5, atol=1e-6)
 
 
+@torch_only
+@settings(max_examples=150, deadline=None)
+@given(op=st.sampled_from(["maxpool", "avgpool"]), kh=st.integers(1, 5), kw=st.integers(1, 5),
+       sh=st.integers(1, 4), sw=st.integers(1, 4), ph=st.integers(0, 2), pw=st.integers(0, 2),
+       dilation=st.integers(1, 2), h=st.integers(1, 11), w=st.integers(1, 11),
+       ceil_mode=st.booleans(), count_include_pad=st.booleans())
+def test_pool_reference_matches_torch_hypothesis(op, kh, kw, sh, sw, ph, pw, dilation, h, w, ceil_mode,
+                                                 count_include_pad):
+    """ceil_mode x count_include_pad x padding x stride x kernel against PyTorch: the same
+    inputs accepted or refused, the same output size, the same values (PyTorch's divisor
+    for a ceil-mode window past the padding is the subtle one)."""
+    if ph > kh // 2 or pw > kw // 2:
+        return  # PyTorch refuses padding over half the kernel; graphconv measures it against the extent
+    if op == "avgpool":
+        dilation = 1  # PyTorch has no dilated average pooling
+    opdef = get_op(op)
+    raw = dict(kernel_size=[kh, kw], stride=[sh, sw], padding=[ph, pw], dilation=dilation, ceil_mode=ceil_mode)
+    if op == "avgpool":
+        raw["count_include_pad"] = count_include_pad
+    params = normalize_params(opdef, raw)
+    x = np.random.default_rng(kh * 100 + h * 13 + w).standard_normal((2, 3, h, w)).astype(np.float32)
+    try:
+        out_shape = opdef.shape(params, [x.shape[1:]])
+    except ShapeError:
+        with pytest.raises(RuntimeError):
+            op_forward(opdef, params, {}, [x])
+        return
+    want = op_forward(opdef, params, {}, [x])
+    assert want.shape[1:] == out_shape
+    np.testing.assert_allclose(opdef.reference(params, {}, [x]), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run_kernel(opdef, params, {}, [x]), want, rtol=1e-5, atol=1e-6)
+
+
+def test_clip_passes_nan_through_like_torch():
+    """NaN fails both comparisons, so it is not clamped (torch.clamp keeps it too);
+    infinities are clamped."""
+    opdef = get_op("clip")
+    params = normalize_params(opdef, dict(min=0.0, max=6.0))
+    x = np.array([np.nan, -np.inf, np.inf, -1.0, 3.0, 7.0], np.float32).reshape(1, 6, 1, 1)
+    want = np.array([np.nan, 0.0, 6.0, 0.0, 3.0, 6.0], np.float32).reshape(1, 6, 1, 1)
+    np.testing.assert_array_equal(run_kernel(opdef, params, {}, [x]), want)
+    np.testing.assert_array_equal(opdef.reference(params, {}, [x]), want)
+    if torch is not None:
+        np.testing.assert_array_equal(op_forward(opdef, params, {}, [x]), want)
+
+
+def test_clip_refuses_min_above_max():
+    opdef = get_op("clip")
+    with pytest.raises(ShapeError, match="min 2.0 is greater than max 1.0"):
+        opdef.shape(normalize_params(opdef, dict(min=2, max=1)), [(1, 2, 2)])
+    assert normalize_params(opdef, {}) == {"min": -3.4028234663852886e38, "max": 3.4028234663852886e38}
+
+
+@pytest.mark.parametrize("channels,size", [(3, (5, 7)), (17, (1, 1)), (2, (33, 40))])
+def test_batchnorm_and_global_pool_over_larger_maps(channels, size, rng):
+    """Larger than the examples: a mean far from zero (the kernel subtracts it before
+    scaling, so its small differences keep their precision), and a global mean over
+    1320 pixels (summed in float64)."""
+    batchnorm = get_op("batchnorm")
+    params = normalize_params(batchnorm, dict(eps=1e-3))
+    x = (100.0 + rng.standard_normal((2, channels, *size))).astype(np.float32)
+    weights = {"weight": rng.uniform(0.5, 2, channels), "bias": rng.uniform(-1, 1, channels),
+               "running_mean": 100.0 + rng.uniform(-1, 1, channels),
+               "running_var": rng.uniform(0.5, 2, channels)}
+    weights = {k: v.astype(np.float32) for k, v in weights.items()}
+    want = batchnorm.reference(params, weights, [x])
+    np.testing.assert_allclose(run_kernel(batchnorm, params, weights, [x]), want, rtol=1e-4, atol=1e-4)
+    if torch is not None:
+        np.testing.assert_allclose(op_forward(batchnorm, params, weights, [x]), want, rtol=1e-4, atol=1e-4)
+    pool = get_op("globalavgpool")
+    np.testing.assert_allclose(run_kernel(pool, {}, {}, [x]), pool.reference({}, {}, [x]), rtol=1e-6)
+
+
+def test_flatten_is_c_h_w_order():
+    x = np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4)
+    got = run_kernel(get_op("flatten"), {}, {}, [x])
+    assert got.shape == (1, 24, 1, 1)
+    np.testing.assert_array_equal(got.ravel(), np.arange(24))
+
+
 NO_SCIPY_RUN = """
 import sys
 class NoScipy:
@@ -287,7 +421,7 @@ import numpy as np
 from graphconv.ops import get_op
 from graphconv.ops.conv import cpu as conv_cpu
 from graphconv.ops.fc import cpu as fc_cpu
-from graphconv.params import normalize_params
+from graphconv.params import compact_params, normalize_params
 rng = np.random.default_rng(0)
 conv = get_op("conv")
 for raw in (dict(out_channels=8, kernel_size=3, padding=1), dict(out_channels=8, kernel_size=1)):

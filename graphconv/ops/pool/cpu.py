@@ -9,18 +9,21 @@ from graphconv.ops.unsigned_index import fill, unsigned
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, is_max, out):
+def _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad, out):
     """Separably: each output row first reduces its kh input rows into one full-width
     strip (contiguous reads), then reduces kw strided taps of the strip: kh*W + kw*Wo
     operations per output row instead of kh*kw*Wo strided ones, with each tap's column
     range worked out once per call rather than per row. Against the tap-by-tap loop,
     alternating in one process: AlexNet's pool1 at 384 1.02 -> 0.73 ms, pool5 0.38 ->
     0.24; indexing flat arrays with `unsigned` (no views made inside the parallel loop)
-    took pool1 on to 0.34 ms. Taps in the padding are left out of a max and count as
-    zero in an average, whose divisor is always kh*kw."""
+    took pool1 on to 0.34 ms. Taps outside the image (in the padding, or past it in ceil
+    mode) are left out of a max and count as zero in an average, whose divisor is
+    rows[oy] * columns[ox]: the taps that count along each axis (`_tap_counts`), kh*kw
+    unless ceil mode or count_include_pad=False makes it smaller near the edges."""
     n, c, height, width = x.shape
     ho, wo = out.shape[2], out.shape[3]
-    inv_area = np.float32(1.0 / (kh * kw))
+    row_scale = _inverse_tap_counts(kh, sh, ph, dh, height, ho, include_pad)
+    col_scale = _inverse_tap_counts(kw, sw, pw, dw, width, wo, include_pad)
     start = np.float32(-np.inf) if is_max else np.float32(0.0)
     first, end = _tap_columns(kw, sw, pw, dw, width, wo)
     flat_x, flat_out = x.reshape(-1), out.reshape(-1)  # no array views made inside the loop
@@ -37,8 +40,9 @@ def _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, is_max, out):
             for j in range(kw):
                 _reduce_into(flat_out, row, strip, j * dw - pw, sw, first[j], end[j], is_max)
             if not is_max:
-                for t in range(row, row + wo):
-                    flat_out[unsigned(t)] *= inv_area
+                scale = row_scale[oy]
+                for t in range(wo):
+                    flat_out[unsigned(row + t)] *= np.float32(scale * col_scale[unsigned(t)])
 
 
 @njit(cache=True, inline="always")
@@ -55,6 +59,24 @@ def _reduce_into(acc, at, src, offset, step, begin, end, is_max):
 
 
 @njit(cache=True)
+def _inverse_tap_counts(k, s, p, d, size, n_out, include_pad):
+    """1 / (taps of window o that count in an average), per output o along one axis:
+    those in [-p, size + p) (count_include_pad: the padding counts, what ceil mode's
+    last window hangs past it does not) or in [0, size). 0 for a window with none,
+    which averages to 0."""
+    scale = np.zeros(n_out, np.float64)
+    low, high = (-p, size + p) if include_pad else (0, size)
+    for o in range(n_out):
+        count = 0
+        for t in range(k):
+            if low <= o * s - p + t * d < high:
+                count += 1
+        if count:
+            scale[o] = 1.0 / count
+    return scale
+
+
+@njit(cache=True)
 def _tap_columns(kw, sw, pw, dw, width, wo):
     """For each tap j, the output columns [first[j], end[j]) whose input column
     ox * sw + j * dw - pw lies inside the image."""
@@ -68,9 +90,12 @@ def _tap_columns(kw, sw, pw, dw, width, wo):
 
 
 def _run(params: dict, x: np.ndarray, is_max: bool, out: np.ndarray) -> None:
+    """The window geometry from params; how many windows (ceil mode's extra ones
+    included) from out.shape, which the shape rule sized."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
         pair(params[k]) for k in ("kernel_size", "stride", "padding", "dilation"))
-    _pool(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, dh, dw, is_max, out)
+    include_pad = is_max or params["count_include_pad"]  # maxpool has no such parameter
+    _pool(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad, out)
 
 
 def run_maxpool(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:

@@ -1,4 +1,9 @@
-"""CUDA pooling: one thread per output element, consecutive threads on consecutive columns."""
+"""CUDA pooling: one thread per output element, consecutive threads on consecutive columns.
+
+Taps outside the image (in the padding, or past it where a ceil-mode window hangs off
+the end) are left out of a max; an average divides by the taps that count along each
+axis, those in the image and its padding (count_include_pad) or in the image alone, as
+the CPU kernel and PyTorch do."""
 from __future__ import annotations
 
 import math
@@ -9,8 +14,21 @@ from graphconv.ops.cuda_launch import grid_1d, unravel_nchw
 from graphconv.ops.registry import pair
 
 
+@cuda.jit(device=True, inline=True)
+def _counted_taps(o, k, s, p, d, size, include_pad):
+    """Taps of window `o` along one axis that an average divides by."""
+    low = -p if include_pad else 0
+    high = size + p if include_pad else size
+    count = 0
+    for t in range(k):
+        pos = o * s - p + t * d
+        if low <= pos < high:
+            count += 1
+    return count
+
+
 @cuda.jit
-def _pool(x, out, kh, kw, sh, sw, ph, pw, dh, dw, is_max):
+def _pool(x, out, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad):
     index = cuda.grid(1)
     n, c, ho, wo = out.shape
     if index >= n * c * ho * wo:
@@ -26,14 +44,20 @@ def _pool(x, out, kh, kw, sh, sw, ph, pw, dh, dw, is_max):
                 if 0 <= ix < width:
                     v = x[b, ch, iy, ix]
                     acc = max(acc, v) if is_max else acc + v
-    out[b, ch, oy, ox] = acc if is_max else acc / (kh * kw)
+    if is_max:
+        out[b, ch, oy, ox] = acc
+    else:
+        count = (_counted_taps(oy, kh, sh, ph, dh, height, include_pad)
+                 * _counted_taps(ox, kw, sw, pw, dw, width, include_pad))
+        out[b, ch, oy, ox] = acc / count if count > 0 else 0.0
 
 
 def _run(params: dict, x, is_max: bool, out) -> None:
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
         pair(params[k]) for k in ("kernel_size", "stride", "padding", "dilation"))
+    include_pad = is_max or params["count_include_pad"]  # maxpool has no such parameter
     blocks, threads = grid_1d(out.size)
-    _pool[blocks, threads](x, out, kh, kw, sh, sw, ph, pw, dh, dw, is_max)
+    _pool[blocks, threads](x, out, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad)
 
 
 def run_maxpool(params: dict, weights: dict, inputs: list, out) -> None:

@@ -1,0 +1,81 @@
+"""batchnorm: inference-form batch normalisation (torch.nn.BatchNorm2d in eval mode).
+
+y = (x - running_mean) / sqrt(running_var + eps) * weight + bias, per channel, with the
+statistics frozen at training time. Most batchnorms sit right after a conv (or fc) and
+the `fold-batchnorm` pass merges them into its weights, so at run time they cost
+nothing; this op is for the rest (after a concat or a pooling, as in DenseNet, or after
+a conv whose output something else reads too), and it is the oracle fold-batchnorm is
+tested against.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from graphconv.errors import ShapeError
+from graphconv.ops.registry import Example, OpDef, Param, numel, register
+
+WEIGHT_NAMES = ("weight", "bias", "running_mean", "running_var")
+
+
+def shape(params: dict, shapes) -> tuple[int, int, int]:
+    if params["eps"] < 0:
+        raise ShapeError(f"eps must be >= 0 (it is added to a variance), got {params['eps']}")
+    return shapes[0]
+
+
+def weight_shapes(params: dict, shapes) -> dict[str, tuple]:
+    """PyTorch's names and layout: four per-channel vectors."""
+    c = shapes[0][0]
+    return {name: (c,) for name in WEIGHT_NAMES}
+
+
+def init_weights(params: dict, weight_shapes: dict[str, tuple], rng: np.random.Generator) -> dict:
+    """Random statistics rather than the identity (mean 0, var 1, weight 1, bias 0): a
+    seeded network then really exercises every term, and a pass that dropped one (or
+    folded it wrongly) changes the output. running_var is drawn in 0.5..2 since it is
+    square-rooted; the order of the draws is fixed (the seed is the layer's name)."""
+    (c,) = weight_shapes["running_var"]
+    return {"weight": rng.uniform(0.5, 1.5, c), "bias": rng.uniform(-0.5, 0.5, c),
+            "running_mean": rng.uniform(-0.5, 0.5, c), "running_var": rng.uniform(0.5, 2.0, c)}
+
+
+def channel_scale(params: dict, weights: dict) -> np.ndarray:
+    """weight / sqrt(running_var + eps) per channel, in float64."""
+    return (np.asarray(weights["weight"], np.float64)
+            / np.sqrt(np.asarray(weights["running_var"], np.float64) + params["eps"]))
+
+
+def scale_and_shift(params: dict, weights: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, shift) in float64 with y = x * scale + shift per channel: what the
+    fold-batchnorm pass multiplies into a conv's weight and bias."""
+    scale = channel_scale(params, weights)
+    shift = np.asarray(weights["bias"], np.float64) - np.asarray(weights["running_mean"], np.float64) * scale
+    return scale, shift
+
+
+def reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
+    x = inputs[0].astype(np.float64)
+    per_channel = {k: np.asarray(weights[k], np.float64)[None, :, None, None] for k in WEIGHT_NAMES}
+    y = ((x - per_channel["running_mean"]) / np.sqrt(per_channel["running_var"] + params["eps"])
+         * per_channel["weight"] + per_channel["bias"])
+    return y.astype(np.float32)
+
+
+def torch_equivalent(params: dict, weights: dict, inputs: list):
+    import torch.nn.functional as F
+    return F.batch_norm(inputs[0], weights["running_mean"], weights["running_var"], weights["weight"],
+                        weights["bias"], training=False, eps=params["eps"])
+
+
+register(OpDef(
+    name="batchnorm", doc="inference batch normalisation with frozen statistics (torch.nn.BatchNorm2d, eval)",
+    params=(Param("eps", "float", 1e-5, doc="added to running_var before the square root"),),
+    shape=shape, reference=reference,
+    flops=lambda params, shapes, out: 2 * numel(out),  # one multiply-add per element, after folding
+    package=__name__, weight_shapes=weight_shapes, init_weights=init_weights, torch=torch_equivalent,
+    examples=(
+        Example({}, [(3, 2, 4)]),
+        Example(dict(eps=0.1), [(5, 1, 1)], batch=3),  # after a global pool or an fc; a large eps
+        Example(dict(eps=0.0), [(2, 3, 3)]),
+    ),
+))
