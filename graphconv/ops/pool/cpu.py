@@ -42,7 +42,7 @@ def _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad, out):
             if not is_max:
                 scale = row_scale[oy]
                 for t in range(wo):
-                    flat_out[unsigned(row + t)] *= np.float32(scale * col_scale[unsigned(t)])
+                    flat_out[unsigned(row + t)] *= scale * col_scale[unsigned(t)]
 
 
 @njit(cache=True, inline="always")
@@ -64,7 +64,7 @@ def _inverse_tap_counts(k, s, p, d, size, n_out, include_pad):
     those in [-p, size + p) (count_include_pad: the padding counts, what ceil mode's
     last window hangs past it does not) or in [0, size). 0 for a window with none,
     which averages to 0."""
-    scale = np.zeros(n_out, np.float64)
+    scale = np.zeros(n_out, np.float32)  # float32: the products vectorise with the output
     low, high = (-p, size + p) if include_pad else (0, size)
     for o in range(n_out):
         count = 0
