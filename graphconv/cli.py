@@ -1,4 +1,4 @@
-"""The `graphconv` command: run, compile, inspect, verify, passes.
+"""The `graphconv` command: run, compile, inspect, verify, import, export, passes.
 
 User errors print one line, `graphconv: file:line: layer 'x': ...`, and exit with
 status 2; nothing is written unless the command succeeds (graphconv/files.py). Besides
@@ -82,15 +82,16 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="graphconv",
-        description="Compile ConvNet classifiers (YAML specs) into fully convolutional networks "
+        description="Compile ConvNet classifiers (YAML specs or ONNX models) into fully convolutional networks "
                     "that slide over large images in one pass, and run them on CPU or CUDA.")
     _add_common_options(parser, defaults=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a spec or compiled model on an array or image",
-                         description="Run MODEL (a spec file or a compiled model directory) on an "
-                                     "input array or image and save or summarise its output.")
-    run.add_argument("model", help="spec .yaml file or compiled model directory")
+                         description="Run MODEL (a spec file, an ONNX model or a compiled model "
+                                     "directory) on an input array or image and save or summarise "
+                                     "its output.")
+    run.add_argument("model", help="spec .yaml file, .onnx model or compiled model directory")
     source = run.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="float32 .npy of shape (N, C, H, W) or (C, H, W)")
     source.add_argument("--image", help="an image file (needs Pillow: pip install 'graphconv[images]')")
@@ -114,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("compile", help="run the pass pipeline and write a compiled model",
                           description="Run the pass pipeline on SPEC and write DIR: a self-contained "
                                       "model (model.yaml + weights.npz) that `run` and `inspect` take.")
-    comp.add_argument("spec")
+    comp.add_argument("spec", help="spec .yaml file or .onnx model")
     comp.add_argument("--output", "-o", required=True, help="compiled model directory to write")
     comp.add_argument("--passes", help="pipeline, e.g. 'shape-inference,fc-to-conv,my-pass{k=1}' "
                                        "(default: shape-inference,remove-dropout,"
@@ -162,13 +163,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plugin_option(ver)
     ver.set_defaults(handler=cmd_verify)
 
+    imp = sub.add_parser("import", help="turn an ONNX model into an editable spec and weights",
+                         description="Read MODEL.onnx and write NET.yaml (a readable spec, layer "
+                                     "names from the model's PyTorch module paths) and NET.npz "
+                                     "(its weights) beside it; the spec loads back to the same "
+                                     "network.")
+    imp.add_argument("model", help=".onnx model")
+    imp.add_argument("--output", "-o", required=True, metavar="NET.yaml", help="spec file to write")
+    imp.add_argument("--crop-size", type=_positive_int, nargs=2, metavar=("H", "W"),
+                     help="the training crop, for a model whose input size is dynamic")
+    imp.set_defaults(handler=cmd_import)
+
+    exp = sub.add_parser("export", help="write a (compiled) model as ONNX, dynamic in N, H and W",
+                         description="Write MODEL (usually a compiled model directory) as an ONNX "
+                                     "file whose input has dynamic batch, height and width, for "
+                                     "onnxruntime, TensorRT and other ONNX runtimes.")
+    exp.add_argument("model", help="compiled model directory (or a spec / .onnx model)")
+    exp.add_argument("--output", "-o", required=True, metavar="FCN.onnx", help="ONNX file to write")
+    exp.set_defaults(handler=cmd_export)
+
     lst = sub.add_parser("passes", help="list the registered passes",
                          description="List built-in and plugin passes, one line each.")
     _add_plugin_option(lst)
     lst.set_defaults(handler=cmd_passes)
-    for command in (run, comp, insp, ver):
+    for command in (run, comp, insp, ver, exp):
         _add_model_files_options(command)
-    for command in (run, comp, insp, ver, lst):
+    for command in (run, comp, insp, ver, imp, exp, lst):
         _add_common_options(command, defaults=False)
     return parser
 
@@ -179,6 +199,8 @@ def _add_model_files_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", metavar="NPZ",
                         help="weights to use instead of the spec's (<layer>.weight / <layer>.bias)")
     parser.add_argument("--labels", metavar="TXT", help="class names, one per line, instead of the spec's")
+    parser.add_argument("--crop-size", type=_positive_int, nargs=2, metavar=("H", "W"),
+                        help="the training crop of an ONNX model whose input size is dynamic")
 
 
 def _add_common_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
@@ -209,7 +231,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise GraphconvError("--flip and --reduce apply to --scales runs")
     for path in filter(None, (args.output, args.heatmap_out)):
         check_writable(path)
-    model = Model.load(args.model, weights=args.weights, labels=args.labels)
+    model = Model.load(args.model, weights=args.weights, labels=args.labels, crop_size=args.crop_size)
     if args.image:
         from graphconv import images
         picture = images.load_image(args.image, args.resize, channels=model.crop_shape[0])
@@ -331,7 +353,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from graphconv.frontends import load_network as load_spec
 
     check_model_target(args.output)
-    source = load_spec(args.spec, weights=args.weights, labels=args.labels)
+    source = load_spec(args.spec, weights=args.weights, labels=args.labels, crop_size=args.crop_size)
     graph, records = compile_graph(source, args.passes, output_stride=args.output_stride,
                                    stride_method=args.stride_method, verify_each=not args.no_verify,
                                    print_ir_before=set(args.print_ir_before),
@@ -351,7 +373,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from graphconv.model import Model
     from graphconv.inspect_report import inspect_report
 
-    model = Model.load(args.model, weights=args.weights, labels=args.labels)
+    model = Model.load(args.model, weights=args.weights, labels=args.labels, crop_size=args.crop_size)
     hw = tuple(args.input_size) if args.input_size else None
     size = hw or model.crop_shape[1:]
     if args.profile:
@@ -374,7 +396,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from graphconv.dense import CROPS_PER_BATCH, verify
     from graphconv.model import Model
 
-    original = Model.load(args.spec, weights=args.weights, labels=args.labels)
+    original = Model.load(args.spec, weights=args.weights, labels=args.labels, crop_size=args.crop_size)
     compiled = compile_model(original.graph, output_stride=args.output_stride,
                              stride_method=args.stride_method)
     c = original.crop_shape[0]
@@ -386,6 +408,51 @@ def cmd_verify(args: argparse.Namespace) -> int:
     report = verify(original, compiled, image, args.tolerance, args.device)
     print(report)
     return 0 if report.passed else 1
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """The spec is rendered before anything is written; the weights go beside it under
+    the spec's name, so the pair moves together."""
+    from pathlib import Path
+
+    from graphconv.frontends import load_network
+    from graphconv.frontends.onnx import is_onnx_file
+    from graphconv.frontends.yaml import spec_text, weight_arrays
+
+    if not is_onnx_file(args.model):
+        raise GraphconvError("import reads ONNX models (.onnx); a spec is already a spec", file=args.model)
+    spec_path = Path(args.output)
+    if spec_path.suffix.lower() not in (".yaml", ".yml"):
+        raise GraphconvError("the spec to write must be named .yaml or .yml", file=args.output)
+    weights_path = spec_path.with_suffix(".npz")
+    for path in (spec_path, weights_path):
+        check_writable(path)
+    graph = load_network(args.model, crop_size=args.crop_size, init_missing_weights=False)
+    graph.nx.graph["name"] = spec_path.stem
+    text = spec_text(graph, weights_file=weights_path.name).replace(
+        f"# written by graphconv from {spec_path.stem}", f"# imported by graphconv from {Path(args.model).name}", 1)
+    arrays = weight_arrays(graph)
+    atomic_write(weights_path, lambda p: np.savez(p, **arrays), suffix=".npz")
+    atomic_write(spec_path, lambda p: Path(p).write_text(text), suffix=".yaml")
+    print(f"imported {args.model} -> {spec_path} ({len(graph.layers())} layers) + {weights_path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from graphconv.frontends.onnx_export import save_onnx
+    from graphconv.model import Model
+
+    check_writable(args.output)
+    model = Model.load(args.model, weights=args.weights, labels=args.labels, crop_size=args.crop_size)
+    save_onnx(model.graph, args.output)
+    if "compiled" not in model.graph.meta:
+        print(f"note: {args.model} is not compiled; exported the network as written (graphconv "
+              "compile it first for the fully convolutional network)", file=sys.stderr)
+    if model.seeded_weights:
+        print("note: the network has deterministic seeded weights, not trained ones", file=sys.stderr)
+    print(f"exported {args.model} -> {args.output} (ONNX op set 19; input N x "
+          f"{model.crop_shape[0]} x H x W)")
+    return 0
 
 
 def cmd_passes(args: argparse.Namespace) -> int:

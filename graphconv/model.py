@@ -40,10 +40,13 @@ class Model:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, weights: str | os.PathLike | None = None,
-             labels: str | os.PathLike | None = None) -> "Model":
-        """Load a spec file or a compiled model directory; `weights` / `labels` replace
-        the files the spec names (see graphconv/frontends/yaml.py on which paths are trusted)."""
-        return cls(load_spec(path, weights=weights, labels=labels))
+             labels: str | os.PathLike | None = None,
+             crop_size: tuple[int, int] | None = None) -> "Model":
+        """Load a spec file, a compiled model directory or an ONNX model; `weights` /
+        `labels` replace the files the spec names (see graphconv/frontends/yaml.py on which
+        paths are trusted); `crop_size` is the training crop of an ONNX model whose input
+        size is dynamic."""
+        return cls(load_spec(path, weights=weights, labels=labels, crop_size=crop_size))
 
     def save(self, directory: str | os.PathLike) -> Path:
         return save_model(self.graph, directory)

@@ -7,6 +7,7 @@ layer), seeds the ones a network lacks (deterministic, and recorded as
 and infers and checks every shape, all within the memory budget.
 
     yaml.py   network specs written as YAML (and compiled model folders)
+    onnx.py   ONNX models exported from PyTorch, TensorFlow and other frameworks
 
 `load_network` picks the front end for a path; `graphconv.load_spec` is this function.
 """
@@ -29,15 +30,29 @@ SEED_DRAW_BYTES = 8  # seeded weights are drawn as float64, then stored as float
 
 
 def load_network(path: str | os.PathLike, *, weights: str | os.PathLike | None = None,
-                 labels: str | os.PathLike | None = None, init_missing_weights: bool = True) -> Graph:
-    """Read a network (a spec file or a compiled model folder) into a checked IR graph.
+                 labels: str | os.PathLike | None = None, init_missing_weights: bool = True,
+                 crop_size: tuple[int, int] | None = None) -> Graph:
+    """Read a network (a spec file, a compiled model folder or an ONNX model) into a
+    checked IR graph.
 
     `weights` (an .npz) and `labels` (a text file, one class name per line), when given,
     replace the ones the file names; unlike those they may be anywhere (see the trust
     model in graphconv/frontends/yaml.py). A network without weights gets deterministic
-    seeded ones unless `init_missing_weights` is False."""
+    seeded ones unless `init_missing_weights` is False. `crop_size` (H, W) is the
+    training crop of an ONNX model whose input size is dynamic."""
+    from graphconv.frontends import onnx as onnx_frontend
     from graphconv.frontends import yaml as yaml_frontend
 
+    if onnx_frontend.is_onnx_file(path):
+        graph, arrays = onnx_frontend.read_onnx(path, crop_size=crop_size)
+        if labels is not None:
+            graph.meta["labels"] = yaml_frontend.read_labels(Path(labels))
+        if weights is not None:
+            arrays = load_npz(weights)
+        return finalize(graph, arrays, str(weights or path), init_missing_weights)
+    if crop_size is not None:
+        raise GraphconvError("--crop-size is for ONNX models with a dynamic input size; a spec "
+                             "states its crop in 'input: {shape: [C, H, W]}'", file=str(path))
     graph, weights_file = yaml_frontend.read_spec(Path(path), weights=weights, labels=labels)
     arrays = load_npz(weights_file) if weights_file is not None else None
     return finalize(graph, arrays, str(weights_file or path), init_missing_weights)

@@ -302,7 +302,7 @@ def _build_graph(doc: dict, path: Path, labels: str | os.PathLike | None = None)
         meta["seeded_weights"] = doc["seeded_weights"]
     labels_file = Path(labels) if labels is not None else _spec_relative_file(doc, "labels", path)
     if labels_file is not None:
-        meta["labels"] = _read_labels(labels_file)
+        meta["labels"] = read_labels(labels_file)
     graph = Graph(_graph_name(doc, path), input_name, shape, meta, input_loc)
     layers = doc.get("layers")
     if not isinstance(layers, list) or not layers:
@@ -545,7 +545,7 @@ def _spec_relative_file(doc: dict, key: str, path: Path) -> Path | None:
     return target
 
 
-def _read_labels(path: Path) -> list[str]:
+def read_labels(path: Path) -> list[str]:
     """One class name per non-blank line, each printable and at most MAX_LABEL_CHARS."""
     text = _read_text(path, "labels file", MAX_LABELS_BYTES, "the labels file is not UTF-8 text")
     labels = []

@@ -135,6 +135,9 @@ class OpDef:
         shapes are per image; the runtime's plan, FLOP counts and memory estimates
         multiply by it (graphconv.shapes.batch_scales).
     examples: a few tiny parameter sets every registry-driven test runs.
+    onnx(writer, params, inputs, output) -> None: writes the op as standard ONNX nodes for
+        `graphconv export` (graphconv.frontends.onnx_export.OnnxWriter: `writer.node(...)`,
+        `writer.weight(key)`, `writer.constant(array)`); None: the op cannot be exported.
     The kernels are `run_<name>(params, weights, inputs, out) -> None` in `<package>.cpu`
     and `<package>.cuda`, writing into `out` (a C-contiguous float32 array of the shape
     `shape` gives, batch first, never one of the inputs), optionally with `prepare_<name>`
@@ -157,6 +160,7 @@ class OpDef:
     batch_scale: Callable[[dict], int | Fraction] = lambda params: 1
     torch: Callable[[dict, dict, list], Any] | None = None
     examples: tuple[Example, ...] = ()
+    onnx: Callable[[Any, dict, list[str], str], None] | None = None
     kernel_name: str | None = None
     _kernels: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
@@ -239,6 +243,21 @@ def all_ops() -> list[OpDef]:
 
 
 # ---- small helpers shared by the op definitions -------------------------------------------
+
+def onnx_as(op_type: str, **attrs) -> Callable:
+    """The `onnx` writer of an op that is one ONNX node on the same inputs."""
+    def write(writer, params: dict, inputs: list[str], output: str) -> None:
+        writer.node(op_type, inputs, output, **attrs)
+    return write
+
+
+def onnx_window_attrs(params: dict) -> dict:
+    """kernel_shape, strides, pads and dilations of a conv or pooling layer, as ONNX
+    writes them (pads: top, left, bottom, right)."""
+    (ph, pw) = pair(params["padding"])
+    return dict(kernel_shape=list(pair(params["kernel_size"])), strides=list(pair(params["stride"])),
+                pads=[ph, pw, ph, pw], dilations=list(pair(params["dilation"])))
+
 
 def pair(value: int | Sequence[int]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))

@@ -67,12 +67,18 @@ def torch_equivalent(params: dict, weights: dict, inputs: list):
                         weights["bias"], training=False, eps=params["eps"])
 
 
+def to_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
+    writer.node("BatchNormalization", [inputs[0], *(writer.weight(key) for key in WEIGHT_NAMES)],
+                output, epsilon=params["eps"])
+
+
 register(OpDef(
     name="batchnorm", doc="inference batch normalisation with frozen statistics (torch.nn.BatchNorm2d, eval)",
     params=(Param("eps", "float", 1e-5, doc="added to running_var before the square root"),),
     shape=shape, reference=reference,
     flops=lambda params, shapes, out: 2 * numel(out),  # one multiply-add per element, after folding
     package=__name__, weight_shapes=weight_shapes, init_weights=init_weights, torch=torch_equivalent,
+    onnx=to_onnx,
     examples=(
         Example({}, [(3, 2, 4)]),
         Example(dict(eps=0.1), [(5, 1, 1)], batch=3),  # after a global pool or an fc; a large eps

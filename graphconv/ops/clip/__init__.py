@@ -35,13 +35,18 @@ def torch_equivalent(params: dict, weights: dict, inputs: list):
     return torch.clamp(inputs[0], params["min"], params["max"])
 
 
+def to_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
+    bounds = [writer.constant(np.array(params[key], np.float32)) for key in ("min", "max")]
+    writer.node("Clip", [inputs[0], *bounds], output)
+
+
 register(OpDef(
     name="clip", doc="clamp to [min, max] elementwise (ReLU6: min 0, max 6)",
     params=(Param("min", "float", -FLOAT32_MAX, doc="lower bound (default: none)"),
             Param("max", "float", FLOAT32_MAX, doc="upper bound (default: none)")),
     shape=shape, reference=reference,
     flops=lambda params, shapes, out: 2 * numel(out),  # two compares
-    package=__name__, torch=torch_equivalent,
+    package=__name__, torch=torch_equivalent, onnx=to_onnx,
     examples=(
         Example(dict(min=0.0, max=6.0), [(3, 2, 4)]),  # ReLU6 (inputs are standard normal)
         Example(dict(min=-0.5, max=0.25), [(2, 3, 3)]),

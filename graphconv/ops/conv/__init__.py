@@ -9,7 +9,7 @@ import numpy as np
 
 from graphconv.errors import ShapeError
 from graphconv.ops.registry import (
-    Example, OpDef, Param, Window, numel, pair, register, window_output,
+    Example, OpDef, Param, Window, numel, onnx_window_attrs, pair, register, window_output,
 )
 
 
@@ -77,6 +77,15 @@ def torch_equivalent(params: dict, weights: dict, inputs: list):
     return F.relu(y) if params["activation"] == "relu" else y
 
 
+def to_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
+    args = [inputs[0], writer.weight("weight")] + ([writer.weight("bias")] if params["bias"] else [])
+    fused_relu = params["activation"] == "relu"
+    conv = writer.node("Conv", args, None if fused_relu else output, group=params["groups"],
+                       **onnx_window_attrs(params))
+    if fused_relu:
+        writer.node("Relu", [conv], output)
+
+
 register(OpDef(
     name="conv",
     doc="2-D convolution (torch.nn.Conv2d semantics)",
@@ -92,7 +101,7 @@ register(OpDef(
               doc="graphconv extension: fused ReLU epilogue"),
     ),
     shape=shape, reference=reference, flops=flops, package=__name__,
-    weight_shapes=weight_shapes, window=window, torch=torch_equivalent,
+    weight_shapes=weight_shapes, window=window, torch=torch_equivalent, onnx=to_onnx,
     examples=(
         Example(dict(out_channels=3, kernel_size=3), [(2, 6, 5)]),
         Example(dict(out_channels=4, kernel_size=[2, 3], stride=2, padding=1, dilation=[2, 1],

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphconv.errors import ShapeError
-from graphconv.ops.registry import Example, OpDef, numel, register, same_spatial
+from graphconv.ops.registry import Example, OpDef, numel, onnx_as, register, same_spatial
 
 
 def _add_shape(params: dict, shapes):
@@ -36,23 +36,24 @@ def _torch_concat(params: dict, weights: dict, inputs: list):
 ONE_INPUT = (Example({}, [(3, 2, 4)]),)
 
 
-def _pointwise(name: str, doc: str, reference, torch, examples=ONE_INPUT,
+def _pointwise(name: str, doc: str, reference, torch, onnx, examples=ONE_INPUT,
                shape=lambda p, s: s[0], arity=(1, 1), cost=1):
     register(OpDef(name=name, doc=doc, params=(), shape=shape, reference=reference,
                    flops=lambda params, shapes, out: cost * numel(out) * len(shapes),
-                   package=__name__, arity=arity, torch=torch, examples=examples))
+                   package=__name__, arity=arity, torch=torch, examples=examples, onnx=onnx))
 
 
-_pointwise("relu", "max(x, 0)", lambda p, w, xs: np.maximum(xs[0], 0), torch=_torch_relu)
+_pointwise("relu", "max(x, 0)", lambda p, w, xs: np.maximum(xs[0], 0), torch=_torch_relu,
+           onnx=onnx_as("Relu"))
 _pointwise("dropout", "identity at inference", lambda p, w, xs: xs[0].copy(),
-           torch=lambda p, w, xs: xs[0], cost=0)
+           torch=lambda p, w, xs: xs[0], onnx=onnx_as("Identity"), cost=0)
 _pointwise("add", "elementwise sum of its inputs",
            lambda p, w, xs: np.sum(np.stack(xs), axis=0, dtype=np.float64).astype(np.float32),
-           torch=lambda p, w, xs: sum(xs[1:], xs[0]),
+           torch=lambda p, w, xs: sum(xs[1:], xs[0]), onnx=onnx_as("Sum"),
            examples=(Example({}, [(3, 2, 4)] * 2), Example({}, [(2, 3, 3)] * 3)),
            shape=_add_shape, arity=(2, None))
 _pointwise("concat", "stack inputs along channels",
-           lambda p, w, xs: np.concatenate(xs, axis=1), torch=_torch_concat,
+           lambda p, w, xs: np.concatenate(xs, axis=1), torch=_torch_concat, onnx=onnx_as("Concat", axis=1),
            examples=(Example({}, [(3, 2, 4), (2, 2, 4)]),
                      Example({}, [(1, 2, 3), (4, 2, 3), (2, 2, 3)])),
            shape=_concat_shape, arity=(2, None), cost=0)

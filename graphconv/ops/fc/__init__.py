@@ -34,6 +34,14 @@ def torch_equivalent(params: dict, weights: dict, inputs: list):
     return F.linear(inputs[0].flatten(1), weights["weight"], weights.get("bias"))[:, :, None, None]
 
 
+def to_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
+    """Flatten, Gemm, then back to (N, K, 1, 1): every value graphconv exports is 4-D."""
+    flat = writer.node("Flatten", inputs, axis=1)
+    args = [flat, writer.weight("weight")] + ([writer.weight("bias")] if params["bias"] else [])
+    gemm = writer.node("Gemm", args, transB=1)
+    writer.node("Unsqueeze", [gemm, writer.constant(np.array([2, 3], np.int64))], output)
+
+
 register(OpDef(
     name="fc", doc="fully-connected layer over the flattened C,H,W map",
     params=(Param("out_features", "int"), Param("bias", "bool", True)),
@@ -41,6 +49,7 @@ register(OpDef(
     reference=reference,
     flops=lambda params, shapes, out: 2 * numel(shapes[0]) * params["out_features"],
     package=__name__, weight_shapes=weight_shapes, window=window, torch=torch_equivalent,
+    onnx=to_onnx,
     examples=(
         Example(dict(out_features=5), [(3, 2, 3)]),
         Example(dict(out_features=7, bias=False), [(10, 1, 1)]),

@@ -28,9 +28,15 @@ def torch_equivalent(params: dict, weights: dict, inputs: list):
     return inputs[0].flatten(1)[:, :, None, None]
 
 
+def to_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
+    """Kept 4-D (N, C*H*W, 1, 1), as every value graphconv exports."""
+    writer.node("Reshape", [inputs[0], writer.constant(np.array([0, -1, 1, 1], np.int64))], output)
+
+
 register(OpDef(
     name="flatten", doc="the map as one C*H*W vector in C, H, W order, shaped C*H*W x 1 x 1",
     params=(), shape=lambda params, shapes: (numel(shapes[0]), 1, 1), reference=reference,
     flops=lambda params, shapes, out: 0, package=__name__, window=window, torch=torch_equivalent,
+    onnx=to_onnx,
     examples=(Example({}, [(3, 2, 4)]), Example({}, [(5, 1, 1)]), Example({}, [(1, 3, 1)], batch=3)),
 ))

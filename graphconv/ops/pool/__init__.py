@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphconv.errors import ShapeError
+from graphconv.errors import GraphconvError, ShapeError
 from graphconv.ops.registry import (
-    Example, NoTorchEquivalent, OpDef, Param, Window, numel, pair, register, window_output,
+    Example, NoTorchEquivalent, OpDef, Param, Window, numel, onnx_window_attrs, pair, register,
+    window_output,
 )
 
 
@@ -142,10 +143,37 @@ def _params(dilation_doc: str, *extra: Param) -> tuple[Param, ...]:
     )
 
 
+def onnx_max(writer, params: dict, inputs: list[str], output: str) -> None:
+    source, attrs = _onnx_padded(writer, params, inputs[0], -np.finfo(np.float32).max)
+    writer.node("MaxPool", [source], output, ceil_mode=int(params["ceil_mode"]), **attrs)
+
+
+def onnx_avg(writer, params: dict, inputs: list[str], output: str) -> None:
+    source, attrs = _onnx_padded(writer, params, inputs[0], 0.0 if params["count_include_pad"] else None)
+    writer.node("AveragePool", [source], output, ceil_mode=int(params["ceil_mode"]),
+                count_include_pad=int(params["count_include_pad"]), **attrs)
+
+
+def _onnx_padded(writer, params: dict, source: str, pad_value: float | None) -> tuple[str, dict]:
+    """The pool's input and window attributes. onnxruntime refuses padding as wide as the
+    window (which the dilated stride rewrite makes); then an explicit Pad with the value
+    the padding stands for comes first, where that keeps the numbers the same."""
+    attrs = onnx_window_attrs(params)
+    if all(p < k for p, k in zip(attrs["pads"][:2], attrs["kernel_shape"])):
+        return source, attrs
+    if pad_value is None or params["ceil_mode"]:
+        raise GraphconvError("a pooling window narrower than its padding has no ONNX form that "
+                             "onnxruntime runs (here with ceil_mode or count_include_pad=false)")
+    ph, pw = attrs["pads"][:2]
+    pads = writer.constant(np.array([0, 0, ph, pw, 0, 0, ph, pw], np.int64))
+    padded = writer.node("Pad", [source, pads, writer.constant(np.array(pad_value, np.float32))])
+    return padded, {**attrs, "pads": [0, 0, 0, 0]}
+
+
 register(OpDef(
     name="maxpool", doc="max over each window (torch.nn.MaxPool2d)",
     params=_params(""), shape=shape, reference=reference_max, flops=flops,
-    package=__name__, window=window, torch=torch_max, examples=EXAMPLES,
+    package=__name__, window=window, torch=torch_max, onnx=onnx_max, examples=EXAMPLES,
 ))
 register(OpDef(
     name="avgpool", doc="mean over each window (torch.nn.AvgPool2d)",
@@ -153,5 +181,5 @@ register(OpDef(
                    Param("count_include_pad", "bool", True,
                          doc="divide by the taps in the image and its padding (else: in the image)")),
     shape=shape, reference=reference_avg, flops=flops, package=__name__, window=window,
-    torch=torch_avg, examples=EXAMPLES + AVG_EXAMPLES,
+    torch=torch_avg, onnx=onnx_avg, examples=EXAMPLES + AVG_EXAMPLES,
 ))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphconv.ops.registry import Example, OpDef, numel, register
+from graphconv.ops.registry import Example, OpDef, numel, onnx_as, register
 
 
 def reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
@@ -23,6 +23,6 @@ register(OpDef(
     name="sigmoid", doc="1 / (1 + exp(-x)), elementwise",
     params=(), shape=lambda params, shapes: shapes[0], reference=reference,
     flops=lambda params, shapes, out: 4 * numel(out),  # negate, exp, add, divide
-    package=__name__, torch=torch_equivalent,
+    package=__name__, torch=torch_equivalent, onnx=onnx_as("Sigmoid"),
     examples=(Example({}, [(3, 2, 4)]), Example({}, [(1, 1, 1)])),
 ))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphconv.ops.registry import Example, OpDef, numel, register
+from graphconv.ops.registry import Example, OpDef, numel, onnx_as, register
 
 
 def reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
@@ -22,5 +22,6 @@ register(OpDef(
     name="softmax", doc="softmax over channels at each position",
     params=(), shape=lambda params, shapes: shapes[0], reference=reference,
     flops=lambda params, shapes, out: 4 * numel(out), package=__name__, torch=torch_equivalent,
+    onnx=onnx_as("Softmax", axis=1),
     examples=(Example({}, [(4, 2, 3)]), Example({}, [(1, 2, 2)])),
 ))

@@ -1,0 +1,181 @@
+"""ResNet-50 brought in from ONNX: graphconv vs PyTorch vs onnxruntime on the CPU.
+
+    python benchmarks/onnx_resnet.py [--threads 2] [--repeats 7] [--write]
+
+A torchvision-layout ResNet-50 (built here, so torchvision is not needed) with random
+weights and randomised batch-norm statistics is exported with torch.onnx.export
+(TorchScript exporter, batch norm kept as nodes), then:
+
+* classifier at 224: graphconv runs the imported network (batch norm folded, fuse
+  passes, fc kept); PyTorch runs the module; onnxruntime runs the ONNX file;
+* dense at 448: graphconv compiles it (global average pooling -> 7x7 average pooling
+  at stride 1, fc -> 1x1 conv) and runs the 8x8 score map; PyTorch and onnxruntime run
+  the same converted network (the ONNX file graphconv exports from it, and the module
+  with its pooling and fc replaced the same way).
+
+Same thread count everywhere (onnxruntime: intra_op_num_threads), batch 1, float32,
+runs alternating between the three, medians after a warm-up. Outputs are checked to
+agree before anything is timed. Not a test: it asserts nothing about speed.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import load_torch, pin_threads, write_section
+
+
+def resnet50(torch):
+    nn, F = torch.nn, torch.nn.functional
+
+    class Bottleneck(nn.Module):
+        def __init__(self, cin, width, stride, downsample):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width)
+            self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
+            self.conv3, self.bn3 = nn.Conv2d(width, width * 4, 1, bias=False), nn.BatchNorm2d(width * 4)
+            self.relu = nn.ReLU(inplace=True)
+            self.downsample = (nn.Sequential(nn.Conv2d(cin, width * 4, 1, stride, bias=False),
+                                             nn.BatchNorm2d(width * 4)) if downsample else None)
+
+        def forward(self, x):
+            identity = x if self.downsample is None else self.downsample(x)
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.relu(self.bn2(self.conv2(out)))
+            return self.relu(self.bn3(self.conv3(out)) + identity)
+
+    class ResNet50(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)
+            self.relu, self.maxpool = nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
+            cin, layers = 64, []
+            for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+                stage = [Bottleneck(cin, width, stride, True)]
+                stage += [Bottleneck(width * 4, width, 1, False) for _ in range(blocks - 1)]
+                layers.append(nn.Sequential(*stage))
+                cin = width * 4
+            self.layer1, self.layer2, self.layer3, self.layer4 = layers
+            self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(2048, 1000)
+            self.dense = False
+
+        def forward(self, x):
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            if self.dense:  # the conversion graphconv's passes make, written by hand
+                return F.conv2d(F.avg_pool2d(x, 7, stride=1), self.fc.weight[:, :, None, None], self.fc.bias)
+            return self.fc(torch.flatten(self.avgpool(x), 1))
+
+    torch.manual_seed(0)
+    model = ResNet50()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+    return model.eval()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--write", action="store_true", help="rewrite this section of benchmarks/README.md")
+    args = parser.parse_args()
+    threads = pin_threads(args.threads)
+    torch = load_torch(threads)
+    import numpy as np
+    import onnxruntime as ort
+
+    from graphconv.compiler import compile_model
+    from graphconv.frontends import load_network
+    from graphconv.frontends.onnx_export import save_onnx
+    from graphconv.model import Model
+    from graphconv.cost import total_flops
+
+    model = resnet50(torch)
+    folder = Path(tempfile.mkdtemp())
+    onnx_path = folder / "resnet50.onnx"
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), str(onnx_path), dynamo=False,
+                          opset_version=17, input_names=["x"], do_constant_folding=False,
+                          training=torch.onnx.TrainingMode.EVAL)
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+
+    classifier = compile_model(load_network(onnx_path),
+                               "shape-inference,fold-batchnorm,remove-flatten,fuse-conv-relu")
+    dense = compile_model(onnx_path)
+    dense_onnx = folder / "resnet50_fcn.onnx"
+    save_onnx(dense.graph, dense_onnx)
+
+    rows = []
+    for title, size, gc_model, onnx_file, dense_mode in (
+            ("ResNet-50 classifier", 224, classifier, onnx_path, False),
+            ("ResNet-50 dense (FCN)", 448, dense, dense_onnx, True)):
+        x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
+        session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        model.dense = dense_mode
+        tx = torch.from_numpy(x)
+
+        def run_graphconv():
+            return gc_model.executor("cpu").run(x)
+
+        def run_torch():
+            with torch.no_grad():
+                return model(tx).numpy()
+
+        def run_ort():
+            return session.run(None, {name: x})[0]
+
+        outs = [run_graphconv(), run_torch(), run_ort()]
+        ref = outs[1].reshape(outs[0].shape)
+        for other in (outs[0], outs[2].reshape(outs[0].shape)):
+            np.testing.assert_allclose(other, ref, rtol=2e-3, atol=2e-3 * float(np.abs(ref).max()))
+        times = {"graphconv": [], "PyTorch": [], "onnxruntime": []}
+        for _ in range(args.repeats):
+            for key, fn in (("graphconv", run_graphconv), ("PyTorch", run_torch), ("onnxruntime", run_ort)):
+                start = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - start)
+        med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        gflop = total_flops(gc_model.graph, (size, size)) / 1e9
+        rows.append(f"| {title} | {size} | {'x'.join(map(str, outs[0].shape[2:]))} | {gflop:.2f} | "
+                    f"{med['graphconv']:.1f} | {med['PyTorch']:.1f} | {med['onnxruntime']:.1f} | "
+                    f"{med['graphconv'] / med['PyTorch']:.2f} | {med['graphconv'] / med['onnxruntime']:.2f} |")
+        print(rows[-1], flush=True)
+
+    text = "\n".join([
+        "## ResNet-50 from ONNX: graphconv vs PyTorch vs onnxruntime (`onnx_resnet.py`)",
+        "",
+        f"{threads} threads everywhere, {platform.machine()}, batch 1, float32, medians of {args.repeats} "
+        f"alternating runs; PyTorch {torch.__version__}, onnxruntime {ort.__version__}. The dense rows run "
+        "the network graphconv compiled (batch norm folded, global pooling -> 7x7 window, fc -> conv); "
+        "PyTorch runs the same conversion written by hand, onnxruntime the ONNX file `graphconv export` "
+        "wrote from it. Outputs agree (checked first).",
+        "",
+        "| network | input | map | GFLOP | graphconv ms | PyTorch ms | onnxruntime ms | graphconv / PyTorch | "
+        "graphconv / onnxruntime |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *rows,
+    ])
+    print(text)
+    if args.write:
+        write_section("onnx_resnet", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,721 @@
+"""ONNX models -> IR: the front end for trained networks from PyTorch, TensorFlow and others.
+
+ONNX is what every framework exports to (`torch.onnx.export`, both the TorchScript and the
+`dynamo=True` exporter; tf2onnx; onnxmltools), so this one reader brings real classifiers
+in. It turns a model's graph into graphconv layers plus their weights; `finalize` (shared
+with the YAML front end) then checks shapes and attaches the weights.
+
+How it works, in the manner of onnx2torch: `CONVERTERS` maps each supported ONNX op type
+to one small function that turns one ONNX node into zero or more graphconv layers. Every
+ONNX value is one of two kinds while the graph is read:
+
+* a `Tensor`: computed at run time, i.e. a graphconv node, with its (C, H, W) shape and
+  its ONNX rank (4 for N,C,H,W maps; 2 for N,F vectors after a Flatten or Gemm, which
+  graphconv holds as F x 1 x 1);
+* a constant numpy array: initializers, Constant nodes, and whatever is computed from
+  them alone. Exporters build Reshape targets from Shape -> Gather -> Unsqueeze ->
+  Concat chains; these are evaluated here (the input's shape is known), so the Reshape
+  that flattens before a classifier's fc is recognised as a `flatten` layer.
+
+Layer names come from the PyTorch module path where the file has it (the weight's
+initializer `features.0.weight` names layer `features.0`; the TorchScript exporter's node
+name `/layer1/layer1.0/relu/Relu` names `layer1.0.relu`), so weight files read the way
+PyTorch's state_dict does. What graphconv cannot represent (an op it lacks, asymmetric
+padding, a dynamic crop size without --crop-size) is refused with one line naming the
+file, the ONNX node and its op type, before anything is written.
+
+The `onnx` package is an optional extra (`pip install 'graphconv[onnx]'`).
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from graphconv.arrays import open_regular_file
+from graphconv.errors import GraphconvError, shown
+from graphconv.ir import Graph
+from graphconv.memory import check_fits
+from graphconv.ops import get_op
+from graphconv.params import normalize_params
+
+MIN_OPSET, MAX_OPSET = 7, 23  # the main domain's versions whose op semantics are handled here
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+MAX_LAYER_NAME = 120
+ONNX_LOAD_FACTOR = 3  # the protobuf bytes, the parsed message, and the numpy copies
+
+
+def require_onnx():
+    """The onnx module, or a clear message on how to get it."""
+    try:
+        import onnx
+    except ImportError:
+        raise GraphconvError("reading ONNX models needs the onnx package: "
+                             "pip install 'graphconv[onnx]'") from None
+    return onnx
+
+
+def is_onnx_file(path: str | os.PathLike) -> bool:
+    """True for a `.onnx` name or the bytes an ONNX ModelProto starts with (field 1,
+    ir_version, as a varint: 0x08 then a small number). A spec is text and never starts
+    with byte 0x08."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        return True
+    if not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as fp:
+            head = fp.read(3)
+    except OSError:
+        return False
+    return len(head) == 3 and head[0] == 0x08 and head[1] < 0x20 and head[2] in (0x12, 0x1a, 0x22, 0x3a)
+
+
+def read_onnx(path: str | os.PathLike, *, crop_size: Sequence[int] | None = None,
+              ) -> tuple[Graph, dict[str, np.ndarray]]:
+    """Read an ONNX model into a graph (no weights attached) and its weights
+    ("<layer>.<name>" -> float32 array), for `graphconv.frontends.finalize`.
+
+    `crop_size` (H, W) is the size the classifier was trained on; it is needed only when
+    the model's input has dynamic height or width, and must agree with fixed ones."""
+    model = _load_model(Path(path))
+    return _Importer(model, str(path), crop_size).run()
+
+
+# ---- loading ------------------------------------------------------------------------------------
+
+def _load_model(path: Path):
+    onnx = require_onnx()
+    from google.protobuf.message import DecodeError
+
+    with open_regular_file(path, "ONNX model", not_found="no such ONNX model") as fp:
+        size = os.fstat(fp.fileno()).st_size
+        check_fits(ONNX_LOAD_FACTOR * size, f"loading this {size / 2**20:.0f} MB ONNX model", file=str(path))
+        data = fp.read()
+    try:
+        model = onnx.load_model_from_string(data)
+    except (DecodeError, ValueError, RuntimeError) as err:
+        raise GraphconvError(f"is not a valid ONNX model (damaged or truncated? {shown(str(err), 80)})",
+                             file=str(path)) from None
+    if not model.HasField("graph") or not model.graph.node:
+        raise GraphconvError("is not an ONNX model with a graph (damaged or truncated?)", file=str(path))
+    _load_external_data(model, path)
+    return model
+
+
+def _load_external_data(model, path: Path) -> None:
+    """Weights stored beside the model (models over 2 GB, or saved that way) must live in
+    the model's folder, as the YAML front end requires of a spec's files."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    folder = path.resolve().parent
+    for tensor in model.graph.initializer:
+        if not uses_external_data(tensor):
+            continue
+        location = ExternalDataInfo(tensor).location
+        target = (folder / location).resolve()
+        if os.path.isabs(location) or not target.is_relative_to(folder):
+            raise GraphconvError(f"initializer {shown(tensor.name)} names external data "
+                                 f"{shown(location)} outside the model's folder", file=str(path))
+        if not target.is_file():
+            raise GraphconvError(f"initializer {shown(tensor.name)}: its external data file "
+                                 f"{shown(location)} is missing (copy it beside the model)",
+                                 file=str(path))
+        check_fits(target.stat().st_size, f"external weights {location}", file=str(path))
+    from onnx.external_data_helper import load_external_data_for_model
+    try:
+        load_external_data_for_model(model, str(folder))
+    except (OSError, ValueError) as err:
+        raise GraphconvError(f"cannot read its external weights: {shown(str(err), 120)}",
+                             file=str(path)) from None
+
+
+# ---- the conversion -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Tensor:
+    """A run-time value: the graphconv node holding it, its (C, H, W), and its ONNX rank."""
+
+    node: str
+    shape: tuple[int, int, int]
+    rank: int = 4
+
+
+class _Importer:
+    """One conversion: walks the ONNX nodes in order, keeping `values` (ONNX name ->
+    Tensor or constant array) and the graph being built."""
+
+    def __init__(self, model, source: str, crop_size: Sequence[int] | None):
+        self.model = model
+        self.source = source
+        self.crop_size = tuple(crop_size) if crop_size is not None else None
+        self.opset = self._opset()
+        self.values: dict[str, Tensor | np.ndarray] = {}
+        self.weights: dict[str, np.ndarray] = {}
+        self.uses = self._count_uses()
+        self.graph: Graph | None = None
+        self.onnx_node = None
+        self.produced: dict[str, str] = {}  # graphconv layer -> the ONNX output it computes
+
+    # -- driving --
+    def run(self) -> tuple[Graph, dict[str, np.ndarray]]:
+        onnx = require_onnx()
+        for init in self.model.graph.initializer:
+            self.values[init.name] = _array(onnx, init)
+        self._add_input()
+        for node in self.model.graph.node:
+            self.onnx_node = node
+            if node.domain not in ("", "ai.onnx"):
+                raise self.error(f"op {node.domain}.{node.op_type} is from a custom domain; "
+                                 f"graphconv reads the standard ONNX ops")
+            converter = CONVERTERS.get(node.op_type)
+            if converter is None:
+                raise self.error(f"op {node.op_type} is not supported (supported: "
+                                 f"{', '.join(sorted(CONVERTERS))})")
+            if converter is not _constant and self._all_constant(node):
+                self._fold_constant(node)
+            else:
+                converter(self, node)
+        self.onnx_node = None
+        self._set_output()
+        return self.graph, self.weights
+
+    def _opset(self) -> int:
+        versions = [o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")]
+        if not versions:
+            raise GraphconvError("names no version of the standard ONNX op set", file=self.source)
+        version = versions[0]
+        if not MIN_OPSET <= version <= MAX_OPSET:
+            raise GraphconvError(f"uses ONNX op set {version}; graphconv reads op sets "
+                                 f"{MIN_OPSET} to {MAX_OPSET} (re-export with opset_version="
+                                 f"{min(max(version, MIN_OPSET), MAX_OPSET)})", file=self.source)
+        return version
+
+    def _count_uses(self) -> dict[str, int]:
+        uses: dict[str, int] = {}
+        for node in self.model.graph.node:
+            for name in node.input:
+                uses[name] = uses.get(name, 0) + 1
+        for out in self.model.graph.output:
+            uses[out.name] = uses.get(out.name, 0) + 1
+        return uses
+
+    def _add_input(self) -> None:
+        initialized = {init.name for init in self.model.graph.initializer}
+        inputs = [i for i in self.model.graph.input if i.name not in initialized]
+        if len(inputs) != 1:
+            raise GraphconvError(f"has {len(inputs)} inputs ({', '.join(shown(i.name) for i in inputs)}); "
+                                 "graphconv reads classifiers with one image input", file=self.source)
+        onnx_input = inputs[0]
+        dims = onnx_input.type.tensor_type.shape.dim
+        if len(dims) != 4:
+            raise GraphconvError(f"input {shown(onnx_input.name)} has {len(dims)} dimensions; graphconv "
+                                 "reads image classifiers with an (N, C, H, W) input", file=self.source)
+        fixed = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
+        if fixed[1] is None:
+            raise GraphconvError(f"input {shown(onnx_input.name)} has no fixed channel count",
+                                 file=self.source)
+        height, width = self._crop(fixed[2], fixed[3], onnx_input.name)
+        name = _clean_name(onnx_input.name) or "data"
+        self.graph = Graph(Path(self.source).stem, name, (fixed[1], height, width))
+        self.values[onnx_input.name] = Tensor(name, (fixed[1], height, width))
+
+    def _crop(self, height: int | None, width: int | None, input_name: str) -> tuple[int, int]:
+        if self.crop_size is None:
+            if height is None or width is None:
+                raise GraphconvError(f"input {shown(input_name)} has a dynamic height or width: give "
+                                     "the classifier's training crop with --crop-size H W", file=self.source)
+            return height, width
+        crop_h, crop_w = self.crop_size
+        for fixed_size, given, axis in ((height, crop_h, "height"), (width, crop_w, "width")):
+            if fixed_size is not None and fixed_size != given:
+                raise GraphconvError(f"--crop-size gives {axis} {given}, but the model's input "
+                                     f"{shown(input_name)} is fixed at {fixed_size}", file=self.source)
+        return crop_h, crop_w
+
+    def _set_output(self) -> None:
+        outputs = list(self.model.graph.output)
+        if len(outputs) != 1:
+            raise GraphconvError(f"has {len(outputs)} outputs; graphconv reads networks with one",
+                                 file=self.source)
+        value = self.values.get(outputs[0].name)
+        if not isinstance(value, Tensor):
+            raise GraphconvError(f"its output {shown(outputs[0].name)} does not depend on the input",
+                                 file=self.source)
+        if value.node == self.graph.input.name:
+            raise GraphconvError("its output is its input: the network has no layers", file=self.source)
+        self.graph.output = value.node
+
+    # -- helpers for converters --
+    def error(self, message: str) -> GraphconvError:
+        node = self.onnx_node
+        where = f"node {shown(node.name or node.op_type)}: " if node is not None else ""
+        return GraphconvError(f"{where}{message}", file=self.source)
+
+    def tensor(self, name: str) -> Tensor:
+        value = self.values.get(name)
+        if value is None:
+            raise self.error(f"reads {shown(name)}, which no earlier node makes (is the graph sorted?)")
+        if not isinstance(value, Tensor):
+            raise self.error(f"{self.onnx_node.op_type} on a constant {shown(name)} where graphconv "
+                             "expects the image's feature map")
+        return value
+
+    def constant(self, name: str, what: str) -> np.ndarray:
+        value = self.values.get(name)
+        if not isinstance(value, np.ndarray):
+            raise self.error(f"its {what} ({shown(name)}) must be a constant (an initializer)")
+        return value
+
+    def optional_constant(self, node, index: int, what: str) -> np.ndarray | None:
+        if len(node.input) <= index or not node.input[index]:
+            return None
+        return self.constant(node.input[index], what)
+
+    def add_layer(self, node, op: str, inputs: Sequence[Tensor], params: dict | None = None,
+                  weights: dict[str, np.ndarray] | None = None, rank: int | None = None,
+                  name: str | None = None) -> Tensor:
+        """Add one graphconv layer for ONNX `node`, bind its first output, return it."""
+        opdef = get_op(op)
+        try:
+            params = normalize_params(opdef, params or {})
+            shape = opdef.shape(params, [t.shape for t in inputs])
+        except GraphconvError as err:
+            raise self.error(err.message) from None
+        layer = self.graph.fresh_name(name or self._layer_name(node, weights))
+        self.graph.add(layer, op, [t.node for t in inputs], params)
+        for key, array in (weights or {}).items():
+            self.weights[f"{layer}.{key}"] = np.ascontiguousarray(array, dtype=np.float32)
+        tensor = Tensor(layer, tuple(shape), rank if rank is not None else inputs[0].rank)
+        self.values[node.output[0]] = tensor
+        self.produced[layer] = node.output[0]
+        return tensor
+
+    def alias(self, node, value: Tensor | np.ndarray) -> None:
+        """Bind the node's output to an existing value (ops that change nothing graphconv
+        stores: Identity, inference Dropout, a Reshape to the same shape)."""
+        self.values[node.output[0]] = value
+
+    def _layer_name(self, node, weights: dict | None) -> str:
+        """The PyTorch module path where the file has one, else a cleaned node name."""
+        for name in node.input[1:2]:
+            if weights and name.endswith(".weight"):
+                candidate = _clean_name(name[: -len(".weight")])
+                if candidate:
+                    return candidate
+        if node.name.startswith("/"):
+            parts = [p for p in node.name.split("/") if p]
+            if len(parts) >= 2:
+                candidate = _clean_name(parts[-2])
+                if candidate:
+                    return candidate
+        return _clean_name(node.name) or _clean_name(node.op_type.lower()) or "layer"
+
+    def _all_constant(self, node) -> bool:
+        return bool(node.input) and all(not name or isinstance(self.values.get(name), np.ndarray)
+                                        for name in node.input)
+
+    def _fold_constant(self, node) -> None:
+        """Evaluate a node whose inputs are all constants (shape arithmetic, weight
+        transposes) with ONNX's own reference implementation."""
+        from onnx.reference import ReferenceEvaluator
+        onnx = require_onnx()
+        inputs = [name for name in node.input if name]
+        graph = onnx.helper.make_graph(
+            [node], "fold", [onnx.helper.make_tensor_value_info(n, _elem_type(onnx, self.values[n]), None)
+                             for n in inputs],
+            [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None)
+             for o in node.output if o])
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", self.opset)])
+        try:
+            results = ReferenceEvaluator(model).run(None, {n: self.values[n] for n in inputs})
+        except Exception as err:  # the reference implementation raises whatever numpy raises
+            raise self.error(f"cannot evaluate {node.op_type} on its constant inputs: "
+                             f"{shown(str(err), 100)}") from None
+        for name, value in zip([o for o in node.output if o], results):
+            self.values[name] = np.asarray(value)
+
+    def attributes(self, node) -> dict[str, Any]:
+        onnx = require_onnx()
+        return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _array(onnx, tensor) -> np.ndarray:
+    from onnx import numpy_helper
+    return numpy_helper.to_array(tensor)
+
+
+def _elem_type(onnx, array: np.ndarray) -> int:
+    return onnx.helper.np_dtype_to_tensor_dtype(np.asarray(array).dtype)
+
+
+_NAME_OK = re.compile(r"[^A-Za-z0-9_.\-]+")
+
+
+def _clean_name(name: str) -> str:
+    """A layer name that reads well in a spec: letters, digits, `_.-`; others become `_`."""
+    cleaned = _NAME_OK.sub("_", name).strip("_.")
+    return cleaned[:MAX_LAYER_NAME]
+
+
+# ---- converters: one function per ONNX op type -------------------------------------------------------
+
+Converter = Callable[[_Importer, Any], None]
+CONVERTERS: dict[str, Converter] = {}
+
+
+def converts(*op_types: str):
+    def register(function: Converter) -> Converter:
+        for op_type in op_types:
+            CONVERTERS[op_type] = function
+        return function
+    return register
+
+
+def _spatial_attrs(imp: _Importer, node, x: Tensor, kernel: Sequence[int]) -> dict:
+    """kernel, stride, padding and dilation of a Conv or pooling node, with ONNX's
+    `pads` (top, left, bottom, right) and `auto_pad` turned into graphconv's symmetric
+    padding, or refused when the two sides differ."""
+    attrs = imp.attributes(node)
+    strides = list(attrs.get("strides", [1, 1]))
+    dilations = list(attrs.get("dilations", [1, 1]))
+    if len(kernel) != 2:
+        raise imp.error(f"{node.op_type} over {len(kernel)} spatial dimensions; graphconv handles 2-D images")
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad in ("NOTSET", "VALID"):
+        pads = list(attrs.get("pads", [0, 0, 0, 0])) if auto_pad == "NOTSET" else [0, 0, 0, 0]
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        pads = _same_pads(x.shape[1:], kernel, strides, dilations, auto_pad)
+    else:
+        raise imp.error(f"unknown auto_pad {shown(auto_pad)}")
+    top, left, bottom, right = pads
+    if (top, left) != (bottom, right):
+        raise imp.error(f"{node.op_type} pads {pads} differ between the two sides of an axis; graphconv "
+                        "pads symmetrically (export with symmetric padding)")
+    return dict(kernel_size=[int(k) for k in kernel], stride=[int(s) for s in strides],
+                padding=[int(top), int(left)], dilation=[int(d) for d in dilations])
+
+
+def _same_pads(size: Sequence[int], kernel, strides, dilations, mode: str) -> list[int]:
+    begin, end = [], []
+    for n, k, s, d in zip(size, kernel, strides, dilations):
+        total = max((math.ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)
+        small, large = total // 2, total - total // 2
+        begin.append(small if mode == "SAME_UPPER" else large)
+        end.append(large if mode == "SAME_UPPER" else small)
+    return begin + end
+
+
+@converts("Conv")
+def _conv(imp: _Importer, node) -> None:
+    x = imp.tensor(node.input[0])
+    weight = imp.constant(node.input[1], "weight")
+    bias = imp.optional_constant(node, 2, "bias")
+    if weight.ndim != 4:
+        raise imp.error(f"Conv weight of {weight.ndim} dimensions; graphconv handles 2-D convolutions")
+    attrs = imp.attributes(node)
+    kernel = attrs.get("kernel_shape", weight.shape[2:])
+    params = _spatial_attrs(imp, node, x, kernel)
+    params.update(out_channels=int(weight.shape[0]), groups=int(attrs.get("group", 1)), bias=bias is not None)
+    weights = {"weight": weight} if bias is None else {"weight": weight, "bias": bias}
+    imp.add_layer(node, "conv", [x], params, weights)
+
+
+@converts("MaxPool", "AveragePool")
+def _pool(imp: _Importer, node) -> None:
+    x = imp.tensor(node.input[0])
+    if len(node.output) > 1 and node.output[1] and imp.uses.get(node.output[1]):
+        raise imp.error("MaxPool's indices output is used; graphconv computes pooled values only")
+    attrs = imp.attributes(node)
+    params = _spatial_attrs(imp, node, x, attrs["kernel_shape"])
+    params["ceil_mode"] = bool(attrs.get("ceil_mode", 0))
+    if node.op_type == "AveragePool":
+        if params["dilation"] != [1, 1]:
+            raise imp.error("AveragePool with dilations is not supported")
+        params["count_include_pad"] = bool(attrs.get("count_include_pad", 0))
+        imp.add_layer(node, "avgpool", [x], params)
+    else:
+        imp.add_layer(node, "maxpool", [x], params)
+
+
+@converts("GlobalAveragePool")
+def _global_average_pool(imp: _Importer, node) -> None:
+    imp.add_layer(node, "globalavgpool", [imp.tensor(node.input[0])])
+
+
+@converts("GlobalMaxPool")
+def _global_max_pool(imp: _Importer, node) -> None:
+    """A max over the whole crop's map is a max pool with that map's size as its window:
+    the same numbers at the crop, and a dense map on larger images."""
+    x = imp.tensor(node.input[0])
+    imp.add_layer(node, "maxpool", [x], dict(kernel_size=list(x.shape[1:]), stride=1))
+
+
+@converts("ReduceMean")
+def _reduce_mean(imp: _Importer, node) -> None:
+    """ReduceMean over H and W is global average pooling (the dynamo exporter writes
+    adaptive_avg_pool2d(1) and x.mean((2, 3)) this way)."""
+    x = imp.tensor(node.input[0])
+    attrs = imp.attributes(node)
+    if imp.opset >= 18:
+        axes = imp.optional_constant(node, 1, "axes")
+        axes = [] if axes is None else [int(a) for a in axes.ravel()]
+    else:
+        axes = [int(a) for a in attrs.get("axes", [])]
+    if x.rank != 4 or sorted(a % 4 for a in axes) != [2, 3]:
+        raise imp.error(f"ReduceMean over axes {axes} of a rank-{x.rank} value; graphconv reduces "
+                        "over height and width only (global average pooling)")
+    keepdims = bool(attrs.get("keepdims", 1))
+    imp.add_layer(node, "globalavgpool", [x], rank=4 if keepdims else 2)
+
+
+@converts("Relu")
+def _relu(imp: _Importer, node) -> None:
+    imp.add_layer(node, "relu", [imp.tensor(node.input[0])])
+
+
+@converts("Sigmoid")
+def _sigmoid(imp: _Importer, node) -> None:
+    imp.add_layer(node, "sigmoid", [imp.tensor(node.input[0])])
+
+
+@converts("Clip")
+def _clip(imp: _Importer, node) -> None:
+    x = imp.tensor(node.input[0])
+    if imp.opset < 11:
+        attrs = imp.attributes(node)
+        low, high = attrs.get("min", -FLOAT32_MAX), attrs.get("max", FLOAT32_MAX)
+    else:
+        low_array = imp.optional_constant(node, 1, "min")
+        high_array = imp.optional_constant(node, 2, "max")
+        low = -FLOAT32_MAX if low_array is None else float(low_array)
+        high = FLOAT32_MAX if high_array is None else float(high_array)
+    low, high = max(float(low), -FLOAT32_MAX), min(float(high), FLOAT32_MAX)
+    if low == 0.0 and high == FLOAT32_MAX:
+        imp.add_layer(node, "relu", [x])
+    else:
+        imp.add_layer(node, "clip", [x], {"min": low, "max": high})
+
+
+@converts("BatchNormalization")
+def _batch_norm(imp: _Importer, node) -> None:
+    x = imp.tensor(node.input[0])
+    attrs = imp.attributes(node)
+    if attrs.get("training_mode", 0) or any(imp.uses.get(o) for o in node.output[1:] if o):
+        raise imp.error("BatchNormalization in training mode; export the model in eval() mode")
+    names = ("weight", "bias", "running_mean", "running_var")
+    weights = {key: imp.constant(name, key) for key, name in zip(names, node.input[1:5])}
+    name = None
+    scale_name = node.input[1]
+    if scale_name.endswith(".weight"):
+        name = _clean_name(scale_name[: -len(".weight")]) or None
+    imp.add_layer(node, "batchnorm", [x], {"eps": float(attrs.get("epsilon", 1e-5))}, weights, name=name)
+
+
+@converts("LRN")
+def _lrn(imp: _Importer, node) -> None:
+    attrs = imp.attributes(node)
+    if attrs["size"] % 2 == 0:
+        raise imp.error(f"LRN of even size {attrs['size']}: ONNX centres an even window one channel "
+                        "later than graphconv's lrn (PyTorch's and Caffe's), so it is not imported")
+    imp.add_layer(node, "lrn", [imp.tensor(node.input[0])],
+                  dict(size=int(attrs["size"]), alpha=float(attrs.get("alpha", 1e-4)),
+                       beta=float(attrs.get("beta", 0.75)), k=float(attrs.get("bias", 1.0))))
+
+
+@converts("Identity", "Dropout")
+def _identity(imp: _Importer, node) -> None:
+    if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1] and imp.uses.get(node.output[1]):
+        raise imp.error("Dropout's mask output is used; graphconv runs networks for inference")
+    imp.alias(node, imp.values[node.input[0]] if node.input[0] in imp.values else imp.tensor(node.input[0]))
+
+
+@converts("Flatten")
+def _flatten(imp: _Importer, node) -> None:
+    x = imp.tensor(node.input[0])
+    axis = imp.attributes(node).get("axis", 1)
+    if axis % x.rank != 1:
+        raise imp.error(f"Flatten at axis {axis}; graphconv keeps the batch axis and flattens the rest (axis 1)")
+    if x.rank == 2:
+        imp.alias(node, x)
+    else:
+        imp.add_layer(node, "flatten", [x], rank=2)
+
+
+@converts("Reshape")
+def _reshape(imp: _Importer, node) -> None:
+    """The Reshapes exporters write before a classifier's fc: (N, -1), (N, C*H*W), or
+    (-1, C*H*W); a reshape to the same shape changes nothing."""
+    x = imp.tensor(node.input[0])
+    target = [int(v) for v in imp.constant(node.input[1], "target shape").ravel()]
+    features = math.prod(x.shape)
+    current = [1, *x.shape] if x.rank == 4 else [1, features]
+    if len(target) == 2 and target[0] in (0, 1, -1) and target[1] in (-1, features) and target != [-1, -1]:
+        if x.rank == 2:
+            imp.alias(node, x)
+        else:
+            imp.add_layer(node, "flatten", [x], rank=2)
+        return
+    resolved = [current[i] if v == 0 else v for i, v in enumerate(target)]
+    if len(resolved) == x.rank and all(v in (c, -1) for v, c in zip(resolved[1:], current[1:])):
+        imp.alias(node, x)
+        return
+    raise imp.error(f"Reshape of a {'x'.join(map(str, current))} value to {target}; graphconv "
+                    "recognises only the flatten before a classifier's fully connected layer")
+
+
+@converts("Gemm")
+def _gemm(imp: _Importer, node) -> None:
+    """Y = alpha * A @ op(B) + beta * C with A the (N, F) features: an fc layer."""
+    x = imp.tensor(node.input[0])
+    attrs = imp.attributes(node)
+    if attrs.get("transA", 0):
+        raise imp.error("Gemm with transA=1 transposes the batch; graphconv reads Gemm as a fully "
+                        "connected layer (transA=0)")
+    if x.rank != 2:
+        raise imp.error(f"Gemm on a rank-{x.rank} value")
+    b = imp.constant(node.input[1], "weight").astype(np.float64)
+    weight = (b if attrs.get("transB", 0) else b.T) * float(attrs.get("alpha", 1.0))
+    c = imp.optional_constant(node, 2, "bias")
+    bias = None
+    if c is not None:
+        bias = np.broadcast_to(c.astype(np.float64) * float(attrs.get("beta", 1.0)), (weight.shape[0],))
+        if c.size not in (1, weight.shape[0]) or (c.ndim == 2 and c.shape[0] != 1):
+            raise imp.error(f"Gemm bias of shape {list(c.shape)}; graphconv's fc adds one bias per output")
+    _add_fc(imp, node, x, weight, bias)
+
+
+@converts("MatMul")
+def _matmul(imp: _Importer, node) -> None:
+    """A @ B with a constant (F, K) B: an fc layer without bias (the Add after it, if
+    any, becomes its bias)."""
+    x = imp.tensor(node.input[0])
+    if x.rank != 2:
+        raise imp.error(f"MatMul on a rank-{x.rank} value; graphconv reads MatMul as a fully "
+                        "connected layer on (N, F) features")
+    b = imp.constant(node.input[1], "weight")
+    if b.ndim != 2:
+        raise imp.error(f"MatMul weight of shape {list(b.shape)}")
+    _add_fc(imp, node, x, b.T.astype(np.float64), None)
+
+
+def _add_fc(imp: _Importer, node, x: Tensor, weight: np.ndarray, bias: np.ndarray | None) -> None:
+    features = math.prod(x.shape)
+    if weight.shape[1] != features:
+        raise imp.error(f"weight of shape {list(weight.shape)} for {features} input features")
+    weights = {"weight": weight} if bias is None else {"weight": weight, "bias": bias}
+    imp.add_layer(node, "fc", [x], dict(out_features=int(weight.shape[0]), bias=bias is not None),
+                  weights, rank=2)
+
+
+@converts("Add", "Sum")
+def _add(imp: _Importer, node) -> None:
+    operands = [imp.values.get(name) for name in node.input]
+    tensors = [v for v in operands if isinstance(v, Tensor)]
+    constants = [v for v in operands if isinstance(v, np.ndarray)]
+    if not constants:
+        if len({t.shape for t in tensors}) != 1:
+            raise imp.error("Add of maps of different shapes "
+                            + ", ".join("x".join(map(str, t.shape)) for t in tensors)
+                            + "; graphconv adds maps of one shape (no broadcasting)")
+        imp.add_layer(node, "add", tensors)
+        return
+    if len(tensors) == 1 and len(constants) == 1:
+        _add_bias(imp, node, tensors[0], constants[0])
+        return
+    raise imp.error("Add with several constants")
+
+
+def _add_bias(imp: _Importer, node, x: Tensor, constant: np.ndarray) -> None:
+    """x + constant, where x comes from an fc or conv read by nothing else: the
+    constant joins that layer's bias (MatMul + Add is how some exporters write Linear)."""
+    layer = imp.graph.node(x.node)
+    channels = x.shape[0]
+    per_channel = _per_channel(constant, channels, x.rank)
+    if layer.op not in ("fc", "conv") or per_channel is None or imp.uses.get(imp.produced.get(layer.name, ""), 0) != 1:
+        raise imp.error(f"Add of a constant of shape {list(constant.shape)} to the output of "
+                        f"{layer.op} layer {shown(layer.name)}; graphconv folds a constant Add only "
+                        "into the bias of the fc or conv right before it")
+    bias_key = f"{layer.name}.bias"
+    old = imp.weights.get(bias_key, np.zeros(channels, np.float32)).astype(np.float64)
+    imp.weights[bias_key] = (old + per_channel).astype(np.float32)
+    imp.graph.set_params(layer, bias=True)
+    imp.alias(node, x)
+
+
+def _per_channel(constant: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
+    """The constant as one value per channel, if it broadcasts that way onto (N, C, ...)."""
+    c = np.asarray(constant, dtype=np.float64)
+    if c.size == 1:
+        return np.full(channels, float(c.ravel()[0]))
+    shape = list(c.shape)
+    while shape and shape[0] == 1 and len(shape) > (1 if rank == 2 else 3):
+        shape.pop(0)
+    if rank == 2 and shape == [channels]:
+        return c.reshape(channels)
+    if rank == 4 and len(shape) == 3 and shape[0] == channels and shape[1:] == [1, 1]:
+        return c.reshape(channels)
+    return None
+
+
+@converts("Concat")
+def _concat(imp: _Importer, node) -> None:
+    axis = imp.attributes(node).get("axis", 1)
+    tensors = [imp.tensor(name) for name in node.input]
+    if axis % tensors[0].rank != 1:
+        raise imp.error(f"Concat along axis {axis}; graphconv concatenates channels (axis 1)")
+    if len(tensors) == 1:
+        imp.alias(node, tensors[0])
+    else:
+        imp.add_layer(node, "concat", tensors)
+
+
+@converts("Softmax")
+def _softmax(imp: _Importer, node) -> None:
+    x = imp.tensor(node.input[0])
+    axis = imp.attributes(node).get("axis", 1 if imp.opset < 13 else -1)
+    over_channels = axis % x.rank == 1 or (x.rank == 2 and axis % 2 == 1) or (imp.opset < 13 and axis == 1)
+    if not over_channels:
+        raise imp.error(f"Softmax over axis {axis} of a rank-{x.rank} value; graphconv's softmax is "
+                        "over channels")
+    imp.add_layer(node, "softmax", [x])
+
+
+@converts("Constant")
+def _constant(imp: _Importer, node) -> None:
+    onnx = require_onnx()
+    from onnx import numpy_helper
+    attribute = node.attribute[0]
+    value = onnx.helper.get_attribute_value(attribute)
+    imp.values[node.output[0]] = (numpy_helper.to_array(value) if attribute.name == "value"
+                                  else np.asarray(value))
+
+
+@converts("Shape")
+def _shape(imp: _Importer, node) -> None:
+    """The input's shape is known once the crop is: batch 1 (a Reshape target computed
+    from it still means 'keep the batch'), then C, H, W."""
+    x = imp.tensor(node.input[0])
+    full = np.array([1, *x.shape] if x.rank == 4 else [1, math.prod(x.shape)], dtype=np.int64)
+    attrs = imp.attributes(node)
+    start, end = attrs.get("start", 0), attrs.get("end", len(full))
+    imp.values[node.output[0]] = full[start:end]
+
+
+# Ops that only ever compute on constants (shape arithmetic, weight preparation): they are
+# evaluated by `_fold_constant` before their converter would be called.
+def _constant_only(imp: _Importer, node) -> None:
+    raise imp.error(f"{node.op_type} on the image's feature map is not supported; graphconv "
+                    "evaluates it only on constants (shape arithmetic)")
+
+
+for _op in ("Gather", "Unsqueeze", "Squeeze", "Cast", "Slice", "Mul", "Div", "Sub", "ConstantOfShape",
+            "Range", "Transpose", "Equal", "Where", "Expand", "Floor", "Ceil", "Sqrt", "Neg", "ReduceProd"):
+    CONVERTERS[_op] = _constant_only

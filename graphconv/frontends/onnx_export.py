@@ -1,0 +1,130 @@
+"""IR -> ONNX: `graphconv export`, so a compiled fully convolutional network can be
+deployed with onnxruntime, TensorRT or anything else that reads ONNX.
+
+The exported model's input has dynamic batch, height and width (`N x C x H x W`): that
+is the point of a fully convolutional network. Each op writes itself through its
+OpDef's `onnx` function (the op's folder, like its kernels and its PyTorch
+equivalent) using the small `OnnxWriter` below; an op without one (the two halves of
+shift-and-stitch) is refused with what to do instead. Every value stays 4-D, as in the
+IR. The result is checked with onnx's own checker before it is written.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from graphconv.errors import GraphconvError
+from graphconv.frontends.onnx import require_onnx
+from graphconv.ir import Graph, Node
+
+EXPORT_OPSET = 19  # AveragePool takes dilations from 19 on (the dilated stride rewrite makes them)
+
+
+class OnnxWriter:
+    """What an op's `onnx` function writes with: nodes, the current layer's weights as
+    initializers, and other constants. Value names are the IR's layer names."""
+
+    def __init__(self):
+        onnx = require_onnx()
+        self.helper, self.numpy_helper = onnx.helper, onnx.numpy_helper
+        self.nodes: list = []
+        self.initializers: list = []
+        self._layer, self._weights = "graph", {}
+        self._counter = 0
+
+    def node(self, op_type: str, inputs: list[str], output: str | None = None, **attrs) -> str:
+        """Add one node; returns its output's name (a fresh one when not given)."""
+        output = output or self._fresh(op_type)
+        self.nodes.append(self.helper.make_node(op_type, inputs, [output], name=self._fresh(op_type),
+                                                **attrs))
+        return output
+
+    def weight(self, key: str) -> str:
+        """The initializer holding the current layer's weight `key`, named `<layer>.<key>`."""
+        name = f"{self._layer}.{key}"
+        if not any(init.name == name for init in self.initializers):
+            self.initializers.append(self.numpy_helper.from_array(
+                np.asarray(self._weights[key], np.float32), name))
+        return name
+
+    def constant(self, array: np.ndarray) -> str:
+        name = self._fresh("const")
+        self.initializers.append(self.numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def _fresh(self, stem: str) -> str:
+        self._counter += 1
+        return f"{self._layer}/{stem}_{self._counter}"
+
+    def write_layer(self, node: Node) -> None:
+        if node.opdef.onnx is None:
+            raise node.error(_no_onnx_form(node.op))
+        try:
+            self.write(node.name, node.opdef, dict(node.params), dict(node.weights),
+                       [i.name for i in node.inputs])
+        except GraphconvError as err:
+            raise node.error(err.message) from None
+
+    def write(self, layer: str, opdef, params: dict, weights: dict, inputs: list[str]) -> None:
+        """One layer's nodes: its output value is named `layer`."""
+        self._layer, self._weights = layer, weights
+        opdef.onnx(self, params, inputs, layer)
+        self._layer, self._weights = "graph", {}
+
+
+def _no_onnx_form(op: str) -> str:
+    if op in ("shift_copies", "interleave"):
+        return ("a shift-and-stitch model cannot be exported to ONNX (its interleave has no standard "
+                "form here); compile with --stride-method dilate for the same map")
+    return f"op '{op}' has no ONNX form"
+
+
+def to_onnx_model(graph: Graph):
+    """The graph as a checked onnx.ModelProto with dynamic N, H and W."""
+    onnx = require_onnx()
+    helper = onnx.helper
+    writer = OnnxWriter()
+    for node in graph.layers():
+        writer.write_layer(node)
+    c = graph.input_shape[0]
+    out_c = graph.output.shape[0] if graph.output.shape else None
+    inputs = [helper.make_tensor_value_info(graph.input.name, onnx.TensorProto.FLOAT, ["N", c, "H", "W"])]
+    outputs = [helper.make_tensor_value_info(graph.output.name, onnx.TensorProto.FLOAT,
+                                             ["N", out_c, "rows", "cols"])]
+    body = helper.make_graph(writer.nodes, graph.name, inputs, outputs, writer.initializers)
+    model = helper.make_model(body, opset_imports=[helper.make_opsetid("", EXPORT_OPSET)],
+                              producer_name="graphconv")
+    model.doc_string = _doc(graph)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as err:  # a bug in an op's writer, not bad input
+        raise AssertionError(f"graphconv wrote an invalid ONNX model: {err}") from err
+    return model
+
+
+def _doc(graph: Graph) -> str:
+    compiled = graph.meta.get("compiled", {})
+    lines = [f"exported by graphconv from {graph.name}"]
+    if compiled.get("passes"):
+        lines.append(f"passes: {compiled['passes']}")
+    if graph.meta.get("seeded_weights"):
+        lines.append("weights: deterministic seeded (random) weights, not trained ones")
+    if "preprocess" in graph.meta:
+        lines.append(f"preprocess: {graph.meta['preprocess']}")
+    return "\n".join(lines)
+
+
+def save_onnx(graph: Graph, path: str | os.PathLike) -> None:
+    """Write `graph` as ONNX at `path`, atomically (graphconv.files)."""
+    from graphconv.files import atomic_write
+
+    model = to_onnx_model(graph)
+    data = model.SerializeToString()
+    if len(data) >= 2**31:
+        raise GraphconvError("the model is over ONNX's 2 GB limit for one file", file=str(path))
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fp:
+            fp.write(data)
+    atomic_write(path, write, suffix=".onnx")

@@ -1,0 +1,313 @@
+"""Small PyTorch classifiers built like the torchvision architectures users bring
+(AlexNet, VGG with batch norm, ResNet, SqueezeNet, MobileNetV2, DenseNet, GoogLeNet),
+for the ONNX import tests. torchvision is not needed: each keeps the structure that
+matters to an importer (batch norm after conv and after concat, residual adds, depthwise
+convs, ReLU6, ceil-mode pooling, four-branch concats, global pooling, flatten) at a
+size that exports and runs in well under a second.
+
+Every model has a `dense` flag: False is the classifier as trained; True is the same
+network converted by hand, in PyTorch, the way graphconv's passes convert it (global
+average pooling -> average pooling with the crop's window at stride 1; each Linear ->
+a convolution). The tests compare graphconv's compiled map against that."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm non-trivial statistics and affine terms, so folding them is
+    really exercised (fresh ones are the identity in eval mode)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                c = module.num_features
+                module.running_mean.copy_(torch.randn(c, generator=generator) * 0.2)
+                module.running_var.copy_(torch.rand(c, generator=generator) * 1.5 + 0.5)
+                module.weight.copy_(torch.rand(c, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(c, generator=generator) * 0.1)
+    return model.eval()
+
+
+class Head(nn.Module):
+    """Global average pooling, flatten, Linear: how modern classifiers end. Dense: an
+    average pool of the crop's final map size at stride 1, and the Linear as a 1x1 conv."""
+
+    def __init__(self, channels: int, classes: int, window: int, dropout: float = 0.0):
+        super().__init__()
+        self.window = window
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.fc = nn.Linear(channels, classes)
+
+    def forward(self, x, dense: bool = False):
+        if dense:
+            x = F.avg_pool2d(x, self.window, stride=1)
+            return F.conv2d(x, self.fc.weight[:, :, None, None], self.fc.bias)
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return self.fc(self.dropout(x))
+
+
+def linear_as_conv(fc: nn.Linear, x: torch.Tensor, in_shape) -> torch.Tensor:
+    """A Linear over a C x H x W map as the convolution with an H x W kernel."""
+    return F.conv2d(x, fc.weight.reshape(fc.out_features, *in_shape), fc.bias)
+
+
+class AlexNetSmall(nn.Module):
+    crop = 67
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 11, stride=4, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+            nn.Conv2d(8, 12, 5, padding=2), nn.ReLU(inplace=True),
+            nn.Conv2d(12, 12, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2))
+        self.map = (12, 3, 3)
+        self.classifier = nn.Sequential(nn.Dropout(), nn.Linear(12 * 3 * 3, 16), nn.ReLU(inplace=True),
+                                        nn.Linear(16, classes))
+
+    def forward(self, x, dense: bool = False):
+        x = self.features(x)
+        if dense:
+            x = F.relu(linear_as_conv(self.classifier[1], x, self.map))
+            return linear_as_conv(self.classifier[3], x, (16, 1, 1))
+        return self.classifier(torch.flatten(x, 1))
+
+
+class VGGBNSmall(nn.Module):
+    crop = 32
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        layers, channels = [], 3
+        for width in (8, "M", 16, "M", 16, 16, "M"):
+            if width == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(True)]
+                channels = width
+        self.features = nn.Sequential(*layers)
+        self.map = (16, 4, 4)
+        self.classifier = nn.Sequential(nn.Linear(16 * 4 * 4, 24), nn.ReLU(True), nn.Dropout(),
+                                        nn.Linear(24, classes))
+
+    def forward(self, x, dense: bool = False):
+        x = self.features(x)
+        if dense:
+            x = F.relu(linear_as_conv(self.classifier[0], x, self.map))
+            return linear_as_conv(self.classifier[3], x, (24, 1, 1))
+        return self.classifier(x.view(x.size(0), -1))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class ResNetSmall(nn.Module):
+    crop = 64
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = nn.Sequential(BasicBlock(8, 8, 1), BasicBlock(8, 8, 1))
+        self.layer2 = nn.Sequential(BasicBlock(8, 16, 2))
+        self.layer3 = nn.Sequential(BasicBlock(16, 16, 2))
+        self.head = Head(16, classes, window=4)
+
+    def forward(self, x, dense: bool = False):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.head(self.layer3(self.layer2(self.layer1(x))), dense)
+
+
+class Fire(nn.Module):
+    def __init__(self, cin: int, squeeze: int, expand: int):
+        super().__init__()
+        self.squeeze = nn.Conv2d(cin, squeeze, 1)
+        self.expand1x1 = nn.Conv2d(squeeze, expand, 1)
+        self.expand3x3 = nn.Conv2d(squeeze, expand, 3, padding=1)
+
+    def forward(self, x):
+        x = F.relu(self.squeeze(x))
+        return torch.cat([F.relu(self.expand1x1(x)), F.relu(self.expand3x3(x))], 1)
+
+
+class SqueezeNetSmall(nn.Module):
+    """SqueezeNet 1.1's shape: ceil-mode max pooling, Fire concats, a conv classifier."""
+
+    crop = 47
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, ceil_mode=True),
+            Fire(8, 4, 8), Fire(16, 4, 8), nn.MaxPool2d(3, 2, ceil_mode=True), Fire(16, 6, 12))
+        self.final_conv = nn.Conv2d(24, classes, 1)
+        self.window = 5
+
+    def forward(self, x, dense: bool = False):
+        x = F.relu(self.final_conv(self.features(x)))
+        if dense:
+            return F.avg_pool2d(x, self.window, stride=1)
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+        super().__init__()
+        hidden = cin * expand
+        self.use_residual = stride == 1 and cin == cout
+        self.conv = nn.Sequential(
+            nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        return x + self.conv(x) if self.use_residual else self.conv(x)
+
+
+class MobileNetV2Small(nn.Module):
+    crop = 32
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6(inplace=True)),
+            InvertedResidual(8, 8, 1, 2), InvertedResidual(8, 12, 2, 3), InvertedResidual(12, 12, 1, 3),
+            nn.Sequential(nn.Conv2d(12, 24, 1, bias=False), nn.BatchNorm2d(24), nn.ReLU6(inplace=True)))
+        self.head = Head(24, classes, window=8, dropout=0.2)
+
+    def forward(self, x, dense: bool = False):
+        return self.head(self.features(x), dense)
+
+
+class DenseLayer(nn.Module):
+    def __init__(self, cin: int, growth: int):
+        super().__init__()
+        self.norm1, self.relu1 = nn.BatchNorm2d(cin), nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(cin, 2 * growth, 1, bias=False)
+        self.norm2, self.relu2 = nn.BatchNorm2d(2 * growth), nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(2 * growth, growth, 3, padding=1, bias=False)
+
+    def forward(self, features):
+        x = torch.cat(features, 1)
+        return self.conv2(self.relu2(self.norm2(self.conv1(self.relu1(self.norm1(x))))))
+
+
+class DenseNetSmall(nn.Module):
+    """DenseNet's shape: batch norm right after a concat (it cannot fold into a conv)."""
+
+    crop = 32
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.conv0 = nn.Conv2d(3, 8, 3, 2, 1, bias=False)
+        self.norm0 = nn.BatchNorm2d(8)
+        self.layers1 = nn.ModuleList([DenseLayer(8, 4), DenseLayer(12, 4)])
+        self.transition = nn.Sequential(nn.BatchNorm2d(16), nn.ReLU(inplace=True),
+                                        nn.Conv2d(16, 8, 1, bias=False), nn.AvgPool2d(2, 2))
+        self.layers2 = nn.ModuleList([DenseLayer(8, 4), DenseLayer(12, 4)])
+        self.norm5 = nn.BatchNorm2d(16)
+        self.head = Head(16, classes, window=8)
+
+    @staticmethod
+    def block(layers, x):
+        features = [x]
+        for layer in layers:
+            features.append(layer(features))
+        return torch.cat(features, 1)
+
+    def forward(self, x, dense: bool = False):
+        x = F.relu(self.norm0(self.conv0(x)))
+        x = self.block(self.layers2, self.transition(self.block(self.layers1, x)))
+        return self.head(F.relu(self.norm5(x)), dense)
+
+
+class Inception(nn.Module):
+    def __init__(self, cin: int, c1: int, c3r: int, c3: int, c5r: int, c5: int, pool: int):
+        super().__init__()
+        self.branch1 = nn.Conv2d(cin, c1, 1)
+        self.branch2 = nn.Sequential(nn.Conv2d(cin, c3r, 1), nn.ReLU(True), nn.Conv2d(c3r, c3, 3, padding=1))
+        self.branch3 = nn.Sequential(nn.Conv2d(cin, c5r, 1), nn.ReLU(True), nn.Conv2d(c5r, c5, 3, padding=1))
+        self.branch4 = nn.Sequential(nn.MaxPool2d(3, 1, 1, ceil_mode=True), nn.Conv2d(cin, pool, 1))
+
+    def forward(self, x):
+        return F.relu(torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], 1))
+
+
+class GoogLeNetSmall(nn.Module):
+    crop = 48
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 7, 2, 3)
+        self.maxpool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.inception3a = Inception(8, 4, 4, 6, 2, 4, 4)
+        self.maxpool3 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.inception4a = Inception(18, 6, 4, 8, 2, 4, 4)
+        self.head = Head(22, classes, window=6, dropout=0.2)
+
+    def forward(self, x, dense: bool = False):
+        x = self.maxpool1(F.relu(self.conv1(x)))
+        x = self.inception4a(self.maxpool3(self.inception3a(x)))
+        return self.head(x, dense)
+
+
+ZOO = {cls.__name__.removesuffix("Small").lower(): cls
+       for cls in (AlexNetSmall, VGGBNSmall, ResNetSmall, SqueezeNetSmall, MobileNetV2Small,
+                   DenseNetSmall, GoogLeNetSmall)}
+
+
+def build(name: str, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return randomize_batchnorm(ZOO[name](), seed)
+
+
+def export(model: nn.Module, path, *, dynamo: bool = False, batch: int = 1, fold: bool = True,
+           dynamic_hw: bool = False) -> None:
+    """torch.onnx.export through either exporter. `fold=False` keeps BatchNormalization
+    nodes (TorchScript exporter: no constant folding), so graphconv's own folding is tested."""
+    import warnings
+
+    x = torch.randn(batch, 3, model.crop, model.crop)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            dynamic = {"x": {2: "height", 3: "width"}} if dynamic_hw else None
+            torch.onnx.export(Wrapped(model), (x,), str(path), dynamo=True, verbose=False,
+                              input_names=["x"], dynamic_shapes=dynamic)
+        else:
+            axes = {"x": {0: "batch", 2: "height", 3: "width"}} if dynamic_hw else {"x": {0: "batch"}}
+            torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17,
+                              input_names=["x"], output_names=["scores"], dynamic_axes=axes,
+                              do_constant_folding=fold,
+                              training=torch.onnx.TrainingMode.EVAL)
+
+
+class Wrapped(nn.Module):
+    """The classifier with a plain forward(x) (the dynamo exporter traces every argument)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)

@@ -1,0 +1,271 @@
+"""The ONNX front end: real classifier architectures exported by both PyTorch exporters
+come in exactly (classifier output == PyTorch), compile to dense networks whose maps
+equal the same conversion done by hand in PyTorch, import to a spec that loads back to
+the same network, and bad files are one clean line."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+torch = pytest.importorskip("torch")
+
+from graphconv.compiler import compile_model  # noqa: E402
+from graphconv.errors import GraphconvError  # noqa: E402
+from graphconv.frontends import load_network  # noqa: E402
+from graphconv.model import Model  # noqa: E402
+
+import onnx_zoo  # noqa: E402
+
+ARCHITECTURES = list(onnx_zoo.ZOO)
+TOLERANCE = dict(rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """exported(arch, dynamo=False, fold=True) -> (model, path); each file made once."""
+    folder = tmp_path_factory.mktemp("onnx")
+    cache = {}
+
+    def get(arch: str, dynamo: bool = False, fold: bool = True):
+        key = (arch, dynamo, fold)
+        if key not in cache:
+            model = onnx_zoo.build(arch)
+            path = folder / f"{arch}{'_dynamo' if dynamo else ''}{'' if fold else '_bn'}.onnx"
+            onnx_zoo.export(model, path, dynamo=dynamo, fold=fold)
+            cache[key] = (model, path)
+        return cache[key]
+    return get
+
+
+def torch_scores(model, x: np.ndarray, dense: bool = False) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(x), dense=dense).numpy()
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("how", ["torchscript", "torchscript-keep-bn", "dynamo"])
+def test_classifier_output_equals_pytorch(exported, arch, how, rng):
+    if how == "dynamo" and arch not in ("resnet", "mobilenetv2", "densenet", "vggbn"):
+        pytest.skip("the dynamo exporter is slow; these four cover its ReduceMean/Reshape/folding forms")
+    model, path = exported(arch, dynamo=how == "dynamo", fold=how != "torchscript-keep-bn")
+    x = rng.standard_normal((2, 3, model.crop, model.crop)).astype(np.float32)
+    graphconv_model = Model(load_network(path))
+    out = graphconv_model.run(x)
+    expected = torch_scores(model, x)
+    assert out.reshape(expected.shape).shape == expected.shape
+    np.testing.assert_allclose(out.reshape(expected.shape), expected, **TOLERANCE)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_compiled_dense_map_equals_the_same_conversion_in_pytorch(exported, arch, rng):
+    """The default pipeline folds batch norm, turns global pooling into window pooling and
+    every fc into a conv: on an image larger than the crop, the map equals PyTorch running
+    the hand-converted network (onnx_zoo's dense=True)."""
+    model, path = exported(arch, fold=False)
+    compiled = compile_model(path)
+    assert not compiled.graph.find("globalavgpool") and not compiled.graph.find("fc")
+    x = rng.standard_normal((1, 3, model.crop + 37, model.crop + 50)).astype(np.float32)
+    out = compiled.run(x)
+    expected = torch_scores(model, x, dense=True)
+    assert out.shape[2] >= 2 and out.shape[3] >= 2, "the map should be dense"
+    np.testing.assert_allclose(out, expected[:, :, :out.shape[2], :out.shape[3]], **TOLERANCE)
+
+
+def test_batchnorm_is_folded_where_it_follows_a_conv_and_kept_after_a_concat(exported):
+    _, path = exported("densenet", fold=False)
+    graph = load_network(path)
+    compiled = compile_model(path).graph
+    assert len(graph.find("batchnorm")) == 11
+    assert 0 < len(compiled.find("batchnorm")) < 11  # norm1 of each dense layer reads a concat
+
+
+def test_layer_and_weight_names_follow_the_pytorch_module_paths(exported):
+    _, path = exported("resnet", fold=False)
+    graph = load_network(path)
+    names = {node.name for node in graph.layers()}
+    assert {"conv1", "bn1", "layer1.0.conv1", "layer1.0.bn1", "layer2.0.downsample.0", "head.fc"} <= names
+    assert set(graph.node("layer1.0.bn1").weights) == {"weight", "bias", "running_mean", "running_var"}
+
+
+def test_onnx_runtime_agrees_on_the_same_file(exported, rng):
+    ort = pytest.importorskip("onnxruntime")
+    model, path = exported("mobilenetv2")
+    x = rng.standard_normal((1, 3, model.crop, model.crop)).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"x": x})[0]
+    np.testing.assert_allclose(Model(load_network(path)).run(x).reshape(expected.shape), expected, **TOLERANCE)
+
+
+def test_dynamic_input_size_needs_the_crop(tmp_path, rng):
+    model = onnx_zoo.build("resnet")
+    path = tmp_path / "dyn.onnx"
+    onnx_zoo.export(model, path, dynamic_hw=True)
+    with pytest.raises(GraphconvError, match="dynamic height or width.*--crop-size"):
+        load_network(path)
+    graph = load_network(path, crop_size=(64, 64))
+    assert graph.input_shape == (3, 64, 64)
+    with pytest.raises(GraphconvError, match="--crop-size"):
+        load_network(onnx_zoo_path_fixed(tmp_path), crop_size=(32, 40))
+
+
+def onnx_zoo_path_fixed(tmp_path):
+    path = tmp_path / "fixed.onnx"
+    onnx_zoo.export(onnx_zoo.build("vggbn"), path)
+    return path
+
+
+# ---- hand-made files: what the exporters do not write ------------------------------------------
+
+def tiny_model(nodes, initializers, *, opset=17, input_shape=(1, 3, 8, 8), output="y"):
+    helper = onnx.helper
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, list(input_shape))],
+        [helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(np.asarray(v, np.float32 if k != "shape" else np.int64), k)
+         for k, v in initializers.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def save(model, path):
+    onnx.save(model, str(path))
+    return path
+
+
+def test_gemm_alpha_beta_and_transb_0_and_matmul_add(tmp_path, rng):
+    helper = onnx.helper
+    w = rng.standard_normal((3 * 8 * 8, 5)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    w2 = rng.standard_normal((5, 4)).astype(np.float32)
+    b2 = rng.standard_normal(4).astype(np.float32)
+    nodes = [helper.make_node("Flatten", ["x"], ["f"], axis=1),
+             helper.make_node("Gemm", ["f", "w", "b"], ["g"], alpha=0.5, beta=2.0, transB=0),
+             helper.make_node("MatMul", ["g", "w2"], ["m"]),
+             helper.make_node("Add", ["m", "b2"], ["y"])]
+    path = save(tiny_model(nodes, {"w": w, "b": b, "w2": w2, "b2": b2}), tmp_path / "gemm.onnx")
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    expected = ((0.5 * x.reshape(2, -1) @ w + 2.0 * b) @ w2 + b2)
+    out = Model(load_network(path)).run(x)
+    np.testing.assert_allclose(out.reshape(expected.shape), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_reshape_from_a_shape_chain_is_a_flatten(tmp_path, rng):
+    """The TorchScript exporter's x.view(x.size(0), -1): Shape -> Gather -> Unsqueeze ->
+    Concat -> Reshape, evaluated at import."""
+    path = tmp_path / "v.onnx"
+    onnx_zoo.export(onnx_zoo.build("vggbn"), path, fold=False)
+    assert "Shape" in {node.op_type for node in onnx.load(str(path)).graph.node}
+    graph = load_network(path)
+    (flatten,) = graph.find("flatten")
+    assert [user.op for user in flatten.users] == ["fc"]
+
+
+def test_unsupported_op_names_the_node_and_the_op(tmp_path):
+    helper = onnx.helper
+    nodes = [helper.make_node("Resize", ["x", "", "scales"], ["y"], name="Resize_12")]
+    model = tiny_model(nodes, {"scales": np.array([1, 1, 2, 2])})
+    path = save(model, tmp_path / "model.onnx")
+    with pytest.raises(GraphconvError, match=r"model.onnx: node 'Resize_12': op Resize is not supported "
+                                             r"\(supported: .*Conv"):
+        load_network(path)
+
+
+@pytest.mark.parametrize("opset", [6, 30])
+def test_opsets_outside_the_supported_range_are_refused(tmp_path, opset):
+    nodes = [onnx.helper.make_node("Relu", ["x"], ["y"])]
+    path = save(tiny_model(nodes, {}, opset=opset), tmp_path / "old.onnx")
+    with pytest.raises(GraphconvError, match=f"op set {opset}; graphconv reads op sets"):
+        load_network(path)
+
+
+def test_asymmetric_padding_is_refused_with_a_reason(tmp_path, rng):
+    nodes = [onnx.helper.make_node("Conv", ["x", "w"], ["y"], pads=[0, 0, 1, 1], name="conv_a")]
+    path = save(tiny_model(nodes, {"w": rng.standard_normal((4, 3, 3, 3))}), tmp_path / "a.onnx")
+    with pytest.raises(GraphconvError, match="conv_a.*differ between the two sides"):
+        load_network(path)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_damaged_files_are_one_line(exported, tmp_path, damage):
+    _, good = exported("alexnet")
+    data = good.read_bytes()
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"\x08\x07" + bytes(range(256)) * 4,
+                     "empty": b""}[damage])
+    with pytest.raises(GraphconvError, match="bad.onnx"):
+        load_network(bad)
+
+
+def test_missing_external_data_is_named(tmp_path, rng):
+    model = tiny_model([onnx.helper.make_node("Conv", ["x", "w"], ["y"])],
+                       {"w": rng.standard_normal((64, 3, 3, 3))})
+    path = tmp_path / "ext.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.weights", size_threshold=0)
+    (tmp_path / "ext.weights").unlink()
+    with pytest.raises(GraphconvError, match="external data file 'ext.weights' is missing"):
+        load_network(path)
+
+
+def test_external_data_outside_the_model_folder_is_refused(tmp_path, rng):
+    model = tiny_model([onnx.helper.make_node("Conv", ["x", "w"], ["y"])],
+                       {"w": rng.standard_normal((64, 3, 3, 3))})
+    inner = tmp_path / "models"
+    inner.mkdir()
+    onnx.save(model, str(tmp_path / "tmp.onnx"), save_as_external_data=True,
+              location="w.bin", size_threshold=0)
+    loaded = onnx.load(str(tmp_path / "tmp.onnx"), load_external_data=False)
+    for entry in loaded.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = "../w.bin"
+    onnx.save(loaded, str(inner / "escape.onnx"))
+    with pytest.raises(GraphconvError, match="outside the model's folder"):
+        load_network(inner / "escape.onnx")
+
+
+# ---- the CLI ---------------------------------------------------------------------------------------
+
+def graphconv(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "graphconv", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd)
+
+
+def test_cli_import_writes_a_spec_that_loads_back_to_the_same_network(exported, tmp_path, rng):
+    model, path = exported("resnet", fold=False)
+    spec = tmp_path / "out" / "resnet.yaml"
+    result = graphconv("import", path, "-o", spec)
+    assert result.returncode == 0, result.stderr
+    text = spec.read_text()
+    assert "layer1.0.conv1" in text and "weights: resnet.npz" in text
+    assert set(np.load(spec.with_suffix(".npz"))) >= {"layer1.0.bn1.running_var", "head.fc.weight"}
+    x = rng.standard_normal((1, 3, model.crop, model.crop)).astype(np.float32)
+    np.testing.assert_allclose(Model.load(spec).run(x).reshape(1, -1), torch_scores(model, x), **TOLERANCE)
+
+
+def test_cli_run_and_compile_take_an_onnx_file(exported, tmp_path, rng):
+    model, path = exported("squeezenet")
+    x = rng.standard_normal((1, 3, model.crop + 16, model.crop + 16)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    result = graphconv("compile", path, "-o", tmp_path / "fcn")
+    assert result.returncode == 0, result.stderr
+    result = graphconv("run", tmp_path / "fcn", "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy")
+    assert result.returncode == 0, result.stderr
+    out = np.load(tmp_path / "y.npy")
+    expected = torch_scores(model, x, dense=True)
+    np.testing.assert_allclose(out, expected[:, :, :out.shape[2], :out.shape[3]], **TOLERANCE)
+    inspect = graphconv("inspect", path)
+    assert inspect.returncode == 0, inspect.stderr
+
+
+def test_cli_bad_onnx_is_exit_2_one_line_and_writes_nothing(tmp_path):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"\x08\x07\x12\x00garbage")
+    result = graphconv("import", bad, "-o", tmp_path / "net.yaml")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "broken.onnx" in result.stderr
+    assert not (tmp_path / "net.yaml").exists() and not (tmp_path / "net.npz").exists()
+    result = graphconv("compile", bad, "-o", tmp_path / "fcn")
+    assert result.returncode == 2 and not (tmp_path / "fcn").exists()

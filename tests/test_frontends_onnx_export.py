@@ -1,0 +1,145 @@
+"""`graphconv export`: a compiled network written as ONNX with dynamic N, H and W gives,
+in onnxruntime, the map `graphconv run` gives, on images of any size."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from graphconv.compiler import compile_model  # noqa: E402
+from graphconv.errors import GraphconvError  # noqa: E402
+from graphconv.frontends.onnx_export import EXPORT_OPSET, OnnxWriter, save_onnx, to_onnx_model  # noqa: E402
+from graphconv.model import Model  # noqa: E402
+from graphconv.ops import all_ops  # noqa: E402
+
+from conftest import SPECS  # noqa: E402
+from nets import UNPADDED  # noqa: E402
+
+TOLERANCE = dict(rtol=1e-4, atol=1e-4)
+
+
+def onnxruntime_run(model_proto, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def full_map(model: Model, x: np.ndarray) -> np.ndarray:
+    """The network's whole output (Model.run keeps only cells of whole crops)."""
+    return model.executor("cpu").run(x)
+
+
+@pytest.mark.parametrize("name", sorted(UNPADDED))
+@pytest.mark.parametrize("size", [(40, 44), (57, 31)])
+def test_exported_fcn_matches_graphconv_on_larger_images(write_spec, name, size, rng):
+    model = compile_model(write_spec(UNPADDED[name]))
+    proto = to_onnx_model(model.graph)
+    x = rng.standard_normal((2, model.crop_shape[0], *size)).astype(np.float32)
+    np.testing.assert_allclose(onnxruntime_run(proto, x), full_map(model, x), **TOLERANCE)
+
+
+def test_exported_input_is_dynamic_in_batch_height_and_width():
+    model = compile_model(SPECS / "lenet.yaml")
+    dims = to_onnx_model(model.graph).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["N", model.crop_shape[0], "H", "W"]
+
+
+def test_dilated_output_stride_exports(rng):
+    model = compile_model(SPECS / "lenet.yaml", output_stride=2, stride_method="dilate")
+    x = rng.standard_normal((1, *model.crop_shape[:1], 45, 51)).astype(np.float32)
+    np.testing.assert_allclose(onnxruntime_run(to_onnx_model(model.graph), x), full_map(model, x), **TOLERANCE)
+
+
+@pytest.mark.parametrize("op,extra", [("maxpool", {}), ("avgpool", {"count_include_pad": True})])
+def test_pooling_padded_as_wide_as_its_window_exports_through_an_explicit_pad(op, extra, rng):
+    from graphconv.ops import get_op
+    from graphconv.params import normalize_params
+
+    opdef = get_op(op)
+    params = normalize_params(opdef, dict(kernel_size=2, dilation=3, stride=1, padding=2, **extra))
+    x = rng.standard_normal((1, 2, 5, 6)).astype(np.float32)
+    writer = OnnxWriter()
+    writer.write("y", opdef, params, {}, ["x"])
+    helper = onnx.helper
+    graph = helper.make_graph(writer.nodes, "pad", [helper.make_tensor_value_info("x", 1, list(x.shape))],
+                              [helper.make_tensor_value_info("y", 1, None)], writer.initializers)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", EXPORT_OPSET)])
+    assert "Pad" in [n.op_type for n in proto.graph.node]
+    np.testing.assert_allclose(onnxruntime_run(proto, x), opdef.reference(params, {}, [x]), **TOLERANCE)
+
+
+def test_shift_and_stitch_is_refused_with_the_way_out():
+    model = compile_model(SPECS / "lenet.yaml", output_stride=2, stride_method="shift")
+    with pytest.raises(GraphconvError, match="--stride-method dilate"):
+        to_onnx_model(model.graph)
+
+
+EXPORTABLE = [pytest.param(op, example, id=f"{op.name}-{i}")
+              for op in all_ops() if op.onnx is not None for i, example in enumerate(op.examples)]
+
+
+@pytest.mark.parametrize("opdef,example", EXPORTABLE)
+def test_every_exportable_op_matches_its_reference_in_onnxruntime(opdef, example, rng):
+    """Each op's ONNX form, on each of its examples, against its numpy reference."""
+    from graphconv.params import normalize_params
+
+    params = normalize_params(opdef, example.params)
+    weights = opdef.seeded_weights(params, example.inputs, rng)
+    xs = [rng.standard_normal((example.batch, *shape)).astype(np.float32) for shape in example.inputs]
+    names = [f"x{i}" for i in range(len(xs))]
+    writer = OnnxWriter()
+    if opdef.name == "lrn" and params["size"] % 2 == 0:
+        with pytest.raises(GraphconvError, match="even size"):
+            writer.write("y", opdef, params, weights, names)
+        return
+    if opdef.name == "avgpool" and not params["count_include_pad"] and params["padding"][0] >= params["kernel_size"][0]:
+        with pytest.raises(GraphconvError, match="narrower than its padding"):
+            writer.write("y", opdef, params, weights, names)
+        return
+    writer.write("y", opdef, params, weights, names)
+    helper = onnx.helper
+    graph = helper.make_graph(
+        writer.nodes, "one", [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, list(x.shape))
+                              for n, x in zip(names, xs)],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], writer.initializers)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", EXPORT_OPSET)])
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = session.run(None, dict(zip(names, xs)))[0]
+    np.testing.assert_allclose(out, opdef.reference(params, weights, xs), **TOLERANCE)
+
+
+def test_cli_export_then_onnxruntime(tmp_path, rng):
+    folder = tmp_path / "fcn"
+    compiled = subprocess.run([sys.executable, "-m", "graphconv", "compile", SPECS / "lenet.yaml", "-o", folder],
+                              capture_output=True, text=True)
+    assert compiled.returncode == 0, compiled.stderr
+    out = tmp_path / "fcn.onnx"
+    result = subprocess.run([sys.executable, "-m", "graphconv", "export", folder, "-o", out],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    model = Model.load(folder)
+    x = rng.standard_normal((1, model.crop_shape[0], 64, 80)).astype(np.float32)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    onnx_map = session.run(None, {session.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(onnx_map, full_map(model, x), **TOLERANCE)
+
+
+def test_cli_export_of_a_shift_and_stitch_model_is_exit_2_and_writes_nothing(tmp_path):
+    folder = tmp_path / "s"
+    subprocess.run([sys.executable, "-m", "graphconv", "compile", SPECS / "lenet.yaml", "-o", folder,
+                    "--output-stride", "2", "--stride-method", "shift"], check=True, capture_output=True)
+    result = subprocess.run([sys.executable, "-m", "graphconv", "export", folder, "-o", tmp_path / "s.onnx"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "--stride-method dilate" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert not (tmp_path / "s.onnx").exists()
+
+
+def test_save_onnx_writes_a_loadable_file(tmp_path):
+    model = compile_model(SPECS / "lenet.yaml")
+    save_onnx(model.graph, tmp_path / "m.onnx")
+    onnx.checker.check_model(onnx.load(str(tmp_path / "m.onnx")))
