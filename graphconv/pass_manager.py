@@ -37,8 +37,8 @@ from graphconv.ir import Graph
 from graphconv.shapes import infer_shapes
 
 ENTRY_POINT_GROUP = "graphconv.passes"
-DEFAULT_PIPELINE = ("shape-inference", "remove-dropout", "dead-node-elimination", "fc-to-conv",
-                    "fuse-conv-relu")
+DEFAULT_PIPELINE = ("shape-inference", "remove-dropout", "dead-node-elimination", "fold-batchnorm",
+                    "global-pool-to-window", "remove-flatten", "fc-to-conv", "fuse-conv-relu")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,11 @@ For every node: the field's size, the cumulative stride between neighbouring cel
 and the offset of cell (0, 0)'s field (negative where padding reaches outside the
 image), per axis (h, w). The score map of a converted classifier has cell (i, j)
 looking at the box [offset + i*stride, offset + i*stride + size) on each axis.
+
+A pool's `ceil_mode` changes none of this: its windows start where floor mode's do, it
+only adds a last window hanging off the map's end, whose box reaches past the image just
+as a padded layer's first box reaches before it. Layers that see their whole input
+(fc, globalavgpool, flatten) have a window of the input's size at the crop, stride 1.
 """
 from __future__ import annotations
 

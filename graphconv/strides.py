@@ -18,10 +18,11 @@ what each choice costs. Both live here so library code never imports a pass.
 """
 from __future__ import annotations
 
+import math
 from math import gcd
 
 from graphconv.cost import total_flops
-from graphconv.errors import GraphconvError, shown
+from graphconv.errors import GraphconvError, ShapeError, shown
 from graphconv.ir import Graph
 from graphconv.ops import pair
 from graphconv.receptive import receptive_fields, total_stride
@@ -45,38 +46,80 @@ def stitch_factor(graph: Graph, stride: int) -> tuple[int, int]:
 
 
 def dilate(graph: Graph, stride: int) -> None:
-    """Rewrite every windowed layer for cumulative strides gcd(c, stride) (see module doc)."""
+    """Rewrite every windowed layer for cumulative strides gcd(c, stride) (see module doc).
+
+    Raises GraphconvError, naming the layer, for what has no dilated form: a layer whose
+    window is its whole input (fc, globalavgpool, flatten: their own passes make them
+    slide first), and a ceil-mode pool that the rewrite must change and whose ceil mode
+    adds a window at the crop size. That window hangs off the crop's end; the
+    finer-strided, dilated pool has no such window, so its map would come out shorter
+    than the crop's (the IR check fails) and the cells at the image's right edge would
+    be missing. A ceil-mode pool that adds no window at the crop is a floor-mode pool
+    for every cell of the crop grid (a crop inside the image never reads a window
+    hanging off it), so it is rewritten as one."""
     fields = receptive_fields(graph)
     for node in graph.layers():
-        window = node.opdef.window(node.params, [s.shape for s in node.inputs])
+        in_shapes = [s.shape for s in node.inputs]
+        window = node.opdef.window(node.params, in_shapes)
         if window is None:
             continue
         c_in = fields[node.inputs[0].name].stride
         c_out = fields[node.name].stride
         rate = [c_in[a] // gcd(c_in[a], stride) for a in (0, 1)]
-        new_stride = [gcd(c_out[a], stride) // gcd(c_in[a], stride) for a in (0, 1)]
-        graph.set_params(node,
-                         stride=tuple(new_stride),
+        new_stride = tuple(gcd(c_out[a], stride) // gcd(c_in[a], stride) for a in (0, 1))
+        if rate == [1, 1] and new_stride == tuple(window.stride):
+            continue  # before the stride is cut: the layer stays as it is
+        if not {"stride", "dilation", "padding"} <= set(node.params):
+            raise node.error(f"{node.op} covers its whole input and cannot be dilated: compile with "
+                             f"{_SLIDING_PASS.get(node.op, 'a pass that makes it slide')} first")
+        changes = {}
+        if node.params.get("ceil_mode"):
+            if _ceil_adds_window(node, in_shapes):
+                raise node.error("a ceil_mode pool whose last window hangs off the crop cannot be dilated "
+                                 "(the finer pool has no such window); use --stride-method shift")
+            changes["ceil_mode"] = False
+        graph.set_params(node, **changes,
+                         stride=new_stride,
                          dilation=tuple(pair(node.params["dilation"])[a] * rate[a] for a in (0, 1)),
                          padding=tuple(pair(node.params["padding"])[a] * rate[a] for a in (0, 1)))
 
 
+_SLIDING_PASS = {"fc": "fc-to-conv", "globalavgpool": "global-pool-to-window", "flatten": "remove-flatten"}
+
+
+def _ceil_adds_window(node, in_shapes) -> bool:
+    """Whether a ceil-mode pool has more windows at the crop size than in floor mode."""
+    floor_params = {**node.params, "ceil_mode": False}
+    try:
+        floor = node.opdef.shape(floor_params, in_shapes)
+    except ShapeError:
+        return True  # only ceil mode fits a window in at all
+    return floor != node.opdef.shape(node.params, in_shapes)
+
+
 def cheaper_method(graph: Graph, stride: int) -> str:
-    """Pick the method with fewer FLOPs on an image a few strides larger than the crop."""
+    """Pick the method with fewer FLOPs on an image a few strides larger than the crop
+    (shift when the network cannot be dilated)."""
     flops = method_flops(graph, stride)
     return "dilate" if flops["dilate"] <= flops["shift"] else "shift"
 
 
-def method_flops(graph: Graph, stride: int, image_hw: tuple[int, int] | None = None) -> dict[str, int]:
-    """FLOPs per image of both methods for an image of `image_hw` (default: crop + 4 strides)."""
+def method_flops(graph: Graph, stride: int, image_hw: tuple[int, int] | None = None) -> dict[str, float]:
+    """FLOPs per image of both methods for an image of `image_hw` (default: crop + 4 strides).
+    A network `dilate` refuses (a ceil-mode pool hanging off the crop, say) costs
+    infinitely many by that method, so a comparison never picks it and a report still has
+    the shift figure to show."""
     fy, fx = stitch_factor(graph, stride)
     total = total_stride(graph)
     if image_hw is None:
         image_hw = (graph.input_shape[1] + 4 * total[0], graph.input_shape[2] + 4 * total[1])
     dilated = graph.copy()
-    dilate(dilated, stride)
-    return {"shift": fy * fx * total_flops(graph, image_hw),
-            "dilate": total_flops(dilated, image_hw)}
+    try:
+        dilate(dilated, stride)
+        dilated_flops = total_flops(dilated, image_hw)
+    except GraphconvError:
+        dilated_flops = math.inf
+    return {"shift": fy * fx * total_flops(graph, image_hw), "dilate": dilated_flops}
 
 
 def insert_stitch(graph: Graph, factor: tuple[int, int], step: int) -> None:

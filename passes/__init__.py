@@ -8,9 +8,12 @@ from . import (  # noqa: F401
     conv_to_fc,
     dead_node_elimination,
     fc_to_conv,
+    fold_batchnorm,
     fuse_conv_relu,
+    global_pool_to_window,
     output_stride,
     receptive_field,
     remove_dropout,
+    remove_flatten,
     shape_inference,
 )

@@ -118,3 +118,58 @@ def test_shift_and_stitch_on_images_shorter_than_its_largest_shift(size, write_s
     fine = graphconv.compile_model(spec, output_stride=1, stride_method="shift")
     x = random_input(rng, (1, 1, size, size))
     np.testing.assert_allclose(fine.run(x), crop_loop(classifier, x, 1), atol=1e-5)
+
+
+def ceil_net(crop):
+    """Unpadded, with two ceil-mode pools: on a crop of 13 their ceil mode adds no window
+    (13 -> 12 -> 6 -> 5 -> 2 either way); on 14 both add one that hangs off the crop."""
+    return f"""
+        name: ceilnet
+        input: {{shape: [2, {crop}, {crop}]}}
+        layers:
+          - {{name: c1, op: conv, out_channels: 4, kernel_size: 2}}
+          - {{name: p1, op: maxpool, kernel_size: 2, stride: 2, ceil_mode: true}}
+          - {{name: c2, op: conv, out_channels: 4, kernel_size: 2}}
+          - {{name: p2, op: avgpool, kernel_size: 3, stride: 2, ceil_mode: true, count_include_pad: false}}
+          - {{name: fc, op: fc, out_features: 3}}
+    """
+
+
+@pytest.mark.parametrize("method", ["dilate", "shift"])
+@pytest.mark.parametrize("stride", [2, 1])
+def test_ceil_mode_pools_that_add_no_window_at_the_crop_equal_the_crop_loop(method, stride, write_spec, rng):
+    """No crop of the crop grid reads a window hanging off it, so the dilated rewrite may
+    make such a pool a floor-mode one, and both methods equal the crop loop."""
+    classifier = graphconv.load(write_spec(ceil_net(13)))
+    fine = graphconv.compile_model(classifier.graph, output_stride=stride, stride_method=method)
+    if method == "dilate":
+        assert fine.graph.node("p2").params["ceil_mode"] is False and fine.graph.node("p2").params["stride"] == (1, 1)
+    for extra in [(0, 0), (1, 2), (5, 7), (8, 3)]:
+        image = random_input(rng, (1, 2, 13 + extra[0], 13 + extra[1]))
+        np.testing.assert_allclose(fine.run(image), crop_loop(classifier, image, stride), rtol=1e-4, atol=1e-5)
+
+
+def test_ceil_mode_pool_hanging_off_the_crop_is_not_dilated(write_spec, rng):
+    """A ceil-mode window hanging off the crop has no dilated form (the finer pool's map
+    would come out shorter than the crop's): dilate says so, auto picks shift, and
+    inspect's cost table still works."""
+    spec = write_spec(ceil_net(14))
+    with pytest.raises(GraphconvError, match="layer 'p2': a ceil_mode pool whose last window hangs off the "
+                                             "crop cannot be dilated.*--stride-method shift"):
+        graphconv.compile_model(spec, output_stride=2, stride_method="dilate")
+    fine = graphconv.compile_model(spec, output_stride=2)
+    assert fine.graph.meta["compiled"]["stride_method"] == "shift"
+    flops = method_flops(graphconv.compile_model(spec).graph, 2)
+    assert flops["dilate"] == float("inf") and flops["shift"] > 0
+    image = random_input(rng, (1, 2, 22, 19))
+    assert fine.run(image).shape == (1, 3, 5, 3)
+
+
+def test_windows_of_the_whole_input_are_refused_by_dilate(write_spec):
+    """An fc, globalavgpool or flatten has no stride to cut: dilate names the pass that
+    makes it slide rather than breaking the IR."""
+    from graphconv.strides import dilate
+    graph = graphconv.compile_model(SPECS / "lenet.yaml", "shape-inference").graph
+    with pytest.raises(GraphconvError, match="layer 'fc3': fc covers its whole input and cannot be dilated: "
+                                             "compile with fc-to-conv first"):
+        dilate(graph, 2)

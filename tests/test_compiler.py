@@ -1,0 +1,105 @@
+"""The default pipeline on a ResNet-style classifier, end to end: batchnorms folded, the
+global pool made a window, the flatten dropped, the fc made a conv; at the crop the
+output is the classifier's, and on a larger image the map is what PyTorch computes for
+the same converted network, built from the classifier's own (unfolded) weights."""
+import numpy as np
+import pytest
+
+import graphconv
+from graphconv.receptive import receptive_fields
+from graphconv.shapes import infer_shapes
+from graphconv.torch_bridge import torch
+from conftest import random_input
+
+# A stem (conv, batchnorm, ReLU, max pool), a basic block and a downsampling block with
+# a projection shortcut, a ReLU6 (clip), then global pool, flatten and fc: ResNet-18's
+# shape, at a 32 x 28 crop that the global pool sees as a 4 x 4 map (total stride 8).
+RESNET = """
+name: tinyresnet
+input: {name: data, shape: [3, 32, 28]}
+layers:
+  - {name: conv1, op: conv, out_channels: 8, kernel_size: 3, stride: 2, padding: 1, bias: false}
+  - {name: bn1, op: batchnorm}
+  - {name: relu1, op: relu}
+  - {name: pool1, op: maxpool, kernel_size: 3, stride: 2, padding: 1}
+  - {name: b1_conv1, op: conv, out_channels: 8, kernel_size: 3, padding: 1, bias: false}
+  - {name: b1_bn1, op: batchnorm}
+  - {name: b1_relu, op: relu}
+  - {name: b1_conv2, op: conv, out_channels: 8, kernel_size: 3, padding: 1, bias: false}
+  - {name: b1_bn2, op: batchnorm}
+  - {name: b1_add, op: add, inputs: [b1_bn2, pool1]}
+  - {name: b1_out, op: relu}
+  - {name: b2_conv1, op: conv, out_channels: 16, kernel_size: 3, stride: 2, padding: 1, bias: false}
+  - {name: b2_bn1, op: batchnorm}
+  - {name: b2_relu, op: clip, min: 0, max: 6}
+  - {name: b2_conv2, op: conv, out_channels: 16, kernel_size: 3, padding: 1, bias: false}
+  - {name: b2_bn2, op: batchnorm, eps: 0.001}
+  - {name: b2_down, op: conv, out_channels: 16, kernel_size: 1, stride: 2, bias: false, inputs: [b1_out]}
+  - {name: b2_down_bn, op: batchnorm}
+  - {name: b2_add, op: add, inputs: [b2_bn2, b2_down_bn]}
+  - {name: b2_out, op: relu}
+  - {name: gap, op: globalavgpool}
+  - {name: flat, op: flatten}
+  - {name: fc, op: fc, out_features: 10}
+"""
+torch_only = pytest.mark.skipif(torch is None, reason="torch not installed")
+
+
+def torch_converted(graph, x: np.ndarray) -> np.ndarray:
+    """The classifier as PyTorch would run it converted by hand: every layer by its
+    PyTorch equivalent (batchnorms with their statistics, unfolded), but the global pool
+    as avg_pool2d over its crop-size window at stride 1, no flatten, and the fc as a conv
+    with its weight reshaped to the crop's C x H x W."""
+    import torch.nn.functional as F
+    crop = infer_shapes(graph)
+    values = {graph.input.name: torch.from_numpy(x)}
+    with torch.no_grad():
+        for node in graph.layers():
+            args = [values[i.name] for i in node.inputs]
+            weights = {k: torch.from_numpy(v) for k, v in node.weights.items()}
+            in_shape = crop[node.inputs[0].name]
+            if node.op == "globalavgpool":
+                values[node.name] = F.avg_pool2d(args[0], in_shape[1:], stride=1)
+            elif node.op == "flatten":
+                values[node.name] = args[0]
+            elif node.op == "fc":
+                weight = weights["weight"].reshape(node.params["out_features"], *in_shape)
+                values[node.name] = F.conv2d(args[0], weight, weights.get("bias"))
+            else:
+                values[node.name] = node.opdef.torch(node.params, weights, args)
+    return values[graph.output.name].numpy()
+
+
+def test_default_pipeline_converts_a_resnet(write_spec):
+    compiled = graphconv.compile_model(write_spec(RESNET)).graph
+    ops = [n.op for n in compiled.layers()]
+    assert "batchnorm" not in ops and "globalavgpool" not in ops and "flatten" not in ops and "fc" not in ops
+    assert compiled.node("gap").op == "avgpool" and compiled.node("gap").params["kernel_size"] == (4, 4)
+    assert compiled.node("conv1").params["activation"] == "relu"  # conv -> bn -> relu is one conv
+    assert len(ops) == 14  # from 23: six batchnorms, the flatten and two ReLUs gone
+
+
+def test_at_the_crop_the_output_is_the_classifiers(write_spec, rng):
+    classifier = graphconv.load(write_spec(RESNET))
+    fcn = graphconv.compile_model(classifier.graph)
+    x = random_input(rng, (4, 3, 32, 28))
+    want = classifier.run(x)
+    assert want.shape == (4, 10, 1, 1)
+    np.testing.assert_allclose(fcn.run(x), want, rtol=1e-4, atol=1e-5)
+
+
+@torch_only
+@pytest.mark.parametrize("size", [(32, 28), (40, 28), (77, 64), (128, 96)])
+def test_on_a_larger_image_the_map_is_pytorchs(write_spec, rng, size):
+    classifier = graphconv.load(write_spec(RESNET))
+    fcn = graphconv.compile_model(classifier.graph)
+    x = random_input(rng, (2, 3, *size))
+    want = torch_converted(classifier.graph, x)
+    rows, cols = fcn.map_size(*size)
+    assert want.shape[2] >= rows and want.shape[3] >= cols
+    got = fcn.run(x)
+    assert got.shape == (2, 10, rows, cols)
+    np.testing.assert_allclose(got, want[:, :, :rows, :cols], rtol=1e-4, atol=1e-4)
+    assert fcn.output_stride == (8, 8)
+    field = receptive_fields(fcn.graph)[fcn.graph.output.name]
+    assert field.stride == (8, 8) and field.size[0] >= 32

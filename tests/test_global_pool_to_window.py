@@ -1,0 +1,97 @@
+"""global-pool-to-window: a globalavgpool becomes an avgpool whose window is its input at
+the crop size, stride 1, so a ResNet-style classifier slides over larger images."""
+import numpy as np
+import pytest
+
+import graphconv
+from graphconv.cli import main
+from graphconv.errors import GraphconvError
+from graphconv.receptive import receptive_fields
+from graphconv.runtime import Executor
+from graphconv.torch_bridge import torch
+from conftest import random_input
+
+# a crop of 22x18: the global pool sees 5x4 (not square, so h and w cannot be swapped)
+GLOBAL = """
+name: global
+input: {shape: [3, 22, 18]}
+layers:
+  - {name: c1, op: conv, out_channels: 6, kernel_size: 3, padding: 1, stride: 2}
+  - {name: r1, op: relu}
+  - {name: c2, op: conv, out_channels: 8, kernel_size: 3, padding: 1, stride: 2}
+  - {name: gap, op: globalavgpool}
+  - {name: fc, op: fc, out_features: 4}
+"""
+torch_only = pytest.mark.skipif(torch is None, reason="torch not installed")
+
+
+def test_the_pool_becomes_a_window_of_its_crop_input(write_spec):
+    graph = graphconv.compile_model(write_spec(GLOBAL), "global-pool-to-window").graph
+    pool = graph.node("gap")
+    assert pool.op == "avgpool" and pool.shape == (8, 1, 1)
+    assert pool.params["kernel_size"] == (6, 5) and pool.params["stride"] == (1, 1)
+    assert pool.params["padding"] == (0, 0) and pool.params["ceil_mode"] is False
+
+
+def test_same_output_at_the_crop(write_spec, rng):
+    classifier = graphconv.load(write_spec(GLOBAL))
+    fcn = graphconv.compile_model(classifier.graph)
+    assert not fcn.graph.find("globalavgpool") and not fcn.graph.find("fc")
+    x = random_input(rng, (3, 3, 22, 18))
+    np.testing.assert_allclose(fcn.run(x), classifier.run(x), rtol=1e-5, atol=1e-6)
+
+
+@torch_only
+@pytest.mark.parametrize("extra", [(4, 0), (13, 9), (40, 31)])
+def test_a_larger_image_gives_pytorchs_sliding_window(write_spec, rng, extra):
+    """The dense map equals PyTorch running the classifier with its global pool replaced
+    by avg_pool2d of the crop's window at stride 1 and the fc as the conv it is."""
+    import torch.nn.functional as F
+    classifier = graphconv.load(write_spec(GLOBAL))
+    fcn = graphconv.compile_model(classifier.graph)
+    x = random_input(rng, (2, 3, 22 + extra[0], 18 + extra[1]))
+    w = {n.name: {k: torch.from_numpy(v) for k, v in n.weights.items()} for n in classifier.graph.layers()}
+    with torch.no_grad():
+        t = F.relu(F.conv2d(torch.from_numpy(x), w["c1"]["weight"], w["c1"]["bias"], stride=2, padding=1))
+        t = F.conv2d(t, w["c2"]["weight"], w["c2"]["bias"], stride=2, padding=1)
+        t = F.avg_pool2d(t, (6, 5), stride=1)
+        t = F.conv2d(t, w["fc"]["weight"].reshape(4, 8, 1, 1), w["fc"]["bias"])
+    want = t.numpy()
+    got = Executor(fcn.graph).run(x)
+    assert got.shape == want.shape and got.shape[2] > 1
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    rows, cols = fcn.map_size(*x.shape[2:])
+    np.testing.assert_allclose(fcn.run(x), want[:, :, :rows, :cols], rtol=1e-4, atol=1e-5)
+
+
+def test_receptive_field_and_inspect(write_spec, tmp_path, capsys):
+    spec = write_spec(GLOBAL)
+    classifier = graphconv.load(spec)
+    fields = receptive_fields(classifier.graph)
+    assert fields["gap"].stride == (4, 4)  # the global pool's window is its whole input, stride 1
+    fcn = graphconv.compile_model(spec)
+    field = receptive_fields(fcn.graph)["fc"]
+    assert field == fields["fc"]  # the same cell, now one of many
+    assert fcn.output_stride == (4, 4) and field.size == (27, 23) and field.offset == (-3, -3)
+    assert fcn.map_size(54, 50) == (9, 9)
+    fcn.save(tmp_path / "m")
+    assert main(["inspect", str(tmp_path / "m"), "--input-size", "54", "50"]) == 0
+    text = capsys.readouterr().out
+    assert "gap" in text and "avgpool" in text and "score map: (9, 9) cells at output stride 4" in text
+
+
+def test_a_finer_output_stride_dilates_the_window(write_spec, rng):
+    """After the rewrite the pool is an ordinary stride-1 avgpool: output-stride 2 dilates
+    it (by 2) like any other window, and shift-and-stitch agrees away from the padding."""
+    spec = write_spec(GLOBAL)
+    dilated = graphconv.compile_model(spec, output_stride=2, stride_method="dilate")
+    assert dilated.graph.node("gap").params["dilation"] == (2, 2)
+    shifted = graphconv.compile_model(spec, output_stride=2, stride_method="shift")
+    x = random_input(rng, (1, 3, 40, 36))
+    a, b = dilated.run(x), shifted.run(x)
+    assert a.shape == b.shape == (1, 4, 10, 10)
+
+
+def test_output_stride_before_the_rewrite_is_refused(write_spec):
+    with pytest.raises(GraphconvError, match="layer 'gap' is still globalavgpool: run global-pool-to-window first"):
+        graphconv.compile_model(write_spec(GLOBAL), "shape-inference,fc-to-conv", output_stride=2)

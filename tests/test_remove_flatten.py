@@ -1,0 +1,84 @@
+"""remove-flatten: a flatten that only fcs read (they flatten in the same order) or that
+sees a C x 1 x 1 map changes nothing at the crop, and goes, so the network can slide."""
+import numpy as np
+import pytest
+
+import graphconv
+from graphconv.dense import crop_loop
+from graphconv.errors import GraphconvError
+from graphconv.receptive import total_stride
+from conftest import random_input
+
+FLATTEN_FC = """
+name: flatten_fc
+input: {shape: [2, 11, 9]}
+layers:
+  - {name: c1, op: conv, out_channels: 4, kernel_size: 3, stride: 2}
+  - {name: flat, op: flatten}
+  - {name: fc1, op: fc, out_features: 6}
+  - {name: fc2, op: fc, out_features: 6, inputs: [flat]}
+  - {name: sum, op: add, inputs: [fc1, fc2]}
+"""
+
+FLATTEN_KEPT = """
+name: flatten_kept
+input: {shape: [2, 8, 8]}
+layers:
+  - {name: c1, op: conv, out_channels: 3, kernel_size: 3, stride: 3}
+  - {name: flat, op: flatten}
+  - {name: r, op: relu}
+  - {name: fc, op: fc, out_features: 5}
+"""
+
+FLATTEN_LAST = """
+name: flatten_last
+input: {shape: [2, 8, 8]}
+layers:
+  - {name: c1, op: conv, out_channels: 3, kernel_size: 4, stride: 4}
+  - {name: pool, op: globalavgpool}
+  - {name: flat, op: flatten}
+"""
+
+
+def test_flatten_before_fcs_goes_and_they_become_convs(write_spec, rng):
+    """Through compile: the flatten goes, both fcs become 4x4 convs over c1's map, the
+    output at the crop is unchanged and on a larger image it is the crop loop."""
+    classifier = graphconv.load(write_spec(FLATTEN_FC))
+    fcn = graphconv.compile_model(classifier.graph)
+    assert "flat" not in fcn.graph and not fcn.graph.find("fc")
+    assert fcn.graph.node("fc1").params["kernel_size"] == (5, 4)
+    assert [n.name for n in fcn.graph.node("fc2").inputs] == ["c1"]
+    x = random_input(rng, (2, 2, 11, 9))
+    np.testing.assert_allclose(fcn.run(x), classifier.run(x), rtol=1e-5, atol=1e-5)
+    big = random_input(rng, (1, 2, 11 + 8, 9 + 6))
+    stride = total_stride(fcn.graph)
+    np.testing.assert_allclose(fcn.run(big), crop_loop(classifier, big, stride), rtol=1e-4, atol=1e-5)
+    assert fcn.run(big).shape == (1, 6, 5, 4)
+
+
+def test_flatten_read_by_other_layers_stays(write_spec, rng):
+    classifier = graphconv.load(write_spec(FLATTEN_KEPT))
+    compiled = graphconv.compile_model(classifier.graph)
+    assert compiled.graph.node("flat").op == "flatten" and compiled.graph.node("fc").op == "conv"
+    x = random_input(rng, (2, 2, 8, 8))
+    np.testing.assert_allclose(compiled.run(x), classifier.run(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(GraphconvError, match="layer 'flat' is still flatten: run remove-flatten first"):
+        graphconv.compile_model(classifier.graph, output_stride=1)
+
+
+def test_flatten_of_a_one_cell_map_goes_even_as_the_output(write_spec, rng):
+    """After a global pool the flatten is the identity at the crop: without it, the
+    converted network answers a larger image with a map rather than one long vector."""
+    classifier = graphconv.load(write_spec(FLATTEN_LAST))
+    fcn = graphconv.compile_model(classifier.graph)
+    assert [n.op for n in fcn.graph.layers()] == ["conv", "avgpool"] and fcn.graph.output.name == "pool"
+    x = random_input(rng, (2, 2, 8, 8))
+    np.testing.assert_allclose(fcn.run(x), classifier.run(x), rtol=1e-6)
+    big = random_input(rng, (1, 2, 16, 12))
+    np.testing.assert_allclose(fcn.run(big), crop_loop(classifier, big, 4), rtol=1e-5, atol=1e-6)
+
+
+def test_a_flatten_that_is_the_output_of_a_larger_map_stays(write_spec):
+    graph = graphconv.compile_model(write_spec(FLATTEN_KEPT.replace("  - {name: r, op: relu}\n", "")
+                                                .replace("  - {name: fc, op: fc, out_features: 5}\n", ""))).graph
+    assert graph.output.op == "flatten" and graph.output.shape == (12, 1, 1)
