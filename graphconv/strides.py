@@ -26,6 +26,7 @@ from graphconv.errors import GraphconvError, ShapeError, shown
 from graphconv.ir import Graph
 from graphconv.ops import pair
 from graphconv.receptive import receptive_fields, total_stride
+from graphconv.shapes import infer_shapes
 
 METHODS = ("auto", "dilate", "shift")
 
@@ -58,8 +59,9 @@ def dilate(graph: Graph, stride: int) -> None:
     for every cell of the crop grid (a crop inside the image never reads a window
     hanging off it), so it is rewritten as one."""
     fields = receptive_fields(graph)
+    crop = infer_shapes(graph, check_weights=False)  # the graph's as it was: annotations may be absent
     for node in graph.layers():
-        in_shapes = [s.shape for s in node.inputs]
+        in_shapes = [crop[s.name] for s in node.inputs]
         window = node.opdef.window(node.params, in_shapes)
         if window is None:
             continue

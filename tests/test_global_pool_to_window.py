@@ -95,3 +95,12 @@ def test_a_finer_output_stride_dilates_the_window(write_spec, rng):
 def test_output_stride_before_the_rewrite_is_refused(write_spec):
     with pytest.raises(GraphconvError, match="layer 'gap' is still globalavgpool: run global-pool-to-window first"):
         graphconv.compile_model(write_spec(GLOBAL), "shape-inference,fc-to-conv", output_stride=2)
+
+
+def test_inspect_of_an_unconverted_global_pool(write_spec, capsys):
+    """Before the rewrite a global pool has no dilated form: inspect's table of finer
+    strides shows dilation as impossible (inf) instead of failing, on a graph whose
+    nodes carry no shape annotations."""
+    spec = write_spec(GLOBAL.replace("  - {name: fc, op: fc, out_features: 4}\n", ""))
+    assert main(["inspect", str(spec)]) == 0
+    assert "--output-stride 2: dilate inf" in capsys.readouterr().out
