@@ -222,6 +222,25 @@ def _add_plugin_option(parser: argparse.ArgumentParser) -> None:
 
 # ---- commands -----------------------------------------------------------------------------
 
+def load_model(args: argparse.Namespace, path: str):
+    """The Model a command works on, with --weights, --labels and --crop-size applied;
+    says on stderr, once, when its weights are seeded."""
+    from graphconv.model import Model
+
+    model = Model.load(path, weights=args.weights, labels=args.labels, crop_size=args.crop_size)
+    note_seeded_weights(model.graph)
+    return model
+
+
+def note_seeded_weights(graph) -> None:
+    """The one note for a network without trained weights (a spec that names no weights
+    file, or a model compiled from one, which records `seeded_weights: true`): on stderr,
+    so that stdout stays the command's result."""
+    if graph.meta.get("seeded_weights"):
+        print(f"note: {graph.name} has no weights file; using deterministic seeded (random) weights",
+              file=sys.stderr)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from graphconv.model import Model, as_batch
 
@@ -231,7 +250,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise GraphconvError("--flip and --reduce apply to --scales runs")
     for path in filter(None, (args.output, args.heatmap_out)):
         check_writable(path)
-    model = Model.load(args.model, weights=args.weights, labels=args.labels, crop_size=args.crop_size)
+    model = load_model(args, args.model)
     if args.image:
         from graphconv import images
         picture = images.load_image(args.image, args.resize, channels=model.crop_shape[0])
@@ -250,8 +269,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     out = model.run(x, args.device, profile)
     seconds = time.perf_counter() - start
-    if model.seeded_weights:
-        print("note: the spec names no weights file; ran with deterministic seeded weights")
     print(f"output shape {tuple(out.shape)} in {seconds * 1e3:.1f} ms"
           f" on {model.executor(args.device).device}")
     if profile is not None:
@@ -354,6 +371,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     check_model_target(args.output)
     source = load_spec(args.spec, weights=args.weights, labels=args.labels, crop_size=args.crop_size)
+    note_seeded_weights(source)
     graph, records = compile_graph(source, args.passes, output_stride=args.output_stride,
                                    stride_method=args.stride_method, verify_each=not args.no_verify,
                                    print_ir_before=set(args.print_ir_before),
@@ -373,7 +391,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from graphconv.model import Model
     from graphconv.inspect_report import inspect_report
 
-    model = Model.load(args.model, weights=args.weights, labels=args.labels, crop_size=args.crop_size)
+    model = load_model(args, args.model)
     hw = tuple(args.input_size) if args.input_size else None
     size = hw or model.crop_shape[1:]
     if args.profile:
@@ -396,7 +414,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from graphconv.dense import CROPS_PER_BATCH, verify
     from graphconv.model import Model
 
-    original = Model.load(args.spec, weights=args.weights, labels=args.labels, crop_size=args.crop_size)
+    original = load_model(args, args.spec)
     compiled = compile_model(original.graph, output_stride=args.output_stride,
                              stride_method=args.stride_method)
     c = original.crop_shape[0]
@@ -443,13 +461,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     from graphconv.model import Model
 
     check_writable(args.output)
-    model = Model.load(args.model, weights=args.weights, labels=args.labels, crop_size=args.crop_size)
+    model = load_model(args, args.model)
     save_onnx(model.graph, args.output)
     if "compiled" not in model.graph.meta:
         print(f"note: {args.model} is not compiled; exported the network as written (graphconv "
               "compile it first for the fully convolutional network)", file=sys.stderr)
-    if model.seeded_weights:
-        print("note: the network has deterministic seeded weights, not trained ones", file=sys.stderr)
     print(f"exported {args.model} -> {args.output} (ONNX op set 19; input N x "
           f"{model.crop_shape[0]} x H x W)")
     return 0

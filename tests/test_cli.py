@@ -1,4 +1,5 @@
 """The command line as a user drives it: outputs, exit codes, and nothing written on error."""
+import importlib.util
 import subprocess
 import sys
 
@@ -18,7 +19,8 @@ def test_run_spec_on_array(tmp_path, capsys):
     assert run_cli("run", SPECS / "lenet.yaml", "--input", tmp_path / "in.npy", "--output", tmp_path / "out.npy") == 0
     out = np.load(tmp_path / "out.npy")
     assert out.shape == (2, 10, 1, 1) and np.allclose(out.sum(axis=1), 1, atol=1e-5)
-    assert "seeded weights" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "seeded (random) weights" in captured.err and "seeded" not in captured.out
 
 
 def test_compile_then_run_dense(tmp_path, capsys):
@@ -194,3 +196,27 @@ def test_a_grey_model_takes_an_image(tmp_path):
                            "--resize", 32, 32, "--output", tmp_path / "o.npy")
     assert result.returncode == 0, result.stderr
     assert np.load(tmp_path / "o.npy").shape == (1, 10, 1, 1)
+
+
+SEEDED_NOTE = "note: lenet has no weights file; using deterministic seeded (random) weights"
+
+
+def test_seeded_weights_are_announced_once_on_stderr_by_every_command(tmp_path):
+    """A spec without weights, and a model compiled from one (it records
+    `seeded_weights: true`), say so once, on stderr, whatever the command."""
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 32, 32), np.float32))
+    commands = [("compile", SPECS / "lenet.yaml", "-o", tmp_path / "m"),
+                ("run", SPECS / "lenet.yaml", "--input", tmp_path / "x.npy"),
+                ("run", tmp_path / "m", "--input", tmp_path / "x.npy"),
+                ("inspect", tmp_path / "m"),
+                ("export", tmp_path / "m", "-o", tmp_path / "m.onnx")]
+    if importlib.util.find_spec("onnx") is None:
+        commands.pop()
+    for command in commands:
+        result = graphconv_cli(*command)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.count(SEEDED_NOTE) == 1, (command, result.stderr)
+        assert "note:" not in result.stdout, command  # (inspect's table header says it too)
+    assert "seeded_weights: true" in (tmp_path / "m" / "model.yaml").read_text()
+    trained = graphconv_cli("inspect", SPECS / "digits.yaml")
+    assert trained.returncode == 0 and "seeded" not in trained.stderr + trained.stdout
