@@ -86,6 +86,21 @@ class Model:
         """(top, left, bottom, right) in input pixels of the field of score-map cell (i, j)."""
         return self.field.box(i, j)
 
+    @property
+    def output_channels(self) -> int:
+        """Channels of the output: the number of classes of a classifier's score map."""
+        from graphconv.shapes import infer_shapes
+        return infer_shapes(self.graph, check_weights=False)[self.graph.output.name][0]
+
+    def output_hw(self, height: int, width: int) -> tuple[int, int]:
+        """Rows and columns of what `run` returns for an image of height x width: the
+        network's map, cut to the crop grid (`map_size`), from shapes alone."""
+        from graphconv.shapes import infer_shapes
+
+        rows, cols = self.map_size(height, width)
+        _, full_rows, full_cols = infer_shapes(self.graph, (height, width), check_weights=False)[self.graph.output.name]
+        return min(rows, full_rows), min(cols, full_cols)
+
     def map_size(self, height: int, width: int) -> tuple[int, int]:
         """Rows and columns of the score map for an image of height x width."""
         _, hc, wc = self.crop_shape

@@ -17,6 +17,7 @@ import numpy as np
 from graphconv.errors import GraphconvError
 from graphconv.frontends.onnx import require_onnx
 from graphconv.ir import Graph, Node
+from graphconv.shapes import infer_shapes
 
 EXPORT_OPSET = 19  # AveragePool takes dilations from 19 on (the dilated stride rewrite makes them)
 
@@ -88,7 +89,7 @@ def to_onnx_model(graph: Graph):
     for node in graph.layers():
         writer.write_layer(node)
     c = graph.input_shape[0]
-    out_c = graph.output.shape[0] if graph.output.shape else None
+    out_c = infer_shapes(graph, check_weights=False)[graph.output.name][0]
     inputs = [helper.make_tensor_value_info(graph.input.name, onnx.TensorProto.FLOAT, ["N", c, "H", "W"])]
     outputs = [helper.make_tensor_value_info(graph.output.name, onnx.TensorProto.FLOAT,
                                              ["N", out_c, "rows", "cols"])]

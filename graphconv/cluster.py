@@ -1,0 +1,173 @@
+"""Tiles and images on a Dask cluster: the same tile plan, the same result, more machines.
+
+`graphconv run MODEL --image BIG --tile N --workers 4` starts a `LocalCluster` on this
+machine (the embedded default); `--scheduler tcp://host:port` uses a running cluster
+instead. The client plans the tiles (graphconv.tiling) and writes the map; each worker
+loads the model once (from the same path, so the files must be reachable from the
+workers), reads its tile's input box itself, and sends back only its block of scores.
+Many images (`--images 'photos/*.jpg' --output-dir maps/`) go one task per image, each
+written by its worker; a failed image is reported and the others are kept.
+
+Dask (`dask[distributed]`) is the optional `scale` extra.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from graphconv.errors import GraphconvError
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """How a worker loads the model: what `Model.load` was given."""
+
+    path: str
+    weights: str | None = None
+    labels: str | None = None
+    crop_size: tuple[int, int] | None = None
+
+    def load(self):
+        from graphconv.model import Model
+        return Model.load(self.path, weights=self.weights, labels=self.labels, crop_size=self.crop_size)
+
+
+@dataclass(frozen=True)
+class MapOptions:
+    """What each tile's block goes through before it is sent back (graphconv.tiling.map_transform)."""
+
+    reduce: str | None = None
+    classes: tuple[int, ...] | None = None
+    device: str = "cpu"
+
+
+_WORKER_MODELS: dict[ModelRef, Any] = {}
+
+
+def _worker_model(ref: ModelRef):
+    """One Model per worker process, loaded on its first task."""
+    if ref not in _WORKER_MODELS:
+        from graphconv.process import configure_process
+        configure_process()
+        _WORKER_MODELS[ref] = ref.load()
+    return _WORKER_MODELS[ref]
+
+
+def client_for(workers: int | None, scheduler: str | None):
+    """A dask.distributed Client: a running cluster at `scheduler`, or a LocalCluster of
+    `workers` processes sharing this machine's cores (numba threads split between them)."""
+    from graphconv.sources import require
+    distributed = require("distributed")
+    if scheduler:
+        try:
+            return distributed.Client(scheduler, timeout="10s")
+        except OSError as err:
+            raise GraphconvError(f"cannot reach the Dask scheduler at {scheduler}: {err}") from None
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(threads))
+    cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, silence_logs=40)
+    return distributed.Client(cluster)
+
+
+def _tile_block(ref: ModelRef, image: str, box: tuple[int, int, int, int], rows, cols,
+                options: MapOptions) -> np.ndarray:
+    """On a worker: one tile's block of the map, transformed."""
+    from graphconv.sources import open_source
+    from graphconv.tiling import Tile, _cells_of, map_transform
+
+    model = _worker_model(ref)
+    source = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"))
+    x = source.read(*box)
+    full = model.executor(options.device).run(x[None] if x.ndim == 3 else x)
+    block = _cells_of(full, Tile(rows, cols, box), model.field)
+    transform, _, _ = map_transform(options.reduce, options.classes, model.output_channels)
+    return np.ascontiguousarray(block if transform is None else transform(block))
+
+
+def run_tiles_on_cluster(client, ref: ModelRef, image: str, plan, out, options: MapOptions,
+                         progress: Callable[[Any], None] | None = None):
+    """Every tile of `plan` as a task; blocks written into `out` as they arrive."""
+    from distributed import as_completed
+
+    futures = {client.submit(_tile_block, ref, image, t.box, t.rows, t.cols, options, pure=False): t
+               for t in plan.tiles}
+    for future in as_completed(futures):
+        tile = futures[future]
+        out[:, :, tile.rows[0]:tile.rows[1], tile.cols[0]:tile.cols[1]] = future.result()
+        if progress is not None:
+            progress(tile)
+    return out
+
+
+@dataclass
+class ImageResult:
+    image: str
+    output: str | None = None
+    shape: tuple[int, ...] | None = None
+    error: str | None = None
+
+
+def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile: int | None) -> ImageResult:
+    """On a worker (or here): one image's map, written atomically to `output`; any user
+    error is returned, not raised, so one bad image does not stop the others."""
+    from graphconv.cli import user_message
+    from graphconv.files import atomic_write
+    from graphconv.sources import open_source
+    from graphconv.tiling import map_transform, run_tiled
+
+    try:
+        model = _worker_model(ref)
+        source = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"))
+        transform, _, _ = map_transform(options.reduce, options.classes, model.output_channels)
+        if tile is None:
+            x = source.read(0, 0, source.height, source.width)
+            result = model.run(x[None] if x.ndim == 3 else x, options.device)
+            result = result if transform is None else transform(result)
+        else:
+            result = run_tiled(model, source, tile, device=options.device, transform=transform)
+        atomic_write(output, lambda p: np.save(p, result), suffix=".npy")
+        return ImageResult(image, output, tuple(result.shape))
+    except (GraphconvError, OSError, MemoryError, ValueError) as err:
+        return ImageResult(image, error=user_message(err))
+
+
+def run_images(ref: ModelRef, images: Sequence[str], output_dir: str, options: MapOptions,
+               tile: int | None = None, client=None,
+               progress: Callable[[ImageResult], None] | None = None) -> list[ImageResult]:
+    """Each image's map to `output_dir/<stem>.npy`, on the cluster when `client` is given."""
+    outputs = _output_names(images, output_dir)
+    results = []
+    if client is None:
+        for image, output in zip(images, outputs):
+            results.append(_one_image(ref, image, output, options, tile))
+            if progress is not None:
+                progress(results[-1])
+        return results
+    from distributed import as_completed
+
+    futures = [client.submit(_one_image, ref, image, output, options, tile, pure=False)
+               for image, output in zip(images, outputs)]
+    for future in as_completed(futures):
+        results.append(future.result())
+        if progress is not None:
+            progress(results[-1])
+    order = {image: i for i, image in enumerate(images)}
+    return sorted(results, key=lambda r: order[r.image])
+
+
+def _output_names(images: Sequence[str], output_dir: str) -> list[str]:
+    """`<stem>.npy` per image; images sharing a stem get their folder's name in front."""
+    stems = [Path(p).stem for p in images]
+    names = []
+    for path, stem in zip(images, stems):
+        if stems.count(stem) > 1:
+            stem = f"{Path(path).parent.name}_{stem}"
+        names.append(str(Path(output_dir) / f"{stem}.npy"))
+    if len(set(names)) != len(names):
+        raise GraphconvError("several images would write the same output name; give them distinct names")
+    return names

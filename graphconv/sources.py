@@ -1,0 +1,157 @@
+"""Images read a box at a time, for tiled evaluation (graphconv.tiling).
+
+* TIFF and BigTIFF, tiled or striped, through `tifffile` (level 0 of a pyramid, i.e. a
+  whole-slide image's full resolution): only the TIFF tiles under a box are decoded, so
+  memory does not grow with the image.
+* zarr arrays (a `.zarr` folder): read lazily the same way.
+* Everything else through Pillow (graphconv.images.load_image): PNG and JPEG have no
+  random access, so these are decoded whole, within the memory budget, then cut.
+
+Every source gives (C, h, w) float32 boxes with the model's `preprocess` applied, the
+values on 0..255 as `load_image` gives them (16-bit and float data scaled the same way).
+tifffile and zarr are the optional `scale` extra (`pip install 'graphconv[scale]'`).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from graphconv.errors import GraphconvError
+
+TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf8")
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, what Pillow's "L" uses
+
+
+def require(module: str):
+    """An optional dependency of tiled runs, or a clear message on how to get it."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise GraphconvError(f"this needs the {module} package: pip install 'graphconv[scale]'") from None
+
+
+class _Preprocessed:
+    """Shared by the sources: channel checks and the spec's preprocess on each box."""
+
+    def __init__(self, path: str, channels: int, preprocess: dict | None):
+        self.path, self.channels, self.preprocess = path, channels, preprocess
+
+    def _finish(self, chw: np.ndarray) -> np.ndarray:
+        from graphconv.images import preprocess
+        return np.ascontiguousarray(preprocess(chw.astype(np.float32, copy=False), self.preprocess),
+                                    dtype=np.float32)
+
+
+class PillowSource(_Preprocessed):
+    """An ordinary image, decoded whole by graphconv.images.load_image, then cut."""
+
+    def __init__(self, path: str, channels: int, preprocess: dict | None):
+        super().__init__(path, channels, preprocess)
+        from graphconv.images import load_image
+        self.pixels = load_image(path, None, channels)
+        _, self.height, self.width = self.pixels.shape
+
+    def read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
+        return self._finish(self.pixels[:, top:bottom, left:right])
+
+
+class ArrayLikeSource(_Preprocessed):
+    """A lazily read (H, W), (H, W, C) or (C, H, W) array: a zarr array, or a TIFF's
+    level 0 seen through tifffile's zarr store. Integer data is scaled to 0..255 as
+    load_image scales it (16-bit / 257); float data is taken as 0..1."""
+
+    def __init__(self, path: str, array, channels: int, preprocess: dict | None):
+        super().__init__(path, channels, preprocess)
+        self.array = array
+        self.layout = _layout(array.shape, channels, path)
+        if self.layout == "hw":
+            self.height, self.width = array.shape
+        elif self.layout == "hwc":
+            self.height, self.width = array.shape[:2]
+        else:
+            self.height, self.width = array.shape[1:]
+        self.scale = _to_255(np.dtype(array.dtype), path)
+
+    def read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
+        if self.layout == "hw":
+            chw = np.asarray(self.array[top:bottom, left:right])[None]
+        elif self.layout == "hwc":
+            chw = np.asarray(self.array[top:bottom, left:right]).transpose(2, 0, 1)
+        else:
+            chw = np.asarray(self.array[:, top:bottom, left:right])
+        chw = chw.astype(np.float32) * self.scale
+        if self.channels == 1 and chw.shape[0] >= 3:
+            chw = np.tensordot(LUMA, chw[:3], axes=1)[None]  # as Pillow's "L" conversion
+        elif chw.shape[0] == 1 and self.channels == 3:
+            chw = np.repeat(chw, 3, axis=0)
+        return self._finish(chw[:self.channels])
+
+
+def _layout(shape, channels: int, path: str) -> str:
+    if len(shape) == 2:
+        return "hw"
+    if len(shape) == 3 and shape[2] in (1, 3, 4) and shape[0] not in (1, 3, 4):
+        return "hwc"
+    if len(shape) == 3 and shape[0] in (1, 3, 4):
+        return "chw"
+    if len(shape) == 3 and shape[2] in (1, 3, 4):
+        return "hwc"
+    raise GraphconvError(f"an image array of shape {tuple(shape)}: expected (H, W), (H, W, C) or "
+                         f"(C, H, W) with C of 1, 3 or 4", file=path)
+
+
+def _to_255(dtype: np.dtype, path: str) -> float:
+    if dtype == np.uint8:
+        return 1.0
+    if dtype == np.uint16:
+        return 1.0 / 257.0
+    if np.issubdtype(dtype, np.floating):
+        return 255.0
+    raise GraphconvError(f"pixel type {dtype} is not supported (8- or 16-bit integers, or floats on 0..1)",
+                         file=path)
+
+
+def open_source(path: str | os.PathLike, channels: int, preprocess: dict | None):
+    """The right source for `path`: TIFF and zarr lazily, other images through Pillow."""
+    path = str(path)
+    suffix = Path(path).suffix.lower()
+    folder = Path(path)
+    if suffix == ".zarr" or (folder.is_dir() and ((folder / ".zarray").exists() or (folder / "zarr.json").exists())):
+        zarr = require("zarr")
+        try:
+            array = zarr.open_array(path, mode="r")
+        except Exception as err:  # zarr raises several types for a folder that is not an array
+            raise GraphconvError(f"cannot open as a zarr array: {err}", file=path) from None
+        return _checked(ArrayLikeSource(path, array, channels, preprocess), channels)
+    if suffix in TIFF_SUFFIXES:
+        return _checked(_tiff_source(path, channels, preprocess), channels)
+    return PillowSource(path, channels, preprocess)
+
+
+def _tiff_source(path: str, channels: int, preprocess: dict | None) -> ArrayLikeSource:
+    tifffile = require("tifffile")
+    zarr = require("zarr")
+    if not Path(path).is_file():
+        raise GraphconvError("image not found", file=path)
+    try:
+        tif = tifffile.TiffFile(path)
+        series = tif.series[0]
+        level = series.levels[0] if getattr(series, "levels", None) else series
+        store = level.aszarr()
+        array = zarr.open_array(store, mode="r")
+    except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as err:
+        raise GraphconvError(f"cannot read as a TIFF image: {err}", file=path) from None
+    source = ArrayLikeSource(path, array, channels, preprocess)
+    source.tiff = tif  # keep the file open as long as the source lives
+    return source
+
+
+def _checked(source: ArrayLikeSource, channels: int) -> ArrayLikeSource:
+    have = 1 if source.layout == "hw" else (source.array.shape[2] if source.layout == "hwc"
+                                            else source.array.shape[0])
+    if have < channels and not (have == 1 and channels == 3):
+        raise GraphconvError(f"has {have} channel(s); the model takes {channels}", file=source.path)
+    return source

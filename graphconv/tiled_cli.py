@@ -1,0 +1,181 @@
+"""`graphconv run --image BIG --tile N ...` and `graphconv run --images GLOB ...`: the CLI
+side of tiled evaluation (graphconv.tiling) and of Dask runs (graphconv.cluster).
+
+A run is tiled when asked (--tile, --workers, --reduce argmax, --classes, a .zarr
+output), when the image is read lazily (TIFF, zarr), or when the whole-image pass would
+not fit the memory budget (then with a one-line note saying so). Progress goes to
+stderr as a tqdm bar when stderr is a terminal (tqdm is in the `scale` extra), never
+with --quiet.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from graphconv.errors import GraphconvError
+from graphconv.memory import format_size, memory_limit, run_estimate
+
+
+def wants_tiles(args: argparse.Namespace, model) -> bool:
+    if args.tile or args.workers or args.scheduler or args.reduce == "argmax" or args.classes:
+        return True
+    if args.output and args.output.rstrip("/").lower().endswith(".zarr"):
+        return True
+    from graphconv.sources import TIFF_SUFFIXES
+    if Path(args.image).suffix.lower() in TIFF_SUFFIXES + (".zarr",) or Path(args.image).is_dir():
+        return True
+    if args.resize:
+        return False
+    height, width = _image_size(args.image)
+    return run_estimate(model.graph, 1, (height, width)) > memory_limit()
+
+
+def _image_size(path: str) -> tuple[int, int]:
+    """(H, W) from the file's header, without decoding it."""
+    try:
+        from PIL import Image
+        with Image.open(path) as img:
+            return img.size[1], img.size[0]
+    except Exception:  # whatever is wrong with the file, the whole-image path reports it
+        return 0, 0
+
+
+def run_tiled_command(args: argparse.Namespace, model) -> int:
+    from graphconv.sources import open_source
+    from graphconv.tiling import MapFile, choose_tile, map_transform, plan_tiles, run_tiled
+
+    if args.resize or args.scales or args.heatmap is not None or args.profile:
+        raise GraphconvError("--resize, --scales, --heatmap and --profile take a whole-image run "
+                             "(drop --tile, --workers, --reduce argmax, --classes and .zarr outputs)")
+    source = open_source(args.image, model.crop_shape[0], model.graph.meta.get("preprocess"))
+    image_hw = (source.height, source.width)
+    tile = args.tile
+    if tile is None:
+        whole = run_estimate(model.graph, 1, image_hw)
+        tile = choose_tile(model, image_hw, memory_limit())
+        if whole > memory_limit():
+            print(f"note: the whole {image_hw[0]}x{image_hw[1]} image would need {format_size(whole)}, over "
+                  f"the {format_size(memory_limit())} budget: evaluating it in exact tiles of {tile}x{tile} "
+                  "pixels", file=sys.stderr)
+    plan = plan_tiles(model, image_hw, tile)
+    classes = model.output_channels
+    transform, channels, dtype = map_transform(args.reduce, args.classes, classes)
+    shape = (1, channels, *plan.map_hw)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    if not args.output and nbytes > memory_limit() // 4:
+        raise GraphconvError(f"the score map is {format_size(nbytes)}: give --output MAP.npy or MAP.zarr "
+                             "(written tile by tile), or make it smaller with --reduce argmax or --classes")
+    print(f"tiles: {plan.describe()}", file=sys.stderr)
+    start = time.perf_counter()
+    with _progress(args, len(plan.tiles), "tiles", sum(t.pixels for t in plan.tiles)) as advance:
+        on_tile = lambda t: advance(1, t.pixels)
+        if args.output:
+            with MapFile(args.output, shape, dtype, chunk_hw=plan.cells_hw) as out:
+                _compute(args, model, source, plan, tile, out, transform, on_tile)
+        else:
+            out = np.empty(shape, dtype)
+            _compute(args, model, source, plan, tile, out, transform, on_tile)
+    seconds = time.perf_counter() - start
+    print(f"output shape {shape} ({dtype}) in {seconds:.2f} s over {len(plan.tiles)} tile(s)")
+    if args.top and args.reduce != "argmax":
+        from graphconv.cli import print_top
+        scores = np.load(args.output, mmap_mode="r") if args.output and not args.output.endswith(".zarr") else out
+        print_top(np.asarray(scores).mean(axis=(2, 3)), args.top, model.graph.meta.get("labels"))
+    if args.output:
+        print(f"-> {args.output}")
+    return 0
+
+
+def _compute(args, model, source, plan, tile, out, transform, on_tile) -> None:
+    from graphconv.tiling import run_tiled
+
+    if args.workers or args.scheduler:
+        from graphconv.cluster import MapOptions, ModelRef, client_for, run_tiles_on_cluster
+        options = MapOptions(args.reduce if args.reduce == "argmax" else None,
+                             tuple(args.classes) if args.classes else None, args.device)
+        with client_for(args.workers or 1, args.scheduler) as client:
+            run_tiles_on_cluster(client, _model_ref(args), str(Path(args.image).resolve()), plan, out,
+                                 options, on_tile)
+    else:
+        run_tiled(model, source, tile, out=out, device=args.device, transform=transform, progress=on_tile)
+
+
+def _model_ref(args: argparse.Namespace):
+    from graphconv.cluster import ModelRef
+
+    absolute = lambda p: str(Path(p).resolve()) if p else None
+    return ModelRef(absolute(args.model), absolute(args.weights), absolute(args.labels),
+                    tuple(args.crop_size) if args.crop_size else None)
+
+
+def run_images_command(args: argparse.Namespace) -> int:
+    """One map per image; a bad image is reported on stderr, the others are written.
+    Exit status 2 when any image failed."""
+    from graphconv.cluster import MapOptions, client_for, run_images
+
+    if not args.output_dir:
+        raise GraphconvError("--images needs --output-dir")
+    if args.output or args.heatmap is not None or args.scales or args.resize or args.profile:
+        raise GraphconvError("--images writes one map per image into --output-dir; --output, --heatmap, "
+                             "--scales, --resize and --profile take one --image")
+    images = sorted(glob.glob(args.images))
+    if not images:
+        raise GraphconvError(f"--images {args.images!r} matches no file")
+    ref = _model_ref(args)
+    ref.load()  # a bad model is one error here, not one per image
+    options = MapOptions(args.reduce if args.reduce == "argmax" else None,
+                         tuple(args.classes) if args.classes else None, args.device)
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with _progress(args, len(images), "images", None) as advance:
+        progress = lambda result: advance(1, 0)
+        if args.workers or args.scheduler:
+            with client_for(args.workers or 1, args.scheduler) as client:
+                results = run_images(ref, images, args.output_dir, options, args.tile, client, progress)
+        else:
+            results = run_images(ref, images, args.output_dir, options, args.tile, None, progress)
+    failed = [r for r in results if r.error]
+    for result in failed:
+        print(f"graphconv: {result.image}: {result.error}", file=sys.stderr)
+    print(f"{len(results) - len(failed)} of {len(results)} image(s) -> {args.output_dir} in "
+          f"{time.perf_counter() - start:.1f} s")
+    return 2 if failed else 0
+
+
+class _progress:
+    """A tqdm bar on stderr (tiles or images done, pixels per second, time left), or
+    nothing when stderr is not a terminal, with --quiet, or without tqdm."""
+
+    def __init__(self, args, total: int, unit: str, pixels: int | None):
+        self.bar = None
+        if getattr(args, "quiet", False) or not sys.stderr.isatty():
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return
+        self.bar = tqdm(total=total, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
+        self.pixels, self.start = 0, time.perf_counter()
+        self.show_rate = pixels is not None
+
+    def __enter__(self):
+        return self.advance
+
+    def advance(self, count: int, pixels: int) -> None:
+        if self.bar is None:
+            return
+        self.pixels += pixels
+        if self.show_rate:
+            rate = self.pixels / max(time.perf_counter() - self.start, 1e-9) / 1e6
+            self.bar.set_postfix_str(f"{rate:.2f} Mpx/s", refresh=False)
+        self.bar.update(count)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+        return False

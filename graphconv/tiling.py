@@ -1,0 +1,304 @@
+"""Exact tiled evaluation: the whole-image score map, computed tile by tile in bounded memory.
+
+Why it is exact (and MONAI-style sliding windows are not): graphconv knows each score
+cell's receptive field, `offset + i * stride` to `+ size` on each axis. A tile whose
+input box starts at a multiple of every layer's cumulative stride (`align`) computes,
+at every layer, the same grid as the whole image does, shifted by a whole number of
+cells; so every output cell whose field lies inside the tile's box gets exactly the
+whole-image value, and the network's zero padding is seen only where the box touches
+the true image border (where the whole-image pass sees it too). Each tile therefore
+writes its own block of the map: no blending, no count buffers, and the only extra
+work is the halo, the `size - stride` pixels neighbouring tiles both read.
+
+The plan is a list of `Tile`s: the block of output cells each one writes and the input
+box it reads. `run_tiled` runs them through the model's Executor (one plan per tile
+size, buffers reused) and writes each block into `out`, which may be a numpy array, a
+memory-mapped `.npy` or a zarr array. `graphconv.sources` reads images lazily, so
+neither the input nor the output needs to fit in memory.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+import numpy as np
+
+from graphconv.errors import GraphconvError
+from graphconv.receptive import Field, receptive_fields
+
+
+class Source(Protocol):
+    """An image read a box at a time (graphconv.sources has the implementations)."""
+
+    height: int
+    width: int
+    channels: int
+
+    def read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
+        """(C, bottom - top, right - left) float32, preprocessed as the model expects."""
+
+
+@dataclass(frozen=True)
+class Tile:
+    rows: tuple[int, int]  # output cells [start, stop) this tile writes
+    cols: tuple[int, int]
+    box: tuple[int, int, int, int]  # input pixels it reads: top, left, bottom, right (exclusive)
+
+    @property
+    def pixels(self) -> int:
+        top, left, bottom, right = self.box
+        return (bottom - top) * (right - left)
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    image_hw: tuple[int, int]
+    map_hw: tuple[int, int]  # the whole-image pass's score map (what Model.run returns)
+    tile_hw: tuple[int, int]  # the largest input box a tile reads
+    cells_hw: tuple[int, int]  # output cells per full tile
+    field: Field
+    align: tuple[int, int]
+    tiles: tuple[Tile, ...]
+
+    @property
+    def halo(self) -> tuple[int, int]:
+        """Input pixels two neighbouring tiles both read, per axis."""
+        return tuple(int(max(0, self.field.size[a] - self.field.stride[a])) for a in (0, 1))
+
+    @property
+    def overhead(self) -> float:
+        """Input pixels read by all tiles over the image's: what tiling costs in extra work."""
+        return sum(t.pixels for t in self.tiles) / (self.image_hw[0] * self.image_hw[1])
+
+    def describe(self) -> str:
+        (th, tw), (ch, cw) = self.tile_hw, self.cells_hw
+        return (f"{len(self.tiles)} tile(s) of up to {th}x{tw} pixels, {ch}x{cw} score cells each; "
+                f"halo {self.halo[0]}x{self.halo[1]} px, tiles aligned to {self.align[0]}x{self.align[1]} px; "
+                f"{self.overhead:.2f}x the image's pixels computed")
+
+
+def alignment(graph) -> tuple[int, int]:
+    """The least common multiple of every layer's cumulative stride, per axis: a tile
+    starting at a multiple of it sees every layer's grid as the whole image does."""
+    align = [1, 1]
+    for field in receptive_fields(graph).values():
+        for a in (0, 1):
+            stride = field.stride[a]
+            if isinstance(stride, Fraction) and stride.denominator != 1:
+                continue  # after interleave: finer than the coarse grid that sets the tiles
+            align[a] = math.lcm(align[a], int(stride))
+    return align[0], align[1]
+
+
+def min_tile(model) -> tuple[int, int]:
+    """The smallest tile (input pixels per axis) that holds one score cell wherever it lies."""
+    field, align = model.field, alignment(model.graph)
+    return tuple(int(field.size[a] + _slack(field, align, a)) for a in (0, 1))
+
+
+def plan_tiles(model, image_hw: tuple[int, int], tile: int | Sequence[int]) -> TilePlan:
+    """Tiles of at most `tile` input pixels per axis covering `model.run`'s map of an
+    image of `image_hw` (the crop grid; see Model.map_size)."""
+    tile_hw = (tile, tile) if isinstance(tile, int) else tuple(tile)
+    field, align = model.field, alignment(model.graph)
+    smallest = min_tile(model)
+    if tile_hw[0] < smallest[0] or tile_hw[1] < smallest[1]:
+        raise GraphconvError(f"--tile {tile_hw[0]}x{tile_hw[1]} is too small for this network: each "
+                             f"tile needs one {field.size[0]}x{field.size[1]} receptive field plus "
+                             f"its alignment to {align[0]}x{align[1]} px; the smallest tile that works "
+                             f"is {max(smallest)} (or {smallest[0]}x{smallest[1]})")
+    map_hw = model.output_hw(*image_hw)
+    cells = tuple(_cells_per_tile(tile_hw[a], field, align, a) for a in (0, 1))
+    row_spans = list(_spans(map_hw[0], cells[0]))
+    col_spans = list(_spans(map_hw[1], cells[1]))
+    tiles = tuple(Tile(rows, cols, _box(field, align, rows, cols, image_hw))
+                  for rows in row_spans for cols in col_spans)
+    largest = (max(t.box[2] - t.box[0] for t in tiles), max(t.box[3] - t.box[1] for t in tiles))
+    return TilePlan(tuple(image_hw), map_hw, largest, cells, field, align, tiles)
+
+
+def _cells_per_tile(tile: int, field: Field, align, axis: int) -> int:
+    """Cells whose fields fit a tile of `tile` pixels whatever its aligned start."""
+    stride = field.stride[axis]
+    return int((tile - field.size[axis] - _slack(field, align, axis)) // stride) + 1
+
+
+def _slack(field: Field, align, axis: int) -> int:
+    """How far past its aligned start a tile's first field can begin: the largest
+    (offset + k * stride) mod align over the cells."""
+    stride, offset = int(field.stride[axis]), int(field.offset[axis])
+    return max((offset + k * stride) % align[axis] for k in range(align[axis] // math.gcd(stride, align[axis])))
+
+
+def _spans(total: int, step: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, total, step):
+        yield start, min(total, start + step)
+
+
+def _box(field: Field, align, rows, cols, image_hw) -> tuple[int, int, int, int]:
+    """The input box a tile reads: from the first cell's field start, rounded down to the
+    alignment (at least 0, the image's true border), to the last cell's field end (at most
+    the image's end)."""
+    box = []
+    for a, (start, stop) in enumerate((rows, cols)):
+        first = field.offset[a] + start * field.stride[a]
+        last_end = field.offset[a] + (stop - 1) * field.stride[a] + field.size[a]
+        box.append((max(0, (first // align[a]) * align[a]), min(image_hw[a], int(math.ceil(last_end)))))
+    (top, bottom), (left, right) = box
+    return top, left, bottom, right
+
+
+def run_tiled(model, source: Source | np.ndarray, tile: int | Sequence[int], *, out: Any = None,
+              device: str = "cpu", transform: Callable[[np.ndarray], np.ndarray] | None = None,
+              progress: Callable[[Tile], None] | None = None) -> Any:
+    """The map `model.run` gives for the whole image, computed tile by tile.
+
+    `source`: a (N, C, H, W) float32 array (already preprocessed) or a Source. `out`: where
+    to write the map (a numpy array, np.memmap or zarr array of the shape and dtype the
+    result has); a new numpy array when None. `transform` maps each tile's (N, K, r, c)
+    block before it is written (e.g. keep some classes, or argmax); `progress` is called
+    after each tile."""
+    source = as_source(source)
+    plan = plan_tiles(model, (source.height, source.width), tile)
+    executor = model.executor(device)
+    for tile_ in plan.tiles:
+        top, left, bottom, right = tile_.box
+        x = source.read(top, left, bottom, right)
+        x = x[None] if x.ndim == 3 else x
+        full = executor.run(x)
+        block = _cells_of(full, tile_, plan.field)
+        if transform is not None:
+            block = transform(block)
+        if out is None:
+            out = np.empty((block.shape[0], block.shape[1], *plan.map_hw), block.dtype)
+        out[:, :, tile_.rows[0]:tile_.rows[1], tile_.cols[0]:tile_.cols[1]] = block
+        if progress is not None:
+            progress(tile_)
+    return out
+
+
+def _cells_of(full: np.ndarray, tile: Tile, field: Field) -> np.ndarray:
+    """The tile's own cells of the map it computed: its box starts `box / stride` cells
+    into the whole image's map (a whole number: boxes start on the alignment)."""
+    first_row = int(Fraction(tile.box[0]) / Fraction(field.stride[0]))
+    first_col = int(Fraction(tile.box[1]) / Fraction(field.stride[1]))
+    r0, r1 = tile.rows[0] - first_row, tile.rows[1] - first_row
+    c0, c1 = tile.cols[0] - first_col, tile.cols[1] - first_col
+    if r1 > full.shape[2] or c1 > full.shape[3] or r0 < 0 or c0 < 0:
+        raise AssertionError(f"tile {tile} computed a {full.shape[2]}x{full.shape[3]} map, too small for "
+                             f"its cells: the tile plan is wrong")
+    return full[:, :, r0:r1, c0:c1]
+
+
+class ArraySource:
+    """An in-memory (N, C, H, W) or (C, H, W) float32 array, already preprocessed."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array if array.ndim == 4 else array[None]
+        _, self.channels, self.height, self.width = self.array.shape
+
+    def read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
+        return np.ascontiguousarray(self.array[:, :, top:bottom, left:right], dtype=np.float32)
+
+
+def as_source(source) -> Source:
+    return ArraySource(source) if isinstance(source, np.ndarray) else source
+
+
+# ---- what a tiled run writes ------------------------------------------------------------------------
+
+def map_transform(reduce: str | None = None, classes: Sequence[int] | None = None,
+                  num_classes: int | None = None) -> tuple[Callable[[np.ndarray], np.ndarray] | None, int, np.dtype]:
+    """The per-tile transform that makes a huge map small, with the channel count and
+    dtype it produces: `classes` keeps those score channels; `reduce="argmax"` keeps the
+    winning class per cell as uint16 (one channel)."""
+    if classes is not None and num_classes is not None:
+        bad = [c for c in classes if not 0 <= c < num_classes]
+        if bad:
+            raise GraphconvError(f"--classes {','.join(map(str, bad))}: the model has {num_classes} classes")
+    index = np.asarray(classes, np.intp) if classes is not None else None
+    if reduce == "argmax":
+        if num_classes is not None and num_classes > 65535:
+            raise GraphconvError(f"--reduce argmax writes uint16 class indices; the model has {num_classes} classes")
+
+        def argmax(block: np.ndarray) -> np.ndarray:
+            scores = block if index is None else block[:, index]
+            winners = scores.argmax(axis=1)
+            return (winners if index is None else index[winners]).astype(np.uint16)[:, None]
+        return argmax, 1, np.dtype(np.uint16)
+    if index is not None:
+        return (lambda block: block[:, index]), len(index), np.dtype(np.float32)
+    return None, num_classes or 0, np.dtype(np.float32)
+
+
+class MapFile:
+    """A score map written tile by tile into a file that appears only when complete:
+    `.npy` (memory-mapped, so it need not fit in memory) or a chunked `.zarr` array
+    (N, K, rows, cols). Used as a context manager: the file is renamed into place on
+    success and removed on failure, so nothing is left half-written."""
+
+    def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype, chunk_hw: tuple[int, int]):
+        from graphconv.files import check_writable
+        self.path, self.shape, self.dtype, self.chunk_hw = str(path), tuple(shape), np.dtype(dtype), chunk_hw
+        self.is_zarr = self.path.rstrip("/").lower().endswith(".zarr")
+        if not self.is_zarr:
+            check_writable(self.path)
+        self.array = None
+        self._tmp = None
+
+    def __enter__(self):
+        import os
+        import uuid
+        target = os.path.abspath(self.path.rstrip("/"))
+        folder = os.path.dirname(target)
+        os.makedirs(folder, exist_ok=True)
+        self._tmp = os.path.join(folder, f".{os.path.basename(target)}.{uuid.uuid4().hex[:8]}.partial")
+        if self.is_zarr:
+            from graphconv.sources import require
+            zarr = require("zarr")
+            chunks = (1, min(self.shape[1], 64), *self.chunk_hw)
+            self.array = zarr.open_array(self._tmp, mode="w", shape=self.shape, chunks=chunks, dtype=self.dtype)
+        else:
+            self.array = np.lib.format.open_memmap(self._tmp, mode="w+", dtype=self.dtype, shape=self.shape)
+        return self.array
+
+    def __exit__(self, kind, value, traceback):
+        import os
+        import shutil
+        target = os.path.abspath(self.path.rstrip("/"))
+        if kind is None:
+            if not self.is_zarr:
+                self.array.flush()
+            del self.array
+            if self.is_zarr and os.path.isdir(target):
+                shutil.rmtree(target)
+            os.replace(self._tmp, target)
+        else:
+            self.array = None
+            if os.path.isdir(self._tmp):
+                shutil.rmtree(self._tmp, ignore_errors=True)
+            elif os.path.exists(self._tmp):
+                os.unlink(self._tmp)
+        return False
+
+
+def choose_tile(model, image_hw: tuple[int, int], budget: int, batch: int = 1) -> int:
+    """The largest square tile, on the alignment grid, whose run fits half the memory
+    budget (the rest is for the weights' copies, the source and the output): what a run
+    without --tile uses when the whole image would not fit."""
+    from graphconv.memory import run_estimate
+
+    align = max(alignment(model.graph))
+    low = max(min_tile(model))
+    high = max(image_hw) + align
+    if run_estimate(model.graph, batch, (low, low)) > budget // 2:
+        raise GraphconvError(f"even the smallest tile ({low}x{low}) needs more memory than the budget allows")
+    while high - low > align:
+        mid = (low + high) // 2
+        if run_estimate(model.graph, batch, (mid, mid)) <= budget // 2:
+            low = mid
+        else:
+            high = mid
+    return low

@@ -1,0 +1,171 @@
+"""Tiled evaluation is exact: for every kind of network graphconv compiles (unpadded,
+padded, dilated, shift-and-stitch, global pooling made dense, DAGs) and many tile sizes
+(the smallest that works, ones that do not divide the image, images barely larger than
+a crop), the stitched map equals the whole-image pass."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from graphconv.compiler import compile_model
+from graphconv.errors import GraphconvError
+from graphconv.tiling import MapFile, map_transform, min_tile, plan_tiles, run_tiled
+
+from conftest import SPECS
+from nets import UNPADDED
+
+PADDED = """
+name: padded
+input: {name: data, shape: [3, 30, 26]}
+layers:
+  - {name: c1, op: conv, out_channels: 6, kernel_size: 5, stride: 2, padding: 2}
+  - {name: r1, op: relu}
+  - {name: p1, op: maxpool, kernel_size: 3, stride: 2, padding: 1, ceil_mode: true}
+  - {name: c2, op: conv, out_channels: 8, kernel_size: 3, padding: [1, 2], dilation: [1, 2]}
+  - {name: a1, op: avgpool, kernel_size: 2, count_include_pad: false, padding: 1}
+  - {name: fc1, op: fc, out_features: 5}
+"""
+
+RESNETISH = """
+name: resnetish
+input: {name: data, shape: [3, 32, 32]}
+layers:
+  - {name: stem, op: conv, out_channels: 8, kernel_size: 3, stride: 2, padding: 1, bias: false}
+  - {name: bn, op: batchnorm}
+  - {name: relu, op: relu}
+  - {name: c1, op: conv, out_channels: 8, kernel_size: 3, padding: 1}
+  - {name: sum, op: add, inputs: [relu, c1]}
+  - {name: down, op: conv, out_channels: 12, kernel_size: 3, stride: 2, padding: 1}
+  - {name: gap, op: globalavgpool}
+  - {name: flat, op: flatten}
+  - {name: fc, op: fc, out_features: 4}
+"""
+
+NETWORKS = {
+    **{name: (text, {}) for name, text in UNPADDED.items()},
+    "padded": (PADDED, {}),
+    "resnetish": (RESNETISH, {}),
+    "padded-dilated": (PADDED, {"output_stride": 4, "stride_method": "dilate"}),
+    "strided-shift": (UNPADDED["strided"], {"output_stride": 2, "stride_method": "shift"}),
+    "dag-dilated": (UNPADDED["dag"], {"output_stride": 1, "stride_method": "dilate"}),
+}
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            text, options = NETWORKS[name]
+            path = tmp_path_factory.mktemp(name) / "net.yaml"
+            path.write_text(text)
+            cache[name] = compile_model(path, **options)
+        return cache[name]
+    return get
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+@pytest.mark.parametrize("extra", [(0, 0), (1, 3), (45, 38)])
+def test_tiled_equals_whole_for_every_kind_of_network(compiled, name, extra, rng):
+    model = compiled(name)
+    _, hc, wc = model.crop_shape
+    x = rng.standard_normal((2, model.crop_shape[0], hc + extra[0], wc + extra[1])).astype(np.float32)
+    whole = model.run(x)
+    smallest = max(min_tile(model))
+    for tile in (smallest, smallest + 7, 3 * smallest + 1, 10_000):
+        tiled = run_tiled(model, x, tile)
+        assert tiled.shape == whole.shape
+        np.testing.assert_allclose(tiled, whole, rtol=1e-4, atol=1e-5, err_msg=f"tile {tile}")
+
+
+@settings(max_examples=25, deadline=None)
+@given(height=st.integers(0, 60), width=st.integers(0, 60), tile_h=st.integers(0, 40),
+       tile_w=st.integers(0, 40))
+def test_tiled_equals_whole_over_sizes_and_rectangular_tiles(height, width, tile_h, tile_w):
+    model = _PADDED_MODEL()
+    _, hc, wc = model.crop_shape
+    x = np.random.default_rng(height * 61 + width).standard_normal((1, 3, hc + height, wc + width)).astype(np.float32)
+    low_h, low_w = min_tile(model)
+    tiled = run_tiled(model, x, (low_h + tile_h, low_w + tile_w))
+    np.testing.assert_allclose(tiled, model.run(x), rtol=1e-4, atol=1e-5)
+
+
+def _PADDED_MODEL(cache={}):
+    if "model" not in cache:
+        import tempfile
+        from pathlib import Path
+        path = Path(tempfile.mkdtemp()) / "padded.yaml"
+        path.write_text(PADDED)
+        cache["model"] = compile_model(path, output_stride=4, stride_method="dilate")
+    return cache["model"]
+
+
+def test_every_cell_is_written_once_and_tiles_read_only_their_halo(compiled):
+    model = compiled("padded")
+    plan = plan_tiles(model, (300, 200), 80)
+    covered = np.zeros(plan.map_hw, int)
+    for tile in plan.tiles:
+        covered[tile.rows[0]:tile.rows[1], tile.cols[0]:tile.cols[1]] += 1
+        assert tile.box[2] - tile.box[0] <= 80 and tile.box[3] - tile.box[1] <= 80
+        assert tile.box[0] % plan.align[0] == 0 and tile.box[1] % plan.align[1] == 0
+    assert (covered == 1).all()
+    bigger = plan_tiles(model, (300, 200), 200)
+    assert 1 < bigger.overhead < plan.overhead
+
+
+def test_a_tile_too_small_names_the_smallest_that_works(compiled):
+    model = compiled("padded")
+    smallest = min_tile(model)
+    with pytest.raises(GraphconvError, match=f"the smallest tile that works is {max(smallest)}"):
+        plan_tiles(model, (200, 200), max(smallest) - 1)
+
+
+def test_reduce_argmax_and_classes(compiled, rng):
+    model = compiled("padded")
+    x = rng.standard_normal((1, 3, 90, 70)).astype(np.float32)
+    whole = model.run(x)
+    transform, channels, dtype = map_transform("argmax", None, whole.shape[1])
+    classes = run_tiled(model, x, 70, transform=transform)
+    assert classes.dtype == np.uint16 and channels == 1
+    np.testing.assert_array_equal(classes[:, 0], whole.argmax(axis=1))
+    transform, channels, _ = map_transform(None, [3, 1], whole.shape[1])
+    np.testing.assert_allclose(run_tiled(model, x, 70, transform=transform), whole[:, [3, 1]], rtol=1e-4, atol=1e-5)
+    transform, _, _ = map_transform("argmax", [3, 1], whole.shape[1])
+    np.testing.assert_array_equal(run_tiled(model, x, 70, transform=transform)[:, 0],
+                                  np.array([3, 1])[whole[:, [3, 1]].argmax(axis=1)])
+    with pytest.raises(GraphconvError, match="--classes 9: the model has 5 classes"):
+        map_transform(None, [9], 5)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".zarr"])
+def test_map_file_appears_only_when_complete(tmp_path, suffix):
+    path = tmp_path / f"map{suffix}"
+    with pytest.raises(RuntimeError):
+        with MapFile(str(path), (1, 2, 5, 5), np.float32, (2, 2)) as out:
+            out[:, :, :2] = 1
+            raise RuntimeError("killed half way")
+    assert list(tmp_path.iterdir()) == []
+    with MapFile(str(path), (1, 2, 5, 5), np.float32, (2, 2)) as out:
+        out[:] = 7
+    if suffix == ".npy":
+        assert np.load(path).sum() == 7 * 50
+    else:
+        import zarr
+        assert zarr.open_array(str(path), mode="r")[:].sum() == 7 * 50
+
+
+def test_tiled_on_cuda_simulator_equals_cpu(compiled, rng):
+    pytest.importorskip("numba.cuda")
+    model = compiled("strided")
+    x = rng.standard_normal((1, 2, 23, 27)).astype(np.float32)
+    np.testing.assert_allclose(run_tiled(model, x, max(min_tile(model)) + 2, device="cuda"), model.run(x),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_alexnet_tiled_equals_whole(rng):
+    model = compile_model(SPECS / "alexnet.yaml")
+    x = rng.standard_normal((1, 3, 227 + 200, 227 + 120)).astype(np.float32)
+    tiled = run_tiled(model, x, max(min_tile(model)) + 40)
+    np.testing.assert_allclose(tiled, model.run(x), rtol=1e-4, atol=1e-6)
