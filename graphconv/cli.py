@@ -41,7 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for plugin in getattr(args, "plugin", None) or ():
             from graphconv.pass_manager import load_plugin
             load_plugin(plugin)
-        return args.handler(args)
+        _NOTES.clear()
+        code = args.handler(args)
+        for text in _NOTES:  # after the work, so that a failed command prints its one error line only
+            print(text, file=sys.stderr)
+        return code
     except BrokenPipeError:  # `graphconv inspect ... | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
@@ -99,8 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="cpu", choices=device_choices())
     run.add_argument("--resize", type=_positive_int, nargs=2, metavar=("H", "W"),
                      help="resize the image first")
-    run.add_argument("--heatmap", type=_natural_int, metavar="CLASS", help="class whose score map to draw")
-    run.add_argument("--heatmap-out", metavar="PNG", help="where to write the heatmap image")
+    run.add_argument("--heatmap", type=_heatmap_class, metavar="CLASS|top",
+                     help="draw this class's score map over the image, or 'top': the best class of each cell")
+    run.add_argument("--heatmap-out", metavar="FILE",
+                     help="the heatmap image, in the format its extension names (.png, .jpg, ...; default: "
+                          "<image name>-heatmap-<class>.png beside --output, else in the current folder)")
+    run.add_argument("--heatmap-range", type=_heatmap_range, default="auto", metavar="auto|map|LOW,HIGH",
+                     help="the colour scale: 'map' stretches this map's min..max, LOW,HIGH is fixed; "
+                          "'auto' (default) is 0..1 for probabilities (a softmax output), else 'map'")
     run.add_argument("--profile", action="store_true", help="print per-layer times of this run")
     run.add_argument("--scales", type=_int_list, metavar="S1,S2,...",
                      help="evaluate with the shorter image side resized to each scale and reduce "
@@ -235,17 +245,23 @@ def load_model(args: argparse.Namespace, path: str):
 def note_seeded_weights(graph) -> None:
     """The one note for a network without trained weights (a spec that names no weights
     file, or a model compiled from one, which records `seeded_weights: true`): on stderr,
-    so that stdout stays the command's result."""
+    so that stdout stays the command's result, once the command has succeeded."""
     if graph.meta.get("seeded_weights"):
-        print(f"note: {graph.name} has no weights file; using deterministic seeded (random) weights",
-              file=sys.stderr)
+        note(f"note: {graph.name} has no weights file; using deterministic seeded (random) weights")
+
+
+_NOTES: list[str] = []  # printed on stderr, each once, when the command succeeds
+
+
+def note(text: str) -> None:
+    if text not in _NOTES:
+        _NOTES.append(text)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from graphconv.model import Model, as_batch
 
-    if args.heatmap is not None and (args.image is None or not args.heatmap_out):
-        raise GraphconvError("--heatmap needs --image and --heatmap-out")
+    args.heatmap_out = _heatmap_path(args)
     if (args.flip or args.reduce != "mean") and not args.scales:
         raise GraphconvError("--flip and --reduce apply to --scales runs")
     for path in filter(None, (args.output, args.heatmap_out)):
@@ -277,18 +293,75 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("(the first run in a process also loads every compiled kernel; "
               "`graphconv inspect MODEL --profile` times a warmed-up run)")
     if args.heatmap is not None:
-        from graphconv import images
-        if not 0 <= args.heatmap < out.shape[1]:
-            raise GraphconvError(f"--heatmap {args.heatmap}: the model has {out.shape[1]} classes")
-        atomic_write(args.heatmap_out, lambda p: images.save_heatmap(picture, out[0, args.heatmap],
-                                                                      model.field, p), suffix=".png")
-        print(f"heatmap of class {args.heatmap} -> {args.heatmap_out}")
+        write_heatmap(args, model, picture, out)
     if args.top:
         print_top(reduce_map_or_vector(out), args.top, model.graph.meta.get("labels"))
     if args.output:
         atomic_write(args.output, lambda p: np.save(p, out), suffix=".npy")
         print(f"-> {args.output}")
     return 0
+
+
+def _heatmap_path(args: argparse.Namespace) -> str | None:
+    """Where --heatmap writes, checked before any work: --heatmap-out, else
+    <image stem>-heatmap-<class>.png beside --output or in the current folder."""
+    if args.heatmap is None:
+        if args.heatmap_out or args.heatmap_range != "auto":
+            raise GraphconvError("--heatmap-out and --heatmap-range go with --heatmap CLASS")
+        return None
+    if args.image is None:
+        raise GraphconvError("--heatmap draws over an image: give --image")
+    from pathlib import Path
+    from graphconv import images
+
+    path = args.heatmap_out
+    if not path:
+        folder = Path(args.output).parent if args.output else Path(".")
+        path = str(folder / f"{Path(args.image).stem}-heatmap-{args.heatmap}.png")
+    images.heatmap_format(path)
+    return path
+
+
+def write_heatmap(args: argparse.Namespace, model, picture: np.ndarray, out: np.ndarray) -> None:
+    """--heatmap: one class's map with a labelled colour bar, or the best class of each cell."""
+    from pathlib import Path
+    from graphconv import images
+
+    scores = out.reshape(*out.shape[:2], 1, 1) if out.ndim == 2 else out
+    labels = model.graph.meta.get("labels")
+    display_hw = images.image_size(args.image) if args.resize else None  # undo --resize's stretch
+    if args.heatmap == "top":
+        drawn = images.render_top_map(picture, scores[0], model.field, labels, display_hw=display_hw)
+        what = "the best class of each cell"
+    else:
+        if args.heatmap >= scores.shape[1]:
+            raise GraphconvError(f"--heatmap {args.heatmap}: the model has {scores.shape[1]} classes "
+                                 f"(0 to {scores.shape[1] - 1})")
+        one = scores[0, args.heatmap]
+        low, high, note = images.heatmap_range(one, args.heatmap_range, images.outputs_probabilities(model.graph))
+        what = images.heatmap_title(args.heatmap, labels)
+        drawn = images.render_heatmap(picture, one, model.field, title=what, value_range=(low, high),
+                                      scale_note=note, display_hw=display_hw)
+        what += f" ({note}; its values run {one.min():.3g}..{one.max():.3g})"
+    fmt = images.heatmap_format(args.heatmap_out)
+    atomic_write(args.heatmap_out, lambda p: drawn.save(p, format=fmt), suffix=Path(args.heatmap_out).suffix)
+    print(f"heatmap of {what} -> {args.heatmap_out}")
+
+
+def _heatmap_class(text: str) -> int | str:
+    return "top" if text.strip().lower() == "top" else _natural_int(text)
+
+
+def _heatmap_range(text: str) -> str | tuple[float, float]:
+    if text in ("auto", "map"):
+        return text
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, map or LOW,HIGH, got {shown(text)}") from None
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise argparse.ArgumentTypeError(f"expected finite numbers LOW < HIGH, got {shown(text)}")
+    return low, high
 
 
 def _run_scales(args: argparse.Namespace, model, x: np.ndarray) -> int:

@@ -17,6 +17,7 @@ import numbers
 import struct
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -297,21 +298,298 @@ def cell_index_map(field: Field, rows: int, cols: int, height: int, width: int) 
             nearest(cols, field.size[1], field.stride[1], field.offset[1], width))
 
 
-def save_heatmap(image: np.ndarray, scores: np.ndarray, field: Field, path: str) -> None:
-    """Blend one class's score map (rows, cols), placed by each cell's receptive field,
-    over the (channels, H, W) image (grey repeated, alpha dropped) and write it as a PNG."""
+# ---- heatmaps ---------------------------------------------------------------------------------
+#
+# A heatmap is the picture the network saw with one class's score map blended over it
+# (each pixel coloured by the cell whose field is centred nearest), a title naming the
+# class, and a colour bar with the real values its colours stand for. The colour scale
+# is honest: fixed 0..1 for probabilities (a softmax or sigmoid output), so a map
+# with nothing in it looks empty; otherwise, or with range "map", the map's own min..max,
+# and the bar says so and shows the numbers. `render_top_map` draws the best class of
+# every cell instead, with a legend and each region named.
+
+HEATMAP_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF")  # RGB formats --heatmap-out may name
+HEATMAP_MIN_SIDE = 320  # smaller pictures are enlarged (whole pixels) so the text fits
+BAR_WIDTH = 14
+MARGIN = 6
+BLEND = 0.5  # the map's share of each pixel
+TOP_BLEND = 0.45
+PROBABILITY_OPS = ("softmax", "sigmoid")
+VALUE_KEEPING_OPS = ("interleave", "identity", "dropout", "flatten")  # pass a softmax's values on
+
+
+def heatmap_format(path: str) -> str:
+    """The Pillow format `path`'s extension names (.png, .jpg, ...), or a GraphconvError."""
     image_mod = _pil()
-    _, height, width = image.shape
-    ys, xs = cell_index_map(field, scores.shape[0], scores.shape[1], height, width)
-    values = scores[ys[:, None], xs[None, :]].astype(np.float64)
-    span = values.max() - values.min()
-    level = (values - values.min()) / span if span > 0 else np.zeros_like(values)
-    colour = np.stack([level, 1 - np.abs(2 * level - 1), 1 - level]) * 255  # blue -> green -> red
-    base = np.clip(_as_rgb(image), 0, 255)
-    blended = (0.5 * base + 0.5 * colour).clip(0, 255).astype(np.uint8).transpose(1, 2, 0)
-    image_mod.fromarray(blended).save(path, format="PNG")
+    suffix = Path(path).suffix.lower()
+    fmt = image_mod.registered_extensions().get(suffix)
+    if fmt not in HEATMAP_FORMATS or fmt not in image_mod.SAVE:
+        known = sorted(ext for ext, f in image_mod.registered_extensions().items()
+                       if f in HEATMAP_FORMATS and f in image_mod.SAVE)
+        raise GraphconvError(f"cannot tell the image format from {shown(suffix or 'no extension')}; "
+                             f"name the heatmap {', '.join(known)}", file=path)
+    return fmt
+
+
+def outputs_probabilities(graph) -> bool:
+    """Whether the network's output values are probabilities (0..1): it ends in a
+    softmax or sigmoid, possibly followed by layers that only move values around."""
+    node = graph.output
+    while node.op in VALUE_KEEPING_OPS and len(node.inputs) == 1:
+        node = node.inputs[0]
+    return node.op in PROBABILITY_OPS
+
+
+def heatmap_range(scores: np.ndarray, how: str | tuple[float, float], probabilities: bool
+                  ) -> tuple[float, float, str]:
+    """(low, high, what the colours mean) for a score map: `how` is "auto" (0..1 for
+    probabilities, else "map"), "map" (this map's min..max) or a fixed (low, high)."""
+    if isinstance(how, tuple):
+        low, high = how
+        return low, high, f"fixed scale {_number(low)}..{_number(high)}"
+    if how == "auto" and probabilities:
+        return 0.0, 1.0, "probability, fixed scale 0..1"
+    if how not in ("auto", "map"):
+        raise GraphconvError(f"a heatmap range is 'auto', 'map' or LOW,HIGH, got {shown(how)}")
+    finite = scores[np.isfinite(scores)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    what = "probability" if probabilities else "score"
+    return low, high, f"{what}, scale stretched to this map's min..max"
+
+
+def save_heatmap(image: np.ndarray, scores: np.ndarray, field: Field, path: str, *,
+                 title: str | None = None, value_range: tuple[float, float] | None = None,
+                 scale_note: str | None = None, display_hw: tuple[int, int] | None = None,
+                 fmt: str | None = None) -> None:
+    """Write one class's score map (rows, cols) over the (channels, H, W) image (values
+    0..255; grey repeated, alpha dropped), with `title`, a colour bar from
+    `value_range` (default: the map's min..max) labelled with `scale_note`, as `fmt`
+    (default: from the extension). `display_hw` is the image's size before the network's
+    resize: the picture is shown with that aspect ratio, not stretched."""
+    picture = render_heatmap(image, scores, field, title=title, value_range=value_range,
+                             scale_note=scale_note, display_hw=display_hw)
+    picture.save(path, format=fmt or heatmap_format(path))
+
+
+def render_heatmap(image: np.ndarray, scores: np.ndarray, field: Field, *, title: str | None = None,
+                   value_range: tuple[float, float] | None = None, scale_note: str | None = None,
+                   display_hw: tuple[int, int] | None = None):
+    """The heatmap as a Pillow RGB image (see `save_heatmap`)."""
+    _pil()
+    values = _per_pixel(scores, field, image.shape[1:])
+    if value_range is None:
+        low, high, auto_note = heatmap_range(scores, "map", False)
+        scale_note = scale_note or auto_note
+    else:
+        low, high = value_range
+    level = _level(values, low, high)
+    blended = (1 - BLEND) * _as_rgb(image) + BLEND * _colours(level)
+    panel = _panel(blended, display_hw)
+    bar = _colours(np.linspace(1, 0, max(panel.size[1], 96))[:, None].repeat(BAR_WIDTH, 1))
+    ticks = [(0.0, high), (0.5, (low + high) / 2), (1.0, low)]
+    lines = [title or "score map"]
+    if scale_note:
+        lines.append(scale_note)
+    return _compose(panel, lines, bar=(bar, ticks))
+
+
+def render_top_map(image: np.ndarray, scores: np.ndarray, field: Field, labels: list[str] | None = None,
+                   *, display_hw: tuple[int, int] | None = None, title: str | None = None):
+    """The best class of every cell of a (K, rows, cols) score map, as a Pillow RGB image:
+    each class a colour blended over the picture, every region of one class named at
+    its middle, and a legend of the classes shown (largest area first)."""
+    _pil()
+    best = np.argmax(np.where(np.isfinite(scores), scores, -np.inf), axis=0)
+    cells = _per_pixel(best, field, image.shape[1:])
+    palette = class_palette(scores.shape[0])
+    blended = (1 - TOP_BLEND) * _as_rgb(image) + TOP_BLEND * palette.astype(np.float32)[cells].transpose(2, 0, 1)
+    panel = _panel(blended, display_hw)
+    sy, sx = panel.size[1] / image.shape[1], panel.size[0] / image.shape[2]
+    from PIL import ImageDraw
+    draw = ImageDraw.Draw(panel)
+    font = _font()
+    taken: list[tuple[float, float, float, float]] = []
+    for klass, (row, col) in _regions(best):  # largest first; a label that would overlap one is left out
+        top, left, bottom, right = field.box(row, col)
+        x, y = (left + right) / 2 * sx, (top + bottom) / 2 * sy
+        text = _class_name(klass, labels)
+        box = draw.textbbox((x, y), text, font=font, anchor="mm", stroke_width=2)
+        if any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in taken):
+            continue
+        taken.append(box)
+        draw.text((x, y), text, fill="white", font=font, anchor="mm", stroke_width=2, stroke_fill="black")
+    counts = np.bincount(best.ravel(), minlength=scores.shape[0])
+    shown_classes = [int(k) for k in np.argsort(-counts, kind="stable") if counts[k]]
+    legend = [(tuple(int(v) for v in palette[k]), f"{_class_name(k, labels)} ({counts[k]} cells)")
+              for k in shown_classes]
+    return _compose(panel, [title or "best class of each cell"], legend=legend)
+
+
+def class_palette(classes: int) -> np.ndarray:
+    """(classes, 3) distinct colours, 0..255: twenty well-separated ones (ten, then their
+    light versions), then hues spaced by the golden angle."""
+    base = np.array([(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+                     (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+                     (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
+                     (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229)],
+                    np.float64)
+    if classes <= len(base):
+        return base[:classes]
+    hues = (np.arange(classes - len(base)) * 0.618033988749895) % 1.0
+    extra = np.stack([_hue_rgb(h) for h in hues]) * 255
+    return np.concatenate([base, extra])
+
+
+def _hue_rgb(hue: float) -> np.ndarray:
+    """A saturated colour of `hue` (0..1), each channel 0..1."""
+    return np.clip(np.abs((hue * 6 + np.array([0, 4, 2])) % 6 - 3) - 1, 0, 1) * 0.8 + 0.1
+
+
+def _regions(best: np.ndarray, min_cells: int = 1, most: int = 200) -> list[tuple[int, tuple[int, int]]]:
+    """(class, cell nearest the region's centroid) for each 4-connected region of cells
+    with one best class, largest first (at most `most`)."""
+    rows, cols = best.shape
+    seen = np.zeros(best.shape, bool)
+    found = []
+    for start in zip(*np.nonzero(~seen)):
+        if seen[start]:
+            continue
+        klass = best[start]
+        stack, members = [start], []
+        seen[start] = True
+        while stack:
+            r, c = stack.pop()
+            members.append((r, c))
+            for nr, nc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
+                if 0 <= nr < rows and 0 <= nc < cols and not seen[nr, nc] and best[nr, nc] == klass:
+                    seen[nr, nc] = True
+                    stack.append((nr, nc))
+        if len(members) >= min_cells:
+            points = np.array(members)
+            centre = points.mean(axis=0)
+            nearest = points[np.argmin(((points - centre) ** 2).sum(axis=1))]
+            found.append((len(members), int(klass), (int(nearest[0]), int(nearest[1]))))
+    found.sort(key=lambda t: -t[0])
+    return [(klass, cell) for _, klass, cell in found[:most]]
+
+
+def _class_name(klass: int, labels: list[str] | None) -> str:
+    return labels[klass] if labels and klass < len(labels) else str(klass)
+
+
+def heatmap_title(klass: int, labels: list[str] | None) -> str:
+    """The heatmap's title: 'class 7', or 'class 10: background' when the label says
+    more than the number."""
+    label = labels[klass] if labels and klass < len(labels) else None
+    return f"class {klass}" + (f": {label}" if label and label != str(klass) else "")
+
+
+def _per_pixel(cells: np.ndarray, field: Field, image_hw) -> np.ndarray:
+    """A (rows, cols) map spread over the image: each pixel takes the cell whose field is
+    centred nearest."""
+    height, width = image_hw
+    ys, xs = cell_index_map(field, cells.shape[0], cells.shape[1], height, width)
+    return cells[ys[:, None], xs[None, :]]
+
+
+def _level(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Values as 0..1 on the low..high scale (clipped; NaN at the bottom)."""
+    span = high - low
+    level = (values.astype(np.float64) - low) / span if span > 0 else np.zeros(values.shape)
+    return np.nan_to_num(np.clip(level, 0, 1), nan=0.0).astype(np.float32)
+
+
+def _colours(level: np.ndarray) -> np.ndarray:
+    """(3, ...) RGB 0..255 for levels 0..1: blue -> green -> red."""
+    level = level.astype(np.float32)
+    return np.stack([level, 1 - np.abs(2 * level - 1), 1 - level]) * np.float32(255)
+
+
+def _panel(rgb: np.ndarray, display_hw: tuple[int, int] | None):
+    """The (3, H, W) picture as a Pillow image, with the aspect ratio of `display_hw` (the
+    image before the network's resize) and enlarged when small, so text fits beside it."""
+    image_mod = _pil()
+    panel = image_mod.fromarray(np.clip(rgb, 0, 255).astype(np.uint8).transpose(1, 2, 0))
+    height, width = rgb.shape[1:]
+    if display_hw is not None and display_hw[0] * width != display_hw[1] * height:
+        width = max(1, round(height * display_hw[1] / display_hw[0]))
+    factor = max(1, -(-HEATMAP_MIN_SIDE // max(height, width)))
+    size = (width * factor, height * factor)
+    if size != panel.size:
+        smooth = (width, height) != panel.size  # an aspect correction: bilinear; enlarging only: blocks
+        panel = panel.resize(size, image_mod.BILINEAR if smooth else image_mod.NEAREST)
+    return panel
+
+
+def _font(size: int = 13):
+    from PIL import ImageFont
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ValueError, OSError):  # Pillow without FreeType: the bitmap font
+        return ImageFont.load_default()
+
+
+def _number(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def _compose(panel, lines: list[str], bar=None, legend=None):
+    """Title lines above the panel; the colour bar (array, [(position 0..1, value)]) or the
+    legend ([(rgb, text)]) to its right; white background."""
+    image_mod = _pil()
+    from PIL import ImageDraw
+    font = _font()
+    measure = ImageDraw.Draw(image_mod.new("RGB", (1, 1)))
+
+    def text_width(text):
+        left, _, right, _ = measure.textbbox((0, 0), text, font=font)
+        return right - left
+
+    ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (11, 2)
+    line_h = ascent + descent + 2
+    title_h = MARGIN + line_h * len(lines) + MARGIN
+    side_w, side_h = 0, 0
+    if bar is not None:
+        colours, ticks = bar
+        side_w = BAR_WIDTH + 4 + max(text_width(_number(v)) for _, v in ticks)
+        side_h = colours.shape[1]
+    if legend:
+        side_w = line_h + 4 + max(text_width(t) for _, t in legend)
+        side_h = line_h * len(legend)
+    width = max(MARGIN + panel.size[0] + (MARGIN + side_w if side_w else 0) + MARGIN,
+                MARGIN + max(text_width(t) for t in lines) + MARGIN)
+    height = title_h + max(panel.size[1], side_h) + MARGIN
+    canvas = image_mod.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    for index, text in enumerate(lines):
+        draw.text((MARGIN, MARGIN + index * line_h), text, fill="black", font=font)
+    canvas.paste(panel, (MARGIN, title_h))
+    canvas.info["panel_box"] = (MARGIN, title_h, MARGIN + panel.size[0], title_h + panel.size[1])
+    x = MARGIN + panel.size[0] + MARGIN
+    if bar is not None:
+        colours, ticks = bar
+        strip = image_mod.fromarray(colours.clip(0, 255).astype(np.uint8).transpose(1, 2, 0))
+        canvas.paste(strip, (x, title_h))
+        for position, value in ticks:
+            y = title_h + round(position * (strip.size[1] - 1))
+            draw.line([(x + BAR_WIDTH, y), (x + BAR_WIDTH + 3, y)], fill="black")
+            draw.text((x + BAR_WIDTH + 4, y), _number(value), fill="black", font=font, anchor="lm")
+    for index, (rgb, text) in enumerate(legend or ()):
+        y = title_h + index * line_h
+        draw.rectangle([x, y + 1, x + line_h - 3, y + line_h - 2], fill=rgb, outline="black")
+        draw.text((x + line_h + 2, y), text, fill="black", font=font)
+    return canvas
 
 
 def _as_rgb(image: np.ndarray) -> np.ndarray:
-    """(3, H, W) from a grey, RGB or RGBA (C, H, W) image."""
-    return np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image[:3]
+    """(3, H, W) on 0..255 from a grey, RGB or RGBA (C, H, W) image."""
+    rgb = np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image[:3]
+    return np.clip(rgb, 0, 255).astype(np.float32, copy=False)
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """(height, width) of an image file, from its header (nothing decoded)."""
+    image_mod = _pil()
+    with open_regular_file(path, "image", not_found="image not found") as fp, _pillow_errors(image_mod, path):
+        with image_mod.open(fp) as img:
+            return img.size[1], img.size[0]

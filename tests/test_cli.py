@@ -96,7 +96,8 @@ def test_run_on_image_writes_heatmap(tmp_path, capsys):
     assert run_cli("run", tmp_path / "m", "--image", ROOT / "examples/scene.png", "--resize", 256, 288,
                    "--heatmap", 3, "--heatmap-out", tmp_path / "h.png", "--output", tmp_path / "s.npy") == 0
     from PIL import Image
-    assert Image.open(tmp_path / "h.png").size == (288, 256)
+    heatmap = Image.open(tmp_path / "h.png")  # the 400x300 scene's shape, not the 288x256 it was resized to
+    assert heatmap.format == "PNG" and heatmap.size[0] > 341 and heatmap.size[1] > 256
     assert np.load(tmp_path / "s.npy").shape == (1, 1000, 2, 3)
     assert run_cli("inspect", tmp_path / "m", "--input-size", 384, 384) == 0
     assert "--output-stride 16: dilate" in capsys.readouterr().out
@@ -145,6 +146,12 @@ def graphconv_cli(*args, cwd=None):
     (["compile", SPECS / "lenet.yaml", "-o", "{tmp}/m", "--passes", "conv-to-fc{max_elements=abc}"],
      "option 'max_elements' of pass 'conv-to-fc' must be an integer, got 'abc'"),
     (["compile", SPECS / "lenet.yaml", "-o", "{tmp}/m", "--bogus"], "unrecognized arguments: --bogus"),
+    (["run", SPECS / "lenet.yaml", "--image", "x.png", "--heatmap", 1, "--heatmap-out", "{tmp}/h.xyz"],
+     "h.xyz: cannot tell the image format from '.xyz'; name the heatmap"),
+    (["run", SPECS / "lenet.yaml", "--input", "x.npy", "--heatmap", 1], "--heatmap draws over an image"),
+    (["run", SPECS / "lenet.yaml", "--image", "x.png", "--heatmap", "best"], "--heatmap: expected an integer"),
+    (["run", SPECS / "lenet.yaml", "--image", "x.png", "--heatmap", 1, "--heatmap-range", "1,0"],
+     "--heatmap-range: expected finite numbers LOW < HIGH"),
 ])
 def test_bad_options_are_one_line_exit_2(tmp_path, args, message):
     result = graphconv_cli(*[str(a).replace("{tmp}", str(tmp_path)) for a in args])
@@ -165,7 +172,8 @@ def test_traceback_and_memory_limit_work_before_or_after_the_command(tmp_path, w
 def test_piping_into_head_is_quiet():
     result = subprocess.run(f"{sys.executable} -m graphconv inspect {SPECS / 'vgg16.yaml'} | head -1",
                             shell=True, capture_output=True, text=True, timeout=300)
-    assert result.stdout.startswith("vgg16:") and result.stderr == ""
+    assert result.stdout.startswith("vgg16:") and "Traceback" not in result.stderr
+    assert result.stderr in ("", "note: vgg16 has no weights file; using deterministic seeded (random) weights\n")
 
 
 def test_passes_lists_where_entry_points_come_from():
@@ -220,3 +228,26 @@ def test_seeded_weights_are_announced_once_on_stderr_by_every_command(tmp_path):
     assert "seeded_weights: true" in (tmp_path / "m" / "model.yaml").read_text()
     trained = graphconv_cli("inspect", SPECS / "digits.yaml")
     assert trained.returncode == 0 and "seeded" not in trained.stderr + trained.stdout
+
+
+def test_heatmaps_name_their_class_show_their_scale_and_take_the_format_of_their_name(tmp_path):
+    """The digit model: a heatmap goes beside the image's name by default, says what its
+    colours mean (probabilities on a fixed 0..1), and is a JPEG when called .jpg;
+    `--heatmap top` draws the best class of each cell."""
+    pytest.importorskip("PIL")
+    from PIL import Image
+    page = ROOT / "examples" / "digits_page.png"
+    assert graphconv_cli("compile", SPECS / "digits.yaml", "-o", tmp_path / "m").returncode == 0
+    result = graphconv_cli("run", tmp_path / "m", "--image", page, "--heatmap", 10, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "heatmap of class 10: background (probability, fixed scale 0..1; its values run" in result.stdout
+    assert Image.open(tmp_path / "digits_page-heatmap-10.png").format == "PNG"
+    result = graphconv_cli("run", tmp_path / "m", "--image", page, "--heatmap", "top",
+                           "--output", tmp_path / "out" / "scores.npy", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert Image.open(tmp_path / "out" / "digits_page-heatmap-top.png").size[0] > 400  # page + legend
+    result = graphconv_cli("run", tmp_path / "m", "--image", page, "--heatmap", 7, "--heatmap-range", "map",
+                           "--heatmap-out", tmp_path / "seven.jpg")
+    assert result.returncode == 0, result.stderr
+    assert "stretched to this map's min..max" in result.stdout
+    assert Image.open(tmp_path / "seven.jpg").format == "JPEG"

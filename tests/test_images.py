@@ -456,4 +456,106 @@ def test_heatmaps_over_images_of_every_channel_count(channels, tmp_path, rng):
     scores = rng.standard_normal((3, 4)).astype(np.float32)
     save_heatmap(image, scores, Field((8, 8), (4, 4), (0, 0)), str(tmp_path / "heat.png"))
     written = Image.open(tmp_path / "heat.png")
-    assert written.size == (24, 20) and written.mode == "RGB"
+    assert written.format == "PNG" and written.mode == "RGB"
+    # a 20x24 picture is enlarged by whole pixels (x16) so the title and the bar's numbers fit
+    assert written.size[0] > 24 * 16 and written.size[1] > 20 * 16
+
+
+# ---- heatmaps: scale, colour bar, title, aspect, format, best class --------------------------------
+
+FIELD = Field((8, 8), (4, 4), (0, 0))
+
+
+def panel_of(picture: Image.Image) -> np.ndarray:
+    """The picture part of a heatmap (below the title, left of the bar or legend)."""
+    left, top, right, bottom = picture.info["panel_box"]
+    return np.asarray(picture)[top:bottom, left:right].astype(int)
+
+
+def test_a_fixed_scale_keeps_noise_dim_and_the_bar_shows_the_real_values(rng):
+    """A probability map of small noise is drawn dark blue on 0..1, not stretched into
+    red-and-blue as if it were signal; stretched, the bar says so and names its values."""
+    grey = np.full((1, 40, 48), 128, np.float32)
+    noise = rng.uniform(0.01, 0.02, (9, 11))
+    fixed_picture = images.render_heatmap(grey, noise, FIELD, title="class 3", value_range=(0, 1),
+                                          scale_note="probability, fixed scale 0..1")
+    panel_fixed = panel_of(fixed_picture)
+    panel_stretched = panel_of(images.render_heatmap(grey, noise, FIELD, title="class 3"))
+    assert panel_fixed[..., 0].max() < 70  # no red anywhere: 0.02 of the way to red
+    assert panel_stretched[..., 0].max() > 180  # stretched, the largest noise value is red
+    assert images.heatmap_range(noise, "auto", True)[:2] == (0.0, 1.0)
+    low, high, note = images.heatmap_range(noise, "auto", False)
+    assert (low, high) == (noise.min(), noise.max()) and "this map's min..max" in note
+    assert images.heatmap_range(noise, (-1.0, 2.0), False)[:2] == (-1.0, 2.0)
+
+
+def test_the_colour_bar_runs_red_to_blue_beside_the_picture(rng):
+    picture = images.render_heatmap(np.zeros((3, 40, 40), np.float32), rng.uniform(0, 1, (9, 9)), FIELD,
+                                    title="class 1: cat", value_range=(0, 1))
+    pixels = np.asarray(picture).astype(int)
+    _, y, right, bottom_y = picture.info["panel_box"]
+    bar_x = right + images.MARGIN + images.BAR_WIDTH // 2
+    top, bottom = pixels[y + 1, bar_x], pixels[bottom_y - 2, bar_x]
+    assert top[0] > 240 and top[2] < 15 and bottom[2] > 240 and bottom[0] < 15
+    assert picture.size[0] > bar_x + images.BAR_WIDTH + 10  # room for the numbers
+
+
+def test_the_title_is_drawn(rng):
+    scores = rng.uniform(0, 1, (9, 9))
+    plain = np.asarray(images.render_heatmap(np.zeros((3, 40, 40), np.float32), scores, FIELD, title="x"))
+    titled = np.asarray(images.render_heatmap(np.zeros((3, 40, 40), np.float32), scores, FIELD,
+                                              title="class 10: background"))
+    assert (titled[:20] < 128).sum() > (plain[:20] < 128).sum() + 50
+    assert images.heatmap_title(10, [str(i) for i in range(10)] + ["background"]) == "class 10: background"
+    assert images.heatmap_title(7, [str(i) for i in range(10)]) == "class 7"
+    assert images.heatmap_title(7, None) == "class 7"
+
+
+def test_a_resized_picture_is_shown_with_its_original_aspect_ratio(rng):
+    """The network saw the picture squashed to 64x64 by --resize; the heatmap shows it as
+    the 400x200 original was shaped."""
+    image = rng.uniform(0, 255, (3, 64, 64)).astype(np.float32)
+    scores = rng.uniform(0, 1, (15, 15))
+    def panel_hw(display_hw):
+        left, top, right, bottom = images.render_heatmap(image, scores, FIELD,
+                                                         display_hw=display_hw).info["panel_box"]
+        return bottom - top, right - left
+
+    assert panel_hw(None) == (320, 320)  # square, enlarged x5
+    assert panel_hw((64, 64)) == (320, 320)
+    assert panel_hw((200, 400)) == (192, 384)  # 64x128, enlarged x3
+
+
+def test_the_file_format_follows_the_extension(tmp_path, rng):
+    image = rng.uniform(0, 255, (3, 20, 24)).astype(np.float32)
+    for name, fmt in (("h.png", "PNG"), ("h.jpg", "JPEG"), ("h.JPEG", "JPEG"), ("h.bmp", "BMP")):
+        save_heatmap(image, rng.uniform(0, 1, (3, 4)), FIELD, str(tmp_path / name))
+        assert Image.open(tmp_path / name).format == fmt
+    for bad in ("h.xyz", "h", "h.pdf"):
+        with pytest.raises(GraphconvError, match="cannot tell the image format"):
+            images.heatmap_format(str(tmp_path / bad))
+
+
+def test_probability_outputs_are_recognised(write_spec):
+    import graphconv
+    from conftest import SPECS
+    assert images.outputs_probabilities(graphconv.load_spec(SPECS / "lenet.yaml"))
+    stitched = graphconv.compile_model(SPECS / "lenet.yaml", output_stride=2, stride_method="shift")
+    assert stitched.graph.output.op == "interleave" and images.outputs_probabilities(stitched.graph)
+    raw = write_spec("input: {shape: [1, 8, 8]}\nlayers:\n  - {name: c, op: conv, out_channels: 2, kernel_size: 3}\n")
+    assert not images.outputs_probabilities(graphconv.load_spec(raw))
+
+
+def test_the_best_class_map_names_its_regions_and_has_a_legend(rng):
+    scores = np.zeros((3, 10, 12))
+    scores[0] = 1.0
+    scores[2, 2:5, 3:7] = 2.0  # one region of class 2
+    labels = ["background", "cat", "dog"]
+    picture = images.render_top_map(np.full((3, 48, 56), 200, np.float32), scores, FIELD, labels)
+    regions = images._regions(np.argmax(scores, axis=0))
+    assert [k for k, _ in regions] == [0, 2] and regions[1][1] in {(3, 4), (3, 5), (2, 4), (2, 5)}
+    pixels = np.asarray(picture).astype(int)
+    dog = images.class_palette(3)[2]
+    assert (np.abs(pixels - dog).sum(axis=2) < 6).sum() > 20  # the legend's swatch
+    assert picture.size[0] > 56 * 6 + 40  # a legend beside the picture
+    assert len(images.class_palette(40)) == 40 and len({tuple(c) for c in images.class_palette(20)}) == 20
