@@ -253,6 +253,15 @@ def note_seeded_weights(graph) -> None:
 _NOTES: list[str] = []  # printed on stderr, each once, when the command succeeds
 
 
+def note_cold_kernels(model, device: str) -> None:
+    """Before a first run on a cold kernel cache: say, now and on stderr, why it takes a
+    while (graphconv/kernel_cache.py)."""
+    from graphconv.kernel_cache import COLD_NOTE, cold_kernel_modules
+
+    if cold_kernel_modules(model.graph, model.executor(device).device):
+        print(COLD_NOTE, file=sys.stderr, flush=True)
+
+
 def note(text: str) -> None:
     if text not in _NOTES:
         _NOTES.append(text)
@@ -282,6 +291,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                    f"running {model.graph.name} on {x.shape[0]} image(s) of {x.shape[2]}x{x.shape[3]}",
                    file=args.image or args.input)
     profile: dict[str, float] | None = {} if args.profile else None
+    note_cold_kernels(model, args.device)
     start = time.perf_counter()
     out = model.run(x, args.device, profile)
     seconds = time.perf_counter() - start
@@ -371,6 +381,7 @@ def _run_scales(args: argparse.Namespace, model, x: np.ndarray) -> int:
         raise GraphconvError("--heatmap and --profile take a single-scale run (drop --scales)")
     largest = scaled_size(x.shape[2], x.shape[3], max(args.scales))  # buffers grow to the largest
     check_run_fits(model.graph, x.shape[0], largest, f"scale {max(args.scales)} ({largest[0]}x{largest[1]})")
+    note_cold_kernels(model, args.device)
     result = multiscale(model, x, args.scales, args.flip, args.reduce, args.device)
     for (scale, flipped), score_map in result.maps.items():
         print(f"scale {scale}{' flipped' if flipped else ''}: input resized to shorter side {scale}, "
@@ -475,6 +486,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.profile:
         c = model.crop_shape[0]
         x = np.random.default_rng(0).standard_normal((1, c, *size), dtype=np.float32)
+        note_cold_kernels(model, args.device)
         model.run(x, args.device)  # warm-up: JIT compile and caches
         profile: dict[str, float] = {}
         model.run(x, args.device, profile)
@@ -496,6 +508,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     crops = min(CROPS_PER_BATCH, args.batch * rows * cols)
     check_run_fits(original.graph, crops, original.crop_shape[1:], "the crop loop")
     image = np.random.default_rng(args.seed).standard_normal((args.batch, c, *args.input_size), dtype=np.float32)
+    note_cold_kernels(compiled, args.device)
     report = verify(original, compiled, image, args.tolerance, args.device)
     print(report)
     return 0 if report.passed else 1

@@ -6,9 +6,14 @@ strategy runs `gemm_cpu.multiply_band`), and the cached machine code of a kernel
 contains its helpers: change a helper, or upgrade graphconv to a version where only
 the helper's file changed, and the kernel keeps running the old helper.
 
-So graphconv's own kernels are cached in a directory named after a digest of all
-its sources: any change to any of them starts a fresh cache (one JIT compile of every
-kernel, about 20 s), and an unchanged install reuses it from the first run on. This
+So graphconv's own kernels are cached in a directory named after a digest of every
+source the kernels are made of: `graphconv/ops/` (each op's kernels and the helpers
+they share) and the one graphconv module it imports (`errors.py`). Any change to any
+of them starts a fresh cache (one JIT compile of the kernels a network needs, 10-50 s,
+see docs/performance.md), and an unchanged install reuses it from the first run on;
+changes elsewhere in graphconv (the CLI, the passes, the runtime) keep the cache, as
+the kernels' machine code cannot depend on them (tests/test_kernel_cache.py checks that
+nothing under ops/ imports anything else of graphconv's). This
 is done by a cache locator that numba consults for graphconv's functions only: no
 environment variable is set and other packages' caches stay where numba puts them.
 An explicit NUMBA_CACHE_DIR still wins for everything.
@@ -27,12 +32,19 @@ import sys
 from pathlib import Path
 
 SOURCE_ROOT = Path(__file__).resolve().parent
+KERNEL_SOURCES = ("ops", "errors.py")  # under SOURCE_ROOT: what compiled kernels are made of
+COLD_NOTE = "note: compiling kernels, once per machine: ~20 s"
 
 
 def sources_digest(root: Path = SOURCE_ROOT) -> str:
-    """A short digest of every Python file under `root`, names and contents."""
+    """A short digest of the kernels' sources under `root` (KERNEL_SOURCES: every
+    Python file under ops/, and errors.py), names and contents."""
     digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
+    files = []
+    for name in KERNEL_SOURCES:
+        path = root / name
+        files += sorted(path.rglob("*.py")) if path.is_dir() else [path] if path.exists() else []
+    for path in files:
         digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
@@ -137,3 +149,41 @@ def _remove(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def cold_kernel_modules(graph, device: str = "cpu") -> list[str]:
+    """The CPU kernel modules (e.g. 'graphconv.ops.conv.cpu') that running `graph` needs
+    and that have nothing in this version's cache yet: their first use compiles them
+    (seconds each). A cheap look at the cache folder, nothing compiled or loaded: a
+    module with one kernel compiled counts as warm, and where graphconv cannot tell (another
+    device, an explicit NUMBA_CACHE_DIR, numba's cache machinery not installed) the
+    answer is [] ."""
+    if device != "cpu" or os.environ.get("NUMBA_CACHE_DIR") or not _installed():
+        return []
+    import importlib.util
+    from numba.core.caching import _CacheLocator
+
+    directory = kernel_cache_dir()
+    cold = []
+    for package in sorted({node.opdef.package for node in graph.layers()}):
+        module = f"{package}.cpu"
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.origin:
+            continue
+        source = Path(spec.origin)
+        if "cache=True" not in source.read_text():
+            continue  # nothing of it is compiled (identity copies with numpy)
+        folder = directory / _CacheLocator.get_suitable_cache_subpath(str(source))
+        if not any(folder.glob(f"{source.stem}.*.nbi")):
+            cold.append(module)
+    return cold
+
+
+def _installed() -> bool:
+    """Whether graphconv's cache locator is in numba's list (install_kernel_cache ran)."""
+    try:
+        from numba.core import caching
+    except ImportError:
+        return False
+    locators = getattr(getattr(caching, "CacheImpl", None), "_locator_classes", None) or []
+    return any(getattr(cls, "graphconv", False) for cls in locators)

@@ -1,5 +1,6 @@
-"""numba's kernel cache is keyed by all of graphconv's sources, so a changed helper in
-one file can never leave a stale copy inside a kernel cached from another."""
+"""numba's kernel cache is keyed by all of the kernels' sources (graphconv/ops/), so a
+changed helper in one file can never leave a stale copy inside a kernel cached from
+another, while changes elsewhere keep the cache; a cold cache is announced."""
 import os
 import shutil
 import subprocess
@@ -8,14 +9,59 @@ import sys
 from graphconv import kernel_cache
 
 
-def test_digest_changes_with_any_source_file(tmp_path):
+def test_digest_changes_with_any_kernel_source_and_nothing_else(tmp_path):
     root = tmp_path / "pkg"
     shutil.copytree(kernel_cache.SOURCE_ROOT, root, ignore=shutil.ignore_patterns("__pycache__"))
     before = kernel_cache.sources_digest(root)
     assert kernel_cache.sources_digest(root) == before, "the digest must be stable"
+    cli = root / "cli.py"
+    cli.write_text(cli.read_text() + "\n# the CLI changed: no kernel did\n")
+    assert kernel_cache.sources_digest(root) == before
     helper = root / "ops" / "gemm_cpu.py"
     helper.write_text(helper.read_text() + "\n# a changed helper\n")
     assert kernel_cache.sources_digest(root) != before
+
+
+def test_kernel_sources_import_nothing_else_of_graphconvs():
+    """The digest covers ops/ and errors.py only: that is sound while no module under
+    ops/ takes code or constants from anywhere else in graphconv."""
+    import re
+    allowed = {"graphconv.errors"}
+    for path in (kernel_cache.SOURCE_ROOT / "ops").rglob("*.py"):
+        for module in re.findall(r"^\s*(?:from|import)\s+(graphconv[\w.]*)", path.read_text(), re.M):
+            assert module.startswith("graphconv.ops") or module in allowed, (path, module)
+
+
+def test_cold_kernel_modules_looks_at_this_versions_cache(tmp_path, monkeypatch, write_spec):
+    from numba.core.caching import _CacheLocator
+    import graphconv
+    from graphconv.ops.elementwise import cpu as elementwise_cpu
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    graph = graphconv.load_spec(write_spec("input: {shape: [1, 4, 4]}\nlayers:\n  - {name: r, op: relu}\n"
+                                           "  - {name: i, op: identity}\n"))
+    assert kernel_cache.cold_kernel_modules(graph) == ["graphconv.ops.elementwise.cpu"]
+    assert kernel_cache.cold_kernel_modules(graph, "cuda") == []
+    folder = kernel_cache.kernel_cache_dir() / _CacheLocator.get_suitable_cache_subpath(elementwise_cpu.__file__)
+    folder.mkdir(parents=True)
+    (folder / "cpu._relu-8.py311.nbi").write_bytes(b"")
+    assert kernel_cache.cold_kernel_modules(graph) == []
+
+
+def test_the_first_run_on_a_cold_cache_says_why_it_is_slow(tmp_path, write_spec):
+    spec = write_spec("input: {shape: [1, 4, 4]}\nlayers:\n  - {name: r, op: relu}\n")
+    import numpy as np
+    np.save(tmp_path / "x.npy", np.ones((1, 1, 4, 4), np.float32))
+    env = {**{k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}, "XDG_CACHE_HOME": str(tmp_path)}
+
+    def run():
+        return subprocess.run([sys.executable, "-m", "graphconv", "run", str(spec), "--input", str(tmp_path / "x.npy")],
+                              env=env, capture_output=True, text=True, timeout=300)
+
+    first, second = run(), run()
+    assert first.returncode == 0 and second.returncode == 0, first.stderr
+    assert first.stderr.count(kernel_cache.COLD_NOTE) == 1
+    assert kernel_cache.COLD_NOTE not in second.stderr
 
 
 def _cache_dir_in_fresh_process(tmp_path, **env):
