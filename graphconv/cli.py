@@ -23,6 +23,7 @@ from graphconv.backends import device_choices
 from graphconv.errors import GraphconvError, shown
 from graphconv.files import atomic_write, check_model_target, check_writable
 from graphconv.memory import check_run_fits
+from graphconv.pass_manager import DEFAULT_PIPELINE
 from graphconv.profiling import format_profile
 
 EXIT_USER_ERROR = 2
@@ -98,8 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("model", help="spec .yaml file, .onnx model or compiled model directory")
     source = run.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="float32 .npy of shape (N, C, H, W) or (C, H, W)")
-    source.add_argument("--image", help="an image file (needs Pillow: pip install 'graphconv[images]')")
-    run.add_argument("--output", help="write the output array here (.npy)")
+    source.add_argument("--image", help="an image file (needs Pillow: pip install 'graphconv[images]'); "
+                                        "TIFF/BigTIFF and .zarr arrays are read a tile at a time")
+    source.add_argument("--images", metavar="GLOB", help="many images ('photos/*.jpg'): one map each, "
+                                                        "written to --output-dir")
+    run.add_argument("--output", help="write the output array here (.npy; .zarr for maps too big for memory)")
+    run.add_argument("--output-dir", metavar="DIR", help="with --images: where each image's <stem>.npy goes")
+    run.add_argument("--tile", type=_positive_int, metavar="N",
+                     help="evaluate in exact tiles of at most N x N input pixels (bounded memory; "
+                          "the same map as the whole-image pass)")
+    run.add_argument("--workers", type=_positive_int, metavar="N",
+                     help="run tiles (or --images) on a local Dask cluster of N worker processes")
+    run.add_argument("--scheduler", metavar="ADDRESS", help="use a running Dask cluster (tcp://host:port)")
+    run.add_argument("--classes", type=_class_list, metavar="K1,K2,...", help="keep only these score channels")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--device", default="cpu", choices=device_choices())
     run.add_argument("--resize", type=_positive_int, nargs=2, metavar=("H", "W"),
                      help="resize the image first")
@@ -116,9 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="evaluate with the shorter image side resized to each scale and reduce "
                           "every score map to one class vector (saved by --output)")
     run.add_argument("--flip", action="store_true", help="with --scales: also the mirror images")
-    run.add_argument("--reduce", default="mean", choices=("mean", "max"),
-                     help="with --scales: reduce over positions, then scales and flips")
+    run.add_argument("--reduce", choices=("mean", "max", "argmax"),
+                     help="with --scales: mean (default) or max over positions, then scales and flips; "
+                          "argmax: write the winning class per cell (uint16) instead of the scores")
     run.add_argument("--top", type=_positive_int, metavar="K", help="print the K best classes")
+    run.add_argument("--full-map", action="store_true",
+                     help="keep every cell the network computes, also those whose crop would run off "
+                          "the image (dropped by default)")
     _add_plugin_option(run)
     run.set_defaults(handler=cmd_run)
 
@@ -128,8 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("spec", help="spec .yaml file or .onnx model")
     comp.add_argument("--output", "-o", required=True, help="compiled model directory to write")
     comp.add_argument("--passes", help="pipeline, e.g. 'shape-inference,fc-to-conv,my-pass{k=1}' "
-                                       "(default: shape-inference,remove-dropout,"
-                                       "dead-node-elimination,fc-to-conv,fuse-conv-relu)")
+                                       f"(default: {','.join(DEFAULT_PIPELINE)})")
     comp.add_argument("--output-stride", type=int, metavar="S",
                       help="finer score map: S must divide the network's total stride")
     comp.add_argument("--stride-method", default="auto", choices=("auto", "dilate", "shift"),
@@ -152,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="score-map size and FLOPs with the image's shorter side at each scale "
                            "(of an image of --input-size, default square)")
     insp.add_argument("--ir", action="store_true", help="also print the IR as text")
+    insp.add_argument("--tile", type=_positive_int, metavar="N",
+                      help="the tile plan for an image of --input-size: halo, tiles, extra FLOPs, peak memory")
     insp.add_argument("--profile", action="store_true",
                       help="run once on random input and add measured per-layer times")
     insp.add_argument("--device", default="cpu", choices=device_choices())
@@ -271,11 +289,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     from graphconv.model import Model, as_batch
 
     args.heatmap_out = _heatmap_path(args)
-    if (args.flip or args.reduce != "mean") and not args.scales:
-        raise GraphconvError("--flip and --reduce apply to --scales runs")
+    if args.full_map and (args.scales or args.images or args.tile or args.workers):
+        raise GraphconvError("--full-map is for one image or array evaluated whole (not --scales, "
+                             "--images, --tile or --workers)")
+    if args.scales and args.reduce == "argmax":
+        raise GraphconvError("--reduce argmax writes a class map; with --scales use mean or max")
+    if (args.flip or args.reduce in ("mean", "max")) and not args.scales:
+        raise GraphconvError("--flip and --reduce mean|max apply to --scales runs")
+    if args.images:
+        from graphconv.tiled_cli import run_images_command
+        return run_images_command(args)
     for path in filter(None, (args.output, args.heatmap_out)):
         check_writable(path)
     model = load_model(args, args.model)
+    if args.image:
+        from graphconv.tiled_cli import run_tiled_command, wants_tiles
+        if wants_tiles(args, model):
+            return run_tiled_command(args, model)
+    elif args.tile or args.workers or args.reduce == "argmax" or args.classes:
+        raise GraphconvError("--tile, --workers, --reduce argmax and --classes apply to --image and --images runs")
     if args.image:
         from graphconv import images
         picture = images.load_image(args.image, args.resize, channels=model.crop_shape[0])
@@ -293,7 +325,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     profile: dict[str, float] | None = {} if args.profile else None
     note_cold_kernels(model, args.device)
     start = time.perf_counter()
-    out = model.run(x, args.device, profile)
+    out = model.run(x, args.device, profile, full=args.full_map)
     seconds = time.perf_counter() - start
     print(f"output shape {tuple(out.shape)} in {seconds * 1e3:.1f} ms"
           f" on {model.executor(args.device).device}")
@@ -381,12 +413,13 @@ def _run_scales(args: argparse.Namespace, model, x: np.ndarray) -> int:
         raise GraphconvError("--heatmap and --profile take a single-scale run (drop --scales)")
     largest = scaled_size(x.shape[2], x.shape[3], max(args.scales))  # buffers grow to the largest
     check_run_fits(model.graph, x.shape[0], largest, f"scale {max(args.scales)} ({largest[0]}x{largest[1]})")
+    reduce = args.reduce or "mean"
     note_cold_kernels(model, args.device)
-    result = multiscale(model, x, args.scales, args.flip, args.reduce, args.device)
+    result = multiscale(model, x, args.scales, args.flip, reduce, args.device)
     for (scale, flipped), score_map in result.maps.items():
         print(f"scale {scale}{' flipped' if flipped else ''}: input resized to shorter side {scale}, "
               f"score map {score_map.shape[2]}x{score_map.shape[3]}")
-    print(f"reduced ({args.reduce}) over {len(result.maps)} evaluation(s) -> scores {result.scores.shape}")
+    print(f"reduced ({reduce}) over {len(result.maps)} evaluation(s) -> scores {result.scores.shape}")
     print_top(result.scores, args.top or 5, model.graph.meta.get("labels"))
     if args.output:
         atomic_write(args.output, lambda p: np.save(p, result.scores), suffix=".npy")
@@ -422,6 +455,16 @@ def _int_at_least(text: str, low: int) -> int:
     if value < low:
         raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {shown(text)}")
     return value
+
+
+def _class_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated class indices, got {shown(text)}") from None
+    if not values or min(values) < 0 or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"expected distinct class indices >= 0, got {shown(text)}")
+    return values
 
 
 def _tolerance(text: str) -> float:
@@ -481,6 +524,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.profile:
         check_run_fits(model.graph, 1, size, f"profiling at {size[0]}x{size[1]}")
     print(inspect_report(model, hw, args.scales))
+    if args.tile:
+        from graphconv.tiling import plan_report
+        print(plan_report(model, size, args.tile))
     if args.ir:
         print(model.graph)
     if args.profile:

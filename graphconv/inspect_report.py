@@ -16,15 +16,18 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
     head = f"{graph.name}: input {c}x{hw[0]}x{hw[1]} (trained crop {c}x{hc}x{wc})"
     if model.seeded_weights:
         head += "; seeded weights (the spec names no weights file)"
-    lines = [head, f"{'layer':<16}{'op':<9}{'output':>14}{'params':>12}{'MFLOP':>11}"
+    name_width = max([16] + [len(r.name) + 2 for r in costs])  # ONNX module paths run long
+    op_width = max([9] + [len(r.op) + 2 for r in costs])
+    lines = [head, f"{'layer':<{name_width}}{'op':<{op_width}}{'output':>14}{'params':>12}{'MFLOP':>11}"
                    f"{'field':>9}{'stride':>8}{'offset':>9}"]
     for row in costs:
         f = fields[row.name]
-        lines.append(f"{row.name:<16}{row.op:<9}{'x'.join(map(str, row.shape)):>14}{row.params:>12,}"
-                     f"{row.flops / 1e6:>11.1f}{_pair(f.size):>9}{_pair(f.stride):>8}{_pair(f.offset):>9}")
+        lines.append(f"{row.name:<{name_width}}{row.op:<{op_width}}{'x'.join(map(str, row.shape)):>14}"
+                     f"{row.params:>12,}{row.flops / 1e6:>11.1f}{_pair(f.size):>9}{_pair(f.stride):>8}"
+                     f"{_pair(f.offset):>9}")
     total_params = sum(r.params for r in costs)
     total_flops = sum(r.flops for r in costs)
-    lines.append(f"{'total':<39}{total_params:>12,}{total_flops / 1e6:>11.1f}")
+    lines.append(f"{'total':<{name_width + op_width + 14}}{total_params:>12,}{total_flops / 1e6:>11.1f}")
     if model.stitch_copies > 1:
         lines.append(f"shift-and-stitch: {model.stitch_copies} shifted copies of each image in one pass "
                      "(counted in the FLOPs above)")

@@ -118,10 +118,20 @@ class Model:
             executors[device] = Executor(self.graph, device)
         return executors[device]
 
-    def run(self, x: np.ndarray, device: str = "cpu", profile: dict | None = None) -> np.ndarray:
-        """The network's output for (C, H, W) or (N, C, H, W) float32 input."""
+    def run(self, x: np.ndarray, device: str = "cpu", profile: dict | None = None, *,
+            full: bool = False) -> np.ndarray:
+        """The network's output for (C, H, W) or (N, C, H, W) float32 input: (N, K, rows,
+        cols), one cell per crop of the classifier's size at the output stride.
+
+        Cells whose crop would run off the image are dropped (`map_size` gives the crop
+        grid): when the classifier's windows leave the last pixels of its crop unused
+        (floor rounding), the network computes extra cells at the bottom and right whose
+        fields lie in the image but whose crops would not, and a shift-and-stitch
+        network computes cells for copies shifted past the image's end. `full=True`
+        returns everything the network computed, those cells included."""
         batch = as_batch(x, self.crop_shape[0])
-        return self._crop_grid(self.executor(device).run(batch, profile), batch.shape[2:])
+        out = self.executor(device).run(batch, profile)
+        return out if full else self._crop_grid(out, batch.shape[2:])
 
     def _crop_grid(self, out: np.ndarray, image_hw) -> np.ndarray:
         """Keep the cells of whole crops. When a classifier's last window does not use the

@@ -302,3 +302,26 @@ def choose_tile(model, image_hw: tuple[int, int], budget: int, batch: int = 1) -
         else:
             high = mid
     return low
+
+
+def plan_report(model, image_hw: tuple[int, int], tile: int | Sequence[int]) -> str:
+    """What `graphconv inspect --tile` prints: the plan, the FLOPs the tiles compute over
+    the whole-image pass's, and the peak memory of one tile's run."""
+    from graphconv.cost import total_flops
+    from graphconv.memory import format_size, run_estimate
+
+    plan = plan_tiles(model, image_hw, tile)
+    sizes: dict[tuple[int, int], int] = {}
+    for t in plan.tiles:
+        hw = (t.box[2] - t.box[0], t.box[3] - t.box[1])
+        sizes[hw] = sizes.get(hw, 0) + 1
+    tiled = sum(count * total_flops(model.graph, hw) for hw, count in sizes.items())
+    whole = total_flops(model.graph, tuple(image_hw))
+    peak = max(run_estimate(model.graph, 1, hw) for hw in sizes)
+    return "\n".join([
+        f"tile plan for {image_hw[0]}x{image_hw[1]} with --tile {tile}: {plan.describe()}",
+        f"  score map {plan.map_hw[0]}x{plan.map_hw[1]}; tiles compute {tiled / 1e9:.2f} GFLOP, "
+        f"{tiled / whole:.2f}x the whole-image pass's {whole / 1e9:.2f}",
+        f"  peak memory of one tile's run: {format_size(peak)} (the whole image: "
+        f"{format_size(run_estimate(model.graph, 1, tuple(image_hw)))})",
+    ])

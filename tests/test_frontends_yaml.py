@@ -210,11 +210,12 @@ def test_aliases_within_bounds_still_work(write_spec):
 
 @pytest.mark.parametrize("data,name,match", [
     (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "net.yaml", "not a YAML text file (a PNG image?)"),
+    # ONNX files (a .onnx name, or protobuf bytes) go to the ONNX front end, which names damage
     (b"\x08\x07\x12\x07pytorch\x1a\x032.1:\xb5\x01\n\x99\x01\x12\x0bfc.weight\xff\xfe", "model.onnx",
-     "not a YAML text file (an ONNX model?"),
+     "is not a valid ONNX model"),
     (b"PK\x03\x04\x14\x00\x00\x00\x00\x00", "net.yaml", "not a YAML text file (a zip archive"),
-    (b"\x08\x07\x12\x07pytorch\x1a\x032.1", "net.yaml", "not a YAML text file (an ONNX model?"),
-    (b"ir_version: 7\n", "model.onnx", "not a YAML text file (an ONNX model?"),
+    (b"\x08\x07\x12\x07pytorch\x1a\x032.1", "net.yaml", "not an ONNX model with a graph"),
+    (b"ir_version: 7\n", "model.onnx", "is not a valid ONNX model"),
     (b"\x93NUMPY\x01\x00", "net.yaml", "not a YAML text file (a .npy array?)"),
     ("input: 1\n".encode("utf-16"), "net.yaml", "not a YAML text file (UTF-16 text?)"),
     (b"input: \xe9t\xe9\n", "net.yaml", "not a YAML text file (a binary file? it is not UTF-8)"),

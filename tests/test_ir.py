@@ -14,7 +14,7 @@ def chain():
     g.add("c", "conv", ["x"], dict(out_channels=4, kernel_size=3, stride=1, padding=0, dilation=1,
                                    groups=1, bias=True, activation="none"))
     g.add("r", "relu", ["c"])
-    g.add("p", "maxpool", ["r"], dict(kernel_size=2, stride=2, padding=0, dilation=1))
+    g.add("p", "maxpool", ["r"], dict(kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False))
     g.output = "p"
     return g
 
