@@ -152,6 +152,8 @@ def graphconv_cli(*args, cwd=None):
     (["run", SPECS / "lenet.yaml", "--image", "x.png", "--heatmap", "best"], "--heatmap: expected an integer"),
     (["run", SPECS / "lenet.yaml", "--image", "x.png", "--heatmap", 1, "--heatmap-range", "1,0"],
      "--heatmap-range: expected finite numbers LOW < HIGH"),
+    (["run", SPECS / "lenet.yaml", "--input", "x.npy", "--scales", 32, "--full-map"],
+     "--full-map is for one image or array evaluated whole"),
 ])
 def test_bad_options_are_one_line_exit_2(tmp_path, args, message):
     result = graphconv_cli(*[str(a).replace("{tmp}", str(tmp_path)) for a in args])
@@ -251,3 +253,19 @@ def test_heatmaps_name_their_class_show_their_scale_and_take_the_format_of_their
     assert result.returncode == 0, result.stderr
     assert "stretched to this map's min..max" in result.stdout
     assert Image.open(tmp_path / "seven.jpg").format == "JPEG"
+
+
+def test_full_map_keeps_the_cells_whose_crop_would_run_off_the_image(tmp_path, write_spec):
+    """A 37x37 classifier whose pool leaves its crop's last row unused: on a 40x41 image
+    `run` returns the 2x3 crop grid, `run --full-map` the network's 3x3 map."""
+    spec = write_spec("name: floor\ninput: {shape: [1, 37, 37]}\nlayers:\n"
+                      "  - {name: conv1, op: conv, out_channels: 3, kernel_size: 5}\n"
+                      "  - {name: pool1, op: maxpool, kernel_size: 2}\n"
+                      "  - {name: fc1, op: fc, out_features: 4}\n")
+    assert graphconv_cli("compile", spec, "-o", tmp_path / "m").returncode == 0
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((1, 1, 40, 41)).astype(np.float32))
+    for flags, shape in (((), (1, 4, 2, 3)), (("--full-map",), (1, 4, 3, 3))):
+        result = graphconv_cli("run", tmp_path / "m", "--input", tmp_path / "x.npy", "--output", tmp_path / "o.npy",
+                               *flags)
+        assert result.returncode == 0, result.stderr
+        assert np.load(tmp_path / "o.npy").shape == shape
