@@ -198,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "network.")
     imp.add_argument("model", help=".onnx model")
     imp.add_argument("--output", "-o", required=True, metavar="NET.yaml", help="spec file to write")
+    imp.add_argument("--scale", type=float, metavar="S", help="preprocess: multiply pixels (0..255) by S first")
+    imp.add_argument("--mean", type=_float_list, metavar="M1,M2,M3", help="preprocess: then subtract per channel")
+    imp.add_argument("--std", type=_float_list, metavar="S1,S2,S3", help="preprocess: then divide per channel")
+    imp.add_argument("--labels", metavar="TXT", help="class names, one per line (copied beside the spec)")
     imp.add_argument("--crop-size", type=_positive_int, nargs=2, metavar=("H", "W"),
                      help="the training crop, for a model whose input size is dynamic")
     imp.set_defaults(handler=cmd_import)
@@ -577,15 +581,62 @@ def cmd_import(args: argparse.Namespace) -> int:
     weights_path = spec_path.with_suffix(".npz")
     for path in (spec_path, weights_path):
         check_writable(path)
-    graph = load_network(args.model, crop_size=args.crop_size, init_missing_weights=False)
+    labels_path = spec_path.with_suffix(".labels.txt") if args.labels else None
+    graph = load_network(args.model, crop_size=args.crop_size, labels=args.labels, init_missing_weights=False)
     graph.nx.graph["name"] = spec_path.stem
-    text = spec_text(graph, weights_file=weights_path.name).replace(
+    preprocess = _preprocess_options(args, graph.input_shape[0])
+    if preprocess:
+        graph.meta["preprocess"] = preprocess
+    if "labels" in graph.meta:
+        from graphconv.shapes import infer_shapes
+        classes = infer_shapes(graph, check_weights=False)[graph.output.name][0]
+        if len(graph.meta["labels"]) != classes:
+            raise GraphconvError(f"has {len(graph.meta['labels'])} labels; the model has {classes} classes",
+                                 file=args.labels)
+    text = spec_text(graph, weights_file=weights_path.name,
+                     labels_file=labels_path.name if labels_path else "labels.txt").replace(
         f"# written by graphconv from {spec_path.stem}", f"# imported by graphconv from {Path(args.model).name}", 1)
     arrays = weight_arrays(graph)
     atomic_write(weights_path, lambda p: np.savez(p, **arrays), suffix=".npz")
+    if labels_path:
+        labels_text = "\n".join(graph.meta["labels"]) + "\n"
+        atomic_write(labels_path, lambda p: Path(p).write_text(labels_text), suffix=".txt")
     atomic_write(spec_path, lambda p: Path(p).write_text(text), suffix=".yaml")
     print(f"imported {args.model} -> {spec_path} ({len(graph.layers())} layers) + {weights_path}")
+    if not preprocess:
+        print("note: ONNX files do not say how images were normalised; add a preprocess block to the spec "
+              "(or pass --scale/--mean/--std) before running it on images", file=sys.stderr)
     return 0
+
+
+def _preprocess_options(args: argparse.Namespace, channels: int) -> dict:
+    """import's --scale/--mean/--std as a spec's preprocess block, checked as the spec
+    loader checks one (finite numbers, one per channel, no zero std)."""
+    block: dict = {}
+    if args.scale is not None:
+        if not math.isfinite(args.scale):
+            raise GraphconvError(f"--scale must be a finite number, got {args.scale}")
+        block["scale"] = args.scale
+    for key in ("mean", "std"):
+        values = getattr(args, key)
+        if values is None:
+            continue
+        if len(values) != channels:
+            raise GraphconvError(f"--{key} gives {len(values)} number(s); the model's input has {channels} channel(s)")
+        if key == "std" and any(v == 0 for v in values):
+            raise GraphconvError("--std must not contain 0")
+        block[key] = values
+    return block
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {shown(text)}") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got {shown(text)}")
+    return values
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -269,3 +269,22 @@ def test_cli_bad_onnx_is_exit_2_one_line_and_writes_nothing(tmp_path):
     assert not (tmp_path / "net.yaml").exists() and not (tmp_path / "net.npz").exists()
     result = graphconv("compile", bad, "-o", tmp_path / "fcn")
     assert result.returncode == 2 and not (tmp_path / "fcn").exists()
+
+
+def test_cli_import_with_preprocess_and_labels(exported, tmp_path, rng):
+    model, path = exported("alexnet")
+    labels = tmp_path / "classes.txt"
+    labels.write_text("\n".join(f"class {i}" for i in range(10)) + "\n")
+    spec = tmp_path / "alex.yaml"
+    result = graphconv("import", path, "-o", spec, "--scale", "0.00392157", "--mean", "0.485,0.456,0.406",
+                       "--std", "0.229,0.224,0.225", "--labels", labels)
+    assert result.returncode == 0, result.stderr
+    loaded = Model.load(spec)
+    assert loaded.graph.meta["preprocess"]["std"] == [0.229, 0.224, 0.225]
+    assert loaded.graph.meta["labels"][3] == "class 3"
+    (tmp_path / "short.txt").write_text("a\nb\n")
+    result = graphconv("import", path, "-o", tmp_path / "bad.yaml", "--labels", tmp_path / "short.txt")
+    assert result.returncode == 2 and "has 2 labels; the model has 10 classes" in result.stderr
+    assert not (tmp_path / "bad.yaml").exists() and not (tmp_path / "bad.npz").exists()
+    result = graphconv("import", path, "-o", tmp_path / "bad.yaml", "--mean", "1,2")
+    assert result.returncode == 2 and "--mean gives 2 number(s)" in result.stderr
