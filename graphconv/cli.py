@@ -583,7 +583,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         check_writable(path)
     labels_path = spec_path.with_suffix(".labels.txt") if args.labels else None
     graph = load_network(args.model, crop_size=args.crop_size, labels=args.labels, init_missing_weights=False)
-    graph.nx.graph["name"] = spec_path.stem
+    graph.name = spec_path.stem
     preprocess = _preprocess_options(args, graph.input_shape[0])
     if preprocess:
         graph.meta["preprocess"] = preprocess

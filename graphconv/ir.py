@@ -120,6 +120,11 @@ class Graph:
     def name(self) -> str:
         return self.nx.graph["name"]
 
+    @name.setter
+    def name(self, value: str) -> None:
+        self.nx.graph["name"] = value
+        self._changed()
+
     @property
     def input(self) -> Node:
         return Node(self, self.nx.graph["input"])
