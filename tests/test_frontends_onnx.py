@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 onnx = pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")
@@ -288,3 +289,35 @@ def test_cli_import_with_preprocess_and_labels(exported, tmp_path, rng):
     assert not (tmp_path / "bad.yaml").exists() and not (tmp_path / "bad.npz").exists()
     result = graphconv("import", path, "-o", tmp_path / "bad.yaml", "--mean", "1,2")
     assert result.returncode == 2 and "--mean gives 2 number(s)" in result.stderr
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_damaged_onnx_bytes_load_or_fail_cleanly(exported, tmp_path, data):
+    """Flipped, dropped and inserted bytes anywhere in a real export: the model loads, or
+    one GraphconvError names the file; never another exception."""
+    _, good = exported("squeezenet")
+    raw = bytearray(good.read_bytes())
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(raw) - 1))
+        kind = data.draw(st.sampled_from(["flip", "drop", "insert"]))
+        if kind == "flip":
+            raw[at] ^= data.draw(st.integers(1, 255))
+        elif kind == "drop":
+            del raw[at]
+        else:
+            raw.insert(at, data.draw(st.integers(0, 255)))
+    path = tmp_path / "fuzzed.onnx"
+    path.write_bytes(bytes(raw))
+    try:
+        load_network(path)
+    except GraphconvError as err:
+        assert "fuzzed.onnx" in str(err) and "\n" not in str(err)
+
+
+def test_nan_weights_are_refused(tmp_path, rng):
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    w[1, 2, 0, 0] = np.nan
+    path = save(tiny_model([onnx.helper.make_node("Conv", ["x", "w"], ["y"], name="c")], {"w": w}), tmp_path / "n.onnx")
+    with pytest.raises(GraphconvError, match="node 'c': its weight holds NaN"):
+        load_network(path)

@@ -178,10 +178,16 @@ class _Importer:
             if converter is None:
                 raise self.error(f"op {node.op_type} is not supported (supported: "
                                  f"{', '.join(sorted(CONVERTERS))})")
-            if converter is not _constant and self._all_constant(node):
-                self._fold_constant(node)
-            else:
-                converter(self, node)
+            try:
+                if converter is not _constant and self._all_constant(node):
+                    self._fold_constant(node)
+                else:
+                    converter(self, node)
+            except (KeyError, IndexError, ValueError, TypeError) as err:
+                # a well-formed protobuf can still lack what the op needs (an attribute, an
+                # input): a damaged or hand-made file, reported as such
+                raise self.error(f"{node.op_type} is malformed ({type(err).__name__}: "
+                                 f"{shown(str(err), 80)})") from err
         self.onnx_node = None
         self._set_output()
         return self.graph, self.weights
@@ -291,7 +297,11 @@ class _Importer:
         layer = self.graph.fresh_name(name or self._layer_name(node, weights))
         self.graph.add(layer, op, [t.node for t in inputs], params)
         for key, array in (weights or {}).items():
-            self.weights[f"{layer}.{key}"] = np.ascontiguousarray(array, dtype=np.float32)
+            stored = np.ascontiguousarray(array, dtype=np.float32)
+            if not np.isfinite(stored).all():
+                raise self.error(f"its {key} holds NaN or infinite values (after conversion to float32); "
+                                 "they would turn every score into NaN")
+            self.weights[f"{layer}.{key}"] = stored
         tensor = Tensor(layer, tuple(shape), rank if rank is not None else inputs[0].rank)
         self.values[node.output[0]] = tensor
         self.produced[layer] = node.output[0]
