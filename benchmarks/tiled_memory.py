@@ -154,7 +154,9 @@ def crop_loop_comparison(work: Path, model, np, size: int, tile: int) -> list[st
     return [
         f"On {size}x{size}, in one process: exact tiles {tiled_s:.1f} s; the crop loop with blending (classifier on "
         f"all {rows * cols} crops at stride {stride}, batches of 64) {crop_s:.1f} s, {crop_s / tiled_s:.1f}x slower "
-        f"(same scores: max difference {agree:.1e}). MONAI's sliding_window_inference also keeps an importance-"
+        f"(AlexNet pads its convs, so the crop loop's scores differ from the dense map's where a crop's own zero "
+        f"padding replaces its neighbours' pixels: max difference {agree:.1e}; `graphconv verify` explains "
+        f"this). MONAI's sliding_window_inference also keeps an importance-"
         f"weighted output and a count map at image resolution for every class: {monai_buffer:.1f} GB here, where "
         f"graphconv's tiles write {tiled.nbytes / 2**20:.1f} MB of scores.",
     ]
