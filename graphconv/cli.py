@@ -461,14 +461,20 @@ def _int_at_least(text: str, low: int) -> int:
     return value
 
 
-def _class_list(text: str) -> list[int]:
+def _comma_list(text: str, convert, what: str, valid) -> list:
+    """A comma-separated option value: each item converted, the whole list checked."""
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        values = [convert(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated class indices, got {shown(text)}") from None
-    if not values or min(values) < 0 or len(set(values)) != len(values):
-        raise argparse.ArgumentTypeError(f"expected distinct class indices >= 0, got {shown(text)}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {shown(text)}") from None
+    if not values or not valid(values):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {shown(text)}")
     return values
+
+
+def _class_list(text: str) -> list[int]:
+    return _comma_list(text, int, "distinct class indices >= 0",
+                       lambda values: min(values) >= 0 and len(set(values)) == len(values))
 
 
 def _tolerance(text: str) -> float:
@@ -482,13 +488,7 @@ def _tolerance(text: str) -> float:
 
 
 def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got '{text}'")
-    return values
+    return _comma_list(text, int, "positive integers", lambda values: min(values) >= 1)
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -630,13 +630,7 @@ def _preprocess_options(args: argparse.Namespace, channels: int) -> dict:
 
 
 def _float_list(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {shown(text)}") from None
-    if not values or not all(math.isfinite(v) for v in values):
-        raise argparse.ArgumentTypeError(f"expected finite numbers, got {shown(text)}")
-    return values
+    return _comma_list(text, float, "finite numbers", lambda values: all(math.isfinite(v) for v in values))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
