@@ -143,3 +143,32 @@ def test_save_onnx_writes_a_loadable_file(tmp_path):
     model = compile_model(SPECS / "lenet.yaml")
     save_onnx(model.graph, tmp_path / "m.onnx")
     onnx.checker.check_model(onnx.load(str(tmp_path / "m.onnx")))
+
+
+@pytest.mark.parametrize("arch", ["resnet", "densenet", "googlenet", "mobilenetv2"])
+def test_imported_classifier_compiled_and_exported_runs_in_onnxruntime(arch, tmp_path, rng):
+    """The whole round trip a user makes: PyTorch -> ONNX -> graphconv compile (batch norm
+    folded, global pooling made dense) -> ONNX -> onnxruntime on a larger image."""
+    pytest.importorskip("torch")
+    import onnx_zoo
+
+    path = tmp_path / f"{arch}.onnx"
+    onnx_zoo.export(onnx_zoo.build(arch), path, fold=False)
+    model = compile_model(path)
+    x = rng.standard_normal((1, 3, 90, 75)).astype(np.float32)
+    np.testing.assert_allclose(onnxruntime_run(to_onnx_model(model.graph), x), full_map(model, x), **TOLERANCE)
+
+
+def test_without_the_onnx_package_the_message_says_how_to_get_it(monkeypatch, tmp_path):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_onnx(name, *args, **kwargs):
+        if name == "onnx" or name.startswith("onnx."):
+            raise ImportError("No module named 'onnx'")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_onnx)
+    from graphconv.frontends.onnx import require_onnx
+    with pytest.raises(GraphconvError, match=r"pip install 'graphconv\[onnx\]'"):
+        require_onnx()
