@@ -118,20 +118,55 @@ class Model:
             executors[device] = Executor(self.graph, device)
         return executors[device]
 
+    @property
+    def returns_vectors(self) -> bool:
+        """Whether `run` returns (N, K) class vectors rather than (N, K, rows, cols) maps.
+
+        The rule, PyTorch's and onnxruntime's: a network whose output is computed through
+        a layer that flattens the map (`fc`, `flatten`) returns vectors; such a network is
+        a classifier as trained, and its output is 1x1 by construction. A network that
+        keeps its spatial axes to the end returns maps, 1x1 on its crop: every compiled
+        (fully convolutional) network, which is what fc-to-conv and remove-flatten make,
+        and a network ending in a global pool without a flatten (as PyTorch's pooling
+        layers return N x K x 1 x 1). The rule looks at the graph alone, so it is the same
+        for every input and every device."""
+        cache = self._cache()
+        if "returns_vectors" not in cache:
+            import networkx as nx
+            output = self.graph.output.name
+            upstream = nx.ancestors(self.graph.nx, output) | {output}
+            cache["returns_vectors"] = any(self.graph.node(name).op in VECTOR_OPS for name in upstream)
+        return cache["returns_vectors"]
+
     def run(self, x: np.ndarray, device: str = "cpu", profile: dict | None = None, *,
             full: bool = False) -> np.ndarray:
         """The network's output for (C, H, W) or (N, C, H, W) float32 input: (N, K, rows,
-        cols), one cell per crop of the classifier's size at the output stride.
+        cols), one cell per crop of the classifier's size at the output stride, or (N, K)
+        for a classifier with fc or flatten layers (`returns_vectors`).
 
         Cells whose crop would run off the image are dropped (`map_size` gives the crop
         grid): when the classifier's windows leave the last pixels of its crop unused
         (floor rounding), the network computes extra cells at the bottom and right whose
         fields lie in the image but whose crops would not, and a shift-and-stitch
         network computes cells for copies shifted past the image's end. `full=True`
-        returns everything the network computed, those cells included."""
+        returns everything the network computed, as it computed it: those cells
+        included, and always (N, K, rows, cols)."""
         batch = as_batch(x, self.crop_shape[0])
         out = self.executor(device).run(batch, profile)
-        return out if full else self._crop_grid(out, batch.shape[2:])
+        if full:
+            return out
+        out = self._crop_grid(out, batch.shape[2:])
+        if self.returns_vectors and out.shape[2:] == (1, 1):
+            out = out.reshape(out.shape[:2])
+        return out
+
+    def run_tiled(self, source, tile: int | tuple[int, int], *, out=None, device: str = "cpu",
+                  transform=None, progress=None):
+        """`run`'s map of an image too big to evaluate whole, computed exactly, tile by tile
+        (graphconv.tiling.run_tiled): `source` is a preprocessed (N, C, H, W) array or a
+        reader with height, width, channels and read(top, left, bottom, right)."""
+        from graphconv.tiling import run_tiled
+        return run_tiled(self, source, tile, out=out, device=device, transform=transform, progress=progress)
 
     def _crop_grid(self, out: np.ndarray, image_hw) -> np.ndarray:
         """Keep the cells of whole crops. When a classifier's last window does not use the
@@ -142,6 +177,14 @@ class Model:
         if out.shape[2] > rows or out.shape[3] > cols:
             out = np.ascontiguousarray(out[:, :, :rows, :cols])
         return out
+
+
+VECTOR_OPS = ("fc", "flatten")  # layers after which a network returns (N, K), see Model.returns_vectors
+
+
+def as_map(scores: np.ndarray) -> np.ndarray:
+    """Scores as (N, K, rows, cols): a classifier's (N, K) vectors become 1x1 maps."""
+    return scores[:, :, None, None] if scores.ndim == 2 else scores
 
 
 def as_batch(x: np.ndarray, channels: int) -> np.ndarray:

@@ -169,3 +169,34 @@ def test_alexnet_tiled_equals_whole(rng):
     x = rng.standard_normal((1, 3, 227 + 200, 227 + 120)).astype(np.float32)
     tiled = run_tiled(model, x, max(min_tile(model)) + 40)
     np.testing.assert_allclose(tiled, model.run(x), rtol=1e-4, atol=1e-6)
+
+
+class CountingReader:
+    """A user's own reader (as OpenSlide would be wrapped): only boxes are ever read."""
+
+    def __init__(self, array):
+        self.array, self.reads = array, []
+        _, self.channels, self.height, self.width = array.shape
+
+    def read(self, top, left, bottom, right):
+        self.reads.append((top, left, bottom, right))
+        return self.array[0, :, top:bottom, left:right]
+
+
+def test_model_run_tiled_takes_a_users_reader(compiled, rng):
+    model = compiled("padded")
+    x = rng.standard_normal((1, 3, 120, 140)).astype(np.float32)
+    reader = CountingReader(x)
+    out = np.full((1, 5, *model.output_hw(120, 140)), np.nan, np.float32)
+    assert model.run_tiled(reader, 70, out=out) is out
+    np.testing.assert_allclose(out, model.run(x), rtol=1e-4, atol=1e-5)
+    assert len(reader.reads) > 1 and all(b - t <= 70 and r - l <= 70 for t, l, b, r in reader.reads)
+
+
+def test_missing_scale_extra_says_how_to_get_it(monkeypatch):
+    import sys
+    from graphconv.sources import require
+
+    monkeypatch.setitem(sys.modules, "zarr", None)  # what an environment without zarr imports
+    with pytest.raises(GraphconvError, match=r"needs the zarr package: pip install 'graphconv\[scale\]'"):
+        require("zarr")
