@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from graphconv.errors import GraphconvError
-from graphconv.model import Model, as_batch
+from graphconv.model import Model, as_batch, as_map
 
 REDUCTIONS = ("mean", "max")
 
@@ -69,7 +69,7 @@ def multiscale(model: Model, x: np.ndarray, scales: list[int], flip: bool = Fals
         resized = resize_bilinear(x, h, w) if (h, w) != x.shape[2:] else x
         for flipped in ((False, True) if flip else (False,)):
             image = np.ascontiguousarray(resized[..., ::-1]) if flipped else resized
-            score_map = model.run(image, device)
+            score_map = as_map(model.run(image, device))
             result.maps[(scale, flipped)] = score_map
             vectors.append(reduce_map(score_map, reduce))
     stacked = np.stack(vectors)

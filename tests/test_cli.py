@@ -18,7 +18,7 @@ def test_run_spec_on_array(tmp_path, capsys):
     np.save(tmp_path / "in.npy", np.random.default_rng(0).standard_normal((2, 1, 32, 32)).astype(np.float32))
     assert run_cli("run", SPECS / "lenet.yaml", "--input", tmp_path / "in.npy", "--output", tmp_path / "out.npy") == 0
     out = np.load(tmp_path / "out.npy")
-    assert out.shape == (2, 10, 1, 1) and np.allclose(out.sum(axis=1), 1, atol=1e-5)
+    assert out.shape == (2, 10) and np.allclose(out.sum(axis=1), 1, atol=1e-5)  # a classifier: vectors
     captured = capsys.readouterr()
     assert "seeded (random) weights" in captured.err and "seeded" not in captured.out
 
@@ -205,7 +205,7 @@ def test_a_grey_model_takes_an_image(tmp_path):
     result = graphconv_cli("run", SPECS / "lenet.yaml", "--image", ROOT / "examples/scene.png",
                            "--resize", 32, 32, "--output", tmp_path / "o.npy")
     assert result.returncode == 0, result.stderr
-    assert np.load(tmp_path / "o.npy").shape == (1, 10, 1, 1)
+    assert np.load(tmp_path / "o.npy").shape == (1, 10)
 
 
 SEEDED_NOTE = "note: lenet has no weights file; using deterministic seeded (random) weights"
