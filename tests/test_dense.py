@@ -1,0 +1,109 @@
+"""verify: (a) the conversion on the classifier's crop, (b) the sliding evaluation against
+the crop loop, and for padded networks which layers' padding makes which positions differ."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import graphconv
+from graphconv.dense import padding_reach, verify
+from conftest import random_input
+
+PADDED = """
+name: padded
+input: {shape: [2, 16, 16]}
+layers:
+  - {name: conv1, op: conv, out_channels: 4, kernel_size: 3, padding: 1}
+  - {name: relu1, op: relu}
+  - {name: pool1, op: maxpool, kernel_size: 2}
+  - {name: conv2, op: conv, out_channels: 4, kernel_size: 3}
+  - {name: fc, op: fc, out_features: 3}
+"""
+UNPADDED = PADDED.replace(", padding: 1", "")
+CEIL = """
+name: ceil
+input: {shape: [1, 13, 13]}
+layers:
+  - {name: conv1, op: conv, out_channels: 2, kernel_size: 3}
+  - {name: pool1, op: maxpool, kernel_size: 2, ceil_mode: true}
+  - {name: fc, op: fc, out_features: 3}
+"""
+
+
+def models(write_spec, text):
+    classifier = graphconv.load(write_spec(text))
+    return classifier, graphconv.compile_model(classifier.graph)
+
+
+def test_an_unpadded_network_is_exact_both_ways(write_spec, rng):
+    classifier, fcn = models(write_spec, UNPADDED.replace("[2, 16, 16]", "[2, 14, 14]"))
+    report = verify(classifier, fcn, random_input(rng, (1, 2, 30, 26)))
+    assert report.exact_by_construction and report.conversion_exact and report.agrees and report.passed
+    assert report.layers == [] and "PASS: the conversion is exact and the sliding evaluation equals" in str(report)
+
+
+def test_a_padded_network_passes_and_says_where_padding_reaches(write_spec, rng):
+    classifier, fcn = models(write_spec, PADDED)
+    report = verify(classifier, fcn, random_input(rng, (2, 2, 36, 30)))
+    assert report.conversion_exact and not report.agrees and report.passed
+    assert not verify(classifier, fcn, random_input(rng, (2, 2, 36, 30)), strict=True).passed
+    [conv1] = report.layers
+    assert conv1.name == "conv1" and conv1.why == "padding 1x1" and conv1.map_hw == (16, 16)
+    assert conv1.border == (1, 1, 1, 1) and conv1.reached == 16 * 16 - 14 * 14
+    assert 0 < conv1.differing <= conv1.reached and conv1.max_abs > conv1.tolerance
+    assert conv1.clear_agrees  # the positions no padding reaches equal the sliding network's
+    text = str(report)
+    assert "conv1 (padding 1x1): of its 16x16 map per crop, 60 positions read zero padding" in text
+    assert "the 196 clear of padding agree" in text
+    assert "dilate and shift disagreeing on a padded network is this same effect" in text
+    assert "every cell depends on positions padding reaches" in text
+
+
+def test_a_wrong_conversion_fails_whatever_the_padding(write_spec, rng):
+    classifier, fcn = models(write_spec, PADDED)
+    fcn.graph.set_weights("fc", weight=fcn.graph.node("fc").weights["weight"] * 1.01)
+    report = verify(classifier, fcn, random_input(rng, (1, 2, 24, 24)))
+    assert not report.conversion_exact and not report.passed
+    assert "DIFFERENT: the conversion is wrong" in str(report) and "result: FAIL" in str(report)
+
+
+def test_where_padding_reaches_follows_the_windows(write_spec):
+    graph = graphconv.load_spec(write_spec(PADDED))
+    reach, sources = padding_reach(graph)
+    assert sources == ["conv1"]
+    rows, cols = reach["conv1"]
+    assert rows.tolist() == [True] + [False] * 14 + [True] and (cols == rows).all()
+    assert reach["pool1"][0].tolist() == [True] + [False] * 6 + [True]
+    assert reach["conv2"][0].tolist() == [True] + [False] * 4 + [True]  # windows over the pool's border rows
+    assert reach["fc"][0].all()  # the fc reads all of it
+    ceil = graphconv.load_spec(write_spec(CEIL, "ceil.yaml"))
+    reach, sources = padding_reach(ceil)
+    assert sources == ["pool1"] and reach["pool1"][0].tolist() == [False] * 5 + [True]
+
+
+def test_a_ceil_mode_window_is_reported_like_padding(write_spec, rng):
+    classifier = graphconv.load(write_spec(CEIL))
+    fcn = graphconv.compile_model(classifier.graph)
+    report = verify(classifier, fcn, random_input(rng, (1, 1, 17, 15)))
+    assert not report.exact_by_construction and report.padded_layers == ["pool1"]
+    assert report.conversion_exact and not report.agrees and report.passed
+    assert [layer.why for layer in report.layers] == ["ceil_mode"] and report.padding_explains
+    assert "windows reaching past their input (zero padding, ceil_mode pools) in pool1" in str(report)
+
+
+def graphconv_cli(*args):
+    return subprocess.run([sys.executable, "-m", "graphconv", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_verify_exits_0_for_a_right_conversion_of_a_padded_network_and_1_with_strict(write_spec):
+    spec = write_spec(PADDED)
+    result = graphconv_cli("verify", spec, "--input-size", 36, 30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "(a) conversion" in result.stdout and "exact" in result.stdout
+    assert "result: PASS: the conversion is exact; the sliding evaluation differs" in result.stdout
+    strict = graphconv_cli("verify", spec, "--input-size", 36, 30, "--strict")
+    assert strict.returncode == 1 and "result: FAIL (--strict)" in strict.stdout
+    unpadded = graphconv_cli("verify", write_spec(UNPADDED, "unpadded.yaml"), "--input-size", 36, 30, "--strict")
+    assert unpadded.returncode == 0, unpadded.stdout
