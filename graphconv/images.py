@@ -593,3 +593,49 @@ def image_size(path: str) -> tuple[int, int]:
     with open_regular_file(path, "image", not_found="image not found") as fp, _pillow_errors(image_mod, path):
         with image_mod.open(fp) as img:
             return img.size[1], img.size[0]
+
+
+def as_picture(image, channels: int = 3) -> np.ndarray:
+    """What users have, as `load_image` returns it: float32 (channels, H, W) on 0..255.
+
+    `image` is a path (loaded by `load_image`, within the memory budget), a Pillow image
+    (any mode `load_image` reads; converted to the channels the network takes), or a
+    uint8 numpy array of pixels: (H, W) grey or (H, W, C) with C = 1, 3 or 4, as Pillow,
+    imageio and OpenCV (after cv2.cvtColor(..., COLOR_BGR2RGB)) give them. Arrays of
+    other types are refused: a float array is ambiguous (0..1 or 0..255? already
+    preprocessed?); give it to `Model.run` preprocessed instead."""
+    import os
+    _mode_for(channels, "<image>")
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(os.fspath(image), channels=channels)
+    if isinstance(image, np.ndarray):
+        return _array_picture(image, channels)
+    image_mod = _pil()
+    if isinstance(image, image_mod.Image):
+        return _pil_picture(image_mod, image, channels)
+    raise GraphconvError(f"an image is a file path, a Pillow image or a uint8 (H, W, C) array, "
+                         f"not {type(image).__name__}")
+
+
+def _array_picture(pixels: np.ndarray, channels: int) -> np.ndarray:
+    if pixels.dtype != np.uint8:
+        raise GraphconvError(f"an image array must hold uint8 pixels (H, W) or (H, W, C), got {pixels.dtype}; "
+                             "for float input already preprocessed, use Model.run")
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pixels.ndim != 3 or pixels.shape[2] not in CHANNEL_MODES or min(pixels.shape[:2]) < 1:
+        raise GraphconvError(f"an image array is (H, W) or (H, W, C) with C = 1, 3 or 4, got shape "
+                             f"{tuple(pixels.shape)}")
+    if pixels.shape[2] == channels:
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
+    image_mod = _pil()  # another channel count: converted as a file of that mode would be
+    return _pil_picture(image_mod, image_mod.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels),
+                        channels)
+
+
+def _pil_picture(image_mod, img, channels: int) -> np.ndarray:
+    if img.mode in DEEP_MODES:
+        plane = _deep_to_255(pixel_array(img), img.mode, "<image>")
+        return _grey_as_channels(plane, channels)
+    pixels = pixel_array(img.convert(CHANNEL_MODES[channels]))
+    return np.ascontiguousarray(np.atleast_3d(pixels).transpose(2, 0, 1), dtype=np.float32)

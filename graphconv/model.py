@@ -82,9 +82,33 @@ class Model:
     def output_stride(self) -> tuple[int, int]:
         return self.field.stride
 
-    def cell_box(self, i: int, j: int) -> tuple[int, int, int, int]:
-        """(top, left, bottom, right) in input pixels of the field of score-map cell (i, j)."""
-        return self.field.box(i, j)
+    def cell_box(self, i: int, j: int, image_size: tuple[int, int] | None = None) -> tuple[int, int, int, int]:
+        """(top, left, bottom, right) in input pixels of the field of score-map cell (i, j).
+
+        The indices must be whole numbers >= 0 and inside the map: the crop grid of an
+        image of `image_size` (H, W) when given, else the map `run` returned last (if it
+        ran); otherwise a CellIndexError (an IndexError and a GraphconvError) says which
+        cells there are."""
+        for name, value in (("row", i), ("column", j)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+                raise CellIndexError(f"cell_box: the {name} must be a whole number >= 0, got {value!r}")
+        if image_size is not None:
+            (rows, cols), what = self.map_size(*image_size), f"of a {image_size[0]}x{image_size[1]} image"
+        else:
+            (rows, cols), what = self._cache().get("last_map", (None, None)), "that run returned last"
+        if rows is not None and (i >= rows or j >= cols):
+            raise CellIndexError(f"cell_box: cell ({i}, {j}) is outside the {rows}x{cols} score map {what} "
+                                 f"(rows 0..{rows - 1}, columns 0..{cols - 1})")
+        return self.field.box(int(i), int(j))
+
+    def classify(self, image, *, scales: list[int] | None = None, flip: bool = False, reduce: str = "mean",
+                 top: int | None = 5, device: str = "cpu"):
+        """The `top` best classes of one image given as a path, a Pillow image or a uint8
+        (H, W, C) array, the spec's preprocess applied: [Prediction(index, label, score)],
+        best first. See graphconv.scales.classify for how scales, flips and classifiers
+        with fc layers are handled."""
+        from graphconv.scales import classify
+        return classify(self, image, scales=scales, flip=flip, reduce=reduce, top=top, device=device)
 
     @property
     def output_channels(self) -> int:
@@ -153,10 +177,10 @@ class Model:
         included, and always (N, K, rows, cols)."""
         batch = as_batch(x, self.crop_shape[0])
         out = self.executor(device).run(batch, profile)
-        if full:
-            return out
-        out = self._crop_grid(out, batch.shape[2:])
-        if self.returns_vectors and out.shape[2:] == (1, 1):
+        if not full:
+            out = self._crop_grid(out, batch.shape[2:])
+        self._cache()["last_map"] = tuple(out.shape[2:])  # the cells cell_box accepts by default
+        if not full and self.returns_vectors and out.shape[2:] == (1, 1):
             out = out.reshape(out.shape[:2])
         return out
 
@@ -177,6 +201,10 @@ class Model:
         if out.shape[2] > rows or out.shape[3] > cols:
             out = np.ascontiguousarray(out[:, :, :rows, :cols])
         return out
+
+
+class CellIndexError(GraphconvError, IndexError):
+    """A score-map cell that does not exist (Model.cell_box)."""
 
 
 VECTOR_OPS = ("fc", "flatten")  # layers after which a network returns (N, K), see Model.returns_vectors

@@ -7,6 +7,7 @@ every score map over positions, then over scales and flips.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -81,3 +82,62 @@ def top_classes(scores: np.ndarray, k: int, labels: list[str] | None = None) -> 
     """The k best (index, label, score) of one class vector."""
     order = np.argsort(-scores, kind="stable")[:k]
     return [(int(i), labels[i] if labels and i < len(labels) else f"class {i}", float(scores[i])) for i in order]
+
+
+class Prediction(NamedTuple):
+    """One class of `classify`'s answer."""
+
+    index: int
+    label: str
+    score: float
+
+
+def classify(model: Model, image, *, scales: list[int] | None = None, flip: bool = False,
+             reduce: str = "mean", top: int | None = 5, device: str = "cpu") -> list[Prediction]:
+    """The `top` best classes for one image, best first, from what users have: a file
+    path, a Pillow image or a uint8 (H, W, C) array (`images.as_picture`), with the
+    spec's `preprocess` applied.
+
+    A classifier as trained (fc layers: `Model.returns_vectors`) sees one crop: the image
+    resized so that it just covers the crop, then its centre (and its mirror image with
+    `flip`, the two scores averaged). A compiled (fully convolutional) model slides over
+    the image at each of `scales` (the shorter side resized to each; default: the image
+    as it is, enlarged only if smaller than the crop), mirrored too with `flip`, and
+    every score map is reduced (`reduce`: mean or max over positions, then over scales
+    and flips), as `multiscale` does."""
+    from graphconv import images
+
+    if top is not None and (not isinstance(top, int) or isinstance(top, bool) or top < 1):
+        raise GraphconvError(f"top must be a whole number >= 1 (or None for every class), got {top!r}")
+    if reduce not in REDUCTIONS:
+        raise GraphconvError(f"reduce must be one of {', '.join(REDUCTIONS)}, got {reduce!r}")
+    c, hc, wc = model.crop_shape
+    x = images.preprocess(images.as_picture(image, c), model.graph.meta.get("preprocess"))[None]
+    height, width = x.shape[2:]
+    if model.returns_vectors:
+        if scales:
+            raise GraphconvError("scales slide the network over the image: compile the model first "
+                                 "(graphconv.compile_model), a classifier with fc layers sees one crop")
+        batch = centre_crop(x, hc, wc)
+        if flip:
+            batch = np.concatenate([batch, np.ascontiguousarray(batch[..., ::-1])])
+        vectors = model.run(batch, device).reshape(len(batch), -1)
+        scores = vectors.mean(axis=0) if reduce == "mean" else vectors.max(axis=0)
+    else:
+        if not scales:
+            factor = max(1.0, hc / height, wc / width)
+            scales = [int(np.ceil(min(height, width) * factor))]
+        scores = multiscale(model, x, list(scales), flip, reduce, device).scores[0]
+    k = len(scores) if top is None else top
+    return [Prediction(*entry) for entry in top_classes(scores, k, model.graph.meta.get("labels"))]
+
+
+def centre_crop(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(N, C, H, W) resized (bilinear, aspect kept) to just cover height x width, then its
+    centre height x width."""
+    h, w = x.shape[2:]
+    factor = max(height / h, width / w)
+    size = (max(height, round(h * factor)), max(width, round(w * factor)))
+    resized = resize_bilinear(x, *size) if size != (h, w) else x
+    top, left = (size[0] - height) // 2, (size[1] - width) // 2
+    return np.ascontiguousarray(resized[:, :, top:top + height, left:left + width])

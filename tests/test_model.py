@@ -84,3 +84,91 @@ def test_a_flattened_network_on_a_larger_image_still_returns_vectors(write_spec,
     """As in PyTorch, where a global pool and a flatten make any input size one vector."""
     model = graphconv.load(write_spec("input: {shape: [2, 6, 6]}\nlayers:\n" + NETS["flatten"]))
     assert model.run(random_input(rng, (1, 2, 10, 12))).shape == (1, 4)
+
+
+# ---- classify(): what users have, the spec's preprocess applied -------------------------------------
+
+def digit_crops():
+    """28x28 uint8 crops of the example page centred on digits, with their labels."""
+    import json
+    from conftest import ROOT
+    from PIL import Image
+    page = np.asarray(Image.open(ROOT / "examples" / "digits_page.png").convert("L"))
+    about = json.loads((ROOT / "examples" / "digits_page.json").read_text())
+    crops = []
+    for digit in about["digits"]:
+        cy, cx = (int(round(v)) for v in digit["centre"])
+        top, left = cy - 14, cx - 14
+        if 0 <= top and top + 28 <= page.shape[0] and 0 <= left and left + 28 <= page.shape[1]:
+            crops.append((page[top:top + 28, left:left + 28], digit["label"]))
+    return crops
+
+
+def test_classify_takes_a_path_a_pillow_image_or_a_uint8_array(tmp_path):
+    pytest.importorskip("PIL")
+    from PIL import Image
+    from conftest import SPECS
+    classifier = graphconv.load(SPECS / "digits.yaml")
+    fcn = graphconv.compile_model(SPECS / "digits.yaml")
+    crops = digit_crops()[:8]
+    right = 0
+    for index, (crop, label) in enumerate(crops):
+        Image.fromarray(crop).save(tmp_path / f"{index}.png")
+        rgb = np.repeat(crop[:, :, None], 3, axis=2)  # a colour array for a grey model: converted
+        answers = [classifier.classify(crop, top=3), classifier.classify(Image.fromarray(crop), top=3),
+                   classifier.classify(tmp_path / f"{index}.png", top=3), classifier.classify(rgb, top=3)]
+        assert all([p.index for p in a] == [p.index for p in answers[0]] for a in answers)
+        np.testing.assert_allclose([p.score for p in answers[1]], [p.score for p in answers[0]], rtol=1e-6)
+        best = answers[0][0]
+        assert best.label == classifier.graph.meta["labels"][best.index] and len(answers[0]) == 3
+        dense = fcn.classify(crop, top=1)[0]  # the compiled model on the crop: the same class and score
+        assert dense.index == best.index and abs(dense.score - best.score) < 1e-4
+        right += best.label == str(label)
+    assert right >= 7
+
+
+def test_classify_with_scales_and_flips_on_a_compiled_model(rng):
+    from conftest import SPECS
+    from graphconv.scales import multiscale
+    from graphconv import images
+    fcn = graphconv.compile_model(SPECS / "digits.yaml")
+    page = rng.integers(0, 256, (40, 52), dtype=np.uint8)
+    got = fcn.classify(page, scales=[32, 40], flip=True, top=None)
+    x = images.preprocess(images.as_picture(page, 1), fcn.graph.meta["preprocess"])[None]
+    want = multiscale(fcn, x, [32, 40], flip=True).scores[0]
+    assert len(got) == 11 and [p.index for p in got] == list(np.argsort(-want, kind="stable"))
+    np.testing.assert_allclose([p.score for p in got], np.sort(want)[::-1], rtol=1e-6)
+    with pytest.raises(graphconv.GraphconvError, match="compile the model first"):
+        graphconv.load(SPECS / "digits.yaml").classify(page, scales=[32])
+
+
+@pytest.mark.parametrize("image,message", [
+    (np.zeros((28, 28), np.float32), "must hold uint8 pixels"),
+    (np.zeros((28, 28, 2), np.uint8), "with C = 1, 3 or 4"),
+    ([[0, 1]], "a file path, a Pillow image or a uint8"),
+])
+def test_classify_refuses_what_it_cannot_read(image, message):
+    from conftest import SPECS
+    with pytest.raises(graphconv.GraphconvError, match=message):
+        graphconv.load(SPECS / "digits.yaml").classify(image)
+
+
+# ---- cell_box checks its indices ---------------------------------------------------------------
+
+def test_cell_box_checks_its_indices(floor_models, rng):
+    from graphconv.model import CellIndexError
+    _, fcn = floor_models
+    assert fcn.cell_box(5, 7) == (10, 14, 46, 50)  # no image yet: any cell of an unbounded map
+    for bad in ((-1, 0), (0, 1.5), (True, 0)):
+        with pytest.raises(CellIndexError, match="must be a whole number >= 0"):
+            fcn.cell_box(*bad)
+    with pytest.raises(IndexError, match=r"cell \(2, 0\) is outside the 2x3 score map of a 40x41 image"):
+        fcn.cell_box(2, 0, image_size=(40, 41))
+    fcn.run(random_input(rng, (1, 1, 40, 41)))
+    assert fcn.cell_box(1, 2) == (2, 4, 38, 40)
+    with pytest.raises(graphconv.GraphconvError, match=r"outside the 2x3 score map that run returned last "
+                                                       r"\(rows 0\.\.1, columns 0\.\.2\)"):
+        fcn.cell_box(1, 3)
+    fcn.run(random_input(rng, (1, 1, 40, 41)), full=True)
+    assert fcn.cell_box(2, 2) == (4, 4, 40, 40)  # the full map's extra row
+    assert fcn.cell_box(np.int64(1), np.int64(0)) == (2, 0, 38, 36)
