@@ -1,0 +1,363 @@
+"""graphconv vs onnxruntime vs PyTorch on the CPU, per network and per layer, with the
+machine's measured float32 peak.
+
+    python benchmarks/cpu_vs_ort.py [--threads 2] [--repeats 7] [--only VGG] [--write]
+
+Everything runs in this one process with the same thread count for numba, OpenBLAS,
+PyTorch and onnxruntime (intra_op_num_threads, CPU execution provider, default graph
+optimisations: onnxruntime fuses Conv+Relu and switches convs to its NCHWc blocked
+layout with MLAS kernels). All three evaluate the same compiled graph: onnxruntime
+runs the ONNX file `graphconv.frontends.onnx_export.to_onnx_model` writes from it,
+PyTorch runs it op by op (`graphconv.torch_bridge`). Runs alternate graphconv,
+onnxruntime, onnxruntime with profiling, PyTorch, round after round, so a noisy
+neighbour slows all of them; times are medians after one warm-up round.
+
+Per-layer times: graphconv's and PyTorch's from their per-layer profiles;
+onnxruntime's from a second session of the same model with `enable_profiling` (its
+JSON trace: each node's kernel time). onnxruntime names the nodes it fuses after the
+first one ("conv1_nchwc" is conv1's Conv+Relu in NCHWc); each node is mapped to the
+layer whose name it starts with, and its layout reorders ("ReorderInput/Output") get a
+row of their own. A layer onnxruntime fused into another shows "-".
+
+Peak: a register-blocked FMA loop (`fma_peak`: 12 independent <8 x float> fused
+multiply-adds per iteration, emitted as LLVM IR so nothing but the FMAs is in the
+loop) on every thread: cores x FMA units x vector width x 2 x clock, measured. The
+SGEMM figure is numpy's OpenBLAS on a 2048^3 product. Not a test: it asserts nothing
+about speed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common import ROOT, load_torch, pin_threads, run_times, write_section
+
+
+@dataclass
+class Case:
+    title: str
+    source: str  # a spec under specs/, or "resnet50"
+    size: int
+    target: float  # graphconv / onnxruntime time ratio the issue asks for
+    passes: str | None = None  # None: the default pipeline (the fully convolutional network)
+
+
+CLASSIFIER = "shape-inference,remove-dropout,dead-node-elimination,fuse-conv-relu"
+RESNET_CLASSIFIER = "shape-inference,fold-batchnorm,remove-flatten,fuse-conv-relu"
+CASES = [
+    Case("AlexNet classifier", "alexnet.yaml", 224, 0.9, CLASSIFIER),
+    Case("AlexNet-FCN", "alexnet.yaml", 384, 0.9),
+    Case("VGG-16 classifier", "vgg16.yaml", 224, 0.9, CLASSIFIER),
+    Case("VGG-16 FCN", "vgg16.yaml", 384, 0.9),
+    Case("ResNet-50 classifier", "resnet50", 224, 1.0, RESNET_CLASSIFIER),
+    Case("ResNet-50 dense", "resnet50", 448, 1.0),
+]
+
+
+# ---- the machine's peak -----------------------------------------------------------------
+
+def _fma_loop():
+    """An njit function running `iterations` x 12 independent 8-lane FMAs on every thread."""
+    from llvmlite import ir
+    from numba import njit, prange, types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    accumulators, lanes = 12, 8
+    vector = ir.VectorType(ir.FloatType(), lanes)
+
+    @intrinsic
+    def fma_chain(typingctx, iterations, a, b):
+        def codegen(context, builder, signature, args):
+            n, a_value, b_value = args
+            i64 = ir.IntType(64)
+            fmuladd = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vector, [vector] * 3), f"llvm.fmuladd.v{lanes}f32")
+
+            def splat(scalar):
+                undef = ir.Constant(vector, ir.Undefined)
+                one = builder.insert_element(undef, scalar, ir.Constant(ir.IntType(32), 0))
+                return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(ir.IntType(32), lanes),
+                                                                      [0] * lanes))
+            av, bv = splat(a_value), splat(b_value)
+            before = builder.block
+            loop = builder.append_basic_block("fma.loop")
+            done = builder.append_basic_block("fma.done")
+            builder.branch(loop)
+            builder.position_at_end(loop)
+            k = builder.phi(i64)
+            k.add_incoming(ir.Constant(i64, 0), before)
+            accs = [builder.phi(vector) for _ in range(accumulators)]
+            new = [builder.call(fmuladd, [acc, av, bv]) for acc in accs]
+            for j, acc in enumerate(accs):
+                acc.add_incoming(ir.Constant(vector, [float(j)] * lanes), before)
+                acc.add_incoming(new[j], loop)
+            k_next = builder.add(k, ir.Constant(i64, 1))
+            k.add_incoming(k_next, loop)
+            builder.cbranch(builder.icmp_signed("<", k_next, n), loop, done)
+            builder.position_at_end(done)
+            total = new[0]
+            for v in new[1:]:
+                total = builder.fadd(total, v)
+            return builder.extract_element(total, ir.Constant(ir.IntType(32), 0))
+        return types.float32(types.int64, types.float32, types.float32), codegen
+
+    @njit(parallel=True)
+    def run(iterations, threads, out):
+        for t in prange(threads):
+            out[t] = fma_chain(iterations, 0.9999999, 1e-7)
+
+    return run, accumulators * lanes * 2
+
+
+def fma_peak(threads: int) -> tuple[float, float]:
+    """GFLOP/s of the FMA loop on one thread and on `threads` threads (best of 15 each)."""
+    import numpy as np
+    from numba import set_num_threads
+
+    run, flops_per_iteration = _fma_loop()
+    iterations = 20_000_000
+    out = np.zeros(threads, np.float32)
+    result = []
+    for t in (1, threads):
+        set_num_threads(t)
+        best = min(run_times(lambda: run(iterations, t, out), 15))
+        result.append(t * iterations * flops_per_iteration / best / 1e9)
+    set_num_threads(threads)
+    return result[0], result[1]
+
+
+def sgemm_rate() -> float:
+    import numpy as np
+
+    n = 2048
+    a, b = (np.random.default_rng(i).random((n, n), dtype=np.float32) for i in (0, 1))
+    c = np.empty((n, n), np.float32)
+    return 2 * n ** 3 / min(run_times(lambda: np.dot(a, b, c), 10)) / 1e9
+
+
+# ---- the networks -----------------------------------------------------------------------
+
+def build(case: Case, torch, folder: Path):
+    import graphconv
+    from graphconv.frontends import load_network
+
+    if case.source != "resnet50":
+        return graphconv.compile_model(ROOT / "specs" / case.source, case.passes)
+    path = folder / "resnet50.onnx"
+    if not path.exists():
+        from onnx_resnet import resnet50
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(resnet50(torch), (torch.randn(1, 3, 224, 224),), str(path), dynamo=False,
+                              opset_version=17, input_names=["x"], do_constant_folding=False,
+                              training=torch.onnx.TrainingMode.EVAL)
+    if case.passes:
+        return graphconv.compile_model(load_network(path), case.passes)
+    return graphconv.compile_model(path)
+
+
+def ort_sessions(model, threads: int, folder: Path, tag: str):
+    import onnxruntime as ort
+    from graphconv.frontends.onnx_export import to_onnx_model
+
+    data = to_onnx_model(model.graph).SerializeToString()
+
+    def session(profile: bool):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        if profile:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(folder / f"ort-{tag}")
+        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    return session(False), session(True)
+
+
+# Seconds of rest before each timed run: onnxruntime's workers spin for a while after
+# a run (its default), and without the rest they steal the cores from whatever runs
+# next (measured: onnxruntime's profiled AlexNet-FCN summed to 89 ms right after the
+# other runners, 62 ms on its own, which is also its plain time).
+PAUSE = 0.05
+LAYOUT = "(onnxruntime layout reorders)"
+
+
+def ort_layer_times(trace: str, layers: list[str], skip: int) -> dict[str, list[float]]:
+    """Seconds per layer per run from onnxruntime's profile; the first `skip` runs dropped."""
+    events = json.loads(Path(trace).read_text())
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
+    per_run = [dict() for _ in runs]
+    by_length = sorted(layers, key=len, reverse=True)
+    for e in events:
+        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
+            continue
+        node = e["name"][:-len("_kernel_time")]
+        layer = next((name for name in by_length
+                      if node == name or node.startswith(name + "/") or node.startswith(name + "_")),
+                     LAYOUT if node.startswith("Reorder") else node)
+        run = next((i for i, (a, b) in enumerate(runs) if a <= e["ts"] <= b), None)
+        if run is not None:
+            per_run[run][layer] = per_run[run].get(layer, 0.0) + e["dur"] * 1e-6
+    times: dict[str, list[float]] = {}
+    for run in per_run[skip:]:
+        for layer, seconds in run.items():
+            times.setdefault(layer, []).append(seconds)
+    return times
+
+
+@dataclass
+class Timing:
+    total: list[float] = field(default_factory=list)
+    layers: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, seconds: float, profile: dict[str, float] | None) -> None:
+        self.total.append(seconds)
+        for name, s in (profile or {}).items():
+            self.layers.setdefault(name, []).append(s)
+
+    def ms(self, layer: str | None = None) -> float | None:
+        values = self.total if layer is None else self.layers.get(layer)
+        return statistics.median(values) * 1e3 if values else None
+
+
+def time_case(case: Case, repeats: int, torch, threads: int, folder: Path):
+    import numpy as np
+    from graphconv.torch_bridge import torch_forward
+
+    model = build(case, torch, folder)
+    x = np.random.default_rng(0).standard_normal((1, 3, case.size, case.size)).astype(np.float32)
+    plain, profiled = ort_sessions(model, threads, folder, case.title.replace(" ", "_"))
+    name = plain.get_inputs()[0].name
+    ours, ort_t, torch_t = Timing(), Timing(), Timing()
+    ref = model.run(x, "cpu")
+    got = plain.run(None, {name: x})[0].reshape(ref.shape)
+    np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3 * float(np.abs(ref).max()))
+
+    def timed(timing, fn, profile=None):
+        time.sleep(PAUSE)
+        start = time.perf_counter()
+        fn(profile)
+        timing.add(time.perf_counter() - start, profile)
+
+    for _ in range(repeats + 1):  # the first round is the warm-up
+        timed(ours, lambda p: model.run(x, "cpu", p), {})
+        timed(ort_t, lambda p: plain.run(None, {name: x}))
+        time.sleep(PAUSE)
+        profiled.run(None, {name: x})
+        if torch is not None:
+            timed(torch_t, lambda p: torch_forward(model.graph, x, p), {})
+    for timing in (ours, ort_t, torch_t):
+        del timing.total[:1]
+        for values in timing.layers.values():
+            del values[:1]
+    ort_t.layers = ort_layer_times(profiled.end_profiling(), [n.name for n in model.graph.nodes()], 1)
+    return model, x, ours, ort_t, torch_t if torch is not None else None
+
+
+def network_row(case, model, ours, ort_t, torch_t, peak) -> str:
+    from graphconv.cost import total_flops
+
+    gflop = total_flops(model.graph, (case.size, case.size)) / 1e9
+    ms, o_ms = ours.ms(), ort_t.ms()
+    t_ms = torch_t.ms() if torch_t else None
+    ratio = ms / o_ms
+    verdict = "met" if ratio <= case.target else "not met"
+    rows, cols = model.map_size(case.size, case.size)
+    return (f"| {case.title} | {case.size} | {rows}x{cols} | {gflop:.2f} | {ms:.1f} | "
+            f"{gflop / ms * 1e3 / peak:.0%} | {o_ms:.1f} | {gflop / o_ms * 1e3 / peak:.0%} | "
+            f"{'-' if t_ms is None else f'{t_ms:.1f}'} | **{ratio:.2f}** | <= {case.target} ({verdict}) |")
+
+
+def layer_table(case, model, ours, ort_t, torch_t, peak) -> list[str]:
+    from graphconv.profiling import layer_timings
+
+    lines = [f"#### {case.title} at {case.size}x{case.size}", "",
+             "| layer | op (strategy) | output | GFLOP | graphconv ms | of peak | onnxruntime ms | of peak | "
+             "PyTorch ms | graphconv / onnxruntime |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    medians = {name: ours.ms(name) / 1e3 for name in ours.layers}
+    fmt = (lambda v: "-" if v is None else f"{v:.2f}")
+    for row in layer_timings(model.graph, medians, (case.size, case.size), 1):
+        ms, o_ms = row.seconds * 1e3, ort_t.ms(row.name)
+        t_ms = torch_t.ms(row.name) if torch_t else None
+        big = row.op in ("conv", "fc")
+        share = f"{row.flops / row.seconds / 1e9 / peak:.0%}" if big and row.seconds > 0 else ""
+        o_share = f"{row.flops / o_ms / 1e6 / peak:.0%}" if big and o_ms else ""
+        op = f"{row.op} ({row.strategy})" if row.strategy else row.op
+        lines.append(f"| {row.name} | {op} | {'x'.join(map(str, row.shape))} | {row.flops / 1e9:.3f} | {ms:.2f} | "
+                     f"{share} | {fmt(o_ms)} | {o_share} | {fmt(t_ms)} | "
+                     f"{'-' if not o_ms else f'{ms / o_ms:.2f}'} |")
+    known = set(medians)
+    for layer in sorted(set(ort_t.layers) - known):
+        lines.append(f"| {layer} | | | | | | {ort_t.ms(layer):.2f} | | | |")
+    total_gc = sum(medians.values()) * 1e3
+    total_ort = sum(ort_t.ms(k) for k in ort_t.layers)
+    lines.append(f"| sum of layers | | | | {total_gc:.1f} | | {total_ort:.1f} | | | |")
+    return lines + [""]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--only", help="run the cases whose title contains this text (default: all)")
+    parser.add_argument("--no-layers", action="store_true", help="network totals only")
+    parser.add_argument("--write", action="store_true", help="update this section of benchmarks/README.md")
+    args = parser.parse_args()
+    threads = pin_threads(args.threads)
+    torch = load_torch(threads)
+    sys.path.insert(0, str(Path(__file__).parent))
+    import onnxruntime as ort
+
+    one_core, peak = fma_peak(threads)
+    sgemm = sgemm_rate()
+    folder = Path(tempfile.mkdtemp())
+    timed = []
+    for case in CASES:
+        if args.only and args.only not in case.title:
+            continue
+        timed.append((case, *time_case(case, args.repeats, torch, threads, folder)))
+        _, model, _, ours, ort_t, _ = timed[-1]
+        print(f"{case.title}: graphconv {ours.ms():.1f} ms, onnxruntime {ort_t.ms():.1f} ms", flush=True)
+    one_core2, peak2 = fma_peak(threads)  # again at the end; the better one counts
+    one_core, peak, sgemm = max(one_core, one_core2), max(peak, peak2), max(sgemm, sgemm_rate())
+
+    text = [f"{os.cpu_count()} cores, {threads} threads everywhere, {platform.machine()}, batch 1, float32, "
+            f"medians of {args.repeats} alternating rounds; onnxruntime {ort.__version__} (CPU provider), "
+            f"PyTorch {torch.__version__ if torch else 'not installed'}.",
+            "",
+            f"Measured float32 peak (12 independent 8-lane FMAs per loop iteration, `fma_peak`): "
+            f"**{peak:.0f} GFLOP/s** on {threads} threads ({one_core:.1f} on one: "
+            f"{one_core / 32:.2f} G FMA-instructions x 16 FLOP per cycle at ~{one_core / 32:.2f} GHz if 2 FMA units "
+            f"x 8 lanes); OpenBLAS SGEMM 2048^3: {sgemm:.0f} GFLOP/s ({sgemm / peak:.0%} of peak). "
+            f"'of peak' below is a layer's GFLOP/s over that peak.",
+            "",
+            "| network | input | map | GFLOP | graphconv ms | of peak | onnxruntime ms | of peak | PyTorch ms | "
+            "graphconv / onnxruntime | target |",
+            "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    layers = []
+    for case, model, x, ours, ort_t, torch_t in timed:
+        text.append(network_row(case, model, ours, ort_t, torch_t, peak))
+        if not args.no_layers:
+            layers += layer_table(case, model, ours, ort_t, torch_t, peak)
+    if layers:
+        text += ["", "### Per layer", "",
+                 "onnxruntime's per-layer times come from a profiled second session (its trace adds a little "
+                 "per node), so their sum can differ from its network time.", "", *layers]
+    body = "\n".join(text)
+    print(body)
+    if args.write:
+        write_section("cpu_vs_ort", "## graphconv vs onnxruntime vs PyTorch on the CPU (`cpu_vs_ort.py`)\n\n" + body)
+
+
+if __name__ == "__main__":
+    main()
