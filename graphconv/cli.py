@@ -653,7 +653,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_passes(args: argparse.Namespace) -> int:
-    from graphconv.pass_manager import ENTRY_POINT_GROUP, registered_passes
+    from graphconv.pass_manager import ENTRY_POINT_GROUP, format_option_value, registered_passes
 
     infos = registered_passes()
     width = max(len(p.name) for p in infos)
@@ -662,7 +662,9 @@ def cmd_passes(args: argparse.Namespace) -> int:
         if info.requires:
             extra.append("needs " + ",".join(info.requires))
         if info.options:
-            extra.append("options " + ",".join(f"{k}={v}" for k, v in info.options.items()))
+            extra.append("options " + ",".join(f"{k}=" + ("(required)" if k in info.required_options
+                                                           else format_option_value(v))
+                                               for k, v in info.options.items()))
         suffix = f" [{'; '.join(extra)}]" if extra else ""
         print(f"{info.name:<{width}}  {info.description}{suffix}  -- {info.origin}")
     print(f"(passes of installed packages that declare a '{ENTRY_POINT_GROUP}' entry point are "

@@ -6,9 +6,16 @@ every size-like parameter (kind "pair": kernel_size, stride, padding, dilation) 
 (h, w) tuple, whether the spec wrote `3` or `[3, 3]`. Equal networks then have equal IR,
 and no code downstream needs to ask which form it got. The compact int form exists
 only in text written for people (`compact_params`, used when writing YAML).
+
+Names people bring from other frameworks: Caffe's `pad`, `num_output` (conv's
+out_channels, fc's out_features) and `dropout_ratio` are accepted as aliases (ALIASES)
+and stored under graphconv's name, so a spec written back uses graphconv's names; giving
+both spellings is an error. Any other unknown name is refused with the nearest known
+one suggested (`kernel` -> did you mean 'kernel_size'?).
 """
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Any, Mapping
 
@@ -16,6 +23,8 @@ from graphconv.errors import GraphconvError, shown
 from graphconv.ops.registry import REQUIRED, OpDef
 
 MAX_INT = 2**31 - 1  # for sizes, strides and counts: anything larger is a mistake or an attack
+# other frameworks' parameter names -> graphconv's, for the ops that have them (Caffe's prototxt names)
+ALIASES = {"pad": ("padding",), "num_output": ("out_channels", "out_features"), "dropout_ratio": ("p",)}
 
 
 def normalize_params(opdef: OpDef, raw: Mapping[str, Any]) -> dict:
@@ -23,10 +32,14 @@ def normalize_params(opdef: OpDef, raw: Mapping[str, Any]) -> dict:
     store pairs as (h, w) tuples. Raises GraphconvError (without a location: the
     caller knows the layer) naming the parameter."""
     known = {p.name: p for p in opdef.params}
+    raw = resolve_aliases(opdef, raw)
     unknown = set(raw) - set(known)
     if unknown:
-        raise GraphconvError(f"unknown parameter(s) {shown(sorted(unknown, key=str))} for op {opdef.name} "
-                             f"(it takes: {', '.join(known) or 'none'})")
+        names = sorted(unknown, key=str)
+        hints = [hint for hint in (suggestion(name, known) for name in names) if hint]
+        raise GraphconvError(f"unknown parameter(s) {shown(names)} for op {opdef.name}"
+                             + (f": {'; '.join(hints)}" if hints else "")
+                             + f" (it takes: {', '.join(known) or 'none'})")
     params = {}
     for p in opdef.params:
         if p.name in raw:
@@ -38,6 +51,33 @@ def normalize_params(opdef: OpDef, raw: Mapping[str, Any]) -> dict:
         else:
             params[p.name] = check_value(p, p.default)
     return params
+
+
+def resolve_aliases(opdef: OpDef, raw: Mapping[str, Any]) -> dict:
+    """`raw` with every alias (ALIASES) the op understands renamed to graphconv's name;
+    an alias given beside its name is an error."""
+    names = {p.name for p in opdef.params}
+    out = dict(raw)
+    for alias, targets in ALIASES.items():
+        target = next((t for t in targets if t in names), None)
+        if alias not in out or target is None or alias in names:
+            continue
+        if target in out:
+            raise GraphconvError(f"'{alias}' is Caffe's name for '{target}': give one of them, not both")
+        out[target] = out.pop(alias)
+    return out
+
+
+def suggestion(name: Any, known: Mapping[str, Any]) -> str | None:
+    """A hint like `'kernel': did you mean 'kernel_size'?` for a near miss of a known
+    parameter, else None."""
+    if not isinstance(name, str):
+        return None
+    lowered = name.lower()
+    close = difflib.get_close_matches(lowered, list(known), n=1, cutoff=0.6)
+    if not close:  # `kernel` for kernel_size, `out` for out_channels: a known name's first word
+        close = [k for k in known if k.split("_")[0] == lowered.split("_")[0] and len(lowered) >= 3][:1]
+    return f"{shown(name)}: did you mean '{close[0]}'?" if close else None
 
 
 def compact_params(opdef: OpDef, params: Mapping[str, Any]) -> dict:

@@ -55,9 +55,23 @@ class PassInfo:
 
     @property
     def options(self) -> dict[str, Any]:
-        """The pass's options and their defaults, read from its signature."""
+        """The pass's options and their defaults, read from its signature (None for an
+        option without a default)."""
         params = list(inspect.signature(self.run).parameters.values())[1:]
         return {p.name: (None if p.default is inspect.Parameter.empty else p.default) for p in params}
+
+    @property
+    def required_options(self) -> tuple[str, ...]:
+        """Options a pipeline must give: those without a default. A default of None makes
+        an option optional, unless its annotation rules None out (`stride: int = None`,
+        the form passes used before None meant optional), which still counts as required."""
+        params = list(inspect.signature(self.run).parameters.values())[1:]
+        return tuple(p.name for p in params if p.default is inspect.Parameter.empty
+                     or (p.default is None and _excludes_none(_annotation_text(p.annotation))))
+
+    def option_annotation(self, name: str) -> str:
+        """The option's type annotation as text ("" when it has none)."""
+        return _annotation_text(inspect.signature(self.run).parameters[name].annotation)
 
 
 _REGISTRY: dict[str, PassInfo] = {}
@@ -168,7 +182,7 @@ def parse_pipeline(text: str) -> list[PipelineItem]:
             continue
         name, option_text = match.group(1), match.group(2)
         options = {}
-        for part in filter(None, (p.strip() for p in (option_text or "").split(","))):
+        for part in filter(None, (p.strip() for p in _split_top_level(option_text or "", name))):
             key, sep, value = part.partition("=")
             if not sep:
                 raise PassError(f"pass option '{part}' of '{name}' must be key=value")
@@ -180,7 +194,31 @@ def parse_pipeline(text: str) -> list[PipelineItem]:
     return items
 
 
+def _split_top_level(text: str, name: str) -> list[str]:
+    """`k=1,m=[1,2],x=y` -> ["k=1", "m=[1,2]", "x=y"]: commas inside [...] belong to a list."""
+    parts, depth, start = [], 0, 0
+    for index, char in enumerate(text):
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+            if depth < 0:
+                raise PassError(f"pass options of '{name}' have an unmatched ']': {shown(text)}")
+        elif char == "," and depth == 0:
+            parts.append(text[start:index])
+            start = index + 1
+    if depth:
+        raise PassError(f"pass options of '{name}' have an unmatched '[': {shown(text)}")
+    parts.append(text[start:])
+    return parts
+
+
 def _parse_value(text: str) -> Any:
+    """An option value: true/false, an integer, a number, a list [a,b,...] of values, or
+    else the text itself."""
+    if text.startswith("[") and text.endswith("]"):
+        inner = text[1:-1].strip()
+        return [_parse_value(item.strip()) for item in _split_top_level(inner, "a list")] if inner else []
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
     for kind in (int, float):
@@ -191,8 +229,16 @@ def _parse_value(text: str) -> Any:
     return text
 
 
+def format_option_value(value: Any) -> str:
+    """An option value as a pipeline writes it: lists as [a,b], everything else as text."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(format_option_value(v) for v in value) + "]"
+    return f"{value}"
+
+
 def format_pipeline(items: Sequence[PipelineItem]) -> str:
-    return ",".join(name + ("{" + ",".join(f"{k}={v}" for k, v in opts.items()) + "}" if opts else "")
+    return ",".join(name + ("{" + ",".join(f"{k}={format_option_value(v)}" for k, v in opts.items()) + "}"
+                            if opts else "")
                     for name, opts in items)
 
 
@@ -322,24 +368,79 @@ def _check_options(info: PassInfo, options: dict) -> None:
         if key not in known:
             takes = ", ".join(f"{k}={v}" for k, v in known.items()) or "no options"
             raise PassError(f"pass '{info.name}' has no option '{key}' (it takes: {takes})")
-        _check_option_type(info, key, value, known[key])
-    missing = [k for k, v in known.items() if v is None and k not in options]
+        _check_option_type(info, key, value, known[key], info.option_annotation(key))
+        if _option_kind(known[key], info.option_annotation(key)) == "str" and not isinstance(value, (str, list)):
+            text = format_option_value(value)
+            options[key] = text.lower() if isinstance(value, bool) else text
+    missing = [k for k in info.required_options if k not in options]
     if missing:
         raise PassError(f"pass '{info.name}' needs option(s) {', '.join(missing)}: "
                         f"write {info.name}{{{missing[0]}=...}}")
 
 
-def _check_option_type(info: PassInfo, key: str, value: Any, default: Any) -> None:
-    """An option whose default is a bool, int or float takes only values of that kind
-    (an int where a float is expected is fine): a pass never sees `max_elements='abc'`."""
-    if default is None or isinstance(default, str):
+OPTION_KINDS = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "text"}
+
+
+def _check_option_type(info: PassInfo, key: str, value: Any, default: Any, annotation: str = "") -> None:
+    """An option takes values of its kind: the kind of its default (bool, int, float,
+    str, or a list of them), else of its annotation (`int`, `float`, `list[float]`,
+    `str | None`, ...). An int is fine where a float is expected; an option with neither
+    takes any value; a text option takes any single value as text (`layer=5` is "5"). A
+    pass never sees `max_elements='abc'`."""
+    kind = _option_kind(default, annotation)
+    if kind is None or _fits_kind(value, kind):
         return
-    kinds = {bool: (bool,), int: (int,), float: (int, float)}.get(type(default))
-    if kinds is None:
-        return
-    if isinstance(value, bool) != (type(default) is bool) or not isinstance(value, kinds):
-        kind = {bool: "true or false", int: "an integer", float: "a number"}[type(default)]
-        raise PassError(f"option '{key}' of pass '{info.name}' must be {kind}, got {shown(value)}")
+    element = kind[1] if isinstance(kind, tuple) else None
+    plural = {"bool": "true or false values", "int": "integers", "float": "numbers", "str": "texts"}
+    wanted = (f"a list of {plural[element]}, like [1,2]" if element
+              else "a list, like [1,2]" if kind == "list" else OPTION_KINDS[kind])
+    raise PassError(f"option '{key}' of pass '{info.name}' must be {wanted}, got {shown(value)}")
+
+
+def _option_kind(default: Any, annotation: str):
+    """"bool", "int", "float", "str", "list", ("list", element kind), or None (anything)."""
+    if default is not None:
+        if isinstance(default, (list, tuple)):
+            kinds = {_option_kind(v, "") for v in default}
+            if kinds and kinds <= {"int", "float"}:
+                return ("list", "float" if "float" in kinds else "int")
+            if len(kinds) == 1 and kinds <= {"bool", "str"}:
+                return ("list", kinds.pop())
+            return "list"
+        return {bool: "bool", int: "int", float: "float", str: "str"}.get(type(default))
+    text = annotation.replace(" ", "")
+    optional = re.fullmatch(r"Optional\[(.*)\]", text)
+    text = "|".join(part for part in (optional.group(1) if optional else text).split("|") if part != "None")
+    if text in OPTION_KINDS:
+        return text
+    for prefix in ("list[", "tuple[", "Sequence[", "List["):
+        if text.startswith(prefix) and text.endswith("]"):
+            inner = text[len(prefix):-1].split(",")[0]
+            return ("list", inner) if inner in OPTION_KINDS else "list"
+    return None
+
+
+def _fits_kind(value: Any, kind) -> bool:
+    if isinstance(kind, tuple) or kind == "list":
+        return isinstance(value, list) and (kind == "list" or all(_fits_kind(v, kind[1]) for v in value))
+    if kind == "str":
+        return not isinstance(value, list)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, {"int": int, "float": (int, float), "str": str}[kind])
+
+
+def _annotation_text(annotation: Any) -> str:
+    if annotation is inspect.Parameter.empty:
+        return ""
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+
+
+def _excludes_none(annotation: str) -> bool:
+    """Whether an annotation rules None out: it names a type and not None, Optional or Any."""
+    return bool(annotation) and not any(word in annotation for word in ("None", "Optional", "Any"))
 
 
 def run_passes(graph: Graph, pipeline: str | Sequence[PipelineItem | str] = DEFAULT_PIPELINE,
