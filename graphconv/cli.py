@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compile ConvNet classifiers (YAML specs or ONNX models) into fully convolutional networks "
                     "that slide over large images in one pass, and run them on CPU or CUDA.")
     _add_common_options(parser, defaults=True)
+    parser.add_argument("--version", action="version", version=f"graphconv {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a spec or compiled model on an array or image",
@@ -229,6 +230,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    """The installed distribution's version (graphconv.__version__ for a source tree)."""
+    try:
+        import importlib.metadata
+        return importlib.metadata.version("graphconv")
+    except Exception:  # not installed: a checkout on the path
+        from graphconv import __version__
+        return __version__
+
+
 def _add_model_files_options(parser: argparse.ArgumentParser) -> None:
     """Files given on the command line are trusted wherever they are; those a spec
     names must lie inside its folder (graphconv/frontends/yaml.py)."""
@@ -264,8 +275,47 @@ def load_model(args: argparse.Namespace, path: str):
     from graphconv.model import Model
 
     model = Model.load(path, weights=args.weights, labels=args.labels, crop_size=args.crop_size)
+    check_labels(model.graph, args.labels or path)
     note_seeded_weights(model.graph)
     return model
+
+
+def check_labels(graph, source) -> None:
+    """A labels file must name every class: one line per output channel."""
+    from graphconv.shapes import infer_shapes
+
+    labels = graph.meta.get("labels")
+    if labels is None:
+        return
+    classes = infer_shapes(graph, check_weights=False)[graph.output.name][0]
+    if len(labels) != classes:
+        raise GraphconvError(f"has {len(labels)} labels; the model has {classes} classes (output "
+                             f"{graph.output.name!r}): give one class name per line", file=str(source))
+
+
+def load_model_for_table(args: argparse.Namespace):
+    """The model for a table of shapes, parameter counts and FLOPs, which needs no weight
+    values: a network without weights is not seeded (drawing VGG-16's 138M seeded weights
+    took 8 of `inspect`'s 9 s); each missing weight is a zero-byte stand-in of its shape
+    (np.broadcast_to), so counts and byte estimates stay right. A weights file the spec
+    names is still read whole: the table also checks it (names, shapes, NaN), and reading
+    .npz headers alone would need a second reader beside arrays.load_npz."""
+    from graphconv.frontends import load_network
+    from graphconv.model import Model
+    from graphconv.shapes import infer_shapes
+
+    graph = load_network(args.model, weights=args.weights, labels=args.labels, crop_size=args.crop_size,
+                         init_missing_weights=False)
+    check_labels(graph, args.labels or args.model)
+    shapes = infer_shapes(graph, check_weights=False)
+    for node in graph.layers():
+        if node.opdef.has_weights and not node.weights:
+            expected = node.opdef.weight_shapes(node.params, [shapes[s.name] for s in node.inputs])
+            graph.nx.nodes[node.name]["weights"].update(
+                {key: np.broadcast_to(np.zeros((), np.float32), shape) for key, shape in expected.items()})
+            graph.meta["seeded_weights"] = True  # what running it would use
+    note_seeded_weights(graph)
+    return Model(graph)
 
 
 def note_seeded_weights(graph) -> None:
@@ -506,6 +556,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     check_model_target(args.output)
     source = load_spec(args.spec, weights=args.weights, labels=args.labels, crop_size=args.crop_size)
+    check_labels(source, args.labels or args.spec)
     note_seeded_weights(source)
     graph, records = compile_graph(source, args.passes, output_stride=args.output_stride,
                                    stride_method=args.stride_method, verify_each=not args.no_verify,
@@ -526,7 +577,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from graphconv.model import Model
     from graphconv.inspect_report import inspect_report
 
-    model = load_model(args, args.model)
+    model = load_model(args, args.model) if args.profile else load_model_for_table(args)
     hw = tuple(args.input_size) if args.input_size else None
     size = hw or model.crop_shape[1:]
     if args.profile:

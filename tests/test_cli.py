@@ -269,3 +269,34 @@ def test_full_map_keeps_the_cells_whose_crop_would_run_off_the_image(tmp_path, w
                                *flags)
         assert result.returncode == 0, result.stderr
         assert np.load(tmp_path / "o.npy").shape == shape
+
+
+def test_version_labels_and_folders(tmp_path):
+    """--version; a labels file must have a line per class; an empty folder is named."""
+    from graphconv import __version__
+    version = graphconv_cli("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"graphconv {__version__}"
+    (tmp_path / "nine.txt").write_text("\n".join(f"digit {i}" for i in range(9)) + "\n")
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 32, 32), np.float32))
+    for command in (("run", SPECS / "lenet.yaml", "--input", tmp_path / "x.npy"), ("inspect", SPECS / "lenet.yaml"),
+                    ("compile", SPECS / "lenet.yaml", "-o", tmp_path / "m")):
+        result = graphconv_cli(*command, "--labels", tmp_path / "nine.txt")
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip() == ("graphconv: nine.txt: has 9 labels; the model has 10 classes (output "
+                                         "'prob'): give one class name per line")
+    assert not (tmp_path / "m").exists()
+    (tmp_path / "empty").mkdir()
+    result = graphconv_cli("run", tmp_path / "empty", "--input", tmp_path / "x.npy")
+    assert result.returncode == 2 and result.stderr.startswith("graphconv: empty: a folder without a model.yaml")
+
+
+def test_inspect_draws_no_seeded_weights():
+    """The table needs shapes only: missing weights are zero-byte stand-ins of their shape."""
+    import argparse
+    from graphconv.cli import load_model_for_table
+    model = load_model_for_table(argparse.Namespace(model=str(SPECS / "vgg16.yaml"), weights=None, labels=None,
+                                                    crop_size=None))
+    fc6 = model.graph.node("fc6").weights["weight"]
+    assert fc6.shape == (4096, 25088) and fc6.strides == (0, 0) and model.seeded_weights
+    from graphconv.cost import layer_costs
+    assert sum(row.params for row in layer_costs(model.graph)) == 138_357_544

@@ -235,3 +235,25 @@ def test_a_passes_module_in_the_working_folder_is_never_imported(tmp_path):
     (tmp_path / "passes.py").write_text("raise SystemExit('user code ran')\n")
     result = graphconv_cli("passes", cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
     assert result.returncode == 0 and "fc-to-conv" in result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("umask,file_mode,folder_mode", [(0o022, 0o644, 0o755), (0o002, 0o664, 0o775),
+                                                         (0o027, 0o640, 0o750)])
+def test_files_and_folders_follow_the_users_umask(tmp_path, umask, file_mode, folder_mode):
+    """What graphconv writes (model folders and their files, outputs and the folders made
+    for them) gets the modes any other program would under the user's umask, not the
+    0600/0700 of temporary files."""
+    import stat
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 32, 32), np.float32))
+    spec = SPECS / "lenet.yaml"
+    for command in (["compile", spec, "-o", tmp_path / "new" / "m"],
+                    ["run", tmp_path / "new" / "m", "--input", tmp_path / "x.npy", "--output", tmp_path / "o" / "s.npy"]):
+        result = subprocess.run([sys.executable, "-m", "graphconv", *map(str, command)], capture_output=True,
+                                text=True, preexec_fn=lambda: os.umask(umask), timeout=300)
+        assert result.returncode == 0, result.stderr
+    for path in (tmp_path / "new", tmp_path / "new" / "m", tmp_path / "o"):
+        assert stat.S_IMODE(path.stat().st_mode) == folder_mode, path
+    files = [tmp_path / "o" / "s.npy", *(tmp_path / "new" / "m").iterdir()]
+    assert len(files) == 3  # model.yaml, weights-<hash>.npz, the output
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == file_mode, path
