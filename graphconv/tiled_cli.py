@@ -29,8 +29,8 @@ def wants_tiles(args: argparse.Namespace, model) -> bool:
     from graphconv.sources import TIFF_SUFFIXES
     if Path(args.image).suffix.lower() in TIFF_SUFFIXES + (".zarr",) or Path(args.image).is_dir():
         return True
-    if args.resize:
-        return False
+    if args.resize or getattr(args, "full_map", False):
+        return False  # a whole-image run (refused by the memory check when over the budget)
     height, width = _image_size(args.image)
     return run_estimate(model.graph, 1, (height, width)) > memory_limit()
 
