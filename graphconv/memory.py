@@ -123,9 +123,9 @@ def check_run_fits(graph: Graph, batch: int, input_hw: tuple[int, int], what: st
 
 def weight_bytes(graph: Graph) -> int:
     """The weights' bytes as the CPU executor holds them: each layer's arrays (or, for a
-    layer with none attached yet, the shapes its op expects), plus the reordered copy
-    of each conv weight `prepare_conv` reorders (those under REORDER_MAX_WEIGHTS elements)."""
-    from graphconv.ops.conv.cpu import REORDER_MAX_WEIGHTS
+    layer with none attached yet, the shapes its op expects), plus the packed copy
+    of each conv weight `prepare_conv` packs (those under REORDER_MAX_WEIGHTS elements)."""
+    from graphconv.ops.conv.cpu import REORDER_MAX_WEIGHTS, packed_weight_elements
     from graphconv.shapes import infer_shapes
 
     total = 0
@@ -140,7 +140,7 @@ def weight_bytes(graph: Graph) -> int:
             sizes = {key: _product(shape) for key, shape in expected.items()}
         total += sum(sizes.values())
         if node.op == "conv" and sizes.get("weight", 0) < REORDER_MAX_WEIGHTS:
-            total += sizes.get("weight", 0)
+            total += packed_weight_elements(node.params, sizes.get("weight", 0))
     return total * FLOAT_BYTES
 
 
@@ -155,6 +155,12 @@ def layer_workspace_bytes(node: Node, in_shapes: list, out_shape, batch: int) ->
     return 0
 
 
+def _outer_sums(out_channels: int, rows: int, wo: int) -> int:
+    """Floats of the conv "outer" strategy's sums for a job of `rows` output rows."""
+    blocks = -(-(-(-out_channels // 8) * 8) // 24)
+    return blocks * 24 * rows * (-(-wo // 8) * 8)
+
+
 def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: str | None = None) -> int:
     """What the CPU conv kernel allocates besides its output, for `strategy` (default:
     the one `choose_strategy` picks, which is shape arithmetic too):
@@ -162,10 +168,11 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
     - stream: patch columns for every position (at most gemm_cpu.STREAM_MAX_POSITIONS);
     - pointwise: nothing, BLAS writes into the output;
     - direct: a channels-last, padded copy of one group's input, and a row panel per thread;
+    - outer: the channels-last copy as direct, and per thread the sums of one job's rows;
     - im2col: column and result buffers for one band of output rows (SCRATCH_FLOATS of
       columns, at least one row), plus those of a shorter last band, which gets its own.
     A strategy this does not know gets the largest of these."""
-    from graphconv.ops.conv.cpu import SCRATCH_FLOATS, choose_strategy
+    from graphconv.ops.conv.cpu import OUTER_POSITIONS, SCRATCH_FLOATS, choose_strategy
     from graphconv.ops.registry import pair
 
     c, h, w = in_shape
@@ -182,6 +189,8 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
         "pointwise": 0,
         "direct": batch * (h + 2 * ph) * (w + 2 * pw) * per_group_in + _threads() * panel,
         "im2col": (taps + per_group_out) * (band_rows + last_band_rows) * wo,
+        "outer": batch * (h + 2 * ph) * (w + 2 * pw) * per_group_in + _threads() * _outer_sums(
+            per_group_out, max(1, min(-(-OUTER_POSITIONS // max(1, wo)), batch * ho // _threads())), wo),
     }
     strategy = strategy or choose_strategy(params, (batch, c, h, w))
     return FLOAT_BYTES * (scratch[strategy] if strategy in scratch else max(scratch.values()))

@@ -49,8 +49,9 @@ def test_cpu_weights_are_contiguous_float32_and_prepared():
     weight = np.asfortranarray(np.random.default_rng(0).standard_normal((4, 2, 3, 3)))
     bias = np.zeros(4, np.float32)
     prepared = cpu.prepare_weights(conv, params, {"weight": weight, "bias": bias})
-    assert set(prepared) == {"weight_kwkhc", "bias"}
-    assert prepared["weight_kwkhc"].dtype == np.float32 and prepared["weight_kwkhc"].flags.c_contiguous
+    assert set(prepared) == {"weight", "weight_kxo", "bias"}  # the spec's order, and packed for "outer"
+    assert prepared["weight_kxo"].dtype == np.float32 and prepared["weight_kxo"].flags.c_contiguous
+    assert prepared["weight"].dtype == np.float32 and prepared["weight"].flags.c_contiguous
     assert prepared["bias"] is bias
 
 

@@ -9,6 +9,7 @@ the cases below, in test_torch_bridge.py for every example), so the chain
 kernel == reference == torch holds op by op."""
 from dataclasses import replace
 from fractions import Fraction
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -149,18 +150,18 @@ def test_conv_matches_reference(params, in_shape, rng):
     (dict(out_channels=1000, kernel_size=1), (1, 4096, 6, 6), "stream"),     # fc8-as-conv, 16 MB
     (dict(out_channels=512, kernel_size=3, padding=1), (1, 512, 7, 7), "stream"),  # 9 MB at 49 positions
     (dict(out_channels=256, kernel_size=3, padding=1), (1, 256, 7, 7), "im2col"),  # 2.4 MB: under stream's 4 MB
-    (dict(out_channels=64, kernel_size=3, padding=1), (1, 256, 6, 6), "direct"),   # small weights
+    (dict(out_channels=64, kernel_size=3, padding=1), (1, 256, 6, 6), "outer"),   # small weights
     (dict(out_channels=64, kernel_size=1), (1, 32, 20, 20), "pointwise"),    # a real 1x1 conv
-    (dict(out_channels=64, kernel_size=1, stride=2), (1, 128, 40, 40), "direct"),
+    (dict(out_channels=64, kernel_size=1, stride=2), (1, 128, 40, 40), "outer"),
     (dict(out_channels=64, kernel_size=1, stride=2), (1, 32, 40, 40), "im2col"),     # patches of 32
-    (dict(out_channels=64, kernel_size=3, padding=1), (1, 32, 20, 20), "direct"),
+    (dict(out_channels=64, kernel_size=3, padding=1), (1, 32, 20, 20), "outer"),
     (dict(out_channels=64, kernel_size=3, padding=1), (1, 3, 224, 224), "im2col"),   # VGG conv1_1: K=27
-    (dict(out_channels=64, kernel_size=11, stride=4), (1, 3, 224, 224), "direct"),   # AlexNet conv1
+    (dict(out_channels=64, kernel_size=11, stride=4), (1, 3, 224, 224), "outer"),   # AlexNet conv1
     (dict(out_channels=512, kernel_size=3, padding=1), (1, 512, 28, 28), "im2col"),  # VGG conv4_2 at 224
     (dict(out_channels=512, kernel_size=3, padding=1), (1, 512, 48, 48), "im2col"),  # and at 384: 9 MB
-    (dict(out_channels=512, kernel_size=3, padding=1), (1, 256, 48, 48), "direct"),  # VGG conv4_1 at 384
+    (dict(out_channels=512, kernel_size=3, padding=1), (1, 256, 48, 48), "outer"),  # VGG conv4_1 at 384
     (dict(out_channels=512, kernel_size=3, padding=1), (1, 256, 28, 28), "im2col"),  # and at 224: rows of 28
-    (dict(out_channels=192, kernel_size=5, padding=2), (1, 64, 27, 27), "direct"),   # AlexNet conv2 at 224
+    (dict(out_channels=192, kernel_size=5, padding=2), (1, 64, 27, 27), "outer"),   # AlexNet conv2 at 224
     (dict(out_channels=384, kernel_size=3, padding=1), (1, 256, 13, 13), "im2col"),  # AlexNet conv3 at 224
     (dict(out_channels=64, kernel_size=3), (1, 32, 5, 40), "im2col"),  # 3 output rows
 ])
@@ -190,6 +191,26 @@ def test_conv_hypothesis(c, groups, o_per, kh, kw, sh, sw, ph, pw, dh, dw, h, w,
         for prepared in (False, True):  # taps in the spec's order and in prepare_conv's
             check_op("conv", params, [(c, h, w)], np.random.default_rng(h * 31 + w), batch=batch,
                      strategy=strategy, prepared=prepared)
+
+
+@settings(max_examples=30, deadline=None)
+@given(c=st.integers(1, 40), o=st.integers(1, 70), k=st.integers(1, 5), s=st.integers(1, 3),
+       p=st.integers(0, 2), dw=st.integers(1, 2), h=st.integers(5, 14), w=st.integers(5, 30),
+       batch=st.integers(1, 3), relu=st.booleans(), chunk=st.sampled_from([8, 24, 128]),
+       positions=st.sampled_from([1, 16, 64]))
+def test_conv_outer_hypothesis(c, o, k, s, p, dw, h, w, batch, relu, chunk, positions):
+    """The outer-product strategy over channel counts that fill its 24-channel blocks and
+    8-lane vectors with some left over, rows of pixels that leave its 4- and 8-pixel tiles
+    part-empty, taps split into several chunks and jobs of one or several output rows."""
+    if dw * (k - 1) + 1 > w + 2 * p or k > h + 2 * p:
+        return
+    params = dict(out_channels=o, kernel_size=k, stride=s, padding=p, dilation=[1, dw],
+                  activation="relu" if relu else "none")
+    for prepared in (False, True):
+        with mock.patch.object(conv_cpu, "OUTER_CHUNK", chunk), \
+                mock.patch.object(conv_cpu, "OUTER_POSITIONS", positions):
+            check_op("conv", params, [(c, h, w)], np.random.default_rng(c * 97 + o), batch=batch,
+                     strategy="outer", prepared=prepared)
 
 
 def test_conv_large_input_uses_several_chunks(rng, monkeypatch):

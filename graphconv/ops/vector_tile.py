@@ -35,7 +35,7 @@ BLOCK_VECTORS = 5  # widest position block one tile covers: 40 positions
 TILE_ROWS = (0, 8, 4, 4, 2, 2)
 
 
-def _make_tile(rows: int, vectors: int):
+def _make_tile(rows: int, vectors: int, prefetching: bool = True, outer: bool = False):
     """An intrinsic adding a (rows x vectors*LANES) product into `sums`:
 
         sums[(s0 + r) * width + c0 + j] += sum_{k < steps} w[row_r * stride + k0 + k]
@@ -57,12 +57,12 @@ def _make_tile(rows: int, vectors: int):
                     and array.layout == "C"):
                 return None
         i = types.intp
-        return types.void(w, i, i, i, i, i, cols, i, i, sums, i, i), _codegen(rows, vectors)
-    tile.__name__ = f"tile_{rows}x{vectors}"
+        return types.void(w, i, i, i, i, i, cols, i, i, sums, i, i), _codegen(rows, vectors, prefetching, outer)
+    tile.__name__ = f"tile_{rows}x{vectors}" + ("_outer" if outer else "")
     return tile
 
 
-def _codegen(rows: int, vectors: int):
+def _codegen(rows: int, vectors: int, prefetching: bool = True, outer: bool = False):
     def codegen(context, builder, signature, args):
         w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, prefetch = args
         w_ptr, cols_ptr, sums_ptr = (context.make_array(signature.args[n])(context, builder, value).data
@@ -85,7 +85,8 @@ def _codegen(rows: int, vectors: int):
         sums_out = []
         for r in range(rows):
             at = emit.add(row_starts[r], k)
-            emit.prefetch(w_ptr, emit.add(at, prefetch))
+            if prefetching:
+                emit.prefetch(w_ptr, emit.add(at, prefetch))
             weight = emit.broadcast(builder.load(builder.gep(w_ptr, [at])))
             sums_out.append([emit.fmuladd(weight, patches[v], sums_in[r][v]) for v in range(vectors)])
         k_next = emit.add(k, emit.const(1))
@@ -105,7 +106,10 @@ def _codegen(rows: int, vectors: int):
                 final.add_incoming(sums_out[r][v], loop)
                 finals.append((r, v, final))
         for r, v, final in finals:
-            at = emit.add(emit.mul(emit.add(s0, emit.const(r)), width), emit.add(c0, emit.const(v * LANES)))
+            if outer:  # the last argument is the sums' row width; the sums have no column offset
+                at = emit.add(emit.mul(emit.add(s0, emit.const(r)), prefetch), emit.const(v * LANES))
+            else:
+                at = emit.add(emit.mul(emit.add(s0, emit.const(r)), width), emit.add(c0, emit.const(v * LANES)))
             emit.store_vector(sums_ptr, at, builder.fadd(emit.load_vector(sums_ptr, at), final))
         return context.get_dummy_value()
     return codegen
@@ -186,3 +190,28 @@ def multiply_tile(vectors, w, row0, last_row, stride, k0, steps, cols, c0, width
         _tile_4x2(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, prefetch)
     else:
         _tile_8x1(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, prefetch)
+
+
+# The tiles of the conv's "outer" strategy: no prefetch (its operands are in cache), and
+# the sums get their own row width (the last argument) and no column offset, so the
+# packed weights can be one contiguous (K x 24) panel per block of output channels
+# (c0 = the panel's offset, width = its width) while the sums are (pixels x 24) per
+# block. The strategy broadcasts patch values from its row panel (the `w` operand, one
+# row per output pixel) and multiplies them into vectors of 8 output channels.
+_tile_8x1_outer = _make_tile(8, 1, False, True)
+_tile_4x2_outer = _make_tile(4, 2, False, True)
+_tile_4x3_outer = _make_tile(4, 3, False, True)
+OUTER_VECTORS = 3  # channel vectors per tile in `outer_tile`: 24 output channels
+OUTER_ROWS = (0, 8, 4, 4)  # pixels per tile for 1..3 channel vectors
+
+
+@njit(cache=True, inline="always")
+def outer_tile(vectors, w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width):
+    """sums[(s0 + r) * s_width + j] += sum_k w[row_r * stride + k0 + k] * cols[(k0 + k) * width + c0 + j]
+    for r < OUTER_ROWS[vectors], j < vectors * LANES (row_r as in `_make_tile`)."""
+    if vectors == 3:
+        _tile_4x3_outer(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width)
+    elif vectors == 2:
+        _tile_4x2_outer(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width)
+    else:
+        _tile_8x1_outer(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width)

@@ -33,6 +33,7 @@ from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, multiply_band, padded_positio
 from graphconv.ops.conv import shape as output_shape
 from graphconv.ops.registry import pair
 from graphconv.ops.unsigned_index import fill, unsigned
+from graphconv.ops.vector_tile import OUTER_ROWS, OUTER_VECTORS, outer_tile
 
 SCRATCH_FLOATS = 1 << 22  # 16 MB of im2col columns per chunk
 DIRECT_MIN_K = 64  # shorter patches leave the direct tile mostly summing across vector lanes
@@ -42,7 +43,7 @@ DIRECT_WIDE_ROW = 32  # ... need output rows this wide to pay for reading them p
 DIRECT_MIN_ROWS = 4  # direct splits output rows between threads; fewer rows leave one idle
 CHANNEL_BLOCK = 8  # channels direct's transpose to channels-last copies side by side
 REORDER_MAX_WEIGHTS = 1 << 22  # 16 MB: prepare_conv leaves larger weights in the spec's order
-STRATEGIES = ("stream", "pointwise", "direct", "im2col")
+STRATEGIES = ("stream", "pointwise", "direct", "im2col", "outer")
 
 
 def choose_strategy(params: dict, in_shape: tuple[int, ...],
@@ -73,24 +74,22 @@ def choose_strategy(params: dict, in_shape: tuple[int, ...],
         weights >= DIRECT_BIG_WEIGHTS and wo < DIRECT_WIDE_ROW)
     if taps < DIRECT_MIN_K or blas_blocks_weights_better or n * ho < DIRECT_MIN_ROWS:
         return "im2col"
-    return "direct"
+    return "outer"
 
 
 describe_conv = choose_strategy  # what `--profile` and the benchmarks show per layer
 
 
 def prepare_conv(params: dict, weights: dict) -> dict:
-    """Store the taps in (kw, kh, c) order ("weight_kwkhc"), so the direct strategy need not
-    reorder them on each run; the other strategies take either order. Weights of 16 MB
-    and more stay as they are: in practice only FC-like layers have them, which never
-    run direct, and the graph still holds the spec's copy, so reordering fc6's 151 MB
-    would double its memory for nothing."""
+    """Pack the weights once for the "outer" strategy ("weight_kxo", `kxo_weights`), so
+    it need not repack them on each run; the other strategies read the spec's "weight",
+    kept as given (no copy). Weights of 16 MB and more are not packed: in practice only
+    FC-like layers have them, which run "stream", and packing fc6's 151 MB would double
+    its memory for nothing."""
     w = weights["weight"]
     if w.size >= REORDER_MAX_WEIGHTS:
         return weights
-    prepared = {k: v for k, v in weights.items() if k != "weight"}
-    prepared["weight_kwkhc"] = kwkhc_weights(w, params["groups"])
-    return prepared
+    return dict(weights, weight_kxo=kxo_weights(w, params["groups"]))
 
 
 def run_conv(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray,
@@ -107,6 +106,12 @@ def run_conv(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndar
     relu = params["activation"] == "relu"
     geometry = tuple(v for k in ("stride", "padding", "dilation") for v in pair(params[k]))
     strategy = strategy or choose_strategy(params, x.shape, out.shape[2:])
+    if strategy == "outer":
+        wp = weights["weight_kxo"] if "weight_kxo" in weights else kxo_weights(_spec_weights(weights, groups, kh, kw),
+                                                                             groups)
+        _conv_outer(x, wp, out_c // groups, bias, kh, kw, *geometry, relu, OUTER_CHUNK, OUTER_POSITIONS,
+                    get_num_threads(), out)
+        return
     if strategy == "direct":
         _conv_direct(x, _taps_last(weights, groups), bias, kh, kw, *geometry, relu,
                      get_num_threads(), out)
@@ -126,6 +131,14 @@ def _taps_last(weights: dict, groups: int) -> np.ndarray:
     if "weight_kwkhc" in weights:
         return weights["weight_kwkhc"]
     return kwkhc_weights(weights["weight"], groups)
+
+
+def _spec_weights(weights: dict, groups: int, kh: int, kw: int) -> np.ndarray:
+    """(O, C/groups, kh, kw) weights, as the spec stores them."""
+    if "weight" in weights:
+        return weights["weight"]
+    g, og, k = _taps_first(weights, groups, kh, kw).shape
+    return _taps_first(weights, groups, kh, kw).reshape(g * og, k // (kh * kw), kh, kw)
 
 
 def _taps_first(weights: dict, groups: int, kh: int, kw: int) -> np.ndarray:
@@ -366,3 +379,120 @@ def _conv_im2col(x, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, taps_last, s
             _patch_columns(x, g * cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, q0, q1, taps_last, cols_q)
             np.matmul(wg, cols_q, out=res_q)
             _epilogue(res_q, bias, g * og, q0, q1, ho, wo, relu, out)
+
+
+# ---- outer ----------------------------------------------------------------------------------
+
+OUTER_CHUNK = 128  # taps per k chunk: a chunk of 24 packed weight columns is 12 KB, in L1
+OUTER_POSITIONS = 64  # output pixels a job covers at least (whole rows), so each weight chunk is reused
+
+
+def packed_weight_elements(params: dict, weight_elements: int) -> int:
+    """Floats `kxo_weights` holds for a weight of `weight_elements`: each group's output
+    channels padded to whole vectors of 8."""
+    out_c, groups = params["out_channels"], params["groups"]
+    og = out_c // groups
+    return groups * (-(-og // 8) * 8) * (weight_elements // out_c)
+
+
+def kxo_weights(w: np.ndarray, groups: int) -> np.ndarray:
+    """(O, C/groups, kh, kw) weights packed for the "outer" strategy: per group, taps in
+    (kh, kw, c) order (a tap row of a patch is then one contiguous run of the channels-last
+    input), one contiguous (K x 24) panel per block of 24 output channels (the last block
+    8 or 16 wide, its channels padded with zeros to a whole vector), flat. A vector load
+    gives 8 output channels of one tap, and a chunk of taps of one block is one
+    contiguous run that stays in L1."""
+    out_c, cg, kh, kw = w.shape
+    og, k = out_c // groups, cg * kh * kw
+    o8 = -(-og // 8) * 8
+    padded = np.zeros((groups, o8, k), np.float32)
+    padded[:, :og] = w.transpose(0, 2, 3, 1).reshape(groups, og, k)
+    packed = np.zeros((groups, k * o8), np.float32)
+    block = OUTER_VECTORS * 8
+    for c0 in range(0, o8, block):
+        width = min(block, o8 - c0)
+        packed[:, k * c0:k * (c0 + width)] = padded[:, c0:c0 + width].transpose(0, 2, 1).reshape(groups, -1)
+    return packed
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _outer_group(xp, wp, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, wo, chunk, rows_per_job, out3,
+                 threads):
+    """Every output row of one group, `rows_per_job` rows per job. The patches are read
+    straight from the channels-last input: for each tap row i (and, when dilated along w,
+    each tap column j) the taps of output pixel ox are one contiguous run of xp starting
+    at column ox * sw, pixels sw * C floats apart, so no patch is ever copied. For each
+    chunk of such a run and each block of 24 output channels, the outer-product tile
+    runs over every pixel of the job's rows: 4 pixels' input values broadcast, times 3
+    vectors of 8 channels of the packed weights, 12 sums in registers. The weight chunk
+    (12 KB) stays in L1 while the job's pixels stream past it; the sums (pixels x 24 per
+    block) go to the NCHW output with bias and ReLU at the end of the job."""
+    n, rows_in, cols_in, cg = xp.shape
+    o8 = -(-og // 8) * 8
+    k = wp.size // o8
+    block = OUTER_VECTORS * 8
+    blocks = -(-o8 // block)
+    run = kw * cg if dw == 1 else cg  # contiguous taps per segment
+    segments_per_row = 1 if dw == 1 else kw
+    stride = sw * cg
+    slots = -(-wo // 8) * 8  # sums rows per output row: the last tile's clamped pixels land in the slack
+    block_rows = rows_per_job * slots
+    per_image = -(-ho // rows_per_job)
+    row_jobs = n * per_image
+    # Few row jobs would leave a thread idle for part of the layer (3 jobs on 2 threads):
+    # then each row job is split further by blocks of output channels.
+    parts = 1 if row_jobs >= 4 * threads or row_jobs % threads == 0 else min(blocks, threads)
+    per_part = -(-blocks // parts)
+    flat_x = xp.reshape(-1)
+    for t in prange(threads):
+        sums = np.empty(blocks * block_rows * block, np.float32)
+        for job in range(t, row_jobs * parts, threads):
+            b = (job // parts) // per_image
+            y0 = ((job // parts) % per_image) * rows_per_job
+            rows = min(rows_per_job, ho - y0)
+            blk0 = (job % parts) * per_part
+            blk1 = min(blocks, blk0 + per_part)
+            fill(sums, blk0 * block_rows * block, blk1 * block_rows * block, 0.0)
+            for i in range(kh):
+                for j in range(segments_per_row):
+                    tap = (i * kw + j) * cg  # the segment's first tap in the packed order
+                    for k0 in range(0, run, chunk):
+                        steps = min(chunk, run - k0)
+                        for blk in range(blk0, blk1):
+                            c0 = blk * block
+                            vectors = min(OUTER_VECTORS, (o8 - c0) // 8)
+                            tile_rows = OUTER_ROWS[vectors]
+                            bw = vectors * 8
+                            for r in range(rows):
+                                iy = (y0 + r) * sh + i * dh
+                                at = ((b * rows_in + iy) * cols_in + j * dw) * cg  # pixel 0's segment in xp
+                                # the tile reads x at p * stride + at + k0 + s and the weights at
+                                # (at + k0 + s) * bw + offset: the offset takes `at` back out
+                                offset = k * c0 + (tap - at) * bw
+                                for p0 in range(0, wo, tile_rows):
+                                    outer_tile(vectors, flat_x, p0, wo - 1, stride, at + k0, steps, wp, offset, bw,
+                                               sums, blk * block_rows + r * slots + p0, block)
+            for r in range(rows):
+                q0 = (y0 + r) * wo
+                for o in range(blk0 * block, min(og, blk1 * block)):
+                    channel = o_offset + o
+                    bo = bias[channel]
+                    at = ((o // block) * block_rows + r * slots) * block + o % block
+                    for ox in range(wo):
+                        v = sums[unsigned(at + ox * block)] + bo
+                        out3[b, channel, q0 + ox] = max(v, np.float32(0.0)) if relu else v
+
+
+@njit(cache=True)
+def _conv_outer(x, wp, og, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, chunk, positions, threads, out):
+    n, c, height, width = x.shape
+    groups = wp.shape[0]
+    cg = c // groups
+    ho, wo = out.shape[2], out.shape[3]
+    out3 = out.reshape(n, groups * og, ho * wo)
+    xp = np.empty((n, height + 2 * ph, width + 2 * pw, cg), np.float32)
+    rows_per_job = max(1, min(-(-positions // wo), (n * ho) // threads))
+    for g in range(groups):
+        _channels_last(x, g * cg, cg, ph, pw, xp)
+        _outer_group(xp, wp[g], og, bias, relu, kh, kw, sh, sw, dh, dw, g * og, ho, wo, chunk, rows_per_job, out3,
+                     threads)
