@@ -73,7 +73,7 @@ def dilate(graph: Graph, stride: int) -> None:
             continue  # before the stride is cut: the layer stays as it is
         if not {"stride", "dilation", "padding"} <= set(node.params):
             raise node.error(f"{node.op} covers its whole input and cannot be dilated: compile with "
-                             f"{_SLIDING_PASS.get(node.op, 'a pass that makes it slide')} first")
+                             f"{SLIDING_PASS.get(node.op, 'a pass that makes it slide')} first")
         changes = {}
         if node.params.get("ceil_mode"):
             if _ceil_adds_window(node, in_shapes):
@@ -86,7 +86,8 @@ def dilate(graph: Graph, stride: int) -> None:
                          padding=tuple(pair(node.params["padding"])[a] * rate[a] for a in (0, 1)))
 
 
-_SLIDING_PASS = {"fc": "fc-to-conv", "globalavgpool": "global-pool-to-window", "flatten": "remove-flatten"}
+# Ops that see their whole input, and the pass that makes each slide over larger images.
+SLIDING_PASS = {"fc": "fc-to-conv", "globalavgpool": "global-pool-to-window", "flatten": "remove-flatten"}
 
 
 def _ceil_adds_window(node, in_shapes) -> bool:

@@ -94,6 +94,7 @@ def alignment(graph) -> tuple[int, int]:
 
 def min_tile(model) -> tuple[int, int]:
     """The smallest tile (input pixels per axis) that holds one score cell wherever it lies."""
+    _check_slides(model.graph)
     field, align = model.field, alignment(model.graph)
     return tuple(int(field.size[a] + _slack(field, align, a)) for a in (0, 1))
 
@@ -102,6 +103,7 @@ def plan_tiles(model, image_hw: tuple[int, int], tile: int | Sequence[int]) -> T
     """Tiles of at most `tile` input pixels per axis covering `model.run`'s map of an
     image of `image_hw` (the crop grid; see Model.map_size)."""
     tile_hw = (tile, tile) if isinstance(tile, int) else tuple(tile)
+    _check_slides(model.graph)
     field, align = model.field, alignment(model.graph)
     smallest = min_tile(model)
     if tile_hw[0] < smallest[0] or tile_hw[1] < smallest[1]:
@@ -117,6 +119,18 @@ def plan_tiles(model, image_hw: tuple[int, int], tile: int | Sequence[int]) -> T
                   for rows in row_spans for cols in col_spans)
     largest = (max(t.box[2] - t.box[0] for t in tiles), max(t.box[3] - t.box[1] for t in tiles))
     return TilePlan(tuple(image_hw), map_hw, largest, cells, field, align, tiles)
+
+
+def _check_slides(graph) -> None:
+    """Tiles need a network that slides: a layer that sees its whole input (an fc, a
+    global pool) gives one answer per image, which no tile could compute alone."""
+    from graphconv.strides import SLIDING_PASS
+
+    for node in graph.layers():
+        if node.op in SLIDING_PASS:
+            raise node.error(f"{node.op} sees its whole input, so the network cannot be evaluated in tiles: "
+                             f"compile it first (graphconv compile; the {SLIDING_PASS[node.op]} pass makes "
+                             "it slide)")
 
 
 def _cells_per_tile(tile: int, field: Field, align, axis: int) -> int:

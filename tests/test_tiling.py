@@ -200,3 +200,11 @@ def test_missing_scale_extra_says_how_to_get_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "zarr", None)  # what an environment without zarr imports
     with pytest.raises(GraphconvError, match=r"needs the zarr package: pip install 'graphconv\[scale\]'"):
         require("zarr")
+
+
+def test_an_uncompiled_classifier_is_refused_with_the_way_out(rng):
+    from graphconv.model import Model
+
+    classifier = Model.load(SPECS / "lenet.yaml")
+    with pytest.raises(GraphconvError, match="fc sees its whole input.*compile it first.*fc-to-conv"):
+        plan_tiles(classifier, (100, 100), 50)
