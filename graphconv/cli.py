@@ -358,7 +358,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         from graphconv.tiled_cli import run_images_command
         return run_images_command(args)
     for path in filter(None, (args.output, args.heatmap_out)):
-        check_writable(path)
+        if path.rstrip("/").lower().endswith(".zarr"):
+            from graphconv.tiling import check_zarr_target
+            check_zarr_target(path)
+        else:
+            check_writable(path)
     model = load_model(args, args.model)
     if args.image:
         from graphconv.tiled_cli import run_tiled_command, wants_tiles

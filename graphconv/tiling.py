@@ -257,7 +257,9 @@ class MapFile:
         from graphconv.files import check_writable
         self.path, self.shape, self.dtype, self.chunk_hw = str(path), tuple(shape), np.dtype(dtype), chunk_hw
         self.is_zarr = self.path.rstrip("/").lower().endswith(".zarr")
-        if not self.is_zarr:
+        if self.is_zarr:
+            check_zarr_target(self.path)
+        else:
             check_writable(self.path)
         self.array = None
         self._tmp = None
@@ -295,6 +297,34 @@ class MapFile:
                 shutil.rmtree(self._tmp, ignore_errors=True)
             elif os.path.exists(self._tmp):
                 os.unlink(self._tmp)
+        return False
+
+
+def check_zarr_target(path: str) -> None:
+    """A .zarr output replaces only a zarr array: never a file, nor a folder holding
+    anything else (the user's data), nor a zarr group."""
+    import os
+    from graphconv.files import check_writable
+
+    target = path.rstrip("/")
+    if os.path.isdir(target):
+        entries = set(os.listdir(target))
+        is_array = ".zarray" in entries or ("zarr.json" in entries and _zarr_v3_array(target))
+        if entries and not is_array:
+            raise GraphconvError("is a folder that is not a zarr array; graphconv replaces only a zarr "
+                                 "array (choose a new name)", file=path)
+    elif os.path.exists(target):
+        raise GraphconvError("exists and is not a folder; a .zarr output is a folder", file=path)
+    check_writable(os.path.join(os.path.dirname(os.path.abspath(target)), "probe.npy"))
+
+
+def _zarr_v3_array(folder: str) -> bool:
+    import json
+    import os
+    try:
+        with open(os.path.join(folder, "zarr.json")) as fp:
+            return json.load(fp).get("node_type") == "array"
+    except (OSError, ValueError):
         return False
 
 

@@ -145,3 +145,19 @@ def test_inspect_prints_the_tile_plan(model_dir):
     assert result.returncode == 0, result.stderr
     assert "tile plan for 2000x3000 with --tile 256" in result.stdout
     assert "halo" in result.stdout and "x the whole-image pass's" in result.stdout and "peak memory" in result.stdout
+
+
+def test_a_zarr_output_never_replaces_what_is_not_a_zarr_array(model_dir, picture, tmp_path):
+    folder = tmp_path / "thesis.zarr"
+    folder.mkdir()
+    (folder / "chapter1.tex").write_text("precious")
+    result = graphconv("run", model_dir, "--image", picture / "page.png", "--tile", "48", "--output", folder)
+    assert result.returncode == 2 and "not a zarr array" in result.stderr
+    assert (folder / "chapter1.tex").read_text() == "precious"
+    result = graphconv("run", model_dir, "--image", picture / "page.zarr", "--output", picture / "page.zarr")
+    assert result.returncode == 2 and "is the input image" in result.stderr
+    assert zarr.open_array(str(picture / "page.zarr"), mode="r").shape == (150, 170)
+    out = tmp_path / "map.zarr"
+    for _ in range(2):  # a map it wrote is replaced by the next run
+        result = graphconv("run", model_dir, "--image", picture / "page.png", "--tile", "48", "--output", out)
+        assert result.returncode == 0, result.stderr
