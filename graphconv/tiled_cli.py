@@ -65,6 +65,9 @@ def run_tiled_command(args: argparse.Namespace, model) -> int:
                   f"the {format_size(memory_limit())} budget: evaluating it in exact tiles of {tile}x{tile} "
                   "pixels", file=sys.stderr)
     plan = plan_tiles(model, image_hw, tile)
+    from graphconv.memory import check_run_fits
+    check_run_fits(model.graph, 1, plan.tile_hw, f"a {plan.tile_hw[0]}x{plan.tile_hw[1]} tile (use a smaller --tile)",
+                   file=args.image)
     classes = model.output_channels
     transform, channels, dtype = map_transform(args.reduce, args.classes, classes)
     shape = (1, channels, *plan.map_hw)

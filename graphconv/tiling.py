@@ -103,9 +103,8 @@ def plan_tiles(model, image_hw: tuple[int, int], tile: int | Sequence[int]) -> T
     """Tiles of at most `tile` input pixels per axis covering `model.run`'s map of an
     image of `image_hw` (the crop grid; see Model.map_size)."""
     tile_hw = (tile, tile) if isinstance(tile, int) else tuple(tile)
-    _check_slides(model.graph)
-    field, align = model.field, alignment(model.graph)
     smallest = min_tile(model)
+    field, align = model.field, alignment(model.graph)
     if tile_hw[0] < smallest[0] or tile_hw[1] < smallest[1]:
         raise GraphconvError(f"--tile {tile_hw[0]}x{tile_hw[1]} is too small for this network: each "
                              f"tile needs one {field.size[0]}x{field.size[1]} receptive field plus "
