@@ -149,7 +149,7 @@ def test_conv_matches_reference(params, in_shape, rng):
     (dict(out_channels=4096, kernel_size=1), (1, 4096, 9, 9), "pointwise"),  # 81 positions: BLAS
     (dict(out_channels=1000, kernel_size=1), (1, 4096, 6, 6), "stream"),     # fc8-as-conv, 16 MB
     (dict(out_channels=512, kernel_size=3, padding=1), (1, 512, 7, 7), "stream"),  # 9 MB at 49 positions
-    (dict(out_channels=256, kernel_size=3, padding=1), (1, 256, 7, 7), "im2col"),  # 2.4 MB: under stream's 4 MB
+    (dict(out_channels=256, kernel_size=3, padding=1), (1, 256, 7, 7), "outer"),  # 2.4 MB: under stream's 4 MB
     (dict(out_channels=64, kernel_size=3, padding=1), (1, 256, 6, 6), "outer"),   # small weights
     (dict(out_channels=64, kernel_size=1), (1, 32, 20, 20), "pointwise"),    # a real 1x1 conv
     (dict(out_channels=64, kernel_size=1, stride=2), (1, 128, 40, 40), "outer"),
@@ -157,12 +157,12 @@ def test_conv_matches_reference(params, in_shape, rng):
     (dict(out_channels=64, kernel_size=3, padding=1), (1, 32, 20, 20), "outer"),
     (dict(out_channels=64, kernel_size=3, padding=1), (1, 3, 224, 224), "im2col"),   # VGG conv1_1: K=27
     (dict(out_channels=64, kernel_size=11, stride=4), (1, 3, 224, 224), "outer"),   # AlexNet conv1
-    (dict(out_channels=512, kernel_size=3, padding=1), (1, 512, 28, 28), "im2col"),  # VGG conv4_2 at 224
-    (dict(out_channels=512, kernel_size=3, padding=1), (1, 512, 48, 48), "im2col"),  # and at 384: 9 MB
+    (dict(out_channels=512, kernel_size=3, padding=1), (1, 512, 28, 28), "outer"),  # VGG conv4_2 at 224
+    (dict(out_channels=512, kernel_size=3, padding=1), (1, 512, 48, 48), "outer"),  # and at 384: 9 MB
     (dict(out_channels=512, kernel_size=3, padding=1), (1, 256, 48, 48), "outer"),  # VGG conv4_1 at 384
-    (dict(out_channels=512, kernel_size=3, padding=1), (1, 256, 28, 28), "im2col"),  # and at 224: rows of 28
+    (dict(out_channels=512, kernel_size=3, padding=1), (1, 256, 28, 28), "outer"),  # and at 224: rows of 28
     (dict(out_channels=192, kernel_size=5, padding=2), (1, 64, 27, 27), "outer"),   # AlexNet conv2 at 224
-    (dict(out_channels=384, kernel_size=3, padding=1), (1, 256, 13, 13), "im2col"),  # AlexNet conv3 at 224
+    (dict(out_channels=384, kernel_size=3, padding=1), (1, 256, 13, 13), "outer"),  # AlexNet conv3 at 224
     (dict(out_channels=64, kernel_size=3), (1, 32, 5, 40), "im2col"),  # 3 output rows
 ])
 def test_conv_strategy_follows_the_layer_shape(params, in_shape, expected):

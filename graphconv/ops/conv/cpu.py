@@ -1,4 +1,4 @@
-"""CPU conv: one of four strategies per layer, chosen from the layer's shape.
+"""CPU conv: one of five strategies per layer, chosen from the layer's shape.
 
 - "stream": large weights used at few output positions (the fully-connected layers
   fc-to-conv produced; see `gemm_cpu.prefers_stream`). The patches are gathered into
@@ -7,19 +7,19 @@
   as multiplying them.
 - "pointwise": a 1x1, stride-1, unpadded conv. The input already is the column
   matrix (C x H*W), so each image is one SGEMM with no copy before it.
-- "direct": most convs. The input is copied once to channels-last order; then, per
-  output row, a "row panel" holds the input rows that row reads, laid out so that
-  every output pixel's patch is one contiguous (kw, kh, c) run (overlapping its
-  neighbours' when the conv is not dilated along w). The same 4x3 register tile as
-  "stream" (`gemm_cpu.multiply_band`) runs over the panel with the weights stored in
-  that order (`prepare_conv`). No im2col matrix, no separate epilogue: 3-6% faster
-  than im2col + OpenBLAS where weights are reused along wide rows (AlexNet's conv1 and
-  conv2, VGG's conv1_2 to conv4_1 at 384x384).
-- "im2col": what direct does badly: patches under 64 values (VGG's conv1_1: 27),
-  weights of 8 MB and more (VGG's conv4_2 onwards), and of 2 MB and more on rows under
-  32 pixels (AlexNet's conv3-5), where BLAS's blocking wins, and maps of under 4 output
-  rows. Columns are built in chunks of output rows so the scratch buffer stays small
-  while each SGEMM stays large enough to run at BLAS speed.
+- "outer": most convs. The input is copied once to channels-last order; each tap row
+  of an output pixel's patch is then one contiguous run of it, and an outer-product
+  register tile (`vector_tile.outer_tile`: 4 pixels' input values broadcast x 3 vectors
+  of 8 output channels) runs over the runs with the weights packed once per Executor
+  as (K x 24) panels per block of 24 output channels (`prepare_conv`). No patch is
+  copied, no im2col matrix, no separate epilogue.
+- "direct": the previous default, kept for comparison (and forced in tests): per output
+  row, a row panel holding every patch as one contiguous (kw, kh, c) run, and a 4x3
+  dot-product tile (`gemm_cpu.multiply_band`) over it.
+- "im2col": patches under 64 values (VGG's conv1_1: 27), where outer's tile calls would
+  be mostly set-up, and maps of under 4 output rows. Columns are built in chunks of
+  output rows so the scratch buffer stays small while each SGEMM stays large enough to
+  run at BLAS speed.
 
 Every strategy applies the bias and the fused ReLU while writing the output.
 """
@@ -36,11 +36,8 @@ from graphconv.ops.unsigned_index import fill, unsigned
 from graphconv.ops.vector_tile import OUTER_ROWS, OUTER_VECTORS, outer_tile
 
 SCRATCH_FLOATS = 1 << 22  # 16 MB of im2col columns per chunk
-DIRECT_MIN_K = 64  # shorter patches leave the direct tile mostly summing across vector lanes
-DIRECT_MAX_WEIGHTS = 1 << 21  # 8 MB: direct reads all weights once per output row; BLAS's blocking wins
-DIRECT_BIG_WEIGHTS = 1 << 19  # 2 MB: weights this big ...
-DIRECT_WIDE_ROW = 32  # ... need output rows this wide to pay for reading them per row
-DIRECT_MIN_ROWS = 4  # direct splits output rows between threads; fewer rows leave one idle
+DIRECT_MIN_K = 64  # shorter patches: im2col (outer's tile calls would be mostly set-up)
+DIRECT_MIN_ROWS = 4  # outer splits output rows between threads; fewer rows: im2col
 CHANNEL_BLOCK = 8  # channels direct's transpose to channels-last copies side by side
 REORDER_MAX_WEIGHTS = 1 << 22  # 16 MB: prepare_conv leaves larger weights in the spec's order
 STRATEGIES = ("stream", "pointwise", "direct", "im2col", "outer")
@@ -51,15 +48,15 @@ def choose_strategy(params: dict, in_shape: tuple[int, ...],
     """The strategy `run_conv` uses for this layer on an (N, C, H, W) input whose output
     is out_hw (by default, what the op's shape rule says).
 
-    The thresholds are measured on 2 AVX2 cores, each strategy alternating with the
-    other in one process (medians of 31; benchmarks/cpu_vs_torch.py shows each layer's
-    choice in a whole network). Direct wins by 3-6% where its weights are read from
-    cache many times per output row: AlexNet's conv1 and conv2 (307K weights on 27- to
-    95-pixel rows), VGG's conv2_x to conv4_1 at 48 pixels and more. im2col + OpenBLAS
-    wins by 6-12% on every layer of 2.4M weights (VGG's conv4_2 to conv5_3 on 24- to
-    96-pixel rows), and by 4-12% with 590K-1.2M weights on rows under 32 pixels
-    (AlexNet's conv3-5 at 13, 23 and 31 pixels; VGG's conv4_1 at 28). Patches of 27
-    values (VGG's conv1_1) run 1.8x faster through im2col.
+    Measured on 2 AVX2 cores (Zen 3), alternating in one process: outer against direct
+    (the previous default) on whole networks, AlexNet's conv1 at 384 3.47 -> 2.89 ms and
+    VGG's and AlexNet's 3x3 and 5x5 layers level or up to 10% faster; against im2col +
+    OpenBLAS on the layers im2col had (2 MB of weights and more: VGG's conv4_x and
+    conv5_x, AlexNet's conv3-5, ResNet's 3x3 layers at 14x14) level at best and up to
+    3x faster where OpenBLAS's threads and numba's hand the cores back and forth badly
+    (VGG-16 at 224: conv4_2 123 -> 42 ms). Patches of 27 values (VGG's conv1_1) still
+    go through im2col, and 1x1 convs through one SGEMM (15-30% faster than outer, whose
+    channels-last copy is then as long as the arithmetic).
     """
     n, c = in_shape[:2]
     (kh, kw), (sh, sw), (ph, pw) = (pair(params[k]) for k in ("kernel_size", "stride", "padding"))
@@ -70,9 +67,7 @@ def choose_strategy(params: dict, in_shape: tuple[int, ...],
         return "stream"
     if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
         return "pointwise"
-    blas_blocks_weights_better = weights >= DIRECT_MAX_WEIGHTS or (
-        weights >= DIRECT_BIG_WEIGHTS and wo < DIRECT_WIDE_ROW)
-    if taps < DIRECT_MIN_K or blas_blocks_weights_better or n * ho < DIRECT_MIN_ROWS:
+    if taps < DIRECT_MIN_K or n * ho < DIRECT_MIN_ROWS:
         return "im2col"
     return "outer"
 
@@ -383,7 +378,7 @@ def _conv_im2col(x, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, taps_last, s
 
 # ---- outer ----------------------------------------------------------------------------------
 
-OUTER_CHUNK = 128  # taps per k chunk: a chunk of 24 packed weight columns is 12 KB, in L1
+OUTER_CHUNK = 192  # taps per k chunk: a chunk of 24 packed weight columns is 18 KB, in L1
 OUTER_POSITIONS = 64  # output pixels a job covers at least (whole rows), so each weight chunk is reused
 
 
