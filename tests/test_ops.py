@@ -213,6 +213,20 @@ def test_conv_outer_hypothesis(c, o, k, s, p, dw, h, w, batch, relu, chunk, posi
                      strategy="outer", prepared=prepared)
 
 
+@settings(max_examples=30, deadline=None)
+@given(c=st.integers(1, 40), o=st.integers(1, 70), groups=st.sampled_from([1, 2]), h=st.integers(1, 14),
+       w=st.integers(1, 30), batch=st.integers(1, 3), relu=st.booleans(), chunk=st.sampled_from([8, 128]))
+def test_conv_pointwise_hypothesis(c, o, groups, h, w, batch, relu, chunk):
+    """The 1x1 kernel over pixel counts that leave its 24-pixel tiles and 8-pixel vectors
+    part-empty (and under one vector), output channels split between jobs, input
+    channels in several chunks."""
+    params = dict(out_channels=o * groups, kernel_size=1, groups=groups, activation="relu" if relu else "none")
+    for prepared in (False, True):
+        with mock.patch.object(conv_cpu, "POINTWISE_CHUNK", chunk):
+            check_op("conv", params, [(c * groups, h, w)], np.random.default_rng(c * 89 + o), batch=batch,
+                     strategy="pointwise", prepared=prepared)
+
+
 def test_conv_large_input_uses_several_chunks(rng, monkeypatch):
     """The im2col buffer is filled in chunks of output rows; results must not depend on it."""
     from graphconv.ops.conv import cpu

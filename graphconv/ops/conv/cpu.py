@@ -6,7 +6,10 @@
   `gemm_cpu.stream_matmul`; a BLAS GEMM would spend as long re-packing the weights
   as multiplying them.
 - "pointwise": a 1x1, stride-1, unpadded conv. The input already is the column
-  matrix (C x H*W), so each image is one SGEMM with no copy before it.
+  matrix (C x H*W): the outer-product tile runs over it in place, 4 output channels
+  broadcast from the weight rows x 24 pixels (`_pointwise_group`), bias and ReLU on the
+  way out. It was one OpenBLAS SGEMM per image; in a whole network, between numba's
+  parallel loops, that SGEMM often took 5-30x its time alone (ResNet-50).
 - "outer": most convs. The input is copied once to channels-last order; each tap row
   of an output pixel's patch is then one contiguous run of it, and an outer-product
   register tile (`vector_tile.outer_tile`: 4 pixels' input values broadcast x 3 vectors
@@ -55,8 +58,8 @@ def choose_strategy(params: dict, in_shape: tuple[int, ...],
     conv5_x, AlexNet's conv3-5, ResNet's 3x3 layers at 14x14) level at best and up to
     3x faster where OpenBLAS's threads and numba's hand the cores back and forth badly
     (VGG-16 at 224: conv4_2 123 -> 42 ms). Patches of 27 values (VGG's conv1_1) still
-    go through im2col, and 1x1 convs through one SGEMM (15-30% faster than outer, whose
-    channels-last copy is then as long as the arithmetic).
+    go through im2col, and 1x1 convs through `_pointwise_group` (outer's channels-last
+    copy would be as long as their arithmetic).
     """
     n, c = in_shape[:2]
     (kh, kw), (sh, sw), (ph, pw) = (pair(params[k]) for k in ("kernel_size", "stride", "padding"))
@@ -315,26 +318,91 @@ def _conv_direct(x, wk, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, threads, out
 
 # ---- pointwise ------------------------------------------------------------------------------
 
+POINTWISE_PIXELS = 96  # pixels a job covers: 4 tiles of 24
+POINTWISE_CHUNK = 128  # input channels per k chunk: 24 pixels' chunk is 12 KB, in L1
+POINTWISE_ROWS = 64  # output channels whose weight chunk is reused across a job's pixels (a multiple of 8)
+
+
 def _conv_pointwise(x, w3, bias, relu, out):
+    """The 1x1 product without BLAS: `_pointwise_group` per group."""
     n, c, height, width = x.shape
-    groups, og, _ = w3.shape
-    cg = c // groups
-    for b in range(n):
-        for g in range(groups):
-            cols = x[b, g * cg:(g + 1) * cg].reshape(cg, height * width)
-            res = out[b, g * og:(g + 1) * og].reshape(og, height * width)  # a view: out is contiguous
-            np.matmul(w3[g], cols, out=res)
-        _bias_inplace(out[b], bias, relu)
+    groups, og, cg = w3.shape
+    x3 = x.reshape(n, c, height * width)
+    out3 = out.reshape(n, groups * og, height * width)
+    for g in range(groups):
+        _pointwise_group(x3, w3[g], bias, relu, g * og, g * cg, POINTWISE_CHUNK, out3, get_num_threads())
 
 
-@njit(cache=True, parallel=True)
-def _bias_inplace(planes, bias, relu):
-    flat = planes.reshape(planes.shape[0], -1)
-    for o in prange(flat.shape[0]):
-        b = bias[o]
-        for i in range(flat.shape[1]):
-            v = flat[o, i] + b
-            flat[o, i] = max(v, 0.0) if relu else v
+@njit(cache=True, parallel=True, boundscheck=False)
+def _pointwise_group(x3, w, bias, relu, o_offset, c_offset, chunk, out3, threads):
+    """out3[b, o_offset + o, p] = act(sum_c w[o, c] * x3[b, c_offset + c, p] + bias) for one
+    group, straight from the NCHW input (for a 1x1 conv it already is the C x H*W column
+    matrix). A job is a block of POINTWISE_PIXELS pixels of one image (and, when the
+    blocks alone would leave a thread idle, half of the output channels): for each chunk
+    of input channels and each 24 pixels (12 KB of input, in L1), the outer-product tile
+    runs over every output channel, 4 at a time broadcast from the weight rows, times 3
+    vectors of 8 pixels. The pixels past the last whole vector (fewer than 8) are copied
+    into one zero-padded vector per input channel and run through the 8 x 1 tile."""
+    n, _, hw = x3.shape
+    og, cg = w.shape
+    full = hw // 8 * 8
+    per_image = max(1, -(-full // POINTWISE_PIXELS))
+    jobs = n * per_image
+    parts = 1 if jobs % threads == 0 or jobs >= 8 * threads else 2
+    half = -(-og // (8 * parts)) * 8  # output channels per part, whole tiles
+    o_pad = og + 8  # sums rows per 24 pixels: the last tile's clamped rows land in the slack
+    tiles = POINTWISE_PIXELS // 24
+    flat_w, flat_x = w.reshape(-1), x3.reshape(-1)
+    channels = x3.shape[1]
+    for t in prange(threads):
+        sums = np.empty(tiles * o_pad * 24, np.float32)
+        tail = np.empty(cg * 8, np.float32)
+        for job in range(t, jobs * parts, threads):
+            b = (job // parts) // per_image
+            p_start = ((job // parts) % per_image) * POINTWISE_PIXELS
+            p_end = min(full, p_start + POINTWISE_PIXELS)
+            o_lo = (job % parts) * half
+            o_hi = min(og, o_lo + half)
+            if o_lo >= o_hi:
+                continue
+            fill(sums, 0, sums.size, 0.0)
+            image = (b * channels + c_offset) * hw
+            for k0 in range(0, cg, chunk):
+                steps = min(chunk, cg - k0)
+                for ob in range(o_lo, o_hi, POINTWISE_ROWS):  # 64 weight rows' chunk (32 KB) stays in cache
+                    oe = min(o_hi, ob + POINTWISE_ROWS)
+                    for p0 in range(p_start, p_end, 24):
+                        vectors = min(OUTER_VECTORS, (p_end - p0) // 8)
+                        rows = OUTER_ROWS[vectors]
+                        s0 = ((p0 - p_start) // 24) * o_pad
+                        for o in range(ob, oe, rows):
+                            outer_tile(vectors, flat_w, o, og - 1, cg, k0, steps, flat_x, image + p0, hw,
+                                       sums, s0 + o, 24)
+            for p0 in range(p_start, p_end, 24):
+                s0 = ((p0 - p_start) // 24) * o_pad
+                count = min(24, p_end - p0)
+                for o in range(o_lo, o_hi):
+                    channel = o_offset + o
+                    bo = bias[channel]
+                    at = (s0 + o) * 24
+                    for j in range(count):
+                        v = sums[unsigned(at + j)] + bo
+                        out3[b, channel, p0 + j] = max(v, np.float32(0.0)) if relu else v
+            if p_end == full and full < hw:  # the last job of the image: the pixels past whole vectors,
+                left = hw - full            # copied into one zero-padded vector per input channel
+                for c in range(cg):
+                    for j in range(8):
+                        tail[c * 8 + j] = flat_x[unsigned(image + c * hw + full + j)] if j < left else 0.0
+                fill(sums, 0, o_pad * 24, 0.0)
+                for k0 in range(0, cg, chunk):
+                    steps = min(chunk, cg - k0)
+                    for o in range(o_lo, o_hi, OUTER_ROWS[1]):
+                        outer_tile(1, flat_w, o, og - 1, cg, k0, steps, tail, 0, 8, sums, o, 24)
+                for o in range(o_lo, o_hi):
+                    channel = o_offset + o
+                    for j in range(left):
+                        v = sums[unsigned(o * 24 + j)] + bias[channel]
+                        out3[b, channel, full + j] = max(v, np.float32(0.0)) if relu else v
 
 
 # ---- im2col ---------------------------------------------------------------------------------
