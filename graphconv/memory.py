@@ -124,8 +124,10 @@ def check_run_fits(graph: Graph, batch: int, input_hw: tuple[int, int], what: st
 def weight_bytes(graph: Graph) -> int:
     """The weights' bytes as the CPU executor holds them: each layer's arrays (or, for a
     layer with none attached yet, the shapes its op expects), plus the packed copy
-    of each conv weight `prepare_conv` packs (those under REORDER_MAX_WEIGHTS elements)."""
-    from graphconv.ops.conv.cpu import REORDER_MAX_WEIGHTS, packed_weight_elements
+    of each conv weight under 4 MB, which `prepare_conv` packs (larger ones the first
+    "outer" run packs: `conv_scratch_bytes` counts those)."""
+    from graphconv.ops.conv.cpu import packed_weight_elements
+    from graphconv.ops.gemm_cpu import STREAM_MIN_WEIGHTS
     from graphconv.shapes import infer_shapes
 
     total = 0
@@ -139,7 +141,7 @@ def weight_bytes(graph: Graph) -> int:
             expected = node.opdef.weight_shapes(node.params, [shapes[s.name] for s in node.inputs])
             sizes = {key: _product(shape) for key, shape in expected.items()}
         total += sum(sizes.values())
-        if node.op == "conv" and sizes.get("weight", 0) < REORDER_MAX_WEIGHTS:
+        if node.op == "conv" and sizes.get("weight", 0) < STREAM_MIN_WEIGHTS:
             total += packed_weight_elements(node.params, sizes.get("weight", 0))
     return total * FLOAT_BYTES
 
@@ -168,11 +170,13 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
     - stream: patch columns for every position (at most gemm_cpu.STREAM_MAX_POSITIONS);
     - pointwise: nothing, BLAS writes into the output;
     - direct: a channels-last, padded copy of one group's input, and a row panel per thread;
-    - outer: the channels-last copy as direct, and per thread the sums of one job's rows;
+    - outer: the channels-last copy as direct, per thread the sums of one job's rows, and
+      for weights of 4 MB and more their packed copy, made on the first such run;
     - im2col: column and result buffers for one band of output rows (SCRATCH_FLOATS of
       columns, at least one row), plus those of a shorter last band, which gets its own.
     A strategy this does not know gets the largest of these."""
-    from graphconv.ops.conv.cpu import OUTER_POSITIONS, SCRATCH_FLOATS, choose_strategy
+    from graphconv.ops.conv.cpu import OUTER_POSITIONS, SCRATCH_FLOATS, choose_strategy, packed_weight_elements
+    from graphconv.ops.gemm_cpu import STREAM_MIN_WEIGHTS
     from graphconv.ops.registry import pair
 
     c, h, w = in_shape
@@ -181,6 +185,7 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
     (kh, kw), (ph, pw) = pair(params["kernel_size"]), pair(params["padding"])
     per_group_in, per_group_out = c // groups, params["out_channels"] // groups
     taps = per_group_in * kh * kw
+    weights = params["out_channels"] * taps
     panel = taps * (wo + ROW_SLACK) + (w + 2 * pw) * kh * per_group_in
     band_rows = max(1, min(batch * ho, SCRATCH_FLOATS // max(1, taps * wo)))
     last_band_rows = (batch * ho) % band_rows
@@ -190,7 +195,8 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
         "direct": batch * (h + 2 * ph) * (w + 2 * pw) * per_group_in + _threads() * panel,
         "im2col": (taps + per_group_out) * (band_rows + last_band_rows) * wo,
         "outer": batch * (h + 2 * ph) * (w + 2 * pw) * per_group_in + _threads() * _outer_sums(
-            per_group_out, max(1, min(-(-OUTER_POSITIONS // max(1, wo)), batch * ho // _threads())), wo),
+            per_group_out, max(1, min(-(-OUTER_POSITIONS // max(1, wo)), batch * ho // _threads())), wo)
+        + (packed_weight_elements(params, weights) if weights >= STREAM_MIN_WEIGHTS else 0),
     }
     strategy = strategy or choose_strategy(params, (batch, c, h, w))
     return FLOAT_BYTES * (scratch[strategy] if strategy in scratch else max(scratch.values()))

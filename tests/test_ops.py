@@ -227,6 +227,25 @@ def test_conv_pointwise_hypothesis(c, o, groups, h, w, batch, relu, chunk):
                      strategy="pointwise", prepared=prepared)
 
 
+def test_conv_large_weights_are_packed_on_their_first_outer_run(rng):
+    """Weights of 4 MB and more are left unpacked by prepare_conv (they may only ever
+    stream) and packed, once, by the first run that takes them through "outer"."""
+    opdef = get_op("conv")
+    params = normalize_params(opdef, dict(out_channels=512, kernel_size=3, padding=1))
+    x = random_input(rng, (1, 256, 6, 5))
+    weights = make_weights(opdef, params, [x.shape[1:]], rng)
+    prepared = CPU.prepare_weights(opdef, params, weights)
+    assert "weight_kxo" not in prepared
+    want = opdef.reference(params, weights, [x])
+    packed = []
+    for _ in range(2):
+        got = np.empty_like(want)
+        conv_cpu.run_conv(params, prepared, [x], got, strategy="outer")
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+        packed.append(prepared["weight_kxo"])
+    assert packed[0] is packed[1]  # kept, not packed again
+
+
 def test_conv_large_input_uses_several_chunks(rng, monkeypatch):
     """The im2col buffer is filled in chunks of output rows; results must not depend on it."""
     from graphconv.ops.conv import cpu

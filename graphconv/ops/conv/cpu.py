@@ -31,8 +31,8 @@ from __future__ import annotations
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, multiply_band, padded_positions, prefers_stream, stream_matmul,
-                                    stream_width)
+from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, STREAM_MIN_WEIGHTS, multiply_band, padded_positions,
+                                    prefers_stream, stream_matmul, stream_width)
 from graphconv.ops.conv import shape as output_shape
 from graphconv.ops.registry import pair
 from graphconv.ops.unsigned_index import fill, unsigned
@@ -83,10 +83,12 @@ def prepare_conv(params: dict, weights: dict) -> dict:
     it need not repack them on each run; the other strategies read the spec's "weight",
     kept as given (no copy). Weights of 16 MB and more are not packed: in practice only
     FC-like layers have them, which run "stream", and packing fc6's 151 MB would double
-    its memory for nothing."""
+    its memory for nothing. Weights of 4 MB and more (which "stream" takes at up to 64
+    positions) are packed by `run_conv` the first time a run takes them through
+    "outer", and kept in this dict from then on: AlexNet-FCN's fc8 (16 MB) never is."""
     w = weights["weight"]
-    if w.size >= REORDER_MAX_WEIGHTS:
-        return weights
+    if w.size >= STREAM_MIN_WEIGHTS:  # may well run "stream" only: packed on its first "outer" run instead
+        return dict(weights)
     return dict(weights, weight_kxo=kxo_weights(w, params["groups"]))
 
 
@@ -105,8 +107,11 @@ def run_conv(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndar
     geometry = tuple(v for k in ("stride", "padding", "dilation") for v in pair(params[k]))
     strategy = strategy or choose_strategy(params, x.shape, out.shape[2:])
     if strategy == "outer":
-        wp = weights["weight_kxo"] if "weight_kxo" in weights else kxo_weights(_spec_weights(weights, groups, kh, kw),
-                                                                             groups)
+        if "weight_kxo" not in weights:  # not packed by prepare_conv (large, or weights as the spec gives them)
+            wp = kxo_weights(_spec_weights(weights, groups, kh, kw), groups)
+            if weights.get("weight") is not None and weights["weight"].size >= STREAM_MIN_WEIGHTS:
+                weights["weight_kxo"] = wp  # the Executor's dict: packed once, on first use
+        wp = weights["weight_kxo"] if "weight_kxo" in weights else wp
         _conv_outer(x, wp, out_c // groups, bias, kh, kw, *geometry, relu, OUTER_CHUNK, OUTER_POSITIONS,
                     get_num_threads(), out)
         return
@@ -468,13 +473,14 @@ def kxo_weights(w: np.ndarray, groups: int) -> np.ndarray:
     out_c, cg, kh, kw = w.shape
     og, k = out_c // groups, cg * kh * kw
     o8 = -(-og // 8) * 8
-    padded = np.zeros((groups, o8, k), np.float32)
-    padded[:, :og] = w.transpose(0, 2, 3, 1).reshape(groups, og, k)
     packed = np.zeros((groups, k * o8), np.float32)
+    spec = w.reshape(groups, og, cg, kh, kw)
     block = OUTER_VECTORS * 8
-    for c0 in range(0, o8, block):
+    for c0 in range(0, o8, block):  # view to view, block by block: no temporary as large as w
         width = min(block, o8 - c0)
-        packed[:, k * c0:k * (c0 + width)] = padded[:, c0:c0 + width].transpose(0, 2, 1).reshape(groups, -1)
+        real = max(0, min(width, og - c0))
+        panel = packed[:, k * c0:k * (c0 + width)].reshape(groups, kh, kw, cg, width)
+        panel[..., :real] = spec[:, c0:c0 + real].transpose(0, 3, 4, 2, 1)
     return packed
 
 
