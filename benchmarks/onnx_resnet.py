@@ -97,7 +97,6 @@ def main() -> int:
     from graphconv.compiler import compile_model
     from graphconv.frontends import load_network
     from graphconv.frontends.onnx_export import save_onnx
-    from graphconv.model import Model
     from graphconv.cost import total_flops
 
     model = resnet50(torch)

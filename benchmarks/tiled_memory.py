@@ -13,9 +13,7 @@ photos with 1 and 2 workers. Not a test: nothing here asserts speed.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile

@@ -344,7 +344,7 @@ def note(text: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from graphconv.model import Model, as_batch
+    from graphconv.model import as_batch
 
     args.heatmap_out = _heatmap_path(args)
     if args.full_map and (args.scales or args.images or args.tile or args.workers):
@@ -578,7 +578,6 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from graphconv.model import Model
     from graphconv.inspect_report import inspect_report
 
     model = load_model(args, args.model) if args.profile else load_model_for_table(args)
@@ -606,7 +605,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from graphconv.compiler import compile_model
     from graphconv.dense import CROPS_PER_BATCH, verify
-    from graphconv.model import Model
 
     original = load_model(args, args.spec)
     compiled = compile_model(original.graph, output_stride=args.output_stride,
@@ -694,7 +692,6 @@ def _float_list(text: str) -> list[float]:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from graphconv.frontends.onnx_export import save_onnx
-    from graphconv.model import Model
 
     check_writable(args.output)
     model = load_model(args, args.model)

@@ -47,7 +47,7 @@ def _image_size(path: str) -> tuple[int, int]:
 
 def run_tiled_command(args: argparse.Namespace, model) -> int:
     from graphconv.sources import open_source
-    from graphconv.tiling import MapFile, choose_tile, map_transform, plan_tiles, run_tiled
+    from graphconv.tiling import MapFile, choose_tile, map_transform, plan_tiles
 
     if args.resize or args.scales or args.heatmap is not None or args.profile:
         raise GraphconvError("--resize, --scales, --heatmap and --profile take a whole-image run "
@@ -100,7 +100,7 @@ def _compute(args, model, source, plan, tile, out, transform, on_tile) -> None:
     from graphconv.tiling import run_tiled
 
     if args.workers or args.scheduler:
-        from graphconv.cluster import MapOptions, ModelRef, client_for, run_tiles_on_cluster
+        from graphconv.cluster import MapOptions, client_for, run_tiles_on_cluster
         options = MapOptions(args.reduce if args.reduce == "argmax" else None,
                              tuple(args.classes) if args.classes else None, args.device)
         with client_for(args.workers or 1, args.scheduler) as client:
