@@ -544,7 +544,7 @@ def _lrn(imp: _Importer, node) -> None:
 def _identity(imp: _Importer, node) -> None:
     if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1] and imp.uses.get(node.output[1]):
         raise imp.error("Dropout's mask output is used; graphconv runs networks for inference")
-    imp.alias(node, imp.values[node.input[0]] if node.input[0] in imp.values else imp.tensor(node.input[0]))
+    imp.alias(node, imp.tensor(node.input[0]))  # an Identity of a constant was folded already
 
 
 @converts("Flatten")
