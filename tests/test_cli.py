@@ -104,7 +104,7 @@ def test_run_on_image_writes_heatmap(tmp_path, capsys):
 
 
 def test_outputs_may_go_to_folders_that_do_not_exist_yet(tmp_path):
-    """The README's quick start writes to build/... in a fresh checkout."""
+    """The README's quick start writes to out/... in a fresh checkout."""
     assert run_cli("compile", SPECS / "lenet.yaml", "-o", tmp_path / "build" / "deep" / "m") == 0
     np.save(tmp_path / "in.npy", np.zeros((1, 1, 32, 32), np.float32))
     assert run_cli("run", tmp_path / "build" / "deep" / "m", "--input", tmp_path / "in.npy",
