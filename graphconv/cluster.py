@@ -46,6 +46,7 @@ class MapOptions:
 
 
 _WORKER_MODELS: dict[ModelRef, Any] = {}
+_WORKER_SOURCES: dict[tuple[ModelRef, str], Any] = {}  # the image a worker's tiles come from
 
 
 def _worker_model(ref: ModelRef):
@@ -81,8 +82,10 @@ def _tile_block(ref: ModelRef, image: str, box: tuple[int, int, int, int], rows,
     from graphconv.tiling import Tile, _cells_of, map_transform
 
     model = _worker_model(ref)
-    source = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"))
-    x = source.read(*box)
+    if (ref, image) not in _WORKER_SOURCES:  # opened (a PNG: decoded) once per worker, not per tile
+        _WORKER_SOURCES.clear()
+        _WORKER_SOURCES[ref, image] = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"))
+    x = _WORKER_SOURCES[ref, image].read(*box)
     full = model.executor(options.device).run(x[None] if x.ndim == 3 else x)
     block = _cells_of(full, Tile(rows, cols, box), model.field)
     transform, _, _ = map_transform(options.reduce, options.classes, model.output_channels)

@@ -31,18 +31,20 @@ def wants_tiles(args: argparse.Namespace, model) -> bool:
         return True
     if args.resize or getattr(args, "full_map", False):
         return False  # a whole-image run (refused by the memory check when over the budget)
-    height, width = _image_size(args.image)
-    return run_estimate(model.graph, 1, (height, width)) > memory_limit()
+    size = _image_size(args.image)
+    if size is None or size[0] < model.crop_shape[1] or size[1] < model.crop_shape[2]:
+        return False  # the whole-image path reports what is wrong with the file or its size
+    return run_estimate(model.graph, 1, size) > memory_limit()
 
 
-def _image_size(path: str) -> tuple[int, int]:
-    """(H, W) from the file's header, without decoding it."""
+def _image_size(path: str) -> tuple[int, int] | None:
+    """(H, W) from the file's header, without decoding it; None when it cannot be read."""
     try:
         from PIL import Image
         with Image.open(path) as img:
             return img.size[1], img.size[0]
     except Exception:  # whatever is wrong with the file, the whole-image path reports it
-        return 0, 0
+        return None
 
 
 def run_tiled_command(args: argparse.Namespace, model) -> int:

@@ -71,10 +71,16 @@ def is_onnx_file(path: str | os.PathLike) -> bool:
         return False
     try:
         with open(path, "rb") as fp:
-            head = fp.read(3)
+            return looks_like_onnx(path, fp.read(3))
     except OSError:
         return False
-    return len(head) == 3 and head[0] == 0x08 and head[1] < 0x20 and head[2] in (0x12, 0x1a, 0x22, 0x3a)
+
+
+def looks_like_onnx(path: Path, head: bytes) -> bool:
+    """ONNX files have no magic number: a `.onnx` name, or the protobuf bytes a ModelProto
+    starts with (field 1, ir_version, a small varint, then another field)."""
+    return path.suffix.lower() == ".onnx" or (
+        len(head) == 3 and head[0] == 0x08 and head[1] < 0x20 and head[2] in (0x12, 0x1A, 0x22, 0x2A, 0x3A))
 
 
 def read_onnx(path: str | os.PathLike, *, crop_size: Sequence[int] | None = None,

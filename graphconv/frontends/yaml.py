@@ -263,12 +263,8 @@ def _read_text(path: Path, what: str, limit: int, not_text: str, not_found: str 
 
 
 def _onnx_kind(path: Path, head: bytes) -> str | None:
-    """ONNX files have no magic number: a `.onnx` name, or the protobuf bytes an ONNX
-    model starts with (field 1, ir_version, a small varint, then another field)."""
-    if path.suffix.lower() == ".onnx" or (len(head) == 3 and head[0] == 0x08 and head[1] < 0x20
-                                           and head[2] in (0x12, 0x1A, 0x22, 0x2A, 0x3A)):
-        return "an ONNX model? graphconv reads network specs written as YAML"
-    return None
+    from graphconv.frontends.onnx import looks_like_onnx  # no onnx package needed for the check
+    return "an ONNX model? graphconv reads network specs written as YAML" if looks_like_onnx(path, head) else None
 
 
 def _loc(path: Path, mapping: dict, key: str | None = None) -> Location:
