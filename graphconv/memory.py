@@ -123,11 +123,11 @@ def check_run_fits(graph: Graph, batch: int, input_hw: tuple[int, int], what: st
 
 def weight_bytes(graph: Graph) -> int:
     """The weights' bytes as the CPU executor holds them: each layer's arrays (or, for a
-    layer with none attached yet, the shapes its op expects), plus the packed copy
-    of each conv weight under 4 MB, which `prepare_conv` packs (larger ones the first
-    "outer" run packs: `conv_scratch_bytes` counts those)."""
-    from graphconv.ops.conv.cpu import packed_weight_elements
-    from graphconv.ops.gemm_cpu import STREAM_MIN_WEIGHTS
+    layer with none attached yet, the shapes its op expects), plus what `prepare_conv`
+    adds to a conv's: the transformed weights of a "winograd" layer, or the packed copy
+    of a weight under 4 MB (larger ones the first "outer" run packs:
+    `conv_scratch_bytes` counts those)."""
+    from graphconv.ops.conv.cpu import prepared_weight_elements
     from graphconv.shapes import infer_shapes
 
     total = 0
@@ -135,14 +135,13 @@ def weight_bytes(graph: Graph) -> int:
     for node in graph.layers():
         if not node.opdef.has_weights:
             continue
-        sizes = {key: array.size for key, array in node.weights.items()}
-        if not sizes:
+        weight_shapes = {key: array.shape for key, array in node.weights.items()}
+        if not weight_shapes:
             shapes = shapes or infer_shapes(graph, check_weights=False)
-            expected = node.opdef.weight_shapes(node.params, [shapes[s.name] for s in node.inputs])
-            sizes = {key: _product(shape) for key, shape in expected.items()}
-        total += sum(sizes.values())
-        if node.op == "conv" and sizes.get("weight", 0) < STREAM_MIN_WEIGHTS:
-            total += packed_weight_elements(node.params, sizes.get("weight", 0))
+            weight_shapes = node.opdef.weight_shapes(node.params, [shapes[s.name] for s in node.inputs])
+        total += sum(_product(shape) for shape in weight_shapes.values())
+        if node.op == "conv" and "weight" in weight_shapes:
+            total += prepared_weight_elements(node.params, tuple(weight_shapes["weight"]))
     return total * FLOAT_BYTES
 
 
@@ -172,10 +171,12 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
     - direct: a channels-last, padded copy of one group's input, and a row panel per thread;
     - outer: the channels-last copy as direct, per thread the sums of one job's rows, and
       for weights of 4 MB and more their packed copy, made on the first such run;
+    - winograd: see `winograd_scratch_elements`;
     - im2col: column and result buffers for one band of output rows (SCRATCH_FLOATS of
       columns, at least one row), plus those of a shorter last band, which gets its own.
     A strategy this does not know gets the largest of these."""
-    from graphconv.ops.conv.cpu import OUTER_POSITIONS, SCRATCH_FLOATS, choose_strategy, packed_weight_elements
+    from graphconv.ops.conv.cpu import (OUTER_POSITIONS, SCRATCH_FLOATS, choose_strategy, packed_weight_elements,
+                                        winograd_scratch_elements)
     from graphconv.ops.gemm_cpu import STREAM_MIN_WEIGHTS
     from graphconv.ops.registry import pair
 
@@ -197,6 +198,7 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
         "outer": batch * (h + 2 * ph) * (w + 2 * pw) * per_group_in + _threads() * _outer_sums(
             per_group_out, max(1, min(-(-OUTER_POSITIONS // max(1, wo)), batch * ho // _threads())), wo)
         + (packed_weight_elements(params, weights) if weights >= STREAM_MIN_WEIGHTS else 0),
+        "winograd": winograd_scratch_elements((batch, c, h, w), params["out_channels"], (ho, wo), _threads()),
     }
     strategy = strategy or choose_strategy(params, (batch, c, h, w))
     return FLOAT_BYTES * (scratch[strategy] if strategy in scratch else max(scratch.values()))

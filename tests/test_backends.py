@@ -55,6 +55,18 @@ def test_cpu_weights_are_contiguous_float32_and_prepared():
     assert prepared["bias"] is bias
 
 
+def test_cpu_winograd_layers_get_transformed_weights_only():
+    """A 3x3, stride-1 conv with enough channels runs "winograd": prepare transforms its
+    weights for it and does not also pack them for "outer" (16/9 of the weights is
+    enough extra memory)."""
+    conv = get_op("conv")
+    params = normalize_params(conv, dict(out_channels=32, kernel_size=3, padding=1))
+    weight = np.random.default_rng(0).standard_normal((32, 16, 3, 3)).astype(np.float32)
+    prepared = get_backend("cpu").prepare_weights(conv, params, {"weight": weight})
+    assert set(prepared) == {"weight", "weight_winograd"}
+    assert prepared["weight_winograd"].size == 16 * 32 * 16
+
+
 def test_a_missing_kernel_names_the_layer(tmp_path, monkeypatch):
     """An op without a kernel for the device is refused when the Executor is built,
     naming the layer, not half-way through a run."""

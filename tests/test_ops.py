@@ -127,10 +127,10 @@ CONV_CASES = [
 
 
 def applicable_strategies(params):
-    """Every CPU conv strategy that can run this layer (pointwise needs a plain 1x1)."""
-    plain_1x1 = (pair(params.get("kernel_size")) == (1, 1) and pair(params.get("stride", 1)) == (1, 1)
-                 and pair(params.get("padding", 0)) == (0, 0))
-    return [s for s in conv_cpu.STRATEGIES if s != "pointwise" or plain_1x1]
+    """Every CPU conv strategy that can run this layer (pointwise needs a plain 1x1,
+    winograd a plain 3x3)."""
+    normalized = normalize_params(get_op("conv"), params)
+    return [s for s in conv_cpu.STRATEGIES if conv_cpu.can_run(s, normalized)]
 
 
 @pytest.mark.parametrize("params", CONV_CASES)
@@ -148,22 +148,26 @@ def test_conv_matches_reference(params, in_shape, rng):
     (dict(out_channels=4096, kernel_size=1), (3, 4096, 6, 6), "pointwise"),  # 108 positions: BLAS
     (dict(out_channels=4096, kernel_size=1), (1, 4096, 9, 9), "pointwise"),  # 81 positions: BLAS
     (dict(out_channels=1000, kernel_size=1), (1, 4096, 6, 6), "stream"),     # fc8-as-conv, 16 MB
-    (dict(out_channels=512, kernel_size=3, padding=1), (1, 512, 7, 7), "stream"),  # 9 MB at 49 positions
-    (dict(out_channels=256, kernel_size=3, padding=1), (1, 256, 7, 7), "outer"),  # 2.4 MB: under stream's 4 MB
-    (dict(out_channels=64, kernel_size=3, padding=1), (1, 256, 6, 6), "outer"),   # small weights
+    (dict(out_channels=512, kernel_size=3, padding=1), (1, 512, 7, 7), "winograd"),  # ResNet layer4: 16 tiles
+    (dict(out_channels=512, kernel_size=3), (1, 512, 3, 3), "stream"),  # one position: fc-like
+    (dict(out_channels=512, kernel_size=3, stride=2, padding=1), (1, 512, 14, 14), "stream"),  # 9 MB at 49
+    (dict(out_channels=256, kernel_size=3, stride=2, padding=1), (1, 256, 14, 14), "outer"),  # 2.4 MB
+    (dict(out_channels=64, kernel_size=3, padding=1), (1, 256, 6, 6), "winograd"),
+    (dict(out_channels=64, kernel_size=3, padding=1, dilation=2), (1, 256, 6, 6), "outer"),
+    (dict(out_channels=8, kernel_size=3, padding=1), (1, 256, 6, 6), "outer"),  # too few outputs to transform
     (dict(out_channels=64, kernel_size=1), (1, 32, 20, 20), "pointwise"),    # a real 1x1 conv
     (dict(out_channels=64, kernel_size=1, stride=2), (1, 128, 40, 40), "outer"),
     (dict(out_channels=64, kernel_size=1, stride=2), (1, 32, 40, 40), "im2col"),     # patches of 32
-    (dict(out_channels=64, kernel_size=3, padding=1), (1, 32, 20, 20), "outer"),
+    (dict(out_channels=64, kernel_size=3, padding=1), (1, 32, 20, 20), "winograd"),
+    (dict(out_channels=64, kernel_size=3, padding=1, groups=2), (1, 32, 20, 20), "outer"),
     (dict(out_channels=64, kernel_size=3, padding=1), (1, 3, 224, 224), "im2col"),   # VGG conv1_1: K=27
     (dict(out_channels=64, kernel_size=11, stride=4), (1, 3, 224, 224), "outer"),   # AlexNet conv1
-    (dict(out_channels=512, kernel_size=3, padding=1), (1, 512, 28, 28), "outer"),  # VGG conv4_2 at 224
-    (dict(out_channels=512, kernel_size=3, padding=1), (1, 512, 48, 48), "outer"),  # and at 384: 9 MB
-    (dict(out_channels=512, kernel_size=3, padding=1), (1, 256, 48, 48), "outer"),  # VGG conv4_1 at 384
-    (dict(out_channels=512, kernel_size=3, padding=1), (1, 256, 28, 28), "outer"),  # and at 224: rows of 28
+    (dict(out_channels=512, kernel_size=3, padding=1), (1, 512, 28, 28), "winograd"),  # VGG conv4_2 at 224
+    (dict(out_channels=512, kernel_size=3, padding=1), (1, 512, 48, 48), "winograd"),  # and at 384: 9 MB
     (dict(out_channels=192, kernel_size=5, padding=2), (1, 64, 27, 27), "outer"),   # AlexNet conv2 at 224
-    (dict(out_channels=384, kernel_size=3, padding=1), (1, 256, 13, 13), "outer"),  # AlexNet conv3 at 224
-    (dict(out_channels=64, kernel_size=3), (1, 32, 5, 40), "im2col"),  # 3 output rows
+    (dict(out_channels=384, kernel_size=3, padding=1), (1, 256, 13, 13), "winograd"),  # AlexNet conv3 at 224
+    (dict(out_channels=64, kernel_size=[3, 5]), (1, 32, 5, 40), "im2col"),  # 3 output rows
+    (dict(out_channels=64, kernel_size=3), (1, 32, 5, 40), "winograd"),  # 2 rows of tiles are enough
 ])
 def test_conv_strategy_follows_the_layer_shape(params, in_shape, expected):
     opdef = get_op("conv")
@@ -211,6 +215,47 @@ def test_conv_outer_hypothesis(c, o, k, s, p, dw, h, w, batch, relu, chunk, posi
                 mock.patch.object(conv_cpu, "OUTER_POSITIONS", positions):
             check_op("conv", params, [(c, h, w)], np.random.default_rng(c * 97 + o), batch=batch,
                      strategy="outer", prepared=prepared)
+
+
+@settings(max_examples=40, deadline=None)
+@given(c=st.integers(1, 40), o=st.integers(1, 60), p=st.integers(0, 2), h=st.integers(1, 13), w=st.integers(1, 13),
+       batch=st.integers(1, 3), relu=st.booleans(), chunk=st.sampled_from([8, 192]),
+       job_tiles=st.sampled_from([1, 3, 8, 128]), threads=st.integers(1, 3))
+def test_conv_winograd_hypothesis(c, o, p, h, w, batch, relu, chunk, job_tiles, threads):
+    """Winograd F(2x2, 3x3) over maps of odd sizes (the last tiles half outside), channel
+    counts that fill its 24-channel blocks and 8-lane vectors with some left over, input
+    channels in several chunks, and jobs of one tile to a whole image, more or fewer of
+    them than threads (then split by output channels)."""
+    if 3 > h + 2 * p or 3 > w + 2 * p:
+        return
+    params = dict(out_channels=o, kernel_size=3, padding=p, activation="relu" if relu else "none")
+    for prepared in (False, True):
+        with mock.patch.object(conv_cpu.winograd, "CHUNK", chunk), \
+                mock.patch.object(conv_cpu.winograd, "tiles_per_job", lambda c, o: job_tiles), \
+                mock.patch.object(conv_cpu, "get_num_threads", lambda: threads):
+            check_op("conv", params, [(c, h, w)], np.random.default_rng(c * 101 + o), batch=batch,
+                     strategy="winograd", prepared=prepared)
+
+
+@pytest.mark.parametrize("images,tiles,target,threads,expected", [
+    (1, 2304, 64, 2, 36),   # VGG conv3 at 384: jobs of 64 tiles
+    (1, 16, 32, 2, 1),      # ResNet layer4: one job, split by output channels in the kernel
+    (1, 100, 40, 2, 4),     # 3 jobs would leave a thread idle a third of the time
+    (3, 100, 40, 2, 3),     # 9 jobs over 3 images: enough to share out
+    (1, 3, 1, 2, 3),        # never more jobs than tiles
+])
+def test_winograd_jobs_divide_among_threads(images, tiles, target, threads, expected):
+    assert conv_cpu.winograd.jobs_per_image(images, tiles, target, threads) == expected
+
+
+def test_winograd_transforms_are_the_minimal_filtering_algorithm(rng):
+    """A^T [(G g G^T) * (B^T d B)] A is the 2x2 valid correlation of a 4x4 tile d with a
+    3x3 filter g: the identity the strategy rests on, in float64."""
+    wg = conv_cpu.winograd
+    d, g = rng.standard_normal((4, 4)), rng.standard_normal((3, 3))
+    want = np.array([[np.sum(d[i:i + 3, j:j + 3] * g) for j in range(2)] for i in range(2)])
+    got = wg.A_T @ ((wg.G @ g @ wg.G.T) * (wg.B_T @ d @ wg.B_T.T)) @ wg.A_T.T
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
 @settings(max_examples=30, deadline=None)
@@ -483,7 +528,7 @@ for raw in (dict(out_channels=8, kernel_size=3, padding=1), dict(out_channels=8,
     x = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
     w = {k: rng.standard_normal(s).astype(np.float32) for k, s in conv.weight_shapes(params, [x.shape[1:]]).items()}
     for strategy in conv_cpu.STRATEGIES:
-        if strategy != "pointwise" or raw["kernel_size"] == 1:
+        if conv_cpu.can_run(strategy, params):
             got = np.empty((2, *conv.shape(params, [x.shape[1:]])), np.float32)
             conv_cpu.run_conv(params, w, [x], got, strategy=strategy)
             np.testing.assert_allclose(got, conv.reference(params, w, [x]), rtol=1e-4, atol=1e-4)

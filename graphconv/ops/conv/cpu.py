@@ -16,6 +16,11 @@
   of 8 output channels) runs over the runs with the weights packed once per Executor
   as (K x 24) panels per block of 24 output channels (`prepare_conv`). No patch is
   copied, no im2col matrix, no separate epilogue.
+- "winograd": 3x3, stride-1 layers with 16 channels or more in and out (VGG's every
+  conv but the first, AlexNet's conv3-5, ResNet's 3x3 layers): Winograd's F(2x2, 3x3),
+  16 products per 2x2 outputs and channel pair instead of 36, on the same register
+  tile as "outer" (`winograd.py`). The weights are transformed and packed once per
+  Executor (`prepare_conv`).
 - "direct": the previous default, kept for comparison (and forced in tests): per output
   row, a row panel holding every patch as one contiguous (kw, kh, c) run, and a 4x3
   dot-product tile (`gemm_cpu.multiply_band`) over it.
@@ -34,6 +39,7 @@ from numba import get_num_threads, njit, prange
 from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, STREAM_MIN_WEIGHTS, multiply_band, padded_positions,
                                     prefers_stream, stream_matmul, stream_width)
 from graphconv.ops.conv import shape as output_shape
+from graphconv.ops.conv import winograd
 from graphconv.ops.registry import pair
 from graphconv.ops.unsigned_index import fill, unsigned
 from graphconv.ops.vector_tile import OUTER_ROWS, OUTER_VECTORS, outer_tile
@@ -43,7 +49,25 @@ DIRECT_MIN_K = 64  # shorter patches: im2col (outer's tile calls would be mostly
 DIRECT_MIN_ROWS = 4  # outer splits output rows between threads; fewer rows: im2col
 CHANNEL_BLOCK = 8  # channels direct's transpose to channels-last copies side by side
 REORDER_MAX_WEIGHTS = 1 << 22  # 16 MB: prepare_conv leaves larger weights in the spec's order
-STRATEGIES = ("stream", "pointwise", "direct", "im2col", "outer")
+WINOGRAD_MIN_CHANNELS = 16  # fewer input or output channels: the transforms would cost more than they save
+WINOGRAD_MIN_POSITIONS = 16  # fewer outputs (4 tiles): an fc-like layer, which streams its weights
+STRATEGIES = ("stream", "pointwise", "direct", "im2col", "outer", "winograd")
+
+
+def suits_winograd(params: dict, in_channels: int) -> bool:
+    """A 3x3, stride-1, undilated, ungrouped conv with WINOGRAD_MIN_CHANNELS channels or
+    more on each side: the layers `prepare_conv` transforms the weights of."""
+    return (winograd.applies(params) and in_channels >= WINOGRAD_MIN_CHANNELS
+            and params["out_channels"] >= WINOGRAD_MIN_CHANNELS)
+
+
+def can_run(strategy: str, params: dict) -> bool:
+    """Whether `strategy` computes this layer at all (the others run any conv)."""
+    if strategy == "pointwise":
+        return tuple(pair(params[k]) for k in ("kernel_size", "stride", "padding")) == ((1, 1), (1, 1), (0, 0))
+    if strategy == "winograd":
+        return winograd.applies(params)
+    return True
 
 
 def choose_strategy(params: dict, in_shape: tuple[int, ...],
@@ -66,6 +90,8 @@ def choose_strategy(params: dict, in_shape: tuple[int, ...],
     ho, wo = out_hw or output_shape(params, [tuple(in_shape[1:])])[1:]
     taps = (c // params["groups"]) * kh * kw
     weights = params["out_channels"] * taps
+    if suits_winograd(params, c) and n * ho * wo >= WINOGRAD_MIN_POSITIONS:
+        return "winograd"
     if prefers_stream(n * ho * wo, weights):
         return "stream"
     if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
@@ -79,14 +105,17 @@ describe_conv = choose_strategy  # what `--profile` and the benchmarks show per 
 
 
 def prepare_conv(params: dict, weights: dict) -> dict:
-    """Pack the weights once for the "outer" strategy ("weight_kxo", `kxo_weights`), so
-    it need not repack them on each run; the other strategies read the spec's "weight",
-    kept as given (no copy). Weights of 16 MB and more are not packed: in practice only
+    """Pack the weights once for the "winograd" strategy where it suits the layer
+    ("weight_winograd", `winograd_weights`), else for "outer" ("weight_kxo",
+    `kxo_weights`), so no run repacks them; the other strategies read the spec's
+    "weight", kept as given (no copy). Weights of 16 MB and more are not packed: in practice only
     FC-like layers have them, which run "stream", and packing fc6's 151 MB would double
     its memory for nothing. Weights of 4 MB and more (which "stream" takes at up to 64
     positions) are packed by `run_conv` the first time a run takes them through
     "outer", and kept in this dict from then on: AlexNet-FCN's fc8 (16 MB) never is."""
     w = weights["weight"]
+    if suits_winograd(params, w.shape[1]):
+        return dict(weights, weight_winograd=winograd_weights(w))
     if w.size >= STREAM_MIN_WEIGHTS:  # may well run "stream" only: packed on its first "outer" run instead
         return dict(weights)
     return dict(weights, weight_kxo=kxo_weights(w, params["groups"]))
@@ -106,6 +135,11 @@ def run_conv(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndar
     relu = params["activation"] == "relu"
     geometry = tuple(v for k in ("stride", "padding", "dilation") for v in pair(params[k]))
     strategy = strategy or choose_strategy(params, x.shape, out.shape[2:])
+    if strategy == "winograd":
+        wu = weights["weight_winograd"] if "weight_winograd" in weights else winograd_weights(
+            _spec_weights(weights, groups, kh, kw))
+        _conv_winograd(x, wu, bias, pair(params["padding"]), relu, get_num_threads(), out)
+        return
     if strategy == "outer":
         if "weight_kxo" not in weights:  # not packed by prepare_conv (large, or weights as the spec gives them)
             wp = kxo_weights(_spec_weights(weights, groups, kh, kw), groups)
@@ -463,6 +497,28 @@ def packed_weight_elements(params: dict, weight_elements: int) -> int:
     return groups * (-(-og // 8) * 8) * (weight_elements // out_c)
 
 
+def prepared_weight_elements(params: dict, weight_shape: tuple[int, ...]) -> int:
+    """Floats `prepare_conv` adds beside the spec's weights of `weight_shape` (O, C/groups, kh, kw)."""
+    elements = int(np.prod(weight_shape))
+    if suits_winograd(params, weight_shape[1]):
+        return 16 * weight_shape[1] * (-(-params["out_channels"] // 8) * 8)
+    return packed_weight_elements(params, elements) if elements < STREAM_MIN_WEIGHTS else 0
+
+
+def winograd_scratch_elements(in_shape: tuple[int, ...], out_channels: int, out_hw: tuple[int, int],
+                              threads: int) -> int:
+    """Floats the "winograd" strategy allocates for an (N, C, H, W) input: the padded
+    channels-last copy, and per thread one job's V, M and output sums."""
+    n, c = in_shape[:2]
+    tile_rows, tile_cols = -(-out_hw[0] // 2), -(-out_hw[1] // 2)
+    jobs = winograd.jobs_per_image(n, tile_rows * tile_cols, winograd.tiles_per_job(c, out_channels), threads)
+    per_job = -(-(tile_rows * tile_cols) // jobs)
+    slots = -(-per_job // 8) * 8
+    blocks = -(-(-(-out_channels // 8) * 8) // 24)
+    sums = blocks * 24 * slots
+    return n * (2 * tile_rows + 2) * (2 * tile_cols + 2) * c + threads * (slots * c + 5 * sums)
+
+
 def kxo_weights(w: np.ndarray, groups: int) -> np.ndarray:
     """(O, C/groups, kh, kw) weights packed for the "outer" strategy: per group, taps in
     (kh, kw, c) order (a tap row of a patch is then one contiguous run of the channels-last
@@ -482,6 +538,27 @@ def kxo_weights(w: np.ndarray, groups: int) -> np.ndarray:
         panel = packed[:, k * c0:k * (c0 + width)].reshape(groups, kh, kw, cg, width)
         panel[..., :real] = spec[:, c0:c0 + real].transpose(0, 3, 4, 2, 1)
     return packed
+
+
+def winograd_weights(w: np.ndarray) -> np.ndarray:
+    """(O, C, 3, 3) weights for the "winograd" strategy: U = G g G^T per position xi of
+    the 4x4 transformed tile (`winograd.transformed_weights`), each xi's (O x C) matrix
+    packed as `kxo_weights` packs a 1x1 conv's weights, the 16 one after another, flat.
+    16/9 of the weights' size (plus the output channels padded to a multiple of 8)."""
+    u = winograd.transformed_weights(w)
+    return np.concatenate([kxo_weights(u[xi][:, :, None, None], 1)[0] for xi in range(16)])
+
+
+def _conv_winograd(x: np.ndarray, wu: np.ndarray, bias: np.ndarray, padding: tuple[int, int], relu: bool,
+                   threads: int, out: np.ndarray) -> None:
+    n, c, height, width = x.shape
+    og, ho, wo = out.shape[1:]
+    tile_rows, tile_cols = -(-ho // 2), -(-wo // 2)
+    xp = np.empty((n, 2 * tile_rows + 2, 2 * tile_cols + 2, c), np.float32)  # zero past the input and its padding
+    _channels_last(x, 0, c, *padding, xp)
+    jobs = winograd.jobs_per_image(n, tile_rows * tile_cols, winograd.tiles_per_job(c, og), threads)
+    winograd.winograd_conv(xp, wu, og, bias, relu, ho, wo, jobs, winograd.CHUNK, out.reshape(n, og, ho * wo),
+                           threads)
 
 
 @njit(cache=True, parallel=True, boundscheck=False)

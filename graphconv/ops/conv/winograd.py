@@ -1,0 +1,197 @@
+"""Winograd F(2x2, 3x3): the conv strategy for 3x3, stride-1 layers (VGG's every conv,
+AlexNet's conv3-5, ResNet's 3x3 layers).
+
+Why. A direct convolution does 9 multiply-adds per output, input channel and output
+channel, and the best CPU kernels (onnxruntime's MLAS, `outer`) run them at 80-85% of
+the machine's FMA peak, so a direct kernel can at best tie them. Winograd's minimal
+filtering (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016)
+computes each 2x2 block of outputs from a 4x4 block of input with 16 multiply-adds per
+channel pair instead of 36, 2.25x fewer, in exchange for cheap linear transforms of
+the input (additions only) and of the outputs:
+
+    Y = A^T [ (G g G^T) * (B^T d B) ] A
+
+for a 3x3 filter g and a 4x4 input tile d, * element-wise. Summed over input channels
+the element-wise products become 16 independent matrix products, one per position xi
+of the 4x4 transformed tile: M[xi] (tiles x O) = V[xi] (tiles x C) @ U[xi]^T (C x O).
+Those run on the same outer-product register tile as `outer` (`vector_tile.outer_tile`),
+with U packed per xi as (C x 24) panels per block of 24 output channels.
+
+Exactness. The transforms' coefficients are 0, +-1 and +-1/2, exact in binary; only the
+order of the additions differs from the direct sum, so results differ from it by a few
+float32 roundings, like any change of summation order (F(4x4, 3x3) would be 4x fewer
+multiplications but its coefficients amplify rounding about 10x more; not used).
+
+How a job runs. A job is a block of tiles (whole tile rows, or part of one) of one
+image, sized so its buffers stay in L2. For each of the 16 positions xi it: gathers the
+transformed input V[xi] for its tiles straight from the channels-last input (each
+value is a signed sum of 4 input values, because every row of B^T has two non-zeros;
+contiguous along channels, so it vectorises); multiplies it by U[xi] into M; and adds
+M, with the signs of A^T, into the 2x2 outputs of each tile it contributes to. At the
+end the outputs go to the NCHW output with bias and ReLU.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from graphconv.ops.registry import pair
+from graphconv.ops.unsigned_index import fill, unsigned
+from graphconv.ops.vector_tile import OUTER_ROWS, OUTER_VECTORS, outer_tile
+
+G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])
+A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])
+
+# Row a of B^T d is sign[a, 0] * d[tap[a, 0]] + sign[a, 1] * d[tap[a, 1]].
+INPUT_TAPS = np.array([np.flatnonzero(row) for row in B_T], np.int64)
+INPUT_SIGNS = np.array([row[np.flatnonzero(row)] for row in B_T], np.float32)
+# OUTPUT_SIGNS[xi, 2 * i + j]: the sign with which M[xi] enters output (i, j) of its tile.
+OUTPUT_SIGNS = np.array([[A_T[i, a] * A_T[j, b] for i in range(2) for j in range(2)]
+                         for a in range(4) for b in range(4)], np.float32)
+
+JOB_BYTES = 384 * 1024  # a job's V, M and output sums: in the 512 KB L2 with room for weight chunks
+MAX_JOB_TILES = 128
+CHUNK = 192  # input channels per k chunk: a chunk of one 24-channel panel is 18 KB, in L1
+
+
+def applies(params: dict) -> bool:
+    """Whether a layer is one this strategy computes: a 3x3 kernel, stride 1, no
+    dilation, one group."""
+    return (pair(params["kernel_size"]) == (3, 3) and pair(params["stride"]) == (1, 1)
+            and pair(params["dilation"]) == (1, 1) and params["groups"] == 1)
+
+
+def transformed_weights(w: np.ndarray) -> np.ndarray:
+    """U = G g G^T for every (output, input) channel pair of (O, C, 3, 3) weights, as
+    (16, O, C): U[xi] is the matrix the 16 products multiply by. Computed in float64."""
+    u = np.einsum("ai,ocij,bj->aboc", G, w.astype(np.float64), G)
+    return u.reshape(16, *w.shape[:2]).astype(np.float32)
+
+
+def tiles_per_job(channels: int, out_channels: int) -> int:
+    """Tiles whose V (tiles x C), M and output sums (tiles x O, 4 x that) fit JOB_BYTES."""
+    o8 = -(-out_channels // 8) * 8
+    return max(8, min(MAX_JOB_TILES, JOB_BYTES // (4 * (channels + 5 * o8))))
+
+
+def jobs_per_image(images: int, tiles: int, target: int, threads: int) -> int:
+    """How many runs of consecutive tiles (row-major over the image's tile grid) one
+    image is cut into: about `target` tiles each, and where there are only a few, a
+    count that divides evenly among the threads (a single job is split by output
+    channels in the kernel instead, which keeps each weight's reuse)."""
+    jobs = -(-tiles // target)
+    while 1 < jobs < tiles and images * jobs < 4 * threads and (images * jobs) % threads:
+        jobs += 1
+    return jobs
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def winograd_conv(xp, wu, og, bias, relu, ho, wo, jobs_per_image, chunk, out3, threads):
+    """out3[b, o, y * wo + x] for every output, from the channels-last input xp (padding
+    included; at least 2 * ceil(ho / 2) + 2 rows and 2 * ceil(wo / 2) + 2 columns, zero
+    past the real ones) and U packed flat as 16 runs of (C x o8), each as `kxo_weights`
+    packs a 1x1 conv's weights. A job is a run of consecutive tiles of one image (and,
+    when there are too few jobs to keep every thread busy, a range of the 24-channel
+    output blocks)."""
+    n, rows_in, cols_in, c = xp.shape
+    o8 = -(-og // 8) * 8
+    block = OUTER_VECTORS * 8
+    blocks = -(-o8 // block)
+    tile_cols = -(-wo // 2)
+    image_tiles = -(-ho // 2) * tile_cols
+    per_job = -(-image_tiles // jobs_per_image)
+    tile_jobs = n * jobs_per_image
+    parts = 1 if tile_jobs >= 4 * threads or tile_jobs % threads == 0 else min(blocks, threads)
+    per_part = -(-blocks // parts)
+    slots = -(-per_job // 8) * 8  # M rows per block: the last tile call's clamped rows land in the slack
+    u_stride = c * o8  # floats of U per xi
+    flat_x = xp.reshape(-1)
+    for t in prange(threads):
+        v = np.empty(slots * c, np.float32)
+        m = np.empty(blocks * slots * block, np.float32)
+        y = np.empty(blocks * slots * 4 * block, np.float32)
+        for job in range(t, tile_jobs * parts, threads):
+            tile_job, part = job // parts, job % parts
+            b = tile_job // jobs_per_image
+            tile0 = (tile_job % jobs_per_image) * per_job
+            tiles = min(per_job, image_tiles - tile0)
+            if tiles <= 0:
+                continue
+            blk0, blk1 = part * per_part, min(blocks, (part + 1) * per_part)
+            fill(y, blk0 * slots * 4 * block, blk1 * slots * 4 * block, 0.0)
+            for xi in range(16):
+                _gather_transformed_input(flat_x, xi, b, tile0, tiles, tile_cols, rows_in, cols_in, c, v)
+                fill(m, blk0 * slots * block, blk1 * slots * block, 0.0)
+                for k0 in range(0, c, chunk):
+                    steps = min(chunk, c - k0)
+                    for blk in range(blk0, blk1):
+                        c0 = blk * block
+                        vectors = min(OUTER_VECTORS, (o8 - c0) // 8)
+                        step = OUTER_ROWS[vectors]
+                        for p0 in range(0, tiles, step):
+                            outer_tile(vectors, v, p0, tiles - 1, c, k0, steps, wu, xi * u_stride + c * c0,
+                                       vectors * 8, m, blk * slots + p0, block)
+                _add_to_outputs(m, xi, blk0, blk1, tiles, slots, block, y)
+            _write_outputs(y, bias, relu, b, tile0, tiles, tile_cols, ho, wo, blk0 * block,
+                           min(og, blk1 * block), slots, block, out3)
+
+
+@njit(cache=True, inline="always")
+def _gather_transformed_input(flat_x, xi, b, tile0, tiles, tile_cols, rows_in, cols_in, c, v):
+    """v[tile, :] = (B^T d B)[xi] for each tile of the job: a signed sum of 4 input pixels'
+    channel runs (row a and column b of B^T each pick two of the tile's 4 rows/columns)."""
+    a, bb = xi // 4, xi % 4
+    i0, i1 = INPUT_TAPS[a, 0], INPUT_TAPS[a, 1]
+    j0, j1 = INPUT_TAPS[bb, 0], INPUT_TAPS[bb, 1]
+    s00 = INPUT_SIGNS[a, 0] * INPUT_SIGNS[bb, 0]
+    s01 = INPUT_SIGNS[a, 0] * INPUT_SIGNS[bb, 1]
+    s10 = INPUT_SIGNS[a, 1] * INPUT_SIGNS[bb, 0]
+    s11 = INPUT_SIGNS[a, 1] * INPUT_SIGNS[bb, 1]
+    for tt in range(tiles):
+        ty, tx = (tile0 + tt) // tile_cols, (tile0 + tt) % tile_cols
+        corner = (b * rows_in + 2 * ty) * cols_in + 2 * tx
+        p00 = (corner + i0 * cols_in + j0) * c
+        p01 = (corner + i0 * cols_in + j1) * c
+        p10 = (corner + i1 * cols_in + j0) * c
+        p11 = (corner + i1 * cols_in + j1) * c
+        at = tt * c
+        for k in range(c):
+            v[unsigned(at + k)] = (s00 * flat_x[unsigned(p00 + k)] + s01 * flat_x[unsigned(p01 + k)]
+                                   + s10 * flat_x[unsigned(p10 + k)] + s11 * flat_x[unsigned(p11 + k)])
+
+
+@njit(cache=True, inline="always")
+def _add_to_outputs(m, xi, blk0, blk1, tiles, slots, block, y):
+    """y[blk, tile, (i, j), :] += A^T[i, a] A^T[j, b] * m[blk, tile, :] for xi = (a, b)."""
+    for q in range(4):
+        sign = OUTPUT_SIGNS[xi, q]
+        if sign == 0:
+            continue
+        for blk in range(blk0, blk1):
+            for tile in range(tiles):
+                src = (blk * slots + tile) * block
+                dst = ((blk * slots + tile) * 4 + q) * block
+                for j in range(block):
+                    y[unsigned(dst + j)] += sign * m[unsigned(src + j)]
+
+
+@njit(cache=True, inline="always")
+def _write_outputs(y, bias, relu, b, tile0, tiles, tile_cols, ho, wo, o0, o1, slots, block, out3):
+    """The job's 2x2 output blocks, with bias and ReLU, into the NCHW output (the tiles
+    past an odd map's last row or column write only their real outputs)."""
+    for o in range(o0, o1):
+        bo = bias[o]
+        blk, lane = o // block, o % block
+        for tt in range(tiles):
+            ty, tx = (tile0 + tt) // tile_cols, (tile0 + tt) % tile_cols
+            for i in range(2):
+                oy = 2 * ty + i
+                if oy >= ho:
+                    continue
+                at = ((blk * slots + tt) * 4 + 2 * i) * block + lane
+                for j in range(2):
+                    ox = 2 * tx + j
+                    if ox < wo:
+                        value = y[unsigned(at + j * block)] + bo
+                        out3[b, o, oy * wo + ox] = max(value, np.float32(0.0)) if relu else value
