@@ -95,6 +95,8 @@ def padding_reach(graph: Graph) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]
             axes.append(touched)
         if pads:
             sources.append(node.name)
+        for extra in ins[1:]:  # a conv's residual input, at the output's positions
+            axes = [axes[a] | extra[a] for a in (0, 1)]
         reach[node.name] = tuple(axes)
     return reach, sources
 

@@ -284,6 +284,15 @@ class Graph:
             raise ValueError(f"cannot insert before {anchor.name!r}: it has {len(sources)} inputs")
         return self.insert_after(sources[0], name, op, params, weights)
 
+    def set_inputs(self, node: Node | str, inputs: Sequence[Node | str]) -> None:
+        """Make `node` read `inputs` (in argument order) instead of what it read."""
+        name = _name(node)
+        for src in list(self.nx.predecessors(name)):
+            self.nx.remove_edge(src, name)
+        for index, src in enumerate(inputs):
+            self.nx.add_edge(_name(src), name, index=index)
+        self._changed()
+
     def set_params(self, node: Node | str, **params: Any) -> None:
         self.nx.nodes[_name(node)]["params"].update(params)
         self._changed()

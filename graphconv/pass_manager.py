@@ -38,7 +38,7 @@ from graphconv.shapes import infer_shapes
 
 ENTRY_POINT_GROUP = "graphconv.passes"
 DEFAULT_PIPELINE = ("shape-inference", "remove-dropout", "dead-node-elimination", "fold-batchnorm",
-                    "global-pool-to-window", "remove-flatten", "fc-to-conv", "fuse-conv-relu")
+                    "global-pool-to-window", "remove-flatten", "fc-to-conv", "fuse-conv-relu", "fuse-conv-add")
 
 
 @dataclass(frozen=True)

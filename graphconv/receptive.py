@@ -38,24 +38,33 @@ def receptive_fields(graph: Graph) -> dict[str, Field]:
     fields = {graph.input.name: Field((1, 1), (1, 1), (0, 0))}
     for node in graph.layers():
         sources = [fields[s.name] for s in node.inputs]
-        strides = {f.stride for f in sources}
-        if len(strides) > 1:
-            raise node.error(f"merges maps of different strides {sorted(strides)}; their cells "
-                             "do not line up", GraphconvError)
-        stride = sources[0].stride
-        top = min(f.offset[0] for f in sources)
-        left = min(f.offset[1] for f in sources)
-        bottom = max(f.offset[0] + f.size[0] for f in sources)
-        right = max(f.offset[1] + f.size[1] for f in sources)
-        field = Field((bottom - top, right - left), stride, (top, left))
         window = node.opdef.window(node.params, [shapes[s.name] for s in node.inputs])
-        if window is not None:
-            field = Field(
-                tuple(field.size[a] + (window.extent[a] - 1) * stride[a] for a in (0, 1)),
-                tuple(_whole(stride[a] * window.stride[a]) for a in (0, 1)),
-                tuple(field.offset[a] - window.padding[a] * stride[a] for a in (0, 1)))
-        fields[node.name] = field
+        if window is not None:  # a windowed op slides over its first input (a conv's residual joins after)
+            sources[0] = _through_window(sources[0], window)
+        fields[node.name] = _union(node, sources)
     return fields
+
+
+def _through_window(field: Field, window) -> Field:
+    """The field of one cell of a window slid over a map whose cells have `field`."""
+    stride = field.stride
+    return Field(tuple(field.size[a] + (window.extent[a] - 1) * stride[a] for a in (0, 1)),
+                 tuple(_whole(stride[a] * window.stride[a]) for a in (0, 1)),
+                 tuple(field.offset[a] - window.padding[a] * stride[a] for a in (0, 1)))
+
+
+def _union(node, sources: list[Field]) -> Field:
+    """The field covering every source's (an add or concat sees all its inputs' pixels);
+    the sources' cells must line up."""
+    strides = {f.stride for f in sources}
+    if len(strides) > 1:
+        raise node.error(f"merges maps of different strides {sorted(strides)}; their cells "
+                         "do not line up", GraphconvError)
+    top = min(f.offset[0] for f in sources)
+    left = min(f.offset[1] for f in sources)
+    bottom = max(f.offset[0] + f.size[0] for f in sources)
+    right = max(f.offset[1] + f.size[1] for f in sources)
+    return Field((bottom - top, right - left), sources[0].stride, (top, left))
 
 
 def _whole(value):

@@ -9,6 +9,7 @@ from . import (  # noqa: F401
     dead_node_elimination,
     fc_to_conv,
     fold_batchnorm,
+    fuse_conv_add,
     fuse_conv_relu,
     global_pool_to_window,
     output_stride,

@@ -52,6 +52,8 @@ def conv_to_fc(graph: Graph, layer: str = "", max_elements: int = DEFAULT_MAX_EL
 
 
 def _why_not_flat(graph: Graph, conv: Node) -> str:
+    if len(conv.inputs) > 1:
+        return "it adds a residual input (an fc has one input)"
     if conv.shape[1:] == (1, 1):
         return ""
     if conv.users and all(u.op == "fc" for u in conv.users) and graph.output != conv:

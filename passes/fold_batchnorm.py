@@ -26,8 +26,8 @@ def fold_batchnorm(graph: Graph) -> bool:
     folded = False
     for producer in ("conv", "fc"):
         for layer, norm in graph.match_chain([producer, "batchnorm"]):
-            if layer.op == "conv" and layer.params["activation"] != "none":
-                continue  # the ReLU sits between the conv and the batchnorm
+            if layer.op == "conv" and (layer.params["activation"] != "none" or len(layer.inputs) > 1):
+                continue  # the ReLU, or the residual added, sits between the conv and the batchnorm
             _fold(graph, layer, norm)
             folded = True
     return folded

@@ -237,10 +237,28 @@ def test_conv_winograd_hypothesis(c, o, p, h, w, batch, relu, chunk, job_tiles, 
                      strategy="winograd", prepared=prepared)
 
 
+@pytest.mark.parametrize("params,in_shape", [
+    (dict(out_channels=40, kernel_size=1), (20, 7, 9)),                 # pointwise
+    (dict(out_channels=33, kernel_size=3, padding=1), (17, 9, 11)),     # winograd
+    (dict(out_channels=30, kernel_size=3, stride=2, padding=1), (20, 13, 9)),  # outer
+    (dict(out_channels=600, kernel_size=3, stride=2), (600, 5, 5)),     # stream: 1-4 positions
+])
+@pytest.mark.parametrize("relu", [False, True])
+def test_conv_adds_a_residual_input_before_the_activation(params, in_shape, relu, rng):
+    """Every strategy, with a second input of the output's shape: added to the output
+    before the ReLU (the strategies that do not add it while writing add it after)."""
+    params = dict(params, activation="relu" if relu else "none")
+    out_shape = get_op("conv").shape(normalize_params(get_op("conv"), params), [in_shape])
+    for strategy in applicable_strategies(params):
+        for prepared in (False, True):
+            check_op("conv", params, [in_shape, out_shape], rng, strategy=strategy, prepared=prepared)
+
+
 @pytest.mark.parametrize("images,tiles,target,threads,expected", [
     (1, 2304, 64, 2, 36),   # VGG conv3 at 384: jobs of 64 tiles
     (1, 16, 32, 2, 1),      # ResNet layer4: one job, split by output channels in the kernel
     (1, 100, 40, 2, 4),     # 3 jobs would leave a thread idle a third of the time
+    (1, 49, 44, 2, 1),      # AlexNet conv3 at 224: 2 jobs would each read all the weights; 1, split by channels
     (3, 100, 40, 2, 3),     # 9 jobs over 3 images: enough to share out
     (1, 3, 1, 2, 3),        # never more jobs than tiles
 ])

@@ -48,7 +48,7 @@ def test_flatten_before_fcs_goes_and_they_become_convs(write_spec, rng):
     fcn = graphconv.compile_model(classifier.graph)
     assert "flat" not in fcn.graph and not fcn.graph.find("fc")
     assert fcn.graph.node("fc1").params["kernel_size"] == (5, 4)
-    assert [n.name for n in fcn.graph.node("fc2").inputs] == ["c1"]
+    assert [n.name for n in fcn.graph.node("fc2").inputs] == ["c1", "fc1"]  # fuse-conv-add: fc1 + fc2 is one conv
     x = random_input(rng, (2, 2, 11, 9))
     np.testing.assert_allclose(fcn.run(x), as_map(classifier.run(x)), rtol=1e-5, atol=1e-5)
     big = random_input(rng, (1, 2, 11 + 8, 9 + 6))

@@ -2,6 +2,10 @@
 
 `activation: relu` is graphconv's extension for the conv+bias+relu fusion pass: the
 kernel applies ReLU in its epilogue instead of a separate pass over memory.
+
+A second input, when there is one, is added to the output before the activation: a
+residual connection (ResNet's `relu(conv3(x) + identity)`) in one kernel, which the
+`fuse-conv-add` pass makes from a conv -> add (-> relu) chain. Its shape is the output's.
 """
 from __future__ import annotations
 
@@ -19,17 +23,21 @@ def window(params: dict, shapes) -> Window:
 
 
 def shape(params: dict, shapes) -> tuple[int, int, int]:
-    (c, h, w), = shapes
+    c = shapes[0][0]
     groups = params["groups"]
     if c % groups or params["out_channels"] % groups:
         raise ShapeError(f"groups={groups} must divide both the {c} input channels and "
                          f"out_channels={params['out_channels']}")
     ho, wo = window_output(window(params, shapes), shapes[0], "kernel")
-    return params["out_channels"], ho, wo
+    out = (params["out_channels"], ho, wo)
+    if len(shapes) == 2 and tuple(shapes[1]) != out:
+        raise ShapeError(f"the residual input added to the output must be {'x'.join(map(str, out))}, "
+                         f"got {'x'.join(map(str, shapes[1]))}")
+    return out
 
 
 def weight_shapes(params: dict, shapes) -> dict[str, tuple]:
-    (c, _, _), = shapes
+    c = shapes[0][0]
     kh, kw = pair(params["kernel_size"])
     expected = {"weight": (params["out_channels"], c // params["groups"], kh, kw)}
     if params["bias"]:
@@ -38,14 +46,15 @@ def weight_shapes(params: dict, shapes) -> dict[str, tuple]:
 
 
 def flops(params: dict, shapes, out_shape) -> int:
-    (c, _, _), = shapes
+    c = shapes[0][0]
     kh, kw = pair(params["kernel_size"])
-    return 2 * numel(out_shape) * (c // params["groups"]) * kh * kw
+    return 2 * numel(out_shape) * (c // params["groups"]) * kh * kw + numel(out_shape) * (len(shapes) - 1)
 
 
 def reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
-    """Sum over kernel taps of (strided input slice) x (that tap's weights), per group."""
-    x, = inputs
+    """Sum over kernel taps of (strided input slice) x (that tap's weights), per group;
+    plus the bias and the residual input, if any, then the activation."""
+    x = inputs[0]
     w = weights["weight"]
     n, c, _, _ = x.shape
     out_c, c_per_group, kh, kw = w.shape
@@ -64,6 +73,8 @@ def reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarr
                 out[:, g * o_per_group:(g + 1) * o_per_group] += np.einsum("ncyx,oc->noyx", patch, ws[:, :, i, j])
     if "bias" in weights:
         out += weights["bias"][None, :, None, None]
+    if len(inputs) == 2:
+        out += inputs[1]
     if params["activation"] == "relu":
         out = np.maximum(out, 0)
     return out.astype(np.float32)
@@ -74,16 +85,20 @@ def torch_equivalent(params: dict, weights: dict, inputs: list):
     y = F.conv2d(inputs[0], weights["weight"], weights.get("bias"), stride=pair(params["stride"]),
                  padding=pair(params["padding"]), dilation=pair(params["dilation"]),
                  groups=params["groups"])
+    if len(inputs) == 2:
+        y = y + inputs[1]
     return F.relu(y) if params["activation"] == "relu" else y
 
 
 def to_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
     args = [inputs[0], writer.weight("weight")] + ([writer.weight("bias")] if params["bias"] else [])
-    fused_relu = params["activation"] == "relu"
-    conv = writer.node("Conv", args, None if fused_relu else output, group=params["groups"],
-                       **onnx_window_attrs(params))
+    fused_relu, residual = params["activation"] == "relu", len(inputs) == 2
+    last = output if not (fused_relu or residual) else None
+    y = writer.node("Conv", args, last, group=params["groups"], **onnx_window_attrs(params))
+    if residual:
+        y = writer.node("Add", [y, inputs[1]], None if fused_relu else output)
     if fused_relu:
-        writer.node("Relu", [conv], output)
+        writer.node("Relu", [y], output)
 
 
 register(OpDef(
@@ -100,7 +115,7 @@ register(OpDef(
         Param("activation", "choice", "none", choices=("none", "relu"),
               doc="graphconv extension: fused ReLU epilogue"),
     ),
-    shape=shape, reference=reference, flops=flops, package=__name__,
+    shape=shape, reference=reference, flops=flops, package=__name__, arity=(1, 2),
     weight_shapes=weight_shapes, window=window, torch=torch_equivalent, onnx=to_onnx,
     examples=(
         Example(dict(out_channels=3, kernel_size=3), [(2, 6, 5)]),
@@ -108,5 +123,7 @@ register(OpDef(
                      groups=2, activation="relu"), [(4, 7, 6)]),
         Example(dict(out_channels=18, kernel_size=1, bias=False), [(17, 3, 2)]),  # past one CUDA tile
         Example(dict(out_channels=2, kernel_size=[4, 3]), [(3, 4, 3)]),  # the whole input: fc-as-conv
+        Example(dict(out_channels=5, kernel_size=1, activation="relu"), [(3, 4, 6), (5, 4, 6)]),  # + residual
+        Example(dict(out_channels=4, kernel_size=3, padding=1), [(2, 5, 3), (4, 5, 3)]),  # + residual
     ),
 ))

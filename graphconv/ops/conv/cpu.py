@@ -135,10 +135,17 @@ def run_conv(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndar
     relu = params["activation"] == "relu"
     geometry = tuple(v for k in ("stride", "padding", "dilation") for v in pair(params[k]))
     strategy = strategy or choose_strategy(params, x.shape, out.shape[2:])
+    n, _, ho, wo = out.shape
+    res3 = np.ascontiguousarray(inputs[1]).reshape(n, out_c, ho * wo) if len(inputs) == 2 else NO_RESIDUAL
+    if strategy not in ADDS_RESIDUAL and len(inputs) == 2:
+        params = dict(params, activation="none")
+        run_conv(params, weights, inputs[:1], out, strategy)
+        _add_residual(out.reshape(n, out_c, ho * wo), res3, relu)
+        return
     if strategy == "winograd":
         wu = weights["weight_winograd"] if "weight_winograd" in weights else winograd_weights(
             _spec_weights(weights, groups, kh, kw))
-        _conv_winograd(x, wu, bias, pair(params["padding"]), relu, get_num_threads(), out)
+        _conv_winograd(x, wu, bias, pair(params["padding"]), relu, get_num_threads(), out, res3)
         return
     if strategy == "outer":
         if "weight_kxo" not in weights:  # not packed by prepare_conv (large, or weights as the spec gives them)
@@ -147,7 +154,7 @@ def run_conv(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndar
                 weights["weight_kxo"] = wp  # the Executor's dict: packed once, on first use
         wp = weights["weight_kxo"] if "weight_kxo" in weights else wp
         _conv_outer(x, wp, out_c // groups, bias, kh, kw, *geometry, relu, OUTER_CHUNK, OUTER_POSITIONS,
-                    get_num_threads(), out)
+                    get_num_threads(), out, res3)
         return
     if strategy == "direct":
         _conv_direct(x, _taps_last(weights, groups), bias, kh, kw, *geometry, relu,
@@ -158,9 +165,23 @@ def run_conv(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndar
     if strategy == "stream":
         _conv_stream(x, w3, bias, kh, kw, *geometry, relu, taps_last, out)
     elif strategy == "pointwise":
-        _conv_pointwise(x, w3, bias, relu, out)
+        _conv_pointwise(x, w3, bias, relu, out, res3)
     else:
         _conv_im2col(x, w3, bias, kh, kw, *geometry, relu, taps_last, SCRATCH_FLOATS, out)
+
+
+NO_RESIDUAL = np.zeros((0, 0, 0), np.float32)  # what the residual-adding strategies get for "no residual input"
+ADDS_RESIDUAL = ("winograd", "outer", "pointwise")  # while writing; the others add it in a pass after
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _add_residual(out3, res3, relu):
+    """out3 = act(out3 + res3), for the strategies that do not add a residual themselves."""
+    for b in range(out3.shape[0]):
+        for o in prange(out3.shape[1]):
+            for p in range(out3.shape[2]):
+                v = out3[b, o, p] + res3[b, o, p]
+                out3[b, o, p] = max(v, np.float32(0.0)) if relu else v
 
 
 def _taps_last(weights: dict, groups: int) -> np.ndarray:
@@ -362,18 +383,18 @@ POINTWISE_CHUNK = 128  # input channels per k chunk: 24 pixels' chunk is 12 KB, 
 POINTWISE_ROWS = 64  # output channels whose weight chunk is reused across a job's pixels (a multiple of 8)
 
 
-def _conv_pointwise(x, w3, bias, relu, out):
+def _conv_pointwise(x, w3, bias, relu, out, res3):
     """The 1x1 product without BLAS: `_pointwise_group` per group."""
     n, c, height, width = x.shape
     groups, og, cg = w3.shape
     x3 = x.reshape(n, c, height * width)
     out3 = out.reshape(n, groups * og, height * width)
     for g in range(groups):
-        _pointwise_group(x3, w3[g], bias, relu, g * og, g * cg, POINTWISE_CHUNK, out3, get_num_threads())
+        _pointwise_group(x3, w3[g], bias, relu, g * og, g * cg, POINTWISE_CHUNK, out3, res3, get_num_threads())
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _pointwise_group(x3, w, bias, relu, o_offset, c_offset, chunk, out3, threads):
+def _pointwise_group(x3, w, bias, relu, o_offset, c_offset, chunk, out3, res3, threads):
     """out3[b, o_offset + o, p] = act(sum_c w[o, c] * x3[b, c_offset + c, p] + bias) for one
     group, straight from the NCHW input (for a 1x1 conv it already is the C x H*W column
     matrix). A job is a block of POINTWISE_PIXELS pixels of one image (and, when the
@@ -381,8 +402,10 @@ def _pointwise_group(x3, w, bias, relu, o_offset, c_offset, chunk, out3, threads
     of input channels and each 24 pixels (12 KB of input, in L1), the outer-product tile
     runs over every output channel, 4 at a time broadcast from the weight rows, times 3
     vectors of 8 pixels. The pixels past the last whole vector (fewer than 8) are copied
-    into one zero-padded vector per input channel and run through the 8 x 1 tile."""
+    into one zero-padded vector per input channel and run through the 8 x 1 tile. A
+    residual input (res3, empty when there is none) is added before the activation."""
     n, _, hw = x3.shape
+    residual = res3.shape[0] > 0
     og, cg = w.shape
     full = hw // 8 * 8
     per_image = max(1, -(-full // POINTWISE_PIXELS))
@@ -426,6 +449,8 @@ def _pointwise_group(x3, w, bias, relu, o_offset, c_offset, chunk, out3, threads
                     at = (s0 + o) * 24
                     for j in range(count):
                         v = sums[unsigned(at + j)] + bo
+                        if residual:
+                            v += res3[b, channel, p0 + j]
                         out3[b, channel, p0 + j] = max(v, np.float32(0.0)) if relu else v
             if p_end == full and full < hw:  # the last job of the image: the pixels past whole vectors,
                 left = hw - full            # copied into one zero-padded vector per input channel
@@ -441,6 +466,8 @@ def _pointwise_group(x3, w, bias, relu, o_offset, c_offset, chunk, out3, threads
                     channel = o_offset + o
                     for j in range(left):
                         v = sums[unsigned(o * 24 + j)] + bias[channel]
+                        if residual:
+                            v += res3[b, channel, full + j]
                         out3[b, channel, full + j] = max(v, np.float32(0.0)) if relu else v
 
 
@@ -550,7 +577,7 @@ def winograd_weights(w: np.ndarray) -> np.ndarray:
 
 
 def _conv_winograd(x: np.ndarray, wu: np.ndarray, bias: np.ndarray, padding: tuple[int, int], relu: bool,
-                   threads: int, out: np.ndarray) -> None:
+                   threads: int, out: np.ndarray, res3: np.ndarray) -> None:
     n, c, height, width = x.shape
     og, ho, wo = out.shape[1:]
     tile_rows, tile_cols = -(-ho // 2), -(-wo // 2)
@@ -558,12 +585,12 @@ def _conv_winograd(x: np.ndarray, wu: np.ndarray, bias: np.ndarray, padding: tup
     _channels_last(x, 0, c, *padding, xp)
     jobs = winograd.jobs_per_image(n, tile_rows * tile_cols, winograd.tiles_per_job(c, og), threads)
     winograd.winograd_conv(xp, wu, og, bias, relu, ho, wo, jobs, winograd.CHUNK, out.reshape(n, og, ho * wo),
-                           threads)
+                           res3, threads)
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
 def _outer_group(xp, wp, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, wo, chunk, rows_per_job, out3,
-                 threads):
+                 res3, threads):
     """Every output row of one group, `rows_per_job` rows per job. The patches are read
     straight from the channels-last input: for each tap row i (and, when dilated along w,
     each tap column j) the taps of output pixel ox are one contiguous run of xp starting
@@ -572,8 +599,10 @@ def _outer_group(xp, wp, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, w
     runs over every pixel of the job's rows: 4 pixels' input values broadcast, times 3
     vectors of 8 channels of the packed weights, 12 sums in registers. The weight chunk
     (12 KB) stays in L1 while the job's pixels stream past it; the sums (pixels x 24 per
-    block) go to the NCHW output with bias and ReLU at the end of the job."""
+    block) go to the NCHW output with bias, the residual input if any (res3, empty when
+    there is none) and ReLU at the end of the job."""
     n, rows_in, cols_in, cg = xp.shape
+    residual = res3.shape[0] > 0
     o8 = -(-og // 8) * 8
     k = wp.size // o8
     block = OUTER_VECTORS * 8
@@ -626,11 +655,13 @@ def _outer_group(xp, wp, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, w
                     at = ((o // block) * block_rows + r * slots) * block + o % block
                     for ox in range(wo):
                         v = sums[unsigned(at + ox * block)] + bo
+                        if residual:
+                            v += res3[b, channel, q0 + ox]
                         out3[b, channel, q0 + ox] = max(v, np.float32(0.0)) if relu else v
 
 
 @njit(cache=True)
-def _conv_outer(x, wp, og, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, chunk, positions, threads, out):
+def _conv_outer(x, wp, og, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, chunk, positions, threads, out, res3):
     n, c, height, width = x.shape
     groups = wp.shape[0]
     cg = c // groups
@@ -641,4 +672,4 @@ def _conv_outer(x, wp, og, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, chunk, po
     for g in range(groups):
         _channels_last(x, g * cg, cg, ph, pw, xp)
         _outer_group(xp, wp[g], og, bias, relu, kh, kw, sh, sw, dh, dw, g * og, ho, wo, chunk, rows_per_job, out3,
-                     threads)
+                     res3, threads)

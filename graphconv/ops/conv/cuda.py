@@ -1,6 +1,7 @@
 """CUDA conv as an implicit GEMM: out[o, t] = sum_k W[o, k] * cols[k, t], where the im2col
 matrix `cols` is never stored; each 16x16 tile of it is gathered from the input into
-shared memory. threadIdx.x walks output positions, so loads and stores coalesce."""
+shared memory. threadIdx.x walks output positions, so loads and stores coalesce. A
+residual input is added in the same epilogue as the bias."""
 from __future__ import annotations
 
 import math
@@ -14,7 +15,7 @@ TILE = 16
 
 
 @cuda.jit
-def _conv_gemm(x, w2, bias, out, cg, kh, kw, sh, sw, ph, pw, dh, dw, og, relu):
+def _conv_gemm(x, w2, bias, res, residual, out, cg, kh, kw, sh, sw, ph, pw, dh, dw, og, relu):
     w_tile = cuda.shared.array((TILE, TILE), float32)
     x_tile = cuda.shared.array((TILE, TILE), float32)
     tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
@@ -54,13 +55,16 @@ def _conv_gemm(x, w2, bias, out, cg, kh, kw, sh, sw, ph, pw, dh, dw, og, relu):
     if row < og and col < total:
         o = g * og + row
         v = acc + bias[o]
+        if residual:
+            v += res[n, o, oy, ox]
         if relu and v < 0:
             v = 0.0
         out[n, o, oy, ox] = v
 
 
-def conv_on_device(x, weight, bias, kh, kw, groups, stride, padding, dilation, relu, out) -> None:
-    """The implicit GEMM into `out`, whose (N, O, ho, wo) shape sets the launch."""
+def conv_on_device(x, weight, bias, kh, kw, groups, stride, padding, dilation, relu, out, residual=None) -> None:
+    """The implicit GEMM into `out`, whose (N, O, ho, wo) shape sets the launch; plus
+    `residual` (of out's shape) when given."""
     n, c = x.shape[0], x.shape[1]
     _, out_c, ho, wo = out.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
@@ -69,11 +73,13 @@ def conv_on_device(x, weight, bias, kh, kw, groups, stride, padding, dilation, r
     if bias is None:
         bias = cuda.to_device(np.zeros(out_c, np.float32))
     grid = (math.ceil(n * ho * wo / TILE), math.ceil(og / TILE), groups)
-    _conv_gemm[grid, (TILE, TILE)](x, w2, bias, out, c // groups, kh, kw, sh, sw, ph, pw, dh, dw, og, relu)
+    res = out if residual is None else residual  # never read when there is none
+    _conv_gemm[grid, (TILE, TILE)](x, w2, bias, res, residual is not None, out, c // groups, kh, kw, sh, sw, ph, pw,
+                                   dh, dw, og, relu)
 
 
 def run_conv(params: dict, weights: dict, inputs: list, out) -> None:
     w = weights["weight"]
     conv_on_device(inputs[0], w, weights.get("bias"), w.shape[2], w.shape[3], params["groups"],
                    pair(params["stride"]), pair(params["padding"]), pair(params["dilation"]),
-                   params["activation"] == "relu", out)
+                   params["activation"] == "relu", out, inputs[1] if len(inputs) == 2 else None)

@@ -78,22 +78,26 @@ def tiles_per_job(channels: int, out_channels: int) -> int:
 def jobs_per_image(images: int, tiles: int, target: int, threads: int) -> int:
     """How many runs of consecutive tiles (row-major over the image's tile grid) one
     image is cut into: about `target` tiles each, and where there are only a few, a
-    count that divides evenly among the threads (a single job is split by output
-    channels in the kernel instead, which keeps each weight's reuse)."""
+    count that divides evenly among the threads. Where there would be no more such jobs
+    than threads, one job per image, which the kernel splits by output channels instead:
+    each thread then reads only its share of the transformed weights, and each weight
+    meets every tile."""
     jobs = -(-tiles // target)
+    if images * jobs <= threads:  # every thread takes every tile, for its share of the output channels:
+        return 1                  # each reads only its share of U (13x13 maps: 49 tiles, all of U per job)
     while 1 < jobs < tiles and images * jobs < 4 * threads and (images * jobs) % threads:
         jobs += 1
     return jobs
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def winograd_conv(xp, wu, og, bias, relu, ho, wo, jobs_per_image, chunk, out3, threads):
+def winograd_conv(xp, wu, og, bias, relu, ho, wo, jobs_per_image, chunk, out3, res3, threads):
     """out3[b, o, y * wo + x] for every output, from the channels-last input xp (padding
     included; at least 2 * ceil(ho / 2) + 2 rows and 2 * ceil(wo / 2) + 2 columns, zero
     past the real ones) and U packed flat as 16 runs of (C x o8), each as `kxo_weights`
     packs a 1x1 conv's weights. A job is a run of consecutive tiles of one image (and,
     when there are too few jobs to keep every thread busy, a range of the 24-channel
-    output blocks)."""
+    output blocks). res3, when not empty, is a residual input added before the activation."""
     n, rows_in, cols_in, c = xp.shape
     o8 = -(-og // 8) * 8
     block = OUTER_VECTORS * 8
@@ -134,7 +138,7 @@ def winograd_conv(xp, wu, og, bias, relu, ho, wo, jobs_per_image, chunk, out3, t
                                        vectors * 8, m, blk * slots + p0, block)
                 _add_to_outputs(m, xi, blk0, blk1, tiles, slots, block, y)
             _write_outputs(y, bias, relu, b, tile0, tiles, tile_cols, ho, wo, blk0 * block,
-                           min(og, blk1 * block), slots, block, out3)
+                           min(og, blk1 * block), slots, block, out3, res3)
 
 
 @njit(cache=True, inline="always")
@@ -177,9 +181,10 @@ def _add_to_outputs(m, xi, blk0, blk1, tiles, slots, block, y):
 
 
 @njit(cache=True, inline="always")
-def _write_outputs(y, bias, relu, b, tile0, tiles, tile_cols, ho, wo, o0, o1, slots, block, out3):
-    """The job's 2x2 output blocks, with bias and ReLU, into the NCHW output (the tiles
-    past an odd map's last row or column write only their real outputs)."""
+def _write_outputs(y, bias, relu, b, tile0, tiles, tile_cols, ho, wo, o0, o1, slots, block, out3, res3):
+    """The job's 2x2 output blocks, with bias, residual and ReLU, into the NCHW output (the
+    tiles past an odd map's last row or column write only their real outputs)."""
+    residual = res3.shape[0] > 0
     for o in range(o0, o1):
         bo = bias[o]
         blk, lane = o // block, o % block
@@ -194,4 +199,6 @@ def _write_outputs(y, bias, relu, b, tile0, tiles, tile_cols, ho, wo, o0, o1, sl
                     ox = 2 * tx + j
                     if ox < wo:
                         value = y[unsigned(at + j * block)] + bo
+                        if residual:
+                            value += res3[b, o, oy * wo + ox]
                         out3[b, o, oy * wo + ox] = max(value, np.float32(0.0)) if relu else value
