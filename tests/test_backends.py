@@ -1,5 +1,6 @@
 """The backend registry: names, choosing one ("auto", unusable devices), weights stored
 the backend's way, missing kernels named by layer, and numba.cuda left unloaded on CPU."""
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -65,6 +66,22 @@ def test_cpu_winograd_layers_get_transformed_weights_only():
     prepared = get_backend("cpu").prepare_weights(conv, params, {"weight": weight})
     assert set(prepared) == {"weight", "weight_winograd"}
     assert prepared["weight_winograd"].size == 16 * 32 * 16
+
+
+def test_winograd_can_be_turned_off_for_its_memory(monkeypatch):
+    """GRAPHCONV_WINOGRAD=0: the 3x3 layers run "outer" on weights packed as before."""
+    from graphconv.ops.conv import cpu as conv_cpu
+    check = "from graphconv.ops.conv import winograd; print(winograd.ENABLED)"
+    for value, shown in (("0", "False"), ("1", "True")):
+        env = dict(os.environ, GRAPHCONV_WINOGRAD=value)
+        result = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True)
+        assert result.stdout.strip() == shown, result.stderr
+    monkeypatch.setattr(conv_cpu.winograd, "ENABLED", False)
+    conv = get_op("conv")
+    params = normalize_params(conv, dict(out_channels=32, kernel_size=3, padding=1))
+    weight = np.random.default_rng(0).standard_normal((32, 16, 3, 3)).astype(np.float32)
+    assert set(get_backend("cpu").prepare_weights(conv, params, {"weight": weight})) == {"weight", "weight_kxo"}
+    assert conv_cpu.choose_strategy(params, (1, 16, 20, 20)) == "outer"
 
 
 def test_a_missing_kernel_names_the_layer(tmp_path, monkeypatch):

@@ -276,6 +276,19 @@ def test_winograd_transforms_are_the_minimal_filtering_algorithm(rng):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("out_c,c", [(40, 17), (24, 3), (5, 2), (70, 33)])
+def test_winograd_weights_are_g_g_gt_packed_per_24_channels(out_c, c, rng):
+    """The packed U against numpy in float64: U[xi] = (G g G^T)[xi], as (C x width)
+    panels per block of 24 output channels, the last block's padding zero."""
+    wg = conv_cpu.winograd
+    w = random_input(rng, (out_c, c, 3, 3))
+    u = np.einsum("ai,ocij,bj->aboc", wg.G, w.astype(np.float64), wg.G).reshape(16, out_c, c)
+    o8 = -(-out_c // 8) * 8
+    u = np.concatenate([u, np.zeros((16, o8 - out_c, c))], axis=1)
+    want = np.concatenate([u[:, c0:c0 + 24].transpose(0, 2, 1).reshape(16, -1) for c0 in range(0, o8, 24)], axis=1)
+    np.testing.assert_allclose(conv_cpu.winograd_weights(w), want.reshape(-1), rtol=1e-6, atol=1e-6)
+
+
 @settings(max_examples=30, deadline=None)
 @given(c=st.integers(1, 40), o=st.integers(1, 70), groups=st.sampled_from([1, 2]), h=st.integers(1, 14),
        w=st.integers(1, 30), batch=st.integers(1, 3), relu=st.booleans(), chunk=st.sampled_from([8, 128]))

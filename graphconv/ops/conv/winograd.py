@@ -32,6 +32,8 @@ end the outputs go to the NCHW output with bias and ReLU.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from numba import njit, prange
 
@@ -50,6 +52,10 @@ INPUT_SIGNS = np.array([row[np.flatnonzero(row)] for row in B_T], np.float32)
 OUTPUT_SIGNS = np.array([[A_T[i, a] * A_T[j, b] for i in range(2) for j in range(2)]
                          for a in range(4) for b in range(4)], np.float32)
 
+# GRAPHCONV_WINOGRAD=0: never, for the memory: U is 16/9 of the weights, where the
+# "outer" strategy's packed copy is the weights' size (VGG-16 FCN at 384 peaks at 907 MB
+# with it, 833 MB without).
+ENABLED = os.environ.get("GRAPHCONV_WINOGRAD", "1") != "0"
 JOB_BYTES = 384 * 1024  # a job's V, M and output sums: in the 512 KB L2 with room for weight chunks
 MAX_JOB_TILES = 128
 CHUNK = 192  # input channels per k chunk: a chunk of one 24-channel panel is 18 KB, in L1
@@ -62,11 +68,37 @@ def applies(params: dict) -> bool:
             and pair(params["dilation"]) == (1, 1) and params["groups"] == 1)
 
 
-def transformed_weights(w: np.ndarray) -> np.ndarray:
-    """U = G g G^T for every (output, input) channel pair of (O, C, 3, 3) weights, as
-    (16, O, C): U[xi] is the matrix the 16 products multiply by. Computed in float64."""
-    u = np.einsum("ai,ocij,bj->aboc", G, w.astype(np.float64), G)
-    return u.reshape(16, *w.shape[:2]).astype(np.float32)
+@njit(cache=True, parallel=True, boundscheck=False)
+def pack_transformed_weights(w, block, packed):
+    """packed[xi, C * c0 + c * width + j] = (G g G^T)[xi] of output channel c0 + j's filter
+    g on input channel c, for each block of `block` output channels starting at c0 (width:
+    the block's width, the last one's rounded up to whole vectors of 8): the layout the
+    kernel's tile reads, U written straight into it in one parallel pass, in float64
+    arithmetic (the padded channels stay as the caller made them: zero)."""
+    out_c, c = w.shape[0], w.shape[1]
+    o8 = packed.shape[1] // c
+    for o in prange(out_c):
+        c0 = (o // block) * block
+        width = min(block, o8 - c0)
+        for ci in range(c):
+            at = c * c0 + ci * width + o - c0
+            for a in range(4):
+                r0 = _g_row(a, w[o, ci, 0, 0], w[o, ci, 1, 0], w[o, ci, 2, 0])  # (G g)[a, :]
+                r1 = _g_row(a, w[o, ci, 0, 1], w[o, ci, 1, 1], w[o, ci, 2, 1])
+                r2 = _g_row(a, w[o, ci, 0, 2], w[o, ci, 1, 2], w[o, ci, 2, 2])
+                for b in range(4):
+                    packed[4 * a + b, at] = _g_row(b, r0, r1, r2)
+
+
+@njit(cache=True, inline="always")
+def _g_row(a, x0, x1, x2):
+    """Row a of G times (x0, x1, x2), in float64."""
+    x0, x1, x2 = np.float64(x0), np.float64(x1), np.float64(x2)
+    if a == 0:
+        return x0
+    if a == 3:
+        return x2
+    return 0.5 * (x0 + x2 + x1) if a == 1 else 0.5 * (x0 + x2 - x1)
 
 
 def tiles_per_job(channels: int, out_channels: int) -> int:
