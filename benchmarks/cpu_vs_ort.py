@@ -52,7 +52,7 @@ class Case:
 
 
 CLASSIFIER = "shape-inference,remove-dropout,dead-node-elimination,fuse-conv-relu"
-RESNET_CLASSIFIER = "shape-inference,fold-batchnorm,remove-flatten,fuse-conv-relu"
+RESNET_CLASSIFIER = "shape-inference,fold-batchnorm,remove-flatten,fuse-conv-relu,fuse-conv-add"
 CASES = [
     Case("AlexNet classifier", "alexnet.yaml", 224, 0.9, CLASSIFIER),
     Case("AlexNet-FCN", "alexnet.yaml", 384, 0.9),

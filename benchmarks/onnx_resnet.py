@@ -114,7 +114,7 @@ def main() -> int:
     options.inter_op_num_threads = 1
 
     classifier = compile_model(load_network(onnx_path),
-                               "shape-inference,fold-batchnorm,remove-flatten,fuse-conv-relu")
+                               "shape-inference,fold-batchnorm,remove-flatten,fuse-conv-relu,fuse-conv-add")
     dense = compile_model(onnx_path)
     dense_onnx = folder / "resnet50_fcn.onnx"
     save_onnx(dense.graph, dense_onnx)
