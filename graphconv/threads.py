@@ -7,9 +7,20 @@ default threading layer here) for a while too, so each pool's spinning threads
 steal the cores the other one needs next. On a 2-core machine that made AlexNet-FCN
 twice as slow (200 ms against 87 ms at 384x384; see benchmarks/README.md).
 
-The settings below make idle workers sleep at once. They are read when the
-libraries load, so `configure_process()` (graphconv/process.py) applies them before
-the first run, and an explicit setting in the environment always wins.
+The settings below make idle OpenBLAS workers sleep at once, and idle OpenMP workers
+after a short spin. They are read when the libraries load, so `configure_process()`
+(graphconv/process.py) applies them before the first run, and an explicit setting in
+the environment always wins.
+
+The OpenMP spin (GOMP_SPINCOUNT, GNU OpenMP's busy-wait iterations before a worker
+sleeps; 10000 is roughly 0.1-0.2 ms) covers the gap between two kernels of one run, so
+numba's workers are awake when the next parallel loop starts, and ends long before a
+caller's next image. Sleeping at once (OMP_WAIT_POLICY=PASSIVE, the setting until
+session 8) made every parallel loop wake them: with the conv layers off OpenBLAS, that
+cost more than the fights it prevented. On 2 cores (benchmarks/cpu_vs_ort.py, medians
+of 7): AlexNet classifier 25.1 -> 15.6-16.2 ms, AlexNet-FCN 54.3 -> 49.1-51.5, ResNet-50
+63.9 -> 58.3-59.0, VGG-16 and ResNet-50 dense level; spinning for libgomp's default
+300000 iterations (a few ms) made VGG-16 FCN 415 -> 459 ms and ResNet-50 dense 225 -> 284.
 
 graphconv's kernels call numpy's OpenBLAS, and a script that imports numpy before
 graphconv (nearly every script) has loaded it already, with its workers spinning:
@@ -25,15 +36,18 @@ from pathlib import Path
 
 QUIET_WORKERS = {
     "OPENBLAS_THREAD_TIMEOUT": "4",  # spin 2^4 cycles (the minimum) before sleeping
-    "OMP_WAIT_POLICY": "PASSIVE",    # OpenMP workers sleep between parallel regions
+    "GOMP_SPINCOUNT": "10000",       # OpenMP workers spin briefly between parallel regions, then sleep
 }
 
 
 def quiet_idle_workers() -> None:
-    """Set the idle-wait settings above unless the user chose their own, and apply the
-    OpenBLAS one to any OpenBLAS loaded before they were set."""
+    """Set the idle-wait settings above unless the user chose their own (for OpenMP, an
+    OMP_WAIT_POLICY is a choice too), and apply the OpenBLAS one to any OpenBLAS loaded
+    before they were set."""
     chosen_by_user = "OPENBLAS_THREAD_TIMEOUT" in os.environ
     for name, value in QUIET_WORKERS.items():
+        if name == "GOMP_SPINCOUNT" and "OMP_WAIT_POLICY" in os.environ:
+            continue
         os.environ.setdefault(name, value)
     if not chosen_by_user:
         requiet_loaded_openblas()

@@ -7,22 +7,29 @@ from graphconv import threads
 
 
 def test_defaults_are_set_when_absent(monkeypatch):
-    for name in threads.QUIET_WORKERS:
+    for name in [*threads.QUIET_WORKERS, "OMP_WAIT_POLICY"]:
         monkeypatch.delenv(name, raising=False)
     threads.quiet_idle_workers()
     assert {name: os.environ[name] for name in threads.QUIET_WORKERS} == threads.QUIET_WORKERS
 
 
 def test_an_explicit_setting_wins(monkeypatch):
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    monkeypatch.setenv("GOMP_SPINCOUNT", "5")
     threads.quiet_idle_workers()
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert os.environ["GOMP_SPINCOUNT"] == "5"
+
+
+def test_an_explicit_openmp_wait_policy_is_not_overridden_by_a_spin_count(monkeypatch):
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    threads.quiet_idle_workers()
+    assert "GOMP_SPINCOUNT" not in os.environ and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
 
 
 def test_importing_graphconv_sets_nothing_and_configure_process_sets_them():
     import subprocess
     import sys
-    env = {k: v for k, v in os.environ.items() if k not in threads.QUIET_WORKERS}
+    env = {k: v for k, v in os.environ.items() if k not in threads.QUIET_WORKERS and k != "OMP_WAIT_POLICY"}
     code = ("import os, graphconv; names = {names!r}; print(any(n in os.environ for n in names)); "
             "graphconv.configure_process(); print(all(n in os.environ for n in names))"
             ).format(names=sorted(threads.QUIET_WORKERS))
