@@ -12,6 +12,14 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "benchmarks" / "README.md"
 
 
+# Seconds of rest before each timed run where several runtimes alternate: onnxruntime's
+# workers spin for a while after a run (its default), and without the rest they steal the
+# cores from whatever runs next (measured: onnxruntime's profiled AlexNet-FCN summed to
+# 89 ms right after the other runners, 62 ms on its own, which is also its plain time;
+# graphconv's ResNet-50 took 94 ms right after onnxruntime, 58 ms after a rest).
+PAUSE = 0.05
+
+
 def pin_threads(threads: int | None) -> int:
     """Give numba, OpenBLAS and PyTorch the same thread count, and apply graphconv's
     process settings as the CLI does. Must run before any of them is imported: the

@@ -39,7 +39,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import ROOT, load_torch, pin_threads, run_times, write_section
+from common import PAUSE, ROOT, load_torch, pin_threads, run_times, write_section
 
 
 @dataclass
@@ -183,11 +183,6 @@ def ort_sessions(model, threads: int, folder: Path, tag: str):
     return session(False), session(True)
 
 
-# Seconds of rest before each timed run: onnxruntime's workers spin for a while after
-# a run (its default), and without the rest they steal the cores from whatever runs
-# next (measured: onnxruntime's profiled AlexNet-FCN summed to 89 ms right after the
-# other runners, 62 ms on its own, which is also its plain time).
-PAUSE = 0.05
 LAYOUT = "(onnxruntime layout reorders)"
 
 

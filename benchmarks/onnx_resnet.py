@@ -14,7 +14,8 @@ weights and randomised batch-norm statistics is exported with torch.onnx.export
   with its pooling and fc replaced the same way).
 
 Same thread count everywhere (onnxruntime: intra_op_num_threads), batch 1, float32,
-runs alternating between the three, medians after a warm-up. Outputs are checked to
+runs alternating between the three with a rest before each (`common.PAUSE`: onnxruntime's
+workers spin after a run), medians after a warm-up. Outputs are checked to
 agree before anything is timed. Not a test: it asserts nothing about speed.
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import load_torch, pin_threads, write_section
+from common import PAUSE, load_torch, pin_threads, write_section
 
 
 def resnet50(torch):
@@ -146,6 +147,7 @@ def main() -> int:
         times = {"graphconv": [], "PyTorch": [], "onnxruntime": []}
         for _ in range(args.repeats):
             for key, fn in (("graphconv", run_graphconv), ("PyTorch", run_torch), ("onnxruntime", run_ort)):
+                time.sleep(PAUSE)
                 start = time.perf_counter()
                 fn()
                 times[key].append(time.perf_counter() - start)
