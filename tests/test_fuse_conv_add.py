@@ -5,6 +5,7 @@ import pytest
 
 import graphconv
 from graphconv.frontends.onnx_export import to_onnx_model
+from graphconv.pass_manager import DEFAULT_PIPELINE
 from graphconv.runtime import Executor, run_reference
 from graphconv.tiling import run_tiled
 from conftest import random_input
@@ -80,6 +81,19 @@ def test_a_fused_network_tiles_exactly(write_spec, rng):
     model = graphconv.compile_model(graphconv.load(write_spec(RESIDUAL)).graph)
     x = random_input(rng, (1, 8, 61, 53))
     np.testing.assert_allclose(run_tiled(model, x, 40), model.run(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["dilate", "shift"])
+def test_a_finer_output_stride_gives_the_unfused_networks_map(write_spec, rng, method):
+    """With --output-stride the fused convs' strides and dilations change with the rest
+    (b1_down, a strided projection, keeps its residual at its own resolution)."""
+    path = write_spec(RESIDUAL)
+    unfused = ",".join(name for name in DEFAULT_PIPELINE if name != "fuse-conv-add")
+    x = random_input(rng, (1, 8, 38, 35))
+    fused = graphconv.compile_model(path, output_stride=1, stride_method=method)
+    assert sum(len(n.inputs) == 2 for n in fused.graph.find("conv")) == 3
+    want = graphconv.compile_model(path, unfused, output_stride=1, stride_method=method).run(x)
+    np.testing.assert_allclose(fused.run(x), want, rtol=1e-4, atol=1e-5)
 
 
 def test_a_fused_network_exports_to_onnx(write_spec, rng):

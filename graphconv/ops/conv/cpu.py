@@ -106,14 +106,14 @@ describe_conv = choose_strategy  # what `--profile` and the benchmarks show per 
 
 
 def prepare_conv(params: dict, weights: dict) -> dict:
-    """Pack the weights once for the "winograd" strategy where it suits the layer
-    ("weight_winograd", `winograd_weights`), else for "outer" ("weight_kxo",
-    `kxo_weights`), so no run repacks them; the other strategies read the spec's
-    "weight", kept as given (no copy). Weights of 16 MB and more are not packed: in practice only
-    FC-like layers have them, which run "stream", and packing fc6's 151 MB would double
-    its memory for nothing. Weights of 4 MB and more (which "stream" takes at up to 64
-    positions) are packed by `run_conv` the first time a run takes them through
-    "outer", and kept in this dict from then on: AlexNet-FCN's fc8 (16 MB) never is."""
+    """Pack the weights once, so no run repacks them: for "winograd" where it suits the
+    layer, whatever its size ("weight_winograd", `winograd_weights`), else for "outer"
+    ("weight_kxo", `kxo_weights`); the other strategies read the spec's "weight", kept
+    as given (no copy). For "outer", weights of 4 MB and more are not packed here: in
+    practice FC-like layers have them, which mostly run "stream" (packing fc6's 151 MB
+    would double its memory for nothing); `run_conv` packs them the first time a run
+    takes them through "outer" and keeps them in this dict from then on (AlexNet-FCN's
+    fc8, 16 MB, never is)."""
     w = weights["weight"]
     if suits_winograd(params, w.shape[1]):
         return dict(weights, weight_winograd=winograd_weights(w))

@@ -20,15 +20,17 @@ with U packed per xi as (C x 24) panels per block of 24 output channels.
 Exactness. The transforms' coefficients are 0, +-1 and +-1/2, exact in binary; only the
 order of the additions differs from the direct sum, so results differ from it by a few
 float32 roundings, like any change of summation order (F(4x4, 3x3) would be 4x fewer
-multiplications but its coefficients amplify rounding about 10x more; not used).
+multiplications, but its transforms' larger coefficients amplify rounding considerably;
+not used).
 
-How a job runs. A job is a block of tiles (whole tile rows, or part of one) of one
-image, sized so its buffers stay in L2. For each of the 16 positions xi it: gathers the
+How a job runs. A job is a run of consecutive tiles (row-major over the tile grid) of
+one image, sized so its buffers stay in L2. For each of the 16 positions xi it: gathers the
 transformed input V[xi] for its tiles straight from the channels-last input (each
 value is a signed sum of 4 input values, because every row of B^T has two non-zeros;
 contiguous along channels, so it vectorises); multiplies it by U[xi] into M; and adds
 M, with the signs of A^T, into the 2x2 outputs of each tile it contributes to. At the
-end the outputs go to the NCHW output with bias and ReLU.
+end the outputs go to the NCHW output with the bias, the residual input if the conv
+has one, and ReLU.
 """
 from __future__ import annotations
 
