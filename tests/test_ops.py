@@ -291,14 +291,17 @@ def test_winograd_weights_are_g_g_gt_packed_per_24_channels(out_c, c, rng):
 
 @settings(max_examples=30, deadline=None)
 @given(c=st.integers(1, 40), o=st.integers(1, 70), groups=st.sampled_from([1, 2]), h=st.integers(1, 14),
-       w=st.integers(1, 30), batch=st.integers(1, 3), relu=st.booleans(), chunk=st.sampled_from([8, 128]))
-def test_conv_pointwise_hypothesis(c, o, groups, h, w, batch, relu, chunk):
+       w=st.integers(1, 30), batch=st.integers(1, 3), relu=st.booleans(), chunk=st.sampled_from([8, 128]),
+       threads=st.integers(1, 3), wide=st.booleans())
+def test_conv_pointwise_hypothesis(c, o, groups, h, w, batch, relu, chunk, threads, wide):
     """The 1x1 kernel over pixel counts that leave its 24-pixel tiles and 8-pixel vectors
-    part-empty (and under one vector), output channels split between jobs, input
-    channels in several chunks."""
+    part-empty (and under one vector), output channels split between threads (few pixel
+    jobs) or not (`wide` maps: enough jobs), input channels in several chunks."""
     params = dict(out_channels=o * groups, kernel_size=1, groups=groups, activation="relu" if relu else "none")
+    w = w + 100 if wide else w
     for prepared in (False, True):
-        with mock.patch.object(conv_cpu, "POINTWISE_CHUNK", chunk):
+        with mock.patch.object(conv_cpu, "POINTWISE_CHUNK", chunk), \
+                mock.patch.object(conv_cpu, "get_num_threads", lambda: threads):
             check_op("conv", params, [(c * groups, h, w)], np.random.default_rng(c * 89 + o), batch=batch,
                      strategy="pointwise", prepared=prepared)
 
