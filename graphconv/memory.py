@@ -171,12 +171,12 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
     - direct: a channels-last, padded copy of one group's input, and a row panel per thread;
     - outer: the channels-last copy as direct, per thread the sums of one job's rows, and
       for weights of 4 MB and more their packed copy, made on the first such run;
-    - winograd: see `winograd_scratch_elements`;
+    - winograd: see `winograd.scratch_floats`;
     - im2col: column and result buffers for one band of output rows (SCRATCH_FLOATS of
       columns, at least one row), plus those of a shorter last band, which gets its own.
     A strategy this does not know gets the largest of these."""
-    from graphconv.ops.conv.cpu import (OUTER_POSITIONS, SCRATCH_FLOATS, choose_strategy, packed_weight_elements,
-                                        winograd_scratch_elements)
+    from graphconv.ops.conv import winograd
+    from graphconv.ops.conv.cpu import OUTER_POSITIONS, SCRATCH_FLOATS, choose_strategy, packed_weight_elements
     from graphconv.ops.gemm_cpu import STREAM_MIN_WEIGHTS
     from graphconv.ops.registry import pair
 
@@ -198,7 +198,7 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
         "outer": batch * (h + 2 * ph) * (w + 2 * pw) * per_group_in + _threads() * _outer_sums(
             per_group_out, max(1, min(-(-OUTER_POSITIONS // max(1, wo)), batch * ho // _threads())), wo)
         + (packed_weight_elements(params, weights) if weights >= STREAM_MIN_WEIGHTS else 0),
-        "winograd": winograd_scratch_elements((batch, c, h, w), params["out_channels"], (ho, wo), _threads()),
+        "winograd": winograd.scratch_floats((batch, c, h, w), params["out_channels"], (ho, wo), _threads()),
     }
     strategy = strategy or choose_strategy(params, (batch, c, h, w))
     return FLOAT_BYTES * (scratch[strategy] if strategy in scratch else max(scratch.values()))

@@ -42,6 +42,8 @@ def fuse_conv_add(graph: Graph) -> bool:
 def _foldable(graph: Graph, node: Node, add: Node) -> bool:
     """Whether the add can be folded into `node`; not when the add's other input is the
     conv's own input (a layer reads each value once in the IR)."""
-    return (node.op == "conv" and node.params["activation"] == "none" and len(node.inputs) == 1
-            and node.users == [add] and graph.output != node
-            and all(other == node or other != node.inputs[0] for other in add.inputs))
+    if not (node.op == "conv" and node.params["activation"] == "none" and len(node.inputs) == 1
+            and node.users == [add] and graph.output != node):
+        return False
+    residual = next(n for n in add.inputs if n != node)
+    return residual != node.inputs[0]

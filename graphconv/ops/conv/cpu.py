@@ -87,7 +87,7 @@ def choose_strategy(params: dict, in_shape: tuple[int, ...],
     copy would be as long as their arithmetic).
     """
     n, c = in_shape[:2]
-    (kh, kw), (sh, sw), (ph, pw) = (pair(params[k]) for k in ("kernel_size", "stride", "padding"))
+    kh, kw = pair(params["kernel_size"])
     ho, wo = out_hw or output_shape(params, [tuple(in_shape[1:])])[1:]
     taps = (c // params["groups"]) * kh * kw
     weights = params["out_channels"] * taps
@@ -95,7 +95,7 @@ def choose_strategy(params: dict, in_shape: tuple[int, ...],
         return "winograd"
     if prefers_stream(n * ho * wo, weights):
         return "stream"
-    if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
+    if can_run("pointwise", params):
         return "pointwise"
     if taps < DIRECT_MIN_K or n * ho < DIRECT_MIN_ROWS:
         return "im2col"
@@ -533,20 +533,6 @@ def prepared_weight_elements(params: dict, weight_shape: tuple[int, ...]) -> int
     if suits_winograd(params, weight_shape[1]):
         return 16 * weight_shape[1] * (-(-params["out_channels"] // 8) * 8)
     return packed_weight_elements(params, elements) if elements < STREAM_MIN_WEIGHTS else 0
-
-
-def winograd_scratch_elements(in_shape: tuple[int, ...], out_channels: int, out_hw: tuple[int, int],
-                              threads: int) -> int:
-    """Floats the "winograd" strategy allocates for an (N, C, H, W) input: the padded
-    channels-last copy, and per thread one job's V, M and output sums."""
-    n, c = in_shape[:2]
-    tile_rows, tile_cols = -(-out_hw[0] // 2), -(-out_hw[1] // 2)
-    jobs = winograd.jobs_per_image(n, tile_rows * tile_cols, winograd.tiles_per_job(c, out_channels), threads)
-    per_job = -(-(tile_rows * tile_cols) // jobs)
-    slots = -(-per_job // 8) * 8
-    blocks = -(-(-(-out_channels // 8) * 8) // 24)
-    sums = blocks * 24 * slots
-    return n * (2 * tile_rows + 2) * (2 * tile_cols + 2) * c + threads * (slots * c + 5 * sums)
 
 
 def kxo_weights(w: np.ndarray, groups: int) -> np.ndarray:

@@ -124,6 +124,21 @@ def jobs_per_image(images: int, tiles: int, target: int, threads: int) -> int:
     return jobs
 
 
+def scratch_floats(in_shape: tuple[int, ...], out_channels: int, out_hw: tuple[int, int], threads: int) -> int:
+    """Floats a run allocates for an (N, C, H, W) input (`graphconv.memory` counts them):
+    the padded channels-last copy, and per thread one job's V, M and output sums, sized
+    as `winograd_conv` sizes them."""
+    n, c = in_shape[:2]
+    tile_rows, tile_cols = -(-out_hw[0] // 2), -(-out_hw[1] // 2)
+    jobs = jobs_per_image(n, tile_rows * tile_cols, tiles_per_job(c, out_channels), threads)
+    per_job = -(-(tile_rows * tile_cols) // jobs)
+    slots = -(-per_job // 8) * 8
+    o8 = -(-out_channels // 8) * 8
+    block = OUTER_VECTORS * 8
+    sums = -(-o8 // block) * block * slots
+    return n * (2 * tile_rows + 2) * (2 * tile_cols + 2) * c + threads * (slots * c + 5 * sums)
+
+
 @njit(cache=True, parallel=True, boundscheck=False)
 def winograd_conv(xp, wu, og, bias, relu, ho, wo, jobs_per_image, chunk, out3, res3, threads):
     """out3[b, o, y * wo + x] for every output, from the channels-last input xp (padding
