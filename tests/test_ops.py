@@ -509,6 +509,22 @@ def test_clip_passes_nan_through_like_torch():
         np.testing.assert_array_equal(op_forward(opdef, params, {}, [x]), want)
 
 
+def test_maxpool_propagates_nan_like_torch():
+    """A window holding a NaN pools to NaN wherever the NaN sits in it (first tap, later
+    tap, first row, later row), as torch.nn.MaxPool2d and the numpy reference do; the
+    windows without one are untouched."""
+    opdef = get_op("maxpool")
+    params = normalize_params(opdef, dict(kernel_size=3, stride=2, padding=1))
+    x = np.arange(2 * 7 * 8, dtype=np.float32).reshape(1, 2, 7, 8)
+    x[0, 0, 0, 0] = x[0, 0, 4, 5] = x[0, 1, 6, 7] = np.nan
+    got = run_kernel(opdef, params, {}, [x])
+    want = opdef.reference(params, {}, [x])
+    np.testing.assert_array_equal(got, want)
+    assert np.isnan(got).sum() == 1 + 2 + 1  # (4, 5) is in two windows along the row, one down the column
+    if torch is not None:
+        np.testing.assert_array_equal(op_forward(opdef, params, {}, [x]), want)
+
+
 def test_clip_refuses_min_above_max():
     opdef = get_op("clip")
     with pytest.raises(ShapeError, match="min 2.0 is greater than max 1.0"):

@@ -40,6 +40,7 @@ from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, STREAM_MIN_WEIGHTS, multiply_
                                     prefers_stream, stream_matmul, stream_width)
 from graphconv.ops.conv import shape as output_shape
 from graphconv.ops.conv import winograd
+from graphconv.ops.conv.epilogue import store_run
 from graphconv.ops.registry import pair
 from graphconv.ops.unsigned_index import fill, unsigned
 from graphconv.ops.vector_tile import OUTER_ROWS, OUTER_VECTORS, outer_tile
@@ -418,7 +419,8 @@ def _pointwise_group(x3, w, bias, relu, o_offset, c_offset, chunk, out3, res3, t
     o_pad = og + 8  # sums rows per 24 pixels: the last tile's clamped rows land in the slack
     tiles = POINTWISE_PIXELS // 24
     flat_w, flat_x = w.reshape(-1), x3.reshape(-1)
-    channels = x3.shape[1]
+    flat_out, flat_res = out3.reshape(-1), res3.reshape(-1)
+    channels, out_channels = x3.shape[1], out3.shape[1]
     for t in prange(threads):
         sums = np.empty(tiles * o_pad * 24, np.float32)
         tail = np.empty(cg * 8, np.float32)
@@ -448,13 +450,8 @@ def _pointwise_group(x3, w, bias, relu, o_offset, c_offset, chunk, out3, res3, t
                 count = min(24, p_end - p0)
                 for o in range(o_lo, o_hi):
                     channel = o_offset + o
-                    bo = bias[channel]
-                    at = (s0 + o) * 24
-                    for j in range(count):
-                        v = sums[unsigned(at + j)] + bo
-                        if residual:
-                            v += res3[b, channel, p0 + j]
-                        out3[b, channel, p0 + j] = max(v, np.float32(0.0)) if relu else v
+                    store_run(sums, (s0 + o) * 24, 1, bias[channel], flat_res, flat_out,
+                              (b * out_channels + channel) * hw + p0, count, residual, relu)
             if p_end == full and full < hw:  # the last job of the image: the pixels past whole vectors,
                 left = hw - full            # copied into one zero-padded vector per input channel
                 for c in range(cg):
@@ -467,11 +464,8 @@ def _pointwise_group(x3, w, bias, relu, o_offset, c_offset, chunk, out3, res3, t
                         outer_tile(1, flat_w, o, og - 1, cg, k0, steps, tail, 0, 8, sums, o, 24)
                 for o in range(o_lo, o_hi):
                     channel = o_offset + o
-                    for j in range(left):
-                        v = sums[unsigned(o * 24 + j)] + bias[channel]
-                        if residual:
-                            v += res3[b, channel, full + j]
-                        out3[b, channel, full + j] = max(v, np.float32(0.0)) if relu else v
+                    store_run(sums, o * 24, 1, bias[channel], flat_res, flat_out,
+                              (b * out_channels + channel) * hw + full, left, residual, relu)
 
 
 # ---- im2col ---------------------------------------------------------------------------------
@@ -611,6 +605,8 @@ def _outer_group(xp, wp, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, w
     parts = 1 if row_jobs >= 4 * threads or row_jobs % threads == 0 else min(blocks, threads)
     per_part = -(-blocks // parts)
     flat_x = xp.reshape(-1)
+    flat_out, flat_res = out3.reshape(-1), res3.reshape(-1)
+    out_channels, hw_out = out3.shape[1], out3.shape[2]
     for t in prange(threads):
         sums = np.empty(blocks * block_rows * block, np.float32)
         for job in range(t, row_jobs * parts, threads):
@@ -643,13 +639,9 @@ def _outer_group(xp, wp, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, w
                 q0 = (y0 + r) * wo
                 for o in range(blk0 * block, min(og, blk1 * block)):
                     channel = o_offset + o
-                    bo = bias[channel]
-                    at = ((o // block) * block_rows + r * slots) * block + o % block
-                    for ox in range(wo):
-                        v = sums[unsigned(at + ox * block)] + bo
-                        if residual:
-                            v += res3[b, channel, q0 + ox]
-                        out3[b, channel, q0 + ox] = max(v, np.float32(0.0)) if relu else v
+                    store_run(sums, ((o // block) * block_rows + r * slots) * block + o % block, block,
+                              bias[channel], flat_res, flat_out, (b * out_channels + channel) * hw_out + q0, wo,
+                              residual, relu)
 
 
 @njit(cache=True)
