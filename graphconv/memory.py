@@ -167,7 +167,8 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
     the one `choose_strategy` picks, which is shape arithmetic too):
 
     - stream: patch columns for every position (at most gemm_cpu.STREAM_MAX_POSITIONS);
-    - pointwise: nothing, BLAS writes into the output;
+    - pointwise: per thread the sums of one job's pixels and a vector per input channel
+      for the pixels past the last whole vector;
     - direct: a channels-last, padded copy of one group's input, and a row panel per thread;
     - outer: the channels-last copy as direct, per thread the sums of one job's rows, and
       for weights of 4 MB and more their packed copy, made on the first such run;
@@ -176,7 +177,8 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
       columns, at least one row), plus those of a shorter last band, which gets its own.
     A strategy this does not know gets the largest of these."""
     from graphconv.ops.conv import winograd
-    from graphconv.ops.conv.cpu import OUTER_POSITIONS, SCRATCH_FLOATS, choose_strategy, packed_weight_elements
+    from graphconv.ops.conv.cpu import (OUTER_POSITIONS, POINTWISE_PIXELS, SCRATCH_FLOATS, choose_strategy,
+                                        packed_weight_elements)
     from graphconv.ops.gemm_cpu import STREAM_MIN_WEIGHTS
     from graphconv.ops.registry import pair
 
@@ -192,7 +194,7 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
     last_band_rows = (batch * ho) % band_rows
     scratch = {
         "stream": taps * (batch * ho * wo + ROW_SLACK),
-        "pointwise": 0,
+        "pointwise": _threads() * (POINTWISE_PIXELS * (per_group_out + 8) + 8 * per_group_in),
         "direct": batch * (h + 2 * ph) * (w + 2 * pw) * per_group_in + _threads() * panel,
         "im2col": (taps + per_group_out) * (band_rows + last_band_rows) * wo,
         "outer": batch * (h + 2 * ph) * (w + 2 * pw) * per_group_in + _threads() * _outer_sums(

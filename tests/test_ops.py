@@ -220,21 +220,39 @@ def test_conv_outer_hypothesis(c, o, k, s, p, dw, h, w, batch, relu, chunk, posi
 @settings(max_examples=40, deadline=None)
 @given(c=st.integers(1, 40), o=st.integers(1, 60), p=st.integers(0, 2), h=st.integers(1, 13), w=st.integers(1, 13),
        batch=st.integers(1, 3), relu=st.booleans(), chunk=st.sampled_from([8, 192]),
-       job_tiles=st.sampled_from([1, 3, 8, 128]), threads=st.integers(1, 3))
-def test_conv_winograd_hypothesis(c, o, p, h, w, batch, relu, chunk, job_tiles, threads):
+       job_tiles=st.sampled_from([1, 3, 8, 128]), threads=st.integers(1, 3),
+       band_bytes=st.sampled_from([1, 3000, 8 << 20]), residual=st.booleans())
+def test_conv_winograd_hypothesis(c, o, p, h, w, batch, relu, chunk, job_tiles, threads, band_bytes, residual):
     """Winograd F(2x2, 3x3) over maps of odd sizes (the last tiles half outside), channel
     counts that fill its 24-channel blocks and 8-lane vectors with some left over, input
-    channels in several chunks, and jobs of one tile to a whole image, more or fewer of
-    them than threads (then split by output channels)."""
+    channels in several chunks, jobs of one tile to a whole image, more or fewer of them
+    than threads (then split by output channels), and the channels-last copy made whole
+    or one band of tile rows at a time (band_bytes 1: a band per tile row), with and
+    without a residual input."""
     if 3 > h + 2 * p or 3 > w + 2 * p:
         return
     params = dict(out_channels=o, kernel_size=3, padding=p, activation="relu" if relu else "none")
+    shapes = [(c, h, w)]
+    if residual:
+        shapes.append(get_op("conv").shape(normalize_params(get_op("conv"), params), shapes))
     for prepared in (False, True):
         with mock.patch.object(conv_cpu.winograd, "CHUNK", chunk), \
                 mock.patch.object(conv_cpu.winograd, "tiles_per_job", lambda c, o: job_tiles), \
+                mock.patch.object(conv_cpu.winograd, "BAND_BYTES", band_bytes), \
                 mock.patch.object(conv_cpu, "get_num_threads", lambda: threads):
-            check_op("conv", params, [(c, h, w)], np.random.default_rng(c * 101 + o), batch=batch,
+            check_op("conv", params, shapes, np.random.default_rng(c * 101 + o), batch=batch,
                      strategy="winograd", prepared=prepared)
+
+
+@pytest.mark.parametrize("images,tile_rows,tile_cols,channels,band_bytes,expected", [
+    (1, 192, 192, 64, 8 << 20, 41),   # VGG's conv1_2 at 384: 84 padded rows of 98.8 KB in 8 MB
+    (2, 14, 14, 256, 8 << 20, 14),    # small maps: the whole copy, every image at once
+    (1, 5, 5, 64, 1, 1),              # at least one tile row
+    (4, 48, 48, 512, 8 << 20, 19),    # over the budget for 4 images: one image's band at a time
+])
+def test_winograd_band_tile_rows(images, tile_rows, tile_cols, channels, band_bytes, expected):
+    with mock.patch.object(conv_cpu.winograd, "BAND_BYTES", band_bytes):
+        assert conv_cpu.winograd.band_tile_rows(images, tile_rows, tile_cols, channels) == expected
 
 
 @pytest.mark.parametrize("params,in_shape", [

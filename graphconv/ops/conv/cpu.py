@@ -564,14 +564,25 @@ def winograd_weights(w: np.ndarray) -> np.ndarray:
 
 def _conv_winograd(x: np.ndarray, wu: np.ndarray, bias: np.ndarray, padding: tuple[int, int], relu: bool,
                    threads: int, out: np.ndarray, res3: np.ndarray) -> None:
+    """The layer through `winograd.winograd_conv`, on a channels-last copy of the input made
+    for all of it at once or, where that would pass `winograd.BAND_BYTES`, for one image's
+    band of tile rows at a time (`winograd.band_tile_rows`)."""
     n, c, height, width = x.shape
     og, ho, wo = out.shape[1:]
     tile_rows, tile_cols = -(-ho // 2), -(-wo // 2)
-    xp = np.empty((n, 2 * tile_rows + 2, 2 * tile_cols + 2, c), np.float32)  # zero past the input and its padding
-    _channels_last(x, 0, c, *padding, xp)
-    jobs = winograd.jobs_per_image(n, tile_rows * tile_cols, winograd.tiles_per_job(c, og), threads)
-    winograd.winograd_conv(xp, wu, og, bias, relu, ho, wo, jobs, winograd.CHUNK, out.reshape(n, og, ho * wo),
-                           res3, threads)
+    band = winograd.band_tile_rows(n, tile_rows, tile_cols, c)
+    per_job = winograd.tiles_per_job(c, og)
+    out3 = out.reshape(n, og, ho * wo)
+    copies = n if band == tile_rows else 1
+    xp = np.empty((copies, 2 * band + 2, 2 * tile_cols + 2, c), np.float32)  # zero past the input and its padding
+    for image in range(0, n, copies):
+        for row in range(0, tile_rows, band):
+            rows = min(band, tile_rows - row)
+            band_xp = xp[:, :2 * rows + 2]  # leading rows: still contiguous
+            _channels_last(x[image:image + copies], 0, c, padding[0] - 2 * row, padding[1], band_xp)
+            jobs = winograd.jobs_per_image(copies, rows * tile_cols, per_job, threads)
+            winograd.winograd_conv(band_xp, wu, og, bias, relu, min(ho - 2 * row, 2 * rows), wo, jobs,
+                                   winograd.CHUNK, out3, res3, threads, image, 2 * row)
 
 
 @njit(cache=True, parallel=True, boundscheck=False)

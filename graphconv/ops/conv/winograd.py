@@ -55,9 +55,13 @@ OUTPUT_SIGNS = np.array([[A_T[i, a] * A_T[j, b] for i in range(2) for j in range
                          for a in range(4) for b in range(4)], np.float32)
 
 # GRAPHCONV_WINOGRAD=0: never, for the memory: U is 16/9 of the weights, where the
-# "outer" strategy's packed copy is the weights' size (VGG-16 FCN at 384 peaks at 907 MB
-# with it, 833 MB without).
+# "outer" strategy's packed copy is the weights' size (VGG-16 FCN at 384 peaks at 873 MB
+# with it, 820 MB without).
 ENABLED = os.environ.get("GRAPHCONV_WINOGRAD", "1") != "0"
+# The channels-last copy of the input is made for a band of tile rows at a time when the
+# whole copy would pass this size: VGG-16's conv1_2 at 384x384 would copy 38 MB at once,
+# as much as one of its activations, and it is the network's peak.
+BAND_BYTES = 8 << 20
 JOB_BYTES = 384 * 1024  # a job's V, M and output sums: in the 512 KB L2 with room for weight chunks
 MAX_JOB_TILES = 128
 CHUNK = 192  # input channels per k chunk: a chunk of one 24-channel panel is 18 KB, in L1
@@ -124,29 +128,42 @@ def jobs_per_image(images: int, tiles: int, target: int, threads: int) -> int:
     return jobs
 
 
+def band_tile_rows(images: int, tile_rows: int, tile_cols: int, channels: int) -> int:
+    """Tile rows per band of the channels-last copy: all of them, for every image at once,
+    when that copy fits BAND_BYTES; else as many as fit one image's band (2 padded input
+    rows per tile row, and 2 more below the last), at least one."""
+    row_bytes = 4 * (2 * tile_cols + 2) * channels
+    if images * (2 * tile_rows + 2) * row_bytes <= BAND_BYTES:
+        return tile_rows
+    return max(1, min(tile_rows, (BAND_BYTES // row_bytes - 2) // 2))
+
+
 def scratch_floats(in_shape: tuple[int, ...], out_channels: int, out_hw: tuple[int, int], threads: int) -> int:
     """Floats a run allocates for an (N, C, H, W) input (`graphconv.memory` counts them):
-    the padded channels-last copy, and per thread one job's V, M and output sums, sized
-    as `winograd_conv` sizes them."""
+    the padded channels-last copy of a band of tile rows, and per thread one job's V, M and
+    output sums, sized as `winograd_conv` sizes them."""
     n, c = in_shape[:2]
     tile_rows, tile_cols = -(-out_hw[0] // 2), -(-out_hw[1] // 2)
-    jobs = jobs_per_image(n, tile_rows * tile_cols, tiles_per_job(c, out_channels), threads)
-    per_job = -(-(tile_rows * tile_cols) // jobs)
+    band = band_tile_rows(n, tile_rows, tile_cols, c)
+    copies = n if band == tile_rows else 1
+    jobs = jobs_per_image(copies, band * tile_cols, tiles_per_job(c, out_channels), threads)
+    per_job = -(-(band * tile_cols) // jobs)
     slots = -(-per_job // 8) * 8
     o8 = -(-out_channels // 8) * 8
     block = OUTER_VECTORS * 8
     sums = -(-o8 // block) * block * slots
-    return n * (2 * tile_rows + 2) * (2 * tile_cols + 2) * c + threads * (slots * c + 5 * sums)
+    return copies * (2 * band + 2) * (2 * tile_cols + 2) * c + threads * (slots * c + 5 * sums)
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def winograd_conv(xp, wu, og, bias, relu, ho, wo, jobs_per_image, chunk, out3, res3, threads):
-    """out3[b, o, y * wo + x] for every output, from the channels-last input xp (padding
-    included; at least 2 * ceil(ho / 2) + 2 rows and 2 * ceil(wo / 2) + 2 columns, zero
-    past the real ones) and U packed flat as 16 runs of (C x o8), each as `kxo_weights`
-    packs a 1x1 conv's weights. A job is a run of consecutive tiles of one image (and,
-    when there are too few jobs to keep every thread busy, a range of the 24-channel
-    output blocks). res3, when not empty, is a residual input added before the activation."""
+def winograd_conv(xp, wu, og, bias, relu, ho, wo, jobs_per_image, chunk, out3, res3, threads, image0, row0):
+    """out3[image0 + b, o, (row0 + y) * wo + x] for y < ho, from the channels-last input xp
+    (a band of it, starting at padded input row 2 * row0; padding included; at least
+    2 * ceil(ho / 2) + 2 rows and 2 * ceil(wo / 2) + 2 columns, zero past the real ones)
+    and U packed flat as 16 runs of (C x o8), each as `kxo_weights` packs a 1x1 conv's
+    weights. A job is a run of consecutive tiles of one image (and, when there are too few
+    jobs to keep every thread busy, a range of the 24-channel output blocks). res3, when
+    not empty, is a residual input (laid out as out3) added before the activation."""
     n, rows_in, cols_in, c = xp.shape
     o8 = -(-og // 8) * 8
     block = OUTER_VECTORS * 8
@@ -186,7 +203,7 @@ def winograd_conv(xp, wu, og, bias, relu, ho, wo, jobs_per_image, chunk, out3, r
                             outer_tile(vectors, v, p0, tiles - 1, c, k0, steps, wu, xi * u_stride + c * c0,
                                        vectors * 8, m, blk * slots + p0, block)
                 _add_to_outputs(m, xi, blk0, blk1, tiles, slots, block, y)
-            _write_outputs(y, bias, relu, b, tile0, tiles, tile_cols, ho, wo, blk0 * block,
+            _write_outputs(y, bias, relu, image0 + b, tile0, tiles, tile_cols, ho, wo, row0, blk0 * block,
                            min(og, blk1 * block), slots, block, out3, res3)
 
 
@@ -230,9 +247,10 @@ def _add_to_outputs(m, xi, blk0, blk1, tiles, slots, block, y):
 
 
 @njit(cache=True, inline="always")
-def _write_outputs(y, bias, relu, b, tile0, tiles, tile_cols, ho, wo, o0, o1, slots, block, out3, res3):
-    """The job's 2x2 output blocks, with bias, residual and ReLU, into the NCHW output (the
-    tiles past an odd map's last row or column write only their real outputs)."""
+def _write_outputs(y, bias, relu, b, tile0, tiles, tile_cols, ho, wo, row0, o0, o1, slots, block, out3, res3):
+    """The job's 2x2 output blocks, with bias, residual and ReLU, into image b of the NCHW
+    output, rows from row0 on (the tiles past an odd map's last row or column write only
+    their real outputs)."""
     residual = res3.shape[0] > 0
     for o in range(o0, o1):
         bo = bias[o]
@@ -248,6 +266,7 @@ def _write_outputs(y, bias, relu, b, tile0, tiles, tile_cols, ho, wo, o0, o1, sl
                     ox = 2 * tx + j
                     if ox < wo:
                         value = y[unsigned(at + j * block)] + bo
+                        at_out = (row0 + oy) * wo + ox
                         if residual:
-                            value += res3[b, o, oy * wo + ox]
-                        out3[b, o, oy * wo + ox] = max(value, np.float32(0.0)) if relu else value
+                            value += res3[b, o, at_out]
+                        out3[b, o, at_out] = max(value, np.float32(0.0)) if relu else value
