@@ -30,7 +30,9 @@ value is a signed sum of 4 input values, because every row of B^T has two non-ze
 contiguous along channels, so it vectorises); multiplies it by U[xi] into M; and adds
 M, with the signs of A^T, into the 2x2 outputs of each tile it contributes to. At the
 end the outputs go to the NCHW output with the bias, the residual input if the conv
-has one, and ReLU.
+has one, and ReLU. A big input's channels-last copy is made one band of tile rows at a
+time (`band_tile_rows`), each band followed by its jobs, so the copy never passes
+BAND_BYTES.
 """
 from __future__ import annotations
 
