@@ -13,16 +13,16 @@ def _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad, out):
     """Separably: each output row first reduces its kh input rows into one strip
     (contiguous reads), then reduces kw strided taps of the strip: kh*W + kw*Wo
     operations per output row instead of kh*kw*Wo strided ones. The strip carries the
-    left padding and room for every window's last tap (ceil mode's included) on the right,
-    filled with the reduction's start value, so each tap is one loop over all the output
-    columns with no edge cases, and with stride 1 or 2 written as a constant LLVM can
-    vectorise. Against the previous kernel (per-tap column ranges, a strided loop for every
-    stride and a conditional store for the max), alternating in one process: ResNet-50's
-    maxpool at 224 (64x112x112, 3x3/2) 0.84 -> 0.24 ms, at 448 3.35 -> 0.87. Taps outside the image (in the
-    padding, or past it in ceil mode) are left out of a max and count as zero in an
-    average, whose divisor is rows[oy] * columns[ox]: the taps that count along each axis
-    (`_tap_counts`), kh*kw unless ceil mode or count_include_pad=False makes it smaller
-    near the edges."""
+    left padding and room for every window's last tap (ceil mode's included) on the
+    right, filled with the reduction's start value, so each tap is one loop over all the
+    output columns with no edge cases, and strides 1 and 2 are written as constants LLVM
+    can vectorise. Against the previous kernel (per-tap column ranges, one strided loop
+    for every stride, a conditional store for the max), alternating in one process:
+    ResNet-50's maxpool at 224 (64x112x112, 3x3/2) 0.84 -> 0.24 ms, at 448 3.35 -> 0.87.
+    Taps outside the image (in the padding, or past it in ceil mode) are left out of a
+    max and count as zero in an average, whose divisor is rows[oy] * columns[ox]: the
+    taps that count along each axis (`_inverse_tap_counts`), kh*kw unless ceil mode or
+    count_include_pad=False makes it smaller near the edges."""
     n, c, height, width = x.shape
     ho, wo = out.shape[2], out.shape[3]
     row_scale = _inverse_tap_counts(kh, sh, ph, dh, height, ho, include_pad)
@@ -84,9 +84,10 @@ def _reduce_into(acc, at, src, offset, step, count, is_max):
 
 @njit(cache=True, inline="always")
 def _reduce_strided(acc, at, src, offset, step, count, is_max):
-    """np.maximum, not `v if v > a else a`: LLVM turned that select into a store only where v
-    won and vectorised it as a masked store (vmaskmovps), slow on AMD: the loop alone ran 4x
-    faster (0.51 -> 0.13 ns per element). It also propagates NaN, as PyTorch's max pooling does."""
+    """`_reduce_into` for one stride. The max is np.maximum, not `v if v > a else a`: LLVM
+    turned that select into a store only where v won and vectorised it as a masked store
+    (vmaskmovps), slow on AMD; this loop ran 4x faster (0.51 -> 0.13 ns per element). It
+    also propagates NaN, as PyTorch's max pooling does."""
     if is_max:
         for t in range(count):
             acc[unsigned(at + t)] = np.maximum(acc[unsigned(at + t)], src[unsigned(offset + t * step)])
