@@ -82,3 +82,15 @@ def test_cuda_pool_windows_hanging_off_the_end(op, raw, in_shape, rng):
     out = CUDA.to_device(np.full((2, *opdef.shape(params, [in_shape])), np.nan, np.float32))
     CUDA.kernel(opdef)(params, {}, [CUDA.to_device(x)], out)
     np.testing.assert_allclose(CUDA.to_host(out), opdef.reference(params, {}, [x]), rtol=1e-5, atol=1e-6)
+
+
+def test_cuda_maxpool_propagates_nan_like_the_cpu(rng):
+    """A window holding a NaN pools to NaN on the CUDA kernel too, wherever it sits."""
+    from graphconv.ops import get_op
+    opdef = get_op("maxpool")
+    params = normalize_params(opdef, dict(kernel_size=3, stride=2, padding=1))
+    x = np.arange(2 * 7 * 8, dtype=np.float32).reshape(1, 2, 7, 8)
+    x[0, 0, 0, 0] = x[0, 0, 4, 5] = x[0, 1, 6, 7] = np.nan
+    out = CUDA.to_device(np.zeros((1, *opdef.shape(params, [x.shape[1:]])), np.float32))
+    CUDA.kernel(opdef)(params, {}, [CUDA.to_device(x)], out)
+    np.testing.assert_array_equal(CUDA.to_host(out), opdef.reference(params, {}, [x]))

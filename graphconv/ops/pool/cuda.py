@@ -43,7 +43,10 @@ def _pool(x, out, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad):
                 ix = ox * sw - pw + j * dw
                 if 0 <= ix < width:
                     v = x[b, ch, iy, ix]
-                    acc = max(acc, v) if is_max else acc + v
+                    if is_max:
+                        acc = v if v > acc or v != v else acc  # a NaN wins, as on the CPU and in PyTorch
+                    else:
+                        acc += v
     if is_max:
         out[b, ch, oy, ox] = acc
     else:
