@@ -401,10 +401,10 @@ def _pointwise_group(x3, w, bias, relu, o_offset, c_offset, chunk, out3, res3, t
     matrix). A job is a block of POINTWISE_PIXELS pixels of one image (and, when there
     are fewer than 8 such blocks per thread, a thread's share of the output channels:
     fc7 as a 1x1 conv on AlexNet-FCN's 11x11 stride-16 map made 2 blocks of 96 and 24
-    pixels, and one thread did 4/5 of the work, 50.7 against 35.0 ms split by channels): for each chunk
-    of input channels and each 24 pixels (12 KB of input, in L1), the outer-product tile
-    runs over every output channel, 4 at a time broadcast from the weight rows, times 3
-    vectors of 8 pixels. The pixels past the last whole vector (fewer than 8) are copied
+    pixels, and one thread did 4/5 of the work, 50.7 against 35.0 ms split by channels):
+    for each chunk of input channels and each 24 pixels (12 KB of input, in L1), the
+    outer-product tile runs over every output channel, 4 at a time broadcast from the
+    weight rows, times 3 vectors of 8 pixels. The pixels past the last whole vector (fewer than 8) are copied
     into one zero-padded vector per input channel and run through the 8 x 1 tile. A
     residual input (res3, empty when there is none) is added before the activation."""
     n, _, hw = x3.shape

@@ -28,6 +28,7 @@ def _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad, out):
     row_scale = _inverse_tap_counts(kh, sh, ph, dh, height, ho, include_pad)
     col_scale = _inverse_tap_counts(kw, sw, pw, dw, width, wo, include_pad)
     start = np.float32(-np.inf) if is_max else np.float32(0.0)
+    reduce = MAX if is_max else SUM
     strip_width = max(pw + width, (wo - 1) * sw + (kw - 1) * dw + 1)
     flat_x, flat_out = x.reshape(-1), out.reshape(-1)  # no array views made inside the loop
     for plane in prange(n * c):
@@ -38,57 +39,45 @@ def _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad, out):
             for i in range(kh):
                 iy = oy * sh - ph + i * dh
                 if 0 <= iy < height:
-                    src = (plane * height + iy) * width
-                    if rows == 0:
-                        _copy(strip, pw, flat_x, src, 1, width)
-                    else:
-                        _reduce_into(strip, pw, flat_x, src, 1, width, is_max)
+                    _combine(strip, pw, flat_x, (plane * height + iy) * width, 1, width, reduce if rows else COPY)
                     rows += 1
             if rows == 0:
                 fill(strip, pw, pw + width, start)
             row = (plane * ho + oy) * wo
-            _copy(flat_out, row, strip, 0, sw, wo)
+            _combine(flat_out, row, strip, 0, sw, wo, COPY)
             for j in range(1, kw):
-                _reduce_into(flat_out, row, strip, j * dw, sw, wo, is_max)
+                _combine(flat_out, row, strip, j * dw, sw, wo, reduce)
             if not is_max:
                 scale = row_scale[oy]
                 for t in range(wo):
                     flat_out[unsigned(row + t)] *= scale * col_scale[unsigned(t)]
 
 
+COPY, MAX, SUM = 0, 1, 2  # what `_combine` does with each source value
+
+
 @njit(cache=True, inline="always")
-def _copy(dst, at, src, offset, step, count):
-    """dst[at + t] = src[offset + t * step] for t < count."""
+def _combine(acc, at, src, offset, step, count, how):
+    """acc[at + t] = src[offset + t * step] (COPY), or max / + of the two (MAX, SUM), for
+    t < count; strides 1 and 2 as constants, so LLVM vectorises their loops."""
     if step == 1:
-        for t in range(count):
-            dst[unsigned(at + t)] = src[unsigned(offset + t)]
+        _combine_strided(acc, at, src, offset, 1, count, how)
     elif step == 2:
-        for t in range(count):
-            dst[unsigned(at + t)] = src[unsigned(offset + 2 * t)]
+        _combine_strided(acc, at, src, offset, 2, count, how)
     else:
-        for t in range(count):
-            dst[unsigned(at + t)] = src[unsigned(offset + t * step)]
+        _combine_strided(acc, at, src, offset, step, count, how)
 
 
 @njit(cache=True, inline="always")
-def _reduce_into(acc, at, src, offset, step, count, is_max):
-    """acc[at + t] = max(acc[at + t], src[offset + t * step]) (or +=) for t < count, the
-    common strides as constants."""
-    if step == 1:
-        _reduce_strided(acc, at, src, offset, 1, count, is_max)
-    elif step == 2:
-        _reduce_strided(acc, at, src, offset, 2, count, is_max)
-    else:
-        _reduce_strided(acc, at, src, offset, step, count, is_max)
-
-
-@njit(cache=True, inline="always")
-def _reduce_strided(acc, at, src, offset, step, count, is_max):
-    """`_reduce_into` for one stride. The max is np.maximum, not `v if v > a else a`: LLVM
+def _combine_strided(acc, at, src, offset, step, count, how):
+    """`_combine` for one stride. The max is np.maximum, not `v if v > a else a`: LLVM
     turned that select into a store only where v won and vectorised it as a masked store
     (vmaskmovps), slow on AMD; this loop ran 4x faster (0.51 -> 0.13 ns per element). It
     also propagates NaN, as PyTorch's max pooling does."""
-    if is_max:
+    if how == COPY:
+        for t in range(count):
+            acc[unsigned(at + t)] = src[unsigned(offset + t * step)]
+    elif how == MAX:
         for t in range(count):
             acc[unsigned(at + t)] = np.maximum(acc[unsigned(at + t)], src[unsigned(offset + t * step)])
     else:
