@@ -28,6 +28,9 @@ class Backend:
     the same way everywhere (through the op's `OpDef`)."""
 
     name: str
+    # Whether the runtime stores the values the `channels-last` pass marks that way on this
+    # device (its kernels for the ops that declare `channels_last` take them): the CPU's do.
+    stores_channels_last: bool = False
 
     def status(self) -> str | None:
         """None when this device can run kernels here; otherwise why not, in a sentence."""
@@ -75,6 +78,7 @@ class CpuBackend(Backend):
     """The host: numba's CPU kernels on numpy arrays."""
 
     name = "cpu"
+    stores_channels_last = True
 
     def status(self) -> str | None:
         return None

@@ -384,6 +384,8 @@ class Graph:
                 line += f" weights: {weights}"
             if node.shape is not None:
                 line += f" -> {_fmt_shape(node.shape)}"
+            if "layout" in node.annotations:  # how the value is stored (the channels-last pass)
+                line += f" [{node.annotations['layout']}]"
             lines.append(line)
         lines.append(f"  return %{self.output.name}")
         return "\n".join(lines)

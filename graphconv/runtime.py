@@ -29,6 +29,9 @@ import numpy as np
 from graphconv.backends import Backend, resolve_backend, resolve_device
 from graphconv.errors import GraphconvError, ShapeError
 from graphconv.ir import Graph, Node
+from graphconv.ops import channels_last
+from graphconv.ops.channels_last import stored_channels_last
+from graphconv.pass_manager import get_pass
 from graphconv.shapes import batch_scales, infer_shapes
 
 # resolve_device is graphconv.backends', here too for callers that import it from here
@@ -51,6 +54,8 @@ class Plan:
     buffer_of: for every intermediate value (neither the input, which is the caller's,
         nor the output, which is returned), the reusable buffer it is written into.
     buffer_floats: each buffer's size in float32 elements.
+    channels_last: the values the graph's `channels-last` pass marked, which a backend
+        that `stores_channels_last` (the CPU) stores that way (same size, other order).
     """
 
     input: str
@@ -59,6 +64,7 @@ class Plan:
     last_use: dict[str, int]
     buffer_of: dict[str, int]
     buffer_floats: tuple[int, ...]
+    channels_last: frozenset[str] = frozenset()
 
     @property
     def output_shape(self) -> Shape4:
@@ -80,7 +86,8 @@ def make_plan(graph: Graph, batch: int, input_hw: tuple[int, int], check_weights
     layers = graph.layers()
     last_use = _last_uses(layers)
     buffer_of, buffer_floats = _assign_buffers(layers, shapes, last_use, graph.output.name)
-    return Plan(graph.input.name, graph.output.name, shapes, last_use, buffer_of, tuple(buffer_floats))
+    return Plan(graph.input.name, graph.output.name, shapes, last_use, buffer_of, tuple(buffer_floats),
+                stored_channels_last(graph))
 
 
 def _images(batch: int, scale: Fraction) -> int:
@@ -151,6 +158,8 @@ class Executor:
     def __init__(self, graph: Graph, device: str = "cpu"):
         self.graph = graph
         self.backend: Backend = resolve_backend(device)
+        if self.backend.stores_channels_last:
+            get_pass("channels-last").run(graph)  # annotations only: the graph's values stay what they were
         self.steps = [self._bind(node) for node in self._layers()]
         self._plans: OrderedDict[tuple[int, int, int], Plan] = OrderedDict()
         self._buffers: list[Any] = []
@@ -243,11 +252,19 @@ class Executor:
     def _activations(self, plan: Plan, out: Any) -> dict[str, Any]:
         """Where each layer writes: its plan buffer (a view of the right shape), and for
         the output `out` itself when kernels can write into it, else a new array."""
-        values = {name: self._buffer(buffer, plan.buffer_floats[buffer])[:_size(plan.shapes[name])]
-                  .reshape(plan.shapes[name]) for name, buffer in plan.buffer_of.items()}
+        values = {name: self._stored(self._buffer(buffer, plan.buffer_floats[buffer]), plan, name)
+                  for name, buffer in plan.buffer_of.items()}
         direct = out is not None and self.backend.can_write_into(out)
         values[plan.output] = out if direct else self.backend.empty(plan.output_shape)
         return values
+
+    def _stored(self, buffer: Any, plan: Plan, name: str) -> Any:
+        """Value `name` in (the start of) `buffer`: an NCHW array, or an NCHW-shaped view of
+        channels-last storage where the plan says so and this backend stores values that way."""
+        shape = plan.shapes[name]
+        if self.backend.stores_channels_last and name in plan.channels_last:
+            return channels_last.view(buffer, shape)
+        return buffer[:_size(shape)].reshape(shape)
 
     def _buffer(self, index: int, floats: int) -> Any:
         """Buffer `index`, made (or remade larger) on first need and kept for later runs."""

@@ -5,6 +5,7 @@ This folder is installed as `graphconv.passes` (see setup.py), never as a top-le
 `passes` package: a `passes.py` or `passes/` in the user's working folder cannot
 shadow it."""
 from . import (  # noqa: F401
+    channels_last,
     conv_to_fc,
     dead_node_elimination,
     fc_to_conv,

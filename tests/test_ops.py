@@ -30,17 +30,36 @@ EXAMPLES = [pytest.param(op, example, id=f"{op.name}-{i}")
 CPU = get_backend("cpu")
 
 
-def run_kernel(opdef, params, weights, xs, **kernel_options):
+STORAGES = [  # (inputs, output) stored channels-last: what a `channels_last` kernel must take
+    pytest.param((False, False), id="nchw"), pytest.param((True, True), id="channels-last"),
+    pytest.param((True, False), id="channels-last-in"), pytest.param((False, True), id="channels-last-out"),
+]
+
+
+STORAGE_CHOICES = [storage.values[0] for storage in STORAGES]
+
+
+def stored_channels_last(a):
+    """`a`'s values in channels-last storage, as the runtime hands such a value to kernels."""
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+def run_kernel(opdef, params, weights, xs, storage=(False, False), **kernel_options):
     """The CPU kernel's output for inputs `xs`, written into a NaN-filled array of the
-    shape the op's shape rule gives; the inputs must come out unchanged."""
+    shape the op's shape rule gives; the inputs must come out unchanged. `storage` says
+    whether the inputs and the output are stored channels-last."""
     images = int(xs[0].shape[0] * Fraction(opdef.batch_scale(params)))
     shape = (images, *opdef.shape(params, [x.shape[1:] for x in xs]))
     out = np.full(shape, np.nan, np.float32)
+    if storage[0]:
+        xs = [stored_channels_last(x) for x in xs]
+    if storage[1]:
+        out = stored_channels_last(out)
     before = [x.copy() for x in xs]
     assert CPU.kernel(opdef)(params, weights, xs, out, **kernel_options) is None
     for x, original in zip(xs, before):
         np.testing.assert_array_equal(x, original, err_msg=f"{opdef.name} wrote into its input")
-    return out
+    return np.ascontiguousarray(out)
 
 
 @pytest.mark.parametrize("opdef", all_ops(), ids=lambda op: op.name)
@@ -69,6 +88,20 @@ def test_cpu_kernel_matches_reference_on_every_example(opdef, example, rng):
     for kernel_weights in (weights, CPU.prepare_weights(opdef, params, weights)):  # as given, as stored
         np.testing.assert_allclose(run_kernel(opdef, params, kernel_weights, xs), want,
                                    rtol=1e-4, atol=1e-5)
+
+
+CHANNELS_LAST_EXAMPLES = [example for example in EXAMPLES if example.values[0].channels_last]
+
+
+@pytest.mark.parametrize("storage", STORAGES[1:])
+@pytest.mark.parametrize("opdef,example", CHANNELS_LAST_EXAMPLES)
+def test_channels_last_kernel_matches_reference_on_every_example(opdef, example, storage, rng):
+    """Every op that declares `channels_last` on values stored that way, in, out or both."""
+    params = normalize_params(opdef, example.params)
+    xs = [random_input(rng, (example.batch, *s)) for s in example.inputs]
+    weights = opdef.seeded_weights(params, example.inputs, rng)
+    np.testing.assert_allclose(run_kernel(opdef, params, CPU.prepare_weights(opdef, params, weights), xs, storage),
+                               opdef.reference(params, weights, xs), rtol=1e-4, atol=1e-5)
 
 
 def test_a_missing_kernel_is_a_clear_error_but_a_broken_one_is_not(tmp_path, monkeypatch):
@@ -181,8 +214,9 @@ def test_conv_strategy_follows_the_layer_shape(params, in_shape, expected):
 @given(c=st.sampled_from([1, 2, 4, 9, 17]), groups=st.sampled_from([1, 2]), o_per=st.integers(1, 3),
        kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3), sw=st.integers(1, 3),
        ph=st.integers(0, 2), pw=st.integers(0, 2), dh=st.integers(1, 3), dw=st.integers(1, 3),
-       h=st.integers(1, 12), w=st.integers(1, 12), batch=st.integers(1, 3), relu=st.booleans())
-def test_conv_hypothesis(c, groups, o_per, kh, kw, sh, sw, ph, pw, dh, dw, h, w, batch, relu):
+       h=st.integers(1, 12), w=st.integers(1, 12), batch=st.integers(1, 3), relu=st.booleans(),
+       storage=st.sampled_from(STORAGE_CHOICES))
+def test_conv_hypothesis(c, groups, o_per, kh, kw, sh, sw, ph, pw, dh, dw, h, w, batch, relu, storage):
     """Odd sizes people would not think of: kernels just fitting, strides past the end,
     channel counts that fill blocks of 8 with some left over..."""
     c = c * groups
@@ -194,15 +228,15 @@ def test_conv_hypothesis(c, groups, o_per, kh, kw, sh, sw, ph, pw, dh, dw, h, w,
     for strategy in applicable_strategies(params):
         for prepared in (False, True):  # taps in the spec's order and in prepare_conv's
             check_op("conv", params, [(c, h, w)], np.random.default_rng(h * 31 + w), batch=batch,
-                     strategy=strategy, prepared=prepared)
+                     strategy=strategy, prepared=prepared, storage=storage)
 
 
 @settings(max_examples=30, deadline=None)
 @given(c=st.integers(1, 40), o=st.integers(1, 70), k=st.integers(1, 5), s=st.integers(1, 3),
        p=st.integers(0, 2), dw=st.integers(1, 2), h=st.integers(5, 14), w=st.integers(5, 30),
        batch=st.integers(1, 3), relu=st.booleans(), chunk=st.sampled_from([8, 24, 128]),
-       positions=st.sampled_from([1, 16, 64]))
-def test_conv_outer_hypothesis(c, o, k, s, p, dw, h, w, batch, relu, chunk, positions):
+       positions=st.sampled_from([1, 16, 64]), storage=st.sampled_from(STORAGE_CHOICES))
+def test_conv_outer_hypothesis(c, o, k, s, p, dw, h, w, batch, relu, chunk, positions, storage):
     """The outer-product strategy over channel counts that fill its 24-channel blocks and
     8-lane vectors with some left over, rows of pixels that leave its 4- and 8-pixel tiles
     part-empty, taps split into several chunks and jobs of one or several output rows."""
@@ -214,15 +248,17 @@ def test_conv_outer_hypothesis(c, o, k, s, p, dw, h, w, batch, relu, chunk, posi
         with mock.patch.object(conv_cpu, "OUTER_CHUNK", chunk), \
                 mock.patch.object(conv_cpu, "OUTER_POSITIONS", positions):
             check_op("conv", params, [(c, h, w)], np.random.default_rng(c * 97 + o), batch=batch,
-                     strategy="outer", prepared=prepared)
+                     strategy="outer", prepared=prepared, storage=storage)
 
 
 @settings(max_examples=40, deadline=None)
 @given(c=st.integers(1, 40), o=st.integers(1, 60), p=st.integers(0, 2), h=st.integers(1, 13), w=st.integers(1, 13),
        batch=st.integers(1, 3), relu=st.booleans(), chunk=st.sampled_from([8, 192]),
        job_tiles=st.sampled_from([1, 3, 8, 128]), threads=st.integers(1, 3),
-       band_bytes=st.sampled_from([1, 3000, 8 << 20]), residual=st.booleans())
-def test_conv_winograd_hypothesis(c, o, p, h, w, batch, relu, chunk, job_tiles, threads, band_bytes, residual):
+       band_bytes=st.sampled_from([1, 3000, 8 << 20]), residual=st.booleans(),
+       storage=st.sampled_from(STORAGE_CHOICES))
+def test_conv_winograd_hypothesis(c, o, p, h, w, batch, relu, chunk, job_tiles, threads, band_bytes, residual,
+                                  storage):
     """Winograd F(2x2, 3x3) over maps of odd sizes (the last tiles half outside), channel
     counts that fill its 24-channel blocks and 8-lane vectors with some left over, input
     channels in several chunks, jobs of one tile to a whole image, more or fewer of them
@@ -241,7 +277,7 @@ def test_conv_winograd_hypothesis(c, o, p, h, w, batch, relu, chunk, job_tiles, 
                 mock.patch.object(conv_cpu.winograd, "BAND_BYTES", band_bytes), \
                 mock.patch.object(conv_cpu, "get_num_threads", lambda: threads):
             check_op("conv", params, shapes, np.random.default_rng(c * 101 + o), batch=batch,
-                     strategy="winograd", prepared=prepared)
+                     strategy="winograd", prepared=prepared, storage=storage)
 
 
 @pytest.mark.parametrize("images,tile_rows,tile_cols,channels,band_bytes,expected", [
@@ -262,14 +298,16 @@ def test_winograd_band_tile_rows(images, tile_rows, tile_cols, channels, band_by
     (dict(out_channels=600, kernel_size=3, stride=2), (600, 5, 5)),     # stream: 1-4 positions
 ])
 @pytest.mark.parametrize("relu", [False, True])
-def test_conv_adds_a_residual_input_before_the_activation(params, in_shape, relu, rng):
+@pytest.mark.parametrize("storage", STORAGES)
+def test_conv_adds_a_residual_input_before_the_activation(params, in_shape, relu, storage, rng):
     """Every strategy, with a second input of the output's shape: added to the output
     before the ReLU (the strategies that do not add it while writing add it after)."""
     params = dict(params, activation="relu" if relu else "none")
     out_shape = get_op("conv").shape(normalize_params(get_op("conv"), params), [in_shape])
     for strategy in applicable_strategies(params):
         for prepared in (False, True):
-            check_op("conv", params, [in_shape, out_shape], rng, strategy=strategy, prepared=prepared)
+            check_op("conv", params, [in_shape, out_shape], rng, strategy=strategy, prepared=prepared,
+                     storage=storage)
 
 
 @pytest.mark.parametrize("images,tiles,target,threads,expected", [
@@ -310,8 +348,8 @@ def test_winograd_weights_are_g_g_gt_packed_per_24_channels(out_c, c, rng):
 @settings(max_examples=30, deadline=None)
 @given(c=st.integers(1, 40), o=st.integers(1, 70), groups=st.sampled_from([1, 2]), h=st.integers(1, 14),
        w=st.integers(1, 30), batch=st.integers(1, 3), relu=st.booleans(), chunk=st.sampled_from([8, 128]),
-       threads=st.integers(1, 3), wide=st.booleans())
-def test_conv_pointwise_hypothesis(c, o, groups, h, w, batch, relu, chunk, threads, wide):
+       threads=st.integers(1, 3), wide=st.booleans(), storage=st.sampled_from(STORAGE_CHOICES))
+def test_conv_pointwise_hypothesis(c, o, groups, h, w, batch, relu, chunk, threads, wide, storage):
     """The 1x1 kernel over pixel counts that leave its 24-pixel tiles and 8-pixel vectors
     part-empty (and under one vector), output channels split between threads (few pixel
     jobs) or not (`wide` maps: enough jobs), input channels in several chunks."""
@@ -321,7 +359,7 @@ def test_conv_pointwise_hypothesis(c, o, groups, h, w, batch, relu, chunk, threa
         with mock.patch.object(conv_cpu, "POINTWISE_CHUNK", chunk), \
                 mock.patch.object(conv_cpu, "get_num_threads", lambda: threads):
             check_op("conv", params, [(c * groups, h, w)], np.random.default_rng(c * 89 + o), batch=batch,
-                     strategy="pointwise", prepared=prepared)
+                     strategy="pointwise", prepared=prepared, storage=storage)
 
 
 def test_conv_large_weights_are_packed_on_their_first_outer_run(rng):
@@ -371,8 +409,8 @@ def test_pool_matches_reference(op, params, in_shape, rng):
 @given(op=st.sampled_from(["maxpool", "avgpool"]), kh=st.integers(1, 4), kw=st.integers(1, 4),
        sh=st.integers(1, 3), sw=st.integers(1, 3), ph=st.integers(0, 2), pw=st.integers(0, 2),
        dh=st.integers(1, 2), dw=st.integers(1, 3), h=st.integers(1, 10), w=st.integers(1, 10),
-       ceil_mode=st.booleans(), count_include_pad=st.booleans())
-def test_pool_hypothesis(op, kh, kw, sh, sw, ph, pw, dh, dw, h, w, ceil_mode, count_include_pad):
+       ceil_mode=st.booleans(), count_include_pad=st.booleans(), storage=st.sampled_from(STORAGE_CHOICES))
+def test_pool_hypothesis(op, kh, kw, sh, sw, ph, pw, dh, dw, h, w, ceil_mode, count_include_pad, storage):
     """The kernel works out, per tap, which output columns read inside the image, and per
     window how many taps an average divides by; windows hanging over either edge by any
     amount (ceil mode's past the padding too) are where that goes wrong."""
@@ -386,7 +424,7 @@ def test_pool_hypothesis(op, kh, kw, sh, sw, ph, pw, dh, dw, h, w, ceil_mode, co
         get_op(op).shape(normalize_params(get_op(op), params), [(2, h, w)])
     except ShapeError:
         return  # no window fits
-    check_op(op, params, [(2, h, w)], np.random.default_rng(h * 13 + w))
+    check_op(op, params, [(2, h, w)], np.random.default_rng(h * 13 + w), storage=storage)
 
 
 def test_pool_defaults_leave_existing_specs_as_they_were():

@@ -36,16 +36,17 @@ CHUNK_FLOATS = 4096  # 16 KB of patch columns per k chunk: they stay in L1 while
 
 
 @njit(cache=True, parallel=True, fastmath=True, boundscheck=False)
-def stream_matmul(w, bias, relu, cols, positions, hw, o_offset, out3):
+def stream_matmul(w, bias, relu, cols, positions, hw, o_offset, out3, channels_last=False):
     """out3[p // hw, o_offset + o, p % hw] = act(sum_k w[o, k] * cols[k, p] + bias[o_offset + o])
     for p < positions, where positions is a whole number of images of hw pixels.
 
     w: (M, K) C-contiguous weights; cols: (K, stream_width(positions)) patch columns,
-    zero past `positions`; out3: the output viewed as (N, C, H*W).
+    zero past `positions`; out3: the output viewed as (N, C, H*W), or as (N, H*W, C)
+    when it is stored `channels_last` (the indices above then swap their last two).
     """
     m, k = w.shape
     if positions == 1:  # a matrix-vector product: memory-bound, no tile to fill
-        _matrix_vector(w, cols.reshape(-1), bias, relu, o_offset, out3)
+        _matrix_vector(w, cols.reshape(-1), bias, relu, o_offset, out3)  # one pixel: either order is the same
         return
     width = cols.shape[1]
     chunk = max(LANES, CHUNK_FLOATS // width)
@@ -61,11 +62,22 @@ def stream_matmul(w, bias, relu, cols, positions, hw, o_offset, out3):
                 for r0 in range(0, rows, TILE_ROWS[vectors]):
                     multiply_tile(vectors, flat_w, first + r0, m - 1, k, k0, steps, flat_cols, c0, width,
                                   sums, r0, chunk)
-        _store_sums(sums, width, first, rows, bias, relu, positions // hw, hw, o_offset, out3)
+        _store_sums(sums, width, first, rows, bias, relu, positions // hw, hw, o_offset, out3, channels_last)
 
 
 @njit(cache=True, inline="always")
-def _store_sums(sums, width, first, rows, bias, relu, images, hw, o_offset, out3):
+def _store_sums(sums, width, first, rows, bias, relu, images, hw, o_offset, out3, channels_last):
+    """A group's rows of sums, (output channel, position), into the output: along each
+    channel's positions, or along each position's channels when stored `channels_last`,
+    so the writes are contiguous either way."""
+    if channels_last:
+        for n in range(images):
+            for q in range(hw):
+                for r in range(rows):
+                    channel = o_offset + first + r
+                    v = sums[r * width + n * hw + q] + bias[channel]
+                    out3[n, q, channel] = max(v, np.float32(0.0)) if relu else v
+        return
     for r in range(rows):
         channel = o_offset + first + r
         for n in range(images):

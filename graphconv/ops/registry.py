@@ -139,10 +139,14 @@ class OpDef:
         `graphconv export` (graphconv.frontends.onnx_export.OnnxWriter: `writer.node(...)`,
         `writer.weight(key)`, `writer.constant(array)`); None: the op cannot be exported.
     The kernels are `run_<name>(params, weights, inputs, out) -> None` in `<package>.cpu`
-    and `<package>.cuda`, writing into `out` (a C-contiguous float32 array of the shape
-    `shape` gives, batch first, never one of the inputs), optionally with `prepare_<name>`
+    and `<package>.cuda`, writing into `out` (a float32 array of the shape `shape` gives,
+    batch first, C-contiguous unless the op is `channels_last`, never one of the
+    inputs), optionally with `prepare_<name>`
     and `describe_<name>` beside them; `kernel_name` replaces `<name>` there when ops
     share one kernel.
+    channels_last: True when the CPU kernel takes inputs stored channels-last as well as
+        NCHW and writes `out` as it is stored (`graphconv.ops.channels_last`): the
+        `channels-last` pass stores a value that way only between such ops.
     """
 
     name: str
@@ -162,6 +166,7 @@ class OpDef:
     examples: tuple[Example, ...] = ()
     onnx: Callable[[Any, dict, list[str], str], None] | None = None
     kernel_name: str | None = None
+    channels_last: bool = False
     _kernels: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def kernel(self, device: str) -> Callable:

@@ -36,10 +36,11 @@ from __future__ import annotations
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, STREAM_MIN_WEIGHTS, multiply_band, padded_positions,
+from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, STREAM_MAX_POSITIONS, STREAM_MIN_WEIGHTS, multiply_band, padded_positions,
                                     prefers_stream, stream_matmul, stream_width)
 from graphconv.ops.conv import shape as output_shape
 from graphconv.ops.conv import winograd
+from graphconv.ops.channels_last import as_nchw, as_stored_like, nhwc, store_channels
 from graphconv.ops.registry import pair
 from graphconv.ops.unsigned_index import fill, unsigned
 from graphconv.ops.vector_tile import OUTER_ROWS, OUTER_VECTORS, outer_tile
@@ -125,8 +126,27 @@ def prepare_conv(params: dict, weights: dict) -> dict:
 def run_conv(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray,
              strategy: str | None = None) -> None:
     """The layer on (N, C, H, W) input into `out`, with `weights` as the spec gives them
-    or as `prepare_conv` stored them; `strategy` overrides the choice (tests force each one)."""
-    x = np.ascontiguousarray(inputs[0])
+    or as `prepare_conv` stored them; `strategy` overrides the choice (tests force each one).
+    The input, the residual input and `out` may each be stored NCHW or channels-last
+    (`graphconv.ops.channels_last`): "outer" and "winograd" read either (they copy the
+    input into padded channels-last order anyway, which from channels-last is a plain
+    row copy, or no copy at all for an unpadded layer) and write either; a 1x1 layer
+    with a channels-last value on either side runs "outer" in place of "pointwise";
+    "stream" and "im2col" gather their patch columns from either and write either (their
+    epilogues index the output through its strides); "direct" (only ever forced) runs
+    on NCHW copies, into an NCHW output transposed into `out` after."""
+    strategy = strategy or choose_strategy(params, inputs[0].shape, out.shape[2:])
+    channels_last = nhwc(out) is not None or any(nhwc(x) is not None for x in inputs)
+    if channels_last and strategy == "pointwise":
+        strategy = "outer"
+    if channels_last and strategy == "direct":
+        stored = nhwc(out)
+        nchw_out = out if stored is None else np.empty(out.shape, np.float32)
+        run_conv(params, weights, [as_nchw(x) for x in inputs], nchw_out, strategy)
+        if stored is not None:
+            _channels_last(nchw_out, 0, out.shape[1], 0, 0, stored)
+        return
+    x = inputs[0] if nhwc(inputs[0]) is not None else np.ascontiguousarray(inputs[0])
     groups = params["groups"]
     kh, kw = pair(params["kernel_size"])
     out_c = params["out_channels"]
@@ -135,18 +155,16 @@ def run_conv(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndar
         bias = np.zeros(out_c, np.float32)
     relu = params["activation"] == "relu"
     geometry = tuple(v for k in ("stride", "padding", "dilation") for v in pair(params[k]))
-    strategy = strategy or choose_strategy(params, x.shape, out.shape[2:])
-    n, _, ho, wo = out.shape
-    res3 = np.ascontiguousarray(inputs[1]).reshape(n, out_c, ho * wo) if len(inputs) == 2 else NO_RESIDUAL
+    flat_out = _flat(out)
+    flat_res = _flat(as_stored_like(inputs[1], out)) if len(inputs) == 2 else NO_RESIDUAL
     if strategy not in ADDS_RESIDUAL and len(inputs) == 2:
-        params = dict(params, activation="none")
-        run_conv(params, weights, inputs[:1], out, strategy)
-        _add_residual(out.reshape(n, out_c, ho * wo), res3, relu)
+        run_conv(dict(params, activation="none"), weights, inputs[:1], out, strategy)
+        _add_residual(flat_out, flat_res, relu)
         return
     if strategy == "winograd":
         wu = weights["weight_winograd"] if "weight_winograd" in weights else winograd_weights(
             _spec_weights(weights, groups, kh, kw))
-        _conv_winograd(x, wu, bias, pair(params["padding"]), relu, get_num_threads(), out, res3)
+        _conv_winograd(x, wu, bias, pair(params["padding"]), relu, get_num_threads(), out, flat_res)
         return
     if strategy == "outer":
         if "weight_kxo" not in weights:  # not packed by prepare_conv (large, or weights as the spec gives them)
@@ -154,8 +172,7 @@ def run_conv(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndar
             if weights.get("weight") is not None and weights["weight"].size >= STREAM_MIN_WEIGHTS:
                 weights["weight_kxo"] = wp  # the Executor's dict: packed once, on first use
         wp = weights["weight_kxo"] if "weight_kxo" in weights else wp
-        _conv_outer(x, wp, out_c // groups, bias, kh, kw, *geometry, relu, OUTER_CHUNK, OUTER_POSITIONS,
-                    get_num_threads(), out, res3)
+        _conv_outer(x, wp, out_c // groups, bias, kh, kw, *geometry, relu, get_num_threads(), out, flat_res)
         return
     if strategy == "direct":
         _conv_direct(x, _taps_last(weights, groups), bias, kh, kw, *geometry, relu,
@@ -163,26 +180,36 @@ def run_conv(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndar
         return
     taps_last = "weight_kwkhc" in weights  # stream, pointwise and im2col take either order
     w3 = weights["weight_kwkhc"] if taps_last else _taps_first(weights, groups, kh, kw)
+    x_stored = nhwc(x)
+    x = x if x_stored is None else x_stored
     if strategy == "stream":
-        _conv_stream(x, w3, bias, kh, kw, *geometry, relu, taps_last, out)
+        n, _, ho, wo = out.shape
+        out_stored = nhwc(out)
+        out3 = out.reshape(n, out_c, ho * wo) if out_stored is None else out_stored.reshape(n, ho * wo, out_c)
+        _conv_stream(x, x_stored is not None, w3, bias, kh, kw, *geometry, relu, taps_last, ho, wo, out3,
+                     out_stored is not None)
     elif strategy == "pointwise":
-        _conv_pointwise(x, w3, bias, relu, out, res3)
+        _conv_pointwise(x, w3, bias, relu, out, flat_res)
     else:
-        _conv_im2col(x, w3, bias, kh, kw, *geometry, relu, taps_last, SCRATCH_FLOATS, out)
+        _conv_im2col(x, x_stored is not None, w3, bias, kh, kw, *geometry, relu, taps_last, SCRATCH_FLOATS, out)
 
 
-NO_RESIDUAL = np.zeros((0, 0, 0), np.float32)  # what the residual-adding strategies get for "no residual input"
+NO_RESIDUAL = np.zeros(0, np.float32)  # what the residual-adding strategies get for "no residual input"
 ADDS_RESIDUAL = ("winograd", "outer", "pointwise")  # while writing; the others add it in a pass after
 
 
+def _flat(a: np.ndarray) -> np.ndarray:
+    """The memory of a value stored NCHW or channels-last, as one flat array (a view)."""
+    stored = nhwc(a)
+    return (a if stored is None else stored).reshape(-1)
+
+
 @njit(cache=True, parallel=True, boundscheck=False)
-def _add_residual(out3, res3, relu):
-    """out3 = act(out3 + res3), for the strategies that do not add a residual themselves."""
-    for b in range(out3.shape[0]):
-        for o in prange(out3.shape[1]):
-            for p in range(out3.shape[2]):
-                v = out3[b, o, p] + res3[b, o, p]
-                out3[b, o, p] = max(v, np.float32(0.0)) if relu else v
+def _add_residual(flat_out, flat_res, relu):
+    """out = act(out + res), for the strategies that do not add a residual themselves."""
+    for i in prange(flat_out.size):
+        v = flat_out[i] + flat_res[i]
+        flat_out[i] = max(v, np.float32(0.0)) if relu else v
 
 
 def _taps_last(weights: dict, groups: int) -> np.ndarray:
@@ -214,12 +241,19 @@ def _taps_first(weights: dict, groups: int, kh: int, kw: int) -> np.ndarray:
 # ---- patch columns (stream and im2col) ------------------------------------------------------
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _patch_columns(x, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, q0, q1, taps_last, cols):
+def _patch_columns(x, channels_last, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, q0, q1, taps_last, cols):
     """cols[(c, i, j), (q - q0) * wo + ox] = x[n, c0 + c, oy*sh - ph + i*dh, ox*sw - pw + j*dw]
     for the output rows q = n * ho + oy in [q0, q1): the im2col matrix of those rows. Zero
     where a tap falls in the padding and in the columns past the last row's; rows ordered
-    (j, i, c) instead when `taps_last`, to match weights stored that way."""
-    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
+    (j, i, c) instead when `taps_last`, to match weights stored that way. x is the input
+    as stored: (N, C, H, W), or (N, H, W, C) when `channels_last`."""
+    if channels_last:
+        height, width, channels = x.shape[1], x.shape[2], x.shape[3]
+        channel_step, row_step, column_step = 1, width * channels, channels
+    else:
+        channels, height, width = x.shape[1], x.shape[2], x.shape[3]
+        channel_step, row_step, column_step = height * width, width, 1
+    image_step = channels * height * width
     cg = cols.shape[0] // (kh * kw)
     row_length = cols.shape[1]
     flat_x, flat_cols = x.reshape(-1), cols.reshape(-1)
@@ -236,7 +270,7 @@ def _patch_columns(x, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, q0, q1, taps_l
         for q in range(q0, q1):
             start = row + (q - q0) * wo
             iy = oy * sh - ph + i * dh
-            source = ((n * channels + c0 + c) * height + iy) * width + offset
+            source = n * image_step + (c0 + c) * channel_step + iy * row_step + offset * column_step
             oy += 1
             if oy == ho:
                 n, oy = n + 1, 0
@@ -244,12 +278,13 @@ def _patch_columns(x, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, q0, q1, taps_l
                 fill(flat_cols, start, start + wo, 0.0)
                 continue
             fill(flat_cols, start, start + lo, 0.0)
-            if sw == 1:  # a contiguous run: vectorised
+            if sw * column_step == 1:  # a contiguous run: vectorised
                 for ox in range(lo, hi):
                     flat_cols[unsigned(start + ox)] = flat_x[unsigned(source + ox)]
             else:
+                step = sw * column_step
                 for ox in range(lo, hi):
-                    flat_cols[unsigned(start + ox)] = flat_x[unsigned(source + ox * sw)]
+                    flat_cols[unsigned(start + ox)] = flat_x[unsigned(source + ox * step)]
             fill(flat_cols, start + hi, start + wo, 0.0)
         fill(flat_cols, row + (q1 - q0) * wo, row + row_length, 0.0)
 
@@ -257,16 +292,18 @@ def _patch_columns(x, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, q0, q1, taps_l
 # ---- stream ---------------------------------------------------------------------------------
 
 @njit(cache=True)
-def _conv_stream(x, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, taps_last, out):
-    n, c = x.shape[0], x.shape[1]
+def _conv_stream(x, channels_last, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, taps_last, ho, wo, out3,
+                 out_channels_last):
+    """x: the input as stored (see `_patch_columns`); out3: the output as (N, C, H*W), or
+    as (N, H*W, C) when it is stored channels-last (`out_channels_last`)."""
+    n, c = x.shape[0], x.shape[3] if channels_last else x.shape[1]
     groups, og, k = w3.shape
-    ho, wo = out.shape[2], out.shape[3]
-    out3 = out.reshape(n, groups * og, ho * wo)
     positions = n * ho * wo
     cols = np.empty((k, stream_width(positions)), np.float32)
     for g in range(groups):
-        _patch_columns(x, g * (c // groups), kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, 0, n * ho, taps_last, cols)
-        stream_matmul(w3[g], bias, relu, cols, positions, ho * wo, g * og, out3)
+        _patch_columns(x, channels_last, g * (c // groups), kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, 0, n * ho,
+                       taps_last, cols)
+        stream_matmul(w3[g], bias, relu, cols, positions, ho * wo, g * og, out3, out_channels_last)
 
 
 # ---- direct ---------------------------------------------------------------------------------
@@ -384,18 +421,18 @@ POINTWISE_CHUNK = 128  # input channels per k chunk: 24 pixels' chunk is 12 KB, 
 POINTWISE_ROWS = 64  # output channels whose weight chunk is reused across a job's pixels (a multiple of 8)
 
 
-def _conv_pointwise(x, w3, bias, relu, out, res3):
+def _conv_pointwise(x, w3, bias, relu, out, flat_res):
     """The 1x1 product without BLAS: `_pointwise_group` per group."""
     n, c, height, width = x.shape
     groups, og, cg = w3.shape
     x3 = x.reshape(n, c, height * width)
     out3 = out.reshape(n, groups * og, height * width)
     for g in range(groups):
-        _pointwise_group(x3, w3[g], bias, relu, g * og, g * cg, POINTWISE_CHUNK, out3, res3, get_num_threads())
+        _pointwise_group(x3, w3[g], bias, relu, g * og, g * cg, POINTWISE_CHUNK, out3, flat_res, get_num_threads())
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _pointwise_group(x3, w, bias, relu, o_offset, c_offset, chunk, out3, res3, threads):
+def _pointwise_group(x3, w, bias, relu, o_offset, c_offset, chunk, out3, flat_res, threads):
     """out3[b, o_offset + o, p] = act(sum_c w[o, c] * x3[b, c_offset + c, p] + bias) for one
     group, straight from the NCHW input (for a 1x1 conv it already is the C x H*W column
     matrix). A job is a block of POINTWISE_PIXELS pixels of one image (and, when there
@@ -406,9 +443,10 @@ def _pointwise_group(x3, w, bias, relu, o_offset, c_offset, chunk, out3, res3, t
     outer-product tile runs over every output channel, 4 at a time broadcast from the
     weight rows, times 3 vectors of 8 pixels. The pixels past the last whole vector (fewer than 8) are copied
     into one zero-padded vector per input channel and run through the 8 x 1 tile. A
-    residual input (res3, empty when there is none) is added before the activation."""
+    residual input (flat_res, laid out as out3; empty when there is none) is added
+    before the activation."""
     n, _, hw = x3.shape
-    residual = res3.shape[0] > 0
+    residual = flat_res.size > 0
     og, cg = w.shape
     full = hw // 8 * 8
     per_image = max(1, -(-full // POINTWISE_PIXELS))
@@ -418,7 +456,7 @@ def _pointwise_group(x3, w, bias, relu, o_offset, c_offset, chunk, out3, res3, t
     o_pad = og + 8  # sums rows per 24 pixels: the last tile's clamped rows land in the slack
     tiles = POINTWISE_PIXELS // 24
     flat_w, flat_x = w.reshape(-1), x3.reshape(-1)
-    flat_out, flat_res = out3.reshape(-1), res3.reshape(-1)
+    flat_out = out3.reshape(-1)
     channels, out_channels = x3.shape[1], out3.shape[1]
     for t in prange(threads):
         sums = np.empty(tiles * o_pad * 24, np.float32)
@@ -502,8 +540,10 @@ def _epilogue(res, bias, o0, q0, q1, ho, wo, relu, out):
                 out[n, o0 + o, oy, ox] = max(v, 0.0) if relu else v
 
 
-def _conv_im2col(x, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, taps_last, scratch_floats, out):
-    n, c = x.shape[0], x.shape[1]
+def _conv_im2col(x, channels_last, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, taps_last, scratch_floats, out):
+    """x: the input as stored (see `_patch_columns`); out: the output, stored NCHW or
+    channels-last (`_epilogue` writes it through its strides)."""
+    n, c = x.shape[0], x.shape[3] if channels_last else x.shape[1]
     groups, og, k = w3.shape
     ho, wo = out.shape[2], out.shape[3]
     total_rows = n * ho
@@ -520,7 +560,8 @@ def _conv_im2col(x, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, taps_last, s
             else:
                 cols_q = np.empty((k, (q1 - q0) * wo), np.float32)
                 res_q = np.empty((og, (q1 - q0) * wo), np.float32)
-            _patch_columns(x, g * cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, q0, q1, taps_last, cols_q)
+            _patch_columns(x, channels_last, g * cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, q0, q1, taps_last,
+                           cols_q)
             np.matmul(wg, cols_q, out=res_q)
             _epilogue(res_q, bias, g * og, q0, q1, ho, wo, relu, out)
 
@@ -581,31 +622,32 @@ def winograd_weights(w: np.ndarray) -> np.ndarray:
 
 
 def _conv_winograd(x: np.ndarray, wu: np.ndarray, bias: np.ndarray, padding: tuple[int, int], relu: bool,
-                   threads: int, out: np.ndarray, res3: np.ndarray) -> None:
-    """The layer through `winograd.winograd_conv`, on a channels-last copy of the input made
-    for all of it at once or, where that would pass `winograd.BAND_BYTES`, for one image's
-    band of tile rows at a time (`winograd.band_tile_rows`)."""
+                   threads: int, out: np.ndarray, flat_res: np.ndarray) -> None:
+    """The layer through `winograd.winograd_conv`, on a padded channels-last copy of the
+    input made for all of it at once or, where that would pass `winograd.BAND_BYTES`, for
+    one image's band of tile rows at a time (`winograd.band_tile_rows`)."""
     n, c, height, width = x.shape
     og, ho, wo = out.shape[1:]
     tile_rows, tile_cols = -(-ho // 2), -(-wo // 2)
     band = winograd.band_tile_rows(n, tile_rows, tile_cols, c)
     per_job = winograd.tiles_per_job(c, og)
-    out3 = out.reshape(n, og, ho * wo)
+    flat_out, channels_last = _flat(out), nhwc(out) is not None
     copies = n if band == tile_rows else 1
     xp = np.empty((copies, 2 * band + 2, 2 * tile_cols + 2, c), np.float32)  # zero past the input and its padding
     for image in range(0, n, copies):
         for row in range(0, tile_rows, band):
             rows = min(band, tile_rows - row)
             band_xp = xp[:, :2 * rows + 2]  # leading rows: still contiguous
-            _channels_last(x[image:image + copies], 0, c, padding[0] - 2 * row, padding[1], band_xp)
+            _pad_into(x[image:image + copies], 0, padding[0] - 2 * row, padding[1], band_xp)
             jobs = winograd.jobs_per_image(copies, rows * tile_cols, per_job, threads)
             winograd.winograd_conv(band_xp, wu, og, bias, relu, min(ho - 2 * row, 2 * rows), wo, jobs,
-                                   winograd.CHUNK, out3, res3, threads, image, 2 * row)
+                                   winograd.CHUNK, flat_out, flat_res, ho * wo, channels_last, threads, image,
+                                   2 * row)
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _outer_group(xp, wp, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, wo, chunk, rows_per_job, out3,
-                 res3, threads):
+def _outer_group(xp, wp, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, wo, chunk, rows_per_job, flat_out,
+                 flat_res, out_channels, channels_last, threads):
     """Every output row of one group, `rows_per_job` rows per job. The patches are read
     straight from the channels-last input: for each tap row i (and, when dilated along w,
     each tap column j) the taps of output pixel ox are one contiguous run of xp starting
@@ -614,10 +656,11 @@ def _outer_group(xp, wp, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, w
     runs over every pixel of the job's rows: 4 pixels' input values broadcast, times 3
     vectors of 8 channels of the packed weights, 12 sums in registers. The weight chunk
     (12 KB) stays in L1 while the job's pixels stream past it; the sums (pixels x 24 per
-    block) go to the NCHW output with bias, the residual input if any (res3, empty when
+    block) go to the output (flat, `out_channels` channels, stored NCHW or channels-last)
+    with bias, the residual input if any (flat_res, stored as the output; empty when
     there is none) and ReLU at the end of the job."""
     n, rows_in, cols_in, cg = xp.shape
-    residual = res3.shape[0] > 0
+    residual = flat_res.size > 0
     o8 = -(-og // 8) * 8
     k = wp.size // o8
     block = OUTER_VECTORS * 8
@@ -662,29 +705,77 @@ def _outer_group(xp, wp, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, w
                                 for p0 in range(0, wo, tile_rows):
                                     outer_tile(vectors, flat_x, p0, wo - 1, stride, at + k0, steps, wp, offset, bw,
                                                sums, blk * block_rows + r * slots + p0, block)
+            o_lo, o_hi = blk0 * block, min(og, blk1 * block)
             for r in range(rows):
-                q0 = (y0 + r) * wo
-                for o in range(blk0 * block, min(og, blk1 * block)):
+                first = (b * ho + y0 + r) * wo  # the row's first pixel, counted over the batch
+                if channels_last:  # each pixel's channels are one run of the output
+                    for ox in range(wo):
+                        dst = (first + ox) * out_channels + o_offset
+                        for blk in range(blk0, blk1):
+                            lo = blk * block
+                            store_channels(sums, ((blk * block_rows + r * slots + ox) * block), bias, o_offset + lo,
+                                            flat_res, flat_out, dst + lo, min(o_hi, lo + block) - lo, residual, relu)
+                    continue
+                for o in range(o_lo, o_hi):
                     channel = o_offset + o
                     bo = bias[channel]
                     at = ((o // block) * block_rows + r * slots) * block + o % block
+                    dst = (b * out_channels + channel) * ho * wo + (y0 + r) * wo
                     for ox in range(wo):  # strided reads: see `_store_run` on why not it
                         v = sums[unsigned(at + ox * block)] + bo
                         if residual:
-                            v += res3[b, channel, q0 + ox]
-                        out3[b, channel, q0 + ox] = max(v, np.float32(0.0)) if relu else v
+                            v += flat_res[unsigned(dst + ox)]
+                        flat_out[unsigned(dst + ox)] = max(v, np.float32(0.0)) if relu else v
 
 
-@njit(cache=True)
-def _conv_outer(x, wp, og, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, chunk, positions, threads, out, res3):
+def _conv_outer(x, wp, og, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, threads, out, flat_res):
+    """`_outer_group` per group, on a padded channels-last copy of the input, or on the
+    input itself where it is stored channels-last, unpadded and ungrouped (a 1x1 conv)."""
     n, c, height, width = x.shape
     groups = wp.shape[0]
     cg = c // groups
     ho, wo = out.shape[2], out.shape[3]
-    out3 = out.reshape(n, groups * og, ho * wo)
-    xp = np.empty((n, height + 2 * ph, width + 2 * pw, cg), np.float32)
-    rows_per_job = max(1, min(-(-positions // wo), (n * ho) // threads))
+    stored = nhwc(x)
+    in_place = stored is not None and ph == pw == 0 and groups == 1
+    xp = stored if in_place else np.empty((n, height + 2 * ph, width + 2 * pw, cg), np.float32)
+    rows_per_job = max(1, min(-(-OUTER_POSITIONS // wo), (n * ho) // threads))
+    if ho * wo <= STREAM_MAX_POSITIONS:  # a small map: weights outweigh pixels, so each is read once,
+        rows_per_job = ho                # by the thread that has its output channels
     for g in range(groups):
-        _channels_last(x, g * cg, cg, ph, pw, xp)
-        _outer_group(xp, wp[g], og, bias, relu, kh, kw, sh, sw, dh, dw, g * og, ho, wo, chunk, rows_per_job, out3,
-                     res3, threads)
+        if not in_place:
+            _pad_into(x, g * cg, ph, pw, xp)
+        _outer_group(xp, wp[g], og, bias, relu, kh, kw, sh, sw, dh, dw, g * og, ho, wo, OUTER_CHUNK, rows_per_job,
+                     _flat(out), flat_res, groups * og, nhwc(out) is not None, threads)
+
+
+def _pad_into(x: np.ndarray, c0: int, ph: int, pw: int, xp: np.ndarray) -> None:
+    """xp[n, y, x, c] = x[n, c0 + c, y - ph, x - pw], zero in the padding, from an input
+    stored NCHW (a transpose) or channels-last (row copies)."""
+    stored = nhwc(x)
+    if stored is None:
+        _channels_last(x, c0, xp.shape[3], ph, pw, xp)
+    else:
+        _pad_channels_last(stored, c0, ph, pw, xp)
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _pad_channels_last(xh, c0, ph, pw, xp):
+    """xp[n, y, x, c] = xh[n, y - ph, x - pw, c0 + c], zero in the padding: `_channels_last`
+    for an input already stored channels-last ((N, H, W, C) xh), one padded row per job."""
+    height, width, channels = xh.shape[1], xh.shape[2], xh.shape[3]
+    rows, padded_width, cg = xp.shape[1], xp.shape[2], xp.shape[3]
+    flat_x, flat_xp = xh.reshape(-1), xp.reshape(-1)
+    row_floats = padded_width * cg
+    for job in prange(xp.shape[0] * rows):
+        n, iy = job // rows, job % rows - ph
+        row = job * row_floats
+        if iy < 0 or iy >= height:
+            fill(flat_xp, row, row + row_floats, 0.0)
+            continue
+        fill(flat_xp, row, row + pw * cg, 0.0)
+        fill(flat_xp, row + (pw + width) * cg, row + row_floats, 0.0)
+        source = (n * height + iy) * width * channels + c0
+        first_pixel = row + pw * cg
+        for ix in range(width):
+            for c in range(cg):
+                flat_xp[unsigned(first_pixel + ix * cg + c)] = flat_x[unsigned(source + ix * channels + c)]

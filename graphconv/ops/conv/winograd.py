@@ -41,6 +41,7 @@ import os
 import numpy as np
 from numba import njit, prange
 
+from graphconv.ops.channels_last import store_channels
 from graphconv.ops.registry import pair
 from graphconv.ops.unsigned_index import fill, unsigned
 from graphconv.ops.vector_tile import OUTER_ROWS, OUTER_VECTORS, outer_tile
@@ -158,14 +159,17 @@ def scratch_floats(in_shape: tuple[int, ...], out_channels: int, out_hw: tuple[i
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def winograd_conv(xp, wu, og, bias, relu, ho, wo, jobs_per_image, chunk, out3, res3, threads, image0, row0):
-    """out3[image0 + b, o, (row0 + y) * wo + x] for y < ho, from the channels-last input xp
+def winograd_conv(xp, wu, og, bias, relu, ho, wo, jobs_per_image, chunk, flat_out, flat_res, image_pixels,
+                  channels_last, threads, image0, row0):
+    """Output (image0 + b, o, row0 + y, x) for y < ho, from the channels-last input xp
     (a band of it, starting at padded input row 2 * row0; padding included; at least
     2 * ceil(ho / 2) + 2 rows and 2 * ceil(wo / 2) + 2 columns, zero past the real ones)
     and U packed flat as 16 runs of (C x o8), each as `kxo_weights` packs a 1x1 conv's
     weights. A job is a run of consecutive tiles of one image (and, when there are too few
-    jobs to keep every thread busy, a range of the 24-channel output blocks). res3, when
-    not empty, is a residual input (laid out as out3) added before the activation."""
+    jobs to keep every thread busy, a range of the 24-channel output blocks). The output is
+    flat, `image_pixels` (its whole height times wo) per image and channel, stored NCHW
+    or `channels_last`; flat_res, when not empty, is a residual input stored as the
+    output, added before the activation."""
     n, rows_in, cols_in, c = xp.shape
     o8 = -(-og // 8) * 8
     block = OUTER_VECTORS * 8
@@ -206,7 +210,7 @@ def winograd_conv(xp, wu, og, bias, relu, ho, wo, jobs_per_image, chunk, out3, r
                                        vectors * 8, m, blk * slots + p0, block)
                 _add_to_outputs(m, xi, blk0, blk1, tiles, slots, block, y)
             _write_outputs(y, bias, relu, image0 + b, tile0, tiles, tile_cols, ho, wo, row0, blk0 * block,
-                           min(og, blk1 * block), slots, block, out3, res3)
+                           min(og, blk1 * block), slots, block, flat_out, flat_res, og, image_pixels, channels_last)
 
 
 @njit(cache=True, inline="always")
@@ -249,14 +253,28 @@ def _add_to_outputs(m, xi, blk0, blk1, tiles, slots, block, y):
 
 
 @njit(cache=True, inline="always")
-def _write_outputs(y, bias, relu, b, tile0, tiles, tile_cols, ho, wo, row0, o0, o1, slots, block, out3, res3):
-    """The job's 2x2 output blocks, with bias, residual and ReLU, into image b of the NCHW
+def _write_outputs(y, bias, relu, b, tile0, tiles, tile_cols, ho, wo, row0, o0, o1, slots, block, flat_out, flat_res,
+                   out_channels, image_pixels, channels_last):
+    """The job's 2x2 output blocks, with bias, residual and ReLU, into image b of the
     output, rows from row0 on (the tiles past an odd map's last row or column write only
-    their real outputs)."""
-    residual = res3.shape[0] > 0
+    their real outputs): channel by channel into an NCHW output; into a channels-last
+    one pixel by pixel, each pixel's channels of a block one contiguous run."""
+    residual = flat_res.size > 0
+    if channels_last:
+        for tt in range(tiles):
+            ty, tx = (tile0 + tt) // tile_cols, (tile0 + tt) % tile_cols
+            for q in range(4):
+                oy, ox = 2 * ty + q // 2, 2 * tx + q % 2
+                if oy < ho and ox < wo:
+                    dst = (b * image_pixels + (row0 + oy) * wo + ox) * out_channels
+                    for lo in range(o0, o1, block):
+                        store_channels(y, (((lo // block) * slots + tt) * 4 + q) * block, bias, lo, flat_res,
+                                       flat_out, dst + lo, min(o1, lo + block) - lo, residual, relu)
+        return
     for o in range(o0, o1):
         bo = bias[o]
         blk, lane = o // block, o % block
+        plane = (b * out_channels + o) * image_pixels + row0 * wo
         for tt in range(tiles):
             ty, tx = (tile0 + tt) // tile_cols, (tile0 + tt) % tile_cols
             for i in range(2):
@@ -268,7 +286,7 @@ def _write_outputs(y, bias, relu, b, tile0, tiles, tile_cols, ho, wo, row0, o0, 
                     ox = 2 * tx + j
                     if ox < wo:
                         value = y[unsigned(at + j * block)] + bo
-                        at_out = (row0 + oy) * wo + ox
+                        dst = plane + oy * wo + ox
                         if residual:
-                            value += res3[b, o, at_out]
-                        out3[b, o, at_out] = max(value, np.float32(0.0)) if relu else value
+                            value += flat_res[unsigned(dst)]
+                        flat_out[unsigned(dst)] = max(value, np.float32(0.0)) if relu else value

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from graphconv.ops.channels_last import nhwc
 from graphconv.ops.unsigned_index import unsigned
 
 
@@ -22,5 +23,33 @@ def _global_mean(x, out):
         flat_out[unsigned(job)] = total / plane
 
 
+CHANNEL_RUN = 64  # channels a job of `_global_mean_channels_last` sums side by side
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _global_mean_channels_last(xh, out):
+    """`_global_mean` for (N, H, W, C) input stored channels-last: a job sums a run of
+    CHANNEL_RUN channels over every pixel, each pixel's run contiguous."""
+    n, height, width, c = xh.shape
+    plane = height * width
+    runs = -(-c // CHANNEL_RUN)
+    flat_x, flat_out = xh.reshape(-1), out.reshape(-1)
+    for job in prange(n * runs):
+        b, c0 = job // runs, (job % runs) * CHANNEL_RUN
+        count = min(CHANNEL_RUN, c - c0)
+        totals = np.zeros(CHANNEL_RUN, np.float64)
+        for p in range(plane):
+            at = (b * plane + p) * c + c0
+            for j in range(count):
+                totals[j] += flat_x[unsigned(at + j)]
+        for j in range(count):
+            flat_out[unsigned(b * c + c0 + j)] = totals[j] / plane
+
+
 def run_globalavgpool(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
-    _global_mean(np.ascontiguousarray(inputs[0]), out)
+    """The (N, C, 1, 1) output is the same memory stored either way."""
+    stored = nhwc(inputs[0])
+    if stored is None:
+        _global_mean(np.ascontiguousarray(inputs[0]), out)
+    else:
+        _global_mean_channels_last(stored, out)

@@ -1,9 +1,11 @@
-"""CPU pooling: one compiled loop nest for max and average, parallel over (image, channel) planes."""
+"""CPU pooling: one compiled loop nest for max and average, parallel over (image, channel)
+planes, and its twin for values stored channels-last, parallel over output rows."""
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
+from graphconv.ops.channels_last import nhwc
 from graphconv.ops.registry import pair
 from graphconv.ops.unsigned_index import fill, unsigned
 
@@ -51,6 +53,40 @@ def _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad, out):
                 scale = row_scale[oy]
                 for t in range(wo):
                     flat_out[unsigned(row + t)] *= scale * col_scale[unsigned(t)]
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _pool_channels_last(xh, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad, outh):
+    """`_pool` for (N, H, W, C) input and output stored channels-last: the same separable
+    walk, one output row per job, with every pixel's C channels in place of one value, so
+    each tap is one contiguous run of C (vectorised across channels)."""
+    n, height, width, c = xh.shape
+    ho, wo = outh.shape[1], outh.shape[2]
+    row_scale = _inverse_tap_counts(kh, sh, ph, dh, height, ho, include_pad)
+    col_scale = _inverse_tap_counts(kw, sw, pw, dw, width, wo, include_pad)
+    start = np.float32(-np.inf) if is_max else np.float32(0.0)
+    reduce = MAX if is_max else SUM
+    strip_width = max(pw + width, (wo - 1) * sw + (kw - 1) * dw + 1) * c
+    flat_x, flat_out = xh.reshape(-1), outh.reshape(-1)
+    for job in prange(n * ho):
+        b, oy = job // ho, job % ho
+        strip = np.empty(strip_width, np.float32)
+        fill(strip, 0, strip_width, start)
+        rows = 0
+        for i in range(kh):
+            iy = oy * sh - ph + i * dh
+            if 0 <= iy < height:
+                _combine(strip, pw * c, flat_x, (b * height + iy) * width * c, 1, width * c, reduce if rows else COPY)
+                rows += 1
+        for ox in range(wo):
+            at = (job * wo + ox) * c
+            _combine(flat_out, at, strip, ox * sw * c, 1, c, COPY)
+            for j in range(1, kw):
+                _combine(flat_out, at, strip, (ox * sw + j * dw) * c, 1, c, reduce)
+            if not is_max:
+                scale = row_scale[oy] * col_scale[ox]
+                for t in range(c):
+                    flat_out[unsigned(at + t)] *= scale
 
 
 COPY, MAX, SUM = 0, 1, 2  # what `_combine` does with each source value
@@ -109,7 +145,19 @@ def _run(params: dict, x: np.ndarray, is_max: bool, out: np.ndarray) -> None:
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
         pair(params[k]) for k in ("kernel_size", "stride", "padding", "dilation"))
     include_pad = is_max or params["count_include_pad"]  # maxpool has no such parameter
-    _pool(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad, out)
+    geometry = (kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad)
+    x_stored, out_stored = nhwc(x), nhwc(out)
+    if x_stored is None and out_stored is None:
+        _pool(np.ascontiguousarray(x), *geometry, out)
+        return
+    if x_stored is None:
+        x_stored = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    if out_stored is None:
+        out_stored = np.empty(out.transpose(0, 2, 3, 1).shape, np.float32)
+        _pool_channels_last(x_stored, *geometry, out_stored)
+        out[...] = out_stored.transpose(0, 3, 1, 2)
+        return
+    _pool_channels_last(x_stored, *geometry, out_stored)
 
 
 def run_maxpool(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:

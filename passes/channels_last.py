@@ -1,0 +1,46 @@
+"""Store the values between channels-last-capable ops channels-last (the CPU backend's layout pass).
+
+A value is annotated `layout: channels-last` when the op that writes it and every op
+that reads it declare `channels_last` in the op registry (their CPU kernels take and
+write values stored either way, `graphconv.ops.channels_last`), and it is not the
+network's output (callers get NCHW). Everything else stays NCHW; the kernels on an
+edge between the two read one storage and write the other, so no conversion layer is
+ever inserted. In ResNet-50 that is every value from conv1's output to the global
+pooling's input: 1x1 convs then read and write contiguous runs of channels, and the
+3x3 convs skip their transposing copy in and their transposing write out.
+
+The annotation changes how values are stored, never what they are: shapes, receptive
+fields and the numpy references are untouched. The CPU backend runs this pass on every
+graph it binds (`Executor`), so saved models get it too; it can be run in a pipeline to
+see its result (`graphconv compile --passes ...,channels-last --print-ir-after
+channels-last`). GRAPHCONV_CHANNELS_LAST=0 turns it off (every value NCHW), to compare.
+"""
+import os
+
+from graphconv.ir import Graph, Node
+from graphconv.ops.channels_last import CHANNELS_LAST, LAYOUT, stored_channels_last  # noqa: F401
+from graphconv.pass_manager import register_pass
+
+ENABLED = os.environ.get("GRAPHCONV_CHANNELS_LAST", "1") != "0"
+
+
+@register_pass("channels-last", "store values channels-last between ops whose CPU kernels take that layout",
+               preserves=("shapes", "receptive-fields"))
+def channels_last(graph: Graph) -> bool:
+    changed = False
+    for node in graph.layers():
+        wanted = ENABLED and _can_store_channels_last(graph, node)
+        if wanted != (node.annotations.get(LAYOUT) == CHANNELS_LAST):
+            changed = True
+            if wanted:
+                graph.annotate(node, LAYOUT, CHANNELS_LAST)
+            else:
+                node.annotations.pop(LAYOUT, None)
+    return changed
+
+
+def _can_store_channels_last(graph: Graph, node: Node) -> bool:
+    users = node.users
+    return (node.name != graph.output.name and bool(users) and node.opdef.channels_last
+            and all(user.opdef.channels_last for user in users))
+

@@ -1,0 +1,92 @@
+"""The channels-last pass and the runtime's channels-last storage: which values it marks,
+that the CPU runtime hands them to kernels stored that way, and that whole networks give
+the same maps with and without it."""
+import numpy as np
+import pytest
+
+import graphconv
+from graphconv.ops.channels_last import is_channels_last, stored_channels_last
+from graphconv.pass_manager import get_pass, run_passes
+from graphconv.runtime import Executor
+from graphconv.passes import channels_last as channels_last_pass
+
+from conftest import SPECS, random_input
+from nets import UNPADDED
+from test_compiler import RESNET
+
+NETWORKS = {"tinyresnet": RESNET, **UNPADDED}
+
+
+def compiled(write_spec, text):
+    return graphconv.compile_model(write_spec(text)).graph
+
+
+def test_marks_the_values_between_ops_that_take_channels_last(write_spec):
+    graph = compiled(write_spec, RESNET)
+    get_pass("channels-last").run(graph)
+    # b2_conv1 feeds the clip (a ReLU6: no channels-last kernel), and fc's conv is the
+    # output; every other value is written and read by convs and pools only.
+    assert stored_channels_last(graph) == {"conv1", "pool1", "b1_conv1", "b1_conv2", "b2_conv2", "b2_down",
+                                           "gap"}
+    assert {n.name for n in graph.layers()} - stored_channels_last(graph) == {"b2_conv1", "b2_relu", "fc"}
+
+
+def test_the_mark_shows_in_the_printed_ir(write_spec):
+    graph = run_passes(compiled(write_spec, RESNET), "channels-last")
+    lines = {line.split(" = ")[0].strip(): line for line in str(graph).splitlines() if " = " in line}
+    assert lines["%pool1"].endswith("[channels-last]")
+    assert "channels-last" not in lines["%b2_relu"] and "channels-last" not in lines["%fc"]
+
+
+def test_turned_off_it_clears_its_marks(write_spec, monkeypatch):
+    graph = compiled(write_spec, RESNET)
+    assert get_pass("channels-last").run(graph) is True
+    assert get_pass("channels-last").run(graph) is False  # nothing left to change
+    monkeypatch.setattr(channels_last_pass, "ENABLED", False)
+    assert get_pass("channels-last").run(graph) is True
+    assert stored_channels_last(graph) == frozenset()
+
+
+def test_the_cpu_runtime_stores_marked_values_channels_last(write_spec, rng):
+    """Each kernel sees its inputs and output stored as the plan says: channels-last for
+    the marked values, NCHW for the others and always for the network's input and output."""
+    executor = Executor(compiled(write_spec, RESNET))
+    marked = stored_channels_last(executor.graph)
+    seen = {}
+    for step in executor.steps:
+        def spy(params, weights, inputs, out, _kernel=step.kernel, _step=step):
+            seen[_step.name] = ([is_channels_last(x) for x in inputs], is_channels_last(out))
+            _kernel(params, weights, inputs, out)
+        step.kernel = spy
+    executor.run(random_input(rng, (2, 3, 64, 56)))  # gap (a 4x4 window pool) makes a 5x4 map: not 1x1
+    for step in executor.steps:
+        inputs, out = seen[step.name]
+        assert inputs == [name in marked for name in step.inputs], step.name
+        assert out == (step.name in marked), step.name
+    assert seen["conv1"][0] == [False] and seen["fc"][1] is False
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+@pytest.mark.parametrize("size", [None, (2, 1)])
+def test_networks_give_the_same_maps_with_and_without_it(write_spec, rng, monkeypatch, name, size):
+    """At the crop and on a larger image (`size`: extra crops down and across)."""
+    text = NETWORKS[name]
+    graph = compiled(write_spec, text)
+    c, h, w = graph.input_shape
+    if size is not None:
+        h, w = h * size[0], w * size[1]
+    x = random_input(rng, (2, c, h, w))
+    with_it = Executor(graph).run(x)
+    assert stored_channels_last(graph), "nothing was stored channels-last: the test would prove nothing"
+    monkeypatch.setattr(channels_last_pass, "ENABLED", False)
+    without = Executor(graph).run(x)
+    assert stored_channels_last(graph) == frozenset()
+    np.testing.assert_allclose(with_it, without, rtol=1e-4, atol=1e-5)
+
+
+def test_bundled_specs_give_the_same_maps_with_and_without_it(rng, monkeypatch):
+    model = graphconv.compile_model(SPECS / "tinydag.yaml")
+    x = random_input(rng, (1, *model.crop_shape[:1], 2 * model.crop_shape[1], 2 * model.crop_shape[2]))
+    with_it = Executor(model.graph).run(x)
+    monkeypatch.setattr(channels_last_pass, "ENABLED", False)
+    np.testing.assert_allclose(with_it, Executor(model.graph).run(x), rtol=1e-4, atol=1e-5)
