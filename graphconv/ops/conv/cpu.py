@@ -40,7 +40,7 @@ from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, STREAM_MAX_POSITIONS, STREAM_
                                     prefers_stream, stream_matmul, stream_width)
 from graphconv.ops.conv import shape as output_shape
 from graphconv.ops.conv import winograd
-from graphconv.ops.channels_last import as_nchw, as_stored_like, nhwc, store_channels
+from graphconv.ops.channels_last import as_nchw, as_stored_like, nhwc, padded_copy, store_channels
 from graphconv.ops.registry import pair
 from graphconv.ops.unsigned_index import fill, unsigned
 from graphconv.ops.vector_tile import OUTER_ROWS, OUTER_VECTORS, outer_tile
@@ -48,7 +48,6 @@ from graphconv.ops.vector_tile import OUTER_ROWS, OUTER_VECTORS, outer_tile
 SCRATCH_FLOATS = 1 << 22  # 16 MB of im2col columns per chunk
 DIRECT_MIN_K = 64  # shorter patches: im2col (outer's tile calls would be mostly set-up)
 DIRECT_MIN_ROWS = 4  # outer splits output rows between threads; fewer rows: im2col
-CHANNEL_BLOCK = 8  # channels direct's transpose to channels-last copies side by side
 REORDER_MAX_WEIGHTS = 1 << 22  # 16 MB: prepare_conv leaves larger weights in the spec's order
 WINOGRAD_MIN_CHANNELS = 16  # fewer input or output channels: the transforms would cost more than they save
 WINOGRAD_MIN_POSITIONS = 16  # fewer outputs (4 tiles): an fc-like layer, which streams its weights
@@ -144,7 +143,7 @@ def run_conv(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndar
         nchw_out = out if stored is None else np.empty(out.shape, np.float32)
         run_conv(params, weights, [as_nchw(x) for x in inputs], nchw_out, strategy)
         if stored is not None:
-            _channels_last(nchw_out, 0, out.shape[1], 0, 0, stored)
+            padded_copy(nchw_out, 0, 0, 0, stored)
         return
     x = inputs[0] if nhwc(inputs[0]) is not None else np.ascontiguousarray(inputs[0])
     groups = params["groups"]
@@ -315,41 +314,6 @@ def kwkhc_weights(w: np.ndarray, groups: int) -> np.ndarray:
     return np.ascontiguousarray(w.transpose(0, 3, 2, 1)).reshape(groups, out_c // groups, kw * kh * cg)
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
-def _channels_last(x, c0, cg, ph, pw, xp):
-    """xp[n, y, x, c] = x[n, c0 + c, y - ph, x - pw], zero in the padding.
-
-    A transpose, one padded row at a time: CHANNEL_BLOCK channel rows are read side by
-    side, so each pixel's channels are written as one contiguous run. Against one
-    channel at a time, alternating in one process: 128x192x192 4.4 -> 2.2 ms, 256x96x96
-    3.5 -> 1.0 ms (VGG's conv2_1 and conv3_x input at 384x384)."""
-    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
-    rows, padded_width = xp.shape[1], xp.shape[2]
-    flat_x, flat_xp = x.reshape(-1), xp.reshape(-1)
-    plane = height * width
-    row_floats = padded_width * cg
-    for job in prange(xp.shape[0] * rows):
-        n, iy = job // rows, job % rows - ph
-        row = job * row_floats
-        if iy < 0 or iy >= height:
-            fill(flat_xp, row, row + row_floats, 0.0)
-            continue
-        fill(flat_xp, row, row + pw * cg, 0.0)
-        fill(flat_xp, row + (pw + width) * cg, row + row_floats, 0.0)
-        first_pixel = row + pw * cg
-        source = (n * channels + c0) * plane + iy * width
-        block = 0
-        while block + CHANNEL_BLOCK <= cg:
-            for ix in range(width):
-                pixel = first_pixel + ix * cg + block
-                for c in range(CHANNEL_BLOCK):
-                    flat_xp[unsigned(pixel + c)] = flat_x[unsigned(source + (block + c) * plane + ix)]
-            block += CHANNEL_BLOCK
-        for c in range(block, cg):
-            for ix in range(width):
-                flat_xp[unsigned(first_pixel + ix * cg + c)] = flat_x[unsigned(source + c * plane + ix)]
-
-
 @njit(cache=True, boundscheck=False)
 def _fill_row_panel(image, oy, kh, kw, sh, sw, dh, dw, wo, overlap, panel):
     """Lay out the patches of output row `oy` so each is contiguous in (kw, kh, c) order.
@@ -401,7 +365,6 @@ def _direct_group(xp, wk, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, wo, 
                               o_offset, out3)
 
 
-@njit(cache=True)
 def _conv_direct(x, wk, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, threads, out):
     n, c, height, width = x.shape
     groups, og, _ = wk.shape
@@ -410,7 +373,7 @@ def _conv_direct(x, wk, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, threads, out
     out3 = out.reshape(n, groups * og, ho * wo)
     xp = np.empty((n, height + 2 * ph, width + 2 * pw, cg), np.float32)
     for g in range(groups):
-        _channels_last(x, g * cg, cg, ph, pw, xp)
+        padded_copy(x, g * cg, ph, pw, xp)
         _direct_group(xp, wk[g], bias, relu, kh, kw, sh, sw, dh, dw, g * og, ho, wo, out3, threads)
 
 
@@ -638,7 +601,7 @@ def _conv_winograd(x: np.ndarray, wu: np.ndarray, bias: np.ndarray, padding: tup
         for row in range(0, tile_rows, band):
             rows = min(band, tile_rows - row)
             band_xp = xp[:, :2 * rows + 2]  # leading rows: still contiguous
-            _pad_into(x[image:image + copies], 0, padding[0] - 2 * row, padding[1], band_xp)
+            padded_copy(x[image:image + copies], 0, padding[0] - 2 * row, padding[1], band_xp)
             jobs = winograd.jobs_per_image(copies, rows * tile_cols, per_job, threads)
             winograd.winograd_conv(band_xp, wu, og, bias, relu, min(ho - 2 * row, 2 * rows), wo, jobs,
                                    winograd.CHUNK, flat_out, flat_res, ho * wo, channels_last, threads, image,
@@ -743,39 +706,6 @@ def _conv_outer(x, wp, og, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, threads, 
         rows_per_job = ho                # by the thread that has its output channels
     for g in range(groups):
         if not in_place:
-            _pad_into(x, g * cg, ph, pw, xp)
+            padded_copy(x, g * cg, ph, pw, xp)
         _outer_group(xp, wp[g], og, bias, relu, kh, kw, sh, sw, dh, dw, g * og, ho, wo, OUTER_CHUNK, rows_per_job,
                      _flat(out), flat_res, groups * og, nhwc(out) is not None, threads)
-
-
-def _pad_into(x: np.ndarray, c0: int, ph: int, pw: int, xp: np.ndarray) -> None:
-    """xp[n, y, x, c] = x[n, c0 + c, y - ph, x - pw], zero in the padding, from an input
-    stored NCHW (a transpose) or channels-last (row copies)."""
-    stored = nhwc(x)
-    if stored is None:
-        _channels_last(x, c0, xp.shape[3], ph, pw, xp)
-    else:
-        _pad_channels_last(stored, c0, ph, pw, xp)
-
-
-@njit(cache=True, parallel=True, boundscheck=False)
-def _pad_channels_last(xh, c0, ph, pw, xp):
-    """xp[n, y, x, c] = xh[n, y - ph, x - pw, c0 + c], zero in the padding: `_channels_last`
-    for an input already stored channels-last ((N, H, W, C) xh), one padded row per job."""
-    height, width, channels = xh.shape[1], xh.shape[2], xh.shape[3]
-    rows, padded_width, cg = xp.shape[1], xp.shape[2], xp.shape[3]
-    flat_x, flat_xp = xh.reshape(-1), xp.reshape(-1)
-    row_floats = padded_width * cg
-    for job in prange(xp.shape[0] * rows):
-        n, iy = job // rows, job % rows - ph
-        row = job * row_floats
-        if iy < 0 or iy >= height:
-            fill(flat_xp, row, row + row_floats, 0.0)
-            continue
-        fill(flat_xp, row, row + pw * cg, 0.0)
-        fill(flat_xp, row + (pw + width) * cg, row + row_floats, 0.0)
-        source = (n * height + iy) * width * channels + c0
-        first_pixel = row + pw * cg
-        for ix in range(width):
-            for c in range(cg):
-                flat_xp[unsigned(first_pixel + ix * cg + c)] = flat_x[unsigned(source + ix * channels + c)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from graphconv.ops.channels_last import nhwc
+from graphconv.ops.channels_last import as_channels_last, as_nchw, nhwc
 from graphconv.ops.registry import pair
 from graphconv.ops.unsigned_index import fill, unsigned
 
@@ -151,11 +151,11 @@ def _run(params: dict, x: np.ndarray, is_max: bool, out: np.ndarray) -> None:
         _pool(np.ascontiguousarray(x), *geometry, out)
         return
     if x_stored is None:
-        x_stored = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        x_stored = as_channels_last(x)
     if out_stored is None:
         out_stored = np.empty(out.transpose(0, 2, 3, 1).shape, np.float32)
         _pool_channels_last(x_stored, *geometry, out_stored)
-        out[...] = out_stored.transpose(0, 3, 1, 2)
+        out[...] = as_nchw(out_stored.transpose(0, 3, 1, 2))
         return
     _pool_channels_last(x_stored, *geometry, out_stored)
 
