@@ -125,8 +125,8 @@ def weight_bytes(graph: Graph) -> int:
     """The weights' bytes as the CPU executor holds them: each layer's arrays (or, for a
     layer with none attached yet, the shapes its op expects), plus what `prepare_conv`
     adds to a conv's: the transformed weights of a "winograd" layer, or the packed copy
-    of a weight under 4 MB (larger ones the first "outer" run packs:
-    `conv_scratch_bytes` counts those)."""
+    of a weight under the conv's PACK_MAX_WEIGHTS (larger ones the first "outer" run
+    packs: `conv_scratch_bytes` counts those)."""
     from graphconv.ops.conv.cpu import prepared_weight_elements
     from graphconv.shapes import infer_shapes
 
@@ -177,9 +177,8 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
       columns, at least one row), plus those of a shorter last band, which gets its own.
     A strategy this does not know gets the largest of these."""
     from graphconv.ops.conv import winograd
-    from graphconv.ops.conv.cpu import (OUTER_POSITIONS, POINTWISE_PIXELS, SCRATCH_FLOATS, choose_strategy,
-                                        packed_weight_elements)
-    from graphconv.ops.gemm_cpu import STREAM_MIN_WEIGHTS
+    from graphconv.ops.conv.cpu import (OUTER_POSITIONS, PACK_MAX_WEIGHTS, POINTWISE_PIXELS, SCRATCH_FLOATS,
+                                        choose_strategy, packed_weight_elements)
     from graphconv.ops.registry import pair
 
     c, h, w = in_shape
@@ -199,7 +198,7 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
         "im2col": (taps + per_group_out) * (band_rows + last_band_rows) * wo,
         "outer": batch * (h + 2 * ph) * (w + 2 * pw) * per_group_in + _threads() * _outer_sums(
             per_group_out, max(1, min(-(-OUTER_POSITIONS // max(1, wo)), batch * ho // _threads())), wo)
-        + (packed_weight_elements(params, weights) if weights >= STREAM_MIN_WEIGHTS else 0),
+        + (packed_weight_elements(params, weights) if weights >= PACK_MAX_WEIGHTS else 0),
         "winograd": winograd.scratch_floats((batch, c, h, w), params["out_channels"], (ho, wo), _threads()),
     }
     strategy = strategy or choose_strategy(params, (batch, c, h, w))

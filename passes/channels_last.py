@@ -2,8 +2,9 @@
 
 A value is annotated `layout: channels-last` when the op that writes it and every op
 that reads it declare `channels_last` in the op registry (their CPU kernels take and
-write values stored either way, `graphconv.ops.channels_last`), and it is not the
-network's output (callers get NCHW). Everything else stays NCHW; the kernels on an
+write values stored either way, `graphconv.ops.channels_last`), it is not the network's
+output (callers get NCHW), and, for an op whose kernel would need a transposing copy
+to change storage ("like-input": the pools), its input is stored channels-last too. Everything else stays NCHW; the kernels on an
 edge between the two read one storage and write the other, so no conversion layer is
 ever inserted. In ResNet-50 that is every value from conv1's output to the global
 pooling's input: 1x1 convs then read and write contiguous runs of channels, and the
@@ -40,7 +41,10 @@ def channels_last(graph: Graph) -> bool:
 
 
 def _can_store_channels_last(graph: Graph, node: Node) -> bool:
-    users = node.users
-    return (node.name != graph.output.name and bool(users) and node.opdef.channels_last
+    """Decided in topological order, so a "like-input" op's input is decided already."""
+    users, kind = node.users, node.opdef.channels_last
+    if kind == "like-input" and node.inputs[0].annotations.get(LAYOUT) != CHANNELS_LAST:
+        return False  # its kernel would transpose a copy, which the next conv's input copy does anyway
+    return (node.name != graph.output.name and bool(users) and bool(kind)
             and all(user.opdef.channels_last for user in users))
 

@@ -363,11 +363,13 @@ def test_conv_pointwise_hypothesis(c, o, groups, h, w, batch, relu, chunk, threa
 
 
 def test_conv_large_weights_are_packed_on_their_first_outer_run(rng):
-    """Weights of 4 MB and more are left unpacked by prepare_conv (they may only ever
-    stream) and packed, once, by the first run that takes them through "outer"."""
+    """Weights of PACK_MAX_WEIGHTS (12 MB) and more are left unpacked by prepare_conv
+    (they may only ever stream) and packed, once, by the first run that takes them
+    through "outer"."""
     opdef = get_op("conv")
-    params = normalize_params(opdef, dict(out_channels=512, kernel_size=3, padding=1))
-    x = random_input(rng, (1, 256, 6, 5))
+    params = normalize_params(opdef, dict(out_channels=1024, kernel_size=3, padding=1, dilation=2))
+    x = random_input(rng, (1, 512, 6, 5))
+    assert 1024 * 512 * 9 >= conv_cpu.PACK_MAX_WEIGHTS
     weights = make_weights(opdef, params, [x.shape[1:]], rng)
     prepared = CPU.prepare_weights(opdef, params, weights)
     assert "weight_kxo" not in prepared

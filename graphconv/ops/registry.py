@@ -144,9 +144,13 @@ class OpDef:
     inputs), optionally with `prepare_<name>`
     and `describe_<name>` beside them; `kernel_name` replaces `<name>` there when ops
     share one kernel.
-    channels_last: True when the CPU kernel takes inputs stored channels-last as well as
-        NCHW and writes `out` as it is stored (`graphconv.ops.channels_last`): the
-        `channels-last` pass stores a value that way only between such ops.
+    channels_last: "" when the CPU kernel takes NCHW values only; else it takes inputs
+        stored channels-last as well as NCHW and writes `out` however it is stored
+        (`graphconv.ops.channels_last`), and says at what cost: "any" (either way in,
+        either way out, no extra pass: conv), "like-input" (a channels-last output from
+        an NCHW input, or the reverse, costs a transposing copy: the pools). The
+        `channels-last` pass stores a value that way only between such ops, and the
+        output of a "like-input" op only where its input is.
     """
 
     name: str
@@ -166,7 +170,7 @@ class OpDef:
     examples: tuple[Example, ...] = ()
     onnx: Callable[[Any, dict, list[str], str], None] | None = None
     kernel_name: str | None = None
-    channels_last: bool = False
+    channels_last: str = ""
     _kernels: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def kernel(self, device: str) -> Callable:

@@ -116,7 +116,7 @@ register(OpDef(
               doc="graphconv extension: fused ReLU epilogue"),
     ),
     shape=shape, reference=reference, flops=flops, package=__name__, arity=(1, 2),
-    weight_shapes=weight_shapes, window=window, torch=torch_equivalent, onnx=to_onnx, channels_last=True,
+    weight_shapes=weight_shapes, window=window, torch=torch_equivalent, onnx=to_onnx, channels_last="any",
     examples=(
         Example(dict(out_channels=3, kernel_size=3), [(2, 6, 5)]),
         Example(dict(out_channels=4, kernel_size=[2, 3], stride=2, padding=1, dilation=[2, 1],

@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, STREAM_MAX_POSITIONS, STREAM_MIN_WEIGHTS, multiply_band, padded_positions,
+from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, STREAM_MAX_POSITIONS, multiply_band, padded_positions,
                                     prefers_stream, stream_matmul, stream_width)
 from graphconv.ops.conv import shape as output_shape
 from graphconv.ops.conv import winograd
@@ -48,7 +48,10 @@ from graphconv.ops.vector_tile import OUTER_ROWS, OUTER_VECTORS, outer_tile
 SCRATCH_FLOATS = 1 << 22  # 16 MB of im2col columns per chunk
 DIRECT_MIN_K = 64  # shorter patches: im2col (outer's tile calls would be mostly set-up)
 DIRECT_MIN_ROWS = 4  # outer splits output rows between threads; fewer rows: im2col
-REORDER_MAX_WEIGHTS = 1 << 22  # 16 MB: prepare_conv leaves larger weights in the spec's order
+# prepare_conv packs weights under this for "outer": ResNet-50's layer4 (9 MB at most), which
+# runs it on channels-last values; not the FC-as-conv layers of AlexNet and VGG (16 MB and
+# up), which stream (packing fc6 would double its 151 MB for nothing).
+PACK_MAX_WEIGHTS = 3 << 20
 WINOGRAD_MIN_CHANNELS = 16  # fewer input or output channels: the transforms would cost more than they save
 WINOGRAD_MIN_POSITIONS = 16  # fewer outputs (4 tiles): an fc-like layer, which streams its weights
 STRATEGIES = ("stream", "pointwise", "direct", "im2col", "outer", "winograd")
@@ -72,9 +75,10 @@ def can_run(strategy: str, params: dict) -> bool:
 
 
 def choose_strategy(params: dict, in_shape: tuple[int, ...],
-                    out_hw: tuple[int, int] | None = None) -> str:
+                    out_hw: tuple[int, int] | None = None, channels_last: bool = False) -> str:
     """The strategy `run_conv` uses for this layer on an (N, C, H, W) input whose output
-    is out_hw (by default, what the op's shape rule says).
+    is out_hw (by default, what the op's shape rule says), `channels_last` when its
+    input or its output is stored that way.
 
     Measured on 2 AVX2 cores (Zen 3), alternating in one process: outer against direct
     (the previous default) on whole networks, AlexNet's conv1 at 384 3.47 -> 2.89 ms and
@@ -85,12 +89,32 @@ def choose_strategy(params: dict, in_shape: tuple[int, ...],
     (VGG-16 at 224: conv4_2 123 -> 42 ms). Patches of 27 values (VGG's conv1_1) still
     go through im2col, and 1x1 convs through `_pointwise_group` (outer's channels-last
     copy would be as long as their arithmetic).
+
+    With a channels-last value on either side, "outer" also takes the 1x1 layers (it
+    reads a channels-last input in place) and the small-map layers "stream" would take
+    where their packed weights stay under PACK_MAX_WEIGHTS: alternating in one process,
+    on ResNet-50's layer4 at 224 (7x7 maps, channels-last), 512->2048 1x1 1.10 -> 0.93
+    ms, 2048->512 1.26 -> 0.95, the 1x1 stride-2 1024->2048 2.39 -> 2.10, the 3x3
+    stride-2 512->512 2.87 -> 2.28. AlexNet's and VGG's fc layers, far larger, stream.
     """
+    strategy = _strategy_for_nchw(params, in_shape, out_hw)
+    if channels_last and (strategy == "pointwise" or strategy == "stream" and _weight_elements(params, in_shape)
+                          < PACK_MAX_WEIGHTS):
+        return "outer"
+    return strategy
+
+
+def _weight_elements(params: dict, in_shape: tuple[int, ...]) -> int:
+    kh, kw = pair(params["kernel_size"])
+    return params["out_channels"] * (in_shape[1] // params["groups"]) * kh * kw
+
+
+def _strategy_for_nchw(params: dict, in_shape: tuple[int, ...], out_hw: tuple[int, int] | None) -> str:
     n, c = in_shape[:2]
     kh, kw = pair(params["kernel_size"])
     ho, wo = out_hw or output_shape(params, [tuple(in_shape[1:])])[1:]
     taps = (c // params["groups"]) * kh * kw
-    weights = params["out_channels"] * taps
+    weights = _weight_elements(params, in_shape)
     if suits_winograd(params, c) and n * ho * wo >= WINOGRAD_MIN_POSITIONS:
         return "winograd"
     if prefers_stream(n * ho * wo, weights):
@@ -109,15 +133,14 @@ def prepare_conv(params: dict, weights: dict) -> dict:
     """Pack the weights once, so no run repacks them: for "winograd" where it suits the
     layer, whatever its size ("weight_winograd", `winograd_weights`), else for "outer"
     ("weight_kxo", `kxo_weights`); the other strategies read the spec's "weight", kept
-    as given (no copy). For "outer", weights of 4 MB and more are not packed here: in
-    practice FC-like layers have them, which mostly run "stream" (packing fc6's 151 MB
-    would double its memory for nothing); `run_conv` packs them the first time a run
-    takes them through "outer" and keeps them in this dict from then on (AlexNet-FCN's
-    fc8, 16 MB, never is)."""
+    as given (no copy). For "outer", weights of PACK_MAX_WEIGHTS and more are not packed
+    here: in practice FC-like layers have them, which mostly run "stream"; `run_conv`
+    packs them the first time a run takes them through "outer" and keeps them in this
+    dict from then on (AlexNet-FCN's fc8, 16 MB, never is)."""
     w = weights["weight"]
     if suits_winograd(params, w.shape[1]):
         return dict(weights, weight_winograd=winograd_weights(w))
-    if w.size >= STREAM_MIN_WEIGHTS:  # may well run "stream" only: packed on its first "outer" run instead
+    if w.size >= PACK_MAX_WEIGHTS:  # may well run "stream" only: packed on its first "outer" run instead
         return dict(weights)
     return dict(weights, weight_kxo=kxo_weights(w, params["groups"]))
 
@@ -134,9 +157,9 @@ def run_conv(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndar
     "stream" and "im2col" gather their patch columns from either and write either (their
     epilogues index the output through its strides); "direct" (only ever forced) runs
     on NCHW copies, into an NCHW output transposed into `out` after."""
-    strategy = strategy or choose_strategy(params, inputs[0].shape, out.shape[2:])
     channels_last = nhwc(out) is not None or any(nhwc(x) is not None for x in inputs)
-    if channels_last and strategy == "pointwise":
+    strategy = strategy or choose_strategy(params, inputs[0].shape, out.shape[2:], channels_last)
+    if channels_last and strategy == "pointwise":  # forced: its kernel reads and writes NCHW only
         strategy = "outer"
     if channels_last and strategy == "direct":
         stored = nhwc(out)
@@ -168,7 +191,7 @@ def run_conv(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndar
     if strategy == "outer":
         if "weight_kxo" not in weights:  # not packed by prepare_conv (large, or weights as the spec gives them)
             wp = kxo_weights(_spec_weights(weights, groups, kh, kw), groups)
-            if weights.get("weight") is not None and weights["weight"].size >= STREAM_MIN_WEIGHTS:
+            if weights.get("weight") is not None and weights["weight"].size >= PACK_MAX_WEIGHTS:
                 weights["weight_kxo"] = wp  # the Executor's dict: packed once, on first use
         wp = weights["weight_kxo"] if "weight_kxo" in weights else wp
         _conv_outer(x, wp, out_c // groups, bias, kh, kw, *geometry, relu, get_num_threads(), out, flat_res)
@@ -548,7 +571,7 @@ def prepared_weight_elements(params: dict, weight_shape: tuple[int, ...]) -> int
     elements = int(np.prod(weight_shape))
     if suits_winograd(params, weight_shape[1]):
         return 16 * weight_shape[1] * (-(-params["out_channels"] // 8) * 8)
-    return packed_weight_elements(params, elements) if elements < STREAM_MIN_WEIGHTS else 0
+    return packed_weight_elements(params, elements) if elements < PACK_MAX_WEIGHTS else 0
 
 
 def kxo_weights(w: np.ndarray, groups: int) -> np.ndarray:
@@ -701,6 +724,9 @@ def _conv_outer(x, wp, og, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, threads, 
     stored = nhwc(x)
     in_place = stored is not None and ph == pw == 0 and groups == 1
     xp = stored if in_place else np.empty((n, height + 2 * ph, width + 2 * pw, cg), np.float32)
+    if in_place and kh == kw == sh == sw == 1 and ho * wo <= STREAM_MAX_POSITIONS:
+        xp = xp.reshape(n, 1, ho * wo, c)  # a small map's pixels as one row: whole tiles of 4 run over all of them
+        ho, wo = 1, ho * wo
     rows_per_job = max(1, min(-(-OUTER_POSITIONS // wo), (n * ho) // threads))
     if ho * wo <= STREAM_MAX_POSITIONS:  # a small map: weights outweigh pixels, so each is read once,
         rows_per_job = ho                # by the thread that has its output channels

@@ -32,7 +32,8 @@ register(OpDef(
     name="globalavgpool", doc="mean of each channel over the whole map, output C x 1 x 1",
     params=(), shape=lambda params, shapes: (shapes[0][0], 1, 1), reference=reference,
     flops=lambda params, shapes, out: numel(shapes[0]) + numel(out),  # the sums, one divide each
-    package=__name__, window=window, torch=torch_equivalent, onnx=onnx_as("GlobalAveragePool"), channels_last=True,
+    package=__name__, window=window, torch=torch_equivalent, onnx=onnx_as("GlobalAveragePool"),
+    channels_last="any",  # its C x 1 x 1 output is the same memory either way
     examples=(
         Example({}, [(3, 4, 5)]),
         Example({}, [(2, 9, 11)]),  # more pixels than a CUDA block has threads
