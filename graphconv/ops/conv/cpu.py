@@ -724,9 +724,10 @@ def _conv_outer(x, wp, og, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, threads, 
     stored = nhwc(x)
     in_place = stored is not None and ph == pw == 0 and groups == 1
     xp = stored if in_place else np.empty((n, height + 2 * ph, width + 2 * pw, cg), np.float32)
-    if in_place and kh == kw == sh == sw == 1 and ho * wo <= STREAM_MAX_POSITIONS:
-        xp = xp.reshape(n, 1, ho * wo, c)  # a small map's pixels as one row: whole tiles of 4 run over all of them
-        ho, wo = 1, ho * wo
+    if in_place and kh == kw == sh == sw == 1:  # a 1x1 conv: its rows can be regrouped freely
+        rows = _rows_per_regrouped_row(ho, wo)
+        xp = xp.reshape(n, ho // rows, rows * wo, c)
+        ho, wo = ho // rows, rows * wo
     rows_per_job = max(1, min(-(-OUTER_POSITIONS // wo), (n * ho) // threads))
     if ho * wo <= STREAM_MAX_POSITIONS:  # a small map: weights outweigh pixels, so each is read once,
         rows_per_job = ho                # by the thread that has its output channels
@@ -735,3 +736,13 @@ def _conv_outer(x, wp, og, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, threads, 
             padded_copy(x, g * cg, ph, pw, xp)
         _outer_group(xp, wp[g], og, bias, relu, kh, kw, sh, sw, dh, dw, g * og, ho, wo, OUTER_CHUNK, rows_per_job,
                      _flat(out), flat_res, groups * og, nhwc(out) is not None, threads)
+
+
+def _rows_per_regrouped_row(ho: int, wo: int) -> int:
+    """How many output rows a 1x1 conv on channels-last input treats as one: all of a
+    small map's (STREAM_MAX_POSITIONS pixels or fewer), else the fewest that make a
+    whole number of 4-pixel tiles, so none runs part-empty (ResNet's 14-pixel rows: 2,
+    for 28 pixels)."""
+    if ho * wo <= STREAM_MAX_POSITIONS:
+        return ho
+    return next((rows for rows in (1, 2, 4) if (rows * wo) % 4 == 0 and ho % rows == 0), 1)
