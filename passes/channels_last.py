@@ -3,10 +3,10 @@
 A value is annotated `layout: channels-last` when the op that writes it and every op
 that reads it declare `channels_last` in the op registry (their CPU kernels take and
 write values stored either way, `graphconv.ops.channels_last`), it is not the network's
-output (callers get NCHW), and, for an op whose kernel would need a transposing copy
-to change storage ("like-input": the pools), its input is stored channels-last too. Everything else stays NCHW; the kernels on an
-edge between the two read one storage and write the other, so no conversion layer is
-ever inserted. In ResNet-50 that is every value from conv1's output to the global
+output (callers get NCHW), and, where an op's kernel would need a transposing copy to
+change storage ("like-input": the pools), the op's input and output are stored alike.
+Everything else stays NCHW; the kernels on an edge between the two read one storage
+and write the other, so no conversion layer is ever inserted. In ResNet-50 that is every value from conv1's output to the global
 pooling's input: 1x1 convs then read and write contiguous runs of channels, and the
 3x3 convs skip their transposing copy in and their transposing write out.
 
@@ -41,10 +41,18 @@ def channels_last(graph: Graph) -> bool:
 
 
 def _can_store_channels_last(graph: Graph, node: Node) -> bool:
-    """Decided in topological order, so a "like-input" op's input is decided already."""
-    users, kind = node.users, node.opdef.channels_last
-    if kind == "like-input" and node.inputs[0].annotations.get(LAYOUT) != CHANNELS_LAST:
-        return False  # its kernel would transpose a copy, which the next conv's input copy does anyway
-    return (node.name != graph.output.name and bool(users) and bool(kind)
-            and all(user.opdef.channels_last for user in users))
+    """Decided in topological order, so a "like-input" op's input is decided already. A
+    value read by a "like-input" op stays NCHW when that op's output will (its kernel
+    would convert with a transposed copy, where the producer writes either for free)."""
+    kind = node.opdef.channels_last
+    if not kind or not _readers_take_it(graph, node):
+        return False
+    if kind == "like-input":
+        return node.inputs[0].annotations.get(LAYOUT) == CHANNELS_LAST
+    return all(_readers_take_it(graph, user) for user in node.users if user.opdef.channels_last == "like-input")
 
+
+def _readers_take_it(graph: Graph, node: Node) -> bool:
+    """Whether every op reading `node`'s value takes channels-last, and a caller does not."""
+    users = node.users
+    return node.name != graph.output.name and bool(users) and all(user.opdef.channels_last for user in users)

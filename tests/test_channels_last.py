@@ -14,7 +14,18 @@ from conftest import SPECS, random_input
 from nets import UNPADDED
 from test_compiler import RESNET
 
-NETWORKS = {"tinyresnet": RESNET, **UNPADDED}
+POOLS = """
+name: pools
+input: {name: data, shape: [3, 20, 20]}
+layers:
+  - {name: a, op: conv, out_channels: 8, kernel_size: 3}
+  - {name: a_pool, op: maxpool, kernel_size: 2}
+  - {name: b, op: conv, out_channels: 8, kernel_size: 3}
+  - {name: b_pool, op: maxpool, kernel_size: 2}
+  - {name: norm, op: lrn, size: 3}
+  - {name: c, op: conv, out_channels: 4, kernel_size: 1}
+"""
+NETWORKS = {"tinyresnet": RESNET, "pools": POOLS, **UNPADDED}
 
 
 def compiled(write_spec, text):
@@ -29,6 +40,14 @@ def test_marks_the_values_between_ops_that_take_channels_last(write_spec):
     assert stored_channels_last(graph) == {"conv1", "pool1", "b1_conv1", "b1_conv2", "b2_conv2", "b2_down",
                                            "gap"}
     assert {n.name for n in graph.layers()} - stored_channels_last(graph) == {"b2_conv1", "b2_relu", "fc"}
+
+
+def test_a_pool_keeps_its_inputs_storage(write_spec):
+    """A pool converting storage would make a transposed copy, where a conv writes either
+    way for free: b's value stays NCHW because b_pool's must (lrn reads it)."""
+    graph = compiled(write_spec, POOLS)
+    get_pass("channels-last").run(graph)
+    assert stored_channels_last(graph) == {"a", "a_pool"}
 
 
 def test_the_mark_shows_in_the_printed_ir(write_spec):
