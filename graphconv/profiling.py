@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from graphconv.backends import get_backend
 from graphconv.cost import layer_costs
 from graphconv.ir import Graph
+from graphconv.ops.channels_last import stored_channels_last
 from graphconv.shapes import infer_shapes
 
 
@@ -28,11 +30,13 @@ def layer_timings(graph: Graph, profile: dict[str, float], input_hw: tuple[int, 
     """One row per layer of `graph` that `profile` (seconds per layer) timed, in run order."""
     costs = {row.name: row for row in layer_costs(graph, tuple(input_hw))}
     shapes = infer_shapes(graph, tuple(input_hw), check_weights=False)
+    stored = stored_channels_last(graph) if get_backend(device).stores_channels_last else frozenset()
     rows = []
     for name, seconds in profile.items():
         node = graph.node(name)
         in_shape = (batch, *shapes[node.inputs[0].name])
-        rows.append(LayerTiming(name, node.op, node.opdef.variant(device, node.params, in_shape),
+        channels_last = name in stored or any(src.name in stored for src in node.inputs)
+        rows.append(LayerTiming(name, node.op, node.opdef.variant(device, node.params, in_shape, channels_last),
                                 costs[name].shape, costs[name].flops * batch, seconds))
     return rows
 

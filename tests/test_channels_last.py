@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 import graphconv
+from graphconv.ops import get_op
 from graphconv.ops.channels_last import is_channels_last, stored_channels_last
+from graphconv.params import normalize_params
 from graphconv.pass_manager import get_pass, run_passes
 from graphconv.runtime import Executor
 from graphconv.passes import channels_last as channels_last_pass
@@ -109,3 +111,17 @@ def test_bundled_specs_give_the_same_maps_with_and_without_it(rng, monkeypatch):
     with_it = Executor(model.graph).run(x)
     monkeypatch.setattr(channels_last_pass, "ENABLED", False)
     np.testing.assert_allclose(with_it, Executor(model.graph).run(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("params,in_shape,nchw,channels_last", [
+    (dict(out_channels=256, kernel_size=1), (1, 64, 56, 56), "pointwise", "outer"),  # reads it in place
+    (dict(out_channels=2048, kernel_size=1), (1, 512, 7, 7), "stream", "outer"),  # ResNet's layer4: packed weights
+    (dict(out_channels=4096, kernel_size=6), (1, 256, 6, 6), "stream", "stream"),  # AlexNet's fc6: 151 MB, streams
+    (dict(out_channels=64, kernel_size=3, padding=1), (1, 64, 56, 56), "winograd", "winograd"),
+])
+def test_the_conv_strategy_follows_the_storage(params, in_shape, nchw, channels_last):
+    """What `--profile` shows per layer is what the kernel runs, for either storage."""
+    conv = get_op("conv")
+    params = normalize_params(conv, params)
+    assert conv.variant("cpu", params, in_shape) == nchw
+    assert conv.variant("cpu", params, in_shape, channels_last=True) == channels_last

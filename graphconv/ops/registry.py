@@ -182,11 +182,14 @@ class OpDef:
             self._kernels[device] = run
         return self._kernels[device]
 
-    def variant(self, device: str, params: dict, in_shape: tuple[int, ...]) -> str:
+    def variant(self, device: str, params: dict, in_shape: tuple[int, ...], channels_last: bool = False) -> str:
         """Which of its strategies the kernel picks for an (N, C, H, W) input ("" when it
-        has one): a kernel module may define `describe_<name>(params, in_shape) -> str`."""
+        has one), `channels_last` when its input or output is stored that way: a kernel
+        module may define `describe_<name>(params, in_shape, channels_last=False) -> str`."""
         describe = getattr(self._kernel_module(device), f"describe_{self._kernel_stem}", None)
-        return describe(params, in_shape) if describe else ""
+        if describe is None:
+            return ""
+        return describe(params, in_shape, channels_last=True) if channels_last else describe(params, in_shape)
 
     def prepare(self, device: str, params: dict, weights: dict[str, np.ndarray]) -> dict:
         """The weights as this op's `device` kernel wants them stored, computed once when a
