@@ -27,11 +27,8 @@ def _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad, out):
     count_include_pad=False makes it smaller near the edges."""
     n, c, height, width = x.shape
     ho, wo = out.shape[2], out.shape[3]
-    row_scale = _inverse_tap_counts(kh, sh, ph, dh, height, ho, include_pad)
-    col_scale = _inverse_tap_counts(kw, sw, pw, dw, width, wo, include_pad)
-    start = np.float32(-np.inf) if is_max else np.float32(0.0)
-    reduce = MAX if is_max else SUM
-    strip_width = max(pw + width, (wo - 1) * sw + (kw - 1) * dw + 1)
+    row_scale, col_scale, start, reduce, strip_width = _walk(kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad,
+                                                             height, width, ho, wo)
     flat_x, flat_out = x.reshape(-1), out.reshape(-1)  # no array views made inside the loop
     for plane in prange(n * c):
         strip = np.empty(strip_width, np.float32)
@@ -62,11 +59,9 @@ def _pool_channels_last(xh, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad,
     each tap is one contiguous run of C (vectorised across channels)."""
     n, height, width, c = xh.shape
     ho, wo = outh.shape[1], outh.shape[2]
-    row_scale = _inverse_tap_counts(kh, sh, ph, dh, height, ho, include_pad)
-    col_scale = _inverse_tap_counts(kw, sw, pw, dw, width, wo, include_pad)
-    start = np.float32(-np.inf) if is_max else np.float32(0.0)
-    reduce = MAX if is_max else SUM
-    strip_width = max(pw + width, (wo - 1) * sw + (kw - 1) * dw + 1) * c
+    row_scale, col_scale, start, reduce, strip_pixels = _walk(kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad,
+                                                              height, width, ho, wo)
+    strip_width = strip_pixels * c
     flat_x, flat_out = xh.reshape(-1), outh.reshape(-1)
     for job in prange(n * ho):
         b, oy = job // ho, job % ho
@@ -87,6 +82,18 @@ def _pool_channels_last(xh, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad,
                 scale = row_scale[oy] * col_scale[ox]
                 for t in range(c):
                     flat_out[unsigned(at + t)] *= scale
+
+
+@njit(cache=True, inline="always")
+def _walk(kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad, height, width, ho, wo):
+    """What both walks start from: each output row's and column's average divisor (as
+    1 / taps), the reduction's start value and kind, and the strip's width in pixels
+    (the left padding and every window's last tap included)."""
+    row_scale = _inverse_tap_counts(kh, sh, ph, dh, height, ho, include_pad)
+    col_scale = _inverse_tap_counts(kw, sw, pw, dw, width, wo, include_pad)
+    start = np.float32(-np.inf) if is_max else np.float32(0.0)
+    strip_pixels = max(pw + width, (wo - 1) * sw + (kw - 1) * dw + 1)
+    return row_scale, col_scale, start, MAX if is_max else SUM, strip_pixels
 
 
 COPY, MAX, SUM = 0, 1, 2  # what `_combine` does with each source value
