@@ -140,10 +140,9 @@ class OpDef:
         `writer.weight(key)`, `writer.constant(array)`); None: the op cannot be exported.
     The kernels are `run_<name>(params, weights, inputs, out) -> None` in `<package>.cpu`
     and `<package>.cuda`, writing into `out` (a float32 array of the shape `shape` gives,
-    batch first, C-contiguous unless the op is `channels_last`, never one of the
-    inputs), optionally with `prepare_<name>`
-    and `describe_<name>` beside them; `kernel_name` replaces `<name>` there when ops
-    share one kernel.
+    batch first, C-contiguous unless the op is `channels_last`, never one of the inputs),
+    optionally with `prepare_<name>` and `describe_<name>` beside them; `kernel_name`
+    replaces `<name>` there when ops share one kernel.
     channels_last: "" when the CPU kernel takes NCHW values only; else it takes inputs
         stored channels-last as well as NCHW and writes `out` however it is stored
         (`graphconv.ops.channels_last`), and says at what cost: "any" (either way in,
