@@ -171,14 +171,15 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
       for the pixels past the last whole vector;
     - direct: a channels-last, padded copy of one group's input, and a row panel per thread;
     - outer: the channels-last copy as direct, per thread the sums of one job's rows, and
-      for weights of 4 MB and more their packed copy, made on the first such run;
+      for weights prepare_conv did not pack (PACK_MAX_WEIGHTS and more, or a Winograd
+      layer's) their packed copy, made on the first such run;
     - winograd: see `winograd.scratch_floats`;
     - im2col: column and result buffers for one band of output rows (SCRATCH_FLOATS of
       columns, at least one row), plus those of a shorter last band, which gets its own.
     A strategy this does not know gets the largest of these."""
     from graphconv.ops.conv import winograd
     from graphconv.ops.conv.cpu import (OUTER_POSITIONS, PACK_MAX_WEIGHTS, POINTWISE_PIXELS, SCRATCH_FLOATS,
-                                        choose_strategy, packed_weight_elements)
+                                        choose_strategy, packed_weight_elements, suits_winograd)
     from graphconv.ops.registry import pair
 
     c, h, w = in_shape
@@ -198,7 +199,8 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
         "im2col": (taps + per_group_out) * (band_rows + last_band_rows) * wo,
         "outer": batch * (h + 2 * ph) * (w + 2 * pw) * per_group_in + _threads() * _outer_sums(
             per_group_out, max(1, min(-(-OUTER_POSITIONS // max(1, wo)), batch * ho // _threads())), wo)
-        + (packed_weight_elements(params, weights) if weights >= PACK_MAX_WEIGHTS else 0),
+        + (packed_weight_elements(params, weights) if weights >= PACK_MAX_WEIGHTS or suits_winograd(params, c)
+           else 0),  # packed by the first run that needs them (see prepare_conv)
         "winograd": winograd.scratch_floats((batch, c, h, w), params["out_channels"], (ho, wo), _threads()),
     }
     strategy = strategy or choose_strategy(params, (batch, c, h, w))

@@ -25,9 +25,11 @@
   row, a row panel holding every patch as one contiguous (kw, kh, c) run, and a 4x3
   dot-product tile (`gemm_cpu.multiply_band`) over it.
 - "im2col": patches under 64 values (VGG's conv1_1: 27), where outer's tile calls would
-  be mostly set-up, and maps of under 4 output rows. Columns are built in chunks of
-  output rows so the scratch buffer stays small while each SGEMM stays large enough to
-  run at BLAS speed.
+  be mostly set-up. Columns are built in chunks of output rows so the scratch buffer
+  stays small while each SGEMM stays large enough to run at BLAS speed. (Maps of under
+  4 output rows came here too until "outer" split few row jobs by output channels:
+  between numba's parallel loops an SGEMM that small took 8 ms where "outer" takes
+  0.12, on ResNet-50's 3x3 layers at 2x2, and the network at 32x32 68 -> 8.7 ms.)
 
 Every strategy applies the bias and the fused ReLU while writing the output.
 """
@@ -47,7 +49,6 @@ from graphconv.ops.vector_tile import OUTER_ROWS, OUTER_VECTORS, outer_tile
 
 SCRATCH_FLOATS = 1 << 22  # 16 MB of im2col columns per chunk
 DIRECT_MIN_K = 64  # shorter patches: im2col (outer's tile calls would be mostly set-up)
-DIRECT_MIN_ROWS = 4  # outer splits output rows between threads; fewer rows: im2col
 # prepare_conv packs weights under this for "outer": ResNet-50's layer4 (9 MB at most), which
 # runs it on channels-last values; not the FC-as-conv layers of AlexNet and VGG (16 MB and
 # up), which stream (packing fc6 would double its 151 MB for nothing).
@@ -98,10 +99,15 @@ def choose_strategy(params: dict, in_shape: tuple[int, ...],
     stride-2 512->512 2.87 -> 2.28. AlexNet's and VGG's fc layers, far larger, stream.
     """
     strategy = _strategy_for_nchw(params, in_shape, out_hw)
-    if channels_last and (strategy == "pointwise" or strategy == "stream" and _weight_elements(params, in_shape)
-                          < PACK_MAX_WEIGHTS):
+    if channels_last and (strategy == "pointwise" or strategy == "stream" and _packed_for_outer(params, in_shape)):
         return "outer"
     return strategy
+
+
+def _packed_for_outer(params: dict, in_shape: tuple[int, ...]) -> bool:
+    """Whether `prepare_conv` packs this layer's weights for "outer" (a Winograd layer's
+    are transformed instead: on a map too small for Winograd it keeps streaming)."""
+    return _weight_elements(params, in_shape) < PACK_MAX_WEIGHTS and not suits_winograd(params, in_shape[1])
 
 
 def _weight_elements(params: dict, in_shape: tuple[int, ...]) -> int:
@@ -121,7 +127,7 @@ def _strategy_for_nchw(params: dict, in_shape: tuple[int, ...], out_hw: tuple[in
         return "stream"
     if can_run("pointwise", params):
         return "pointwise"
-    if taps < DIRECT_MIN_K or n * ho < DIRECT_MIN_ROWS:
+    if taps < DIRECT_MIN_K:
         return "im2col"
     return "outer"
 
@@ -134,9 +140,10 @@ def prepare_conv(params: dict, weights: dict) -> dict:
     layer, whatever its size ("weight_winograd", `winograd_weights`), else for "outer"
     ("weight_kxo", `kxo_weights`); the other strategies read the spec's "weight", kept
     as given (no copy). For "outer", weights of PACK_MAX_WEIGHTS and more are not packed
-    here: in practice FC-like layers have them, which mostly run "stream"; `run_conv`
-    packs them the first time a run takes them through "outer" and keeps them in this
-    dict from then on (AlexNet-FCN's fc8, 16 MB, never is)."""
+    here: in practice FC-like layers have them, which mostly run "stream". `run_conv`
+    packs a layer's weights the first time a run takes them through "outer" without
+    them (those, or a Winograd layer's on a map too small for Winograd) and keeps them
+    in this dict from then on (AlexNet-FCN's fc8, 16 MB, never is)."""
     w = weights["weight"]
     if suits_winograd(params, w.shape[1]):
         return dict(weights, weight_winograd=winograd_weights(w))
@@ -189,11 +196,9 @@ def run_conv(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndar
         _conv_winograd(x, wu, bias, pair(params["padding"]), relu, get_num_threads(), out, flat_res)
         return
     if strategy == "outer":
-        if "weight_kxo" not in weights:  # not packed by prepare_conv (large, or weights as the spec gives them)
-            wp = kxo_weights(_spec_weights(weights, groups, kh, kw), groups)
-            if weights.get("weight") is not None and weights["weight"].size >= PACK_MAX_WEIGHTS:
-                weights["weight_kxo"] = wp  # the Executor's dict: packed once, on first use
-        wp = weights["weight_kxo"] if "weight_kxo" in weights else wp
+        if "weight_kxo" not in weights:  # not packed by prepare_conv (large, Winograd's, or as the spec gives them)
+            weights["weight_kxo"] = kxo_weights(_spec_weights(weights, groups, kh, kw), groups)  # once, kept
+        wp = weights["weight_kxo"]
         _conv_outer(x, wp, out_c // groups, bias, kh, kw, *geometry, relu, get_num_threads(), out, flat_res)
         return
     if strategy == "direct":
