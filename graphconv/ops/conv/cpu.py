@@ -164,18 +164,18 @@ def run_conv(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndar
     "stream" and "im2col" gather their patch columns from either and write either (their
     epilogues index the output through its strides); "direct" (only ever forced) runs
     on NCHW copies, into an NCHW output transposed into `out` after."""
-    channels_last = nhwc(out) is not None or any(nhwc(x) is not None for x in inputs)
+    x_stored, out_stored = nhwc(inputs[0]), nhwc(out)  # each None where stored NCHW
+    channels_last = x_stored is not None or out_stored is not None or any(nhwc(x) is not None for x in inputs[1:])
     strategy = strategy or choose_strategy(params, inputs[0].shape, out.shape[2:], channels_last)
     if channels_last and strategy == "pointwise":  # forced: its kernel reads and writes NCHW only
         strategy = "outer"
     if channels_last and strategy == "direct":
-        stored = nhwc(out)
-        nchw_out = out if stored is None else np.empty(out.shape, np.float32)
+        nchw_out = out if out_stored is None else np.empty(out.shape, np.float32)
         run_conv(params, weights, [as_nchw(x) for x in inputs], nchw_out, strategy)
-        if stored is not None:
-            padded_copy(nchw_out, 0, 0, 0, stored)
+        if out_stored is not None:
+            padded_copy(nchw_out, 0, 0, 0, out_stored)
         return
-    x = inputs[0] if nhwc(inputs[0]) is not None else np.ascontiguousarray(inputs[0])
+    x = inputs[0] if x_stored is not None else np.ascontiguousarray(inputs[0])
     groups = params["groups"]
     kh, kw = pair(params["kernel_size"])
     out_c = params["out_channels"]
@@ -184,7 +184,7 @@ def run_conv(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndar
         bias = np.zeros(out_c, np.float32)
     relu = params["activation"] == "relu"
     geometry = tuple(v for k in ("stride", "padding", "dilation") for v in pair(params[k]))
-    flat_out = _flat(out)
+    flat_out = (out if out_stored is None else out_stored).reshape(-1)
     flat_res = _flat(as_stored_like(inputs[1], out)) if len(inputs) == 2 else NO_RESIDUAL
     if strategy not in ADDS_RESIDUAL and len(inputs) == 2:
         run_conv(dict(params, activation="none"), weights, inputs[:1], out, strategy)
@@ -207,11 +207,9 @@ def run_conv(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndar
         return
     taps_last = "weight_kwkhc" in weights  # stream, pointwise and im2col take either order
     w3 = weights["weight_kwkhc"] if taps_last else _taps_first(weights, groups, kh, kw)
-    x_stored = nhwc(x)
     x = x if x_stored is None else x_stored
     if strategy == "stream":
         n, _, ho, wo = out.shape
-        out_stored = nhwc(out)
         out3 = out.reshape(n, out_c, ho * wo) if out_stored is None else out_stored.reshape(n, ho * wo, out_c)
         _conv_stream(x, x_stored is not None, w3, bias, kh, kw, *geometry, relu, taps_last, ho, wo, out3,
                      out_stored is not None)
@@ -736,11 +734,12 @@ def _conv_outer(x, wp, og, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, threads, 
     rows_per_job = max(1, min(-(-OUTER_POSITIONS // wo), (n * ho) // threads))
     if ho * wo <= STREAM_MAX_POSITIONS:  # a small map: weights outweigh pixels, so each is read once,
         rows_per_job = ho                # by the thread that has its output channels
+    flat_out, out_channels_last = _flat(out), nhwc(out) is not None
     for g in range(groups):
         if not in_place:
             padded_copy(x, g * cg, ph, pw, xp)
         _outer_group(xp, wp[g], og, bias, relu, kh, kw, sh, sw, dh, dw, g * og, ho, wo, OUTER_CHUNK, rows_per_job,
-                     _flat(out), flat_res, groups * og, nhwc(out) is not None, threads)
+                     flat_out, flat_res, groups * og, out_channels_last, threads)
 
 
 def _rows_per_regrouped_row(ho: int, wo: int) -> int:
