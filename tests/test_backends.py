@@ -12,7 +12,7 @@ import graphconv
 from graphconv import backends
 from graphconv.backends import backend_names, device_choices, get_backend, resolve_backend
 from graphconv.errors import GraphconvError
-from graphconv.ops import get_op
+from graphconv.ops import aligned, get_op
 from graphconv.params import normalize_params
 from graphconv.runtime import Executor
 from conftest import ROOT, SPECS
@@ -52,6 +52,7 @@ def test_cpu_weights_are_contiguous_float32_and_prepared():
     prepared = cpu.prepare_weights(conv, params, {"weight": weight, "bias": bias})
     assert set(prepared) == {"weight", "weight_kxo", "bias"}  # the spec's order, and packed for "outer"
     assert prepared["weight_kxo"].dtype == np.float32 and prepared["weight_kxo"].flags.c_contiguous
+    assert aligned.is_aligned(prepared["weight_kxo"])  # the tile loads it as vectors
     assert prepared["weight"].dtype == np.float32 and prepared["weight"].flags.c_contiguous
     assert prepared["bias"] is bias
 
@@ -66,6 +67,7 @@ def test_cpu_winograd_layers_get_transformed_weights_only():
     prepared = get_backend("cpu").prepare_weights(conv, params, {"weight": weight})
     assert set(prepared) == {"weight", "weight_winograd"}
     assert prepared["weight_winograd"].size == 16 * 32 * 16
+    assert aligned.is_aligned(prepared["weight_winograd"])
 
 
 def test_winograd_can_be_turned_off_for_its_memory(monkeypatch):

@@ -41,6 +41,7 @@ from numba import get_num_threads, njit, prange
 from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, STREAM_MAX_POSITIONS, multiply_band, padded_positions,
                                     prefers_stream, stream_matmul, stream_width)
 from graphconv.ops.conv import shape as output_shape
+from graphconv.ops import aligned
 from graphconv.ops.conv import winograd
 from graphconv.ops.channels_last import as_nchw, as_stored_like, nhwc, padded_copy, store_channels
 from graphconv.ops.registry import pair
@@ -587,7 +588,7 @@ def kxo_weights(w: np.ndarray, groups: int) -> np.ndarray:
     out_c, cg, kh, kw = w.shape
     og, k = out_c // groups, cg * kh * kw
     o8 = -(-og // 8) * 8
-    packed = np.zeros((groups, k * o8), np.float32)
+    packed = aligned.zeros((groups, k * o8))
     spec = w.reshape(groups, og, cg, kh, kw)
     block = OUTER_VECTORS * 8
     for c0 in range(0, o8, block):  # view to view, block by block: no temporary as large as w
@@ -605,7 +606,7 @@ def winograd_weights(w: np.ndarray) -> np.ndarray:
     VGG-16's in 0.05 s). 16/9 of the weights' size (plus the output channels padded to a
     multiple of 8)."""
     out_c, c = w.shape[:2]
-    packed = np.zeros((16, c * (-(-out_c // 8) * 8)), np.float32)
+    packed = aligned.zeros((16, c * (-(-out_c // 8) * 8)))
     winograd.pack_transformed_weights(np.ascontiguousarray(w, np.float32), OUTER_VECTORS * 8, packed)
     return packed.reshape(-1)
 
