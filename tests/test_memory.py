@@ -139,7 +139,7 @@ def test_the_estimate_covers_the_resident_memory_of_a_real_run(write_spec):
             [str(SPECS / "lenet.yaml"), True, 3, 197, 131],
             [str(SPECS / "lenet.yaml"), False, 64, 32, 32],
             [str(SPECS / "tinydag.yaml"), True, 2, 300, 260],
-            [str(write_spec(WIDE)), True, 2, 300, 300],  # im2col, direct and pointwise convs
+            [str(write_spec(WIDE)), True, 2, 300, 300],  # 27-value patches, Winograd, a 1x1 and a 16x16 conv
             [str(SPECS / "alexnet.yaml"), True, 1, 320, 288]]
     env = dict(os.environ, GRAPHCONV_KEEP_MEMORY="0", MALLOC_MMAP_THRESHOLD_="65536",
                MALLOC_TRIM_THRESHOLD_="65536")

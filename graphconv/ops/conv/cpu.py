@@ -24,12 +24,14 @@
 - "direct": the previous default, kept for comparison (and forced in tests): per output
   row, a row panel holding every patch as one contiguous (kw, kh, c) run, and a 4x3
   dot-product tile (`gemm_cpu.multiply_band`) over it.
-- "im2col": patches under 64 values (VGG's conv1_1: 27), where outer's tile calls would
-  be mostly set-up. Columns are built in chunks of output rows so the scratch buffer
-  stays small while each SGEMM stays large enough to run at BLAS speed. (Maps of under
-  4 output rows came here too until "outer" split few row jobs by output channels:
-  between numba's parallel loops an SGEMM that small took 8 ms where "outer" takes
-  0.12, on ResNet-50's 3x3 layers at 2x2, and the network at 32x32 68 -> 8.7 ms.)
+- "im2col": never chosen now; forced in tests and kept for comparison. Columns are
+  built in chunks of output rows so the scratch buffer stays small while each SGEMM
+  stays large enough to run at BLAS speed. It took patches under 64 values (VGG's
+  conv1_1: 27) until "outer" was measured faster on them too: 2 threads, alternating,
+  VGG's conv1_1 at 384 8.3 against 36.8 ms with a channels-last output (11.4 against
+  12.4 NCHW), LeNet's conv1 at batch 64 1.15 against 1.46. (Maps of under 4 output rows
+  left it earlier: between numba's parallel loops an SGEMM that small took 8 ms where
+  "outer" takes 0.12, on ResNet-50's 3x3 layers at 2x2.)
 
 Every strategy applies the bias and the fused ReLU while writing the output.
 """
@@ -49,7 +51,6 @@ from graphconv.ops.unsigned_index import fill, unsigned
 from graphconv.ops.vector_tile import OUTER_ROWS, OUTER_VECTORS, outer_tile
 
 SCRATCH_FLOATS = 1 << 22  # 16 MB of im2col columns per chunk
-DIRECT_MIN_K = 64  # shorter patches: im2col (outer's tile calls would be mostly set-up)
 # prepare_conv packs weights under this for "outer": ResNet-50's layer4 (9 MB at most), which
 # runs it on channels-last values; not the FC-as-conv layers of AlexNet and VGG (16 MB and
 # up), which stream (packing fc6 would double its 151 MB for nothing).
@@ -88,9 +89,10 @@ def choose_strategy(params: dict, in_shape: tuple[int, ...],
     OpenBLAS on the layers im2col had (2 MB of weights and more: VGG's conv4_x and
     conv5_x, AlexNet's conv3-5, ResNet's 3x3 layers at 14x14) level at best and up to
     3x faster where OpenBLAS's threads and numba's hand the cores back and forth badly
-    (VGG-16 at 224: conv4_2 123 -> 42 ms). Patches of 27 values (VGG's conv1_1) still
-    go through im2col, and 1x1 convs through `_pointwise_group` (outer's channels-last
-    copy would be as long as their arithmetic).
+    (VGG-16 at 224: conv4_2 123 -> 42 ms); on patches of under 64 values (VGG's
+    conv1_1: 27), the last layers im2col had, see the module docstring. 1x1 convs on
+    NCHW values go through `_pointwise_group` (outer's channels-last copy would be as
+    long as their arithmetic).
 
     With a channels-last value on either side, "outer" also takes the 1x1 layers (it
     reads a channels-last input in place) and the small-map layers "stream" would take
@@ -118,9 +120,7 @@ def _weight_elements(params: dict, in_shape: tuple[int, ...]) -> int:
 
 def _strategy_for_nchw(params: dict, in_shape: tuple[int, ...], out_hw: tuple[int, int] | None) -> str:
     n, c = in_shape[:2]
-    kh, kw = pair(params["kernel_size"])
     ho, wo = out_hw or output_shape(params, [tuple(in_shape[1:])])[1:]
-    taps = (c // params["groups"]) * kh * kw
     weights = _weight_elements(params, in_shape)
     if suits_winograd(params, c) and n * ho * wo >= WINOGRAD_MIN_POSITIONS:
         return "winograd"
@@ -128,8 +128,6 @@ def _strategy_for_nchw(params: dict, in_shape: tuple[int, ...], out_hw: tuple[in
         return "stream"
     if can_run("pointwise", params):
         return "pointwise"
-    if taps < DIRECT_MIN_K:
-        return "im2col"
     return "outer"
 
 
