@@ -4,7 +4,8 @@ A value is annotated `layout: channels-last` when the op that writes it and ever
 that reads it declare `channels_last` in the op registry (their CPU kernels take and
 write values stored either way, `graphconv.ops.channels_last`), it is not the network's
 output (callers get NCHW), and, where an op's kernel would need a transposing copy to
-change storage ("like-input": the pools), the op's input and output are stored alike.
+change storage (the input of a "like-input" op, a pool; a conv's residual input), the
+op's input and output are stored alike.
 Everything else stays NCHW; the kernels on an edge between the two read one storage
 and write the other, so no conversion layer is ever inserted. In ResNet-50 that is every value from conv1's output to the global
 pooling's input: 1x1 convs then read and write contiguous runs of channels, and the
@@ -29,8 +30,9 @@ ENABLED = os.environ.get("GRAPHCONV_CHANNELS_LAST", "1") != "0"
                preserves=("shapes", "receptive-fields"))
 def channels_last(graph: Graph) -> bool:
     changed = False
+    may_write: dict[str, bool] = {}
     for node in graph.layers():
-        wanted = ENABLED and _can_store_channels_last(graph, node)
+        wanted = ENABLED and _can_store_channels_last(graph, node, may_write)
         if wanted != (node.annotations.get(LAYOUT) == CHANNELS_LAST):
             changed = True
             if wanted:
@@ -40,16 +42,33 @@ def channels_last(graph: Graph) -> bool:
     return changed
 
 
-def _can_store_channels_last(graph: Graph, node: Node) -> bool:
-    """Decided in topological order, so a "like-input" op's input is decided already. A
-    value read by a "like-input" op stays NCHW when that op's output will (its kernel
-    would convert with a transposed copy, where the producer writes either for free)."""
-    kind = node.opdef.channels_last
-    if not kind or not _readers_take_it(graph, node):
+def _can_store_channels_last(graph: Graph, node: Node, may_write: dict[str, bool]) -> bool:
+    """Decided in topological order, so a "like-input" op's input is decided already."""
+    if node.opdef.channels_last == "like-input" and node.inputs[0].annotations.get(LAYOUT) != CHANNELS_LAST:
         return False
-    if kind == "like-input":
-        return node.inputs[0].annotations.get(LAYOUT) == CHANNELS_LAST
-    return all(_readers_take_it(graph, user) for user in node.users if user.opdef.channels_last == "like-input")
+    return _may_write_channels_last(graph, node, may_write)
+
+
+def _may_write_channels_last(graph: Graph, node: Node, may_write: dict[str, bool]) -> bool:
+    """Whether `node`'s value can be channels-last as far as the ops reading it go. An op
+    that reads it in the storage of its own output (a pool's input; a conv's residual
+    input, which it adds while writing) would otherwise convert it with a transposing
+    copy, where the producer writes either storage for free: then the value is
+    channels-last only if that reader's own value can be. Memoised in `may_write`, as
+    the readers' answers are asked again by every value they read."""
+    if node.name not in may_write:
+        may_write[node.name] = bool(node.opdef.channels_last) and _readers_take_it(graph, node) and all(
+            _may_write_channels_last(graph, user, may_write)
+            for user in node.users if _reads_in_output_storage(user, node))
+    return may_write[node.name]
+
+
+def _reads_in_output_storage(user: Node, node: Node) -> bool:
+    """Whether `user`'s kernel wants `node`'s value stored as `user`'s output is: the
+    input of a "like-input" op, any input but the first of an "any" op (a conv's residual)."""
+    if user.opdef.channels_last == "like-input":
+        return True
+    return any(source.name == node.name for source in user.inputs[1:])
 
 
 def _readers_take_it(graph: Graph, node: Node) -> bool:

@@ -52,6 +52,16 @@ def test_a_pool_keeps_its_inputs_storage(write_spec):
     assert stored_channels_last(graph) == {"a", "a_pool"}
 
 
+def test_a_residual_input_is_stored_like_the_convs_output():
+    """A conv adds its residual input while writing, in its output's storage: tinydag's
+    stem stays NCHW because mix, which adds it, writes NCHW (its pool's reader, lrn,
+    takes NCHW only), so no run copies it into the other storage. In the residual
+    network above, whose convs all write channels-last, the residuals are channels-last."""
+    graph = graphconv.compile_model(SPECS / "tinydag.yaml").graph
+    get_pass("channels-last").run(graph)
+    assert stored_channels_last(graph) == {"fc1"}
+
+
 def test_the_mark_shows_in_the_printed_ir(write_spec):
     graph = run_passes(compiled(write_spec, RESNET), "channels-last")
     lines = {line.split(" = ")[0].strip(): line for line in str(graph).splitlines() if " = " in line}
