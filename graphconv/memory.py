@@ -178,8 +178,8 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
       columns, at least one row), plus those of a shorter last band, which gets its own.
     A strategy this does not know gets the largest of these."""
     from graphconv.ops.conv import winograd
-    from graphconv.ops.conv.cpu import (OUTER_POSITIONS, PACK_MAX_WEIGHTS, POINTWISE_PIXELS, SCRATCH_FLOATS,
-                                        choose_strategy, packed_weight_elements, suits_winograd)
+    from graphconv.ops.conv.cpu import (PACK_MAX_WEIGHTS, POINTWISE_PIXELS, SCRATCH_FLOATS, choose_strategy,
+                                        outer_rows, packed_weight_elements, suits_winograd)
     from graphconv.ops.registry import pair
 
     c, h, w = in_shape
@@ -197,8 +197,10 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
         "pointwise": _threads() * (POINTWISE_PIXELS * (per_group_out + 8) + 8 * per_group_in),
         "direct": batch * (h + 2 * ph) * (w + 2 * pw) * per_group_in + _threads() * panel,
         "im2col": (taps + per_group_out) * (band_rows + last_band_rows) * wo,
-        "outer": batch * (h + 2 * ph) * (w + 2 * pw) * per_group_in + _threads() * _outer_sums(
-            per_group_out, max(1, min(-(-OUTER_POSITIONS // max(1, wo)), batch * ho // _threads())), wo)
+        "outer": batch * (h + 2 * ph) * (w + 2 * pw) * per_group_in + _threads() * max(
+            _outer_sums(per_group_out, rows_per_job, row_width)
+            for _, row_width, rows_per_job in {outer_rows(batch, ho, wo, _threads(), regroup)
+                                                for regroup in (False, (kh, kw, ph, pw, groups) == (1, 1, 0, 0, 1))})
         + (packed_weight_elements(params, weights) if weights >= PACK_MAX_WEIGHTS or suits_winograd(params, c)
            else 0),  # packed by the first run that needs them (see prepare_conv)
         "winograd": winograd.scratch_floats((batch, c, h, w), params["out_channels"], (ho, wo), _threads()),
