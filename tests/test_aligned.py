@@ -13,9 +13,10 @@ shapes = st.one_of(st.integers(0, 5000), st.lists(st.integers(0, 40), min_size=1
 @settings(max_examples=60, deadline=None)
 @given(shape=shapes)
 def test_empty_and_zeros_start_on_a_cache_line(shape):
+    expected = (shape,) if isinstance(shape, int) else shape
     for make in (aligned.empty, aligned.zeros):
         array = make(shape)
-        assert array.shape == (shape,) if isinstance(shape, int) else array.shape == shape
+        assert array.shape == expected
         assert array.dtype == np.float32 and array.flags.c_contiguous and array.flags.writeable
         assert aligned.is_aligned(array)
     assert not aligned.zeros(shape).any()

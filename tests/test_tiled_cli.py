@@ -96,8 +96,8 @@ def test_cli_too_small_tile_is_exit_2_with_the_smallest_size(model_dir, picture,
 
 
 def test_cli_tiles_automatically_when_the_whole_image_is_over_the_budget(picture, tmp_path):
-    big = tmp_path / "big.png"
-    Image.fromarray((np.random.default_rng(0).random((900, 900)) * 255).astype(np.uint8)).save(big)
+    big = tmp_path / "big.png"  # whole, LeNet's run is estimated at 145 MB
+    Image.fromarray((np.random.default_rng(0).random((1300, 1300)) * 255).astype(np.uint8)).save(big)
     folder = tmp_path / "alex"
     assert graphconv("compile", SPECS / "lenet.yaml", "-o", folder).returncode == 0
     whole = whole_map(folder, big, tmp_path)

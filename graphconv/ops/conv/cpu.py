@@ -40,10 +40,10 @@ from __future__ import annotations
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, multiply_band, padded_positions,
-                                    prefers_stream, stream_matmul, stream_width)
-from graphconv.ops.conv import shape as output_shape
 from graphconv.ops import aligned
+from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, multiply_band, padded_positions, prefers_stream, stream_matmul,
+                                    stream_width)
+from graphconv.ops.conv import shape as output_shape
 from graphconv.ops.conv import winograd
 from graphconv.ops.channels_last import as_nchw, as_stored_like, nhwc, padded_copy, store_channels
 from graphconv.ops.registry import pair
