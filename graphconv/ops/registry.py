@@ -148,8 +148,9 @@ class OpDef:
         (`graphconv.ops.channels_last`), and says at what cost: "any" (either way in,
         either way out, no extra pass: conv), "like-input" (a channels-last output from
         an NCHW input, or the reverse, costs a transposing copy: the pools). The
-        `channels-last` pass stores a value that way only between such ops, and the
-        output of a "like-input" op only where its input is.
+        `channels-last` pass stores a value that way only between such ops, the output
+        of a "like-input" op only where its input is, and a value an op reads in its own
+        output's storage (a pool's input, a conv's residual) only where that output is.
     """
 
     name: str
