@@ -582,12 +582,15 @@ def packed_weight_elements(params: dict, weight_elements: int) -> int:
     return groups * (-(-og // 8) * 8) * (weight_elements // out_c)
 
 
-def prepared_weight_elements(params: dict, weight_shape: tuple[int, ...]) -> int:
-    """Floats `prepare_conv` adds beside the spec's weights of `weight_shape` (O, C/groups, kh, kw)."""
+def prepared_weight_bytes(params: dict, weight_shape: tuple[int, ...]) -> int:
+    """Bytes `prepare_conv` adds beside the spec's weights of `weight_shape` (O, C/groups, kh, kw)."""
     elements = int(np.prod(weight_shape))
     if suits_winograd(params, weight_shape[1]):
-        return 16 * weight_shape[1] * (-(-params["out_channels"] // 8) * 8)
-    return packed_weight_elements(params, elements) if elements < PACK_MAX_WEIGHTS else 0
+        return 4 * 16 * weight_shape[1] * (-(-params["out_channels"] // 8) * 8)
+    if elements >= PACK_MAX_WEIGHTS:
+        return 0
+    starts = block_starts(params["out_channels"] // params["groups"], get_num_threads())
+    return 4 * packed_weight_elements(params, elements) + starts.nbytes
 
 
 def block_starts(og: int, parts: int) -> np.ndarray:
@@ -613,6 +616,11 @@ def block_starts(og: int, parts: int) -> np.ndarray:
         for width in widths:
             starts.append(starts[-1] + 8 * width)
     return np.array(starts, np.int64)
+
+
+def outer_blocks(og: int) -> int:
+    """How many blocks `prepare_conv` packs og output channels in, on this process's threads."""
+    return len(block_starts(og, get_num_threads())) - 1
 
 
 def kxo_weights(w: np.ndarray, groups: int, starts: np.ndarray) -> np.ndarray:
