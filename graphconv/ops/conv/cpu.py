@@ -48,6 +48,7 @@ from graphconv.ops.conv import shape as output_shape
 from graphconv.ops.conv import winograd
 from graphconv.ops.channels_last import as_nchw, as_stored_like, nhwc, padded_copy, store_channels
 from graphconv.ops.registry import pair
+from graphconv.ops.job_queue import next_job
 from graphconv.ops.unsigned_index import fill, unsigned
 from graphconv.ops.vector_tile import OUTER_ROWS, OUTER_VECTORS, outer_tile
 
@@ -378,8 +379,8 @@ def _fill_row_panel(image, oy, kh, kw, sh, sw, dh, dw, wo, overlap, panel):
 @njit(cache=True, parallel=True, boundscheck=False)
 def _direct_group(xp, wk, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, wo, out3, threads):
     """Every output row of one group: build its row panel, then run every band of
-    weight rows over it with `multiply_band`. Threads take rows round-robin and each
-    keeps one panel, so nothing is allocated per row."""
+    weight rows over it with `multiply_band`. Threads take rows as they become free
+    (`next_job`) and each keeps one panel, so nothing is allocated per row."""
     n, _, width, cg = xp.shape
     og, k = wk.shape
     overlap = dw == 1
@@ -387,9 +388,13 @@ def _direct_group(xp, wk, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, wo, 
     count = padded_positions(wo)
     size = max(width * kh * cg, (count - 1) * step + k) if overlap else count * k
     jobs = n * ho
+    queue = np.zeros(1, np.int64)  # the next job to take (`next_job`)
     for t in prange(threads):
         panel = np.zeros(size, np.float32)  # the tail past the last real patch stays zero
-        for job in range(t, jobs, threads):
+        while True:
+            job = next_job(queue)
+            if job >= jobs:
+                break
             b = job // ho
             oy = job % ho
             _fill_row_panel(xp[b], oy, kh, kw, sh, sw, dh, dw, wo, overlap, panel)
@@ -455,10 +460,14 @@ def _pointwise_group(x3, w, bias, relu, o_offset, c_offset, chunk, out3, flat_re
     flat_w, flat_x = w.reshape(-1), x3.reshape(-1)
     flat_out = out3.reshape(-1)
     channels, out_channels = x3.shape[1], out3.shape[1]
+    queue = np.zeros(1, np.int64)  # the next job to take (`next_job`)
     for t in prange(threads):
         sums = np.empty(tiles * o_pad * 24, np.float32)
         tail = np.empty(cg * 8, np.float32)
-        for job in range(t, jobs * parts, threads):
+        while True:
+            job = next_job(queue)
+            if job >= jobs * parts:
+                break
             b = (job // parts) // per_image
             p_start = ((job // parts) % per_image) * POINTWISE_PIXELS
             p_end = min(full, p_start + POINTWISE_PIXELS)
@@ -709,9 +718,13 @@ def _outer_group(xp, wp, starts, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offse
     # blocks where `block_starts` made them for this many threads.
     parts = 1 if row_jobs >= 4 * threads or row_jobs % threads == 0 else min(blocks, threads)
     flat_x = xp.reshape(-1)
+    queue = np.zeros(1, np.int64)  # the next job to take (`next_job`)
     for t in prange(threads):
         sums = np.empty(blocks * block_rows * block, np.float32)
-        for job in range(t, row_jobs * parts, threads):
+        while True:
+            job = next_job(queue)
+            if job >= row_jobs * parts:
+                break
             b = (job // parts) // per_image
             y0 = ((job // parts) % per_image) * rows_per_job
             rows = min(rows_per_job, ho - y0)

@@ -44,6 +44,7 @@ from numba import njit, prange
 
 from graphconv.ops.channels_last import store_channels
 from graphconv.ops.registry import pair
+from graphconv.ops.job_queue import next_job
 from graphconv.ops.unsigned_index import fill, unsigned
 from graphconv.ops.vector_tile import OUTER_ROWS, OUTER_VECTORS, outer_tile
 
@@ -181,11 +182,15 @@ def winograd_conv(xp, wu, og, bias, relu, ho, wo, jobs_per_image, chunk, flat_ou
     u_stride = c * o8  # floats of U per xi
     m_size = blocks * slots * block  # one M[xi]: M for the 4 positions of a row of the 4x4 tile are kept
     flat_x = xp.reshape(-1)
+    queue = np.zeros(1, np.int64)  # the next job to take (`next_job`)
     for t in prange(threads):
         v = np.empty(slots * c, np.float32)
         m = np.empty(4 * m_size, np.float32)
         y = np.empty(blocks * slots * 4 * block, np.float32)
-        for job in range(t, tile_jobs * parts, threads):
+        while True:
+            job = next_job(queue)
+            if job >= tile_jobs * parts:
+                break
             tile_job, part = job // parts, job % parts
             b = tile_job // jobs_per_image
             tile0 = (tile_job % jobs_per_image) * per_job
