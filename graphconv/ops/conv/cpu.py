@@ -801,8 +801,8 @@ def _conv_outer(x, wp, starts, og, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, t
     for g in range(groups):
         if not in_place:
             padded_copy(x, g * cg, ph, pw, xp)
-        _outer_group(xp, wp[g], starts, og, bias, relu, kh, kw, sh, sw, dh, dw, g * og, ho, wo, OUTER_CHUNK, rows_per_job,
-                     flat_out, flat_res, groups * og, out_channels_last, threads)
+        _outer_group(xp, wp[g], starts, og, bias, relu, kh, kw, sh, sw, dh, dw, g * og, ho, wo, OUTER_CHUNK,
+                     rows_per_job, flat_out, flat_res, groups * og, out_channels_last, threads)
 
 
 def outer_rows(n: int, ho: int, wo: int, threads: int, regroup: bool) -> tuple[int, int, int]:
