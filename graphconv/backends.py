@@ -63,11 +63,10 @@ class Backend:
         """A layer's weights as this device's kernel keeps them, made once per Executor:
         contiguous float32 (kernels reshape them; a contiguous array makes that free on
         every run), then the op's `prepare_<name>` hook for this device (e.g. a conv's
-        taps reordered), then moved to the device. Integer arrays a hook adds (the block
-        starts of a conv's packed CPU weights) stay as they are."""
+        taps reordered), then moved to the device."""
         arrays = {key: np.ascontiguousarray(value, np.float32) for key, value in weights.items()}
         prepared = opdef.prepare(self.name, params, arrays)
-        return {key: value if value.dtype.kind in "iu" else self.to_device(value) for key, value in prepared.items()}
+        return {key: self.to_device(value) for key, value in prepared.items()}
 
     def kernel(self, opdef: OpDef) -> Callable:
         """The op's `run_<name>` for this device; GraphconvError "op 'x' has no <device>

@@ -127,10 +127,10 @@ def weight_bytes(graph: Graph) -> int:
     adds to a conv's: the transformed weights of a "winograd" layer, or the packed copy
     of a weight under the conv's PACK_MAX_WEIGHTS (larger ones the first "outer" run
     packs: `conv_scratch_bytes` counts those)."""
-    from graphconv.ops.conv.cpu import prepared_weight_bytes
+    from graphconv.ops.conv.cpu import prepared_weight_elements
     from graphconv.shapes import infer_shapes
 
-    total, prepared = 0, 0
+    total = 0
     shapes = None
     for node in graph.layers():
         if not node.opdef.has_weights:
@@ -141,8 +141,8 @@ def weight_bytes(graph: Graph) -> int:
             weight_shapes = node.opdef.weight_shapes(node.params, [shapes[s.name] for s in node.inputs])
         total += sum(_product(shape) for shape in weight_shapes.values())
         if node.op == "conv" and "weight" in weight_shapes:
-            prepared += prepared_weight_bytes(node.params, tuple(weight_shapes["weight"]))
-    return total * FLOAT_BYTES + prepared
+            total += prepared_weight_elements(node.params, tuple(weight_shapes["weight"]))
+    return total * FLOAT_BYTES
 
 
 def layer_workspace_bytes(node: Node, in_shapes: list, out_shape, batch: int) -> int:
@@ -158,8 +158,8 @@ def layer_workspace_bytes(node: Node, in_shapes: list, out_shape, batch: int) ->
 
 def _outer_sums(out_channels: int, rows: int, wo: int) -> int:
     """Floats of the conv "outer" strategy's sums for a job of `rows` output rows."""
-    from graphconv.ops.conv.cpu import outer_blocks
-    return outer_blocks(out_channels) * 24 * rows * (-(-wo // 8) * 8)
+    blocks = -(-(-(-out_channels // 8) * 8) // 24)
+    return blocks * 24 * rows * (-(-wo // 8) * 8)
 
 
 def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: str | None = None) -> int:

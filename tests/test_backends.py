@@ -50,10 +50,9 @@ def test_cpu_weights_are_contiguous_float32_and_prepared():
     weight = np.asfortranarray(np.random.default_rng(0).standard_normal((4, 2, 3, 3)))
     bias = np.zeros(4, np.float32)
     prepared = cpu.prepare_weights(conv, params, {"weight": weight, "bias": bias})
-    assert set(prepared) == {"weight", "weight_kxo", "weight_kxo_blocks", "bias"}  # as given, and packed for "outer"
+    assert set(prepared) == {"weight", "weight_kxo", "bias"}  # the spec's order, and packed for "outer"
     assert prepared["weight_kxo"].dtype == np.float32 and prepared["weight_kxo"].flags.c_contiguous
     assert aligned.is_aligned(prepared["weight_kxo"])  # the tile loads it as vectors
-    assert prepared["weight_kxo_blocks"].dtype == np.int64  # block starts: indices, not cast to float32
     assert prepared["weight"].dtype == np.float32 and prepared["weight"].flags.c_contiguous
     assert prepared["bias"] is bias
 
@@ -83,8 +82,7 @@ def test_winograd_can_be_turned_off_for_its_memory(monkeypatch):
     conv = get_op("conv")
     params = normalize_params(conv, dict(out_channels=32, kernel_size=3, padding=1))
     weight = np.random.default_rng(0).standard_normal((32, 16, 3, 3)).astype(np.float32)
-    assert set(get_backend("cpu").prepare_weights(conv, params, {"weight": weight})) == {"weight", "weight_kxo",
-                                                                                          "weight_kxo_blocks"}
+    assert set(get_backend("cpu").prepare_weights(conv, params, {"weight": weight})) == {"weight", "weight_kxo"}
     assert conv_cpu.choose_strategy(params, (1, 16, 20, 20)) == "outer"
 
 

@@ -8,12 +8,10 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from numba import get_num_threads
 
 import graphconv
 from graphconv import memory
 from graphconv.errors import GraphconvError
-from graphconv.ops.conv.cpu import block_starts
 from graphconv.memory import (blas_buffer_bytes, check_fits, check_run_fits, format_size, memory_limit,
                               parse_size, run_estimate, set_memory_limit, weight_bytes)
 from graphconv.shapes import infer_shapes
@@ -177,8 +175,7 @@ def test_the_estimate_covers_the_weights_and_the_largest_activation_of_a_run(nam
 def test_alexnet_at_384_against_a_hand_count():
     """Worked out by hand for the one-tower AlexNet of specs/alexnet.yaml, compiled:
     61,100,840 parameters, plus the executor's packed copies of conv1 and conv2's weights
-    for "outer" (23,232 + 307,200, with an int64 per block start: `block_starts`, which
-    depend on the thread count), and the Winograd-transformed weights of conv3-5,
+    for "outer" (23,232 + 307,200), and the Winograd-transformed weights of conv3-5,
     16 x C x O each (1,179,648 + 1,572,864 + 1,048,576); fc8-as-conv's 4,096,000, over
     4 MB, would be packed only by a run taking it through the conv's "outer" strategy,
     and at 384 it streams. At 384x384 the largest moment is
@@ -186,7 +183,6 @@ def test_alexnet_at_384_against_a_hand_count():
     3x384x384 input still held by the caller."""
     model = graphconv.compile_model(SPECS / "alexnet.yaml")
     weights = 4 * (61_100_840 + 23_232 + 307_200 + 1_179_648 + 1_572_864 + 1_048_576)
-    weights += sum(8 * len(block_starts(og, get_num_threads())) for og in (64, 192))
     activations = 4 * (3 * 384 * 384 + 2 * 64 * 95 * 95)
     by_hand = weights + activations
     assert weight_bytes(model.graph) == weights

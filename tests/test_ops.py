@@ -252,47 +252,6 @@ def test_conv_outer_hypothesis(c, o, k, s, p, dw, h, w, batch, relu, chunk, posi
                      strategy="outer", prepared=prepared, storage=storage)
 
 
-@settings(max_examples=200, deadline=None)
-@given(og=st.integers(1, 300), parts=st.integers(1, 5))
-def test_conv_outer_blocks_split_the_channels_evenly_between_the_threads(og, parts):
-    """`block_starts`: blocks of 24 channels, 16 and 8 only to make each thread's share (an
-    even split of og's vectors of 8) a whole number of blocks, covering og and no more than
-    its last vector; a share of one vector is the only one with an 8-wide block."""
-    starts = conv_cpu.block_starts(og, parts)
-    vectors = -(-og // 8)
-    assert starts[0] == 0 and starts[-1] == vectors * 8
-    widths = np.diff(starts)
-    assert set(widths) <= {8, 16, 24}
-    for part in range(parts + 1):
-        assert part * vectors // parts * 8 in set(starts) | {vectors * 8}  # each share starts a block
-    for part in range(parts):
-        lo, hi = part * vectors // parts * 8, (part + 1) * vectors // parts * 8
-        inside = widths[(starts[:-1] >= lo) & (starts[:-1] < hi)]
-        assert inside.sum() == hi - lo
-        assert 8 not in inside or hi - lo == 8
-
-
-@pytest.mark.parametrize("in_shape", [(1, 40, 7, 7), (2, 24, 5, 6)])
-def test_conv_outer_results_do_not_depend_on_the_threads_or_the_block_plan(in_shape, rng):
-    """Weights packed for any number of threads, run on any number: the same bits (each
-    channel's sum is taken in the same order whatever block it falls in), so an Executor
-    prepared before the thread count changed stays exact."""
-    opdef = get_op("conv")
-    params = normalize_params(opdef, dict(out_channels=56, kernel_size=3, stride=2, padding=1))
-    x = random_input(rng, in_shape)
-    weights = make_weights(opdef, params, [in_shape[1:]], rng)
-    outputs = []
-    for plan_threads, run_threads in [(1, 1), (2, 2), (3, 2), (2, 3), (4, 4)]:
-        with mock.patch.object(conv_cpu, "get_num_threads", lambda: plan_threads):
-            prepared = CPU.prepare_weights(opdef, params, weights)
-        np.testing.assert_array_equal(prepared["weight_kxo_blocks"], conv_cpu.block_starts(56, plan_threads))
-        with mock.patch.object(conv_cpu, "get_num_threads", lambda: run_threads):
-            outputs.append(run_kernel(opdef, params, prepared, [x], strategy="outer"))
-    for got in outputs[1:]:
-        np.testing.assert_array_equal(got, outputs[0])
-    np.testing.assert_allclose(outputs[0], opdef.reference(params, weights, [x]), rtol=1e-4, atol=1e-4)
-
-
 @settings(max_examples=40, deadline=None)
 @given(c=st.integers(1, 40), o=st.integers(1, 60), p=st.integers(0, 2), h=st.integers(1, 13), w=st.integers(1, 13),
        batch=st.integers(1, 3), relu=st.booleans(), chunk=st.sampled_from([8, 192]),

@@ -14,9 +14,8 @@
   of an output pixel's patch is then one contiguous run of it, and an outer-product
   register tile (`vector_tile.outer_tile`: 4 pixels' input values broadcast x 3 vectors
   of 8 output channels) runs over the runs with the weights packed once per Executor
-  as (K x 24) panels per block of 24 output channels, some 16 wide so that the threads'
-  shares of a small map's channels are even (`prepare_conv`, `block_starts`). No patch
-  is copied, no im2col matrix, no separate epilogue.
+  as (K x 24) panels per block of 24 output channels (`prepare_conv`). No patch is
+  copied, no im2col matrix, no separate epilogue.
 - "winograd": 3x3, stride-1 layers with 16 channels or more in and out (VGG's every
   conv but the first, AlexNet's conv3-5, ResNet's 3x3 layers): Winograd's F(2x2, 3x3),
   16 products per 2x2 outputs and channel pair instead of 36, on the same register
@@ -150,15 +149,7 @@ def prepare_conv(params: dict, weights: dict) -> dict:
         return dict(weights, weight_winograd=winograd_weights(w))
     if w.size >= PACK_MAX_WEIGHTS:  # may well run "stream" only: packed on its first "outer" run instead
         return dict(weights)
-    return dict(weights, **outer_weights(w, params["groups"]))
-
-
-def outer_weights(w: np.ndarray, groups: int) -> dict[str, np.ndarray]:
-    """The "outer" strategy's weights: packed ("weight_kxo", `kxo_weights`) in panels whose
-    widths split the output channels evenly between the threads this process runs
-    ("weight_kxo_blocks", `block_starts`)."""
-    starts = block_starts(w.shape[0] // groups, get_num_threads())
-    return {"weight_kxo": kxo_weights(w, groups, starts), "weight_kxo_blocks": starts}
+    return dict(weights, weight_kxo=kxo_weights(w, params["groups"]))
 
 
 def run_conv(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray,
@@ -206,9 +197,9 @@ def run_conv(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndar
         return
     if strategy == "outer":
         if "weight_kxo" not in weights:  # not packed by prepare_conv (large, Winograd's, or as the spec gives them)
-            weights.update(outer_weights(_spec_weights(weights, groups, kh, kw), groups))  # once, kept
-        _conv_outer(x, weights["weight_kxo"], weights["weight_kxo_blocks"], out_c // groups, bias, kh, kw, *geometry,
-                    relu, get_num_threads(), out, flat_res)
+            weights["weight_kxo"] = kxo_weights(_spec_weights(weights, groups, kh, kw), groups)  # once, kept
+        wp = weights["weight_kxo"]
+        _conv_outer(x, wp, out_c // groups, bias, kh, kw, *geometry, relu, get_num_threads(), out, flat_res)
         return
     if strategy == "direct":
         _conv_direct(x, _taps_last(weights, groups), bias, kh, kw, *geometry, relu,
@@ -591,61 +582,31 @@ def packed_weight_elements(params: dict, weight_elements: int) -> int:
     return groups * (-(-og // 8) * 8) * (weight_elements // out_c)
 
 
-def prepared_weight_bytes(params: dict, weight_shape: tuple[int, ...]) -> int:
-    """Bytes `prepare_conv` adds beside the spec's weights of `weight_shape` (O, C/groups, kh, kw)."""
+def prepared_weight_elements(params: dict, weight_shape: tuple[int, ...]) -> int:
+    """Floats `prepare_conv` adds beside the spec's weights of `weight_shape` (O, C/groups, kh, kw)."""
     elements = int(np.prod(weight_shape))
     if suits_winograd(params, weight_shape[1]):
-        return 4 * 16 * weight_shape[1] * (-(-params["out_channels"] // 8) * 8)
-    if elements >= PACK_MAX_WEIGHTS:
-        return 0
-    starts = block_starts(params["out_channels"] // params["groups"], get_num_threads())
-    return 4 * packed_weight_elements(params, elements) + starts.nbytes
+        return 16 * weight_shape[1] * (-(-params["out_channels"] // 8) * 8)
+    return packed_weight_elements(params, elements) if elements < PACK_MAX_WEIGHTS else 0
 
 
-def block_starts(og: int, parts: int) -> np.ndarray:
-    """The first output channel of each block `kxo_weights` packs as one (K x width) panel,
-    and og rounded up to whole vectors of 8 at the end. `_outer_group` runs a small map
-    as one job split between the threads by blocks: the blocks are 24 channels wide (the
-    4x3 tile's), and 16 (or 8, where a part has only 8) where that makes each of `parts`
-    even shares of the channels a whole number of blocks. ResNet-50's 256 channels in
-    24-wide blocks split 144 + 112 between 2 threads; as 4 x 24 + 2 x 16 per half, 128 +
-    128. Alternating in one process, ResNet-50 at 224 (bit-identical): its 1024->256 1x1
-    layers at 14x14 0.94-1.01 -> 0.87-0.92 ms, the 256->256 3x3 stride 2 2.45 -> 2.29; the
-    256-channel layers at 56x56 (row jobs, where the 16-wide blocks only cost) 2-4% slower;
-    the whole network level within the noise (1.01 per round, twice)."""
-    vectors = -(-og // 8)
-    starts = [0]
-    for part in range(parts):
-        share = (part + 1) * vectors // parts - part * vectors // parts  # in vectors of 8 channels
-        widths = [OUTER_VECTORS] * (share // OUTER_VECTORS)
-        if share % OUTER_VECTORS == 2:
-            widths.append(2)
-        elif share % OUTER_VECTORS == 1:
-            widths = widths[:-1] + [2, 2] if widths else [1]
-        for width in widths:
-            starts.append(starts[-1] + 8 * width)
-    return np.array(starts, np.int64)
-
-
-def outer_blocks(og: int) -> int:
-    """How many blocks `prepare_conv` packs og output channels in, on this process's threads."""
-    return len(block_starts(og, get_num_threads())) - 1
-
-
-def kxo_weights(w: np.ndarray, groups: int, starts: np.ndarray) -> np.ndarray:
+def kxo_weights(w: np.ndarray, groups: int) -> np.ndarray:
     """(O, C/groups, kh, kw) weights packed for the "outer" strategy: per group, taps in
     (kh, kw, c) order (a tap row of a patch is then one contiguous run of the channels-last
-    input), one contiguous (K x width) panel per block of output channels from `starts`
-    (`block_starts`: 24 channels wide, some 16 or 8; channels past og zero), flat. A
-    vector load gives 8 output channels of one tap, and a chunk of taps of one block is
-    one contiguous run that stays in L1."""
+    input), one contiguous (K x 24) panel per block of 24 output channels (the last block
+    8 or 16 wide, its channels padded with zeros to a whole vector), flat. A vector load
+    gives 8 output channels of one tap, and a chunk of taps of one block is one
+    contiguous run that stays in L1."""
     out_c, cg, kh, kw = w.shape
     og, k = out_c // groups, cg * kh * kw
-    packed = aligned.zeros((groups, k * int(starts[-1])))
+    o8 = -(-og // 8) * 8
+    packed = aligned.zeros((groups, k * o8))
     spec = w.reshape(groups, og, cg, kh, kw)
-    for c0, c1 in zip(starts[:-1], starts[1:]):  # view to view, block by block: no temporary as large as w
-        real = max(0, min(c1, og) - c0)
-        panel = packed[:, k * c0:k * c1].reshape(groups, kh, kw, cg, c1 - c0)
+    block = OUTER_VECTORS * 8
+    for c0 in range(0, o8, block):  # view to view, block by block: no temporary as large as w
+        width = min(block, o8 - c0)
+        real = max(0, min(width, og - c0))
+        panel = packed[:, k * c0:k * (c0 + width)].reshape(groups, kh, kw, cg, width)
         panel[..., :real] = spec[:, c0:c0 + real].transpose(0, 3, 4, 2, 1)
     return packed
 
@@ -687,25 +648,25 @@ def _conv_winograd(x: np.ndarray, wu: np.ndarray, bias: np.ndarray, padding: tup
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _outer_group(xp, wp, starts, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, wo, chunk, rows_per_job,
-                 flat_out, flat_res, out_channels, channels_last, threads):
+def _outer_group(xp, wp, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, wo, chunk, rows_per_job, flat_out,
+                 flat_res, out_channels, channels_last, threads):
     """Every output row of one group, `rows_per_job` rows per job. The patches are read
     straight from the channels-last input: for each tap row i (and, when dilated along w,
     each tap column j) the taps of output pixel ox are one contiguous run of xp starting
     at column ox * sw, pixels sw * C floats apart, so no patch is ever copied. For each
-    chunk of such a run and each block of output channels (`starts`, 24 wide or fewer),
-    the outer-product tile runs over every pixel of the job's rows: 4 pixels' input
-    values broadcast, times 3 vectors of 8 channels of the packed weights, 12 sums in
-    registers. The weight chunk (18 KB) stays in L1 while the job's pixels stream past
-    it; the sums (pixels x 24 per block) go to the output (flat, `out_channels` channels,
-    stored NCHW or channels-last) with bias, the residual input if any (flat_res, stored
-    as the output; empty when there is none) and ReLU at the end of the job."""
+    chunk of such a run and each block of 24 output channels, the outer-product tile
+    runs over every pixel of the job's rows: 4 pixels' input values broadcast, times 3
+    vectors of 8 channels of the packed weights, 12 sums in registers. The weight chunk
+    (12 KB) stays in L1 while the job's pixels stream past it; the sums (pixels x 24 per
+    block) go to the output (flat, `out_channels` channels, stored NCHW or channels-last)
+    with bias, the residual input if any (flat_res, stored as the output; empty when
+    there is none) and ReLU at the end of the job."""
     n, rows_in, cols_in, cg = xp.shape
     residual = flat_res.size > 0
-    o8 = starts[-1]
+    o8 = -(-og // 8) * 8
     k = wp.size // o8
-    block = OUTER_VECTORS * 8  # the sums' width per block, whatever the block's own
-    blocks = starts.size - 1
+    block = OUTER_VECTORS * 8
+    blocks = -(-o8 // block)
     run = kw * cg if dw == 1 else cg  # contiguous taps per segment
     segments_per_row = 1 if dw == 1 else kw
     stride = sw * cg
@@ -714,9 +675,9 @@ def _outer_group(xp, wp, starts, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offse
     per_image = -(-ho // rows_per_job)
     row_jobs = n * per_image
     # Few row jobs would leave a thread idle for part of the layer (3 jobs on 2 threads):
-    # then each row job is split further by output channels, in even shares of whole
-    # blocks where `block_starts` made them for this many threads.
+    # then each row job is split further by blocks of output channels.
     parts = 1 if row_jobs >= 4 * threads or row_jobs % threads == 0 else min(blocks, threads)
+    per_part = -(-blocks // parts)
     flat_x = xp.reshape(-1)
     queue = np.zeros(1, np.int64)  # the next job to take (`next_job`)
     for t in prange(threads):
@@ -728,9 +689,8 @@ def _outer_group(xp, wp, starts, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offse
             b = (job // parts) // per_image
             y0 = ((job // parts) % per_image) * rows_per_job
             rows = min(rows_per_job, ho - y0)
-            part = job % parts
-            blk0 = _first_block_from(starts, (part * (o8 // 8) // parts) * 8)
-            blk1 = _first_block_from(starts, ((part + 1) * (o8 // 8) // parts) * 8)
+            blk0 = (job % parts) * per_part
+            blk1 = min(blocks, blk0 + per_part)
             fill(sums, blk0 * block_rows * block, blk1 * block_rows * block, 0.0)
             for i in range(kh):
                 for j in range(segments_per_row):
@@ -738,10 +698,10 @@ def _outer_group(xp, wp, starts, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offse
                     for k0 in range(0, run, chunk):
                         steps = min(chunk, run - k0)
                         for blk in range(blk0, blk1):
-                            c0 = starts[blk]
-                            bw = starts[blk + 1] - c0
-                            vectors = bw // 8
+                            c0 = blk * block
+                            vectors = min(OUTER_VECTORS, (o8 - c0) // 8)
                             tile_rows = OUTER_ROWS[vectors]
+                            bw = vectors * 8
                             for r in range(rows):
                                 iy = (y0 + r) * sh + i * dh
                                 at = ((b * rows_in + iy) * cols_in + j * dw) * cg  # pixel 0's segment in xp
@@ -751,39 +711,30 @@ def _outer_group(xp, wp, starts, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offse
                                 for p0 in range(0, wo, tile_rows):
                                     outer_tile(vectors, flat_x, p0, wo - 1, stride, at + k0, steps, wp, offset, bw,
                                                sums, blk * block_rows + r * slots + p0, block)
+            o_lo, o_hi = blk0 * block, min(og, blk1 * block)
             for r in range(rows):
                 first = (b * ho + y0 + r) * wo  # the row's first pixel, counted over the batch
                 if channels_last:  # each pixel's channels are one run of the output
                     for ox in range(wo):
+                        dst = (first + ox) * out_channels + o_offset
                         for blk in range(blk0, blk1):
-                            lo = starts[blk]
-                            store_channels(sums, (blk * block_rows + r * slots + ox) * block, bias, o_offset + lo,
-                                           flat_res, flat_out, (first + ox) * out_channels + o_offset + lo,
-                                           min(og, starts[blk + 1]) - lo, residual, relu)
+                            lo = blk * block
+                            store_channels(sums, ((blk * block_rows + r * slots + ox) * block), bias, o_offset + lo,
+                                            flat_res, flat_out, dst + lo, min(o_hi, lo + block) - lo, residual, relu)
                     continue
-                for blk in range(blk0, blk1):
-                    for o in range(starts[blk], min(og, starts[blk + 1])):
-                        channel = o_offset + o
-                        bo = bias[channel]
-                        at = (blk * block_rows + r * slots) * block + o - starts[blk]
-                        dst = (b * out_channels + channel) * ho * wo + (y0 + r) * wo
-                        for ox in range(wo):  # strided reads: see `_store_run` on why not it
-                            v = sums[unsigned(at + ox * block)] + bo
-                            if residual:
-                                v += flat_res[unsigned(dst + ox)]
-                            flat_out[unsigned(dst + ox)] = max(v, np.float32(0.0)) if relu else v
+                for o in range(o_lo, o_hi):
+                    channel = o_offset + o
+                    bo = bias[channel]
+                    at = ((o // block) * block_rows + r * slots) * block + o % block
+                    dst = (b * out_channels + channel) * ho * wo + (y0 + r) * wo
+                    for ox in range(wo):  # strided reads: see `_store_run` on why not it
+                        v = sums[unsigned(at + ox * block)] + bo
+                        if residual:
+                            v += flat_res[unsigned(dst + ox)]
+                        flat_out[unsigned(dst + ox)] = max(v, np.float32(0.0)) if relu else v
 
 
-@njit(cache=True, inline="always")
-def _first_block_from(starts, channel):
-    """The first block of `starts` (`block_starts`) that begins at `channel` or after it."""
-    blk = 0
-    while blk < starts.size - 1 and starts[blk] < channel:
-        blk += 1
-    return blk
-
-
-def _conv_outer(x, wp, starts, og, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, threads, out, flat_res):
+def _conv_outer(x, wp, og, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, threads, out, flat_res):
     """`_outer_group` per group, on a padded channels-last copy of the input, or on the
     input itself where it is stored channels-last, unpadded and ungrouped (a 1x1 conv)."""
     n, c, height, width = x.shape
@@ -801,8 +752,8 @@ def _conv_outer(x, wp, starts, og, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, t
     for g in range(groups):
         if not in_place:
             padded_copy(x, g * cg, ph, pw, xp)
-        _outer_group(xp, wp[g], starts, og, bias, relu, kh, kw, sh, sw, dh, dw, g * og, ho, wo, OUTER_CHUNK,
-                     rows_per_job, flat_out, flat_res, groups * og, out_channels_last, threads)
+        _outer_group(xp, wp[g], og, bias, relu, kh, kw, sh, sw, dh, dw, g * og, ho, wo, OUTER_CHUNK, rows_per_job,
+                     flat_out, flat_res, groups * og, out_channels_last, threads)
 
 
 def outer_rows(n: int, ho: int, wo: int, threads: int, regroup: bool) -> tuple[int, int, int]:
