@@ -8,16 +8,8 @@ tenant on its sibling hyperthread or its cache), and a fixed split then waits fo
 slow core's last job; onnxruntime's thread pool hands out work as threads become free.
 numba's prange schedules statically whatever `set_parallel_chunksize` says (measured:
 16 uneven iterations split 8 + 8 either way), so the kernels take their jobs from a
-shared counter instead:
-
-    queue = np.zeros(1, np.int64)
-    for t in prange(threads):
-        ...
-        while True:
-            job = next_job(queue)
-            if job >= jobs:
-                break
-            ...
+shared counter instead: a 1-element int64 array made before the parallel loop, from
+which each thread takes `job = next_job(queue)` until the job number passes the last.
 
 The job numbers and what each job computes are the same as before, so results stay
 bit-identical; only which thread runs a job changes. Alternating in one process against
