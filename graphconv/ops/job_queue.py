@@ -26,7 +26,9 @@ from numba.extending import intrinsic
 @intrinsic
 def next_job(typingctx, counter):
     """counter[0] += 1 atomically; the value before. `counter` is a 1-element int64 array
-    shared by the threads."""
+    shared by the threads. Read it only through this: after the parallel loop the
+    function that made it may still see the 0 it wrote (measured; LLVM does not know
+    the loop's threads wrote to it)."""
     if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and counter.ndim == 1):
         return None
 
