@@ -156,10 +156,11 @@ def layer_workspace_bytes(node: Node, in_shapes: list, out_shape, batch: int) ->
     return 0
 
 
-def _outer_sums(out_channels: int, rows: int, wo: int) -> int:
-    """Floats of the conv "outer" strategy's sums for a job of `rows` output rows."""
+def _outer_job_floats(out_channels: int, job_pixels: int) -> int:
+    """Floats of the conv "outer" strategy's scratch for a job of `job_pixels` output
+    pixels: its sums, and its pixels' patch offsets (int64, two floats' worth each)."""
     blocks = -(-(-(-out_channels // 8) * 8) // 24)
-    return blocks * 24 * rows * (-(-wo // 8) * 8)
+    return blocks * 24 * (-(-job_pixels // 8) * 8) + 2 * job_pixels
 
 
 def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: str | None = None) -> int:
@@ -170,7 +171,7 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
     - pointwise: per thread the sums of one job's pixels and a vector per input channel
       for the pixels past the last whole vector;
     - direct: a channels-last, padded copy of one group's input, and a row panel per thread;
-    - outer: the channels-last copy as direct, per thread the sums of one job's rows, and
+    - outer: the channels-last copy as direct, per thread the sums of one job's pixels, and
       for weights prepare_conv did not pack (PACK_MAX_WEIGHTS and more, or a Winograd
       layer's) their packed copy, made on the first such run;
     - winograd: see `winograd.scratch_floats`;
@@ -179,7 +180,7 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
     A strategy this does not know gets the largest of these."""
     from graphconv.ops.conv import winograd
     from graphconv.ops.conv.cpu import (PACK_MAX_WEIGHTS, POINTWISE_PIXELS, SCRATCH_FLOATS, choose_strategy,
-                                        outer_rows, packed_weight_elements, suits_winograd)
+                                        outer_jobs, packed_weight_elements, suits_winograd)
     from graphconv.ops.registry import pair
 
     c, h, w = in_shape
@@ -197,10 +198,8 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
         "pointwise": _threads() * (POINTWISE_PIXELS * (per_group_out + 8) + 8 * per_group_in),
         "direct": batch * (h + 2 * ph) * (w + 2 * pw) * per_group_in + _threads() * panel,
         "im2col": (taps + per_group_out) * (band_rows + last_band_rows) * wo,
-        "outer": batch * (h + 2 * ph) * (w + 2 * pw) * per_group_in + _threads() * max(
-            _outer_sums(per_group_out, rows_per_job, row_width)
-            for _, row_width, rows_per_job in {outer_rows(batch, ho, wo, _threads(), regroup)
-                                                for regroup in (False, (kh, kw, ph, pw, groups) == (1, 1, 0, 0, 1))})
+        "outer": batch * (h + 2 * ph) * (w + 2 * pw) * per_group_in + _threads() * _outer_job_floats(
+            per_group_out, outer_jobs(batch, ho, wo, per_group_out, _threads())[0])
         + (packed_weight_elements(params, weights) if weights >= PACK_MAX_WEIGHTS or suits_winograd(params, c)
            else 0),  # packed by the first run that needs them (see prepare_conv)
         "winograd": winograd.scratch_floats((batch, c, h, w), params["out_channels"], (ho, wo), _threads()),

@@ -233,22 +233,30 @@ def test_conv_hypothesis(c, groups, o_per, kh, kw, sh, sw, ph, pw, dh, dw, h, w,
 
 
 @settings(max_examples=30, deadline=None)
-@given(c=st.integers(1, 40), o=st.integers(1, 70), k=st.integers(1, 5), s=st.integers(1, 3),
+@given(c=st.integers(1, 40), o=st.one_of(st.integers(1, 70), st.sampled_from([8, 24, 32, 48, 64])),
+       k=st.integers(1, 5), s=st.integers(1, 3),
        p=st.integers(0, 2), dw=st.integers(1, 2), h=st.integers(5, 14), w=st.integers(5, 30),
        batch=st.integers(1, 3), relu=st.booleans(), chunk=st.sampled_from([8, 24, 128]),
-       positions=st.sampled_from([1, 16, 64]), storage=st.sampled_from(STORAGE_CHOICES))
-def test_conv_outer_hypothesis(c, o, k, s, p, dw, h, w, batch, relu, chunk, positions, storage):
+       positions=st.sampled_from([1, 16, 64]), threads=st.integers(1, 3), residual=st.booleans(),
+       storage=st.sampled_from(STORAGE_CHOICES))
+def test_conv_outer_hypothesis(c, o, k, s, p, dw, h, w, batch, relu, chunk, positions, threads, residual, storage):
     """The outer-product strategy over channel counts that fill its 24-channel blocks and
-    8-lane vectors with some left over, rows of pixels that leave its 4- and 8-pixel tiles
-    part-empty, taps split into several chunks and jobs of one or several output rows."""
+    8-lane vectors with some left over (or none), tiles of 4 and 8 pixels that span
+    output rows and images or run part-empty, taps in one chunk or split into several,
+    jobs of one or several output rows or images, or of part of a row (a small map
+    split between the threads), with and without a residual input."""
     if dw * (k - 1) + 1 > w + 2 * p or k > h + 2 * p:
         return
     params = dict(out_channels=o, kernel_size=k, stride=s, padding=p, dilation=[1, dw],
                   activation="relu" if relu else "none")
+    shapes = [(c, h, w)]
+    if residual:
+        shapes.append(get_op("conv").shape(normalize_params(get_op("conv"), params), shapes))
     for prepared in (False, True):
         with mock.patch.object(conv_cpu, "OUTER_CHUNK", chunk), \
-                mock.patch.object(conv_cpu, "OUTER_POSITIONS", positions):
-            check_op("conv", params, [(c, h, w)], np.random.default_rng(c * 97 + o), batch=batch,
+                mock.patch.object(conv_cpu, "OUTER_POSITIONS", positions), \
+                mock.patch.object(conv_cpu, "get_num_threads", lambda: threads):
+            check_op("conv", params, shapes, np.random.default_rng(c * 97 + o), batch=batch,
                      strategy="outer", prepared=prepared, storage=storage)
 
 
@@ -281,6 +289,19 @@ def test_conv_winograd_hypothesis(c, o, p, h, w, batch, relu, chunk, job_tiles, 
                      strategy="winograd", prepared=prepared, storage=storage)
 
 
+@pytest.mark.parametrize("n,ho,wo,out_channels,threads,expected", [
+    (1, 56, 56, 256, 2, (112, 1)),   # ResNet-50's layer1: jobs of 2 rows, 28 of them
+    (1, 14, 14, 256, 2, (100, 1)),   # one job of 256 channels would split 144 + 112: the pixels split 100 + 96
+    (1, 14, 14, 1024, 2, (100, 1)),  # 528 + 496 channels (51.6%) against 100 + 96 pixels (51.0%)
+    (1, 7, 7, 512, 2, (49, 2)),      # 7 + 6 tiles of 4 pixels would be less even than 264 + 248 channels
+    (2, 14, 14, 256, 2, (196, 1)),   # one image a thread
+    (3, 7, 7, 64, 2, (49, 2)),       # 3 images on 2 threads: each split by channels
+    (1, 5, 5, 16, 1, (25, 1)),       # one thread: one job
+])
+def test_outer_jobs_share_a_layer_evenly(n, ho, wo, out_channels, threads, expected):
+    assert conv_cpu.outer_jobs(n, ho, wo, out_channels, threads) == expected
+
+
 @pytest.mark.parametrize("images,tile_rows,tile_cols,channels,band_bytes,expected", [
     (1, 192, 192, 64, 8 << 20, 41),   # VGG's conv1_2 at 384: 84 padded rows of 98.8 KB in 8 MB
     (2, 14, 14, 256, 8 << 20, 14),    # small maps: the whole copy, every image at once
@@ -296,6 +317,7 @@ def test_winograd_band_tile_rows(images, tile_rows, tile_cols, channels, band_by
     (dict(out_channels=40, kernel_size=1), (20, 7, 9)),                 # pointwise
     (dict(out_channels=33, kernel_size=3, padding=1), (17, 9, 11)),     # winograd
     (dict(out_channels=30, kernel_size=3, stride=2, padding=1), (20, 13, 9)),  # outer
+    (dict(out_channels=64, kernel_size=3, stride=2, padding=1), (20, 13, 9)),  # outer, whole channel vectors
     (dict(out_channels=600, kernel_size=3, stride=2), (600, 5, 5)),     # stream: 1-4 positions
 ])
 @pytest.mark.parametrize("relu", [False, True])

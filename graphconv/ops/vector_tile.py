@@ -66,45 +66,61 @@ def _make_tile(rows: int, vectors: int, prefetching: bool = True, outer: bool = 
 def _codegen(rows: int, vectors: int, prefetching: bool = True, outer: bool = False):
     def codegen(context, builder, signature, args):
         w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, prefetch = args
-        w_ptr, cols_ptr, sums_ptr = (context.make_array(signature.args[n])(context, builder, value).data
-                                     for n, value in ((0, w), (6, cols), (9, sums)))
+        w_ptr, cols_ptr, sums_ptr = _data_pointers(context, builder, signature, args, (0, 6, 9))
         emit = _Emitter(builder)
         row_starts = [emit.add(emit.mul(emit.min(emit.add(row0, emit.const(r)), last_row), stride), k0)
                       for r in range(rows)]
-        if prefetching:
-            _prefetch_lines(builder, emit, w_ptr, [emit.add(start, prefetch) for start in row_starts], steps)
-
-        k, before, loop, done = emit.open_loop("tile", steps)
-        sums_in = [[builder.phi(emit.vector) for _ in range(vectors)] for _ in range(rows)]
-        patch_row = emit.add(emit.mul(emit.add(k0, k), width), c0)
-        patches = [emit.load_vector(cols_ptr, emit.add(patch_row, emit.const(v * LANES))) for v in range(vectors)]
-        sums_out = []
-        for r in range(rows):
-            at = emit.add(row_starts[r], k)
-            weight = emit.broadcast(builder.load(builder.gep(w_ptr, [at])))
-            sums_out.append([emit.fmuladd(weight, patches[v], sums_in[r][v]) for v in range(vectors)])
+        finals = _emit_products(emit, w_ptr, cols_ptr, row_starts, steps, emit.add(emit.mul(k0, width), c0), width,
+                                vectors, prefetch=prefetch if prefetching else None)
         for r in range(rows):
             for v in range(vectors):
-                sums_in[r][v].add_incoming(emit.zero, before)
-                sums_in[r][v].add_incoming(sums_out[r][v], loop)
-        emit.close_loop(k, 1, steps, loop, done)
-
-        builder.position_at_end(done)
-        finals = []
-        for r in range(rows):
-            for v in range(vectors):
-                final = builder.phi(emit.vector)
-                final.add_incoming(emit.zero, before)
-                final.add_incoming(sums_out[r][v], loop)
-                finals.append((r, v, final))
-        for r, v, final in finals:
-            if outer:  # the last argument is the sums' row width; the sums have no column offset
-                at = emit.add(emit.mul(emit.add(s0, emit.const(r)), prefetch), emit.const(v * LANES))
-            else:
-                at = emit.add(emit.mul(emit.add(s0, emit.const(r)), width), emit.add(c0, emit.const(v * LANES)))
-            emit.store_vector(sums_ptr, at, builder.fadd(emit.load_vector(sums_ptr, at), final))
+                if outer:  # the last argument is the sums' row width; the sums have no column offset
+                    at = emit.add(emit.mul(emit.add(s0, emit.const(r)), prefetch), emit.const(v * LANES))
+                else:
+                    at = emit.add(emit.mul(emit.add(s0, emit.const(r)), width), emit.add(c0, emit.const(v * LANES)))
+                emit.store_vector(sums_ptr, at, builder.fadd(emit.load_vector(sums_ptr, at), finals[r][v]))
         return context.get_dummy_value()
     return codegen
+
+
+def _data_pointers(context, builder, signature, args, positions):
+    """The float pointers behind the flat arrays among a tile's arguments."""
+    return [context.make_array(signature.args[n])(context, builder, args[n]).data for n in positions]
+
+
+def _emit_products(emit, w_ptr, cols_ptr, row_starts, steps, cols_start, width, vectors, prefetch=None):
+    """The tile's k loop; returns its len(row_starts) x `vectors` sums (vector values):
+    sum_{k < steps} w[row_starts[r] + k] * cols[cols_start + k * width + v * LANES + lane]."""
+    builder = emit.builder
+    rows = len(row_starts)
+    if prefetch is not None:
+        _prefetch_lines(builder, emit, w_ptr, [emit.add(start, prefetch) for start in row_starts], steps)
+
+    k, before, loop, done = emit.open_loop("tile", steps)
+    sums_in = [[builder.phi(emit.vector) for _ in range(vectors)] for _ in range(rows)]
+    patch_row = emit.add(emit.mul(k, width), cols_start)
+    patches = [emit.load_vector(cols_ptr, emit.add(patch_row, emit.const(v * LANES))) for v in range(vectors)]
+    sums_out = []
+    for r in range(rows):
+        at = emit.add(row_starts[r], k)
+        weight = emit.broadcast(builder.load(builder.gep(w_ptr, [at])))
+        sums_out.append([emit.fmuladd(weight, patches[v], sums_in[r][v]) for v in range(vectors)])
+    for r in range(rows):
+        for v in range(vectors):
+            sums_in[r][v].add_incoming(emit.zero, before)
+            sums_in[r][v].add_incoming(sums_out[r][v], loop)
+    emit.close_loop(k, 1, steps, loop, done)
+
+    builder.position_at_end(done)
+    finals = []
+    for r in range(rows):
+        finals.append([])
+        for v in range(vectors):
+            final = builder.phi(emit.vector)
+            final.add_incoming(emit.zero, before)
+            final.add_incoming(sums_out[r][v], loop)
+            finals[r].append(final)
+    return finals
 
 
 def _prefetch_lines(builder, emit, base, starts, count):
@@ -243,3 +259,65 @@ def outer_tile(vectors, w, row0, last_row, stride, k0, steps, cols, c0, width, s
         _tile_4x2_outer(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width)
     else:
         _tile_8x1_outer(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width)
+
+
+# The tiles of `outer`, which gathers each pixel's patch from where it lies in the
+# channels-last input: pixel r of the tile reads its taps from x[patch[min(p0 + r, last)]
+# + shift + k], so a tile's pixels may come from different output rows, or images (a
+# 14-pixel row would leave the last tile of 4 half empty). The first k chunk's tile
+# stores its products into the sums and the others add to them, so the sums need no
+# zeroing.
+
+def _make_gathered_tile(rows: int, vectors: int, store: bool):
+    i = types.intp
+
+    @intrinsic
+    def tile(typingctx, x, patch, p0, last, shift, steps, cols, c0, width, sums, s0, s_width):
+        arrays_fit = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (x, patch, cols, sums))
+        if not arrays_fit or patch.dtype != types.int64 or any(a.dtype != types.float32 for a in (x, cols, sums)):
+            return None  # flat indexing from .data is right only for these
+        return types.void(x, patch, i, i, i, i, cols, i, i, sums, i, i), _gathered_codegen(rows, vectors, store)
+    tile.__name__ = f"gathered_tile_{rows}x{vectors}" + ("_store" if store else "")
+    return tile
+
+
+def _gathered_codegen(rows: int, vectors: int, store: bool):
+    def codegen(context, builder, signature, args):
+        x, patch, p0, last, shift, steps, cols, c0, width, sums, s0, s_width = args
+        x_ptr, patch_ptr, cols_ptr, sums_ptr = _data_pointers(context, builder, signature, args, (0, 1, 6, 9))
+        emit = _Emitter(builder)
+        row_starts = [emit.add(builder.load(builder.gep(patch_ptr, [emit.min(emit.add(p0, emit.const(r)), last)])),
+                               shift) for r in range(rows)]
+        products = _emit_products(emit, x_ptr, cols_ptr, row_starts, steps, c0, width, vectors)
+        for r in range(rows):
+            for v in range(vectors):
+                at = emit.add(emit.mul(emit.add(s0, emit.const(r)), s_width), emit.const(v * LANES))
+                value = products[r][v] if store else builder.fadd(emit.load_vector(sums_ptr, at), products[r][v])
+                emit.store_vector(sums_ptr, at, value)
+        return context.get_dummy_value()
+    return codegen
+
+
+_gathered_8x1, _gathered_4x2, _gathered_4x3 = (_make_gathered_tile(OUTER_ROWS[v], v, False) for v in (1, 2, 3))
+_gathered_8x1_store, _gathered_4x2_store, _gathered_4x3_store = (_make_gathered_tile(OUTER_ROWS[v], v, True)
+                                                                 for v in (1, 2, 3))
+
+
+@njit(cache=True, inline="always")
+def gathered_tile(vectors, store, x, patch, p0, last, shift, steps, cols, c0, width, sums, s0, s_width):
+    """sums[(s0 + r) * s_width + j] (+)= sum_{k < steps} x[patch[min(p0 + r, last)] + shift + k]
+    * cols[c0 + k * width + j] for r < OUTER_ROWS[vectors] and j < vectors * LANES: `=`
+    where `store`, `+=` otherwise."""
+    if store:
+        if vectors == 3:
+            _gathered_4x3_store(x, patch, p0, last, shift, steps, cols, c0, width, sums, s0, s_width)
+        elif vectors == 2:
+            _gathered_4x2_store(x, patch, p0, last, shift, steps, cols, c0, width, sums, s0, s_width)
+        else:
+            _gathered_8x1_store(x, patch, p0, last, shift, steps, cols, c0, width, sums, s0, s_width)
+    elif vectors == 3:
+        _gathered_4x3(x, patch, p0, last, shift, steps, cols, c0, width, sums, s0, s_width)
+    elif vectors == 2:
+        _gathered_4x2(x, patch, p0, last, shift, steps, cols, c0, width, sums, s0, s_width)
+    else:
+        _gathered_8x1(x, patch, p0, last, shift, steps, cols, c0, width, sums, s0, s_width)

@@ -49,7 +49,7 @@ from graphconv.ops.channels_last import as_nchw, as_stored_like, nhwc, padded_co
 from graphconv.ops.registry import pair
 from graphconv.ops.job_queue import next_job
 from graphconv.ops.unsigned_index import fill, unsigned
-from graphconv.ops.vector_tile import OUTER_ROWS, OUTER_VECTORS, outer_tile
+from graphconv.ops.vector_tile import OUTER_ROWS, OUTER_VECTORS, gathered_tile, outer_tile
 
 SCRATCH_FLOATS = 1 << 22  # 16 MB of im2col columns per chunk
 # prepare_conv packs weights under this for "outer": ResNet-50's layer4 (9 MB at most), which
@@ -567,8 +567,9 @@ def _conv_im2col(x, channels_last, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, rel
 
 OUTER_CHUNK = 192  # taps per k chunk: a chunk of 24 packed weight columns is 18 KB, in L1
 OUTER_POSITIONS = 64  # output pixels a job covers at least (whole rows), so each weight chunk is reused
-# Maps this small run as one job per image, split by output channels: ResNet-50's 14x14
-# layers (0.5-2 MB of weights, which jobs of OUTER_POSITIONS read again from L3 each)
+# Maps this small run as one job per image, split between the threads (`outer_jobs`):
+# ResNet-50's 14x14 layers (0.5-2 MB of weights, which jobs of OUTER_POSITIONS read again
+# from L3 each)
 # 1-2% faster end to end at 224 and 448 than at 64, alternating in one process; 800
 # (its 28x28 layers too) level.
 WHOLE_MAP_POSITIONS = 256
@@ -648,95 +649,113 @@ def _conv_winograd(x: np.ndarray, wu: np.ndarray, bias: np.ndarray, padding: tup
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _outer_group(xp, wp, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, wo, chunk, rows_per_job, flat_out,
+def _outer_group(xp, wp, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, wo, chunk, job_pixels, parts, flat_out,
                  flat_res, out_channels, channels_last, threads):
-    """Every output row of one group, `rows_per_job` rows per job. The patches are read
-    straight from the channels-last input: for each tap row i (and, when dilated along w,
-    each tap column j) the taps of output pixel ox are one contiguous run of xp starting
-    at column ox * sw, pixels sw * C floats apart, so no patch is ever copied. For each
-    chunk of such a run and each block of 24 output channels, the outer-product tile
-    runs over every pixel of the job's rows: 4 pixels' input values broadcast, times 3
-    vectors of 8 channels of the packed weights, 12 sums in registers. The weight chunk
-    (12 KB) stays in L1 while the job's pixels stream past it; the sums (pixels x 24 per
-    block) go to the output (flat, `out_channels` channels, stored NCHW or channels-last)
-    with bias, the residual input if any (flat_res, stored as the output; empty when
-    there is none) and ReLU at the end of the job."""
+    """Every output pixel of one group, `job_pixels` consecutive pixels (counted over the
+    batch) per job, each job split into `parts` parts by blocks of output channels
+    (`outer_jobs`). The patches are read straight from the channels-last input: for each
+    tap row i (and, when dilated along w, each tap column j) the taps of a pixel are one
+    contiguous run of xp, which starts `patch[q]` + the tap's shift for the job's pixel
+    q, so no patch is ever copied. For each chunk of such a run and each block of 24
+    output channels, the outer-product tile runs over every pixel of the job: 4 pixels'
+    input values broadcast, times 3 vectors of 8 channels of the packed weights, 12 sums
+    in registers. The weight chunk (18 KB) stays in L1 while the job's pixels stream past
+    it; the sums (pixels x 24 per block) go to the output (flat, `out_channels` channels,
+    stored NCHW or channels-last) with bias, the residual input if any (flat_res, stored
+    as the output; empty when there is none) and ReLU at the end of the job."""
     n, rows_in, cols_in, cg = xp.shape
-    residual = flat_res.size > 0
     o8 = -(-og // 8) * 8
     k = wp.size // o8
     block = OUTER_VECTORS * 8
     blocks = -(-o8 // block)
     run = kw * cg if dw == 1 else cg  # contiguous taps per segment
     segments_per_row = 1 if dw == 1 else kw
-    stride = sw * cg
-    slots = -(-wo // 8) * 8  # sums rows per output row: the last tile's clamped pixels land in the slack
-    block_rows = rows_per_job * slots
-    per_image = -(-ho // rows_per_job)
-    row_jobs = n * per_image
-    # Few row jobs would leave a thread idle for part of the layer (3 jobs on 2 threads):
-    # then each row job is split further by blocks of output channels.
-    parts = 1 if row_jobs >= 4 * threads or row_jobs % threads == 0 else min(blocks, threads)
+    plane = ho * wo
+    pixels = n * plane
+    jobs = -(-pixels // job_pixels) * parts
     per_part = -(-blocks // parts)
+    block_pixels = -(-job_pixels // 8) * 8  # sums rows a block: the last tile's clamped pixels land in the slack
     flat_x = xp.reshape(-1)
     queue = np.zeros(1, np.int64)  # the next job to take (`next_job`)
-    for t in prange(threads):
-        sums = np.empty(blocks * block_rows * block, np.float32)
+    for _ in prange(threads):
+        sums = np.empty(blocks * block_pixels * block, np.float32)
+        patch = np.empty(job_pixels, np.int64)
         while True:
             job = next_job(queue)
-            if job >= row_jobs * parts:
+            if job >= jobs:
                 break
-            b = (job // parts) // per_image
-            y0 = ((job // parts) % per_image) * rows_per_job
-            rows = min(rows_per_job, ho - y0)
+            q0 = (job // parts) * job_pixels
+            count = min(job_pixels, pixels - q0)
             blk0 = (job % parts) * per_part
             blk1 = min(blocks, blk0 + per_part)
-            fill(sums, blk0 * block_rows * block, blk1 * block_rows * block, 0.0)
+            _patch_starts(q0, count, ho, wo, rows_in, cols_in, cg, sh, sw, patch)
             for i in range(kh):
                 for j in range(segments_per_row):
                     tap = (i * kw + j) * cg  # the segment's first tap in the packed order
                     for k0 in range(0, run, chunk):
                         steps = min(chunk, run - k0)
+                        shift = (i * dh * cols_in + j * dw) * cg + k0  # from a patch's start in xp
+                        first_chunk = i == 0 and j == 0 and k0 == 0  # stores its products: no zeroing
                         for blk in range(blk0, blk1):
                             c0 = blk * block
                             vectors = min(OUTER_VECTORS, (o8 - c0) // 8)
-                            tile_rows = OUTER_ROWS[vectors]
                             bw = vectors * 8
-                            for r in range(rows):
-                                iy = (y0 + r) * sh + i * dh
-                                at = ((b * rows_in + iy) * cols_in + j * dw) * cg  # pixel 0's segment in xp
-                                # the tile reads x at p * stride + at + k0 + s and the weights at
-                                # (at + k0 + s) * bw + offset: the offset takes `at` back out
-                                offset = k * c0 + (tap - at) * bw
-                                for p0 in range(0, wo, tile_rows):
-                                    outer_tile(vectors, flat_x, p0, wo - 1, stride, at + k0, steps, wp, offset, bw,
-                                               sums, blk * block_rows + r * slots + p0, block)
-            o_lo, o_hi = blk0 * block, min(og, blk1 * block)
-            for r in range(rows):
-                first = (b * ho + y0 + r) * wo  # the row's first pixel, counted over the batch
-                if channels_last:  # each pixel's channels are one run of the output
-                    for ox in range(wo):
-                        dst = (first + ox) * out_channels + o_offset
-                        for blk in range(blk0, blk1):
-                            lo = blk * block
-                            store_channels(sums, ((blk * block_rows + r * slots + ox) * block), bias, o_offset + lo,
-                                            flat_res, flat_out, dst + lo, min(o_hi, lo + block) - lo, residual, relu)
-                    continue
-                for o in range(o_lo, o_hi):
-                    channel = o_offset + o
-                    bo = bias[channel]
-                    at = ((o // block) * block_rows + r * slots) * block + o % block
-                    dst = (b * out_channels + channel) * ho * wo + (y0 + r) * wo
-                    for ox in range(wo):  # strided reads: see `_store_run` on why not it
-                        v = sums[unsigned(at + ox * block)] + bo
-                        if residual:
-                            v += flat_res[unsigned(dst + ox)]
-                        flat_out[unsigned(dst + ox)] = max(v, np.float32(0.0)) if relu else v
+                            panel = k * c0 + (tap + k0) * bw  # the chunk's weights in the block's (K x bw) panel
+                            for p0 in range(0, count, OUTER_ROWS[vectors]):
+                                gathered_tile(vectors, first_chunk, flat_x, patch, p0, count - 1, shift, steps, wp,
+                                              panel, bw, sums, blk * block_pixels + p0, block)
+            _store_outer_job(sums, block_pixels, q0, count, blk0 * block, min(og, blk1 * block), plane, bias, relu,
+                             o_offset, flat_res, flat_out, out_channels, channels_last)
+
+
+@njit(cache=True, inline="always")
+def _patch_starts(q0, count, ho, wo, rows_in, cols_in, cg, sh, sw, patch):
+    """patch[q] = where the patch of output pixel q0 + q (counted over the batch) starts in
+    the flat channels-last input, for q < count: one division for the job, not per pixel."""
+    b, oy, ox = q0 // (ho * wo), (q0 % (ho * wo)) // wo, q0 % wo
+    for q in range(count):
+        patch[q] = ((b * rows_in + oy * sh) * cols_in + ox * sw) * cg
+        ox += 1
+        if ox == wo:
+            ox, oy = 0, oy + 1
+            if oy == ho:
+                oy, b = 0, b + 1
+
+
+@njit(cache=True, inline="always")
+def _store_outer_job(sums, block_pixels, q0, count, o_lo, o_hi, plane, bias, relu, o_offset, flat_res, flat_out,
+                     out_channels, channels_last):
+    """Output channels o_lo..o_hi of a job's `count` pixels from its sums, with the bias,
+    the residual input and ReLU."""
+    block = OUTER_VECTORS * 8
+    residual = flat_res.size > 0
+    if channels_last:  # each pixel's channels are one run of the output
+        for q in range(count):
+            dst = (q0 + q) * out_channels + o_offset
+            for lo in range(o_lo, o_hi, block):
+                store_channels(sums, ((lo // block) * block_pixels + q) * block, bias, o_offset + lo, flat_res,
+                               flat_out, dst + lo, min(o_hi, lo + block) - lo, residual, relu)
+        return
+    q = 0
+    while q < count:  # one image's pixels at a time
+        b = (q0 + q) // plane
+        end = min(count, (b + 1) * plane - q0)
+        for o in range(o_lo, o_hi):
+            channel = o_offset + o
+            bo = bias[channel]
+            at = ((o // block) * block_pixels + q) * block + o % block
+            dst = (b * out_channels + channel) * plane + q0 + q - b * plane
+            for m in range(end - q):  # strided reads: see `_store_run` on why not it
+                v = sums[unsigned(at + m * block)] + bo
+                if residual:
+                    v += flat_res[unsigned(dst + m)]
+                flat_out[unsigned(dst + m)] = max(v, np.float32(0.0)) if relu else v
+        q = end
 
 
 def _conv_outer(x, wp, og, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, threads, out, flat_res):
     """`_outer_group` per group, on a padded channels-last copy of the input, or on the
-    input itself where it is stored channels-last, unpadded and ungrouped (a 1x1 conv)."""
+    input itself where it is stored channels-last, unpadded and ungrouped."""
     n, c, height, width = x.shape
     groups = wp.shape[0]
     cg = c // groups
@@ -744,37 +763,37 @@ def _conv_outer(x, wp, og, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, threads, 
     stored = nhwc(x)
     in_place = stored is not None and ph == pw == 0 and groups == 1
     xp = stored if in_place else np.empty((n, height + 2 * ph, width + 2 * pw, cg), np.float32)
-    regroup = in_place and kh == kw == sh == sw == 1  # a 1x1 conv: its rows can be regrouped freely
-    ho, wo, rows_per_job = outer_rows(n, ho, wo, threads, regroup)
-    if regroup:
-        xp = xp.reshape(n, ho, wo, c)
+    job_pixels, parts = outer_jobs(n, ho, wo, og, threads)
     flat_out, out_channels_last = _flat(out), nhwc(out) is not None
     for g in range(groups):
         if not in_place:
             padded_copy(x, g * cg, ph, pw, xp)
-        _outer_group(xp, wp[g], og, bias, relu, kh, kw, sh, sw, dh, dw, g * og, ho, wo, OUTER_CHUNK, rows_per_job,
+        _outer_group(xp, wp[g], og, bias, relu, kh, kw, sh, sw, dh, dw, g * og, ho, wo, OUTER_CHUNK, job_pixels, parts,
                      flat_out, flat_res, groups * og, out_channels_last, threads)
 
 
-def outer_rows(n: int, ho: int, wo: int, threads: int, regroup: bool) -> tuple[int, int, int]:
-    """(rows, pixels per row, rows per job) as `_outer_group` runs an n x ho x wo output:
-    a 1x1 conv reading its channels-last input in place (`regroup`) treats several
-    output rows as one (`_rows_per_regrouped_row`). A job covers OUTER_POSITIONS pixels
-    at least, in whole rows; a map of WHOLE_MAP_POSITIONS pixels or fewer is one job
-    per image, which `_outer_group` splits between the threads by output channels, so
-    each thread reads its weights once instead of once per job."""
-    if regroup:
-        rows = _rows_per_regrouped_row(ho, wo)
-        ho, wo = ho // rows, rows * wo
-    if ho * wo <= WHOLE_MAP_POSITIONS:
-        return ho, wo, ho
-    return ho, wo, max(1, min(-(-OUTER_POSITIONS // wo), (n * ho) // threads))
-
-
-def _rows_per_regrouped_row(ho: int, wo: int) -> int:
-    """How many output rows a 1x1 conv on channels-last input treats as one: all of a
-    small map's (WHOLE_MAP_POSITIONS pixels or fewer), else the fewest that make a
-    whole number of 4-pixel tiles, so none runs part-empty (ResNet's 28-pixel rows: 1)."""
-    if ho * wo <= WHOLE_MAP_POSITIONS:
-        return ho
-    return next((rows for rows in (1, 2, 4) if (rows * wo) % 4 == 0 and ho % rows == 0), 1)
+def outer_jobs(n: int, ho: int, wo: int, out_channels: int, threads: int) -> tuple[int, int]:
+    """(pixels per job, channel parts per job) for `_outer_group` on an n x ho x wo output.
+    A job covers OUTER_POSITIONS pixels at least, in whole rows; a map of
+    WHOLE_MAP_POSITIONS pixels or fewer is one job per image, so each thread reads the
+    layer's weights once instead of once per job. Too few jobs to share out evenly (3
+    on 2 threads) are each split into `threads` parts by blocks of output channels, or,
+    for one image, its pixels into `threads` jobs, whichever leaves the busiest thread
+    less: ResNet-50's 256 channels split 144 + 112 (blocks of 24), its 196 pixels
+    100 + 96."""
+    plane = ho * wo
+    if plane <= WHOLE_MAP_POSITIONS:
+        job_pixels = plane
+    else:
+        job_pixels = wo * max(1, min(-(-OUTER_POSITIONS // wo), (n * ho) // threads))
+    jobs = -(-n * plane // job_pixels)
+    if jobs >= 4 * threads or jobs % threads == 0:
+        return job_pixels, 1
+    block = OUTER_VECTORS * 8
+    blocks = -(-out_channels // block)
+    parts = min(blocks, threads)
+    busiest_part = min(out_channels, -(-blocks // parts) * block) / out_channels
+    even_pixels = -(-(-(-plane // threads)) // 4) * 4  # whole tiles of 4 pixels
+    if n == 1 and even_pixels / plane < busiest_part:
+        return even_pixels, 1
+    return job_pixels, parts
