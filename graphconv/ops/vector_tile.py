@@ -91,11 +91,17 @@ def _data_pointers(context, builder, signature, args, positions):
 def _emit_products(emit, w_ptr, cols_ptr, row_starts, steps, cols_start, width, vectors, prefetch=None):
     """The tile's k loop; returns its len(row_starts) x `vectors` sums (vector values):
     sum_{k < steps} w[row_starts[r] + k] * cols[cols_start + k * width + v * LANES + lane]."""
-    builder = emit.builder
-    rows = len(row_starts)
     if prefetch is not None:
-        _prefetch_lines(builder, emit, w_ptr, [emit.add(start, prefetch) for start in row_starts], steps)
+        _prefetch_lines(emit.builder, emit, w_ptr, [emit.add(start, prefetch) for start in row_starts], steps)
+    zeros = [[emit.zero] * vectors for _ in row_starts]
+    return _emit_k_loop(emit, w_ptr, cols_ptr, row_starts, steps, cols_start, width, zeros)
 
+
+def _emit_k_loop(emit, w_ptr, cols_ptr, row_starts, steps, cols_start, width, start):
+    """`start` (rows x vectors vector values) plus the products of `_emit_products`, as
+    values after the loop (the builder left after it)."""
+    builder = emit.builder
+    rows, vectors = len(start), len(start[0])
     k, before, loop, done = emit.open_loop("tile", steps)
     sums_in = [[builder.phi(emit.vector) for _ in range(vectors)] for _ in range(rows)]
     patch_row = emit.add(emit.mul(k, width), cols_start)
@@ -107,20 +113,21 @@ def _emit_products(emit, w_ptr, cols_ptr, row_starts, steps, cols_start, width, 
         sums_out.append([emit.fmuladd(weight, patches[v], sums_in[r][v]) for v in range(vectors)])
     for r in range(rows):
         for v in range(vectors):
-            sums_in[r][v].add_incoming(emit.zero, before)
+            sums_in[r][v].add_incoming(start[r][v], before)
             sums_in[r][v].add_incoming(sums_out[r][v], loop)
     emit.close_loop(k, 1, steps, loop, done)
 
     builder.position_at_end(done)
-    finals = []
-    for r in range(rows):
-        finals.append([])
-        for v in range(vectors):
-            final = builder.phi(emit.vector)
-            final.add_incoming(emit.zero, before)
-            final.add_incoming(sums_out[r][v], loop)
-            finals[r].append(final)
-    return finals
+    return [[_merge(builder, emit, (start[r][v], before), (sums_out[r][v], loop)) for v in range(vectors)]
+            for r in range(rows)]
+
+
+def _merge(builder, emit, *incoming):
+    """A phi of (value, block) pairs: the value from whichever block control came from."""
+    phi = builder.phi(emit.vector)
+    for value, block in incoming:
+        phi.add_incoming(value, block)
+    return phi
 
 
 def _prefetch_lines(builder, emit, base, starts, count):
@@ -262,33 +269,55 @@ def outer_tile(vectors, w, row0, last_row, stride, k0, steps, cols, c0, width, s
 
 
 # The tiles of `outer`, which gathers each pixel's patch from where it lies in the
-# channels-last input: pixel r of the tile reads its taps from x[patch[min(p0 + r, last)]
-# + shift + k], so a tile's pixels may come from different output rows, or images (a
-# 14-pixel row would leave the last tile of 4 half empty). The first k chunk's tile
-# stores its products into the sums and the others add to them, so the sums need no
-# zeroing.
+# channels-last input. Pixel r of the tile reads `segments` runs of `steps` taps, run g
+# at x[patch[min(p0 + r, last)] + shift + g * seg_stride], which meet the weights' rows
+# g * seg_k onwards: a tile's pixels may come from different output rows or images (a
+# 14-pixel row would leave the last tile of 4 half empty), and one call may cover
+# several tap rows (ResNet-50's 7x7 conv1 on 3 channels: 7 runs of 21 taps, which as
+# 7 calls of 21 steps spent more time entering and leaving the tile than in it). The
+# first k chunk's tile stores its products into the sums and the others add to them,
+# so the sums need no zeroing.
 
 def _make_gathered_tile(rows: int, vectors: int, store: bool):
     i = types.intp
 
     @intrinsic
-    def tile(typingctx, x, patch, p0, last, shift, steps, cols, c0, width, sums, s0, s_width):
+    def tile(typingctx, x, patch, p0, last, span, cols, c0, width, sums, s0, s_width):
         arrays_fit = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (x, patch, cols, sums))
         if not arrays_fit or patch.dtype != types.int64 or any(a.dtype != types.float32 for a in (x, cols, sums)):
             return None  # flat indexing from .data is right only for these
-        return types.void(x, patch, i, i, i, i, cols, i, i, sums, i, i), _gathered_codegen(rows, vectors, store)
+        if not (isinstance(span, types.UniTuple) and span.count == 5 and isinstance(span.dtype, types.Integer)):
+            return None
+        signature = types.void(x, patch, i, i, types.UniTuple(i, 5), cols, i, i, sums, i, i)
+        return signature, _gathered_codegen(rows, vectors, store)
     tile.__name__ = f"gathered_tile_{rows}x{vectors}" + ("_store" if store else "")
     return tile
 
 
 def _gathered_codegen(rows: int, vectors: int, store: bool):
     def codegen(context, builder, signature, args):
-        x, patch, p0, last, shift, steps, cols, c0, width, sums, s0, s_width = args
-        x_ptr, patch_ptr, cols_ptr, sums_ptr = _data_pointers(context, builder, signature, args, (0, 1, 6, 9))
+        x, patch, p0, last, span, cols, c0, width, sums, s0, s_width = args
+        x_ptr, patch_ptr, cols_ptr, sums_ptr = _data_pointers(context, builder, signature, args, (0, 1, 5, 8))
+        shift, seg_stride, segments, seg_k, steps = (builder.extract_value(span, n) for n in range(5))
         emit = _Emitter(builder)
-        row_starts = [emit.add(builder.load(builder.gep(patch_ptr, [emit.min(emit.add(p0, emit.const(r)), last)])),
-                               shift) for r in range(rows)]
-        products = _emit_products(emit, x_ptr, cols_ptr, row_starts, steps, c0, width, vectors)
+        patch_starts = [emit.add(builder.load(builder.gep(patch_ptr, [emit.min(emit.add(p0, emit.const(r)), last)])),
+                                 shift) for r in range(rows)]
+        g, before, loop, done = emit.open_loop("segment", segments)
+        sums_in = [[builder.phi(emit.vector) for _ in range(vectors)] for _ in range(rows)]
+        row_starts = [emit.add(start, emit.mul(g, seg_stride)) for start in patch_starts]
+        sums_out = _emit_k_loop(emit, x_ptr, cols_ptr, row_starts, steps, emit.add(c0, emit.mul(emit.mul(g, seg_k), width)),
+                                width, sums_in)
+        body_end = builder.block  # the segment loop's latch: the k loop's exit
+        for r in range(rows):
+            for v in range(vectors):
+                sums_in[r][v].add_incoming(emit.zero, before)
+                sums_in[r][v].add_incoming(sums_out[r][v], body_end)
+        g_next = emit.add(g, emit.const(1))
+        g.add_incoming(g_next, body_end)
+        builder.cbranch(builder.icmp_signed("<", g_next, segments), loop, done)
+        builder.position_at_end(done)
+        products = [[_merge(builder, emit, (emit.zero, before), (sums_out[r][v], body_end)) for v in range(vectors)]
+                    for r in range(rows)]
         for r in range(rows):
             for v in range(vectors):
                 at = emit.add(emit.mul(emit.add(s0, emit.const(r)), s_width), emit.const(v * LANES))
@@ -304,20 +333,21 @@ _gathered_8x1_store, _gathered_4x2_store, _gathered_4x3_store = (_make_gathered_
 
 
 @njit(cache=True, inline="always")
-def gathered_tile(vectors, store, x, patch, p0, last, shift, steps, cols, c0, width, sums, s0, s_width):
-    """sums[(s0 + r) * s_width + j] (+)= sum_{k < steps} x[patch[min(p0 + r, last)] + shift + k]
-    * cols[c0 + k * width + j] for r < OUTER_ROWS[vectors] and j < vectors * LANES: `=`
-    where `store`, `+=` otherwise."""
+def gathered_tile(vectors, store, x, patch, p0, last, span, cols, c0, width, sums, s0, s_width):
+    """With span = (shift, seg_stride, segments, seg_k, steps):
+    sums[(s0 + r) * s_width + j] (+)= sum_{g < segments, k < steps}
+        x[patch[min(p0 + r, last)] + shift + g * seg_stride + k] * cols[c0 + (g * seg_k + k) * width + j]
+    for r < OUTER_ROWS[vectors] and j < vectors * LANES: `=` where `store`, `+=` otherwise."""
     if store:
         if vectors == 3:
-            _gathered_4x3_store(x, patch, p0, last, shift, steps, cols, c0, width, sums, s0, s_width)
+            _gathered_4x3_store(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width)
         elif vectors == 2:
-            _gathered_4x2_store(x, patch, p0, last, shift, steps, cols, c0, width, sums, s0, s_width)
+            _gathered_4x2_store(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width)
         else:
-            _gathered_8x1_store(x, patch, p0, last, shift, steps, cols, c0, width, sums, s0, s_width)
+            _gathered_8x1_store(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width)
     elif vectors == 3:
-        _gathered_4x3(x, patch, p0, last, shift, steps, cols, c0, width, sums, s0, s_width)
+        _gathered_4x3(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width)
     elif vectors == 2:
-        _gathered_4x2(x, patch, p0, last, shift, steps, cols, c0, width, sums, s0, s_width)
+        _gathered_4x2(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width)
     else:
-        _gathered_8x1(x, patch, p0, last, shift, steps, cols, c0, width, sums, s0, s_width)
+        _gathered_8x1(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width)

@@ -670,6 +670,9 @@ def _outer_group(xp, wp, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, w
     blocks = -(-o8 // block)
     run = kw * cg if dw == 1 else cg  # contiguous taps per segment
     segments_per_row = 1 if dw == 1 else kw
+    # tap rows a chunk takes at once where a row's run is short (3 channels x 7 taps), as
+    # evenly as chunk allows (11 rows of 33 taps: 4 + 4 + 3)
+    rows_per_chunk = 1 if run >= chunk else -(-kh // -(-kh // (chunk // run)))
     plane = ho * wo
     pixels = n * plane
     jobs = -(-pixels // job_pixels) * parts
@@ -689,12 +692,13 @@ def _outer_group(xp, wp, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, w
             blk0 = (job % parts) * per_part
             blk1 = min(blocks, blk0 + per_part)
             _patch_starts(q0, count, ho, wo, rows_in, cols_in, cg, sh, sw, patch)
-            for i in range(kh):
+            for i in range(0, kh, rows_per_chunk):
+                segments = min(rows_per_chunk, kh - i)  # tap rows i, i + 1, ... in one tile call
                 for j in range(segments_per_row):
                     tap = (i * kw + j) * cg  # the segment's first tap in the packed order
                     for k0 in range(0, run, chunk):
-                        steps = min(chunk, run - k0)
                         shift = (i * dh * cols_in + j * dw) * cg + k0  # from a patch's start in xp
+                        span = (shift, dh * cols_in * cg, segments, kw * cg, min(chunk, run - k0))
                         first_chunk = i == 0 and j == 0 and k0 == 0  # stores its products: no zeroing
                         for blk in range(blk0, blk1):
                             c0 = blk * block
@@ -702,8 +706,8 @@ def _outer_group(xp, wp, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, w
                             bw = vectors * 8
                             panel = k * c0 + (tap + k0) * bw  # the chunk's weights in the block's (K x bw) panel
                             for p0 in range(0, count, OUTER_ROWS[vectors]):
-                                gathered_tile(vectors, first_chunk, flat_x, patch, p0, count - 1, shift, steps, wp,
-                                              panel, bw, sums, blk * block_pixels + p0, block)
+                                gathered_tile(vectors, first_chunk, flat_x, patch, p0, count - 1, span, wp, panel,
+                                              bw, sums, blk * block_pixels + p0, block)
             _store_outer_job(sums, block_pixels, q0, count, blk0 * block, min(og, blk1 * block), plane, bias, relu,
                              o_offset, flat_res, flat_out, out_channels, channels_last)
 
