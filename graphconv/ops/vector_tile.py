@@ -36,7 +36,7 @@ BLOCK_VECTORS = 5  # widest position block one tile covers: 40 positions
 TILE_ROWS = (0, 8, 4, 4, 2, 2)
 
 
-def _make_tile(rows: int, vectors: int, prefetching: bool = True, outer: bool = False):
+def _make_tile(rows: int, vectors: int, prefetching: bool = True, outer: bool = False, store: bool = False):
     """An intrinsic adding a (rows x vectors*LANES) product into `sums`:
 
         sums[(s0 + r) * width + c0 + j] += sum_{k < steps} w[row_r * stride + k0 + k]
@@ -58,12 +58,13 @@ def _make_tile(rows: int, vectors: int, prefetching: bool = True, outer: bool = 
                     and array.layout == "C"):
                 return None
         i = types.intp
-        return types.void(w, i, i, i, i, i, cols, i, i, sums, i, i), _codegen(rows, vectors, prefetching, outer)
-    tile.__name__ = f"tile_{rows}x{vectors}" + ("_outer" if outer else "")
+        return types.void(w, i, i, i, i, i, cols, i, i, sums, i, i), _codegen(rows, vectors, prefetching, outer,
+                                                                              store)
+    tile.__name__ = f"tile_{rows}x{vectors}" + ("_outer" if outer else "") + ("_store" if store else "")
     return tile
 
 
-def _codegen(rows: int, vectors: int, prefetching: bool = True, outer: bool = False):
+def _codegen(rows: int, vectors: int, prefetching: bool = True, outer: bool = False, store: bool = False):
     def codegen(context, builder, signature, args):
         w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, prefetch = args
         w_ptr, cols_ptr, sums_ptr = _data_pointers(context, builder, signature, args, (0, 6, 9))
@@ -78,7 +79,8 @@ def _codegen(rows: int, vectors: int, prefetching: bool = True, outer: bool = Fa
                     at = emit.add(emit.mul(emit.add(s0, emit.const(r)), prefetch), emit.const(v * LANES))
                 else:
                     at = emit.add(emit.mul(emit.add(s0, emit.const(r)), width), emit.add(c0, emit.const(v * LANES)))
-                emit.store_vector(sums_ptr, at, builder.fadd(emit.load_vector(sums_ptr, at), finals[r][v]))
+                emit.store_vector(sums_ptr, at,
+                                  finals[r][v] if store else builder.fadd(emit.load_vector(sums_ptr, at), finals[r][v]))
         return context.get_dummy_value()
     return codegen
 
@@ -252,15 +254,27 @@ def multiply_tile(vectors, w, row0, last_row, stride, k0, steps, cols, c0, width
 _tile_8x1_outer = _make_tile(8, 1, False, True)
 _tile_4x2_outer = _make_tile(4, 2, False, True)
 _tile_4x3_outer = _make_tile(4, 3, False, True)
+# and storing their products instead of adding them: a sum's first chunk, so the sums need no zeroing
+_tile_8x1_outer_store = _make_tile(8, 1, False, True, True)
+_tile_4x2_outer_store = _make_tile(4, 2, False, True, True)
+_tile_4x3_outer_store = _make_tile(4, 3, False, True, True)
 OUTER_VECTORS = 3  # channel vectors per tile in `outer_tile`: 24 output channels
 OUTER_ROWS = (0, 8, 4, 4)  # pixels per tile for 1..3 channel vectors
 
 
 @njit(cache=True, inline="always")
-def outer_tile(vectors, w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width):
+def outer_tile(vectors, w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width, store=False):
     """sums[(s0 + r) * s_width + j] += sum_k w[row_r * stride + k0 + k] * cols[(k0 + k) * width + c0 + j]
-    for r < OUTER_ROWS[vectors], j < vectors * LANES (row_r as in `_make_tile`)."""
-    if vectors == 3:
+    for r < OUTER_ROWS[vectors], j < vectors * LANES (row_r as in `_make_tile`); `=` instead
+    of `+=` where `store`."""
+    if store:
+        if vectors == 3:
+            _tile_4x3_outer_store(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width)
+        elif vectors == 2:
+            _tile_4x2_outer_store(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width)
+        else:
+            _tile_8x1_outer_store(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width)
+    elif vectors == 3:
         _tile_4x3_outer(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width)
     elif vectors == 2:
         _tile_4x2_outer(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width)

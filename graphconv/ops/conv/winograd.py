@@ -45,7 +45,7 @@ from numba import njit, prange
 from graphconv.ops.channels_last import store_channels
 from graphconv.ops.registry import pair
 from graphconv.ops.job_queue import next_job
-from graphconv.ops.unsigned_index import fill, unsigned
+from graphconv.ops.unsigned_index import unsigned
 from graphconv.ops.vector_tile import OUTER_ROWS, OUTER_VECTORS, outer_tile
 
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
@@ -201,16 +201,15 @@ def winograd_conv(xp, wu, og, bias, relu, ho, wo, jobs_per_image, chunk, flat_ou
             for xi in range(16):
                 _gather_transformed_input(flat_x, xi, b, tile0, tiles, tile_cols, rows_in, cols_in, c, v)
                 m0 = (xi % 4) * m_size
-                fill(m, m0 + blk0 * slots * block, m0 + blk1 * slots * block, 0.0)
                 for k0 in range(0, c, chunk):
                     steps = min(chunk, c - k0)
                     for blk in range(blk0, blk1):
                         c0 = blk * block
                         vectors = min(OUTER_VECTORS, (o8 - c0) // 8)
                         step = OUTER_ROWS[vectors]
-                        for p0 in range(0, tiles, step):
+                        for p0 in range(0, tiles, step):  # the first chunk stores: M needs no zeroing
                             outer_tile(vectors, v, p0, tiles - 1, c, k0, steps, wu, xi * u_stride + c * c0,
-                                       vectors * 8, m, (m0 // block) + blk * slots + p0, block)
+                                       vectors * 8, m, (m0 // block) + blk * slots + p0, block, k0 == 0)
                 if xi % 4 == 3:
                     _add_row_to_outputs(m, m_size, xi // 4, blk0, blk1, tiles, slots, block, y)
             _write_outputs(y, bias, relu, image0 + b, tile0, tiles, tile_cols, ho, wo, row0, blk0 * block,
