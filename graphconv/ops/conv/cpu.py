@@ -656,7 +656,8 @@ def _outer_group(xp, wp, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, w
     (`outer_jobs`). The patches are read straight from the channels-last input: for each
     tap row i (and, when dilated along w, each tap column j) the taps of a pixel are one
     contiguous run of xp, which starts `patch[q]` + the tap's shift for the job's pixel
-    q, so no patch is ever copied. For each chunk of such a run and each block of 24
+    q, so no patch is ever copied; where a run is short (conv1's 7 taps of 3 channels),
+    one chunk takes several tap rows' runs. For each chunk and each block of 24
     output channels, the outer-product tile runs over every pixel of the job: 4 pixels'
     input values broadcast, times 3 vectors of 8 channels of the packed weights, 12 sums
     in registers. The weight chunk (18 KB) stays in L1 while the job's pixels stream past
