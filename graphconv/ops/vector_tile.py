@@ -319,8 +319,8 @@ def _gathered_codegen(rows: int, vectors: int, store: bool):
         g, before, loop, done = emit.open_loop("segment", segments)
         sums_in = [[builder.phi(emit.vector) for _ in range(vectors)] for _ in range(rows)]
         row_starts = [emit.add(start, emit.mul(g, seg_stride)) for start in patch_starts]
-        sums_out = _emit_k_loop(emit, x_ptr, cols_ptr, row_starts, steps, emit.add(c0, emit.mul(emit.mul(g, seg_k), width)),
-                                width, sums_in)
+        cols_start = emit.add(c0, emit.mul(emit.mul(g, seg_k), width))  # the run's first weight row
+        sums_out = _emit_k_loop(emit, x_ptr, cols_ptr, row_starts, steps, cols_start, width, sums_in)
         body_end = builder.block  # the segment loop's latch: the k loop's exit
         for r in range(rows):
             for v in range(vectors):
