@@ -140,11 +140,11 @@ def _take_buffer(free: list[int], floats: list[int], need: int) -> int:
 
 @dataclass
 class Step:
-    """One layer bound to the backend: its kernel and its weights as the kernel keeps them."""
+    """One layer bound to the backend: its call (`OpDef.bind`: the kernel with the layer's
+    params and its weights as the kernel keeps them) and the values it reads."""
 
     name: str
-    kernel: Callable
-    params: dict
+    call: Callable[[list, Any], None]
     weights: dict[str, Any]
     inputs: list[str]
 
@@ -177,11 +177,12 @@ class Executor:
 
     def _bind(self, node: Node) -> Step:
         try:
-            kernel = self.backend.kernel(node.opdef)
+            self.backend.kernel(node.opdef)  # an op with no kernel here is the user's error, named at the layer
         except GraphconvError as err:
             raise node.error(err.message) from None
         weights = self.backend.prepare_weights(node.opdef, node.params, node.weights)
-        return Step(node.name, kernel, node.params, weights, [src.name for src in node.inputs])
+        call = node.opdef.bind(self.backend.name, node.params, weights)
+        return Step(node.name, call, weights, [src.name for src in node.inputs])
 
     def plan(self, batch: int, height: int, width: int) -> Plan:
         """The plan for `batch` images of height x width, made on first use.
@@ -222,7 +223,7 @@ class Executor:
             values[plan.input] = self.backend.to_device(x)
             for step in self.steps:
                 start = time.perf_counter() if profile is not None else 0.0
-                step.kernel(step.params, step.weights, [values[i] for i in step.inputs], values[step.name])
+                step.call([values[i] for i in step.inputs], values[step.name])
                 if profile is not None:
                     self.backend.synchronize()
                     profile[step.name] = profile.get(step.name, 0.0) + time.perf_counter() - start

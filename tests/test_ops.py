@@ -289,6 +289,44 @@ def test_conv_winograd_hypothesis(c, o, p, h, w, batch, relu, chunk, job_tiles, 
                      strategy="winograd", prepared=prepared, storage=storage)
 
 
+@pytest.mark.parametrize("params,in_shape", [
+    (dict(out_channels=48, kernel_size=1), (40, 7, 9)),                          # outer in place (channels-last)
+    (dict(out_channels=33, kernel_size=3, padding=1), (17, 9, 11)),              # winograd
+    (dict(out_channels=30, kernel_size=3, stride=2, padding=1), (20, 13, 9)),    # outer on a padded copy
+    (dict(out_channels=600, kernel_size=3, stride=2), (600, 5, 5)),              # stream
+])
+@pytest.mark.parametrize("residual", [False, True])
+def test_a_bound_conv_matches_run_conv_on_every_geometry_it_meets(params, in_shape, residual, rng):
+    """The Executor's call (`OpDef.bind`): the same output as `run_conv` for sizes and
+    storages met in any order, again and again, one remembered call per geometry."""
+    opdef = get_op("conv")
+    params = normalize_params(opdef, dict(params, activation="relu"))
+    weights = CPU.prepare_weights(opdef, params, make_weights(opdef, params, [in_shape], rng))
+    bound = opdef.bind("cpu", params, weights)
+    for batch, grow, storage in [(1, 0, (True, True)), (2, 3, (False, False)), (1, 0, (True, True)),
+                                 (1, 0, (False, True)), (2, 3, (False, False))]:
+        c, h, w = in_shape
+        shapes = [(c, h + grow, w + grow)]
+        if residual:
+            shapes.append(opdef.shape(params, shapes))
+        xs = [random_input(rng, (batch, *s)) for s in shapes]
+        want = run_kernel(opdef, params, weights, xs, storage)
+        got = np.full(want.shape, np.nan, np.float32)
+        ins = [stored_channels_last(x) for x in xs] if storage[0] else xs
+        out = stored_channels_last(got) if storage[1] else got
+        bound(ins, out)
+        np.testing.assert_array_equal(np.ascontiguousarray(out), want)
+    assert len(bound.calls) == 3
+
+
+def test_an_op_without_a_bind_hook_is_its_run_function_with_params_and_weights_fixed(rng):
+    opdef = get_op("relu")
+    x = random_input(rng, (1, 3, 4, 5))
+    out = np.empty_like(x)
+    opdef.bind("cpu", {}, {})([x], out)
+    np.testing.assert_array_equal(out, np.maximum(x, 0))
+
+
 @pytest.mark.parametrize("n,ho,wo,out_channels,threads,expected", [
     (1, 56, 56, 256, 2, (112, 1)),   # ResNet-50's layer1: jobs of 2 rows, 28 of them
     (1, 14, 14, 256, 2, (100, 1)),   # one job of 256 channels would split 144 + 112: the pixels split 100 + 96

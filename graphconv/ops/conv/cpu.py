@@ -37,6 +37,9 @@ Every strategy applies the bias and the fused ReLU while writing the output.
 """
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable
+
 import numpy as np
 from numba import get_num_threads, njit, prange
 
@@ -164,18 +167,47 @@ def run_conv(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndar
     "stream" and "im2col" gather their patch columns from either and write either (their
     epilogues index the output through its strides); "direct" (only ever forced) runs
     on NCHW copies, into an NCHW output transposed into `out` after."""
+    _conv_call(params, weights, inputs, out, strategy)(inputs, out)
+
+
+def bind_conv(params: dict, weights: dict) -> Callable[[list[np.ndarray], np.ndarray], None]:
+    """`run_conv` for one layer of an Executor, keeping its `_conv_call` per geometry."""
+    return _BoundConv(params, weights)
+
+
+class _BoundConv:
+    """A layer's `run_conv`, remembering what it works out for each shape and storage of
+    its values (the strategy, the geometry, the kernel's arguments that are not views):
+    worked out on every call, that cost 18 us a call, 1-2 ms of a ResNet-50 run at 224
+    (its 53 convs), where onnxruntime spends microseconds per node."""
+
+    def __init__(self, params: dict, weights: dict):
+        self.params, self.weights = params, weights
+        self.calls: dict[tuple, Callable] = {}
+
+    def __call__(self, inputs: list[np.ndarray], out: np.ndarray) -> None:
+        key = (out.shape, out.strides, *[(x.shape, x.strides) for x in inputs])
+        call = self.calls.get(key)
+        if call is None:
+            if len(self.calls) >= CALLS_KEPT:  # an Executor fed images of every size
+                self.calls.clear()
+            call = self.calls[key] = _conv_call(self.params, self.weights, inputs, out, None)
+        call(inputs, out)
+
+
+CALLS_KEPT = 16  # geometries a layer keeps its calls for (the Executor keeps plans for a few sizes)
+
+
+def _conv_call(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray,
+               strategy: str | None) -> Callable[[list[np.ndarray], np.ndarray], None]:
+    """`run_conv` for values of these shapes and storage: a function of the values alone."""
     x_stored, out_stored = nhwc(inputs[0]), nhwc(out)  # each None where stored NCHW
     channels_last = x_stored is not None or out_stored is not None or any(nhwc(x) is not None for x in inputs[1:])
     strategy = strategy or choose_strategy(params, inputs[0].shape, out.shape[2:], channels_last)
     if channels_last and strategy == "pointwise":  # forced: its kernel reads and writes NCHW only
         strategy = "outer"
     if channels_last and strategy == "direct":
-        nchw_out = out if out_stored is None else np.empty(out.shape, np.float32)
-        run_conv(params, weights, [as_nchw(x) for x in inputs], nchw_out, strategy)
-        if out_stored is not None:
-            padded_copy(nchw_out, 0, 0, 0, out_stored)
-        return
-    x = inputs[0] if x_stored is not None else np.ascontiguousarray(inputs[0])
+        return partial(_direct_on_nchw_copies, params, weights)
     groups = params["groups"]
     kh, kw = pair(params["kernel_size"])
     out_c = params["out_channels"]
@@ -184,39 +216,88 @@ def run_conv(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndar
         bias = np.zeros(out_c, np.float32)
     relu = params["activation"] == "relu"
     geometry = tuple(v for k in ("stride", "padding", "dilation") for v in pair(params[k]))
-    flat_out = (out if out_stored is None else out_stored).reshape(-1)
-    flat_res = _flat(as_stored_like(inputs[1], out)) if len(inputs) == 2 else NO_RESIDUAL
     if strategy not in ADDS_RESIDUAL and len(inputs) == 2:
-        run_conv(dict(params, activation="none"), weights, inputs[:1], out, strategy)
-        _add_residual(flat_out, flat_res, relu)
-        return
+        plain = _conv_call(dict(params, activation="none"), weights, inputs[:1], out, strategy)
+        return partial(_then_add_residual, plain, relu)
     if strategy == "winograd":
         wu = weights["weight_winograd"] if "weight_winograd" in weights else winograd_weights(
             _spec_weights(weights, groups, kh, kw))
-        _conv_winograd(x, wu, bias, pair(params["padding"]), relu, get_num_threads(), out, flat_res)
-        return
+        padding = pair(params["padding"])
+        return lambda inputs, out: _conv_winograd(_input(inputs), wu, bias, padding, relu, get_num_threads(), out,
+                                                  _residual(inputs, out))
     if strategy == "outer":
         if "weight_kxo" not in weights:  # not packed by prepare_conv (large, Winograd's, or as the spec gives them)
             weights["weight_kxo"] = kxo_weights(_spec_weights(weights, groups, kh, kw), groups)  # once, kept
         wp = weights["weight_kxo"]
-        _conv_outer(x, wp, out_c // groups, bias, kh, kw, *geometry, relu, get_num_threads(), out, flat_res)
-        return
+        like_out = len(inputs) == 1 or (nhwc(inputs[1]) is not None) == (out_stored is not None)
+        if x_stored is not None and out_stored is not None and like_out and geometry[2:4] == (0, 0) and groups == 1:
+            return partial(_outer_in_place, wp[0], out_c, bias, kh, kw, geometry, relu, out.shape)
+        return lambda inputs, out: _conv_outer(_input(inputs), wp, out_c // groups, bias, kh, kw, *geometry, relu,
+                                               get_num_threads(), out, _residual(inputs, out))
     if strategy == "direct":
-        _conv_direct(x, _taps_last(weights, groups), bias, kh, kw, *geometry, relu,
-                     get_num_threads(), out)
-        return
+        wk = _taps_last(weights, groups)
+        return lambda inputs, out: _conv_direct(_input(inputs), wk, bias, kh, kw, *geometry, relu, get_num_threads(),
+                                                out)
     taps_last = "weight_kwkhc" in weights  # stream, pointwise and im2col take either order
     w3 = weights["weight_kwkhc"] if taps_last else _taps_first(weights, groups, kh, kw)
-    x = x if x_stored is None else x_stored
     if strategy == "stream":
-        n, _, ho, wo = out.shape
-        out3 = out.reshape(n, out_c, ho * wo) if out_stored is None else out_stored.reshape(n, ho * wo, out_c)
-        _conv_stream(x, x_stored is not None, w3, bias, kh, kw, *geometry, relu, taps_last, ho, wo, out3,
-                     out_stored is not None)
-    elif strategy == "pointwise":
-        _conv_pointwise(x, w3, bias, relu, out, flat_res)
-    else:
-        _conv_im2col(x, x_stored is not None, w3, bias, kh, kw, *geometry, relu, taps_last, SCRATCH_FLOATS, out)
+        return partial(_stream_call, w3, bias, kh, kw, geometry, relu, taps_last, out_c)
+    if strategy == "pointwise":
+        return lambda inputs, out: _conv_pointwise(_input(inputs), w3, bias, relu, out, _residual(inputs, out))
+    return lambda inputs, out: _conv_im2col(*_stored_input(inputs), w3, bias, kh, kw, *geometry, relu, taps_last,
+                                            SCRATCH_FLOATS, out)
+
+
+def _outer_in_place(wp, og, bias, kh, kw, geometry, relu, out_shape, inputs, out) -> None:
+    """`_conv_outer` where nothing needs copying: an unpadded, ungrouped layer with its
+    input, output and residual input all stored channels-last (ResNet-50's 1x1 layers).
+    Only the flat views are made per call."""
+    n, _, ho, wo = out_shape
+    sh, sw, _, _, dh, dw = geometry
+    threads = get_num_threads()
+    job_pixels, parts = outer_jobs(n, ho, wo, og, threads)
+    flat_res = inputs[1].transpose(0, 2, 3, 1).reshape(-1) if len(inputs) == 2 else NO_RESIDUAL
+    _outer_group(inputs[0].transpose(0, 2, 3, 1), wp, og, bias, relu, kh, kw, sh, sw, dh, dw, 0, ho, wo, OUTER_CHUNK,
+                 job_pixels, parts, out.transpose(0, 2, 3, 1).reshape(-1), flat_res, og, True, threads)
+
+
+def _input(inputs: list[np.ndarray]) -> np.ndarray:
+    """The input as a kernel takes it: as stored where that is channels-last, else C-contiguous NCHW."""
+    x = inputs[0]
+    return x if nhwc(x) is not None else np.ascontiguousarray(x)
+
+
+def _stored_input(inputs: list[np.ndarray]) -> tuple[np.ndarray, bool]:
+    """(the input's memory, as NCHW or (N, H, W, C), whether it is channels-last)."""
+    stored = nhwc(inputs[0])
+    return (np.ascontiguousarray(inputs[0]), False) if stored is None else (stored, True)
+
+
+def _residual(inputs: list[np.ndarray], out: np.ndarray) -> np.ndarray:
+    """The residual input, flat and stored as `out` is; NO_RESIDUAL when there is none."""
+    return _flat(as_stored_like(inputs[1], out)) if len(inputs) == 2 else NO_RESIDUAL
+
+
+def _then_add_residual(plain: Callable, relu: bool, inputs: list[np.ndarray], out: np.ndarray) -> None:
+    """A strategy that cannot add the residual input while writing: the conv, then the sum."""
+    plain(inputs[:1], out)
+    _add_residual(_flat(out), _residual(inputs, out), relu)
+
+
+def _direct_on_nchw_copies(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
+    out_stored = nhwc(out)
+    nchw_out = out if out_stored is None else np.empty(out.shape, np.float32)
+    run_conv(params, weights, [as_nchw(x) for x in inputs], nchw_out, "direct")
+    if out_stored is not None:
+        padded_copy(nchw_out, 0, 0, 0, out_stored)
+
+
+def _stream_call(w3, bias, kh, kw, geometry, relu, taps_last, out_c, inputs, out) -> None:
+    x, channels_last = _stored_input(inputs)
+    out_stored = nhwc(out)
+    n, _, ho, wo = out.shape
+    out3 = out.reshape(n, out_c, ho * wo) if out_stored is None else out_stored.reshape(n, ho * wo, out_c)
+    _conv_stream(x, channels_last, w3, bias, kh, kw, *geometry, relu, taps_last, ho, wo, out3, out_stored is not None)
 
 
 NO_RESIDUAL = np.zeros(0, np.float32)  # what the residual-adding strategies get for "no residual input"
