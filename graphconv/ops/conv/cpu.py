@@ -231,9 +231,9 @@ def _conv_call(params: dict, weights: dict, inputs: list[np.ndarray], out: np.nd
         wp = weights["weight_kxo"]
         like_out = len(inputs) == 1 or (nhwc(inputs[1]) is not None) == (out_stored is not None)
         if x_stored is not None and out_stored is not None and like_out and geometry[2:4] == (0, 0) and groups == 1:
-            return partial(_outer_in_place, wp[0], out_c, bias, kh, kw, geometry, relu, out.shape)
+            return partial(_outer_in_place, wp[0], out_c, bias, kh, kw, geometry, relu)
         return lambda inputs, out: _conv_outer(_input(inputs), wp, out_c // groups, bias, kh, kw, *geometry, relu,
-                                               get_num_threads(), out, _residual(inputs, out))
+                                               out, _residual(inputs, out))
     if strategy == "direct":
         wk = _taps_last(weights, groups)
         return lambda inputs, out: _conv_direct(_input(inputs), wk, bias, kh, kw, *geometry, relu, get_num_threads(),
@@ -248,17 +248,14 @@ def _conv_call(params: dict, weights: dict, inputs: list[np.ndarray], out: np.nd
                                             SCRATCH_FLOATS, out)
 
 
-def _outer_in_place(wp, og, bias, kh, kw, geometry, relu, out_shape, inputs, out) -> None:
+def _outer_in_place(wp, og, bias, kh, kw, geometry, relu, inputs, out) -> None:
     """`_conv_outer` where nothing needs copying: an unpadded, ungrouped layer with its
     input, output and residual input all stored channels-last (ResNet-50's 1x1 layers).
     Only the flat views are made per call."""
-    n, _, ho, wo = out_shape
     sh, sw, _, _, dh, dw = geometry
-    threads = get_num_threads()
-    job_pixels, parts = outer_jobs(n, ho, wo, og, threads)
     flat_res = inputs[1].transpose(0, 2, 3, 1).reshape(-1) if len(inputs) == 2 else NO_RESIDUAL
-    _outer_group(inputs[0].transpose(0, 2, 3, 1), wp, og, bias, relu, kh, kw, sh, sw, dh, dw, 0, ho, wo, OUTER_CHUNK,
-                 job_pixels, parts, out.transpose(0, 2, 3, 1).reshape(-1), flat_res, og, True, threads)
+    _outer_pixels(inputs[0].transpose(0, 2, 3, 1), wp, og, bias, relu, kh, kw, (sh, sw, dh, dw), 0, out.shape,
+                  out.transpose(0, 2, 3, 1).reshape(-1), flat_res, True)
 
 
 def _input(inputs: list[np.ndarray]) -> np.ndarray:
@@ -839,23 +836,32 @@ def _store_outer_job(sums, block_pixels, q0, count, o_lo, o_hi, plane, bias, rel
         q = end
 
 
-def _conv_outer(x, wp, og, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, threads, out, flat_res):
+def _conv_outer(x, wp, og, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, out, flat_res):
     """`_outer_group` per group, on a padded channels-last copy of the input, or on the
     input itself where it is stored channels-last, unpadded and ungrouped."""
     n, c, height, width = x.shape
     groups = wp.shape[0]
     cg = c // groups
-    ho, wo = out.shape[2], out.shape[3]
     stored = nhwc(x)
     in_place = stored is not None and ph == pw == 0 and groups == 1
     xp = stored if in_place else np.empty((n, height + 2 * ph, width + 2 * pw, cg), np.float32)
-    job_pixels, parts = outer_jobs(n, ho, wo, og, threads)
     flat_out, out_channels_last = _flat(out), nhwc(out) is not None
     for g in range(groups):
         if not in_place:
             padded_copy(x, g * cg, ph, pw, xp)
-        _outer_group(xp, wp[g], og, bias, relu, kh, kw, sh, sw, dh, dw, g * og, ho, wo, OUTER_CHUNK, job_pixels, parts,
-                     flat_out, flat_res, groups * og, out_channels_last, threads)
+        _outer_pixels(xp, wp[g], og, bias, relu, kh, kw, (sh, sw, dh, dw), g * og, out.shape, flat_out, flat_res,
+                      out_channels_last)
+
+
+def _outer_pixels(xp, wp, og, bias, relu, kh, kw, steps, o_offset, out_shape, flat_out, flat_res,
+                  channels_last) -> None:
+    """`_outer_group` over every output pixel of one group (steps: the strides and
+    dilations), its jobs (`outer_jobs`) shared between numba's threads."""
+    n, out_channels, ho, wo = out_shape
+    threads = get_num_threads()
+    job_pixels, parts = outer_jobs(n, ho, wo, og, threads)
+    _outer_group(xp, wp, og, bias, relu, kh, kw, *steps, o_offset, ho, wo, OUTER_CHUNK, job_pixels, parts, flat_out,
+                 flat_res, out_channels, channels_last, threads)
 
 
 def outer_jobs(n: int, ho: int, wo: int, out_channels: int, threads: int) -> tuple[int, int]:
