@@ -34,14 +34,18 @@ def _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad, out):
         strip = np.empty(strip_width, np.float32)
         fill(strip, 0, strip_width, start)
         for oy in range(ho):
-            i0, rows = _taps_inside(oy * sh - ph, dh, kh, height)
+            rows = 0
+            for i in range(kh):
+                iy = oy * sh - ph + i * dh
+                if 0 <= iy < height:
+                    _combine(strip, pw, flat_x, (plane * height + iy) * width, 1, width, reduce if rows else COPY)
+                    rows += 1
             if rows == 0:
                 fill(strip, pw, pw + width, start)
-            else:
-                _reduce_taps(strip, pw, flat_x, (plane * height + oy * sh - ph + i0 * dh) * width, dh * width, rows,
-                             1, width, reduce, 3)
             row = (plane * ho + oy) * wo
-            _reduce_taps(flat_out, row, strip, 0, dw, kw, sw, wo, reduce, 1)  # strided: one tap a pass is faster
+            _combine(flat_out, row, strip, 0, sw, wo, COPY)
+            for j in range(1, kw):
+                _combine(flat_out, row, strip, j * dw, sw, wo, reduce)
             if not is_max:
                 scale = row_scale[oy]
                 for t in range(wo):
@@ -63,13 +67,17 @@ def _pool_channels_last(xh, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad,
         b, oy = job // ho, job % ho
         strip = np.empty(strip_width, np.float32)
         fill(strip, 0, strip_width, start)
-        i0, rows = _taps_inside(oy * sh - ph, dh, kh, height)
-        if rows:
-            _reduce_taps(strip, pw * c, flat_x, (b * height + oy * sh - ph + i0 * dh) * width * c, dh * width * c,
-                         rows, 1, width * c, reduce, 3)
+        rows = 0
+        for i in range(kh):
+            iy = oy * sh - ph + i * dh
+            if 0 <= iy < height:
+                _combine(strip, pw * c, flat_x, (b * height + iy) * width * c, 1, width * c, reduce if rows else COPY)
+                rows += 1
         for ox in range(wo):
             at = (job * wo + ox) * c
-            _reduce_taps(flat_out, at, strip, ox * sw * c, dw * c, kw, 1, c, reduce, 3)
+            _combine(flat_out, at, strip, ox * sw * c, 1, c, COPY)
+            for j in range(1, kw):
+                _combine(flat_out, at, strip, (ox * sw + j * dw) * c, 1, c, reduce)
             if not is_max:
                 scale = row_scale[oy] * col_scale[ox]
                 for t in range(c):
@@ -92,87 +100,8 @@ COPY, MAX, SUM = 0, 1, 2  # what `_combine` does with each source value
 
 
 @njit(cache=True, inline="always")
-def _taps_inside(first, d, k, size):
-    """(the first tap, how many taps) of a window starting at `first` with dilation d
-    and k taps whose positions first + i * d lie in [0, size): they are consecutive."""
-    i0, count = 0, 0
-    for i in range(k):
-        if 0 <= first + i * d < size:
-            if count == 0:
-                i0 = i
-            count += 1
-    return i0, count
-
-
-@njit(cache=True, inline="always")
-def _reduce_taps(acc, at, src, offset, gap, taps, step, count, how, per_pass):
-    """acc[at + t] = the max (MAX) or sum (SUM) over g < taps of
-    src[offset + g * gap + t * step], for t < count. A max takes up to `per_pass` (1..3)
-    taps per pass over acc, which three a pass read and write a third as often as one.
-    Measured alone, 2 threads, alternating with one tap a pass: maxpools stored
-    channels-last 0.72-0.87x the time (ResNet-50's at 224, 64x112x112 3x3/2: 0.105 ->
-    0.076 ms; VGG-16's 2x2/2, AlexNet's 3x3/2), NCHW 3x3 ones 0.86-0.97x, NCHW 2x2 ones
-    0.92-1.12x. The strided column taps of an NCHW walk stay one a pass: three a pass
-    took them 1.1-1.4x as long."""
-    if how == MAX:
-        for g in range(0, taps, per_pass):
-            a = offset + g * gap
-            _max3(acc, at, src, a, a + gap, a + 2 * gap, min(per_pass, taps - g), step, count, g == 0)
-        return
-    _combine(acc, at, src, offset, step, count, COPY)
-    for g in range(1, taps):
-        _combine(acc, at, src, offset + g * gap, step, count, how)
-
-
-@njit(cache=True, inline="always")
-def _max3(acc, at, src, a, b, c, k, step, count, fresh):
-    """acc[at + t] = the max of the first k (1..3) of src[a + t * step], src[b + ...],
-    src[c + ...] and, unless `fresh`, acc[at + t]; strides 1 and 2 as constants, so
-    LLVM vectorises their loops."""
-    if step == 1:
-        _max3_strided(acc, at, src, a, b, c, k, 1, count, fresh)
-    elif step == 2:
-        _max3_strided(acc, at, src, a, b, c, k, 2, count, fresh)
-    else:
-        _max3_strided(acc, at, src, a, b, c, k, step, count, fresh)
-
-
-@njit(cache=True, inline="always")
-def _max3_strided(acc, at, src, a, b, c, k, step, count, fresh):
-    """`_max3` for one stride. The max is np.maximum, not `v if v > a else a`: LLVM
-    turned that select into a store only where v won and vectorised it as a masked store
-    (vmaskmovps), slow on AMD; np.maximum ran 4x faster (0.51 -> 0.13 ns per element).
-    It also propagates NaN, as PyTorch's max pooling does."""
-    if k == 3 and fresh:
-        for t in range(count):
-            s = t * step
-            acc[unsigned(at + t)] = np.maximum(np.maximum(src[unsigned(a + s)], src[unsigned(b + s)]),
-                                               src[unsigned(c + s)])
-    elif k == 3:
-        for t in range(count):
-            s = t * step
-            acc[unsigned(at + t)] = np.maximum(np.maximum(acc[unsigned(at + t)], src[unsigned(a + s)]),
-                                               np.maximum(src[unsigned(b + s)], src[unsigned(c + s)]))
-    elif k == 2 and fresh:
-        for t in range(count):
-            s = t * step
-            acc[unsigned(at + t)] = np.maximum(src[unsigned(a + s)], src[unsigned(b + s)])
-    elif k == 2:
-        for t in range(count):
-            s = t * step
-            acc[unsigned(at + t)] = np.maximum(acc[unsigned(at + t)],
-                                               np.maximum(src[unsigned(a + s)], src[unsigned(b + s)]))
-    elif fresh:
-        for t in range(count):
-            acc[unsigned(at + t)] = src[unsigned(a + t * step)]
-    else:
-        for t in range(count):
-            acc[unsigned(at + t)] = np.maximum(acc[unsigned(at + t)], src[unsigned(a + t * step)])
-
-
-@njit(cache=True, inline="always")
 def _combine(acc, at, src, offset, step, count, how):
-    """acc[at + t] = src[offset + t * step] (COPY), or the sum of the two (SUM), for
+    """acc[at + t] = src[offset + t * step] (COPY), or max / + of the two (MAX, SUM), for
     t < count; strides 1 and 2 as constants, so LLVM vectorises their loops."""
     if step == 1:
         _combine_strided(acc, at, src, offset, 1, count, how)
@@ -184,10 +113,16 @@ def _combine(acc, at, src, offset, step, count, how):
 
 @njit(cache=True, inline="always")
 def _combine_strided(acc, at, src, offset, step, count, how):
-    """`_combine` for one stride."""
+    """`_combine` for one stride. The max is np.maximum, not `v if v > a else a`: LLVM
+    turned that select into a store only where v won and vectorised it as a masked store
+    (vmaskmovps), slow on AMD; this loop ran 4x faster (0.51 -> 0.13 ns per element). It
+    also propagates NaN, as PyTorch's max pooling does."""
     if how == COPY:
         for t in range(count):
             acc[unsigned(at + t)] = src[unsigned(offset + t * step)]
+    elif how == MAX:
+        for t in range(count):
+            acc[unsigned(at + t)] = np.maximum(acc[unsigned(at + t)], src[unsigned(offset + t * step)])
     else:
         for t in range(count):
             acc[unsigned(at + t)] += src[unsigned(offset + t * step)]
