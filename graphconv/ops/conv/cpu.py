@@ -13,8 +13,9 @@
 - "outer": most convs. The input is copied once to channels-last order; each tap row
   of an output pixel's patch is then one contiguous run of it, and an outer-product
   register tile (`vector_tile.outer_tile`: 4 pixels' input values broadcast x 3 vectors
-  of 8 output channels) runs over the runs with the weights packed once per Executor
-  as (K x 24) panels per block of 24 output channels (`prepare_conv`). No patch is
+  of 8 output channels, 4 vectors where the machine has 32 vector registers) runs over
+  the runs with the weights packed once per Executor as (K x 24) panels per block of 24
+  output channels (32 with 4 vectors; `prepare_conv`). No patch is
   copied, no im2col matrix, no separate epilogue.
 - "winograd": 3x3, stride-1 layers with 16 channels or more in and out (VGG's every
   conv but the first, AlexNet's conv3-5, ResNet's 3x3 layers): Winograd's F(2x2, 3x3),
@@ -52,7 +53,8 @@ from graphconv.ops.channels_last import as_nchw, as_stored_like, nhwc, padded_co
 from graphconv.ops.registry import pair
 from graphconv.ops.job_queue import next_job
 from graphconv.ops.unsigned_index import fill, unsigned
-from graphconv.ops.vector_tile import OUTER_ROWS, OUTER_VECTORS, gathered_tile, outer_tile
+from graphconv.ops import vector_tile
+from graphconv.ops.vector_tile import OUTER_ROWS, gathered_tile, outer_tile
 
 SCRATCH_FLOATS = 1 << 22  # 16 MB of im2col columns per chunk
 # prepare_conv packs weights under this for "outer": ResNet-50's layer4 (9 MB at most), which
@@ -487,7 +489,9 @@ def _conv_direct(x, wk, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, threads, out
 
 # ---- pointwise ------------------------------------------------------------------------------
 
-POINTWISE_PIXELS = 96  # pixels a job covers: 4 tiles of 24
+POINTWISE_VECTORS = 3  # pixel vectors per tile: 24 pixels (the 3-vector tile, on every machine)
+POINTWISE_TILE = POINTWISE_VECTORS * 8
+POINTWISE_PIXELS = 4 * POINTWISE_TILE  # pixels a job covers: 96
 POINTWISE_CHUNK = 128  # input channels per k chunk: 24 pixels' chunk is 12 KB, in L1
 POINTWISE_ROWS = 64  # output channels whose weight chunk is reused across a job's pixels (a multiple of 8)
 
@@ -525,13 +529,13 @@ def _pointwise_group(x3, w, bias, relu, o_offset, c_offset, chunk, out3, flat_re
     parts = 1 if jobs >= 8 * threads else threads  # few jobs: each thread takes all, for its share of the outputs
     half = -(-og // (8 * parts)) * 8  # output channels per part, whole tiles
     o_pad = og + 8  # sums rows per 24 pixels: the last tile's clamped rows land in the slack
-    tiles = POINTWISE_PIXELS // 24
+    tiles = POINTWISE_PIXELS // POINTWISE_TILE
     flat_w, flat_x = w.reshape(-1), x3.reshape(-1)
     flat_out = out3.reshape(-1)
     channels, out_channels = x3.shape[1], out3.shape[1]
     queue = np.zeros(1, np.int64)  # the next job to take (`next_job`)
     for t in prange(threads):
-        sums = np.empty(tiles * o_pad * 24, np.float32)
+        sums = np.empty(tiles * o_pad * POINTWISE_TILE, np.float32)
         tail = np.empty(cg * 8, np.float32)
         while True:
             job = next_job(queue)
@@ -550,33 +554,33 @@ def _pointwise_group(x3, w, bias, relu, o_offset, c_offset, chunk, out3, flat_re
                 steps = min(chunk, cg - k0)
                 for ob in range(o_lo, o_hi, POINTWISE_ROWS):  # 64 weight rows' chunk (32 KB) stays in cache
                     oe = min(o_hi, ob + POINTWISE_ROWS)
-                    for p0 in range(p_start, p_end, 24):
-                        vectors = min(OUTER_VECTORS, (p_end - p0) // 8)
+                    for p0 in range(p_start, p_end, POINTWISE_TILE):
+                        vectors = min(POINTWISE_VECTORS, (p_end - p0) // 8)
                         rows = OUTER_ROWS[vectors]
-                        s0 = ((p0 - p_start) // 24) * o_pad
+                        s0 = ((p0 - p_start) // POINTWISE_TILE) * o_pad
                         for o in range(ob, oe, rows):
                             outer_tile(vectors, flat_w, o, og - 1, cg, k0, steps, flat_x, image + p0, hw,
-                                       sums, s0 + o, 24)
-            for p0 in range(p_start, p_end, 24):
-                s0 = ((p0 - p_start) // 24) * o_pad
-                count = min(24, p_end - p0)
+                                       sums, s0 + o, POINTWISE_TILE)
+            for p0 in range(p_start, p_end, POINTWISE_TILE):
+                s0 = ((p0 - p_start) // POINTWISE_TILE) * o_pad
+                count = min(POINTWISE_TILE, p_end - p0)
                 for o in range(o_lo, o_hi):
                     channel = o_offset + o
-                    _store_run(sums, (s0 + o) * 24, bias[channel], flat_res, flat_out,
+                    _store_run(sums, (s0 + o) * POINTWISE_TILE, bias[channel], flat_res, flat_out,
                                (b * out_channels + channel) * hw + p0, count, residual, relu)
             if p_end == full and full < hw:  # the last job of the image: the pixels past whole vectors,
                 left = hw - full            # copied into one zero-padded vector per input channel
                 for c in range(cg):
                     for j in range(8):
                         tail[c * 8 + j] = flat_x[unsigned(image + c * hw + full + j)] if j < left else 0.0
-                fill(sums, 0, o_pad * 24, 0.0)
+                fill(sums, 0, o_pad * POINTWISE_TILE, 0.0)
                 for k0 in range(0, cg, chunk):
                     steps = min(chunk, cg - k0)
                     for o in range(o_lo, o_hi, OUTER_ROWS[1]):
-                        outer_tile(1, flat_w, o, og - 1, cg, k0, steps, tail, 0, 8, sums, o, 24)
+                        outer_tile(1, flat_w, o, og - 1, cg, k0, steps, tail, 0, 8, sums, o, POINTWISE_TILE)
                 for o in range(o_lo, o_hi):
                     channel = o_offset + o
-                    _store_run(sums, o * 24, bias[channel], flat_res, flat_out,
+                    _store_run(sums, o * POINTWISE_TILE, bias[channel], flat_res, flat_out,
                                (b * out_channels + channel) * hw + full, left, residual, relu)
 
 
@@ -643,7 +647,7 @@ def _conv_im2col(x, channels_last, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, rel
 
 # ---- outer ----------------------------------------------------------------------------------
 
-OUTER_CHUNK = 192  # taps per k chunk: a chunk of 24 packed weight columns is 18 KB, in L1
+OUTER_CHUNK = 192  # taps per k chunk: a chunk of 24 (32) packed weight columns is 18 (24) KB, in L1
 OUTER_POSITIONS = 64  # output pixels a job covers at least (whole rows), so each weight chunk is reused
 # Maps this small run as one job per image, split between the threads (`outer_jobs`):
 # ResNet-50's 14x14 layers (0.5-2 MB of weights, which jobs of OUTER_POSITIONS read again
@@ -672,8 +676,8 @@ def prepared_weight_elements(params: dict, weight_shape: tuple[int, ...]) -> int
 def kxo_weights(w: np.ndarray, groups: int) -> np.ndarray:
     """(O, C/groups, kh, kw) weights packed for the "outer" strategy: per group, taps in
     (kh, kw, c) order (a tap row of a patch is then one contiguous run of the channels-last
-    input), one contiguous (K x 24) panel per block of 24 output channels (the last block
-    8 or 16 wide, its channels padded with zeros to a whole vector), flat. A vector load
+    input), one contiguous (K x 24) panel per block of 24 output channels (K x 32 per 32
+    where `vector_tile.OUTER_VECTORS` is 4; the last block narrower, its channels padded with zeros to a whole vector), flat. A vector load
     gives 8 output channels of one tap, and a chunk of taps of one block is one
     contiguous run that stays in L1."""
     out_c, cg, kh, kw = w.shape
@@ -681,7 +685,7 @@ def kxo_weights(w: np.ndarray, groups: int) -> np.ndarray:
     o8 = -(-og // 8) * 8
     packed = aligned.zeros((groups, k * o8))
     spec = w.reshape(groups, og, cg, kh, kw)
-    block = OUTER_VECTORS * 8
+    block = vector_tile.OUTER_VECTORS * 8
     for c0 in range(0, o8, block):  # view to view, block by block: no temporary as large as w
         width = min(block, o8 - c0)
         real = max(0, min(width, og - c0))
@@ -698,7 +702,7 @@ def winograd_weights(w: np.ndarray) -> np.ndarray:
     multiple of 8)."""
     out_c, c = w.shape[:2]
     packed = aligned.zeros((16, c * (-(-out_c // 8) * 8)))
-    winograd.pack_transformed_weights(np.ascontiguousarray(w, np.float32), OUTER_VECTORS * 8, packed)
+    winograd.pack_transformed_weights(np.ascontiguousarray(w, np.float32), vector_tile.OUTER_VECTORS * 8, packed)
     return packed.reshape(-1)
 
 
@@ -723,29 +727,30 @@ def _conv_winograd(x: np.ndarray, wu: np.ndarray, bias: np.ndarray, padding: tup
             jobs = winograd.jobs_per_image(copies, rows * tile_cols, per_job, threads)
             winograd.winograd_conv(band_xp, wu, og, bias, relu, min(ho - 2 * row, 2 * rows), wo, jobs,
                                    winograd.CHUNK, flat_out, flat_res, ho * wo, channels_last, threads, image,
-                                   2 * row)
+                                   2 * row, vector_tile.OUTER_VECTORS)
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
 def _outer_group(xp, wp, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, wo, chunk, job_pixels, parts, flat_out,
-                 flat_res, out_channels, channels_last, threads):
+                 flat_res, out_channels, channels_last, threads, block_vectors):
     """Every output pixel of one group, `job_pixels` consecutive pixels (counted over the
     batch) per job, each job split into `parts` parts by blocks of output channels
     (`outer_jobs`). The patches are read straight from the channels-last input: for each
     tap row i (and, when dilated along w, each tap column j) the taps of a pixel are one
     contiguous run of xp, which starts `patch[q]` + the tap's shift for the job's pixel
     q, so no patch is ever copied; where a run is short (conv1's 7 taps of 3 channels),
-    one chunk takes several tap rows' runs. For each chunk and each block of 24
-    output channels, the outer-product tile runs over every pixel of the job: 4 pixels'
-    input values broadcast, times 3 vectors of 8 channels of the packed weights, 12 sums
-    in registers. The weight chunk (18 KB) stays in L1 while the job's pixels stream past
-    it; the sums (pixels x 24 per block) go to the output (flat, `out_channels` channels,
+    one chunk takes several tap rows' runs. For each chunk and each block of
+    `block_vectors` x 8 output channels (24 or 32), the outer-product tile runs over
+    every pixel of the job: 4 pixels' input values broadcast, times 3 (4) vectors of 8
+    channels of the packed weights, 12 (16) sums in registers. The weight chunk (18 or
+    24 KB) stays in L1 while the job's pixels stream past it; the sums (pixels x block
+    per block) go to the output (flat, `out_channels` channels,
     stored NCHW or channels-last) with bias, the residual input if any (flat_res, stored
     as the output; empty when there is none) and ReLU at the end of the job."""
     n, rows_in, cols_in, cg = xp.shape
     o8 = -(-og // 8) * 8
     k = wp.size // o8
-    block = OUTER_VECTORS * 8
+    block = block_vectors * 8
     blocks = -(-o8 // block)
     run = kw * cg if dw == 1 else cg  # contiguous taps per segment
     segments_per_row = 1 if dw == 1 else kw
@@ -781,14 +786,14 @@ def _outer_group(xp, wp, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, w
                         first_chunk = i == 0 and j == 0 and k0 == 0  # stores its products: no zeroing
                         for blk in range(blk0, blk1):
                             c0 = blk * block
-                            vectors = min(OUTER_VECTORS, (o8 - c0) // 8)
+                            vectors = min(block_vectors, (o8 - c0) // 8)
                             bw = vectors * 8
                             panel = k * c0 + (tap + k0) * bw  # the chunk's weights in the block's (K x bw) panel
                             for p0 in range(0, count, OUTER_ROWS[vectors]):
                                 gathered_tile(vectors, first_chunk, flat_x, patch, p0, count - 1, span, wp, panel,
                                               bw, sums, blk * block_pixels + p0, block)
-            _store_outer_job(sums, block_pixels, q0, count, blk0 * block, min(og, blk1 * block), plane, bias, relu,
-                             o_offset, flat_res, flat_out, out_channels, channels_last)
+            _store_outer_job(sums, block, block_pixels, q0, count, blk0 * block, min(og, blk1 * block), plane, bias,
+                             relu, o_offset, flat_res, flat_out, out_channels, channels_last)
 
 
 @njit(cache=True, inline="always")
@@ -806,11 +811,10 @@ def _patch_starts(q0, count, ho, wo, rows_in, cols_in, cg, sh, sw, patch):
 
 
 @njit(cache=True, inline="always")
-def _store_outer_job(sums, block_pixels, q0, count, o_lo, o_hi, plane, bias, relu, o_offset, flat_res, flat_out,
-                     out_channels, channels_last):
-    """Output channels o_lo..o_hi of a job's `count` pixels from its sums, with the bias,
-    the residual input and ReLU."""
-    block = OUTER_VECTORS * 8
+def _store_outer_job(sums, block, block_pixels, q0, count, o_lo, o_hi, plane, bias, relu, o_offset, flat_res,
+                     flat_out, out_channels, channels_last):
+    """Output channels o_lo..o_hi of a job's `count` pixels from its sums (`block` channels
+    a block), with the bias, the residual input and ReLU."""
     residual = flat_res.size > 0
     if channels_last:  # each pixel's channels are one run of the output
         for q in range(count):
@@ -861,7 +865,7 @@ def _outer_pixels(xp, wp, og, bias, relu, kh, kw, steps, o_offset, out_shape, fl
     threads = get_num_threads()
     job_pixels, parts = outer_jobs(n, ho, wo, og, threads)
     _outer_group(xp, wp, og, bias, relu, kh, kw, *steps, o_offset, ho, wo, OUTER_CHUNK, job_pixels, parts, flat_out,
-                 flat_res, out_channels, channels_last, threads)
+                 flat_res, out_channels, channels_last, threads, vector_tile.OUTER_VECTORS)
 
 
 def outer_jobs(n: int, ho: int, wo: int, out_channels: int, threads: int) -> tuple[int, int]:
@@ -881,7 +885,7 @@ def outer_jobs(n: int, ho: int, wo: int, out_channels: int, threads: int) -> tup
     jobs = -(-n * plane // job_pixels)
     if jobs >= 4 * threads or jobs % threads == 0:
         return job_pixels, 1
-    block = OUTER_VECTORS * 8
+    block = vector_tile.OUTER_VECTORS * 8
     blocks = -(-out_channels // block)
     parts = min(blocks, threads)
     busiest_part = min(out_channels, -(-blocks // parts) * block) / out_channels

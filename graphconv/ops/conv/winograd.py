@@ -15,7 +15,8 @@ for a 3x3 filter g and a 4x4 input tile d, * element-wise. Summed over input cha
 the element-wise products become 16 independent matrix products, one per position xi
 of the 4x4 transformed tile: M[xi] (tiles x O) = V[xi] (tiles x C) @ U[xi]^T (C x O).
 Those run on the same outer-product register tile as `outer` (`vector_tile.outer_tile`),
-with U packed per xi as (C x 24) panels per block of 24 output channels.
+with U packed per xi as (C x 24) panels per block of 24 output channels (32 where the
+machine has 32 vector registers: `vector_tile.OUTER_VECTORS`).
 
 Exactness. The transforms' coefficients are 0, +-1 and +-1/2, exact in binary; only the
 order of the additions differs from the direct sum, so results differ from it by a few
@@ -46,7 +47,8 @@ from graphconv.ops.channels_last import store_channels
 from graphconv.ops.registry import pair
 from graphconv.ops.job_queue import next_job
 from graphconv.ops.unsigned_index import unsigned
-from graphconv.ops.vector_tile import OUTER_ROWS, OUTER_VECTORS, outer_tile
+from graphconv.ops import vector_tile
+from graphconv.ops.vector_tile import OUTER_ROWS, outer_tile
 
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])
@@ -65,7 +67,7 @@ ENABLED = os.environ.get("GRAPHCONV_WINOGRAD", "1") != "0"
 BAND_BYTES = 8 << 20
 JOB_BYTES = 384 * 1024  # a job's V, 4 M and output sums: in the 512 KB L2 with room for weight chunks
 MAX_JOB_TILES = 128
-CHUNK = 192  # input channels per k chunk: a chunk of one 24-channel panel is 18 KB, in L1
+CHUNK = 192  # input channels per k chunk: a chunk of one 24 (32)-channel panel is 18 (24) KB, in L1
 
 
 def applies(params: dict) -> bool:
@@ -151,26 +153,27 @@ def scratch_floats(in_shape: tuple[int, ...], out_channels: int, out_hw: tuple[i
     per_job = -(-(band * tile_cols) // jobs)
     slots = -(-per_job // 8) * 8
     o8 = -(-out_channels // 8) * 8
-    block = OUTER_VECTORS * 8
+    block = vector_tile.OUTER_VECTORS * 8
     sums = -(-o8 // block) * block * slots
     return copies * (2 * band + 2) * (2 * tile_cols + 2) * c + threads * (slots * c + 8 * sums)
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
 def winograd_conv(xp, wu, og, bias, relu, ho, wo, jobs_per_image, chunk, flat_out, flat_res, image_pixels,
-                  channels_last, threads, image0, row0):
+                  channels_last, threads, image0, row0, block_vectors):
     """Output (image0 + b, o, row0 + y, x) for y < ho, from the channels-last input xp
     (a band of it, starting at padded input row 2 * row0; padding included; at least
     2 * ceil(ho / 2) + 2 rows and 2 * ceil(wo / 2) + 2 columns, zero past the real ones)
     and U packed flat as 16 runs of (C x o8), each as `kxo_weights` packs a 1x1 conv's
     weights. A job is a run of consecutive tiles of one image (and, when there are too few
-    jobs to keep every thread busy, a range of the 24-channel output blocks). The output is
+    jobs to keep every thread busy, a range of the output blocks of `block_vectors` x 8
+    channels). The output is
     flat, `image_pixels` (its whole height times wo) per image and channel, stored NCHW
     or `channels_last`; flat_res, when not empty, is a residual input stored as the
     output, added before the activation."""
     n, rows_in, cols_in, c = xp.shape
     o8 = -(-og // 8) * 8
-    block = OUTER_VECTORS * 8
+    block = block_vectors * 8
     blocks = -(-o8 // block)
     tile_cols = -(-wo // 2)
     image_tiles = -(-ho // 2) * tile_cols
@@ -205,7 +208,7 @@ def winograd_conv(xp, wu, og, bias, relu, ho, wo, jobs_per_image, chunk, flat_ou
                     steps = min(chunk, c - k0)
                     for blk in range(blk0, blk1):
                         c0 = blk * block
-                        vectors = min(OUTER_VECTORS, (o8 - c0) // 8)
+                        vectors = min(block_vectors, (o8 - c0) // 8)
                         step = OUTER_ROWS[vectors]
                         for p0 in range(0, tiles, step):  # the first chunk stores: M needs no zeroing
                             outer_tile(vectors, v, p0, tiles - 1, c, k0, steps, wu, xi * u_stride + c * c0,
