@@ -156,13 +156,6 @@ def layer_workspace_bytes(node: Node, in_shapes: list, out_shape, batch: int) ->
     return 0
 
 
-def _outer_job_floats(out_channels: int, job_pixels: int) -> int:
-    """Floats of the conv "outer" strategy's scratch for a job of `job_pixels` output
-    pixels: its sums, and its pixels' patch offsets (int64, two floats' worth each)."""
-    blocks = -(-(-(-out_channels // 8) * 8) // 24)
-    return blocks * 24 * (-(-job_pixels // 8) * 8) + 2 * job_pixels
-
-
 def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: str | None = None) -> int:
     """What the CPU conv kernel allocates besides its output, for `strategy` (default:
     the one `choose_strategy` picks, which is shape arithmetic too):
@@ -180,7 +173,7 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
     A strategy this does not know gets the largest of these."""
     from graphconv.ops.conv import winograd
     from graphconv.ops.conv.cpu import (PACK_MAX_WEIGHTS, POINTWISE_PIXELS, SCRATCH_FLOATS, choose_strategy,
-                                        outer_jobs, packed_weight_elements, suits_winograd)
+                                        outer_job_floats, outer_jobs, packed_weight_elements, suits_winograd)
     from graphconv.ops.registry import pair
 
     c, h, w = in_shape
@@ -198,7 +191,7 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
         "pointwise": _threads() * (POINTWISE_PIXELS * (per_group_out + 8) + 8 * per_group_in),
         "direct": batch * (h + 2 * ph) * (w + 2 * pw) * per_group_in + _threads() * panel,
         "im2col": (taps + per_group_out) * (band_rows + last_band_rows) * wo,
-        "outer": batch * (h + 2 * ph) * (w + 2 * pw) * per_group_in + _threads() * _outer_job_floats(
+        "outer": batch * (h + 2 * ph) * (w + 2 * pw) * per_group_in + _threads() * outer_job_floats(
             per_group_out, outer_jobs(batch, ho, wo, per_group_out, _threads())[0])
         + (packed_weight_elements(params, weights) if weights >= PACK_MAX_WEIGHTS or suits_winograd(params, c)
            else 0),  # packed by the first run that needs them (see prepare_conv)

@@ -349,6 +349,19 @@ def test_outer_jobs_share_a_layer_evenly(n, ho, wo, out_channels, threads, block
         assert conv_cpu.outer_jobs(n, ho, wo, out_channels, threads) == expected
 
 
+@pytest.mark.parametrize("out_channels,job_pixels,block_vectors,expected", [
+    (8, 49, 3, 24 * 56 + 98),       # one 24-channel block of sums for 56 pixels (7 tiles of 8 rows)
+    (8, 49, 4, 32 * 56 + 98),       # the 4x4 tile's blocks are 32 wide even for 8 channels
+    (64, 196, 3, 72 * 200 + 392),   # 3 blocks of 24
+    (64, 196, 4, 64 * 200 + 392),   # 2 blocks of 32
+])
+def test_outer_scratch_follows_the_tile_width(out_channels, job_pixels, block_vectors, expected):
+    """What `graphconv.memory` budgets per thread for "outer": the sums `_outer_group`
+    allocates (whole blocks of the machine's tile width) and the patch offsets."""
+    with mock.patch.object(vector_tile, "OUTER_VECTORS", block_vectors):
+        assert conv_cpu.outer_job_floats(out_channels, job_pixels) == expected
+
+
 @pytest.mark.parametrize("images,tile_rows,tile_cols,channels,band_bytes,expected", [
     (1, 192, 192, 64, 8 << 20, 41),   # VGG's conv1_2 at 384: 84 padded rows of 98.8 KB in 8 MB
     (2, 14, 14, 256, 8 << 20, 14),    # small maps: the whole copy, every image at once

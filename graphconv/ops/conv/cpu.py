@@ -868,6 +868,15 @@ def _outer_pixels(xp, wp, og, bias, relu, kh, kw, steps, o_offset, out_shape, fl
                  flat_res, out_channels, channels_last, threads, vector_tile.OUTER_VECTORS)
 
 
+def outer_job_floats(out_channels: int, job_pixels: int) -> int:
+    """Floats of `_outer_group`'s scratch per thread for a job of `job_pixels` output
+    pixels (`graphconv.memory` counts them): its sums, whole blocks of channels by whole
+    tiles of pixels, and its pixels' patch offsets (int64, two floats' worth each)."""
+    block = vector_tile.OUTER_VECTORS * 8
+    blocks = -(-(-(-out_channels // 8) * 8) // block)
+    return blocks * block * (-(-job_pixels // 8) * 8) + 2 * job_pixels
+
+
 def outer_jobs(n: int, ho: int, wo: int, out_channels: int, threads: int) -> tuple[int, int]:
     """(pixels per job, channel parts per job) for `_outer_group` on an n x ho x wo output.
     A job covers OUTER_POSITIONS pixels at least, in whole rows; a map of
