@@ -7,6 +7,7 @@ to write shows.
 The references themselves are checked against each op's PyTorch equivalent (here for
 the cases below, in test_torch_bridge.py for every example), so the chain
 kernel == reference == torch holds op by op."""
+import contextlib
 from dataclasses import replace
 from fractions import Fraction
 from unittest import mock
@@ -25,6 +26,16 @@ from graphconv.torch_bridge import op_forward, torch
 from conftest import random_input
 from graphconv.ops import vector_tile
 from graphconv.ops.conv import cpu as conv_cpu
+
+TILE_SHAPES = [(8, 3), (8, 4), (16, 3), (16, 4)]  # (lanes, vectors) of the conv's register tile
+
+
+@contextlib.contextmanager
+def tile_shape(lanes: int, vectors: int):
+    """The conv kernels' tile as on a machine that picks (lanes, vectors): they read it
+    when they pack weights and when they run."""
+    with mock.patch.object(vector_tile, "OUTER_LANES", lanes), mock.patch.object(vector_tile, "OUTER_VECTORS", vectors):
+        yield
 
 EXAMPLES = [pytest.param(op, example, id=f"{op.name}-{i}")
             for op in all_ops() for i, example in enumerate(op.examples)]
@@ -239,11 +250,11 @@ def test_conv_hypothesis(c, groups, o_per, kh, kw, sh, sw, ph, pw, dh, dw, h, w,
        p=st.integers(0, 2), dw=st.integers(1, 2), h=st.integers(5, 14), w=st.integers(5, 30),
        batch=st.integers(1, 3), relu=st.booleans(), chunk=st.sampled_from([8, 24, 128]),
        positions=st.sampled_from([1, 16, 64]), threads=st.integers(1, 3), residual=st.booleans(),
-       storage=st.sampled_from(STORAGE_CHOICES), block_vectors=st.sampled_from([3, 4]))
+       storage=st.sampled_from(STORAGE_CHOICES), tile=st.sampled_from(TILE_SHAPES))
 def test_conv_outer_hypothesis(c, o, k, s, p, dw, h, w, batch, relu, chunk, positions, threads, residual, storage,
-                               block_vectors):
-    """The outer-product strategy over channel counts that fill its 24- or 32-channel blocks
-    (the tile of 3 or 4 vectors, whichever this machine would not pick forced too) and
+                               tile):
+    """The outer-product strategy over channel counts that fill its blocks of 24-64
+    channels (every tile shape, not only this machine's) and
     8-lane vectors with some left over (or none), tiles of 4 and 8 pixels that span
     output rows and images or run part-empty, taps in one chunk or split into several,
     jobs of one or several output rows or images, or of part of a row (a small map
@@ -256,8 +267,7 @@ def test_conv_outer_hypothesis(c, o, k, s, p, dw, h, w, batch, relu, chunk, posi
     if residual:
         shapes.append(get_op("conv").shape(normalize_params(get_op("conv"), params), shapes))
     for prepared in (False, True):
-        with mock.patch.object(conv_cpu, "OUTER_CHUNK", chunk), \
-                mock.patch.object(vector_tile, "OUTER_VECTORS", block_vectors), \
+        with mock.patch.object(conv_cpu, "OUTER_CHUNK", chunk), tile_shape(*tile), \
                 mock.patch.object(conv_cpu, "OUTER_POSITIONS", positions), \
                 mock.patch.object(conv_cpu, "get_num_threads", lambda: threads):
             check_op("conv", params, shapes, np.random.default_rng(c * 97 + o), batch=batch,
@@ -269,11 +279,11 @@ def test_conv_outer_hypothesis(c, o, k, s, p, dw, h, w, batch, relu, chunk, posi
        batch=st.integers(1, 3), relu=st.booleans(), chunk=st.sampled_from([8, 192]),
        job_tiles=st.sampled_from([1, 3, 8, 128]), threads=st.integers(1, 3),
        band_bytes=st.sampled_from([1, 3000, 8 << 20]), residual=st.booleans(),
-       storage=st.sampled_from(STORAGE_CHOICES), block_vectors=st.sampled_from([3, 4]))
+       storage=st.sampled_from(STORAGE_CHOICES), tile=st.sampled_from(TILE_SHAPES))
 def test_conv_winograd_hypothesis(c, o, p, h, w, batch, relu, chunk, job_tiles, threads, band_bytes, residual,
-                                  storage, block_vectors):
+                                  storage, tile):
     """Winograd F(2x2, 3x3) over maps of odd sizes (the last tiles half outside), channel
-    counts that fill its 24- or 32-channel blocks and 8-lane vectors with some left over, input
+    counts that fill its blocks of 24-64 channels (every tile shape) and 8-lane vectors with some left over, input
     channels in several chunks, jobs of one tile to a whole image, more or fewer of them
     than threads (then split by output channels), and the channels-last copy made whole
     or one band of tile rows at a time (band_bytes 1: a band per tile row), with and
@@ -285,8 +295,7 @@ def test_conv_winograd_hypothesis(c, o, p, h, w, batch, relu, chunk, job_tiles, 
     if residual:
         shapes.append(get_op("conv").shape(normalize_params(get_op("conv"), params), shapes))
     for prepared in (False, True):
-        with mock.patch.object(conv_cpu.winograd, "CHUNK", chunk), \
-                mock.patch.object(vector_tile, "OUTER_VECTORS", block_vectors), \
+        with mock.patch.object(conv_cpu.winograd, "CHUNK", chunk), tile_shape(*tile), \
                 mock.patch.object(conv_cpu.winograd, "tiles_per_job", lambda c, o: job_tiles), \
                 mock.patch.object(conv_cpu.winograd, "BAND_BYTES", band_bytes), \
                 mock.patch.object(conv_cpu, "get_num_threads", lambda: threads):
@@ -332,33 +341,36 @@ def test_an_op_without_a_bind_hook_is_its_run_function_with_params_and_weights_f
     np.testing.assert_array_equal(out, np.maximum(x, 0))
 
 
-@pytest.mark.parametrize("n,ho,wo,out_channels,threads,block_vectors,expected", [
-    (1, 56, 56, 256, 2, 3, (112, 1)),   # ResNet-50's layer1: jobs of 2 rows, 28 of them
-    (1, 14, 14, 256, 2, 3, (100, 1)),   # one job of 256 channels would split 144 + 112: the pixels split 100 + 96
-    (1, 14, 14, 256, 2, 4, (196, 2)),   # blocks of 32 split 256 channels 128 + 128
-    (1, 14, 14, 1024, 2, 3, (100, 1)),  # 528 + 496 channels (51.6%) against 100 + 96 pixels (51.0%)
-    (1, 14, 14, 1024, 2, 4, (196, 2)),  # 512 + 512
-    (1, 7, 7, 512, 2, 3, (49, 2)),      # 7 + 6 tiles of 4 pixels would be less even than 264 + 248 channels
-    (2, 14, 14, 256, 2, 3, (196, 1)),   # one image a thread
-    (3, 7, 7, 64, 2, 3, (49, 2)),       # 3 images on 2 threads: each split by channels
-    (3, 7, 7, 48, 2, 4, (49, 2)),       # a block of 32 and one of 16
-    (1, 5, 5, 16, 1, 3, (25, 1)),       # one thread: one job
+@pytest.mark.parametrize("n,ho,wo,out_channels,threads,tile,expected", [
+    (1, 56, 56, 256, 2, (8, 3), (112, 1)),   # ResNet-50's layer1: jobs of 2 rows, 28 of them
+    (1, 14, 14, 256, 2, (8, 3), (100, 1)),   # one job of 256 channels would split 144 + 112: the pixels 100 + 96
+    (1, 14, 14, 256, 2, (8, 4), (196, 2)),   # blocks of 32 split 256 channels 128 + 128
+    (1, 14, 14, 256, 2, (16, 4), (196, 2)),  # and blocks of 64 too
+    (1, 14, 14, 1024, 2, (8, 3), (100, 1)),  # 528 + 496 channels (51.6%) against 100 + 96 pixels (51.0%)
+    (1, 14, 14, 1024, 2, (16, 4), (196, 2)),  # 512 + 512
+    (1, 7, 7, 512, 2, (8, 3), (49, 2)),      # 7 + 6 tiles of 4 pixels would be less even than 264 + 248 channels
+    (2, 14, 14, 256, 2, (8, 3), (196, 1)),   # one image a thread
+    (3, 7, 7, 64, 2, (8, 3), (49, 2)),       # 3 images on 2 threads: each split by channels
+    (3, 7, 7, 48, 2, (8, 4), (49, 2)),       # a block of 32 and one of 16
+    (3, 7, 7, 48, 2, (16, 4), (49, 1)),      # one block of 64: nothing to split
+    (1, 5, 5, 16, 1, (8, 3), (25, 1)),       # one thread: one job
 ])
-def test_outer_jobs_share_a_layer_evenly(n, ho, wo, out_channels, threads, block_vectors, expected):
-    with mock.patch.object(vector_tile, "OUTER_VECTORS", block_vectors):
+def test_outer_jobs_share_a_layer_evenly(n, ho, wo, out_channels, threads, tile, expected):
+    with tile_shape(*tile):
         assert conv_cpu.outer_jobs(n, ho, wo, out_channels, threads) == expected
 
 
-@pytest.mark.parametrize("out_channels,job_pixels,block_vectors,expected", [
-    (8, 49, 3, 24 * 56 + 98),       # one 24-channel block of sums for 56 pixels (7 tiles of 8 rows)
-    (8, 49, 4, 32 * 56 + 98),       # the 4x4 tile's blocks are 32 wide even for 8 channels
-    (64, 196, 3, 72 * 200 + 392),   # 3 blocks of 24
-    (64, 196, 4, 64 * 200 + 392),   # 2 blocks of 32
+@pytest.mark.parametrize("out_channels,job_pixels,tile,expected", [
+    (8, 49, (8, 3), 24 * 56 + 98),       # one 24-channel block of sums for 56 pixels (7 tiles of 8 rows)
+    (8, 49, (8, 4), 32 * 56 + 98),       # blocks of 32 are 32 wide even for 8 channels
+    (8, 49, (16, 4), 64 * 56 + 98),      # and blocks of 64, 64
+    (64, 196, (8, 3), 72 * 200 + 392),   # 3 blocks of 24
+    (64, 196, (16, 4), 64 * 200 + 392),  # 1 block of 64
 ])
-def test_outer_scratch_follows_the_tile_width(out_channels, job_pixels, block_vectors, expected):
+def test_outer_scratch_follows_the_tile_shape(out_channels, job_pixels, tile, expected):
     """What `graphconv.memory` budgets per thread for "outer": the sums `_outer_group`
-    allocates (whole blocks of the machine's tile width) and the patch offsets."""
-    with mock.patch.object(vector_tile, "OUTER_VECTORS", block_vectors):
+    allocates (whole blocks of the machine's tile) and the patch offsets."""
+    with tile_shape(*tile):
         assert conv_cpu.outer_job_floats(out_channels, job_pixels) == expected
 
 
@@ -415,19 +427,21 @@ def test_winograd_transforms_are_the_minimal_filtering_algorithm(rng):
 
 
 @pytest.mark.parametrize("out_c,c", [(40, 17), (24, 3), (5, 2), (70, 33)])
-@pytest.mark.parametrize("block_vectors", [3, 4])
-def test_winograd_weights_are_g_g_gt_packed_per_block_of_channels(out_c, c, block_vectors, rng):
+@pytest.mark.parametrize("tile", TILE_SHAPES)
+def test_winograd_weights_are_g_g_gt_packed_per_block_of_channels(out_c, c, tile, rng):
     """The packed U against numpy in float64: U[xi] = (G g G^T)[xi], as (C x width)
-    panels per block of 24 or 32 output channels, the last block's padding zero."""
+    panels per block of 24-64 output channels, the channels padded with zeros to whole
+    vectors."""
     wg = conv_cpu.winograd
     w = random_input(rng, (out_c, c, 3, 3))
     u = np.einsum("ai,ocij,bj->aboc", wg.G, w.astype(np.float64), wg.G).reshape(16, out_c, c)
-    o8 = -(-out_c // 8) * 8
-    u = np.concatenate([u, np.zeros((16, o8 - out_c, c))], axis=1)
-    block = 8 * block_vectors
-    want = np.concatenate([u[:, c0:c0 + block].transpose(0, 2, 1).reshape(16, -1) for c0 in range(0, o8, block)],
+    lanes, vectors = tile
+    o_pad = -(-out_c // lanes) * lanes
+    u = np.concatenate([u, np.zeros((16, o_pad - out_c, c))], axis=1)
+    block = lanes * vectors
+    want = np.concatenate([u[:, c0:c0 + block].transpose(0, 2, 1).reshape(16, -1) for c0 in range(0, o_pad, block)],
                           axis=1)
-    with mock.patch.object(vector_tile, "OUTER_VECTORS", block_vectors):
+    with tile_shape(*tile):
         np.testing.assert_allclose(conv_cpu.winograd_weights(w), want.reshape(-1), rtol=1e-6, atol=1e-6)
 
 

@@ -39,51 +39,63 @@ BLOCK_VECTORS = 5  # widest position block one tile covers: 40 positions
 TILE_ROWS = (0, 8, 4, 4, 2, 2)
 
 
-def _make_tile(rows: int, vectors: int, prefetching: bool = True, outer: bool = False, store: bool = False):
-    """An intrinsic adding a (rows x vectors*LANES) product into `sums`:
+def _make_tile(rows: int, vectors: int, prefetching: bool = True, outer: bool = False, lanes: int = LANES):
+    """An intrinsic adding a (rows x vectors*lanes) product into `sums`:
 
         sums[(s0 + r) * width + c0 + j] += sum_{k < steps} w[row_r * stride + k0 + k]
                                                           * cols[(k0 + k) * width + c0 + j]
 
-    for r < rows and j < vectors * LANES, where row_r = min(row0 + r, last_row): the
+    for r < rows and j < vectors * lanes, where row_r = min(row0 + r, last_row): the
     rows past the last weight row repeat it, and the caller leaves their sums unused,
     so a tile never needs a narrower twin for the matrix's last rows. Before its k loop
     it prefetches the same `steps` weights of each row `prefetch` floats ahead, into L2
     (`_prefetch_lines`): in the streaming loop that is the same rows' next chunk, which
     the hardware prefetcher does not see coming because the loop jumps between rows.
 
-    All arrays are flat float32; offsets and strides count floats.
+    All arrays are flat float32; offsets and strides count floats. An "outer" tile takes
+    one more argument, `store`: store the products instead of adding them (a sum's first
+    chunk, so the sums need no zeroing).
     """
-    @intrinsic
-    def tile(typingctx, w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, prefetch):
+    def signature(w, cols, sums, *flags):
         for array in (w, cols, sums):  # flat indexing from .data is right only for these
             if not (isinstance(array, types.Array) and array.dtype == types.float32 and array.ndim == 1
                     and array.layout == "C"):
                 return None
+        if not all(isinstance(flag, types.Boolean) for flag in flags):
+            return None
         i = types.intp
-        return types.void(w, i, i, i, i, i, cols, i, i, sums, i, i), _codegen(rows, vectors, prefetching, outer,
-                                                                              store)
-    tile.__name__ = f"tile_{rows}x{vectors}" + ("_outer" if outer else "") + ("_store" if store else "")
+        return (types.void(w, i, i, i, i, i, cols, i, i, sums, i, i, *[types.boolean] * len(flags)),
+                _codegen(rows, vectors, prefetching, outer, lanes))
+
+    if outer:
+        @intrinsic
+        def tile(typingctx, w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width, store):
+            return signature(w, cols, sums, store)
+    else:
+        @intrinsic
+        def tile(typingctx, w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, prefetch):
+            return signature(w, cols, sums)
+    tile.__name__ = f"tile_{rows}x{vectors}_{lanes}lanes" + ("_outer" if outer else "")
     return tile
 
 
-def _codegen(rows: int, vectors: int, prefetching: bool = True, outer: bool = False, store: bool = False):
+def _codegen(rows: int, vectors: int, prefetching: bool, outer: bool, lanes: int):
     def codegen(context, builder, signature, args):
-        w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, prefetch = args
+        w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, prefetch = args[:12]
         w_ptr, cols_ptr, sums_ptr = _data_pointers(context, builder, signature, args, (0, 6, 9))
-        emit = _Emitter(builder)
+        emit = _Emitter(builder, lanes)
         row_starts = [emit.add(emit.mul(emit.min(emit.add(row0, emit.const(r)), last_row), stride), k0)
                       for r in range(rows)]
         finals = _emit_products(emit, w_ptr, cols_ptr, row_starts, steps, emit.add(emit.mul(k0, width), c0), width,
                                 vectors, prefetch=prefetch if prefetching else None)
-        for r in range(rows):
-            for v in range(vectors):
-                if outer:  # the last argument is the sums' row width; the sums have no column offset
-                    at = emit.add(emit.mul(emit.add(s0, emit.const(r)), prefetch), emit.const(v * LANES))
-                else:
-                    at = emit.add(emit.mul(emit.add(s0, emit.const(r)), width), emit.add(c0, emit.const(v * LANES)))
-                emit.store_vector(sums_ptr, at,
-                                  finals[r][v] if store else builder.fadd(emit.load_vector(sums_ptr, at), finals[r][v]))
+        if outer:  # `prefetch` is the sums' row width; the sums have no column offset
+            places = [[emit.add(emit.mul(emit.add(s0, emit.const(r)), prefetch), emit.const(v * lanes))
+                       for v in range(vectors)] for r in range(rows)]
+            emit.store_sums(sums_ptr, places, finals, args[12])
+        else:
+            places = [[emit.add(emit.mul(emit.add(s0, emit.const(r)), width), emit.add(c0, emit.const(v * lanes)))
+                       for v in range(vectors)] for r in range(rows)]
+            emit.add_to_sums(sums_ptr, places, finals)
         return context.get_dummy_value()
     return codegen
 
@@ -95,7 +107,7 @@ def _data_pointers(context, builder, signature, args, positions):
 
 def _emit_products(emit, w_ptr, cols_ptr, row_starts, steps, cols_start, width, vectors, prefetch=None):
     """The tile's k loop; returns its len(row_starts) x `vectors` sums (vector values):
-    sum_{k < steps} w[row_starts[r] + k] * cols[cols_start + k * width + v * LANES + lane]."""
+    sum_{k < steps} w[row_starts[r] + k] * cols[cols_start + k * width + v * emit.lanes + lane]."""
     if prefetch is not None:
         _prefetch_lines(emit.builder, emit, w_ptr, [emit.add(start, prefetch) for start in row_starts], steps)
     zeros = [[emit.zero] * vectors for _ in row_starts]
@@ -110,7 +122,7 @@ def _emit_k_loop(emit, w_ptr, cols_ptr, row_starts, steps, cols_start, width, st
     k, before, loop, done = emit.open_loop("tile", steps)
     sums_in = [[builder.phi(emit.vector) for _ in range(vectors)] for _ in range(rows)]
     patch_row = emit.add(emit.mul(k, width), cols_start)
-    patches = [emit.load_vector(cols_ptr, emit.add(patch_row, emit.const(v * LANES))) for v in range(vectors)]
+    patches = [emit.load_vector(cols_ptr, emit.add(patch_row, emit.const(v * emit.lanes))) for v in range(vectors)]
     sums_out = []
     for r in range(rows):
         at = emit.add(row_starts[r], k)
@@ -155,14 +167,15 @@ class _Emitter:
 
     i64 = ir.IntType(64)
     i32 = ir.IntType(32)
-    vector = ir.VectorType(ir.FloatType(), LANES)
-    zero = ir.Constant(vector, [0.0] * LANES)
 
-    def __init__(self, builder: ir.IRBuilder):
+    def __init__(self, builder: ir.IRBuilder, lanes: int = LANES):
         self.builder = builder
+        self.lanes = lanes
+        self.vector = ir.VectorType(ir.FloatType(), lanes)
+        self.zero = ir.Constant(self.vector, [0.0] * lanes)
         module = builder.module
         self._fmuladd = cgutils.get_or_insert_function(
-            module, ir.FunctionType(self.vector, [self.vector] * 3), f"llvm.fmuladd.v{LANES}f32")
+            module, ir.FunctionType(self.vector, [self.vector] * 3), f"llvm.fmuladd.v{lanes}f32")
         address = ir.IntType(8).as_pointer()
         # declare_intrinsic mangles the name as the module's LLVM expects ("llvm.prefetch.p0i8")
         self._prefetch = module.declare_intrinsic(
@@ -202,7 +215,7 @@ class _Emitter:
         return self.builder.select(self.builder.icmp_signed("<", a, b), a, b)
 
     def load_vector(self, base, index):
-        """8 floats from base[index]; unaligned, as patch rows start anywhere."""
+        """A vector of floats from base[index]; unaligned, as patch rows start anywhere."""
         return self.builder.load(self.builder.bitcast(self.builder.gep(base, [index]), self.vector.as_pointer()),
                                  align=4)
 
@@ -210,10 +223,27 @@ class _Emitter:
         self.builder.store(value, self.builder.bitcast(self.builder.gep(base, [index]), self.vector.as_pointer()),
                            align=4)
 
+    def add_to_sums(self, base, places, values):
+        """base[places[r][v]] += values[r][v], vector by vector."""
+        for row_places, row_values in zip(places, values):
+            for at, value in zip(row_places, row_values):
+                self.store_vector(base, at, self.builder.fadd(self.load_vector(base, at), value))
+
+    def store_sums(self, base, places, values, store):
+        """base[places[r][v]] = values[r][v] where `store` (an i1 known when the tile
+        runs), else += : one branch for the whole tile, after its k loop."""
+        with self.builder.if_else(store) as (first_chunk, later_chunk):
+            with first_chunk:
+                for row_places, row_values in zip(places, values):
+                    for at, value in zip(row_places, row_values):
+                        self.store_vector(base, at, value)
+            with later_chunk:
+                self.add_to_sums(base, places, values)
+
     def broadcast(self, scalar):
         lanes = self.builder.insert_element(ir.Constant(self.vector, ir.Undefined), scalar, ir.Constant(self.i32, 0))
         return self.builder.shuffle_vector(lanes, ir.Constant(self.vector, ir.Undefined),
-                                           ir.Constant(ir.VectorType(self.i32, LANES), [0] * LANES))
+                                           ir.Constant(ir.VectorType(self.i32, self.lanes), [0] * self.lanes))
 
     def fmuladd(self, a, b, c):
         """a * b + c: one FMA where the target has it, a multiply and an add where not."""
@@ -255,19 +285,25 @@ def _vector_registers() -> int:
     return 32 if features.get("avx512f") and features.get("avx512vl") else 16
 
 
-def _outer_vectors() -> int:
-    """Channel vectors per `outer_tile` and `gathered_tile`: 4 (4 pixels x 32 channels,
-    16 sums) where 32 vector registers hold them, 3 (4 x 24, 12 sums) where 16 do; a
-    4x4 tile in 16 registers would spill. GRAPHCONV_OUTER_VECTORS=3 or 4 overrides it
-    (tests run both). One core of a Zen 4, operands in L1: 4x4 ran at 86% of the FMA
-    peak, 4x3 at 79%; and ResNet's channel counts (multiples of 64) fill blocks of 32
-    exactly, where blocks of 24 leave a 16- or 8-wide block with a slower tile. In whole
-    networks (separate processes, alternating, each against onnxruntime in the same
-    process): ResNet-50 dense at 448 0.98-1.01x onnxruntime's time against 1.03-1.08x."""
-    forced = os.environ.get("GRAPHCONV_OUTER_VECTORS", "")
-    if forced in ("3", "4"):
-        return int(forced)
-    return 4 if _vector_registers() >= 32 else 3
+def _outer_tile_shape() -> tuple[int, int]:
+    """(lanes per vector, vectors per block) of the tiles `outer` and `winograd` run:
+    where 32 vector registers hold them (AVX-512), 4 vectors of 16 lanes (4 pixels x 64
+    channels, 16 sums); elsewhere 3 of 8 (4 x 24, 12 sums), as 16 registers hold no
+    more without spilling. GRAPHCONV_OUTER_LANES (8 or 16) and GRAPHCONV_OUTER_VECTORS
+    (3 or 4) override either; the tests run every combination on any machine (a tile too
+    large for the registers spills but stays exact).
+
+    One core of a Zen 4, operands in L1: 4x3 of 8 lanes ran at 79% of the FMA peak, 4x4
+    of 8 lanes at 86%, 4x4 of 16 lanes at 89% (Zen 4 runs a 16-lane FMA as two 8-lane
+    halves, so the peak is the same, but each broadcast input value then meets twice
+    the channels). ResNet's channel counts (multiples of 64) fill 64-channel blocks
+    exactly; blocks of 24 left a 16- or 8-wide block with a slower tile. Measured in
+    the network: docs/performance.md, sessions 15."""
+    wide = _vector_registers() >= 32
+    lanes = os.environ.get("GRAPHCONV_OUTER_LANES", "")
+    vectors = os.environ.get("GRAPHCONV_OUTER_VECTORS", "")
+    return (int(lanes) if lanes in ("8", "16") else 16 if wide else 8,
+            int(vectors) if vectors in ("3", "4") else 4 if wide else 3)
 
 
 # The tiles of the conv's "outer" strategy: no prefetch (its operands are in cache), and
@@ -275,41 +311,41 @@ def _outer_vectors() -> int:
 # packed weights can be one contiguous (K x block) panel per block of output channels
 # (c0 = the panel's offset, width = its width) while the sums are (pixels x block) per
 # block. The strategy broadcasts patch values from its row panel (the `w` operand, one
-# row per output pixel) and multiplies them into vectors of 8 output channels.
-# The kernels take the block width as an argument (the callers read OUTER_VECTORS when
-# they run and when they pack the weights), so one compiled kernel serves both widths
-# and the tests can force either.
-OUTER_VECTORS = _outer_vectors()  # channel vectors per block: 24 or 32 output channels
+# row per output pixel) and multiplies them into vectors of output channels.
+# The kernels take the tile's shape as arguments (the callers read OUTER_LANES and
+# OUTER_VECTORS when they run and when they pack the weights), so one compiled kernel
+# serves every shape and the tests can force each.
+OUTER_LANES, OUTER_VECTORS = _outer_tile_shape()  # blocks of 64 output channels, or of 24
 OUTER_ROWS = (0, 8, 4, 4, 4)  # pixels per tile for 1..4 channel vectors
-_tile_8x1_outer, _tile_4x2_outer, _tile_4x3_outer, _tile_4x4_outer = (
-    _make_tile(OUTER_ROWS[v], v, False, True) for v in (1, 2, 3, 4))
-# and storing their products instead of adding them: a sum's first chunk, so the sums need no zeroing
-_tile_8x1_outer_store, _tile_4x2_outer_store, _tile_4x3_outer_store, _tile_4x4_outer_store = (
-    _make_tile(OUTER_ROWS[v], v, False, True, True) for v in (1, 2, 3, 4))
+# _outer_L_V: the tile of V vectors of L lanes
+_outer_8_1, _outer_8_2, _outer_8_3, _outer_8_4 = (_make_tile(OUTER_ROWS[v], v, False, True, 8) for v in (1, 2, 3, 4))
+_outer_16_1, _outer_16_2, _outer_16_3, _outer_16_4 = (_make_tile(OUTER_ROWS[v], v, False, True, 16)
+                                                      for v in (1, 2, 3, 4))
 
 
 @njit(cache=True, inline="always")
-def outer_tile(vectors, w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width, store=False):
+def outer_tile(lanes, vectors, w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width,
+               store=False):
     """sums[(s0 + r) * s_width + j] += sum_k w[row_r * stride + k0 + k] * cols[(k0 + k) * width + c0 + j]
-    for r < OUTER_ROWS[vectors], j < vectors * LANES (row_r as in `_make_tile`); `=` instead
-    of `+=` where `store`."""
-    if store:
+    for r < OUTER_ROWS[vectors], j < vectors * lanes (row_r as in `_make_tile`); `=` instead
+    of `+=` where `store`: a sum's first chunk, so the sums need no zeroing."""
+    if lanes == 16:
         if vectors == 4:
-            _tile_4x4_outer_store(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width)
+            _outer_16_4(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width, store)
         elif vectors == 3:
-            _tile_4x3_outer_store(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width)
+            _outer_16_3(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width, store)
         elif vectors == 2:
-            _tile_4x2_outer_store(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width)
+            _outer_16_2(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width, store)
         else:
-            _tile_8x1_outer_store(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width)
+            _outer_16_1(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width, store)
     elif vectors == 4:
-        _tile_4x4_outer(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width)
+        _outer_8_4(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width, store)
     elif vectors == 3:
-        _tile_4x3_outer(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width)
+        _outer_8_3(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width, store)
     elif vectors == 2:
-        _tile_4x2_outer(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width)
+        _outer_8_2(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width, store)
     else:
-        _tile_8x1_outer(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width)
+        _outer_8_1(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width, store)
 
 
 # The tiles of `outer`, which gathers each pixel's patch from where it lies in the
@@ -322,28 +358,29 @@ def outer_tile(vectors, w, row0, last_row, stride, k0, steps, cols, c0, width, s
 # first k chunk's tile stores its products into the sums and the others add to them,
 # so the sums need no zeroing.
 
-def _make_gathered_tile(rows: int, vectors: int, store: bool):
+def _make_gathered_tile(rows: int, vectors: int, lanes: int = LANES):
     i = types.intp
 
     @intrinsic
-    def tile(typingctx, x, patch, p0, last, span, cols, c0, width, sums, s0, s_width):
+    def tile(typingctx, x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store):
         arrays_fit = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (x, patch, cols, sums))
         if not arrays_fit or patch.dtype != types.int64 or any(a.dtype != types.float32 for a in (x, cols, sums)):
             return None  # flat indexing from .data is right only for these
-        if not (isinstance(span, types.UniTuple) and span.count == 5 and isinstance(span.dtype, types.Integer)):
+        if not (isinstance(span, types.UniTuple) and span.count == 5 and isinstance(span.dtype, types.Integer)
+                and isinstance(store, types.Boolean)):
             return None
-        signature = types.void(x, patch, i, i, types.UniTuple(i, 5), cols, i, i, sums, i, i)
-        return signature, _gathered_codegen(rows, vectors, store)
-    tile.__name__ = f"gathered_tile_{rows}x{vectors}" + ("_store" if store else "")
+        signature = types.void(x, patch, i, i, types.UniTuple(i, 5), cols, i, i, sums, i, i, types.boolean)
+        return signature, _gathered_codegen(rows, vectors, lanes)
+    tile.__name__ = f"gathered_tile_{rows}x{vectors}_{lanes}lanes"
     return tile
 
 
-def _gathered_codegen(rows: int, vectors: int, store: bool):
+def _gathered_codegen(rows: int, vectors: int, lanes: int):
     def codegen(context, builder, signature, args):
-        x, patch, p0, last, span, cols, c0, width, sums, s0, s_width = args
+        x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store = args
         x_ptr, patch_ptr, cols_ptr, sums_ptr = _data_pointers(context, builder, signature, args, (0, 1, 5, 8))
         shift, seg_stride, segments, seg_k, steps = (builder.extract_value(span, n) for n in range(5))
-        emit = _Emitter(builder)
+        emit = _Emitter(builder, lanes)
         patch_starts = [emit.add(builder.load(builder.gep(patch_ptr, [emit.min(emit.add(p0, emit.const(r)), last)])),
                                  shift) for r in range(rows)]
         g, before, loop, done = emit.open_loop("segment", segments)
@@ -362,41 +399,40 @@ def _gathered_codegen(rows: int, vectors: int, store: bool):
         builder.position_at_end(done)
         products = [[_merge(builder, emit, (emit.zero, before), (sums_out[r][v], body_end)) for v in range(vectors)]
                     for r in range(rows)]
-        for r in range(rows):
-            for v in range(vectors):
-                at = emit.add(emit.mul(emit.add(s0, emit.const(r)), s_width), emit.const(v * LANES))
-                value = products[r][v] if store else builder.fadd(emit.load_vector(sums_ptr, at), products[r][v])
-                emit.store_vector(sums_ptr, at, value)
+        places = [[emit.add(emit.mul(emit.add(s0, emit.const(r)), s_width), emit.const(v * lanes))
+                   for v in range(vectors)] for r in range(rows)]
+        emit.store_sums(sums_ptr, places, products, store)
         return context.get_dummy_value()
     return codegen
 
 
-_gathered_8x1, _gathered_4x2, _gathered_4x3, _gathered_4x4 = (_make_gathered_tile(OUTER_ROWS[v], v, False)
-                                                             for v in (1, 2, 3, 4))
-_gathered_8x1_store, _gathered_4x2_store, _gathered_4x3_store, _gathered_4x4_store = (
-    _make_gathered_tile(OUTER_ROWS[v], v, True) for v in (1, 2, 3, 4))
+# _gathered_L_V: the tile of V vectors of L lanes
+_gathered_8_1, _gathered_8_2, _gathered_8_3, _gathered_8_4 = (_make_gathered_tile(OUTER_ROWS[v], v, 8)
+                                                              for v in (1, 2, 3, 4))
+_gathered_16_1, _gathered_16_2, _gathered_16_3, _gathered_16_4 = (_make_gathered_tile(OUTER_ROWS[v], v, 16)
+                                                                  for v in (1, 2, 3, 4))
 
 
 @njit(cache=True, inline="always")
-def gathered_tile(vectors, store, x, patch, p0, last, span, cols, c0, width, sums, s0, s_width):
+def gathered_tile(lanes, vectors, store, x, patch, p0, last, span, cols, c0, width, sums, s0, s_width):
     """With span = (shift, seg_stride, segments, seg_k, steps):
     sums[(s0 + r) * s_width + j] (+)= sum_{g < segments, k < steps}
         x[patch[min(p0 + r, last)] + shift + g * seg_stride + k] * cols[c0 + (g * seg_k + k) * width + j]
-    for r < OUTER_ROWS[vectors] and j < vectors * LANES: `=` where `store`, `+=` otherwise."""
-    if store:
+    for r < OUTER_ROWS[vectors] and j < vectors * lanes: `=` where `store`, `+=` otherwise."""
+    if lanes == 16:
         if vectors == 4:
-            _gathered_4x4_store(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width)
+            _gathered_16_4(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store)
         elif vectors == 3:
-            _gathered_4x3_store(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width)
+            _gathered_16_3(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store)
         elif vectors == 2:
-            _gathered_4x2_store(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width)
+            _gathered_16_2(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store)
         else:
-            _gathered_8x1_store(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width)
+            _gathered_16_1(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store)
     elif vectors == 4:
-        _gathered_4x4(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width)
+        _gathered_8_4(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store)
     elif vectors == 3:
-        _gathered_4x3(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width)
+        _gathered_8_3(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store)
     elif vectors == 2:
-        _gathered_4x2(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width)
+        _gathered_8_2(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store)
     else:
-        _gathered_8x1(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width)
+        _gathered_8_1(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store)

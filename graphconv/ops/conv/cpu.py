@@ -559,7 +559,7 @@ def _pointwise_group(x3, w, bias, relu, o_offset, c_offset, chunk, out3, flat_re
                         rows = OUTER_ROWS[vectors]
                         s0 = ((p0 - p_start) // POINTWISE_TILE) * o_pad
                         for o in range(ob, oe, rows):
-                            outer_tile(vectors, flat_w, o, og - 1, cg, k0, steps, flat_x, image + p0, hw,
+                            outer_tile(8, vectors, flat_w, o, og - 1, cg, k0, steps, flat_x, image + p0, hw,
                                        sums, s0 + o, POINTWISE_TILE)
             for p0 in range(p_start, p_end, POINTWISE_TILE):
                 s0 = ((p0 - p_start) // POINTWISE_TILE) * o_pad
@@ -577,7 +577,7 @@ def _pointwise_group(x3, w, bias, relu, o_offset, c_offset, chunk, out3, flat_re
                 for k0 in range(0, cg, chunk):
                     steps = min(chunk, cg - k0)
                     for o in range(o_lo, o_hi, OUTER_ROWS[1]):
-                        outer_tile(1, flat_w, o, og - 1, cg, k0, steps, tail, 0, 8, sums, o, POINTWISE_TILE)
+                        outer_tile(8, 1, flat_w, o, og - 1, cg, k0, steps, tail, 0, 8, sums, o, POINTWISE_TILE)
                 for o in range(o_lo, o_hi):
                     channel = o_offset + o
                     _store_run(sums, o * POINTWISE_TILE, bias[channel], flat_res, flat_out,
@@ -657,19 +657,25 @@ OUTER_POSITIONS = 64  # output pixels a job covers at least (whole rows), so eac
 WHOLE_MAP_POSITIONS = 256
 
 
+def padded_channels(out_channels: int) -> int:
+    """Output channels as the packed weights hold them: padded to whole vectors of the
+    machine's tile (`vector_tile.OUTER_LANES`), zero past the real ones."""
+    lanes = vector_tile.OUTER_LANES
+    return -(-out_channels // lanes) * lanes
+
+
 def packed_weight_elements(params: dict, weight_elements: int) -> int:
     """Floats `kxo_weights` holds for a weight of `weight_elements`: each group's output
-    channels padded to whole vectors of 8."""
+    channels padded to whole vectors (`padded_channels`)."""
     out_c, groups = params["out_channels"], params["groups"]
-    og = out_c // groups
-    return groups * (-(-og // 8) * 8) * (weight_elements // out_c)
+    return groups * padded_channels(out_c // groups) * (weight_elements // out_c)
 
 
 def prepared_weight_elements(params: dict, weight_shape: tuple[int, ...]) -> int:
     """Floats `prepare_conv` adds beside the spec's weights of `weight_shape` (O, C/groups, kh, kw)."""
     elements = int(np.prod(weight_shape))
     if suits_winograd(params, weight_shape[1]):
-        return 16 * weight_shape[1] * (-(-params["out_channels"] // 8) * 8)
+        return 16 * weight_shape[1] * padded_channels(params["out_channels"])
     return packed_weight_elements(params, elements) if elements < PACK_MAX_WEIGHTS else 0
 
 
@@ -682,12 +688,12 @@ def kxo_weights(w: np.ndarray, groups: int) -> np.ndarray:
     contiguous run that stays in L1."""
     out_c, cg, kh, kw = w.shape
     og, k = out_c // groups, cg * kh * kw
-    o8 = -(-og // 8) * 8
-    packed = aligned.zeros((groups, k * o8))
+    o_pad = padded_channels(og)
+    packed = aligned.zeros((groups, k * o_pad))
     spec = w.reshape(groups, og, cg, kh, kw)
-    block = vector_tile.OUTER_VECTORS * 8
-    for c0 in range(0, o8, block):  # view to view, block by block: no temporary as large as w
-        width = min(block, o8 - c0)
+    block = vector_tile.OUTER_VECTORS * vector_tile.OUTER_LANES
+    for c0 in range(0, o_pad, block):  # view to view, block by block: no temporary as large as w
+        width = min(block, o_pad - c0)
         real = max(0, min(width, og - c0))
         panel = packed[:, k * c0:k * (c0 + width)].reshape(groups, kh, kw, cg, width)
         panel[..., :real] = spec[:, c0:c0 + real].transpose(0, 3, 4, 2, 1)
@@ -701,8 +707,9 @@ def winograd_weights(w: np.ndarray) -> np.ndarray:
     VGG-16's in 0.05 s). 16/9 of the weights' size (plus the output channels padded to a
     multiple of 8)."""
     out_c, c = w.shape[:2]
-    packed = aligned.zeros((16, c * (-(-out_c // 8) * 8)))
-    winograd.pack_transformed_weights(np.ascontiguousarray(w, np.float32), vector_tile.OUTER_VECTORS * 8, packed)
+    packed = aligned.zeros((16, c * padded_channels(out_c)))
+    winograd.pack_transformed_weights(np.ascontiguousarray(w, np.float32),
+                                      vector_tile.OUTER_VECTORS * vector_tile.OUTER_LANES, packed)
     return packed.reshape(-1)
 
 
@@ -727,12 +734,12 @@ def _conv_winograd(x: np.ndarray, wu: np.ndarray, bias: np.ndarray, padding: tup
             jobs = winograd.jobs_per_image(copies, rows * tile_cols, per_job, threads)
             winograd.winograd_conv(band_xp, wu, og, bias, relu, min(ho - 2 * row, 2 * rows), wo, jobs,
                                    winograd.CHUNK, flat_out, flat_res, ho * wo, channels_last, threads, image,
-                                   2 * row, vector_tile.OUTER_VECTORS)
+                                   2 * row, vector_tile.OUTER_LANES, vector_tile.OUTER_VECTORS)
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
 def _outer_group(xp, wp, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, wo, chunk, job_pixels, parts, flat_out,
-                 flat_res, out_channels, channels_last, threads, block_vectors):
+                 flat_res, out_channels, channels_last, threads, lanes, block_vectors):
     """Every output pixel of one group, `job_pixels` consecutive pixels (counted over the
     batch) per job, each job split into `parts` parts by blocks of output channels
     (`outer_jobs`). The patches are read straight from the channels-last input: for each
@@ -748,10 +755,10 @@ def _outer_group(xp, wp, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, w
     stored NCHW or channels-last) with bias, the residual input if any (flat_res, stored
     as the output; empty when there is none) and ReLU at the end of the job."""
     n, rows_in, cols_in, cg = xp.shape
-    o8 = -(-og // 8) * 8
-    k = wp.size // o8
-    block = block_vectors * 8
-    blocks = -(-o8 // block)
+    o_pad = -(-og // lanes) * lanes
+    k = wp.size // o_pad
+    block = block_vectors * lanes
+    blocks = -(-o_pad // block)
     run = kw * cg if dw == 1 else cg  # contiguous taps per segment
     segments_per_row = 1 if dw == 1 else kw
     # tap rows a chunk takes at once where a row's run is short (3 channels x 7 taps), as
@@ -786,11 +793,11 @@ def _outer_group(xp, wp, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, w
                         first_chunk = i == 0 and j == 0 and k0 == 0  # stores its products: no zeroing
                         for blk in range(blk0, blk1):
                             c0 = blk * block
-                            vectors = min(block_vectors, (o8 - c0) // 8)
-                            bw = vectors * 8
+                            vectors = min(block_vectors, (o_pad - c0) // lanes)
+                            bw = vectors * lanes
                             panel = k * c0 + (tap + k0) * bw  # the chunk's weights in the block's (K x bw) panel
                             for p0 in range(0, count, OUTER_ROWS[vectors]):
-                                gathered_tile(vectors, first_chunk, flat_x, patch, p0, count - 1, span, wp, panel,
+                                gathered_tile(lanes, vectors, first_chunk, flat_x, patch, p0, count - 1, span, wp, panel,
                                               bw, sums, blk * block_pixels + p0, block)
             _store_outer_job(sums, block, block_pixels, q0, count, blk0 * block, min(og, blk1 * block), plane, bias,
                              relu, o_offset, flat_res, flat_out, out_channels, channels_last)
@@ -865,15 +872,15 @@ def _outer_pixels(xp, wp, og, bias, relu, kh, kw, steps, o_offset, out_shape, fl
     threads = get_num_threads()
     job_pixels, parts = outer_jobs(n, ho, wo, og, threads)
     _outer_group(xp, wp, og, bias, relu, kh, kw, *steps, o_offset, ho, wo, OUTER_CHUNK, job_pixels, parts, flat_out,
-                 flat_res, out_channels, channels_last, threads, vector_tile.OUTER_VECTORS)
+                 flat_res, out_channels, channels_last, threads, vector_tile.OUTER_LANES, vector_tile.OUTER_VECTORS)
 
 
 def outer_job_floats(out_channels: int, job_pixels: int) -> int:
     """Floats of `_outer_group`'s scratch per thread for a job of `job_pixels` output
     pixels (`graphconv.memory` counts them): its sums, whole blocks of channels by whole
     tiles of pixels, and its pixels' patch offsets (int64, two floats' worth each)."""
-    block = vector_tile.OUTER_VECTORS * 8
-    blocks = -(-(-(-out_channels // 8) * 8) // block)
+    block = vector_tile.OUTER_VECTORS * vector_tile.OUTER_LANES
+    blocks = -(-padded_channels(out_channels) // block)
     return blocks * block * (-(-job_pixels // 8) * 8) + 2 * job_pixels
 
 
@@ -894,7 +901,7 @@ def outer_jobs(n: int, ho: int, wo: int, out_channels: int, threads: int) -> tup
     jobs = -(-n * plane // job_pixels)
     if jobs >= 4 * threads or jobs % threads == 0:
         return job_pixels, 1
-    block = vector_tile.OUTER_VECTORS * 8
+    block = vector_tile.OUTER_VECTORS * vector_tile.OUTER_LANES
     blocks = -(-out_channels // block)
     parts = min(blocks, threads)
     busiest_part = min(out_channels, -(-blocks // parts) * block) / out_channels

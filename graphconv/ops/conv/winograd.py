@@ -152,15 +152,15 @@ def scratch_floats(in_shape: tuple[int, ...], out_channels: int, out_hw: tuple[i
     jobs = jobs_per_image(copies, band * tile_cols, tiles_per_job(c, out_channels), threads)
     per_job = -(-(band * tile_cols) // jobs)
     slots = -(-per_job // 8) * 8
-    o8 = -(-out_channels // 8) * 8
-    block = vector_tile.OUTER_VECTORS * 8
-    sums = -(-o8 // block) * block * slots
+    lanes = vector_tile.OUTER_LANES
+    block = vector_tile.OUTER_VECTORS * lanes
+    sums = -(-(-(-out_channels // lanes) * lanes) // block) * block * slots
     return copies * (2 * band + 2) * (2 * tile_cols + 2) * c + threads * (slots * c + 8 * sums)
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
 def winograd_conv(xp, wu, og, bias, relu, ho, wo, jobs_per_image, chunk, flat_out, flat_res, image_pixels,
-                  channels_last, threads, image0, row0, block_vectors):
+                  channels_last, threads, image0, row0, lanes, block_vectors):
     """Output (image0 + b, o, row0 + y, x) for y < ho, from the channels-last input xp
     (a band of it, starting at padded input row 2 * row0; padding included; at least
     2 * ceil(ho / 2) + 2 rows and 2 * ceil(wo / 2) + 2 columns, zero past the real ones)
@@ -172,9 +172,9 @@ def winograd_conv(xp, wu, og, bias, relu, ho, wo, jobs_per_image, chunk, flat_ou
     or `channels_last`; flat_res, when not empty, is a residual input stored as the
     output, added before the activation."""
     n, rows_in, cols_in, c = xp.shape
-    o8 = -(-og // 8) * 8
-    block = block_vectors * 8
-    blocks = -(-o8 // block)
+    o_pad = -(-og // lanes) * lanes
+    block = block_vectors * lanes
+    blocks = -(-o_pad // block)
     tile_cols = -(-wo // 2)
     image_tiles = -(-ho // 2) * tile_cols
     per_job = -(-image_tiles // jobs_per_image)
@@ -182,7 +182,7 @@ def winograd_conv(xp, wu, og, bias, relu, ho, wo, jobs_per_image, chunk, flat_ou
     parts = 1 if tile_jobs >= 4 * threads or tile_jobs % threads == 0 else min(blocks, threads)
     per_part = -(-blocks // parts)
     slots = -(-per_job // 8) * 8  # M rows per block: the last tile call's clamped rows land in the slack
-    u_stride = c * o8  # floats of U per xi
+    u_stride = c * o_pad  # floats of U per xi
     m_size = blocks * slots * block  # one M[xi]: M for the 4 positions of a row of the 4x4 tile are kept
     flat_x = xp.reshape(-1)
     queue = np.zeros(1, np.int64)  # the next job to take (`next_job`)
@@ -208,11 +208,11 @@ def winograd_conv(xp, wu, og, bias, relu, ho, wo, jobs_per_image, chunk, flat_ou
                     steps = min(chunk, c - k0)
                     for blk in range(blk0, blk1):
                         c0 = blk * block
-                        vectors = min(block_vectors, (o8 - c0) // 8)
+                        vectors = min(block_vectors, (o_pad - c0) // lanes)
                         step = OUTER_ROWS[vectors]
                         for p0 in range(0, tiles, step):  # the first chunk stores: M needs no zeroing
-                            outer_tile(vectors, v, p0, tiles - 1, c, k0, steps, wu, xi * u_stride + c * c0,
-                                       vectors * 8, m, (m0 // block) + blk * slots + p0, block, k0 == 0)
+                            outer_tile(lanes, vectors, v, p0, tiles - 1, c, k0, steps, wu, xi * u_stride + c * c0,
+                                       vectors * lanes, m, (m0 // block) + blk * slots + p0, block, k0 == 0)
                 if xi % 4 == 3:
                     _add_row_to_outputs(m, m_size, xi // 4, blk0, blk1, tiles, slots, block, y)
             _write_outputs(y, bias, relu, image0 + b, tile0, tiles, tile_cols, ho, wo, row0, blk0 * block,
