@@ -18,7 +18,9 @@ L1 it runs at about 95% of one core's peak; streaming fc6's weights from memory,
 the layer runs at 80% of the measured SGEMM ceiling on 2 cores (benchmarks/README.md).
 
 `<8 x float>` is a generic LLVM vector: LLVM splits it into two halves for SSE or
-NEON, so the kernel stays portable; 8 lanes is one AVX2 register.
+NEON, so the kernel stays portable; 8 lanes is one AVX2 register. The conv's tiles
+also come in 16 lanes (`<16 x float>`, one AVX-512 register), which it runs where the
+machine has AVX-512 (`OUTER_LANES`).
 """
 from __future__ import annotations
 
@@ -298,7 +300,7 @@ def _outer_tile_shape() -> tuple[int, int]:
     halves, so the peak is the same, but each broadcast input value then meets twice
     the channels). ResNet's channel counts (multiples of 64) fill 64-channel blocks
     exactly; blocks of 24 left a 16- or 8-wide block with a slower tile. Measured in
-    the network: docs/performance.md, sessions 15."""
+    the network: docs/performance.md, session 15."""
     wide = _vector_registers() >= 32
     lanes = os.environ.get("GRAPHCONV_OUTER_LANES", "")
     vectors = os.environ.get("GRAPHCONV_OUTER_VECTORS", "")

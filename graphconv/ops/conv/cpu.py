@@ -12,11 +12,11 @@
   parallel loops, that SGEMM often took 5-30x its time alone (ResNet-50).
 - "outer": most convs. The input is copied once to channels-last order; each tap row
   of an output pixel's patch is then one contiguous run of it, and an outer-product
-  register tile (`vector_tile.outer_tile`: 4 pixels' input values broadcast x 3 vectors
-  of 8 output channels, 4 vectors where the machine has 32 vector registers) runs over
-  the runs with the weights packed once per Executor as (K x 24) panels per block of 24
-  output channels (32 with 4 vectors; `prepare_conv`). No patch is
-  copied, no im2col matrix, no separate epilogue.
+  register tile (`vector_tile.gathered_tile`: 4 pixels' input values broadcast x 3
+  vectors of 8 output channels, or, where AVX-512 gives 32 vector registers, x 4 vectors
+  of 16) runs over the runs with the weights packed once per Executor as (K x block)
+  panels per block of 24 or 64 output channels (`prepare_conv`). No patch is copied, no
+  im2col matrix, no separate epilogue.
 - "winograd": 3x3, stride-1 layers with 16 channels or more in and out (VGG's every
   conv but the first, AlexNet's conv3-5, ResNet's 3x3 layers): Winograd's F(2x2, 3x3),
   16 products per 2x2 outputs and channel pair instead of 36, on the same register
@@ -647,7 +647,8 @@ def _conv_im2col(x, channels_last, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, rel
 
 # ---- outer ----------------------------------------------------------------------------------
 
-OUTER_CHUNK = 192  # taps per k chunk: a chunk of 24 (32) packed weight columns is 18 (24) KB, in L1
+OUTER_CHUNK = 192  # taps per k chunk: 18 KB of a 24-column weight panel (in L1), 48 KB of a 64-column one
+# (in L2; with 16 lanes 96 and 128 taps were 3-4% slower on ResNet-50, 256 level)
 OUTER_POSITIONS = 64  # output pixels a job covers at least (whole rows), so each weight chunk is reused
 # Maps this small run as one job per image, split between the threads (`outer_jobs`):
 # ResNet-50's 14x14 layers (0.5-2 MB of weights, which jobs of OUTER_POSITIONS read again
@@ -682,10 +683,10 @@ def prepared_weight_elements(params: dict, weight_shape: tuple[int, ...]) -> int
 def kxo_weights(w: np.ndarray, groups: int) -> np.ndarray:
     """(O, C/groups, kh, kw) weights packed for the "outer" strategy: per group, taps in
     (kh, kw, c) order (a tap row of a patch is then one contiguous run of the channels-last
-    input), one contiguous (K x 24) panel per block of 24 output channels (K x 32 per 32
-    where `vector_tile.OUTER_VECTORS` is 4; the last block narrower, its channels padded with zeros to a whole vector), flat. A vector load
-    gives 8 output channels of one tap, and a chunk of taps of one block is one
-    contiguous run that stays in L1."""
+    input), one contiguous (K x block) panel per block of `vector_tile.OUTER_VECTORS` x
+    `OUTER_LANES` output channels (24 or 64; the last block narrower, its channels padded
+    with zeros to a whole vector: `padded_channels`), flat. A vector load gives 8 or 16
+    output channels of one tap, and a chunk of taps of one block is one contiguous run."""
     out_c, cg, kh, kw = w.shape
     og, k = out_c // groups, cg * kh * kw
     o_pad = padded_channels(og)
@@ -747,11 +748,11 @@ def _outer_group(xp, wp, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, w
     contiguous run of xp, which starts `patch[q]` + the tap's shift for the job's pixel
     q, so no patch is ever copied; where a run is short (conv1's 7 taps of 3 channels),
     one chunk takes several tap rows' runs. For each chunk and each block of
-    `block_vectors` x 8 output channels (24 or 32), the outer-product tile runs over
-    every pixel of the job: 4 pixels' input values broadcast, times 3 (4) vectors of 8
-    channels of the packed weights, 12 (16) sums in registers. The weight chunk (18 or
-    24 KB) stays in L1 while the job's pixels stream past it; the sums (pixels x block
-    per block) go to the output (flat, `out_channels` channels,
+    `block_vectors` x `lanes` output channels (24 or 64), the outer-product tile runs
+    over every pixel of the job: 4 pixels' input values broadcast, times 3 vectors of 8
+    channels (or 4 of 16) of the packed weights, 12 (16) vector sums in registers. The
+    weight chunk stays in cache while the job's pixels stream past it; the sums (pixels
+    x block per block) go to the output (flat, `out_channels` channels,
     stored NCHW or channels-last) with bias, the residual input if any (flat_res, stored
     as the output; empty when there is none) and ReLU at the end of the job."""
     n, rows_in, cols_in, cg = xp.shape

@@ -15,8 +15,8 @@ for a 3x3 filter g and a 4x4 input tile d, * element-wise. Summed over input cha
 the element-wise products become 16 independent matrix products, one per position xi
 of the 4x4 transformed tile: M[xi] (tiles x O) = V[xi] (tiles x C) @ U[xi]^T (C x O).
 Those run on the same outer-product register tile as `outer` (`vector_tile.outer_tile`),
-with U packed per xi as (C x 24) panels per block of 24 output channels (32 where the
-machine has 32 vector registers: `vector_tile.OUTER_VECTORS`).
+with U packed per xi as (C x block) panels per block of 24 output channels, or of 64 where
+AVX-512 gives 32 vector registers (`vector_tile.OUTER_LANES`, `OUTER_VECTORS`).
 
 Exactness. The transforms' coefficients are 0, +-1 and +-1/2, exact in binary; only the
 order of the additions differs from the direct sum, so results differ from it by a few
@@ -67,7 +67,7 @@ ENABLED = os.environ.get("GRAPHCONV_WINOGRAD", "1") != "0"
 BAND_BYTES = 8 << 20
 JOB_BYTES = 384 * 1024  # a job's V, 4 M and output sums: in the 512 KB L2 with room for weight chunks
 MAX_JOB_TILES = 128
-CHUNK = 192  # input channels per k chunk: a chunk of one 24 (32)-channel panel is 18 (24) KB, in L1
+CHUNK = 192  # input channels per k chunk: 18 KB of a 24-channel panel, 48 KB of a 64-channel one (96-256 level)
 
 
 def applies(params: dict) -> bool:
@@ -166,8 +166,8 @@ def winograd_conv(xp, wu, og, bias, relu, ho, wo, jobs_per_image, chunk, flat_ou
     2 * ceil(ho / 2) + 2 rows and 2 * ceil(wo / 2) + 2 columns, zero past the real ones)
     and U packed flat as 16 runs of (C x o8), each as `kxo_weights` packs a 1x1 conv's
     weights. A job is a run of consecutive tiles of one image (and, when there are too few
-    jobs to keep every thread busy, a range of the output blocks of `block_vectors` x 8
-    channels). The output is
+    jobs to keep every thread busy, a range of the output blocks of `block_vectors` x
+    `lanes` channels). The output is
     flat, `image_pixels` (its whole height times wo) per image and channel, stored NCHW
     or `channels_last`; flat_res, when not empty, is a residual input stored as the
     output, added before the activation."""
