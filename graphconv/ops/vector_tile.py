@@ -281,8 +281,9 @@ def multiply_tile(vectors, w, row0, last_row, stride, k0, steps, cols, c0, width
 
 
 def _vector_registers() -> int:
-    """Vector registers the machine numba compiles for has: 32 with AVX-512 (its VL
-    extension gives 256-bit code the 16 extra ones), 16 otherwise (AVX2, SSE)."""
+    """Vector registers the machine numba compiles for has: 32 with AVX-512 (zmm0-31;
+    its VL extension lets 8-lane code use the 16 extra ones too), 16 otherwise (AVX2,
+    SSE)."""
     features = llvm.get_host_cpu_features()
     return 32 if features.get("avx512f") and features.get("avx512vl") else 16
 

@@ -798,8 +798,8 @@ def _outer_group(xp, wp, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, w
                             bw = vectors * lanes
                             panel = k * c0 + (tap + k0) * bw  # the chunk's weights in the block's (K x bw) panel
                             for p0 in range(0, count, OUTER_ROWS[vectors]):
-                                gathered_tile(lanes, vectors, first_chunk, flat_x, patch, p0, count - 1, span, wp, panel,
-                                              bw, sums, blk * block_pixels + p0, block)
+                                gathered_tile(lanes, vectors, first_chunk, flat_x, patch, p0, count - 1, span, wp,
+                                              panel, bw, sums, blk * block_pixels + p0, block)
             _store_outer_job(sums, block, block_pixels, q0, count, blk0 * block, min(og, blk1 * block), plane, bias,
                              relu, o_offset, flat_res, flat_out, out_channels, channels_last)
 
