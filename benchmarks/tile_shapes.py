@@ -26,6 +26,7 @@ import statistics
 import tempfile
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 from common import PAUSE, ROOT, load_torch, pin_threads, write_section
@@ -81,7 +82,11 @@ def time_shapes(build, onnx_bytes: bytes, size: int, shapes, rounds: int, thread
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    runners = {shape: (lambda shape=shape: _run_shape(models[shape], shape, x)) for shape in shapes}
+    def run_shape(shape):
+        vector_tile.OUTER_LANES, vector_tile.OUTER_VECTORS = shape  # the kernels read it at each call
+        models[shape].run(x, "cpu")
+
+    runners = {shape: partial(run_shape, shape) for shape in shapes}
     runners["onnxruntime"] = lambda: session.run(None, {name: x})
     if torch is not None:
         graph = models[shapes[0]].graph
@@ -96,12 +101,6 @@ def time_shapes(build, onnx_bytes: bytes, size: int, shapes, rounds: int, thread
             if r:
                 times[key].append(time.perf_counter() - start)
     return times
-
-
-def _run_shape(model, shape, x):
-    from graphconv.ops import vector_tile
-    vector_tile.OUTER_LANES, vector_tile.OUTER_VECTORS = shape
-    model.run(x, "cpu")
 
 
 def table(title: str, size: int, times: dict, shapes, native) -> list[str]:

@@ -320,6 +320,14 @@ def _outer_tile_shape() -> tuple[int, int]:
 # serves every shape and the tests can force each.
 OUTER_LANES, OUTER_VECTORS = _outer_tile_shape()  # blocks of 64 output channels, or of 24
 OUTER_ROWS = (0, 8, 4, 4, 4)  # pixels per tile for 1..4 channel vectors
+
+
+def padded_channels(out_channels: int) -> int:
+    """Output channels as the packed weights and the tiles' sums hold them: padded to
+    whole vectors of the machine's tile (OUTER_LANES), zero past the real ones."""
+    return -(-out_channels // OUTER_LANES) * OUTER_LANES
+
+
 # _outer_L_V: the tile of V vectors of L lanes
 _outer_8_1, _outer_8_2, _outer_8_3, _outer_8_4 = (_make_tile(OUTER_ROWS[v], v, False, True, 8) for v in (1, 2, 3, 4))
 _outer_16_1, _outer_16_2, _outer_16_3, _outer_16_4 = (_make_tile(OUTER_ROWS[v], v, False, True, 16)

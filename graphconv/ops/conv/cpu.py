@@ -658,25 +658,18 @@ OUTER_POSITIONS = 64  # output pixels a job covers at least (whole rows), so eac
 WHOLE_MAP_POSITIONS = 256
 
 
-def padded_channels(out_channels: int) -> int:
-    """Output channels as the packed weights hold them: padded to whole vectors of the
-    machine's tile (`vector_tile.OUTER_LANES`), zero past the real ones."""
-    lanes = vector_tile.OUTER_LANES
-    return -(-out_channels // lanes) * lanes
-
-
 def packed_weight_elements(params: dict, weight_elements: int) -> int:
     """Floats `kxo_weights` holds for a weight of `weight_elements`: each group's output
-    channels padded to whole vectors (`padded_channels`)."""
+    channels padded to whole vectors (`vector_tile.padded_channels`)."""
     out_c, groups = params["out_channels"], params["groups"]
-    return groups * padded_channels(out_c // groups) * (weight_elements // out_c)
+    return groups * vector_tile.padded_channels(out_c // groups) * (weight_elements // out_c)
 
 
 def prepared_weight_elements(params: dict, weight_shape: tuple[int, ...]) -> int:
     """Floats `prepare_conv` adds beside the spec's weights of `weight_shape` (O, C/groups, kh, kw)."""
     elements = int(np.prod(weight_shape))
     if suits_winograd(params, weight_shape[1]):
-        return 16 * weight_shape[1] * padded_channels(params["out_channels"])
+        return 16 * weight_shape[1] * vector_tile.padded_channels(params["out_channels"])
     return packed_weight_elements(params, elements) if elements < PACK_MAX_WEIGHTS else 0
 
 
@@ -685,11 +678,11 @@ def kxo_weights(w: np.ndarray, groups: int) -> np.ndarray:
     (kh, kw, c) order (a tap row of a patch is then one contiguous run of the channels-last
     input), one contiguous (K x block) panel per block of `vector_tile.OUTER_VECTORS` x
     `OUTER_LANES` output channels (24 or 64; the last block narrower, its channels padded
-    with zeros to a whole vector: `padded_channels`), flat. A vector load gives 8 or 16
+    with zeros to a whole vector: `vector_tile.padded_channels`), flat. A vector load gives 8 or 16
     output channels of one tap, and a chunk of taps of one block is one contiguous run."""
     out_c, cg, kh, kw = w.shape
     og, k = out_c // groups, cg * kh * kw
-    o_pad = padded_channels(og)
+    o_pad = vector_tile.padded_channels(og)
     packed = aligned.zeros((groups, k * o_pad))
     spec = w.reshape(groups, og, cg, kh, kw)
     block = vector_tile.OUTER_VECTORS * vector_tile.OUTER_LANES
@@ -708,7 +701,7 @@ def winograd_weights(w: np.ndarray) -> np.ndarray:
     VGG-16's in 0.05 s). 16/9 of the weights' size (plus the output channels padded to a
     multiple of 8)."""
     out_c, c = w.shape[:2]
-    packed = aligned.zeros((16, c * padded_channels(out_c)))
+    packed = aligned.zeros((16, c * vector_tile.padded_channels(out_c)))
     winograd.pack_transformed_weights(np.ascontiguousarray(w, np.float32),
                                       vector_tile.OUTER_VECTORS * vector_tile.OUTER_LANES, packed)
     return packed.reshape(-1)
@@ -881,7 +874,7 @@ def outer_job_floats(out_channels: int, job_pixels: int) -> int:
     pixels (`graphconv.memory` counts them): its sums, whole blocks of channels by whole
     tiles of pixels, and its pixels' patch offsets (int64, two floats' worth each)."""
     block = vector_tile.OUTER_VECTORS * vector_tile.OUTER_LANES
-    blocks = -(-padded_channels(out_channels) // block)
+    blocks = -(-vector_tile.padded_channels(out_channels) // block)
     return blocks * block * (-(-job_pixels // 8) * 8) + 2 * job_pixels
 
 

@@ -152,9 +152,8 @@ def scratch_floats(in_shape: tuple[int, ...], out_channels: int, out_hw: tuple[i
     jobs = jobs_per_image(copies, band * tile_cols, tiles_per_job(c, out_channels), threads)
     per_job = -(-(band * tile_cols) // jobs)
     slots = -(-per_job // 8) * 8
-    lanes = vector_tile.OUTER_LANES
-    block = vector_tile.OUTER_VECTORS * lanes
-    sums = -(-(-(-out_channels // lanes) * lanes) // block) * block * slots
+    block = vector_tile.OUTER_VECTORS * vector_tile.OUTER_LANES
+    sums = -(-vector_tile.padded_channels(out_channels) // block) * block * slots
     return copies * (2 * band + 2) * (2 * tile_cols + 2) * c + threads * (slots * c + 8 * sums)
 
 
