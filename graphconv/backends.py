@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numba
 import numpy as np
 
 from graphconv.errors import GraphconvError, shown
@@ -73,6 +74,11 @@ class Backend:
         kernel" when it has none."""
         return opdef.kernel(self.name)
 
+    def binding_state(self) -> Any:
+        """What a layer's call bound to its arrays (`bind_values`) depends on besides
+        them: the Executor binds again when it changes."""
+        return None
+
 
 class CpuBackend(Backend):
     """The host: numba's CPU kernels on numpy arrays."""
@@ -101,6 +107,10 @@ class CpuBackend(Backend):
     def can_write_into(self, out: Any) -> bool:
         return (isinstance(out, np.ndarray) and out.dtype == np.float32
                 and out.flags.c_contiguous and out.flags.writeable)
+
+    def binding_state(self) -> int:
+        """numba's thread count: the kernels split their jobs for it."""
+        return numba.get_num_threads()
 
 
 class CudaBackend(Backend):

@@ -163,6 +163,7 @@ class Executor:
         self.steps = [self._bind(node) for node in self._layers()]
         self._plans: OrderedDict[tuple[int, int, int], Plan] = OrderedDict()
         self._buffers: list[Any] = []
+        self._bound: dict[tuple[int, int, int], tuple[Any, dict[str, Any], list]] = {}  # see `_bound_calls`
         self._lock = threading.RLock()  # run holds it while it asks plan
 
     @property
@@ -216,14 +217,21 @@ class Executor:
         this device's. Otherwise it is a new host array, the caller's to keep."""
         x = self._checked_input(x)
         with self._lock:
-            plan = self.plan(x.shape[0], x.shape[2], x.shape[3])
+            key = (x.shape[0], x.shape[2], x.shape[3])
+            plan = self.plan(*key)
             if out is not None:
                 self._check_out(out, plan.output_shape)
-            values = self._activations(plan, out)
+            views, calls = self._bound_calls(key, plan)
+            values = dict(views)
+            direct = out is not None and self.backend.can_write_into(out)
+            values[plan.output] = out if direct else self.backend.empty(plan.output_shape)
             values[plan.input] = self.backend.to_device(x)
-            for step in self.steps:
+            for step, call in zip(self.steps, calls):
                 start = time.perf_counter() if profile is not None else 0.0
-                step.call([values[i] for i in step.inputs], values[step.name])
+                if call is None:
+                    step.call([values[i] for i in step.inputs], values[step.name])
+                else:
+                    call()
                 if profile is not None:
                     self.backend.synchronize()
                     profile[step.name] = profile.get(step.name, 0.0) + time.perf_counter() - start
@@ -250,14 +258,31 @@ class Executor:
             raise GraphconvError(f"out must be a writable numpy array or a C-contiguous "
                                  f"{self.device} array")
 
-    def _activations(self, plan: Plan, out: Any) -> dict[str, Any]:
-        """Where each layer writes: its plan buffer (a view of the right shape), and for
-        the output `out` itself when kernels can write into it, else a new array."""
-        values = {name: self._stored(self._buffer(buffer, plan.buffer_floats[buffer]), plan, name)
-                  for name, buffer in plan.buffer_of.items()}
-        direct = out is not None and self.backend.can_write_into(out)
-        values[plan.output] = out if direct else self.backend.empty(plan.output_shape)
-        return values
+    def _bound_calls(self, key: tuple[int, int, int], plan: Plan) -> tuple[dict[str, Any], list[Callable[[], None] | None]]:
+        """The plan's buffer views (every intermediate value, as its layer writes it) and,
+        per layer, its call bound to them: made once per plan, for the layers whose call
+        has `bind_values` (the CPU conv's: its views, job split and thread count worked
+        out once, not per run) and that read and write only buffers (not the caller's
+        input, not the output); None for the others, which run `Step.call` each time.
+        Kept while the buffers and the backend's `binding_state` (the CPU's thread
+        count) stay what they were."""
+        state = self.backend.binding_state()
+        kept = self._bound.get(key)
+        if kept is not None and kept[0] == state:
+            return kept[1], kept[2]
+        views = {name: self._stored(self._buffer(buffer, plan.buffer_floats[buffer]), plan, name)
+                 for name, buffer in plan.buffer_of.items()}
+        calls = [self._bind_values(step, views) for step in self.steps]
+        self._bound = {k: v for k, v in self._bound.items() if k in self._plans}
+        self._bound[key] = (state, views, calls)
+        return views, calls
+
+    @staticmethod
+    def _bind_values(step: Step, views: dict[str, Any]) -> Callable[[], None] | None:
+        bind_values = getattr(step.call, "bind_values", None)
+        if bind_values is None or not all(name in views for name in (*step.inputs, step.name)):
+            return None
+        return bind_values([views[name] for name in step.inputs], views[step.name])
 
     def _stored(self, buffer: Any, plan: Plan, name: str) -> Any:
         """Value `name` in (the start of) `buffer`: an NCHW array, or an NCHW-shaped view of
@@ -274,6 +299,7 @@ class Executor:
         buffer = self._buffers[index]
         if buffer is None or buffer.size < floats:
             buffer = self._buffers[index] = self.backend.empty((floats,))
+            self._bound.clear()  # their calls hold views of the buffer this replaces
         return buffer
 
 

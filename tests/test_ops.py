@@ -312,7 +312,8 @@ def test_conv_winograd_hypothesis(c, o, p, h, w, batch, relu, chunk, job_tiles, 
 @pytest.mark.parametrize("residual", [False, True])
 def test_a_bound_conv_matches_run_conv_on_every_geometry_it_meets(params, in_shape, residual, rng):
     """The Executor's call (`OpDef.bind`): the same output as `run_conv` for sizes and
-    storages met in any order, again and again, one remembered call per geometry."""
+    storages met in any order, again and again, one remembered binder per geometry; and
+    its call bound to a run's arrays (`bind_values`) computes from their contents when called."""
     opdef = get_op("conv")
     params = normalize_params(opdef, dict(params, activation="relu"))
     weights = CPU.prepare_weights(opdef, params, make_weights(opdef, params, [in_shape], rng))
@@ -330,7 +331,14 @@ def test_a_bound_conv_matches_run_conv_on_every_geometry_it_meets(params, in_sha
         out = stored_channels_last(got) if storage[1] else got
         bound(ins, out)
         np.testing.assert_array_equal(np.ascontiguousarray(out), want)
-    assert len(bound.calls) == 3
+        bound_to_values = bound.bind_values(ins, out)  # what an Executor keeps per plan: reads the values as
+        want = run_kernel(opdef, params, weights, [x * 2 for x in xs], storage)  # they are when it runs
+        for x in ins:
+            x *= 2
+        got[...] = np.nan
+        bound_to_values()
+        np.testing.assert_array_equal(np.ascontiguousarray(out), want)
+    assert len(bound.binders) == 3
 
 
 def test_an_op_without_a_bind_hook_is_its_run_function_with_params_and_weights_fixed(rng):

@@ -1,5 +1,6 @@
 """Whole networks: the Numba runtime against the numpy references and against PyTorch;
 the plans it runs (shapes, lifetimes, buffers) and where its output goes."""
+import numba
 import numpy as np
 import pytest
 
@@ -111,6 +112,26 @@ def test_runs_of_several_sizes_share_buffers(rng):
     outputs = [executor.run(x) for x in inputs]
     for x, got in zip(inputs, outputs):
         np.testing.assert_allclose(got, run_reference(model.graph, x), rtol=1e-4, atol=1e-5)
+
+
+def test_layers_bound_to_the_buffers_follow_sizes_and_thread_counts(rng):
+    """The Executor binds its convs' calls to a plan's buffers once (`bind_values`) and
+    again when the buffers grow or numba's thread count changes: every run, in any
+    order of sizes and counts, still gets the reference's answer."""
+    model = graphconv.compile_model(SPECS / "tinydag.yaml")
+    executor = model.executor("cpu")
+    threads = numba.get_num_threads()
+    try:
+        for shape, count in [((1, 3, 28, 24), threads), ((2, 3, 60, 52), threads), ((1, 3, 28, 24), 1),
+                             ((1, 3, 28, 24), threads), ((2, 3, 60, 52), 1)]:
+            numba.set_num_threads(count)
+            x = random_input(rng, shape)
+            np.testing.assert_allclose(executor.run(x), run_reference(model.graph, x), rtol=1e-4, atol=1e-5)
+            state, _, calls = executor._bound[(shape[0], *shape[2:])]
+            bound = [step.name for step, call in zip(executor.steps, calls) if call is not None]
+            assert state == count and bound == ["b1", "b2", "mix", "fc1", "fc2"]  # not stem: it reads the input
+    finally:
+        numba.set_num_threads(threads)
 
 
 def test_output_goes_into_out(rng):

@@ -169,12 +169,15 @@ def run_conv(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndar
     "stream" and "im2col" gather their patch columns from either and write either (their
     epilogues index the output through its strides); "direct" (only ever forced) runs
     on NCHW copies, into an NCHW output transposed into `out` after."""
-    _conv_call(params, weights, inputs, out, strategy)(inputs, out)
+    _conv_binder(params, weights, inputs, out, strategy)(inputs, out)()
 
 
-def bind_conv(params: dict, weights: dict) -> Callable[[list[np.ndarray], np.ndarray], None]:
-    """`run_conv` for one layer of an Executor, keeping its `_conv_call` per geometry."""
+def bind_conv(params: dict, weights: dict) -> "_BoundConv":
+    """`run_conv` for one layer of an Executor, keeping its `_conv_binder` per geometry."""
     return _BoundConv(params, weights)
+
+
+Binder = Callable[[list[np.ndarray], np.ndarray], Callable[[], None]]
 
 
 class _BoundConv:
@@ -185,31 +188,63 @@ class _BoundConv:
 
     def __init__(self, params: dict, weights: dict):
         self.params, self.weights = params, weights
-        self.calls: dict[tuple, Callable] = {}
+        self.binders: dict[tuple, Binder] = {}
 
     def __call__(self, inputs: list[np.ndarray], out: np.ndarray) -> None:
+        self.bind_values(inputs, out)()
+
+    def bind_values(self, inputs: list[np.ndarray], out: np.ndarray) -> Callable[[], None]:
+        """The layer on these very arrays, as a call of no arguments, with everything a
+        call works out from them done here once: the views the kernel takes, the job
+        split, the thread count (numba's, now). An Executor keeps one per layer and plan
+        (`Executor.run`): between two kernels the worker threads wait on Python, and a
+        ResNet-50 run at 224 spent 2.3-2.9 ms of its 42-49 there."""
         key = (out.shape, out.strides, *[(x.shape, x.strides) for x in inputs])
-        call = self.calls.get(key)
-        if call is None:
-            if len(self.calls) >= CALLS_KEPT:  # an Executor fed images of every size
-                self.calls.clear()
-            call = self.calls[key] = _conv_call(self.params, self.weights, inputs, out, None)
-        call(inputs, out)
+        binder = self.binders.get(key)
+        if binder is None:
+            if len(self.binders) >= CALLS_KEPT:  # an Executor fed images of every size
+                self.binders.clear()
+            binder = self.binders[key] = _conv_binder(self.params, self.weights, inputs, out, None)
+        return binder(inputs, out)
 
 
-CALLS_KEPT = 16  # geometries a layer keeps its calls for (the Executor keeps plans for a few sizes)
+CALLS_KEPT = 16  # geometries a layer keeps its binders for (the Executor keeps plans for a few sizes)
 
 
-def _conv_call(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray,
-               strategy: str | None) -> Callable[[list[np.ndarray], np.ndarray], None]:
-    """`run_conv` for values of these shapes and storage: a function of the values alone."""
+def _conv_binder(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray,
+                 strategy: str | None) -> Binder:
+    """`run_conv` for values of these shapes and storage: a function of the values alone,
+    which returns the call of no arguments that runs the layer on them. Where the kernel
+    would take a copy of an input (an NCHW input that is not C-contiguous, a residual
+    input stored unlike the output), that call binds again each time it runs, so it
+    reads the values as they are then."""
+    binder = _strategy_binder(params, weights, inputs, out, strategy)
+    if _takes_views(inputs, out):
+        return binder
+    return lambda inputs, out: partial(_bind_and_run, binder, inputs, out)
+
+
+def _takes_views(inputs: list[np.ndarray], out: np.ndarray) -> bool:
+    """Whether the arrays the kernels take for these values (`_input`, `_residual`) are
+    views of them, not copies."""
+    taken = [_input(inputs), *([_residual(inputs, out)] if len(inputs) == 2 else [])]
+    return all(np.may_share_memory(array, value) for array, value in zip(taken, inputs))
+
+
+def _bind_and_run(binder: Binder, inputs: list[np.ndarray], out: np.ndarray) -> None:
+    binder(inputs, out)()
+
+
+def _strategy_binder(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray,
+                     strategy: str | None) -> Binder:
+    """`_conv_binder`'s binder for whichever strategy runs the layer."""
     x_stored, out_stored = nhwc(inputs[0]), nhwc(out)  # each None where stored NCHW
     channels_last = x_stored is not None or out_stored is not None or any(nhwc(x) is not None for x in inputs[1:])
     strategy = strategy or choose_strategy(params, inputs[0].shape, out.shape[2:], channels_last)
     if channels_last and strategy == "pointwise":  # forced: its kernel reads and writes NCHW only
         strategy = "outer"
     if channels_last and strategy == "direct":
-        return partial(_direct_on_nchw_copies, params, weights)
+        return partial(partial, _direct_on_nchw_copies, params, weights)
     groups = params["groups"]
     kh, kw = pair(params["kernel_size"])
     out_c = params["out_channels"]
@@ -219,45 +254,30 @@ def _conv_call(params: dict, weights: dict, inputs: list[np.ndarray], out: np.nd
     relu = params["activation"] == "relu"
     geometry = tuple(v for k in ("stride", "padding", "dilation") for v in pair(params[k]))
     if strategy not in ADDS_RESIDUAL and len(inputs) == 2:
-        plain = _conv_call(dict(params, activation="none"), weights, inputs[:1], out, strategy)
-        return partial(_then_add_residual, plain, relu)
+        plain = _strategy_binder(dict(params, activation="none"), weights, inputs[:1], out, strategy)
+        return lambda inputs, out: partial(_then_add_residual, plain(inputs[:1], out), relu, inputs, out)
     if strategy == "winograd":
         wu = weights["weight_winograd"] if "weight_winograd" in weights else winograd_weights(
             _spec_weights(weights, groups, kh, kw))
-        padding = pair(params["padding"])
-        return lambda inputs, out: _conv_winograd(_input(inputs), wu, bias, padding, relu, get_num_threads(), out,
-                                                  _residual(inputs, out))
+        return partial(_bind_winograd, wu, bias, pair(params["padding"]), relu)
     if strategy == "outer":
         if "weight_kxo" not in weights:  # not packed by prepare_conv (large, Winograd's, or as the spec gives them)
             weights["weight_kxo"] = kxo_weights(_spec_weights(weights, groups, kh, kw), groups)  # once, kept
-        wp = weights["weight_kxo"]
-        like_out = len(inputs) == 1 or (nhwc(inputs[1]) is not None) == (out_stored is not None)
-        if x_stored is not None and out_stored is not None and like_out and geometry[2:4] == (0, 0) and groups == 1:
-            return partial(_outer_in_place, wp[0], out_c, bias, kh, kw, geometry, relu)
-        return lambda inputs, out: _conv_outer(_input(inputs), wp, out_c // groups, bias, kh, kw, *geometry, relu,
-                                               out, _residual(inputs, out))
+        return partial(_bind_outer, weights["weight_kxo"], out_c // groups, bias, kh, kw, geometry, relu)
     if strategy == "direct":
         wk = _taps_last(weights, groups)
-        return lambda inputs, out: _conv_direct(_input(inputs), wk, bias, kh, kw, *geometry, relu, get_num_threads(),
-                                                out)
+        return lambda inputs, out: partial(_conv_direct, _input(inputs), wk, bias, kh, kw, *geometry, relu,
+                                           get_num_threads(), out)
     taps_last = "weight_kwkhc" in weights  # stream, pointwise and im2col take either order
     w3 = weights["weight_kwkhc"] if taps_last else _taps_first(weights, groups, kh, kw)
     if strategy == "stream":
-        return partial(_stream_call, w3, bias, kh, kw, geometry, relu, taps_last, out_c)
+        return lambda inputs, out: partial(_stream_call, w3, bias, kh, kw, geometry, relu, taps_last, out_c, inputs,
+                                           out)
     if strategy == "pointwise":
-        return lambda inputs, out: _conv_pointwise(_input(inputs), w3, bias, relu, out, _residual(inputs, out))
-    return lambda inputs, out: _conv_im2col(*_stored_input(inputs), w3, bias, kh, kw, *geometry, relu, taps_last,
-                                            SCRATCH_FLOATS, out)
-
-
-def _outer_in_place(wp, og, bias, kh, kw, geometry, relu, inputs, out) -> None:
-    """`_conv_outer` where nothing needs copying: an unpadded, ungrouped layer with its
-    input, output and residual input all stored channels-last (ResNet-50's 1x1 layers).
-    Only the flat views are made per call."""
-    sh, sw, _, _, dh, dw = geometry
-    flat_res = inputs[1].transpose(0, 2, 3, 1).reshape(-1) if len(inputs) == 2 else NO_RESIDUAL
-    _outer_pixels(inputs[0].transpose(0, 2, 3, 1), wp, og, bias, relu, kh, kw, (sh, sw, dh, dw), 0, out.shape,
-                  out.transpose(0, 2, 3, 1).reshape(-1), flat_res, True)
+        return lambda inputs, out: partial(_conv_pointwise, _input(inputs), w3, bias, relu, out,
+                                           _residual(inputs, out))
+    return lambda inputs, out: partial(_conv_im2col, *_stored_input(inputs), w3, bias, kh, kw, *geometry, relu,
+                                       taps_last, SCRATCH_FLOATS, out)
 
 
 def _input(inputs: list[np.ndarray]) -> np.ndarray:
@@ -277,9 +297,9 @@ def _residual(inputs: list[np.ndarray], out: np.ndarray) -> np.ndarray:
     return _flat(as_stored_like(inputs[1], out)) if len(inputs) == 2 else NO_RESIDUAL
 
 
-def _then_add_residual(plain: Callable, relu: bool, inputs: list[np.ndarray], out: np.ndarray) -> None:
+def _then_add_residual(plain: Callable[[], None], relu: bool, inputs: list[np.ndarray], out: np.ndarray) -> None:
     """A strategy that cannot add the residual input while writing: the conv, then the sum."""
-    plain(inputs[:1], out)
+    plain()
     _add_residual(_flat(out), _residual(inputs, out), relu)
 
 
@@ -707,28 +727,40 @@ def winograd_weights(w: np.ndarray) -> np.ndarray:
     return packed.reshape(-1)
 
 
-def _conv_winograd(x: np.ndarray, wu: np.ndarray, bias: np.ndarray, padding: tuple[int, int], relu: bool,
-                   threads: int, out: np.ndarray, flat_res: np.ndarray) -> None:
+def _bind_winograd(wu: np.ndarray, bias: np.ndarray, padding: tuple[int, int], relu: bool,
+                   inputs: list[np.ndarray], out: np.ndarray) -> Callable[[], None]:
     """The layer through `winograd.winograd_conv`, on a padded channels-last copy of the
-    input made for all of it at once or, where that would pass `winograd.BAND_BYTES`, for
-    one image's band of tile rows at a time (`winograd.band_tile_rows`)."""
+    input made per call for all of it at once or, where that would pass
+    `winograd.BAND_BYTES`, for one image's band of tile rows at a time
+    (`winograd.band_tile_rows`)."""
+    x = _input(inputs)
     n, c, height, width = x.shape
     og, ho, wo = out.shape[1:]
+    threads = get_num_threads()
     tile_rows, tile_cols = -(-ho // 2), -(-wo // 2)
     band = winograd.band_tile_rows(n, tile_rows, tile_cols, c)
     per_job = winograd.tiles_per_job(c, og)
-    flat_out, channels_last = _flat(out), nhwc(out) is not None
     copies = n if band == tile_rows else 1
-    xp = np.empty((copies, 2 * band + 2, 2 * tile_cols + 2, c), np.float32)  # zero past the input and its padding
+    bands = []  # (first image, first tile row, tile rows, the kernel's arguments after the input)
     for image in range(0, n, copies):
         for row in range(0, tile_rows, band):
             rows = min(band, tile_rows - row)
-            band_xp = xp[:, :2 * rows + 2]  # leading rows: still contiguous
-            padded_copy(x[image:image + copies], 0, padding[0] - 2 * row, padding[1], band_xp)
             jobs = winograd.jobs_per_image(copies, rows * tile_cols, per_job, threads)
-            winograd.winograd_conv(band_xp, wu, og, bias, relu, min(ho - 2 * row, 2 * rows), wo, jobs,
-                                   winograd.CHUNK, flat_out, flat_res, ho * wo, channels_last, threads, image,
-                                   2 * row, vector_tile.OUTER_LANES, vector_tile.OUTER_VECTORS)
+            bands.append((image, row, rows, (wu, og, bias, relu, min(ho - 2 * row, 2 * rows), wo, jobs,
+                                             winograd.CHUNK, _flat(out), _residual(inputs, out), ho * wo,
+                                             nhwc(out) is not None, threads, image, 2 * row, vector_tile.OUTER_LANES,
+                                             vector_tile.OUTER_VECTORS)))
+    return partial(_winograd_bands, x, (copies, 2 * band + 2, 2 * tile_cols + 2, c), padding, copies, bands)
+
+
+def _winograd_bands(x: np.ndarray, padded_shape: tuple[int, ...], padding: tuple[int, int], copies: int,
+                    bands: list[tuple]) -> None:
+    """Each band's channels-last copy (zero past the input and its padding), then its kernel."""
+    xp = np.empty(padded_shape, np.float32)
+    for image, row, rows, arguments in bands:
+        band_xp = xp[:, :2 * rows + 2]  # leading rows: still contiguous
+        padded_copy(x[image:image + copies], 0, padding[0] - 2 * row, padding[1], band_xp)
+        winograd.winograd_conv(band_xp, *arguments)
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
@@ -841,32 +873,40 @@ def _store_outer_job(sums, block, block_pixels, q0, count, o_lo, o_hi, plane, bi
         q = end
 
 
-def _conv_outer(x, wp, og, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, out, flat_res):
-    """`_outer_group` per group, on a padded channels-last copy of the input, or on the
-    input itself where it is stored channels-last, unpadded and ungrouped."""
+def _bind_outer(wp, og, bias, kh, kw, geometry, relu, inputs, out) -> Callable[[], None]:
+    """`_outer_group` per group, on a padded channels-last copy of the input made per
+    call, or on the input itself where it is stored channels-last, unpadded and ungrouped."""
+    x = _input(inputs)
+    sh, sw, ph, pw, dh, dw = geometry
     n, c, height, width = x.shape
     groups = wp.shape[0]
-    cg = c // groups
     stored = nhwc(x)
-    in_place = stored is not None and ph == pw == 0 and groups == 1
-    xp = stored if in_place else np.empty((n, height + 2 * ph, width + 2 * pw, cg), np.float32)
-    flat_out, out_channels_last = _flat(out), nhwc(out) is not None
-    for g in range(groups):
-        if not in_place:
-            padded_copy(x, g * cg, ph, pw, xp)
-        _outer_pixels(xp, wp[g], og, bias, relu, kh, kw, (sh, sw, dh, dw), g * og, out.shape, flat_out, flat_res,
-                      out_channels_last)
+    flat_out, flat_res, out_channels_last = _flat(out), _residual(inputs, out), nhwc(out) is not None
+    per_group = [_outer_arguments(wp[g], og, bias, relu, kh, kw, (sh, sw, dh, dw), g * og, out.shape, flat_out,
+                                  flat_res, out_channels_last) for g in range(groups)]
+    if stored is not None and ph == pw == 0 and groups == 1:
+        return partial(_outer_group, stored, *per_group[0])
+    return partial(_outer_on_padded_copy, x, (n, height + 2 * ph, width + 2 * pw, c // groups), ph, pw, per_group)
 
 
-def _outer_pixels(xp, wp, og, bias, relu, kh, kw, steps, o_offset, out_shape, flat_out, flat_res,
-                  channels_last) -> None:
-    """`_outer_group` over every output pixel of one group (steps: the strides and
-    dilations), its jobs (`outer_jobs`) shared between numba's threads."""
+def _outer_on_padded_copy(x, padded_shape, ph, pw, per_group) -> None:
+    """Each group's channels copied into one padded channels-last buffer, then its `_outer_group`."""
+    xp = np.empty(padded_shape, np.float32)
+    for g, arguments in enumerate(per_group):
+        padded_copy(x, g * padded_shape[3], ph, pw, xp)
+        _outer_group(xp, *arguments)
+
+
+def _outer_arguments(wp, og, bias, relu, kh, kw, steps, o_offset, out_shape, flat_out, flat_res,
+                     channels_last) -> tuple:
+    """`_outer_group`'s arguments after the input, for every output pixel of one group
+    (steps: the strides and dilations), its jobs (`outer_jobs`) shared between numba's
+    threads as they are now."""
     n, out_channels, ho, wo = out_shape
     threads = get_num_threads()
     job_pixels, parts = outer_jobs(n, ho, wo, og, threads)
-    _outer_group(xp, wp, og, bias, relu, kh, kw, *steps, o_offset, ho, wo, OUTER_CHUNK, job_pixels, parts, flat_out,
-                 flat_res, out_channels, channels_last, threads, vector_tile.OUTER_LANES, vector_tile.OUTER_VECTORS)
+    return (wp, og, bias, relu, kh, kw, *steps, o_offset, ho, wo, OUTER_CHUNK, job_pixels, parts, flat_out, flat_res,
+            out_channels, channels_last, threads, vector_tile.OUTER_LANES, vector_tile.OUTER_VECTORS)
 
 
 def outer_job_floats(out_channels: int, job_pixels: int) -> int:
