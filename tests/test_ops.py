@@ -351,6 +351,8 @@ def test_an_op_without_a_bind_hook_is_its_run_function_with_params_and_weights_f
 
 @pytest.mark.parametrize("n,ho,wo,out_channels,threads,tile,expected", [
     (1, 56, 56, 256, 2, (8, 3), (112, 1)),   # ResNet-50's layer1: jobs of 2 rows, 28 of them
+    (1, 28, 28, 512, 2, (16, 4), (196, 1)),  # its layer2: 4 jobs of 196, where 10 of 3 rows left 420 + 364
+    (1, 95, 95, 96, 2, (8, 3), (96, 1)),     # AlexNet's conv1 at 384: 95 jobs, the last 1 pixel
     (1, 14, 14, 256, 2, (8, 3), (100, 1)),   # one job of 256 channels would split 144 + 112: the pixels 100 + 96
     (1, 14, 14, 256, 2, (8, 4), (196, 2)),   # blocks of 32 split 256 channels 128 + 128
     (1, 14, 14, 256, 2, (16, 4), (196, 2)),  # and blocks of 64 too
@@ -366,6 +368,16 @@ def test_an_op_without_a_bind_hook_is_its_run_function_with_params_and_weights_f
 def test_outer_jobs_share_a_layer_evenly(n, ho, wo, out_channels, threads, tile, expected):
     with tile_shape(*tile):
         assert conv_cpu.outer_jobs(n, ho, wo, out_channels, threads) == expected
+
+
+@given(pixels=st.integers(1, 5000), size=st.integers(1, 300), threads=st.integers(1, 8))
+def test_busiest_thread_count_is_what_threads_taking_jobs_in_turn_get(pixels, size, threads):
+    """`_busiest_thread_pixels`, the rule job sizes are chosen by, against a simulation:
+    equal-speed threads, each taking the next job as it comes free."""
+    loads = [0] * threads
+    for start in range(0, pixels, size):
+        loads[loads.index(min(loads))] += min(size, pixels - start)
+    assert conv_cpu._busiest_thread_pixels(pixels, size, threads) == max(loads)
 
 
 @pytest.mark.parametrize("out_channels,job_pixels,tile,expected", [

@@ -669,7 +669,8 @@ def _conv_im2col(x, channels_last, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, rel
 
 OUTER_CHUNK = 192  # taps per k chunk: 18 KB of a 24-column weight panel (in L1), 48 KB of a 64-column one
 # (in L2; with 16 lanes 96 and 128 taps were 3-4% slower on ResNet-50, 256 level)
-OUTER_POSITIONS = 64  # output pixels a job covers at least (whole rows), so each weight chunk is reused
+OUTER_POSITIONS = 64  # output pixels a job covers at least, so each weight chunk is reused
+OUTER_JOB_TARGET = 112  # of the job sizes that share a layer out equally well, the one nearest this
 # Maps this small run as one job per image, split between the threads (`outer_jobs`):
 # ResNet-50's 14x14 layers (0.5-2 MB of weights, which jobs of OUTER_POSITIONS read again
 # from L3 each)
@@ -909,6 +910,24 @@ def _outer_arguments(wp, og, bias, relu, kh, kw, steps, o_offset, out_shape, fla
             out_channels, channels_last, threads, vector_tile.OUTER_LANES, vector_tile.OUTER_VECTORS)
 
 
+def _even_job_pixels(pixels: int, threads: int) -> int:
+    """The job size, whole tiles of 4 pixels from OUTER_POSITIONS to WHOLE_MAP_POSITIONS,
+    that leaves the busiest thread the fewest pixels when `threads` take equal jobs (and
+    the remainder, last) as they come free; of equals, the one nearest OUTER_JOB_TARGET.
+    ResNet-50's 28x28 maps: 4 jobs of 196 pixels, 392 a thread, where jobs of 3 rows
+    (84) left one thread 420 and the other 364."""
+    return min(range(OUTER_POSITIONS, WHOLE_MAP_POSITIONS + 1, 4),
+               key=lambda size: (_busiest_thread_pixels(pixels, size, threads), abs(size - OUTER_JOB_TARGET)))
+
+
+def _busiest_thread_pixels(pixels: int, size: int, threads: int) -> int:
+    """Pixels the busiest of `threads` computes when they take jobs of `size` (the last
+    one the remainder) in order, each the next as it comes free, at equal speed."""
+    jobs = -(-pixels // size)
+    rounds, extra = divmod(jobs - 1, threads)  # the full jobs before the last: some threads get one more
+    return max(rounds * size + pixels - (jobs - 1) * size, (rounds + 1) * size if extra else 0)
+
+
 def outer_job_floats(out_channels: int, job_pixels: int) -> int:
     """Floats of `_outer_group`'s scratch per thread for a job of `job_pixels` output
     pixels (`graphconv.memory` counts them): its sums, whole blocks of channels by whole
@@ -920,18 +939,16 @@ def outer_job_floats(out_channels: int, job_pixels: int) -> int:
 
 def outer_jobs(n: int, ho: int, wo: int, out_channels: int, threads: int) -> tuple[int, int]:
     """(pixels per job, channel parts per job) for `_outer_group` on an n x ho x wo output.
-    A job covers OUTER_POSITIONS pixels at least, in whole rows; a map of
-    WHOLE_MAP_POSITIONS pixels or fewer is one job per image, so each thread reads the
-    layer's weights once instead of once per job. Too few jobs to share out evenly (3
-    on 2 threads) are each split into `threads` parts by blocks of output channels, or,
-    for one image, its pixels into `threads` jobs, whichever leaves the busiest thread
-    less: ResNet-50's 256 channels split 144 + 112 (blocks of 24), its 196 pixels
-    100 + 96."""
+    A map of WHOLE_MAP_POSITIONS pixels or fewer is one job per image, so each thread
+    reads the layer's weights once instead of once per job; larger ones are cut into
+    jobs of whole tiles of 4 pixels, OUTER_POSITIONS or more, that share out between the
+    threads as evenly as any such size (`_even_job_pixels`). Too few jobs to share out
+    evenly (3 on 2 threads) are each split into `threads` parts by blocks of output
+    channels, or, for one image, its pixels into `threads` jobs, whichever leaves the
+    busiest thread less: ResNet-50's 256 channels split 144 + 112 (blocks of 24), its
+    196 pixels 100 + 96."""
     plane = ho * wo
-    if plane <= WHOLE_MAP_POSITIONS:
-        job_pixels = plane
-    else:
-        job_pixels = wo * max(1, min(-(-OUTER_POSITIONS // wo), (n * ho) // threads))
+    job_pixels = plane if plane <= WHOLE_MAP_POSITIONS else _even_job_pixels(n * plane, threads)
     jobs = -(-n * plane // job_pixels)
     if jobs >= 4 * threads or jobs % threads == 0:
         return job_pixels, 1
