@@ -285,7 +285,8 @@ def test_conv_winograd_hypothesis(c, o, p, h, w, batch, relu, chunk, job_tiles, 
     """Winograd F(2x2, 3x3) over maps of odd sizes (the last tiles half outside), channel
     counts that fill its blocks of 24-64 channels (every tile shape) and 8-lane vectors with some left over, input
     channels in several chunks, jobs of one tile to a whole image, more or fewer of them
-    than threads (then split by output channels), and the channels-last copy made whole
+    than threads (then split by output channels), a channels-last input read in place
+    (its padding read as zeros) and an NCHW one through its channels-last copy, made whole
     or one band of tile rows at a time (band_bytes 1: a band per tile row), with and
     without a residual input."""
     if 3 > h + 2 * p or 3 > w + 2 * p:

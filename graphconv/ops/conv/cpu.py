@@ -730,38 +730,47 @@ def winograd_weights(w: np.ndarray) -> np.ndarray:
 
 def _bind_winograd(wu: np.ndarray, bias: np.ndarray, padding: tuple[int, int], relu: bool,
                    inputs: list[np.ndarray], out: np.ndarray) -> Callable[[], None]:
-    """The layer through `winograd.winograd_conv`, on a padded channels-last copy of the
-    input made per call for all of it at once or, where that would pass
+    """The layer through `winograd.winograd_conv`: on the input itself where it is stored
+    channels-last (the kernel reads the padding as zeros), else on a padded channels-last
+    copy made per call, for all of it at once or, where that would pass
     `winograd.BAND_BYTES`, for one image's band of tile rows at a time
-    (`winograd.band_tile_rows`)."""
+    (`winograd.band_tile_rows`). Reading a channels-last input in place spares ResNet-50
+    at 224 its 13 copies (0.38 ms of its run; the network 0.993x the time, alternating
+    in one process; level at 448)."""
     x = _input(inputs)
     n, c, height, width = x.shape
     og, ho, wo = out.shape[1:]
     threads = get_num_threads()
     tile_rows, tile_cols = -(-ho // 2), -(-wo // 2)
-    band = winograd.band_tile_rows(n, tile_rows, tile_cols, c)
+    stored = nhwc(x)
+    band = tile_rows if stored is not None else winograd.band_tile_rows(n, tile_rows, tile_cols, c)
     per_job = winograd.tiles_per_job(c, og)
     copies = n if band == tile_rows else 1
-    bands = []  # (first image, first tile row, tile rows, the kernel's arguments after the input)
+
+    def arguments(image: int, row: int, rows: int) -> tuple:  # the kernel's after the input and its offsets
+        jobs = winograd.jobs_per_image(copies, rows * tile_cols, per_job, threads)
+        return (wu, og, bias, relu, min(ho - 2 * row, 2 * rows), wo, jobs, winograd.CHUNK, _flat(out),
+                _residual(inputs, out), ho * wo, nhwc(out) is not None, threads, image, 2 * row,
+                vector_tile.OUTER_LANES, vector_tile.OUTER_VECTORS)
+
+    if stored is not None:
+        return partial(winograd.winograd_conv, stored, *padding, *arguments(0, 0, tile_rows))
+    bands = []  # (first image, first tile row, tile rows, the kernel's arguments)
     for image in range(0, n, copies):
         for row in range(0, tile_rows, band):
             rows = min(band, tile_rows - row)
-            jobs = winograd.jobs_per_image(copies, rows * tile_cols, per_job, threads)
-            bands.append((image, row, rows, (wu, og, bias, relu, min(ho - 2 * row, 2 * rows), wo, jobs,
-                                             winograd.CHUNK, _flat(out), _residual(inputs, out), ho * wo,
-                                             nhwc(out) is not None, threads, image, 2 * row, vector_tile.OUTER_LANES,
-                                             vector_tile.OUTER_VECTORS)))
+            bands.append((image, row, rows, arguments(image, row, rows)))
     return partial(_winograd_bands, x, (copies, 2 * band + 2, 2 * tile_cols + 2, c), padding, copies, bands)
 
 
 def _winograd_bands(x: np.ndarray, padded_shape: tuple[int, ...], padding: tuple[int, int], copies: int,
                     bands: list[tuple]) -> None:
-    """Each band's channels-last copy (zero past the input and its padding), then its kernel."""
+    """Each band's padded channels-last copy (zero past the input and its padding), then its kernel."""
     xp = np.empty(padded_shape, np.float32)
     for image, row, rows, arguments in bands:
         band_xp = xp[:, :2 * rows + 2]  # leading rows: still contiguous
         padded_copy(x[image:image + copies], 0, padding[0] - 2 * row, padding[1], band_xp)
-        winograd.winograd_conv(band_xp, *arguments)
+        winograd.winograd_conv(band_xp, 0, 0, *arguments)
 
 
 @njit(cache=True, parallel=True, boundscheck=False)

@@ -32,9 +32,10 @@ contiguous along channels, so it vectorises); and multiplies it by U[xi] into M[
 After the 4 positions of each row of the 4x4 tile, their M go through that row's share
 of the output transform into the 2x2 outputs of each tile (`_add_row_to_outputs`). At
 the end the outputs go to the output with the bias, the residual input if the conv
-has one, and ReLU. A big input's channels-last copy is made one band of tile rows at a
-time (`band_tile_rows`), each band followed by its jobs, so the copy never passes
-BAND_BYTES.
+has one, and ReLU. An input stored channels-last is read where it lies, its padding
+read as zeros; an NCHW one is copied into padded channels-last order first, a big one
+one band of tile rows at a time (`band_tile_rows`), each band followed by its jobs, so
+the copy never passes BAND_BYTES.
 """
 from __future__ import annotations
 
@@ -143,7 +144,8 @@ def band_tile_rows(images: int, tile_rows: int, tile_cols: int, channels: int) -
 
 def scratch_floats(in_shape: tuple[int, ...], out_channels: int, out_hw: tuple[int, int], threads: int) -> int:
     """Floats a run allocates for an (N, C, H, W) input (`graphconv.memory` counts them):
-    the padded channels-last copy of a band of tile rows, and per thread one job's V, 4 M
+    the padded channels-last copy of a band of tile rows (none for an input stored
+    channels-last: counted anyway, an upper bound), and per thread one job's V, 4 M
     and output sums, sized as `winograd_conv` sizes them."""
     n, c = in_shape[:2]
     tile_rows, tile_cols = -(-out_hw[0] // 2), -(-out_hw[1] // 2)
@@ -158,13 +160,14 @@ def scratch_floats(in_shape: tuple[int, ...], out_channels: int, out_hw: tuple[i
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def winograd_conv(xp, wu, og, bias, relu, ho, wo, jobs_per_image, chunk, flat_out, flat_res, image_pixels,
-                  channels_last, threads, image0, row0, lanes, block_vectors):
+def winograd_conv(xp, top, left, wu, og, bias, relu, ho, wo, jobs_per_image, chunk, flat_out, flat_res,
+                  image_pixels, channels_last, threads, image0, row0, lanes, block_vectors):
     """Output (image0 + b, o, row0 + y, x) for y < ho, from the channels-last input xp
-    (a band of it, starting at padded input row 2 * row0; padding included; at least
-    2 * ceil(ho / 2) + 2 rows and 2 * ceil(wo / 2) + 2 columns, zero past the real ones)
     and U packed flat as 16 runs of (C x o8), each as `kxo_weights` packs a 1x1 conv's
-    weights. A job is a run of consecutive tiles of one image (and, when there are too few
+    weights. Output row y's window starts at xp's row y - top, column x at x - left: xp
+    is the layer's input itself with top and left its padding, or a padded copy (of a
+    band of it, from padded input row 2 * row0) with top = left = 0; what lies outside
+    xp reads as zero. A job is a run of consecutive tiles of one image (and, when there are too few
     jobs to keep every thread busy, a range of the output blocks of `block_vectors` x
     `lanes` channels). The output is
     flat, `image_pixels` (its whole height times wo) per image and channel, stored NCHW
@@ -186,6 +189,7 @@ def winograd_conv(xp, wu, og, bias, relu, ho, wo, jobs_per_image, chunk, flat_ou
     flat_x = xp.reshape(-1)
     queue = np.zeros(1, np.int64)  # the next job to take (`next_job`)
     for t in prange(threads):
+        zero = np.zeros(c, np.float32)  # what a tap outside xp reads
         v = np.empty(slots * c, np.float32)
         m = np.empty(4 * m_size, np.float32)
         y = np.empty(blocks * slots * 4 * block, np.float32)
@@ -201,7 +205,8 @@ def winograd_conv(xp, wu, og, bias, relu, ho, wo, jobs_per_image, chunk, flat_ou
                 continue
             blk0, blk1 = part * per_part, min(blocks, (part + 1) * per_part)
             for xi in range(16):
-                _gather_transformed_input(flat_x, xi, b, tile0, tiles, tile_cols, rows_in, cols_in, c, v)
+                _gather_transformed_input(flat_x, zero, xi, b, tile0, tiles, tile_cols, top, left, rows_in, cols_in,
+                                          c, v)
                 m0 = (xi % 4) * m_size
                 for k0 in range(0, c, chunk):
                     steps = min(chunk, c - k0)
@@ -219,9 +224,10 @@ def winograd_conv(xp, wu, og, bias, relu, ho, wo, jobs_per_image, chunk, flat_ou
 
 
 @njit(cache=True, inline="always")
-def _gather_transformed_input(flat_x, xi, b, tile0, tiles, tile_cols, rows_in, cols_in, c, v):
+def _gather_transformed_input(flat_x, zero, xi, b, tile0, tiles, tile_cols, top, left, rows_in, cols_in, c, v):
     """v[tile, :] = (B^T d B)[xi] for each tile of the job: a signed sum of 4 input pixels'
-    channel runs (row a and column b of B^T each pick two of the tile's 4 rows/columns)."""
+    channel runs (row a and column b of B^T each pick two of the tile's 4 rows/columns);
+    a pixel outside the input (its padding) is `zero`'s run."""
     a, bb = xi // 4, xi % 4
     i0, i1 = INPUT_TAPS[a, 0], INPUT_TAPS[a, 1]
     j0, j1 = INPUT_TAPS[bb, 0], INPUT_TAPS[bb, 1]
@@ -231,15 +237,25 @@ def _gather_transformed_input(flat_x, xi, b, tile0, tiles, tile_cols, rows_in, c
     s11 = INPUT_SIGNS[a, 1] * INPUT_SIGNS[bb, 1]
     for tt in range(tiles):
         ty, tx = (tile0 + tt) // tile_cols, (tile0 + tt) % tile_cols
-        corner = (b * rows_in + 2 * ty) * cols_in + 2 * tx
-        p00 = (corner + i0 * cols_in + j0) * c
-        p01 = (corner + i0 * cols_in + j1) * c
-        p10 = (corner + i1 * cols_in + j0) * c
-        p11 = (corner + i1 * cols_in + j1) * c
+        y0, y1 = 2 * ty - top + i0, 2 * ty - top + i1
+        x0, x1 = 2 * tx - left + j0, 2 * tx - left + j1
+        x00, p00 = _pixel_run(flat_x, zero, b, y0, x0, rows_in, cols_in, c)
+        x01, p01 = _pixel_run(flat_x, zero, b, y0, x1, rows_in, cols_in, c)
+        x10, p10 = _pixel_run(flat_x, zero, b, y1, x0, rows_in, cols_in, c)
+        x11, p11 = _pixel_run(flat_x, zero, b, y1, x1, rows_in, cols_in, c)
         at = tt * c
         for k in range(c):
-            v[unsigned(at + k)] = (s00 * flat_x[unsigned(p00 + k)] + s01 * flat_x[unsigned(p01 + k)]
-                                   + s10 * flat_x[unsigned(p10 + k)] + s11 * flat_x[unsigned(p11 + k)])
+            v[unsigned(at + k)] = (s00 * x00[unsigned(p00 + k)] + s01 * x01[unsigned(p01 + k)]
+                                   + s10 * x10[unsigned(p10 + k)] + s11 * x11[unsigned(p11 + k)])
+
+
+@njit(cache=True, inline="always")
+def _pixel_run(flat_x, zero, b, y, x, rows, cols, c):
+    """(array, offset) of pixel (y, x)'s C channels in image b of the flat channels-last
+    input, or of `zero` where the pixel lies outside it."""
+    if 0 <= y < rows and 0 <= x < cols:
+        return flat_x, ((b * rows + y) * cols + x) * c
+    return zero, 0
 
 
 @njit(cache=True, inline="always")
