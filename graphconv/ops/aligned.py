@@ -16,6 +16,8 @@ strategy's patch columns, the tiles' sums) are already 32-byte aligned.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 ALIGNMENT = 64  # bytes: one cache line, so a vector at a multiple of 32 bytes never straddles two
@@ -23,7 +25,7 @@ ALIGNMENT = 64  # bytes: one cache line, so a vector at a multiple of 32 bytes n
 
 def empty(shape: int | tuple[int, ...]) -> np.ndarray:
     """An uninitialised C-contiguous float32 array whose data starts on a cache line."""
-    count = int(np.prod(shape))
+    count = math.prod(shape) if isinstance(shape, tuple) else int(shape)  # np.prod costs microseconds
     raw = np.empty(count * 4 + ALIGNMENT, np.uint8)
     start = -raw.ctypes.data % ALIGNMENT
     return raw[start:start + count * 4].view(np.float32).reshape(shape)

@@ -38,7 +38,7 @@ Every strategy applies the bias and the fused ReLU while writing the output.
 """
 from __future__ import annotations
 
-from functools import partial
+from functools import lru_cache, partial
 from typing import Callable
 
 import numpy as np
@@ -925,8 +925,15 @@ def _even_job_pixels(pixels: int, threads: int) -> int:
     the remainder, last) as they come free; of equals, the one nearest OUTER_JOB_TARGET.
     ResNet-50's 28x28 maps: 4 jobs of 196 pixels, 392 a thread, where jobs of 3 rows
     (84) left one thread 420 and the other 364."""
-    return min(range(OUTER_POSITIONS, WHOLE_MAP_POSITIONS + 1, 4),
-               key=lambda size: (_busiest_thread_pixels(pixels, size, threads), abs(size - OUTER_JOB_TARGET)))
+    return _most_even_job_pixels(pixels, threads, OUTER_POSITIONS, WHOLE_MAP_POSITIONS, OUTER_JOB_TARGET)
+
+
+@lru_cache(maxsize=1024)
+def _most_even_job_pixels(pixels: int, threads: int, smallest: int, largest: int, target: int) -> int:
+    """`_even_job_pixels`, remembered: a layer bound per call (one reading the caller's
+    input) asks it on every run, and trying 49 sizes costs tens of microseconds."""
+    return min(range(smallest, largest + 1, 4),
+               key=lambda size: (_busiest_thread_pixels(pixels, size, threads), abs(size - target)))
 
 
 def _busiest_thread_pixels(pixels: int, size: int, threads: int) -> int:
