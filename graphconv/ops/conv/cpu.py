@@ -667,8 +667,12 @@ def _conv_im2col(x, channels_last, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, rel
 
 # ---- outer ----------------------------------------------------------------------------------
 
-OUTER_CHUNK = 192  # taps per k chunk: 18 KB of a 24-column weight panel (in L1), 48 KB of a 64-column one
-# (in L2; with 16 lanes 96 and 128 taps were 3-4% slower on ResNet-50, 256 level)
+OUTER_CHUNK = 4096  # taps per k chunk: in practice a whole tap row's run, or the whole patch
+# Each chunk past the first reloads every tile's sums, and the weight panels stream from L2
+# whatever the chunk (a 64-column panel of 192 taps is 48 KB, past L1). Alternating in one
+# process (Zen 4, 16-lane tiles), against the 192 taps sized for L1 on AVX2: ResNet-50's 1x1
+# and stride-2 layers 0.92-1.0x the time (7x7 maps gain most), the network 0.970x at 224 and
+# 0.976x at 448, VGG-16 FCN at 384 0.937x, AlexNet-FCN level; 512 and 1024 in between.
 OUTER_POSITIONS = 64  # output pixels a job covers at least, so each weight chunk is reused
 OUTER_JOB_TARGET = 112  # of the job sizes that share a layer out equally well, the one nearest this
 # Maps this small run as one job per image, split between the threads (`outer_jobs`):
