@@ -22,6 +22,15 @@ A cache file can also be damaged (a full disk, a killed process, a bad sector). 
 then fails on every call of that kernel, in every later process, until someone finds
 and deletes the file. graphconv's kernels treat a file numba cannot unpickle as
 missing: the file is deleted and the kernel compiled again.
+
+Processes that compile at the same time (pytest's workers, a cluster's) share the
+cache, and numba names a kernel's data files by counting the entries of the index it
+read: two processes adding different signatures of one kernel could both take number 1,
+and the index could end up naming one signature's file holding the other's machine
+code (measured: a segfault in the stream conv, in every later process, until the cache
+was cleared). graphconv's kernels name each data file after its key instead, and write
+it before the index names it, so an index entry only ever names its own code; a lost
+index update is a recompile, not a crash.
 """
 from __future__ import annotations
 
@@ -116,15 +125,18 @@ def _tolerate_damaged_files(caching) -> bool:
     if getattr(reader, "_graphconv_tolerant", False):
         return True
     load_index, load_data = reader.__dict__.get("_load_index"), reader.__dict__.get("_load_data")
-    if load_index is None or load_data is None:
+    save = reader.__dict__.get("save")
+    if load_index is None or load_data is None or save is None:
         return False
-    root = str(cache_root())
+
+    def ours(cache_file) -> bool:
+        return str(cache_file._cache_path).startswith(str(cache_root()))
 
     def _load_index(self):
         try:
             return load_index(self)
         except DAMAGE:
-            if not str(self._cache_path).startswith(root):
+            if not ours(self):
                 raise
             _remove(self._index_path)
             return {}
@@ -133,15 +145,31 @@ def _tolerate_damaged_files(caching) -> bool:
         try:
             return load_data(self, name)
         except DAMAGE as err:  # numba's `load` treats an OSError here as a miss
-            if not str(self._cache_path).startswith(root):
+            if not ours(self):
                 raise
             _remove(self._data_path(name))
             raise OSError(f"damaged kernel cache file removed: {err}") from None
 
+    def save_by_key(self, key, data):
+        if not ours(self):
+            return save(self, key, data)
+        name = self._data_name_pattern.format(number=_key_number(key))
+        self._save_data(name, data)
+        overloads = self._load_index()
+        if overloads.get(key) != name:
+            overloads[key] = name
+            self._save_index(overloads)
+
     reader._load_index = _load_index
     reader._load_data = _load_data
+    reader.save = save_by_key
     reader._graphconv_tolerant = True
     return True
+
+
+def _key_number(key) -> int:
+    """A number for a cache entry's data file that only its key gives (48 bits of a digest)."""
+    return int.from_bytes(hashlib.sha256(pickle.dumps(key, protocol=4)).digest()[:6], "big")
 
 
 def _remove(path: str) -> None:

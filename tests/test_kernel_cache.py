@@ -112,3 +112,29 @@ def test_a_damaged_cache_file_is_recompiled_not_fatal(tmp_path):
             path.write_bytes(os.urandom(64))
         assert misses() == 1, f"a damaged {pattern} file is a cache miss"
         assert misses() == 0, "and the rewritten cache is used again"
+
+
+def test_processes_saving_different_signatures_at_once_never_mix_them_up(tmp_path, monkeypatch):
+    """Two processes add a signature each to one kernel's cache, the second from the index
+    as it was before the first wrote it (numba's own naming gave both data file number 1,
+    and the index could name one signature's file holding the other's machine code: a
+    segfault in every later run). Every entry the index keeps loads its own data."""
+    from numba.core import caching
+    monkeypatch.setattr(kernel_cache, "cache_root", lambda: tmp_path)
+    assert kernel_cache.install_kernel_cache()
+    first, second = (caching.IndexDataCacheFile(str(tmp_path / "kernels"), "kernel-1.py311", "stamp")
+                     for _ in range(2))
+    os.makedirs(tmp_path / "kernels")
+    save_data = first._save_data
+
+    def second_process_saves_meanwhile(name, data):  # with the index as it was: empty
+        monkeypatch.setattr(second, "_load_index", lambda: {})
+        second.save(("signature B",), "code for B")
+        save_data(name, data)
+
+    monkeypatch.setattr(first, "_save_data", second_process_saves_meanwhile)
+    first.save(("signature A",), "code for A")
+    index = first._load_index()
+    assert index, "the index names what was saved"
+    for key in index:
+        assert first.load(key) == f"code for {key[0][-1]}"

@@ -667,12 +667,14 @@ def _conv_im2col(x, channels_last, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, rel
 
 # ---- outer ----------------------------------------------------------------------------------
 
-OUTER_CHUNK = 4096  # taps per k chunk: in practice a whole tap row's run, or the whole patch
+OUTER_CHUNK = 512  # taps per k chunk
 # Each chunk past the first reloads every tile's sums, and the weight panels stream from L2
 # whatever the chunk (a 64-column panel of 192 taps is 48 KB, past L1). Alternating in one
-# process (Zen 4, 16-lane tiles), against the 192 taps sized for L1 on AVX2: ResNet-50's 1x1
-# and stride-2 layers 0.92-1.0x the time (7x7 maps gain most), the network 0.970x at 224 and
-# 0.976x at 448, VGG-16 FCN at 384 0.937x, AlexNet-FCN level; 512 and 1024 in between.
+# process (Zen 4, 16-lane tiles), against the 192 taps sized for L1 on AVX2: ResNet-50 0.971x
+# the time at 224 (its 1x1 and stride-2 layers 0.92-1.0x, 7x7 maps gaining most). A whole
+# tap row's run (up to 4096) was as fast, with VGG-16 FCN at 384 0.937x and AlexNet-FCN level,
+# but each sum then runs sequentially over up to 4096 products: the conv tests' rounding
+# differences passed their tolerance at 1024 and more (a 3x3 stride-2 layer on 600 channels).
 OUTER_POSITIONS = 64  # output pixels a job covers at least, so each weight chunk is reused
 OUTER_JOB_TARGET = 112  # of the job sizes that share a layer out equally well, the one nearest this
 # Maps this small run as one job per image, split between the threads (`outer_jobs`):
