@@ -16,7 +16,7 @@ def expected(w, bias, cols, positions, relu):
     return np.maximum(y, 0) if relu else y
 
 
-def run_stream(m, k, hw, images, offset, relu, seed):
+def run_stream(m, k, hw, images, offset, relu, seed, wide=False):
     rng = np.random.default_rng(seed)
     total = images * hw
     w = rng.standard_normal((m, k)).astype(np.float32)
@@ -24,7 +24,7 @@ def run_stream(m, k, hw, images, offset, relu, seed):
     cols = np.zeros((k, stream_width(total)), np.float32)
     cols[:, :total] = rng.standard_normal((k, total))
     out3 = np.full((images, m + offset, hw), np.nan, np.float32)
-    stream_matmul(w, bias, relu, cols, total, hw, offset, out3)
+    stream_matmul(w, bias, relu, cols, total, hw, offset, out3, False, wide)
     want = expected(w, bias[offset:], cols, total, relu)  # (positions, m)
     got = out3[:, offset:, :].transpose(0, 2, 1).reshape(total, m)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.sqrt(k))
@@ -33,17 +33,22 @@ def run_stream(m, k, hw, images, offset, relu, seed):
 
 @settings(max_examples=80, deadline=None)
 @given(m=st.integers(1, 150), k=st.integers(1, 300), hw=st.integers(1, 50),
-       images=st.integers(1, 3), offset=st.integers(0, 3), relu=st.booleans(), seed=st.integers(0, 99))
-def test_stream_matmul_matches_numpy(m, k, hw, images, offset, relu, seed):
-    run_stream(m, k, hw, images, offset, relu, seed)
+       images=st.integers(1, 3), offset=st.integers(0, 3), relu=st.booleans(), seed=st.integers(0, 99),
+       wide=st.booleans())
+def test_stream_matmul_matches_numpy(m, k, hw, images, offset, relu, seed, wide):
+    """Both tile sets, whichever the machine runs (a 32-register tile spills on AVX2 but
+    stays exact)."""
+    run_stream(m, k, hw, images, offset, relu, seed, wide)
 
 
+@pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("positions", [1, 2, 8, 9, 16, 24, 32, 36, 40, 41, 48, 64, 81, 96])
-def test_every_block_width_and_a_k_past_one_chunk(positions):
-    """Every tile shape (1-5 vectors per block, blocks after a full 40-wide one) and a k
-    loop of several chunks, on a matrix whose rows end mid-group and mid-tile."""
+def test_every_block_width_and_a_k_past_one_chunk(positions, wide):
+    """Every tile shape (1-5 vectors per block, blocks after a full 40-wide one; the
+    16- and 32-register sets) and a k loop of several chunks, on a matrix whose rows end
+    mid-group and mid-tile."""
     k = gemm_cpu.CHUNK_FLOATS // stream_width(positions) * 2 + 13
-    run_stream(gemm_cpu.GROUP_ROWS + 7, max(k, 2 * LANES + 3), positions, 1, 1, True, positions)
+    run_stream(gemm_cpu.GROUP_ROWS + 7, max(k, 2 * LANES + 3), positions, 1, 1, True, positions, wide)
 
 
 @pytest.mark.parametrize("m", [1, 3, 4, 5, 7, 8, 67])

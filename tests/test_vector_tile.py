@@ -20,6 +20,7 @@ def test_the_wide_tile_is_taken_only_where_32_registers_hold_it(features, expect
     monkeypatch.delenv("GRAPHCONV_OUTER_VECTORS", raising=False)
     monkeypatch.setattr(vector_tile.llvm, "get_host_cpu_features", lambda: features)
     assert vector_tile._outer_tile_shape() == expected
+    assert (vector_tile._vector_registers() == 32) == (expected == (16, 4)), "and the stream's WIDE_TILES with it"
 
 
 @pytest.mark.parametrize("lanes,vectors,expected", [

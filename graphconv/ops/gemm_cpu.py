@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from graphconv.ops.unsigned_index import unsigned
-from graphconv.ops.vector_tile import BLOCK_VECTORS, LANES, TILE_ROWS, multiply_tile
+from graphconv.ops.vector_tile import BLOCK_VECTORS, LANES, WIDE_TILE_ROWS, multiply_tile, tile_rows
 
 ROWS_PER_TILE = 4       # multiply_band: weight rows (output channels) per register tile
 POSITIONS_PER_TILE = 3  # multiply_band: output positions per tile; callers pad to a multiple
@@ -36,9 +36,11 @@ CHUNK_FLOATS = 4096  # 16 KB of patch columns per k chunk: they stay in L1 while
 
 
 @njit(cache=True, parallel=True, fastmath=True, boundscheck=False)
-def stream_matmul(w, bias, relu, cols, positions, hw, o_offset, out3, channels_last=False):
+def stream_matmul(w, bias, relu, cols, positions, hw, o_offset, out3, channels_last=False, wide=False):
     """out3[p // hw, o_offset + o, p % hw] = act(sum_k w[o, k] * cols[k, p] + bias[o_offset + o])
-    for p < positions, where positions is a whole number of images of hw pixels.
+    for p < positions, where positions is a whole number of images of hw pixels, on the
+    `wide` tiles (`vector_tile.WIDE_TILE_ROWS`: where 32 vector registers hold them) or
+    the 16-register ones.
 
     w: (M, K) C-contiguous weights; cols: (K, stream_width(positions)) patch columns,
     zero past `positions`; out3: the output viewed as (N, C, H*W), or as (N, H*W, C)
@@ -54,13 +56,13 @@ def stream_matmul(w, bias, relu, cols, positions, hw, o_offset, out3, channels_l
     for group in prange((m + GROUP_ROWS - 1) // GROUP_ROWS):
         first = group * GROUP_ROWS
         rows = min(GROUP_ROWS, m - first)
-        sums = np.zeros((GROUP_ROWS + max(TILE_ROWS)) * width, np.float32)  # slack for the last tile's rows
+        sums = np.zeros((GROUP_ROWS + max(WIDE_TILE_ROWS)) * width, np.float32)  # slack for the last tile's rows
         for k0 in range(0, k, chunk):
             steps = min(chunk, k - k0)
             for c0 in range(0, width, BLOCK_VECTORS * LANES):
                 vectors = min(BLOCK_VECTORS, (width - c0) // LANES)
-                for r0 in range(0, rows, TILE_ROWS[vectors]):
-                    multiply_tile(vectors, flat_w, first + r0, m - 1, k, k0, steps, flat_cols, c0, width,
+                for r0 in range(0, rows, tile_rows(vectors, wide)):
+                    multiply_tile(vectors, wide, flat_w, first + r0, m - 1, k, k0, steps, flat_cols, c0, width,
                                   sums, r0, chunk)
         _store_sums(sums, width, first, rows, bias, relu, positions // hw, hw, o_offset, out3, channels_last)
 

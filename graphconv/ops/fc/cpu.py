@@ -9,15 +9,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from graphconv.ops import vector_tile
 from graphconv.ops.gemm_cpu import prefers_stream, stream_matmul, stream_width
 
 
 @njit(cache=True)
-def _fc_stream(x2d, weight, bias, out2d):
+def _fc_stream(x2d, weight, bias, out2d, wide):
     n, k = x2d.shape
     cols = np.zeros((k, stream_width(n)), np.float32)
     cols[:, :n] = x2d.T
-    stream_matmul(weight, bias, False, cols, n, 1, 0, out2d.reshape(n, weight.shape[0], 1))
+    stream_matmul(weight, bias, False, cols, n, 1, 0, out2d.reshape(n, weight.shape[0], 1), False, wide)
 
 
 def _fc_blas(x2d, weight, bias, out2d):
@@ -33,4 +34,7 @@ def run_fc(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarra
         bias = np.zeros(weight.shape[0], np.float32)
     x2d = np.ascontiguousarray(x).reshape(x.shape[0], -1)
     out2d = out.reshape(x.shape[0], weight.shape[0])  # a view: out is C-contiguous
-    (_fc_stream if prefers_stream(x.shape[0], weight.size) else _fc_blas)(x2d, weight, bias, out2d)
+    if prefers_stream(x.shape[0], weight.size):
+        _fc_stream(x2d, weight, bias, out2d, vector_tile.WIDE_TILES)
+    else:
+        _fc_blas(x2d, weight, bias, out2d)
