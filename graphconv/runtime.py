@@ -258,7 +258,8 @@ class Executor:
             raise GraphconvError(f"out must be a writable numpy array or a C-contiguous "
                                  f"{self.device} array")
 
-    def _bound_calls(self, key: tuple[int, int, int], plan: Plan) -> tuple[dict[str, Any], list[Callable[[], None] | None]]:
+    def _bound_calls(self, key: tuple[int, int, int],
+                     plan: Plan) -> tuple[dict[str, Any], list[Callable[[], None] | None]]:
         """The plan's buffer views (every intermediate value, as its layer writes it) and,
         per layer, its call bound to them: made once per plan, for the layers whose call
         has `bind_values` (the CPU conv's: its views, job split and thread count worked

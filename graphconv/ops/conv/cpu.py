@@ -754,12 +754,13 @@ def _bind_winograd(wu: np.ndarray, bias: np.ndarray, padding: tuple[int, int], r
     band = tile_rows if stored is not None else winograd.band_tile_rows(n, tile_rows, tile_cols, c)
     per_job = winograd.tiles_per_job(c, og)
     copies = n if band == tile_rows else 1
+    flat_out, flat_res, out_channels_last = _flat(out), _residual(inputs, out), nhwc(out) is not None
 
     def arguments(image: int, row: int, rows: int) -> tuple:  # the kernel's after the input and its offsets
         jobs = winograd.jobs_per_image(copies, rows * tile_cols, per_job, threads)
-        return (wu, og, bias, relu, min(ho - 2 * row, 2 * rows), wo, jobs, winograd.CHUNK, _flat(out),
-                _residual(inputs, out), ho * wo, nhwc(out) is not None, threads, image, 2 * row,
-                vector_tile.OUTER_LANES, vector_tile.OUTER_VECTORS)
+        return (wu, og, bias, relu, min(ho - 2 * row, 2 * rows), wo, jobs, winograd.CHUNK, flat_out, flat_res,
+                ho * wo, out_channels_last, threads, image, 2 * row, vector_tile.OUTER_LANES,
+                vector_tile.OUTER_VECTORS)
 
     if stored is not None:
         return partial(winograd.winograd_conv, stored, *padding, *arguments(0, 0, tile_rows))
