@@ -168,12 +168,12 @@ def winograd_conv(xp, top, left, wu, og, bias, relu, ho, wo, jobs_per_image, chu
     weights. Output row y's window starts at xp's row y - top, column x at x - left: xp
     is the layer's input itself with top and left its padding, or a padded copy (of a
     band of it, from padded input row 2 * row0) with top = left = 0; what lies outside
-    xp reads as zero. A job is a run of consecutive tiles of one image (and, when there are too few
-    jobs to keep every thread busy, a range of the output blocks of `block_vectors` x
-    `lanes` channels). The output is
-    flat, `image_pixels` (its whole height times wo) per image and channel, stored NCHW
-    or `channels_last`; flat_res, when not empty, is a residual input stored as the
-    output, added before the activation."""
+    xp reads as zero. A job is a run of consecutive tiles of one image (and, when there
+    are too few jobs to keep every thread busy, a range of the output blocks of
+    `block_vectors` x `lanes` channels). The output is flat, `image_pixels` (its whole
+    height times wo) per image and channel, stored NCHW or `channels_last`; flat_res,
+    when not empty, is a residual input stored as the output, added before the
+    activation."""
     n, rows_in, cols_in, c = xp.shape
     o_pad = -(-og // lanes) * lanes
     block = block_vectors * lanes
