@@ -1,85 +1,128 @@
-"""CUDA conv as an implicit GEMM: out[o, t] = sum_k W[o, k] * cols[k, t], where the im2col
-matrix `cols` is never stored; each 16x16 tile of it is gathered from the input into
-shared memory. threadIdx.x walks output positions, so loads and stores coalesce. A
-residual input is added in the same epilogue as the bias."""
+"""CUDA conv: the register-tiled implicit GEMM of `graphconv.ops.gemm_cuda`, with bias,
+residual and ReLU in its epilogue (or in the pass that adds up split-K partial sums).
+
+`prepare_conv` stores the weights as the kernel reads them, once per network: transposed
+to (groups, K, O/groups), with the table of where each k reads the input from.
+`bind_conv` makes the layer's call, which works out each input shape's launch (tile,
+grid, K split, geometry array, workspace) once and reuses it on every later run.
+"""
 from __future__ import annotations
 
-import math
+from typing import Any
 
 import numpy as np
-from numba import cuda, float32
+from numba import config, cuda
 
+from graphconv.ops.cuda_launch import grid_1d
+from graphconv.ops.gemm_cuda import DIMS, Launch, gemm_kernel, plan_launch, reduce_splits
 from graphconv.ops.registry import pair
 
-TILE = 16
+
+def transposed_weights(weight: np.ndarray, groups: int) -> np.ndarray:
+    """(O, C/groups, kh, kw) (or an fc's (O, K)) as (groups, K, O/groups), contiguous:
+    consecutive output channels of one k side by side, as a block loads them."""
+    out_c = weight.shape[0]
+    return np.ascontiguousarray(weight.reshape(groups, out_c // groups, -1).transpose(0, 2, 1), np.float32)
 
 
-@cuda.jit
-def _conv_gemm(x, w2, bias, res, residual, out, cg, kh, kw, sh, sw, ph, pw, dh, dw, og, relu):
-    w_tile = cuda.shared.array((TILE, TILE), float32)
-    x_tile = cuda.shared.array((TILE, TILE), float32)
-    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
-    g = cuda.blockIdx.z
-    col = cuda.blockIdx.x * TILE + tx
-    row = cuda.blockIdx.y * TILE + ty
-    n_img, _, height, width = x.shape
-    ho, wo = out.shape[2], out.shape[3]
-    positions = ho * wo
-    total = n_img * positions
-    k_total = cg * kh * kw
-    n = col // positions
-    p = col % positions
-    oy = p // wo
-    ox = p % wo
-    acc = float32(0.0)
-    for k0 in range(0, k_total, TILE):
-        k = k0 + tx
-        if row < og and k < k_total:
-            w_tile[ty, tx] = w2[g * og + row, k]
-        else:
-            w_tile[ty, tx] = 0.0
-        k = k0 + ty
-        value = float32(0.0)
-        if col < total and k < k_total:
-            c = k // (kh * kw)
-            r = k % (kh * kw)
-            iy = oy * sh - ph + (r // kw) * dh
-            ix = ox * sw - pw + (r % kw) * dw
-            if 0 <= iy < height and 0 <= ix < width:
-                value = x[n, g * cg + c, iy, ix]
-        x_tile[ty, tx] = value
-        cuda.syncthreads()
-        for kk in range(TILE):
-            acc += w_tile[ty, kk] * x_tile[kk, tx]
-        cuda.syncthreads()
-    if row < og and col < total:
-        o = g * og + row
-        v = acc + bias[o]
-        if residual:
-            v += res[n, o, oy, ox]
-        if relu and v < 0:
-            v = 0.0
-        out[n, o, oy, ox] = v
+def tap_table(group_channels: int, kh: int, kw: int, dilation: tuple[int, int]) -> np.ndarray:
+    """For each k = (channel, tap row, tap column) of a window, in the weights' order:
+    its channel, then its row and column offsets from the window's corner, as one flat
+    int32 array of three rows."""
+    c, r, s = np.meshgrid(np.arange(group_channels), np.arange(kh), np.arange(kw), indexing="ij")
+    return np.concatenate([c.ravel(), r.ravel() * dilation[0], s.ravel() * dilation[1]]).astype(np.int32)
 
 
-def conv_on_device(x, weight, bias, kh, kw, groups, stride, padding, dilation, relu, out, residual=None) -> None:
-    """The implicit GEMM into `out`, whose (N, O, ho, wo) shape sets the launch; plus
-    `residual` (of out's shape) when given."""
-    n, c = x.shape[0], x.shape[1]
-    _, out_c, ho, wo = out.shape
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    og = out_c // groups
-    w2 = weight.reshape(out_c, weight.size // out_c)
-    if bias is None:
-        bias = cuda.to_device(np.zeros(out_c, np.float32))
-    grid = (math.ceil(n * ho * wo / TILE), math.ceil(og / TILE), groups)
-    res = out if residual is None else residual  # never read when there is none
-    _conv_gemm[grid, (TILE, TILE)](x, w2, bias, res, residual is not None, out, c // groups, kh, kw, sh, sw, ph, pw,
-                                   dh, dw, og, relu)
+def prepare_conv(params: dict, weights: dict) -> dict:
+    w = weights["weight"]
+    out_c, group_channels, kh, kw = w.shape
+    groups = params["groups"]
+    return {"weight_t": transposed_weights(w, groups),
+            "taps": tap_table(group_channels, kh, kw, pair(params["dilation"])),
+            "bias": weights["bias"] if "bias" in weights else np.zeros(out_c, np.float32)}
+
+
+class GemmLayer:
+    """A conv (or fc) layer bound to the GPU: its prepared weights and geometry, and one
+    launch per input shape, planned on first sight of that shape."""
+
+    def __init__(self, weight_t, taps, bias, groups: int = 1, stride: tuple[int, int] = (1, 1),
+                 padding: tuple[int, int] = (0, 0), relu: bool = False):
+        self.weight_t, self.taps, self.bias = weight_t, taps, bias
+        self.groups, self.stride, self.padding, self.relu = groups, stride, padding, relu
+        self.rows = weight_t.shape[2]
+        self.k_total = weight_t.shape[1]
+        self._launches: dict[tuple, tuple[Launch, Any, Any]] = {}
+
+    def __call__(self, inputs: list, out) -> None:
+        x = inputs[0]
+        residual = inputs[1] if len(inputs) == 2 else None
+        launch, dims, work = self._launch(tuple(x.shape), tuple(out.shape), residual is not None)
+        flat_out = out.reshape(out.size)
+        flat_res = flat_out if residual is None else residual.reshape(residual.size)  # unread without one
+        target = flat_out if work is None else work
+        gemm_kernel(launch.tile)[launch.grid, launch.tile.threads](
+            x.reshape(x.size), self.weight_t.reshape(self.weight_t.size), self.taps, self.bias, flat_res, target, dims)
+        if work is not None:
+            blocks, threads = grid_1d(out.size)
+            reduce_splits[blocks, threads](work, launch.splits, self.bias, flat_res, residual is not None, self.relu,
+                                           out.shape[1], out.shape[2] * out.shape[3], flat_out)
+
+    def _launch(self, in_shape: tuple, out_shape: tuple, residual: bool) -> tuple[Launch, Any, Any]:
+        key = (in_shape, out_shape, residual)
+        if key not in self._launches:
+            self._launches[key] = self._plan(in_shape, out_shape, residual)
+        return self._launches[key]
+
+    def _plan(self, in_shape: tuple, out_shape: tuple, residual: bool) -> tuple[Launch, Any, Any]:
+        n, channels, height, width = in_shape
+        _, out_c, ho, wo = out_shape
+        positions = n * ho * wo
+        launch = plan_launch(self.rows, positions, self.k_total, self.groups, processors())
+        values = dict(channels=channels, height=height, width=width, out_height=ho, out_width=wo,
+                      stride_y=self.stride[0], stride_x=self.stride[1], pad_y=self.padding[0],
+                      pad_x=self.padding[1], rows=self.rows, groups=self.groups,
+                      group_channels=channels // self.groups, k_total=self.k_total, k_chunk=launch.k_chunk,
+                      relu=self.relu, residual=residual, positions=positions, partial=launch.splits > 1)
+        dims = cuda.to_device(np.array([values[name] for name in DIMS], np.int64))
+        work = cuda.device_array(launch.splits * n * out_c * ho * wo, np.float32) if launch.splits > 1 else None
+        return launch, dims, work
+
+
+def processors() -> int:
+    """The GPU's SM count (what the launch plan fills in waves); 1 on numba's simulator,
+    which runs one block at a time (so the plan there keeps padding, not waves, small)."""
+    if config.ENABLE_CUDASIM:
+        return 1
+    return cuda.get_current_device().MULTIPROCESSOR_COUNT
+
+
+def describe_conv(params: dict, in_shape: tuple[int, ...], channels_last: bool = False) -> str:
+    """The tile and K split the layer launches with on this GPU, for an (N, C, H, W) input."""
+    from graphconv.ops.conv import shape
+    n, channels = in_shape[0], in_shape[1]
+    out_c, ho, wo = shape(params, [in_shape[1:]])
+    kh, kw = pair(params["kernel_size"])
+    groups = params["groups"]
+    return plan_launch(out_c // groups, n * ho * wo, channels // groups * kh * kw, groups, processors()).describe()
+
+
+def bind_conv(params: dict, weights: dict) -> GemmLayer:
+    prepared = weights if "weight_t" in weights else on_device(prepare_conv(params, on_host(weights)))
+    return GemmLayer(prepared["weight_t"], prepared["taps"], prepared["bias"], params["groups"],
+                     pair(params["stride"]), pair(params["padding"]), params["activation"] == "relu")
 
 
 def run_conv(params: dict, weights: dict, inputs: list, out) -> None:
-    w = weights["weight"]
-    conv_on_device(inputs[0], w, weights.get("bias"), w.shape[2], w.shape[3], params["groups"],
-                   pair(params["stride"]), pair(params["padding"]), pair(params["dilation"]),
-                   params["activation"] == "relu", out, inputs[1] if len(inputs) == 2 else None)
+    """One call of the bound layer (the Executor binds once; this is for callers that
+    hold weights as the spec gives them or as `prepare_conv` left them)."""
+    bind_conv(params, weights)(inputs, out)
+
+
+def on_host(weights: dict) -> dict:
+    return {key: value.copy_to_host() if hasattr(value, "copy_to_host") else np.asarray(value)
+            for key, value in weights.items()}
+
+
+def on_device(weights: dict) -> dict:
+    return {key: cuda.to_device(np.ascontiguousarray(value)) for key, value in weights.items()}

@@ -1,10 +1,34 @@
-"""CUDA fc: the conv implicit-GEMM kernel with a kernel covering the whole input map."""
+"""CUDA fc: the conv's implicit GEMM (`graphconv.ops.conv.cuda.GemmLayer`) on the input
+seen as an (N, C*H*W, 1, 1) map, where an fc is a 1x1 conv."""
 from __future__ import annotations
 
-from graphconv.ops.conv.cuda import conv_on_device
+import numpy as np
+
+from graphconv.ops.conv.cuda import GemmLayer, on_device, on_host, processors, tap_table, transposed_weights
+from graphconv.ops.gemm_cuda import plan_launch
+
+
+def prepare_fc(params: dict, weights: dict) -> dict:
+    w = weights["weight"]
+    return {"weight_t": transposed_weights(w, 1), "taps": tap_table(w.shape[1], 1, 1, (1, 1)),
+            "bias": weights["bias"] if "bias" in weights else np.zeros(w.shape[0], np.float32)}
+
+
+def describe_fc(params: dict, in_shape: tuple[int, ...], channels_last: bool = False) -> str:
+    """The tile and K split the layer launches with on this GPU (a 1x1 conv's)."""
+    n = in_shape[0]
+    return plan_launch(params["out_features"], n, int(np.prod(in_shape[1:])), 1, processors()).describe()
+
+
+def bind_fc(params: dict, weights: dict):
+    prepared = weights if "weight_t" in weights else on_device(prepare_fc(params, on_host(weights)))
+    layer = GemmLayer(prepared["weight_t"], prepared["taps"], prepared["bias"])
+
+    def call(inputs: list, out) -> None:
+        x = inputs[0]
+        layer([x.reshape(x.shape[0], x.size // x.shape[0], 1, 1)], out)
+    return call
 
 
 def run_fc(params: dict, weights: dict, inputs: list, out) -> None:
-    x = inputs[0]
-    _, _, h, w = x.shape
-    conv_on_device(x, weights["weight"], weights.get("bias"), h, w, 1, (1, 1), (0, 0), (1, 1), False, out)
+    bind_fc(params, weights)(inputs, out)

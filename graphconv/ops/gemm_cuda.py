@@ -1,0 +1,319 @@
+"""The register-tiled implicit GEMM behind the CUDA conv and fc kernels.
+
+A conv is a matrix product per group: out[o, q] = sum_k W[o, k] * cols[k, q], with o an
+output channel, q an output position (image, row, column) and k a (channel, tap) pair.
+`cols` (im2col) is never stored: each block gathers its slice of it from the input.
+
+One block computes a `Tile` of `rows` output channels by `cols` positions. It walks k
+in steps of BK = 8, staging the step's weights and input values in shared memory
+(two buffers, so the next step's global loads are in flight while this one computes),
+and each thread keeps `thread_rows` x `thread_cols` sums in registers. Per k a thread
+reads its fragments as float4 shared loads (LDS.128: the 16-byte alignment and the
+unsigned indices below are what let the compiler emit them) and does
+thread_rows * thread_cols FMAs: for the 8x8 thread tile 64 FMAs for 4 loads, which is
+what keeps an SGEMM on the FMA units rather than on shared memory.
+
+The weights are stored transposed, (groups, K, O/groups), so a block's weight loads are
+consecutive in o and coalesce; `taps` tells the gather where k reads from: its channel,
+and the tap's row and column offset from the window's corner.
+
+A layer with few blocks (an fc made a conv has a few positions and a huge K) splits K
+over `splits` blocks per tile; each writes its partial sums to a workspace and
+`reduce_splits` adds them up with the epilogue (bias, residual, ReLU) that an unsplit
+block applies itself.
+
+Why the k-steps are eight written-out calls rather than a loop: LLVM does not unroll a
+loop this long, and without the unroll every shared load needs its address computed
+(1.3 instructions per FMA instead of 1.1, checked in the SASS for sm_90).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+from numba import config, cuda, float32, uint64
+
+BK = 8  # k per shared-memory step: `gemm_kernel` writes its eight steps out
+VECTOR = 4  # floats per shared-memory fragment load (LDS.128)
+# Where an int64 parameter sits in the `dims` array each launch reads its geometry from
+# (one device array instead of 18 scalar arguments: numba marshals every argument in
+# Python on each launch).
+DIMS = ("channels", "height", "width", "out_height", "out_width", "stride_y", "stride_x", "pad_y", "pad_x",
+        "rows", "groups", "group_channels", "k_total", "k_chunk", "relu", "residual", "positions", "partial")
+(CHANNELS, HEIGHT, WIDTH, OUT_HEIGHT, OUT_WIDTH, STRIDE_Y, STRIDE_X, PAD_Y, PAD_X, ROWS, GROUPS, GROUP_CHANNELS,
+ K_TOTAL, K_CHUNK, RELU, RESIDUAL, POSITIONS, PARTIAL) = range(len(DIMS))
+# The simulator has no aligned shared arrays; on a GPU 16 bytes is what LDS.128 needs.
+_SHARED_ALIGNMENT = None if config.ENABLE_CUDASIM else 16
+
+
+@dataclass(frozen=True)
+class Tile:
+    """The outputs one block computes: `rows` output channels x `cols` positions, each
+    thread `thread_rows` x `thread_cols` of them."""
+
+    rows: int
+    cols: int
+    thread_rows: int
+    thread_cols: int
+
+    @property
+    def threads(self) -> int:
+        return (self.rows // self.thread_rows) * (self.cols // self.thread_cols)
+
+    def check(self) -> None:
+        """The shapes `_gemm_kernel` is written for: fragments of up to 4 consecutive
+        floats, and every thread's B loads in one column (threads a multiple of cols)."""
+        for size, per_thread in ((self.rows, self.thread_rows), (self.cols, self.thread_cols)):
+            vector = min(VECTOR, per_thread)
+            if per_thread % vector or size % per_thread:
+                raise ValueError(f"{self}: a thread's {per_thread} of {size} are not whole fragments")
+        if self.threads % self.cols or self.threads > 1024:
+            raise ValueError(f"{self}: {self.threads} threads")
+
+
+# Largest first: `plan_launch` prefers the first of equal estimates.
+TILES = (Tile(128, 128, 8, 8), Tile(128, 64, 8, 4), Tile(64, 128, 4, 8), Tile(64, 64, 4, 4),
+         Tile(128, 32, 8, 4), Tile(128, 16, 4, 4), Tile(256, 4, 4, 1))
+# How fast each tile computes relative to the largest, per useful FMA, before waves and
+# padding: a guess from FMAs per shared load, to be measured on a GPU (issue 21).
+_TILE_EFFICIENCY = dict(zip(TILES, (1.0, 0.85, 0.85, 0.6, 0.6, 0.45, 0.3)))
+SMALLEST_SPLIT = 256  # k per split: below it the workspace traffic outweighs the parallelism
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How one GEMM is launched: the tile, the grid and how many ways K is split."""
+
+    tile: Tile
+    grid: tuple[int, int, int]
+    splits: int
+    k_chunk: int
+
+    def describe(self) -> str:
+        """What `graphconv inspect --profile` shows as the layer's strategy: "128x64",
+        or "128x16 K/8" when K is split eight ways."""
+        split = f" K/{self.splits}" if self.splits > 1 else ""
+        return f"{self.tile.rows}x{self.tile.cols}{split}"
+
+
+def plan_launch(rows: int, positions: int, k_total: int, groups: int, processors: int) -> Launch:
+    """The tile and K split with the least estimated time for a (rows x k_total) by
+    (k_total x positions) product per group on a GPU with `processors` SMs: padded work
+    over the tile's efficiency, counted in waves of two blocks per SM, plus the pass over
+    the workspace when K is split."""
+    def cost(launch: Launch) -> float:
+        waves = math.ceil(math.prod(launch.grid) / (2 * processors))
+        work = waves * launch.tile.rows * launch.tile.cols * launch.k_chunk / _TILE_EFFICIENCY[launch.tile]
+        return work + (launch.splits > 1) * launch.splits * rows * positions * groups
+
+    candidates = (launch_for(tile, splits, rows, positions, k_total, groups)
+                  for tile in TILES for splits in _split_choices(k_total))
+    return min(candidates, key=cost)  # the first of equal costs: the larger tile, fewer splits
+
+
+def launch_for(tile: Tile, splits: int, rows: int, positions: int, k_total: int, groups: int) -> Launch:
+    """The launch of `tile` with K cut into at most `splits` chunks of whole steps."""
+    k_chunk = math.ceil(math.ceil(k_total / splits) / BK) * BK
+    splits = math.ceil(k_total / k_chunk)
+    grid = (math.ceil(positions / tile.cols), math.ceil(rows / tile.rows), groups * splits)
+    return Launch(tile, grid, splits, k_chunk)
+
+
+def _split_choices(k_total: int) -> list[int]:
+    """1, 2, 4, ... while each split keeps at least SMALLEST_SPLIT of k."""
+    choices = [1]
+    while k_total // (choices[-1] * 2) >= SMALLEST_SPLIT and choices[-1] < 64:
+        choices.append(choices[-1] * 2)
+    return choices
+
+
+@lru_cache(maxsize=None)
+def gemm_kernel(tile: Tile):
+    """The implicit-GEMM kernel for `tile`, compiled on its first launch:
+    kernel[launch.grid, tile.threads](x, wt, taps, bias, res, out, dims), with x the
+    flat NCHW input, wt the flat (groups, K, rows) weights, taps the flat (3, K) table
+    of each k's channel, tap row and tap column offset, and dims the int64 geometry
+    (`DIMS`). `out` is the flat NCHW output, or the (splits, ...) workspace when
+    its PARTIAL entry is set, where the sums are written without the epilogue."""
+    tile.check()
+    rows, cols, thread_rows, thread_cols = tile.rows, tile.cols, tile.thread_rows, tile.thread_cols
+    threads = tile.threads
+    threads_x = cols // thread_cols
+    vector_rows, vector_cols = min(VECTOR, thread_rows), min(VECTOR, thread_cols)
+    row_group = rows * vector_rows // thread_rows  # rows between a thread's fragments
+    col_group = cols * vector_cols // thread_cols
+    a_size, b_size = BK * rows, BK * cols
+    a_shared, b_shared = 2 * a_size, 2 * b_size  # two buffers each
+    a_loads, b_loads = math.ceil(a_size / threads), math.ceil(b_size / threads)
+    align = _SHARED_ALIGNMENT
+
+    @cuda.jit(device=True, inline=True)
+    def load_weights(wt, w_base, og, rows_left, k_lo, k_hi, t, a_reg):
+        """This thread's share of the step's BK x rows weights, into registers; zero
+        past the last row and the last k."""
+        for i in range(a_loads):
+            e = t + threads * i
+            k = k_lo + e // rows
+            value = float32(0.0)
+            if e < a_size and k < k_hi and e % rows < rows_left:
+                value = wt[uint64(w_base + k * og + e % rows)]
+            a_reg[i] = value
+
+    @cuda.jit(device=True, inline=True)
+    def load_inputs(x, taps, k_total, k_lo, k_hi, t, column_ok, column_base, iy0, ix0, height, width, b_reg):
+        """This thread's share of the step's BK x cols input values (all in its column),
+        gathered through the tap table; zero in the padding and past the last position."""
+        hw = height * width
+        for i in range(b_loads):
+            e = t + threads * i
+            k = k_lo + e // cols
+            value = float32(0.0)
+            if e < b_size and k < k_hi and column_ok:
+                iy = iy0 + taps[uint64(k_total + k)]
+                ix = ix0 + taps[uint64(2 * k_total + k)]
+                if 0 <= iy < height and 0 <= ix < width:
+                    value = x[uint64(column_base + taps[uint64(k)] * hw + iy * width + ix)]
+            b_reg[i] = value
+
+    @cuda.jit(device=True, inline=True)
+    def store_step(a_s, b_s, buffer, t, a_reg, b_reg):
+        for i in range(a_loads):
+            e = t + threads * i
+            if e < a_size:
+                a_s[uint64(buffer * a_size + e)] = a_reg[i]
+        for i in range(b_loads):
+            e = t + threads * i
+            if e < b_size:
+                b_s[uint64(buffer * b_size + e)] = b_reg[i]
+
+    @cuda.jit(device=True, inline=True)
+    def k_step(a_s, b_s, a_base, b_base, kk, acc, a_frag, b_frag):
+        """One k of the step: each thread's outer product of its fragments."""
+        for i in range(thread_rows):
+            a_frag[i] = a_s[a_base + uint64(kk * rows + i % vector_rows + (i // vector_rows) * row_group)]
+        for j in range(thread_cols):
+            b_frag[j] = b_s[b_base + uint64(kk * cols + j % vector_cols + (j // vector_cols) * col_group)]
+        for i in range(thread_rows):
+            for j in range(thread_cols):
+                acc[i, j] = cuda.fma(a_frag[i], b_frag[j], acc[i, j])
+
+    @cuda.jit(device=True, inline=True)
+    def epilogue(acc, bias, res, out, dims, group, split, row0, col0, ty, tx):
+        """Each sum to its NCHW place: plus bias, residual and ReLU, or as it is into
+        this split's slice of the workspace."""
+        og = dims[ROWS]
+        positions = dims[OUT_HEIGHT] * dims[OUT_WIDTH]
+        total = dims[POSITIONS]
+        out_channels = og * dims[GROUPS]
+        partial = dims[PARTIAL]
+        slice_base = split * total * out_channels
+        col_at = cuda.local.array(thread_cols, dtype=uint64)
+        col_ok = cuda.local.array(thread_cols, dtype=uint64)
+        for j in range(thread_cols):
+            q = col0 + tx * vector_cols + j % vector_cols + (j // vector_cols) * col_group
+            col_ok[j] = q < total
+            col_at[j] = uint64(slice_base + (q // positions) * out_channels * positions + q % positions)
+        for i in range(thread_rows):
+            m = row0 + ty * vector_rows + i % vector_rows + (i // vector_rows) * row_group
+            o = group * og + m
+            row_ok = m < og
+            add = float32(0.0)
+            if row_ok and not partial:
+                add = bias[o]
+            for j in range(thread_cols):
+                if row_ok and col_ok[j]:
+                    at = col_at[j] + uint64(o * positions)
+                    value = acc[i, j] + add
+                    if not partial:
+                        if dims[RESIDUAL]:
+                            value += res[at]
+                        if dims[RELU] and value < 0:
+                            value = float32(0.0)
+                    out[at] = value
+
+    @cuda.jit
+    def kernel(x, wt, taps, bias, res, out, dims):
+        a_s = cuda.shared.array(a_shared, float32, align)
+        b_s = cuda.shared.array(b_shared, float32, align)
+        acc = cuda.local.array((thread_rows, thread_cols), float32)
+        a_reg = cuda.local.array(a_loads, float32)
+        b_reg = cuda.local.array(b_loads, float32)
+        a_frag = cuda.local.array(thread_rows, float32)
+        b_frag = cuda.local.array(thread_cols, float32)
+        t = cuda.threadIdx.x
+        ty = t // threads_x
+        tx = t % threads_x
+        og = dims[ROWS]
+        k_total = dims[K_TOTAL]
+        k_chunk = dims[K_CHUNK]
+        groups = dims[GROUPS]
+        group = cuda.blockIdx.z % groups
+        split = cuda.blockIdx.z // groups
+        row0 = cuda.blockIdx.y * rows
+        col0 = cuda.blockIdx.x * cols
+        k_lo = split * k_chunk
+        k_hi = min(k_total, k_lo + k_chunk)
+        height = dims[HEIGHT]
+        width = dims[WIDTH]
+        out_width = dims[OUT_WIDTH]
+        positions = dims[OUT_HEIGHT] * out_width
+        # The one output position this thread gathers input for, all along k.
+        q = col0 + t % cols
+        column_ok = q < dims[POSITIONS]
+        p = q % positions
+        iy0 = (p // out_width) * dims[STRIDE_Y] - dims[PAD_Y]
+        ix0 = (p % out_width) * dims[STRIDE_X] - dims[PAD_X]
+        column_base = ((q // positions) * dims[CHANNELS] + group * dims[GROUP_CHANNELS]) * height * width
+        w_base = group * k_total * og + row0
+        rows_left = og - row0
+        for i in range(thread_rows):
+            for j in range(thread_cols):
+                acc[i, j] = float32(0.0)
+        load_weights(wt, w_base, og, rows_left, k_lo, k_hi, t, a_reg)
+        load_inputs(x, taps, k_total, k_lo, k_hi, t, column_ok, column_base, iy0, ix0, height, width, b_reg)
+        store_step(a_s, b_s, 0, t, a_reg, b_reg)
+        cuda.syncthreads()
+        buffer = 0
+        k0 = k_lo
+        while k0 < k_hi:
+            more = k0 + BK < k_hi
+            if more:  # the next step's loads, in flight while this one computes
+                load_weights(wt, w_base, og, rows_left, k0 + BK, k_hi, t, a_reg)
+                load_inputs(x, taps, k_total, k0 + BK, k_hi, t, column_ok, column_base, iy0, ix0, height, width,
+                            b_reg)
+            a_base = uint64(buffer * a_size + ty * vector_rows)
+            b_base = uint64(buffer * b_size + tx * vector_cols)
+            k_step(a_s, b_s, a_base, b_base, 0, acc, a_frag, b_frag)
+            k_step(a_s, b_s, a_base, b_base, 1, acc, a_frag, b_frag)
+            k_step(a_s, b_s, a_base, b_base, 2, acc, a_frag, b_frag)
+            k_step(a_s, b_s, a_base, b_base, 3, acc, a_frag, b_frag)
+            k_step(a_s, b_s, a_base, b_base, 4, acc, a_frag, b_frag)
+            k_step(a_s, b_s, a_base, b_base, 5, acc, a_frag, b_frag)
+            k_step(a_s, b_s, a_base, b_base, 6, acc, a_frag, b_frag)
+            k_step(a_s, b_s, a_base, b_base, 7, acc, a_frag, b_frag)
+            if more:
+                store_step(a_s, b_s, 1 - buffer, t, a_reg, b_reg)
+            cuda.syncthreads()
+            buffer = 1 - buffer
+            k0 += BK
+        epilogue(acc, bias, res, out, dims, group, split, row0, col0, ty, tx)
+
+    return kernel
+
+
+@cuda.jit
+def reduce_splits(work, splits, bias, res, residual, relu, out_channels, positions, out):
+    """out = the sum of the splits' partial sums + bias (+ residual), ReLU'd: one thread
+    per output element of the flat NCHW output."""
+    i = cuda.grid(1)
+    total = out.size
+    if i < total:
+        value = bias[(i // positions) % out_channels]
+        for s in range(splits):
+            value += work[s * total + i]
+        if residual:
+            value += res[i]
+        if relu and value < 0:
+            value = float32(0.0)
+        out[i] = value

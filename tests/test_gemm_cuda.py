@@ -1,0 +1,113 @@
+"""The CUDA implicit GEMM (graphconv/ops/gemm_cuda.py): every tile shape and K split
+against the numpy conv reference, and the launch planner's arithmetic.
+
+The kernels run on numba's simulator here (conftest), every CUDA thread in Python, so
+the layers are small; `GRAPHCONV_TEST_GPU=1` runs the same cases on a GPU. The planner
+is forced to each tile by replacing `plan_launch` where the conv layer looks it up."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from graphconv.backends import get_backend
+from graphconv.ops import get_op
+from graphconv.ops.conv import cuda as conv_cuda
+from graphconv.ops.gemm_cuda import BK, SMALLEST_SPLIT, TILES, Tile, launch_for, plan_launch
+from graphconv.params import normalize_params
+from conftest import random_input
+
+CUDA = get_backend("cuda")
+needs_cuda = pytest.mark.skipif(CUDA.status() is not None, reason=f"CUDA unusable: {CUDA.status()}")
+
+# (conv params, input shape (N, C, H, W), residual): edges in every dimension of the
+# product: rows and positions not multiples of any tile, K not a multiple of BK, padding,
+# stride, dilation, groups, two images.
+LAYERS = {
+    "padded-strided": (dict(out_channels=5, kernel_size=3, stride=2, padding=1, activation="relu"),
+                       (2, 3, 7, 6), False),
+    "grouped-dilated-residual": (dict(out_channels=6, kernel_size=[2, 3], dilation=[2, 1], groups=2,
+                                      padding=[1, 0], activation="relu"), (1, 4, 6, 7), True),
+}
+
+
+def conv_case(name: str, rng):
+    raw, in_shape, residual = LAYERS[name]
+    opdef = get_op("conv")
+    params = normalize_params(opdef, raw)
+    weights = opdef.seeded_weights(params, [in_shape[1:]], rng)
+    out_shape = (in_shape[0], *opdef.shape(params, [in_shape[1:]]))
+    inputs = [random_input(rng, in_shape)] + ([random_input(rng, out_shape)] if residual else [])
+    return opdef, params, weights, inputs, out_shape
+
+
+def run_with(monkeypatch, tile: Tile, splits: int, opdef, params, weights, inputs, out_shape):
+    """The layer's output on the CUDA backend with the planner's choice replaced."""
+    monkeypatch.setattr(conv_cuda, "plan_launch",
+                        lambda rows, positions, k_total, groups, processors:
+                        launch_for(tile, splits, rows, positions, k_total, groups))
+    layer = opdef.bind("cuda", params, CUDA.prepare_weights(opdef, params, weights))
+    out = CUDA.to_device(np.full(out_shape, np.nan, np.float32))
+    layer([CUDA.to_device(x) for x in inputs], out)
+    return CUDA.to_host(out)
+
+
+@needs_cuda
+@pytest.mark.parametrize("tile", TILES, ids=lambda t: f"{t.rows}x{t.cols}")
+def test_every_tile_matches_the_reference(tile, monkeypatch, rng):
+    opdef, params, weights, inputs, out_shape = conv_case("padded-strided", rng)
+    got = run_with(monkeypatch, tile, 1, opdef, params, weights, inputs, out_shape)
+    np.testing.assert_allclose(got, opdef.reference(params, weights, inputs), rtol=1e-4, atol=1e-5)
+
+
+@needs_cuda
+@pytest.mark.parametrize("splits", [1, 2, 3])
+def test_k_splits_add_up_with_the_epilogue(splits, monkeypatch, rng):
+    """Partial sums over K chunks (the last one short) are added with bias, residual and
+    ReLU by the reduction pass, on a grouped, dilated, padded layer."""
+    opdef, params, weights, inputs, out_shape = conv_case("grouped-dilated-residual", rng)
+    got = run_with(monkeypatch, Tile(64, 64, 4, 4), splits, opdef, params, weights, inputs, out_shape)
+    np.testing.assert_allclose(got, opdef.reference(params, weights, inputs), rtol=1e-4, atol=1e-5)
+
+
+@needs_cuda
+def test_a_bound_layer_plans_each_input_size(rng):
+    """The bound layer keeps one launch per input size and gets each size right."""
+    opdef, params, weights, _, _ = conv_case("padded-strided", rng)
+    layer = opdef.bind("cuda", params, CUDA.prepare_weights(opdef, params, weights))
+    for in_shape in [(1, 3, 7, 6), (1, 3, 9, 5), (1, 3, 7, 6)]:
+        x = random_input(rng, in_shape)
+        out = CUDA.to_device(np.zeros((1, *opdef.shape(params, [in_shape[1:]])), np.float32))
+        layer([CUDA.to_device(x)], out)
+        np.testing.assert_allclose(CUDA.to_host(out), opdef.reference(params, weights, [x]), rtol=1e-4, atol=1e-5)
+    assert len(layer._launches) == 2
+
+
+def test_every_tile_is_one_the_kernel_is_written_for():
+    for tile in TILES:
+        tile.check()
+    with pytest.raises(ValueError):
+        Tile(64, 64, 3, 4).check()
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.integers(1, 5000), positions=st.integers(1, 20000), k_total=st.integers(1, 30000),
+       groups=st.sampled_from([1, 2, 32]), processors=st.sampled_from([1, 16, 132]))
+def test_the_plan_covers_the_whole_product(rows, positions, k_total, groups, processors):
+    launch = plan_launch(rows, positions, k_total, groups, processors)
+    assert launch.tile in TILES
+    assert launch.grid[0] * launch.tile.cols >= positions > (launch.grid[0] - 1) * launch.tile.cols
+    assert launch.grid[1] * launch.tile.rows >= rows > (launch.grid[1] - 1) * launch.tile.rows
+    assert launch.grid[2] == groups * launch.splits
+    assert launch.k_chunk % BK == 0
+    assert (launch.splits - 1) * launch.k_chunk < k_total <= launch.splits * launch.k_chunk
+    assert launch.splits == 1 or math.ceil(k_total / launch.splits) >= SMALLEST_SPLIT // 2
+
+
+def test_the_plan_tiles_big_convs_and_splits_fc_layers():
+    """VGG-16's conv3_1 at 384 fills the GPU with the largest tile; fc6 of a classifier
+    (one position, K = 25088) is split along K to give the SMs work."""
+    big = plan_launch(256, 96 * 96, 128 * 9, 1, 132)
+    assert big.tile == TILES[0] and big.splits == 1
+    fc6 = plan_launch(4096, 1, 25088, 1, 132)
+    assert fc6.tile.cols <= 4 and fc6.splits > 1
