@@ -31,14 +31,26 @@ code (measured: a segfault in the stream conv, in every later process, until the
 was cleared). graphconv's kernels name each data file after its key instead, and write
 it before the index names it, so an index entry only ever names its own code; a lost
 index update is a recompile, not a crash.
+
+And numba's cache forgets, for a kernel compiled against a helper it loaded from the
+cache, that the helper runs parallel loops (numba issues 8578 and 4807; its PR 9950 is
+not merged): a kernel records the setup its parallel loops need (starting numba's
+thread pool) from the helpers it compiled itself only. Compiled while another process
+had cached the helper (pytest's workers; a first run of one network after another),
+such a kernel loaded by a later process before any other parallel kernel ran jumps
+into a thread pool that was never started: a segfault (measured: the stream conv,
+alone in a fresh process, after `pytest -n 2 tests/test_ops.py` on an empty cache).
+So every graphconv kernel loaded from the cache starts numba's thread pool first, as
+numba does for one whose parallel loops it compiled itself.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import pickle
-import sys
 from pathlib import Path
+
+import numba
 
 SOURCE_ROOT = Path(__file__).resolve().parent
 KERNEL_SOURCES = ("ops", "errors.py")  # under SOURCE_ROOT: what compiled kernels are made of
@@ -84,7 +96,7 @@ def install_kernel_cache() -> bool:
     locator = _graphconv_locator(caching.UserProvidedCacheLocator)
     if not any(getattr(cls, "graphconv", False) for cls in locators):
         locators.insert(0, locator)
-    return _tolerate_damaged_files(caching)
+    return _patch_cache_files(caching)
 
 
 def _graphconv_locator(base: type) -> type:
@@ -115,10 +127,11 @@ DAMAGE = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeErro
           ImportError, MemoryError)  # what unpickling random or truncated bytes raises
 
 
-def _tolerate_damaged_files(caching) -> bool:
-    """Patch numba's cache reader so a damaged index or data file under graphconv's
-    cache root is a cache miss (deleted, then recompiled and rewritten) instead of an
-    error on every run; files elsewhere behave exactly as before."""
+def _patch_cache_files(caching) -> bool:
+    """Patch numba's cache files under graphconv's cache root (files elsewhere behave
+    exactly as before): a damaged index or data file is a cache miss (deleted, then
+    recompiled and rewritten) instead of an error on every run; data files are named by
+    their key; and a kernel loaded starts numba's thread pool first (module docstring)."""
     reader = getattr(caching, "IndexDataCacheFile", None)
     if reader is None:
         return False
@@ -143,12 +156,15 @@ def _tolerate_damaged_files(caching) -> bool:
 
     def _load_data(self, name):
         try:
-            return load_data(self, name)
+            data = load_data(self, name)
         except DAMAGE as err:  # numba's `load` treats an OSError here as a miss
             if not ours(self):
                 raise
             _remove(self._data_path(name))
             raise OSError(f"damaged kernel cache file removed: {err}") from None
+        if ours(self):
+            numba.get_num_threads()  # starts the thread pool, as numba's `_reload_parfors` would
+        return data
 
     def save_by_key(self, key, data):
         if not ours(self):

@@ -138,3 +138,54 @@ def test_processes_saving_different_signatures_at_once_never_mix_them_up(tmp_pat
     assert index, "the index names what was saved"
     for key in index:
         assert first.load(key) == f"code for {key[0][-1]}"
+
+
+PARALLEL_HELPER = '''
+import numpy as np
+from numba import njit, prange
+
+
+@njit(parallel=True, cache=True)
+def helper(a):
+    for i in prange(a.size):
+        a[i] += 1.0
+
+
+@njit(cache=True)
+def kernel(a):
+    helper(a)
+    return a.sum()
+'''
+
+RUN_KERNEL = '''
+import os, sys
+from pathlib import Path
+from graphconv import kernel_cache
+kernel_cache.cache_root = lambda: Path(os.environ["NUMBA_CACHE_DIR"])  # these files count as graphconv's
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+import parallel_helper
+print(parallel_helper.kernel(np.zeros(1000)))
+'''
+
+
+def test_a_kernel_compiled_against_a_cached_parallel_helper_loads_in_a_fresh_process(tmp_path):
+    """numba (issues 8578, 4807) caches a kernel compiled against a helper it loaded from
+    the cache without the helper's need for a started thread pool; loaded first in a
+    later process it segfaulted. Replayed: one process caches both, the kernel's entry
+    is dropped, a second process compiles the kernel against the cached helper, and a
+    third loads that kernel before anything else."""
+    (tmp_path / "parallel_helper.py").write_text(PARALLEL_HELPER)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+
+    def run():
+        out = subprocess.run([sys.executable, "-c", RUN_KERNEL, str(tmp_path)], env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, f"exit status {out.returncode}: {out.stderr[-2000:]}"
+        assert float(out.stdout) == 1000.0
+
+    run()
+    for path in (tmp_path / "cache").rglob("parallel_helper.kernel-*"):
+        path.unlink()
+    run()
+    run()
