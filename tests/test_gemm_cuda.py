@@ -105,9 +105,9 @@ def test_the_plan_covers_the_whole_product(rows, positions, k_total, groups, pro
 
 
 def test_the_plan_tiles_big_convs_and_splits_fc_layers():
-    """VGG-16's conv3_1 at 384 fills the GPU with the largest tile; fc6 of a classifier
-    (one position, K = 25088) is split along K to give the SMs work."""
-    big = plan_launch(256, 96 * 96, 128 * 9, 1, 132)
+    """VGG-16's conv3_1 at 1024 fills the GPU many times over with the largest tile; fc6
+    of a classifier (one position, K = 25088) is split along K to give the SMs work."""
+    big = plan_launch(256, 256 * 256, 128 * 9, 1, 132)
     assert big.tile == TILES[0] and big.splits == 1
     fc6 = plan_launch(4096, 1, 25088, 1, 132)
     assert fc6.tile.cols <= 4 and fc6.splits > 1

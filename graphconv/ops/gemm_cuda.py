@@ -76,8 +76,20 @@ class Tile:
 TILES = (Tile(128, 128, 8, 8), Tile(128, 64, 8, 4), Tile(64, 128, 4, 8), Tile(64, 64, 4, 4),
          Tile(128, 32, 8, 4), Tile(128, 16, 4, 4), Tile(256, 4, 4, 1))
 # How fast each tile computes relative to the largest, per useful FMA, before waves and
-# padding: a guess from FMAs per shared load, to be measured on a GPU (issue 21).
-_TILE_EFFICIENCY = dict(zip(TILES, (1.0, 0.85, 0.85, 0.6, 0.6, 0.45, 0.3)))
+# padding: a guess from the FMA share of each main loop (docs/gpu.md), to be replaced by
+# `benchmarks/gpu_tiles.py`'s measurements on a GPU (issue 21).
+_TILE_EFFICIENCY = dict(zip(TILES, (1.0, 0.85, 0.8, 0.7, 0.7, 0.5, 0.3)))
+# Blocks of each tile an SM holds at once, from ptxas's registers a thread for sm_90
+# (benchmarks/cuda_sass.py: 179, 163, 141, 103, 183, 167, 166; allocated in 8s, 65536 an
+# SM). Launch bounds asking two 256-thread blocks of the large tiles (128 registers) made
+# them spill 32-236 bytes a thread, so there are none.
+_RESIDENT_BLOCKS = dict(zip(TILES, (1, 1, 1, 2, 2, 3, 1)))
+# What moving a float costs, in FMAs of the whole GPU: an H100 does about 33 T FMAs and
+# moves about 0.9 T floats a second from DRAM, a few times that from L2. A block's loads
+# (its weights and gathered inputs) are mostly L2 hits; each partial sum of a split K
+# is written to DRAM and read back. Guesses, like the efficiencies.
+LOAD_FLOAT_FMAS = 10
+WORKSPACE_FLOAT_FMAS = 2 * 40
 SMALLEST_SPLIT = 256  # k per split: below it the workspace traffic outweighs the parallelism
 
 
@@ -100,12 +112,16 @@ class Launch:
 def plan_launch(rows: int, positions: int, k_total: int, groups: int, processors: int) -> Launch:
     """The tile and K split with the least estimated time for a (rows x k_total) by
     (k_total x positions) product per group on a GPU with `processors` SMs: padded work
-    over the tile's efficiency, counted in waves of two blocks per SM, plus the pass over
-    the workspace when K is split."""
+    over the tile's efficiency, counted in waves of the blocks the SMs hold at once;
+    plus the blocks' loads and the pass over the workspace when K is split, spread over
+    the SMs."""
     def cost(launch: Launch) -> float:
-        waves = math.ceil(math.prod(launch.grid) / (2 * processors))
-        work = waves * launch.tile.rows * launch.tile.cols * launch.k_chunk / _TILE_EFFICIENCY[launch.tile]
-        return work + (launch.splits > 1) * launch.splits * rows * positions * groups
+        tile, resident, blocks = launch.tile, _RESIDENT_BLOCKS[launch.tile], math.prod(launch.grid)
+        waves = math.ceil(blocks / (resident * processors))  # the blocks an SM holds share it
+        work = waves * resident * tile.rows * tile.cols * launch.k_chunk / _TILE_EFFICIENCY[tile]
+        loads = blocks * (tile.rows + tile.cols) * launch.k_chunk * LOAD_FLOAT_FMAS
+        workspace = (launch.splits > 1) * launch.splits * rows * positions * groups * WORKSPACE_FLOAT_FMAS
+        return work + (loads + workspace) / processors
 
     candidates = (launch_for(tile, splits, rows, positions, k_total, groups)
                   for tile in TILES for splits in _split_choices(k_total))

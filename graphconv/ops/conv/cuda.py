@@ -8,7 +8,7 @@ grid, K split, geometry array, workspace) once and reuses it on every later run.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from numba import config, cuda
@@ -47,9 +47,13 @@ class GemmLayer:
     launch per input shape, planned on first sight of that shape."""
 
     def __init__(self, weight_t, taps, bias, groups: int = 1, stride: tuple[int, int] = (1, 1),
-                 padding: tuple[int, int] = (0, 0), relu: bool = False):
+                 padding: tuple[int, int] = (0, 0), relu: bool = False,
+                 planner: Callable[[int, int, int, int, int], Launch] | None = None):
+        """`planner(rows, positions, k_total, groups, processors)` picks each input
+        shape's launch: `plan_launch` unless given (a benchmark forcing one tile)."""
         self.weight_t, self.taps, self.bias = weight_t, taps, bias
         self.groups, self.stride, self.padding, self.relu = groups, stride, padding, relu
+        self.planner = planner
         self.rows = weight_t.shape[2]
         self.k_total = weight_t.shape[1]
         self._launches: dict[tuple, tuple[Launch, Any, Any]] = {}
@@ -78,7 +82,7 @@ class GemmLayer:
         n, channels, height, width = in_shape
         _, out_c, ho, wo = out_shape
         positions = n * ho * wo
-        launch = plan_launch(self.rows, positions, self.k_total, self.groups, processors())
+        launch = (self.planner or plan_launch)(self.rows, positions, self.k_total, self.groups, processors())
         values = dict(channels=channels, height=height, width=width, out_height=ho, out_width=wo,
                       stride_y=self.stride[0], stride_x=self.stride[1], pad_y=self.padding[0],
                       pad_x=self.padding[1], rows=self.rows, groups=self.groups,

@@ -1,0 +1,118 @@
+"""What the CUDA GEMM kernels compile to, without a GPU: per tile shape, ptxas's registers
+and spills for a target architecture, and the instruction mix of the main loop (FFMAs
+against everything else) read from the SASS.
+
+    pip install 'numba-cuda[cu13]' nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm  # NVVM, nvJitLink, tools
+    python benchmarks/cuda_sass.py [--arch sm_90] [--sass-dir DIR]
+
+The kernels are compiled to PTX by numba-cuda (which asks a device for its compute
+capability: here it is told the target's instead), linked to a cubin by nvJitLink
+(whose log is ptxas's), and disassembled by cuobjdump. The main loop is the code
+between the kernel's two shared-memory barriers: the staging of the next step's loads
+and the 8 k-steps of the current one. A session without a GPU can still see whether a
+change to `graphconv/ops/gemm_cuda.py` spills, keeps its LDS.128 loads and what share
+of the loop's instructions are FMAs (issue 21).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+SIGNATURE = "void(float32[::1], float32[::1], int32[::1], float32[::1], float32[::1], float32[::1], int64[::1])"
+INSTRUCTION = re.compile(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)", re.M)
+
+
+def link(ptx: str, arch: str) -> tuple[bytes, str]:
+    """(cubin, ptxas's verbose log) for `ptx` through nvJitLink."""
+    from cuda.bindings import nvjitlink
+    handle = nvjitlink.create(3, [f"-arch={arch}", "-verbose", "-O3"])
+    try:
+        data = ptx.encode()
+        nvjitlink.add_data(handle, nvjitlink.InputType.PTX, data, len(data), "kernel")
+        nvjitlink.complete(handle)
+        cubin = bytearray(nvjitlink.get_linked_cubin_size(handle))
+        nvjitlink.get_linked_cubin(handle, cubin)
+        log = bytearray(nvjitlink.get_info_log_size(handle))
+        nvjitlink.get_info_log(handle, log)
+        return bytes(cubin), log.decode(errors="replace")
+    finally:
+        nvjitlink.destroy(handle)
+
+
+def cuda_tool(name: str) -> str:
+    """The path of a CUDA binary tool: on PATH, or from its nvidia-cuda-<name> wheel
+    (whose files are not marked executable)."""
+    tool = shutil.which(name)
+    if tool is None:
+        import nvidia
+        found = sorted(Path(next(iter(nvidia.__path__))).rglob(name))
+        if not found:
+            raise SystemExit(f"no {name}: pip install nvidia-cuda-{name}")
+        tool = str(found[0])
+        Path(tool).chmod(0o755)
+    return tool
+
+
+def sass(cubin: bytes) -> str:
+    """cuobjdump's disassembly of `cubin` (it runs nvdisasm)."""
+    env = {**os.environ, "NVDISASM_PATH": str(Path(cuda_tool("nvdisasm")).parent)}
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        result = subprocess.run([cuda_tool("cuobjdump"), "-sass", f.name], capture_output=True, text=True, env=env)
+        if result.returncode:
+            raise SystemExit(f"cuobjdump failed: {result.stderr.strip()}")
+        return result.stdout
+
+
+def main_loop_mix(text: str) -> collections.Counter:
+    """Instruction counts between the kernel's first two barriers (its main loop)."""
+    ops = INSTRUCTION.findall(text)
+    barriers = [i for i, op in enumerate(ops) if op.startswith("BAR")]
+    return collections.Counter(ops[barriers[0]:barriers[1] + 1]) if len(barriers) >= 2 else collections.Counter()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="sm_90", help="target architecture (sm_90: H100, H200)")
+    parser.add_argument("--sass-dir", help="also save each tile's SASS here")
+    args = parser.parse_args()
+    capability = (int(args.arch[3:-1]), int(args.arch[-1]))
+    import numba.cuda.dispatcher as dispatcher
+    from numba import cuda
+
+    class Target:  # numba-cuda compiles device functions for the current device's capability
+        compute_capability = capability
+
+    dispatcher.get_current_device = lambda: Target()
+    from graphconv.ops.gemm_cuda import TILES, gemm_kernel
+
+    print("| tile | threads | registers | spill bytes | main loop: FFMA | LDS.128 | other | FFMA share |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for tile in TILES:
+        ptx, _ = cuda.compile_ptx(gemm_kernel(tile).py_func, SIGNATURE, cc=capability)
+        cubin, log = link(ptx, args.arch)
+        registers = re.search(r"Used (\d+) registers", log).group(1)
+        spills = re.search(r"(\d+) bytes spill stores", log).group(1)
+        text = sass(cubin)
+        if args.sass_dir:
+            Path(args.sass_dir).mkdir(parents=True, exist_ok=True)
+            (Path(args.sass_dir) / f"gemm_{tile.rows}x{tile.cols}.sass").write_text(text)
+        mix = main_loop_mix(text)
+        total = sum(mix.values())
+        print(f"| {tile.rows}x{tile.cols} ({tile.thread_rows}x{tile.thread_cols} a thread) | {tile.threads} | "
+              f"{registers} | {spills} | {mix['FFMA']} | {mix['LDS.128']} | {total - mix['FFMA'] - mix['LDS.128']} | "
+              f"{mix['FFMA'] / max(total, 1):.0%} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
