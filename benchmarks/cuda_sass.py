@@ -7,8 +7,8 @@ against everything else) read from the SASS.
 
 The kernels are compiled to PTX by numba-cuda (which asks a device for its compute
 capability: here it is told the target's instead), linked to a cubin by nvJitLink
-(whose log is ptxas's), and disassembled by cuobjdump. The main loop is the code
-between the kernel's two shared-memory barriers: the staging of the next step's loads
+(whose log is ptxas's), and disassembled by cuobjdump. The main loop is the body
+of the backward branch holding the most FFMAs: the staging of the next step's loads
 and the 8 k-steps of the current one. A session without a GPU can still see whether a
 change to `graphconv/ops/gemm_cuda.py` spills, keeps its LDS.128 loads and what share
 of the loop's instructions are FMAs (issue 21).
@@ -28,7 +28,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SIGNATURE = "void(float32[::1], float32[::1], int32[::1], float32[::1], float32[::1], float32[::1], int64[::1])"
-INSTRUCTION = re.compile(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)", re.M)
+LISTING = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?);", re.M)  # (address, instruction) of cuobjdump -sass
+INSTRUCTION = re.compile(r"(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)")
+BRANCH = re.compile(r"\bBRA\s+(?:`\()?(?:0x)?([0-9a-f]+)")
 
 
 def link(ptx: str, arch: str) -> tuple[bytes, str]:
@@ -75,10 +77,19 @@ def sass(cubin: bytes) -> str:
 
 
 def main_loop_mix(text: str) -> collections.Counter:
-    """Instruction counts between the kernel's first two barriers (its main loop)."""
-    ops = INSTRUCTION.findall(text)
-    barriers = [i for i, op in enumerate(ops) if op.startswith("BAR")]
-    return collections.Counter(ops[barriers[0]:barriers[1] + 1]) if len(barriers) >= 2 else collections.Counter()
+    """Instruction counts of the kernel's main loop: the body of the backward branch
+    whose body holds the most FFMAs (the k loop; its 8 k-steps are unrolled inside)."""
+    listing = [(int(address, 16), op) for address, op in LISTING.findall(text)]
+    index = {address: i for i, (address, _) in enumerate(listing)}
+    best = collections.Counter()
+    for i, (address, op) in enumerate(listing):
+        target = BRANCH.search(op)
+        if target and int(target.group(1), 16) < address and int(target.group(1), 16) in index:
+            ops = (INSTRUCTION.match(o) for _, o in listing[index[int(target.group(1), 16)]:i + 1])
+            body = collections.Counter(match.group(1) for match in ops if match)
+            if body["FFMA"] > best["FFMA"]:
+                best = body
+    return best
 
 
 def main() -> None:

@@ -94,9 +94,9 @@ def main() -> None:
             best = None
             for splits in (planned.splits,) if tile is planned.tile else (1, 2, 4, 8, 16):
                 launch = launch_for(tile, splits, rows, positions, k_total, groups)
-                layer = conv_cuda.GemmLayer(prepared["weight_t"], prepared["taps"], prepared["bias"], groups,
+                layer = conv_cuda.GemmLayer(prepared["weight_t"], prepared["bias"], (kh, kw), groups,
                                             pair(params["stride"]), pair(params["padding"]),
-                                            planner=lambda *_, launch=launch: launch)
+                                            pair(params["dilation"]), planner=lambda *_, launch=launch: launch)
                 ms = event_ms(lambda: layer([xd], outd), args.repeats, cuda)
                 best = ms if best is None or ms < best else best
             cells.append(f"{best:.3f} ({gflop / best / sgemm:.0%})")

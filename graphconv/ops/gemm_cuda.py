@@ -14,8 +14,9 @@ thread_rows * thread_cols FMAs: for the 8x8 thread tile 64 FMAs for 4 loads, whi
 what keeps an SGEMM on the FMA units rather than on shared memory.
 
 The weights are stored transposed, (groups, K, O/groups), so a block's weight loads are
-consecutive in o and coalesce; `taps` tells the gather where k reads from: its channel,
-and the tap's row and column offset from the window's corner.
+consecutive in o and coalesce; `taps` tells the gather where k reads from, relative to
+the window's corner: its offset in the flat input, and the tap's row and column (for
+the padding check).
 
 A layer with few blocks (an fc made a conv has a few positions and a huge K) splits K
 over `splits` blocks per tile; each writes its partial sums to a workspace and
@@ -32,6 +33,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
 from numba import config, cuda, float32, uint64
 
 BK = 8  # k per shared-memory step: `gemm_kernel` writes its eight steps out
@@ -62,10 +64,13 @@ class Tile:
         return (self.rows // self.thread_rows) * (self.cols // self.thread_cols)
 
     def check(self) -> None:
-        """The shapes `_gemm_kernel` is written for: fragments of up to 4 consecutive
-        floats, and every thread's B loads in one column (threads a multiple of cols)."""
+        """The shapes `gemm_kernel` is written for: sizes that are powers of 2, fragments
+        of up to 4 consecutive floats, and every thread's B loads in one column (threads a
+        multiple of cols)."""
         for size, per_thread in ((self.rows, self.thread_rows), (self.cols, self.thread_cols)):
             vector = min(VECTOR, per_thread)
+            if size & (size - 1) or per_thread & (per_thread - 1):
+                raise ValueError(f"{self}: sizes must be powers of 2")
             if per_thread % vector or size % per_thread:
                 raise ValueError(f"{self}: a thread's {per_thread} of {size} are not whole fragments")
         if self.threads % self.cols or self.threads > 1024:
@@ -80,10 +85,10 @@ TILES = (Tile(128, 128, 8, 8), Tile(128, 64, 8, 4), Tile(64, 128, 4, 8), Tile(64
 # `benchmarks/gpu_tiles.py`'s measurements on a GPU (issue 21).
 _TILE_EFFICIENCY = dict(zip(TILES, (1.0, 0.85, 0.8, 0.7, 0.7, 0.5, 0.3)))
 # Blocks of each tile an SM holds at once, from ptxas's registers a thread for sm_90
-# (benchmarks/cuda_sass.py: 179, 163, 141, 103, 183, 167, 166; allocated in 8s, 65536 an
+# (benchmarks/cuda_sass.py: 167, 145, 128, 85, 167, 140, 137; allocated in 8s, 65536 an
 # SM). Launch bounds asking two 256-thread blocks of the large tiles (128 registers) made
 # them spill 32-236 bytes a thread, so there are none.
-_RESIDENT_BLOCKS = dict(zip(TILES, (1, 1, 1, 2, 2, 3, 1)))
+_RESIDENT_BLOCKS = dict(zip(TILES, (1, 1, 2, 2, 3, 3, 1)))
 # What moving a float costs, in FMAs of the whole GPU: an H100 does about 33 T FMAs and
 # moves about 0.9 T floats a second from DRAM, a few times that from L2. A block's loads
 # (its weights and gathered inputs) are mostly L2 hits; each partial sum of a split K
@@ -144,13 +149,23 @@ def _split_choices(k_total: int) -> list[int]:
     return choices
 
 
+def window_taps(group_channels: int, kernel: tuple[int, int], dilation: tuple[int, int],
+                height: int, width: int) -> np.ndarray:
+    """For each k = (channel, tap row, tap column) of a window over a height x width
+    input, in the weights' order: its offset from the window's corner in the flat input,
+    then the tap's row and column offsets, as one flat int32 array of three rows."""
+    c, r, s = np.meshgrid(np.arange(group_channels), np.arange(kernel[0]) * dilation[0],
+                          np.arange(kernel[1]) * dilation[1], indexing="ij")
+    offsets = (c * height + r) * width + s
+    return np.concatenate([offsets.ravel(), r.ravel(), s.ravel()]).astype(np.int32)
+
+
 @lru_cache(maxsize=None)
 def gemm_kernel(tile: Tile):
     """The implicit-GEMM kernel for `tile`, compiled on its first launch:
     kernel[launch.grid, tile.threads](x, wt, taps, bias, res, out, dims), with x the
-    flat NCHW input, wt the flat (groups, K, rows) weights, taps the flat (3, K) table
-    of each k's channel, tap row and tap column offset, and dims the int64 geometry
-    (`DIMS`). `out` is the flat NCHW output, or the (splits, ...) workspace when
+    flat NCHW input, wt the flat (groups, K, rows) weights, taps the flat int32 (3, K)
+    table of where each k reads (`window_taps`), and dims the int64 geometry (`DIMS`). `out` is the flat NCHW output, or the (splits, ...) workspace when
     its PARTIAL entry is set, where the sums are written without the epilogue."""
     tile.check()
     rows, cols, thread_rows, thread_cols = tile.rows, tile.cols, tile.thread_rows, tile.thread_cols
@@ -162,45 +177,48 @@ def gemm_kernel(tile: Tile):
     a_size, b_size = BK * rows, BK * cols
     a_shared, b_shared = 2 * a_size, 2 * b_size  # two buffers each
     a_loads, b_loads = math.ceil(a_size / threads), math.ceil(b_size / threads)
+    a_whole, b_whole = a_size % threads == 0, b_size % threads == 0  # every thread loads every round
     align = _SHARED_ALIGNMENT
+    # Shifts and masks for the divisions by powers of two: numba's floor division of a
+    # signed index costs a sign fix-up each time (`Tile.check` keeps the sizes powers of 2).
+    rows_shift, cols_shift, threads_x_shift = rows.bit_length() - 1, cols.bit_length() - 1, threads_x.bit_length() - 1
 
     @cuda.jit(device=True, inline=True)
-    def load_weights(wt, w_base, og, rows_left, k_lo, k_hi, t, a_reg):
-        """This thread's share of the step's BK x rows weights, into registers; zero
-        past the last row and the last k."""
+    def load_weights(wt, step_base, og, k_left, t, rows_left, a_reg):
+        """This thread's share of the step's BK x rows weights (`step_base`: where the
+        step's first k row of this block's columns starts) into registers; zero past
+        the last row and past the last k (`k_left` of them remain)."""
         for i in range(a_loads):
             e = t + threads * i
-            k = k_lo + e // rows
             value = float32(0.0)
-            if e < a_size and k < k_hi and e % rows < rows_left:
-                value = wt[uint64(w_base + k * og + e % rows)]
+            if (a_whole or e < a_size) and e >> rows_shift < k_left and e & (rows - 1) < rows_left:
+                value = wt[uint64(step_base + (e >> rows_shift) * og + (e & (rows - 1)))]
             a_reg[i] = value
 
     @cuda.jit(device=True, inline=True)
-    def load_inputs(x, taps, k_total, k_lo, k_hi, t, column_ok, column_base, iy0, ix0, height, width, b_reg):
+    def load_inputs(x, taps, k_total, k0, k_left, t, column_ok, column_base, iy0, ix0, height, width, b_reg):
         """This thread's share of the step's BK x cols input values (all in its column),
         gathered through the tap table; zero in the padding and past the last position."""
-        hw = height * width
         for i in range(b_loads):
             e = t + threads * i
-            k = k_lo + e // cols
             value = float32(0.0)
-            if e < b_size and k < k_hi and column_ok:
-                iy = iy0 + taps[uint64(k_total + k)]
-                ix = ix0 + taps[uint64(2 * k_total + k)]
+            if (b_whole or e < b_size) and e >> cols_shift < k_left and column_ok:
+                k = uint64(k0 + (e >> cols_shift))
+                iy = iy0 + taps[uint64(k_total) + k]
+                ix = ix0 + taps[uint64(2 * k_total) + k]
                 if 0 <= iy < height and 0 <= ix < width:
-                    value = x[uint64(column_base + taps[uint64(k)] * hw + iy * width + ix)]
+                    value = x[uint64(column_base + taps[k])]
             b_reg[i] = value
 
     @cuda.jit(device=True, inline=True)
     def store_step(a_s, b_s, buffer, t, a_reg, b_reg):
         for i in range(a_loads):
             e = t + threads * i
-            if e < a_size:
+            if a_whole or e < a_size:
                 a_s[uint64(buffer * a_size + e)] = a_reg[i]
         for i in range(b_loads):
             e = t + threads * i
-            if e < b_size:
+            if b_whole or e < b_size:
                 b_s[uint64(buffer * b_size + e)] = b_reg[i]
 
     @cuda.jit(device=True, inline=True)
@@ -258,8 +276,8 @@ def gemm_kernel(tile: Tile):
         a_frag = cuda.local.array(thread_rows, float32)
         b_frag = cuda.local.array(thread_cols, float32)
         t = cuda.threadIdx.x
-        ty = t // threads_x
-        tx = t % threads_x
+        ty = t >> threads_x_shift
+        tx = t & (threads_x - 1)
         og = dims[ROWS]
         k_total = dims[K_TOTAL]
         k_chunk = dims[K_CHUNK]
@@ -275,19 +293,21 @@ def gemm_kernel(tile: Tile):
         out_width = dims[OUT_WIDTH]
         positions = dims[OUT_HEIGHT] * out_width
         # The one output position this thread gathers input for, all along k.
-        q = col0 + t % cols
+        q = col0 + (t & (cols - 1))
         column_ok = q < dims[POSITIONS]
         p = q % positions
         iy0 = (p // out_width) * dims[STRIDE_Y] - dims[PAD_Y]
         ix0 = (p % out_width) * dims[STRIDE_X] - dims[PAD_X]
-        column_base = ((q // positions) * dims[CHANNELS] + group * dims[GROUP_CHANNELS]) * height * width
-        w_base = group * k_total * og + row0
+        # The window's corner in the flat input: a tap adds its offset from the table.
+        column_base = (((q // positions) * dims[CHANNELS] + group * dims[GROUP_CHANNELS]) * height + iy0) * width + ix0
+        w_base = (group * k_total + k_lo) * og + row0  # this block's weights at its first k
+        w_step = BK * og
         rows_left = og - row0
         for i in range(thread_rows):
             for j in range(thread_cols):
                 acc[i, j] = float32(0.0)
-        load_weights(wt, w_base, og, rows_left, k_lo, k_hi, t, a_reg)
-        load_inputs(x, taps, k_total, k_lo, k_hi, t, column_ok, column_base, iy0, ix0, height, width, b_reg)
+        load_weights(wt, w_base, og, k_hi - k_lo, t, rows_left, a_reg)
+        load_inputs(x, taps, k_total, k_lo, k_hi - k_lo, t, column_ok, column_base, iy0, ix0, height, width, b_reg)
         store_step(a_s, b_s, 0, t, a_reg, b_reg)
         cuda.syncthreads()
         buffer = 0
@@ -295,9 +315,10 @@ def gemm_kernel(tile: Tile):
         while k0 < k_hi:
             more = k0 + BK < k_hi
             if more:  # the next step's loads, in flight while this one computes
-                load_weights(wt, w_base, og, rows_left, k0 + BK, k_hi, t, a_reg)
-                load_inputs(x, taps, k_total, k0 + BK, k_hi, t, column_ok, column_base, iy0, ix0, height, width,
-                            b_reg)
+                w_base += w_step
+                load_weights(wt, w_base, og, k_hi - k0 - BK, t, rows_left, a_reg)
+                load_inputs(x, taps, k_total, k0 + BK, k_hi - k0 - BK, t, column_ok, column_base, iy0, ix0, height,
+                            width, b_reg)
             a_base = uint64(buffer * a_size + ty * vector_rows)
             b_base = uint64(buffer * b_size + tx * vector_cols)
             k_step(a_s, b_s, a_base, b_base, 0, acc, a_frag, b_frag)

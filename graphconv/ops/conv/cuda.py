@@ -2,9 +2,9 @@
 residual and ReLU in its epilogue (or in the pass that adds up split-K partial sums).
 
 `prepare_conv` stores the weights as the kernel reads them, once per network: transposed
-to (groups, K, O/groups), with the table of where each k reads the input from.
-`bind_conv` makes the layer's call, which works out each input shape's launch (tile,
-grid, K split, geometry array, workspace) once and reuses it on every later run.
+to (groups, K, O/groups). `bind_conv` makes the layer's call, which works out each input
+shape's launch (tile, grid, K split, the table of where each k reads the input, the
+geometry array, the workspace) once and reuses it on every later run.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 from numba import config, cuda
 
 from graphconv.ops.cuda_launch import grid_1d
-from graphconv.ops.gemm_cuda import DIMS, Launch, gemm_kernel, plan_launch, reduce_splits
+from graphconv.ops.gemm_cuda import DIMS, Launch, gemm_kernel, plan_launch, reduce_splits, window_taps
 from graphconv.ops.registry import pair
 
 
@@ -25,60 +25,50 @@ def transposed_weights(weight: np.ndarray, groups: int) -> np.ndarray:
     return np.ascontiguousarray(weight.reshape(groups, out_c // groups, -1).transpose(0, 2, 1), np.float32)
 
 
-def tap_table(group_channels: int, kh: int, kw: int, dilation: tuple[int, int]) -> np.ndarray:
-    """For each k = (channel, tap row, tap column) of a window, in the weights' order:
-    its channel, then its row and column offsets from the window's corner, as one flat
-    int32 array of three rows."""
-    c, r, s = np.meshgrid(np.arange(group_channels), np.arange(kh), np.arange(kw), indexing="ij")
-    return np.concatenate([c.ravel(), r.ravel() * dilation[0], s.ravel() * dilation[1]]).astype(np.int32)
-
-
 def prepare_conv(params: dict, weights: dict) -> dict:
     w = weights["weight"]
-    out_c, group_channels, kh, kw = w.shape
-    groups = params["groups"]
-    return {"weight_t": transposed_weights(w, groups),
-            "taps": tap_table(group_channels, kh, kw, pair(params["dilation"])),
-            "bias": weights["bias"] if "bias" in weights else np.zeros(out_c, np.float32)}
+    return {"weight_t": transposed_weights(w, params["groups"]),
+            "bias": weights["bias"] if "bias" in weights else np.zeros(w.shape[0], np.float32)}
 
 
 class GemmLayer:
     """A conv (or fc) layer bound to the GPU: its prepared weights and geometry, and one
     launch per input shape, planned on first sight of that shape."""
 
-    def __init__(self, weight_t, taps, bias, groups: int = 1, stride: tuple[int, int] = (1, 1),
-                 padding: tuple[int, int] = (0, 0), relu: bool = False,
+    def __init__(self, weight_t, bias, kernel: tuple[int, int] = (1, 1), groups: int = 1,
+                 stride: tuple[int, int] = (1, 1), padding: tuple[int, int] = (0, 0),
+                 dilation: tuple[int, int] = (1, 1), relu: bool = False,
                  planner: Callable[[int, int, int, int, int], Launch] | None = None):
         """`planner(rows, positions, k_total, groups, processors)` picks each input
         shape's launch: `plan_launch` unless given (a benchmark forcing one tile)."""
-        self.weight_t, self.taps, self.bias = weight_t, taps, bias
-        self.groups, self.stride, self.padding, self.relu = groups, stride, padding, relu
-        self.planner = planner
+        self.weight_t, self.bias = weight_t, bias
+        self.kernel, self.groups, self.stride, self.padding, self.dilation = kernel, groups, stride, padding, dilation
+        self.relu, self.planner = relu, planner
         self.rows = weight_t.shape[2]
         self.k_total = weight_t.shape[1]
-        self._launches: dict[tuple, tuple[Launch, Any, Any]] = {}
+        self._launches: dict[tuple, tuple[Launch, Any, Any, Any]] = {}
 
     def __call__(self, inputs: list, out) -> None:
         x = inputs[0]
         residual = inputs[1] if len(inputs) == 2 else None
-        launch, dims, work = self._launch(tuple(x.shape), tuple(out.shape), residual is not None)
+        launch, taps, dims, work = self._launch(tuple(x.shape), tuple(out.shape), residual is not None)
         flat_out = out.reshape(out.size)
         flat_res = flat_out if residual is None else residual.reshape(residual.size)  # unread without one
         target = flat_out if work is None else work
         gemm_kernel(launch.tile)[launch.grid, launch.tile.threads](
-            x.reshape(x.size), self.weight_t.reshape(self.weight_t.size), self.taps, self.bias, flat_res, target, dims)
+            x.reshape(x.size), self.weight_t.reshape(self.weight_t.size), taps, self.bias, flat_res, target, dims)
         if work is not None:
             blocks, threads = grid_1d(out.size)
             reduce_splits[blocks, threads](work, launch.splits, self.bias, flat_res, residual is not None, self.relu,
                                            out.shape[1], out.shape[2] * out.shape[3], flat_out)
 
-    def _launch(self, in_shape: tuple, out_shape: tuple, residual: bool) -> tuple[Launch, Any, Any]:
+    def _launch(self, in_shape: tuple, out_shape: tuple, residual: bool) -> tuple[Launch, Any, Any, Any]:
         key = (in_shape, out_shape, residual)
         if key not in self._launches:
             self._launches[key] = self._plan(in_shape, out_shape, residual)
         return self._launches[key]
 
-    def _plan(self, in_shape: tuple, out_shape: tuple, residual: bool) -> tuple[Launch, Any, Any]:
+    def _plan(self, in_shape: tuple, out_shape: tuple, residual: bool) -> tuple[Launch, Any, Any, Any]:
         n, channels, height, width = in_shape
         _, out_c, ho, wo = out_shape
         positions = n * ho * wo
@@ -89,8 +79,9 @@ class GemmLayer:
                       group_channels=channels // self.groups, k_total=self.k_total, k_chunk=launch.k_chunk,
                       relu=self.relu, residual=residual, positions=positions, partial=launch.splits > 1)
         dims = cuda.to_device(np.array([values[name] for name in DIMS], np.int64))
+        taps = cuda.to_device(window_taps(channels // self.groups, self.kernel, self.dilation, height, width))
         work = cuda.device_array(launch.splits * n * out_c * ho * wo, np.float32) if launch.splits > 1 else None
-        return launch, dims, work
+        return launch, taps, dims, work
 
 
 def processors() -> int:
@@ -113,8 +104,9 @@ def describe_conv(params: dict, in_shape: tuple[int, ...], channels_last: bool =
 
 def bind_conv(params: dict, weights: dict) -> GemmLayer:
     prepared = weights if "weight_t" in weights else on_device(prepare_conv(params, on_host(weights)))
-    return GemmLayer(prepared["weight_t"], prepared["taps"], prepared["bias"], params["groups"],
-                     pair(params["stride"]), pair(params["padding"]), params["activation"] == "relu")
+    return GemmLayer(prepared["weight_t"], prepared["bias"], pair(params["kernel_size"]), params["groups"],
+                     pair(params["stride"]), pair(params["padding"]), pair(params["dilation"]),
+                     params["activation"] == "relu")
 
 
 def run_conv(params: dict, weights: dict, inputs: list, out) -> None:

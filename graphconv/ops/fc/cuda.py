@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphconv.ops.conv.cuda import GemmLayer, on_device, on_host, processors, tap_table, transposed_weights
+from graphconv.ops.conv.cuda import GemmLayer, on_device, on_host, processors, transposed_weights
 from graphconv.ops.gemm_cuda import plan_launch
 
 
 def prepare_fc(params: dict, weights: dict) -> dict:
     w = weights["weight"]
-    return {"weight_t": transposed_weights(w, 1), "taps": tap_table(w.shape[1], 1, 1, (1, 1)),
+    return {"weight_t": transposed_weights(w, 1),
             "bias": weights["bias"] if "bias" in weights else np.zeros(w.shape[0], np.float32)}
 
 
@@ -22,7 +22,7 @@ def describe_fc(params: dict, in_shape: tuple[int, ...], channels_last: bool = F
 
 def bind_fc(params: dict, weights: dict):
     prepared = weights if "weight_t" in weights else on_device(prepare_fc(params, on_host(weights)))
-    layer = GemmLayer(prepared["weight_t"], prepared["taps"], prepared["bias"])
+    layer = GemmLayer(prepared["weight_t"], prepared["bias"])
 
     def call(inputs: list, out) -> None:
         x = inputs[0]
