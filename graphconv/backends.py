@@ -32,14 +32,19 @@ class Backend:
     # Whether the runtime stores the values the `channels-last` pass marks that way on this
     # device (its kernels for the ops that declare `channels_last` take them): the CPU's do.
     stores_channels_last: bool = False
+    # Whether a run's input and result are copies, made on the way in and out (a GPU's
+    # memory is not the host's): the Executor then keeps one input and one output array
+    # per plan instead of allocating them on every run.
+    copies_run_values: bool = False
 
     def status(self) -> str | None:
         """None when this device can run kernels here; otherwise why not, in a sentence."""
         raise NotImplementedError
 
-    def to_device(self, x: np.ndarray) -> Any:
+    def to_device(self, x: np.ndarray, into: Any = None) -> Any:
         """A float32, C-contiguous copy of a host array on this device (no copy when it
-        already is one and the device is the host)."""
+        already is one and the device is the host); written into `into` (one of this
+        device's arrays of x's shape) when given and the device is not the host."""
         raise NotImplementedError
 
     def to_host(self, x: Any, out: np.ndarray | None = None) -> np.ndarray:
@@ -89,7 +94,7 @@ class CpuBackend(Backend):
     def status(self) -> str | None:
         return None
 
-    def to_device(self, x: np.ndarray) -> np.ndarray:
+    def to_device(self, x: np.ndarray, into: Any = None) -> np.ndarray:
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def to_host(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -118,6 +123,7 @@ class CudaBackend(Backend):
     Activations stay on the device for a whole run: one copy in, one copy out."""
 
     name = "cuda"
+    copies_run_values = True
 
     @property
     def _cuda(self):
@@ -137,8 +143,12 @@ class CudaBackend(Backend):
         return ("no CUDA GPU was found (set NUMBA_ENABLE_CUDASIM=1 to run the CUDA kernels "
                 "on numba's simulator)")
 
-    def to_device(self, x: np.ndarray) -> Any:
-        return self._cuda.to_device(np.ascontiguousarray(x, dtype=np.float32))
+    def to_device(self, x: np.ndarray, into: Any = None) -> Any:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if into is None:
+            return self._cuda.to_device(x)
+        into.copy_to_device(x)
+        return into
 
     def to_host(self, x: Any, out: np.ndarray | None = None) -> np.ndarray:
         if out is None:

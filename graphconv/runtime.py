@@ -164,6 +164,7 @@ class Executor:
         self._plans: OrderedDict[tuple[int, int, int], Plan] = OrderedDict()
         self._buffers: list[Any] = []
         self._bound: dict[tuple[int, int, int], tuple[Any, dict[str, Any], list]] = {}  # see `_bound_calls`
+        self._run_values: dict[tuple[int, int, int], tuple[Any, Any]] = {}  # see `_input_and_output`
         self._lock = threading.RLock()  # run holds it while it asks plan
 
     @property
@@ -223,9 +224,7 @@ class Executor:
                 self._check_out(out, plan.output_shape)
             views, calls = self._bound_calls(key, plan)
             values = dict(views)
-            direct = out is not None and self.backend.can_write_into(out)
-            values[plan.output] = out if direct else self.backend.empty(plan.output_shape)
-            values[plan.input] = self.backend.to_device(x)
+            values[plan.input], values[plan.output] = self._input_and_output(key, plan, x, out)
             for step, call in zip(self.steps, calls):
                 start = time.perf_counter() if profile is not None else 0.0
                 if call is None:
@@ -237,6 +236,20 @@ class Executor:
                     profile[step.name] = profile.get(step.name, 0.0) + time.perf_counter() - start
             result = values[plan.output]
         return out if result is out else self.backend.to_host(result, out)
+
+    def _input_and_output(self, key: tuple[int, int, int], plan: Plan, x: np.ndarray, out: Any) -> tuple[Any, Any]:
+        """The run's input on the device and the array its last layer writes: `out`
+        itself where the kernels can write into it; else a new array the caller keeps
+        (the CPU's); or, where the backend copies a run's values in and out (the GPU),
+        one input and one output array kept per plan, so a run allocates nothing."""
+        direct = out is not None and self.backend.can_write_into(out)
+        if not self.backend.copies_run_values:
+            return self.backend.to_device(x), out if direct else self.backend.empty(plan.output_shape)
+        if key not in self._run_values:
+            self._run_values = {k: v for k, v in self._run_values.items() if k in self._plans}
+            self._run_values[key] = (self.backend.empty(x.shape), self.backend.empty(plan.output_shape))
+        staged_input, staged_output = self._run_values[key]
+        return self.backend.to_device(x, into=staged_input), out if direct else staged_output
 
     def _checked_input(self, x: np.ndarray) -> np.ndarray:
         """The input as contiguous float32, or a GraphconvError for arrays of the wrong rank

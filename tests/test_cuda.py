@@ -105,3 +105,29 @@ def test_cuda_maxpool_propagates_nan_like_the_cpu(rng):
     out = CUDA.to_device(np.zeros((1, *opdef.shape(params, [x.shape[1:]])), np.float32))
     CUDA.kernel(opdef)(params, {}, [CUDA.to_device(x)], out)
     np.testing.assert_array_equal(CUDA.to_host(out), opdef.reference(params, {}, [x]))
+
+
+TINY_FCN = """
+    name: tiny-fcn
+    input: {name: data, shape: [2, 6, 6]}
+    layers:
+      - {name: conv1, op: conv, out_channels: 3, kernel_size: 3, padding: 1, activation: relu}
+      - {name: conv2, op: conv, out_channels: 4, kernel_size: 2}
+      - {name: conv3, op: conv, out_channels: 2, kernel_size: 1}
+"""
+
+
+def test_runs_reuse_their_arrays_and_results_stay_the_callers(rng, write_spec):
+    """conv2 reads and writes only the Executor's buffers, so it runs as a call bound to
+    them once per plan (`bind_values`), and the input and output arrays on the device
+    are kept per plan too: each size, and a size seen before, is exact, and a result
+    handed back is the caller's, untouched by later runs."""
+    graph = graphconv.load(write_spec(TINY_FCN)).graph
+    executor = Executor(graph, "cuda")
+    results = []
+    for size in [(6, 7), (9, 5), (6, 7)]:
+        x = random_input(rng, (1, 2, *size))
+        results.append((executor.run(x), run_reference(graph, x)))
+    for got, want in results:
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert any(call is not None for _, _, calls in executor._bound.values() for call in calls)

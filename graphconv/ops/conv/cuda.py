@@ -8,6 +8,7 @@ geometry array, the workspace) once and reuses it on every later run.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -46,21 +47,34 @@ class GemmLayer:
         self.relu, self.planner = relu, planner
         self.rows = weight_t.shape[2]
         self.k_total = weight_t.shape[1]
+        self._flat_weights = weight_t.reshape(weight_t.size)
         self._launches: dict[tuple, tuple[Launch, Any, Any, Any]] = {}
 
     def __call__(self, inputs: list, out) -> None:
+        self.bind_values(inputs, out)()
+
+    def bind_values(self, inputs: list, out) -> Callable[[], None]:
+        """The layer's launches on these very arrays, with their configurations and
+        argument lists made once (the Executor keeps one per plan): a run then pays only
+        for numba-cuda's marshalling of the arguments."""
         x = inputs[0]
         residual = inputs[1] if len(inputs) == 2 else None
         launch, taps, dims, work = self._launch(tuple(x.shape), tuple(out.shape), residual is not None)
         flat_out = out.reshape(out.size)
         flat_res = flat_out if residual is None else residual.reshape(residual.size)  # unread without one
-        target = flat_out if work is None else work
-        gemm_kernel(launch.tile)[launch.grid, launch.tile.threads](
-            x.reshape(x.size), self.weight_t.reshape(self.weight_t.size), taps, self.bias, flat_res, target, dims)
-        if work is not None:
-            blocks, threads = grid_1d(out.size)
-            reduce_splits[blocks, threads](work, launch.splits, self.bias, flat_res, residual is not None, self.relu,
-                                           out.shape[1], out.shape[2] * out.shape[3], flat_out)
+        gemm = gemm_kernel(launch.tile)[launch.grid, launch.tile.threads]
+        gemm_args = (x.reshape(x.size), self._flat_weights, taps, self.bias, flat_res,
+                     flat_out if work is None else work, dims)
+        if work is None:
+            return partial(gemm, *gemm_args)
+        reduce = reduce_splits[grid_1d(out.size)]
+        reduce_args = (work, launch.splits, self.bias, flat_res, residual is not None, self.relu, out.shape[1],
+                       out.shape[2] * out.shape[3], flat_out)
+
+        def gemm_then_reduce() -> None:
+            gemm(*gemm_args)
+            reduce(*reduce_args)
+        return gemm_then_reduce
 
     def _launch(self, in_shape: tuple, out_shape: tuple, residual: bool) -> tuple[Launch, Any, Any, Any]:
         key = (in_shape, out_shape, residual)
