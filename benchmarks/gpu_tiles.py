@@ -37,7 +37,7 @@ def event_ms(fn, repeats: int, cuda) -> float:
         fn()
         end.record()
         end.synchronize()
-        times.append(cuda.event_elapsed_time(start, end))
+        times.append(start.elapsed_time(end))
     return statistics.median(times)
 
 
@@ -89,17 +89,16 @@ def main() -> None:
         kh, kw = pair(params["kernel_size"])
         k_total = in_shape[1] // groups * kh * kw
         planned = plan_launch(rows, positions, k_total, groups, conv_cuda.processors())
+        def timed(launch) -> float:
+            layer = conv_cuda.GemmLayer(prepared["weight_t"], prepared["bias"], (kh, kw), groups,
+                                        pair(params["stride"]), pair(params["padding"]), pair(params["dilation"]),
+                                        planner=lambda *_: launch)
+            return event_ms(lambda: layer([xd], outd), args.repeats, cuda)
+
         cells = []
-        for tile in (planned.tile, *TILES):
-            best = None
-            for splits in (planned.splits,) if tile is planned.tile else (1, 2, 4, 8, 16):
-                launch = launch_for(tile, splits, rows, positions, k_total, groups)
-                layer = conv_cuda.GemmLayer(prepared["weight_t"], prepared["bias"], (kh, kw), groups,
-                                            pair(params["stride"]), pair(params["padding"]),
-                                            pair(params["dilation"]), planner=lambda *_, launch=launch: launch)
-                ms = event_ms(lambda: layer([xd], outd), args.repeats, cuda)
-                best = ms if best is None or ms < best else best
-            cells.append(f"{best:.3f} ({gflop / best / sgemm:.0%})")
+        for ms in [timed(planned)] + [min(timed(launch_for(tile, splits, rows, positions, k_total, groups))
+                                          for splits in (1, 2, 4, 8, 16)) for tile in TILES]:
+            cells.append(f"{ms:.3f} ({gflop / ms / sgemm:.0%})")
         lines.append(f"| {name} | {gflop:.2f} | {cudnn:.3f} ({gflop / cudnn / sgemm:.0%}) | "
                      f"{planned.describe()}: {cells[0]} | " + " | ".join(cells[1:]) + " |")
         print(lines[-1], flush=True)
