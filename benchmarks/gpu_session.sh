@@ -19,11 +19,13 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 GRAPHCONV_T
 
 versions() {
     python3 - <<'EOF'
-import numpy, numba, torch
+import importlib.metadata, numpy, numba, torch
 from numba import cuda
 device = cuda.get_current_device()
-print("numpy", numpy.__version__, "numba", numba.__version__, "torch", torch.__version__)
+numba_cuda = importlib.metadata.version("numba-cuda")
+print("numpy", numpy.__version__, "numba", numba.__version__, "numba-cuda", numba_cuda, "torch", torch.__version__)
 print("GPU", device.name, "SMs", device.MULTIPROCESSOR_COUNT)
+assert tuple(map(int, numba_cuda.split(".")[:2])) >= (0, 11), "the CUDA GEMM needs numba-cuda 0.11 (aligned shared arrays)"
 EOF
 }
 

@@ -47,7 +47,6 @@ def main() -> None:
     parser.add_argument("--markdown", help="also save the table to this file")
     args = parser.parse_args()
     import numpy as np
-    import torch
     from numba import cuda
     from graphconv.backends import get_backend
     from graphconv.ops import get_op
@@ -55,14 +54,9 @@ def main() -> None:
     from graphconv.ops.gemm_cuda import TILES, launch_for, plan_launch
     from graphconv.ops.registry import pair
     from graphconv.params import normalize_params
-    from gpu_vs_torch import sgemm_tflops
+    from gpu_vs_torch import float32_torch_on_gpu, sgemm_tflops
 
-    problem = get_backend("cuda").status()
-    if problem:
-        raise SystemExit(f"no GPU to benchmark: {problem}")
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.benchmark = True
+    torch = float32_torch_on_gpu()
     sgemm = sgemm_tflops(torch)
     backend = get_backend("cuda")
     conv = get_op("conv")

@@ -28,6 +28,20 @@ CASES = [("AlexNet classifier", "alexnet.yaml", 224, False, 1, None),
 PROFILED = {("AlexNet-FCN", 384, 1), ("VGG-16 FCN", 384, 1), ("VGG-16 FCN", 1024, 1)}
 
 
+def float32_torch_on_gpu():
+    """PyTorch set to compute in plain float32 on the GPU as graphconv does (TF32 off,
+    cuDNN picking its fastest algorithms); SystemExit when no GPU can run graphconv."""
+    from graphconv.backends import get_backend
+    problem = get_backend("cuda").status()
+    if problem:
+        raise SystemExit(f"no GPU to benchmark: {problem}")
+    import torch
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
+    return torch
+
+
 def sgemm_tflops(torch, n: int = 8192, repeats: int = 10) -> float:
     """cuBLAS's float32 rate on this GPU: the median of `repeats` n^3 products."""
     a = torch.randn(n, n, device="cuda")
@@ -76,19 +90,12 @@ def main() -> None:
     args = parser.parse_args()
     import numpy as np
     import graphconv
-    from graphconv.backends import get_backend
     from graphconv.cost import total_flops
 
-    problem = get_backend("cuda").status()
-    if problem:
-        raise SystemExit(f"no GPU to benchmark: {problem}")
-    import torch
+    torch = float32_torch_on_gpu()
     from numba import cuda
     from graphconv.torch_bridge import TorchRunner
 
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.benchmark = True
     gpu = cuda.get_current_device().name
     gpu = gpu.decode() if isinstance(gpu, bytes) else gpu
     sgemm = sgemm_tflops(torch)
