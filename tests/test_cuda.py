@@ -131,3 +131,21 @@ def test_runs_reuse_their_arrays_and_results_stay_the_callers(rng, write_spec):
     for got, want in results:
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     assert any(call is not None for _, _, calls in executor._bound.values() for call in calls)
+
+
+@pytest.mark.parametrize("op,raw,in_shape", [
+    ("softmax", {}, (70, 3, 5)),                      # channels over 2 lanes each; 30 positions: a part block
+    ("softmax", {}, (3, 1, 1)),                       # fewer channels than lanes
+    ("lrn", dict(size=5), (40, 3, 5)),                # AlexNet's beta = 0.75: the square-root form
+    ("lrn", dict(size=4, alpha=0.3, beta=0.6, k=1.5), (9, 2, 3)),
+])
+def test_cuda_softmax_and_lrn_beyond_the_examples(op, raw, in_shape, rng):
+    """The block layouts of softmax (8 positions x 32 channel lanes) and LRN (a thread an
+    element) at sizes that do not fill them, against the numpy reference."""
+    from graphconv.ops import get_op
+    opdef = get_op(op)
+    params = normalize_params(opdef, raw)
+    x = 3 * random_input(rng, (2, *in_shape))
+    out = CUDA.to_device(np.full((2, *in_shape), np.nan, np.float32))
+    CUDA.kernel(opdef)(params, {}, [CUDA.to_device(x)], out)
+    np.testing.assert_allclose(CUDA.to_host(out), opdef.reference(params, {}, [x]), rtol=1e-5, atol=1e-6)

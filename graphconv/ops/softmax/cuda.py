@@ -1,34 +1,67 @@
-"""CUDA softmax over channels: one thread per (image, row, column)."""
+"""CUDA softmax over channels: a block of 8 positions x 32 channel lanes.
+
+Each thread takes every 32nd channel of its position (the maximum, then the sum of the
+exponentials, then the division), and the 32 lanes of a position combine their partial
+maximum and sum in shared memory. The first version, one thread per position walking
+all channels, gave a classifier's 1000 classes over AlexNet-FCN's 36 positions to 36
+threads, 3000 dependent steps each (0.48 ms on an H100, session 5)."""
 from __future__ import annotations
 
 import math
 
-from numba import cuda
+from numba import cuda, float32
 
-from graphconv.ops.cuda_launch import grid_1d, unravel_nchw
+POSITIONS = 8  # per block (threadIdx.x)
+LANES = 32     # channel lanes per position (threadIdx.y): a power of two, halved by the reduction
+
+
+@cuda.jit(device=True, inline=True)
+def _combine(partial, lane, position, use_max):
+    """partial[0, position] = the max (or sum) of partial[:, position] over the lanes."""
+    step = LANES // 2
+    while step > 0:
+        cuda.syncthreads()
+        if lane < step:
+            if use_max:
+                partial[lane, position] = max(partial[lane, position], partial[lane + step, position])
+            else:
+                partial[lane, position] += partial[lane + step, position]
+        step //= 2
+    cuda.syncthreads()
 
 
 @cuda.jit
 def _softmax(x, out):
-    index = cuda.grid(1)
+    position, lane = cuda.threadIdx.x, cuda.threadIdx.y
     n, c, height, width = x.shape
-    if index >= n * height * width:
-        return
-    b, _, y, xx = unravel_nchw(index, 1, height, width)
-    m = x[b, 0, y, xx]
-    for ch in range(1, c):
-        m = max(m, x[b, ch, y, xx])
-    total = 0.0
-    for ch in range(c):
-        e = math.exp(x[b, ch, y, xx] - m)
-        out[b, ch, y, xx] = e
-        total += e
-    for ch in range(c):
-        out[b, ch, y, xx] /= total
+    p = cuda.blockIdx.x * POSITIONS + position
+    active = p < n * height * width
+    b, y, xx = p // (height * width), (p // width) % height, p % width
+    partial = cuda.shared.array((LANES, POSITIONS), float32)
+    m = float32(-math.inf)
+    if active:
+        for ch in range(lane, c, LANES):
+            m = max(m, x[b, ch, y, xx])
+    partial[lane, position] = m
+    _combine(partial, lane, position, True)
+    m = partial[0, position]
+    total = float32(0.0)
+    if active:
+        for ch in range(lane, c, LANES):
+            e = math.exp(x[b, ch, y, xx] - m)
+            out[b, ch, y, xx] = e
+            total += e
+    cuda.syncthreads()  # every lane has read the maximum before it is overwritten
+    partial[lane, position] = total
+    _combine(partial, lane, position, False)
+    total = partial[0, position]
+    if active:
+        for ch in range(lane, c, LANES):
+            out[b, ch, y, xx] /= total
 
 
 def run_softmax(params: dict, weights: dict, inputs: list, out) -> None:
     x = inputs[0]
     n, _, height, width = x.shape
-    blocks, threads = grid_1d(n * height * width)
-    _softmax[blocks, threads](x, out)
+    positions = n * height * width
+    _softmax[(positions + POSITIONS - 1) // POSITIONS, (POSITIONS, LANES)](x, out)
