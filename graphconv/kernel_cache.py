@@ -41,7 +41,9 @@ such a kernel loaded by a later process before any other parallel kernel ran jum
 into a thread pool that was never started: a segfault (measured: the stream conv,
 alone in a fresh process, after `pytest -n 2 tests/test_ops.py` on an empty cache).
 So every graphconv kernel loaded from the cache starts numba's thread pool first, as
-numba does for one whose parallel loops it compiled itself.
+numba does for one whose parallel loops it compiled itself. (The stream-conv segfault
+that the race above was blamed for, in session 16, had the same symptom and may have
+been this; both are handled.)
 """
 from __future__ import annotations
 
