@@ -50,8 +50,7 @@ def main() -> None:
     from numba import cuda
     from graphconv.backends import get_backend
     from graphconv.ops import get_op
-    from graphconv.ops.conv import cuda as conv_cuda
-    from graphconv.ops.gemm_cuda import TILES, launch_for, plan_launch
+    from graphconv.ops.gemm_cuda import TILES, GemmLayer, launch_for, plan_launch, processors
     from graphconv.ops.registry import pair
     from graphconv.params import normalize_params
     from gpu_vs_torch import float32_torch_on_gpu, sgemm_tflops
@@ -82,9 +81,9 @@ def main() -> None:
         positions = out_shape[0] * out_shape[2] * out_shape[3]
         kh, kw = pair(params["kernel_size"])
         k_total = in_shape[1] // groups * kh * kw
-        planned = plan_launch(rows, positions, k_total, groups, conv_cuda.processors())
+        planned = plan_launch(rows, positions, k_total, groups, processors())
         def timed(launch) -> float:
-            layer = conv_cuda.GemmLayer(prepared["weight_t"], prepared["bias"], (kh, kw), groups,
+            layer = GemmLayer(prepared["weight_t"], prepared["bias"], (kh, kw), groups,
                                         pair(params["stride"]), pair(params["padding"]), pair(params["dilation"]),
                                         planner=lambda *_: launch)
             return event_ms(lambda: layer([xd], outd), args.repeats, cuda)

@@ -3,7 +3,7 @@ against the numpy conv reference, and the launch planner's arithmetic.
 
 The kernels run on numba's simulator here (conftest), every CUDA thread in Python, so
 the layers are small; `GRAPHCONV_TEST_GPU=1` runs the same cases on a GPU. The planner
-is forced to each tile by replacing `plan_launch` where the conv layer looks it up."""
+is forced to each tile by replacing `plan_launch` where `GemmLayer` looks it up."""
 import math
 
 import numpy as np
@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 from graphconv.backends import get_backend
 from graphconv.ops import get_op
-from graphconv.ops.conv import cuda as conv_cuda
+from graphconv.ops import gemm_cuda
 from graphconv.ops.gemm_cuda import BK, SMALLEST_SPLIT, TILES, Tile, launch_for, plan_launch
 from graphconv.params import normalize_params
 from conftest import random_input
@@ -43,7 +43,7 @@ def conv_case(name: str, rng):
 
 def run_with(monkeypatch, tile: Tile, splits: int, opdef, params, weights, inputs, out_shape):
     """The layer's output on the CUDA backend with the planner's choice replaced."""
-    monkeypatch.setattr(conv_cuda, "plan_launch",
+    monkeypatch.setattr(gemm_cuda, "plan_launch",
                         lambda rows, positions, k_total, groups, processors:
                         launch_for(tile, splits, rows, positions, k_total, groups))
     layer = opdef.bind("cuda", params, CUDA.prepare_weights(opdef, params, weights))

@@ -23,18 +23,26 @@ over `splits` blocks per tile; each writes its partial sums to a workspace and
 `reduce_splits` adds them up with the epilogue (bias, residual, ReLU) that an unsplit
 block applies itself.
 
+`GemmLayer` is a conv or fc layer bound to the GPU (`bind_conv`, `bind_fc`): per input
+size it asks `plan_launch` for the tile and split, and makes the tap table, the
+geometry array and the workspace once.
+
 Why the k-steps are eight written-out calls rather than a loop: LLVM does not unroll a
-loop this long, and without the unroll every shared load needs its address computed
-(1.3 instructions per FMA instead of 1.1, checked in the SASS for sm_90).
+loop this long, and without the unroll every shared load needs its address computed at
+run time instead of taking a constant offset (docs/gpu.md: the SASS, counted offline
+with benchmarks/cuda_sass.py).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
+from typing import Any, Callable
 
 import numpy as np
 from numba import config, cuda, float32, uint64
+
+from graphconv.ops.cuda_launch import grid_1d
 
 BK = 8  # k per shared-memory step: `gemm_kernel` writes its eight steps out
 VECTOR = 4  # floats per shared-memory fragment load (LDS.128)
@@ -354,3 +362,97 @@ def reduce_splits(work, splits, bias, res, residual, relu, out_channels, positio
         if relu and value < 0:
             value = float32(0.0)
         out[i] = value
+
+
+def prepared_weights(weight: np.ndarray, bias: np.ndarray | None, groups: int) -> dict:
+    """A layer's weights as `GemmLayer` reads them: (O, C/groups, kh, kw) (or an fc's
+    (O, K)) as (groups, K, O/groups), contiguous, so consecutive output channels of one
+    k lie side by side as a block loads them; and the bias (zeros when there is none)."""
+    out_c = weight.shape[0]
+    weight_t = np.ascontiguousarray(weight.reshape(groups, out_c // groups, -1).transpose(0, 2, 1), np.float32)
+    return {"weight_t": weight_t, "bias": bias if bias is not None else np.zeros(out_c, np.float32)}
+
+
+class GemmLayer:
+    """A conv (or fc) layer bound to the GPU: its prepared weights and geometry, and one
+    launch per input shape, planned on first sight of that shape."""
+
+    def __init__(self, weight_t, bias, kernel: tuple[int, int] = (1, 1), groups: int = 1,
+                 stride: tuple[int, int] = (1, 1), padding: tuple[int, int] = (0, 0),
+                 dilation: tuple[int, int] = (1, 1), relu: bool = False,
+                 planner: Callable[[int, int, int, int, int], Launch] | None = None):
+        """`planner(rows, positions, k_total, groups, processors)` picks each input
+        shape's launch: `plan_launch` unless given (a benchmark forcing one tile)."""
+        self.weight_t, self.bias = weight_t, bias
+        self.kernel, self.groups, self.stride, self.padding, self.dilation = kernel, groups, stride, padding, dilation
+        self.relu, self.planner = relu, planner
+        self.rows = weight_t.shape[2]
+        self.k_total = weight_t.shape[1]
+        self._flat_weights = weight_t.reshape(weight_t.size)
+        self._launches: dict[tuple, tuple[Launch, Any, Any, Any]] = {}
+
+    def __call__(self, inputs: list, out) -> None:
+        self.bind_values(inputs, out)()
+
+    def bind_values(self, inputs: list, out) -> Callable[[], None]:
+        """The layer's launches on these very arrays, with their configurations and
+        argument lists made once (the Executor keeps one per plan): a run then pays only
+        for numba-cuda's marshalling of the arguments."""
+        x = inputs[0]
+        residual = inputs[1] if len(inputs) == 2 else None
+        launch, taps, dims, work = self._launch(tuple(x.shape), tuple(out.shape), residual is not None)
+        flat_out = out.reshape(out.size)
+        flat_res = flat_out if residual is None else residual.reshape(residual.size)  # unread without one
+        gemm = gemm_kernel(launch.tile)[launch.grid, launch.tile.threads]
+        gemm_args = (x.reshape(x.size), self._flat_weights, taps, self.bias, flat_res,
+                     flat_out if work is None else work, dims)
+        if work is None:
+            return partial(gemm, *gemm_args)
+        reduce = reduce_splits[grid_1d(out.size)]
+        reduce_args = (work, launch.splits, self.bias, flat_res, residual is not None, self.relu, out.shape[1],
+                       out.shape[2] * out.shape[3], flat_out)
+
+        def gemm_then_reduce() -> None:
+            gemm(*gemm_args)
+            reduce(*reduce_args)
+        return gemm_then_reduce
+
+    def _launch(self, in_shape: tuple, out_shape: tuple, residual: bool) -> tuple[Launch, Any, Any, Any]:
+        key = (in_shape, out_shape, residual)
+        if key not in self._launches:
+            self._launches[key] = self._plan(in_shape, out_shape, residual)
+        return self._launches[key]
+
+    def _plan(self, in_shape: tuple, out_shape: tuple, residual: bool) -> tuple[Launch, Any, Any, Any]:
+        n, channels, height, width = in_shape
+        _, out_c, ho, wo = out_shape
+        positions = n * ho * wo
+        launch = (self.planner or plan_launch)(self.rows, positions, self.k_total, self.groups, processors())
+        values = dict(channels=channels, height=height, width=width, out_height=ho, out_width=wo,
+                      stride_y=self.stride[0], stride_x=self.stride[1], pad_y=self.padding[0],
+                      pad_x=self.padding[1], rows=self.rows, groups=self.groups,
+                      group_channels=channels // self.groups, k_total=self.k_total, k_chunk=launch.k_chunk,
+                      relu=self.relu, residual=residual, positions=positions, partial=launch.splits > 1)
+        dims = cuda.to_device(np.array([values[name] for name in DIMS], np.int64))
+        taps = cuda.to_device(window_taps(channels // self.groups, self.kernel, self.dilation, height, width))
+        work = cuda.device_array(launch.splits * n * out_c * ho * wo, np.float32) if launch.splits > 1 else None
+        return launch, taps, dims, work
+
+
+def processors() -> int:
+    """The GPU's SM count (what the launch plan fills in waves); 1 on numba's simulator,
+    which runs one block at a time (so the plan there keeps padding, not waves, small)."""
+    if config.ENABLE_CUDASIM:
+        return 1
+    return cuda.get_current_device().MULTIPROCESSOR_COUNT
+
+
+def on_host(weights: dict) -> dict:
+    """Weights as host arrays, wherever they are: `bind_conv` and `bind_fc` given weights
+    as the spec has them (a kernel called directly) prepare them on the host."""
+    return {key: value.copy_to_host() if hasattr(value, "copy_to_host") else np.asarray(value)
+            for key, value in weights.items()}
+
+
+def on_device(weights: dict) -> dict:
+    return {key: cuda.to_device(np.ascontiguousarray(value)) for key, value in weights.items()}

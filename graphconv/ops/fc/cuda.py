@@ -1,19 +1,16 @@
-"""CUDA fc: the conv's implicit GEMM (`graphconv.ops.conv.cuda.GemmLayer`) on the input
-seen as an (N, C*H*W, 1, 1) map, where an fc is a 1x1 conv."""
+"""CUDA fc: the implicit GEMM (`graphconv.ops.gemm_cuda.GemmLayer`) on the input seen as
+an (N, C*H*W, 1, 1) map, where an fc is a 1x1 conv."""
 from __future__ import annotations
 
 from typing import Callable
 
 import numpy as np
 
-from graphconv.ops.conv.cuda import GemmLayer, on_device, on_host, processors, transposed_weights
-from graphconv.ops.gemm_cuda import plan_launch
+from graphconv.ops.gemm_cuda import GemmLayer, on_device, on_host, plan_launch, prepared_weights, processors
 
 
 def prepare_fc(params: dict, weights: dict) -> dict:
-    w = weights["weight"]
-    return {"weight_t": transposed_weights(w, 1),
-            "bias": weights["bias"] if "bias" in weights else np.zeros(w.shape[0], np.float32)}
+    return prepared_weights(weights["weight"], weights.get("bias"), 1)
 
 
 def describe_fc(params: dict, in_shape: tuple[int, ...], channels_last: bool = False) -> str:
