@@ -1,7 +1,10 @@
-"""What the ops' `cuda.py` kernels share: the launch configuration (computed here only)
-and how a one-thread-per-element kernel finds its element. Device plumbing (copies,
-allocation, weights) is the CUDA backend's (`graphconv/backends.py`)."""
+"""What the ops' `cuda.py` kernels share: the launch configuration (computed here only),
+how a one-thread-per-element kernel finds its element, and `BoundLaunches`, a layer whose
+launches are worked out once per set of arrays. Device plumbing (copies, allocation,
+weights) is the CUDA backend's (`graphconv/backends.py`)."""
 from __future__ import annotations
+
+from typing import Any, Callable
 
 from numba import cuda
 
@@ -21,3 +24,28 @@ def unravel_nchw(index, c, height, width):
 def grid_1d(n: int) -> tuple[int, int]:
     """(blocks, threads) covering n elements, one thread each."""
     return max(1, (n + THREADS - 1) // THREADS), THREADS
+
+
+KernelCall = tuple[Any, tuple]  # a configured kernel (kernel[grid, block]) and its arguments
+
+
+class BoundLaunches:
+    """A layer bound to the GPU whose launches `launches(inputs, out)` works out: called,
+    it works them out and launches them; `bind_values` works them out once for arrays
+    the Executor keeps (its buffers), so later runs only launch. (numba-cuda's own
+    per-launch Python remains; this saves the op's: parameter parsing, grid sizes,
+    array views.)"""
+
+    def __init__(self, launches: Callable[[list, Any], list[KernelCall]]):
+        self.launches = launches
+
+    def __call__(self, inputs: list, out) -> None:
+        self.bind_values(inputs, out)()
+
+    def bind_values(self, inputs: list, out) -> Callable[[], None]:
+        launches = self.launches(inputs, out)
+
+        def launch_all() -> None:
+            for kernel, args in launches:
+                kernel(*args)
+        return launch_all

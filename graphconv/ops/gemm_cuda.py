@@ -36,13 +36,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import lru_cache
 from typing import Any, Callable
 
 import numpy as np
 from numba import config, cuda, float32, uint64
 
-from graphconv.ops.cuda_launch import grid_1d
+from graphconv.ops.cuda_launch import BoundLaunches, KernelCall, grid_1d
 
 BK = 8  # k per shared-memory step: `gemm_kernel` writes its eight steps out
 VECTOR = 4  # floats per shared-memory fragment load (LDS.128)
@@ -373,7 +373,7 @@ def prepared_weights(weight: np.ndarray, bias: np.ndarray | None, groups: int) -
     return {"weight_t": weight_t, "bias": bias if bias is not None else np.zeros(out_c, np.float32)}
 
 
-class GemmLayer:
+class GemmLayer(BoundLaunches):
     """A conv (or fc) layer bound to the GPU: its prepared weights and geometry, and one
     launch per input shape, planned on first sight of that shape."""
 
@@ -383,6 +383,7 @@ class GemmLayer:
                  planner: Callable[[int, int, int, int, int], Launch] | None = None):
         """`planner(rows, positions, k_total, groups, processors)` picks each input
         shape's launch: `plan_launch` unless given (a benchmark forcing one tile)."""
+        super().__init__(self.kernel_launches)
         self.weight_t, self.bias = weight_t, bias
         self.kernel, self.groups, self.stride, self.padding, self.dilation = kernel, groups, stride, padding, dilation
         self.relu, self.planner = relu, planner
@@ -391,31 +392,21 @@ class GemmLayer:
         self._flat_weights = weight_t.reshape(weight_t.size)
         self._launches: dict[tuple, tuple[Launch, Any, Any, Any]] = {}
 
-    def __call__(self, inputs: list, out) -> None:
-        self.bind_values(inputs, out)()
-
-    def bind_values(self, inputs: list, out) -> Callable[[], None]:
-        """The layer's launches on these very arrays, with their configurations and
-        argument lists made once (the Executor keeps one per plan): a run then pays only
-        for numba-cuda's marshalling of the arguments."""
+    def kernel_launches(self, inputs: list, out) -> list[KernelCall]:
+        """The GEMM's launch on these arrays, and the split-K reduction's when K is split."""
         x = inputs[0]
         residual = inputs[1] if len(inputs) == 2 else None
         launch, taps, dims, work = self._launch(tuple(x.shape), tuple(out.shape), residual is not None)
         flat_out = out.reshape(out.size)
         flat_res = flat_out if residual is None else residual.reshape(residual.size)  # unread without one
-        gemm = gemm_kernel(launch.tile)[launch.grid, launch.tile.threads]
-        gemm_args = (x.reshape(x.size), self._flat_weights, taps, self.bias, flat_res,
-                     flat_out if work is None else work, dims)
+        gemm = (gemm_kernel(launch.tile)[launch.grid, launch.tile.threads],
+                (x.reshape(x.size), self._flat_weights, taps, self.bias, flat_res,
+                 flat_out if work is None else work, dims))
         if work is None:
-            return partial(gemm, *gemm_args)
-        reduce = reduce_splits[grid_1d(out.size)]
-        reduce_args = (work, launch.splits, self.bias, flat_res, residual is not None, self.relu, out.shape[1],
-                       out.shape[2] * out.shape[3], flat_out)
-
-        def gemm_then_reduce() -> None:
-            gemm(*gemm_args)
-            reduce(*reduce_args)
-        return gemm_then_reduce
+            return [gemm]
+        return [gemm, (reduce_splits[grid_1d(out.size)],
+                       (work, launch.splits, self.bias, flat_res, residual is not None, self.relu, out.shape[1],
+                        out.shape[2] * out.shape[3], flat_out))]
 
     def _launch(self, in_shape: tuple, out_shape: tuple, residual: bool) -> tuple[Launch, Any, Any, Any]:
         key = (in_shape, out_shape, residual)

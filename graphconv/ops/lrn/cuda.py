@@ -10,11 +10,12 @@ every operation double precision)."""
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 from numba import cuda, float32
 
-from graphconv.ops.cuda_launch import grid_1d, unravel_nchw
+from graphconv.ops.cuda_launch import BoundLaunches, KernelCall, grid_1d, unravel_nchw
 
 
 @cuda.jit
@@ -35,8 +36,16 @@ def _lrn(x, out, size, scale, beta, k):
         out[b, ch, y, xx] = x[b, ch, y, xx] * math.exp(-beta * math.log(t))
 
 
-def run_lrn(params: dict, weights: dict, inputs: list, out) -> None:
+def _launches(params: dict, inputs: list, out) -> list[KernelCall]:
     x = inputs[0]
     size = params["size"]
-    _lrn[grid_1d(x.size)](x, out, size, np.float32(params["alpha"] / size), np.float32(params["beta"]),
-                          np.float32(params["k"]))
+    return [(_lrn[grid_1d(x.size)], (x, out, size, np.float32(params["alpha"] / size), np.float32(params["beta"]),
+                                     np.float32(params["k"])))]
+
+
+def bind_lrn(params: dict, weights: dict) -> BoundLaunches:
+    return BoundLaunches(partial(_launches, params))
+
+
+def run_lrn(params: dict, weights: dict, inputs: list, out) -> None:
+    bind_lrn(params, weights)(inputs, out)

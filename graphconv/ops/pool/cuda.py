@@ -7,10 +7,11 @@ the CPU kernel and PyTorch do."""
 from __future__ import annotations
 
 import math
+from functools import partial
 
 from numba import cuda
 
-from graphconv.ops.cuda_launch import grid_1d, unravel_nchw
+from graphconv.ops.cuda_launch import BoundLaunches, KernelCall, grid_1d, unravel_nchw
 from graphconv.ops.registry import pair
 
 
@@ -55,17 +56,24 @@ def _pool(x, out, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad):
         out[b, ch, oy, ox] = acc / count if count > 0 else 0.0
 
 
-def _run(params: dict, x, is_max: bool, out) -> None:
+def _launches(params: dict, is_max: bool, inputs: list, out) -> list[KernelCall]:
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
         pair(params[k]) for k in ("kernel_size", "stride", "padding", "dilation"))
     include_pad = is_max or params["count_include_pad"]  # maxpool has no such parameter
-    blocks, threads = grid_1d(out.size)
-    _pool[blocks, threads](x, out, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad)
+    return [(_pool[grid_1d(out.size)], (inputs[0], out, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad))]
+
+
+def bind_maxpool(params: dict, weights: dict) -> BoundLaunches:
+    return BoundLaunches(partial(_launches, params, True))
+
+
+def bind_avgpool(params: dict, weights: dict) -> BoundLaunches:
+    return BoundLaunches(partial(_launches, params, False))
 
 
 def run_maxpool(params: dict, weights: dict, inputs: list, out) -> None:
-    _run(params, inputs[0], True, out)
+    bind_maxpool(params, weights)(inputs, out)
 
 
 def run_avgpool(params: dict, weights: dict, inputs: list, out) -> None:
-    _run(params, inputs[0], False, out)
+    bind_avgpool(params, weights)(inputs, out)

@@ -11,6 +11,8 @@ import math
 
 from numba import cuda, float32
 
+from graphconv.ops.cuda_launch import BoundLaunches, KernelCall
+
 POSITIONS = 8  # per block (threadIdx.x)
 LANES = 32     # channel lanes per position (threadIdx.y): a power of two, halved by the reduction
 
@@ -60,8 +62,16 @@ def _softmax(x, out):
             out[b, ch, y, xx] /= total
 
 
-def run_softmax(params: dict, weights: dict, inputs: list, out) -> None:
+def _launches(inputs: list, out) -> list[KernelCall]:
     x = inputs[0]
     n, _, height, width = x.shape
     positions = n * height * width
-    _softmax[(positions + POSITIONS - 1) // POSITIONS, (POSITIONS, LANES)](x, out)
+    return [(_softmax[(positions + POSITIONS - 1) // POSITIONS, (POSITIONS, LANES)], (x, out))]
+
+
+def bind_softmax(params: dict, weights: dict) -> BoundLaunches:
+    return BoundLaunches(_launches)
+
+
+def run_softmax(params: dict, weights: dict, inputs: list, out) -> None:
+    bind_softmax(params, weights)(inputs, out)
