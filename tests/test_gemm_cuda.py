@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from graphconv.backends import get_backend
-from graphconv.ops import get_op
-from graphconv.ops import gemm_cuda
+from graphconv.ops import gemm_cuda, get_op
 from graphconv.ops.gemm_cuda import BK, SMALLEST_SPLIT, TILES, Tile, launch_for, plan_launch
 from graphconv.params import normalize_params
 from conftest import random_input
@@ -28,6 +27,7 @@ LAYERS = {
                        (2, 3, 7, 6), False),
     "grouped-dilated-residual": (dict(out_channels=6, kernel_size=[2, 3], dilation=[2, 1], groups=2,
                                       padding=[1, 0], activation="relu"), (1, 4, 6, 7), True),
+    "many-channels": (dict(out_channels=140, kernel_size=1), (2, 20, 3, 3), True),
 }
 
 
@@ -67,6 +67,16 @@ def test_k_splits_add_up_with_the_epilogue(splits, monkeypatch, rng):
     ReLU by the reduction pass, on a grouped, dilated, padded layer."""
     opdef, params, weights, inputs, out_shape = conv_case("grouped-dilated-residual", rng)
     got = run_with(monkeypatch, Tile(64, 64, 4, 4), splits, opdef, params, weights, inputs, out_shape)
+    np.testing.assert_allclose(got, opdef.reference(params, weights, inputs), rtol=1e-4, atol=1e-5)
+
+
+@needs_cuda
+@pytest.mark.parametrize("tile", [Tile(64, 64, 4, 4), Tile(128, 16, 4, 4)], ids=lambda t: f"{t.rows}x{t.cols}")
+def test_blocks_past_the_first_row_and_column(tile, monkeypatch, rng):
+    """140 output channels (the last row block part full), 18 positions (two column
+    blocks of 16) and K = 20 in two splits: every block offset of the grid."""
+    opdef, params, weights, inputs, out_shape = conv_case("many-channels", rng)
+    got = run_with(monkeypatch, tile, 2, opdef, params, weights, inputs, out_shape)
     np.testing.assert_allclose(got, opdef.reference(params, weights, inputs), rtol=1e-4, atol=1e-5)
 
 
