@@ -81,16 +81,18 @@ def test_blocks_past_the_first_row_and_column(tile, monkeypatch, rng):
 
 
 @needs_cuda
-def test_a_bound_layer_plans_each_input_size(rng):
-    """The bound layer keeps one launch per input size and gets each size right."""
+def test_a_bound_layer_plans_each_input_size(rng, monkeypatch):
+    """The bound layer keeps one launch per input size, the most recent LAUNCHES_KEPT of
+    them (each holds device memory), and gets each size right."""
+    monkeypatch.setattr(gemm_cuda, "LAUNCHES_KEPT", 2)
     opdef, params, weights, _, _ = conv_case("padded-strided", rng)
     layer = opdef.bind("cuda", params, CUDA.prepare_weights(opdef, params, weights))
-    for in_shape in [(1, 3, 7, 6), (1, 3, 9, 5), (1, 3, 7, 6)]:
+    for in_shape in [(1, 3, 7, 6), (1, 3, 9, 5), (1, 3, 7, 6), (1, 3, 5, 5), (1, 3, 9, 5)]:
         x = random_input(rng, in_shape)
         out = CUDA.to_device(np.zeros((1, *opdef.shape(params, [in_shape[1:]])), np.float32))
         layer([CUDA.to_device(x)], out)
         np.testing.assert_allclose(CUDA.to_host(out), opdef.reference(params, weights, [x]), rtol=1e-4, atol=1e-5)
-    assert len(layer._launches) == 2
+    assert [key[0] for key in layer._launches] == [(1, 3, 5, 5), (1, 3, 9, 5)]
 
 
 def test_every_tile_is_one_the_kernel_is_written_for():

@@ -35,6 +35,7 @@ with benchmarks/cuda_sass.py).
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable
@@ -104,6 +105,9 @@ _RESIDENT_BLOCKS = dict(zip(TILES, (1, 1, 2, 2, 3, 3, 1)))
 LOAD_FLOAT_FMAS = 10
 WORKSPACE_FLOAT_FMAS = 2 * 40
 SMALLEST_SPLIT = 256  # k per split: below it the workspace traffic outweighs the parallelism
+# Input sizes a GemmLayer keeps its launches for: twice the plans an Executor keeps
+# (runtime.PLANS_KEPT), whose bound calls hold some of them.
+LAUNCHES_KEPT = 8
 
 
 @dataclass(frozen=True)
@@ -390,7 +394,7 @@ class GemmLayer(BoundLaunches):
         self.rows = weight_t.shape[2]
         self.k_total = weight_t.shape[1]
         self._flat_weights = weight_t.reshape(weight_t.size)
-        self._launches: dict[tuple, tuple[Launch, Any, Any, Any]] = {}
+        self._launches: OrderedDict[tuple, tuple[Launch, Any, Any, Any]] = OrderedDict()
 
     def kernel_launches(self, inputs: list, out) -> list[KernelCall]:
         """The GEMM's launch on these arrays, and the split-K reduction's when K is split."""
@@ -410,8 +414,12 @@ class GemmLayer(BoundLaunches):
 
     def _launch(self, in_shape: tuple, out_shape: tuple, residual: bool) -> tuple[Launch, Any, Any, Any]:
         key = (in_shape, out_shape, residual)
-        if key not in self._launches:
+        if key in self._launches:
+            self._launches.move_to_end(key)
+        else:
             self._launches[key] = self._plan(in_shape, out_shape, residual)
+            if len(self._launches) > LAUNCHES_KEPT:  # each holds device memory (a split's workspace: MBs)
+                self._launches.popitem(last=False)
         return self._launches[key]
 
     def _plan(self, in_shape: tuple, out_shape: tuple, residual: bool) -> tuple[Launch, Any, Any, Any]:
