@@ -177,8 +177,9 @@ def gemm_kernel(tile: Tile):
     """The implicit-GEMM kernel for `tile`, compiled on its first launch:
     kernel[launch.grid, tile.threads](x, wt, taps, bias, res, out, dims), with x the
     flat NCHW input, wt the flat (groups, K, rows) weights, taps the flat int32 (3, K)
-    table of where each k reads (`window_taps`), and dims the int64 geometry (`DIMS`). `out` is the flat NCHW output, or the (splits, ...) workspace when
-    its PARTIAL entry is set, where the sums are written without the epilogue."""
+    table of where each k reads (`window_taps`), and dims the int64 geometry (`DIMS`).
+    `out` is the flat NCHW output, or the (splits, ...) workspace when its PARTIAL entry
+    is set, where the sums are written without the epilogue."""
     tile.check()
     rows, cols, thread_rows, thread_cols = tile.rows, tile.cols, tile.thread_rows, tile.thread_cols
     threads = tile.threads
