@@ -94,7 +94,7 @@ TILES = (Tile(128, 128, 8, 8), Tile(128, 64, 8, 4), Tile(64, 128, 4, 8), Tile(64
 # `benchmarks/gpu_tiles.py`'s measurements on a GPU (issue 21).
 _TILE_EFFICIENCY = dict(zip(TILES, (1.0, 0.85, 0.8, 0.7, 0.7, 0.5, 0.3)))
 # Blocks of each tile an SM holds at once, from ptxas's registers a thread for sm_90
-# (benchmarks/cuda_sass.py: 167, 145, 128, 85, 167, 140, 137; allocated in 8s, 65536 an
+# (benchmarks/cuda_sass.py: 165, 129, 127, 83, 167, 140, 136; allocated in 8s, 65536 an
 # SM). Launch bounds asking two 256-thread blocks of the large tiles (128 registers) made
 # them spill 32-236 bytes a thread, so there are none.
 _RESIDENT_BLOCKS = dict(zip(TILES, (1, 1, 2, 2, 3, 3, 1)))
@@ -165,18 +165,19 @@ def window_taps(group_channels: int, kernel: tuple[int, int], dilation: tuple[in
                 height: int, width: int) -> np.ndarray:
     """For each k = (channel, tap row, tap column) of a window over a height x width
     input, in the weights' order: its offset from the window's corner in the flat input,
-    then the tap's row and column offsets, as one flat int32 array of three rows."""
+    then the tap's row and column offsets, side by side (a flat int32 array of K
+    triples: the gather finds all three from one address)."""
     c, r, s = np.meshgrid(np.arange(group_channels), np.arange(kernel[0]) * dilation[0],
                           np.arange(kernel[1]) * dilation[1], indexing="ij")
     offsets = (c * height + r) * width + s
-    return np.concatenate([offsets.ravel(), r.ravel(), s.ravel()]).astype(np.int32)
+    return np.stack([offsets.ravel(), r.ravel(), s.ravel()], axis=1).ravel().astype(np.int32)
 
 
 @lru_cache(maxsize=None)
 def gemm_kernel(tile: Tile):
     """The implicit-GEMM kernel for `tile`, compiled on its first launch:
     kernel[launch.grid, tile.threads](x, wt, taps, bias, res, out, dims), with x the
-    flat NCHW input, wt the flat (groups, K, rows) weights, taps the flat int32 (3, K)
+    flat NCHW input, wt the flat (groups, K, rows) weights, taps the flat int32 (K, 3)
     table of where each k reads (`window_taps`), and dims the int64 geometry (`DIMS`).
     `out` is the flat NCHW output, or the (splits, ...) workspace when its PARTIAL entry
     is set, where the sums are written without the epilogue."""
@@ -209,18 +210,18 @@ def gemm_kernel(tile: Tile):
             a_reg[i] = value
 
     @cuda.jit(device=True, inline=True)
-    def load_inputs(x, taps, k_total, k0, k_left, t, column_ok, column_base, iy0, ix0, height, width, b_reg):
+    def load_inputs(x, taps, k0, k_left, t, column_ok, column_base, iy0, ix0, height, width, b_reg):
         """This thread's share of the step's BK x cols input values (all in its column),
         gathered through the tap table; zero in the padding and past the last position."""
         for i in range(b_loads):
             e = t + threads * i
             value = float32(0.0)
             if (b_whole or e < b_size) and e >> cols_shift < k_left and column_ok:
-                k = uint64(k0 + (e >> cols_shift))
-                iy = iy0 + taps[uint64(k_total) + k]
-                ix = ix0 + taps[uint64(2 * k_total) + k]
-                if 0 <= iy < height and 0 <= ix < width:
-                    value = x[uint64(column_base + taps[k])]
+                tap = uint64(3 * (k0 + (e >> cols_shift)))  # the k's (offset, row, column)
+                iy = iy0 + taps[tap + uint64(1)]
+                ix = ix0 + taps[tap + uint64(2)]
+                if uint64(iy) < uint64(height) and uint64(ix) < uint64(width):  # a negative one wraps past
+                    value = x[uint64(column_base + taps[tap])]
             b_reg[i] = value
 
     @cuda.jit(device=True, inline=True)
@@ -320,7 +321,7 @@ def gemm_kernel(tile: Tile):
             for j in range(thread_cols):
                 acc[i, j] = float32(0.0)
         load_weights(wt, w_base, og, k_hi - k_lo, t, rows_left, a_reg)
-        load_inputs(x, taps, k_total, k_lo, k_hi - k_lo, t, column_ok, column_base, iy0, ix0, height, width, b_reg)
+        load_inputs(x, taps, k_lo, k_hi - k_lo, t, column_ok, column_base, iy0, ix0, height, width, b_reg)
         store_step(a_s, b_s, 0, t, a_reg, b_reg)
         cuda.syncthreads()
         buffer = 0
@@ -330,8 +331,8 @@ def gemm_kernel(tile: Tile):
             if more:  # the next step's loads, in flight while this one computes
                 w_base += w_step
                 load_weights(wt, w_base, og, k_hi - k0 - BK, t, rows_left, a_reg)
-                load_inputs(x, taps, k_total, k0 + BK, k_hi - k0 - BK, t, column_ok, column_base, iy0, ix0, height,
-                            width, b_reg)
+                load_inputs(x, taps, k0 + BK, k_hi - k0 - BK, t, column_ok, column_base, iy0, ix0, height, width,
+                            b_reg)
             a_base = uint64(buffer * a_size + ty * vector_rows)
             b_base = uint64(buffer * b_size + tx * vector_cols)
             k_step(a_s, b_s, a_base, b_base, 0, acc, a_frag, b_frag)
