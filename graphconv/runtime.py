@@ -276,7 +276,8 @@ class Executor:
         """The plan's buffer views (every intermediate value, as its layer writes it) and,
         per layer, its call bound to them: made once per plan, for the layers whose call
         has `bind_values` (the CPU conv's: its views, job split and thread count worked
-        out once, not per run) and that read and write only buffers (not the caller's
+        out once, not per run; on the GPU, `BoundLaunches`': the configured launches and
+        their arguments) and that read and write only buffers (not the caller's
         input, not the output); None for the others, which run `Step.call` each time.
         Kept while the buffers and the backend's `binding_state` (the CPU's thread
         count) stay what they were."""

@@ -2,7 +2,7 @@
 an (N, C*H*W, 1, 1) map, where an fc is a 1x1 conv."""
 from __future__ import annotations
 
-import numpy as np
+import math
 
 from graphconv.ops.cuda_launch import BoundLaunches, KernelCall
 from graphconv.ops.gemm_cuda import GemmLayer, on_device, on_host, plan_launch, prepared_weights, processors
@@ -15,7 +15,7 @@ def prepare_fc(params: dict, weights: dict) -> dict:
 def describe_fc(params: dict, in_shape: tuple[int, ...], channels_last: bool = False) -> str:
     """The tile and K split the layer launches with on this GPU (a 1x1 conv's)."""
     n = in_shape[0]
-    return plan_launch(params["out_features"], n, int(np.prod(in_shape[1:])), 1, processors()).describe()
+    return plan_launch(params["out_features"], n, math.prod(in_shape[1:]), 1, processors()).describe()
 
 
 def bind_fc(params: dict, weights: dict) -> BoundLaunches:
