@@ -1,4 +1,4 @@
-"""Ops that need no window: relu, dropout (identity at inference), add, concat.
+"""Ops that need no window: relu, dropout (identity at inference), add, mul, concat.
 
 They share one folder because each kernel is a few lines of one pass over memory, with
 helpers in common (flat views, one CUDA thread per element); an op whose kernels stand
@@ -16,6 +16,20 @@ def _add_shape(params: dict, shapes):
         raise ShapeError("add needs inputs of one shape, got "
                          + ", ".join("x".join(map(str, s)) for s in shapes))
     return shapes[0]
+
+
+def _mul_shape(params: dict, shapes):
+    """Two maps of one shape (swish written out), or a map and one factor per channel
+    (C x 1 x 1: a squeeze-and-excitation gate), in that order."""
+    (c, h, w), second = shapes
+    if second not in ((c, h, w), (c, 1, 1)):
+        raise ShapeError(f"mul needs its second input the first's shape ({c}x{h}x{w}) or one value "
+                         f"per channel ({c}x1x1), got " + "x".join(map(str, second)))
+    return shapes[0]
+
+
+def _mul_reference(params: dict, weights: dict, inputs: list) -> np.ndarray:
+    return (inputs[0].astype(np.float64) * inputs[1]).astype(np.float32)
 
 
 def _concat_shape(params: dict, shapes):
@@ -55,6 +69,11 @@ _pointwise("add", "elementwise sum of its inputs",
            torch=lambda p, w, xs: sum(xs[1:], xs[0]), onnx=onnx_as("Sum"),
            examples=(Example({}, [(3, 2, 4)] * 2), Example({}, [(2, 3, 3)] * 3)),
            shape=_add_shape, arity=(2, None))
+_pointwise("mul", "elementwise product; the second input may be one factor per channel (C x 1 x 1)",
+           _mul_reference, torch=lambda p, w, xs: xs[0] * xs[1], onnx=onnx_as("Mul"),
+           examples=(Example({}, [(3, 2, 4)] * 2), Example({}, [(3, 2, 4), (3, 1, 1)]),
+                     Example({}, [(2, 1, 1)] * 2, batch=3)),
+           shape=_mul_shape, arity=(2, 2))
 _pointwise("concat", "stack inputs along channels",
            lambda p, w, xs: np.concatenate(xs, axis=1), torch=_torch_concat, onnx=onnx_as("Concat", axis=1),
            examples=(Example({}, [(3, 2, 4), (2, 2, 4)]),

@@ -20,6 +20,24 @@ def _sum(a, b, out):
 
 
 @njit(cache=True, parallel=True)
+def _product(a, b, out):
+    src_a, src_b, dst = a.ravel(), b.ravel(), out.reshape(-1)
+    for i in prange(dst.size):
+        dst[i] = src_a[i] * src_b[i]
+
+
+@njit(cache=True, parallel=True)
+def _scale_channels(x, factors, out):
+    n, c, height, width = x.shape
+    for job in prange(n * c):
+        f = factors[job // c, job % c, 0, 0]
+        src, dst = x[job // c, job % c], out[job // c, job % c]
+        for y in range(height):
+            for j in range(width):
+                dst[y, j] = src[y, j] * f
+
+
+@njit(cache=True, parallel=True)
 def _accumulate(total, x):
     a = total.reshape(-1)
     b = x.ravel()
@@ -51,6 +69,14 @@ def run_add(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarr
     _sum(first, second, out)
     for x in rest:
         _accumulate(out, x)
+
+
+def run_mul(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
+    x, y = (np.ascontiguousarray(v) for v in inputs)
+    if x.shape == y.shape:
+        _product(x, y, out)
+    else:
+        _scale_channels(x, y, out)
 
 
 def run_concat(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:

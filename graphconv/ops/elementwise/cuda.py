@@ -21,6 +21,23 @@ def _add_into(total, x):
 
 
 @cuda.jit
+def _product(a, b, out):
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] = a[i] * b[i]
+
+
+@cuda.jit
+def _scale_channels(x, factors, out):
+    i = cuda.grid(1)
+    n, c, height, width = x.shape
+    if i >= n * c * height * width:
+        return
+    b, ch, y, xx = unravel_nchw(i, c, height, width)
+    out[b, ch, y, xx] = x[b, ch, y, xx] * factors[b, ch, 0, 0]
+
+
+@cuda.jit
 def _copy_channels(src, dst, c0):
     i = cuda.grid(1)
     n, c, height, width = src.shape
@@ -49,6 +66,15 @@ def run_add(params: dict, weights: dict, inputs: list, out) -> None:
     blocks, threads = grid_1d(out.size)
     for x in inputs[1:]:
         _add_into[blocks, threads](_flat(out), _flat(x))
+
+
+def run_mul(params: dict, weights: dict, inputs: list, out) -> None:
+    x, y = inputs
+    blocks, threads = grid_1d(out.size)
+    if x.shape == y.shape:
+        _product[blocks, threads](_flat(x), _flat(y), _flat(out))
+    else:
+        _scale_channels[blocks, threads](x, y, out)
 
 
 def run_concat(params: dict, weights: dict, inputs: list, out) -> None:

@@ -1,0 +1,128 @@
+"""The smooth and piecewise activations of modern classifiers: hardsigmoid and hardswish
+(MobileNetV3), silu (EfficientNet's swish: x * sigmoid(x)) and gelu (ConvNeXt).
+
+They share a folder because each kernel is the same one pass over memory with a
+different formula; relu, clip and sigmoid came earlier and keep their own folders.
+All four are pointwise, so a converted network slides over a larger image as before.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from graphconv.errors import ShapeError
+from graphconv.ops.registry import Example, NoTorchEquivalent, OpDef, Param, numel, onnx_as, register
+
+ONE_INPUT = (Example({}, [(3, 2, 4)]), Example({}, [(1, 1, 1)], batch=3))
+TORCH_HARDSIGMOID = (1 / 6, 0.5)  # torch.nn.Hardsigmoid: relu6(x + 3) / 6
+
+
+def _same_shape(params: dict, shapes):
+    return shapes[0]
+
+
+def _hardsigmoid_shape(params: dict, shapes):
+    if params["alpha"] == 0.0:
+        raise ShapeError("hardsigmoid's alpha must not be 0 (the output would not depend on the input)")
+    return shapes[0]
+
+
+def _float64(inputs: list[np.ndarray]) -> np.ndarray:
+    return inputs[0].astype(np.float64)
+
+
+def hardsigmoid_reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
+    return np.clip(params["alpha"] * _float64(inputs) + params["beta"], 0.0, 1.0).astype(np.float32)
+
+
+def hardswish_reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
+    x = _float64(inputs)
+    return (x * np.clip(x / 6.0 + 0.5, 0.0, 1.0)).astype(np.float32)
+
+
+def silu_reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
+    x = _float64(inputs)
+    return (x / (1.0 + np.exp(-x))).astype(np.float32)
+
+
+def gelu_reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
+    x = _float64(inputs)
+    if params["approximate"] == "tanh":
+        inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)
+        return (0.5 * x * (1.0 + np.tanh(inner))).astype(np.float32)
+    erf = np.vectorize(math.erf, otypes=[np.float64])
+    return (0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))).astype(np.float32)
+
+
+def hardsigmoid_torch(params: dict, weights: dict, inputs: list):
+    import torch
+    import torch.nn.functional as F
+    if (params["alpha"], params["beta"]) == TORCH_HARDSIGMOID:
+        return F.hardsigmoid(inputs[0])
+    return torch.clamp(params["alpha"] * inputs[0] + params["beta"], 0.0, 1.0)
+
+
+def hardswish_torch(params: dict, weights: dict, inputs: list):
+    import torch.nn.functional as F
+    return F.hardswish(inputs[0])
+
+
+def silu_torch(params: dict, weights: dict, inputs: list):
+    import torch.nn.functional as F
+    return F.silu(inputs[0])
+
+
+def gelu_torch(params: dict, weights: dict, inputs: list):
+    import torch.nn.functional as F
+    return F.gelu(inputs[0], approximate=params["approximate"])
+
+
+def hardsigmoid_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
+    writer.node("HardSigmoid", inputs, output, alpha=params["alpha"], beta=params["beta"])
+
+
+def silu_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
+    writer.node("Mul", [inputs[0], writer.node("Sigmoid", inputs)], output)
+
+
+def gelu_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
+    """Written out with Erf (or Tanh): ONNX's Gelu node needs op set 20, and graphconv
+    exports op set 19 for the runtimes that stop there."""
+    x = inputs[0]
+
+    def const(value: float) -> str:
+        return writer.constant(np.array(value, np.float32))
+
+    if params["approximate"] == "tanh":
+        cube = writer.node("Mul", [writer.node("Mul", [x, x]), x])
+        inner = writer.node("Add", [x, writer.node("Mul", [cube, const(0.044715)])])
+        phi = writer.node("Tanh", [writer.node("Mul", [inner, const(math.sqrt(2.0 / math.pi))])])
+    else:
+        phi = writer.node("Erf", [writer.node("Div", [x, const(math.sqrt(2.0))])])
+    half_x = writer.node("Mul", [x, const(0.5)])
+    writer.node("Mul", [half_x, writer.node("Add", [phi, const(1.0)])], output)
+
+
+def _activation(name: str, doc: str, reference, torch, onnx, cost: int, params=(), examples=ONE_INPUT,
+                shape=_same_shape) -> None:
+    register(OpDef(name=name, doc=doc, params=params, shape=shape, reference=reference,
+                   flops=lambda params, shapes, out: cost * numel(out), package=__name__,
+                   torch=torch, onnx=onnx, examples=examples))
+
+
+_activation("hardsigmoid", "clamp(alpha * x + beta, 0, 1) elementwise (MobileNetV3's gate)",
+            hardsigmoid_reference, hardsigmoid_torch, hardsigmoid_onnx, cost=3,
+            params=(Param("alpha", "float", TORCH_HARDSIGMOID[0], doc="slope (PyTorch: 1/6; ONNX's default 0.2)"),
+                    Param("beta", "float", TORCH_HARDSIGMOID[1], doc="offset")),
+            examples=ONE_INPUT + (Example(dict(alpha=0.2, beta=0.5), [(2, 3, 3)]),),
+            shape=_hardsigmoid_shape)
+_activation("hardswish", "x * clamp(x / 6 + 1/2, 0, 1) elementwise (MobileNetV3)",
+            hardswish_reference, hardswish_torch, onnx_as("HardSwish"), cost=4)
+_activation("silu", "x * sigmoid(x) elementwise (swish; EfficientNet)",
+            silu_reference, silu_torch, silu_onnx, cost=5)
+_activation("gelu", "x * Phi(x) elementwise, Phi the normal CDF (ConvNeXt); approximate: tanh form",
+            gelu_reference, gelu_torch, gelu_onnx, cost=8,
+            params=(Param("approximate", "choice", "none", choices=("none", "tanh"),
+                          doc="'none': the exact erf form; 'tanh': the tanh approximation"),),
+            examples=ONE_INPUT + (Example(dict(approximate="tanh"), [(2, 3, 3)]),))

@@ -1,0 +1,71 @@
+"""CPU kernels of the activations: one parallel pass over memory each, in float32 (the
+tests hold them to the float64 references within float32 rounding)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+# float32 constants: a float literal would make numba compute in float64
+ZERO, HALF, ONE, SIXTH = np.float32(0.0), np.float32(0.5), np.float32(1.0), np.float32(1 / 6)
+SQRT_HALF, TANH_SCALE, CUBIC = np.float32(math.sqrt(0.5)), np.float32(math.sqrt(2.0 / math.pi)), np.float32(0.044715)
+
+
+@njit(cache=True, parallel=True)
+def _hardsigmoid(x, alpha, beta, out):
+    src, dst = x.ravel(), out.reshape(-1)  # reshape: a view, or an error, never a copy
+    for i in prange(src.size):
+        dst[i] = min(max(alpha * src[i] + beta, ZERO), ONE)
+
+
+@njit(cache=True, parallel=True)
+def _hardswish(x, out):
+    src, dst = x.ravel(), out.reshape(-1)
+    for i in prange(src.size):
+        v = src[i]
+        dst[i] = v * min(max(v * SIXTH + HALF, ZERO), ONE)
+
+
+@njit(cache=True, parallel=True)
+def _silu(x, out):
+    src, dst = x.ravel(), out.reshape(-1)
+    for i in prange(src.size):
+        v = src[i]
+        dst[i] = v / (ONE + math.exp(-v))
+
+
+@njit(cache=True, parallel=True)
+def _gelu(x, out):
+    src, dst = x.ravel(), out.reshape(-1)
+    for i in prange(src.size):
+        v = src[i]
+        dst[i] = HALF * v * (ONE + math.erf(v * SQRT_HALF))
+
+
+@njit(cache=True, parallel=True)
+def _gelu_tanh(x, out):
+    src, dst = x.ravel(), out.reshape(-1)
+    for i in prange(src.size):
+        v = src[i]
+        dst[i] = HALF * v * (ONE + math.tanh(TANH_SCALE * (v + CUBIC * v * v * v)))
+
+
+def _contiguous(inputs: list[np.ndarray]) -> np.ndarray:
+    return np.ascontiguousarray(inputs[0])
+
+
+def run_hardsigmoid(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
+    _hardsigmoid(_contiguous(inputs), np.float32(params["alpha"]), np.float32(params["beta"]), out)
+
+
+def run_hardswish(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
+    _hardswish(_contiguous(inputs), out)
+
+
+def run_silu(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
+    _silu(_contiguous(inputs), out)
+
+
+def run_gelu(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
+    (_gelu_tanh if params["approximate"] == "tanh" else _gelu)(_contiguous(inputs), out)

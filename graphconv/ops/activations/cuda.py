@@ -1,0 +1,74 @@
+"""CUDA kernels of the activations: one thread per element, on flat views."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda
+
+from graphconv.ops.cuda_launch import grid_1d
+
+# float32 constants: a float literal would make numba compute in float64
+ZERO, HALF, ONE, SIXTH = np.float32(0.0), np.float32(0.5), np.float32(1.0), np.float32(1 / 6)
+SQRT_HALF, TANH_SCALE, CUBIC = np.float32(math.sqrt(0.5)), np.float32(math.sqrt(2.0 / math.pi)), np.float32(0.044715)
+
+
+@cuda.jit
+def _hardsigmoid(x, alpha, beta, out):
+    i = cuda.grid(1)
+    if i < x.size:
+        out[i] = min(max(alpha * x[i] + beta, ZERO), ONE)
+
+
+@cuda.jit
+def _hardswish(x, out):
+    i = cuda.grid(1)
+    if i < x.size:
+        v = x[i]
+        out[i] = v * min(max(v * SIXTH + HALF, ZERO), ONE)
+
+
+@cuda.jit
+def _silu(x, out):
+    i = cuda.grid(1)
+    if i < x.size:
+        v = x[i]
+        out[i] = v / (ONE + math.exp(-v))
+
+
+@cuda.jit
+def _gelu(x, out):
+    i = cuda.grid(1)
+    if i < x.size:
+        v = x[i]
+        out[i] = HALF * v * (ONE + math.erf(v * SQRT_HALF))
+
+
+@cuda.jit
+def _gelu_tanh(x, out):
+    i = cuda.grid(1)
+    if i < x.size:
+        v = x[i]
+        out[i] = HALF * v * (ONE + math.tanh(TANH_SCALE * (v + CUBIC * v * v * v)))
+
+
+def _launch(kernel, inputs: list, out, *scalars) -> None:
+    x = inputs[0]
+    blocks, threads = grid_1d(x.size)
+    kernel[blocks, threads](x.reshape(x.size), *scalars, out.reshape(out.size))
+
+
+def run_hardsigmoid(params: dict, weights: dict, inputs: list, out) -> None:
+    _launch(_hardsigmoid, inputs, out, np.float32(params["alpha"]), np.float32(params["beta"]))
+
+
+def run_hardswish(params: dict, weights: dict, inputs: list, out) -> None:
+    _launch(_hardswish, inputs, out)
+
+
+def run_silu(params: dict, weights: dict, inputs: list, out) -> None:
+    _launch(_silu, inputs, out)
+
+
+def run_gelu(params: dict, weights: dict, inputs: list, out) -> None:
+    _launch(_gelu_tanh if params["approximate"] == "tanh" else _gelu, inputs, out)
