@@ -31,14 +31,14 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from graphconv.arrays import open_regular_file
-from graphconv.errors import GraphconvError, shown
+from graphconv.errors import GraphconvError, Location, shown
 from graphconv.ir import Graph
 from graphconv.memory import check_fits
 from graphconv.ops import get_op
@@ -144,13 +144,25 @@ def _load_external_data(model, path: Path) -> None:
 
 # ---- the conversion -------------------------------------------------------------------------------
 
+NCHW, NHWC, GROUPED = "NCHW", "NHWC", "grouped"
+ANY_LAYOUT = (NCHW, NHWC)
+
+
 @dataclass(frozen=True)
 class Tensor:
-    """A run-time value: the graphconv node holding it, its (C, H, W), and its ONNX rank."""
+    """A run-time value: the graphconv node holding it, its (C, H, W), its ONNX rank, and
+    how ONNX sees that node's channels. graphconv keeps every map as (C, H, W); ONNX
+    graphs also permute it to channels-last (ConvNeXt's LayerNorm and MatMuls: NHWC) or
+    view it as (g, C/g, H, W) (ShuffleNet's channel shuffle: GROUPED, `swapped` once its
+    two group axes are transposed). Those views move no data: they change only how the
+    next ONNX op's axes map onto graphconv's channels."""
 
     node: str
     shape: tuple[int, int, int]
     rank: int = 4
+    layout: str = NCHW
+    groups: int = 0
+    swapped: bool = False
 
 
 class _Importer:
@@ -167,7 +179,6 @@ class _Importer:
         self.uses = self._count_uses()
         self.graph: Graph | None = None
         self.onnx_node = None
-        self.produced: dict[str, str] = {}  # graphconv layer -> the ONNX output it computes
 
     # -- driving --
     def run(self) -> tuple[Graph, dict[str, np.ndarray]]:
@@ -270,14 +281,25 @@ class _Importer:
         where = f"node {shown(node.name or node.op_type)}: " if node is not None else ""
         return GraphconvError(f"{where}{message}", file=self.source)
 
-    def tensor(self, name: str) -> Tensor:
+    def tensor(self, name: str, layouts: Sequence[str] = (NCHW,)) -> Tensor:
+        """The feature map `name`, seen by ONNX in one of `layouts` (most ops read NCHW)."""
         value = self.values.get(name)
         if value is None:
             raise self.error(f"reads {shown(name)}, which no earlier node makes (is the graph sorted?)")
         if not isinstance(value, Tensor):
             raise self.error(f"{self.onnx_node.op_type} on a constant {shown(name)} where graphconv "
                              "expects the image's feature map")
+        if value.layout not in layouts:
+            seen = "channels-last (NHWC)" if value.layout == NHWC else f"{value.groups}-group 5-D"
+            raise self.error(f"{self.onnx_node.op_type} on a {seen} view of the feature map; graphconv "
+                             f"reads that view only in {_VIEW_READERS[value.layout]}")
         return value
+
+    def readers(self, tensor: Tensor) -> int:
+        """How many ONNX inputs (and graph outputs) read graphconv layer `tensor.node`
+        under any of its names (Identity, Transpose and Reshape views alias it)."""
+        names = [n for n, v in self.values.items() if isinstance(v, Tensor) and v.node == tensor.node]
+        return sum(self.uses.get(n, 0) for n in names)
 
     def constant(self, name: str, what: str) -> np.ndarray:
         value = self.values.get(name)
@@ -293,7 +315,8 @@ class _Importer:
     def add_layer(self, node, op: str, inputs: Sequence[Tensor], params: dict | None = None,
                   weights: dict[str, np.ndarray] | None = None, rank: int | None = None,
                   name: str | None = None) -> Tensor:
-        """Add one graphconv layer for ONNX `node`, bind its first output, return it."""
+        """Add one graphconv layer for ONNX `node`, bind its first output, return it. The
+        output keeps the first input's rank (unless given) and layout."""
         opdef = get_op(op)
         try:
             params = normalize_params(opdef, params or {})
@@ -301,16 +324,15 @@ class _Importer:
         except GraphconvError as err:
             raise self.error(err.message) from None
         layer = self.graph.fresh_name(name or self._layer_name(node, weights))
-        self.graph.add(layer, op, [t.node for t in inputs], params)
+        self.graph.add(layer, op, [t.node for t in inputs], params, loc=Location(self.source))
         for key, array in (weights or {}).items():
             stored = np.ascontiguousarray(array, dtype=np.float32)
             if not np.isfinite(stored).all():
                 raise self.error(f"its {key} holds NaN or infinite values (after conversion to float32); "
                                  "they would turn every score into NaN")
             self.weights[f"{layer}.{key}"] = stored
-        tensor = Tensor(layer, tuple(shape), rank if rank is not None else inputs[0].rank)
+        tensor = Tensor(layer, tuple(shape), rank if rank is not None else inputs[0].rank, inputs[0].layout)
         self.values[node.output[0]] = tensor
-        self.produced[layer] = node.output[0]
         return tensor
 
     def alias(self, node, value: Tensor | np.ndarray) -> None:
@@ -326,11 +348,9 @@ class _Importer:
                 if candidate:
                     return candidate
         if node.name.startswith("/"):
-            parts = [p for p in node.name.split("/") if p]
-            if len(parts) >= 2:
-                candidate = _clean_name(parts[-2])
-                if candidate:
-                    return candidate
+            candidate = _clean_name(_module_path(node.name))
+            if candidate:
+                return candidate
         return _clean_name(node.name) or _clean_name(node.op_type.lower()) or "layer"
 
     def _all_constant(self, node) -> bool:
@@ -371,6 +391,21 @@ def _elem_type(onnx, array: np.ndarray) -> int:
     return onnx.helper.np_dtype_to_tensor_dtype(np.asarray(array).dtype)
 
 
+def _module_path(node_name: str) -> str:
+    """The PyTorch module path in an exporter's node name: "/features/features.1/
+    features.1.0/block/block.1/avgpool/GlobalAveragePool" is scope by scope, each scope
+    its module's name within the one before, or that name again with a child's index
+    added (a Sequential's), so the path is "features.1.0.block.1.avgpool"."""
+    scopes = [p for p in node_name.split("/") if p][:-1]
+    path: list[str] = []
+    for scope in scopes:
+        if path and scope.startswith(path[-1] + "."):
+            path[-1] = scope
+        else:
+            path.append(scope)
+    return ".".join(path)
+
+
 _NAME_OK = re.compile(r"[^A-Za-z0-9_.\-]+")
 
 
@@ -378,6 +413,12 @@ def _clean_name(name: str) -> str:
     """A layer name that reads well in a spec: letters, digits, `_.-`; others become `_`."""
     cleaned = _NAME_OK.sub("_", name).strip("_.")
     return cleaned[:MAX_LAYER_NAME]
+
+
+_VIEW_READERS = {
+    NHWC: "Transpose back, LayerNormalization, MatMul, Add, Mul and pointwise activations",
+    GROUPED: "the channel shuffle's Transpose and Reshape back",
+}
 
 
 # ---- converters: one function per ONNX op type -------------------------------------------------------
@@ -494,17 +535,42 @@ def _reduce_mean(imp: _Importer, node) -> None:
 
 @converts("Relu")
 def _relu(imp: _Importer, node) -> None:
-    imp.add_layer(node, "relu", [imp.tensor(node.input[0])])
+    imp.add_layer(node, "relu", [imp.tensor(node.input[0], ANY_LAYOUT)])
 
 
 @converts("Sigmoid")
 def _sigmoid(imp: _Importer, node) -> None:
-    imp.add_layer(node, "sigmoid", [imp.tensor(node.input[0])])
+    imp.add_layer(node, "sigmoid", [imp.tensor(node.input[0], ANY_LAYOUT)])
+
+
+@converts("HardSigmoid")
+def _hard_sigmoid(imp: _Importer, node) -> None:
+    attrs = imp.attributes(node)
+    imp.add_layer(node, "hardsigmoid", [imp.tensor(node.input[0], ANY_LAYOUT)],
+                  dict(alpha=float(attrs.get("alpha", 0.2)), beta=float(attrs.get("beta", 0.5))))
+
+
+@converts("HardSwish")
+def _hard_swish(imp: _Importer, node) -> None:
+    imp.add_layer(node, "hardswish", [imp.tensor(node.input[0], ANY_LAYOUT)])
+
+
+@converts("Gelu")
+def _gelu(imp: _Importer, node) -> None:
+    approximate = imp.attributes(node).get("approximate", b"none")
+    approximate = approximate.decode() if isinstance(approximate, bytes) else approximate
+    imp.add_layer(node, "gelu", [imp.tensor(node.input[0], ANY_LAYOUT)], dict(approximate=approximate))
+
+
+@converts("Erf")
+def _erf(imp: _Importer, node) -> None:
+    raise imp.error("Erf on the feature map: this is how op sets before 20 write GELU; re-export "
+                    "with opset_version=20 or later, which writes it as one Gelu node graphconv reads")
 
 
 @converts("Clip")
 def _clip(imp: _Importer, node) -> None:
-    x = imp.tensor(node.input[0])
+    x = imp.tensor(node.input[0], ANY_LAYOUT)
     if imp.opset < 11:
         attrs = imp.attributes(node)
         low, high = attrs.get("min", -FLOAT32_MAX), attrs.get("max", FLOAT32_MAX)
@@ -550,7 +616,7 @@ def _lrn(imp: _Importer, node) -> None:
 def _identity(imp: _Importer, node) -> None:
     if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1] and imp.uses.get(node.output[1]):
         raise imp.error("Dropout's mask output is used; graphconv runs networks for inference")
-    imp.alias(node, imp.tensor(node.input[0]))  # an Identity of a constant was folded already
+    imp.alias(node, imp.tensor(node.input[0], (NCHW, NHWC, GROUPED)))  # constants were folded already
 
 
 @converts("Flatten")
@@ -568,9 +634,13 @@ def _flatten(imp: _Importer, node) -> None:
 @converts("Reshape")
 def _reshape(imp: _Importer, node) -> None:
     """The Reshapes exporters write before a classifier's fc: (N, -1), (N, C*H*W), or
-    (-1, C*H*W); a reshape to the same shape changes nothing."""
-    x = imp.tensor(node.input[0])
+    (-1, C*H*W); a reshape to the same shape changes nothing; and the channel shuffle's
+    pair: (N, C, H, W) -> (N, g, C/g, H, W) and, after its Transpose, back."""
+    x = imp.tensor(node.input[0], (NCHW, GROUPED))
     target = [int(v) for v in imp.constant(node.input[1], "target shape").ravel()]
+    if x.layout == GROUPED or len(target) == 5:
+        _channel_groups(imp, node, x, target)
+        return
     features = math.prod(x.shape)
     current = [1, *x.shape] if x.rank == 4 else [1, features]
     if len(target) == 2 and target[0] in (0, 1, -1) and target[1] in (-1, features) and target != [-1, -1]:
@@ -585,6 +655,45 @@ def _reshape(imp: _Importer, node) -> None:
         return
     raise imp.error(f"Reshape of a {'x'.join(map(str, current))} value to {target}; graphconv "
                     "recognises only the flatten before a classifier's fully connected layer")
+
+
+def _channel_groups(imp: _Importer, node, x: Tensor, target: list[int]) -> None:
+    """(N, C, H, W) viewed as (N, g, C/g, H, W), or such a view back to (N, C, H, W):
+    unchanged if its group axes were not swapped, a channel_shuffle layer if they were."""
+    c, h, w = x.shape
+    if x.layout == NCHW and x.rank == 4 and len(target) == 5:
+        dims = _reshaped(target, [1, c, h, w])
+        groups = dims[1] if dims else 0
+        if groups > 0 and dims == [1, groups, c // groups, h, w] and c % groups == 0:
+            imp.alias(node, replace(x, layout=GROUPED, groups=groups, swapped=False))
+            return
+    if x.layout == GROUPED and len(target) == 4:
+        inner = [x.groups, c // x.groups][::-1 if x.swapped else 1]
+        if _reshaped(target, [1, *inner, h, w]) == [1, c, h, w]:
+            back = replace(x, layout=NCHW, groups=0, swapped=False)
+            if x.swapped:
+                imp.add_layer(node, "channel_shuffle", [back], dict(groups=x.groups))
+            else:
+                imp.alias(node, back)
+            return
+    view = "x".join(map(str, [1, c, h, w])) if x.layout == NCHW else f"{x.groups}-group view of {c}x{h}x{w}"
+    raise imp.error(f"Reshape of a {view} value to {target}; graphconv recognises the flatten before a "
+                    "classifier's fully connected layer and the channel shuffle's (N, g, C/g, H, W) views")
+
+
+def _reshaped(target: list[int], current: list[int]) -> list[int] | None:
+    """ONNX Reshape's target with its 0s (copy that input axis) and -1 (the rest)
+    resolved against `current`; None when it does not fit."""
+    dims = [current[i] if v == 0 and i < len(current) else v for i, v in enumerate(target)]
+    if dims.count(-1) > 1 or any(d < -1 or d == 0 for d in dims):
+        return None
+    known = math.prod(d for d in dims if d != -1)
+    total = math.prod(current)
+    if -1 in dims:
+        if total % known:
+            return None
+        dims[dims.index(-1)] = total // known
+    return dims if math.prod(dims) == total else None
 
 
 @converts("Gemm")
@@ -611,8 +720,16 @@ def _gemm(imp: _Importer, node) -> None:
 @converts("MatMul")
 def _matmul(imp: _Importer, node) -> None:
     """A @ B with a constant (F, K) B: an fc layer without bias (the Add after it, if
-    any, becomes its bias)."""
-    x = imp.tensor(node.input[0])
+    any, becomes its bias); on a channels-last map (ConvNeXt's pointwise Linears), a
+    1x1 convolution."""
+    x = imp.tensor(node.input[0], ANY_LAYOUT)
+    if x.layout == NHWC:
+        weight = imp.constant(node.input[1], "weight")
+        if weight.ndim != 2 or weight.shape[0] != x.shape[0]:
+            raise imp.error(f"MatMul weight of shape {list(weight.shape)} for {x.shape[0]} channels")
+        imp.add_layer(node, "conv", [x], dict(out_channels=int(weight.shape[1]), kernel_size=1, bias=False),
+                      {"weight": weight.T[:, :, None, None]})
+        return
     if x.rank != 2:
         raise imp.error(f"MatMul on a rank-{x.rank} value; graphconv reads MatMul as a fully "
                         "connected layer on (N, F) features")
@@ -633,11 +750,9 @@ def _add_fc(imp: _Importer, node, x: Tensor, weight: np.ndarray, bias: np.ndarra
 
 @converts("Add", "Sum")
 def _add(imp: _Importer, node) -> None:
-    operands = [imp.values.get(name) for name in node.input]
-    tensors = [v for v in operands if isinstance(v, Tensor)]
-    constants = [v for v in operands if isinstance(v, np.ndarray)]
+    tensors, constants = _operands(imp, node)
     if not constants:
-        if len({t.shape for t in tensors}) != 1:
+        if len({(t.shape, t.layout) for t in tensors}) != 1:
             raise imp.error("Add of maps of different shapes "
                             + ", ".join("x".join(map(str, t.shape)) for t in tensors)
                             + "; graphconv adds maps of one shape (no broadcasting)")
@@ -649,13 +764,22 @@ def _add(imp: _Importer, node) -> None:
     raise imp.error("Add with several constants")
 
 
+def _operands(imp: _Importer, node) -> tuple[list[Tensor], list[np.ndarray]]:
+    """The node's feature-map inputs (any layout) and its constant ones."""
+    operands = [imp.values.get(name) for name in node.input]
+    constants = [v for v in operands if isinstance(v, np.ndarray)]
+    tensors = [imp.tensor(name, ANY_LAYOUT) for name, v in zip(node.input, operands)
+               if not isinstance(v, np.ndarray)]
+    return tensors, constants
+
+
 def _add_bias(imp: _Importer, node, x: Tensor, constant: np.ndarray) -> None:
     """x + constant, where x comes from an fc or conv read by nothing else: the
     constant joins that layer's bias (MatMul + Add is how some exporters write Linear)."""
     layer = imp.graph.node(x.node)
     channels = x.shape[0]
-    per_channel = _per_channel(constant, channels, x.rank)
-    if layer.op not in ("fc", "conv") or per_channel is None or imp.uses.get(imp.produced.get(layer.name, ""), 0) != 1:
+    per_channel = _per_channel(constant, x)
+    if layer.op not in ("fc", "conv") or per_channel is None or imp.readers(x) != 1:
         raise imp.error(f"Add of a constant of shape {list(constant.shape)} to the output of "
                         f"{layer.op} layer {shown(layer.name)}; graphconv folds a constant Add only "
                         "into the bias of the fc or conv right before it")
@@ -666,19 +790,147 @@ def _add_bias(imp: _Importer, node, x: Tensor, constant: np.ndarray) -> None:
     imp.alias(node, x)
 
 
-def _per_channel(constant: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
-    """The constant as one value per channel, if it broadcasts that way onto (N, C, ...)."""
+def _per_channel(constant: np.ndarray, x: Tensor) -> np.ndarray | None:
+    """The constant as one value per channel of `x`, if it broadcasts that way onto
+    x's (N, C), (N, C, H, W) or channels-last (N, H, W, C)."""
+    channels = x.shape[0]
     c = np.asarray(constant, dtype=np.float64)
     if c.size == 1:
         return np.full(channels, float(c.ravel()[0]))
     shape = list(c.shape)
-    while shape and shape[0] == 1 and len(shape) > (1 if rank == 2 else 3):
+    while shape and shape[0] == 1:
         shape.pop(0)
-    if rank == 2 and shape == [channels]:
-        return c.reshape(channels)
-    if rank == 4 and len(shape) == 3 and shape[0] == channels and shape[1:] == [1, 1]:
-        return c.reshape(channels)
+    if x.rank == 2 or x.layout == NHWC:
+        return c.reshape(channels) if shape == [channels] else None
+    return c.reshape(channels) if shape == [channels, 1, 1] else None
+
+
+@converts("Mul")
+def _mul(imp: _Importer, node) -> None:
+    """x * sigmoid(x) (swish, as exporters write SiLU): one silu layer; map * map of one
+    shape, or map * a per-channel gate (squeeze-and-excitation): a mul layer; map * a
+    constant per channel (ConvNeXt's layer scale): a batchnorm that only scales, which
+    fold-batchnorm merges into the conv before it."""
+    tensors, constants = _operands(imp, node)
+    if len(tensors) == 1 and len(constants) == 1:
+        _scale(imp, node, tensors[0], constants[0])
+        return
+    a, b = tensors
+    if a.layout != b.layout:
+        raise imp.error("Mul of an NCHW and a channels-last view of feature maps")
+    swish = _swish_input(imp, a, b) or _swish_input(imp, b, a)
+    if swish is not None:
+        layer = imp.graph.replace(imp.graph.node(swish.node), "silu")
+        imp.alias(node, replace(swish, node=layer.name))
+        return
+    if a.shape[1:] == (1, 1) and b.shape[1:] != (1, 1):
+        a, b = b, a  # the map first, its per-channel gate second, as the mul op takes them
+    if a.layout == NHWC and b.shape != a.shape:
+        raise imp.error("Mul of a channels-last view by a per-channel gate")
+    imp.add_layer(node, "mul", [a, b])
+
+
+def _swish_input(imp: _Importer, x: Tensor, gate: Tensor) -> Tensor | None:
+    """`gate` itself when it is sigmoid(x) and this Mul is its only reader."""
+    layer = imp.graph.node(gate.node)
+    if layer.op == "sigmoid" and layer.inputs[0].name == x.node and imp.readers(gate) == 1:
+        return gate
     return None
+
+
+def _scale(imp: _Importer, node, x: Tensor, constant: np.ndarray) -> None:
+    factors = _per_channel(constant, x)
+    if factors is None:
+        raise imp.error(f"Mul of a feature map by a constant of shape {list(constant.shape)}; graphconv "
+                        "multiplies by one number, or by one per channel")
+    c = x.shape[0]
+    weights = {"weight": factors, "bias": np.zeros(c), "running_mean": np.zeros(c), "running_var": np.ones(c)}
+    imp.add_layer(node, "batchnorm", [x], {"eps": 0.0}, weights)
+
+
+@converts("Transpose")
+def _transpose(imp: _Importer, node) -> None:
+    """The permutations that only change how ONNX sees the channels: to and from
+    channels-last, and the swap of a grouped view's two group axes."""
+    x = imp.tensor(node.input[0], (NCHW, NHWC, GROUPED))
+    perm = [int(p) for p in imp.attributes(node).get("perm", [])]
+    if x.layout == NCHW and x.rank == 4 and perm == [0, 2, 3, 1]:
+        imp.alias(node, replace(x, layout=NHWC))
+    elif x.layout == NHWC and perm == [0, 3, 1, 2]:
+        imp.alias(node, replace(x, layout=NCHW))
+    elif x.layout == GROUPED and perm == [0, 2, 1, 3, 4]:
+        imp.alias(node, replace(x, swapped=not x.swapped))
+    else:
+        raise imp.error(f"Transpose {perm} of a feature map; graphconv follows only the ones between NCHW "
+                        "and channels-last (NHWC) and the channel shuffle's swap of its group axes")
+
+
+@converts("LayerNormalization")
+def _layer_norm(imp: _Importer, node) -> None:
+    """A LayerNorm over the channels alone, at each position: over the last axis of a
+    channels-last map (ConvNeXt), or of (N, C) features."""
+    x = imp.tensor(node.input[0], ANY_LAYOUT)
+    attrs = imp.attributes(node)
+    axis = int(attrs.get("axis", -1)) % (x.rank if x.layout == NCHW else 4)
+    per_position = (x.layout == NHWC and axis == 3) or (x.rank == 2 and axis == 1)
+    if not per_position:
+        raise imp.error(f"LayerNormalization from axis {attrs.get('axis', -1)} of a {x.layout} value normalises "
+                        "over more than the channels at one position; graphconv's layernorm normalises "
+                        "each position's channels (LayerNorm over the last axis of a channels-last map)")
+    c = x.shape[0]
+    weight = imp.constant(node.input[1], "scale")
+    bias = imp.optional_constant(node, 2, "bias")
+    weights = {"weight": np.broadcast_to(weight, (c,)),
+               "bias": np.zeros(c) if bias is None else np.broadcast_to(bias, (c,))}
+    name = _clean_name(node.input[1][: -len(".weight")]) if node.input[1].endswith(".weight") else None
+    imp.add_layer(node, "layernorm", [x], {"eps": float(attrs.get("epsilon", 1e-5))}, weights, name=name or None)
+
+
+@converts("Slice")
+def _slice(imp: _Importer, node) -> None:
+    """A range of channels (ShuffleNet's chunk, written as two Slices)."""
+    x = imp.tensor(node.input[0])
+    starts, ends = (imp.constant(node.input[i], what).ravel() for i, what in ((1, "starts"), (2, "ends")))
+    axes = imp.optional_constant(node, 3, "axes")
+    steps = imp.optional_constant(node, 4, "steps")
+    axes = list(range(len(starts))) if axes is None else [int(a) % x.rank for a in axes.ravel()]
+    if axes != [1] or (steps is not None and int(steps.ravel()[0]) != 1):
+        raise imp.error(f"Slice along axes {axes}; graphconv slices channels only (axis 1, step 1)")
+    c = x.shape[0]
+    start, stop = (int(np.clip(v + c if v < 0 else v, 0, c)) for v in (starts[0], ends[0]))
+    _slice_channels(imp, node, x, start, stop, node.output[0])
+
+
+@converts("Split")
+def _split(imp: _Importer, node) -> None:
+    """Channels split into consecutive ranges: one slice_channels layer per output."""
+    x = imp.tensor(node.input[0])
+    attrs = imp.attributes(node)
+    if int(attrs.get("axis", 0)) % x.rank != 1:
+        raise imp.error(f"Split along axis {attrs.get('axis', 0)}; graphconv splits channels only (axis 1)")
+    outputs = [o for o in node.output]
+    sizes = imp.optional_constant(node, 1, "split") if imp.opset >= 13 else attrs.get("split")
+    c = x.shape[0]
+    if sizes is None:
+        parts = int(attrs.get("num_outputs", len(outputs)))
+        step = -(-c // parts)
+        sizes = [min(step, c - i * step) for i in range(parts)]
+    sizes = [int(v) for v in np.ravel(sizes)]
+    if sum(sizes) != c or len(sizes) != len(outputs):
+        raise imp.error(f"Split of {c} channels into {sizes}")
+    start = 0
+    for size, output in zip(sizes, outputs):
+        if output:
+            _slice_channels(imp, node, x, start, start + size, output)
+        start += size
+
+
+def _slice_channels(imp: _Importer, node, x: Tensor, start: int, stop: int, output: str) -> None:
+    if (start, stop) == (0, x.shape[0]):
+        imp.values[output] = x
+        return
+    layer = imp.add_layer(node, "slice_channels", [x], dict(start=start, stop=stop))
+    imp.values[output] = layer
 
 
 @converts("Concat")
@@ -732,6 +984,6 @@ def _constant_only(imp: _Importer, node) -> None:
                     "evaluates it only on constants (shape arithmetic)")
 
 
-for _op in ("Gather", "Unsqueeze", "Squeeze", "Cast", "Slice", "Mul", "Div", "Sub", "ConstantOfShape",
-            "Range", "Transpose", "Equal", "Where", "Expand", "Floor", "Ceil", "Sqrt", "Neg", "ReduceProd"):
+for _op in ("Gather", "Unsqueeze", "Squeeze", "Cast", "Div", "Sub", "ConstantOfShape",
+            "Range", "Equal", "Where", "Expand", "Floor", "Ceil", "Sqrt", "Neg", "ReduceProd"):
     CONVERTERS[_op] = _constant_only
