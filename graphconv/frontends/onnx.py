@@ -174,6 +174,7 @@ class _Importer:
         self.source = source
         self.crop_size = tuple(crop_size) if crop_size is not None else None
         self.opset = self._opset()
+        self.nodes = _with_gelus_fused(list(model.graph.node), self._initializer_or_constant)
         self.values: dict[str, Tensor | np.ndarray] = {}
         self.weights: dict[str, np.ndarray] = {}
         self.uses = self._count_uses()
@@ -186,7 +187,7 @@ class _Importer:
         for init in self.model.graph.initializer:
             self.values[init.name] = _array(onnx, init)
         self._add_input()
-        for node in self.model.graph.node:
+        for node in self.nodes:
             self.onnx_node = node
             if node.domain not in ("", "ai.onnx"):
                 raise self.error(f"op {node.domain}.{node.op_type} is from a custom domain; "
@@ -220,9 +221,21 @@ class _Importer:
                                  f"{min(max(version, MIN_OPSET), MAX_OPSET)})", file=self.source)
         return version
 
+    def _initializer_or_constant(self, name: str) -> np.ndarray | None:
+        """A value known before the walk: an initializer or a Constant node's output."""
+        onnx = require_onnx()
+        for init in self.model.graph.initializer:
+            if init.name == name:
+                return _array(onnx, init)
+        for node in self.model.graph.node:
+            if node.op_type == "Constant" and node.output[0] == name and node.attribute:
+                value = onnx.helper.get_attribute_value(node.attribute[0])
+                return _array(onnx, value) if node.attribute[0].name == "value" else np.asarray(value)
+        return None
+
     def _count_uses(self) -> dict[str, int]:
         uses: dict[str, int] = {}
-        for node in self.model.graph.node:
+        for node in self.nodes:
             for name in node.input:
                 uses[name] = uses.get(name, 0) + 1
         for out in self.model.graph.output:
@@ -389,6 +402,72 @@ def _array(onnx, tensor) -> np.ndarray:
 
 def _elem_type(onnx, array: np.ndarray) -> int:
     return onnx.helper.np_dtype_to_tensor_dtype(np.asarray(array).dtype)
+
+
+def _with_gelus_fused(nodes: list, constant: Callable[[str], np.ndarray | None]) -> list:
+    """The node list with each GELU that exporters before op set 20 write out,
+    x * 0.5 * (1 + erf(x / sqrt(2))), replaced by one Gelu node (what op set 20 writes),
+    so ConvNeXt-style models import whichever op set they were exported with. Only
+    groups whose inner values nothing else reads are fused."""
+    producer = {out: node for node in nodes for out in node.output}
+    readers: dict[str, list] = {}
+    for node in nodes:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    def is_constant(name: str, value: float) -> bool:
+        known = constant(name)
+        return known is not None and known.size == 1 and bool(np.isclose(float(known.ravel()[0]), value, rtol=1e-4))
+
+    def sole_reader(name: str, op_type: str):
+        found = readers.get(name, [])
+        return found[0] if len(found) == 1 and found[0].op_type == op_type else None
+
+    def other_input(node, name: str) -> str | None:
+        others = list(node.input)
+        if len(others) != 2 or name not in others:
+            return None
+        others.remove(name)
+        return others[0]
+
+    def scaled_by(node, factor: float) -> str | None:
+        """x when `node` is x * factor (either order), or x / (1 / factor)."""
+        if node is None or len(node.input) != 2:
+            return None
+        first, second = node.input
+        if node.op_type == "Div":
+            return first if is_constant(second, 1.0 / factor) else None
+        if node.op_type == "Mul":
+            return first if is_constant(second, factor) else second if is_constant(first, factor) else None
+        return None
+
+    replaced: dict[int, Any] = {}  # id of a group's last node -> the Gelu standing for the group
+    dropped: set[int] = set()
+    for erf in (n for n in nodes if n.op_type == "Erf"):
+        scale = producer.get(erf.input[0])
+        x = scaled_by(scale, math.sqrt(0.5))
+        add = sole_reader(erf.output[0], "Add")
+        if x is None or len(readers[scale.output[0]]) != 1 or add is None or not is_constant(
+                other_input(add, erf.output[0]) or "", 1.0):
+            continue
+        product = sole_reader(add.output[0], "Mul")
+        other = other_input(product, add.output[0]) if product is not None else None
+        if other is None:
+            continue
+        if other == x:  # (x * (1 + erf)) * 0.5
+            last = sole_reader(product.output[0], "Mul")
+            if scaled_by(last, 0.5) != product.output[0]:
+                continue
+            group = [scale, erf, add, product, last]
+        else:  # (x * 0.5) * (1 + erf)
+            half = producer.get(other)
+            if scaled_by(half, 0.5) != x or len(readers[other]) != 1:
+                continue
+            last, group = product, [scale, erf, add, half, product]
+        from onnx import helper
+        replaced[id(last)] = helper.make_node("Gelu", [x], [last.output[0]], name=erf.name)
+        dropped |= {id(n) for n in group}
+    return [replaced.get(id(n), n) for n in nodes if id(n) not in dropped or id(n) in replaced]
 
 
 def _module_path(node_name: str) -> str:
