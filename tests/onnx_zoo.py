@@ -1,11 +1,13 @@
 """Small PyTorch classifiers built like the torchvision architectures users bring
-(AlexNet, VGG with batch norm, ResNet, SqueezeNet, MobileNetV2, DenseNet, GoogLeNet),
-for the ONNX import tests. torchvision is not needed: each keeps the structure that
+(AlexNet, VGG with batch norm, ResNet, SqueezeNet, MobileNetV2, DenseNet, GoogLeNet,
+ConvNeXt, ShuffleNetV2, EfficientNet, MobileNetV3), for the ONNX import tests. torchvision is not needed: each keeps the structure that
 matters to an importer (batch norm after conv and after concat, residual adds, depthwise
 convs, ReLU6, ceil-mode pooling, four-branch concats, global pooling, flatten) at a
 size that exports and runs in well under a second.
 
-Every model has a `dense` flag: False is the classifier as trained; True is the same
+EfficientNet and MobileNetV3 have squeeze-and-excitation gates, which cannot slide
+(see passes/global_pool_to_window.py): they are in ZOO, for the classifier tests, but
+not in SLIDING, and have no `dense` form. Every model in SLIDING has a `dense` flag: False is the classifier as trained; True is the same
 network converted by hand, in PyTorch, the way graphconv's passes convert it (global
 average pooling -> average pooling with the crop's window at stride 1; each Linear ->
 a convolution). The tests compare graphconv's compiled map against that."""
@@ -18,7 +20,8 @@ import torch.nn.functional as F
 
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give every BatchNorm non-trivial statistics and affine terms, so folding them is
-    really exercised (fresh ones are the identity in eval mode)."""
+    really exercised (fresh ones are the identity in eval mode), and every LayerNorm
+    non-trivial affine terms."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
@@ -28,6 +31,10 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
                 module.running_var.copy_(torch.rand(c, generator=generator) * 1.5 + 0.5)
                 module.weight.copy_(torch.rand(c, generator=generator) + 0.5)
                 module.bias.copy_(torch.randn(c, generator=generator) * 0.1)
+            elif isinstance(module, nn.LayerNorm):  # ConvNeXt's, fresh: the identity too
+                shape = module.normalized_shape
+                module.weight.copy_(torch.rand(shape, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(shape, generator=generator) * 0.1)
     return model.eval()
 
 
@@ -271,9 +278,159 @@ class GoogLeNetSmall(nn.Module):
         return self.head(x, dense)
 
 
+class LayerNorm2d(nn.LayerNorm):
+    """torchvision's ConvNeXt LayerNorm2d: a LayerNorm over each position's channels."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ConvNeXtBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.dwconv = nn.Conv2d(channels, channels, 7, padding=3, groups=channels)
+        self.norm = nn.LayerNorm(channels, eps=1e-6)
+        self.pwconv1 = nn.Linear(channels, 4 * channels)
+        self.pwconv2 = nn.Linear(4 * channels, channels)
+        self.layer_scale = nn.Parameter(torch.rand(channels, 1, 1) + 0.5)
+
+    def forward(self, x):
+        y = self.dwconv(x).permute(0, 2, 3, 1)
+        y = self.pwconv2(F.gelu(self.pwconv1(self.norm(y)))).permute(0, 3, 1, 2)
+        return x + self.layer_scale * y
+
+
+class ConvNeXtSmall(nn.Module):
+    """Channels-last LayerNorms and Linears, GELU, layer scale; a LayerNorm2d head."""
+    crop = 32
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 4, 4), LayerNorm2d(8, eps=1e-6))
+        self.stage1 = ConvNeXtBlock(8)
+        self.downsample = nn.Sequential(LayerNorm2d(8, eps=1e-6), nn.Conv2d(8, 16, 2, 2))
+        self.stage2 = ConvNeXtBlock(16)
+        self.norm = LayerNorm2d(16, eps=1e-6)
+        self.fc = nn.Linear(16, classes)
+
+    def forward(self, x, dense: bool = False):
+        x = self.stage2(self.downsample(self.stage1(self.stem(x))))
+        if dense:
+            x = self.norm(F.avg_pool2d(x, 4, stride=1))
+            return F.conv2d(x, self.fc.weight[:, :, None, None], self.fc.bias)
+        return self.fc(torch.flatten(self.norm(F.adaptive_avg_pool2d(x, 1)), 1))
+
+
+def channel_shuffle(x, groups: int):
+    """As torchvision writes it (the exporter's Reshape, Transpose, Reshape)."""
+    n, c, h, w = x.size()
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous().view(n, -1, h, w)
+
+
+def conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, relu: bool = True):
+    layers = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    return nn.Sequential(*layers, nn.ReLU(True)) if relu else nn.Sequential(*layers)
+
+
+class ShuffleUnit(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.stride = stride
+        half = cout // 2
+        if stride == 2:
+            self.branch1 = nn.Sequential(conv_bn(cin, cin, 3, 2, cin, relu=False), conv_bn(cin, half, 1))
+        inner = cin if stride == 2 else half
+        self.branch2 = nn.Sequential(conv_bn(inner, half, 1), conv_bn(half, half, 3, stride, half, relu=False),
+                                     conv_bn(half, half, 1))
+
+    def forward(self, x):
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return channel_shuffle(out, 2)
+
+
+class ShuffleNetSmall(nn.Module):
+    """Channel shuffles, chunks and a mean over H and W."""
+    crop = 32
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.conv1 = conv_bn(3, 8, 3, 2)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.stage2 = nn.Sequential(ShuffleUnit(8, 16, 2), ShuffleUnit(16, 16, 1))
+        self.conv5 = conv_bn(16, 24, 1)
+        self.fc = nn.Linear(24, classes)
+
+    def forward(self, x, dense: bool = False):
+        x = self.conv5(self.stage2(self.maxpool(self.conv1(x))))
+        if dense:
+            return linear_as_conv(self.fc, F.avg_pool2d(x, 4, stride=1), (24, 1, 1))
+        return self.fc(x.mean([2, 3]))
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels: int, squeezed: int, activation: nn.Module, gate: nn.Module):
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, squeezed, 1)
+        self.fc2 = nn.Conv2d(squeezed, channels, 1)
+        self.activation, self.gate = activation, gate
+
+    def forward(self, x):
+        return x * self.gate(self.fc2(self.activation(self.fc1(F.adaptive_avg_pool2d(x, 1)))))
+
+
+class EfficientNetSmall(nn.Module):
+    """SiLU everywhere, MBConv blocks with sigmoid squeeze-and-excitation gates."""
+    crop = 32
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(conv_bn(3, 8, 3, 2, relu=False), nn.SiLU())
+        self.block1 = nn.Sequential(conv_bn(8, 16, 1, relu=False), nn.SiLU(),
+                                    conv_bn(16, 16, 3, 1, 16, relu=False), nn.SiLU(),
+                                    SqueezeExcite(16, 4, nn.SiLU(), nn.Sigmoid()), conv_bn(16, 8, 1, relu=False))
+        self.block2 = nn.Sequential(conv_bn(8, 24, 1, relu=False), nn.SiLU(),
+                                    conv_bn(24, 24, 3, 2, 24, relu=False), nn.SiLU(),
+                                    SqueezeExcite(24, 6, nn.SiLU(), nn.Sigmoid()), conv_bn(24, 12, 1, relu=False))
+        self.head = nn.Sequential(conv_bn(12, 16, 1, relu=False), nn.SiLU())
+        self.fc = nn.Linear(16, classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.block2(x + self.block1(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.head(x), 1), 1))
+
+
+class MobileNetV3Small(nn.Module):
+    """Hardswish, squeeze-and-excitation gates with a Hardsigmoid, a two-Linear head."""
+    crop = 32
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(conv_bn(3, 8, 3, 2, relu=False), nn.Hardswish())
+        self.block1 = nn.Sequential(conv_bn(8, 8, 3, 2, 8), SqueezeExcite(8, 4, nn.ReLU(), nn.Hardsigmoid()),
+                                    conv_bn(8, 8, 1, relu=False))
+        self.block2 = nn.Sequential(conv_bn(8, 16, 1, relu=False), nn.Hardswish(),
+                                    conv_bn(16, 16, 3, 1, 16, relu=False), nn.Hardswish(),
+                                    SqueezeExcite(16, 8, nn.ReLU(), nn.Hardsigmoid()), conv_bn(16, 8, 1, relu=False))
+        self.head = nn.Sequential(conv_bn(8, 16, 1, relu=False), nn.Hardswish())
+        self.classifier = nn.Sequential(nn.Linear(16, 20), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(20, classes))
+
+    def forward(self, x):
+        x = self.block1(self.stem(x))
+        x = self.head(x + self.block2(x))
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
 ZOO = {cls.__name__.removesuffix("Small").lower(): cls
        for cls in (AlexNetSmall, VGGBNSmall, ResNetSmall, SqueezeNetSmall, MobileNetV2Small,
-                   DenseNetSmall, GoogLeNetSmall)}
+                   DenseNetSmall, GoogLeNetSmall, ConvNeXtSmall, ShuffleNetSmall, EfficientNetSmall,
+                   MobileNetV3Small)}
+GATED = ("efficientnet", "mobilenetv3")  # squeeze-and-excitation: classifiers only
+SLIDING = [name for name in ZOO if name not in GATED]
 
 
 def build(name: str, seed: int = 0) -> nn.Module:
@@ -282,7 +439,7 @@ def build(name: str, seed: int = 0) -> nn.Module:
 
 
 def export(model: nn.Module, path, *, dynamo: bool = False, batch: int = 1, fold: bool = True,
-           dynamic_hw: bool = False) -> None:
+           dynamic_hw: bool = False, opset: int = 17) -> None:
     """torch.onnx.export through either exporter. `fold=False` keeps BatchNormalization
     nodes (TorchScript exporter: no constant folding), so graphconv's own folding is tested."""
     import warnings
@@ -296,7 +453,7 @@ def export(model: nn.Module, path, *, dynamo: bool = False, batch: int = 1, fold
                               input_names=["x"], dynamic_shapes=dynamic)
         else:
             axes = {"x": {0: "batch", 2: "height", 3: "width"}} if dynamic_hw else {"x": {0: "batch"}}
-            torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17,
+            torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset,
                               input_names=["x"], output_names=["scores"], dynamic_axes=axes,
                               do_constant_folding=fold,
                               training=torch.onnx.TrainingMode.EVAL)

@@ -44,7 +44,8 @@ def exported(tmp_path_factory):
 
 def torch_scores(model, x: np.ndarray, dense: bool = False) -> np.ndarray:
     with torch.no_grad():
-        return model(torch.from_numpy(x), dense=dense).numpy()
+        x = torch.from_numpy(x)
+        return (model(x, dense=True) if dense else model(x)).numpy()
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -61,7 +62,7 @@ def test_classifier_output_equals_pytorch(exported, arch, how, rng):
     np.testing.assert_allclose(out, expected, **TOLERANCE)
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", onnx_zoo.SLIDING)
 def test_compiled_dense_map_equals_the_same_conversion_in_pytorch(exported, arch, rng):
     """The default pipeline folds batch norm, turns global pooling into window pooling and
     every fc into a conv: on an image larger than the crop, the map equals PyTorch running
@@ -320,4 +321,79 @@ def test_nan_weights_are_refused(tmp_path, rng):
     w[1, 2, 0, 0] = np.nan
     path = save(tiny_model([onnx.helper.make_node("Conv", ["x", "w"], ["y"], name="c")], {"w": w}), tmp_path / "n.onnx")
     with pytest.raises(GraphconvError, match="node 'c': its weight holds NaN"):
+        load_network(path)
+
+
+# ---- the ops of newer classifiers: ConvNeXt, ShuffleNetV2, EfficientNet, MobileNetV3 ----------
+
+def layer_ops(path) -> list[str]:
+    return [node.op for node in load_network(path).layers()]
+
+
+def test_newer_classifiers_import_as_their_own_ops(exported):
+    """Swish written as x * sigmoid(x) is one silu layer (the sigmoids left are the
+    gates); ConvNeXt's channels-last Linears are 1x1 convs, its layer scale folds away;
+    ShuffleNet's view-transpose-view is one channel_shuffle and its chunk two slices."""
+    efficientnet = layer_ops(exported("efficientnet")[1])
+    assert efficientnet.count("silu") == 8 and efficientnet.count("sigmoid") == 2
+    assert efficientnet.count("mul") == 2
+    mobilenet = layer_ops(exported("mobilenetv3")[1])
+    assert mobilenet.count("hardswish") == 5 and mobilenet.count("hardsigmoid") == 2
+    convnext = layer_ops(exported("convnext")[1])
+    assert convnext.count("layernorm") == 5 and convnext.count("gelu") == 2
+    assert "fc" in convnext and "batchnorm" in convnext  # the head's Linear; the layer scales
+    assert not compile_model(exported("convnext")[1]).graph.find("batchnorm")  # folded into the pwconv2s
+    shufflenet = layer_ops(exported("shufflenet")[1])
+    assert shufflenet.count("channel_shuffle") == 2 and shufflenet.count("slice_channels") == 2
+
+
+@pytest.mark.parametrize("arch", onnx_zoo.GATED)
+def test_squeeze_and_excitation_networks_are_refused_for_dense_evaluation(exported, arch, tmp_path, capsys):
+    from graphconv.cli import main
+    _, path = exported(arch)
+    with pytest.raises(GraphconvError, match="squeeze-and-excitation") as err:
+        compile_model(path)
+    assert str(err.value).startswith(f"{path.name}: layer 'block1.")  # file and the gate's module path
+    out = tmp_path / "compiled"
+    assert main(["compile", str(path), "-o", str(out)]) == 2 and not out.exists()
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_gelu_written_out_before_opset_20_and_as_one_node_import_alike(tmp_path, rng):
+    model = onnx_zoo.build("convnext")
+    paths = {opset: tmp_path / f"convnext{opset}.onnx" for opset in (17, 20)}
+    for opset, path in paths.items():
+        onnx_zoo.export(model, path, opset=opset)
+    ops = {opset: [n.op_type for n in onnx.load(str(path)).graph.node] for opset, path in paths.items()}
+    assert "Erf" in ops[17] and "Gelu" not in ops[17] and "Gelu" in ops[20]
+    x = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
+    written_out, one_node = (Model(load_network(paths[opset])) for opset in (17, 20))
+    assert [n.op for n in written_out.graph.layers()] == [n.op for n in one_node.graph.layers()]
+    np.testing.assert_allclose(written_out.run(x), one_node.run(x), rtol=1e-6, atol=1e-6)
+
+
+class Permuted(torch.nn.Module):
+    """A network whose second op is `how`; both are refused with the reason."""
+    crop = 8
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        x = self.conv(x)
+        if self.how == "transpose":
+            return x.permute(0, 2, 1, 3).flatten(1)
+        return torch.nn.functional.layer_norm(x, (4, 6, 6)).flatten(1)  # over C, H and W
+
+
+@pytest.mark.parametrize("how,message", [
+    ("transpose", r"Transpose \[0, 2, 1, 3\] of a feature map; graphconv follows only"),
+    ("layernorm", "normalises over more than the channels at one position"),
+])
+def test_permutes_and_layernorms_graphconv_cannot_follow_are_refused(tmp_path, how, message):
+    path = tmp_path / f"{how}.onnx"
+    onnx_zoo.export(Permuted(how), path, opset=20)
+    with pytest.raises(GraphconvError, match=message):
         load_network(path)

@@ -145,7 +145,7 @@ def test_save_onnx_writes_a_loadable_file(tmp_path):
     onnx.checker.check_model(onnx.load(str(tmp_path / "m.onnx")))
 
 
-@pytest.mark.parametrize("arch", ["resnet", "densenet", "googlenet", "mobilenetv2"])
+@pytest.mark.parametrize("arch", ["resnet", "densenet", "googlenet", "mobilenetv2", "convnext", "shufflenet"])
 def test_imported_classifier_compiled_and_exported_runs_in_onnxruntime(arch, tmp_path, rng):
     """The whole round trip a user makes: PyTorch -> ONNX -> graphconv compile (batch norm
     folded, global pooling made dense) -> ONNX -> onnxruntime on a larger image."""

@@ -105,3 +105,50 @@ def test_inspect_of_an_unconverted_global_pool(write_spec, capsys):
     spec = write_spec(GLOBAL.replace("  - {name: fc, op: fc, out_features: 4}\n", ""))
     assert main(["inspect", str(spec)]) == 0
     assert "--output-stride 2: dilate inf" in capsys.readouterr().out
+
+
+# a squeeze-and-excitation block: the crop's average, through two 1x1 convs and a
+# sigmoid, multiplies the map it was pooled from
+GATED = """
+name: gated
+input: {shape: [3, 12, 12]}
+layers:
+  - {name: c1, op: conv, out_channels: 6, kernel_size: 3, stride: 2}
+  - {name: squeeze, op: globalavgpool}
+  - {name: reduce, op: conv, out_channels: 2, kernel_size: 1}
+  - {name: expand, op: conv, out_channels: 6, kernel_size: 1}
+  - {name: gate, op: sigmoid}
+  - {name: excite, op: mul, inputs: [c1, gate]}
+  - {name: head, op: globalavgpool}
+  - {name: fc, op: fc, out_features: 3}
+"""
+
+
+def test_a_squeeze_and_excitation_gate_is_refused_naming_the_pool_and_the_product(write_spec):
+    with pytest.raises(GraphconvError) as err:
+        graphconv.compile_model(write_spec(GATED))
+    message = str(err.value)
+    assert "layer 'squeeze'" in message and "'excite' (mul)" in message and "6x5x5 map 'c1'" in message
+    assert "squeeze-and-excitation" in message and ".yaml:" in message
+
+
+def test_a_gated_network_still_runs_as_a_classifier_on_its_crop(write_spec, rng):
+    model = graphconv.load(write_spec(GATED))
+    x = random_input(rng, (2, 3, 12, 12))
+    assert model.run(x).shape == (2, 3)
+
+
+def test_compiling_a_gated_network_is_exit_2_and_writes_nothing(write_spec, tmp_path, capsys):
+    out = tmp_path / "compiled"
+    assert main(["compile", str(write_spec(GATED)), "-o", str(out)]) == 2
+    assert not out.exists()
+    assert "squeeze-and-excitation" in capsys.readouterr().err
+
+
+def test_a_gate_on_a_1x1_map_is_still_exact_and_compiles(write_spec):
+    """At a 1x1 map the crop's average is the position itself: the rewritten pool is the
+    identity, so the gate slides like any pointwise product."""
+    spec = GATED.replace("stride: 2}", "stride: 2}\n  - {name: shrink, op: maxpool, kernel_size: 5}"
+                         ).replace("inputs: [c1, gate]", "inputs: [shrink, gate]")
+    graph = graphconv.compile_model(write_spec(spec)).graph
+    assert not graph.find("globalavgpool")
