@@ -205,6 +205,8 @@ def test_conv_matches_reference(params, in_shape, rng):
     (dict(out_channels=64, kernel_size=1, stride=2), (1, 32, 40, 40), "outer"),      # patches of 32
     (dict(out_channels=64, kernel_size=3, padding=1), (1, 32, 20, 20), "winograd"),
     (dict(out_channels=64, kernel_size=3, padding=1, groups=2), (1, 32, 20, 20), "outer"),
+    (dict(out_channels=96, kernel_size=7, padding=3, groups=96), (1, 96, 56, 56), "depthwise"),  # ConvNeXt
+    (dict(out_channels=64, kernel_size=3, stride=2, padding=1, groups=32), (1, 32, 20, 20), "depthwise"),
     (dict(out_channels=64, kernel_size=3, padding=1), (1, 3, 224, 224), "outer"),    # VGG conv1_1: K=27
     (dict(out_channels=64, kernel_size=11, stride=4), (1, 3, 224, 224), "outer"),   # AlexNet conv1
     (dict(out_channels=512, kernel_size=3, padding=1), (1, 512, 28, 28), "winograd"),  # VGG conv4_2 at 224
@@ -242,6 +244,31 @@ def test_conv_hypothesis(c, groups, o_per, kh, kw, sh, sw, ph, pw, dh, dw, h, w,
         for prepared in (False, True):  # taps in the spec's order and in prepare_conv's
             check_op("conv", params, [(c, h, w)], np.random.default_rng(h * 31 + w), batch=batch,
                      strategy=strategy, prepared=prepared, storage=storage)
+
+
+@settings(max_examples=40, deadline=None)
+@given(c=st.integers(1, 20), multiplier=st.integers(1, 3), kh=st.integers(1, 7), kw=st.integers(1, 7),
+       sh=st.integers(1, 3), sw=st.integers(1, 3), ph=st.integers(0, 3), pw=st.integers(0, 3),
+       dh=st.integers(1, 2), dw=st.integers(1, 2), h=st.integers(1, 15), w=st.integers(1, 40),
+       batch=st.integers(1, 2), relu=st.booleans(), residual=st.booleans(),
+       storage=st.sampled_from(STORAGE_CHOICES))
+def test_conv_depthwise_hypothesis(c, multiplier, kh, kw, sh, sw, ph, pw, dh, dw, h, w, batch, relu, residual,
+                                   storage):
+    """The depthwise strategy, which depthwise layers choose, on the sizes where clipping
+    each tap's run at the padding goes wrong first: kernels wider than the map, padding
+    as wide as the kernel, strides past the end, channel multipliers, rows of one pixel."""
+    if dh * (kh - 1) + 1 > h + 2 * ph or dw * (kw - 1) + 1 > w + 2 * pw:
+        return
+    params = dict(out_channels=c * multiplier, kernel_size=[kh, kw], stride=[sh, sw], padding=[ph, pw],
+                  dilation=[dh, dw], groups=c, activation="relu" if relu else "none")
+    conv = get_op("conv")
+    out_shape = conv.shape(normalize_params(conv, params), [(c, h, w)])
+    in_shapes = [(c, h, w), out_shape] if residual else [(c, h, w)]
+    if c > 1:
+        assert conv_cpu.choose_strategy(normalize_params(conv, params), (batch, c, h, w)) == "depthwise"
+    for prepared in (False, True):
+        check_op("conv", params, in_shapes, np.random.default_rng(h * 31 + w), batch=batch, strategy="depthwise",
+                 prepared=prepared, storage=storage)
 
 
 @settings(max_examples=30, deadline=None)

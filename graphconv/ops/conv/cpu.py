@@ -1,4 +1,4 @@
-"""CPU conv: one of five strategies per layer, chosen from the layer's shape.
+"""CPU conv: one of seven strategies per layer, chosen from the layer's shape.
 
 - "stream": large weights used at few output positions (the fully-connected layers
   fc-to-conv produced; see `gemm_cpu.prefers_stream`). The patches are gathered into
@@ -22,6 +22,8 @@
   16 products per 2x2 outputs and channel pair instead of 36, on the same register
   tile as "outer" (`winograd.py`). The weights are transformed and packed once per
   Executor (`prepare_conv`).
+- "depthwise": one input channel per group (MobileNet, EfficientNet, ConvNeXt): each
+  output plane row by row, a contiguous multiply-add per tap (`depthwise.py`).
 - "direct": the previous default, kept for comparison (and forced in tests): per output
   row, a row panel holding every patch as one contiguous (kw, kh, c) run, and a 4x3
   dot-product tile (`gemm_cpu.multiply_band`) over it.
@@ -48,7 +50,7 @@ from graphconv.ops import aligned
 from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, multiply_band, padded_positions, prefers_stream, stream_matmul,
                                     stream_width)
 from graphconv.ops.conv import shape as output_shape
-from graphconv.ops.conv import winograd
+from graphconv.ops.conv import depthwise, winograd
 from graphconv.ops.channels_last import as_nchw, as_stored_like, nhwc, padded_copy, store_channels
 from graphconv.ops.registry import pair
 from graphconv.ops.job_queue import next_job
@@ -63,7 +65,7 @@ SCRATCH_FLOATS = 1 << 22  # 16 MB of im2col columns per chunk
 PACK_MAX_WEIGHTS = 3 << 20
 WINOGRAD_MIN_CHANNELS = 16  # fewer input or output channels: the transforms would cost more than they save
 WINOGRAD_MIN_POSITIONS = 16  # fewer outputs (4 tiles): an fc-like layer, which streams its weights
-STRATEGIES = ("stream", "pointwise", "direct", "im2col", "outer", "winograd")
+STRATEGIES = ("stream", "pointwise", "direct", "im2col", "outer", "winograd", "depthwise")
 
 
 def suits_winograd(params: dict, in_channels: int) -> bool:
@@ -80,6 +82,8 @@ def can_run(strategy: str, params: dict) -> bool:
         return tuple(pair(params[k]) for k in ("kernel_size", "stride", "padding")) == ((1, 1), (1, 1), (0, 0))
     if strategy == "winograd":
         return winograd.applies(params)
+    if strategy == "depthwise":  # any grouping, but summing a long patch in one float32 row is for few taps
+        return params["groups"] > 1
     return True
 
 
@@ -108,7 +112,8 @@ def choose_strategy(params: dict, in_shape: tuple[int, ...],
     stride-2 512->512 2.87 -> 2.28. AlexNet's and VGG's fc layers, far larger, stream.
     """
     strategy = _strategy_for_nchw(params, in_shape, out_hw)
-    if channels_last and (strategy == "pointwise" or strategy == "stream" and _packed_for_outer(params, in_shape)):
+    if channels_last and (strategy in ("pointwise", "depthwise")
+                          or strategy == "stream" and _packed_for_outer(params, in_shape)):
         return "outer"
     return strategy
 
@@ -128,6 +133,8 @@ def _strategy_for_nchw(params: dict, in_shape: tuple[int, ...], out_hw: tuple[in
     n, c = in_shape[:2]
     ho, wo = out_hw or output_shape(params, [tuple(in_shape[1:])])[1:]
     weights = _weight_elements(params, in_shape)
+    if depthwise.applies(params, c):
+        return "depthwise"
     if suits_winograd(params, c) and n * ho * wo >= WINOGRAD_MIN_POSITIONS:
         return "winograd"
     if prefers_stream(n * ho * wo, weights):
@@ -244,8 +251,8 @@ def _strategy_binder(params: dict, weights: dict, inputs: list[np.ndarray], out:
     strategy = strategy or choose_strategy(params, inputs[0].shape, out.shape[2:], channels_last)
     if channels_last and strategy == "pointwise":  # forced: its kernel reads and writes NCHW only
         strategy = "outer"
-    if channels_last and strategy == "direct":
-        return partial(partial, _direct_on_nchw_copies, params, weights)
+    if channels_last and strategy in ("direct", "depthwise"):  # forced: their kernels take NCHW only
+        return partial(partial, _on_nchw_copies, strategy, params, weights)
     groups = params["groups"]
     kh, kw = pair(params["kernel_size"])
     out_c = params["out_channels"]
@@ -265,6 +272,9 @@ def _strategy_binder(params: dict, weights: dict, inputs: list[np.ndarray], out:
         if "weight_kxo" not in weights:  # not packed by prepare_conv (large, Winograd's, or as the spec gives them)
             weights["weight_kxo"] = kxo_weights(_spec_weights(weights, groups, kh, kw), groups)  # once, kept
         return partial(_bind_outer, weights["weight_kxo"], out_c // groups, bias, kh, kw, geometry, relu)
+    if strategy == "depthwise":
+        w = np.ascontiguousarray(_spec_weights(weights, groups, kh, kw))
+        return lambda inputs, out: partial(depthwise.conv_depthwise, _input(inputs), w, bias, *geometry, relu, out)
     if strategy == "direct":
         wk = _taps_last(weights, groups)
         return lambda inputs, out: partial(_conv_direct, _input(inputs), wk, bias, kh, kw, *geometry, relu,
@@ -304,10 +314,10 @@ def _then_add_residual(plain: Callable[[], None], relu: bool, inputs: list[np.nd
     _add_residual(_flat(out), _residual(inputs, out), relu)
 
 
-def _direct_on_nchw_copies(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
+def _on_nchw_copies(strategy: str, params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
     out_stored = nhwc(out)
     nchw_out = out if out_stored is None else np.empty(out.shape, np.float32)
-    run_conv(params, weights, [as_nchw(x) for x in inputs], nchw_out, "direct")
+    run_conv(params, weights, [as_nchw(x) for x in inputs], nchw_out, strategy)
     if out_stored is not None:
         padded_copy(nchw_out, 0, 0, 0, out_stored)
 
