@@ -46,9 +46,11 @@ def format_profile(graph: Graph, profile: dict[str, float], input_hw: tuple[int,
     """Per-layer ms, share and GFLOP/s, with the kernel strategy each layer ran with."""
     rows = layer_timings(graph, profile, input_hw, batch, device)
     total = sum(r.seconds for r in rows) or 1e-12
-    lines = [f"{'layer':<16}{'op':<9}{'strategy':<11}{'ms':>9}{'share':>7}{'GFLOP/s':>9}"]
+    name_width = max([16, *(len(r.name) + 1 for r in rows)])  # ConvNeXt's "features.5.4.block.4"
+    op_width = max([9, *(len(r.op) + 1 for r in rows)])
+    lines = [f"{'layer':<{name_width}}{'op':<{op_width}}{'strategy':<11}{'ms':>9}{'share':>7}{'GFLOP/s':>9}"]
     for r in rows:
-        lines.append(f"{r.name:<16}{r.op:<9}{r.strategy or '-':<11}{r.seconds * 1e3:>9.2f}"
+        lines.append(f"{r.name:<{name_width}}{r.op:<{op_width}}{r.strategy or '-':<11}{r.seconds * 1e3:>9.2f}"
                      f"{r.seconds / total:>7.0%}{r.gflops_per_second:>9.1f}")
-    lines.append(f"{'total':<36}{total * 1e3:>9.2f}")
+    lines.append(f"{'total':<{name_width + op_width + 11}}{total * 1e3:>9.2f}")
     return "\n".join(lines)

@@ -5,12 +5,13 @@ depthwise layers, with any channel multiplier).
 The other strategies are built around a GEMM's reuse: every input value meets many
 output channels. A depthwise conv has none (each output channel reads one input plane),
 so "outer" ran it one 1-channel group at a time, at 3.5 GFLOP/s on ConvNeXt's 7x7
-layers. Here each output plane is computed on its own, row by row: for each tap, one
-multiply-add of a contiguous run of the input row into a row of sums that stays in L1,
-the run clipped where the tap would read padding, so no padded copy is made. Every
+layers. Here each output plane is computed on its own, each tap one contiguous
+multiply-add into a block of sums that stays in L1: at stride 1 over whole padded rows
+at once, otherwise over one output row, clipped where the tap would read padding. Every
 index is unsigned (`unsigned_index`), without which numba's negative-index checks keep
-the runs from being vectorised: 40 -> 4.4 ms on ConvNeXt's 96-channel 7x7 layer at
-112x112 (2 threads, AVX-512), where "outer" takes 11.9.
+the runs from being vectorised (40 -> 4.4 ms on one layer). ConvNeXt-tiny's 7x7 layers
+at 448x448, 2 threads (AVX-512), alone: 96 channels at 112x112 14.0 ms with "outer" ->
+3.5, 192 at 56x56 12.2 -> 2.1, 384 at 28x28 9.3 -> 0.85.
 
 The kernel computes any grouping (each output channel reads its group's input
 channels in turn), so the tests force it on every grouped conv; only depthwise layers
@@ -39,10 +40,66 @@ def _tap_columns(off, sw, width, wo):
     return lo, min(max(hi, lo), wo)
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
+SUMS_FLOATS = 2048  # the stride-1 path's block of sums (8 KB): with its input rows, it stays in L1
+
+
 def conv_depthwise(x, w, bias, sh, sw, ph, pw, dh, dw, relu, out):
     """out[b, o] = bias[o] + the taps w[o, ci] over input channel ci of o's group, for
     every ci, with stride (sh, sw), padding (ph, pw), dilation (dh, dw); then ReLU."""
+    if sh == 1 and sw == 1:
+        _depthwise_flat(x, w, bias, ph, pw, dh, dw, relu, SUMS_FLOATS, out)
+    else:
+        _depthwise_rows(x, w, bias, sh, sw, ph, pw, dh, dw, relu, out)
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _depthwise_flat(x, w, bias, ph, pw, dh, dw, relu, sums_floats, out):
+    """Stride 1: each plane copied once into a zero-padded one; then, on that flat copy,
+    a tap is one contiguous multiply-add over whole rows of output at once (each row as
+    wide as the padded input, the extra columns computed and dropped). On maps as narrow
+    as ConvNeXt's last stage (28 columns at 448) a tap per output row cost more to set
+    up than to run."""
+    n, c, height, width = x.shape
+    _, o, ho, wo = out.shape
+    per_group_in, kh, kw = w.shape[1], w.shape[2], w.shape[3]
+    per_group_out = o // (c // per_group_in)
+    wide = width + 2 * pw
+    padded_floats = (height + 2 * ph) * wide + (kw - 1) * dw
+    block_rows = max(1, min(ho, sums_floats // wide))
+    for job in prange(n * o):
+        b = job // o
+        oc = job % o
+        first_in = (oc // per_group_out) * per_group_in
+        dst = out[b, oc].reshape(-1)
+        padded = np.zeros(padded_floats, np.float32)
+        sums = np.empty(block_rows * wide, np.float32)
+        for r0 in range(0, ho, block_rows):
+            count = min(block_rows, ho - r0) * wide
+            for p in range(count):
+                sums[unsigned(p)] = bias[oc]
+            for ci in range(per_group_in):
+                if r0 == 0 or per_group_in > 1:
+                    src = x[b, first_in + ci]
+                    for y in range(height):
+                        row = (y + ph) * wide + pw
+                        for xx in range(width):
+                            padded[unsigned(row + xx)] = src[y, xx]
+                for i in range(kh):
+                    for j in range(kw):
+                        tap = w[oc, ci, i, j]
+                        base = (r0 + i * dh) * wide + j * dw
+                        for p in range(count):
+                            sums[unsigned(p)] += tap * padded[unsigned(base + p)]
+            for r in range(count // wide):
+                row = (r0 + r) * wo
+                for ox in range(wo):
+                    v = sums[unsigned(r * wide + ox)]
+                    dst[unsigned(row + ox)] = max(v, np.float32(0.0)) if relu else v
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _depthwise_rows(x, w, bias, sh, sw, ph, pw, dh, dw, relu, out):
+    """Any stride: output row by row, each tap's run clipped where it would read padding."""
     n, c, height, width = x.shape
     _, o, ho, wo = out.shape
     per_group_in, kh, kw = w.shape[1], w.shape[2], w.shape[3]
