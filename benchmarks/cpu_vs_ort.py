@@ -160,7 +160,7 @@ def build(case: Case, torch, folder: Path):
         return graphconv.compile_model(ROOT / "specs" / case.source, case.passes), None
     path = folder / "resnet50.onnx"
     if not path.exists():
-        from onnx_resnet import resnet50
+        from onnx_models import resnet50
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(resnet50(torch), (torch.randn(1, 3, 224, 224),), str(path), dynamo=False,

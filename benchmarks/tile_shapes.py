@@ -47,7 +47,7 @@ def networks(torch, folder: Path):
 
     cases = []
     if torch is not None:
-        from onnx_resnet import resnet50
+        from onnx_models import resnet50
         path = folder / "resnet50.onnx"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

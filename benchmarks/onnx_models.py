@@ -1,0 +1,246 @@
+"""Classifiers brought in from ONNX: graphconv vs PyTorch vs onnxruntime on the CPU.
+
+    python benchmarks/onnx_models.py [--threads 2] [--repeats 7] [--networks resnet50,convnext_tiny] [--write]
+
+torchvision-layout ResNet-50 and ConvNeXt-tiny (built here, so torchvision is not
+needed) with random weights, randomised batch-norm statistics and LayerNorm and
+layer-scale terms, are exported with torch.onnx.export (TorchScript exporter, batch
+norm kept as nodes), then for each:
+
+* classifier at 224: graphconv runs the imported network (batch norm folded, fuse
+  passes, fc kept); PyTorch runs the module; onnxruntime runs the ONNX file;
+* dense at 448: graphconv compiles it (global average pooling -> 7x7 average pooling
+  at stride 1, fc -> 1x1 conv) and runs the 8x8 score map; PyTorch and onnxruntime run
+  the same converted network (the ONNX file graphconv exports from it, and the module
+  with its pooling and fc replaced the same way).
+
+Same thread count everywhere (onnxruntime: intra_op_num_threads), batch 1, float32,
+runs alternating between the three with a rest before each (`common.PAUSE`: onnxruntime's
+workers spin after a run), medians after a warm-up. Outputs are checked to
+agree before anything is timed. Not a test: it asserts nothing about speed.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import PAUSE, load_torch, pin_threads, write_section
+
+
+def resnet50(torch):
+    nn, F = torch.nn, torch.nn.functional
+
+    class Bottleneck(nn.Module):
+        def __init__(self, cin, width, stride, downsample):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width)
+            self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
+            self.conv3, self.bn3 = nn.Conv2d(width, width * 4, 1, bias=False), nn.BatchNorm2d(width * 4)
+            self.relu = nn.ReLU(inplace=True)
+            self.downsample = (nn.Sequential(nn.Conv2d(cin, width * 4, 1, stride, bias=False),
+                                             nn.BatchNorm2d(width * 4)) if downsample else None)
+
+        def forward(self, x):
+            identity = x if self.downsample is None else self.downsample(x)
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.relu(self.bn2(self.conv2(out)))
+            return self.relu(self.bn3(self.conv3(out)) + identity)
+
+    class ResNet50(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)
+            self.relu, self.maxpool = nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
+            cin, layers = 64, []
+            for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+                stage = [Bottleneck(cin, width, stride, True)]
+                stage += [Bottleneck(width * 4, width, 1, False) for _ in range(blocks - 1)]
+                layers.append(nn.Sequential(*stage))
+                cin = width * 4
+            self.layer1, self.layer2, self.layer3, self.layer4 = layers
+            self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(2048, 1000)
+            self.dense = False
+
+        def forward(self, x):
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            if self.dense:  # the conversion graphconv's passes make, written by hand
+                return F.conv2d(F.avg_pool2d(x, 7, stride=1), self.fc.weight[:, :, None, None], self.fc.bias)
+            return self.fc(torch.flatten(self.avgpool(x), 1))
+
+    torch.manual_seed(0)
+    return randomised(torch, ResNet50())
+
+
+def convnext_tiny(torch):
+    nn, F = torch.nn, torch.nn.functional
+
+    class LayerNorm2d(nn.LayerNorm):
+        def forward(self, x):
+            return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    class Block(nn.Module):
+        def __init__(self, dim):
+            super().__init__()
+            self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+            self.norm = nn.LayerNorm(dim, eps=1e-6)
+            self.pwconv1, self.pwconv2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+            self.layer_scale = nn.Parameter(torch.full((dim, 1, 1), 1e-6))
+
+        def forward(self, x):
+            y = self.norm(self.dwconv(x).permute(0, 2, 3, 1))
+            y = self.pwconv2(F.gelu(self.pwconv1(y))).permute(0, 3, 1, 2)
+            return x + self.layer_scale * y
+
+    class ConvNeXtTiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            layers = [nn.Sequential(nn.Conv2d(3, 96, 4, 4), LayerNorm2d(96, eps=1e-6))]
+            dims = (96, 192, 384, 768)
+            for i, (dim, depth) in enumerate(zip(dims, (3, 3, 9, 3))):
+                layers.append(nn.Sequential(*[Block(dim) for _ in range(depth)]))
+                if i < 3:
+                    layers.append(nn.Sequential(LayerNorm2d(dim, eps=1e-6), nn.Conv2d(dim, dims[i + 1], 2, 2)))
+            self.features = nn.Sequential(*layers)
+            self.norm, self.fc = LayerNorm2d(768, eps=1e-6), nn.Linear(768, 1000)
+            self.dense = False
+
+        def forward(self, x):
+            x = self.features(x)
+            if self.dense:  # the conversion graphconv's passes make, written by hand
+                x = self.norm(F.avg_pool2d(x, 7, stride=1))
+                return F.conv2d(x, self.fc.weight[:, :, None, None], self.fc.bias)
+            return self.fc(torch.flatten(self.norm(F.adaptive_avg_pool2d(x, 1)), 1))
+
+    torch.manual_seed(0)
+    return randomised(torch, ConvNeXtTiny())
+
+
+def randomised(torch, model):
+    """Batch-norm statistics, LayerNorm terms and layer scales away from their fresh
+    values (the identity, or ConvNeXt's 1e-6 that would hide each block's branch)."""
+    nn = torch.nn
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+            if isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+            if hasattr(m, "layer_scale"):
+                m.layer_scale.uniform_(0.1, 0.5)
+    return model.eval()
+
+
+NETWORKS = {"resnet50": ("ResNet-50", resnet50), "convnext_tiny": ("ConvNeXt-tiny", convnext_tiny)}
+
+
+def compare(title, size, gc_model, onnx_file, dense_mode, model, torch, ort, options, repeats) -> str:
+    """One table row: the three on the same input, checked to agree, then timed alternating."""
+    import numpy as np
+    from graphconv.cost import total_flops
+
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
+    session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    model.dense = dense_mode
+    tx = torch.from_numpy(x)
+
+    def run_graphconv():
+        return gc_model.executor("cpu").run(x)
+
+    def run_torch():
+        with torch.no_grad():
+            return model(tx).numpy()
+
+    def run_ort():
+        return session.run(None, {name: x})[0]
+
+    outs = [run_graphconv(), run_torch(), run_ort()]
+    ref = outs[1].reshape(outs[0].shape)
+    for other in (outs[0], outs[2].reshape(outs[0].shape)):
+        np.testing.assert_allclose(other, ref, rtol=2e-3, atol=2e-3 * float(np.abs(ref).max()))
+    times = {"graphconv": [], "PyTorch": [], "onnxruntime": []}
+    for _ in range(repeats):
+        for key, fn in (("graphconv", run_graphconv), ("PyTorch", run_torch), ("onnxruntime", run_ort)):
+            time.sleep(PAUSE)
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    gflop = total_flops(gc_model.graph, (size, size)) / 1e9
+    return (f"| {title} | {size} | {'x'.join(map(str, outs[0].shape[2:]))} | {gflop:.2f} | "
+            f"{med['graphconv']:.1f} | {med['PyTorch']:.1f} | {med['onnxruntime']:.1f} | "
+            f"{med['graphconv'] / med['PyTorch']:.2f} | {med['graphconv'] / med['onnxruntime']:.2f} |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--networks", default=",".join(NETWORKS), help=f"any of {', '.join(NETWORKS)}")
+    parser.add_argument("--write", action="store_true", help="rewrite this section of benchmarks/README.md")
+    args = parser.parse_args()
+    threads = pin_threads(args.threads)
+    torch = load_torch(threads)
+    import onnxruntime as ort
+
+    from graphconv.compiler import compile_model
+    from graphconv.frontends import load_network
+    from graphconv.frontends.onnx_export import save_onnx
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    folder = Path(tempfile.mkdtemp())
+    rows = []
+    for key in args.networks.split(","):
+        name, build = NETWORKS[key]
+        model = build(torch)
+        onnx_path = folder / f"{key}.onnx"
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), str(onnx_path), dynamo=False,
+                              opset_version=17, input_names=["x"], do_constant_folding=False,
+                              training=torch.onnx.TrainingMode.EVAL)
+        classifier = compile_model(load_network(onnx_path),
+                                   "shape-inference,fold-batchnorm,remove-flatten,fuse-conv-relu,fuse-conv-add")
+        dense = compile_model(onnx_path)
+        dense_onnx = folder / f"{key}_fcn.onnx"
+        save_onnx(dense.graph, dense_onnx)
+        for title, size, gc_model, onnx_file, dense_mode in (
+                (f"{name} classifier", 224, classifier, onnx_path, False),
+                (f"{name} dense (FCN)", 448, dense, dense_onnx, True)):
+            rows.append(compare(title, size, gc_model, onnx_file, dense_mode, model, torch, ort, options, args.repeats))
+            print(rows[-1], flush=True)
+
+    text = "\n".join([
+        "## Classifiers from ONNX: graphconv vs PyTorch vs onnxruntime (`onnx_models.py`)",
+        "",
+        f"{threads} threads everywhere, {platform.machine()}, batch 1, float32, medians of {args.repeats} "
+        f"alternating runs; PyTorch {torch.__version__}, onnxruntime {ort.__version__}. The dense rows run "
+        "the network graphconv compiled (batch norm and layer scales folded, global pooling -> 7x7 window, "
+        "fc -> conv); "
+        "PyTorch runs the same conversion written by hand, onnxruntime the ONNX file `graphconv export` "
+        "wrote from it. Outputs agree (checked first).",
+        "",
+        "| network | input | map | GFLOP | graphconv ms | PyTorch ms | onnxruntime ms | graphconv / PyTorch | "
+        "graphconv / onnxruntime |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *rows,
+    ])
+    print(text)
+    if args.write:
+        write_section("onnx_models", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
