@@ -144,7 +144,7 @@ def _load_external_data(model, path: Path) -> None:
 
 # ---- the conversion -------------------------------------------------------------------------------
 
-NCHW, NHWC, GROUPED = "NCHW", "NHWC", "grouped"
+NCHW, NHWC, GROUPED, FLAT = "NCHW", "NHWC", "grouped", "flat"
 ANY_LAYOUT = (NCHW, NHWC)
 
 
@@ -154,8 +154,10 @@ class Tensor:
     how ONNX sees that node's channels. graphconv keeps every map as (C, H, W); ONNX
     graphs also permute it to channels-last (ConvNeXt's LayerNorm and MatMuls: NHWC) or
     view it as (g, C/g, H, W) (ShuffleNet's channel shuffle: GROUPED, `swapped` once its
-    two group axes are transposed). Those views move no data: they change only how the
-    next ONNX op's axes map onto graphconv's channels."""
+    two group axes are transposed), or as one flat vector (FLAT: the dynamo exporter's
+    adaptive_avg_pool2d(1) is a Reshape to [-1] and a Gather of every element back).
+    Those views move no data: they change only how the next ONNX op's axes map onto
+    graphconv's channels."""
 
     node: str
     shape: tuple[int, int, int]
@@ -327,9 +329,9 @@ class _Importer:
 
     def add_layer(self, node, op: str, inputs: Sequence[Tensor], params: dict | None = None,
                   weights: dict[str, np.ndarray] | None = None, rank: int | None = None,
-                  name: str | None = None) -> Tensor:
-        """Add one graphconv layer for ONNX `node`, bind its first output, return it. The
-        output keeps the first input's rank (unless given) and layout."""
+                  name: str | None = None, output: str | None = None) -> Tensor:
+        """Add one graphconv layer for ONNX `node`, bind its `output` (by default its
+        first), return it. The value keeps the first input's rank (unless given) and layout."""
         opdef = get_op(op)
         try:
             params = normalize_params(opdef, params or {})
@@ -345,7 +347,7 @@ class _Importer:
                                  "they would turn every score into NaN")
             self.weights[f"{layer}.{key}"] = stored
         tensor = Tensor(layer, tuple(shape), rank if rank is not None else inputs[0].rank, inputs[0].layout)
-        self.values[node.output[0]] = tensor
+        self.values[output or node.output[0]] = tensor
         return tensor
 
     def alias(self, node, value: Tensor | np.ndarray) -> None:
@@ -497,6 +499,7 @@ def _clean_name(name: str) -> str:
 _VIEW_READERS = {
     NHWC: "Transpose back, LayerNormalization, MatMul, Add, Mul and pointwise activations",
     GROUPED: "the channel shuffle's Transpose and Reshape back",
+    FLAT: "a Gather of every element back into (N, C, H, W)",
 }
 
 
@@ -713,12 +716,16 @@ def _flatten(imp: _Importer, node) -> None:
 @converts("Reshape")
 def _reshape(imp: _Importer, node) -> None:
     """The Reshapes exporters write before a classifier's fc: (N, -1), (N, C*H*W), or
-    (-1, C*H*W); a reshape to the same shape changes nothing; and the channel shuffle's
-    pair: (N, C, H, W) -> (N, g, C/g, H, W) and, after its Transpose, back."""
+    (-1, C*H*W); a reshape to the same shape changes nothing; the channel shuffle's
+    pair: (N, C, H, W) -> (N, g, C/g, H, W) and, after its Transpose, back; and a
+    batch-1 map flattened to [-1] (see `_gather`)."""
     x = imp.tensor(node.input[0], (NCHW, GROUPED))
     target = [int(v) for v in imp.constant(node.input[1], "target shape").ravel()]
     if x.layout == GROUPED or len(target) == 5:
         _channel_groups(imp, node, x, target)
+        return
+    if len(target) == 1 and x.rank == 4 and _reshaped(target, [1, *x.shape]) == [math.prod(x.shape)]:
+        imp.alias(node, replace(x, layout=FLAT, rank=1))
         return
     features = math.prod(x.shape)
     current = [1, *x.shape] if x.rank == 4 else [1, features]
@@ -773,6 +780,21 @@ def _reshaped(target: list[int], current: list[int]) -> list[int] | None:
             return None
         dims[dims.index(-1)] = total // known
     return dims if math.prod(dims) == total else None
+
+
+@converts("Gather")
+def _gather(imp: _Importer, node) -> None:
+    """A flattened map gathered back whole: indices 0..C*H*W-1 shaped (1, C, H, W), as
+    the dynamo exporter writes adaptive_avg_pool2d(1) (a strided view of the mean)."""
+    x = imp.tensor(node.input[0], (FLAT,))
+    indices = imp.constant(node.input[1], "indices")
+    whole = (1, *x.shape)
+    if int(imp.attributes(node).get("axis", 0)) != 0 or indices.shape != whole or not np.array_equal(
+            indices.ravel(), np.arange(indices.size)):
+        raise imp.error(f"Gather from a flattened {'x'.join(map(str, x.shape))} map with indices of shape "
+                        f"{list(indices.shape)}; graphconv reads only the gather of every element back "
+                        f"into {list(whole)}")
+    imp.alias(node, replace(x, layout=NCHW, rank=4))
 
 
 @converts("Gemm")
@@ -1007,9 +1029,8 @@ def _split(imp: _Importer, node) -> None:
 def _slice_channels(imp: _Importer, node, x: Tensor, start: int, stop: int, output: str) -> None:
     if (start, stop) == (0, x.shape[0]):
         imp.values[output] = x
-        return
-    layer = imp.add_layer(node, "slice_channels", [x], dict(start=start, stop=stop))
-    imp.values[output] = layer
+    else:
+        imp.add_layer(node, "slice_channels", [x], dict(start=start, stop=stop), output=output)
 
 
 @converts("Concat")
@@ -1063,6 +1084,6 @@ def _constant_only(imp: _Importer, node) -> None:
                     "evaluates it only on constants (shape arithmetic)")
 
 
-for _op in ("Gather", "Unsqueeze", "Squeeze", "Cast", "Div", "Sub", "ConstantOfShape",
+for _op in ("Unsqueeze", "Squeeze", "Cast", "Div", "Sub", "ConstantOfShape",
             "Range", "Equal", "Where", "Expand", "Floor", "Ceil", "Sqrt", "Neg", "ReduceProd"):
     CONVERTERS[_op] = _constant_only
