@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --scales: mean (default) or max over positions, then scales and flips; "
                           "argmax: write the winning class per cell (uint16) instead of the scores")
     run.add_argument("--top", type=_positive_int, metavar="K", help="print the K best classes")
+    run.add_argument("--crops", type=_positive_int, nargs="?", const=0, metavar="STRIDE",
+                     help="run the classifier itself on every crop of its input size, STRIDE pixels apart "
+                          "(default: the network's stride): the map a dense pass stands for, exact for any "
+                          "network (squeeze-and-excitation ones too), without the dense pass's shared work")
     run.add_argument("--full-map", action="store_true",
                      help="keep every cell the network computes, also those whose crop would run off "
                           "the image (dropped by default)")
@@ -363,8 +367,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             check_zarr_target(path)
         else:
             check_writable(path)
+    if args.crops is not None and (args.scales or args.tile or args.workers or args.full_map or args.classes
+                                   or args.reduce == "argmax" or args.profile):
+        raise GraphconvError("--crops evaluates one image or array whole, crop by crop (not with --scales, "
+                             "--tile, --workers, --full-map, --classes, --reduce argmax or --profile)")
     model = load_model(args, args.model)
-    if args.image:
+    if args.image and args.crops is None:
         from graphconv.tiled_cli import run_tiled_command, wants_tiles
         if wants_tiles(args, model):
             return run_tiled_command(args, model)
@@ -379,6 +387,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.resize:
             raise GraphconvError("--resize applies to --image only")
     x = as_batch(x, model.crop_shape[0])
+    if args.crops is not None:
+        return _run_crops(args, model, x, picture if args.image else None)
     if args.scales:
         return _run_scales(args, model, x)
     check_run_fits(model.graph, x.shape[0], x.shape[2:],
@@ -396,8 +406,39 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(format_profile(model.graph, profile, x.shape[2:], x.shape[0], device))
         print("(the first run in a process also loads every compiled kernel; "
               "`graphconv inspect MODEL --profile` times a warmed-up run)")
+    return _deliver(args, model, out, picture if args.image else None, model.field)
+
+
+def _run_crops(args: argparse.Namespace, model, x: np.ndarray, picture: np.ndarray | None) -> int:
+    """--crops: the classifier on every crop, batched; what a dense pass computes with
+    shared work, and the only exact map of a network that cannot slide."""
+    from graphconv.cost import total_flops
+    from graphconv.dense import CROPS_PER_BATCH, crop_loop
+    from graphconv.receptive import Field
+
+    _, crop_h, crop_w = model.crop_shape
+    stride = (args.crops, args.crops) if args.crops else model.field.stride
+    n, _, height, width = x.shape
+    if height < crop_h or width < crop_w:
+        raise GraphconvError(f"--crops: the input is {height}x{width}, smaller than the classifier's "
+                             f"{crop_h}x{crop_w} crop", file=args.image or args.input)
+    crops = n * ((height - crop_h) // stride[0] + 1) * ((width - crop_w) // stride[1] + 1)
+    check_run_fits(model.graph, min(crops, CROPS_PER_BATCH), (crop_h, crop_w),
+                   f"running {model.graph.name} on batches of {CROPS_PER_BATCH} crops", file=args.image or args.input)
+    print(f"{crops} crops of {crop_h}x{crop_w}, {stride[0]}x{stride[1]} pixels apart: "
+          f"{crops * total_flops(model.graph) / 1e9:.1f} GFLOP")
+    note_cold_kernels(model, args.device)
+    start = time.perf_counter()
+    out = crop_loop(model, x, stride, args.device)
+    print(f"output shape {tuple(out.shape)} in {(time.perf_counter() - start) * 1e3:.1f} ms"
+          f" on {model.executor(args.device).device}")
+    return _deliver(args, model, out, picture, Field((crop_h, crop_w), stride, (0, 0)))
+
+
+def _deliver(args: argparse.Namespace, model, out: np.ndarray, picture: np.ndarray | None, field) -> int:
+    """A run's map, as asked: heatmap, top classes, the array."""
     if args.heatmap is not None:
-        write_heatmap(args, model, picture, out)
+        write_heatmap(args, model, picture, out, field)
     if args.top:
         print_top(reduce_map_or_vector(out), args.top, model.graph.meta.get("labels"))
     if args.output:
@@ -426,8 +467,9 @@ def _heatmap_path(args: argparse.Namespace) -> str | None:
     return path
 
 
-def write_heatmap(args: argparse.Namespace, model, picture: np.ndarray, out: np.ndarray) -> None:
-    """--heatmap: one class's map with a labelled colour bar, or the best class of each cell."""
+def write_heatmap(args: argparse.Namespace, model, picture: np.ndarray, out: np.ndarray, field) -> None:
+    """--heatmap: one class's map with a labelled colour bar, or the best class of each cell;
+    `field` places each cell on the picture."""
     from pathlib import Path
     from graphconv import images
 
@@ -435,7 +477,7 @@ def write_heatmap(args: argparse.Namespace, model, picture: np.ndarray, out: np.
     labels = model.graph.meta.get("labels")
     display_hw = images.image_size(args.image) if args.resize else None  # undo --resize's stretch
     if args.heatmap == "top":
-        drawn = images.render_top_map(picture, scores[0], model.field, labels, display_hw=display_hw)
+        drawn = images.render_top_map(picture, scores[0], field, labels, display_hw=display_hw)
         what = "the best class of each cell"
     else:
         if args.heatmap >= scores.shape[1]:
@@ -444,7 +486,7 @@ def write_heatmap(args: argparse.Namespace, model, picture: np.ndarray, out: np.
         one = scores[0, args.heatmap]
         low, high, note = images.heatmap_range(one, args.heatmap_range, images.outputs_probabilities(model.graph))
         what = images.heatmap_title(args.heatmap, labels)
-        drawn = images.render_heatmap(picture, one, model.field, title=what, value_range=(low, high),
+        drawn = images.render_heatmap(picture, one, field, title=what, value_range=(low, high),
                                       scale_note=note, display_hw=display_hw)
         what += f" ({note}; its values run {one.min():.3g}..{one.max():.3g})"
     fmt = images.heatmap_format(args.heatmap_out)

@@ -50,5 +50,5 @@ def _refuse_if_it_gates_a_map(graph: Graph, pool: Node) -> None:
                     f"the {'x'.join(map(str, other.shape))} map '{other.name}': a squeeze-and-excitation "
                     "gate, where each crop rescales its own features by its own averages. No single dense "
                     "pass equals the classifier on every crop of such a network, so it cannot be compiled "
-                    "to slide; it still runs as a classifier on crops of its input size "
-                    "(graphconv run MODEL --input CROPS.npy)", GraphconvError)
+                    "to slide; `graphconv run MODEL --image IMAGE --crops` computes the same map crop by crop "
+                    "(exact, without the dense pass's shared work)", GraphconvError)

@@ -300,3 +300,81 @@ def test_inspect_draws_no_seeded_weights():
     assert fc6.shape == (4096, 25088) and fc6.strides == (0, 0) and model.seeded_weights
     from graphconv.cost import layer_costs
     assert sum(row.params for row in layer_costs(model.graph)) == 138_357_544
+
+
+# a squeeze-and-excitation classifier on 3x12x12 crops: it cannot slide, --crops maps it
+GATED = """
+name: gated
+input: {shape: [3, 12, 12]}
+layers:
+  - {name: c1, op: conv, out_channels: 6, kernel_size: 3, stride: 2}
+  - {name: squeeze, op: globalavgpool}
+  - {name: reduce, op: conv, out_channels: 2, kernel_size: 1}
+  - {name: expand, op: conv, out_channels: 6, kernel_size: 1}
+  - {name: gate, op: hardsigmoid}
+  - {name: excite, op: mul, inputs: [c1, gate]}
+  - {name: head, op: globalavgpool}
+  - {name: fc, op: fc, out_features: 3}
+"""
+
+
+def test_run_crops_maps_a_network_that_cannot_slide(write_spec, tmp_path, capsys):
+    """Cell (i, j) is the classifier on the crop at (i, j) times the stride: the network's
+    own (2, from c1) by default, or the one given."""
+    import graphconv
+    spec = write_spec(GATED)
+    x = np.random.default_rng(0).standard_normal((2, 3, 17, 20)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    classifier = graphconv.load(spec)
+    for stride, given in ((2, []), (5, [5])):
+        assert run_cli("run", spec, "--input", tmp_path / "x.npy", "--crops", *given, "--output", tmp_path / "m.npy") == 0
+        scores = np.load(tmp_path / "m.npy")
+        rows, cols = (17 - 12) // stride + 1, (20 - 12) // stride + 1
+        assert scores.shape == (2, 3, rows, cols)
+        for i, j in ((0, 0), (rows - 1, cols - 1), (1, cols // 2)):
+            crop = x[:, :, i * stride:i * stride + 12, j * stride:j * stride + 12]
+            np.testing.assert_allclose(scores[:, :, i, j], classifier.run(crop), rtol=1e-5, atol=1e-6)
+        assert f"{2 * rows * cols} crops of 12x12, {stride}x{stride} pixels apart" in capsys.readouterr().out
+
+
+def test_run_crops_equals_the_dense_map_of_a_network_that_slides(tmp_path):
+    """On an unpadded network the crop loop is what the compiled dense pass computes."""
+    from nets import STRIDED
+    spec = tmp_path / "strided.yaml"
+    spec.write_text(STRIDED)
+    np.save(tmp_path / "x.npy", np.random.default_rng(1).standard_normal((1, 2, 40, 37)).astype(np.float32))
+    assert run_cli("compile", spec, "-o", tmp_path / "m") == 0
+    assert run_cli("run", tmp_path / "m", "--input", tmp_path / "x.npy", "--output", tmp_path / "dense.npy") == 0
+    assert run_cli("run", spec, "--input", tmp_path / "x.npy", "--crops", "--output", tmp_path / "crops.npy") == 0
+    np.testing.assert_allclose(np.load(tmp_path / "crops.npy"), np.load(tmp_path / "dense.npy"), rtol=1e-5, atol=1e-5)
+
+
+def test_run_crops_heatmap_places_cells_by_crop(write_spec, tmp_path):
+    pytest.importorskip("PIL")
+    spec = write_spec(GATED)
+    assert run_cli("run", spec, "--image", ROOT / "examples/scene.png", "--resize", 30, 40, "--crops", 4,
+                   "--heatmap", 1, "--heatmap-out", tmp_path / "h.png", "--output", tmp_path / "m.npy") == 0
+    assert np.load(tmp_path / "m.npy").shape == (1, 3, 5, 8)
+    assert (tmp_path / "h.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--crops", "--scales", "20"], "--crops evaluates one image or array whole"),
+    (["--crops", "--profile"], "--crops evaluates one image or array whole"),
+])
+def test_run_crops_refuses_what_it_cannot_combine_with(write_spec, tmp_path, capsys, extra, message):
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 20, 20), np.float32))
+    assert run_cli("run", write_spec(GATED), "--input", tmp_path / "x.npy", *extra, "--output", tmp_path / "o.npy") == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "o.npy").exists()
+
+
+def test_run_crops_stride_must_be_positive(write_spec, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("run", write_spec(GATED), "--input", tmp_path / "x.npy", "--crops", "0")
+    assert exit_info.value.code == 2 and "--crops: expected an integer >= 1, got '0'" in capsys.readouterr().err
+
+
+def test_run_crops_on_an_input_smaller_than_the_crop_is_exit_2(write_spec, tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 10, 20), np.float32))
+    assert run_cli("run", write_spec(GATED), "--input", tmp_path / "x.npy", "--crops", "--output", tmp_path / "o.npy") == 2
+    assert "x.npy: --crops: the input is 10x20, smaller than the classifier's 12x12 crop" in capsys.readouterr().err
