@@ -1,0 +1,63 @@
+"""erf and tanh in float32 arithmetic that LLVM vectorises, for the CPU activations.
+
+numba's `math.erf`, `math.tanh` and `math.exp` are a libm call per element: no SIMD.
+These are Eigen's float32 rational approximations (x P(x^2) / Q(x^2) on a clamped
+range), plain multiply-adds and one division: GELU over 1536x28x28 values went from
+5.3 to 0.29 ms (2 threads), SiLU over the same from 2.4 to 0.32 ms. Accuracy, checked
+against float64 over [-30, 30]: erf within 4.2e-7, tanh within 3.3e-7, so sigmoid
+(0.5 + 0.5 tanh(x / 2)) within 2.3e-7 absolute: float32 rounding of the results the
+networks compute with, though not of the tiny sigmoid values far below -15, which come
+out as 0 (2e-7 or less away).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+HALF, ONE = np.float32(0.5), np.float32(1.0)
+
+# erf(x) = x P(x^2) / Q(x^2) on [-4, 4], +-1 (to float32) beyond
+ERF_LIMIT = np.float32(4.0)
+ERF_NUMERATOR = tuple(np.float32(a) for a in (
+    -2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+    -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02))
+ERF_DENOMINATOR = tuple(np.float32(b) for b in (
+    -1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+    -1.42647390514189e-02))
+
+# tanh(x) = x P(x^2) / Q(x^2) on [-7.905, 7.905], +-1 (to float32) beyond
+TANH_LIMIT = np.float32(7.90531110763549805)
+TANH_NUMERATOR = tuple(np.float32(a) for a in (
+    -2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11, 5.12229709037114e-08,
+    1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03))
+TANH_DENOMINATOR = tuple(np.float32(b) for b in (
+    1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03))
+
+
+@njit(cache=True, inline="always")
+def _odd_rational(x, limit, numerator, denominator):
+    x = min(max(x, -limit), limit)
+    x2 = x * x
+    p = numerator[0]
+    for a in numerator[1:]:
+        p = p * x2 + a
+    q = denominator[0]
+    for b in denominator[1:]:
+        q = q * x2 + b
+    return x * p / q
+
+
+@njit(cache=True, inline="always")
+def erf32(x):
+    """Clamped to [-1, 1]: near +-4 the rational overshoots by an ulp."""
+    return min(max(_odd_rational(x, ERF_LIMIT, ERF_NUMERATOR, ERF_DENOMINATOR), -ONE), ONE)
+
+
+@njit(cache=True, inline="always")
+def tanh32(x):
+    return _odd_rational(x, TANH_LIMIT, TANH_NUMERATOR, TANH_DENOMINATOR)
+
+
+@njit(cache=True, inline="always")
+def sigmoid32(x):
+    return HALF + HALF * tanh32(HALF * x)
