@@ -6,12 +6,13 @@ The other strategies are built around a GEMM's reuse: every input value meets ma
 output channels. A depthwise conv has none (each output channel reads one input plane),
 so "outer" ran it one 1-channel group at a time, at 3.5 GFLOP/s on ConvNeXt's 7x7
 layers. Here each output plane is computed on its own, each tap one contiguous
-multiply-add into a block of sums that stays in L1: at stride 1 over whole padded rows
-at once, otherwise over one output row, clipped where the tap would read padding. Every
-index is unsigned (`unsigned_index`), without which numba's negative-index checks keep
-the runs from being vectorised (40 -> 4.4 ms on one layer). ConvNeXt-tiny's 7x7 layers
-at 448x448, 2 threads (AVX-512), alone: 96 channels at 112x112 14.0 ms with "outer" ->
-3.5, 192 at 56x56 12.2 -> 2.1, 384 at 28x28 9.3 -> 0.85.
+multiply-add over whole rows of output at once, into a block of sums that stays in L1,
+from a zero-padded copy of the input plane split into the stride's phases (see
+`_depthwise`). Every index is unsigned (`unsigned_index`): numba's negative-index checks
+kept the runs from being vectorised (40 -> 4.4 ms on one layer). 2 threads, AVX-512,
+layers alone, "outer" -> "depthwise": ConvNeXt-tiny's 7x7 layers at 448x448, 96 channels
+at 112x112 14.4 -> 3.5 ms, 192 at 56x56 12.7 -> 2.3, 384 at 28x28 7.0 -> 0.67;
+EfficientNet-B0's 3x3 stride-2 layer on 144x56x56 2.3 -> 0.30.
 
 The kernel computes any grouping (each output channel reads its group's input
 channels in turn), so the tests force it on every grouped conv; only depthwise layers
@@ -32,46 +33,41 @@ def applies(params: dict, in_channels: int) -> bool:
     return params["groups"] > 1 and params["groups"] == in_channels
 
 
-@njit(cache=True, inline="always")
-def _tap_columns(off, sw, width, wo):
-    """Output columns [lo, hi) whose input column ox * sw + off lies in [0, width)."""
-    lo = 0 if off >= 0 else (-off + sw - 1) // sw
-    hi = (width - 1 - off) // sw + 1 if width - 1 - off >= 0 else 0
-    return lo, min(max(hi, lo), wo)
-
-
-SUMS_FLOATS = 2048  # the stride-1 path's block of sums (8 KB): with its input rows, it stays in L1
+SUMS_FLOATS = 2048  # a block of sums (8 KB): with the rows its taps read, it stays in L1
 
 
 def conv_depthwise(x, w, bias, sh, sw, ph, pw, dh, dw, relu, out):
     """out[b, o] = bias[o] + the taps w[o, ci] over input channel ci of o's group, for
     every ci, with stride (sh, sw), padding (ph, pw), dilation (dh, dw); then ReLU."""
-    if sh == 1 and sw == 1:
-        _depthwise_flat(x, w, bias, ph, pw, dh, dw, relu, SUMS_FLOATS, out)
-    else:
-        _depthwise_rows(x, w, bias, sh, sw, ph, pw, dh, dw, relu, out)
+    _depthwise(x, w, bias, sh, sw, ph, pw, dh, dw, relu, SUMS_FLOATS, out)
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _depthwise_flat(x, w, bias, ph, pw, dh, dw, relu, sums_floats, out):
-    """Stride 1: each plane copied once into a zero-padded one; then, on that flat copy,
-    a tap is one contiguous multiply-add over whole rows of output at once (each row as
-    wide as the padded input, the extra columns computed and dropped). On maps as narrow
-    as ConvNeXt's last stage (28 columns at 448) a tap per output row cost more to set
-    up than to run."""
+def _depthwise(x, w, bias, sh, sw, ph, pw, dh, dw, relu, sums_floats, out):
+    """Each plane is first split into its sh x sw phases, zero padding included:
+    phase (a, b) holds the padded plane's pixels (y * sh + a, x * sw + b) at (y, x), so
+    tap (i, j) of output (oy, ox), at padded pixel (oy * sh + i * dh, ox * sw + j * dw),
+    is pixel (oy + i * dh // sh, ox + j * dw // sw) of phase (i * dh % sh, j * dw % sw):
+    stride 1 in every phase. All phases share one width, the output grid is laid out at
+    that width too, and a tap is then one contiguous multiply-add over whole rows of
+    output at once (the columns past the output's computed and dropped). On maps as
+    narrow as ConvNeXt's last stage (28 columns at 448) a tap per output row cost more
+    to set up than to run; on strided layers each tap's run had to skip every other
+    pixel."""
     n, c, height, width = x.shape
     _, o, ho, wo = out.shape
     per_group_in, kh, kw = w.shape[1], w.shape[2], w.shape[3]
     per_group_out = o // (c // per_group_in)
-    wide = width + 2 * pw
-    padded_floats = (height + 2 * ph) * wide + (kw - 1) * dw
+    wide = (width + 2 * pw + sw - 1) // sw  # a phase's width, and the output grid's
+    tall = (height + 2 * ph + sh - 1) // sh
+    phase_floats = tall * wide + (kw - 1) * dw // sw + 1  # the last row's taps run past its end
     block_rows = max(1, min(ho, sums_floats // wide))
     for job in prange(n * o):
         b = job // o
         oc = job % o
         first_in = (oc // per_group_out) * per_group_in
         dst = out[b, oc].reshape(-1)
-        padded = np.zeros(padded_floats, np.float32)
+        phases = np.zeros(sh * sw * phase_floats, np.float32)
         sums = np.empty(block_rows * wide, np.float32)
         for r0 in range(0, ho, block_rows):
             count = min(block_rows, ho - r0) * wide
@@ -81,59 +77,23 @@ def _depthwise_flat(x, w, bias, ph, pw, dh, dw, relu, sums_floats, out):
                 if r0 == 0 or per_group_in > 1:
                     src = x[b, first_in + ci]
                     for y in range(height):
-                        row = (y + ph) * wide + pw
-                        for xx in range(width):
-                            padded[unsigned(row + xx)] = src[y, xx]
+                        py = y + ph
+                        row = (py % sh) * sw * phase_floats + (py // sh) * wide
+                        for bx in range(sw):  # phase column bx holds padded columns bx, bx + sw, ...
+                            first = (pw - bx + sw - 1) // sw if pw > bx else 0
+                            last = (width + pw - bx + sw - 1) // sw
+                            at = row + bx * phase_floats
+                            for k in range(first, last):
+                                phases[unsigned(at + k)] = src[y, unsigned(bx + k * sw - pw)]
                 for i in range(kh):
                     for j in range(kw):
                         tap = w[oc, ci, i, j]
-                        base = (r0 + i * dh) * wide + j * dw
+                        phase = ((i * dh) % sh * sw + (j * dw) % sw) * phase_floats
+                        base = phase + (r0 + i * dh // sh) * wide + j * dw // sw
                         for p in range(count):
-                            sums[unsigned(p)] += tap * padded[unsigned(base + p)]
+                            sums[unsigned(p)] += tap * phases[unsigned(base + p)]
             for r in range(count // wide):
                 row = (r0 + r) * wo
                 for ox in range(wo):
                     v = sums[unsigned(r * wide + ox)]
                     dst[unsigned(row + ox)] = max(v, np.float32(0.0)) if relu else v
-
-
-@njit(cache=True, parallel=True, boundscheck=False)
-def _depthwise_rows(x, w, bias, sh, sw, ph, pw, dh, dw, relu, out):
-    """Any stride: output row by row, each tap's run clipped where it would read padding."""
-    n, c, height, width = x.shape
-    _, o, ho, wo = out.shape
-    per_group_in, kh, kw = w.shape[1], w.shape[2], w.shape[3]
-    per_group_out = o // (c // per_group_in)
-    for job in prange(n * o):
-        b = job // o
-        oc = job % o
-        first_in = (oc // per_group_out) * per_group_in
-        dst = out[b, oc].reshape(-1)
-        sums = np.empty(wo, np.float32)
-        for oy in range(ho):
-            for ox in range(wo):
-                sums[unsigned(ox)] = bias[oc]
-            for ci in range(per_group_in):
-                src = x[b, first_in + ci].ravel()
-                for i in range(kh):
-                    iy = oy * sh - ph + i * dh
-                    if iy < 0 or iy >= height:
-                        continue
-                    for j in range(kw):
-                        off = j * dw - pw
-                        lo, hi = _tap_columns(off, sw, width, wo)
-                        tap = w[oc, ci, i, j]
-                        base = iy * width + off
-                        if sw == 1:
-                            for ox in range(lo, hi):
-                                sums[unsigned(ox)] += tap * src[unsigned(base + ox)]
-                        else:
-                            for ox in range(lo, hi):
-                                sums[unsigned(ox)] += tap * src[unsigned(base + ox * sw)]
-            row = oy * wo
-            if relu:
-                for ox in range(wo):
-                    dst[unsigned(row + ox)] = max(sums[unsigned(ox)], np.float32(0.0))
-            else:
-                for ox in range(wo):
-                    dst[unsigned(row + ox)] = sums[unsigned(ox)]
