@@ -1,18 +1,19 @@
 """Classifiers brought in from ONNX: graphconv vs PyTorch vs onnxruntime on the CPU.
 
-    python benchmarks/onnx_models.py [--threads 2] [--repeats 7] [--networks resnet50,convnext_tiny] [--write]
+    python benchmarks/onnx_models.py [--threads 2] [--repeats 7] [--networks resnet50,convnext_tiny,efficientnet_b0] [--write]
 
-torchvision-layout ResNet-50 and ConvNeXt-tiny (built here, so torchvision is not
-needed) with random weights, randomised batch-norm statistics and LayerNorm and
-layer-scale terms, are exported with torch.onnx.export (TorchScript exporter, batch
-norm kept as nodes), then for each:
+torchvision-layout ResNet-50, ConvNeXt-tiny and EfficientNet-B0 (built here, so
+torchvision is not needed) with random weights, randomised batch-norm statistics and
+LayerNorm and layer-scale terms, are exported with torch.onnx.export (TorchScript
+exporter, batch norm kept as nodes), then for each:
 
 * classifier at 224: graphconv runs the imported network (batch norm folded, fuse
   passes, fc kept); PyTorch runs the module; onnxruntime runs the ONNX file;
 * dense at 448: graphconv compiles it (global average pooling -> 7x7 average pooling
   at stride 1, fc -> 1x1 conv) and runs the 8x8 score map; PyTorch and onnxruntime run
   the same converted network (the ONNX file graphconv exports from it, and the module
-  with its pooling and fc replaced the same way).
+  with its pooling and fc replaced the same way). EfficientNet-B0 has no dense row: its
+  squeeze-and-excitation gates cannot slide (`run --crops` runs the classifier per crop).
 
 Same thread count everywhere (onnxruntime: intra_op_num_threads), batch 1, float32,
 runs alternating between the three with a rest before each (`common.PAUSE`: onnxruntime's
@@ -121,6 +122,51 @@ def convnext_tiny(torch):
     return randomised(torch, ConvNeXtTiny())
 
 
+def efficientnet_b0(torch):
+    nn, F = torch.nn, torch.nn.functional
+
+    def conv_bn(cin, cout, kernel, stride=1, groups=1, act=True):
+        layers = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+        return nn.Sequential(*layers, nn.SiLU()) if act else nn.Sequential(*layers)
+
+    class MBConv(nn.Module):
+        def __init__(self, expand, kernel, stride, cin, cout):
+            super().__init__()
+            hidden = cin * expand
+            self.expand = conv_bn(cin, hidden, 1) if expand != 1 else nn.Identity()
+            self.dw = conv_bn(hidden, hidden, kernel, stride, hidden)
+            squeezed = max(1, cin // 4)
+            self.fc1, self.fc2 = nn.Conv2d(hidden, squeezed, 1), nn.Conv2d(squeezed, hidden, 1)
+            self.project = conv_bn(hidden, cout, 1, act=False)
+            self.residual = stride == 1 and cin == cout
+
+        def forward(self, x):
+            y = self.dw(self.expand(x))
+            y = y * torch.sigmoid(self.fc2(F.silu(self.fc1(F.adaptive_avg_pool2d(y, 1)))))
+            y = self.project(y)
+            return x + y if self.residual else y
+
+    class EfficientNetB0(nn.Module):
+        def __init__(self):
+            super().__init__()
+            blocks, cin = [conv_bn(3, 32, 3, 2)], 32
+            for expand, kernel, stride, cout, repeats in ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2),
+                                                           (6, 3, 2, 80, 3), (6, 5, 1, 112, 3), (6, 5, 2, 192, 4),
+                                                           (6, 3, 1, 320, 1)):
+                for r in range(repeats):
+                    blocks.append(MBConv(expand, kernel, stride if r == 0 else 1, cin, cout))
+                    cin = cout
+            blocks.append(conv_bn(320, 1280, 1))
+            self.features = nn.Sequential(*blocks)
+            self.fc = nn.Linear(1280, 1000)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+    torch.manual_seed(0)
+    return randomised(torch, EfficientNetB0())
+
+
 def randomised(torch, model):
     """Batch-norm statistics, LayerNorm terms and layer scales away from their fresh
     values (the identity, or ConvNeXt's 1e-6 that would hide each block's branch)."""
@@ -138,7 +184,10 @@ def randomised(torch, model):
     return model.eval()
 
 
-NETWORKS = {"resnet50": ("ResNet-50", resnet50), "convnext_tiny": ("ConvNeXt-tiny", convnext_tiny)}
+# name, builder, and whether it slides (EfficientNet's squeeze-and-excitation gates do not:
+# it has a classifier row only; on images, `run --crops` is that classifier per crop)
+NETWORKS = {"resnet50": ("ResNet-50", resnet50, True), "convnext_tiny": ("ConvNeXt-tiny", convnext_tiny, True),
+            "efficientnet_b0": ("EfficientNet-B0", efficientnet_b0, False)}
 
 
 def compare(title, size, gc_model, onnx_file, dense_mode, model, torch, ort, options, repeats) -> str:
@@ -201,7 +250,7 @@ def main() -> int:
     folder = Path(tempfile.mkdtemp())
     rows = []
     for key in args.networks.split(","):
-        name, build = NETWORKS[key]
+        name, build, slides = NETWORKS[key]
         model = build(torch)
         onnx_path = folder / f"{key}.onnx"
         import warnings
@@ -212,12 +261,13 @@ def main() -> int:
                               training=torch.onnx.TrainingMode.EVAL)
         classifier = compile_model(load_network(onnx_path),
                                    "shape-inference,fold-batchnorm,remove-flatten,fuse-conv-relu,fuse-conv-add")
-        dense = compile_model(onnx_path)
-        dense_onnx = folder / f"{key}_fcn.onnx"
-        save_onnx(dense.graph, dense_onnx)
-        for title, size, gc_model, onnx_file, dense_mode in (
-                (f"{name} classifier", 224, classifier, onnx_path, False),
-                (f"{name} dense (FCN)", 448, dense, dense_onnx, True)):
+        cases = [(f"{name} classifier", 224, classifier, onnx_path, False)]
+        if slides:
+            dense = compile_model(onnx_path)
+            dense_onnx = folder / f"{key}_fcn.onnx"
+            save_onnx(dense.graph, dense_onnx)
+            cases.append((f"{name} dense (FCN)", 448, dense, dense_onnx, True))
+        for title, size, gc_model, onnx_file, dense_mode in cases:
             rows.append(compare(title, size, gc_model, onnx_file, dense_mode, model, torch, ort, options, args.repeats))
             print(rows[-1], flush=True)
 

@@ -373,7 +373,7 @@ def test_gelu_written_out_before_opset_20_and_as_one_node_import_alike(tmp_path,
 
 
 class Permuted(torch.nn.Module):
-    """A network whose second op is `how`; both are refused with the reason."""
+    """A network whose second op is `how`; each is refused with the reason."""
     crop = 8
 
     def __init__(self, how: str):
@@ -385,12 +385,15 @@ class Permuted(torch.nn.Module):
         x = self.conv(x)
         if self.how == "transpose":
             return x.permute(0, 2, 1, 3).flatten(1)
+        if self.how == "flatten-nhwc":  # a different order of the same numbers: must not pass as NCHW
+            return x.permute(0, 2, 3, 1).flatten(1)
         return torch.nn.functional.layer_norm(x, (4, 6, 6)).flatten(1)  # over C, H and W
 
 
 @pytest.mark.parametrize("how,message", [
     ("transpose", r"Transpose \[0, 2, 1, 3\] of a feature map; graphconv follows only"),
     ("layernorm", "normalises over more than the channels at one position"),
+    ("flatten-nhwc", r"Flatten on a channels-last \(NHWC\) view of the feature map; graphconv reads that view only"),
 ])
 def test_permutes_and_layernorms_graphconv_cannot_follow_are_refused(tmp_path, how, message):
     path = tmp_path / f"{how}.onnx"

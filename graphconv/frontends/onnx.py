@@ -305,9 +305,9 @@ class _Importer:
             raise self.error(f"{self.onnx_node.op_type} on a constant {shown(name)} where graphconv "
                              "expects the image's feature map")
         if value.layout not in layouts:
-            seen = "channels-last (NHWC)" if value.layout == NHWC else f"{value.groups}-group 5-D"
+            seen, readers = _VIEWS[value.layout]
             raise self.error(f"{self.onnx_node.op_type} on a {seen} view of the feature map; graphconv "
-                             f"reads that view only in {_VIEW_READERS[value.layout]}")
+                             f"reads that view only in {readers}")
         return value
 
     def readers(self, tensor: Tensor) -> int:
@@ -443,6 +443,8 @@ def _with_gelus_fused(nodes: list, constant: Callable[[str], np.ndarray | None])
             return first if is_constant(second, factor) else second if is_constant(first, factor) else None
         return None
 
+    from onnx import helper
+
     replaced: dict[int, Any] = {}  # id of a group's last node -> the Gelu standing for the group
     dropped: set[int] = set()
     for erf in (n for n in nodes if n.op_type == "Erf"):
@@ -466,7 +468,6 @@ def _with_gelus_fused(nodes: list, constant: Callable[[str], np.ndarray | None])
             if scaled_by(half, 0.5) != x or len(readers[other]) != 1:
                 continue
             last, group = product, [scale, erf, add, half, product]
-        from onnx import helper
         replaced[id(last)] = helper.make_node("Gelu", [x], [last.output[0]], name=erf.name)
         dropped |= {id(n) for n in group}
     return [replaced.get(id(n), n) for n in nodes if id(n) not in dropped or id(n) in replaced]
@@ -496,10 +497,10 @@ def _clean_name(name: str) -> str:
     return cleaned[:MAX_LAYER_NAME]
 
 
-_VIEW_READERS = {
-    NHWC: "Transpose back, LayerNormalization, MatMul, Add, Mul and pointwise activations",
-    GROUPED: "the channel shuffle's Transpose and Reshape back",
-    FLAT: "a Gather of every element back into (N, C, H, W)",
+_VIEWS = {  # what a view is called, and the ONNX ops that read it
+    NHWC: ("channels-last (NHWC)", "Transpose back, LayerNormalization, MatMul, Add, Mul and pointwise activations"),
+    GROUPED: ("grouped 5-D (N, g, C/g, H, W)", "the channel shuffle's Transpose and Reshape back"),
+    FLAT: ("flattened", "a Gather of every element back into (N, C, H, W)"),
 }
 
 
@@ -646,8 +647,9 @@ def _gelu(imp: _Importer, node) -> None:
 
 @converts("Erf")
 def _erf(imp: _Importer, node) -> None:
-    raise imp.error("Erf on the feature map: this is how op sets before 20 write GELU; re-export "
-                    "with opset_version=20 or later, which writes it as one Gelu node graphconv reads")
+    raise imp.error("Erf on the feature map outside a GELU graphconv recognises (x * 0.5 * (1 + erf(x / "
+                    "sqrt(2))), as op sets before 20 write it); re-export with opset_version=20 or later, "
+                    "which writes GELU as one Gelu node")
 
 
 @converts("Clip")
