@@ -1011,7 +1011,7 @@ def _split(imp: _Importer, node) -> None:
     attrs = imp.attributes(node)
     if int(attrs.get("axis", 0)) % x.rank != 1:
         raise imp.error(f"Split along axis {attrs.get('axis', 0)}; graphconv splits channels only (axis 1)")
-    outputs = [o for o in node.output]
+    outputs = list(node.output)
     sizes = imp.optional_constant(node, 1, "split") if imp.opset >= 13 else attrs.get("split")
     c = x.shape[0]
     if sizes is None:
