@@ -1,5 +1,6 @@
 """Tiled evaluation is exact: for every kind of network graphconv compiles (unpadded,
-padded, dilated, shift-and-stitch, global pooling made dense, DAGs) and many tile sizes
+padded, dilated, shift-and-stitch, global pooling made dense, DAGs, the ops of newer
+classifiers) and many tile sizes
 (the smallest that works, ones that do not divide the image, images barely larger than
 a crop), the stitched map equals the whole-image pass."""
 from __future__ import annotations
@@ -42,10 +43,38 @@ layers:
   - {name: fc, op: fc, out_features: 4}
 """
 
+# the ops of newer classifiers: ConvNeXt's layernorm, 7x7 depthwise conv and GELU,
+# ShuffleNet's channel slices and shuffle, MobileNetV3's hard activations, a product
+MODERN = """
+name: modern
+input: {name: data, shape: [4, 28, 28]}
+layers:
+  - {name: stem, op: conv, out_channels: 8, kernel_size: 2, stride: 2}
+  - {name: ln, op: layernorm}
+  - {name: dw, op: conv, out_channels: 8, kernel_size: 7, padding: 3, groups: 8}
+  - {name: pw1, op: conv, out_channels: 16, kernel_size: 1}
+  - {name: act, op: gelu}
+  - {name: pw2, op: conv, out_channels: 8, kernel_size: 1}
+  - {name: res, op: add, inputs: [ln, pw2]}
+  - {name: half, op: slice_channels, start: 0, stop: 4}
+  - {name: other, op: slice_channels, start: 4, stop: 8, inputs: [res]}
+  - {name: branch, op: conv, out_channels: 4, kernel_size: 3, padding: 1}
+  - {name: hs, op: hardswish}
+  - {name: cat, op: concat, inputs: [half, hs]}
+  - {name: shuffle, op: channel_shuffle, groups: 2}
+  - {name: gate, op: hardsigmoid}
+  - {name: prod, op: mul, inputs: [shuffle, gate]}
+  - {name: down, op: conv, out_channels: 12, kernel_size: 3, stride: 2, padding: 1, groups: 4}
+  - {name: sw, op: silu}
+  - {name: gap, op: globalavgpool}
+  - {name: fc, op: fc, out_features: 5}
+"""
+
 NETWORKS = {
     **{name: (text, {}) for name, text in UNPADDED.items()},
     "padded": (PADDED, {}),
     "resnetish": (RESNETISH, {}),
+    "modern": (MODERN, {}),
     "padded-dilated": (PADDED, {"output_stride": 4, "stride_method": "dilate"}),
     "strided-shift": (UNPADDED["strided"], {"output_stride": 2, "stride_method": "shift"}),
     "dag-dilated": (UNPADDED["dag"], {"output_stride": 1, "stride_method": "dilate"}),
