@@ -149,3 +149,22 @@ def test_cuda_softmax_and_lrn_beyond_the_examples(op, raw, in_shape, rng):
     out = CUDA.to_device(np.full((2, *in_shape), np.nan, np.float32))
     CUDA.kernel(opdef)(params, {}, [CUDA.to_device(x)], out)
     np.testing.assert_allclose(CUDA.to_host(out), opdef.reference(params, {}, [x]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("raw,in_shape", [
+    (dict(out_channels=5, kernel_size=7, padding=3, groups=5), (5, 9, 8)),  # ConvNeXt's, on a map near its size
+    (dict(out_channels=8, kernel_size=5, stride=2, padding=2, dilation=2, groups=4), (4, 11, 6)),
+])
+def test_cuda_depthwise_convs_run_a_thread_per_output(raw, in_shape, rng):
+    """Depthwise layers skip the implicit GEMM (one output channel a group would fill one
+    row of each tile): `describe` says so, and the result is the reference's."""
+    from graphconv.ops import get_op
+    from graphconv.ops.conv.cuda import describe_conv
+    conv = get_op("conv")
+    params = normalize_params(conv, raw)
+    x = random_input(rng, (2, *in_shape))
+    weights = conv.seeded_weights(params, [in_shape], rng)
+    assert describe_conv(params, x.shape) == "depthwise"
+    out = CUDA.to_device(np.full((2, *conv.shape(params, [in_shape])), np.nan, np.float32))
+    CUDA.kernel(conv)(params, CUDA.prepare_weights(conv, params, weights), [CUDA.to_device(x)], out)
+    np.testing.assert_allclose(CUDA.to_host(out), conv.reference(params, weights, [x]), rtol=1e-4, atol=1e-5)

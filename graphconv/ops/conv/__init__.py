@@ -125,5 +125,9 @@ register(OpDef(
         Example(dict(out_channels=2, kernel_size=[4, 3]), [(3, 4, 3)]),  # the whole input: fc-as-conv
         Example(dict(out_channels=5, kernel_size=1, activation="relu"), [(3, 4, 6), (5, 4, 6)]),  # + residual
         Example(dict(out_channels=4, kernel_size=3, padding=1), [(2, 5, 3), (4, 5, 3)]),  # + residual
+        Example(dict(out_channels=6, kernel_size=3, stride=2, padding=1, groups=3, activation="relu"),
+                [(3, 7, 6), (6, 4, 3)]),  # depthwise, 2 outputs an input channel, + residual
+        Example(dict(out_channels=4, kernel_size=[5, 3], padding=[2, 3], dilation=[1, 2], groups=4),
+                [(4, 5, 6)]),  # depthwise, padding wider than the dilated taps reach
     ),
 ))

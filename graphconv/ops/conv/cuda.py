@@ -1,18 +1,28 @@
 """CUDA conv: the register-tiled implicit GEMM of `graphconv.ops.gemm_cuda`, with bias,
-residual and ReLU in its epilogue (or in the pass that adds up split-K partial sums).
+residual and ReLU in its epilogue (or in the pass that adds up split-K partial sums);
+depthwise layers (one input channel per group) one thread per output instead
+(`cuda_depthwise`).
 
 `prepare_conv` stores the weights as the kernel reads them, once per network: transposed
-to (groups, K, O/groups). `bind_conv` makes the layer's call, a `GemmLayer`, which works
-out each input shape's launch once and reuses it on every later run.
+to (groups, K, O/groups) for the GEMM, (O, kh, kw) for a depthwise layer. `bind_conv`
+makes the layer's call, a `GemmLayer` (which works out each input shape's launch once and
+reuses it on every later run) or a `DepthwiseLayer`.
 """
 from __future__ import annotations
 
+import numpy as np
+
+from graphconv.ops.conv.cuda_depthwise import DepthwiseLayer, is_depthwise
 from graphconv.ops.gemm_cuda import GemmLayer, on_device, on_host, plan_launch, prepared_weights, processors
 from graphconv.ops.registry import pair
 
 
 def prepare_conv(params: dict, weights: dict) -> dict:
-    return prepared_weights(weights["weight"], weights.get("bias"), params["groups"])
+    weight, bias = weights["weight"], weights.get("bias")
+    if is_depthwise(weight.shape, params["groups"]):
+        return {"weight_dw": np.ascontiguousarray(weight[:, 0], np.float32),
+                "bias": bias if bias is not None else np.zeros(weight.shape[0], np.float32)}
+    return prepared_weights(weight, bias, params["groups"])
 
 
 def describe_conv(params: dict, in_shape: tuple[int, ...], channels_last: bool = False) -> str:
@@ -22,11 +32,17 @@ def describe_conv(params: dict, in_shape: tuple[int, ...], channels_last: bool =
     out_c, ho, wo = shape(params, [in_shape[1:]])
     kh, kw = pair(params["kernel_size"])
     groups = params["groups"]
+    if groups > 1 and channels == groups:
+        return "depthwise"
     return plan_launch(out_c // groups, n * ho * wo, channels // groups * kh * kw, groups, processors()).describe()
 
 
-def bind_conv(params: dict, weights: dict) -> GemmLayer:
-    prepared = weights if "weight_t" in weights else on_device(prepare_conv(params, on_host(weights)))
+def bind_conv(params: dict, weights: dict) -> GemmLayer | DepthwiseLayer:
+    prepared = weights if "weight_t" in weights or "weight_dw" in weights else on_device(
+        prepare_conv(params, on_host(weights)))
+    if "weight_dw" in prepared:
+        return DepthwiseLayer(prepared["weight_dw"], prepared["bias"], pair(params["stride"]),
+                              pair(params["padding"]), pair(params["dilation"]), params["activation"] == "relu")
     return GemmLayer(prepared["weight_t"], prepared["bias"], pair(params["kernel_size"]), params["groups"],
                      pair(params["stride"]), pair(params["padding"]), pair(params["dilation"]),
                      params["activation"] == "relu")
