@@ -80,6 +80,12 @@ def as_channels_last(a: np.ndarray) -> np.ndarray:
     return stored
 
 
+def stored_memory(a: np.ndarray) -> np.ndarray:
+    """The memory of a value stored NCHW or channels-last, as one flat array (a view)."""
+    stored = nhwc(a)
+    return (a if stored is None else stored).reshape(-1)
+
+
 def as_stored_like(a: np.ndarray, like: np.ndarray) -> np.ndarray:
     """`a` stored as `like` is: channels-last when `like` is (a copy unless `a` already
     is), else C-contiguous NCHW. Kernels use it for a residual input whose storage

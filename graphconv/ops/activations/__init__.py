@@ -3,7 +3,9 @@
 
 They share a folder because each kernel is the same one pass over memory with a
 different formula; relu, clip and sigmoid came earlier and keep their own folders.
-All four are pointwise, so a converted network slides over a larger image as before.
+All four are pointwise, so a converted network slides over a larger image as before,
+and their CPU kernels are one pass over a value's memory however it is stored: between
+ConvNeXt's or MobileNetV3's 1x1 convs, values stay channels-last.
 """
 from __future__ import annotations
 
@@ -108,7 +110,8 @@ def _activation(name: str, doc: str, reference, torch, onnx, cost: int, params=(
                 shape=_same_shape) -> None:
     register(OpDef(name=name, doc=doc, params=params, shape=shape, reference=reference,
                    flops=lambda params, shapes, out: cost * numel(out), package=__name__,
-                   torch=torch, onnx=onnx, examples=examples))
+                   torch=torch, onnx=onnx, examples=examples,
+                   channels_last="like-input"))  # one flat pass over memory stored either way
 
 
 _activation("hardsigmoid", "clamp(alpha * x + beta, 0, 1) elementwise (MobileNetV3's gate)",

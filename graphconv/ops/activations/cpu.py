@@ -8,6 +8,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from graphconv.ops.channels_last import as_stored_like, stored_memory
 from graphconv.ops.fast_math import erf32, sigmoid32, tanh32
 
 # float32 constants: a float literal would make numba compute in float64
@@ -54,21 +55,24 @@ def _gelu_tanh(x, out):
         dst[i] = HALF * v * (ONE + tanh32(TANH_SCALE * (v + CUBIC * v * v * v)))
 
 
-def _contiguous(inputs: list[np.ndarray]) -> np.ndarray:
-    return np.ascontiguousarray(inputs[0])
+def _memory(inputs: list[np.ndarray], out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The input's and the output's memory, stored alike (NCHW or channels-last, as `out`
+    is: the input is copied only where the two differ), so one flat pass computes the op."""
+    return stored_memory(as_stored_like(inputs[0], out)), stored_memory(out)
 
 
 def run_hardsigmoid(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
-    _hardsigmoid(_contiguous(inputs), np.float32(params["alpha"]), np.float32(params["beta"]), out)
+    x, y = _memory(inputs, out)
+    _hardsigmoid(x, np.float32(params["alpha"]), np.float32(params["beta"]), y)
 
 
 def run_hardswish(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
-    _hardswish(_contiguous(inputs), out)
+    _hardswish(*_memory(inputs, out))
 
 
 def run_silu(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
-    _silu(_contiguous(inputs), out)
+    _silu(*_memory(inputs, out))
 
 
 def run_gelu(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
-    (_gelu_tanh if params["approximate"] == "tanh" else _gelu)(_contiguous(inputs), out)
+    (_gelu_tanh if params["approximate"] == "tanh" else _gelu)(*_memory(inputs, out))

@@ -51,7 +51,7 @@ from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, multiply_band, padded_positio
                                     stream_width)
 from graphconv.ops.conv import shape as output_shape
 from graphconv.ops.conv import depthwise, winograd
-from graphconv.ops.channels_last import as_nchw, as_stored_like, nhwc, padded_copy, store_channels
+from graphconv.ops.channels_last import as_nchw, as_stored_like, nhwc, padded_copy, store_channels, stored_memory
 from graphconv.ops.registry import pair
 from graphconv.ops.job_queue import next_job
 from graphconv.ops.unsigned_index import fill, unsigned
@@ -112,8 +112,7 @@ def choose_strategy(params: dict, in_shape: tuple[int, ...],
     stride-2 512->512 2.87 -> 2.28. AlexNet's and VGG's fc layers, far larger, stream.
     """
     strategy = _strategy_for_nchw(params, in_shape, out_hw)
-    if channels_last and (strategy in ("pointwise", "depthwise")
-                          or strategy == "stream" and _packed_for_outer(params, in_shape)):
+    if channels_last and (strategy == "pointwise" or strategy == "stream" and _packed_for_outer(params, in_shape)):
         return "outer"
     return strategy
 
@@ -251,7 +250,9 @@ def _strategy_binder(params: dict, weights: dict, inputs: list[np.ndarray], out:
     strategy = strategy or choose_strategy(params, inputs[0].shape, out.shape[2:], channels_last)
     if channels_last and strategy == "pointwise":  # forced: its kernel reads and writes NCHW only
         strategy = "outer"
-    if channels_last and strategy in ("direct", "depthwise"):  # forced: their kernels take NCHW only
+    if channels_last and strategy == "depthwise" and _depthwise_channels_last_applies(params, inputs, out):
+        return _depthwise_channels_last_binder(params, weights)
+    if channels_last and strategy in ("direct", "depthwise"):  # their NCHW kernels, on copies
         return partial(partial, _on_nchw_copies, strategy, params, weights)
     groups = params["groups"]
     kh, kw = pair(params["kernel_size"])
@@ -291,6 +292,29 @@ def _strategy_binder(params: dict, weights: dict, inputs: list[np.ndarray], out:
                                        taps_last, SCRATCH_FLOATS, out)
 
 
+def _depthwise_channels_last_applies(params: dict, inputs: list[np.ndarray], out: np.ndarray) -> bool:
+    """Input and output both stored channels-last, one output channel an input channel
+    (no multiplier): what `depthwise_channels_last` computes in place."""
+    return (nhwc(inputs[0]) is not None and nhwc(out) is not None
+            and params["groups"] == inputs[0].shape[1] == params["out_channels"])
+
+
+def _depthwise_channels_last_binder(params: dict, weights: dict) -> Binder:
+    kh, kw = pair(params["kernel_size"])
+    taps = depthwise.channels_last_taps(_spec_weights(weights, params["groups"], kh, kw))
+    bias = weights.get("bias")
+    bias = np.zeros(params["out_channels"], np.float32) if bias is None else np.ascontiguousarray(bias, np.float32)
+    geometry = tuple(v for k in ("stride", "padding", "dilation") for v in pair(params[k]))
+    relu = params["activation"] == "relu"
+
+    def binder(inputs: list[np.ndarray], out: np.ndarray) -> Callable[[], None]:
+        residual = len(inputs) == 2  # added after, then the ReLU, as every strategy outside ADDS_RESIDUAL does
+        plain = partial(depthwise.depthwise_channels_last, nhwc(inputs[0]), taps, bias, *geometry,
+                        relu and not residual, nhwc(out))
+        return partial(_then_add_residual, plain, relu, inputs, out) if residual else plain
+    return binder
+
+
 def _input(inputs: list[np.ndarray]) -> np.ndarray:
     """The input as a kernel takes it: as stored where that is channels-last, else C-contiguous NCHW."""
     x = inputs[0]
@@ -305,13 +329,13 @@ def _stored_input(inputs: list[np.ndarray]) -> tuple[np.ndarray, bool]:
 
 def _residual(inputs: list[np.ndarray], out: np.ndarray) -> np.ndarray:
     """The residual input, flat and stored as `out` is; NO_RESIDUAL when there is none."""
-    return _flat(as_stored_like(inputs[1], out)) if len(inputs) == 2 else NO_RESIDUAL
+    return stored_memory(as_stored_like(inputs[1], out)) if len(inputs) == 2 else NO_RESIDUAL
 
 
 def _then_add_residual(plain: Callable[[], None], relu: bool, inputs: list[np.ndarray], out: np.ndarray) -> None:
     """A strategy that cannot add the residual input while writing: the conv, then the sum."""
     plain()
-    _add_residual(_flat(out), _residual(inputs, out), relu)
+    _add_residual(stored_memory(out), _residual(inputs, out), relu)
 
 
 def _on_nchw_copies(strategy: str, params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
@@ -333,12 +357,6 @@ def _stream_call(w3, bias, kh, kw, geometry, relu, taps_last, out_c, inputs, out
 
 NO_RESIDUAL = np.zeros(0, np.float32)  # what the residual-adding strategies get for "no residual input"
 ADDS_RESIDUAL = ("winograd", "outer", "pointwise")  # while writing; the others add it in a pass after
-
-
-def _flat(a: np.ndarray) -> np.ndarray:
-    """The memory of a value stored NCHW or channels-last, as one flat array (a view)."""
-    stored = nhwc(a)
-    return (a if stored is None else stored).reshape(-1)
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
@@ -765,7 +783,7 @@ def _bind_winograd(wu: np.ndarray, bias: np.ndarray, padding: tuple[int, int], r
     band = tile_rows if stored is not None else winograd.band_tile_rows(n, tile_rows, tile_cols, c)
     per_job = winograd.tiles_per_job(c, og)
     copies = n if band == tile_rows else 1
-    flat_out, flat_res, out_channels_last = _flat(out), _residual(inputs, out), nhwc(out) is not None
+    flat_out, flat_res, out_channels_last = stored_memory(out), _residual(inputs, out), nhwc(out) is not None
 
     def arguments(image: int, row: int, rows: int) -> tuple:  # the kernel's after the input and its offsets
         jobs = winograd.jobs_per_image(copies, rows * tile_cols, per_job, threads)
@@ -911,7 +929,7 @@ def _bind_outer(wp, og, bias, kh, kw, geometry, relu, inputs, out) -> Callable[[
     n, c, height, width = x.shape
     groups = wp.shape[0]
     stored = nhwc(x)
-    flat_out, flat_res, out_channels_last = _flat(out), _residual(inputs, out), nhwc(out) is not None
+    flat_out, flat_res, out_channels_last = stored_memory(out), _residual(inputs, out), nhwc(out) is not None
     per_group = [_outer_arguments(wp[g], og, bias, relu, kh, kw, (sh, sw, dh, dw), g * og, out.shape, flat_out,
                                   flat_res, out_channels_last) for g in range(groups)]
     if stored is not None and ph == pw == 0 and groups == 1:

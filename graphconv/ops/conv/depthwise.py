@@ -97,3 +97,47 @@ def _depthwise(x, w, bias, sh, sw, ph, pw, dh, dw, relu, sums_floats, out):
                 for ox in range(wo):
                     v = sums[unsigned(r * wide + ox)]
                     dst[unsigned(row + ox)] = max(v, np.float32(0.0)) if relu else v
+
+
+def channels_last_taps(weight: np.ndarray) -> np.ndarray:
+    """(C, 1, kh, kw) depthwise weights as (kh, kw, C): each tap's weights for every
+    channel side by side, as `depthwise_channels_last` reads them."""
+    return np.ascontiguousarray(weight[:, 0].transpose(1, 2, 0), np.float32)
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def depthwise_channels_last(xh, taps, bias, sh, sw, ph, pw, dh, dw, relu, out_h):
+    """A depthwise conv (one output channel an input channel) on channels-last values:
+    xh (N, H, W, C), taps (kh, kw, C), out_h (N, Ho, Wo, C). Per output row, each tap adds
+    a run of C channels per output pixel into a row of sums: the channels are the
+    vector, contiguous in the input, the weights and the sums alike."""
+    n, height, width, c = xh.shape
+    _, ho, wo, _ = out_h.shape
+    kh, kw = taps.shape[0], taps.shape[1]
+    flat_x, flat_taps, flat_out = xh.reshape(-1), taps.reshape(-1), out_h.reshape(-1)
+    for job in prange(n * ho):
+        b = job // ho
+        oy = job % ho
+        sums = np.empty(wo * c, np.float32)
+        for ox in range(wo):
+            for ch in range(c):
+                sums[unsigned(ox * c + ch)] = bias[unsigned(ch)]
+        for i in range(kh):
+            iy = oy * sh - ph + i * dh
+            if iy < 0 or iy >= height:
+                continue
+            row = (b * height + iy) * width
+            for j in range(kw):
+                off = j * dw - pw
+                lo = 0 if off >= 0 else (-off + sw - 1) // sw
+                hi = min(wo, (width - 1 - off) // sw + 1) if width - 1 - off >= 0 else 0
+                tap = (i * kw + j) * c
+                for ox in range(lo, hi):
+                    src = (row + ox * sw + off) * c
+                    dst = ox * c
+                    for ch in range(c):
+                        sums[unsigned(dst + ch)] += flat_taps[unsigned(tap + ch)] * flat_x[unsigned(src + ch)]
+        at = (b * ho + oy) * wo * c
+        for k in range(wo * c):
+            v = sums[unsigned(k)]
+            flat_out[unsigned(at + k)] = max(v, np.float32(0.0)) if relu else v

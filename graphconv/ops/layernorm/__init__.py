@@ -61,7 +61,7 @@ register(OpDef(
     shape=shape, reference=reference,
     flops=lambda params, shapes, out: 8 * numel(out),  # two sums, a difference, a square, a scale and shift
     package=__name__, weight_shapes=weight_shapes, init_weights=init_weights, torch=torch_equivalent,
-    onnx=to_onnx,
+    onnx=to_onnx, channels_last="like-input",
     examples=(
         Example({}, [(3, 2, 4)]),
         Example(dict(eps=1e-6), [(7, 3, 3)]),  # ConvNeXt's eps; an odd channel count
