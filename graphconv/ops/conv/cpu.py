@@ -22,8 +22,10 @@
   16 products per 2x2 outputs and channel pair instead of 36, on the same register
   tile as "outer" (`winograd.py`). The weights are transformed and packed once per
   Executor (`prepare_conv`).
-- "depthwise": one input channel per group (MobileNet, EfficientNet, ConvNeXt): each
-  output plane row by row, a contiguous multiply-add per tap (`depthwise.py`).
+- "depthwise": one input channel per group (MobileNet, EfficientNet, ConvNeXt), where
+  a GEMM has no reuse to exploit (`depthwise.py`): on NCHW values each output plane
+  from a padded copy split into the stride's phases, a tap a contiguous run over whole
+  output rows; on channels-last values per output row, a tap a run of C channels.
 - "direct": the previous default, kept for comparison (and forced in tests): per output
   row, a row panel holding every patch as one contiguous (kw, kh, c) run, and a 4x3
   dot-product tile (`gemm_cpu.multiply_band`) over it.

@@ -1,6 +1,8 @@
 """The "depthwise" CPU conv strategy, for convs with one input channel per group
 (groups == in_channels: MobileNet's, EfficientNet's and ConvNeXt's 3x3 to 7x7
-depthwise layers, with any channel multiplier).
+depthwise layers, with any channel multiplier): `conv_depthwise` on NCHW values,
+`depthwise_channels_last` on values stored channels-last (where ConvNeXt's blocks keep
+theirs, see `graphconv/ops/channels_last.py`).
 
 The other strategies are built around a GEMM's reuse: every input value meets many
 output channels. A depthwise conv has none (each output channel reads one input plane),
