@@ -51,10 +51,11 @@ ONE_INPUT = (Example({}, [(3, 2, 4)]),)
 
 
 def _pointwise(name: str, doc: str, reference, torch, onnx, examples=ONE_INPUT,
-               shape=lambda p, s: s[0], arity=(1, 1), cost=1, params=()):
+               shape=lambda p, s: s[0], arity=(1, 1), cost=1, params=(), channels_last=""):
     register(OpDef(name=name, doc=doc, params=params, shape=shape, reference=reference,
                    flops=lambda params, shapes, out: cost * numel(out) * len(shapes),
-                   package=__name__, arity=arity, torch=torch, examples=examples, onnx=onnx))
+                   package=__name__, arity=arity, torch=torch, examples=examples, onnx=onnx,
+                   channels_last=channels_last))
 
 
 _pointwise("relu", "max(x, 0)", lambda p, w, xs: np.maximum(xs[0], 0), torch=_torch_relu,
@@ -73,7 +74,7 @@ _pointwise("mul", "elementwise product; the second input may be one factor per c
            _mul_reference, torch=lambda p, w, xs: xs[0] * xs[1], onnx=onnx_as("Mul"),
            examples=(Example({}, [(3, 2, 4)] * 2), Example({}, [(3, 2, 4), (3, 1, 1)]),
                      Example({}, [(2, 1, 1)] * 2, batch=3)),
-           shape=_mul_shape, arity=(2, 2))
+           shape=_mul_shape, arity=(2, 2), channels_last="like-input")
 _pointwise("concat", "stack inputs along channels",
            lambda p, w, xs: np.concatenate(xs, axis=1), torch=_torch_concat, onnx=onnx_as("Concat", axis=1),
            examples=(Example({}, [(3, 2, 4), (2, 2, 4)]),

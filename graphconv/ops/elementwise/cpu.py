@@ -4,6 +4,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from graphconv.ops.channels_last import as_stored_like, nhwc, stored_memory
+from graphconv.ops.unsigned_index import unsigned
+
 
 @njit(cache=True, parallel=True)
 def _relu(x, out):
@@ -35,6 +38,19 @@ def _scale_channels(x, factors, out):
         for y in range(height):
             for j in range(width):
                 dst[y, j] = src[y, j] * f
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _scale_channels_last(xh, gate, out_h):
+    """out_h[n, y, x, c] = xh[n, y, x, c] * gate[n, c]: each pixel's channels one run."""
+    n, height, width, c = xh.shape
+    flat_x, flat_out = xh.reshape(-1), out_h.reshape(-1)
+    for job in prange(n * height):
+        b = job // height
+        for p in range(width):
+            at = (job * width + p) * c
+            for ch in range(c):
+                flat_out[unsigned(at + ch)] = flat_x[unsigned(at + ch)] * gate[b, unsigned(ch)]
 
 
 @njit(cache=True, parallel=True)
@@ -72,11 +88,16 @@ def run_add(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarr
 
 
 def run_mul(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
-    x, y = (np.ascontiguousarray(v) for v in inputs)
-    if x.shape == y.shape:
-        _product(x, y, out)
+    """Stored either way: the map is read as `out` is stored (copied only where it is
+    not); a second map the same; a C x 1 x 1 gate is the same memory either way."""
+    x = as_stored_like(inputs[0], out)
+    if inputs[1].shape == x.shape:
+        _product(stored_memory(x), stored_memory(as_stored_like(inputs[1], out)), stored_memory(out))
+    elif nhwc(out) is None:
+        _scale_channels(x, np.ascontiguousarray(inputs[1]), out)
     else:
-        _scale_channels(x, y, out)
+        gate = np.ascontiguousarray(inputs[1]).reshape(x.shape[0], x.shape[1])
+        _scale_channels_last(nhwc(x), gate, nhwc(out))
 
 
 def run_concat(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
