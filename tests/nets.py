@@ -45,4 +45,20 @@ layers:
   - {name: fc2, op: fc, out_features: 4}
 """
 
+# not a sliding network: a squeeze-and-excitation block, where the crop's average,
+# through two 1x1 convs and a sigmoid, multiplies the map it was pooled from
+GATED = """
+name: gated
+input: {shape: [3, 12, 12]}
+layers:
+  - {name: c1, op: conv, out_channels: 6, kernel_size: 3, stride: 2}
+  - {name: squeeze, op: globalavgpool}
+  - {name: reduce, op: conv, out_channels: 2, kernel_size: 1}
+  - {name: expand, op: conv, out_channels: 6, kernel_size: 1}
+  - {name: gate, op: sigmoid}
+  - {name: excite, op: mul, inputs: [c1, gate]}
+  - {name: head, op: globalavgpool}
+  - {name: fc, op: fc, out_features: 3}
+"""
+
 UNPADDED = {"strided": STRIDED, "grouped_lrn": GROUPED_LRN, "dag": DAG}

@@ -8,6 +8,7 @@ import pytest
 
 from graphconv.cli import main
 from conftest import ROOT, SPECS
+from nets import GATED
 
 
 def run_cli(*args):
@@ -302,20 +303,7 @@ def test_inspect_draws_no_seeded_weights():
     assert sum(row.params for row in layer_costs(model.graph)) == 138_357_544
 
 
-# a squeeze-and-excitation classifier on 3x12x12 crops: it cannot slide, --crops maps it
-GATED = """
-name: gated
-input: {shape: [3, 12, 12]}
-layers:
-  - {name: c1, op: conv, out_channels: 6, kernel_size: 3, stride: 2}
-  - {name: squeeze, op: globalavgpool}
-  - {name: reduce, op: conv, out_channels: 2, kernel_size: 1}
-  - {name: expand, op: conv, out_channels: 6, kernel_size: 1}
-  - {name: gate, op: hardsigmoid}
-  - {name: excite, op: mul, inputs: [c1, gate]}
-  - {name: head, op: globalavgpool}
-  - {name: fc, op: fc, out_features: 3}
-"""
+# GATED (tests/nets.py): a squeeze-and-excitation classifier on 3x12x12 crops, which cannot slide
 
 
 def test_run_crops_maps_a_network_that_cannot_slide(write_spec, tmp_path, capsys):

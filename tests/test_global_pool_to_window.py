@@ -11,6 +11,7 @@ from graphconv.receptive import receptive_fields
 from graphconv.runtime import Executor
 from graphconv.torch_bridge import torch
 from conftest import random_input
+from nets import GATED
 
 # a crop of 22x18: the global pool sees 5x4 (not square, so h and w cannot be swapped)
 GLOBAL = """
@@ -106,22 +107,6 @@ def test_inspect_of_an_unconverted_global_pool(write_spec, capsys):
     assert main(["inspect", str(spec)]) == 0
     assert "--output-stride 2: dilate inf" in capsys.readouterr().out
 
-
-# a squeeze-and-excitation block: the crop's average, through two 1x1 convs and a
-# sigmoid, multiplies the map it was pooled from
-GATED = """
-name: gated
-input: {shape: [3, 12, 12]}
-layers:
-  - {name: c1, op: conv, out_channels: 6, kernel_size: 3, stride: 2}
-  - {name: squeeze, op: globalavgpool}
-  - {name: reduce, op: conv, out_channels: 2, kernel_size: 1}
-  - {name: expand, op: conv, out_channels: 6, kernel_size: 1}
-  - {name: gate, op: sigmoid}
-  - {name: excite, op: mul, inputs: [c1, gate]}
-  - {name: head, op: globalavgpool}
-  - {name: fc, op: fc, out_features: 3}
-"""
 
 
 def test_a_squeeze_and_excitation_gate_is_refused_naming_the_pool_and_the_product(write_spec):

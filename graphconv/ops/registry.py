@@ -309,6 +309,14 @@ def window_output(window: Window, in_shape: Shape, what: str) -> tuple[int, int]
     return out[0], out[1]
 
 
+def normalization_shape(params: dict, shapes: list[Shape]) -> Shape:
+    """The shape rule of a normalisation (batchnorm, layernorm): its input's shape, once
+    its eps, which is added to a variance under a square root, is not negative."""
+    if params["eps"] < 0:
+        raise ShapeError(f"eps must be >= 0 (it is added to a variance), got {params['eps']}")
+    return shapes[0]
+
+
 def same_spatial(shapes: list[Shape], what: str) -> None:
     first = shapes[0][1:]
     for s in shapes[1:]:

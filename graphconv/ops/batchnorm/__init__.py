@@ -11,16 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphconv.errors import ShapeError
-from graphconv.ops.registry import Example, OpDef, Param, numel, register
+from graphconv.ops.registry import Example, OpDef, Param, normalization_shape, numel, register
 
 WEIGHT_NAMES = ("weight", "bias", "running_mean", "running_var")
-
-
-def shape(params: dict, shapes) -> tuple[int, int, int]:
-    if params["eps"] < 0:
-        raise ShapeError(f"eps must be >= 0 (it is added to a variance), got {params['eps']}")
-    return shapes[0]
 
 
 def weight_shapes(params: dict, shapes) -> dict[str, tuple]:
@@ -75,7 +68,7 @@ def to_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
 register(OpDef(
     name="batchnorm", doc="inference batch normalisation with frozen statistics (torch.nn.BatchNorm2d, eval)",
     params=(Param("eps", "float", 1e-5, doc="added to running_var before the square root"),),
-    shape=shape, reference=reference,
+    shape=normalization_shape, reference=reference,
     flops=lambda params, shapes, out: 2 * numel(out),  # one multiply-add per element, after folding
     package=__name__, weight_shapes=weight_shapes, init_weights=init_weights, torch=torch_equivalent,
     onnx=to_onnx,

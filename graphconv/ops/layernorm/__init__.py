@@ -11,14 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphconv.errors import ShapeError
-from graphconv.ops.registry import Example, OpDef, Param, numel, register
-
-
-def shape(params: dict, shapes) -> tuple[int, int, int]:
-    if params["eps"] < 0:
-        raise ShapeError(f"eps must be >= 0 (it is added to a variance), got {params['eps']}")
-    return shapes[0]
+from graphconv.ops.registry import Example, OpDef, Param, normalization_shape, numel, register
 
 
 def weight_shapes(params: dict, shapes) -> dict[str, tuple]:
@@ -58,7 +51,7 @@ def to_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
 register(OpDef(
     name="layernorm", doc="normalise each position over its channels, then scale and shift per channel",
     params=(Param("eps", "float", 1e-5, doc="added to the variance before the square root"),),
-    shape=shape, reference=reference,
+    shape=normalization_shape, reference=reference,
     flops=lambda params, shapes, out: 8 * numel(out),  # two sums, a difference, a square, a scale and shift
     package=__name__, weight_shapes=weight_shapes, init_weights=init_weights, torch=torch_equivalent,
     onnx=to_onnx, channels_last="like-input",
