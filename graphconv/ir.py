@@ -178,6 +178,11 @@ class Graph:
     def find(self, op: str) -> list[Node]:
         return [n for n in self.layers() if n.op == op]
 
+    def downstream(self, node: Node | str) -> list[Node]:
+        """The layers that read `node`'s value, directly or through others, in topological order."""
+        below = nx.descendants(self.nx, _name(node))
+        return [n for n in self.layers() if n.name in below]
+
     def __iter__(self) -> Iterator[Node]:
         return iter(self.nodes())
 

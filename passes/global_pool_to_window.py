@@ -13,8 +13,6 @@ back into the map it was pooled from: each crop rescales its own features by its
 averages, so one dense pass cannot equal the classifier on every crop, and no rewrite
 of the pool makes it so. Such a network is refused here, naming the gate.
 """
-import networkx as nx
-
 from graphconv.errors import GraphconvError
 from graphconv.ir import Graph, Node
 from graphconv.ops import get_op
@@ -40,11 +38,11 @@ def _refuse_if_it_gates_a_map(graph: Graph, pool: Node) -> None:
     """Raise when a layer downstream of `pool` also reads a map larger than 1x1 at the
     crop that does not come through `pool`: there the whole crop's average meets
     per-position features (a squeeze-and-excitation gate)."""
-    downstream = nx.descendants(graph.nx, pool.name) | {pool.name}
-    for name in sorted(downstream - {pool.name}, key=lambda n: graph.nx.nodes[n]["seq"]):
-        layer = graph.node(name)
+    downstream = graph.downstream(pool)
+    through_pool = {pool.name, *(layer.name for layer in downstream)}
+    for layer in downstream:
         for other in layer.inputs:
-            if other.name not in downstream and other.shape[1:] != (1, 1):
+            if other.name not in through_pool and other.shape[1:] != (1, 1):
                 raise pool.error(
                     f"this global average pool feeds layer '{layer.name}' ({layer.op}), which also reads "
                     f"the {'x'.join(map(str, other.shape))} map '{other.name}': a squeeze-and-excitation "

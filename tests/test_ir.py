@@ -26,6 +26,14 @@ def test_find_users_inputs_and_order(chain):
     assert chain.node("c").users == [chain.node("r")]
 
 
+def test_downstream_is_every_reader_direct_or_not_in_order(chain):
+    chain.add("side", "relu", ["c"])
+    chain.add("sum", "add", ["p", "side"])
+    assert [n.name for n in chain.downstream("c")] == ["r", "p", "side", "sum"]
+    assert [n.name for n in chain.downstream(chain.node("p"))] == ["sum"]
+    assert chain.downstream("sum") == []
+
+
 def test_remove_reconnects_and_moves_output(chain):
     chain.remove("r")
     assert [i.name for i in chain.node("p").inputs] == ["c"]
