@@ -13,10 +13,11 @@ new op is usable and tested the moment its folder exists (`docs/adding-an-op.md`
 
 A folder may register several ops when they share kernel code: `pool` holds maxpool and
 avgpool (one separable window walk), `elementwise` the pointwise ops that need no window
-(relu, dropout, add, concat) and their shared flat-array launch. An op with kernels of its
-own gets its own folder, like `sigmoid`. Plain modules beside the folders (`gemm_cpu`,
-`vector_tile`, `unsigned_index`, `cuda_launch`) are kernel helpers shared across folders,
-not ops.
+(relu, dropout, add, mul, concat) and their shared flat-array launch, `activations` the
+smooth and piecewise activations, `channels` the ops that move whole channels. An op with
+kernels of its own gets its own folder, like `sigmoid`. Plain modules beside the folders
+(`gemm_cpu`, `vector_tile`, `unsigned_index`, `fast_math`, `cuda_launch`) are kernel
+helpers shared across folders, not ops.
 
 Kernel modules are imported only when a network runs on that device (numba-cuda is
 optional), so an op may lack a `cuda.py`: running it there is then a `GraphconvError`
