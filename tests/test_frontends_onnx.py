@@ -400,3 +400,34 @@ def test_permutes_and_layernorms_graphconv_cannot_follow_are_refused(tmp_path, h
     onnx_zoo.export(Permuted(how), path, opset=20)
     with pytest.raises(GraphconvError, match=message):
         load_network(path)
+
+
+class Normalised(torch.nn.Module):
+    """Preprocessing written into the model, as many exported classifiers carry it:
+    (x - mean) / std per channel, 1 - x, x * 2 + 1 after a pool."""
+    crop = 12
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 6 * 6, 5)
+
+    def forward(self, x):
+        x = self.conv(1.0 - (x - self.mean) / self.std)
+        x = torch.nn.functional.max_pool2d(x, 2) * 2.0 + 1.0
+        return self.fc(torch.flatten(x, 1))
+
+
+def test_normalisation_written_into_the_model_imports_and_compiles(tmp_path, rng):
+    path = tmp_path / "normalised.onnx"
+    model = Normalised().eval()
+    onnx_zoo.export(model, path)
+    x = rng.standard_normal((2, 3, 12, 12)).astype(np.float32)
+    graph = load_network(path)
+    assert [n.op for n in graph.layers()][:3] == ["batchnorm", "batchnorm", "batchnorm"]  # x - mean, / std, 1 - x
+    np.testing.assert_allclose(Model(graph).run(x), torch_scores(model, x), **TOLERANCE)
+    compiled = compile_model(path)  # the shifts before the padded conv stay layers; the pool's scale too
+    big = rng.standard_normal((1, 3, 20, 16)).astype(np.float32)
+    assert compiled.run(big).shape == (1, 5, 5, 3)

@@ -862,7 +862,7 @@ def _add(imp: _Importer, node) -> None:
         imp.add_layer(node, "add", tensors)
         return
     if len(tensors) == 1 and len(constants) == 1:
-        _add_bias(imp, node, tensors[0], constants[0])
+        _add_constant(imp, node, tensors[0], constants[0])
         return
     raise imp.error("Add with several constants")
 
@@ -876,21 +876,63 @@ def _operands(imp: _Importer, node) -> tuple[list[Tensor], list[np.ndarray]]:
     return tensors, constants
 
 
-def _add_bias(imp: _Importer, node, x: Tensor, constant: np.ndarray) -> None:
-    """x + constant, where x comes from an fc or conv read by nothing else: the
-    constant joins that layer's bias (MatMul + Add is how some exporters write Linear)."""
+def _add_constant(imp: _Importer, node, x: Tensor, constant: np.ndarray) -> None:
+    """x + constant. Where x comes from an fc or conv read by nothing else, the constant
+    joins that layer's bias (MatMul + Add is how some exporters write Linear); anywhere
+    else (input normalisation written into the model) it is a per-channel shift layer."""
+    shift = _per_channel(constant, x)
+    if shift is None:
+        raise imp.error(f"{node.op_type} of a feature map and a constant of shape {list(constant.shape)}; "
+                        "graphconv adds one number, or one per channel")
     layer = imp.graph.node(x.node)
-    channels = x.shape[0]
-    per_channel = _per_channel(constant, x)
-    if layer.op not in ("fc", "conv") or per_channel is None or imp.readers(x) != 1:
-        raise imp.error(f"Add of a constant of shape {list(constant.shape)} to the output of "
-                        f"{layer.op} layer {shown(layer.name)}; graphconv folds a constant Add only "
-                        "into the bias of the fc or conv right before it")
-    bias_key = f"{layer.name}.bias"
-    old = imp.weights.get(bias_key, np.zeros(channels, np.float32)).astype(np.float64)
-    imp.weights[bias_key] = (old + per_channel).astype(np.float32)
-    imp.graph.set_params(layer, bias=True)
-    imp.alias(node, x)
+    if layer.op in ("fc", "conv") and imp.readers(x) == 1:
+        bias_key = f"{layer.name}.bias"
+        old = imp.weights.get(bias_key, np.zeros(x.shape[0], np.float32)).astype(np.float64)
+        imp.weights[bias_key] = (old + shift).astype(np.float32)
+        imp.graph.set_params(layer, bias=True)
+        imp.alias(node, x)
+    else:
+        _affine(imp, node, x, np.ones(x.shape[0]), shift)
+
+
+def _affine(imp: _Importer, node, x: Tensor, scale: np.ndarray, shift: np.ndarray) -> None:
+    """x * scale + shift per channel: a batchnorm with the identity's statistics (mean 0,
+    variance 1, eps 0), which fold-batchnorm merges into a conv right before it."""
+    c = x.shape[0]
+    weights = {"weight": scale, "bias": shift, "running_mean": np.zeros(c), "running_var": np.ones(c)}
+    imp.add_layer(node, "batchnorm", [x], {"eps": 0.0}, weights)
+
+
+@converts("Sub")
+def _sub(imp: _Importer, node) -> None:
+    """x - constant, or constant - x (input normalisation written into the model)."""
+    first, second = (imp.values.get(name) for name in node.input)
+    if isinstance(second, np.ndarray):
+        _add_constant(imp, node, imp.tensor(node.input[0], ANY_LAYOUT), -np.asarray(second, np.float64))
+        return
+    if isinstance(first, np.ndarray):
+        x = imp.tensor(node.input[1], ANY_LAYOUT)
+        shift = _per_channel(first, x)
+        if shift is None:
+            raise imp.error(f"Sub of a feature map from a constant of shape {list(first.shape)}; graphconv "
+                            "subtracts one number, or one per channel")
+        _affine(imp, node, x, -np.ones(x.shape[0]), shift)
+        return
+    raise imp.error("Sub of two feature maps is not supported (graphconv subtracts constants)")
+
+
+@converts("Div")
+def _div(imp: _Importer, node) -> None:
+    """x / constant: a per-channel scale by its reciprocal."""
+    divisor = imp.values.get(node.input[1])
+    if not isinstance(divisor, np.ndarray):
+        raise imp.error("Div by a feature map is not supported (graphconv divides by constants)")
+    x = imp.tensor(node.input[0], ANY_LAYOUT)
+    factors = _per_channel(divisor, x)
+    if factors is None or not np.all(factors != 0):
+        raise imp.error(f"Div of a feature map by a constant of shape {list(divisor.shape)}; graphconv "
+                        "divides by one non-zero number, or one per channel")
+    _affine(imp, node, x, 1.0 / factors, np.zeros(x.shape[0]))
 
 
 def _per_channel(constant: np.ndarray, x: Tensor) -> np.ndarray | None:
@@ -912,8 +954,7 @@ def _per_channel(constant: np.ndarray, x: Tensor) -> np.ndarray | None:
 def _mul(imp: _Importer, node) -> None:
     """x * sigmoid(x) (swish, as exporters write SiLU): one silu layer; map * map of one
     shape, or map * a per-channel gate (squeeze-and-excitation): a mul layer; map * a
-    constant per channel (ConvNeXt's layer scale): a batchnorm that only scales, which
-    fold-batchnorm merges into the conv before it."""
+    constant per channel (ConvNeXt's layer scale): a per-channel scale (`_affine`)."""
     tensors, constants = _operands(imp, node)
     if len(tensors) == 1 and len(constants) == 1:
         _scale(imp, node, tensors[0], constants[0])
@@ -946,9 +987,7 @@ def _scale(imp: _Importer, node, x: Tensor, constant: np.ndarray) -> None:
     if factors is None:
         raise imp.error(f"Mul of a feature map by a constant of shape {list(constant.shape)}; graphconv "
                         "multiplies by one number, or by one per channel")
-    c = x.shape[0]
-    weights = {"weight": factors, "bias": np.zeros(c), "running_mean": np.zeros(c), "running_var": np.ones(c)}
-    imp.add_layer(node, "batchnorm", [x], {"eps": 0.0}, weights)
+    _affine(imp, node, x, factors, np.zeros(x.shape[0]))
 
 
 @converts("Transpose")
@@ -1086,6 +1125,6 @@ def _constant_only(imp: _Importer, node) -> None:
                     "evaluates it only on constants (shape arithmetic)")
 
 
-for _op in ("Unsqueeze", "Squeeze", "Cast", "Div", "Sub", "ConstantOfShape",
+for _op in ("Unsqueeze", "Squeeze", "Cast", "ConstantOfShape",
             "Range", "Equal", "Where", "Expand", "Floor", "Ceil", "Sqrt", "Neg", "ReduceProd"):
     CONVERTERS[_op] = _constant_only
