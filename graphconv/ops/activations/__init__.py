@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from graphconv.errors import ShapeError
-from graphconv.ops.registry import Example, NoTorchEquivalent, OpDef, Param, numel, onnx_as, register
+from graphconv.ops.registry import Example, OpDef, Param, numel, onnx_as, register
 
 ONE_INPUT = (Example({}, [(3, 2, 4)]), Example({}, [(1, 1, 1)], batch=3))
 TORCH_HARDSIGMOID = (1 / 6, 0.5)  # torch.nn.Hardsigmoid: relu6(x + 3) / 6
