@@ -358,6 +358,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise GraphconvError("--reduce argmax writes a class map; with --scales use mean or max")
     if (args.flip or args.reduce in ("mean", "max")) and not args.scales:
         raise GraphconvError("--flip and --reduce mean|max apply to --scales runs")
+    if args.crops is not None and (args.images or args.scales or args.tile or args.workers or args.full_map
+                                   or args.classes or args.reduce == "argmax" or args.profile):
+        raise GraphconvError("--crops evaluates one image or array whole, crop by crop (not with --images, "
+                             "--scales, --tile, --workers, --full-map, --classes, --reduce argmax or --profile)")
     if args.images:
         from graphconv.tiled_cli import run_images_command
         return run_images_command(args)
@@ -367,10 +371,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             check_zarr_target(path)
         else:
             check_writable(path)
-    if args.crops is not None and (args.scales or args.tile or args.workers or args.full_map or args.classes
-                                   or args.reduce == "argmax" or args.profile):
-        raise GraphconvError("--crops evaluates one image or array whole, crop by crop (not with --scales, "
-                             "--tile, --workers, --full-map, --classes, --reduce argmax or --profile)")
     model = load_model(args, args.model)
     if args.image and args.crops is None:
         from graphconv.tiled_cli import run_tiled_command, wants_tiles

@@ -356,6 +356,12 @@ def test_run_crops_refuses_what_it_cannot_combine_with(write_spec, tmp_path, cap
     assert message in capsys.readouterr().err and not (tmp_path / "o.npy").exists()
 
 
+def test_run_crops_refuses_many_images(write_spec, tmp_path, capsys):
+    out = tmp_path / "maps"
+    assert run_cli("run", write_spec(GATED), "--images", str(tmp_path / "*.png"), "--output-dir", out, "--crops") == 2
+    assert "not with --images" in capsys.readouterr().err and not out.exists()
+
+
 def test_run_crops_stride_must_be_positive(write_spec, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_cli("run", write_spec(GATED), "--input", tmp_path / "x.npy", "--crops", "0")

@@ -13,7 +13,6 @@ import math
 
 import numpy as np
 
-from graphconv.errors import ShapeError
 from graphconv.ops.registry import Example, OpDef, Param, numel, onnx_as, register
 
 ONE_INPUT = (Example({}, [(3, 2, 4)]), Example({}, [(1, 1, 1)], batch=3))
@@ -21,12 +20,6 @@ TORCH_HARDSIGMOID = (1 / 6, 0.5)  # torch.nn.Hardsigmoid: relu6(x + 3) / 6
 
 
 def _same_shape(params: dict, shapes):
-    return shapes[0]
-
-
-def _hardsigmoid_shape(params: dict, shapes):
-    if params["alpha"] == 0.0:
-        raise ShapeError("hardsigmoid's alpha must not be 0 (the output would not depend on the input)")
     return shapes[0]
 
 
@@ -118,8 +111,7 @@ _activation("hardsigmoid", "clamp(alpha * x + beta, 0, 1) elementwise (MobileNet
             hardsigmoid_reference, hardsigmoid_torch, hardsigmoid_onnx, cost=3,
             params=(Param("alpha", "float", TORCH_HARDSIGMOID[0], doc="slope (PyTorch: 1/6; ONNX's default 0.2)"),
                     Param("beta", "float", TORCH_HARDSIGMOID[1], doc="offset")),
-            examples=ONE_INPUT + (Example(dict(alpha=0.2, beta=0.5), [(2, 3, 3)]),),
-            shape=_hardsigmoid_shape)
+            examples=ONE_INPUT + (Example(dict(alpha=0.2, beta=0.5), [(2, 3, 3)]),))
 _activation("hardswish", "x * clamp(x / 6 + 1/2, 0, 1) elementwise (MobileNetV3)",
             hardswish_reference, hardswish_torch, onnx_as("HardSwish"), cost=4)
 _activation("silu", "x * sigmoid(x) elementwise (swish; EfficientNet)",

@@ -101,6 +101,12 @@ def to_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
         writer.node("Relu", [y], output)
 
 
+def is_depthwise(params: dict, in_channels: int) -> bool:
+    """One input channel per group, more than one group (MobileNet's, EfficientNet's and
+    ConvNeXt's depthwise layers): what the CPU and CUDA kernels give their own path."""
+    return params["groups"] > 1 and params["groups"] == in_channels
+
+
 register(OpDef(
     name="conv",
     doc="2-D convolution (torch.nn.Conv2d semantics)",

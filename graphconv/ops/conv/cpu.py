@@ -51,7 +51,7 @@ from numba import get_num_threads, njit, prange
 from graphconv.ops import aligned
 from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, multiply_band, padded_positions, prefers_stream, stream_matmul,
                                     stream_width)
-from graphconv.ops.conv import shape as output_shape
+from graphconv.ops.conv import is_depthwise, shape as output_shape
 from graphconv.ops.conv import depthwise, winograd
 from graphconv.ops.channels_last import as_nchw, as_stored_like, nhwc, padded_copy, store_channels, stored_memory
 from graphconv.ops.registry import pair
@@ -134,7 +134,7 @@ def _strategy_for_nchw(params: dict, in_shape: tuple[int, ...], out_hw: tuple[in
     n, c = in_shape[:2]
     ho, wo = out_hw or output_shape(params, [tuple(in_shape[1:])])[1:]
     weights = _weight_elements(params, in_shape)
-    if depthwise.applies(params, c):
+    if is_depthwise(params, c):
         return "depthwise"
     if suits_winograd(params, c) and n * ho * wo >= WINOGRAD_MIN_POSITIONS:
         return "winograd"
@@ -298,7 +298,7 @@ def _depthwise_channels_last_applies(params: dict, inputs: list[np.ndarray], out
     """Input and output both stored channels-last, one output channel an input channel
     (no multiplier): what `depthwise_channels_last` computes in place."""
     return (nhwc(inputs[0]) is not None and nhwc(out) is not None
-            and params["groups"] == inputs[0].shape[1] == params["out_channels"])
+            and is_depthwise(params, inputs[0].shape[1]) and params["out_channels"] == params["groups"])
 
 
 def _depthwise_channels_last_binder(params: dict, weights: dict) -> Binder:

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphconv.ops.conv.cuda_depthwise import DepthwiseLayer, is_depthwise
+from graphconv.ops.conv import is_depthwise
+from graphconv.ops.conv.cuda_depthwise import DepthwiseLayer
 from graphconv.ops.gemm_cuda import GemmLayer, on_device, on_host, plan_launch, prepared_weights, processors
 from graphconv.ops.registry import pair
 
 
 def prepare_conv(params: dict, weights: dict) -> dict:
     weight, bias = weights["weight"], weights.get("bias")
-    if is_depthwise(weight.shape, params["groups"]):
+    if is_depthwise(params, weight.shape[1] * params["groups"]):
         return {"weight_dw": np.ascontiguousarray(weight[:, 0], np.float32),
                 "bias": bias if bias is not None else np.zeros(weight.shape[0], np.float32)}
     return prepared_weights(weight, bias, params["groups"])
@@ -32,7 +33,7 @@ def describe_conv(params: dict, in_shape: tuple[int, ...], channels_last: bool =
     out_c, ho, wo = shape(params, [in_shape[1:]])
     kh, kw = pair(params["kernel_size"])
     groups = params["groups"]
-    if groups > 1 and channels == groups:
+    if is_depthwise(params, channels):
         return "depthwise"
     return plan_launch(out_c // groups, n * ho * wo, channels // groups * kh * kw, groups, processors()).describe()
 

@@ -15,11 +15,6 @@ from numba import cuda
 from graphconv.ops.cuda_launch import BoundLaunches, KernelCall, grid_1d, unravel_nchw
 
 
-def is_depthwise(weight_shape: tuple[int, ...], groups: int) -> bool:
-    """(O, 1, kh, kw) weights in more than one group: one input channel per group."""
-    return groups > 1 and weight_shape[1] == 1
-
-
 @cuda.jit
 def _depthwise(x, w, bias, sh, sw, ph, pw, dh, dw, residual, relu, res, out):
     i = cuda.grid(1)

@@ -30,11 +30,6 @@ from numba import njit, prange
 from graphconv.ops.unsigned_index import unsigned
 
 
-def applies(params: dict, in_channels: int) -> bool:
-    """One input channel per group, more than one group: the layers this strategy is for."""
-    return params["groups"] > 1 and params["groups"] == in_channels
-
-
 SUMS_FLOATS = 2048  # a block of sums (8 KB): with the rows its taps read, it stays in L1
 
 
