@@ -19,15 +19,16 @@ def _layernorm(x, weight, bias, eps, out):
     b = i // (height * width)
     y = (i // width) % height
     j = i % width
+    per_channel = np.float32(1.0) / np.float32(c)  # float32 throughout: dividing by the int c would be float64
     total = np.float32(0.0)
     for ch in range(c):
         total += x[b, ch, y, j]
-    mean = total / c
+    mean = total * per_channel
     squares = np.float32(0.0)
     for ch in range(c):
         d = x[b, ch, y, j] - mean
         squares += d * d
-    inv = np.float32(1.0) / math.sqrt(squares / c + eps)
+    inv = np.float32(1.0) / math.sqrt(squares * per_channel + eps)
     for ch in range(c):
         out[b, ch, y, j] = (x[b, ch, y, j] - mean) * inv * weight[ch] + bias[ch]
 
