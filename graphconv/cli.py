@@ -358,10 +358,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise GraphconvError("--reduce argmax writes a class map; with --scales use mean or max")
     if (args.flip or args.reduce in ("mean", "max")) and not args.scales:
         raise GraphconvError("--flip and --reduce mean|max apply to --scales runs")
-    if args.crops is not None and (args.images or args.scales or args.tile or args.workers or args.full_map
-                                   or args.classes or args.reduce == "argmax" or args.profile):
-        raise GraphconvError("--crops evaluates one image or array whole, crop by crop (not with --images, "
-                             "--scales, --tile, --workers, --full-map, --classes, --reduce argmax or --profile)")
+    if args.crops is not None and (args.scales or args.full_map or args.profile):
+        raise GraphconvError("--crops runs the classifier on each crop of the image as it is (not with "
+                             "--scales, --full-map or --profile)")
     if args.images:
         from graphconv.tiled_cli import run_images_command
         return run_images_command(args)
@@ -372,10 +371,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             check_writable(path)
     model = load_model(args, args.model)
-    if args.image and args.crops is None:
-        from graphconv.tiled_cli import run_tiled_command, wants_tiles
-        if wants_tiles(args, model):
-            return run_tiled_command(args, model)
+    from graphconv.tiled_cli import grid_for, run_tiled_command, wants_tiles
+    grid = grid_for(args, model)
+    if args.image:
+        if wants_tiles(args, model, grid):
+            return run_tiled_command(args, model, grid)
     elif args.tile or args.workers or args.reduce == "argmax" or args.classes:
         raise GraphconvError("--tile, --workers, --reduce argmax and --classes apply to --image and --images runs")
     if args.image:
@@ -388,7 +388,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise GraphconvError("--resize applies to --image only")
     x = as_batch(x, model.crop_shape[0])
     if args.crops is not None:
-        return _run_crops(args, model, x, picture if args.image else None)
+        return _run_crops(args, model, grid, x, picture if args.image else None)
     if args.scales:
         return _run_scales(args, model, x)
     check_run_fits(model.graph, x.shape[0], x.shape[2:],
@@ -409,30 +409,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _deliver(args, model, out, picture if args.image else None, model.field)
 
 
-def _run_crops(args: argparse.Namespace, model, x: np.ndarray, picture: np.ndarray | None) -> int:
-    """--crops: the classifier on every crop, batched; what a dense pass computes with
-    shared work, and the only exact map of a network that cannot slide."""
-    from graphconv.cost import total_flops
-    from graphconv.dense import CROPS_PER_BATCH, crop_loop
-    from graphconv.receptive import Field
+def _run_crops(args: argparse.Namespace, model, grid, x: np.ndarray, picture: np.ndarray | None) -> int:
+    """--crops on an image held whole: the classifier on every crop, batched; what a dense
+    pass computes with shared work, and the only exact map of a network that cannot slide.
+    (Lazily read, huge or tiled images stream through the tiled path instead.)"""
+    from graphconv.dense import CROPS_PER_BATCH
 
-    _, crop_h, crop_w = model.crop_shape
-    stride = (args.crops, args.crops) if args.crops else model.field.stride
     n, _, height, width = x.shape
-    if height < crop_h or width < crop_w:
+    if height < grid.field.size[0] or width < grid.field.size[1]:
         raise GraphconvError(f"--crops: the input is {height}x{width}, smaller than the classifier's "
-                             f"{crop_h}x{crop_w} crop", file=args.image or args.input)
-    crops = n * ((height - crop_h) // stride[0] + 1) * ((width - crop_w) // stride[1] + 1)
-    check_run_fits(model.graph, min(crops, CROPS_PER_BATCH), (crop_h, crop_w),
+                             f"{grid.field.size[0]}x{grid.field.size[1]} crop", file=args.image or args.input)
+    check_run_fits(model.graph, min(grid.crops((height, width), n), CROPS_PER_BATCH), grid.field.size,
                    f"running {model.graph.name} on batches of {CROPS_PER_BATCH} crops", file=args.image or args.input)
-    print(f"{crops} crops of {crop_h}x{crop_w}, {stride[0]}x{stride[1]} pixels apart: "
-          f"{crops * total_flops(model.graph) / 1e9:.1f} GFLOP")
+    print(grid.describe((height, width), n))
     note_cold_kernels(model, args.device)
     start = time.perf_counter()
-    out = crop_loop(model, x, stride, args.device)
+    out = grid.whole(x, args.device)
     print(f"output shape {tuple(out.shape)} in {(time.perf_counter() - start) * 1e3:.1f} ms"
           f" on {model.executor(args.device).device}")
-    return _deliver(args, model, out, picture, Field((crop_h, crop_w), stride, (0, 0)))
+    return _deliver(args, model, out, picture, grid.field)
 
 
 def _deliver(args: argparse.Namespace, model, out: np.ndarray, picture: np.ndarray | None, field) -> int:

@@ -43,6 +43,12 @@ class MapOptions:
     reduce: str | None = None
     classes: tuple[int, ...] | None = None
     device: str = "cpu"
+    crops: tuple[int, int] | None = None  # --crops STRIDE: the classifier on every crop (tiling.CropGrid)
+
+    def grid(self, model):
+        """What each task maps: the model's dense pass, or the classifier on every crop."""
+        from graphconv.tiling import CropGrid, DenseGrid
+        return CropGrid(model, self.crops) if self.crops else DenseGrid(model)
 
 
 _WORKER_MODELS: dict[ModelRef, Any] = {}
@@ -86,8 +92,9 @@ def _tile_block(ref: ModelRef, image: str, box: tuple[int, int, int, int], rows,
         _WORKER_SOURCES.clear()
         _WORKER_SOURCES[ref, image] = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"))
     x = _WORKER_SOURCES[ref, image].read(*box)
-    full = model.executor(options.device).run(x[None] if x.ndim == 3 else x)
-    block = _cells_of(full, Tile(rows, cols, box), model.field)
+    grid = options.grid(model)
+    full = grid.run(x[None] if x.ndim == 3 else x, options.device)
+    block = _cells_of(full, Tile(rows, cols, box), grid.field)
     transform, _, _ = map_transform(options.reduce, options.classes, model.output_channels)
     return np.ascontiguousarray(block if transform is None else transform(block))
 
@@ -127,12 +134,13 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
         model = _worker_model(ref)
         source = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"))
         transform, _, _ = map_transform(options.reduce, options.classes, model.output_channels)
+        grid = options.grid(model)
         if tile is None:
             x = source.read(0, 0, source.height, source.width)
-            result = model.run(x[None] if x.ndim == 3 else x, options.device)
+            result = grid.whole(x[None] if x.ndim == 3 else x, options.device)
             result = result if transform is None else transform(result)
         else:
-            result = run_tiled(model, source, tile, device=options.device, transform=transform)
+            result = run_tiled(grid, source, tile, device=options.device, transform=transform)
         atomic_write(output, lambda p: np.save(p, result), suffix=".npy")
         return ImageResult(image, output, tuple(result.shape))
     except (GraphconvError, OSError, MemoryError, ValueError) as err:
@@ -164,12 +172,17 @@ def run_images(ref: ModelRef, images: Sequence[str], output_dir: str, options: M
 
 
 def _output_names(images: Sequence[str], output_dir: str) -> list[str]:
-    """`<stem>.npy` per image; images sharing a stem get their folder's name in front."""
-    stems = [Path(p).stem for p in images]
+    """`<stem>.npy` per image; images sharing a stem get their folder's name in front, or,
+    in the same folder, their format after it (`slide_png.npy`, `slide_tif.npy`)."""
+    paths = [Path(p) for p in images]
     names = []
-    for path, stem in zip(images, stems):
-        if stems.count(stem) > 1:
-            stem = f"{Path(path).parent.name}_{stem}"
+    for path in paths:
+        stem = path.stem
+        namesakes = [p for p in paths if p.stem == stem]
+        if any(p.parent == path.parent for p in namesakes if p != path):
+            stem = f"{stem}_{path.suffix.lstrip('.').lower()}"
+        elif len(namesakes) > 1:
+            stem = f"{path.parent.name}_{stem}"
         names.append(str(Path(output_dir) / f"{stem}.npy"))
     if len(set(names)) != len(names):
         raise GraphconvError("several images would write the same output name; give them distinct names")

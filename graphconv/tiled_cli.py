@@ -18,10 +18,23 @@ from pathlib import Path
 import numpy as np
 
 from graphconv.errors import GraphconvError
-from graphconv.memory import format_size, memory_limit, run_estimate
+from graphconv.memory import check_fits, format_size, memory_limit
 
 
-def wants_tiles(args: argparse.Namespace, model) -> bool:
+def grid_for(args: argparse.Namespace, model):
+    """What the run maps: the model's dense pass, or with --crops the classifier on every crop."""
+    from graphconv.tiling import CropGrid, DenseGrid
+
+    if args.crops is None:
+        return DenseGrid(model)
+    stride = (args.crops, args.crops) if args.crops else model.output_stride
+    if any(int(s) != s for s in stride):
+        raise GraphconvError(f"--crops: the network's stride is {stride[0]}x{stride[1]} pixels, not whole; "
+                             "give one: --crops STRIDE")
+    return CropGrid(model, tuple(int(s) for s in stride))
+
+
+def wants_tiles(args: argparse.Namespace, model, grid) -> bool:
     if args.tile or args.workers or args.scheduler or args.reduce == "argmax" or args.classes:
         return True
     if args.output and args.output.rstrip("/").lower().endswith(".zarr"):
@@ -34,7 +47,7 @@ def wants_tiles(args: argparse.Namespace, model) -> bool:
     size = _image_size(args.image)
     if size is None or size[0] < model.crop_shape[1] or size[1] < model.crop_shape[2]:
         return False  # the whole-image path reports what is wrong with the file or its size
-    return run_estimate(model.graph, 1, size) > memory_limit()
+    return grid.peak_bytes(size) > memory_limit()
 
 
 def _image_size(path: str) -> tuple[int, int] | None:
@@ -47,9 +60,9 @@ def _image_size(path: str) -> tuple[int, int] | None:
         return None
 
 
-def run_tiled_command(args: argparse.Namespace, model) -> int:
+def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     from graphconv.sources import open_source
-    from graphconv.tiling import MapFile, choose_tile, map_transform, plan_tiles
+    from graphconv.tiling import CropGrid, MapFile, choose_tile, map_transform, plan_tiles
 
     if args.resize or args.scales or args.heatmap is not None or args.profile:
         raise GraphconvError("--resize, --scales, --heatmap and --profile take a whole-image run "
@@ -58,18 +71,21 @@ def run_tiled_command(args: argparse.Namespace, model) -> int:
         raise GraphconvError("--output is the input image; write the map somewhere else", file=args.output)
     source = open_source(args.image, model.crop_shape[0], model.graph.meta.get("preprocess"))
     image_hw = (source.height, source.width)
+    crop_hw = model.crop_shape[1:]
+    if image_hw[0] < crop_hw[0] or image_hw[1] < crop_hw[1]:
+        raise GraphconvError(f"the image is {image_hw[0]}x{image_hw[1]}, smaller than the classifier's "
+                             f"{crop_hw[0]}x{crop_hw[1]} crop", file=args.image)
     tile = args.tile
     if tile is None:
-        whole = run_estimate(model.graph, 1, image_hw)
-        tile = choose_tile(model, image_hw, memory_limit())
+        whole = grid.peak_bytes(image_hw)
+        tile = choose_tile(grid, image_hw, memory_limit())
         if whole > memory_limit():
             print(f"note: the whole {image_hw[0]}x{image_hw[1]} image would need {format_size(whole)}, over "
                   f"the {format_size(memory_limit())} budget: evaluating it in exact tiles of {tile}x{tile} "
                   "pixels", file=sys.stderr)
-    plan = plan_tiles(model, image_hw, tile)
-    from graphconv.memory import check_run_fits
-    check_run_fits(model.graph, 1, plan.tile_hw, f"a {plan.tile_hw[0]}x{plan.tile_hw[1]} tile (use a smaller --tile)",
-                   file=args.image)
+    plan = plan_tiles(grid, image_hw, tile)
+    check_fits(grid.peak_bytes(plan.tile_hw), f"a {plan.tile_hw[0]}x{plan.tile_hw[1]} tile (use a smaller --tile)",
+               file=args.image)
     classes = model.output_channels
     transform, channels, dtype = map_transform(args.reduce, args.classes, classes)
     shape = (1, channels, *plan.map_hw)
@@ -77,16 +93,21 @@ def run_tiled_command(args: argparse.Namespace, model) -> int:
     if not args.output and nbytes > memory_limit() // 4:
         raise GraphconvError(f"the score map is {format_size(nbytes)}: give --output MAP.npy or MAP.zarr "
                              "(written tile by tile), or make it smaller with --reduce argmax or --classes")
+    if isinstance(grid, CropGrid):
+        print(grid.describe(image_hw))
     print(f"tiles: {plan.describe()}", file=sys.stderr)
+    if not (args.workers or args.scheduler):
+        from graphconv.cli import note_cold_kernels
+        note_cold_kernels(model, args.device)
     start = time.perf_counter()
     with _progress(args, len(plan.tiles), "tiles", sum(t.pixels for t in plan.tiles)) as advance:
         on_tile = lambda t: advance(1, t.pixels)
         if args.output:
             with MapFile(args.output, shape, dtype, chunk_hw=plan.cells_hw) as out:
-                _compute(args, model, source, plan, tile, out, transform, on_tile)
+                _compute(args, grid, source, plan, tile, out, transform, on_tile)
         else:
             out = np.empty(shape, dtype)
-            _compute(args, model, source, plan, tile, out, transform, on_tile)
+            _compute(args, grid, source, plan, tile, out, transform, on_tile)
     seconds = time.perf_counter() - start
     print(f"output shape {shape} ({dtype}) in {seconds:.2f} s over {len(plan.tiles)} tile(s)")
     if args.top and args.reduce != "argmax":
@@ -98,18 +119,25 @@ def run_tiled_command(args: argparse.Namespace, model) -> int:
     return 0
 
 
-def _compute(args, model, source, plan, tile, out, transform, on_tile) -> None:
+def _compute(args, grid, source, plan, tile, out, transform, on_tile) -> None:
     from graphconv.tiling import run_tiled
 
     if args.workers or args.scheduler:
-        from graphconv.cluster import MapOptions, client_for, run_tiles_on_cluster
-        options = MapOptions(args.reduce if args.reduce == "argmax" else None,
-                             tuple(args.classes) if args.classes else None, args.device)
+        from graphconv.cluster import client_for, run_tiles_on_cluster
         with client_for(args.workers or 1, args.scheduler) as client:
             run_tiles_on_cluster(client, _model_ref(args), str(Path(args.image).resolve()), plan, out,
-                                 options, on_tile)
+                                 _map_options(args, grid), on_tile)
     else:
-        run_tiled(model, source, tile, out=out, device=args.device, transform=transform, progress=on_tile)
+        run_tiled(grid, source, tile, out=out, device=args.device, transform=transform, progress=on_tile)
+
+
+def _map_options(args: argparse.Namespace, grid):
+    from graphconv.cluster import MapOptions
+    from graphconv.tiling import CropGrid
+
+    return MapOptions(args.reduce if args.reduce == "argmax" else None,
+                      tuple(args.classes) if args.classes else None, args.device,
+                      grid.stride if isinstance(grid, CropGrid) else None)
 
 
 def _model_ref(args: argparse.Namespace):
@@ -123,7 +151,7 @@ def _model_ref(args: argparse.Namespace):
 def run_images_command(args: argparse.Namespace) -> int:
     """One map per image; a bad image is reported on stderr, the others are written.
     Exit status 2 when any image failed."""
-    from graphconv.cluster import MapOptions, client_for, run_images
+    from graphconv.cluster import client_for, run_images
 
     if not args.output_dir:
         raise GraphconvError("--images needs --output-dir")
@@ -134,9 +162,7 @@ def run_images_command(args: argparse.Namespace) -> int:
     if not images:
         raise GraphconvError(f"--images {args.images!r} matches no file")
     ref = _model_ref(args)
-    ref.load()  # a bad model is one error here, not one per image
-    options = MapOptions(args.reduce if args.reduce == "argmax" else None,
-                         tuple(args.classes) if args.classes else None, args.device)
+    options = _map_options(args, grid_for(args, ref.load()))  # a bad model is one error here, not one per image
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with _progress(args, len(images), "images", None) as advance:

@@ -15,6 +15,12 @@ box it reads. `run_tiled` runs them through the model's Executor (one plan per t
 size, buffers reused) and writes each block into `out`, which may be a numpy array, a
 memory-mapped `.npy` or a zarr array. `graphconv.sources` reads images lazily, so
 neither the input nor the output needs to fit in memory.
+
+What is tiled is a `Grid`: a map whose cell (i, j) is computed from the field
+`offset + (i, j) * stride`, `size` pixels wide. A model's own dense pass is a
+`DenseGrid`; `CropGrid` is the classifier itself run on every crop (`graphconv run
+--crops`), the only exact map of a network that cannot slide (squeeze-and-excitation
+gates), and it streams through the same plans, files and Dask workers.
 """
 from __future__ import annotations
 
@@ -92,25 +98,126 @@ def alignment(graph) -> tuple[int, int]:
     return align[0], align[1]
 
 
+class DenseGrid:
+    """A compiled model's score map: one forward pass per tile, every cell of the tile's
+    map shared work with its neighbours."""
+
+    def __init__(self, model):
+        self.model = model
+        self.field: Field = model.field
+        self.align: tuple[int, int] = alignment(model.graph)
+
+    def smallest_tile(self) -> tuple[int, int]:
+        _check_slides(self.model.graph)
+        return tuple(int(self.field.size[a] + _slack(self.field, self.align, a)) for a in (0, 1))
+
+    def map_hw(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        return self.model.output_hw(*image_hw)
+
+    def run(self, x: np.ndarray, device: str) -> np.ndarray:
+        """The map of an input box, uncut: cell (0, 0) is the first whose field starts in it."""
+        return self.model.executor(device).run(x)
+
+    def whole(self, x: np.ndarray, device: str) -> np.ndarray:
+        """The map of a whole image, as `Model.run` returns it."""
+        return self.model.run(x, device)
+
+    def peak_bytes(self, tile_hw: tuple[int, int]) -> int:
+        from graphconv.memory import run_estimate
+        return run_estimate(self.model.graph, 1, tile_hw)
+
+    def largest_useful_tile(self, image_hw: tuple[int, int]) -> int:
+        return max(image_hw) + max(self.align)
+
+
+class CropGrid:
+    """The classifier itself on every crop, `stride` pixels apart, 64 crops a batch: no
+    work shared between crops, so exact for any network, including one that cannot slide.
+    Crops start on the stride grid, so a tile box starting there holds whole crops."""
+
+    CELLS_PER_TILE = 32  # a tile of 32x32 crops: 16 full batches, and a progress step every ~1000 crops
+
+    def __init__(self, classifier, stride: int | tuple[int, int]):
+        from graphconv.ops import pair
+
+        self.model = classifier
+        _, crop_h, crop_w = classifier.crop_shape
+        self.stride = pair(stride)
+        self.field = Field((crop_h, crop_w), self.stride, (0, 0))
+        self.align = self.stride
+
+    def smallest_tile(self) -> tuple[int, int]:
+        return self.field.size
+
+    def map_hw(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        (crop_h, crop_w), (sy, sx) = self.field.size, self.stride
+        if image_hw[0] < crop_h or image_hw[1] < crop_w:
+            raise GraphconvError(f"--crops: the input is {image_hw[0]}x{image_hw[1]}, smaller than the "
+                                 f"classifier's {crop_h}x{crop_w} crop")
+        return (image_hw[0] - crop_h) // sy + 1, (image_hw[1] - crop_w) // sx + 1
+
+    def run(self, x: np.ndarray, device: str) -> np.ndarray:
+        from graphconv.dense import crop_loop
+        return crop_loop(self.model, x, self.stride, device)
+
+    whole = run
+
+    def crops(self, image_hw: tuple[int, int], images: int = 1) -> int:
+        rows, cols = self.map_hw(image_hw)
+        return images * rows * cols
+
+    def describe(self, image_hw: tuple[int, int], images: int = 1) -> str:
+        """What a run costs: the classifier's whole work once per crop."""
+        from graphconv.cost import total_flops
+
+        (crop_h, crop_w), (sy, sx) = self.field.size, self.stride
+        crops = self.crops(image_hw, images)
+        return (f"{crops} crops of {crop_h}x{crop_w}, {sy}x{sx} pixels apart: "
+                f"{crops * total_flops(self.model.graph) / 1e9:.1f} GFLOP")
+
+    def peak_bytes(self, tile_hw: tuple[int, int]) -> int:
+        """A batch of crops through the classifier, plus the tile's pixels and its map."""
+        from graphconv.dense import CROPS_PER_BATCH
+        from graphconv.memory import run_estimate
+
+        batch = min(CROPS_PER_BATCH, self.crops(tile_hw))
+        pixels = self.model.crop_shape[0] * tile_hw[0] * tile_hw[1]
+        return (run_estimate(self.model.graph, batch, self.field.size) + 4 * pixels
+                + 4 * self.crops(tile_hw) * self.model.output_channels)
+
+    def largest_useful_tile(self, image_hw: tuple[int, int]) -> int:
+        """Past some hundreds of crops a bigger tile saves nothing (the halo is re-read, not
+        recomputed) and only makes the progress bar coarser."""
+        cells = self.CELLS_PER_TILE - 1
+        return min(max(image_hw), max(self.field.size[a] + cells * self.stride[a] for a in (0, 1)))
+
+
+Grid = DenseGrid | CropGrid
+
+
+def as_grid(model_or_grid) -> Grid:
+    """A Model (its dense pass) or a grid as it is."""
+    return model_or_grid if isinstance(model_or_grid, (DenseGrid, CropGrid)) else DenseGrid(model_or_grid)
+
+
 def min_tile(model) -> tuple[int, int]:
     """The smallest tile (input pixels per axis) that holds one score cell wherever it lies."""
-    _check_slides(model.graph)
-    field, align = model.field, alignment(model.graph)
-    return tuple(int(field.size[a] + _slack(field, align, a)) for a in (0, 1))
+    return as_grid(model).smallest_tile()
 
 
 def plan_tiles(model, image_hw: tuple[int, int], tile: int | Sequence[int]) -> TilePlan:
     """Tiles of at most `tile` input pixels per axis covering `model.run`'s map of an
-    image of `image_hw` (the crop grid; see Model.map_size)."""
+    image of `image_hw` (the crop grid; see Model.map_size). `model` may be a grid."""
+    grid = as_grid(model)
     tile_hw = (tile, tile) if isinstance(tile, int) else tuple(tile)
-    smallest = min_tile(model)
-    field, align = model.field, alignment(model.graph)
+    smallest = grid.smallest_tile()
+    field, align = grid.field, grid.align
     if tile_hw[0] < smallest[0] or tile_hw[1] < smallest[1]:
         raise GraphconvError(f"--tile {tile_hw[0]}x{tile_hw[1]} is too small for this network: each "
                              f"tile needs one {field.size[0]}x{field.size[1]} receptive field plus "
                              f"its alignment to {align[0]}x{align[1]} px; the smallest tile that works "
                              f"is {max(smallest)} (or {smallest[0]}x{smallest[1]})")
-    map_hw = model.output_hw(*image_hw)
+    map_hw = grid.map_hw(image_hw)
     cells = tuple(_cells_per_tile(tile_hw[a], field, align, a) for a in (0, 1))
     row_spans = list(_spans(map_hw[0], cells[0]))
     col_spans = list(_spans(map_hw[1], cells[1]))
@@ -166,7 +273,8 @@ def _box(field: Field, align, rows, cols, image_hw) -> tuple[int, int, int, int]
 def run_tiled(model, source: Source | np.ndarray, tile: int | Sequence[int], *, out: Any = None,
               device: str = "cpu", transform: Callable[[np.ndarray], np.ndarray] | None = None,
               progress: Callable[[Tile], None] | None = None) -> Any:
-    """The map `model.run` gives for the whole image, computed tile by tile.
+    """The map `model.run` gives for the whole image (or a grid's map: `CropGrid`),
+    computed tile by tile.
 
     `source`: a (N, C, H, W) float32 array (already preprocessed) or a Source. `out`: where
     to write the map (a numpy array, np.memmap or zarr array of the shape and dtype the
@@ -174,13 +282,13 @@ def run_tiled(model, source: Source | np.ndarray, tile: int | Sequence[int], *, 
     block before it is written (e.g. keep some classes, or argmax); `progress` is called
     after each tile."""
     source = as_source(source)
-    plan = plan_tiles(model, (source.height, source.width), tile)
-    executor = model.executor(device)
+    grid = as_grid(model)
+    plan = plan_tiles(grid, (source.height, source.width), tile)
     for tile_ in plan.tiles:
         top, left, bottom, right = tile_.box
         x = source.read(top, left, bottom, right)
         x = x[None] if x.ndim == 3 else x
-        full = executor.run(x)
+        full = grid.run(x, device)
         block = _cells_of(full, tile_, plan.field)
         if transform is not None:
             block = transform(block)
@@ -327,20 +435,21 @@ def _zarr_v3_array(folder: str) -> bool:
         return False
 
 
-def choose_tile(model, image_hw: tuple[int, int], budget: int, batch: int = 1) -> int:
+def choose_tile(model, image_hw: tuple[int, int], budget: int) -> int:
     """The largest square tile, on the alignment grid, whose run fits half the memory
     budget (the rest is for the weights' copies, the source and the output): what a run
-    without --tile uses when the whole image would not fit."""
-    from graphconv.memory import run_estimate
-
-    align = max(alignment(model.graph))
-    low = max(min_tile(model))
-    high = max(image_hw) + align
-    if run_estimate(model.graph, batch, (low, low)) > budget // 2:
+    without --tile uses when the whole image would not fit. `model` may be a grid."""
+    grid = as_grid(model)
+    align = max(grid.align)
+    low = max(grid.smallest_tile())
+    high = max(low, grid.largest_useful_tile(image_hw))
+    if grid.peak_bytes((low, low)) > budget // 2:
         raise GraphconvError(f"even the smallest tile ({low}x{low}) needs more memory than the budget allows")
+    if grid.peak_bytes((high, high)) <= budget // 2:
+        return high
     while high - low > align:
         mid = (low + high) // 2
-        if run_estimate(model.graph, batch, (mid, mid)) <= budget // 2:
+        if grid.peak_bytes((mid, mid)) <= budget // 2:
             low = mid
         else:
             high = mid

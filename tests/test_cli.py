@@ -347,19 +347,14 @@ def test_run_crops_heatmap_places_cells_by_crop(write_spec, tmp_path):
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--crops", "--scales", "20"], "--crops evaluates one image or array whole"),
-    (["--crops", "--profile"], "--crops evaluates one image or array whole"),
+    (["--crops", "--scales", "20"], "--crops runs the classifier on each crop of the image as it is"),
+    (["--crops", "--profile"], "--crops runs the classifier on each crop of the image as it is"),
+    (["--crops", "--tile", "40"], "--tile, --workers, --reduce argmax and --classes apply to --image"),
 ])
 def test_run_crops_refuses_what_it_cannot_combine_with(write_spec, tmp_path, capsys, extra, message):
     np.save(tmp_path / "x.npy", np.zeros((1, 3, 20, 20), np.float32))
     assert run_cli("run", write_spec(GATED), "--input", tmp_path / "x.npy", *extra, "--output", tmp_path / "o.npy") == 2
     assert message in capsys.readouterr().err and not (tmp_path / "o.npy").exists()
-
-
-def test_run_crops_refuses_many_images(write_spec, tmp_path, capsys):
-    out = tmp_path / "maps"
-    assert run_cli("run", write_spec(GATED), "--images", str(tmp_path / "*.png"), "--output-dir", out, "--crops") == 2
-    assert "not with --images" in capsys.readouterr().err and not out.exists()
 
 
 def test_run_crops_stride_must_be_positive(write_spec, tmp_path, capsys):

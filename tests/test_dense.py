@@ -3,8 +3,6 @@ the crop loop, and for padded networks which layers' padding makes which positio
 import subprocess
 import sys
 
-import numpy as np
-import pytest
 
 import graphconv
 from graphconv.dense import padding_reach, verify

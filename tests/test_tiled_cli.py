@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,3 +162,87 @@ def test_a_zarr_output_never_replaces_what_is_not_a_zarr_array(model_dir, pictur
     for _ in range(2):  # a map it wrote is replaced by the next run
         result = graphconv("run", model_dir, "--image", picture / "page.png", "--tile", "48", "--output", out)
         assert result.returncode == 0, result.stderr
+
+
+# ---- --crops streamed: the classifier on every crop of an image read a tile at a time ------------
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory):
+    """GATED (tests/nets.py), a squeeze-and-excitation classifier that cannot slide, and a
+    70x90 RGB picture as PNG and tiled TIFF."""
+    from nets import GATED
+    folder = tmp_path_factory.mktemp("gated")
+    (folder / "gated.yaml").write_text(GATED)
+    pixels = (np.random.default_rng(5).random((70, 90, 3)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(folder / "rgb.png")
+    tifffile.imwrite(folder / "rgb.tif", pixels, tile=(32, 32))
+    return folder
+
+
+def test_cli_crops_stream_tiles_of_a_lazy_image(gated, tmp_path):
+    """A TIFF is read a tile at a time; --tile, zarr outputs, --classes and --reduce argmax
+    give the map the whole-image --crops run gives, and each cell is its crop's scores."""
+    spec, png, tif = gated / "gated.yaml", gated / "rgb.png", gated / "rgb.tif"
+    result = graphconv("run", spec, "--image", png, "--crops", "5", "--output", tmp_path / "whole.npy")
+    assert result.returncode == 0, result.stderr
+    assert "tiles:" not in result.stderr
+    whole = np.load(tmp_path / "whole.npy")
+    assert whole.shape == (1, 3, (70 - 12) // 5 + 1, (90 - 12) // 5 + 1)
+    classifier = Model.load(spec)
+    x = open_source(png, 3, classifier.graph.meta.get("preprocess")).read(0, 0, 70, 90)
+    np.testing.assert_allclose(whole[0, :, 3, 7], classifier.run(x[None, :, 15:27, 35:47])[0], rtol=1e-5, atol=1e-6)
+    for image, out, extra in ((tif, tmp_path / "t.zarr", []), (png, tmp_path / "t.npy", ["--tile", "30"])):
+        result = graphconv("run", spec, "--image", image, "--crops", "5", "--output", out, *extra)
+        assert result.returncode == 0, result.stderr
+        assert "tiles:" in result.stderr and f"{whole[0, 0].size} crops of 12x12, 5x5 pixels apart" in result.stdout
+        got = zarr.open_array(str(out), mode="r")[:] if str(out).endswith(".zarr") else np.load(out)
+        np.testing.assert_allclose(got, whole, rtol=1e-5, atol=1e-6)
+    result = graphconv("run", spec, "--image", tif, "--crops", "5", "--classes", "2,0", "--output", tmp_path / "c.npy")
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "c.npy"), whole[:, [2, 0]], rtol=1e-5, atol=1e-6)
+    result = graphconv("run", spec, "--image", tif, "--crops", "5", "--reduce", "argmax", "--output", tmp_path / "a.npy")
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy")[:, 0], whole.argmax(axis=1))
+
+
+def test_cli_crops_on_an_image_smaller_than_the_crop_names_it(gated, tmp_path):
+    small = tmp_path / "small.tif"
+    tifffile.imwrite(small, np.zeros((10, 40, 3), np.uint8))
+    result = graphconv("run", gated / "gated.yaml", "--image", small, "--crops", "--output", tmp_path / "o.npy")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "small.tif: the image is 10x40, smaller than the classifier's 12x12 crop" in result.stderr
+    assert not (tmp_path / "o.npy").exists()
+
+
+def test_crops_on_many_images(gated, tmp_path):
+    """--images with --crops: one crop map per image, tiled or whole, as `run --crops` gives it."""
+    ref = ModelRef(str(gated / "gated.yaml"))
+    images = [str(gated / "rgb.png"), str(gated / "rgb.tif")]
+    for tile in (None, 40):
+        results = run_images(ref, images, str(tmp_path / f"maps{tile}"), MapOptions(crops=(4, 6)), tile=tile)
+        assert [r.error for r in results] == [None, None]
+        assert [Path(r.output).name for r in results] == ["rgb_png.npy", "rgb_tif.npy"]  # one stem, two formats
+        maps = [np.load(r.output) for r in results]
+        assert maps[0].shape == (1, 3, (70 - 12) // 4 + 1, (90 - 12) // 6 + 1)
+        np.testing.assert_allclose(maps[0], maps[1], rtol=1e-5, atol=1e-6)
+    result = graphconv("run", gated / "gated.yaml", "--images", gated / "*.tif", "--crops", "--output-dir",
+                       tmp_path / "cli")
+    assert result.returncode == 0, result.stderr
+    assert np.load(tmp_path / "cli" / "rgb.npy").shape == (1, 3, (70 - 12) // 2 + 1, (90 - 12) // 2 + 1)
+
+
+@pytest.mark.slow
+def test_dask_workers_map_crops_too(gated, tmp_path):
+    pytest.importorskip("distributed")
+    spec, tif = gated / "gated.yaml", gated / "rgb.tif"
+    assert graphconv("run", spec, "--image", tif, "--crops", "4", "--output", tmp_path / "one.npy").returncode == 0
+    result = graphconv("run", spec, "--image", tif, "--crops", "4", "--tile", "40", "--workers", "2",
+                       "--output", tmp_path / "d.npy")
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "d.npy"), np.load(tmp_path / "one.npy"), rtol=1e-5, atol=1e-6)
+
+
+def test_many_images_sharing_a_stem_get_distinct_maps(tmp_path):
+    from graphconv.cluster import _output_names
+    names = _output_names(["a/slide.png", "b/slide.png", "a/slide.tif", "a/other.png"], "maps")
+    assert [Path(n).name for n in names] == ["slide_png.npy", "b_slide.npy", "slide_tif.npy", "other.npy"]

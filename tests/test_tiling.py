@@ -11,10 +11,10 @@ from hypothesis import given, settings, strategies as st
 
 from graphconv.compiler import compile_model
 from graphconv.errors import GraphconvError
-from graphconv.tiling import MapFile, map_transform, min_tile, plan_tiles, run_tiled
+from graphconv.tiling import CropGrid, MapFile, choose_tile, map_transform, min_tile, plan_tiles, run_tiled
 
 from conftest import SPECS
-from nets import UNPADDED
+from nets import GATED, UNPADDED
 
 PADDED = """
 name: padded
@@ -237,3 +237,56 @@ def test_an_uncompiled_classifier_is_refused_with_the_way_out(rng):
     classifier = Model.load(SPECS / "lenet.yaml")
     with pytest.raises(GraphconvError, match="fc sees its whole input.*compile it first.*fc-to-conv"):
         plan_tiles(classifier, (100, 100), 50)
+
+
+# ---- the classifier on every crop (run --crops), streamed in tiles ---------------------------------
+
+def _gated_classifier(cache={}):
+    """A squeeze-and-excitation classifier on 3x12x12 crops: it cannot slide, so only the crop grid maps it."""
+    if "model" not in cache:
+        import tempfile
+        from pathlib import Path
+        from graphconv.model import Model
+        path = Path(tempfile.mkdtemp()) / "gated.yaml"
+        path.write_text(GATED)
+        cache["model"] = Model.load(path)
+    return cache["model"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(height=st.integers(0, 40), width=st.integers(0, 40), stride=st.integers(1, 9),
+       tile_h=st.integers(0, 30), tile_w=st.integers(0, 30))
+def test_crop_grid_in_tiles_equals_the_crop_loop(height, width, stride, tile_h, tile_w):
+    """Every tile reads whole crops on the stride grid and writes its own cells, so the
+    stitched map is the classifier on every crop, whatever the tile and the stride."""
+    from graphconv.dense import crop_loop
+
+    classifier = _gated_classifier()
+    x = np.random.default_rng(height * 41 + width).standard_normal((1, 3, 12 + height, 12 + width)).astype(np.float32)
+    grid = CropGrid(classifier, stride)
+    assert min_tile(grid) == (12, 12)
+    tiled = run_tiled(grid, x, (12 + tile_h, 12 + tile_w))
+    np.testing.assert_allclose(tiled, crop_loop(classifier, x, stride), rtol=1e-5, atol=1e-6)
+
+
+def test_crop_grid_cell_is_the_classifier_on_its_crop(rng):
+    classifier = _gated_classifier()
+    x = rng.standard_normal((2, 3, 40, 33)).astype(np.float32)
+    scores = run_tiled(CropGrid(classifier, (3, 5)), x, 20)
+    assert scores.shape == (2, 3, (40 - 12) // 3 + 1, (33 - 12) // 5 + 1)
+    for i, j in ((0, 0), (4, 2), (scores.shape[2] - 1, scores.shape[3] - 1)):
+        crop = x[:, :, 3 * i:3 * i + 12, 5 * j:5 * j + 12]
+        np.testing.assert_allclose(scores[:, :, i, j], classifier.run(crop), rtol=1e-5, atol=1e-6)
+
+
+def test_crop_grid_tiles_are_capped_by_work_and_memory():
+    """Without --tile: tiles of 32x32 crops (progress every ~1000 crops), fewer when memory is short."""
+    classifier = _gated_classifier()
+    grid = CropGrid(classifier, 4)
+    assert choose_tile(grid, (5000, 5000), 8 << 30) == 12 + 31 * 4
+    assert choose_tile(grid, (30, 5000), 8 << 30) == 12 + 31 * 4
+    assert choose_tile(grid, (50, 60), 8 << 30) == 60
+    budget = 2 * grid.peak_bytes((60, 60))
+    assert 12 <= choose_tile(grid, (5000, 5000), budget) <= 60
+    with pytest.raises(GraphconvError, match="smaller than the classifier's 12x12 crop"):
+        plan_tiles(grid, (11, 50), 20)
