@@ -3,7 +3,6 @@ the crop loop, and for padded networks which layers' padding makes which positio
 import subprocess
 import sys
 
-
 import graphconv
 from graphconv.dense import padding_reach, verify
 from conftest import random_input
