@@ -55,8 +55,8 @@ class Case:
     passes: str | None = None  # None: the default pipeline (the fully convolutional network)
 
 
-CLASSIFIER = "shape-inference,remove-dropout,dead-node-elimination,fuse-conv-relu"
-RESNET_CLASSIFIER = "shape-inference,fold-batchnorm,remove-flatten,fuse-conv-relu,fuse-conv-add"
+CLASSIFIER = "shape-inference,remove-dropout,dead-node-elimination,fuse-conv-activation"
+RESNET_CLASSIFIER = "shape-inference,fold-batchnorm,remove-flatten,fuse-conv-activation,fuse-conv-add"
 CASES = [
     Case("AlexNet classifier", "alexnet.yaml", 224, 0.9, CLASSIFIER),
     Case("AlexNet-FCN", "alexnet.yaml", 384, 0.9),

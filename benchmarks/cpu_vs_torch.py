@@ -37,7 +37,7 @@ class Case:
 
 # A classifier stays a classifier (fc layers, no fc-to-conv) but gets the same clean-up
 # and conv+ReLU fusion a user's `graphconv compile --passes ...` would give it.
-CLASSIFIER = {"passes": "shape-inference,remove-dropout,dead-node-elimination,fuse-conv-relu"}
+CLASSIFIER = {"passes": "shape-inference,remove-dropout,dead-node-elimination,fuse-conv-activation"}
 CASES = [
     Case("AlexNet classifier", "alexnet.yaml", 224, "<= 16 ms", CLASSIFIER),
     Case("AlexNet-FCN", "alexnet.yaml", 384, "<= 60 ms", {}),

@@ -260,7 +260,7 @@ def main() -> int:
                               opset_version=17, input_names=["x"], do_constant_folding=False,
                               training=torch.onnx.TrainingMode.EVAL)
         classifier = compile_model(load_network(onnx_path),
-                                   "shape-inference,fold-batchnorm,remove-flatten,fuse-conv-relu,fuse-conv-add")
+                                   "shape-inference,fold-batchnorm,remove-flatten,fuse-conv-activation,fuse-conv-add")
         cases = [(f"{name} classifier", 224, classifier, onnx_path, False)]
         if slides:
             dense = compile_model(onnx_path)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from common import PAUSE, ROOT, load_torch, pin_threads, write_section
 
-RESNET_CLASSIFIER = "shape-inference,fold-batchnorm,remove-flatten,fuse-conv-relu,fuse-conv-add"
+RESNET_CLASSIFIER = "shape-inference,fold-batchnorm,remove-flatten,fuse-conv-activation,fuse-conv-add"
 
 
 def parse_shapes(text: str) -> list[tuple[int, int]]:

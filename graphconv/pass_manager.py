@@ -38,7 +38,8 @@ from graphconv.shapes import infer_shapes
 
 ENTRY_POINT_GROUP = "graphconv.passes"
 DEFAULT_PIPELINE = ("shape-inference", "remove-dropout", "dead-node-elimination", "fold-batchnorm",
-                    "global-pool-to-window", "remove-flatten", "fc-to-conv", "fuse-conv-relu", "fuse-conv-add")
+                    "global-pool-to-window", "remove-flatten", "fc-to-conv", "fuse-conv-activation", "fuse-conv-add")
+RENAMED = {"fuse-conv-relu": "fuse-conv-activation"}  # old names pipelines may still give
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,7 @@ def registered_passes() -> list[PassInfo]:
 
 def get_pass(name: str) -> PassInfo:
     load_builtin_passes()
+    name = RENAMED.get(name, name)
     if name not in _REGISTRY:
         raise PassError(f"unknown pass '{name}' (registered: {', '.join(sorted(_REGISTRY))})")
     return _REGISTRY[name]

@@ -14,6 +14,7 @@ import numpy as np
 from graphconv.errors import GraphconvError
 from graphconv.ir import Graph, Node
 from graphconv.ops import get_op, pair
+from graphconv.ops.activations import fused_layer
 from graphconv.params import normalize_params
 from graphconv.pass_manager import register_pass
 
@@ -40,14 +41,15 @@ def conv_to_fc(graph: Graph, layer: str = "", max_elements: int = DEFAULT_MAX_EL
                              f"({size:,} entries), over the limit of {max_elements:,}; raise it "
                              f"with conv-to-fc{{max_elements={size}}}")
         weight, bias = dense_matrix(conv.params, conv.weights, in_shape, out_shape)
-        relu = conv.params["activation"] == "relu"
+        activation = conv.params["activation"]
         params = normalize_params(get_op("fc"), {"out_features": weight.shape[0], "bias": bias is not None})
         fc = graph.replace(conv, "fc", params,
                            {"weight": weight} if bias is None else {"weight": weight, "bias": bias})
         graph.set_shape(fc, (weight.shape[0], 1, 1))
-        if relu:
-            relu_node = graph.insert_after(fc, graph.fresh_name(f"{fc.name}_relu"), "relu")
-            graph.set_shape(relu_node, (weight.shape[0], 1, 1))
+        if activation != "none":  # an fc applies none itself: the layer the conv had fused
+            op, op_params = fused_layer(activation)
+            after = graph.insert_after(fc, graph.fresh_name(f"{fc.name}_{op}"), op, op_params)
+            graph.set_shape(after, (weight.shape[0], 1, 1))
     return bool(targets)
 
 

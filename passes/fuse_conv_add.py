@@ -1,4 +1,4 @@
-"""Fold a residual add (and the relu after it) into the conv before it.
+"""Fold a residual add (and the activation after it, a relu in ResNet) into the conv before it.
 
 ResNet's blocks end in `relu(conv3(x) + identity)`: three passes over the activation
 (the conv writing it, the add reading two maps and writing one, the relu reading and
@@ -12,11 +12,12 @@ such convs (a block with a projection shortcut), the one that runs later takes t
 other's output as its residual input.
 """
 from graphconv.ir import Graph, Node
+from graphconv.ops.activations import fusable
 from graphconv.pass_manager import register_pass
 
 
-@register_pass("fuse-conv-add", "fold a residual add (and a relu after it) into the conv before it "
-               "(one kernel: conv+bias+residual+relu)", preserves=("shapes",))
+@register_pass("fuse-conv-add", "fold a residual add (and a relu, silu, hardswish or gelu after it) into the "
+               "conv before it (one kernel: conv+bias+residual+activation)", preserves=("shapes",))
 def fuse_conv_add(graph: Graph) -> bool:
     fused = False
     order = {node.name: index for index, node in enumerate(graph.layers())}
@@ -32,8 +33,8 @@ def fuse_conv_add(graph: Graph) -> bool:
         graph.replace_all_uses(add, conv)
         graph.erase(add)
         users = conv.users
-        if len(users) == 1 and users[0].op == "relu" and graph.output != conv:
-            graph.set_params(conv, activation="relu")
+        if len(users) == 1 and fusable(users[0]) and graph.output != conv:
+            graph.set_params(conv, activation=fusable(users[0]))
             graph.remove(users[0])
         fused = True
     return fused

@@ -95,11 +95,11 @@ def test_statistics_that_are_not_a_variance_are_refused(write_spec):
 
 
 def test_default_pipeline_folds_before_fc_to_conv_and_fusion():
-    """Folding first lets fuse-conv-relu fuse conv -> batchnorm -> relu, and folds an fc's
+    """Folding first lets fuse-conv-activation fuse conv -> batchnorm -> relu, and folds an fc's
     batchnorm while it is still an fc; dropout goes first so conv -> dropout -> bn folds."""
     order = list(DEFAULT_PIPELINE)
     assert (order.index("remove-dropout") < order.index("fold-batchnorm") < order.index("fc-to-conv")
-            < order.index("fuse-conv-relu"))
+            < order.index("fuse-conv-activation"))
 
 
 def test_conv_batchnorm_relu_becomes_one_conv(write_spec):

@@ -68,7 +68,7 @@ def test_residual_blocks_become_single_convs(write_spec):
 
 def test_fusing_keeps_the_map(write_spec, rng):
     model = graphconv.load(write_spec(RESIDUAL))
-    fused = graphconv.compile_model(model.graph, "shape-inference,fuse-conv-relu,fuse-conv-add")
+    fused = graphconv.compile_model(model.graph, "shape-inference,fuse-conv-activation,fuse-conv-add")
     x = random_input(rng, (2, 8, 40, 37))
     want = run_reference(model.graph, x)
     np.testing.assert_allclose(run_reference(fused.graph, x), want, rtol=1e-4, atol=1e-4)

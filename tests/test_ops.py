@@ -25,6 +25,7 @@ from graphconv.torch_bridge import op_forward, torch
 
 from conftest import random_input
 from graphconv.ops import vector_tile
+from graphconv.ops.activations import FUSED
 from graphconv.ops.conv import cpu as conv_cpu
 
 TILE_SHAPES = [(8, 3), (8, 4), (16, 3), (16, 4)]  # (lanes, vectors) of the conv's register tile
@@ -229,9 +230,9 @@ def test_conv_strategy_follows_the_layer_shape(params, in_shape, expected):
 @given(c=st.sampled_from([1, 2, 4, 9, 17]), groups=st.sampled_from([1, 2]), o_per=st.integers(1, 3),
        kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3), sw=st.integers(1, 3),
        ph=st.integers(0, 2), pw=st.integers(0, 2), dh=st.integers(1, 3), dw=st.integers(1, 3),
-       h=st.integers(1, 12), w=st.integers(1, 12), batch=st.integers(1, 3), relu=st.booleans(),
+       h=st.integers(1, 12), w=st.integers(1, 12), batch=st.integers(1, 3), activation=st.sampled_from(FUSED),
        storage=st.sampled_from(STORAGE_CHOICES))
-def test_conv_hypothesis(c, groups, o_per, kh, kw, sh, sw, ph, pw, dh, dw, h, w, batch, relu, storage):
+def test_conv_hypothesis(c, groups, o_per, kh, kw, sh, sw, ph, pw, dh, dw, h, w, batch, activation, storage):
     """Odd sizes people would not think of: kernels just fitting, strides past the end,
     channel counts that fill blocks of 8 with some left over..."""
     c = c * groups
@@ -239,7 +240,7 @@ def test_conv_hypothesis(c, groups, o_per, kh, kw, sh, sw, ph, pw, dh, dw, h, w,
         return
     params = dict(out_channels=o_per * groups, kernel_size=[kh, kw], stride=[sh, sw],
                   padding=[ph, pw], dilation=[dh, dw], groups=groups,
-                  activation="relu" if relu else "none")
+                  activation=activation)
     for strategy in applicable_strategies(params):
         for prepared in (False, True):  # taps in the spec's order and in prepare_conv's
             check_op("conv", params, [(c, h, w)], np.random.default_rng(h * 31 + w), batch=batch,
@@ -250,9 +251,9 @@ def test_conv_hypothesis(c, groups, o_per, kh, kw, sh, sw, ph, pw, dh, dw, h, w,
 @given(c=st.integers(1, 20), multiplier=st.integers(1, 3), kh=st.integers(1, 7), kw=st.integers(1, 7),
        sh=st.integers(1, 3), sw=st.integers(1, 3), ph=st.integers(0, 3), pw=st.integers(0, 3),
        dh=st.integers(1, 2), dw=st.integers(1, 2), h=st.integers(1, 15), w=st.integers(1, 40),
-       batch=st.integers(1, 2), relu=st.booleans(), residual=st.booleans(),
+       batch=st.integers(1, 2), activation=st.sampled_from(FUSED), residual=st.booleans(),
        storage=st.sampled_from(STORAGE_CHOICES))
-def test_conv_depthwise_hypothesis(c, multiplier, kh, kw, sh, sw, ph, pw, dh, dw, h, w, batch, relu, residual,
+def test_conv_depthwise_hypothesis(c, multiplier, kh, kw, sh, sw, ph, pw, dh, dw, h, w, batch, activation, residual,
                                    storage):
     """The depthwise strategy, which depthwise layers choose, on the sizes where clipping
     each tap's run at the padding goes wrong first: kernels wider than the map, padding
@@ -260,7 +261,7 @@ def test_conv_depthwise_hypothesis(c, multiplier, kh, kw, sh, sw, ph, pw, dh, dw
     if dh * (kh - 1) + 1 > h + 2 * ph or dw * (kw - 1) + 1 > w + 2 * pw:
         return
     params = dict(out_channels=c * multiplier, kernel_size=[kh, kw], stride=[sh, sw], padding=[ph, pw],
-                  dilation=[dh, dw], groups=c, activation="relu" if relu else "none")
+                  dilation=[dh, dw], groups=c, activation=activation)
     conv = get_op("conv")
     out_shape = conv.shape(normalize_params(conv, params), [(c, h, w)])
     in_shapes = [(c, h, w), out_shape] if residual else [(c, h, w)]
@@ -275,10 +276,10 @@ def test_conv_depthwise_hypothesis(c, multiplier, kh, kw, sh, sw, ph, pw, dh, dw
 @given(c=st.integers(1, 40), o=st.one_of(st.integers(1, 70), st.sampled_from([8, 24, 32, 48, 64])),
        k=st.integers(1, 5), s=st.integers(1, 3),
        p=st.integers(0, 2), dw=st.integers(1, 2), h=st.integers(5, 14), w=st.integers(5, 30),
-       batch=st.integers(1, 3), relu=st.booleans(), chunk=st.sampled_from([8, 24, 128]),
+       batch=st.integers(1, 3), activation=st.sampled_from(FUSED), chunk=st.sampled_from([8, 24, 128]),
        positions=st.sampled_from([1, 16, 64]), threads=st.integers(1, 3), residual=st.booleans(),
        storage=st.sampled_from(STORAGE_CHOICES), tile=st.sampled_from(TILE_SHAPES))
-def test_conv_outer_hypothesis(c, o, k, s, p, dw, h, w, batch, relu, chunk, positions, threads, residual, storage,
+def test_conv_outer_hypothesis(c, o, k, s, p, dw, h, w, batch, activation, chunk, positions, threads, residual, storage,
                                tile):
     """The outer-product strategy over channel counts that fill its blocks of 24-64
     channels (every tile shape, not only this machine's) and
@@ -289,7 +290,7 @@ def test_conv_outer_hypothesis(c, o, k, s, p, dw, h, w, batch, relu, chunk, posi
     if dw * (k - 1) + 1 > w + 2 * p or k > h + 2 * p:
         return
     params = dict(out_channels=o, kernel_size=k, stride=s, padding=p, dilation=[1, dw],
-                  activation="relu" if relu else "none")
+                  activation=activation)
     shapes = [(c, h, w)]
     if residual:
         shapes.append(get_op("conv").shape(normalize_params(get_op("conv"), params), shapes))
@@ -303,11 +304,11 @@ def test_conv_outer_hypothesis(c, o, k, s, p, dw, h, w, batch, relu, chunk, posi
 
 @settings(max_examples=40, deadline=None)
 @given(c=st.integers(1, 40), o=st.integers(1, 60), p=st.integers(0, 2), h=st.integers(1, 13), w=st.integers(1, 13),
-       batch=st.integers(1, 3), relu=st.booleans(), chunk=st.sampled_from([8, 192]),
+       batch=st.integers(1, 3), activation=st.sampled_from(FUSED), chunk=st.sampled_from([8, 192]),
        job_tiles=st.sampled_from([1, 3, 8, 128]), threads=st.integers(1, 3),
        band_bytes=st.sampled_from([1, 3000, 8 << 20]), residual=st.booleans(),
        storage=st.sampled_from(STORAGE_CHOICES), tile=st.sampled_from(TILE_SHAPES))
-def test_conv_winograd_hypothesis(c, o, p, h, w, batch, relu, chunk, job_tiles, threads, band_bytes, residual,
+def test_conv_winograd_hypothesis(c, o, p, h, w, batch, activation, chunk, job_tiles, threads, band_bytes, residual,
                                   storage, tile):
     """Winograd F(2x2, 3x3) over maps of odd sizes (the last tiles half outside), channel
     counts that fill its blocks of 24-64 channels (every tile shape) and 8-lane vectors with some left over, input
@@ -318,7 +319,7 @@ def test_conv_winograd_hypothesis(c, o, p, h, w, batch, relu, chunk, job_tiles, 
     without a residual input."""
     if 3 > h + 2 * p or 3 > w + 2 * p:
         return
-    params = dict(out_channels=o, kernel_size=3, padding=p, activation="relu" if relu else "none")
+    params = dict(out_channels=o, kernel_size=3, padding=p, activation=activation)
     shapes = [(c, h, w)]
     if residual:
         shapes.append(get_op("conv").shape(normalize_params(get_op("conv"), params), shapes))
@@ -439,12 +440,12 @@ def test_winograd_band_tile_rows(images, tile_rows, tile_cols, channels, band_by
     (dict(out_channels=30, kernel_size=3, stride=2, padding=1), (20, 13, 9)),  # outer
     (dict(out_channels=600, kernel_size=3, stride=2), (600, 5, 5)),     # stream: 1-4 positions
 ])
-@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("activation", FUSED)
 @pytest.mark.parametrize("storage", STORAGES)
-def test_conv_adds_a_residual_input_before_the_activation(params, in_shape, relu, storage, rng):
+def test_conv_adds_a_residual_input_before_the_activation(params, in_shape, activation, storage, rng):
     """Every strategy, with a second input of the output's shape: added to the output
-    before the ReLU (the strategies that do not add it while writing add it after)."""
-    params = dict(params, activation="relu" if relu else "none")
+    before the activation (the strategies that do not add it while writing add it after)."""
+    params = dict(params, activation=activation)
     out_shape = get_op("conv").shape(normalize_params(get_op("conv"), params), [in_shape])
     for strategy in applicable_strategies(params):
         for prepared in (False, True):
@@ -495,13 +496,13 @@ def test_winograd_weights_are_g_g_gt_packed_per_block_of_channels(out_c, c, tile
 
 @settings(max_examples=30, deadline=None)
 @given(c=st.integers(1, 40), o=st.integers(1, 70), groups=st.sampled_from([1, 2]), h=st.integers(1, 14),
-       w=st.integers(1, 30), batch=st.integers(1, 3), relu=st.booleans(), chunk=st.sampled_from([8, 128]),
+       w=st.integers(1, 30), batch=st.integers(1, 3), activation=st.sampled_from(FUSED), chunk=st.sampled_from([8, 128]),
        threads=st.integers(1, 3), wide=st.booleans(), storage=st.sampled_from(STORAGE_CHOICES))
-def test_conv_pointwise_hypothesis(c, o, groups, h, w, batch, relu, chunk, threads, wide, storage):
+def test_conv_pointwise_hypothesis(c, o, groups, h, w, batch, activation, chunk, threads, wide, storage):
     """The 1x1 kernel over pixel counts that leave its 24-pixel tiles and 8-pixel vectors
     part-empty (and under one vector), output channels split between threads (few pixel
     jobs) or not (`wide` maps: enough jobs), input channels in several chunks."""
-    params = dict(out_channels=o * groups, kernel_size=1, groups=groups, activation="relu" if relu else "none")
+    params = dict(out_channels=o * groups, kernel_size=1, groups=groups, activation=activation)
     w = w + 100 if wide else w
     for prepared in (False, True):
         with mock.patch.object(conv_cpu, "POINTWISE_CHUNK", chunk), \

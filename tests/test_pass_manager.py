@@ -21,7 +21,7 @@ def lenet():
 def test_builtins_are_registered_with_their_origin():
     names = {p.name: p for p in pm.registered_passes()}
     for name in ("shape-inference", "fc-to-conv", "remove-dropout", "dead-node-elimination",
-                 "fuse-conv-relu", "output-stride", "conv-to-fc", "receptive-field"):
+                 "fuse-conv-activation", "output-stride", "conv-to-fc", "receptive-field"):
         assert name in names and names[name].description
     assert names["fc-to-conv"].origin == "built-in (passes/fc_to_conv.py)"
     assert names["output-stride"].options == {"stride": None, "method": "auto"}
@@ -122,16 +122,16 @@ def test_print_ir_before_and_after(lenet):
 
 
 def test_timings_table(lenet):
-    manager = PassManager(["fc-to-conv", "fuse-conv-relu"])
+    manager = PassManager(["fc-to-conv", "fuse-conv-activation"])
     manager.run(lenet)
     table = manager.timings_table()
-    assert "shape-inference (auto)" in table and "fuse-conv-relu" in table and "total" in table
+    assert "shape-inference (auto)" in table and "fuse-conv-activation" in table and "total" in table
 
 
 def test_builtin_housekeeping_passes():
     graph = load_spec(SPECS / "tinydag.yaml")
     graph.add("unused", "relu", ["stem"])
-    out = graphconv.run_passes(graph, "remove-dropout,dead-node-elimination,fuse-conv-relu")
+    out = graphconv.run_passes(graph, "remove-dropout,dead-node-elimination,fuse-conv-activation")
     assert not out.find("dropout") and "unused" not in out
     assert out.node("stem").params["activation"] == "relu" and "stem_relu" not in out
     assert out.node("b2").params["activation"] == "relu"

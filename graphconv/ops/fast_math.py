@@ -1,4 +1,5 @@
-"""erf and tanh in float32 arithmetic that LLVM vectorises, for the CPU activations.
+"""erf and tanh in float32 arithmetic that LLVM vectorises, and the activations built on
+them, per value: for the CPU activation kernels and every conv epilogue (`activate`).
 
 numba's `math.erf`, `math.tanh` and `math.exp` are a libm call per element: no SIMD.
 These are Eigen's float32 rational approximations (x P(x^2) / Q(x^2) on a clamped
@@ -11,10 +12,13 @@ out as 0 (2e-7 or less away).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
-HALF, ONE = np.float32(0.5), np.float32(1.0)
+ZERO, HALF, ONE, SIXTH = np.float32(0.0), np.float32(0.5), np.float32(1.0), np.float32(1 / 6)
+SQRT_HALF = np.float32(math.sqrt(0.5))
 
 # erf(x) = x P(x^2) / Q(x^2) on [-4, 4], +-1 (to float32) beyond
 ERF_LIMIT = np.float32(4.0)
@@ -61,3 +65,36 @@ def tanh32(x):
 @njit(cache=True, inline="always")
 def sigmoid32(x):
     return HALF + HALF * tanh32(HALF * x)
+
+
+# ---- the activations, per value: the CPU activation kernels and every conv epilogue ----------
+
+@njit(cache=True, inline="always")
+def hardswish32(v):
+    return v * min(max(v * SIXTH + HALF, ZERO), ONE)
+
+
+@njit(cache=True, inline="always")
+def silu32(v):
+    return v * sigmoid32(v)
+
+
+@njit(cache=True, inline="always")
+def gelu32(v):
+    return HALF * v * (ONE + erf32(v * SQRT_HALF))
+
+
+@njit(cache=True, inline="always")
+def activate(v, code):
+    """v through a conv's fused activation, numbered as `activations.fused_code` numbers
+    them. The code is the same for a whole layer, so the branches cost next to nothing
+    beside the sums a conv writes."""
+    if code == 1:
+        return max(v, ZERO)
+    if code == 2:
+        return silu32(v)
+    if code == 3:
+        return hardswish32(v)
+    if code == 4:
+        return gelu32(v)
+    return v

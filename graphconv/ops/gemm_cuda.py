@@ -20,7 +20,7 @@ the padding check).
 
 A layer with few blocks (an fc made a conv has a few positions and a huge K) splits K
 over `splits` blocks per tile; each writes its partial sums to a workspace and
-`reduce_splits` adds them up with the epilogue (bias, residual, ReLU) that an unsplit
+`reduce_splits` adds them up with the epilogue (bias, residual, activation) that an unsplit
 block applies itself.
 
 `GemmLayer` is a conv or fc layer bound to the GPU (`bind_conv`, `bind_fc`): per input
@@ -43,6 +43,7 @@ from typing import Any, Callable
 import numpy as np
 from numba import config, cuda, float32, uint64
 
+from graphconv.ops.activations.cuda import activate
 from graphconv.ops.cuda_launch import BoundLaunches, KernelCall, grid_1d
 
 BK = 8  # k per shared-memory step: `gemm_kernel` writes its eight steps out
@@ -51,9 +52,9 @@ VECTOR = 4  # floats per shared-memory fragment load (LDS.128)
 # (one device array instead of 18 scalar arguments: numba marshals every argument in
 # Python on each launch).
 DIMS = ("channels", "height", "width", "out_height", "out_width", "stride_y", "stride_x", "pad_y", "pad_x",
-        "rows", "groups", "group_channels", "k_total", "k_chunk", "relu", "residual", "positions", "partial")
+        "rows", "groups", "group_channels", "k_total", "k_chunk", "activation", "residual", "positions", "partial")
 (CHANNELS, HEIGHT, WIDTH, OUT_HEIGHT, OUT_WIDTH, STRIDE_Y, STRIDE_X, PAD_Y, PAD_X, ROWS, GROUPS, GROUP_CHANNELS,
- K_TOTAL, K_CHUNK, RELU, RESIDUAL, POSITIONS, PARTIAL) = range(len(DIMS))
+ K_TOTAL, K_CHUNK, ACTIVATION, RESIDUAL, POSITIONS, PARTIAL) = range(len(DIMS))
 # The simulator has no aligned shared arrays; on a GPU 16 bytes is what LDS.128 needs.
 _SHARED_ALIGNMENT = None if config.ENABLE_CUDASIM else 16
 
@@ -248,7 +249,7 @@ def gemm_kernel(tile: Tile):
 
     @cuda.jit(device=True, inline=True)
     def epilogue(acc, bias, res, out, dims, group, split, row0, col0, ty, tx):
-        """Each sum to its NCHW place: plus bias, residual and ReLU, or as it is into
+        """Each sum to its NCHW place: plus bias, residual and activation, or as it is into
         this split's slice of the workspace."""
         og = dims[ROWS]
         positions = dims[OUT_HEIGHT] * dims[OUT_WIDTH]
@@ -276,8 +277,7 @@ def gemm_kernel(tile: Tile):
                     if not partial:
                         if dims[RESIDUAL]:
                             value += res[at]
-                        if dims[RELU] and value < 0:
-                            value = float32(0.0)
+                        value = activate(value, dims[ACTIVATION])
                     out[at] = value
 
     @cuda.jit
@@ -354,8 +354,8 @@ def gemm_kernel(tile: Tile):
 
 
 @cuda.jit
-def reduce_splits(work, splits, bias, res, residual, relu, out_channels, positions, out):
-    """out = the sum of the splits' partial sums + bias (+ residual), ReLU'd: one thread
+def reduce_splits(work, splits, bias, res, residual, act, out_channels, positions, out):
+    """out = the sum of the splits' partial sums + bias (+ residual), through the activation: one thread
     per output element of the flat NCHW output."""
     i = cuda.grid(1)
     total = out.size
@@ -365,8 +365,7 @@ def reduce_splits(work, splits, bias, res, residual, relu, out_channels, positio
             value += work[s * total + i]
         if residual:
             value += res[i]
-        if relu and value < 0:
-            value = float32(0.0)
+        value = activate(value, act)
         out[i] = value
 
 
@@ -385,14 +384,14 @@ class GemmLayer(BoundLaunches):
 
     def __init__(self, weight_t, bias, kernel: tuple[int, int] = (1, 1), groups: int = 1,
                  stride: tuple[int, int] = (1, 1), padding: tuple[int, int] = (0, 0),
-                 dilation: tuple[int, int] = (1, 1), relu: bool = False,
+                 dilation: tuple[int, int] = (1, 1), act: int = 0,
                  planner: Callable[[int, int, int, int, int], Launch] | None = None):
         """`planner(rows, positions, k_total, groups, processors)` picks each input
         shape's launch: `plan_launch` unless given (a benchmark forcing one tile)."""
         super().__init__(self.kernel_launches)
         self.weight_t, self.bias = weight_t, bias
         self.kernel, self.groups, self.stride, self.padding, self.dilation = kernel, groups, stride, padding, dilation
-        self.relu, self.planner = relu, planner
+        self.act, self.planner = act, planner
         self.rows = weight_t.shape[2]
         self.k_total = weight_t.shape[1]
         self._flat_weights = weight_t.reshape(weight_t.size)
@@ -411,7 +410,7 @@ class GemmLayer(BoundLaunches):
         if work is None:
             return [gemm]
         return [gemm, (reduce_splits[grid_1d(out.size)],
-                       (work, launch.splits, self.bias, flat_res, residual is not None, self.relu, out.shape[1],
+                       (work, launch.splits, self.bias, flat_res, residual is not None, self.act, out.shape[1],
                         out.shape[2] * out.shape[3], flat_out))]
 
     def _launch(self, in_shape: tuple, out_shape: tuple, residual: bool) -> tuple[Launch, Any, Any, Any]:
@@ -433,7 +432,7 @@ class GemmLayer(BoundLaunches):
                       stride_y=self.stride[0], stride_x=self.stride[1], pad_y=self.padding[0],
                       pad_x=self.padding[1], rows=self.rows, groups=self.groups,
                       group_channels=channels // self.groups, k_total=self.k_total, k_chunk=launch.k_chunk,
-                      relu=self.relu, residual=residual, positions=positions, partial=launch.splits > 1)
+                      activation=self.act, residual=residual, positions=positions, partial=launch.splits > 1)
         dims = cuda.to_device(np.array([values[name] for name in DIMS], np.int64))
         taps = cuda.to_device(window_taps(channels // self.groups, self.kernel, self.dilation, height, width))
         work = cuda.device_array(launch.splits * n * out_c * ho * wo, np.float32) if launch.splits > 1 else None

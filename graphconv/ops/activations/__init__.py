@@ -121,3 +121,59 @@ _activation("gelu", "x * Phi(x) elementwise, Phi the normal CDF (ConvNeXt); appr
             params=(Param("approximate", "choice", "none", choices=("none", "tanh"),
                           doc="'none': the exact erf form; 'tanh': the tanh approximation"),),
             examples=ONE_INPUT + (Example(dict(approximate="tanh"), [(2, 3, 3)]),))
+
+
+# ---- activations a conv applies as it writes its outputs (its `activation` param) ---------------
+
+FUSED = ("none", "relu", "silu", "hardswish", "gelu")
+"""What a conv's `activation` can be, in the order of the codes its kernels take
+(`fused_code`): the activations after convs in ReLU networks, EfficientNet (silu),
+MobileNetV3 (hardswish) and ConvNeXt (gelu). Applied while the outputs are written, each
+saves a pass over the map in memory. "gelu" is the exact (erf) form."""
+
+
+def fused_code(activation: str) -> int:
+    """The number the CPU and CUDA kernels take for a conv's `activation` (0: none)."""
+    return FUSED.index(activation)
+
+
+def fusable(node) -> str | None:
+    """The conv `activation` that does what this layer does, or None."""
+    if node.op in ("relu", "silu", "hardswish"):
+        return node.op
+    if node.op == "gelu" and node.params["approximate"] == "none":
+        return "gelu"
+    return None
+
+
+def fused_layer(activation: str) -> tuple[str, dict]:
+    """The layer (op and all its params) a conv's `activation` does: what conv-to-fc puts back."""
+    return activation, ({"approximate": "none"} if activation == "gelu" else {})
+
+
+def _opdef(activation: str) -> tuple:
+    """The op (and its params) of a fused activation: its definition stays there."""
+    from graphconv.ops.registry import get_op
+
+    op, params = fused_layer(activation)
+    return get_op(op), params
+
+
+def fused_reference(activation: str, y: np.ndarray) -> np.ndarray:
+    """A conv's numpy reference output through its activation (as the op's own reference)."""
+    if activation == "none":
+        return y
+    opdef, params = _opdef(activation)
+    return opdef.reference(params, {}, [y])
+
+
+def fused_torch(activation: str, y):
+    if activation == "none":
+        return y
+    opdef, params = _opdef(activation)
+    return opdef.torch(params, {}, [y])
+
+
+def fused_onnx(writer, activation: str, y: str, output: str) -> None:
+    opdef, params = _opdef(activation)
+    opdef.onnx(writer, params, [y], output)

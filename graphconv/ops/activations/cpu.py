@@ -9,11 +9,10 @@ import numpy as np
 from numba import njit, prange
 
 from graphconv.ops.channels_last import as_stored_like, stored_memory
-from graphconv.ops.fast_math import erf32, sigmoid32, tanh32
+from graphconv.ops.fast_math import HALF, ONE, ZERO, gelu32, hardswish32, silu32, tanh32
 
 # float32 constants: a float literal would make numba compute in float64
-ZERO, HALF, ONE, SIXTH = np.float32(0.0), np.float32(0.5), np.float32(1.0), np.float32(1 / 6)
-SQRT_HALF, TANH_SCALE, CUBIC = np.float32(math.sqrt(0.5)), np.float32(math.sqrt(2.0 / math.pi)), np.float32(0.044715)
+TANH_SCALE, CUBIC = np.float32(math.sqrt(2.0 / math.pi)), np.float32(0.044715)
 
 
 @njit(cache=True, parallel=True)
@@ -27,24 +26,21 @@ def _hardsigmoid(x, alpha, beta, out):
 def _hardswish(x, out):
     src, dst = x.ravel(), out.reshape(-1)
     for i in prange(src.size):
-        v = src[i]
-        dst[i] = v * min(max(v * SIXTH + HALF, ZERO), ONE)
+        dst[i] = hardswish32(src[i])
 
 
 @njit(cache=True, parallel=True)
 def _silu(x, out):
     src, dst = x.ravel(), out.reshape(-1)
     for i in prange(src.size):
-        v = src[i]
-        dst[i] = v * sigmoid32(v)
+        dst[i] = silu32(src[i])
 
 
 @njit(cache=True, parallel=True)
 def _gelu(x, out):
     src, dst = x.ravel(), out.reshape(-1)
     for i in prange(src.size):
-        v = src[i]
-        dst[i] = HALF * v * (ONE + erf32(v * SQRT_HALF))
+        dst[i] = gelu32(src[i])
 
 
 @njit(cache=True, parallel=True)

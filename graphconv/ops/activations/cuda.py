@@ -13,6 +13,35 @@ ZERO, HALF, ONE, SIXTH = np.float32(0.0), np.float32(0.5), np.float32(1.0), np.f
 SQRT_HALF, TANH_SCALE, CUBIC = np.float32(math.sqrt(0.5)), np.float32(math.sqrt(2.0 / math.pi)), np.float32(0.044715)
 
 
+@cuda.jit(device=True, inline=True)
+def hardswish(v):
+    return v * min(max(v * SIXTH + HALF, ZERO), ONE)
+
+
+@cuda.jit(device=True, inline=True)
+def silu(v):
+    return v / (ONE + math.exp(-v))
+
+
+@cuda.jit(device=True, inline=True)
+def gelu(v):
+    return HALF * v * (ONE + math.erf(v * SQRT_HALF))
+
+
+@cuda.jit(device=True, inline=True)
+def activate(v, code):
+    """v through a conv's fused activation, numbered as `activations.fused_code` numbers them."""
+    if code == 1:
+        return max(v, ZERO)
+    if code == 2:
+        return silu(v)
+    if code == 3:
+        return hardswish(v)
+    if code == 4:
+        return gelu(v)
+    return v
+
+
 @cuda.jit
 def _hardsigmoid(x, alpha, beta, out):
     i = cuda.grid(1)
@@ -24,24 +53,21 @@ def _hardsigmoid(x, alpha, beta, out):
 def _hardswish(x, out):
     i = cuda.grid(1)
     if i < x.size:
-        v = x[i]
-        out[i] = v * min(max(v * SIXTH + HALF, ZERO), ONE)
+        out[i] = hardswish(x[i])
 
 
 @cuda.jit
 def _silu(x, out):
     i = cuda.grid(1)
     if i < x.size:
-        v = x[i]
-        out[i] = v / (ONE + math.exp(-v))
+        out[i] = silu(x[i])
 
 
 @cuda.jit
 def _gelu(x, out):
     i = cuda.grid(1)
     if i < x.size:
-        v = x[i]
-        out[i] = HALF * v * (ONE + math.erf(v * SQRT_HALF))
+        out[i] = gelu(x[i])
 
 
 @cuda.jit

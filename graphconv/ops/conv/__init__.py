@@ -1,7 +1,9 @@
 """conv: 2-D convolution with stride, padding, dilation and groups (torch.nn.Conv2d).
 
-`activation: relu` is graphconv's extension for the conv+bias+relu fusion pass: the
-kernel applies ReLU in its epilogue instead of a separate pass over memory.
+`activation` (relu, silu, hardswish or gelu) is graphconv's extension for the
+`fuse-conv-activation` pass: the kernel applies it as it writes its outputs instead of a
+separate pass over memory. Each activation stays defined by its own op
+(`graphconv.ops.activations.FUSED`): the reference, PyTorch and ONNX forms here call it.
 
 A second input, when there is one, is added to the output before the activation: a
 residual connection (ResNet's `relu(conv3(x) + identity)`) in one kernel, which the
@@ -12,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphconv.errors import ShapeError
+from graphconv.ops.activations import FUSED, fused_onnx, fused_reference, fused_torch
 from graphconv.ops.registry import (
     Example, OpDef, Param, Window, numel, onnx_window_attrs, pair, register, window_output,
 )
@@ -75,9 +78,7 @@ def reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarr
         out += weights["bias"][None, :, None, None]
     if len(inputs) == 2:
         out += inputs[1]
-    if params["activation"] == "relu":
-        out = np.maximum(out, 0)
-    return out.astype(np.float32)
+    return np.asarray(fused_reference(params["activation"], out), np.float32)
 
 
 def torch_equivalent(params: dict, weights: dict, inputs: list):
@@ -87,18 +88,18 @@ def torch_equivalent(params: dict, weights: dict, inputs: list):
                  groups=params["groups"])
     if len(inputs) == 2:
         y = y + inputs[1]
-    return F.relu(y) if params["activation"] == "relu" else y
+    return fused_torch(params["activation"], y)
 
 
 def to_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
     args = [inputs[0], writer.weight("weight")] + ([writer.weight("bias")] if params["bias"] else [])
-    fused_relu, residual = params["activation"] == "relu", len(inputs) == 2
-    last = output if not (fused_relu or residual) else None
+    activation, residual = params["activation"] != "none", len(inputs) == 2
+    last = output if not (activation or residual) else None
     y = writer.node("Conv", args, last, group=params["groups"], **onnx_window_attrs(params))
     if residual:
-        y = writer.node("Add", [y, inputs[1]], None if fused_relu else output)
-    if fused_relu:
-        writer.node("Relu", [y], output)
+        y = writer.node("Add", [y, inputs[1]], None if activation else output)
+    if activation:
+        fused_onnx(writer, params["activation"], y, output)
 
 
 def is_depthwise(params: dict, in_channels: int) -> bool:
@@ -118,8 +119,8 @@ register(OpDef(
         Param("dilation", "pair", 1),
         Param("groups", "int", 1),
         Param("bias", "bool", True),
-        Param("activation", "choice", "none", choices=("none", "relu"),
-              doc="graphconv extension: fused ReLU epilogue"),
+        Param("activation", "choice", "none", choices=FUSED,
+              doc="graphconv extension: the activation applied as outputs are written (after the residual)"),
     ),
     shape=shape, reference=reference, flops=flops, package=__name__, arity=(1, 2),
     weight_shapes=weight_shapes, window=window, torch=torch_equivalent, onnx=to_onnx, channels_last="any",
@@ -135,5 +136,9 @@ register(OpDef(
                 [(3, 7, 6), (6, 4, 3)]),  # depthwise, 2 outputs an input channel, + residual
         Example(dict(out_channels=4, kernel_size=[5, 3], padding=[2, 3], dilation=[1, 2], groups=4),
                 [(4, 5, 6)]),  # depthwise, padding wider than the dilated taps reach
+        Example(dict(out_channels=6, kernel_size=1, activation="silu"), [(5, 3, 4)]),  # EfficientNet's expand
+        Example(dict(out_channels=3, kernel_size=3, padding=1, groups=3, activation="hardswish"), [(3, 5, 4)]),
+        Example(dict(out_channels=5, kernel_size=1, activation="gelu"), [(4, 3, 3), (5, 3, 3)]),  # + residual
+        Example(dict(out_channels=4, kernel_size=3, stride=2, activation="silu"), [(3, 7, 7)]),
     ),
 ))

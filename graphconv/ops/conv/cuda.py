@@ -1,5 +1,5 @@
 """CUDA conv: the register-tiled implicit GEMM of `graphconv.ops.gemm_cuda`, with bias,
-residual and ReLU in its epilogue (or in the pass that adds up split-K partial sums);
+residual and activation in its epilogue (or in the pass that adds up split-K partial sums);
 depthwise layers (one input channel per group) one thread per output instead
 (`cuda_depthwise`).
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from graphconv.ops.activations import fused_code
 from graphconv.ops.conv import is_depthwise
 from graphconv.ops.conv.cuda_depthwise import DepthwiseLayer
 from graphconv.ops.gemm_cuda import GemmLayer, on_device, on_host, plan_launch, prepared_weights, processors
@@ -43,10 +44,10 @@ def bind_conv(params: dict, weights: dict) -> GemmLayer | DepthwiseLayer:
         prepare_conv(params, on_host(weights)))
     if "weight_dw" in prepared:
         return DepthwiseLayer(prepared["weight_dw"], prepared["bias"], pair(params["stride"]),
-                              pair(params["padding"]), pair(params["dilation"]), params["activation"] == "relu")
+                              pair(params["padding"]), pair(params["dilation"]), fused_code(params["activation"]))
     return GemmLayer(prepared["weight_t"], prepared["bias"], pair(params["kernel_size"]), params["groups"],
                      pair(params["stride"]), pair(params["padding"]), pair(params["dilation"]),
-                     params["activation"] == "relu")
+                     fused_code(params["activation"]))
 
 
 def run_conv(params: dict, weights: dict, inputs: list, out) -> None:

@@ -9,14 +9,14 @@ columns) read neighbouring inputs, so the loads coalesce.
 """
 from __future__ import annotations
 
-import numpy as np
 from numba import cuda
 
+from graphconv.ops.activations.cuda import activate
 from graphconv.ops.cuda_launch import BoundLaunches, KernelCall, grid_1d, unravel_nchw
 
 
 @cuda.jit
-def _depthwise(x, w, bias, sh, sw, ph, pw, dh, dw, residual, relu, res, out):
+def _depthwise(x, w, bias, sh, sw, ph, pw, dh, dw, residual, act, res, out):
     i = cuda.grid(1)
     n, c, height, width = x.shape
     _, o, ho, wo = out.shape
@@ -35,21 +35,19 @@ def _depthwise(x, w, bias, sh, sw, ph, pw, dh, dw, residual, relu, res, out):
                     acc += w[oc, ky, kx] * x[b, ci, iy, ix]
     if residual:
         acc += res[b, oc, oy, ox]
-    if relu and acc < 0:
-        acc = np.float32(0.0)
-    out[b, oc, oy, ox] = acc
+    out[b, oc, oy, ox] = activate(acc, act)
 
 
 class DepthwiseLayer(BoundLaunches):
     """A depthwise conv bound to the GPU: weights as (O, kh, kw), bias, geometry."""
 
     def __init__(self, weight_dw, bias, stride: tuple[int, int], padding: tuple[int, int],
-                 dilation: tuple[int, int], relu: bool):
+                 dilation: tuple[int, int], act: int):
         super().__init__(self.kernel_launches)
-        self.weight_dw, self.bias, self.relu = weight_dw, bias, relu
+        self.weight_dw, self.bias, self.act = weight_dw, bias, act
         self.geometry = (*stride, *padding, *dilation)
 
     def kernel_launches(self, inputs: list, out) -> list[KernelCall]:
         residual = inputs[1] if len(inputs) == 2 else out  # unread without one
         return [(_depthwise[grid_1d(out.size)],
-                 (inputs[0], self.weight_dw, self.bias, *self.geometry, len(inputs) == 2, self.relu, residual, out))]
+                 (inputs[0], self.weight_dw, self.bias, *self.geometry, len(inputs) == 2, self.act, residual, out))]
