@@ -26,7 +26,6 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from graphconv.ops.fast_math import activate
 from graphconv.ops.unsigned_index import fill, unsigned
 
 LAYOUT = "layout"  # the node annotation the `channels-last` pass sets
@@ -109,14 +108,14 @@ def padded_copy(x: np.ndarray, c0: int, ph: int, pw: int, xp: np.ndarray) -> Non
 
 
 @njit(cache=True, inline="always")
-def store_channels(sums, at, bias, channel0, flat_res, flat_out, dst, count, residual, act):
+def store_channels(sums, at, bias, channel0, flat_res, flat_out, dst, count, residual, relu):
     """flat_out[dst + j] = act(sums[at + j] + bias[channel0 + j] (+ flat_res[dst + j])) for
     j < count: one pixel's run of channels, the epilogue of a conv writing channels-last."""
     for j in range(count):
         v = sums[unsigned(at + j)] + bias[unsigned(channel0 + j)]
         if residual:
             v += flat_res[unsigned(dst + j)]
-        flat_out[unsigned(dst + j)] = activate(v, act)
+        flat_out[unsigned(dst + j)] = max(v, np.float32(0.0)) if relu else v
 
 
 @njit(cache=True, parallel=True, boundscheck=False)

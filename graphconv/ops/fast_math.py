@@ -1,5 +1,5 @@
 """erf and tanh in float32 arithmetic that LLVM vectorises, and the activations built on
-them, per value: for the CPU activation kernels and every conv epilogue (`activate`).
+them, per value, for the CPU activation kernels.
 
 numba's `math.erf`, `math.tanh` and `math.exp` are a libm call per element: no SIMD.
 These are Eigen's float32 rational approximations (x P(x^2) / Q(x^2) on a clamped
@@ -82,19 +82,3 @@ def silu32(v):
 @njit(cache=True, inline="always")
 def gelu32(v):
     return HALF * v * (ONE + erf32(v * SQRT_HALF))
-
-
-@njit(cache=True, inline="always")
-def activate(v, code):
-    """v through a conv's fused activation, numbered as `activations.fused_code` numbers
-    them. The code is the same for a whole layer, so the branches cost next to nothing
-    beside the sums a conv writes."""
-    if code == 1:
-        return max(v, ZERO)
-    if code == 2:
-        return silu32(v)
-    if code == 3:
-        return hardswish32(v)
-    if code == 4:
-        return gelu32(v)
-    return v

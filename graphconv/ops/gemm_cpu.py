@@ -15,15 +15,14 @@ enough to stay in L1 while a group of weight rows streams past them.
 (graphconv/ops/conv/cpu.py); overlapping patches cannot be packed as columns without
 copying each input pixel kh * kw times.
 
-Both write their result straight to its place in the NCHW output, with bias and the
-conv's activation applied, so the caller needs no epilogue pass.
+Both write their result straight to its place in the NCHW output, with bias and ReLU
+applied, so the caller needs no epilogue pass.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
-from graphconv.ops.fast_math import activate
 from graphconv.ops.unsigned_index import unsigned
 from graphconv.ops.vector_tile import BLOCK_VECTORS, LANES, WIDE_TILE_ROWS, multiply_tile, tile_rows
 
@@ -37,7 +36,7 @@ CHUNK_FLOATS = 4096  # 16 KB of patch columns per k chunk: they stay in L1 while
 
 
 @njit(cache=True, parallel=True, fastmath=True, boundscheck=False)
-def stream_matmul(w, bias, act, cols, positions, hw, o_offset, out3, channels_last=False, wide=False):
+def stream_matmul(w, bias, relu, cols, positions, hw, o_offset, out3, channels_last=False, wide=False):
     """out3[p // hw, o_offset + o, p % hw] = act(sum_k w[o, k] * cols[k, p] + bias[o_offset + o])
     for p < positions, where positions is a whole number of images of hw pixels, on the
     `wide` tiles (`vector_tile.WIDE_TILE_ROWS`: where 32 vector registers hold them) or
@@ -49,7 +48,7 @@ def stream_matmul(w, bias, act, cols, positions, hw, o_offset, out3, channels_la
     """
     m, k = w.shape
     if positions == 1:  # a matrix-vector product: memory-bound, no tile to fill
-        _matrix_vector(w, cols.reshape(-1), bias, act, o_offset, out3)  # one pixel: either order is the same
+        _matrix_vector(w, cols.reshape(-1), bias, relu, o_offset, out3)  # one pixel: either order is the same
         return
     width = cols.shape[1]
     chunk = max(LANES, CHUNK_FLOATS // width)
@@ -65,11 +64,11 @@ def stream_matmul(w, bias, act, cols, positions, hw, o_offset, out3, channels_la
                 for r0 in range(0, rows, tile_rows(vectors, wide)):
                     multiply_tile(vectors, wide, flat_w, first + r0, m - 1, k, k0, steps, flat_cols, c0, width,
                                   sums, r0, chunk)
-        _store_sums(sums, width, first, rows, bias, act, positions // hw, hw, o_offset, out3, channels_last)
+        _store_sums(sums, width, first, rows, bias, relu, positions // hw, hw, o_offset, out3, channels_last)
 
 
 @njit(cache=True, inline="always")
-def _store_sums(sums, width, first, rows, bias, act, images, hw, o_offset, out3, channels_last):
+def _store_sums(sums, width, first, rows, bias, relu, images, hw, o_offset, out3, channels_last):
     """A group's rows of sums, (output channel, position), into the output: along each
     channel's positions, or along each position's channels when stored `channels_last`,
     so the writes are contiguous either way."""
@@ -79,13 +78,13 @@ def _store_sums(sums, width, first, rows, bias, act, images, hw, o_offset, out3,
                 for r in range(rows):
                     channel = o_offset + first + r
                     v = sums[r * width + n * hw + q] + bias[channel]
-                    out3[n, q, channel] = activate(v, act)
+                    out3[n, q, channel] = max(v, np.float32(0.0)) if relu else v
         return
     for r in range(rows):
         channel = o_offset + first + r
         for n in range(images):
             for q in range(hw):
-                _store_one(out3, act, channel, n, q, sums[r * width + n * hw + q] + bias[channel])
+                _store_one(out3, relu, channel, n, q, sums[r * width + n * hw + q] + bias[channel])
 
 
 @njit(cache=True)
@@ -97,7 +96,7 @@ def stream_width(positions: int) -> int:
 
 
 @njit(cache=True, fastmath=True, boundscheck=False)
-def multiply_band(w, o0, patches, step, count, bias, act, first, end, hw, o_offset, out3):
+def multiply_band(w, o0, patches, step, count, bias, relu, first, end, hw, o_offset, out3):
     """The register tile both streaming and direct convolution run on, for one band of
     weight rows o0 .. o0 + ROWS_PER_TILE - 1 (fewer at the end of w).
 
@@ -130,10 +129,10 @@ def multiply_band(w, o0, patches, step, count, bias, act, first, end, hw, o_offs
                 a31 += u3 * v1
                 a32 += u3 * v2
             where = _tile_positions(first + p0, end, hw)
-            _store(out3, bias, act, o_offset + o0, where, a00, a01, a02)
-            _store(out3, bias, act, o_offset + o0 + 1, where, a10, a11, a12)
-            _store(out3, bias, act, o_offset + o0 + 2, where, a20, a21, a22)
-            _store(out3, bias, act, o_offset + o0 + 3, where, a30, a31, a32)
+            _store(out3, bias, relu, o_offset + o0, where, a00, a01, a02)
+            _store(out3, bias, relu, o_offset + o0 + 1, where, a10, a11, a12)
+            _store(out3, bias, relu, o_offset + o0 + 2, where, a20, a21, a22)
+            _store(out3, bias, relu, o_offset + o0 + 3, where, a30, a31, a32)
     else:
         for o in range(o0, m):
             wo = w[o]
@@ -147,7 +146,7 @@ def multiply_band(w, o0, patches, step, count, bias, act, first, end, hw, o_offs
                     a0 += u * x0[i]
                     a1 += u * x1[i]
                     a2 += u * x2[i]
-                _store(out3, bias, act, o_offset + o, _tile_positions(first + p0, end, hw), a0, a1, a2)
+                _store(out3, bias, relu, o_offset + o, _tile_positions(first + p0, end, hw), a0, a1, a2)
 
 
 @njit(cache=True, inline="always", fastmath=True)
@@ -159,7 +158,7 @@ def _dot(a, b):
 
 
 @njit(cache=True, parallel=True, fastmath=True, boundscheck=False)
-def _matrix_vector(w, x, bias, act, o_offset, out3):
+def _matrix_vector(w, x, bias, relu, o_offset, out3):
     """out3[0, o_offset + o, 0] = act(w[o] . x + bias[o_offset + o]), MV_ROWS rows at a time:
     x is loaded once per MV_ROWS weights, and each core keeps MV_ROWS streams of weights
     in flight, so the product runs at the memory's read speed (fc6 at batch 1: 4.5 ->
@@ -167,7 +166,7 @@ def _matrix_vector(w, x, bias, act, o_offset, out3):
     m, k = w.shape
     if m < MV_ROWS:
         for o in range(m):
-            _store_one(out3, act, o_offset + o, 0, 0, _dot(w[o], x) + bias[o_offset + o])
+            _store_one(out3, relu, o_offset + o, 0, 0, _dot(w[o], x) + bias[o_offset + o])
         return
     flat_w = w.reshape(-1)
     for band in prange((m + MV_ROWS - 1) // MV_ROWS):
@@ -182,10 +181,10 @@ def _matrix_vector(w, x, bias, act, o_offset, out3):
             a2 += flat_w[unsigned(r2 + i)] * v
             a3 += flat_w[unsigned(r3 + i)] * v
         o = o_offset + o0
-        _store_one(out3, act, o, 0, 0, a0 + bias[o])
-        _store_one(out3, act, o + 1, 0, 0, a1 + bias[o + 1])
-        _store_one(out3, act, o + 2, 0, 0, a2 + bias[o + 2])
-        _store_one(out3, act, o + 3, 0, 0, a3 + bias[o + 3])
+        _store_one(out3, relu, o, 0, 0, a0 + bias[o])
+        _store_one(out3, relu, o + 1, 0, 0, a1 + bias[o + 1])
+        _store_one(out3, relu, o + 2, 0, 0, a2 + bias[o + 2])
+        _store_one(out3, relu, o + 3, 0, 0, a3 + bias[o + 3])
 
 
 @njit(cache=True, inline="always")
@@ -200,18 +199,18 @@ def _tile_positions(p0, end, hw):
 
 
 @njit(cache=True, inline="always")
-def _store(out3, bias, act, channel, where, a0, a1, a2):
+def _store(out3, bias, relu, channel, where, a0, a1, a2):
     b = bias[channel]
     n0, q0, n1, q1, n2, q2 = where
-    _store_one(out3, act, channel, n0, q0, a0 + b)
-    _store_one(out3, act, channel, n1, q1, a1 + b)
-    _store_one(out3, act, channel, n2, q2, a2 + b)
+    _store_one(out3, relu, channel, n0, q0, a0 + b)
+    _store_one(out3, relu, channel, n1, q1, a1 + b)
+    _store_one(out3, relu, channel, n2, q2, a2 + b)
 
 
 @njit(cache=True, inline="always")
-def _store_one(out3, act, channel, n, q, value):
+def _store_one(out3, relu, channel, n, q, value):
     if n >= 0:
-        out3[n, channel, q] = activate(value, act)
+        out3[n, channel, q] = max(value, np.float32(0.0)) if relu else value
 
 
 def prefers_stream(positions: int, weight_elements: int) -> bool:

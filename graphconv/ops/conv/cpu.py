@@ -7,7 +7,7 @@
   as multiplying them.
 - "pointwise": a 1x1, stride-1, unpadded conv. The input already is the column
   matrix (C x H*W): the outer-product tile runs over it in place, 4 output channels
-  broadcast from the weight rows x 24 pixels (`_pointwise_group`), bias and activation on the
+  broadcast from the weight rows x 24 pixels (`_pointwise_group`), bias and ReLU on the
   way out. It was one OpenBLAS SGEMM per image; in a whole network, between numba's
   parallel loops, that SGEMM often took 5-30x its time alone (ResNet-50).
 - "outer": most convs. The input is copied once to channels-last order; each tap row
@@ -38,7 +38,9 @@
   left it earlier: between numba's parallel loops an SGEMM that small took 8 ms where
   "outer" takes 0.12, on ResNet-50's 3x3 layers at 2x2.)
 
-Every strategy applies the bias and the fused activation while writing the output.
+Every strategy applies the bias and the fused ReLU while writing the output; a smooth
+fused activation (silu, hardswish, gelu) is the activation's own vectorised kernel over
+the output right after (`_then_smooth_activation`).
 """
 from __future__ import annotations
 
@@ -49,8 +51,7 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from graphconv.ops import aligned
-from graphconv.ops.activations import fused_code
-from graphconv.ops.fast_math import activate
+from graphconv.ops.activations import cpu as activations_cpu, fused_layer
 from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, multiply_band, padded_positions, prefers_stream, stream_matmul,
                                     stream_width)
 from graphconv.ops.conv import is_depthwise, shape as output_shape
@@ -249,6 +250,9 @@ def _bind_and_run(binder: Binder, inputs: list[np.ndarray], out: np.ndarray) -> 
 def _strategy_binder(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray,
                      strategy: str | None) -> Binder:
     """`_conv_binder`'s binder for whichever strategy runs the layer."""
+    if params["activation"] not in ("none", "relu"):
+        return _then_smooth_activation(_strategy_binder(dict(params, activation="none"), weights, inputs, out,
+                                                        strategy), params["activation"])
     x_stored, out_stored = nhwc(inputs[0]), nhwc(out)  # each None where stored NCHW
     channels_last = x_stored is not None or out_stored is not None or any(nhwc(x) is not None for x in inputs[1:])
     strategy = strategy or choose_strategy(params, inputs[0].shape, out.shape[2:], channels_last)
@@ -264,35 +268,35 @@ def _strategy_binder(params: dict, weights: dict, inputs: list[np.ndarray], out:
     bias = weights.get("bias")
     if bias is None:
         bias = np.zeros(out_c, np.float32)
-    act = fused_code(params["activation"])
+    relu = params["activation"] == "relu"
     geometry = tuple(v for k in ("stride", "padding", "dilation") for v in pair(params[k]))
     if strategy not in ADDS_RESIDUAL and len(inputs) == 2:
         plain = _strategy_binder(dict(params, activation="none"), weights, inputs[:1], out, strategy)
-        return lambda inputs, out: partial(_then_add_residual, plain(inputs[:1], out), act, inputs, out)
+        return lambda inputs, out: partial(_then_add_residual, plain(inputs[:1], out), relu, inputs, out)
     if strategy == "winograd":
         wu = weights["weight_winograd"] if "weight_winograd" in weights else winograd_weights(
             _spec_weights(weights, groups, kh, kw))
-        return partial(_bind_winograd, wu, bias, pair(params["padding"]), act)
+        return partial(_bind_winograd, wu, bias, pair(params["padding"]), relu)
     if strategy == "outer":
         if "weight_kxo" not in weights:  # not packed by prepare_conv (large, Winograd's, or as the spec gives them)
             weights["weight_kxo"] = kxo_weights(_spec_weights(weights, groups, kh, kw), groups)  # once, kept
-        return partial(_bind_outer, weights["weight_kxo"], out_c // groups, bias, kh, kw, geometry, act)
+        return partial(_bind_outer, weights["weight_kxo"], out_c // groups, bias, kh, kw, geometry, relu)
     if strategy == "depthwise":
         w = np.ascontiguousarray(_spec_weights(weights, groups, kh, kw))
-        return lambda inputs, out: partial(depthwise.conv_depthwise, _input(inputs), w, bias, *geometry, act, out)
+        return lambda inputs, out: partial(depthwise.conv_depthwise, _input(inputs), w, bias, *geometry, relu, out)
     if strategy == "direct":
         wk = _taps_last(weights, groups)
-        return lambda inputs, out: partial(_conv_direct, _input(inputs), wk, bias, kh, kw, *geometry, act,
+        return lambda inputs, out: partial(_conv_direct, _input(inputs), wk, bias, kh, kw, *geometry, relu,
                                            get_num_threads(), out)
     taps_last = "weight_kwkhc" in weights  # stream, pointwise and im2col take either order
     w3 = weights["weight_kwkhc"] if taps_last else _taps_first(weights, groups, kh, kw)
     if strategy == "stream":
-        return lambda inputs, out: partial(_stream_call, w3, bias, kh, kw, geometry, act, taps_last, out_c, inputs,
+        return lambda inputs, out: partial(_stream_call, w3, bias, kh, kw, geometry, relu, taps_last, out_c, inputs,
                                            out)
     if strategy == "pointwise":
-        return lambda inputs, out: partial(_conv_pointwise, _input(inputs), w3, bias, act, out,
+        return lambda inputs, out: partial(_conv_pointwise, _input(inputs), w3, bias, relu, out,
                                            _residual(inputs, out))
-    return lambda inputs, out: partial(_conv_im2col, *_stored_input(inputs), w3, bias, kh, kw, *geometry, act,
+    return lambda inputs, out: partial(_conv_im2col, *_stored_input(inputs), w3, bias, kh, kw, *geometry, relu,
                                        taps_last, SCRATCH_FLOATS, out)
 
 
@@ -309,13 +313,13 @@ def _depthwise_channels_last_binder(params: dict, weights: dict) -> Binder:
     bias = weights.get("bias")
     bias = np.zeros(params["out_channels"], np.float32) if bias is None else np.ascontiguousarray(bias, np.float32)
     geometry = tuple(v for k in ("stride", "padding", "dilation") for v in pair(params[k]))
-    act = fused_code(params["activation"])
+    relu = params["activation"] == "relu"
 
     def binder(inputs: list[np.ndarray], out: np.ndarray) -> Callable[[], None]:
-        residual = len(inputs) == 2  # added after, then the activation, as every strategy outside ADDS_RESIDUAL does
+        residual = len(inputs) == 2  # added after, then the ReLU, as every strategy outside ADDS_RESIDUAL does
         plain = partial(depthwise.depthwise_channels_last, nhwc(inputs[0]), taps, bias, *geometry,
-                        0 if residual else act, nhwc(out))
-        return partial(_then_add_residual, plain, act, inputs, out) if residual else plain
+                        relu and not residual, nhwc(out))
+        return partial(_then_add_residual, plain, relu, inputs, out) if residual else plain
     return binder
 
 
@@ -336,10 +340,30 @@ def _residual(inputs: list[np.ndarray], out: np.ndarray) -> np.ndarray:
     return stored_memory(as_stored_like(inputs[1], out)) if len(inputs) == 2 else NO_RESIDUAL
 
 
-def _then_add_residual(plain: Callable[[], None], act: int, inputs: list[np.ndarray], out: np.ndarray) -> None:
+def _then_add_residual(plain: Callable[[], None], relu: bool, inputs: list[np.ndarray], out: np.ndarray) -> None:
     """A strategy that cannot add the residual input while writing: the conv, then the sum."""
     plain()
-    _add_residual(stored_memory(out), _residual(inputs, out), act)
+    _add_residual(stored_memory(out), _residual(inputs, out), relu)
+
+
+def _then_smooth_activation(plain: Binder, activation: str) -> Binder:
+    """A conv with a smooth activation (silu, hardswish, gelu): the conv, then the
+    activation's own vectorised kernel over the output in place, while it is still in
+    cache. Applied per value in the store loops, the activation stayed scalar (2.5 ns a
+    value after a Winograd 3x3, where this pass costs 0.4) and was never faster; this pass
+    costs 0.75-1.0x the separate layer (the less, the larger the map: 0.8x on
+    EfficientNet's 96x112x112 expansion), which reads one buffer and writes another."""
+    op, op_params = fused_layer(activation)
+    kernel = getattr(activations_cpu, f"run_{op}")
+
+    def binder(inputs: list[np.ndarray], out: np.ndarray) -> Callable[[], None]:
+        conv = plain(inputs, out)
+
+        def run() -> None:
+            conv()
+            kernel(op_params, {}, [out], out)
+        return run
+    return binder
 
 
 def _on_nchw_copies(strategy: str, params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
@@ -350,12 +374,12 @@ def _on_nchw_copies(strategy: str, params: dict, weights: dict, inputs: list[np.
         padded_copy(nchw_out, 0, 0, 0, out_stored)
 
 
-def _stream_call(w3, bias, kh, kw, geometry, act, taps_last, out_c, inputs, out) -> None:
+def _stream_call(w3, bias, kh, kw, geometry, relu, taps_last, out_c, inputs, out) -> None:
     x, channels_last = _stored_input(inputs)
     out_stored = nhwc(out)
     n, _, ho, wo = out.shape
     out3 = out.reshape(n, out_c, ho * wo) if out_stored is None else out_stored.reshape(n, ho * wo, out_c)
-    _conv_stream(x, channels_last, w3, bias, kh, kw, *geometry, act, taps_last, ho, wo, out3, out_stored is not None,
+    _conv_stream(x, channels_last, w3, bias, kh, kw, *geometry, relu, taps_last, ho, wo, out3, out_stored is not None,
                  vector_tile.WIDE_TILES)
 
 
@@ -364,11 +388,11 @@ ADDS_RESIDUAL = ("winograd", "outer", "pointwise")  # while writing; the others 
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _add_residual(flat_out, flat_res, act):
+def _add_residual(flat_out, flat_res, relu):
     """out = act(out + res), for the strategies that do not add a residual themselves."""
     for i in prange(flat_out.size):
         v = flat_out[i] + flat_res[i]
-        flat_out[i] = activate(v, act)
+        flat_out[i] = max(v, np.float32(0.0)) if relu else v
 
 
 def _taps_last(weights: dict, groups: int) -> np.ndarray:
@@ -451,7 +475,7 @@ def _patch_columns(x, channels_last, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo,
 # ---- stream ---------------------------------------------------------------------------------
 
 @njit(cache=True)
-def _conv_stream(x, channels_last, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, act, taps_last, ho, wo, out3,
+def _conv_stream(x, channels_last, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, taps_last, ho, wo, out3,
                  out_channels_last, wide):
     """x: the input as stored (see `_patch_columns`); out3: the output as (N, C, H*W), or
     as (N, H*W, C) when it is stored channels-last (`out_channels_last`); `wide`: run
@@ -463,7 +487,7 @@ def _conv_stream(x, channels_last, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, act
     for g in range(groups):
         _patch_columns(x, channels_last, g * (c // groups), kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, 0, n * ho,
                        taps_last, cols)
-        stream_matmul(w3[g], bias, act, cols, positions, ho * wo, g * og, out3, out_channels_last, wide)
+        stream_matmul(w3[g], bias, relu, cols, positions, ho * wo, g * og, out3, out_channels_last, wide)
 
 
 # ---- direct ---------------------------------------------------------------------------------
@@ -503,7 +527,7 @@ def _fill_row_panel(image, oy, kh, kw, sh, sw, dh, dw, wo, overlap, panel):
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _direct_group(xp, wk, bias, act, kh, kw, sh, sw, dh, dw, o_offset, ho, wo, out3, threads):
+def _direct_group(xp, wk, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, wo, out3, threads):
     """Every output row of one group: build its row panel, then run every band of
     weight rows over it with `multiply_band`. Threads take rows as they become free
     (`next_job`) and each keeps one panel, so nothing is allocated per row."""
@@ -526,11 +550,11 @@ def _direct_group(xp, wk, bias, act, kh, kw, sh, sw, dh, dw, o_offset, ho, wo, o
             _fill_row_panel(xp[b], oy, kh, kw, sh, sw, dh, dw, wo, overlap, panel)
             first = b * ho * wo + oy * wo
             for o0 in range(0, og, ROWS_PER_TILE):
-                multiply_band(wk, o0, panel, step, count, bias, act, first, first + wo, ho * wo,
+                multiply_band(wk, o0, panel, step, count, bias, relu, first, first + wo, ho * wo,
                               o_offset, out3)
 
 
-def _conv_direct(x, wk, bias, kh, kw, sh, sw, ph, pw, dh, dw, act, threads, out):
+def _conv_direct(x, wk, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, threads, out):
     n, c, height, width = x.shape
     groups, og, _ = wk.shape
     cg = c // groups
@@ -539,7 +563,7 @@ def _conv_direct(x, wk, bias, kh, kw, sh, sw, ph, pw, dh, dw, act, threads, out)
     xp = np.empty((n, height + 2 * ph, width + 2 * pw, cg), np.float32)
     for g in range(groups):
         padded_copy(x, g * cg, ph, pw, xp)
-        _direct_group(xp, wk[g], bias, act, kh, kw, sh, sw, dh, dw, g * og, ho, wo, out3, threads)
+        _direct_group(xp, wk[g], bias, relu, kh, kw, sh, sw, dh, dw, g * og, ho, wo, out3, threads)
 
 
 # ---- pointwise ------------------------------------------------------------------------------
@@ -551,18 +575,18 @@ POINTWISE_CHUNK = 128  # input channels per k chunk: 24 pixels' chunk is 12 KB, 
 POINTWISE_ROWS = 64  # output channels whose weight chunk is reused across a job's pixels (a multiple of 8)
 
 
-def _conv_pointwise(x, w3, bias, act, out, flat_res):
+def _conv_pointwise(x, w3, bias, relu, out, flat_res):
     """The 1x1 product without BLAS: `_pointwise_group` per group."""
     n, c, height, width = x.shape
     groups, og, cg = w3.shape
     x3 = x.reshape(n, c, height * width)
     out3 = out.reshape(n, groups * og, height * width)
     for g in range(groups):
-        _pointwise_group(x3, w3[g], bias, act, g * og, g * cg, POINTWISE_CHUNK, out3, flat_res, get_num_threads())
+        _pointwise_group(x3, w3[g], bias, relu, g * og, g * cg, POINTWISE_CHUNK, out3, flat_res, get_num_threads())
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _pointwise_group(x3, w, bias, act, o_offset, c_offset, chunk, out3, flat_res, threads):
+def _pointwise_group(x3, w, bias, relu, o_offset, c_offset, chunk, out3, flat_res, threads):
     """out3[b, o_offset + o, p] = act(sum_c w[o, c] * x3[b, c_offset + c, p] + bias) for one
     group, straight from the NCHW input (for a 1x1 conv it already is the C x H*W column
     matrix). A job is a block of POINTWISE_PIXELS pixels of one image (and, when there
@@ -622,7 +646,7 @@ def _pointwise_group(x3, w, bias, act, o_offset, c_offset, chunk, out3, flat_res
                 for o in range(o_lo, o_hi):
                     channel = o_offset + o
                     _store_run(sums, (s0 + o) * POINTWISE_TILE, bias[channel], flat_res, flat_out,
-                               (b * out_channels + channel) * hw + p0, count, residual, act)
+                               (b * out_channels + channel) * hw + p0, count, residual, relu)
             if p_end == full and full < hw:  # the last job of the image: the pixels past whole vectors,
                 left = hw - full            # copied into one zero-padded vector per input channel
                 for c in range(cg):
@@ -636,11 +660,11 @@ def _pointwise_group(x3, w, bias, act, o_offset, c_offset, chunk, out3, flat_res
                 for o in range(o_lo, o_hi):
                     channel = o_offset + o
                     _store_run(sums, o * POINTWISE_TILE, bias[channel], flat_res, flat_out,
-                               (b * out_channels + channel) * hw + full, left, residual, act)
+                               (b * out_channels + channel) * hw + full, left, residual, relu)
 
 
 @njit(cache=True, inline="always")
-def _store_run(sums, at, bias_value, flat_res, flat_out, dst, count, residual, act):
+def _store_run(sums, at, bias_value, flat_res, flat_out, dst, count, residual, relu):
     """flat_out[dst + j] = act(sums[at + j] + bias_value (+ flat_res[dst + j])) for j < count:
     one output channel's run of a job's pixels. Flat arrays and unsigned indices: indexing
     the 3-d output with a signed pixel index kept the loop scalar. Alternating in one
@@ -651,18 +675,18 @@ def _store_run(sums, at, bias_value, flat_res, flat_out, dst, count, residual, a
     if residual:
         for j in range(count):
             v = sums[unsigned(at + j)] + bias_value + flat_res[unsigned(dst + j)]
-            flat_out[unsigned(dst + j)] = activate(v, act)
+            flat_out[unsigned(dst + j)] = max(v, np.float32(0.0)) if relu else v
     else:
         for j in range(count):
             v = sums[unsigned(at + j)] + bias_value
-            flat_out[unsigned(dst + j)] = activate(v, act)
+            flat_out[unsigned(dst + j)] = max(v, np.float32(0.0)) if relu else v
 
 
 # ---- im2col ---------------------------------------------------------------------------------
 
 @njit(cache=True, parallel=True)
-def _epilogue(res, bias, o0, q0, q1, ho, wo, act, out):
-    """out[n, o0 + o, oy, :] = act(res[o, row] + bias[o0 + o])."""
+def _epilogue(res, bias, o0, q0, q1, ho, wo, relu, out):
+    """out[n, o0 + o, oy, :] = res[o, row] + bias[o0 + o], clamped at 0 when relu."""
     for o in prange(res.shape[0]):
         b = bias[o0 + o]
         for q in range(q0, q1):
@@ -671,10 +695,10 @@ def _epilogue(res, bias, o0, q0, q1, ho, wo, act, out):
             base = (q - q0) * wo
             for ox in range(wo):
                 v = res[o, base + ox] + b
-                out[n, o0 + o, oy, ox] = activate(v, act)
+                out[n, o0 + o, oy, ox] = max(v, 0.0) if relu else v
 
 
-def _conv_im2col(x, channels_last, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, act, taps_last, scratch_floats, out):
+def _conv_im2col(x, channels_last, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, taps_last, scratch_floats, out):
     """x: the input as stored (see `_patch_columns`); out: the output, stored NCHW or
     channels-last (`_epilogue` writes it through its strides)."""
     n, c = x.shape[0], x.shape[3] if channels_last else x.shape[1]
@@ -697,7 +721,7 @@ def _conv_im2col(x, channels_last, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, act
             _patch_columns(x, channels_last, g * cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, q0, q1, taps_last,
                            cols_q)
             np.matmul(wg, cols_q, out=res_q)
-            _epilogue(res_q, bias, g * og, q0, q1, ho, wo, act, out)
+            _epilogue(res_q, bias, g * og, q0, q1, ho, wo, relu, out)
 
 
 # ---- outer ----------------------------------------------------------------------------------
@@ -769,7 +793,7 @@ def winograd_weights(w: np.ndarray) -> np.ndarray:
     return packed.reshape(-1)
 
 
-def _bind_winograd(wu: np.ndarray, bias: np.ndarray, padding: tuple[int, int], act: int,
+def _bind_winograd(wu: np.ndarray, bias: np.ndarray, padding: tuple[int, int], relu: bool,
                    inputs: list[np.ndarray], out: np.ndarray) -> Callable[[], None]:
     """The layer through `winograd.winograd_conv`: on the input itself where it is stored
     channels-last (the kernel reads the padding as zeros), else on a padded channels-last
@@ -791,7 +815,7 @@ def _bind_winograd(wu: np.ndarray, bias: np.ndarray, padding: tuple[int, int], a
 
     def arguments(image: int, row: int, rows: int) -> tuple:  # the kernel's after the input and its offsets
         jobs = winograd.jobs_per_image(copies, rows * tile_cols, per_job, threads)
-        return (wu, og, bias, act, min(ho - 2 * row, 2 * rows), wo, jobs, winograd.CHUNK, flat_out, flat_res,
+        return (wu, og, bias, relu, min(ho - 2 * row, 2 * rows), wo, jobs, winograd.CHUNK, flat_out, flat_res,
                 ho * wo, out_channels_last, threads, image, 2 * row, vector_tile.OUTER_LANES,
                 vector_tile.OUTER_VECTORS)
 
@@ -816,7 +840,7 @@ def _winograd_bands(x: np.ndarray, padded_shape: tuple[int, ...], padding: tuple
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _outer_group(xp, wp, og, bias, act, kh, kw, sh, sw, dh, dw, o_offset, ho, wo, chunk, job_pixels, parts, flat_out,
+def _outer_group(xp, wp, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, wo, chunk, job_pixels, parts, flat_out,
                  flat_res, out_channels, channels_last, threads, lanes, block_vectors):
     """Every output pixel of one group, `job_pixels` consecutive pixels (counted over the
     batch) per job, each job split into `parts` parts by blocks of output channels
@@ -831,7 +855,7 @@ def _outer_group(xp, wp, og, bias, act, kh, kw, sh, sw, dh, dw, o_offset, ho, wo
     weight chunk stays in cache while the job's pixels stream past it; the sums (pixels
     x block per block) go to the output (flat, `out_channels` channels,
     stored NCHW or channels-last) with bias, the residual input if any (flat_res, stored
-    as the output; empty when there is none) and the activation at the end of the job."""
+    as the output; empty when there is none) and ReLU at the end of the job."""
     n, rows_in, cols_in, cg = xp.shape
     o_pad = -(-og // lanes) * lanes
     k = wp.size // o_pad
@@ -878,7 +902,7 @@ def _outer_group(xp, wp, og, bias, act, kh, kw, sh, sw, dh, dw, o_offset, ho, wo
                                 gathered_tile(lanes, vectors, first_chunk, flat_x, patch, p0, count - 1, span, wp,
                                               panel, bw, sums, blk * block_pixels + p0, block)
             _store_outer_job(sums, block, block_pixels, q0, count, blk0 * block, min(og, blk1 * block), plane, bias,
-                             act, o_offset, flat_res, flat_out, out_channels, channels_last)
+                             relu, o_offset, flat_res, flat_out, out_channels, channels_last)
 
 
 @njit(cache=True, inline="always")
@@ -896,17 +920,17 @@ def _patch_starts(q0, count, ho, wo, rows_in, cols_in, cg, sh, sw, patch):
 
 
 @njit(cache=True, inline="always")
-def _store_outer_job(sums, block, block_pixels, q0, count, o_lo, o_hi, plane, bias, act, o_offset, flat_res,
+def _store_outer_job(sums, block, block_pixels, q0, count, o_lo, o_hi, plane, bias, relu, o_offset, flat_res,
                      flat_out, out_channels, channels_last):
     """Output channels o_lo..o_hi of a job's `count` pixels from its sums (`block` channels
-    a block), with the bias, the residual input and the activation."""
+    a block), with the bias, the residual input and ReLU."""
     residual = flat_res.size > 0
     if channels_last:  # each pixel's channels are one run of the output
         for q in range(count):
             dst = (q0 + q) * out_channels + o_offset
             for lo in range(o_lo, o_hi, block):
                 store_channels(sums, ((lo // block) * block_pixels + q) * block, bias, o_offset + lo, flat_res,
-                               flat_out, dst + lo, min(o_hi, lo + block) - lo, residual, act)
+                               flat_out, dst + lo, min(o_hi, lo + block) - lo, residual, relu)
         return
     q = 0
     while q < count:  # one image's pixels at a time
@@ -921,11 +945,11 @@ def _store_outer_job(sums, block, block_pixels, q0, count, o_lo, o_hi, plane, bi
                 v = sums[unsigned(at + m * block)] + bo
                 if residual:
                     v += flat_res[unsigned(dst + m)]
-                flat_out[unsigned(dst + m)] = activate(v, act)
+                flat_out[unsigned(dst + m)] = max(v, np.float32(0.0)) if relu else v
         q = end
 
 
-def _bind_outer(wp, og, bias, kh, kw, geometry, act, inputs, out) -> Callable[[], None]:
+def _bind_outer(wp, og, bias, kh, kw, geometry, relu, inputs, out) -> Callable[[], None]:
     """`_outer_group` per group, on a padded channels-last copy of the input made per
     call, or on the input itself where it is stored channels-last, unpadded and ungrouped."""
     x = _input(inputs)
@@ -934,7 +958,7 @@ def _bind_outer(wp, og, bias, kh, kw, geometry, act, inputs, out) -> Callable[[]
     groups = wp.shape[0]
     stored = nhwc(x)
     flat_out, flat_res, out_channels_last = stored_memory(out), _residual(inputs, out), nhwc(out) is not None
-    per_group = [_outer_arguments(wp[g], og, bias, act, kh, kw, (sh, sw, dh, dw), g * og, out.shape, flat_out,
+    per_group = [_outer_arguments(wp[g], og, bias, relu, kh, kw, (sh, sw, dh, dw), g * og, out.shape, flat_out,
                                   flat_res, out_channels_last) for g in range(groups)]
     if stored is not None and ph == pw == 0 and groups == 1:
         return partial(_outer_group, stored, *per_group[0])
@@ -949,7 +973,7 @@ def _outer_on_padded_copy(x, padded_shape, ph, pw, per_group) -> None:
         _outer_group(xp, *arguments)
 
 
-def _outer_arguments(wp, og, bias, act, kh, kw, steps, o_offset, out_shape, flat_out, flat_res,
+def _outer_arguments(wp, og, bias, relu, kh, kw, steps, o_offset, out_shape, flat_out, flat_res,
                      channels_last) -> tuple:
     """`_outer_group`'s arguments after the input, for every output pixel of one group
     (steps: the strides and dilations), its jobs (`outer_jobs`) shared between numba's
@@ -957,7 +981,7 @@ def _outer_arguments(wp, og, bias, act, kh, kw, steps, o_offset, out_shape, flat
     n, out_channels, ho, wo = out_shape
     threads = get_num_threads()
     job_pixels, parts = outer_jobs(n, ho, wo, og, threads)
-    return (wp, og, bias, act, kh, kw, *steps, o_offset, ho, wo, OUTER_CHUNK, job_pixels, parts, flat_out, flat_res,
+    return (wp, og, bias, relu, kh, kw, *steps, o_offset, ho, wo, OUTER_CHUNK, job_pixels, parts, flat_out, flat_res,
             out_channels, channels_last, threads, vector_tile.OUTER_LANES, vector_tile.OUTER_VECTORS)
 
 

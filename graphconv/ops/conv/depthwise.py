@@ -27,21 +27,20 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from graphconv.ops.fast_math import activate
 from graphconv.ops.unsigned_index import unsigned
 
 
 SUMS_FLOATS = 2048  # a block of sums (8 KB): with the rows its taps read, it stays in L1
 
 
-def conv_depthwise(x, w, bias, sh, sw, ph, pw, dh, dw, act, out):
+def conv_depthwise(x, w, bias, sh, sw, ph, pw, dh, dw, relu, out):
     """out[b, o] = bias[o] + the taps w[o, ci] over input channel ci of o's group, for
-    every ci, with stride (sh, sw), padding (ph, pw), dilation (dh, dw); then the activation."""
-    _depthwise(x, w, bias, sh, sw, ph, pw, dh, dw, act, SUMS_FLOATS, out)
+    every ci, with stride (sh, sw), padding (ph, pw), dilation (dh, dw); then ReLU."""
+    _depthwise(x, w, bias, sh, sw, ph, pw, dh, dw, relu, SUMS_FLOATS, out)
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _depthwise(x, w, bias, sh, sw, ph, pw, dh, dw, act, sums_floats, out):
+def _depthwise(x, w, bias, sh, sw, ph, pw, dh, dw, relu, sums_floats, out):
     """Each plane is first split into its sh x sw phases, zero padding included:
     phase (a, b) holds the padded plane's pixels (y * sh + a, x * sw + b) at (y, x), so
     tap (i, j) of output (oy, ox), at padded pixel (oy * sh + i * dh, ox * sw + j * dw),
@@ -94,7 +93,7 @@ def _depthwise(x, w, bias, sh, sw, ph, pw, dh, dw, act, sums_floats, out):
                 row = (r0 + r) * wo
                 for ox in range(wo):
                     v = sums[unsigned(r * wide + ox)]
-                    dst[unsigned(row + ox)] = activate(v, act)
+                    dst[unsigned(row + ox)] = max(v, np.float32(0.0)) if relu else v
 
 
 def channels_last_taps(weight: np.ndarray) -> np.ndarray:
@@ -104,7 +103,7 @@ def channels_last_taps(weight: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def depthwise_channels_last(xh, taps, bias, sh, sw, ph, pw, dh, dw, act, out_h):
+def depthwise_channels_last(xh, taps, bias, sh, sw, ph, pw, dh, dw, relu, out_h):
     """A depthwise conv (one output channel an input channel) on channels-last values:
     xh (N, H, W, C), taps (kh, kw, C), out_h (N, Ho, Wo, C). Per output row, each tap adds
     a run of C channels per output pixel into a row of sums: the channels are the
@@ -138,4 +137,4 @@ def depthwise_channels_last(xh, taps, bias, sh, sw, ph, pw, dh, dw, act, out_h):
         at = (b * ho + oy) * wo * c
         for k in range(wo * c):
             v = sums[unsigned(k)]
-            flat_out[unsigned(at + k)] = activate(v, act)
+            flat_out[unsigned(at + k)] = max(v, np.float32(0.0)) if relu else v

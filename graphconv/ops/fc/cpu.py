@@ -18,7 +18,7 @@ def _fc_stream(x2d, weight, bias, out2d, wide):
     n, k = x2d.shape
     cols = np.zeros((k, stream_width(n)), np.float32)
     cols[:, :n] = x2d.T
-    stream_matmul(weight, bias, 0, cols, n, 1, 0, out2d.reshape(n, weight.shape[0], 1), False, wide)
+    stream_matmul(weight, bias, False, cols, n, 1, 0, out2d.reshape(n, weight.shape[0], 1), False, wide)
 
 
 def _fc_blas(x2d, weight, bias, out2d):
