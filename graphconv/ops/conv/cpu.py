@@ -39,8 +39,8 @@
   "outer" takes 0.12, on ResNet-50's 3x3 layers at 2x2.)
 
 Every strategy applies the bias and the fused ReLU while writing the output; a smooth
-fused activation (silu, hardswish, gelu) is the activation's own vectorised kernel over
-the output right after (`_then_smooth_activation`).
+fused activation (silu, hardswish, gelu) is a vectorised pass over the output in place
+right after (`_then_smooth_activation`).
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from graphconv.ops import aligned
-from graphconv.ops.activations import cpu as activations_cpu, fused_layer
+from graphconv.ops.activations.cpu import apply_in_place
 from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, multiply_band, padded_positions, prefers_stream, stream_matmul,
                                     stream_width)
 from graphconv.ops.conv import is_depthwise, shape as output_shape
@@ -347,21 +347,18 @@ def _then_add_residual(plain: Callable[[], None], relu: bool, inputs: list[np.nd
 
 
 def _then_smooth_activation(plain: Binder, activation: str) -> Binder:
-    """A conv with a smooth activation (silu, hardswish, gelu): the conv, then the
-    activation's own vectorised kernel over the output in place, while it is still in
+    """A conv with a smooth activation (silu, hardswish, gelu): the conv, then a
+    vectorised pass of the activation over the output in place, while it is still in
     cache. Applied per value in the store loops, the activation stayed scalar (2.5 ns a
     value after a Winograd 3x3, where this pass costs 0.4) and was never faster; this pass
     costs 0.75-1.0x the separate layer (the less, the larger the map: 0.8x on
     EfficientNet's 96x112x112 expansion), which reads one buffer and writes another."""
-    op, op_params = fused_layer(activation)
-    kernel = getattr(activations_cpu, f"run_{op}")
-
     def binder(inputs: list[np.ndarray], out: np.ndarray) -> Callable[[], None]:
         conv = plain(inputs, out)
 
         def run() -> None:
             conv()
-            kernel(op_params, {}, [out], out)
+            apply_in_place(activation, out)
         return run
     return binder
 
