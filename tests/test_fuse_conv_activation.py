@@ -97,3 +97,11 @@ def test_conv_to_fc_puts_the_activation_back_as_a_layer(write_spec, rng):
     assert [(n.op, n.params.get("approximate")) for n in graph.layers()] == [("fc", None), ("gelu", "none")]
     x = random_input(rng, (2, 3, 4, 4))
     np.testing.assert_allclose(run_reference(graph, x), run_reference(model.graph, x), rtol=1e-5, atol=1e-6)
+
+
+def test_fusing_changes_no_flop_total(write_spec):
+    """A fused activation is counted as its layer was: FLOP columns compare across passes."""
+    from graphconv.cost import total_flops
+    model = graphconv.load(write_spec(MODERN))
+    fused = graphconv.compile_model(model.graph, "shape-inference,fuse-conv-activation")
+    assert total_flops(fused.graph) == total_flops(model.graph)

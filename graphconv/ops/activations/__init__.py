@@ -174,6 +174,15 @@ def fused_torch(activation: str, y):
     return opdef.torch(params, {}, [y])
 
 
+def fused_flops(activation: str, out_shape) -> int:
+    """What the activation costs, counted as its own layer counts it (so fusing it changes
+    no FLOP total)."""
+    if activation == "none":
+        return 0
+    opdef, params = _opdef(activation)
+    return opdef.flops(params, [out_shape], out_shape)
+
+
 def fused_onnx(writer, activation: str, y: str, output: str) -> None:
     opdef, params = _opdef(activation)
     opdef.onnx(writer, params, [y], output)

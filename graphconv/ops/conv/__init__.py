@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphconv.errors import ShapeError
-from graphconv.ops.activations import FUSED, fused_onnx, fused_reference, fused_torch
+from graphconv.ops.activations import FUSED, fused_flops, fused_onnx, fused_reference, fused_torch
 from graphconv.ops.registry import (
     Example, OpDef, Param, Window, numel, onnx_window_attrs, pair, register, window_output,
 )
@@ -51,7 +51,8 @@ def weight_shapes(params: dict, shapes) -> dict[str, tuple]:
 def flops(params: dict, shapes, out_shape) -> int:
     c = shapes[0][0]
     kh, kw = pair(params["kernel_size"])
-    return 2 * numel(out_shape) * (c // params["groups"]) * kh * kw + numel(out_shape) * (len(shapes) - 1)
+    return (2 * numel(out_shape) * (c // params["groups"]) * kh * kw + numel(out_shape) * (len(shapes) - 1)
+            + fused_flops(params["activation"], out_shape))
 
 
 def reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
