@@ -123,17 +123,19 @@ _activation("gelu", "x * Phi(x) elementwise, Phi the normal CDF (ConvNeXt); appr
             examples=ONE_INPUT + (Example(dict(approximate="tanh"), [(2, 3, 3)]),))
 
 
-# ---- activations a conv applies as it writes its outputs (its `activation` param) ---------------
+# ---- activations a conv applies itself (its `activation` param) -------------------------------
 
 FUSED = ("none", "relu", "silu", "hardswish", "gelu")
 """What a conv's `activation` can be, in the order of the codes its kernels take
 (`fused_code`): the activations after convs in ReLU networks, EfficientNet (silu),
-MobileNetV3 (hardswish) and ConvNeXt (gelu). Applied while the outputs are written, each
-saves a pass over the map in memory. "gelu" is the exact (erf) form."""
+MobileNetV3 (hardswish) and ConvNeXt (gelu). The CUDA kernels apply each as they write
+the outputs; the CPU ones apply ReLU so, and a smooth one in one pass over the output in
+place right after (`conv/cpu.py`, `_then_smooth_activation`). Either way a buffer and a
+pass over the map fewer than a layer of its own. "gelu" is the exact (erf) form."""
 
 
 def fused_code(activation: str) -> int:
-    """The number the CPU and CUDA kernels take for a conv's `activation` (0: none)."""
+    """The number the CUDA kernels take for a conv's `activation` (0: none)."""
     return FUSED.index(activation)
 
 

@@ -1,8 +1,8 @@
 """conv: 2-D convolution with stride, padding, dilation and groups (torch.nn.Conv2d).
 
 `activation` (relu, silu, hardswish or gelu) is graphconv's extension for the
-`fuse-conv-activation` pass: the kernel applies it as it writes its outputs instead of a
-separate pass over memory. Each activation stays defined by its own op
+`fuse-conv-activation` pass: the conv applies it itself (`activations.FUSED` says how)
+instead of a layer of its own. Each activation stays defined by its own op
 (`graphconv.ops.activations.FUSED`): the reference, PyTorch and ONNX forms here call it.
 
 A second input, when there is one, is added to the output before the activation: a
@@ -121,7 +121,7 @@ register(OpDef(
         Param("groups", "int", 1),
         Param("bias", "bool", True),
         Param("activation", "choice", "none", choices=FUSED,
-              doc="graphconv extension: the activation applied as outputs are written (after the residual)"),
+              doc="graphconv extension: the activation the conv applies itself (after the residual)"),
     ),
     shape=shape, reference=reference, flops=flops, package=__name__, arity=(1, 2),
     weight_shapes=weight_shapes, window=window, torch=torch_equivalent, onnx=to_onnx, channels_last="any",
