@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import cached_property
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
@@ -104,8 +105,14 @@ class DenseGrid:
 
     def __init__(self, model):
         self.model = model
-        self.field: Field = model.field
-        self.align: tuple[int, int] = alignment(model.graph)
+
+    @cached_property
+    def field(self) -> Field:
+        return self.model.field
+
+    @cached_property
+    def align(self) -> tuple[int, int]:
+        return alignment(self.model.graph)
 
     def smallest_tile(self) -> tuple[int, int]:
         _check_slides(self.model.graph)
