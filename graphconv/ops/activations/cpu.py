@@ -11,39 +11,45 @@ from numba import njit, prange
 from graphconv.ops.channels_last import as_stored_like, stored_memory
 from graphconv.ops.fast_math import HALF, ONE, ZERO, gelu32, hardswish32, silu32, tanh32
 
+# Multiply-adds fused into FMAs and nothing else of fastmath (no reassociation, NaNs kept):
+# the rational approximations are mostly multiply-adds, and SiLU over 1.2M values took 245
+# instead of 310 us (GELU 260 instead of 360), results within 3e-6 of the unfused on values
+# up to 16 (float32 rounding).
+CONTRACT = {"contract"}
+
 # float32 constants: a float literal would make numba compute in float64
 TANH_SCALE, CUBIC = np.float32(math.sqrt(2.0 / math.pi)), np.float32(0.044715)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=CONTRACT)
 def _hardsigmoid(x, alpha, beta, out):
     src, dst = x.ravel(), out.reshape(-1)  # reshape: a view, or an error, never a copy
     for i in prange(src.size):
         dst[i] = min(max(alpha * src[i] + beta, ZERO), ONE)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=CONTRACT)
 def _hardswish(x, out):
     src, dst = x.ravel(), out.reshape(-1)
     for i in prange(src.size):
         dst[i] = hardswish32(src[i])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=CONTRACT)
 def _silu(x, out):
     src, dst = x.ravel(), out.reshape(-1)
     for i in prange(src.size):
         dst[i] = silu32(src[i])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=CONTRACT)
 def _gelu(x, out):
     src, dst = x.ravel(), out.reshape(-1)
     for i in prange(src.size):
         dst[i] = gelu32(src[i])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=CONTRACT)
 def _gelu_tanh(x, out):
     src, dst = x.ravel(), out.reshape(-1)
     for i in prange(src.size):
@@ -76,19 +82,19 @@ def run_gelu(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndar
 
 # ---- a conv's fused smooth activation, over its output in place ---------------------------------
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=CONTRACT)
 def _silu_in_place(values):
     for i in prange(values.size):
         values[i] = silu32(values[i])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=CONTRACT)
 def _hardswish_in_place(values):
     for i in prange(values.size):
         values[i] = hardswish32(values[i])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=CONTRACT)
 def _gelu_in_place(values):
     for i in prange(values.size):
         values[i] = gelu32(values[i])
@@ -101,5 +107,5 @@ def apply_in_place(activation: str, out: np.ndarray) -> None:
     """A conv's smooth fused activation (`activations.FUSED` past relu) over its output,
     in place, however it is stored. One array, not the kernels above with the output as
     both source and destination: LLVM's check that those do not overlap then fails, and
-    its loop runs scalar, 5x slower."""
+    its loop runs scalar (EfficientNet-B0 ran 2x slower overall)."""
     _IN_PLACE[activation](stored_memory(out))
