@@ -302,6 +302,21 @@ def test_conv_outer_hypothesis(c, o, k, s, p, dw, h, w, batch, activation, chunk
                      strategy="outer", prepared=prepared, storage=storage)
 
 
+@pytest.mark.parametrize("tile", TILE_SHAPES)
+@pytest.mark.parametrize("strategy,hw", [("outer", (4, 4)), ("outer", (5, 5)), ("outer", (2, 7)),
+                                         ("winograd", (8, 8)), ("winograd", (9, 7))])
+def test_a_jobs_last_tile_writes_only_its_own_slack(strategy, hw, tile):
+    """A job whose pixel count (16, 25, 14; Winograd's 12 and 15 tiles) is no multiple of
+    the tile's height (4, 6 or 8 pixels) ends in a tile whose rows past the last pixel
+    repeat it; their sums must land in the job's own slack, not in the next block of
+    channels' first rows, which later chunks of taps add to (3 blocks, 5 chunks)."""
+    params = dict(out_channels=150, kernel_size=1 if strategy == "outer" else 3, padding=0)
+    chunks = {"outer": (conv_cpu, "OUTER_CHUNK"), "winograd": (conv_cpu.winograd, "CHUNK")}[strategy]
+    with mock.patch.object(*chunks, 8), tile_shape(*tile), mock.patch.object(conv_cpu, "get_num_threads", lambda: 1):
+        check_op("conv", params, [(40, hw[0] + (2 if strategy == "winograd" else 0), hw[1])],
+                 np.random.default_rng(hw[0] * 31 + hw[1]), batch=1, strategy=strategy, storage=(True, True))
+
+
 @settings(max_examples=40, deadline=None)
 @given(c=st.integers(1, 40), o=st.integers(1, 60), p=st.integers(0, 2), h=st.integers(1, 13), w=st.integers(1, 13),
        batch=st.integers(1, 3), activation=st.sampled_from(FUSED), chunk=st.sampled_from([8, 192]),
@@ -410,11 +425,11 @@ def test_busiest_thread_count_is_what_threads_taking_jobs_in_turn_get(pixels, si
 
 
 @pytest.mark.parametrize("out_channels,job_pixels,tile,expected", [
-    (8, 49, (8, 3), 24 * 56 + 98),       # one 24-channel block of sums for 56 pixels (7 tiles of 8 rows)
-    (8, 49, (8, 4), 32 * 56 + 98),       # blocks of 32 are 32 wide even for 8 channels
-    (8, 49, (16, 4), 64 * 56 + 98),      # and blocks of 64, 64
-    (64, 196, (8, 3), 72 * 200 + 392),   # 3 blocks of 24
-    (64, 196, (16, 4), 64 * 200 + 392),  # 1 block of 64
+    (8, 49, (8, 3), 24 * 72 + 98),       # one 24-channel block of sums for 72 pixels (a multiple of every tile height)
+    (8, 49, (8, 4), 32 * 72 + 98),       # blocks of 32 are 32 wide even for 8 channels
+    (8, 49, (16, 4), 64 * 72 + 98),      # and blocks of 64, 64
+    (64, 196, (8, 3), 72 * 216 + 392),   # 3 blocks of 24
+    (64, 196, (16, 4), 64 * 216 + 392),  # 1 block of 64
 ])
 def test_outer_scratch_follows_the_tile_shape(out_channels, job_pixels, tile, expected):
     """What `graphconv.memory` budgets per thread for "outer": the sums `_outer_group`

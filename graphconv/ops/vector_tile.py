@@ -308,8 +308,8 @@ def _vector_registers() -> int:
 
 def _outer_tile_shape() -> tuple[int, int]:
     """(lanes per vector, vectors per block) of the tiles `outer` and `winograd` run:
-    where 32 vector registers hold them (AVX-512), 4 vectors of 16 lanes (4 pixels x 64
-    channels, 16 sums); elsewhere 3 of 8 (4 x 24, 12 sums), as 16 registers hold no
+    where 32 vector registers hold them (AVX-512), 4 vectors of 16 lanes (6 pixels x 64
+    channels, 24 sums: `OUTER_ROWS_16`); elsewhere 3 of 8 (4 x 24, 12 sums), as 16 registers hold no
     more without spilling. GRAPHCONV_OUTER_LANES (8 or 16) and GRAPHCONV_OUTER_VECTORS
     (3 or 4) override either; the tests run every combination on any machine (a tile too
     large for the registers spills but stays exact).
@@ -338,7 +338,30 @@ def _outer_tile_shape() -> tuple[int, int]:
 # serves every shape and the tests can force each.
 OUTER_LANES, OUTER_VECTORS = _outer_tile_shape()  # blocks of 64 output channels, or of 24
 WIDE_TILES = _vector_registers() >= 32  # whether `stream_matmul` runs WIDE_TILE_ROWS
-OUTER_ROWS = (0, 8, 4, 4, 4)  # pixels per tile for 1..4 channel vectors
+OUTER_ROWS = (0, 8, 4, 4, 4)  # pixels per tile for 1..4 channel vectors of 8 lanes
+# 16-lane tiles run where 32 registers hold them, and there the 4-vector tile takes 6
+# pixels: 24 sums, 4 weight vectors and a broadcast make 29 registers, and each weight
+# vector loaded meets 6 pixels instead of 4. Intel Xeon with two 512-bit FMA units, one
+# core's L2 feeding the weight panels: ResNet-50's 1x1 convs 297-377 -> 372-418 GFLOP/s
+# (docs/performance.md, session 20). The narrower 16-lane tiles (a block's last 16-48
+# channels) gained nothing from more pixels, as they are bound by the broadcasts.
+OUTER_ROWS_16 = (0, 8, 4, 4, 6)
+TILE_ROWS_MULTIPLE = 24  # a multiple of every tile's pixels (4, 6, 8): see `padded_tile_rows`
+
+
+@njit(cache=True, inline="always")
+def outer_rows(lanes, vectors):
+    """Pixels (the broadcast rows) one `outer_tile` or `gathered_tile` of `vectors`
+    vectors of `lanes` lanes covers."""
+    return OUTER_ROWS_16[vectors] if lanes == 16 else OUTER_ROWS[vectors]
+
+
+@njit(cache=True, inline="always")
+def padded_tile_rows(rows):
+    """Rows of sums to hold `rows` rows computed by tiles of any height: the last tile
+    of a run clamps its rows past the end to the last one and writes their sums into
+    this slack, which must exist whatever the tile height."""
+    return -(-rows // TILE_ROWS_MULTIPLE) * TILE_ROWS_MULTIPLE
 
 
 def padded_channels(out_channels: int) -> int:
@@ -349,7 +372,7 @@ def padded_channels(out_channels: int) -> int:
 
 # _outer_L_V: the tile of V vectors of L lanes
 _outer_8_1, _outer_8_2, _outer_8_3, _outer_8_4 = (_make_tile(OUTER_ROWS[v], v, False, True, 8) for v in (1, 2, 3, 4))
-_outer_16_1, _outer_16_2, _outer_16_3, _outer_16_4 = (_make_tile(OUTER_ROWS[v], v, False, True, 16)
+_outer_16_1, _outer_16_2, _outer_16_3, _outer_16_4 = (_make_tile(OUTER_ROWS_16[v], v, False, True, 16)
                                                       for v in (1, 2, 3, 4))
 
 
@@ -357,7 +380,7 @@ _outer_16_1, _outer_16_2, _outer_16_3, _outer_16_4 = (_make_tile(OUTER_ROWS[v], 
 def outer_tile(lanes, vectors, w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width,
                store=False):
     """sums[(s0 + r) * s_width + j] += sum_k w[row_r * stride + k0 + k] * cols[(k0 + k) * width + c0 + j]
-    for r < OUTER_ROWS[vectors], j < vectors * lanes (row_r as in `_make_tile`); `=` instead
+    for r < outer_rows(lanes, vectors), j < vectors * lanes (row_r as in `_make_tile`); `=` instead
     of `+=` where `store`: a sum's first chunk, so the sums need no zeroing."""
     if lanes == 16:
         if vectors == 4:
@@ -439,7 +462,7 @@ def _gathered_codegen(rows: int, vectors: int, lanes: int):
 # _gathered_L_V: the tile of V vectors of L lanes
 _gathered_8_1, _gathered_8_2, _gathered_8_3, _gathered_8_4 = (_make_gathered_tile(OUTER_ROWS[v], v, 8)
                                                               for v in (1, 2, 3, 4))
-_gathered_16_1, _gathered_16_2, _gathered_16_3, _gathered_16_4 = (_make_gathered_tile(OUTER_ROWS[v], v, 16)
+_gathered_16_1, _gathered_16_2, _gathered_16_3, _gathered_16_4 = (_make_gathered_tile(OUTER_ROWS_16[v], v, 16)
                                                                   for v in (1, 2, 3, 4))
 
 
@@ -448,7 +471,7 @@ def gathered_tile(lanes, vectors, store, x, patch, p0, last, span, cols, c0, wid
     """With span = (shift, seg_stride, segments, seg_k, steps):
     sums[(s0 + r) * s_width + j] (+)= sum_{g < segments, k < steps}
         x[patch[min(p0 + r, last)] + shift + g * seg_stride + k] * cols[c0 + (g * seg_k + k) * width + j]
-    for r < OUTER_ROWS[vectors] and j < vectors * lanes: `=` where `store`, `+=` otherwise."""
+    for r < outer_rows(lanes, vectors) and j < vectors * lanes: `=` where `store`, `+=` otherwise."""
     if lanes == 16:
         if vectors == 4:
             _gathered_16_4(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store)

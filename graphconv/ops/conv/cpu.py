@@ -13,8 +13,8 @@
 - "outer": most convs. The input is copied once to channels-last order; each tap row
   of an output pixel's patch is then one contiguous run of it, and an outer-product
   register tile (`vector_tile.gathered_tile`: 4 pixels' input values broadcast x 3
-  vectors of 8 output channels, or, where AVX-512 gives 32 vector registers, x 4 vectors
-  of 16) runs over the runs with the weights packed once per Executor as (K x block)
+  vectors of 8 output channels, or, where AVX-512 gives 32 vector registers, 6 pixels'
+  x 4 vectors of 16) runs over the runs with the weights packed once per Executor as (K x block)
   panels per block of 24 or 64 output channels (`prepare_conv`). No patch is copied, no
   im2col matrix, no separate epilogue.
 - "winograd": 3x3, stride-1 layers with 16 channels or more in and out (VGG's every
@@ -61,7 +61,7 @@ from graphconv.ops.registry import pair
 from graphconv.ops.job_queue import next_job
 from graphconv.ops.unsigned_index import fill, unsigned
 from graphconv.ops import vector_tile
-from graphconv.ops.vector_tile import OUTER_ROWS, gathered_tile, outer_tile
+from graphconv.ops.vector_tile import OUTER_ROWS, gathered_tile, outer_rows, outer_tile, padded_tile_rows
 
 SCRATCH_FLOATS = 1 << 22  # 16 MB of im2col columns per chunk
 # prepare_conv packs weights under this for "outer": ResNet-50's layer4 (9 MB at most), which
@@ -848,7 +848,8 @@ def _outer_group(xp, wp, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, w
     one chunk takes several tap rows' runs. For each chunk and each block of
     `block_vectors` x `lanes` output channels (24 or 64), the outer-product tile runs
     over every pixel of the job: 4 pixels' input values broadcast, times 3 vectors of 8
-    channels (or 4 of 16) of the packed weights, 12 (16) vector sums in registers. The
+    channels of the packed weights (or 6 pixels' times 4 vectors of 16), 12 (24) vector
+    sums in registers. The
     weight chunk stays in cache while the job's pixels stream past it; the sums (pixels
     x block per block) go to the output (flat, `out_channels` channels,
     stored NCHW or channels-last) with bias, the residual input if any (flat_res, stored
@@ -867,7 +868,7 @@ def _outer_group(xp, wp, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, w
     pixels = n * plane
     jobs = -(-pixels // job_pixels) * parts
     per_part = -(-blocks // parts)
-    block_pixels = -(-job_pixels // 8) * 8  # sums rows a block: the last tile's clamped pixels land in the slack
+    block_pixels = padded_tile_rows(job_pixels)  # sums rows a block: the last tile's clamped pixels land in the slack
     flat_x = xp.reshape(-1)
     queue = np.zeros(1, np.int64)  # the next job to take (`next_job`)
     for _ in prange(threads):
@@ -895,7 +896,7 @@ def _outer_group(xp, wp, og, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, w
                             vectors = min(block_vectors, (o_pad - c0) // lanes)
                             bw = vectors * lanes
                             panel = k * c0 + (tap + k0) * bw  # the chunk's weights in the block's (K x bw) panel
-                            for p0 in range(0, count, OUTER_ROWS[vectors]):
+                            for p0 in range(0, count, outer_rows(lanes, vectors)):
                                 gathered_tile(lanes, vectors, first_chunk, flat_x, patch, p0, count - 1, span, wp,
                                               panel, bw, sums, blk * block_pixels + p0, block)
             _store_outer_job(sums, block, block_pixels, q0, count, blk0 * block, min(og, blk1 * block), plane, bias,
@@ -1013,7 +1014,7 @@ def outer_job_floats(out_channels: int, job_pixels: int) -> int:
     tiles of pixels, and its pixels' patch offsets (int64, two floats' worth each)."""
     block = vector_tile.OUTER_VECTORS * vector_tile.OUTER_LANES
     blocks = -(-vector_tile.padded_channels(out_channels) // block)
-    return blocks * block * (-(-job_pixels // 8) * 8) + 2 * job_pixels
+    return blocks * block * vector_tile.padded_tile_rows(job_pixels) + 2 * job_pixels
 
 
 def outer_jobs(n: int, ho: int, wo: int, out_channels: int, threads: int) -> tuple[int, int]:

@@ -49,7 +49,7 @@ from graphconv.ops.registry import pair
 from graphconv.ops.job_queue import next_job
 from graphconv.ops.unsigned_index import fill, unsigned
 from graphconv.ops import vector_tile
-from graphconv.ops.vector_tile import OUTER_ROWS, outer_tile
+from graphconv.ops.vector_tile import outer_rows, outer_tile, padded_tile_rows
 
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])
@@ -154,7 +154,7 @@ def scratch_floats(in_shape: tuple[int, ...], out_channels: int, out_hw: tuple[i
     copies = n if band == tile_rows else 1
     jobs = jobs_per_image(copies, band * tile_cols, tiles_per_job(c, out_channels), threads)
     per_job = -(-(band * tile_cols) // jobs)
-    slots = -(-per_job // 8) * 8
+    slots = vector_tile.padded_tile_rows(per_job)
     block = vector_tile.OUTER_VECTORS * vector_tile.OUTER_LANES
     sums = -(-vector_tile.padded_channels(out_channels) // block) * block * slots
     return copies * (2 * band + 2) * (2 * tile_cols + 2) * c + threads * (slots * c + 8 * sums)
@@ -184,7 +184,7 @@ def winograd_conv(xp, top, left, wu, og, bias, relu, ho, wo, jobs_per_image, chu
     tile_jobs = n * jobs_per_image
     parts = 1 if tile_jobs >= 4 * threads or tile_jobs % threads == 0 else min(blocks, threads)
     per_part = -(-blocks // parts)
-    slots = -(-per_job // 8) * 8  # M rows per block: the last tile call's clamped rows land in the slack
+    slots = padded_tile_rows(per_job)  # M rows per block: the last tile call's clamped rows land in the slack
     u_stride = c * o_pad  # floats of U per xi
     m_size = blocks * slots * block  # one M[xi]: M for the 4 positions of a row of the 4x4 tile are kept
     flat_x = xp.reshape(-1)
@@ -212,7 +212,7 @@ def winograd_conv(xp, top, left, wu, og, bias, relu, ho, wo, jobs_per_image, chu
                     for blk in range(blk0, blk1):
                         c0 = blk * block
                         vectors = min(block_vectors, (o_pad - c0) // lanes)
-                        step = OUTER_ROWS[vectors]
+                        step = outer_rows(lanes, vectors)
                         for p0 in range(0, tiles, step):  # the first chunk stores: M needs no zeroing
                             outer_tile(lanes, vectors, v, p0, tiles - 1, c, k0, steps, wu, xi * u_stride + c * c0,
                                        vectors * lanes, m, (m0 // block) + blk * slots + p0, block, k0 == 0)
