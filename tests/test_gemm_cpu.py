@@ -16,7 +16,7 @@ def expected(w, bias, cols, positions, relu):
     return np.maximum(y, 0) if relu else y
 
 
-def run_stream(m, k, hw, images, offset, relu, seed, wide=False):
+def run_stream(m, k, hw, images, offset, relu, seed, wide=False, lanes=8):
     rng = np.random.default_rng(seed)
     total = images * hw
     w = rng.standard_normal((m, k)).astype(np.float32)
@@ -24,7 +24,7 @@ def run_stream(m, k, hw, images, offset, relu, seed, wide=False):
     cols = np.zeros((k, stream_width(total)), np.float32)
     cols[:, :total] = rng.standard_normal((k, total))
     out3 = np.full((images, m + offset, hw), np.nan, np.float32)
-    stream_matmul(w, bias, relu, cols, total, hw, offset, out3, False, wide)
+    stream_matmul(w, bias, relu, cols, total, hw, offset, out3, False, wide, lanes)
     want = expected(w, bias[offset:], cols, total, relu)  # (positions, m)
     got = out3[:, offset:, :].transpose(0, 2, 1).reshape(total, m)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.sqrt(k))
@@ -34,21 +34,22 @@ def run_stream(m, k, hw, images, offset, relu, seed, wide=False):
 @settings(max_examples=80, deadline=None)
 @given(m=st.integers(1, 150), k=st.integers(1, 300), hw=st.integers(1, 50),
        images=st.integers(1, 3), offset=st.integers(0, 3), relu=st.booleans(), seed=st.integers(0, 99),
-       wide=st.booleans())
-def test_stream_matmul_matches_numpy(m, k, hw, images, offset, relu, seed, wide):
-    """Both tile sets, whichever the machine runs (a 32-register tile spills on AVX2 but
-    stays exact)."""
-    run_stream(m, k, hw, images, offset, relu, seed, wide)
+       wide=st.booleans(), lanes=st.sampled_from([8, 16]))
+def test_stream_matmul_matches_numpy(m, k, hw, images, offset, relu, seed, wide, lanes):
+    """Every tile set, whichever the machine runs (a 32-register tile spills on AVX2 but
+    stays exact), positions 8 or 16 to a vector."""
+    run_stream(m, k, hw, images, offset, relu, seed, wide, lanes)
 
 
-@pytest.mark.parametrize("wide", [False, True])
-@pytest.mark.parametrize("positions", [1, 2, 8, 9, 16, 24, 32, 36, 40, 41, 48, 64, 81, 96])
-def test_every_block_width_and_a_k_past_one_chunk(positions, wide):
-    """Every tile shape (1-5 vectors per block, blocks after a full 40-wide one; the
-    16- and 32-register sets) and a k loop of several chunks, on a matrix whose rows end
-    mid-group and mid-tile."""
+@pytest.mark.parametrize("wide,lanes", [(False, 8), (True, 8), (True, 16)])
+@pytest.mark.parametrize("positions", [1, 2, 8, 9, 16, 24, 32, 36, 40, 41, 48, 56, 64, 81, 96])
+def test_every_block_width_and_a_k_past_one_chunk(positions, wide, lanes):
+    """Every tile shape (1-5 vectors of 8 per block, blocks after a full 40-wide one; the
+    16- and 32-register sets; 1-4 vectors of 16, an 8-lane tile for a last 8 positions,
+    blocks after a full 64-wide one) and a k loop of several chunks, on a matrix whose
+    rows end mid-group and mid-tile."""
     k = gemm_cpu.CHUNK_FLOATS // stream_width(positions) * 2 + 13
-    run_stream(gemm_cpu.GROUP_ROWS + 7, max(k, 2 * LANES + 3), positions, 1, 1, True, positions, wide)
+    run_stream(gemm_cpu.GROUP_ROWS + 7, max(k, 2 * LANES + 3), positions, 1, 1, True, positions, wide, lanes)
 
 
 @pytest.mark.parametrize("m", [1, 3, 4, 5, 7, 8, 67])

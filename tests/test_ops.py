@@ -651,13 +651,27 @@ def test_lrn_matches_reference(size, alpha, beta, k, channels, rng):
 
 @pytest.mark.parametrize("in_shape", [(3, 4, 5), (10, 1, 1)])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("batch", [1, 2, 4])
-@pytest.mark.parametrize("path", ["stream", "blas"])
+@pytest.mark.parametrize("batch", [1, 2, 4, 21])
+@pytest.mark.parametrize("path", ["stream", "stream-16", "blas"])
 def test_fc_matches_reference(in_shape, bias, batch, path, rng, monkeypatch):
-    """Both fc paths: the weight-streaming product for small batches, one SGEMM above."""
+    """Both fc paths: the weight-streaming product for small batches (positions 8 or 16
+    to a vector, whichever the machine would pick), one SGEMM above."""
     from graphconv.ops.fc import cpu
-    monkeypatch.setattr(cpu, "prefers_stream", lambda positions, weights: path == "stream")
+    monkeypatch.setattr(cpu, "prefers_stream", lambda positions, weights: path.startswith("stream"))
+    monkeypatch.setattr(vector_tile, "STREAM_LANES", 16 if path == "stream-16" else 8)
     check_op("fc", dict(out_features=7, bias=bias), [in_shape], rng, batch=batch)
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize("in_shape,batch", [((40, 7, 8), 2), ((24, 3, 3), 1), ((16, 12, 12), 1)])
+@pytest.mark.parametrize("storage", STORAGES)
+def test_conv_stream_in_either_vector_width(lanes, in_shape, batch, storage, rng, monkeypatch):
+    """The stream strategy with its positions 8 or 16 to a vector: 60 positions (4 vectors
+    of 16), 1 (the matrix-vector path) and 100 (a block of 64, then 2 vectors of 16 and
+    an 8-lane tile for the last 8 of the 104 it pads to)."""
+    monkeypatch.setattr(vector_tile, "STREAM_LANES", lanes)
+    check_op("conv", dict(out_channels=70, kernel_size=3, activation="relu"), [in_shape], rng, batch=batch,
+             strategy="stream", storage=storage)
 
 
 # ---- the references against their ops' PyTorch equivalents, over the cases above ---------

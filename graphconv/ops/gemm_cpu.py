@@ -24,7 +24,8 @@ import numpy as np
 from numba import njit, prange
 
 from graphconv.ops.unsigned_index import unsigned
-from graphconv.ops.vector_tile import BLOCK_VECTORS, LANES, WIDE_TILE_ROWS, multiply_tile, tile_rows
+from graphconv.ops.vector_tile import (BLOCK_VECTORS, LANES, STREAM_ROWS_16, STREAM_VECTORS_16, WIDE_TILE_ROWS,
+                                       multiply_tile, multiply_tile_16, stream_rows_16, tile_rows)
 
 ROWS_PER_TILE = 4       # multiply_band: weight rows (output channels) per register tile
 POSITIONS_PER_TILE = 3  # multiply_band: output positions per tile; callers pad to a multiple
@@ -36,11 +37,13 @@ CHUNK_FLOATS = 4096  # 16 KB of patch columns per k chunk: they stay in L1 while
 
 
 @njit(cache=True, parallel=True, fastmath=True, boundscheck=False)
-def stream_matmul(w, bias, relu, cols, positions, hw, o_offset, out3, channels_last=False, wide=False):
+def stream_matmul(w, bias, relu, cols, positions, hw, o_offset, out3, channels_last=False, wide=False, lanes=8):
     """out3[p // hw, o_offset + o, p % hw] = act(sum_k w[o, k] * cols[k, p] + bias[o_offset + o])
     for p < positions, where positions is a whole number of images of hw pixels, on the
     `wide` tiles (`vector_tile.WIDE_TILE_ROWS`: where 32 vector registers hold them) or
-    the 16-register ones.
+    the 16-register ones; with `lanes` 16, positions go 16 to a vector
+    (`vector_tile.multiply_tile_16`, `vector_tile.STREAM_LANES`) and only a block's last
+    8, if any, through the 8-lane tiles.
 
     w: (M, K) C-contiguous weights; cols: (K, stream_width(positions)) patch columns,
     zero past `positions`; out3: the output viewed as (N, C, H*W), or as (N, H*W, C)
@@ -56,14 +59,24 @@ def stream_matmul(w, bias, relu, cols, positions, hw, o_offset, out3, channels_l
     for group in prange((m + GROUP_ROWS - 1) // GROUP_ROWS):
         first = group * GROUP_ROWS
         rows = min(GROUP_ROWS, m - first)
-        sums = np.zeros((GROUP_ROWS + max(WIDE_TILE_ROWS)) * width, np.float32)  # slack for the last tile's rows
+        slack = max(max(WIDE_TILE_ROWS), max(STREAM_ROWS_16))  # the last tile's rows past the group's
+        sums = np.zeros((GROUP_ROWS + slack) * width, np.float32)
         for k0 in range(0, k, chunk):
             steps = min(chunk, k - k0)
-            for c0 in range(0, width, BLOCK_VECTORS * LANES):
-                vectors = min(BLOCK_VECTORS, (width - c0) // LANES)
-                for r0 in range(0, rows, tile_rows(vectors, wide)):
-                    multiply_tile(vectors, wide, flat_w, first + r0, m - 1, k, k0, steps, flat_cols, c0, width,
-                                  sums, r0, chunk)
+            c0 = 0
+            while c0 < width:
+                if lanes == 16 and width - c0 >= 16:
+                    vectors = min(STREAM_VECTORS_16, (width - c0) // 16)
+                    for r0 in range(0, rows, stream_rows_16(vectors)):
+                        multiply_tile_16(vectors, flat_w, first + r0, m - 1, k, k0, steps, flat_cols, c0, width,
+                                         sums, r0, chunk)
+                    c0 += vectors * 16
+                else:
+                    vectors = min(BLOCK_VECTORS, (width - c0) // LANES)
+                    for r0 in range(0, rows, tile_rows(vectors, wide)):
+                        multiply_tile(vectors, wide, flat_w, first + r0, m - 1, k, k0, steps, flat_cols, c0, width,
+                                      sums, r0, chunk)
+                    c0 += vectors * LANES
         _store_sums(sums, width, first, rows, bias, relu, positions // hw, hw, o_offset, out3, channels_last)
 
 

@@ -327,6 +327,45 @@ def _outer_tile_shape() -> tuple[int, int]:
             int(vectors) if vectors in ("3", "4") else 4 if wide else 3)
 
 
+
+# `stream_matmul`'s tiles in 16 lanes: blocks of 16 to 64 positions as 16-lane vectors
+# (a block's last 8 positions, if any, take an 8-lane tile). On an Intel Xeon with two
+# 512-bit FMA units an 8-lane FMA does half the work of a 16-lane one in the same slot,
+# so the 8-lane tiles cannot pass half its peak: AlexNet's fc6 as a conv at 36 positions
+# ran at 177 GFLOP/s on 2 cores there, onnxruntime at about 290 (docs/performance.md,
+# session 20). Rows per block of 1..4 vectors: up to 24 sums, as for the outer tile.
+STREAM_ROWS_16 = (0, 8, 8, 8, 6)
+_stream16_8x1, _stream16_8x2, _stream16_8x3, _stream16_6x4 = (_make_tile(STREAM_ROWS_16[v], v, lanes=16)
+                                                              for v in (1, 2, 3, 4))
+STREAM_VECTORS_16 = 4  # 64 positions, gemm_cpu.STREAM_MAX_POSITIONS
+
+
+@njit(cache=True, inline="always")
+def stream_rows_16(vectors):
+    """Weight rows `multiply_tile_16` covers for a block of `vectors` 16-lane vectors."""
+    return STREAM_ROWS_16[vectors]
+
+
+@njit(cache=True, inline="always")
+def multiply_tile_16(vectors, w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, prefetch):
+    """`multiply_tile` for a block of `vectors` (1..4) 16-lane position vectors, covering
+    `stream_rows_16(vectors)` weight rows."""
+    if vectors == 4:
+        _stream16_6x4(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, prefetch)
+    elif vectors == 3:
+        _stream16_8x3(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, prefetch)
+    elif vectors == 2:
+        _stream16_8x2(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, prefetch)
+    else:
+        _stream16_8x1(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, prefetch)
+
+
+def _stream_lanes() -> int:
+    """16 where AVX-512 gives the 16-lane tiles their 32 registers, else 8;
+    GRAPHCONV_STREAM_LANES (8 or 16) overrides (the tests run both on any machine)."""
+    chosen = os.environ.get("GRAPHCONV_STREAM_LANES", "")
+    return int(chosen) if chosen in ("8", "16") else 16 if _vector_registers() >= 32 else 8
+
 # The tiles of the conv's "outer" strategy: no prefetch (its operands are in cache), and
 # the sums get their own row width (the last argument) and no column offset, so the
 # packed weights can be one contiguous (K x block) panel per block of output channels
@@ -338,6 +377,7 @@ def _outer_tile_shape() -> tuple[int, int]:
 # serves every shape and the tests can force each.
 OUTER_LANES, OUTER_VECTORS = _outer_tile_shape()  # blocks of 64 output channels, or of 24
 WIDE_TILES = _vector_registers() >= 32  # whether `stream_matmul` runs WIDE_TILE_ROWS
+STREAM_LANES = _stream_lanes()  # whether `stream_matmul` runs 16-lane tiles
 OUTER_ROWS = (0, 8, 4, 4, 4)  # pixels per tile for 1..4 channel vectors of 8 lanes
 # 16-lane tiles run where 32 registers hold them, and there the 4-vector tile takes 6
 # pixels: 24 sums, 4 weight vectors and a broadcast make 29 registers, and each weight

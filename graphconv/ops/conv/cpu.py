@@ -377,7 +377,7 @@ def _stream_call(w3, bias, kh, kw, geometry, relu, taps_last, out_c, inputs, out
     n, _, ho, wo = out.shape
     out3 = out.reshape(n, out_c, ho * wo) if out_stored is None else out_stored.reshape(n, ho * wo, out_c)
     _conv_stream(x, channels_last, w3, bias, kh, kw, *geometry, relu, taps_last, ho, wo, out3, out_stored is not None,
-                 vector_tile.WIDE_TILES)
+                 vector_tile.WIDE_TILES, vector_tile.STREAM_LANES)
 
 
 NO_RESIDUAL = np.zeros(0, np.float32)  # what the residual-adding strategies get for "no residual input"
@@ -473,10 +473,10 @@ def _patch_columns(x, channels_last, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo,
 
 @njit(cache=True)
 def _conv_stream(x, channels_last, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, taps_last, ho, wo, out3,
-                 out_channels_last, wide):
+                 out_channels_last, wide, lanes):
     """x: the input as stored (see `_patch_columns`); out3: the output as (N, C, H*W), or
-    as (N, H*W, C) when it is stored channels-last (`out_channels_last`); `wide`: run
-    `stream_matmul`'s 32-register tiles."""
+    as (N, H*W, C) when it is stored channels-last (`out_channels_last`); `wide` and
+    `lanes`: which of `stream_matmul`'s tiles run."""
     n, c = x.shape[0], x.shape[3] if channels_last else x.shape[1]
     groups, og, k = w3.shape
     positions = n * ho * wo
@@ -484,7 +484,7 @@ def _conv_stream(x, channels_last, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, rel
     for g in range(groups):
         _patch_columns(x, channels_last, g * (c // groups), kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, 0, n * ho,
                        taps_last, cols)
-        stream_matmul(w3[g], bias, relu, cols, positions, ho * wo, g * og, out3, out_channels_last, wide)
+        stream_matmul(w3[g], bias, relu, cols, positions, ho * wo, g * og, out3, out_channels_last, wide, lanes)
 
 
 # ---- direct ---------------------------------------------------------------------------------

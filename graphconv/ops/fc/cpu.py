@@ -14,11 +14,11 @@ from graphconv.ops.gemm_cpu import prefers_stream, stream_matmul, stream_width
 
 
 @njit(cache=True)
-def _fc_stream(x2d, weight, bias, out2d, wide):
+def _fc_stream(x2d, weight, bias, out2d, wide, lanes):
     n, k = x2d.shape
     cols = np.zeros((k, stream_width(n)), np.float32)
     cols[:, :n] = x2d.T
-    stream_matmul(weight, bias, False, cols, n, 1, 0, out2d.reshape(n, weight.shape[0], 1), False, wide)
+    stream_matmul(weight, bias, False, cols, n, 1, 0, out2d.reshape(n, weight.shape[0], 1), False, wide, lanes)
 
 
 def _fc_blas(x2d, weight, bias, out2d):
@@ -35,6 +35,6 @@ def run_fc(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarra
     x2d = np.ascontiguousarray(x).reshape(x.shape[0], -1)
     out2d = out.reshape(x.shape[0], weight.shape[0])  # a view: out is C-contiguous
     if prefers_stream(x.shape[0], weight.size):
-        _fc_stream(x2d, weight, bias, out2d, vector_tile.WIDE_TILES)
+        _fc_stream(x2d, weight, bias, out2d, vector_tile.WIDE_TILES, vector_tile.STREAM_LANES)
     else:
         _fc_blas(x2d, weight, bias, out2d)
