@@ -3,7 +3,8 @@
 Every front end (YAML specs, ONNX) and every pass that builds a layer goes through
 `normalize_params`, so the IR holds parameters one way only: defaults filled in, and
 every size-like parameter (kind "pair": kernel_size, stride, padding, dilation) as an
-(h, w) tuple, whether the spec wrote `3` or `[3, 3]`. Equal networks then have equal IR,
+(h, w) tuple, whether the spec wrote `3` or `[3, 3]` (a pad layer's four amounts, kind
+"sides", as a (top, left, bottom, right) tuple). Equal networks then have equal IR,
 and no code downstream needs to ask which form it got. The compact int form exists
 only in text written for people (`compact_params`, used when writing YAML).
 
@@ -90,7 +91,7 @@ def compact_params(opdef: OpDef, params: Mapping[str, Any]) -> dict:
             continue
         if p.default is not REQUIRED and p.default_from is None and value == check_value(p, p.default):
             continue
-        if p.kind == "pair" and value[0] == value[1]:
+        if p.kind in ("pair", "sides") and len(set(value)) == 1:
             value = value[0]
         compact[p.name] = value
     return compact
@@ -111,6 +112,11 @@ def finite_number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _is_infinity(value: Any) -> bool:
+    """Whether `value` is the float -inf or inf (not NaN, not a bool or a string)."""
+    return isinstance(value, float) and math.isinf(value)
+
+
 def check_value(p, value):
     """One parameter's value in canonical form, or a GraphconvError naming it."""
     def in_range(v):
@@ -127,10 +133,19 @@ def check_value(p, value):
             raise GraphconvError(f"'{p.name}' must be an integer >= {p.minimum} or a pair [h, w] of "
                                  f"them (each <= {MAX_INT}), got {shown(value)}")
         return (pair[0], pair[1])
+    if p.kind == "sides":
+        sides = [value] * 4 if is_int(value) else value
+        if not isinstance(sides, (list, tuple)) or len(sides) != 4 or not all(in_range(v) for v in sides):
+            raise GraphconvError(f"'{p.name}' must be an integer >= {p.minimum} or a list [top, left, "
+                                 f"bottom, right] of them (each <= {MAX_INT}), got {shown(value)}")
+        return tuple(sides)
     if p.kind == "float":
         number = finite_number(value)
+        if number is None and p.infinite and _is_infinity(value):
+            return float(value)
         if number is None:
-            raise GraphconvError(f"'{p.name}' must be a finite number, got {shown(value)}")
+            raise GraphconvError(f"'{p.name}' must be a finite number{' or -inf or inf' if p.infinite else ''}, "
+                                 f"got {shown(value)}")
         return number
     if p.kind == "bool":
         if not isinstance(value, bool):

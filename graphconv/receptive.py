@@ -9,6 +9,11 @@ A pool's `ceil_mode` changes none of this: its windows start where floor mode's 
 only adds a last window hanging off the map's end, whose box reaches past the image just
 as a padded layer's first box reaches before it. Layers that see their whole input
 (fc, globalavgpool, flatten) have a window of the input's size at the crop, stride 1.
+
+Padding on the far side of an axis (a `pad` layer's bottom and right, `Window.padding_end`)
+changes none of it either, for the same reason: only the top and left padding moves cell
+(0, 0), and a window that reads the far side's padding is one more cell at the map's end
+whose box reaches past the image.
 """
 from __future__ import annotations
 
@@ -46,7 +51,8 @@ def receptive_fields(graph: Graph) -> dict[str, Field]:
 
 
 def _through_window(field: Field, window) -> Field:
-    """The field of one cell of a window slid over a map whose cells have `field`."""
+    """The field of one cell of a window slid over a map whose cells have `field`: the
+    near-side padding (top, left) shifts it, the far side's (padding_end) does not."""
     stride = field.stride
     return Field(tuple(field.size[a] + (window.extent[a] - 1) * stride[a] for a in (0, 1)),
                  tuple(_whole(stride[a] * window.stride[a]) for a in (0, 1)),

@@ -49,7 +49,9 @@ class NoTorchEquivalent(GraphconvError):
 class Param:
     """One spec parameter: its name, its kind and its default (REQUIRED if none).
 
-    Kinds: "int" (>= minimum), "pair" (an int or [h, w], each >= minimum), "float",
+    Kinds: "int" (>= minimum), "pair" (an int or [h, w], each >= minimum), "sides" (an
+    int or [top, left, bottom, right], each >= minimum: a pad's four amounts), "float"
+    (finite, or also -inf and inf where `infinite`: a max pool's padding is -inf),
     "bool", "choice" (one of `choices`).
     """
 
@@ -60,22 +62,40 @@ class Param:
     choices: tuple = ()
     doc: str = ""
     default_from: str | None = None  # e.g. a pool's stride defaults to its kernel_size
+    infinite: bool = False  # a "float" that may be -inf or inf (never NaN)
 
 
 @dataclass(frozen=True)
 class Window:
     """The sliding window of a spatial op, per axis (h, w): what receptive-field
-    analysis and the stride passes need to know about conv and pool layers."""
+    analysis and the stride passes need to know about conv and pool layers.
+
+    `padding` is what is added before the first pixel of each axis (top, left) and
+    `padding_end` what is added after the last (bottom, right); they differ only for a
+    `pad` layer (convs and pools pad symmetrically, and `padding_end` defaults to
+    `padding`). Only the near side moves cells: cell 0 of the output starts `padding`
+    pixels before the input's first, whatever `padding_end` is; the far side only adds
+    windows at the end."""
 
     kernel: tuple[int, int]
     stride: tuple[int, int]
     padding: tuple[int, int]
     dilation: tuple[int, int]
+    padding_end: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.padding_end is None:
+            object.__setattr__(self, "padding_end", self.padding)
 
     @property
     def extent(self) -> tuple[int, int]:
         """Input pixels one output pixel spans: dilation * (kernel - 1) + 1."""
         return tuple(d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilation))
+
+    @property
+    def symmetric(self) -> bool:
+        """Whether both sides of each axis are padded alike."""
+        return tuple(self.padding) == tuple(self.padding_end)
 
 
 @dataclass(frozen=True)
@@ -288,9 +308,12 @@ def pair(value: int | Sequence[int]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
-def sliding_output(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    """Output length of a window sliding over `size` inputs; rounds down like PyTorch."""
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+def sliding_output(size: int, kernel: int, stride: int, padding: int, dilation: int,
+                   padding_end: int | None = None) -> int:
+    """Output length of a window sliding over `size` inputs padded by `padding` before
+    and `padding_end` (default: `padding`) after; rounds down like PyTorch and ONNX."""
+    end = padding if padding_end is None else padding_end
+    return (size + padding + end - dilation * (kernel - 1) - 1) // stride + 1
 
 
 def window_output(window: Window, in_shape: Shape, what: str) -> tuple[int, int]:
@@ -299,15 +322,23 @@ def window_output(window: Window, in_shape: Shape, what: str) -> tuple[int, int]
     out = []
     for axis, size in zip((0, 1), (h, w)):
         extent = window.extent[axis]
-        padded = size + 2 * window.padding[axis]
+        padded = size + window.padding[axis] + window.padding_end[axis]
         if extent > padded:
             raise ShapeError(
                 f"{what} of {window.kernel[0]}x{window.kernel[1]} (dilation {window.dilation[0]}x"
-                f"{window.dilation[1]}, padding {window.padding[0]}x{window.padding[1]}) does not "
-                f"fit in its {h}x{w} input")
+                f"{window.dilation[1]}, {describe_padding(window)}) does not fit in its {h}x{w} input")
         out.append(sliding_output(size, window.kernel[axis], window.stride[axis],
-                                  window.padding[axis], window.dilation[axis]))
+                                  window.padding[axis], window.dilation[axis], window.padding_end[axis]))
     return out[0], out[1]
+
+
+def describe_padding(window: Window) -> str:
+    """"padding 1x2" for a symmetric window, "padding top 0, left 0, bottom 1, right 1"
+    for one that pads the two sides of an axis differently."""
+    if window.symmetric:
+        return f"padding {window.padding[0]}x{window.padding[1]}"
+    (top, left), (bottom, right) = window.padding, window.padding_end
+    return f"padding top {top}, left {left}, bottom {bottom}, right {right}"
 
 
 def normalization_shape(params: dict, shapes: list[Shape]) -> Shape:
