@@ -30,6 +30,8 @@ from graphconv.errors import GraphconvError
 from graphconv.ir import Graph
 from graphconv.model import Model, as_batch
 from graphconv.ops import pair
+from graphconv.ops.pad import describe_value
+from graphconv.ops.registry import describe_padding
 from graphconv.receptive import receptive_fields
 from graphconv.shapes import infer_shapes
 
@@ -70,7 +72,10 @@ def padding_reach(graph: Graph) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]
     position's value depends on a window reaching outside its input anywhere upstream
     (zero padding, or a ceil_mode pool's window hanging off the map); and the layers
     where such windows start. A position that reads no padding depends on the crop's
-    pixels alone, so it must equal the sliding network's value at the same place."""
+    pixels alone, so it must equal the sliding network's value at the same place.
+    Windows start `padding` (top, left) before the input; those that reach past its end
+    (a `pad` layer's bottom and right, `Window.padding_end`) read padding too: the map's
+    size, from the shape rule, says how far they go."""
     shapes = infer_shapes(graph, check_weights=False)
     reach = {graph.input.name: tuple(np.zeros(n, bool) for n in shapes[graph.input.name][1:])}
     sources = []
@@ -126,6 +131,7 @@ class LayerPadding:
     clear_max_abs: float      # the largest difference where no padding reaches (float rounding only)
     tolerance: float
     crops: int
+    fill: str = "zero padding"  # what its padding holds ("padding of -inf": a pad layer's other value)
 
     @property
     def clear_agrees(self) -> bool:
@@ -135,7 +141,7 @@ class LayerPadding:
         h, w = self.map_hw
         top, bottom, left, right = self.border
         text = (f"{self.name} ({self.why}): of its {h}x{w} map per crop, {self.reached} positions read "
-                f"zero padding (here or upstream: {top} row(s) at the top, {bottom} at the bottom, {left} "
+                f"{self.fill} (here or upstream: {top} row(s) at the top, {bottom} at the bottom, {left} "
                 f"column(s) at the left, {right} at the right); {self.differing} of them differ from the "
                 f"sliding network, by up to {self.max_abs:.3g}")
         clear = h * w - self.reached
@@ -305,26 +311,54 @@ def _padding_effects(classifier: Model, x: np.ndarray, device: str) -> tuple[lis
         crops = _crops(classifier, x, origins)
         on_crops = prefix.run(crops, device, full=True)
         reached_diff, clear_diff, differing = 0.0, 0.0, np.zeros((h, w), bool)
-        scale = max(1.0, float(np.abs(whole).max()))
-        tol = TOLERANCE * scale
+        tol = TOLERANCE * _finite_scale(whole)
         for crop_map, (b, top, left) in zip(on_crops, origins):
             i0, j0 = top // stride[0], left // stride[1]
             region = whole[b, :, i0:i0 + h, j0:j0 + w]
             hh, ww = region.shape[1:]
-            d = np.abs(crop_map[:, :hh, :ww].astype(np.float64) - region).max(axis=0)
+            d = _abs_difference(crop_map[:, :hh, :ww], region).max(axis=0)
             m = mask[:hh, :ww]
             if m.any():
                 reached_diff = max(reached_diff, float(d[m].max()))
             if (~m).any():
                 clear_diff = max(clear_diff, float(d[~m].max()))
             differing[:hh, :ww] |= d > tol
-        why = (f"padding {'x'.join(map(str, pair(node.params['padding'])))}"
-               if "padding" in node.params and pair(node.params["padding"]) != (0, 0) else "ceil_mode")
+        why = _why_padded(node, [shapes[s.name] for s in node.inputs])
         border = (_run_length(rows_reach), _run_length(rows_reach[::-1]),
                   _run_length(cols_reach), _run_length(cols_reach[::-1]))
+        fill = (f"padding of {describe_value(node.params['value'])}"
+                if node.op == "pad" and node.params["value"] != 0.0 else "zero padding")
         results.append(LayerPadding(name, why, (h, w), border, int(mask.sum()), int((differing & mask).sum()),
-                                    reached_diff, clear_diff, tol, len(origins)))
+                                    reached_diff, clear_diff, tol, len(origins), fill))
     return results, notes
+
+
+def _finite_scale(values: np.ndarray) -> float:
+    """The largest finite magnitude in `values`, at least 1: what a tolerance scales with.
+    A map a -inf pad wrote holds -inf in its border, which must not make every
+    difference look small."""
+    finite = np.abs(values[np.isfinite(values)])
+    return max(1.0, float(finite.max())) if finite.size else 1.0
+
+
+def _abs_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a - b| in float64, 0 where the two are equal (the same infinity in both: a -inf
+    pad's border seen alike by the crop and the whole image), inf where only one is."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.where(a == b, 0.0, np.abs(a - b))
+
+
+def _why_padded(node, in_shapes) -> str:
+    """"padding 2x2", "padding top 0, left 0, bottom 1, right 1" (a pad layer, or any
+    window padded unevenly; "... of -inf" for a pad of another value than 0), or
+    "ceil_mode" for a pool whose windows reach past its input without padding."""
+    window = node.opdef.window(node.params, in_shapes)
+    if not any(window.padding) and not any(window.padding_end):
+        return "ceil_mode"
+    if node.op == "pad" and node.params["value"] != 0.0:
+        return f"{describe_padding(window)} of {describe_value(node.params['value'])}"
+    return describe_padding(window)
 
 
 def _run_length(flags: np.ndarray) -> int:

@@ -10,7 +10,8 @@ Two ways, giving the same map:
 * dilate (a trous): give each layer the cumulative stride gcd(c, S) instead of c. A layer
   whose input stride drops by r = c_in / gcd(c_in, S) keeps its place on the image grid by
   multiplying its dilation and padding by r; its own stride becomes gcd(c_out, S) /
-  gcd(c_in, S). One pass then computes the whole fine grid and the early layers are not
+  gcd(c_in, S). A `pad` layer there pads r times as many rows and columns on each side
+  (its map is r times finer; `dilated_pad`). One pass then computes the whole fine grid and the early layers are not
   recomputed f*f times.
 
 The `output-stride` pass applies this; `graphconv inspect` uses `method_flops` to show
@@ -71,6 +72,9 @@ def dilate(graph: Graph, stride: int) -> None:
         new_stride = tuple(gcd(c_out[a], stride) // gcd(c_in[a], stride) for a in (0, 1))
         if rate == [1, 1] and new_stride == tuple(window.stride):
             continue  # before the stride is cut: the layer stays as it is
+        if node.op == "pad":
+            graph.set_params(node, padding=dilated_pad(node.params["padding"], rate))
+            continue
         if not {"stride", "dilation", "padding"} <= set(node.params):
             raise node.error(f"{node.op} covers its whole input and cannot be dilated: compile with "
                              f"{SLIDING_PASS.get(node.op, 'a pass that makes it slide')} first")
@@ -84,6 +88,15 @@ def dilate(graph: Graph, stride: int) -> None:
                          stride=new_stride,
                          dilation=tuple(pair(node.params["dilation"])[a] * rate[a] for a in (0, 1)),
                          padding=tuple(pair(node.params["padding"])[a] * rate[a] for a in (0, 1)))
+
+
+def dilated_pad(padding: tuple[int, int, int, int], rate: list[int]) -> tuple[int, int, int, int]:
+    """A pad layer's [top, left, bottom, right] where its map is `rate` times finer: each
+    row of padding on the coarse grid is `rate` rows of the fine one (the fine map
+    interleaves rate x rate coarse maps, each padded alike), as a dilated conv's padding
+    is multiplied by its rate. Its window is 1x1 with stride 1, so nothing else changes."""
+    top, left, bottom, right = padding
+    return (top * rate[0], left * rate[1], bottom * rate[0], right * rate[1])
 
 
 # Ops that see their whole input, and the pass that makes each slide over larger images.

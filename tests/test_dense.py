@@ -104,3 +104,51 @@ def test_verify_exits_0_for_a_right_conversion_of_a_padded_network_and_1_with_st
     assert strict.returncode == 1 and "result: FAIL (--strict)" in strict.stdout
     unpadded = graphconv_cli("verify", write_spec(UNPADDED, "unpadded.yaml"), "--input-size", 36, 30, "--strict")
     assert unpadded.returncode == 0, unpadded.stdout
+
+
+# a stride-2 conv padded only at the bottom and right (TensorFlow's "same" on an even
+# size), a max pool padded with -inf at the top and right, and a conv of its own padding
+UNEVEN = """
+name: uneven
+input: {shape: [2, 16, 14]}
+layers:
+  - {name: conv1.pad, op: pad, padding: [0, 0, 1, 1]}
+  - {name: conv1, op: conv, out_channels: 4, kernel_size: 3, stride: 2}
+  - {name: pool1.pad, op: pad, padding: [1, 0, 0, 1], value: -.inf}
+  - {name: pool1, op: maxpool, kernel_size: 2}
+  - {name: conv2, op: conv, out_channels: 4, kernel_size: 3, padding: 1}
+  - {name: fc, op: fc, out_features: 3}
+"""
+
+
+def test_where_uneven_padding_reaches_follows_each_side(write_spec):
+    graph = graphconv.load_spec(write_spec(UNEVEN))
+    reach, sources = padding_reach(graph)
+    assert sources == ["conv1.pad", "pool1.pad", "conv2"]
+    rows, cols = reach["conv1.pad"]
+    assert rows.tolist() == [False] * 16 + [True] and cols.tolist() == [False] * 14 + [True]
+    rows, cols = reach["conv1"]  # 17 -> 8 rows: only the last window reads the padding row
+    assert rows.tolist() == [False] * 7 + [True] and cols.tolist() == [False] * 6 + [True]
+    rows, cols = reach["pool1.pad"]
+    assert rows.tolist() == [True] + [False] * 7 + [True] and cols.tolist() == [False] * 6 + [True, True]
+
+
+def test_verify_explains_a_network_padded_unevenly(write_spec, rng):
+    """Each pad layer is named with its four sides (and its value where it is not 0), the
+    positions clear of padding agree, and the -inf in a pad's border is compared as a
+    value like any other (equal infinities agree), with no NaN."""
+    import warnings
+
+    classifier, fcn = models(write_spec, UNEVEN)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = verify(classifier, fcn, random_input(rng, (1, 2, 40, 31)))
+    assert report.conversion_exact and report.padding_explains and report.passed
+    assert [(layer.name, layer.why) for layer in report.layers] == [
+        ("conv1.pad", "padding top 0, left 0, bottom 1, right 1"),
+        ("pool1.pad", "padding top 1, left 0, bottom 0, right 1 of -inf"),
+        ("conv2", "padding 1x1")]
+    pool_pad = report.layers[1]
+    assert pool_pad.tolerance < 1 and pool_pad.differing > 0 and pool_pad.clear_agrees
+    assert "pool1.pad (padding top 1, left 0, bottom 0, right 1 of -inf): of its 9x8 map per crop, 30 " \
+           "positions read padding of -inf (here or upstream: 1 row(s) at the top, 1 at the bottom" in str(report)

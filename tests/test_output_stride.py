@@ -173,3 +173,54 @@ def test_windows_of_the_whole_input_are_refused_by_dilate(write_spec):
     with pytest.raises(GraphconvError, match="layer 'fc3': fc covers its whole input and cannot be dilated: "
                                              "compile with fc-to-conv first"):
         dilate(graph, 2)
+
+
+# ---- pad layers after the point the stride is cut ------------------------------------------------
+
+def padded_by(how: str) -> str:
+    """Stride 8 in three steps; a conv after the second padded by its own padding or by a
+    pad layer before it (the same network), or unevenly by a pad layer alone."""
+    conv2 = {"own": "  - {name: c2, op: conv, out_channels: 3, kernel_size: 3, padding: 1}\n",
+             "layer": "  - {name: c2.pad, op: pad, padding: 1}\n"
+                      "  - {name: c2, op: conv, out_channels: 3, kernel_size: 3}\n",
+             "uneven": "  - {name: c2.pad, op: pad, padding: [0, 2, 1, 1]}\n"
+                       "  - {name: c2, op: conv, out_channels: 3, kernel_size: 3}\n"}[how]
+    return ("name: padnet\ninput: {shape: [2, 20, 20]}\nlayers:\n"
+            "  - {name: c1, op: conv, out_channels: 3, kernel_size: 3, stride: 2}\n"
+            "  - {name: p1, op: maxpool, kernel_size: 2}\n" + conv2 +
+            "  - {name: p2, op: avgpool, kernel_size: 2}\n"
+            "  - {name: fc, op: fc, out_features: 4}\n")
+
+
+NO_FOLD = ",".join(name for name in graphconv.pass_manager.DEFAULT_PIPELINE if name != "fold-pad")
+
+
+@pytest.mark.parametrize("stride", [4, 2, 1])
+def test_a_pad_layer_at_a_dilated_layer_pads_by_the_rate(stride, write_spec, rng):
+    """At stride S the map c2 reads is 4 / gcd(4, S) times finer, so its pad layer pads
+    that many times as much: the same numbers as the conv padding itself (which the
+    dilated rewrite multiplies by the rate), on any image."""
+    own = graphconv.load(write_spec(padded_by("own"), "own.yaml"))
+    layer = graphconv.load(write_spec(padded_by("layer"), "layer.yaml"))
+    for name in ("c1", "c2", "fc"):
+        layer.graph.set_weights(name, **own.graph.node(name).weights)
+    fine_own = graphconv.compile_model(own.graph, output_stride=stride, stride_method="dilate")
+    fine_layer = graphconv.compile_model(layer.graph, NO_FOLD, output_stride=stride, stride_method="dilate")
+    rate = 4 // stride
+    assert fine_layer.graph.node("c2.pad").params["padding"] == (rate, rate, rate, rate)
+    assert fine_own.graph.node("c2").params["padding"] == (rate, rate)
+    image = random_input(rng, (1, 2, 33, 27))
+    np.testing.assert_allclose(fine_layer.run(image), fine_own.run(image), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["dilate", "shift"])
+def test_an_uneven_pad_at_a_finer_stride_differs_from_the_crop_loop_only_where_padding_reaches(method, write_spec,
+                                                                                                rng):
+    from graphconv.dense import verify
+
+    classifier = graphconv.load(write_spec(padded_by("uneven")))
+    fine = graphconv.compile_model(classifier.graph, output_stride=2, stride_method=method)
+    if method == "dilate":
+        assert fine.graph.node("c2.pad").params["padding"] == (0, 4, 2, 2)
+    report = verify(classifier, fine, random_input(rng, (1, 2, 37, 30)))
+    assert report.conversion_exact and report.padding_explains and report.passed, str(report)
