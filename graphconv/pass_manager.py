@@ -37,7 +37,7 @@ from graphconv.ir import Graph
 from graphconv.shapes import infer_shapes
 
 ENTRY_POINT_GROUP = "graphconv.passes"
-DEFAULT_PIPELINE = ("shape-inference", "remove-dropout", "dead-node-elimination", "fold-batchnorm",
+DEFAULT_PIPELINE = ("shape-inference", "remove-dropout", "dead-node-elimination", "fold-pad", "fold-batchnorm",
                     "global-pool-to-window", "remove-flatten", "fc-to-conv", "fuse-conv-activation", "fuse-conv-add")
 RENAMED = {"fuse-conv-relu": "fuse-conv-activation"}  # old names pipelines may still give
 

@@ -10,6 +10,7 @@ from . import (  # noqa: F401
     dead_node_elimination,
     fc_to_conv,
     fold_batchnorm,
+    fold_pad,
     fuse_conv_activation,
     fuse_conv_add,
     global_pool_to_window,
