@@ -183,13 +183,6 @@ def test_opsets_outside_the_supported_range_are_refused(tmp_path, opset):
         load_network(path)
 
 
-def test_asymmetric_padding_is_refused_with_a_reason(tmp_path, rng):
-    nodes = [onnx.helper.make_node("Conv", ["x", "w"], ["y"], pads=[0, 0, 1, 1], name="conv_a")]
-    path = save(tiny_model(nodes, {"w": rng.standard_normal((4, 3, 3, 3))}), tmp_path / "a.onnx")
-    with pytest.raises(GraphconvError, match="conv_a.*differ between the two sides"):
-        load_network(path)
-
-
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
 def test_damaged_files_are_one_line(exported, tmp_path, damage):
     _, good = exported("alexnet")
@@ -431,3 +424,264 @@ def test_normalisation_written_into_the_model_imports_and_compiles(tmp_path, rng
     compiled = compile_model(path)  # the shifts before the padded conv stay layers; the pool's scale too
     big = rng.standard_normal((1, 3, 20, 16)).astype(np.float32)
     assert compiled.run(big).shape == (1, 5, 5, 3)
+
+
+# ---- padding that differs between the two sides: TensorFlow/Keras models, Pad nodes -------------
+#
+# tf2onnx writes Keras' padding="same" as auto_pad=SAME_UPPER or as explicit pads such as
+# [0, 0, 1, 1] (stride 2 on an even input pads only the bottom and right), Keras'
+# ZeroPadding2D and PyTorch's F.pad as Pad nodes. graphconv keeps a conv's or pool's
+# symmetric part and puts a `pad` layer with the rest before it.
+
+def onnx_file(path, nodes, initializers: dict, *, opset: int = 13, input_shape=(1, 3, 16, 16)):
+    """A model of `nodes` on input x (dynamic batch) with initializers of their own dtypes."""
+    helper = onnx.helper
+    graph = helper.make_graph(
+        nodes, "padded", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", *input_shape[1:]])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(np.asarray(v), k) for k, v in initializers.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))
+    return path
+
+
+def onnxruntime_scores(path, x: np.ndarray) -> np.ndarray:
+    ort = pytest.importorskip("onnxruntime")
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def keras_style(path, size: tuple[int, int], rng):
+    """A MobileNet-like classifier as tf2onnx writes one: a SAME_UPPER stride-2 conv, a
+    depthwise stride-2 conv with explicit pads [0, 0, 1, 1], a SAME_UPPER max pool, an
+    average pool counting its uneven padding, global pooling, a dense layer and softmax."""
+    helper = onnx.helper
+
+    def weights(*shape):
+        return (rng.standard_normal(shape) * 0.5).astype(np.float32)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "stem.weight", "stem.bias"], ["a"], name="model/stem/Conv2D",
+                         auto_pad="SAME_UPPER", strides=[2, 2], kernel_shape=[3, 3]),
+        helper.make_node("Relu", ["a"], ["b"]),
+        helper.make_node("Conv", ["b", "dw.weight"], ["c"], name="model/dw/depthwise", group=6,
+                         pads=[0, 0, 1, 1], strides=[2, 2], kernel_shape=[3, 3]),
+        helper.make_node("MaxPool", ["c"], ["d"], name="model/pool/MaxPool", auto_pad="SAME_UPPER",
+                         kernel_shape=[3, 3], strides=[2, 2]),
+        helper.make_node("AveragePool", ["d"], ["e"], name="model/avg/AvgPool", pads=[0, 1, 1, 0],
+                         kernel_shape=[2, 2], strides=[1, 1], count_include_pad=1),
+        helper.make_node("GlobalAveragePool", ["e"], ["f"]),
+        helper.make_node("Flatten", ["f"], ["g"]),
+        helper.make_node("Gemm", ["g", "fc.weight", "fc.bias"], ["h"], transB=1),
+        helper.make_node("Softmax", ["h"], ["y"], axis=-1),
+    ]
+    inits = {"stem.weight": weights(6, 3, 3, 3), "stem.bias": weights(6), "dw.weight": weights(6, 1, 3, 3),
+             "fc.weight": weights(5, 6), "fc.bias": weights(5)}
+    return onnx_file(path, nodes, inits, input_shape=(1, 3, *size))
+
+
+@pytest.mark.parametrize("size", [(16, 16), (15, 17)])
+def test_a_keras_style_classifier_with_same_padding_matches_onnxruntime(tmp_path, size, rng):
+    """Even sizes pad only the far side; odd ones both sides alike in some layers."""
+    path = keras_style(tmp_path / "keras.onnx", size, rng)
+    graph = load_network(path)
+    x = rng.standard_normal((2, 3, *size)).astype(np.float32)
+    np.testing.assert_allclose(Model(graph).run(x), onnxruntime_scores(path, x), **TOLERANCE)
+    pads = {n.name: n.params for n in graph.find("pad")}
+    if size == (16, 16):
+        assert pads == {"stem.pad": {"padding": (0, 0, 1, 1), "value": 0.0},
+                        "dw.pad": {"padding": (0, 0, 1, 1), "value": 0.0},
+                        "model_pool_MaxPool.pad": {"padding": (0, 0, 1, 1), "value": -np.inf},
+                        "model_avg_AvgPool.pad": {"padding": (0, 1, 1, 0), "value": 0.0}}
+        assert [user.name for user in graph.node("stem.pad").users] == ["stem"]
+
+
+def test_a_keras_style_classifier_compiles_to_a_dense_map_that_tiles_exactly_and_verifies(tmp_path, rng):
+    from graphconv.dense import verify
+    from graphconv.tiling import min_tile, run_tiled
+
+    path = keras_style(tmp_path / "keras.onnx", (16, 16), rng)
+    classifier = Model(load_network(path))
+    dense = compile_model(path)
+    assert len(dense.graph.find("pad")) == 4  # uneven: nothing for fold-pad
+    x = rng.standard_normal((1, 3, 16 + 45, 16 + 38)).astype(np.float32)
+    whole = dense.run(x)
+    assert whole.shape == (1, 5, *dense.map_size(61, 54))
+    for tile in (max(min_tile(dense)), 40):
+        np.testing.assert_allclose(run_tiled(dense, x, tile), whole, rtol=1e-4, atol=1e-6)
+    report = verify(classifier, dense, x)
+    assert report.conversion_exact and report.padding_explains and report.passed, str(report)
+    assert any(layer.why == "padding top 0, left 0, bottom 1, right 1 of -inf" for layer in report.layers)
+
+
+@pytest.mark.parametrize("form", ["opset11", "opset18-axes", "opset9-attribute", "opset10-attribute",
+                                  "no-constant-value"])
+def test_pad_nodes_in_every_op_set_form_match_onnxruntime(tmp_path, form, rng):
+    helper = onnx.helper
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    inits = {"w": w}
+    if form == "opset11":
+        opset, pad = 11, helper.make_node("Pad", ["x", "pads", "value"], ["p"], mode="constant")
+        inits.update(pads=np.array([0, 0, 1, 0, 0, 0, 2, 1], np.int64), value=np.array(0.25, np.float32))
+    elif form == "opset18-axes":  # pads for the listed axes only, negative axes counted from the end
+        opset, pad = 18, helper.make_node("Pad", ["x", "pads", "", "axes"], ["p"])
+        inits.update(pads=np.array([0, 2, 1, 0], np.int64), axes=np.array([-1, 2], np.int64))
+    elif form == "no-constant-value":
+        opset, pad = 13, helper.make_node("Pad", ["x", "pads"], ["p"])
+        inits.update(pads=np.array([0, 0, 0, 1, 0, 0, 1, 0], np.int64))
+    else:
+        opset = int(form[len("opset"):].split("-")[0])
+        pad = helper.make_node("Pad", ["x"], ["p"], pads=[0, 0, 1, 1, 0, 0, 0, 2], value=-1.5)
+    nodes = [pad, helper.make_node("Conv", ["p", "w"], ["y"], strides=[2, 2])]
+    path = onnx_file(tmp_path / f"{form}.onnx", nodes, inits, opset=opset, input_shape=(1, 3, 9, 8))
+    graph = load_network(path)
+    assert [n.op for n in graph.layers()] == ["pad", "conv"]
+    x = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)
+    np.testing.assert_allclose(Model(graph).run(x, full=True), onnxruntime_scores(path, x), **TOLERANCE)
+
+
+def test_a_pad_of_nothing_is_no_layer(tmp_path, rng):
+    nodes = [onnx.helper.make_node("Pad", ["x", "pads"], ["p"]), onnx.helper.make_node("Relu", ["p"], ["y"])]
+    path = onnx_file(tmp_path / "zero.onnx", nodes, {"pads": np.zeros(8, np.int64)})
+    assert [n.op for n in load_network(path).layers()] == ["relu"]
+
+
+def test_a_pad_before_a_conv_is_folded_by_compile(tmp_path, rng):
+    """ZeroPadding2D(1) then a conv of its own padding 1: fold-pad makes one conv padded by 2."""
+    helper = onnx.helper
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], name="zero_padding2d"),
+             helper.make_node("Conv", ["p", "conv1.weight"], ["y"], pads=[1, 1, 1, 1], kernel_shape=[3, 3])]
+    inits = {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64),
+             "conv1.weight": rng.standard_normal((4, 3, 3, 3)).astype(np.float32)}
+    path = onnx_file(tmp_path / "fold.onnx", nodes, inits)
+    assert [n.op for n in load_network(path).layers()] == ["pad", "conv"]
+    compiled = compile_model(path)
+    assert [n.name for n in compiled.graph.layers()] == ["conv1"]
+    assert compiled.graph.node("conv1").params["padding"] == (2, 2)
+    x = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(compiled.run(x, full=True), onnxruntime_scores(path, x), **TOLERANCE)
+
+
+def test_the_pad_layer_is_named_after_its_conv_and_weight_names_stay(tmp_path, rng):
+    helper = onnx.helper
+    nodes = [helper.make_node("Conv", ["x", "features.0.weight", "features.0.bias"], ["y"], name="/features/Conv",
+                              pads=[1, 0, 2, 1], kernel_shape=[3, 3])]
+    inits = {"features.0.weight": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+             "features.0.bias": rng.standard_normal(4).astype(np.float32)}
+    graph = load_network(onnx_file(tmp_path / "names.onnx", nodes, inits))
+    assert [(n.name, n.op) for n in graph.layers()] == [("features.0.pad", "pad"), ("features.0", "conv")]
+    assert graph.node("features.0.pad").params["padding"] == (0, 0, 1, 1)
+    assert graph.node("features.0").params["padding"] == (1, 0)
+    assert set(graph.node("features.0").weights) == {"weight", "bias"}
+
+
+class ZeroPadded(torch.nn.Module):
+    """PyTorch's way to TensorFlow's stride-2 'same' padding: nn.ZeroPad2d((0, 1, 0, 1))
+    before an unpadded stride-2 conv, and F.pad with -inf before a max pool."""
+    crop = 16
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.ZeroPad2d((0, 1, 0, 1)), torch.nn.Conv2d(3, 6, 3, stride=2),
+                                        torch.nn.ReLU())
+        self.dw = torch.nn.Conv2d(6, 6, 3, padding=1, groups=6)
+        self.fc = torch.nn.Linear(6, 4)
+
+    def forward(self, x):
+        x = torch.nn.functional.pad(self.dw(self.stem(x)), (1, 0, 1, 0), value=float("-inf"))
+        x = torch.nn.functional.max_pool2d(x, 2)
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_a_pytorch_zero_pad2d_model_through_either_exporter_equals_pytorch(tmp_path, dynamo, rng):
+    """TorchScript writes each pad as a Pad node (its pads from a Shape-free constant
+    chain); the dynamo exporter folds the ZeroPad2d into the Conv's pads [0, 0, 1, 1]."""
+    torch.manual_seed(0)
+    model = ZeroPadded().eval()
+    path = tmp_path / "zeropad.onnx"
+    onnx_zoo.export(model, path, dynamo=dynamo)
+    graph = load_network(path)
+    assert len(graph.find("pad")) == 2
+    x = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(Model(graph).run(x), torch_scores(model, x), **TOLERANCE)
+    compiled = compile_model(path)
+    assert len(compiled.graph.find("pad")) == 2  # both uneven: they stay
+    big = rng.standard_normal((1, 3, 40, 24)).astype(np.float32)
+    assert compiled.run(big).shape == (1, 4, 7, 3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(op=st.sampled_from(["Conv", "MaxPool", "AveragePool"]), auto_pad=st.sampled_from(
+           ["NOTSET", "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]),
+       pads=st.lists(st.integers(0, 2), min_size=4, max_size=4), kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       stride=st.tuples(st.integers(1, 3), st.integers(1, 3)), dilation=st.integers(1, 2),
+       size=st.tuples(st.integers(3, 9), st.integers(3, 9)))
+def test_uneven_pads_of_any_window_match_onnxruntime(tmp_path_factory, op, auto_pad, pads, kernel, stride, dilation,
+                                                    size):
+    """Conv, MaxPool and AveragePool (counting its padding) with random pads, SAME_UPPER
+    or SAME_LOWER on odd and even sizes: graphconv's classifier equals onnxruntime, or
+    both refuse (a window that does not fit). graphconv also refuses a pool whose
+    symmetric part pads more than half its window, as PyTorch does, and a window longer
+    than the padded input, where onnxruntime returns an empty map. (onnxruntime 1.32's
+    MaxPool works out SAME padding wrongly for a dilated window: its output contradicts
+    ONNX's own shape inference and reference evaluator, which graphconv agrees with; so
+    the SAME pools here are undilated.)"""
+    attrs = dict(kernel_shape=list(kernel), strides=list(stride), auto_pad=auto_pad)
+    if auto_pad == "NOTSET":
+        attrs["pads"] = pads
+    if op == "Conv" or (op == "MaxPool" and not auto_pad.startswith("SAME")):
+        attrs["dilations"] = [dilation, dilation]
+    else:
+        attrs["count_include_pad"] = 1
+    inputs = ["x", "w"] if op == "Conv" else ["x"]
+    inits = {"w": np.random.default_rng(1).standard_normal((2, 2, *kernel)).astype(np.float32)} if op == "Conv" else {}
+    path = onnx_file(tmp_path_factory.mktemp("pads") / "w.onnx", [onnx.helper.make_node(op, inputs, ["y"], **attrs)],
+                     inits, input_shape=(1, 2, *size))
+    x = np.random.default_rng(2).standard_normal((1, 2, *size)).astype(np.float32)
+    try:
+        expected = onnxruntime_scores(path, x)
+    except Exception:  # onnxruntime refuses it (no window fits, pads as wide as the kernel)
+        return
+    try:
+        graph = load_network(path)
+    except GraphconvError as err:
+        if "does not fit" in str(err):
+            assert expected.size == 0, str(err)  # onnxruntime returns an empty map
+        else:
+            assert "more than half the pooling window" in str(err), str(err)
+        return
+    np.testing.assert_allclose(Model(graph).run(x, full=True), expected, **TOLERANCE)
+
+
+@pytest.mark.parametrize("case,message", [
+    ("reflect", r"node 'pad_r': Pad mode 'reflect' is not supported; graphconv pads with a constant"),
+    ("edge", r"node 'pad_r': Pad mode 'edge' is not supported"),
+    ("channels", r"node 'pad_r': Pad of the batch or channel axis \(pads \[0, 1, 0, 0, 0, 0, 0, 0\]\)"),
+    ("crop", r"node 'pad_r': Pad with negative pads \[0, 0, -1, 0, 0, 0, 0, 0\] crops the map"),
+    ("nan", r"node 'pad_r': Pad with a NaN constant_value"),
+    ("avg-exclude", r"node 'avg': AveragePool pads \[0, 0, 1, 1\] differ between the two sides of an axis and "
+                    r"count_include_pad=0"),
+    ("ceil", r"node 'avg': MaxPool pads \[0, 0, 1, 1\] differ between the two sides of an axis and ceil_mode=1"),
+    ("negative-conv", r"node 'avg': Conv pads \[0, -1, 0, 0\] are negative"),
+])
+def test_refused_paddings_are_one_line_naming_the_file_and_node(tmp_path, capsys, case, message):
+    from graphconv.cli import main
+    helper = onnx.helper
+    pads = {"channels": [0, 1, 0, 0, 0, 0, 0, 0], "crop": [0, 0, -1, 0, 0, 0, 0, 0]}.get(case, [0, 0, 1, 1, 0, 0, 1, 1])
+    inits = {"pads": np.array(pads, np.int64), "value": np.array(np.nan if case == "nan" else 0.0, np.float32)}
+    if case in ("reflect", "edge", "channels", "crop", "nan"):
+        mode = case if case in ("reflect", "edge") else "constant"
+        nodes = [helper.make_node("Pad", ["x", "pads", "value"], ["y"], mode=mode, name="pad_r")]
+    elif case == "negative-conv":
+        inits["w"] = np.ones((2, 3, 3, 3), np.float32)
+        nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[0, -1, 0, 0], name="avg")]
+    else:
+        op_type, extra = ("AveragePool", {}) if case == "avg-exclude" else ("MaxPool", {"ceil_mode": 1})
+        nodes = [helper.make_node(op_type, ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[0, 0, 1, 1],
+                                  name="avg", **extra)]
+    path = onnx_file(tmp_path / "refused.onnx", nodes, inits)
+    with pytest.raises(GraphconvError, match=f"refused.onnx: {message}"):
+        load_network(path)
+    out = tmp_path / "net.yaml"
+    assert main(["import", str(path), "-o", str(out)]) == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "refused.onnx" in err

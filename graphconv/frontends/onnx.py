@@ -20,9 +20,14 @@ ONNX value is one of two kinds while the graph is read:
 Layer names come from the PyTorch module path where the file has it (the weight's
 initializer `features.0.weight` names layer `features.0`; the TorchScript exporter's node
 name `/layer1/layer1.0/relu/Relu` names `layer1.0.relu`), so weight files read the way
-PyTorch's state_dict does. What graphconv cannot represent (an op it lacks, asymmetric
-padding, a dynamic crop size without --crop-size) is refused with one line naming the
-file, the ONNX node and its op type, before anything is written.
+PyTorch's state_dict does. Padding that differs between the two sides of an axis
+(TensorFlow's `padding="same"` with stride 2, tf2onnx's SAME_UPPER, explicit Pad nodes
+from Keras' ZeroPadding2D or PyTorch's F.pad) becomes a `pad` layer: a Conv or pool
+keeps the symmetric part of its padding and a pad layer named `<conv>.pad` before it adds
+the rest (the `fold-pad` pass merges pads back where the sum is symmetric). What graphconv
+cannot represent (an op it lacks, a reflect or edge Pad, an AveragePool that pads unevenly
+and does not count its padding, a dynamic crop size without --crop-size) is refused with
+one line naming the file, the ONNX node and its op type, before anything is written.
 
 The `onnx` package is an optional extra (`pip install 'graphconv[onnx]'`).
 """
@@ -518,10 +523,13 @@ def converts(*op_types: str):
     return register
 
 
-def _spatial_attrs(imp: _Importer, node, x: Tensor, kernel: Sequence[int]) -> dict:
+def _spatial_attrs(imp: _Importer, node, x: Tensor, kernel: Sequence[int]) -> tuple[dict, list[int]]:
     """kernel, stride, padding and dilation of a Conv or pooling node, with ONNX's
-    `pads` (top, left, bottom, right) and `auto_pad` turned into graphconv's symmetric
-    padding, or refused when the two sides differ."""
+    `pads` (top, left, bottom, right) or `auto_pad` split into graphconv's symmetric
+    padding (the smaller side of each axis) and what is left over on the other side,
+    [top, left, bottom, right] with two of them 0: the converter puts a `pad` layer
+    carrying that before the node (`_padded_input`). SAME_UPPER / SAME_LOWER are worked
+    out for the crop's size, as the classifier saw it."""
     attrs = imp.attributes(node)
     strides = list(attrs.get("strides", [1, 1]))
     dilations = list(attrs.get("dilations", [1, 1]))
@@ -535,12 +543,25 @@ def _spatial_attrs(imp: _Importer, node, x: Tensor, kernel: Sequence[int]) -> di
         pads = _same_pads(x.shape[1:], kernel, strides, dilations, auto_pad)
     else:
         raise imp.error(f"unknown auto_pad {shown(auto_pad)}")
-    top, left, bottom, right = pads
-    if (top, left) != (bottom, right):
-        raise imp.error(f"{node.op_type} pads {pads} differ between the two sides of an axis; graphconv "
-                        "pads symmetrically (export with symmetric padding)")
-    return dict(kernel_size=[int(k) for k in kernel], stride=[int(s) for s in strides],
-                padding=[int(top), int(left)], dilation=[int(d) for d in dilations])
+    top, left, bottom, right = (int(p) for p in pads)
+    if min(top, left, bottom, right) < 0:
+        raise imp.error(f"{node.op_type} pads {[top, left, bottom, right]} are negative; graphconv pads, it "
+                        "does not crop")
+    symmetric = (min(top, bottom), min(left, right))
+    rest = [top - symmetric[0], left - symmetric[1], bottom - symmetric[0], right - symmetric[1]]
+    params = dict(kernel_size=[int(k) for k in kernel], stride=[int(s) for s in strides],
+                  padding=list(symmetric), dilation=[int(d) for d in dilations])
+    return params, rest
+
+
+def _padded_input(imp: _Importer, node, x: Tensor, rest: list[int], value: float, layer: str) -> Tensor:
+    """`x` itself, or, where `rest` pads one side of an axis more than the other, a `pad`
+    layer of `value` adding that, named `<layer>.pad` after the conv or pool it feeds
+    (so PyTorch-style weight names stay `<layer>.weight`)."""
+    if not any(rest):
+        return x
+    return imp.add_layer(node, "pad", [x], dict(padding=rest, value=value), name=f"{layer}.pad",
+                         output=f"{node.output[0]}/pad")
 
 
 def _same_pads(size: Sequence[int], kernel, strides, dilations, mode: str) -> list[int]:
@@ -562,27 +583,98 @@ def _conv(imp: _Importer, node) -> None:
         raise imp.error(f"Conv weight of {weight.ndim} dimensions; graphconv handles 2-D convolutions")
     attrs = imp.attributes(node)
     kernel = attrs.get("kernel_shape", weight.shape[2:])
-    params = _spatial_attrs(imp, node, x, kernel)
+    params, rest = _spatial_attrs(imp, node, x, kernel)
     params.update(out_channels=int(weight.shape[0]), groups=int(attrs.get("group", 1)), bias=bias is not None)
     weights = {"weight": weight} if bias is None else {"weight": weight, "bias": bias}
-    imp.add_layer(node, "conv", [x], params, weights)
+    name = imp.graph.fresh_name(imp._layer_name(node, weights))
+    x = _padded_input(imp, node, x, rest, 0.0, name)
+    imp.add_layer(node, "conv", [x], params, weights, name=name)
 
 
 @converts("MaxPool", "AveragePool")
 def _pool(imp: _Importer, node) -> None:
+    """A pool padded more on one side of an axis than the other reads the extra padding
+    from a `pad` layer before it: -inf before a MaxPool (no max picks it), 0 before an
+    AveragePool that counts its padding (count_include_pad=1). Where it does not count
+    it, a pad layer's zeros would be counted, so that is refused, and so is ceil_mode,
+    whose last window ONNX and graphconv would then place differently."""
     x = imp.tensor(node.input[0])
     if len(node.output) > 1 and node.output[1] and imp.uses.get(node.output[1]):
         raise imp.error("MaxPool's indices output is used; graphconv computes pooled values only")
     attrs = imp.attributes(node)
-    params = _spatial_attrs(imp, node, x, attrs["kernel_shape"])
+    params, rest = _spatial_attrs(imp, node, x, attrs["kernel_shape"])
     params["ceil_mode"] = bool(attrs.get("ceil_mode", 0))
-    if node.op_type == "AveragePool":
+    op = "avgpool" if node.op_type == "AveragePool" else "maxpool"
+    if op == "avgpool":
         if params["dilation"] != [1, 1]:
             raise imp.error("AveragePool with dilations is not supported")
         params["count_include_pad"] = bool(attrs.get("count_include_pad", 0))
-        imp.add_layer(node, "avgpool", [x], params)
+    if any(rest):
+        pads = _onnx_pads(params["padding"], rest)
+        if op == "avgpool" and not params["count_include_pad"]:
+            raise imp.error(f"AveragePool pads {pads} differ between the two sides of an axis and "
+                            "count_include_pad=0: graphconv pads one side with a pad layer, whose zeros the "
+                            "average would count (export with symmetric padding or count_include_pad=1)")
+        if params["ceil_mode"]:
+            raise imp.error(f"{node.op_type} pads {pads} differ between the two sides of an axis and ceil_mode=1: "
+                            "graphconv cannot place ceil mode's last window as ONNX does then (export with "
+                            "symmetric padding or ceil_mode=0)")
+    name = imp.graph.fresh_name(imp._layer_name(node, None))
+    x = _padded_input(imp, node, x, rest, -math.inf if op == "maxpool" else 0.0, name)
+    imp.add_layer(node, op, [x], params, name=name)
+
+
+def _onnx_pads(symmetric: Sequence[int], rest: Sequence[int]) -> list[int]:
+    """ONNX's [top, left, bottom, right] from `_spatial_attrs`' two parts, for messages."""
+    return [symmetric[i % 2] + rest[i] for i in range(4)]
+
+
+@converts("Pad")
+def _pad(imp: _Importer, node) -> None:
+    """A constant border around the map's rows and columns: a `pad` layer. The amounts
+    are the `pads` attribute before op set 11 and the `pads` input (and the optional
+    constant_value and, from op set 18, axes inputs) after; negative amounts (a crop),
+    amounts on the batch or channel axes and the reflect, edge and wrap modes are
+    refused, naming the node."""
+    x = imp.tensor(node.input[0])
+    if x.rank != 4:
+        raise imp.error(f"Pad of a rank-{x.rank} value; graphconv pads the rows and columns of (N, C, H, W) maps")
+    attrs = imp.attributes(node)
+    mode = attrs.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode != "constant":
+        raise imp.error(f"Pad mode {shown(mode)} is not supported; graphconv pads with a constant (mode "
+                        "'constant', Keras' ZeroPadding2D, PyTorch's nn.ZeroPad2d)")
+    begin, end, value = _pad_amounts(imp, node, attrs)
+    if min(begin + end) < 0:
+        raise imp.error(f"Pad with negative pads {begin + end} crops the map; graphconv pads, it does not crop")
+    if any(begin[:2]) or any(end[:2]):
+        raise imp.error(f"Pad of the batch or channel axis (pads {begin + end}); graphconv pads rows and columns")
+    if math.isnan(value):
+        raise imp.error("Pad with a NaN constant_value would turn the scores it reaches into NaN")
+    if not any(begin) and not any(end):
+        imp.alias(node, x)
+        return
+    imp.add_layer(node, "pad", [x], dict(padding=[begin[2], begin[3], end[2], end[3]], value=value))
+
+
+def _pad_amounts(imp: _Importer, node, attrs: dict) -> tuple[list[int], list[int], float]:
+    """(amounts before, amounts after, one per axis of N, C, H, W; the constant) of a Pad
+    node in the form its op set writes."""
+    if imp.opset < 11:
+        pads, value, axes = [int(p) for p in attrs["pads"]], float(attrs.get("value", 0.0)), None
     else:
-        imp.add_layer(node, "maxpool", [x], params)
+        pads = [int(p) for p in imp.constant(node.input[1], "pads").ravel()]
+        constant = imp.optional_constant(node, 2, "constant_value")
+        value = 0.0 if constant is None or constant.size == 0 else float(constant.ravel()[0])
+        axes = imp.optional_constant(node, 3, "axes") if imp.opset >= 18 else None
+    axes = list(range(4)) if axes is None else [int(a) % 4 for a in np.ravel(axes)]
+    if len(pads) != 2 * len(axes) or len(set(axes)) != len(axes):
+        raise imp.error(f"Pad with {len(pads)} pads for axes {axes}; ONNX gives a begin and an end for each axis")
+    begin, end = [0] * 4, [0] * 4
+    for i, axis in enumerate(axes):
+        begin[axis], end[axis] = pads[i], pads[len(axes) + i]
+    return begin, end, value
 
 
 @converts("GlobalAveragePool")
