@@ -86,6 +86,15 @@ class TilePlan:
                 f"{self.overhead:.2f}x the image's pixels computed")
 
 
+def stitch_factors(graph) -> tuple[int, int]:
+    """Shifted copies per axis of a shift-and-stitch network (its `shift_copies` layers'
+    factors), (1, 1) for any other: fine cell j of the map is copy j % f's cell."""
+    factors = [1, 1]
+    for node in graph.find("shift_copies"):
+        factors = [factors[a] * node.params["factor"][a] for a in (0, 1)]
+    return factors[0], factors[1]
+
+
 def alignment(graph) -> tuple[int, int]:
     """The least common multiple of every layer's cumulative stride, per axis: a tile
     starting at a multiple of it sees every layer's grid as the whole image does."""
@@ -114,9 +123,15 @@ class DenseGrid:
     def align(self) -> tuple[int, int]:
         return alignment(self.model.graph)
 
+    @cached_property
+    def stitch(self) -> tuple[int, int]:
+        return stitch_factors(self.model.graph)
+
     def smallest_tile(self) -> tuple[int, int]:
         _check_slides(self.model.graph)
-        return tuple(int(self.field.size[a] + _slack(self.field, self.align, a)) for a in (0, 1))
+        return tuple(int(self.field.size[a] + _lead(self.field, self.stitch, a) + _slack(self.field, self.align, a,
+                                                                                         self.stitch[a]))
+                     for a in (0, 1))
 
     def map_hw(self, image_hw: tuple[int, int]) -> tuple[int, int]:
         return self.model.output_hw(*image_hw)
@@ -152,6 +167,7 @@ class CropGrid:
         self.stride = pair(stride)
         self.field = Field((crop_h, crop_w), self.stride, (0, 0))
         self.align = self.stride
+        self.stitch = (1, 1)
 
     def smallest_tile(self) -> tuple[int, int]:
         return self.field.size
@@ -225,10 +241,10 @@ def plan_tiles(model, image_hw: tuple[int, int], tile: int | Sequence[int]) -> T
                              f"its alignment to {align[0]}x{align[1]} px; the smallest tile that works "
                              f"is {max(smallest)} (or {smallest[0]}x{smallest[1]})")
     map_hw = grid.map_hw(image_hw)
-    cells = tuple(_cells_per_tile(tile_hw[a], field, align, a) for a in (0, 1))
+    cells = tuple(_cells_per_tile(tile_hw[a], field, align, a, grid.stitch) for a in (0, 1))
     row_spans = list(_spans(map_hw[0], cells[0]))
     col_spans = list(_spans(map_hw[1], cells[1]))
-    tiles = tuple(Tile(rows, cols, _box(field, align, rows, cols, image_hw))
+    tiles = tuple(Tile(rows, cols, _box(field, align, rows, cols, image_hw, grid.stitch))
                   for rows in row_spans for cols in col_spans)
     largest = (max(t.box[2] - t.box[0] for t in tiles), max(t.box[3] - t.box[1] for t in tiles))
     return TilePlan(tuple(image_hw), map_hw, largest, cells, field, align, tiles)
@@ -246,16 +262,27 @@ def _check_slides(graph) -> None:
                              "it slide)")
 
 
-def _cells_per_tile(tile: int, field: Field, align, axis: int) -> int:
+def _cells_per_tile(tile: int, field: Field, align, axis: int, stitch=(1, 1)) -> int:
     """Cells whose fields fit a tile of `tile` pixels whatever its aligned start."""
     stride = field.stride[axis]
-    return int((tile - field.size[axis] - _slack(field, align, axis)) // stride) + 1
+    room = tile - field.size[axis] - _lead(field, stitch, axis) - _slack(field, align, axis, stitch[axis])
+    return int(room // stride) + 1
 
 
-def _slack(field: Field, align, axis: int) -> int:
-    """How far past its aligned start a tile's first field can begin: the largest
-    (offset + k * stride) mod align over the cells."""
-    stride, offset = int(field.stride[axis]), int(field.offset[axis])
+def _lead(field: Field, stitch, axis: int) -> int:
+    """How far before a tile's first cell's field its box may have to start: a
+    shift-and-stitch tile computes that cell in copy j % f, the tile shifted by
+    (j % f) * stride, whose rows before the shift are gone, so the box starts where
+    copy 0's cell of the same coarse cell starts, up to (f - 1) * stride earlier (see
+    `_box`). 0 without shift-and-stitch."""
+    return int((stitch[axis] - 1) * field.stride[axis])
+
+
+def _slack(field: Field, align, axis: int, every: int = 1) -> int:
+    """How far past its aligned start a tile's box can begin: the largest
+    (offset + k * every * stride) mod align over the cells a box may start from (every
+    cell; with shift-and-stitch, the first cell of each coarse cell: every f-th)."""
+    stride, offset = int(field.stride[axis]) * every, int(field.offset[axis])
     return max((offset + k * stride) % align[axis] for k in range(align[axis] // math.gcd(stride, align[axis])))
 
 
@@ -264,13 +291,18 @@ def _spans(total: int, step: int) -> Iterator[tuple[int, int]]:
         yield start, min(total, start + step)
 
 
-def _box(field: Field, align, rows, cols, image_hw) -> tuple[int, int, int, int]:
+def _box(field: Field, align, rows, cols, image_hw, stitch=(1, 1)) -> tuple[int, int, int, int]:
     """The input box a tile reads: from the first cell's field start, rounded down to the
     alignment (at least 0, the image's true border), to the last cell's field end (at most
-    the image's end)."""
+    the image's end).
+
+    With shift-and-stitch (f copies per axis), fine cell j is cell j // f of copy j % f,
+    the box shifted by (j % f) * stride and cut there: a padded network pads that copy at
+    its cut, so the box must start where copy 0's field of the same coarse cell starts,
+    cell j - j % f's, for the copy to see the rows its padded field reads before the cut."""
     box = []
     for a, (start, stop) in enumerate((rows, cols)):
-        first = field.offset[a] + start * field.stride[a]
+        first = field.offset[a] + (start - start % stitch[a]) * field.stride[a]
         last_end = field.offset[a] + (stop - 1) * field.stride[a] + field.size[a]
         box.append((max(0, (first // align[a]) * align[a]), min(image_hw[a], int(math.ceil(last_end)))))
     (top, bottom), (left, right) = box

@@ -1,6 +1,6 @@
 """Tiled evaluation is exact: for every kind of network graphconv compiles (unpadded,
-padded, dilated, shift-and-stitch, global pooling made dense, DAGs, the ops of newer
-classifiers) and many tile sizes
+padded, padded unevenly by pad layers, dilated, shift-and-stitch, global pooling made
+dense, DAGs, the ops of newer classifiers) and many tile sizes
 (the smallest that works, ones that do not divide the image, images barely larger than
 a crop), the stitched map equals the whole-image pass."""
 from __future__ import annotations
@@ -70,14 +70,36 @@ layers:
   - {name: fc, op: fc, out_features: 5}
 """
 
+# TensorFlow's stride-2 "same" padding and Keras' ZeroPadding2D as graphconv imports them: a
+# pad layer carrying the far side before a conv, a -inf one before a max pool, one before
+# a depthwise conv of its own padding
+UNEVEN = """
+name: uneven
+input: {name: data, shape: [3, 24, 22]}
+layers:
+  - {name: c1.pad, op: pad, padding: [0, 0, 1, 1]}
+  - {name: c1, op: conv, out_channels: 6, kernel_size: 3, stride: 2}
+  - {name: r1, op: relu}
+  - {name: p1.pad, op: pad, padding: [1, 0, 0, 1], value: -.inf}
+  - {name: p1, op: maxpool, kernel_size: 2, stride: 2}
+  - {name: zp, op: pad, padding: [0, 2, 1, 0]}
+  - {name: c2, op: conv, out_channels: 6, kernel_size: 3, stride: 2, padding: 1, groups: 6}
+  - {name: fc1, op: fc, out_features: 5}
+"""
+
 NETWORKS = {
     **{name: (text, {}) for name, text in UNPADDED.items()},
     "padded": (PADDED, {}),
     "resnetish": (RESNETISH, {}),
     "modern": (MODERN, {}),
     "padded-dilated": (PADDED, {"output_stride": 4, "stride_method": "dilate"}),
+    # each shifted copy is padded where the shift cuts it: a tile's box starts at copy 0's field
+    "padded-shift": (PADDED, {"output_stride": 4, "stride_method": "shift"}),
     "strided-shift": (UNPADDED["strided"], {"output_stride": 2, "stride_method": "shift"}),
     "dag-dilated": (UNPADDED["dag"], {"output_stride": 1, "stride_method": "dilate"}),
+    "uneven": (UNEVEN, {}),
+    "uneven-dilated": (UNEVEN, {"output_stride": 2, "stride_method": "dilate"}),
+    "uneven-shift": (UNEVEN, {"output_stride": 4, "stride_method": "shift"}),
 }
 
 
