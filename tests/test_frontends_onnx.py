@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -685,3 +686,44 @@ def test_refused_paddings_are_one_line_naming_the_file_and_node(tmp_path, capsys
     assert main(["import", str(path), "-o", str(out)]) == 2 and not out.exists()
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "refused.onnx" in err
+
+
+KERAS_FIXTURES = sorted((Path(__file__).parent / "data").glob("keras_*.onnx"))
+
+
+@pytest.mark.parametrize("path", KERAS_FIXTURES, ids=lambda p: p.stem)
+def test_keras_models_converted_by_tf2onnx_import_and_slide(path, rng):
+    """Two tiny Keras classifiers (tests/data/make_keras_fixtures.py: MobileNet's and
+    EfficientNet's padding, ReLU6, swish, GlobalAveragePooling2D's Squeeze, Dense as
+    MatMul + Add) equal onnxruntime on their crop, compile to a dense network, and that
+    network's map tiles exactly and verifies on a larger image."""
+    from graphconv.dense import verify
+    from graphconv.tiling import min_tile, run_tiled
+
+    assert "tf2onnx" in onnx.load(str(path)).doc_string
+    classifier = Model(load_network(path))
+    assert classifier.graph.find("pad")
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(classifier.run(x), onnxruntime_scores_named(path, x), **TOLERANCE)
+    dense = compile_model(path)
+    assert not dense.graph.find("fc") and not dense.graph.find("globalavgpool")
+    big = rng.standard_normal((1, 3, 32 + 40, 32 + 27)).astype(np.float32)
+    whole = dense.run(big)
+    assert whole.shape[2:] == dense.map_size(72, 59)
+    np.testing.assert_allclose(run_tiled(dense, big, max(min_tile(dense))), whole, rtol=1e-4, atol=1e-6)
+    report = verify(classifier, dense, big)
+    assert report.conversion_exact and report.passed, str(report)
+
+
+def onnxruntime_scores_named(path, x: np.ndarray) -> np.ndarray:
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def test_a_squeeze_of_anything_but_a_pooled_map_is_refused(tmp_path):
+    nodes = [onnx.helper.make_node("Squeeze", ["x", "axes"], ["y"], name="sq")]
+    path = onnx_file(tmp_path / "squeeze.onnx", nodes, {"axes": np.array([2, 3], np.int64)})
+    with pytest.raises(GraphconvError, match=r"node 'sq': Squeeze of axes \[2, 3\] of a rank-4 3x16x16 value; "
+                                             r"graphconv squeezes only the 1x1 height and width"):
+        load_network(path)

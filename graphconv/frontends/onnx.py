@@ -807,6 +807,24 @@ def _flatten(imp: _Importer, node) -> None:
         imp.add_layer(node, "flatten", [x], rank=2)
 
 
+@converts("Squeeze")
+def _squeeze(imp: _Importer, node) -> None:
+    """The Squeeze of H and W after a global pooling (tf2onnx writes Keras'
+    GlobalAveragePooling2D as GlobalAveragePool then Squeeze): a map of C x 1 x 1 becomes
+    (N, C) features, as a Flatten would make them."""
+    x = imp.tensor(node.input[0])
+    if imp.opset >= 13:
+        axes = imp.optional_constant(node, 1, "axes")
+        axes = None if axes is None else [int(a) for a in np.ravel(axes)]
+    else:
+        axes = imp.attributes(node).get("axes")
+    if x.rank != 4 or axes is None or sorted(int(a) % 4 for a in axes) != [2, 3] or x.shape[1:] != (1, 1):
+        shape = "x".join(map(str, x.shape))
+        raise imp.error(f"Squeeze of axes {axes} of a rank-{x.rank} {shape} value; graphconv squeezes only the "
+                        "1x1 height and width after a global pooling (axes [2, 3])")
+    imp.add_layer(node, "flatten", [x], rank=2)
+
+
 @converts("Reshape")
 def _reshape(imp: _Importer, node) -> None:
     """The Reshapes exporters write before a classifier's fc: (N, -1), (N, C*H*W), or
@@ -1217,6 +1235,6 @@ def _constant_only(imp: _Importer, node) -> None:
                     "evaluates it only on constants (shape arithmetic)")
 
 
-for _op in ("Unsqueeze", "Squeeze", "Cast", "ConstantOfShape",
+for _op in ("Unsqueeze", "Cast", "ConstantOfShape",
             "Range", "Equal", "Where", "Expand", "Floor", "Ceil", "Sqrt", "Neg", "ReduceProd"):
     CONVERTERS[_op] = _constant_only

@@ -1,0 +1,131 @@
+"""Make the Keras fixtures the ONNX import tests read: two tiny classifiers built the way
+Keras applications are (MobileNet's and EfficientNet's padding), converted by tf2onnx.
+
+    python -m venv /tmp/tfvenv && /tmp/tfvenv/bin/pip install tensorflow-cpu tf2onnx tf_keras onnxruntime
+    /tmp/tfvenv/bin/python tests/data/make_keras_fixtures.py     # writes tests/data/keras_*.onnx
+
+Made with Python 3.11, tensorflow-cpu 2.21.0, tf_keras 2.21.0, tf2onnx 1.17.0, onnx 1.23.2,
+onnxruntime 1.32.0, protobuf 7.36.2 (each file's doc string names TensorFlow's and
+tf2onnx's versions too). Before writing a file the script checks it in onnxruntime
+against the Keras model itself.
+
+Not run by the tests (TensorFlow is not a test dependency): the .onnx files it wrote are
+committed beside it, with the versions that made them in each file's doc string.
+Keras' padding="same" with stride 2 on an even size pads only the bottom and right, and
+ZeroPadding2D(((0, 1), (0, 1))) before a "valid" stride-2 depthwise conv is MobileNet's
+and EfficientNet's way to write it; tf2onnx turns these into Conv/MaxPool pads like
+[0, 0, 1, 1] and Pad nodes. The inputs are converted to NCHW (`inputs_as_nchw`), the
+layout graphconv reads. Weights are seeded, the BatchNormalization statistics made
+non-trivial, so the files are the same every run (up to TensorFlow's own changes).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # tf2onnx converts tf.keras (Keras 2) models
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf2onnx  # noqa: E402
+
+keras = tf.keras
+layers = keras.layers
+HERE = Path(__file__).resolve().parent
+CROP = 32
+
+
+def mobilenet_like() -> keras.Model:
+    """MobileNet's stem and blocks: a stride-2 'same' conv, ReLU6, depthwise separable
+    convs, ZeroPadding2D(((0, 1), (0, 1))) before a stride-2 'valid' depthwise conv, a
+    stride-2 'same' max pool, global pooling, dense, softmax."""
+    x = inputs = keras.Input((CROP, CROP, 3), name="image")
+    x = layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="conv1")(x)
+    x = layers.BatchNormalization(name="conv1_bn")(x)
+    x = layers.ReLU(6.0, name="conv1_relu")(x)
+    x = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="conv_dw_1")(x)
+    x = layers.BatchNormalization(name="conv_dw_1_bn")(x)
+    x = layers.ReLU(6.0, name="conv_dw_1_relu")(x)
+    x = layers.Conv2D(12, 1, use_bias=False, name="conv_pw_1")(x)
+    x = layers.ReLU(6.0, name="conv_pw_1_relu")(x)
+    x = layers.ZeroPadding2D(((0, 1), (0, 1)), name="conv_pad_2")(x)
+    x = layers.DepthwiseConv2D(3, strides=2, padding="valid", name="conv_dw_2")(x)
+    x = layers.ReLU(6.0, name="conv_dw_2_relu")(x)
+    x = layers.Conv2D(16, 1, name="conv_pw_2")(x)
+    x = layers.MaxPooling2D(3, strides=2, padding="same", name="pool")(x)
+    x = layers.GlobalAveragePooling2D(name="global_pool")(x)
+    x = layers.Dense(5, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, x, name="mobilenet_like")
+
+
+def efficientnet_like() -> keras.Model:
+    """EfficientNet's stem and a block without squeeze-and-excitation: ZeroPadding2D of
+    the correct_pad kind before a stride-2 'valid' conv, swish, a 5x5 stride-2 'same'
+    depthwise conv, a 'same' conv, dropout, dense, softmax."""
+    x = inputs = keras.Input((CROP, CROP, 3), name="image")
+    x = layers.ZeroPadding2D(((0, 1), (0, 1)), name="stem_conv_pad")(x)
+    x = layers.Conv2D(8, 3, strides=2, padding="valid", use_bias=False, name="stem_conv")(x)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.Activation("swish", name="stem_activation")(x)
+    x = layers.DepthwiseConv2D(5, strides=2, padding="same", use_bias=False, name="block1_dwconv")(x)
+    x = layers.BatchNormalization(name="block1_bn")(x)
+    x = layers.Activation("swish", name="block1_activation")(x)
+    x = layers.ZeroPadding2D(1, name="block2_pad")(x)
+    x = layers.Conv2D(12, 3, padding="valid", name="block2_conv")(x)
+    x = layers.Conv2D(12, 3, strides=2, padding="same", name="top_conv")(x)
+    x = layers.Activation("swish", name="top_activation")(x)
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = layers.Dropout(0.2, name="top_dropout")(x)
+    x = layers.Dense(4, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, x, name="efficientnet_like")
+
+
+def seeded(model: keras.Model, seed: int) -> keras.Model:
+    """Every weight drawn from one seed; batch norms given statistics that do something."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        arrays = layer.get_weights()
+        if not arrays:
+            continue
+        if isinstance(layer, layers.BatchNormalization):
+            c = arrays[0].shape[0]
+            arrays = [rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.2, c), rng.uniform(0.5, 1.5, c)]
+        else:
+            arrays = [rng.normal(0, 0.4, a.shape) for a in arrays]
+        layer.set_weights([a.astype(np.float32) for a in arrays])
+    return model
+
+
+def convert(model: keras.Model, path: Path) -> None:
+    """tf2onnx's conversion, written to `path` once onnxruntime on it gives Keras' output."""
+    spec = (tf.TensorSpec((None, CROP, CROP, 3), tf.float32, name="image"),)
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=13, inputs_as_nchw=["image"])
+    proto.doc_string = (f"{model.name}: made by tests/data/make_keras_fixtures.py with TensorFlow {tf.__version__}, "
+                        f"tf2onnx {tf2onnx.__version__}; seeded weights, input NCHW 1x3x{CROP}x{CROP}")
+    check_against_keras(model, proto)
+    path.write_bytes(proto.SerializeToString())
+    print(f"{path.name}: {path.stat().st_size} bytes, ops {sorted({n.op_type for n in proto.graph.node})}")
+
+
+def check_against_keras(model: keras.Model, proto) -> None:
+    """The ONNX file (NCHW) in onnxruntime against the Keras model (NHWC) on random images."""
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).standard_normal((4, CROP, CROP, 3)).astype(np.float32)
+    want = model(x, training=False).numpy()
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"image": x.transpose(0, 3, 1, 2).copy()})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=f"{model.name}: tf2onnx changed the numbers")
+
+
+def main() -> int:
+    keras.utils.set_random_seed(0)
+    convert(seeded(mobilenet_like(), 1), HERE / "keras_mobilenet_like.onnx")
+    convert(seeded(efficientnet_like(), 2), HERE / "keras_efficientnet_like.onnx")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
