@@ -695,16 +695,20 @@ KERAS_FIXTURES = sorted((Path(__file__).parent / "data").glob("keras_*.onnx"))
 def test_keras_models_converted_by_tf2onnx_import_and_slide(path, rng):
     """Two tiny Keras classifiers (tests/data/make_keras_fixtures.py: MobileNet's and
     EfficientNet's padding, ReLU6, swish, GlobalAveragePooling2D's Squeeze, Dense as
-    MatMul + Add) equal onnxruntime on their crop, compile to a dense network, and that
+    MatMul + Add; one also with tf2onnx's default NHWC input, which graphconv reads as
+    NCHW) equal onnxruntime on their crop, compile to a dense network, and that
     network's map tiles exactly and verifies on a larger image."""
     from graphconv.dense import verify
     from graphconv.tiling import min_tile, run_tiled
 
-    assert "tf2onnx" in onnx.load(str(path)).doc_string
+    proto = onnx.load(str(path))
+    assert "tf2onnx" in proto.doc_string
+    nhwc = proto.graph.input[0].type.tensor_type.shape.dim[3].dim_value == 3  # tf2onnx's default input
     classifier = Model(load_network(path))
-    assert classifier.graph.find("pad")
+    assert classifier.graph.find("pad") and classifier.crop_shape == (3, 32, 32)
     x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
-    np.testing.assert_allclose(classifier.run(x), onnxruntime_scores_named(path, x), **TOLERANCE)
+    expected = onnxruntime_scores_named(path, x.transpose(0, 2, 3, 1).copy() if nhwc else x)
+    np.testing.assert_allclose(classifier.run(x), expected, **TOLERANCE)
     dense = compile_model(path)
     assert not dense.graph.find("fc") and not dense.graph.find("globalavgpool")
     big = rng.standard_normal((1, 3, 32 + 40, 32 + 27)).astype(np.float32)
@@ -727,3 +731,22 @@ def test_a_squeeze_of_anything_but_a_pooled_map_is_refused(tmp_path):
     with pytest.raises(GraphconvError, match=r"node 'sq': Squeeze of axes \[2, 3\] of a rank-4 3x16x16 value; "
                                              r"graphconv squeezes only the 1x1 height and width"):
         load_network(path)
+
+
+def test_an_nhwc_input_that_is_transposed_first_is_read_as_nchw(tmp_path, rng):
+    """tf2onnx's default: the input (N, H, W, C), its readers Transposes to NCHW. graphconv
+    reads it as its (N, C, H, W) input; an input read any other way as well stays NCHW."""
+    helper = onnx.helper
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "w"], ["y"], pads=[0, 0, 1, 1], strides=[2, 2])]
+    path = onnx_file(tmp_path / "nhwc.onnx", nodes, {"w": w}, input_shape=(1, 10, 12, 3))
+    graph = load_network(path)
+    assert graph.input_shape == (3, 10, 12) and [n.op for n in graph.layers()] == ["pad", "conv"]
+    x = rng.standard_normal((2, 3, 10, 12)).astype(np.float32)
+    expected = onnxruntime_scores(path, x.transpose(0, 2, 3, 1).copy())
+    np.testing.assert_allclose(Model(graph).run(x, full=True), expected, **TOLERANCE)
+    nodes.append(helper.make_node("Relu", ["x"], ["also"]))
+    mixed = onnx_file(tmp_path / "mixed.onnx", nodes, {"w": w}, input_shape=(1, 10, 12, 3))
+    with pytest.raises(GraphconvError, match=r"Transpose \[0, 3, 1, 2\] of a feature map"):
+        load_network(mixed)

@@ -261,13 +261,25 @@ class _Importer:
             raise GraphconvError(f"input {shown(onnx_input.name)} has {len(dims)} dimensions; graphconv "
                                  "reads image classifiers with an (N, C, H, W) input", file=self.source)
         fixed = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
-        if fixed[1] is None:
+        layout = NHWC if self._read_channels_last(onnx_input.name) else NCHW
+        channels, rows, cols = (fixed[3], fixed[1], fixed[2]) if layout == NHWC else fixed[1:]
+        if channels is None:
             raise GraphconvError(f"input {shown(onnx_input.name)} has no fixed channel count",
                                  file=self.source)
-        height, width = self._crop(fixed[2], fixed[3], onnx_input.name)
+        height, width = self._crop(rows, cols, onnx_input.name)
         name = _clean_name(onnx_input.name) or "data"
-        self.graph = Graph(Path(self.source).stem, name, (fixed[1], height, width))
-        self.values[onnx_input.name] = Tensor(name, (fixed[1], height, width))
+        self.graph = Graph(Path(self.source).stem, name, (channels, height, width))
+        self.values[onnx_input.name] = Tensor(name, (channels, height, width), layout=layout)
+
+    def _read_channels_last(self, name: str) -> bool:
+        """Whether the input `name` is an (N, H, W, C) image that every reader first
+        transposes to (N, C, H, W), as tf2onnx writes a Keras model by default: then it is
+        read as a channels-last view of graphconv's input, and those Transposes cost
+        nothing. graphconv's network takes (N, C, H, W) arrays, as it always does."""
+        readers = [node for node in self.nodes if name in node.input]
+        return bool(readers) and all(
+            node.op_type == "Transpose" and [int(p) for p in self.attributes(node).get("perm", [])] == [0, 3, 1, 2]
+            for node in readers)
 
     def _crop(self, height: int | None, width: int | None, input_name: str) -> tuple[int, int]:
         if self.crop_size is None:

@@ -15,7 +15,9 @@ Keras' padding="same" with stride 2 on an even size pads only the bottom and rig
 ZeroPadding2D(((0, 1), (0, 1))) before a "valid" stride-2 depthwise conv is MobileNet's
 and EfficientNet's way to write it; tf2onnx turns these into Conv/MaxPool pads like
 [0, 0, 1, 1] and Pad nodes. The inputs are converted to NCHW (`inputs_as_nchw`), the
-layout graphconv reads. Weights are seeded, the BatchNormalization statistics made
+layout graphconv reads, and the MobileNet-like model is written once more as tf2onnx
+writes it by default, an NHWC input and a Transpose to NCHW (`_nhwc.onnx`), which
+graphconv reads as NCHW too. Weights are seeded, the BatchNormalization statistics made
 non-trivial, so the files are the same every run (up to TensorFlow's own changes).
 """
 from __future__ import annotations
@@ -98,31 +100,37 @@ def seeded(model: keras.Model, seed: int) -> keras.Model:
     return model
 
 
-def convert(model: keras.Model, path: Path) -> None:
-    """tf2onnx's conversion, written to `path` once onnxruntime on it gives Keras' output."""
+def convert(model: keras.Model, path: Path, nchw: bool = True) -> None:
+    """tf2onnx's conversion, written to `path` once onnxruntime on it gives Keras' output:
+    with an NCHW input (`inputs_as_nchw`), or as tf2onnx writes it by default, an NHWC
+    input that a Transpose turns to NCHW."""
     spec = (tf.TensorSpec((None, CROP, CROP, 3), tf.float32, name="image"),)
-    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=13, inputs_as_nchw=["image"])
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=13,
+                                          inputs_as_nchw=["image"] if nchw else None)
+    layout = f"NCHW 1x3x{CROP}x{CROP}" if nchw else f"NHWC 1x{CROP}x{CROP}x3"
     proto.doc_string = (f"{model.name}: made by tests/data/make_keras_fixtures.py with TensorFlow {tf.__version__}, "
-                        f"tf2onnx {tf2onnx.__version__}; seeded weights, input NCHW 1x3x{CROP}x{CROP}")
-    check_against_keras(model, proto)
+                        f"tf2onnx {tf2onnx.__version__}; seeded weights, input {layout}")
+    check_against_keras(model, proto, nchw)
     path.write_bytes(proto.SerializeToString())
     print(f"{path.name}: {path.stat().st_size} bytes, ops {sorted({n.op_type for n in proto.graph.node})}")
 
 
-def check_against_keras(model: keras.Model, proto) -> None:
-    """The ONNX file (NCHW) in onnxruntime against the Keras model (NHWC) on random images."""
+def check_against_keras(model: keras.Model, proto, nchw: bool) -> None:
+    """The ONNX file in onnxruntime against the Keras model (NHWC) on random images."""
     import onnxruntime as ort
 
     x = np.random.default_rng(0).standard_normal((4, CROP, CROP, 3)).astype(np.float32)
     want = model(x, training=False).numpy()
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"image": x.transpose(0, 3, 1, 2).copy()})[0]
+    got = session.run(None, {"image": x.transpose(0, 3, 1, 2).copy() if nchw else x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=f"{model.name}: tf2onnx changed the numbers")
 
 
 def main() -> int:
     keras.utils.set_random_seed(0)
-    convert(seeded(mobilenet_like(), 1), HERE / "keras_mobilenet_like.onnx")
+    mobilenet = seeded(mobilenet_like(), 1)
+    convert(mobilenet, HERE / "keras_mobilenet_like.onnx")
+    convert(mobilenet, HERE / "keras_mobilenet_like_nhwc.onnx", nchw=False)
     convert(seeded(efficientnet_like(), 2), HERE / "keras_efficientnet_like.onnx")
     return 0
 
