@@ -172,3 +172,23 @@ def test_without_the_onnx_package_the_message_says_how_to_get_it(monkeypatch, tm
     from graphconv.frontends.onnx import require_onnx
     with pytest.raises(GraphconvError, match=r"pip install 'graphconv\[onnx\]'"):
         require_onnx()
+
+
+def test_a_network_padded_unevenly_exports_its_pad_layers(write_spec, rng):
+    """Pad layers (zeros before a stride-2 conv, -inf before a max pool) are Pad nodes:
+    onnxruntime gives graphconv's map on images of other sizes, dilated too."""
+    spec = write_spec("""
+        input: {shape: [3, 16, 14]}
+        layers:
+          - {name: c1.pad, op: pad, padding: [0, 0, 1, 1]}
+          - {name: c1, op: conv, out_channels: 4, kernel_size: 3, stride: 2}
+          - {name: p1.pad, op: pad, padding: [1, 0, 0, 1], value: -.inf}
+          - {name: p1, op: maxpool, kernel_size: 2}
+          - {name: fc, op: fc, out_features: 3}
+        """)
+    for options in ({}, {"output_stride": 2, "stride_method": "dilate"}):
+        model = compile_model(spec, **options)
+        proto = to_onnx_model(model.graph)
+        assert [n.op_type for n in proto.graph.node].count("Pad") == 2
+        x = rng.standard_normal((2, 3, 29, 23)).astype(np.float32)
+        np.testing.assert_allclose(onnxruntime_run(proto, x), full_map(model, x), **TOLERANCE)
