@@ -561,6 +561,19 @@ def test_a_pad_before_a_conv_is_folded_by_compile(tmp_path, rng):
     np.testing.assert_allclose(compiled.run(x, full=True), onnxruntime_scores(path, x), **TOLERANCE)
 
 
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+def test_a_pool_padded_wider_than_half_its_window_pads_with_a_pad_layer(tmp_path, op, rng):
+    """ONNX allows pads up to the kernel; graphconv's pools, like PyTorch's, half the
+    window: the pad layer carries all of it (-inf, or zeros that an average counts)."""
+    attrs = {"count_include_pad": 1} if op == "AveragePool" else {}
+    nodes = [onnx.helper.make_node(op, ["x"], ["y"], kernel_shape=[3, 3], pads=[2, 2, 2, 1], name="pool", **attrs)]
+    path = onnx_file(tmp_path / "wide.onnx", nodes, {}, input_shape=(1, 3, 7, 6))
+    graph = load_network(path)
+    assert graph.node("pool.pad").params["padding"] == (2, 2, 2, 1) and graph.node("pool").params["padding"] == (0, 0)
+    x = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
+    np.testing.assert_allclose(Model(graph).run(x, full=True), onnxruntime_scores(path, x), **TOLERANCE)
+
+
 def test_the_pad_layer_is_named_after_its_conv_and_weight_names_stay(tmp_path, rng):
     helper = onnx.helper
     nodes = [helper.make_node("Conv", ["x", "features.0.weight", "features.0.bias"], ["y"], name="/features/Conv",
@@ -620,8 +633,7 @@ def test_uneven_pads_of_any_window_match_onnxruntime(tmp_path_factory, op, auto_
                                                     size):
     """Conv, MaxPool and AveragePool (counting its padding) with random pads, SAME_UPPER
     or SAME_LOWER on odd and even sizes: graphconv's classifier equals onnxruntime, or
-    both refuse (a window that does not fit). graphconv also refuses a pool whose
-    symmetric part pads more than half its window, as PyTorch does, and a window longer
+    both refuse (a window that does not fit). graphconv also refuses a window longer
     than the padded input, where onnxruntime returns an empty map. (onnxruntime 1.32's
     MaxPool works out SAME padding wrongly for a dilated window: its output contradicts
     ONNX's own shape inference and reference evaluator, which graphconv agrees with; so
@@ -645,10 +657,7 @@ def test_uneven_pads_of_any_window_match_onnxruntime(tmp_path_factory, op, auto_
     try:
         graph = load_network(path)
     except GraphconvError as err:
-        if "does not fit" in str(err):
-            assert expected.size == 0, str(err)  # onnxruntime returns an empty map
-        else:
-            assert "more than half the pooling window" in str(err), str(err)
+        assert "does not fit" in str(err) and expected.size == 0, str(err)  # onnxruntime returns an empty map
         return
     np.testing.assert_allclose(Model(graph).run(x, full=True), expected, **TOLERANCE)
 

@@ -609,7 +609,8 @@ def _pool(imp: _Importer, node) -> None:
     from a `pad` layer before it: -inf before a MaxPool (no max picks it), 0 before an
     AveragePool that counts its padding (count_include_pad=1). Where it does not count
     it, a pad layer's zeros would be counted, so that is refused, and so is ceil_mode,
-    whose last window ONNX and graphconv would then place differently."""
+    whose last window ONNX and graphconv would then place differently. A padding wider
+    than half the window, which graphconv's pools refuse, is all in the pad layer."""
     x = imp.tensor(node.input[0])
     if len(node.output) > 1 and node.output[1] and imp.uses.get(node.output[1]):
         raise imp.error("MaxPool's indices output is used; graphconv computes pooled values only")
@@ -631,9 +632,19 @@ def _pool(imp: _Importer, node) -> None:
             raise imp.error(f"{node.op_type} pads {pads} differ between the two sides of an axis and ceil_mode=1: "
                             "graphconv cannot place ceil mode's last window as ONNX does then (export with "
                             "symmetric padding or ceil_mode=0)")
+    if _too_wide(params) and (op == "maxpool" or params["count_include_pad"]) and not params["ceil_mode"]:
+        rest, params["padding"] = _onnx_pads(params["padding"], rest), [0, 0]
     name = imp.graph.fresh_name(imp._layer_name(node, None))
     x = _padded_input(imp, node, x, rest, -math.inf if op == "maxpool" else 0.0, name)
     imp.add_layer(node, op, [x], params, name=name)
+
+
+def _too_wide(params: dict) -> bool:
+    """Whether a pool's padding is more than half its window, which graphconv's pools (as
+    PyTorch's) refuse and ONNX allows: a pad layer of the value the padding stands for
+    then carries all of it, the same numbers outside ceil mode."""
+    extents = [d * (k - 1) + 1 for k, d in zip(params["kernel_size"], params["dilation"])]
+    return any(2 * p > e for p, e in zip(params["padding"], extents))
 
 
 def _onnx_pads(symmetric: Sequence[int], rest: Sequence[int]) -> list[int]:
