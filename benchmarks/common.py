@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import re
 import statistics
 import sys
@@ -18,6 +19,40 @@ README = ROOT / "benchmarks" / "README.md"
 # 89 ms right after the other runners, 62 ms on its own, which is also its plain time;
 # graphconv's ResNet-50 took 94 ms right after onnxruntime, 58 ms after a rest).
 PAUSE = 0.05
+
+
+def rested_run(fn) -> float:
+    """Wall seconds of fn() after the PAUSE and one untimed fn() of its own: the steady
+    state of a runtime that has just run, as when it maps a slide tile after tile. The
+    untimed run matters on VMs: there a parallel loop that finds numba's OpenMP workers
+    asleep after the pause cost 0.2 ms where it took 2 us when they were awake, and on
+    one such VM the AlexNet classifier took 17-29 ms straight after the pause against
+    11-12 ms run after run (docs/performance.md, session 20); onnxruntime, whose workers
+    spin through a run, lost far less, so timing first runs measured the VM's wake-ups."""
+    time.sleep(PAUSE)
+    fn()
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def machine() -> str:
+    """The CPU as the tables name it: its model name and vector extensions where Linux
+    says them ("Intel(R) Xeon(R) Processor, AVX-512, x86_64"), else the architecture.
+    Results differ by more than noise between machines (an Intel core with two 512-bit
+    FMA units against a Zen 4's halves of one), so each table says which it ran on."""
+    arch = platform.machine()
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return arch
+    name = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
+    flags = re.search(r"^flags\s*:\s*(.+)$", info, re.M)
+    vector = ""
+    if flags:
+        present = set(flags.group(1).split())
+        vector = "AVX-512" if "avx512f" in present else "AVX2" if "avx2" in present else ""
+    return ", ".join(part for part in (name.group(1).strip() if name else "", vector, arch) if part)
 
 
 def pin_threads(threads: int | None) -> int:

@@ -14,7 +14,9 @@ it, alternating on a quiet machine; the dense ResNet-50 is graphconv's conversio
 onnxruntime gets that as graphconv exports it). PyTorch runs the compiled graph op by op
 (`graphconv.torch_bridge`). Runs alternate graphconv,
 onnxruntime, onnxruntime with profiling, PyTorch, round after round, so a noisy
-neighbour slows all of them; times are medians after one warm-up round.
+neighbour slows all of them; each timed run follows a rest and one untimed run of the
+same runtime (`common.rested_run`: the steady state, as tile after tile), and times are
+medians after one warm-up round.
 
 Per-layer times: graphconv's and PyTorch's from their per-layer profiles;
 onnxruntime's from a second session of the same model with `enable_profiling` (its
@@ -36,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -45,7 +46,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import PAUSE, ROOT, load_torch, pin_threads, run_times, write_section
+from common import PAUSE, ROOT, load_torch, machine, pin_threads, rested_run, run_times, write_section
 
 
 @dataclass
@@ -201,8 +202,8 @@ def ort_sessions(model, original: Path | None, threads: int, folder: Path, tag: 
 LAYOUT = "(onnxruntime layout reorders)"
 
 
-def ort_layer_times(trace: str, layers: list[str], skip: int) -> dict[str, list[float]]:
-    """Seconds per layer per run from onnxruntime's profile; the first `skip` runs dropped."""
+def ort_layer_times(trace: str, layers: list[str], skip: int, step: int = 1) -> dict[str, list[float]]:
+    """Seconds per layer per run from onnxruntime's profile: runs skip, skip + step, ..."""
     events = json.loads(Path(trace).read_text())
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
     per_run = [dict() for _ in runs]
@@ -218,7 +219,7 @@ def ort_layer_times(trace: str, layers: list[str], skip: int) -> dict[str, list[
         if run is not None:
             per_run[run][layer] = per_run[run].get(layer, 0.0) + e["dur"] * 1e-6
     times: dict[str, list[float]] = {}
-    for run in per_run[skip:]:
+    for run in per_run[skip::step]:
         for layer, seconds in run.items():
             times.setdefault(layer, []).append(seconds)
     return times
@@ -253,15 +254,17 @@ def time_case(case: Case, repeats: int, torch, threads: int, folder: Path):
     np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3 * float(np.abs(ref).max()))
 
     def timed(timing, fn, profile=None):
-        time.sleep(PAUSE)
-        start = time.perf_counter()
-        fn(profile)
-        timing.add(time.perf_counter() - start, profile)
+        def once():
+            if profile is not None:
+                profile.clear()  # so it holds the timed run's layers, not the untimed one's too
+            fn(profile)
+        timing.add(rested_run(once), profile)
 
     for _ in range(repeats + 1):  # the first round is the warm-up
         timed(ours, lambda p: model.run(x, "cpu", p), {})
         timed(ort_t, lambda p: plain.run(None, {name: x}))
         time.sleep(PAUSE)
+        profiled.run(None, {name: x})  # untimed, as `rested_run`'s first: only every second run's profile counts
         profiled.run(None, {name: x})
         if torch is not None:
             timed(torch_t, lambda p: torch_forward(model.graph, x, p), {})
@@ -269,7 +272,7 @@ def time_case(case: Case, repeats: int, torch, threads: int, folder: Path):
         del timing.total[:1]
         for values in timing.layers.values():
             del values[:1]
-    ort_t.layers = ort_layer_times(profiled.end_profiling(), [n.name for n in model.graph.nodes()], 1)
+    ort_t.layers = ort_layer_times(profiled.end_profiling(), [n.name for n in model.graph.nodes()], 3, 2)
     return model, x, ours, ort_t, torch_t if torch is not None else None
 
 
@@ -372,7 +375,7 @@ def main() -> None:
     # whatever else the machine runs (shared 2-core machines), one thread much less.
     peak = max(peak, one_core * min(threads, os.cpu_count() or threads))
 
-    text = [f"{os.cpu_count()} cores, {threads} threads everywhere, {platform.machine()}, batch 1, float32, "
+    text = [f"{os.cpu_count()} cores, {threads} threads everywhere, {machine()}, batch 1, float32, "
             f"medians of {args.repeats} alternating rounds; onnxruntime {ort.__version__} (CPU provider), "
             f"PyTorch {torch.__version__ if torch else 'not installed'}.",
             "",

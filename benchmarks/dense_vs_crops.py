@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 
-from common import ROOT, load_torch, median_ms, pin_threads, write_section
+from common import ROOT, load_torch, machine, median_ms, pin_threads, write_section
 
 
 def torch_time(graph, image, repeats, threads):
@@ -56,7 +55,7 @@ def main() -> None:
             rows.append((f"stride {stride}, {method}", fine.map_size(*hw), ms, total_flops(fine.graph, hw)))
     torch_ms = torch_time(fcn.graph, image, args.repeats, threads)
     lines = [f"AlexNet at {args.size}x{args.size}, batch 1, {os.cpu_count()} cores, {threads} threads, "
-             f"{platform.processor() or platform.machine()}, medians of {args.repeats}",
+             f"{machine()}, medians of {args.repeats}",
              "", "| what | score map | ms | GFLOP | GFLOP/s |", "| --- | --- | ---: | ---: | ---: |"]
     for name, size, ms, flops in rows:
         lines.append(f"| {name} | {size[0]}x{size[1]} | {ms:.1f} | {flops / 1e9:.2f} | {flops / ms / 1e6:.1f} |")

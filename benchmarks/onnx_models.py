@@ -16,21 +16,20 @@ exporter, batch norm kept as nodes), then for each:
   squeeze-and-excitation gates cannot slide (`run --crops` runs the classifier per crop).
 
 Same thread count everywhere (onnxruntime: intra_op_num_threads), batch 1, float32,
-runs alternating between the three with a rest before each (`common.PAUSE`: onnxruntime's
-workers spin after a run), medians after a warm-up. Outputs are checked to
+runs alternating between the three, each timed run after a rest (`common.PAUSE`:
+onnxruntime's workers spin after a run) and one untimed run of its own (`common.rested_run`:
+the steady state), medians after a warm-up. Outputs are checked to
 agree before anything is timed. Not a test: it asserts nothing about speed.
 """
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import PAUSE, load_torch, pin_threads, write_section
+from common import load_torch, machine, pin_threads, rested_run, write_section
 
 
 def resnet50(torch):
@@ -218,10 +217,7 @@ def compare(title, size, gc_model, onnx_file, dense_mode, model, torch, ort, opt
     times = {"graphconv": [], "PyTorch": [], "onnxruntime": []}
     for _ in range(repeats):
         for key, fn in (("graphconv", run_graphconv), ("PyTorch", run_torch), ("onnxruntime", run_ort)):
-            time.sleep(PAUSE)
-            start = time.perf_counter()
-            fn()
-            times[key].append(time.perf_counter() - start)
+            times[key].append(rested_run(fn))
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     gflop = total_flops(gc_model.graph, (size, size)) / 1e9
     return (f"| {title} | {size} | {'x'.join(map(str, outs[0].shape[2:]))} | {gflop:.2f} | "
@@ -274,7 +270,7 @@ def main() -> int:
     text = "\n".join([
         "## Classifiers from ONNX: graphconv vs PyTorch vs onnxruntime (`onnx_models.py`)",
         "",
-        f"{threads} threads everywhere, {platform.machine()}, batch 1, float32, medians of {args.repeats} "
+        f"{threads} threads everywhere, {machine()}, batch 1, float32, medians of {args.repeats} "
         f"alternating runs; PyTorch {torch.__version__}, onnxruntime {ort.__version__}. The dense rows run "
         "the network graphconv compiled (batch norm and layer scales folded, global pooling -> 7x7 window, "
         "fc -> conv); "

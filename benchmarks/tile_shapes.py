@@ -21,15 +21,13 @@ Not a test: it asserts nothing about speed.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
-import time
 import warnings
 from functools import partial
 from pathlib import Path
 
-from common import PAUSE, ROOT, load_torch, pin_threads, write_section
+from common import ROOT, load_torch, machine, pin_threads, rested_run, write_section
 
 RESNET_CLASSIFIER = "shape-inference,fold-batchnorm,remove-flatten,fuse-conv-activation,fuse-conv-add"
 
@@ -95,11 +93,9 @@ def time_shapes(build, onnx_bytes: bytes, size: int, shapes, rounds: int, thread
     order = list(runners)
     for r in range(rounds + 1):  # the first round is the warm-up
         for key in order if r % 2 == 0 else order[::-1]:
-            time.sleep(PAUSE)
-            start = time.perf_counter()
-            runners[key]()
+            seconds = rested_run(runners[key])
             if r:
-                times[key].append(time.perf_counter() - start)
+                times[key].append(seconds)
     return times
 
 
@@ -130,7 +126,7 @@ def main() -> None:
     native = (vector_tile.OUTER_LANES, vector_tile.OUTER_VECTORS)
     shapes = [native] + [s for s in parse_shapes(args.shapes) if s != native]
     lines = ["## Register tile shapes, one process (`tile_shapes.py`)", "",
-             f"{threads} threads, {platform.machine()}, batch 1, float32, medians of {args.rounds} alternating "
+             f"{threads} threads, {machine()}, batch 1, float32, medians of {args.rounds} alternating "
              f"rounds; this machine picks {native[0]}x{native[1]} (lanes x vectors). All shapes' outputs are "
              "equal (checked first).", ""]
     with tempfile.TemporaryDirectory() as tmp:
