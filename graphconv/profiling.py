@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from graphconv.backends import get_backend
 from graphconv.cost import layer_costs
 from graphconv.ir import Graph
-from graphconv.ops.channels_last import stored_channels_last
+from graphconv.ops.layout import stored_channels_last
 from graphconv.shapes import infer_shapes
 
 

@@ -29,8 +29,8 @@ import numpy as np
 from graphconv.backends import Backend, resolve_backend, resolve_device
 from graphconv.errors import GraphconvError, ShapeError
 from graphconv.ir import Graph, Node
-from graphconv.ops import channels_last
-from graphconv.ops.channels_last import stored_channels_last
+from graphconv.ops import layout
+from graphconv.ops.layout import stored_channels_last
 from graphconv.pass_manager import get_pass
 from graphconv.shapes import batch_scales, infer_shapes
 
@@ -304,7 +304,7 @@ class Executor:
         channels-last storage where the plan says so and this backend stores values that way."""
         shape = plan.shapes[name]
         if self.backend.stores_channels_last and name in plan.channels_last:
-            return channels_last.view(buffer, shape)
+            return layout.view(buffer, shape)
         return buffer[:_size(shape)].reshape(shape)
 
     def _buffer(self, index: int, floats: int) -> Any:

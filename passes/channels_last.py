@@ -20,7 +20,7 @@ channels-last`). GRAPHCONV_CHANNELS_LAST=0 turns it off (every value NCHW), to c
 import os
 
 from graphconv.ir import Graph, Node
-from graphconv.ops.channels_last import CHANNELS_LAST, LAYOUT
+from graphconv.ops.layout import CHANNELS_LAST, LAYOUT
 from graphconv.pass_manager import register_pass
 
 ENABLED = os.environ.get("GRAPHCONV_CHANNELS_LAST", "1") != "0"

@@ -6,7 +6,7 @@ import pytest
 
 import graphconv
 from graphconv.ops import get_op
-from graphconv.ops.channels_last import is_channels_last, stored_channels_last
+from graphconv.ops.layout import is_channels_last, stored_channels_last
 from graphconv.params import normalize_params
 from graphconv.pass_manager import get_pass, run_passes
 from graphconv.runtime import Executor

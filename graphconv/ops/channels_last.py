@@ -21,41 +21,13 @@ are such ops).
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit, prange
 
+from graphconv.ops.layout import is_channels_last, nhwc
 from graphconv.ops.unsigned_index import fill, unsigned
 
-LAYOUT = "layout"  # the node annotation the `channels-last` pass sets
-CHANNELS_LAST = "channels-last"  # its value; a value without it is stored NCHW
 CHANNEL_BLOCK = 8  # channels the transposing copies move side by side
-
-
-def nhwc(a: np.ndarray) -> np.ndarray | None:
-    """The C-contiguous (N, H, W, C) array behind `a`, an NCHW-shaped view of a value
-    stored channels-last; None for any other array, including one that is NCHW as well
-    (one channel, or one pixel per image: both orders are the same memory)."""
-    if a.ndim != 4 or a.flags.c_contiguous:
-        return None
-    t = a.transpose(0, 2, 3, 1)
-    return t if t.flags.c_contiguous else None
-
-
-def is_channels_last(a: np.ndarray) -> bool:
-    return nhwc(a) is not None
-
-
-def stored_channels_last(graph) -> frozenset[str]:
-    """The values of a `graphconv.ir.Graph` the pass marked, which the CPU runtime stores channels-last."""
-    return frozenset(node.name for node in graph.layers() if node.annotations.get(LAYOUT) == CHANNELS_LAST)
-
-
-def view(buffer: np.ndarray, shape: tuple[int, int, int, int]) -> np.ndarray:
-    """An NCHW-shaped view of the first N*C*H*W floats of a flat buffer, stored channels-last."""
-    n, c, h, w = shape
-    return buffer[:math.prod(shape)].reshape(n, h, w, c).transpose(0, 3, 1, 2)
 
 
 def as_nchw(a: np.ndarray) -> np.ndarray:

@@ -56,7 +56,8 @@ from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, multiply_band, padded_positio
                                     stream_width)
 from graphconv.ops.conv import is_depthwise, shape as output_shape
 from graphconv.ops.conv import depthwise, winograd
-from graphconv.ops.channels_last import as_nchw, as_stored_like, nhwc, padded_copy, store_channels, stored_memory
+from graphconv.ops.channels_last import as_nchw, as_stored_like, padded_copy, store_channels, stored_memory
+from graphconv.ops.layout import nhwc
 from graphconv.ops.registry import pair
 from graphconv.ops.job_queue import next_job
 from graphconv.ops.unsigned_index import fill, unsigned

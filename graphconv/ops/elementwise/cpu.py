@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from graphconv.ops.channels_last import as_stored_like, nhwc, stored_memory
+from graphconv.ops.channels_last import as_stored_like, stored_memory
+from graphconv.ops.layout import nhwc
 from graphconv.ops.unsigned_index import unsigned
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from graphconv.ops.channels_last import nhwc
+from graphconv.ops.layout import nhwc
 from graphconv.ops.unsigned_index import unsigned
 
 

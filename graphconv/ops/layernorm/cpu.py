@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from graphconv.ops.channels_last import as_stored_like, nhwc
+from graphconv.ops.channels_last import as_stored_like
+from graphconv.ops.layout import nhwc
 from graphconv.ops.unsigned_index import unsigned
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from graphconv.ops.channels_last import nhwc
+from graphconv.ops.layout import nhwc
 
 
 @njit(cache=True, parallel=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from graphconv.ops.channels_last import as_channels_last, as_nchw, nhwc
+from graphconv.ops.channels_last import as_channels_last, as_nchw
+from graphconv.ops.layout import nhwc
 from graphconv.ops.registry import pair
 from graphconv.ops.unsigned_index import fill, unsigned
 
