@@ -272,6 +272,17 @@ def test_conv_depthwise_hypothesis(c, multiplier, kh, kw, sh, sw, ph, pw, dh, dw
                  prepared=prepared, storage=storage)
 
 
+@pytest.mark.parametrize("c,w", [(24, 400), (40, 230), (37, 300), (1152, 9), (2100, 4)])
+@pytest.mark.parametrize("k,s", [(3, 1), (5, 2)])
+def test_depthwise_channels_last_over_blocks_of_pixels_and_vectors(c, w, k, s, rng):
+    """The channels-last depthwise kernel where a row's pixels take several blocks of sums
+    (BLOCK_FLOATS // c pixels each: one pixel for 2100 channels), and channels come as
+    16-lane vectors, an 8-lane one (24, 40) and single ones (37: 16 + 16 + 5)."""
+    params = dict(out_channels=c, kernel_size=k, stride=s, padding=k // 2, groups=c, activation="relu")
+    assert (-(-w // s)) > max(1, conv_cpu.depthwise.BLOCK_FLOATS // c) or c > conv_cpu.depthwise.BLOCK_FLOATS // 2
+    check_op("conv", params, [(c, 5, w)], rng, batch=1, strategy="depthwise", storage=(True, True))
+
+
 @settings(max_examples=30, deadline=None)
 @given(c=st.integers(1, 40), o=st.one_of(st.integers(1, 70), st.sampled_from([8, 24, 32, 48, 64])),
        k=st.integers(1, 5), s=st.integers(1, 3),

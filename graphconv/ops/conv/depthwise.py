@@ -28,9 +28,11 @@ import numpy as np
 from numba import njit, prange
 
 from graphconv.ops.unsigned_index import unsigned
+from graphconv.ops.vector_tile import vector_run_8, vector_run_16
 
 
 SUMS_FLOATS = 2048  # a block of sums (8 KB): with the rows its taps read, it stays in L1
+BLOCK_FLOATS = 4096  # `depthwise_channels_last`'s block of sums (16 KB), for the same reason
 
 
 def conv_depthwise(x, w, bias, sh, sw, ph, pw, dh, dw, relu, out):
@@ -96,6 +98,25 @@ def _depthwise(x, w, bias, sh, sw, ph, pw, dh, dw, relu, sums_floats, out):
                     dst[unsigned(row + ox)] = max(v, np.float32(0.0)) if relu else v
 
 
+@njit(cache=True, inline="always")
+def _tap_over_row(sums, s0, flat_taps, t0, flat_x, x0, x_step, count, c):
+    """sums[s0 + q * c + ch] += flat_taps[t0 + ch] * flat_x[x0 + q * x_step + ch] for q <
+    count output pixels and ch < c channels: one tap over a row's pixels, a vector of
+    channels at a time (`vector_tile.vector_run_16`: the tap's weights stay in a register
+    while the pixels go by), the last 8 channels as an 8-lane vector, the last few alone."""
+    ch = 0
+    while ch + 16 <= c:
+        vector_run_16(sums, s0 + ch, c, flat_taps, t0 + ch, flat_x, x0 + ch, x_step, count)
+        ch += 16
+    if ch + 8 <= c:
+        vector_run_8(sums, s0 + ch, c, flat_taps, t0 + ch, flat_x, x0 + ch, x_step, count)
+        ch += 8
+    for rest in range(ch, c):
+        for q in range(count):
+            at = s0 + q * c + rest
+            sums[unsigned(at)] += flat_taps[unsigned(t0 + rest)] * flat_x[unsigned(x0 + q * x_step + rest)]
+
+
 def channels_last_taps(weight: np.ndarray) -> np.ndarray:
     """(C, 1, kh, kw) depthwise weights as (kh, kw, C): each tap's weights for every
     channel side by side, as `depthwise_channels_last` reads them."""
@@ -105,36 +126,40 @@ def channels_last_taps(weight: np.ndarray) -> np.ndarray:
 @njit(cache=True, parallel=True, boundscheck=False)
 def depthwise_channels_last(xh, taps, bias, sh, sw, ph, pw, dh, dw, relu, out_h):
     """A depthwise conv (one output channel an input channel) on channels-last values:
-    xh (N, H, W, C), taps (kh, kw, C), out_h (N, Ho, Wo, C). Per output row, each tap adds
-    a run of C channels per output pixel into a row of sums: the channels are the
-    vector, contiguous in the input, the weights and the sums alike."""
+    xh (N, H, W, C), taps (kh, kw, C), out_h (N, Ho, Wo, C). A job is an output row, cut
+    into blocks of pixels whose sums (BLOCK_FLOATS) stay in L1 while every tap adds a run
+    of C channels per output pixel into them (`_tap_over_row`): the channels are the
+    vector, contiguous in the input, the weights and the sums alike. A whole row's sums
+    (144 channels x 56 pixels, 32 KB) left L1 with the input rows the taps read, and each
+    of the kh x kw taps read and wrote them from L2."""
     n, height, width, c = xh.shape
     _, ho, wo, _ = out_h.shape
     kh, kw = taps.shape[0], taps.shape[1]
     flat_x, flat_taps, flat_out = xh.reshape(-1), taps.reshape(-1), out_h.reshape(-1)
+    block = max(1, BLOCK_FLOATS // c)  # output pixels a block of sums holds
     for job in prange(n * ho):
         b = job // ho
         oy = job % ho
-        sums = np.empty(wo * c, np.float32)
-        for ox in range(wo):
-            for ch in range(c):
-                sums[unsigned(ox * c + ch)] = bias[unsigned(ch)]
-        for i in range(kh):
-            iy = oy * sh - ph + i * dh
-            if iy < 0 or iy >= height:
-                continue
-            row = (b * height + iy) * width
-            for j in range(kw):
-                off = j * dw - pw
-                lo = 0 if off >= 0 else (-off + sw - 1) // sw
-                hi = min(wo, (width - 1 - off) // sw + 1) if width - 1 - off >= 0 else 0
-                tap = (i * kw + j) * c
-                for ox in range(lo, hi):
-                    src = (row + ox * sw + off) * c
-                    dst = ox * c
-                    for ch in range(c):
-                        sums[unsigned(dst + ch)] += flat_taps[unsigned(tap + ch)] * flat_x[unsigned(src + ch)]
-        at = (b * ho + oy) * wo * c
-        for k in range(wo * c):
-            v = sums[unsigned(k)]
-            flat_out[unsigned(at + k)] = max(v, np.float32(0.0)) if relu else v
+        sums = np.empty(min(block, wo) * c, np.float32)
+        for p0 in range(0, wo, block):
+            p1 = min(wo, p0 + block)
+            for q in range(p1 - p0):
+                for ch in range(c):
+                    sums[unsigned(q * c + ch)] = bias[unsigned(ch)]
+            for i in range(kh):
+                iy = oy * sh - ph + i * dh
+                if iy < 0 or iy >= height:
+                    continue
+                row = (b * height + iy) * width
+                for j in range(kw):
+                    off = j * dw - pw
+                    lo = 0 if off >= 0 else (-off + sw - 1) // sw
+                    hi = min(wo, (width - 1 - off) // sw + 1) if width - 1 - off >= 0 else 0
+                    lo, hi = max(lo, p0), min(hi, p1)
+                    if hi > lo:
+                        _tap_over_row(sums, (lo - p0) * c, flat_taps, (i * kw + j) * c, flat_x,
+                                      (row + lo * sw + off) * c, sw * c, hi - lo, c)
+            at = ((b * ho + oy) * wo + p0) * c
+            for k in range((p1 - p0) * c):
+                v = sums[unsigned(k)]
+                flat_out[unsigned(at + k)] = max(v, np.float32(0.0)) if relu else v
