@@ -196,6 +196,7 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
         + (packed_weight_elements(params, weights) if weights >= PACK_MAX_WEIGHTS or suits_winograd(params, c)
            else 0),  # packed by the first run that needs them (see prepare_conv)
         "winograd": winograd.scratch_floats((batch, c, h, w), params["out_channels"], (ho, wo), _threads()),
+        "small": 0,
     }
     strategy = strategy or choose_strategy(params, (batch, c, h, w))
     return FLOAT_BYTES * (scratch[strategy] if strategy in scratch else max(scratch.values()))

@@ -213,6 +213,11 @@ def test_conv_matches_reference(params, in_shape, rng):
     (dict(out_channels=512, kernel_size=3, padding=1), (1, 512, 28, 28), "winograd"),  # VGG conv4_2 at 224
     (dict(out_channels=512, kernel_size=3, padding=1), (1, 512, 48, 48), "winograd"),  # and at 384: 9 MB
     (dict(out_channels=192, kernel_size=5, padding=2), (1, 64, 27, 27), "outer"),   # AlexNet conv2 at 224
+    (dict(out_channels=48, kernel_size=1), (1, 1152, 1, 1), "small"),   # EfficientNet's largest SE gate: 55K MACs
+    (dict(out_channels=1152, kernel_size=1), (1, 48, 1, 1), "small"),
+    (dict(out_channels=4, kernel_size=1, activation="silu"), (1, 96, 1, 1), "small"),
+    (dict(out_channels=48, kernel_size=1), (2, 1152, 1, 1), "pointwise"),   # 110K: past SMALL_MACS
+    (dict(out_channels=48, kernel_size=1, groups=2), (1, 1152, 1, 1), "pointwise"),  # grouped
     (dict(out_channels=384, kernel_size=3, padding=1), (1, 256, 13, 13), "winograd"),  # AlexNet conv3 at 224
     (dict(out_channels=64, kernel_size=[3, 5]), (1, 32, 5, 40), "outer"),  # 3 output rows: split by channels
     (dict(out_channels=256, kernel_size=3, padding=1), (1, 256, 2, 2), "outer"),  # ResNet's layer3 at 32x32
@@ -671,6 +676,18 @@ def test_fc_matches_reference(in_shape, bias, batch, path, rng, monkeypatch):
     monkeypatch.setattr(cpu, "prefers_stream", lambda positions, weights: path.startswith("stream"))
     monkeypatch.setattr(vector_tile, "STREAM_LANES", 16 if path == "stream-16" else 8)
     check_op("fc", dict(out_features=7, bias=bias), [in_shape], rng, batch=batch)
+
+
+@pytest.mark.parametrize("activation", ["silu", "hardswish", "gelu"])
+@pytest.mark.parametrize("extra", [0, 1])
+def test_a_fused_activation_in_place_on_one_thread_or_many(activation, extra, rng):
+    """`apply_in_place` on SERIAL_VALUES values (one thread) and one more (the parallel
+    kernels), against the op's own reference."""
+    from graphconv.ops.activations import cpu as activations_cpu, fused_reference
+    values = random_input(rng, (1, activations_cpu.SERIAL_VALUES + extra, 1, 1)) * 4
+    want = fused_reference(activation, values)
+    activations_cpu.apply_in_place(activation, values)
+    np.testing.assert_allclose(values, want, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("lanes", [8, 16])

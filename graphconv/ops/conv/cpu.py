@@ -1,4 +1,4 @@
-"""CPU conv: one of seven strategies per layer, chosen from the layer's shape.
+"""CPU conv: one of eight strategies per layer, chosen from the layer's shape.
 
 - "stream": large weights used at few output positions (the fully-connected layers
   fc-to-conv produced; see `gemm_cpu.prefers_stream`). The patches are gathered into
@@ -26,6 +26,11 @@
   a GEMM has no reuse to exploit (`depthwise.py`): on NCHW values each output plane
   from a padded copy split into the stride's phases, a tap a contiguous run over whole
   output rows; on channels-last values per output row, a tap a run of C channels.
+- "small": a 1x1 conv with little work, such as a squeeze-and-excitation gate's two convs
+  on one pixel (EfficientNet: 96 -> 4 -> 96 to 1152 -> 48 -> 1152): one plain loop
+  nest on one thread (`_conv_small`), its fused activation included. Every other
+  strategy starts a parallel loop or two and takes a dozen arguments or more, which cost
+  10-20 us a call where the arithmetic takes one or two.
 - "direct": the previous default, kept for comparison (and forced in tests): per output
   row, a row panel holding every patch as one contiguous (kw, kh, c) run, and a 4x3
   dot-product tile (`gemm_cpu.multiply_band`) over it.
@@ -71,7 +76,8 @@ SCRATCH_FLOATS = 1 << 22  # 16 MB of im2col columns per chunk
 PACK_MAX_WEIGHTS = 3 << 20
 WINOGRAD_MIN_CHANNELS = 16  # fewer input or output channels: the transforms would cost more than they save
 WINOGRAD_MIN_POSITIONS = 16  # fewer outputs (4 tiles): an fc-like layer, which streams its weights
-STRATEGIES = ("stream", "pointwise", "direct", "im2col", "outer", "winograd", "depthwise")
+SMALL_MACS = 1 << 16  # multiply-adds a layer may have and still run "small": SE gates (55K at most in EfficientNet-B0)
+STRATEGIES = ("stream", "pointwise", "direct", "im2col", "outer", "winograd", "depthwise", "small")
 
 
 def suits_winograd(params: dict, in_channels: int) -> bool:
@@ -84,8 +90,9 @@ def suits_winograd(params: dict, in_channels: int) -> bool:
 
 def can_run(strategy: str, params: dict) -> bool:
     """Whether `strategy` computes this layer at all (the others run any conv)."""
-    if strategy == "pointwise":
-        return tuple(pair(params[k]) for k in ("kernel_size", "stride", "padding")) == ((1, 1), (1, 1), (0, 0))
+    if strategy in ("pointwise", "small"):
+        plain = tuple(pair(params[k]) for k in ("kernel_size", "stride", "padding")) == ((1, 1), (1, 1), (0, 0))
+        return plain and (strategy == "pointwise" or params["groups"] == 1)
     if strategy == "winograd":
         return winograd.applies(params)
     if strategy == "depthwise":  # any grouping, but summing a long patch in one float32 row is for few taps
@@ -140,6 +147,8 @@ def _strategy_for_nchw(params: dict, in_shape: tuple[int, ...], out_hw: tuple[in
     weights = _weight_elements(params, in_shape)
     if is_depthwise(params, c):
         return "depthwise"
+    if can_run("small", params) and n * ho * wo * c * params["out_channels"] <= SMALL_MACS:
+        return "small"
     if suits_winograd(params, c) and n * ho * wo >= WINOGRAD_MIN_POSITIONS:
         return "winograd"
     if prefers_stream(n * ho * wo, weights):
@@ -282,6 +291,9 @@ def _strategy_binder(params: dict, weights: dict, inputs: list[np.ndarray], out:
         if "weight_kxo" not in weights:  # not packed by prepare_conv (large, Winograd's, or as the spec gives them)
             weights["weight_kxo"] = kxo_weights(_spec_weights(weights, groups, kh, kw), groups)  # once, kept
         return partial(_bind_outer, weights["weight_kxo"], out_c // groups, bias, kh, kw, geometry, relu)
+    if strategy == "small":
+        w2 = np.ascontiguousarray(_spec_weights(weights, 1, 1, 1).reshape(out_c, -1))
+        return lambda inputs, out: partial(_small_call, inputs[0], w2, bias, relu, out)
     if strategy == "depthwise":
         w = np.ascontiguousarray(_spec_weights(weights, groups, kh, kw))
         return lambda inputs, out: partial(depthwise.conv_depthwise, _input(inputs), w, bias, *geometry, relu, out)
@@ -486,6 +498,31 @@ def _conv_stream(x, channels_last, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, rel
         _patch_columns(x, channels_last, g * (c // groups), kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, 0, n * ho,
                        taps_last, cols)
         stream_matmul(w3[g], bias, relu, cols, positions, ho * wo, g * og, out3, out_channels_last, wide, lanes)
+
+
+# ---- small ----------------------------------------------------------------------------------
+
+def _small_call(x: np.ndarray, w2: np.ndarray, bias: np.ndarray, relu: bool, out: np.ndarray) -> None:
+    """`_conv_small` on the input's pixels as the rows of a C-contiguous (pixels x C)
+    matrix: a view where the input is stored channels-last or is one pixel (an SE gate's),
+    else a copy as small as the layer."""
+    _conv_small(np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(-1, x.shape[1]), w2, bias, relu, out)
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"}, boundscheck=False)
+def _conv_small(pixels, w2, bias, relu, out):
+    """out[b, o, y, x] = act(bias[o] + sum_c w2[o, c] * pixels[(b * H + y) * W + x, c]) on one
+    thread; out as stored (an NCHW array or a channels-last view), w2 (O, C). Each output
+    is one dot product of two contiguous rows, summed in whatever order vectorises (a
+    gate's few hundred products stay well inside the tolerance float32 gives any order)."""
+    n, o, height, width = out.shape
+    for p in range(pixels.shape[0]):
+        b, y, xx = p // (height * width), (p // width) % height, p % width
+        for oc in range(o):
+            total = bias[oc]
+            for k in range(pixels.shape[1]):
+                total += w2[oc, k] * pixels[p, k]
+            out[b, oc, y, xx] = max(total, np.float32(0.0)) if relu else total
 
 
 # ---- direct ---------------------------------------------------------------------------------
