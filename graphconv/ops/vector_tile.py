@@ -327,7 +327,6 @@ def _outer_tile_shape() -> tuple[int, int]:
             int(vectors) if vectors in ("3", "4") else 4 if wide else 3)
 
 
-
 # `stream_matmul`'s tiles in 16 lanes: blocks of 16 to 64 positions as 16-lane vectors
 # (a block's last 8 positions, if any, take an 8-lane tile). On an Intel Xeon with two
 # 512-bit FMA units an 8-lane FMA does half the work of a 16-lane one in the same slot,
