@@ -8,6 +8,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from graphconv.ops.activations import fused_code
 from graphconv.ops.channels_last import as_stored_like, stored_memory
 from graphconv.ops.fast_math import HALF, ONE, ZERO, gelu32, hardswish32, silu32, tanh32
 
@@ -100,17 +101,17 @@ def _gelu_in_place(values):
         values[i] = gelu32(values[i])
 
 
+SILU, HARDSWISH = fused_code("silu"), fused_code("hardswish")
 _IN_PLACE = {"silu": _silu_in_place, "hardswish": _hardswish_in_place, "gelu": _gelu_in_place}
 SERIAL_VALUES = 4096  # up to this many, one thread: starting a parallel loop costs more (a gate's 48-1152)
-SERIAL_CODES = {"silu": 0, "hardswish": 1, "gelu": 2}
 
 
 @njit(cache=True, fastmath=CONTRACT)
 def _activate_serially(values, code):
-    """`_IN_PLACE[...]` on one thread, for a few values."""
+    """`_IN_PLACE[...]` on one thread, for a few values; `code` as `fused_code` gives it."""
     for i in range(values.size):
         v = values[i]
-        values[i] = silu32(v) if code == 0 else hardswish32(v) if code == 1 else gelu32(v)
+        values[i] = silu32(v) if code == SILU else hardswish32(v) if code == HARDSWISH else gelu32(v)
 
 
 def apply_in_place(activation: str, out: np.ndarray) -> None:
@@ -120,6 +121,6 @@ def apply_in_place(activation: str, out: np.ndarray) -> None:
     its loop runs scalar (EfficientNet-B0 ran 2x slower overall)."""
     values = stored_memory(out)
     if values.size <= SERIAL_VALUES:
-        _activate_serially(values, SERIAL_CODES[activation])
+        _activate_serially(values, fused_code(activation))
     else:
         _IN_PLACE[activation](values)
