@@ -413,14 +413,15 @@ def _run_crops(args: argparse.Namespace, model, grid, x: np.ndarray, picture: np
     """--crops on an image held whole: the classifier on every crop, batched; what a dense
     pass computes with shared work, and the only exact map of a network that cannot slide.
     (Lazily read, huge or tiled images stream through the tiled path instead.)"""
-    from graphconv.dense import CROPS_PER_BATCH
+    from graphconv.dense import crops_per_batch
 
     n, _, height, width = x.shape
     if height < grid.field.size[0] or width < grid.field.size[1]:
         raise GraphconvError(f"--crops: the input is {height}x{width}, smaller than the classifier's "
                              f"{grid.field.size[0]}x{grid.field.size[1]} crop", file=args.image or args.input)
-    check_run_fits(model.graph, min(grid.crops((height, width), n), CROPS_PER_BATCH), grid.field.size,
-                   f"running {model.graph.name} on batches of {CROPS_PER_BATCH} crops", file=args.image or args.input)
+    batch = crops_per_batch(model.graph, grid.crops((height, width), n))
+    check_run_fits(model.graph, batch, grid.field.size,
+                   f"running {model.graph.name} on batches of {batch} crops", file=args.image or args.input)
     print(grid.describe((height, width), n))
     note_cold_kernels(model, args.device)
     start = time.perf_counter()
@@ -641,7 +642,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from graphconv.compiler import compile_model
-    from graphconv.dense import CROPS_PER_BATCH, verify
+    from graphconv.dense import crops_per_batch, verify
 
     original = load_model(args, args.spec)
     compiled = compile_model(original.graph, output_stride=args.output_stride,
@@ -649,7 +650,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     c = original.crop_shape[0]
     rows, cols = compiled.map_size(*args.input_size)
     check_run_fits(compiled.graph, args.batch, args.input_size, "the dense pass")
-    crops = min(CROPS_PER_BATCH, args.batch * rows * cols)
+    crops = crops_per_batch(original.graph, args.batch * rows * cols)
     check_run_fits(original.graph, crops, original.crop_shape[1:], "the crop loop")
     image = np.random.default_rng(args.seed).standard_normal((args.batch, c, *args.input_size), dtype=np.float32)
     note_cold_kernels(compiled, args.device)

@@ -153,11 +153,11 @@ class DenseGrid:
 
 
 class CropGrid:
-    """The classifier itself on every crop, `stride` pixels apart, 64 crops a batch: no
+    """The classifier itself on every crop, `stride` pixels apart, in batches: no
     work shared between crops, so exact for any network, including one that cannot slide.
     Crops start on the stride grid, so a tile box starting there holds whole crops."""
 
-    CELLS_PER_TILE = 32  # a tile of 32x32 crops: 16 full batches, and a progress step every ~1000 crops
+    CELLS_PER_TILE = 32  # a tile of 32x32 crops: a progress step every ~1000 crops
 
     def __init__(self, classifier, stride: int | tuple[int, int]):
         from graphconv.ops import pair
@@ -200,10 +200,10 @@ class CropGrid:
 
     def peak_bytes(self, tile_hw: tuple[int, int]) -> int:
         """A batch of crops through the classifier, plus the tile's pixels and its map."""
-        from graphconv.dense import CROPS_PER_BATCH
+        from graphconv.dense import crops_per_batch
         from graphconv.memory import run_estimate
 
-        batch = min(CROPS_PER_BATCH, self.crops(tile_hw))
+        batch = crops_per_batch(self.model.graph, self.crops(tile_hw))
         pixels = self.model.crop_shape[0] * tile_hw[0] * tile_hw[1]
         return (run_estimate(self.model.graph, batch, self.field.size) + 4 * pixels
                 + 4 * self.crops(tile_hw) * self.model.output_channels)

@@ -3,8 +3,12 @@ the crop loop, and for padded networks which layers' padding makes which positio
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+
 import graphconv
-from graphconv.dense import padding_reach, verify
+from graphconv import dense
+from graphconv.dense import crop_loop, crops_per_batch, padding_reach, verify
 from conftest import random_input
 
 PADDED = """
@@ -152,3 +156,36 @@ def test_verify_explains_a_network_padded_unevenly(write_spec, rng):
     assert pool_pad.tolerance < 1 and pool_pad.differing > 0 and pool_pad.clear_agrees
     assert "pool1.pad (padding top 1, left 0, bottom 0, right 1 of -inf): of its 9x8 map per crop, 30 " \
            "positions read padding of -inf (here or upstream: 1 row(s) at the top, 1 at the bottom" in str(report)
+
+
+def test_the_crop_loop_in_batches_with_a_zero_filled_last_one_equals_each_crop_alone(write_spec, rng, monkeypatch):
+    classifier = graphconv.load(write_spec(UNPADDED))
+    image = random_input(rng, (2, 2, 22, 22))  # 3x3 crops an image at stride 3: 18, in 4 batches of 5
+    monkeypatch.setattr(dense, "MOST_CROPS_PER_BATCH", 5)
+    batches = []
+    monkeypatch.setattr(classifier, "run", lambda x, device="cpu", run=classifier.run: batches.append(len(x)) or run(x))
+    scores = crop_loop(classifier, image, 3)
+    assert batches == [5, 5, 5, 5]
+    for b, i, j in [(0, 0, 0), (1, 2, 2), (1, 1, 0), (0, 2, 1)]:
+        alone = classifier.run(image[b:b + 1, :, 3 * i:3 * i + 16, 3 * j:3 * j + 16]).reshape(-1)
+        np.testing.assert_allclose(scores[b, :, i, j], alone, rtol=1e-5, atol=1e-6)
+
+
+def spec_with(width: int, fc: int) -> str:
+    return f"""
+    name: sized
+    input: {{shape: [3, 64, 64]}}
+    layers:
+      - {{name: conv1, op: conv, out_channels: {width}, kernel_size: 3, padding: 1}}
+      - {{name: fc, op: fc, out_features: {fc}}}
+    """
+
+
+@pytest.mark.parametrize("crops, thin_batch", [(1, 1), (7, 7), (64, 64), (65, 33), (1000, 63)])
+def test_a_crop_batch_grows_with_the_weights_and_shrinks_with_the_activations(write_spec, crops, thin_batch,
+                                                                            monkeypatch):
+    monkeypatch.setattr(dense, "CROP_ACTIVATION_BUDGET", 8 << 20)
+    few_weights_wide_maps = graphconv.load(write_spec(spec_with(256, 2), "wide.yaml")).graph  # 4 MB maps a crop
+    many_weights_thin_maps = graphconv.load(write_spec(spec_with(4, 2000), "fc.yaml")).graph  # 131 MB of fc
+    assert crops_per_batch(few_weights_wide_maps, crops) <= 2
+    assert crops_per_batch(many_weights_thin_maps, crops) == thin_batch  # up to 64, spread evenly
