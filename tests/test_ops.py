@@ -278,12 +278,13 @@ def test_conv_depthwise_hypothesis(c, multiplier, kh, kw, sh, sw, ph, pw, dh, dw
 
 
 @pytest.mark.parametrize("c,w", [(24, 400), (40, 230), (37, 300), (1152, 9), (2100, 4)])
-@pytest.mark.parametrize("k,s", [(3, 1), (5, 2)])
-def test_depthwise_channels_last_over_blocks_of_pixels_and_vectors(c, w, k, s, rng):
+@pytest.mark.parametrize("k,s,activation", [(3, 1, "relu"), (5, 2, "silu"), (3, 2, "gelu")])
+def test_depthwise_channels_last_over_blocks_of_pixels_and_vectors(c, w, k, s, activation, rng):
     """The channels-last depthwise kernel where a row's pixels take several blocks of sums
     (BLOCK_FLOATS // c pixels each: one pixel for 2100 channels), and channels come as
-    16-lane vectors, an 8-lane one (24, 40) and single ones (37: 16 + 16 + 5)."""
-    params = dict(out_channels=c, kernel_size=k, stride=s, padding=k // 2, groups=c, activation="relu")
+    16-lane vectors, an 8-lane one (24, 40) and single ones (37: 16 + 16 + 5); a smooth
+    activation goes over each block as it is written."""
+    params = dict(out_channels=c, kernel_size=k, stride=s, padding=k // 2, groups=c, activation=activation)
     assert (-(-w // s)) > max(1, conv_cpu.depthwise.BLOCK_FLOATS // c) or c > conv_cpu.depthwise.BLOCK_FLOATS // 2
     check_op("conv", params, [(c, 5, w)], rng, batch=1, strategy="depthwise", storage=(True, True))
 
@@ -316,6 +317,19 @@ def test_conv_outer_hypothesis(c, o, k, s, p, dw, h, w, batch, activation, chunk
                 mock.patch.object(conv_cpu, "get_num_threads", lambda: threads):
             check_op("conv", params, shapes, np.random.default_rng(c * 97 + o), batch=batch,
                      strategy="outer", prepared=prepared, storage=storage)
+
+
+@pytest.mark.parametrize("activation", ["silu", "gelu", "hardswish"])
+@pytest.mark.parametrize("out_c,hw,batch", [(200, (3, 3), 1), (40, (30, 20), 2)])
+def test_outer_activates_a_job_written_in_parts_of_its_channels_or_whole(activation, out_c, hw, batch, rng):
+    """A channels-last "outer" job covering every output channel activates its pixels as
+    one run; one split into parts by blocks of channels (a small map, many channels: 2
+    threads, one job) activates each pixel's part of the channels."""
+    parts = conv_cpu.outer_jobs(batch, *hw, out_c, 2)[1]
+    assert parts == (2 if out_c == 200 else 1)
+    with mock.patch.object(conv_cpu, "get_num_threads", lambda: 2):
+        check_op("conv", dict(out_channels=out_c, kernel_size=1, activation=activation), [(24, *hw)], rng,
+                 batch=batch, strategy="outer", storage=(True, True))
 
 
 @pytest.mark.parametrize("tile", TILE_SHAPES)

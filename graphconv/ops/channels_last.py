@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from graphconv.ops.fast_math import RELU, activate_run
 from graphconv.ops.layout import is_channels_last, nhwc
 from graphconv.ops.unsigned_index import fill, unsigned
 
@@ -80,14 +81,16 @@ def padded_copy(x: np.ndarray, c0: int, ph: int, pw: int, xp: np.ndarray) -> Non
 
 
 @njit(cache=True, inline="always")
-def store_channels(sums, at, bias, channel0, flat_res, flat_out, dst, count, residual, relu):
+def store_channels(sums, at, bias, channel0, flat_res, flat_out, dst, count, residual, activation):
     """flat_out[dst + j] = act(sums[at + j] + bias[channel0 + j] (+ flat_res[dst + j])) for
-    j < count: one pixel's run of channels, the epilogue of a conv writing channels-last."""
+    j < count: one pixel's run of channels, the epilogue of a conv writing channels-last;
+    `activation` is the conv's `fused_code`."""
     for j in range(count):
         v = sums[unsigned(at + j)] + bias[unsigned(channel0 + j)]
         if residual:
             v += flat_res[unsigned(dst + j)]
-        flat_out[unsigned(dst + j)] = max(v, np.float32(0.0)) if relu else v
+        flat_out[unsigned(dst + j)] = max(v, np.float32(0.0)) if activation == RELU else v
+    activate_run(flat_out, dst, count, activation)
 
 
 @njit(cache=True, parallel=True, boundscheck=False)

@@ -129,9 +129,10 @@ FUSED = ("none", "relu", "silu", "hardswish", "gelu")
 """What a conv's `activation` can be, in the order of the codes its kernels take
 (`fused_code`): the activations after convs in ReLU networks, EfficientNet (silu),
 MobileNetV3 (hardswish) and ConvNeXt (gelu). The CUDA kernels apply each as they write
-the outputs; the CPU ones apply ReLU so, and a smooth one in one pass over the output in
-place right after (`conv/cpu.py`, `_then_smooth_activation`). Either way a buffer and a
-pass over the map fewer than a layer of its own. "gelu" is the exact (erf) form."""
+the outputs; the CPU ones apply ReLU so, and a smooth one over each run of outputs just
+written, or in one pass over the output in place right after (`conv/cpu.py`,
+`_writes_smooth_activation`). Either way a buffer and a pass over the map fewer than a
+layer of its own. "gelu" is the exact (erf) form."""
 
 
 def fused_code(activation: str) -> int:

@@ -32,7 +32,7 @@ contiguous along channels, so it vectorises); and multiplies it by U[xi] into M[
 After the 4 positions of each row of the 4x4 tile, their M go through that row's share
 of the output transform into the 2x2 outputs of each tile (`_add_row_to_outputs`). At
 the end the outputs go to the output with the bias, the residual input if the conv
-has one, and ReLU. An input stored channels-last is read where it lies, its padding
+has one, and its activation. An input stored channels-last is read where it lies, its padding
 read as zeros; an NCHW one is copied into padded channels-last order first, a big one
 one band of tile rows at a time (`band_tile_rows`), each band followed by its jobs, so
 the copy never passes BAND_BYTES.
@@ -45,6 +45,7 @@ import numpy as np
 from numba import njit, prange
 
 from graphconv.ops.channels_last import store_channels
+from graphconv.ops.fast_math import activate32
 from graphconv.ops.registry import pair
 from graphconv.ops.job_queue import next_job
 from graphconv.ops.unsigned_index import fill, unsigned
@@ -161,7 +162,7 @@ def scratch_floats(in_shape: tuple[int, ...], out_channels: int, out_hw: tuple[i
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def winograd_conv(xp, top, left, wu, og, bias, relu, ho, wo, jobs_per_image, chunk, flat_out, flat_res,
+def winograd_conv(xp, top, left, wu, og, bias, activation, ho, wo, jobs_per_image, chunk, flat_out, flat_res,
                   image_pixels, channels_last, threads, image0, row0, lanes, block_vectors):
     """Output (image0 + b, o, row0 + y, x) for y < ho, from the channels-last input xp
     and U packed flat as 16 runs of (C x o8), each as `kxo_weights` packs a 1x1 conv's
@@ -218,7 +219,7 @@ def winograd_conv(xp, top, left, wu, og, bias, relu, ho, wo, jobs_per_image, chu
                                        vectors * lanes, m, (m0 // block) + blk * slots + p0, block, k0 == 0)
                 if xi % 4 == 3:
                     _add_row_to_outputs(m, m_size, xi // 4, blk0, blk1, tiles, slots, block, y)
-            _write_outputs(y, bias, relu, image0 + b, tile0, tiles, tile_cols, ho, wo, row0, blk0 * block,
+            _write_outputs(y, bias, activation, image0 + b, tile0, tiles, tile_cols, ho, wo, row0, blk0 * block,
                            min(og, blk1 * block), slots, block, flat_out, flat_res, og, image_pixels, channels_last)
 
 
@@ -316,9 +317,9 @@ def _add_row_to_outputs(m, m_size, a, blk0, blk1, tiles, slots, block, y):
 
 
 @njit(cache=True, inline="always")
-def _write_outputs(y, bias, relu, b, tile0, tiles, tile_cols, ho, wo, row0, o0, o1, slots, block, flat_out, flat_res,
+def _write_outputs(y, bias, activation, b, tile0, tiles, tile_cols, ho, wo, row0, o0, o1, slots, block, flat_out, flat_res,
                    out_channels, image_pixels, channels_last):
-    """The job's 2x2 output blocks, with bias, residual and ReLU, into image b of the
+    """The job's 2x2 output blocks, with bias, residual and activation, into image b of the
     output, rows from row0 on (the tiles past an odd map's last row or column write only
     their real outputs): channel by channel into an NCHW output; into a channels-last
     one pixel by pixel, each pixel's channels of a block one contiguous run."""
@@ -332,7 +333,7 @@ def _write_outputs(y, bias, relu, b, tile0, tiles, tile_cols, ho, wo, row0, o0, 
                     dst = (b * image_pixels + (row0 + oy) * wo + ox) * out_channels
                     for lo in range(o0, o1, block):
                         store_channels(y, (((lo // block) * slots + tt) * 4 + q) * block, bias, lo, flat_res,
-                                       flat_out, dst + lo, min(o1, lo + block) - lo, residual, relu)
+                                       flat_out, dst + lo, min(o1, lo + block) - lo, residual, activation)
         return
     for o in range(o0, o1):
         bo = bias[o]
@@ -352,4 +353,4 @@ def _write_outputs(y, bias, relu, b, tile0, tiles, tile_cols, ho, wo, row0, o0, 
                         dst = plane + oy * wo + ox
                         if residual:
                             value += flat_res[unsigned(dst)]
-                        flat_out[unsigned(dst)] = max(value, np.float32(0.0)) if relu else value
+                        flat_out[unsigned(dst)] = activate32(value, activation)
