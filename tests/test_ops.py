@@ -27,6 +27,7 @@ from conftest import random_input
 from graphconv.ops import vector_tile
 from graphconv.ops.activations import FUSED
 from graphconv.ops.conv import cpu as conv_cpu
+from graphconv.ops.layout import nhwc
 
 TILE_SHAPES = [(8, 3), (8, 4), (16, 3), (16, 4)]  # (lanes, vectors) of the conv's register tile
 
@@ -883,3 +884,22 @@ def test_cpu_kernels_run_without_scipy():
     result = subprocess.run([sys.executable, "-c", NO_SCIPY_RUN], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ran without scipy" in result.stdout
+
+
+@pytest.mark.parametrize("channels,size,threads", [(3, (40, 33), 2), (70, (12, 12), 3), (130, (7, 7), 2),
+                                                   (20, (300, 200), 2), (17, (9, 9), 1)])
+def test_global_average_pool_channels_last_by_pixels_or_by_channels(channels, size, threads, rng):
+    """Channels-last global pooling cut into parts of pixels (maps of PIXEL_BLOCK pixels a
+    thread or more: several blocks a part, a last block part-full) or into runs of
+    channels (smaller maps), on values far from 0, where float32 sums of a 60000-pixel
+    map would drift: within a few float32 roundings (of the 64-pixel blocks' sums) of the
+    float64 mean, whatever the map's size."""
+    from graphconv.ops.globalavgpool import cpu as pool_cpu
+    pool = get_op("globalavgpool")
+    x = (100.0 + rng.standard_normal((2, channels, *size))).astype(np.float32)
+    stored = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    assert nhwc(stored) is not None
+    out = np.empty((2, channels, 1, 1), np.float32)
+    with mock.patch.object(pool_cpu, "get_num_threads", lambda: threads):
+        pool_cpu.run_globalavgpool({}, {}, [stored], out)
+    np.testing.assert_allclose(out, pool.reference({}, {}, [x]), rtol=5e-7)

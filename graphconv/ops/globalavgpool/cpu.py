@@ -4,7 +4,7 @@ nothing to rounding."""
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 
 from graphconv.ops.layout import nhwc
 from graphconv.ops.unsigned_index import unsigned
@@ -46,10 +46,55 @@ def _global_mean_channels_last(xh, out):
             flat_out[unsigned(b * c + c0 + j)] = totals[j] / plane
 
 
+PIXEL_BLOCK = 64  # pixels `_global_mean_pixel_parts` sums in float32 before adding them to its float64 totals
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _global_mean_pixel_parts(xh, parts, out):
+    """`_global_mean` for (N, H, W, C) input stored channels-last, each image's pixels cut
+    into `parts` runs, one a job, every channel at once, then the parts added up.
+
+    Why pixels: the conv before (a depthwise one, in EfficientNet's squeeze-and-excitation
+    blocks) wrote the map a band of rows a thread, and a job over a run of channels reads
+    every pixel, half of them from the other core's cache. EfficientNet-B0's 144x56x56
+    map took 110 us in the network against 34 us cut into pixels (32-46 us either way
+    alone). Each job sums PIXEL_BLOCK pixels at a time in float32, as whole vectors of
+    channels, then adds that into its float64 totals, so the rounding stays that of 64
+    values whatever the map's size."""
+    n, height, width, c = xh.shape
+    plane = height * width
+    flat_x, flat_out = xh.reshape(-1), out.reshape(-1)
+    totals = np.zeros((n * parts, c), np.float64)
+    per_part = -(-plane // parts)
+    for job in prange(n * parts):
+        b, part = job // parts, job % parts
+        end = min(plane, (part + 1) * per_part)
+        block = np.empty(c, np.float32)
+        for p0 in range(part * per_part, end, PIXEL_BLOCK):
+            block[:] = 0.0
+            for p in range(p0, min(end, p0 + PIXEL_BLOCK)):
+                at = (b * plane + p) * c
+                for j in range(c):
+                    block[j] += flat_x[unsigned(at + j)]
+            for j in range(c):
+                totals[job, j] += block[j]
+    for b in range(n):
+        for j in range(c):
+            total = 0.0
+            for part in range(parts):
+                total += totals[b * parts + part, j]
+            flat_out[unsigned(b * c + j)] = total / plane
+
+
 def run_globalavgpool(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
-    """The (N, C, 1, 1) output is the same memory stored either way."""
+    """The (N, C, 1, 1) output is the same memory stored either way. A channels-last map
+    of a PIXEL_BLOCK pixels a thread or more is cut into pixels, a smaller one (7x7:
+    13.6 against 18.5 us for 1152 channels) into runs of channels."""
     stored = nhwc(inputs[0])
+    threads = get_num_threads()
     if stored is None:
         _global_mean(np.ascontiguousarray(inputs[0]), out)
+    elif stored.shape[1] * stored.shape[2] >= PIXEL_BLOCK * threads:
+        _global_mean_pixel_parts(stored, threads, out)
     else:
         _global_mean_channels_last(stored, out)
