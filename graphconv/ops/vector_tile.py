@@ -448,20 +448,24 @@ def outer_tile(lanes, vectors, w, row0, last_row, stride, k0, steps, cols, c0, w
 # several tap rows (ResNet-50's 7x7 conv1 on 3 channels: 7 runs of 21 taps, which as
 # 7 calls of 21 steps spent more time entering and leaving the tile than in it). The
 # first k chunk's tile stores its products into the sums and the others add to them,
-# so the sums need no zeroing.
+# so the sums need no zeroing. The last chunk's tile may instead write its pixels'
+# finished outputs (sums, bias, ReLU) straight into a channels-last output, `direct`.
 
 def _make_gathered_tile(rows: int, vectors: int, lanes: int = LANES):
     i = types.intp
 
     @intrinsic
-    def tile(typingctx, x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store):
-        arrays_fit = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (x, patch, cols, sums))
-        if not arrays_fit or patch.dtype != types.int64 or any(a.dtype != types.float32 for a in (x, cols, sums)):
+    def tile(typingctx, x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store, direct, out, bias):
+        arrays = (x, patch, cols, sums, out, bias)
+        arrays_fit = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in arrays)
+        if not arrays_fit or patch.dtype != types.int64 or any(a.dtype != types.float32 for a in arrays if a is not patch):
             return None  # flat indexing from .data is right only for these
         if not (isinstance(span, types.UniTuple) and span.count == 5 and isinstance(span.dtype, types.Integer)
+                and isinstance(direct, types.UniTuple) and direct.count == 5 and isinstance(direct.dtype, types.Integer)
                 and isinstance(store, types.Boolean)):
             return None
-        signature = types.void(x, patch, i, i, types.UniTuple(i, 5), cols, i, i, sums, i, i, types.boolean)
+        signature = types.void(x, patch, i, i, types.UniTuple(i, 5), cols, i, i, sums, i, i, types.boolean,
+                               types.UniTuple(i, 5), out, bias)
         return signature, _gathered_codegen(rows, vectors, lanes)
     tile.__name__ = f"gathered_tile_{rows}x{vectors}_{lanes}lanes"
     return tile
@@ -469,8 +473,9 @@ def _make_gathered_tile(rows: int, vectors: int, lanes: int = LANES):
 
 def _gathered_codegen(rows: int, vectors: int, lanes: int):
     def codegen(context, builder, signature, args):
-        x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store = args
-        x_ptr, patch_ptr, cols_ptr, sums_ptr = _data_pointers(context, builder, signature, args, (0, 1, 5, 8))
+        x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store, direct, out, bias = args
+        x_ptr, patch_ptr, cols_ptr, sums_ptr, out_ptr, bias_ptr = _data_pointers(context, builder, signature, args,
+                                                                                 (0, 1, 5, 8, 13, 14))
         shift, seg_stride, segments, seg_k, steps = (builder.extract_value(span, n) for n in range(5))
         emit = _Emitter(builder, lanes)
         patch_starts = [emit.add(builder.load(builder.gep(patch_ptr, [emit.min(emit.add(p0, emit.const(r)), last)])),
@@ -493,9 +498,46 @@ def _gathered_codegen(rows: int, vectors: int, lanes: int):
                     for r in range(rows)]
         places = [[emit.add(emit.mul(emit.add(s0, emit.const(r)), s_width), emit.const(v * lanes))
                    for v in range(vectors)] for r in range(rows)]
-        emit.store_sums(sums_ptr, places, products, store)
+        enabled = builder.icmp_signed("!=", builder.extract_value(direct, 0), emit.const(0))
+        with builder.if_else(enabled) as (to_output, to_sums):
+            with to_output:
+                _emit_direct_outputs(emit, sums_ptr, places, products, store, direct, out_ptr, bias_ptr, p0, last)
+            with to_sums:
+                emit.store_sums(sums_ptr, places, products, store)
         return context.get_dummy_value()
     return codegen
+
+
+def _emit_direct_outputs(emit, sums_ptr, places, products, store, direct, out_ptr, bias_ptr, p0, last):
+    """The tile's finished outputs into the channels-last output, with direct = (1, where
+    pixel p0's first channel of the block goes, the output's channels, the block's first
+    channel in bias, whether ReLU): each row's vectors + the chunks before (from the sums,
+    unless `store`: this chunk is the only one) + bias, ReLU (NaN kept, as max(v, 0) in
+    the store loops), for the rows up to `last` only (those past it repeat the last pixel
+    and have no place in the output)."""
+    builder = emit.builder
+    out_at, out_width, bias_at, relu = (builder.extract_value(direct, n) for n in range(1, 5))
+    relu = builder.icmp_signed("!=", relu, emit.const(0))
+    biases = [emit.load_vector(bias_ptr, emit.add(bias_at, emit.const(v * emit.lanes))) for v in range(len(products[0]))]
+
+    def write(with_earlier_chunks: bool) -> None:
+        for r, (row_places, row_values) in enumerate(zip(places, products)):
+            valid = builder.icmp_signed("<=", emit.add(p0, emit.const(r)), last)
+            with builder.if_then(valid):
+                row_at = emit.add(out_at, emit.mul(emit.const(r), out_width))
+                for v, (at, value) in enumerate(zip(row_places, row_values)):
+                    if with_earlier_chunks:
+                        value = builder.fadd(emit.load_vector(sums_ptr, at), value)
+                    value = builder.fadd(value, biases[v])
+                    clamped = builder.select(builder.fcmp_ordered("<", value, emit.zero), emit.zero, value)
+                    emit.store_vector(out_ptr, emit.add(row_at, emit.const(v * emit.lanes)),
+                                      builder.select(relu, clamped, value))
+
+    with builder.if_else(store) as (only_chunk, last_of_several):
+        with only_chunk:
+            write(False)
+        with last_of_several:
+            write(True)
 
 
 # _gathered_L_V: the tile of V vectors of L lanes
@@ -506,28 +548,32 @@ _gathered_16_1, _gathered_16_2, _gathered_16_3, _gathered_16_4 = (_make_gathered
 
 
 @njit(cache=True, inline="always")
-def gathered_tile(lanes, vectors, store, x, patch, p0, last, span, cols, c0, width, sums, s0, s_width):
+def gathered_tile(lanes, vectors, store, x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, direct, out,
+                  bias):
     """With span = (shift, seg_stride, segments, seg_k, steps):
     sums[(s0 + r) * s_width + j] (+)= sum_{g < segments, k < steps}
         x[patch[min(p0 + r, last)] + shift + g * seg_stride + k] * cols[c0 + (g * seg_k + k) * width + j]
-    for r < outer_rows(lanes, vectors) and j < vectors * lanes: `=` where `store`, `+=` otherwise."""
+    for r < outer_rows(lanes, vectors) and j < vectors * lanes: `=` where `store`, `+=` otherwise.
+    Where direct = (1, out_at, out_width, bias_at, relu), the last chunk's tile writes
+    instead out[out_at + r * out_width + j] = act(that sum + bias[bias_at + j]) for the
+    rows p0 + r <= last (`_emit_direct_outputs`); direct[0] = 0 leaves out and bias unread."""
     if lanes == 16:
         if vectors == 4:
-            _gathered_16_4(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store)
+            _gathered_16_4(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store, direct, out, bias)
         elif vectors == 3:
-            _gathered_16_3(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store)
+            _gathered_16_3(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store, direct, out, bias)
         elif vectors == 2:
-            _gathered_16_2(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store)
+            _gathered_16_2(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store, direct, out, bias)
         else:
-            _gathered_16_1(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store)
+            _gathered_16_1(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store, direct, out, bias)
     elif vectors == 4:
-        _gathered_8_4(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store)
+        _gathered_8_4(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store, direct, out, bias)
     elif vectors == 3:
-        _gathered_8_3(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store)
+        _gathered_8_3(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store, direct, out, bias)
     elif vectors == 2:
-        _gathered_8_2(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store)
+        _gathered_8_2(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store, direct, out, bias)
     else:
-        _gathered_8_1(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store)
+        _gathered_8_1(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store, direct, out, bias)
 
 
 # ---- strided runs of one vector, for the depthwise conv ------------------------------------

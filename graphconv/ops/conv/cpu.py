@@ -914,7 +914,12 @@ def _outer_group(xp, wp, og, bias, activation, kh, kw, sh, sw, dh, dw, o_offset,
     x block per block) go to the output (flat, `out_channels` channels,
     stored NCHW or channels-last) with bias, the residual input if any (flat_res, stored
     as the output; empty when there is none) and the activation (`fused_code`) at the end
-    of the job."""
+    of the job. Where the output is channels-last, of one group, in whole vectors of
+    channels, and there is no residual, the last chunk's tiles write the outputs
+    themselves (`vector_tile.gathered_tile`'s `direct`), with bias and ReLU, and the job
+    only applies a smooth activation after: no pass through the sums. Alternating, each
+    layer alone (2 threads, Intel AVX-512): EfficientNet-B0's 3x3 stem 258 -> 153 us, its
+    1x1 16->96 at 112x112 ~325 -> 252 us; the network 0.90x, ResNet-50 0.98x."""
     n, rows_in, cols_in, cg = xp.shape
     o_pad = -(-og // lanes) * lanes
     k = wp.size // o_pad
@@ -931,6 +936,9 @@ def _outer_group(xp, wp, og, bias, activation, kh, kw, sh, sw, dh, dw, o_offset,
     per_part = -(-blocks // parts)
     block_pixels = padded_tile_rows(job_pixels)  # sums rows a block: the last tile's clamped pixels land in the slack
     flat_x = xp.reshape(-1)
+    # the last chunk's tiles write the outputs themselves (`_direct_outputs`)
+    direct = channels_last and out_channels == og and og % lanes == 0 and flat_res.size == 0
+    relu = 1 if activation == RELU else 0
     queue = np.zeros(1, np.int64)  # the next job to take (`next_job`)
     for _ in prange(threads):
         sums = np.empty(blocks * block_pixels * block, np.float32)
@@ -952,16 +960,35 @@ def _outer_group(xp, wp, og, bias, activation, kh, kw, sh, sw, dh, dw, o_offset,
                         shift = (i * dh * cols_in + j * dw) * cg + k0  # from a patch's start in xp
                         span = (shift, dh * cols_in * cg, segments, kw * cg, min(chunk, run - k0))
                         first_chunk = i == 0 and j == 0 and k0 == 0  # stores its products: no zeroing
+                        last_chunk = i + rows_per_chunk >= kh and j == segments_per_row - 1 and k0 + chunk >= run
                         for blk in range(blk0, blk1):
                             c0 = blk * block
                             vectors = min(block_vectors, (o_pad - c0) // lanes)
                             bw = vectors * lanes
                             panel = k * c0 + (tap + k0) * bw  # the chunk's weights in the block's (K x bw) panel
                             for p0 in range(0, count, outer_rows(lanes, vectors)):
+                                outputs = (1 if direct and last_chunk else 0, (q0 + p0) * out_channels + c0,
+                                           out_channels, c0, relu)
                                 gathered_tile(lanes, vectors, first_chunk, flat_x, patch, p0, count - 1, span, wp,
-                                              panel, bw, sums, blk * block_pixels + p0, block)
-            _store_outer_job(sums, block, block_pixels, q0, count, blk0 * block, min(og, blk1 * block), plane, bias,
-                             activation, o_offset, flat_res, flat_out, out_channels, channels_last)
+                                              panel, bw, sums, blk * block_pixels + p0, block, outputs, flat_out,
+                                              bias)
+            if direct:
+                _activate_job(flat_out, q0, count, blk0 * block, min(og, blk1 * block), out_channels, activation)
+            else:
+                _store_outer_job(sums, block, block_pixels, q0, count, blk0 * block, min(og, blk1 * block), plane,
+                                 bias, activation, o_offset, flat_res, flat_out, out_channels, channels_last)
+
+
+@njit(cache=True, inline="always")
+def _activate_job(flat_out, q0, count, o_lo, o_hi, out_channels, activation):
+    """A smooth activation over the channels o_lo..o_hi of a job's pixels, which its tiles
+    wrote into the channels-last output themselves (`_direct_outputs`): one run when the
+    job covers every channel, else each pixel's run."""
+    if o_hi - o_lo == out_channels:
+        activate_run(flat_out, q0 * out_channels, count * out_channels, activation)
+    else:
+        for q in range(count):
+            activate_run(flat_out, (q0 + q) * out_channels + o_lo, o_hi - o_lo, activation)
 
 
 @njit(cache=True, inline="always")
