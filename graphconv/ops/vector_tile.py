@@ -576,45 +576,80 @@ def gathered_tile(lanes, vectors, store, x, patch, p0, last, span, cols, c0, wid
         _gathered_8_1(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store, direct, out, bias)
 
 
-# ---- strided runs of one vector, for the depthwise conv ------------------------------------
+# ---- the depthwise conv's tile: a few pixels' sums in registers over all their taps ----------
 
-def _make_vector_run(lanes: int):
-    """An intrinsic adding one vector of weights times a run of input vectors into a run of
-    sums: for q < count,
+DEPTHWISE_PIXELS = 8  # pixels the wide depthwise tile covers: 8 vectors of sums, a weight vector, an input one
 
-        sums[s0 + q * s_step + j] += taps[t0 + j] * x[x0 + q * x_step + j]    (j < lanes)
 
-    with the weights loaded once and each step one vector load of x, one of the sums, a
-    fused multiply-add and a store. A depthwise conv stored channels-last is this for each
-    tap and each vector of channels, over a row's output pixels (s_step = C, x_step =
-    stride * C): numba's own loop over a pixel's C channels ran mostly in its scalar
-    remainder and its per-loop setup (144 channels: 4 vector steps of 32 and 16 scalar
-    ones, every pixel, every tap)."""
+def _make_depthwise_tile(pixels: int, lanes: int):
+    """An intrinsic computing `pixels` output pixels' `lanes` channels of a depthwise conv
+    stored channels-last, their sums in registers over every tap:
+
+        out[o0 + p * o_step + j] = act(bias[c0 + j]
+            + sum_{t < count} taps[tap_ids[t] * t_step + c0 + j] * x[x0 + p * x_step + offsets[t] + j])
+
+    for p < pixels, j < lanes, act ReLU where `relu`. The caller lists the taps that lie
+    inside the input (tap_ids, and each one's offsets from a pixel's first tap), the
+    same for all the pixels of a call. Each tap is a weight vector load, then one input
+    vector load and one FMA per pixel: no sums through memory, where adding each tap over
+    a run of pixels into sums in L1 (the kernel before) loaded and stored every sum once
+    per tap."""
     i = types.intp
 
     @intrinsic
-    def vector_run(typingctx, sums, s0, s_step, taps, t0, x, x0, x_step, count):
-        flat = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" and a.dtype == types.float32
-                   for a in (sums, taps, x))
-        if not flat:
+    def depthwise_tile(typingctx, out, o0, o_step, taps, t_step, tap_ids, offsets, count, x, x0, x_step, bias, c0,
+                       relu):
+        floats = (out, taps, x, bias)
+        flat = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in floats + (tap_ids, offsets))
+        if not flat or any(a.dtype != types.float32 for a in floats) or \
+                tap_ids.dtype != types.int64 or offsets.dtype != types.int64 or not isinstance(relu, types.Boolean):
             return None  # flat indexing from .data is right only for these
 
         def codegen(context, builder, signature, args):
-            _, s0, s_step, _, t0, _, x0, x_step, count = args
-            sums_ptr, taps_ptr, x_ptr = _data_pointers(context, builder, signature, args, (0, 3, 5))
+            _, o0, o_step, _, t_step, _, _, count, _, x0, x_step, _, c0, relu = args
+            out_ptr, taps_ptr, ids_ptr, offsets_ptr, x_ptr, bias_ptr = _data_pointers(
+                context, builder, signature, args, (0, 3, 5, 6, 8, 11))
             emit = _Emitter(builder, lanes)
-            tap = emit.load_vector(taps_ptr, t0)
-            q, _, loop, done = emit.open_loop("run", count)
-            at = emit.add(s0, emit.mul(q, s_step))
-            product = emit.fmuladd(tap, emit.load_vector(x_ptr, emit.add(x0, emit.mul(q, x_step))),
-                                   emit.load_vector(sums_ptr, at))
-            emit.store_vector(sums_ptr, at, product)
-            emit.close_loop(q, 1, count, loop, done)
+            start = emit.load_vector(bias_ptr, c0)
+            starts = [emit.add(x0, emit.mul(emit.const(p), x_step)) for p in range(pixels)]
+            t, before, loop, done = emit.open_loop("taps", count)
+            sums_in = [builder.phi(emit.vector) for _ in range(pixels)]
+            weight = emit.load_vector(taps_ptr, emit.add(emit.mul(builder.load(builder.gep(ids_ptr, [t])), t_step), c0))
+            offset = builder.load(builder.gep(offsets_ptr, [t]))
+            sums_out = [emit.fmuladd(weight, emit.load_vector(x_ptr, emit.add(starts[p], offset)), sums_in[p])
+                        for p in range(pixels)]
+            for p in range(pixels):
+                sums_in[p].add_incoming(start, before)
+                sums_in[p].add_incoming(sums_out[p], loop)
+            emit.close_loop(t, 1, count, loop, done)
             builder.position_at_end(done)
+            finals = [_merge(builder, emit, (start, before), (sums_out[p], loop)) for p in range(pixels)]
+            for p, value in enumerate(finals):
+                clamped = builder.select(builder.fcmp_ordered("<", value, emit.zero), emit.zero, value)
+                emit.store_vector(out_ptr, emit.add(o0, emit.mul(emit.const(p), o_step)),
+                                  builder.select(relu, clamped, value))
             return context.get_dummy_value()
-        return types.void(sums, i, i, taps, i, x, i, i, i), codegen
-    vector_run.__name__ = f"vector_run_{lanes}lanes"
-    return vector_run
+        return types.void(out, i, i, taps, i, tap_ids, offsets, i, x, i, i, bias, i, types.boolean), codegen
+    depthwise_tile.__name__ = f"depthwise_tile_{pixels}x{lanes}lanes"
+    return depthwise_tile
 
 
-vector_run_16, vector_run_8 = _make_vector_run(16), _make_vector_run(8)
+# depthwise_P_L: P pixels, L lanes
+_depthwise_8_16, _depthwise_1_16 = _make_depthwise_tile(DEPTHWISE_PIXELS, 16), _make_depthwise_tile(1, 16)
+_depthwise_8_8, _depthwise_1_8 = _make_depthwise_tile(DEPTHWISE_PIXELS, 8), _make_depthwise_tile(1, 8)
+
+
+@njit(cache=True, inline="always")
+def depthwise_tile(pixels, lanes, out, o0, o_step, taps, t_step, tap_ids, offsets, count, x, x0, x_step, bias, c0,
+                   relu):
+    """`_make_depthwise_tile`'s intrinsic for DEPTHWISE_PIXELS pixels (`pixels` > 1) or
+    one, of 16 lanes or 8."""
+    if lanes == 16:
+        if pixels > 1:
+            _depthwise_8_16(out, o0, o_step, taps, t_step, tap_ids, offsets, count, x, x0, x_step, bias, c0, relu)
+        else:
+            _depthwise_1_16(out, o0, o_step, taps, t_step, tap_ids, offsets, count, x, x0, x_step, bias, c0, relu)
+    elif pixels > 1:
+        _depthwise_8_8(out, o0, o_step, taps, t_step, tap_ids, offsets, count, x, x0, x_step, bias, c0, relu)
+    else:
+        _depthwise_1_8(out, o0, o_step, taps, t_step, tap_ids, offsets, count, x, x0, x_step, bias, c0, relu)
