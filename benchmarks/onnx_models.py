@@ -13,9 +13,10 @@ exporter, batch norm kept as nodes), then for each:
   at stride 1, fc -> 1x1 conv) and runs the 8x8 score map; PyTorch and onnxruntime run
   the same converted network (the ONNX file graphconv exports from it, and the module
   with its pooling and fc replaced the same way). EfficientNet-B0 has no dense row: its
-  squeeze-and-excitation gates cannot slide (`run --crops` runs the classifier per crop).
+  squeeze-and-excitation gates cannot slide; `run --crops` runs the classifier per crop,
+  in batches (`dense.crops_per_batch`), so its second row is one such batch.
 
-Same thread count everywhere (onnxruntime: intra_op_num_threads), batch 1, float32,
+Same thread count everywhere (onnxruntime: intra_op_num_threads), batch 1 but for the crops row, float32,
 runs alternating between the three, each timed run after a rest (`common.PAUSE`:
 onnxruntime's workers spin after a run) and one untimed run of its own (`common.rested_run`:
 the steady state), medians after a warm-up. Outputs are checked to
@@ -189,12 +190,12 @@ NETWORKS = {"resnet50": ("ResNet-50", resnet50, True), "convnext_tiny": ("ConvNe
             "efficientnet_b0": ("EfficientNet-B0", efficientnet_b0, False)}
 
 
-def compare(title, size, gc_model, onnx_file, dense_mode, model, torch, ort, options, repeats) -> str:
+def compare(title, size, gc_model, onnx_file, dense_mode, model, torch, ort, options, repeats, batch=1) -> str:
     """One table row: the three on the same input, checked to agree, then timed alternating."""
     import numpy as np
     from graphconv.cost import total_flops
 
-    x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
+    x = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
     session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     model.dense = dense_mode
@@ -219,7 +220,7 @@ def compare(title, size, gc_model, onnx_file, dense_mode, model, torch, ort, opt
         for key, fn in (("graphconv", run_graphconv), ("PyTorch", run_torch), ("onnxruntime", run_ort)):
             times[key].append(rested_run(fn))
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    gflop = total_flops(gc_model.graph, (size, size)) / 1e9
+    gflop = batch * total_flops(gc_model.graph, (size, size)) / 1e9
     return (f"| {title} | {size} | {'x'.join(map(str, outs[0].shape[2:]))} | {gflop:.2f} | "
             f"{med['graphconv']:.1f} | {med['PyTorch']:.1f} | {med['onnxruntime']:.1f} | "
             f"{med['graphconv'] / med['PyTorch']:.2f} | {med['graphconv'] / med['onnxruntime']:.2f} |")
@@ -237,6 +238,7 @@ def main() -> int:
     import onnxruntime as ort
 
     from graphconv.compiler import compile_model
+    from graphconv.dense import MOST_CROPS_PER_BATCH, crops_per_batch
     from graphconv.frontends import load_network
     from graphconv.frontends.onnx_export import save_onnx
 
@@ -253,24 +255,29 @@ def main() -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), str(onnx_path), dynamo=False,
-                              opset_version=17, input_names=["x"], do_constant_folding=False,
-                              training=torch.onnx.TrainingMode.EVAL)
+                              opset_version=17, input_names=["x"], dynamic_axes={"x": {0: "n"}},
+                              do_constant_folding=False, training=torch.onnx.TrainingMode.EVAL)
         classifier = compile_model(load_network(onnx_path),
                                    "shape-inference,fold-batchnorm,remove-flatten,fuse-conv-activation,fuse-conv-add")
-        cases = [(f"{name} classifier", 224, classifier, onnx_path, False)]
+        cases = [(f"{name} classifier", 224, classifier, onnx_path, False, 1)]
         if slides:
             dense = compile_model(onnx_path)
             dense_onnx = folder / f"{key}_fcn.onnx"
             save_onnx(dense.graph, dense_onnx)
-            cases.append((f"{name} dense (FCN)", 448, dense, dense_onnx, True))
-        for title, size, gc_model, onnx_file, dense_mode in cases:
-            rows.append(compare(title, size, gc_model, onnx_file, dense_mode, model, torch, ort, options, args.repeats))
+            cases.append((f"{name} dense (FCN)", 448, dense, dense_onnx, True, 1))
+        else:
+            batch = crops_per_batch(classifier.graph, MOST_CROPS_PER_BATCH)
+            cases.append((f"{name} crops ({batch} a batch)", 224, classifier, onnx_path, False, batch))
+        for title, size, gc_model, onnx_file, dense_mode, batch in cases:
+            rows.append(compare(title, size, gc_model, onnx_file, dense_mode, model, torch, ort, options, args.repeats,
+                                batch))
             print(rows[-1], flush=True)
 
     text = "\n".join([
         "## Classifiers from ONNX: graphconv vs PyTorch vs onnxruntime (`onnx_models.py`)",
         "",
-        f"{threads} threads everywhere, {machine()}, batch 1, float32, medians of {args.repeats} "
+        f"{threads} threads everywhere, {machine()}, batch 1 (but for the crops row), float32, medians of "
+        f"{args.repeats} "
         f"alternating runs; PyTorch {torch.__version__}, onnxruntime {ort.__version__}. The dense rows run "
         "the network graphconv compiled (batch norm and layer scales folded, global pooling -> 7x7 window, "
         "fc -> conv); "
