@@ -458,7 +458,8 @@ def _make_gathered_tile(rows: int, vectors: int, lanes: int = LANES):
     def tile(typingctx, x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store, direct, out, bias):
         arrays = (x, patch, cols, sums, out, bias)
         arrays_fit = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in arrays)
-        if not arrays_fit or patch.dtype != types.int64 or any(a.dtype != types.float32 for a in arrays if a is not patch):
+        floats_fit = all(a.dtype == types.float32 for a in arrays if a is not patch)
+        if not arrays_fit or patch.dtype != types.int64 or not floats_fit:
             return None  # flat indexing from .data is right only for these
         if not (isinstance(span, types.UniTuple) and span.count == 5 and isinstance(span.dtype, types.Integer)
                 and isinstance(direct, types.UniTuple) and direct.count == 5 and isinstance(direct.dtype, types.Integer)
@@ -518,7 +519,8 @@ def _emit_direct_outputs(emit, sums_ptr, places, products, store, direct, out_pt
     builder = emit.builder
     out_at, out_width, bias_at, relu = (builder.extract_value(direct, n) for n in range(1, 5))
     relu = builder.icmp_signed("!=", relu, emit.const(0))
-    biases = [emit.load_vector(bias_ptr, emit.add(bias_at, emit.const(v * emit.lanes))) for v in range(len(products[0]))]
+    biases = [emit.load_vector(bias_ptr, emit.add(bias_at, emit.const(v * emit.lanes)))
+              for v in range(len(products[0]))]
 
     def write(with_earlier_chunks: bool) -> None:
         for r, (row_places, row_values) in enumerate(zip(places, products)):

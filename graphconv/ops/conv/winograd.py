@@ -317,8 +317,8 @@ def _add_row_to_outputs(m, m_size, a, blk0, blk1, tiles, slots, block, y):
 
 
 @njit(cache=True, inline="always")
-def _write_outputs(y, bias, activation, b, tile0, tiles, tile_cols, ho, wo, row0, o0, o1, slots, block, flat_out, flat_res,
-                   out_channels, image_pixels, channels_last):
+def _write_outputs(y, bias, activation, b, tile0, tiles, tile_cols, ho, wo, row0, o0, o1, slots, block, flat_out,
+                   flat_res, out_channels, image_pixels, channels_last):
     """The job's 2x2 output blocks, with bias, residual and activation, into image b of the
     output, rows from row0 on (the tiles past an odd map's last row or column write only
     their real outputs): channel by channel into an NCHW output; into a channels-last
