@@ -9,6 +9,8 @@ from graphconv.errors import GraphconvError
 from graphconv.runtime import PLANS_KEPT, Executor, make_plan, run_reference
 from graphconv.shapes import infer_shapes
 from conftest import SPECS, random_input
+from nets import GATED
+from graphconv.passes import channels_last as channels_last_pass
 from graphconv.torch_bridge import torch, torch_forward
 
 SMALL_SPECS = ["lenet", "tinydag"]
@@ -130,6 +132,30 @@ def test_layers_bound_to_the_buffers_follow_sizes_and_thread_counts(rng):
             state, _, calls = executor._bound[(shape[0], *shape[2:])]
             bound = [step.name for step, call in zip(executor.steps, calls) if call is not None]
             assert state == count and bound == ["b1", "b2", "mix", "fc1", "fc2"]  # not stem: it reads the input
+    finally:
+        numba.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_pools_gates_and_products_bound_to_the_buffers_follow_sizes_and_thread_counts(channels_last, write_spec,
+                                                                                    rng, monkeypatch):
+    """A squeeze-and-excitation block's global pool, sigmoid and channel product bind to
+    the buffers like the convs (`ops/binding.py`): pooled by pixels or by channels as the
+    thread count allows, values stored either way, every run the reference's answer."""
+    monkeypatch.setattr(channels_last_pass, "ENABLED", channels_last)
+    model = graphconv.load(write_spec(GATED))
+    executor = model.executor("cpu")
+    threads = numba.get_num_threads()
+    try:
+        # c1's map: 5x5, pooled by channels; 19x19, by pixels
+        for shape, count in [((1, 3, 12, 12), threads), ((2, 3, 40, 40), threads), ((1, 3, 12, 12), 1),
+                             ((2, 3, 40, 40), 1)]:
+            numba.set_num_threads(count)
+            x = random_input(rng, shape)
+            np.testing.assert_allclose(executor.run(x), run_reference(model.graph, x), rtol=1e-4, atol=1e-5)
+            state, _, calls = executor._bound[(shape[0], *shape[2:])]
+            bound = [step.name for step, call in zip(executor.steps, calls) if call is not None]
+            assert state == count and bound == ["squeeze", "reduce", "expand", "gate", "excite", "head"]
     finally:
         numba.set_num_threads(threads)
 

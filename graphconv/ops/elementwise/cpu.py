@@ -1,9 +1,13 @@
 """CPU kernels for the pointwise ops; each is one parallel pass over memory."""
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable
+
 import numpy as np
 from numba import njit, prange
 
+from graphconv.ops.binding import BoundCall
 from graphconv.ops.channels_last import as_stored_like, stored_memory
 from graphconv.ops.layout import nhwc
 from graphconv.ops.unsigned_index import unsigned
@@ -89,16 +93,39 @@ def run_add(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarr
 
 
 def run_mul(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
-    """Stored either way: the map is read as `out` is stored (copied only where it is
-    not); a second map the same; a C x 1 x 1 gate is the same memory either way."""
+    _mul_call(inputs, out)()
+
+
+def bind_mul(params: dict, weights: dict) -> BoundCall:
+    return BoundCall(_mul_call)
+
+
+def _mul_call(inputs: list[np.ndarray], out: np.ndarray) -> Callable[[], None]:
+    """The kernel for these arrays, with its arguments. Stored either way: the map is read
+    as `out` is stored (copied, on every call, where it is not); a second map the same;
+    a C x 1 x 1 gate (a squeeze-and-excitation block's) is the same memory either way."""
+    x, factor = inputs
+    if not _stored_like(x, out) or factor.shape == x.shape and not _stored_like(factor, out) \
+            or factor.shape != x.shape and not factor.flags.c_contiguous:
+        return lambda: _multiply_copies(inputs, out)
+    if factor.shape == x.shape:
+        return partial(_product, stored_memory(x), stored_memory(factor), stored_memory(out))
+    if nhwc(out) is None:
+        return partial(_scale_channels, x, factor, out)
+    return partial(_scale_channels_last, nhwc(x), factor.reshape(x.shape[0], x.shape[1]), nhwc(out))
+
+
+def _stored_like(a: np.ndarray, like: np.ndarray) -> bool:
+    """Whether `a` is stored as `like` is (channels-last, or C-contiguous NCHW), so that
+    `as_stored_like` would return its own memory."""
+    return nhwc(a) is not None if nhwc(like) is not None else a.flags.c_contiguous
+
+
+def _multiply_copies(inputs: list[np.ndarray], out: np.ndarray) -> None:
+    """`_mul_call`'s kernels on copies stored as `out` is."""
     x = as_stored_like(inputs[0], out)
-    if inputs[1].shape == x.shape:
-        _product(stored_memory(x), stored_memory(as_stored_like(inputs[1], out)), stored_memory(out))
-    elif nhwc(out) is None:
-        _scale_channels(x, np.ascontiguousarray(inputs[1]), out)
-    else:
-        gate = np.ascontiguousarray(inputs[1]).reshape(x.shape[0], x.shape[1])
-        _scale_channels_last(nhwc(x), gate, nhwc(out))
+    factor = as_stored_like(inputs[1], out) if inputs[1].shape == x.shape else np.ascontiguousarray(inputs[1])
+    _mul_call([x, factor], out)()
 
 
 def run_concat(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:

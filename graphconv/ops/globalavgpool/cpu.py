@@ -3,9 +3,13 @@ float64 so that a large map (the op on a big image, before global-pool-to-window
 nothing to rounding."""
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable
+
 import numpy as np
 from numba import get_num_threads, njit, prange
 
+from graphconv.ops.binding import BoundCall
 from graphconv.ops.layout import nhwc
 from graphconv.ops.unsigned_index import unsigned
 
@@ -87,14 +91,25 @@ def _global_mean_pixel_parts(xh, parts, out):
 
 
 def run_globalavgpool(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
-    """The (N, C, 1, 1) output is the same memory stored either way. A channels-last map
-    of a PIXEL_BLOCK pixels a thread or more is cut into pixels, a smaller one (7x7:
-    13.6 against 18.5 us for 1152 channels) into runs of channels."""
-    stored = nhwc(inputs[0])
-    threads = get_num_threads()
+    _pooling_call(inputs, out)()
+
+
+def bind_globalavgpool(params: dict, weights: dict) -> BoundCall:
+    return BoundCall(_pooling_call)
+
+
+def _pooling_call(inputs: list[np.ndarray], out: np.ndarray) -> Callable[[], None]:
+    """The kernel for these arrays, with its arguments. The (N, C, 1, 1) output is the
+    same memory stored either way. A channels-last map of a PIXEL_BLOCK pixels a thread
+    or more is cut into pixels, a smaller one (7x7: 13.6 against 18.5 us for 1152
+    channels) into runs of channels."""
+    x = inputs[0]
+    stored = nhwc(x)
     if stored is None:
-        _global_mean(np.ascontiguousarray(inputs[0]), out)
-    elif stored.shape[1] * stored.shape[2] >= PIXEL_BLOCK * threads:
-        _global_mean_pixel_parts(stored, threads, out)
-    else:
-        _global_mean_channels_last(stored, out)
+        if x.flags.c_contiguous:
+            return partial(_global_mean, x, out)
+        return lambda: _global_mean(np.ascontiguousarray(x), out)
+    threads = get_num_threads()
+    if stored.shape[1] * stored.shape[2] >= PIXEL_BLOCK * threads:
+        return partial(_global_mean_pixel_parts, stored, threads, out)
+    return partial(_global_mean_channels_last, stored, out)
