@@ -117,9 +117,9 @@ def test_runs_of_several_sizes_share_buffers(rng):
 
 
 def test_layers_bound_to_the_buffers_follow_sizes_and_thread_counts(rng):
-    """The Executor binds its convs' calls to a plan's buffers once (`bind_values`) and
-    again when the buffers grow or numba's thread count changes: every run, in any
-    order of sizes and counts, still gets the reference's answer."""
+    """The Executor binds its convs' and pools' calls to a plan's buffers once
+    (`bind_values`) and again when the buffers grow or numba's thread count changes:
+    every run, in any order of sizes and counts, still gets the reference's answer."""
     model = graphconv.compile_model(SPECS / "tinydag.yaml")
     executor = model.executor("cpu")
     threads = numba.get_num_threads()
@@ -131,7 +131,8 @@ def test_layers_bound_to_the_buffers_follow_sizes_and_thread_counts(rng):
             np.testing.assert_allclose(executor.run(x), run_reference(model.graph, x), rtol=1e-4, atol=1e-5)
             state, _, calls = executor._bound[(shape[0], *shape[2:])]
             bound = [step.name for step, call in zip(executor.steps, calls) if call is not None]
-            assert state == count and bound == ["b1", "b2", "mix", "fc1", "fc2"]  # not stem: it reads the input
+            # not stem: it reads the input
+            assert state == count and bound == ["b1", "b2", "mix", "pool", "fc1", "fc2"]
     finally:
         numba.set_num_threads(threads)
 

@@ -2,9 +2,13 @@
 planes, and its twin for values stored channels-last, parallel over output rows."""
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable
+
 import numpy as np
 from numba import njit, prange
 
+from graphconv.ops.binding import BoundCall
 from graphconv.ops.channels_last import as_channels_last, as_nchw
 from graphconv.ops.layout import nhwc
 from graphconv.ops.registry import pair
@@ -147,13 +151,18 @@ def _inverse_tap_counts(k, s, p, d, size, n_out, include_pad):
     return scale
 
 
-def _run(params: dict, x: np.ndarray, is_max: bool, out: np.ndarray) -> None:
-    """The window geometry from params; how many windows (ceil mode's extra ones
-    included) from out.shape, which the shape rule sized."""
+def _geometry(params: dict, is_max: bool) -> tuple:
+    """The kernels' window arguments from params; how many windows (ceil mode's extra
+    ones included) they take from out.shape, which the shape rule sized."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
         pair(params[k]) for k in ("kernel_size", "stride", "padding", "dilation"))
     include_pad = is_max or params["count_include_pad"]  # maxpool has no such parameter
-    geometry = (kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad)
+    return (kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad)
+
+
+def _run(params: dict, x: np.ndarray, is_max: bool, out: np.ndarray) -> None:
+    """The pool for input and output stored either way, copying where they differ."""
+    geometry = _geometry(params, is_max)
     x_stored, out_stored = nhwc(x), nhwc(out)
     if x_stored is None and out_stored is None:
         _pool(np.ascontiguousarray(x), *geometry, out)
@@ -168,9 +177,29 @@ def _run(params: dict, x: np.ndarray, is_max: bool, out: np.ndarray) -> None:
     _pool_channels_last(x_stored, *geometry, out_stored)
 
 
+def _pool_call(params: dict, is_max: bool, inputs: list[np.ndarray], out: np.ndarray) -> Callable[[], None]:
+    """`_run` for these arrays as a call of no arguments, its kernel and arguments worked
+    out here where no copy is needed (`ops/binding.py`: an Executor binds it once per plan)."""
+    x = inputs[0]
+    x_stored, out_stored = nhwc(x), nhwc(out)
+    if x_stored is None and out_stored is None and x.flags.c_contiguous:
+        return partial(_pool, x, *_geometry(params, is_max), out)
+    if x_stored is not None and out_stored is not None:
+        return partial(_pool_channels_last, x_stored, *_geometry(params, is_max), out_stored)
+    return partial(_run, params, x, is_max, out)  # a copy on every call
+
+
 def run_maxpool(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
-    _run(params, inputs[0], True, out)
+    _pool_call(params, True, inputs, out)()
 
 
 def run_avgpool(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
-    _run(params, inputs[0], False, out)
+    _pool_call(params, False, inputs, out)()
+
+
+def bind_maxpool(params: dict, weights: dict) -> BoundCall:
+    return BoundCall(partial(_pool_call, params, True))
+
+
+def bind_avgpool(params: dict, weights: dict) -> BoundCall:
+    return BoundCall(partial(_pool_call, params, False))
