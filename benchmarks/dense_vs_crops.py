@@ -33,7 +33,7 @@ def main() -> None:
     import numpy as np
     import graphconv
     from graphconv.cost import total_flops
-    from graphconv.dense import crop_loop
+    from graphconv.dense import crop_loop, crops_per_batch
 
     spec = ROOT / "specs" / "alexnet.yaml"
     classifier = graphconv.load(spec)
@@ -47,7 +47,8 @@ def main() -> None:
     dense_flops = total_flops(fcn.graph, hw)
     loop_ms = median_ms(lambda: crop_loop(classifier, image, 32), max(1, args.repeats // 2))
     rows.append(("dense, stride 32 (one pass)", fcn.map_size(*hw), dense_ms, dense_flops))
-    rows.append((f"crop loop, stride 32 ({cells} crops, batched by 64)", fcn.map_size(*hw), loop_ms, crop_flops))
+    batch = crops_per_batch(classifier.graph, cells)
+    rows.append((f"crop loop, stride 32 ({cells} crops, {batch} a batch)", fcn.map_size(*hw), loop_ms, crop_flops))
     for stride in (16, 8):
         for method in ("dilate", "shift"):
             fine = graphconv.compile_model(spec, output_stride=stride, stride_method=method)
