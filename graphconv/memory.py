@@ -145,18 +145,21 @@ def weight_bytes(graph: Graph) -> int:
     return total * FLOAT_BYTES
 
 
-def layer_workspace_bytes(node: Node, in_shapes: list, out_shape, batch: int) -> int:
+def layer_workspace_bytes(node: Node, in_shapes: list, out_shape, batch: int, channels_last: bool = False) -> int:
     """Scratch a layer's CPU kernel allocates besides its output: for conv see
-    `conv_scratch_bytes`; for fc, the transposed input columns of its
-    weight-streaming product. Other ops keep a row or two per thread: not worth counting."""
+    `conv_scratch_bytes` (`channels_last`: whether its output is stored so); for fc, the
+    transposed input columns of its weight-streaming product. Other ops keep a row or
+    two per thread: not worth counting."""
     if node.op == "fc":
         return _product(in_shapes[0]) * (batch + ROW_SLACK) * FLOAT_BYTES
     if node.op == "conv":
-        return conv_scratch_bytes(node.params, in_shapes[0], out_shape, batch)
+        return conv_scratch_bytes(node.params, in_shapes[0], out_shape, batch, out_channels_last=channels_last,
+                                  residual=len(in_shapes) == 2)
     return 0
 
 
-def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: str | None = None) -> int:
+def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: str | None = None, *,
+                       out_channels_last: bool = False, residual: bool = False) -> int:
     """What the CPU conv kernel allocates besides its output, for `strategy` (default:
     the one `choose_strategy` picks, which is shape arithmetic too):
 
@@ -164,7 +167,8 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
     - pointwise: per thread the sums of one job's pixels and a vector per input channel
       for the pixels past the last whole vector;
     - direct: a channels-last, padded copy of one group's input, and a row panel per thread;
-    - outer: the channels-last copy as direct, per thread the sums of one job's pixels, and
+    - outer: the channels-last copy as direct, per thread the sums of one job's pixels
+      (none where its tiles write the outputs in one chunk: `outer_writes_directly`), and
       for weights prepare_conv did not pack (PACK_MAX_WEIGHTS and more, or a Winograd
       layer's) their packed copy, made on the first such run;
     - winograd: see `winograd.scratch_floats`;
@@ -173,7 +177,8 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
     A strategy this does not know gets the largest of these."""
     from graphconv.ops.conv import winograd
     from graphconv.ops.conv.cpu import (PACK_MAX_WEIGHTS, POINTWISE_PIXELS, SCRATCH_FLOATS, choose_strategy,
-                                        outer_job_floats, outer_jobs, packed_weight_elements, suits_winograd)
+                                        outer_job_floats, outer_jobs, outer_writes_directly, packed_weight_elements,
+                                        suits_winograd)
     from graphconv.ops.registry import pair
 
     c, h, w = in_shape
@@ -191,8 +196,9 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
         "pointwise": _threads() * (POINTWISE_PIXELS * (per_group_out + 8) + 8 * per_group_in),
         "direct": batch * (h + 2 * ph) * (w + 2 * pw) * per_group_in + _threads() * panel,
         "im2col": (taps + per_group_out) * (band_rows + last_band_rows) * wo,
-        "outer": batch * (h + 2 * ph) * (w + 2 * pw) * per_group_in + _threads() * outer_job_floats(
-            per_group_out, outer_jobs(batch, ho, wo, per_group_out, _threads())[0])
+        "outer": batch * (h + 2 * ph) * (w + 2 * pw) * per_group_in + (
+            0 if outer_writes_directly(params, c, out_channels_last, residual) else _threads() * outer_job_floats(
+                per_group_out, outer_jobs(batch, ho, wo, per_group_out, _threads())[0]))
         + (packed_weight_elements(params, weights) if weights >= PACK_MAX_WEIGHTS or suits_winograd(params, c)
            else 0),  # packed by the first run that needs them (see prepare_conv)
         "winograd": winograd.scratch_floats((batch, c, h, w), params["out_channels"], (ho, wo), _threads()),
@@ -223,7 +229,7 @@ def run_peak_bytes(graph: Graph, plan) -> int:
 def _layer_scratch(node: Node, plan) -> int:
     images = plan.shapes[node.inputs[0].name][0]
     return layer_workspace_bytes(node, [plan.shapes[s.name][1:] for s in node.inputs],
-                                 plan.shapes[node.name][1:], images)
+                                 plan.shapes[node.name][1:], images, node.name in plan.channels_last)
 
 
 def _array_bytes(shape) -> int:
