@@ -121,18 +121,25 @@ def test_layers_bound_to_the_buffers_follow_sizes_and_thread_counts(rng):
     (`bind_values`) and again when the buffers grow or numba's thread count changes:
     every run, in any order of sizes and counts, still gets the reference's answer."""
     model = graphconv.compile_model(SPECS / "tinydag.yaml")
+    check_bound_runs(model, [((1, 3, 28, 24), False), ((2, 3, 60, 52), False), ((1, 3, 28, 24), True),
+                             ((1, 3, 28, 24), False), ((2, 3, 60, 52), True)],
+                     ["b1", "b2", "mix", "pool", "fc1", "fc2"], rng)  # not stem: it reads the input
+
+
+def check_bound_runs(model, runs, bound_layers, rng):
+    """Runs of (shape, on one thread or all), in turn: each gets the reference's answer,
+    and its plan's bound calls are those of `bound_layers`, bound for its thread count."""
     executor = model.executor("cpu")
     threads = numba.get_num_threads()
     try:
-        for shape, count in [((1, 3, 28, 24), threads), ((2, 3, 60, 52), threads), ((1, 3, 28, 24), 1),
-                             ((1, 3, 28, 24), threads), ((2, 3, 60, 52), 1)]:
+        for shape, one_thread in runs:
+            count = 1 if one_thread else threads
             numba.set_num_threads(count)
             x = random_input(rng, shape)
             np.testing.assert_allclose(executor.run(x), run_reference(model.graph, x), rtol=1e-4, atol=1e-5)
             state, _, calls = executor._bound[(shape[0], *shape[2:])]
-            bound = [step.name for step, call in zip(executor.steps, calls) if call is not None]
-            # not stem: it reads the input
-            assert state == count and bound == ["b1", "b2", "mix", "pool", "fc1", "fc2"]
+            assert state == count
+            assert [step.name for step, call in zip(executor.steps, calls) if call is not None] == bound_layers
     finally:
         numba.set_num_threads(threads)
 
@@ -145,20 +152,10 @@ def test_pools_gates_and_products_bound_to_the_buffers_follow_sizes_and_thread_c
     thread count allows, values stored either way, every run the reference's answer."""
     monkeypatch.setattr(channels_last_pass, "ENABLED", channels_last)
     model = graphconv.load(write_spec(GATED))
-    executor = model.executor("cpu")
-    threads = numba.get_num_threads()
-    try:
-        # c1's map: 5x5, pooled by channels; 19x19, by pixels
-        for shape, count in [((1, 3, 12, 12), threads), ((2, 3, 40, 40), threads), ((1, 3, 12, 12), 1),
-                             ((2, 3, 40, 40), 1)]:
-            numba.set_num_threads(count)
-            x = random_input(rng, shape)
-            np.testing.assert_allclose(executor.run(x), run_reference(model.graph, x), rtol=1e-4, atol=1e-5)
-            state, _, calls = executor._bound[(shape[0], *shape[2:])]
-            bound = [step.name for step, call in zip(executor.steps, calls) if call is not None]
-            assert state == count and bound == ["squeeze", "reduce", "expand", "gate", "excite", "head"]
-    finally:
-        numba.set_num_threads(threads)
+    # c1's map: 5x5, pooled by channels; 19x19, by pixels (on all threads, or one)
+    check_bound_runs(model, [((1, 3, 12, 12), False), ((2, 3, 40, 40), False), ((1, 3, 12, 12), True),
+                             ((2, 3, 40, 40), True)],
+                     ["squeeze", "reduce", "expand", "gate", "excite", "head"], rng)
 
 
 def test_output_goes_into_out(rng):
