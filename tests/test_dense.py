@@ -159,11 +159,14 @@ def test_verify_explains_a_network_padded_unevenly(write_spec, rng):
 
 
 def test_the_crop_loop_in_batches_with_a_zero_filled_last_one_equals_each_crop_alone(write_spec, rng, monkeypatch):
+    """Crops spread over equal batches (one plan for all), the last one's spare places
+    zero: every crop's scores are the classifier's on that crop alone."""
     classifier = graphconv.load(write_spec(UNPADDED))
     image = random_input(rng, (2, 2, 22, 22))  # 3x3 crops an image at stride 3: 18, in 4 batches of 5
     monkeypatch.setattr(dense, "MOST_CROPS_PER_BATCH", 5)
     batches = []
-    monkeypatch.setattr(classifier, "run", lambda x, device="cpu", run=classifier.run: batches.append(len(x)) or run(x))
+    run = classifier.run
+    monkeypatch.setattr(classifier, "run", lambda x, device="cpu": batches.append(len(x)) or run(x))
     scores = crop_loop(classifier, image, 3)
     assert batches == [5, 5, 5, 5]
     for b, i, j in [(0, 0, 0), (1, 2, 2), (1, 1, 0), (0, 2, 1)]:
@@ -184,6 +187,8 @@ def spec_with(width: int, fc: int) -> str:
 @pytest.mark.parametrize("crops, thin_batch", [(1, 1), (7, 7), (64, 64), (65, 33), (1000, 63)])
 def test_a_crop_batch_grows_with_the_weights_and_shrinks_with_the_activations(write_spec, crops, thin_batch,
                                                                             monkeypatch):
+    """Wide maps and few weights: batches of one or two crops; fc weights of 131 MB:
+    up to MOST_CROPS_PER_BATCH, the crops spread evenly over the batches."""
     monkeypatch.setattr(dense, "CROP_ACTIVATION_BUDGET", 8 << 20)
     few_weights_wide_maps = graphconv.load(write_spec(spec_with(256, 2), "wide.yaml")).graph  # 4 MB maps a crop
     many_weights_thin_maps = graphconv.load(write_spec(spec_with(4, 2000), "fc.yaml")).graph  # 131 MB of fc

@@ -282,7 +282,7 @@ def test_conv_depthwise_hypothesis(c, multiplier, kh, kw, sh, sw, ph, pw, dh, dw
 @pytest.mark.parametrize("k,s,activation", [(3, 1, "relu"), (5, 2, "silu"), (3, 2, "gelu"), (7, 1, "none")])
 def test_depthwise_channels_last_over_tiles_of_pixels_and_vectors(c, w, k, s, activation, rng):
     """The channels-last depthwise kernel where a row's inner pixels take several tiles of
-    DEPTHWISE_PIXELS and leave a few over, or none fit (4 pixels, a 7x7 window on 12),
+    DEPTHWISE_PIXELS and leave a few over, or none fit (6 inner pixels: a 7x7 window on 12),
     besides its border pixels; channels as 16-lane vectors, an 8-lane one (24, 40) and
     single ones (37: 16 + 16 + 5); a smooth activation over each row as it is written."""
     params = dict(out_channels=c, kernel_size=k, stride=s, padding=k // 2, groups=c, activation=activation)
