@@ -47,7 +47,7 @@ def main() -> None:
     dense_flops = total_flops(fcn.graph, hw)
     loop_ms = median_ms(lambda: crop_loop(classifier, image, 32), max(1, args.repeats // 2))
     rows.append(("dense, stride 32 (one pass)", fcn.map_size(*hw), dense_ms, dense_flops))
-    batch = crops_per_batch(classifier.graph, cells)
+    batch = crops_per_batch(classifier, cells)
     rows.append((f"crop loop, stride 32 ({cells} crops, {batch} a batch)", fcn.map_size(*hw), loop_ms, crop_flops))
     for stride in (16, 8):
         for method in ("dilate", "shift"):

@@ -266,7 +266,7 @@ def main() -> int:
             save_onnx(dense.graph, dense_onnx)
             cases.append((f"{name} dense (FCN)", 448, dense, dense_onnx, True, 1))
         else:
-            batch = crops_per_batch(classifier.graph, MOST_CROPS_PER_BATCH)
+            batch = crops_per_batch(classifier, MOST_CROPS_PER_BATCH)
             cases.append((f"{name} crops ({batch} a batch)", 224, classifier, onnx_path, False, batch))
         for title, size, gc_model, onnx_file, dense_mode, batch in cases:
             rows.append(compare(title, size, gc_model, onnx_file, dense_mode, model, torch, ort, options, args.repeats,

@@ -419,7 +419,7 @@ def _run_crops(args: argparse.Namespace, model, grid, x: np.ndarray, picture: np
     if height < grid.field.size[0] or width < grid.field.size[1]:
         raise GraphconvError(f"--crops: the input is {height}x{width}, smaller than the classifier's "
                              f"{grid.field.size[0]}x{grid.field.size[1]} crop", file=args.image or args.input)
-    batch = crops_per_batch(model.graph, grid.crops((height, width), n))
+    batch = crops_per_batch(model, grid.crops((height, width), n))
     check_run_fits(model.graph, batch, grid.field.size,
                    f"running {model.graph.name} on batches of {batch} crops", file=args.image or args.input)
     print(grid.describe((height, width), n))
@@ -650,7 +650,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     c = original.crop_shape[0]
     rows, cols = compiled.map_size(*args.input_size)
     check_run_fits(compiled.graph, args.batch, args.input_size, "the dense pass")
-    crops = crops_per_batch(original.graph, args.batch * rows * cols)
+    crops = crops_per_batch(original, args.batch * rows * cols)
     check_run_fits(original.graph, crops, original.crop_shape[1:], "the crop loop")
     image = np.random.default_rng(args.seed).standard_normal((args.batch, c, *args.input_size), dtype=np.float32)
     note_cold_kernels(compiled, args.device)

@@ -52,7 +52,7 @@ def crop_loop(classifier: Model, image: np.ndarray, stride: int | tuple[int, int
     sy, sx = pair(stride)
     rows, cols = (height - hc) // sy + 1, (width - wc) // sx + 1
     origins = [(b, i, j) for b in range(n) for i in range(rows) for j in range(cols)]
-    batch = np.zeros((crops_per_batch(classifier.graph, len(origins)), c, hc, wc), np.float32)
+    batch = np.zeros((crops_per_batch(classifier, len(origins)), c, hc, wc), np.float32)
     scores = []
     for start in range(0, len(origins), len(batch)):
         chunk = origins[start:start + len(batch)]
@@ -64,7 +64,7 @@ def crop_loop(classifier: Model, image: np.ndarray, stride: int | tuple[int, int
     return flat.reshape(n, rows, cols, -1).transpose(0, 3, 1, 2).copy()
 
 
-def crops_per_batch(classifier: Graph, crops: int) -> int:
+def crops_per_batch(classifier: Model, crops: int) -> int:
     """How many crops the crop loop runs at once, out of `crops` in all.
 
     A batch shares each weight read among its crops, which a classifier with big fully
@@ -73,21 +73,30 @@ def crops_per_batch(classifier: Graph, crops: int) -> int:
     those outgrow the caches a bigger batch is only slower: EfficientNet-B0 took 7.5 ms
     a crop at 4 a batch (84 MB) and 9.0 at 64 (830 MB), ResNet-50 24.8 at 8 and 25.8
     at 32. So a batch grows while its activations stay within the larger of the
-    weights' size and CROP_ACTIVATION_BUDGET, doubling up to MOST_CROPS_PER_BATCH; and
-    the crops are then spread evenly, so that the last batch is not a near-empty one."""
+    weights' size and CROP_ACTIVATION_BUDGET, doubling up to MOST_CROPS_PER_BATCH
+    (worked out once per model: it plans the run at each batch size, 0.2 s for
+    EfficientNet-B0); and the crops are then spread evenly, so that the last batch is
+    not a near-empty one."""
+    crops = max(crops, 1)
+    most = min(crops, classifier.derived("most_crops_per_batch", lambda: _most_crops_per_batch(classifier)))
+    batches = -(-crops // most)
+    return -(-crops // batches)
+
+
+def _most_crops_per_batch(classifier: Model) -> int:
     from graphconv.memory import run_peak_bytes, weight_bytes
     from graphconv.runtime import make_plan
 
-    def activation_bytes(batch: int) -> int:
-        plan = make_plan(classifier, batch, tuple(classifier.input_shape[1:]), check_weights=False)
-        return run_peak_bytes(classifier, plan)
+    graph = classifier.graph
 
-    limit = max(CROP_ACTIVATION_BUDGET, weight_bytes(classifier))
+    def activation_bytes(batch: int) -> int:
+        return run_peak_bytes(graph, make_plan(graph, batch, tuple(graph.input_shape[1:]), check_weights=False))
+
+    limit = max(CROP_ACTIVATION_BUDGET, weight_bytes(graph))
     most = 1
-    while most < min(crops, MOST_CROPS_PER_BATCH) and activation_bytes(min(2 * most, MOST_CROPS_PER_BATCH)) <= limit:
+    while most < MOST_CROPS_PER_BATCH and activation_bytes(min(2 * most, MOST_CROPS_PER_BATCH)) <= limit:
         most = min(2 * most, MOST_CROPS_PER_BATCH)
-    batches = -(-max(crops, 1) // most)
-    return -(-max(crops, 1) // batches)
+    return most
 
 
 def padded_layers(graph: Graph) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -37,6 +38,14 @@ class Model:
         if self.graph.version != self._derived_version:
             self._derived, self._derived_version = {}, self.graph.version
         return self._derived
+
+    def derived(self, key: str, compute: Callable[[], Any]) -> Any:
+        """`compute()`, worked out once per graph version: for what other modules derive
+        from the model and ask for again and again (the crop loop's batch size, per tile)."""
+        cache = self._cache()
+        if key not in cache:
+            cache[key] = compute()
+        return cache[key]
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, weights: str | os.PathLike | None = None,

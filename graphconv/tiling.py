@@ -203,7 +203,7 @@ class CropGrid:
         from graphconv.dense import crops_per_batch
         from graphconv.memory import run_estimate
 
-        batch = crops_per_batch(self.model.graph, self.crops(tile_hw))
+        batch = crops_per_batch(self.model, self.crops(tile_hw))
         pixels = self.model.crop_shape[0] * tile_hw[0] * tile_hw[1]
         return (run_estimate(self.model.graph, batch, self.field.size) + 4 * pixels
                 + 4 * self.crops(tile_hw) * self.model.output_channels)

@@ -190,7 +190,12 @@ def test_a_crop_batch_grows_with_the_weights_and_shrinks_with_the_activations(wr
     """Wide maps and few weights: batches of one or two crops; fc weights of 131 MB:
     up to MOST_CROPS_PER_BATCH, the crops spread evenly over the batches."""
     monkeypatch.setattr(dense, "CROP_ACTIVATION_BUDGET", 8 << 20)
-    few_weights_wide_maps = graphconv.load(write_spec(spec_with(256, 2), "wide.yaml")).graph  # 4 MB maps a crop
-    many_weights_thin_maps = graphconv.load(write_spec(spec_with(4, 2000), "fc.yaml")).graph  # 131 MB of fc
+    few_weights_wide_maps = graphconv.load(write_spec(spec_with(256, 2), "wide.yaml"))  # 4 MB maps a crop
+    many_weights_thin_maps = graphconv.load(write_spec(spec_with(4, 2000), "fc.yaml"))  # 131 MB of fc
     assert crops_per_batch(few_weights_wide_maps, crops) <= 2
     assert crops_per_batch(many_weights_thin_maps, crops) == thin_batch  # up to 64, spread evenly
+    planned = []
+    monkeypatch.setattr(dense, "_most_crops_per_batch", lambda model: planned.append(model) or 1)
+    assert crops_per_batch(many_weights_thin_maps, crops) == thin_batch and not planned  # once per model
+    many_weights_thin_maps.graph.name = "renamed"  # any edit: worked out again
+    assert crops_per_batch(many_weights_thin_maps, crops) == 1 and planned == [many_weights_thin_maps]
