@@ -350,15 +350,16 @@ def test_a_jobs_last_tile_writes_only_its_own_slack(strategy, hw, tile):
 @settings(max_examples=40, deadline=None)
 @given(c=st.integers(1, 40), o=st.integers(1, 60), p=st.integers(0, 2), h=st.integers(1, 13), w=st.integers(1, 13),
        batch=st.integers(1, 3), activation=st.sampled_from(FUSED), chunk=st.sampled_from([8, 192]),
-       job_tiles=st.sampled_from([1, 3, 8, 128]), threads=st.integers(1, 3),
+       plan=st.tuples(st.sampled_from([1, 2, 3, 8, 500]), st.sampled_from([1, 2, 3, 20])), threads=st.integers(1, 3),
        band_bytes=st.sampled_from([1, 3000, 8 << 20]), residual=st.booleans(),
        storage=st.sampled_from(STORAGE_CHOICES), tile=st.sampled_from(TILE_SHAPES))
-def test_conv_winograd_hypothesis(c, o, p, h, w, batch, activation, chunk, job_tiles, threads, band_bytes, residual,
+def test_conv_winograd_hypothesis(c, o, p, h, w, batch, activation, chunk, plan, threads, band_bytes, residual,
                                   storage, tile):
     """Winograd F(2x2, 3x3) over maps of odd sizes (the last tiles half outside), channel
     counts that fill its blocks of 24-64 channels (every tile shape) and 8-lane vectors with some left over, input
-    channels in several chunks, jobs of one tile to a whole image, more or fewer of them
-    than threads (then split by output channels), a channels-last input read in place
+    channels in several chunks, any plan of runs of tiles and parts by output channels
+    (`job_plan`'s or not: more runs than tiles or more parts than blocks of channels leave
+    jobs empty), a channels-last input read in place
     (its padding read as zeros) and an NCHW one through its channels-last copy, made whole
     or one band of tile rows at a time (band_bytes 1: a band per tile row), with and
     without a residual input."""
@@ -370,7 +371,7 @@ def test_conv_winograd_hypothesis(c, o, p, h, w, batch, activation, chunk, job_t
         shapes.append(get_op("conv").shape(normalize_params(get_op("conv"), params), shapes))
     for prepared in (False, True):
         with mock.patch.object(conv_cpu.winograd, "CHUNK", chunk), tile_shape(*tile), \
-                mock.patch.object(conv_cpu.winograd, "tiles_per_job", lambda c, o: job_tiles), \
+                mock.patch.object(conv_cpu.winograd, "job_plan", lambda images, tiles, c, o, threads: plan), \
                 mock.patch.object(conv_cpu.winograd, "BAND_BYTES", band_bytes), \
                 mock.patch.object(conv_cpu, "get_num_threads", lambda: threads):
             check_op("conv", params, shapes, np.random.default_rng(c * 101 + o), batch=batch,
@@ -498,16 +499,55 @@ def test_conv_adds_a_residual_input_before_the_activation(params, in_shape, acti
                      storage=storage)
 
 
-@pytest.mark.parametrize("images,tiles,target,threads,expected", [
-    (1, 2304, 64, 2, 36),   # VGG conv3 at 384: jobs of 64 tiles
-    (1, 16, 32, 2, 1),      # ResNet layer4: one job, split by output channels in the kernel
-    (1, 100, 40, 2, 4),     # 3 jobs would leave a thread idle a third of the time
-    (1, 49, 44, 2, 1),      # AlexNet conv3 at 224: 2 jobs would each read all the weights; 1, split by channels
-    (3, 100, 40, 2, 3),     # 9 jobs over 3 images: enough to share out
-    (1, 3, 1, 2, 3),        # never more jobs than tiles
+@contextlib.contextmanager
+def l2_of(size: int):
+    """Winograd's job plans as on a core with `size` bytes of L2 (its cache of plans emptied around)."""
+    conv_cpu.winograd.job_plan.cache_clear()
+    with mock.patch.object(conv_cpu.winograd, "l2_bytes", lambda: size):
+        yield
+    conv_cpu.winograd.job_plan.cache_clear()
+
+
+@pytest.mark.parametrize("l2,images,tiles,channels,out_channels,threads,expected", [
+    (2 << 20, 1, 49, 512, 512, 2, (1, 2)),    # ResNet layer4 at 14x14: one run, each thread reads half of U once
+    (2 << 20, 1, 196, 512, 512, 2, (2, 2)),   # VGG conv4 at 224: 2 runs of 2 parts (was 10 runs, U read 10 times)
+    (2 << 20, 1, 196, 256, 256, 2, (2, 1)),   # U 4 MB: 2 runs of 98 tiles, no part gathers V twice
+    (2 << 20, 1, 2304, 64, 64, 2, (18, 1)),   # U fits L2: runs of 128 tiles
+    (2 << 20, 4, 49, 512, 512, 2, (1, 1)),    # a batch: a run per image; parts would not read U fewer times
+    (2 << 20, 1, 196, 512, 512, 8, (2, 8)),   # 8 threads: 16 jobs
+    (512 << 10, 1, 196, 512, 512, 2, (6, 2)),  # a smaller L2 holds fewer tiles a run
+    (512 << 10, 1, 16, 512, 512, 2, (1, 2)),   # ResNet layer4 at 7x7
+    (512 << 10, 1, 100, 40, 40, 2, (2, 1)),    # 3 runs would leave a thread idle a third of the time
+    (2 << 20, 1, 3, 8, 8, 2, (2, 1)),         # no run is empty
 ])
-def test_winograd_jobs_divide_among_threads(images, tiles, target, threads, expected):
-    assert conv_cpu.winograd.jobs_per_image(images, tiles, target, threads) == expected
+def test_winograd_job_plan(l2, images, tiles, channels, out_channels, threads, expected):
+    with l2_of(l2):
+        assert conv_cpu.winograd.job_plan(images, tiles, channels, out_channels, threads) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(l2=st.sampled_from([256 << 10, 512 << 10, 2 << 20]), images=st.integers(1, 4), tiles=st.integers(1, 3000),
+       channels=st.integers(1, 1024), out_channels=st.integers(1, 1024), threads=st.integers(1, 16))
+def test_winograd_job_plans_are_runnable_and_no_worse_than_one_part(l2, images, tiles, channels, out_channels,
+                                                                    threads):
+    """Every plan has runs of at least one tile, at most MAX_JOB_TILES of them (or 8), and
+    parts that each get output channels; and its estimated busiest thread is never worse
+    than the plan of one part with the fewest runs that fit L2."""
+    winograd = conv_cpu.winograd
+    with l2_of(l2):
+        jobs, parts = winograd.job_plan(images, tiles, channels, out_channels, threads)
+        block = vector_tile.OUTER_VECTORS * vector_tile.OUTER_LANES
+        blocks = -(-vector_tile.padded_channels(out_channels) // block)
+        per_job = -(-tiles // jobs)
+        assert 1 <= jobs <= tiles and per_job * (jobs - 1) < tiles
+        assert per_job <= max(8, winograd.MAX_JOB_TILES)
+        assert parts in (1, min(blocks, threads))
+        cost = winograd._busiest_thread_cost
+        one_part = -(-tiles // winograd.tiles_per_job(channels, blocks * block))
+        while one_part > 1 and -(-tiles // one_part) * (one_part - 1) >= tiles:
+            one_part -= 1
+        assert (cost(images, tiles, jobs, parts, channels, -(-blocks // parts) * block, blocks * block, threads)
+                <= cost(images, tiles, one_part, 1, channels, blocks * block, blocks * block, threads))
 
 
 def test_winograd_transforms_are_the_minimal_filtering_algorithm(rng):

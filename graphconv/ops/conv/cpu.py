@@ -866,14 +866,13 @@ def _bind_winograd(wu: np.ndarray, bias: np.ndarray, padding: tuple[int, int], a
     tile_rows, tile_cols = -(-ho // 2), -(-wo // 2)
     stored = nhwc(x)
     band = tile_rows if stored is not None else winograd.band_tile_rows(n, tile_rows, tile_cols, c)
-    per_job = winograd.tiles_per_job(c, og)
     copies = n if band == tile_rows else 1
     flat_out, flat_res, out_channels_last = stored_memory(out), _residual(inputs, out), nhwc(out) is not None
 
     def arguments(image: int, row: int, rows: int) -> tuple:  # the kernel's after the input and its offsets
-        jobs = winograd.jobs_per_image(copies, rows * tile_cols, per_job, threads)
-        return (wu, og, bias, activation, min(ho - 2 * row, 2 * rows), wo, jobs, winograd.CHUNK, flat_out, flat_res,
-                ho * wo, out_channels_last, threads, image, 2 * row, vector_tile.OUTER_LANES,
+        jobs, parts = winograd.job_plan(copies, rows * tile_cols, c, og, threads)
+        return (wu, og, bias, activation, min(ho - 2 * row, 2 * rows), wo, jobs, parts, winograd.CHUNK, flat_out,
+                flat_res, ho * wo, out_channels_last, threads, image, 2 * row, vector_tile.OUTER_LANES,
                 vector_tile.OUTER_VECTORS)
 
     if stored is not None:

@@ -25,7 +25,10 @@ multiplications, but its transforms' larger coefficients amplify rounding consid
 not used).
 
 How a job runs. A job is a run of consecutive tiles (row-major over the tile grid) of
-one image, sized so its buffers stay in L2. For each of the 16 positions xi it: gathers the
+one image, sized so its buffers stay in L2, and one part of the output channels: where
+the transformed weights U are larger than L2, splitting the channels lets each job read
+less of U and take more tiles, so U is read fewer times (`job_plan`). For each of the
+16 positions xi it: gathers the
 transformed input V[xi] for its tiles straight from the channels-last input (each
 value is a signed sum of 4 input values, because every row of B^T has two non-zeros;
 contiguous along channels, so it vectorises); and multiplies it by U[xi] into M[xi].
@@ -40,10 +43,12 @@ the copy never passes BAND_BYTES.
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 
 import numpy as np
 from numba import njit, prange
 
+from graphconv.ops.cache_size import l2_bytes
 from graphconv.ops.channels_last import store_channels
 from graphconv.ops.fast_math import activate32
 from graphconv.ops.registry import pair
@@ -67,8 +72,13 @@ ENABLED = os.environ.get("GRAPHCONV_WINOGRAD", "1") != "0"
 # whole copy would pass this size: VGG-16's conv1_2 at 384x384 would copy 38 MB at once,
 # as much as one of its activations, and it is the network's peak.
 BAND_BYTES = 8 << 20
-JOB_BYTES = 384 * 1024  # a job's V, 4 M and output sums: in the 512 KB L2 with room for weight chunks
+JOB_SHARE_OF_L2 = 0.75  # of a core's L2 for a job's V, 4 M and output sums; the rest for U's panels
 MAX_JOB_TILES = 128
+# `job_plan`'s costs, in multiply-adds of the register tile, measured on 2 Xeon cores (AVX-512,
+# 2 MB L2) from the times of one layer under different plans: gathering one value of V (4
+# input loads and 3 adds, by channel runs), and reading one byte of U from beyond L2.
+GATHER_COST = 17
+U_BYTE_COST = 4
 CHUNK = 512  # input channels per k chunk: all of them in VGG's and ResNet's layers (see cpu.OUTER_CHUNK;
 # against 192: ResNet-50's 3x3 layers at 14x14 0.94x the time, at 7x7 0.89x, at 28x28 and 56x56 level)
 
@@ -114,24 +124,53 @@ def _g_row(a, x0, x1, x2):
 
 
 def tiles_per_job(channels: int, out_channels: int) -> int:
-    """Tiles whose V (tiles x C), 4 M and output sums (tiles x O each, 4 x that) fit JOB_BYTES."""
+    """Tiles whose V (tiles x C), 4 M and output sums (tiles x O each, 4 x that) fit
+    JOB_SHARE_OF_L2 of the core's L2, for a job of `out_channels` output channels."""
     o8 = -(-out_channels // 8) * 8
-    return max(8, min(MAX_JOB_TILES, JOB_BYTES // (4 * (channels + 8 * o8))))
+    return max(8, min(MAX_JOB_TILES, int(JOB_SHARE_OF_L2 * l2_bytes()) // (4 * (channels + 8 * o8))))
 
 
-def jobs_per_image(images: int, tiles: int, target: int, threads: int) -> int:
-    """How many runs of consecutive tiles (row-major over the image's tile grid) one
-    image is cut into: about `target` tiles each, and where there are only a few, a
-    count that divides evenly among the threads. Where there would be no more such jobs
-    than threads, one job per image, which the kernel splits by output channels instead:
-    each thread then reads only its share of the transformed weights, and each weight
-    meets every tile."""
-    jobs = -(-tiles // target)
-    if images * jobs <= threads:  # every thread takes every tile, for its share of the output channels:
-        return 1                  # each reads only its share of U (13x13 maps: 49 tiles, all of U per job)
-    while 1 < jobs < tiles and images * jobs < 4 * threads and (images * jobs) % threads:
-        jobs += 1
-    return jobs
+@lru_cache(maxsize=1024)
+def job_plan(images: int, tiles: int, channels: int, out_channels: int, threads: int) -> tuple[int, int]:
+    """(jobs per image, channel parts per job): each image's tiles cut into runs of
+    consecutive tiles (row-major over its tile grid), each run split into parts by blocks
+    of output channels, taken by the threads as they come free.
+
+    Why it is worth planning. A job streams its part of U past its tiles: every job
+    re-reads U, and a layer with more U than L2 holds (ResNet-50's and VGG's 512-channel
+    layers: 16.8 MB) reads it from memory each time. Parts cut that: each job reads only
+    its share, and its smaller M let it take more tiles within the L2 budget, so there
+    are fewer runs; but each part gathers its tiles' V again. So the plan is the one whose
+    busiest thread has the least estimated work (`_busiest_thread_cost`), over 1 or
+    `threads` parts and the fewest runs that fit L2 up to `threads` more. On 2 Xeon cores
+    (2 MB L2), weights cold as in a network, alone: 512 channels at 14x14 4.1 -> 2.5 ms (1
+    run of 2 parts, not 4 runs), at 28x28 10.4 -> 7.2, at 48x48 24.2 -> 19.9; 256 at
+    28x28 1.9 -> 1.6 (2 runs, 1 part)."""
+    block = vector_tile.OUTER_VECTORS * vector_tile.OUTER_LANES
+    blocks = -(-vector_tile.padded_channels(out_channels) // block)
+    best = None
+    for parts in sorted({1, min(blocks, threads)}):
+        part_channels = -(-blocks // parts) * block
+        fewest = -(-tiles // tiles_per_job(channels, part_channels))
+        for jobs in range(fewest, min(tiles, fewest + threads) + 1):
+            if -(-tiles // jobs) * (jobs - 1) >= tiles:  # the last run would be empty
+                continue
+            cost = _busiest_thread_cost(images, tiles, jobs, parts, channels, part_channels, block * blocks, threads)
+            if best is None or cost < best[0]:
+                best = (cost, jobs, parts)
+    return best[1], best[2]
+
+
+def _busiest_thread_cost(images: int, tiles: int, jobs: int, parts: int, channels: int, part_channels: int,
+                         out_channels: int, threads: int) -> float:
+    """The busiest thread's work, in multiply-adds, when `threads` take images x jobs x
+    parts equal jobs as they come free: each job's products, the V it gathers
+    (GATHER_COST a value) and, where U does not fit L2, its share of U (U_BYTE_COST a byte)."""
+    per_job = -(-tiles // jobs)
+    u_bytes = 4 * 16 * channels * out_channels
+    u_cost = U_BYTE_COST * u_bytes / parts if u_bytes > l2_bytes() else 0.0
+    job = 16 * per_job * channels * (part_channels + GATHER_COST) + u_cost
+    return -(-images * jobs * parts // threads) * job
 
 
 def band_tile_rows(images: int, tile_rows: int, tile_cols: int, channels: int) -> int:
@@ -148,21 +187,28 @@ def scratch_floats(in_shape: tuple[int, ...], out_channels: int, out_hw: tuple[i
     """Floats a run allocates for an (N, C, H, W) input (`graphconv.memory` counts them):
     the padded channels-last copy of a band of tile rows (none for an input stored
     channels-last: counted anyway, an upper bound), and per thread one job's V, 4 M
-    and output sums, sized as `winograd_conv` sizes them."""
+    and output sums, sized as `winograd_conv` sizes them, for the larger of the jobs
+    of a band and of the whole map (an input stored channels-last is read whole)."""
     n, c = in_shape[:2]
     tile_rows, tile_cols = -(-out_hw[0] // 2), -(-out_hw[1] // 2)
     band = band_tile_rows(n, tile_rows, tile_cols, c)
     copies = n if band == tile_rows else 1
-    jobs = jobs_per_image(copies, band * tile_cols, tiles_per_job(c, out_channels), threads)
-    per_job = -(-(band * tile_cols) // jobs)
-    slots = vector_tile.padded_tile_rows(per_job)
+    per_thread = max(_job_floats(copies, band * tile_cols, c, out_channels, threads),
+                     _job_floats(n, tile_rows * tile_cols, c, out_channels, threads))
+    return copies * (2 * band + 2) * (2 * tile_cols + 2) * c + threads * per_thread
+
+
+def _job_floats(images: int, tiles: int, channels: int, out_channels: int, threads: int) -> int:
+    """One thread's V, 4 M and output sums in `winograd_conv` for this `job_plan`."""
+    jobs, parts = job_plan(images, tiles, channels, out_channels, threads)
+    slots = vector_tile.padded_tile_rows(-(-tiles // jobs))
     block = vector_tile.OUTER_VECTORS * vector_tile.OUTER_LANES
-    sums = -(-vector_tile.padded_channels(out_channels) // block) * block * slots
-    return copies * (2 * band + 2) * (2 * tile_cols + 2) * c + threads * (slots * c + 8 * sums)
+    blocks = -(-vector_tile.padded_channels(out_channels) // block)
+    return slots * channels + 8 * -(-blocks // parts) * block * slots
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def winograd_conv(xp, top, left, wu, og, bias, activation, ho, wo, jobs_per_image, chunk, flat_out, flat_res,
+def winograd_conv(xp, top, left, wu, og, bias, activation, ho, wo, jobs_per_image, parts, chunk, flat_out, flat_res,
                   image_pixels, channels_last, threads, image0, row0, lanes, block_vectors):
     """Output (image0 + b, o, row0 + y, x) for y < ho, from the channels-last input xp
     and U packed flat as 16 runs of (C x o8), each as `kxo_weights` packs a 1x1 conv's
@@ -183,17 +229,16 @@ def winograd_conv(xp, top, left, wu, og, bias, activation, ho, wo, jobs_per_imag
     image_tiles = -(-ho // 2) * tile_cols
     per_job = -(-image_tiles // jobs_per_image)
     tile_jobs = n * jobs_per_image
-    parts = 1 if tile_jobs >= 4 * threads or tile_jobs % threads == 0 else min(blocks, threads)
     per_part = -(-blocks // parts)
     slots = padded_tile_rows(per_job)  # M rows per block: the last tile call's clamped rows land in the slack
     u_stride = c * o_pad  # floats of U per xi
-    m_size = blocks * slots * block  # one M[xi]: M for the 4 positions of a row of the 4x4 tile are kept
+    m_size = per_part * slots * block  # one M[xi], a part's blocks; the 4 M of a row of the 4x4 tile are kept
     flat_x = xp.reshape(-1)
     queue = np.zeros(1, np.int64)  # the next job to take (`next_job`)
     for t in prange(threads):
         v = np.empty(slots * c, np.float32)
         m = np.empty(4 * m_size, np.float32)
-        y = np.empty(blocks * slots * 4 * block, np.float32)
+        y = np.empty(per_part * slots * 4 * block, np.float32)
         while True:
             job = next_job(queue)
             if job >= tile_jobs * parts:
@@ -216,9 +261,9 @@ def winograd_conv(xp, top, left, wu, og, bias, activation, ho, wo, jobs_per_imag
                         step = outer_rows(lanes, vectors)
                         for p0 in range(0, tiles, step):  # the first chunk stores: M needs no zeroing
                             outer_tile(lanes, vectors, v, p0, tiles - 1, c, k0, steps, wu, xi * u_stride + c * c0,
-                                       vectors * lanes, m, (m0 // block) + blk * slots + p0, block, k0 == 0)
+                                       vectors * lanes, m, (m0 // block) + (blk - blk0) * slots + p0, block, k0 == 0)
                 if xi % 4 == 3:
-                    _add_row_to_outputs(m, m_size, xi // 4, blk0, blk1, tiles, slots, block, y)
+                    _add_row_to_outputs(m, m_size, xi // 4, blk1 - blk0, tiles, slots, block, y)
             _write_outputs(y, bias, activation, image0 + b, tile0, tiles, tile_cols, ho, wo, row0, blk0 * block,
                            min(og, blk1 * block), slots, block, flat_out, flat_res, og, image_pixels, channels_last)
 
@@ -280,7 +325,7 @@ def _gather_edge_tile(v, at, flat_x, starts, signs, ys, xs, rows, cols, c):
 
 
 @njit(cache=True, inline="always")
-def _add_row_to_outputs(m, m_size, a, blk0, blk1, tiles, slots, block, y):
+def _add_row_to_outputs(m, m_size, a, part_blocks, tiles, slots, block, y):
     """The output transform's share of row a of the 4x4 tile, from M[a, b] for b < 4 (m,
     one M per m_size floats): T[j] = sum_b A^T[j, b] M[a, b] = (M0 + M1 + M2, M1 - M2 - M3),
     then y[i, j] (+)= A^T[i, a] T[j]. Row 0 stores the top outputs and row 1 the bottom
@@ -289,7 +334,7 @@ def _add_row_to_outputs(m, m_size, a, blk0, blk1, tiles, slots, block, y):
     enters read the 16 M 36 times and updated y 36 times. Alternating in one process, 2
     threads: ResNet-50's 3x3 layers at 224 24.5 -> 22.0 ms summed (the network 0.95 per
     round), VGG-16's at 224 154 -> 141 (0.92), ResNet-50's at 448 85.6 -> 82.4."""
-    for blk in range(blk0, blk1):
+    for blk in range(part_blocks):
         for tile in range(tiles):
             src = (blk * slots + tile) * block
             dst = (blk * slots + tile) * 4 * block
@@ -332,12 +377,12 @@ def _write_outputs(y, bias, activation, b, tile0, tiles, tile_cols, ho, wo, row0
                 if oy < ho and ox < wo:
                     dst = (b * image_pixels + (row0 + oy) * wo + ox) * out_channels
                     for lo in range(o0, o1, block):
-                        store_channels(y, (((lo // block) * slots + tt) * 4 + q) * block, bias, lo, flat_res,
+                        store_channels(y, ((((lo - o0) // block) * slots + tt) * 4 + q) * block, bias, lo, flat_res,
                                        flat_out, dst + lo, min(o1, lo + block) - lo, residual, activation)
         return
     for o in range(o0, o1):
         bo = bias[o]
-        blk, lane = o // block, o % block
+        blk, lane = (o - o0) // block, o % block
         plane = (b * out_channels + o) * image_pixels + row0 * wo
         for tt in range(tiles):
             ty, tx = (tile0 + tt) // tile_cols, (tile0 + tt) % tile_cols
