@@ -176,6 +176,7 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
       columns, at least one row), plus those of a shorter last band, which gets its own.
     A strategy this does not know gets the largest of these."""
     from graphconv.ops.conv import winograd
+    from graphconv.ops.vector_tile import padded_channels
     from graphconv.ops.conv.cpu import (PACK_MAX_WEIGHTS, POINTWISE_PIXELS, SCRATCH_FLOATS, choose_strategy,
                                         outer_job_floats, outer_jobs, outer_writes_directly, packed_weight_elements,
                                         suits_winograd)
@@ -198,7 +199,8 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
         "im2col": (taps + per_group_out) * (band_rows + last_band_rows) * wo,
         "outer": batch * (h + 2 * ph) * (w + 2 * pw) * per_group_in + (
             0 if outer_writes_directly(params, c, out_channels_last, residual) else _threads() * outer_job_floats(
-                per_group_out, outer_jobs(batch, ho, wo, per_group_out, _threads())[0]))
+                per_group_out, outer_jobs(batch, ho, wo, per_group_out, _threads(),
+                                          4 * taps * padded_channels(per_group_out))[0]))
         + (packed_weight_elements(params, weights) if weights >= PACK_MAX_WEIGHTS or suits_winograd(params, c)
            else 0),  # packed by the first run that needs them (see prepare_conv)
         "winograd": winograd.scratch_floats((batch, c, h, w), params["out_channels"], (ho, wo), _threads()),

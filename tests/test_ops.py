@@ -445,6 +445,15 @@ def test_outer_jobs_share_a_layer_evenly(n, ho, wo, out_channels, threads, tile,
         assert conv_cpu.outer_jobs(n, ho, wo, out_channels, threads) == expected
 
 
+@pytest.mark.parametrize("weight_bytes,expected", [
+    (1 << 20, (32, 1)),         # weights L2 holds: the pixels split more evenly (32 + 32, against 512 + 488 channels)
+    (4 * 2048 * 1024, (64, 2)),  # ResNet-50's fc at 448, 8 MB: each thread reads half the weights once, not all
+])
+def test_outer_jobs_count_reading_weights_that_do_not_fit_l2(weight_bytes, expected):
+    with tile_shape(16, 4), mock.patch.object(conv_cpu, "l2_bytes", lambda: 2 << 20):
+        assert conv_cpu.outer_jobs(1, 8, 8, 1000, 2, weight_bytes) == expected
+
+
 @given(pixels=st.integers(1, 5000), size=st.integers(1, 300), threads=st.integers(1, 8))
 def test_busiest_thread_count_is_what_threads_taking_jobs_in_turn_get(pixels, size, threads):
     """`_busiest_thread_pixels`, the rule job sizes are chosen by, against a simulation:

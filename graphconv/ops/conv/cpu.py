@@ -58,6 +58,7 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from graphconv.ops import aligned
+from graphconv.ops.cache_size import WEIGHT_BYTE_COST, l2_bytes
 from graphconv.ops.activations import fused_code
 from graphconv.ops.activations.cpu import apply_in_place
 from graphconv.ops.fast_math import CONTRACT, NONE, RELU, activate_run
@@ -1090,7 +1091,7 @@ def _outer_arguments(wp, og, bias, activation, kh, kw, steps, o_offset, out_shap
     threads as they are now."""
     n, out_channels, ho, wo = out_shape
     threads = get_num_threads()
-    job_pixels, parts = outer_jobs(n, ho, wo, og, threads)
+    job_pixels, parts = outer_jobs(n, ho, wo, og, threads, 4 * wp.size)
     return (wp, og, bias, activation, kh, kw, *steps, o_offset, ho, wo, OUTER_CHUNK, job_pixels, parts, flat_out,
             flat_res, out_channels, channels_last, threads, vector_tile.OUTER_LANES, vector_tile.OUTER_VECTORS)
 
@@ -1142,7 +1143,7 @@ def outer_job_floats(out_channels: int, job_pixels: int) -> int:
     return blocks * block * vector_tile.padded_tile_rows(job_pixels) + 2 * job_pixels
 
 
-def outer_jobs(n: int, ho: int, wo: int, out_channels: int, threads: int) -> tuple[int, int]:
+def outer_jobs(n: int, ho: int, wo: int, out_channels: int, threads: int, weight_bytes: int = 0) -> tuple[int, int]:
     """(pixels per job, channel parts per job) for `_outer_group` on an n x ho x wo output.
     A map of WHOLE_MAP_POSITIONS pixels or fewer is one job per image, so each thread
     reads the layer's weights once instead of once per job; larger ones are cut into
@@ -1150,8 +1151,12 @@ def outer_jobs(n: int, ho: int, wo: int, out_channels: int, threads: int) -> tup
     threads as evenly as any such size (`_even_job_pixels`). Too few jobs to share out
     evenly (3 on 2 threads) are each split into `threads` parts by blocks of output
     channels, or, for one image, its pixels into `threads` jobs, whichever leaves the
-    busiest thread less: ResNet-50's 256 channels split 144 + 112 (blocks of 24), its
-    196 pixels 100 + 96."""
+    busiest thread less work: ResNet-50's 256 channels split 144 + 112 (blocks of 24), its
+    196 pixels 100 + 96. That work counts, where the packed weights (`weight_bytes`)
+    are more than L2 holds, the weights each job reads: all of them for a share of the
+    pixels, its share for a part (`cache_size.WEIGHT_BYTE_COST`). ResNet-50's fc at
+    448, 2048 -> 1000 channels on 8x8 pixels (8 MB of weights), took 1.9 ms split by
+    pixels (onnxruntime 1.0)."""
     plane = ho * wo
     job_pixels = plane if plane <= WHOLE_MAP_POSITIONS else _even_job_pixels(n * plane, threads)
     jobs = -(-n * plane // job_pixels)
@@ -1162,6 +1167,9 @@ def outer_jobs(n: int, ho: int, wo: int, out_channels: int, threads: int) -> tup
     parts = min(blocks, threads)
     busiest_part = min(out_channels, -(-blocks // parts) * block) / out_channels
     even_pixels = -(-(-(-plane // threads)) // 4) * 4  # whole tiles of 4 pixels
-    if n == 1 and even_pixels / plane < busiest_part:
+    # the weights' cost, in pixels' worth of multiply-adds: a pixel takes k x out_channels, the weights are 4 k x o_pad bytes
+    reading = 4 * WEIGHT_BYTE_COST * vector_tile.padded_channels(out_channels) / out_channels \
+        if weight_bytes > l2_bytes() else 0.0
+    if n == 1 and even_pixels + reading < (plane + reading) * busiest_part:
         return even_pixels, 1
     return job_pixels, parts

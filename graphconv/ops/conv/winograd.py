@@ -48,7 +48,7 @@ from functools import lru_cache
 import numpy as np
 from numba import njit, prange
 
-from graphconv.ops.cache_size import l2_bytes
+from graphconv.ops.cache_size import WEIGHT_BYTE_COST, l2_bytes
 from graphconv.ops.channels_last import store_channels
 from graphconv.ops.fast_math import activate32
 from graphconv.ops.registry import pair
@@ -74,11 +74,10 @@ ENABLED = os.environ.get("GRAPHCONV_WINOGRAD", "1") != "0"
 BAND_BYTES = 8 << 20
 JOB_SHARE_OF_L2 = 0.75  # of a core's L2 for a job's V, 4 M and output sums; the rest for U's panels
 MAX_JOB_TILES = 128
-# `job_plan`'s costs, in multiply-adds of the register tile, measured on 2 Xeon cores (AVX-512,
-# 2 MB L2) from the times of one layer under different plans: gathering one value of V (4
-# input loads and 3 adds, by channel runs), and reading one byte of U from beyond L2.
+# `job_plan`'s cost of gathering one value of V (4 input loads and 3 adds, by channel runs),
+# in multiply-adds of the register tile: measured on 2 Xeon cores (AVX-512) from one layer's
+# times with 1 and 2 parts (256 channels at 96x96, the same runs).
 GATHER_COST = 17
-U_BYTE_COST = 4
 CHUNK = 512  # input channels per k chunk: all of them in VGG's and ResNet's layers (see cpu.OUTER_CHUNK;
 # against 192: ResNet-50's 3x3 layers at 14x14 0.94x the time, at 7x7 0.89x, at 28x28 and 56x56 level)
 
@@ -165,10 +164,10 @@ def _busiest_thread_cost(images: int, tiles: int, jobs: int, parts: int, channel
                          out_channels: int, threads: int) -> float:
     """The busiest thread's work, in multiply-adds, when `threads` take images x jobs x
     parts equal jobs as they come free: each job's products, the V it gathers
-    (GATHER_COST a value) and, where U does not fit L2, its share of U (U_BYTE_COST a byte)."""
+    (GATHER_COST a value) and, where U does not fit L2, its share of U (WEIGHT_BYTE_COST a byte)."""
     per_job = -(-tiles // jobs)
     u_bytes = 4 * 16 * channels * out_channels
-    u_cost = U_BYTE_COST * u_bytes / parts if u_bytes > l2_bytes() else 0.0
+    u_cost = WEIGHT_BYTE_COST * u_bytes / parts if u_bytes > l2_bytes() else 0.0
     job = 16 * per_job * channels * (part_channels + GATHER_COST) + u_cost
     return -(-images * jobs * parts // threads) * job
 
