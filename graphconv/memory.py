@@ -153,13 +153,12 @@ def layer_workspace_bytes(node: Node, in_shapes: list, out_shape, batch: int, ch
     if node.op == "fc":
         return _product(in_shapes[0]) * (batch + ROW_SLACK) * FLOAT_BYTES
     if node.op == "conv":
-        return conv_scratch_bytes(node.params, in_shapes[0], out_shape, batch, out_channels_last=channels_last,
-                                  residual=len(in_shapes) == 2)
+        return conv_scratch_bytes(node.params, in_shapes[0], out_shape, batch, out_channels_last=channels_last)
     return 0
 
 
 def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: str | None = None, *,
-                       out_channels_last: bool = False, residual: bool = False) -> int:
+                       out_channels_last: bool = False) -> int:
     """What the CPU conv kernel allocates besides its output, for `strategy` (default:
     the one `choose_strategy` picks, which is shape arithmetic too):
 
@@ -198,7 +197,7 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
         "direct": batch * (h + 2 * ph) * (w + 2 * pw) * per_group_in + _threads() * panel,
         "im2col": (taps + per_group_out) * (band_rows + last_band_rows) * wo,
         "outer": batch * (h + 2 * ph) * (w + 2 * pw) * per_group_in + (
-            0 if outer_writes_directly(params, c, out_channels_last, residual) else _threads() * outer_job_floats(
+            0 if outer_writes_directly(params, c, out_channels_last) else _threads() * outer_job_floats(
                 per_group_out, outer_jobs(batch, ho, wo, per_group_out, _threads(),
                                           4 * taps * padded_channels(per_group_out))[0]))
         + (packed_weight_elements(params, weights) if weights >= PACK_MAX_WEIGHTS or suits_winograd(params, c)

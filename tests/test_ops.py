@@ -319,6 +319,22 @@ def test_conv_outer_hypothesis(c, o, k, s, p, dw, h, w, batch, activation, chunk
                      strategy="outer", prepared=prepared, storage=storage)
 
 
+@pytest.mark.parametrize("out_c", [16, 48, 128])
+@pytest.mark.parametrize("kernel,chunk", [(1, 512), (1, 8), (3, 512)])
+@pytest.mark.parametrize("activation", ["relu", "none", "silu"])
+def test_outer_writes_a_residual_layer_from_its_tiles(out_c, kernel, chunk, activation, rng):
+    """A channels-last layer of whole vectors with a residual input (a ResNet block's
+    last conv, its add fused): the last chunk's tiles write sum + bias + residual and the
+    ReLU themselves, whether that chunk is the only one or the last of several, one
+    thread taking every job or two sharing them."""
+    params = dict(out_channels=out_c, kernel_size=kernel, padding=kernel // 2, activation=activation)
+    for threads in (1, 2):
+        with mock.patch.object(conv_cpu, "OUTER_CHUNK", chunk), \
+                mock.patch.object(conv_cpu, "get_num_threads", lambda: threads):
+            check_op("conv", params, [(24, 9, 7), (out_c, 9, 7)], rng, batch=2, strategy="outer",
+                     storage=(True, True))
+
+
 @pytest.mark.parametrize("activation", ["silu", "gelu", "hardswish"])
 @pytest.mark.parametrize("out_c,hw,batch", [(200, (3, 3), 1), (40, (30, 20), 2)])
 def test_outer_activates_a_job_written_in_parts_of_its_channels_or_whole(activation, out_c, hw, batch, rng):

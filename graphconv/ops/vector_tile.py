@@ -455,18 +455,19 @@ def _make_gathered_tile(rows: int, vectors: int, lanes: int = LANES):
     i = types.intp
 
     @intrinsic
-    def tile(typingctx, x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store, direct, out, bias):
-        arrays = (x, patch, cols, sums, out, bias)
+    def tile(typingctx, x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store, direct, out, bias,
+             residual):
+        arrays = (x, patch, cols, sums, out, bias, residual)
         arrays_fit = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in arrays)
         floats_fit = all(a.dtype == types.float32 for a in arrays if a is not patch)
         if not arrays_fit or patch.dtype != types.int64 or not floats_fit:
             return None  # flat indexing from .data is right only for these
         if not (isinstance(span, types.UniTuple) and span.count == 5 and isinstance(span.dtype, types.Integer)
-                and isinstance(direct, types.UniTuple) and direct.count == 5 and isinstance(direct.dtype, types.Integer)
+                and isinstance(direct, types.UniTuple) and direct.count == 6 and isinstance(direct.dtype, types.Integer)
                 and isinstance(store, types.Boolean)):
             return None
         signature = types.void(x, patch, i, i, types.UniTuple(i, 5), cols, i, i, sums, i, i, types.boolean,
-                               types.UniTuple(i, 5), out, bias)
+                               types.UniTuple(i, 6), out, bias, residual)
         return signature, _gathered_codegen(rows, vectors, lanes)
     tile.__name__ = f"gathered_tile_{rows}x{vectors}_{lanes}lanes"
     return tile
@@ -474,9 +475,9 @@ def _make_gathered_tile(rows: int, vectors: int, lanes: int = LANES):
 
 def _gathered_codegen(rows: int, vectors: int, lanes: int):
     def codegen(context, builder, signature, args):
-        x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store, direct, out, bias = args
-        x_ptr, patch_ptr, cols_ptr, sums_ptr, out_ptr, bias_ptr = _data_pointers(context, builder, signature, args,
-                                                                                 (0, 1, 5, 8, 13, 14))
+        x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store, direct, out, bias, residual = args
+        x_ptr, patch_ptr, cols_ptr, sums_ptr, out_ptr, bias_ptr, res_ptr = _data_pointers(
+            context, builder, signature, args, (0, 1, 5, 8, 13, 14, 15))
         shift, seg_stride, segments, seg_k, steps = (builder.extract_value(span, n) for n in range(5))
         emit = _Emitter(builder, lanes)
         patch_starts = [emit.add(builder.load(builder.gep(patch_ptr, [emit.min(emit.add(p0, emit.const(r)), last)])),
@@ -502,27 +503,29 @@ def _gathered_codegen(rows: int, vectors: int, lanes: int):
         enabled = builder.icmp_signed("!=", builder.extract_value(direct, 0), emit.const(0))
         with builder.if_else(enabled) as (to_output, to_sums):
             with to_output:
-                _emit_direct_outputs(emit, sums_ptr, places, products, store, direct, out_ptr, bias_ptr, p0, last)
+                _emit_direct_outputs(emit, sums_ptr, places, products, store, direct, out_ptr, bias_ptr, res_ptr, p0,
+                                     last)
             with to_sums:
                 emit.store_sums(sums_ptr, places, products, store)
         return context.get_dummy_value()
     return codegen
 
 
-def _emit_direct_outputs(emit, sums_ptr, places, products, store, direct, out_ptr, bias_ptr, p0, last):
+def _emit_direct_outputs(emit, sums_ptr, places, products, store, direct, out_ptr, bias_ptr, res_ptr, p0, last):
     """The tile's finished outputs into the channels-last output, with direct = (1, where
     pixel p0's first channel of the block goes, the output's channels, the block's first
-    channel in bias, whether ReLU): each row's vectors + the chunks before (from the sums,
-    unless `store`: this chunk is the only one) + bias, ReLU (NaN kept, as max(v, 0) in
-    the store loops), for the rows up to `last` only (those past it repeat the last pixel
-    and have no place in the output)."""
+    channel in bias, whether ReLU, whether a residual input): each row's vectors + the
+    chunks before (from the sums, unless `store`: this chunk is the only one) + bias
+    (+ the residual input, stored as the output, at the same place), ReLU (NaN kept, as
+    max(v, 0) in the store loops), for the rows up to `last` only (those past it repeat
+    the last pixel and have no place in the output)."""
     builder = emit.builder
-    out_at, out_width, bias_at, relu = (builder.extract_value(direct, n) for n in range(1, 5))
+    out_at, out_width, bias_at, relu, residual = (builder.extract_value(direct, n) for n in range(1, 6))
     relu = builder.icmp_signed("!=", relu, emit.const(0))
     biases = [emit.load_vector(bias_ptr, emit.add(bias_at, emit.const(v * emit.lanes)))
               for v in range(len(products[0]))]
 
-    def write(with_earlier_chunks: bool) -> None:
+    def write(with_earlier_chunks: bool, with_residual: bool) -> None:
         for r, (row_places, row_values) in enumerate(zip(places, products)):
             valid = builder.icmp_signed("<=", emit.add(p0, emit.const(r)), last)
             with builder.if_then(valid):
@@ -531,15 +534,24 @@ def _emit_direct_outputs(emit, sums_ptr, places, products, store, direct, out_pt
                     if with_earlier_chunks:
                         value = builder.fadd(emit.load_vector(sums_ptr, at), value)
                     value = builder.fadd(value, biases[v])
+                    place = emit.add(row_at, emit.const(v * emit.lanes))
+                    if with_residual:
+                        value = builder.fadd(value, emit.load_vector(res_ptr, place))
                     clamped = builder.select(builder.fcmp_ordered("<", value, emit.zero), emit.zero, value)
-                    emit.store_vector(out_ptr, emit.add(row_at, emit.const(v * emit.lanes)),
-                                      builder.select(relu, clamped, value))
+                    emit.store_vector(out_ptr, place, builder.select(relu, clamped, value))
 
-    with builder.if_else(store) as (only_chunk, last_of_several):
-        with only_chunk:
-            write(False)
-        with last_of_several:
-            write(True)
+    def write_chunks(with_residual: bool) -> None:
+        with builder.if_else(store) as (only_chunk, last_of_several):
+            with only_chunk:
+                write(False, with_residual)
+            with last_of_several:
+                write(True, with_residual)
+
+    with builder.if_else(builder.icmp_signed("!=", residual, emit.const(0))) as (adds_residual, plain):
+        with adds_residual:
+            write_chunks(True)
+        with plain:
+            write_chunks(False)
 
 
 # _gathered_L_V: the tile of V vectors of L lanes
@@ -551,31 +563,33 @@ _gathered_16_1, _gathered_16_2, _gathered_16_3, _gathered_16_4 = (_make_gathered
 
 @njit(cache=True, inline="always")
 def gathered_tile(lanes, vectors, store, x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, direct, out,
-                  bias):
+                  bias, residual):
     """With span = (shift, seg_stride, segments, seg_k, steps):
     sums[(s0 + r) * s_width + j] (+)= sum_{g < segments, k < steps}
         x[patch[min(p0 + r, last)] + shift + g * seg_stride + k] * cols[c0 + (g * seg_k + k) * width + j]
     for r < outer_rows(lanes, vectors) and j < vectors * lanes: `=` where `store`, `+=` otherwise.
-    Where direct = (1, out_at, out_width, bias_at, relu), the last chunk's tile writes
-    instead out[out_at + r * out_width + j] = act(that sum + bias[bias_at + j]) for the
-    rows p0 + r <= last (`_emit_direct_outputs`); direct[0] = 0 leaves out and bias unread."""
+    Where direct = (1, out_at, out_width, bias_at, relu, with_residual), the last chunk's
+    tile writes instead out[at] = act(that sum + bias[bias_at + j] (+ residual[at])), at =
+    out_at + r * out_width + j, for the rows p0 + r <= last (`_emit_direct_outputs`);
+    direct[0] = 0 leaves out, bias and residual unread."""
+    arguments = (x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store, direct, out, bias, residual)
     if lanes == 16:
         if vectors == 4:
-            _gathered_16_4(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store, direct, out, bias)
+            _gathered_16_4(*arguments)
         elif vectors == 3:
-            _gathered_16_3(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store, direct, out, bias)
+            _gathered_16_3(*arguments)
         elif vectors == 2:
-            _gathered_16_2(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store, direct, out, bias)
+            _gathered_16_2(*arguments)
         else:
-            _gathered_16_1(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store, direct, out, bias)
+            _gathered_16_1(*arguments)
     elif vectors == 4:
-        _gathered_8_4(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store, direct, out, bias)
+        _gathered_8_4(*arguments)
     elif vectors == 3:
-        _gathered_8_3(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store, direct, out, bias)
+        _gathered_8_3(*arguments)
     elif vectors == 2:
-        _gathered_8_2(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store, direct, out, bias)
+        _gathered_8_2(*arguments)
     else:
-        _gathered_8_1(x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store, direct, out, bias)
+        _gathered_8_1(*arguments)
 
 
 # ---- the depthwise conv's tile: a few pixels' sums in registers over all their taps ----------

@@ -915,9 +915,9 @@ def _outer_group(xp, wp, og, bias, activation, kh, kw, sh, sw, dh, dw, o_offset,
     stored NCHW or channels-last) with bias, the residual input if any (flat_res, stored
     as the output; empty when there is none) and the activation (`fused_code`) at the end
     of the job. Where the output is channels-last, of one group, in whole vectors of
-    channels, and there is no residual, the last chunk's tiles write the outputs
-    themselves (`vector_tile.gathered_tile`'s `direct`), with bias and ReLU, and the job
-    only applies a smooth activation after: no pass through the sums. EfficientNet-B0 at
+    channels, the last chunk's tiles write the outputs themselves
+    (`vector_tile.gathered_tile`'s `direct`), with bias, the residual input and ReLU, and
+    the job only applies a smooth activation after: no pass through the sums. EfficientNet-B0 at
     224 (2 threads, Intel AVX-512; before and after in alternating processes, per-layer
     profiles): its 1x1 convs 4.2-4.3 -> 3.7 ms, its stem 0.47-0.49 -> 0.33-0.37 ms, the
     network 8.7-8.8 -> 7.9-8.0 ms; ResNet-50 0.98x. The same layers alone, on NCHW input
@@ -937,7 +937,8 @@ def _outer_group(xp, wp, og, bias, activation, kh, kw, sh, sw, dh, dw, o_offset,
     flat_x = xp.reshape(-1)
     # the last chunk's tiles write the outputs themselves (`vector_tile.gathered_tile`'s
     # `direct`); where that chunk is the only one, no sums are needed (`outer_writes_directly`)
-    direct = channels_last and out_channels == og and og % lanes == 0 and flat_res.size == 0
+    direct = channels_last and out_channels == og and og % lanes == 0
+    residual = 1 if flat_res.size > 0 else 0
     one_chunk = _one_chunk(kh, kw, cg, dw, chunk)
     relu = 1 if activation == RELU else 0
     queue = np.zeros(1, np.int64)  # the next job to take (`next_job`)
@@ -969,10 +970,10 @@ def _outer_group(xp, wp, og, bias, activation, kh, kw, sh, sw, dh, dw, o_offset,
                             panel = k * c0 + (tap + k0) * bw  # the chunk's weights in the block's (K x bw) panel
                             for p0 in range(0, count, outer_rows(lanes, vectors)):
                                 outputs = (1 if direct and last_chunk else 0, (q0 + p0) * out_channels + c0,
-                                           out_channels, c0, relu)
+                                           out_channels, c0, relu, residual)
                                 gathered_tile(lanes, vectors, first_chunk, flat_x, patch, p0, count - 1, span, wp,
                                               panel, bw, sums, blk * block_pixels + p0, block, outputs, flat_out,
-                                              bias)
+                                              bias, flat_res)
             if direct:
                 _activate_job(flat_out, q0, count, blk0 * block, min(og, blk1 * block), 0, out_channels, activation)
             else:
@@ -1121,17 +1122,17 @@ def _busiest_thread_pixels(pixels: int, size: int, threads: int) -> int:
     return max(rounds * size + pixels - (jobs - 1) * size, (rounds + 1) * size if extra else 0)
 
 
-def outer_writes_directly(params: dict, in_channels: int, out_channels_last: bool, residual: bool) -> bool:
+def outer_writes_directly(params: dict, in_channels: int, out_channels_last: bool) -> bool:
     """Whether `_outer_group` writes this layer's outputs straight from its tiles in a
     single k chunk, so that it keeps no sums: a channels-last output of one group in whole
-    vectors of channels, no residual input, and every tap of a pixel in one chunk (its
+    vectors of channels, and every tap of a pixel in one chunk (its
     `rows_per_chunk` and `run` logic). `graphconv.memory` counts no sums for it then:
     they are never touched, and AlexNet's resident memory at 320x288 fell from 4.7 to
     3.1 MB with them, under half the estimate that still counted them."""
     groups, og = params["groups"], params["out_channels"]
     kh, kw = pair(params["kernel_size"])
     one_chunk = _one_chunk.py_func(kh, kw, in_channels // groups, pair(params["dilation"])[1], OUTER_CHUNK)
-    return out_channels_last and groups == 1 and og % vector_tile.OUTER_LANES == 0 and not residual and one_chunk
+    return out_channels_last and groups == 1 and og % vector_tile.OUTER_LANES == 0 and one_chunk
 
 
 def outer_job_floats(out_channels: int, job_pixels: int) -> int:
