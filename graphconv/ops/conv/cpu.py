@@ -896,7 +896,7 @@ def _winograd_bands(x: np.ndarray, padded_shape: tuple[int, ...], padding: tuple
         winograd.winograd_conv(band_xp, 0, 0, *arguments)
 
 
-@njit(cache=True, parallel=True, boundscheck=False, fastmath=CONTRACT)
+@njit(cache=True, parallel=True, boundscheck=False)
 def _outer_group(xp, wp, og, bias, activation, kh, kw, sh, sw, dh, dw, o_offset, ho, wo, chunk, job_pixels, parts,
                  flat_out, flat_res, out_channels, channels_last, threads, lanes, block_vectors):
     """Every output pixel of one group, `job_pixels` consecutive pixels (counted over the
@@ -923,6 +923,22 @@ def _outer_group(xp, wp, og, bias, activation, kh, kw, sh, sw, dh, dw, o_offset,
     network 8.7-8.8 -> 7.9-8.0 ms; ResNet-50 0.98x. The same layers alone, on NCHW input
     copied first, took the same time either way: the gain is in the network, where the
     next layer reads this one's output."""
+    queue = np.zeros(1, np.int64)  # the next job to take (`next_job`)
+    for _ in prange(threads):
+        _outer_thread(xp, wp, og, bias, activation, kh, kw, sh, sw, dh, dw, o_offset, ho, wo, chunk, job_pixels, parts,
+                      flat_out, flat_res, out_channels, channels_last, threads, lanes, block_vectors, queue)
+
+
+@njit(cache=True, boundscheck=False, fastmath=CONTRACT, error_model="numpy")
+def _outer_thread(xp, wp, og, bias, activation, kh, kw, sh, sw, dh, dw, o_offset, ho, wo, chunk, job_pixels, parts,
+                  flat_out, flat_res, out_channels, channels_last, threads, lanes, block_vectors, queue):
+    """One thread's share of `_outer_group`: jobs taken from `queue` until none are left.
+    A function of its own, not the body of the parallel loop, for numba's compile time:
+    its parallel passes simplified the loop body's IR, every tile variant inlined, twice
+    in the fusion pass; the kernel took 25 s to compile, 15 s now (AlexNet-FCN's first
+    run with an empty cache 65 -> 45 s with Winograd's kernel split the same way). It
+    keeps what a parallel loop's body gets from numba: error_model="numpy", without which
+    every division checks for zero and the SiLU over a job's outputs ran 5x slower."""
     n, rows_in, cols_in, cg = xp.shape
     o_pad = -(-og // lanes) * lanes
     k = wp.size // o_pad
@@ -941,44 +957,42 @@ def _outer_group(xp, wp, og, bias, activation, kh, kw, sh, sw, dh, dw, o_offset,
     residual = 1 if flat_res.size > 0 else 0
     one_chunk = _one_chunk(kh, kw, cg, dw, chunk)
     relu = 1 if activation == RELU else 0
-    queue = np.zeros(1, np.int64)  # the next job to take (`next_job`)
-    for _ in prange(threads):
-        sums = np.empty(0 if direct and one_chunk else blocks * block_pixels * block, np.float32)
-        patch = np.empty(job_pixels, np.int64)
-        while True:
-            job = next_job(queue)
-            if job >= jobs:
-                break
-            q0 = (job // parts) * job_pixels
-            count = min(job_pixels, pixels - q0)
-            blk0 = (job % parts) * per_part
-            blk1 = min(blocks, blk0 + per_part)
-            _patch_starts(q0, count, ho, wo, rows_in, cols_in, cg, sh, sw, patch)
-            for i in range(0, kh, rows_per_chunk):
-                segments = min(rows_per_chunk, kh - i)  # tap rows i, i + 1, ... in one tile call
-                for j in range(segments_per_row):
-                    tap = (i * kw + j) * cg  # the segment's first tap in the packed order
-                    for k0 in range(0, run, chunk):
-                        shift = (i * dh * cols_in + j * dw) * cg + k0  # from a patch's start in xp
-                        span = (shift, dh * cols_in * cg, segments, kw * cg, min(chunk, run - k0))
-                        first_chunk = i == 0 and j == 0 and k0 == 0  # stores its products: no zeroing
-                        last_chunk = i + rows_per_chunk >= kh and j == segments_per_row - 1 and k0 + chunk >= run
-                        for blk in range(blk0, blk1):
-                            c0 = blk * block
-                            vectors = min(block_vectors, (o_pad - c0) // lanes)
-                            bw = vectors * lanes
-                            panel = k * c0 + (tap + k0) * bw  # the chunk's weights in the block's (K x bw) panel
-                            for p0 in range(0, count, outer_rows(lanes, vectors)):
-                                outputs = (1 if direct and last_chunk else 0, (q0 + p0) * out_channels + c0,
-                                           out_channels, c0, relu, residual)
-                                gathered_tile(lanes, vectors, first_chunk, flat_x, patch, p0, count - 1, span, wp,
-                                              panel, bw, sums, blk * block_pixels + p0, block, outputs, flat_out,
-                                              bias, flat_res)
-            if direct:
-                _activate_job(flat_out, q0, count, blk0 * block, min(og, blk1 * block), 0, out_channels, activation)
-            else:
-                _store_outer_job(sums, block, block_pixels, q0, count, blk0 * block, min(og, blk1 * block), plane,
-                                 bias, activation, o_offset, flat_res, flat_out, out_channels, channels_last)
+    sums = np.empty(0 if direct and one_chunk else blocks * block_pixels * block, np.float32)
+    patch = np.empty(job_pixels, np.int64)
+    while True:
+        job = next_job(queue)
+        if job >= jobs:
+            break
+        q0 = (job // parts) * job_pixels
+        count = min(job_pixels, pixels - q0)
+        blk0 = (job % parts) * per_part
+        blk1 = min(blocks, blk0 + per_part)
+        _patch_starts(q0, count, ho, wo, rows_in, cols_in, cg, sh, sw, patch)
+        for i in range(0, kh, rows_per_chunk):
+            segments = min(rows_per_chunk, kh - i)  # tap rows i, i + 1, ... in one tile call
+            for j in range(segments_per_row):
+                tap = (i * kw + j) * cg  # the segment's first tap in the packed order
+                for k0 in range(0, run, chunk):
+                    shift = (i * dh * cols_in + j * dw) * cg + k0  # from a patch's start in xp
+                    span = (shift, dh * cols_in * cg, segments, kw * cg, min(chunk, run - k0))
+                    first_chunk = i == 0 and j == 0 and k0 == 0  # stores its products: no zeroing
+                    last_chunk = i + rows_per_chunk >= kh and j == segments_per_row - 1 and k0 + chunk >= run
+                    for blk in range(blk0, blk1):
+                        c0 = blk * block
+                        vectors = min(block_vectors, (o_pad - c0) // lanes)
+                        bw = vectors * lanes
+                        panel = k * c0 + (tap + k0) * bw  # the chunk's weights in the block's (K x bw) panel
+                        for p0 in range(0, count, outer_rows(lanes, vectors)):
+                            outputs = (1 if direct and last_chunk else 0, (q0 + p0) * out_channels + c0,
+                                       out_channels, c0, relu, residual)
+                            gathered_tile(lanes, vectors, first_chunk, flat_x, patch, p0, count - 1, span, wp,
+                                          panel, bw, sums, blk * block_pixels + p0, block, outputs, flat_out,
+                                          bias, flat_res)
+        if direct:
+            _activate_job(flat_out, q0, count, blk0 * block, min(og, blk1 * block), 0, out_channels, activation)
+        else:
+            _store_outer_job(sums, block, block_pixels, q0, count, blk0 * block, min(og, blk1 * block), plane,
+                             bias, activation, o_offset, flat_res, flat_out, out_channels, channels_last)
 
 
 @njit(cache=True, inline="always")

@@ -220,6 +220,17 @@ def winograd_conv(xp, top, left, wu, og, bias, activation, ho, wo, jobs_per_imag
     height times wo) per image and channel, stored NCHW or `channels_last`; flat_res,
     when not empty, is a residual input stored as the output, added before the
     activation."""
+    queue = np.zeros(1, np.int64)  # the next job to take (`next_job`)
+    for _ in prange(threads):
+        _winograd_thread(xp, top, left, wu, og, bias, activation, ho, wo, jobs_per_image, parts, chunk, flat_out,
+                         flat_res, image_pixels, channels_last, threads, image0, row0, lanes, block_vectors, queue)
+
+
+@njit(cache=True, boundscheck=False, error_model="numpy")
+def _winograd_thread(xp, top, left, wu, og, bias, activation, ho, wo, jobs_per_image, parts, chunk, flat_out, flat_res,
+                     image_pixels, channels_last, threads, image0, row0, lanes, block_vectors, queue):
+    """One thread's share of `winograd_conv`: jobs taken from `queue` until none are left (a
+    function of its own for numba's compile time: see `conv.cpu._outer_thread`)."""
     n, rows_in, cols_in, c = xp.shape
     o_pad = -(-og // lanes) * lanes
     block = block_vectors * lanes
@@ -233,38 +244,36 @@ def winograd_conv(xp, top, left, wu, og, bias, activation, ho, wo, jobs_per_imag
     u_stride = c * o_pad  # floats of U per xi
     m_size = per_part * slots * block  # one M[xi], a part's blocks; the 4 M of a row of the 4x4 tile are kept
     flat_x = xp.reshape(-1)
-    queue = np.zeros(1, np.int64)  # the next job to take (`next_job`)
-    for t in prange(threads):
-        v = np.empty(slots * c, np.float32)
-        m = np.empty(4 * m_size, np.float32)
-        y = np.empty(per_part * slots * 4 * block, np.float32)
-        while True:
-            job = next_job(queue)
-            if job >= tile_jobs * parts:
-                break
-            tile_job, part = job // parts, job % parts
-            b = tile_job // jobs_per_image
-            tile0 = (tile_job % jobs_per_image) * per_job
-            tiles = min(per_job, image_tiles - tile0)
-            if tiles <= 0:
-                continue
-            blk0, blk1 = part * per_part, min(blocks, (part + 1) * per_part)
-            for xi in range(16):
-                _gather_transformed_input(flat_x, xi, b, tile0, tiles, tile_cols, top, left, rows_in, cols_in, c, v)
-                m0 = (xi % 4) * m_size
-                for k0 in range(0, c, chunk):
-                    steps = min(chunk, c - k0)
-                    for blk in range(blk0, blk1):
-                        c0 = blk * block
-                        vectors = min(block_vectors, (o_pad - c0) // lanes)
-                        step = outer_rows(lanes, vectors)
-                        for p0 in range(0, tiles, step):  # the first chunk stores: M needs no zeroing
-                            outer_tile(lanes, vectors, v, p0, tiles - 1, c, k0, steps, wu, xi * u_stride + c * c0,
-                                       vectors * lanes, m, (m0 // block) + (blk - blk0) * slots + p0, block, k0 == 0)
-                if xi % 4 == 3:
-                    _add_row_to_outputs(m, m_size, xi // 4, blk1 - blk0, tiles, slots, block, y)
-            _write_outputs(y, bias, activation, image0 + b, tile0, tiles, tile_cols, ho, wo, row0, blk0 * block,
-                           min(og, blk1 * block), slots, block, flat_out, flat_res, og, image_pixels, channels_last)
+    v = np.empty(slots * c, np.float32)
+    m = np.empty(4 * m_size, np.float32)
+    y = np.empty(per_part * slots * 4 * block, np.float32)
+    while True:
+        job = next_job(queue)
+        if job >= tile_jobs * parts:
+            break
+        tile_job, part = job // parts, job % parts
+        b = tile_job // jobs_per_image
+        tile0 = (tile_job % jobs_per_image) * per_job
+        tiles = min(per_job, image_tiles - tile0)
+        if tiles <= 0:
+            continue
+        blk0, blk1 = part * per_part, min(blocks, (part + 1) * per_part)
+        for xi in range(16):
+            _gather_transformed_input(flat_x, xi, b, tile0, tiles, tile_cols, top, left, rows_in, cols_in, c, v)
+            m0 = (xi % 4) * m_size
+            for k0 in range(0, c, chunk):
+                steps = min(chunk, c - k0)
+                for blk in range(blk0, blk1):
+                    c0 = blk * block
+                    vectors = min(block_vectors, (o_pad - c0) // lanes)
+                    step = outer_rows(lanes, vectors)
+                    for p0 in range(0, tiles, step):  # the first chunk stores: M needs no zeroing
+                        outer_tile(lanes, vectors, v, p0, tiles - 1, c, k0, steps, wu, xi * u_stride + c * c0,
+                                   vectors * lanes, m, (m0 // block) + (blk - blk0) * slots + p0, block, k0 == 0)
+            if xi % 4 == 3:
+                _add_row_to_outputs(m, m_size, xi // 4, blk1 - blk0, tiles, slots, block, y)
+        _write_outputs(y, bias, activation, image0 + b, tile0, tiles, tile_cols, ho, wo, row0, blk0 * block,
+                       min(og, blk1 * block), slots, block, flat_out, flat_res, og, image_pixels, channels_last)
 
 
 @njit(cache=True, inline="always")
