@@ -1182,7 +1182,8 @@ def outer_jobs(n: int, ho: int, wo: int, out_channels: int, threads: int, weight
     parts = min(blocks, threads)
     busiest_part = min(out_channels, -(-blocks // parts) * block) / out_channels
     even_pixels = -(-(-(-plane // threads)) // 4) * 4  # whole tiles of 4 pixels
-    # the weights' cost, in pixels' worth of multiply-adds: a pixel takes k x out_channels, the weights are 4 k x o_pad bytes
+    # reading the weights, in pixels' worth of multiply-adds (a pixel takes k x out_channels;
+    # the weights are 4 k x o_pad bytes)
     reading = 4 * WEIGHT_BYTE_COST * vector_tile.padded_channels(out_channels) / out_channels \
         if weight_bytes > l2_bytes() else 0.0
     if n == 1 and even_pixels + reading < (plane + reading) * busiest_part:
