@@ -455,6 +455,10 @@ def test_an_op_without_a_bind_hook_is_its_run_function_with_params_and_weights_f
     (3, 7, 7, 48, 2, (8, 4), (49, 2)),       # a block of 32 and one of 16
     (3, 7, 7, 48, 2, (16, 4), (49, 1)),      # one block of 64: nothing to split
     (1, 5, 5, 16, 1, (8, 3), (25, 1)),       # one thread: one job
+    (3, 5, 5, 16, 1, (8, 3), (75, 1)),       # one thread: one job for the batch, which reads the weights once
+    (16, 7, 7, 512, 2, (16, 4), (196, 1)),   # ResNet layer4 at batch 16: 4 images a job, not 16 jobs
+    (15, 7, 7, 512, 2, (16, 4), (196, 1)),   # 4 + 4 + 4 + 3 images: 8 and 7 a thread
+    (64, 1, 1, 1000, 2, (16, 4), (32, 1)),   # a batch of 1x1 maps: 2 jobs, not 64 reads of the weights
 ])
 def test_outer_jobs_share_a_layer_evenly(n, ho, wo, out_channels, threads, tile, expected):
     with tile_shape(*tile):

@@ -800,6 +800,7 @@ OUTER_JOB_TARGET = 112  # of the job sizes that share a layer out equally well, 
 # 1-2% faster end to end at 224 and 448 than at 64, alternating in one process; 800
 # (its 28x28 layers too) level.
 WHOLE_MAP_POSITIONS = 256
+BATCH_JOB_SLACK = 1.15  # how much over an even share of a batch's images a thread may get
 
 
 def packed_weight_elements(params: dict, weight_elements: int) -> int:
@@ -1158,6 +1159,30 @@ def outer_job_floats(out_channels: int, job_pixels: int) -> int:
     return blocks * block * vector_tile.padded_tile_rows(job_pixels) + 2 * job_pixels
 
 
+def _whole_images_a_job(n: int, plane: int, threads: int) -> int:
+    """Images per job for maps of WHOLE_MAP_POSITIONS pixels or fewer: the most that keep a
+    job within that many pixels and leave the busiest thread at most BATCH_JOB_SLACK over
+    an even share of the images, so that a batch of small maps is not one job per image,
+    each reading every weight (ResNet-50's layer4 at batch 16: its 1x1 and 3x3 layers'
+    weights read 16 times a run, now 4). One image where no such count exists: each image
+    is then split between the threads (`outer_jobs`)."""
+    most = max(1, WHOLE_MAP_POSITIONS // plane)
+    for jobs in range(1, n):
+        images = -(-n // jobs)  # the fewest jobs first, each count as evenly as it goes
+        if images <= most and _busiest_thread_images(n, images, threads) <= BATCH_JOB_SLACK * n / threads:
+            return images
+    return 1
+
+
+def _busiest_thread_images(n: int, images: int, threads: int) -> int:
+    """Images the busiest of `threads` gets when they take jobs of `images` images (the
+    last one the rest) in order, each the next as it comes free."""
+    loads = [0] * threads
+    for first in range(0, n, images):
+        loads[loads.index(min(loads))] += min(images, n - first)
+    return max(loads)
+
+
 def outer_jobs(n: int, ho: int, wo: int, out_channels: int, threads: int, weight_bytes: int = 0) -> tuple[int, int]:
     """(pixels per job, channel parts per job) for `_outer_group` on an n x ho x wo output.
     A map of WHOLE_MAP_POSITIONS pixels or fewer is one job per image, so each thread
@@ -1173,7 +1198,8 @@ def outer_jobs(n: int, ho: int, wo: int, out_channels: int, threads: int, weight
     448, 2048 -> 1000 channels on 8x8 pixels (8 MB of weights), took 1.9 ms split by
     pixels (onnxruntime 1.0)."""
     plane = ho * wo
-    job_pixels = plane if plane <= WHOLE_MAP_POSITIONS else _even_job_pixels(n * plane, threads)
+    job_pixels = _whole_images_a_job(n, plane, threads) * plane if plane <= WHOLE_MAP_POSITIONS \
+        else _even_job_pixels(n * plane, threads)
     jobs = -(-n * plane // job_pixels)
     if jobs >= 4 * threads or jobs % threads == 0:
         return job_pixels, 1
