@@ -528,6 +528,18 @@ def test_conv_adds_a_residual_input_before_the_activation(params, in_shape, acti
                      storage=storage)
 
 
+@pytest.mark.parametrize("plan", [(1, 1), (2, 2), (3, 1), (7, 2)])
+@pytest.mark.parametrize("storage", STORAGE_CHOICES)
+def test_winograd_runs_span_the_images_of_a_batch(plan, storage, rng):
+    """Runs of tiles counted over the batch (5 images of 3x3 tiles, 45 tiles): a run that
+    starts in one image and ends in another gathers and writes each tile in its own image,
+    with a residual input and the activation, whatever the runs and channel parts."""
+    params = dict(out_channels=40, kernel_size=3, padding=1, activation="relu")
+    with mock.patch.object(conv_cpu.winograd, "job_plan", lambda images, tiles, c, o, threads: plan), \
+            mock.patch.object(conv_cpu, "get_num_threads", lambda: 2):
+        check_op("conv", params, [(24, 6, 5), (40, 6, 5)], rng, batch=5, strategy="winograd", storage=storage)
+
+
 @pytest.mark.parametrize("worker", [conv_cpu._outer_thread, conv_cpu.winograd._winograd_thread])
 def test_per_thread_kernel_bodies_compile_as_parallel_loop_bodies_do(worker):
     """The conv kernels' per-thread functions (their parallel loops' bodies, moved out for
@@ -551,7 +563,8 @@ def l2_of(size: int):
     (2 << 20, 1, 196, 512, 512, 2, (2, 2)),   # VGG conv4 at 224: 2 runs of 2 parts (was 10 runs, U read 10 times)
     (2 << 20, 1, 196, 256, 256, 2, (2, 1)),   # U 4 MB: 2 runs of 98 tiles, no part gathers V twice
     (2 << 20, 1, 2304, 64, 64, 2, (18, 1)),   # U fits L2: runs of 128 tiles
-    (2 << 20, 4, 49, 512, 512, 2, (1, 1)),    # a batch: a run per image; parts would not read U fewer times
+    (2 << 20, 4, 49, 512, 512, 2, (2, 2)),    # a batch: runs span images (was one per image, U read 4 times)
+    (2 << 20, 16, 16, 512, 512, 2, (2, 2)),   # ResNet layer4 at batch 16: U read twice, not 16 times
     (2 << 20, 1, 196, 512, 512, 8, (2, 8)),   # 8 threads: 16 jobs
     (512 << 10, 1, 196, 512, 512, 2, (6, 2)),  # a smaller L2 holds fewer tiles a run
     (512 << 10, 1, 16, 512, 512, 2, (1, 2)),   # ResNet layer4 at 7x7
@@ -568,24 +581,26 @@ def test_winograd_job_plan(l2, images, tiles, channels, out_channels, threads, e
        channels=st.integers(1, 1024), out_channels=st.integers(1, 1024), threads=st.integers(1, 16))
 def test_winograd_job_plans_are_runnable_and_no_worse_than_one_part(l2, images, tiles, channels, out_channels,
                                                                     threads):
-    """Every plan has runs of at least one tile, at most MAX_JOB_TILES of them (or 8), and
-    parts that each get output channels; and its estimated busiest thread is never worse
-    than the plan of one part with the fewest runs that fit L2."""
+    """Every plan has runs (over the batch's tiles) of at least one tile, at most
+    MAX_JOB_TILES of them (or 8), and parts that each get output channels; and its
+    estimated busiest thread is never worse than the plan of one part with the fewest runs
+    that fit L2."""
     winograd = conv_cpu.winograd
     with l2_of(l2):
-        jobs, parts = winograd.job_plan(images, tiles, channels, out_channels, threads)
+        runs, parts = winograd.job_plan(images, tiles, channels, out_channels, threads)
         block = vector_tile.OUTER_VECTORS * vector_tile.OUTER_LANES
         blocks = -(-vector_tile.padded_channels(out_channels) // block)
-        per_job = -(-tiles // jobs)
-        assert 1 <= jobs <= tiles and per_job * (jobs - 1) < tiles
+        total = images * tiles
+        per_job = -(-total // runs)
+        assert 1 <= runs <= total and per_job * (runs - 1) < total
         assert per_job <= max(8, winograd.MAX_JOB_TILES)
         assert parts in (1, min(blocks, threads))
         cost = winograd._busiest_thread_cost
-        one_part = -(-tiles // winograd.tiles_per_job(channels, blocks * block))
-        while one_part > 1 and -(-tiles // one_part) * (one_part - 1) >= tiles:
+        one_part = -(-total // winograd.tiles_per_job(channels, blocks * block))
+        while one_part > 1 and -(-total // one_part) * (one_part - 1) >= total:
             one_part -= 1
-        assert (cost(images, tiles, jobs, parts, channels, -(-blocks // parts) * block, blocks * block, threads)
-                <= cost(images, tiles, one_part, 1, channels, blocks * block, blocks * block, threads))
+        assert (cost(total, runs, parts, channels, -(-blocks // parts) * block, blocks * block, threads)
+                <= cost(total, one_part, 1, channels, blocks * block, blocks * block, threads))
 
 
 def test_winograd_transforms_are_the_minimal_filtering_algorithm(rng):

@@ -872,8 +872,8 @@ def _bind_winograd(wu: np.ndarray, bias: np.ndarray, padding: tuple[int, int], a
     flat_out, flat_res, out_channels_last = stored_memory(out), _residual(inputs, out), nhwc(out) is not None
 
     def arguments(image: int, row: int, rows: int) -> tuple:  # the kernel's after the input and its offsets
-        jobs, parts = winograd.job_plan(copies, rows * tile_cols, c, og, threads)
-        return (wu, og, bias, activation, min(ho - 2 * row, 2 * rows), wo, jobs, parts, winograd.CHUNK, flat_out,
+        runs, parts = winograd.job_plan(copies, rows * tile_cols, c, og, threads)
+        return (wu, og, bias, activation, min(ho - 2 * row, 2 * rows), wo, runs, parts, winograd.CHUNK, flat_out,
                 flat_res, ho * wo, out_channels_last, threads, image, 2 * row, vector_tile.OUTER_LANES,
                 vector_tile.OUTER_VECTORS)
 

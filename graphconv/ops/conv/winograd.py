@@ -131,9 +131,10 @@ def tiles_per_job(channels: int, out_channels: int) -> int:
 
 @lru_cache(maxsize=1024)
 def job_plan(images: int, tiles: int, channels: int, out_channels: int, threads: int) -> tuple[int, int]:
-    """(jobs per image, channel parts per job): each image's tiles cut into runs of
-    consecutive tiles (row-major over its tile grid), each run split into parts by blocks
-    of output channels, taken by the threads as they come free.
+    """(runs, channel parts per run) for `images` images of `tiles` tiles: the batch's
+    tiles cut into runs of consecutive tiles (row-major over each image's tile grid, the
+    images one after another), each run split into parts by blocks of output channels,
+    taken by the threads as they come free.
 
     Why it is worth planning. A job streams its part of U past its tiles: every job
     re-reads U, and a layer with more U than L2 holds (ResNet-50's and VGG's 512-channel
@@ -144,32 +145,36 @@ def job_plan(images: int, tiles: int, channels: int, out_channels: int, threads:
     `threads` parts and the fewest runs that fit L2 up to `threads` more. On 2 Xeon cores
     (2 MB L2), weights cold as in a network, alone: 512 channels at 14x14 4.1 -> 2.5 ms (1
     run of 2 parts, not 4 runs), at 28x28 10.4 -> 7.2, at 48x48 24.2 -> 19.9; 256 at
-    28x28 1.9 -> 1.6 (2 runs, 1 part)."""
+    28x28 1.9 -> 1.6 (2 runs, 1 part). Runs span images, so a batch's small maps do not
+    each read all of U: ResNet-50's layer4 at batch 16 (16 tiles an image) read it 16
+    times a layer."""
     block = vector_tile.OUTER_VECTORS * vector_tile.OUTER_LANES
     blocks = -(-vector_tile.padded_channels(out_channels) // block)
     best = None
     for parts in sorted({1, min(blocks, threads)}):
         part_channels = -(-blocks // parts) * block
-        fewest = -(-tiles // tiles_per_job(channels, part_channels))
-        for jobs in range(fewest, min(tiles, fewest + threads) + 1):
-            if -(-tiles // jobs) * (jobs - 1) >= tiles:  # the last run would be empty
+        total = images * tiles
+        fewest = -(-total // tiles_per_job(channels, part_channels))
+        for runs in range(fewest, min(total, fewest + threads) + 1):
+            if -(-total // runs) * (runs - 1) >= total:  # the last run would be empty
                 continue
-            cost = _busiest_thread_cost(images, tiles, jobs, parts, channels, part_channels, block * blocks, threads)
+            cost = _busiest_thread_cost(total, runs, parts, channels, part_channels, block * blocks, threads)
             if best is None or cost < best[0]:
-                best = (cost, jobs, parts)
+                best = (cost, runs, parts)
     return best[1], best[2]
 
 
-def _busiest_thread_cost(images: int, tiles: int, jobs: int, parts: int, channels: int, part_channels: int,
-                         out_channels: int, threads: int) -> float:
-    """The busiest thread's work, in multiply-adds, when `threads` take images x jobs x
-    parts equal jobs as they come free: each job's products, the V it gathers
-    (GATHER_COST a value) and, where U does not fit L2, its share of U (WEIGHT_BYTE_COST a byte)."""
-    per_job = -(-tiles // jobs)
+def _busiest_thread_cost(tiles: int, runs: int, parts: int, channels: int, part_channels: int, out_channels: int,
+                         threads: int) -> float:
+    """The busiest thread's work, in multiply-adds, when `threads` take runs x parts
+    equal jobs over `tiles` tiles as they come free: each job's products, the V it
+    gathers (GATHER_COST a value) and, where U does not fit L2, its share of U
+    (WEIGHT_BYTE_COST a byte)."""
+    per_job = -(-tiles // runs)
     u_bytes = 4 * 16 * channels * out_channels
     u_cost = WEIGHT_BYTE_COST * u_bytes / parts if u_bytes > l2_bytes() else 0.0
     job = 16 * per_job * channels * (part_channels + GATHER_COST) + u_cost
-    return -(-images * jobs * parts // threads) * job
+    return -(-runs * parts // threads) * job
 
 
 def band_tile_rows(images: int, tile_rows: int, tile_cols: int, channels: int) -> int:
@@ -199,35 +204,36 @@ def scratch_floats(in_shape: tuple[int, ...], out_channels: int, out_hw: tuple[i
 
 def _job_floats(images: int, tiles: int, channels: int, out_channels: int, threads: int) -> int:
     """One thread's V, 4 M and output sums in `winograd_conv` for this `job_plan`."""
-    jobs, parts = job_plan(images, tiles, channels, out_channels, threads)
-    slots = vector_tile.padded_tile_rows(-(-tiles // jobs))
+    runs, parts = job_plan(images, tiles, channels, out_channels, threads)
+    slots = vector_tile.padded_tile_rows(-(-images * tiles // runs))
     block = vector_tile.OUTER_VECTORS * vector_tile.OUTER_LANES
     blocks = -(-vector_tile.padded_channels(out_channels) // block)
     return slots * channels + 8 * -(-blocks // parts) * block * slots
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def winograd_conv(xp, top, left, wu, og, bias, activation, ho, wo, jobs_per_image, parts, chunk, flat_out, flat_res,
+def winograd_conv(xp, top, left, wu, og, bias, activation, ho, wo, runs, parts, chunk, flat_out, flat_res,
                   image_pixels, channels_last, threads, image0, row0, lanes, block_vectors):
     """Output (image0 + b, o, row0 + y, x) for y < ho, from the channels-last input xp
     and U packed flat as 16 runs of (C x o8), each as `kxo_weights` packs a 1x1 conv's
     weights. Output row y's window starts at xp's row y - top, column x at x - left: xp
     is the layer's input itself with top and left its padding, or a padded copy (of a
     band of it, from padded input row 2 * row0) with top = left = 0; what lies outside
-    xp reads as zero. A job is a run of consecutive tiles of one image (and, when there
-    are too few jobs to keep every thread busy, a range of the output blocks of
-    `block_vectors` x `lanes` channels). The output is flat, `image_pixels` (its whole
+    xp reads as zero. A job is one of `runs` runs of consecutive tiles (row-major over
+    each image's tile grid, the images one after another, so a run may span images) and
+    one of `parts` ranges of the output blocks of `block_vectors` x `lanes` channels
+    (`job_plan`). The output is flat, `image_pixels` (its whole
     height times wo) per image and channel, stored NCHW or `channels_last`; flat_res,
     when not empty, is a residual input stored as the output, added before the
     activation."""
     queue = np.zeros(1, np.int64)  # the next job to take (`next_job`)
     for _ in prange(threads):
-        _winograd_thread(xp, top, left, wu, og, bias, activation, ho, wo, jobs_per_image, parts, chunk, flat_out,
+        _winograd_thread(xp, top, left, wu, og, bias, activation, ho, wo, runs, parts, chunk, flat_out,
                          flat_res, image_pixels, channels_last, threads, image0, row0, lanes, block_vectors, queue)
 
 
 @njit(cache=True, boundscheck=False, error_model="numpy")
-def _winograd_thread(xp, top, left, wu, og, bias, activation, ho, wo, jobs_per_image, parts, chunk, flat_out, flat_res,
+def _winograd_thread(xp, top, left, wu, og, bias, activation, ho, wo, runs, parts, chunk, flat_out, flat_res,
                      image_pixels, channels_last, threads, image0, row0, lanes, block_vectors, queue):
     """One thread's share of `winograd_conv`: jobs taken from `queue` until none are left (a
     function of its own for numba's compile time: see `conv.cpu._outer_thread`)."""
@@ -237,8 +243,7 @@ def _winograd_thread(xp, top, left, wu, og, bias, activation, ho, wo, jobs_per_i
     blocks = -(-o_pad // block)
     tile_cols = -(-wo // 2)
     image_tiles = -(-ho // 2) * tile_cols
-    per_job = -(-image_tiles // jobs_per_image)
-    tile_jobs = n * jobs_per_image
+    per_job = -(-n * image_tiles // runs)
     per_part = -(-blocks // parts)
     slots = padded_tile_rows(per_job)  # M rows per block: the last tile call's clamped rows land in the slack
     u_stride = c * o_pad  # floats of U per xi
@@ -249,17 +254,17 @@ def _winograd_thread(xp, top, left, wu, og, bias, activation, ho, wo, jobs_per_i
     y = np.empty(per_part * slots * 4 * block, np.float32)
     while True:
         job = next_job(queue)
-        if job >= tile_jobs * parts:
+        if job >= runs * parts:
             break
-        tile_job, part = job // parts, job % parts
-        b = tile_job // jobs_per_image
-        tile0 = (tile_job % jobs_per_image) * per_job
-        tiles = min(per_job, image_tiles - tile0)
+        run, part = job // parts, job % parts
+        tile0 = run * per_job  # counted over the batch
+        tiles = min(per_job, n * image_tiles - tile0)
         if tiles <= 0:
             continue
         blk0, blk1 = part * per_part, min(blocks, (part + 1) * per_part)
         for xi in range(16):
-            _gather_transformed_input(flat_x, xi, b, tile0, tiles, tile_cols, top, left, rows_in, cols_in, c, v)
+            _gather_transformed_input(flat_x, xi, tile0, tiles, image_tiles, tile_cols, top, left, rows_in, cols_in, c,
+                                      v)
             m0 = (xi % 4) * m_size
             for k0 in range(0, c, chunk):
                 steps = min(chunk, c - k0)
@@ -272,13 +277,14 @@ def _winograd_thread(xp, top, left, wu, og, bias, activation, ho, wo, jobs_per_i
                                    vectors * lanes, m, (m0 // block) + (blk - blk0) * slots + p0, block, k0 == 0)
             if xi % 4 == 3:
                 _add_row_to_outputs(m, m_size, xi // 4, blk1 - blk0, tiles, slots, block, y)
-        _write_outputs(y, bias, activation, image0 + b, tile0, tiles, tile_cols, ho, wo, row0, blk0 * block,
+        _write_outputs(y, bias, activation, image0, tile0, tiles, image_tiles, tile_cols, ho, wo, row0, blk0 * block,
                        min(og, blk1 * block), slots, block, flat_out, flat_res, og, image_pixels, channels_last)
 
 
 @njit(cache=True, inline="always")
-def _gather_transformed_input(flat_x, xi, b, tile0, tiles, tile_cols, top, left, rows_in, cols_in, c, v):
-    """v[tile, :] = (B^T d B)[xi] for each tile of the job: a signed sum of 4 input pixels'
+def _gather_transformed_input(flat_x, xi, tile0, tiles, image_tiles, tile_cols, top, left, rows_in, cols_in, c, v):
+    """v[tile, :] = (B^T d B)[xi] for each tile of the job (tiles tile0 onwards, counted over
+    the batch, `image_tiles` an image): a signed sum of 4 input pixels'
     channel runs (row a and column b of B^T each pick two of the tile's 4 rows/columns);
     a pixel outside the input (its padding) adds nothing."""
     a, bb = xi // 4, xi % 4
@@ -289,7 +295,7 @@ def _gather_transformed_input(flat_x, xi, b, tile0, tiles, tile_cols, top, left,
     s10 = INPUT_SIGNS[a, 1] * INPUT_SIGNS[bb, 0]
     s11 = INPUT_SIGNS[a, 1] * INPUT_SIGNS[bb, 1]
     for tt in range(tiles):
-        ty, tx = (tile0 + tt) // tile_cols, (tile0 + tt) % tile_cols
+        b, ty, tx = _tile_place(tile0 + tt, image_tiles, tile_cols)
         y0, y1 = 2 * ty - top + i0, 2 * ty - top + i1
         x0, x1 = 2 * tx - left + j0, 2 * tx - left + j1
         p00 = ((b * rows_in + y0) * cols_in + x0) * c
@@ -370,20 +376,21 @@ def _add_row_to_outputs(m, m_size, a, part_blocks, tiles, slots, block, y):
 
 
 @njit(cache=True, inline="always")
-def _write_outputs(y, bias, activation, b, tile0, tiles, tile_cols, ho, wo, row0, o0, o1, slots, block, flat_out,
-                   flat_res, out_channels, image_pixels, channels_last):
-    """The job's 2x2 output blocks, with bias, residual and activation, into image b of the
-    output, rows from row0 on (the tiles past an odd map's last row or column write only
-    their real outputs): channel by channel into an NCHW output; into a channels-last
-    one pixel by pixel, each pixel's channels of a block one contiguous run."""
+def _write_outputs(y, bias, activation, image0, tile0, tiles, image_tiles, tile_cols, ho, wo, row0, o0, o1, slots,
+                   block, flat_out, flat_res, out_channels, image_pixels, channels_last):
+    """The job's 2x2 output blocks (tiles tile0 onwards, counted over the batch from image
+    image0, `image_tiles` an image), with bias, residual and activation, into the output,
+    rows from row0 on (the tiles past an odd map's last row or column write only their
+    real outputs): channel by channel into an NCHW output; into a channels-last one pixel
+    by pixel, each pixel's channels of a block one contiguous run."""
     residual = flat_res.size > 0
     if channels_last:
         for tt in range(tiles):
-            ty, tx = (tile0 + tt) // tile_cols, (tile0 + tt) % tile_cols
+            b, ty, tx = _tile_place(tile0 + tt, image_tiles, tile_cols)
             for q in range(4):
                 oy, ox = 2 * ty + q // 2, 2 * tx + q % 2
                 if oy < ho and ox < wo:
-                    dst = (b * image_pixels + (row0 + oy) * wo + ox) * out_channels
+                    dst = ((image0 + b) * image_pixels + (row0 + oy) * wo + ox) * out_channels
                     for lo in range(o0, o1, block):
                         store_channels(y, ((((lo - o0) // block) * slots + tt) * 4 + q) * block, bias, lo, flat_res,
                                        flat_out, dst + lo, min(o1, lo + block) - lo, residual, activation)
@@ -391,9 +398,9 @@ def _write_outputs(y, bias, activation, b, tile0, tiles, tile_cols, ho, wo, row0
     for o in range(o0, o1):
         bo = bias[o]
         blk, lane = (o - o0) // block, o % block
-        plane = (b * out_channels + o) * image_pixels + row0 * wo
         for tt in range(tiles):
-            ty, tx = (tile0 + tt) // tile_cols, (tile0 + tt) % tile_cols
+            b, ty, tx = _tile_place(tile0 + tt, image_tiles, tile_cols)
+            plane = ((image0 + b) * out_channels + o) * image_pixels + row0 * wo
             for i in range(2):
                 oy = 2 * ty + i
                 if oy >= ho:
@@ -407,3 +414,11 @@ def _write_outputs(y, bias, activation, b, tile0, tiles, tile_cols, ho, wo, row0
                         if residual:
                             value += flat_res[unsigned(dst)]
                         flat_out[unsigned(dst)] = activate32(value, activation)
+
+
+@njit(cache=True, inline="always")
+def _tile_place(tile, image_tiles, tile_cols):
+    """(image, tile row, tile column) of a tile counted over the batch."""
+    b = tile // image_tiles
+    local = tile - b * image_tiles
+    return b, local // tile_cols, local % tile_cols
