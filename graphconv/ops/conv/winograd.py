@@ -24,12 +24,12 @@ float32 roundings, like any change of summation order (F(4x4, 3x3) would be 4x f
 multiplications, but its transforms' larger coefficients amplify rounding considerably;
 not used).
 
-How a job runs. A job is a run of consecutive tiles (row-major over the tile grid) of
-one image, sized so its buffers stay in L2, and one part of the output channels: where
-the transformed weights U are larger than L2, splitting the channels lets each job read
-less of U and take more tiles, so U is read fewer times (`job_plan`). For each of the
-16 positions xi it: gathers the
-transformed input V[xi] for its tiles straight from the channels-last input (each
+How a job runs. A job is a run of consecutive tiles (row-major over each image's tile
+grid, the images of a batch one after another), sized so its buffers stay in L2, and one
+part of the output channels: where the transformed weights U are larger than L2,
+splitting the channels lets each job read less of U and take more tiles, so U is read
+fewer times (`job_plan`). For each of the 16 positions xi it: gathers the transformed
+input V[xi] for its tiles straight from the channels-last input (each
 value is a signed sum of 4 input values, because every row of B^T has two non-zeros;
 contiguous along channels, so it vectorises); and multiplies it by U[xi] into M[xi].
 After the 4 positions of each row of the 4x4 tile, their M go through that row's share
@@ -150,10 +150,10 @@ def job_plan(images: int, tiles: int, channels: int, out_channels: int, threads:
     times a layer."""
     block = vector_tile.OUTER_VECTORS * vector_tile.OUTER_LANES
     blocks = -(-vector_tile.padded_channels(out_channels) // block)
+    total = images * tiles
     best = None
     for parts in sorted({1, min(blocks, threads)}):
         part_channels = -(-blocks // parts) * block
-        total = images * tiles
         fewest = -(-total // tiles_per_job(channels, part_channels))
         for runs in range(fewest, min(total, fewest + threads) + 1):
             if -(-total // runs) * (runs - 1) >= total:  # the last run would be empty
