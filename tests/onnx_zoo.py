@@ -1,9 +1,10 @@
 """Small PyTorch classifiers built like the torchvision architectures users bring
 (AlexNet, VGG with batch norm, ResNet, SqueezeNet, MobileNetV2, DenseNet, GoogLeNet,
-ConvNeXt, ShuffleNetV2, EfficientNet, MobileNetV3), for the ONNX import tests. torchvision is not needed: each keeps the structure that
-matters to an importer (batch norm after conv and after concat, residual adds, depthwise
-convs, ReLU6, ceil-mode pooling, four-branch concats, global pooling, flatten) at a
-size that exports and runs in well under a second.
+ConvNeXt, ShuffleNetV2, EfficientNet, MobileNetV3, Darknet), for the ONNX import tests.
+torchvision is not needed: each keeps the structure that matters to an importer (batch
+norm after conv and after concat, residual adds, depthwise convs, ReLU6, LeakyReLU,
+PReLU, ceil-mode pooling, four-branch concats, global pooling, flatten) at a size that
+exports and runs in well under a second.
 
 EfficientNet and MobileNetV3 have squeeze-and-excitation gates, which cannot slide
 (see passes/global_pool_to_window.py): they are in ZOO, for the classifier tests, but
@@ -425,10 +426,43 @@ class MobileNetV3Small(nn.Module):
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class DarknetSmall(nn.Module):
+    """Darknet/CSPDarknet's conv-bn-LeakyReLU(0.1) with residual blocks and a cross-stage
+    concat, and PReLU (face-recognition ResNets): one slope per channel on a map, one
+    shared slope after the first Linear."""
+    crop = 32
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+
+        def conv_leaky(cin, cout, kernel, stride=1):
+            return nn.Sequential(conv_bn(cin, cout, kernel, stride, relu=False), nn.LeakyReLU(0.1))
+
+        self.stem = conv_leaky(3, 8, 3, 2)
+        self.split1, self.split2 = conv_leaky(8, 8, 1), conv_leaky(8, 8, 1)
+        self.block = nn.Sequential(conv_leaky(8, 4, 1), conv_leaky(4, 8, 3))
+        self.down = nn.Sequential(nn.Conv2d(16, 16, 3, 2, 1), nn.PReLU(16))
+        self.fc1, self.act, self.fc2 = nn.Linear(16, 12), nn.PReLU(), nn.Linear(12, classes)
+        with torch.no_grad():  # away from PyTorch's initial 0.25, some negative
+            self.down[1].weight.uniform_(-0.5, 1.0)
+            self.act.weight.fill_(-0.3)
+
+    def forward(self, x, dense: bool = False):
+        x = self.stem(x)
+        a = self.split1(x)
+        x = self.down(torch.cat([a + self.block(a), self.split2(x)], 1))
+        if dense:
+            x = F.avg_pool2d(x, self.crop // 4, stride=1)
+            x = self.act(F.conv2d(x, self.fc1.weight[:, :, None, None], self.fc1.bias))
+            return F.conv2d(x, self.fc2.weight[:, :, None, None], self.fc2.bias)
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return self.fc2(self.act(self.fc1(x)))
+
+
 ZOO = {cls.__name__.removesuffix("Small").lower(): cls
        for cls in (AlexNetSmall, VGGBNSmall, ResNetSmall, SqueezeNetSmall, MobileNetV2Small,
                    DenseNetSmall, GoogLeNetSmall, ConvNeXtSmall, ShuffleNetSmall, EfficientNetSmall,
-                   MobileNetV3Small)}
+                   MobileNetV3Small, DarknetSmall)}
 GATED = ("efficientnet", "mobilenetv3")  # squeeze-and-excitation: classifiers only
 SLIDING = [name for name in ZOO if name not in GATED]
 

@@ -736,6 +736,27 @@ def _relu(imp: _Importer, node) -> None:
     imp.add_layer(node, "relu", [imp.tensor(node.input[0], ANY_LAYOUT)])
 
 
+@converts("LeakyRelu")
+def _leaky_relu(imp: _Importer, node) -> None:
+    alpha = float(imp.attributes(node).get("alpha", 0.01))
+    imp.add_layer(node, "leaky_relu", [imp.tensor(node.input[0], ANY_LAYOUT)], dict(alpha=alpha))
+
+
+@converts("PRelu")
+def _prelu(imp: _Importer, node) -> None:
+    """A slope per channel ((C, 1, 1) from PyTorch's nn.PReLU(C), (C,) after a flatten) or
+    one for all (nn.PReLU()'s (1,)), stored as graphconv's one per channel."""
+    x = imp.tensor(node.input[0], ANY_LAYOUT)
+    slope = np.asarray(imp.constant(node.input[1], "slope"), np.float32)
+    channels = x.shape[0]
+    if slope.size == 1:
+        slope = np.full(channels, slope.ravel()[0], np.float32)
+    elif slope.size != channels or max(slope.shape) != channels:
+        raise imp.error(f"PRelu slope of shape {list(slope.shape)} on a {channels}-channel value; graphconv "
+                        "takes one slope, or one per channel")
+    imp.add_layer(node, "prelu", [x], weights={"weight": slope.reshape(channels)})
+
+
 @converts("Sigmoid")
 def _sigmoid(imp: _Importer, node) -> None:
     imp.add_layer(node, "sigmoid", [imp.tensor(node.input[0], ANY_LAYOUT)])

@@ -1,9 +1,11 @@
 """The smooth and piecewise activations of modern classifiers: hardsigmoid and hardswish
-(MobileNetV3), silu (EfficientNet's swish: x * sigmoid(x)) and gelu (ConvNeXt).
+(MobileNetV3), silu (EfficientNet's swish: x * sigmoid(x)), gelu (ConvNeXt), leaky_relu
+(Darknet and CSPDarknet backbones) and prelu (leaky_relu with a learnt slope per
+channel: face-recognition ResNets).
 
 They share a folder because each kernel is the same one pass over memory with a
 different formula; relu, clip and sigmoid came earlier and keep their own folders.
-All four are pointwise, so a converted network slides over a larger image as before,
+All are pointwise, so a converted network slides over a larger image as before,
 and their CPU kernels are one pass over a value's memory however it is stored: between
 ConvNeXt's or MobileNetV3's 1x1 convs, values stay channels-last.
 """
@@ -50,12 +52,45 @@ def gelu_reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.
     return (0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))).astype(np.float32)
 
 
+def leaky_relu_reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
+    x = _float64(inputs)
+    return np.where(x >= 0, x, params["alpha"] * x).astype(np.float32)
+
+
+def prelu_reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
+    x = _float64(inputs)
+    slope = np.asarray(weights["weight"], np.float64)[None, :, None, None]
+    return np.where(x >= 0, x, slope * x).astype(np.float32)
+
+
+def prelu_weight_shapes(params: dict, shapes) -> dict[str, tuple]:
+    """One slope per channel (PyTorch's nn.PReLU(num_parameters=C); a single shared
+    slope, nn.PReLU()'s default, comes in repeated per channel)."""
+    return {"weight": (shapes[0][0],)}
+
+
+def prelu_init_weights(params: dict, weight_shapes: dict[str, tuple], rng: np.random.Generator) -> dict:
+    """Slopes around PyTorch's initial 0.25, some negative and some above 1 (both occur
+    in trained networks, and both break a kernel that takes max(x, slope * x))."""
+    return {"weight": rng.uniform(-0.5, 1.5, weight_shapes["weight"])}
+
+
 def hardsigmoid_torch(params: dict, weights: dict, inputs: list):
     import torch
     import torch.nn.functional as F
     if (params["alpha"], params["beta"]) == TORCH_HARDSIGMOID:
         return F.hardsigmoid(inputs[0])
     return torch.clamp(params["alpha"] * inputs[0] + params["beta"], 0.0, 1.0)
+
+
+def leaky_relu_torch(params: dict, weights: dict, inputs: list):
+    import torch.nn.functional as F
+    return F.leaky_relu(inputs[0], params["alpha"])
+
+
+def prelu_torch(params: dict, weights: dict, inputs: list):
+    import torch.nn.functional as F
+    return F.prelu(inputs[0], weights["weight"])
 
 
 def hardswish_torch(params: dict, weights: dict, inputs: list):
@@ -75,6 +110,16 @@ def gelu_torch(params: dict, weights: dict, inputs: list):
 
 def hardsigmoid_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
     writer.node("HardSigmoid", inputs, output, alpha=params["alpha"], beta=params["beta"])
+
+
+def leaky_relu_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
+    writer.node("LeakyRelu", inputs, output, alpha=params["alpha"])
+
+
+def prelu_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
+    """The slopes as (C, 1, 1), which broadcast over an (N, C, H, W) input as PRelu needs."""
+    slope = writer.node("Reshape", [writer.weight("weight"), writer.constant(np.array([-1, 1, 1], np.int64))])
+    writer.node("PRelu", [inputs[0], slope], output)
 
 
 def silu_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
@@ -100,11 +145,12 @@ def gelu_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
 
 
 def _activation(name: str, doc: str, reference, torch, onnx, cost: int, params=(), examples=ONE_INPUT,
-                shape=_same_shape) -> None:
+                shape=_same_shape, **weights) -> None:
     register(OpDef(name=name, doc=doc, params=params, shape=shape, reference=reference,
                    flops=lambda params, shapes, out: cost * numel(out), package=__name__,
                    torch=torch, onnx=onnx, examples=examples,
-                   channels_last="like-input"))  # one flat pass over memory stored either way
+                   channels_last="like-input",  # one flat pass over memory stored either way
+                   **weights))
 
 
 _activation("hardsigmoid", "clamp(alpha * x + beta, 0, 1) elementwise (MobileNetV3's gate)",
@@ -121,6 +167,17 @@ _activation("gelu", "x * Phi(x) elementwise, Phi the normal CDF (ConvNeXt); appr
             params=(Param("approximate", "choice", "none", choices=("none", "tanh"),
                           doc="'none': the exact erf form; 'tanh': the tanh approximation"),),
             examples=ONE_INPUT + (Example(dict(approximate="tanh"), [(2, 3, 3)]),))
+
+_activation("leaky_relu", "x where x >= 0, else alpha * x, elementwise (Darknet, CSPDarknet)",
+            leaky_relu_reference, leaky_relu_torch, leaky_relu_onnx, cost=2,
+            params=(Param("alpha", "float", 0.01, doc="the slope below 0 (PyTorch's negative_slope; "
+                                                      "ONNX's and Keras' alpha)"),),
+            examples=ONE_INPUT + (Example(dict(alpha=0.1), [(2, 3, 3)]), Example(dict(alpha=-0.5), [(2, 3, 3)]),
+                                  Example(dict(alpha=1.5), [(2, 1, 1)], batch=3)))
+_activation("prelu", "x where x >= 0, else weight[c] * x, elementwise: a learnt slope per channel",
+            prelu_reference, prelu_torch, prelu_onnx, cost=2,
+            weight_shapes=prelu_weight_shapes, init_weights=prelu_init_weights,
+            examples=(Example({}, [(3, 2, 4)]), Example({}, [(5, 1, 1)], batch=3), Example({}, [(16, 3, 2)])))
 
 
 # ---- activations a conv applies itself (its `activation` param) -------------------------------

@@ -11,6 +11,7 @@ from numba import njit, prange
 from graphconv.ops.activations import fused_code
 from graphconv.ops.channels_last import as_stored_like, stored_memory
 from graphconv.ops.fast_math import CONTRACT, HALF, ONE, ZERO, gelu32, hardswish32, silu32, tanh32
+from graphconv.ops.layout import is_channels_last
 
 # float32 constants: a float literal would make numba compute in float64
 TANH_SCALE, CUBIC = np.float32(math.sqrt(2.0 / math.pi)), np.float32(0.044715)
@@ -21,6 +22,34 @@ def _hardsigmoid(x, alpha, beta, out):
     src, dst = x.ravel(), out.reshape(-1)  # reshape: a view, or an error, never a copy
     for i in prange(src.size):
         dst[i] = min(max(alpha * src[i] + beta, ZERO), ONE)
+
+
+@njit(cache=True, parallel=True, fastmath=CONTRACT)
+def _leaky_relu(x, alpha, out):
+    src, dst = x.ravel(), out.reshape(-1)
+    for i in prange(src.size):
+        v = src[i]
+        dst[i] = v if v >= ZERO else alpha * v
+
+
+@njit(cache=True, parallel=True, fastmath=CONTRACT)
+def _prelu_planes(x, slope, channels, plane, out):
+    """NCHW memory: each channel's plane is one run with one slope."""
+    for job in prange(x.size // plane):
+        s, start = slope[job % channels], job * plane
+        for i in range(start, start + plane):
+            v = x[i]
+            out[i] = v if v >= ZERO else s * v
+
+
+@njit(cache=True, parallel=True, fastmath=CONTRACT)
+def _prelu_pixels(x, slope, channels, out):
+    """Channels-last memory: each pixel's channels lie side by side, one slope each."""
+    for pixel in prange(x.size // channels):
+        start = pixel * channels
+        for c in range(channels):
+            v = x[start + c]
+            out[start + c] = v if v >= ZERO else slope[c] * v
 
 
 @njit(cache=True, parallel=True, fastmath=CONTRACT)
@@ -61,6 +90,21 @@ def _memory(inputs: list[np.ndarray], out: np.ndarray) -> tuple[np.ndarray, np.n
 def run_hardsigmoid(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
     x, y = _memory(inputs, out)
     _hardsigmoid(x, np.float32(params["alpha"]), np.float32(params["beta"]), y)
+
+
+def run_leaky_relu(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
+    x, y = _memory(inputs, out)
+    _leaky_relu(x, np.float32(params["alpha"]), y)
+
+
+def run_prelu(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
+    x, y = _memory(inputs, out)
+    slope = np.ascontiguousarray(weights["weight"], np.float32)
+    _, channels, height, width = out.shape
+    if is_channels_last(out):
+        _prelu_pixels(x, slope, channels, y)
+    else:
+        _prelu_planes(x, slope, channels, height * width, y)
 
 
 def run_hardswish(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:

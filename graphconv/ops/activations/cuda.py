@@ -50,6 +50,22 @@ def _hardsigmoid(x, alpha, beta, out):
 
 
 @cuda.jit
+def _leaky_relu(x, alpha, out):
+    i = cuda.grid(1)
+    if i < x.size:
+        v = x[i]
+        out[i] = v if v >= ZERO else alpha * v
+
+
+@cuda.jit
+def _prelu(x, slope, channels, plane, out):
+    i = cuda.grid(1)
+    if i < x.size:
+        v = x[i]
+        out[i] = v if v >= ZERO else slope[(i // plane) % channels] * v
+
+
+@cuda.jit
 def _hardswish(x, out):
     i = cuda.grid(1)
     if i < x.size:
@@ -86,6 +102,17 @@ def _launch(kernel, inputs: list, out, *scalars) -> None:
 
 def run_hardsigmoid(params: dict, weights: dict, inputs: list, out) -> None:
     _launch(_hardsigmoid, inputs, out, np.float32(params["alpha"]), np.float32(params["beta"]))
+
+
+def run_leaky_relu(params: dict, weights: dict, inputs: list, out) -> None:
+    _launch(_leaky_relu, inputs, out, np.float32(params["alpha"]))
+
+
+def run_prelu(params: dict, weights: dict, inputs: list, out) -> None:
+    _, channels, height, width = out.shape
+    blocks, threads = grid_1d(out.size)
+    _prelu[blocks, threads](inputs[0].reshape(out.size), weights["weight"], channels, height * width,
+                            out.reshape(out.size))
 
 
 def run_hardswish(params: dict, weights: dict, inputs: list, out) -> None:
