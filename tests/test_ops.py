@@ -775,14 +775,26 @@ def test_lrn_matches_reference(size, alpha, beta, k, channels, rng):
 @pytest.mark.parametrize("in_shape", [(3, 4, 5), (10, 1, 1)])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("batch", [1, 2, 4, 21])
-@pytest.mark.parametrize("path", ["stream", "stream-16", "blas"])
-def test_fc_matches_reference(in_shape, bias, batch, path, rng, monkeypatch):
-    """Both fc paths: the weight-streaming product for small batches (positions 8 or 16
-    to a vector, whichever the machine would pick), one SGEMM above."""
+@pytest.mark.parametrize("out_features", [7, 70])
+@pytest.mark.parametrize("path", ["stream", "stream-16", "dots", "blas"])
+def test_fc_matches_reference(in_shape, bias, batch, out_features, path, rng, monkeypatch):
+    """Every fc strategy, forced: the weight-streaming product (positions 8 or 16 to a
+    vector), the dot products, one SGEMM."""
     from graphconv.ops.fc import cpu
-    monkeypatch.setattr(cpu, "prefers_stream", lambda positions, weights: path.startswith("stream"))
+    strategy = path.removesuffix("-16")
+    monkeypatch.setattr(cpu, "choose_strategy", lambda rows, outputs: strategy)
     monkeypatch.setattr(vector_tile, "STREAM_LANES", 16 if path == "stream-16" else 8)
-    check_op("fc", dict(out_features=7, bias=bias), [in_shape], rng, batch=batch)
+    check_op("fc", dict(out_features=out_features, bias=bias), [in_shape], rng, batch=batch)
+
+
+@pytest.mark.parametrize("rows, outputs, strategy", [(1, 1000, "stream"), (64, 64, "stream"), (1, 2, "dots"),
+                                                     (64, 63, "dots"), (65, 1000, "blas"), (65, 2, "blas")])
+def test_fc_keeps_blas_for_big_batches_only(rows, outputs, strategy):
+    """Batches up to a crop batch (STREAM_MAX_POSITIONS) never call BLAS, whose idle
+    workers spin and take cores from the next kernels."""
+    from graphconv.ops.fc import cpu
+    assert cpu.choose_strategy(rows, outputs) == strategy
+    assert cpu.describe_fc({"out_features": outputs}, (rows, 16)) == strategy
 
 
 @pytest.mark.parametrize("activation", ["silu", "hardswish", "gelu"])
