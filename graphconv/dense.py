@@ -30,7 +30,7 @@ from graphconv.errors import GraphconvError
 from graphconv.ir import Graph
 from graphconv.model import Model, as_batch
 from graphconv.ops import pair
-from graphconv.ops.pad import describe_value
+from graphconv.ops.pad import describe_fill
 from graphconv.ops.registry import describe_padding
 from graphconv.receptive import receptive_fields
 from graphconv.shapes import infer_shapes
@@ -367,8 +367,7 @@ def _padding_effects(classifier: Model, x: np.ndarray, device: str) -> tuple[lis
         why = _why_padded(node, [shapes[s.name] for s in node.inputs])
         border = (_run_length(rows_reach), _run_length(rows_reach[::-1]),
                   _run_length(cols_reach), _run_length(cols_reach[::-1]))
-        fill = (f"padding of {describe_value(node.params['value'])}"
-                if node.op == "pad" and node.params["value"] != 0.0 else "zero padding")
+        fill = f"padding of {describe_fill(node.params)}" if _fills_nonzero(node) else "zero padding"
         results.append(LayerPadding(name, why, (h, w), border, int(mask.sum()), int((differing & mask).sum()),
                                     reached_diff, clear_diff, tol, len(origins), fill))
     return results, notes
@@ -397,9 +396,14 @@ def _why_padded(node, in_shapes) -> str:
     window = node.opdef.window(node.params, in_shapes)
     if not any(window.padding) and not any(window.padding_end):
         return "ceil_mode"
-    if node.op == "pad" and node.params["value"] != 0.0:
-        return f"{describe_padding(window)} of {describe_value(node.params['value'])}"
+    if _fills_nonzero(node):
+        return f"{describe_padding(window)} of {describe_fill(node.params)}"
     return describe_padding(window)
+
+
+def _fills_nonzero(node) -> bool:
+    """Whether `node` is a pad layer whose border holds something else than zeros."""
+    return node.op == "pad" and (node.params["mode"] != "constant" or node.params["value"] != 0.0)
 
 
 def _run_length(flags: np.ndarray) -> int:

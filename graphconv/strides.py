@@ -73,6 +73,10 @@ def dilate(graph: Graph, stride: int) -> None:
         if rate == [1, 1] and new_stride == tuple(window.stride):
             continue  # before the stride is cut: the layer stays as it is
         if node.op == "pad":
+            if node.params["mode"] != "constant" and rate != [1, 1]:
+                raise node.error(f"a {node.params['mode']} pad cannot be dilated (on the finer map it would "
+                                 "mirror or repeat the interleaved maps' rows together, not each map's "
+                                 "own); use --stride-method shift")
             graph.set_params(node, padding=dilated_pad(node.params["padding"], rate))
             continue
         if not {"stride", "dilation", "padding"} <= set(node.params):

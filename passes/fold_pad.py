@@ -17,8 +17,8 @@ and the padding starts; a pad moves that). A pool whose padding would then be mo
 half its window is left as it is too: graphconv's pools refuse that. A pad of zeros on
 every side is the identity and is removed wherever it is.
 
-What is left (an uneven remainder, a pad read twice, a nonzero pad before a conv) stays
-a `pad` layer and its own kernel runs it: the result is the same either way, only slower.
+What is left (an uneven remainder, a pad read twice, a nonzero pad before a conv, a
+reflect or edge pad) stays a `pad` layer and its own kernel runs it: the result is the same either way, only slower.
 """
 from graphconv.errors import ShapeError
 from graphconv.ir import Graph, Node
@@ -57,7 +57,7 @@ def _sole_reader(graph: Graph, pad: Node) -> Node | None:
 def _absorbs(layer: Node, pad: Node) -> bool:
     """Whether `layer`, with the pad's amounts added to its padding, computes exactly
     what it computes on the padded map."""
-    if pad.params["value"] != ABSORBS[layer.op]:
+    if pad.params["mode"] != "constant" or pad.params["value"] != ABSORBS[layer.op]:
         return False
     if layer.op == "avgpool" and not layer.params["count_include_pad"]:
         return False

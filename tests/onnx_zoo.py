@@ -1,10 +1,10 @@
 """Small PyTorch classifiers built like the torchvision architectures users bring
 (AlexNet, VGG with batch norm, ResNet, SqueezeNet, MobileNetV2, DenseNet, GoogLeNet,
-ConvNeXt, ShuffleNetV2, EfficientNet, MobileNetV3, Darknet), for the ONNX import tests.
-torchvision is not needed: each keeps the structure that matters to an importer (batch
-norm after conv and after concat, residual adds, depthwise convs, ReLU6, LeakyReLU,
-PReLU, ceil-mode pooling, four-branch concats, global pooling, flatten) at a size that
-exports and runs in well under a second.
+ConvNeXt, ShuffleNetV2, EfficientNet, MobileNetV3, Darknet, anti-aliased pooling), for
+the ONNX import tests. torchvision is not needed: each keeps the structure that matters
+to an importer (batch norm after conv and after concat, residual adds, depthwise convs,
+ReLU6, LeakyReLU, PReLU, reflect and edge padding, ceil-mode pooling, four-branch
+concats, global pooling, flatten) at a size that exports and runs in well under a second.
 
 EfficientNet and MobileNetV3 have squeeze-and-excitation gates, which cannot slide
 (see passes/global_pool_to_window.py): they are in ZOO, for the classifier tests, but
@@ -459,10 +459,37 @@ class DarknetSmall(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+class AntiAliasedSmall(nn.Module):
+    """Anti-aliased pooling (Zhang 2019, `antialiased-cnns`): a max pool at stride 1, then
+    a fixed [1, 2, 1] x [1, 2, 1] blur at stride 2 after a ReflectionPad2d; and a
+    ReplicationPad2d before a conv."""
+    crop = 32
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.stem = conv_bn(3, 8, 3, 1)
+        self.pool = nn.MaxPool2d(2, 1)
+        self.blur_pad = nn.ReflectionPad2d(1)
+        taps = torch.tensor([1.0, 2.0, 1.0])
+        self.register_buffer("blur", (taps[:, None] * taps[None, :] / 16).expand(8, 1, 3, 3).contiguous())
+        self.edge_pad = nn.ReplicationPad2d((1, 2, 1, 2))
+        self.conv = nn.Conv2d(8, 12, 3, 2)
+        self.fc = nn.Linear(12, classes)
+
+    def forward(self, x, dense: bool = False):
+        x = self.pool(self.stem(x))
+        x = F.conv2d(self.blur_pad(x), self.blur, stride=2, groups=8)
+        x = F.relu(self.conv(self.edge_pad(x)))
+        if dense:
+            x = F.avg_pool2d(x, 9, stride=1)
+            return F.conv2d(x, self.fc.weight[:, :, None, None], self.fc.bias)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
 ZOO = {cls.__name__.removesuffix("Small").lower(): cls
        for cls in (AlexNetSmall, VGGBNSmall, ResNetSmall, SqueezeNetSmall, MobileNetV2Small,
                    DenseNetSmall, GoogLeNetSmall, ConvNeXtSmall, ShuffleNetSmall, EfficientNetSmall,
-                   MobileNetV3Small, DarknetSmall)}
+                   MobileNetV3Small, DarknetSmall, AntiAliasedSmall)}
 GATED = ("efficientnet", "mobilenetv3")  # squeeze-and-excitation: classifiers only
 SLIDING = [name for name in ZOO if name not in GATED]
 

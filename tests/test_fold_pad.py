@@ -70,6 +70,12 @@ def test_a_pad_the_next_layer_can_absorb_is_folded(write_spec, rng, layers, laye
      "  - {name: c, op: conv, out_channels: 3, kernel_size: 3}\n"
      "  - {name: d, op: conv, out_channels: 3, kernel_size: 3, inputs: [zp]}\n"
      "  - {name: cat, op: concat, inputs: [c, d]}\n"),
+    ("a reflect pad before a conv",
+     "  - {name: zp, op: pad, padding: 1, mode: reflect}\n"
+     "  - {name: c, op: conv, out_channels: 3, kernel_size: 3}\n"),
+    ("an edge pad before an avgpool",
+     "  - {name: zp, op: pad, padding: 1, mode: edge}\n"
+     "  - {name: a, op: avgpool, kernel_size: 3, count_include_pad: true}\n"),
     ("a pad that is the output",
      "  - {name: c, op: conv, out_channels: 3, kernel_size: 3}\n"
      "  - {name: zp, op: pad, padding: 1}\n"),

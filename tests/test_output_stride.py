@@ -213,6 +213,23 @@ def test_a_pad_layer_at_a_dilated_layer_pads_by_the_rate(stride, write_spec, rng
     np.testing.assert_allclose(fine_layer.run(image), fine_own.run(image), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["reflect", "edge"])
+def test_a_mirroring_pad_after_the_cut_is_not_dilated_and_auto_shifts(mode, write_spec, rng):
+    """A reflect or edge pad copies its map's own border rows: on the finer map dilate
+    would make, those rows belong to the interleaved maps together, so dilate says to
+    shift instead, and auto does; the shifted network's map equals the crop loop's."""
+    from graphconv.dense import verify
+
+    spec = write_spec(padded_by("layer").replace("padding: 1}", f"padding: 1, mode: {mode}}}"))
+    with pytest.raises(GraphconvError, match=f"layer 'c2.pad': a {mode} pad cannot be dilated.*"
+                                             "--stride-method shift"):
+        graphconv.compile_model(spec, output_stride=2, stride_method="dilate")
+    fine = graphconv.compile_model(spec, output_stride=2)
+    assert fine.graph.meta["compiled"]["stride_method"] == "shift"
+    report = verify(graphconv.load(spec), fine, random_input(rng, (1, 2, 37, 30)))
+    assert report.passed, str(report)
+
+
 @pytest.mark.parametrize("method", ["dilate", "shift"])
 def test_an_uneven_pad_at_a_finer_stride_differs_from_the_crop_loop_only_where_padding_reaches(method, write_spec,
                                                                                                 rng):

@@ -29,7 +29,7 @@ PAD = get_op("pad")
 # ---- parameters ---------------------------------------------------------------------------------
 
 def test_padding_is_four_sides_and_one_int_means_all_of_them():
-    assert normalize_params(PAD, {"padding": 2}) == {"padding": (2, 2, 2, 2), "value": 0.0}
+    assert normalize_params(PAD, {"padding": 2}) == {"padding": (2, 2, 2, 2), "value": 0.0, "mode": "constant"}
     assert normalize_params(PAD, {"padding": [0, 1, 2, 3]})["padding"] == (0, 1, 2, 3)
     assert compact_params(PAD, normalize_params(PAD, {"padding": [1, 1, 1, 1]})) == {"padding": 1}
     assert compact_params(PAD, normalize_params(PAD, {"padding": [0, 0, 1, 1]})) == {"padding": (0, 0, 1, 1)}
@@ -41,6 +41,7 @@ def test_padding_is_four_sides_and_one_int_means_all_of_them():
     ({"padding": 1, "value": float("nan")}, "'value' must be a finite number or -inf or inf, got nan"),
     ({"padding": 1, "value": "-inf"}, "'value' must be a finite number or -inf or inf"),
     ({}, "pad needs parameter 'padding'"),
+    ({"padding": 1, "mode": "wrap"}, "'mode' must be one of"),
 ])
 def test_bad_parameters_are_named(raw, message):
     with pytest.raises(GraphconvError, match=message):
@@ -61,7 +62,7 @@ def test_a_spec_with_a_minus_inf_pad_is_written_and_read_back(write_spec, rng):
           - {name: p, op: maxpool, kernel_size: 2}
         """)
     graph = graphconv.load_spec(spec)
-    assert graph.node("p.pad").params == {"padding": (0, 0, 1, 1), "value": -math.inf}
+    assert graph.node("p.pad").params == {"padding": (0, 0, 1, 1), "value": -math.inf, "mode": "constant"}
     text = spec_text(graph, weights_file=None)
     assert "{name: p.pad, op: pad, padding: [0, 0, 1, 1], value: -.inf}" in text
     again = graphconv.load_spec(write_spec(text, "again.yaml"))
@@ -73,15 +74,26 @@ def test_a_spec_with_a_minus_inf_pad_is_written_and_read_back(write_spec, rng):
 
 # ---- the kernels beyond the examples ---------------------------------------------------------------
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(top=st.integers(0, 3), left=st.integers(0, 3), bottom=st.integers(0, 3), right=st.integers(0, 3),
        c=st.integers(1, 9), h=st.integers(1, 6), w=st.integers(1, 6), batch=st.integers(1, 3),
-       value=st.sampled_from([0.0, -math.inf, 1.5]), storage=st.sampled_from(STORAGE_CHOICES))
-def test_pad_kernel_hypothesis(top, left, bottom, right, c, h, w, batch, value, storage):
+       value=st.sampled_from([0.0, -math.inf, 1.5]), mode=st.sampled_from(["constant", "reflect", "edge"]),
+       storage=st.sampled_from(STORAGE_CHOICES))
+def test_pad_kernel_hypothesis(top, left, bottom, right, c, h, w, batch, value, mode, storage):
     """Every mix of sides (none, one, all), one-pixel maps, channel counts that are and are
-    not a vector's, with the input and output stored each way."""
-    check_op("pad", dict(padding=[top, left, bottom, right], value=value), [(c, h, w)],
+    not a vector's, each mode (a reflection as wide as the map allows), with the input
+    and output stored each way."""
+    if mode == "reflect":
+        top, bottom, left, right = min(top, h - 1), min(bottom, h - 1), min(left, w - 1), min(right, w - 1)
+    check_op("pad", dict(padding=[top, left, bottom, right], value=value, mode=mode), [(c, h, w)],
              np.random.default_rng(h * 7 + w), batch=batch, storage=storage)
+
+
+@pytest.mark.parametrize("padding, shape", [([2, 0, 0, 0], (1, 2, 5)), ([0, 0, 0, 3], (1, 4, 3))])
+def test_a_reflection_wider_than_the_map_is_refused(padding, shape):
+    opdef = get_op("pad")
+    with pytest.raises(ShapeError, match="reflect pad .* a reflection adds fewer rows"):
+        opdef.shape(normalize_params(opdef, dict(padding=padding, mode="reflect")), [shape])
 
 
 # ---- window_output with uneven padding ------------------------------------------------------------

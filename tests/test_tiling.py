@@ -87,6 +87,21 @@ layers:
   - {name: fc1, op: fc, out_features: 5}
 """
 
+# anti-aliased pooling (a reflect pad before a blur at stride 2) and an edge pad before a
+# conv: borders copied from the map, which a tile must take from the image's real edge
+MIRRORED = """
+name: mirrored
+input: {name: data, shape: [3, 22, 20]}
+layers:
+  - {name: c1, op: conv, out_channels: 4, kernel_size: 3, padding: 1}
+  - {name: r1, op: relu}
+  - {name: blur.pad, op: pad, padding: 1, mode: reflect}
+  - {name: blur, op: conv, out_channels: 4, kernel_size: 3, stride: 2, groups: 4}
+  - {name: c2.pad, op: pad, padding: [0, 1, 2, 1], mode: edge}
+  - {name: c2, op: conv, out_channels: 6, kernel_size: 3, stride: 2}
+  - {name: fc1, op: fc, out_features: 5}
+"""
+
 NETWORKS = {
     **{name: (text, {}) for name, text in UNPADDED.items()},
     "padded": (PADDED, {}),
@@ -100,6 +115,8 @@ NETWORKS = {
     "uneven": (UNEVEN, {}),
     "uneven-dilated": (UNEVEN, {"output_stride": 2, "stride_method": "dilate"}),
     "uneven-shift": (UNEVEN, {"output_stride": 4, "stride_method": "shift"}),
+    "mirrored": (MIRRORED, {}),
+    "mirrored-shift": (MIRRORED, {"output_stride": 2, "stride_method": "shift"}),
 }
 
 

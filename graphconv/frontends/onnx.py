@@ -25,7 +25,7 @@ PyTorch's state_dict does. Padding that differs between the two sides of an axis
 from Keras' ZeroPadding2D or PyTorch's F.pad) becomes a `pad` layer: a Conv or pool
 keeps the symmetric part of its padding and a pad layer named `<conv>.pad` before it adds
 the rest (the `fold-pad` pass merges pads back where the sum is symmetric). What graphconv
-cannot represent (an op it lacks, a reflect or edge Pad, an AveragePool that pads unevenly
+cannot represent (an op it lacks, a wrap-mode Pad, an AveragePool that pads unevenly
 and does not count its padding, a dynamic crop size without --crop-size) is refused with
 one line naming the file, the ONNX node and its op type, before anything is written.
 
@@ -47,6 +47,7 @@ from graphconv.errors import GraphconvError, Location, shown
 from graphconv.ir import Graph
 from graphconv.memory import check_fits
 from graphconv.ops import get_op
+from graphconv.ops.pad import MODES as PAD_MODES
 from graphconv.params import normalize_params
 
 MIN_OPSET, MAX_OPSET = 7, 23  # the main domain's versions whose op semantics are handled here
@@ -654,20 +655,20 @@ def _onnx_pads(symmetric: Sequence[int], rest: Sequence[int]) -> list[int]:
 
 @converts("Pad")
 def _pad(imp: _Importer, node) -> None:
-    """A constant border around the map's rows and columns: a `pad` layer. The amounts
-    are the `pads` attribute before op set 11 and the `pads` input (and the optional
-    constant_value and, from op set 18, axes inputs) after; negative amounts (a crop),
-    amounts on the batch or channel axes and the reflect, edge and wrap modes are
-    refused, naming the node."""
+    """A border around the map's rows and columns, constant, reflected or repeated: a
+    `pad` layer. The amounts are the `pads` attribute before op set 11 and the `pads`
+    input (and the optional constant_value and, from op set 18, axes inputs) after;
+    negative amounts (a crop), amounts on the batch or channel axes and the wrap mode
+    are refused, naming the node."""
     x = imp.tensor(node.input[0])
     if x.rank != 4:
         raise imp.error(f"Pad of a rank-{x.rank} value; graphconv pads the rows and columns of (N, C, H, W) maps")
     attrs = imp.attributes(node)
     mode = attrs.get("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
-    if mode != "constant":
-        raise imp.error(f"Pad mode {shown(mode)} is not supported; graphconv pads with a constant (mode "
-                        "'constant', Keras' ZeroPadding2D, PyTorch's nn.ZeroPad2d)")
+    if mode not in PAD_MODES:
+        raise imp.error(f"Pad mode {shown(mode)} is not supported; graphconv pads with a constant, a "
+                        "reflection or the edge repeated (modes 'constant', 'reflect', 'edge')")
     begin, end, value = _pad_amounts(imp, node, attrs)
     if min(begin + end) < 0:
         raise imp.error(f"Pad with negative pads {begin + end} crops the map; graphconv pads, it does not crop")
@@ -678,7 +679,8 @@ def _pad(imp: _Importer, node) -> None:
     if not any(begin) and not any(end):
         imp.alias(node, x)
         return
-    imp.add_layer(node, "pad", [x], dict(padding=[begin[2], begin[3], end[2], end[3]], value=value))
+    params = dict(padding=[begin[2], begin[3], end[2], end[3]], value=value if mode == "constant" else 0.0)
+    imp.add_layer(node, "pad", [x], dict(params, mode=mode))
 
 
 def _pad_amounts(imp: _Importer, node, attrs: dict) -> tuple[list[int], list[int], float]:
