@@ -488,10 +488,11 @@ def test_a_keras_style_classifier_with_same_padding_matches_onnxruntime(tmp_path
     np.testing.assert_allclose(Model(graph).run(x), onnxruntime_scores(path, x), **TOLERANCE)
     pads = {n.name: n.params for n in graph.find("pad")}
     if size == (16, 16):
-        assert pads == {"stem.pad": {"padding": (0, 0, 1, 1), "value": 0.0},
-                        "dw.pad": {"padding": (0, 0, 1, 1), "value": 0.0},
-                        "model_pool_MaxPool.pad": {"padding": (0, 0, 1, 1), "value": -np.inf},
-                        "model_avg_AvgPool.pad": {"padding": (0, 1, 1, 0), "value": 0.0}}
+        constant = {"mode": "constant"}
+        assert pads == {"stem.pad": {"padding": (0, 0, 1, 1), "value": 0.0, **constant},
+                        "dw.pad": {"padding": (0, 0, 1, 1), "value": 0.0, **constant},
+                        "model_pool_MaxPool.pad": {"padding": (0, 0, 1, 1), "value": -np.inf, **constant},
+                        "model_avg_AvgPool.pad": {"padding": (0, 1, 1, 0), "value": 0.0, **constant}}
         assert [user.name for user in graph.node("stem.pad").users] == ["stem"]
 
 
@@ -668,9 +669,25 @@ def test_uneven_pads_of_any_window_match_onnxruntime(tmp_path_factory, op, auto_
     np.testing.assert_allclose(Model(graph).run(x, full=True), expected, **TOLERANCE)
 
 
+@pytest.mark.parametrize("opset", [11, 19])
+def test_reflect_and_edge_pads_equal_onnxruntime(tmp_path, rng, opset):
+    """Pad nodes in reflect and edge mode (the pads an input from op set 11 on; op set 19
+    also has wrap, which is refused) become pad layers with the same numbers."""
+    helper = onnx.helper
+    inits = {"p1": np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64), "p2": np.array([0, 0, 0, 3, 0, 0, 1, 0], np.int64)}
+    nodes = [helper.make_node("Pad", ["x", "p1"], ["r"], mode="reflect", name="mirror"),
+             helper.make_node("Pad", ["r", "p2"], ["y"], mode="edge", name="repeat")]
+    path = onnx_file(tmp_path / "pads.onnx", nodes, inits, opset=opset, input_shape=(1, 3, 8, 8))
+    graph = load_network(path)
+    assert [(n.params["mode"], n.params["padding"]) for n in graph.find("pad")] == [
+        ("reflect", (1, 2, 2, 1)), ("edge", (0, 3, 1, 0))]
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(Model(graph).run(x, full=True), onnxruntime_scores(path, x))
+
+
 @pytest.mark.parametrize("case,message", [
-    ("reflect", r"node 'pad_r': Pad mode 'reflect' is not supported; graphconv pads with a constant"),
-    ("edge", r"node 'pad_r': Pad mode 'edge' is not supported"),
+    ("wrap", r"node 'pad_r': Pad mode 'wrap' is not supported; graphconv pads with a constant, a reflection "
+             r"or the edge repeated"),
     ("channels", r"node 'pad_r': Pad of the batch or channel axis \(pads \[0, 1, 0, 0, 0, 0, 0, 0\]\)"),
     ("crop", r"node 'pad_r': Pad with negative pads \[0, 0, -1, 0, 0, 0, 0, 0\] crops the map"),
     ("nan", r"node 'pad_r': Pad with a NaN constant_value"),
@@ -684,8 +701,8 @@ def test_refused_paddings_are_one_line_naming_the_file_and_node(tmp_path, capsys
     helper = onnx.helper
     pads = {"channels": [0, 1, 0, 0, 0, 0, 0, 0], "crop": [0, 0, -1, 0, 0, 0, 0, 0]}.get(case, [0, 0, 1, 1, 0, 0, 1, 1])
     inits = {"pads": np.array(pads, np.int64), "value": np.array(np.nan if case == "nan" else 0.0, np.float32)}
-    if case in ("reflect", "edge", "channels", "crop", "nan"):
-        mode = case if case in ("reflect", "edge") else "constant"
+    if case in ("wrap", "channels", "crop", "nan"):
+        mode = case if case == "wrap" else "constant"
         nodes = [helper.make_node("Pad", ["x", "pads", "value"], ["y"], mode=mode, name="pad_r")]
     elif case == "negative-conv":
         inits["w"] = np.ones((2, 3, 3, 3), np.float32)
