@@ -1,17 +1,17 @@
-"""Fold the activation after a conv (relu, silu, hardswish or exact gelu) into the conv,
+"""Fold the activation after a conv (relu, silu, hardswish, exact gelu or relu6) into the conv,
 whose kernel applies it as it writes its outputs: one full pass over the map in memory
 saved (the activation reading and writing it again). The name it had when it folded
 ReLUs only, `fuse-conv-relu`, still runs it."""
 from graphconv.ir import Graph
-from graphconv.ops.activations import FUSED, fusable
+from graphconv.ops.activations import FUSED_FROM, fusable
 from graphconv.pass_manager import register_pass
 
 
-@register_pass("fuse-conv-activation", "fold a relu, silu, hardswish or gelu into the conv before it "
+@register_pass("fuse-conv-activation", "fold a relu, silu, hardswish, gelu or relu6 into the conv before it "
                "(one kernel: conv+bias+activation)", preserves=("shapes",))
 def fuse_conv_activation(graph: Graph) -> bool:
     fused = False
-    for op in FUSED[1:]:
+    for op in FUSED_FROM:
         for conv, activation in graph.match_chain(["conv", op]):
             if conv.params["activation"] == "none" and fusable(activation):
                 graph.set_params(conv, activation=fusable(activation))

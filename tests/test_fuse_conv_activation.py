@@ -1,4 +1,4 @@
-"""fuse-conv-activation: the relu, silu, hardswish or exact gelu after a conv becomes the
+"""fuse-conv-activation: the relu, silu, hardswish, exact gelu or relu6 after a conv becomes the
 conv's own `activation`, the same map (whole, exported to ONNX, put back by conv-to-fc),
 and nothing else is fused."""
 import numpy as np
@@ -9,8 +9,9 @@ from graphconv.frontends.onnx_export import to_onnx_model
 from graphconv.runtime import Executor, run_reference
 from conftest import random_input
 
-# The activations of ReLU networks, EfficientNet, MobileNetV3 and ConvNeXt after convs of
-# each CPU strategy (3x3, 1x1, depthwise), and a residual block ending in silu.
+# The activations of ReLU networks, EfficientNet, MobileNetV3, ConvNeXt and MobileNetV2
+# (ReLU6, a clip to [0, 6]) after convs of each CPU strategy (3x3, 1x1, depthwise), and a
+# residual block ending in silu.
 MODERN = """
 name: modern
 input: {shape: [6, 13, 11]}
@@ -26,16 +27,21 @@ layers:
   - {name: sum_act, op: silu}
   - {name: head, op: conv, out_channels: 4, kernel_size: 3}
   - {name: head_act, op: relu}
+  - {name: tail, op: conv, out_channels: 4, kernel_size: 1}
+  - {name: tail_act, op: clip, min: 0, max: 6}
 """
 
-# Not fused: the tanh form of gelu (the kernels compute the erf form), an activation on a
-# conv another layer reads too, an activation after a layer that is not a conv.
+# Not fused: the tanh form of gelu (the kernels compute the erf form), a clip that is not
+# ReLU6, an activation on a conv another layer reads too, an activation after a layer
+# that is not a conv.
 UNFUSABLE = """
 name: unfusable
 input: {shape: [4, 9, 9]}
 layers:
   - {name: c1, op: conv, out_channels: 4, kernel_size: 3, padding: 1}
   - {name: tanh_gelu, op: gelu, approximate: tanh}
+  - {name: c3, op: conv, out_channels: 4, kernel_size: 1}
+  - {name: clip_5, op: clip, min: 0, max: 5}
   - {name: c2, op: conv, out_channels: 4, kernel_size: 1}
   - {name: shared, op: silu}
   - {name: side, op: relu, inputs: [c2]}
@@ -48,8 +54,9 @@ layers:
 def test_every_fusable_activation_joins_its_conv(write_spec):
     graph = graphconv.compile_model(graphconv.load(write_spec(MODERN)).graph).graph
     activations = {n.name: n.params["activation"] for n in graph.find("conv")}
-    assert activations == {"stem": "silu", "dw": "hardswish", "expand": "gelu", "project": "silu", "head": "relu"}
-    assert [n.op for n in graph.layers()] == ["conv"] * 5
+    assert activations == {"stem": "silu", "dw": "hardswish", "expand": "gelu", "project": "silu", "head": "relu",
+                           "tail": "relu6"}
+    assert [n.op for n in graph.layers()] == ["conv"] * 6
     assert [i.name for i in graph.node("project").inputs] == ["expand", "dw"]  # the add, then silu: fuse-conv-add
 
 
@@ -65,8 +72,8 @@ def test_fusing_keeps_the_map(write_spec, rng, device):
 
 def test_nothing_else_is_fused(write_spec):
     graph = graphconv.run_passes(graphconv.load(write_spec(UNFUSABLE)).graph, "shape-inference,fuse-conv-activation")
-    assert {n.name: n.params["activation"] for n in graph.find("conv")} == {"c1": "none", "c2": "none"}
-    assert len(list(graph.layers())) == 8
+    assert {n.name: n.params["activation"] for n in graph.find("conv")} == {"c1": "none", "c2": "none", "c3": "none"}
+    assert len(list(graph.layers())) == 10
 
 
 def test_the_old_name_runs_it(write_spec):

@@ -189,6 +189,23 @@ def test_conv_matches_reference(params, in_shape, rng):
         check_op("conv", params, [in_shape], rng, strategy=strategy, prepared=True)
 
 
+@pytest.mark.parametrize("kernel, groups", [(3, 1), (1, 1), (3, 8)])
+@pytest.mark.parametrize("storage", [(False, False), (True, True)])
+def test_relu6_clamps_at_both_ends_in_every_strategy(kernel, groups, storage, rng):
+    """Inputs scaled so that the conv's outputs pass 6 as well as 0: each strategy clamps
+    both ends (the random examples elsewhere rarely reach 6)."""
+    opdef = get_op("conv")
+    params = normalize_params(opdef, dict(out_channels=8, kernel_size=kernel, padding=kernel // 2, groups=groups,
+                                          activation="relu6"))
+    x = random_input(rng, (2, 8, 12, 12)) * 8
+    weights = make_weights(opdef, params, [(8, 12, 12)], rng)
+    want = opdef.reference(params, weights, [x])
+    assert (want == 6).any() and (want == 0).any() and ((want > 0) & (want < 6)).any()
+    for strategy in applicable_strategies(params):
+        got = run_kernel(opdef, params, weights, [x], storage, strategy=strategy)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=strategy)
+
+
 @pytest.mark.parametrize("params,in_shape,expected", [
     (dict(out_channels=4096, kernel_size=6), (1, 256, 11, 11), "stream"),    # fc6-as-conv: 36 positions
     (dict(out_channels=4096, kernel_size=1), (1, 4096, 6, 6), "stream"),     # fc7-as-conv
@@ -797,7 +814,7 @@ def test_fc_keeps_blas_for_big_batches_only(rows, outputs, strategy):
     assert cpu.describe_fc({"out_features": outputs}, (rows, 16)) == strategy
 
 
-@pytest.mark.parametrize("activation", ["silu", "hardswish", "gelu"])
+@pytest.mark.parametrize("activation", ["silu", "hardswish", "gelu", "relu6"])
 @pytest.mark.parametrize("extra", [0, 1])
 def test_a_fused_activation_in_place_on_one_thread_or_many(activation, extra, rng):
     """`apply_in_place` on SERIAL_VALUES values (one thread) and one more (the parallel

@@ -27,7 +27,7 @@ from graphconv.ops.unsigned_index import unsigned
 # within 3e-6 of the unfused on values up to 16 (float32 rounding).
 CONTRACT = {"contract"}
 
-ZERO, HALF, ONE, SIXTH = np.float32(0.0), np.float32(0.5), np.float32(1.0), np.float32(1 / 6)
+ZERO, HALF, ONE, SIX, SIXTH = np.float32(0.0), np.float32(0.5), np.float32(1.0), np.float32(6.0), np.float32(1 / 6)
 SQRT_HALF = np.float32(math.sqrt(0.5))
 
 # erf(x) = x P(x^2) / Q(x^2) on [-4, 4], +-1 (to float32) beyond
@@ -96,7 +96,7 @@ def gelu32(v):
 
 # ---- a conv's fused activation, in the kernels' epilogues ---------------------------------------
 
-NONE, RELU, SILU, HARDSWISH, GELU = (fused_code(name) for name in FUSED)
+NONE, RELU, SILU, HARDSWISH, GELU, RELU6 = (fused_code(name) for name in FUSED)
 
 
 @njit(cache=True, inline="always")
@@ -111,13 +111,16 @@ def activate32(v, code):
         return hardswish32(v)
     if code == GELU:
         return gelu32(v)
+    if code == RELU6:
+        return min(max(v, ZERO), SIX)
     return v
 
 
 @njit(cache=True, inline="always")
 def activate_run(values, start, count, code):
-    """values[start:start + count] through a smooth fused activation (silu, hardswish,
-    gelu) in place; nothing for none and relu, which the store loops apply as they write.
+    """values[start:start + count] through a fused activation past relu (silu, hardswish,
+    gelu, relu6) in place; nothing for none and relu, which the store loops apply as they
+    write.
     For a run a kernel has just written, still in L1: one loop per activation, so that
     each vectorises (per value in the store loop, behind a branch on the code, it would
     not), and no second pass over the whole map from memory."""
@@ -130,3 +133,6 @@ def activate_run(values, start, count, code):
     elif code == GELU:
         for j in range(count):
             values[unsigned(start + j)] = gelu32(values[unsigned(start + j)])
+    elif code == RELU6:
+        for j in range(count):
+            values[unsigned(start + j)] = min(max(values[unsigned(start + j)], ZERO), SIX)

@@ -10,7 +10,7 @@ from numba import njit, prange
 
 from graphconv.ops.activations import fused_code
 from graphconv.ops.channels_last import as_stored_like, stored_memory
-from graphconv.ops.fast_math import CONTRACT, HALF, ONE, ZERO, gelu32, hardswish32, silu32, tanh32
+from graphconv.ops.fast_math import CONTRACT, HALF, ONE, SIX, ZERO, activate32, gelu32, hardswish32, silu32, tanh32
 from graphconv.ops.layout import is_channels_last
 
 # float32 constants: a float literal would make numba compute in float64
@@ -119,7 +119,7 @@ def run_gelu(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndar
     (_gelu_tanh if params["approximate"] == "tanh" else _gelu)(*_memory(inputs, out))
 
 
-# ---- a conv's fused smooth activation, over its output in place ---------------------------------
+# ---- a conv's fused activation past relu, over its output in place -----------------------------
 
 @njit(cache=True, parallel=True, fastmath=CONTRACT)
 def _silu_in_place(values):
@@ -139,8 +139,14 @@ def _gelu_in_place(values):
         values[i] = gelu32(values[i])
 
 
-SILU, HARDSWISH = fused_code("silu"), fused_code("hardswish")
-_IN_PLACE = {"silu": _silu_in_place, "hardswish": _hardswish_in_place, "gelu": _gelu_in_place}
+@njit(cache=True, parallel=True, fastmath=CONTRACT)
+def _relu6_in_place(values):
+    for i in prange(values.size):
+        values[i] = min(max(values[i], ZERO), SIX)
+
+
+_IN_PLACE = {"silu": _silu_in_place, "hardswish": _hardswish_in_place, "gelu": _gelu_in_place,
+             "relu6": _relu6_in_place}
 SERIAL_VALUES = 4096  # up to this many, one thread: starting a parallel loop costs more (a gate's 48-1152)
 
 
@@ -148,13 +154,12 @@ SERIAL_VALUES = 4096  # up to this many, one thread: starting a parallel loop co
 def _activate_serially(values, code):
     """`_IN_PLACE[...]` on one thread, for a few values; `code` as `fused_code` gives it."""
     for i in range(values.size):
-        v = values[i]
-        values[i] = silu32(v) if code == SILU else hardswish32(v) if code == HARDSWISH else gelu32(v)
+        values[i] = activate32(values[i], code)
 
 
 def apply_in_place(activation: str, out: np.ndarray) -> None:
-    """A conv's smooth fused activation (`activations.FUSED` past relu) over its output,
-    in place, however it is stored. One array, not the kernels above with the output as
+    """A conv's fused activation past relu (`activations.FUSED`: the smooth ones, relu6)
+    over its output, in place, however it is stored. One array, not the kernels above with the output as
     both source and destination: LLVM's check that those do not overlap then fails, and
     its loop runs scalar (EfficientNet-B0 ran 2x slower overall)."""
     values = stored_memory(out)

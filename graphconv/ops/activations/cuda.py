@@ -9,7 +9,7 @@ from numba import cuda
 from graphconv.ops.cuda_launch import grid_1d
 
 # float32 constants: a float literal would make numba compute in float64
-ZERO, HALF, ONE, SIXTH = np.float32(0.0), np.float32(0.5), np.float32(1.0), np.float32(1 / 6)
+ZERO, HALF, ONE, SIX, SIXTH = np.float32(0.0), np.float32(0.5), np.float32(1.0), np.float32(6.0), np.float32(1 / 6)
 SQRT_HALF, TANH_SCALE, CUBIC = np.float32(math.sqrt(0.5)), np.float32(math.sqrt(2.0 / math.pi)), np.float32(0.044715)
 
 
@@ -39,6 +39,8 @@ def activate(v, code):
         return hardswish(v)
     if code == 4:
         return gelu(v)
+    if code == 5:
+        return min(max(v, ZERO), SIX)
     return v
 
 
