@@ -209,8 +209,8 @@ def test_relu6_clamps_at_both_ends_in_every_strategy(kernel, groups, storage, rn
 @pytest.mark.parametrize("params,in_shape,expected", [
     (dict(out_channels=4096, kernel_size=6), (1, 256, 11, 11), "stream"),    # fc6-as-conv: 36 positions
     (dict(out_channels=4096, kernel_size=1), (1, 4096, 6, 6), "stream"),     # fc7-as-conv
-    (dict(out_channels=4096, kernel_size=1), (3, 4096, 6, 6), "pointwise"),  # 108 positions: BLAS
-    (dict(out_channels=4096, kernel_size=1), (1, 4096, 9, 9), "pointwise"),  # 81 positions: BLAS
+    (dict(out_channels=4096, kernel_size=1), (3, 4096, 6, 6), "pointwise"),  # 108 positions: past stream
+    (dict(out_channels=4096, kernel_size=1), (1, 4096, 9, 9), "pointwise"),  # 81 positions: past stream
     (dict(out_channels=1000, kernel_size=1), (1, 4096, 6, 6), "stream"),     # fc8-as-conv, 16 MB
     (dict(out_channels=512, kernel_size=3, padding=1), (1, 512, 7, 7), "winograd"),  # ResNet layer4: 16 tiles
     (dict(out_channels=512, kernel_size=3), (1, 512, 3, 3), "stream"),  # one position: fc-like
@@ -241,12 +241,27 @@ def test_relu6_clamps_at_both_ends_in_every_strategy(kernel, groups, storage, rn
     (dict(out_channels=256, kernel_size=3, padding=1), (1, 256, 2, 2), "outer"),  # ResNet's layer3 at 32x32
     (dict(out_channels=64, kernel_size=3), (1, 32, 5, 40), "winograd"),  # 2 rows of tiles are enough
 ])
-def test_conv_strategy_follows_the_layer_shape(params, in_shape, expected):
+def test_conv_strategy_follows_the_layer_shape(params, in_shape, expected, monkeypatch):
+    """As on an AVX2 machine (8-lane tiles everywhere); `test_wide_vectors_take_big_1x1_layers_to_outer`
+    has what 16 lanes change."""
+    monkeypatch.setattr(vector_tile, "OUTER_LANES", 8)
     opdef = get_op("conv")
     normalized = normalize_params(opdef, params)
     assert conv_cpu.choose_strategy(normalized, in_shape) == expected
     assert opdef.variant("cpu", normalized, in_shape) == expected
     assert get_op("maxpool").variant("cpu", {}, in_shape) == ""  # one strategy: nothing to show
+
+
+@pytest.mark.parametrize("params,in_shape,expected", [
+    (dict(out_channels=512, kernel_size=1), (1, 1024, 14, 14), "outer"),     # DenseNet-121's transition3
+    (dict(out_channels=4096, kernel_size=1), (1, 4096, 9, 9), "outer"),      # fc7 past stream
+    (dict(out_channels=64, kernel_size=1), (1, 64, 128, 128), "outer"),
+    (dict(out_channels=96, kernel_size=1), (1, 16, 112, 112), "pointwise"),  # 16 input channels
+    (dict(out_channels=24, kernel_size=1), (1, 144, 56, 56), "pointwise"),   # 10.8M multiply-adds
+])
+def test_wide_vectors_take_big_1x1_layers_to_outer(params, in_shape, expected, monkeypatch):
+    monkeypatch.setattr(vector_tile, "OUTER_LANES", 16)
+    assert conv_cpu.choose_strategy(normalize_params(get_op("conv"), params), in_shape) == expected
 
 
 @settings(max_examples=40, deadline=None)

@@ -82,6 +82,8 @@ PACK_MAX_WEIGHTS = 3 << 20
 WINOGRAD_MIN_CHANNELS = 16  # fewer input or output channels: the transforms would cost more than they save
 WINOGRAD_MIN_POSITIONS = 16  # fewer outputs (4 tiles): an fc-like layer, which streams its weights
 SMALL_MACS = 1 << 16  # multiply-adds a layer may have and still run "small": SE gates (55K at most in EfficientNet-B0)
+OUTER_1X1_MIN_CHANNELS = 32  # see `_outer_beats_pointwise`
+OUTER_1X1_MIN_MACS = 1 << 24
 STRATEGIES = ("stream", "pointwise", "direct", "im2col", "outer", "winograd", "depthwise", "small")
 
 
@@ -158,9 +160,24 @@ def _strategy_for_nchw(params: dict, in_shape: tuple[int, ...], out_hw: tuple[in
         return "winograd"
     if prefers_stream(n * ho * wo, weights):
         return "stream"
-    if can_run("pointwise", params):
+    if can_run("pointwise", params) and not _outer_beats_pointwise(n * ho * wo * weights, c):
         return "pointwise"
     return "outer"
+
+
+def _outer_beats_pointwise(macs: int, in_channels: int) -> bool:
+    """Whether a 1x1 conv on NCHW values runs faster through "outer" (a channels-last
+    copy of the input, then 16-lane tiles) than through "pointwise" (8-lane tiles on the
+    NCHW input in place): where the vectors are 16 lanes wide, for layers of
+    OUTER_1X1_MIN_CHANNELS input channels and OUTER_1X1_MIN_MACS multiply-adds or more.
+    One layer at a time on a 2-core AMD EPYC (AVX-512), pointwise -> outer: DenseNet-121's
+    transitions 1024->512 at 14x14 1.01 -> 0.61 ms, 256->128 at 56x56 1.01 -> 0.75;
+    64->64 at 128x128 1.32 -> 0.67; AlexNet-FCN's fc7 at 9x9 18.0 -> 8.3; level or up
+    to 1.3x slower below those sizes (144->24 at 56x56 0.13 against 0.17 ms), 1.5x
+    slower with 16 input channels (16->96 at 112x112). On AVX2 (8 lanes both) pointwise
+    was measured faster (see `choose_strategy`)."""
+    return (vector_tile.OUTER_LANES == 16 and in_channels >= OUTER_1X1_MIN_CHANNELS
+            and macs >= OUTER_1X1_MIN_MACS)
 
 
 describe_conv = choose_strategy  # what `--profile` and the benchmarks show per layer
