@@ -77,7 +77,8 @@ def test_default_pipeline_converts_a_resnet(write_spec):
     assert "batchnorm" not in ops and "globalavgpool" not in ops and "flatten" not in ops and "fc" not in ops
     assert compiled.node("gap").op == "avgpool" and compiled.node("gap").params["kernel_size"] == (4, 4)
     assert compiled.node("conv1").params["activation"] == "relu"  # conv -> bn -> relu is one conv
-    assert len(ops) == 10  # from 23: six batchnorms, the flatten, two ReLUs, both adds and the ReLUs after them
+    assert compiled.node("b2_conv1").params["activation"] == "relu6"  # and conv -> bn -> clip(0, 6)
+    assert len(ops) == 9  # from 23: six batchnorms, the flatten, the ReLUs and ReLU6, both adds and the ReLUs after them
     assert sum(len(n.inputs) == 2 for n in compiled.find("conv")) == 2  # the adds, in the convs
 
 

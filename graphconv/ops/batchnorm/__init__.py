@@ -71,7 +71,7 @@ register(OpDef(
     shape=normalization_shape, reference=reference,
     flops=lambda params, shapes, out: 2 * numel(out),  # one multiply-add per element, after folding
     package=__name__, weight_shapes=weight_shapes, init_weights=init_weights, torch=torch_equivalent,
-    onnx=to_onnx,
+    onnx=to_onnx, channels_last="like-input",
     examples=(
         Example({}, [(3, 2, 4)]),
         Example(dict(eps=0.1), [(5, 1, 1)], batch=3),  # after a global pool or an fc; a large eps

@@ -87,6 +87,7 @@ register(OpDef(
     params=(Param("groups", "int", doc="number of groups (ShuffleNetV2: 2)"),),
     shape=_shuffle_shape, reference=_reference("channel_shuffle"),
     flops=lambda params, shapes, out: 0, package=__name__, torch=shuffle_torch, onnx=shuffle_onnx,
+    channels_last="like-input",
     examples=(Example(dict(groups=2), [(4, 2, 3)]), Example(dict(groups=3), [(6, 1, 2)]),
               Example(dict(groups=1), [(3, 2, 2)])),
 ))
@@ -96,6 +97,7 @@ register(OpDef(
             Param("stop", "int", doc="one past the last channel kept")),
     shape=_slice_shape, reference=_reference("slice_channels"),
     flops=lambda params, shapes, out: 0, package=__name__, torch=slice_torch, onnx=slice_onnx,
+    channels_last="like-input",
     examples=(Example(dict(start=0, stop=2), [(4, 2, 3)]), Example(dict(start=2, stop=5), [(5, 3, 2)]),
               Example(dict(stop=1), [(1, 2, 2)])),
 ))

@@ -1,10 +1,14 @@
-"""CPU channel moves: each output channel a contiguous copy of its source channel."""
+"""CPU channel moves: each output channel a contiguous copy of its source channel (NCHW),
+or each pixel's channels gathered from its own (channels-last)."""
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
 from graphconv.ops.channels import source_rule
+from graphconv.ops.channels_last import as_channels_last
+from graphconv.ops.layout import nhwc
+from graphconv.ops.unsigned_index import unsigned
 
 
 @njit(cache=True, parallel=True)
@@ -16,9 +20,25 @@ def _gather_channels(x, groups, per_group, start, out):
         out[b, ch] = x[b, (ch % groups) * per_group + ch // groups + start]
 
 
+@njit(cache=True, parallel=True, boundscheck=False)
+def _gather_channels_last(xh, groups, per_group, start, out_h):
+    n, height, width, c_in = xh.shape
+    c = out_h.shape[3]
+    flat_x, flat_out = xh.reshape(-1), out_h.reshape(-1)
+    for pixel in prange(n * height * width):
+        for ch in range(c):
+            source = (ch % groups) * per_group + ch // groups + start
+            flat_out[unsigned(pixel * c + ch)] = flat_x[unsigned(pixel * c_in + source)]
+
+
 def _gather(op: str, params: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
-    x = np.ascontiguousarray(inputs[0])
-    _gather_channels(x, *source_rule(op, params, x.shape[1]), out)
+    """Stored as `out` is (the input copied to match where it is not)."""
+    rule = source_rule(op, params, inputs[0].shape[1])
+    out_stored = nhwc(out)
+    if out_stored is None:
+        _gather_channels(np.ascontiguousarray(inputs[0]), *rule, out)
+    else:
+        _gather_channels_last(as_channels_last(inputs[0]), *rule, out_stored)
 
 
 def run_channel_shuffle(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:

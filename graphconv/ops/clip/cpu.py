@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from graphconv.ops.channels_last import as_stored_like, stored_memory
 from graphconv.ops.clip import bounds
 
 
@@ -22,4 +23,4 @@ def _clip(x, low, high, out):
 
 def run_clip(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
     low, high = bounds(params)
-    _clip(np.ascontiguousarray(inputs[0]), low, high, out)
+    _clip(stored_memory(as_stored_like(inputs[0], out)), low, high, stored_memory(out))  # stored either way

@@ -2,7 +2,9 @@
 
 They share one folder because each kernel is a few lines of one pass over memory, with
 helpers in common (flat views, one CUDA thread per element); an op whose kernels stand
-alone gets its own folder, like `sigmoid`."""
+alone gets its own folder, like `sigmoid`. On the CPU each takes values stored
+channels-last as well as NCHW ("like-input"), so the convs around DenseNet's and
+GoogLeNet's concats and CSPNet's adds keep their channels-last storage."""
 from __future__ import annotations
 
 import numpy as np
@@ -59,17 +61,17 @@ def _pointwise(name: str, doc: str, reference, torch, onnx, examples=ONE_INPUT,
 
 
 _pointwise("relu", "max(x, 0)", lambda p, w, xs: np.maximum(xs[0], 0), torch=_torch_relu,
-           onnx=onnx_as("Relu"))
+           onnx=onnx_as("Relu"), channels_last="like-input")
 _pointwise("dropout", "identity at inference", lambda p, w, xs: xs[0].copy(),
            torch=lambda p, w, xs: xs[0], onnx=onnx_as("Identity"), cost=0,
            params=(Param("p", "float", 0.5, doc="the drop probability in training (PyTorch's p, Caffe's "
                                                   "dropout_ratio); accepted and ignored at inference"),),
-           examples=(Example({}, [(3, 2, 4)]), Example({"p": 0.2}, [(3, 2, 4)])))
+           examples=(Example({}, [(3, 2, 4)]), Example({"p": 0.2}, [(3, 2, 4)])), channels_last="like-input")
 _pointwise("add", "elementwise sum of its inputs",
            lambda p, w, xs: np.sum(np.stack(xs), axis=0, dtype=np.float64).astype(np.float32),
            torch=lambda p, w, xs: sum(xs[1:], xs[0]), onnx=onnx_as("Sum"),
            examples=(Example({}, [(3, 2, 4)] * 2), Example({}, [(2, 3, 3)] * 3)),
-           shape=_add_shape, arity=(2, None))
+           shape=_add_shape, arity=(2, None), channels_last="like-input")
 _pointwise("mul", "elementwise product; the second input may be one factor per channel (C x 1 x 1)",
            _mul_reference, torch=lambda p, w, xs: xs[0] * xs[1], onnx=onnx_as("Mul"),
            examples=(Example({}, [(3, 2, 4)] * 2), Example({}, [(3, 2, 4), (3, 1, 1)]),
@@ -79,4 +81,4 @@ _pointwise("concat", "stack inputs along channels",
            lambda p, w, xs: np.concatenate(xs, axis=1), torch=_torch_concat, onnx=onnx_as("Concat", axis=1),
            examples=(Example({}, [(3, 2, 4), (2, 2, 4)]),
                      Example({}, [(1, 2, 3), (4, 2, 3), (2, 2, 3)])),
-           shape=_concat_shape, arity=(2, None), cost=0)
+           shape=_concat_shape, arity=(2, None), cost=0, channels_last="like-input")

@@ -1,4 +1,5 @@
-"""CPU kernels for the pointwise ops; each is one parallel pass over memory."""
+"""CPU kernels for the pointwise ops; each is one parallel pass over memory, stored NCHW
+or channels-last as its output is (an input stored otherwise is copied to match)."""
 from __future__ import annotations
 
 from functools import partial
@@ -8,7 +9,7 @@ import numpy as np
 from numba import njit, prange
 
 from graphconv.ops.binding import BoundCall
-from graphconv.ops.channels_last import as_stored_like, stored_memory
+from graphconv.ops.channels_last import as_channels_last, as_stored_like, stored_memory
 from graphconv.ops.layout import nhwc
 from graphconv.ops.unsigned_index import unsigned
 
@@ -66,6 +67,20 @@ def _accumulate(total, x):
         a[i] += b[i]
 
 
+@njit(cache=True, parallel=True, boundscheck=False)
+def _copy_channels_last(src_h, dst_h, c0):
+    """dst_h[n, y, x, c0:c0 + C] = src_h[n, y, x, :] for (N, H, W, C) arrays: each pixel's
+    channels one contiguous run into its place among the output's."""
+    n, height, width, c = src_h.shape
+    flat_src, flat_dst = src_h.reshape(-1), dst_h.reshape(-1)
+    out_c = dst_h.shape[3]
+    for row in prange(n * height):
+        for p in range(width):
+            pixel = row * width + p
+            for ch in range(c):
+                flat_dst[unsigned(pixel * out_c + c0 + ch)] = flat_src[unsigned(pixel * c + ch)]
+
+
 @njit(cache=True, parallel=True)
 def _copy_channels(src, dst, c0):
     n, c, height, width = src.shape
@@ -77,19 +92,25 @@ def _copy_channels(src, dst, c0):
                 dst[b, c0 + ch, y, x] = src[b, ch, y, x]
 
 
+def _memory_like_out(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """`x`'s memory, flat, stored as `out` is (a copy where it is stored otherwise)."""
+    return stored_memory(as_stored_like(x, out))
+
+
 def run_relu(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
-    _relu(np.ascontiguousarray(inputs[0]), out)
+    _relu(_memory_like_out(inputs[0], out), stored_memory(out))
 
 
 def run_dropout(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
-    np.copyto(out, inputs[0])
+    np.copyto(out, inputs[0])  # numpy follows both arrays' strides, stored either way
 
 
 def run_add(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
-    first, second, *rest = (np.ascontiguousarray(x) for x in inputs)
-    _sum(first, second, out)
+    first, second, *rest = (_memory_like_out(x, out) for x in inputs)
+    total = stored_memory(out)
+    _sum(first, second, total)
     for x in rest:
-        _accumulate(out, x)
+        _accumulate(total, x)
 
 
 def run_mul(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
@@ -129,7 +150,11 @@ def _multiply_copies(inputs: list[np.ndarray], out: np.ndarray) -> None:
 
 
 def run_concat(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
+    out_stored = nhwc(out)
     c0 = 0
     for x in inputs:
-        _copy_channels(np.ascontiguousarray(x), out, c0)
+        if out_stored is None:
+            _copy_channels(np.ascontiguousarray(x), out, c0)
+        else:
+            _copy_channels_last(as_channels_last(x), out_stored, c0)
         c0 += x.shape[1]
