@@ -63,10 +63,10 @@ def test_cpu_winograd_layers_get_transformed_weights_only():
     enough extra memory)."""
     conv = get_op("conv")
     params = normalize_params(conv, dict(out_channels=32, kernel_size=3, padding=1))
-    weight = np.random.default_rng(0).standard_normal((32, 16, 3, 3)).astype(np.float32)
+    weight = np.random.default_rng(0).standard_normal((32, 64, 3, 3)).astype(np.float32)
     prepared = get_backend("cpu").prepare_weights(conv, params, {"weight": weight})
     assert set(prepared) == {"weight", "weight_winograd"}
-    assert prepared["weight_winograd"].size == 16 * 32 * 16
+    assert prepared["weight_winograd"].size == 16 * 32 * 64
     assert aligned.is_aligned(prepared["weight_winograd"])
 
 

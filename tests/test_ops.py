@@ -222,7 +222,10 @@ def test_relu6_clamps_at_both_ends_in_every_strategy(kernel, groups, storage, rn
     (dict(out_channels=64, kernel_size=1), (1, 32, 20, 20), "pointwise"),    # a real 1x1 conv
     (dict(out_channels=64, kernel_size=1, stride=2), (1, 128, 40, 40), "outer"),
     (dict(out_channels=64, kernel_size=1, stride=2), (1, 32, 40, 40), "outer"),      # patches of 32
-    (dict(out_channels=64, kernel_size=3, padding=1), (1, 32, 20, 20), "winograd"),
+    (dict(out_channels=64, kernel_size=3, padding=1), (1, 64, 20, 20), "winograd"),
+    (dict(out_channels=64, kernel_size=3, padding=1), (1, 32, 20, 20), "outer"),  # 32 in: Winograd's transforms weigh
+    (dict(out_channels=16, kernel_size=3, padding=1), (1, 64, 20, 20), "winograd"),
+    (dict(out_channels=8, kernel_size=3, padding=1), (1, 64, 20, 20), "outer"),
     (dict(out_channels=64, kernel_size=3, padding=1, groups=2), (1, 32, 20, 20), "outer"),
     (dict(out_channels=96, kernel_size=7, padding=3, groups=96), (1, 96, 56, 56), "depthwise"),  # ConvNeXt
     (dict(out_channels=64, kernel_size=3, stride=2, padding=1, groups=32), (1, 32, 20, 20), "depthwise"),
@@ -239,7 +242,7 @@ def test_relu6_clamps_at_both_ends_in_every_strategy(kernel, groups, storage, rn
     (dict(out_channels=384, kernel_size=3, padding=1), (1, 256, 13, 13), "winograd"),  # AlexNet conv3 at 224
     (dict(out_channels=64, kernel_size=[3, 5]), (1, 32, 5, 40), "outer"),  # 3 output rows: split by channels
     (dict(out_channels=256, kernel_size=3, padding=1), (1, 256, 2, 2), "outer"),  # ResNet's layer3 at 32x32
-    (dict(out_channels=64, kernel_size=3), (1, 32, 5, 40), "winograd"),  # 2 rows of tiles are enough
+    (dict(out_channels=64, kernel_size=3), (1, 64, 5, 40), "winograd"),  # 2 rows of tiles are enough
 ])
 def test_conv_strategy_follows_the_layer_shape(params, in_shape, expected, monkeypatch):
     """As on an AVX2 machine (8-lane tiles everywhere); `test_wide_vectors_take_big_1x1_layers_to_outer`
