@@ -1,11 +1,11 @@
 """Classifiers brought in from ONNX: graphconv vs PyTorch vs onnxruntime on the CPU.
 
-    python benchmarks/onnx_models.py [--threads 2] [--repeats 7] [--networks resnet50,convnext_tiny,efficientnet_b0] [--write]
+    python benchmarks/onnx_models.py [--threads 2] [--repeats 7] [--networks resnet50,convnext_tiny,...] [--write]
 
-torchvision-layout ResNet-50, ConvNeXt-tiny and EfficientNet-B0 (built here, so
-torchvision is not needed) with random weights, randomised batch-norm statistics and
-LayerNorm and layer-scale terms, are exported with torch.onnx.export (TorchScript
-exporter, batch norm kept as nodes), then for each:
+torchvision-layout ResNet-50, ConvNeXt-tiny, EfficientNet-B0, MobileNetV2 and
+DenseNet-121 (built here, so torchvision is not needed) with random weights, randomised
+batch-norm statistics and LayerNorm and layer-scale terms, are exported with
+torch.onnx.export (TorchScript exporter, batch norm kept as nodes), then for each:
 
 * classifier at 224: graphconv runs the imported network (batch norm folded, fuse
   passes, fc kept); PyTorch runs the module; onnxruntime runs the ONNX file;
@@ -167,6 +167,105 @@ def efficientnet_b0(torch):
     return randomised(torch, EfficientNetB0())
 
 
+def conv_bn_relu6(torch, cin, cout, kernel, stride=1, groups=1, act=True):
+    nn = torch.nn
+    layers = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    return nn.Sequential(*layers, nn.ReLU6(inplace=True)) if act else nn.Sequential(*layers)
+
+
+class DenseHead:
+    """forward() of a classifier whose `features` end in a 7x7 map at 224: global average
+    pooling and `fc`, or with `dense` the conversion graphconv's passes make, by hand."""
+
+    def forward(self, x):
+        import torch
+        F = torch.nn.functional
+        x = self.features(x)
+        if self.dense:
+            return F.conv2d(F.avg_pool2d(x, 7, stride=1), self.fc.weight[:, :, None, None], self.fc.bias)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def mobilenet_v2(torch):
+    nn = torch.nn
+
+    class InvertedResidual(nn.Module):
+        def __init__(self, cin, cout, stride, expand):
+            super().__init__()
+            hidden = cin * expand
+            layers = [conv_bn_relu6(torch, cin, hidden, 1)] if expand != 1 else []
+            layers += [conv_bn_relu6(torch, hidden, hidden, 3, stride, hidden),
+                       conv_bn_relu6(torch, hidden, cout, 1, act=False)]
+            self.conv = nn.Sequential(*layers)
+            self.residual = stride == 1 and cin == cout
+
+        def forward(self, x):
+            return x + self.conv(x) if self.residual else self.conv(x)
+
+    class MobileNetV2(DenseHead, nn.Module):
+        def __init__(self):
+            super().__init__()
+            blocks, cin = [conv_bn_relu6(torch, 3, 32, 3, 2)], 32
+            for expand, cout, repeats, stride in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                                                   (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)):
+                for r in range(repeats):
+                    blocks.append(InvertedResidual(cin, cout, stride if r == 0 else 1, expand))
+                    cin = cout
+            blocks.append(conv_bn_relu6(torch, 320, 1280, 1))
+            self.features = nn.Sequential(*blocks)
+            self.fc = nn.Linear(1280, 1000)
+            self.dense = False
+
+    torch.manual_seed(0)
+    return randomised(torch, MobileNetV2())
+
+
+def densenet121(torch):
+    """torchvision's layout: each dense layer concatenates all the block's maps so far
+    (a Concat per layer, as its export has), then batch norm, ReLU, 1x1 conv, batch
+    norm, ReLU, 3x3 conv; batch norm and ReLU before each transition and at the end."""
+    nn, F = torch.nn, torch.nn.functional
+
+    class DenseLayer(nn.Module):
+        def __init__(self, cin):
+            super().__init__()
+            self.norm1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, 128, 1, bias=False)
+            self.norm2, self.conv2 = nn.BatchNorm2d(128), nn.Conv2d(128, 32, 3, 1, 1, bias=False)
+
+        def forward(self, x):
+            return self.conv2(F.relu(self.norm2(self.conv1(F.relu(self.norm1(x))))))
+
+    class DenseBlock(nn.Module):
+        def __init__(self, layers, cin):
+            super().__init__()
+            self.layers = nn.ModuleList(DenseLayer(cin + 32 * i) for i in range(layers))
+
+        def forward(self, x):
+            maps = [x]
+            for layer in self.layers:
+                maps.append(layer(torch.cat(maps, 1)))
+            return torch.cat(maps, 1)
+
+    class DenseNet121(DenseHead, nn.Module):
+        def __init__(self):
+            super().__init__()
+            layers, c = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+                         nn.MaxPool2d(3, 2, 1)], 64
+            for i, count in enumerate((6, 12, 24, 16)):
+                layers.append(DenseBlock(count, c))
+                c += 32 * count
+                if i < 3:
+                    layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.Conv2d(c, c // 2, 1, bias=False),
+                               nn.AvgPool2d(2, 2)]
+                    c //= 2
+            self.features = nn.Sequential(*layers, nn.BatchNorm2d(c), nn.ReLU(inplace=True))
+            self.fc = nn.Linear(c, 1000)
+            self.dense = False
+
+    torch.manual_seed(0)
+    return randomised(torch, DenseNet121())
+
+
 def randomised(torch, model):
     """Batch-norm statistics, LayerNorm terms and layer scales away from their fresh
     values (the identity, or ConvNeXt's 1e-6 that would hide each block's branch)."""
@@ -187,7 +286,8 @@ def randomised(torch, model):
 # name, builder, and whether it slides (EfficientNet's squeeze-and-excitation gates do not:
 # it has a classifier row only; on images, `run --crops` is that classifier per crop)
 NETWORKS = {"resnet50": ("ResNet-50", resnet50, True), "convnext_tiny": ("ConvNeXt-tiny", convnext_tiny, True),
-            "efficientnet_b0": ("EfficientNet-B0", efficientnet_b0, False)}
+            "efficientnet_b0": ("EfficientNet-B0", efficientnet_b0, False),
+            "mobilenet_v2": ("MobileNetV2", mobilenet_v2, True), "densenet121": ("DenseNet-121", densenet121, True)}
 
 
 def compare(title, size, gc_model, onnx_file, dense_mode, model, torch, ort, options, repeats, batch=1) -> str:
