@@ -241,6 +241,19 @@ def test_cli_import_writes_a_spec_that_loads_back_to_the_same_network(exported, 
     np.testing.assert_allclose(Model.load(spec).run(x).reshape(1, -1), torch_scores(model, x), **TOLERANCE)
 
 
+@pytest.mark.parametrize("arch", ["darknet", "antialiased"])
+def test_an_imported_model_saved_as_a_spec_loads_back_with_its_slopes_and_pad_modes(exported, tmp_path, rng, arch):
+    """PReLU's slopes travel in the weights file as `<layer>.weight`, a pad's mode in the
+    spec."""
+    from graphconv import save_model
+    model, path = exported(arch)
+    folder = save_model(load_network(path), tmp_path / arch)
+    text = (folder / "model.yaml").read_text()
+    assert ("op: prelu" in text) if arch == "darknet" else ("mode: reflect" in text and "mode: edge" in text)
+    x = rng.standard_normal((2, 3, model.crop, model.crop)).astype(np.float32)
+    np.testing.assert_allclose(Model.load(folder).run(x), torch_scores(model, x), **TOLERANCE)
+
+
 def test_cli_run_and_compile_take_an_onnx_file(exported, tmp_path, rng):
     model, path = exported("squeezenet")
     x = rng.standard_normal((1, 3, model.crop + 16, model.crop + 16)).astype(np.float32)
