@@ -120,10 +120,9 @@ def activate32(v, code):
 def activate_run(values, start, count, code):
     """values[start:start + count] through a fused activation past relu (silu, hardswish,
     gelu, relu6) in place; nothing for none and relu, which the store loops apply as they
-    write.
-    For a run a kernel has just written, still in L1: one loop per activation, so that
-    each vectorises (per value in the store loop, behind a branch on the code, it would
-    not), and no second pass over the whole map from memory."""
+    write. For a run a kernel has just written, still in L1: one loop per activation, so
+    that each vectorises (per value in the store loop, behind a branch on the code, it
+    would not), and no second pass over the whole map from memory."""
     if code == SILU:
         for j in range(count):
             values[unsigned(start + j)] = silu32(values[unsigned(start + j)])

@@ -159,9 +159,9 @@ def _activate_serially(values, code):
 
 def apply_in_place(activation: str, out: np.ndarray) -> None:
     """A conv's fused activation past relu (`activations.FUSED`: the smooth ones, relu6)
-    over its output, in place, however it is stored. One array, not the kernels above with the output as
-    both source and destination: LLVM's check that those do not overlap then fails, and
-    its loop runs scalar (EfficientNet-B0 ran 2x slower overall)."""
+    over its output, in place, however it is stored. One array, not the kernels above
+    with the output as both source and destination: LLVM's check that those do not
+    overlap then fails, and its loop runs scalar (EfficientNet-B0 ran 2x slower overall)."""
     values = stored_memory(out)
     if values.size <= SERIAL_VALUES:
         _activate_serially(values, fused_code(activation))

@@ -44,10 +44,10 @@
   "outer" takes 0.12, on ResNet-50's 3x3 layers at 2x2.)
 
 Every strategy applies the bias and the fused ReLU while writing the output. Any other
-fused activation (silu, hardswish, gelu, relu6) goes over each run of outputs a kernel has just
-written where the kernel writes runs ("outer", the channels-last depthwise kernel,
-"winograd" into channels-last: `_writes_smooth_activation`), else over the whole output
-in place right after (`_then_smooth_activation`).
+fused activation (silu, hardswish, gelu, relu6) goes over each run of outputs a kernel
+has just written where the kernel writes runs ("outer", the channels-last depthwise
+kernel, "winograd" into channels-last: `_writes_smooth_activation`), else over the
+whole output in place right after (`_then_smooth_activation`).
 """
 from __future__ import annotations
 
@@ -409,9 +409,9 @@ def _then_add_residual(plain: Callable[[], None], relu: bool, inputs: list[np.nd
 def _then_smooth_activation(plain: Binder, activation: str) -> Binder:
     """A conv with an activation past relu (silu, hardswish, gelu, relu6) whose kernel
     does not apply it (`_writes_smooth_activation`): the conv, then a vectorised pass of
-    the activation over the output in place, while it is still in cache. This pass costs 0.75-1.0x the
-    separate layer (the less, the larger the map), which reads one buffer and writes
-    another. Per value in a kernel's scalar store loop, behind the branch on the
+    the activation over the output in place, while it is still in cache. This pass costs
+    0.75-1.0x the separate layer (the less, the larger the map), which reads one buffer
+    and writes another. Per value in a kernel's scalar store loop, behind the branch on the
     activation, it stayed scalar (2.5 ns a value after a Winograd 3x3 into NCHW, where
     this pass costs 0.4)."""
     def binder(inputs: list[np.ndarray], out: np.ndarray) -> Callable[[], None]:

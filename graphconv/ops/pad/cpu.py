@@ -15,6 +15,14 @@ from graphconv.ops.layout import nhwc
 source_index = njit(cache=True, inline="always")(pad.source_index)
 
 
+@njit(cache=True, inline="always")
+def _border_columns(row, left, value, mode, start, stop, out_row):
+    """out_row[start:stop], columns of the border, from the input's `row` or `value`."""
+    for ox in range(start, stop):
+        ix = source_index(ox - left, row.size, mode)
+        out_row[ox] = value if ix < 0 else row[ix]
+
+
 @njit(cache=True, parallel=True)
 def _pad_planes(x, top, left, value, mode, out):
     """out[b, c] = x[b, c] with `top` rows and `left` columns of border before it and the
@@ -28,14 +36,10 @@ def _pad_planes(x, top, left, value, mode, out):
             if iy < 0:
                 out[b, ch, y, :] = value
                 continue
-            for ox in range(cols):
-                if ox == left:  # the input's own row: a plain copy
-                    for ix in range(width):
-                        out[b, ch, y, left + ix] = x[b, ch, iy, ix]
-                if left <= ox < left + width:
-                    continue
-                ix = source_index(ox - left, width, mode)
-                out[b, ch, y, ox] = value if ix < 0 else x[b, ch, iy, ix]
+            for ix in range(width):  # the input's own row
+                out[b, ch, y, left + ix] = x[b, ch, iy, ix]
+            _border_columns(x[b, ch, iy], left, value, mode, 0, left, out[b, ch, y])
+            _border_columns(x[b, ch, iy], left, value, mode, left + width, cols, out[b, ch, y])
 
 
 @njit(cache=True, parallel=True)
