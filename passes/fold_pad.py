@@ -18,7 +18,8 @@ half its window is left as it is too: graphconv's pools refuse that. A pad of ze
 every side is the identity and is removed wherever it is.
 
 What is left (an uneven remainder, a pad read twice, a nonzero pad before a conv, a
-reflect or edge pad) stays a `pad` layer and its own kernel runs it: the result is the same either way, only slower.
+reflect or edge pad) stays a `pad` layer and its own kernel runs it: the result is the
+same either way, only slower.
 """
 from graphconv.errors import ShapeError
 from graphconv.ir import Graph, Node

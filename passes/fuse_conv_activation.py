@@ -1,7 +1,7 @@
-"""Fold the activation after a conv (relu, silu, hardswish, exact gelu or relu6) into the conv,
-whose kernel applies it as it writes its outputs: one full pass over the map in memory
-saved (the activation reading and writing it again). The name it had when it folded
-ReLUs only, `fuse-conv-relu`, still runs it."""
+"""Fold the activation after a conv (relu, silu, hardswish, exact gelu or relu6, a clip
+to [0, 6]) into the conv, whose kernel applies it as it writes its outputs: one full
+pass over the map in memory saved (the activation reading and writing it again). The
+name it had when it folded ReLUs only, `fuse-conv-relu`, still runs it."""
 from graphconv.ir import Graph
 from graphconv.ops.activations import FUSED_FROM, fusable
 from graphconv.pass_manager import register_pass

@@ -16,8 +16,8 @@ from graphconv.ops.activations import fusable
 from graphconv.pass_manager import register_pass
 
 
-@register_pass("fuse-conv-add", "fold a residual add (and a relu, silu, hardswish, gelu or relu6 after it) into the "
-               "conv before it (one kernel: conv+bias+residual+activation)", preserves=("shapes",))
+@register_pass("fuse-conv-add", "fold a residual add (and a relu, silu, hardswish, gelu or relu6 after it) "
+               "into the conv before it (one kernel: conv+bias+residual+activation)", preserves=("shapes",))
 def fuse_conv_add(graph: Graph) -> bool:
     fused = False
     order = {node.name: index for index, node in enumerate(graph.layers())}

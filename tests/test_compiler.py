@@ -78,7 +78,8 @@ def test_default_pipeline_converts_a_resnet(write_spec):
     assert compiled.node("gap").op == "avgpool" and compiled.node("gap").params["kernel_size"] == (4, 4)
     assert compiled.node("conv1").params["activation"] == "relu"  # conv -> bn -> relu is one conv
     assert compiled.node("b2_conv1").params["activation"] == "relu6"  # and conv -> bn -> clip(0, 6)
-    assert len(ops) == 9  # from 23: six batchnorms, the flatten, the ReLUs and ReLU6, both adds and the ReLUs after them
+    # from 23: six batchnorms, the flatten, the ReLUs and the ReLU6, both adds and the ReLUs after them
+    assert len(ops) == 9
     assert sum(len(n.inputs) == 2 for n in compiled.find("conv")) == 2  # the adds, in the convs
 
 
