@@ -166,10 +166,11 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
     - pointwise: per thread the sums of one job's pixels and a vector per input channel
       for the pixels past the last whole vector;
     - direct: a channels-last, padded copy of one group's input, and a row panel per thread;
-    - outer: the channels-last copy as direct, per thread the sums of one job's pixels
-      (none where its tiles write the outputs in one chunk: `outer_writes_directly`), and
-      for weights prepare_conv did not pack (PACK_MAX_WEIGHTS and more, or a Winograd
-      layer's) their packed copy, made on the first such run;
+    - outer: a channels-last, padded copy of the input (every group's at once), per thread
+      the sums of one job's pixels (none where its tiles write the outputs in one chunk:
+      `outer_writes_directly`), and for weights prepare_conv did not pack
+      (PACK_MAX_WEIGHTS and more, or a Winograd layer's) their packed copy, made on the
+      first such run;
     - winograd: see `winograd.scratch_floats`;
     - im2col: column and result buffers for one band of output rows (SCRATCH_FLOATS of
       columns, at least one row), plus those of a shorter last band, which gets its own.
@@ -196,7 +197,7 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
         "pointwise": _threads() * (POINTWISE_PIXELS * (per_group_out + 8) + 8 * per_group_in),
         "direct": batch * (h + 2 * ph) * (w + 2 * pw) * per_group_in + _threads() * panel,
         "im2col": (taps + per_group_out) * (band_rows + last_band_rows) * wo,
-        "outer": batch * (h + 2 * ph) * (w + 2 * pw) * per_group_in + (
+        "outer": batch * (h + 2 * ph) * (w + 2 * pw) * c + (
             0 if outer_writes_directly(params, c, out_channels_last) else _threads() * outer_job_floats(
                 per_group_out, outer_jobs(batch, ho, wo, per_group_out, _threads(),
                                           4 * taps * padded_channels(per_group_out))[0]))

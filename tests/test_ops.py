@@ -268,7 +268,7 @@ def test_wide_vectors_take_big_1x1_layers_to_outer(params, in_shape, expected, m
 
 
 @settings(max_examples=40, deadline=None)
-@given(c=st.sampled_from([1, 2, 4, 9, 17]), groups=st.sampled_from([1, 2]), o_per=st.integers(1, 3),
+@given(c=st.sampled_from([1, 2, 4, 9, 17]), groups=st.sampled_from([1, 2, 5]), o_per=st.integers(1, 3),
        kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3), sw=st.integers(1, 3),
        ph=st.integers(0, 2), pw=st.integers(0, 2), dh=st.integers(1, 3), dw=st.integers(1, 3),
        h=st.integers(1, 12), w=st.integers(1, 12), batch=st.integers(1, 3), activation=st.sampled_from(FUSED),
@@ -665,6 +665,21 @@ def test_winograd_weights_are_g_g_gt_packed_per_block_of_channels(out_c, c, tile
                           axis=1)
     with tile_shape(*tile):
         np.testing.assert_allclose(conv_cpu.winograd_weights(w), want.reshape(-1), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("groups, per_group", [(25, 16), (32, 4), (3, 40)])
+@pytest.mark.parametrize("storage", [(False, False), (True, True)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("residual", [False, True])
+def test_outer_runs_every_group_of_a_grouped_conv_in_one_loop(groups, per_group, storage, threads, residual, rng):
+    """RegNet's and ResNeXt's grouped 3x3 layers through `_outer_groups` (every group's
+    jobs in one parallel loop, a queue a group), for thread counts that leave threads
+    in different groups at once."""
+    c = groups * per_group
+    params = dict(out_channels=c, kernel_size=3, padding=1, groups=groups, activation="relu")
+    shapes = [(c, 7, 9)] + ([(c, 7, 9)] if residual else [])
+    with mock.patch.object(conv_cpu, "get_num_threads", lambda: threads):
+        check_op("conv", params, shapes, rng, batch=2, strategy="outer", prepared=True, storage=storage)
 
 
 @settings(max_examples=30, deadline=None)

@@ -72,7 +72,9 @@ def padded_copy(x: np.ndarray, c0: int, ph: int, pw: int, xp: np.ndarray) -> Non
     """xp[n, y, x, c] = x[n, c0 + c, y - ph, x - pw], zero in the padding (ph may be
     negative: a band that starts inside the image), for (N, H', W', C') xp: the padded
     channels-last copy conv strategies read their patches from, made from x stored NCHW
-    (a transpose) or channels-last (row copies)."""
+    (a transpose) or channels-last (row copies). An xp of G * N images holds G groups'
+    copies one after another: xp[g * N + n] takes channels c0 + g * C' on (a grouped
+    conv's every group in one parallel loop)."""
     stored = nhwc(x)
     if stored is None:
         _transpose_padded(np.ascontiguousarray(x), c0, xp.shape[3], ph, pw, xp)
@@ -125,7 +127,8 @@ def _transpose_padded(x, c0, cg, ph, pw, xp):
         n, iy, first_pixel = _start_padded_row(flat_xp, job, xp.shape, ph, pw, height, width)
         if iy < 0:
             continue
-        source = (n * channels + c0) * plane + iy * width
+        group, image = n // x.shape[0], n % x.shape[0]
+        source = (image * channels + c0 + group * cg) * plane + iy * width
         block = 0
         while block + CHANNEL_BLOCK <= cg:
             for ix in range(width):
@@ -149,7 +152,8 @@ def _copy_padded(xh, c0, ph, pw, xp):
         n, iy, first_pixel = _start_padded_row(flat_xp, job, xp.shape, ph, pw, height, width)
         if iy < 0:
             continue
-        source = (n * height + iy) * width * channels + c0
+        group, image = n // xh.shape[0], n % xh.shape[0]
+        source = (image * height + iy) * width * channels + c0 + group * cg
         for ix in range(width):
             for c in range(cg):
                 flat_xp[unsigned(first_pixel + ix * cg + c)] = flat_x[unsigned(source + ix * channels + c)]
