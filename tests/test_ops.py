@@ -245,8 +245,8 @@ def test_relu6_clamps_at_both_ends_in_every_strategy(kernel, groups, storage, rn
     (dict(out_channels=64, kernel_size=3), (1, 64, 5, 40), "winograd"),  # 2 rows of tiles are enough
 ])
 def test_conv_strategy_follows_the_layer_shape(params, in_shape, expected, monkeypatch):
-    """As on an AVX2 machine (8-lane tiles everywhere); `test_wide_vectors_take_big_1x1_layers_to_outer`
-    has what 16 lanes change."""
+    """As on an AVX2 machine (8-lane tiles everywhere); what 16 lanes change is in
+    `test_wide_vectors_take_big_1x1_layers_to_outer`."""
     monkeypatch.setattr(vector_tile, "OUTER_LANES", 8)
     opdef = get_op("conv")
     normalized = normalize_params(opdef, params)
