@@ -173,17 +173,20 @@ def conv_bn_relu6(torch, cin, cout, kernel, stride=1, groups=1, act=True):
     return nn.Sequential(*layers, nn.ReLU6(inplace=True)) if act else nn.Sequential(*layers)
 
 
-class DenseHead:
-    """forward() of a classifier whose `features` end in a 7x7 map at 224: global average
-    pooling and `fc`, or with `dense` the conversion graphconv's passes make, by hand."""
+def dense_head(torch):
+    """A mixin whose forward() ends a classifier whose `features` end in a 7x7 map at 224:
+    global average pooling and `fc`, or with `dense` the conversion graphconv's passes
+    make, by hand."""
+    F = torch.nn.functional
 
-    def forward(self, x):
-        import torch
-        F = torch.nn.functional
-        x = self.features(x)
-        if self.dense:
-            return F.conv2d(F.avg_pool2d(x, 7, stride=1), self.fc.weight[:, :, None, None], self.fc.bias)
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+    class DenseHead:
+        def forward(self, x):
+            x = self.features(x)
+            if self.dense:
+                return F.conv2d(F.avg_pool2d(x, 7, stride=1), self.fc.weight[:, :, None, None], self.fc.bias)
+            return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+    return DenseHead
 
 
 def mobilenet_v2(torch):
@@ -202,7 +205,7 @@ def mobilenet_v2(torch):
         def forward(self, x):
             return x + self.conv(x) if self.residual else self.conv(x)
 
-    class MobileNetV2(DenseHead, nn.Module):
+    class MobileNetV2(dense_head(torch), nn.Module):
         def __init__(self):
             super().__init__()
             blocks, cin = [conv_bn_relu6(torch, 3, 32, 3, 2)], 32
@@ -246,7 +249,7 @@ def densenet121(torch):
                 maps.append(layer(torch.cat(maps, 1)))
             return torch.cat(maps, 1)
 
-    class DenseNet121(DenseHead, nn.Module):
+    class DenseNet121(dense_head(torch), nn.Module):
         def __init__(self):
             super().__init__()
             layers, c = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
