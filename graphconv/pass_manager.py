@@ -38,7 +38,8 @@ from graphconv.shapes import infer_shapes
 
 ENTRY_POINT_GROUP = "graphconv.passes"
 DEFAULT_PIPELINE = ("shape-inference", "remove-dropout", "dead-node-elimination", "fold-pad", "fold-batchnorm",
-                    "global-pool-to-window", "remove-flatten", "fc-to-conv", "fuse-conv-activation", "fuse-conv-add")
+                    "global-pool-to-window", "remove-flatten", "fc-to-conv", "fuse-conv-activation", "fuse-conv-add",
+                    "fuse-concat-batchnorm", "fuse-batchnorm-activation")
 RENAMED = {"fuse-conv-relu": "fuse-conv-activation"}  # old names pipelines may still give
 
 

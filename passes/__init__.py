@@ -11,6 +11,8 @@ from . import (  # noqa: F401
     fc_to_conv,
     fold_batchnorm,
     fold_pad,
+    fuse_batchnorm_activation,
+    fuse_concat_batchnorm,
     fuse_conv_activation,
     fuse_conv_add,
     global_pool_to_window,

@@ -10,7 +10,8 @@ rounding, and the batchnorm's pass over memory disappears.
 Only a batchnorm whose one input is a conv or fc that nothing else reads is folded:
 another reader of the conv needs its unnormalised output. A batchnorm after a concat
 or a pooling (DenseNet's pre-activation blocks), or after a conv with a fused ReLU,
-stays a layer and its own kernel runs it.
+stays a layer and its own kernel runs it. A batchnorm's own activation (an extension
+that `fuse-batchnorm-activation` sets) moves onto the conv with it.
 """
 import numpy as np
 
@@ -28,7 +29,12 @@ def fold_batchnorm(graph: Graph) -> bool:
         for layer, norm in graph.match_chain([producer, "batchnorm"]):
             if layer.op == "conv" and (layer.params["activation"] != "none" or len(layer.inputs) > 1):
                 continue  # the ReLU, or the residual added, sits between the conv and the batchnorm
+            if layer.op == "fc" and norm.params["activation"] != "none":
+                continue  # an fc applies no activation
+            activation = norm.params["activation"]
             _fold(graph, layer, norm)
+            if activation != "none":
+                graph.set_params(layer, activation=activation)  # the conv applies it now
             folded = True
     return folded
 

@@ -10,11 +10,17 @@ from graphconv.pass_manager import register_pass
 @register_pass("fuse-conv-activation", "fold a relu, silu, hardswish, gelu or relu6 into the conv before it "
                "(one kernel: conv+bias+activation)", preserves=("shapes",))
 def fuse_conv_activation(graph: Graph) -> bool:
+    return fold_activations_into(graph, "conv")
+
+
+def fold_activations_into(graph: Graph, op: str) -> bool:
+    """Give each layer of `op` (one with an `activation` param, `activations.FUSED`)
+    without an activation the one its only reader applies, and drop that reader."""
     fused = False
-    for op in FUSED_FROM:
-        for conv, activation in graph.match_chain(["conv", op]):
-            if conv.params["activation"] == "none" and fusable(activation):
-                graph.set_params(conv, activation=fusable(activation))
+    for activation_op in FUSED_FROM:
+        for layer, activation in graph.match_chain([op, activation_op]):
+            if layer.params["activation"] == "none" and fusable(activation):
+                graph.set_params(layer, activation=fusable(activation))
                 graph.remove(activation)
                 fused = True
     return fused

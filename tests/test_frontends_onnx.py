@@ -84,6 +84,9 @@ def test_batchnorm_is_folded_where_it_follows_a_conv_and_kept_after_a_concat(exp
     compiled = compile_model(path).graph
     assert len(graph.find("batchnorm")) == 11
     assert 0 < len(compiled.find("batchnorm")) < 11  # norm1 of each dense layer reads a concat
+    assert not compiled.find("concat") and not compiled.find("relu")  # each batchnorm reads the concat's inputs
+    after_concats = [n for n in compiled.find("batchnorm") if len(n.inputs) > 1]
+    assert len(after_concats) == 4 and all(n.params["activation"] == "relu" for n in after_concats)
 
 
 def test_layer_and_weight_names_follow_the_pytorch_module_paths(exported):

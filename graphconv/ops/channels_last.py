@@ -68,6 +68,17 @@ def as_stored_like(a: np.ndarray, like: np.ndarray) -> np.ndarray:
     return as_nchw(a)
 
 
+def stored_like(a: np.ndarray, like: np.ndarray) -> bool:
+    """Whether `a` is stored as `like` is (channels-last, or C-contiguous NCHW), so that
+    `as_stored_like` would return its own memory. A C-contiguous value of one channel,
+    or of one pixel an image, is stored both ways at once."""
+    if nhwc(like) is None:
+        return a.flags.c_contiguous
+    if nhwc(a) is not None:
+        return True
+    return a.flags.c_contiguous and (a.shape[1] == 1 or a.shape[2] * a.shape[3] == 1)
+
+
 def padded_copy(x: np.ndarray, c0: int, ph: int, pw: int, xp: np.ndarray) -> None:
     """xp[n, y, x, c] = x[n, c0 + c, y - ph, x - pw], zero in the padding (ph may be
     negative: a band that starts inside the image), for (N, H', W', C') xp: the padded

@@ -6,19 +6,34 @@ the `fold-batchnorm` pass merges them into its weights, so at run time they cost
 nothing; this op is for the rest (after a concat or a pooling, as in DenseNet, or after
 a conv whose output something else reads too), and it is the oracle fold-batchnorm is
 tested against.
+
+Two graphconv extensions, which passes set so that DenseNet's pre-activation runs as one
+pass over memory instead of three (concat, batchnorm, ReLU):
+- several inputs: the batchnorm normalises their concatenation along channels, which
+  it never writes out (`fuse-concat-batchnorm`);
+- `activation`: one of a conv's fused activations, applied as it writes
+  (`fuse-batchnorm-activation`).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from graphconv.ops.registry import Example, OpDef, Param, normalization_shape, numel, register
+from graphconv.ops.activations import FUSED, fused_flops, fused_onnx, fused_reference, fused_torch
+from graphconv.ops.registry import Example, OpDef, Param, normalization_shape, numel, register, same_spatial
 
 WEIGHT_NAMES = ("weight", "bias", "running_mean", "running_var")
 
 
+def shape(params: dict, shapes) -> tuple:
+    """A normalisation's shape rule, over the inputs stacked along channels."""
+    normalization_shape(params, shapes)
+    same_spatial(shapes, "batchnorm")
+    return (sum(s[0] for s in shapes), *shapes[0][1:])
+
+
 def weight_shapes(params: dict, shapes) -> dict[str, tuple]:
-    """PyTorch's names and layout: four per-channel vectors."""
-    c = shapes[0][0]
+    """PyTorch's names and layout: four per-channel vectors (of all the inputs' channels)."""
+    c = sum(s[0] for s in shapes)
     return {name: (c,) for name in WEIGHT_NAMES}
 
 
@@ -47,34 +62,48 @@ def scale_and_shift(params: dict, weights: dict) -> tuple[np.ndarray, np.ndarray
 
 
 def reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
-    x = inputs[0].astype(np.float64)
+    x = np.concatenate(inputs, axis=1).astype(np.float64)
     per_channel = {k: np.asarray(weights[k], np.float64)[None, :, None, None] for k in WEIGHT_NAMES}
     y = ((x - per_channel["running_mean"]) / np.sqrt(per_channel["running_var"] + params["eps"])
          * per_channel["weight"] + per_channel["bias"])
-    return y.astype(np.float32)
+    return fused_reference(params["activation"], y.astype(np.float32))
 
 
 def torch_equivalent(params: dict, weights: dict, inputs: list):
+    import torch
     import torch.nn.functional as F
-    return F.batch_norm(inputs[0], weights["running_mean"], weights["running_var"], weights["weight"],
-                        weights["bias"], training=False, eps=params["eps"])
+    x = torch.cat(inputs, dim=1) if len(inputs) > 1 else inputs[0]
+    y = F.batch_norm(x, weights["running_mean"], weights["running_var"], weights["weight"],
+                     weights["bias"], training=False, eps=params["eps"])
+    return fused_torch(params["activation"], y)
 
 
 def to_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
-    writer.node("BatchNormalization", [inputs[0], *(writer.weight(key) for key in WEIGHT_NAMES)],
-                output, epsilon=params["eps"])
+    """BatchNormalization, after a Concat of several inputs and before the activation."""
+    x = writer.node("Concat", inputs, axis=1) if len(inputs) > 1 else inputs[0]
+    activation = params["activation"] != "none"
+    y = writer.node("BatchNormalization", [x, *(writer.weight(key) for key in WEIGHT_NAMES)],
+                    None if activation else output, epsilon=params["eps"])
+    if activation:
+        fused_onnx(writer, params["activation"], y, output)
 
 
 register(OpDef(
     name="batchnorm", doc="inference batch normalisation with frozen statistics (torch.nn.BatchNorm2d, eval)",
-    params=(Param("eps", "float", 1e-5, doc="added to running_var before the square root"),),
-    shape=normalization_shape, reference=reference,
-    flops=lambda params, shapes, out: 2 * numel(out),  # one multiply-add per element, after folding
+    params=(Param("eps", "float", 1e-5, doc="added to running_var before the square root"),
+            Param("activation", "choice", "none", choices=FUSED,
+                  doc="graphconv extension: the activation the batchnorm applies itself")),
+    shape=shape, reference=reference, arity=(1, None),
+    flops=lambda params, shapes, out: 2 * numel(out) + fused_flops(params["activation"], out),
     package=__name__, weight_shapes=weight_shapes, init_weights=init_weights, torch=torch_equivalent,
     onnx=to_onnx, channels_last="like-input",
     examples=(
         Example({}, [(3, 2, 4)]),
         Example(dict(eps=0.1), [(5, 1, 1)], batch=3),  # after a global pool or an fc; a large eps
         Example(dict(eps=0.0), [(2, 3, 3)]),
+        Example(dict(activation="relu"), [(3, 4, 2)]),  # pre-activation: BN + ReLU
+        Example(dict(activation="relu"), [(2, 3, 3), (3, 3, 3), (1, 3, 3)]),  # DenseNet's, concat included
+        Example(dict(activation="silu", eps=0.01), [(4, 2, 2), (1, 2, 2)], batch=2),
+        Example(dict(activation="relu6"), [(5, 1, 1), (2, 1, 1)]),
     ),
 ))

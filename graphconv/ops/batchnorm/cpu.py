@@ -1,51 +1,33 @@
-"""CPU batchnorm: one parallel pass over memory, a multiply-add per element.
+"""CPU batchnorm: one parallel pass over memory, a multiply-add per element, over one
+input or, stacked along channels, several (`graphconv.ops.channel_stack`, concat's
+kernel, which normalises each channel as it copies it).
 
-The per-channel scale gamma / sqrt(var + eps) is worked out once per call in float64
-(C numbers); the kernel then computes (x - mean) * scale + beta, subtracting the mean
-first so that a large mean does not cost the small differences their precision."""
+The per-channel scale gamma / sqrt(var + eps) is worked out in float64 (C numbers),
+once per plan where the layer is bound; the kernel then computes
+(x - mean) * scale + beta, subtracting the mean first so that a large mean does not
+cost the small differences their precision."""
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
 
+from graphconv.ops.activations import fused_code
 from graphconv.ops.batchnorm import channel_scale
-from graphconv.ops.channels_last import as_channels_last
-from graphconv.ops.layout import nhwc
-from graphconv.ops.unsigned_index import unsigned
-
-
-@njit(cache=True, parallel=True, boundscheck=False)
-def _batchnorm(x, mean, scale, beta, out):
-    n, c, height, width = x.shape
-    plane = height * width
-    flat_x, flat_out = x.reshape(-1), out.reshape(-1)  # no array views made inside the loop
-    for job in prange(n * c):
-        ch = job % c
-        m, s, b = mean[ch], scale[ch], beta[ch]
-        start = job * plane
-        for i in range(start, start + plane):
-            flat_out[unsigned(i)] = (flat_x[unsigned(i)] - m) * s + b
-
-
-@njit(cache=True, parallel=True, boundscheck=False)
-def _batchnorm_channels_last(xh, mean, scale, beta, out_h):
-    """`_batchnorm` on (N, H, W, C) arrays: each pixel's channels one run, with the
-    per-channel terms read along it."""
-    c = xh.shape[3]
-    flat_x, flat_out = xh.reshape(-1), out_h.reshape(-1)
-    for pixel in prange(flat_x.size // c):
-        start = pixel * c
-        for ch in range(c):
-            flat_out[unsigned(start + ch)] = (flat_x[unsigned(start + ch)] - mean[ch]) * scale[ch] + beta[ch]
+from graphconv.ops.binding import BoundCall
+from graphconv.ops.channel_stack import bind_stack, stack_channels
 
 
 def run_batchnorm(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
-    """Stored as `out` is: NCHW, or channels-last (the input copied to match where it is not)."""
-    mean = np.ascontiguousarray(weights["running_mean"], np.float32)
-    beta = np.ascontiguousarray(weights["bias"], np.float32)
-    scale = channel_scale(params, weights).astype(np.float32)
-    out_stored = nhwc(out)
-    if out_stored is None:
-        _batchnorm(np.ascontiguousarray(inputs[0]), mean, scale, beta, out)
-    else:
-        _batchnorm_channels_last(as_channels_last(inputs[0]), mean, scale, beta, out_stored)
+    """Stored as `out` is: NCHW, or channels-last (an input copied to match where it is not)."""
+    stack_channels(inputs, out, _terms(params, weights), fused_code(params["activation"]))
+
+
+def bind_batchnorm(params: dict, weights: dict) -> BoundCall:
+    terms, activation = _terms(params, weights), fused_code(params["activation"])
+    return BoundCall(lambda inputs, out: bind_stack(inputs, out, terms, activation))
+
+
+def _terms(params: dict, weights: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, scale, beta) per channel, float32, as the kernel takes them."""
+    return (np.ascontiguousarray(weights["running_mean"], np.float32),
+            channel_scale(params, weights).astype(np.float32),
+            np.ascontiguousarray(weights["bias"], np.float32))

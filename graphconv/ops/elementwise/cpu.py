@@ -9,7 +9,8 @@ import numpy as np
 from numba import njit, prange
 
 from graphconv.ops.binding import BoundCall
-from graphconv.ops.channels_last import as_channels_last, as_stored_like, stored_memory
+from graphconv.ops.channel_stack import bind_stack, stack_channels
+from graphconv.ops.channels_last import as_stored_like, stored_like, stored_memory
 from graphconv.ops.layout import nhwc
 from graphconv.ops.unsigned_index import unsigned
 
@@ -67,31 +68,6 @@ def _accumulate(total, x):
         a[i] += b[i]
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
-def _copy_channels_last(src_h, dst_h, c0):
-    """dst_h[n, y, x, c0:c0 + C] = src_h[n, y, x, :] for (N, H, W, C) arrays: each pixel's
-    channels one contiguous run into its place among the output's."""
-    n, height, width, c = src_h.shape
-    flat_src, flat_dst = src_h.reshape(-1), dst_h.reshape(-1)
-    out_c = dst_h.shape[3]
-    for row in prange(n * height):
-        for p in range(width):
-            pixel = row * width + p
-            for ch in range(c):
-                flat_dst[unsigned(pixel * out_c + c0 + ch)] = flat_src[unsigned(pixel * c + ch)]
-
-
-@njit(cache=True, parallel=True)
-def _copy_channels(src, dst, c0):
-    n, c, height, width = src.shape
-    for job in prange(n * c):
-        b = job // c
-        ch = job % c
-        for y in range(height):
-            for x in range(width):
-                dst[b, c0 + ch, y, x] = src[b, ch, y, x]
-
-
 def _memory_like_out(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     """`x`'s memory, flat, stored as `out` is (a copy where it is stored otherwise)."""
     return stored_memory(as_stored_like(x, out))
@@ -126,7 +102,7 @@ def _mul_call(inputs: list[np.ndarray], out: np.ndarray) -> Callable[[], None]:
     as `out` is stored (copied, on every call, where it is not); a second map the same;
     a C x 1 x 1 gate (a squeeze-and-excitation block's) is the same memory either way."""
     x, factor = inputs
-    if not _stored_like(x, out) or factor.shape == x.shape and not _stored_like(factor, out) \
+    if not stored_like(x, out) or factor.shape == x.shape and not stored_like(factor, out) \
             or factor.shape != x.shape and not factor.flags.c_contiguous:
         return lambda: _multiply_copies(inputs, out)
     if factor.shape == x.shape:
@@ -134,12 +110,6 @@ def _mul_call(inputs: list[np.ndarray], out: np.ndarray) -> Callable[[], None]:
     if nhwc(out) is None:
         return partial(_scale_channels, x, factor, out)
     return partial(_scale_channels_last, nhwc(x), factor.reshape(x.shape[0], x.shape[1]), nhwc(out))
-
-
-def _stored_like(a: np.ndarray, like: np.ndarray) -> bool:
-    """Whether `a` is stored as `like` is (channels-last, or C-contiguous NCHW), so that
-    `as_stored_like` would return its own memory."""
-    return nhwc(a) is not None if nhwc(like) is not None else a.flags.c_contiguous
 
 
 def _multiply_copies(inputs: list[np.ndarray], out: np.ndarray) -> None:
@@ -150,11 +120,8 @@ def _multiply_copies(inputs: list[np.ndarray], out: np.ndarray) -> None:
 
 
 def run_concat(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
-    out_stored = nhwc(out)
-    c0 = 0
-    for x in inputs:
-        if out_stored is None:
-            _copy_channels(np.ascontiguousarray(x), out, c0)
-        else:
-            _copy_channels_last(as_channels_last(x), out_stored, c0)
-        c0 += x.shape[1]
+    stack_channels(inputs, out)
+
+
+def bind_concat(params: dict, weights: dict) -> BoundCall:
+    return BoundCall(bind_stack)
