@@ -123,7 +123,7 @@ def test_layers_bound_to_the_buffers_follow_sizes_and_thread_counts(rng):
     model = graphconv.compile_model(SPECS / "tinydag.yaml")
     check_bound_runs(model, [((1, 3, 28, 24), False), ((2, 3, 60, 52), False), ((1, 3, 28, 24), True),
                              ((1, 3, 28, 24), False), ((2, 3, 60, 52), True)],
-                     ["b1", "b2", "mix", "pool", "fc1", "fc2"], rng)  # not stem: it reads the input
+                     ["b1", "b2", "join", "mix", "pool", "fc1", "fc2"], rng)  # not stem: it reads the input
 
 
 def check_bound_runs(model, runs, bound_layers, rng):

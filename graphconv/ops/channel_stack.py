@@ -5,9 +5,10 @@ concatenation, which `fuse-concat-batchnorm` makes of DenseNet's concat + batchn
 Why one loop for all the inputs: a parallel loop per input costs a launch each (waking
 the workers, splitting the work), and DenseNet-121's 58 concats read 590 inputs
 between them, most of them maps of 32 channels at 14x14 or 7x7, where that launch is
-most of the copy. The inputs reach the kernel as a numba typed List of their flat
-memories: one type whatever their number, so one compiled kernel serves 2 inputs or 33
-(a tuple would compile a kernel for every count).
+most of the copy. The inputs reach the kernel as a table of their memories'
+addresses (`float_array` makes each an array again): one type whatever their number,
+so one compiled kernel serves 2 inputs or 33, where a tuple would compile a kernel for
+every count, and a numba typed List costs every process 0.3 s to build its first.
 
 Each output channel is either copied (concat) or normalised, (x - mean) * scale + beta
 per channel as the batchnorm kernel computes it, then put through a fused activation
@@ -17,8 +18,8 @@ written (`fast_math.activate_run`).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
-from numba.typed import List
+from numba import carray, njit, prange, types
+from numba.extending import intrinsic
 
 from graphconv.ops.channels_last import as_stored_like, stored_like, stored_memory
 from graphconv.ops.fast_math import RELU, activate_run
@@ -38,35 +39,60 @@ def stack_channels(inputs: list[np.ndarray], out: np.ndarray, terms: tuple | Non
 
 
 def bind_stack(inputs: list[np.ndarray], out: np.ndarray, terms: tuple | None = None, activation: int = 0):
-    """`stack_channels` for these very arrays, as a call of no arguments: the typed List
-    of the inputs' memories is built once (a few microseconds an input) and reused by
-    every run of a plan (`binding.BoundCall`). An input stored otherwise than `out` is
-    copied to match on every call, never once here: its values change from run to run."""
+    """`stack_channels` for these very arrays, as a call of no arguments: the table of
+    the inputs' addresses is made once and reused by every run of a plan
+    (`binding.BoundCall`); the call keeps the arrays alive. An input stored otherwise
+    than `out` is copied to match on every call, never once here: its values change
+    from run to run."""
     if not all(stored_like(x, out) for x in inputs):
         return lambda: bind_stack([as_stored_like(x, out) for x in inputs], out, terms, activation)()
-    sources = List([stored_memory(x) for x in inputs])
+    memories = [stored_memory(x) for x in inputs]
+    addresses = np.array([memory.ctypes.data for memory in memories], np.int64)
     offsets = np.cumsum([0] + [x.shape[1] for x in inputs]).astype(np.int64)
     mean, scale, beta = terms if terms is not None else (NO_TERMS,) * 3
     normalise, flat_out = terms is not None, stored_memory(out)
     n, c, height, width = out.shape
     if nhwc(out) is None:
         owner = np.repeat(np.arange(len(inputs), dtype=np.int64), np.diff(offsets))
-        return lambda: _stack_nchw(sources, offsets, owner, mean, scale, beta, normalise, activation,
-                                   flat_out, n, height * width)
-    return lambda: _stack_channels_last(sources, offsets, mean, scale, beta, normalise, activation,
-                                        flat_out, n * height, width)
+
+        def call():
+            _stack_nchw(addresses, offsets, owner, mean, scale, beta, normalise, activation, flat_out, n,
+                        height * width)
+    else:
+        def call():
+            _stack_channels_last(addresses, offsets, mean, scale, beta, normalise, activation, flat_out,
+                                 n * height, width)
+    call.inputs = memories  # what `addresses` points into, alive as long as the call
+    return call
+
+
+@intrinsic
+def _float_pointer(typingctx, address):
+    """The int64 `address` as a float32 pointer, for `carray`."""
+    if address != types.int64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(types.CPointer(types.float32)))
+    return types.CPointer(types.float32)(types.int64), codegen
+
+
+@njit(cache=True, inline="always")
+def float_array(address, size):
+    """The `size` float32 values at `address` (an input's `ctypes.data`) as a 1-D array."""
+    return carray(_float_pointer(address), (size,))
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _stack_nchw(sources, offsets, owner, mean, scale, beta, normalise, activation, flat_out, n, plane):
+def _stack_nchw(addresses, offsets, owner, mean, scale, beta, normalise, activation, flat_out, n, plane):
     """One job per output channel of each image: a contiguous plane from its input (the
     `owner` of each output channel, an int64 table)."""
     c = owner.size
     for job in prange(n * c):
         b, ch = job // c, job % c
         i = owner[ch]
-        src = sources[i]
         channels = offsets[i + 1] - offsets[i]
+        src = float_array(addresses[i], n * channels * plane)
         s0, d0 = (b * channels + ch - offsets[i]) * plane, job * plane
         if not normalise:
             for j in range(plane):
@@ -83,15 +109,15 @@ def _stack_nchw(sources, offsets, owner, mean, scale, beta, normalise, activatio
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _stack_channels_last(sources, offsets, mean, scale, beta, normalise, activation, flat_out, rows, width):
+def _stack_channels_last(addresses, offsets, mean, scale, beta, normalise, activation, flat_out, rows, width):
     """One job per row of pixels (over all images): each input's channels of each pixel
     are one contiguous run, written into their place among the pixel's."""
     c = offsets[offsets.size - 1]
     for row in prange(rows):
-        for i in range(len(sources)):
-            src = sources[i]
+        for i in range(addresses.size):
             c0 = offsets[i]
             channels = offsets[i + 1] - c0
+            src = float_array(addresses[i], rows * width * channels)
             for p in range(width):
                 pixel = row * width + p
                 s0, d0 = pixel * channels, pixel * c + c0
