@@ -43,14 +43,15 @@ def _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad, out):
             for i in range(kh):
                 iy = oy * sh - ph + i * dh
                 if 0 <= iy < height:
-                    _combine(strip, pw, flat_x, (plane * height + iy) * width, 1, width, reduce if rows else COPY)
+                    _combine_strided(strip, pw, flat_x, (plane * height + iy) * width, 1, width,
+                                     reduce if rows else COPY)
                     rows += 1
             if rows == 0:
                 fill(strip, pw, pw + width, start)
             row = (plane * ho + oy) * wo
-            _combine(flat_out, row, strip, 0, sw, wo, COPY)
+            _copy(flat_out, row, strip, 0, sw, wo)
             for j in range(1, kw):
-                _combine(flat_out, row, strip, j * dw, sw, wo, reduce)
+                _reduce(flat_out, row, strip, j * dw, sw, wo, reduce)
             if not is_max:
                 scale = row_scale[oy]
                 for t in range(wo):
@@ -76,13 +77,14 @@ def _pool_channels_last(xh, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad,
         for i in range(kh):
             iy = oy * sh - ph + i * dh
             if 0 <= iy < height:
-                _combine(strip, pw * c, flat_x, (b * height + iy) * width * c, 1, width * c, reduce if rows else COPY)
+                _combine_strided(strip, pw * c, flat_x, (b * height + iy) * width * c, 1, width * c,
+                                 reduce if rows else COPY)
                 rows += 1
         for ox in range(wo):
             at = (job * wo + ox) * c
-            _combine(flat_out, at, strip, ox * sw * c, 1, c, COPY)
+            _combine_strided(flat_out, at, strip, ox * sw * c, 1, c, COPY)
             for j in range(1, kw):
-                _combine(flat_out, at, strip, (ox * sw + j * dw) * c, 1, c, reduce)
+                _combine_strided(flat_out, at, strip, (ox * sw + j * dw) * c, 1, c, reduce)
             if not is_max:
                 scale = row_scale[oy] * col_scale[ox]
                 for t in range(c):
@@ -101,36 +103,70 @@ def _walk(kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad, height, width, ho
     return row_scale, col_scale, start, MAX if is_max else SUM, strip_pixels
 
 
-COPY, MAX, SUM = 0, 1, 2  # what `_combine` does with each source value
+COPY, MAX, SUM = 0, 1, 2  # what `_combine_strided` does with each source value
+
+
+# Every call site inlines the loops it may run, so each names only those: the strided
+# ones (an output row's taps) take `_copy` or `_reduce`, which write strides 1 and 2 as
+# constants LLVM vectorises; the contiguous ones call `_combine_strided` with step 1.
+# One function for all three kinds at every site compiled 27 loops into the NCHW kernel
+# and took 5.6 s; its first run in AlexNet-FCN with an empty cache, 6 s of 53.
+@njit(cache=True, inline="always")
+def _copy(acc, at, src, offset, step, count):
+    """acc[at + t] = src[offset + t * step] for t < count."""
+    if step == 1:
+        _combine_strided(acc, at, src, offset, 1, count, COPY)
+    elif step == 2:
+        _combine_strided(acc, at, src, offset, 2, count, COPY)
+    else:
+        _combine_strided(acc, at, src, offset, step, count, COPY)
 
 
 @njit(cache=True, inline="always")
-def _combine(acc, at, src, offset, step, count, how):
-    """acc[at + t] = src[offset + t * step] (COPY), or max / + of the two (MAX, SUM), for
-    t < count; strides 1 and 2 as constants, so LLVM vectorises their loops."""
-    if step == 1:
-        _combine_strided(acc, at, src, offset, 1, count, how)
+def _reduce(acc, at, src, offset, step, count, how):
+    """acc[at + t] = max or + of itself and src[offset + t * step] (MAX, SUM), t < count."""
+    if how == MAX:
+        if step == 1:
+            _max_strided(acc, at, src, offset, 1, count)
+        elif step == 2:
+            _max_strided(acc, at, src, offset, 2, count)
+        else:
+            _max_strided(acc, at, src, offset, step, count)
+    elif step == 1:
+        _sum_strided(acc, at, src, offset, 1, count)
     elif step == 2:
-        _combine_strided(acc, at, src, offset, 2, count, how)
+        _sum_strided(acc, at, src, offset, 2, count)
     else:
-        _combine_strided(acc, at, src, offset, step, count, how)
+        _sum_strided(acc, at, src, offset, step, count)
 
 
 @njit(cache=True, inline="always")
 def _combine_strided(acc, at, src, offset, step, count, how):
-    """`_combine` for one stride. The max is np.maximum, not `v if v > a else a`: LLVM
-    turned that select into a store only where v won and vectorised it as a masked store
-    (vmaskmovps), slow on AMD; this loop ran 4x faster (0.51 -> 0.13 ns per element). It
-    also propagates NaN, as PyTorch's max pooling does."""
+    """acc[at + t] = src[offset + t * step] (COPY), or max / + of the two (MAX, SUM), for
+    t < count."""
     if how == COPY:
         for t in range(count):
             acc[unsigned(at + t)] = src[unsigned(offset + t * step)]
     elif how == MAX:
-        for t in range(count):
-            acc[unsigned(at + t)] = np.maximum(acc[unsigned(at + t)], src[unsigned(offset + t * step)])
+        _max_strided(acc, at, src, offset, step, count)
     else:
-        for t in range(count):
-            acc[unsigned(at + t)] += src[unsigned(offset + t * step)]
+        _sum_strided(acc, at, src, offset, step, count)
+
+
+@njit(cache=True, inline="always")
+def _max_strided(acc, at, src, offset, step, count):
+    """The max is np.maximum, not `v if v > a else a`: LLVM turned that select into a
+    store only where v won and vectorised it as a masked store (vmaskmovps), slow on
+    AMD; this loop ran 4x faster (0.51 -> 0.13 ns per element). It also propagates NaN,
+    as PyTorch's max pooling does."""
+    for t in range(count):
+        acc[unsigned(at + t)] = np.maximum(acc[unsigned(at + t)], src[unsigned(offset + t * step)])
+
+
+@njit(cache=True, inline="always")
+def _sum_strided(acc, at, src, offset, step, count):
+    for t in range(count):
+        acc[unsigned(at + t)] += src[unsigned(offset + t * step)]
 
 
 @njit(cache=True)
