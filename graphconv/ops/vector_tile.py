@@ -372,8 +372,10 @@ def _stream_lanes() -> int:
 # block. The strategy broadcasts patch values from its row panel (the `w` operand, one
 # row per output pixel) and multiplies them into vectors of output channels.
 # The kernels take the tile's shape as arguments (the callers read OUTER_LANES and
-# OUTER_VECTORS when they run and when they pack the weights), so one compiled kernel
-# serves every shape and the tests can force each.
+# OUTER_VECTORS when they run and when they pack the weights), so one source serves
+# every shape and the tests can force each; each width's tiles are compiled into a copy
+# of the kernel of their own (`graphconv.ops.specialise`), so a machine compiles the
+# width it runs only.
 OUTER_LANES, OUTER_VECTORS = _outer_tile_shape()  # blocks of 64 output channels, or of 24
 WIDE_TILES = _vector_registers() >= 32  # whether `stream_matmul` runs WIDE_TILE_ROWS
 STREAM_LANES = _stream_lanes()  # whether `stream_matmul` runs 16-lane tiles
@@ -416,21 +418,28 @@ _outer_16_1, _outer_16_2, _outer_16_3, _outer_16_4 = (_make_tile(OUTER_ROWS_16[v
 
 
 @njit(cache=True, inline="always")
-def outer_tile(lanes, vectors, w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width,
-               store=False):
+def outer_tile_16(lanes, vectors, w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width,
+                  store=False):
     """sums[(s0 + r) * s_width + j] += sum_k w[row_r * stride + k0 + k] * cols[(k0 + k) * width + c0 + j]
     for r < outer_rows(lanes, vectors), j < vectors * lanes (row_r as in `_make_tile`); `=` instead
-    of `+=` where `store`: a sum's first chunk, so the sums need no zeroing."""
-    if lanes == 16:
-        if vectors == 4:
-            _outer_16_4(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width, store)
-        elif vectors == 3:
-            _outer_16_3(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width, store)
-        elif vectors == 2:
-            _outer_16_2(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width, store)
-        else:
-            _outer_16_1(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width, store)
-    elif vectors == 4:
+    of `+=` where `store`: a sum's first chunk, so the sums need no zeroing. `lanes` is 16
+    here: the argument keeps `outer_tile`'s signature, whose name the kernels call this
+    by (`OUTER_TILES`, `graphconv.ops.specialise`)."""
+    if vectors == 4:
+        _outer_16_4(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width, store)
+    elif vectors == 3:
+        _outer_16_3(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width, store)
+    elif vectors == 2:
+        _outer_16_2(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width, store)
+    else:
+        _outer_16_1(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width, store)
+
+
+@njit(cache=True, inline="always")
+def outer_tile_8(lanes, vectors, w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width,
+                 store=False):
+    """`outer_tile_16` of 8-lane vectors."""
+    if vectors == 4:
         _outer_8_4(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width, store)
     elif vectors == 3:
         _outer_8_3(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width, store)
@@ -438,6 +447,20 @@ def outer_tile(lanes, vectors, w, row0, last_row, stride, k0, steps, cols, c0, w
         _outer_8_2(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width, store)
     else:
         _outer_8_1(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width, store)
+
+
+OUTER_TILES = {8: outer_tile_8, 16: outer_tile_16}  # what a kernel's `outer_tile` is, per width
+
+
+@njit(cache=True, inline="always")
+def outer_tile(lanes, vectors, w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width,
+               store=False):
+    """`outer_tile_16` or `outer_tile_8`, as `lanes` says: what a kernel compiled for
+    either width calls (its copies per width call the one of theirs)."""
+    if lanes == 16:
+        outer_tile_16(lanes, vectors, w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width, store)
+    else:
+        outer_tile_8(lanes, vectors, w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, s_width, store)
 
 
 # The tiles of `outer`, which gathers each pixel's patch from where it lies in the
@@ -562,8 +585,8 @@ _gathered_16_1, _gathered_16_2, _gathered_16_3, _gathered_16_4 = (_make_gathered
 
 
 @njit(cache=True, inline="always")
-def gathered_tile(lanes, vectors, store, x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, direct, out,
-                  bias, residual):
+def gathered_tile_16(lanes, vectors, store, x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, direct,
+                     out, bias, residual):
     """With span = (shift, seg_stride, segments, seg_k, steps):
     sums[(s0 + r) * s_width + j] (+)= sum_{g < segments, k < steps}
         x[patch[min(p0 + r, last)] + shift + g * seg_stride + k] * cols[c0 + (g * seg_k + k) * width + j]
@@ -571,18 +594,25 @@ def gathered_tile(lanes, vectors, store, x, patch, p0, last, span, cols, c0, wid
     Where direct = (1, out_at, out_width, bias_at, relu, with_residual), the last chunk's
     tile writes instead out[at] = act(that sum + bias[bias_at + j] (+ residual[at])), at =
     out_at + r * out_width + j, for the rows p0 + r <= last (`_emit_direct_outputs`);
-    direct[0] = 0 leaves out, bias and residual unread."""
+    direct[0] = 0 leaves out, bias and residual unread. `lanes` is 16 here, as in
+    `outer_tile_16` (`GATHERED_TILES`)."""
     arguments = (x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store, direct, out, bias, residual)
-    if lanes == 16:
-        if vectors == 4:
-            _gathered_16_4(*arguments)
-        elif vectors == 3:
-            _gathered_16_3(*arguments)
-        elif vectors == 2:
-            _gathered_16_2(*arguments)
-        else:
-            _gathered_16_1(*arguments)
-    elif vectors == 4:
+    if vectors == 4:
+        _gathered_16_4(*arguments)
+    elif vectors == 3:
+        _gathered_16_3(*arguments)
+    elif vectors == 2:
+        _gathered_16_2(*arguments)
+    else:
+        _gathered_16_1(*arguments)
+
+
+@njit(cache=True, inline="always")
+def gathered_tile_8(lanes, vectors, store, x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, direct,
+                    out, bias, residual):
+    """`gathered_tile_16` of 8-lane vectors."""
+    arguments = (x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, store, direct, out, bias, residual)
+    if vectors == 4:
         _gathered_8_4(*arguments)
     elif vectors == 3:
         _gathered_8_3(*arguments)
@@ -590,6 +620,21 @@ def gathered_tile(lanes, vectors, store, x, patch, p0, last, span, cols, c0, wid
         _gathered_8_2(*arguments)
     else:
         _gathered_8_1(*arguments)
+
+
+GATHERED_TILES = {8: gathered_tile_8, 16: gathered_tile_16}  # what a kernel's `gathered_tile` is, per width
+
+
+@njit(cache=True, inline="always")
+def gathered_tile(lanes, vectors, store, x, patch, p0, last, span, cols, c0, width, sums, s0, s_width, direct, out,
+                  bias, residual):
+    """`gathered_tile_16` or `gathered_tile_8`, as `lanes` says (as `outer_tile`)."""
+    if lanes == 16:
+        gathered_tile_16(lanes, vectors, store, x, patch, p0, last, span, cols, c0, width, sums, s0, s_width,
+                         direct, out, bias, residual)
+    else:
+        gathered_tile_8(lanes, vectors, store, x, patch, p0, last, span, cols, c0, width, sums, s0, s_width,
+                        direct, out, bias, residual)
 
 
 # ---- the depthwise conv's tile: a few pixels' sums in registers over all their taps ----------

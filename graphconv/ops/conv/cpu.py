@@ -70,9 +70,11 @@ from graphconv.ops.channels_last import as_nchw, as_stored_like, padded_copy, st
 from graphconv.ops.layout import nhwc
 from graphconv.ops.registry import pair
 from graphconv.ops.job_queue import next_job
+from graphconv.ops.specialise import per_lane_width
 from graphconv.ops.unsigned_index import fill, unsigned
 from graphconv.ops import vector_tile
-from graphconv.ops.vector_tile import OUTER_ROWS, gathered_tile, outer_rows, outer_tile, padded_tile_rows
+from graphconv.ops.vector_tile import (GATHERED_TILES, OUTER_ROWS, gathered_tile, outer_rows, outer_tile_8,
+                                       padded_tile_rows)
 
 SCRATCH_FLOATS = 1 << 22  # 16 MB of im2col columns per chunk
 # prepare_conv packs weights under this for "outer": ResNet-50's layer4 (9 MB at most), which
@@ -721,7 +723,7 @@ def _pointwise_group(x3, w, bias, relu, o_offset, c_offset, chunk, out3, flat_re
                         rows = OUTER_ROWS[vectors]
                         s0 = ((p0 - p_start) // POINTWISE_TILE) * o_pad
                         for o in range(ob, oe, rows):
-                            outer_tile(8, vectors, flat_w, o, og - 1, cg, k0, steps, flat_x, image + p0, hw,
+                            outer_tile_8(8, vectors, flat_w, o, og - 1, cg, k0, steps, flat_x, image + p0, hw,
                                        sums, s0 + o, POINTWISE_TILE)
             for p0 in range(p_start, p_end, POINTWISE_TILE):
                 s0 = ((p0 - p_start) // POINTWISE_TILE) * o_pad
@@ -739,7 +741,7 @@ def _pointwise_group(x3, w, bias, relu, o_offset, c_offset, chunk, out3, flat_re
                 for k0 in range(0, cg, chunk):
                     steps = min(chunk, cg - k0)
                     for o in range(o_lo, o_hi, OUTER_ROWS[1]):
-                        outer_tile(8, 1, flat_w, o, og - 1, cg, k0, steps, tail, 0, 8, sums, o, POINTWISE_TILE)
+                        outer_tile_8(8, 1, flat_w, o, og - 1, cg, k0, steps, tail, 0, 8, sums, o, POINTWISE_TILE)
                 for o in range(o_lo, o_hi):
                     channel = o_offset + o
                     _store_run(sums, o * POINTWISE_TILE, bias[channel], flat_res, flat_out,
@@ -902,27 +904,27 @@ def _bind_winograd(wu: np.ndarray, bias: np.ndarray, padding: tuple[int, int], a
                 flat_res, ho * wo, out_channels_last, threads, image, 2 * row, vector_tile.OUTER_LANES,
                 vector_tile.OUTER_VECTORS)
 
+    kernel = winograd.WINOGRAD_CONV[vector_tile.OUTER_LANES]  # compiled for the tiles `arguments` name
     if stored is not None:
-        return partial(winograd.winograd_conv, stored, *padding, *arguments(0, 0, tile_rows))
+        return partial(kernel, stored, *padding, *arguments(0, 0, tile_rows))
     bands = []  # (first image, first tile row, tile rows, the kernel's arguments)
     for image in range(0, n, copies):
         for row in range(0, tile_rows, band):
             rows = min(band, tile_rows - row)
             bands.append((image, row, rows, arguments(image, row, rows)))
-    return partial(_winograd_bands, x, (copies, 2 * band + 2, 2 * tile_cols + 2, c), padding, copies, bands)
+    return partial(_winograd_bands, kernel, x, (copies, 2 * band + 2, 2 * tile_cols + 2, c), padding, copies, bands)
 
 
-def _winograd_bands(x: np.ndarray, padded_shape: tuple[int, ...], padding: tuple[int, int], copies: int,
+def _winograd_bands(kernel, x: np.ndarray, padded_shape: tuple[int, ...], padding: tuple[int, int], copies: int,
                     bands: list[tuple]) -> None:
     """Each band's padded channels-last copy (zero past the input and its padding), then its kernel."""
     xp = np.empty(padded_shape, np.float32)
     for image, row, rows, arguments in bands:
         band_xp = xp[:, :2 * rows + 2]  # leading rows: still contiguous
         padded_copy(x[image:image + copies], 0, padding[0] - 2 * row, padding[1], band_xp)
-        winograd.winograd_conv(band_xp, 0, 0, *arguments)
+        kernel(band_xp, 0, 0, *arguments)
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
 def _outer_group(xp, wp, og, bias, activation, kh, kw, sh, sw, dh, dw, o_offset, ho, wo, chunk, job_pixels, parts,
                  flat_out, flat_res, out_channels, channels_last, threads, lanes, block_vectors):
     """Every output pixel of one group, `job_pixels` consecutive pixels (counted over the
@@ -955,7 +957,6 @@ def _outer_group(xp, wp, og, bias, activation, kh, kw, sh, sw, dh, dw, o_offset,
                       flat_out, flat_res, out_channels, channels_last, threads, lanes, block_vectors, queue)
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
 def _outer_groups(xps, wps, og, bias, activation, kh, kw, sh, sw, dh, dw, o_offset, ho, wo, chunk, job_pixels,
                   parts, flat_out, flat_res, out_channels, channels_last, threads, lanes, block_vectors):
     """`_outer_group` for every group of a grouped conv in one parallel loop: group g's
@@ -971,7 +972,6 @@ def _outer_groups(xps, wps, og, bias, activation, kh, kw, sh, sw, dh, dw, o_offs
                           block_vectors, queues[g:g + 1])
 
 
-@njit(cache=True, boundscheck=False, fastmath=CONTRACT, error_model="numpy")
 def _outer_thread(xp, wp, og, bias, activation, kh, kw, sh, sw, dh, dw, o_offset, ho, wo, chunk, job_pixels, parts,
                   flat_out, flat_res, out_channels, channels_last, threads, lanes, block_vectors, queue):
     """One thread's share of `_outer_group`: jobs taken from `queue` until none are left.
@@ -1129,22 +1129,23 @@ def _bind_outer(wp, og, bias, kh, kw, geometry, activation, inputs, out) -> Call
     flat_out, flat_res, out_channels_last = stored_memory(out), _residual(inputs, out), nhwc(out) is not None
     arguments = _outer_arguments(wp[0], og, bias, activation, kh, kw, (sh, sw, dh, dw), 0, out.shape, flat_out,
                                  flat_res, out_channels_last)  # every group's but its weights and channels
+    lanes = arguments[-2]  # the kernels compiled for these tiles
     if stored is not None and ph == pw == 0 and groups == 1:
-        return partial(_outer_group, stored, *arguments)
+        return partial(OUTER_GROUP[lanes], stored, *arguments)
     padded_shape = (groups * n, height + 2 * ph, width + 2 * pw, c // groups)
     if groups == 1:
-        return partial(_outer_on_padded_copy, x, padded_shape, ph, pw, arguments)
-    return partial(_outer_groups_on_padded_copies, x, padded_shape, ph, pw, wp, arguments[1:])
+        return partial(_outer_on_padded_copy, OUTER_GROUP[lanes], x, padded_shape, ph, pw, arguments)
+    return partial(_outer_groups_on_padded_copies, OUTER_GROUPS[lanes], x, padded_shape, ph, pw, wp, arguments[1:])
 
 
-def _outer_on_padded_copy(x, padded_shape, ph, pw, arguments) -> None:
-    """The input copied into a padded channels-last buffer, then `_outer_group`."""
+def _outer_on_padded_copy(kernel, x, padded_shape, ph, pw, arguments) -> None:
+    """The input copied into a padded channels-last buffer, then `_outer_group` (`kernel`)."""
     xp = np.empty(padded_shape, np.float32)
     padded_copy(x, 0, ph, pw, xp)
-    _outer_group(xp, *arguments)
+    kernel(xp, *arguments)
 
 
-def _outer_groups_on_padded_copies(x, padded_shape, ph, pw, wp, arguments) -> None:
+def _outer_groups_on_padded_copies(kernel, x, padded_shape, ph, pw, wp, arguments) -> None:
     """Every group's padded channels-last copy made in one parallel loop, then
     `_outer_groups`: two parallel loops for the layer, where a loop per group each cost
     RegNetX-400MF's 25-group 3x3 layers at 7x7 most of their time (0.21-0.23 ms a layer
@@ -1152,7 +1153,7 @@ def _outer_groups_on_padded_copies(x, padded_shape, ph, pw, wp, arguments) -> No
     groups = wp.shape[0]
     xp = np.empty(padded_shape, np.float32)
     padded_copy(x, 0, ph, pw, xp)
-    _outer_groups(xp.reshape(groups, padded_shape[0] // groups, *padded_shape[1:]), wp, *arguments)
+    kernel(xp.reshape(groups, padded_shape[0] // groups, *padded_shape[1:]), wp, *arguments)
 
 
 def _outer_arguments(wp, og, bias, activation, kh, kw, steps, o_offset, out_shape, flat_out, flat_res,
@@ -1270,3 +1271,13 @@ def outer_jobs(n: int, ho: int, wo: int, out_channels: int, threads: int, weight
     if n == 1 and even_pixels + reading < (plane + reading) * busiest_part:
         return even_pixels, 1
     return job_pixels, parts
+
+
+# `outer`'s kernels, compiled per register-tile width (`graphconv.ops.specialise`): the
+# per-thread body with that width's tiles, the parallel loops with that width's body.
+_OUTER_THREAD = per_lane_width(_outer_thread, dict(cache=True, boundscheck=False, fastmath=CONTRACT,
+                                                   error_model="numpy"), gathered_tile=GATHERED_TILES)
+OUTER_GROUP = per_lane_width(_outer_group, dict(cache=True, parallel=True, boundscheck=False),
+                             _outer_thread=_OUTER_THREAD)
+OUTER_GROUPS = per_lane_width(_outer_groups, dict(cache=True, parallel=True, boundscheck=False),
+                              _outer_thread=_OUTER_THREAD)

@@ -55,7 +55,8 @@ from graphconv.ops.registry import pair
 from graphconv.ops.job_queue import next_job
 from graphconv.ops.unsigned_index import fill, unsigned
 from graphconv.ops import vector_tile
-from graphconv.ops.vector_tile import outer_rows, outer_tile, padded_tile_rows
+from graphconv.ops.specialise import per_lane_width
+from graphconv.ops.vector_tile import OUTER_TILES, outer_rows, outer_tile, padded_tile_rows
 
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])
@@ -211,7 +212,6 @@ def _job_floats(images: int, tiles: int, channels: int, out_channels: int, threa
     return slots * channels + 8 * -(-blocks // parts) * block * slots
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
 def winograd_conv(xp, top, left, wu, og, bias, activation, ho, wo, runs, parts, chunk, flat_out, flat_res,
                   image_pixels, channels_last, threads, image0, row0, lanes, block_vectors):
     """Output (image0 + b, o, row0 + y, x) for y < ho, from the channels-last input xp
@@ -232,7 +232,6 @@ def winograd_conv(xp, top, left, wu, og, bias, activation, ho, wo, runs, parts, 
                          flat_res, image_pixels, channels_last, threads, image0, row0, lanes, block_vectors, queue)
 
 
-@njit(cache=True, boundscheck=False, error_model="numpy")
 def _winograd_thread(xp, top, left, wu, og, bias, activation, ho, wo, runs, parts, chunk, flat_out, flat_res,
                      image_pixels, channels_last, threads, image0, row0, lanes, block_vectors, queue):
     """One thread's share of `winograd_conv`: jobs taken from `queue` until none are left (a
@@ -422,3 +421,10 @@ def _tile_place(tile, image_tiles, tile_cols):
     b = tile // image_tiles
     local = tile - b * image_tiles
     return b, local // tile_cols, local % tile_cols
+
+
+# The kernel compiled per register-tile width (`graphconv.ops.specialise`), as `outer`'s.
+_WINOGRAD_THREAD = per_lane_width(_winograd_thread, dict(cache=True, boundscheck=False, error_model="numpy"),
+                                  outer_tile=OUTER_TILES)
+WINOGRAD_CONV = per_lane_width(winograd_conv, dict(cache=True, parallel=True, boundscheck=False),
+                               _winograd_thread=_WINOGRAD_THREAD)
