@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from graphconv.ops import gemm_cpu
-from graphconv.ops.gemm_cpu import POSITIONS_PER_TILE, padded_positions, stream_matmul, stream_width
+from graphconv.ops.gemm_cpu import POSITIONS_PER_TILE, STREAM_MATMUL, padded_positions, stream_width
 from graphconv.ops.vector_tile import LANES
 
 
@@ -24,7 +24,7 @@ def run_stream(m, k, hw, images, offset, relu, seed, wide=False, lanes=8):
     cols = np.zeros((k, stream_width(total)), np.float32)
     cols[:, :total] = rng.standard_normal((k, total))
     out3 = np.full((images, m + offset, hw), np.nan, np.float32)
-    stream_matmul(w, bias, relu, cols, total, hw, offset, out3, False, wide, lanes)
+    STREAM_MATMUL[lanes](w, bias, relu, cols, total, hw, offset, out3, False, wide)
     want = expected(w, bias[offset:], cols, total, relu)  # (positions, m)
     got = out3[:, offset:, :].transpose(0, 2, 1).reshape(total, m)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.sqrt(k))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from graphconv.ops.specialise import per_lane_width
 from graphconv.ops.unsigned_index import unsigned
 from graphconv.ops.vector_tile import (BLOCK_VECTORS, LANES, STREAM_ROWS_16, STREAM_VECTORS_16, WIDE_TILE_ROWS,
                                        multiply_tile, multiply_tile_16, stream_rows_16, tile_rows)
@@ -36,14 +37,19 @@ GROUP_ROWS = 64  # weight rows a thread takes at a time in stream_matmul
 CHUNK_FLOATS = 4096  # 16 KB of patch columns per k chunk: they stay in L1 while the rows stream
 
 
-@njit(cache=True, parallel=True, fastmath=True, boundscheck=False)
-def stream_matmul(w, bias, relu, cols, positions, hw, o_offset, out3, channels_last=False, wide=False, lanes=8):
+STREAM_TILE_LANES = 8  # what `stream_matmul` sees: 8 or 16 in its copy for each width (STREAM_MATMUL)
+
+
+def stream_matmul(w, bias, relu, cols, positions, hw, o_offset, out3, channels_last, wide):
     """out3[p // hw, o_offset + o, p % hw] = act(sum_k w[o, k] * cols[k, p] + bias[o_offset + o])
     for p < positions, where positions is a whole number of images of hw pixels, on the
     `wide` tiles (`vector_tile.WIDE_TILE_ROWS`: where 32 vector registers hold them) or
-    the 16-register ones; with `lanes` 16, positions go 16 to a vector
-    (`vector_tile.multiply_tile_16`, `vector_tile.STREAM_LANES`) and only a block's last
-    8, if any, through the 8-lane tiles.
+    the 16-register ones; in its copy for 16 lanes (`STREAM_MATMUL[16]`,
+    `vector_tile.STREAM_LANES`), positions go 16 to a vector
+    (`vector_tile.multiply_tile_16`) and only a block's last 8, if any, through the
+    8-lane tiles. Each copy compiles only the tiles it can run
+    (`graphconv.ops.specialise`): the 16-lane tiles and one 8-lane one, or the 8-lane
+    ones.
 
     w: (M, K) C-contiguous weights; cols: (K, stream_width(positions)) patch columns,
     zero past `positions`; out3: the output viewed as (N, C, H*W), or as (N, H*W, C)
@@ -65,14 +71,14 @@ def stream_matmul(w, bias, relu, cols, positions, hw, o_offset, out3, channels_l
             steps = min(chunk, k - k0)
             c0 = 0
             while c0 < width:
-                if lanes == 16 and width - c0 >= 16:
+                if STREAM_TILE_LANES == 16 and width - c0 >= 16:
                     vectors = min(STREAM_VECTORS_16, (width - c0) // 16)
                     for r0 in range(0, rows, stream_rows_16(vectors)):
                         multiply_tile_16(vectors, flat_w, first + r0, m - 1, k, k0, steps, flat_cols, c0, width,
                                          sums, r0, chunk)
                     c0 += vectors * 16
-                else:
-                    vectors = min(BLOCK_VECTORS, (width - c0) // LANES)
+                else:  # after 16-lane blocks, 8 positions are left at most: one vector
+                    vectors = 1 if STREAM_TILE_LANES == 16 else min(BLOCK_VECTORS, (width - c0) // LANES)
                     for r0 in range(0, rows, tile_rows(vectors, wide)):
                         multiply_tile(vectors, wide, flat_w, first + r0, m - 1, k, k0, steps, flat_cols, c0, width,
                                       sums, r0, chunk)
@@ -242,3 +248,7 @@ def prefers_stream(positions: int, weight_elements: int) -> bool:
 def padded_positions(positions: int) -> int:
     """Rows a patch matrix needs so the kernel's position tiles come out whole."""
     return -(-positions // POSITIONS_PER_TILE) * POSITIONS_PER_TILE
+
+
+STREAM_MATMUL = per_lane_width(stream_matmul, dict(cache=True, parallel=True, fastmath=True, boundscheck=False),
+                               STREAM_TILE_LANES={8: 8, 16: 16})

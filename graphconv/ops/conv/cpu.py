@@ -62,7 +62,8 @@ from graphconv.ops.cache_size import WEIGHT_BYTE_COST, l2_bytes
 from graphconv.ops.activations import fused_code
 from graphconv.ops.activations.cpu import apply_in_place
 from graphconv.ops.fast_math import CONTRACT, NONE, RELU, activate_run
-from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, multiply_band, padded_positions, prefers_stream, stream_matmul,
+from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, STREAM_MATMUL, multiply_band, padded_positions, prefers_stream,
+                                    stream_matmul,
                                     stream_width)
 from graphconv.ops.conv import is_depthwise, shape as output_shape
 from graphconv.ops.conv import depthwise, winograd
@@ -439,8 +440,8 @@ def _stream_call(w3, bias, kh, kw, geometry, relu, taps_last, out_c, inputs, out
     out_stored = nhwc(out)
     n, _, ho, wo = out.shape
     out3 = out.reshape(n, out_c, ho * wo) if out_stored is None else out_stored.reshape(n, ho * wo, out_c)
-    _conv_stream(x, channels_last, w3, bias, kh, kw, *geometry, relu, taps_last, ho, wo, out3, out_stored is not None,
-                 vector_tile.WIDE_TILES, vector_tile.STREAM_LANES)
+    CONV_STREAM[vector_tile.STREAM_LANES](x, channels_last, w3, bias, kh, kw, *geometry, relu, taps_last, ho, wo, out3,
+                                          out_stored is not None, vector_tile.WIDE_TILES)
 
 
 NO_RESIDUAL = np.zeros(0, np.float32)  # what the residual-adding strategies get for "no residual input"
@@ -534,12 +535,11 @@ def _patch_columns(x, channels_last, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo,
 
 # ---- stream ---------------------------------------------------------------------------------
 
-@njit(cache=True)
 def _conv_stream(x, channels_last, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, relu, taps_last, ho, wo, out3,
-                 out_channels_last, wide, lanes):
+                 out_channels_last, wide):
     """x: the input as stored (see `_patch_columns`); out3: the output as (N, C, H*W), or
-    as (N, H*W, C) when it is stored channels-last (`out_channels_last`); `wide` and
-    `lanes`: which of `stream_matmul`'s tiles run."""
+    as (N, H*W, C) when it is stored channels-last (`out_channels_last`); `wide`: which
+    of `stream_matmul`'s tiles run, as its copy in CONV_STREAM for the lanes does."""
     n, c = x.shape[0], x.shape[3] if channels_last else x.shape[1]
     groups, og, k = w3.shape
     positions = n * ho * wo
@@ -547,7 +547,7 @@ def _conv_stream(x, channels_last, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, rel
     for g in range(groups):
         _patch_columns(x, channels_last, g * (c // groups), kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, 0, n * ho,
                        taps_last, cols)
-        stream_matmul(w3[g], bias, relu, cols, positions, ho * wo, g * og, out3, out_channels_last, wide, lanes)
+        stream_matmul(w3[g], bias, relu, cols, positions, ho * wo, g * og, out3, out_channels_last, wide)
 
 
 # ---- small ----------------------------------------------------------------------------------
@@ -1281,3 +1281,4 @@ OUTER_GROUP = per_lane_width(_outer_group, dict(cache=True, parallel=True, bound
                              _outer_thread=_OUTER_THREAD)
 OUTER_GROUPS = per_lane_width(_outer_groups, dict(cache=True, parallel=True, boundscheck=False),
                               _outer_thread=_OUTER_THREAD)
+CONV_STREAM = per_lane_width(_conv_stream, dict(cache=True), stream_matmul=STREAM_MATMUL)  # "stream", per width

@@ -23,15 +23,18 @@ import numpy as np
 from numba import njit, prange
 
 from graphconv.ops import vector_tile
-from graphconv.ops.gemm_cpu import GROUP_ROWS, STREAM_MAX_POSITIONS, stream_matmul, stream_width
+from graphconv.ops.gemm_cpu import GROUP_ROWS, STREAM_MATMUL, STREAM_MAX_POSITIONS, stream_matmul, stream_width
+from graphconv.ops.specialise import per_lane_width
 
 
-@njit(cache=True)
-def _fc_stream(x2d, weight, bias, out2d, wide, lanes):
+def _fc_stream(x2d, weight, bias, out2d, wide):
     n, k = x2d.shape
     cols = np.zeros((k, stream_width(n)), np.float32)
     cols[:, :n] = x2d.T
-    stream_matmul(weight, bias, False, cols, n, 1, 0, out2d.reshape(n, weight.shape[0], 1), False, wide, lanes)
+    stream_matmul(weight, bias, False, cols, n, 1, 0, out2d.reshape(n, weight.shape[0], 1), False, wide)
+
+
+FC_STREAM = per_lane_width(_fc_stream, dict(cache=True), stream_matmul=STREAM_MATMUL)  # per stream tile width
 
 
 @njit(cache=True, parallel=True, fastmath=True)
@@ -79,7 +82,7 @@ def run_fc(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarra
     out2d = out.reshape(x.shape[0], weight.shape[0])  # a view: out is C-contiguous
     strategy = strategy or choose_strategy(x.shape[0], weight.shape[0])
     if strategy == "stream":
-        _fc_stream(x2d, weight, bias, out2d, vector_tile.WIDE_TILES, vector_tile.STREAM_LANES)
+        FC_STREAM[vector_tile.STREAM_LANES](x2d, weight, bias, out2d, vector_tile.WIDE_TILES)
     elif strategy == "dots":
         _fc_dots(x2d, weight, bias, out2d)
     else:
