@@ -57,7 +57,7 @@ def stream_matmul(w, bias, relu, cols, positions, hw, o_offset, out3, channels_l
     """
     m, k = w.shape
     if positions == 1:  # a matrix-vector product: memory-bound, no tile to fill
-        _matrix_vector(w, cols.reshape(-1), bias, relu, o_offset, out3)  # one pixel: either order is the same
+        matrix_vector(w, cols.reshape(-1), bias, relu, o_offset, out3)  # one pixel: either order is the same
         return
     width = cols.shape[1]
     chunk = max(LANES, CHUNK_FLOATS // width)
@@ -177,7 +177,7 @@ def _dot(a, b):
 
 
 @njit(cache=True, parallel=True, fastmath=True, boundscheck=False)
-def _matrix_vector(w, x, bias, relu, o_offset, out3):
+def matrix_vector(w, x, bias, relu, o_offset, out3):
     """out3[0, o_offset + o, 0] = act(w[o] . x + bias[o_offset + o]), MV_ROWS rows at a time:
     x is loaded once per MV_ROWS weights, and each core keeps MV_ROWS streams of weights
     in flight, so the product runs at the memory's read speed (fc6 at batch 1: 4.5 ->
