@@ -55,17 +55,15 @@ class Case:
     source: str  # a spec under specs/, or "resnet50"
     size: int
     target: float  # graphconv / onnxruntime time ratio the issue asks for
-    passes: str | None = None  # None: the default pipeline (the fully convolutional network)
+    classifier: bool = False  # the classifier (CLASSIFIER_PIPELINE), else the fully convolutional network
 
 
-CLASSIFIER = "shape-inference,remove-dropout,dead-node-elimination,fuse-conv-activation"
-RESNET_CLASSIFIER = "shape-inference,fold-batchnorm,remove-flatten,fuse-conv-activation,fuse-conv-add"
 CASES = [
-    Case("AlexNet classifier", "alexnet.yaml", 224, 0.9, CLASSIFIER),
+    Case("AlexNet classifier", "alexnet.yaml", 224, 0.9, classifier=True),
     Case("AlexNet-FCN", "alexnet.yaml", 384, 0.9),
-    Case("VGG-16 classifier", "vgg16.yaml", 224, 0.9, CLASSIFIER),
+    Case("VGG-16 classifier", "vgg16.yaml", 224, 0.9, classifier=True),
     Case("VGG-16 FCN", "vgg16.yaml", 384, 0.9),
-    Case("ResNet-50 classifier", "resnet50", 224, 1.0, RESNET_CLASSIFIER),
+    Case("ResNet-50 classifier", "resnet50", 224, 1.0, classifier=True),
     Case("ResNet-50 dense", "resnet50", 448, 1.0),
 ]
 
@@ -163,9 +161,11 @@ def build(case: Case, torch, folder: Path):
     """(the compiled model, the ONNX file onnxruntime times where the user has one, else None)."""
     import graphconv
     from graphconv.frontends import load_network
+    from graphconv.pass_manager import CLASSIFIER_PIPELINE
 
+    passes = CLASSIFIER_PIPELINE if case.classifier else None
     if case.source != "resnet50":
-        return graphconv.compile_model(ROOT / "specs" / case.source, case.passes), None
+        return graphconv.compile_model(ROOT / "specs" / case.source, passes), None
     path = folder / "resnet50.onnx"
     if not path.exists():
         from onnx_models import resnet50
@@ -174,8 +174,8 @@ def build(case: Case, torch, folder: Path):
             torch.onnx.export(resnet50(torch), (torch.randn(1, 3, 224, 224),), str(path), dynamo=False,
                               opset_version=17, input_names=["x"], do_constant_folding=False,
                               training=torch.onnx.TrainingMode.EVAL)
-    if case.passes:  # the classifier, at the size PyTorch exported it for
-        return graphconv.compile_model(load_network(path), case.passes), path
+    if case.classifier:  # at the size PyTorch exported it for
+        return graphconv.compile_model(load_network(path), passes), path
     return graphconv.compile_model(path), None
 
 

@@ -343,6 +343,7 @@ def main() -> int:
     from graphconv.compiler import compile_model
     from graphconv.dense import MOST_CROPS_PER_BATCH, crops_per_batch
     from graphconv.frontends import load_network
+    from graphconv.pass_manager import CLASSIFIER_PIPELINE
     from graphconv.frontends.onnx_export import save_onnx
 
     options = ort.SessionOptions()
@@ -360,8 +361,7 @@ def main() -> int:
             torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), str(onnx_path), dynamo=False,
                               opset_version=17, input_names=["x"], dynamic_axes={"x": {0: "n"}},
                               do_constant_folding=False, training=torch.onnx.TrainingMode.EVAL)
-        classifier = compile_model(load_network(onnx_path),
-                                   "shape-inference,fold-batchnorm,remove-flatten,fuse-conv-activation,fuse-conv-add")
+        classifier = compile_model(load_network(onnx_path), CLASSIFIER_PIPELINE)
         cases = [(f"{name} classifier", 224, classifier, onnx_path, False, 1)]
         if slides:
             dense = compile_model(onnx_path)

