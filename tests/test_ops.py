@@ -748,6 +748,27 @@ def test_pool_matches_reference(op, params, in_shape, rng):
     check_op(op, params, [in_shape], rng)
 
 
+NARROW_WINDOWS = [  # the pools' one-loop paths: windows 2 or 3 wide, rows of 3 all inside or not
+    dict(kernel_size=3, stride=2, padding=1),  # ResNet's stem
+    dict(kernel_size=3, stride=2, ceil_mode=True),  # GoogLeNet's, SqueezeNet's
+    dict(kernel_size=3, stride=1, padding=1),  # Inception's branch pool
+    dict(kernel_size=3, stride=2, dilation=2, padding=2),
+    dict(kernel_size=2, stride=2),  # VGG's
+    dict(kernel_size=2, stride=1, ceil_mode=True),
+    dict(kernel_size=[3, 2], stride=[2, 1], padding=[1, 0]),
+    dict(kernel_size=[2, 3], stride=[1, 2], padding=[0, 1], count_include_pad=False),
+]
+
+
+@pytest.mark.parametrize("storage", STORAGE_CHOICES)
+@pytest.mark.parametrize("op", ["maxpool", "avgpool"])
+@pytest.mark.parametrize("params", NARROW_WINDOWS)
+def test_narrow_windows_in_either_storage(op, params, storage, rng):
+    if op == "maxpool" and "count_include_pad" in params:
+        params = {k: v for k, v in params.items() if k != "count_include_pad"}
+    check_op(op, params, [(5, 11, 12)], rng, storage=storage)
+
+
 @settings(max_examples=60, deadline=None)
 @given(op=st.sampled_from(["maxpool", "avgpool"]), kh=st.integers(1, 4), kw=st.integers(1, 4),
        sh=st.integers(1, 3), sw=st.integers(1, 3), ph=st.integers(0, 2), pw=st.integers(0, 2),
