@@ -575,7 +575,8 @@ def test_winograd_runs_span_the_images_of_a_batch(plan, storage, rng):
         check_op("conv", params, [(24, 6, 5), (40, 6, 5)], rng, batch=5, strategy="winograd", storage=storage)
 
 
-@pytest.mark.parametrize("worker", [*conv_cpu._OUTER_THREAD.values(), *conv_cpu.winograd._WINOGRAD_THREAD.values()])
+@pytest.mark.parametrize("worker", [*conv_cpu._OUTER_THREAD.values(),
+                                    *conv_cpu.winograd._WINOGRAD_THREAD.values()])
 def test_per_thread_kernel_bodies_compile_as_parallel_loop_bodies_do(worker):
     """The conv kernels' per-thread functions (their parallel loops' bodies, moved out for
     compile time) keep numba's error model for parallel loop bodies: under the default,

@@ -132,7 +132,7 @@ def _activate_smooth_run(values, start, count, code):
     """`activate_run`'s loops, compiled once as a function of their own that every
     kernel calls, not inlined into each: their vectorised exp and erf took most of the
     conv kernels' compile time (`outer` with an empty cache: 15.4 s with them inlined
-    at its six call sites, 8.8 s without them). A call costs nanoseconds; a run is a
+    at its six call sites, 9.8 s calling this). A call costs nanoseconds; a run is a
     job's outputs or a pixel's channels. error_model="numpy" keeps each division free
     of a zero check, or the SiLU loop does not vectorise."""
     if code == SILU:

@@ -31,7 +31,7 @@ LANE_WIDTHS = (8, 16)  # the register tiles' widths (`vector_tile.OUTER_LANES`)
 def per_lane_width(function: Callable, options: dict, **names: dict[int, Any]) -> dict[int, Any]:
     """{lanes: `function` compiled with numba's `options`, each global in `names` bound to
     its value for that width}, for each width of LANE_WIDTHS."""
-    return {lanes: njit(**options)(_copy(function, f"_{lanes}", {name: values[lanes] for name, values in names.items()}))
+    return {lanes: njit(**options)(_copy(function, f"_{lanes}", {name: table[lanes] for name, table in names.items()}))
             for lanes in LANE_WIDTHS}
 
 

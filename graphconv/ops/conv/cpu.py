@@ -63,8 +63,7 @@ from graphconv.ops.activations import fused_code
 from graphconv.ops.activations.cpu import apply_in_place
 from graphconv.ops.fast_math import CONTRACT, NONE, RELU, activate_run
 from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, STREAM_MATMUL, multiply_band, padded_positions, prefers_stream,
-                                    stream_matmul,
-                                    stream_width)
+                                    stream_matmul, stream_width)
 from graphconv.ops.conv import is_depthwise, shape as output_shape
 from graphconv.ops.conv import depthwise, winograd
 from graphconv.ops.channels_last import as_nchw, as_stored_like, padded_copy, store_channels, stored_memory
@@ -539,7 +538,8 @@ def _conv_stream(x, channels_last, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, rel
                  out_channels_last, wide):
     """x: the input as stored (see `_patch_columns`); out3: the output as (N, C, H*W), or
     as (N, H*W, C) when it is stored channels-last (`out_channels_last`); `wide`: which
-    of `stream_matmul`'s tiles run, as its copy in CONV_STREAM for the lanes does."""
+    of `stream_matmul`'s 8-lane tiles run (the lane width is that of this function's
+    copy in CONV_STREAM that runs)."""
     n, c = x.shape[0], x.shape[3] if channels_last else x.shape[1]
     groups, og, k = w3.shape
     positions = n * ho * wo
@@ -724,7 +724,7 @@ def _pointwise_group(x3, w, bias, relu, o_offset, c_offset, chunk, out3, flat_re
                         s0 = ((p0 - p_start) // POINTWISE_TILE) * o_pad
                         for o in range(ob, oe, rows):
                             outer_tile_8(8, vectors, flat_w, o, og - 1, cg, k0, steps, flat_x, image + p0, hw,
-                                       sums, s0 + o, POINTWISE_TILE)
+                                         sums, s0 + o, POINTWISE_TILE)
             for p0 in range(p_start, p_end, POINTWISE_TILE):
                 s0 = ((p0 - p_start) // POINTWISE_TILE) * o_pad
                 count = min(POINTWISE_TILE, p_end - p0)

@@ -112,7 +112,8 @@ def _row_of_three_strided(flat_out, at, strip, count, is_max):
                                                     strip[unsigned(2 * t + 2)])
     else:
         for t in range(count):
-            flat_out[unsigned(at + t)] = strip[unsigned(2 * t)] + strip[unsigned(2 * t + 1)] + strip[unsigned(2 * t + 2)]
+            flat_out[unsigned(at + t)] = (strip[unsigned(2 * t)] + strip[unsigned(2 * t + 1)]
+                                          + strip[unsigned(2 * t + 2)])
 
 
 @njit(cache=True, inline="always")
@@ -125,7 +126,8 @@ def _rows_of_three(strip, at, src, s0, step, count, is_max):
                                                  src[unsigned(s0 + 2 * step + t)])
     else:
         for t in range(count):
-            strip[unsigned(at + t)] = src[unsigned(s0 + t)] + src[unsigned(s0 + step + t)] + src[unsigned(s0 + 2 * step + t)]
+            strip[unsigned(at + t)] = (src[unsigned(s0 + t)] + src[unsigned(s0 + step + t)]
+                                       + src[unsigned(s0 + 2 * step + t)])
 
 
 @njit(cache=True, inline="always")
