@@ -75,3 +75,25 @@ def test_a_saved_fused_network_loads_back_the_same(write_spec, tmp_path, rng):
     assert [i.name for i in loaded.graph.node("bn1").inputs] == ["stem", "f1"]
     x = random_input(rng, (1, 4, 11, 9))
     np.testing.assert_allclose(loaded.run(x, full=True), run_reference(model.graph, x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_batchnorm_may_read_the_network_input_among_its_inputs(write_spec, rng):
+    """The input is not one of the plan's buffers, so that layer is called unbound: the
+    same map either way, batch after batch."""
+    model = graphconv.load(write_spec("""
+        name: with_input
+        input: {shape: [3, 9, 9]}
+        layers:
+          - {name: c1, op: conv, out_channels: 5, kernel_size: 3, padding: 1}
+          - {name: cat, op: concat, inputs: [data, c1]}
+          - {name: bn, op: batchnorm}
+          - {name: act, op: hardswish}
+          - {name: c2, op: conv, out_channels: 4, kernel_size: 1}
+    """))
+    compiled = graphconv.compile_model(model.graph)
+    assert [i.name for i in compiled.graph.node("bn").inputs] == ["data", "c1"]
+    assert compiled.graph.node("bn").params["activation"] == "hardswish"
+    executor = Executor(compiled.graph)
+    for batch in (1, 3, 1):
+        x = random_input(rng, (batch, 3, 14, 12))
+        np.testing.assert_allclose(executor.run(x), run_reference(model.graph, x), rtol=1e-4, atol=1e-5)
