@@ -78,8 +78,8 @@ def _pool_channels_last(xh, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad,
         fill(strip, 0, strip_width, start)
         first, last = oy * sh - ph, oy * sh - ph + (kh - 1) * dh
         if kh == 3 and first >= 0 and last < height:  # every row inside: one pass
-            _rows_of_three(strip, pw * c, flat_x, (b * height + first) * width * c, dh * width * c, width * c,
-                           is_max)
+            _reduce_runs(strip, pw * c, flat_x, (b * height + first) * width * c, dh * width * c, width * c, 3,
+                         is_max, np.float32(1.0))
         else:
             rows = 0
             for i in range(kh):
@@ -92,7 +92,7 @@ def _pool_channels_last(xh, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad,
             at = (job * wo + ox) * c
             scale = np.float32(1.0) if is_max else row_scale[oy] * col_scale[ox]
             if kw == 2 or kw == 3:
-                _pixel_of_taps(flat_out, at, strip, ox * sw * c, dw * c, c, kw, is_max, scale)
+                _reduce_runs(flat_out, at, strip, ox * sw * c, dw * c, c, kw, is_max, scale)
                 continue
             _combine_strided(flat_out, at, strip, ox * sw * c, 1, c, COPY)
             for j in range(1, kw):
@@ -117,26 +117,14 @@ def _row_of_three_strided(flat_out, at, strip, count, is_max):
 
 
 @njit(cache=True, inline="always")
-def _rows_of_three(strip, at, src, s0, step, count, is_max):
-    """strip[at + t] = max or sum of src[s0 + t], src[s0 + step + t], src[s0 + 2 step + t]
-    for t < count: a window's three input rows reduced in one loop."""
-    if is_max:
-        for t in range(count):
-            strip[unsigned(at + t)] = np.maximum(np.maximum(src[unsigned(s0 + t)], src[unsigned(s0 + step + t)]),
-                                                 src[unsigned(s0 + 2 * step + t)])
-    else:
-        for t in range(count):
-            strip[unsigned(at + t)] = (src[unsigned(s0 + t)] + src[unsigned(s0 + step + t)]
-                                       + src[unsigned(s0 + 2 * step + t)])
-
-
-@njit(cache=True, inline="always")
-def _pixel_of_taps(flat_out, at, strip, s0, step, c, kw, is_max, scale):
-    """One output pixel's c channels from its kw = 2 or 3 taps in the strip (s0, s0 +
-    step, s0 + 2 step): one loop, each value reduced in a register and stored once. A
-    loop per tap, as for other widths, was entered kw times a pixel and spent much of
-    its time entering for a few dozen channels: 3x3/2 max pools 0.73-0.78x the time,
-    average pools 0.65x (64-192 channels, alternating in one process)."""
+def _reduce_runs(flat_out, at, strip, s0, step, c, kw, is_max, scale):
+    """flat_out[at + t] = the max, or the sum times `scale`, of strip[s0 + j * step + t]
+    over j < kw (2 or 3), for t < c: one loop, each value reduced in a register and
+    stored once. For an output pixel's c channels from its taps in the strip, and for a
+    strip from a window's three input rows. A loop per tap, as for other widths, was
+    entered kw times a pixel and spent much of its time entering for a few dozen
+    channels: 3x3/2 max pools 0.73-0.78x the time, average pools 0.65x (64-192
+    channels, alternating in one process); the rows in one loop gained another 5%."""
     if kw == 2:
         if is_max:
             for t in range(c):
