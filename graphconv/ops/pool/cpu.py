@@ -176,19 +176,12 @@ def _copy(acc, at, src, offset, step, count):
 @njit(cache=True, inline="always")
 def _reduce(acc, at, src, offset, step, count, how):
     """acc[at + t] = max or + of itself and src[offset + t * step] (MAX, SUM), t < count."""
-    if how == MAX:
-        if step == 1:
-            _max_strided(acc, at, src, offset, 1, count)
-        elif step == 2:
-            _max_strided(acc, at, src, offset, 2, count)
-        else:
-            _max_strided(acc, at, src, offset, step, count)
-    elif step == 1:
-        _sum_strided(acc, at, src, offset, 1, count)
+    if step == 1:
+        _max_or_sum(acc, at, src, offset, 1, count, how)
     elif step == 2:
-        _sum_strided(acc, at, src, offset, 2, count)
+        _max_or_sum(acc, at, src, offset, 2, count, how)
     else:
-        _sum_strided(acc, at, src, offset, step, count)
+        _max_or_sum(acc, at, src, offset, step, count, how)
 
 
 @njit(cache=True, inline="always")
@@ -198,7 +191,13 @@ def _combine_strided(acc, at, src, offset, step, count, how):
     if how == COPY:
         for t in range(count):
             acc[unsigned(at + t)] = src[unsigned(offset + t * step)]
-    elif how == MAX:
+    else:
+        _max_or_sum(acc, at, src, offset, step, count, how)
+
+
+@njit(cache=True, inline="always")
+def _max_or_sum(acc, at, src, offset, step, count, how):
+    if how == MAX:
         _max_strided(acc, at, src, offset, step, count)
     else:
         _sum_strided(acc, at, src, offset, step, count)
