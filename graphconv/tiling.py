@@ -167,7 +167,8 @@ class CropGrid:
         from graphconv.ops import pair
         from graphconv.pass_manager import CLASSIFIER_PIPELINE
 
-        self.model = compile_model(classifier.graph, CLASSIFIER_PIPELINE)  # the same function, in fewer passes
+        # the same function in fewer passes, made once per model (a cluster's worker makes a grid per tile)
+        self.model = classifier.derived("crop classifier", lambda: compile_model(classifier.graph, CLASSIFIER_PIPELINE))
         _, crop_h, crop_w = classifier.crop_shape
         self.stride = pair(stride)
         self.field = Field((crop_h, crop_w), self.stride, (0, 0))

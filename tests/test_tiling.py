@@ -353,6 +353,7 @@ def test_crop_grid_runs_the_classifier_with_its_batch_norm_folded_and_activation
     grid = CropGrid(classifier, 4)
     assert [n.op for n in grid.model.graph.layers()] == ["conv", "globalavgpool", "sigmoid", "mul", "globalavgpool",
                                                          "flatten", "fc"]
+    assert CropGrid(classifier, 3).model is grid.model  # one per model: its prepared weights and plans kept
     assert grid.model.graph.node("c1").params["activation"] == "relu"
     x = rng.standard_normal((2, 3, 30, 27)).astype(np.float32)
     np.testing.assert_allclose(run_tiled(grid, x, 20), crop_loop(classifier, x, 4), rtol=1e-5, atol=1e-6)
