@@ -15,8 +15,9 @@ tiles. A copy has a name of its own (`_outer_thread_16`), so numba caches it in 
 of its own. The kernels keep their `lanes` argument for their arithmetic; the Python
 side picks the copy for the same value.
 
-The functions given here are plain Python functions, specialised at the end of their
-module (a copy's globals are the module's as they are when it is made).
+The functions given here are plain Python functions, specialised once every name they
+use is defined, at the end of their module or after the function where it uses only
+imports (a copy's globals are the module's as they are when it is made).
 """
 from __future__ import annotations
 
