@@ -1,6 +1,7 @@
 """Kernels compiled per register-tile width: each copy sees its width's globals and is
 a function of its own name, and a process running convs of one width compiles (or
 loads) only that width's kernels, whatever width the tests force elsewhere."""
+import ast
 import subprocess
 import sys
 
@@ -59,6 +60,6 @@ def test_a_process_compiles_the_kernels_of_one_width_only():
     for lanes in LANE_WIDTHS:
         result = subprocess.run([sys.executable, "-c", RUN_ONE_WIDTH, str(lanes)], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
-        compiled = eval(result.stdout.strip().splitlines()[-1])
+        compiled = ast.literal_eval(result.stdout.strip().splitlines()[-1])
         assert compiled["outer"] == compiled["winograd"] == compiled["fc stream"] == [lanes]
         assert all(compiled[callee] in ([], [lanes]) for callee in ("thread", "winograd thread", "stream"))
