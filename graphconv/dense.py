@@ -133,8 +133,7 @@ def padding_reach(graph: Graph) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]
             size = len(ins[0][a])
             touched = np.zeros(out_hw[a], bool)
             for p in range(out_hw[a]):
-                taps = [p * window.stride[a] - window.padding[a] + k * window.dilation[a]
-                        for k in range(window.kernel[a])]
+                taps = window.taps(a, p)
                 outside = any(t < 0 or t >= size for t in taps)
                 pads |= outside
                 touched[p] = outside or any(ins[0][a][t] for t in taps if 0 <= t < size)
@@ -364,10 +363,10 @@ def _padding_effects(classifier: Model, x: np.ndarray, device: str) -> tuple[lis
             if (~m).any():
                 clear_diff = max(clear_diff, float(d[~m].max()))
             differing[:hh, :ww] |= d > tol
-        why = _why_padded(node, [shapes[s.name] for s in node.inputs])
+        in_shapes = [shapes[s.name] for s in node.inputs]
+        why, fill = _why_padded(node, in_shapes), _padding_fill(node, in_shapes)
         border = (_run_length(rows_reach), _run_length(rows_reach[::-1]),
                   _run_length(cols_reach), _run_length(cols_reach[::-1]))
-        fill = f"padding of {describe_fill(node.params)}" if _fills_nonzero(node) else "zero padding"
         results.append(LayerPadding(name, why, (h, w), border, int(mask.sum()), int((differing & mask).sum()),
                                     reached_diff, clear_diff, tol, len(origins), fill))
     return results, notes
@@ -391,14 +390,24 @@ def _abs_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _why_padded(node, in_shapes) -> str:
     """"padding 2x2", "padding top 0, left 0, bottom 1, right 1" (a pad layer, or any
-    window padded unevenly; "... of -inf" for a pad of another value than 0), or
-    "ceil_mode" for a pool whose windows reach past its input without padding."""
+    window padded unevenly; "... of -inf" for a pad of another value than 0), "ceil_mode"
+    for a pool whose windows reach past its input without padding, or "interpolation at
+    the edges" for an upsample that clamps its samples to the map."""
     window = node.opdef.window(node.params, in_shapes)
+    if window.floored:
+        return "interpolation at the edges"
     if not any(window.padding) and not any(window.padding_end):
         return "ceil_mode"
     if _fills_nonzero(node):
         return f"{describe_padding(window)} of {describe_fill(node.params)}"
     return describe_padding(window)
+
+
+def _padding_fill(node, in_shapes) -> str:
+    """What the positions outside a layer's input hold, as the report says it."""
+    if node.opdef.window(node.params, in_shapes).floored:
+        return "the map's edge rows and columns (repeated)"
+    return f"padding of {describe_fill(node.params)}" if _fills_nonzero(node) else "zero padding"
 
 
 def _fills_nonzero(node) -> bool:

@@ -17,6 +17,7 @@ whose box reaches past the image.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from graphconv.errors import GraphconvError
@@ -52,11 +53,16 @@ def receptive_fields(graph: Graph) -> dict[str, Field]:
 
 def _through_window(field: Field, window) -> Field:
     """The field of one cell of a window slid over a map whose cells have `field`: the
-    near-side padding (top, left) shifts it, the far side's (padding_end) does not."""
+    near-side padding (top, left) shifts it, the far side's (padding_end) does not.
+
+    A floored window (an upsample's) starts cell p's window at floor(p * stride), up to
+    (1 - stride) input cells before p * stride: the box reaches that much further back,
+    so it still holds every pixel the cell depends on."""
     stride = field.stride
-    return Field(tuple(field.size[a] + (window.extent[a] - 1) * stride[a] for a in (0, 1)),
+    lag = [(1 - window.stride[a]) * stride[a] if window.floored else 0 for a in (0, 1)]
+    return Field(tuple(_whole(field.size[a] + (window.extent[a] - 1) * stride[a] + lag[a]) for a in (0, 1)),
                  tuple(_whole(stride[a] * window.stride[a]) for a in (0, 1)),
-                 tuple(field.offset[a] - window.padding[a] * stride[a] for a in (0, 1)))
+                 tuple(_whole(field.offset[a] - window.padding[a] * stride[a] - lag[a]) for a in (0, 1)))
 
 
 def _union(node, sources: list[Field]) -> Field:
@@ -82,3 +88,18 @@ def _whole(value):
 def total_stride(graph: Graph) -> tuple[int, int]:
     """The network's output stride in input pixels (32 for AlexNet and VGG-16)."""
     return receptive_fields(graph)[graph.output.name].stride
+
+
+def upsampling_multiple(graph: Graph) -> tuple[int, int] | None:
+    """The least common multiple of the input strides of the layers that make their map
+    finer by repeating windows (upsample), per axis; None if there are none. On images
+    whose sides are multiples of it, every enlarged map is exactly as large as the
+    branch it was made for."""
+    shapes = infer_shapes(graph, check_weights=False)
+    fields, multiple = receptive_fields(graph), None
+    for node in graph.layers():
+        window = node.opdef.window(node.params, [shapes[s.name] for s in node.inputs])
+        if window is not None and window.floored:
+            stride = fields[node.inputs[0].name].stride
+            multiple = tuple(math.lcm(int(a), int(b)) for a, b in zip(multiple or (1, 1), stride))
+    return multiple

@@ -32,7 +32,8 @@ def infer_shapes(graph: Graph, input_hw: tuple[int, int] | None = None,
             shapes[node.name] = tuple(int(v) for v in node.opdef.shape(node.params, in_shapes))
         except ShapeError as err:
             got = ", ".join(_fmt(s) for s in in_shapes)
-            raise node.error(f"{err.message} (input {got})", ShapeError) from None
+            hint = _merge_hint(graph, (h, w)) if input_hw is not None and len(in_shapes) > 1 else ""
+            raise node.error(f"{err.message} (input {got}){hint}", ShapeError) from None
         if check_weights and node.opdef.has_weights:
             check_weights_fit(node, in_shapes, resized=input_hw is not None)
     return shapes
@@ -88,6 +89,21 @@ def init_weights(graph: Graph) -> list[str]:
         check_weights_fit(node, in_shapes)  # an op's own init_weights can get a shape wrong
         initialised.append(node.name)
     return initialised
+
+
+def _merge_hint(graph: Graph, image_hw: tuple[int, int]) -> str:
+    """What to do when an upsampling network's branches fail to meet on an image that is
+    not the crop: a map made at stride s and enlarged meets its partner only when every
+    downsampling on its way divided evenly, which images whose sides are multiples of
+    the upsamples' input strides guarantee."""
+    from graphconv.receptive import upsampling_multiple
+    multiple = upsampling_multiple(graph)
+    if multiple is None:
+        return ""
+    fit = [max(m, v // m * m) for v, m in zip(image_hw, multiple)]
+    return (f"; this network enlarges maps (upsample layers) to meet other branches, which works on images "
+            f"whose height and width are multiples of {multiple[0]}x{multiple[1]} pixels: resize or crop "
+            f"the image to one (e.g. {fit[0]}x{fit[1]}, --resize {fit[0]} {fit[1]})")
 
 
 def _fmt(shape: Shape) -> str:

@@ -66,6 +66,9 @@ def dilate(graph: Graph, stride: int) -> None:
         window = node.opdef.window(node.params, in_shapes)
         if window is None:
             continue
+        if window.floored:
+            raise node.error(f"{node.op} makes its map finer, and a dilated network has no such layer (it "
+                             "would upsample the interleaved maps together); use --stride-method shift")
         c_in = fields[node.inputs[0].name].stride
         c_out = fields[node.name].stride
         rate = [c_in[a] // gcd(c_in[a], stride) for a in (0, 1)]

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 import numpy as np
 
 from graphconv.errors import GraphconvError
-from graphconv.receptive import Field, receptive_fields
+from graphconv.receptive import Field, receptive_fields, upsampling_multiple
 
 
 class Source(Protocol):
@@ -127,10 +127,17 @@ class DenseGrid:
     def stitch(self) -> tuple[int, int]:
         return stitch_factors(self.model.graph)
 
+    @cached_property
+    def box_multiple(self) -> tuple[int, int]:
+        """What a box's size must be a multiple of: an upsampling network's branches meet
+        only on such inputs (`upsampling_multiple`); 1 for any other."""
+        return upsampling_multiple(self.model.graph) or (1, 1)
+
     def smallest_tile(self) -> tuple[int, int]:
         _check_slides(self.model.graph)
         return tuple(int(self.field.size[a] + _lead(self.field, self.stitch, a) + _slack(self.field, self.align, a,
-                                                                                         self.stitch[a]))
+                                                                                         self.stitch[a])
+                         + self.box_multiple[a] - 1)
                      for a in (0, 1))
 
     def map_hw(self, image_hw: tuple[int, int]) -> tuple[int, int]:
@@ -174,6 +181,7 @@ class CropGrid:
         self.field = Field((crop_h, crop_w), self.stride, (0, 0))
         self.align = self.stride
         self.stitch = (1, 1)
+        self.box_multiple = (1, 1)
 
     def smallest_tile(self) -> tuple[int, int]:
         return self.field.size
@@ -247,10 +255,11 @@ def plan_tiles(model, image_hw: tuple[int, int], tile: int | Sequence[int]) -> T
                              f"its alignment to {align[0]}x{align[1]} px; the smallest tile that works "
                              f"is {max(smallest)} (or {smallest[0]}x{smallest[1]})")
     map_hw = grid.map_hw(image_hw)
-    cells = tuple(_cells_per_tile(tile_hw[a], field, align, a, grid.stitch) for a in (0, 1))
+    cells = tuple(_cells_per_tile(tile_hw[a] - grid.box_multiple[a] + 1, field, align, a, grid.stitch)
+                  for a in (0, 1))
     row_spans = list(_spans(map_hw[0], cells[0]))
     col_spans = list(_spans(map_hw[1], cells[1]))
-    tiles = tuple(Tile(rows, cols, _box(field, align, rows, cols, image_hw, grid.stitch))
+    tiles = tuple(Tile(rows, cols, _box(field, align, rows, cols, image_hw, grid.stitch, grid.box_multiple))
                   for rows in row_spans for cols in col_spans)
     largest = (max(t.box[2] - t.box[0] for t in tiles), max(t.box[3] - t.box[1] for t in tiles))
     return TilePlan(tuple(image_hw), map_hw, largest, cells, field, align, tiles)
@@ -297,10 +306,11 @@ def _spans(total: int, step: int) -> Iterator[tuple[int, int]]:
         yield start, min(total, start + step)
 
 
-def _box(field: Field, align, rows, cols, image_hw, stitch=(1, 1)) -> tuple[int, int, int, int]:
+def _box(field: Field, align, rows, cols, image_hw, stitch=(1, 1), multiple=(1, 1)) -> tuple[int, int, int, int]:
     """The input box a tile reads: from the first cell's field start, rounded down to the
-    alignment (at least 0, the image's true border), to the last cell's field end (at most
-    the image's end).
+    alignment (at least 0, the image's true border), to the last cell's field end rounded
+    up to `multiple` (at most the image's end): an upsampling network's box must be a
+    whole number of its coarsest cells, and the alignment is a multiple of those.
 
     With shift-and-stitch (f copies per axis), fine cell j is cell j // f of copy j % f,
     the box shifted by (j % f) * stride and cut there: a padded network pads that copy at
@@ -310,7 +320,8 @@ def _box(field: Field, align, rows, cols, image_hw, stitch=(1, 1)) -> tuple[int,
     for a, (start, stop) in enumerate((rows, cols)):
         first = field.offset[a] + (start - start % stitch[a]) * field.stride[a]
         last_end = field.offset[a] + (stop - 1) * field.stride[a] + field.size[a]
-        box.append((max(0, (first // align[a]) * align[a]), min(image_hw[a], int(math.ceil(last_end)))))
+        end = -(-int(math.ceil(last_end)) // multiple[a]) * multiple[a]
+        box.append((max(0, (first // align[a]) * align[a]), min(image_hw[a], end)))
     (top, bottom), (left, right) = box
     return top, left, bottom, right
 

@@ -1,10 +1,11 @@
 """Small PyTorch classifiers built like the torchvision architectures users bring
 (AlexNet, VGG with batch norm, ResNet, SqueezeNet, MobileNetV2, DenseNet, GoogLeNet,
-ConvNeXt, ShuffleNetV2, EfficientNet, MobileNetV3, Darknet, anti-aliased pooling), for
-the ONNX import tests. torchvision is not needed: each keeps the structure that matters
-to an importer (batch norm after conv and after concat, residual adds, depthwise convs,
-ReLU6, LeakyReLU, PReLU, reflect and edge padding, ceil-mode pooling, four-branch
-concats, global pooling, flatten) at a size that exports and runs in well under a second.
+ConvNeXt, ShuffleNetV2, EfficientNet, MobileNetV3, Darknet, anti-aliased pooling,
+HRNet), for the ONNX import tests. torchvision is not needed: each keeps the structure
+that matters to an importer (batch norm after conv and after concat, residual adds,
+depthwise convs, ReLU6, LeakyReLU, PReLU, reflect and edge padding, ceil-mode pooling,
+four-branch concats, global pooling, flatten, nearest and bilinear upsampling) at a size
+that exports and runs in well under a second.
 
 EfficientNet and MobileNetV3 have squeeze-and-excitation gates, which cannot slide
 (see passes/global_pool_to_window.py): they are in ZOO, for the classifier tests, but
@@ -486,10 +487,36 @@ class AntiAliasedSmall(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class HRNetSmall(nn.Module):
+    """HRNet's shape: a high- and a low-resolution branch, the low one enlarged and added
+    to the high one, by nn.Upsample's nearest (as timm's HRNet fuses its branches) and by
+    bilinear interpolation (F.interpolate, align_corners=False). Its images must be a
+    multiple of 4 pixels, so that the enlarged low branch meets the high one."""
+    crop = 32
+    multiple = 4
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.stem = conv_bn(3, 8, 3, 2)
+        self.low = nn.Sequential(conv_bn(8, 16, 3, 2), conv_bn(16, 16, 3))
+        self.high = conv_bn(8, 8, 3)
+        self.fuse_nearest = nn.Sequential(conv_bn(16, 8, 1, relu=False), nn.Upsample(scale_factor=2))
+        self.fuse_bilinear = nn.Conv2d(16, 8, 1)
+        self.final = conv_bn(8, 16, 3, 2)
+        self.head = Head(16, classes, window=8)
+
+    def forward(self, x, dense: bool = False):
+        x = self.stem(x)
+        low = self.low(x)
+        bilinear = F.interpolate(self.fuse_bilinear(low), scale_factor=2, mode="bilinear", align_corners=False)
+        x = F.relu(self.high(x) + self.fuse_nearest(low) + bilinear)
+        return self.head(self.final(x), dense)
+
+
 ZOO = {cls.__name__.removesuffix("Small").lower(): cls
        for cls in (AlexNetSmall, VGGBNSmall, ResNetSmall, SqueezeNetSmall, MobileNetV2Small,
                    DenseNetSmall, GoogLeNetSmall, ConvNeXtSmall, ShuffleNetSmall, EfficientNetSmall,
-                   MobileNetV3Small, DarknetSmall, AntiAliasedSmall)}
+                   MobileNetV3Small, DarknetSmall, AntiAliasedSmall, HRNetSmall)}
 GATED = ("efficientnet", "mobilenetv3")  # squeeze-and-excitation: classifiers only
 SLIDING = [name for name in ZOO if name not in GATED]
 

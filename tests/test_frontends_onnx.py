@@ -71,7 +71,9 @@ def test_compiled_dense_map_equals_the_same_conversion_in_pytorch(exported, arch
     model, path = exported(arch, fold=False)
     compiled = compile_model(path)
     assert not compiled.graph.find("globalavgpool") and not compiled.graph.find("fc")
-    x = rng.standard_normal((1, 3, model.crop + 37, model.crop + 50)).astype(np.float32)
+    multiple = getattr(model, "multiple", 1)  # HRNet's branches meet only on multiples of 4
+    size = [-(-(model.crop + extra) // multiple) * multiple for extra in (37, 50)]
+    x = rng.standard_normal((1, 3, *size)).astype(np.float32)
     out = compiled.run(x)
     expected = torch_scores(model, x, dense=True)
     assert out.shape[2] >= 2 and out.shape[3] >= 2, "the map should be dense"
@@ -171,10 +173,10 @@ def test_reshape_from_a_shape_chain_is_a_flatten(tmp_path, rng):
 
 def test_unsupported_op_names_the_node_and_the_op(tmp_path):
     helper = onnx.helper
-    nodes = [helper.make_node("Resize", ["x", "", "scales"], ["y"], name="Resize_12")]
-    model = tiny_model(nodes, {"scales": np.array([1, 1, 2, 2])})
+    nodes = [helper.make_node("ReduceL2", ["x"], ["y"], name="ReduceL2_12")]  # ConvNeXt V2's response norm
+    model = tiny_model(nodes, {})
     path = save(model, tmp_path / "model.onnx")
-    with pytest.raises(GraphconvError, match=r"model.onnx: node 'Resize_12': op Resize is not supported "
+    with pytest.raises(GraphconvError, match=r"model.onnx: node 'ReduceL2_12': op ReduceL2 is not supported "
                                              r"\(supported: .*Conv"):
         load_network(path)
 
@@ -798,3 +800,52 @@ def test_an_nhwc_input_that_is_transposed_first_is_read_as_nchw(tmp_path, rng):
     mixed = onnx_file(tmp_path / "mixed.onnx", nodes, {"w": w}, input_shape=(1, 10, 12, 3))
     with pytest.raises(GraphconvError, match=r"Transpose \[0, 3, 1, 2\] of a feature map"):
         load_network(mixed)
+
+
+# (op set, op type, attributes, inputs after x, their initializers): the forms exporters write
+RESIZE_FORMS = {
+    "nearest-scales": (13, "Resize", dict(mode="nearest", coordinate_transformation_mode="asymmetric",
+                                          nearest_mode="floor"), ["", "scales"], {"scales": [1, 1, 2, 3]}),
+    "nearest-half-pixel": (19, "Resize", dict(mode="nearest"), ["", "scales"], {"scales": [1, 1, 3, 2]}),
+    "nearest-sizes": (13, "Resize", dict(mode="nearest", coordinate_transformation_mode="asymmetric",
+                                         nearest_mode="floor"), ["", "", "sizes"], {"sizes": [1, 3, 10, 14]}),
+    "bilinear": (11, "Resize", dict(mode="linear", coordinate_transformation_mode="pytorch_half_pixel"),
+                 ["roi", "scales"], {"roi": [], "scales": [1, 1, 2, 2]}),  # op set 11: roi required
+    "bilinear-default": (18, "Resize", dict(mode="linear"), ["", "scales"], {"scales": [1, 1, 4, 3]}),
+    "resize-opset10": (10, "Resize", dict(mode="nearest"), ["scales"], {"scales": [1, 1, 2, 2]}),
+    "upsample-opset9": (9, "Upsample", dict(mode="nearest"), ["scales"], {"scales": [1, 1, 2, 3]}),
+    "upsample-opset7": (7, "Upsample", dict(mode="nearest", scales=[1.0, 1.0, 3.0, 2.0]), [], {}),
+}
+
+
+@pytest.mark.parametrize("form", sorted(RESIZE_FORMS))
+def test_resize_and_upsample_in_every_form_match_onnxruntime(tmp_path, form, rng):
+    opset, op_type, attrs, extra, inits = RESIZE_FORMS[form]
+    inits = {k: np.array(v, np.int64 if k == "sizes" else np.float32) for k, v in inits.items()}
+    nodes = [onnx.helper.make_node(op_type, ["x", *extra], ["y"], **attrs)]
+    path = onnx_file(tmp_path / f"{form}.onnx", nodes, inits, opset=opset, input_shape=(1, 3, 5, 7))
+    [layer] = load_network(path).layers()
+    assert layer.op == "upsample"
+    assert layer.params["mode"] == ("bilinear" if attrs["mode"] == "linear" else "nearest")
+    x = rng.standard_normal((1 if "sizes" in inits else 2, 3, 5, 7)).astype(np.float32)  # sizes name the batch
+    np.testing.assert_allclose(Model(load_network(path)).run(x, full=True), onnxruntime_scores(path, x),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case,message", [
+    ("align-corners", r"linear Resize with coordinate_transformation_mode 'align_corners'.*cannot slide"),
+    ("cubic", r"Resize mode 'cubic' is not supported"),
+    ("fraction", r"Resize by 1.5 x 2: graphconv enlarges by whole numbers"),
+    ("channels", r"Resize with scales \[1.0, 2.0, 2.0, 2.0\]: graphconv enlarges rows and columns only"),
+    ("round-asymmetric", r"nearest Resize with coordinate_transformation_mode 'asymmetric' and nearest_mode "
+                         r"'round_prefer_floor'"),
+])
+def test_resizes_that_cannot_slide_are_refused_naming_the_node(tmp_path, case, message):
+    attrs = {"align-corners": dict(mode="linear", coordinate_transformation_mode="align_corners"),
+             "cubic": dict(mode="cubic"), "round-asymmetric": dict(coordinate_transformation_mode="asymmetric")
+             }.get(case, dict(mode="nearest"))
+    scales = {"fraction": [1, 1, 1.5, 2], "channels": [1, 2, 2, 2]}.get(case, [1, 1, 2, 2])
+    nodes = [onnx.helper.make_node("Resize", ["x", "", "scales"], ["y"], name="up", **attrs)]
+    path = onnx_file(tmp_path / "resize.onnx", nodes, {"scales": np.array(scales, np.float32)})
+    with pytest.raises(GraphconvError, match=f"resize.onnx: node 'up': {message}"):
+        load_network(path)

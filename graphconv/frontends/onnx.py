@@ -702,6 +702,69 @@ def _pad_amounts(imp: _Importer, node, attrs: dict) -> tuple[list[int], list[int
     return begin, end, value
 
 
+@converts("Resize", "Upsample")
+def _resize(imp: _Importer, node) -> None:
+    """A whole-number enlargement of the rows and columns: an `upsample` layer. The
+    scales come from the `scales` input (or attribute, Upsample before op set 9), or
+    from constant `sizes` that are whole multiples of the map's. Nearest modes that pick
+    cell p // factor (asymmetric with floor, as PyTorch's "nearest" writes it, or any
+    half-pixel rounding) and linear with half-pixel coordinates (align_corners=False)
+    are what slides; the rest are refused, naming the node."""
+    x = imp.tensor(node.input[0])
+    if x.rank != 4:
+        raise imp.error(f"{node.op_type} of a rank-{x.rank} value; graphconv resizes (N, C, H, W) maps")
+    attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in imp.attributes(node).items()}
+    factor = _resize_factor(imp, node, x, attrs)
+    mode = attrs.get("mode", "nearest")
+    coordinates = attrs.get("coordinate_transformation_mode",
+                            "half_pixel" if node.op_type == "Resize" and imp.opset >= 11 else "asymmetric")
+    if mode == "nearest":  # before op set 11 ONNX had no nearest_mode; onnxruntime floors
+        old = node.op_type == "Upsample" or imp.opset < 11
+        rounding = attrs.get("nearest_mode", "floor" if old else "round_prefer_floor")
+        floors = coordinates in ("half_pixel", "pytorch_half_pixel") or rounding == "floor"
+        if coordinates not in ("asymmetric", "half_pixel", "pytorch_half_pixel") or not floors:
+            raise imp.error(f"nearest {node.op_type} with coordinate_transformation_mode {shown(coordinates)} "
+                            f"and nearest_mode {shown(rounding)}: graphconv repeats each cell (PyTorch's "
+                            "'nearest': asymmetric with floor, or half_pixel)")
+    elif mode == "linear":
+        if coordinates not in ("half_pixel", "pytorch_half_pixel") or node.op_type == "Upsample":
+            raise imp.error(f"linear {node.op_type} with coordinate_transformation_mode {shown(coordinates)}: "
+                            "graphconv interpolates with half-pixel coordinates (PyTorch's align_corners=False); "
+                            "align_corners=True moves every sample with the map's size, so it cannot slide")
+        mode = "bilinear"
+    else:
+        raise imp.error(f"{node.op_type} mode {shown(mode)} is not supported (graphconv has nearest and linear)")
+    if factor == (1, 1):
+        imp.alias(node, x)
+        return
+    imp.add_layer(node, "upsample", [x], dict(factor=list(factor), mode=mode))
+
+
+def _resize_factor(imp: _Importer, node, x: Tensor, attrs: dict) -> tuple[int, int]:
+    """(fy, fx) of a Resize or Upsample node, checked to leave N and C alone and to be
+    whole numbers."""
+    if node.op_type == "Upsample" and imp.opset < 9:
+        scales = np.asarray(attrs["scales"], np.float64)
+    elif node.op_type == "Upsample" or imp.opset < 11:
+        scales = imp.constant(node.input[1], "scales").astype(np.float64)
+    else:
+        scales = imp.optional_constant(node, 2, "scales")
+        sizes = imp.optional_constant(node, 3, "sizes")
+        if scales is None or scales.size == 0:  # sizes instead: N, C, H, W (the batch's is ignored)
+            if sizes is None or sizes.size != 4:
+                raise imp.error("Resize without 4 constant scales or sizes; graphconv resizes (N, C, H, W) maps "
+                                "by fixed factors")
+            scales = np.array([1.0, *(sizes[1:] / np.array(x.shape))])
+    if attrs.get("axes") is not None or scales.size != 4 or scales[1] != 1.0 or scales[0] != 1.0:
+        raise imp.error(f"{node.op_type} with scales {scales.tolist()}: graphconv enlarges rows and columns "
+                        "only (scales [1, 1, fy, fx])")
+    factor = tuple(int(s) for s in scales[2:])
+    if any(s != f or f < 1 for s, f in zip(scales[2:], factor)):
+        raise imp.error(f"{node.op_type} by {scales[2]:g} x {scales[3]:g}: graphconv enlarges by whole "
+                        "numbers (a fractional scale would sample differently across a larger image)")
+    return factor
+
+
 @converts("GlobalAveragePool")
 def _global_average_pool(imp: _Importer, node) -> None:
     imp.add_layer(node, "globalavgpool", [imp.tensor(node.input[0])])

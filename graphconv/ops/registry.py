@@ -26,6 +26,7 @@ naming the op and the device, never a ModuleNotFoundError.
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import partial
@@ -75,13 +76,20 @@ class Window:
     `pad` layer (convs and pools pad symmetrically, and `padding_end` defaults to
     `padding`). Only the near side moves cells: cell 0 of the output starts `padding`
     pixels before the input's first, whatever `padding_end` is; the far side only adds
-    windows at the end."""
+    windows at the end.
+
+    `floored` is for ops that make their map finer by repeating each input cell's
+    window (an upsample, stride 1/f): output cell p's window starts at
+    floor(p * stride) - padding, not at p * stride - padding. Receptive fields then widen
+    each cell's box to cover the f cells that share a window (`graphconv.receptive`), and
+    padding analysis floors the taps (`graphconv.dense.padding_reach`)."""
 
     kernel: tuple[int, int]
     stride: tuple[int, int]
     padding: tuple[int, int]
     dilation: tuple[int, int]
     padding_end: tuple[int, int] | None = None
+    floored: bool = False
 
     def __post_init__(self) -> None:
         if self.padding_end is None:
@@ -91,6 +99,15 @@ class Window:
     def extent(self) -> tuple[int, int]:
         """Input pixels one output pixel spans: dilation * (kernel - 1) + 1."""
         return tuple(d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilation))
+
+    def taps(self, axis: int, position: int) -> list:
+        """The input cells output cell `position` reads on `axis` (0: rows, 1: columns);
+        outside 0..size-1 they are padding."""
+        start = position * self.stride[axis]
+        if self.floored:
+            start = math.floor(start)
+        start -= self.padding[axis]
+        return [start + k * self.dilation[axis] for k in range(self.kernel[axis])]
 
     @property
     def symmetric(self) -> bool:

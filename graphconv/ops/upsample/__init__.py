@@ -1,0 +1,120 @@
+"""upsample: each map made `factor` times larger, by repeating or interpolating its cells
+(torch.nn.Upsample and F.interpolate with an integer scale factor, ONNX Resize).
+
+`mode` "nearest" repeats each cell factor x factor times (PyTorch's "nearest" and
+"nearest-exact", ONNX's asymmetric/floor and half-pixel nearest: for a whole factor they
+pick the same cell). "bilinear" interpolates between the two nearest cells of each axis,
+with the half-pixel rule of PyTorch's `align_corners=False` and ONNX's `half_pixel`:
+output position p samples the input at (p + 0.5) / factor - 0.5, clamped to the map,
+so the first and last rows and columns are repeated past its edges. `align_corners=True`
+is not offered: its sampling points depend on the map's size, so a larger image would
+move every one of them, and the network would no longer slide.
+
+Why it slides: output cell p reads input cells near floor(p / factor), whatever the
+map's size, so a tile aligned to the input's stride sees the same values as the whole
+image. For receptive fields it is a floored window of stride 1/factor (`Window.floored`):
+one cell for nearest, three (the nearest cell and its two neighbours, which cover both
+interpolation taps wherever p falls) for bilinear, whose clamped edges `verify` reports
+like padding.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+
+from graphconv.ops.registry import Example, OpDef, Param, Window, numel, register
+
+MODES = ("nearest", "bilinear")
+
+
+def source(p: int, factor: int, size: int, bilinear: bool) -> tuple[int, int, float]:
+    """(first input cell, second input cell, weight of the second) that output position
+    `p` of an axis of `size` input cells reads: nearest reads one cell, p // factor, with
+    weight 0. Both kernels compile this one function."""
+    if not bilinear:
+        cell = p // factor
+        return cell, cell, 0.0
+    x = max((p + 0.5) / factor - 0.5, 0.0)
+    first = int(x)
+    second = min(first + 1, size - 1)
+    return first, second, x - first
+
+
+def shape(params: dict, shapes) -> tuple[int, int, int]:
+    (c, h, w), = shapes
+    fy, fx = params["factor"]
+    return c, h * fy, w * fx
+
+
+def window(params: dict, shapes) -> Window:
+    fy, fx = params["factor"]
+    stride = (Fraction(1, fy), Fraction(1, fx))
+    if params["mode"] == "nearest":
+        return Window((1, 1), stride, (0, 0), (1, 1), floored=True)
+    return Window((3, 3), stride, (1, 1), (1, 1), floored=True)
+
+
+def axis_weights(size: int, factor: int, bilinear: bool) -> np.ndarray:
+    """(size * factor, size) float64 matrix: row p holds output position p's weights on
+    the input cells of one axis."""
+    matrix = np.zeros((size * factor, size))
+    for p in range(size * factor):
+        first, second, weight = source(p, factor, size, bilinear)
+        matrix[p, first] += 1.0 - weight
+        matrix[p, second] += weight
+    return matrix
+
+
+def reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
+    """Both axes as matrix products in float64: rows, then columns."""
+    (fy, fx), bilinear = params["factor"], params["mode"] == "bilinear"
+    x = inputs[0].astype(np.float64)
+    rows = axis_weights(x.shape[2], fy, bilinear)
+    cols = axis_weights(x.shape[3], fx, bilinear)
+    return np.einsum("ph,nchw,qw->ncpq", rows, x, cols).astype(np.float32)
+
+
+def torch_equivalent(params: dict, weights: dict, inputs: list):
+    import torch.nn.functional as F
+    fy, fx = params["factor"]
+    if params["mode"] == "nearest":
+        return F.interpolate(inputs[0], scale_factor=(fy, fx), mode="nearest")
+    return F.interpolate(inputs[0], scale_factor=(fy, fx), mode="bilinear", align_corners=False)
+
+
+def onnx_resize(writer, params: dict, inputs: list[str], output: str) -> None:
+    """One Resize node with constant scales (op set 11 and later)."""
+    fy, fx = params["factor"]
+    scales = writer.constant(np.array([1.0, 1.0, fy, fx], np.float32))
+    if params["mode"] == "nearest":
+        writer.node("Resize", [inputs[0], "", scales], output, mode="nearest",
+                    coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    else:
+        writer.node("Resize", [inputs[0], "", scales], output, mode="linear",
+                    coordinate_transformation_mode="half_pixel")
+
+
+def flops(params: dict, shapes, out) -> int:
+    """Three two-flop interpolations per bilinear output value; nearest only copies."""
+    return 6 * numel(out) if params["mode"] == "bilinear" else 0
+
+
+register(OpDef(
+    name="upsample", doc="each map `factor` times larger: cells repeated (nearest) or interpolated "
+                         "(bilinear, half-pixel) (nn.Upsample, ONNX Resize)",
+    params=(Param("factor", "pair", doc="how many times larger, per axis (fy, fx)"),
+            Param("mode", "choice", "nearest", choices=MODES,
+                  doc="nearest: each cell repeated; bilinear: interpolated, align_corners=False")),
+    shape=shape, reference=reference, window=window, flops=flops, package=__name__,
+    torch=torch_equivalent, onnx=onnx_resize, channels_last="any",
+    examples=(
+        Example({"factor": 2}, [(3, 2, 3)]),
+        Example({"factor": [3, 2]}, [(2, 2, 2)], batch=1),
+        Example({"factor": 1}, [(2, 2, 3)], batch=1),
+        Example({"factor": 2, "mode": "bilinear"}, [(2, 3, 4)]),
+        Example({"factor": [1, 3], "mode": "bilinear"}, [(1, 4, 2)], batch=3),
+        Example({"factor": [4, 3], "mode": "bilinear"}, [(2, 2, 2)], batch=1),
+        Example({"factor": 2, "mode": "bilinear"}, [(3, 1, 1)]),
+    ),
+))

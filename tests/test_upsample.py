@@ -1,0 +1,130 @@
+"""Networks that upsample (graphconv/ops/upsample): they slide, tile and verify exactly.
+
+The kernels are checked against the reference and PyTorch by the registry tests
+(test_ops.py, test_torch_bridge.py, test_cuda.py); here the network-level promises:
+the dense map equals the crop loop, tiles equal the whole map, every cell's receptive
+field holds every pixel it depends on, and what cannot work says why."""
+import numpy as np
+import pytest
+
+import graphconv
+from graphconv.dense import crop_loop, padding_reach, verify
+from graphconv.errors import GraphconvError
+from graphconv.receptive import receptive_fields, total_stride, upsampling_multiple
+from graphconv.tiling import min_tile, run_tiled
+from conftest import SPECS, random_input
+
+# unpadded, nearest only: every cell of the dense map equals the classifier on its crop
+NEAREST = """
+name: nearest
+input: {shape: [2, 20, 20]}
+layers:
+  - {name: stem, op: conv, out_channels: 4, kernel_size: 2, stride: 2}
+  - {name: low, op: conv, out_channels: 4, kernel_size: 2, stride: 2}
+  - {name: up, op: upsample, factor: 2}
+  - {name: sum, op: add, inputs: [stem, up]}
+  - {name: pool, op: maxpool, kernel_size: 2}
+  - {name: fc, op: fc, out_features: 3}
+"""
+
+# HRNet's shape with padded convs: a stride-8 branch enlarged 4x (nearest) and a stride-4
+# branch enlarged 2x (bilinear) added to a stride-2 one
+BRANCHES = """
+name: branches
+input: {shape: [3, 32, 32]}
+layers:
+  - {name: stem, op: conv, out_channels: 4, kernel_size: 3, stride: 2, padding: 1}
+  - {name: mid, op: conv, out_channels: 6, kernel_size: 3, stride: 2, padding: 1}
+  - {name: low, op: conv, out_channels: 4, kernel_size: 3, stride: 2, padding: 1}
+  - {name: low_up, op: upsample, factor: 4}
+  - {name: mid_proj, op: conv, out_channels: 4, kernel_size: 1, inputs: [mid]}
+  - {name: mid_up, op: upsample, factor: 2, mode: bilinear}
+  - {name: fused, op: add, inputs: [stem, low_up, mid_up]}
+  - {name: act, op: relu}
+  - {name: head, op: conv, out_channels: 5, kernel_size: 3, stride: 2, padding: 1}
+  - {name: gap, op: globalavgpool}
+  - {name: fc, op: fc, out_features: 3}
+"""
+
+
+def models(write_spec, text):
+    classifier = graphconv.load(write_spec(text))
+    return classifier, graphconv.compile_model(classifier.graph)
+
+
+@pytest.mark.parametrize("extra", [(0, 0), (4, 8), (12, 28)])
+def test_an_unpadded_nearest_network_slides_exactly(write_spec, rng, extra):
+    classifier, fcn = models(write_spec, NEAREST)
+    image = random_input(rng, (2, 2, 20 + extra[0], 20 + extra[1]))
+    dense = fcn.run(image)
+    expected = crop_loop(classifier, image, total_stride(fcn.graph))
+    assert dense.shape == expected.shape == (2, 3, extra[0] // 4 + 1, extra[1] // 4 + 1)
+    np.testing.assert_allclose(dense, expected, rtol=1e-5, atol=1e-5)
+    assert verify(classifier, fcn, image).exact_by_construction
+
+
+def test_tiles_of_an_upsampling_network_equal_its_whole_map(write_spec, rng):
+    _, fcn = models(write_spec, BRANCHES)
+    image = random_input(rng, (1, 3, 96, 120))
+    whole = fcn.run(image)
+    tile = max(min_tile(fcn))
+    tiled = run_tiled(fcn, image, tile)
+    assert tiled.shape == whole.shape and tile < 120
+    np.testing.assert_array_equal(tiled, whole)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+@pytest.mark.parametrize("factor", [2, 3])
+def test_every_cell_field_holds_every_pixel_it_depends_on(write_spec, rng, mode, factor):
+    """Change one pixel: exactly the cells whose receptive field holds it may change. A
+    field that is too small (the floored window's lag forgotten) fails here."""
+    spec = f"""
+    name: field
+    input: {{shape: [1, 24, 24]}}
+    layers:
+      - {{name: down, op: conv, out_channels: 2, kernel_size: 3, stride: 3}}
+      - {{name: up, op: upsample, factor: {factor}, mode: {mode}}}
+      - {{name: mix, op: conv, out_channels: 2, kernel_size: 2}}
+    """
+    model = graphconv.load(write_spec(spec))
+    field = receptive_fields(model.graph)[model.graph.output.name]
+    image = random_input(rng, (1, 1, 24, 24))
+    base = model.run(image, full=True)
+    for y, x in rng.integers(0, 24, size=(12, 2)):
+        poked = image.copy()
+        poked[0, 0, y, x] += 10.0
+        changed = np.abs(model.run(poked, full=True) - base).max(axis=(0, 1)) > 0
+        for i, j in zip(*np.nonzero(changed)):
+            top, left, bottom, right = field.box(i, j)
+            assert top <= y < bottom and left <= x < right, f"cell {(i, j)} changed, its field {field.box(i, j)}"
+
+
+def test_bilinear_edges_are_reported_like_padding(write_spec, rng):
+    classifier, fcn = models(write_spec, BRANCHES)
+    reach, sources = padding_reach(classifier.graph)
+    assert "mid_up" in sources and "low_up" not in sources  # nearest never reads outside its map
+    rows, _ = reach["mid_up"]
+    assert rows[0] and rows[-1]
+    report = verify(classifier, fcn, random_input(rng, (1, 3, 64, 64)))
+    assert report.conversion_exact and report.passed
+    [line] = [layer for layer in report.layers if layer.name == "mid_up"]
+    assert line.why == "interpolation at the edges" and "edge rows and columns" in line.fill
+
+
+def test_dilation_is_refused_and_shift_and_stitch_works(write_spec, rng):
+    path = write_spec(NEAREST)
+    with pytest.raises(GraphconvError, match="layer 'up'.*makes its map finer.*--stride-method shift"):
+        graphconv.compile_model(path, output_stride=2, stride_method="dilate")
+    classifier = graphconv.load(path)
+    fine = graphconv.compile_model(path, output_stride=2)  # auto: shift, the only method
+    assert fine.graph.find("interleave")
+    image = random_input(rng, (1, 2, 28, 32))
+    np.testing.assert_allclose(fine.run(image), crop_loop(classifier, image, (2, 2)), rtol=1e-5, atol=1e-5)
+
+
+def test_an_image_the_branches_cannot_meet_on_says_which_sizes_work(write_spec, rng):
+    _, fcn = models(write_spec, BRANCHES)
+    assert upsampling_multiple(fcn.graph) == (8, 8)
+    with pytest.raises(GraphconvError, match=r"layer 'fused'.*multiples of 8x8 pixels.*--resize 64 72"):
+        fcn.run(random_input(rng, (1, 3, 70, 75)))
+    assert upsampling_multiple(graphconv.load_spec(SPECS / "lenet.yaml")) is None
