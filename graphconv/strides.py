@@ -106,6 +106,22 @@ def dilated_pad(padding: tuple[int, int, int, int], rate: list[int]) -> tuple[in
     return (top * rate[0], left * rate[1], bottom * rate[0], right * rate[1])
 
 
+# What a network that cannot slide can do instead, for the errors that refuse it.
+CROPS_INSTEAD = ("`graphconv run MODEL --image IMAGE --crops` computes the same map crop by crop (exact, "
+                 "without the dense pass's shared work)")
+
+
+def refuse_whole_map_layers(graph: Graph) -> None:
+    """Raise, naming the first, for a layer whose every value depends on statistics of its
+    whole input map (`OpDef.whole_map`: groupnorm): on a larger image they are the whole
+    image's, not each crop's, so no dense pass equals the classifier on every crop."""
+    for node in graph.layers():
+        if node.opdef.whole_map:
+            raise node.error(f"{node.op} normalises over its whole map, so on a larger image its statistics "
+                             "are the image's, not each crop's: no single dense pass equals the classifier on "
+                             f"every crop, and the network cannot be compiled to slide; {CROPS_INSTEAD}")
+
+
 # Ops that see their whole input, and the pass that makes each slide over larger images.
 SLIDING_PASS = {"fc": "fc-to-conv", "globalavgpool": "global-pool-to-window", "flatten": "remove-flatten"}
 

@@ -268,8 +268,9 @@ def plan_tiles(model, image_hw: tuple[int, int], tile: int | Sequence[int]) -> T
 def _check_slides(graph) -> None:
     """Tiles need a network that slides: a layer that sees its whole input (an fc, a
     global pool) gives one answer per image, which no tile could compute alone."""
-    from graphconv.strides import SLIDING_PASS
+    from graphconv.strides import SLIDING_PASS, refuse_whole_map_layers
 
+    refuse_whole_map_layers(graph)
     for node in graph.layers():
         if node.op in SLIDING_PASS:
             raise node.error(f"{node.op} sees its whole input, so the network cannot be evaluated in tiles: "

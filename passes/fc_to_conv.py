@@ -9,12 +9,15 @@ from graphconv.ir import Graph
 from graphconv.ops import get_op
 from graphconv.params import normalize_params
 from graphconv.pass_manager import register_pass
+from graphconv.strides import refuse_whole_map_layers
 
 
 @register_pass("fc-to-conv", "rewrite every fc layer as the equivalent convolution",
                requires=("shapes",), preserves=("shapes",))
 def fc_to_conv(graph: Graph) -> bool:
     fcs = graph.find("fc")
+    if fcs:
+        refuse_whole_map_layers(graph)  # it would slide, and be wrong
     for fc in fcs:
         c, h, w = fc.inputs[0].shape
         weight = fc.weights["weight"].reshape(fc.params["out_features"], c, h, w)

@@ -11,13 +11,15 @@ That holds only while the pooled value flows on to the head alone. A squeeze-and
 excitation block (EfficientNet, MobileNetV3, RegNetY) multiplies its global average
 back into the map it was pooled from: each crop rescales its own features by its own
 averages, so one dense pass cannot equal the classifier on every crop, and no rewrite
-of the pool makes it so. Such a network is refused here, naming the gate.
+of the pool makes it so. Such a network is refused here, naming the gate, and so is
+one that normalises over whole maps (groupnorm), whose statistics a larger image changes.
 """
 from graphconv.errors import GraphconvError
 from graphconv.ir import Graph, Node
 from graphconv.ops import get_op
 from graphconv.params import normalize_params
 from graphconv.pass_manager import register_pass
+from graphconv.strides import CROPS_INSTEAD, refuse_whole_map_layers
 
 
 @register_pass("global-pool-to-window",
@@ -25,6 +27,8 @@ from graphconv.pass_manager import register_pass
                requires=("shapes",), preserves=("shapes",))
 def global_pool_to_window(graph: Graph) -> bool:
     pools = graph.find("globalavgpool")
+    if pools:
+        refuse_whole_map_layers(graph)
     for pool in pools:
         _refuse_if_it_gates_a_map(graph, pool)
         _, h, w = pool.inputs[0].shape
@@ -48,5 +52,4 @@ def _refuse_if_it_gates_a_map(graph: Graph, pool: Node) -> None:
                     f"the {'x'.join(map(str, other.shape))} map '{other.name}': a squeeze-and-excitation "
                     "gate, where each crop rescales its own features by its own averages. No single dense "
                     "pass equals the classifier on every crop of such a network, so it cannot be compiled "
-                    "to slide; `graphconv run MODEL --image IMAGE --crops` computes the same map crop by crop "
-                    "(exact, without the dense pass's shared work)", GraphconvError)
+                    f"to slide; {CROPS_INSTEAD}", GraphconvError)

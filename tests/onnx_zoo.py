@@ -7,9 +7,9 @@ depthwise convs, ReLU6, LeakyReLU, PReLU, reflect and edge padding, ceil-mode po
 four-branch concats, global pooling, flatten, nearest and bilinear upsampling) at a size
 that exports and runs in well under a second.
 
-EfficientNet and MobileNetV3 have squeeze-and-excitation gates, which cannot slide
-(see passes/global_pool_to_window.py): they are in ZOO, for the classifier tests, but
-not in SLIDING, and have no `dense` form. Every model in SLIDING has a `dense` flag: False is the classifier as trained; True is the same
+EfficientNet and MobileNetV3 have squeeze-and-excitation gates, and PoolFormer
+normalises whole maps, which cannot slide (see passes/global_pool_to_window.py): they
+are in ZOO, for the classifier tests, but not in SLIDING, and have no `dense` form. Every model in SLIDING has a `dense` flag: False is the classifier as trained; True is the same
 network converted by hand, in PyTorch, the way graphconv's passes convert it (global
 average pooling -> average pooling with the crop's window at stride 1; each Linear ->
 a convolution). The tests compare graphconv's compiled map against that."""
@@ -513,12 +513,39 @@ class HRNetSmall(nn.Module):
         return self.head(self.final(x), dense)
 
 
+class PoolFormerSmall(nn.Module):
+    """PoolFormer's shape (and BiT's normalisation): GroupNorm over whole maps, the
+    exporters' Reshape/InstanceNormalization/Reshape/Mul/Add, and a token mixer that
+    subtracts a map from its average pool. GroupNorm's statistics are the crop's, so the
+    network cannot slide: a classifier only."""
+    crop = 32
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 4, 4), nn.GroupNorm(2, 8))
+        self.norm1, self.norm2 = nn.GroupNorm(1, 8), nn.GroupNorm(1, 8)
+        self.pool = nn.AvgPool2d(3, 1, 1, count_include_pad=False)
+        self.mlp = nn.Sequential(nn.Conv2d(8, 16, 1), nn.GELU(), nn.Conv2d(16, 8, 1))
+        self.head = Head(8, classes, window=8)
+        with torch.no_grad():  # away from the fresh identity affine
+            for norm in (self.stem[1], self.norm1, self.norm2):
+                norm.weight.uniform_(0.5, 1.5)
+                norm.bias.uniform_(-0.3, 0.3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.norm1(x)
+        x = x + self.pool(y) - y
+        return self.head(x + self.mlp(self.norm2(x)))
+
+
 ZOO = {cls.__name__.removesuffix("Small").lower(): cls
        for cls in (AlexNetSmall, VGGBNSmall, ResNetSmall, SqueezeNetSmall, MobileNetV2Small,
                    DenseNetSmall, GoogLeNetSmall, ConvNeXtSmall, ShuffleNetSmall, EfficientNetSmall,
-                   MobileNetV3Small, DarknetSmall, AntiAliasedSmall, HRNetSmall)}
+                   MobileNetV3Small, DarknetSmall, AntiAliasedSmall, HRNetSmall, PoolFormerSmall)}
 GATED = ("efficientnet", "mobilenetv3")  # squeeze-and-excitation: classifiers only
-SLIDING = [name for name in ZOO if name not in GATED]
+WHOLE_MAP = ("poolformer",)  # normalised over whole maps: classifiers only
+SLIDING = [name for name in ZOO if name not in GATED + WHOLE_MAP]
 
 
 def build(name: str, seed: int = 0) -> nn.Module:

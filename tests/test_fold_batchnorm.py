@@ -105,3 +105,23 @@ def test_default_pipeline_folds_before_fc_to_conv_and_fusion():
 def test_conv_batchnorm_relu_becomes_one_conv(write_spec):
     compiled = graphconv.compile_model(write_spec(FOLDABLE)).graph
     assert compiled.node("c1").params["activation"] == "relu" and "r1" not in compiled
+
+
+@pytest.mark.parametrize("norm", ["{op: groupnorm, groups: 2}", "{op: layernorm}"])
+def test_batchnorms_after_a_normalisation_fold_into_its_affine(write_spec, rng, norm):
+    """GroupNorm's affine as exporters write it (a Mul, then an Add: two identity-statistics
+    batchnorms), and any batchnorm after a layernorm, fold into its weight and bias."""
+    spec = f"""
+    name: normed
+    input: {{shape: [4, 5, 6]}}
+    layers:
+      - {{name: norm, {norm[1:-1]}}}
+      - {{name: scale, op: batchnorm}}
+      - {{name: shift, op: batchnorm, eps: 0.01}}
+      - {{name: r, op: relu}}
+    """
+    model = graphconv.load(write_spec(spec))
+    folded = graphconv.compile_model(model.graph, "fold-batchnorm")
+    assert [n.op for n in folded.graph.layers()] == [norm.split()[1].rstrip(",}"), "relu"]
+    x = random_input(rng, (2, 4, 5, 6))
+    np.testing.assert_allclose(Executor(folded.graph).run(x), run_reference(model.graph, x), rtol=1e-5, atol=1e-5)

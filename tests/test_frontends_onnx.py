@@ -371,6 +371,26 @@ def test_squeeze_and_excitation_networks_are_refused_for_dense_evaluation(export
     assert capsys.readouterr().err.count("\n") == 1
 
 
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_group_normalised_networks_import_and_are_refused_for_dense_evaluation(exported, dynamo, tmp_path,
+                                                                               capsys, rng):
+    """GroupNorm as either exporter writes it (Reshape, InstanceNormalization, Reshape, then
+    a Mul and an Add that fold into it) equals PyTorch; compiling it to slide is refused."""
+    from graphconv.cli import main
+    from graphconv.pass_manager import CLASSIFIER_PIPELINE
+    model, path = exported("poolformer", dynamo=dynamo)
+    classifier = compile_model(path, CLASSIFIER_PIPELINE)
+    assert [n.params["groups"] for n in classifier.graph.find("groupnorm")] == [2, 1, 1]
+    assert not classifier.graph.find("batchnorm") and classifier.graph.find("sub")
+    x = rng.standard_normal((2, 3, model.crop, model.crop)).astype(np.float32)
+    np.testing.assert_allclose(classifier.run(x), torch_scores(model, x), **TOLERANCE)
+    with pytest.raises(GraphconvError, match="layer '[^']+': groupnorm normalises over its whole map.*--crops"):
+        compile_model(path)
+    out = tmp_path / "compiled"
+    assert main(["compile", str(path), "-o", str(out)]) == 2 and not out.exists()
+    assert capsys.readouterr().err.count("\n") == 1
+
+
 def test_gelu_written_out_before_opset_20_and_as_one_node_import_alike(tmp_path, rng):
     model = onnx_zoo.build("convnext")
     paths = {opset: tmp_path / f"convnext{opset}.onnx" for opset in (17, 20)}
@@ -849,3 +869,29 @@ def test_resizes_that_cannot_slide_are_refused_naming_the_node(tmp_path, case, m
     path = onnx_file(tmp_path / "resize.onnx", nodes, {"scales": np.array(scales, np.float32)})
     with pytest.raises(GraphconvError, match=f"resize.onnx: node 'up': {message}"):
         load_network(path)
+
+
+@pytest.mark.parametrize("form", ["instance-norm", "group-norm-18", "group-norm-21"])
+def test_instance_and_group_normalization_nodes_match_onnxruntime(tmp_path, form, rng):
+    """InstanceNorm2d is a groupnorm of one channel a group; ONNX's GroupNormalization
+    scales per group in op set 18 and per channel from 21."""
+    helper = onnx.helper
+    if form == "instance-norm":
+        opset, groups, per = 17, 6, 6
+        node = helper.make_node("InstanceNormalization", ["x", "scale", "bias"], ["y"], epsilon=1e-3)
+    else:
+        opset, groups = int(form[-2:]), 3
+        per = groups if opset == 18 else 6
+        node = helper.make_node("GroupNormalization", ["x", "scale", "bias"], ["y"], num_groups=groups,
+                                epsilon=1e-3)
+    inits = {"scale": rng.uniform(0.5, 1.5, per).astype(np.float32),
+             "bias": rng.uniform(-0.5, 0.5, per).astype(np.float32)}
+    path = onnx_file(tmp_path / f"{form}.onnx", [node], inits, opset=opset, input_shape=(1, 6, 5, 4))
+    [layer] = load_network(path).layers()
+    assert layer.op == "groupnorm" and layer.params["groups"] == groups
+    x = (rng.standard_normal((2, 6, 5, 4)) * 3 + 1).astype(np.float32)
+    try:
+        expected = onnxruntime_scores(path, x)
+    except Exception as err:  # an onnxruntime without this op set's GroupNormalization
+        pytest.skip(f"onnxruntime cannot run it: {str(err)[:80]}")
+    np.testing.assert_allclose(Model(load_network(path)).run(x, full=True), expected, rtol=1e-4, atol=1e-5)

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+import graphconv
 from graphconv.compiler import compile_model
 from graphconv.errors import GraphconvError
 from graphconv.tiling import CropGrid, MapFile, choose_tile, map_transform, min_tile, plan_tiles, run_tiled
 
-from conftest import SPECS
+from conftest import SPECS, random_input
 from nets import GATED, UNPADDED
 
 PADDED = """
@@ -357,3 +358,23 @@ def test_crop_grid_runs_the_classifier_with_its_batch_norm_folded_and_activation
     assert grid.model.graph.node("c1").params["activation"] == "relu"
     x = rng.standard_normal((2, 3, 30, 27)).astype(np.float32)
     np.testing.assert_allclose(run_tiled(grid, x, 20), crop_loop(classifier, x, 4), rtol=1e-5, atol=1e-6)
+
+
+def test_a_network_that_normalises_whole_maps_is_not_tiled_but_its_crops_are(write_spec, rng):
+    """A groupnorm's statistics are its whole input's: tiles of the dense pass would each
+    normalise by their own, so tiling refuses it; the crop grid runs the classifier on
+    each crop and tiles exactly."""
+    spec = write_spec("""
+    name: grouped
+    input: {shape: [3, 12, 12]}
+    layers:
+      - {name: c1, op: conv, out_channels: 4, kernel_size: 3, stride: 2}
+      - {name: gn, op: groupnorm, groups: 2}
+      - {name: c2, op: conv, out_channels: 3, kernel_size: 5}
+    """)
+    model = graphconv.load(spec)
+    with pytest.raises(GraphconvError, match="layer 'gn': groupnorm normalises over its whole map"):
+        min_tile(model)
+    image = random_input(rng, (1, 3, 40, 36))
+    grid = CropGrid(model, 4)
+    np.testing.assert_array_equal(run_tiled(grid, image, 24), grid.whole(image, "cpu"))

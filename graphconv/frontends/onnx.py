@@ -150,7 +150,7 @@ def _load_external_data(model, path: Path) -> None:
 
 # ---- the conversion -------------------------------------------------------------------------------
 
-NCHW, NHWC, GROUPED, FLAT = "NCHW", "NHWC", "grouped", "flat"
+NCHW, NHWC, GROUPED, FLAT, GROUP_RUNS = "NCHW", "NHWC", "grouped", "flat", "group runs"
 ANY_LAYOUT = (NCHW, NHWC)
 
 
@@ -519,6 +519,8 @@ _VIEWS = {  # what a view is called, and the ONNX ops that read it
     NHWC: ("channels-last (NHWC)", "Transpose back, LayerNormalization, MatMul, Add, Mul and pointwise activations"),
     GROUPED: ("grouped 5-D (N, g, C/g, H, W)", "the channel shuffle's Transpose and Reshape back"),
     FLAT: ("flattened", "a Gather of every element back into (N, C, H, W)"),
+    GROUP_RUNS: ("(N, groups, -1) group", "InstanceNormalization (GroupNorm as exporters write it) and the "
+                                          "Reshape back"),
 }
 
 
@@ -940,10 +942,12 @@ def _reshape(imp: _Importer, node) -> None:
     (-1, C*H*W); a reshape to the same shape changes nothing; the channel shuffle's
     pair: (N, C, H, W) -> (N, g, C/g, H, W) and, after its Transpose, back; and a
     batch-1 map flattened to [-1] (see `_gather`)."""
-    x = imp.tensor(node.input[0], (NCHW, GROUPED))
+    x = imp.tensor(node.input[0], (NCHW, GROUPED, GROUP_RUNS))
     target = [int(v) for v in imp.constant(node.input[1], "target shape").ravel()]
     if x.layout == GROUPED or len(target) == 5:
         _channel_groups(imp, node, x, target)
+        return
+    if _group_runs(imp, node, x, target):
         return
     if len(target) == 1 and x.rank == 4 and _reshaped(target, [1, *x.shape]) == [math.prod(x.shape)]:
         imp.alias(node, replace(x, layout=FLAT, rank=1))
@@ -986,6 +990,22 @@ def _channel_groups(imp: _Importer, node, x: Tensor, target: list[int]) -> None:
     view = "x".join(map(str, [1, c, h, w])) if x.layout == NCHW else f"{x.groups}-group view of {c}x{h}x{w}"
     raise imp.error(f"Reshape of a {view} value to {target}; graphconv recognises the flatten before a "
                     "classifier's fully connected layer and the channel shuffle's (N, g, C/g, H, W) views")
+
+
+def _group_runs(imp: _Importer, node, x: Tensor, target: list[int]) -> bool:
+    """(N, C, H, W) viewed as (N, groups, C/groups * H * W), the form in which exporters
+    write GroupNorm (an InstanceNormalization of each run), or such a view back; False
+    when the Reshape is neither."""
+    c, h, w = x.shape
+    if x.layout == NCHW and x.rank == 4 and len(target) == 3:
+        dims = _reshaped(target, [1, c, h, w])
+        if dims and c % dims[1] == 0 and dims == [1, dims[1], c // dims[1] * h * w]:
+            imp.alias(node, replace(x, layout=GROUP_RUNS, rank=3, groups=dims[1]))
+            return True
+    if x.layout == GROUP_RUNS and _reshaped(target, [1, x.groups, c // x.groups * h * w]) == [1, c, h, w]:
+        imp.alias(node, replace(x, layout=NCHW, rank=4, groups=0))
+        return True
+    return False
 
 
 def _reshaped(target: list[int], current: list[int]) -> list[int] | None:
@@ -1124,7 +1144,8 @@ def _affine(imp: _Importer, node, x: Tensor, scale: np.ndarray, shift: np.ndarra
 
 @converts("Sub")
 def _sub(imp: _Importer, node) -> None:
-    """x - constant, or constant - x (input normalisation written into the model)."""
+    """x - constant, or constant - x (input normalisation written into the model), or one
+    map minus another of its shape (PoolFormer's pool(x) - x)."""
     first, second = (imp.values.get(name) for name in node.input)
     if isinstance(second, np.ndarray):
         _add_constant(imp, node, imp.tensor(node.input[0], ANY_LAYOUT), -np.asarray(second, np.float64))
@@ -1137,7 +1158,7 @@ def _sub(imp: _Importer, node) -> None:
                             "subtracts one number, or one per channel")
         _affine(imp, node, x, -np.ones(x.shape[0]), shift)
         return
-    raise imp.error("Sub of two feature maps is not supported (graphconv subtracts constants)")
+    imp.add_layer(node, "sub", [imp.tensor(name) for name in node.input])
 
 
 @converts("Div")
@@ -1245,6 +1266,41 @@ def _layer_norm(imp: _Importer, node) -> None:
                "bias": np.zeros(c) if bias is None else np.broadcast_to(bias, (c,))}
     name = _clean_name(node.input[1][: -len(".weight")]) if node.input[1].endswith(".weight") else None
     imp.add_layer(node, "layernorm", [x], {"eps": float(attrs.get("epsilon", 1e-5))}, weights, name=name or None)
+
+
+@converts("InstanceNormalization")
+def _instance_norm(imp: _Importer, node) -> None:
+    """Each channel normalised over its map (InstanceNorm2d), or each run of a (N, groups,
+    -1) view (GroupNorm as exporters write it): a groupnorm layer, its per-group scale and
+    bias given to each channel of the group. The view stays until the Reshape back."""
+    x = imp.tensor(node.input[0], (NCHW, GROUP_RUNS))
+    if x.layout == NCHW and x.rank != 4:
+        raise imp.error(f"InstanceNormalization of a rank-{x.rank} value; graphconv normalises (N, C, H, W) maps")
+    groups = x.groups if x.layout == GROUP_RUNS else x.shape[0]
+    per_group = x.shape[0] // groups
+    weights = {key: np.repeat(np.broadcast_to(imp.constant(node.input[i], key), (groups,)), per_group)
+               for i, key in ((1, "weight"), (2, "bias"))}
+    eps = float(imp.attributes(node).get("epsilon", 1e-5))
+    normed = imp.add_layer(node, "groupnorm", [x], dict(groups=groups, eps=eps), weights)
+    imp.alias(node, replace(normed, groups=x.groups))  # still the group view, if it was one
+
+
+@converts("GroupNormalization")
+def _group_norm(imp: _Importer, node) -> None:
+    """ONNX's own GroupNorm (op set 18 on): its scale and bias are per group before op
+    set 21 and per channel from it."""
+    x = imp.tensor(node.input[0])
+    attrs = imp.attributes(node)
+    groups, c = int(attrs["num_groups"]), x.shape[0]
+    if groups < 1 or c % groups:
+        raise imp.error(f"GroupNormalization of {c} channels into {groups} groups; they must split evenly")
+    per_group = 1 if imp.opset >= 21 else c // groups
+    weights = {key: np.repeat(imp.constant(node.input[i], key).ravel(), per_group)
+               for i, key in ((1, "weight"), (2, "bias"))}
+    if any(w.shape != (c,) for w in weights.values()):
+        raise imp.error(f"GroupNormalization's scale and bias must have {c // per_group} values for {c} channels "
+                        f"in op set {imp.opset}")
+    imp.add_layer(node, "groupnorm", [x], dict(groups=groups, eps=float(attrs.get("epsilon", 1e-5))), weights)
 
 
 @converts("Slice")

@@ -190,6 +190,9 @@ class OpDef:
         `channels-last` pass stores a value that way only between such ops, the output
         of a "like-input" op only where its input is, and a value an op reads in its own
         output's storage (a pool's input, a conv's residual) only where that output is.
+    whole_map: every output value depends on statistics of the op's whole input map
+        (groupnorm), which a larger image changes: a network with such a layer cannot
+        slide, and the passes that would make it slide refuse it.
     """
 
     name: str
@@ -210,6 +213,7 @@ class OpDef:
     onnx: Callable[[Any, dict, list[str], str], None] | None = None
     kernel_name: str | None = None
     channels_last: str = ""
+    whole_map: bool = False
     _kernels: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def kernel(self, device: str) -> Callable:

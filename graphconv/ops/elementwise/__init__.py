@@ -1,4 +1,4 @@
-"""Ops that need no window: relu, dropout (identity at inference), add, mul, concat.
+"""Ops that need no window: relu, dropout (identity at inference), add, sub, mul, concat.
 
 They share one folder because each kernel is a few lines of one pass over memory, with
 helpers in common (flat views, one CUDA thread per element); an op whose kernels stand
@@ -13,9 +13,9 @@ from graphconv.errors import ShapeError
 from graphconv.ops.registry import Example, OpDef, Param, numel, onnx_as, register, same_spatial
 
 
-def _add_shape(params: dict, shapes):
+def _same_shape(op: str, shapes):
     if any(s != shapes[0] for s in shapes):
-        raise ShapeError("add needs inputs of one shape, got "
+        raise ShapeError(f"{op} needs inputs of one shape, got "
                          + ", ".join("x".join(map(str, s)) for s in shapes))
     return shapes[0]
 
@@ -71,7 +71,13 @@ _pointwise("add", "elementwise sum of its inputs",
            lambda p, w, xs: np.sum(np.stack(xs), axis=0, dtype=np.float64).astype(np.float32),
            torch=lambda p, w, xs: sum(xs[1:], xs[0]), onnx=onnx_as("Sum"),
            examples=(Example({}, [(3, 2, 4)] * 2), Example({}, [(2, 3, 3)] * 3)),
-           shape=_add_shape, arity=(2, None), channels_last="like-input")
+           shape=lambda p, s: _same_shape("add", s), arity=(2, None), channels_last="like-input")
+_pointwise("sub", "elementwise difference of its two inputs, the first minus the second (PoolFormer's "
+                  "pool(x) - x)",
+           lambda p, w, xs: (xs[0].astype(np.float64) - xs[1]).astype(np.float32),
+           torch=lambda p, w, xs: xs[0] - xs[1], onnx=onnx_as("Sub"),
+           examples=(Example({}, [(3, 2, 4)] * 2), Example({}, [(1, 1, 1)] * 2, batch=3)),
+           shape=lambda p, s: _same_shape("sub", s), arity=(2, 2), channels_last="like-input")
 _pointwise("mul", "elementwise product; the second input may be one factor per channel (C x 1 x 1)",
            _mul_reference, torch=lambda p, w, xs: xs[0] * xs[1], onnx=onnx_as("Mul"),
            examples=(Example({}, [(3, 2, 4)] * 2), Example({}, [(3, 2, 4), (3, 1, 1)]),

@@ -30,6 +30,13 @@ def _sum(a, b, out):
 
 
 @njit(cache=True, parallel=True)
+def _difference(a, b, out):
+    src_a, src_b, dst = a.ravel(), b.ravel(), out.reshape(-1)
+    for i in prange(dst.size):
+        dst[i] = src_a[i] - src_b[i]
+
+
+@njit(cache=True, parallel=True)
 def _product(a, b, out):
     src_a, src_b, dst = a.ravel(), b.ravel(), out.reshape(-1)
     for i in prange(dst.size):
@@ -87,6 +94,11 @@ def run_add(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarr
     _sum(first, second, total)
     for x in rest:
         _accumulate(total, x)
+
+
+def run_sub(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
+    first, second = (_memory_like_out(x, out) for x in inputs)
+    _difference(first, second, stored_memory(out))
 
 
 def run_mul(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:

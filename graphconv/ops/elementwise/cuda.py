@@ -21,6 +21,13 @@ def _add_into(total, x):
 
 
 @cuda.jit
+def _difference(a, b, out):
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] = a[i] - b[i]
+
+
+@cuda.jit
 def _product(a, b, out):
     i = cuda.grid(1)
     if i < out.size:
@@ -66,6 +73,11 @@ def run_add(params: dict, weights: dict, inputs: list, out) -> None:
     blocks, threads = grid_1d(out.size)
     for x in inputs[1:]:
         _add_into[blocks, threads](_flat(out), _flat(x))
+
+
+def run_sub(params: dict, weights: dict, inputs: list, out) -> None:
+    blocks, threads = grid_1d(out.size)
+    _difference[blocks, threads](_flat(inputs[0]), _flat(inputs[1]), _flat(out))
 
 
 def run_mul(params: dict, weights: dict, inputs: list, out) -> None:
