@@ -7,8 +7,8 @@ depthwise convs, ReLU6, LeakyReLU, PReLU, reflect and edge padding, ceil-mode po
 four-branch concats, global pooling, flatten, nearest and bilinear upsampling) at a size
 that exports and runs in well under a second.
 
-EfficientNet and MobileNetV3 have squeeze-and-excitation gates, and PoolFormer
-normalises whole maps, which cannot slide (see passes/global_pool_to_window.py): they
+EfficientNet and MobileNetV3 have squeeze-and-excitation gates, and PoolFormer and
+ConvNeXt V2 normalise by statistics of whole maps, which cannot slide (see passes/global_pool_to_window.py): they
 are in ZOO, for the classifier tests, but not in SLIDING, and have no `dense` form. Every model in SLIDING has a `dense` flag: False is the classifier as trained; True is the same
 network converted by hand, in PyTorch, the way graphconv's passes convert it (global
 average pooling -> average pooling with the crop's window at stride 1; each Linear ->
@@ -539,12 +539,47 @@ class PoolFormerSmall(nn.Module):
         return self.head(x + self.mlp(self.norm2(x)))
 
 
+class GRN(nn.Module):
+    """ConvNeXt V2's global response normalisation on a channels-last map, as written in
+    its reference code: each channel's L2 norm over the map, over their mean."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.rand(1, 1, 1, channels) + 0.5)
+        self.beta = nn.Parameter(torch.randn(1, 1, 1, channels) * 0.1)
+
+    def forward(self, x):
+        norms = torch.norm(x, p=2, dim=(1, 2), keepdim=True)
+        return self.gamma * (x * (norms / (norms.mean(dim=-1, keepdim=True) + 1e-6))) + self.beta + x
+
+
+class ConvNeXtV2Small(nn.Module):
+    """ConvNeXt V2's block: ConvNeXt's, with GRN after the GELU. GRN's norms are the crop's,
+    so, like a squeeze-and-excitation gate, it makes the network a classifier only."""
+    crop = 32
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 4, 4), LayerNorm2d(8, eps=1e-6))
+        self.dwconv = nn.Conv2d(8, 8, 7, padding=3, groups=8)
+        self.norm = nn.LayerNorm(8, eps=1e-6)
+        self.pwconv1, self.grn, self.pwconv2 = nn.Linear(8, 32), GRN(32), nn.Linear(32, 8)
+        self.head = Head(8, classes, window=8)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.norm(self.dwconv(x).permute(0, 2, 3, 1))
+        y = self.pwconv2(self.grn(F.gelu(self.pwconv1(y)))).permute(0, 3, 1, 2)
+        return self.head(x + y)
+
+
 ZOO = {cls.__name__.removesuffix("Small").lower(): cls
        for cls in (AlexNetSmall, VGGBNSmall, ResNetSmall, SqueezeNetSmall, MobileNetV2Small,
                    DenseNetSmall, GoogLeNetSmall, ConvNeXtSmall, ShuffleNetSmall, EfficientNetSmall,
-                   MobileNetV3Small, DarknetSmall, AntiAliasedSmall, HRNetSmall, PoolFormerSmall)}
+                   MobileNetV3Small, DarknetSmall, AntiAliasedSmall, HRNetSmall, PoolFormerSmall,
+                   ConvNeXtV2Small)}
 GATED = ("efficientnet", "mobilenetv3")  # squeeze-and-excitation: classifiers only
-WHOLE_MAP = ("poolformer",)  # normalised over whole maps: classifiers only
+WHOLE_MAP = ("poolformer", "convnextv2")  # statistics of whole maps: classifiers only
 SLIDING = [name for name in ZOO if name not in GATED + WHOLE_MAP]
 
 

@@ -173,10 +173,10 @@ def test_reshape_from_a_shape_chain_is_a_flatten(tmp_path, rng):
 
 def test_unsupported_op_names_the_node_and_the_op(tmp_path):
     helper = onnx.helper
-    nodes = [helper.make_node("ReduceL2", ["x"], ["y"], name="ReduceL2_12")]  # ConvNeXt V2's response norm
+    nodes = [helper.make_node("Einsum", ["x"], ["y"], name="Einsum_12", equation="nchw->nhwc")]  # attention's
     model = tiny_model(nodes, {})
     path = save(model, tmp_path / "model.onnx")
-    with pytest.raises(GraphconvError, match=r"model.onnx: node 'ReduceL2_12': op ReduceL2 is not supported "
+    with pytest.raises(GraphconvError, match=r"model.onnx: node 'Einsum_12': op Einsum is not supported "
                                              r"\(supported: .*Conv"):
         load_network(path)
 
@@ -384,11 +384,18 @@ def test_group_normalised_networks_import_and_are_refused_for_dense_evaluation(e
     assert not classifier.graph.find("batchnorm") and classifier.graph.find("sub")
     x = rng.standard_normal((2, 3, model.crop, model.crop)).astype(np.float32)
     np.testing.assert_allclose(classifier.run(x), torch_scores(model, x), **TOLERANCE)
-    with pytest.raises(GraphconvError, match="layer '[^']+': groupnorm normalises over its whole map.*--crops"):
+    with pytest.raises(GraphconvError, match="layer '[^']+': groupnorm takes statistics of its whole map.*--crops"):
         compile_model(path)
     out = tmp_path / "compiled"
     assert main(["compile", str(path), "-o", str(out)]) == 2 and not out.exists()
     assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.parametrize("arch,layer", [("poolformer", "groupnorm"), ("convnextv2", "global_l2norm")])
+def test_networks_with_whole_map_statistics_are_refused_for_dense_evaluation(exported, arch, layer):
+    _, path = exported(arch)
+    with pytest.raises(GraphconvError, match=f"layer '[^']+': {layer} takes statistics of its whole map"):
+        compile_model(path)
 
 
 def test_gelu_written_out_before_opset_20_and_as_one_node_import_alike(tmp_path, rng):

@@ -780,22 +780,31 @@ def _global_max_pool(imp: _Importer, node) -> None:
     imp.add_layer(node, "maxpool", [x], dict(kernel_size=list(x.shape[1:]), stride=1))
 
 
-@converts("ReduceMean")
-def _reduce_mean(imp: _Importer, node) -> None:
+@converts("ReduceMean", "ReduceL2")
+def _reduce(imp: _Importer, node) -> None:
     """ReduceMean over H and W is global average pooling (the dynamo exporter writes
-    adaptive_avg_pool2d(1) and x.mean((2, 3)) this way)."""
-    x = imp.tensor(node.input[0])
+    adaptive_avg_pool2d(1) and x.mean((2, 3)) this way); over the channels, with the
+    channel axis kept, it is a channel_mean; ReduceL2 over H and W is global_l2norm
+    (ConvNeXt V2's GRN, which writes both). A channels-last map's axes are read as such."""
+    x = imp.tensor(node.input[0], ANY_LAYOUT)
     attrs = imp.attributes(node)
     if imp.opset >= 18:
         axes = imp.optional_constant(node, 1, "axes")
         axes = [] if axes is None else [int(a) for a in axes.ravel()]
     else:
         axes = [int(a) for a in attrs.get("axes", [])]
-    if x.rank != 4 or sorted(a % 4 for a in axes) != [2, 3]:
-        raise imp.error(f"ReduceMean over axes {axes} of a rank-{x.rank} value; graphconv reduces "
-                        "over height and width only (global average pooling)")
     keepdims = bool(attrs.get("keepdims", 1))
-    imp.add_layer(node, "globalavgpool", [x], rank=4 if keepdims else 2)
+    spatial, channel = ([1, 2], [3]) if x.layout == NHWC else ([2, 3], [1])
+    reduced = sorted(a % 4 for a in axes) if x.rank == 4 else None
+    if reduced == spatial:
+        op = "globalavgpool" if node.op_type == "ReduceMean" else "global_l2norm"
+        imp.add_layer(node, op, [x], rank=4 if keepdims else 2)
+    elif reduced == channel and keepdims and node.op_type == "ReduceMean":
+        imp.add_layer(node, "channel_mean", [x])
+    else:
+        raise imp.error(f"{node.op_type} over axes {axes} of a rank-{x.rank} {x.layout} value (keepdims="
+                        f"{int(keepdims)}); graphconv reduces over height and width, and takes the mean over "
+                        "the channels keeping their axis")
 
 
 @converts("Relu")
@@ -1163,11 +1172,13 @@ def _sub(imp: _Importer, node) -> None:
 
 @converts("Div")
 def _div(imp: _Importer, node) -> None:
-    """x / constant: a per-channel scale by its reciprocal."""
+    """x / constant: a per-channel scale by its reciprocal; x / map, of x's shape or one
+    value per position (ConvNeXt V2's norms over their channel mean)."""
     divisor = imp.values.get(node.input[1])
-    if not isinstance(divisor, np.ndarray):
-        raise imp.error("Div by a feature map is not supported (graphconv divides by constants)")
     x = imp.tensor(node.input[0], ANY_LAYOUT)
+    if not isinstance(divisor, np.ndarray):
+        imp.add_layer(node, "div", [x, imp.tensor(node.input[1], ANY_LAYOUT)])
+        return
     factors = _per_channel(divisor, x)
     if factors is None or not np.all(factors != 0):
         raise imp.error(f"Div of a feature map by a constant of shape {list(divisor.shape)}; graphconv "
@@ -1209,9 +1220,7 @@ def _mul(imp: _Importer, node) -> None:
         return
     if a.shape[1:] == (1, 1) and b.shape[1:] != (1, 1):
         a, b = b, a  # the map first, its per-channel gate second, as the mul op takes them
-    if a.layout == NHWC and b.shape != a.shape:
-        raise imp.error("Mul of a channels-last view by a per-channel gate")
-    imp.add_layer(node, "mul", [a, b])
+    imp.add_layer(node, "mul", [a, b])  # both views alike: an (N, 1, 1, C) gate is per channel in NHWC too
 
 
 def _swish_input(imp: _Importer, x: Tensor, gate: Tensor) -> Tensor | None:

@@ -1,8 +1,8 @@
-"""Ops that need no window: relu, dropout (identity at inference), add, sub, mul, concat.
+"""Ops that need no window: relu, dropout (identity at inference), add, sub, mul, div, concat.
 
 They share one folder because each kernel is a few lines of one pass over memory, with
 helpers in common (flat views, one CUDA thread per element); an op whose kernels stand
-alone gets its own folder, like `sigmoid`. On the CPU each takes values stored
+alone gets its own folder, like `sigmoid`. On the CPU each but div takes values stored
 channels-last as well as NCHW ("like-input"), so the convs around DenseNet's and
 GoogLeNet's concats and CSPNet's adds keep their channels-last storage."""
 from __future__ import annotations
@@ -27,6 +27,16 @@ def _mul_shape(params: dict, shapes):
     if second not in ((c, h, w), (c, 1, 1)):
         raise ShapeError(f"mul needs its second input the first's shape ({c}x{h}x{w}) or one value "
                          f"per channel ({c}x1x1), got " + "x".join(map(str, second)))
+    return shapes[0]
+
+
+def _div_shape(params: dict, shapes):
+    """Two maps of one shape, or a map and one divisor per position (1 x H x W, a
+    channel_mean: ConvNeXt V2's GRN), in that order."""
+    (c, h, w), second = shapes
+    if second not in ((c, h, w), (1, h, w)):
+        raise ShapeError(f"div needs its second input the first's shape ({c}x{h}x{w}) or one value "
+                         f"per position (1x{h}x{w}), got " + "x".join(map(str, second)))
     return shapes[0]
 
 
@@ -83,6 +93,12 @@ _pointwise("mul", "elementwise product; the second input may be one factor per c
            examples=(Example({}, [(3, 2, 4)] * 2), Example({}, [(3, 2, 4), (3, 1, 1)]),
                      Example({}, [(2, 1, 1)] * 2, batch=3)),
            shape=_mul_shape, arity=(2, 2), channels_last="like-input")
+_pointwise("div", "elementwise quotient; the second input may be one divisor per position (1 x H x W)",
+           lambda p, w, xs: (xs[0].astype(np.float64) / xs[1]).astype(np.float32),
+           torch=lambda p, w, xs: xs[0] / xs[1], onnx=onnx_as("Div"),
+           examples=(Example({}, [(3, 2, 4)] * 2), Example({}, [(3, 2, 4), (1, 2, 4)]),
+                     Example({}, [(4, 1, 1), (1, 1, 1)], batch=3)),
+           shape=_div_shape, arity=(2, 2))
 _pointwise("concat", "stack inputs along channels",
            lambda p, w, xs: np.concatenate(xs, axis=1), torch=_torch_concat, onnx=onnx_as("Concat", axis=1),
            examples=(Example({}, [(3, 2, 4), (2, 2, 4)]),

@@ -101,6 +101,23 @@ def run_sub(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarr
     _difference(first, second, stored_memory(out))
 
 
+@njit(cache=True, parallel=True)
+def _divide(a, b, out):
+    """out = a / b, b of a's shape or one value per position (N, 1, H, W), broadcast."""
+    n, c, height, width = a.shape
+    per_position = b.shape[1] == 1
+    for job in prange(n * c):
+        bi, ch = job // c, job % c
+        divisor = b[bi, 0] if per_position else b[bi, ch]
+        for y in range(height):
+            for j in range(width):
+                out[bi, ch, y, j] = a[bi, ch, y, j] / divisor[y, j]
+
+
+def run_div(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
+    _divide(np.ascontiguousarray(inputs[0]), np.ascontiguousarray(inputs[1]), out)
+
+
 def run_mul(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
     _mul_call(inputs, out)()
 

@@ -80,6 +80,21 @@ def run_sub(params: dict, weights: dict, inputs: list, out) -> None:
     _difference[blocks, threads](_flat(inputs[0]), _flat(inputs[1]), _flat(out))
 
 
+@cuda.jit
+def _divide(a, b, out):
+    i = cuda.grid(1)
+    n, c, height, width = a.shape
+    if i >= n * c * height * width:
+        return
+    bi, ch, y, xx = unravel_nchw(i, c, height, width)
+    out[bi, ch, y, xx] = a[bi, ch, y, xx] / b[bi, ch if b.shape[1] == c else 0, y, xx]
+
+
+def run_div(params: dict, weights: dict, inputs: list, out) -> None:
+    blocks, threads = grid_1d(out.size)
+    _divide[blocks, threads](inputs[0], inputs[1], out)
+
+
 def run_mul(params: dict, weights: dict, inputs: list, out) -> None:
     x, y = inputs
     blocks, threads = grid_1d(out.size)
