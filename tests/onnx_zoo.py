@@ -1,10 +1,11 @@
 """Small PyTorch classifiers built like the torchvision architectures users bring
 (AlexNet, VGG with batch norm, ResNet, SqueezeNet, MobileNetV2, DenseNet, GoogLeNet,
 ConvNeXt, ShuffleNetV2, EfficientNet, MobileNetV3, Darknet, anti-aliased pooling,
-HRNet), for the ONNX import tests. torchvision is not needed: each keeps the structure
+HRNet, TResNet, PoolFormer, ConvNeXt V2), for the ONNX import tests. torchvision is not needed: each keeps the structure
 that matters to an importer (batch norm after conv and after concat, residual adds,
 depthwise convs, ReLU6, LeakyReLU, PReLU, reflect and edge padding, ceil-mode pooling,
-four-branch concats, global pooling, flatten, nearest and bilinear upsampling) at a size
+four-branch concats, global pooling, flatten, nearest and bilinear upsampling,
+space-to-depth, GroupNorm and GRN) at a size
 that exports and runs in well under a second.
 
 EfficientNet and MobileNetV3 have squeeze-and-excitation gates, and PoolFormer and
@@ -539,6 +540,31 @@ class PoolFormerSmall(nn.Module):
         return self.head(x + self.mlp(self.norm2(x)))
 
 
+class TResNetSmall(nn.Module):
+    """TResNet's space-to-depth stem as timm writes it (view, permute, view: each 4x4
+    patch as 48 channels, blocks first), and the channels-first order pixel_unshuffle
+    computes, written as such a view too. Its images must be a multiple of 8 pixels, as
+    PyTorch's views need."""
+    crop = 32
+    multiple = 8
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.stem = conv_bn(48, 16, 3)
+        self.down = conv_bn(64, 16, 1)
+        self.head = Head(16, classes, window=4)
+
+    def forward(self, x, dense: bool = False):
+        x = self.stem(self.space_to_depth(x, 4, (0, 3, 5, 1, 2, 4)))
+        return self.head(self.down(self.space_to_depth(x, 2, (0, 1, 3, 5, 2, 4))), dense)
+
+    @staticmethod
+    def space_to_depth(x, block: int, perm):
+        n, c, h, w = x.shape
+        patches = x.view(n, c, h // block, block, w // block, block).permute(*perm)
+        return patches.reshape(n, c * block * block, h // block, w // block)
+
+
 class GRN(nn.Module):
     """ConvNeXt V2's global response normalisation on a channels-last map, as written in
     its reference code: each channel's L2 norm over the map, over their mean."""
@@ -577,7 +603,7 @@ ZOO = {cls.__name__.removesuffix("Small").lower(): cls
        for cls in (AlexNetSmall, VGGBNSmall, ResNetSmall, SqueezeNetSmall, MobileNetV2Small,
                    DenseNetSmall, GoogLeNetSmall, ConvNeXtSmall, ShuffleNetSmall, EfficientNetSmall,
                    MobileNetV3Small, DarknetSmall, AntiAliasedSmall, HRNetSmall, PoolFormerSmall,
-                   ConvNeXtV2Small)}
+                   ConvNeXtV2Small, TResNetSmall)}
 GATED = ("efficientnet", "mobilenetv3")  # squeeze-and-excitation: classifiers only
 WHOLE_MAP = ("poolformer", "convnextv2")  # statistics of whole maps: classifiers only
 SLIDING = [name for name in ZOO if name not in GATED + WHOLE_MAP]

@@ -902,3 +902,16 @@ def test_instance_and_group_normalization_nodes_match_onnxruntime(tmp_path, form
     except Exception as err:  # an onnxruntime without this op set's GroupNormalization
         pytest.skip(f"onnxruntime cannot run it: {str(err)[:80]}")
     np.testing.assert_allclose(Model(load_network(path)).run(x, full=True), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_space_to_depth_nodes_match_onnxruntime_and_slide(tmp_path, rng):
+    nodes = [onnx.helper.make_node("SpaceToDepth", ["x"], ["s"], blocksize=2),
+             onnx.helper.make_node("Conv", ["s", "w"], ["y"])]
+    inits = {"w": rng.standard_normal((3, 12, 3, 3)).astype(np.float32)}
+    path = onnx_file(tmp_path / "s2d.onnx", nodes, inits, input_shape=(1, 3, 8, 10))
+    graph = load_network(path)
+    assert [(n.op, n.params.get("block")) for n in graph.layers()] == [("space_to_depth", 2), ("conv", None)]
+    x = rng.standard_normal((2, 3, 8, 10)).astype(np.float32)
+    np.testing.assert_allclose(Model(graph).run(x, full=True), onnxruntime_scores(path, x), **TOLERANCE)
+    big = rng.standard_normal((1, 3, 21, 17)).astype(np.float32)  # odd sides: the last row and column fill no patch
+    np.testing.assert_allclose(Model(graph).run(big, full=True), Model(graph).run(big[:, :, :20, :16], full=True))

@@ -150,7 +150,9 @@ def _load_external_data(model, path: Path) -> None:
 
 # ---- the conversion -------------------------------------------------------------------------------
 
-NCHW, NHWC, GROUPED, FLAT, GROUP_RUNS = "NCHW", "NHWC", "grouped", "flat", "group runs"
+NCHW, NHWC, GROUPED, FLAT, GROUP_RUNS, PATCHES = "NCHW", "NHWC", "grouped", "flat", "group runs", "patches"
+# a patch view's Transposes that space_to_depth follows, and the channel order each gives
+PATCH_ORDERS = {(0, 3, 5, 1, 2, 4): "blocks", (0, 1, 3, 5, 2, 4): "channels"}
 ANY_LAYOUT = (NCHW, NHWC)
 
 
@@ -171,6 +173,7 @@ class Tensor:
     layout: str = NCHW
     groups: int = 0
     swapped: bool = False
+    perm: tuple[int, ...] = ()  # the Transpose of a PATCHES view (space-to-depth), once it has one
 
 
 class _Importer:
@@ -521,6 +524,7 @@ _VIEWS = {  # what a view is called, and the ONNX ops that read it
     FLAT: ("flattened", "a Gather of every element back into (N, C, H, W)"),
     GROUP_RUNS: ("(N, groups, -1) group", "InstanceNormalization (GroupNorm as exporters write it) and the "
                                           "Reshape back"),
+    PATCHES: ("(N, C, H/b, b, W/b, b) patch", "the Transpose and Reshape of a space-to-depth (TResNet's stem)"),
 }
 
 
@@ -951,12 +955,12 @@ def _reshape(imp: _Importer, node) -> None:
     (-1, C*H*W); a reshape to the same shape changes nothing; the channel shuffle's
     pair: (N, C, H, W) -> (N, g, C/g, H, W) and, after its Transpose, back; and a
     batch-1 map flattened to [-1] (see `_gather`)."""
-    x = imp.tensor(node.input[0], (NCHW, GROUPED, GROUP_RUNS))
+    x = imp.tensor(node.input[0], (NCHW, GROUPED, GROUP_RUNS, PATCHES))
     target = [int(v) for v in imp.constant(node.input[1], "target shape").ravel()]
     if x.layout == GROUPED or len(target) == 5:
         _channel_groups(imp, node, x, target)
         return
-    if _group_runs(imp, node, x, target):
+    if _group_runs(imp, node, x, target) or _patches(imp, node, x, target):
         return
     if len(target) == 1 and x.rank == 4 and _reshaped(target, [1, *x.shape]) == [math.prod(x.shape)]:
         imp.alias(node, replace(x, layout=FLAT, rank=1))
@@ -1014,6 +1018,29 @@ def _group_runs(imp: _Importer, node, x: Tensor, target: list[int]) -> bool:
     if x.layout == GROUP_RUNS and _reshaped(target, [1, x.groups, c // x.groups * h * w]) == [1, c, h, w]:
         imp.alias(node, replace(x, layout=NCHW, rank=4, groups=0))
         return True
+    return False
+
+
+def _patches(imp: _Importer, node, x: Tensor, target: list[int]) -> bool:
+    """Space-to-depth as exporters write it (TResNet): (N, C, H, W) viewed as (N, C, H/b,
+    b, W/b, b), a Transpose of the patch axes (PATCH_ORDERS), and a Reshape to (N, C*b*b,
+    H/b, W/b), which is the space_to_depth layer; False when the Reshape is no step of it."""
+    c, h, w = x.shape
+    if x.layout == NCHW and x.rank == 4 and len(target) == 6:
+        dims = _reshaped(target, [1, c, h, w])
+        b = dims[3] if dims else 0
+        if b > 1 and dims == [1, c, h // b, b, w // b, b] and dims[5] == b:
+            imp.alias(node, replace(x, layout=PATCHES, rank=6, groups=b))
+            return True
+    if x.layout == PATCHES and x.perm in PATCH_ORDERS:
+        b = x.groups
+        if _reshaped(target, [1, c * b * b, h // b, w // b]) == [1, c * b * b, h // b, w // b]:
+            params = dict(block=b, order=PATCH_ORDERS[x.perm])
+            imp.add_layer(node, "space_to_depth", [replace(x, layout=NCHW, rank=4, groups=0, perm=())], params)
+            return True
+    if x.layout == PATCHES:
+        raise imp.error(f"Reshape of a {x.groups}x{x.groups} patch view to {target}; graphconv follows "
+                        "space-to-depth's Transpose of the patch axes and its Reshape to (N, C*b*b, H/b, W/b)")
     return False
 
 
@@ -1243,9 +1270,11 @@ def _scale(imp: _Importer, node, x: Tensor, constant: np.ndarray) -> None:
 def _transpose(imp: _Importer, node) -> None:
     """The permutations that only change how ONNX sees the channels: to and from
     channels-last, and the swap of a grouped view's two group axes."""
-    x = imp.tensor(node.input[0], (NCHW, NHWC, GROUPED))
+    x = imp.tensor(node.input[0], (NCHW, NHWC, GROUPED, PATCHES))
     perm = [int(p) for p in imp.attributes(node).get("perm", [])]
-    if x.layout == NCHW and x.rank == 4 and perm == [0, 2, 3, 1]:
+    if x.layout == PATCHES and not x.perm and tuple(perm) in PATCH_ORDERS:
+        imp.alias(node, replace(x, perm=tuple(perm)))
+    elif x.layout == NCHW and x.rank == 4 and perm == [0, 2, 3, 1]:
         imp.alias(node, replace(x, layout=NHWC))
     elif x.layout == NHWC and perm == [0, 3, 1, 2]:
         imp.alias(node, replace(x, layout=NCHW))
@@ -1253,7 +1282,8 @@ def _transpose(imp: _Importer, node) -> None:
         imp.alias(node, replace(x, swapped=not x.swapped))
     else:
         raise imp.error(f"Transpose {perm} of a feature map; graphconv follows only the ones between NCHW "
-                        "and channels-last (NHWC) and the channel shuffle's swap of its group axes")
+                        "and channels-last (NHWC), the channel shuffle's swap of its group axes and "
+                        "space-to-depth's of its patch axes")
 
 
 @converts("LayerNormalization")
@@ -1310,6 +1340,16 @@ def _group_norm(imp: _Importer, node) -> None:
         raise imp.error(f"GroupNormalization's scale and bias must have {c // per_group} values for {c} channels "
                         f"in op set {imp.opset}")
     imp.add_layer(node, "groupnorm", [x], dict(groups=groups, eps=float(attrs.get("epsilon", 1e-5))), weights)
+
+
+@converts("SpaceToDepth")
+def _space_to_depth(imp: _Importer, node) -> None:
+    x = imp.tensor(node.input[0])
+    block = int(imp.attributes(node)["blocksize"])
+    if any(side % block for side in x.shape[1:]):
+        raise imp.error(f"SpaceToDepth of a {x.shape[1]}x{x.shape[2]} map by blocks of {block}: ONNX needs sides "
+                        "that are multiples of the block")
+    imp.add_layer(node, "space_to_depth", [x], dict(block=block))
 
 
 @converts("Slice")
