@@ -21,6 +21,28 @@ def unravel_nchw(index, c, height, width):
     return index // (width * height * c), ch, y, x
 
 
+REDUCE_THREADS = 64  # threads of a block that sums a plane (`block_sum`); a power of two
+
+
+@cuda.jit(device=True)
+def block_sum(partial, value, t):
+    """The sum of every thread's `value` over a block of REDUCE_THREADS threads, returned
+    to all of them: thread `t` stores its value in the shared array `partial`, and the
+    partial sums are halved in place. The kernel declares `partial`
+    (cuda.shared.array(REDUCE_THREADS, float64)): numba makes shared arrays only there."""
+    partial[t] = value
+    cuda.syncthreads()
+    step = REDUCE_THREADS // 2
+    while step > 0:
+        if t < step:
+            partial[t] += partial[t + step]
+        cuda.syncthreads()
+        step //= 2
+    total = partial[0]
+    cuda.syncthreads()  # every thread has read it before a next sum overwrites it
+    return total
+
+
 def grid_1d(n: int) -> tuple[int, int]:
     """(blocks, threads) covering n elements, one thread each."""
     return max(1, (n + THREADS - 1) // THREADS), THREADS

@@ -362,6 +362,19 @@ def describe_padding(window: Window) -> str:
     return f"padding top {top}, left {left}, bottom {bottom}, right {right}"
 
 
+def affine_weight_shapes(params: dict, shapes: list[Shape]) -> dict[str, tuple]:
+    """A normalisation's per-channel `weight` and `bias` (layernorm, groupnorm)."""
+    c = shapes[0][0]
+    return {"weight": (c,), "bias": (c,)}
+
+
+def seeded_affine(params: dict, weight_shapes: dict[str, tuple], rng: np.random.Generator) -> dict:
+    """Seeded per-channel weight and bias that are not the identity (weight 1, bias 0),
+    so a kernel that dropped either term fails its test."""
+    (c,) = weight_shapes["weight"]
+    return {"weight": rng.uniform(0.5, 1.5, c), "bias": rng.uniform(-0.5, 0.5, c)}
+
+
 def normalization_shape(params: dict, shapes: list[Shape]) -> Shape:
     """The shape rule of a normalisation (batchnorm, layernorm): its input's shape, once
     its eps, which is added to a variance under a square root, is not negative."""

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from graphconv.errors import ShapeError
-from graphconv.ops.registry import Example, OpDef, Param, normalization_shape, numel, register
+from graphconv.ops.registry import (Example, OpDef, Param, affine_weight_shapes, normalization_shape, numel,
+                                    register, seeded_affine)
 
 
 def shape(params: dict, shapes) -> tuple[int, int, int]:
@@ -21,17 +22,6 @@ def shape(params: dict, shapes) -> tuple[int, int, int]:
     if c % params["groups"]:
         raise ShapeError(f"{c} channels do not split into {params['groups']} groups of equal size")
     return normalization_shape(params, shapes)
-
-
-def weight_shapes(params: dict, shapes) -> dict[str, tuple]:
-    c = shapes[0][0]
-    return {"weight": (c,), "bias": (c,)}
-
-
-def init_weights(params: dict, weight_shapes: dict[str, tuple], rng: np.random.Generator) -> dict:
-    """Not the identity (weight 1, bias 0), so a kernel that dropped either term fails."""
-    (c,) = weight_shapes["weight"]
-    return {"weight": rng.uniform(0.5, 1.5, c), "bias": rng.uniform(-0.5, 0.5, c)}
 
 
 def reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
@@ -72,7 +62,7 @@ register(OpDef(
             Param("eps", "float", 1e-5, doc="added to the variance before the square root")),
     shape=shape, reference=reference,
     flops=lambda params, shapes, out: 7 * numel(out),  # two sums, a difference, a square, a scale and shift
-    package=__name__, weight_shapes=weight_shapes, init_weights=init_weights, torch=torch_equivalent,
+    package=__name__, weight_shapes=affine_weight_shapes, init_weights=seeded_affine, torch=torch_equivalent,
     onnx=to_onnx, whole_map=True,
     examples=(
         Example({"groups": 2}, [(4, 3, 5)]),
