@@ -113,8 +113,9 @@ CROPS_INSTEAD = ("`graphconv run MODEL --image IMAGE --crops` computes the same 
 
 def refuse_whole_map_layers(graph: Graph) -> None:
     """Raise, naming the first, for a layer whose every value depends on statistics of its
-    whole input map (`OpDef.whole_map`: groupnorm, global_l2norm): on a larger image they are the whole
-    image's, not each crop's, so no dense pass equals the classifier on every crop."""
+    whole input map (`OpDef.whole_map`: groupnorm, global_l2norm): on a larger image they
+    are the whole image's, not each crop's, so no dense pass equals the classifier on
+    every crop."""
     for node in graph.layers():
         if node.opdef.whole_map:
             raise node.error(f"{node.op} takes statistics of its whole map, so on a larger image they are the "

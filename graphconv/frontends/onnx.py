@@ -953,8 +953,9 @@ def _squeeze(imp: _Importer, node) -> None:
 def _reshape(imp: _Importer, node) -> None:
     """The Reshapes exporters write before a classifier's fc: (N, -1), (N, C*H*W), or
     (-1, C*H*W); a reshape to the same shape changes nothing; the channel shuffle's
-    pair: (N, C, H, W) -> (N, g, C/g, H, W) and, after its Transpose, back; and a
-    batch-1 map flattened to [-1] (see `_gather`)."""
+    pair: (N, C, H, W) -> (N, g, C/g, H, W) and, after its Transpose, back; GroupNorm's
+    (N, groups, -1) and back; space-to-depth's patch view and, after its Transpose, its
+    end; and a batch-1 map flattened to [-1] (see `_gather`)."""
     x = imp.tensor(node.input[0], (NCHW, GROUPED, GROUP_RUNS, PATCHES))
     target = [int(v) for v in imp.constant(node.input[1], "target shape").ravel()]
     if x.layout == GROUPED or len(target) == 5:
@@ -1269,7 +1270,8 @@ def _scale(imp: _Importer, node, x: Tensor, constant: np.ndarray) -> None:
 @converts("Transpose")
 def _transpose(imp: _Importer, node) -> None:
     """The permutations that only change how ONNX sees the channels: to and from
-    channels-last, and the swap of a grouped view's two group axes."""
+    channels-last, the swap of a grouped view's two group axes, and the patch axes of a
+    space-to-depth's view (which its Reshape then makes a layer)."""
     x = imp.tensor(node.input[0], (NCHW, NHWC, GROUPED, PATCHES))
     perm = [int(p) for p in imp.attributes(node).get("perm", [])]
     if x.layout == PATCHES and not x.perm and tuple(perm) in PATCH_ORDERS:

@@ -191,7 +191,7 @@ class OpDef:
         of a "like-input" op only where its input is, and a value an op reads in its own
         output's storage (a pool's input, a conv's residual) only where that output is.
     whole_map: every output value depends on statistics of the op's whole input map
-        (groupnorm), which a larger image changes: a network with such a layer cannot
+        (groupnorm, global_l2norm), which a larger image changes: a network with such a layer cannot
         slide, and the passes that would make it slide refuse it.
     """
 

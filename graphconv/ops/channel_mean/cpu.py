@@ -8,7 +8,6 @@ import numpy as np
 from numba import njit, prange
 
 
-
 @njit(cache=True, parallel=True)
 def _channel_means(x, out):
     """x: an (N, C, H, W) view, either storage (numba walks the strides)."""

@@ -44,6 +44,19 @@ def _product(a, b, out):
 
 
 @njit(cache=True, parallel=True)
+def _divide(a, b, out):
+    """out = a / b, b of a's shape or one value per position (N, 1, H, W), broadcast."""
+    n, c, height, width = a.shape
+    per_position = b.shape[1] == 1
+    for job in prange(n * c):
+        bi, ch = job // c, job % c
+        divisor = b[bi, 0] if per_position else b[bi, ch]
+        for y in range(height):
+            for j in range(width):
+                out[bi, ch, y, j] = a[bi, ch, y, j] / divisor[y, j]
+
+
+@njit(cache=True, parallel=True)
 def _scale_channels(x, factors, out):
     n, c, height, width = x.shape
     for job in prange(n * c):
@@ -99,19 +112,6 @@ def run_add(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarr
 def run_sub(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
     first, second = (_memory_like_out(x, out) for x in inputs)
     _difference(first, second, stored_memory(out))
-
-
-@njit(cache=True, parallel=True)
-def _divide(a, b, out):
-    """out = a / b, b of a's shape or one value per position (N, 1, H, W), broadcast."""
-    n, c, height, width = a.shape
-    per_position = b.shape[1] == 1
-    for job in prange(n * c):
-        bi, ch = job // c, job % c
-        divisor = b[bi, 0] if per_position else b[bi, ch]
-        for y in range(height):
-            for j in range(width):
-                out[bi, ch, y, j] = a[bi, ch, y, j] / divisor[y, j]
 
 
 def run_div(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
