@@ -63,7 +63,7 @@ register(OpDef(
     shape=shape, reference=reference,
     flops=lambda params, shapes, out: 7 * numel(out),  # two sums, a difference, a square, a scale and shift
     package=__name__, weight_shapes=affine_weight_shapes, init_weights=seeded_affine, torch=torch_equivalent,
-    onnx=to_onnx, whole_map=True,
+    onnx=to_onnx, whole_map=True, channels_last="like-input",
     examples=(
         Example({"groups": 2}, [(4, 3, 5)]),
         Example({"groups": 1, "eps": 1e-6}, [(3, 2, 2)]),  # PoolFormer's GroupNorm(1)
