@@ -1,14 +1,15 @@
 """Small PyTorch classifiers built like the torchvision architectures users bring
 (AlexNet, VGG with batch norm, ResNet, SqueezeNet, MobileNetV2, DenseNet, GoogLeNet,
 ConvNeXt, ShuffleNetV2, EfficientNet, MobileNetV3, Darknet, anti-aliased pooling,
-HRNet, TResNet, PoolFormer, ConvNeXt V2), for the ONNX import tests. torchvision is not needed: each keeps the structure
+HRNet, TResNet, PoolFormer, ConvNeXt V2, ResNeSt), for the ONNX import tests. torchvision is not needed: each keeps the structure
 that matters to an importer (batch norm after conv and after concat, residual adds,
 depthwise convs, ReLU6, LeakyReLU, PReLU, reflect and edge padding, ceil-mode pooling,
 four-branch concats, global pooling, flatten, nearest and bilinear upsampling,
-space-to-depth, GroupNorm and GRN) at a size
+space-to-depth, GroupNorm, GRN and split attention) at a size
 that exports and runs in well under a second.
 
-EfficientNet and MobileNetV3 have squeeze-and-excitation gates, and PoolFormer and
+EfficientNet and MobileNetV3 have squeeze-and-excitation gates, ResNeSt a split-attention
+gate, and PoolFormer and
 ConvNeXt V2 normalise by statistics of whole maps, which cannot slide (see passes/global_pool_to_window.py): they
 are in ZOO, for the classifier tests, but not in SLIDING, and have no `dense` form. Every model in SLIDING has a `dense` flag: False is the classifier as trained; True is the same
 network converted by hand, in PyTorch, the way graphconv's passes convert it (global
@@ -565,6 +566,43 @@ class TResNetSmall(nn.Module):
         return patches.reshape(n, c * block * block, h // block, w // block)
 
 
+class SplitAttention(nn.Module):
+    """ResNeSt's split-attention conv as timm writes it: radix branches from one grouped
+    conv, added, pooled, two 1x1 convs, a softmax across the branches (rSoftMax's view,
+    transpose and flatten), and the branches added again, each weighted channel by channel."""
+
+    def __init__(self, channels: int, radix: int = 2):
+        super().__init__()
+        self.radix = radix
+        self.conv = conv_bn(channels, channels * radix, 3, groups=radix)
+        self.fc1, self.fc2 = nn.Conv2d(channels, channels // 2, 1), nn.Conv2d(channels // 2, channels * radix, 1)
+
+    def forward(self, x):
+        x = self.conv(x)
+        n, rc, h, w = x.shape
+        x = x.reshape(n, self.radix, rc // self.radix, h, w)
+        gap = x.sum(dim=1).mean((2, 3), keepdim=True)
+        attn = self.fc2(F.relu(self.fc1(gap))).view(n, 1, self.radix, -1).transpose(1, 2)
+        attn = F.softmax(attn, dim=1).reshape(n, -1).view(n, -1, 1, 1)
+        return (x * attn.reshape(n, self.radix, rc // self.radix, 1, 1)).sum(dim=1)
+
+
+class ResNeStSmall(nn.Module):
+    """A ResNeSt bottleneck around one split-attention conv. Its attention is a gate of
+    each crop's own averages, as squeeze-and-excitation's: a classifier only."""
+    crop = 32
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.stem = conv_bn(3, 16, 3, 2)
+        self.block1 = SplitAttention(16)
+        self.head = Head(16, classes, window=16)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head(x + self.block1(x))
+
+
 class GRN(nn.Module):
     """ConvNeXt V2's global response normalisation on a channels-last map, as written in
     its reference code: each channel's L2 norm over the map, over their mean."""
@@ -603,8 +641,8 @@ ZOO = {cls.__name__.removesuffix("Small").lower(): cls
        for cls in (AlexNetSmall, VGGBNSmall, ResNetSmall, SqueezeNetSmall, MobileNetV2Small,
                    DenseNetSmall, GoogLeNetSmall, ConvNeXtSmall, ShuffleNetSmall, EfficientNetSmall,
                    MobileNetV3Small, DarknetSmall, AntiAliasedSmall, HRNetSmall, PoolFormerSmall,
-                   ConvNeXtV2Small, TResNetSmall)}
-GATED = ("efficientnet", "mobilenetv3")  # squeeze-and-excitation: classifiers only
+                   ConvNeXtV2Small, TResNetSmall, ResNeStSmall)}
+GATED = ("efficientnet", "mobilenetv3", "resnest")  # squeeze-and-excitation, split attention: classifiers only
 WHOLE_MAP = ("poolformer", "convnextv2")  # statistics of whole maps: classifiers only
 SLIDING = [name for name in ZOO if name not in GATED + WHOLE_MAP]
 

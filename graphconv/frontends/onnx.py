@@ -150,7 +150,8 @@ def _load_external_data(model, path: Path) -> None:
 
 # ---- the conversion -------------------------------------------------------------------------------
 
-NCHW, NHWC, GROUPED, FLAT, GROUP_RUNS, PATCHES = "NCHW", "NHWC", "grouped", "flat", "group runs", "patches"
+NCHW, NHWC, GROUPED, FLAT, GROUP_RUNS, PATCHES, RADIX = (
+    "NCHW", "NHWC", "grouped", "flat", "group runs", "patches", "radix")
 # a patch view's Transposes that space_to_depth follows, and the channel order each gives
 PATCH_ORDERS = {(0, 3, 5, 1, 2, 4): "blocks", (0, 1, 3, 5, 2, 4): "channels"}
 ANY_LAYOUT = (NCHW, NHWC)
@@ -525,6 +526,7 @@ _VIEWS = {  # what a view is called, and the ONNX ops that read it
     GROUP_RUNS: ("(N, groups, -1) group", "InstanceNormalization (GroupNorm as exporters write it) and the "
                                           "Reshape back"),
     PATCHES: ("(N, C, H/b, b, W/b, b) patch", "the Transpose and Reshape of a space-to-depth (TResNet's stem)"),
+    RADIX: ("(N, 1, radix, C) gate", "ResNeSt's Transpose, Softmax and Reshape back"),
 }
 
 
@@ -811,6 +813,20 @@ def _reduce(imp: _Importer, node) -> None:
                         "the channels keeping their axis")
 
 
+@converts("ReduceSum")
+def _reduce_sum(imp: _Importer, node) -> None:
+    """The sum over the group axis of a (N, g, C/g, H, W) view, the axis dropped: ResNeSt
+    adding its radix branches. A group_sum layer."""
+    x = imp.tensor(node.input[0], (GROUPED,))
+    attrs = imp.attributes(node)
+    axes = imp.optional_constant(node, 1, "axes") if imp.opset >= 13 else attrs.get("axes")
+    axes = [] if axes is None else [int(a) % 5 for a in np.ravel(axes)]
+    if axes != [1] or attrs.get("keepdims", 1) or x.swapped:
+        raise imp.error(f"ReduceSum over axes {axes} of a grouped view (keepdims={attrs.get('keepdims', 1)}); "
+                        "graphconv adds the groups of an (N, g, C/g, H, W) view, that axis dropped")
+    imp.add_layer(node, "group_sum", [replace(x, layout=NCHW, groups=0)], dict(groups=x.groups))
+
+
 @converts("Relu")
 def _relu(imp: _Importer, node) -> None:
     imp.add_layer(node, "relu", [imp.tensor(node.input[0], ANY_LAYOUT)])
@@ -956,12 +972,12 @@ def _reshape(imp: _Importer, node) -> None:
     pair: (N, C, H, W) -> (N, g, C/g, H, W) and, after its Transpose, back; GroupNorm's
     (N, groups, -1) and back; space-to-depth's patch view and, after its Transpose, its
     end; and a batch-1 map flattened to [-1] (see `_gather`)."""
-    x = imp.tensor(node.input[0], (NCHW, GROUPED, GROUP_RUNS, PATCHES))
+    x = imp.tensor(node.input[0], (NCHW, GROUPED, GROUP_RUNS, PATCHES, RADIX))
     target = [int(v) for v in imp.constant(node.input[1], "target shape").ravel()]
     if x.layout == GROUPED or len(target) == 5:
         _channel_groups(imp, node, x, target)
         return
-    if _group_runs(imp, node, x, target) or _patches(imp, node, x, target):
+    if _group_runs(imp, node, x, target) or _patches(imp, node, x, target) or _radix(imp, node, x, target):
         return
     if len(target) == 1 and x.rank == 4 and _reshaped(target, [1, *x.shape]) == [math.prod(x.shape)]:
         imp.alias(node, replace(x, layout=FLAT, rank=1))
@@ -1042,6 +1058,32 @@ def _patches(imp: _Importer, node, x: Tensor, target: list[int]) -> bool:
     if x.layout == PATCHES:
         raise imp.error(f"Reshape of a {x.groups}x{x.groups} patch view to {target}; graphconv follows "
                         "space-to-depth's Transpose of the patch axes and its Reshape to (N, C*b*b, H/b, W/b)")
+    return False
+
+
+def _radix(imp: _Importer, node, x: Tensor, target: list[int]) -> bool:
+    """ResNeSt's split-attention gate (rSoftMax): a C x 1 x 1 value viewed as (N,
+    cardinality, radix, -1), its two middle axes swapped, a Softmax over the radix, and
+    flattened back; then (N, -1) seen as (N, C, 1, 1) again. With a cardinality of 1 the
+    swap moves no channel, so the Softmax is a softmax across `radix` runs of channels.
+    False when the Reshape is none of these."""
+    c, h, w = x.shape
+    if (h, w) != (1, 1):
+        return False
+    if x.layout == NCHW and x.rank == 4 and len(target) == 4:
+        dims = _reshaped(target, [1, c, 1, 1])
+        if dims and dims[0] == 1 and dims[1] * dims[2] * dims[3] == c and dims[2] > 1 and dims[1:] != [c, 1, 1]:
+            if dims[1] != 1:
+                raise imp.error(f"split attention with a cardinality of {dims[1]}: graphconv follows ResNeSt's "
+                                "radix softmax for a cardinality of 1")
+            imp.alias(node, replace(x, layout=RADIX, groups=dims[2]))
+            return True
+    if x.layout == RADIX and x.swapped and _reshaped(target, [1, c]) == [1, c]:
+        imp.alias(node, replace(x, layout=NCHW, rank=2, groups=0, swapped=False))
+        return True
+    if x.layout == NCHW and x.rank == 2 and _reshaped(target, [1, c]) == [1, c, 1, 1]:
+        imp.alias(node, replace(x, rank=4))
+        return True
     return False
 
 
@@ -1143,11 +1185,11 @@ def _add(imp: _Importer, node) -> None:
     raise imp.error("Add with several constants")
 
 
-def _operands(imp: _Importer, node) -> tuple[list[Tensor], list[np.ndarray]]:
-    """The node's feature-map inputs (any layout) and its constant ones."""
+def _operands(imp: _Importer, node, layouts: Sequence[str] = ANY_LAYOUT) -> tuple[list[Tensor], list[np.ndarray]]:
+    """The node's feature-map inputs (in `layouts`) and its constant ones."""
     operands = [imp.values.get(name) for name in node.input]
     constants = [v for v in operands if isinstance(v, np.ndarray)]
-    tensors = [imp.tensor(name, ANY_LAYOUT) for name, v in zip(node.input, operands)
+    tensors = [imp.tensor(name, layouts) for name, v in zip(node.input, operands)
                if not isinstance(v, np.ndarray)]
     return tensors, constants
 
@@ -1233,14 +1275,23 @@ def _per_channel(constant: np.ndarray, x: Tensor) -> np.ndarray | None:
 def _mul(imp: _Importer, node) -> None:
     """x * sigmoid(x) (swish, as exporters write SiLU): one silu layer; map * map of one
     shape, or map * a per-channel gate (squeeze-and-excitation): a mul layer; map * a
-    constant per channel (ConvNeXt's layer scale): a per-channel scale (`_affine`)."""
-    tensors, constants = _operands(imp, node)
+    constant per channel (ConvNeXt's layer scale): a per-channel scale (`_affine`). Two
+    grouped views of one grouping multiply as their channels do (ResNeSt's branches by
+    their radix-softmax weights), the result still so viewed."""
+    tensors, constants = _operands(imp, node, (*ANY_LAYOUT, GROUPED))
     if len(tensors) == 1 and len(constants) == 1:
+        if tensors[0].layout == GROUPED:
+            raise imp.error("Mul of a grouped 5-D view by a constant; graphconv multiplies such views by each other")
         _scale(imp, node, tensors[0], constants[0])
         return
     a, b = tensors
-    if a.layout != b.layout:
-        raise imp.error("Mul of an NCHW and a channels-last view of feature maps")
+    if (a.layout, a.groups, a.swapped) != (b.layout, b.groups, b.swapped):
+        raise imp.error(f"Mul of differently viewed feature maps ({a.layout} and {b.layout})")
+    if a.layout == GROUPED:
+        a, b = (a, b) if b.shape[1:] == (1, 1) else (b, a)
+        product = imp.add_layer(node, "mul", [a, b])
+        imp.alias(node, replace(product, groups=a.groups))
+        return
     swish = _swish_input(imp, a, b) or _swish_input(imp, b, a)
     if swish is not None:
         layer = imp.graph.replace(imp.graph.node(swish.node), "silu")
@@ -1272,10 +1323,12 @@ def _transpose(imp: _Importer, node) -> None:
     """The permutations that only change how ONNX sees the channels: to and from
     channels-last, the swap of a grouped view's two group axes, and the patch axes of a
     space-to-depth's view (which its Reshape then makes a layer)."""
-    x = imp.tensor(node.input[0], (NCHW, NHWC, GROUPED, PATCHES))
+    x = imp.tensor(node.input[0], (NCHW, NHWC, GROUPED, PATCHES, RADIX))
     perm = [int(p) for p in imp.attributes(node).get("perm", [])]
     if x.layout == PATCHES and not x.perm and tuple(perm) in PATCH_ORDERS:
         imp.alias(node, replace(x, perm=tuple(perm)))
+    elif x.layout == RADIX and perm == [0, 2, 1, 3]:
+        imp.alias(node, replace(x, swapped=not x.swapped))
     elif x.layout == NCHW and x.rank == 4 and perm == [0, 2, 3, 1]:
         imp.alias(node, replace(x, layout=NHWC))
     elif x.layout == NHWC and perm == [0, 3, 1, 2]:
@@ -1414,8 +1467,15 @@ def _concat(imp: _Importer, node) -> None:
 
 @converts("Softmax")
 def _softmax(imp: _Importer, node) -> None:
-    x = imp.tensor(node.input[0])
+    x = imp.tensor(node.input[0], (NCHW, RADIX))
     axis = imp.attributes(node).get("axis", 1 if imp.opset < 13 else -1)
+    if x.layout == RADIX:
+        if not x.swapped or axis % 4 != 1:
+            raise imp.error(f"Softmax over axis {axis} of a split-attention gate; graphconv follows ResNeSt's "
+                            "softmax over the radix")
+        normed = imp.add_layer(node, "softmax", [x], dict(groups=x.groups))
+        imp.alias(node, replace(normed, groups=x.groups, swapped=True))
+        return
     over_channels = axis % x.rank == 1 or (x.rank == 2 and axis % 2 == 1) or (imp.opset < 13 and axis == 1)
     if not over_channels:
         raise imp.error(f"Softmax over axis {axis} of a rank-{x.rank} value; graphconv's softmax is "

@@ -1,8 +1,11 @@
-"""CPU softmax over channels, parallel over (image, row), numerically stable."""
+"""CPU softmax over channels, parallel over (image, row), numerically stable; a grouped
+one runs on the (N, g, C/g, H*W) view (`grouped_view`)."""
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+
+from graphconv.ops.softmax import grouped_view
 
 
 @njit(cache=True, parallel=True)
@@ -26,4 +29,5 @@ def _softmax(x, out):
 
 
 def run_softmax(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
-    _softmax(np.ascontiguousarray(inputs[0]), out)
+    groups = params["groups"]
+    _softmax(grouped_view(np.ascontiguousarray(inputs[0]), groups), grouped_view(out, groups))

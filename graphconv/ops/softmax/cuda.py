@@ -8,10 +8,12 @@ threads, 3000 dependent steps each (0.48 ms on an H100, session 5)."""
 from __future__ import annotations
 
 import math
+from functools import partial
 
 from numba import cuda, float32
 
 from graphconv.ops.cuda_launch import BoundLaunches, KernelCall
+from graphconv.ops.softmax import grouped_view
 
 POSITIONS = 8  # per block (threadIdx.x)
 LANES = 32     # channel lanes per position (threadIdx.y): a power of two, halved by the reduction
@@ -62,15 +64,15 @@ def _softmax(x, out):
             out[b, ch, y, xx] /= total
 
 
-def _launches(inputs: list, out) -> list[KernelCall]:
-    x = inputs[0]
+def _launches(groups: int, inputs: list, out) -> list[KernelCall]:
+    x, out = grouped_view(inputs[0], groups), grouped_view(out, groups)
     n, _, height, width = x.shape
     positions = n * height * width
     return [(_softmax[(positions + POSITIONS - 1) // POSITIONS, (POSITIONS, LANES)], (x, out))]
 
 
 def bind_softmax(params: dict, weights: dict) -> BoundLaunches:
-    return BoundLaunches(_launches)
+    return BoundLaunches(partial(_launches, params["groups"]))
 
 
 def run_softmax(params: dict, weights: dict, inputs: list, out) -> None:
