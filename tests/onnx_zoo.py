@@ -1,15 +1,15 @@
 """Small PyTorch classifiers built like the torchvision architectures users bring
 (AlexNet, VGG with batch norm, ResNet, SqueezeNet, MobileNetV2, DenseNet, GoogLeNet,
 ConvNeXt, ShuffleNetV2, EfficientNet, MobileNetV3, Darknet, anti-aliased pooling,
-HRNet, TResNet, PoolFormer, ConvNeXt V2, ResNeSt), for the ONNX import tests. torchvision is not needed: each keeps the structure
+HRNet, TResNet, PoolFormer, ConvNeXt V2, ResNeSt, SKNet), for the ONNX import tests. torchvision is not needed: each keeps the structure
 that matters to an importer (batch norm after conv and after concat, residual adds,
 depthwise convs, ReLU6, LeakyReLU, PReLU, reflect and edge padding, ceil-mode pooling,
 four-branch concats, global pooling, flatten, nearest and bilinear upsampling,
-space-to-depth, GroupNorm, GRN and split attention) at a size
+space-to-depth, GroupNorm, GRN, split attention and selective kernels) at a size
 that exports and runs in well under a second.
 
-EfficientNet and MobileNetV3 have squeeze-and-excitation gates, ResNeSt a split-attention
-gate, and PoolFormer and
+EfficientNet and MobileNetV3 have squeeze-and-excitation gates, ResNeSt and SKNet
+split-attention and selective-kernel gates, and PoolFormer and
 ConvNeXt V2 normalise by statistics of whole maps, which cannot slide (see passes/global_pool_to_window.py): they
 are in ZOO, for the classifier tests, but not in SLIDING, and have no `dense` form. Every model in SLIDING has a `dense` flag: False is the classifier as trained; True is the same
 network converted by hand, in PyTorch, the way graphconv's passes convert it (global
@@ -603,6 +603,41 @@ class ResNeStSmall(nn.Module):
         return self.head(x + self.block1(x))
 
 
+class SelectiveKernel(nn.Module):
+    """SKNet's selective kernel as timm writes it: two paths (a 3x3 and a dilated 3x3
+    conv) stacked on a new axis, summed, pooled, two 1x1 convs, a softmax across the
+    paths, and the paths weighted and summed."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.paths = nn.ModuleList([conv_bn(channels, channels, 3), nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=2, dilation=2, bias=False), nn.BatchNorm2d(channels), nn.ReLU())])
+        self.fc_reduce = nn.Conv2d(channels, channels // 2, 1)
+        self.fc_select = nn.Conv2d(channels // 2, 2 * channels, 1, bias=False)
+
+    def forward(self, x):
+        stacked = torch.stack([path(x) for path in self.paths], dim=1)
+        attn = self.fc_select(F.relu(self.fc_reduce(stacked.sum(dim=1).mean((2, 3), keepdim=True))))
+        attn = F.softmax(attn.view(x.shape[0], 2, x.shape[1], 1, 1), dim=1)
+        return (stacked * attn).sum(dim=1)
+
+
+class SKNetSmall(nn.Module):
+    """A residual block around a selective kernel: a gate of each crop's own averages, so
+    a classifier only."""
+    crop = 32
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.stem = conv_bn(3, 16, 3, 2)
+        self.block1 = SelectiveKernel(16)
+        self.head = Head(16, classes, window=16)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head(x + self.block1(x))
+
+
 class GRN(nn.Module):
     """ConvNeXt V2's global response normalisation on a channels-last map, as written in
     its reference code: each channel's L2 norm over the map, over their mean."""
@@ -641,8 +676,8 @@ ZOO = {cls.__name__.removesuffix("Small").lower(): cls
        for cls in (AlexNetSmall, VGGBNSmall, ResNetSmall, SqueezeNetSmall, MobileNetV2Small,
                    DenseNetSmall, GoogLeNetSmall, ConvNeXtSmall, ShuffleNetSmall, EfficientNetSmall,
                    MobileNetV3Small, DarknetSmall, AntiAliasedSmall, HRNetSmall, PoolFormerSmall,
-                   ConvNeXtV2Small, TResNetSmall, ResNeStSmall)}
-GATED = ("efficientnet", "mobilenetv3", "resnest")  # squeeze-and-excitation, split attention: classifiers only
+                   ConvNeXtV2Small, TResNetSmall, ResNeStSmall, SKNetSmall)}
+GATED = ("efficientnet", "mobilenetv3", "resnest", "sknet")  # SE, split attention, selective kernel: classifiers only
 WHOLE_MAP = ("poolformer", "convnextv2")  # statistics of whole maps: classifiers only
 SLIDING = [name for name in ZOO if name not in GATED + WHOLE_MAP]
 

@@ -1453,22 +1453,50 @@ def _slice_channels(imp: _Importer, node, x: Tensor, start: int, stop: int, outp
         imp.add_layer(node, "slice_channels", [x], dict(start=start, stop=stop), output=output)
 
 
+@converts("Unsqueeze")
+def _unsqueeze(imp: _Importer, node) -> None:
+    """A map made (N, 1, C, H, W): one branch of SKNet's stack, a grouped view of one
+    group, which a Concat along axis 1 joins to the others. (On constants, shape
+    arithmetic, it is folded before this is called.)"""
+    x = imp.tensor(node.input[0])
+    axes = imp.optional_constant(node, 1, "axes") if imp.opset >= 13 else imp.attributes(node).get("axes")
+    axes = [] if axes is None else [int(a) for a in np.ravel(axes)]
+    if x.rank != 4 or [a % 5 for a in axes] != [1]:
+        raise imp.error(f"Unsqueeze of axes {axes} of a rank-{x.rank} feature map; graphconv follows only the "
+                        "(N, 1, C, H, W) view of stacked branches (axis 1)")
+    imp.alias(node, replace(x, layout=GROUPED, groups=1, swapped=False))
+
+
 @converts("Concat")
 def _concat(imp: _Importer, node) -> None:
+    """Channels (axis 1) of maps; or grouped views of one group size along their group
+    axis (SKNet's stacked branches), which is the same concatenation of channels."""
     axis = imp.attributes(node).get("axis", 1)
-    tensors = [imp.tensor(name) for name in node.input]
-    if axis % tensors[0].rank != 1:
+    tensors = [imp.tensor(name, (NCHW, GROUPED)) for name in node.input]
+    grouped = tensors[0].layout == GROUPED
+    if grouped and any(t.layout != GROUPED or t.swapped or t.shape[0] // t.groups != tensors[0].shape[0] //
+                       tensors[0].groups for t in tensors):
+        raise imp.error("Concat of grouped views of different group sizes; graphconv stacks branches alike")
+    if axis % (5 if grouped else tensors[0].rank) != 1:
         raise imp.error(f"Concat along axis {axis}; graphconv concatenates channels (axis 1)")
     if len(tensors) == 1:
         imp.alias(node, tensors[0])
-    else:
-        imp.add_layer(node, "concat", tensors)
+        return
+    joined = imp.add_layer(node, "concat", tensors)
+    if grouped:
+        imp.alias(node, replace(joined, groups=sum(t.groups for t in tensors)))
 
 
 @converts("Softmax")
 def _softmax(imp: _Importer, node) -> None:
-    x = imp.tensor(node.input[0], (NCHW, RADIX))
+    x = imp.tensor(node.input[0], (NCHW, RADIX, GROUPED))
     axis = imp.attributes(node).get("axis", 1 if imp.opset < 13 else -1)
+    if x.layout == GROUPED:  # SKNet: across the stacked branches
+        if x.swapped or axis % 5 != 1:
+            raise imp.error(f"Softmax over axis {axis} of a grouped view; graphconv takes it across the groups")
+        normed = imp.add_layer(node, "softmax", [x], dict(groups=x.groups))
+        imp.alias(node, replace(normed, groups=x.groups))
+        return
     if x.layout == RADIX:
         if not x.swapped or axis % 4 != 1:
             raise imp.error(f"Softmax over axis {axis} of a split-attention gate; graphconv follows ResNeSt's "
@@ -1511,6 +1539,6 @@ def _constant_only(imp: _Importer, node) -> None:
                     "evaluates it only on constants (shape arithmetic)")
 
 
-for _op in ("Unsqueeze", "Cast", "ConstantOfShape",
+for _op in ("Cast", "ConstantOfShape",
             "Range", "Equal", "Where", "Expand", "Floor", "Ceil", "Sqrt", "Neg", "ReduceProd"):
     CONVERTERS[_op] = _constant_only
