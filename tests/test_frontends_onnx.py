@@ -915,3 +915,15 @@ def test_space_to_depth_nodes_match_onnxruntime_and_slide(tmp_path, rng):
     np.testing.assert_allclose(Model(graph).run(x, full=True), onnxruntime_scores(path, x), **TOLERANCE)
     big = rng.standard_normal((1, 3, 21, 17)).astype(np.float32)  # odd sides: the last row and column fill no patch
     np.testing.assert_allclose(Model(graph).run(big, full=True), Model(graph).run(big[:, :, :20, :16], full=True))
+
+
+def test_an_attention_blocks_reshape_is_refused_naming_what_is_followed(tmp_path):
+    """(N, C, H*W) read by a Transpose (an attention block's tokens), not by the
+    InstanceNormalization that would make it GroupNorm's view."""
+    helper = onnx.helper
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["t"], name="tokens"),
+             helper.make_node("Transpose", ["t"], ["y"], perm=[0, 2, 1])]
+    path = onnx_file(tmp_path / "attention.onnx", nodes, {"shape": np.array([1, 3, -1], np.int64)})
+    with pytest.raises(GraphconvError, match=r"node 'tokens': Reshape of a 1x3x16x16 value to \[1, 3, -1\]; "
+                                             r"graphconv recognises .* GroupNorm, space-to-depth and split attention"):
+        load_network(path)

@@ -995,7 +995,9 @@ def _reshape(imp: _Importer, node) -> None:
         imp.alias(node, x)
         return
     raise imp.error(f"Reshape of a {'x'.join(map(str, current))} value to {target}; graphconv "
-                    "recognises only the flatten before a classifier's fully connected layer")
+                    "recognises the flatten before a classifier's fully connected layer and the views of a "
+                    "channel shuffle, GroupNorm, space-to-depth and split attention (an attention block's "
+                    "reshapes are not among them)")
 
 
 def _channel_groups(imp: _Importer, node, x: Tensor, target: list[int]) -> None:
@@ -1024,10 +1026,11 @@ def _channel_groups(imp: _Importer, node, x: Tensor, target: list[int]) -> None:
 
 def _group_runs(imp: _Importer, node, x: Tensor, target: list[int]) -> bool:
     """(N, C, H, W) viewed as (N, groups, C/groups * H * W), the form in which exporters
-    write GroupNorm (an InstanceNormalization of each run), or such a view back; False
-    when the Reshape is neither."""
+    write GroupNorm (an InstanceNormalization of each run, which must be what reads it),
+    or such a view back; False when the Reshape is neither."""
     c, h, w = x.shape
-    if x.layout == NCHW and x.rank == 4 and len(target) == 3:
+    readers = [n.op_type for n in imp.nodes if node.output[0] in n.input]
+    if x.layout == NCHW and x.rank == 4 and len(target) == 3 and readers == ["InstanceNormalization"]:
         dims = _reshaped(target, [1, c, h, w])
         if dims and c % dims[1] == 0 and dims == [1, dims[1], c // dims[1] * h * w]:
             imp.alias(node, replace(x, layout=GROUP_RUNS, rank=3, groups=dims[1]))
