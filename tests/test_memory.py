@@ -14,6 +14,7 @@ from graphconv import memory
 from graphconv.errors import GraphconvError
 from graphconv.memory import (blas_buffer_bytes, check_fits, check_run_fits, format_size, memory_limit,
                               parse_size, run_estimate, set_memory_limit, weight_bytes)
+from graphconv.ops.vector_tile import padded_channels
 from graphconv.shapes import infer_shapes
 from conftest import SPECS
 
@@ -186,14 +187,16 @@ def test_the_estimate_covers_the_weights_and_the_largest_activation_of_a_run(nam
 def test_alexnet_at_384_against_a_hand_count():
     """Worked out by hand for the one-tower AlexNet of specs/alexnet.yaml, compiled:
     61,100,840 parameters, plus the executor's packed copies of conv1 and conv2's weights
-    for "outer" (23,232 + 307,200), and the Winograd-transformed weights of conv3-5,
-    16 x C x O each (1,179,648 + 1,572,864 + 1,048,576); fc8-as-conv's 4,096,000, over
-    4 MB, would be packed only by a run taking it through the conv's "outer" strategy,
-    and at 384 it streams. At 384x384 the largest moment is
+    for "outer" (23,232 + 307,200) and of fc8-as-conv's (4096 x 1000, its outputs padded to
+    whole vectors: 4096 x 1008 with 16 lanes), and the Winograd-transformed weights of
+    conv3-5, 16 x C x O each (1,179,648 + 1,572,864 + 1,048,576); fc6 and fc7, over
+    PACK_MAX_WEIGHTS, would be packed only by a run taking them through the conv's
+    "outer" strategy, and at 384 they stream. At 384x384 the largest moment is
     conv1's 64x95x95 output beside norm1's (relu1 is fused into conv1), with the
     3x384x384 input still held by the caller."""
     model = graphconv.compile_model(SPECS / "alexnet.yaml")
-    weights = 4 * (61_100_840 + 23_232 + 307_200 + 1_179_648 + 1_572_864 + 1_048_576)
+    fc8_packed = 4096 * padded_channels(1000)
+    weights = 4 * (61_100_840 + 23_232 + 307_200 + fc8_packed + 1_179_648 + 1_572_864 + 1_048_576)
     activations = 4 * (3 * 384 * 384 + 2 * 64 * 95 * 95)
     by_hand = weights + activations
     assert weight_bytes(model.graph) == weights

@@ -77,10 +77,13 @@ from graphconv.ops.vector_tile import (GATHERED_TILES, OUTER_ROWS, gathered_tile
                                        padded_tile_rows)
 
 SCRATCH_FLOATS = 1 << 22  # 16 MB of im2col columns per chunk
-# prepare_conv packs weights under this for "outer": ResNet-50's layer4 (9 MB at most), which
-# runs it on channels-last values; not the FC-as-conv layers of AlexNet and VGG (16 MB and
-# up), which stream (packing fc6 would double its 151 MB for nothing).
-PACK_MAX_WEIGHTS = 3 << 20
+# prepare_conv packs weights under this many for "outer": ResNet-50's layer4 (9 MB at most),
+# HRNet's 3x3 stride-2 512 -> 1024 at 7x7 (19 MB) and AlexNet's and VGG's fc8-as-conv (16 MB),
+# which run it on channels-last values; not their fc6 and fc7 (67 MB and up), which stream
+# (packing fc6 would double its 151 MB). In the networks, alternating with the bound at
+# 3M (session 25): HRNet's layer 3.0 -> 2.3 ms, AlexNet-FCN's fc8 1.47 -> 1.00 ms,
+# VGG-16 FCN's 1.62 -> 1.13 ms (fc7 would gain 14% for 67 MB more).
+PACK_MAX_WEIGHTS = 5 << 20
 WINOGRAD_MIN_CHANNELS = 16  # fewer output channels: the transforms would cost more than they save
 WINOGRAD_MIN_IN_CHANNELS = 64  # fewer input channels: "outer" is faster (see `suits_winograd`)
 WINOGRAD_MIN_POSITIONS = 16  # fewer outputs (4 tiles): an fc-like layer, which streams its weights
@@ -201,7 +204,7 @@ def prepare_conv(params: dict, weights: dict) -> dict:
     here: in practice FC-like layers have them, which mostly run "stream". `run_conv`
     packs a layer's weights the first time a run takes them through "outer" without
     them (those, or a Winograd layer's on a map too small for Winograd) and keeps them
-    in this dict from then on (AlexNet-FCN's fc8, 16 MB, never is)."""
+    in this dict from then on (AlexNet-FCN's fc7, 67 MB, never is)."""
     w = weights["weight"]
     if suits_winograd(params, w.shape[1]):
         return dict(weights, weight_winograd=winograd_weights(w))
