@@ -521,7 +521,9 @@ def _clean_name(name: str) -> str:
 
 _VIEWS = {  # what a view is called, and the ONNX ops that read it
     NHWC: ("channels-last (NHWC)", "Transpose back, LayerNormalization, MatMul, Add, Mul and pointwise activations"),
-    GROUPED: ("grouped 5-D (N, g, C/g, H, W)", "the channel shuffle's Transpose and Reshape back"),
+    GROUPED: ("grouped 5-D (N, g, C/g, H, W)", "the channel shuffle's Transpose and Reshape back, and split "
+                                               "attention's and selective kernels' Concat, Mul, Softmax and "
+                                               "ReduceSum over the groups"),
     FLAT: ("flattened", "a Gather of every element back into (N, C, H, W)"),
     GROUP_RUNS: ("(N, groups, -1) group", "InstanceNormalization (GroupNorm as exporters write it) and the "
                                           "Reshape back"),
