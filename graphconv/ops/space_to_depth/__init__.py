@@ -70,17 +70,14 @@ def to_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
         return
     blocks = writer.node("SpaceToDepth", [patches], blocksize=b)
     sizes = writer.node("Shape", [blocks])
-
-    def dims(*parts):
-        pieces = [writer.node("Slice", [sizes, writer.constant(np.array([start], np.int64)),
-                                        writer.constant(np.array([stop], np.int64))])
-                  if isinstance(start, int) else writer.constant(np.array(stop, np.int64))
-                  for start, stop in parts]
-        return writer.node("Concat", pieces, axis=0)
-
-    split = writer.node("Reshape", [blocks, dims((0, 1), (None, [b * b, -1]), (2, 4))])
-    swapped = writer.node("Transpose", [split], perm=[0, 2, 1, 3, 4])
-    writer.node("Reshape", [swapped, dims((0, 1), (None, [-1]), (2, 4))], output)
+    batch = writer.node("Slice", [sizes, writer.constant(np.array([0], np.int64)),
+                                  writer.constant(np.array([1], np.int64))])
+    rows_cols = writer.node("Slice", [sizes, writer.constant(np.array([2], np.int64)),
+                                      writer.constant(np.array([4], np.int64))])
+    split_shape = writer.node("Concat", [batch, writer.constant(np.array([b * b, -1], np.int64)), rows_cols], axis=0)
+    flat_shape = writer.node("Concat", [batch, writer.constant(np.array([-1], np.int64)), rows_cols], axis=0)
+    swapped = writer.node("Transpose", [writer.node("Reshape", [blocks, split_shape])], perm=[0, 2, 1, 3, 4])
+    writer.node("Reshape", [swapped, flat_shape], output)
 
 
 register(OpDef(
