@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from graphconv.cost import layer_costs
 from graphconv.model import Model
-from graphconv.receptive import receptive_fields
+from graphconv.receptive import receptive_fields, whole_crop_layers
 
 
 def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
@@ -13,6 +13,7 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
     hw = input_hw or (hc, wc)
     costs = layer_costs(graph, hw)
     fields = receptive_fields(graph)
+    whole = whole_crop_layers(graph)
     head = f"{graph.name}: input {c}x{hw[0]}x{hw[1]} (trained crop {c}x{hc}x{wc})"
     if model.seeded_weights:
         head += "; seeded weights (the spec names no weights file)"
@@ -22,12 +23,14 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
                    f"{'field':>9}{'stride':>8}{'offset':>9}"]
     for row in costs:
         f = fields[row.name]
+        size, offset = ("crop", "-") if row.name in whole else (_pair(f.size), _pair(f.offset))
         lines.append(f"{row.name:<{name_width}}{row.op:<{op_width}}{'x'.join(map(str, row.shape)):>14}"
-                     f"{row.params:>12,}{row.flops / 1e6:>11.1f}{_pair(f.size):>9}{_pair(f.stride):>8}"
-                     f"{_pair(f.offset):>9}")
+                     f"{row.params:>12,}{row.flops / 1e6:>11.1f}{size:>9}{_pair(f.stride):>8}{offset:>9}")
     total_params = sum(r.params for r in costs)
     total_flops = sum(r.flops for r in costs)
     lines.append(f"{'total':<{name_width + op_width + 14}}{total_params:>12,}{total_flops / 1e6:>11.1f}")
+    if whole:
+        lines.append(_whole_crop_note(graph, whole))
     if model.stitch_copies > 1:
         lines.append(f"shift-and-stitch: {model.stitch_copies} shifted copies of each image in one pass "
                      "(counted in the FLOPs above)")
@@ -82,6 +85,13 @@ def scales_report(model: Model, image_hw: tuple[int, int], scales: list[int]) ->
         lines.append(f"{scale:>7}{f'{h}x{w}':>12}{f'{rows}x{cols}':>12}{gflop:>10.2f}")
     lines.append(f"{'total':>31}{total:>10.2f} GFLOP (x2 with --flip)")
     return "\n".join(lines)
+
+
+def _whole_crop_note(graph, whole: set[str]) -> str:
+    first = next(node for node in graph.layers() if node.name in whole)
+    return (f"field 'crop': from layer '{first.name}' ({first.op}) on, values depend on statistics of a whole "
+            "map (a group norm, or a gate pooled over the crop), so every cell sees the whole crop; such a "
+            "network runs as the classifier, or on a larger image with `run --crops`")
 
 
 def _pair(values) -> str:

@@ -103,3 +103,25 @@ def upsampling_multiple(graph: Graph) -> tuple[int, int] | None:
             stride = fields[node.inputs[0].name].stride
             multiple = tuple(math.lcm(int(a), int(b)) for a, b in zip(multiple or (1, 1), stride))
     return multiple
+
+
+def whole_crop_layers(graph: Graph) -> set[str]:
+    """The layers whose values depend on statistics of a whole map, not on a box that
+    slides with each cell: a `whole_map` op (groupnorm, global_l2norm), a map scaled or
+    shifted by a one-cell value broadcast over it (a squeeze-and-excitation gate pooled
+    over the crop), and every layer after them. `receptive_fields` gives them the box of
+    their local path only; what their cells really see is the whole crop (at the crop
+    size), which is why such networks run as classifiers or crop by crop, and why
+    `inspect` says so."""
+    shapes = infer_shapes(graph, check_weights=False)
+
+    def cells(name: str) -> int:
+        return shapes[name][1] * shapes[name][2]
+
+    whole: set[str] = set()
+    for node in graph.layers():
+        many_cells = cells(node.name) > 1  # one cell's window is its whole input: that field is true
+        if (any(src.name in whole for src in node.inputs)
+                or many_cells and (node.opdef.whole_map or any(cells(src.name) == 1 for src in node.inputs))):
+            whole.add(node.name)
+    return whole

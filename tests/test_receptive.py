@@ -1,0 +1,84 @@
+"""Receptive fields checked by poking pixels: every cell that changes must have the pixel
+in its box, for every layer whose field is local; the layers `whole_crop_layers` names
+are exactly those where that fails, because they see the whole crop."""
+import numpy as np
+import pytest
+
+import graphconv
+from conftest import random_input
+from graphconv.receptive import receptive_fields, whole_crop_layers
+from nets import DAG, GATED, STRIDED
+
+GROUP_NORMED = """
+name: group_normed
+input: {shape: [2, 14, 14]}
+layers:
+  - {name: c1, op: conv, out_channels: 4, kernel_size: 3}
+  - {name: gn, op: groupnorm, groups: 2}
+  - {name: c2, op: conv, out_channels: 4, kernel_size: 3, stride: 2}
+  - {name: head, op: globalavgpool}
+"""
+
+L2_GATED = """
+name: l2_gated
+input: {shape: [2, 12, 12]}
+layers:
+  - {name: c1, op: conv, out_channels: 3, kernel_size: 3}
+  - {name: norms, op: global_l2norm}
+  - {name: scaled, op: mul, inputs: [c1, norms]}
+  - {name: c2, op: conv, out_channels: 2, kernel_size: 2}
+"""
+
+
+def layer_values(graph, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Every layer's output through the numpy references."""
+    values = {graph.input.name: x}
+    for node in graph.layers():
+        values[node.name] = node.opdef.reference(node.params, node.weights, [values[s.name] for s in node.inputs])
+    return values
+
+
+def cells_outside_their_field(graph, rng, pokes: int = 10) -> set[str]:
+    """The layers with a cell that changed when a pixel outside its field's box changed."""
+    fields = receptive_fields(graph)
+    c, h, w = graph.input_shape
+    image = random_input(rng, (1, c, h, w))
+    base = layer_values(graph, image)
+    unsound = set()
+    for y, x in rng.integers(0, (h, w), size=(pokes, 2)):
+        poked = image.copy()
+        poked[0, :, y, x] += 10.0
+        for name, value in layer_values(graph, poked).items():
+            changed = np.abs(value - base[name]).max(axis=(0, 1)) > 0
+            for i, j in zip(*np.nonzero(changed)):
+                top, left, bottom, right = fields[name].box(i, j)
+                if not (top <= y < bottom and left <= x < right):
+                    unsound.add(name)
+    return unsound
+
+
+@pytest.mark.parametrize("spec,whole", [
+    (STRIDED, set()),
+    (DAG, set()),
+    (GATED, {"excite", "head", "fc"}),
+    (GROUP_NORMED, {"gn", "c2", "head"}),
+    (L2_GATED, {"scaled", "c2"}),
+])
+def test_whole_crop_layers_are_those_a_local_field_misdescribes(write_spec, rng, spec, whole):
+    graph = graphconv.load(write_spec(spec)).graph
+    assert whole_crop_layers(graph) == whole
+    unsound = cells_outside_their_field(graph, rng)
+    assert unsound <= whole, f"local fields too small outside the whole-crop layers: {unsound - whole}"
+    if whole:
+        assert unsound, "no poke showed a whole-crop layer depending on pixels outside its local box"
+
+
+def test_inspect_shows_the_crop_as_the_field_of_whole_crop_layers(write_spec):
+    from graphconv.inspect_report import inspect_report
+
+    report = inspect_report(graphconv.load(write_spec(GROUP_NORMED)))
+    rows = {line.split()[0]: line.split() for line in report.splitlines()[2:] if line.split()}
+    assert rows["c1"][-3:] == ["3", "1", "0"]
+    assert rows["gn"][-3:] == ["crop", "1", "-"]
+    assert rows["c2"][-3:] == ["crop", "2", "-"]
+    assert "from layer 'gn' (groupnorm) on" in report and "--crops" in report
