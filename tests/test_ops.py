@@ -173,23 +173,23 @@ CONV_CASES = [
 ]
 
 
-def applicable_strategies(params):
-    """Every CPU conv strategy that can run this layer (pointwise needs a plain 1x1,
-    winograd a plain 3x3)."""
+def applicable_strategies(params, in_channels):
+    """Every CPU conv strategy that can run this layer on `in_channels` (pointwise needs a
+    plain 1x1, winograd a plain 3x3, grouped as many channels in as out, 2-8 a group)."""
     normalized = normalize_params(get_op("conv"), params)
-    return [s for s in conv_cpu.STRATEGIES if conv_cpu.can_run(s, normalized)]
+    return [s for s in conv_cpu.STRATEGIES if conv_cpu.can_run(s, normalized, in_channels)]
 
 
 @pytest.mark.parametrize("params", CONV_CASES)
 @pytest.mark.parametrize("in_shape", [(6, 9, 7), (6, 11, 13)])
 def test_conv_matches_reference(params, in_shape, rng):
     check_op("conv", params, [in_shape], rng)  # the strategy the shape picks
-    for strategy in applicable_strategies(params):
+    for strategy in applicable_strategies(params, in_shape[0]):
         check_op("conv", params, [in_shape], rng, strategy=strategy)
         check_op("conv", params, [in_shape], rng, strategy=strategy, prepared=True)
 
 
-@pytest.mark.parametrize("kernel, groups", [(3, 1), (1, 1), (3, 8)])
+@pytest.mark.parametrize("kernel, groups", [(3, 1), (1, 1), (3, 8), (3, 2)])
 @pytest.mark.parametrize("storage", [(False, False), (True, True)])
 def test_relu6_clamps_at_both_ends_in_every_strategy(kernel, groups, storage, rng):
     """Inputs scaled so that the conv's outputs pass 6 as well as 0: each strategy clamps
@@ -201,7 +201,7 @@ def test_relu6_clamps_at_both_ends_in_every_strategy(kernel, groups, storage, rn
     weights = make_weights(opdef, params, [(8, 12, 12)], rng)
     want = opdef.reference(params, weights, [x])
     assert (want == 6).any() and (want == 0).any() and ((want > 0) & (want < 6)).any()
-    for strategy in applicable_strategies(params):
+    for strategy in applicable_strategies(params, 8):
         got = run_kernel(opdef, params, weights, [x], storage, strategy=strategy)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=strategy)
 
@@ -282,7 +282,7 @@ def test_conv_hypothesis(c, groups, o_per, kh, kw, sh, sw, ph, pw, dh, dw, h, w,
     params = dict(out_channels=o_per * groups, kernel_size=[kh, kw], stride=[sh, sw],
                   padding=[ph, pw], dilation=[dh, dw], groups=groups,
                   activation=activation)
-    for strategy in applicable_strategies(params):
+    for strategy in applicable_strategies(params, c):
         for prepared in (False, True):  # taps in the spec's order and in prepare_conv's
             check_op("conv", params, [(c, h, w)], np.random.default_rng(h * 31 + w), batch=batch,
                      strategy=strategy, prepared=prepared, storage=storage)
@@ -322,6 +322,41 @@ def test_depthwise_channels_last_over_tiles_of_pixels_and_vectors(c, w, k, s, ac
     single ones (37: 16 + 16 + 5); a smooth activation over each row as it is written."""
     params = dict(out_channels=c, kernel_size=k, stride=s, padding=k // 2, groups=c, activation=activation)
     check_op("conv", params, [(c, 5, w)], rng, batch=1, strategy="depthwise", storage=(True, True))
+
+
+@settings(max_examples=40, deadline=None)
+@given(group=st.sampled_from(vector_tile.GROUP_WIDTHS), groups=st.integers(2, 13), k=st.integers(1, 5),
+       s=st.integers(1, 3), p=st.integers(0, 2), d=st.integers(1, 2), h=st.integers(3, 9), w=st.integers(3, 34),
+       batch=st.integers(1, 2), activation=st.sampled_from(FUSED), residual=st.booleans(),
+       storage=st.sampled_from(STORAGE_CHOICES))
+def test_conv_grouped_hypothesis(group, groups, k, s, p, d, h, w, batch, activation, residual, storage):
+    """The "grouped" strategy (2, 4 or 8 channels in and out a group, each input vector
+    rotated within its groups of lanes): channel counts that fill 16-lane vectors, leave
+    an 8-lane one or single channels over (groups of 2 and 4 split across them), rows with
+    several 8-pixel tiles and borders, strides and dilations, a residual input, every
+    storage (the kernel runs channels-last, on copies where a value is not)."""
+    c = group * groups
+    if d * (k - 1) + 1 > min(h, w) + 2 * p:
+        return
+    params = dict(out_channels=c, kernel_size=k, stride=s, padding=p, dilation=d, groups=groups, activation=activation)
+    out_shape = get_op("conv").shape(normalize_params(get_op("conv"), params), [(c, h, w)])
+    in_shapes = [(c, h, w), out_shape] if residual else [(c, h, w)]
+    for prepared in (False, True):
+        check_op("conv", params, in_shapes, np.random.default_rng(c * 7 + w), batch=batch, strategy="grouped",
+                 prepared=prepared, storage=storage)
+
+
+@pytest.mark.parametrize("params,in_channels,expected", [
+    (dict(out_channels=128, kernel_size=3, padding=1, groups=32), 128, "grouped"),  # ResNeXt-50 32x4d, layer1
+    (dict(out_channels=256, kernel_size=3, stride=2, padding=1, groups=32), 256, "grouped"),  # layer2.0: 8 a group
+    (dict(out_channels=512, kernel_size=3, padding=1, groups=32), 512, "outer"),  # layer3: 16 a group
+    (dict(out_channels=64, kernel_size=3, padding=1, groups=16), 32, "outer"),  # 2 in, 4 out a group
+    (dict(out_channels=64, kernel_size=3, padding=1, groups=64), 64, "depthwise"),
+])
+def test_grouped_strategy_takes_groups_of_2_to_8_channels_in_and_out(params, in_channels, expected):
+    params = normalize_params(get_op("conv"), params)
+    assert conv_cpu.choose_strategy(params, (1, in_channels, 28, 28), channels_last=True) == expected
+    assert conv_cpu.can_run("grouped", params, in_channels) == (expected == "grouped")
 
 
 @settings(max_examples=30, deadline=None)
@@ -557,7 +592,7 @@ def test_conv_adds_a_residual_input_before_the_activation(params, in_shape, acti
     before the activation (the strategies that do not add it while writing add it after)."""
     params = dict(params, activation=activation)
     out_shape = get_op("conv").shape(normalize_params(get_op("conv"), params), [in_shape])
-    for strategy in applicable_strategies(params):
+    for strategy in applicable_strategies(params, in_shape[0]):
         for prepared in (False, True):
             check_op("conv", params, [in_shape, out_shape], rng, strategy=strategy, prepared=prepared,
                      storage=storage)

@@ -32,8 +32,16 @@ LANE_WIDTHS = (8, 16)  # the register tiles' widths (`vector_tile.OUTER_LANES`)
 def per_lane_width(function: Callable, options: dict, **names: dict[int, Any]) -> dict[int, Any]:
     """{lanes: `function` compiled with numba's `options`, each global in `names` bound to
     its value for that width}, for each width of LANE_WIDTHS."""
-    return {lanes: njit(**options)(_copy(function, f"_{lanes}", {name: table[lanes] for name, table in names.items()}))
+    return {lanes: specialised(function, f"_{lanes}", options, **{name: table[lanes] for name, table in names.items()})
             for lanes in LANE_WIDTHS}
+
+
+def specialised(function: Callable, suffix: str, options: dict, **names: Any) -> Any:
+    """`function` (a plain function, or a numba dispatcher's) compiled with numba's
+    `options` as a copy named with `suffix`, each global in `names` bound to the value
+    given: the same mechanism for any constant a kernel should be compiled for, such as
+    the depthwise tile's channels a group (`conv.depthwise.CHANNELS_LAST_TAPS`)."""
+    return njit(**options)(_copy(getattr(function, "py_func", function), suffix, names))
 
 
 def _copy(function: Callable, suffix: str, names: dict[str, Any]) -> Callable:

@@ -32,6 +32,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from graphconv.ops.specialise import specialised
+
 LANES = 8  # float32 lanes per vector register (AVX2)
 LINE_FLOATS = 16  # float32 per 64-byte cache line
 BLOCK_VECTORS = 5  # widest position block one tile covers: 40 positions
@@ -642,7 +644,7 @@ def gathered_tile(lanes, vectors, store, x, patch, p0, last, span, cols, c0, wid
 DEPTHWISE_PIXELS = 8  # pixels the wide depthwise tile covers: 8 vectors of sums, a weight vector, an input one
 
 
-def _make_depthwise_tile(pixels: int, lanes: int):
+def _make_depthwise_tile(pixels: int, lanes: int, group: int = 1):
     """An intrinsic computing `pixels` output pixels' `lanes` channels of a depthwise conv
     stored channels-last, their sums in registers over every tap:
 
@@ -654,8 +656,22 @@ def _make_depthwise_tile(pixels: int, lanes: int):
     same for all the pixels of a call. Each tap is a weight vector load, then one input
     vector load and one FMA per pixel: no sums through memory, where adding each tap over
     a run of pixels into sums in L1 (the kernel before) loaded and stored every sum once
-    per tap."""
+    per tap.
+
+    With `group` = G > 1 it computes a grouped conv of G input and G output channels a
+    group (`depthwise.grouped_taps`), lanes a whole number of groups: each tap holds G
+    weight vectors, d = 0..G-1, and the input vector loaded once meets each of them
+    rotated by d within every group of G lanes (lane j reads channel
+    j - j % G + (j + d) % G: one register shuffle), so
+
+        out[... + j] = act(bias[c0 + j] + sum_t sum_{d < G}
+            taps[(tap_ids[t] * G + d) * t_step + c0 + j] * x[x0 + p * x_step + offsets[t] + j - j % G + (j + d) % G])
+
+    and every multiply-add is one the conv needs, where "outer" pads each group's few
+    output channels to a whole vector."""
     i = types.intp
+    rotations = [ir.Constant(ir.VectorType(ir.IntType(32), lanes), [j - j % group + (j + d) % group
+                                                                     for j in range(lanes)]) for d in range(group)]
 
     @intrinsic
     def depthwise_tile(typingctx, out, o0, o_step, taps, t_step, tap_ids, offsets, count, x, x0, x_step, bias, c0,
@@ -675,10 +691,18 @@ def _make_depthwise_tile(pixels: int, lanes: int):
             starts = [emit.add(x0, emit.mul(emit.const(p), x_step)) for p in range(pixels)]
             t, before, loop, done = emit.open_loop("taps", count)
             sums_in = [builder.phi(emit.vector) for _ in range(pixels)]
-            weight = emit.load_vector(taps_ptr, emit.add(emit.mul(builder.load(builder.gep(ids_ptr, [t])), t_step), c0))
+            first_weight = emit.mul(emit.mul(builder.load(builder.gep(ids_ptr, [t])), emit.const(group)), t_step)
+            weights = [emit.load_vector(taps_ptr, emit.add(emit.add(first_weight, emit.mul(emit.const(d), t_step)), c0))
+                       for d in range(group)]
             offset = builder.load(builder.gep(offsets_ptr, [t]))
-            sums_out = [emit.fmuladd(weight, emit.load_vector(x_ptr, emit.add(starts[p], offset)), sums_in[p])
-                        for p in range(pixels)]
+            sums_out = []
+            for p in range(pixels):
+                value, total = emit.load_vector(x_ptr, emit.add(starts[p], offset)), sums_in[p]
+                for d, weight in enumerate(weights):
+                    rotated = value if d == 0 else builder.shuffle_vector(
+                        value, ir.Constant(emit.vector, ir.Undefined), rotations[d])
+                    total = emit.fmuladd(weight, rotated, total)
+                sums_out.append(total)
             for p in range(pixels):
                 sums_in[p].add_incoming(start, before)
                 sums_in[p].add_incoming(sums_out[p], loop)
@@ -691,7 +715,7 @@ def _make_depthwise_tile(pixels: int, lanes: int):
                                   builder.select(relu, clamped, value))
             return context.get_dummy_value()
         return types.void(out, i, i, taps, i, tap_ids, offsets, i, x, i, i, bias, i, types.boolean), codegen
-    depthwise_tile.__name__ = f"depthwise_tile_{pixels}x{lanes}lanes"
+    depthwise_tile.__name__ = f"depthwise_tile_{pixels}x{lanes}lanes" + (f"_groups_of_{group}" if group > 1 else "")
     return depthwise_tile
 
 
@@ -714,3 +738,17 @@ def depthwise_tile(pixels, lanes, out, o0, o_step, taps, t_step, tap_ids, offset
         _depthwise_8_8(out, o0, o_step, taps, t_step, tap_ids, offsets, count, x, x0, x_step, bias, c0, relu)
     else:
         _depthwise_1_8(out, o0, o_step, taps, t_step, tap_ids, offsets, count, x, x0, x_step, bias, c0, relu)
+
+
+GROUP_WIDTHS = (2, 4, 8)  # channels a group of the grouped convs the depthwise tile also runs (lanes divide by them)
+
+
+def _grouped_depthwise_tile(group: int):
+    """`depthwise_tile` compiled for groups of `group` channels (`_make_depthwise_tile`)."""
+    tiles = {f"_depthwise_{name}_{lanes}": _make_depthwise_tile(pixels, lanes, group)  # as _depthwise_P_L above
+             for name, pixels in (("8", DEPTHWISE_PIXELS), ("1", 1)) for lanes in (16, 8)}
+    return specialised(depthwise_tile, f"_groups_of_{group}", dict(cache=True, inline="always"), **tiles)
+
+
+DEPTHWISE_TILES = {1: depthwise_tile, **{group: _grouped_depthwise_tile(group) for group in GROUP_WIDTHS}}
+"""`depthwise_tile` for 1 channel a group (a depthwise conv) and for each of GROUP_WIDTHS."""

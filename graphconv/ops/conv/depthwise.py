@@ -29,7 +29,8 @@ from numba import njit, prange
 
 from graphconv.ops.fast_math import CONTRACT, RELU, activate_run
 from graphconv.ops.unsigned_index import unsigned
-from graphconv.ops.vector_tile import DEPTHWISE_PIXELS, depthwise_tile
+from graphconv.ops.specialise import specialised
+from graphconv.ops.vector_tile import DEPTHWISE_PIXELS, DEPTHWISE_TILES, GROUP_WIDTHS, depthwise_tile
 
 
 SUMS_FLOATS = 2048  # a block of sums (8 KB): with the rows its taps read, it stays in L1
@@ -99,15 +100,27 @@ def _depthwise(x, w, bias, sh, sw, ph, pw, dh, dw, relu, sums_floats, out):
 
 
 def channels_last_taps(weight: np.ndarray) -> np.ndarray:
-    """(C, 1, kh, kw) depthwise weights as (kh, kw, C): each tap's weights for every
-    channel side by side, as `depthwise_channels_last` reads them."""
-    return np.ascontiguousarray(weight[:, 0].transpose(1, 2, 0), np.float32)
+    """(C, G, kh, kw) weights of a conv of G input and G output channels a group (G = 1:
+    depthwise) as (kh, kw, G, C), as `CHANNELS_LAST_TAPS[G]` reads them: each tap's
+    weights for every channel side by side, taps[i, j, d, o] the weight output channel o
+    gives input channel (o + d) % G of its group, the one that the input vector rotated
+    by d brings to o's lane (`vector_tile._make_depthwise_tile`)."""
+    channels, group = weight.shape[:2]
+    out = np.arange(channels)
+    rotated = np.stack([weight[out, (out + d) % group] for d in range(group)])  # (G, C, kh, kw)
+    return np.ascontiguousarray(rotated.transpose(2, 3, 0, 1), np.float32)
 
 
-@njit(cache=True, parallel=True, boundscheck=False, fastmath=CONTRACT)
+GROUP = 1  # channels a group: `_pixels` is compiled for each of vector_tile.GROUP_WIDTHS too (`CHANNELS_LAST_TAPS`)
+CHANNELS_LAST_OPTIONS = dict(cache=True, parallel=True, boundscheck=False, fastmath=CONTRACT)
+
+
+@njit(**CHANNELS_LAST_OPTIONS)
 def depthwise_channels_last(xh, taps, bias, sh, sw, ph, pw, dh, dw, activation, out_h):
     """A depthwise conv (one output channel an input channel) on channels-last values:
-    xh (N, H, W, C), taps (kh, kw, C), out_h (N, Ho, Wo, C). A job is an output row. Its
+    xh (N, H, W, C), taps (kh, kw, 1, C) (`channels_last_taps`), out_h (N, Ho, Wo, C);
+    compiled for groups of G channels (G in and G out), with taps (kh, kw, G, C), in
+    `CHANNELS_LAST_TAPS[G]`. A job is an output row. Its
     pixels whose taps all lie inside the row go DEPTHWISE_PIXELS at a time, the others
     (the borders, the last few) one at a time, each through `vector_tile.depthwise_tile`
     per vector of channels: the sums stay in registers over every tap. The activation
@@ -172,7 +185,8 @@ def _taps_inside(top, left, kh, kw, dh, dw, height, width, c, tap_ids, offsets):
 def _pixels(pixels, flat_out, o0, flat_taps, tap_ids, offsets, count, flat_x, x0, x_step, bias, c, relu):
     """`pixels` consecutive output pixels (DEPTHWISE_PIXELS or 1) of one row, every
     channel: whole vectors of 16 channels, then one of 8, through `depthwise_tile`, the
-    last few channels one by one."""
+    last few channels one by one (each reading its GROUP input channels as the tile's
+    lanes do, rotated by d)."""
     ch = 0
     while ch + 16 <= c:
         depthwise_tile(pixels, 16, flat_out, o0 + ch, c, flat_taps, c, tap_ids, offsets, count, flat_x, x0 + ch,
@@ -186,6 +200,21 @@ def _pixels(pixels, flat_out, o0, flat_taps, tap_ids, offsets, count, flat_x, x0
         for rest in range(ch, c):
             total = bias[rest]
             for t in range(count):
-                at = x0 + p * x_step + offsets[t] + rest
-                total += flat_taps[unsigned(tap_ids[t] * c + rest)] * flat_x[unsigned(at)]
+                at = x0 + p * x_step + offsets[t] + rest - rest % GROUP
+                for d in range(GROUP):
+                    total += (flat_taps[unsigned((tap_ids[t] * GROUP + d) * c + rest)]
+                              * flat_x[unsigned(at + (rest + d) % GROUP)])
             flat_out[unsigned(o0 + p * c + rest)] = max(total, np.float32(0.0)) if relu else total
+
+
+def _grouped_channels_last(group: int):
+    """`depthwise_channels_last` for groups of `group` channels: its `_pixels` and that
+    one's tiles compiled for them (`specialise.specialised`)."""
+    pixels = specialised(_pixels, f"_groups_of_{group}", dict(cache=True, inline="always"), GROUP=group,
+                         depthwise_tile=DEPTHWISE_TILES[group])
+    return specialised(depthwise_channels_last, f"_groups_of_{group}", CHANNELS_LAST_OPTIONS, _pixels=pixels)
+
+
+CHANNELS_LAST_TAPS = {1: depthwise_channels_last, **{group: _grouped_channels_last(group) for group in GROUP_WIDTHS}}
+"""The channels-last kernel per channels a group: 1 for depthwise convs, GROUP_WIDTHS for
+the grouped convs the CPU conv's "grouped" strategy runs."""
