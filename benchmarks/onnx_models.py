@@ -2,7 +2,7 @@
 
     python benchmarks/onnx_models.py [--threads 2] [--repeats 7] [--networks resnet50,convnext_tiny,...] [--write]
 
-torchvision-layout ResNet-50, ConvNeXt-tiny, EfficientNet-B0, MobileNetV2 and
+torchvision-layout ResNet-50, ResNeXt-50 32x4d, ConvNeXt-tiny, EfficientNet-B0, MobileNetV2 and
 DenseNet-121 (built here, so torchvision is not needed) with random weights, randomised
 batch-norm statistics and LayerNorm and layer-scale terms, are exported with
 torch.onnx.export (TorchScript exporter, batch norm kept as nodes), then for each:
@@ -33,18 +33,22 @@ from pathlib import Path
 from common import load_torch, machine, pin_threads, rested_run, write_section
 
 
-def resnet50(torch):
+def resnet50(torch, groups: int = 1, width_per_group: int = 64):
+    """torchvision's ResNet-50; with groups=32, width_per_group=4 its ResNeXt-50 32x4d,
+    whose 3x3 convs are 32 groups of 4 to 32 channels."""
     nn, F = torch.nn, torch.nn.functional
 
     class Bottleneck(nn.Module):
-        def __init__(self, cin, width, stride, downsample):
+        def __init__(self, cin, planes, stride, downsample):
             super().__init__()
+            width = planes * width_per_group // 64 * groups
             self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width)
-            self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
-            self.conv3, self.bn3 = nn.Conv2d(width, width * 4, 1, bias=False), nn.BatchNorm2d(width * 4)
+            self.conv2 = nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)
+            self.bn2 = nn.BatchNorm2d(width)
+            self.conv3, self.bn3 = nn.Conv2d(width, planes * 4, 1, bias=False), nn.BatchNorm2d(planes * 4)
             self.relu = nn.ReLU(inplace=True)
-            self.downsample = (nn.Sequential(nn.Conv2d(cin, width * 4, 1, stride, bias=False),
-                                             nn.BatchNorm2d(width * 4)) if downsample else None)
+            self.downsample = (nn.Sequential(nn.Conv2d(cin, planes * 4, 1, stride, bias=False),
+                                             nn.BatchNorm2d(planes * 4)) if downsample else None)
 
         def forward(self, x):
             identity = x if self.downsample is None else self.downsample(x)
@@ -58,11 +62,11 @@ def resnet50(torch):
             self.conv1, self.bn1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)
             self.relu, self.maxpool = nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
             cin, layers = 64, []
-            for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
-                stage = [Bottleneck(cin, width, stride, True)]
-                stage += [Bottleneck(width * 4, width, 1, False) for _ in range(blocks - 1)]
+            for planes, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+                stage = [Bottleneck(cin, planes, stride, True)]
+                stage += [Bottleneck(planes * 4, planes, 1, False) for _ in range(blocks - 1)]
                 layers.append(nn.Sequential(*stage))
-                cin = width * 4
+                cin = planes * 4
             self.layer1, self.layer2, self.layer3, self.layer4 = layers
             self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(2048, 1000)
             self.dense = False
@@ -288,7 +292,12 @@ def randomised(torch, model):
 
 # name, builder, and whether it slides (EfficientNet's squeeze-and-excitation gates do not:
 # it has a classifier row only; on images, `run --crops` is that classifier per crop)
-NETWORKS = {"resnet50": ("ResNet-50", resnet50, True), "convnext_tiny": ("ConvNeXt-tiny", convnext_tiny, True),
+def resnext50(torch):
+    return resnet50(torch, groups=32, width_per_group=4)
+
+
+NETWORKS = {"resnet50": ("ResNet-50", resnet50, True), "resnext50": ("ResNeXt-50 32x4d", resnext50, True),
+            "convnext_tiny": ("ConvNeXt-tiny", convnext_tiny, True),
             "efficientnet_b0": ("EfficientNet-B0", efficientnet_b0, False),
             "mobilenet_v2": ("MobileNetV2", mobilenet_v2, True), "densenet121": ("DenseNet-121", densenet121, True)}
 

@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "TIFF/BigTIFF and .zarr arrays are read a tile at a time")
     source.add_argument("--images", metavar="GLOB", help="many images ('photos/*.jpg'): one map each, "
                                                         "written to --output-dir")
+    run.add_argument("--level", type=_natural_int, default=0, metavar="K",
+                     help="a TIFF pyramid's level to read (0: full resolution; 1, 2, ...: the slide's smaller "
+                          "copies, e.g. a 40x scan's 10x level for a classifier trained at 10x)")
     run.add_argument("--output", help="write the output array here (.npy; .zarr for maps too big for memory)")
     run.add_argument("--output-dir", metavar="DIR", help="with --images: where each image's <stem>.npy goes")
     run.add_argument("--tile", type=_positive_int, metavar="N",
@@ -347,6 +350,12 @@ def note(text: str) -> None:
         _NOTES.append(text)
 
 
+def _is_tiff(path: str) -> bool:
+    from pathlib import Path
+    from graphconv.sources import TIFF_SUFFIXES
+    return Path(path).suffix.lower() in TIFF_SUFFIXES
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from graphconv.model import as_batch
 
@@ -361,6 +370,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.crops is not None and (args.scales or args.full_map or args.profile):
         raise GraphconvError("--crops runs the classifier on each crop of the image as it is (not with "
                              "--scales, --full-map or --profile)")
+    if args.level and not (args.images or args.image and _is_tiff(args.image)):
+        raise GraphconvError("--level picks a level of a TIFF pyramid (.svs, .ndpi, .tif): give one with --image "
+                             "or --images", file=args.image or args.input)
     if args.images:
         from graphconv.tiled_cli import run_images_command
         return run_images_command(args)

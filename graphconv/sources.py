@@ -1,15 +1,17 @@
 """Images read a box at a time, for tiled evaluation (graphconv.tiling).
 
-* TIFF and BigTIFF, tiled or striped, through `tifffile` (level 0 of a pyramid, i.e. a
-  whole-slide image's full resolution): only the TIFF tiles under a box are decoded, so
-  memory does not grow with the image.
+* TIFF and BigTIFF, tiled or striped, through `tifffile`: only the TIFF tiles under a
+  box are decoded, so memory does not grow with the image. Of a pyramid (a whole-slide
+  image: .svs, .ndpi, OME-TIFF) level 0, the full resolution, or the level asked for
+  (`run --level K`: a slide scanned at 40x read at the 10x its classifier was trained
+  on). JPEG and JPEG 2000 tiles, what most slides hold, are decoded by `imagecodecs`.
 * zarr arrays (a `.zarr` folder): read lazily the same way.
 * Everything else through Pillow (graphconv.images.load_image): PNG and JPEG have no
   random access, so these are decoded whole, within the memory budget, then cut.
 
 Every source gives (C, h, w) float32 boxes with the model's `preprocess` applied, the
 values on 0..255 as `load_image` gives them (16-bit and float data scaled the same way).
-tifffile and zarr are the optional `scale` extra (`pip install 'graphconv[scale]'`).
+tifffile, imagecodecs and zarr are the optional `scale` extra (`pip install 'graphconv[scale]'`).
 """
 from __future__ import annotations
 
@@ -114,11 +116,17 @@ def _to_255(dtype: np.dtype, path: str) -> float:
                          file=path)
 
 
-def open_source(path: str | os.PathLike, channels: int, preprocess: dict | None):
-    """The right source for `path`: TIFF and zarr lazily, other images through Pillow."""
+def open_source(path: str | os.PathLike, channels: int, preprocess: dict | None, level: int = 0):
+    """The right source for `path`: TIFF and zarr lazily, other images through Pillow;
+    `level` is a pyramid TIFF's level (0: full resolution)."""
     path = str(path)
     suffix = Path(path).suffix.lower()
     folder = Path(path)
+    if suffix in TIFF_SUFFIXES:
+        return _checked(_tiff_source(path, channels, preprocess, level), channels)
+    if level:
+        raise GraphconvError(f"--level {level}: only a TIFF pyramid (.svs, .ndpi, .tif) has levels; "
+                             "this image has one", file=path)
     if suffix == ".zarr" or (folder.is_dir() and ((folder / ".zarray").exists() or (folder / "zarr.json").exists())):
         zarr = require("zarr")
         try:
@@ -126,27 +134,62 @@ def open_source(path: str | os.PathLike, channels: int, preprocess: dict | None)
         except Exception as err:  # zarr raises several types for a folder that is not an array
             raise GraphconvError(f"cannot open as a zarr array: {err}", file=path) from None
         return _checked(ArrayLikeSource(path, array, channels, preprocess), channels)
-    if suffix in TIFF_SUFFIXES:
-        return _checked(_tiff_source(path, channels, preprocess), channels)
     return PillowSource(path, channels, preprocess)
 
 
-def _tiff_source(path: str, channels: int, preprocess: dict | None) -> ArrayLikeSource:
+def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int) -> ArrayLikeSource:
     tifffile = require("tifffile")
-    zarr = require("zarr")
     if not Path(path).is_file():
         raise GraphconvError("image not found", file=path)
     try:
         tif = tifffile.TiffFile(path)
         series = tif.series[0]
-        level = series.levels[0] if getattr(series, "levels", None) else series
-        store = level.aszarr()
-        array = zarr.open_array(store, mode="r")
+        levels = list(series.levels) if getattr(series, "levels", None) else [series]
     except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as err:
         raise GraphconvError(f"cannot read as a TIFF image: {err}", file=path) from None
-    source = ArrayLikeSource(path, array, channels, preprocess)
+    if level >= len(levels):
+        raise GraphconvError(f"--level {level}: the image has {_level_list(levels)}", file=path)
+    source = ArrayLikeSource(path, _decodable_array(path, series, level, levels[level]), channels, preprocess)
     source.tiff = tif  # keep the file open as long as the source lives
+    source.level, source.levels = level, len(levels)
+    source.downsample = _axis_sizes(levels[0])[0] / source.height  # how much coarser than level 0
     return source
+
+
+def _axis_sizes(level) -> tuple[int, int]:
+    """(H, W) of a TIFF series or pyramid level."""
+    axes = level.axes.upper()
+    return level.shape[axes.index("Y")], level.shape[axes.index("X")]
+
+
+def _level_list(levels) -> str:
+    sizes = ", ".join(f"{i}: {h}x{w}" for i, (h, w) in enumerate(map(_axis_sizes, levels)))
+    return f"{len(levels)} level(s) ({sizes})"
+
+
+def _decodable_array(path: str, series, level: int, pages):
+    """Level `level` of the series as a lazily read zarr array, one pixel of it decoded
+    now: a compression this install cannot decode (JPEG or JPEG 2000, what most slides
+    hold, without imagecodecs) is one clear error before the run, not a failure at the
+    first tile. (Without `level`, tifffile gives a pyramid as a group of all its levels.)"""
+    zarr = require("zarr")
+    try:
+        array = zarr.open_array(series.aszarr(level=level), mode="r")
+        np.asarray(array[(slice(0, 1),) * len(array.shape)])
+    except Exception as err:  # tifffile, zarr and the codecs raise many types for what they cannot decode
+        raise GraphconvError(f"cannot decode its pixels: {err}{_codec_hint(pages)}", file=path) from None
+    return array
+
+
+def _codec_hint(pages) -> str:
+    """What to install, when the tiles are compressed and imagecodecs is missing."""
+    import importlib.util
+
+    compression = getattr(getattr(pages, "keyframe", None), "compression", None)
+    if compression is None or getattr(compression, "name", "") == "NONE" or importlib.util.find_spec("imagecodecs"):
+        return ""
+    return (f" (its tiles are {getattr(compression, 'name', compression)}-compressed: decoding them needs the "
+            "imagecodecs package, pip install 'graphconv[scale]')")
 
 
 def _checked(source: ArrayLikeSource, channels: int) -> ArrayLikeSource:

@@ -69,8 +69,12 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
                              "(drop --tile, --workers, --reduce argmax, --classes and .zarr outputs)")
     if args.output and Path(args.output.rstrip("/")).resolve() == Path(args.image.rstrip("/")).resolve():
         raise GraphconvError("--output is the input image; write the map somewhere else", file=args.output)
-    source = open_source(args.image, model.crop_shape[0], model.graph.meta.get("preprocess"))
+    source = open_source(args.image, model.crop_shape[0], model.graph.meta.get("preprocess"), args.level)
     image_hw = (source.height, source.width)
+    if getattr(source, "levels", 1) > 1:
+        print(f"image: level {source.level} of {source.levels}, {image_hw[0]}x{image_hw[1]} pixels "
+              f"({source.downsample:.4g}x coarser than level 0); the map's cells are in this level's pixels",
+              file=sys.stderr)
     crop_hw = model.crop_shape[1:]
     if image_hw[0] < crop_hw[0] or image_hw[1] < crop_hw[1]:
         raise GraphconvError(f"the image is {image_hw[0]}x{image_hw[1]}, smaller than the classifier's "
@@ -137,7 +141,7 @@ def _map_options(args: argparse.Namespace, grid):
 
     return MapOptions(args.reduce if args.reduce == "argmax" else None,
                       tuple(args.classes) if args.classes else None, args.device,
-                      grid.stride if isinstance(grid, CropGrid) else None)
+                      grid.stride if isinstance(grid, CropGrid) else None, args.level)
 
 
 def _model_ref(args: argparse.Namespace):

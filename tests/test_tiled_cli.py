@@ -96,6 +96,24 @@ def test_cli_too_small_tile_is_exit_2_with_the_smallest_size(model_dir, picture,
     assert not (tmp_path / "x.npy").exists()
 
 
+def test_cli_level_of_a_slide_maps_that_level(model_dir, tmp_path):
+    """--level 1 of a JPEG-tiled pyramid: the map of that level's pixels, as the same
+    pixels saved as a PNG give it, with a line saying which level ran."""
+    pytest.importorskip("imagecodecs")
+    from test_sources import write_pyramid
+
+    levels = write_pyramid(tmp_path / "slide.tif", channels=1)
+    Image.fromarray(tifffile.imread(tmp_path / "slide.tif", level=1)).save(tmp_path / "level1.png")
+    result = graphconv("run", model_dir, "--image", tmp_path / "slide.tif", "--level", "1", "--tile", "64",
+                       "--output", tmp_path / "level1.npy")
+    assert result.returncode == 0, result.stderr
+    assert f"image: level 1 of 3, {levels[1].shape[0]}x{levels[1].shape[1]} pixels (2x coarser" in result.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "level1.npy"), whole_map(model_dir, tmp_path / "level1.png",
+                                                                           tmp_path), rtol=1e-4, atol=1e-6)
+    refused = graphconv("run", model_dir, "--image", tmp_path / "level1.png", "--level", "1")
+    assert refused.returncode == 2 and "--level picks a level of a TIFF pyramid" in refused.stderr
+
+
 def test_cli_tiles_automatically_when_the_whole_image_is_over_the_budget(picture, tmp_path):
     big = tmp_path / "big.png"  # whole, LeNet's run is estimated at 145 MB
     Image.fromarray((np.random.default_rng(0).random((1300, 1300)) * 255).astype(np.uint8)).save(big)
