@@ -478,20 +478,34 @@ def _heatmap_path(args: argparse.Namespace) -> str | None:
 def write_heatmap(args: argparse.Namespace, model, picture: np.ndarray, out: np.ndarray, field) -> None:
     """--heatmap: one class's map with a labelled colour bar, or the best class of each cell;
     `field` places each cell on the picture."""
-    from pathlib import Path
     from graphconv import images
 
     scores = out.reshape(*out.shape[:2], 1, 1) if out.ndim == 2 else out
-    labels = model.graph.meta.get("labels")
     display_hw = images.image_size(args.image) if args.resize else None  # undo --resize's stretch
     if args.heatmap == "top":
-        drawn = images.render_top_map(picture, scores[0], field, labels, display_hw=display_hw)
+        draw_heatmap(args, model, picture, field, best=images.best_class(scores[0]), display_hw=display_hw)
+    else:
+        check_heatmap_class(args.heatmap, scores.shape[1])
+        draw_heatmap(args, model, picture, field, one=scores[0, args.heatmap], display_hw=display_hw)
+
+
+def check_heatmap_class(klass: int, classes: int) -> None:
+    if klass >= classes:
+        raise GraphconvError(f"--heatmap {klass}: the model has {classes} classes (0 to {classes - 1})")
+
+
+def draw_heatmap(args: argparse.Namespace, model, picture: np.ndarray, field, *, one: np.ndarray | None = None,
+                 best: np.ndarray | None = None, display_hw: tuple[int, int] | None = None) -> None:
+    """Draw and write --heatmap over `picture`: class args.heatmap's (rows, cols) scores
+    `one`, or `best`, the (rows, cols) map of the best class of each cell."""
+    from pathlib import Path
+    from graphconv import images
+
+    labels = model.graph.meta.get("labels")
+    if best is not None:
+        drawn = images.render_class_map(picture, best, model.output_channels, field, labels, display_hw=display_hw)
         what = "the best class of each cell"
     else:
-        if args.heatmap >= scores.shape[1]:
-            raise GraphconvError(f"--heatmap {args.heatmap}: the model has {scores.shape[1]} classes "
-                                 f"(0 to {scores.shape[1] - 1})")
-        one = scores[0, args.heatmap]
         low, high, note = images.heatmap_range(one, args.heatmap_range, images.outputs_probabilities(model.graph))
         what = images.heatmap_title(args.heatmap, labels)
         drawn = images.render_heatmap(picture, one, field, title=what, value_range=(low, high),

@@ -393,15 +393,28 @@ def render_heatmap(image: np.ndarray, scores: np.ndarray, field: Field, *, title
     return _compose(panel, lines, bar=(bar, ticks))
 
 
+def best_class(scores: np.ndarray) -> np.ndarray:
+    """The index of the best class of each cell of a (K, rows, cols) score map (NaN never wins)."""
+    return np.argmax(np.where(np.isfinite(scores), scores, -np.inf), axis=0)
+
+
 def render_top_map(image: np.ndarray, scores: np.ndarray, field: Field, labels: list[str] | None = None,
                    *, display_hw: tuple[int, int] | None = None, title: str | None = None):
     """The best class of every cell of a (K, rows, cols) score map, as a Pillow RGB image:
     each class a colour blended over the picture, every region of one class named at
     its middle, and a legend of the classes shown (largest area first)."""
+    return render_class_map(image, best_class(scores), scores.shape[0], field, labels, display_hw=display_hw,
+                            title=title)
+
+
+def render_class_map(image: np.ndarray, best: np.ndarray, classes: int, field: Field,
+                     labels: list[str] | None = None, *, display_hw: tuple[int, int] | None = None,
+                     title: str | None = None):
+    """`render_top_map` of a (rows, cols) map of class indices below `classes` (a tiled
+    run's, made a block of rows at a time, or `--reduce argmax`'s)."""
     _pil()
-    best = np.argmax(np.where(np.isfinite(scores), scores, -np.inf), axis=0)
     cells = _per_pixel(best, field, image.shape[1:])
-    palette = class_palette(scores.shape[0])
+    palette = class_palette(classes)
     blended = (1 - TOP_BLEND) * _as_rgb(image) + TOP_BLEND * palette.astype(np.float32)[cells].transpose(2, 0, 1)
     panel = _panel(blended, display_hw)
     sy, sx = panel.size[1] / image.shape[1], panel.size[0] / image.shape[2]
@@ -418,7 +431,7 @@ def render_top_map(image: np.ndarray, scores: np.ndarray, field: Field, labels: 
             continue
         taken.append(box)
         draw.text((x, y), text, fill="white", font=font, anchor="mm", stroke_width=2, stroke_fill="black")
-    counts = np.bincount(best.ravel(), minlength=scores.shape[0])
+    counts = np.bincount(best.ravel(), minlength=classes)
     shown_classes = [int(k) for k in np.argsort(-counts, kind="stable") if counts[k]]
     legend = [(tuple(int(v) for v in palette[k]), f"{_class_name(k, labels)} ({counts[k]} cells)")
               for k in shown_classes]

@@ -198,3 +198,57 @@ def _checked(source: ArrayLikeSource, channels: int) -> ArrayLikeSource:
     if have < channels and not (have == 1 and channels == 3):
         raise GraphconvError(f"has {have} channel(s); the model takes {channels}", file=source.path)
     return source
+
+
+# ---- the picture a tiled run's heatmap is drawn over -------------------------------------------
+
+THUMBNAIL_SIDE = 2048  # the longer side of that picture, at most
+THUMBNAIL_BOX = 1024  # the boxes a level is read in, when it is read whole to be shrunk
+
+
+def thumbnail(source, longest: int = THUMBNAIL_SIDE) -> tuple[np.ndarray, tuple[float, float]]:
+    """The image `source` reads, shrunk to at most `longest` pixels on its longer side, as
+    (C, h, w) on 0..255 without the spec's preprocess, and how many of the source's pixels
+    one of its pixels spans on each axis: what a tiled run's heatmap is drawn over. It is
+    taken from the coarsest pyramid level at least that large (a slide's level 2 or 3:
+    a few MB to decode), else from the image itself read a box at a time; each of its
+    pixels is the nearest pixel there (a preview, not a resampling)."""
+    step = max(1, -(-max(source.height, source.width) // longest))
+    out_hw = (-(-source.height // step), -(-source.width // step))
+    level = _coarsest_level_for(source, step)
+    raw = open_source(source.path, source.channels, None, level)
+    picture = _sampled(raw, out_hw)
+    return picture, (source.height / out_hw[0], source.width / out_hw[1])
+
+
+def _coarsest_level_for(source, step: int) -> int:
+    """The pyramid level of the largest downsample that is at most `step` times coarser
+    than the level `source` reads; that level itself for other images."""
+    level = getattr(source, "level", 0)
+    if getattr(source, "levels", 1) == 1:
+        return level
+    series = source.tiff.series[0]
+    finest = _axis_sizes(series.levels[level])[0]
+    coarser = [k for k in range(level, len(series.levels)) if finest / _axis_sizes(series.levels[k])[0] <= step]
+    return max(coarser)
+
+
+def _sampled(raw, out_hw: tuple[int, int]) -> np.ndarray:
+    """(C, out_h, out_w): the pixels of `raw` nearest to an even grid of out_hw points,
+    read THUMBNAIL_BOX x THUMBNAIL_BOX pixels at a time, so a level read whole costs no
+    more memory than a box."""
+    rows = np.minimum((np.arange(out_hw[0]) + 0.5) * raw.height / out_hw[0], raw.height - 1).astype(np.int64)
+    cols = np.minimum((np.arange(out_hw[1]) + 0.5) * raw.width / out_hw[1], raw.width - 1).astype(np.int64)
+    picture = np.empty((raw.channels, *out_hw), np.float32)
+    for top in range(0, raw.height, THUMBNAIL_BOX):
+        in_rows = np.nonzero((rows >= top) & (rows < top + THUMBNAIL_BOX))[0]
+        if not in_rows.size:
+            continue
+        for left in range(0, raw.width, THUMBNAIL_BOX):
+            in_cols = np.nonzero((cols >= left) & (cols < left + THUMBNAIL_BOX))[0]
+            if not in_cols.size:
+                continue
+            box = raw.read(top, left, min(raw.height, top + THUMBNAIL_BOX), min(raw.width, left + THUMBNAIL_BOX))
+            picture[:, in_rows[:, None], in_cols[None, :]] = box[:, rows[in_rows][:, None] - top,
+                                                                cols[in_cols][None, :] - left]
+    return picture

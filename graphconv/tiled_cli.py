@@ -64,16 +64,17 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     from graphconv.sources import open_source
     from graphconv.tiling import CropGrid, MapFile, choose_tile, map_transform, plan_tiles
 
-    if args.resize or args.scales or args.heatmap is not None or args.profile:
-        raise GraphconvError("--resize, --scales, --heatmap and --profile take a whole-image run "
+    if args.resize or args.scales or args.profile:
+        raise GraphconvError("--resize, --scales and --profile take a whole-image run "
                              "(drop --tile, --workers, --reduce argmax, --classes and .zarr outputs)")
     if args.output and Path(args.output.rstrip("/")).resolve() == Path(args.image.rstrip("/")).resolve():
         raise GraphconvError("--output is the input image; write the map somewhere else", file=args.output)
     source = open_source(args.image, model.crop_shape[0], model.graph.meta.get("preprocess"), args.level)
     image_hw = (source.height, source.width)
     if getattr(source, "levels", 1) > 1:
-        print(f"image: level {source.level} of {source.levels}, {image_hw[0]}x{image_hw[1]} pixels "
-              f"({source.downsample:.4g}x coarser than level 0); the map's cells are in this level's pixels",
+        which = (f"level {source.level}, {source.downsample:.4g}x coarser than level 0 (the map's cells are in "
+                 "this level's pixels)" if source.level else "level 0, the full resolution")
+        print(f"image: {image_hw[0]}x{image_hw[1]} pixels, {which}, of a {source.levels}-level pyramid",
               file=sys.stderr)
     crop_hw = model.crop_shape[1:]
     if image_hw[0] < crop_hw[0] or image_hw[1] < crop_hw[1]:
@@ -92,6 +93,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
                file=args.image)
     classes = model.output_channels
     transform, channels, dtype = map_transform(args.reduce, args.classes, classes)
+    _check_heatmap(args, classes)
     shape = (1, channels, *plan.map_hw)
     nbytes = int(np.prod(shape)) * dtype.itemsize
     if not args.output and nbytes > memory_limit() // 4:
@@ -109,9 +111,11 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
         if args.output:
             with MapFile(args.output, shape, dtype, chunk_hw=plan.cells_hw) as out:
                 _compute(args, grid, source, plan, tile, out, transform, on_tile)
+                _draw_heatmap(args, model, source, grid, out)  # before the map is renamed into place
         else:
             out = np.empty(shape, dtype)
             _compute(args, grid, source, plan, tile, out, transform, on_tile)
+            _draw_heatmap(args, model, source, grid, out)
     seconds = time.perf_counter() - start
     print(f"output shape {shape} ({dtype}) in {seconds:.2f} s over {len(plan.tiles)} tile(s)")
     if args.top and args.reduce != "argmax":
@@ -133,6 +137,65 @@ def _compute(args, grid, source, plan, tile, out, transform, on_tile) -> None:
                                  _map_options(args, grid), on_tile)
     else:
         run_tiled(grid, source, tile, out=out, device=args.device, transform=transform, progress=on_tile)
+
+
+def _check_heatmap(args: argparse.Namespace, classes: int) -> None:
+    """Refuse, before the run, a --heatmap the map it writes cannot draw."""
+    if args.heatmap is None or args.heatmap == "top":
+        return
+    from graphconv.cli import check_heatmap_class
+    check_heatmap_class(args.heatmap, classes)
+    if args.reduce == "argmax":
+        raise GraphconvError(f"--heatmap {args.heatmap} draws that class's scores, which --reduce argmax does "
+                             "not keep: use --heatmap top, or drop --reduce argmax")
+    if args.classes and args.heatmap not in args.classes:
+        raise GraphconvError(f"--heatmap {args.heatmap}: that class is not among --classes "
+                             f"{','.join(map(str, args.classes))}")
+
+
+BEST_CLASS_FLOATS = 1 << 24  # scores a block of rows of a huge map may hold when its best classes are found
+
+
+def _draw_heatmap(args: argparse.Namespace, model, source, grid, scores) -> None:
+    """--heatmap on a tiled run: the map drawn over a shrunk copy of the image
+    (`sources.thumbnail`, from a coarse pyramid level where there is one), each cell's
+    field shrunk alike; the map is read a channel, or a block of rows, at a time."""
+    if args.heatmap is None:
+        return
+    from graphconv.cli import draw_heatmap
+    from graphconv.sources import thumbnail
+
+    picture, (fy, fx) = thumbnail(source)
+    field = _shrunk(grid.field, fy, fx)
+    if args.heatmap == "top":
+        draw_heatmap(args, model, picture, field, best=_best_classes(args, scores))
+    else:
+        channel = list(args.classes).index(args.heatmap) if args.classes else args.heatmap
+        draw_heatmap(args, model, picture, field, one=np.asarray(scores[0, channel], np.float32))
+
+
+def _shrunk(field, fy: float, fx: float):
+    """A receptive field in the pixels of a copy of the image fy x fx times smaller."""
+    from graphconv.receptive import Field
+    return Field((field.size[0] / fy, field.size[1] / fx), (field.stride[0] / fy, field.stride[1] / fx),
+                 (field.offset[0] / fy, field.offset[1] / fx))
+
+
+def _best_classes(args: argparse.Namespace, scores) -> np.ndarray:
+    """The best class of each cell of the (1, K, rows, cols) map written (real class
+    numbers, with --classes too), a block of rows at a time; --reduce argmax wrote them."""
+    from graphconv import images
+
+    if args.reduce == "argmax":
+        return np.asarray(scores[0, 0]).astype(np.intp)
+    kept = np.asarray(args.classes, np.intp) if args.classes else None
+    _, classes, rows, cols = scores.shape
+    best = np.empty((rows, cols), np.intp)
+    step = max(1, BEST_CLASS_FLOATS // (classes * cols))
+    for top in range(0, rows, step):
+        block = images.best_class(np.asarray(scores[0, :, top:top + step]))
+        best[top:top + step] = block if kept is None else kept[block]
+    return best
 
 
 def _map_options(args: argparse.Namespace, grid):

@@ -86,3 +86,26 @@ def test_without_imagecodecs_the_error_says_to_install_it(tmp_path, monkeypatch)
                         else find_spec(name, *a))
     with pytest.raises(GraphconvError, match="needs the imagecodecs package, pip install 'graphconv\\[scale\\]'"):
         open_source(tmp_path / "odd.tif", 1, None)
+
+
+def test_a_thumbnail_comes_from_the_coarsest_level_large_enough(slide):
+    from graphconv.sources import thumbnail
+
+    picture, scale = thumbnail(open_source(slide, 3, {"scale": 0.5}, 0), longest=100)
+    assert scale == (4.0, 4.0)  # level 2, 75x100: the preprocess not applied
+    np.testing.assert_array_equal(picture, tifffile.imread(slide, level=2).transpose(2, 0, 1))
+    picture, scale = thumbnail(open_source(slide, 3, None, 1), longest=150)
+    assert picture.shape == (3, 75, 100) and scale == (2.0, 2.0)  # from level 1, 150x200: level 2 is 2x coarser
+
+
+def test_a_thumbnail_of_an_image_without_levels_takes_the_nearest_pixels(tmp_path, monkeypatch):
+    import graphconv.sources as sources
+
+    pixels = (np.random.default_rng(2).random((70, 45)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "flat.tif", pixels, tile=(16, 16))
+    monkeypatch.setattr(sources, "THUMBNAIL_BOX", 32)  # boxes cut across the sampled rows and columns
+    picture, scale = sources.thumbnail(open_source(tmp_path / "flat.tif", 1, None), longest=20)
+    assert picture.shape == (1, 18, 12) and scale == (70 / 18, 45 / 12)
+    rows = np.minimum(((np.arange(18) + 0.5) * 70 / 18).astype(int), 69)
+    cols = np.minimum(((np.arange(12) + 0.5) * 45 / 12).astype(int), 44)
+    np.testing.assert_array_equal(picture[0], pixels[rows[:, None], cols[None, :]])

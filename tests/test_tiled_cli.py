@@ -107,11 +107,43 @@ def test_cli_level_of_a_slide_maps_that_level(model_dir, tmp_path):
     result = graphconv("run", model_dir, "--image", tmp_path / "slide.tif", "--level", "1", "--tile", "64",
                        "--output", tmp_path / "level1.npy")
     assert result.returncode == 0, result.stderr
-    assert f"image: level 1 of 3, {levels[1].shape[0]}x{levels[1].shape[1]} pixels (2x coarser" in result.stderr
+    assert (f"image: {levels[1].shape[0]}x{levels[1].shape[1]} pixels, level 1, 2x coarser than level 0 (the "
+            "map's cells are in this level's pixels), of a 3-level pyramid") in result.stderr
     np.testing.assert_allclose(np.load(tmp_path / "level1.npy"), whole_map(model_dir, tmp_path / "level1.png",
                                                                            tmp_path), rtol=1e-4, atol=1e-6)
     refused = graphconv("run", model_dir, "--image", tmp_path / "level1.png", "--level", "1")
     assert refused.returncode == 2 and "--level picks a level of a TIFF pyramid" in refused.stderr
+
+
+@pytest.mark.parametrize("heatmap", ["3", "top"])
+def test_cli_heatmap_of_a_tiled_run_is_the_whole_image_run_s(model_dir, picture, tmp_path, heatmap):
+    """A picture small enough to be drawn whole: the tiled run's heatmap is the very
+    picture the whole-image run draws (the map the same, the cells placed alike)."""
+    whole = graphconv("run", model_dir, "--image", picture / "page.png", "--heatmap", heatmap,
+                      "--heatmap-out", tmp_path / "whole.png")
+    assert whole.returncode == 0, whole.stderr
+    for image, extra in ((picture / "page.png", ["--tile", "40"]), (picture / "tiled.tif", [])):
+        tiled = graphconv("run", model_dir, "--image", image, "--heatmap", heatmap, "--heatmap-out",
+                          tmp_path / "tiled.png", "--output", tmp_path / "map.zarr", *extra)
+        assert tiled.returncode == 0, tiled.stderr
+        assert "heatmap of" in tiled.stdout and "tiles:" in tiled.stderr
+        drawn, want = (np.asarray(Image.open(tmp_path / name), np.int16) for name in ("tiled.png", "whole.png"))
+        assert drawn.shape == want.shape and np.abs(drawn - want).max() <= 1
+
+
+def test_cli_heatmap_of_a_tiled_run_from_a_reduced_map(model_dir, picture, tmp_path):
+    """--reduce argmax keeps the best class, which --heatmap top draws; class K's scores it
+    does not keep, and --heatmap K is refused before anything is written."""
+    ok = graphconv("run", model_dir, "--image", picture / "tiled.tif", "--reduce", "argmax", "--heatmap", "top",
+                   "--output", tmp_path / "classes.npy")
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "tiled-heatmap-top.png").exists()
+    for extra, message in ((["--reduce", "argmax"], "which --reduce argmax does not keep"),
+                           (["--classes", "1,2"], "--heatmap 3: that class is not among --classes 1,2")):
+        refused = graphconv("run", model_dir, "--image", picture / "tiled.tif", "--heatmap", "3", *extra,
+                            "--output", tmp_path / "refused.npy")
+        assert refused.returncode == 2 and message in refused.stderr
+        assert not (tmp_path / "refused.npy").exists() and not (tmp_path / "tiled-heatmap-3.png").exists()
 
 
 def test_cli_tiles_automatically_when_the_whole_image_is_over_the_budget(picture, tmp_path):
