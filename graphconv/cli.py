@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from graphconv.arrays import load_npy
+from graphconv.background import DEFAULT_THRESHOLD
 from graphconv.backends import device_choices
 from graphconv.errors import GraphconvError, shown
 from graphconv.files import atomic_write, check_model_target, check_writable
@@ -107,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--level", type=_natural_int, default=0, metavar="K",
                      help="a TIFF pyramid's level to read (0: full resolution; 1, 2, ...: the slide's smaller "
                           "copies, e.g. a 40x scan's 10x level for a classifier trained at 10x)")
+    run.add_argument("--skip-background", type=_fraction, nargs="?", const=DEFAULT_THRESHOLD, metavar="S",
+                     help="do not compute the tiles with no tissue in them (a slide's glass, a page's white): "
+                          "their cells are NaN (65535 with --reduce argmax); tissue is colour of HSV saturation "
+                          f"S or more, or greys darker than white by S (default {DEFAULT_THRESHOLD})")
     run.add_argument("--output", help="write the output array here (.npy; .zarr for maps too big for memory)")
     run.add_argument("--output-dir", metavar="DIR", help="with --images: where each image's <stem>.npy goes")
     run.add_argument("--tile", type=_positive_int, metavar="N",
@@ -373,6 +378,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.level and not (args.images or args.image and _is_tiff(args.image)):
         raise GraphconvError("--level picks a level of a TIFF pyramid (.svs, .ndpi, .tif): give one with --image "
                              "or --images", file=args.image or args.input)
+    if args.skip_background is not None and not (args.image or args.images):
+        raise GraphconvError("--skip-background looks for tissue in an image: give --image or --images")
     if args.images:
         from graphconv.tiled_cli import run_images_command
         return run_images_command(args)
@@ -510,7 +517,9 @@ def draw_heatmap(args: argparse.Namespace, model, picture: np.ndarray, field, *,
         what = images.heatmap_title(args.heatmap, labels)
         drawn = images.render_heatmap(picture, one, field, title=what, value_range=(low, high),
                                       scale_note=note, display_hw=display_hw)
-        what += f" ({note}; its values run {one.min():.3g}..{one.max():.3g})"
+        finite = one[np.isfinite(one)]
+        values = f"its values run {finite.min():.3g}..{finite.max():.3g}" if finite.size else "no cell computed"
+        what += f" ({note}; {values})"
     fmt = images.heatmap_format(args.heatmap_out)
     atomic_write(args.heatmap_out, lambda p: drawn.save(p, format=fmt), suffix=Path(args.heatmap_out).suffix)
     print(f"heatmap of {what} -> {args.heatmap_out}")
@@ -567,6 +576,16 @@ def print_top(scores: np.ndarray, k: int, labels: list[str] | None) -> None:
 
 def _positive_int(text: str) -> int:
     return _int_at_least(text, 1)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {shown(text)}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {shown(text)}")
+    return value
 
 
 def _natural_int(text: str) -> int:

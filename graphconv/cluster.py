@@ -45,6 +45,7 @@ class MapOptions:
     device: str = "cpu"
     crops: tuple[int, int] | None = None  # --crops STRIDE: the classifier on every crop (tiling.CropGrid)
     level: int = 0  # --level K: the level of a TIFF pyramid each image is read at
+    skip_background: float | None = None  # --skip-background S: tiles without tissue not computed (background.py)
 
     def grid(self, model):
         """What each task maps: the model's dense pass, or the classifier on every crop."""
@@ -102,18 +103,28 @@ def _tile_block(ref: ModelRef, image: str, box: tuple[int, int, int, int], rows,
 
 
 def run_tiles_on_cluster(client, ref: ModelRef, image: str, plan, out, options: MapOptions,
-                         progress: Callable[[Any], None] | None = None):
-    """Every tile of `plan` as a task; blocks written into `out` as they arrive."""
+                         progress: Callable[[Any], None] | None = None, skip: Callable[[Any], bool] | None = None):
+    """Every tile of `plan` as a task; blocks written into `out` as they arrive. The tiles
+    `skip` says are blank are not sent: their cells are written here as not computed."""
     from distributed import as_completed
 
+    from graphconv.background import fill_value
+
+    blank = [t for t in plan.tiles if skip is not None and skip(t)]
+    skipped = set(blank)
     futures = {client.submit(_tile_block, ref, image, t.box, t.rows, t.cols, options, pure=False): t
-               for t in plan.tiles}
+               for t in plan.tiles if t not in skipped}
+    for tile in blank:
+        _write(out, tile, fill_value(out.dtype), progress)
     for future in as_completed(futures):
-        tile = futures[future]
-        out[:, :, tile.rows[0]:tile.rows[1], tile.cols[0]:tile.cols[1]] = future.result()
-        if progress is not None:
-            progress(tile)
+        _write(out, futures[future], future.result(), progress)
     return out
+
+
+def _write(out, tile, block, progress: Callable[[Any], None] | None) -> None:
+    out[:, :, tile.rows[0]:tile.rows[1], tile.cols[0]:tile.cols[1]] = block
+    if progress is not None:
+        progress(tile)
 
 
 @dataclass
@@ -137,12 +148,17 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
         source = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"), options.level)
         transform, _, _ = map_transform(options.reduce, options.classes, model.output_channels)
         grid = options.grid(model)
+        skip = None
+        if options.skip_background is not None:
+            from graphconv.background import Background, default_tile
+            skip = Background(source, grid.field, options.skip_background).is_blank
+            tile = tile or default_tile(grid, (source.height, source.width))
         if tile is None:
             x = source.read(0, 0, source.height, source.width)
             result = grid.whole(x[None] if x.ndim == 3 else x, options.device)
             result = result if transform is None else transform(result)
         else:
-            result = run_tiled(grid, source, tile, device=options.device, transform=transform)
+            result = run_tiled(grid, source, tile, device=options.device, transform=transform, skip=skip)
         atomic_write(output, lambda p: np.save(p, result), suffix=".npy")
         return ImageResult(image, output, tuple(result.shape))
     except (GraphconvError, OSError, MemoryError, ValueError) as err:

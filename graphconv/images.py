@@ -383,7 +383,8 @@ def render_heatmap(image: np.ndarray, scores: np.ndarray, field: Field, *, title
     else:
         low, high = value_range
     level = _level(values, low, high)
-    blended = (1 - BLEND) * _as_rgb(image) + BLEND * _colours(level)
+    picture = _as_rgb(image)
+    blended = np.where(np.isnan(values), picture, (1 - BLEND) * picture + BLEND * _colours(level))
     panel = _panel(blended, display_hw)
     bar = _colours(np.linspace(1, 0, max(panel.size[1], 96))[:, None].repeat(BAR_WIDTH, 1))
     ticks = [(0.0, high), (0.5, (low + high) / 2), (1.0, low)]
@@ -393,9 +394,14 @@ def render_heatmap(image: np.ndarray, scores: np.ndarray, field: Field, *, title
     return _compose(panel, lines, bar=(bar, ticks))
 
 
+NOT_COMPUTED = -1  # the best class of a cell with no score (a tile `--skip-background` did not compute)
+
+
 def best_class(scores: np.ndarray) -> np.ndarray:
-    """The index of the best class of each cell of a (K, rows, cols) score map (NaN never wins)."""
-    return np.argmax(np.where(np.isfinite(scores), scores, -np.inf), axis=0)
+    """The index of the best class of each cell of a (K, rows, cols) score map (NaN never
+    wins), NOT_COMPUTED where no score is finite."""
+    best = np.argmax(np.where(np.isfinite(scores), scores, -np.inf), axis=0)
+    return np.where(np.isfinite(scores).any(axis=0), best, NOT_COMPUTED)
 
 
 def render_top_map(image: np.ndarray, scores: np.ndarray, field: Field, labels: list[str] | None = None,
@@ -411,11 +417,14 @@ def render_class_map(image: np.ndarray, best: np.ndarray, classes: int, field: F
                      labels: list[str] | None = None, *, display_hw: tuple[int, int] | None = None,
                      title: str | None = None):
     """`render_top_map` of a (rows, cols) map of class indices below `classes` (a tiled
-    run's, made a block of rows at a time, or `--reduce argmax`'s)."""
+    run's, made a block of rows at a time, or `--reduce argmax`'s); cells NOT_COMPUTED
+    leave the picture as it is."""
     _pil()
     cells = _per_pixel(best, field, image.shape[1:])
     palette = class_palette(classes)
-    blended = (1 - TOP_BLEND) * _as_rgb(image) + TOP_BLEND * palette.astype(np.float32)[cells].transpose(2, 0, 1)
+    picture = _as_rgb(image)
+    blended = (1 - TOP_BLEND) * picture + TOP_BLEND * palette.astype(np.float32)[cells].transpose(2, 0, 1)
+    blended = np.where(cells == NOT_COMPUTED, picture, blended)
     panel = _panel(blended, display_hw)
     sy, sx = panel.size[1] / image.shape[1], panel.size[0] / image.shape[2]
     from PIL import ImageDraw
@@ -423,6 +432,8 @@ def render_class_map(image: np.ndarray, best: np.ndarray, classes: int, field: F
     font = _font()
     taken: list[tuple[float, float, float, float]] = []
     for klass, (row, col) in _regions(best):  # largest first; a label that would overlap one is left out
+        if klass == NOT_COMPUTED:
+            continue
         top, left, bottom, right = field.box(row, col)
         x, y = (left + right) / 2 * sx, (top + bottom) / 2 * sy
         text = _class_name(klass, labels)
@@ -431,7 +442,7 @@ def render_class_map(image: np.ndarray, best: np.ndarray, classes: int, field: F
             continue
         taken.append(box)
         draw.text((x, y), text, fill="white", font=font, anchor="mm", stroke_width=2, stroke_fill="black")
-    counts = np.bincount(best.ravel(), minlength=classes)
+    counts = np.bincount(best[best != NOT_COMPUTED].ravel(), minlength=classes)
     shown_classes = [int(k) for k in np.argsort(-counts, kind="stable") if counts[k]]
     legend = [(tuple(int(v) for v in palette[k]), f"{_class_name(k, labels)} ({counts[k]} cells)")
               for k in shown_classes]

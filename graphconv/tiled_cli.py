@@ -37,6 +37,8 @@ def grid_for(args: argparse.Namespace, model):
 def wants_tiles(args: argparse.Namespace, model, grid) -> bool:
     if args.tile or args.workers or args.scheduler or args.reduce == "argmax" or args.classes:
         return True
+    if args.skip_background is not None:
+        return True
     if args.output and args.output.rstrip("/").lower().endswith(".zarr"):
         return True
     from graphconv.sources import TIFF_SUFFIXES
@@ -81,6 +83,9 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
         raise GraphconvError(f"the image is {image_hw[0]}x{image_hw[1]}, smaller than the classifier's "
                              f"{crop_hw[0]}x{crop_hw[1]} crop", file=args.image)
     tile = args.tile
+    if tile is None and args.skip_background is not None:
+        from graphconv.background import default_tile
+        tile = default_tile(grid, image_hw)
     if tile is None:
         whole = grid.peak_bytes(image_hw)
         tile = choose_tile(grid, image_hw, memory_limit())
@@ -102,6 +107,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     if isinstance(grid, CropGrid):
         print(grid.describe(image_hw))
     print(f"tiles: {plan.describe()}", file=sys.stderr)
+    skip = _background_skipper(args, source, grid, plan)
     if not (args.workers or args.scheduler):
         from graphconv.cli import note_cold_kernels
         note_cold_kernels(model, args.device)
@@ -110,33 +116,49 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
         on_tile = lambda t: advance(1, t.pixels)
         if args.output:
             with MapFile(args.output, shape, dtype, chunk_hw=plan.cells_hw) as out:
-                _compute(args, grid, source, plan, tile, out, transform, on_tile)
+                _compute(args, grid, source, plan, tile, out, transform, on_tile, skip)
                 _draw_heatmap(args, model, source, grid, out)  # before the map is renamed into place
         else:
             out = np.empty(shape, dtype)
-            _compute(args, grid, source, plan, tile, out, transform, on_tile)
+            _compute(args, grid, source, plan, tile, out, transform, on_tile, skip)
             _draw_heatmap(args, model, source, grid, out)
     seconds = time.perf_counter() - start
     print(f"output shape {shape} ({dtype}) in {seconds:.2f} s over {len(plan.tiles)} tile(s)")
     if args.top and args.reduce != "argmax":
         from graphconv.cli import print_top
         scores = np.load(args.output, mmap_mode="r") if args.output and not args.output.endswith(".zarr") else out
-        print_top(np.asarray(scores).mean(axis=(2, 3)), args.top, model.graph.meta.get("labels"))
+        print_top(np.nanmean(np.asarray(scores), axis=(2, 3)), args.top, model.graph.meta.get("labels"))
     if args.output:
         print(f"-> {args.output}")
     return 0
 
 
-def _compute(args, grid, source, plan, tile, out, transform, on_tile) -> None:
+def _compute(args, grid, source, plan, tile, out, transform, on_tile, skip) -> None:
     from graphconv.tiling import run_tiled
 
     if args.workers or args.scheduler:
         from graphconv.cluster import client_for, run_tiles_on_cluster
         with client_for(args.workers or 1, args.scheduler) as client:
             run_tiles_on_cluster(client, _model_ref(args), str(Path(args.image).resolve()), plan, out,
-                                 _map_options(args, grid), on_tile)
+                                 _map_options(args, grid), on_tile, skip)
     else:
-        run_tiled(grid, source, tile, out=out, device=args.device, transform=transform, progress=on_tile)
+        run_tiled(grid, source, tile, out=out, device=args.device, transform=transform, progress=on_tile,
+                  skip=skip)
+
+
+def _background_skipper(args: argparse.Namespace, source, grid, plan):
+    """--skip-background: which tiles are blank (graphconv/background.py), said on stderr."""
+    if args.skip_background is None:
+        return None
+    from graphconv.background import Background
+
+    skip = Background(source, grid.field, args.skip_background).is_blank
+    blank = [t for t in plan.tiles if skip(t)]
+    cells = sum((t.rows[1] - t.rows[0]) * (t.cols[1] - t.cols[0]) for t in blank)
+    filler = "NaN" if args.reduce != "argmax" else "65535"
+    print(f"background: {len(blank)} of {len(plan.tiles)} tile(s) show no tissue and are not computed "
+          f"(their {cells} cell(s) are {filler})", file=sys.stderr)
+    return skip
 
 
 def _check_heatmap(args: argparse.Namespace, classes: int) -> None:
@@ -187,14 +209,16 @@ def _best_classes(args: argparse.Namespace, scores) -> np.ndarray:
     from graphconv import images
 
     if args.reduce == "argmax":
-        return np.asarray(scores[0, 0]).astype(np.intp)
+        from graphconv.background import NO_CLASS
+        best = np.asarray(scores[0, 0]).astype(np.intp)
+        return np.where(best == NO_CLASS, images.NOT_COMPUTED, best)
     kept = np.asarray(args.classes, np.intp) if args.classes else None
     _, classes, rows, cols = scores.shape
     best = np.empty((rows, cols), np.intp)
     step = max(1, BEST_CLASS_FLOATS // (classes * cols))
     for top in range(0, rows, step):
         block = images.best_class(np.asarray(scores[0, :, top:top + step]))
-        best[top:top + step] = block if kept is None else kept[block]
+        best[top:top + step] = block if kept is None else np.where(block == images.NOT_COMPUTED, block, kept[block])
     return best
 
 
@@ -204,7 +228,7 @@ def _map_options(args: argparse.Namespace, grid):
 
     return MapOptions(args.reduce if args.reduce == "argmax" else None,
                       tuple(args.classes) if args.classes else None, args.device,
-                      grid.stride if isinstance(grid, CropGrid) else None, args.level)
+                      grid.stride if isinstance(grid, CropGrid) else None, args.level, args.skip_background)
 
 
 def _model_ref(args: argparse.Namespace):

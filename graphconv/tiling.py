@@ -329,7 +329,7 @@ def _box(field: Field, align, rows, cols, image_hw, stitch=(1, 1), multiple=(1, 
 
 def run_tiled(model, source: Source | np.ndarray, tile: int | Sequence[int], *, out: Any = None,
               device: str = "cpu", transform: Callable[[np.ndarray], np.ndarray] | None = None,
-              progress: Callable[[Tile], None] | None = None) -> Any:
+              progress: Callable[[Tile], None] | None = None, skip: Callable[[Tile], bool] | None = None) -> Any:
     """The map `model.run` gives for the whole image (or a grid's map: `CropGrid`),
     computed tile by tile.
 
@@ -337,24 +337,43 @@ def run_tiled(model, source: Source | np.ndarray, tile: int | Sequence[int], *, 
     to write the map (a numpy array, np.memmap or zarr array of the shape and dtype the
     result has); a new numpy array when None. `transform` maps each tile's (N, K, r, c)
     block before it is written (e.g. keep some classes, or argmax); `progress` is called
-    after each tile."""
+    after each tile. A tile `skip` says is blank is not computed: its cells are written as
+    `background.fill_value` (NaN in a score map)."""
     source = as_source(source)
     grid = as_grid(model)
     plan = plan_tiles(grid, (source.height, source.width), tile)
+    blank = [t for t in plan.tiles if skip is not None and skip(t)]
+    if out is None and len(blank) == len(plan.tiles):
+        blank = blank[1:]  # one tile computed, for the map's channels and type
+    skipped = set(blank)
     for tile_ in plan.tiles:
-        top, left, bottom, right = tile_.box
-        x = source.read(top, left, bottom, right)
-        x = x[None] if x.ndim == 3 else x
-        full = grid.run(x, device)
-        block = _cells_of(full, tile_, plan.field)
-        if transform is not None:
-            block = transform(block)
+        if tile_ in skipped:
+            continue
+        block = _tile_block(grid, source, tile_, plan.field, device, transform)
         if out is None:
             out = np.empty((block.shape[0], block.shape[1], *plan.map_hw), block.dtype)
-        out[:, :, tile_.rows[0]:tile_.rows[1], tile_.cols[0]:tile_.cols[1]] = block
-        if progress is not None:
-            progress(tile_)
+        _write_block(out, tile_, block, progress)
+    if blank:
+        from graphconv.background import fill_value
+        for tile_ in blank:
+            _write_block(out, tile_, fill_value(out.dtype), progress)
     return out
+
+
+def _tile_block(grid, source: Source, tile: Tile, field: Field, device: str,
+                transform: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
+    """One tile's cells of the map: its box read, run, cut to its own cells, transformed."""
+    top, left, bottom, right = tile.box
+    x = source.read(top, left, bottom, right)
+    full = grid.run(x[None] if x.ndim == 3 else x, device)
+    block = _cells_of(full, tile, field)
+    return block if transform is None else transform(block)
+
+
+def _write_block(out: Any, tile: Tile, block, progress: Callable[[Tile], None] | None) -> None:
+    out[:, :, tile.rows[0]:tile.rows[1], tile.cols[0]:tile.cols[1]] = block
+    if progress is not None:
+        progress(tile)
 
 
 def _cells_of(full: np.ndarray, tile: Tile, field: Field) -> np.ndarray:

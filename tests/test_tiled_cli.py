@@ -2,6 +2,7 @@
 `--images`, through the CLI as users run them: the same map as the whole-image pass."""
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -144,6 +145,52 @@ def test_cli_heatmap_of_a_tiled_run_from_a_reduced_map(model_dir, picture, tmp_p
                             "--output", tmp_path / "refused.npy")
         assert refused.returncode == 2 and message in refused.stderr
         assert not (tmp_path / "refused.npy").exists() and not (tmp_path / "tiled-heatmap-3.png").exists()
+
+
+@pytest.fixture(scope="module")
+def sparse_page(tmp_path_factory):
+    """A 300x340 white TIFF with the picture in its top left quarter: most tiles blank."""
+    folder = tmp_path_factory.mktemp("sparse")
+    page = np.full((300, 340), 252, np.uint8)
+    page[:150, :170] = np.asarray(Image.open(Path(__file__).parent.parent / "examples" / "digits_page.png")
+                                  .convert("L"))[:150, :170]
+    tifffile.imwrite(folder / "sparse.tif", page, tile=(64, 64))
+    return folder / "sparse.tif"
+
+
+def test_cli_skip_background_computes_the_tissue_tiles_exactly(model_dir, sparse_page, tmp_path):
+    full = graphconv("run", model_dir, "--image", sparse_page, "--tile", "60", "--output", tmp_path / "full.npy")
+    assert full.returncode == 0, full.stderr
+    want = np.load(tmp_path / "full.npy")
+    runs = [("local", ["--skip-background"]), ("dask", ["--skip-background", "0.05", "--workers", "1"])]
+    if importlib.util.find_spec("distributed") is None:
+        runs = runs[:1]
+    for name, extra in runs:
+        result = graphconv("run", model_dir, "--image", sparse_page, "--tile", "60", *extra,
+                           "--output", tmp_path / f"{name}.npy")
+        assert result.returncode == 0, result.stderr
+        assert "tile(s) show no tissue and are not computed" in result.stderr
+        got = np.load(tmp_path / f"{name}.npy")
+        computed = np.isfinite(got).all(axis=(0, 1))
+        assert 0.1 < computed.mean() < 0.6, computed.mean()  # the picture's quarter, with its tiles' margins
+        np.testing.assert_allclose(got[:, :, computed], want[:, :, computed], rtol=1e-4, atol=1e-6)
+        assert np.isnan(got[:, :, ~computed]).all()
+        assert computed[:20, :20].all() and not computed[-10:, -10:].any()
+    classes = graphconv("run", model_dir, "--image", sparse_page, "--tile", "60", "--skip-background",
+                        "--reduce", "argmax", "--heatmap", "top", "--output", tmp_path / "classes.npy")
+    assert classes.returncode == 0, classes.stderr
+    assert "(their" in classes.stderr and "cell(s) are 65535)" in classes.stderr
+    assert (np.load(tmp_path / "classes.npy")[0, 0, -10:, -10:] == 65535).all()
+    refused = graphconv("run", model_dir, "--input", tmp_path / "full.npy", "--skip-background")
+    assert refused.returncode == 2 and "--skip-background looks for tissue in an image" in refused.stderr
+
+
+def test_skip_background_on_many_images(model_dir, sparse_page, tmp_path):
+    results = run_images(ModelRef(str(model_dir)), [str(sparse_page)], str(tmp_path / "o"),
+                         MapOptions(skip_background=0.05), tile=60)  # without, one 1024-pixel tile: not blank
+    assert results[0].error is None
+    got = np.load(tmp_path / "o" / "sparse.npy")
+    assert np.isnan(got[0, 0, -10:, -10:]).all() and np.isfinite(got[0, 0, :20, :20]).all()
 
 
 def test_cli_tiles_automatically_when_the_whole_image_is_over_the_budget(picture, tmp_path):

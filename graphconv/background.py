@@ -1,0 +1,79 @@
+"""Skip the blank glass of a slide: `graphconv run --image slide.svs --skip-background`.
+
+Most of a whole-slide image is empty glass (or the white of a scanned page), and a
+tiled run spends most of its time there for nothing. With `--skip-background` each tile
+is first looked up in a tissue mask made from a small copy of the image
+(`sources.thumbnail`, from a coarse pyramid level where there is one): a tile none of
+whose cells has tissue near its centre (within half the output stride) is not computed,
+and its cells are written as "not computed" (NaN in a score map, NO_CLASS in a
+`--reduce argmax` class map). Every cell that is computed is exactly what the whole
+image's pass gives: a tile runs whole or not at all.
+
+A pixel is tissue where its colour is saturated (HSV saturation, (max - min) / max, at
+least the threshold: stained tissue is coloured, glass is grey or white), or, in a grey
+image, where it is darker than white by at least the threshold. This assumes a bright,
+colourless background (brightfield slides, scanned pages), not fluorescence or
+satellite images, so it is opt-in.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from graphconv.errors import GraphconvError
+
+DEFAULT_THRESHOLD = 0.05  # HSV saturation (or darkness) of the palest tissue kept: above JPEG noise on glass
+NO_CLASS = np.iinfo(np.uint16).max  # what a --reduce argmax map holds for a cell not computed
+SKIP_TILE = 1024  # input pixels a side of the tiles a run takes without --tile: glass is skipped a tile at a time
+
+
+class Background:
+    """Which tiles of a run are blank: the tissue mask of `source` at thumbnail size, and
+    the cells' field (`grid.field`) to place each tile's cells on it."""
+
+    def __init__(self, source, field, threshold: float = DEFAULT_THRESHOLD):
+        from graphconv.sources import thumbnail
+
+        if not 0 < threshold < 1:
+            raise GraphconvError(f"--skip-background {threshold}: the threshold is a saturation between 0 and 1")
+        picture, (self.fy, self.fx) = thumbnail(source)
+        self.tissue = tissue_mask(picture, threshold)
+        self.field = field
+
+    def is_blank(self, tile) -> bool:
+        """Whether no tissue lies within half a stride of any of the tile's cells' centres."""
+        y0, y1 = self._span(tile.rows, 0, self.fy, self.tissue.shape[0])
+        x0, x1 = self._span(tile.cols, 1, self.fx, self.tissue.shape[1])
+        return not self.tissue[y0:y1, x0:x1].any()
+
+    def _span(self, cells: tuple[int, int], axis: int, scale: float, length: int) -> tuple[int, int]:
+        """The thumbnail pixels [start, stop) around the centres of cells [first, last) on `axis`."""
+        size, stride, offset = self.field.size[axis], self.field.stride[axis], self.field.offset[axis]
+        first = offset + cells[0] * stride + (size - 1) / 2 - stride / 2
+        last = offset + (cells[1] - 1) * stride + (size - 1) / 2 + stride / 2
+        return max(0, math.floor(first / scale)), min(length, math.ceil(last / scale) + 1)
+
+
+def tissue_mask(picture: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
+    """(h, w) bool: the pixels of a (C, h, w) picture on 0..255 that are tissue (see the module)."""
+    if picture.shape[0] >= 3:
+        rgb = picture[:3].astype(np.float32)
+        brightest, dullest = rgb.max(axis=0), rgb.min(axis=0)
+        saturation = np.where(brightest > 0, (brightest - dullest) / np.maximum(brightest, 1e-6), 0.0)
+        return saturation >= threshold
+    return picture[0] <= 255 * (1 - threshold)
+
+
+def default_tile(grid, image_hw: tuple[int, int]) -> int:
+    """The tile a run that skips the background takes without --tile: SKIP_TILE pixels
+    (or the smallest tile that works, when larger), smaller where memory asks."""
+    from graphconv.memory import memory_limit
+    from graphconv.tiling import choose_tile
+
+    return min(choose_tile(grid, image_hw, memory_limit()), max(SKIP_TILE, *grid.smallest_tile()))
+
+
+def fill_value(dtype: np.dtype):
+    """What a cell not computed holds in a map of `dtype`."""
+    return np.nan if np.issubdtype(dtype, np.floating) else NO_CLASS

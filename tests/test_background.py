@@ -1,0 +1,108 @@
+"""Skipping the tiles of a slide with no tissue (graphconv.background): which tiles are
+blank, and that a run that skips them writes every other cell exactly as the whole
+image's pass, the skipped ones as "not computed"."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphconv
+from conftest import SPECS
+from graphconv.background import NO_CLASS, Background, tissue_mask
+from graphconv.errors import GraphconvError
+from graphconv.tiling import DenseGrid, map_transform, plan_tiles, run_tiled
+
+GLASS = 235  # a slide's background: bright and grey
+
+
+def test_tissue_is_colour_on_rgb_and_darkness_on_grey():
+    rgb = np.full((3, 2, 3), GLASS, np.float32)
+    rgb[:, 0, 0] = (200, 120, 180)  # eosin pink: saturated
+    rgb[:, 0, 1] = (90, 90, 92)     # a dark grey smudge: unsaturated, so glass
+    rgb[:, 1, 2] = (250, 238, 250)  # pale tissue, saturation 0.048: under the default 0.05
+    assert tissue_mask(rgb).tolist() == [[True, False, False], [False, False, False]]
+    assert tissue_mask(rgb, 0.04)[1, 2]
+    grey = np.array([[[255, 244, 240, 10]]], np.float32)
+    assert tissue_mask(grey).tolist() == [[False, False, True, True]]
+
+
+@pytest.fixture(scope="module")
+def lenet():
+    return graphconv.compile_model(SPECS / "lenet.yaml")
+
+
+def page_with_a_blot(height=150, width=170):
+    """A grey page (LeNet reads one channel), white but for a dark blot at its bottom right."""
+    page = np.full((1, 1, height, width), 250.0, np.float32)
+    page[0, 0, 110:130, 130:160] = 40.0
+    return page
+
+
+class PixelSource:
+    """The page as a source: what `Background` makes its mask from (values on 0..255)."""
+
+    def __init__(self, pixels):
+        self.pixels, self.path = pixels, None
+        _, self.channels, self.height, self.width = pixels.shape
+
+    def read(self, top, left, bottom, right):
+        return self.pixels[0, :, top:bottom, left:right]
+
+
+def test_a_tile_is_blank_when_no_tissue_is_near_its_cells_centres(lenet, monkeypatch):
+    import graphconv.sources as sources
+    page = page_with_a_blot()
+    monkeypatch.setattr(sources, "thumbnail", lambda source: (source.pixels[0], (1.0, 1.0)))
+    grid = DenseGrid(lenet)
+    background = Background(PixelSource(page), grid.field)
+    plan = plan_tiles(grid, page.shape[2:], 48)
+    blank = {t for t in plan.tiles if background.is_blank(t)}
+    tissue = np.argwhere(page[0, 0] < 128)
+    field = grid.field
+
+    def centres(cells, axis):  # from the first cell's centre less half a stride to the last's plus half
+        centre = lambda cell: field.offset[axis] + cell * field.stride[axis] + (field.size[axis] - 1) / 2
+        return centre(cells[0]) - field.stride[axis] / 2, centre(cells[1] - 1) + field.stride[axis] / 2
+
+    def tissue_within(tile, margin):
+        (y0, y1), (x0, x1) = centres(tile.rows, 0), centres(tile.cols, 1)
+        return ((tissue[:, 0] >= y0 - margin) & (tissue[:, 0] <= y1 + margin)
+                & (tissue[:, 1] >= x0 - margin) & (tissue[:, 1] <= x1 + margin)).any()
+
+    for tile in plan.tiles:
+        if tissue_within(tile, 0):
+            assert tile not in blank, f"{tile}: tissue within half a stride of its cells' centres"
+        if not tissue_within(tile, 2):
+            assert tile in blank, f"{tile}: no tissue near its cells"
+    assert 0 < len(blank) < len(plan.tiles)
+
+
+@pytest.mark.parametrize("reduce", [None, "argmax"])
+def test_skipped_tiles_are_not_computed_and_the_others_are_exact(lenet, reduce):
+    page = page_with_a_blot()
+    x = (page - 128) / 64  # what the network reads; the mask is made from the page itself
+    grid = DenseGrid(lenet)
+    whole = lenet.run(x)
+    transform, _, _ = map_transform(reduce, None, lenet.output_channels)
+    background = Background.__new__(Background)  # the mask as the page gives it, without a thumbnail
+    background.tissue, background.fy, background.fx, background.field = tissue_mask(page[0]), 1.0, 1.0, grid.field
+    read = []
+    source = PixelSource(x)
+    original = source.read
+    source.read = lambda *box: read.append(box) or original(*box)
+    got = run_tiled(grid, source, 48, transform=transform, skip=background.is_blank)
+    plan = plan_tiles(grid, page.shape[2:], 48)
+    computed = [t for t in plan.tiles if not background.is_blank(t)]
+    assert sorted(read) == sorted(t.box for t in computed)
+    want = whole if transform is None else transform(whole)
+    done = np.zeros(want.shape[2:], bool)
+    for t in computed:
+        done[t.rows[0]:t.rows[1], t.cols[0]:t.cols[1]] = True
+    np.testing.assert_allclose(got[:, :, done], want[:, :, done], rtol=1e-4, atol=1e-6)
+    skipped = got[:, :, ~done]
+    assert (np.isnan(skipped) if reduce is None else skipped == NO_CLASS).all()
+
+
+def test_a_threshold_outside_0_to_1_is_refused(lenet):
+    with pytest.raises(GraphconvError, match="between 0 and 1"):
+        Background(PixelSource(page_with_a_blot()), DenseGrid(lenet).field, 1.5)
