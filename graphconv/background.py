@@ -25,7 +25,9 @@ from graphconv.errors import GraphconvError
 
 DEFAULT_THRESHOLD = 0.05  # HSV saturation (or darkness) of the palest tissue kept: above JPEG noise on glass
 NO_CLASS = np.iinfo(np.uint16).max  # what a --reduce argmax map holds for a cell not computed
-SKIP_TILE = 1024  # input pixels a side of the tiles a run takes without --tile: glass is skipped a tile at a time
+SMALLEST_TILE = 512  # the smallest tile `cheapest_tile` tries (or the smallest that works, when larger)
+LARGEST_TILE = 2048  # and the largest: a larger tile's buffers leave the caches and fault in fresh pages
+TILE_SIZES_TRIED = 24  # evenly spaced between the two: the pixels read do not fall or rise steadily with the size
 
 
 class Background:
@@ -40,6 +42,26 @@ class Background:
         picture, (self.fy, self.fx) = thumbnail(source)
         self.tissue = tissue_mask(picture, threshold)
         self.field = field
+
+    def cheapest_tile(self, grid, image_hw: tuple[int, int]) -> int:
+        """The tile size, for a run without --tile, whose tiles with tissue read the fewest
+        pixels in all. Small tiles skip the glass in fine pieces but each reads its halo
+        (about a receptive field) again; large ones the reverse, so the best size depends
+        on the network's field and on where the tissue is. Sizes from SMALLEST_TILE to
+        LARGEST_TILE (less where the memory budget asks) are tried, each a shape-arithmetic
+        plan. ResNet-18's FCN (a 627-pixel field) over a 4096x4096 slide with 19% tissue:
+        tiles of 1024 skipped 71 of 100 and took 4.9 s, of 1536 17 of 25 and 3.1 s, of
+        2432 5 of 9 and 8.2 s, one of 3546 (3 of 4 skipped, the fewest pixels) 9.4 s, most
+        of it faulting in its 800 MB of buffers; without skipping, 8.0 s."""
+        from graphconv.memory import memory_limit
+        from graphconv.tiling import choose_tile, plan_tiles
+
+        largest = min(choose_tile(grid, image_hw, memory_limit()), max(LARGEST_TILE, *grid.smallest_tile()))
+        smallest = min(largest, max(SMALLEST_TILE, *grid.smallest_tile()))
+        sizes = sorted({round(smallest + (largest - smallest) * i / (TILE_SIZES_TRIED - 1))
+                        for i in range(TILE_SIZES_TRIED)})
+        return min(sizes, key=lambda size: sum(t.pixels for t in plan_tiles(grid, image_hw, size).tiles
+                                               if not self.is_blank(t)))
 
     def is_blank(self, tile) -> bool:
         """Whether no tissue lies within half a stride of any of the tile's cells' centres."""
@@ -63,15 +85,6 @@ def tissue_mask(picture: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np
         saturation = np.where(brightest > 0, (brightest - dullest) / np.maximum(brightest, 1e-6), 0.0)
         return saturation >= threshold
     return picture[0] <= 255 * (1 - threshold)
-
-
-def default_tile(grid, image_hw: tuple[int, int]) -> int:
-    """The tile a run that skips the background takes without --tile: SKIP_TILE pixels
-    (or the smallest tile that works, when larger), smaller where memory asks."""
-    from graphconv.memory import memory_limit
-    from graphconv.tiling import choose_tile
-
-    return min(choose_tile(grid, image_hw, memory_limit()), max(SKIP_TILE, *grid.smallest_tile()))
 
 
 def fill_value(dtype: np.dtype):

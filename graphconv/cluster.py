@@ -150,9 +150,10 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
         grid = options.grid(model)
         skip = None
         if options.skip_background is not None:
-            from graphconv.background import Background, default_tile
-            skip = Background(source, grid.field, options.skip_background).is_blank
-            tile = tile or default_tile(grid, (source.height, source.width))
+            from graphconv.background import Background
+            background = Background(source, grid.field, options.skip_background)
+            skip = background.is_blank
+            tile = tile or background.cheapest_tile(grid, (source.height, source.width))
         if tile is None:
             x = source.read(0, 0, source.height, source.width)
             result = grid.whole(x[None] if x.ndim == 3 else x, options.device)

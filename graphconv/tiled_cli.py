@@ -83,9 +83,9 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
         raise GraphconvError(f"the image is {image_hw[0]}x{image_hw[1]}, smaller than the classifier's "
                              f"{crop_hw[0]}x{crop_hw[1]} crop", file=args.image)
     tile = args.tile
-    if tile is None and args.skip_background is not None:
-        from graphconv.background import default_tile
-        tile = default_tile(grid, image_hw)
+    background = _background(args, source, grid)
+    if tile is None and background is not None:
+        tile = background.cheapest_tile(grid, image_hw)
     if tile is None:
         whole = grid.peak_bytes(image_hw)
         tile = choose_tile(grid, image_hw, memory_limit())
@@ -107,7 +107,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     if isinstance(grid, CropGrid):
         print(grid.describe(image_hw))
     print(f"tiles: {plan.describe()}", file=sys.stderr)
-    skip = _background_skipper(args, source, grid, plan)
+    skip = _skipper(args, background, plan)
     if not (args.workers or args.scheduler):
         from graphconv.cli import note_cold_kernels
         note_cold_kernels(model, args.device)
@@ -146,13 +146,19 @@ def _compute(args, grid, source, plan, tile, out, transform, on_tile, skip) -> N
                   skip=skip)
 
 
-def _background_skipper(args: argparse.Namespace, source, grid, plan):
-    """--skip-background: which tiles are blank (graphconv/background.py), said on stderr."""
+def _background(args: argparse.Namespace, source, grid):
+    """--skip-background's tissue mask (graphconv/background.py), or None."""
     if args.skip_background is None:
         return None
     from graphconv.background import Background
+    return Background(source, grid.field, args.skip_background)
 
-    skip = Background(source, grid.field, args.skip_background).is_blank
+
+def _skipper(args: argparse.Namespace, background, plan):
+    """Which tiles are blank, said on stderr; None without --skip-background."""
+    if background is None:
+        return None
+    skip = background.is_blank
     blank = [t for t in plan.tiles if skip(t)]
     cells = sum((t.rows[1] - t.rows[0]) * (t.cols[1] - t.cols[0]) for t in blank)
     filler = "NaN" if args.reduce != "argmax" else "65535"

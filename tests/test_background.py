@@ -106,3 +106,27 @@ def test_skipped_tiles_are_not_computed_and_the_others_are_exact(lenet, reduce):
 def test_a_threshold_outside_0_to_1_is_refused(lenet):
     with pytest.raises(GraphconvError, match="between 0 and 1"):
         Background(PixelSource(page_with_a_blot()), DenseGrid(lenet).field, 1.5)
+
+
+def test_the_default_tile_reads_the_fewest_pixels_with_tissue(lenet, monkeypatch):
+    """Without --tile, the size whose tiles with tissue read the fewest pixels, of the
+    sizes tried (here from LeNet's smallest tile, the bounds lowered to this small page)."""
+    import graphconv.background as background_module
+    import graphconv.sources as sources
+
+    page = np.full((1, 1, 400, 500), 250.0, np.float32)
+    page[0, 0, 30:60, 40:90] = 40.0  # two blots far apart: small tiles skip the glass between them
+    page[0, 0, 330:350, 420:470] = 40.0
+    monkeypatch.setattr(sources, "thumbnail", lambda source: (source.pixels[0], (1.0, 1.0)))
+    monkeypatch.setattr(background_module, "SMALLEST_TILE", 40)
+    monkeypatch.setattr(background_module, "LARGEST_TILE", 500)
+    grid = DenseGrid(lenet)
+    background = Background(PixelSource(page), grid.field)
+    chosen = background.cheapest_tile(grid, (400, 500))
+
+    def pixels_read(size):
+        return sum(t.pixels for t in plan_tiles(grid, (400, 500), size).tiles if not background.is_blank(t))
+
+    fewest = min(pixels_read(size) for size in range(40, 501, 10))
+    assert pixels_read(chosen) <= 1.2 * fewest  # the sizes tried are a sample
+    assert pixels_read(chosen) < pixels_read(500) / 4  # against one tile of the whole page
