@@ -109,22 +109,17 @@ def run_tiles_on_cluster(client, ref: ModelRef, image: str, plan, out, options: 
     from distributed import as_completed
 
     from graphconv.background import fill_value
+    from graphconv.tiling import write_block
 
     blank = [t for t in plan.tiles if skip is not None and skip(t)]
     skipped = set(blank)
     futures = {client.submit(_tile_block, ref, image, t.box, t.rows, t.cols, options, pure=False): t
                for t in plan.tiles if t not in skipped}
     for tile in blank:
-        _write(out, tile, fill_value(out.dtype), progress)
+        write_block(out, tile, fill_value(out.dtype), progress)
     for future in as_completed(futures):
-        _write(out, futures[future], future.result(), progress)
+        write_block(out, futures[future], future.result(), progress)
     return out
-
-
-def _write(out, tile, block, progress: Callable[[Any], None] | None) -> None:
-    out[:, :, tile.rows[0]:tile.rows[1], tile.cols[0]:tile.cols[1]] = block
-    if progress is not None:
-        progress(tile)
 
 
 @dataclass

@@ -352,11 +352,11 @@ def run_tiled(model, source: Source | np.ndarray, tile: int | Sequence[int], *, 
         block = _tile_block(grid, source, tile_, plan.field, device, transform)
         if out is None:
             out = np.empty((block.shape[0], block.shape[1], *plan.map_hw), block.dtype)
-        _write_block(out, tile_, block, progress)
+        write_block(out, tile_, block, progress)
     if blank:
         from graphconv.background import fill_value
         for tile_ in blank:
-            _write_block(out, tile_, fill_value(out.dtype), progress)
+            write_block(out, tile_, fill_value(out.dtype), progress)
     return out
 
 
@@ -370,7 +370,8 @@ def _tile_block(grid, source: Source, tile: Tile, field: Field, device: str,
     return block if transform is None else transform(block)
 
 
-def _write_block(out: Any, tile: Tile, block, progress: Callable[[Tile], None] | None) -> None:
+def write_block(out: Any, tile: Tile, block, progress: Callable[[Tile], None] | None = None) -> None:
+    """A tile's cells (a block, or one value: `background.fill_value`) into the map `out`."""
     out[:, :, tile.rows[0]:tile.rows[1], tile.cols[0]:tile.cols[1]] = block
     if progress is not None:
         progress(tile)
