@@ -221,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--labels", metavar="TXT", help="class names, one per line (copied beside the spec)")
     imp.add_argument("--crop-size", type=_positive_int, nargs=2, metavar=("H", "W"),
                      help="the training crop, for a model whose input size is dynamic")
+    imp.add_argument("--task", choices=("classification", "segmentation"), default="classification",
+                     help="segmentation: the network predicts a map already (a U-Net), and every cell it "
+                          "computes on an image is kept (default: a classifier, one cell per crop)")
     imp.set_defaults(handler=cmd_import)
 
     exp = sub.add_parser("export", help="write a (compiled) model as ONNX, dynamic in N, H and W",
@@ -690,6 +693,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from graphconv.dense import crops_per_batch, verify
 
     original = load_model(args, args.spec)
+    if original.segmentation:
+        raise GraphconvError("verify checks a classifier against the dense network compiled from it; a "
+                             "segmentation network is dense already (compare its tiled and whole-image maps "
+                             "with run --tile instead)", file=args.spec)
     compiled = compile_model(original.graph, output_stride=args.output_stride,
                              stride_method=args.stride_method)
     c = original.crop_shape[0]
@@ -727,6 +734,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     preprocess = _preprocess_options(args, graph.input_shape[0])
     if preprocess:
         graph.meta["preprocess"] = preprocess
+    if args.task == "segmentation":
+        graph.meta["task"] = "segmentation"
     if "labels" in graph.meta:
         from graphconv.shapes import infer_shapes
         classes = infer_shapes(graph, check_weights=False)[graph.output.name][0]
@@ -779,7 +788,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_writable(args.output)
     model = load_model(args, args.model)
     save_onnx(model.graph, args.output)
-    if "compiled" not in model.graph.meta:
+    if "compiled" not in model.graph.meta and not model.segmentation:  # a segmentation network is dense as written
         print(f"note: {args.model} is not compiled; exported the network as written (graphconv "
               "compile it first for the fully convolutional network)", file=sys.stderr)
     print(f"exported {args.model} -> {args.output} (ONNX op set 19; input N x "

@@ -125,17 +125,31 @@ class Model:
         from graphconv.shapes import infer_shapes
         return infer_shapes(self.graph, check_weights=False)[self.graph.output.name][0]
 
+    @property
+    def segmentation(self) -> bool:
+        """Whether the network is a dense predictor (`task: segmentation` in its spec): its
+        output on its training patch is already a map (a U-Net's, one cell per pixel),
+        and on any image every cell it computes is a prediction, so `run` returns its map
+        whole. A classifier's map (the default) has one cell per crop position instead,
+        and cells whose crop would run off the image are dropped (`map_size`)."""
+        return self.graph.meta.get("task") == "segmentation"
+
     def output_hw(self, height: int, width: int) -> tuple[int, int]:
         """Rows and columns of what `run` returns for an image of height x width: the
         network's map, cut to the crop grid (`map_size`), from shapes alone."""
         from graphconv.shapes import infer_shapes
 
-        rows, cols = self.map_size(height, width)
         _, full_rows, full_cols = infer_shapes(self.graph, (height, width), check_weights=False)[self.graph.output.name]
+        if self.segmentation:
+            return full_rows, full_cols
+        rows, cols = self.map_size(height, width)
         return min(rows, full_rows), min(cols, full_cols)
 
     def map_size(self, height: int, width: int) -> tuple[int, int]:
-        """Rows and columns of the score map for an image of height x width."""
+        """Rows and columns of the score map for an image of height x width: one cell per
+        crop of a classifier; a segmentation network's whole output (`segmentation`)."""
+        if self.segmentation:
+            return self.output_hw(height, width)
         _, hc, wc = self.crop_shape
         sy, sx = self.output_stride
         if height < hc or width < wc:
@@ -186,7 +200,7 @@ class Model:
         included, and always (N, K, rows, cols)."""
         batch = as_batch(x, self.crop_shape[0])
         out = self.executor(device).run(batch, profile)
-        if not full:
+        if not full and not self.segmentation:
             out = self._crop_grid(out, batch.shape[2:])
         self._cache()["last_map"] = tuple(out.shape[2:])  # the cells cell_box accepts by default
         if not full and self.returns_vectors and out.shape[2:] == (1, 1):

@@ -27,6 +27,9 @@ def grid_for(args: argparse.Namespace, model):
 
     if args.crops is None:
         return DenseGrid(model)
+    if model.segmentation:
+        raise GraphconvError("--crops runs a classifier on every crop; a segmentation network's map is its "
+                             "dense pass (drop --crops)")
     stride = (args.crops, args.crops) if args.crops else model.output_stride
     if any(int(s) != s for s in stride):
         raise GraphconvError(f"--crops: the network's stride is {stride[0]}x{stride[1]} pixels, not whole; "

@@ -672,6 +672,26 @@ class ConvNeXtV2Small(nn.Module):
         return self.head(x + y)
 
 
+class UNetSmall(nn.Module):
+    """A segmentation network, not a classifier: U-Net's two levels (conv, pool, conv, a
+    ConvTranspose2d(kernel 2, stride 2) back up, the skip concatenated, conv, a 1x1 head),
+    every conv padded, so its output is its input's size: one score vector per pixel."""
+    crop = 32
+
+    def __init__(self, classes: int = 3):
+        super().__init__()
+        self.enc1 = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.enc2 = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
+        self.up = nn.ConvTranspose2d(16, 8, 2, stride=2)
+        self.dec = nn.Sequential(nn.Conv2d(16, 8, 3, padding=1), nn.ReLU())
+        self.head = nn.Conv2d(8, classes, 1)
+
+    def forward(self, x):
+        skip = self.enc1(x)
+        deep = self.enc2(F.max_pool2d(skip, 2))
+        return self.head(self.dec(torch.cat([self.up(deep), skip], dim=1)))
+
+
 ZOO = {cls.__name__.removesuffix("Small").lower(): cls
        for cls in (AlexNetSmall, VGGBNSmall, ResNetSmall, SqueezeNetSmall, MobileNetV2Small,
                    DenseNetSmall, GoogLeNetSmall, ConvNeXtSmall, ShuffleNetSmall, EfficientNetSmall,

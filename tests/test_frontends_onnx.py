@@ -927,3 +927,64 @@ def test_an_attention_blocks_reshape_is_refused_naming_what_is_followed(tmp_path
     with pytest.raises(GraphconvError, match=r"node 'tokens': Reshape of a 1x3x16x16 value to \[1, 3, -1\]; "
                                              r"graphconv recognises .* GroupNorm, space-to-depth and split attention"):
         load_network(path)
+
+
+@pytest.fixture(scope="module")
+def unet(tmp_path_factory):
+    """(the PyTorch U-Net, its ONNX file exported at 32x32 with dynamic sides, and the spec
+    `graphconv import --task segmentation` wrote from it)."""
+    folder = tmp_path_factory.mktemp("unet")
+    torch.manual_seed(0)
+    model = onnx_zoo.UNetSmall().eval()
+    onnx_zoo.export(model, folder / "unet.onnx", dynamic_hw=True)
+    result = graphconv("import", folder / "unet.onnx", "-o", folder / "unet.yaml", "--crop-size", 32, 32,
+                       "--task", "segmentation")
+    assert result.returncode == 0, result.stderr
+    return model, folder / "unet.onnx", folder / "unet.yaml"
+
+
+def test_a_segmentation_network_maps_every_pixel_as_pytorch_does(unet, rng):
+    """ConvTranspose (kernel = stride) imports as a 1x1 conv and depth_to_space; a network
+    whose spec says `task: segmentation` returns its whole map on any image, not one cell
+    per crop, equal to PyTorch's."""
+    model, _, spec = unet
+    net = Model.load(spec)
+    assert net.segmentation and "task: segmentation" in spec.read_text()
+    assert [n.op for n in net.graph.layers()].count("depth_to_space") == 1
+    x = rng.standard_normal((2, 3, 48, 64)).astype(np.float32)
+    got = net.run(x)
+    assert got.shape == (2, 3, 48, 64) and net.map_size(48, 64) == (48, 64)
+    np.testing.assert_allclose(got, torch_scores(model, x), rtol=1e-4, atol=1e-5)
+    compiled = compile_model(spec)  # nothing to convert; it stays a segmentation network
+    assert compiled.segmentation
+    np.testing.assert_allclose(compiled.run(x), got, rtol=1e-5, atol=1e-6)
+
+
+def test_a_segmentation_network_tiles_exactly_and_draws_its_heatmap(unet, tmp_path):
+    _, _, spec = unet
+    Image = pytest.importorskip("PIL.Image")
+    picture = (np.random.default_rng(4).random((90, 118, 3)) * 255).astype(np.uint8)
+    Image.fromarray(picture).save(tmp_path / "scene.png")
+    whole = graphconv("run", spec, "--image", tmp_path / "scene.png", "--output", tmp_path / "whole.npy",
+                      "--heatmap", "top")
+    assert whole.returncode == 0, whole.stderr
+    tiled = graphconv("run", spec, "--image", tmp_path / "scene.png", "--tile", "40", "--output",
+                      tmp_path / "tiled.npy")
+    assert tiled.returncode == 0, tiled.stderr
+    want, got = np.load(tmp_path / "whole.npy"), np.load(tmp_path / "tiled.npy")
+    assert want.shape == (1, 3, 90, 118)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    refused = graphconv("run", spec, "--image", tmp_path / "scene.png", "--crops")
+    assert refused.returncode == 2 and "a segmentation network's map is its dense pass" in refused.stderr
+    refused = graphconv("verify", spec, "--input-size", 64, 64)
+    assert refused.returncode == 2 and "segmentation network is dense already" in refused.stderr
+
+
+def test_overlapping_conv_transposes_are_refused_by_name(tmp_path):
+    from onnx import helper
+    nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="up", kernel_shape=[4, 4], strides=[2, 2],
+                              pads=[1, 1, 1, 1])]
+    model = tiny_model(nodes, {"w": np.ones((3, 2, 4, 4), np.float32)})
+    save(model, tmp_path / "up.onnx")
+    with pytest.raises(GraphconvError, match="node 'up'.*ConvTranspose with kernel \\[4, 4\\], strides \\[2, 2\\]"):
+        Model.load(tmp_path / "up.onnx")

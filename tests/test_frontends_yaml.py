@@ -472,3 +472,28 @@ def test_bad_weights_via_the_spec_name_the_weights_file(write_spec, tmp_path):
 ])
 def test_huge_sizes_are_refused_before_allocating(write_spec, small_budget, text, match, line):
     refused(write_spec(text), match, line, seconds=2.0)
+
+
+def test_task_segmentation_is_read_written_and_kept_by_compile(write_spec, tmp_path):
+    """`task: segmentation` makes the map the network's whole output (Model.segmentation);
+    a spec written back and a compiled model keep it; anything but the two tasks is refused."""
+    from graphconv.compiler import compile_model
+    from graphconv.model import Model
+
+    text = """
+    name: seg
+    input: {shape: [2, 12, 12]}
+    task: segmentation
+    layers:
+      - {name: c, op: conv, out_channels: 3, kernel_size: 3, padding: 1}
+    """
+    graph = load_spec(write_spec(text))
+    assert graph.meta["task"] == "segmentation" and "task: segmentation" in spec_text(graph)
+    compile_model(graph).save(tmp_path / "m")
+    model = Model.load(tmp_path / "m")
+    assert model.segmentation and model.map_size(20, 30) == (20, 30)
+    classifier = Model.load(write_spec(text.replace("task: segmentation", "task: classification"), "c.yaml"))
+    assert not classifier.segmentation and classifier.map_size(20, 30) == (9, 19)  # one cell per crop
+    with pytest.raises(GraphconvError, match=r"net.yaml:3: 'task' must be one of \['classification', "
+                                             r"'segmentation'\], got 'detection'"):
+        load_spec(write_spec(text.replace("segmentation", "detection")))

@@ -1114,3 +1114,19 @@ def test_global_average_pool_channels_last_by_pixels_or_by_channels(channels, si
     with mock.patch.object(pool_cpu, "get_num_threads", lambda: threads):
         pool_cpu.run_globalavgpool({}, {}, [stored], out)
     np.testing.assert_allclose(out, pool.reference({}, {}, [x]), rtol=5e-7)
+
+
+@pytest.mark.parametrize("block", [1, 2, 3])
+@pytest.mark.parametrize("order", ["blocks", "channels"])
+def test_depth_to_space_undoes_space_to_depth_and_is_pixel_shuffle(block, order, rng):
+    """Checked against what does not share its code: its CPU kernel after space_to_depth's
+    gives the input back, and in the channels order it is PyTorch's pixel_shuffle."""
+    to_depth, to_space = get_op("space_to_depth"), get_op("depth_to_space")
+    params = normalize_params(to_space, dict(block=block, order=order))
+    x = random_input(rng, (2, 3, 4 * block, 5 * block))
+    depth = run_kernel(to_depth, normalize_params(to_depth, dict(block=block, order=order)), {}, [x])
+    np.testing.assert_array_equal(run_kernel(to_space, params, {}, [depth]), x)
+    if order == "channels":
+        torch = pytest.importorskip("torch")
+        shuffled = torch.nn.functional.pixel_shuffle(torch.from_numpy(depth), block).numpy()
+        np.testing.assert_array_equal(run_kernel(to_space, params, {}, [depth]), shuffled)

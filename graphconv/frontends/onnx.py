@@ -1412,6 +1412,54 @@ def _space_to_depth(imp: _Importer, node) -> None:
     imp.add_layer(node, "space_to_depth", [x], dict(block=block))
 
 
+@converts("DepthToSpace")
+def _depth_to_space(imp: _Importer, node) -> None:
+    attrs = imp.attributes(node)
+    mode = attrs.get("mode", b"DCR")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode not in ("DCR", "CRD"):
+        raise imp.error(f"DepthToSpace mode {shown(mode)}; ONNX defines DCR and CRD")
+    imp.add_layer(node, "depth_to_space", [imp.tensor(node.input[0])],
+                  dict(block=int(attrs["blocksize"]), order="blocks" if mode == "DCR" else "channels"))
+
+
+@converts("ConvTranspose")
+def _conv_transpose(imp: _Importer, node) -> None:
+    """A transposed convolution whose kernel equals its stride, unpadded (a U-Net's
+    upsampling, ConvTranspose2d(kernel_size=2, stride=2)): each input pixel becomes a
+    stride x stride patch, every output pixel of which is one input pixel's dot product
+    with one tap. That is a 1x1 conv to stride² times the channels, named as the node
+    (its weights the ConvTranspose's, rearranged), then `depth_to_space` in the channels
+    order. Overlapping kernels (kernel > stride) would sum several input pixels' taps
+    into one output pixel in a pattern that a window of floor(p / stride) does not
+    describe; they are refused."""
+    x = imp.tensor(node.input[0])
+    weight = imp.constant(node.input[1], "weight")  # (C_in, C_out / group, kh, kw)
+    bias = imp.optional_constant(node, 2, "bias")
+    attrs = imp.attributes(node)
+    kernel = [int(k) for k in attrs.get("kernel_shape", weight.shape[2:])]
+    strides = [int(s) for s in attrs.get("strides", [1, 1])]
+    plain = (int(attrs.get("group", 1)) == 1 and list(attrs.get("dilations", [1, 1])) == [1, 1]
+             and not any(attrs.get("pads", [0, 0, 0, 0])) and not any(attrs.get("output_padding", [0, 0]))
+             and "output_shape" not in attrs and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET", b"VALID",
+                                                                                       "VALID"))
+    if weight.ndim != 4 or kernel != strides or kernel[0] != kernel[1] or not plain:
+        raise imp.error(f"ConvTranspose with kernel {kernel}, strides {strides} and attributes "
+                        f"{sorted(k for k in attrs if k not in ('kernel_shape', 'strides'))}; graphconv takes the "
+                        "upsampling kind: a square kernel equal to its stride, no padding, dilation, output padding "
+                        "or groups (a U-Net's ConvTranspose2d(kernel_size=2, stride=2))")
+    block, (c_in, c_out) = kernel[0], weight.shape[:2]
+    as_1x1 = weight.transpose(1, 2, 3, 0).reshape(c_out * block * block, c_in, 1, 1)  # channel (o, by, bx)
+    weights = {"weight": as_1x1}
+    if bias is not None:
+        weights["bias"] = np.repeat(bias.ravel(), block * block)
+    name = imp.graph.fresh_name(imp._layer_name(node, weights))
+    patches = imp.add_layer(node, "conv", [x], dict(out_channels=c_out * block * block, kernel_size=1,
+                                                    bias=bias is not None), weights, name=name,
+                            output=f"{node.output[0]}/patches")
+    imp.add_layer(node, "depth_to_space", [patches], dict(block=block, order="channels"), name=f"{name}.to_pixels")
+
+
 @converts("Slice")
 def _slice(imp: _Importer, node) -> None:
     """A range of channels (ShuffleNet's chunk, written as two Slices)."""

@@ -52,7 +52,8 @@ from graphconv.params import MAX_INT, compact_params, finite_number, is_int, nor
 
 LINE = "__line__"
 KEY_LINES = "__key_lines__"
-TOP_LEVEL_KEYS = {"name", "input", "weights", "layers", "preprocess", "labels", "compiled", "seeded_weights"}
+TOP_LEVEL_KEYS = {"name", "input", "weights", "layers", "preprocess", "labels", "compiled", "seeded_weights", "task"}
+TASKS = ("classification", "segmentation")  # `task`: see `graphconv.model.Model.segmentation`
 INPUT_KEYS = {"name", "shape"}
 PREPROCESS_KEYS = {"mean", "std", "scale"}
 COMPILED_KEYS = {"passes", "output_stride", "stride_method", "stitch"}
@@ -292,6 +293,12 @@ def _build_graph(doc: dict, path: Path, labels: str | os.PathLike | None = None)
         meta["preprocess"] = _checked_preprocess(doc["preprocess"], shape[0], path, _loc(path, doc, "preprocess"))
     if "compiled" in doc:
         meta["compiled"] = _checked_compiled(doc["compiled"], path, _loc(path, doc, "compiled"))
+    if "task" in doc:
+        if doc["task"] not in TASKS:
+            raise GraphconvError(f"'task' must be one of {list(TASKS)}, got {shown(doc['task'])}",
+                                 loc=_loc(path, doc, "task"))
+        if doc["task"] == "segmentation":
+            meta["task"] = "segmentation"
     if "seeded_weights" in doc:  # a compiled model remembers that its weights were seeded
         if not isinstance(doc["seeded_weights"], bool):
             raise GraphconvError("'seeded_weights' must be true or false", loc=_loc(path, doc, "seeded_weights"))
@@ -566,7 +573,7 @@ def spec_text(graph: Graph, weights_file: str | None = MODEL_WEIGHTS,
                               "input": {"name": graph.input.name, "shape": list(graph.input_shape)}}
     if weights_file:
         header["weights"] = weights_file
-    for key in ("preprocess", "compiled"):
+    for key in ("task", "preprocess", "compiled"):
         if key in graph.meta:
             header[key] = graph.meta[key]
     if "labels" in graph.meta:
