@@ -678,11 +678,11 @@ class UNetSmall(nn.Module):
     every conv padded, so its output is its input's size: one score vector per pixel."""
     crop = 32
 
-    def __init__(self, classes: int = 3):
+    def __init__(self, classes: int = 3, up_kernel: int = 2):
         super().__init__()
         self.enc1 = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
         self.enc2 = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
-        self.up = nn.ConvTranspose2d(16, 8, 2, stride=2)
+        self.up = nn.ConvTranspose2d(16, 8, up_kernel, stride=2, padding=(up_kernel - 2) // 2)  # 2, or 4 overlapping
         self.dec = nn.Sequential(nn.Conv2d(16, 8, 3, padding=1), nn.ReLU())
         self.head = nn.Conv2d(8, classes, 1)
 

@@ -931,23 +931,30 @@ def test_an_attention_blocks_reshape_is_refused_naming_what_is_followed(tmp_path
 
 @pytest.fixture(scope="module")
 def unet(tmp_path_factory):
-    """(the PyTorch U-Net, its ONNX file exported at 32x32 with dynamic sides, and the spec
-    `graphconv import --task segmentation` wrote from it)."""
+    """unet(up_kernel) -> (the PyTorch U-Net, its ONNX file exported at 32x32 with dynamic
+    sides, the spec `graphconv import --task segmentation` wrote from it); each made once."""
     folder = tmp_path_factory.mktemp("unet")
-    torch.manual_seed(0)
-    model = onnx_zoo.UNetSmall().eval()
-    onnx_zoo.export(model, folder / "unet.onnx", dynamic_hw=True)
-    result = graphconv("import", folder / "unet.onnx", "-o", folder / "unet.yaml", "--crop-size", 32, 32,
-                       "--task", "segmentation")
-    assert result.returncode == 0, result.stderr
-    return model, folder / "unet.onnx", folder / "unet.yaml"
+    made = {}
+
+    def get(up_kernel: int = 2):
+        if up_kernel not in made:
+            torch.manual_seed(0)
+            model = onnx_zoo.UNetSmall(up_kernel=up_kernel).eval()
+            path, spec = folder / f"unet{up_kernel}.onnx", folder / f"unet{up_kernel}.yaml"
+            onnx_zoo.export(model, path, dynamic_hw=True)
+            result = graphconv("import", path, "-o", spec, "--crop-size", 32, 32, "--task", "segmentation")
+            assert result.returncode == 0, result.stderr
+            made[up_kernel] = model, path, spec
+        return made[up_kernel]
+    return get
 
 
-def test_a_segmentation_network_maps_every_pixel_as_pytorch_does(unet, rng):
-    """ConvTranspose (kernel = stride) imports as a 1x1 conv and depth_to_space; a network
-    whose spec says `task: segmentation` returns its whole map on any image, not one cell
-    per crop, equal to PyTorch's."""
-    model, _, spec = unet
+@pytest.mark.parametrize("up_kernel", [2, 4])
+def test_a_segmentation_network_maps_every_pixel_as_pytorch_does(unet, up_kernel, rng):
+    """ConvTranspose imports as a conv and depth_to_space; a network whose spec says
+    `task: segmentation` returns its whole map on any image, not one cell per crop, equal
+    to PyTorch's."""
+    model, _, spec = unet(up_kernel)
     net = Model.load(spec)
     assert net.segmentation and "task: segmentation" in spec.read_text()
     assert [n.op for n in net.graph.layers()].count("depth_to_space") == 1
@@ -960,8 +967,9 @@ def test_a_segmentation_network_maps_every_pixel_as_pytorch_does(unet, rng):
     np.testing.assert_allclose(compiled.run(x), got, rtol=1e-5, atol=1e-6)
 
 
-def test_a_segmentation_network_tiles_exactly_and_draws_its_heatmap(unet, tmp_path):
-    _, _, spec = unet
+@pytest.mark.parametrize("up_kernel", [2, 4])
+def test_a_segmentation_network_tiles_exactly_and_draws_its_heatmap(unet, up_kernel, tmp_path):
+    _, _, spec = unet(up_kernel)
     Image = pytest.importorskip("PIL.Image")
     picture = (np.random.default_rng(4).random((90, 118, 3)) * 255).astype(np.uint8)
     Image.fromarray(picture).save(tmp_path / "scene.png")
@@ -980,11 +988,35 @@ def test_a_segmentation_network_tiles_exactly_and_draws_its_heatmap(unet, tmp_pa
     assert refused.returncode == 2 and "segmentation network is dense already" in refused.stderr
 
 
-def test_overlapping_conv_transposes_are_refused_by_name(tmp_path):
+@pytest.mark.parametrize("kernel,stride,pad,extra", [(2, 2, 0, 0), (4, 2, 1, 0), (3, 2, 1, 1), (5, 3, 1, 0),
+                                                     (6, 3, 2, 1), (4, 4, 0, 0), (3, 1, 1, 0), (2, 3, 0, 1)])
+def test_conv_transposes_that_enlarge_by_their_stride_equal_pytorch(kernel, stride, pad, extra, tmp_path, rng):
+    """Each phase of the output pixels gathers the same input offsets: kernels equal to,
+    larger than (overlapping) or smaller than the stride, padded, with output padding."""
+    import warnings
+
+    torch.manual_seed(kernel * 7 + stride)
+    up = torch.nn.ConvTranspose2d(3, 4, kernel, stride=stride, padding=pad, output_padding=extra).eval()
+    x = torch.randn(1, 3, 10, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(up, (x,), str(tmp_path / "up.onnx"), dynamo=False, opset_version=17, input_names=["x"],
+                          dynamic_axes={"x": {2: "h", 3: "w"}})
+    net = Model.load(tmp_path / "up.onnx", crop_size=(10, 10))
+    image = rng.standard_normal((2, 3, 7, 9)).astype(np.float32)
+    with torch.no_grad():
+        want = up(torch.from_numpy(image)).numpy()
+    np.testing.assert_allclose(net.run(image, full=True), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("attributes,named", [
+    (dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]), "pads \\[1, 1, 1, 1\\]"),  # 2H - 1 rows
+    (dict(kernel_shape=[2, 2], strides=[2, 2], group=3), "'group'"),
+])
+def test_conv_transposes_of_other_sizes_are_refused_by_name(attributes, named, tmp_path):
     from onnx import helper
-    nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="up", kernel_shape=[4, 4], strides=[2, 2],
-                              pads=[1, 1, 1, 1])]
-    model = tiny_model(nodes, {"w": np.ones((3, 2, 4, 4), np.float32)})
-    save(model, tmp_path / "up.onnx")
-    with pytest.raises(GraphconvError, match="node 'up'.*ConvTranspose with kernel \\[4, 4\\], strides \\[2, 2\\]"):
+    nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="up", **attributes)]
+    weight = np.ones((3, 1 if "group" in attributes else 2, *attributes["kernel_shape"]), np.float32)
+    save(tiny_model(nodes, {"w": weight}), tmp_path / "up.onnx")
+    with pytest.raises(GraphconvError, match=f"node 'up'.*ConvTranspose.*{named}.*upsampling kind"):
         Model.load(tmp_path / "up.onnx")

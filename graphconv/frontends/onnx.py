@@ -1425,39 +1425,70 @@ def _depth_to_space(imp: _Importer, node) -> None:
 
 @converts("ConvTranspose")
 def _conv_transpose(imp: _Importer, node) -> None:
-    """A transposed convolution whose kernel equals its stride, unpadded (a U-Net's
-    upsampling, ConvTranspose2d(kernel_size=2, stride=2)): each input pixel becomes a
-    stride x stride patch, every output pixel of which is one input pixel's dot product
-    with one tap. That is a 1x1 conv to stride² times the channels, named as the node
-    (its weights the ConvTranspose's, rearranged), then `depth_to_space` in the channels
-    order. Overlapping kernels (kernel > stride) would sum several input pixels' taps
-    into one output pixel in a pattern that a window of floor(p / stride) does not
-    describe; they are refused."""
+    """A transposed convolution of stride s is a conv and `depth_to_space`: each output
+    pixel of phase (a, b) (its position modulo s) gathers the taps of a few neighbouring
+    input pixels, the same few for every pixel of that phase. So a conv computes all s²
+    phases of each input pixel as s² times the channels, from the input pixels at the
+    offsets any phase reads (`_transpose_taps`), and depth_to_space (channels order) puts
+    each phase's pixel in its place. Its window is then a conv's, then a floored one:
+    the network still slides and tiles exactly. This holds where the output is exactly s
+    times the input (kernel - 2 * pad + output_padding == stride: U-Net's kernel 2 stride
+    2, and kernel 4 stride 2 pad 1, kernel 3 stride 2 pad 1 output_padding 1); other
+    sizes, groups and dilations are refused by name."""
     x = imp.tensor(node.input[0])
-    weight = imp.constant(node.input[1], "weight")  # (C_in, C_out / group, kh, kw)
+    weight = imp.constant(node.input[1], "weight")  # (C_in, C_out, kh, kw)
     bias = imp.optional_constant(node, 2, "bias")
     attrs = imp.attributes(node)
     kernel = [int(k) for k in attrs.get("kernel_shape", weight.shape[2:])]
-    strides = [int(s) for s in attrs.get("strides", [1, 1])]
-    plain = (int(attrs.get("group", 1)) == 1 and list(attrs.get("dilations", [1, 1])) == [1, 1]
-             and not any(attrs.get("pads", [0, 0, 0, 0])) and not any(attrs.get("output_padding", [0, 0]))
-             and "output_shape" not in attrs and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET", b"VALID",
-                                                                                       "VALID"))
-    if weight.ndim != 4 or kernel != strides or kernel[0] != kernel[1] or not plain:
-        raise imp.error(f"ConvTranspose with kernel {kernel}, strides {strides} and attributes "
-                        f"{sorted(k for k in attrs if k not in ('kernel_shape', 'strides'))}; graphconv takes the "
-                        "upsampling kind: a square kernel equal to its stride, no padding, dilation, output padding "
-                        "or groups (a U-Net's ConvTranspose2d(kernel_size=2, stride=2))")
-    block, (c_in, c_out) = kernel[0], weight.shape[:2]
-    as_1x1 = weight.transpose(1, 2, 3, 0).reshape(c_out * block * block, c_in, 1, 1)  # channel (o, by, bx)
-    weights = {"weight": as_1x1}
+    strides = [int(v) for v in attrs.get("strides", [1, 1])]
+    pads = [int(v) for v in attrs.get("pads", [0, 0, 0, 0])]
+    extra = [int(v) for v in attrs.get("output_padding", [0, 0])]
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    plain = (weight.ndim == 4 and int(attrs.get("group", 1)) == 1 and list(attrs.get("dilations", [1, 1])) == [1, 1]
+             and "output_shape" not in attrs and (auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad)
+             in ("NOTSET", "VALID") and len(kernel) == 2 and strides[0] == strides[1] and pads[:2] == pads[2:]
+             and all(k - 2 * p + e == strides[0] for k, p, e in zip(kernel, pads[:2], extra)))
+    if not plain:
+        raise imp.error(f"ConvTranspose with kernel {kernel}, strides {strides}, pads {pads}, output_padding "
+                        f"{extra} and attributes {sorted(set(attrs) - {'kernel_shape', 'strides', 'pads', 'output_padding'})}"
+                        "; graphconv takes the upsampling kind, whose output is stride times its input: "
+                        "kernel - 2 * pad + output_padding == stride, symmetric pads, no groups or dilation "
+                        "(ConvTranspose2d(kernel_size=2, stride=2), or kernel 4, stride 2, padding 1)")
+    block = strides[0]
+    conv_weight, before, after = _transpose_taps(weight, block, pads[:2])
+    weights = {"weight": conv_weight}
     if bias is not None:
         weights["bias"] = np.repeat(bias.ravel(), block * block)
     name = imp.graph.fresh_name(imp._layer_name(node, weights))
-    patches = imp.add_layer(node, "conv", [x], dict(out_channels=c_out * block * block, kernel_size=1,
-                                                    bias=bias is not None), weights, name=name,
-                            output=f"{node.output[0]}/patches")
+    symmetric = [min(b, a) for b, a in zip(before, after)]
+    rest = [before[0] - symmetric[0], before[1] - symmetric[1], after[0] - symmetric[0], after[1] - symmetric[1]]
+    x = _padded_input(imp, node, x, rest, 0.0, name)
+    patches = imp.add_layer(node, "conv", [x], dict(out_channels=conv_weight.shape[0], kernel_size=list(
+        conv_weight.shape[2:]), padding=symmetric, bias=bias is not None), weights, name=name,
+        output=f"{node.output[0]}/phases")
     imp.add_layer(node, "depth_to_space", [patches], dict(block=block, order="channels"), name=f"{name}.to_pixels")
+
+
+def _transpose_taps(weight: np.ndarray, block: int, pads: Sequence[int]) -> tuple[np.ndarray, list, list]:
+    """A ConvTranspose's (C_in, C_out, kh, kw) weights of stride `block` as a conv's:
+    (C_out * block², C_in, th, tw), output channel (o, a, b) the phase (a, b) of output
+    channel o, and the conv's padding before and after on each axis. Output pixel
+    block * i + a reads input pixel i + d with tap k = a + pad - block * d, where
+    0 <= k < kernel; the conv's taps are the offsets d that any phase reads."""
+    c_in, c_out = weight.shape[:2]
+    axes = []
+    for axis, pad in enumerate(pads):
+        size = weight.shape[2 + axis]
+        reads = [(a, d, a + pad - block * d) for a in range(block)
+                 for d in range(-size, size + 1) if 0 <= a + pad - block * d < size]
+        first = min(d for _, d, _ in reads)
+        axes.append((reads, first, max(d for _, d, _ in reads)))
+    (rows, top, bottom), (cols, left, right) = axes
+    taps = np.zeros((c_out, block, block, c_in, bottom - top + 1, right - left + 1), np.float32)
+    for a, dy, ky in rows:
+        for b, dx, kx in cols:
+            taps[:, a, b, :, dy - top, dx - left] = weight[:, :, ky, kx].T
+    return taps.reshape(c_out * block * block, c_in, *taps.shape[4:]), [-top, -left], [bottom, right]
 
 
 @converts("Slice")

@@ -1,8 +1,9 @@
 """depth_to_space: each pixel's channels become a block x block patch of pixels, with
 block² times fewer channels (ONNX DepthToSpace; PyTorch's pixel_shuffle with `order:
-channels`): the inverse of `space_to_depth`. A transposed convolution whose kernel equals
-its stride (a U-Net's upsampling, ConvTranspose2d(kernel_size=2, stride=2)) is a 1x1 conv
-to block² times the channels followed by this; that is how the ONNX importer brings it in.
+channels`): the inverse of `space_to_depth`. A transposed convolution of stride s that
+enlarges its input s times (a U-Net's ConvTranspose2d(kernel_size=2, stride=2), or kernel 4
+stride 2 padding 1) is a conv computing all s² phases of its output as s² times the
+channels, followed by this; that is how the ONNX importer brings it in.
 
 Input channel (by * block + bx) * C + c becomes output channel c at offset (by, bx) of each
 patch ("blocks" order: ONNX's DCR mode); with order "channels" it is c * block² + by * block
@@ -72,8 +73,7 @@ def to_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
 
 register(OpDef(
     name="depth_to_space", doc="each pixel's channels as a block x block patch of pixels of block² times fewer "
-                               "channels (ONNX DepthToSpace, pixel_shuffle; with a 1x1 conv, a transposed conv "
-                               "whose kernel is its stride)",
+                               "channels (ONNX DepthToSpace, pixel_shuffle; after a conv, a transposed conv)",
     params=(Param("block", "int", minimum=1, doc="the patch's side in pixels"),
             Param("order", "choice", "blocks", choices=ORDERS,
                   doc="blocks: input channel (by * block + bx) * C + c (ONNX DCR); channels: c * block² + "
