@@ -1020,3 +1020,35 @@ def test_conv_transposes_of_other_sizes_are_refused_by_name(attributes, named, t
     save(tiny_model(nodes, {"w": weight}), tmp_path / "up.onnx")
     with pytest.raises(GraphconvError, match=f"node 'up'.*ConvTranspose.*{named}.*upsampling kind"):
         Model.load(tmp_path / "up.onnx")
+
+
+def test_an_fcn_head_resized_to_the_input_is_a_segmentation_network(tmp_path, rng):
+    """torchvision's FCN and DeepLab end so: scores at stride 8, bilinearly resized to the
+    input's own size (Resize with sizes from a Shape chain). At the crop that is a factor
+    of 8, and the map is the input's size on any image whose sides are multiples of 8."""
+    import warnings
+
+    import torch.nn.functional as F
+
+    class FCNHead(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            layers = [torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 3, 2, 1),
+                      torch.nn.ReLU(), torch.nn.Conv2d(16, 16, 3, 2, 1), torch.nn.ReLU(), torch.nn.Conv2d(16, 4, 1)]
+            self.body = torch.nn.Sequential(*layers)
+
+        def forward(self, x):
+            return F.interpolate(self.body(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    torch.manual_seed(3)
+    model = FCNHead().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 3, 64, 64),), str(tmp_path / "fcn.onnx"), dynamo=False,
+                          opset_version=17, input_names=["x"], dynamic_axes={"x": {2: "h", 3: "w"}})
+    result = graphconv("import", tmp_path / "fcn.onnx", "-o", tmp_path / "fcn.yaml", "--crop-size", 64, 64,
+                       "--task", "segmentation")
+    assert result.returncode == 0, result.stderr
+    x = rng.standard_normal((1, 3, 96, 128)).astype(np.float32)
+    np.testing.assert_allclose(Model.load(tmp_path / "fcn.yaml").run(x), torch_scores(model, x),
+                               rtol=1e-4, atol=1e-5)
