@@ -25,9 +25,10 @@ from graphconv.receptive import Field, receptive_fields
 __version__ = "0.1.0"
 
 
-def load(path) -> Model:
-    """Load a spec file or a compiled model directory as a runnable Model."""
-    return Model.load(path)
+def load(path, **options) -> Model:
+    """Load a spec file, a compiled model directory or an ONNX model as a runnable Model;
+    `options` are `Model.load`'s (weights, labels, crop_size, task)."""
+    return Model.load(path, **options)
 
 
 __all__ = [

@@ -263,6 +263,9 @@ def _add_model_files_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", metavar="TXT", help="class names, one per line, instead of the spec's")
     parser.add_argument("--crop-size", type=_positive_int, nargs=2, metavar=("H", "W"),
                         help="the training crop of an ONNX model whose input size is dynamic")
+    parser.add_argument("--task", choices=("classification", "segmentation"),
+                        help="segmentation: the network predicts a map itself (a U-Net), and every cell it "
+                             "computes is kept (default: what the spec says; an ONNX file: a classifier)")
 
 
 def _add_common_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
@@ -289,7 +292,7 @@ def load_model(args: argparse.Namespace, path: str):
     says on stderr, once, when its weights are seeded."""
     from graphconv.model import Model
 
-    model = Model.load(path, weights=args.weights, labels=args.labels, crop_size=args.crop_size)
+    model = Model.load(path, weights=args.weights, labels=args.labels, crop_size=args.crop_size, task=args.task)
     check_labels(model.graph, args.labels or path)
     note_seeded_weights(model.graph)
     return model
@@ -320,7 +323,7 @@ def load_model_for_table(args: argparse.Namespace):
     from graphconv.shapes import infer_shapes
 
     graph = load_network(args.model, weights=args.weights, labels=args.labels, crop_size=args.crop_size,
-                         init_missing_weights=False)
+                         init_missing_weights=False, task=args.task)
     check_labels(graph, args.labels or args.model)
     shapes = infer_shapes(graph, check_weights=False)
     for node in graph.layers():
@@ -645,7 +648,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from graphconv.frontends import load_network as load_spec
 
     check_model_target(args.output)
-    source = load_spec(args.spec, weights=args.weights, labels=args.labels, crop_size=args.crop_size)
+    source = load_spec(args.spec, weights=args.weights, labels=args.labels, crop_size=args.crop_size,
+                       task=args.task)
     check_labels(source, args.labels or args.spec)
     note_seeded_weights(source)
     graph, records = compile_graph(source, args.passes, output_stride=args.output_stride,

@@ -30,10 +30,12 @@ class ModelRef:
     weights: str | None = None
     labels: str | None = None
     crop_size: tuple[int, int] | None = None
+    task: str | None = None
 
     def load(self):
         from graphconv.model import Model
-        return Model.load(self.path, weights=self.weights, labels=self.labels, crop_size=self.crop_size)
+        return Model.load(self.path, weights=self.weights, labels=self.labels, crop_size=self.crop_size,
+                          task=self.task)
 
 
 @dataclass(frozen=True)

@@ -50,12 +50,13 @@ class Model:
     @classmethod
     def load(cls, path: str | os.PathLike, *, weights: str | os.PathLike | None = None,
              labels: str | os.PathLike | None = None,
-             crop_size: tuple[int, int] | None = None) -> "Model":
+             crop_size: tuple[int, int] | None = None, task: str | None = None) -> "Model":
         """Load a spec file, a compiled model directory or an ONNX model; `weights` /
         `labels` replace the files the spec names (see graphconv/frontends/yaml.py on which
         paths are trusted); `crop_size` is the training crop of an ONNX model whose input
-        size is dynamic."""
-        return cls(load_spec(path, weights=weights, labels=labels, crop_size=crop_size))
+        size is dynamic; `task` ("segmentation" or "classification") replaces the file's
+        (`segmentation`)."""
+        return cls(load_spec(path, weights=weights, labels=labels, crop_size=crop_size, task=task))
 
     def save(self, directory: str | os.PathLike) -> Path:
         return save_model(self.graph, directory)

@@ -245,7 +245,7 @@ def _model_ref(args: argparse.Namespace):
 
     absolute = lambda p: str(Path(p).resolve()) if p else None
     return ModelRef(absolute(args.model), absolute(args.weights), absolute(args.labels),
-                    tuple(args.crop_size) if args.crop_size else None)
+                    tuple(args.crop_size) if args.crop_size else None, args.task)
 
 
 def run_images_command(args: argparse.Namespace) -> int:

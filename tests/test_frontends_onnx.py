@@ -4,6 +4,7 @@ equal the same conversion done by hand in PyTorch, import to a spec that loads b
 the same network, and bad files are one clean line."""
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -1052,3 +1053,30 @@ def test_an_fcn_head_resized_to_the_input_is_a_segmentation_network(tmp_path, rn
     x = rng.standard_normal((1, 3, 96, 128)).astype(np.float32)
     np.testing.assert_allclose(Model.load(tmp_path / "fcn.yaml").run(x), torch_scores(model, x),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_task_on_the_command_line_runs_an_onnx_file_as_a_segmentation_network(unet, tmp_path, rng):
+    """`--task segmentation` for an ONNX file run directly (no import), here on Dask
+    workers too, which load the model themselves; `Model.load(..., task=...)` in Python."""
+    model, path, _ = unet(2)
+    x = rng.standard_normal((1, 3, 40, 56)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    result = graphconv("run", path, "--input", tmp_path / "x.npy", "--crop-size", 32, 32, "--task", "segmentation",
+                       "--output", tmp_path / "y.npy")
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), torch_scores(model, x), rtol=1e-4, atol=1e-5)
+    as_classifier = Model.load(path, crop_size=(32, 32))
+    assert not as_classifier.segmentation and as_classifier.map_size(40, 56) == (9, 25)
+    assert Model.load(path, crop_size=(32, 32), task="segmentation").map_size(40, 56) == (40, 56)
+    if importlib.util.find_spec("distributed") is None:
+        return
+    Image = pytest.importorskip("PIL.Image")
+    Image.fromarray((np.random.default_rng(1).random((40, 56, 3)) * 255).astype(np.uint8)).save(tmp_path / "s.png")
+    outputs = []
+    for extra in ([], ["--workers", "1", "--tile", "32"]):
+        result = graphconv("run", path, "--image", tmp_path / "s.png", "--crop-size", 32, 32, "--task",
+                           "segmentation", "--output", tmp_path / f"m{len(outputs)}.npy", *extra)
+        assert result.returncode == 0, result.stderr
+        outputs.append(np.load(tmp_path / f"m{len(outputs)}.npy"))
+    assert outputs[0].shape == (1, 3, 40, 56)
+    np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-4, atol=1e-6)

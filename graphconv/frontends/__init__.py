@@ -31,7 +31,7 @@ SEED_DRAW_BYTES = 8  # seeded weights are drawn as float64, then stored as float
 
 def load_network(path: str | os.PathLike, *, weights: str | os.PathLike | None = None,
                  labels: str | os.PathLike | None = None, init_missing_weights: bool = True,
-                 crop_size: tuple[int, int] | None = None) -> Graph:
+                 crop_size: tuple[int, int] | None = None, task: str | None = None) -> Graph:
     """Read a network (a spec file, a compiled model folder or an ONNX model) into a
     checked IR graph.
 
@@ -39,7 +39,26 @@ def load_network(path: str | os.PathLike, *, weights: str | os.PathLike | None =
     replace the ones the file names; unlike those they may be anywhere (see the trust
     model in graphconv/frontends/yaml.py). A network without weights gets deterministic
     seeded ones unless `init_missing_weights` is False. `crop_size` (H, W) is the
-    training crop of an ONNX model whose input size is dynamic."""
+    training crop of an ONNX model whose input size is dynamic. `task`, when given,
+    replaces the file's ("classification" or "segmentation": see `Model.segmentation`)."""
+    graph = _read_network(path, weights, labels, init_missing_weights, crop_size)
+    if task is not None:
+        set_task(graph, task)
+    return graph
+
+
+def set_task(graph: Graph, task: str) -> None:
+    """Mark the network a classifier (the default) or a segmentation network."""
+    from graphconv.frontends.yaml import TASKS
+
+    if task not in TASKS:
+        raise GraphconvError(f"the task is one of {list(TASKS)}, not {task!r}")
+    graph.meta.pop("task", None)
+    if task == "segmentation":
+        graph.meta["task"] = task
+
+
+def _read_network(path, weights, labels, init_missing_weights: bool, crop_size) -> Graph:
     from graphconv.frontends import onnx as onnx_frontend
     from graphconv.frontends import yaml as yaml_frontend
 
