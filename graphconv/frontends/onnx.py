@@ -1443,17 +1443,13 @@ def _conv_transpose(imp: _Importer, node) -> None:
     strides = [int(v) for v in attrs.get("strides", [1, 1])]
     pads = [int(v) for v in attrs.get("pads", [0, 0, 0, 0])]
     extra = [int(v) for v in attrs.get("output_padding", [0, 0])]
-    auto_pad = attrs.get("auto_pad", b"NOTSET")
-    plain = (weight.ndim == 4 and int(attrs.get("group", 1)) == 1 and list(attrs.get("dilations", [1, 1])) == [1, 1]
-             and "output_shape" not in attrs and (auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad)
-             in ("NOTSET", "VALID") and len(kernel) == 2 and strides[0] == strides[1] and pads[:2] == pads[2:]
-             and all(k - 2 * p + e == strides[0] for k, p, e in zip(kernel, pads[:2], extra)))
-    if not plain:
+    if not _enlarges_by_its_stride(attrs, weight, kernel, strides, pads, extra):
+        others = sorted(set(attrs) - {"kernel_shape", "strides", "pads", "output_padding"})
         raise imp.error(f"ConvTranspose with kernel {kernel}, strides {strides}, pads {pads}, output_padding "
-                        f"{extra} and attributes {sorted(set(attrs) - {'kernel_shape', 'strides', 'pads', 'output_padding'})}"
-                        "; graphconv takes the upsampling kind, whose output is stride times its input: "
-                        "kernel - 2 * pad + output_padding == stride, symmetric pads, no groups or dilation "
-                        "(ConvTranspose2d(kernel_size=2, stride=2), or kernel 4, stride 2, padding 1)")
+                        f"{extra} and attributes {others}; graphconv takes the upsampling kind, whose output "
+                        "is stride times its input: kernel - 2 * pad + output_padding == stride, symmetric "
+                        "pads, no groups or dilation (ConvTranspose2d(kernel_size=2, stride=2), or kernel 4, "
+                        "stride 2, padding 1)")
     block = strides[0]
     conv_weight, before, after = _transpose_taps(weight, block, pads[:2])
     weights = {"weight": conv_weight}
@@ -1467,6 +1463,19 @@ def _conv_transpose(imp: _Importer, node) -> None:
         conv_weight.shape[2:]), padding=symmetric, bias=bias is not None), weights, name=name,
         output=f"{node.output[0]}/phases")
     imp.add_layer(node, "depth_to_space", [patches], dict(block=block, order="channels"), name=f"{name}.to_pixels")
+
+
+def _enlarges_by_its_stride(attrs: dict, weight: np.ndarray, kernel: list[int], strides: list[int],
+                            pads: list[int], extra: list[int]) -> bool:
+    """Whether a ConvTranspose is the kind `_conv_transpose` takes: 2-D, one group, no
+    dilation, no explicit output shape, the same stride on both axes, symmetric pads,
+    and an output exactly stride times its input."""
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    return (weight.ndim == 4 and len(kernel) == 2 and int(attrs.get("group", 1)) == 1
+            and list(attrs.get("dilations", [1, 1])) == [1, 1] and "output_shape" not in attrs
+            and auto_pad in ("NOTSET", "VALID") and strides[0] == strides[1] and pads[:2] == pads[2:]
+            and all(k - 2 * p + e == strides[0] for k, p, e in zip(kernel, pads[:2], extra)))
 
 
 def _transpose_taps(weight: np.ndarray, block: int, pads: Sequence[int]) -> tuple[np.ndarray, list, list]:
