@@ -1429,8 +1429,9 @@ def _conv_transpose(imp: _Importer, node) -> None:
     pixel of phase (a, b) (its position modulo s) gathers the taps of a few neighbouring
     input pixels, the same few for every pixel of that phase. So a conv computes all s²
     phases of each input pixel as s² times the channels, from the input pixels at the
-    offsets any phase reads (`_transpose_taps`), and depth_to_space (channels order) puts
-    each phase's pixel in its place. Its window is then a conv's, then a floored one:
+    offsets any phase reads (`_transpose_taps`), and depth_to_space (blocks order, where a
+    phase's channels are one run, which channels-last storage copies whole) puts each
+    phase's pixel in its place. Its window is then a conv's, then a floored one:
     the network still slides and tiles exactly. This holds where the output is exactly s
     times the input (kernel - 2 * pad + output_padding == stride: U-Net's kernel 2 stride
     2, and kernel 4 stride 2 pad 1, kernel 3 stride 2 pad 1 output_padding 1); other
@@ -1454,7 +1455,7 @@ def _conv_transpose(imp: _Importer, node) -> None:
     conv_weight, before, after = _transpose_taps(weight, block, pads[:2])
     weights = {"weight": conv_weight}
     if bias is not None:
-        weights["bias"] = np.repeat(bias.ravel(), block * block)
+        weights["bias"] = np.tile(bias.ravel(), block * block)
     name = imp.graph.fresh_name(imp._layer_name(node, weights))
     symmetric = [min(b, a) for b, a in zip(before, after)]
     rest = [before[0] - symmetric[0], before[1] - symmetric[1], after[0] - symmetric[0], after[1] - symmetric[1]]
@@ -1462,7 +1463,7 @@ def _conv_transpose(imp: _Importer, node) -> None:
     patches = imp.add_layer(node, "conv", [x], dict(out_channels=conv_weight.shape[0], kernel_size=list(
         conv_weight.shape[2:]), padding=symmetric, bias=bias is not None), weights, name=name,
         output=f"{node.output[0]}/phases")
-    imp.add_layer(node, "depth_to_space", [patches], dict(block=block, order="channels"), name=f"{name}.to_pixels")
+    imp.add_layer(node, "depth_to_space", [patches], dict(block=block, order="blocks"), name=f"{name}.to_pixels")
 
 
 def _enlarges_by_its_stride(attrs: dict, weight: np.ndarray, kernel: list[int], strides: list[int],
@@ -1480,8 +1481,9 @@ def _enlarges_by_its_stride(attrs: dict, weight: np.ndarray, kernel: list[int], 
 
 def _transpose_taps(weight: np.ndarray, block: int, pads: Sequence[int]) -> tuple[np.ndarray, list, list]:
     """A ConvTranspose's (C_in, C_out, kh, kw) weights of stride `block` as a conv's:
-    (C_out * block², C_in, th, tw), output channel (o, a, b) the phase (a, b) of output
-    channel o, and the conv's padding before and after on each axis. Output pixel
+    (block² * C_out, C_in, th, tw), output channel (a, b, o) the phase (a, b) of output
+    channel o (depth_to_space's blocks order), and the conv's padding before and after on
+    each axis. Output pixel
     block * i + a reads input pixel i + d with tap k = a + pad - block * d, where
     0 <= k < kernel; the conv's taps are the offsets d that any phase reads."""
     c_in, c_out = weight.shape[:2]
@@ -1493,11 +1495,11 @@ def _transpose_taps(weight: np.ndarray, block: int, pads: Sequence[int]) -> tupl
         first = min(d for _, d, _ in reads)
         axes.append((reads, first, max(d for _, d, _ in reads)))
     (rows, top, bottom), (cols, left, right) = axes
-    taps = np.zeros((c_out, block, block, c_in, bottom - top + 1, right - left + 1), np.float32)
+    taps = np.zeros((block, block, c_out, c_in, bottom - top + 1, right - left + 1), np.float32)
     for a, dy, ky in rows:
         for b, dx, kx in cols:
-            taps[:, a, b, :, dy - top, dx - left] = weight[:, :, ky, kx].T
-    return taps.reshape(c_out * block * block, c_in, *taps.shape[4:]), [-top, -left], [bottom, right]
+            taps[a, b, :, :, dy - top, dx - left] = weight[:, :, ky, kx].T
+    return taps.reshape(block * block * c_out, c_in, *taps.shape[4:]), [-top, -left], [bottom, right]
 
 
 @converts("Slice")

@@ -80,6 +80,7 @@ register(OpDef(
                       "by * block + bx (ONNX CRD, pixel_shuffle)")),
     shape=shape, reference=reference, window=window, flops=lambda params, shapes, out: 0,
     package=__name__, torch=torch_equivalent, onnx=to_onnx,
+    channels_last="any",  # its kernel follows the output's storage and reads the input through its own
     examples=(
         Example({"block": 2}, [(8, 2, 3)]),
         Example({"block": 2, "order": "channels"}, [(8, 3, 2)]),
