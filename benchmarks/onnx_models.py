@@ -3,7 +3,7 @@
     python benchmarks/onnx_models.py [--threads 2] [--repeats 7] [--networks resnet50,convnext_tiny,...] [--write]
 
 torchvision-layout ResNet-50, ResNeXt-50 32x4d, ConvNeXt-tiny, EfficientNet-B0, MobileNetV2 and
-DenseNet-121 (built here, so torchvision is not needed) with random weights, randomised
+DenseNet-121, and a U-Net segmentation network (built here, so torchvision is not needed) with random weights, randomised
 batch-norm statistics and LayerNorm and layer-scale terms, are exported with
 torch.onnx.export (TorchScript exporter, batch norm kept as nodes), then for each:
 
@@ -14,7 +14,9 @@ torch.onnx.export (TorchScript exporter, batch norm kept as nodes), then for eac
   the same converted network (the ONNX file graphconv exports from it, and the module
   with its pooling and fc replaced the same way). EfficientNet-B0 has no dense row: its
   squeeze-and-excitation gates cannot slide; `run --crops` runs the classifier per crop,
-  in batches (`dense.crops_per_batch`), so its second row is one such batch.
+  in batches (`dense.crops_per_batch`), so its second row is one such batch;
+* the U-Net, exported with dynamic sides, at 512: its per-pixel map on all three
+  (graphconv imports it with `--task segmentation`).
 
 Same thread count everywhere (onnxruntime: intra_op_num_threads), batch 1 but for the crops row, float32,
 runs alternating between the three, each timed run after a rest (`common.PAUSE`:
@@ -290,16 +292,53 @@ def randomised(torch, model):
     return model.eval()
 
 
-# name, builder, and whether it slides (EfficientNet's squeeze-and-excitation gates do not:
-# it has a classifier row only; on images, `run --crops` is that classifier per crop)
 def resnext50(torch):
     return resnet50(torch, groups=32, width_per_group=4)
 
 
-NETWORKS = {"resnet50": ("ResNet-50", resnet50, True), "resnext50": ("ResNeXt-50 32x4d", resnext50, True),
-            "convnext_tiny": ("ConvNeXt-tiny", convnext_tiny, True),
-            "efficientnet_b0": ("EfficientNet-B0", efficientnet_b0, False),
-            "mobilenet_v2": ("MobileNetV2", mobilenet_v2, True), "densenet121": ("DenseNet-121", densenet121, True)}
+def unet(torch, base: int = 32):
+    """A segmentation network: U-Net's five levels of two 3x3 conv + batch norm + ReLU,
+    max pools down, ConvTranspose2d(kernel 2, stride 2) up, the skips concatenated, a 1x1
+    head of 2 classes; every conv padded, so the map is the image's size."""
+    nn = torch.nn
+
+    def block(cin, cout):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                             nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+    class UNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            widths = [base * 2 ** i for i in range(5)]
+            self.inc = block(3, widths[0])
+            self.downs = nn.ModuleList([block(widths[i], widths[i + 1]) for i in range(4)])
+            self.ups = nn.ModuleList([nn.ConvTranspose2d(widths[i + 1], widths[i], 2, 2) for i in reversed(range(4))])
+            self.decs = nn.ModuleList([block(2 * widths[i], widths[i]) for i in reversed(range(4))])
+            self.head = nn.Conv2d(widths[0], 2, 1)
+            self.dense = False  # what `compare` sets; a segmentation network is dense already
+
+        def forward(self, x):
+            skips = [self.inc(x)]
+            for down in self.downs:
+                skips.append(down(torch.max_pool2d(skips[-1], 2)))
+            x = skips.pop()
+            for up, dec in zip(self.ups, self.decs):
+                x = dec(torch.cat([up(x), skips.pop()], 1))
+            return self.head(x)
+
+    torch.manual_seed(0)
+    return randomised(torch, UNet())
+
+
+# name, builder, and what it is: a classifier that slides, one that does not (EfficientNet's
+# squeeze-and-excitation gates: its second row is `run --crops`, the classifier per crop), or a
+# segmentation network (one row: its map at SEGMENTATION_SIZE, imported with `--task segmentation`)
+NETWORKS = {"resnet50": ("ResNet-50", resnet50, "slides"), "resnext50": ("ResNeXt-50 32x4d", resnext50, "slides"),
+            "convnext_tiny": ("ConvNeXt-tiny", convnext_tiny, "slides"),
+            "efficientnet_b0": ("EfficientNet-B0", efficientnet_b0, "gated"),
+            "mobilenet_v2": ("MobileNetV2", mobilenet_v2, "slides"),
+            "densenet121": ("DenseNet-121", densenet121, "slides"), "unet": ("U-Net (base 32)", unet, "segmentation")}
+SEGMENTATION_SIZE = 512
 
 
 def compare(title, size, gc_model, onnx_file, dense_mode, model, torch, ort, options, repeats, batch=1) -> str:
@@ -361,23 +400,28 @@ def main() -> int:
     folder = Path(tempfile.mkdtemp())
     rows = []
     for key in args.networks.split(","):
-        name, build, slides = NETWORKS[key]
+        name, build, kind = NETWORKS[key]
         model = build(torch)
         onnx_path = folder / f"{key}.onnx"
+        axes = {0: "n", 2: "h", 3: "w"} if kind == "segmentation" else {0: "n"}
         import warnings
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), str(onnx_path), dynamo=False,
-                              opset_version=17, input_names=["x"], dynamic_axes={"x": {0: "n"}},
+                              opset_version=17, input_names=["x"], dynamic_axes={"x": axes},
                               do_constant_folding=False, training=torch.onnx.TrainingMode.EVAL)
-        classifier = compile_model(load_network(onnx_path), CLASSIFIER_PIPELINE)
-        cases = [(f"{name} classifier", 224, classifier, onnx_path, False, 1)]
-        if slides:
+        if kind == "segmentation":
+            mapper = compile_model(load_network(onnx_path, crop_size=(224, 224), task="segmentation"))
+            cases = [(f"{name} segmentation", SEGMENTATION_SIZE, mapper, onnx_path, False, 1)]
+        else:
+            classifier = compile_model(load_network(onnx_path), CLASSIFIER_PIPELINE)
+            cases = [(f"{name} classifier", 224, classifier, onnx_path, False, 1)]
+        if kind == "slides":
             dense = compile_model(onnx_path)
             dense_onnx = folder / f"{key}_fcn.onnx"
             save_onnx(dense.graph, dense_onnx)
             cases.append((f"{name} dense (FCN)", 448, dense, dense_onnx, True, 1))
-        else:
+        elif kind == "gated":
             batch = crops_per_batch(classifier, MOST_CROPS_PER_BATCH)
             cases.append((f"{name} crops ({batch} a batch)", 224, classifier, onnx_path, False, batch))
         for title, size, gc_model, onnx_file, dense_mode, batch in cases:
@@ -394,7 +438,8 @@ def main() -> int:
         "the network graphconv compiled (batch norm and layer scales folded, global pooling -> 7x7 window, "
         "fc -> conv); "
         "PyTorch runs the same conversion written by hand, onnxruntime the ONNX file `graphconv export` "
-        "wrote from it. Outputs agree (checked first).",
+        "wrote from it. The segmentation row runs the network as exported (dynamic sides) on all three, "
+        "graphconv's imported with `--task segmentation`. Outputs agree (checked first).",
         "",
         "| network | input | map | GFLOP | graphconv ms | PyTorch ms | onnxruntime ms | graphconv / PyTorch | "
         "graphconv / onnxruntime |",
