@@ -39,8 +39,9 @@ class Background:
 
         if not 0 < threshold < 1:
             raise GraphconvError(f"--skip-background {threshold}: the threshold is a saturation between 0 and 1")
-        picture, (self.fy, self.fx) = thumbnail(source)
-        self.tissue = tissue_mask(picture, threshold)
+        self.picture, self.scale = thumbnail(source)  # kept: a tiled run's heatmap is drawn over it
+        self.fy, self.fx = self.scale
+        self.tissue = tissue_mask(self.picture, threshold)
         self.field = field
 
     def cheapest_tile(self, grid, image_hw: tuple[int, int]) -> int:

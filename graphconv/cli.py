@@ -361,12 +361,6 @@ def note(text: str) -> None:
         _NOTES.append(text)
 
 
-def _is_tiff(path: str) -> bool:
-    from pathlib import Path
-    from graphconv.sources import TIFF_SUFFIXES
-    return Path(path).suffix.lower() in TIFF_SUFFIXES
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from graphconv.model import as_batch
 
@@ -381,7 +375,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.crops is not None and (args.scales or args.full_map or args.profile):
         raise GraphconvError("--crops runs the classifier on each crop of the image as it is (not with "
                              "--scales, --full-map or --profile)")
-    if args.level and not (args.images or args.image and _is_tiff(args.image)):
+    from graphconv.sources import is_tiff
+    if args.level and not (args.images or args.image and is_tiff(args.image)):
         raise GraphconvError("--level picks a level of a TIFF pyramid (.svs, .ndpi, .tif): give one with --image "
                              "or --images", file=args.image or args.input)
     if args.skip_background is not None and not (args.image or args.images):

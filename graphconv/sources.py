@@ -116,13 +116,18 @@ def _to_255(dtype: np.dtype, path: str) -> float:
                          file=path)
 
 
+def is_tiff(path: str | os.PathLike) -> bool:
+    """Whether `path` names a TIFF (whole-slide formats included), which is read lazily."""
+    return Path(path).suffix.lower() in TIFF_SUFFIXES
+
+
 def open_source(path: str | os.PathLike, channels: int, preprocess: dict | None, level: int = 0):
     """The right source for `path`: TIFF and zarr lazily, other images through Pillow;
     `level` is a pyramid TIFF's level (0: full resolution)."""
     path = str(path)
     suffix = Path(path).suffix.lower()
     folder = Path(path)
-    if suffix in TIFF_SUFFIXES:
+    if is_tiff(path):
         return _checked(_tiff_source(path, channels, preprocess, level), channels)
     if level:
         raise GraphconvError(f"--level {level}: only a TIFF pyramid (.svs, .ndpi, .tif) has levels; "

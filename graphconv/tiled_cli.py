@@ -44,8 +44,8 @@ def wants_tiles(args: argparse.Namespace, model, grid) -> bool:
         return True
     if args.output and args.output.rstrip("/").lower().endswith(".zarr"):
         return True
-    from graphconv.sources import TIFF_SUFFIXES
-    if Path(args.image).suffix.lower() in TIFF_SUFFIXES + (".zarr",) or Path(args.image).is_dir():
+    from graphconv.sources import is_tiff
+    if is_tiff(args.image) or Path(args.image).suffix.lower() == ".zarr" or Path(args.image).is_dir():
         return True
     if args.resize or getattr(args, "full_map", False):
         return False  # a whole-image run (refused by the memory check when over the budget)
@@ -120,11 +120,11 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
         if args.output:
             with MapFile(args.output, shape, dtype, chunk_hw=plan.cells_hw) as out:
                 _compute(args, grid, source, plan, tile, out, transform, on_tile, skip)
-                _draw_heatmap(args, model, source, grid, out)  # before the map is renamed into place
+                _draw_heatmap(args, model, source, grid, out, background)  # before the map is renamed into place
         else:
             out = np.empty(shape, dtype)
             _compute(args, grid, source, plan, tile, out, transform, on_tile, skip)
-            _draw_heatmap(args, model, source, grid, out)
+            _draw_heatmap(args, model, source, grid, out, background)
     seconds = time.perf_counter() - start
     print(f"output shape {shape} ({dtype}) in {seconds:.2f} s over {len(plan.tiles)} tile(s)")
     if args.top and args.reduce != "argmax":
@@ -187,16 +187,18 @@ def _check_heatmap(args: argparse.Namespace, classes: int) -> None:
 BEST_CLASS_FLOATS = 1 << 24  # scores a block of rows of a huge map may hold when its best classes are found
 
 
-def _draw_heatmap(args: argparse.Namespace, model, source, grid, scores) -> None:
+def _draw_heatmap(args: argparse.Namespace, model, source, grid, scores, background) -> None:
     """--heatmap on a tiled run: the map drawn over a shrunk copy of the image
-    (`sources.thumbnail`, from a coarse pyramid level where there is one), each cell's
-    field shrunk alike; the map is read a channel, or a block of rows, at a time."""
+    (`sources.thumbnail`, from a coarse pyramid level where there is one; the one
+    --skip-background's `background` found tissue in, where it made one: an image without
+    levels is read whole to make it), each cell's field shrunk alike; the map is read a
+    channel, or a block of rows, at a time."""
     if args.heatmap is None:
         return
     from graphconv.cli import draw_heatmap
     from graphconv.sources import thumbnail
 
-    picture, (fy, fx) = thumbnail(source)
+    picture, (fy, fx) = (background.picture, background.scale) if background is not None else thumbnail(source)
     field = _shrunk(grid.field, fy, fx)
     if args.heatmap == "top":
         draw_heatmap(args, model, picture, field, best=_best_classes(args, scores))
