@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--level", type=_natural_int, default=0, metavar="K",
                      help="a TIFF pyramid's level to read (0: full resolution; 1, 2, ...: the slide's smaller "
                           "copies, e.g. a 40x scan's 10x level for a classifier trained at 10x)")
+    run.add_argument("--bands", type=_int_list, metavar="B1,B2,...",
+                     help="a raster's bands to feed the network, in order, numbered from 1 as GDAL numbers them "
+                          "(a 13-band Sentinel-2 TIFF's true colour: 4,3,2); TIFF and zarr images hold any "
+                          "number of bands")
     run.add_argument("--skip-background", type=_fraction, nargs="?", const=DEFAULT_THRESHOLD, metavar="S",
                      help="do not compute the tiles with no tissue in them (a slide's glass, a page's white): "
                           "their cells are NaN (65535 with --reduce argmax); tissue is colour of HSV saturation "
@@ -216,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("model", help=".onnx model")
     imp.add_argument("--output", "-o", required=True, metavar="NET.yaml", help="spec file to write")
     imp.add_argument("--scale", type=float, metavar="S", help="preprocess: multiply pixels (0..255) by S first")
+    imp.add_argument("--values", choices=("0..255", "stored"), default=None,
+                     help="preprocess: the pixels --scale multiplies: on 0..255 (default; 16-bit data divided by "
+                          "257) or as the file stores them (satellite reflectances, elevations)")
     imp.add_argument("--mean", type=_float_list, metavar="M1,M2,M3", help="preprocess: then subtract per channel")
     imp.add_argument("--std", type=_float_list, metavar="S1,S2,S3", help="preprocess: then divide per channel")
     imp.add_argument("--labels", metavar="TXT", help="class names, one per line (copied beside the spec)")
@@ -375,10 +382,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.crops is not None and (args.scales or args.full_map or args.profile):
         raise GraphconvError("--crops runs the classifier on each crop of the image as it is (not with "
                              "--scales, --full-map or --profile)")
-    from graphconv.sources import is_tiff
+    from graphconv.sources import is_tiff, stores_values
     if args.level and not (args.images or args.image and is_tiff(args.image)):
         raise GraphconvError("--level picks a level of a TIFF pyramid (.svs, .ndpi, .tif): give one with --image "
                              "or --images", file=args.image or args.input)
+    if args.bands and not (args.image or args.images):
+        raise GraphconvError("--bands picks bands of an image: give --image or --images", file=args.input)
     if args.skip_background is not None and not (args.image or args.images):
         raise GraphconvError("--skip-background looks for tissue in an image: give --image or --images")
     if args.images:
@@ -400,8 +409,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise GraphconvError("--tile, --workers, --reduce argmax and --classes apply to --image and --images runs")
     if args.image:
         from graphconv import images
-        picture = images.load_image(args.image, args.resize, channels=model.crop_shape[0])
+        if args.bands:
+            raise GraphconvError("--bands picks bands of a raster (a TIFF or a zarr array); this image is read "
+                                 "as a picture (grey, RGB or RGBA)", file=args.image)
+        stored = stores_values(model.graph.meta.get("preprocess"))
+        picture = images.load_image(args.image, args.resize, channels=model.crop_shape[0], stored_values=stored)
         x = images.preprocess(picture, model.graph.meta.get("preprocess"))[None]
+        if stored:
+            picture = images.stretched(picture)  # what a heatmap is drawn over
     else:
         x = load_npy(args.input)
         if args.resize:
@@ -761,6 +776,8 @@ def _preprocess_options(args: argparse.Namespace, channels: int) -> dict:
     """import's --scale/--mean/--std as a spec's preprocess block, checked as the spec
     loader checks one (finite numbers, one per channel, no zero std)."""
     block: dict = {}
+    if args.values == "stored":
+        block["values"] = "stored"
     if args.scale is not None:
         if not math.isfinite(args.scale):
             raise GraphconvError(f"--scale must be a finite number, got {args.scale}")

@@ -48,6 +48,7 @@ class MapOptions:
     crops: tuple[int, int] | None = None  # --crops STRIDE: the classifier on every crop (tiling.CropGrid)
     level: int = 0  # --level K: the level of a TIFF pyramid each image is read at
     skip_background: float | None = None  # --skip-background S: tiles without tissue not computed (background.py)
+    bands: tuple[int, ...] | None = None  # --bands: a raster's bands the network takes (graphconv.sources)
 
     def grid(self, model):
         """What each task maps: the model's dense pass, or the classifier on every crop."""
@@ -95,7 +96,7 @@ def _tile_block(ref: ModelRef, image: str, box: tuple[int, int, int, int], rows,
     if (ref, image) not in _WORKER_SOURCES:  # opened (a PNG: decoded) once per worker, not per tile
         _WORKER_SOURCES.clear()
         _WORKER_SOURCES[ref, image] = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"),
-                                                  options.level)
+                                                  options.level, options.bands)
     x = _WORKER_SOURCES[ref, image].read(*box)
     grid = options.grid(model)
     full = grid.run(x[None] if x.ndim == 3 else x, options.device)
@@ -142,7 +143,8 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
 
     try:
         model = _worker_model(ref)
-        source = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"), options.level)
+        source = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"), options.level,
+                             options.bands)
         transform, _, _ = map_transform(options.reduce, options.classes, model.output_channels)
         grid = options.grid(model)
         skip = None

@@ -54,7 +54,8 @@ def _pil():
     return Image
 
 
-def load_image(path: str, resize: Sequence[int] | None = None, channels: int = 3) -> np.ndarray:
+def load_image(path: str, resize: Sequence[int] | None = None, channels: int = 3,
+               stored_values: bool = False) -> np.ndarray:
     """An image file as float32 (channels, H, W) with values 0..255, optionally resized
     to resize = (H, W) (bilinear), ready for the spec's `preprocess`.
 
@@ -71,6 +72,8 @@ def load_image(path: str, resize: Sequence[int] | None = None, channels: int = 3
       outside 0..1, NaN or infinity are refused;
     - 16-bit colour files: Pillow itself reduces them to 8 bits per channel (keeping
       the high byte), so they arrive on 0..255, within 1 of value / 257.
+    With `stored_values` (the spec's `values: stored`) deep files keep the values they
+    store, unscaled (NaN and infinity are still refused).
 
     Before decoding, the memory the load needs (`decode_bytes`) is checked against
     the budget; an over-budget file, a truncated or corrupt one, something that is not
@@ -81,7 +84,7 @@ def load_image(path: str, resize: Sequence[int] | None = None, channels: int = 3
     pixels, deep_mode = _read_pixels(image_mod, path, mode, channels, out_hw)
     if deep_mode is None:
         return np.ascontiguousarray(np.atleast_3d(pixels).transpose(2, 0, 1), dtype=np.float32)
-    plane = _deep_to_255(pixels, deep_mode, path)
+    plane = _deep_as_stored(pixels, deep_mode, path) if stored_values else _deep_to_255(pixels, deep_mode, path)
     del pixels  # the float plane replaces them, as decode_bytes counts
     if out_hw is not None:
         plane = _resize_plane(image_mod, plane, out_hw)
@@ -240,6 +243,14 @@ def _deep_to_255(raw: np.ndarray, mode: str, path: str) -> np.ndarray:
         plane *= np.float32(FLOAT_SCALE)
     else:
         plane /= np.float32(SIXTEEN_BIT_SCALE)
+    return plane
+
+
+def _deep_as_stored(raw: np.ndarray, mode: str, path: str) -> np.ndarray:
+    """One deep channel as float32 with the values it stores."""
+    plane = raw.astype(np.float32)
+    if mode == "F" and not np.isfinite(plane).all():
+        raise GraphconvError("float pixels that are NaN or infinite", file=path)
     return plane
 
 
@@ -603,6 +614,20 @@ def _compose(panel, lines: list[str], bar=None, legend=None):
         draw.rectangle([x, y + 1, x + line_h - 3, y + line_h - 2], fill=rgb, outline="black")
         draw.text((x + line_h + 2, y), text, fill="black", font=font)
     return canvas
+
+
+STRETCH_PERCENTILES = (2.0, 98.0)  # what GIS viewers map onto black and white by default
+
+
+def stretched(picture: np.ndarray) -> np.ndarray:
+    """Each band's 2nd..98th percentile onto 0..255 (clipped): raw reflectances or
+    elevations as a picture. NaN (no data) stays NaN."""
+    out = np.empty_like(picture)
+    for band, values in enumerate(picture):
+        finite = values[np.isfinite(values)]
+        low, high = np.percentile(finite, STRETCH_PERCENTILES) if finite.size else (0.0, 1.0)
+        out[band] = np.clip((values - low) * (255.0 / max(high - low, 1e-12)), 0.0, 255.0)
+    return out
 
 
 def _as_rgb(image: np.ndarray) -> np.ndarray:

@@ -10,13 +10,24 @@
   random access, so these are decoded whole, within the memory budget, then cut.
 
 Every source gives (C, h, w) float32 boxes with the model's `preprocess` applied, the
-values on 0..255 as `load_image` gives them (16-bit and float data scaled the same way).
+values on 0..255 as `load_image` gives them (16-bit and float data scaled the same way),
+or as the file stores them where the spec's preprocess says `values: stored` (satellite
+reflectances, any integer or float type).
+
+A TIFF or zarr raster may hold any number of bands (a Sentinel-2 scene: 13), in either
+order: (bands, H, W) or (H, W, bands); a TIFF's axes say which, a zarr array's are
+told from its shape. `bands` picks and orders the ones the network takes (GDAL's
+numbering, from 1: Sentinel-2's true colour is 4, 3, 2); without it the raster must
+have the network's channel count (or be the grey, RGB or RGBA picture that converts to
+it, as Pillow would).
+
 tifffile, imagecodecs and zarr are the optional `scale` extra (`pip install 'graphconv[scale]'`).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -53,7 +64,7 @@ class PillowSource(_Preprocessed):
     def __init__(self, path: str, channels: int, preprocess: dict | None):
         super().__init__(path, channels, preprocess)
         from graphconv.images import load_image
-        self.pixels = load_image(path, None, channels)
+        self.pixels = load_image(path, None, channels, stored_values=stores_values(preprocess))
         _, self.height, self.width = self.pixels.shape
 
     def read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
@@ -62,20 +73,28 @@ class PillowSource(_Preprocessed):
 
 class ArrayLikeSource(_Preprocessed):
     """A lazily read (H, W), (H, W, C) or (C, H, W) array: a zarr array, or a TIFF's
-    level 0 seen through tifffile's zarr store. Integer data is scaled to 0..255 as
-    load_image scales it (16-bit / 257); float data is taken as 0..1."""
+    level seen through tifffile's zarr store (`axes`: tifffile's names for its axes,
+    such as "YXS" or "SYX"). Integer data is scaled to 0..255 as load_image scales it
+    (16-bit / 257), float data is taken as 0..1; with `values: stored` neither is.
+    `bands`: the 1-based bands to read, in order (see the module)."""
 
-    def __init__(self, path: str, array, channels: int, preprocess: dict | None):
+    def __init__(self, path: str, array, channels: int, preprocess: dict | None, axes: str | None = None,
+                 bands: Sequence[int] | None = None):
         super().__init__(path, channels, preprocess)
         self.array = array
-        self.layout = _layout(array.shape, channels, path)
+        self.layout = _layout(array.shape, channels, path, axes)
         if self.layout == "hw":
             self.height, self.width = array.shape
         elif self.layout == "hwc":
             self.height, self.width = array.shape[:2]
         else:
             self.height, self.width = array.shape[1:]
-        self.scale = _to_255(np.dtype(array.dtype), path)
+        self.band_count = {"hw": 1, "hwc": array.shape[-1], "chw": array.shape[0]}[self.layout]
+        self.bands = tuple(bands) if bands is not None else None
+        self._band_index = _checked_bands(bands, self.band_count, channels, path)
+        self.stored_values = stores_values(preprocess)
+        self.scale = _stored_scale(np.dtype(array.dtype), path) if self.stored_values \
+            else _to_255(np.dtype(array.dtype), path)
 
     def read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
         if self.layout == "hw":
@@ -84,6 +103,8 @@ class ArrayLikeSource(_Preprocessed):
             chw = np.asarray(self.array[top:bottom, left:right]).transpose(2, 0, 1)
         else:
             chw = np.asarray(self.array[:, top:bottom, left:right])
+        if self._band_index is not None:
+            return self._finish(chw[self._band_index].astype(np.float32) * self.scale)
         chw = chw.astype(np.float32) * self.scale
         if self.channels == 1 and chw.shape[0] >= 3:
             chw = np.tensordot(LUMA, chw[:3], axes=1)[None]  # as Pillow's "L" conversion
@@ -92,17 +113,68 @@ class ArrayLikeSource(_Preprocessed):
         return self._finish(chw[:self.channels])
 
 
-def _layout(shape, channels: int, path: str) -> str:
+PICTURE_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: what a picture's channel axis holds
+
+
+def _layout(shape, channels: int, path: str, axes: str | None = None) -> str:
+    """Where the bands are: "hw" (one), "hwc" (last axis) or "chw" (first axis). A TIFF's
+    axes name them (S: samples of a pixel, C: channels, I, Q: pages); a bare array's
+    are told by which end axis has the network's channel count, else a picture's (1, 3
+    or 4), else by which is shorter than both others (a 13-band scene of 10980x10980)."""
     if len(shape) == 2:
         return "hw"
-    if len(shape) == 3 and shape[2] in (1, 3, 4) and shape[0] not in (1, 3, 4):
-        return "hwc"
-    if len(shape) == 3 and shape[0] in (1, 3, 4):
+    if len(shape) != 3:
+        raise GraphconvError(f"an image array of shape {tuple(shape)}: expected (H, W), (H, W, C) or (C, H, W)",
+                             file=path)
+    if axes and len(axes) == 3 and axes[1:].upper() == "YX":
         return "chw"
-    if len(shape) == 3 and shape[2] in (1, 3, 4):
+    if axes and len(axes) == 3 and axes[:2].upper() == "YX":
         return "hwc"
-    raise GraphconvError(f"an image array of shape {tuple(shape)}: expected (H, W), (H, W, C) or "
-                         f"(C, H, W) with C of 1, 3 or 4", file=path)
+    for counts in ((channels,), PICTURE_CHANNELS):
+        if shape[2] in counts and shape[0] not in counts:
+            return "hwc"
+        if shape[0] in counts:
+            return "chw"
+    if shape[0] < min(shape[1:]):
+        return "chw"
+    if shape[2] < min(shape[:2]):
+        return "hwc"
+    raise GraphconvError(f"an image array of shape {tuple(shape)}: cannot tell its band axis (the network takes "
+                         f"{channels} channel(s)); store it as (bands, H, W) or (H, W, bands)", file=path)
+
+
+def _checked_bands(bands: Sequence[int] | None, have: int, channels: int, path: str) -> np.ndarray | None:
+    """`bands` (1-based) as 0-based indices, checked against the raster's `have` bands and
+    the network's `channels`; without them, whether the raster's bands convert to the
+    network's channels (the same count; grey for RGB; RGB or RGBA for grey; RGBA or RGB
+    plus near infrared for RGB, its fourth band left out)."""
+    if bands is None:
+        if have < channels and not (have == 1 and channels == 3):
+            raise GraphconvError(f"has {have} band(s); the model takes {channels}", file=path)
+        if have > channels and not (channels == 1 and have in (3, 4) or channels == 3 and have == 4):
+            raise GraphconvError(f"has {have} bands; the model takes {channels}: pick them with --bands "
+                                 f"(numbered from 1, as GDAL numbers them; e.g. --bands "
+                                 f"{','.join(str(b) for b in range(1, channels + 1))})", file=path)
+        return None
+    if len(bands) != channels:
+        raise GraphconvError(f"--bands lists {len(bands)} band(s); the model takes {channels}", file=path)
+    outside = [b for b in bands if not 1 <= b <= have]
+    if outside:
+        raise GraphconvError(f"--bands {','.join(map(str, bands))}: the image has bands 1 to {have}, "
+                             f"not {','.join(map(str, outside))}", file=path)
+    return np.asarray(bands, np.int64) - 1
+
+
+def stores_values(preprocess: dict | None) -> bool:
+    """Whether the spec's preprocess takes pixel values as stored (`values: stored`)
+    rather than on 0..255."""
+    return bool(preprocess) and preprocess.get("values") == "stored"
+
+
+def _stored_scale(dtype: np.dtype, path: str) -> float:
+    if np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating):
+        return 1.0
+    raise GraphconvError(f"pixel type {dtype} is not supported (integers or floats)", file=path)
 
 
 def _to_255(dtype: np.dtype, path: str) -> float:
@@ -112,8 +184,9 @@ def _to_255(dtype: np.dtype, path: str) -> float:
         return 1.0 / 257.0
     if np.issubdtype(dtype, np.floating):
         return 255.0
-    raise GraphconvError(f"pixel type {dtype} is not supported (8- or 16-bit integers, or floats on 0..1)",
-                         file=path)
+    raise GraphconvError(f"pixel type {dtype} is not supported (8- or 16-bit unsigned integers, or floats on "
+                         "0..1; for other data, such as reflectances, say `values: stored` in the spec's "
+                         "preprocess)", file=path)
 
 
 def is_tiff(path: str | os.PathLike) -> bool:
@@ -121,14 +194,16 @@ def is_tiff(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in TIFF_SUFFIXES
 
 
-def open_source(path: str | os.PathLike, channels: int, preprocess: dict | None, level: int = 0):
+def open_source(path: str | os.PathLike, channels: int, preprocess: dict | None, level: int = 0,
+                bands: Sequence[int] | None = None):
     """The right source for `path`: TIFF and zarr lazily, other images through Pillow;
-    `level` is a pyramid TIFF's level (0: full resolution)."""
+    `level` is a pyramid TIFF's level (0: full resolution), `bands` a raster's bands to
+    read (1-based, in order; see the module)."""
     path = str(path)
     suffix = Path(path).suffix.lower()
     folder = Path(path)
     if is_tiff(path):
-        return _checked(_tiff_source(path, channels, preprocess, level), channels)
+        return _tiff_source(path, channels, preprocess, level, bands)
     if level:
         raise GraphconvError(f"--level {level}: only a TIFF pyramid (.svs, .ndpi, .tif) has levels; "
                              "this image has one", file=path)
@@ -138,11 +213,15 @@ def open_source(path: str | os.PathLike, channels: int, preprocess: dict | None,
             array = zarr.open_array(path, mode="r")
         except Exception as err:  # zarr raises several types for a folder that is not an array
             raise GraphconvError(f"cannot open as a zarr array: {err}", file=path) from None
-        return _checked(ArrayLikeSource(path, array, channels, preprocess), channels)
+        return ArrayLikeSource(path, array, channels, preprocess, bands=bands)
+    if bands is not None:
+        raise GraphconvError("--bands picks bands of a raster (a TIFF or a zarr array); this image is read "
+                             "as a picture (grey, RGB or RGBA)", file=path)
     return PillowSource(path, channels, preprocess)
 
 
-def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int) -> ArrayLikeSource:
+def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
+                 bands: Sequence[int] | None) -> ArrayLikeSource:
     tifffile = require("tifffile")
     if not Path(path).is_file():
         raise GraphconvError("image not found", file=path)
@@ -154,7 +233,8 @@ def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int) 
         raise GraphconvError(f"cannot read as a TIFF image: {err}", file=path) from None
     if level >= len(levels):
         raise GraphconvError(f"--level {level}: the image has {_level_list(levels)}", file=path)
-    source = ArrayLikeSource(path, _decodable_array(path, series, level, levels[level]), channels, preprocess)
+    source = ArrayLikeSource(path, _decodable_array(path, series, level, levels[level]), channels, preprocess,
+                             axes=levels[level].axes, bands=bands)
     source.tiff = tif  # keep the file open as long as the source lives
     source.level, source.levels = level, len(levels)
     source.downsample = _axis_sizes(levels[0])[0] / source.height  # how much coarser than level 0
@@ -197,14 +277,6 @@ def _codec_hint(pages) -> str:
             "imagecodecs package, pip install 'graphconv[scale]')")
 
 
-def _checked(source: ArrayLikeSource, channels: int) -> ArrayLikeSource:
-    have = 1 if source.layout == "hw" else (source.array.shape[2] if source.layout == "hwc"
-                                            else source.array.shape[0])
-    if have < channels and not (have == 1 and channels == 3):
-        raise GraphconvError(f"has {have} channel(s); the model takes {channels}", file=source.path)
-    return source
-
-
 # ---- the picture a tiled run's heatmap is drawn over -------------------------------------------
 
 THUMBNAIL_SIDE = 2048  # the longer side of that picture, at most
@@ -213,17 +285,25 @@ THUMBNAIL_BOX = 1024  # the boxes a level is read in, when it is read whole to b
 
 def thumbnail(source, longest: int = THUMBNAIL_SIDE) -> tuple[np.ndarray, tuple[float, float]]:
     """The image `source` reads, shrunk to at most `longest` pixels on its longer side, as
-    (C, h, w) on 0..255 without the spec's preprocess, and how many of the source's pixels
-    one of its pixels spans on each axis: what a tiled run's heatmap is drawn over. It is
-    taken from the coarsest pyramid level at least that large (a slide's level 2 or 3:
-    a few MB to decode), else from the image itself read a box at a time; each of its
-    pixels is the nearest pixel there (a preview, not a resampling)."""
+    a grey, RGB or RGBA (C, h, w) picture on 0..255 without the spec's preprocess, and how
+    many of the source's pixels one of its pixels spans on each axis: what a tiled run's
+    heatmap is drawn over. It is taken from the coarsest pyramid level at least that
+    large (a slide's level 2 or 3: a few MB to decode), else from the image itself read a
+    box at a time; each of its pixels is the nearest pixel there (a preview, not a
+    resampling). Values read as stored (`values: stored`) are stretched onto 0..255, and
+    of bands that make no picture (2, or 5 and more) the first is shown, grey."""
+    from graphconv.images import stretched
+
     step = max(1, -(-max(source.height, source.width) // longest))
     out_hw = (-(-source.height // step), -(-source.width // step))
     level = _coarsest_level_for(source, step)
-    raw = open_source(source.path, source.channels, None, level)
+    stored = getattr(source, "stored_values", False)
+    raw = open_source(source.path, source.channels, {"values": "stored"} if stored else None, level,
+                      getattr(source, "bands", None))
     picture = _sampled(raw, out_hw)
-    return picture, (source.height / out_hw[0], source.width / out_hw[1])
+    if picture.shape[0] not in PICTURE_CHANNELS:
+        picture = picture[:1]
+    return stretched(picture) if stored else picture, (source.height / out_hw[0], source.width / out_hw[1])
 
 
 def _coarsest_level_for(source, step: int) -> int:

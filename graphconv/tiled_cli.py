@@ -74,7 +74,8 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
                              "(drop --tile, --workers, --reduce argmax, --classes and .zarr outputs)")
     if args.output and Path(args.output.rstrip("/")).resolve() == Path(args.image.rstrip("/")).resolve():
         raise GraphconvError("--output is the input image; write the map somewhere else", file=args.output)
-    source = open_source(args.image, model.crop_shape[0], model.graph.meta.get("preprocess"), args.level)
+    source = open_source(args.image, model.crop_shape[0], model.graph.meta.get("preprocess"), args.level,
+                         args.bands)
     image_hw = (source.height, source.width)
     if getattr(source, "levels", 1) > 1:
         which = (f"level {source.level}, {source.downsample:.4g}x coarser than level 0 (the map's cells are in "
@@ -239,7 +240,8 @@ def _map_options(args: argparse.Namespace, grid):
 
     return MapOptions(args.reduce if args.reduce == "argmax" else None,
                       tuple(args.classes) if args.classes else None, args.device,
-                      grid.stride if isinstance(grid, CropGrid) else None, args.level, args.skip_background)
+                      grid.stride if isinstance(grid, CropGrid) else None, args.level, args.skip_background,
+                      tuple(args.bands) if args.bands else None)
 
 
 def _model_ref(args: argparse.Namespace):

@@ -296,7 +296,11 @@ def test_cli_import_with_preprocess_and_labels(exported, tmp_path, rng):
     assert result.returncode == 0, result.stderr
     loaded = Model.load(spec)
     assert loaded.graph.meta["preprocess"]["std"] == [0.229, 0.224, 0.225]
+    assert "values" not in loaded.graph.meta["preprocess"]  # pixels on 0..255, the default
     assert loaded.graph.meta["labels"][3] == "class 3"
+    result = graphconv("import", path, "-o", tmp_path / "raw.yaml", "--values", "stored", "--scale", "0.0001")
+    assert result.returncode == 0, result.stderr
+    assert Model.load(tmp_path / "raw.yaml").graph.meta["preprocess"] == {"values": "stored", "scale": 0.0001}
     (tmp_path / "short.txt").write_text("a\nb\n")
     result = graphconv("import", path, "-o", tmp_path / "bad.yaml", "--labels", tmp_path / "short.txt")
     assert result.returncode == 2 and "has 2 labels; the model has 10 classes" in result.stderr

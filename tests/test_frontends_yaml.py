@@ -326,7 +326,10 @@ def test_yaml_values_python_cannot_build_are_located(write_spec):
     ("{mean: [true, false]}", "got [True, False]"),
     ("{std: [1, 0]}", "preprocess std must not be 0 (it divides)"),
     ("{std: [1, -.inf]}", "preprocess std must list 2 finite number(s)"),
-    ("{scale: 1, shift: 2}", "'preprocess' takes mean, std (one number per channel) and scale, not ['shift']"),
+    ("{scale: 1, shift: 2}", "'preprocess' takes mean, std (one number per channel), scale and values, "
+                             "not ['shift']"),
+    ("{values: raw}", "preprocess values must be 0..255 or stored (pixels on 0..255, 16-bit ones divided by 257; "
+                      "or the numbers the file stores), got 'raw'"),
 ])
 def test_preprocess_is_checked_at_load(write_spec, pre, match):
     refused(write_spec(f"preprocess: {pre}\n" + BASE), match, 1)
@@ -334,9 +337,9 @@ def test_preprocess_is_checked_at_load(write_spec, pre, match):
 
 def test_preprocess_and_compiled_load_as_plain_values(write_spec):
     graph = load_spec(write_spec(
-        "preprocess: {scale: 1, mean: [0.5, 0.25], std: [2, 4]}\n"
+        "preprocess: {values: stored, scale: 1, mean: [0.5, 0.25], std: [2, 4]}\n"
         "compiled: {passes: fc-to-conv, output_stride: 4, stride_method: dilate}\n" + BASE))
-    assert graph.meta["preprocess"] == {"scale": 1, "mean": [0.5, 0.25], "std": [2, 4]}
+    assert graph.meta["preprocess"] == {"values": "stored", "scale": 1, "mean": [0.5, 0.25], "std": [2, 4]}
     assert graph.meta["compiled"] == {"passes": "fc-to-conv", "output_stride": 4, "stride_method": "dilate"}
 
 

@@ -161,6 +161,12 @@ def test_16_bit_grey_is_scaled_by_257_not_clipped(kind, channels, tmp_path):
     assert got[0].max() == 255 and 116 < got[0, 0, 2] < 117  # 30000 is not clipped to 255
 
 
+@pytest.mark.parametrize("kind", ["I;16", "I (16-bit PGM)", "I (32-bit TIFF)"])
+def test_16_bit_grey_keeps_its_stored_values_when_the_spec_says_so(kind, tmp_path):
+    got = load_image(str(sixteen_bit_files(tmp_path)[kind]), channels=1, stored_values=True)
+    np.testing.assert_array_equal(got[0], SIXTEEN_BIT_VALUES.astype(np.float32))
+
+
 @pytest.mark.parametrize("colour_type, samples", [(2, 3), (6, 4)])
 def test_16_bit_colour_arrives_on_the_0_255_scale(colour_type, samples, tmp_path, rng):
     values = rng.integers(0, 65536, (3, 5, samples), dtype=np.uint16)

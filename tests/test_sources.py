@@ -109,3 +109,100 @@ def test_a_thumbnail_of_an_image_without_levels_takes_the_nearest_pixels(tmp_pat
     rows = np.minimum(((np.arange(18) + 0.5) * 70 / 18).astype(int), 69)
     cols = np.minimum(((np.arange(12) + 0.5) * 45 / 12).astype(int), 44)
     np.testing.assert_array_equal(picture[0], pixels[rows[:, None], cols[None, :]])
+
+
+# ---- rasters of any number of bands (satellite scenes) --------------------------------------------
+
+SCENE_SHAPE = (13, 90, 120)  # a Sentinel-2 scene's 13 bands, small
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    """13 bands of uint16 reflectances as GDAL writes them: pixel-interleaved (contig)
+    and band-interleaved (separate) TIFFs, and zarr arrays in both orders."""
+    folder = tmp_path_factory.mktemp("scene")
+    bands = np.random.default_rng(8).integers(0, 10000, SCENE_SHAPE, dtype=np.uint16)
+    tifffile.imwrite(folder / "contig.tif", bands.transpose(1, 2, 0), tile=(32, 32), photometric="minisblack",
+                     planarconfig="contig")
+    tifffile.imwrite(folder / "separate.tif", bands, photometric="minisblack", planarconfig="separate")
+    for name, array in (("bhw.zarr", bands), ("hwb.zarr", bands.transpose(1, 2, 0))):
+        stored = zarr_array(folder / name, array)
+        assert stored.shape == array.shape
+    return folder, bands
+
+
+def zarr_array(path, array):
+    import zarr
+    stored = zarr.open_array(str(path), mode="w", shape=array.shape, chunks=(16,) * array.ndim, dtype=array.dtype)
+    stored[:] = array
+    return stored
+
+
+@pytest.mark.parametrize("name", ["contig.tif", "separate.tif", "bhw.zarr", "hwb.zarr"])
+@pytest.mark.parametrize("bands", [None, (4, 3, 2), (8, 8)])
+def test_a_scene_s_bands_read_as_stored_in_either_order(scene, name, bands):
+    folder, raw = scene
+    channels = len(bands) if bands else SCENE_SHAPE[0]
+    source = open_source(folder / name, channels, {"values": "stored", "scale": 1e-4}, bands=bands)
+    assert (source.height, source.width, source.band_count) == (90, 120, 13)
+    picked = raw if bands is None else raw[np.asarray(bands) - 1]
+    np.testing.assert_allclose(source.read(10, 20, 70, 110), picked[:, 10:70, 20:110] * np.float32(1e-4),
+                               rtol=1e-6)
+
+
+def test_without_stored_values_16_bit_bands_land_on_0_to_255(scene):
+    folder, raw = scene
+    source = open_source(folder / "separate.tif", 3, None, bands=(2, 3, 4))
+    np.testing.assert_allclose(source.read(0, 0, 90, 120), raw[1:4] / np.float32(257.0), rtol=1e-6)
+
+
+def test_a_zarr_array_s_band_axis_is_the_one_of_the_network_s_channel_count(tmp_path):
+    """(6, 6, 40): six bands of 6x40 pixels or 40 bands of 6x6; the network says which."""
+    array = np.arange(6 * 6 * 40, dtype=np.uint8).reshape(6, 6, 40)
+    zarr_array(tmp_path / "a.zarr", array)
+    assert open_source(tmp_path / "a.zarr", 6, None).layout == "chw"
+    assert open_source(tmp_path / "a.zarr", 40, None).layout == "hwc"
+
+
+@pytest.mark.parametrize("channels, bands, message", [
+    (3, None, r"has 13 bands; the model takes 3: pick them with --bands \(numbered from 1, as GDAL numbers "
+              r"them; e\.g\. --bands 1,2,3\)"),
+    (3, (4, 3), r"--bands lists 2 band\(s\); the model takes 3"),
+    (3, (4, 14, 0), r"--bands 4,14,0: the image has bands 1 to 13, not 14,0"),
+])
+def test_bands_that_do_not_fit_the_scene_or_the_network_are_named(scene, channels, bands, message):
+    folder, _ = scene
+    with pytest.raises(GraphconvError, match=message) as err:
+        open_source(folder / "separate.tif", channels, None, bands=bands)
+    assert str(err.value).startswith("separate.tif: ")
+
+
+def test_bands_of_a_picture_are_refused_with_what_they_apply_to(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "photo.png")
+    with pytest.raises(GraphconvError, match="--bands picks bands of a raster"):
+        open_source(tmp_path / "photo.png", 3, None, bands=(3, 2, 1))
+
+
+def test_signed_data_needs_stored_values_and_then_reads_as_stored(tmp_path):
+    """Elevations, SAR backscatter: int16 has no 0..255 reading, so the error says what to write."""
+    heights = np.random.default_rng(1).integers(-400, 3000, (40, 50), dtype=np.int16)
+    tifffile.imwrite(tmp_path / "dem.tif", heights)
+    with pytest.raises(GraphconvError, match=r"pixel type int16 is not supported .*`values: stored`"):
+        open_source(tmp_path / "dem.tif", 1, None)
+    source = open_source(tmp_path / "dem.tif", 1, {"values": "stored"})
+    np.testing.assert_array_equal(source.read(0, 0, 40, 50), heights[None].astype(np.float32))
+
+
+def test_a_thumbnail_of_stored_values_is_stretched_and_of_many_bands_shows_the_first(scene):
+    from graphconv.sources import thumbnail
+
+    folder, raw = scene
+    picture, scale = thumbnail(open_source(folder / "separate.tif", 13, {"values": "stored"}), longest=60)
+    assert picture.shape == (1, 45, 60) and scale == (2.0, 2.0)
+    first = raw[0, 1::2, 1::2].astype(np.float32)  # the pixels nearest the centres of 2x2 blocks
+    low, high = np.percentile(first, (2, 98))
+    np.testing.assert_allclose(picture[0], np.clip((first - low) * 255 / (high - low), 0, 255), rtol=1e-5,
+                               atol=1e-3)
+    rgb, _ = thumbnail(open_source(folder / "separate.tif", 3, {"values": "stored"}, bands=(4, 3, 2)), longest=60)
+    assert rgb.shape == (3, 45, 60) and rgb.min() == 0 and rgb.max() == 255

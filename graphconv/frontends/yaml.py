@@ -55,7 +55,8 @@ KEY_LINES = "__key_lines__"
 TOP_LEVEL_KEYS = {"name", "input", "weights", "layers", "preprocess", "labels", "compiled", "seeded_weights", "task"}
 TASKS = ("classification", "segmentation")  # `task`: see `graphconv.model.Model.segmentation`
 INPUT_KEYS = {"name", "shape"}
-PREPROCESS_KEYS = {"mean", "std", "scale"}
+PREPROCESS_KEYS = {"mean", "std", "scale", "values"}
+PIXEL_VALUES = ("0..255", "stored")  # preprocess `values`: the default, or as the file stores them
 COMPILED_KEYS = {"passes", "output_stride", "stride_method", "stitch"}
 STITCH_KEYS = {"factor", "step"}
 STRIDE_METHODS = ("auto", "dilate", "shift")
@@ -420,12 +421,17 @@ def _checked_preprocess(pre: Any, channels: int, path: Path, loc: Location) -> d
     loc = _loc(path, pre)
     unknown = sorted(set(_user_keys(pre)) - PREPROCESS_KEYS)
     if unknown:
-        raise GraphconvError("'preprocess' takes mean, std (one number per channel) and scale, "
+        raise GraphconvError("'preprocess' takes mean, std (one number per channel), scale and values, "
                              f"not {shown(unknown)}", loc=loc)
     checked = {}
     for key in _user_keys(pre):
         value = pre[key]
-        if key == "scale":
+        if key == "values":
+            if value not in PIXEL_VALUES:
+                raise GraphconvError(f"preprocess values must be {' or '.join(PIXEL_VALUES)} (pixels on 0..255, "
+                                     f"16-bit ones divided by 257; or the numbers the file stores), got "
+                                     f"{shown(value)}", loc=_loc(path, pre, key))
+        elif key == "scale":
             if finite_number(value) is None:
                 raise GraphconvError(f"preprocess scale must be a finite number, got {shown(value)}",
                                      loc=_loc(path, pre, key))
