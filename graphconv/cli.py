@@ -23,6 +23,7 @@ from graphconv.background import DEFAULT_THRESHOLD
 from graphconv.backends import device_choices
 from graphconv.errors import GraphconvError, shown
 from graphconv.files import atomic_write, check_model_target, check_writable
+from graphconv.georef import is_tiff_output
 from graphconv.memory import check_run_fits
 from graphconv.pass_manager import DEFAULT_PIPELINE
 from graphconv.profiling import format_profile
@@ -116,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="do not compute the tiles with no tissue in them (a slide's glass, a page's white): "
                           "their cells are NaN (65535 with --reduce argmax); tissue is colour of HSV saturation "
                           f"S or more, or greys darker than white by S (default {DEFAULT_THRESHOLD})")
-    run.add_argument("--output", help="write the output array here (.npy; .zarr for maps too big for memory)")
+    run.add_argument("--output", help="write the output array here (.npy; .zarr for maps too big for memory; .tif: "
+                                      "a map of K bands, georeferenced like a GeoTIFF image)")
     run.add_argument("--output-dir", metavar="DIR", help="with --images: where each image's <stem>.npy goes")
     run.add_argument("--tile", type=_positive_int, metavar="N",
                      help="evaluate in exact tiles of at most N x N input pixels (bounded memory; "
@@ -375,6 +377,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.full_map and (args.scales or args.images or args.tile or args.workers):
         raise GraphconvError("--full-map is for one image or array evaluated whole (not --scales, "
                              "--images, --tile or --workers)")
+    if args.scales and is_tiff_output(args.output):
+        raise GraphconvError("--scales reduces every map to one class vector: write it as .npy", file=args.output)
     if args.scales and args.reduce == "argmax":
         raise GraphconvError("--reduce argmax writes a class map; with --scales use mean or max")
     if (args.flip or args.reduce in ("mean", "max")) and not args.scales:
@@ -472,7 +476,14 @@ def _deliver(args: argparse.Namespace, model, out: np.ndarray, picture: np.ndarr
         write_heatmap(args, model, picture, out, field)
     if args.top:
         print_top(reduce_map_or_vector(out), args.top, model.graph.meta.get("labels"))
-    if args.output:
+    if args.output and is_tiff_output(args.output):
+        if out.ndim != 4:
+            raise GraphconvError(f"a .tif output holds a map; this run gives a vector of shape {tuple(out.shape)}: "
+                                 "write .npy", file=args.output)
+        from graphconv.georef import write_map_tiff
+        atomic_write(args.output, lambda p: write_map_tiff(p, out, None), suffix=".tif")
+        print(f"-> {args.output}")
+    elif args.output:
         atomic_write(args.output, lambda p: np.save(p, out), suffix=".npy")
         print(f"-> {args.output}")
     return 0

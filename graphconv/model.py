@@ -89,6 +89,17 @@ class Model:
         return cache["field"]
 
     @property
+    def cell_area(self) -> Field:
+        """Where each cell of `run`'s map stands on the image: a classifier's cell (i, j) is
+        the classifier on its crop at (i, j) times the stride, so the crop (what a
+        georeferenced map centres each cell on; `field`, the pixels the cell reads, may
+        reach past the crop and sit half a pixel off its centre); a segmentation
+        network's, the receptive field of its output pixel."""
+        if self.segmentation:
+            return self.field
+        return Field(tuple(self.crop_shape[1:]), self.field.stride, (0, 0))
+
+    @property
     def output_stride(self) -> tuple[int, int]:
         return self.field.stride
 

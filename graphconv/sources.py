@@ -237,7 +237,8 @@ def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
                              axes=levels[level].axes, bands=bands)
     source.tiff = tif  # keep the file open as long as the source lives
     source.level, source.levels = level, len(levels)
-    source.downsample = _axis_sizes(levels[0])[0] / source.height  # how much coarser than level 0
+    source.full_hw = _axis_sizes(levels[0])  # level 0's (H, W): what a GeoTIFF's georeference counts in
+    source.downsample = source.full_hw[0] / source.height  # how much coarser than level 0
     return source
 
 

@@ -119,22 +119,52 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     with _progress(args, len(plan.tiles), "tiles", sum(t.pixels for t in plan.tiles)) as advance:
         on_tile = lambda t: advance(1, t.pixels)
         if args.output:
-            with MapFile(args.output, shape, dtype, chunk_hw=plan.cells_hw) as out:
+            with MapFile(args.output, shape, dtype, chunk_hw=plan.cells_hw,
+                         georeference=_map_georeference(args, model, source, grid)) as out:
                 _compute(args, grid, source, plan, tile, out, transform, on_tile, skip)
                 _draw_heatmap(args, model, source, grid, out, background)  # before the map is renamed into place
+                means = _class_means(args, out)
         else:
             out = np.empty(shape, dtype)
             _compute(args, grid, source, plan, tile, out, transform, on_tile, skip)
             _draw_heatmap(args, model, source, grid, out, background)
+            means = _class_means(args, out)
     seconds = time.perf_counter() - start
     print(f"output shape {shape} ({dtype}) in {seconds:.2f} s over {len(plan.tiles)} tile(s)")
-    if args.top and args.reduce != "argmax":
+    if means is not None:
         from graphconv.cli import print_top
-        scores = np.load(args.output, mmap_mode="r") if args.output and not args.output.endswith(".zarr") else out
-        print_top(np.nanmean(np.asarray(scores), axis=(2, 3)), args.top, model.graph.meta.get("labels"))
+        print_top(means, args.top, model.graph.meta.get("labels"))
     if args.output:
         print(f"-> {args.output}")
     return 0
+
+
+def _class_means(args: argparse.Namespace, scores) -> np.ndarray | None:
+    """--top's input: each class's mean score over the map's computed cells."""
+    if not args.top or args.reduce == "argmax":
+        return None
+    return np.nanmean(np.asarray(scores), axis=(2, 3))
+
+
+def _map_georeference(args: argparse.Namespace, model, source, grid):
+    """A .tif map's georeference: the image's, where it is a GeoTIFF, moved to the map's
+    cells (`graphconv.georef`); said on stderr. None for other outputs and images."""
+    from graphconv.georef import is_tiff_output, map_georeference, read_georeference
+    from graphconv.sources import is_tiff
+    from graphconv.tiling import CropGrid
+
+    if not (is_tiff_output(args.output) and is_tiff(source.path)):
+        return None
+    image = read_georeference(source.path)
+    if image is None:
+        return None
+    full_h, full_w = source.full_hw
+    cells = grid.field if isinstance(grid, CropGrid) else model.cell_area
+    geo = map_georeference(image, cells, (full_h / source.height, full_w / source.width))
+    (a, b, _), (c, d, _) = geo.affine
+    print(f"map georeferenced as the image: cells of {np.hypot(a, c):.6g} x {np.hypot(b, d):.6g} "
+          "in the image's map units, in its projection", file=sys.stderr)
+    return geo
 
 
 def _compute(args, grid, source, plan, tile, out, transform, on_tile, skip) -> None:

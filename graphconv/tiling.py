@@ -433,20 +433,31 @@ def map_transform(reduce: str | None = None, classes: Sequence[int] | None = Non
 
 class MapFile:
     """A score map written tile by tile into a file that appears only when complete:
-    `.npy` (memory-mapped, so it need not fit in memory) or a chunked `.zarr` array
-    (N, K, rows, cols). Used as a context manager: the file is renamed into place on
-    success and removed on failure, so nothing is left half-written."""
+    `.npy` (memory-mapped, so it need not fit in memory), a chunked `.zarr` array
+    (N, K, rows, cols), or a tiled `.tif` of K bands (georeferenced by `georeference`,
+    a `graphconv.georef.GeoReference`, where given), written from a memory-mapped
+    scratch copy once every tile is in. Used as a context manager: the file is renamed
+    into place on success and removed on failure, so nothing is left half-written."""
 
-    def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype, chunk_hw: tuple[int, int]):
+    def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype, chunk_hw: tuple[int, int],
+                 georeference=None):
         from graphconv.files import check_writable
+        from graphconv.georef import is_tiff_output
         self.path, self.shape, self.dtype, self.chunk_hw = str(path), tuple(shape), np.dtype(dtype), chunk_hw
+        self.georeference = georeference
         self.is_zarr = self.path.rstrip("/").lower().endswith(".zarr")
+        self.is_tiff = is_tiff_output(self.path)
         if self.is_zarr:
             check_zarr_target(self.path)
         else:
             check_writable(self.path)
         self.array = None
         self._tmp = None
+
+    @property
+    def _scratch(self) -> str:
+        """Where the map is computed: the partial file itself, or a TIFF's memory-mapped copy."""
+        return self._tmp + ".npy" if self.is_tiff else self._tmp
 
     def __enter__(self):
         import os
@@ -461,26 +472,31 @@ class MapFile:
             chunks = (1, min(self.shape[1], 64), *self.chunk_hw)
             self.array = zarr.open_array(self._tmp, mode="w", shape=self.shape, chunks=chunks, dtype=self.dtype)
         else:
-            self.array = np.lib.format.open_memmap(self._tmp, mode="w+", dtype=self.dtype, shape=self.shape)
+            self.array = np.lib.format.open_memmap(self._scratch, mode="w+", dtype=self.dtype, shape=self.shape)
         return self.array
 
     def __exit__(self, kind, value, traceback):
         import os
         import shutil
         target = os.path.abspath(self.path.rstrip("/"))
-        if kind is None:
-            if not self.is_zarr:
-                self.array.flush()
-            del self.array
-            if self.is_zarr and os.path.isdir(target):
-                shutil.rmtree(target)
-            os.replace(self._tmp, target)
-        else:
+        try:
+            if kind is None:
+                if not self.is_zarr:
+                    self.array.flush()
+                if self.is_tiff:
+                    from graphconv.georef import write_map_tiff
+                    write_map_tiff(self._tmp, self.array, self.georeference)
+                self.array = None
+                if self.is_zarr and os.path.isdir(target):
+                    shutil.rmtree(target)
+                os.replace(self._tmp, target)
+        finally:
             self.array = None
-            if os.path.isdir(self._tmp):
-                shutil.rmtree(self._tmp, ignore_errors=True)
-            elif os.path.exists(self._tmp):
-                os.unlink(self._tmp)
+            for partial in {self._tmp, self._scratch}:
+                if os.path.isdir(partial):
+                    shutil.rmtree(partial, ignore_errors=True)
+                elif os.path.exists(partial):
+                    os.unlink(partial)
         return False
 
 

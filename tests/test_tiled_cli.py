@@ -406,3 +406,38 @@ def test_cli_bands_errors_exit_2_naming_what_is_wrong(scene_net, tmp_path, args,
     result = graphconv("run", folder / "fcn", *args, "--output", tmp_path / "out.npy", cwd=folder)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out.npy").exists()
+
+
+def test_cli_tif_map_of_a_geotiff_scene_lands_on_its_ground(scene_net, tmp_path):
+    """A GeoTIFF scene's map written as .tif: the .npy map's values, one band a class,
+    georeferenced so that cell (0, 0) is centred on the first crop, and its class means
+    printed by --top from the same run."""
+    from graphconv.georef import read_georeference
+
+    folder, bands = scene_net
+    tags = [(33550, 12, 3, (10.0, 10.0, 0.0), True), (33922, 12, 6, (0, 0, 0, 500000.0, 4600000.0, 0.0), True),
+            (34735, 3, 16, (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32633), True)]
+    tifffile.imwrite(tmp_path / "geo.tif", bands, photometric="minisblack", planarconfig="separate",
+                     extratags=tags)
+    common = ["run", folder / "fcn", "--image", tmp_path / "geo.tif", "--bands", "4,3,2", "--tile", "48"]
+    result = graphconv(*common, "--output", tmp_path / "map.tif", "--top", "2")
+    assert result.returncode == 0, result.stderr
+    assert "map georeferenced as the image: cells of 20 x 20 in the image's map units" in result.stderr
+    assert graphconv(*common, "--output", tmp_path / "map.npy").returncode == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "map.tif"), np.load(tmp_path / "map.npy")[0])
+    geo = read_georeference(str(tmp_path / "map.tif"))
+    # the crop is 20x20 at stride 2: cell (0, 0)'s corner is 10 - 1 pixels in
+    np.testing.assert_allclose(geo.affine, [[20.0, 0.0, 500090.0], [0.0, -20.0, 4599910.0]])
+    assert "image 0: class" in result.stdout
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_cli_tif_map_of_a_picture_and_vectors_refused(model_dir, picture, tmp_path):
+    result = graphconv("run", model_dir, "--image", picture / "page.png", "--output", tmp_path / "map.tif")
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "map.tif"),
+                                  whole_map(model_dir, picture / "page.png", tmp_path)[0])
+    np.save(tmp_path / "x.npy", np.zeros((1, 32, 32), np.float32))
+    refused = graphconv("run", SPECS / "lenet.yaml", "--input", tmp_path / "x.npy", "--output", tmp_path / "v.tif")
+    assert refused.returncode == 2 and "a .tif output holds a map; this run gives a vector" in refused.stderr
+    assert not (tmp_path / "v.tif").exists()

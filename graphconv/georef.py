@@ -1,0 +1,140 @@
+"""Score maps as (Geo)TIFF files that land where their image lies.
+
+A satellite scene is a GeoTIFF: its tags tie raster coordinates to a map projection
+(ModelTiepoint and ModelPixelScale, or a ModelTransformation matrix) and name that
+projection (the GeoKey directory). A score map is another raster over the same ground,
+one cell per crop, `stride` pixels apart, so its georeference is the image's composed
+with where cell (0, 0) sits and how far apart cells are (`Field`): written with the map,
+GIS tools (QGIS, GDAL, rasterio) overlay it on the scene with no further work.
+
+The GeoKeys are copied as they are, so the map keeps the image's projection and its
+raster type: with RasterPixelIsArea (the default) raster coordinates count pixel
+corners, with RasterPixelIsPoint pixel centres, and both are honoured. Only the
+georeferencing tags are read and written, with tifffile (the `scale` extra); an image
+without them gives a plain TIFF map.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from graphconv.errors import GraphconvError
+from graphconv.receptive import Field
+
+# TIFF tag codes (GeoTIFF 1.1, and GDAL's for no-data)
+MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION = 33550, 33922, 34264
+GEO_KEY_DIRECTORY, GEO_DOUBLE_PARAMS, GEO_ASCII_PARAMS = 34735, 34736, 34737
+GDAL_NODATA = 42113
+RASTER_TYPE_KEY, PIXEL_IS_POINT = 1025, 2
+SHORT, ASCII, DOUBLE = 3, 2, 12  # TIFF data types
+MAP_TILE = 256  # the written map's TIFF tiles
+
+
+@dataclass(frozen=True)
+class GeoReference:
+    """Raster (col, row) -> model (x, y) as `affine` (2x3: x = a[0] . (col, row, 1)),
+    plus the GeoKey tags (code, type, values) that say what x and y are."""
+
+    affine: np.ndarray
+    keys: tuple[tuple[int, int, tuple | str], ...]
+
+    @property
+    def pixel_is_point(self) -> bool:
+        directory = next((values for code, _, values in self.keys if code == GEO_KEY_DIRECTORY), ())
+        entries = [directory[i:i + 4] for i in range(4, len(directory), 4)]
+        return any(key == RASTER_TYPE_KEY and value == PIXEL_IS_POINT for key, _, _, value in entries)
+
+
+def read_georeference(path: str) -> GeoReference | None:
+    """The georeference of a TIFF's first page (its full resolution), or None."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        tags = tif.pages[0].tags
+        values = {code: tags[code].value for code in (MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION,
+                                                      GEO_KEY_DIRECTORY, GEO_DOUBLE_PARAMS, GEO_ASCII_PARAMS)
+                  if code in tags}
+    affine = _affine(values)
+    if affine is None:
+        return None
+    keys = tuple((code, ASCII if code == GEO_ASCII_PARAMS else SHORT if code == GEO_KEY_DIRECTORY else DOUBLE,
+                  values[code] if code == GEO_ASCII_PARAMS else tuple(values[code]))
+                 for code in (GEO_KEY_DIRECTORY, GEO_DOUBLE_PARAMS, GEO_ASCII_PARAMS) if code in values)
+    return GeoReference(affine, keys)
+
+
+def _affine(values: dict) -> np.ndarray | None:
+    if MODEL_TRANSFORMATION in values:
+        m = np.asarray(values[MODEL_TRANSFORMATION], np.float64).reshape(4, 4)
+        return m[:2, [0, 1, 3]]
+    if MODEL_PIXEL_SCALE in values and MODEL_TIEPOINT in values:
+        sx, sy = values[MODEL_PIXEL_SCALE][:2]
+        i, j, _, x, y, _ = values[MODEL_TIEPOINT][:6]  # the first tiepoint; more are a warp GIS tools fit
+        return np.array([[sx, 0.0, x - sx * i], [0.0, -sy, y + sy * j]])
+    return None
+
+
+def map_georeference(image: GeoReference, cells: Field, pixel_size: tuple[float, float] = (1.0, 1.0)) -> GeoReference:
+    """The georeference of a score map over `image`: cell (r, c) is centred on the box
+    `cells` places at r, c (`Model.cell_area`: a classifier's crop), in pixels of the
+    image as read, each `pixel_size` (rows, cols) pixels of the georeferenced resolution
+    (a pyramid level's downsample), and `cells.stride` pixels wide."""
+    point = 0.5 if image.pixel_is_point else 0.0
+    columns = _axis(cells.offset[1], cells.size[1], cells.stride[1], pixel_size[1], point)
+    rows = _axis(cells.offset[0], cells.size[0], cells.stride[0], pixel_size[0], point)
+    # raster (col, row) of the image = (columns[0] + columns[1] * c, rows[0] + rows[1] * r)
+    cell_to_image = np.array([[columns[1], 0.0, columns[0]], [0.0, rows[1], rows[0]], [0.0, 0.0, 1.0]])
+    return GeoReference(image.affine @ cell_to_image, image.keys)
+
+
+def _axis(offset: int, size: int, stride: int, pixel: float, point: float) -> tuple[float, float]:
+    """(start, step) of cell raster coordinates in the image's along one axis. In pixel
+    corners (area): cell 0 starts half a stride before its box's centre, offset + size / 2;
+    in pixel centres (point), at it."""
+    start = offset + size / 2 - (0.5 * stride if not point else 0.0)
+    return pixel * start - point, pixel * stride
+
+
+def tiff_tags(geo: GeoReference | None, nodata: str | None) -> list[tuple]:
+    """tifffile extratags for a map: its georeference (tiepoint and pixel scale where
+    the axes are not rotated, else the transformation matrix) and GDAL's no-data."""
+    tags: list[tuple] = []
+    if geo is not None:
+        (a, b, x0), (c, d, y0) = geo.affine
+        if b == 0 and c == 0 and a > 0 and d < 0:
+            tags += [(MODEL_PIXEL_SCALE, DOUBLE, 3, (a, -d, 0.0), True),
+                     (MODEL_TIEPOINT, DOUBLE, 6, (0.0, 0.0, 0.0, x0, y0, 0.0), True)]
+        else:
+            matrix = (a, b, 0.0, x0, c, d, 0.0, y0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+            tags.append((MODEL_TRANSFORMATION, DOUBLE, 16, matrix, True))
+        tags += [(code, kind, len(values) + (kind == ASCII), values, True) for code, kind, values in geo.keys]
+    if nodata is not None:
+        tags.append((GDAL_NODATA, ASCII, len(nodata) + 1, nodata, True))
+    return tags
+
+
+def write_map_tiff(path: str, scores: np.ndarray, geo: GeoReference | None) -> None:
+    """A (1, K, rows, cols) map as a tiled TIFF of K bands (one band: a class map),
+    georeferenced by `geo` where given; cells not computed (NaN, or 65535 in a class
+    map) marked as GDAL's no-data. `scores` may be a memory map: it is read a tile at a
+    time."""
+    tifffile = _tifffile()
+    if scores.shape[0] != 1:
+        raise GraphconvError(f"a TIFF map holds one image's map; this output has {scores.shape[0]}: write .npy "
+                             "or .zarr", file=path)
+    bands = scores[0]
+    nodata = "65535" if bands.dtype == np.uint16 else "nan" if np.issubdtype(bands.dtype, np.floating) else None
+    data = bands[0] if bands.shape[0] == 1 else bands
+    tifffile.imwrite(path, data, photometric="minisblack", planarconfig="separate" if data.ndim == 3 else None,
+                     tile=(MAP_TILE, MAP_TILE), compression="zlib" if bands.dtype == np.uint16 else None,
+                     extratags=tiff_tags(geo, nodata), bigtiff=data.nbytes > 2 ** 31)
+
+
+def _tifffile():
+    from graphconv.sources import require
+    return require("tifffile")
+
+
+def is_tiff_output(path: str | None) -> bool:
+    return bool(path) and path.lower().endswith((".tif", ".tiff"))

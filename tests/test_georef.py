@@ -1,0 +1,92 @@
+"""Score maps as GeoTIFFs (graphconv.georef): each cell lands on the ground its crop
+covers, in the image's projection, whichever convention (pixel corners or centres) and
+whatever rotation the image's georeference has."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tifffile = pytest.importorskip("tifffile")
+
+from graphconv.georef import (GEO_KEY_DIRECTORY, GeoReference, map_georeference, read_georeference,  # noqa: E402
+                              tiff_tags, write_map_tiff)
+from graphconv.receptive import Field  # noqa: E402
+
+UTM_33N_AREA = (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32633)
+UTM_33N_POINT = UTM_33N_AREA[:8] + (1025, 0, 1, 2) + UTM_33N_AREA[12:]
+
+
+def geotiff(path, directory=UTM_33N_AREA, scale=(10.0, 10.0), tiepoint=(0, 0, 0, 500000.0, 4600000.0, 0),
+            matrix=None):
+    """A 3-band GeoTIFF as GDAL writes one: tiepoint and pixel scale, or a matrix."""
+    geo = [(34264, 12, 16, matrix, True)] if matrix is not None else [
+        (33550, 12, 3, (*scale, 0.0), True), (33922, 12, 6, tiepoint, True)]
+    tifffile.imwrite(path, np.zeros((40, 60, 3), np.uint8), photometric="rgb",
+                     extratags=geo + [(GEO_KEY_DIRECTORY, 3, len(directory), directory, True)])
+    return path
+
+
+def model_xy(geo: GeoReference, col: float, row: float) -> np.ndarray:
+    return geo.affine @ np.array([col, row, 1.0])
+
+
+@pytest.mark.parametrize("crop, stride", [((64, 64), (4, 4)), ((224, 200), (32, 16))])
+def test_a_map_cell_s_corner_and_size_in_pixel_corner_rasters(tmp_path, crop, stride):
+    image = read_georeference(geotiff(tmp_path / "scene.tif"))
+    cells = map_georeference(image, Field(crop, stride, (0, 0)))
+    for r, c in [(0, 0), (3, 7)]:
+        # cell (r, c) is the crop at (r, c) x stride: its centre, less half a stride, is the cell's corner
+        top = r * stride[0] + crop[0] / 2 - stride[0] / 2
+        left = c * stride[1] + crop[1] / 2 - stride[1] / 2
+        np.testing.assert_allclose(model_xy(cells, c, r), (500000 + 10 * left, 4600000 - 10 * top))
+        np.testing.assert_allclose(model_xy(cells, c + 1, r + 1) - model_xy(cells, c, r),
+                                   (10 * stride[1], -10 * stride[0]))
+
+
+def test_pixel_centre_rasters_place_each_cell_at_its_crop_s_centre(tmp_path):
+    image = read_georeference(geotiff(tmp_path / "scene.tif", UTM_33N_POINT))
+    assert image.pixel_is_point
+    cells = map_georeference(image, Field((64, 64), (8, 8), (0, 0)))
+    # raster point (c, r) is the centre of cell (r, c): the crop's centre, 32 pixels in, is
+    # between pixels 31 and 32, which the image's centre convention counts as 31.5
+    np.testing.assert_allclose(model_xy(cells, 2, 1), (500000 + 10 * (16 + 31.5), 4600000 - 10 * (8 + 31.5)))
+
+
+def test_a_pyramid_level_s_cells_are_in_level_0_s_units(tmp_path):
+    image = read_georeference(geotiff(tmp_path / "scene.tif"))
+    cells = map_georeference(image, Field((64, 64), (4, 4), (0, 0)), pixel_size=(4.0, 4.0))
+    np.testing.assert_allclose(model_xy(cells, 1, 0) - model_xy(cells, 0, 0), (160.0, 0.0))
+    np.testing.assert_allclose(model_xy(cells, 0, 0), (500000 + 10 * 4 * 30, 4600000 - 10 * 4 * 30))
+
+
+def test_a_rotated_georeference_goes_through_the_matrix(tmp_path):
+    matrix = (8.66, -5.0, 0, 500000.0, -5.0, -8.66, 0, 4600000.0, 0, 0, 0, 0, 0, 0, 0, 1)
+    image = read_georeference(geotiff(tmp_path / "scene.tif", matrix=matrix))
+    cells = map_georeference(image, Field((64, 64), (4, 4), (0, 0)))
+    np.testing.assert_allclose(model_xy(cells, 0, 0), (500000 + 8.66 * 30 - 5 * 30, 4600000 - 5 * 30 - 8.66 * 30))
+    tags = {code: value for code, _, _, value, _ in tiff_tags(cells, None)}
+    assert 34264 in tags and 33922 not in tags  # no tiepoint and scale can say a rotation
+
+
+def test_a_written_map_reads_back_with_its_georeference_keys_and_no_data(tmp_path):
+    image = read_georeference(geotiff(tmp_path / "scene.tif"))
+    cells = map_georeference(image, Field((64, 64), (4, 4), (0, 0)))
+    scores = np.random.default_rng(0).random((1, 5, 30, 40)).astype(np.float32)
+    scores[0, :, 0, 0] = np.nan  # a cell --skip-background left out
+    write_map_tiff(str(tmp_path / "map.tif"), scores, cells)
+    with tifffile.TiffFile(tmp_path / "map.tif") as tif:
+        np.testing.assert_array_equal(tif.asarray(), scores[0])
+        tags = tif.pages[0].tags
+        assert tags["GeoKeyDirectoryTag"].value == UTM_33N_AREA
+        assert tags["GDAL_NODATA"].value == "nan"
+    again = read_georeference(str(tmp_path / "map.tif"))
+    np.testing.assert_allclose(again.affine, cells.affine)
+    classes = np.random.default_rng(1).integers(0, 5, (1, 1, 30, 40)).astype(np.uint16)
+    write_map_tiff(str(tmp_path / "classes.tif"), classes, None)  # no georeference: a plain TIFF
+    assert read_georeference(str(tmp_path / "classes.tif")) is None
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "classes.tif"), classes[0, 0])
+
+
+def test_an_image_without_georeference_has_none(tmp_path):
+    tifffile.imwrite(tmp_path / "plain.tif", np.zeros((10, 10), np.uint8))
+    assert read_georeference(str(tmp_path / "plain.tif")) is None
