@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", help="write the output array here (.npy; .zarr for maps too big for memory; .tif: "
                                       "a map of K bands, georeferenced like a GeoTIFF image)")
     run.add_argument("--output-dir", metavar="DIR", help="with --images: where each image's <stem>.npy goes")
+    run.add_argument("--output-format", choices=("npy", "tif"), default="npy",
+                     help="with --images: each map as .npy (default) or as .tif (georeferenced over GeoTIFFs)")
     run.add_argument("--tile", type=_positive_int, metavar="N",
                      help="evaluate in exact tiles of at most N x N input pixels (bounded memory; "
                           "the same map as the whole-image pass)")
@@ -390,6 +392,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.level and not (args.images or args.image and is_tiff(args.image)):
         raise GraphconvError("--level picks a level of a TIFF pyramid (.svs, .ndpi, .tif): give one with --image "
                              "or --images", file=args.image or args.input)
+    if args.output_format != "npy" and not args.images:
+        raise GraphconvError("--output-format names the maps --images writes; for one image, name --output map.tif")
     if args.bands and not (args.image or args.images):
         raise GraphconvError("--bands picks bands of an image: give --image or --images", file=args.input)
     if args.skip_background is not None and not (args.image or args.images):

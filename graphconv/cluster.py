@@ -137,7 +137,6 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
     """On a worker (or here): one image's map, written atomically to `output`; any user
     error is returned, not raised, so one bad image does not stop the others."""
     from graphconv.cli import user_message
-    from graphconv.files import atomic_write
     from graphconv.sources import open_source
     from graphconv.tiling import map_transform, run_tiled
 
@@ -159,17 +158,30 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
             result = result if transform is None else transform(result)
         else:
             result = run_tiled(grid, source, tile, device=options.device, transform=transform, skip=skip)
-        atomic_write(output, lambda p: np.save(p, result), suffix=".npy")
+        _write_map(output, result, source, grid)
         return ImageResult(image, output, tuple(result.shape))
     except (GraphconvError, OSError, MemoryError, ValueError) as err:
         return ImageResult(image, error=user_message(err))
 
 
+def _write_map(output: str, scores: np.ndarray, source, grid) -> None:
+    """One image's map, atomically: .npy, or .tif (georeferenced where the image is a GeoTIFF)."""
+    from graphconv.files import atomic_write
+    from graphconv.georef import georeference_of_map, is_tiff_output, write_map_tiff
+
+    if is_tiff_output(output):
+        geo = georeference_of_map(source, grid.cell_area)
+        atomic_write(output, lambda p: write_map_tiff(p, scores, geo), suffix=".tif")
+    else:
+        atomic_write(output, lambda p: np.save(p, scores), suffix=".npy")
+
+
 def run_images(ref: ModelRef, images: Sequence[str], output_dir: str, options: MapOptions,
                tile: int | None = None, client=None,
-               progress: Callable[[ImageResult], None] | None = None) -> list[ImageResult]:
-    """Each image's map to `output_dir/<stem>.npy`, on the cluster when `client` is given."""
-    outputs = _output_names(images, output_dir)
+               progress: Callable[[ImageResult], None] | None = None, output_format: str = "npy") -> list[ImageResult]:
+    """Each image's map to `output_dir/<stem>.npy` (or `.tif`: `output_format`), on the
+    cluster when `client` is given."""
+    outputs = _output_names(images, output_dir, output_format)
     results = []
     if client is None:
         for image, output in zip(images, outputs):
@@ -189,9 +201,9 @@ def run_images(ref: ModelRef, images: Sequence[str], output_dir: str, options: M
     return sorted(results, key=lambda r: order[r.image])
 
 
-def _output_names(images: Sequence[str], output_dir: str) -> list[str]:
-    """`<stem>.npy` per image; images sharing a stem get their folder's name in front, or,
-    in the same folder, their format after it (`slide_png.npy`, `slide_tif.npy`)."""
+def _output_names(images: Sequence[str], output_dir: str, output_format: str = "npy") -> list[str]:
+    """`<stem>.npy` (or .tif) per image; images sharing a stem get their folder's name in
+    front, or, in the same folder, their format after it (`slide_png.npy`, `slide_tif.npy`)."""
     paths = [Path(p) for p in images]
     names = []
     for path in paths:
@@ -201,7 +213,7 @@ def _output_names(images: Sequence[str], output_dir: str) -> list[str]:
             stem = f"{stem}_{path.suffix.lstrip('.').lower()}"
         elif len(namesakes) > 1:
             stem = f"{path.parent.name}_{stem}"
-        names.append(str(Path(output_dir) / f"{stem}.npy"))
+        names.append(str(Path(output_dir) / f"{stem}.{output_format}"))
     if len(set(names)) != len(names):
         raise GraphconvError("several images would write the same output name; give them distinct names")
     return names

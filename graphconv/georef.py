@@ -88,6 +88,26 @@ def map_georeference(image: GeoReference, cells: Field, pixel_size: tuple[float,
     return GeoReference(image.affine @ cell_to_image, image.keys)
 
 
+def georeference_of_map(source, cells: Field) -> GeoReference | None:
+    """The georeference of a map of `cells` over what `source` reads (`graphconv.sources`),
+    where that is a GeoTIFF (at any pyramid level); else None."""
+    from graphconv.sources import is_tiff
+
+    if not is_tiff(source.path):
+        return None
+    image = read_georeference(source.path)
+    if image is None:
+        return None
+    full_h, full_w = source.full_hw
+    return map_georeference(image, cells, (full_h / source.height, full_w / source.width))
+
+
+def cell_size(geo: GeoReference) -> tuple[float, float]:
+    """A cell's width and height in map units."""
+    (a, b, _), (c, d, _) = geo.affine
+    return float(np.hypot(a, c)), float(np.hypot(b, d))
+
+
 def _axis(offset: int, size: int, stride: int, pixel: float, point: float) -> tuple[float, float]:
     """(start, step) of cell raster coordinates in the image's along one axis. In pixel
     corners (area): cell 0 starts half a stride before its box's centre, offset + size / 2;

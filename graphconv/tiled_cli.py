@@ -120,7 +120,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
         on_tile = lambda t: advance(1, t.pixels)
         if args.output:
             with MapFile(args.output, shape, dtype, chunk_hw=plan.cells_hw,
-                         georeference=_map_georeference(args, model, source, grid)) as out:
+                         georeference=_map_georeference(args, source, grid)) as out:
                 _compute(args, grid, source, plan, tile, out, transform, on_tile, skip)
                 _draw_heatmap(args, model, source, grid, out, background)  # before the map is renamed into place
                 means = _class_means(args, out)
@@ -146,24 +146,16 @@ def _class_means(args: argparse.Namespace, scores) -> np.ndarray | None:
     return np.nanmean(np.asarray(scores), axis=(2, 3))
 
 
-def _map_georeference(args: argparse.Namespace, model, source, grid):
+def _map_georeference(args: argparse.Namespace, source, grid):
     """A .tif map's georeference: the image's, where it is a GeoTIFF, moved to the map's
     cells (`graphconv.georef`); said on stderr. None for other outputs and images."""
-    from graphconv.georef import is_tiff_output, map_georeference, read_georeference
-    from graphconv.sources import is_tiff
-    from graphconv.tiling import CropGrid
+    from graphconv.georef import cell_size, georeference_of_map, is_tiff_output
 
-    if not (is_tiff_output(args.output) and is_tiff(source.path)):
-        return None
-    image = read_georeference(source.path)
-    if image is None:
-        return None
-    full_h, full_w = source.full_hw
-    cells = grid.field if isinstance(grid, CropGrid) else model.cell_area
-    geo = map_georeference(image, cells, (full_h / source.height, full_w / source.width))
-    (a, b, _), (c, d, _) = geo.affine
-    print(f"map georeferenced as the image: cells of {np.hypot(a, c):.6g} x {np.hypot(b, d):.6g} "
-          "in the image's map units, in its projection", file=sys.stderr)
+    geo = georeference_of_map(source, grid.cell_area) if is_tiff_output(args.output) else None
+    if geo is not None:
+        width, height = cell_size(geo)
+        print(f"map georeferenced as the image: cells of {width:.6g} x {height:.6g} in the image's map units, "
+              "in its projection", file=sys.stderr)
     return geo
 
 
@@ -303,9 +295,11 @@ def run_images_command(args: argparse.Namespace) -> int:
         progress = lambda result: advance(1, 0)
         if args.workers or args.scheduler:
             with client_for(args.workers or 1, args.scheduler) as client:
-                results = run_images(ref, images, args.output_dir, options, args.tile, client, progress)
+                results = run_images(ref, images, args.output_dir, options, args.tile, client, progress,
+                                     args.output_format)
         else:
-            results = run_images(ref, images, args.output_dir, options, args.tile, None, progress)
+            results = run_images(ref, images, args.output_dir, options, args.tile, None, progress,
+                                 args.output_format)
     failed = [r for r in results if r.error]
     for result in failed:
         print(f"graphconv: {result.image}: {result.error}", file=sys.stderr)

@@ -119,6 +119,11 @@ class DenseGrid:
     def field(self) -> Field:
         return self.model.field
 
+    @property
+    def cell_area(self) -> Field:
+        """Where each cell stands on the image (`Model.cell_area`: a classifier's crop)."""
+        return self.model.cell_area
+
     @cached_property
     def align(self) -> tuple[int, int]:
         return alignment(self.model.graph)
@@ -179,6 +184,7 @@ class CropGrid:
         _, crop_h, crop_w = classifier.crop_shape
         self.stride = pair(stride)
         self.field = Field((crop_h, crop_w), self.stride, (0, 0))
+        self.cell_area = self.field  # each cell is its crop
         self.align = self.stride
         self.stitch = (1, 1)
         self.box_multiple = (1, 1)

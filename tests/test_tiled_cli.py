@@ -430,6 +430,11 @@ def test_cli_tif_map_of_a_geotiff_scene_lands_on_its_ground(scene_net, tmp_path)
     np.testing.assert_allclose(geo.affine, [[20.0, 0.0, 500090.0], [0.0, -20.0, 4599910.0]])
     assert "image 0: class" in result.stdout
     assert not list(tmp_path.glob(".*partial*"))
+    many = graphconv("run", folder / "fcn", "--images", tmp_path / "geo.tif", "--bands", "4,3,2",
+                     "--output-dir", tmp_path / "maps", "--output-format", "tif")
+    assert many.returncode == 0, many.stderr
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "maps" / "geo.tif"), np.load(tmp_path / "map.npy")[0])
+    np.testing.assert_allclose(read_georeference(str(tmp_path / "maps" / "geo.tif")).affine, geo.affine)
 
 
 def test_cli_tif_map_of_a_picture_and_vectors_refused(model_dir, picture, tmp_path):
