@@ -1084,3 +1084,61 @@ def test_task_on_the_command_line_runs_an_onnx_file_as_a_segmentation_network(un
         outputs.append(np.load(tmp_path / f"m{len(outputs)}.npy"))
     assert outputs[0].shape == (1, 3, 40, 56)
     np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-4, atol=1e-6)
+
+
+def _half_precision(path, out_path, keep_io_types: bool, rounded_only: bool = False) -> None:
+    """The model converted to float16 as onnxconverter-common converts one: every float
+    weight float16, and either float16 inputs and outputs, or (keep_io_types) float32 ones
+    with a Cast after the input and before the output. `rounded_only`: the float32 model
+    with its weights rounded to float16's values, what graphconv should compute either way."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    for i, tensor in enumerate(graph.initializer):
+        array = numpy_helper.to_array(tensor)
+        if array.dtype == np.float32:
+            half = array.astype(np.float16)
+            graph.initializer[i].CopyFrom(numpy_helper.from_array(half.astype(np.float32) if rounded_only else half,
+                                                                  tensor.name))
+    if not rounded_only and keep_io_types:
+        x, y = graph.input[0].name, graph.output[0].name
+        for node in graph.node:
+            node.input[:] = [f"{x}_half" if name == x else name for name in node.input]
+            node.output[:] = [f"{y}_half" if name == y else name for name in node.output]
+        graph.node.insert(0, helper.make_node("Cast", [x], [f"{x}_half"], to=TensorProto.FLOAT16))
+        graph.node.append(helper.make_node("Cast", [f"{y}_half"], [y], to=TensorProto.FLOAT))
+    elif not rounded_only:
+        graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+        graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    del graph.value_info[:]
+    onnx.save(model, str(out_path))
+
+
+@pytest.mark.parametrize("keep_io_types", [True, False])
+def test_a_float16_model_runs_in_float32_on_its_weights(exported, tmp_path, rng, keep_io_types):
+    """A model converted to float16 imports with its weights widened to float32 and the
+    Casts at its ends as no-ops: the float32 model with float16-rounded weights, exactly."""
+    _, path = exported("resnet")
+    _half_precision(path, tmp_path / "half.onnx", keep_io_types)
+    _half_precision(path, tmp_path / "rounded.onnx", keep_io_types, rounded_only=True)
+    x = rng.standard_normal((1, 3, 64, 64)).astype(np.float32)
+    np.testing.assert_allclose(Model(load_network(tmp_path / "half.onnx")).run(x),
+                               Model(load_network(tmp_path / "rounded.onnx")).run(x), rtol=1e-6, atol=1e-6)
+
+
+def test_a_cast_of_the_feature_map_to_integers_is_refused(exported, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    _, path = exported("resnet")
+    model = onnx.load(str(path))
+    x = model.graph.input[0].name
+    for node in model.graph.node:
+        node.input[:] = [f"{x}_int" if name == x else name for name in node.input]
+    model.graph.node.insert(0, helper.make_node("Cast", [x], [f"{x}_int8"], to=TensorProto.INT8))
+    model.graph.node.insert(1, helper.make_node("Cast", [f"{x}_int8"], [f"{x}_int"], to=TensorProto.FLOAT))
+    onnx.save(model, str(tmp_path / "int8.onnx"))
+    with pytest.raises(GraphconvError, match="Cast of the image's feature map to INT8; graphconv computes in float32"):
+        load_network(tmp_path / "int8.onnx")

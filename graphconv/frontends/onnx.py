@@ -937,6 +937,23 @@ def _identity(imp: _Importer, node) -> None:
     imp.alias(node, imp.tensor(node.input[0], (NCHW, NHWC, GROUPED)))  # constants were folded already
 
 
+FLOAT_TYPES = {"FLOAT", "FLOAT16", "BFLOAT16", "DOUBLE"}
+
+
+@converts("Cast")
+def _cast(imp: _Importer, node) -> None:
+    """A Cast of the feature map between float types, as a model converted to float16
+    with float32 inputs and outputs writes at its ends (onnxconverter-common's
+    keep_io_types): graphconv computes in float32 throughout, so both are no-ops. A cast
+    to integers would round the map, which graphconv does not do."""
+    onnx = require_onnx()
+    to = onnx.TensorProto.DataType.Name(imp.attributes(node).get("to", 0))
+    if to not in FLOAT_TYPES:
+        raise imp.error(f"Cast of the image's feature map to {to}; graphconv computes in float32 and casts "
+                        "only between float types")
+    imp.alias(node, imp.tensor(node.input[0], (NCHW, NHWC, GROUPED)))
+
+
 @converts("Flatten")
 def _flatten(imp: _Importer, node) -> None:
     x = imp.tensor(node.input[0])
@@ -1634,6 +1651,6 @@ def _constant_only(imp: _Importer, node) -> None:
                     "evaluates it only on constants (shape arithmetic)")
 
 
-for _op in ("Cast", "ConstantOfShape",
+for _op in ("ConstantOfShape",
             "Range", "Equal", "Where", "Expand", "Floor", "Ceil", "Sqrt", "Neg", "ReduceProd"):
     CONVERTERS[_op] = _constant_only
