@@ -444,12 +444,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     print(f"output shape {tuple(out.shape)} in {seconds * 1e3:.1f} ms"
           f" on {model.executor(args.device).device}")
+    _note_whole_image_vector(args, model, x, out)
     if profile is not None:
         device = model.executor(args.device).device
         print(format_profile(model.graph, profile, x.shape[2:], x.shape[0], device))
         print("(the first run in a process also loads every compiled kernel; "
               "`graphconv inspect MODEL --profile` times a warmed-up run)")
     return _deliver(args, model, out, picture if args.image else None, model.field)
+
+
+def _note_whole_image_vector(args: argparse.Namespace, model, x: np.ndarray, out: np.ndarray) -> None:
+    """On an input larger than the crop, a classifier that was not compiled pools over all
+    of it and returns one vector: what it was asked, but seldom what a user with a large
+    image wants, so say how to get the map."""
+    crop_hw = tuple(model.crop_shape[1:])
+    if out.ndim != 2 or tuple(x.shape[2:]) == crop_hw:
+        return
+    print(f"note: {model.graph.name} is run as written: one vector per image, pooled over the whole "
+          f"{x.shape[2]}x{x.shape[3]} input. For its scores on every {crop_hw[0]}x{crop_hw[1]} crop, compile it "
+          f"(graphconv compile {args.model} -o DIR, then run DIR), or run it crop by crop with --crops",
+          file=sys.stderr)
 
 
 def _run_crops(args: argparse.Namespace, model, grid, x: np.ndarray, picture: np.ndarray | None) -> int:

@@ -24,6 +24,27 @@ def test_run_spec_on_array(tmp_path, capsys):
     assert "seeded (random) weights" in captured.err and "seeded" not in captured.out
 
 
+POOLED = """name: pooled
+input: {name: data, shape: [1, 32, 32]}
+layers:
+  - {name: conv1, op: conv, out_channels: 4, kernel_size: 3}
+  - {name: pool, op: globalavgpool}
+  - {name: fc, op: fc, out_features: 3}
+"""
+
+
+def test_a_classifier_as_written_on_a_larger_input_says_how_to_get_a_map(tmp_path, capsys):
+    """Global pooling takes any size, so the classifier runs, pooled over the whole input;
+    the note says how to get the map a user with a large image wants."""
+    (tmp_path / "pooled.yaml").write_text(POOLED)
+    for size, noted in ((48, True), (32, False)):
+        np.save(tmp_path / "in.npy", np.zeros((1, 1, size, size), np.float32))
+        assert run_cli("run", tmp_path / "pooled.yaml", "--input", tmp_path / "in.npy") == 0
+        err = capsys.readouterr().err
+        assert ("note: pooled is run as written: one vector per image, pooled over the whole 48x48 input. For its "
+                "scores on every 32x32 crop, compile it" in err) == noted, err
+
+
 def test_compile_then_run_dense(tmp_path, capsys):
     assert run_cli("compile", SPECS / "lenet.yaml", "-o", tmp_path / "m", "--timings") == 0
     text = capsys.readouterr().out
