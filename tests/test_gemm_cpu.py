@@ -62,6 +62,7 @@ def test_matrix_vector_rows_in_and_out_of_whole_bands(m, relu):
 
 def test_stream_width_holds_whole_vectors_or_one_column():
     assert [stream_width(p) for p in (1, 2, 8, 9, 36)] == [1, 8, 8, 16, 40]
+    assert [stream_width(p, 16) for p in (1, 2, 16, 17, 36)] == [1, 16, 16, 32, 48]  # no 8-lane leftover
 
 
 def test_padded_positions_rounds_up_to_whole_tiles():

@@ -25,6 +25,7 @@ from graphconv.torch_bridge import op_forward, torch
 
 from conftest import random_input
 from graphconv.ops import vector_tile
+from graphconv.ops.gemm_cpu import GROUP_ROWS
 from graphconv.ops.activations import FUSED
 from graphconv.ops.conv import cpu as conv_cpu
 from graphconv.ops.layout import nhwc
@@ -894,11 +895,13 @@ def test_fc_matches_reference(in_shape, bias, batch, out_features, path, rng, mo
     check_op("fc", dict(out_features=out_features, bias=bias), [in_shape], rng, batch=batch)
 
 
-@pytest.mark.parametrize("rows, outputs, strategy", [(1, 1000, "stream"), (64, 64, "stream"), (1, 2, "dots"),
-                                                     (64, 63, "dots"), (65, 1000, "blas"), (65, 2, "blas")])
+@pytest.mark.parametrize("rows, outputs, strategy", [(1, 1000, "stream"), (64, GROUP_ROWS, "stream"), (1, 2, "dots"),
+                                                     (64, GROUP_ROWS - 1, "dots"), (65, 1000, "blas"),
+                                                     (65, 2, "blas")])
 def test_fc_keeps_blas_for_big_batches_only(rows, outputs, strategy):
     """Batches up to a crop batch (STREAM_MAX_POSITIONS) never call BLAS, whose idle
-    workers spin and take cores from the next kernels."""
+    workers spin and take cores from the next kernels; fewer outputs than the streaming
+    tiles' group of rows take one dot product each."""
     from graphconv.ops.fc import cpu
     assert cpu.choose_strategy(rows, outputs) == strategy
     assert cpu.describe_fc({"out_features": outputs}, (rows, 16)) == strategy

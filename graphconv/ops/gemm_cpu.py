@@ -33,7 +33,7 @@ POSITIONS_PER_TILE = 3  # multiply_band: output positions per tile; callers pad 
 STREAM_MAX_POSITIONS = 64
 STREAM_MIN_WEIGHTS = 1 << 20  # 4 MB of float32
 MV_ROWS = 4  # weight rows per step of the matrix-vector product
-GROUP_ROWS = 64  # weight rows a thread takes at a time in stream_matmul
+GROUP_ROWS = 48  # weight rows a thread takes at a time in stream_matmul: whole tiles of 16, 12, 8 or 6
 CHUNK_FLOATS = 4096  # 16 KB of patch columns per k chunk: they stay in L1 while the rows stream
 
 
@@ -107,11 +107,17 @@ def _store_sums(sums, width, first, rows, bias, relu, images, hw, o_offset, out3
 
 
 @njit(cache=True)
-def stream_width(positions: int) -> int:
-    """Columns of the patch matrix `stream_matmul` takes: whole vectors of positions,
-    or exactly 1 for a single position (its matrix-vector path reads the column as a
-    contiguous vector)."""
-    return 1 if positions == 1 else -(-positions // LANES) * LANES
+def stream_width(positions: int, lanes: int = LANES) -> int:
+    """Columns of the patch matrix `stream_matmul` takes: whole vectors of `lanes`
+    positions (its copy's STREAM_TILE_LANES), or exactly 1 for a single position (its
+    matrix-vector path reads the column as a contiguous vector).
+
+    The 16-lane copy also takes whole 8-lane vectors, running a block's last 8 positions
+    through an 8-lane tile, but that tile is bound by its weight broadcasts, one per
+    8-lane FMA: 4096 x 4096 weights at 36 positions (padded to 40) took 9.9 ms, at 48
+    (three 16-lane vectors) 5.0 ms, 2 threads, Zen 5. So the 16-lane copy's callers pad
+    to 16: the padded lanes cost less than that tile."""
+    return 1 if positions == 1 else -(-positions // lanes) * lanes
 
 
 @njit(cache=True, fastmath=True, boundscheck=False)

@@ -330,13 +330,17 @@ def _outer_tile_shape() -> tuple[int, int]:
 
 
 # `stream_matmul`'s tiles in 16 lanes: blocks of 16 to 64 positions as 16-lane vectors
-# (a block's last 8 positions, if any, take an 8-lane tile). On an Intel Xeon with two
-# 512-bit FMA units an 8-lane FMA does half the work of a 16-lane one in the same slot,
-# so the 8-lane tiles cannot pass half its peak: AlexNet's fc6 as a conv at 36 positions
-# ran at 177 GFLOP/s on 2 cores there, onnxruntime at about 290 (docs/performance.md,
-# session 20). Rows per block of 1..4 vectors: up to 24 sums, as for the outer tile.
-STREAM_ROWS_16 = (0, 8, 8, 8, 6)
-_stream16_8x1, _stream16_8x2, _stream16_8x3, _stream16_6x4 = (_make_tile(STREAM_ROWS_16[v], v, lanes=16)
+# (its callers pad the positions to whole 16-lane vectors: `gemm_cpu.stream_width`; a
+# width of whole 8-lane vectors gives a block's last 8 an 8-lane tile). On an Intel Xeon
+# with two 512-bit FMA units an 8-lane FMA does half the work of a 16-lane one in the
+# same slot, so the 8-lane tiles cannot pass half its peak: AlexNet's fc6 as a conv at 36
+# positions ran at 177 GFLOP/s on 2 cores there, onnxruntime at about 290
+# (docs/performance.md, session 20). Rows per block of 1..4 vectors: 16 to 24 sums, each
+# weight broadcast meeting every vector of the block; the 1- and 2-vector blocks take 16
+# and 12 rows, not 8 (session 27, 2 threads, Zen 5, 4096 x 4096 weights: 32 positions
+# 5.2 -> 3.0-4.0 ms, as long as 16 take: both then stream the weights at the memory's speed).
+STREAM_ROWS_16 = (0, 16, 12, 8, 6)
+_stream16_16x1, _stream16_12x2, _stream16_8x3, _stream16_6x4 = (_make_tile(STREAM_ROWS_16[v], v, lanes=16)
                                                               for v in (1, 2, 3, 4))
 STREAM_VECTORS_16 = 4  # 64 positions, gemm_cpu.STREAM_MAX_POSITIONS
 
@@ -356,9 +360,9 @@ def multiply_tile_16(vectors, w, row0, last_row, stride, k0, steps, cols, c0, wi
     elif vectors == 3:
         _stream16_8x3(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, prefetch)
     elif vectors == 2:
-        _stream16_8x2(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, prefetch)
+        _stream16_12x2(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, prefetch)
     else:
-        _stream16_8x1(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, prefetch)
+        _stream16_16x1(w, row0, last_row, stride, k0, steps, cols, c0, width, sums, s0, prefetch)
 
 
 def _stream_lanes() -> int:

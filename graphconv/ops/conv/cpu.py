@@ -69,8 +69,8 @@ from graphconv.ops.cache_size import WEIGHT_BYTE_COST, l2_bytes
 from graphconv.ops.activations import fused_code
 from graphconv.ops.activations.cpu import apply_in_place
 from graphconv.ops.fast_math import CONTRACT, NONE, RELU, activate_run
-from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, STREAM_MATMUL, multiply_band, padded_positions, prefers_stream,
-                                    stream_matmul, stream_width)
+from graphconv.ops.gemm_cpu import (ROWS_PER_TILE, STREAM_MATMUL, STREAM_TILE_LANES, multiply_band, padded_positions,
+                                    prefers_stream, stream_matmul, stream_width)
 from graphconv.ops.conv import is_depthwise, shape as output_shape
 from graphconv.ops.conv import depthwise, winograd
 from graphconv.ops.channels_last import (as_channels_last, as_nchw, as_stored_like, padded_copy, store_channels,
@@ -597,7 +597,7 @@ def _conv_stream(x, channels_last, w3, bias, kh, kw, sh, sw, ph, pw, dh, dw, rel
     n, c = x.shape[0], x.shape[3] if channels_last else x.shape[1]
     groups, og, k = w3.shape
     positions = n * ho * wo
-    cols = np.empty((k, stream_width(positions)), np.float32)
+    cols = np.empty((k, stream_width(positions, STREAM_TILE_LANES)), np.float32)
     for g in range(groups):
         _patch_columns(x, channels_last, g * (c // groups), kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, 0, n * ho,
                        taps_last, cols)
@@ -1335,4 +1335,5 @@ OUTER_GROUP = per_lane_width(_outer_group, dict(cache=True, parallel=True, bound
                              _outer_thread=_OUTER_THREAD)
 OUTER_GROUPS = per_lane_width(_outer_groups, dict(cache=True, parallel=True, boundscheck=False),
                               _outer_thread=_OUTER_THREAD)
-CONV_STREAM = per_lane_width(_conv_stream, dict(cache=True), stream_matmul=STREAM_MATMUL)  # "stream", per width
+CONV_STREAM = per_lane_width(_conv_stream, dict(cache=True), stream_matmul=STREAM_MATMUL,  # "stream", per width
+                             STREAM_TILE_LANES={8: 8, 16: 16})

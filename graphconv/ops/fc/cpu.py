@@ -9,8 +9,8 @@ Three strategies, by shape (`choose_strategy`, shown per layer by `--profile`):
   called directly: the same code, without compiling the streaming tiles (a first run's
   fc 7.3 s, EfficientNet-B0's classifier with an empty cache);
 * "dots": as few rows and fewer outputs (a fine-tuned head: 2048 features -> 2 classes),
-  one vectorised dot product per output. The streaming tiles fill a group of 64 output
-  rows, so with 10 outputs at 64 rows they took 0.26-0.29 ms where this takes 0.03;
+  one vectorised dot product per output. The streaming tiles fill a group of GROUP_ROWS
+  output rows, so with 10 outputs at 64 rows they took 0.26-0.29 ms where this takes 0.03;
 * "blas": more rows, one SGEMM through numpy's OpenBLAS.
 
 None of the first two calls BLAS. That matters beyond their own speed: OpenBLAS's
@@ -25,19 +25,20 @@ import numpy as np
 from numba import njit, prange
 
 from graphconv.ops import vector_tile
-from graphconv.ops.gemm_cpu import (GROUP_ROWS, STREAM_MATMUL, STREAM_MAX_POSITIONS, matrix_vector, stream_matmul,
-                                    stream_width)
+from graphconv.ops.gemm_cpu import (GROUP_ROWS, STREAM_MATMUL, STREAM_MAX_POSITIONS, STREAM_TILE_LANES, matrix_vector,
+                                    stream_matmul, stream_width)
 from graphconv.ops.specialise import per_lane_width
 
 
 def _fc_stream(x2d, weight, bias, out2d, wide):
     n, k = x2d.shape
-    cols = np.zeros((k, stream_width(n)), np.float32)
+    cols = np.zeros((k, stream_width(n, STREAM_TILE_LANES)), np.float32)
     cols[:, :n] = x2d.T
     stream_matmul(weight, bias, False, cols, n, 1, 0, out2d.reshape(n, weight.shape[0], 1), False, wide)
 
 
-FC_STREAM = per_lane_width(_fc_stream, dict(cache=True), stream_matmul=STREAM_MATMUL)  # per stream tile width
+FC_STREAM = per_lane_width(_fc_stream, dict(cache=True), stream_matmul=STREAM_MATMUL,  # per stream tile width
+                           STREAM_TILE_LANES={8: 8, 16: 16})
 
 
 @njit(cache=True, parallel=True, fastmath=True)
