@@ -13,7 +13,9 @@ A pixel is tissue where its colour is saturated (HSV saturation, (max - min) / m
 least the threshold: stained tissue is coloured, glass is grey or white), or, in a grey
 image, where it is darker than white by at least the threshold. This assumes a bright,
 colourless background (brightfield slides, scanned pages), not fluorescence or
-satellite images, so it is opt-in.
+satellite images, so it is opt-in. A raster that declares a no-data value (GDAL's tag:
+a satellite scene's pixels outside the swath) is judged by that instead: a pixel counts
+where any band the run reads holds data (`sources.data_mask`), whatever the threshold.
 """
 from __future__ import annotations
 
@@ -41,7 +43,12 @@ class Background:
             raise GraphconvError(f"--skip-background {threshold}: the threshold is a saturation between 0 and 1")
         self.picture, self.scale = thumbnail(source)  # kept: a tiled run's heatmap is drawn over it
         self.fy, self.fx = self.scale
-        self.tissue = tissue_mask(self.picture, threshold)
+        self.nodata = getattr(source, "nodata", None)
+        if self.nodata is None:
+            self.tissue = tissue_mask(self.picture, threshold)
+        else:
+            from graphconv.sources import data_mask
+            self.tissue = data_mask(source, self.picture.shape[1:])
         self.field = field
 
     def cheapest_tile(self, grid, image_hw: tuple[int, int]) -> int:

@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--skip-background", type=_fraction, nargs="?", const=DEFAULT_THRESHOLD, metavar="S",
                      help="do not compute the tiles with no tissue in them (a slide's glass, a page's white): "
                           "their cells are NaN (65535 with --reduce argmax); tissue is colour of HSV saturation "
-                          f"S or more, or greys darker than white by S (default {DEFAULT_THRESHOLD})")
+                          f"S or more, or greys darker than white by S (default {DEFAULT_THRESHOLD}); in a raster "
+                          "with a no-data value (GDAL's tag), any band holding data")
     run.add_argument("--output", help="write the output array here (.npy; .zarr for maps too big for memory; .tif: "
                                       "a map of K bands, georeferenced like a GeoTIFF image)")
     run.add_argument("--output-dir", metavar="DIR", help="with --images: where each image's <stem>.npy goes")

@@ -235,11 +235,24 @@ def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
         raise GraphconvError(f"--level {level}: the image has {_level_list(levels)}", file=path)
     source = ArrayLikeSource(path, _decodable_array(path, series, level, levels[level]), channels, preprocess,
                              axes=levels[level].axes, bands=bands)
+    source.nodata = _nodata(tif.pages[0])
     source.tiff = tif  # keep the file open as long as the source lives
     source.level, source.levels = level, len(levels)
     source.full_hw = _axis_sizes(levels[0])  # level 0's (H, W): what a GeoTIFF's georeference counts in
     source.downsample = source.full_hw[0] / source.height  # how much coarser than level 0
     return source
+
+
+GDAL_NODATA = 42113  # the TIFF tag GDAL writes a raster's no-data value in, as text
+
+
+def _nodata(page) -> float | None:
+    """The raster's no-data value (GDAL's tag: "0", "-9999", "nan"), or None."""
+    tag = page.tags.get(GDAL_NODATA)
+    try:
+        return float(str(tag.value).strip().strip("\x00")) if tag is not None else None
+    except ValueError:
+        return None
 
 
 def _axis_sizes(level) -> tuple[int, int]:
@@ -305,6 +318,18 @@ def thumbnail(source, longest: int = THUMBNAIL_SIDE) -> tuple[np.ndarray, tuple[
     if picture.shape[0] not in PICTURE_CHANNELS:
         picture = picture[:1]
     return stretched(picture) if stored else picture, (source.height / out_hw[0], source.width / out_hw[1])
+
+
+def data_mask(source, out_hw: tuple[int, int]) -> np.ndarray:
+    """(h, w) bool at `thumbnail`'s size: where any band the run reads holds data, not
+    the raster's no-data value (`source.nodata`; NaN where that is NaN). Read as stored,
+    from the same pyramid level `thumbnail` takes."""
+    step = max(1, -(-max(source.height, source.width) // max(out_hw)))
+    raw = open_source(source.path, source.channels, {"values": "stored"}, _coarsest_level_for(source, step),
+                      source.bands)
+    values = _sampled(raw, out_hw)
+    missing = np.isnan(values) if np.isnan(source.nodata) else values == np.float32(source.nodata)
+    return ~missing.all(axis=0)
 
 
 def _coarsest_level_for(source, step: int) -> int:

@@ -188,7 +188,8 @@ def _skipper(args: argparse.Namespace, background, plan):
     blank = [t for t in plan.tiles if skip(t)]
     cells = sum((t.rows[1] - t.rows[0]) * (t.cols[1] - t.cols[0]) for t in blank)
     filler = "NaN" if args.reduce != "argmax" else "65535"
-    print(f"background: {len(blank)} of {len(plan.tiles)} tile(s) show no tissue and are not computed "
+    empty = "show no tissue" if background.nodata is None else f"hold only no-data ({background.nodata:g})"
+    print(f"background: {len(blank)} of {len(plan.tiles)} tile(s) {empty} and are not computed "
           f"(their {cells} cell(s) are {filler})", file=sys.stderr)
     return skip
 

@@ -446,3 +446,38 @@ def test_cli_tif_map_of_a_picture_and_vectors_refused(model_dir, picture, tmp_pa
     refused = graphconv("run", SPECS / "lenet.yaml", "--input", tmp_path / "x.npy", "--output", tmp_path / "v.tif")
     assert refused.returncode == 2 and "a .tif output holds a map; this run gives a vector" in refused.stderr
     assert not (tmp_path / "v.tif").exists()
+
+
+def test_cli_skip_background_of_a_scene_skips_its_no_data(scene_net, tmp_path):
+    """A scene whose left part is outside the swath (GDAL's no-data value 0 in every
+    band): the tiles that see only no-data are skipped, whatever their colour would say;
+    every computed cell is the full run's."""
+    folder, bands = scene_net
+    scene = bands.copy()
+    scene[:, :, :50] = 0
+    tifffile.imwrite(tmp_path / "swath.tif", scene, photometric="minisblack", planarconfig="separate",
+                     extratags=[(42113, 2, 2, "0", True)])
+    common = ["run", folder / "fcn", "--image", tmp_path / "swath.tif", "--bands", "4,3,2", "--tile", "24"]
+    assert graphconv(*common, "--output", tmp_path / "full.npy").returncode == 0
+    result = graphconv(*common, "--skip-background", "--output", tmp_path / "skipped.npy")
+    assert result.returncode == 0, result.stderr
+    assert "tile(s) hold only no-data (0) and are not computed" in result.stderr
+    full, skipped = np.load(tmp_path / "full.npy"), np.load(tmp_path / "skipped.npy")
+    computed = ~np.isnan(skipped)
+    assert 0 < computed[0, 0].mean() < 1
+    np.testing.assert_array_equal(skipped[computed], full[computed])
+    assert not computed[0, :, :, :10].any()  # cells whose crops lie in the no-data part
+
+
+def test_data_mask_of_float_data_with_nan_no_data(tmp_path):
+    from graphconv.sources import data_mask
+
+    values = np.random.default_rng(0).random((2, 40, 60)).astype(np.float32)
+    values[0, :20] = np.nan  # one band missing on top: the other still holds data there
+    values[:, 30:] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", values, photometric="minisblack", planarconfig="separate",
+                     extratags=[(42113, 2, 4, "nan", True)])
+    source = open_source(tmp_path / "nan.tif", 2, {"values": "stored"})
+    assert np.isnan(source.nodata)
+    mask = data_mask(source, (40, 60))
+    assert mask[:30].all() and not mask[30:].any()
