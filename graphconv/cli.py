@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--level", type=_natural_int, default=0, metavar="K",
                      help="a TIFF pyramid's level to read (0: full resolution; 1, 2, ...: the slide's smaller "
                           "copies, e.g. a 40x scan's 10x level for a classifier trained at 10x)")
+    run.add_argument("--downsample", type=_positive_int, default=1, metavar="F",
+                     help="read the image F times coarser, each pixel the mean of an FxF block (exact in tiles): "
+                          "a 40x slide for a classifier trained at 20x, where the pyramid has no 20x level")
     run.add_argument("--bands", type=_int_list, metavar="B1,B2,...",
                      help="a raster's bands to feed the network, in order, numbered from 1 as GDAL numbers them "
                           "(a 13-band Sentinel-2 TIFF's true colour: 4,3,2); TIFF and zarr images hold any "
@@ -393,6 +396,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.level and not (args.images or args.image and is_tiff(args.image)):
         raise GraphconvError("--level picks a level of a TIFF pyramid (.svs, .ndpi, .tif): give one with --image "
                              "or --images", file=args.image or args.input)
+    if args.downsample > 1 and not (args.image or args.images):
+        raise GraphconvError("--downsample reads an image coarser: give --image or --images", file=args.input)
+    if args.downsample > 1 and (args.resize or args.scales):
+        raise GraphconvError("--downsample and --resize/--scales both change the image's size: use one")
     if args.output_format != "npy" and not args.images:
         raise GraphconvError("--output-format names the maps --images writes; for one image, name --output map.tif")
     if args.bands and not (args.image or args.images):

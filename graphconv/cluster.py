@@ -49,6 +49,7 @@ class MapOptions:
     level: int = 0  # --level K: the level of a TIFF pyramid each image is read at
     skip_background: float | None = None  # --skip-background S: tiles without tissue not computed (background.py)
     bands: tuple[int, ...] | None = None  # --bands: a raster's bands the network takes (graphconv.sources)
+    downsample: int = 1  # --downsample F: each image read F times coarser (sources.Downsampled)
 
     def grid(self, model):
         """What each task maps: the model's dense pass, or the classifier on every crop."""
@@ -96,7 +97,7 @@ def _tile_block(ref: ModelRef, image: str, box: tuple[int, int, int, int], rows,
     if (ref, image) not in _WORKER_SOURCES:  # opened (a PNG: decoded) once per worker, not per tile
         _WORKER_SOURCES.clear()
         _WORKER_SOURCES[ref, image] = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"),
-                                                  options.level, options.bands)
+                                                  options.level, options.bands, options.downsample)
     x = _WORKER_SOURCES[ref, image].read(*box)
     grid = options.grid(model)
     full = grid.run(x[None] if x.ndim == 3 else x, options.device)
@@ -143,7 +144,7 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
     try:
         model = _worker_model(ref)
         source = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"), options.level,
-                             options.bands)
+                             options.bands, options.downsample)
         transform, _, _ = map_transform(options.reduce, options.classes, model.output_channels)
         grid = options.grid(model)
         skip = None

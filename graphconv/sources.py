@@ -194,12 +194,44 @@ def is_tiff(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in TIFF_SUFFIXES
 
 
+class Downsampled:
+    """`inner` read `factor` times coarser: each pixel the mean of a factor x factor block
+    of its pixels (the last rows and columns that fill no block left out), as an image
+    shrunk by an integer factor with area averaging (Pillow's `reduce`). A box is read as
+    the blocks under it, so tiles stay exact: `run --downsample 2` on a 40x slide is a
+    20x classifier's input, where the pyramid has no 20x level (Aperio's: 40x, 10x,
+    2.5x). Since the spec's preprocess is per-channel affine, averaging after it is the
+    same as before. Everything else (path, level, bands, no-data) is `inner`'s."""
+
+    def __init__(self, inner, factor: int):
+        self.inner, self.factor = inner, factor
+        self.height, self.width = inner.height // factor, inner.width // factor
+        if not (self.height and self.width):
+            raise GraphconvError(f"--downsample {factor}: the image is {inner.height}x{inner.width}, smaller than "
+                                 "one block", file=inner.path)
+        self.downsample = getattr(inner, "downsample", 1.0) * factor  # how much coarser than level 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
+        f = self.factor
+        box = self.inner.read(top * f, left * f, bottom * f, right * f)
+        c, h, w = box.shape
+        return box.reshape(c, h // f, f, w // f, f).mean(axis=(2, 4), dtype=np.float64).astype(np.float32)
+
+
 def open_source(path: str | os.PathLike, channels: int, preprocess: dict | None, level: int = 0,
-                bands: Sequence[int] | None = None):
+                bands: Sequence[int] | None = None, downsample: int = 1):
     """The right source for `path`: TIFF and zarr lazily, other images through Pillow;
     `level` is a pyramid TIFF's level (0: full resolution), `bands` a raster's bands to
-    read (1-based, in order; see the module)."""
-    path = str(path)
+    read (1-based, in order; see the module), `downsample` an integer factor it is read
+    coarser by (`Downsampled`)."""
+    source = _open(str(path), channels, preprocess, level, bands)
+    return Downsampled(source, downsample) if downsample > 1 else source
+
+
+def _open(path: str, channels: int, preprocess: dict | None, level: int, bands: Sequence[int] | None):
     suffix = Path(path).suffix.lower()
     folder = Path(path)
     if is_tiff(path):
@@ -312,8 +344,8 @@ def thumbnail(source, longest: int = THUMBNAIL_SIDE) -> tuple[np.ndarray, tuple[
     out_hw = (-(-source.height // step), -(-source.width // step))
     level = _coarsest_level_for(source, step)
     stored = getattr(source, "stored_values", False)
-    raw = open_source(source.path, source.channels, {"values": "stored"} if stored else None, level,
-                      getattr(source, "bands", None))
+    raw = _open(source.path, source.channels, {"values": "stored"} if stored else None, level,
+                getattr(source, "bands", None))
     picture = _sampled(raw, out_hw)
     if picture.shape[0] not in PICTURE_CHANNELS:
         picture = picture[:1]
@@ -325,19 +357,20 @@ def data_mask(source, out_hw: tuple[int, int]) -> np.ndarray:
     the raster's no-data value (`source.nodata`; NaN where that is NaN). Read as stored,
     from the same pyramid level `thumbnail` takes."""
     step = max(1, -(-max(source.height, source.width) // max(out_hw)))
-    raw = open_source(source.path, source.channels, {"values": "stored"}, _coarsest_level_for(source, step),
-                      source.bands)
+    raw = _open(source.path, source.channels, {"values": "stored"}, _coarsest_level_for(source, step), source.bands)
     values = _sampled(raw, out_hw)
     missing = np.isnan(values) if np.isnan(source.nodata) else values == np.float32(source.nodata)
     return ~missing.all(axis=0)
 
 
 def _coarsest_level_for(source, step: int) -> int:
-    """The pyramid level of the largest downsample that is at most `step` times coarser
-    than the level `source` reads; that level itself for other images."""
+    """The pyramid level of the largest downsample that is at most `step` of the source's
+    pixels coarser than the level it reads (a `Downsampled` source's pixels span
+    `factor` of that level's); that level itself for other images."""
     level = getattr(source, "level", 0)
     if getattr(source, "levels", 1) == 1:
         return level
+    step *= getattr(source, "factor", 1)
     series = source.tiff.series[0]
     finest = _axis_sizes(series.levels[level])[0]
     coarser = [k for k in range(level, len(series.levels)) if finest / _axis_sizes(series.levels[k])[0] <= step]

@@ -38,7 +38,7 @@ def grid_for(args: argparse.Namespace, model):
 
 
 def wants_tiles(args: argparse.Namespace, model, grid) -> bool:
-    if args.tile or args.workers or args.scheduler or args.reduce == "argmax" or args.classes:
+    if args.tile or args.workers or args.scheduler or args.reduce == "argmax" or args.classes or args.downsample > 1:
         return True
     if args.skip_background is not None:
         return True
@@ -75,13 +75,9 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     if args.output and Path(args.output.rstrip("/")).resolve() == Path(args.image.rstrip("/")).resolve():
         raise GraphconvError("--output is the input image; write the map somewhere else", file=args.output)
     source = open_source(args.image, model.crop_shape[0], model.graph.meta.get("preprocess"), args.level,
-                         args.bands)
+                         args.bands, args.downsample)
     image_hw = (source.height, source.width)
-    if getattr(source, "levels", 1) > 1:
-        which = (f"level {source.level}, {source.downsample:.4g}x coarser than level 0 (the map's cells are in "
-                 "this level's pixels)" if source.level else "level 0, the full resolution")
-        print(f"image: {image_hw[0]}x{image_hw[1]} pixels, {which}, of a {source.levels}-level pyramid",
-              file=sys.stderr)
+    _describe_resolution(source)
     crop_hw = model.crop_shape[1:]
     if image_hw[0] < crop_hw[0] or image_hw[1] < crop_hw[1]:
         raise GraphconvError(f"the image is {image_hw[0]}x{image_hw[1]}, smaller than the classifier's "
@@ -137,6 +133,23 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     if args.output:
         print(f"-> {args.output}")
     return 0
+
+
+def _describe_resolution(source) -> None:
+    """Which pixels the map's cells count, on stderr, where that is not the file's own:
+    a pyramid's level, or the image read coarser (--downsample)."""
+    levels, factor = getattr(source, "levels", 1), getattr(source, "factor", 1)
+    if levels == 1 and factor == 1:
+        return
+    parts = []
+    if levels > 1:
+        parts.append(f"level {source.level} of a {levels}-level pyramid" if source.level
+                     else f"level 0, the full resolution, of a {levels}-level pyramid")
+    if factor > 1:
+        parts.append(f"averaged in {factor}x{factor} blocks")
+    coarser = f", {source.downsample:.4g}x coarser than level 0" if source.downsample != 1 else ""
+    print(f"image: {source.height}x{source.width} pixels, {', '.join(parts)}{coarser} (the map's cells are in "
+          "these pixels)", file=sys.stderr)
 
 
 def _class_means(args: argparse.Namespace, scores) -> np.ndarray | None:
@@ -264,7 +277,7 @@ def _map_options(args: argparse.Namespace, grid):
     return MapOptions(args.reduce if args.reduce == "argmax" else None,
                       tuple(args.classes) if args.classes else None, args.device,
                       grid.stride if isinstance(grid, CropGrid) else None, args.level, args.skip_background,
-                      tuple(args.bands) if args.bands else None)
+                      tuple(args.bands) if args.bands else None, args.downsample)
 
 
 def _model_ref(args: argparse.Namespace):

@@ -108,8 +108,8 @@ def test_cli_level_of_a_slide_maps_that_level(model_dir, tmp_path):
     result = graphconv("run", model_dir, "--image", tmp_path / "slide.tif", "--level", "1", "--tile", "64",
                        "--output", tmp_path / "level1.npy")
     assert result.returncode == 0, result.stderr
-    assert (f"image: {levels[1].shape[0]}x{levels[1].shape[1]} pixels, level 1, 2x coarser than level 0 (the "
-            "map's cells are in this level's pixels), of a 3-level pyramid") in result.stderr
+    assert (f"image: {levels[1].shape[0]}x{levels[1].shape[1]} pixels, level 1 of a 3-level pyramid, 2x coarser "
+            "than level 0 (the map's cells are in these pixels)") in result.stderr
     np.testing.assert_allclose(np.load(tmp_path / "level1.npy"), whole_map(model_dir, tmp_path / "level1.png",
                                                                            tmp_path), rtol=1e-4, atol=1e-6)
     refused = graphconv("run", model_dir, "--image", tmp_path / "level1.png", "--level", "1")
@@ -383,12 +383,12 @@ def test_cli_bands_of_a_scene_map_as_the_model_on_those_bands(scene_net, tmp_pat
     assert Image.open(tmp_path / "map.png").mode == "RGB"
 
 
-def test_cli_many_scenes_take_bands_too(scene_net, tmp_path):
+def test_cli_many_scenes_take_bands_and_downsample_too(scene_net, tmp_path):
     folder, _ = scene_net
     single = tmp_path / "single.npy"
-    assert graphconv("run", folder / "fcn", "--image", folder / "scene.tif", "--bands", "8,4,3",
+    assert graphconv("run", folder / "fcn", "--image", folder / "scene.tif", "--bands", "8,4,3", "--downsample", "2",
                      "--output", single).returncode == 0
-    result = graphconv("run", folder / "fcn", "--images", folder / "*.tif", "--bands", "8,4,3",
+    result = graphconv("run", folder / "fcn", "--images", folder / "*.tif", "--bands", "8,4,3", "--downsample", "2",
                        "--output-dir", tmp_path / "maps")
     assert result.returncode == 0, result.stderr
     np.testing.assert_array_equal(np.load(tmp_path / "maps" / "scene.npy"), np.load(single))
@@ -481,3 +481,49 @@ def test_data_mask_of_float_data_with_nan_no_data(tmp_path):
     assert np.isnan(source.nodata)
     mask = data_mask(source, (40, 60))
     assert mask[:30].all() and not mask[30:].any()
+
+
+@pytest.mark.parametrize("image", ["tiled.tif", "page.png", "page.zarr"])
+def test_cli_downsample_maps_the_block_averaged_image(model_dir, picture, tmp_path, image):
+    """--downsample 2, in tiles: the map of the image averaged in 2x2 blocks (its odd
+    last row and column left out), as that image run whole gives it."""
+    pixels = np.asarray(Image.open(picture / "page.png"), np.float64)
+    h, w = pixels.shape[0] // 2 * 2, pixels.shape[1] // 2 * 2
+    halved = pixels[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3)).astype(np.float32)
+    np.save(tmp_path / "halved.npy", halved[None, None])
+    assert graphconv("run", model_dir, "--input", tmp_path / "halved.npy", "--output", tmp_path / "want.npy",
+                     "--full-map").returncode == 0
+    result = graphconv("run", model_dir, "--image", picture / image, "--downsample", "2", "--tile", "40",
+                       "--output", tmp_path / "got.npy")
+    assert result.returncode == 0, result.stderr
+    assert f"image: {h // 2}x{w // 2} pixels, averaged in 2x2 blocks, 2x coarser than level 0" in result.stderr
+    got = np.load(tmp_path / "got.npy")
+    np.testing.assert_allclose(got, np.load(tmp_path / "want.npy")[:, :, :got.shape[2], :got.shape[3]],
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_cli_a_pyramid_level_read_coarser_still(model_dir, tmp_path):
+    """--level 1 --downsample 2 of a 3-level pyramid: level 1's pixels averaged in 2x2
+    blocks, 4x coarser than level 0; its heatmap drawn from the pyramid's overview."""
+    pytest.importorskip("imagecodecs")
+    from test_sources import write_pyramid
+
+    write_pyramid(tmp_path / "slide.tif", channels=1)
+    result = graphconv("run", model_dir, "--image", tmp_path / "slide.tif", "--level", "1", "--downsample", "2",
+                       "--heatmap", "top", "--heatmap-out", tmp_path / "top.png", "--output", tmp_path / "map.npy")
+    assert result.returncode == 0, result.stderr
+    assert ("image: 75x100 pixels, level 1 of a 3-level pyramid, averaged in 2x2 blocks, 4x coarser than "
+            "level 0") in result.stderr
+    assert Image.open(tmp_path / "top.png").size[0] >= 100
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--input", "x.npy", "--downsample", "2"], "--downsample reads an image coarser: give --image or --images"),
+    (["--image", "page.png", "--downsample", "2", "--resize", "40", "40"], "--downsample and --resize/--scales"),
+    (["--image", "page.png", "--downsample", "400"], "--downsample 400: the image is 150x170, smaller than one block"),
+])
+def test_cli_downsample_errors(model_dir, picture, tmp_path, args, message):
+    np.save(tmp_path / "x.npy", np.zeros((1, 32, 32), np.float32))
+    args = [str(picture / a) if a == "page.png" else str(tmp_path / a) if a == "x.npy" else a for a in args]
+    result = graphconv("run", model_dir, *args, "--output", tmp_path / "out.npy")
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
