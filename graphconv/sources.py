@@ -26,6 +26,7 @@ tifffile, imagecodecs and zarr are the optional `scale` extra (`pip install 'gra
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -268,6 +269,7 @@ def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
     source = ArrayLikeSource(path, _decodable_array(path, series, level, levels[level]), channels, preprocess,
                              axes=levels[level].axes, bands=bands)
     source.nodata = _nodata(tif.pages[0])
+    source.microns_per_pixel = _microns_per_pixel(tif)  # at level 0
     source.tiff = tif  # keep the file open as long as the source lives
     source.level, source.levels = level, len(levels)
     source.full_hw = _axis_sizes(levels[0])  # level 0's (H, W): what a GeoTIFF's georeference counts in
@@ -285,6 +287,27 @@ def _nodata(page) -> float | None:
         return float(str(tag.value).strip().strip("\x00")) if tag is not None else None
     except ValueError:
         return None
+
+
+CENTIMETER = 3  # TIFF's ResolutionUnit for centimetres (2 is inches, which screens' 72 dpi fill in)
+
+
+def _microns_per_pixel(tif) -> float | None:
+    """Level 0's pixel size in micrometres where the file says it: Aperio's "MPP = 0.2520"
+    in its description, OME's PhysicalSizeX (in micrometres), or a resolution in pixels
+    per centimetre (Hamamatsu's NDPI); else None (an inch resolution is mostly a screen's)."""
+    page = tif.pages[0]
+    aperio = re.search(r"\bMPP\s*=\s*([0-9]*\.?[0-9]+)", page.description or "")
+    if aperio:
+        return float(aperio.group(1))
+    ome = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata or "") if page.is_ome else None
+    if ome and not re.search(r'PhysicalSizeXUnit="(?!µm|um)', tif.ome_metadata):
+        return float(ome.group(1))
+    unit, resolution = page.tags.get("ResolutionUnit"), page.tags.get("XResolution")
+    if unit is not None and resolution is not None and int(unit.value) == CENTIMETER:
+        pixels, per = resolution.value
+        return 1e4 * per / pixels if pixels else None
+    return None
 
 
 def _axis_sizes(level) -> tuple[int, int]:

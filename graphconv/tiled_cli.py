@@ -139,7 +139,8 @@ def _describe_resolution(source) -> None:
     """Which pixels the map's cells count, on stderr, where that is not the file's own:
     a pyramid's level, or the image read coarser (--downsample)."""
     levels, factor = getattr(source, "levels", 1), getattr(source, "factor", 1)
-    if levels == 1 and factor == 1:
+    microns = getattr(source, "microns_per_pixel", None)
+    if levels == 1 and factor == 1 and microns is None:
         return
     parts = []
     if levels > 1:
@@ -147,9 +148,13 @@ def _describe_resolution(source) -> None:
                      else f"level 0, the full resolution, of a {levels}-level pyramid")
     if factor > 1:
         parts.append(f"averaged in {factor}x{factor} blocks")
-    coarser = f", {source.downsample:.4g}x coarser than level 0" if source.downsample != 1 else ""
-    print(f"image: {source.height}x{source.width} pixels, {', '.join(parts)}{coarser} (the map's cells are in "
-          "these pixels)", file=sys.stderr)
+    downsample = getattr(source, "downsample", 1)
+    if downsample != 1:
+        parts.append(f"{downsample:.4g}x coarser than level 0")
+    if microns is not None:
+        parts.append(f"{microns * downsample:.4g} µm per pixel")
+    print(f"image: {source.height}x{source.width} pixels, {', '.join(parts)} (the map's cells are in these pixels)",
+          file=sys.stderr)
 
 
 def _class_means(args: argparse.Namespace, scores) -> np.ndarray | None:

@@ -206,3 +206,18 @@ def test_a_thumbnail_of_stored_values_is_stretched_and_of_many_bands_shows_the_f
                                atol=1e-3)
     rgb, _ = thumbnail(open_source(folder / "separate.tif", 3, {"values": "stored"}, bands=(4, 3, 2)), longest=60)
     assert rgb.shape == (3, 45, 60) and rgb.min() == 0 and rgb.max() == 255
+
+
+@pytest.mark.parametrize("how, microns", [
+    ("aperio", 0.252), ("centimetres", 0.5), ("inches", None), ("none", None)])
+def test_a_slide_s_pixel_size_is_read_where_the_file_says_it(tmp_path, how, microns):
+    """Aperio's MPP in the description, a resolution in pixels per centimetre; not the
+    inch resolution screens fill in."""
+    pixels = np.zeros((30, 40, 3), np.uint8)
+    kwargs = {"aperio": dict(description="Aperio Image Library v12.0.15\n40x30 (256x256) JPEG/RGB Q=70|AppMag = "
+                                         "40|MPP = 0.2520|Filename = slide"),
+              "centimetres": dict(resolution=(20000, 20000), resolutionunit="CENTIMETER"),
+              "inches": dict(resolution=(72, 72), resolutionunit="INCH"), "none": {}}[how]
+    tifffile.imwrite(tmp_path / "slide.tif", pixels, photometric="rgb", **kwargs)
+    got = open_source(tmp_path / "slide.tif", 3, None).microns_per_pixel
+    assert got == pytest.approx(microns) if microns else got is None
