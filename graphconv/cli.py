@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--downsample", type=_positive_int, default=1, metavar="F",
                      help="read the image F times coarser, each pixel the mean of an FxF block (exact in tiles): "
                           "a 40x slide for a classifier trained at 20x, where the pyramid has no 20x level")
+    run.add_argument("--mpp", type=_positive_float, metavar="UM",
+                     help="read a slide at UM micrometres per pixel (the classifier's training resolution, e.g. "
+                          "0.5 for 20x): the pyramid level and --downsample that reach it, from the pixel size the "
+                          "file states")
     run.add_argument("--bands", type=_int_list, metavar="B1,B2,...",
                      help="a raster's bands to feed the network, in order, numbered from 1 as GDAL numbers them "
                           "(a 13-band Sentinel-2 TIFF's true colour: 4,3,2); TIFF and zarr images hold any "
@@ -396,6 +400,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.level and not (args.images or args.image and is_tiff(args.image)):
         raise GraphconvError("--level picks a level of a TIFF pyramid (.svs, .ndpi, .tif): give one with --image "
                              "or --images", file=args.image or args.input)
+    if args.mpp is not None and (args.level or args.downsample > 1):
+        raise GraphconvError("--mpp picks the level and the downsampling itself: drop --level and --downsample")
+    if args.mpp is not None and not (args.image or args.images):
+        raise GraphconvError("--mpp reads a slide at a pixel size: give --image or --images", file=args.input)
     if args.downsample > 1 and not (args.image or args.images):
         raise GraphconvError("--downsample reads an image coarser: give --image or --images", file=args.input)
     if args.downsample > 1 and (args.resize or args.scales):
@@ -629,6 +637,16 @@ def print_top(scores: np.ndarray, k: int, labels: list[str] | None) -> None:
 
 def _positive_int(text: str) -> int:
     return _int_at_least(text, 1)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {shown(text)}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {shown(text)}")
+    return value
 
 
 def _fraction(text: str) -> float:

@@ -50,6 +50,7 @@ class MapOptions:
     skip_background: float | None = None  # --skip-background S: tiles without tissue not computed (background.py)
     bands: tuple[int, ...] | None = None  # --bands: a raster's bands the network takes (graphconv.sources)
     downsample: int = 1  # --downsample F: each image read F times coarser (sources.Downsampled)
+    mpp: float | None = None  # --mpp UM: each slide read at that pixel size (sources.resolution_for)
 
     def grid(self, model):
         """What each task maps: the model's dense pass, or the classifier on every crop."""
@@ -97,7 +98,7 @@ def _tile_block(ref: ModelRef, image: str, box: tuple[int, int, int, int], rows,
     if (ref, image) not in _WORKER_SOURCES:  # opened (a PNG: decoded) once per worker, not per tile
         _WORKER_SOURCES.clear()
         _WORKER_SOURCES[ref, image] = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"),
-                                                  options.level, options.bands, options.downsample)
+                                                  options.level, options.bands, options.downsample, options.mpp)
     x = _WORKER_SOURCES[ref, image].read(*box)
     grid = options.grid(model)
     full = grid.run(x[None] if x.ndim == 3 else x, options.device)
@@ -144,7 +145,7 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
     try:
         model = _worker_model(ref)
         source = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"), options.level,
-                             options.bands, options.downsample)
+                             options.bands, options.downsample, options.mpp)
         transform, _, _ = map_transform(options.reduce, options.classes, model.output_channels)
         grid = options.grid(model)
         skip = None

@@ -25,6 +25,7 @@ tifffile, imagecodecs and zarr are the optional `scale` extra (`pip install 'gra
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -223,13 +224,50 @@ class Downsampled:
 
 
 def open_source(path: str | os.PathLike, channels: int, preprocess: dict | None, level: int = 0,
-                bands: Sequence[int] | None = None, downsample: int = 1):
+                bands: Sequence[int] | None = None, downsample: int = 1, mpp: float | None = None):
     """The right source for `path`: TIFF and zarr lazily, other images through Pillow;
     `level` is a pyramid TIFF's level (0: full resolution), `bands` a raster's bands to
     read (1-based, in order; see the module), `downsample` an integer factor it is read
-    coarser by (`Downsampled`)."""
+    coarser by (`Downsampled`); or `mpp`, the micrometres per pixel to read a slide at,
+    which picks both (`resolution_for`)."""
+    if mpp is not None:
+        level, downsample = resolution_for(str(path), mpp)
     source = _open(str(path), channels, preprocess, level, bands)
     return Downsampled(source, downsample) if downsample > 1 else source
+
+
+MPP_TOLERANCE = 1.15  # how far (as a ratio) the pixel size read may be from the one asked
+MAX_DOWNSAMPLE = 64
+
+
+def resolution_for(path: str, mpp: float) -> tuple[int, int]:
+    """(level, downsample) that read the slide at `path` at the pixel size nearest `mpp`
+    micrometres, within MPP_TOLERANCE: a pyramid level, averaged in whole blocks where no
+    level is that coarse (a 0.25 um/px scan with levels 1, 4 and 16x coarser: 0.5 is
+    level 0 in 2x2 blocks, 2.0 level 1 in 2x2). Of equals, the coarser level (less to
+    read). The slide must say its pixel size (`_microns_per_pixel`)."""
+    if not is_tiff(path):
+        raise GraphconvError("--mpp reads a slide at a pixel size its file states: give a TIFF (.svs, .ndpi, "
+                             "OME-TIFF), or pick --level and --downsample", file=path)
+    tifffile = require("tifffile")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            microns = _microns_per_pixel(tif)
+            series = tif.series[0]
+            heights = [_axis_sizes(level)[0] for level in (series.levels or [series])]
+    except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as err:
+        raise GraphconvError(f"cannot read as a TIFF image: {err}", file=path) from None
+    if microns is None:
+        raise GraphconvError("--mpp: the image does not state its pixel size (no Aperio MPP, OME PhysicalSizeX or "
+                             "resolution in centimetres); pick --level and --downsample", file=path)
+    options = [(level, factor, microns * heights[0] / heights[level] * factor)
+               for level in range(len(heights)) for factor in range(1, MAX_DOWNSAMPLE + 1)]
+    level, factor, got = min(options, key=lambda option: (abs(math.log(option[2] / mpp)), -option[0]))
+    if abs(math.log(got / mpp)) > math.log(MPP_TOLERANCE):
+        raise GraphconvError(f"--mpp {mpp:g}: the slide's pixels are {microns:.4g} um at level 0; the nearest a "
+                             f"level and a whole downsampling factor reach is {got:.4g} um (level {level}, "
+                             f"--downsample {factor}), more than {MPP_TOLERANCE - 1:.0%} away", file=path)
+    return level, factor
 
 
 def _open(path: str, channels: int, preprocess: dict | None, level: int, bands: Sequence[int] | None):

@@ -38,7 +38,8 @@ def grid_for(args: argparse.Namespace, model):
 
 
 def wants_tiles(args: argparse.Namespace, model, grid) -> bool:
-    if args.tile or args.workers or args.scheduler or args.reduce == "argmax" or args.classes or args.downsample > 1:
+    if (args.tile or args.workers or args.scheduler or args.reduce == "argmax" or args.classes or args.downsample > 1
+            or args.mpp is not None):
         return True
     if args.skip_background is not None:
         return True
@@ -75,9 +76,9 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     if args.output and Path(args.output.rstrip("/")).resolve() == Path(args.image.rstrip("/")).resolve():
         raise GraphconvError("--output is the input image; write the map somewhere else", file=args.output)
     source = open_source(args.image, model.crop_shape[0], model.graph.meta.get("preprocess"), args.level,
-                         args.bands, args.downsample)
+                         args.bands, args.downsample, args.mpp)
     image_hw = (source.height, source.width)
-    _describe_resolution(source)
+    _describe_resolution(source, args.mpp)
     crop_hw = model.crop_shape[1:]
     if image_hw[0] < crop_hw[0] or image_hw[1] < crop_hw[1]:
         raise GraphconvError(f"the image is {image_hw[0]}x{image_hw[1]}, smaller than the classifier's "
@@ -135,9 +136,10 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     return 0
 
 
-def _describe_resolution(source) -> None:
-    """Which pixels the map's cells count, on stderr, where that is not the file's own:
-    a pyramid's level, or the image read coarser (--downsample)."""
+def _describe_resolution(source, asked: float | None = None) -> None:
+    """Which pixels the map's cells count, on stderr, where that is not the file's own
+    (a pyramid's level, the image read coarser: --downsample, or --mpp's `asked`
+    micrometres) or the file says their size."""
     levels, factor = getattr(source, "levels", 1), getattr(source, "factor", 1)
     microns = getattr(source, "microns_per_pixel", None)
     if levels == 1 and factor == 1 and microns is None:
@@ -152,7 +154,7 @@ def _describe_resolution(source) -> None:
     if downsample != 1:
         parts.append(f"{downsample:.4g}x coarser than level 0")
     if microns is not None:
-        parts.append(f"{microns * downsample:.4g} µm per pixel")
+        parts.append(f"{microns * downsample:.4g} µm per pixel" + (f" (--mpp {asked:g})" if asked else ""))
     print(f"image: {source.height}x{source.width} pixels, {', '.join(parts)} (the map's cells are in these pixels)",
           file=sys.stderr)
 
@@ -282,7 +284,7 @@ def _map_options(args: argparse.Namespace, grid):
     return MapOptions(args.reduce if args.reduce == "argmax" else None,
                       tuple(args.classes) if args.classes else None, args.device,
                       grid.stride if isinstance(grid, CropGrid) else None, args.level, args.skip_background,
-                      tuple(args.bands) if args.bands else None, args.downsample)
+                      tuple(args.bands) if args.bands else None, args.downsample, args.mpp)
 
 
 def _model_ref(args: argparse.Namespace):

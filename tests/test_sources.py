@@ -221,3 +221,51 @@ def test_a_slide_s_pixel_size_is_read_where_the_file_says_it(tmp_path, how, micr
     tifffile.imwrite(tmp_path / "slide.tif", pixels, photometric="rgb", **kwargs)
     got = open_source(tmp_path / "slide.tif", 3, None).microns_per_pixel
     assert got == pytest.approx(microns) if microns else got is None
+
+
+def write_aperio(path, channels: int = 3):
+    """A 0.25 um/px slide with levels 2x and 4x coarser, its MPP in Aperio's description."""
+    shape = LEVEL_SIZES[0] + ((channels,) if channels > 1 else ())
+    full = (np.random.default_rng(6).random(shape) * 255).astype(np.uint8)
+    photometric = "rgb" if channels > 1 else "minisblack"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(full, tile=(64, 64), subifds=2, photometric=photometric,
+                  description="Aperio Image Library v12.0.15\n400x300 (64x64) RGB|AppMag = 40|MPP = 0.25")
+        for step in (2, 4):
+            tif.write(full[::step, ::step], tile=(64, 64), subfiletype=1, photometric=photometric)
+    return path
+
+
+@pytest.fixture(scope="module")
+def aperio(tmp_path_factory):
+    return write_aperio(tmp_path_factory.mktemp("aperio") / "slide.svs")
+
+
+@pytest.mark.parametrize("mpp, level, downsample", [
+    (0.25, 0, 1), (0.5, 1, 1), (0.52, 1, 1), (1.0, 2, 1), (2.0, 2, 2), (3.0, 2, 3)])
+def test_mpp_picks_the_coarsest_level_and_whole_downsampling_that_reach_it(aperio, mpp, level, downsample):
+    from graphconv.sources import resolution_for
+
+    assert resolution_for(str(aperio), mpp) == (level, downsample)
+    source = open_source(aperio, 3, None, mpp=mpp)
+    assert (source.level, getattr(source, "factor", 1)) == (level, downsample)
+    assert source.downsample * source.microns_per_pixel == pytest.approx(0.25 * 2 ** level * downsample)
+
+
+@pytest.mark.parametrize("mpp, message", [
+    (0.31, r"--mpp 0.31: the slide's pixels are 0.25 um at level 0; the nearest a level and a whole downsampling "
+           r"factor reach is 0.25 um \(level 0, --downsample 1\), more than 15% away"),
+    (0.1, r"the nearest .* is 0.25 um"),
+])
+def test_mpp_out_of_reach_names_the_nearest(aperio, mpp, message):
+    with pytest.raises(GraphconvError, match=message):
+        open_source(aperio, 3, None, mpp=mpp)
+
+
+def test_mpp_of_an_image_that_does_not_state_its_pixel_size(slide, tmp_path):
+    with pytest.raises(GraphconvError, match="--mpp: the image does not state its pixel size"):
+        open_source(slide, 3, None, mpp=0.5)
+    Image = pytest.importorskip("PIL.Image")
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "photo.png")
+    with pytest.raises(GraphconvError, match="--mpp reads a slide at a pixel size its file states: give a TIFF"):
+        open_source(tmp_path / "photo.png", 3, None, mpp=0.5)

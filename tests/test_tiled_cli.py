@@ -527,3 +527,19 @@ def test_cli_downsample_errors(model_dir, picture, tmp_path, args, message):
     args = [str(picture / a) if a == "page.png" else str(tmp_path / a) if a == "x.npy" else a for a in args]
     result = graphconv("run", model_dir, *args, "--output", tmp_path / "out.npy")
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_mpp_reads_the_slide_at_the_classifier_s_pixel_size(model_dir, tmp_path):
+    """--mpp 1.0 on a 0.25 um/px slide with levels 2x and 4x coarser: level 2, the same
+    map as --level 2 gives; --mpp 2.0: level 2 averaged in 2x2 blocks."""
+    from test_sources import write_aperio
+
+    slide = write_aperio(tmp_path / "slide.svs", channels=1)
+    for mpp, same in (("1.0", ["--level", "2"]), ("2.0", ["--level", "2", "--downsample", "2"])):
+        result = graphconv("run", model_dir, "--image", slide, "--mpp", mpp, "--output", tmp_path / "mpp.npy")
+        assert result.returncode == 0, result.stderr
+        assert f"{float(mpp):g} µm per pixel (--mpp {float(mpp):g})" in result.stderr
+        assert graphconv("run", model_dir, "--image", slide, *same, "--output", tmp_path / "same.npy").returncode == 0
+        np.testing.assert_array_equal(np.load(tmp_path / "mpp.npy"), np.load(tmp_path / "same.npy"))
+    refused = graphconv("run", model_dir, "--image", slide, "--mpp", "0.5", "--level", "1")
+    assert refused.returncode == 2 and "--mpp picks the level and the downsampling itself" in refused.stderr
