@@ -90,3 +90,12 @@ def test_a_written_map_reads_back_with_its_georeference_keys_and_no_data(tmp_pat
 def test_an_image_without_georeference_has_none(tmp_path):
     tifffile.imwrite(tmp_path / "plain.tif", np.zeros((10, 10), np.uint8))
     assert read_georeference(str(tmp_path / "plain.tif")) is None
+
+
+def test_a_segmentation_map_lies_on_its_image_s_pixels(tmp_path):
+    """A padded U-Net's output pixel p reads the field centred on input pixel p
+    (Model.cell_area is that field): the map's georeference is the image's."""
+    image = read_georeference(geotiff(tmp_path / "scene.tif"))
+    for size, offset in ((3, -1), (61, -30)):
+        cells = map_georeference(image, Field((size, size), (1, 1), (offset, offset)))
+        np.testing.assert_allclose(cells.affine, image.affine)
