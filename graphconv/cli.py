@@ -417,6 +417,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.images:
         from graphconv.tiled_cli import run_images_command
         return run_images_command(args)
+    _check_outputs_spare_the_inputs(args)
     for path in filter(None, (args.output, args.heatmap_out)):
         if path.rstrip("/").lower().endswith(".zarr"):
             from graphconv.tiling import check_zarr_target
@@ -467,6 +468,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("(the first run in a process also loads every compiled kernel; "
               "`graphconv inspect MODEL --profile` times a warmed-up run)")
     return _deliver(args, model, out, picture if args.image else None, model.field)
+
+
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+def _check_outputs_spare_the_inputs(args: argparse.Namespace) -> None:
+    """Refuse, before any work, an --output or --heatmap-out that names the input (the
+    run would replace the user's image or array with its result), and an --output named
+    as a picture (it holds scores: .npy, .zarr or .tif; pictures are --heatmap-out's)."""
+    from pathlib import Path
+
+    inputs = {Path(p.rstrip("/")).resolve() for p in (args.image, args.input) if p}
+    for flag, path in (("--output", args.output), ("--heatmap-out", args.heatmap_out)):
+        if path and Path(path.rstrip("/")).resolve() in inputs:
+            raise GraphconvError(f"{flag} is the input {'image' if args.image else 'array'}; write it somewhere "
+                                 "else", file=path)
+    if args.output and Path(args.output).suffix.lower() in PICTURE_SUFFIXES:
+        raise GraphconvError("--output writes the scores (.npy, .zarr, or .tif); a picture of them is "
+                             "--heatmap CLASS --heatmap-out FILE", file=args.output)
 
 
 def _note_whole_image_vector(args: argparse.Namespace, model, x: np.ndarray, out: np.ndarray) -> None:

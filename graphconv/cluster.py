@@ -218,4 +218,8 @@ def _output_names(images: Sequence[str], output_dir: str, output_format: str = "
         names.append(str(Path(output_dir) / f"{stem}.{output_format}"))
     if len(set(names)) != len(names):
         raise GraphconvError("several images would write the same output name; give them distinct names")
+    overwritten = {str(Path(n).resolve()) for n in names} & {str(p.resolve()) for p in paths}
+    if overwritten:
+        raise GraphconvError(f"the map of {Path(min(overwritten)).name} would replace that image: give another "
+                             "--output-dir", file=min(overwritten))
     return names

@@ -73,8 +73,6 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     if args.resize or args.scales or args.profile:
         raise GraphconvError("--resize, --scales and --profile take a whole-image run "
                              "(drop --tile, --workers, --reduce argmax, --classes and .zarr outputs)")
-    if args.output and Path(args.output.rstrip("/")).resolve() == Path(args.image.rstrip("/")).resolve():
-        raise GraphconvError("--output is the input image; write the map somewhere else", file=args.output)
     source = open_source(args.image, model.crop_shape[0], model.graph.meta.get("preprocess"), args.level,
                          args.bands, args.downsample, args.mpp)
     image_hw = (source.height, source.width)

@@ -45,6 +45,25 @@ def test_a_classifier_as_written_on_a_larger_input_says_how_to_get_a_map(tmp_pat
                 "scores on every 32x32 crop, compile it" in err) == noted, err
 
 
+def test_outputs_that_would_replace_the_input_are_refused_before_any_work(tmp_path, capsys):
+    """The whole-image path wrote its .npy over the input picture when --output named it."""
+    Image = pytest.importorskip("PIL.Image")
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "page.png")
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 32, 32), np.float32))
+    before = (tmp_path / "page.png").read_bytes(), (tmp_path / "x.npy").read_bytes()
+    for args, message in (
+            (["--image", "page.png", "--output", "page.png"], "page.png: --output is the input image"),
+            (["--image", "page.png", "--heatmap", "3", "--heatmap-out", "page.png"],
+             "page.png: --heatmap-out is the input image"),
+            (["--input", "x.npy", "--output", "x.npy"], "x.npy: --output is the input array"),
+            (["--image", "page.png", "--output", "scores.png"], "--output writes the scores (.npy, .zarr, or .tif)")):
+        args = [str(tmp_path / a) if a.endswith((".png", ".npy")) else a for a in args]
+        assert run_cli("run", SPECS / "lenet.yaml", *args) == 2
+        assert message in capsys.readouterr().err
+    assert ((tmp_path / "page.png").read_bytes(), (tmp_path / "x.npy").read_bytes()) == before
+    assert not (tmp_path / "scores.png").exists()
+
+
 def test_compile_then_run_dense(tmp_path, capsys):
     assert run_cli("compile", SPECS / "lenet.yaml", "-o", tmp_path / "m", "--timings") == 0
     text = capsys.readouterr().out

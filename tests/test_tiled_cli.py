@@ -435,6 +435,11 @@ def test_cli_tif_map_of_a_geotiff_scene_lands_on_its_ground(scene_net, tmp_path)
     assert many.returncode == 0, many.stderr
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "maps" / "geo.tif"), np.load(tmp_path / "map.npy")[0])
     np.testing.assert_allclose(read_georeference(str(tmp_path / "maps" / "geo.tif")).affine, geo.affine)
+    before = (tmp_path / "geo.tif").read_bytes()
+    refused = graphconv("run", folder / "fcn", "--images", tmp_path / "geo.tif", "--bands", "4,3,2",
+                        "--output-dir", tmp_path, "--output-format", "tif")
+    assert refused.returncode == 2 and "the map of geo.tif would replace that image" in refused.stderr
+    assert (tmp_path / "geo.tif").read_bytes() == before
 
 
 def test_cli_tif_map_of_a_picture_and_vectors_refused(model_dir, picture, tmp_path):
