@@ -874,8 +874,12 @@ def _float_list(text: str) -> list[float]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from graphconv.frontends.onnx_export import save_onnx
 
+    if Path(args.output).resolve() == Path(args.model.rstrip("/")).resolve():
+        raise GraphconvError("-o is the model being exported; write the export somewhere else", file=args.output)
     check_writable(args.output)
     model = load_model(args, args.model)
     save_onnx(model.graph, args.output)

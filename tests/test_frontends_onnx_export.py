@@ -126,6 +126,11 @@ def test_cli_export_then_onnxruntime(tmp_path, rng):
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     onnx_map = session.run(None, {session.get_inputs()[0].name: x})[0]
     np.testing.assert_allclose(onnx_map, full_map(model, x), **TOLERANCE)
+    before = out.read_bytes()
+    again = subprocess.run([sys.executable, "-m", "graphconv", "export", out, "-o", out], capture_output=True,
+                           text=True)
+    assert again.returncode == 2 and "-o is the model being exported" in again.stderr
+    assert out.read_bytes() == before  # the user's model is not replaced by its own export
 
 
 def test_cli_export_of_a_shift_and_stitch_model_is_exit_2_and_writes_nothing(tmp_path):
