@@ -396,7 +396,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.crops is not None and (args.scales or args.full_map or args.profile):
         raise GraphconvError("--crops runs the classifier on each crop of the image as it is (not with "
                              "--scales, --full-map or --profile)")
-    from graphconv.sources import is_tiff, stores_values
+    from graphconv.images import stores_values
+    from graphconv.sources import is_tiff
     if args.level and not (args.images or args.image and is_tiff(args.image)):
         raise GraphconvError("--level picks a level of a TIFF pyramid (.svs, .ndpi, .tif): give one with --image "
                              "or --images", file=args.image or args.input)
@@ -480,10 +481,17 @@ def _check_outputs_spare_the_inputs(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     inputs = {Path(p.rstrip("/")).resolve() for p in (args.image, args.input) if p}
-    for flag, path in (("--output", args.output), ("--heatmap-out", args.heatmap_out)):
-        if path and Path(path.rstrip("/")).resolve() in inputs:
+    model = Path(args.model.rstrip("/")).resolve()
+    outputs = [(flag, Path(path.rstrip("/")).resolve(), path)
+               for flag, path in (("--output", args.output), ("--heatmap-out", args.heatmap_out)) if path]
+    for flag, target, path in outputs:
+        if target in inputs:
             raise GraphconvError(f"{flag} is the input {'image' if args.image else 'array'}; write it somewhere "
                                  "else", file=path)
+        if target == model or model in target.parents:
+            raise GraphconvError(f"{flag} would write into the model being run; write it somewhere else", file=path)
+    if len(outputs) == 2 and outputs[0][1] == outputs[1][1]:
+        raise GraphconvError("--output and --heatmap-out name the same file; give each its own", file=args.output)
     if args.output and Path(args.output).suffix.lower() in PICTURE_SUFFIXES:
         raise GraphconvError("--output writes the scores (.npy, .zarr, or .tif); a picture of them is "
                              "--heatmap CLASS --heatmap-out FILE", file=args.output)

@@ -222,4 +222,10 @@ def _output_names(images: Sequence[str], output_dir: str, output_format: str = "
     if overwritten:
         raise GraphconvError(f"the map of {Path(min(overwritten)).name} would replace that image: give another "
                              "--output-dir", file=min(overwritten))
+    if output_format == "tif":
+        from graphconv.georef import is_graphconv_map
+        theirs = [n for n in names if Path(n).exists() and not is_graphconv_map(n)]
+        if theirs:
+            raise GraphconvError(f"{Path(theirs[0]).name} is already there and is not a map graphconv wrote (a scene "
+                                 "beside its images?): give another --output-dir", file=theirs[0])
     return names

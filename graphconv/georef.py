@@ -55,7 +55,11 @@ def read_georeference(path: str) -> GeoReference | None:
         values = {code: tags[code].value for code in (MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION,
                                                       GEO_KEY_DIRECTORY, GEO_DOUBLE_PARAMS, GEO_ASCII_PARAMS)
                   if code in tags}
-    affine = _affine(values)
+    try:
+        affine = _affine(values)
+    except (ValueError, TypeError) as err:
+        raise GraphconvError(f"its GeoTIFF tags do not make a georeference ({err}): ModelPixelScale takes 3 "
+                             "numbers, ModelTiepoint 6, ModelTransformation 16", file=path) from None
     if affine is None:
         return None
     keys = tuple((code, ASCII if code == GEO_ASCII_PARAMS else SHORT if code == GEO_KEY_DIRECTORY else DOUBLE,
@@ -91,15 +95,14 @@ def map_georeference(image: GeoReference, cells: Field, pixel_size: tuple[float,
 def georeference_of_map(source, cells: Field) -> GeoReference | None:
     """The georeference of a map of `cells` over what `source` reads (`graphconv.sources`),
     where that is a GeoTIFF (at any pyramid level); else None."""
-    from graphconv.sources import is_tiff
+    from graphconv.sources import is_tiff, level0_span
 
     if not is_tiff(source.path):
         return None
     image = read_georeference(source.path)
     if image is None:
         return None
-    full_h, full_w = source.full_hw
-    return map_georeference(image, cells, (full_h / source.height, full_w / source.width))
+    return map_georeference(image, cells, level0_span(source))
 
 
 def cell_size(geo: GeoReference) -> tuple[float, float]:
@@ -148,7 +151,22 @@ def write_map_tiff(path: str, scores: np.ndarray, geo: GeoReference | None) -> N
     data = bands[0] if bands.shape[0] == 1 else bands
     tifffile.imwrite(path, data, photometric="minisblack", planarconfig="separate" if data.ndim == 3 else None,
                      tile=(MAP_TILE, MAP_TILE), compression="zlib" if bands.dtype == np.uint16 else None,
-                     extratags=tiff_tags(geo, nodata), bigtiff=data.nbytes > 2 ** 31)
+                     extratags=tiff_tags(geo, nodata), bigtiff=data.nbytes > 2 ** 31, description=MAP_DESCRIPTION,
+                     metadata=None)
+
+
+MAP_DESCRIPTION = "graphconv score map"  # how a map this module wrote is told from a user's image
+
+
+def is_graphconv_map(path: str) -> bool:
+    """Whether `path` is a TIFF map graphconv wrote (its description says so)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return (tif.pages[0].description or "").startswith(MAP_DESCRIPTION)
+    except Exception:  # not a TIFF at all, unreadable: not ours either
+        return False
 
 
 def _tifffile():

@@ -81,7 +81,7 @@ def load_image(path: str, resize: Sequence[int] | None = None, channels: int = 3
     mode = _mode_for(channels, path)
     out_hw = _checked_resize(resize, channels, path)
     image_mod = _pil()
-    pixels, deep_mode = _read_pixels(image_mod, path, mode, channels, out_hw)
+    pixels, deep_mode = _read_pixels(image_mod, path, mode, channels, out_hw, stored_values)
     if deep_mode is None:
         return np.ascontiguousarray(np.atleast_3d(pixels).transpose(2, 0, 1), dtype=np.float32)
     plane = _deep_as_stored(pixels, deep_mode, path) if stored_values else _deep_to_255(pixels, deep_mode, path)
@@ -91,14 +91,24 @@ def load_image(path: str, resize: Sequence[int] | None = None, channels: int = 3
     return _grey_as_channels(plane, channels)
 
 
+def _sixteen_bit_colour(img) -> bool:
+    """Whether Pillow decodes `img` from 16 bits a channel into its 8-bit RGB(A) (PNG's
+    RGB;16B raw mode)."""
+    return img.mode not in DEEP_MODES and any("16" in str(getattr(tile, "args", ""))
+                                              for tile in getattr(img, "tile", ()) or ())
+
+
 def _read_pixels(image_mod, path: str, mode: str, channels: int,
-                 out_hw: tuple[int, int] | None) -> tuple[np.ndarray, str | None]:
+                 out_hw: tuple[int, int] | None, stored_values: bool = False) -> tuple[np.ndarray, str | None]:
     """Decode within the budget: 8-bit images as `mode`, resized, with None; deep ones
     as they are, with their Pillow mode. Pillow's image is released on return."""
     with open_regular_file(path, "image", not_found="image not found") as fp, _pillow_errors(image_mod, path):
         image_mod.MAX_IMAGE_PIXELS = None  # any header may be read: the next line judges its size
         with image_mod.open(fp) as img:
             _check_decode_fits(img, channels, out_hw, path)
+            if stored_values and _sixteen_bit_colour(img):  # before decoding, which forgets the raw mode
+                raise GraphconvError("16-bit colour: Pillow reads it as 8 bits, so its stored values are lost "
+                                     "(`values: stored`); save it as a TIFF, which is read as stored", file=path)
             _decode(image_mod, img)
             if img.mode in DEEP_MODES:
                 return pixel_array(img), img.mode
@@ -279,6 +289,12 @@ def _grey_as_channels(plane: np.ndarray, channels: int) -> np.ndarray:
     if channels == 4:
         planes.append(np.full_like(plane, 255.0))
     return np.ascontiguousarray(np.stack(planes), dtype=np.float32)
+
+
+def stores_values(spec: dict | None) -> bool:
+    """Whether the spec's preprocess takes pixel values as stored (`values: stored`)
+    rather than on 0..255."""
+    return bool(spec) and spec.get("values") == "stored"
 
 
 def preprocess(image: np.ndarray, spec: dict | None) -> np.ndarray:
@@ -621,13 +637,13 @@ STRETCH_PERCENTILES = (2.0, 98.0)  # what GIS viewers map onto black and white b
 
 def stretched(picture: np.ndarray) -> np.ndarray:
     """Each band's 2nd..98th percentile onto 0..255 (clipped): raw reflectances or
-    elevations as a picture. NaN (no data) stays NaN."""
+    elevations as a picture. NaN (no data) becomes 0, black."""
     out = np.empty_like(picture)
     for band, values in enumerate(picture):
         finite = values[np.isfinite(values)]
         low, high = np.percentile(finite, STRETCH_PERCENTILES) if finite.size else (0.0, 1.0)
         out[band] = np.clip((values - low) * (255.0 / max(high - low, 1e-12)), 0.0, 255.0)
-    return out
+    return np.nan_to_num(out, nan=0.0)  # no data shows black
 
 
 def _as_rgb(image: np.ndarray) -> np.ndarray:
@@ -644,7 +660,7 @@ def image_size(path: str) -> tuple[int, int]:
             return img.size[1], img.size[0]
 
 
-def as_picture(image, channels: int = 3) -> np.ndarray:
+def as_picture(image, channels: int = 3, stored_values: bool = False) -> np.ndarray:
     """What users have, as `load_image` returns it: float32 (channels, H, W) on 0..255.
 
     `image` is a path (loaded by `load_image`, within the memory budget), a Pillow image
@@ -656,7 +672,7 @@ def as_picture(image, channels: int = 3) -> np.ndarray:
     import os
     _mode_for(channels, "<image>")
     if isinstance(image, (str, os.PathLike)):
-        return load_image(os.fspath(image), channels=channels)
+        return load_image(os.fspath(image), channels=channels, stored_values=stored_values)
     if isinstance(image, np.ndarray):
         return _array_picture(image, channels)
     image_mod = _pil()

@@ -112,7 +112,8 @@ def classify(model: Model, image, *, scales: list[int] | None = None, flip: bool
     if reduce not in REDUCTIONS:
         raise GraphconvError(f"reduce must be one of {', '.join(REDUCTIONS)}, got {reduce!r}")
     c, hc, wc = model.crop_shape
-    x = images.preprocess(images.as_picture(image, c), model.graph.meta.get("preprocess"))[None]
+    preprocess = model.graph.meta.get("preprocess")
+    x = images.preprocess(images.as_picture(image, c, images.stores_values(preprocess)), preprocess)[None]
     height, width = x.shape[2:]
     if model.returns_vectors:
         if scales:

@@ -34,6 +34,7 @@ from typing import Sequence
 import numpy as np
 
 from graphconv.errors import GraphconvError
+from graphconv.images import stores_values
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf8")
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, what Pillow's "L" uses
@@ -81,7 +82,7 @@ class ArrayLikeSource(_Preprocessed):
     `bands`: the 1-based bands to read, in order (see the module)."""
 
     def __init__(self, path: str, array, channels: int, preprocess: dict | None, axes: str | None = None,
-                 bands: Sequence[int] | None = None):
+                 bands: Sequence[int] | None = None, picture: bool = True):
         super().__init__(path, channels, preprocess)
         self.array = array
         self.layout = _layout(array.shape, channels, path, axes)
@@ -93,26 +94,37 @@ class ArrayLikeSource(_Preprocessed):
             self.height, self.width = array.shape[1:]
         self.band_count = {"hw": 1, "hwc": array.shape[-1], "chw": array.shape[0]}[self.layout]
         self.bands = tuple(bands) if bands is not None else None
-        self._band_index = _checked_bands(bands, self.band_count, channels, path)
+        self._band_index = _checked_bands(bands, self.band_count, channels, path, picture)
         self.stored_values = stores_values(preprocess)
         self.scale = _stored_scale(np.dtype(array.dtype), path) if self.stored_values \
             else _to_255(np.dtype(array.dtype), path)
 
     def read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
+        if self._band_index is not None:
+            return self._finish(self._bands_read(top, left, bottom, right).astype(np.float32) * self.scale)
         if self.layout == "hw":
             chw = np.asarray(self.array[top:bottom, left:right])[None]
         elif self.layout == "hwc":
             chw = np.asarray(self.array[top:bottom, left:right]).transpose(2, 0, 1)
         else:
             chw = np.asarray(self.array[:, top:bottom, left:right])
-        if self._band_index is not None:
-            return self._finish(chw[self._band_index].astype(np.float32) * self.scale)
         chw = chw.astype(np.float32) * self.scale
         if self.channels == 1 and chw.shape[0] >= 3:
             chw = np.tensordot(LUMA, chw[:3], axes=1)[None]  # as Pillow's "L" conversion
         elif chw.shape[0] == 1 and self.channels == 3:
             chw = np.repeat(chw, 3, axis=0)
         return self._finish(chw[:self.channels])
+
+    def _bands_read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
+        """The `bands` of a box, (C, h, w): of a band-interleaved raster only those bands are
+        read (3 of a scene's 13 planes decoded, not all of them)."""
+        wanted = np.unique(self._band_index)
+        order = np.searchsorted(wanted, self._band_index)
+        if self.layout == "chw":
+            chw = np.asarray(self.array.oindex[wanted, top:bottom, left:right])
+        else:
+            chw = np.asarray(self.array[top:bottom, left:right]).transpose(2, 0, 1)[wanted]
+        return chw[order]
 
 
 PICTURE_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: what a picture's channel axis holds
@@ -145,15 +157,18 @@ def _layout(shape, channels: int, path: str, axes: str | None = None) -> str:
                          f"{channels} channel(s)); store it as (bands, H, W) or (H, W, bands)", file=path)
 
 
-def _checked_bands(bands: Sequence[int] | None, have: int, channels: int, path: str) -> np.ndarray | None:
+def _checked_bands(bands: Sequence[int] | None, have: int, channels: int, path: str,
+                   picture: bool = True) -> np.ndarray | None:
     """`bands` (1-based) as 0-based indices, checked against the raster's `have` bands and
     the network's `channels`; without them, whether the raster's bands convert to the
-    network's channels (the same count; grey for RGB; RGB or RGBA for grey; RGBA or RGB
-    plus near infrared for RGB, its fourth band left out)."""
+    network's channels: the same count, or, for a `picture` (a photometric RGB(A) or grey
+    TIFF, a zarr array), grey for RGB, RGB or RGBA for grey, RGBA for RGB (alpha left out).
+    A multi-band raster that is not a picture needs `bands` to feed fewer of them: its
+    first three need not be red, green and blue (PlanetScope's are blue, green, red)."""
     if bands is None:
         if have < channels and not (have == 1 and channels == 3):
             raise GraphconvError(f"has {have} band(s); the model takes {channels}", file=path)
-        if have > channels and not (channels == 1 and have in (3, 4) or channels == 3 and have == 4):
+        if have > channels and not (picture and (channels == 1 and have in (3, 4) or channels == 3 and have == 4)):
             raise GraphconvError(f"has {have} bands; the model takes {channels}: pick them with --bands "
                                  f"(numbered from 1, as GDAL numbers them; e.g. --bands "
                                  f"{','.join(str(b) for b in range(1, channels + 1))})", file=path)
@@ -165,12 +180,6 @@ def _checked_bands(bands: Sequence[int] | None, have: int, channels: int, path: 
         raise GraphconvError(f"--bands {','.join(map(str, bands))}: the image has bands 1 to {have}, "
                              f"not {','.join(map(str, outside))}", file=path)
     return np.asarray(bands, np.int64) - 1
-
-
-def stores_values(preprocess: dict | None) -> bool:
-    """Whether the spec's preprocess takes pixel values as stored (`values: stored`)
-    rather than on 0..255."""
-    return bool(preprocess) and preprocess.get("values") == "stored"
 
 
 def _stored_scale(dtype: np.dtype, path: str) -> float:
@@ -237,6 +246,7 @@ def open_source(path: str | os.PathLike, channels: int, preprocess: dict | None,
 
 
 MPP_TOLERANCE = 1.15  # how far (as a ratio) the pixel size read may be from the one asked
+MPP_EQUAL = 1.02  # pixel sizes this close (as a ratio) count as the same when choosing how to reach one
 MAX_DOWNSAMPLE = 64
 
 
@@ -262,7 +272,12 @@ def resolution_for(path: str, mpp: float) -> tuple[int, int]:
                              "resolution in centimetres); pick --level and --downsample", file=path)
     options = [(level, factor, microns * heights[0] / heights[level] * factor)
                for level in range(len(heights)) for factor in range(1, MAX_DOWNSAMPLE + 1)]
-    level, factor, got = min(options, key=lambda option: (abs(math.log(option[2] / mpp)), -option[0]))
+    error = lambda option: abs(math.log(option[2] / mpp))
+    best = min(map(error, options))
+    # levels are seldom exact multiples of level 0 (a 3999-pixel side over 4 is 999.75):
+    # of the options as near as makes no difference, the coarsest level, the least averaging
+    level, factor, got = min((o for o in options if error(o) <= best + math.log(MPP_EQUAL)),
+                             key=lambda option: (-option[0], option[1]))
     if abs(math.log(got / mpp)) > math.log(MPP_TOLERANCE):
         raise GraphconvError(f"--mpp {mpp:g}: the slide's pixels are {microns:.4g} um at level 0; the nearest a "
                              f"level and a whole downsampling factor reach is {got:.4g} um (level {level}, "
@@ -305,7 +320,7 @@ def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
     if level >= len(levels):
         raise GraphconvError(f"--level {level}: the image has {_level_list(levels)}", file=path)
     source = ArrayLikeSource(path, _decodable_array(path, series, level, levels[level]), channels, preprocess,
-                             axes=levels[level].axes, bands=bands)
+                             axes=levels[level].axes, bands=bands, picture=_is_picture(tif.pages[0]))
     source.nodata = _nodata(tif.pages[0])
     source.microns_per_pixel = _microns_per_pixel(tif)  # at level 0
     source.tiff = tif  # keep the file open as long as the source lives
@@ -313,6 +328,13 @@ def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
     source.full_hw = _axis_sizes(levels[0])  # level 0's (H, W): what a GeoTIFF's georeference counts in
     source.downsample = source.full_hw[0] / source.height  # how much coarser than level 0
     return source
+
+
+def _is_picture(page) -> bool:
+    """Whether a TIFF holds a picture (grey, or RGB with or without alpha), not a raster of
+    bands: what may convert to a network's channels without --bands."""
+    samples = getattr(page, "samplesperpixel", 1)
+    return samples == 1 or getattr(getattr(page, "photometric", None), "name", "") in ("RGB", "YCBCR")
 
 
 GDAL_NODATA = 42113  # the TIFF tag GDAL writes a raster's no-data value in, as text
@@ -411,6 +433,15 @@ def thumbnail(source, longest: int = THUMBNAIL_SIDE) -> tuple[np.ndarray, tuple[
     if picture.shape[0] not in PICTURE_CHANNELS:
         picture = picture[:1]
     return stretched(picture) if stored else picture, (source.height / out_hw[0], source.width / out_hw[1])
+
+
+def level0_span(source) -> tuple[float, float]:
+    """How many level-0 pixels (rows, columns) one pixel of `source` spans: a pyramid
+    level's downsample on each axis, times a `Downsampled` source's factor (whose image
+    leaves out the last rows and columns that fill no block, so its size cannot say it)."""
+    inner, factor = getattr(source, "inner", source), getattr(source, "factor", 1)
+    full_h, full_w = getattr(inner, "full_hw", (inner.height, inner.width))
+    return factor * full_h / inner.height, factor * full_w / inner.width
 
 
 def data_mask(source, out_hw: tuple[int, int]) -> np.ndarray:

@@ -70,9 +70,10 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     from graphconv.sources import open_source
     from graphconv.tiling import CropGrid, MapFile, choose_tile, map_transform, plan_tiles
 
-    if args.resize or args.scales or args.profile:
-        raise GraphconvError("--resize, --scales and --profile take a whole-image run "
-                             "(drop --tile, --workers, --reduce argmax, --classes and .zarr outputs)")
+    if args.resize or args.scales or args.profile or args.full_map:
+        raise GraphconvError("--resize, --scales, --profile and --full-map take a whole-image run (a TIFF, a zarr "
+                             "array, --tile, --workers, --reduce argmax, --classes, --downsample, --mpp, "
+                             "--skip-background and .zarr outputs run in tiles)")
     source = open_source(args.image, model.crop_shape[0], model.graph.meta.get("preprocess"), args.level,
                          args.bands, args.downsample, args.mpp)
     image_hw = (source.height, source.width)

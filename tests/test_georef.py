@@ -99,3 +99,15 @@ def test_a_segmentation_map_lies_on_its_image_s_pixels(tmp_path):
     for size, offset in ((3, -1), (61, -30)):
         cells = map_georeference(image, Field((size, size), (1, 1), (offset, offset)))
         np.testing.assert_allclose(cells.affine, image.affine)
+
+
+@pytest.mark.parametrize("tag, values", [(33922, (0.0, 0.0, 500000.0)), (34264, tuple(range(12)))])
+def test_malformed_geotiff_tags_are_one_error_naming_the_file(tmp_path, tag, values):
+    from graphconv.errors import GraphconvError
+
+    extra = [(33550, 12, 3, (10.0, 10.0, 0.0), True)] if tag == 33922 else []
+    tifffile.imwrite(tmp_path / "bad.tif", np.zeros((8, 8), np.uint8),
+                     extratags=extra + [(tag, 12, len(values), values, True)])
+    with pytest.raises(GraphconvError, match="its GeoTIFF tags do not make a georeference") as err:
+        read_georeference(str(tmp_path / "bad.tif"))
+    assert str(err.value).startswith("bad.tif: ")

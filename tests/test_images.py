@@ -176,6 +176,24 @@ def test_16_bit_colour_arrives_on_the_0_255_scale(colour_type, samples, tmp_path
     assert got.shape == (samples, 3, 5)
     np.testing.assert_allclose(got, values.transpose(2, 0, 1) / 257.0, atol=1.0)
     assert got[:, 0, 0].tolist() == [255.0] * samples
+    with pytest.raises(GraphconvError, match="16-bit colour: Pillow reads it as 8 bits, so its stored values are "
+                                             "lost"):  # a spec that wants them is not given the high bytes
+        load_image(str(path), channels=samples, stored_values=True)
+
+
+def test_classify_reads_stored_values_when_the_spec_says_so(tmp_path):
+    """Model.classify on a 16-bit file goes through the same reading as `run --image`."""
+    from graphconv.frontends import load_network
+    from graphconv.model import Model
+
+    path = sixteen_bit_files(tmp_path)["I;16"]
+    spec = tmp_path / "net.yaml"
+    spec.write_text("name: net\ninput: {name: data, shape: [1, 2, 4]}\npreprocess: {values: stored, scale: 0.0001}\n"
+                    "layers:\n  - {name: fc, op: fc, out_features: 3}\n")
+    model = Model(load_network(spec))
+    want = model.run(SIXTEEN_BIT_VALUES.astype(np.float32)[None, None] * np.float32(1e-4))[0]
+    got = {p.index: p.score for p in model.classify(str(path), top=None)}
+    np.testing.assert_allclose([got[k] for k in range(3)], want, rtol=1e-5)
 
 
 def test_16_bit_grey_with_alpha_loads(tmp_path, rng):

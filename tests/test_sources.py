@@ -269,3 +269,43 @@ def test_mpp_of_an_image_that_does_not_state_its_pixel_size(slide, tmp_path):
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "photo.png")
     with pytest.raises(GraphconvError, match="--mpp reads a slide at a pixel size its file states: give a TIFF"):
         open_source(tmp_path / "photo.png", 3, None, mpp=0.5)
+
+
+def test_mpp_on_levels_that_are_not_exact_multiples_still_takes_the_coarse_level(tmp_path):
+    """Scanners' levels are seldom exact: 4001 rows over 4 is 1000.25. --mpp 1.0 on a
+    0.25 um/px slide must read the 4x level, not level 0 averaged in 4x4 blocks (16 times
+    the pixels decoded), though the level is 0.02% off and the blocks exact."""
+    from graphconv.sources import resolution_for
+
+    full = np.zeros((4001, 3999), np.uint8)
+    with tifffile.TiffWriter(tmp_path / "uneven.svs") as tif:
+        tif.write(full, tile=(256, 256), subifds=2, description="Aperio Image Library v12\n3999x4001|MPP = 0.25")
+        tif.write(np.zeros((1000, 999), np.uint8), tile=(256, 256), subfiletype=1)
+        tif.write(np.zeros((250, 249), np.uint8), tile=(256, 256), subfiletype=1)
+    assert resolution_for(str(tmp_path / "uneven.svs"), 1.0) == (1, 1)
+    assert resolution_for(str(tmp_path / "uneven.svs"), 4.0) == (2, 1)
+    assert resolution_for(str(tmp_path / "uneven.svs"), 8.0) == (2, 2)
+
+
+def test_a_raster_of_bands_is_not_a_picture_but_an_rgba_tiff_is(tmp_path):
+    """Four bands stored as bands (PlanetScope's blue, green, red, near infrared) do not
+    silently feed their first three to an RGB network; an RGBA picture drops its alpha."""
+    pixels = np.random.default_rng(2).integers(0, 255, (20, 30, 4), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "bands.tif", pixels, photometric="minisblack", planarconfig="contig")
+    tifffile.imwrite(tmp_path / "rgba.tif", pixels, photometric="rgb", extrasamples=["unassalpha"])
+    with pytest.raises(GraphconvError, match="has 4 bands; the model takes 3: pick them with --bands"):
+        open_source(tmp_path / "bands.tif", 3, None)
+    np.testing.assert_array_equal(open_source(tmp_path / "rgba.tif", 3, None).read(0, 0, 20, 30),
+                                  pixels[..., :3].transpose(2, 0, 1))
+    np.testing.assert_array_equal(open_source(tmp_path / "bands.tif", 3, None, bands=(3, 2, 1)).read(0, 0, 20, 30),
+                                  pixels[..., [2, 1, 0]].transpose(2, 0, 1))
+
+
+def test_a_downsampled_source_spans_exact_level_0_pixels(scene):
+    """A 90x120 scene read 7x coarser is 12x17 pixels (the last rows and columns fill no
+    block): each still spans exactly 7x7 of the file's, which its size cannot say."""
+    from graphconv.sources import level0_span
+
+    folder, _ = scene
+    source = open_source(folder / "separate.tif", 3, None, bands=(4, 3, 2), downsample=7)
+    assert (source.height, source.width) == (12, 17) and level0_span(source) == (7.0, 7.0)

@@ -440,6 +440,34 @@ def test_cli_tif_map_of_a_geotiff_scene_lands_on_its_ground(scene_net, tmp_path)
                         "--output-dir", tmp_path, "--output-format", "tif")
     assert refused.returncode == 2 and "the map of geo.tif would replace that image" in refused.stderr
     assert (tmp_path / "geo.tif").read_bytes() == before
+    (tmp_path / "pngs").mkdir()  # a scene beside images of the same stem: not among the images, still the user's
+    Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(tmp_path / "pngs" / "geo.png")
+    (tmp_path / "pngs" / "geo.tif").write_bytes(before)
+    refused = graphconv("run", folder / "fcn", "--images", tmp_path / "pngs" / "*.png", "--output-dir",
+                        tmp_path / "pngs", "--output-format", "tif")
+    assert refused.returncode == 2 and "geo.tif is already there and is not a map graphconv wrote" in refused.stderr
+    assert (tmp_path / "pngs" / "geo.tif").read_bytes() == before
+    again = graphconv("run", folder / "fcn", "--images", tmp_path / "geo.tif", "--bands", "4,3,2",
+                      "--output-dir", tmp_path / "maps", "--output-format", "tif")
+    assert again.returncode == 0, again.stderr  # its own maps it replaces
+
+
+def test_cli_tif_map_of_a_downsampled_scene_keeps_the_ground_exact(scene_net, tmp_path):
+    """70x90 pixels read 3x coarser are 23x30 (the last row fills no block); each map
+    cell still spans exactly 3 x stride pixels of 10 m."""
+    from graphconv.georef import read_georeference
+
+    folder, bands = scene_net
+    tags = [(33550, 12, 3, (10.0, 10.0, 0.0), True), (33922, 12, 6, (0, 0, 0, 500000.0, 4600000.0, 0.0), True),
+            (34735, 3, 16, (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32633), True)]
+    tifffile.imwrite(tmp_path / "geo.tif", bands, photometric="minisblack", planarconfig="separate",
+                     extratags=tags)
+    result = graphconv("run", folder / "fcn", "--image", tmp_path / "geo.tif", "--bands", "4,3,2", "--downsample",
+                       "3", "--output", tmp_path / "map.tif")
+    assert result.returncode == 0, result.stderr
+    geo = read_georeference(str(tmp_path / "map.tif"))
+    # a 20x20 crop at stride 2 in pixels 3x coarser: cell (0, 0)'s corner 9 of those pixels in
+    np.testing.assert_allclose(geo.affine, [[60.0, 0.0, 500270.0], [0.0, -60.0, 4599730.0]])
 
 
 def test_cli_tif_map_of_a_picture_and_vectors_refused(model_dir, picture, tmp_path):
@@ -548,3 +576,18 @@ def test_cli_mpp_reads_the_slide_at_the_classifier_s_pixel_size(model_dir, tmp_p
         np.testing.assert_array_equal(np.load(tmp_path / "mpp.npy"), np.load(tmp_path / "same.npy"))
     refused = graphconv("run", model_dir, "--image", slide, "--mpp", "0.5", "--level", "1")
     assert refused.returncode == 2 and "--mpp picks the level and the downsampling itself" in refused.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--image", "page.png", "--full-map", "--downsample", "2"], "--full-map take a whole-image run"),
+    (["--image", "page.png", "--output", "same.tif", "--heatmap", "1", "--heatmap-out", "same.tif"],
+     "--output and --heatmap-out name the same file"),
+    (["--image", "page.png", "--output", "{model}/model.yaml"], "--output would write into the model being run"),
+])
+def test_cli_outputs_and_whole_image_flags_refused_before_any_work(model_dir, picture, tmp_path, args, message):
+    before = (model_dir / "model.yaml").read_bytes()
+    args = [str(picture / a) if a == "page.png" else a.format(model=model_dir) if "{model}" in a
+            else str(tmp_path / a) if a.endswith(".tif") else a for a in args]
+    result = graphconv("run", model_dir, *args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert (model_dir / "model.yaml").read_bytes() == before and not (tmp_path / "same.tif").exists()
