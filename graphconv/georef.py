@@ -29,6 +29,7 @@ GDAL_NODATA = 42113
 RASTER_TYPE_KEY, PIXEL_IS_POINT = 1025, 2
 SHORT, ASCII, DOUBLE = 3, 2, 12  # TIFF data types
 MAP_TILE = 256  # the written map's TIFF tiles
+MAP_DESCRIPTION = "graphconv score map"  # how a map this module wrote is told from a user's image
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,7 @@ class GeoReference:
 
 def read_georeference(path: str) -> GeoReference | None:
     """The georeference of a TIFF's first page (its full resolution), or None."""
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
+    with _tifffile().TiffFile(path) as tif:
         tags = tif.pages[0].tags
         values = {code: tags[code].value for code in (MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION,
                                                       GEO_KEY_DIRECTORY, GEO_DOUBLE_PARAMS, GEO_ASCII_PARAMS)
@@ -155,15 +154,10 @@ def write_map_tiff(path: str, scores: np.ndarray, geo: GeoReference | None) -> N
                      metadata=None)
 
 
-MAP_DESCRIPTION = "graphconv score map"  # how a map this module wrote is told from a user's image
-
-
 def is_graphconv_map(path: str) -> bool:
     """Whether `path` is a TIFF map graphconv wrote (its description says so)."""
-    import tifffile
-
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _tifffile().TiffFile(path) as tif:
             return (tif.pages[0].description or "").startswith(MAP_DESCRIPTION)
     except Exception:  # not a TIFF at all, unreadable: not ours either
         return False
