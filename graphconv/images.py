@@ -73,7 +73,8 @@ def load_image(path: str, resize: Sequence[int] | None = None, channels: int = 3
     - 16-bit colour files: Pillow itself reduces them to 8 bits per channel (keeping
       the high byte), so they arrive on 0..255, within 1 of value / 257.
     With `stored_values` (the spec's `values: stored`) deep files keep the values they
-    store, unscaled (NaN and infinity are still refused).
+    store, unscaled (NaN and infinity are still refused), and 16-bit colour files, whose
+    stored values Pillow does not give, are refused.
 
     Before decoding, the memory the load needs (`decode_bytes`) is checked against
     the budget; an over-budget file, a truncated or corrupt one, something that is not
