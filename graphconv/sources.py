@@ -15,8 +15,8 @@ or as the file stores them where the spec's preprocess says `values: stored` (sa
 reflectances, any integer or float type).
 
 A TIFF or zarr raster may hold any number of bands (a Sentinel-2 scene: 13), in either
-order: (bands, H, W) or (H, W, bands); a TIFF's axes say which, a zarr array's are
-told from its shape. `bands` picks and orders the ones the network takes (GDAL's
+order: (bands, H, W) or (H, W, bands); a TIFF's axes say which, and a zarr array's
+dimension names (xarray's "band", "y", "x") where it has them, else its shape. `bands` picks and orders the ones the network takes (GDAL's
 numbering, from 1: Sentinel-2's true colour is 4, 3, 2); without it the raster must
 have the network's channel count (or be the grey, RGB or RGBA picture that converts to
 it, as Pillow would).
@@ -154,7 +154,8 @@ def _layout(shape, channels: int, path: str, axes: str | None = None) -> str:
     if shape[2] < min(shape[:2]):
         return "hwc"
     raise GraphconvError(f"an image array of shape {tuple(shape)}: cannot tell its band axis (the network takes "
-                         f"{channels} channel(s)); store it as (bands, H, W) or (H, W, bands)", file=path)
+                         f"{channels} channel(s)); name its dimensions (zarr's dimension_names, xarray's dims: "
+                         "band, y, x)", file=path)
 
 
 def _checked_bands(bands: Sequence[int] | None, have: int, channels: int, path: str,
@@ -299,11 +300,28 @@ def _open(path: str, channels: int, preprocess: dict | None, level: int, bands: 
             array = zarr.open_array(path, mode="r")
         except Exception as err:  # zarr raises several types for a folder that is not an array
             raise GraphconvError(f"cannot open as a zarr array: {err}", file=path) from None
-        return ArrayLikeSource(path, array, channels, preprocess, bands=bands)
+        return ArrayLikeSource(path, array, channels, preprocess, axes=_zarr_axes(array), bands=bands)
     if bands is not None:
         raise GraphconvError("--bands picks bands of a raster (a TIFF or a zarr array); this image is read "
                              "as a picture (grey, RGB or RGBA)", file=path)
     return PillowSource(path, channels, preprocess)
+
+
+SPATIAL_NAMES = {"y": "Y", "x": "X", "lat": "Y", "lon": "X", "latitude": "Y", "longitude": "X", "row": "Y",
+                 "col": "X", "rows": "Y", "cols": "X", "height": "Y", "width": "X"}
+
+
+def _zarr_axes(array) -> str | None:
+    """A zarr array's axes as tifffile names them ("SYX", "YXS"), from the dimension names
+    xarray and rioxarray write (zarr 3's `dimension_names`, zarr 2's `_ARRAY_DIMENSIONS`
+    attribute: ("band", "y", "x")); None where there are none, or they name no two
+    spatial axes (the shape then decides, `_layout`)."""
+    names = getattr(getattr(array, "metadata", None), "dimension_names", None) \
+        or dict(array.attrs).get("_ARRAY_DIMENSIONS")
+    if not names or len(names) != 3:
+        return None
+    axes = "".join(SPATIAL_NAMES.get(str(name).lower(), "S") for name in names)
+    return axes if axes in ("SYX", "YXS") else None
 
 
 def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,

@@ -309,3 +309,26 @@ def test_a_downsampled_source_spans_exact_level_0_pixels(scene):
     folder, _ = scene
     source = open_source(folder / "separate.tif", 3, None, bands=(4, 3, 2), downsample=7)
     assert (source.height, source.width) == (12, 17) and level0_span(source) == (7.0, 7.0)
+
+
+@pytest.mark.parametrize("names, layout", [(("band", "y", "x"), "chw"), (("y", "x", "band"), "hwc"),
+                                           (("lat", "lon", "wavelength"), "hwc"), (("a", "b", "c"), None)])
+def test_a_zarr_array_s_dimension_names_say_where_its_bands_are(tmp_path, names, layout):
+    """(64, 64, 224): a hyperspectral chip with more bands than rows, which the shape alone
+    cannot place; xarray's dimension names can (unnamed or unspatial names: the shape)."""
+    import zarr
+
+    data = np.arange(64 * 64 * 224, dtype=np.uint16).reshape(64, 64, 224)
+    if layout == "chw":
+        data = data.transpose(2, 0, 1)
+    stored = zarr.open_array(str(tmp_path / "cube.zarr"), mode="w", shape=data.shape, chunks=(32, 32, 32),
+                             dtype=data.dtype, dimension_names=list(names))
+    stored[:] = data
+    if layout is None:
+        with pytest.raises(GraphconvError, match=r"cannot tell its band axis .* name its dimensions"):
+            open_source(tmp_path / "cube.zarr", 3, {"values": "stored"}, bands=(30, 20, 10))
+        return
+    source = open_source(tmp_path / "cube.zarr", 3, {"values": "stored"}, bands=(30, 20, 10))
+    assert source.layout == layout and (source.height, source.width) == (64, 64)
+    chw = data if layout == "chw" else data.transpose(2, 0, 1)
+    np.testing.assert_array_equal(source.read(0, 0, 64, 64), chw[[29, 19, 9]].astype(np.float32))
