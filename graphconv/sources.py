@@ -443,7 +443,7 @@ def thumbnail(source, longest: int = THUMBNAIL_SIDE) -> tuple[np.ndarray, tuple[
 
     step = max(1, -(-max(source.height, source.width) // longest))
     out_hw = (-(-source.height // step), -(-source.width // step))
-    level = _coarsest_level_for(source, step)
+    level = _preview_level(source, out_hw)
     stored = getattr(source, "stored_values", False)
     raw = _open(source.path, source.channels, {"values": "stored"} if stored else None, level,
                 getattr(source, "bands", None))
@@ -466,11 +466,15 @@ def data_mask(source, out_hw: tuple[int, int]) -> np.ndarray:
     """(h, w) bool at `thumbnail`'s size: where any band the run reads holds data, not
     the raster's no-data value (`source.nodata`; NaN where that is NaN). Read as stored,
     from the same pyramid level `thumbnail` takes."""
-    step = max(1, -(-max(source.height, source.width) // max(out_hw)))
-    raw = _open(source.path, source.channels, {"values": "stored"}, _coarsest_level_for(source, step), source.bands)
+    raw = _open(source.path, source.channels, {"values": "stored"}, _preview_level(source, out_hw), source.bands)
     values = _sampled(raw, out_hw)
     missing = np.isnan(values) if np.isnan(source.nodata) else values == np.float32(source.nodata)
     return ~missing.all(axis=0)
+
+
+def _preview_level(source, out_hw: tuple[int, int]) -> int:
+    """The level a preview of `out_hw` pixels (`thumbnail`, `data_mask`) is read from."""
+    return _coarsest_level_for(source, max(1, -(-max(source.height, source.width) // max(out_hw))))
 
 
 def _coarsest_level_for(source, step: int) -> int:

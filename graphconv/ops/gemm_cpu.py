@@ -114,9 +114,10 @@ def stream_width(positions: int, lanes: int = LANES) -> int:
 
     The 16-lane copy also takes whole 8-lane vectors, running a block's last 8 positions
     through an 8-lane tile, but that tile is bound by its weight broadcasts, one per
-    8-lane FMA: 4096 x 4096 weights at 36 positions (padded to 40) took 9.9 ms, at 48
-    (three 16-lane vectors) 5.0 ms, 2 threads, Zen 5. So the 16-lane copy's callers pad
-    to 16: the padded lanes cost less than that tile."""
+    8-lane FMA: 4096 x 4096 weights at 36 positions, alternating, 2 threads, Zen 5, took
+    6.1 ms padded to 40 and 5.0 ms padded to 48 (three 16-lane vectors); 24 positions 6.1
+    ms as 24, 3.9 ms as 32. So the 16-lane copy's callers pad to 16: the padded lanes cost
+    less than that tile."""
     return 1 if positions == 1 else -(-positions // lanes) * lanes
 
 
