@@ -109,9 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--level", type=_natural_int, default=0, metavar="K",
                      help="a TIFF pyramid's level to read (0: full resolution; 1, 2, ...: the slide's smaller "
                           "copies, e.g. a 40x scan's 10x level for a classifier trained at 10x)")
-    run.add_argument("--downsample", type=_positive_int, default=1, metavar="F",
-                     help="read the image F times coarser, each pixel the mean of an FxF block (exact in tiles): "
-                          "a 40x slide for a classifier trained at 20x, where the pyramid has no 20x level")
+    run.add_argument("--downsample", type=_factor, default=1, metavar="F",
+                     help="read the image F times coarser, each pixel the mean of the FxF square it covers (F may "
+                          "be fractional; exact in tiles): a 40x slide for a classifier trained at 20x, where the "
+                          "pyramid has no 20x level")
     run.add_argument("--mpp", type=_positive_float, metavar="UM",
                      help="read a slide at UM micrometres per pixel (the classifier's training resolution, e.g. "
                           "0.5 for 20x): the pyramid level and --downsample that reach it, from the pixel size the "
@@ -665,6 +666,14 @@ def print_top(scores: np.ndarray, k: int, labels: list[str] | None) -> None:
 
 def _positive_int(text: str) -> int:
     return _int_at_least(text, 1)
+
+
+def _factor(text: str) -> float:
+    """A scale factor of at least 1, whole ones as ints (`--downsample 2` averages blocks)."""
+    value = _positive_float(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a factor of at least 1, got {shown(text)}")
+    return int(value) if value == int(value) else value
 
 
 def _positive_float(text: str) -> float:

@@ -49,7 +49,7 @@ class MapOptions:
     level: int = 0  # --level K: the level of a TIFF pyramid each image is read at
     skip_background: float | None = None  # --skip-background S: tiles without tissue not computed (background.py)
     bands: tuple[int, ...] | None = None  # --bands: a raster's bands the network takes (graphconv.sources)
-    downsample: int = 1  # --downsample F: each image read F times coarser (sources.Downsampled)
+    downsample: float = 1  # --downsample F: each image read F times coarser (sources.Downsampled)
     mpp: float | None = None  # --mpp UM: each slide read at that pixel size (sources.resolution_for)
 
     def grid(self, model):

@@ -207,19 +207,25 @@ def is_tiff(path: str | os.PathLike) -> bool:
 
 
 class Downsampled:
-    """`inner` read `factor` times coarser: each pixel the mean of a factor x factor block
-    of its pixels (the last rows and columns that fill no block left out), as an image
-    shrunk by an integer factor with area averaging (Pillow's `reduce`). A box is read as
-    the blocks under it, so tiles stay exact: `run --downsample 2` on a 40x slide is a
-    20x classifier's input, where the pyramid has no 20x level (Aperio's: 40x, 10x,
-    2.5x). Since the spec's preprocess is per-channel affine, averaging after it is the
-    same as before. Everything else (path, level, bands, no-data) is `inner`'s."""
+    """`inner` read `factor` times coarser by area averaging: each pixel the mean of the
+    factor x factor square of `inner`'s pixels it covers, a pixel the square covers in
+    part weighted by the part (OpenCV's INTER_AREA; for a whole factor, the mean of a
+    block, Pillow's `reduce`). The last rows and columns no whole square covers are left
+    out. `run --downsample 2` on a 40x slide is a 20x classifier's input where the
+    pyramid has no 20x level (Aperio's: 40x, 10x, 2.5x); `--mpp 0.5` on a 0.2265 um/px
+    scan reads it 2.2075x coarser, where the nearest whole factor would be 9% off.
 
-    def __init__(self, inner, factor: int):
+    A box is read as the squares under it, each pixel's weights fixed by where it is,
+    not by the box, and summed in one order: a pixel comes out the same, bit for bit,
+    whichever tile reads it, so tiles stay exact. Since the spec's preprocess is
+    per-channel affine and the weights sum to one, averaging after it is the same as
+    before. Everything else (path, level, bands, no-data) is `inner`'s."""
+
+    def __init__(self, inner, factor: float):
         self.inner, self.factor = inner, factor
-        self.height, self.width = inner.height // factor, inner.width // factor
+        self.height, self.width = int(inner.height / factor), int(inner.width / factor)
         if not (self.height and self.width):
-            raise GraphconvError(f"--downsample {factor}: the image is {inner.height}x{inner.width}, smaller than "
+            raise GraphconvError(f"--downsample {factor:g}: the image is {inner.height}x{inner.width}, smaller than "
                                  "one block", file=inner.path)
         self.downsample = getattr(inner, "downsample", 1.0) * factor  # how much coarser than level 0
 
@@ -227,36 +233,74 @@ class Downsampled:
         return getattr(self.inner, name)
 
     def read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
-        f = self.factor
+        rows_at_once = max(1, int(READ_PIXELS / (self.factor ** 2 * max(1, right - left))))
+        if bottom - top > rows_at_once:  # a tile of a slide read 8x coarser is 64 tiles' worth of level 0
+            return np.concatenate([self.read(row, left, min(bottom, row + rows_at_once), right)
+                                   for row in range(top, bottom, rows_at_once)], axis=1)
+        if self.factor == int(self.factor):
+            return self._block_means(top, left, bottom, right, int(self.factor))
+        return self._area_means(top, left, bottom, right)
+
+    def _block_means(self, top: int, left: int, bottom: int, right: int, f: int) -> np.ndarray:
         box = self.inner.read(top * f, left * f, bottom * f, right * f)
         c, h, w = box.shape
         return box.reshape(c, h // f, f, w // f, f).mean(axis=(2, 4), dtype=np.float64).astype(np.float32)
 
+    def _area_means(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
+        rows, row_weights = _area_taps(top, bottom, self.factor)
+        cols, col_weights = _area_taps(left, right, self.factor)
+        box = self.inner.read(rows[0, 0], cols[0, 0], min(self.inner.height, rows[-1, -1] + 1),
+                              min(self.inner.width, cols[-1, -1] + 1))
+        rows = np.minimum(rows - rows[0, 0], box.shape[1] - 1)
+        cols = np.minimum(cols - cols[0, 0], box.shape[2] - 1)
+        by_rows = sum(weights[:, None] * box[:, taps, :] for taps, weights in zip(rows, row_weights))
+        return sum(weights * by_rows[:, :, taps] for taps, weights in zip(cols, col_weights))
+
+
+READ_PIXELS = 1 << 23  # the most of `inner`'s pixels (a band's) one read of a Downsampled source decodes at once
+
+
+def _area_taps(start: int, stop: int, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """For the coarse pixels start..stop-1 along one axis, the fine pixels each covers
+    and the share of it each has: (taps, n) indices and weights (0 where the square ends
+    sooner), tap k of pixel i at floor(i * factor) + k. The weights are float32, as the
+    pixels are: float64 would double the memory of a tile's read, for nothing an 8-bit
+    or a 16-bit image can show."""
+    low = np.arange(start, stop, dtype=np.float64) * factor
+    high = np.arange(start + 1, stop + 1, dtype=np.float64) * factor
+    first = np.floor(low).astype(np.int64)
+    taps = first[None, :] + np.arange(math.ceil(factor) + 1)[:, None]
+    cover = np.minimum(taps + 1, high[None, :]) - np.maximum(taps, low[None, :])
+    return taps, (np.maximum(cover, 0.0) / factor).astype(np.float32)
+
 
 def open_source(path: str | os.PathLike, channels: int, preprocess: dict | None, level: int = 0,
-                bands: Sequence[int] | None = None, downsample: int = 1, mpp: float | None = None):
+                bands: Sequence[int] | None = None, downsample: float = 1, mpp: float | None = None):
     """The right source for `path`: TIFF and zarr lazily, other images through Pillow;
     `level` is a pyramid TIFF's level (0: full resolution), `bands` a raster's bands to
-    read (1-based, in order; see the module), `downsample` an integer factor it is read
-    coarser by (`Downsampled`); or `mpp`, the micrometres per pixel to read a slide at,
-    which picks both (`resolution_for`)."""
+    read (1-based, in order; see the module), `downsample` the factor (whole or not) it is
+    read coarser by (`Downsampled`); or `mpp`, the micrometres per pixel to read a slide
+    at, which picks both (`resolution_for`)."""
     if mpp is not None:
         level, downsample = resolution_for(str(path), mpp)
     source = _open(str(path), channels, preprocess, level, bands)
     return Downsampled(source, downsample) if downsample > 1 else source
 
 
-MPP_TOLERANCE = 1.15  # how far (as a ratio) the pixel size read may be from the one asked
-MPP_EQUAL = 1.02  # pixel sizes this close (as a ratio) count as the same when choosing how to reach one
-MAX_DOWNSAMPLE = 64
+MPP_TOLERANCE = 1.15  # how much finer than the slide's own pixels (as a ratio) --mpp may ask for
+MPP_EQUAL = 1.02  # pixel sizes this close (as a ratio) count as the same: levels are seldom exact multiples
 
 
-def resolution_for(path: str, mpp: float) -> tuple[int, int]:
-    """(level, downsample) that read the slide at `path` at the pixel size nearest `mpp`
-    micrometres, within MPP_TOLERANCE: a pyramid level, averaged in whole blocks where no
-    level is that coarse (a 0.25 um/px scan with levels 1, 4 and 16x coarser: 0.5 is
-    level 0 in 2x2 blocks, 2.0 level 1 in 2x2). Of equals, the coarser level (less to
-    read). The slide must say its pixel size (`_microns_per_pixel`)."""
+def resolution_for(path: str, mpp: float) -> tuple[int, float]:
+    """(level, downsample) that read the slide at `path` at `mpp` micrometres per pixel:
+    the coarsest pyramid level whose pixels are no larger than that (the least to read),
+    area-averaged by the factor left (`Downsampled`). A factor within MPP_EQUAL of a
+    whole one is taken whole, as blocks: a 0.25 um/px scan with levels 4 and 16x coarser
+    reaches 0.5 as level 0 in 2x2 blocks, 2.0 as level 1 in 2x2; a 0.2265 um/px scan
+    reaches 0.5 as level 0 2.2075x coarser. Asked for pixels finer than level 0's,
+    which would take enlarging, it reads level 0 as it is where that is within
+    MPP_TOLERANCE, and refuses beyond. The slide must say its pixel size
+    (`_microns_per_pixel`)."""
     if not is_tiff(path):
         raise GraphconvError("--mpp reads a slide at a pixel size its file states: give a TIFF (.svs, .ndpi, "
                              "OME-TIFF), or pick --level and --downsample", file=path)
@@ -271,19 +315,14 @@ def resolution_for(path: str, mpp: float) -> tuple[int, int]:
     if microns is None:
         raise GraphconvError("--mpp: the image does not state its pixel size (no Aperio MPP, OME PhysicalSizeX or "
                              "resolution in centimetres); pick --level and --downsample", file=path)
-    options = [(level, factor, microns * heights[0] / heights[level] * factor)
-               for level in range(len(heights)) for factor in range(1, MAX_DOWNSAMPLE + 1)]
-    error = lambda option: abs(math.log(option[2] / mpp))
-    best = min(map(error, options))
-    # levels are seldom exact multiples of level 0 (a 3999-pixel side over 4 is 999.75):
-    # of the options as near as makes no difference, the coarsest level, the least averaging
-    level, factor, got = min((o for o in options if error(o) <= best + math.log(MPP_EQUAL)),
-                             key=lambda option: (-option[0], option[1]))
-    if abs(math.log(got / mpp)) > math.log(MPP_TOLERANCE):
-        raise GraphconvError(f"--mpp {mpp:g}: the slide's pixels are {microns:.4g} um at level 0; the nearest a "
-                             f"level and a whole downsampling factor reach is {got:.4g} um (level {level}, "
-                             f"--downsample {factor}), more than {MPP_TOLERANCE - 1:.0%} away", file=path)
-    return level, factor
+    sizes = [microns * heights[0] / height for height in heights]  # um per pixel, level by level
+    level = max((k for k, size in enumerate(sizes) if size <= mpp * MPP_EQUAL), default=0)
+    factor = mpp / sizes[level]
+    if factor < 1 / MPP_TOLERANCE:
+        raise GraphconvError(f"--mpp {mpp:g}: the slide's pixels are {microns:.4g} um at level 0, more than "
+                             f"{MPP_TOLERANCE - 1:.0%} larger; graphconv does not enlarge images", file=path)
+    whole = max(1, round(factor))
+    return (level, whole) if abs(math.log(factor / whole)) <= math.log(MPP_EQUAL) or factor < 1 else (level, factor)
 
 
 def _open(path: str, channels: int, preprocess: dict | None, level: int, bands: Sequence[int] | None):

@@ -148,7 +148,8 @@ def _describe_resolution(source, asked: float | None = None) -> None:
         parts.append(f"level {source.level} of a {levels}-level pyramid" if source.level
                      else f"level 0, the full resolution, of a {levels}-level pyramid")
     if factor > 1:
-        parts.append(f"averaged in {factor}x{factor} blocks")
+        parts.append(f"averaged in {factor}x{factor} blocks" if factor == int(factor)
+                     else f"area-averaged over {factor:.4g}x{factor:.4g} squares")
     downsample = getattr(source, "downsample", 1)
     if downsample != 1:
         parts.append(f"{downsample:.4g}x coarser than level 0")

@@ -516,20 +516,26 @@ def test_data_mask_of_float_data_with_nan_no_data(tmp_path):
     assert mask[:30].all() and not mask[30:].any()
 
 
-@pytest.mark.parametrize("image", ["tiled.tif", "page.png", "page.zarr"])
-def test_cli_downsample_maps_the_block_averaged_image(model_dir, picture, tmp_path, image):
-    """--downsample 2, in tiles: the map of the image averaged in 2x2 blocks (its odd
-    last row and column left out), as that image run whole gives it."""
-    pixels = np.asarray(Image.open(picture / "page.png"), np.float64)
-    h, w = pixels.shape[0] // 2 * 2, pixels.shape[1] // 2 * 2
-    halved = pixels[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3)).astype(np.float32)
-    np.save(tmp_path / "halved.npy", halved[None, None])
-    assert graphconv("run", model_dir, "--input", tmp_path / "halved.npy", "--output", tmp_path / "want.npy",
+@pytest.mark.parametrize("image, factor, described", [
+    ("tiled.tif", "2", "averaged in 2x2 blocks, 2x coarser"), ("page.png", "2", "averaged in 2x2 blocks, 2x coarser"),
+    ("page.zarr", "2", "averaged in 2x2 blocks, 2x coarser"),
+    ("tiled.tif", "2.5", "area-averaged over 2.5x2.5 squares, 2.5x coarser"),
+    ("page.png", "1.3", "area-averaged over 1.3x1.3 squares, 1.3x coarser")])
+def test_cli_downsample_maps_the_area_averaged_image(model_dir, picture, tmp_path, image, factor, described):
+    """--downsample F, in tiles: the map of the image area-averaged F times coarser (2x2
+    blocks for F = 2, its odd last row and column left out), as that image run whole
+    gives it."""
+    from test_sources import area_reference
+
+    pixels = np.asarray(Image.open(picture / "page.png"), np.float32)[None]
+    coarse = area_reference(pixels, float(factor)).astype(np.float32)
+    np.save(tmp_path / "coarse.npy", coarse[None])
+    assert graphconv("run", model_dir, "--input", tmp_path / "coarse.npy", "--output", tmp_path / "want.npy",
                      "--full-map").returncode == 0
-    result = graphconv("run", model_dir, "--image", picture / image, "--downsample", "2", "--tile", "40",
+    result = graphconv("run", model_dir, "--image", picture / image, "--downsample", factor, "--tile", "40",
                        "--output", tmp_path / "got.npy")
     assert result.returncode == 0, result.stderr
-    assert f"image: {h // 2}x{w // 2} pixels, averaged in 2x2 blocks, 2x coarser than level 0" in result.stderr
+    assert f"image: {coarse.shape[1]}x{coarse.shape[2]} pixels, {described} than level 0" in result.stderr
     got = np.load(tmp_path / "got.npy")
     np.testing.assert_allclose(got, np.load(tmp_path / "want.npy")[:, :, :got.shape[2], :got.shape[3]],
                                rtol=1e-4, atol=1e-5)
@@ -554,6 +560,7 @@ def test_cli_a_pyramid_level_read_coarser_still(model_dir, tmp_path):
     (["--input", "x.npy", "--downsample", "2"], "--downsample reads an image coarser: give --image or --images"),
     (["--image", "page.png", "--downsample", "2", "--resize", "40", "40"], "--downsample and --resize/--scales"),
     (["--image", "page.png", "--downsample", "400"], "--downsample 400: the image is 150x170, smaller than one block"),
+    (["--image", "page.png", "--downsample", "0.5"], "argument --downsample: expected a factor of at least 1, got '0.5'"),
 ])
 def test_cli_downsample_errors(model_dir, picture, tmp_path, args, message):
     np.save(tmp_path / "x.npy", np.zeros((1, 32, 32), np.float32))
@@ -564,11 +571,13 @@ def test_cli_downsample_errors(model_dir, picture, tmp_path, args, message):
 
 def test_cli_mpp_reads_the_slide_at_the_classifier_s_pixel_size(model_dir, tmp_path):
     """--mpp 1.0 on a 0.25 um/px slide with levels 2x and 4x coarser: level 2, the same
-    map as --level 2 gives; --mpp 2.0: level 2 averaged in 2x2 blocks."""
+    map as --level 2 gives; --mpp 2.0: level 2 averaged in 2x2 blocks; --mpp 0.6: level 1
+    (0.5) area-averaged 1.2x coarser."""
     from test_sources import write_aperio
 
     slide = write_aperio(tmp_path / "slide.svs", channels=1)
-    for mpp, same in (("1.0", ["--level", "2"]), ("2.0", ["--level", "2", "--downsample", "2"])):
+    for mpp, same in (("1.0", ["--level", "2"]), ("2.0", ["--level", "2", "--downsample", "2"]),
+                      ("0.6", ["--level", "1", "--downsample", "1.2"])):
         result = graphconv("run", model_dir, "--image", slide, "--mpp", mpp, "--output", tmp_path / "mpp.npy")
         assert result.returncode == 0, result.stderr
         assert f"{float(mpp):g} µm per pixel (--mpp {float(mpp):g})" in result.stderr
