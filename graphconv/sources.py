@@ -138,8 +138,11 @@ def _layout(shape, channels: int, path: str, axes: str | None = None) -> str:
     if len(shape) == 2:
         return "hw"
     if len(shape) != 3:
-        raise GraphconvError(f"an image array of shape {tuple(shape)}: expected (H, W), (H, W, C) or (C, H, W)",
-                             file=path)
+        named = f" (axes {axes}: {', '.join(f'{a} {n}' for a, n in zip(axes, shape))})" \
+            if axes and len(axes) == len(shape) else ""
+        raise GraphconvError(f"an image array of shape {tuple(shape)}{named}: expected (H, W), (H, W, C) or "
+                             "(C, H, W); graphconv maps one plane: save the one to map (a z-slice, a time "
+                             "point) as its own file", file=path)
     if axes and len(axes) == 3 and axes[1:].upper() == "YX":
         return "chw"
     if axes and len(axes) == 3 and axes[:2].upper() == "YX":

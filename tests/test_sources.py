@@ -412,3 +412,12 @@ def test_a_zarr_array_s_dimension_names_say_where_its_bands_are(tmp_path, names,
     assert source.layout == layout and (source.height, source.width) == (64, 64)
     chw = data if layout == "chw" else data.transpose(2, 0, 1)
     np.testing.assert_array_equal(source.read(0, 0, 64, 64), chw[[29, 19, 9]].astype(np.float32))
+
+
+def test_a_z_stack_is_refused_naming_its_axes(tmp_path):
+    """An OME-TIFF of 2 z-planes of 3 channels: one plane is what a map is of."""
+    tifffile.imwrite(tmp_path / "stack.ome.tif", np.zeros((1, 2, 3, 16, 20), np.uint8),
+                     metadata={"axes": "TZCYX"}, ome=True)
+    with pytest.raises(GraphconvError, match=r"shape \(2, 3, 16, 20\) \(axes ZCYX: Z 2, C 3, Y 16, X 20\): expected "
+                                             r"\(H, W\), \(H, W, C\) or \(C, H, W\); graphconv maps one plane"):
+        open_source(tmp_path / "stack.ome.tif", 3, None)
