@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from numba import njit, prange
 
 from graphconv.errors import GraphconvError
 from graphconv.images import stores_values
@@ -240,24 +241,35 @@ class Downsampled:
         if bottom - top > rows_at_once:  # a tile of a slide read 8x coarser is 64 tiles' worth of level 0
             return np.concatenate([self.read(row, left, min(bottom, row + rows_at_once), right)
                                    for row in range(top, bottom, rows_at_once)], axis=1)
-        if self.factor == int(self.factor):
-            return self._block_means(top, left, bottom, right, int(self.factor))
-        return self._area_means(top, left, bottom, right)
-
-    def _block_means(self, top: int, left: int, bottom: int, right: int, f: int) -> np.ndarray:
-        box = self.inner.read(top * f, left * f, bottom * f, right * f)
-        c, h, w = box.shape
-        return box.reshape(c, h // f, f, w // f, f).mean(axis=(2, 4), dtype=np.float64).astype(np.float32)
-
-    def _area_means(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
         rows, row_weights = _area_taps(top, bottom, self.factor)
         cols, col_weights = _area_taps(left, right, self.factor)
         box = self.inner.read(rows[0, 0], cols[0, 0], min(self.inner.height, rows[-1, -1] + 1),
                               min(self.inner.width, cols[-1, -1] + 1))
-        rows = np.minimum(rows - rows[0, 0], box.shape[1] - 1)
-        cols = np.minimum(cols - cols[0, 0], box.shape[2] - 1)
-        by_rows = sum(weights[:, None] * box[:, taps, :] for taps, weights in zip(rows, row_weights))
-        return sum(weights * by_rows[:, :, taps] for taps, weights in zip(cols, col_weights))
+        out = np.empty((box.shape[0], bottom - top, right - left), np.float32)
+        _area_means(box, np.minimum(rows - rows[0, 0], box.shape[1] - 1), row_weights,
+                    np.minimum(cols - cols[0, 0], box.shape[2] - 1), col_weights, out)
+        return out
+
+
+@njit(cache=True, parallel=True)
+def _area_means(box, rows, row_weights, cols, col_weights, out):
+    """out[c, i, j] = sum over column taps b of col_weights[b, j] * (sum over row taps a
+    of row_weights[a, i] * box[c, rows[a, i], cols[b, j]]), summed in that order for
+    every pixel. No fastmath: fused multiply-adds in the vector loop but not in its
+    remainder would round a pixel differently by where a tile puts it."""
+    channels, height, width = out.shape
+    for job in prange(channels * height):
+        c, i = job // height, job % height
+        line = np.zeros(box.shape[2], np.float32)
+        for a in range(rows.shape[0]):
+            weight, row = row_weights[a, i], rows[a, i]
+            for x in range(box.shape[2]):
+                line[x] += weight * box[c, row, x]
+        for j in range(width):
+            total = np.float32(0.0)
+            for b in range(cols.shape[0]):
+                total += col_weights[b, j] * line[cols[b, j]]
+            out[c, i, j] = total
 
 
 READ_PIXELS = 1 << 23  # the most of `inner`'s pixels (a band's) one read of a Downsampled source decodes at once
@@ -267,12 +279,12 @@ def _area_taps(start: int, stop: int, factor: float) -> tuple[np.ndarray, np.nda
     """For the coarse pixels start..stop-1 along one axis, the fine pixels each covers
     and the share of it each has: (taps, n) indices and weights (0 where the square ends
     sooner), tap k of pixel i at floor(i * factor) + k. The weights are float32, as the
-    pixels are: float64 would double the memory of a tile's read, for nothing an 8-bit
-    or a 16-bit image can show."""
+    pixels are and `_area_means` sums them: float64 would show nothing more of an 8-bit
+    or a 16-bit image."""
     low = np.arange(start, stop, dtype=np.float64) * factor
     high = np.arange(start + 1, stop + 1, dtype=np.float64) * factor
     first = np.floor(low).astype(np.int64)
-    taps = first[None, :] + np.arange(math.ceil(factor) + 1)[:, None]
+    taps = first[None, :] + np.arange(math.ceil(factor) + (factor != int(factor)))[:, None]
     cover = np.minimum(taps + 1, high[None, :]) - np.maximum(taps, low[None, :])
     return taps, (np.maximum(cover, 0.0) / factor).astype(np.float32)
 
