@@ -167,13 +167,15 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
 
 
 def _write_map(output: str, scores: np.ndarray, source, grid) -> None:
-    """One image's map, atomically: .npy, or .tif (georeferenced where the image is a GeoTIFF)."""
+    """One image's map, atomically: .npy, or .tif (georeferenced where the image is a
+    GeoTIFF; its cells' placement in it)."""
     from graphconv.files import atomic_write
-    from graphconv.georef import georeference_of_map, is_tiff_output, write_map_tiff
+    from graphconv.georef import cell_placement, georeference_of_map, is_tiff_output, write_map_tiff
 
     if is_tiff_output(output):
         geo = georeference_of_map(source, grid.cell_area)
-        atomic_write(output, lambda p: write_map_tiff(p, scores, geo), suffix=".tif")
+        placement = cell_placement(source, grid.cell_area)
+        atomic_write(output, lambda p: write_map_tiff(p, scores, geo, placement), suffix=".tif")
     else:
         atomic_write(output, lambda p: np.save(p, scores), suffix=".npy")
 

@@ -1,4 +1,5 @@
-"""Score maps as (Geo)TIFF files that land where their image lies.
+"""Score maps as (Geo)TIFF files that land where their image lies, and where any map's
+cells stand on their image (`CellPlacement`).
 
 A satellite scene is a GeoTIFF: its tags tie raster coordinates to a map projection
 (ModelTiepoint and ModelPixelScale, or a ModelTransformation matrix) and name that
@@ -15,6 +16,7 @@ without them gives a plain TIFF map.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,6 +106,50 @@ def georeference_of_map(source, cells: Field) -> GeoReference | None:
     return map_georeference(image, cells, level0_span(source))
 
 
+@dataclass(frozen=True)
+class CellPlacement:
+    """Where a map's cells stand on the image at its full resolution (a pyramid's level
+    0): cell (r, c) is centred on level-0 pixel (first[0] + step[0] * r, first[1] +
+    step[1] * c), counting pixel k as the span k..k+1, whichever level, factor and tiles
+    the run read. What a viewer needs to lay the map over a slide (QuPath, napari): an
+    .npy map has no room for it, so a tiled run prints it; .zarr and .tif maps carry it
+    (`as_dict`: the zarr's `graphconv` attribute, the TIFF's description after its first
+    line), and a .tif of a slide whose pixel size is known says its cells' size in its
+    resolution tags."""
+
+    first: tuple[float, float]
+    step: tuple[float, float]
+    microns_per_pixel: float | None  # level 0's, where the file says it
+
+    def describe(self) -> str:
+        y, x = (f"{self.first[a]:.6g} + {self.step[a]:.6g} {'rc'[a]}" for a in (0, 1))
+        size = f"; cells {self.step[1] * self.microns_per_pixel:.4g} µm apart" if self.microns_per_pixel else ""
+        return f"cell (r, c) of the map is centred on pixel (y, x) = ({y}, {x}) of the image at full resolution{size}"
+
+    def as_dict(self) -> dict:
+        return {"first_cell_centre_yx": list(self.first), "cell_step_yx": list(self.step),
+                "units": "pixels of the image at full resolution (a pyramid's level 0), pixel k spanning k..k+1",
+                "microns_per_pixel": self.microns_per_pixel}
+
+    def tiff_resolution(self) -> dict:
+        """tifffile's resolution arguments: cells per centimetre, where the size is known."""
+        if not self.microns_per_pixel:
+            return {}
+        per_cm = tuple(1e4 / (self.step[a] * self.microns_per_pixel) for a in (1, 0))
+        return {"resolution": per_cm, "resolutionunit": "CENTIMETER"}
+
+
+def cell_placement(source, cells: Field) -> CellPlacement:
+    """Where the cells `cells` places (`Model.cell_area`: each on its crop) stand on the
+    level-0 image behind `source` (`graphconv.sources`: a level, read coarser or not)."""
+    from graphconv.sources import level0_span
+
+    span = level0_span(source)
+    first = tuple(span[a] * (cells.offset[a] + cells.size[a] / 2) for a in (0, 1))
+    step = tuple(span[a] * cells.stride[a] for a in (0, 1))
+    return CellPlacement(first, step, getattr(source, "microns_per_pixel", None))
+
+
 def cell_size(geo: GeoReference) -> tuple[float, float]:
     """A cell's width and height in map units."""
     (a, b, _), (c, d, _) = geo.affine
@@ -136,11 +182,13 @@ def tiff_tags(geo: GeoReference | None, nodata: str | None) -> list[tuple]:
     return tags
 
 
-def write_map_tiff(path: str, scores: np.ndarray, geo: GeoReference | None) -> None:
+def write_map_tiff(path: str, scores: np.ndarray, geo: GeoReference | None,
+                   placement: CellPlacement | None = None) -> None:
     """A (1, K, rows, cols) map as a tiled TIFF of K bands (one band: a class map),
-    georeferenced by `geo` where given; cells not computed (NaN, or 65535 in a class
-    map) marked as GDAL's no-data. `scores` may be a memory map: it is read a tile at a
-    time."""
+    georeferenced by `geo` where given, its cells' `placement` in its description and,
+    where no georeference says it, their size in its resolution tags; cells not computed
+    (NaN, or 65535 in a class map) marked as GDAL's no-data. `scores` may be a memory
+    map: it is read a tile at a time."""
     tifffile = _tifffile()
     if scores.shape[0] != 1:
         raise GraphconvError(f"a TIFF map holds one image's map; this output has {scores.shape[0]}: write .npy "
@@ -148,10 +196,12 @@ def write_map_tiff(path: str, scores: np.ndarray, geo: GeoReference | None) -> N
     bands = scores[0]
     nodata = "65535" if bands.dtype == np.uint16 else "nan" if np.issubdtype(bands.dtype, np.floating) else None
     data = bands[0] if bands.shape[0] == 1 else bands
+    description = MAP_DESCRIPTION + (f"\n{json.dumps(placement.as_dict())}" if placement else "")
+    resolution = placement.tiff_resolution() if placement and geo is None else {}
     tifffile.imwrite(path, data, photometric="minisblack", planarconfig="separate" if data.ndim == 3 else None,
                      tile=(MAP_TILE, MAP_TILE), compression="zlib" if bands.dtype == np.uint16 else None,
-                     extratags=tiff_tags(geo, nodata), bigtiff=data.nbytes > 2 ** 31, description=MAP_DESCRIPTION,
-                     metadata=None)
+                     extratags=tiff_tags(geo, nodata), bigtiff=data.nbytes > 2 ** 31, description=description,
+                     metadata=None, **resolution)
 
 
 def is_graphconv_map(path: str) -> bool:

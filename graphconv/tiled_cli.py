@@ -67,6 +67,7 @@ def _image_size(path: str) -> tuple[int, int] | None:
 
 
 def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
+    from graphconv.georef import cell_placement
     from graphconv.sources import open_source
     from graphconv.tiling import CropGrid, MapFile, choose_tile, map_transform, plan_tiles
 
@@ -107,6 +108,8 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     if isinstance(grid, CropGrid):
         print(grid.describe(image_hw))
     print(f"tiles: {plan.describe()}", file=sys.stderr)
+    placement = cell_placement(source, grid.cell_area)
+    print(f"cells: {placement.describe()}", file=sys.stderr)
     skip = _skipper(args, background, plan)
     if not (args.workers or args.scheduler):
         from graphconv.cli import note_cold_kernels
@@ -116,7 +119,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
         on_tile = lambda t: advance(1, t.pixels)
         if args.output:
             with MapFile(args.output, shape, dtype, chunk_hw=plan.cells_hw,
-                         georeference=_map_georeference(args, source, grid)) as out:
+                         georeference=_map_georeference(args, source, grid), placement=placement) as out:
                 _compute(args, grid, source, plan, tile, out, transform, on_tile, skip)
                 _draw_heatmap(args, model, source, grid, out, background)  # before the map is renamed into place
                 means = _class_means(args, out)

@@ -442,15 +442,17 @@ class MapFile:
     `.npy` (memory-mapped, so it need not fit in memory), a chunked `.zarr` array
     (N, K, rows, cols), or a tiled `.tif` of K bands (georeferenced by `georeference`,
     a `graphconv.georef.GeoReference`, where given), written from a memory-mapped
-    scratch copy once every tile is in. Used as a context manager: the file is renamed
-    into place on success and removed on failure, so nothing is left half-written."""
+    scratch copy once every tile is in. A zarr or TIFF map carries `placement` (a
+    `graphconv.georef.CellPlacement`: where its cells stand on the image) where
+    given. Used as a context manager: the file is renamed into place on success and
+    removed on failure, so nothing is left half-written."""
 
     def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype, chunk_hw: tuple[int, int],
-                 georeference=None):
+                 georeference=None, placement=None):
         from graphconv.files import check_writable
         from graphconv.georef import is_tiff_output
         self.path, self.shape, self.dtype, self.chunk_hw = str(path), tuple(shape), np.dtype(dtype), chunk_hw
-        self.georeference = georeference
+        self.georeference, self.placement = georeference, placement
         self.is_zarr = self.path.rstrip("/").lower().endswith(".zarr")
         self.is_tiff = is_tiff_output(self.path)
         if self.is_zarr:
@@ -477,6 +479,8 @@ class MapFile:
             zarr = require("zarr")
             chunks = (1, min(self.shape[1], 64), *self.chunk_hw)
             self.array = zarr.open_array(self._tmp, mode="w", shape=self.shape, chunks=chunks, dtype=self.dtype)
+            if self.placement is not None:
+                self.array.attrs["graphconv"] = self.placement.as_dict()
         else:
             self.array = np.lib.format.open_memmap(self._scratch, mode="w+", dtype=self.dtype, shape=self.shape)
         return self.array
@@ -491,7 +495,7 @@ class MapFile:
                     self.array.flush()
                 if self.is_tiff:
                     from graphconv.georef import write_map_tiff
-                    write_map_tiff(self._tmp, self.array, self.georeference)
+                    write_map_tiff(self._tmp, self.array, self.georeference, self.placement)
                 self.array = None
                 if self.is_zarr and os.path.isdir(target):
                     shutil.rmtree(target)

@@ -3,13 +3,16 @@ covers, in the image's projection, whichever convention (pixel corners or centre
 whatever rotation the image's georeference has."""
 from __future__ import annotations
 
+import json
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 tifffile = pytest.importorskip("tifffile")
 
-from graphconv.georef import (GEO_KEY_DIRECTORY, GeoReference, map_georeference, read_georeference,  # noqa: E402
-                              tiff_tags, write_map_tiff)
+from graphconv.georef import (GEO_KEY_DIRECTORY, GeoReference, cell_placement, map_georeference,  # noqa: E402
+                              read_georeference, tiff_tags, write_map_tiff)
 from graphconv.receptive import Field  # noqa: E402
 
 UTM_33N_AREA = (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32633)
@@ -111,3 +114,36 @@ def test_malformed_geotiff_tags_are_one_error_naming_the_file(tmp_path, tag, val
     with pytest.raises(GraphconvError, match="its GeoTIFF tags do not make a georeference") as err:
         read_georeference(str(tmp_path / "bad.tif"))
     assert str(err.value).startswith("bad.tif: ")
+
+
+@pytest.mark.parametrize("cells, level_size", [(Field((16, 16), (4, 4), (0, 0)), (10, 15)),
+                                               (Field((7, 7), (1, 1), (-3, -3)), (40, 60)),
+                                               (Field((28, 20), (8, 4), (0, 0)), (20, 30))])
+def test_a_cell_s_placement_is_where_its_georeference_puts_it(tmp_path, cells, level_size):
+    """Two roads to one point: a cell's centre by its placement, in level-0 pixels, then
+    through the image's georeference; and the map's own georeference at the cell's
+    centre (col c + 0.5, row r + 0.5 in a pixel-corner raster)."""
+    image = read_georeference(geotiff(tmp_path / "scene.tif"))
+    level = SimpleNamespace(path=str(tmp_path / "scene.tif"), height=level_size[0], width=level_size[1],
+                            full_hw=(40, 60), microns_per_pixel=None)
+    placement = cell_placement(level, cells)
+    geo = map_georeference(image, cells, (40 / level_size[0], 60 / level_size[1]))
+    for r, c in [(0, 0), (2, 5)]:
+        y, x = (placement.first[a] + placement.step[a] * (r, c)[a] for a in (0, 1))
+        np.testing.assert_allclose(model_xy(image, x, y), model_xy(geo, c + 0.5, r + 0.5))
+
+
+def test_a_slide_s_map_says_where_its_cells_are_and_how_large(tmp_path):
+    """A slide is no GeoTIFF: its map's description carries the placement, and its
+    resolution tags the cells' size (8 pixels of 0.25 um: 2 um, 5000 cells per cm)."""
+    slide = SimpleNamespace(path="slide.svs", height=300, width=400, microns_per_pixel=0.25)
+    placement = cell_placement(slide, Field((32, 32), (8, 8), (0, 0)))
+    assert (placement.first, placement.step) == ((16.0, 16.0), (8.0, 8.0))
+    assert placement.describe().endswith("(y, x) = (16 + 8 r, 16 + 8 c) of the image at full resolution; "
+                                         "cells 2 µm apart")
+    write_map_tiff(str(tmp_path / "map.tif"), np.zeros((1, 2, 5, 6), np.float32), None, placement)
+    with tifffile.TiffFile(tmp_path / "map.tif") as tif:
+        first_line, stated = tif.pages[0].description.split("\n", 1)
+        tags = tif.pages[0].tags
+        assert first_line == "graphconv score map" and json.loads(stated) == placement.as_dict()
+        assert tags["XResolution"].value == (5000, 1) and tags["ResolutionUnit"].value == 3  # centimetres

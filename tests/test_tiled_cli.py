@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -539,6 +541,29 @@ def test_cli_downsample_maps_the_area_averaged_image(model_dir, picture, tmp_pat
     got = np.load(tmp_path / "got.npy")
     np.testing.assert_allclose(got, np.load(tmp_path / "want.npy")[:, :, :got.shape[2], :got.shape[3]],
                                rtol=1e-4, atol=1e-5)
+
+
+def test_cli_maps_say_where_their_cells_stand_on_the_slide(model_dir, tmp_path):
+    """--mpp 0.6 of a 0.25 um/px slide: level 1 (0.5 um) read 1.2x coarser, 2.4 level-0
+    pixels a pixel. Cell (r, c) is the crop at (r, c) x stride of what was read: its
+    centre, in level-0 pixels, is what the run prints and the .zarr and .tif maps carry."""
+    from test_sources import write_aperio
+
+    slide = write_aperio(tmp_path / "slide.svs", channels=1)
+    top, left, bottom, right = Model.load(model_dir).cell_box(3, 5)
+    centre = (2.4 * (top + bottom) / 2, 2.4 * (left + right) / 2)
+    for output in ("map.zarr", "map.tif"):
+        result = graphconv("run", model_dir, "--image", slide, "--mpp", "0.6", "--output", tmp_path / output)
+        assert result.returncode == 0, result.stderr
+        line = next(line for line in result.stderr.splitlines() if line.startswith("cells: "))
+        terms = re.findall(r"([\d.]+) \+ ([\d.]+) [rc]", line)
+        (first_y, step_y), (first_x, step_x) = [map(float, pair) for pair in terms]
+        assert (first_y + 3 * step_y, first_x + 5 * step_x) == pytest.approx(centre)
+        stated = (dict(zarr.open_array(str(tmp_path / output), mode="r").attrs)["graphconv"] if output == "map.zarr"
+                  else json.loads(tifffile.TiffFile(tmp_path / output).pages[0].description.split("\n", 1)[1]))
+        assert [stated["first_cell_centre_yx"][a] + (3, 5)[a] * stated["cell_step_yx"][a] for a in (0, 1)] \
+            == pytest.approx(centre)
+        assert stated["microns_per_pixel"] == 0.25
 
 
 def test_cli_a_pyramid_level_read_coarser_still(model_dir, tmp_path):
