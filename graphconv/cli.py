@@ -107,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--images", metavar="GLOB", help="many images ('photos/*.jpg'): one map each, "
                                                         "written to --output-dir")
     run.add_argument("--level", type=_natural_int, default=0, metavar="K",
-                     help="a TIFF pyramid's level to read (0: full resolution; 1, 2, ...: the slide's smaller "
-                          "copies, e.g. a 40x scan's 10x level for a classifier trained at 10x)")
+                     help="a pyramid's level to read, a TIFF's or an OME-Zarr's (0: full resolution; 1, 2, ...: "
+                          "the slide's smaller copies, e.g. a 40x scan's 10x level for a classifier trained at 10x)")
     run.add_argument("--downsample", type=_factor, default=1, metavar="F",
                      help="read the image F times coarser, each pixel the mean of the FxF square it covers (F may "
                           "be fractional; exact in tiles): a 40x slide for a classifier trained at 20x, where the "
@@ -398,10 +398,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise GraphconvError("--crops runs the classifier on each crop of the image as it is (not with "
                              "--scales, --full-map or --profile)")
     from graphconv.images import stores_values
-    from graphconv.sources import is_tiff
-    if args.level and not (args.images or args.image and is_tiff(args.image)):
-        raise GraphconvError("--level picks a level of a TIFF pyramid (.svs, .ndpi, .tif): give one with --image "
-                             "or --images", file=args.image or args.input)
+    from graphconv.sources import is_ome_zarr, is_tiff
+    if args.level and not (args.images or args.image and (is_tiff(args.image) or is_ome_zarr(args.image))):
+        raise GraphconvError("--level picks a level of a pyramid (a TIFF such as .svs, .ndpi, OME-TIFF, or an "
+                             "OME-Zarr): give one with --image or --images", file=args.image or args.input)
     if args.mpp is not None and (args.level or args.downsample > 1):
         raise GraphconvError("--mpp picks the level and the downsampling itself: drop --level and --downsample")
     if args.mpp is not None and not (args.image or args.images):

@@ -5,7 +5,9 @@
   image: .svs, .ndpi, OME-TIFF) level 0, the full resolution, or the level asked for
   (`run --level K`: a slide scanned at 40x read at the 10x its classifier was trained
   on). JPEG and JPEG 2000 tiles, what most slides hold, are decoded by `imagecodecs`.
-* zarr arrays (a `.zarr` folder): read lazily the same way.
+* zarr arrays (a `.zarr` folder): read lazily the same way; and OME-Zarr images (a zarr
+  group of pyramid levels, OME-NGFF 0.1-0.5, as bioformats2raw and QuPath write them),
+  level by level as TIFF pyramids, their pixel size from the levels' scales.
 * Everything else through Pillow (graphconv.images.load_image): PNG and JPEG have no
   random access, so these are decoded whole, within the memory budget, then cut.
 
@@ -25,6 +27,7 @@ tifffile, imagecodecs and zarr are the optional `scale` extra (`pip install 'gra
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -316,20 +319,10 @@ def resolution_for(path: str, mpp: float) -> tuple[int, float]:
     which would take enlarging, it reads level 0 as it is where that is within
     MPP_TOLERANCE, and refuses beyond. The slide must say its pixel size
     (`_microns_per_pixel`)."""
-    if not is_tiff(path):
-        raise GraphconvError("--mpp reads a slide at a pixel size its file states: give a TIFF (.svs, .ndpi, "
-                             "OME-TIFF), or pick --level and --downsample", file=path)
-    tifffile = require("tifffile")
-    try:
-        with tifffile.TiffFile(path) as tif:
-            microns = _microns_per_pixel(tif)
-            series = tif.series[0]
-            heights = [_axis_sizes(level)[0] for level in (series.levels or [series])]
-    except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as err:
-        raise GraphconvError(f"cannot read as a TIFF image: {err}", file=path) from None
+    microns, heights = _pixel_size_and_level_heights(path)
     if microns is None:
-        raise GraphconvError("--mpp: the image does not state its pixel size (no Aperio MPP, OME PhysicalSizeX or "
-                             "resolution in centimetres); pick --level and --downsample", file=path)
+        raise GraphconvError("--mpp: the image does not state its pixel size (no Aperio MPP, OME PhysicalSizeX, "
+                             "OME-Zarr scale or resolution in centimetres); pick --level and --downsample", file=path)
     sizes = [microns * heights[0] / height for height in heights]  # um per pixel, level by level
     level = max((k for k, size in enumerate(sizes) if size <= mpp * MPP_EQUAL), default=0)
     factor = mpp / sizes[level]
@@ -340,14 +333,36 @@ def resolution_for(path: str, mpp: float) -> tuple[int, float]:
     return (level, whole) if abs(math.log(factor / whole)) <= math.log(MPP_EQUAL) or factor < 1 else (level, factor)
 
 
+def _pixel_size_and_level_heights(path: str) -> tuple[float | None, list[int]]:
+    """A pyramid's level-0 pixel size in micrometres (None where unstated) and each
+    level's height, from its metadata alone."""
+    if is_ome_zarr(path):
+        multiscale, axes = _multiscale(path)
+        group = require("zarr").open_group(path, mode="r")
+        heights = [group[dataset["path"]].shape[axes.index("y")] for dataset in multiscale["datasets"]]
+        return _ome_zarr_microns(multiscale, axes), heights
+    if not is_tiff(path):
+        raise GraphconvError("--mpp reads a slide at a pixel size its file states: give a TIFF (.svs, .ndpi, "
+                             "OME-TIFF) or an OME-Zarr, or pick --level and --downsample", file=path)
+    tifffile = require("tifffile")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            return _microns_per_pixel(tif), [_axis_sizes(level)[0] for level in (series.levels or [series])]
+    except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as err:
+        raise GraphconvError(f"cannot read as a TIFF image: {err}", file=path) from None
+
+
 def _open(path: str, channels: int, preprocess: dict | None, level: int, bands: Sequence[int] | None):
     suffix = Path(path).suffix.lower()
     folder = Path(path)
     if is_tiff(path):
         return _tiff_source(path, channels, preprocess, level, bands)
+    if is_ome_zarr(path):
+        return _ome_zarr_source(path, channels, preprocess, level, bands)
     if level:
-        raise GraphconvError(f"--level {level}: only a TIFF pyramid (.svs, .ndpi, .tif) has levels; "
-                             "this image has one", file=path)
+        raise GraphconvError(f"--level {level}: only a pyramid (a TIFF such as .svs, .ndpi, OME-TIFF, or an "
+                             "OME-Zarr) has levels; this image has one", file=path)
     if suffix == ".zarr" or (folder.is_dir() and ((folder / ".zarray").exists() or (folder / "zarr.json").exists())):
         zarr = require("zarr")
         try:
@@ -378,6 +393,116 @@ def _zarr_axes(array) -> str | None:
     return axes if axes in ("SYX", "YXS") else None
 
 
+# ---- OME-Zarr (OME-NGFF): a pyramid of zarr arrays and the axes and pixel size that say what they hold ---
+
+MICRONS_PER_UNIT = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3, "centimeter": 1e4, "meter": 1e6,
+                    "angstrom": 1e-4}
+
+
+def is_ome_zarr(path: str | os.PathLike) -> bool:
+    """Whether `path` is an OME-Zarr image: a zarr group whose attributes hold OME-NGFF's
+    `multiscales` (0.4 and before: at the top, zarr 2; 0.5: under `ome`, zarr 3), as
+    bioformats2raw, QuPath and ome-zarr-py write them."""
+    folder = Path(path)
+    for name, key in ((".zattrs", None), ("zarr.json", "attributes")):
+        try:
+            attrs = json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            continue
+        attrs = attrs.get(key, {}) if key else attrs
+        if isinstance(attrs, dict) and "multiscales" in attrs.get("ome", attrs):
+            return True
+    return False
+
+
+def _multiscale(path: str) -> tuple[dict, list[str]]:
+    """The image's first multiscale and its axes' names, lower case (t, c, z, y, x):
+    NGFF 0.4 names them as objects, 0.3 as strings, 0.1-0.2 not at all (then t, c, z, y, x)."""
+    zarr = require("zarr")
+    try:
+        attrs = dict(zarr.open_group(path, mode="r").attrs)
+        multiscale = attrs.get("ome", attrs)["multiscales"][0]
+        axes = [str(a["name"] if isinstance(a, dict) else a).lower() for a in multiscale.get("axes", "tczyx")]
+        multiscale["datasets"][0]["path"]
+    except Exception as err:  # zarr and malformed metadata raise many types
+        raise GraphconvError(f"cannot read as an OME-Zarr image: {err!r}", file=path) from None
+    if not {"y", "x"} <= set(axes):
+        raise GraphconvError(f"an OME-Zarr image with axes {', '.join(axes)}: expected y and x among them", file=path)
+    return multiscale, axes
+
+
+def _ome_zarr_microns(multiscale: dict, axes: list[str]) -> float | None:
+    """Level 0's pixel width in micrometres: its x scale (times the multiscale's own,
+    where it has one), in the x axis's unit; None where no unit of length says it."""
+    axis = next((a for a in multiscale.get("axes", ()) if isinstance(a, dict) and str(a.get("name")).lower() == "x"),
+                {})
+    per_unit = MICRONS_PER_UNIT.get(str(axis.get("unit", "")).lower())
+    if per_unit is None:
+        return None
+    scale = 1.0
+    for transforms in (multiscale["datasets"][0].get("coordinateTransformations", ()),
+                       multiscale.get("coordinateTransformations", ())):
+        for transform in transforms:
+            if transform.get("type") == "scale":
+                scale *= float(transform["scale"][axes.index("x")])
+    return scale * per_unit
+
+
+class _Plane:
+    """The (C, Y, X) or (Y, X) plane of an OME-Zarr level, whose other axes (a time
+    point, a z-slice) hold one position each: indexed as ArrayLikeSource indexes an array
+    (slices, and `oindex` for bands), each read passed to zarr with those axes at 0."""
+
+    def __init__(self, array, kept: list[int]):
+        self.array, self.kept = array, kept
+        self.shape, self.dtype = tuple(array.shape[k] for k in kept), array.dtype
+        self.oindex = _PlaneIndex(self, array.oindex)
+
+    def index(self, key) -> tuple:
+        key = key if isinstance(key, tuple) else (key,)
+        full = [0] * len(self.array.shape)
+        for axis, part in zip(self.kept, key + (slice(None),) * (len(self.kept) - len(key))):
+            full[axis] = part
+        return tuple(full)
+
+    def __getitem__(self, key):
+        return self.array[self.index(key)]
+
+
+class _PlaneIndex:
+    def __init__(self, plane: _Plane, oindex):
+        self.plane, self.oindex = plane, oindex
+
+    def __getitem__(self, key):
+        return self.oindex[self.plane.index(key)]
+
+
+def _ome_zarr_source(path: str, channels: int, preprocess: dict | None, level: int,
+                     bands: Sequence[int] | None) -> ArrayLikeSource:
+    multiscale, axes = _multiscale(path)
+    group = require("zarr").open_group(path, mode="r")
+    arrays = [group[dataset["path"]] for dataset in multiscale["datasets"]]
+    level_hw = [(array.shape[axes.index("y")], array.shape[axes.index("x")]) for array in arrays]
+    if level >= len(arrays):
+        raise GraphconvError(f"--level {level}: the image has {_level_list(level_hw)}", file=path)
+    array = arrays[level]
+    if len(array.shape) != len(axes):
+        raise GraphconvError(f"level {level} has {len(array.shape)} axes; its metadata names {len(axes)}", file=path)
+    deep = [f"{name} {size}" for name, size in zip(axes, array.shape) if name not in "cyx" and size > 1]
+    if deep:
+        raise GraphconvError(f"an OME-Zarr image of shape {tuple(array.shape)} (axes {', '.join(axes)}) with "
+                             f"{' and '.join(deep)} positions: graphconv maps one plane: save the one to map as "
+                             "its own image", file=path)
+    kept = [axes.index(name) for name in "cyx" if name in axes]
+    plane = _Plane(array, kept)
+    band_count = array.shape[axes.index("c")] if "c" in axes else 1
+    source = ArrayLikeSource(path, plane, channels, preprocess, axes="SYX" if "c" in axes else "YX", bands=bands,
+                             picture=band_count in (1, 3))
+    source.nodata = None
+    source.microns_per_pixel = _ome_zarr_microns(multiscale, axes)
+    return _as_level(source, level, level_hw)
+
+
 def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
                  bands: Sequence[int] | None) -> ArrayLikeSource:
     tifffile = require("tifffile")
@@ -390,14 +515,20 @@ def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
     except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as err:
         raise GraphconvError(f"cannot read as a TIFF image: {err}", file=path) from None
     if level >= len(levels):
-        raise GraphconvError(f"--level {level}: the image has {_level_list(levels)}", file=path)
+        raise GraphconvError(f"--level {level}: the image has {_level_list([_axis_sizes(each) for each in levels])}",
+                             file=path)
     source = ArrayLikeSource(path, _decodable_array(path, series, level, levels[level]), channels, preprocess,
                              axes=levels[level].axes, bands=bands, picture=_is_picture(tif.pages[0]))
     source.nodata = _nodata(tif.pages[0])
     source.microns_per_pixel = _microns_per_pixel(tif)  # at level 0
     source.tiff = tif  # keep the file open as long as the source lives
-    source.level, source.levels = level, len(levels)
-    source.full_hw = _axis_sizes(levels[0])  # level 0's (H, W): what a GeoTIFF's georeference counts in
+    return _as_level(source, level, [_axis_sizes(each) for each in levels])
+
+
+def _as_level(source: ArrayLikeSource, level: int, level_hw: list[tuple[int, int]]) -> ArrayLikeSource:
+    """`source`, told it is level `level` of a pyramid of `level_hw` (each level's (H, W))."""
+    source.level, source.levels, source.level_hw = level, len(level_hw), level_hw
+    source.full_hw = level_hw[0]  # level 0's (H, W): what a GeoTIFF's georeference counts in
     source.downsample = source.full_hw[0] / source.height  # how much coarser than level 0
     return source
 
@@ -448,9 +579,9 @@ def _axis_sizes(level) -> tuple[int, int]:
     return level.shape[axes.index("Y")], level.shape[axes.index("X")]
 
 
-def _level_list(levels) -> str:
-    sizes = ", ".join(f"{i}: {h}x{w}" for i, (h, w) in enumerate(map(_axis_sizes, levels)))
-    return f"{len(levels)} level(s) ({sizes})"
+def _level_list(level_hw: list[tuple[int, int]]) -> str:
+    sizes = ", ".join(f"{i}: {h}x{w}" for i, (h, w) in enumerate(level_hw))
+    return f"{len(level_hw)} level(s) ({sizes})"
 
 
 def _decodable_array(path: str, series, level: int, pages):
@@ -539,10 +670,8 @@ def _coarsest_level_for(source, step: int) -> int:
     if getattr(source, "levels", 1) == 1:
         return level
     step *= getattr(source, "factor", 1)
-    series = source.tiff.series[0]
-    finest = _axis_sizes(series.levels[level])[0]
-    coarser = [k for k in range(level, len(series.levels)) if finest / _axis_sizes(series.levels[k])[0] <= step]
-    return max(coarser)
+    finest = source.level_hw[level][0]
+    return max(k for k in range(level, source.levels) if finest / source.level_hw[k][0] <= step)
 
 
 def _sampled(raw, out_hw: tuple[int, int]) -> np.ndarray:

@@ -60,7 +60,7 @@ def test_a_level_past_the_pyramid_names_the_levels_it_has(slide):
 def test_level_of_an_image_without_levels_is_refused(tmp_path):
     Image = pytest.importorskip("PIL.Image")
     Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "page.png")
-    with pytest.raises(GraphconvError, match="page.png: --level 1: only a TIFF pyramid"):
+    with pytest.raises(GraphconvError, match="page.png: --level 1: only a pyramid"):
         open_source(tmp_path / "page.png", 1, None, 1)
 
 
@@ -421,3 +421,73 @@ def test_a_z_stack_is_refused_naming_its_axes(tmp_path):
     with pytest.raises(GraphconvError, match=r"shape \(2, 3, 16, 20\) \(axes ZCYX: Z 2, C 3, Y 16, X 20\): expected "
                                              r"\(H, W\), \(H, W, C\) or \(C, H, W\); graphconv maps one plane"):
         open_source(tmp_path / "stack.ome.tif", 3, None)
+
+
+def write_ome_zarr(path, zarr_format: int = 2, channels: int = 3, unit: str = "micrometer",
+                   microns: float = 0.25, extra: dict | None = None):
+    """An OME-Zarr as bioformats2raw and ome-zarr-py write one: (t, c, z, y, x) levels
+    "0", "1", "2", each half the last, each with its scale; NGFF 0.4 on zarr 2, 0.5
+    (under "ome") on zarr 3."""
+    import zarr
+
+    full = (np.random.default_rng(7).random((1, channels, 1, *LEVEL_SIZES[0])) * 255).astype(np.uint8)
+    group = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
+    levels = []
+    for k in range(3):
+        levels.append(full[..., ::2 ** k, ::2 ** k])
+        group.create_array(str(k), data=levels[-1], chunks=(1, channels, 1, 64, 64))
+    axes = [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"}, {"name": "z", "type": "space"},
+            {"name": "y", "type": "space", "unit": unit}, {"name": "x", "type": "space", "unit": unit}]
+    datasets = [{"path": str(k), "coordinateTransformations": [
+        {"type": "scale", "scale": [1.0, 1.0, 1.0, microns * 2 ** k, microns * 2 ** k]}]} for k in range(3)]
+    multiscale = {"version": "0.4", "axes": axes, "datasets": datasets, **(extra or {})}
+    if zarr_format == 2:
+        group.attrs["multiscales"] = [multiscale]
+    else:
+        group.attrs["ome"] = {"version": "0.5", "multiscales": [dict(multiscale, version="0.5")]}
+    return [level[0, :, 0] for level in levels]
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_each_level_of_an_ome_zarr_reads_as_stored(tmp_path, zarr_format):
+    levels = write_ome_zarr(tmp_path / "slide.ome.zarr", zarr_format)
+    for level, pixels in enumerate(levels):
+        source = open_source(tmp_path / "slide.ome.zarr", 3, None, level)
+        assert (source.height, source.width, source.levels, source.downsample) == (*LEVEL_SIZES[level], 3, 2 ** level)
+        assert source.microns_per_pixel == 0.25
+        np.testing.assert_array_equal(source.read(10, 30, 70, 90), pixels[:, 10:70, 30:90])
+    with pytest.raises(GraphconvError, match=r"--level 3: the image has 3 level\(s\) \(0: 300x400, 1: 150x200"):
+        open_source(tmp_path / "slide.ome.zarr", 3, None, 3)
+
+
+def test_mpp_of_an_ome_zarr_comes_from_its_scale_and_unit(tmp_path):
+    """A pixel of 250 nanometres at level 0, 2x and 4x at levels 1 and 2, and a
+    multiscale-wide scale of 2 on top: 0.5 um at level 0."""
+    from graphconv.sources import resolution_for
+
+    write_ome_zarr(tmp_path / "nm.zarr", unit="nanometer", microns=250.0,
+                   extra={"coordinateTransformations": [{"type": "scale", "scale": [1, 1, 1, 2, 2]}]})
+    assert open_source(tmp_path / "nm.zarr", 3, None).microns_per_pixel == pytest.approx(0.5)
+    assert resolution_for(str(tmp_path / "nm.zarr"), 1.2) == (1, pytest.approx(1.2))
+    write_ome_zarr(tmp_path / "unitless.zarr", unit="")
+    with pytest.raises(GraphconvError, match="does not state its pixel size"):
+        open_source(tmp_path / "unitless.zarr", 3, None, mpp=0.5)
+
+
+def test_an_ome_zarr_s_channels_are_bands(tmp_path):
+    levels = write_ome_zarr(tmp_path / "six.zarr", channels=6)
+    with pytest.raises(GraphconvError, match="has 6 bands; the model takes 3: pick them with --bands"):
+        open_source(tmp_path / "six.zarr", 3, None)
+    source = open_source(tmp_path / "six.zarr", 3, None, bands=(6, 1, 3))
+    np.testing.assert_array_equal(source.read(5, 6, 40, 50), levels[0][[5, 0, 2], 5:40, 6:50])
+
+
+def test_an_ome_zarr_z_stack_is_refused_naming_its_axes(tmp_path):
+    import zarr
+
+    group = zarr.open_group(str(tmp_path / "stack.zarr"), mode="w", zarr_format=2)
+    group.create_array("0", data=np.zeros((1, 3, 4, 20, 20), np.uint8))
+    group.attrs["multiscales"] = [{"version": "0.3", "axes": ["t", "c", "z", "y", "x"], "datasets": [{"path": "0"}]}]
+    with pytest.raises(GraphconvError, match=r"shape \(1, 3, 4, 20, 20\) \(axes t, c, z, y, x\) with z 4 positions: "
+                                             "graphconv maps one plane"):
+        open_source(tmp_path / "stack.zarr", 3, None)

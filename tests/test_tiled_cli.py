@@ -115,7 +115,7 @@ def test_cli_level_of_a_slide_maps_that_level(model_dir, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "level1.npy"), whole_map(model_dir, tmp_path / "level1.png",
                                                                            tmp_path), rtol=1e-4, atol=1e-6)
     refused = graphconv("run", model_dir, "--image", tmp_path / "level1.png", "--level", "1")
-    assert refused.returncode == 2 and "--level picks a level of a TIFF pyramid" in refused.stderr
+    assert refused.returncode == 2 and "--level picks a level of a pyramid" in refused.stderr
 
 
 @pytest.mark.parametrize("heatmap", ["3", "top"])
@@ -541,6 +541,22 @@ def test_cli_downsample_maps_the_area_averaged_image(model_dir, picture, tmp_pat
     got = np.load(tmp_path / "got.npy")
     np.testing.assert_allclose(got, np.load(tmp_path / "want.npy")[:, :, :got.shape[2], :got.shape[3]],
                                rtol=1e-4, atol=1e-5)
+
+
+def test_cli_an_ome_zarr_slide_at_its_classifier_s_pixel_size(model_dir, tmp_path):
+    """--mpp 1.0 of a 0.25 um/px OME-Zarr: its level 2, in tiles, the map that level's
+    pixels saved as a PNG give; its heatmap drawn over the same level."""
+    from test_sources import write_ome_zarr
+
+    levels = write_ome_zarr(tmp_path / "slide.ome.zarr", channels=1)
+    Image.fromarray(levels[2][0]).save(tmp_path / "level2.png")
+    result = graphconv("run", model_dir, "--image", tmp_path / "slide.ome.zarr", "--mpp", "1.0", "--tile", "48",
+                       "--heatmap", "top", "--heatmap-out", tmp_path / "top.png", "--output", tmp_path / "map.npy")
+    assert result.returncode == 0, result.stderr
+    assert "level 2 of a 3-level pyramid, 4x coarser than level 0, 1 µm per pixel (--mpp 1)" in result.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "map.npy"), whole_map(model_dir, tmp_path / "level2.png", tmp_path),
+                               rtol=1e-4, atol=1e-6)
+    assert Image.open(tmp_path / "top.png").size[0] >= levels[2].shape[2]
 
 
 def test_cli_maps_say_where_their_cells_stand_on_the_slide(model_dir, tmp_path):
