@@ -30,7 +30,8 @@ GEO_KEY_DIRECTORY, GEO_DOUBLE_PARAMS, GEO_ASCII_PARAMS = 34735, 34736, 34737
 GDAL_NODATA = 42113
 RASTER_TYPE_KEY, PIXEL_IS_POINT = 1025, 2
 SHORT, ASCII, DOUBLE = 3, 2, 12  # TIFF data types
-MAP_TILE = 256  # the written map's TIFF tiles
+MAP_TILE = 256  # the written map's TIFF tiles, at most (less for a smaller map)
+TIFF_TILE_MULTIPLE = 16  # what the TIFF standard requires of a tile's sides
 MAP_DESCRIPTION = "graphconv score map"  # how a map this module wrote is told from a user's image
 
 
@@ -199,9 +200,26 @@ def write_map_tiff(path: str, scores: np.ndarray, geo: GeoReference | None,
     description = MAP_DESCRIPTION + (f"\n{json.dumps(placement.as_dict())}" if placement else "")
     resolution = placement.tiff_resolution() if placement and geo is None else {}
     tifffile.imwrite(path, data, photometric="minisblack", planarconfig="separate" if data.ndim == 3 else None,
-                     tile=(MAP_TILE, MAP_TILE), compression="zlib" if bands.dtype == np.uint16 else None,
+                     tile=map_tile(bands.shape[1:]), **map_compression(bands.dtype),
                      extratags=tiff_tags(geo, nodata), bigtiff=data.nbytes > 2 ** 31, description=description,
                      metadata=None, **resolution)
+
+
+def map_tile(map_hw: tuple[int, int]) -> tuple[int, int]:
+    """The TIFF tile of a map: MAP_TILE, or the smallest multiple of 16 (the standard's
+    least) that holds a smaller map, per axis. A tile is stored whole whatever the map
+    fills of it, per band: fixed 256x256 tiles made a 1000-class map of 2x2 cells 262 MB."""
+    step = TIFF_TILE_MULTIPLE
+    return tuple(min(MAP_TILE, -(-max(1, n) // step) * step) for n in map_hw)
+
+
+def map_compression(dtype: np.dtype) -> dict:
+    """Lossless zlib for every map, with the predictor GDAL writes and reads for its kind:
+    floating point (3) for scores, whose bytes are regrouped before the deflate so the
+    values come back bit for bit; none for class indices, which compress well as they are."""
+    if np.issubdtype(dtype, np.floating):
+        return {"compression": "zlib", "predictor": 3}
+    return {"compression": "zlib"}
 
 
 def is_graphconv_map(path: str) -> bool:

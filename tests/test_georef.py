@@ -147,3 +147,27 @@ def test_a_slide_s_map_says_where_its_cells_are_and_how_large(tmp_path):
         tags = tif.pages[0].tags
         assert first_line == "graphconv score map" and json.loads(stated) == placement.as_dict()
         assert tags["XResolution"].value == (5000, 1) and tags["ResolutionUnit"].value == 3  # centimetres
+
+
+def test_a_small_many_class_map_is_small_on_disk_and_reads_back_bit_for_bit(tmp_path):
+    """An ImageNet map of 2x2 cells is 16 kB of scores: its file must be of that order,
+    not 1000 bands of whole 256x256 tiles (262 MB), and compression must lose nothing:
+    the same bits, no-data NaNs and signed zeros included, with the float predictor and
+    tiles GDAL reads."""
+    scores = np.random.default_rng(0).standard_normal((1, 1000, 2, 3)).astype(np.float32)
+    scores[0, 7, 1, 2], scores[0, 9, 0, 0] = np.nan, -0.0
+    write_map_tiff(str(tmp_path / "imagenet.tif"), scores, None)
+    assert (tmp_path / "imagenet.tif").stat().st_size < 200_000
+    with tifffile.TiffFile(tmp_path / "imagenet.tif") as tif:
+        page = tif.pages[0]
+        assert (page.tilelength, page.tilewidth) == (16, 16)  # TIFF tiles are multiples of 16
+        assert page.compression == 8 and page.predictor == 3  # deflate, floating-point predictor
+        np.testing.assert_array_equal(tif.asarray().view(np.uint32), scores[0].view(np.uint32))
+
+
+def test_a_large_map_keeps_256_pixel_tiles(tmp_path):
+    scores = np.random.default_rng(1).random((1, 2, 300, 20)).astype(np.float32)
+    write_map_tiff(str(tmp_path / "map.tif"), scores, None)
+    with tifffile.TiffFile(tmp_path / "map.tif") as tif:
+        assert (tif.pages[0].tilelength, tif.pages[0].tilewidth) == (256, 32)
+        np.testing.assert_array_equal(tif.asarray(), scores[0])
