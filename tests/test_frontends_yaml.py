@@ -248,6 +248,36 @@ def test_mapping_keys_must_be_strings(write_spec, text, match, line):
     refused(write_spec(text), match, line)
 
 
+@pytest.mark.parametrize("text,match,line", [
+    ("input: {name: data, shape: [2, 8, 8]}\nlayers:\n"
+     "  - {name: c, op: conv, out_channels: 4, kernel_size: 3, kernel_size: 5}\n",
+     "the key 'kernel_size' is given twice in one mapping (first on line 3)", 3),
+    ("name: a\n" + BASE + "name: b\n", "the key 'name' is given twice in one mapping (first on line 1)", 5),
+    ("input: {name: data, shape: [2, 8, 8]}\nlayers:\n  - name: c\n    op: conv\n    out_channels: 4\n"
+     "    kernel_size: 3\n    out_channels: 8\n", "the key 'out_channels' is given twice", 7),
+    ("input: {name: data, shape: [2, 8, 8]}\nlayers:\n  - {<<: {op: relu, op: sigmoid}, name: a}\n",
+     "the key 'op' is given twice", 3),
+])
+def test_a_key_given_twice_is_refused_naming_it_and_its_line(write_spec, text, match, line):
+    """YAML keeps the last of two equal keys, so a layer saying `kernel_size: 3` on the
+    line that also says 5 would silently build a 5x5 conv."""
+    refused(write_spec(text), match, line)
+
+
+def test_keys_written_out_still_override_those_a_merge_brings_in(write_spec):
+    graph = load_spec(write_spec("""
+        input: {shape: [2, 12, 12]}
+        layers:
+          - &conv {name: a, op: conv, out_channels: 4, kernel_size: 3}
+          - &b {<<: *conv, name: b, kernel_size: 1}
+          - {<<: [*b, *conv], name: c, out_channels: 2}
+          - {<<: *b, name: d}
+    """))
+    assert graph.node("b").params["kernel_size"] == (1, 1)
+    assert graph.node("c").params["kernel_size"] == (1, 1) and graph.node("c").params["out_channels"] == 2
+    assert graph.node("d").params["kernel_size"] == (1, 1), "a merged mapping used again is no repeat"
+
+
 LAYER = "input: {name: data, shape: [2, 8, 8]}\nlayers:\n  - "
 
 

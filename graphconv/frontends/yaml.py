@@ -75,6 +75,7 @@ MAX_PASSES_CHARS = 4096
 MAX_STITCH_FACTOR = 1024
 
 _STR_TAG = "tag:yaml.org,2002:str"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 _INVISIBLE = "\u2028\u2029\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff\ud800-\udfff"
 _UNPRINTABLE = re.compile(f"[\x00-\x1f\x7f-\x9f{_INVISIBLE}]")  # control, bidi, separators
 _UNPRINTABLE_IN_LABEL = re.compile(f"[\x00-\x08\x0a-\x1f\x7f-\x9f{_INVISIBLE}]")  # tabs allowed
@@ -92,6 +93,7 @@ class _LineLoader(yaml.SafeLoader):
         self._depth = 0
         self._extent: dict[int, tuple[int, int]] = {}  # id(finished node) -> (nodes, height)
         self._child_heights: list[int] = []
+        self._keys_checked: set[int] = set()  # id() of mappings whose keys were checked for repeats
 
     def _refuse(self, message: str, mark) -> None:
         raise GraphconvError(message, loc=Location(self.spec_file, mark.line + 1))
@@ -142,6 +144,7 @@ class _LineLoader(yaml.SafeLoader):
     # ---- constructing: string keys, line numbers, bounded ints ------------------------------
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
+            self._refuse_repeated_keys(node)
             self.flatten_mapping(node)
             for key_node, _ in node.value:
                 if key_node.tag != _STR_TAG:
@@ -150,6 +153,32 @@ class _LineLoader(yaml.SafeLoader):
         mapping[LINE] = node.start_mark.line + 1
         mapping[KEY_LINES] = {key_node.value: key_node.start_mark.line + 1 for key_node, _ in node.value}
         return mapping
+
+    def _refuse_repeated_keys(self, node) -> None:
+        """Refuse a key written twice in one mapping: YAML would silently keep the last,
+        so `{kernel_size: 3, kernel_size: 5}` would build a 5x5 conv from a line that
+        also says 3. Checked before `flatten_mapping`, which legitimately lets a key
+        written out override one brought in by a merge (`<<: *defaults`); the mappings
+        merged in are checked the same way (once each: flattening rewrites them)."""
+        if id(node) in self._keys_checked:
+            return
+        self._keys_checked.add(id(node))
+        first_line: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                merged = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                for source in merged:
+                    if isinstance(source, yaml.MappingNode):
+                        self._refuse_repeated_keys(source)
+                continue
+            if key_node.tag != _STR_TAG:
+                continue  # refused as a key that is not a string
+            key = key_node.value
+            if key in first_line:
+                self._refuse(f"the key {shown(key)} is given twice in one mapping (first on line "
+                             f"{first_line[key]}); YAML would silently keep only the last: remove one",
+                             key_node.start_mark)
+            first_line[key] = key_node.start_mark.line + 1
 
     def _refuse_key(self, key_node) -> None:
         if isinstance(key_node, yaml.ScalarNode):
@@ -307,6 +336,7 @@ def _build_graph(doc: dict, path: Path, labels: str | os.PathLike | None = None)
     labels_file = Path(labels) if labels is not None else _spec_relative_file(doc, "labels", path)
     if labels_file is not None:
         meta["labels"] = read_labels(labels_file)
+        meta["read_from"] = [str(labels_file.resolve())]  # what no command may write over
     graph = Graph(_graph_name(doc, path), input_name, shape, meta, input_loc)
     layers = doc.get("layers")
     if not isinstance(layers, list) or not layers:
