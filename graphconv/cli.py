@@ -427,6 +427,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             check_writable(path)
     model = load_model(args, args.model)
+    spare_the_model(model, [("--output", args.output), ("--heatmap-out", args.heatmap_out)])
     from graphconv.tiled_cli import grid_for, run_tiled_command, wants_tiles
     grid = grid_for(args, model)
     if args.image:
@@ -498,6 +499,24 @@ def _check_outputs_spare_the_inputs(args: argparse.Namespace) -> None:
                              "--heatmap CLASS --heatmap-out FILE", file=args.output)
 
 
+def spare_the_model(model, outputs: list[tuple[str, str | None]]) -> None:
+    """Refuse, before any work, an output (flag, path) that would write over a file the
+    model was read from (`graph.meta["read_from"]`: its spec, weights and labels files,
+    an ONNX model's external data) or into the folder of a compiled one: `run digits.yaml
+    --output digits.npz` would replace the trained weights with a score map."""
+    from pathlib import Path
+
+    read_from = [Path(p) for p in model.graph.meta.get("read_from", ())]
+    for flag, path in outputs:
+        if not path:
+            continue
+        target = Path(path.rstrip("/")).resolve()
+        for source in read_from:
+            if target == source or source in target.parents:
+                raise GraphconvError(f"{flag} would write over {source.name}, which the model is read from; write "
+                                     "it somewhere else", file=path)
+
+
 def _note_whole_image_vector(args: argparse.Namespace, model, x: np.ndarray, out: np.ndarray) -> None:
     """On an input larger than the crop, a classifier that was not compiled pools over all
     of it and returns one vector: what it was asked, but seldom what a user with a large
@@ -534,15 +553,16 @@ def _run_crops(args: argparse.Namespace, model, grid, x: np.ndarray, picture: np
 
 
 def _deliver(args: argparse.Namespace, model, out: np.ndarray, picture: np.ndarray | None, field) -> int:
-    """A run's map, as asked: heatmap, top classes, the array."""
+    """A run's map, as asked: heatmap, top classes, the array; what cannot be written is
+    refused before anything is."""
+    if args.output and is_tiff_output(args.output) and out.ndim != 4:
+        raise GraphconvError(f"a .tif output holds a map; this run gives a vector of shape {tuple(out.shape)}: "
+                             "write .npy", file=args.output)
     if args.heatmap is not None:
         write_heatmap(args, model, picture, out, field)
     if args.top:
         print_top(reduce_map_or_vector(out), args.top, model.graph.meta.get("labels"))
     if args.output and is_tiff_output(args.output):
-        if out.ndim != 4:
-            raise GraphconvError(f"a .tif output holds a map; this run gives a vector of shape {tuple(out.shape)}: "
-                                 "write .npy", file=args.output)
         from graphconv.georef import write_map_tiff
         atomic_write(args.output, lambda p: write_map_tiff(p, out, None), suffix=".tif")
         print(f"-> {args.output}")
@@ -899,6 +919,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise GraphconvError("-o is the model being exported; write the export somewhere else", file=args.output)
     check_writable(args.output)
     model = load_model(args, args.model)
+    spare_the_model(model, [("-o", args.output)])
     save_onnx(model.graph, args.output)
     if "compiled" not in model.graph.meta and not model.segmentation:  # a segmentation network is dense as written
         print(f"note: {args.model} is not compiled; exported the network as written (graphconv "

@@ -224,10 +224,24 @@ def _output_names(images: Sequence[str], output_dir: str, output_format: str = "
     if overwritten:
         raise GraphconvError(f"the map of {Path(min(overwritten)).name} would replace that image: give another "
                              "--output-dir", file=min(overwritten))
-    if output_format == "tif":
-        from graphconv.georef import is_graphconv_map
-        theirs = [n for n in names if Path(n).exists() and not is_graphconv_map(n)]
-        if theirs:
-            raise GraphconvError(f"{Path(theirs[0]).name} is already there and is not a map graphconv wrote (a scene "
-                                 "beside its images?): give another --output-dir", file=theirs[0])
+    from graphconv.georef import is_graphconv_map
+    is_map = is_graphconv_map if output_format == "tif" else _looks_like_a_map
+    theirs = [n for n in names if Path(n).exists() and not is_map(n)]
+    if theirs:
+        raise GraphconvError("is already there and is not a map graphconv wrote (a file beside its images?): "
+                             "give another --output-dir", file=theirs[0])
     return names
+
+
+def _looks_like_a_map(path: str) -> bool:
+    """Whether an .npy file holds what a run writes, a (N, K, rows, cols) float32 or
+    uint16 array: an .npy cannot say who wrote it, and a map from an earlier run may be
+    replaced, where a user's own array of another shape or type must not."""
+    from graphconv.arrays import _npy_header
+
+    try:
+        with open(path, "rb") as fp:
+            dtype, shape, _ = _npy_header(fp, "a map", Path(path))
+    except (OSError, ValueError, GraphconvError):
+        return False
+    return len(shape) == 4 and dtype in (np.float32, np.uint16)

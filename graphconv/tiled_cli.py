@@ -132,10 +132,17 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     print(f"output shape {shape} ({dtype}) in {seconds:.2f} s over {len(plan.tiles)} tile(s)")
     if means is not None:
         from graphconv.cli import print_top
-        print_top(means, args.top, model.graph.meta.get("labels"))
+        print_top(means, args.top, _kept_labels(args, model.graph.meta.get("labels")))
     if args.output:
         print(f"-> {args.output}")
     return 0
+
+
+def _kept_labels(args: argparse.Namespace, labels: list[str] | None) -> list[str] | None:
+    """The names of the map's channels: with --classes, of the classes it kept, in order."""
+    if not args.classes:
+        return labels
+    return [labels[c] if labels else f"class {c}" for c in args.classes]
 
 
 def _describe_resolution(source, asked: float | None = None) -> None:

@@ -64,6 +64,76 @@ def test_outputs_that_would_replace_the_input_are_refused_before_any_work(tmp_pa
     assert not (tmp_path / "scores.png").exists()
 
 
+def test_outputs_that_would_replace_the_model_s_own_files_are_refused(tmp_path, capsys):
+    """`run digits.yaml --output digits.npz` replaced the trained weights with a score map
+    (exit 0); `--output` over the spec's labels, `export -o` over its weights or into a
+    compiled model's folder did the same. Every file the model is read from is spared."""
+    for name in ("digits.yaml", "digits.npz", "digits.labels.txt"):
+        (tmp_path / name).write_bytes((SPECS / name).read_bytes())
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 28, 28), np.float32))
+    assert run_cli("compile", tmp_path / "digits.yaml", "-o", tmp_path / "m") == 0
+    np.savez(tmp_path / "other.npz", **np.load(tmp_path / "digits.npz"))
+    before = {p.name: p.read_bytes() for p in [*tmp_path.iterdir(), *(tmp_path / "m").iterdir()] if p.is_file()}
+    spec = tmp_path / "digits.yaml"
+    for command in (["run", spec, "--input", "x.npy", "--output", "digits.npz"],
+                    ["run", spec, "--input", "x.npy", "--output", "digits.labels.txt"],
+                    ["run", spec, "--weights", "other.npz", "--input", "x.npy", "--output", "other.npz"],
+                    ["export", spec, "-o", "digits.npz"],
+                    ["export", tmp_path / "m", "-o", "m/model.yaml"]):
+        command = [tmp_path / a if str(a).endswith((".npz", ".txt", ".npy", ".yaml")) else a for a in command]
+        capsys.readouterr()
+        assert run_cli(*command) == 2
+        err = capsys.readouterr().err
+        assert "which the model is read from; write it somewhere else" in err or "would write into the model" in err
+    after = {p.name: p.read_bytes() for p in [*tmp_path.iterdir(), *(tmp_path / "m").iterdir()] if p.is_file()}
+    assert after == before
+
+
+def test_a_refused_tif_output_writes_no_heatmap_either(tmp_path, capsys):
+    """A run that gives a vector cannot write a .tif map: refused before the heatmap is drawn."""
+    Image = pytest.importorskip("PIL.Image")
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "crop.png")
+    assert run_cli("run", SPECS / "digits.yaml", "--image", tmp_path / "crop.png", "--heatmap", "3",
+                   "--heatmap-out", tmp_path / "hm.png", "--output", tmp_path / "o.tif") == 2
+    assert "a .tif output holds a map; this run gives a vector" in capsys.readouterr().err
+    assert not (tmp_path / "hm.png").exists() and not (tmp_path / "o.tif").exists()
+
+
+def test_many_images_spare_a_user_s_own_npy_beside_them(tmp_path, capsys):
+    """--images --output-dir beside the images: an earlier run's map is replaced, a user's
+    own array of the same name is not."""
+    Image = pytest.importorskip("PIL.Image")
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "a.png")
+    np.save(tmp_path / "a.npy", np.arange(5.0))
+    assert run_cli("compile", SPECS / "digits.yaml", "-o", tmp_path / "m") == 0
+    assert run_cli("run", tmp_path / "m", "--images", tmp_path / "*.png", "--output-dir", tmp_path) == 2
+    assert "a.npy: is already there and is not a map graphconv wrote" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.arange(5.0))
+    (tmp_path / "a.npy").unlink()
+    for _ in range(2):  # the second run replaces the first's map
+        assert run_cli("run", tmp_path / "m", "--images", tmp_path / "*.png", "--output-dir", tmp_path) == 0
+    assert np.load(tmp_path / "a.npy").ndim == 4
+
+
+def top_line(out: str) -> dict[str, str]:
+    """--top's "image 0: 7 0.006866, 3 0.005145" as {label: score}."""
+    line = next(line for line in out.splitlines() if line.startswith("image 0: "))
+    return dict(pair.rsplit(" ", 1) for pair in line[len("image 0: "):].split(", "))
+
+
+def test_top_classes_of_a_map_kept_to_some_classes_are_named_as_those(tmp_path, capsys):
+    """--classes 7,3 keeps two channels: --top names them 7 and 3, not 0 and 1."""
+    tifffile = pytest.importorskip("tifffile")
+    page = np.asarray(pytest.importorskip("PIL.Image").open(ROOT / "examples" / "digits_page.png").convert("L"))
+    tifffile.imwrite(tmp_path / "page.tif", page, tile=(64, 64))
+    assert run_cli("compile", SPECS / "digits.yaml", "-o", tmp_path / "m") == 0
+    assert run_cli("run", tmp_path / "m", "--image", tmp_path / "page.tif", "--top", "11") == 0
+    everything = top_line(capsys.readouterr().out)
+    assert run_cli("run", tmp_path / "m", "--image", tmp_path / "page.tif", "--top", "2", "--classes", "7,3") == 0
+    kept = top_line(capsys.readouterr().out)
+    assert set(kept) == {"7", "3"} and all(everything[label] == score for label, score in kept.items())
+
+
 def test_compile_then_run_dense(tmp_path, capsys):
     assert run_cli("compile", SPECS / "lenet.yaml", "-o", tmp_path / "m", "--timings") == 0
     text = capsys.readouterr().out

@@ -447,7 +447,7 @@ def test_cli_tif_map_of_a_geotiff_scene_lands_on_its_ground(scene_net, tmp_path)
     (tmp_path / "pngs" / "geo.tif").write_bytes(before)
     refused = graphconv("run", folder / "fcn", "--images", tmp_path / "pngs" / "*.png", "--output-dir",
                         tmp_path / "pngs", "--output-format", "tif")
-    assert refused.returncode == 2 and "geo.tif is already there and is not a map graphconv wrote" in refused.stderr
+    assert refused.returncode == 2 and "geo.tif: is already there and is not a map graphconv wrote" in refused.stderr
     assert (tmp_path / "pngs" / "geo.tif").read_bytes() == before
     again = graphconv("run", folder / "fcn", "--images", tmp_path / "geo.tif", "--bands", "4,3,2",
                       "--output-dir", tmp_path / "maps", "--output-format", "tif")
@@ -641,3 +641,30 @@ def test_cli_outputs_and_whole_image_flags_refused_before_any_work(model_dir, pi
     result = graphconv("run", model_dir, *args)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert (model_dir / "model.yaml").read_bytes() == before and not (tmp_path / "same.tif").exists()
+
+
+def test_cli_an_upsampling_network_on_a_tiff_picks_its_own_tiles(tmp_path):
+    """Without --tile, the tile size is searched by estimating runs of candidate sizes: a
+    U-Net's branches meet only on boxes of a multiple of 2 pixels, so every estimate must
+    be of such a box (an odd one failed with "concat needs inputs of one spatial size").
+    The map is the whole image's, in one tile or, with less memory, in several."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    import onnx_zoo
+
+    torch.manual_seed(0)
+    onnx_zoo.export(onnx_zoo.UNetSmall().eval(), tmp_path / "unet.onnx")
+    imported = graphconv("import", tmp_path / "unet.onnx", "-o", tmp_path / "unet.yaml", "--task", "segmentation",
+                         "--crop-size", 32, 32)
+    assert imported.returncode == 0, imported.stderr
+    pixels = (np.random.default_rng(5).random((256, 192, 3)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "scene.png")
+    tifffile.imwrite(tmp_path / "scene.tif", pixels, tile=(64, 64), photometric="rgb")
+    whole = whole_map(tmp_path / "unet.yaml", tmp_path / "scene.png", tmp_path)
+    for memory, one_tile in (([], True), (["--memory-limit", "80M"], False)):
+        result = graphconv("run", tmp_path / "unet.yaml", "--image", tmp_path / "scene.tif", *memory,
+                           "--output", tmp_path / "tiled.npy")
+        assert result.returncode == 0, result.stderr
+        tiles = int(re.search(r"tiles: (\d+) tile\(s\)", result.stderr).group(1))
+        assert (tiles == 1) == one_tile, result.stderr
+        np.testing.assert_allclose(np.load(tmp_path / "tiled.npy"), whole, rtol=1e-4, atol=1e-6)

@@ -68,13 +68,23 @@ def _read_network(path, weights, labels, init_missing_weights: bool, crop_size) 
             graph.meta["labels"] = yaml_frontend.read_labels(Path(labels))
         if weights is not None:
             arrays = load_npz(weights)
+        _note_read_from(graph, path, weights, labels)
         return finalize(graph, arrays, str(weights or path), init_missing_weights)
     if crop_size is not None:
         raise GraphconvError("--crop-size is for ONNX models with a dynamic input size; a spec "
                              "states its crop in 'input: {shape: [C, H, W]}'", file=str(path))
     graph, weights_file = yaml_frontend.read_spec(Path(path), weights=weights, labels=labels)
     arrays = load_npz(weights_file) if weights_file is not None else None
+    _note_read_from(graph, path, weights_file, labels)
     return finalize(graph, arrays, str(weights_file or path), init_missing_weights)
+
+
+def _note_read_from(graph: Graph, *paths) -> None:
+    """Add the files (or a compiled model's folder) the network was read from to
+    `graph.meta["read_from"]` (absolute paths; a front end may have put more there: a
+    spec's labels file, an ONNX model's external data), which no command may write over."""
+    read_from = graph.meta.setdefault("read_from", [])
+    read_from += [str(Path(p).resolve()) for p in paths if p is not None and str(Path(p).resolve()) not in read_from]
 
 
 def finalize(graph: Graph, weights: dict[str, np.ndarray] | None, source: str,
