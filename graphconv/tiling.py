@@ -161,7 +161,13 @@ class DenseGrid:
         return run_estimate(self.model.graph, 1, tile_hw)
 
     def largest_useful_tile(self, image_hw: tuple[int, int]) -> int:
-        return max(image_hw) + max(self.align)
+        """The tile that holds the whole map in one: the smallest tile (one cell's field, its
+        alignment slack, its box multiple) plus a stride per further cell. A padded
+        network's fields reach past the image by the halo on both sides, so this is about
+        the image plus twice the halo: with anything less a small image is cut into many
+        tiles that each recompute the halo. Its boxes still read only the image."""
+        map_hw, smallest = self.map_hw(image_hw), self.smallest_tile()
+        return max(int(math.ceil(smallest[a] + (map_hw[a] - 1) * self.field.stride[a])) for a in (0, 1))
 
 
 class CropGrid:
@@ -546,17 +552,31 @@ def choose_tile(model, image_hw: tuple[int, int], budget: int) -> int:
     align = max(grid.align)
     low = max(grid.smallest_tile())
     high = max(low, grid.largest_useful_tile(image_hw))
-    if grid.peak_bytes((low, low)) > budget // 2:
+
+    def fits(tile: int) -> bool:
+        return grid.peak_bytes(_largest_box(grid, image_hw, tile)) <= budget // 2
+
+    if not fits(low):
         raise GraphconvError(f"even the smallest tile ({low}x{low}) needs more memory than the budget allows")
-    if grid.peak_bytes((high, high)) <= budget // 2:
+    if fits(high):
         return high
     while high - low > align:
         mid = (low + high) // 2
-        if grid.peak_bytes((mid, mid)) <= budget // 2:
+        if fits(mid):
             low = mid
         else:
             high = mid
     return low
+
+
+def _largest_box(grid, image_hw: tuple[int, int], tile: int) -> tuple[int, int]:
+    """The largest input box a square tile of `tile` pixels reads, whose run is what
+    memory must hold: no larger than the image (a tile past it reads only the image), and
+    a whole number of the grid's box multiple (`_box` rounds an upsampling network's boxes
+    to it, and its branches meet only on such sizes: an estimate at any other size fails
+    as the network would)."""
+    multiple = grid.box_multiple
+    return tuple(min(image_hw[a], max(multiple[a], tile // multiple[a] * multiple[a])) for a in (0, 1))
 
 
 def plan_report(model, image_hw: tuple[int, int], tile: int | Sequence[int]) -> str:

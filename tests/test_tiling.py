@@ -12,7 +12,8 @@ from hypothesis import given, settings, strategies as st
 import graphconv
 from graphconv.compiler import compile_model
 from graphconv.errors import GraphconvError
-from graphconv.tiling import CropGrid, MapFile, choose_tile, map_transform, min_tile, plan_tiles, run_tiled
+from graphconv.tiling import (CropGrid, MapFile, as_grid, choose_tile, map_transform, min_tile, plan_tiles,
+                              run_tiled)
 
 from conftest import SPECS, random_input
 from nets import GATED, UNPADDED
@@ -378,3 +379,28 @@ def test_a_network_that_normalises_whole_maps_is_not_tiled_but_its_crops_are(wri
     image = random_input(rng, (1, 3, 40, 36))
     grid = CropGrid(model, 4)
     np.testing.assert_array_equal(run_tiled(grid, image, 24), grid.whole(image, "cpu"))
+
+
+@pytest.mark.parametrize("image_hw", [(100, 100), (90, 150), (300, 260)])
+def test_without_tile_an_image_memory_holds_is_one_tile(compiled, image_hw, rng):
+    """A padded network's fields reach past the image by its halo on both sides: the
+    automatic tile must leave room for that, or a small image is cut into tiles that
+    each recompute the halo (a 128x128 image in 81 tiles, 60x its pixels)."""
+    model = compiled("padded")
+    tile = choose_tile(model, image_hw, 8 << 30)
+    plan = plan_tiles(model, image_hw, tile)
+    assert len(plan.tiles) == 1 and plan.overhead == pytest.approx(1.0)
+    assert plan.tile_hw == image_hw  # the one tile reads the image, not the halo past it
+    x = rng.standard_normal((1, 3, *image_hw)).astype(np.float32)
+    np.testing.assert_allclose(run_tiled(model, x, tile), model.run(x), rtol=1e-4, atol=1e-5)
+
+
+def test_without_tile_memory_is_estimated_for_the_box_a_tile_reads(compiled):
+    """The estimate is for what runs: a tile past the image reads only the image, so a
+    budget that holds the image's run holds the one tile."""
+    model = compiled("padded")
+    budget = 2 * as_grid(model).peak_bytes((100, 100))
+    plan = plan_tiles(model, (100, 100), choose_tile(model, (100, 100), budget))
+    assert len(plan.tiles) == 1
+    smaller = plan_tiles(model, (100, 100), choose_tile(model, (100, 100), budget - 2))
+    assert len(smaller.tiles) > 1
