@@ -10,8 +10,10 @@ a bug in graphconv and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import os
+import re
 import sys
 import time
 from typing import Sequence
@@ -855,6 +857,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     for path in (spec_path, weights_path):
         check_writable(path)
     labels_path = spec_path.with_suffix(".labels.txt") if args.labels else None
+    _check_import_replaces_only_its_own(spec_path, [weights_path, labels_path])
     graph = load_network(args.model, crop_size=args.crop_size, labels=args.labels, init_missing_weights=False)
     graph.name = spec_path.stem
     preprocess = _preprocess_options(args, graph.input_shape[0])
@@ -868,20 +871,60 @@ def cmd_import(args: argparse.Namespace) -> int:
         if len(graph.meta["labels"]) != classes:
             raise GraphconvError(f"has {len(graph.meta['labels'])} labels; the model has {classes} classes",
                                  file=args.labels)
-    text = spec_text(graph, weights_file=weights_path.name,
-                     labels_file=labels_path.name if labels_path else "labels.txt").replace(
-        f"# written by graphconv from {spec_path.stem}", f"# imported by graphconv from {Path(args.model).name}", 1)
+    body = spec_text(graph, weights_file=weights_path.name,
+                     labels_file=labels_path.name if labels_path else "labels.txt").split("\n", 1)[1]
+    text = f"# imported by graphconv from {Path(args.model).name}; content {_digest(body)}\n{body}"
     arrays = weight_arrays(graph)
-    atomic_write(weights_path, lambda p: np.savez(p, **arrays), suffix=".npz")
+    files = [(weights_path, lambda p: np.savez(p, **arrays), ".npz")]
     if labels_path:
         labels_text = "\n".join(graph.meta["labels"]) + "\n"
-        atomic_write(labels_path, lambda p: Path(p).write_text(labels_text), suffix=".txt")
-    atomic_write(spec_path, lambda p: Path(p).write_text(text), suffix=".yaml")
+        files.append((labels_path, lambda p: Path(p).write_text(labels_text), ".txt"))
+    _write_all([(spec_path, lambda p: Path(p).write_text(text), ".yaml")] + files)  # the spec, which names the rest, last
     print(f"imported {args.model} -> {spec_path} ({len(graph.layers())} layers) + {weights_path}")
     if not preprocess:
         print("note: ONNX files do not say how images were normalised; add a preprocess block to the spec "
               "(or pass --scale/--mean/--std) before running it on images", file=sys.stderr)
     return 0
+
+
+IMPORTED = re.compile(r"# imported by graphconv from .*; content ([0-9a-f]{16})\n")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _check_import_replaces_only_its_own(spec_path, others: list) -> None:
+    """An import may replace a spec only where an earlier import wrote it and nobody
+    edited it since (its first line holds the digest of the rest: a spec is meant to be
+    read and edited, and a new import would drop a preprocess block written in by
+    hand), and the weights and labels beside it only where that spec names them (a
+    user's own net.npz stays)."""
+    import yaml
+
+    named: set[str] = set()
+    if spec_path.exists():
+        text = spec_path.read_text(errors="replace")
+        header = IMPORTED.match(text)
+        if not header or header.group(1) != _digest(text[header.end():]):
+            raise GraphconvError("exists, and is not a spec graphconv imported and nobody edited since: import to "
+                                 "another name, or move it away first", file=str(spec_path))
+        doc = yaml.safe_load(text[header.end():])
+        named = {str(doc.get(key)) for key in ("weights", "labels") if isinstance(doc, dict) and doc.get(key)}
+    for path in filter(None, others):
+        if path.exists() and path.name not in named:
+            raise GraphconvError(f"exists, and the import would replace it (it writes {spec_path.name}'s weights and "
+                                 "labels beside it): import to another name, or move it away first", file=str(path))
+
+
+def _write_all(files: list) -> None:
+    """Write each (path, write(temporary path), suffix), all to temporaries first, then
+    rename them into place from the last to the first: a write that fails (a full disk)
+    leaves every file as it was, where one atomic write after another would leave a new
+    weights file beside the old spec."""
+    if files:
+        (path, write, suffix), rest = files[0], files[1:]
+        atomic_write(path, lambda tmp: (write(tmp), _write_all(rest)), suffix=suffix)
 
 
 def _preprocess_options(args: argparse.Namespace, channels: int) -> dict:

@@ -477,3 +477,49 @@ def test_run_crops_on_an_input_smaller_than_the_crop_is_exit_2(write_spec, tmp_p
     np.save(tmp_path / "x.npy", np.zeros((1, 3, 10, 20), np.float32))
     assert run_cli("run", write_spec(GATED), "--input", tmp_path / "x.npy", "--crops", "--output", tmp_path / "o.npy") == 2
     assert "x.npy: --crops: the input is 10x20, smaller than the classifier's 12x12 crop" in capsys.readouterr().err
+
+
+def test_import_replaces_only_an_unedited_spec_it_wrote_and_the_files_beside_it(tmp_path, capsys):
+    """`import -o net.yaml` writes net.yaml, net.npz (and net.labels.txt): a user's own
+    net.npz or labels beside it, or a spec they edited, stays; the import's own
+    unedited output is replaced by a new import."""
+    pytest.importorskip("onnx")
+    assert run_cli("compile", SPECS / "digits.yaml", "-o", tmp_path / "m") == 0
+    assert run_cli("export", tmp_path / "m", "-o", tmp_path / "d.onnx") == 0
+    np.savez(tmp_path / "net.npz", precious=np.arange(5.0))
+    assert run_cli("import", tmp_path / "d.onnx", "--crop-size", "28", "28", "-o", tmp_path / "net.yaml") == 2
+    assert "net.npz: exists, and the import would replace it" in capsys.readouterr().err
+    assert not (tmp_path / "net.yaml").exists() and list(np.load(tmp_path / "net.npz")) == ["precious"]
+    (tmp_path / "net.npz").unlink()
+    for _ in range(2):
+        assert run_cli("import", tmp_path / "d.onnx", "--crop-size", "28", "28", "-o", tmp_path / "net.yaml") == 0
+    (tmp_path / "notes.txt").write_text("\n".join(f"c{i}" for i in range(11)) + "\n")
+    (tmp_path / "net.labels.txt").write_text("my notes\n")
+    assert run_cli("import", tmp_path / "d.onnx", "--crop-size", "28", "28", "-o", tmp_path / "net.yaml",
+                   "--labels", tmp_path / "notes.txt") == 2
+    assert "net.labels.txt: exists, and the import would replace it" in capsys.readouterr().err
+    assert (tmp_path / "net.labels.txt").read_text() == "my notes\n"
+    with open(tmp_path / "net.yaml", "a") as spec:
+        spec.write("preprocess: {scale: 0.00392}\n")
+    edited = (tmp_path / "net.yaml").read_text()
+    assert run_cli("import", tmp_path / "d.onnx", "--crop-size", "28", "28", "-o", tmp_path / "net.yaml") == 2
+    assert "net.yaml: exists, and is not a spec graphconv imported and nobody edited since" in capsys.readouterr().err
+    assert (tmp_path / "net.yaml").read_text() == edited
+
+
+def test_an_import_that_cannot_write_its_spec_leaves_no_weights_either(tmp_path, capsys, monkeypatch):
+    """The weights, labels and spec go to temporaries first: a full disk at the spec
+    leaves nothing (it left net.npz behind)."""
+    pytest.importorskip("onnx")
+    from pathlib import Path
+
+    assert run_cli("compile", SPECS / "digits.yaml", "-o", tmp_path / "m") == 0
+    assert run_cli("export", tmp_path / "m", "-o", tmp_path / "d.onnx") == 0
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    assert run_cli("import", tmp_path / "d.onnx", "--crop-size", "28", "28", "-o", tmp_path / "net.yaml") == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.onnx", "m"]
