@@ -104,20 +104,46 @@ class ArrayLikeSource(_Preprocessed):
             else _to_255(np.dtype(array.dtype), path)
 
     def read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
-        if self._band_index is not None:
-            return self._finish(self._bands_read(top, left, bottom, right).astype(np.float32) * self.scale)
-        if self.layout == "hw":
-            chw = np.asarray(self.array[top:bottom, left:right])[None]
-        elif self.layout == "hwc":
-            chw = np.asarray(self.array[top:bottom, left:right]).transpose(2, 0, 1)
-        else:
-            chw = np.asarray(self.array[:, top:bottom, left:right])
-        chw = chw.astype(np.float32) * self.scale
+        try:
+            raw = self._stored(top, left, bottom, right)
+        except Exception as err:  # tifffile, zarr and the codecs raise many types for a damaged tile
+            raise GraphconvError(f"cannot decode its pixels in rows {top}..{bottom - 1}, columns {left}..{right - 1}: "
+                                 f"{err}", file=self.path) from None
+        if np.issubdtype(raw.dtype, np.floating):
+            self._check_floats(raw, top, left)
+        chw = raw.astype(np.float32) * self.scale
         if self.channels == 1 and chw.shape[0] >= 3:
             chw = np.tensordot(LUMA, chw[:3], axes=1)[None]  # as Pillow's "L" conversion
         elif chw.shape[0] == 1 and self.channels == 3:
             chw = np.repeat(chw, 3, axis=0)
         return self._finish(chw[:self.channels])
+
+    def _stored(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
+        """The box's values as the file stores them, (C, h, w)."""
+        if self._band_index is not None:
+            return self._bands_read(top, left, bottom, right)
+        if self.layout == "hw":
+            return np.asarray(self.array[top:bottom, left:right])[None]
+        if self.layout == "hwc":
+            return np.asarray(self.array[top:bottom, left:right]).transpose(2, 0, 1)
+        return np.asarray(self.array[:, top:bottom, left:right])
+
+    def _check_floats(self, raw: np.ndarray, top: int, left: int) -> None:
+        """Float pixels are read as 0..1 (as load_image reads them): refuse others rather
+        than scale them to nonsense, and NaN or infinity, which would fill the map with
+        NaN; as stored, NaN only where the raster declares it its no-data value."""
+        low, high = raw.min(initial=np.inf), raw.max(initial=-np.inf)  # NaN propagates into both
+        where = f"in rows {top}..{top + raw.shape[1] - 1}, columns {left}..{left + raw.shape[2] - 1}"
+        if not (np.isfinite(low) and np.isfinite(high)):
+            no_data = np.isnan(getattr(self, "nodata", None) or 0.0)
+            if self.stored_values and no_data and not np.isinf(raw).any():
+                return
+            raise GraphconvError(f"float pixels that are NaN or infinite {where}", file=self.path)
+        if not self.stored_values and (low < 0 or high > 1):
+            raise GraphconvError(f"float pixels from {low:.6g} to {high:.6g} {where}: float images are read as "
+                                 "0..1; a raster of other values takes the spec's preprocess `values: stored`",
+                                 file=self.path)
+
 
     def _bands_read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
         """The `bands` of a box, (C, h, w): of a band-interleaved raster only those bands are
@@ -505,9 +531,10 @@ def _ome_zarr_source(path: str, channels: int, preprocess: dict | None, level: i
 
 def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
                  bands: Sequence[int] | None) -> ArrayLikeSource:
+    from graphconv.arrays import open_regular_file
+
     tifffile = require("tifffile")
-    if not Path(path).is_file():
-        raise GraphconvError("image not found", file=path)
+    open_regular_file(path, "image", "image not found").close()  # not a pipe, a folder or a device
     try:
         tif = tifffile.TiffFile(path)
         series = tif.series[0]

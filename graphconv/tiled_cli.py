@@ -57,10 +57,14 @@ def wants_tiles(args: argparse.Namespace, model, grid) -> bool:
 
 
 def _image_size(path: str) -> tuple[int, int] | None:
-    """(H, W) from the file's header, without decoding it; None when it cannot be read."""
+    """(H, W) from the file's header, without decoding it; None when it cannot be read
+    (the whole-image path then reports why). Opened as a regular file only: Pillow would
+    wait forever on a pipe."""
+    from graphconv.arrays import open_regular_file
+
     try:
         from PIL import Image
-        with Image.open(path) as img:
+        with open_regular_file(path, "image") as fp, Image.open(fp) as img:
             return img.size[1], img.size[0]
     except Exception:  # whatever is wrong with the file, the whole-image path reports it
         return None

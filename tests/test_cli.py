@@ -523,3 +523,14 @@ def test_an_import_that_cannot_write_its_spec_leaves_no_weights_either(tmp_path,
     assert run_cli("import", tmp_path / "d.onnx", "--crop-size", "28", "28", "-o", tmp_path / "net.yaml") == 2
     assert "No space left on device" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.onnx", "m"]
+
+
+def test_a_pipe_given_as_the_image_is_refused_not_waited_on(tmp_path):
+    """Deciding whether to tile, the run read the image's header with Pillow, which
+    waited forever on a pipe."""
+    import os
+
+    os.mkfifo(tmp_path / "page.png")
+    proc = subprocess.run([sys.executable, "-m", "graphconv", "run", str(SPECS / "digits.yaml"), "--image",
+                           str(tmp_path / "page.png")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "page.png: cannot read image: not a regular file" in proc.stderr

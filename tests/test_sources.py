@@ -491,3 +491,46 @@ def test_an_ome_zarr_z_stack_is_refused_naming_its_axes(tmp_path):
     with pytest.raises(GraphconvError, match=r"shape \(1, 3, 4, 20, 20\) \(axes t, c, z, y, x\) with z 4 positions: "
                                              "graphconv maps one plane"):
         open_source(tmp_path / "stack.zarr", 3, None)
+
+
+def test_float_rasters_are_read_as_0_to_1_or_refused(tmp_path):
+    """A float TIFF of 0..3, or with a NaN, was scaled by 255 and mapped to nonsense or
+    NaN cells (exit 0), where load_image refuses both; as stored, values of any range
+    pass, and NaN only where the raster declares it its no-data value."""
+    rng = np.random.default_rng(4)
+    tifffile.imwrite(tmp_path / "wide.tif", (rng.random((40, 50)) * 3).astype(np.float32), tile=(16, 16))
+    with pytest.raises(GraphconvError, match=r"wide.tif: float pixels from .* to 2\.9.* in rows 0..39, columns "
+                                             r"0..49: float images are read as 0..1; .* `values: stored`"):
+        open_source(tmp_path / "wide.tif", 1, None).read(0, 0, 40, 50)
+    assert open_source(tmp_path / "wide.tif", 1, {"values": "stored"}).read(0, 0, 40, 50).max() > 2
+    holes = rng.random((40, 50)).astype(np.float32)
+    holes[30:, 40:] = np.nan
+    tifffile.imwrite(tmp_path / "holes.tif", holes, tile=(16, 16))
+    tifffile.imwrite(tmp_path / "nodata.tif", holes, tile=(16, 16), extratags=[(42113, 2, 4, "nan", True)])
+    source = open_source(tmp_path / "holes.tif", 1, None)
+    np.testing.assert_array_equal(source.read(0, 0, 30, 40), holes[None, :30, :40] * np.float32(255))
+    for name, preprocess in (("holes.tif", None), ("holes.tif", {"values": "stored"}), ("nodata.tif", None)):
+        with pytest.raises(GraphconvError, match=r"float pixels that are NaN or infinite in rows 20..39"):
+            open_source(tmp_path / name, 1, preprocess).read(20, 20, 40, 50)
+    assert np.isnan(open_source(tmp_path / "nodata.tif", 1, {"values": "stored"}).read(20, 20, 40, 50)).any()
+
+
+def test_a_damaged_tile_is_one_error_naming_the_file_and_the_box(tmp_path):
+    """_decodable_array decodes one pixel up front; a tile damaged further in failed with
+    tifffile's traceback at the first read that met it."""
+    pixels = np.random.default_rng(5).integers(0, 255, (128, 128), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "page.tif", pixels, tile=(64, 64))
+    data = (tmp_path / "page.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[:len(data) * 3 // 5])
+    source = open_source(tmp_path / "cut.tif", 1, None)
+    np.testing.assert_array_equal(source.read(0, 0, 64, 64), pixels[None, :64, :64])
+    with pytest.raises(GraphconvError, match=r"cut.tif: cannot decode its pixels in rows 64..127, columns 0..127"):
+        source.read(64, 0, 128, 128)
+
+
+def test_a_pipe_named_like_an_image_is_refused_not_waited_on(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.tif")
+    with pytest.raises(GraphconvError, match="pipe.tif: cannot read image: not a regular file"):
+        open_source(tmp_path / "pipe.tif", 1, None)
