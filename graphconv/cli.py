@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--flip", action="store_true", help="with --scales: also the mirror images")
     run.add_argument("--reduce", choices=("mean", "max", "argmax"),
                      help="with --scales: mean (default) or max over positions, then scales and flips; "
-                          "argmax: write the winning class per cell (uint16) instead of the scores")
+                          "argmax (on an image, tiled): write the winning class per cell (uint16) instead of "
+                          "the scores")
     run.add_argument("--top", type=_positive_int, metavar="K", help="print the K best classes")
     run.add_argument("--crops", type=_positive_int, nargs="?", const=0, metavar="STRIDE",
                      help="run the classifier itself on every crop of its input size, STRIDE pixels apart "
@@ -173,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     comp = sub.add_parser("compile", help="run the pass pipeline and write a compiled model",
                           description="Run the pass pipeline on SPEC and write DIR: a self-contained "
-                                      "model (model.yaml + weights.npz) that `run` and `inspect` take.")
+                                      "model (model.yaml + the weights and labels files it names) that `run`, `inspect` and "
+                                      "`export` take.")
     comp.add_argument("spec", help="spec .yaml file or .onnx model")
     comp.add_argument("--output", "-o", required=True, help="compiled model directory to write")
     comp.add_argument("--passes", help="pipeline, e.g. 'shape-inference,fc-to-conv,my-pass{k=1}' "
@@ -193,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     insp = sub.add_parser("inspect", help="layers, shapes, parameters, FLOPs and receptive fields",
                           description="Print a table of MODEL's layers for an input size.")
-    insp.add_argument("model")
+    insp.add_argument("model", help="spec .yaml file, .onnx model or compiled model directory")
     insp.add_argument("--input-size", type=_positive_int, nargs=2, metavar=("H", "W"),
                       help="image size (default: the spec's crop)")
     insp.add_argument("--scales", type=_int_list, metavar="S1,S2,...",
@@ -214,13 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
                                      "on every crop, and for a padded network which layers' padding makes "
                                      "which positions differ, and by how much. Exit 0 when the conversion "
                                      "is exact and (b) differs only where padding reaches; 1 otherwise.")
-    ver.add_argument("spec")
-    ver.add_argument("--input-size", type=_positive_int, nargs=2, metavar=("H", "W"), required=True)
-    ver.add_argument("--output-stride", type=int, metavar="S")
-    ver.add_argument("--stride-method", default="auto", choices=("auto", "dilate", "shift"))
-    ver.add_argument("--batch", type=_positive_int, default=1)
+    ver.add_argument("spec", help="spec .yaml file or .onnx model (the classifier, before compiling)")
+    ver.add_argument("--input-size", type=_positive_int, nargs=2, metavar=("H", "W"), required=True,
+                     help="the random image's size, larger than the crop")
+    ver.add_argument("--output-stride", type=int, metavar="S", help="compile for this finer stride, as compile does")
+    ver.add_argument("--stride-method", default="auto", choices=("auto", "dilate", "shift"),
+                     help="how to reach --output-stride, as compile's")
+    ver.add_argument("--batch", type=_positive_int, default=1, help="images in the random batch")
     ver.add_argument("--tolerance", type=_tolerance, help="max abs difference (default 1e-4 x max score)")
-    ver.add_argument("--seed", type=_natural_int, default=0)
+    ver.add_argument("--seed", type=_natural_int, default=0, help="the random image's seed")
     ver.add_argument("--strict", action="store_true",
                      help="also exit 1 when padding makes the dense pass differ from the crop loop")
     ver.add_argument("--device", default="cpu", choices=device_choices())
