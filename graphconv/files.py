@@ -10,12 +10,20 @@ The promises (README, "Safety"):
   (`weights-<hash>.npz`), then `model.yaml`, which names them, is renamed over the old
   one. That rename is the commit; files the old model used are removed after it.
 * graphconv never deletes a file it did not make. In a model folder it owns
-  `model.yaml` (recognised by its first line) and the weights and labels files it
-  named (`weights-<hash>.npz`, `labels-<hash>.txt`, and the older fixed names
-  `weights.npz`, `labels.txt`); anything else a user puts there stays. A folder that
-  is neither empty nor a graphconv model is refused.
+  `model.yaml` (recognised by its first line) and the weights and labels files a
+  model.yaml it wrote named (`weights-<hash>.npz`, `labels-<hash>.txt`, and the older
+  fixed names `weights.npz`, `labels.txt`), or that a save listed in its journal
+  (below) before creating them; anything else a user puts there stays, even a file
+  named like a weights file. A folder that is neither empty nor a graphconv model is
+  refused.
 * Two compiles to one folder take turns (an exclusive `flock` on the folder), so the
   last one wins cleanly. Temporaries left by a killed run are removed by the next.
+  A save's journal (a temporary) lists the files it creates and the old model's, so
+  the next save removes those a killed one left unused, and only those.
+* Other outputs (score maps: `graphconv.tiling.MapFile`) are written under a temporary
+  name (`temporary_beside`) and renamed into place (`move_into_place`); a folder (a
+  .zarr map) replacing a folder is swapped by two renames, the old one set aside under
+  a name the next run restores should the process die between them.
 * Unchanged weights are not rewritten: the same content hashes to the same name.
 
 GRAPHCONV_FAULT_KILL_AT=<checkpoint> kills the process at one of the `_checkpoint`
@@ -42,6 +50,8 @@ from graphconv.errors import GraphconvError
 MODEL_SPEC = "model.yaml"
 SIGNATURE = "# written by graphconv"
 TMP_PREFIX = ".graphconv-tmp-"
+ASIDE_PREFIX = ".graphconv-old-"  # a folder being replaced, until its replacement is in
+JOURNAL = "journal.txt"  # a model save's temporary list of the files it may leave behind
 LEGACY_OWNED = ("weights.npz", "labels.txt")
 HASHED_OWNED = re.compile(r"(weights-[0-9a-f]{16}\.npz|labels-[0-9a-f]{16}\.txt)")
 FAULT_ENV = "GRAPHCONV_FAULT_KILL_AT"
@@ -114,16 +124,18 @@ def save_model_folder(directory: str | os.PathLike, spec_text: Callable[[str, st
     with output_folders(target / MODEL_SPEC):
         with _locked(target):
             check_model_target(target)  # another process may have changed it while we waited
+            _remove_journaled(target)
             _remove_stale_temporaries(target, locked=True)
             old_files = _files_named_by(target / MODEL_SPEC)
-            written: list[Path] = []
+            journal = _Journal(target, old_files)
+            written: list[Path] = [journal.path]
             try:
-                weights_name = _write_hashed(target, "weights", ".npz", _weights_writer(weights), written)
+                weights_name = _write_hashed(target, "weights", ".npz", _weights_writer(weights), written, journal)
                 _checkpoint("weights-written")
                 labels_name = None
                 if labels is not None:
                     text = "\n".join(labels) + "\n"
-                    labels_name = _write_hashed(target, "labels", ".txt", _text_writer(text), written)
+                    labels_name = _write_hashed(target, "labels", ".txt", _text_writer(text), written, journal)
                 spec = _temporary(target, MODEL_SPEC)
                 written.append(spec)
                 _write_synced(spec, _text_writer(spec_text(weights_name, labels_name)))
@@ -132,11 +144,12 @@ def save_model_folder(directory: str | os.PathLike, spec_text: Callable[[str, st
                 written.remove(spec)
                 _sync_folder(target)
             except BaseException:
-                for path in written:
+                for path in reversed(written):  # the journal last: it names what a kill here would leave
                     _unlink_quietly(path)
                 raise
             _checkpoint("after-commit")
             _remove_superseded(target, old_files, keep={weights_name, labels_name})
+            _unlink_quietly(journal.path)
     return target
 
 
@@ -181,17 +194,54 @@ def _owned_name(name: str) -> bool:
 
 
 def _remove_superseded(folder: Path, old_files: set[str], keep: set[str | None]) -> None:
-    """After the commit: the old model's files, and hashed files no model names (left by
-    a run killed between writing its weights and its commit)."""
-    orphans = {name for name in os.listdir(folder) if HASHED_OWNED.fullmatch(name)}
-    for name in (old_files | orphans) - keep:
+    """After the commit: the files the old model.yaml named, read before it was
+    replaced. Nothing else: a file merely named like ours (a user's copy of another
+    model's `weights-<hash>.npz`) is not ours to delete."""
+    for name in old_files - keep:
         _unlink_quietly(folder / name)
 
 
+class _Journal:
+    """What a model save may leave behind if killed: the old model's files (removed only
+    after the commit) and each file it creates, listed before the file exists. A
+    temporary (`.graphconv-tmp-<pid>-...-journal.txt`), appended to and synced line by
+    line; the next save removes the names it lists that its model.yaml does not use
+    (`_remove_journaled`), which keeps the promise to delete only files graphconv made."""
+
+    def __init__(self, folder: Path, names: set[str]):
+        self.path = _temporary(folder, JOURNAL)
+        self._append(sorted(names))
+
+    def add(self, name: str) -> None:
+        self._append([name])
+
+    def _append(self, names: list[str]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write("".join(name + "\n" for name in names))
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _remove_journaled(folder: Path) -> None:
+    """The files a killed save listed that the folder's model no longer (or not yet)
+    uses: its orphaned weights, or the old model's files it had not removed. Called under
+    the folder's lock, before the journals are swept with the other temporaries. A line
+    cut short by the kill is no name graphconv owns, and is ignored."""
+    in_use = _files_named_by(folder / MODEL_SPEC)
+    for journal in folder.glob(f"{TMP_PREFIX}*-{JOURNAL}"):
+        try:
+            listed = set(journal.read_text(encoding="utf-8").splitlines())
+        except (OSError, UnicodeDecodeError):
+            continue
+        for name in {n for n in listed if _owned_name(n)} - in_use:
+            _unlink_quietly(folder / name)
+
+
 def _write_hashed(folder: Path, stem: str, suffix: str, write: Callable[[Path], None],
-                  written: list[Path]) -> str:
+                  written: list[Path], journal: _Journal) -> str:
     """Write through a temporary, then rename to `<stem>-<content hash><suffix>`; an
-    existing file of that name already holds the same content and is kept as it is."""
+    existing file of that name already holds the same content and is kept as it is. A
+    new name goes in the journal before the file appears under it."""
     tmp = _temporary(folder, stem + suffix)
     written.append(tmp)
     digest = _write_synced(tmp, write)
@@ -199,6 +249,7 @@ def _write_hashed(folder: Path, stem: str, suffix: str, write: Callable[[Path], 
     if (folder / name).exists():
         _unlink_quietly(tmp)
     else:
+        journal.add(name)
         os.replace(tmp, folder / name)
         written.append(folder / name)
     written.remove(tmp)

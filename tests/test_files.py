@@ -257,3 +257,22 @@ def test_files_and_folders_follow_the_users_umask(tmp_path, umask, file_mode, fo
     assert len(files) == 3  # model.yaml, weights-<hash>.npz, the output
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == file_mode, path
+
+
+def test_a_users_copy_of_a_weights_file_stays_while_a_killed_save_s_orphans_go(tmp_path):
+    """Only files graphconv made are deleted: a weights file a user copied in from another
+    model is named like ours but no model.yaml here named it, so it stays through
+    recompiles; the weights a killed save wrote, which its journal listed, go."""
+    other, model = tmp_path / "other", tmp_path / "m"
+    assert graphconv_cli("compile", SPECS / "tinydag.yaml", "-o", other).returncode == 0
+    assert graphconv_cli("compile", SPECS / "digits.yaml", "-o", model).returncode == 0
+    copied, = other.glob("weights-*.npz")
+    (model / copied.name).write_bytes(copied.read_bytes())
+    killed = graphconv_cli("compile", LENET, "-o", model, env={FAULT_ENV: "weights-written"})
+    assert killed.returncode == -9 and len(list(model.glob("weights-*.npz"))) == 3, "one orphan left by the kill"
+    assert graphconv_cli("compile", SPECS / "digits.yaml", "-o", model, "--output-stride", "2").returncode == 0
+    assert (model / copied.name).read_bytes() == copied.read_bytes()
+    spec = (model / "model.yaml").read_text()
+    used = [p.name for p in model.glob("weights-*.npz") if p.name in spec]
+    assert len(used) == 1 and sorted(p.name for p in model.glob("weights-*.npz")) == sorted([copied.name, *used])
+    assert not [p for p in model.iterdir() if p.name.startswith(TMP_PREFIX)], "the journal swept too"
