@@ -324,6 +324,7 @@ def run_images_command(args: argparse.Namespace) -> int:
         raise GraphconvError(f"--images {args.images!r} matches no file")
     ref = _model_ref(args)
     options = _map_options(args, grid_for(args, ref.load()))  # a bad model is one error here, not one per image
+    created = [p for p in (Path(args.output_dir), *Path(args.output_dir).parents) if not p.exists()]
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with _progress(args, len(images), "images", None) as advance:
@@ -337,7 +338,11 @@ def run_images_command(args: argparse.Namespace) -> int:
                                  args.output_format)
     failed = [r for r in results if r.error]
     for result in failed:
-        print(f"graphconv: {result.image}: {result.error}", file=sys.stderr)
+        named = result.error.startswith(f"{Path(result.image).name}:")  # the error names the image itself
+        print(f"graphconv: {result.error if named else f'{result.image}: {result.error}'}", file=sys.stderr)
+    for folder in created if len(failed) == len(results) else ():
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()  # made for maps of which none came: gone again, as after any failed command
     print(f"{len(results) - len(failed)} of {len(results)} image(s) -> {args.output_dir} in "
           f"{time.perf_counter() - start:.1f} s")
     return 2 if failed else 0
