@@ -482,6 +482,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
+MAP_SUFFIXES = (".npy", ".zarr", ".tif", ".tiff")
+
+
 def _check_outputs_spare_the_inputs(args: argparse.Namespace) -> None:
     """Refuse, before any work, an --output or --heatmap-out that names the input (the
     run would replace the user's image or array with its result), and an --output named
@@ -503,6 +506,9 @@ def _check_outputs_spare_the_inputs(args: argparse.Namespace) -> None:
     if args.output and Path(args.output).suffix.lower() in PICTURE_SUFFIXES:
         raise GraphconvError("--output writes the scores (.npy, .zarr, or .tif); a picture of them is "
                              "--heatmap CLASS --heatmap-out FILE", file=args.output)
+    if args.output and Path(args.output.rstrip("/")).suffix.lower() not in MAP_SUFFIXES:
+        raise GraphconvError("--output writes the scores as .npy, .zarr or .tif: name it so (the name says "
+                             "the format)", file=args.output)
 
 
 def spare_the_model(model, outputs: list[tuple[str, str | None]]) -> None:

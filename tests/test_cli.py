@@ -56,12 +56,14 @@ def test_outputs_that_would_replace_the_input_are_refused_before_any_work(tmp_pa
             (["--image", "page.png", "--heatmap", "3", "--heatmap-out", "page.png"],
              "page.png: --heatmap-out is the input image"),
             (["--input", "x.npy", "--output", "x.npy"], "x.npy: --output is the input array"),
-            (["--image", "page.png", "--output", "scores.png"], "--output writes the scores (.npy, .zarr, or .tif)")):
-        args = [str(tmp_path / a) if a.endswith((".png", ".npy")) else a for a in args]
+            (["--image", "page.png", "--output", "scores.png"], "--output writes the scores (.npy, .zarr, or .tif)"),
+            (["--input", "x.npy", "--output", "scores.txt"], "scores.txt: --output writes the scores as .npy, .zarr "
+                                                              "or .tif: name it so")):
+        args = [str(tmp_path / a) if a.endswith((".png", ".npy", ".txt")) else a for a in args]
         assert run_cli("run", SPECS / "lenet.yaml", *args) == 2
         assert message in capsys.readouterr().err
     assert ((tmp_path / "page.png").read_bytes(), (tmp_path / "x.npy").read_bytes()) == before
-    assert not (tmp_path / "scores.png").exists()
+    assert not (tmp_path / "scores.png").exists() and not (tmp_path / "scores.txt").exists()
 
 
 def test_outputs_that_would_replace_the_model_s_own_files_are_refused(tmp_path, capsys):
