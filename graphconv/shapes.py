@@ -5,15 +5,18 @@ verifier and the runtime call it directly for other input sizes.
 """
 from __future__ import annotations
 
+import importlib
 import zlib
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 
-from graphconv.errors import GraphconvError, ShapeError
+from graphconv.errors import GraphconvError, ShapeError, shown
 from graphconv.ir import Graph, Node
 
 Shape = tuple[int, int, int]
+WEIGHTS_FILE = "weights_file"  # graph.meta: the file a front end read the weights from, for messages
 
 
 def infer_shapes(graph: Graph, input_hw: tuple[int, int] | None = None,
@@ -34,7 +37,7 @@ def infer_shapes(graph: Graph, input_hw: tuple[int, int] | None = None,
             got = ", ".join(_fmt(s) for s in in_shapes)
             hint = _merge_hint(graph, (h, w)) if input_hw is not None and len(in_shapes) > 1 else ""
             raise node.error(f"{err.message} (input {got}){hint}", ShapeError) from None
-        if check_weights and node.opdef.has_weights:
+        if check_weights and (node.opdef.has_weights or node.weights):
             check_weights_fit(node, in_shapes, resized=input_hw is not None)
     return shapes
 
@@ -54,9 +57,16 @@ def batch_scales(graph: Graph) -> dict[str, Fraction]:
 
 
 def check_weights_fit(node: Node, in_shapes: list[Shape], resized: bool = False) -> None:
-    expected = node.opdef.weight_shapes(node.params, in_shapes)
-    for key in set(node.weights) - set(expected):
-        raise node.error(f"has a weight '{key}' that {node.op} does not use", ShapeError)
+    """The layer's weights are exactly those its op takes, of the shapes it expects for
+    `in_shapes`, with values it can use. A weight the op does not take is refused rather
+    than ignored: `relu1.weight` in a weights file means the layer was meant to be
+    something else (a prelu written as relu would otherwise run as a ReLU), so ops
+    without weights are checked too. Values: an op package may define
+    `weights_problem(params, weights) -> str | None`, saying what in weights of the
+    right shapes it cannot compute with (a batchnorm's running_var + eps <= 0)."""
+    expected = node.opdef.weight_shapes(node.params, in_shapes) if node.opdef.has_weights else {}
+    for key in sorted(set(node.weights) - set(expected)):
+        raise node.error(_unused_weight(node, key))
     for key, want in expected.items():
         if key not in node.weights:
             raise node.error(f"has no '{key}' weights (expected shape {list(want)})", ShapeError)
@@ -68,6 +78,28 @@ def check_weights_fit(node: Node, in_shapes: list[Shape], resized: bool = False)
                 message += ("; an fc layer only accepts the crop size it was trained on "
                             "(compile with fc-to-conv to slide it over larger images)")
             raise node.error(message, ShapeError)
+    problem = getattr(importlib.import_module(node.opdef.package), "weights_problem", None)
+    if expected and problem is not None:
+        message = problem(node.params, node.weights)
+        if message is not None:
+            raise node.error(f"{message}{_weights_from(node)}")
+
+
+def _unused_weight(node: Node, key: str) -> str:
+    """Why `node`'s weight `key` is refused, naming the weights file it came from when
+    the front end recorded one (graph.meta[WEIGHTS_FILE])."""
+    source = node.graph.meta.get(WEIGHTS_FILE)
+    given = (f"the weights file {Path(source).name} has {shown(f'{node.name}.{key}')}" if source
+             else f"has a weight {shown(key)}")
+    if not node.opdef.has_weights:
+        return (f"{given}, but a {node.op} layer takes no weights (is the layer's op the one the "
+                "weights were trained for?)")
+    return f"{given}, which {node.op} does not use"
+
+
+def _weights_from(node: Node) -> str:
+    source = node.graph.meta.get(WEIGHTS_FILE)
+    return f" (weights from {Path(source).name})" if source else ""
 
 
 def init_weights(graph: Graph) -> list[str]:

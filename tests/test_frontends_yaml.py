@@ -114,6 +114,61 @@ def test_weights_missing_unknown_or_pickled(write_spec, tmp_path):
         load_spec(write_spec(spec))
 
 
+def tiny_weights(**extra) -> dict:
+    """Weights that fit TINY, plus `extra` ("<layer>.<key>" -> array)."""
+    return {"conv1.weight": np.zeros((8, 3, 5, 5), np.float32), "conv1.bias": np.zeros(8, np.float32),
+            "fc1.weight": np.zeros((10, 2048), np.float32), "fc1.bias": np.zeros(10, np.float32), **extra}
+
+
+def test_weights_for_a_layer_that_takes_none_are_refused_naming_the_file(write_spec, tmp_path):
+    """A prelu written as relu, with its slopes in the file, must not run as a ReLU."""
+    spec = write_spec(TINY.replace("layers:", "weights: w.npz\nlayers:"))
+    np.savez(tmp_path / "w.npz", **tiny_weights())
+    assert load_spec(spec).node("relu1").weights == {}
+    np.savez(tmp_path / "w.npz", **tiny_weights(**{"relu1.weight": np.ones(3, np.float32)}))
+    with pytest.raises(GraphconvError, match=r"^net.yaml:6: layer 'relu1': the weights file w.npz has "
+                                             r"'relu1.weight', but a relu layer takes no weights"):
+        load_spec(spec)
+    np.savez(tmp_path / "given.npz", **tiny_weights(**{"conv1.gamma": np.ones(8, np.float32)}))
+    with pytest.raises(GraphconvError, match=r"^net.yaml:5: layer 'conv1': the weights file given.npz has "
+                                             r"'conv1.gamma', which conv does not use"):
+        load_spec(spec, weights=tmp_path / "given.npz")
+
+
+BATCHNORMED = """
+name: bn
+input: {shape: [2, 6, 6]}
+weights: w.npz
+layers:
+  - {name: c, op: conv, out_channels: 4, kernel_size: 3}
+  - {name: bn, op: batchnorm, eps: 0.001}
+"""
+
+
+@pytest.mark.parametrize("running_var,bad", [([1.0, -1.0, 2.0, -0.001], 2), ([0.0, 1.0, 1.0, 1.0], 0)])
+def test_batchnorm_statistics_without_a_square_root_are_refused_at_load(write_spec, tmp_path, running_var, bad):
+    """running_var + eps <= 0 would make the channel NaN (and exit 0); a variance of 0 is
+    fine, eps keeps it positive."""
+    np.savez(tmp_path / "w.npz", **{"c.weight": np.ones((4, 2, 3, 3), np.float32), "c.bias": np.zeros(4, np.float32),
+                                    "bn.weight": np.ones(4, np.float32), "bn.bias": np.zeros(4, np.float32),
+                                    "bn.running_mean": np.zeros(4, np.float32),
+                                    "bn.running_var": np.array(running_var, np.float32)})
+    spec = write_spec(BATCHNORMED)
+    if not bad:
+        graph = load_spec(spec)
+        assert np.isfinite(graphconv_run(graph)).all()
+        return
+    with pytest.raises(GraphconvError, match=rf"^net.yaml:6: layer 'bn': running_var \+ eps must be positive "
+                                             rf".* not in {bad} of 4 channel\(s\) \(the first: channel 1, "
+                                             r"running_var -1, eps 0.001\).*\(weights from w.npz\)$"):
+        load_spec(spec)
+
+
+def graphconv_run(graph) -> np.ndarray:
+    from graphconv.model import Model
+    return Model(graph).run(np.ones((2, 6, 6), np.float32))
+
+
 @pytest.mark.parametrize("name", ["lenet", "alexnet", "vgg16", "tinydag"])
 def test_round_trip_gives_the_same_graph(name, tmp_path):
     graph = load_spec(SPECS / f"{name}.yaml")

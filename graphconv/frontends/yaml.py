@@ -49,6 +49,7 @@ from graphconv.ir import Graph
 from graphconv.ops import get_op
 from graphconv.ops.registry import OpDef
 from graphconv.params import MAX_INT, compact_params, finite_number, is_int, normalize_params
+from graphconv.shapes import WEIGHTS_FILE
 
 LINE = "__line__"
 KEY_LINES = "__key_lines__"
@@ -222,6 +223,8 @@ def read_spec(path: Path, *, weights: str | os.PathLike | None = None,
     _check_stitch_matches(graph, doc, path)
     _stitch_as_layers(graph)
     weights_file = Path(weights) if weights is not None else _spec_relative_file(doc, "weights", path)
+    if weights_file is not None:
+        graph.meta[WEIGHTS_FILE] = str(weights_file)  # for messages about the weights (shapes.py)
     return graph, weights_file
 
 

@@ -47,6 +47,22 @@ def init_weights(params: dict, weight_shapes: dict[str, tuple], rng: np.random.G
             "running_mean": rng.uniform(-0.5, 0.5, c), "running_var": rng.uniform(0.5, 2.0, c)}
 
 
+def weights_problem(params: dict, weights: dict) -> str | None:
+    """What makes statistics unusable (see graphconv.shapes.check_weights_fit): a
+    running_var + eps that is not positive has no real square root, so every value of
+    its channels would be NaN (and fold-batchnorm would fold NaN into the conv before
+    it). A trained network never has one; a damaged file or an ONNX model edited by
+    hand can."""
+    total = np.asarray(weights["running_var"], np.float64) + params["eps"]
+    bad = np.flatnonzero(~(total > 0))
+    if not bad.size:
+        return None
+    first = int(bad[0])
+    return (f"running_var + eps must be positive (it is square-rooted), but is not in {bad.size} of "
+            f"{total.size} channel(s) (the first: channel {first}, running_var "
+            f"{float(weights['running_var'][first]):g}, eps {params['eps']:g}); their outputs would be NaN")
+
+
 def channel_scale(params: dict, weights: dict) -> np.ndarray:
     """weight / sqrt(running_var + eps) per channel, in float64."""
     return (np.asarray(weights["weight"], np.float64)
