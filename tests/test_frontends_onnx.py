@@ -341,6 +341,69 @@ def test_nan_weights_are_refused(tmp_path, rng):
         load_network(path)
 
 
+def test_batch_norm_with_a_variance_below_minus_eps_is_refused(tmp_path, rng):
+    """sqrt(running_var + eps) of a negative number: every score would be NaN, exit 0."""
+    nodes = [onnx.helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             onnx.helper.make_node("BatchNormalization", ["c", "s", "b", "mu", "var"], ["y"], name="bn")]
+    weights = {"w": rng.standard_normal((4, 3, 3, 3)), "s": np.ones(4), "b": np.zeros(4), "mu": np.zeros(4)}
+    path = save(tiny_model(nodes, {**weights, "var": [1, -1, 1, 0]}), tmp_path / "bn.onnx")
+    with pytest.raises(GraphconvError, match=r"^bn.onnx: layer 'bn': running_var \+ eps must be positive .* "
+                                             r"not in 1 of 4 channel\(s\) \(the first: channel 1, running_var -1"):
+        load_network(path)
+    path = save(tiny_model(nodes, {**weights, "var": [1, 2, 1, 0]}), tmp_path / "ok.onnx")
+    assert np.isfinite(Model(load_network(path)).run(rng.standard_normal((1, 3, 8, 8)).astype(np.float32))).all()
+
+
+def test_a_tensor_whose_data_does_not_match_its_dims_is_one_line_naming_it(tmp_path, rng):
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    model = tiny_model([onnx.helper.make_node("Conv", ["x", "W"], ["y"], name="c")], {"W": w})
+    model.graph.initializer[0].raw_data = model.graph.initializer[0].raw_data[:-8]
+    path = save(model, tmp_path / "rawshort.onnx")
+    with pytest.raises(GraphconvError, match=r"^rawshort.onnx: initializer 'W' \(dims \[4, 3, 3, 3\]\) cannot be "
+                                             r"read: cannot reshape array of size 106"):
+        load_network(path)
+    result = graphconv("inspect", path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "rawshort.onnx: initializer 'W'" in result.stderr
+    value = onnx.numpy_helper.from_array(w, "Wc")
+    value.raw_data = value.raw_data[:-4]
+    nodes = [onnx.helper.make_node("Constant", [], ["Wc"], name="weights", value=value),
+             onnx.helper.make_node("Conv", ["x", "Wc"], ["y"], name="c")]
+    with pytest.raises(GraphconvError, match=r"^constant.onnx: the value of Constant node 'weights' \(dims "
+                                             r"\[4, 3, 3, 3\]\) cannot be read"):
+        load_network(save(tiny_model(nodes, {}), tmp_path / "constant.onnx"))
+
+
+@pytest.mark.parametrize("dims,message", [
+    ((1, 3, 0, 8), "input 'x' has an invalid height 0 (0 or negative)"),
+    ((1, 3, 8, -2), "input 'x' has an invalid width -2 (0 or negative)"),
+    ((1, 3, 0, -1), "input 'x' has an invalid height 0 and width -1 (0 or negative)"),
+    ((1, 0, 8, 8), "input 'x' has an invalid channel count of 0 (0 or negative)"),
+])
+def test_input_dims_of_zero_or_less_are_invalid_not_dynamic(tmp_path, rng, dims, message):
+    w = rng.standard_normal((4, 3, 3, 3))
+    path = save(tiny_model([onnx.helper.make_node("Conv", ["x", "w"], ["y"])], {"w": w}, input_shape=dims),
+                tmp_path / "dims.onnx")
+    with pytest.raises(GraphconvError) as err:
+        load_network(path)
+    assert str(err.value).startswith(f"dims.onnx: {message}") and "dynamic" not in str(err.value)
+    if dims[1] > 0:  # a crop given on the command line still stands in for the size the file lacks
+        assert load_network(path, crop_size=(8, 8)).input_shape == (3, 8, 8)
+
+
+def test_a_crop_over_the_memory_budget_names_the_model_file(tmp_path):
+    from graphconv import memory
+
+    path = save(tiny_model([onnx.helper.make_node("Relu", ["x"], ["y"])], {}, input_shape=(1, 3, 100000, 100000)),
+                tmp_path / "huge.onnx")
+    memory.set_memory_limit("512M")
+    try:
+        with pytest.raises(GraphconvError, match=r"^huge.onnx: the input crop 3x100000x100000 needs about"):
+            load_network(path)
+    finally:
+        memory.set_memory_limit(None)
+
+
 # ---- the ops of newer classifiers: ConvNeXt, ShuffleNetV2, EfficientNet, MobileNetV3 ----------
 
 def layer_ops(path) -> list[str]:

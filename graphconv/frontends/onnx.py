@@ -197,7 +197,7 @@ class _Importer:
     def run(self) -> tuple[Graph, dict[str, np.ndarray]]:
         onnx = require_onnx()
         for init in self.model.graph.initializer:
-            self.values[init.name] = _array(onnx, init)
+            self.values[init.name] = self._read_tensor(init, f"initializer {shown(init.name)}")
         self._add_input()
         for node in self.nodes:
             self.onnx_node = node
@@ -238,12 +238,26 @@ class _Importer:
         onnx = require_onnx()
         for init in self.model.graph.initializer:
             if init.name == name:
-                return _array(onnx, init)
+                return self._read_tensor(init, f"initializer {shown(init.name)}")
         for node in self.model.graph.node:
             if node.op_type == "Constant" and node.output[0] == name and node.attribute:
                 value = onnx.helper.get_attribute_value(node.attribute[0])
-                return _array(onnx, value) if node.attribute[0].name == "value" else np.asarray(value)
+                if node.attribute[0].name == "value":
+                    return self._read_tensor(value, f"the value of Constant node {shown(node.name or name)}")
+                return np.asarray(value)
         return None
+
+    def _read_tensor(self, tensor, what: str) -> np.ndarray:
+        """A TensorProto as an array; when its data does not match its dims and type (a
+        truncated raw_data: a damaged or hand-edited file), a GraphconvError naming the
+        file and `what` ("initializer 'W'") rather than numpy's reshape error."""
+        onnx = require_onnx()
+        try:
+            return _array(onnx, tensor)
+        except (ValueError, TypeError, KeyError, IndexError) as err:
+            raise GraphconvError(f"{what} (dims {list(tensor.dims)}) cannot be read: "
+                                 f"{shown(str(err), 100)[1:-1]} (a damaged or truncated file?)",
+                                 file=self.source) from None
 
     def _count_uses(self) -> dict[str, int]:
         uses: dict[str, int] = {}
@@ -266,14 +280,26 @@ class _Importer:
             raise GraphconvError(f"input {shown(onnx_input.name)} has {len(dims)} dimensions; graphconv "
                                  "reads image classifiers with an (N, C, H, W) input", file=self.source)
         fixed = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
+        invalid = [d.dim_value if d.HasField("dim_value") and d.dim_value <= 0 else None for d in dims]
         layout = NHWC if self._read_channels_last(onnx_input.name) else NCHW
-        channels, rows, cols = (fixed[3], fixed[1], fixed[2]) if layout == NHWC else fixed[1:]
+        order = (3, 1, 2) if layout == NHWC else (1, 2, 3)
+        channels, rows, cols = (fixed[i] for i in order)
+        if invalid[order[0]] is not None:
+            raise GraphconvError(f"input {shown(onnx_input.name)} has an invalid channel count of "
+                                 f"{invalid[order[0]]} (0 or negative)", file=self.source)
         if channels is None:
             raise GraphconvError(f"input {shown(onnx_input.name)} has no fixed channel count",
                                  file=self.source)
+        bad = [(axis, invalid[i]) for axis, i in zip(("height", "width"), order[1:]) if invalid[i] is not None]
+        if bad and self.crop_size is None:
+            sizes = " and ".join(f"{axis} {value}" for axis, value in bad)
+            raise GraphconvError(f"input {shown(onnx_input.name)} has an invalid {sizes} (0 or negative); "
+                                 "give the classifier's training crop with --crop-size H W", file=self.source)
         height, width = self._crop(rows, cols, onnx_input.name)
         name = _clean_name(onnx_input.name) or "data"
-        self.graph = Graph(Path(self.source).stem, name, (channels, height, width))
+        # the input's location is the file, so a crop over the memory budget names it (finalize)
+        self.graph = Graph(Path(self.source).stem, name, (channels, height, width),
+                           input_loc=Location(self.source))
         self.values[onnx_input.name] = Tensor(name, (channels, height, width), layout=layout)
 
     def _read_channels_last(self, name: str) -> bool:
@@ -1626,11 +1652,10 @@ def _softmax(imp: _Importer, node) -> None:
 @converts("Constant")
 def _constant(imp: _Importer, node) -> None:
     onnx = require_onnx()
-    from onnx import numpy_helper
     attribute = node.attribute[0]
     value = onnx.helper.get_attribute_value(attribute)
-    imp.values[node.output[0]] = (numpy_helper.to_array(value) if attribute.name == "value"
-                                  else np.asarray(value))
+    what = f"the value of Constant node {shown(node.name or node.output[0])}"
+    imp.values[node.output[0]] = imp._read_tensor(value, what) if attribute.name == "value" else np.asarray(value)
 
 
 @converts("Shape")
