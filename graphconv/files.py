@@ -32,6 +32,7 @@ calls below: the tests use it to show that a kill at any point loses nothing.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -55,6 +56,9 @@ JOURNAL = "journal.txt"  # a model save's temporary list of the files it may lea
 LEGACY_OWNED = ("weights.npz", "labels.txt")
 HASHED_OWNED = re.compile(r"(weights-[0-9a-f]{16}\.npz|labels-[0-9a-f]{16}\.txt)")
 FAULT_ENV = "GRAPHCONV_FAULT_KILL_AT"
+# what only a write fails with: a full disk, a quota, a file too large (libraries such as
+# zarr raise them without the file's name)
+WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG} | ({errno.EDQUOT} if hasattr(errno, "EDQUOT") else set())
 
 try:
     import fcntl
@@ -91,6 +95,103 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: 
             raise GraphconvError(f"cannot write: {err.strerror or err}", file=str(path)) from None
         finally:
             _unlink_quietly(tmp)
+
+
+# ---- outputs written in pieces (score maps) ---------------------------------------------------
+
+def temporary_beside(path: str | os.PathLike) -> Path:
+    """A temporary name in `path`'s folder (which must exist: `output_folders`) for an
+    output written in pieces, a memory-mapped .npy or a zarr folder. It carries this
+    process's id, so if the process dies without cleaning up (SIGKILL, SIGTERM) the next
+    run writing into the folder removes it; those of processes already gone are removed
+    now."""
+    target = Path(os.path.abspath(path))
+    _remove_stale_temporaries(target.parent)
+    return _temporary(target.parent, target.name)
+
+
+def move_into_place(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Rename the complete output `tmp` onto `target`. A folder cannot be renamed over a
+    folder, so one there (a .zarr map being replaced) is first renamed aside: were the
+    process to die before the new one is in, the next run in the folder renames it back
+    (`_remove_stale_temporaries`), so the name holds the old map or the new one, never
+    neither. It is removed once the new one is in."""
+    tmp, target = Path(tmp), Path(target)
+    if target.is_symlink() or not target.is_dir():
+        os.replace(tmp, target)
+        return
+    aside = target.parent / f"{ASIDE_PREFIX}{os.getpid()}-{os.urandom(4).hex()}-{target.name}"
+    os.rename(target, aside)
+    try:
+        _checkpoint("output-set-aside")
+        os.rename(tmp, target)
+    except BaseException:
+        os.rename(aside, target)
+        raise
+    _checkpoint("output-replaced")
+    remove_temporary(aside)
+
+
+def remove_temporary(path: str | os.PathLike) -> None:
+    """Remove a temporary file or folder, if it is there."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        _unlink_quietly(path)
+
+
+def reserve_space(path: str | os.PathLike, shown_path: str) -> None:
+    """Give the file `path` all its disk blocks now. A memory-mapped output is a sparse
+    file (np.lib.format.open_memmap only sets its length); on a disk that fills up, a
+    tile written into it has nowhere to go and the process dies of SIGBUS, losing the
+    run. With posix_fallocate, or where a system or file system lacks it a check of the
+    free space, a full disk is one error naming the output before any work is done."""
+    size = os.path.getsize(path)
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is not None:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fallocate(fd, 0, size)
+            return
+        except OSError as err:
+            if err.errno in WRITE_ERRNOS - {errno.EFBIG}:
+                raise _no_room(path, size, shown_path) from None
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+        finally:
+            os.close(fd)
+    missing = size - getattr(os.stat(path), "st_blocks", 0) * 512
+    if shutil.disk_usage(Path(path).parent).free < missing:
+        raise _no_room(path, size, shown_path)
+
+
+def _no_room(path: str | os.PathLike, size: int, shown_path: str) -> GraphconvError:
+    from graphconv.memory import format_size
+    free = shutil.disk_usage(Path(path).parent).free
+    return GraphconvError(f"not enough disk space: it needs {format_size(size)} while it is written "
+                          f"(memory-mapped), {format_size(free)} are free", file=shown_path)
+
+
+@contextmanager
+def write_errors_named(shown_path: str, *paths: str | os.PathLike) -> Iterator[None]:
+    """Report an OSError from writing an output as one GraphconvError naming it: one
+    about a file at or under `paths` (the output's temporaries), or one only a write
+    gives (`WRITE_ERRNOS`: a full disk, which zarr's chunk writes raise with no file
+    name). Any other (an input that cannot be read) passes as it is."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS and not _is_under(err.filename, paths):
+            raise
+        raise GraphconvError(f"cannot write: {err.strerror or err}", file=shown_path) from None
+
+
+def _is_under(filename, paths) -> bool:
+    if not isinstance(filename, (str, os.PathLike)):
+        return False
+    name = os.path.abspath(filename)
+    return any(name == os.path.abspath(p) or name.startswith(os.path.abspath(p) + os.sep) for p in paths)
 
 
 # ---- model folders ----------------------------------------------------------------------------
@@ -361,19 +462,37 @@ def _temporary(folder: Path, name: str) -> Path:
 
 def _remove_stale_temporaries(folder: Path, locked: bool = False) -> None:
     """Remove temporaries of runs that died (their process is gone; in a locked model
-    folder, every temporary is stale: a live writer would hold the lock)."""
+    folder, every temporary is stale: a live writer would hold the lock), and settle the
+    outputs they had set aside to replace (`move_into_place`)."""
     try:
-        names = [n for n in os.listdir(folder) if n.startswith(TMP_PREFIX)]
+        names = os.listdir(folder)
     except OSError:
         return
     for name in names:
-        pid = name[len(TMP_PREFIX):].split("-", 1)[0]
-        if locked or (pid.isdigit() and not _process_alive(int(pid))):
-            path = folder / name
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                _unlink_quietly(path)
+        if name.startswith(TMP_PREFIX) and _stale(name[len(TMP_PREFIX):], locked):
+            remove_temporary(folder / name)
+        elif name.startswith(ASIDE_PREFIX) and _stale(name[len(ASIDE_PREFIX):], locked):
+            _settle_set_aside(folder, name)
+
+
+def _stale(pid_and_name: str, locked: bool) -> bool:
+    """Whether a temporary named `<pid>-...` belongs to a run that is gone."""
+    pid = pid_and_name.split("-", 1)[0]
+    return locked or (pid.isdigit() and not _process_alive(int(pid)))
+
+
+def _settle_set_aside(folder: Path, name: str) -> None:
+    """An output a dead run renamed aside to replace (`.graphconv-old-<pid>-<hex>-<name>`):
+    renamed back if the run died before its replacement was in, else removed."""
+    parts = name[len(ASIDE_PREFIX):].split("-", 2)
+    if len(parts) != 3 or not parts[2]:
+        return
+    original = folder / parts[2]
+    if os.path.lexists(original):
+        remove_temporary(folder / name)
+    else:
+        with contextlib.suppress(OSError):
+            os.rename(folder / name, original)
 
 
 def _process_alive(pid: int) -> bool:

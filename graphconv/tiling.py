@@ -25,6 +25,8 @@ gates), and it streams through the same plans, files and Dask workers.
 from __future__ import annotations
 
 import math
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cached_property
@@ -451,7 +453,7 @@ class MapFile:
     scratch copy once every tile is in. A zarr or TIFF map carries `placement` (a
     `graphconv.georef.CellPlacement`: where its cells stand on the image) where
     given. Used as a context manager: the file is renamed into place on success and
-    removed on failure, so nothing is left half-written."""
+    removed on failure, so nothing is left half-written (`_write`)."""
 
     def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype, chunk_hw: tuple[int, int],
                  georeference=None, placement=None):
@@ -467,6 +469,7 @@ class MapFile:
             check_writable(self.path)
         self.array = None
         self._tmp = None
+        self._writing = None
 
     @property
     def _scratch(self) -> str:
@@ -474,52 +477,64 @@ class MapFile:
         return self._tmp + ".npy" if self.is_tiff else self._tmp
 
     def __enter__(self):
-        import os
-        import uuid
+        self._writing = self._write()
+        return self._writing.__enter__()
+
+    def __exit__(self, kind, value, traceback):
+        return self._writing.__exit__(kind, value, traceback)
+
+    @contextmanager
+    def _write(self) -> Iterator[Any]:
+        """The map's life, as `graphconv.files` writes any output: the folders it needs
+        made (and removed again on failure), a temporary beside it that a later run
+        removes should this one be killed, the temporary renamed into place only once
+        every tile is in, and whatever fails (creating it, a tile's write, the TIFF)
+        leaving nothing behind; a full disk is an error naming the map."""
+        from graphconv.files import (move_into_place, output_folders, remove_temporary, temporary_beside,
+                                     write_errors_named)
         target = os.path.abspath(self.path.rstrip("/"))
-        folder = os.path.dirname(target)
-        os.makedirs(folder, exist_ok=True)
-        self._tmp = os.path.join(folder, f".{os.path.basename(target)}.{uuid.uuid4().hex[:8]}.partial")
+        with output_folders(target):
+            self._tmp = str(temporary_beside(target))
+            try:
+                with write_errors_named(self.path, self._tmp, self._scratch):
+                    self.array = self._create()
+                    yield self.array
+                    self._finish()
+                    move_into_place(self._tmp, target)
+            finally:
+                self.array = None
+                for partial in {self._tmp, self._scratch}:
+                    remove_temporary(partial)
+
+    def _create(self) -> Any:
+        """The empty map at the temporary: a zarr array, or a memory map whose disk
+        blocks are reserved now (a sparse one would SIGBUS when a full disk refuses a tile)."""
+        from graphconv.files import reserve_space
         if self.is_zarr:
             from graphconv.sources import require
             zarr = require("zarr")
             chunks = (1, min(self.shape[1], 64), *self.chunk_hw)
-            self.array = zarr.open_array(self._tmp, mode="w", shape=self.shape, chunks=chunks, dtype=self.dtype)
+            array = zarr.open_array(self._tmp, mode="w", shape=self.shape, chunks=chunks, dtype=self.dtype)
             if self.placement is not None:
-                self.array.attrs["graphconv"] = self.placement.as_dict()
-        else:
-            self.array = np.lib.format.open_memmap(self._scratch, mode="w+", dtype=self.dtype, shape=self.shape)
-        return self.array
+                array.attrs["graphconv"] = self.placement.as_dict()
+            return array
+        array = np.lib.format.open_memmap(self._scratch, mode="w+", dtype=self.dtype, shape=self.shape)
+        reserve_space(self._scratch, self.path)
+        return array
 
-    def __exit__(self, kind, value, traceback):
-        import os
-        import shutil
-        target = os.path.abspath(self.path.rstrip("/"))
-        try:
-            if kind is None:
-                if not self.is_zarr:
-                    self.array.flush()
-                if self.is_tiff:
-                    from graphconv.georef import write_map_tiff
-                    write_map_tiff(self._tmp, self.array, self.georeference, self.placement)
-                self.array = None
-                if self.is_zarr and os.path.isdir(target):
-                    shutil.rmtree(target)
-                os.replace(self._tmp, target)
-        finally:
-            self.array = None
-            for partial in {self._tmp, self._scratch}:
-                if os.path.isdir(partial):
-                    shutil.rmtree(partial, ignore_errors=True)
-                elif os.path.exists(partial):
-                    os.unlink(partial)
-        return False
+    def _finish(self) -> None:
+        """Every tile is in: flush a memory map to disk; a TIFF is written from it."""
+        if self.is_zarr:
+            return
+        self.array.flush()
+        if self.is_tiff:
+            from graphconv.georef import write_map_tiff
+            write_map_tiff(self._tmp, self.array, self.georeference, self.placement)
 
 
 def check_zarr_target(path: str) -> None:
     """A .zarr output replaces only a zarr array: never a file, nor a folder holding
     anything else (the user's data), nor a zarr group."""
-    import os
     from graphconv.files import check_writable
 
     target = path.rstrip("/")
@@ -536,7 +551,6 @@ def check_zarr_target(path: str) -> None:
 
 def _zarr_v3_array(folder: str) -> bool:
     import json
-    import os
     try:
         with open(os.path.join(folder, "zarr.json")) as fp:
             return json.load(fp).get("node_type") == "array"

@@ -404,3 +404,132 @@ def test_without_tile_memory_is_estimated_for_the_box_a_tile_reads(compiled):
     assert len(plan.tiles) == 1
     smaller = plan_tiles(model, (100, 100), choose_tile(model, (100, 100), budget - 2))
     assert len(smaller.tiles) > 1
+
+
+# ---- map files: nothing lost, nothing left behind ------------------------------------------------
+
+def _write_map_and_die(path, value, fault=None, die_inside=False):
+    """A subprocess writing a (1, 2, 5, 5) map of `value` through MapFile: killed at the
+    files.py checkpoint `fault`, or by SIGKILL half way through its tiles."""
+    import os
+    import subprocess
+    import sys
+    from graphconv.files import FAULT_ENV
+
+    code = ("import os, signal, sys, numpy as np\n"
+            "from graphconv.tiling import MapFile\n"
+            "with MapFile(sys.argv[1], (1, 2, 5, 5), np.float32, (2, 2)) as out:\n"
+            f"    out[:] = {value}\n"
+            + ("    os.kill(os.getpid(), signal.SIGKILL)\n" if die_inside else ""))
+    env = {**os.environ, **({FAULT_ENV: fault} if fault else {})}
+    return subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, timeout=120)
+
+
+def _read_map(path):
+    if str(path).endswith(".zarr"):
+        import zarr
+        return zarr.open_array(str(path), mode="r")[:]
+    if str(path).endswith(".tif"):
+        import tifffile
+        return tifffile.imread(path)
+    return np.load(path)
+
+
+@pytest.mark.parametrize("fault, survivor", [("output-set-aside", 1), ("output-replaced", 2)])
+def test_a_zarr_map_replaced_is_the_old_or_the_new_whenever_the_run_is_killed(tmp_path, fault, survivor):
+    """A folder cannot be renamed over a folder: the old map is renamed aside, the new
+    one in, then the old one removed. Killed between the renames, the next run in the
+    folder puts the old map back; killed after, it removes the old one. Either way one
+    whole map, never neither (the old code deleted the old map first)."""
+    pytest.importorskip("zarr")
+    path = tmp_path / "map.zarr"
+    assert _write_map_and_die(path, 1).returncode == 0
+    assert _write_map_and_die(path, 2, fault=fault).returncode == -9
+    with MapFile(str(tmp_path / "other.npy"), (1, 1, 2, 2), np.float32, (2, 2)) as out:
+        out[:] = 0  # any map written into the folder settles what the killed run left
+    assert (_read_map(path) == survivor).all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.zarr", "other.npy"]
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".zarr", ".tif"])
+def test_a_killed_run_s_partial_map_is_removed_by_the_next_run_in_its_folder(tmp_path, suffix):
+    """SIGKILL or SIGTERM runs no cleanup: the partial map, as large as the map, stays,
+    but under a temporary name carrying its process id, which the next run writing into
+    the folder removes once that process is gone."""
+    if suffix != ".npy":
+        pytest.importorskip("zarr" if suffix == ".zarr" else "tifffile")
+    path = tmp_path / f"map{suffix}"
+    assert _write_map_and_die(path, 3, die_inside=True).returncode == -9
+    assert [p.name for p in tmp_path.iterdir()] != [] and not path.exists()
+    with MapFile(str(path), (1, 2, 5, 5), np.float32, (2, 2)) as out:
+        out[:] = 4
+    assert [p.name for p in tmp_path.iterdir()] == [path.name] and (_read_map(path) == 4).all()
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".zarr", ".tif"])
+def test_a_failed_map_leaves_no_folder_it_made(tmp_path, suffix):
+    if suffix != ".npy":
+        pytest.importorskip("zarr" if suffix == ".zarr" else "tifffile")
+    path = tmp_path / "nd3" / "nd4" / f"map{suffix}"
+    with pytest.raises(RuntimeError):
+        with MapFile(str(path), (1, 2, 5, 5), np.float32, (2, 2)) as out:
+            assert (tmp_path / "nd3" / "nd4").is_dir()
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    with MapFile(str(path), (1, 2, 5, 5), np.float32, (2, 2)) as out:
+        out[:] = 5
+    assert (_read_map(path) == 5).all()
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".tif"])
+@pytest.mark.parametrize("fallocate", ["full", "unsupported"])
+def test_a_memory_mapped_map_that_the_disk_cannot_hold_is_refused_before_any_tile(tmp_path, monkeypatch,
+                                                                                   suffix, fallocate):
+    """A memory map is a sparse file: on a full disk the first tile written into it
+    killed the process with SIGBUS. Its blocks are reserved when it is made (or, where
+    the file system cannot, the free space checked): a full disk is one error naming
+    the map, and nothing is left, folders included."""
+    import errno
+    import os
+    import shutil
+    from types import SimpleNamespace
+
+    def refuse(fd, offset, length):
+        raise OSError(errno.ENOSPC if fallocate == "full" else errno.EOPNOTSUPP, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", refuse, raising=False)
+    if fallocate == "unsupported":
+        monkeypatch.setattr(shutil, "disk_usage", lambda folder: SimpleNamespace(total=10 ** 9, free=1000))
+    path = tmp_path / "new" / f"map{suffix}"
+    with pytest.raises(GraphconvError, match=rf"^map\{suffix}: not enough disk space: it needs 77.6 KB"):
+        with MapFile(str(path), (1, 20, 31, 32), np.float32, (8, 8)):
+            pytest.fail("no tile may be written")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".tif"])
+def test_a_full_disk_while_a_map_is_written_names_the_map(tmp_path, monkeypatch, suffix):
+    """zarr's chunk writes and the TIFF written at the end say "No space left on device"
+    without a file name: the error names the map, and nothing is left."""
+    import errno
+    import os
+
+    pytest.importorskip("zarr" if suffix == ".zarr" else "tifffile")
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def write_map_tiff(*args, **kwargs):
+        raise full
+    monkeypatch.setattr("graphconv.georef.write_map_tiff", write_map_tiff)
+    with pytest.raises(GraphconvError, match=rf"^map\{suffix}: cannot write: No space left on device$"):
+        with MapFile(str(tmp_path / f"map{suffix}"), (1, 2, 5, 5), np.float32, (2, 2)) as out:
+            out[:] = 1
+            if suffix == ".zarr":
+                raise full  # what a chunk write on a full disk raises
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_input_s_os_error_is_not_reported_as_the_map_s(tmp_path):
+    with pytest.raises(FileNotFoundError, match="slide.svs"):
+        with MapFile(str(tmp_path / "map.npy"), (1, 2, 5, 5), np.float32, (2, 2)):
+            raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "slide.svs"))
+    assert list(tmp_path.iterdir()) == []
