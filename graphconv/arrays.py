@@ -105,6 +105,9 @@ def load_npy(path: str | os.PathLike, *, what: str = "input") -> np.ndarray:
         try:
             dtype, shape, fortran = _npy_header(fp, f"{what} array", path)
             _check_float_dtype(dtype, f"{what} array", path)
+            if 0 in shape:  # nothing to run on; a batch of 0 would reach the kernels (a division by zero)
+                raise GraphconvError(f"{what} array of shape {_fmt_shape(shape)} is empty (an axis of size 0)",
+                                     file=str(path))
             check_fits(_loaded_bytes(dtype, shape), f"{what} array of shape {_fmt_shape(shape)}", file=str(path))
             real = os.fstat(fp.fileno()).st_size - fp.tell()
             _check_claim(_claimed_bytes(dtype, shape), real, f"{what} array", path)

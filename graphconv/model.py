@@ -211,6 +211,8 @@ class Model:
         returns everything the network computed, as it computed it: those cells
         included, and always (N, K, rows, cols)."""
         batch = as_batch(x, self.crop_shape[0])
+        if not full:
+            self._check_holds_a_crop(*batch.shape[2:])
         out = self.executor(device).run(batch, profile)
         if not full and not self.segmentation:
             out = self._crop_grid(out, batch.shape[2:])
@@ -218,6 +220,14 @@ class Model:
         if not full and self.returns_vectors and out.shape[2:] == (1, 1):
             out = out.reshape(out.shape[:2])
         return out
+
+    def _check_holds_a_crop(self, height: int, width: int) -> None:
+        """A classifier's map has a cell per crop inside the image, so an image smaller
+        than the crop has none: say so, before running, rather than name the first layer
+        whose window no longer fits (a segmentation network takes any size it fits)."""
+        _, hc, wc = self.crop_shape
+        if not self.segmentation and (height < hc or width < wc):
+            raise GraphconvError(f"the input is {height}x{width}, smaller than the classifier's {hc}x{wc} crop")
 
     def run_tiled(self, source, tile: int | tuple[int, int], *, out=None, device: str = "cpu",
                   transform=None, progress=None):
@@ -250,14 +260,19 @@ def as_map(scores: np.ndarray) -> np.ndarray:
     return scores[:, :, None, None] if scores.ndim == 2 else scores
 
 
-def as_batch(x: np.ndarray, channels: int) -> np.ndarray:
-    """(C, H, W) -> (1, C, H, W); checks the dtype and rank."""
+def as_batch(x: np.ndarray, channels: int, *, file: str | None = None) -> np.ndarray:
+    """(C, H, W) -> (1, C, H, W); checks the dtype, the rank and that there is something
+    to run (no axis of size 0: a batch of 0 images would reach the kernels, whose work
+    division assumes one). `file`, when the array was read from one, is named in errors."""
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.floating):
-        raise GraphconvError(f"input must be a float32 array, got {x.dtype}")
+        raise GraphconvError(f"input must be a float32 array, got {x.dtype}", file=file)
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4 or x.shape[1] != channels:
         raise GraphconvError(f"input must be (N, {channels}, H, W) or ({channels}, H, W), got "
-                             f"shape {tuple(x.shape)}")
+                             f"shape {tuple(x.shape)}", file=file)
+    if x.size == 0:
+        what = "no images (a batch of 0)" if x.shape[0] == 0 else "an image of no pixels"
+        raise GraphconvError(f"the input of shape {tuple(x.shape)} is empty: {what}", file=file)
     return np.ascontiguousarray(x, dtype=np.float32)

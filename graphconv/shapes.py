@@ -34,6 +34,8 @@ def infer_shapes(graph: Graph, input_hw: tuple[int, int] | None = None,
         try:
             shapes[node.name] = tuple(int(v) for v in node.opdef.shape(node.params, in_shapes))
         except ShapeError as err:
+            if input_hw is not None:
+                _check_holds_a_crop(graph, (h, w))
             got = ", ".join(_fmt(s) for s in in_shapes)
             hint = _merge_hint(graph, (h, w)) if input_hw is not None and len(in_shapes) > 1 else ""
             raise node.error(f"{err.message} (input {got}){hint}", ShapeError) from None
@@ -121,6 +123,16 @@ def init_weights(graph: Graph) -> list[str]:
         check_weights_fit(node, in_shapes)  # an op's own init_weights can get a shape wrong
         initialised.append(node.name)
     return initialised
+
+
+def _check_holds_a_crop(graph: Graph, image_hw: tuple[int, int]) -> None:
+    """When a classifier cannot be applied to an image smaller than its crop, that is
+    the reason to give, not the first layer whose window ran out of map (as
+    `Model.run` says before running; a segmentation network takes any size it fits)."""
+    _, hc, wc = graph.input_shape
+    h, w = image_hw
+    if graph.meta.get("task") != "segmentation" and (h < hc or w < wc):
+        raise ShapeError(f"the input is {h}x{w}, smaller than the classifier's {hc}x{wc} crop")
 
 
 def _merge_hint(graph: Graph, image_hw: tuple[int, int]) -> str:

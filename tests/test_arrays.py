@@ -181,6 +181,14 @@ def test_bad_npy_is_one_clean_line(tmp_path, small_budget, make, match):
     refused(load_npy, path, match)
 
 
+@pytest.mark.parametrize("shape", [(0, 1, 40, 40), (1, 1, 0, 5), (0,)])
+def test_an_empty_npy_is_refused_naming_its_shape(tmp_path, shape):
+    """Nothing to run on: a batch of 0 images used to reach the kernels (ZeroDivisionError)."""
+    np.save(tmp_path / "x.npy", np.zeros(shape, np.float32))
+    shown = "x".join(map(str, shape))
+    refused(load_npy, tmp_path / "x.npy", f"input array of shape {shown} is empty (an axis of size 0)")
+
+
 def test_npy_what_names_the_array(tmp_path):
     refused(lambda p: load_npy(p, what="image"), tmp_path / "x.npy", "image file not found")
 

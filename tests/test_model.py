@@ -86,6 +86,64 @@ def test_a_flattened_network_on_a_larger_image_still_returns_vectors(write_spec,
     assert model.run(random_input(rng, (1, 2, 10, 12))).shape == (1, 4)
 
 
+# ---- inputs run refuses: nothing to run, or no whole crop ------------------------------------------
+
+@pytest.mark.parametrize("shape,message", [
+    ((0, 1, 40, 40), r"the input of shape \(0, 1, 40, 40\) is empty: no images \(a batch of 0\)"),
+    ((2, 1, 40, 0), r"the input of shape \(2, 1, 40, 0\) is empty: an image of no pixels"),
+    ((1, 0, 40), r"the input of shape \(1, 1, 0, 40\) is empty"),
+])
+def test_an_empty_input_is_refused_before_it_reaches_the_kernels(floor_models, shape, message):
+    """A batch of 0 used to reach the conv's work division: ZeroDivisionError."""
+    _, fcn = floor_models
+    with pytest.raises(graphconv.GraphconvError, match=message):
+        fcn.run(np.zeros(shape, np.float32))
+
+
+def test_as_batch_names_the_file_it_is_given():
+    from graphconv.model import as_batch
+    with pytest.raises(graphconv.GraphconvError, match=r"^n0.npy: the input of shape \(0, 3, 8, 8\) is empty"):
+        as_batch(np.zeros((0, 3, 8, 8), np.float32), 3, file="/data/n0.npy")
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_an_input_smaller_than_a_classifiers_crop_says_so(floor_models, rng, compiled):
+    """Not "layer 'pool1': window ... does not fit in its 1x1 input": the image is smaller
+    than the crop, whichever layer would run out of map first, on either axis."""
+    model = floor_models[compiled]
+    for size in ((5, 5), (36, 80), (80, 20)):
+        with pytest.raises(graphconv.GraphconvError) as err:
+            model.run(random_input(rng, (1, 1, *size)))
+        assert str(err.value) == f"the input is {size[0]}x{size[1]}, smaller than the classifier's 37x37 crop"
+    from graphconv.runtime import make_plan  # what `graphconv run` checks first, sizing the run
+    with pytest.raises(graphconv.GraphconvError, match=r"^the input is 5x5, smaller than the classifier's 37x37 crop$"):
+        make_plan(model.graph, 1, (5, 5))
+
+
+def test_a_segmentation_network_takes_inputs_smaller_than_its_patch(write_spec, rng):
+    model = graphconv.load(write_spec("task: segmentation\ninput: {shape: [1, 16, 16]}\nlayers:\n"
+                                      "  - {name: c, op: conv, out_channels: 2, kernel_size: 3}\n"))
+    assert model.run(random_input(rng, (1, 1, 5, 7))).shape == (1, 2, 3, 5)
+    with pytest.raises(graphconv.GraphconvError, match="layer 'c': kernel of 3x3") as err:
+        model.run(random_input(rng, (1, 1, 2, 7)))
+    assert "crop" not in str(err.value)
+
+
+def test_cli_run_refuses_an_empty_or_too_small_input_in_one_line(tmp_path, rng):
+    import subprocess
+    import sys
+    from conftest import SPECS
+    np.save(tmp_path / "n0.npy", np.zeros((0, 1, 40, 40), np.float32))
+    np.save(tmp_path / "small.npy", random_input(rng, (1, 1, 5, 5)))
+    for name, message in (("n0.npy", "n0.npy: input array of shape 0x1x40x40 is empty (an axis of size 0)"),
+                          ("small.npy", "the input is 5x5, smaller than the classifier's 28x28 crop")):
+        result = subprocess.run([sys.executable, "-m", "graphconv", "run", SPECS / "digits.yaml", "--input",
+                                 tmp_path / name, "--output", tmp_path / "out.npy"], capture_output=True, text=True)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr
+        assert not (tmp_path / "out.npy").exists()
+
+
 # ---- classify(): what users have, the spec's preprocess applied -------------------------------------
 
 def digit_crops():
