@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 from graphconv.errors import GraphconvError
 from graphconv.ir import Graph
-from graphconv.shapes import infer_shapes
+from graphconv.shapes import batch_scales, infer_shapes
 
 
 @dataclass(frozen=True)
@@ -112,11 +113,17 @@ def whole_crop_layers(graph: Graph) -> set[str]:
     over the crop), and every layer after them. `receptive_fields` gives them the box of
     their local path only; what their cells really see is the whole crop (at the crop
     size), which is why such networks run as classifiers or crop by crop, and why
-    `inspect` says so."""
-    shapes = infer_shapes(graph, check_weights=False)
+    `inspect` says so.
 
-    def cells(name: str) -> int:
-        return shapes[name][1] * shapes[name][2]
+    Cells are counted per input image: between the two halves of shift-and-stitch a
+    value is fy * fx shifted copies (`batch_scales`), so at the crop each copy's 1x1 map
+    is fy * fx cells of different crops, which `interleave` lays out side by side (a
+    finer map, stride 1/f: its field is local), not one value broadcast over a map."""
+    shapes = infer_shapes(graph, check_weights=False)
+    copies = batch_scales(graph)
+
+    def cells(name: str) -> Fraction:
+        return shapes[name][1] * shapes[name][2] * copies[name]
 
     whole: set[str] = set()
     for node in graph.layers():

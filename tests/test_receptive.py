@@ -82,3 +82,33 @@ def test_inspect_shows_the_crop_as_the_field_of_whole_crop_layers(write_spec):
     assert rows["gn"][-3:] == ["crop", "1", "-"]
     assert rows["c2"][-3:] == ["crop", "2", "-"]
     assert "from layer 'gn' (groupnorm) on" in report and "--crops" in report
+
+
+def test_shift_and_stitch_interleaves_local_fields_not_whole_crop_ones(rng):
+    """At the crop, each shifted copy's score map is 1x1, and interleave lays the copies'
+    cells side by side: a finer map (stride 1/f) whose cells each see one crop, not a
+    value broadcast over the map. inspect used to call its field "crop" and blame
+    whole-map statistics, although the model slides (tiled == untiled)."""
+    from conftest import SPECS
+    from graphconv.inspect_report import inspect_report
+
+    model = graphconv.compile_model(SPECS / "lenet.yaml", output_stride=2, stride_method="shift")
+    graph = model.graph
+    assert graph.find("interleave") and whole_crop_layers(graph) == set()
+    assert receptive_fields(graph)["interleave"] == model.field
+    assert (model.field.size, model.field.stride, model.field.offset) == ((32, 32), (2, 2), (0, 0))
+    report = inspect_report(model, (64, 64))
+    rows = {line.split()[0]: line.split() for line in report.splitlines()[2:] if line.split()}
+    assert rows["interleave"][-3:] == ["32", "2", "0"]
+    assert "crop" not in rows["interleave"] and "statistics of a whole map" not in report
+    # the field is sound: poking a pixel changes only cells whose box holds it
+    image = random_input(rng, (1, 1, 44, 40))
+    base = layer_values(graph, image)[graph.output.name]
+    for y, x in rng.integers(0, (44, 40), size=(6, 2)):
+        poked = image.copy()
+        poked[0, :, y, x] += 10.0
+        changed = np.abs(layer_values(graph, poked)[graph.output.name] - base).max(axis=(0, 1)) > 0
+        assert changed.any()
+        for i, j in zip(*np.nonzero(changed)):
+            top, left, bottom, right = model.field.box(i, j)
+            assert top <= y < bottom and left <= x < right
