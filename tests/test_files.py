@@ -178,12 +178,13 @@ def test_a_network_whose_passes_remove_every_layer_is_an_error(tmp_path, write_s
 
 
 @pytest.mark.parametrize("output,message", [
-    ("{tmp}", "is a folder"),
+    ("{tmp}/maps.npy", "is a folder"),
     ("/proc/graphconv-out.npy", "cannot write in /proc"),
     ("{tmp}/file.txt/out.npy", "is a file"),
 ])
 def test_run_checks_its_outputs_before_running(tmp_path, output, message):
     (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "maps.npy").mkdir()  # named as an output is, but a folder
     np.save(tmp_path / "in.npy", np.zeros((1, 1, 32, 32), np.float32))
     result = graphconv_cli("run", LENET, "--input", tmp_path / "in.npy", "--output", output.format(tmp=tmp_path))
     assert result.returncode == 2 and message in result.stderr, result.stderr
