@@ -407,7 +407,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from graphconv.sources import is_ome_zarr, is_tiff
     if args.level and not (args.images or args.image and (is_tiff(args.image) or is_ome_zarr(args.image))):
         raise GraphconvError("--level picks a level of a pyramid (a TIFF such as .svs, .ndpi, OME-TIFF, or an "
-                             "OME-Zarr): give one with --image or --images", file=args.image or args.input)
+                             "OME-Zarr): " + ("this image has one level" if args.image else
+                                              "give one with --image or --images"), file=args.image or args.input)
     if args.mpp is not None and (args.level or args.downsample > 1):
         raise GraphconvError("--mpp picks the level and the downsampling itself: drop --level and --downsample")
     if args.mpp is not None and not (args.image or args.images):
