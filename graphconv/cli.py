@@ -14,8 +14,11 @@ import hashlib
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from typing import Sequence
 
 import numpy as np
@@ -40,6 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_process()
     parser = build_parser()
     args = parser.parse_args(argv)
+    with _terminate_like_interrupt():
+        return _run_command(args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         from graphconv.memory import set_memory_limit
         set_memory_limit(args.memory_limit)
@@ -61,6 +69,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return 130
+    except Terminated:
+        return 128 + signal.SIGTERM
+
+
+class Terminated(BaseException):
+    """SIGTERM (a job scheduler's kill, `timeout`), raised in the main thread as Ctrl-C's
+    KeyboardInterrupt is, so every `with` block on the way out removes what it was
+    writing: a killed tiled run leaves no partial map the size of the whole one."""
+
+
+@contextmanager
+def _terminate_like_interrupt():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def user_message(err: BaseException) -> str:

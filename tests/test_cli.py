@@ -545,3 +545,27 @@ def test_many_images_that_all_fail_leave_no_output_folder_and_name_each_image_on
     err = capsys.readouterr().err
     assert "graphconv: a.png: " in err and err.count("a.png") == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_a_terminated_tiled_run_leaves_no_partial_map(tmp_path):
+    """SIGTERM (a job scheduler's kill) cleans up as Ctrl-C does: the partial map, the
+    size of the whole one, was left for the next run in the folder to sweep."""
+    import os
+    import signal
+    import time
+
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(tmp_path / "page.tif", np.random.default_rng(0).integers(0, 255, (1500, 1500), np.uint8),
+                     tile=(64, 64))
+    assert run_cli("compile", SPECS / "digits.yaml", "-o", tmp_path / "m") == 0
+    (tmp_path / "maps").mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "graphconv", "run", str(tmp_path / "m"), "--image",
+                             str(tmp_path / "page.tif"), "--tile", "64", "--output", str(tmp_path / "maps" / "o.npy")],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any((tmp_path / "maps").iterdir()) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be terminated; give it a larger image"
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM and "Traceback" not in proc.stderr.read()
+    assert list((tmp_path / "maps").iterdir()) == []
