@@ -90,7 +90,7 @@ def test_the_graph_output_folds_too(write_spec):
 def test_statistics_that_are_not_a_variance_are_refused(write_spec):
     graph = graphconv.load(write_spec(FOLDABLE)).graph
     graph.set_weights("bn2", running_var=np.full(6, -1.0, np.float32))
-    with pytest.raises(GraphconvError, match=r"layer 'bn2': running_var \+ eps must be positive to fold into 'c2'"):
+    with pytest.raises(GraphconvError, match=r"layer 'bn2': running_var \+ eps must be positive"):
         graphconv.compile_model(graph, "remove-dropout,fold-batchnorm")
 
 

@@ -45,7 +45,7 @@ def test_single_image_and_output_shape(rng):
 
 @pytest.mark.parametrize("shape,message", [
     ((2, 3, 32, 32), r"input must be \(N, 1, H, W\)"),
-    ((1, 1, 10, 10), r"input of 10x10 does not fit the network: lenet.yaml:11: layer .conv2.: kernel of 5x5"),
+    ((1, 1, 10, 10), r"the input is 10x10, smaller than the classifier's 32x32 crop"),
     ((1, 1, 40, 40), r"layer 'fc3': fc expects weight .* only accepts the crop size"),
 ])
 def test_bad_inputs_are_user_errors(shape, message, rng):
