@@ -22,6 +22,7 @@ from graphconv.frontends import load_network  # noqa: E402
 from graphconv.model import Model  # noqa: E402
 
 import onnx_zoo  # noqa: E402
+from conftest import SPECS  # noqa: E402
 
 ARCHITECTURES = list(onnx_zoo.ZOO)
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)
@@ -226,6 +227,36 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path, rng):
     onnx.save(loaded, str(inner / "escape.onnx"))
     with pytest.raises(GraphconvError, match="outside the model's folder"):
         load_network(inner / "escape.onnx")
+
+
+def test_an_onnx_model_s_external_data_is_among_the_files_it_is_read_from(tmp_path, rng):
+    """So `export ext.onnx -o ext.weights` is refused instead of replacing the weights."""
+    from graphconv.cli import main
+
+    model = tiny_model([onnx.helper.make_node("Conv", ["x", "w"], ["y"])],
+                       {"w": rng.standard_normal((64, 3, 3, 3))})
+    onnx.save(model, str(tmp_path / "ext.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.weights", size_threshold=0)
+    graph = load_network(tmp_path / "ext.onnx")
+    assert str((tmp_path / "ext.weights").resolve()) in graph.meta["read_from"]
+    before = (tmp_path / "ext.weights").read_bytes()
+    assert main(["export", str(tmp_path / "ext.onnx"), "-o", str(tmp_path / "ext.weights")]) == 2
+    assert (tmp_path / "ext.weights").read_bytes() == before
+
+
+def test_graphconv_s_own_export_of_a_classifier_with_fc_layers_imports_back(tmp_path, rng):
+    """graphconv exports an fc as Gemm then Unsqueeze to (N, K, 1, 1), which its importer
+    refused ('Unsqueeze of axes [2, 3] of a rank-2 feature map')."""
+    from graphconv.cli import main
+    from graphconv.frontends.onnx_export import save_onnx
+
+    original = load_network(SPECS / "lenet.yaml")
+    save_onnx(original, tmp_path / "lenet.onnx")
+    assert main(["import", str(tmp_path / "lenet.onnx"), "--crop-size", "32", "32", "-o",
+                 str(tmp_path / "lenet.yaml")]) == 0
+    x = rng.standard_normal((2, 1, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(Model(load_network(tmp_path / "lenet.yaml")).run(x), Model(original).run(x),
+                               rtol=1e-5, atol=1e-6)
 
 
 # ---- the CLI ---------------------------------------------------------------------------------------

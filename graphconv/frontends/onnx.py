@@ -96,8 +96,10 @@ def read_onnx(path: str | os.PathLike, *, crop_size: Sequence[int] | None = None
 
     `crop_size` (H, W) is the size the classifier was trained on; it is needed only when
     the model's input has dynamic height or width, and must agree with fixed ones."""
-    model = _load_model(Path(path))
-    return _Importer(model, str(path), crop_size).run()
+    model, external = _load_model(Path(path))
+    graph, weights = _Importer(model, str(path), crop_size).run()
+    graph.meta["read_from"] = [str(file) for file in external]  # what no command may write over
+    return graph, weights
 
 
 # ---- loading ------------------------------------------------------------------------------------
@@ -117,16 +119,17 @@ def _load_model(path: Path):
                              file=str(path)) from None
     if not model.HasField("graph") or not model.graph.node:
         raise GraphconvError("is not an ONNX model with a graph (damaged or truncated?)", file=str(path))
-    _load_external_data(model, path)
-    return model
+    return model, _load_external_data(model, path)
 
 
-def _load_external_data(model, path: Path) -> None:
+def _load_external_data(model, path: Path) -> set[Path]:
     """Weights stored beside the model (models over 2 GB, or saved that way) must live in
-    the model's folder, as the YAML front end requires of a spec's files."""
+    the model's folder, as the YAML front end requires of a spec's files. Returns the
+    files they were read from."""
     from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
     folder = path.resolve().parent
+    files: set[Path] = set()
     for tensor in model.graph.initializer:
         if not uses_external_data(tensor):
             continue
@@ -140,12 +143,16 @@ def _load_external_data(model, path: Path) -> None:
                                  f"{shown(location)} is missing (copy it beside the model)",
                                  file=str(path))
         check_fits(target.stat().st_size, f"external weights {location}", file=str(path))
+        files.add(target)
+    if not files:
+        return files
     from onnx.external_data_helper import load_external_data_for_model
     try:
         load_external_data_for_model(model, str(folder))
     except (OSError, ValueError) as err:
         raise GraphconvError(f"cannot read its external weights: {shown(str(err), 120)}",
                              file=str(path)) from None
+    return files
 
 
 # ---- the conversion -------------------------------------------------------------------------------
@@ -195,7 +202,6 @@ class _Importer:
 
     # -- driving --
     def run(self) -> tuple[Graph, dict[str, np.ndarray]]:
-        onnx = require_onnx()
         for init in self.model.graph.initializer:
             self.values[init.name] = self._read_tensor(init, f"initializer {shown(init.name)}")
         self._add_input()
@@ -1594,11 +1600,15 @@ def _slice_channels(imp: _Importer, node, x: Tensor, start: int, stop: int, outp
 @converts("Unsqueeze")
 def _unsqueeze(imp: _Importer, node) -> None:
     """A map made (N, 1, C, H, W): one branch of SKNet's stack, a grouped view of one
-    group, which a Concat along axis 1 joins to the others. (On constants, shape
-    arithmetic, it is folded before this is called.)"""
+    group, which a Concat along axis 1 joins to the others; or an fc's (N, K) made the
+    (N, K, 1, 1) map graphconv holds anyway, as graphconv's export writes an fc layer.
+    (On constants, shape arithmetic, it is folded before this is called.)"""
     x = imp.tensor(node.input[0])
     axes = imp.optional_constant(node, 1, "axes") if imp.opset >= 13 else imp.attributes(node).get("axes")
     axes = [] if axes is None else [int(a) for a in np.ravel(axes)]
+    if x.rank == 2 and sorted(a % 4 for a in axes) == [2, 3]:  # graphconv's own export of an fc: (N, K, 1, 1)
+        imp.alias(node, replace(x, rank=4))
+        return
     if x.rank != 4 or [a % 5 for a in axes] != [1]:
         raise imp.error(f"Unsqueeze of axes {axes} of a rank-{x.rank} feature map; graphconv follows only the "
                         "(N, 1, C, H, W) view of stacked branches (axis 1)")
