@@ -488,7 +488,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         x = load_npy(args.input)
         if args.resize:
             raise GraphconvError("--resize applies to --image only")
-    x = as_batch(x, model.crop_shape[0])
+    x = as_batch(x, model.crop_shape[0], file=args.image or args.input)
     if args.crops is not None:
         return _run_crops(args, model, grid, x, picture if args.image else None)
     if args.scales:

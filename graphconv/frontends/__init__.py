@@ -23,7 +23,7 @@ from graphconv.arrays import load_npz
 from graphconv.errors import GraphconvError, Location, shown
 from graphconv.ir import Graph
 from graphconv.memory import check_fits
-from graphconv.shapes import infer_shapes, init_weights
+from graphconv.shapes import WEIGHTS_FILE, infer_shapes, init_weights
 
 FLOAT32_BYTES = 4
 SEED_DRAW_BYTES = 8  # seeded weights are drawn as float64, then stored as float32
@@ -68,6 +68,7 @@ def _read_network(path, weights, labels, init_missing_weights: bool, crop_size) 
             graph.meta["labels"] = yaml_frontend.read_labels(Path(labels))
         if weights is not None:
             arrays = load_npz(weights)
+            graph.meta[WEIGHTS_FILE] = str(weights)  # for messages about the weights (shapes.py)
         _note_read_from(graph, path, weights, labels)
         return finalize(graph, arrays, str(weights or path), init_missing_weights)
     if crop_size is not None:
