@@ -624,8 +624,13 @@ def _heatmap_path(args: argparse.Namespace) -> str | None:
         if args.heatmap_out or args.heatmap_range != "auto":
             raise GraphconvError("--heatmap-out and --heatmap-range go with --heatmap CLASS")
         return None
+    if args.images:
+        if args.heatmap_out:
+            raise GraphconvError("--images draws each image's heatmap beside its map (<name>-heatmap-K.png in "
+                                 "--output-dir): drop --heatmap-out")
+        return None
     if args.image is None:
-        raise GraphconvError("--heatmap draws over an image: give --image")
+        raise GraphconvError("--heatmap draws over an image: give --image or --images")
     from pathlib import Path
     from graphconv import images
 

@@ -316,14 +316,17 @@ def run_images_command(args: argparse.Namespace) -> int:
 
     if not args.output_dir:
         raise GraphconvError("--images needs --output-dir")
-    if args.output or args.heatmap is not None or args.scales or args.resize or args.profile:
-        raise GraphconvError("--images writes one map per image into --output-dir; --output, --heatmap, "
-                             "--scales, --resize and --profile take one --image")
+    if args.output or args.scales or args.resize or args.profile:
+        raise GraphconvError("--images writes one map per image into --output-dir; --output, --scales, --resize "
+                             "and --profile take one --image")
     images = sorted(glob.glob(args.images))
     if not images:
         raise GraphconvError(f"--images {args.images!r} matches no file")
     ref = _model_ref(args)
-    options = _map_options(args, grid_for(args, ref.load()))  # a bad model is one error here, not one per image
+    model = ref.load()
+    grid = grid_for(args, model)
+    options = _map_options(args, grid)  # a bad model is one error here, not one per image
+    _check_heatmap(args, model.output_channels)
     created = [p for p in (Path(args.output_dir), *Path(args.output_dir).parents) if not p.exists()]
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -336,6 +339,7 @@ def run_images_command(args: argparse.Namespace) -> int:
         else:
             results = run_images(ref, images, args.output_dir, options, args.tile, None, progress,
                                  args.output_format)
+    results = [_with_heatmap(args, model, grid, result) for result in results]
     failed = [r for r in results if r.error]
     for result in failed:
         named = result.error.startswith(f"{Path(result.image).name}:")  # the error names the image itself
@@ -346,6 +350,39 @@ def run_images_command(args: argparse.Namespace) -> int:
     print(f"{len(results) - len(failed)} of {len(results)} image(s) -> {args.output_dir} in "
           f"{time.perf_counter() - start:.1f} s")
     return 2 if failed else 0
+
+
+def _with_heatmap(args: argparse.Namespace, model, grid, result):
+    """--heatmap of --images: one image's map, read back from its file, drawn over the
+    image beside it (<name>-heatmap-K.png); a failure is that image's error."""
+    from dataclasses import replace
+
+    from graphconv.cli import user_message
+    from graphconv.sources import open_source
+
+    if args.heatmap is None or result.error:
+        return result
+    output = Path(result.output)
+    one = argparse.Namespace(**vars(args))
+    one.heatmap_out = str(output.with_name(f"{output.stem}-heatmap-{args.heatmap}.png"))
+    try:
+        source = open_source(result.image, model.crop_shape[0], model.graph.meta.get("preprocess"), args.level,
+                             args.bands, args.downsample, args.mpp)
+        _draw_heatmap(one, model, source, grid, _read_map(str(output)), None)
+    except (GraphconvError, OSError, ValueError) as err:
+        return replace(result, error=f"its map was written, its heatmap not: {user_message(err)}")
+    return result
+
+
+def _read_map(path: str):
+    """A map --images wrote, as (1, K, rows, cols): an .npy memory-mapped, or a .tif."""
+    from graphconv.georef import is_tiff_output
+
+    if not is_tiff_output(path):
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    from graphconv.sources import require
+    bands = require("tifffile").imread(path)
+    return bands.reshape(1, -1, *bands.shape[-2:])
 
 
 class _progress:

@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 import numpy as np
 
 from graphconv.errors import GraphconvError
+from graphconv.memory import format_size
 from graphconv.receptive import Field, receptive_fields, upsampling_multiple
 
 
@@ -82,8 +83,10 @@ class TilePlan:
         return sum(t.pixels for t in self.tiles) / (self.image_hw[0] * self.image_hw[1])
 
     def describe(self) -> str:
-        (th, tw), (ch, cw) = self.tile_hw, self.cells_hw
-        return (f"{len(self.tiles)} tile(s) of up to {th}x{tw} pixels, {ch}x{cw} score cells each; "
+        th, tw = self.tile_hw
+        ch = max((t.rows[1] - t.rows[0] for t in self.tiles), default=0)  # what tiles write, not what they could
+        cw = max((t.cols[1] - t.cols[0] for t in self.tiles), default=0)
+        return (f"{len(self.tiles)} tile(s) of up to {th}x{tw} pixels, up to {ch}x{cw} score cells each; "
                 f"halo {self.halo[0]}x{self.halo[1]} px, tiles aligned to {self.align[0]}x{self.align[1]} px; "
                 f"{self.overhead:.2f}x the image's pixels computed")
 
@@ -571,7 +574,10 @@ def choose_tile(model, image_hw: tuple[int, int], budget: int) -> int:
         return grid.peak_bytes(_largest_box(grid, image_hw, tile)) <= budget // 2
 
     if not fits(low):
-        raise GraphconvError(f"even the smallest tile ({low}x{low}) needs more memory than the budget allows")
+        need = grid.peak_bytes(_largest_box(grid, image_hw, low))
+        raise GraphconvError(f"even the smallest tile ({low}x{low}) needs {format_size(need)}, over the "
+                             f"{format_size(budget // 2)} a tile may take (half of --memory-limit "
+                             f"{format_size(budget)}; the rest is for weights, the image and the map)")
     if fits(high):
         return high
     while high - low > align:

@@ -668,3 +668,24 @@ def test_cli_an_upsampling_network_on_a_tiff_picks_its_own_tiles(tmp_path):
         tiles = int(re.search(r"tiles: (\d+) tile\(s\)", result.stderr).group(1))
         assert (tiles == 1) == one_tile, result.stderr
         np.testing.assert_allclose(np.load(tmp_path / "tiled.npy"), whole, rtol=1e-4, atol=1e-6)
+
+
+def test_cli_many_images_each_get_their_heatmap_beside_their_map(model_dir, picture, tmp_path):
+    """--images --heatmap K: <name>-heatmap-K.png beside each map, the picture one --image
+    run of that image in tiles draws; --heatmap-out, one name for many, is refused."""
+    folder = tmp_path / "pages"
+    folder.mkdir()
+    (folder / "a.png").write_bytes((picture / "page.png").read_bytes())
+    Image.open(picture / "page.png").crop((10, 20, 110, 120)).save(folder / "b.png")
+    result = graphconv("run", model_dir, "--images", folder / "*.png", "--output-dir", tmp_path / "maps",
+                       "--heatmap", "3")
+    assert result.returncode == 0, result.stderr
+    for name in ("a", "b"):
+        alone = graphconv("run", model_dir, "--image", folder / f"{name}.png", "--tile", "64", "--heatmap", "3",
+                          "--heatmap-out", tmp_path / "alone.png", "--output", tmp_path / "alone.npy")
+        assert alone.returncode == 0, alone.stderr
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "maps" / f"{name}-heatmap-3.png")),
+                                      np.asarray(Image.open(tmp_path / "alone.png")))
+    refused = graphconv("run", model_dir, "--images", folder / "*.png", "--output-dir", tmp_path / "maps",
+                        "--heatmap", "3", "--heatmap-out", tmp_path / "one.png")
+    assert refused.returncode == 2 and "drop --heatmap-out" in refused.stderr

@@ -533,3 +533,21 @@ def test_an_input_s_os_error_is_not_reported_as_the_map_s(tmp_path):
         with MapFile(str(tmp_path / "map.npy"), (1, 2, 5, 5), np.float32, (2, 2)):
             raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "slide.svs"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_budget_no_tile_fits_says_what_the_smallest_needs():
+    """It said only that the smallest tile needs more than the budget allows."""
+    from graphconv.memory import format_size
+
+    grid = as_grid(compile_model(SPECS / "lenet.yaml"))
+    need = grid.peak_bytes((max(grid.smallest_tile()),) * 2)
+    with pytest.raises(GraphconvError, match=rf"even the smallest tile \(\d+x\d+\) needs {format_size(need)}, over "
+                                             rf"the {format_size(need // 2)} a tile may take \(half of --memory-limit"):
+        choose_tile(grid, (5000, 5000), need)
+
+
+def test_a_plan_describes_the_cells_its_tiles_write():
+    """A 40x40 image in one tile of a 400 px capacity writes its own few cells, not the
+    tile's capacity."""
+    plan = plan_tiles(compile_model(SPECS / "lenet.yaml"), (40, 40), 400)
+    assert plan.map_hw == (3, 3) and "up to 3x3 score cells each" in plan.describe()
