@@ -889,7 +889,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """The spec is rendered before anything is written; the weights go beside it under
-    the spec's name, so the pair moves together."""
+    the spec's name, so the pair moves together. What graphconv's own export stated (crop,
+    preprocess, labels, task: `onnx_export.stated_metadata`) comes back; the options win."""
     from pathlib import Path
 
     from graphconv.frontends import load_network
@@ -904,21 +905,15 @@ def cmd_import(args: argparse.Namespace) -> int:
     weights_path = spec_path.with_suffix(".npz")
     for path in (spec_path, weights_path):
         check_writable(path)
-    labels_path = spec_path.with_suffix(".labels.txt") if args.labels else None
+    graph = load_network(args.model, crop_size=args.crop_size, labels=args.labels, init_missing_weights=False,
+                         task=args.task)
+    labels_path = spec_path.with_suffix(".labels.txt") if "labels" in graph.meta else None
     _check_import_replaces_only_its_own(spec_path, [weights_path, labels_path])
-    graph = load_network(args.model, crop_size=args.crop_size, labels=args.labels, init_missing_weights=False)
     graph.name = spec_path.stem
     preprocess = _preprocess_options(args, graph.input_shape[0])
     if preprocess:
         graph.meta["preprocess"] = preprocess
-    if args.task == "segmentation":
-        graph.meta["task"] = "segmentation"
-    if "labels" in graph.meta:
-        from graphconv.shapes import infer_shapes
-        classes = infer_shapes(graph, check_weights=False)[graph.output.name][0]
-        if len(graph.meta["labels"]) != classes:
-            raise GraphconvError(f"has {len(graph.meta['labels'])} labels; the model has {classes} classes",
-                                 file=args.labels)
+    check_labels(graph, args.labels or args.model)
     body = spec_text(graph, weights_file=weights_path.name,
                      labels_file=labels_path.name if labels_path else "labels.txt").split("\n", 1)[1]
     text = f"# imported by graphconv from {Path(args.model).name}; content {_digest(body)}\n{body}"
@@ -929,7 +924,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         files.append((labels_path, lambda p: Path(p).write_text(labels_text), ".txt"))
     _write_all([(spec_path, lambda p: Path(p).write_text(text), ".yaml")] + files)  # the spec, which names the rest, last
     print(f"imported {args.model} -> {spec_path} ({len(graph.layers())} layers) + {weights_path}")
-    if not preprocess:
+    if "preprocess" not in graph.meta:
         print("note: ONNX files do not say how images were normalised; add a preprocess block to the spec "
               "(or pass --scale/--mean/--std) before running it on images", file=sys.stderr)
     return 0

@@ -197,3 +197,41 @@ def test_a_network_padded_unevenly_exports_its_pad_layers(write_spec, rng):
         assert [n.op_type for n in proto.graph.node].count("Pad") == 2
         x = rng.standard_normal((2, 3, 29, 23)).astype(np.float32)
         np.testing.assert_allclose(onnxruntime_run(proto, x), full_map(model, x), **TOLERANCE)
+
+
+def test_an_exported_model_states_its_crop_preprocess_labels_and_task_and_imports_back_with_them(tmp_path, rng):
+    """ONNX's dynamic H and W lose the training crop, and ONNX has no place for the
+    preprocess or the class names: graphconv writes them as metadata_props and reads them
+    back, so the digits classifier exported and imported needs no --crop-size, --scale
+    or --labels, and its compiled form runs from the .onnx on a page as from its folder."""
+    from graphconv.cli import main
+    from graphconv.frontends import load_network
+
+    original = Model.load(SPECS / "digits.yaml")
+    assert main(["export", str(SPECS / "digits.yaml"), "-o", str(tmp_path / "digits.onnx")]) == 0
+    assert main(["import", str(tmp_path / "digits.onnx"), "-o", str(tmp_path / "back.yaml")]) == 0
+    back = Model.load(tmp_path / "back.yaml")
+    assert back.crop_shape == original.crop_shape
+    for key in ("preprocess", "labels"):
+        assert back.graph.meta[key] == original.graph.meta[key]
+    x = rng.random((2, 1, 28, 28)).astype(np.float32)
+    np.testing.assert_allclose(back.run(x), original.run(x), rtol=1e-6, atol=1e-7)
+    compiled = compile_model(SPECS / "digits.yaml")
+    compiled.graph.meta["task"] = "segmentation"  # stated, and read back, like the rest
+    save_onnx(compiled.graph, tmp_path / "fcn.onnx")
+    graph = load_network(tmp_path / "fcn.onnx")
+    assert graph.meta["task"] == "segmentation" and graph.input_shape == (1, 28, 28)
+    assert graph.meta["labels"] == original.graph.meta["labels"]
+
+
+@pytest.mark.parametrize("key, value", [("graphconv.crop", "[0, 28]"), ("graphconv.labels", "[1, 2]"),
+                                        ("graphconv.preprocess", "{\"scale\": \"x\"}"), ("graphconv.task", "nope"),
+                                        ("graphconv.crop", "not json")])
+def test_metadata_that_graphconv_did_not_write_is_refused(tmp_path, key, value):
+    from graphconv.frontends import load_network
+
+    model = to_onnx_model(compile_model(SPECS / "digits.yaml").graph)
+    onnx.helper.set_model_props(model, {key: value})
+    onnx.save(model, str(tmp_path / "odd.onnx"))
+    with pytest.raises(GraphconvError, match="odd.onnx"):
+        load_network(tmp_path / "odd.onnx")

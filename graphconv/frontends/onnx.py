@@ -33,6 +33,7 @@ The `onnx` package is an optional extra (`pip install 'graphconv[onnx]'`).
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -97,9 +98,41 @@ def read_onnx(path: str | os.PathLike, *, crop_size: Sequence[int] | None = None
     `crop_size` (H, W) is the size the classifier was trained on; it is needed only when
     the model's input has dynamic height or width, and must agree with fixed ones."""
     model, external = _load_model(Path(path))
-    graph, weights = _Importer(model, str(path), crop_size).run()
+    stated = _stated_metadata(model, str(path))
+    graph, weights = _Importer(model, str(path), crop_size or stated.pop("crop", None)).run()
+    if "preprocess" in stated:
+        from graphconv.frontends.yaml import _checked_preprocess
+        stated["preprocess"] = _checked_preprocess(stated["preprocess"], graph.input_shape[0], Path(path),
+                                                   Location(str(path)))
+    graph.meta.update(stated)
     graph.meta["read_from"] = [str(file) for file in external]  # what no command may write over
     return graph, weights
+
+
+def _stated_metadata(model, path: str) -> dict:
+    """What graphconv's own export states in metadata_props (`onnx_export.stated_metadata`:
+    crop, preprocess, labels, task), each checked for its type; a file from elsewhere has
+    none. The crop is used only where the input's height and width are dynamic."""
+    from graphconv.frontends.onnx_export import METADATA_PREFIX
+
+    stated = {}
+    for prop in model.metadata_props:
+        key = prop.key[len(METADATA_PREFIX):] if prop.key.startswith(METADATA_PREFIX) else None
+        if key not in ("crop", "preprocess", "labels", "task"):
+            continue
+        try:
+            value = json.loads(prop.value)
+        except ValueError:
+            value = None
+        valid = {"crop": lambda v: isinstance(v, list) and len(v) == 2 and all(type(n) is int and n > 0 for n in v),
+                 "preprocess": lambda v: isinstance(v, dict),
+                 "labels": lambda v: isinstance(v, list) and all(isinstance(n, str) and "\n" not in n for n in v),
+                 "task": lambda v: v in ("classification", "segmentation")}[key]
+        if not valid(value):
+            raise GraphconvError(f"its metadata {shown(prop.key)} is not what graphconv's export writes: "
+                                 f"{shown(prop.value)}", file=path)
+        stated[key] = value
+    return stated
 
 
 # ---- loading ------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ IR. The result is checked with onnx's own checker before it is written.
 """
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -97,11 +98,27 @@ def to_onnx_model(graph: Graph):
     model = helper.make_model(body, opset_imports=[helper.make_opsetid("", EXPORT_OPSET)],
                               producer_name="graphconv")
     model.doc_string = _doc(graph)
+    helper.set_model_props(model, stated_metadata(graph))
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as err:  # a bug in an op's writer, not bad input
         raise AssertionError(f"graphconv wrote an invalid ONNX model: {err}") from err
     return model
+
+
+METADATA_PREFIX = "graphconv."  # metadata_props keys graphconv writes, and reads back on import
+
+
+def stated_metadata(graph: Graph) -> dict[str, str]:
+    """What an ONNX file cannot otherwise say, as metadata_props strings: the training
+    crop (its input's H and W are dynamic), the preprocess, the class names and the task,
+    so `graphconv import` (and `run` on the .onnx) gets the model back as it was. Other
+    runtimes ignore them."""
+    stated = {"crop": json.dumps(list(graph.input_shape[1:]))}
+    for key in ("preprocess", "labels", "task"):
+        if key in graph.meta:
+            stated[key] = json.dumps(graph.meta[key])
+    return {METADATA_PREFIX + key: value for key, value in stated.items()}
 
 
 def _doc(graph: Graph) -> str:
