@@ -319,7 +319,7 @@ def run_images_command(args: argparse.Namespace) -> int:
     if args.output or args.scales or args.resize or args.profile:
         raise GraphconvError("--images writes one map per image into --output-dir; --output, --scales, --resize "
                              "and --profile take one --image")
-    images = sorted(glob.glob(args.images))
+    images = _image_paths(args.images)
     if not images:
         raise GraphconvError(f"--images {args.images!r} matches no file")
     ref = _model_ref(args)
@@ -350,6 +350,19 @@ def run_images_command(args: argparse.Namespace) -> int:
     print(f"{len(results) - len(failed)} of {len(results)} image(s) -> {args.output_dir} in "
           f"{time.perf_counter() - start:.1f} s")
     return 2 if failed else 0
+
+
+def _image_paths(pattern: str) -> list[str]:
+    """--images: a glob ('photos/*.jpg'; 'slides/**/*.svs' reaches into subfolders), or a
+    folder, standing for every picture, TIFF and zarr image in it."""
+    from graphconv.cli import PICTURE_SUFFIXES
+    from graphconv.sources import TIFF_SUFFIXES
+
+    folder = Path(pattern)
+    if folder.is_dir() and folder.suffix.lower() != ".zarr":
+        kinds = PICTURE_SUFFIXES + TIFF_SUFFIXES + (".zarr",)
+        return sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in kinds)
+    return sorted(glob.glob(pattern, recursive=True))
 
 
 def _with_heatmap(args: argparse.Namespace, model, grid, result):

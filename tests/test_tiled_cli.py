@@ -689,3 +689,19 @@ def test_cli_many_images_each_get_their_heatmap_beside_their_map(model_dir, pict
     refused = graphconv("run", model_dir, "--images", folder / "*.png", "--output-dir", tmp_path / "maps",
                         "--heatmap", "3", "--heatmap-out", tmp_path / "one.png")
     assert refused.returncode == 2 and "drop --heatmap-out" in refused.stderr
+
+
+def test_cli_many_images_from_a_folder_or_through_subfolders(model_dir, picture, tmp_path):
+    """--images photos/ is every image in the folder; 'photos/**/*.png' reaches into
+    subfolders (namesakes get their folder's name in front)."""
+    folder = tmp_path / "photos"
+    (folder / "2024").mkdir(parents=True)
+    for path in (folder / "a.png", folder / "2024" / "a.png", folder / "b.tif"):
+        path.write_bytes((picture / ("tiled.tif" if path.suffix == ".tif" else "page.png")).read_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    result = graphconv("run", model_dir, "--images", folder, "--output-dir", tmp_path / "flat")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "flat").iterdir()) == ["a.npy", "b.npy"]
+    result = graphconv("run", model_dir, "--images", folder / "**" / "*.png", "--output-dir", tmp_path / "deep")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["2024_a.npy", "photos_a.npy"]
