@@ -834,9 +834,14 @@ def cmd_compile(args: argparse.Namespace) -> int:
     model.save(args.output)
     if args.timings:
         print(timings_table(records))
-    print(f"compiled {args.spec} -> {args.output} ({model.graph.meta['compiled']['passes']}); "
-          f"output stride {field.stride[0]}x{field.stride[1]}, each cell sees "
-          f"{field.size[0]}x{field.size[1]} pixels")
+    done = f"compiled {args.spec} -> {args.output} ({model.graph.meta['compiled']['passes']}); "
+    if model.returns_vectors:  # a pipeline without fc-to-conv: the network still takes only its crop
+        print(done + f"it still returns one class vector per {model.crop_shape[1]}x{model.crop_shape[2]} crop "
+                     "(an fc or flatten layer is left: add fc-to-conv and remove-flatten to --passes to make it "
+                     "slide)")
+        return 0
+    print(done + f"output stride {field.stride[0]}x{field.stride[1]}, each cell sees {field.size[0]}x{field.size[1]} "
+                 "pixels")
     return 0
 
 

@@ -165,6 +165,15 @@ def test_compile_with_plugin_and_print_ir(tmp_path, capsys):
     assert "op: softmax" not in (tmp_path / "m" / "model.yaml").read_text()
 
 
+def test_compile_says_whether_the_result_slides(tmp_path, capsys):
+    """A pipeline without fc-to-conv leaves a classifier that takes only its crop: compile
+    said "output stride 4x4, each cell sees 32x32 pixels" all the same."""
+    assert run_cli("compile", SPECS / "lenet.yaml", "-o", tmp_path / "dense") == 0
+    assert "output stride 4x4, each cell sees 32x32 pixels" in capsys.readouterr().out
+    assert run_cli("compile", SPECS / "lenet.yaml", "-o", tmp_path / "as-is", "--passes", "shape-inference") == 0
+    assert "it still returns one class vector per 32x32 crop" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("args,message", [
     (["run", "missing.yaml", "--input", "x.npy"], "missing.yaml: cannot read spec"),
     (["compile", SPECS / "lenet.yaml", "-o", "{tmp}/out", "--passes", "nope"], "unknown pass 'nope'"),
