@@ -103,7 +103,7 @@ def load_npy(path: str | os.PathLike, *, what: str = "input") -> np.ndarray:
             detail = f" ({kind}; save a single array with np.save)" if kind else ""
             raise GraphconvError(f"{what} is not a .npy array file{detail}", file=str(path))
         try:
-            dtype, shape, fortran = _npy_header(fp, f"{what} array", path)
+            dtype, shape, fortran = npy_header(fp, f"{what} array", path)
             _check_float_dtype(dtype, f"{what} array", path)
             if 0 in shape:  # nothing to run on; a batch of 0 would reach the kernels (a division by zero)
                 raise GraphconvError(f"{what} array of shape {_fmt_shape(shape)} is empty (an axis of size 0)",
@@ -189,7 +189,7 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, path
             raise GraphconvError(f"cannot read weights: member {shown(info.filename)} is not a .npy array",
                                  file=str(path))
         member.seek(0)
-        dtype, shape, _ = _npy_header(member, what, path)
+        dtype, shape, _ = npy_header(member, what, path)
         _check_float_dtype(dtype, what, path)
         check_fits(_loaded_bytes(dtype, shape), f"{what} of shape {_fmt_shape(shape)}", file=str(path))
         _check_claim(_claimed_bytes(dtype, shape), info.file_size - member.tell(), what, path)
@@ -209,7 +209,7 @@ def _peek(fp: BinaryIO, path: Path, what: str) -> bytes:
     return head
 
 
-def _npy_header(fp: BinaryIO, what: str, path: Path) -> tuple[np.dtype, tuple[int, ...], bool]:
+def npy_header(fp: BinaryIO, what: str, path: Path) -> tuple[np.dtype, tuple[int, ...], bool]:
     """(dtype, shape, fortran_order) from a `.npy` header, without reading the data."""
     version = np.lib.format.read_magic(fp)
     readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}

@@ -237,11 +237,11 @@ def _looks_like_a_map(path: str) -> bool:
     """Whether an .npy file holds what a run writes, a (N, K, rows, cols) float32 or
     uint16 array: an .npy cannot say who wrote it, and a map from an earlier run may be
     replaced, where a user's own array of another shape or type must not."""
-    from graphconv.arrays import _npy_header
+    from graphconv.arrays import npy_header
 
     try:
         with open(path, "rb") as fp:
-            dtype, shape, _ = _npy_header(fp, "a map", Path(path))
+            dtype, shape, _ = npy_header(fp, "a map", Path(path))
     except (OSError, ValueError, GraphconvError):
         return False
     return len(shape) == 4 and dtype in (np.float32, np.uint16)
