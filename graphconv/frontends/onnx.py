@@ -101,8 +101,8 @@ def read_onnx(path: str | os.PathLike, *, crop_size: Sequence[int] | None = None
     stated = _stated_metadata(model, str(path))
     graph, weights = _Importer(model, str(path), crop_size or stated.pop("crop", None)).run()
     if "preprocess" in stated:
-        from graphconv.frontends.yaml import _checked_preprocess
-        stated["preprocess"] = _checked_preprocess(stated["preprocess"], graph.input_shape[0], Path(path),
+        from graphconv.frontends.yaml import checked_preprocess
+        stated["preprocess"] = checked_preprocess(stated["preprocess"], graph.input_shape[0], Path(path),
                                                    Location(str(path)))
     graph.meta.update(stated)
     graph.meta["read_from"] = [str(file) for file in external]  # what no command may write over

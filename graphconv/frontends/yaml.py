@@ -323,7 +323,7 @@ def _build_graph(doc: dict, path: Path, labels: str | os.PathLike | None = None)
     input_name, shape, input_loc = _spec_input(doc, path)
     meta: dict[str, Any] = {}
     if "preprocess" in doc:
-        meta["preprocess"] = _checked_preprocess(doc["preprocess"], shape[0], path, _loc(path, doc, "preprocess"))
+        meta["preprocess"] = checked_preprocess(doc["preprocess"], shape[0], path, _loc(path, doc, "preprocess"))
     if "compiled" in doc:
         meta["compiled"] = _checked_compiled(doc["compiled"], path, _loc(path, doc, "compiled"))
     if "task" in doc:
@@ -446,7 +446,7 @@ def _layer_inputs(graph: Graph, layer: dict, previous: str, opdef: OpDef, loc: L
 
 # ---- preprocess, compiled, labels, weights ---------------------------------------------------
 
-def _checked_preprocess(pre: Any, channels: int, path: Path, loc: Location) -> dict:
+def checked_preprocess(pre: Any, channels: int, path: Path, loc: Location) -> dict:
     """`preprocess` with every number finite and every std non-zero, checked now rather
     than when a run divides by it."""
     if not isinstance(pre, dict):
