@@ -31,13 +31,14 @@ import json
 import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from numba import njit, prange
 
-from graphconv.errors import GraphconvError
+from graphconv.errors import GraphconvError, shown
 from graphconv.images import stores_values
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf8")
@@ -106,9 +107,11 @@ class ArrayLikeSource(_Preprocessed):
     def read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
         try:
             raw = self._stored(top, left, bottom, right)
+        except (GraphconvError, MemoryError):
+            raise
         except Exception as err:  # tifffile, zarr and the codecs raise many types for a damaged tile
             raise GraphconvError(f"cannot decode its pixels in rows {top}..{bottom - 1}, columns {left}..{right - 1}: "
-                                 f"{err}", file=self.path) from None
+                                 f"{type(err).__name__}: {shown(str(err), 200)}", file=self.path) from None
         if np.issubdtype(raw.dtype, np.floating):
             self._check_floats(raw, top, left)
         chw = raw.astype(np.float32) * self.scale
@@ -363,10 +366,8 @@ def _pixel_size_and_level_heights(path: str) -> tuple[float | None, list[int]]:
     """A pyramid's level-0 pixel size in micrometres (None where unstated) and each
     level's height, from its metadata alone."""
     if is_ome_zarr(path):
-        multiscale, axes = _multiscale(path)
-        group = require("zarr").open_group(path, mode="r")
-        heights = [group[dataset["path"]].shape[axes.index("y")] for dataset in multiscale["datasets"]]
-        return _ome_zarr_microns(multiscale, axes), heights
+        image = _read_ome_zarr(path)
+        return image.microns, [height for height, _ in image.level_hw]
     if not is_tiff(path):
         raise GraphconvError("--mpp reads a slide at a pixel size its file states: give a TIFF (.svs, .ndpi, "
                              "OME-TIFF) or an OME-Zarr, or pick --level and --downsample", file=path)
@@ -428,40 +429,90 @@ MICRONS_PER_UNIT = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3, "ce
 def is_ome_zarr(path: str | os.PathLike) -> bool:
     """Whether `path` is an OME-Zarr image: a zarr group whose attributes hold OME-NGFF's
     `multiscales` (0.4 and before: at the top, zarr 2; 0.5: under `ome`, zarr 3), as
-    bioformats2raw, QuPath and ome-zarr-py write them."""
-    folder = Path(path)
+    QuPath and ome-zarr-py write them, or bioformats2raw's layout, whose first image is
+    such a group in its folder "0"."""
+    return _ngff_image(Path(path)) is not None
+
+
+def _ngff_image(folder: Path) -> Path | None:
+    """The group folder of the image at `folder` (itself, or bioformats2raw's "0"), or None."""
+    attrs = _group_attributes(folder)
+    if "multiscales" in attrs.get("ome", attrs):
+        return folder
+    if "bioformats2raw.layout" in attrs.get("ome", attrs) and "multiscales" in _ngff_attrs(folder / "0"):
+        return folder / "0"
+    return None
+
+
+def _ngff_attrs(folder: Path) -> dict:
+    attrs = _group_attributes(folder)
+    return attrs.get("ome", attrs)
+
+
+def _group_attributes(folder: Path) -> dict:
+    """A zarr group's attributes read from its metadata file (zarr 2's .zattrs, zarr 3's
+    zarr.json), without zarr; {} where there are none."""
     for name, key in ((".zattrs", None), ("zarr.json", "attributes")):
         try:
             attrs = json.loads((folder / name).read_text())
         except (OSError, ValueError):
             continue
-        attrs = attrs.get(key, {}) if key else attrs
-        if isinstance(attrs, dict) and "multiscales" in attrs.get("ome", attrs):
-            return True
-    return False
+        attrs = attrs.get(key, {}) if key and isinstance(attrs, dict) else attrs
+        if isinstance(attrs, dict):
+            return attrs
+    return {}
 
 
-def _multiscale(path: str) -> tuple[dict, list[str]]:
-    """The image's first multiscale and its axes' names, lower case (t, c, z, y, x):
-    NGFF 0.4 names them as objects, 0.3 as strings, 0.1-0.2 not at all (then t, c, z, y, x)."""
+@dataclass
+class _OmeZarr:
+    """What an OME-Zarr image's metadata says, checked: its levels' arrays, the role of
+    each axis ("c" for the channel axis, "y", "x", and the others' own names: t, z),
+    each level's (H, W) and level 0's pixel width in micrometres (None: not stated)."""
+
+    arrays: list
+    axes: list[str]
+    level_hw: list[tuple[int, int]]
+    microns: float | None
+
+
+def _read_ome_zarr(path: str) -> _OmeZarr:
+    """The image's first multiscale. Axes: NGFF 0.4 describes them as objects (the
+    channel axis by its type, whatever its name), 0.3 names them, 0.1-0.2 do not (t, c,
+    z, y, x). Any metadata that does not fit is one error naming the file."""
     zarr = require("zarr")
     try:
-        attrs = dict(zarr.open_group(path, mode="r").attrs)
-        multiscale = attrs.get("ome", attrs)["multiscales"][0]
-        axes = [str(a["name"] if isinstance(a, dict) else a).lower() for a in multiscale.get("axes", "tczyx")]
-        multiscale["datasets"][0]["path"]
+        group = zarr.open_group(str(_ngff_image(Path(path))), mode="r")
+        multiscale = dict(group.attrs).get("ome", dict(group.attrs))["multiscales"][0]
+        axes = [_axis_role(axis) for axis in multiscale.get("axes", "tczyx")]
+        arrays = [group[str(dataset["path"])] for dataset in multiscale["datasets"]]
+        microns = _ome_zarr_microns(multiscale, axes)
+    except GraphconvError:
+        raise
     except Exception as err:  # zarr and malformed metadata raise many types
-        raise GraphconvError(f"cannot read as an OME-Zarr image: {err!r}", file=path) from None
-    if not {"y", "x"} <= set(axes):
-        raise GraphconvError(f"an OME-Zarr image with axes {', '.join(axes)}: expected y and x among them", file=path)
-    return multiscale, axes
+        raise GraphconvError(f"cannot read as an OME-Zarr image: {type(err).__name__}: {shown(str(err))}",
+                             file=path) from None
+    if not arrays or not {"y", "x"} <= set(axes):
+        raise GraphconvError(f"an OME-Zarr image with axes {', '.join(axes)} and {len(arrays)} level(s): "
+                             "expected y and x among its axes, and a level", file=path)
+    for level, array in enumerate(arrays):
+        if len(array.shape) != len(axes):
+            raise GraphconvError(f"level {level} has {len(array.shape)} axes; its metadata names {len(axes)}",
+                                 file=path)
+    level_hw = [(array.shape[axes.index("y")], array.shape[axes.index("x")]) for array in arrays]
+    return _OmeZarr(arrays, axes, level_hw, microns)
+
+
+def _axis_role(axis) -> str:
+    if isinstance(axis, dict):
+        return "c" if axis.get("type") == "channel" else str(axis.get("name", "")).lower()
+    return str(axis).lower()
 
 
 def _ome_zarr_microns(multiscale: dict, axes: list[str]) -> float | None:
     """Level 0's pixel width in micrometres: its x scale (times the multiscale's own,
-    where it has one), in the x axis's unit; None where no unit of length says it."""
-    axis = next((a for a in multiscale.get("axes", ()) if isinstance(a, dict) and str(a.get("name")).lower() == "x"),
-                {})
+    where it has one), in the x axis's unit; None where no unit of length says it, or
+    the scale is kept in a file of its own (NGFF 0.4's `path`)."""
+    axis = next((a for a in multiscale.get("axes", ()) if isinstance(a, dict) and _axis_role(a) == "x"), {})
     per_unit = MICRONS_PER_UNIT.get(str(axis.get("unit", "")).lower())
     if per_unit is None:
         return None
@@ -470,8 +521,10 @@ def _ome_zarr_microns(multiscale: dict, axes: list[str]) -> float | None:
                        multiscale.get("coordinateTransformations", ())):
         for transform in transforms:
             if transform.get("type") == "scale":
+                if "scale" not in transform:
+                    return None
                 scale *= float(transform["scale"][axes.index("x")])
-    return scale * per_unit
+    return scale * per_unit if math.isfinite(scale) and scale > 0 else None
 
 
 class _Plane:
@@ -505,28 +558,25 @@ class _PlaneIndex:
 
 def _ome_zarr_source(path: str, channels: int, preprocess: dict | None, level: int,
                      bands: Sequence[int] | None) -> ArrayLikeSource:
-    multiscale, axes = _multiscale(path)
-    group = require("zarr").open_group(path, mode="r")
-    arrays = [group[dataset["path"]] for dataset in multiscale["datasets"]]
-    level_hw = [(array.shape[axes.index("y")], array.shape[axes.index("x")]) for array in arrays]
-    if level >= len(arrays):
-        raise GraphconvError(f"--level {level}: the image has {_level_list(level_hw)}", file=path)
-    array = arrays[level]
-    if len(array.shape) != len(axes):
-        raise GraphconvError(f"level {level} has {len(array.shape)} axes; its metadata names {len(axes)}", file=path)
-    deep = [f"{name} {size}" for name, size in zip(axes, array.shape) if name not in "cyx" and size > 1]
+    image = _read_ome_zarr(path)
+    if level >= len(image.arrays):
+        raise GraphconvError(f"--level {level}: the image has {_level_list(image.level_hw)}", file=path)
+    array, axes = image.arrays[level], image.axes
+    deep = [f"{name} {size}" for name, size in zip(axes, array.shape) if name not in PLANE_AXES and size > 1]
     if deep:
         raise GraphconvError(f"an OME-Zarr image of shape {tuple(array.shape)} (axes {', '.join(axes)}) with "
                              f"{' and '.join(deep)} positions: graphconv maps one plane: save the one to map as "
                              "its own image", file=path)
-    kept = [axes.index(name) for name in "cyx" if name in axes]
-    plane = _Plane(array, kept)
+    plane = _Plane(array, [axes.index(name) for name in PLANE_AXES if name in axes])
     band_count = array.shape[axes.index("c")] if "c" in axes else 1
     source = ArrayLikeSource(path, plane, channels, preprocess, axes="SYX" if "c" in axes else "YX", bands=bands,
                              picture=band_count in (1, 3))
     source.nodata = None
-    source.microns_per_pixel = _ome_zarr_microns(multiscale, axes)
-    return _as_level(source, level, level_hw)
+    source.microns_per_pixel = image.microns
+    return _as_level(source, level, image.level_hw)
+
+
+PLANE_AXES = ("c", "y", "x")  # the axes a map is of; any other must hold one position
 
 
 def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,

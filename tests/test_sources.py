@@ -534,3 +534,65 @@ def test_a_pipe_named_like_an_image_is_refused_not_waited_on(tmp_path):
     os.mkfifo(tmp_path / "pipe.tif")
     with pytest.raises(GraphconvError, match="pipe.tif: cannot read image: not a regular file"):
         open_source(tmp_path / "pipe.tif", 1, None)
+
+
+def write_bioformats2raw(path) -> list[np.ndarray]:
+    """bioformats2raw's layout: the top group says `bioformats2raw.layout: 3`, and the
+    image is the OME-Zarr group in its folder "0"."""
+    import zarr
+
+    path.mkdir()
+    levels = write_ome_zarr(path / "0")
+    zarr.open_group(str(path), mode="a", zarr_format=2).attrs["bioformats2raw.layout"] = 3
+    return levels
+
+
+def test_a_bioformats2raw_folder_reads_its_first_image(tmp_path):
+    levels = write_bioformats2raw(tmp_path / "slide.zarr")
+    source = open_source(tmp_path / "slide.zarr", 3, None, 1)
+    assert source.levels == 3 and source.microns_per_pixel == 0.25
+    np.testing.assert_array_equal(source.read(0, 0, 150, 200), levels[1])
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m["datasets"].append({"path": "9"}), "cannot read as an OME-Zarr image: KeyError"),
+    (lambda m: m.update(axes=m["axes"][2:]), "level 0 has 5 axes; its metadata names 3"),
+    (lambda m: m.update(datasets=[]), "cannot read as an OME-Zarr image: IndexError"),
+    (lambda m: m.update(axes=["t", "c", "z", "row", "x"]), "axes t, c, z, row, x and 3 level\\(s\\): expected y and x"),
+    (lambda m: m["datasets"][0].update(coordinateTransformations=[{"type": "scale", "scale": [1]}]),
+     "cannot read as an OME-Zarr image: IndexError"),
+])
+def test_malformed_ome_zarr_metadata_is_one_error(tmp_path, change, message):
+    import zarr
+
+    write_ome_zarr(tmp_path / "bad.zarr")
+    group = zarr.open_group(str(tmp_path / "bad.zarr"), mode="a")
+    multiscales = group.attrs["multiscales"]
+    change(multiscales[0])
+    group.attrs["multiscales"] = multiscales
+    with pytest.raises(GraphconvError, match=message):
+        open_source(tmp_path / "bad.zarr", 3, None)
+
+
+def test_an_ome_zarr_channel_axis_is_told_by_its_type_not_its_name(tmp_path):
+    import zarr
+
+    levels = write_ome_zarr(tmp_path / "named.zarr")
+    group = zarr.open_group(str(tmp_path / "named.zarr"), mode="a")
+    multiscales = group.attrs["multiscales"]
+    multiscales[0]["axes"][1]["name"] = "ch"
+    group.attrs["multiscales"] = multiscales
+    np.testing.assert_array_equal(open_source(tmp_path / "named.zarr", 3, None).read(0, 0, 9, 9), levels[0][:, :9, :9])
+
+
+def test_a_reader_running_out_of_memory_is_not_called_a_damaged_tile(tmp_path):
+    from graphconv.sources import ArrayLikeSource
+
+    class Exhausted:
+        shape, dtype = (50, 60), np.dtype(np.uint8)
+
+        def __getitem__(self, key):
+            raise MemoryError()
+
+    with pytest.raises(MemoryError):
+        ArrayLikeSource("big.zarr", Exhausted(), 1, None).read(0, 0, 50, 60)
