@@ -682,7 +682,7 @@ def draw_heatmap(args: argparse.Namespace, model, picture: np.ndarray, field, *,
         values = f"its values run {finite.min():.3g}..{finite.max():.3g}" if finite.size else "no cell computed"
         what += f" ({note}; {values})"
     fmt = images.heatmap_format(args.heatmap_out)
-    atomic_write(args.heatmap_out, lambda p: drawn.save(p, format=fmt), suffix=Path(args.heatmap_out).suffix)
+    atomic_write(args.heatmap_out, lambda p: images.save_picture(drawn, p, fmt), suffix=Path(args.heatmap_out).suffix)
     print(f"heatmap of {what} -> {args.heatmap_out}")
 
 
@@ -914,7 +914,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     graph = load_network(args.model, crop_size=args.crop_size, labels=args.labels, init_missing_weights=False,
                          task=args.task)
     labels_path = spec_path.with_suffix(".labels.txt") if "labels" in graph.meta else None
-    _check_import_replaces_only_its_own(spec_path, [weights_path, labels_path])
+    _check_import_replaces_only_its_own(spec_path, [weights_path, labels_path], given=args.labels)
     graph.name = spec_path.stem
     preprocess = _preprocess_options(args, graph.input_shape[0])
     if preprocess:
@@ -943,12 +943,15 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _check_import_replaces_only_its_own(spec_path, others: list) -> None:
+def _check_import_replaces_only_its_own(spec_path, others: list, given: str | None = None) -> None:
     """An import may replace a spec only where an earlier import wrote it and nobody
     edited it since (its first line holds the digest of the rest: a spec is meant to be
     read and edited, and a new import would drop a preprocess block written in by
     hand), and the weights and labels beside it only where that spec names them (a
-    user's own net.npz stays)."""
+    user's own net.npz stays); the labels file `given` may be the one it writes
+    (`--labels net.labels.txt`: rewritten with what it holds)."""
+    from pathlib import Path
+
     import yaml
 
     named: set[str] = set()
@@ -960,8 +963,9 @@ def _check_import_replaces_only_its_own(spec_path, others: list) -> None:
                                  "another name, or move it away first", file=str(spec_path))
         doc = yaml.safe_load(text[header.end():])
         named = {str(doc.get(key)) for key in ("weights", "labels") if isinstance(doc, dict) and doc.get(key)}
+    spared = {Path(given).resolve()} if given else set()
     for path in filter(None, others):
-        if path.exists() and path.name not in named:
+        if path.exists() and path.name not in named and path.resolve() not in spared:
             raise GraphconvError(f"exists, and the import would replace it (it writes {spec_path.name}'s weights and "
                                  "labels beside it): import to another name, or move it away first", file=str(path))
 

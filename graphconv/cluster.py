@@ -185,7 +185,7 @@ def run_images(ref: ModelRef, images: Sequence[str], output_dir: str, options: M
                progress: Callable[[ImageResult], None] | None = None, output_format: str = "npy") -> list[ImageResult]:
     """Each image's map to `output_dir/<stem>.npy` (or `.tif`: `output_format`), on the
     cluster when `client` is given."""
-    outputs = _output_names(images, output_dir, output_format)
+    outputs = output_names(images, output_dir, output_format)
     results = []
     if client is None:
         for image, output in zip(images, outputs):
@@ -205,7 +205,7 @@ def run_images(ref: ModelRef, images: Sequence[str], output_dir: str, options: M
     return sorted(results, key=lambda r: order[r.image])
 
 
-def _output_names(images: Sequence[str], output_dir: str, output_format: str = "npy") -> list[str]:
+def output_names(images: Sequence[str], output_dir: str, output_format: str = "npy") -> list[str]:
     """`<stem>.npy` (or .tif) per image; images sharing a stem get their folder's name in
     front, or, in the same folder, their format after it (`slide_png.npy`, `slide_tif.npy`)."""
     paths = [Path(p) for p in images]

@@ -385,6 +385,35 @@ def heatmap_range(scores: np.ndarray, how: str | tuple[float, float], probabilit
     return low, high, f"{what}, scale stretched to this map's min..max"
 
 
+HEATMAP_MARK = "graphconv heatmap"  # in a heatmap's PNG text or JPEG comment: how one is told from a photo
+
+
+def save_picture(picture, path: str, fmt: str | None = None) -> None:
+    """Save a heatmap marked as graphconv's (`is_graphconv_heatmap`), so a later run may
+    replace it where it must never replace a user's picture of the same name, and
+    `--images` over a folder does not take it for an image to map."""
+    from PIL import PngImagePlugin
+
+    fmt = fmt or heatmap_format(path)
+    if fmt == "PNG":
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Software", HEATMAP_MARK)
+        picture.save(path, format=fmt, pnginfo=info)
+    else:
+        picture.save(path, format=fmt, comment=HEATMAP_MARK.encode())
+
+
+def is_graphconv_heatmap(path: str | Path) -> bool:
+    """Whether `path` is a picture `save_picture` wrote (read from its header alone)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as picture:
+            return HEATMAP_MARK in (picture.info.get("Software"), picture.info.get("comment", b"").decode("latin-1"))
+    except Exception:  # not a picture Pillow reads: not a heatmap either
+        return False
+
+
 def save_heatmap(image: np.ndarray, scores: np.ndarray, field: Field, path: str, *,
                  title: str | None = None, value_range: tuple[float, float] | None = None,
                  scale_note: str | None = None, display_hw: tuple[int, int] | None = None,
@@ -396,7 +425,7 @@ def save_heatmap(image: np.ndarray, scores: np.ndarray, field: Field, path: str,
     resize: the picture is shown with that aspect ratio, not stretched."""
     picture = render_heatmap(image, scores, field, title=title, value_range=value_range,
                              scale_note=scale_note, display_hw=display_hw)
-    picture.save(path, format=fmt or heatmap_format(path))
+    save_picture(picture, path, fmt)
 
 
 def render_heatmap(image: np.ndarray, scores: np.ndarray, field: Field, *, title: str | None = None,

@@ -327,6 +327,7 @@ def run_images_command(args: argparse.Namespace) -> int:
     grid = grid_for(args, model)
     options = _map_options(args, grid)  # a bad model is one error here, not one per image
     _check_heatmap(args, model.output_channels)
+    _check_heatmap_names(args, images)
     created = [p for p in (Path(args.output_dir), *Path(args.output_dir).parents) if not p.exists()]
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -358,11 +359,37 @@ def _image_paths(pattern: str) -> list[str]:
     from graphconv.cli import PICTURE_SUFFIXES
     from graphconv.sources import TIFF_SUFFIXES
 
+    from graphconv.images import is_graphconv_heatmap
+
     folder = Path(pattern)
     if folder.is_dir() and folder.suffix.lower() != ".zarr":
         kinds = PICTURE_SUFFIXES + TIFF_SUFFIXES + (".zarr",)
-        return sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in kinds)
-    return sorted(glob.glob(pattern, recursive=True))
+        paths = [str(p) for p in folder.iterdir() if p.suffix.lower() in kinds]
+    else:
+        paths = glob.glob(pattern, recursive=True)
+    # an earlier run's heatmaps beside the images are not images to map
+    return sorted(p for p in paths if not (p.lower().endswith(PICTURE_SUFFIXES) and is_graphconv_heatmap(p)))
+
+
+def _heatmap_name(args: argparse.Namespace, output: str) -> Path:
+    output = Path(output)
+    return output.with_name(f"{output.stem}-heatmap-{args.heatmap}.png")
+
+
+def _check_heatmap_names(args: argparse.Namespace, images: list[str]) -> None:
+    """Before any work: no image's heatmap may replace an image, or a picture there that
+    graphconv did not draw (an earlier run's heatmap may be replaced)."""
+    from graphconv.cluster import output_names
+    from graphconv.images import is_graphconv_heatmap
+
+    if args.heatmap is None:
+        return
+    inputs = {Path(image).resolve() for image in images}
+    for output in output_names(images, args.output_dir, args.output_format):
+        path = _heatmap_name(args, output)
+        if path.resolve() in inputs or (path.exists() and not is_graphconv_heatmap(path)):
+            raise GraphconvError("is already there and is not a heatmap graphconv drew: give another --output-dir",
+                                 file=str(path))
 
 
 def _with_heatmap(args: argparse.Namespace, model, grid, result):
@@ -375,13 +402,12 @@ def _with_heatmap(args: argparse.Namespace, model, grid, result):
 
     if args.heatmap is None or result.error:
         return result
-    output = Path(result.output)
     one = argparse.Namespace(**vars(args))
-    one.heatmap_out = str(output.with_name(f"{output.stem}-heatmap-{args.heatmap}.png"))
+    one.heatmap_out = str(_heatmap_name(args, result.output))
     try:
         source = open_source(result.image, model.crop_shape[0], model.graph.meta.get("preprocess"), args.level,
                              args.bands, args.downsample, args.mpp)
-        _draw_heatmap(one, model, source, grid, _read_map(str(output)), None)
+        _draw_heatmap(one, model, source, grid, _read_map(result.output), None)
     except (GraphconvError, OSError, ValueError) as err:
         return replace(result, error=f"its map was written, its heatmap not: {user_message(err)}")
     return result

@@ -579,3 +579,16 @@ def test_a_terminated_tiled_run_leaves_no_partial_map(tmp_path):
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM and "Traceback" not in proc.stderr.read()
     assert list((tmp_path / "maps").iterdir()) == []
+
+
+def test_import_takes_labels_already_where_it_writes_them(tmp_path, capsys):
+    """`--labels net.labels.txt` beside `-o net.yaml` is the natural layout: the import
+    rewrites the file with what it holds, where it refused to replace it."""
+    pytest.importorskip("onnx")
+    assert run_cli("compile", SPECS / "digits.yaml", "-o", tmp_path / "m") == 0
+    assert run_cli("export", tmp_path / "m", "-o", tmp_path / "d.onnx") == 0
+    labels = (SPECS / "digits.labels.txt").read_text()
+    (tmp_path / "net.labels.txt").write_text(labels)
+    assert run_cli("import", tmp_path / "d.onnx", "-o", tmp_path / "net.yaml", "--labels",
+                   tmp_path / "net.labels.txt") == 0
+    assert (tmp_path / "net.labels.txt").read_text() == labels

@@ -342,8 +342,8 @@ def test_dask_workers_map_crops_too(gated, tmp_path):
 
 
 def test_many_images_sharing_a_stem_get_distinct_maps(tmp_path):
-    from graphconv.cluster import _output_names
-    names = _output_names(["a/slide.png", "b/slide.png", "a/slide.tif", "a/other.png"], "maps")
+    from graphconv.cluster import output_names
+    names = output_names(["a/slide.png", "b/slide.png", "a/slide.tif", "a/other.png"], "maps")
     assert [Path(n).name for n in names] == ["slide_png.npy", "b_slide.npy", "slide_tif.npy", "other.npy"]
 
 
@@ -705,3 +705,21 @@ def test_cli_many_images_from_a_folder_or_through_subfolders(model_dir, picture,
     result = graphconv("run", model_dir, "--images", folder / "**" / "*.png", "--output-dir", tmp_path / "deep")
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["2024_a.npy", "photos_a.npy"]
+
+
+def test_cli_many_images_spare_pictures_that_are_not_their_heatmaps(model_dir, picture, tmp_path):
+    """A heatmap of --images would have replaced an image, or a user's picture, of its
+    name (exit 0); an earlier run's heatmap is replaced, and is not taken for an image."""
+    folder = tmp_path / "pages"
+    folder.mkdir()
+    (folder / "a.png").write_bytes((picture / "page.png").read_bytes())
+    (folder / "a-heatmap-3.png").write_bytes((picture / "page.png").read_bytes())  # the user's own picture
+    refused = graphconv("run", model_dir, "--images", folder, "--output-dir", folder, "--heatmap", "3")
+    assert refused.returncode == 2 and "a-heatmap-3.png: is already there and is not a heatmap" in refused.stderr
+    assert (folder / "a-heatmap-3.png").read_bytes() == (picture / "page.png").read_bytes()
+    (folder / "a-heatmap-3.png").unlink()
+    for _ in range(2):
+        result = graphconv("run", model_dir, "--images", folder, "--output-dir", folder, "--heatmap", "3")
+        assert result.returncode == 0, result.stderr
+        assert "1 of 1 image(s)" in result.stdout
+    assert sorted(p.name for p in folder.iterdir()) == ["a-heatmap-3.png", "a.npy", "a.png"]
