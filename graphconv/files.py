@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import os
 import re
 import shutil
 import signal
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -120,7 +122,7 @@ def move_into_place(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
     if target.is_symlink() or not target.is_dir():
         os.replace(tmp, target)
         return
-    aside = target.parent / f"{ASIDE_PREFIX}{os.getpid()}-{os.urandom(4).hex()}-{target.name}"
+    aside = target.parent / f"{ASIDE_PREFIX}{_owner()}-{os.urandom(4).hex()}-{target.name}"
     os.rename(target, aside)
     try:
         _checkpoint("output-set-aside")
@@ -402,7 +404,7 @@ def _probe_write(folder: Path, shown_path: str) -> None:
     """Create and delete a file in `folder`: the only reliable test (as root, permission
     bits say yes where /proc or a read-only mount say no)."""
     try:
-        fd, probe = tempfile.mkstemp(prefix=TMP_PREFIX + f"{os.getpid()}-probe-", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=TMP_PREFIX + f"{_owner()}-probe-", dir=folder)
     except OSError as err:
         raise GraphconvError(f"cannot write in {folder}: {err.strerror or err}", file=shown_path) from None
     os.close(fd)
@@ -457,7 +459,25 @@ def _locked(folder: Path) -> Iterator[None]:
 
 
 def _temporary(folder: Path, name: str) -> Path:
-    return folder / f"{TMP_PREFIX}{os.getpid()}-{os.urandom(4).hex()}-{name}"
+    return folder / f"{TMP_PREFIX}{_owner()}-{os.urandom(4).hex()}-{name}"
+
+
+def _owner() -> str:
+    """`<pid>@<machine>`: the process a temporary belongs to, and where it runs."""
+    return f"{os.getpid()}@{_machine()}"
+
+
+@functools.lru_cache(maxsize=1)
+def _machine() -> str:
+    """This host and pid namespace, as 8 hex digits. Process ids mean something only
+    there: on a folder shared between the nodes of a cluster (a SLURM array writing its
+    maps to one NFS folder), or between containers, another machine's live run has a pid
+    that is not running here, and its map in progress must not be swept as a dead run's."""
+    parts = [socket.gethostname()]
+    for source in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        with contextlib.suppress(OSError):
+            parts.append(os.readlink(source) if source.endswith("/pid") else Path(source).read_text().strip())
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:8]
 
 
 def _remove_stale_temporaries(folder: Path, locked: bool = False) -> None:
@@ -475,10 +495,16 @@ def _remove_stale_temporaries(folder: Path, locked: bool = False) -> None:
             _settle_set_aside(folder, name)
 
 
-def _stale(pid_and_name: str, locked: bool) -> bool:
-    """Whether a temporary named `<pid>-...` belongs to a run that is gone."""
-    pid = pid_and_name.split("-", 1)[0]
-    return locked or (pid.isdigit() and not _process_alive(int(pid)))
+def _stale(owner_and_name: str, locked: bool) -> bool:
+    """Whether a temporary named `<pid>@<machine>-...` belongs to a run that is gone:
+    one of this machine's (`_machine`; names without one are from before it was added)
+    whose process is not running. Another machine's is left alone: its process cannot be
+    seen from here. In a locked model folder every temporary is stale: a live writer
+    would hold the lock."""
+    pid, _, machine = owner_and_name.split("-", 1)[0].partition("@")
+    if locked:
+        return True
+    return pid.isdigit() and machine in ("", _machine()) and not _process_alive(int(pid))
 
 
 def _settle_set_aside(folder: Path, name: str) -> None:

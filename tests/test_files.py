@@ -277,3 +277,21 @@ def test_a_users_copy_of_a_weights_file_stays_while_a_killed_save_s_orphans_go(t
     used = [p.name for p in model.glob("weights-*.npz") if p.name in spec]
     assert len(used) == 1 and sorted(p.name for p in model.glob("weights-*.npz")) == sorted([copied.name, *used])
     assert not [p for p in model.iterdir() if p.name.startswith(TMP_PREFIX)], "the journal swept too"
+
+
+def test_another_machine_s_temporaries_are_not_swept_as_a_dead_run_s(tmp_path):
+    """On a folder shared by a cluster's nodes, another node's live run has a pid that is
+    not running here: its map in progress (and an output it set aside) must stay, where
+    this machine's dead run's temporaries go."""
+    from graphconv import files
+
+    dead = 2 ** 22 + 12345  # above Linux's pid_max default: no process has it
+    ours = tmp_path / f"{files.TMP_PREFIX}{dead}@{files._machine()}-abcd-map.npy"
+    theirs = tmp_path / f"{files.TMP_PREFIX}{dead}@0badcafe-abcd-map.npy"
+    their_aside = tmp_path / f"{files.ASIDE_PREFIX}{dead}@0badcafe-abcd-old.zarr"
+    for path in (ours, theirs):
+        path.write_bytes(b"partial")
+    their_aside.mkdir()
+    files.atomic_write(tmp_path / "out.txt", lambda p: open(p, "w").write("x"))
+    assert not ours.exists() and theirs.exists() and their_aside.exists()
+    assert sorted(p.name.split("-")[2].split("@")[1] for p in tmp_path.glob(f"{files.TMP_PREFIX}*")) == ["0badcafe"]
