@@ -510,7 +510,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(format_profile(model.graph, profile, x.shape[2:], x.shape[0], device))
         print("(the first run in a process also loads every compiled kernel; "
               "`graphconv inspect MODEL --profile` times a warmed-up run)")
-    return _deliver(args, model, out, picture if args.image else None, model.field)
+    return _deliver(args, model, out, picture if args.image else None, model.field, model.cell_area)
 
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -595,12 +595,12 @@ def _run_crops(args: argparse.Namespace, model, grid, x: np.ndarray, picture: np
     out = grid.whole(x, args.device)
     print(f"output shape {tuple(out.shape)} in {(time.perf_counter() - start) * 1e3:.1f} ms"
           f" on {model.executor(args.device).device}")
-    return _deliver(args, model, out, picture, grid.field)
+    return _deliver(args, model, out, picture, grid.field, grid.cell_area)
 
 
-def _deliver(args: argparse.Namespace, model, out: np.ndarray, picture: np.ndarray | None, field) -> int:
-    """A run's map, as asked: heatmap, top classes, the array; what cannot be written is
-    refused before anything is."""
+def _deliver(args: argparse.Namespace, model, out: np.ndarray, picture: np.ndarray | None, field, cells) -> int:
+    """A run's map, as asked: heatmap, top classes, the array (a .tif with where its
+    `cells` stand); what cannot be written is refused before anything is."""
     if args.output and is_tiff_output(args.output) and out.ndim != 4:
         raise GraphconvError(f"a .tif output holds a map; this run gives a vector of shape {tuple(out.shape)}: "
                              "write .npy", file=args.output)
@@ -609,8 +609,14 @@ def _deliver(args: argparse.Namespace, model, out: np.ndarray, picture: np.ndarr
     if args.top:
         print_top(reduce_map_or_vector(out), args.top, model.graph.meta.get("labels"))
     if args.output and is_tiff_output(args.output):
-        from graphconv.georef import write_map_tiff
-        atomic_write(args.output, lambda p: write_map_tiff(p, out, None), suffix=".tif")
+        from graphconv import images
+        from graphconv.georef import cells_on_pixels, write_map_tiff
+        span = (1.0, 1.0)
+        if args.image and args.resize:  # the cells are in the resized image's pixels
+            height, width = images.image_size(args.image)
+            span = (height / args.resize[0], width / args.resize[1])
+        placement = cells_on_pixels(cells, span)
+        atomic_write(args.output, lambda p: write_map_tiff(p, out, None, placement), suffix=".tif")
         print(f"-> {args.output}")
     elif args.output:
         atomic_write(args.output, lambda p: np.save(p, out), suffix=".npy")

@@ -145,10 +145,16 @@ def cell_placement(source, cells: Field) -> CellPlacement:
     level-0 image behind `source` (`graphconv.sources`: a level, read coarser or not)."""
     from graphconv.sources import level0_span
 
-    span = level0_span(source)
+    return cells_on_pixels(cells, level0_span(source), getattr(source, "microns_per_pixel", None))
+
+
+def cells_on_pixels(cells: Field, span: tuple[float, float] = (1.0, 1.0),
+                    microns_per_pixel: float | None = None) -> CellPlacement:
+    """The placement of `cells` on pixels each `span` (rows, cols) level-0 pixels wide:
+    an image run whole (an .npy, a picture) is its own level 0."""
     first = tuple(span[a] * (cells.offset[a] + cells.size[a] / 2) for a in (0, 1))
     step = tuple(span[a] * cells.stride[a] for a in (0, 1))
-    return CellPlacement(first, step, getattr(source, "microns_per_pixel", None))
+    return CellPlacement(first, step, microns_per_pixel)
 
 
 def cell_size(geo: GeoReference) -> tuple[float, float]:

@@ -592,3 +592,17 @@ def test_import_takes_labels_already_where_it_writes_them(tmp_path, capsys):
     assert run_cli("import", tmp_path / "d.onnx", "-o", tmp_path / "net.yaml", "--labels",
                    tmp_path / "net.labels.txt") == 0
     assert (tmp_path / "net.labels.txt").read_text() == labels
+
+
+def test_a_whole_image_tif_map_says_where_its_cells_stand(tmp_path):
+    """As tiled .tif maps do: cell (r, c) centred on the crop at (r, c) x stride, in the
+    image's own pixels (with --resize, the original's)."""
+    import json
+
+    tifffile = pytest.importorskip("tifffile")
+    page = ROOT / "examples" / "digits_page.png"
+    assert run_cli("compile", SPECS / "digits.yaml", "-o", tmp_path / "m") == 0
+    for extra, span in (([], 1.0), (["--resize", "150", "200"], 2.0)):
+        assert run_cli("run", tmp_path / "m", "--image", page, *extra, "--output", tmp_path / "w.tif") == 0
+        stated = json.loads(tifffile.TiffFile(tmp_path / "w.tif").pages[0].description.split("\n", 1)[1])
+        assert stated["first_cell_centre_yx"] == [14.0 * span] * 2 and stated["cell_step_yx"] == [4.0 * span] * 2
