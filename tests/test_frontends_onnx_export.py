@@ -235,3 +235,16 @@ def test_metadata_that_graphconv_did_not_write_is_refused(tmp_path, key, value):
     onnx.save(model, str(tmp_path / "odd.onnx"))
     with pytest.raises(GraphconvError, match="odd.onnx"):
         load_network(tmp_path / "odd.onnx")
+
+
+def test_a_stated_crop_stands_in_only_for_a_dynamic_input_size(tmp_path):
+    """A file whose input is fixed keeps its size, whatever its metadata says (it was
+    passed on as if --crop-size had been given, and refused as a conflict with it)."""
+    from graphconv.frontends import load_network
+
+    model = to_onnx_model(compile_model(SPECS / "digits.yaml").graph)
+    for dim, size in zip(model.graph.input[0].type.tensor_type.shape.dim[2:], (40, 44)):
+        dim.ClearField("dim_param")
+        dim.dim_value = size
+    onnx.save(model, str(tmp_path / "fixed.onnx"))
+    assert load_network(tmp_path / "fixed.onnx").input_shape == (1, 40, 44)

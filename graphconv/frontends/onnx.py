@@ -99,7 +99,9 @@ def read_onnx(path: str | os.PathLike, *, crop_size: Sequence[int] | None = None
     the model's input has dynamic height or width, and must agree with fixed ones."""
     model, external = _load_model(Path(path))
     stated = _stated_metadata(model, str(path))
-    graph, weights = _Importer(model, str(path), crop_size or stated.pop("crop", None)).run()
+    importer = _Importer(model, str(path), crop_size)
+    importer.stated_crop = stated.pop("crop", None)
+    graph, weights = importer.run()
     if "preprocess" in stated:
         from graphconv.frontends.yaml import checked_preprocess
         stated["preprocess"] = checked_preprocess(stated["preprocess"], graph.input_shape[0], Path(path),
@@ -225,6 +227,7 @@ class _Importer:
         self.model = model
         self.source = source
         self.crop_size = tuple(crop_size) if crop_size is not None else None
+        self.stated_crop: Sequence[int] | None = None  # what graphconv's export stated, for a dynamic input
         self.opset = self._opset()
         self.nodes = _with_gelus_fused(list(model.graph.node), self._initializer_or_constant)
         self.values: dict[str, Tensor | np.ndarray] = {}
@@ -352,6 +355,8 @@ class _Importer:
             for node in readers)
 
     def _crop(self, height: int | None, width: int | None, input_name: str) -> tuple[int, int]:
+        if self.crop_size is None and self.stated_crop is not None and (height is None or width is None):
+            return tuple(self.stated_crop)
         if self.crop_size is None:
             if height is None or width is None:
                 raise GraphconvError(f"input {shown(input_name)} has a dynamic height or width: give "
