@@ -207,8 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     comp = sub.add_parser("compile", help="run the pass pipeline and write a compiled model",
                           description="Run the pass pipeline on SPEC and write DIR: a self-contained "
-                                      "model (model.yaml + the weights and labels files it names) that `run`, `inspect` and "
-                                      "`export` take.")
+                                      "model (model.yaml + the weights and labels files it names) that "
+                                      "`run`, `inspect` and `export` take.")
     comp.add_argument("spec", help="spec .yaml file or .onnx model")
     comp.add_argument("--output", "-o", required=True, help="compiled model directory to write")
     comp.add_argument("--passes", help="pipeline, e.g. 'shape-inference,fc-to-conv,my-pass{k=1}' "
@@ -934,7 +934,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     if labels_path:
         labels_text = "\n".join(graph.meta["labels"]) + "\n"
         files.append((labels_path, lambda p: Path(p).write_text(labels_text), ".txt"))
-    _write_all([(spec_path, lambda p: Path(p).write_text(text), ".yaml")] + files)  # the spec, which names the rest, last
+    # the spec, which names the rest, is renamed into place last
+    _write_all([(spec_path, lambda p: Path(p).write_text(text), ".yaml")] + files)
     print(f"imported {args.model} -> {spec_path} ({len(graph.layers())} layers) + {weights_path}")
     if "preprocess" not in graph.meta:
         print("note: ONNX files do not say how images were normalised; add a preprocess block to the spec "

@@ -18,7 +18,8 @@ reflectances, any integer or float type).
 
 A TIFF or zarr raster may hold any number of bands (a Sentinel-2 scene: 13), in either
 order: (bands, H, W) or (H, W, bands); a TIFF's axes say which, and a zarr array's
-dimension names (xarray's "band", "y", "x") where it has them, else its shape. `bands` picks and orders the ones the network takes (GDAL's
+dimension names (xarray's "band", "y", "x") where it has them, else its shape. `bands`
+picks and orders the ones the network takes (GDAL's
 numbering, from 1: Sentinel-2's true colour is 4, 3, 2); without it the raster must
 have the network's channel count (or be the grey, RGB or RGBA picture that converts to
 it, as Pillow would).
