@@ -18,6 +18,7 @@ from graphconv.errors import GraphconvError
 from graphconv.ir import Graph
 from graphconv.receptive import Field, receptive_fields
 from graphconv.runtime import Executor
+from graphconv.shapes import check_holds_a_crop
 from graphconv.strides import stitch_copies
 from graphconv.frontends import load_network as load_spec
 from graphconv.frontends.yaml import save_model
@@ -212,7 +213,7 @@ class Model:
         included, and always (N, K, rows, cols)."""
         batch = as_batch(x, self.crop_shape[0])
         if not full:
-            self._check_holds_a_crop(*batch.shape[2:])
+            check_holds_a_crop(self.graph, batch.shape[2:])
         out = self.executor(device).run(batch, profile)
         if not full and not self.segmentation:
             out = self._crop_grid(out, batch.shape[2:])
@@ -220,14 +221,6 @@ class Model:
         if not full and self.returns_vectors and out.shape[2:] == (1, 1):
             out = out.reshape(out.shape[:2])
         return out
-
-    def _check_holds_a_crop(self, height: int, width: int) -> None:
-        """A classifier's map has a cell per crop inside the image, so an image smaller
-        than the crop has none: say so, before running, rather than name the first layer
-        whose window no longer fits (a segmentation network takes any size it fits)."""
-        _, hc, wc = self.crop_shape
-        if not self.segmentation and (height < hc or width < wc):
-            raise GraphconvError(f"the input is {height}x{width}, smaller than the classifier's {hc}x{wc} crop")
 
     def run_tiled(self, source, tile: int | tuple[int, int], *, out=None, device: str = "cpu",
                   transform=None, progress=None):

@@ -5,7 +5,6 @@ verifier and the runtime call it directly for other input sizes.
 """
 from __future__ import annotations
 
-import importlib
 import zlib
 from fractions import Fraction
 from pathlib import Path
@@ -35,7 +34,7 @@ def infer_shapes(graph: Graph, input_hw: tuple[int, int] | None = None,
             shapes[node.name] = tuple(int(v) for v in node.opdef.shape(node.params, in_shapes))
         except ShapeError as err:
             if input_hw is not None:
-                _check_holds_a_crop(graph, (h, w))
+                check_holds_a_crop(graph, (h, w))
             got = ", ".join(_fmt(s) for s in in_shapes)
             hint = _merge_hint(graph, (h, w)) if input_hw is not None and len(in_shapes) > 1 else ""
             raise node.error(f"{err.message} (input {got}){hint}", ShapeError) from None
@@ -63,9 +62,9 @@ def check_weights_fit(node: Node, in_shapes: list[Shape], resized: bool = False)
     `in_shapes`, with values it can use. A weight the op does not take is refused rather
     than ignored: `relu1.weight` in a weights file means the layer was meant to be
     something else (a prelu written as relu would otherwise run as a ReLU), so ops
-    without weights are checked too. Values: an op package may define
-    `weights_problem(params, weights) -> str | None`, saying what in weights of the
-    right shapes it cannot compute with (a batchnorm's running_var + eps <= 0)."""
+    without weights are checked too. Values: an op's `OpDef.weights_problem` says what in
+    weights of the right shapes it cannot compute with (a batchnorm's running_var + eps
+    <= 0)."""
     expected = node.opdef.weight_shapes(node.params, in_shapes) if node.opdef.has_weights else {}
     for key in sorted(set(node.weights) - set(expected)):
         raise node.error(_unused_weight(node, key))
@@ -80,9 +79,8 @@ def check_weights_fit(node: Node, in_shapes: list[Shape], resized: bool = False)
                 message += ("; an fc layer only accepts the crop size it was trained on "
                             "(compile with fc-to-conv to slide it over larger images)")
             raise node.error(message, ShapeError)
-    problem = getattr(importlib.import_module(node.opdef.package), "weights_problem", None)
-    if expected and problem is not None:
-        message = problem(node.params, node.weights)
+    if expected and node.opdef.weights_problem is not None:
+        message = node.opdef.weights_problem(node.params, node.weights)
         if message is not None:
             raise node.error(f"{message}{_weights_from(node)}")
 
@@ -125,10 +123,11 @@ def init_weights(graph: Graph) -> list[str]:
     return initialised
 
 
-def _check_holds_a_crop(graph: Graph, image_hw: tuple[int, int]) -> None:
-    """When a classifier cannot be applied to an image smaller than its crop, that is
-    the reason to give, not the first layer whose window ran out of map (as
-    `Model.run` says before running; a segmentation network takes any size it fits)."""
+def check_holds_a_crop(graph: Graph, image_hw: tuple[int, int]) -> None:
+    """A classifier's map has a cell per crop inside the image, so an image smaller than
+    its crop has none: the reason to give (`Model.run` before running, `infer_shapes`
+    when a layer runs out of map), not the first layer whose window no longer fits. A
+    segmentation network takes any size it fits."""
     _, hc, wc = graph.input_shape
     h, w = image_hw
     if graph.meta.get("task") != "segmentation" and (h < hc or w < wc):

@@ -190,6 +190,9 @@ class OpDef:
         `channels-last` pass stores a value that way only between such ops, the output
         of a "like-input" op only where its input is, and a value an op reads in its own
         output's storage (a pool's input, a conv's residual) only where that output is.
+    weights_problem(params, weights) -> str | None: what makes weights of the right shapes
+        unusable (a batchnorm's running_var + eps <= 0), checked when weights are attached;
+        None: any finite values will do.
     whole_map: every output value depends on statistics of the op's whole input map
         (groupnorm, global_l2norm), which a larger image changes: a network with such a layer cannot
         slide, and the passes that would make it slide refuse it.
@@ -214,6 +217,7 @@ class OpDef:
     kernel_name: str | None = None
     channels_last: str = ""
     whole_map: bool = False
+    weights_problem: Callable[[dict, dict], str | None] | None = None
     _kernels: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def kernel(self, device: str) -> Callable:

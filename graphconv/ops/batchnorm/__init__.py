@@ -48,7 +48,7 @@ def init_weights(params: dict, weight_shapes: dict[str, tuple], rng: np.random.G
 
 
 def weights_problem(params: dict, weights: dict) -> str | None:
-    """What makes statistics unusable (see graphconv.shapes.check_weights_fit): a
+    """What makes statistics unusable (OpDef.weights_problem): a
     running_var + eps that is not positive has no real square root, so every value of
     its channels would be NaN (and fold-batchnorm would fold NaN into the conv before
     it). A trained network never has one; a damaged file or an ONNX model edited by
@@ -112,7 +112,7 @@ register(OpDef(
     shape=shape, reference=reference, arity=(1, None),
     flops=lambda params, shapes, out: 2 * numel(out) + fused_flops(params["activation"], out),
     package=__name__, weight_shapes=weight_shapes, init_weights=init_weights, torch=torch_equivalent,
-    onnx=to_onnx, channels_last="like-input",
+    onnx=to_onnx, channels_last="like-input", weights_problem=weights_problem,
     examples=(
         Example({}, [(3, 2, 4)]),
         Example(dict(eps=0.1), [(5, 1, 1)], batch=3),  # after a global pool or an fc; a large eps
