@@ -99,9 +99,7 @@ def read_onnx(path: str | os.PathLike, *, crop_size: Sequence[int] | None = None
     the model's input has dynamic height or width, and must agree with fixed ones."""
     model, external = _load_model(Path(path))
     stated = _stated_metadata(model, str(path))
-    importer = _Importer(model, str(path), crop_size)
-    importer.stated_crop = stated.pop("crop", None)
-    graph, weights = importer.run()
+    graph, weights = _Importer(model, str(path), crop_size, stated.pop("crop", None)).run()
     if "preprocess" in stated:
         from graphconv.frontends.yaml import checked_preprocess
         stated["preprocess"] = checked_preprocess(stated["preprocess"], graph.input_shape[0], Path(path),
@@ -223,11 +221,12 @@ class _Importer:
     """One conversion: walks the ONNX nodes in order, keeping `values` (ONNX name ->
     Tensor or constant array) and the graph being built."""
 
-    def __init__(self, model, source: str, crop_size: Sequence[int] | None):
+    def __init__(self, model, source: str, crop_size: Sequence[int] | None,
+                 stated_crop: Sequence[int] | None = None):
         self.model = model
         self.source = source
         self.crop_size = tuple(crop_size) if crop_size is not None else None
-        self.stated_crop: Sequence[int] | None = None  # what graphconv's export stated, for a dynamic input
+        self.stated_crop = stated_crop  # what graphconv's export stated, for a dynamic input
         self.opset = self._opset()
         self.nodes = _with_gelus_fused(list(model.graph.node), self._initializer_or_constant)
         self.values: dict[str, Tensor | np.ndarray] = {}
@@ -239,7 +238,7 @@ class _Importer:
     # -- driving --
     def run(self) -> tuple[Graph, dict[str, np.ndarray]]:
         for init in self.model.graph.initializer:
-            self.values[init.name] = self._read_tensor(init, f"initializer {shown(init.name)}")
+            self.values[init.name] = self.read_tensor(init, f"initializer {shown(init.name)}")
         self._add_input()
         for node in self.nodes:
             self.onnx_node = node
@@ -280,16 +279,16 @@ class _Importer:
         onnx = require_onnx()
         for init in self.model.graph.initializer:
             if init.name == name:
-                return self._read_tensor(init, f"initializer {shown(init.name)}")
+                return self.read_tensor(init, f"initializer {shown(init.name)}")
         for node in self.model.graph.node:
             if node.op_type == "Constant" and node.output[0] == name and node.attribute:
                 value = onnx.helper.get_attribute_value(node.attribute[0])
                 if node.attribute[0].name == "value":
-                    return self._read_tensor(value, f"the value of Constant node {shown(node.name or name)}")
+                    return self.read_tensor(value, f"the value of Constant node {shown(node.name or name)}")
                 return np.asarray(value)
         return None
 
-    def _read_tensor(self, tensor, what: str) -> np.ndarray:
+    def read_tensor(self, tensor, what: str) -> np.ndarray:
         """A TensorProto as an array; when its data does not match its dims and type (a
         truncated raw_data: a damaged or hand-edited file), a GraphconvError naming the
         file and `what` ("initializer 'W'") rather than numpy's reshape error."""
@@ -1703,7 +1702,7 @@ def _constant(imp: _Importer, node) -> None:
     attribute = node.attribute[0]
     value = onnx.helper.get_attribute_value(attribute)
     what = f"the value of Constant node {shown(node.name or node.output[0])}"
-    imp.values[node.output[0]] = imp._read_tensor(value, what) if attribute.name == "value" else np.asarray(value)
+    imp.values[node.output[0]] = imp.read_tensor(value, what) if attribute.name == "value" else np.asarray(value)
 
 
 @converts("Shape")
