@@ -408,7 +408,7 @@ def is_graphconv_heatmap(path: str | Path) -> bool:
     from PIL import Image
 
     try:
-        with Image.open(path) as picture:
+        with open_regular_file(path, "picture") as fp, Image.open(fp) as picture:  # a pipe would block Pillow
             return HEATMAP_MARK in (picture.info.get("Software"), picture.info.get("comment", b"").decode("latin-1"))
     except Exception:  # not a picture Pillow reads: not a heatmap either
         return False
