@@ -437,17 +437,19 @@ def is_ome_zarr(path: str | os.PathLike) -> bool:
 
 def _ngff_image(folder: Path) -> Path | None:
     """The group folder of the image at `folder` (itself, or bioformats2raw's "0"), or None."""
-    attrs = _group_attributes(folder)
-    if "multiscales" in attrs.get("ome", attrs):
+    attrs = _ngff_attrs(folder)
+    if "multiscales" in attrs:
         return folder
-    if "bioformats2raw.layout" in attrs.get("ome", attrs) and "multiscales" in _ngff_attrs(folder / "0"):
+    if "bioformats2raw.layout" in attrs and "multiscales" in _ngff_attrs(folder / "0"):
         return folder / "0"
     return None
 
 
 def _ngff_attrs(folder: Path) -> dict:
+    """A group's OME-NGFF attributes: under `ome` in 0.5, at the top before."""
     attrs = _group_attributes(folder)
-    return attrs.get("ome", attrs)
+    ome = attrs.get("ome", attrs)
+    return ome if isinstance(ome, dict) else {}
 
 
 def _group_attributes(folder: Path) -> dict:
@@ -482,8 +484,9 @@ def _read_ome_zarr(path: str) -> _OmeZarr:
     z, y, x). Any metadata that does not fit is one error naming the file."""
     zarr = require("zarr")
     try:
-        group = zarr.open_group(str(_ngff_image(Path(path))), mode="r")
-        multiscale = dict(group.attrs).get("ome", dict(group.attrs))["multiscales"][0]
+        folder = _ngff_image(Path(path))
+        group = zarr.open_group(str(folder), mode="r")
+        multiscale = _ngff_attrs(folder)["multiscales"][0]
         axes = [_axis_role(axis) for axis in multiscale.get("axes", "tczyx")]
         arrays = [group[str(dataset["path"])] for dataset in multiscale["datasets"]]
         microns = _ome_zarr_microns(multiscale, axes)
