@@ -125,8 +125,14 @@ def _graphconv_locator(base: type) -> type:
     return GraphconvCacheLocator
 
 
-DAMAGE = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-          ImportError, MemoryError)  # what unpickling random or truncated bytes raises
+def _is_damage(err: Exception) -> bool:
+    """Whether an error from reading a cache file means its bytes are damaged. Unpickling
+    random bytes can raise nearly anything (UnpicklingError, EOFError, ValueError,
+    OverflowError for a huge string length, KeyError for an unknown memo, RecursionError
+    ...; CI met an OverflowError after sessions of passing runs), so every error is
+    damage except an OSError: that one is the file system's (a permission, a full disk),
+    and numba's own handling of it stands."""
+    return not isinstance(err, OSError)
 
 
 def _patch_cache_files(caching) -> bool:
@@ -150,8 +156,8 @@ def _patch_cache_files(caching) -> bool:
     def _load_index(self):
         try:
             return load_index(self)
-        except DAMAGE:
-            if not ours(self):
+        except Exception as err:
+            if not ours(self) or not _is_damage(err):
                 raise
             _remove(self._index_path)
             return {}
@@ -159,8 +165,8 @@ def _patch_cache_files(caching) -> bool:
     def _load_data(self, name):
         try:
             data = load_data(self, name)
-        except DAMAGE as err:  # numba's `load` treats an OSError here as a miss
-            if not ours(self):
+        except Exception as err:  # numba's `load` treats an OSError here as a miss
+            if not ours(self) or not _is_damage(err):
                 raise
             _remove(self._data_path(name))
             raise OSError(f"damaged kernel cache file removed: {err}") from None

@@ -189,3 +189,29 @@ def test_a_kernel_compiled_against_a_cached_parallel_helper_loads_in_a_fresh_pro
         path.unlink()
     run()
     run()
+
+
+def test_any_garbage_in_a_cache_file_is_a_miss_not_an_error(tmp_path, monkeypatch):
+    """Unpickling random bytes raises many kinds of error (CI once met an OverflowError
+    the subprocess test above had never drawn); each one is a cache miss that removes the
+    file. Many seeded byte strings, checked in process, where the draw is reproducible."""
+    import numpy as np
+    from numba.core import caching
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert kernel_cache.install_kernel_cache()
+    directory = kernel_cache.kernel_cache_dir() / "fuzz"
+    directory.mkdir(parents=True)
+    cache_file = caching.IndexDataCacheFile(str(directory), "kernel", source_stamp=("stamp", 1))
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        garbage = rng.integers(0, 256, int(rng.integers(1, 200)), dtype=np.uint8).tobytes()
+        cache_file.save("key", ("code", 1))
+        data_file = next(directory.glob("*.nbc"))
+        data_file.write_bytes(garbage)
+        assert cache_file.load("key") is None
+        assert not data_file.exists()
+        cache_file.save("key", ("code", 1))
+        index_file = directory / "kernel.nbi"
+        index_file.write_bytes(garbage)
+        assert cache_file.load("key") is None
+        assert not index_file.exists()
