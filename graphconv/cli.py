@@ -401,6 +401,17 @@ def note_seeded_weights(graph) -> None:
     so that stdout stays the command's result, once the command has succeeded."""
     if graph.meta.get("seeded_weights"):
         note(f"note: {graph.name} has no weights file; using deterministic seeded (random) weights")
+    note_map_output(graph)
+
+
+def note_map_output(graph) -> None:
+    """The note for a network taken for a classifier whose output is a map
+    (`shapes.map_output_note`)."""
+    from graphconv.shapes import map_output_note
+
+    text = map_output_note(graph)
+    if text:
+        note(text)
 
 
 _NOTES: list[str] = []  # printed on stderr, each once, when the command succeeds
@@ -926,6 +937,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     if preprocess:
         graph.meta["preprocess"] = preprocess
     check_labels(graph, args.labels or args.model)
+    note_map_output(graph)
     body = spec_text(graph, weights_file=weights_path.name,
                      labels_file=labels_path.name if labels_path else "labels.txt").split("\n", 1)[1]
     text = f"# imported by graphconv from {Path(args.model).name}; content {_digest(body)}\n{body}"

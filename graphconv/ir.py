@@ -30,7 +30,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import networkx as nx
 import numpy as np
 
-from graphconv.errors import GraphconvError, Location
+from graphconv.errors import GraphconvError, Location, shown
 from graphconv.ops import get_op
 
 INPUT_OP = "input"
@@ -192,15 +192,16 @@ class Graph:
     # ---- editing ------------------------------------------------------------------------
     def add(self, name: str, op: str, inputs: Sequence[Node | str], params: dict | None = None,
             weights: dict | None = None, loc: Location | None = None) -> Node:
-        """Add a layer reading `inputs` (in argument order). Its params are taken as given;
+        """Add a layer reading `inputs` (in argument order). Its params are put in the
+        IR's one form (`stride=2` is kept as (2, 2)) and checked, but not completed:
         `graphconv.params.normalize_params` fills in defaults if you need them."""
         if name in self.nx:
             raise ValueError(f"a node named {name!r} already exists")
-        get_op(op)
-        self.nx.add_node(name, op=op, params=dict(params or {}), weights=dict(weights or {}),
-                         loc=loc, shape=None, seq=next(self._seq))
+        opdef = get_op(op)
+        self.nx.add_node(name, op=op, params=_canonical_params(opdef, params or {}, name, loc),
+                         weights=dict(weights or {}), loc=loc, shape=None, seq=next(self._seq))
         for index, src in enumerate(inputs):
-            self.nx.add_edge(_name(src), name, index=index)
+            self._connect(_name(src), name, index)
         self._changed()
         return Node(self, name)
 
@@ -218,7 +219,7 @@ class Graph:
                 continue
             index = self.nx.edges[old, user]["index"]
             self.nx.remove_edge(old, user)
-            self.nx.add_edge(new, user, index=index)
+            self._connect(new, user, index)
         if self.nx.graph["output"] == old:
             self.nx.graph["output"] = new
         self._changed()
@@ -260,7 +261,7 @@ class Graph:
         new = self.add(name or old_node.name, op, inputs, params, weights, loc)
         self.nx.nodes[new.name]["seq"] = seq
         for user, index in users:
-            self.nx.add_edge(new.name, user, index=index)
+            self._connect(new.name, user, index)
         if was_output:
             self.nx.graph["output"] = new.name
         self._changed()
@@ -274,7 +275,7 @@ class Graph:
         new = self.add(name, op, [anchor], params, weights, anchor.loc)
         for user, index in users:
             self.nx.remove_edge(anchor.name, user)
-            self.nx.add_edge(new.name, user, index=index)
+            self._connect(new.name, user, index)
         if self.nx.graph["output"] == anchor.name:
             self.nx.graph["output"] = new.name
         self._changed()
@@ -295,11 +296,28 @@ class Graph:
         for src in list(self.nx.predecessors(name)):
             self.nx.remove_edge(src, name)
         for index, src in enumerate(inputs):
-            self.nx.add_edge(_name(src), name, index=index)
+            self._connect(_name(src), name, index)
         self._changed()
 
+    def _connect(self, src: str, dst: str, index: int) -> None:
+        """Make `dst` read `src` as its argument `index`. A layer can read one value in
+        two places (`x + x`, an ONNX Sum of a, a and b), but a DiGraph holds one edge per
+        pair of nodes, and a second would overwrite the first: the second use reads an
+        identity layer of `src` instead, the same values."""
+        if self.nx.has_edge(src, dst):
+            again = self.fresh_name(f"{src}_again")
+            data = self.nx.nodes[src]
+            self.nx.add_node(again, op="identity", params={}, weights={}, loc=data["loc"],
+                             shape=data["shape"], seq=next(self._seq))
+            self.nx.add_edge(src, again, index=0)
+            src = again
+        self.nx.add_edge(src, dst, index=index)
+
     def set_params(self, node: Node | str, **params: Any) -> None:
-        self.nx.nodes[_name(node)]["params"].update(params)
+        """Change some of a layer's params, put in the IR's one form and checked: a bad
+        value is refused here, at the pass's own line, naming the layer."""
+        data = self.nx.nodes[_name(node)]
+        data["params"].update(_canonical_params(get_op(data["op"]), params, _name(node), data["loc"]))
         self._changed()
 
     def set_weights(self, node: Node | str, **arrays: np.ndarray) -> None:
@@ -371,6 +389,7 @@ class Graph:
             if missing:
                 raise node.error(f"{node.op} is missing parameter(s) {missing} (a pass that builds "
                                  "layers can fill in defaults with graphconv.params.normalize_params)")
+            _check_param_values(node, opdef)
             for key, array in node.weights.items():
                 if not isinstance(array, np.ndarray) or array.dtype != np.float32:
                     raise node.error(f"weight '{key}' must be a float32 array")
@@ -394,6 +413,37 @@ class Graph:
             lines.append(line)
         lines.append(f"  return %{self.output.name}")
         return "\n".join(lines)
+
+
+def _canonical_params(opdef, params: Mapping[str, Any], layer: str, loc: Location | None) -> dict:
+    """`params` with each value the op knows in canonical form (`graphconv.params`);
+    unknown names are left for `Graph.verify` to report."""
+    from graphconv.params import check_value
+    known = {p.name: p for p in opdef.params}
+    out = dict(params)
+    for key, value in params.items():
+        if key in known:
+            try:
+                out[key] = check_value(known[key], value)
+            except GraphconvError as err:
+                raise GraphconvError(err.message, loc=loc, layer=layer) from None
+    return out
+
+
+def _check_param_values(node: Node, opdef) -> None:
+    """Each parameter's value must be one its op takes, in the one form the IR keeps
+    (`graphconv.params`): a pass's stride of 0 or unknown activation is refused here,
+    naming the layer, and not by a kernel dividing by zero or a later load."""
+    from graphconv.params import check_value
+    for p in opdef.params:
+        value = node.params[p.name]
+        try:
+            canonical = check_value(p, value)
+        except GraphconvError as err:
+            raise node.error(err.message) from None
+        if canonical != value or type(canonical) is not type(value) and isinstance(canonical, tuple):
+            raise node.error(f"'{p.name}' is {shown(value)}, which the IR keeps as {shown(canonical)} (passes "
+                             "that set parameters can put them in that form with graphconv.params.check_value)")
 
 
 def _name(node: Node | str) -> str:

@@ -29,6 +29,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
@@ -287,8 +288,10 @@ class PassManager:
         so a failing pipeline loses nothing."""
         graph = graph.copy()
         self._valid: set[str] = set()
+        self._cell_field = None
         if self.verify_each:
             self._verify(graph, None)
+            self._cell_field = _cell_field(graph)
         for name, options in self.items:
             self._run_one(graph, get_pass(name), options, automatic=False)
         return graph
@@ -313,6 +316,10 @@ class PassManager:
                 raise
             raise PassError(f"pass '{info.name}' ({info.origin}) crashed: "
                             f"{type(err).__name__}: {err}") from err
+        if result is not None and not isinstance(result, bool):
+            raise PassError(f"pass '{info.name}' ({info.origin}) returned {shown(result)}; a pass edits the "
+                            "graph it is given in place and returns True (or None) if it changed it, False if "
+                            "not")
         modified = result is not False
         if not modified and graph.version != version:
             raise PassError(f"pass '{info.name}' ({info.origin}) changed the graph but returned False; "
@@ -336,7 +343,10 @@ class PassManager:
                 for node in graph.nodes():
                     if node.shape != shapes[node.name]:
                         raise node.error(f"annotated shape {node.shape} but its inputs give "
-                                         f"{shapes[node.name]}")
+                                         f"{shapes[node.name]}{_shape_hint(node, pass_name)}")
+            if self._cell_field is not None:
+                _check_cells_unchanged(graph, self._cell_field)
+            _check_labels_match(graph, shapes[graph.output.name][0])
         except GraphconvError as err:
             who = f"pass '{pass_name}' broke the IR" if pass_name else "the input IR is invalid"
             raise PassError(f"{who}: {err}") from None
@@ -361,6 +371,57 @@ def timings_table(records: Sequence[PassRecord]) -> str:
                      f"{'yes' if r.modified else 'no'}")
     lines.append(f"{'total':<26}{total * 1e3:>10.2f}")
     return "\n".join(lines)
+
+
+def _cell_field(graph: Graph):
+    """The receptive field of one output cell, or None where it has none to keep (a
+    graph whose fields cannot be worked out, such as maps of different strides meeting:
+    `Model` refuses those itself)."""
+    from graphconv.receptive import receptive_fields
+    try:
+        return receptive_fields(graph)[graph.output.name]
+    except GraphconvError:
+        return None
+
+
+def _check_cells_unchanged(graph: Graph, before) -> None:
+    """Every output cell must go on reading the pixels it read before the pipeline (for
+    a classifier: its crop's, where cell (0, 0) is the classifier on the crop itself);
+    only the stride may become finer, by a whole factor (output-stride). A pass that
+    makes a map finer by dropping a pooling's stride, say, changes what each cell
+    computes, and every cell would be wrong; caught here, it is named."""
+    after = _cell_field(graph)
+    if after is None:
+        raise graph.output.error("the receptive field of the output can no longer be worked out")
+    _, height, width = graph.input_shape
+    pixels = before.pixels_at(height, width), after.pixels_at(height, width)
+    finer = all(Fraction(b) % Fraction(a) == 0 for a, b in zip(after.stride, before.stride))
+    if pixels[0] != pixels[1] or not finer:
+        was, now = (f"rows {top}-{bottom - 1}, columns {left}-{right - 1} of the {height}x{width} crop at stride "
+                    f"{field.stride[0]}x{field.stride[1]}" for (top, left, bottom, right), field in zip(pixels, (before, after)))
+        raise graph.output.error(
+            f"the first output cell read {was}, and now reads {now}: a pass must keep every cell equal to "
+            "what it was (a classifier's: the classifier on its crop); only the stride may become finer, by a "
+            "whole factor, as output-stride makes it (compile --output-stride)")
+
+
+def _check_labels_match(graph: Graph, classes: int) -> None:
+    """The class names must go on naming the output's channels: a pass that changes the
+    classes (keeps some, adds one) must set `graph.meta["labels"]` to match."""
+    labels = graph.meta.get("labels")
+    if labels is not None and len(labels) != classes:
+        raise graph.output.error(f"the output has {classes} channels and graph.meta['labels'] names "
+                                 f"{len(labels)} classes: a pass that changes the classes must set the labels "
+                                 "to match")
+
+
+def _shape_hint(node, pass_name: str | None) -> str:
+    """Why a layer a pass made can lack its shape: `add`, `replace` and `insert_after`
+    make layers without one, and a pass that declares it preserves shapes must set them."""
+    if node.shape is None and pass_name is not None:
+        return (f"; pass '{pass_name}' declares it preserves shapes, so each layer it adds or replaces "
+                "needs one: call graph.set_shape(layer, shape), or drop 'shapes' from its preserves")
+    return ""
 
 
 def _provider_of(analysis: str, needed_by: PassInfo) -> PassInfo:

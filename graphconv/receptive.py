@@ -38,6 +38,12 @@ class Field:
         left = self.offset[1] + j * self.stride[1]
         return top, left, top + self.size[0], left + self.size[1]
 
+    def pixels_at(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """Cell (0, 0)'s box cut to an image of height x width: the pixels it really
+        reads there (padding reaching outside the image is not a pixel)."""
+        top, left, bottom, right = self.box(0, 0)
+        return max(top, 0), max(left, 0), min(bottom, height), min(right, width)
+
 
 def receptive_fields(graph: Graph) -> dict[str, Field]:
     """The receptive field of every node (the input's is one pixel)."""

@@ -134,6 +134,26 @@ def check_holds_a_crop(graph: Graph, image_hw: tuple[int, int]) -> None:
         raise ShapeError(f"the input is {h}x{w}, smaller than the classifier's {hc}x{wc} crop")
 
 
+def map_output_note(graph: Graph) -> str | None:
+    """What to tell the user of a network taken for a classifier whose output on its own
+    crop is a map, not one cell: a network that predicts a map itself (a U-Net, an FCN
+    head) imported without `--task segmentation`, whose run would keep one cell of each
+    crop's map and drop the rest. None for a classifier, a segmentation network, and a
+    compiled model (a finer stride can add cells at the crop for crops past the image's
+    end, which the crop grid drops; what compiling changes is checked pass by pass,
+    `pass_manager._check_cells_unchanged`)."""
+    if graph.meta.get("task") == "segmentation" or "compiled" in graph.meta:
+        return None
+    channels, rows, cols = infer_shapes(graph, check_weights=False)[graph.output.name]
+    if (rows, cols) == (1, 1):
+        return None
+    _, height, width = graph.input_shape
+    return (f"note: on its {height}x{width} crop, {graph.name}'s output is a {channels}x{rows}x{cols} map, and "
+            "it is taken for a classifier: one cell per crop, the rest of each crop's map dropped. If it "
+            "predicts a map itself (a U-Net, an FCN), say so: --task segmentation (`task: segmentation` in a "
+            "spec)")
+
+
 def _merge_hint(graph: Graph, image_hw: tuple[int, int]) -> str:
     """What to do when an upsampling network's branches fail to meet on an image that is
     not the crop: a map made at stride s and enlarged meets its partner only when every

@@ -606,3 +606,30 @@ def test_a_whole_image_tif_map_says_where_its_cells_stand(tmp_path):
         assert run_cli("run", tmp_path / "m", "--image", page, *extra, "--output", tmp_path / "w.tif") == 0
         stated = json.loads(tifffile.TiffFile(tmp_path / "w.tif").pages[0].description.split("\n", 1)[1])
         assert stated["first_cell_centre_yx"] == [14.0 * span] * 2 and stated["cell_step_yx"] == [4.0 * span] * 2
+
+
+MAP_OUTPUT = """name: maps
+input: {name: data, shape: [1, 16, 16]}
+layers:
+  - {name: conv1, op: conv, out_channels: 4, kernel_size: 3, padding: 1}
+  - {name: relu1, op: relu}
+  - {name: head, op: conv, out_channels: 2, kernel_size: 1}
+"""
+
+
+def test_a_network_whose_output_on_its_crop_is_a_map_is_flagged_unless_it_is_segmentation(tmp_path, capsys):
+    """A U-Net imported without --task segmentation would keep one cell of each crop's
+    map: every command that reads it says so, once, on stderr; told the task, none does."""
+    (tmp_path / "maps.yaml").write_text(MAP_OUTPUT)
+    np.save(tmp_path / "x.npy", np.zeros((1, 16, 16), np.float32))
+    for task, noted in ((None, True), ("segmentation", False)):
+        extra = ("--task", task) if task else ()
+        assert run_cli("run", tmp_path / "maps.yaml", "--input", tmp_path / "x.npy", *extra) == 0
+        err = capsys.readouterr().err
+        assert (err.count("note: on its 16x16 crop, maps's output is a 2x16x16 map, and it is taken for a "
+                          "classifier") == 1) is noted, err
+        assert ("--task segmentation" in err) is noted
+    np.save(tmp_path / "page.npy", np.zeros((1, 29, 30), np.float32))
+    assert run_cli("compile", SPECS / "digits.yaml", "-o", tmp_path / "fcn", "--output-stride", "2") == 0
+    assert run_cli("run", tmp_path / "fcn", "--input", tmp_path / "page.npy") == 0
+    assert "taken for a classifier" not in capsys.readouterr().err, "a classifier, compiled or not, is not"

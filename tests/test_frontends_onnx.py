@@ -162,6 +162,23 @@ def test_gemm_alpha_beta_and_transb_0_and_matmul_add(tmp_path, rng):
     np.testing.assert_allclose(out.reshape(expected.shape), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("op, inputs", [("Sum", ["a", "a", "b"]), ("Add", ["a", "a"]), ("Mul", ["a", "a"]),
+                                        ("Concat", ["x", "x", "x"]), ("Sub", ["a", "a"])])
+def test_a_node_that_reads_one_tensor_twice_equals_onnxruntime(tmp_path, rng, op, inputs):
+    """Sum(a, a, b) is 2a + b: the second use of a once overwrote the first (a + b,
+    silently); x * x and torch.cat([x, x, x], 1) (a grey input made RGB) failed."""
+    import onnxruntime as ort
+    helper = onnx.helper
+    weights = {"w1": rng.standard_normal((4, 3, 3, 3)), "w2": rng.standard_normal((4, 3, 3, 3))}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"]), helper.make_node("Conv", ["x", "w2"], ["b"]),
+             helper.make_node(op, inputs, ["y"], **({"axis": 1} if op == "Concat" else {}))]
+    path = save(tiny_model(nodes, weights), tmp_path / "twice.onnx")
+    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    out = Model(load_network(path, task="segmentation")).run(x)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_reshape_from_a_shape_chain_is_a_flatten(tmp_path, rng):
     """The TorchScript exporter's x.view(x.size(0), -1): Shape -> Gather -> Unsqueeze ->
     Concat -> Reshape, evaluated at import."""

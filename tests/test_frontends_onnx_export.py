@@ -222,11 +222,13 @@ def test_an_exported_model_states_its_crop_preprocess_labels_and_task_and_import
     graph = load_network(tmp_path / "fcn.onnx")
     assert graph.meta["task"] == "segmentation" and graph.input_shape == (1, 28, 28)
     assert graph.meta["labels"] == original.graph.meta["labels"]
+    assert graph.meta["compiled"] == {"passes": compiled.graph.meta["compiled"]["passes"]}
 
 
 @pytest.mark.parametrize("key, value", [("graphconv.crop", "[0, 28]"), ("graphconv.labels", "[1, 2]"),
                                         ("graphconv.preprocess", "{\"scale\": \"x\"}"), ("graphconv.task", "nope"),
-                                        ("graphconv.crop", "not json")])
+                                        ("graphconv.crop", "not json"),
+                                        ("graphconv.compiled", "{\"passes\": 3}")])
 def test_metadata_that_graphconv_did_not_write_is_refused(tmp_path, key, value):
     from graphconv.frontends import load_network
 

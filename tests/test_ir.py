@@ -96,3 +96,40 @@ def test_text_form_is_readable():
     assert "%join = concat(%b1, %b2_relu)" in text
     assert "%stem = conv(%data) {out_channels=8, kernel_size=3, stride=2" in text
     assert text.splitlines()[-1] == "  return %prob"
+
+
+def test_a_layer_may_read_one_value_twice(chain):
+    """relu(c) + relu(c) + c: a DiGraph holds one edge per pair of nodes, so the second
+    use reads an identity of the value (a second edge used to overwrite the first, and
+    relu + relu was relu, silently)."""
+    from graphconv.runtime import run_reference
+    chain.set_weights("c", weight=np.random.default_rng(1).standard_normal((4, 3, 3, 3)), bias=np.zeros(4))
+    conv = chain.copy()
+    conv.output = "c"
+    chain.add("twice", "add", ["r", "r", "c"])
+    chain.output = "twice"
+    assert [n.op for n in chain.node("twice").inputs] == ["relu", "identity", "conv"]
+    chain.verify()
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    c = run_reference(conv, x)
+    np.testing.assert_allclose(run_reference(chain, x), 2 * np.maximum(c, 0) + c, rtol=1e-6, atol=1e-6)
+
+
+def test_reconnecting_a_reader_to_a_value_it_already_reads_keeps_both_uses(chain):
+    chain.add("side", "relu", ["c"])
+    chain.add("sum", "add", ["r", "side"])
+    chain.replace_all_uses("side", "r")  # sum now reads r twice
+    assert [n.op for n in chain.node("sum").inputs] == ["relu", "identity"]
+    assert chain.node("sum").inputs[1].inputs[0].name == "r"
+
+
+def test_params_are_kept_in_one_form_and_checked_when_set(chain):
+    chain.set_params("p", stride=1, kernel_size=[3, 2])
+    assert chain.node("p").params["stride"] == (1, 1) and chain.node("p").params["kernel_size"] == (3, 2)
+    with pytest.raises(GraphconvError, match=r"layer 'c': 'activation' must be one of"):
+        chain.set_params("c", activation="tanh")
+    with pytest.raises(GraphconvError, match=r"layer 'p2': 'stride' must be an integer >= 1"):
+        chain.add("p2", "maxpool", ["p"], dict(kernel_size=1, stride=0))
+    chain.nx.nodes["c"]["params"]["stride"] = [1, 1]  # edited behind the verbs' back
+    with pytest.raises(GraphconvError, match=r"layer 'c': 'stride' is \[1, 1\], which the IR keeps as \(1, 1\)"):
+        chain.verify()

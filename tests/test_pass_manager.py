@@ -215,3 +215,70 @@ def test_the_verifier_names_a_missing_parameter(lenet):
     with pytest.raises(PassError, match=r"pass 'half-built-conv' broke the IR: .*layer 'extra': conv is "
                                         r"missing parameter\(s\) \['groups'\]"):
         PassManager("half-built-conv").run(lenet)
+
+
+def test_a_pass_that_changes_what_each_cell_sees_is_named(lenet):
+    """Dropping a pooling's stride makes a finer map of wrong cells (each reads a smaller
+    field than its crop); the verifier names the pass, where nothing used to notice."""
+    @register_pass("unstrided-pool", "drops pool2's stride: a naive finer map")
+    def unstrided_pool(graph):
+        graph.set_params("pool2", stride=1)
+        return True
+
+    with pytest.raises(PassError, match=r"pass 'unstrided-pool' broke the IR: .*the first output cell read "
+                                        r"rows 0-31, columns 0-31 of the 32x32 crop at stride 4x4, and now reads "
+                                        r"rows 0-23, columns 0-23 of the 32x32 crop at stride 2x2"):
+        PassManager("shape-inference,fc-to-conv,unstrided-pool").run(lenet)
+    finer = PassManager("shape-inference,fc-to-conv,output-stride{stride=2}").run(lenet)
+    assert graphconv.Model(finer).output_stride == (2, 2), "a finer stride made properly passes"
+
+
+def test_a_pass_must_keep_the_labels_naming_the_outputs_channels(lenet):
+    lenet.meta["labels"] = [str(i) for i in range(10)]
+
+    @register_pass("keep-two-classes", "keeps classes 0 and 1 of fc5 but not their names")
+    def keep_two_classes(graph):
+        fc5 = graph.node("fc5")
+        graph.set_weights(fc5, weight=fc5.weights["weight"][:2], bias=fc5.weights["bias"][:2])
+        graph.set_params(fc5, out_features=2)
+        return True
+
+    with pytest.raises(PassError, match=r"pass 'keep-two-classes' broke the IR: .*the output has 2 channels "
+                                        r"and graph.meta\['labels'\] names 10 classes"):
+        PassManager("keep-two-classes").run(lenet)
+
+
+@pytest.mark.parametrize("result", ["graph", 1.5, "yes"])
+def test_a_pass_returns_a_bool_or_none(lenet, result):
+    """A pass written in functional style (returning an edited copy) would be ignored."""
+    name = f"returns-{type(result).__name__}"
+
+    @register_pass(name, "returns something other than a bool")
+    def functional(graph):
+        if result == "graph":
+            copy = graph.copy()
+            copy.remove("prob")
+            return copy
+        return result
+
+    with pytest.raises(PassError, match=rf"pass '{name}' .* returned .*edits the graph it is given in place"):
+        PassManager(name).run(lenet)
+
+
+def test_a_bad_parameter_value_is_refused_at_the_passs_own_line(lenet):
+    @register_pass("zero-stride", "sets a stride of 0")
+    def zero_stride(graph):
+        graph.set_params("conv1", stride=(0, 0))
+
+    with pytest.raises(PassError, match=r"layer 'conv1': 'stride' must be an integer >= 1 .* \(in pass 'zero-stride'\)"):
+        PassManager("zero-stride").run(lenet)
+
+
+def test_a_layer_a_shape_preserving_pass_replaces_needs_its_shape(lenet):
+    @register_pass("relu-to-clip", "relu -> clip, claiming shapes stay valid", preserves=("shapes",))
+    def relu_to_clip(graph):
+        for relu in graph.find("relu"):
+            graph.replace(relu, "clip", {"min": 0.0, "max": 6.0})
+
+    with pytest.raises(PassError, match=r"layer 'relu1': annotated shape None .* call graph.set_shape"):
+        PassManager("shape-inference,relu-to-clip").run(lenet)

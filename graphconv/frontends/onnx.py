@@ -111,14 +111,14 @@ def read_onnx(path: str | os.PathLike, *, crop_size: Sequence[int] | None = None
 
 def _stated_metadata(model, path: str) -> dict:
     """What graphconv's own export states in metadata_props (`onnx_export.stated_metadata`:
-    crop, preprocess, labels, task), each checked for its type; a file from elsewhere has
+    crop, preprocess, labels, task, compiled), each checked for its type; a file from elsewhere has
     none. The crop is used only where the input's height and width are dynamic."""
     from graphconv.frontends.onnx_export import METADATA_PREFIX
 
     stated = {}
     for prop in model.metadata_props:
         key = prop.key[len(METADATA_PREFIX):] if prop.key.startswith(METADATA_PREFIX) else None
-        if key not in ("crop", "preprocess", "labels", "task"):
+        if key not in ("crop", "preprocess", "labels", "task", "compiled"):
             continue
         try:
             value = json.loads(prop.value)
@@ -127,7 +127,8 @@ def _stated_metadata(model, path: str) -> dict:
         valid = {"crop": lambda v: isinstance(v, list) and len(v) == 2 and all(type(n) is int and n > 0 for n in v),
                  "preprocess": lambda v: isinstance(v, dict),
                  "labels": lambda v: isinstance(v, list) and all(isinstance(n, str) and "\n" not in n for n in v),
-                 "task": lambda v: v in ("classification", "segmentation")}[key]
+                 "task": lambda v: v in ("classification", "segmentation"),
+                 "compiled": lambda v: isinstance(v, dict) and list(v) == ["passes"] and isinstance(v["passes"], str)}[key]
         if not valid(value):
             raise GraphconvError(f"its metadata {shown(prop.key)} is not what graphconv's export writes: "
                                  f"{shown(prop.value)}", file=path)

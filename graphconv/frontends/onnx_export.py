@@ -111,13 +111,15 @@ METADATA_PREFIX = "graphconv."  # metadata_props keys graphconv writes, and read
 
 def stated_metadata(graph: Graph) -> dict[str, str]:
     """What an ONNX file cannot otherwise say, as metadata_props strings: the training
-    crop (its input's H and W are dynamic), the preprocess, the class names and the task,
-    so `graphconv import` (and `run` on the .onnx) gets the model back as it was. Other
+    crop (its input's H and W are dynamic), the preprocess, the class names, the task
+    and the passes that compiled it, so `graphconv import` (and `run` on the .onnx) gets the model back as it was. Other
     runtimes ignore them."""
     stated = {"crop": json.dumps(list(graph.input_shape[1:]))}
     for key in ("preprocess", "labels", "task"):
         if key in graph.meta:
             stated[key] = json.dumps(graph.meta[key])
+    if graph.meta.get("compiled", {}).get("passes"):  # a compiled map may have extra cells at the crop
+        stated["compiled"] = json.dumps({"passes": graph.meta["compiled"]["passes"]})
     return {METADATA_PREFIX + key: value for key, value in stated.items()}
 
 
