@@ -479,6 +479,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             check_writable(path)
     model = load_model(args, args.model)
     spare_the_model(model, [("--output", args.output), ("--heatmap-out", args.heatmap_out)])
+    _spare_the_users_files(args, model)
     from graphconv.tiled_cli import grid_for, run_tiled_command, wants_tiles
     grid = grid_for(args, model)
     if args.image:
@@ -554,6 +555,26 @@ def _check_outputs_spare_the_inputs(args: argparse.Namespace) -> None:
     if args.output and Path(args.output.rstrip("/")).suffix.lower() not in MAP_SUFFIXES:
         raise GraphconvError("--output writes the scores as .npy, .zarr or .tif: name it so (the name says "
                              "the format)", file=args.output)
+
+
+def _spare_the_users_files(args: argparse.Namespace, model) -> None:
+    """Refuse, before any work, an --output or --heatmap-out that exists and is not what an
+    earlier run wrote (`cluster.is_a_map_graphconv_wrote`, `images.is_graphconv_heatmap`):
+    `--output scene.npy` or `--heatmap-out holiday.png` replaced the user's own file."""
+    from pathlib import Path
+
+    from graphconv.cluster import is_a_map_graphconv_wrote
+    from graphconv.images import is_graphconv_heatmap
+
+    if args.output and Path(args.output.rstrip("/")).exists():
+        channels = {model.output_channels, len(args.classes) if args.classes else model.output_channels}
+        if not is_a_map_graphconv_wrote(args.output, channels):
+            raise GraphconvError("is already there and is not a map graphconv wrote (its shape or type is not a "
+                                 "run's): graphconv replaces only its own maps; choose another --output",
+                                 file=args.output)
+    if args.heatmap_out and Path(args.heatmap_out).exists() and not is_graphconv_heatmap(args.heatmap_out):
+        raise GraphconvError("is already there and is not a heatmap graphconv drew: choose another name",
+                             file=args.heatmap_out)
 
 
 def spare_the_model(model, outputs: list[tuple[str, str | None]]) -> None:

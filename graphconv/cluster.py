@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import numpy as np
 
@@ -79,7 +79,7 @@ def client_for(workers: int | None, scheduler: str | None):
     if scheduler:
         try:
             return distributed.Client(scheduler, timeout="10s")
-        except OSError as err:
+        except (OSError, ValueError) as err:  # ValueError: an address dask cannot parse ("host", no port)
             raise GraphconvError(f"cannot reach the Dask scheduler at {scheduler}: {err}") from None
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     os.environ.setdefault("NUMBA_NUM_THREADS", str(threads))
@@ -224,24 +224,49 @@ def output_names(images: Sequence[str], output_dir: str, output_format: str = "n
     if overwritten:
         raise GraphconvError(f"the map of {Path(min(overwritten)).name} would replace that image: give another "
                              "--output-dir", file=min(overwritten))
-    from graphconv.georef import is_graphconv_map
-    is_map = is_graphconv_map if output_format == "tif" else _looks_like_a_map
-    theirs = [n for n in names if Path(n).exists() and not is_map(n)]
+    theirs = [n for n in names if Path(n).exists() and not is_a_map_graphconv_wrote(n)]
     if theirs:
         raise GraphconvError("is already there and is not a map graphconv wrote (a file beside its images?): "
                              "give another --output-dir", file=theirs[0])
     return names
 
 
-def _looks_like_a_map(path: str) -> bool:
-    """Whether an .npy file holds what a run writes, a (N, K, rows, cols) float32 or
-    uint16 array: an .npy cannot say who wrote it, and a map from an earlier run may be
-    replaced, where a user's own array of another shape or type must not."""
-    from graphconv.arrays import npy_header
+def is_a_map_graphconv_wrote(path: str, channels: Collection[int] | None = None) -> bool:
+    """Whether the existing output `path` holds what a run writes, and so may be replaced
+    by the next run, where a user's own file must not be: a .tif map says so in its
+    description; an .npy or a zarr array cannot say who wrote it, so its shape and type
+    must be a run's: (N, K, rows, cols) float32 scores or uint16 classes (one channel),
+    or, where the channels a run of this model writes are known, (N, K) class vectors
+    too, K one of `channels`. A user's image, scene or input array has other shapes,
+    types or channel counts."""
+    if path.lower().endswith((".tif", ".tiff")):
+        from graphconv.georef import is_graphconv_map
+        return is_graphconv_map(path)
+    header = _stored_array_header(path)
+    if header is None:
+        return False
+    dtype, shape = header
+    if dtype == np.uint16:
+        return len(shape) == 4 and shape[1] == 1
+    if dtype != np.float32 or len(shape) not in ((2, 4) if channels else (4,)):
+        return False
+    return channels is None or shape[1] in channels
 
+
+def _stored_array_header(path: str) -> tuple[np.dtype, tuple[int, ...]] | None:
+    """(dtype, shape) of an .npy file or a zarr array, read from its header; None when it
+    is neither, or unreadable."""
+    if path.rstrip("/").lower().endswith(".zarr"):
+        try:
+            import zarr
+            array = zarr.open_array(path.rstrip("/"), mode="r")
+            return np.dtype(array.dtype), tuple(array.shape)
+        except Exception:  # not a zarr array (a group, a folder of something else), or no zarr installed
+            return None
+    from graphconv.arrays import npy_header
     try:
         with open(path, "rb") as fp:
             dtype, shape, _ = npy_header(fp, "a map", Path(path))
     except (OSError, ValueError, GraphconvError):
-        return False
-    return len(shape) == 4 and dtype in (np.float32, np.uint16)
+        return None
+    return dtype, shape

@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
+from graphconv.background import NO_CLASS
 from graphconv.errors import GraphconvError
 from graphconv.memory import format_size
 from graphconv.receptive import Field, receptive_fields, upsampling_multiple
@@ -441,7 +442,9 @@ def map_transform(reduce: str | None = None, classes: Sequence[int] | None = Non
         def argmax(block: np.ndarray) -> np.ndarray:
             scores = block if index is None else block[:, index]
             winners = scores.argmax(axis=1)
-            return (winners if index is None else index[winners]).astype(np.uint16)[:, None]
+            classes = (winners if index is None else index[winners]).astype(np.uint16)
+            classes[np.isnan(scores).any(axis=1)] = NO_CLASS  # np.argmax takes a NaN for the winner
+            return classes[:, None]
         return argmax, 1, np.dtype(np.uint16)
     if index is not None:
         return (lambda block: block[:, index]), len(index), np.dtype(np.float32)

@@ -633,3 +633,31 @@ def test_a_network_whose_output_on_its_crop_is_a_map_is_flagged_unless_it_is_seg
     assert run_cli("compile", SPECS / "digits.yaml", "-o", tmp_path / "fcn", "--output-stride", "2") == 0
     assert run_cli("run", tmp_path / "fcn", "--input", tmp_path / "page.npy") == 0
     assert "taken for a classifier" not in capsys.readouterr().err, "a classifier, compiled or not, is not"
+
+
+def test_an_output_that_exists_is_replaced_only_if_an_earlier_run_wrote_it(tmp_path, capsys):
+    """`--output scene.npy` replaced the user's own array with a score map, and
+    `--heatmap-out holiday.png` their photo, exit 0; an earlier run's result is still
+    replaced, as re-running a command expects."""
+    pytest.importorskip("PIL")
+    x = np.zeros((1, 1, 28, 28), np.float32)
+    np.save(tmp_path / "x.npy", x)
+    users = {"scene.npy": np.zeros((4, 50, 60), np.uint16), "batch.npy": np.zeros((2, 1, 28, 28), np.float32),
+             "grey.npy": np.zeros((300, 400), np.float32)}
+    for name, array in users.items():
+        np.save(tmp_path / name, array)
+        assert run_cli("run", SPECS / "digits.yaml", "--input", tmp_path / "x.npy", "--output", tmp_path / name) == 2
+        assert f"{name}: is already there and is not a map graphconv wrote" in capsys.readouterr().err
+        assert np.array_equal(np.load(tmp_path / name), array), "the user's array is untouched"
+    for _ in range(2):  # class vectors, written and written again
+        assert run_cli("run", SPECS / "digits.yaml", "--input", tmp_path / "x.npy", "--output", tmp_path / "v.npy") == 0
+    page = ROOT / "examples" / "digits_page.png"
+    photo = (tmp_path / "holiday.png")
+    photo.write_bytes(page.read_bytes())
+    assert run_cli("compile", SPECS / "digits.yaml", "-o", tmp_path / "fcn") == 0
+    args = ["run", tmp_path / "fcn", "--image", page, "--output", tmp_path / "m.npy", "--heatmap", "7"]
+    assert run_cli(*args, "--heatmap-out", photo) == 2
+    assert "holiday.png: is already there and is not a heatmap graphconv drew" in capsys.readouterr().err
+    assert photo.read_bytes() == page.read_bytes()
+    for _ in range(2):  # a map and its heatmap, drawn and drawn again
+        assert run_cli(*args, "--heatmap-out", tmp_path / "h.png") == 0

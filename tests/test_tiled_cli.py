@@ -723,3 +723,32 @@ def test_cli_many_images_spare_pictures_that_are_not_their_heatmaps(model_dir, p
         assert result.returncode == 0, result.stderr
         assert "1 of 1 image(s)" in result.stdout
     assert sorted(p.name for p in folder.iterdir()) == ["a-heatmap-3.png", "a.npy", "a.png"]
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".tif"])
+def test_a_tiled_run_replaces_its_own_map_but_not_a_users_raster(model_dir, picture, tmp_path, suffix):
+    """A zarr array or TIFF of the user's (a scene) named as --output was replaced by the
+    map, exit 0; an earlier run's map of that name is replaced as before."""
+    scene = (np.arange(4 * 30 * 40) % 65535).astype(np.uint16).reshape(30, 40, 4)
+    users = tmp_path / f"scene{suffix}"
+    if suffix == ".zarr":
+        zarr.open_array(str(users), mode="w", shape=scene.shape, dtype=scene.dtype)[:] = scene
+    else:
+        tifffile.imwrite(users, scene)
+    result = graphconv("run", model_dir, "--image", picture / "tiled.tif", "--tile", "60", "--output", users)
+    assert result.returncode == 2 and "is already there and is not a map graphconv wrote" in result.stderr
+    kept = zarr.open_array(str(users), mode="r")[:] if suffix == ".zarr" else tifffile.imread(users)
+    assert np.array_equal(kept, scene)
+    ours = tmp_path / f"map{suffix}"
+    for _ in range(2):
+        result = graphconv("run", model_dir, "--image", picture / "tiled.tif", "--tile", "60", "--output", ours)
+        assert result.returncode == 0, result.stderr
+
+
+def test_a_scheduler_address_dask_cannot_parse_is_one_line(model_dir, picture, tmp_path):
+    pytest.importorskip("distributed")
+    result = graphconv("run", model_dir, "--image", picture / "tiled.tif", "--tile", "60", "--scheduler", "nonsense",
+                       "--output", tmp_path / "m.npy")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "cannot reach the Dask scheduler at nonsense: missing port number" in result.stderr
+    assert not (tmp_path / "m.npy").exists()

@@ -209,6 +209,23 @@ def test_reduce_argmax_and_classes(compiled, rng):
         map_transform(None, [9], 5)
 
 
+@pytest.mark.parametrize("classes", [None, [3, 1]])
+def test_reduce_argmax_gives_a_cell_with_nan_scores_no_class(classes):
+    """A cell over declared no-data (NaN pixels) has NaN scores; np.argmax calls the
+    first NaN the winner, and such cells were class 0, a real class, in the map."""
+    from graphconv.background import NO_CLASS
+    scores = np.random.default_rng(0).standard_normal((1, 5, 3, 4)).astype(np.float32)
+    scores[0, 2, 1, 1] = np.nan
+    scores[0, :, 2, 3] = np.nan
+    transform, _, _ = map_transform("argmax", classes, 5)
+    kept = scores if classes is None else scores[:, classes]
+    winners = kept.argmax(axis=1) if classes is None else np.array(classes)[kept.argmax(axis=1)]
+    nan_cells = np.isnan(kept).any(axis=1)
+    out = transform(scores)[:, 0]
+    assert (out[nan_cells] == NO_CLASS).all() and nan_cells[0, 2, 3]
+    np.testing.assert_array_equal(out[~nan_cells], winners[~nan_cells])
+
+
 @pytest.mark.parametrize("suffix", [".npy", ".zarr"])
 def test_map_file_appears_only_when_complete(tmp_path, suffix):
     path = tmp_path / f"map{suffix}"
