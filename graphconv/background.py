@@ -14,8 +14,13 @@ least the threshold: stained tissue is coloured, glass is grey or white), or, in
 image, where it is darker than white by at least the threshold. This assumes a bright,
 colourless background (brightfield slides, scanned pages), not fluorescence or
 satellite images, so it is opt-in. A raster that declares a no-data value (GDAL's tag:
-a satellite scene's pixels outside the swath) is judged by that instead: a pixel counts
-where any band the run reads holds data (`sources.data_mask`), whatever the threshold.
+a satellite scene's pixels outside the swath; a zarr array's `_FillValue`) is judged by
+that instead: a pixel counts where any band the run reads holds data
+(`sources.data_mask`), whatever the threshold. A raster of bands that is not a picture
+(`source.picture` false: a TIFF of bands not photometric RGB, a 16-bit or float zarr
+array) and declares no no-data value is refused: its bands are no colours (a bright
+cloud, equal in every band, has no saturation and was skipped as glass), and there is
+nothing else to tell its blank pixels by.
 """
 from __future__ import annotations
 
@@ -41,9 +46,15 @@ class Background:
 
         if not 0 < threshold < 1:
             raise GraphconvError(f"--skip-background {threshold}: the threshold is a saturation between 0 and 1")
+        self.nodata = getattr(source, "nodata", None)
+        if self.nodata is None and not getattr(source, "picture", True):
+            raise GraphconvError(f"--skip-background: a raster of {source.band_count} band(s) that is not a picture "
+                                 "(grey, RGB or RGBA) and declares no no-data value: the tissue test reads colour "
+                                 "on a bright background, which bands are not; give the raster a no-data value "
+                                 "(GDAL's no-data tag in a TIFF, a _FillValue attribute in a zarr array) or run "
+                                 "without --skip-background", file=source.path)
         self.picture, self.scale = thumbnail(source)  # kept: a tiled run's heatmap is drawn over it
         self.fy, self.fx = self.scale
-        self.nodata = getattr(source, "nodata", None)
         if self.nodata is None:
             self.tissue = tissue_mask(self.picture, threshold)
         else:

@@ -18,11 +18,13 @@ reflectances, any integer or float type).
 
 A TIFF or zarr raster may hold any number of bands (a Sentinel-2 scene: 13), in either
 order: (bands, H, W) or (H, W, bands); a TIFF's axes say which, and a zarr array's
-dimension names (xarray's "band", "y", "x") where it has them, else its shape. `bands`
-picks and orders the ones the network takes (GDAL's
-numbering, from 1: Sentinel-2's true colour is 4, 3, 2); without it the raster must
-have the network's channel count (or be the grey, RGB or RGBA picture that converts to
-it, as Pillow would).
+dimension names (xarray's "band", "y", "x", in whatever order it stores them: (x, y,
+band) is read as its names say) where it has them, else its shape. `bands` picks and
+orders the ones the network takes (GDAL's numbering, from 1: Sentinel-2's true colour
+is 4, 3, 2); without it the raster must have the network's channel count (or be the
+grey, RGB or RGBA picture that converts to it, as Pillow would: a TIFF whose photometric
+says so, an 8-bit zarr array; a 16-bit or float one is a raster of bands). A raster's
+no-data value is GDAL's tag in a TIFF, a zarr array's `_FillValue` attribute.
 
 tifffile, imagecodecs and zarr are the optional `scale` extra (`pip install 'graphconv[scale]'`).
 """
@@ -70,6 +72,8 @@ class _Preprocessed:
 class PillowSource(_Preprocessed):
     """An ordinary image, decoded whole by graphconv.images.load_image, then cut."""
 
+    picture = True  # PNG, JPEG: grey, RGB or RGBA, as Pillow reads them
+
     def __init__(self, path: str, channels: int, preprocess: dict | None):
         super().__init__(path, channels, preprocess)
         from graphconv.images import load_image
@@ -85,10 +89,12 @@ class ArrayLikeSource(_Preprocessed):
     level seen through tifffile's zarr store (`axes`: tifffile's names for its axes,
     such as "YXS" or "SYX"). Integer data is scaled to 0..255 as load_image scales it
     (16-bit / 257), float data is taken as 0..1; with `values: stored` neither is.
-    `bands`: the 1-based bands to read, in order (see the module)."""
+    `bands`: the 1-based bands to read, in order (see the module). `picture`: whether it
+    is a grey, RGB or RGBA picture (`_checked_bands`; --skip-background's tissue test
+    reads only pictures); None for an array that does not say (`_looks_like_picture`)."""
 
     def __init__(self, path: str, array, channels: int, preprocess: dict | None, axes: str | None = None,
-                 bands: Sequence[int] | None = None, picture: bool = True):
+                 bands: Sequence[int] | None = None, picture: bool | None = True):
         super().__init__(path, channels, preprocess)
         self.array = array
         self.layout = _layout(array.shape, channels, path, axes)
@@ -100,7 +106,8 @@ class ArrayLikeSource(_Preprocessed):
             self.height, self.width = array.shape[1:]
         self.band_count = {"hw": 1, "hwc": array.shape[-1], "chw": array.shape[0]}[self.layout]
         self.bands = tuple(bands) if bands is not None else None
-        self._band_index = _checked_bands(bands, self.band_count, channels, path, picture)
+        self.picture = _looks_like_picture(array.dtype, self.band_count) if picture is None else picture
+        self._band_index = _checked_bands(bands, self.band_count, channels, path, self.picture)
         self.stored_values = stores_values(preprocess)
         self.scale = _stored_scale(np.dtype(array.dtype), path) if self.stored_values \
             else _to_255(np.dtype(array.dtype), path)
@@ -200,7 +207,8 @@ def _checked_bands(bands: Sequence[int] | None, have: int, channels: int, path: 
     """`bands` (1-based) as 0-based indices, checked against the raster's `have` bands and
     the network's `channels`; without them, whether the raster's bands convert to the
     network's channels: the same count, or, for a `picture` (a photometric RGB(A) or grey
-    TIFF, a zarr array), grey for RGB, RGB or RGBA for grey, RGBA for RGB (alpha left out).
+    TIFF, an 8-bit zarr array of 1, 3 or 4 bands), grey for RGB, RGB or RGBA for grey,
+    RGBA for RGB (alpha left out).
     A multi-band raster that is not a picture needs `bands` to feed fewer of them: its
     first three need not be red, green and blue (PlanetScope's are blue, green, red)."""
     if bands is None:
@@ -392,12 +400,7 @@ def _open(path: str, channels: int, preprocess: dict | None, level: int, bands: 
         raise GraphconvError(f"--level {level}: only a pyramid (a TIFF such as .svs, .ndpi, OME-TIFF, or an "
                              "OME-Zarr) has levels; this image has one", file=path)
     if suffix == ".zarr" or (folder.is_dir() and ((folder / ".zarray").exists() or (folder / "zarr.json").exists())):
-        zarr = require("zarr")
-        try:
-            array = zarr.open_array(path, mode="r")
-        except Exception as err:  # zarr raises several types for a folder that is not an array
-            raise GraphconvError(f"cannot open as a zarr array: {err}", file=path) from None
-        return ArrayLikeSource(path, array, channels, preprocess, axes=_zarr_axes(array), bands=bands)
+        return _zarr_source(path, channels, preprocess, bands)
     if bands is not None:
         raise GraphconvError("--bands picks bands of a raster (a TIFF or a zarr array); this image is read "
                              "as a picture (grey, RGB or RGBA)", file=path)
@@ -405,20 +408,98 @@ def _open(path: str, channels: int, preprocess: dict | None, level: int, bands: 
 
 
 SPATIAL_NAMES = {"y": "Y", "x": "X", "lat": "Y", "lon": "X", "latitude": "Y", "longitude": "X", "row": "Y",
-                 "col": "X", "rows": "Y", "cols": "X", "height": "Y", "width": "X"}
+                 "col": "X", "rows": "Y", "cols": "X", "column": "X", "columns": "X", "height": "Y", "width": "X"}
 
 
-def _zarr_axes(array) -> str | None:
-    """A zarr array's axes as tifffile names them ("SYX", "YXS"), from the dimension names
-    xarray and rioxarray write (zarr 3's `dimension_names`, zarr 2's `_ARRAY_DIMENSIONS`
-    attribute: ("band", "y", "x")); None where there are none, or they name no two
-    spatial axes (the shape then decides, `_layout`)."""
+def _zarr_source(path: str, channels: int, preprocess: dict | None, bands: Sequence[int] | None) -> ArrayLikeSource:
+    """A zarr array, its axes as its dimension names place them (`_named_view`), a
+    picture only where it looks like one (`_looks_like_picture`: zarr says nothing of
+    it), its no-data value its `_FillValue` (`_zarr_nodata`)."""
+    zarr = require("zarr")
+    try:
+        array = zarr.open_array(path, mode="r")
+    except Exception as err:  # zarr raises several types for a folder that is not an array
+        raise GraphconvError(f"cannot open as a zarr array: {err}", file=path) from None
+    view, axes = _named_view(array, path)
+    source = ArrayLikeSource(path, view, channels, preprocess, axes=axes, bands=bands, picture=None)
+    source.nodata = _zarr_nodata(array)
+    return source
+
+
+def _named_view(array, path: str) -> tuple[object, str | None]:
+    """A zarr array as ArrayLikeSource reads it, and its axes as tifffile names them
+    ("SYX", "YXS", "YX"), from the dimension names xarray and rioxarray write (zarr 3's
+    `dimension_names`, zarr 2's `_ARRAY_DIMENSIONS` attribute: ("band", "y", "x")). Any
+    order is honoured: an array stored (x, y, band) or (x, y) is read through an
+    `_AxesView` as (band, y, x), each box from its own pixels (read as (y, x, ...) it
+    came out transposed). Names that place neither y nor x leave the shape to decide
+    (`_layout`: None); names that place one of them and not the other are refused."""
     names = getattr(getattr(array, "metadata", None), "dimension_names", None) \
         or dict(array.attrs).get("_ARRAY_DIMENSIONS")
-    if not names or len(names) != 3:
+    if not names or len(names) != len(array.shape) or len(names) not in (2, 3):
+        return array, None
+    roles = [SPATIAL_NAMES.get(str(name).lower(), "S") for name in names]
+    if "Y" not in roles and "X" not in roles:
+        return array, None
+    if roles.count("Y") != 1 or roles.count("X") != 1:
+        raise GraphconvError(f"an image array of shape {tuple(array.shape)} with dimension names "
+                             f"{', '.join(map(str, names))}: expected one y and one x axis (y, x; lat, lon; row, "
+                             "col) and at most one other, its bands", file=path)
+    if roles == ["Y", "X", "S"]:
+        return array, "YXS"  # pixel-interleaved, read as it is
+    kept = [axis for axis, role in enumerate(roles) if role == "S"] + [roles.index("Y"), roles.index("X")]
+    axes = "S" * (len(kept) - 2) + "YX"
+    return (array if kept == sorted(kept) else _AxesView(array, kept)), axes
+
+
+def _looks_like_picture(dtype, band_count: int, counts: tuple[int, ...] = PICTURE_CHANNELS) -> bool:
+    """Whether an array that cannot say it (zarr has no photometric tag, `_is_picture`)
+    is a picture: 8-bit grey, RGB or RGBA, as photos and slides are kept. 16-bit or
+    float data is a raster of bands (a scene's reflectances, a microscope's channels),
+    whose first three need not be red, green and blue: it feeds fewer bands to a
+    network only as --bands picks them, as a TIFF of bands does, and its bands are no
+    colours for --skip-background's tissue test."""
+    return np.dtype(dtype) == np.uint8 and band_count in counts
+
+
+def _zarr_nodata(array) -> float | None:
+    """A zarr array's no-data value: its `_FillValue` attribute, the CF convention's
+    marker of missing data (xarray writes it so on zarr 3, a float's as the base64 of a
+    little-endian double; other writers as a number or text, -9999 or "NaN"), or the
+    fill_value of a float array where that is NaN (xarray's _FillValue on zarr 2; NaN
+    is never a pixel's value). Not the fill_value otherwise: zarr's is 0 unless told,
+    what a chunk never written reads as, and 0 is real data in most rasters (a dark
+    pixel, sea level, a band's zero reflectance), so taking it for no-data would skip
+    real pixels no one marked. None where there is none."""
+    value = dict(array.attrs).get("_FillValue")
+    if value is not None:
+        return _fill_number(value)
+    fill = getattr(array, "fill_value", None)
+    if np.issubdtype(np.dtype(array.dtype), np.floating) and fill is not None and np.isnan(fill):
+        return math.nan
+    return None
+
+
+def _fill_number(value) -> float | None:
+    """A `_FillValue` attribute as a number: as JSON holds it, as text, or as xarray's
+    base64 of a little-endian double; None where it is none of these."""
+    import base64
+    import binascii
+    import struct
+
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, str):
         return None
-    axes = "".join(SPATIAL_NAMES.get(str(name).lower(), "S") for name in names)
-    return axes if axes in ("SYX", "YXS") else None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        packed = base64.b64decode(value, validate=True)
+    except (ValueError, binascii.Error):
+        return None
+    return struct.unpack("<d", packed)[0] if len(packed) == 8 else None
 
 
 # ---- OME-Zarr (OME-NGFF): a pyramid of zarr arrays and the axes and pixel size that say what they hold ---
@@ -531,15 +612,19 @@ def _ome_zarr_microns(multiscale: dict, axes: list[str]) -> float | None:
     return scale * per_unit if math.isfinite(scale) and scale > 0 else None
 
 
-class _Plane:
-    """The (C, Y, X) or (Y, X) plane of an OME-Zarr level, whose other axes (a time
-    point, a z-slice) hold one position each: indexed as ArrayLikeSource indexes an array
-    (slices, and `oindex` for bands), each read passed to zarr with those axes at 0."""
+class _AxesView:
+    """An array seen as ArrayLikeSource indexes one, (C, Y, X) or (Y, X): `kept` lists
+    the array's axes the view has, in the view's order, and every other axis (an
+    OME-Zarr level's time point, its z-slice) holds one position, read at 0. A box's
+    slices (and `oindex`'s bands) go to zarr on the axes they name, and what zarr gives,
+    in the array's own order, is put in the view's: a zarr array stored (x, y, band) or
+    an OME-Zarr level (c, x, y) reads each box from its own pixels, not their mirror."""
 
     def __init__(self, array, kept: list[int]):
-        self.array, self.kept = array, kept
+        self.array, self.kept = array, list(kept)
         self.shape, self.dtype = tuple(array.shape[k] for k in kept), array.dtype
-        self.oindex = _PlaneIndex(self, array.oindex)
+        self.order = [sorted(self.kept).index(k) for k in self.kept]  # where zarr's result has each view axis
+        self.oindex = _ViewIndex(self, array.oindex)
 
     def index(self, key) -> tuple:
         key = key if isinstance(key, tuple) else (key,)
@@ -548,16 +633,19 @@ class _Plane:
             full[axis] = part
         return tuple(full)
 
-    def __getitem__(self, key):
-        return self.array[self.index(key)]
-
-
-class _PlaneIndex:
-    def __init__(self, plane: _Plane, oindex):
-        self.plane, self.oindex = plane, oindex
+    def arranged(self, values) -> np.ndarray:
+        return np.asarray(values).transpose(self.order)
 
     def __getitem__(self, key):
-        return self.oindex[self.plane.index(key)]
+        return self.arranged(self.array[self.index(key)])
+
+
+class _ViewIndex:
+    def __init__(self, view: _AxesView, oindex):
+        self.view, self.oindex = view, oindex
+
+    def __getitem__(self, key):
+        return self.view.arranged(self.oindex[self.view.index(key)])
 
 
 def _ome_zarr_source(path: str, channels: int, preprocess: dict | None, level: int,
@@ -571,11 +659,11 @@ def _ome_zarr_source(path: str, channels: int, preprocess: dict | None, level: i
         raise GraphconvError(f"an OME-Zarr image of shape {tuple(array.shape)} (axes {', '.join(axes)}) with "
                              f"{' and '.join(deep)} positions: graphconv maps one plane: save the one to map as "
                              "its own image", file=path)
-    plane = _Plane(array, [axes.index(name) for name in PLANE_AXES if name in axes])
+    plane = _AxesView(array, [axes.index(name) for name in PLANE_AXES if name in axes])
     band_count = array.shape[axes.index("c")] if "c" in axes else 1
     source = ArrayLikeSource(path, plane, channels, preprocess, axes="SYX" if "c" in axes else "YX", bands=bands,
-                             picture=band_count in (1, 3))
-    source.nodata = None
+                             picture=_looks_like_picture(array.dtype, band_count, (1, 3)))  # 4: DAPI and 3 more
+    source.nodata = _zarr_nodata(array)
     source.microns_per_pixel = image.microns
     return _as_level(source, level, image.level_hw)
 

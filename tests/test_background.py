@@ -130,3 +130,51 @@ def test_the_default_tile_reads_the_fewest_pixels_with_tissue(lenet, monkeypatch
     fewest = min(pixels_read(size) for size in range(40, 501, 10))
     assert pixels_read(chosen) <= 1.2 * fewest  # the sizes tried are a sample
     assert pixels_read(chosen) < pixels_read(500) / 4  # against one tile of the whole page
+
+
+# ---- rasters of bands: judged by their no-data value, or refused ---------------------------------
+
+def test_bands_that_are_no_picture_and_declare_no_no_data_are_refused(lenet, tmp_path):
+    """A satellite scene's bands are no colours: a bright cloud, equal in every band, has
+    no saturation and was skipped as glass (NaN cells, exit 0). Without a no-data value
+    there is nothing to tell its blank pixels by, so --skip-background says what it needs."""
+    tifffile = pytest.importorskip("tifffile")
+    pytest.importorskip("zarr")
+    from graphconv.sources import open_source
+
+    bands = np.random.default_rng(0).integers(0, 10000, (4, 40, 50), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "scene.tif", bands, photometric="minisblack", planarconfig="separate")
+    write_zarr(tmp_path / "scene.zarr", bands)
+    for name in ("scene.tif", "scene.zarr"):
+        source = open_source(tmp_path / name, 3, {"values": "stored"}, bands=(3, 2, 1))
+        with pytest.raises(GraphconvError, match=rf"^{name}: --skip-background: a raster of 4 band\(s\) that is not a "
+                                                 r"picture .* declares no no-data value: .*give the raster a "
+                                                 r"no-data value \(GDAL's no-data tag in a TIFF, a _FillValue "
+                                                 r"attribute in a zarr array\) or run without --skip-background$"):
+            Background(source, DenseGrid(lenet).field)
+
+
+def write_zarr(path, bands, **attrs):
+    import zarr
+
+    stored = zarr.open_array(str(path), mode="w", shape=bands.shape, chunks=(4, 16, 16), dtype=bands.dtype,
+                             dimension_names=["band", "y", "x"])
+    stored[:] = bands
+    stored.attrs.update(attrs)
+
+
+def test_a_zarr_s_fill_value_attribute_says_what_is_skipped_not_colour(lenet, tmp_path):
+    """A scene whose left part is outside the swath (its `_FillValue`, 0, in every band)
+    and with a bright cloud (9000 in every band): the swath's edge decides, and the
+    cloud, colourless as it is, is data to compute."""
+    pytest.importorskip("zarr")
+    from graphconv.sources import open_source
+
+    bands = np.random.default_rng(1).integers(1, 10000, (4, 60, 80), dtype=np.uint16)
+    bands[:, :, :30] = 0
+    bands[:, 10:30, 50:70] = 9000
+    write_zarr(tmp_path / "swath.zarr", bands, _FillValue=0)
+    source = open_source(tmp_path / "swath.zarr", 3, {"values": "stored"}, bands=(3, 2, 1))
+    background = Background(source, DenseGrid(lenet).field)
+    assert background.nodata == 0 and background.tissue.shape == (60, 80)
+    assert not background.tissue[:, :30].any() and background.tissue[:, 30:].all()

@@ -596,3 +596,140 @@ def test_a_reader_running_out_of_memory_is_not_called_a_damaged_tile(tmp_path):
 
     with pytest.raises(MemoryError):
         ArrayLikeSource("big.zarr", Exhausted(), 1, None).read(0, 0, 50, 60)
+
+
+# ---- zarr arrays: pictures only where they look like one; axes in any named order; no-data ---------
+
+def named_zarr(path, data, names=None, **attrs):
+    import zarr
+
+    stored = zarr.open_array(str(path), mode="w", shape=data.shape, chunks=(8,) * data.ndim, dtype=data.dtype,
+                             dimension_names=list(names) if names else None)
+    stored[:] = data
+    stored.attrs.update(attrs)
+    return stored
+
+
+@pytest.mark.parametrize("order", ["bhw", "hwb", "named hwb"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_zarr_raster_of_four_16_bit_bands_is_not_taken_for_rgba(tmp_path, order, channels):
+    """A 4-band uint16 zarr (PlanetScope's blue, green, red, near infrared) fed a grey or
+    RGB network was read as RGBA: its first three bands mixed to grey or fed as colours,
+    exit 0. As a TIFF of the same bands it is refused: so it is as a zarr array."""
+    bands = np.random.default_rng(3).integers(0, 10000, (4, 20, 30), dtype=np.uint16)
+    data = bands if order == "bhw" else bands.transpose(1, 2, 0)
+    named_zarr(tmp_path / "scene.zarr", data, ("y", "x", "band") if order == "named hwb" else None)
+    with pytest.raises(GraphconvError, match=f"scene.zarr: has 4 bands; the model takes {channels}: pick them "
+                                             "with --bands"):
+        open_source(tmp_path / "scene.zarr", channels, None)
+    picked = (3, 2, 1)[:channels]
+    source = open_source(tmp_path / "scene.zarr", channels, {"values": "stored"}, bands=picked)
+    np.testing.assert_array_equal(source.read(2, 3, 17, 29), bands[np.asarray(picked) - 1, 2:17, 3:29])
+
+
+def test_an_8_bit_rgba_zarr_is_still_a_picture_and_16_bit_rgb_needs_bands_for_grey(tmp_path):
+    """An 8-bit RGBA zarr array drops its alpha for an RGB network and is mixed to grey
+    for a grey one, as Pillow converts it; the same three bands in 16 bits are a raster
+    (a microscope's or a scene's), not colours to mix."""
+    from graphconv.sources import LUMA
+
+    rgba = np.random.default_rng(5).integers(0, 255, (20, 30, 4), dtype=np.uint8)
+    named_zarr(tmp_path / "rgba.zarr", rgba)
+    np.testing.assert_array_equal(open_source(tmp_path / "rgba.zarr", 3, None).read(0, 0, 20, 30),
+                                  rgba[..., :3].transpose(2, 0, 1))
+    np.testing.assert_allclose(open_source(tmp_path / "rgba.zarr", 1, None).read(0, 0, 20, 30)[0],
+                               np.tensordot(LUMA, rgba[..., :3].transpose(2, 0, 1).astype(np.float32), axes=1),
+                               rtol=1e-6)
+    named_zarr(tmp_path / "rgb16.zarr", rgba[..., :3].astype(np.uint16) * 257)
+    with pytest.raises(GraphconvError, match="has 3 bands; the model takes 1: pick them with --bands"):
+        open_source(tmp_path / "rgb16.zarr", 1, None)
+
+
+def test_a_16_bit_ome_zarr_s_three_channels_are_no_colours_to_mix(tmp_path):
+    import zarr
+
+    levels = write_ome_zarr(tmp_path / "fluo.zarr")
+    group = zarr.open_group(str(tmp_path / "fluo.zarr"), mode="a")
+    for k in range(3):
+        del group[str(k)]
+        group.create_array(str(k), data=levels[k][None, :, None].astype(np.uint16) * 100, chunks=(1, 3, 1, 64, 64))
+    with pytest.raises(GraphconvError, match="has 3 bands; the model takes 1: pick them with --bands"):
+        open_source(tmp_path / "fluo.zarr", 1, None)
+    assert open_source(tmp_path / "fluo.zarr", 1, {"values": "stored"}, bands=(2,)).read(0, 0, 5, 5).shape == (1, 5, 5)
+
+
+@pytest.mark.parametrize("names", [("x", "y", "band"), ("band", "x", "y"), ("x", "band", "y"), ("lon", "lat"),
+                                   ("x", "y"), ("column", "row", "band")])
+@pytest.mark.parametrize("bands", [None, (3, 1)])
+def test_a_zarr_array_s_axes_are_read_in_the_order_its_dimension_names_say(tmp_path, names, bands):
+    """An array stored (x, y, band) was read as (y, x, band): its map transposed, exit 0.
+    Every box, not only the whole image, reads the pixels it names."""
+    rng = np.random.default_rng(6)
+    image = rng.integers(0, 10000, (3, 26, 41), dtype=np.uint16)  # (band, y, x), as it should read
+    if len(names) == 2:
+        image, bands = image[:1], None
+    role = {"x": "x", "lon": "x", "column": "x", "y": "y", "lat": "y", "row": "y", "band": "band"}
+    stored = image.transpose([["band", "y", "x"].index(role[name]) for name in names]) if len(names) == 3 \
+        else image[0].transpose([["y", "x"].index(role[name]) for name in names])
+    named_zarr(tmp_path / "scene.zarr", stored, names)
+    channels = len(bands) if bands else image.shape[0]
+    source = open_source(tmp_path / "scene.zarr", channels, {"values": "stored"}, bands=bands)
+    assert (source.height, source.width) == (26, 41)
+    want = image if bands is None else image[np.asarray(bands) - 1]
+    for top, left, bottom, right in ((0, 0, 26, 41), (5, 17, 19, 40), (25, 0, 26, 3)):
+        np.testing.assert_array_equal(source.read(top, left, bottom, right), want[:, top:bottom, left:right])
+
+
+def test_dimension_names_that_place_y_but_not_x_are_refused(tmp_path):
+    named_zarr(tmp_path / "odd.zarr", np.zeros((3, 20, 30), np.uint8), ("band", "y", "depth"))
+    with pytest.raises(GraphconvError, match=r"odd.zarr: an image array of shape \(3, 20, 30\) with dimension names "
+                                             r"band, y, depth: expected one y and one x axis"):
+        open_source(tmp_path / "odd.zarr", 3, None)
+
+
+def test_an_ome_zarr_stored_x_before_y_reads_its_own_pixels(tmp_path):
+    """NGFF orders the space axes only by SHOULD: a level stored (t, c, z, x, y) reads as
+    (c, y, x), every box its own pixels."""
+    import zarr
+
+    levels = write_ome_zarr(tmp_path / "xy.zarr")
+    group = zarr.open_group(str(tmp_path / "xy.zarr"), mode="a")
+    for k in range(3):
+        del group[str(k)]
+        group.create_array(str(k), data=levels[k][None, :, None].swapaxes(-1, -2), chunks=(1, 3, 1, 64, 64))
+    multiscales = group.attrs["multiscales"]
+    axes = multiscales[0]["axes"]
+    axes[3], axes[4] = axes[4], axes[3]
+    group.attrs["multiscales"] = multiscales
+    source = open_source(tmp_path / "xy.zarr", 3, None, 1)
+    assert (source.height, source.width) == LEVEL_SIZES[1]
+    np.testing.assert_array_equal(source.read(10, 30, 70, 90), levels[1][:, 10:70, 30:90])
+    np.testing.assert_array_equal(open_source(tmp_path / "xy.zarr", 1, None, bands=(3,)).read(5, 6, 40, 90),
+                                  levels[0][2:, 5:40, 6:90])
+
+
+@pytest.mark.parametrize("attribute, nodata", [
+    (None, None),                        # zarr's fill_value 0 alone is no statement: 0 is data
+    (-9999, -9999.0), ("-9999", -9999.0), ("NaN", "nan"),
+    ("AAAAAAAA+H8=", "nan"),             # xarray's base64 of a little-endian double NaN
+    ("AAAAAICHw8A=", -9999.0),
+])
+def test_a_zarr_array_s_no_data_is_its_fill_value_attribute(tmp_path, attribute, nodata):
+    attrs = {} if attribute is None else {"_FillValue": attribute}
+    named_zarr(tmp_path / "scene.zarr", np.zeros((2, 10, 12), np.float32), ("band", "y", "x"), **attrs)
+    got = open_source(tmp_path / "scene.zarr", 2, {"values": "stored"}).nodata
+    assert (got is None) if nodata is None else (np.isnan(got) if nodata == "nan" else got == nodata)
+
+
+def test_a_float_zarr_s_nan_fill_value_is_its_no_data(tmp_path):
+    """What xarray writes a float raster's _FillValue as on zarr 2; an integer array's
+    fill_value is no statement of anything."""
+    import zarr
+
+    stored = zarr.open_array(str(tmp_path / "f.zarr"), mode="w", shape=(10, 12), dtype=np.float32, zarr_format=2,
+                             fill_value=np.nan)
+    stored[:5] = 0.5
+    assert np.isnan(open_source(tmp_path / "f.zarr", 1, {"values": "stored"}).nodata)
+    zarr.open_array(str(tmp_path / "u.zarr"), mode="w", shape=(10, 12), dtype=np.uint16, zarr_format=2,
+                    fill_value=7)[:] = 1
+    assert open_source(tmp_path / "u.zarr", 1, {"values": "stored"}).nodata is None
