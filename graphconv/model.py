@@ -234,7 +234,11 @@ class Model:
         """Keep the cells of whole crops. When a classifier's last window does not use the
         last pixels of its crop (floor rounding), the dense map has extra cells at the
         bottom/right whose crop would run off the image, and a shift-and-stitch map has
-        the cells of copies shifted past the image's end; the crop grid excludes them."""
+        the cells of copies shifted past the image's end; the crop grid excludes them.
+        One cell is one crop's: a classifier as written, on its crop, whose merging
+        branches of different strides (fastai's concat pool) have no common field."""
+        if out.shape[2:] == (1, 1):
+            return out
         rows, cols = self.map_size(*image_hw)
         if out.shape[2] > rows or out.shape[3] > cols:
             out = np.ascontiguousarray(out[:, :, :rows, :cols])

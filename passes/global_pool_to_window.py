@@ -7,7 +7,16 @@ a larger image slides, giving one score per crop-sized window, a dense map whose
 is the network's total stride. The crop size is the spec's input; shapes are inferred
 for it.
 
-That holds only while the pooled value flows on to the head alone. A squeeze-and-
+A pooling window that covers its whole input at the crop is a global pool written
+another way: TorchScript writes AdaptiveMaxPool2d(1) as a 10x10 MaxPool of stride 10,
+CIFAR ResNets end in F.avg_pool2d(x, 4). At the crop it makes one cell whatever its
+stride; on a larger image its stride would make the map that much coarser than the
+network's (10x for the first, and fastai's AdaptiveConcatPool2d, an average pool of
+stride 1 beside that max pool, would merge maps of different strides). Its stride
+becomes 1, as fc-to-conv gives the fc layers: each cell is still the classifier on
+the crop at its offset.
+
+All that holds only while the pooled value flows on to the head alone. A squeeze-and-
 excitation block (EfficientNet, MobileNetV3, RegNetY) multiplies its global average
 back into the map it was pooled from: each crop rescales its own features by its own
 averages, so one dense pass cannot equal the classifier on every crop, and no rewrite
@@ -23,11 +32,13 @@ from graphconv.strides import CROPS_INSTEAD, refuse_whole_map_layers
 
 
 @register_pass("global-pool-to-window",
-               "rewrite each globalavgpool as an avgpool whose window is its input at the crop size",
+               "rewrite each globalavgpool as an avgpool whose window is its input at the crop size, "
+               "and give a strided pool whose window is its whole input stride 1",
                requires=("shapes",), preserves=("shapes",))
 def global_pool_to_window(graph: Graph) -> bool:
     pools = graph.find("globalavgpool")
-    if pools:
+    windows = _strided_whole_map_windows(graph)
+    if pools or windows:
         refuse_whole_map_layers(graph)
     for pool in pools:
         _refuse_if_it_gates_a_map(graph, pool)
@@ -35,7 +46,18 @@ def global_pool_to_window(graph: Graph) -> bool:
         params = normalize_params(get_op("avgpool"), {"kernel_size": [h, w], "stride": 1})
         shape = pool.shape
         graph.set_shape(graph.replace(pool, "avgpool", params), shape)
-    return bool(pools)
+    for pool in windows:
+        _refuse_if_it_gates_a_map(graph, pool)
+        graph.set_params(pool, stride=(1, 1))
+    return bool(pools or windows)
+
+
+def _strided_whole_map_windows(graph: Graph) -> list[Node]:
+    """The max and average pools of stride above 1 whose one unpadded, undilated window
+    covers their whole input at the crop (module docstring)."""
+    return [pool for pool in graph.find("maxpool") + graph.find("avgpool")
+            if pool.params["stride"] != (1, 1) and pool.params["padding"] == (0, 0)
+            and pool.params["dilation"] == (1, 1) and pool.params["kernel_size"] == pool.inputs[0].shape[1:]]
 
 
 def _refuse_if_it_gates_a_map(graph: Graph, pool: Node) -> None:

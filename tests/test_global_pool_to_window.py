@@ -137,3 +137,36 @@ def test_a_gate_on_a_1x1_map_is_still_exact_and_compiles(write_spec):
                          ).replace("inputs: [c1, gate]", "inputs: [shrink, gate]")
     graph = graphconv.compile_model(write_spec(spec)).graph
     assert not graph.find("globalavgpool")
+
+
+# fastai's AdaptiveConcatPool2d as TorchScript exports it: the max pool a 4x3 window of
+# stride 4x3 over the 4x3 map, the average pool a window of stride 1 (what GlobalAveragePool
+# becomes); unpadded convs, so every cell must equal the classifier on its crop exactly
+CONCAT_POOL = """
+name: concatpool
+input: {shape: [3, 22, 18]}
+layers:
+  - {name: c1, op: conv, out_channels: 6, kernel_size: 3, stride: 2}
+  - {name: r1, op: relu}
+  - {name: c2, op: conv, out_channels: 8, kernel_size: 3, stride: 2}
+  - {name: mx, op: maxpool, kernel_size: [4, 3]}
+  - {name: av, op: avgpool, kernel_size: [4, 3], stride: 1, inputs: [c2]}
+  - {name: both, op: concat, inputs: [mx, av]}
+  - {name: fc, op: fc, out_features: 4}
+"""
+
+
+def test_a_strided_pool_over_its_whole_input_slides_at_the_networks_stride(write_spec, rng):
+    """It was kept at stride 4x3, so the map was 4x3 times coarser than the network's
+    stride, and beside a stride-1 pool compile refused: 'merges maps of different
+    strides'. Each cell must be the classifier on its crop."""
+    classifier = graphconv.load(write_spec(CONCAT_POOL))
+    fcn = graphconv.compile_model(classifier.graph)
+    assert fcn.graph.node("mx").params["stride"] == (1, 1) and fcn.output_stride == (4, 4)
+    x = random_input(rng, (1, 3, 38, 30))
+    dense = fcn.run(x)
+    assert dense.shape[2:] == (5, 4)
+    for i in range(dense.shape[2]):
+        for j in range(dense.shape[3]):
+            crop = x[:, :, 4 * i:4 * i + 22, 4 * j:4 * j + 18]
+            np.testing.assert_allclose(dense[:, :, i, j], classifier.run(crop), rtol=1e-5, atol=1e-6)
