@@ -15,7 +15,8 @@ from graphconv.process import configure_process
 
 from graphconv.errors import GraphconvError, Location, PassError, ShapeError
 from graphconv.ir import Graph, Node
-from graphconv.pass_manager import PassManager, register_pass, registered_passes, run_passes
+from graphconv.pass_manager import (DEFAULT_PIPELINE, PassManager, load_plugin, register_pass, registered_passes,
+                                    run_passes)
 from graphconv.frontends import load_network as load_spec
 from graphconv.frontends.yaml import save_model
 from graphconv.model import Model
@@ -32,7 +33,7 @@ def load(path, **options) -> Model:
 
 
 __all__ = [
-    "Field", "Graph", "GraphconvError", "Location", "Model", "Node", "PassError", "PassManager",
-    "ShapeError", "compile_graph", "compile_model", "configure_process", "load", "load_spec", "receptive_fields", "register_pass",
+    "DEFAULT_PIPELINE", "Field", "Graph", "GraphconvError", "Location", "Model", "Node", "PassError", "PassManager",
+    "ShapeError", "compile_graph", "compile_model", "configure_process", "load", "load_plugin", "load_spec", "receptive_fields", "register_pass",
     "registered_passes", "run_passes", "save_model",
 ]

@@ -252,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("spec", help="spec .yaml file or .onnx model (the classifier, before compiling)")
     ver.add_argument("--input-size", type=_positive_int, nargs=2, metavar=("H", "W"), required=True,
                      help="the random image's size, larger than the crop")
+    ver.add_argument("--passes", help="the pipeline to check, as compile takes it (default: compile's; your own "
+                                      "passes with --plugin)")
     ver.add_argument("--output-stride", type=int, metavar="S", help="compile for this finer stride, as compile does")
     ver.add_argument("--stride-method", default="auto", choices=("auto", "dilate", "shift"),
                      help="how to reach --output-stride, as compile's")
@@ -917,7 +919,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise GraphconvError("verify checks a classifier against the dense network compiled from it; a "
                              "segmentation network is dense already (compare its tiled and whole-image maps "
                              "with run --tile instead)", file=args.spec)
-    compiled = compile_model(original.graph, output_stride=args.output_stride,
+    compiled = compile_model(original.graph, args.passes, output_stride=args.output_stride,
                              stride_method=args.stride_method)
     c = original.crop_shape[0]
     rows, cols = compiled.map_size(*args.input_size)

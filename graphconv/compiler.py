@@ -13,16 +13,19 @@ from graphconv.pass_manager import (DEFAULT_PIPELINE, PassManager, PassRecord, P
 from graphconv.frontends import load_network as load_spec
 
 
-def build_pipeline(passes: str | Sequence[str] | None = None, output_stride: int | None = None,
+def build_pipeline(passes: str | Sequence[str | PipelineItem] | None = None, output_stride: int | None = None,
                    stride_method: str = "auto") -> list[PipelineItem]:
-    """The pipeline to run: `passes` (default: the standard one), with an output-stride
-    step added right after fc-to-conv when a finer stride is asked for."""
+    """The pipeline to run, with an output-stride step added right after fc-to-conv when a
+    finer stride is asked for. `passes`: None for the standard one, a string as --passes
+    takes it, or a list of pass names, "name{option=value}" strings or (name, options)
+    pairs."""
     if passes is None:
         items = [(name, {}) for name in DEFAULT_PIPELINE]
     elif isinstance(passes, str):
         items = parse_pipeline(passes)
-    else:
-        items = [(name, {}) for name in passes]
+    else:  # names, "name{option=value}" or (name, options) pairs
+        items = [item for entry in passes
+                 for item in (parse_pipeline(entry) if isinstance(entry, str) else [(entry[0], dict(entry[1]))])]
     if output_stride is not None:
         step = ("output-stride", {"stride": output_stride, "method": stride_method})
         names = [name for name, _ in items]
@@ -31,7 +34,7 @@ def build_pipeline(passes: str | Sequence[str] | None = None, output_stride: int
     return items
 
 
-def compile_graph(source: str | os.PathLike | Graph, passes: str | Sequence[str] | None = None, *,
+def compile_graph(source: str | os.PathLike | Graph, passes: str | Sequence[str | PipelineItem] | None = None, *,
                   output_stride: int | None = None, stride_method: str = "auto",
                   **manager_options: Any) -> tuple[Graph, list[PassRecord]]:
     """Load `source` (a spec path or a Graph), run the pipeline, and return the compiled
@@ -49,7 +52,7 @@ def compile_graph(source: str | os.PathLike | Graph, passes: str | Sequence[str]
     return compiled, manager.records
 
 
-def compile_model(source: str | os.PathLike | Graph, passes: str | Sequence[str] | None = None, *,
+def compile_model(source: str | os.PathLike | Graph, passes: str | Sequence[str | PipelineItem] | None = None, *,
                   output_stride: int | None = None, stride_method: str = "auto",
                   **manager_options: Any) -> Model:
     """`compile_graph`, as a runnable Model."""

@@ -94,8 +94,14 @@ def register_pass(name: str, description: str, *, requires: Sequence[str] = (),
         raise PassError(f"pass name '{name}' must be lower-case letters, digits and '-'")
 
     def decorator(fn: Callable) -> Callable:
-        if name in _REGISTRY:
-            raise PassError(f"pass '{name}' is already registered by {_REGISTRY[name].origin}")
+        existing = _REGISTRY.get(name)
+        if existing is not None and existing.run.__module__ != fn.__module__:  # the same module: reloaded
+            raise PassError(f"pass '{name}' is already registered by {existing.origin}")
+        catch_all = [p.name for p in inspect.signature(fn).parameters.values()
+                     if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+        if catch_all:
+            raise PassError(f"pass '{name}': options are named parameters with defaults (`def {fn.__name__}(graph, "
+                            f"k: int = 1)`), so a pipeline's options can be checked; not *{catch_all[0]}")
         origin = _loading_origin[-1] if _loading_origin else _origin_of(fn)
         _REGISTRY[name] = PassInfo(name, description, fn, tuple(requires), tuple(provides),
                                    tuple(preserves), origin)
@@ -287,6 +293,7 @@ class PassManager:
         """Run every pass on a copy of `graph` and return it; `graph` itself is untouched,
         so a failing pipeline loses nothing."""
         graph = graph.copy()
+        self.records = []  # this run's; a manager run twice does not list its passes twice
         self._valid: set[str] = set()
         self._cell_field = None
         if self.verify_each:

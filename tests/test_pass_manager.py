@@ -282,3 +282,59 @@ def test_a_layer_a_shape_preserving_pass_replaces_needs_its_shape(lenet):
 
     with pytest.raises(PassError, match=r"layer 'relu1': annotated shape None .* call graph.set_shape"):
         PassManager("shape-inference,relu-to-clip").run(lenet)
+
+
+def test_a_module_may_register_its_pass_again_another_may_not():
+    """Re-running a notebook cell, or reloading the module, registers the same name again:
+    the new definition replaces the old; another module's is still refused."""
+    @register_pass("notebook-pass", "first definition")
+    def first(graph):
+        return False
+
+    @register_pass("notebook-pass", "second definition")
+    def second(graph):
+        return False
+
+    assert pm.get_pass("notebook-pass").description == "second definition"
+    foreign = lambda graph: False  # noqa: E731
+    foreign.__module__ = "someone_else"
+    with pytest.raises(PassError, match="pass 'notebook-pass' is already registered by module test_pass_manager"):
+        register_pass("notebook-pass", "a third")(foreign)
+
+
+def test_a_pass_taking_any_options_is_refused_at_registration():
+    with pytest.raises(PassError, match=r"pass 'catch-all': options are named parameters with defaults"):
+        @register_pass("catch-all", "takes **options")
+        def catch_all(graph, **options):
+            return False
+
+
+def test_a_manager_run_twice_records_each_run_alone(lenet):
+    manager = PassManager("shape-inference,fc-to-conv")
+    manager.run(lenet)
+    manager.run(lenet)
+    assert [r.name for r in manager.records] == ["shape-inference", "fc-to-conv"]
+
+
+def test_compile_model_takes_passes_with_options_in_a_list(lenet):
+    model = graphconv.compile_model(lenet, list(pm.DEFAULT_PIPELINE) + ["output-stride{stride=2}"])
+    assert model.output_stride == (2, 2)
+    model = graphconv.compile_model(lenet, ["shape-inference", "fc-to-conv", ("output-stride", {"stride": 2})])
+    assert model.output_stride == (2, 2)
+
+
+def test_verify_checks_the_pipeline_given_with_the_users_passes(tmp_path, capsys):
+    from graphconv.cli import main
+    plugin = tmp_path / "scaling.py"
+    plugin.write_text(textwrap.dedent('''
+        from graphconv.pass_manager import register_pass
+
+        @register_pass("double-fc4", "doubles fc4's weights: a pass that changes the scores")
+        def double_fc4(graph):
+            node = graph.node("fc4")
+            graph.set_weights(node, weight=node.weights["weight"] * 2)
+    '''))
+    args = ["verify", str(SPECS / "lenet.yaml"), "--input-size", "40", "40", "--plugin", str(plugin), "--passes"]
+    assert main(args + ["shape-inference,fc-to-conv"]) == 0
+    assert main(args + ["shape-inference,fc-to-conv,double-fc4"]) == 1
+    assert "result: FAIL" in capsys.readouterr().out
