@@ -882,7 +882,24 @@ def cmd_compile(args: argparse.Namespace) -> int:
         return 0
     print(done + f"output stride {field.stride[0]}x{field.stride[1]}, each cell sees {field.size[0]}x{field.size[1]} "
                  "pixels")
+    note_padding(model)
     return 0
+
+
+def note_padding(model) -> None:
+    """Why a compiled classifier's map can differ from the classifier on each crop, said
+    once at compile: each crop is padded at its own border, the sliding network only at
+    the image's (docs: `graphconv verify` shows where, and by how much)."""
+    from graphconv.dense import padded_layers
+
+    if model.segmentation:
+        return
+    padded = padded_layers(model.graph)
+    if padded:
+        named = ", ".join(padded[:3]) + (f" and {len(padded) - 3} more" if len(padded) > 3 else "")
+        note(f"note: {named} pad: each crop is padded at its own border, the sliding network only at the "
+             "image's, so cells differ from the classifier on their crop where that padding reaches (as in "
+             "any fully convolutional use of such a network); `graphconv verify` shows where and by how much")
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
