@@ -277,8 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--values", choices=("0..255", "stored"), default=None,
                      help="preprocess: the pixels --scale multiplies: on 0..255 (default; 16-bit data divided by "
                           "257) or as the file stores them (satellite reflectances, elevations)")
-    imp.add_argument("--mean", type=_float_list, metavar="M1,M2,M3", help="preprocess: then subtract per channel")
-    imp.add_argument("--std", type=_float_list, metavar="S1,S2,S3", help="preprocess: then divide per channel")
+    imp.add_argument("--mean", type=_float_list, metavar="M1,M2,M3",
+                     help="preprocess: then subtract per channel (one number: the same for every channel)")
+    imp.add_argument("--std", type=_float_list, metavar="S1,S2,S3",
+                     help="preprocess: then divide per channel (one number: the same for every channel)")
     imp.add_argument("--labels", metavar="TXT", help="class names, one per line (copied beside the spec)")
     imp.add_argument("--crop-size", type=_positive_int, nargs=2, metavar=("H", "W"),
                      help="the training crop, for a model whose input size is dynamic")
@@ -1041,7 +1043,7 @@ def _write_all(files: list) -> None:
 
 def _preprocess_options(args: argparse.Namespace, channels: int) -> dict:
     """import's --scale/--mean/--std as a spec's preprocess block, checked as the spec
-    loader checks one (finite numbers, one per channel, no zero std)."""
+    loader checks one (finite numbers, one per channel or one for all, no zero std)."""
     block: dict = {}
     if args.values == "stored":
         block["values"] = "stored"
@@ -1053,8 +1055,11 @@ def _preprocess_options(args: argparse.Namespace, channels: int) -> dict:
         values = getattr(args, key)
         if values is None:
             continue
+        if len(values) == 1:
+            values = values * channels  # one number for every channel, as for a grey or multi-band input
         if len(values) != channels:
-            raise GraphconvError(f"--{key} gives {len(values)} number(s); the model's input has {channels} channel(s)")
+            raise GraphconvError(f"--{key} gives {len(values)} number(s); the model's input has {channels} "
+                                 "channel(s): give one number per channel, or one for all")
         if key == "std" and any(v == 0 for v in values):
             raise GraphconvError("--std must not contain 0")
         block[key] = values

@@ -670,3 +670,16 @@ def test_compile_says_once_when_padding_makes_cells_differ_from_their_crops(tmp_
     assert "graphconv verify" in err
     assert run_cli("compile", SPECS / "lenet.yaml", "-o", tmp_path / "lenet") == 0
     assert " pad: " not in capsys.readouterr().err, "an unpadded network is exact: nothing to say"
+
+
+def test_import_takes_one_mean_and_std_for_every_channel(tmp_path):
+    """torchvision-style Normalize(0.5, 0.5) on a multi-band model: one number each."""
+    pytest.importorskip("onnx")
+    from graphconv.frontends.onnx_export import save_onnx
+    from graphconv.frontends import load_network
+    save_onnx(load_network(SPECS / "tinydag.yaml"), tmp_path / "net.onnx")
+    channels = load_network(SPECS / "tinydag.yaml").input_shape[0]
+    assert channels > 1
+    assert run_cli("import", tmp_path / "net.onnx", "-o", tmp_path / "net.yaml", "--mean", "0.5", "--std", "0.25") == 0
+    preprocess = load_network(tmp_path / "net.yaml").meta["preprocess"]
+    assert preprocess["mean"] == [0.5] * channels and preprocess["std"] == [0.25] * channels
