@@ -321,13 +321,20 @@ class Graph:
         self._changed()
 
     def set_weights(self, node: Node | str, **arrays: np.ndarray) -> None:
-        """Attach float32 weights (e.g. weight=..., bias=...); None removes one."""
-        weights = self.nx.nodes[_name(node)]["weights"]
+        """Attach float32 weights (e.g. weight=..., bias=...); None removes one. A NaN or
+        infinite value is refused here, naming the layer: a pass's folding arithmetic gone
+        wrong would otherwise give all-NaN maps."""
+        data = self.nx.nodes[_name(node)]
+        weights = data["weights"]
         for key, value in arrays.items():
             if value is None:
                 weights.pop(key, None)
-            else:
-                weights[key] = np.ascontiguousarray(value, dtype=np.float32)
+                continue
+            array = np.ascontiguousarray(value, dtype=np.float32)
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                raise GraphconvError(f"weight {shown(key)} has NaN or infinite values", loc=data["loc"],
+                                     layer=_name(node))
+            weights[key] = array
         self._changed()
 
     def set_shape(self, node: Node | str, shape: tuple[int, int, int] | None) -> None:

@@ -133,3 +133,11 @@ def test_params_are_kept_in_one_form_and_checked_when_set(chain):
     chain.nx.nodes["c"]["params"]["stride"] = [1, 1]  # edited behind the verbs' back
     with pytest.raises(GraphconvError, match=r"layer 'c': 'stride' is \[1, 1\], which the IR keeps as \(1, 1\)"):
         chain.verify()
+
+
+def test_weights_with_nan_or_inf_are_refused_where_they_are_set(chain):
+    with pytest.raises(GraphconvError, match=r"layer 'c': weight 'bias' has NaN or infinite values"):
+        chain.set_weights("c", bias=np.array([0, np.nan, 0, 0]))
+    with pytest.raises(GraphconvError, match="NaN or infinite"):
+        chain.set_weights("c", weight=np.full((4, 3, 3, 3), np.inf))
+    assert "bias" not in chain.node("c").weights
