@@ -191,8 +191,8 @@ def _load_external_data(model, path: Path) -> set[Path]:
 
 # ---- the conversion -------------------------------------------------------------------------------
 
-NCHW, NHWC, GROUPED, FLAT, GROUP_RUNS, PATCHES, RADIX = (
-    "NCHW", "NHWC", "grouped", "flat", "group runs", "patches", "radix")
+NCHW, NHWC, GROUPED, FLAT, GROUP_RUNS, PATCHES, RADIX, SQUEEZED, CNHW = (
+    "NCHW", "NHWC", "grouped", "flat", "group runs", "patches", "radix", "squeezed", "CNHW")
 # a patch view's Transposes that space_to_depth follows, and the channel order each gives
 PATCH_ORDERS = {(0, 3, 5, 1, 2, 4): "blocks", (0, 1, 3, 5, 2, 4): "channels"}
 ANY_LAYOUT = (NCHW, NHWC)
@@ -205,7 +205,11 @@ class Tensor:
     graphs also permute it to channels-last (ConvNeXt's LayerNorm and MatMuls: NHWC) or
     view it as (g, C/g, H, W) (ShuffleNet's channel shuffle: GROUPED, `swapped` once its
     two group axes are transposed), or as one flat vector (FLAT: the dynamo exporter's
-    adaptive_avg_pool2d(1) is a Reshape to [-1] and a Gather of every element back).
+    adaptive_avg_pool2d(1) is a Reshape to [-1] and a Gather of every element back), or
+    as (N, C, 1), a 1x1 map with one of its axes squeezed or gathered away (SQUEEZED:
+    x.squeeze(-1).squeeze(-1), x[:, :, 0, 0]), which the second such node flattens, or
+    with its batch and channel axes swapped (CNHW: the dynamo exporter's x[:, [2, 1, 0]]
+    is a Transpose, a GatherND of channels and the Transpose back).
     Those views move no data: they change only how the next ONNX op's axes map onto
     graphconv's channels."""
 
@@ -235,29 +239,33 @@ class _Importer:
         self.uses = self._count_uses()
         self.graph: Graph | None = None
         self.onnx_node = None
+        self.position = 0  # of the node being converted, in self.nodes
 
     # -- driving --
     def run(self) -> tuple[Graph, dict[str, np.ndarray]]:
         for init in self.model.graph.initializer:
             self.values[init.name] = self.read_tensor(init, f"initializer {shown(init.name)}")
         self._add_input()
-        for node in self.nodes:
+        for self.position, node in enumerate(self.nodes):
             self.onnx_node = node
             if node.domain not in ("", "ai.onnx"):
                 raise self.error(f"op {node.domain}.{node.op_type} is from a custom domain; "
                                  f"graphconv reads the standard ONNX ops")
             converter = CONVERTERS.get(node.op_type)
             if converter is None:
-                raise self.error(f"op {node.op_type} is not supported (supported: "
-                                 f"{', '.join(sorted(CONVERTERS))})")
+                raise self.error(unsupported(node.op_type))
             try:
                 if converter is not _constant and self._all_constant(node):
                     self._fold_constant(node)
                 else:
                     converter(self, node)
-            except (KeyError, IndexError, ValueError, TypeError) as err:
-                # a well-formed protobuf can still lack what the op needs (an attribute, an
-                # input): a damaged or hand-made file, reported as such
+            except _MissingAttribute as err:
+                raise self.error(f"{node.op_type} is malformed: it lacks its attribute {shown(err.args[0])}") from None
+            except (IndexError, ValueError, TypeError) as err:
+                # a well-formed protobuf can still lack what the op needs (an input, an
+                # attribute of the right type): a damaged or hand-made file, reported as such.
+                # A KeyError is not among them: the attributes' is _MissingAttribute, and
+                # any other is graphconv's own bug, which keeps its traceback.
                 raise self.error(f"{node.op_type} is malformed ({type(err).__name__}: "
                                  f"{shown(str(err), 80)})") from err
         self.onnx_node = None
@@ -385,7 +393,7 @@ class _Importer:
     # -- helpers for converters --
     def error(self, message: str) -> GraphconvError:
         node = self.onnx_node
-        where = f"node {shown(node.name or node.op_type)}: " if node is not None else ""
+        where = f"node {shown(node.name or node.op_type)}{_whereabouts(node)}: " if node is not None else ""
         return GraphconvError(f"{where}{message}", file=self.source)
 
     def tensor(self, name: str, layouts: Sequence[str] = (NCHW,)) -> Tensor:
@@ -397,9 +405,14 @@ class _Importer:
             raise self.error(f"{self.onnx_node.op_type} on a constant {shown(name)} where graphconv "
                              "expects the image's feature map")
         if value.layout not in layouts:
-            seen, readers = _VIEWS[value.layout]
-            raise self.error(f"{self.onnx_node.op_type} on a {seen} view of the feature map; graphconv "
-                             f"reads that view only in {readers}")
+            op = self.onnx_node.op_type
+            if value.layout in _VIEWS:
+                seen, readers = _VIEWS[value.layout]
+                raise self.error(f"{op} on a {seen} view of the feature map; graphconv reads that view "
+                                 f"only in {readers}")
+            wanted = " or ".join(_VIEWS[layout][0] for layout in layouts if layout in _VIEWS) or "other"
+            raise self.error(f"{op} on the rank-{value.rank} {value.layout} feature map; graphconv reads {op} "
+                             f"only on {wanted} views of it")
         return value
 
     def readers(self, tensor: Tensor) -> int:
@@ -407,6 +420,14 @@ class _Importer:
         under any of its names (Identity, Transpose and Reshape views alias it)."""
         names = [n for n, v in self.values.items() if isinstance(v, Tensor) and v.node == tensor.node]
         return sum(self.uses.get(n, 0) for n in names)
+
+    def readers_left(self, tensor: Tensor) -> int:
+        """How many ONNX inputs from the node being converted on (and graph outputs) read
+        graphconv layer `tensor.node` under any of its names: `readers`, less the nodes
+        already converted (which a layer merged into its reader has had)."""
+        names = {n for n, v in self.values.items() if isinstance(v, Tensor) and v.node == tensor.node}
+        outputs = sum(1 for out in self.model.graph.output if out.name in names)
+        return outputs + sum(name in names for node in self.nodes[self.position:] for name in node.input)
 
     def constant(self, name: str, what: str) -> np.ndarray:
         value = self.values.get(name)
@@ -485,8 +506,46 @@ class _Importer:
             self.values[name] = np.asarray(value)
 
     def attributes(self, node) -> dict[str, Any]:
+        """The node's attributes by name; a required one that is missing (attrs["size"])
+        is reported as a malformed node naming it."""
         onnx = require_onnx()
-        return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        return _Attributes({a.name: onnx.helper.get_attribute_value(a) for a in node.attribute})
+
+
+class _MissingAttribute(Exception):
+    """A converter asked for an attribute the node lacks: the file is malformed."""
+
+
+class _Attributes(dict):
+    def __missing__(self, key: str):
+        raise _MissingAttribute(key)
+
+
+def unsupported(op_type: str) -> str:
+    """The refusal of an ONNX op graphconv does not read: short, with the supported ops
+    whose names are close, and where the whole list is."""
+    import difflib
+
+    close = difflib.get_close_matches(op_type, sorted(CONVERTERS), n=4, cutoff=0.6)
+    hint = f" (similar ones it reads: {', '.join(close)})" if close else ""
+    return (f"op {op_type} is not supported{hint}; the ONNX ops graphconv reads are listed in its README, "
+            "'Bring your own model (ONNX)'")
+
+
+def _whereabouts(node) -> str:
+    """For a node whose name does not say where it is (the dynamo exporter's 'n0' and
+    'node_Reshape_7', or none): its output's name, and the line of the model's Python
+    source the dynamo exporter recorded, as ' (output 'x', from model.py line 12: x =
+    x.amax((2, 3)))'; else ''."""
+    props = {p.key: p.value for p in node.metadata_props}
+    if node.name and not any(key.startswith("pkg.torch.onnx") for key in props):
+        return ""
+    parts = [f"output {shown(node.output[0])}"] if node.output and node.output[0] else []
+    lines = [line.strip() for line in props.get("pkg.torch.onnx.stack_trace", "").splitlines() if line.strip()]
+    found = re.match(r'File "(.*)", line (\d+)', lines[-2]) if len(lines) >= 2 else None
+    if found:
+        parts.append(f"from {Path(found.group(1)).name} line {found.group(2)}: {shown(lines[-1], 60)[1:-1]}")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def _array(onnx, tensor) -> np.ndarray:
@@ -495,12 +554,17 @@ def _array(onnx, tensor) -> np.ndarray:
 
 
 def _elem_type(onnx, array: np.ndarray) -> int:
-    return onnx.helper.np_dtype_to_tensor_dtype(np.asarray(array).dtype)
+    try:
+        return onnx.helper.np_dtype_to_tensor_dtype(np.asarray(array).dtype)
+    except KeyError:  # a constant of a type ONNX has no number for (an object array)
+        raise ValueError(f"a constant of numpy type {np.asarray(array).dtype}") from None
 
 
 def _with_gelus_fused(nodes: list, constant: Callable[[str], np.ndarray | None]) -> list:
     """The node list with each GELU that exporters before op set 20 write out,
-    x * 0.5 * (1 + erf(x / sqrt(2))), replaced by one Gelu node (what op set 20 writes),
+    x * 0.5 * (1 + erf(x / sqrt(2))), or in its tanh form (nn.GELU('tanh')),
+    x * 0.5 * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x ** 3))), replaced by one Gelu
+    node (what op set 20 writes),
     so ConvNeXt-style models import whichever op set they were exported with. Only
     groups whose inner values nothing else reads are fused."""
     producer = {out: node for node in nodes for out in node.output}
@@ -539,28 +603,64 @@ def _with_gelus_fused(nodes: list, constant: Callable[[str], np.ndarray | None])
 
     replaced: dict[int, Any] = {}  # id of a group's last node -> the Gelu standing for the group
     dropped: set[int] = set()
-    for erf in (n for n in nodes if n.op_type == "Erf"):
-        scale = producer.get(erf.input[0])
-        x = scaled_by(scale, math.sqrt(0.5))
-        add = sole_reader(erf.output[0], "Add")
-        if x is None or len(readers[scale.output[0]]) != 1 or add is None or not is_constant(
-                other_input(add, erf.output[0]) or "", 1.0):
+    def single(name: str) -> bool:
+        return len(readers.get(name, [])) == 1
+
+    def cube_of(node, x: str) -> list | None:
+        """The nodes of x ** 3 ending in `node`: Pow(x, 3), or x * (x * x)."""
+        if node is None:
+            return None
+        if node.op_type == "Pow" and node.input[0] == x and is_constant(node.input[1], 3.0):
+            return [node]
+        square_name = other_input(node, x) if node.op_type == "Mul" else None
+        square = producer.get(square_name) if square_name else None
+        if square is not None and square.op_type == "Mul" and list(square.input) == [x, x] and single(square_name):
+            return [node, square]
+        return None
+
+    def tanh_head(tanh) -> tuple[str | None, list]:
+        """x and the nodes of sqrt(2 / pi) * (x + 0.044715 * x ** 3) that feed `tanh`."""
+        inner = producer.get(tanh.input[0])
+        total = scaled_by(inner, math.sqrt(2.0 / math.pi))
+        add = producer.get(total) if total else None
+        if add is None or add.op_type != "Add" or len(add.input) != 2 or not single(tanh.input[0]) \
+                or not single(total):
+            return None, []
+        for x, cubic_name in (tuple(add.input), tuple(add.input)[::-1]):
+            cubic = producer.get(cubic_name)
+            cube_name = scaled_by(cubic, 0.044715)
+            cube = cube_of(producer.get(cube_name), x) if cube_name and single(cubic_name) and single(cube_name) \
+                else None
+            if cube is not None:
+                return x, [inner, add, cubic, *cube]
+        return None, []
+
+    for phi in (n for n in nodes if n.op_type in ("Erf", "Tanh") and len(n.input) == 1 and len(n.output) == 1):
+        if phi.op_type == "Erf":
+            scale = producer.get(phi.input[0])
+            x = scaled_by(scale, math.sqrt(0.5))
+            head = [scale] if x is not None and single(scale.output[0]) else []
+        else:
+            x, head = tanh_head(phi)
+        add = sole_reader(phi.output[0], "Add")
+        if not head or add is None or not is_constant(other_input(add, phi.output[0]) or "", 1.0):
             continue
         product = sole_reader(add.output[0], "Mul")
         other = other_input(product, add.output[0]) if product is not None else None
         if other is None:
             continue
-        if other == x:  # (x * (1 + erf)) * 0.5
+        if other == x:  # (x * (1 + phi)) * 0.5
             last = sole_reader(product.output[0], "Mul")
             if scaled_by(last, 0.5) != product.output[0]:
                 continue
-            group = [scale, erf, add, product, last]
-        else:  # (x * 0.5) * (1 + erf)
+            group = [*head, phi, add, product, last]
+        else:  # (x * 0.5) * (1 + phi)
             half = producer.get(other)
             if scaled_by(half, 0.5) != x or len(readers[other]) != 1:
                 continue
-            last, group = product, [scale, erf, add, half, product]
-        replaced[id(last)] = helper.make_node("Gelu", [x], [last.output[0]], name=erf.name)
+            last, group = product, [*head, phi, add, half, product]
+        approximate = {"approximate": "tanh"} if phi.op_type == "Tanh" else {}
+        replaced[id(last)] = helper.make_node("Gelu", [x], [last.output[0]], name=phi.name, **approximate)
         dropped |= {id(n) for n in group}
     return [replaced.get(id(n), n) for n in nodes if id(n) not in dropped or id(n) in replaced]
 
@@ -589,7 +689,7 @@ def _clean_name(name: str) -> str:
     return cleaned[:MAX_LAYER_NAME]
 
 
-_VIEWS = {  # what a view is called, and the ONNX ops that read it
+_VIEWS = {  # what a view is called, and the ONNX ops that read it (NCHW: the map itself, every op)
     NHWC: ("channels-last (NHWC)", "Transpose back, LayerNormalization, MatMul, Add, Mul and pointwise activations"),
     GROUPED: ("grouped 5-D (N, g, C/g, H, W)", "the channel shuffle's Transpose and Reshape back, and split "
                                                "attention's and selective kernels' Concat, Mul, Softmax and "
@@ -599,6 +699,10 @@ _VIEWS = {  # what a view is called, and the ONNX ops that read it
                                           "Reshape back"),
     PATCHES: ("(N, C, H/b, b, W/b, b) patch", "the Transpose and Reshape of a space-to-depth (TResNet's stem)"),
     RADIX: ("(N, 1, radix, C) gate", "ResNeSt's Transpose, Softmax and Reshape back"),
+    CNHW: ("(C, N, H, W)", "GatherND of channels and the Transpose back (x[:, [2, 1, 0]] as the dynamo "
+                           "exporter writes it)"),
+    SQUEEZED: ("(N, C, 1) (a 1x1 map with one axis squeezed)", "a Squeeze or Gather of its last axis, and "
+                                                               "Flatten, which make it (N, C) features"),
 }
 
 
@@ -858,38 +962,73 @@ def _global_max_pool(imp: _Importer, node) -> None:
     imp.add_layer(node, "maxpool", [x], dict(kernel_size=list(x.shape[1:]), stride=1))
 
 
-@converts("ReduceMean", "ReduceL2")
+def _reduced_axes(imp: _Importer, node, x: Tensor, input_since: int) -> tuple[list[int] | None, bool]:
+    """A Reduce node's axes (None: all of them, ONNX's default) and keepdims; the axes are
+    an input from op set `input_since` (13 for ReduceSum, 18 for the others), an
+    attribute before."""
+    attrs = imp.attributes(node)
+    if imp.opset >= input_since:
+        axes = imp.optional_constant(node, 1, "axes")
+        axes = None if axes is None or axes.size == 0 else [int(a) for a in axes.ravel()]
+    else:
+        axes = attrs.get("axes")
+        axes = None if axes is None else [int(a) for a in axes]
+    return axes, bool(attrs.get("keepdims", 1))
+
+
+def _spatial_reduction(x: Tensor, axes: list[int] | None) -> bool:
+    """Whether `axes` are exactly the height and width of `x` (a channels-last view's
+    too)."""
+    spatial = [1, 2] if x.layout == NHWC else [2, 3]
+    return x.rank == 4 and axes is not None and sorted(a % 4 for a in axes) == spatial
+
+
+@converts("ReduceMean", "ReduceL2", "ReduceMax")
 def _reduce(imp: _Importer, node) -> None:
     """ReduceMean over H and W is global average pooling (the dynamo exporter writes
     adaptive_avg_pool2d(1) and x.mean((2, 3)) this way); over the channels, with the
     channel axis kept, it is a channel_mean; ReduceL2 over H and W is global_l2norm
-    (ConvNeXt V2's GRN, which writes both). A channels-last map's axes are read as such."""
+    (ConvNeXt V2's GRN, which writes both); ReduceMax over H and W (x.amax((2, 3)), and
+    AdaptiveMaxPool2d(1) as the dynamo exporter writes it) is a max pool with the crop's
+    map as its window, as GlobalMaxPool. A channels-last map's axes are read as such."""
     x = imp.tensor(node.input[0], ANY_LAYOUT)
-    attrs = imp.attributes(node)
-    if imp.opset >= 18:
-        axes = imp.optional_constant(node, 1, "axes")
-        axes = [] if axes is None else [int(a) for a in axes.ravel()]
-    else:
-        axes = [int(a) for a in attrs.get("axes", [])]
-    keepdims = bool(attrs.get("keepdims", 1))
-    spatial, channel = ([1, 2], [3]) if x.layout == NHWC else ([2, 3], [1])
-    reduced = sorted(a % 4 for a in axes) if x.rank == 4 else None
-    if reduced == spatial:
-        op = "globalavgpool" if node.op_type == "ReduceMean" else "global_l2norm"
-        imp.add_layer(node, op, [x], rank=4 if keepdims else 2)
-    elif reduced == channel and keepdims and node.op_type == "ReduceMean":
+    axes, keepdims = _reduced_axes(imp, node, x, 18)
+    channel = [3] if x.layout == NHWC else [1]
+    rank = 4 if keepdims else 2
+    if _spatial_reduction(x, axes) and node.op_type == "ReduceMax":
+        imp.add_layer(node, "maxpool", [x], dict(kernel_size=list(x.shape[1:]), stride=1), rank=rank)
+    elif _spatial_reduction(x, axes):
+        imp.add_layer(node, "globalavgpool" if node.op_type == "ReduceMean" else "global_l2norm", [x], rank=rank)
+    elif x.rank == 4 and axes is not None and sorted(a % 4 for a in axes) == channel and keepdims \
+            and node.op_type == "ReduceMean":
         imp.add_layer(node, "channel_mean", [x])
     else:
-        raise imp.error(f"{node.op_type} over axes {axes} of a rank-{x.rank} {x.layout} value (keepdims="
-                        f"{int(keepdims)}); graphconv reduces over height and width, and takes the mean over "
-                        "the channels keeping their axis")
+        what = "takes the mean over the channels keeping their axis" if node.op_type == "ReduceMean" else \
+            "reduces nothing else"
+        raise imp.error(f"{node.op_type} over axes {'all' if axes is None else axes} of a rank-{x.rank} "
+                        f"{x.layout} value (keepdims={int(keepdims)}); graphconv reduces over height and width, "
+                        f"and {what}")
 
 
 @converts("ReduceSum")
 def _reduce_sum(imp: _Importer, node) -> None:
-    """The sum over the group axis of a (N, g, C/g, H, W) view, the axis dropped: ResNeSt
-    adding its radix branches. A group_sum layer."""
-    x = imp.tensor(node.input[0], (GROUPED,))
+    """The sum over H and W (x.sum((2, 3))): a global average pooling scaled by the crop's
+    map size, H * W. On a larger image the pooling becomes a window of that size (the
+    global-pool-to-window pass), so each cell is the sum over its crop's map, as the
+    classifier computes it; a max or a sum over the image's whole map would not be.
+    Or the sum over the group axis of a (N, g, C/g, H, W) view, the axis dropped:
+    ResNeSt adding its radix branches. A group_sum layer."""
+    x = imp.tensor(node.input[0], (*ANY_LAYOUT, GROUPED))
+    if x.layout != GROUPED:
+        axes, keepdims = _reduced_axes(imp, node, x, 13)
+        if not _spatial_reduction(x, axes):
+            raise imp.error(f"ReduceSum over axes {'all' if axes is None else axes} of a rank-{x.rank} {x.layout} "
+                            "value; graphconv adds over height and width (a global pooling times their size)")
+        pooled = imp.add_layer(node, "globalavgpool", [x], rank=4 if keepdims else 2,
+                               output=f"{node.output[0]}/mean")
+        area = x.shape[1] * x.shape[2]
+        _affine(imp, node, pooled, np.full(x.shape[0], float(area)), np.zeros(x.shape[0]))
+        return
     attrs = imp.attributes(node)
     axes = imp.optional_constant(node, 1, "axes") if imp.opset >= 13 else attrs.get("axes")
     axes = [] if axes is None else [int(a) % 5 for a in np.ravel(axes)]
@@ -928,6 +1067,31 @@ def _prelu(imp: _Importer, node) -> None:
 @converts("Sigmoid")
 def _sigmoid(imp: _Importer, node) -> None:
     imp.add_layer(node, "sigmoid", [imp.tensor(node.input[0], ANY_LAYOUT)])
+
+
+@converts("Tanh", "Softplus", "Mish", "Abs")
+def _pointwise(imp: _Importer, node) -> None:
+    """Elementwise ops of no attributes, each graphconv's op of the same name."""
+    op = {"Tanh": "tanh", "Softplus": "softplus", "Mish": "mish", "Abs": "abs"}[node.op_type]
+    imp.add_layer(node, op, [imp.tensor(node.input[0], ANY_LAYOUT)])
+
+
+@converts("Elu", "Celu", "Selu")
+def _exponential_linear(imp: _Importer, node) -> None:
+    """elu, celu (alpha 1.0 by default) and selu (ONNX's defaults are PyTorch's
+    constants rounded to float32)."""
+    attrs = imp.attributes(node)
+    x = imp.tensor(node.input[0], ANY_LAYOUT)
+    if node.op_type == "Selu":
+        from graphconv.ops.activations import SELU
+        params = dict(alpha=float(attrs.get("alpha", SELU[0])), gamma=float(attrs.get("gamma", SELU[1])))
+        if np.float32(params["alpha"]) == np.float32(SELU[0]) and np.float32(params["gamma"]) == np.float32(SELU[1]):
+            params = dict(alpha=SELU[0], gamma=SELU[1])  # ONNX's float32 of PyTorch's: PyTorch's
+    else:
+        params = dict(alpha=float(attrs.get("alpha", 1.0)))
+        if node.op_type == "Celu" and params["alpha"] == 0:
+            raise imp.error("Celu with alpha 0 divides by 0")
+    imp.add_layer(node, node.op_type.lower(), [x], params)
 
 
 @converts("HardSigmoid")
@@ -1026,32 +1190,43 @@ def _cast(imp: _Importer, node) -> None:
 
 @converts("Flatten")
 def _flatten(imp: _Importer, node) -> None:
-    x = imp.tensor(node.input[0])
+    x = imp.tensor(node.input[0], (NCHW, SQUEEZED))
     axis = imp.attributes(node).get("axis", 1)
     if axis % x.rank != 1:
         raise imp.error(f"Flatten at axis {axis}; graphconv keeps the batch axis and flattens the rest (axis 1)")
     if x.rank == 2:
         imp.alias(node, x)
     else:
-        imp.add_layer(node, "flatten", [x], rank=2)
+        _features(imp, node, x)
+
+
+def _features(imp: _Importer, node, x: Tensor) -> None:
+    """The map `x` (or its SQUEEZED view) as (N, C*H*W) features: a flatten layer."""
+    imp.add_layer(node, "flatten", [replace(x, layout=NCHW)], rank=2)
 
 
 @converts("Squeeze")
 def _squeeze(imp: _Importer, node) -> None:
     """The Squeeze of H and W after a global pooling (tf2onnx writes Keras'
     GlobalAveragePooling2D as GlobalAveragePool then Squeeze): a map of C x 1 x 1 becomes
-    (N, C) features, as a Flatten would make them."""
-    x = imp.tensor(node.input[0])
+    (N, C) features, as a Flatten would make them. The two axes may go one Squeeze at a
+    time (x.squeeze(-1).squeeze(-1)): the first leaves a SQUEEZED view, the second flattens."""
+    x = imp.tensor(node.input[0], (NCHW, SQUEEZED))
     if imp.opset >= 13:
         axes = imp.optional_constant(node, 1, "axes")
         axes = None if axes is None else [int(a) for a in np.ravel(axes)]
     else:
         axes = imp.attributes(node).get("axes")
-    if x.rank != 4 or axes is None or sorted(int(a) % 4 for a in axes) != [2, 3] or x.shape[1:] != (1, 1):
+    spatial = [2] if x.layout == SQUEEZED else [2, 3]
+    squeezed = None if axes is None else sorted({int(a) % x.rank for a in axes})
+    if x.rank in (3, 4) and x.shape[1:] == (1, 1) and squeezed == spatial:
+        _features(imp, node, x)
+    elif x.rank == 4 and x.shape[1:] == (1, 1) and squeezed in ([2], [3]):
+        imp.alias(node, replace(x, layout=SQUEEZED, rank=3))
+    else:
         shape = "x".join(map(str, x.shape))
         raise imp.error(f"Squeeze of axes {axes} of a rank-{x.rank} {shape} value; graphconv squeezes only the "
-                        "1x1 height and width after a global pooling (axes [2, 3])")
-    imp.add_layer(node, "flatten", [x], rank=2)
+                        "1x1 height and width after a global pooling (axes [2, 3], together or one at a time)")
 
 
 @converts("Reshape")
@@ -1196,17 +1371,90 @@ def _reshaped(target: list[int], current: list[int]) -> list[int] | None:
 
 @converts("Gather")
 def _gather(imp: _Importer, node) -> None:
-    """A flattened map gathered back whole: indices 0..C*H*W-1 shaped (1, C, H, W), as
-    the dynamo exporter writes adaptive_avg_pool2d(1) (a strided view of the mean)."""
-    x = imp.tensor(node.input[0], (FLAT,))
-    indices = imp.constant(node.input[1], "indices")
-    whole = (1, *x.shape)
-    if int(imp.attributes(node).get("axis", 0)) != 0 or indices.shape != whole or not np.array_equal(
-            indices.ravel(), np.arange(indices.size)):
-        raise imp.error(f"Gather from a flattened {'x'.join(map(str, x.shape))} map with indices of shape "
-                        f"{list(indices.shape)}; graphconv reads only the gather of every element back "
-                        f"into {list(whole)}")
-    imp.alias(node, replace(x, layout=NCHW, rank=4))
+    """Constant indices into the feature map:
+
+    * along the channels (axis 1), a list of them (x[:, [2, 1, 0]], RGB to BGR at the
+      input; a subset, a repeat): a 1x1 conv whose weights pick each output's channel,
+      which is exact (each output adds one input times 1 and the others times 0);
+    * along H or W of a 1x1 map, the one cell (x[:, :, 0, 0] after a global pooling): a
+      scalar index drops the axis, which leaves a SQUEEZED view, and the second drop is
+      a flatten to (N, C) features; a list of it, [0], changes nothing;
+    * of a flattened map, every element back: indices 0..C*H*W-1 shaped (1, C, H, W), as
+      the dynamo exporter writes adaptive_avg_pool2d(1) (a strided view of the mean).
+
+    Rows and columns of a larger map, the batch axis, or indices computed at run time
+    cannot slide, and are refused by name."""
+    x = imp.tensor(node.input[0], (NCHW, FLAT, SQUEEZED))
+    indices = np.asarray(imp.constant(node.input[1], "indices"))
+    axis = int(imp.attributes(node).get("axis", 0))
+    if x.layout == FLAT:
+        whole = (1, *x.shape)
+        if axis != 0 or indices.shape != whole or not np.array_equal(indices.ravel(), np.arange(indices.size)):
+            raise imp.error(f"Gather from a flattened {'x'.join(map(str, x.shape))} map with indices of shape "
+                            f"{list(indices.shape)}; graphconv reads only the gather of every element back "
+                            f"into {list(whole)}")
+        imp.alias(node, replace(x, layout=NCHW, rank=4))
+        return
+    if indices.dtype.kind not in "iu":
+        raise imp.error(f"Gather with indices of type {indices.dtype}; ONNX indexes with integers")
+    if not -x.rank <= axis < x.rank:
+        raise imp.error(f"Gather along axis {axis} of a rank-{x.rank} value")
+    axis %= x.rank
+    size = (1, x.shape[0], *x.shape[1:x.rank - 1])[axis] if x.layout == SQUEEZED else (1, *x.shape)[axis]
+    if np.any(indices < -size) or np.any(indices >= size):
+        raise imp.error(f"Gather of indices {_listed(indices)} along axis {axis}, of size {size}: out of range")
+    picked = np.where(indices < 0, indices + size, indices).astype(np.int64)
+    shape = "x".join(map(str, x.shape))
+    if axis == 1 and picked.ndim == 1:
+        _pick_channels(imp, node, x, picked)
+    elif axis >= 2 and x.shape[1:] == (1, 1) and picked.ndim == 0:
+        if x.layout == SQUEEZED:
+            _features(imp, node, x)
+        else:
+            imp.alias(node, replace(x, layout=SQUEEZED, rank=3))
+    elif axis >= 2 and x.shape[1:] == (1, 1) and picked.ndim == 1 and picked.size == 1:
+        imp.alias(node, x)
+    else:
+        raise imp.error(f"Gather of indices {_listed(indices)} along axis {axis} of a rank-{x.rank} {shape} value; "
+                        "graphconv gathers a list of channels (axis 1), or the one cell of a 1x1 map "
+                        "(x[:, :, 0, 0] after a global pooling)")
+
+
+@converts("GatherND")
+def _gather_nd(imp: _Importer, node) -> None:
+    """Channels picked from a (C, N, H, W) view by constant (k, 1) indices: the dynamo
+    exporter's x[:, [2, 1, 0]] (a Transpose [1, 0, 2, 3] before it and after). The same
+    1x1 conv as a Gather of channels."""
+    x = imp.tensor(node.input[0], (CNHW,))
+    indices = np.asarray(imp.constant(node.input[1], "indices"))
+    channels = x.shape[0]
+    if (int(imp.attributes(node).get("batch_dims", 0)) != 0 or indices.ndim != 2 or indices.shape[1] != 1
+            or indices.dtype.kind not in "iu" or np.any(indices < -channels) or np.any(indices >= channels)):
+        raise imp.error(f"GatherND of indices of shape {list(indices.shape)} from a (C, N, H, W) view of "
+                        f"{channels} channels; graphconv reads a list of channels, indices of shape (k, 1)")
+    picked = indices[:, 0].astype(np.int64) % channels
+    _pick_channels(imp, node, x, picked)
+    imp.alias(node, replace(imp.values[node.output[0]], layout=CNHW))
+
+
+def _listed(indices: np.ndarray) -> str:
+    text = str(indices.tolist())
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _pick_channels(imp: _Importer, node, x: Tensor, picked: np.ndarray) -> None:
+    """Output channel i is input channel picked[i]: nothing, where that is every channel
+    in order; else a 1x1 conv of 0s and 1s, no bias (a map's layout and rank kept)."""
+    channels = x.shape[0]
+    if np.array_equal(picked, np.arange(channels)):
+        imp.alias(node, x)
+        return
+    weight = np.zeros((picked.size, channels, 1, 1), np.float32)
+    weight[np.arange(picked.size), picked, 0, 0] = 1.0
+    imp.add_layer(node, "conv", [replace(x, layout=NCHW)], dict(out_channels=int(picked.size), kernel_size=1,
+                                                                bias=False), {"weight": weight})
+    if x.layout == SQUEEZED:
+        imp.alias(node, replace(imp.values[node.output[0]], layout=SQUEEZED))
 
 
 @converts("Gemm")
@@ -1309,8 +1557,24 @@ def _affine(imp: _Importer, node, x: Tensor, scale: np.ndarray, shift: np.ndarra
     """x * scale + shift per channel: a batchnorm with the identity's statistics (mean 0,
     variance 1, eps 0), which fold-batchnorm merges into a conv right before it."""
     c = x.shape[0]
+    layer = imp.graph.node(x.node)
+    if layer.op == "batchnorm" and imp.readers_left(x) == 1 and _is_affine(imp, layer.name, layer.params):
+        # another scale or shift of an affine layer only this reads (x.sum((2, 3)) / 100): one layer
+        old_scale, old_shift = (imp.weights[f"{layer.name}.{key}"].astype(np.float64) for key in ("weight", "bias"))
+        imp.weights[f"{layer.name}.weight"] = (old_scale * scale).astype(np.float32)
+        imp.weights[f"{layer.name}.bias"] = (old_shift * scale + shift).astype(np.float32)
+        imp.alias(node, x)
+        return
     weights = {"weight": scale, "bias": shift, "running_mean": np.zeros(c), "running_var": np.ones(c)}
     imp.add_layer(node, "batchnorm", [x], {"eps": 0.0}, weights)
+
+
+def _is_affine(imp: _Importer, layer: str, params) -> bool:
+    """Whether batchnorm `layer` is x * weight + bias: eps 0 and the identity's statistics."""
+    if params.get("eps") != 0.0 or params.get("activation", "none") != "none":
+        return False
+    mean, var = imp.weights.get(f"{layer}.running_mean"), imp.weights.get(f"{layer}.running_var")
+    return mean is not None and var is not None and not mean.any() and bool((var == 1).all())
 
 
 @converts("Sub")
@@ -1389,6 +1653,12 @@ def _mul(imp: _Importer, node) -> None:
         layer = imp.graph.replace(imp.graph.node(swish.node), "silu")
         imp.alias(node, replace(swish, node=layer.name))
         return
+    softplus = _mish_softplus(imp, a, b) or _mish_softplus(imp, b, a)
+    if softplus is not None:  # x * tanh(softplus(x)): the softplus layer becomes mish, the tanh goes
+        imp.graph.erase(imp.graph.node(softplus.node).users[0])
+        layer = imp.graph.replace(imp.graph.node(softplus.node), "mish")
+        imp.alias(node, replace(softplus, node=layer.name))
+        return
     if a.shape[1:] == (1, 1) and b.shape[1:] != (1, 1):
         a, b = b, a  # the map first, its per-channel gate second, as the mul op takes them
     imp.add_layer(node, "mul", [a, b])  # both views alike: an (N, 1, 1, C) gate is per channel in NHWC too
@@ -1400,6 +1670,19 @@ def _swish_input(imp: _Importer, x: Tensor, gate: Tensor) -> Tensor | None:
     if layer.op == "sigmoid" and layer.inputs[0].name == x.node and imp.readers(gate) == 1:
         return gate
     return None
+
+
+def _mish_softplus(imp: _Importer, x: Tensor, gate: Tensor) -> Tensor | None:
+    """The softplus(x) in `gate` = tanh(softplus(x)) (nn.Mish as exporters before op set 18
+    write it), when nothing but this Mul reads either."""
+    tanh = imp.graph.node(gate.node)
+    if tanh.op != "tanh" or imp.readers(gate) != 1:
+        return None
+    softplus = tanh.inputs[0]
+    if softplus.op != "softplus" or softplus.inputs[0].name != x.node or len(softplus.users) != 1:
+        return None
+    found = [v for v in imp.values.values() if isinstance(v, Tensor) and v.node == softplus.name]
+    return found[0] if found and imp.readers(found[0]) == 1 else None
 
 
 def _scale(imp: _Importer, node, x: Tensor, constant: np.ndarray) -> None:
@@ -1415,7 +1698,7 @@ def _transpose(imp: _Importer, node) -> None:
     """The permutations that only change how ONNX sees the channels: to and from
     channels-last, the swap of a grouped view's two group axes, and the patch axes of a
     space-to-depth's view (which its Reshape then makes a layer)."""
-    x = imp.tensor(node.input[0], (NCHW, NHWC, GROUPED, PATCHES, RADIX))
+    x = imp.tensor(node.input[0], (NCHW, NHWC, GROUPED, PATCHES, RADIX, CNHW))
     perm = [int(p) for p in imp.attributes(node).get("perm", [])]
     if x.layout == PATCHES and not x.perm and tuple(perm) in PATCH_ORDERS:
         imp.alias(node, replace(x, perm=tuple(perm)))
@@ -1425,12 +1708,14 @@ def _transpose(imp: _Importer, node) -> None:
         imp.alias(node, replace(x, layout=NHWC))
     elif x.layout == NHWC and perm == [0, 3, 1, 2]:
         imp.alias(node, replace(x, layout=NCHW))
+    elif x.layout in (NCHW, CNHW) and x.rank == 4 and perm == [1, 0, 2, 3]:
+        imp.alias(node, replace(x, layout=CNHW if x.layout == NCHW else NCHW))
     elif x.layout == GROUPED and perm == [0, 2, 1, 3, 4]:
         imp.alias(node, replace(x, swapped=not x.swapped))
     else:
         raise imp.error(f"Transpose {perm} of a feature map; graphconv follows only the ones between NCHW "
-                        "and channels-last (NHWC), the channel shuffle's swap of its group axes and "
-                        "space-to-depth's of its patch axes")
+                        "and channels-last (NHWC), the channel shuffle's swap of its group axes, "
+                        "space-to-depth's of its patch axes, and the swap of N and C around a GatherND")
 
 
 @converts("LayerNormalization")

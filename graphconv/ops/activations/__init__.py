@@ -1,7 +1,10 @@
 """The smooth and piecewise activations of modern classifiers: hardsigmoid and hardswish
 (MobileNetV3), silu (EfficientNet's swish: x * sigmoid(x)), gelu (ConvNeXt), leaky_relu
-(Darknet and CSPDarknet backbones) and prelu (leaky_relu with a learnt slope per
-channel: face-recognition ResNets).
+(Darknet and CSPDarknet backbones), prelu (leaky_relu with a learnt slope per
+channel: face-recognition ResNets), mish (YOLOv4's CSPDarknet: x * tanh(softplus(x))),
+and the elementwise functions PyTorch models bring through ONNX: tanh, softplus, abs and
+the exponential linear units elu, selu and celu (one formula, one kernel:
+scale * (x where x > 0, else alpha * (exp(x / beta) - 1))).
 
 They share a folder because each kernel is the same one pass over memory with a
 different formula; relu, clip and sigmoid came earlier and keep their own folders.
@@ -15,6 +18,7 @@ import math
 
 import numpy as np
 
+from graphconv.errors import ShapeError
 from graphconv.ops.registry import Example, OpDef, Param, numel, onnx_as, register
 
 ONE_INPUT = (Example({}, [(3, 2, 4)]), Example({}, [(1, 1, 1)], batch=3))
@@ -75,6 +79,54 @@ def prelu_init_weights(params: dict, weight_shapes: dict[str, tuple], rng: np.ra
     return {"weight": rng.uniform(-0.5, 1.5, weight_shapes["weight"])}
 
 
+def tanh_reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
+    return np.tanh(_float64(inputs)).astype(np.float32)
+
+
+def softplus64(x: np.ndarray) -> np.ndarray:
+    """log(1 + exp(x)), without overflow for large x."""
+    return np.maximum(x, 0.0) + np.log1p(np.exp(-np.abs(x)))
+
+
+def softplus_reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
+    return softplus64(_float64(inputs)).astype(np.float32)
+
+
+def mish_reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
+    x = _float64(inputs)
+    return (x * np.tanh(softplus64(x))).astype(np.float32)
+
+
+def abs_reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
+    return np.abs(inputs[0]).astype(np.float32)
+
+
+SELU = (1.6732632423543772, 1.0507009873554805)  # PyTorch's (and ONNX's, to float32) alpha and scale
+
+
+def exponential_linear(op: str, params: dict) -> tuple[float, float, float]:
+    """(scale, alpha, beta) of elu, selu or celu as one formula: scale * (x where x > 0,
+    else alpha * (exp(x / beta) - 1))."""
+    if op == "selu":
+        return params["gamma"], params["alpha"], 1.0
+    return 1.0, params["alpha"], params["alpha"] if op == "celu" else 1.0
+
+
+def _exponential_linear_reference(op: str):
+    def reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
+        scale, alpha, beta = exponential_linear(op, params)
+        x = _float64(inputs)
+        below = alpha * np.expm1(np.minimum(x, 0.0) / beta)
+        return (scale * np.where(x > 0, x, below)).astype(np.float32)
+    return reference
+
+
+def celu_shape(params: dict, shapes):
+    if params["alpha"] == 0:
+        raise ShapeError("celu's alpha must not be 0 (it divides by it)")
+    return shapes[0]
+
+
 def hardsigmoid_torch(params: dict, weights: dict, inputs: list):
     import torch
     import torch.nn.functional as F
@@ -106,6 +158,62 @@ def silu_torch(params: dict, weights: dict, inputs: list):
 def gelu_torch(params: dict, weights: dict, inputs: list):
     import torch.nn.functional as F
     return F.gelu(inputs[0], approximate=params["approximate"])
+
+
+def tanh_torch(params: dict, weights: dict, inputs: list):
+    import torch
+    return torch.tanh(inputs[0])
+
+
+def softplus_torch(params: dict, weights: dict, inputs: list):
+    import torch.nn.functional as F
+    return F.softplus(inputs[0])
+
+
+def mish_torch(params: dict, weights: dict, inputs: list):
+    import torch.nn.functional as F
+    return F.mish(inputs[0])
+
+
+def abs_torch(params: dict, weights: dict, inputs: list):
+    import torch
+    return torch.abs(inputs[0])
+
+
+def elu_torch(params: dict, weights: dict, inputs: list):
+    import torch.nn.functional as F
+    return F.elu(inputs[0], params["alpha"])
+
+
+def selu_torch(params: dict, weights: dict, inputs: list):
+    import torch.nn.functional as F
+    if (params["alpha"], params["gamma"]) == SELU:
+        return F.selu(inputs[0])
+    return params["gamma"] * F.elu(inputs[0], params["alpha"])
+
+
+def celu_torch(params: dict, weights: dict, inputs: list):
+    import torch.nn.functional as F
+    return F.celu(inputs[0], params["alpha"])
+
+
+def elu_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
+    writer.node("Elu", inputs, output, alpha=params["alpha"])
+
+
+def selu_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
+    writer.node("Selu", inputs, output, alpha=params["alpha"], gamma=params["gamma"])
+
+
+def celu_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
+    writer.node("Celu", inputs, output, alpha=params["alpha"])
+
+
+def mish_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
+    """x * tanh(softplus(x)), as PyTorch's exporter writes it before op set 18 (ONNX's
+    Mish node is newer than some runtimes); the ONNX front end reads it back as one mish."""
+    gate = writer.node("Tanh", [writer.node("Softplus", inputs)])
+    writer.node("Mul", [inputs[0], gate], output)
 
 
 def hardsigmoid_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
@@ -168,6 +276,27 @@ _activation("gelu", "x * Phi(x) elementwise, Phi the normal CDF (ConvNeXt); appr
                           doc="'none': the exact erf form; 'tanh': the tanh approximation"),),
             examples=ONE_INPUT + (Example(dict(approximate="tanh"), [(2, 3, 3)]),))
 
+_activation("tanh", "tanh(x) elementwise", tanh_reference, tanh_torch, onnx_as("Tanh"), cost=6)
+_activation("softplus", "log(1 + exp(x)) elementwise (PyTorch's nn.Softplus() with beta 1)",
+            softplus_reference, softplus_torch, onnx_as("Softplus"), cost=4)
+_activation("mish", "x * tanh(softplus(x)) elementwise (YOLOv4's CSPDarknet)",
+            mish_reference, mish_torch, mish_onnx, cost=10)
+_activation("abs", "|x| elementwise", abs_reference, abs_torch, onnx_as("Abs"), cost=1)
+_activation("elu", "x where x > 0, else alpha * (exp(x) - 1), elementwise",
+            _exponential_linear_reference("elu"), elu_torch, elu_onnx, cost=4,
+            params=(Param("alpha", "float", 1.0, doc="the value approached far below 0 is -alpha"),),
+            examples=ONE_INPUT + (Example(dict(alpha=0.3), [(2, 3, 3)]),
+                                  Example(dict(alpha=-1.5), [(2, 1, 1)], batch=3)))
+_activation("selu", "gamma * (x where x > 0, else alpha * (exp(x) - 1)), elementwise (self-normalising nets)",
+            _exponential_linear_reference("selu"), selu_torch, selu_onnx, cost=5,
+            params=(Param("alpha", "float", SELU[0], doc="PyTorch's constant (ONNX's, to float32)"),
+                    Param("gamma", "float", SELU[1], doc="the scale; PyTorch's constant")),
+            examples=ONE_INPUT + (Example(dict(alpha=1.2, gamma=0.5), [(2, 3, 3)]),))
+_activation("celu", "x where x > 0, else alpha * (exp(x / alpha) - 1), elementwise",
+            _exponential_linear_reference("celu"), celu_torch, celu_onnx, cost=5, shape=celu_shape,
+            params=(Param("alpha", "float", 1.0, doc="not 0"),),
+            examples=ONE_INPUT + (Example(dict(alpha=0.4), [(2, 3, 3)]),
+                                  Example(dict(alpha=2.5), [(2, 1, 1)], batch=3)))
 _activation("leaky_relu", "x where x >= 0, else alpha * x, elementwise (Darknet, CSPDarknet)",
             leaky_relu_reference, leaky_relu_torch, leaky_relu_onnx, cost=2,
             params=(Param("alpha", "float", 0.01, doc="the slope below 0 (PyTorch's negative_slope; "

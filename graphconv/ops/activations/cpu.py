@@ -1,6 +1,7 @@
 """CPU kernels of the activations: one parallel pass over memory each, in float32 (the
 tests hold them to the float64 references within float32 rounding), with erf, tanh and
-sigmoid from `fast_math`, which vectorise where numba's libm calls do not."""
+sigmoid from `fast_math`, which vectorise where numba's libm calls do not (softplus,
+mish and the exponential linear units call libm's exp, log1p and expm1)."""
 from __future__ import annotations
 
 import math
@@ -8,7 +9,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from graphconv.ops.activations import fused_code
+from graphconv.ops.activations import exponential_linear, fused_code
 from graphconv.ops.channels_last import as_stored_like, stored_memory
 from graphconv.ops.fast_math import CONTRACT, HALF, ONE, SIX, ZERO, activate32, gelu32, hardswish32, silu32, tanh32
 from graphconv.ops.layout import is_channels_last
@@ -81,6 +82,50 @@ def _gelu_tanh(x, out):
         dst[i] = HALF * v * (ONE + tanh32(TANH_SCALE * (v + CUBIC * v * v * v)))
 
 
+@njit(cache=True, parallel=True, fastmath=CONTRACT)
+def _tanh(x, out):
+    src, dst = x.ravel(), out.reshape(-1)
+    for i in prange(src.size):
+        dst[i] = tanh32(src[i])
+
+
+@njit(cache=True, inline="always")
+def softplus32(v):
+    """log(1 + exp(v)) as max(v, 0) + log1p(exp(-|v|)): no overflow for large v."""
+    return max(v, ZERO) + np.float32(math.log1p(math.exp(-abs(v))))
+
+
+@njit(cache=True, parallel=True, fastmath=CONTRACT)
+def _softplus(x, out):
+    src, dst = x.ravel(), out.reshape(-1)
+    for i in prange(src.size):
+        dst[i] = softplus32(src[i])
+
+
+@njit(cache=True, parallel=True, fastmath=CONTRACT)
+def _mish(x, out):
+    src, dst = x.ravel(), out.reshape(-1)
+    for i in prange(src.size):
+        v = src[i]
+        dst[i] = v * tanh32(softplus32(v))
+
+
+@njit(cache=True, parallel=True, fastmath=CONTRACT)
+def _abs(x, out):
+    src, dst = x.ravel(), out.reshape(-1)
+    for i in prange(src.size):
+        dst[i] = abs(src[i])
+
+
+@njit(cache=True, parallel=True, fastmath=CONTRACT)
+def _exponential_linear(x, scale, alpha, inverse_beta, out):
+    """elu, selu and celu: scale * (v where v > 0, else alpha * expm1(v / beta))."""
+    src, dst = x.ravel(), out.reshape(-1)
+    for i in prange(src.size):
+        v = src[i]
+        dst[i] = scale * (v if v > ZERO else alpha * np.float32(math.expm1(v * inverse_beta)))
+
+
 def _memory(inputs: list[np.ndarray], out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The input's and the output's memory, stored alike (NCHW or channels-last, as `out`
     is: the input is copied only where the two differ), so one flat pass computes the op."""
@@ -117,6 +162,40 @@ def run_silu(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndar
 
 def run_gelu(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
     (_gelu_tanh if params["approximate"] == "tanh" else _gelu)(*_memory(inputs, out))
+
+
+def run_tanh(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
+    _tanh(*_memory(inputs, out))
+
+
+def run_softplus(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
+    _softplus(*_memory(inputs, out))
+
+
+def run_mish(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
+    _mish(*_memory(inputs, out))
+
+
+def run_abs(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
+    _abs(*_memory(inputs, out))
+
+
+def _run_exponential_linear(op: str, params: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
+    scale, alpha, beta = exponential_linear(op, params)
+    x, y = _memory(inputs, out)
+    _exponential_linear(x, np.float32(scale), np.float32(alpha), np.float32(1.0 / beta), y)
+
+
+def run_elu(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
+    _run_exponential_linear("elu", params, inputs, out)
+
+
+def run_selu(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
+    _run_exponential_linear("selu", params, inputs, out)
+
+
+def run_celu(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
+    _run_exponential_linear("celu", params, inputs, out)
 
 
 # ---- a conv's fused activation past relu, over its output in place -----------------------------

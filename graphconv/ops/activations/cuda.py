@@ -6,6 +6,7 @@ import math
 import numpy as np
 from numba import cuda
 
+from graphconv.ops.activations import exponential_linear
 from graphconv.ops.cuda_launch import grid_1d
 
 # float32 constants: a float literal would make numba compute in float64
@@ -96,6 +97,48 @@ def _gelu_tanh(x, out):
         out[i] = HALF * v * (ONE + math.tanh(TANH_SCALE * (v + CUBIC * v * v * v)))
 
 
+@cuda.jit(device=True, inline=True)
+def softplus(v):
+    return max(v, ZERO) + math.log1p(math.exp(-abs(v)))
+
+
+@cuda.jit
+def _tanh(x, out):
+    i = cuda.grid(1)
+    if i < x.size:
+        out[i] = math.tanh(x[i])
+
+
+@cuda.jit
+def _softplus(x, out):
+    i = cuda.grid(1)
+    if i < x.size:
+        out[i] = softplus(x[i])
+
+
+@cuda.jit
+def _mish(x, out):
+    i = cuda.grid(1)
+    if i < x.size:
+        v = x[i]
+        out[i] = v * math.tanh(softplus(v))
+
+
+@cuda.jit
+def _abs(x, out):
+    i = cuda.grid(1)
+    if i < x.size:
+        out[i] = abs(x[i])
+
+
+@cuda.jit
+def _exponential_linear(x, scale, alpha, inverse_beta, out):
+    i = cuda.grid(1)
+    if i < x.size:
+        v = x[i]
+        out[i] = scale * (v if v > ZERO else alpha * math.expm1(v * inverse_beta))
+
+
 def _launch(kernel, inputs: list, out, *scalars) -> None:
     x = inputs[0]
     blocks, threads = grid_1d(x.size)
@@ -127,3 +170,36 @@ def run_silu(params: dict, weights: dict, inputs: list, out) -> None:
 
 def run_gelu(params: dict, weights: dict, inputs: list, out) -> None:
     _launch(_gelu_tanh if params["approximate"] == "tanh" else _gelu, inputs, out)
+
+
+def run_tanh(params: dict, weights: dict, inputs: list, out) -> None:
+    _launch(_tanh, inputs, out)
+
+
+def run_softplus(params: dict, weights: dict, inputs: list, out) -> None:
+    _launch(_softplus, inputs, out)
+
+
+def run_mish(params: dict, weights: dict, inputs: list, out) -> None:
+    _launch(_mish, inputs, out)
+
+
+def run_abs(params: dict, weights: dict, inputs: list, out) -> None:
+    _launch(_abs, inputs, out)
+
+
+def _run_exponential_linear(op: str, params: dict, inputs: list, out) -> None:
+    scale, alpha, beta = exponential_linear(op, params)
+    _launch(_exponential_linear, inputs, out, np.float32(scale), np.float32(alpha), np.float32(1.0 / beta))
+
+
+def run_elu(params: dict, weights: dict, inputs: list, out) -> None:
+    _run_exponential_linear("elu", params, inputs, out)
+
+
+def run_selu(params: dict, weights: dict, inputs: list, out) -> None:
+    _run_exponential_linear("selu", params, inputs, out)
+
+
+def run_celu(params: dict, weights: dict, inputs: list, out) -> None:
+    _run_exponential_linear("celu", params, inputs, out)
