@@ -3,11 +3,11 @@
 Most of a whole-slide image is empty glass (or the white of a scanned page), and a
 tiled run spends most of its time there for nothing. With `--skip-background` each tile
 is first looked up in a tissue mask made from a small copy of the image
-(`sources.thumbnail`, from a coarse pyramid level where there is one): a tile none of
-whose cells has tissue near its centre (within half the output stride) is not computed,
-and its cells are written as "not computed" (NaN in a score map, NO_CLASS in a
-`--reduce argmax` class map). Every cell that is computed is exactly what the whole
-image's pass gives: a tile runs whole or not at all.
+(`sources.thumbnail`, from a coarse pyramid level where there is one): a cell with no
+tissue near its centre (within half the output stride) is written as "not computed" (NaN
+in a score map, NO_CLASS in a `--reduce argmax` class map), whatever the tiling, and a
+tile of such cells alone is not computed at all. Every other cell is exactly what the
+whole image's pass gives.
 
 A pixel is tissue where its colour is saturated (HSV saturation, (max - min) / max, at
 least the threshold: stained tissue is coloured, glass is grey or white), or, in a grey
@@ -23,8 +23,6 @@ cloud, equal in every band, has no saturation and was skipped as glass), and the
 nothing else to tell its blank pixels by.
 """
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
@@ -84,16 +82,35 @@ class Background:
 
     def is_blank(self, tile) -> bool:
         """Whether no tissue lies within half a stride of any of the tile's cells' centres."""
-        y0, y1 = self._span(tile.rows, 0, self.fy, self.tissue.shape[0])
-        x0, x1 = self._span(tile.cols, 1, self.fx, self.tissue.shape[1])
-        return not self.tissue[y0:y1, x0:x1].any()
+        return bool(self.blank_cells(tile).all())
 
-    def _span(self, cells: tuple[int, int], axis: int, scale: float, length: int) -> tuple[int, int]:
-        """The thumbnail pixels [start, stop) around the centres of cells [first, last) on `axis`."""
+    def blank_cells(self, tile) -> np.ndarray:
+        """(rows, cols) bool, True for each of the tile's cells with no tissue (or only
+        no-data) within half a stride of its centre. Those are written as not computed
+        whatever the tiling, so the map does not depend on where tiles fall (a cell of
+        glass or of no-data in a tile that also holds tissue used to get scores, and the
+        same cell in a tile of glass alone none). Counted on a summed-area table of the
+        mask: four lookups a cell."""
+        y0, y1 = self._spans(tile.rows, 0, self.fy, self.tissue.shape[0])
+        x0, x1 = self._spans(tile.cols, 1, self.fx, self.tissue.shape[1])
+        sums = self._tissue_sums
+        y0, y1, x0, x1 = y0[:, None], y1[:, None], x0[None, :], x1[None, :]
+        return sums[y1, x1] - sums[y0, x1] - sums[y1, x0] + sums[y0, x0] == 0
+
+    @property
+    def _tissue_sums(self) -> np.ndarray:
+        if getattr(self, "_sums", None) is None:
+            self._sums = np.pad(self.tissue.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        return self._sums
+
+    def _spans(self, cells: tuple[int, int], axis: int, scale: float, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """The thumbnail pixels [start, stop) around the centre of each of cells [first,
+        last) on `axis`, half a stride either side."""
         size, stride, offset = self.field.size[axis], self.field.stride[axis], self.field.offset[axis]
-        first = offset + cells[0] * stride + (size - 1) / 2 - stride / 2
-        last = offset + (cells[1] - 1) * stride + (size - 1) / 2 + stride / 2
-        return max(0, math.floor(first / scale)), min(length, math.ceil(last / scale) + 1)
+        centres = offset + np.arange(cells[0], cells[1]) * float(stride) + (size - 1) / 2
+        starts = np.floor((centres - stride / 2) / scale).astype(np.int64)
+        stops = np.ceil((centres + stride / 2) / scale).astype(np.int64) + 1
+        return np.clip(starts, 0, length), np.clip(stops, 0, length)
 
 
 def tissue_mask(picture: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
@@ -104,6 +121,16 @@ def tissue_mask(picture: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np
         saturation = np.where(brightest > 0, (brightest - dullest) / np.maximum(brightest, 1e-6), 0.0)
         return saturation >= threshold
     return picture[0] <= 255 * (1 - threshold)
+
+
+def without_blank_cells(block: np.ndarray, blank: np.ndarray | None) -> np.ndarray:
+    """A tile's (N, K, rows, cols) block with the cells `blank` marks (`Background.
+    blank_cells`) written as not computed (`fill_value`)."""
+    if blank is None or not blank.any():
+        return block
+    block = np.array(block)  # the network's own buffer may be a view
+    block[:, :, blank] = fill_value(block.dtype)
+    return block
 
 
 def fill_value(dtype: np.dtype):

@@ -108,22 +108,26 @@ def _tile_block(ref: ModelRef, image: str, box: tuple[int, int, int, int], rows,
 
 
 def run_tiles_on_cluster(client, ref: ModelRef, image: str, plan, out, options: MapOptions,
-                         progress: Callable[[Any], None] | None = None, skip: Callable[[Any], bool] | None = None):
-    """Every tile of `plan` as a task; blocks written into `out` as they arrive. The tiles
-    `skip` says are blank are not sent: their cells are written here as not computed."""
+                         progress: Callable[[Any], None] | None = None,
+                         blank_cells: Callable[[Any], np.ndarray] | None = None):
+    """Every tile of `plan` as a task; blocks written into `out` as they arrive. The cells
+    `blank_cells(tile)` marks are written here as not computed, and a tile of such cells
+    alone is not sent (as `tiling.run_tiled` does)."""
     from distributed import as_completed
 
-    from graphconv.background import fill_value
+    from graphconv.background import fill_value, without_blank_cells
     from graphconv.tiling import write_block
 
-    blank = [t for t in plan.tiles if skip is not None and skip(t)]
+    masks = {t: blank_cells(t) for t in plan.tiles} if blank_cells is not None else {}
+    blank = [t for t in plan.tiles if t in masks and masks[t].all()]
     skipped = set(blank)
     futures = {client.submit(_tile_block, ref, image, t.box, t.rows, t.cols, options, pure=False): t
                for t in plan.tiles if t not in skipped}
     for tile in blank:
         write_block(out, tile, fill_value(out.dtype), progress)
     for future in as_completed(futures):
-        write_block(out, futures[future], future.result(), progress)
+        tile = futures[future]
+        write_block(out, tile, without_blank_cells(future.result(), masks.get(tile)), progress)
     return out
 
 
@@ -148,18 +152,18 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
                              options.bands, options.downsample, options.mpp)
         transform, _, _ = map_transform(options.reduce, options.classes, model.output_channels)
         grid = options.grid(model)
-        skip = None
+        blank_cells = None
         if options.skip_background is not None:
             from graphconv.background import Background
             background = Background(source, grid.field, options.skip_background)
-            skip = background.is_blank
+            blank_cells = background.blank_cells
             tile = tile or background.cheapest_tile(grid, (source.height, source.width))
         if tile is None:
             x = source.read(0, 0, source.height, source.width)
             result = grid.whole(x[None] if x.ndim == 3 else x, options.device)
             result = result if transform is None else transform(result)
         else:
-            result = run_tiled(grid, source, tile, device=options.device, transform=transform, skip=skip)
+            result = run_tiled(grid, source, tile, device=options.device, transform=transform, blank_cells=blank_cells)
         _write_map(output, result, source, grid)
         return ImageResult(image, output, tuple(result.shape))
     except (GraphconvError, OSError, MemoryError, ValueError) as err:
@@ -235,10 +239,10 @@ def is_a_map_graphconv_wrote(path: str, channels: Collection[int] | None = None)
     """Whether the existing output `path` holds what a run writes, and so may be replaced
     by the next run, where a user's own file must not be: a .tif map says so in its
     description; an .npy or a zarr array cannot say who wrote it, so its shape and type
-    must be a run's: (N, K, rows, cols) float32 scores or uint16 classes (one channel),
-    or, where the channels a run of this model writes are known, (N, K) class vectors
-    too, K one of `channels`. A user's image, scene or input array has other shapes,
-    types or channel counts."""
+    must be a run's: (N, K, rows, cols) float32 scores (of any model, any --classes) or
+    uint16 classes (one channel), or, where the channels a run of this model writes are
+    known, (N, K) class vectors, K one of `channels`. A user's image or scene has other
+    shapes or types (and the run's own input is refused before this)."""
     if path.lower().endswith((".tif", ".tiff")):
         from graphconv.georef import is_graphconv_map
         return is_graphconv_map(path)
@@ -248,9 +252,9 @@ def is_a_map_graphconv_wrote(path: str, channels: Collection[int] | None = None)
     dtype, shape = header
     if dtype == np.uint16:
         return len(shape) == 4 and shape[1] == 1
-    if dtype != np.float32 or len(shape) not in ((2, 4) if channels else (4,)):
+    if dtype != np.float32:
         return False
-    return channels is None or shape[1] in channels
+    return len(shape) == 4 or (len(shape) == 2 and channels is not None and shape[1] in channels)
 
 
 def _stored_array_header(path: str) -> tuple[np.dtype, tuple[int, ...]] | None:

@@ -114,7 +114,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     print(f"tiles: {plan.describe()}", file=sys.stderr)
     placement = cell_placement(source, grid.cell_area)
     print(f"cells: {placement.describe()}", file=sys.stderr)
-    skip = _skipper(args, background, plan)
+    blank_cells = _skipper(args, background, plan)
     if not (args.workers or args.scheduler):
         from graphconv.cli import note_cold_kernels
         note_cold_kernels(model, args.device)
@@ -124,12 +124,12 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
         if args.output:
             with MapFile(args.output, shape, dtype, chunk_hw=plan.cells_hw,
                          georeference=_map_georeference(args, source, grid), placement=placement) as out:
-                _compute(args, grid, source, plan, tile, out, transform, on_tile, skip)
+                _compute(args, grid, source, plan, tile, out, transform, on_tile, blank_cells)
                 _draw_heatmap(args, model, source, grid, out, background)  # before the map is renamed into place
                 means = _class_means(args, out)
         else:
             out = np.empty(shape, dtype)
-            _compute(args, grid, source, plan, tile, out, transform, on_tile, skip)
+            _compute(args, grid, source, plan, tile, out, transform, on_tile, blank_cells)
             _draw_heatmap(args, model, source, grid, out, background)
             means = _class_means(args, out)
     seconds = time.perf_counter() - start
@@ -193,17 +193,17 @@ def _map_georeference(args: argparse.Namespace, source, grid):
     return geo
 
 
-def _compute(args, grid, source, plan, tile, out, transform, on_tile, skip) -> None:
+def _compute(args, grid, source, plan, tile, out, transform, on_tile, blank_cells) -> None:
     from graphconv.tiling import run_tiled
 
     if args.workers or args.scheduler:
         from graphconv.cluster import client_for, run_tiles_on_cluster
         with client_for(args.workers or 1, args.scheduler) as client:
             run_tiles_on_cluster(client, _model_ref(args), str(Path(args.image).resolve()), plan, out,
-                                 _map_options(args, grid), on_tile, skip)
+                                 _map_options(args, grid), on_tile, blank_cells)
     else:
         run_tiled(grid, source, tile, out=out, device=args.device, transform=transform, progress=on_tile,
-                  skip=skip)
+                  blank_cells=blank_cells)
 
 
 def _background(args: argparse.Namespace, source, grid):
@@ -215,17 +215,18 @@ def _background(args: argparse.Namespace, source, grid):
 
 
 def _skipper(args: argparse.Namespace, background, plan):
-    """Which tiles are blank, said on stderr; None without --skip-background."""
+    """Which cells are blank (`Background.blank_cells`), said on stderr; None without
+    --skip-background."""
     if background is None:
         return None
-    skip = background.is_blank
-    blank = [t for t in plan.tiles if skip(t)]
-    cells = sum((t.rows[1] - t.rows[0]) * (t.cols[1] - t.cols[0]) for t in blank)
+    masks = [background.blank_cells(t) for t in plan.tiles]
+    tiles = sum(bool(mask.all()) for mask in masks)
+    cells = sum(int(mask.sum()) for mask in masks)
     filler = "NaN" if args.reduce != "argmax" else "65535"
     empty = "show no tissue" if background.nodata is None else f"hold only no-data ({background.nodata:g})"
-    print(f"background: {len(blank)} of {len(plan.tiles)} tile(s) {empty} and are not computed "
-          f"(their {cells} cell(s) are {filler})", file=sys.stderr)
-    return skip
+    print(f"background: {cells} cell(s) {empty} near their centre and are not computed ({filler}); "
+          f"{tiles} of {len(plan.tiles)} tile(s) hold only such cells and are skipped", file=sys.stderr)
+    return background.blank_cells
 
 
 def _check_heatmap(args: argparse.Namespace, classes: int) -> None:

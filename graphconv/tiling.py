@@ -347,7 +347,8 @@ def _box(field: Field, align, rows, cols, image_hw, stitch=(1, 1), multiple=(1, 
 
 def run_tiled(model, source: Source | np.ndarray, tile: int | Sequence[int], *, out: Any = None,
               device: str = "cpu", transform: Callable[[np.ndarray], np.ndarray] | None = None,
-              progress: Callable[[Tile], None] | None = None, skip: Callable[[Tile], bool] | None = None) -> Any:
+              progress: Callable[[Tile], None] | None = None,
+              blank_cells: Callable[[Tile], np.ndarray] | None = None) -> Any:
     """The map `model.run` gives for the whole image (or a grid's map: `CropGrid`),
     computed tile by tile.
 
@@ -355,26 +356,28 @@ def run_tiled(model, source: Source | np.ndarray, tile: int | Sequence[int], *, 
     to write the map (a numpy array, np.memmap or zarr array of the shape and dtype the
     result has); a new numpy array when None. `transform` maps each tile's (N, K, r, c)
     block before it is written (e.g. keep some classes, or argmax); `progress` is called
-    after each tile. A tile `skip` says is blank is not computed: its cells are written as
-    `background.fill_value` (NaN in a score map)."""
+    after each tile. The cells `blank_cells(tile)` marks (`Background.blank_cells`: no
+    tissue near their centres) are written as `background.fill_value` (NaN in a score
+    map), and a tile of such cells alone is not computed."""
+    from graphconv.background import fill_value, without_blank_cells
+
     source = as_source(source)
     grid = as_grid(model)
     plan = plan_tiles(grid, (source.height, source.width), tile)
-    blank = [t for t in plan.tiles if skip is not None and skip(t)]
+    masks = {t: blank_cells(t) for t in plan.tiles} if blank_cells is not None else {}
+    blank = [t for t in plan.tiles if t in masks and masks[t].all()]
     if out is None and len(blank) == len(plan.tiles):
         blank = blank[1:]  # one tile computed, for the map's channels and type
     skipped = set(blank)
     for tile_ in plan.tiles:
         if tile_ in skipped:
             continue
-        block = _tile_block(grid, source, tile_, plan.field, device, transform)
+        block = without_blank_cells(_tile_block(grid, source, tile_, plan.field, device, transform), masks.get(tile_))
         if out is None:
             out = np.empty((block.shape[0], block.shape[1], *plan.map_hw), block.dtype)
         write_block(out, tile_, block, progress)
-    if blank:
-        from graphconv.background import fill_value
-        for tile_ in blank:
-            write_block(out, tile_, fill_value(out.dtype), progress)
+    for tile_ in blank:
+        write_block(out, tile_, fill_value(out.dtype), progress)
     return out
 
 

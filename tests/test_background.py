@@ -78,7 +78,10 @@ def test_a_tile_is_blank_when_no_tissue_is_near_its_cells_centres(lenet, monkeyp
 
 
 @pytest.mark.parametrize("reduce", [None, "argmax"])
-def test_skipped_tiles_are_not_computed_and_the_others_are_exact(lenet, reduce):
+def test_blank_cells_are_not_computed_whatever_the_tiling_and_the_others_are_exact(lenet, reduce):
+    """A cell with no tissue near its centre is written as not computed in every tiling
+    (it used to get scores when its tile also held tissue, so the map depended on --tile);
+    a tile of such cells alone is not read; every other cell is the whole image's."""
     page = page_with_a_blot()
     x = (page - 128) / 64  # what the network reads; the mask is made from the page itself
     grid = DenseGrid(lenet)
@@ -86,21 +89,43 @@ def test_skipped_tiles_are_not_computed_and_the_others_are_exact(lenet, reduce):
     transform, _, _ = map_transform(reduce, None, lenet.output_channels)
     background = Background.__new__(Background)  # the mask as the page gives it, without a thumbnail
     background.tissue, background.fy, background.fx, background.field = tissue_mask(page[0]), 1.0, 1.0, grid.field
-    read = []
-    source = PixelSource(x)
-    original = source.read
-    source.read = lambda *box: read.append(box) or original(*box)
-    got = run_tiled(grid, source, 48, transform=transform, skip=background.is_blank)
-    plan = plan_tiles(grid, page.shape[2:], 48)
-    computed = [t for t in plan.tiles if not background.is_blank(t)]
-    assert sorted(read) == sorted(t.box for t in computed)
     want = whole if transform is None else transform(whole)
-    done = np.zeros(want.shape[2:], bool)
-    for t in computed:
-        done[t.rows[0]:t.rows[1], t.cols[0]:t.cols[1]] = True
-    np.testing.assert_allclose(got[:, :, done], want[:, :, done], rtol=1e-4, atol=1e-6)
-    skipped = got[:, :, ~done]
-    assert (np.isnan(skipped) if reduce is None else skipped == NO_CLASS).all()
+    maps = []
+    for tile in (48, 64):
+        read = []
+        source = PixelSource(x)
+        original = source.read
+        source.read = lambda *box: read.append(box) or original(*box)
+        maps.append(run_tiled(grid, source, tile, transform=transform, blank_cells=background.blank_cells))
+        plan = plan_tiles(grid, page.shape[2:], tile)
+        assert sorted(read) == sorted(t.box for t in plan.tiles if not background.is_blank(t))
+        blank = np.zeros(want.shape[2:], bool)
+        for t in plan.tiles:
+            blank[t.rows[0]:t.rows[1], t.cols[0]:t.cols[1]] = background.blank_cells(t)
+        assert 0 < blank.sum() < blank.size
+        np.testing.assert_allclose(maps[-1][:, :, ~blank], want[:, :, ~blank], rtol=1e-4, atol=1e-6)
+        skipped = maps[-1][:, :, blank]
+        assert (np.isnan(skipped) if reduce is None else skipped == NO_CLASS).all()
+    np.testing.assert_array_equal(np.isnan(maps[0]) if reduce is None else maps[0] == NO_CLASS,
+                                  np.isnan(maps[1]) if reduce is None else maps[1] == NO_CLASS)
+
+
+def test_a_cell_is_blank_exactly_when_no_tissue_lies_within_half_a_stride_of_its_centre(lenet):
+    page = page_with_a_blot()
+    grid = DenseGrid(lenet)
+    background = Background.__new__(Background)
+    background.tissue, background.fy, background.fx, background.field = tissue_mask(page[0]), 1.0, 1.0, grid.field
+    plan = plan_tiles(grid, page.shape[2:], 48)
+    field, tissue = grid.field, background.tissue
+    for t in plan.tiles:
+        mask = background.blank_cells(t)
+        for i, row in enumerate(range(*t.rows)):
+            for j, col in enumerate(range(*t.cols)):
+                cy = field.offset[0] + row * field.stride[0] + (field.size[0] - 1) / 2
+                cx = field.offset[1] + col * field.stride[1] + (field.size[1] - 1) / 2
+                near = tissue[max(0, int(np.floor(cy - field.stride[0] / 2))):int(np.ceil(cy + field.stride[0] / 2)) + 1,
+                              max(0, int(np.floor(cx - field.stride[1] / 2))):int(np.ceil(cx + field.stride[1] / 2)) + 1]
+                assert mask[i, j] == (not near.any()), (row, col)
 
 
 def test_a_threshold_outside_0_to_1_is_refused(lenet):
