@@ -884,19 +884,21 @@ def cmd_compile(args: argparse.Namespace) -> int:
         return 0
     print(done + f"output stride {field.stride[0]}x{field.stride[1]}, each cell sees {field.size[0]}x{field.size[1]} "
                  "pixels")
-    note_padding(model)
+    note_padding(source)
     return 0
 
 
-def note_padding(model) -> None:
+def note_padding(classifier) -> None:
     """Why a compiled classifier's map can differ from the classifier on each crop, said
     once at compile: each crop is padded at its own border, the sliding network only at
-    the image's (docs: `graphconv verify` shows where, and by how much)."""
+    the image's (`graphconv verify` shows where, and by how much). Read from the network
+    as written: compiling changes no padding (fold-pad only moves it into the conv), and
+    a shift-and-stitch graph's finer strides are no grid to trace it on."""
     from graphconv.dense import padded_layers
 
-    if model.segmentation:
+    if classifier.meta.get("task") == "segmentation":
         return
-    padded = padded_layers(model.graph)
+    padded = padded_layers(classifier)
     if padded:
         named = ", ".join(padded[:3]) + (f" and {len(padded) - 3} more" if len(padded) > 3 else "")
         note(f"note: {named} pad: each crop is padded at its own border, the sliding network only at the "
@@ -1043,7 +1045,8 @@ def _write_all(files: list) -> None:
 
 def _preprocess_options(args: argparse.Namespace, channels: int) -> dict:
     """import's --scale/--mean/--std as a spec's preprocess block, checked as the spec
-    loader checks one (finite numbers, one per channel or one for all, no zero std)."""
+    loader checks one (finite numbers, one per channel, no zero std); one number given
+    is written out for every channel."""
     block: dict = {}
     if args.values == "stored":
         block["values"] = "stored"

@@ -33,6 +33,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
+import numpy as np
+
 from graphconv.errors import GraphconvError, PassError, shown
 from graphconv.ir import Graph
 from graphconv.shapes import infer_shapes
@@ -323,7 +325,7 @@ class PassManager:
                 raise
             raise PassError(f"pass '{info.name}' ({info.origin}) crashed: "
                             f"{type(err).__name__}: {err}") from err
-        if result is not None and not isinstance(result, bool):
+        if result is not None and not isinstance(result, (bool, np.bool_)):  # `return mask.any()` is a bool too
             raise PassError(f"pass '{info.name}' ({info.origin}) returned {shown(result)}; a pass edits the "
                             "graph it is given in place and returns True (or None) if it changed it, False if "
                             "not")
@@ -392,24 +394,36 @@ def _cell_field(graph: Graph):
 
 
 def _check_cells_unchanged(graph: Graph, before) -> None:
-    """Every output cell must go on reading the pixels it read before the pipeline (for
-    a classifier: its crop's, where cell (0, 0) is the classifier on the crop itself);
-    only the stride may become finer, by a whole factor (output-stride). A pass that
-    makes a map finer by dropping a pooling's stride, say, changes what each cell
-    computes, and every cell would be wrong; caught here, it is named."""
+    """Every output cell must go on reading the pixels of its crop it read before the
+    pipeline (for a classifier, cell (0, 0) is the classifier on the crop itself), and
+    nothing outside the crop that it did not read before; only the stride may become
+    finer, by a whole factor (output-stride). A cell may come to read more of its own
+    crop: conv-to-fc gives an fc layer the whole map where its conv's windows left the
+    last rows out (its weights there are zero). A pass that makes a map finer by
+    dropping a pooling's stride, say, changes what each cell computes, and every cell
+    would be wrong; caught here, it is named."""
     after = _cell_field(graph)
     if after is None:
         raise graph.output.error("the receptive field of the output can no longer be worked out")
     _, height, width = graph.input_shape
-    pixels = before.pixels_at(height, width), after.pixels_at(height, width)
+    was, now = before.pixels_at(height, width), after.pixels_at(height, width)
+    keeps_its_pixels = now[0] <= was[0] and now[1] <= was[1] and now[2] >= was[2] and now[3] >= was[3]
+    old, new = before.box(0, 0), after.box(0, 0)
+    reach = (min(old[0], 0), min(old[1], 0), max(old[2], height), max(old[3], width))
+    stays_in_reach = new[0] >= reach[0] and new[1] >= reach[1] and new[2] <= reach[2] and new[3] <= reach[3]
     finer = all(Fraction(b) % Fraction(a) == 0 for a, b in zip(after.stride, before.stride))
-    if pixels[0] != pixels[1] or not finer:
-        was, now = (f"rows {top}-{bottom - 1}, columns {left}-{right - 1} of the {height}x{width} crop at stride "
-                    f"{field.stride[0]}x{field.stride[1]}" for (top, left, bottom, right), field in zip(pixels, (before, after)))
+    if not (keeps_its_pixels and stays_in_reach and finer):
         raise graph.output.error(
-            f"the first output cell read {was}, and now reads {now}: a pass must keep every cell equal to "
-            "what it was (a classifier's: the classifier on its crop); only the stride may become finer, by a "
-            "whole factor, as output-stride makes it (compile --output-stride)")
+            f"the first output cell read {_cell_box(old, before, height, width)}, and now reads "
+            f"{_cell_box(new, after, height, width)}: a pass must keep every cell equal to what it was (a "
+            "classifier's: the classifier on its crop); only the stride may become finer, by a whole factor, "
+            "as output-stride makes it (compile --output-stride)")
+
+
+def _cell_box(box, field, height: int, width: int) -> str:
+    top, left, bottom, right = box
+    return (f"rows {top} to {bottom - 1}, columns {left} to {right - 1} of the {height}x{width} crop at stride "
+            f"{field.stride[0]}x{field.stride[1]}")
 
 
 def _check_labels_match(graph: Graph, classes: int) -> None:

@@ -42,7 +42,8 @@ def fuse_conv_add(graph: Graph) -> bool:
 
 def _foldable(graph: Graph, node: Node, add: Node) -> bool:
     """Whether the add can be folded into `node`; not when the add's other input is the
-    conv's own input (a layer reads each value once in the IR)."""
+    conv's own input: the fused conv would read that value twice, the second time through
+    an identity copy (`Graph._connect`), which costs about what fusing saves."""
     if not (node.op == "conv" and node.params["activation"] == "none" and len(node.inputs) == 1
             and node.users == [add] and graph.output != node):
         return False

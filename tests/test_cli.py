@@ -642,8 +642,8 @@ def test_an_output_that_exists_is_replaced_only_if_an_earlier_run_wrote_it(tmp_p
     pytest.importorskip("PIL")
     x = np.zeros((1, 1, 28, 28), np.float32)
     np.save(tmp_path / "x.npy", x)
-    users = {"scene.npy": np.zeros((4, 50, 60), np.uint16), "batch.npy": np.zeros((2, 1, 28, 28), np.float32),
-             "grey.npy": np.zeros((300, 400), np.float32)}
+    users = {"scene.npy": np.zeros((4, 50, 60), np.uint16), "rgb.npy": np.zeros((3, 28, 28), np.float32),
+             "grey.npy": np.zeros((300, 400), np.float32), "bands.npy": np.zeros((1, 4, 28, 28), np.uint16)}
     for name, array in users.items():
         np.save(tmp_path / name, array)
         assert run_cli("run", SPECS / "digits.yaml", "--input", tmp_path / "x.npy", "--output", tmp_path / name) == 2

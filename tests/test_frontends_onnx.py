@@ -1430,3 +1430,20 @@ def test_a_dynamo_node_is_named_with_its_output_and_the_line_of_python_that_made
                                              r"return self.conv\(x\).amin\(\(2, 3\)\)\): op ReduceMin is not "
                                              r"supported"):
         load_network(path)
+
+
+def test_a_scale_another_layer_already_reads_is_not_merged_into(tmp_path, rng):
+    """y = relu(conv) * c2; sigmoid(y) + y * 3: the Mul by 3 merged into y's scale layer,
+    which the Sigmoid, converted before it, reads too (0.22 off onnxruntime)."""
+    import onnxruntime as ort
+    helper = onnx.helper
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Mul", ["r", "c2"], ["y"]), helper.make_node("Sigmoid", ["y"], ["z1"]),
+             helper.make_node("Mul", ["y", "c3"], ["z2"]), helper.make_node("Add", ["z1", "z2"], ["out"])]
+    constants = {"w": rng.standard_normal((4, 3, 3, 3)), "c2": np.arange(1, 5).reshape(1, 4, 1, 1),
+                 "c3": np.full((1, 4, 1, 1), 3.0)}
+    path = save(tiny_model(nodes, constants, output="out"), tmp_path / "two_readers.onnx")
+    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    out = Model(load_network(path, task="segmentation")).run(x)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)

@@ -226,11 +226,34 @@ def test_a_pass_that_changes_what_each_cell_sees_is_named(lenet):
         return True
 
     with pytest.raises(PassError, match=r"pass 'unstrided-pool' broke the IR: .*the first output cell read "
-                                        r"rows 0-31, columns 0-31 of the 32x32 crop at stride 4x4, and now reads "
-                                        r"rows 0-23, columns 0-23 of the 32x32 crop at stride 2x2"):
+                                        r"rows 0 to 31, columns 0 to 31 of the 32x32 crop at stride 4x4, and now "
+                                        r"reads rows 0 to 23, columns 0 to 23 of the 32x32 crop at stride 2x2"):
         PassManager("shape-inference,fc-to-conv,unstrided-pool").run(lenet)
     finer = PassManager("shape-inference,fc-to-conv,output-stride{stride=2}").run(lenet)
     assert graphconv.Model(finer).output_stride == (2, 2), "a finer stride made properly passes"
+
+    @register_pass("dilate-conv1", "dilates and pads conv1: each cell reads past its crop")
+    def dilate_conv1(graph):
+        graph.set_params("conv1", dilation=2, padding=4)
+
+    with pytest.raises(PassError, match=r"pass 'dilate-conv1' broke the IR: .* now reads rows -4 to 31"):
+        PassManager("shape-inference,fc-to-conv,dilate-conv1").run(lenet)
+
+
+def test_a_cell_may_come_to_read_more_of_its_own_crop(write_spec):
+    """conv-to-fc gives the fc the whole 7x7 map where the conv's windows read 6x6 of it
+    (the fc's weights there are zero): the same cell, and not refused."""
+    graph = load_spec(write_spec("""
+        name: c2f
+        input: {shape: [1, 7, 7]}
+        layers:
+          - {name: conv1, op: conv, out_channels: 4, kernel_size: 2, stride: 2}
+          - {name: fc1, op: fc, out_features: 10}
+    """))
+    x = np.random.default_rng(0).standard_normal((1, 1, 7, 7)).astype(np.float32)
+    from graphconv.runtime import run_reference
+    np.testing.assert_allclose(run_reference(PassManager("shape-inference,conv-to-fc").run(graph), x).ravel(),
+                               run_reference(graph, x).ravel(), rtol=1e-5, atol=1e-6)
 
 
 def test_a_pass_must_keep_the_labels_naming_the_outputs_channels(lenet):
@@ -338,3 +361,11 @@ def test_verify_checks_the_pipeline_given_with_the_users_passes(tmp_path, capsys
     assert main(args + ["shape-inference,fc-to-conv"]) == 0
     assert main(args + ["shape-inference,fc-to-conv,double-fc4"]) == 1
     assert "result: FAIL" in capsys.readouterr().out
+
+
+def test_a_pass_may_return_a_numpy_bool(lenet):
+    @register_pass("numpy-bool", "returns np.bool_, as `return mask.any()` does")
+    def numpy_bool(graph):
+        return np.bool_(False)
+
+    PassManager("numpy-bool").run(lenet)

@@ -1558,8 +1558,10 @@ def _affine(imp: _Importer, node, x: Tensor, scale: np.ndarray, shift: np.ndarra
     variance 1, eps 0), which fold-batchnorm merges into a conv right before it."""
     c = x.shape[0]
     layer = imp.graph.node(x.node)
-    if layer.op == "batchnorm" and imp.readers_left(x) == 1 and _is_affine(imp, layer.name, layer.params):
-        # another scale or shift of an affine layer only this reads (x.sum((2, 3)) / 100): one layer
+    if (layer.op == "batchnorm" and imp.readers_left(x) == 1 and not layer.users
+            and _is_affine(imp, layer.name, layer.params)):
+        # another scale or shift of an affine layer only this reads (x.sum((2, 3)) / 100): one layer;
+        # not when a layer made earlier reads it too (sigmoid(y) + y * 3), whose values would change
         old_scale, old_shift = (imp.weights[f"{layer.name}.{key}"].astype(np.float64) for key in ("weight", "bias"))
         imp.weights[f"{layer.name}.weight"] = (old_scale * scale).astype(np.float32)
         imp.weights[f"{layer.name}.bias"] = (old_shift * scale + shift).astype(np.float32)
