@@ -435,7 +435,9 @@ def _layer_inputs(graph: Graph, layer: dict, previous: str, opdef: OpDef, loc: L
                                  loc=loc, layer=name)
     if len(set(inputs)) != len(inputs):
         twice = next(source for source in inputs if inputs.count(source) > 1)
-        raise GraphconvError(f"'inputs' lists {shown(twice)} twice; each input must be a different layer",
+        raise GraphconvError(f"'inputs' lists {shown(twice)} twice; each input must be a different layer (to use "
+                             "one value twice, as in x + x, read it once through an identity layer: "
+                             "{name: x_again, op: identity, inputs: [x]})",
                              loc=loc, layer=name)
     low, high = opdef.arity
     if len(inputs) < low or (high is not None and len(inputs) > high):
