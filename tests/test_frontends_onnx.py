@@ -1279,7 +1279,8 @@ class Headed(torch.nn.Module):
         self.fc = torch.nn.Linear(6, 4)
         self.act = {"tanh": torch.nn.Tanh(), "elu": torch.nn.ELU(0.7), "selu": torch.nn.SELU(),
                     "celu": torch.nn.CELU(1.3), "softplus": torch.nn.Softplus(), "mish": torch.nn.Mish(),
-                    "gelu-tanh": torch.nn.GELU("tanh"), "abs": None}.get(how, torch.nn.Identity())
+                    "gelu-tanh": torch.nn.GELU("tanh"), "gelu": torch.nn.GELU(), "abs": None,
+                    "softplus-beta": torch.nn.Softplus(beta=2.0)}.get(how, torch.nn.Identity())
 
     def forward(self, x):
         F = torch.nn.functional
@@ -1299,7 +1300,7 @@ class Headed(torch.nn.Module):
             x = torch.flatten(F.adaptive_max_pool2d(x, 1), 1)
         else:
             x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-        return self.fc(x)
+        return F.log_softmax(self.fc(x), dim=1) if self.how == "log-softmax" else self.fc(x)
 
 
 def per_crop_scores(model, image: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -1348,25 +1349,135 @@ def test_heads_pytorch_users_write_import_and_slide_crop_by_crop(tmp_path, how, 
 
 
 ACTIVATIONS = {"tanh": "tanh", "elu": "elu", "selu": "selu", "celu": "celu", "softplus": "softplus", "mish": "mish",
-               "gelu-tanh": "gelu", "abs": "abs"}
+               "gelu-tanh": "gelu", "gelu": "gelu", "abs": "abs"}
 
 
+def export_at(model, path, *, dynamo: bool, opset: int) -> None:
+    """torch.onnx.export at `opset` through either exporter (onnx_zoo.export's dynamo
+    form takes the exporter's default op set; here the dynamo exporter writes op set 18
+    and converts it down where asked)."""
+    if not dynamo:
+        onnx_zoo.export(model, path, opset=opset)
+        return
+    import warnings
+    size = model.crop if isinstance(model.crop, tuple) else (model.crop, model.crop)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(onnx_zoo.Wrapped(model), (torch.randn(1, 3, *size),), str(path),
+                          dynamo=True, opset_version=opset, input_names=["x"], verbose=False)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
 @pytest.mark.parametrize("opset", [17, 18])
 @pytest.mark.parametrize("how", sorted(ACTIVATIONS))
-def test_elementwise_activations_import_as_one_layer_and_slide(tmp_path, how, opset, rng):
+def test_elementwise_activations_import_as_one_layer_and_slide(tmp_path, how, opset, dynamo, rng):
     """Tanh, Elu, Selu, Celu, Softplus and Abs nodes are graphconv's ops; nn.Mish
     (Softplus, Tanh, Mul before op set 18, one Mish node from it) is one mish layer, and
-    nn.GELU('tanh'), written out with Tanh before op set 20, one gelu."""
+    nn.GELU('tanh'), written out with Tanh before op set 20, one gelu (the dynamo
+    exporter's x * (0.5 * (1 + tanh(...))) too). The dynamo exporter writes
+    nn.Softplus() as Where(x > 20, x, softplus(x)): one softplus layer."""
     torch.manual_seed(0)
     model = Headed(how).eval()
     path = tmp_path / f"{how}.onnx"
-    onnx_zoo.export(model, path, opset=opset)
+    export_at(model, path, dynamo=dynamo, opset=opset)
     graph = check_imported_head(path, model, rng)
     layers = [n for n in graph.layers()]
     assert [n.op for n in layers if n.op not in ("conv", "batchnorm", "globalavgpool", "flatten", "fc")] \
         == [ACTIVATIONS[how]]
     if how == "gelu-tanh":
         assert graph.find("gelu")[0].params["approximate"] == "tanh"
+
+
+class Softplus(torch.nn.Module):
+    """nn.Softplus alone, on a 3 x 5 x 7 map."""
+    crop = (5, 7)
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        self.act = torch.nn.Softplus(**kwargs)
+
+    def forward(self, x):
+        return self.act(x)
+
+
+def far_and_near_the_threshold(rng) -> np.ndarray:
+    """-40 to 40, then 20 and 10, the float32 numbers next to them and 19.5..20.5, then
+    the normal distribution: where nn.Softplus' threshold switches to x."""
+    near = [np.nextafter(np.float32(t), np.float32(t + d)) for t in (20, 10) for d in (-1, 1)]
+    around = np.concatenate([[20, 10, *near], np.linspace(19.5, 20.5, 105 - 6)]).astype(np.float32)
+    return np.concatenate([np.linspace(-40, 40, 105, dtype=np.float32).reshape(1, 3, 5, 7),
+                           around.reshape(1, 3, 5, 7), rng.standard_normal((1, 3, 5, 7)).astype(np.float32)])
+
+
+@pytest.mark.parametrize("beta", [1.0, 2.0, 0.5])
+def test_the_dynamo_exporters_softplus_threshold_equals_onnxruntime_and_pytorch(tmp_path, beta, rng):
+    """The dynamo exporter writes nn.Softplus(beta) as Where(beta * x > 20, x,
+    softplus(beta * x) / beta): above 20 softplus rounds to x in float32, so it imports as
+    one softplus layer (with scale layers by beta and 1 / beta around it where beta != 1);
+    from -40 to 40 and on both sides of 20 it equals onnxruntime and PyTorch."""
+    model = Softplus(beta=beta).eval()
+    path = tmp_path / "softplus.onnx"
+    export_at(model, path, dynamo=True, opset=18)
+    assert {"Greater", "Where"} <= {n.op_type for n in onnx.load(str(path)).graph.node}
+    x = far_and_near_the_threshold(rng)
+    graph = load_network(path, task="segmentation")
+    ops = [n.op for n in graph.layers()]
+    assert ops == ["softplus"] if beta == 1.0 else ops.count("softplus") == 1
+    out = Model(graph).run(x)
+    expected = np.concatenate([onnxruntime_scores(path, image[None]) for image in x])  # a batch of 1
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out, torch_scores(model, x), rtol=1e-6, atol=1e-6)
+
+
+def test_a_softplus_threshold_where_x_and_softplus_differ_is_refused_naming_it(tmp_path):
+    """nn.Softplus(threshold=10): just above 10, x and softplus(x) differ by 4.5e-5,
+    more than float32 rounding; graphconv's softplus is not that function."""
+    path = tmp_path / "softplus10.onnx"
+    export_at(Softplus(threshold=10.0).eval(), path, dynamo=True, opset=18)
+    with pytest.raises(GraphconvError, match=r"nn.Softplus with threshold 10 .*differs from softplus\(x\) by up to "
+                                             r"4.5e-05.*threshold of 15 or more"):
+        load_network(path, task="segmentation")
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_a_classifier_ending_in_log_softmax_imports_and_slides_crop_by_crop(tmp_path, dynamo, rng):
+    """nn.LogSoftmax / F.log_softmax(dim=1) after the fc (a classifier trained with
+    NLLLoss): one log_softmax layer, over the classes at each cell of the dense map."""
+    torch.manual_seed(0)
+    model = Headed("log-softmax").eval()
+    path = tmp_path / "log_softmax.onnx"
+    onnx_zoo.export(model, path, dynamo=dynamo)
+    assert "LogSoftmax" in [n.op_type for n in onnx.load(str(path)).graph.node]
+    graph = check_imported_head(path, model, rng)
+    assert [n.op for n in graph.layers()][-2:] == ["fc", "log_softmax"]
+
+
+@pytest.mark.parametrize("axis,opset,shape", [(1, 13, (1, 6, 3, 4)), (-3, 18, (1, 6, 3, 4)), (1, 11, (1, 6, 1, 1)),
+                                              (-3, 11, (1, 6, 1, 1))])
+def test_log_softmax_nodes_equal_onnxruntime_on_large_values(tmp_path, axis, opset, shape, rng):
+    """Over the channels at each position, stable where exp would overflow (values in the
+    thousands) and where a softmax underflows to 0 (whose log would be -inf). Before op
+    set 13 axis 1 of a 1 x 1 map is over its channels too."""
+    path = onnx_file(tmp_path / "log_softmax.onnx", [onnx.helper.make_node("LogSoftmax", ["x"], ["y"], axis=axis)],
+                     {}, opset=opset, input_shape=shape)
+    x = (rng.standard_normal((3, *shape[1:])) * np.array([1, 100, 1000])[:, None, None, None]).astype(np.float32)
+    out = Model(load_network(path, task="segmentation")).run(x)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, onnxruntime_scores(path, x), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+@pytest.mark.parametrize("axis,opset,message", [
+    (1, 11, "over axis 1 of a 3x2x2 map in op set 11, which takes it over the channels, rows and columns together"),
+    (-1, 13, "over axis -1 of a rank-4 value; graphconv's [a-z_]+ is over channels \\(axis 1\\)")], ids=["whole-map-in-op-set-11", "columns"])
+def test_softmaxes_not_over_the_channels_are_refused(tmp_path, op, axis, opset, message):
+    """Before op set 13 (Log)Softmax's axis 1 of an (N, C, H, W) map is over C * H * W
+    values together (such a Softmax was imported as over the channels, and its maps
+    summed to H * W); axis -1 from op set 13 is over the columns."""
+    path = onnx_file(tmp_path / "softmax.onnx", [onnx.helper.make_node(op, ["x"], ["y"], axis=axis)], {},
+                     opset=opset, input_shape=(1, 3, 2, 2))
+    with pytest.raises(GraphconvError, match=f"{op} {message}"):
+        load_network(path, task="segmentation")
 
 
 @pytest.mark.parametrize("op,attrs", [("Tanh", {}), ("Softplus", {}), ("Mish", {}), ("Abs", {}),

@@ -233,13 +233,20 @@ class _Importer:
         self.crop_size = tuple(crop_size) if crop_size is not None else None
         self.stated_crop = stated_crop  # what graphconv's export stated, for a dynamic input
         self.opset = self._opset()
-        self.nodes = _with_gelus_fused(list(model.graph.node), self._initializer_or_constant)
+        self.nodes = _with_softplus_thresholds_fused(
+            _with_gelus_fused(list(model.graph.node), self._initializer_or_constant),
+            self._initializer_or_constant, self._refuse)
         self.values: dict[str, Tensor | np.ndarray] = {}
         self.weights: dict[str, np.ndarray] = {}
         self.uses = self._count_uses()
         self.graph: Graph | None = None
         self.onnx_node = None
         self.position = 0  # of the node being converted, in self.nodes
+
+    def _refuse(self, node, message: str) -> None:
+        """Raise the refusal of ONNX `node`, named as converters name theirs."""
+        self.onnx_node = node
+        raise self.error(message)
 
     # -- driving --
     def run(self) -> tuple[Graph, dict[str, np.ndarray]]:
@@ -564,7 +571,9 @@ def _with_gelus_fused(nodes: list, constant: Callable[[str], np.ndarray | None])
     """The node list with each GELU that exporters before op set 20 write out,
     x * 0.5 * (1 + erf(x / sqrt(2))), or in its tanh form (nn.GELU('tanh')),
     x * 0.5 * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x ** 3))), replaced by one Gelu
-    node (what op set 20 writes),
+    node (what op set 20 writes); the product in any of the orders the exporters write
+    ((x * 0.5) * (1 + phi), (x * (1 + phi)) * 0.5, and the dynamo exporter's
+    x * (0.5 * (1 + phi))),
     so ConvNeXt-style models import whichever op set they were exported with. Only
     groups whose inner values nothing else reads are fused."""
     producer = {out: node for node in nodes for out in node.output}
@@ -654,6 +663,11 @@ def _with_gelus_fused(nodes: list, constant: Callable[[str], np.ndarray | None])
             if scaled_by(last, 0.5) != product.output[0]:
                 continue
             group = [*head, phi, add, product, last]
+        elif scaled_by(product, 0.5) == add.output[0]:  # x * (0.5 * (1 + phi)): the dynamo exporter's
+            last = sole_reader(product.output[0], "Mul")
+            if last is None or other_input(last, product.output[0]) != x:
+                continue
+            group = [*head, phi, add, product, last]
         else:  # (x * 0.5) * (1 + phi)
             half = producer.get(other)
             if scaled_by(half, 0.5) != x or len(readers[other]) != 1:
@@ -663,6 +677,75 @@ def _with_gelus_fused(nodes: list, constant: Callable[[str], np.ndarray | None])
         replaced[id(last)] = helper.make_node("Gelu", [x], [last.output[0]], name=phi.name, **approximate)
         dropped |= {id(n) for n in group}
     return [replaced.get(id(n), n) for n in nodes if id(n) not in dropped or id(n) in replaced]
+
+
+def _with_softplus_thresholds_fused(nodes: list, constant: Callable[[str], np.ndarray | None],
+                                    refuse: Callable[[Any, str], None]) -> list:
+    """The node list with PyTorch's threshold on nn.Softplus dropped where it changes
+    nothing: the dynamo exporter writes nn.Softplus(beta, threshold) as
+    Where(s > threshold, x, softplus(s) / beta) with s = x * beta (the Mul and Div only
+    where beta != 1), and above a threshold t of 15 or more softplus(s) = s + log(1 +
+    exp(-s)) rounds to s in float32 (log(1 + exp(-t)) is under half the spacing of
+    float32 numbers near t; PyTorch's default is 20). The Greater and Where go; the
+    Softplus (or the Div by beta) writes the Where's output, and the Mul and Div by beta
+    are scale layers as anywhere. A lower threshold, where the two differ, is refused
+    by name through `refuse(where_node, message)`. Only groups whose inner values
+    nothing else reads are fused."""
+    producer = {out: node for node in nodes for out in node.output}
+    readers: dict[str, list] = {}
+    for node in nodes:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    def scalar(name: str) -> float | None:
+        known = constant(name)
+        return float(known.ravel()[0]) if known is not None and known.size == 1 else None
+
+    def only_reader(name: str, node) -> bool:
+        return [id(n) for n in readers.get(name, [])] == [id(node)]
+
+    replaced: dict[int, Any] = {}
+    dropped: set[int] = set()
+    for where in (n for n in nodes if n.op_type == "Where" and len(n.input) == 3 and len(n.output) == 1):
+        condition, above, below = where.input
+        greater = producer.get(condition)
+        if greater is None or greater.op_type != "Greater" or len(greater.input) != 2 \
+                or not only_reader(condition, where):
+            continue
+        scaled, threshold = greater.input[0], scalar(greater.input[1])
+        if threshold is None:
+            continue
+        divide = producer.get(below)
+        beta = None
+        if divide is not None and divide.op_type == "Div" and len(divide.input) == 2:
+            beta = scalar(divide.input[1])
+            softplus = producer.get(divide.input[0])
+        else:
+            divide, softplus = None, divide
+        if softplus is None or softplus.op_type != "Softplus" or list(softplus.input) != [scaled] \
+                or not only_reader(softplus.output[0], where if divide is None else divide) \
+                or (divide is not None and not only_reader(below, where)):
+            continue
+        if divide is None and above != scaled:
+            continue
+        if divide is not None:  # s = x * beta (either order), beta the Div's
+            multiply, factor = producer.get(scaled), None
+            if multiply is not None and multiply.op_type == "Mul" and len(multiply.input) == 2 \
+                    and above in multiply.input:
+                factor = scalar(multiply.input[1] if multiply.input[0] == above else multiply.input[0])
+            if beta is None or beta == 0 or factor != beta:
+                continue
+        gap = math.log1p(math.exp(-threshold)) if threshold > -700 else math.inf  # softplus(t) - t
+        if not (threshold > 0 and gap <= np.spacing(np.float32(threshold)) / 2) and threshold != math.inf:
+            refuse(where, f"nn.Softplus with threshold {threshold:g} (a Where of x above it, softplus below): "
+                          f"there PyTorch's x differs from softplus(x) by up to {gap:.2g}, "
+                          "which graphconv's softplus does not do; it reads the threshold of 15 or more where "
+                          "they agree in float32 (PyTorch's default is 20)")
+        last = softplus if divide is None else divide
+        replaced[id(last)] = require_onnx().helper.make_node(
+            last.op_type, list(last.input), [where.output[0]], name=last.name)
+        dropped |= {id(greater), id(where)}
+    return [replaced.get(id(n), n) for n in nodes if id(n) not in dropped]
 
 
 def _module_path(node_name: str) -> str:
@@ -1977,11 +2060,33 @@ def _softmax(imp: _Importer, node) -> None:
         normed = imp.add_layer(node, "softmax", [x], dict(groups=x.groups))
         imp.alias(node, replace(normed, groups=x.groups, swapped=True))
         return
-    over_channels = axis % x.rank == 1 or (x.rank == 2 and axis % 2 == 1) or (imp.opset < 13 and axis == 1)
-    if not over_channels:
-        raise imp.error(f"Softmax over axis {axis} of a rank-{x.rank} value; graphconv's softmax is "
-                        "over channels")
+    _check_over_channels(imp, x, axis)
     imp.add_layer(node, "softmax", [x])
+
+
+@converts("LogSoftmax")
+def _log_softmax(imp: _Importer, node) -> None:
+    """The log of a softmax over the channels (nn.LogSoftmax(dim=1), which classifiers
+    trained with NLLLoss end in): a log_softmax layer."""
+    x = imp.tensor(node.input[0])
+    _check_over_channels(imp, x, imp.attributes(node).get("axis", 1 if imp.opset < 13 else -1))
+    imp.add_layer(node, "log_softmax", [x])
+
+
+def _check_over_channels(imp: _Importer, x: Tensor, axis: int) -> None:
+    """Refuse a Softmax or LogSoftmax node that is not over the channels at each
+    position: axis 1 (or -1 of an (N, F) value). Before op set 13 these ops flatten
+    their input from `axis` on, so axis 1 of an (N, C, H, W) map is over C * H * W
+    values together: over the channels only where the map is 1 x 1."""
+    op = imp.onnx_node.op_type
+    layer_op = {"Softmax": "softmax", "LogSoftmax": "log_softmax"}[op]
+    if axis % x.rank != 1:
+        raise imp.error(f"{op} over axis {axis} of a rank-{x.rank} value; graphconv's {layer_op} is "
+                        "over channels (axis 1)")
+    if imp.opset < 13 and math.prod(x.shape[1:]) != 1:
+        raise imp.error(f"{op} over axis {axis} of a {'x'.join(map(str, x.shape))} map in op set {imp.opset}, "
+                        "which takes it over the channels, rows and columns together; graphconv's is over the "
+                        "channels at each position (re-export with opset_version=13 or later)")
 
 
 @converts("Constant")

@@ -4,13 +4,20 @@ unchanged when fc layers become convolutions).
 With `groups` g > 0 it is taken across g runs of C / g channels instead, separately for
 each offset within a run: ResNeSt's radix softmax, which weighs its g branches against
 each other channel by channel. That is the plain softmax over axis 1 of the (N, g, C/g,
-H*W) view of the same memory, so the kernels run it so."""
+H*W) view of the same memory, so the kernels run it so.
+
+log_softmax is its logarithm, x - max - log(sum(exp(x - max))) over the channels at each
+position, computed so (never as the log of a softmax, which is -inf wherever exp(x - max)
+underflows): what classifiers trained with NLLLoss end in (nn.LogSoftmax(dim=1), ONNX
+LogSoftmax). It is an op of its own rather than a flag on softmax because its values
+are not probabilities (the heatmap's 0..1 scale reads `softmax` as such). It shares the
+softmax kernels."""
 from __future__ import annotations
 
 import numpy as np
 
 from graphconv.errors import ShapeError
-from graphconv.ops.registry import Example, OpDef, Param, numel, register
+from graphconv.ops.registry import Example, OpDef, Param, numel, onnx_as, register
 
 
 def grouped_view(x, groups: int):
@@ -50,6 +57,17 @@ def to_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
     writer.node("Reshape", [normed, writer.node("Shape", inputs)], output)
 
 
+def log_reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
+    x = inputs[0].astype(np.float64)
+    shifted = x - x.max(axis=1, keepdims=True)
+    return (shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))).astype(np.float32)
+
+
+def log_torch_equivalent(params: dict, weights: dict, inputs: list):
+    import torch.nn.functional as F
+    return F.log_softmax(inputs[0], dim=1)
+
+
 register(OpDef(
     name="softmax", doc="softmax over channels at each position (or across `groups` runs of them)",
     params=(Param("groups", "int", 0, minimum=0,
@@ -60,4 +78,13 @@ register(OpDef(
     onnx=to_onnx,
     examples=(Example({}, [(4, 2, 3)]), Example({}, [(1, 2, 2)]), Example({"groups": 2}, [(6, 1, 1)], batch=3),
               Example({"groups": 3}, [(6, 2, 3)])),
+))
+
+register(OpDef(
+    name="log_softmax", doc="log of the softmax over channels at each position: x - max - log(sum(exp(x - max)))",
+    params=(), shape=lambda params, shapes: shapes[0], reference=log_reference,
+    flops=lambda params, shapes, out: 4 * numel(out), package=__name__, torch=log_torch_equivalent,
+    onnx=onnx_as("LogSoftmax", axis=1),
+    # 40 channels: two per CUDA lane, and 6 positions, part of a block of 8
+    examples=(Example({}, [(4, 2, 3)]), Example({}, [(1, 2, 2)]), Example({}, [(40, 1, 3)])),
 ))

@@ -1,5 +1,5 @@
-"""CPU softmax over channels, parallel over (image, row), numerically stable; a grouped
-one runs on the (N, g, C/g, H*W) view (`grouped_view`)."""
+"""CPU softmax and log_softmax over channels, parallel over (image, row), numerically
+stable; a grouped softmax runs on the (N, g, C/g, H*W) view (`grouped_view`)."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,8 @@ from graphconv.ops.softmax import grouped_view
 
 
 @njit(cache=True, parallel=True)
-def _softmax(x, out):
+def _softmax(x, out, log):
+    """softmax over axis 1 of x, or with `log` its logarithm, (x - max) - log(sum)."""
     n, c, height, width = x.shape
     for job in prange(n * height):
         b = job // height
@@ -21,8 +22,14 @@ def _softmax(x, out):
             total = 0.0
             for ch in range(c):
                 e = np.exp(x[b, ch, y, xx] - m)
-                out[b, ch, y, xx] = e
+                if not log:
+                    out[b, ch, y, xx] = e
                 total += e
+            if log:
+                shift = np.log(total)
+                for ch in range(c):
+                    out[b, ch, y, xx] = (x[b, ch, y, xx] - m) - shift
+                continue
             inv = 1.0 / total
             for ch in range(c):
                 out[b, ch, y, xx] *= inv
@@ -30,4 +37,8 @@ def _softmax(x, out):
 
 def run_softmax(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
     groups = params["groups"]
-    _softmax(grouped_view(np.ascontiguousarray(inputs[0]), groups), grouped_view(out, groups))
+    _softmax(grouped_view(np.ascontiguousarray(inputs[0]), groups), grouped_view(out, groups), False)
+
+
+def run_log_softmax(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
+    _softmax(np.ascontiguousarray(inputs[0]), out, True)
