@@ -88,7 +88,7 @@ def test_an_explicit_cache_dir_wins(tmp_path):
 
 
 KERNEL = ("import numpy as np, graphconv; from graphconv.ops.softmax import cpu; "
-          "x = np.ones((1, 3, 2, 2), np.float32); cpu._softmax(x, np.empty_like(x)); "
+          "x = np.ones((1, 3, 2, 2), np.float32); cpu._softmax(x, np.empty_like(x), False); "
           "print(len(cpu._softmax.stats.cache_misses))")
 
 
