@@ -1076,11 +1076,14 @@ def _float_list(text: str) -> list[float]:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from graphconv.frontends.onnx_export import save_onnx
+    from graphconv.frontends.onnx_export import is_graphconv_export, save_onnx
 
     if Path(args.output).resolve() == Path(args.model.rstrip("/")).resolve():
         raise GraphconvError("-o is the model being exported; write the export somewhere else", file=args.output)
     check_writable(args.output)
+    if Path(args.output).exists() and not is_graphconv_export(args.output):
+        raise GraphconvError("is already there and is not an ONNX file graphconv exported (a model of yours?): "
+                             "graphconv replaces only its own exports; choose another name", file=args.output)
     model = load_model(args, args.model)
     spare_the_model(model, [("-o", args.output)])
     save_onnx(model.graph, args.output)

@@ -250,3 +250,22 @@ def test_a_stated_crop_stands_in_only_for_a_dynamic_input_size(tmp_path):
         dim.dim_value = size
     onnx.save(model, str(tmp_path / "fixed.onnx"))
     assert load_network(tmp_path / "fixed.onnx").input_shape == (1, 40, 44)
+
+
+def test_export_replaces_only_an_onnx_file_graphconv_exported(tmp_path):
+    """`import resnet.onnx`, compile, then `export ... -o resnet.onnx` replaced the user's
+    trained model with graphconv's export of it, exit 0."""
+    from graphconv.cli import main
+
+    users = tmp_path / "theirs.onnx"
+    theirs = to_onnx_model(compile_model(SPECS / "lenet.yaml").graph)
+    del theirs.metadata_props[:]
+    theirs.doc_string = "exported by pytorch"
+    onnx.save(theirs, str(users))
+    before = users.read_bytes()
+    assert main(["export", str(SPECS / "digits.yaml"), "-o", str(users)]) == 2
+    assert users.read_bytes() == before
+    (tmp_path / "notes.onnx").write_text("not a model")
+    assert main(["export", str(SPECS / "digits.yaml"), "-o", str(tmp_path / "notes.onnx")]) == 2
+    for _ in range(2):  # graphconv's own export, written and written again
+        assert main(["export", str(SPECS / "digits.yaml"), "-o", str(tmp_path / "ours.onnx")]) == 0

@@ -135,6 +135,18 @@ def _doc(graph: Graph) -> str:
     return "\n".join(lines)
 
 
+def is_graphconv_export(path: str | os.PathLike) -> bool:
+    """Whether the ONNX file at `path` is one graphconv's export wrote (its metadata or,
+    from versions before the metadata, its doc string says so), and so one an export may
+    replace: a user's own trained model of that name must not be."""
+    try:
+        model = require_onnx().load(str(path), load_external_data=False)
+    except Exception:  # not ONNX at all, unreadable, damaged: not ours either
+        return False
+    return (any(prop.key.startswith(METADATA_PREFIX) for prop in model.metadata_props)
+            or model.doc_string.startswith("exported by graphconv"))
+
+
 def save_onnx(graph: Graph, path: str | os.PathLike) -> None:
     """Write `graph` as ONNX at `path`, atomically (graphconv.files)."""
     from graphconv.files import atomic_write
