@@ -1081,11 +1081,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     if Path(args.output).resolve() == Path(args.model.rstrip("/")).resolve():
         raise GraphconvError("-o is the model being exported; write the export somewhere else", file=args.output)
     check_writable(args.output)
+    model = load_model(args, args.model)
+    spare_the_model(model, [("-o", args.output)])
     if Path(args.output).exists() and not is_graphconv_export(args.output):
         raise GraphconvError("is already there and is not an ONNX file graphconv exported (a model of yours?): "
                              "graphconv replaces only its own exports; choose another name", file=args.output)
-    model = load_model(args, args.model)
-    spare_the_model(model, [("-o", args.output)])
     save_onnx(model.graph, args.output)
     if "compiled" not in model.graph.meta and not model.segmentation:  # a segmentation network is dense as written
         print(f"note: {args.model} is not compiled; exported the network as written (graphconv "
