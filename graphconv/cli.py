@@ -357,7 +357,7 @@ def load_model(args: argparse.Namespace, path: str):
 
     model = Model.load(path, weights=args.weights, labels=args.labels, crop_size=args.crop_size, task=args.task)
     check_labels(model.graph, args.labels or path)
-    note_seeded_weights(model.graph)
+    note_what_the_network_is(model.graph)
     return model
 
 
@@ -395,8 +395,14 @@ def load_model_for_table(args: argparse.Namespace):
             graph.nx.nodes[node.name]["weights"].update(
                 {key: np.broadcast_to(np.zeros((), np.float32), shape) for key, shape in expected.items()})
             graph.meta["seeded_weights"] = True  # what running it would use
-    note_seeded_weights(graph)
+    note_what_the_network_is(graph)
     return Model(graph)
+
+
+def note_what_the_network_is(graph) -> None:
+    """The notes every command that reads a network gives about it, once, on stderr."""
+    note_seeded_weights(graph)
+    note_map_output(graph)
 
 
 def note_seeded_weights(graph) -> None:
@@ -405,7 +411,6 @@ def note_seeded_weights(graph) -> None:
     so that stdout stays the command's result, once the command has succeeded."""
     if graph.meta.get("seeded_weights"):
         note(f"note: {graph.name} has no weights file; using deterministic seeded (random) weights")
-    note_map_output(graph)
 
 
 def note_map_output(graph) -> None:
@@ -866,7 +871,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     source = load_spec(args.spec, weights=args.weights, labels=args.labels, crop_size=args.crop_size,
                        task=args.task)
     check_labels(source, args.labels or args.spec)
-    note_seeded_weights(source)
+    note_what_the_network_is(source)
     graph, records = compile_graph(source, args.passes, output_stride=args.output_stride,
                                    stride_method=args.stride_method, verify_each=not args.no_verify,
                                    print_ir_before=set(args.print_ir_before),
