@@ -219,14 +219,14 @@ def _skipper(args: argparse.Namespace, background, plan):
     --skip-background."""
     if background is None:
         return None
-    masks = [background.blank_cells(t) for t in plan.tiles]
-    tiles = sum(bool(mask.all()) for mask in masks)
-    cells = sum(int(mask.sum()) for mask in masks)
+    masks = {t: background.blank_cells(t) for t in plan.tiles}
+    tiles = sum(bool(mask.all()) for mask in masks.values())
+    cells = sum(int(mask.sum()) for mask in masks.values())
     filler = "NaN" if args.reduce != "argmax" else "65535"
     empty = "show no tissue" if background.nodata is None else f"hold only no-data ({background.nodata:g})"
     print(f"background: {cells} cell(s) {empty} near their centre and are not computed ({filler}); "
           f"{tiles} of {len(plan.tiles)} tile(s) hold only such cells and are skipped", file=sys.stderr)
-    return background.blank_cells
+    return masks.__getitem__  # worked out once, for this message and the run
 
 
 def _check_heatmap(args: argparse.Namespace, classes: int) -> None:
