@@ -238,8 +238,8 @@ def output_names(images: Sequence[str], output_dir: str, output_format: str = "n
 def is_a_map_graphconv_wrote(path: str, channels: Collection[int] | None = None) -> bool:
     """Whether the existing output `path` holds what a run writes, and so may be replaced
     by the next run, where a user's own file must not be: a .tif map says so in its
-    description; an .npy or a zarr array cannot say who wrote it, so its shape and type
-    must be a run's: (N, K, rows, cols) float32 scores (of any model, any --classes) or
+    description, a zarr map in its `graphconv` attribute; an .npy cannot say who wrote
+    it, so (as a zarr map's too) its shape and type must be a run's: (N, K, rows, cols) float32 scores (of any model, any --classes) or
     uint16 classes (one channel), or, where the channels a run of this model writes are
     known, (N, K) class vectors, K one of `channels`. A user's image or scene has other
     shapes or types (and the run's own input is refused before this)."""
@@ -258,12 +258,15 @@ def is_a_map_graphconv_wrote(path: str, channels: Collection[int] | None = None)
 
 
 def _stored_array_header(path: str) -> tuple[np.dtype, tuple[int, ...]] | None:
-    """(dtype, shape) of an .npy file or a zarr array, read from its header; None when it
-    is neither, or unreadable."""
+    """(dtype, shape) of an .npy file or a zarr map, read from its header; None when it
+    is neither (a zarr array graphconv did not write included), or unreadable."""
     if path.rstrip("/").lower().endswith(".zarr"):
         try:
             import zarr
+            from graphconv.tiling import ZARR_MAP_ATTRIBUTE
             array = zarr.open_array(path.rstrip("/"), mode="r")
+            if ZARR_MAP_ATTRIBUTE not in array.attrs:
+                return None  # a user's array: every zarr map graphconv writes says so
             return np.dtype(array.dtype), tuple(array.shape)
         except Exception:  # not a zarr array (a group, a folder of something else), or no zarr installed
             return None

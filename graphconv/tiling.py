@@ -524,8 +524,7 @@ class MapFile:
             zarr = require("zarr")
             chunks = (1, min(self.shape[1], 64), *self.chunk_hw)
             array = zarr.open_array(self._tmp, mode="w", shape=self.shape, chunks=chunks, dtype=self.dtype)
-            if self.placement is not None:
-                array.attrs["graphconv"] = self.placement.as_dict()
+            array.attrs[ZARR_MAP_ATTRIBUTE] = zarr_map_attribute(self.placement)
             return array
         array = np.lib.format.open_memmap(self._scratch, mode="w+", dtype=self.dtype, shape=self.shape)
         reserve_space(self._scratch, self.path)
@@ -539,6 +538,17 @@ class MapFile:
         if self.is_tiff:
             from graphconv.georef import write_map_tiff
             write_map_tiff(self._tmp, self.array, self.georeference, self.placement)
+
+
+ZARR_MAP_ATTRIBUTE = "graphconv"
+"""The attribute every zarr map carries: who wrote it (so a later run may replace it,
+`cluster.is_a_map_graphconv_wrote`) and, where known, where its cells stand."""
+
+
+def zarr_map_attribute(placement) -> dict:
+    from graphconv import __version__
+
+    return {"written_by": f"graphconv {__version__}", **(placement.as_dict() if placement is not None else {})}
 
 
 def check_zarr_target(path: str) -> None:

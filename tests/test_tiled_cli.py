@@ -743,6 +743,13 @@ def test_a_tiled_run_replaces_its_own_map_but_not_a_users_raster(model_dir, pict
     assert result.returncode == 2 and "is already there and is not a map graphconv wrote" in result.stderr
     kept = zarr.open_array(str(users), mode="r")[:] if suffix == ".zarr" else tifffile.imread(users)
     assert np.array_equal(kept, scene)
+    if suffix == ".zarr":  # float32 (N, K, rows, cols), a map's shape and type, but not marked as graphconv's
+        features = np.ones((1, 4, 30, 40), np.float32)
+        zarr.open_array(str(tmp_path / "features.zarr"), mode="w", shape=features.shape, dtype=np.float32)[:] = features
+        result = graphconv("run", model_dir, "--image", picture / "tiled.tif", "--tile", "60",
+                           "--output", tmp_path / "features.zarr")
+        assert result.returncode == 2 and "is already there and is not a map graphconv wrote" in result.stderr
+        assert np.array_equal(zarr.open_array(str(tmp_path / "features.zarr"), mode="r")[:], features)
     ours = tmp_path / f"map{suffix}"
     for _ in range(2):
         result = graphconv("run", model_dir, "--image", picture / "tiled.tif", "--tile", "60", "--output", ours)
