@@ -11,8 +11,8 @@ a 600-byte spec into a value of many megabytes. So every echoed value goes throu
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 SHOWN_CHARS = 80
@@ -62,8 +62,22 @@ class Location:
     line: int | None = None
 
     def __str__(self) -> str:
-        name = (Path(self.file).name or self.file) if self.file else "<spec>"
+        name = shown_path(self.file) if self.file else "<spec>"
         return f"{name}:{self.line}" if self.line else name
+
+
+def shown_path(path: str) -> str:
+    """A file as a message names it: as the user gave it, an absolute path inside the
+    working folder made relative (as compilers print a file), so two `model.yaml`s in
+    two model folders are told apart."""
+    if os.path.isabs(path):
+        try:
+            relative = os.path.relpath(path)
+        except ValueError:  # another drive (Windows)
+            return path
+        if not relative.startswith(os.pardir):
+            return relative
+    return path
 
 
 class GraphconvError(Exception):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import os
 import sys
 import time
 from pathlib import Path
@@ -344,7 +345,7 @@ def run_images_command(args: argparse.Namespace) -> int:
     results = [_with_heatmap(args, model, grid, result) for result in results]
     failed = [r for r in results if r.error]
     for result in failed:
-        named = result.error.startswith(f"{Path(result.image).name}:")  # the error names the image itself
+        named = result.error.startswith(_as_messages_name(result.image))  # the error names the image itself
         print(f"graphconv: {result.error if named else f'{result.image}: {result.error}'}", file=sys.stderr)
     for folder in created if len(failed) == len(results) else ():
         if folder.is_dir() and not any(folder.iterdir()):
@@ -352,6 +353,13 @@ def run_images_command(args: argparse.Namespace) -> int:
     print(f"{len(results) - len(failed)} of {len(results)} image(s) -> {args.output_dir} in "
           f"{time.perf_counter() - start:.1f} s")
     return 2 if failed else 0
+
+
+def _as_messages_name(image: str) -> tuple[str, ...]:
+    """The ways an error about `image` may begin: its path as given, or as
+    `errors.shown_path` shows the absolute path."""
+    from graphconv.errors import shown_path
+    return f"{image}:", f"{shown_path(os.path.abspath(image))}:"
 
 
 def _image_paths(pattern: str) -> list[str]:

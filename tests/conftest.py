@@ -27,6 +27,13 @@ def isolated_pass_registry(monkeypatch):
     monkeypatch.setattr(pass_manager, "_REGISTRY", dict(pass_manager._REGISTRY))
 
 
+@pytest.fixture(autouse=True)
+def working_folder_is_tmp_path(tmp_path, monkeypatch):
+    """Every test runs in its own folder, as a user runs graphconv in theirs: messages
+    name files relative to it (`errors.shown_path`), and nothing lands in the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from graphconv import memory
 from graphconv.arrays import load_npy, load_npz
-from graphconv.errors import GraphconvError
+from graphconv.errors import GraphconvError, shown_path
 
 MESSAGE_CHARS = 2000
 
@@ -30,7 +30,7 @@ def refused(load, path, match: str) -> str:
     message = str(err.value)
     assert match in message
     assert "\n" not in message and len(message) <= MESSAGE_CHARS
-    assert message.startswith(os.path.basename(path) + ":"), message
+    assert message.startswith(shown_path(str(path)) + ":"), message
     return message
 
 

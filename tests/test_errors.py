@@ -1,4 +1,6 @@
 """What error messages echo of a user's values: one short line, whatever the value."""
+import os
+
 import pytest
 
 from graphconv.errors import MESSAGE_CHARS, GraphconvError, Location, shown
@@ -31,5 +33,15 @@ def test_an_error_is_one_bounded_line():
     err = GraphconvError("bad\nthing " * 1000, loc=Location("/tmp/net.yaml", 3), layer="a\nb")
     text = str(err)
     assert "\n" not in text and len(text) <= MESSAGE_CHARS + 3
-    assert text.startswith("net.yaml:3: layer 'a\\nb': bad")
+    assert text.startswith("/tmp/net.yaml:3: layer 'a\\nb': bad")
     assert str(GraphconvError("x", file=".")) == ".: x"
+
+
+def test_a_file_is_named_as_given_or_relative_to_the_working_folder(tmp_path):
+    """Two `model.yaml`s in two model folders are told apart: a message names the path as
+    the user gave it, an absolute one inside the working folder relative to it."""
+    (tmp_path / "a-fcn").mkdir()
+    assert str(Location(str(tmp_path / "a-fcn" / "model.yaml"), 4)) == os.path.join("a-fcn", "model.yaml") + ":4"
+    assert str(Location("b-fcn/model.yaml", 4)) == "b-fcn/model.yaml:4"
+    assert str(Location("/elsewhere/model.yaml")) == "/elsewhere/model.yaml"
+    assert str(GraphconvError("x", file=str(tmp_path / "m.npy"))) == "m.npy: x"

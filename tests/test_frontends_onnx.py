@@ -490,7 +490,7 @@ def test_squeeze_and_excitation_networks_are_refused_for_dense_evaluation(export
     _, path = exported(arch)
     with pytest.raises(GraphconvError, match="squeeze-and-excitation") as err:
         compile_model(path)
-    assert str(err.value).startswith(f"{path.name}: layer 'block1")  # file and the gate's module path
+    assert str(err.value).startswith(f"{path}: layer 'block1")  # file and the gate's module path
     out = tmp_path / "compiled"
     assert main(["compile", str(path), "-o", str(out)]) == 2 and not out.exists()
     assert capsys.readouterr().err.count("\n") == 1

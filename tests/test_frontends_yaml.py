@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from graphconv.errors import GraphconvError
+from graphconv.errors import GraphconvError, shown_path
 from graphconv.frontends import load_network as load_spec
 from graphconv.frontends.yaml import save_model, spec_text
 from conftest import SPECS
@@ -208,7 +208,7 @@ def refused(path, match: str, line: int | None = None, seconds: float = 5.0, **k
     message = str(err.value)
     assert match in message, message
     assert "\n" not in message and len(message) <= 2000
-    prefix = f"{os.path.basename(path)}:{line}:" if line else f"{os.path.basename(path)}:"
+    prefix = f"{shown_path(str(path))}:{line}:" if line else f"{shown_path(str(path))}:"
     assert message.startswith(prefix), message
     return message
 

@@ -14,7 +14,7 @@ PIL = pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402
 
 from graphconv import images  # noqa: E402
-from graphconv.errors import GraphconvError  # noqa: E402
+from graphconv.errors import GraphconvError, shown_path  # noqa: E402
 from graphconv.images import decode_bytes, load_image, preprocess, save_heatmap  # noqa: E402
 from graphconv.memory import set_memory_limit  # noqa: E402
 from graphconv.receptive import Field  # noqa: E402
@@ -448,7 +448,7 @@ def test_a_pipe_or_a_device_is_refused_without_reading_it(make, tmp_path):
     else:
         path = Path(make)
     started = time.perf_counter()
-    with pytest.raises(GraphconvError, match=rf"^{path.name}: cannot read image: not a regular file"):
+    with pytest.raises(GraphconvError, match=rf"^{shown_path(str(path))}: cannot read image: not a regular file"):
         load_image(str(path))
     assert time.perf_counter() - started < 2
 

@@ -102,7 +102,7 @@ def test_an_empty_input_is_refused_before_it_reaches_the_kernels(floor_models, s
 
 def test_as_batch_names_the_file_it_is_given():
     from graphconv.model import as_batch
-    with pytest.raises(graphconv.GraphconvError, match=r"^n0.npy: the input of shape \(0, 3, 8, 8\) is empty"):
+    with pytest.raises(graphconv.GraphconvError, match=r"^/data/n0.npy: the input of shape \(0, 3, 8, 8\) is empty"):
         as_batch(np.zeros((0, 3, 8, 8), np.float32), 3, file="/data/n0.npy")
 
 

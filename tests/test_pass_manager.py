@@ -81,7 +81,7 @@ def test_verifier_names_the_pass_that_broke_the_ir(lenet):
         graph.set_weights("fc4", weight=np.zeros((84, 7), np.float32))
         return True
 
-    with pytest.raises(PassError, match=r"pass 'bad-pass' broke the IR: lenet.yaml:\d+: layer 'fc4': "
+    with pytest.raises(PassError, match=r"pass 'bad-pass' broke the IR: \S*specs/lenet.yaml:\d+: layer 'fc4': "
                                          r"fc expects weight of shape \[84, 120\]"):
         PassManager(["bad-pass"]).run(lenet)
 
