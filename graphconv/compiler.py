@@ -48,8 +48,25 @@ def compile_graph(source: str | os.PathLike | Graph, passes: str | Sequence[str 
     if not compiled.layers():
         raise GraphconvError(f"after the passes ({format_pipeline(pipeline)}) the network has no "
                              "layers left: its output would be its input", loc=graph.input.loc)
+    check_can_slide(graph, compiled)
     compiled.meta.setdefault("compiled", {})["passes"] = format_pipeline(pipeline)
     return compiled, manager.records
+
+
+def check_can_slide(source: Graph, compiled: Graph) -> None:
+    """Refuse a compiled network that slides (returns maps) where maps of different
+    strides meet: it would fail, or be wrong, on any image larger than the crop. The
+    error names the layer of the network as written (the add, not the conv a fusing pass
+    merged it into), worked out on `source`, which runs at its crop."""
+    from graphconv.receptive import MixedStridesError, partial_receptive_fields, receptive_fields
+
+    try:
+        receptive_fields(compiled)
+    except MixedStridesError as compiled_error:
+        if Model(compiled).returns_vectors:
+            return  # still a classifier on its crop (no fc-to-conv): it never slides
+        _, mixed = partial_receptive_fields(source)
+        raise (mixed or compiled_error) from None
 
 
 def compile_model(source: str | os.PathLike | Graph, passes: str | Sequence[str | PipelineItem] | None = None, *,

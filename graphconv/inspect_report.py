@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from graphconv.cost import layer_costs
 from graphconv.model import Model
-from graphconv.receptive import receptive_fields, whole_crop_layers
+from graphconv.receptive import partial_receptive_fields, whole_crop_layers
 
 
 def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
@@ -12,7 +12,7 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
     c, hc, wc = model.crop_shape
     hw = input_hw or (hc, wc)
     costs = layer_costs(graph, hw)
-    fields = receptive_fields(graph)
+    fields, mixed = partial_receptive_fields(graph)
     whole = whole_crop_layers(graph)
     head = f"{graph.name}: input {c}x{hw[0]}x{hw[1]} (trained crop {c}x{hc}x{wc})"
     if model.seeded_weights:
@@ -22,15 +22,21 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
     lines = [head, f"{'layer':<{name_width}}{'op':<{op_width}}{'output':>14}{'params':>12}{'MFLOP':>11}"
                    f"{'field':>9}{'stride':>8}{'offset':>9}"]
     for row in costs:
-        f = fields[row.name]
-        size, offset = ("crop", "-") if row.name in whole else (_pair(f.size), _pair(f.offset))
+        f = fields.get(row.name)
+        if f is None:  # from a merge of mixed strides on: no field
+            size, stride, offset = "-", "-", "-"
+        else:
+            size, offset = ("crop", "-") if row.name in whole else (_pair(f.size), _pair(f.offset))
+            stride = _pair(f.stride)
         lines.append(f"{row.name:<{name_width}}{row.op:<{op_width}}{'x'.join(map(str, row.shape)):>14}"
-                     f"{row.params:>12,}{row.flops / 1e6:>11.1f}{size:>9}{_pair(f.stride):>8}{offset:>9}")
+                     f"{row.params:>12,}{row.flops / 1e6:>11.1f}{size:>9}{stride:>8}{offset:>9}")
     total_params = sum(r.params for r in costs)
     total_flops = sum(r.flops for r in costs)
     lines.append(f"{'total':<{name_width + op_width + 14}}{total_params:>12,}{total_flops / 1e6:>11.1f}")
     if whole:
         lines.append(_whole_crop_note(graph, whole))
+    if mixed is not None:
+        lines.append(f"field '-': {mixed}")
     if model.stitch_copies > 1:
         lines.append(f"shift-and-stitch: {model.stitch_copies} shifted copies of each image in one pass "
                      "(counted in the FLOPs above)")
@@ -38,10 +44,10 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
         if input_hw and tuple(input_hw) != (hc, wc):
             lines.append("note: fc layers only accept the trained crop; compile with fc-to-conv "
                          "to slide the network over larger images")
-    elif input_hw or costs[-1].shape[1:] != (1, 1):
+    elif mixed is None and (input_hw or costs[-1].shape[1:] != (1, 1)):
         lines.append(f"score map: {model.map_size(*hw)} cells at output stride "
                      f"{_pair(model.output_stride)}")
-    if not graph.find("fc") and model.stitch_copies == 1:
+    if not graph.find("fc") and model.stitch_copies == 1 and mixed is None:
         lines.extend(stride_options(model, hw))
     if scales:
         lines.append(scales_report(model, input_hw or (max(hc, wc), max(hc, wc)), scales))

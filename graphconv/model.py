@@ -16,7 +16,7 @@ import numpy as np
 
 from graphconv.errors import GraphconvError
 from graphconv.ir import Graph
-from graphconv.receptive import Field, receptive_fields
+from graphconv.receptive import Field, MixedStridesError, receptive_fields
 from graphconv.runtime import Executor
 from graphconv.shapes import check_holds_a_crop
 from graphconv.strides import stitch_copies
@@ -86,8 +86,21 @@ class Model:
         AlexNet-FCN at 384)."""
         cache = self._cache()
         if "field" not in cache:
-            cache["field"] = receptive_fields(self.graph)[self.graph.output.name]
+            cache["field"] = self._output_field()
         return cache["field"]
+
+    def _output_field(self) -> Field:
+        """The output's receptive field; for a classifier whose branches meet at different
+        strides (equal in size only at its crop), which runs on its crop but cannot slide,
+        the crop itself: its one cell reads the whole crop. Compiling such a network to
+        slide is refused (`compiler.check_can_slide`)."""
+        try:
+            return receptive_fields(self.graph)[self.graph.output.name]
+        except MixedStridesError:
+            if self.segmentation or not self.returns_vectors:
+                raise
+            _, hc, wc = self.crop_shape
+            return Field((hc, wc), (hc, wc), (0, 0))
 
     @property
     def cell_area(self) -> Field:

@@ -45,17 +45,41 @@ class Field:
         return max(top, 0), max(left, 0), min(bottom, height), min(right, width)
 
 
+class MixedStridesError(GraphconvError):
+    """A layer merges maps whose cells are different distances apart. At the crop the
+    maps may be the same size (a classifier that runs), but on any larger image their
+    cells stop lining up, so the network cannot slide: it has no receptive field."""
+
+
 def receptive_fields(graph: Graph) -> dict[str, Field]:
-    """The receptive field of every node (the input's is one pixel)."""
+    """The receptive field of every node (the input's is one pixel); a
+    MixedStridesError naming the layer where maps of different strides meet."""
+    fields, mixed = partial_receptive_fields(graph)
+    if mixed is not None:
+        raise mixed
+    return fields
+
+
+def partial_receptive_fields(graph: Graph) -> tuple[dict[str, Field], MixedStridesError | None]:
+    """The fields of every node that has one, and the error of the first layer where maps
+    of different strides meet (None if none does): that layer and every layer after it
+    have no field. `inspect` shows a classifier such as this, which runs on its crop, with
+    the fields it has, instead of failing."""
     shapes = infer_shapes(graph, check_weights=False)
     fields = {graph.input.name: Field((1, 1), (1, 1), (0, 0))}
+    mixed = None
     for node in graph.layers():
+        if any(s.name not in fields for s in node.inputs):
+            continue  # after a merge of mixed strides
         sources = [fields[s.name] for s in node.inputs]
         window = node.opdef.window(node.params, [shapes[s.name] for s in node.inputs])
         if window is not None:  # a windowed op slides over its first input (a conv's residual joins after)
             sources[0] = _through_window(sources[0], window)
-        fields[node.name] = _union(node, sources)
-    return fields
+        try:
+            fields[node.name] = _union(node, sources)
+        except MixedStridesError as error:
+            mixed = mixed or error
+    return fields, mixed
 
 
 def _through_window(field: Field, window) -> Field:
@@ -77,13 +101,25 @@ def _union(node, sources: list[Field]) -> Field:
     the sources' cells must line up."""
     strides = {f.stride for f in sources}
     if len(strides) > 1:
-        raise node.error(f"merges maps of different strides {sorted(strides)}; their cells "
-                         "do not line up", GraphconvError)
+        raise node.error(_mixed_strides_message(node, sources), MixedStridesError)
     top = min(f.offset[0] for f in sources)
     left = min(f.offset[1] for f in sources)
     bottom = max(f.offset[0] + f.size[0] for f in sources)
     right = max(f.offset[1] + f.size[1] for f in sources)
     return Field((bottom - top, right - left), sources[0].stride, (top, left))
+
+
+def _mixed_strides_message(node, sources: list[Field]) -> str:
+    """Which inputs arrive at which stride, and what that means for sliding."""
+    arriving = ", ".join(f"'{src.name}' at stride {_stride_text(f.stride)}"
+                         for src, f in zip(node.inputs, sources))
+    return (f"merges maps of different strides ({arriving}); their cells do not line up on an image larger "
+            "than the crop (at the crop the maps may be the same size, so the classifier runs), so the network "
+            "cannot slide: run it on every crop with `run --crops` instead")
+
+
+def _stride_text(stride) -> str:
+    return f"{stride[0]}x{stride[1]}"
 
 
 def _whole(value):

@@ -107,3 +107,32 @@ def test_on_a_larger_image_the_map_is_pytorchs(write_spec, rng, size):
     assert fcn.output_stride == (8, 8)
     field = receptive_fields(fcn.graph)[fcn.graph.output.name]
     assert field.stride == (8, 8) and field.size[0] >= 32
+
+
+STRIDE_MIX = """
+name: stridemix
+input: {name: data, shape: [3, 16, 16]}
+layers:
+  - {name: a, op: conv, out_channels: 4, kernel_size: 2, stride: 2}
+  - {name: b, op: conv, out_channels: 4, kernel_size: 9, inputs: [data]}
+  - {name: s, op: add, inputs: [a, b]}
+  - {name: fc, op: fc, out_features: 3}
+"""
+
+
+def test_a_classifier_whose_branches_meet_at_mixed_strides_runs_on_its_crop_but_does_not_compile(write_spec, rng):
+    """Its branches reach the add at strides 2 and 1 but equal 8x8 maps at the crop: the
+    classifier is legal (run and inspect worked out a field and failed after running),
+    and compile_model accepted it and then failed on a larger image. Compiling must be
+    refused naming the add (not the conv fuse-conv-add merged it into), and why."""
+    from graphconv.inspect_report import inspect_report
+
+    classifier = graphconv.load(write_spec(STRIDE_MIX))
+    out = classifier.run(random_input(rng, (1, 3, 16, 16)))
+    assert out.shape == (1, 3) and classifier.field.size == (16, 16)
+    report = inspect_report(classifier)
+    assert "layer 's': merges maps of different strides ('a' at stride 2x2, 'b' at stride 1x1)" in report
+    with pytest.raises(graphconv.GraphconvError, match=r"net.yaml:6: layer 's': merges maps of different strides "
+                                                          r"\('a' at stride 2x2.*cannot slide"):
+        graphconv.compile_model(classifier.graph)
+    graphconv.compile_model(classifier.graph, "shape-inference")  # still a classifier: nothing slides
