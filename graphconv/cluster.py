@@ -137,6 +137,29 @@ class ImageResult:
     output: str | None = None
     shape: tuple[int, ...] | None = None
     error: str | None = None
+    note: str | None = None  # what the user should know about this image's map (`stored_orientation_note`)
+
+
+TIFF_ORIENTATION = 274  # the TIFF tag (as EXIF's 0x0112) saying how to turn the stored pixels to show them
+
+
+def stored_orientation_note(source) -> str | None:
+    """What to say of a TIFF read tile by tile whose Orientation tag is not 1 (as
+    stored): its map is of the stored pixels, which viewers show turned. (Pictures
+    decoded whole by Pillow are turned upright: `images.upright`; turning a slide tile by
+    tile would also turn its pyramid, its georeference and its cells' placement.)"""
+    tif = getattr(source, "tiff", None)
+    if tif is None:
+        return None
+    try:
+        tag = tif.pages[0].tags.get(TIFF_ORIENTATION)
+        value = int(tag.value) if tag is not None else 1
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    if not 2 <= value <= 8:  # as stored, or a value no viewer turns by
+        return None
+    return (f"the TIFF's Orientation is {value}, not 1: viewers show it turned, but the map is of its pixels as "
+            "stored (rows and columns as the file holds them), as are its cells' places")
 
 
 def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile: int | None) -> ImageResult:
@@ -165,7 +188,7 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
         else:
             result = run_tiled(grid, source, tile, device=options.device, transform=transform, blank_cells=blank_cells)
         _write_map(output, result, source, grid)
-        return ImageResult(image, output, tuple(result.shape))
+        return ImageResult(image, output, tuple(result.shape), note=stored_orientation_note(source))
     except (GraphconvError, OSError, MemoryError, ValueError) as err:
         return ImageResult(image, error=user_message(err))
 

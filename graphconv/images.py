@@ -72,6 +72,8 @@ def load_image(path: str, resize: Sequence[int] | None = None, channels: int = 3
       outside 0..1, NaN or infinity are refused;
     - 16-bit colour files: Pillow itself reduces them to 8 bits per channel (keeping
       the high byte), so they arrive on 0..255, within 1 of value / 257.
+    The picture is the one viewers show: stored pixels turned as the file's EXIF (or
+    TIFF) Orientation says (`upright`), so its map and heatmap are of that picture.
     With `stored_values` (the spec's `values: stored`) deep files keep the values they
     store, unscaled (NaN and infinity are still refused), and 16-bit colour files, whose
     stored values Pillow does not give, are refused.
@@ -101,8 +103,9 @@ def _sixteen_bit_colour(img) -> bool:
 
 def _read_pixels(image_mod, path: str, mode: str, channels: int,
                  out_hw: tuple[int, int] | None, stored_values: bool = False) -> tuple[np.ndarray, str | None]:
-    """Decode within the budget: 8-bit images as `mode`, resized, with None; deep ones
-    as they are, with their Pillow mode. Pillow's image is released on return."""
+    """Decode within the budget: 8-bit images as `mode`, upright (`upright`), resized,
+    with None; deep ones upright as they are, with their Pillow mode. Pillow's image is
+    released on return."""
     with open_regular_file(path, "image", not_found="image not found") as fp, _pillow_errors(image_mod, path):
         image_mod.MAX_IMAGE_PIXELS = None  # any header may be read: the next line judges its size
         with image_mod.open(fp) as img:
@@ -111,9 +114,50 @@ def _read_pixels(image_mod, path: str, mode: str, channels: int,
                 raise GraphconvError("16-bit colour: Pillow reads it as 8 bits, so its stored values are lost "
                                      "(`values: stored`); save it as a TIFF, which is read as stored", file=path)
             _decode(image_mod, img)
+            img = upright(img)
             if img.mode in DEEP_MODES:
                 return pixel_array(img), img.mode
             return pixel_array(_converted(image_mod, img, mode, out_hw)), None
+
+
+EXIF_ORIENTATION = 0x0112  # EXIF's and TIFF's Orientation tag: how to turn the stored pixels to show them
+TURNED_ORIENTATIONS = frozenset({5, 6, 7, 8})  # those that swap width and height (a phone's portrait: 6)
+
+
+def orientation(img) -> int:
+    """The Orientation the file states (EXIF in a JPEG, PNG or WebP; the TIFF tag in a
+    TIFF), 1 (as stored) where it states none or a value outside 1..8. Read from the
+    header: Pillow's PNG `getexif` decodes the whole image to look for an eXIf chunk
+    after the pixels, before the memory check may judge its size, so a PNG's is taken
+    from the chunk before them (where Pillow and cameras write it); after decoding,
+    one after them counts too."""
+    if img.format == "PNG" and "exif" not in img.info:
+        return 1
+    try:
+        value = img.getexif().get(EXIF_ORIENTATION, 1)
+    except PILLOW_FAILURES:  # a corrupt EXIF block: shown as stored, as viewers do
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def upright(img):
+    """`img` as every viewer shows it: its stored pixels turned and mirrored as its
+    Orientation says (Pillow's `ImageOps.exif_transpose`, all 8 orientations). A phone
+    stores a portrait photo landscape with Orientation 6; mapped as stored, the map, its
+    heatmap and its cells' places would be of a picture lying on its side."""
+    if orientation(img) == 1:
+        return img
+    from PIL import ImageOps
+    return ImageOps.exif_transpose(img)
+
+
+def upright_size(img) -> tuple[int, int]:
+    """(height, width) of `img` as shown upright, from its header (nothing decoded).
+    Pillow's TIFF reader gives a TIFF's size upright already (and turns its pixels as
+    it decodes them); other formats give the stored size."""
+    width, height = img.size
+    turned = orientation(img) in TURNED_ORIENTATIONS and img.format != "TIFF"
+    return (width, height) if turned else (height, width)
 
 
 def pixel_array(img) -> np.ndarray:
@@ -132,7 +176,7 @@ def pixel_array(img) -> np.ndarray:
 
 
 def decode_bytes(size_hw: tuple[int, int], mode: str, channels: int,
-                 resize: tuple[int, int] | None = None) -> int:
+                 resize: tuple[int, int] | None = None, turned: bool = False) -> int:
     """An upper estimate of what `load_image` holds at once for an image of `size_hw`
     pixels in Pillow `mode`, summing what is alive at some point rather than following
     each step (measured: 1.3 to 3.6x what a load holds, the most for 1-channel loads).
@@ -142,14 +186,16 @@ def decode_bytes(size_hw: tuple[int, int], mode: str, channels: int,
     copies out of Pillow (up to 4) and its float32 plane (4). Per pixel of the result:
     a resized image or plane (4), the bytes numpy reads from Pillow (one a channel) and
     the float32 array itself (4 a channel). When resizing, Pillow's intermediate image
-    (its horizontal pass: the new width by the old height, 4 bytes a pixel). And
-    BAND_ALLOWANCE for `pixel_array`'s copying."""
+    (its horizontal pass: the new width by the old height, 4 bytes a pixel). When
+    `turned` (an image stored in another orientation, `upright`), the turned copy of
+    Pillow's image beside the decoded one. And BAND_ALLOWANCE for `pixel_array`'s copying."""
     height, width = size_hw
     source = height * width
     out = resize[0] * resize[1] if resize else source
-    intermediate = 4 * resize[1] * height if resize else 0
+    intermediate = 4 * resize[1] * max(height, width) if resize else 0
+    copy = source * _pillow_pixel_bytes(mode) if turned else 0
     return (source * (_pillow_pixel_bytes(mode) + SOURCE_PIXEL_OVERHEAD) + _output_bytes(out, channels)
-            + intermediate + BAND_ALLOWANCE)
+            + intermediate + copy + BAND_ALLOWANCE)
 
 
 def _output_bytes(pixels: int, channels: int) -> int:
@@ -197,7 +243,8 @@ def _check_decode_fits(img, channels: int, out_hw: tuple[int, int] | None, path:
     what = f"decoding a {height}x{width} image"
     if out_hw is not None:
         what += f" resized to {out_hw[0]}x{out_hw[1]}"
-    check_fits(decode_bytes((height, width), img.mode, channels, out_hw), what, file=path)
+    turned = orientation(img) != 1
+    check_fits(decode_bytes((height, width), img.mode, channels, out_hw, turned), what, file=path)
 
 
 def _decode(image_mod, img) -> None:
@@ -683,11 +730,12 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
 
 
 def image_size(path: str) -> tuple[int, int]:
-    """(height, width) of an image file, from its header (nothing decoded)."""
+    """(height, width) of an image file as shown upright (`upright_size`), from its header
+    (nothing decoded)."""
     image_mod = _pil()
     with open_regular_file(path, "image", not_found="image not found") as fp, _pillow_errors(image_mod, path):
         with image_mod.open(fp) as img:
-            return img.size[1], img.size[0]
+            return upright_size(img)
 
 
 def as_picture(image, channels: int = 3, stored_values: bool = False) -> np.ndarray:
@@ -707,7 +755,7 @@ def as_picture(image, channels: int = 3, stored_values: bool = False) -> np.ndar
         return _array_picture(image, channels)
     image_mod = _pil()
     if isinstance(image, image_mod.Image):
-        return _pil_picture(image_mod, image, channels)
+        return _pil_picture(image_mod, upright(image), channels)
     raise GraphconvError(f"an image is a file path, a Pillow image or a uint8 (H, W, C) array, "
                          f"not {type(image).__name__}")
 

@@ -58,15 +58,18 @@ def wants_tiles(args: argparse.Namespace, model, grid) -> bool:
 
 
 def _image_size(path: str) -> tuple[int, int] | None:
-    """(H, W) from the file's header, without decoding it; None when it cannot be read
+    """(H, W) upright (as its Orientation turns it) from the file's header, without
+    decoding it; None when it cannot be read
     (the whole-image path then reports why). Opened as a regular file only: Pillow would
     wait forever on a pipe."""
     from graphconv.arrays import open_regular_file
 
     try:
         from PIL import Image
+
+        from graphconv.images import upright_size
         with open_regular_file(path, "image") as fp, Image.open(fp) as img:
-            return img.size[1], img.size[0]
+            return upright_size(img)
     except Exception:  # whatever is wrong with the file, the whole-image path reports it
         return None
 
@@ -84,6 +87,10 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
                          args.bands, args.downsample, args.mpp)
     image_hw = (source.height, source.width)
     _describe_resolution(source, args.mpp)
+    from graphconv.cluster import stored_orientation_note
+    oriented = stored_orientation_note(source)
+    if oriented:
+        print(f"note: {oriented}", file=sys.stderr)
     crop_hw = model.crop_shape[1:]
     if image_hw[0] < crop_hw[0] or image_hw[1] < crop_hw[1]:
         raise GraphconvError(f"the image is {image_hw[0]}x{image_hw[1]}, smaller than the classifier's "
@@ -344,6 +351,9 @@ def run_images_command(args: argparse.Namespace) -> int:
                                  args.output_format)
     results = [_with_heatmap(args, model, grid, result) for result in results]
     failed = [r for r in results if r.error]
+    for result in results:
+        if result.note:
+            print(f"note: {result.image}: {result.note}", file=sys.stderr)
     for result in failed:
         named = result.error.startswith(_as_messages_name(result.image))  # the error names the image itself
         print(f"graphconv: {result.error if named else f'{result.image}: {result.error}'}", file=sys.stderr)

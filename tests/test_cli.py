@@ -683,3 +683,36 @@ def test_import_takes_one_mean_and_std_for_every_channel(tmp_path):
     assert run_cli("import", tmp_path / "net.onnx", "-o", tmp_path / "net.yaml", "--mean", "0.5", "--std", "0.25") == 0
     preprocess = load_network(tmp_path / "net.yaml").meta["preprocess"]
     assert preprocess["mean"] == [0.5] * channels and preprocess["std"] == [0.25] * channels
+
+
+@pytest.fixture(scope="module")
+def digits_fcn(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fcn") / "digits-fcn"
+    assert main(["compile", str(SPECS / "digits.yaml"), "-o", str(folder)]) == 0
+    return folder
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_orientation_maps_the_upright_picture(digits_fcn, tmp_path, capsys, orientation):
+    """A phone's portrait JPEG (stored landscape, EXIF Orientation 6) was mapped as stored:
+    map, heatmap, --scales vector and --resize all of a picture lying on its side. Each of
+    the 8 orientations now gives exactly the upright picture's results."""
+    Image = pytest.importorskip("PIL.Image")
+    from test_images import stored_with_orientation
+    page = Image.open(ROOT / "examples" / "digits_page.png").convert("L").crop((10, 20, 130, 90))  # 70x120
+    stored_with_orientation(page, 1, tmp_path / "upright.png")
+    stored_with_orientation(page, orientation, tmp_path / "photo.png")
+    for extra in ([], ["--scales", "40"], ["--resize", "50", "60"], ["--crops", "8"]):
+        for name in ("upright", "photo"):
+            assert run_cli("run", digits_fcn if extra[:1] != ["--crops"] else SPECS / "digits.yaml", "--image",
+                           tmp_path / f"{name}.png", "--output", tmp_path / f"{name}.npy", *extra,
+                           *(["--heatmap", "top", "--heatmap-out", tmp_path / f"{name}-h.png"]
+                             if not extra else [])) == 0
+        np.testing.assert_array_equal(np.load(tmp_path / "photo.npy"), np.load(tmp_path / "upright.npy"))
+    assert np.load(tmp_path / "photo.npy").shape[2:] == ((70 - 28) // 8 + 1, (120 - 28) // 8 + 1)
+    assert Image.open(tmp_path / "photo-h.png").tobytes() == Image.open(tmp_path / "upright-h.png").tobytes()
+    (tmp_path / "upright.png").unlink()
+    assert run_cli("run", digits_fcn, "--images", tmp_path / "photo.png", "--output-dir", tmp_path / "maps") == 0
+    np.save(tmp_path / "whole.npy", np.load(tmp_path / "maps" / "photo.npy"))
+    assert run_cli("run", digits_fcn, "--image", tmp_path / "photo.png", "--output", tmp_path / "one.npy") == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "whole.npy"), np.load(tmp_path / "one.npy"))

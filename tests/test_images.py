@@ -583,3 +583,46 @@ def test_the_best_class_map_names_its_regions_and_has_a_legend(rng):
     assert (np.abs(pixels - dog).sum(axis=2) < 6).sum() > 20  # the legend's swatch
     assert picture.size[0] > 56 * 6 + 40  # a legend beside the picture
     assert len(images.class_palette(40)) == 40 and len({tuple(c) for c in images.class_palette(20)}) == 20
+
+
+# ---- orientation ---------------------------------------------------------------------------
+
+# How a camera stores a picture whose EXIF Orientation is k, so that a viewer turning it
+# as k says shows the upright picture (the inverse of what `ImageOps.exif_transpose` does).
+STORED_AS = {1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+             4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90,
+             7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_270}
+
+
+def stored_with_orientation(upright: Image.Image, orientation: int, path: Path) -> Path:
+    """`upright` saved (losslessly) as a camera would store it with EXIF Orientation
+    `orientation` (a TIFF: its Orientation tag)."""
+    stored = upright if STORED_AS[orientation] is None else upright.transpose(STORED_AS[orientation])
+    exif = Image.Exif()
+    exif[images.EXIF_ORIENTATION] = orientation
+    stored.save(path, exif=exif.tobytes(), **({"lossless": True} if path.suffix == ".webp" else {}))
+    return path
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("suffix", [".png", ".webp", ".tif"])
+def test_a_picture_is_loaded_upright_whatever_its_orientation(orientation, suffix, tmp_path, rng):
+    """A phone stores a portrait photo landscape with Orientation 6: it was mapped lying on
+    its side. Every orientation gives the upright picture, its size too, resized or not,
+    and from a Pillow image (`as_picture`, what `classify` takes) as from its file."""
+    upright = Image.fromarray(colour_pixels(rng, 10, 17))
+    path = stored_with_orientation(upright, orientation, tmp_path / f"o{orientation}{suffix}")
+    with Image.open(path) as opened:
+        assert images.orientation(opened) == orientation, "the file says it"
+    expected = load_image(str(stored_with_orientation(upright, 1, tmp_path / "upright.png")))
+    np.testing.assert_array_equal(load_image(str(path)), expected)
+    assert images.image_size(str(path)) == (10, 17)
+    np.testing.assert_array_equal(load_image(str(path), (5, 9)), load_image(str(tmp_path / "upright.png"), (5, 9)))
+    with Image.open(path) as opened:
+        np.testing.assert_array_equal(images.as_picture(opened), expected)
+
+
+def test_turning_a_picture_upright_is_in_the_decode_budget():
+    """The turned copy sits beside Pillow's decoded image for a moment."""
+    plain = decode_bytes((1000, 2000), "RGB", 3)
+    assert decode_bytes((1000, 2000), "RGB", 3, turned=True) == plain + 1000 * 2000 * 4

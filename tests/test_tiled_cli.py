@@ -763,3 +763,19 @@ def test_a_scheduler_address_dask_cannot_parse_is_one_line(model_dir, picture, t
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "cannot reach the Dask scheduler at nonsense: missing port number" in result.stderr
     assert not (tmp_path / "m.npy").exists()
+
+
+@pytest.mark.parametrize("orientation,noted", [(1, False), (6, True), (3, True)])
+def test_a_tiff_read_tile_by_tile_says_its_map_is_in_its_stored_orientation(model_dir, tmp_path, orientation,
+                                                                            noted):
+    """A TIFF read tile by tile is mapped as stored; one that viewers show turned says so,
+    in a tiled run and in --images."""
+    pixels = (np.random.default_rng(5).random((60, 80)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "scan.tif", pixels, tile=(32, 32), extratags=[(274, "H", 1, orientation, True)])
+    result = graphconv("run", model_dir, "--image", tmp_path / "scan.tif", "--output", tmp_path / "m.npy")
+    assert result.returncode == 0, result.stderr
+    assert (f"note: the TIFF's Orientation is {orientation}, not 1" in result.stderr) is noted, result.stderr
+    assert np.load(tmp_path / "m.npy").shape[2:] == ((60 - 32) // 4 + 1, (80 - 32) // 4 + 1), "the stored pixels' map"
+    result = graphconv("run", model_dir, "--images", tmp_path / "scan.tif", "--output-dir", tmp_path / "maps")
+    assert result.returncode == 0, result.stderr
+    assert ("scan.tif: the TIFF's Orientation is" in result.stderr) is noted, result.stderr
