@@ -38,7 +38,7 @@ from graphconv.shapes import infer_shapes
 MOST_CROPS_PER_BATCH = 64
 CROP_ACTIVATION_BUDGET = 64 << 20  # bytes of activations a crop batch may hold when its weights are fewer
 SAMPLE_ROWS = 3  # verify's per-layer look: crops at the first, middle and last row and column
-TOLERANCE = 1e-4  # of the largest score (or 1): float32 rounding, different kernels per size
+TOLERANCE = 1e-4  # of the largest score: float32 rounding, different kernels per size
 
 
 def crop_loop(classifier: Model, image: np.ndarray, stride: int | tuple[int, int],
@@ -206,11 +206,25 @@ class VerifyReport:
     layers: list[LayerPadding] = field(default_factory=list)
     strict: bool = False
     notes: list[str] = field(default_factory=list)
+    scale: float = 1.0  # the largest score's magnitude, which the tolerance and max_rel are relative to
+    pass_changes: list[PassChange] = field(default_factory=list)  # passes that changed the crop's output
 
     @property
     def conversion_exact(self) -> bool:
         """(a): the converted network gives the classifier's output on its crop."""
         return self.conversion_max_abs <= self.tolerance
+
+    @property
+    def changed_by_plugins(self) -> bool:
+        """(a) differs because passes that are not graphconv's changed what the classifier
+        computes (strip-softmax, say): the user's choice, not a conversion bug. (b) then
+        compares against the classifier as the passes left it."""
+        return bool(self.pass_changes) and not any(change.builtin for change in self.pass_changes)
+
+    @property
+    def conversion_ok(self) -> bool:
+        """(a) holds for graphconv's own passes."""
+        return self.conversion_exact or self.changed_by_plugins
 
     @property
     def agrees(self) -> bool:
@@ -227,7 +241,7 @@ class VerifyReport:
         """The exit status: the conversion must be exact; the sliding evaluation must equal
         the crop loop on an unpadded network (or when `strict`), and on a padded one
         differ only where padding reaches."""
-        if not self.conversion_exact:
+        if not self.conversion_ok:
             return False
         if self.agrees:
             return True
@@ -235,12 +249,14 @@ class VerifyReport:
 
     def __str__(self) -> str:
         n, k, rows, cols = self.shape
-        lines = [f"score map {n}x{k}x{rows}x{cols} (tolerance {self.tolerance:.3g})",
+        reference = "the classifier as your passes left it" if self.changed_by_plugins else "the classifier"
+        lines = [f"score map {n}x{k}x{rows}x{cols} (tolerance {self.tolerance:.3g}: 1e-4 of the largest score, "
+                 f"{self.scale:.3g}, unless --tolerance)",
                  f"(a) conversion: the converted network vs the classifier on {self.conversion_crops} "
-                 f"crop(s): max abs difference {self.conversion_max_abs:.3g}: "
-                 + ("exact" if self.conversion_exact else "DIFFERENT: the conversion is wrong (a bug)"),
-                 f"(b) sliding evaluation vs the classifier on every crop: {self.cells_differing} of "
-                 f"{self.cells} cells differ, max abs {self.max_abs:.3g}, max rel {self.max_rel:.3g}"]
+                 f"crop(s): max abs difference {self.conversion_max_abs:.3g}: " + self._conversion_verdict(),
+                 f"(b) sliding evaluation vs {reference} on every crop: {self.cells_differing} of "
+                 f"{self.cells} cells differ, max abs {self.max_abs:.3g} ({self.max_rel:.2%} of the largest "
+                 "score)"]
         if self.exact_by_construction:
             lines.append("    no layer pads, so every cell equals its crop by construction"
                          + ("" if self.agrees else ": this difference is a bug"))
@@ -258,8 +274,10 @@ class VerifyReport:
             lines.append("    --stride-method dilate and shift disagreeing on a padded network is this same "
                          "effect: shifted copies are padded at their own borders")
         lines.extend(f"    {note}" for note in self.notes)
-        if not self.conversion_exact:
+        if not self.conversion_ok:
             verdict = "FAIL: the conversion is wrong"
+        elif self.changed_by_plugins:
+            verdict = self._verdict_after_plugins()
         elif self.agrees:
             verdict = "PASS: the conversion is exact and the sliding evaluation equals the crop loop"
         elif self.exact_by_construction:
@@ -275,6 +293,73 @@ class VerifyReport:
         return "\n".join(lines)
 
 
+    def _conversion_verdict(self) -> str:
+        """(a)'s verdict, naming the passes that changed the crop's output and whose they are."""
+        if self.conversion_exact:
+            return "exact"
+        if not self.pass_changes:
+            return "DIFFERENT: the conversion is wrong (a bug)"
+        changes = "; ".join(change.line() for change in self.pass_changes)
+        if self.changed_by_plugins:
+            return f"{changes} (the pipeline's own doing, not the conversion's)"
+        return f"DIFFERENT: {changes}: the conversion is wrong (a graphconv bug in a built-in pass)"
+
+    def _verdict_after_plugins(self) -> str:
+        """(b)'s verdict when the user's passes changed what the classifier computes."""
+        named = ", ".join(f"'{change.name}'" for change in self.pass_changes)
+        if self.agrees:
+            return (f"PASS: graphconv's passes keep the classifier's values; {named} changed them, and the sliding "
+                    "evaluation equals the crop loop of the network as changed")
+        if self.exact_by_construction or self.strict or not self.padding_explains:
+            return f"FAIL: the sliding evaluation differs from the crop loop of the network as {named} changed it"
+        return (f"PASS: graphconv's passes keep the classifier's values; {named} changed them, and the sliding "
+                "evaluation differs from the crop loop of the network as changed only where padding reaches "
+                "(--strict demands equality)")
+
+
+@dataclass
+class PassChange:
+    """A pass after which the network's output on the classifier's crop changed."""
+
+    name: str
+    origin: str
+    max_abs: float
+
+    @property
+    def builtin(self) -> bool:
+        return self.origin.startswith("built-in")
+
+    def line(self) -> str:
+        return (f"pass '{self.name}' ({self.origin}) changed what the classifier computes on its crop: max diff "
+                f"{self.max_abs:.3g}")
+
+
+def changing_passes(classifier: Model, pipeline: str, crops: np.ndarray, tolerance: float,
+                    device: str = "cpu") -> list[PassChange]:
+    """Rerun `pipeline` a pass at a time on the classifier (at its crop, where it is cheap)
+    and name each pass after which the output on `crops` differs from what it was before
+    that pass by more than `tolerance`: which pass made (a) differ, and whether it is one
+    of graphconv's (a bug) or the user's (strip-softmax changes the scores by design)."""
+    from graphconv.pass_manager import PassManager, get_pass, parse_pipeline
+
+    changes: list[PassChange] = []
+    graph, before = classifier.graph, _flat(classifier, crops, device)
+    for name, options in parse_pipeline(pipeline):
+        graph = PassManager([(name, options)]).run(graph)
+        after = _flat(Model(graph), crops, device)
+        diff = (float(np.abs(after.astype(np.float64) - before).max()) if after.shape == before.shape
+                else float("inf"))
+        if diff > tolerance:
+            changes.append(PassChange(get_pass(name).name, get_pass(name).origin, diff))
+        before = after
+    return changes
+
+
+def _flat(model: Model, crops: np.ndarray, device: str) -> np.ndarray:
+    """The model's outputs on a batch of crops, one row per crop."""
+    return model.run(crops, device).reshape(len(crops), -1)
+
+
 def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float | None = None,
            device: str = "cpu", strict: bool = False) -> VerifyReport:
     """Check `compiled` (the converted network) against `original` (the classifier) on
@@ -282,22 +367,30 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
     and, for a padded network, where padding makes (b) differ. See the module docstring."""
     x = as_batch(image, original.crop_shape[0])
     dense = compiled.run(x, device)
-    expected = crop_loop(original, x, compiled.output_stride, device)
+    rows, cols = dense.shape[2:]
+    origins = _sample_origins(x.shape[0], rows, cols, compiled.output_stride)
+    crops = _crops(original, x, origins)
+    on_crops = _flat(original, crops, device)
+    crop_tol = tolerance if tolerance is not None else TOLERANCE * _finite_scale(on_crops)
+    conversion = float(np.abs(_flat(compiled, crops, device).astype(np.float64) - on_crops).max())
+    changes = []
+    if conversion > crop_tol and compiled.graph.meta.get("compiled", {}).get("passes"):
+        changes = changing_passes(original, compiled.graph.meta["compiled"]["passes"], crops, crop_tol, device)
+    reference = original
+    if changes and not any(change.builtin for change in changes):
+        reference = compiled  # the user's passes changed the scores: the network as they left it, on each crop
+    expected = crop_loop(reference, x, compiled.output_stride, device)
     if dense.shape != expected.shape:
         raise AssertionError(f"score map shape {dense.shape} != crop grid {expected.shape}")
+    scale = _finite_scale(expected)
+    tol = tolerance if tolerance is not None else max(crop_tol, TOLERANCE * scale)
     diff = np.abs(dense.astype(np.float64) - expected)
-    scale = max(1.0, float(np.abs(expected).max()))
-    tol = tolerance if tolerance is not None else TOLERANCE * scale
-    rel = diff / np.maximum(np.abs(expected), 1e-6 * scale)
     differing = int((diff > tol).any(axis=1).sum())
     pads = padded_layers(original.graph)
-    origins = _sample_origins(x.shape[0], expected.shape[2], expected.shape[3], compiled.output_stride)
-    crops = _crops(original, x, origins)
-    conversion = np.abs(compiled.run(crops, device).reshape(len(crops), -1).astype(np.float64)
-                        - original.run(crops, device).reshape(len(crops), -1))
-    report = VerifyReport(dense.shape, float(diff.max()), float(rel.max()), not pads, pads, differing,
+    report = VerifyReport(dense.shape, float(diff.max()), float(diff.max()) / scale, not pads, pads, differing,
                           int(np.prod(dense.shape[:1] + dense.shape[2:])), tol,
-                          conversion_max_abs=float(conversion.max()), conversion_crops=len(crops), strict=strict)
+                          conversion_max_abs=conversion, conversion_crops=len(crops), strict=strict,
+                          scale=scale, pass_changes=changes)
     if pads or not report.agrees:
         report.layers, notes = _padding_effects(original, x, device)
         report.notes.extend(notes)
@@ -373,11 +466,14 @@ def _padding_effects(classifier: Model, x: np.ndarray, device: str) -> tuple[lis
 
 
 def _finite_scale(values: np.ndarray) -> float:
-    """The largest finite magnitude in `values`, at least 1: what a tolerance scales with.
-    A map a -inf pad wrote holds -inf in its border, which must not make every
+    """The largest finite magnitude in `values` (1 when there is none, or all are 0): what
+    a tolerance scales with. Not at least 1: softmax probabilities of 1000 classes are
+    around 1e-3, and a tolerance of 1e-4 took a difference of 5% of every score for
+    rounding. A map a -inf pad wrote holds -inf in its border, which must not make every
     difference look small."""
     finite = np.abs(values[np.isfinite(values)])
-    return max(1.0, float(finite.max())) if finite.size else 1.0
+    largest = float(finite.max()) if finite.size else 0.0
+    return largest if largest > 0 else 1.0
 
 
 def _abs_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -1,6 +1,7 @@
 """verify: (a) the conversion on the classifier's crop, (b) the sliding evaluation against
 the crop loop, and for padded networks which layers' padding makes which positions differ."""
 import subprocess
+from pathlib import Path
 import sys
 
 import numpy as np
@@ -199,3 +200,58 @@ def test_a_crop_batch_grows_with_the_weights_and_shrinks_with_the_activations(wr
     assert crops_per_batch(many_weights_thin_maps, crops) == thin_batch and not planned  # once per model
     many_weights_thin_maps.graph.name = "renamed"  # any edit: worked out again
     assert crops_per_batch(many_weights_thin_maps, crops) == 1 and planned == [many_weights_thin_maps]
+
+
+SOFTMAX = UNPADDED.replace("[2, 16, 16]", "[2, 14, 14]") + "  - {name: prob, op: softmax}\n"
+
+
+def test_a_plugin_pass_that_changes_the_scores_is_named_and_is_no_conversion_bug(write_spec, rng):
+    """strip-softmax (the docs' own example) made (a) say 'DIFFERENT: the conversion is
+    wrong (a bug)' and verify fail. The pass that changed the crop's output is found by
+    rerunning the pipeline a pass at a time, and the sliding map is checked against the
+    network as the user's passes left it."""
+    from graphconv import pass_manager
+
+    pass_manager.load_plugin(str(Path(__file__).parent.parent / "examples" / "my_passes.py"))
+    classifier = graphconv.load(write_spec(SOFTMAX))
+    fcn = graphconv.compile_model(classifier.graph, "shape-inference,fc-to-conv,strip-softmax")
+    report = verify(classifier, fcn, random_input(rng, (1, 2, 30, 26)))
+    [change] = report.pass_changes
+    assert change.name == "strip-softmax" and not change.builtin and report.passed
+    text = str(report)
+    assert "pass 'strip-softmax' (plugin " in text and "changed what the classifier computes on its crop" in text
+    assert "a bug" not in text and "(b) sliding evaluation vs the classifier as your passes left it" in text
+
+
+def test_a_built_in_pass_that_changes_the_scores_is_named_as_a_graphconv_bug(write_spec, rng, monkeypatch):
+    from dataclasses import replace
+
+    from graphconv import pass_manager
+
+    def scaling(graph):
+        fc = graph.node("fc")
+        graph.set_weights(fc, weight=fc.weights["weight"] * 1.5)
+        return True
+
+    info = pass_manager.get_pass("fuse-conv-activation")
+    monkeypatch.setitem(pass_manager._REGISTRY, "fuse-conv-activation", replace(info, run=scaling))
+    classifier = graphconv.load(write_spec(SOFTMAX))
+    fcn = graphconv.compile_model(classifier.graph)
+    report = verify(classifier, fcn, random_input(rng, (1, 2, 30, 26)))
+    assert [c.name for c in report.pass_changes] == ["fuse-conv-activation"] and not report.passed
+    assert "pass 'fuse-conv-activation' (built-in" in str(report) and "a graphconv bug" in str(report)
+
+
+def test_the_tolerance_is_relative_to_the_scores_however_small(write_spec, rng):
+    """Softmax over 1000 classes gives scores around 1e-3: an absolute tolerance of 1e-4
+    passed differences of 5% of every score as 'equals the crop loop'."""
+    spec = PADDED.replace("out_features: 3", "out_features: 1000") + "  - {name: prob, op: softmax}\n"
+    classifier = graphconv.load(write_spec(spec))
+    fc = classifier.graph.node("fc")
+    classifier.graph.set_weights(fc, weight=fc.weights["weight"] * 0.05)  # near-uniform: every score ~1e-3
+    fcn = graphconv.compile_model(classifier.graph)
+    report = verify(classifier, fcn, random_input(rng, (1, 2, 36, 30)))
+    assert report.scale < 0.01 and report.tolerance == pytest.approx(1e-4 * report.scale)
+    assert report.max_abs > report.tolerance and not report.agrees  # padding makes cells differ
+    assert report.max_rel == pytest.approx(report.max_abs / report.scale)
+    assert "equals the crop loop" not in str(report) and "of the largest score" in str(report)
