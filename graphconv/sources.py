@@ -357,10 +357,14 @@ def resolution_for(path: str, mpp: float) -> tuple[int, float]:
     which would take enlarging, it reads level 0 as it is where that is within
     MPP_TOLERANCE, and refuses beyond. The slide must say its pixel size
     (`_microns_per_pixel`)."""
-    microns, heights = _pixel_size_and_level_heights(path)
+    stated, heights = _pixel_size_and_level_heights(path)
+    if isinstance(stated, str):
+        raise GraphconvError(f"--mpp: the image does not state its pixel size ({stated}); pick --level and "
+                             "--downsample", file=path)
+    microns = square_microns(stated)
     if microns is None:
-        raise GraphconvError("--mpp: the image does not state its pixel size (no Aperio MPP, OME PhysicalSizeX, "
-                             "OME-Zarr scale or resolution in centimetres); pick --level and --downsample", file=path)
+        raise GraphconvError(f"--mpp: the image's pixels are not square ({stated[0]:.4g} um high, {stated[1]:.4g} um "
+                             "wide) and graphconv reads square pixels; pick --level and --downsample", file=path)
     sizes = [microns * heights[0] / height for height in heights]  # um per pixel, level by level
     level = max((k for k, size in enumerate(sizes) if size <= mpp * MPP_EQUAL), default=0)
     factor = mpp / sizes[level]
@@ -371,12 +375,12 @@ def resolution_for(path: str, mpp: float) -> tuple[int, float]:
     return (level, whole) if abs(math.log(factor / whole)) <= math.log(MPP_EQUAL) or factor < 1 else (level, factor)
 
 
-def _pixel_size_and_level_heights(path: str) -> tuple[float | None, list[int]]:
-    """A pyramid's level-0 pixel size in micrometres (None where unstated) and each
-    level's height, from its metadata alone."""
+def _pixel_size_and_level_heights(path: str) -> tuple[PixelSize, list[int]]:
+    """A pyramid's level-0 pixel size (`PixelSize`) and each level's height, from its
+    metadata alone."""
     if is_ome_zarr(path):
         image = _read_ome_zarr(path)
-        return image.microns, [height for height, _ in image.level_hw]
+        return image.pixel_size, [height for height, _ in image.level_hw]
     if not is_tiff(path):
         raise GraphconvError("--mpp reads a slide at a pixel size its file states: give a TIFF (.svs, .ndpi, "
                              "OME-TIFF) or an OME-Zarr, or pick --level and --downsample", file=path)
@@ -384,7 +388,7 @@ def _pixel_size_and_level_heights(path: str) -> tuple[float | None, list[int]]:
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            return _microns_per_pixel(tif), [_axis_sizes(level)[0] for level in (series.levels or [series])]
+            return _stated_pixel_size(tif), [_axis_sizes(level)[0] for level in (series.levels or [series])]
     except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as err:
         raise GraphconvError(f"cannot read as a TIFF image: {err}", file=path) from None
 
@@ -556,7 +560,7 @@ class _OmeZarr:
     arrays: list
     axes: list[str]
     level_hw: list[tuple[int, int]]
-    microns: float | None
+    pixel_size: PixelSize
 
 
 def _read_ome_zarr(path: str) -> _OmeZarr:
@@ -570,7 +574,7 @@ def _read_ome_zarr(path: str) -> _OmeZarr:
         multiscale = _ngff_attrs(folder)["multiscales"][0]
         axes = [_axis_role(axis) for axis in multiscale.get("axes", "tczyx")]
         arrays = [group[str(dataset["path"])] for dataset in multiscale["datasets"]]
-        microns = _ome_zarr_microns(multiscale, axes)
+        pixel_size = _ome_zarr_pixel_size(multiscale, axes)
     except GraphconvError:
         raise
     except Exception as err:  # zarr and malformed metadata raise many types
@@ -584,7 +588,7 @@ def _read_ome_zarr(path: str) -> _OmeZarr:
             raise GraphconvError(f"level {level} has {len(array.shape)} axes; its metadata names {len(axes)}",
                                  file=path)
     level_hw = [(array.shape[axes.index("y")], array.shape[axes.index("x")]) for array in arrays]
-    return _OmeZarr(arrays, axes, level_hw, microns)
+    return _OmeZarr(arrays, axes, level_hw, pixel_size)
 
 
 def _axis_role(axis) -> str:
@@ -593,23 +597,29 @@ def _axis_role(axis) -> str:
     return str(axis).lower()
 
 
-def _ome_zarr_microns(multiscale: dict, axes: list[str]) -> float | None:
-    """Level 0's pixel width in micrometres: its x scale (times the multiscale's own,
-    where it has one), in the x axis's unit; None where no unit of length says it, or
-    the scale is kept in a file of its own (NGFF 0.4's `path`)."""
-    axis = next((a for a in multiscale.get("axes", ()) if isinstance(a, dict) and _axis_role(a) == "x"), {})
-    per_unit = MICRONS_PER_UNIT.get(str(axis.get("unit", "")).lower())
-    if per_unit is None:
-        return None
-    scale = 1.0
-    for transforms in (multiscale["datasets"][0].get("coordinateTransformations", ()),
-                       multiscale.get("coordinateTransformations", ())):
-        for transform in transforms:
-            if transform.get("type") == "scale":
-                if "scale" not in transform:
-                    return None
-                scale *= float(transform["scale"][axes.index("x")])
-    return scale * per_unit if math.isfinite(scale) and scale > 0 else None
+def _ome_zarr_pixel_size(multiscale: dict, axes: list[str]) -> PixelSize:
+    """Level 0's pixel (height, width) in micrometres: its y and x scales (times the
+    multiscale's own, where it has one), in their axes' units; why not, where no unit of
+    length says it, or the scale is kept in a file of its own (NGFF 0.4's `path`)."""
+    sizes = []
+    for name in ("y", "x"):
+        axis = next((a for a in multiscale.get("axes", ()) if isinstance(a, dict) and _axis_role(a) == name), {})
+        unit = str(axis.get("unit", ""))
+        per_unit = MICRONS_PER_UNIT.get(unit.lower())
+        if per_unit is None:
+            return f"its {name} axis's unit is {shown(unit)}, not a length" if unit else NO_PIXEL_SIZE
+        scale = 1.0
+        for transforms in (multiscale["datasets"][0].get("coordinateTransformations", ()),
+                           multiscale.get("coordinateTransformations", ())):
+            for transform in transforms:
+                if transform.get("type") == "scale":
+                    if "scale" not in transform:
+                        return "its scale is kept in a file of its own"
+                    scale *= float(transform["scale"][axes.index(name)])
+        if not (math.isfinite(scale) and scale > 0):
+            return f"its {name} scale is {scale:g}"
+        sizes.append(scale * per_unit)
+    return sizes[0], sizes[1]
 
 
 class _AxesView:
@@ -664,7 +674,7 @@ def _ome_zarr_source(path: str, channels: int, preprocess: dict | None, level: i
     source = ArrayLikeSource(path, plane, channels, preprocess, axes="SYX" if "c" in axes else "YX", bands=bands,
                              picture=_looks_like_picture(array.dtype, band_count, (1, 3)))  # 4: DAPI and 3 more
     source.nodata = _zarr_nodata(array)
-    source.microns_per_pixel = image.microns
+    source.microns_per_pixel = square_microns(image.pixel_size)
     return _as_level(source, level, image.level_hw)
 
 
@@ -689,7 +699,7 @@ def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
     source = ArrayLikeSource(path, _decodable_array(path, series, level, levels[level]), channels, preprocess,
                              axes=levels[level].axes, bands=bands, picture=_is_picture(tif.pages[0]))
     source.nodata = _nodata(tif.pages[0])
-    source.microns_per_pixel = _microns_per_pixel(tif)  # at level 0
+    source.microns_per_pixel = square_microns(_stated_pixel_size(tif))  # at level 0
     source.tiff = tif  # keep the file open as long as the source lives
     return _as_level(source, level, [_axis_sizes(each) for each in levels])
 
@@ -721,25 +731,74 @@ def _nodata(page) -> float | None:
         return None
 
 
-CENTIMETER = 3  # TIFF's ResolutionUnit for centimetres (2 is inches, which screens' 72 dpi fill in)
+INCH, CENTIMETER = 2, 3  # TIFF's ResolutionUnits (1: none; inches are what screens' 72 dpi fill in)
+
+PixelSize = tuple[float, float] | str
+"""Level 0's pixel (height, width) in micrometres as a file states it, or, where it
+does not, why not (a phrase for messages)."""
+
+NO_PIXEL_SIZE = "no Aperio MPP, OME PhysicalSizeX, OME-Zarr scale or resolution in centimetres"
+OME_MICRONS_PER_UNIT = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6, "Å": 1e-4, "pm": 1e-6}
+"""OME's UnitsLength symbols that a microscope's pixel may be given in (its default: µm)."""
 
 
-def _microns_per_pixel(tif) -> float | None:
-    """Level 0's pixel size in micrometres where the file says it: Aperio's "MPP = 0.2520"
-    in its description, OME's PhysicalSizeX (in micrometres), or a resolution in pixels
-    per centimetre (Hamamatsu's NDPI); else None (an inch resolution is mostly a screen's)."""
+def square_microns(size: PixelSize) -> float | None:
+    """The side of a square pixel in micrometres; None where unstated, or not square
+    within MPP_EQUAL (a map's cells then have no single size to state)."""
+    if isinstance(size, str):
+        return None
+    height, width = size
+    return width if abs(math.log(height / width)) <= math.log(MPP_EQUAL) else None
+
+
+def _stated_pixel_size(tif) -> PixelSize:
+    """Level 0's pixel size where the file says it: Aperio's "MPP = 0.2520" in its
+    description, OME's PhysicalSizeY/X in their units, or a resolution in pixels per
+    centimetre (Hamamatsu's NDPI); an inch resolution is taken for a screen's (72 dpi)."""
     page = tif.pages[0]
     aperio = re.search(r"\bMPP\s*=\s*([0-9]*\.?[0-9]+)", page.description or "")
     if aperio:
-        return float(aperio.group(1))
-    ome = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata or "") if page.is_ome else None
-    if ome and not re.search(r'PhysicalSizeXUnit="(?!µm|um)', tif.ome_metadata):
-        return float(ome.group(1))
-    unit, resolution = page.tags.get("ResolutionUnit"), page.tags.get("XResolution")
-    if unit is not None and resolution is not None and int(unit.value) == CENTIMETER:
-        pixels, per = resolution.value
-        return 1e4 * per / pixels if pixels else None
-    return None
+        return float(aperio.group(1)), float(aperio.group(1))
+    ome = _ome_pixel_size(tif.ome_metadata or "") if page.is_ome else NO_PIXEL_SIZE
+    if not (ome == NO_PIXEL_SIZE and page.tags.get("XResolution") is not None):
+        return ome
+    unit = int(page.tags["ResolutionUnit"].value) if "ResolutionUnit" in page.tags else INCH  # TIFF's default
+    per_pixel = [_length_per_pixel(page.tags.get(tag) or page.tags["XResolution"]) for tag in ("YResolution",
+                                                                                           "XResolution")]
+    if None in per_pixel or unit not in (INCH, CENTIMETER):
+        return NO_PIXEL_SIZE
+    if unit == INCH:
+        return (f"its resolution is {1 / per_pixel[1]:.6g} pixels per inch, which graphconv takes for a screen's, "
+                "not a microscope's")
+    return 1e4 * per_pixel[0], 1e4 * per_pixel[1]
+
+
+def _length_per_pixel(tag) -> float | None:
+    pixels, per = tag.value
+    return per / pixels if pixels and per else None
+
+
+def _ome_pixel_size(xml: str) -> PixelSize:
+    """OME-XML's first Pixels element's PhysicalSizeY/X, in micrometres (a missing Y is
+    X's, as square pixels have it)."""
+    pixels = re.search(r"<(?:\w+:)?Pixels\b[^>]*>", xml)
+    attributes = dict(re.findall(r'(\w+)="([^"]*)"', pixels.group(0))) if pixels else {}
+    if "PhysicalSizeX" not in attributes:
+        return NO_PIXEL_SIZE
+    sizes = []
+    for axis in ("Y", "X"):
+        axis = axis if f"PhysicalSize{axis}" in attributes else "X"
+        unit = attributes.get(f"PhysicalSize{axis}Unit", "µm")
+        if unit not in OME_MICRONS_PER_UNIT:
+            return f"its OME PhysicalSize{axis}Unit is {shown(unit)}, not a length"
+        try:
+            size = float(attributes[f"PhysicalSize{axis}"]) * OME_MICRONS_PER_UNIT[unit]
+        except ValueError:
+            return f"its OME PhysicalSize{axis} is {shown(attributes[f'PhysicalSize{axis}'])}"
+        if not (math.isfinite(size) and size > 0):
+            return f"its OME PhysicalSize{axis} is {size:g}"
+        sizes.append(size)
+    return sizes[0], sizes[1]
 
 
 def _axis_sizes(level) -> tuple[int, int]:

@@ -176,7 +176,7 @@ def test_bands_that_do_not_fit_the_scene_or_the_network_are_named(scene, channel
     folder, _ = scene
     with pytest.raises(GraphconvError, match=message) as err:
         open_source(folder / "separate.tif", channels, None, bands=bands)
-    assert str(err.value).startswith("separate.tif: ")
+    assert str(err.value).startswith(f"{folder / 'separate.tif'}: ")
 
 
 def test_bands_of_a_picture_are_refused_with_what_they_apply_to(tmp_path):
@@ -458,6 +458,49 @@ def test_each_level_of_an_ome_zarr_reads_as_stored(tmp_path, zarr_format):
         np.testing.assert_array_equal(source.read(10, 30, 70, 90), pixels[:, 10:70, 30:90])
     with pytest.raises(GraphconvError, match=r"--level 3: the image has 3 level\(s\) \(0: 300x400, 1: 150x200"):
         open_source(tmp_path / "slide.ome.zarr", 3, None, 3)
+
+
+OME_PIXELS = ('<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
+              '<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="uint8" SizeX="64" SizeY="48" '
+              'SizeC="3" SizeZ="1" SizeT="1" {sizes}><Channel ID="Channel:0:0" SamplesPerPixel="3"/>'
+              '<TiffData/></Pixels></Image></OME>')
+
+
+@pytest.mark.parametrize("sizes, microns, refusal", [
+    ('PhysicalSizeX="0.25" PhysicalSizeY="0.25"', 0.25, None),
+    ('PhysicalSizeX="250" PhysicalSizeXUnit="nm" PhysicalSizeY="250" PhysicalSizeYUnit="nm"', 0.25, None),
+    ('PhysicalSizeX="0.0005" PhysicalSizeXUnit="mm"', 0.5, None),  # Y unstated: square
+    ('PhysicalSizeX="0.25" PhysicalSizeY="0.5"', None, r"pixels are not square \(0\.5 um high, 0\.25 um wide\)"),
+    ('PhysicalSizeX="3" PhysicalSizeXUnit="pixel"', None, "its OME PhysicalSizeXUnit is 'pixel', not a length"),
+])
+def test_an_ome_tiff_s_pixel_size_is_read_in_its_units_and_must_be_square(tmp_path, sizes, microns, refusal):
+    """An OME-TIFF in nanometres "did not state its pixel size"; one with pixels twice as
+    high as wide was read by its width alone, so --mpp 0.5 read it 1 um per pixel in y."""
+    path = tmp_path / "slide.ome.tif"
+    tifffile.imwrite(path, np.zeros((48, 64, 3), np.uint8), photometric="rgb",
+                     description=OME_PIXELS.format(sizes=sizes), metadata=None)
+    assert open_source(path, 3, None).microns_per_pixel == (pytest.approx(microns) if microns else None)
+    if refusal:
+        with pytest.raises(GraphconvError, match=refusal):
+            open_source(path, 3, None, mpp=0.5)
+    else:
+        assert open_source(path, 3, None, mpp=2 * microns).downsample == pytest.approx(2)
+
+
+@pytest.mark.parametrize("unit, resolution, microns, refusal", [
+    ("CENTIMETER", (40000, 40000), 0.25, None),
+    ("CENTIMETER", (40000, 20000), None, r"not square \(0\.5 um high, 0\.25 um wide\)"),
+    ("INCH", (101600, 101600), None, "its resolution is 101600 pixels per inch, which graphconv takes for a screen's"),
+    ("NONE", (1, 1), None, "no Aperio MPP"),
+])
+def test_a_tiff_resolution_gives_the_pixel_size_in_centimetres_only(tmp_path, unit, resolution, microns, refusal):
+    path = tmp_path / "scan.tif"
+    tifffile.imwrite(path, np.zeros((48, 64, 3), np.uint8), photometric="rgb", resolution=resolution,
+                     resolutionunit=unit)
+    assert open_source(path, 3, None).microns_per_pixel == (pytest.approx(microns) if microns else None)
+    if refusal:
+        with pytest.raises(GraphconvError, match=refusal):
+            open_source(path, 3, None, mpp=0.5)
 
 
 def test_mpp_of_an_ome_zarr_comes_from_its_scale_and_unit(tmp_path):
