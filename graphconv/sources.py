@@ -30,7 +30,9 @@ tifffile, imagecodecs and zarr are the optional `scale` extra (`pip install 'gra
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
 import re
@@ -688,20 +690,41 @@ def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
     tifffile = require("tifffile")
     open_regular_file(path, "image", "image not found").close()  # not a pipe, a folder or a device
     try:
-        tif = tifffile.TiffFile(path)
-        series = tif.series[0]
-        levels = list(series.levels) if getattr(series, "levels", None) else [series]
+        with _tifffile_warnings() as warned:
+            tif = tifffile.TiffFile(path)
+            series = tif.series[0]
+            levels = list(series.levels) if getattr(series, "levels", None) else [series]
     except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as err:
         raise GraphconvError(f"cannot read as a TIFF image: {err}", file=path) from None
     if level >= len(levels):
-        raise GraphconvError(f"--level {level}: the image has {_level_list([_axis_sizes(each) for each in levels])}",
-                             file=path)
+        damage = f" (tifffile warned: {shown(warned[0], 120)}: is the file complete?)" if warned else ""
+        raise GraphconvError(f"--level {level}: the image has {_level_list([_axis_sizes(each) for each in levels])}"
+                             f"{damage}", file=path)
     source = ArrayLikeSource(path, _decodable_array(path, series, level, levels[level]), channels, preprocess,
                              axes=levels[level].axes, bands=bands, picture=_is_picture(tif.pages[0]))
     source.nodata = _nodata(tif.pages[0])
     source.microns_per_pixel = square_microns(_stated_pixel_size(tif))  # at level 0
     source.tiff = tif  # keep the file open as long as the source lives
     return _as_level(source, level, [_axis_sizes(each) for each in levels])
+
+
+@contextlib.contextmanager
+def _tifffile_warnings():
+    """The messages tifffile logs meanwhile, kept instead of printed (Python prints a
+    logger's warnings only where it has no handler): what it says of a truncated slide
+    ("invalid page offset") goes into the error a pyramid with levels missing makes."""
+    warned: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            warned.append(record.getMessage())
+
+    handler, logger = Collect(logging.WARNING), logging.getLogger("tifffile")
+    logger.addHandler(handler)
+    try:
+        yield warned
+    finally:
+        logger.removeHandler(handler)
 
 
 def _as_level(source: ArrayLikeSource, level: int, level_hw: list[tuple[int, int]]) -> ArrayLikeSource:
@@ -864,7 +887,25 @@ def _kept_chunks(store):
         except ImportError:
             return store
         _KeptChunks = _kept_chunks_class(WrapperStore)
+        logging.getLogger("asyncio").addFilter(_drop_sibling_chunk_errors)
     return _KeptChunks(store)
+
+
+def _drop_sibling_chunk_errors(record: logging.LogRecord) -> bool:
+    """False for what asyncio logs about the other chunks of a tile that failed to
+    decode: zarr reads a tile's chunks as concurrent tasks and raises the first failure
+    (graphconv reports it as one line, naming the rows), and as the process ends asyncio
+    logs each other failed task's traceback ("Task exception was never retrieved") and
+    each unfinished one ("Task was destroyed but it is pending!"): a truncated slide
+    printed a hundred lines after its one-line error."""
+    error = record.exc_info[1] if record.exc_info else None
+    if getattr(error, CHUNK_ERROR_MARK, False):
+        return False
+    return not (_CHUNK_FAILED and str(record.msg).startswith("Task was destroyed but it is pending"))
+
+
+CHUNK_ERROR_MARK = "_graphconv_chunk_error"  # set on an exception raised while reading a chunk
+_CHUNK_FAILED = False  # whether a chunk of any slide failed to decode in this process
 
 
 _KeptChunks = None  # made on first use: zarr is optional
@@ -888,7 +929,14 @@ def _kept_chunks_class(wrapper):
                     if key in self.chunks:
                         self.chunks.move_to_end(key)
                         return self.chunks[key]
-            value = await self._store.get(key, prototype, byte_range)
+            try:
+                value = await self._store.get(key, prototype, byte_range)
+            except Exception as err:
+                global _CHUNK_FAILED
+                _CHUNK_FAILED = True
+                with contextlib.suppress(AttributeError):  # an exception type without a __dict__
+                    setattr(err, CHUNK_ERROR_MARK, True)
+                raise
             if byte_range is None and value is not None and len(value) <= self.budget:
                 with self.lock:
                     if key not in self.chunks:

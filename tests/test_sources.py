@@ -836,3 +836,42 @@ def test_a_strip_too_large_to_decode_within_the_budget_is_refused(tmp_path, monk
     with pytest.raises(GraphconvError, match=r"^strip.tif: decoding one strip of 300 x 400 x 3 values needs about "
                                              r"1\.4 MB, over the memory limit of 1\.0 MB"):
         open_source(tmp_path / "strip.tif", 3, {"values": "stored"})
+
+
+def test_a_truncated_pyramid_s_missing_levels_are_blamed_on_the_file(slide, tmp_path):
+    """A slide cut short lost its pyramid's levels: '--level 1: the image has 1 level(s)'
+    said nothing of why; tifffile's own warning now comes with it."""
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(slide.read_bytes()[:slide.stat().st_size // 2])
+    with pytest.raises(GraphconvError, match=r"--level 1: the image has 1 level\(s\) \(0: 300x400\) \(tifffile "
+                                             r"warned: .*corrupted tag list.*: is the file complete\?\)"):
+        open_source(cut, 3, None, level=1)
+
+
+def test_the_other_chunks_of_a_tile_that_failed_to_decode_are_not_logged(tmp_path):
+    """zarr decodes a tile's chunks as concurrent tasks and raises the first failure,
+    which graphconv reports in one line; asyncio logged every other failed or unfinished
+    task's traceback as the process ended, a hundred lines after it."""
+    import asyncio
+    import logging
+
+    from graphconv import sources
+
+    path = tmp_path / "cut.tif"
+    tifffile.imwrite(path, np.random.default_rng(0).integers(0, 255, (256, 256, 3), np.uint8), photometric="rgb",
+                     tile=(32, 32), compression="jpeg")
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    with pytest.raises(GraphconvError, match="cannot decode its pixels"):
+        open_source(path, 3, None).read(0, 0, 256, 256)
+
+    def record(message: str, error: BaseException | None = None) -> logging.LogRecord:
+        exc_info = (type(error), error, None) if error else None
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, None, exc_info)
+
+    marked = ValueError("Empty input file")
+    setattr(marked, sources.CHUNK_ERROR_MARK, True)
+    asyncio_log = logging.getLogger("asyncio")
+    assert not asyncio_log.filter(record("Task exception was never retrieved", marked))
+    assert not asyncio_log.filter(record("Task was destroyed but it is pending!\ntask: <Task pending>"))
+    assert asyncio_log.filter(record("Task exception was never retrieved", ValueError("someone else's")))
+    assert asyncio_log.filter(record("Executing <Task> took 0.2 seconds"))
