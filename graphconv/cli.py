@@ -511,6 +511,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.resize:
             raise GraphconvError("--resize applies to --image only")
     x = as_batch(x, model.crop_shape[0], file=args.image or args.input)
+    _spare_the_users_npy(args, model, grid, x)
     if args.crops is not None:
         return _run_crops(args, model, grid, x, picture if args.image else None)
     if args.scales:
@@ -568,22 +569,47 @@ def _check_outputs_spare_the_inputs(args: argparse.Namespace) -> None:
 
 def _spare_the_users_files(args: argparse.Namespace, model) -> None:
     """Refuse, before any work, an --output or --heatmap-out that exists and is not what an
-    earlier run wrote (`cluster.is_a_map_graphconv_wrote`, `images.is_graphconv_heatmap`):
-    `--output scene.npy` or `--heatmap-out holiday.png` replaced the user's own file."""
+    earlier run wrote (`cluster.check_replaceable`, `images.is_graphconv_heatmap`):
+    `--output scene.npy` or `--heatmap-out holiday.png` replaced the user's own file. An
+    existing .npy is judged once the run knows the shape it writes (`_spare_the_users_npy`)."""
     from pathlib import Path
 
-    from graphconv.cluster import is_a_map_graphconv_wrote
+    from graphconv.cluster import check_replaceable
     from graphconv.images import is_graphconv_heatmap
 
-    if args.output and Path(args.output.rstrip("/")).exists():
-        channels = {model.output_channels, len(args.classes) if args.classes else model.output_channels}
-        if not is_a_map_graphconv_wrote(args.output, channels):
-            raise GraphconvError("is already there and is not a map graphconv wrote (its shape or type is not a "
-                                 "run's): graphconv replaces only its own maps; choose another --output",
-                                 file=args.output)
+    if args.output:
+        check_replaceable(args.output, np.float32)
     if args.heatmap_out and Path(args.heatmap_out).exists() and not is_graphconv_heatmap(args.heatmap_out):
         raise GraphconvError("is already there and is not a heatmap graphconv drew: choose another name",
                              file=args.heatmap_out)
+
+
+def _spare_the_users_npy(args: argparse.Namespace, model, grid, x: np.ndarray) -> None:
+    """Refuse, before the network runs, an existing --output .npy that does not hold
+    exactly what this run writes there (`cluster.check_replaceable`)."""
+    from pathlib import Path
+
+    if not args.output or is_tiff_output(args.output) or not Path(args.output).exists():
+        return
+    from graphconv.cluster import check_replaceable
+    check_replaceable(args.output, np.float32, _output_shape(args, model, grid, x))
+
+
+def _output_shape(args: argparse.Namespace, model, grid, x: np.ndarray) -> tuple[int, ...]:
+    """The shape of what a whole-image run of (N, C, H, W) `x` writes to --output, from
+    shapes alone: --scales' (N, K) vector, --crops' map, --full-map's whole output, or
+    `Model.run`'s map (an uncompiled classifier's (N, K) vector)."""
+    n, _, height, width = x.shape
+    classes = model.output_channels
+    if args.scales:
+        return n, classes
+    if args.crops is not None:
+        return (n, classes, *grid.map_hw((height, width)))
+    if args.full_map:
+        from graphconv.shapes import infer_shapes
+        return (n, *infer_shapes(model.graph, (height, width), check_weights=False)[model.graph.output.name])
+    rows, cols = model.output_hw(height, width)
+    return (n, classes) if model.returns_vectors and (rows, cols) == (1, 1) else (n, classes, rows, cols)
 
 
 def spare_the_model(model, outputs: list[tuple[str, str | None]]) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -213,6 +213,7 @@ def run_images(ref: ModelRef, images: Sequence[str], output_dir: str, options: M
     """Each image's map to `output_dir/<stem>.npy` (or `.tif`: `output_format`), on the
     cluster when `client` is given."""
     outputs = output_names(images, output_dir, output_format)
+    spare_the_users_files(ref, images, outputs, options, tile)
     results = []
     if client is None:
         for image, output in zip(images, outputs):
@@ -251,33 +252,81 @@ def output_names(images: Sequence[str], output_dir: str, output_format: str = "n
     if overwritten:
         raise GraphconvError(f"the map of {Path(min(overwritten)).name} would replace that image: give another "
                              "--output-dir", file=min(overwritten))
-    theirs = [n for n in names if Path(n).exists() and not is_a_map_graphconv_wrote(n)]
-    if theirs:
-        raise GraphconvError("is already there and is not a map graphconv wrote (a file beside its images?): "
-                             "give another --output-dir", file=theirs[0])
     return names
 
 
-def is_a_map_graphconv_wrote(path: str, channels: Collection[int] | None = None) -> bool:
-    """Whether the existing output `path` holds what a run writes, and so may be replaced
-    by the next run, where a user's own file must not be: a .tif map says so in its
-    description, a zarr map in its `graphconv` attribute; an .npy cannot say who wrote
-    it, so (as a zarr map's too) its shape and type must be a run's: (N, K, rows, cols) float32 scores (of any model, any --classes) or
-    uint16 classes (one channel), or, where the channels a run of this model writes are
-    known, (N, K) class vectors, K one of `channels`. A user's image or scene has other
-    shapes or types (and the run's own input is refused before this)."""
+def is_a_map_graphconv_wrote(path: str) -> bool:
+    """Whether the existing output `path` says an earlier run wrote it, and so may be
+    replaced where a user's own file must not be: a .tif map says so in its
+    description, a zarr map in its `graphconv` attribute. An .npy cannot say who wrote
+    it: `check_replaceable` judges it by what this run is about to write there."""
     if path.lower().endswith((".tif", ".tiff")):
         from graphconv.georef import is_graphconv_map
         return is_graphconv_map(path)
+    if path.rstrip("/").lower().endswith(".zarr"):
+        return _stored_array_header(path) is not None
+    return False
+
+
+def check_replaceable(path: str, dtype, shape: tuple[int, ...] | None = None) -> None:
+    """Refuse, before any work, to replace an existing output that is not this run's to
+    replace. A .tif or .zarr map says it is graphconv's (`is_a_map_graphconv_wrote`).
+    An .npy cannot: it is replaced only when it holds exactly the type and `shape` this
+    run writes there (an earlier run of the same command), never because it merely
+    looks like a map: a user's (1, 3, H, W) float32 input or (1, 1000) reference vector
+    is a 4-D or 2-D float32 array too, and was replaced. `shape` None: the .npy is
+    checked later, when the shape is known (`check_replaceable` again)."""
+    target = path.rstrip("/")
+    if not os.path.exists(target):
+        return
+    if target.lower().endswith((".tif", ".tiff", ".zarr")):
+        if not is_a_map_graphconv_wrote(path):
+            raise GraphconvError("is already there and is not a map graphconv wrote: graphconv replaces only its "
+                                 "own maps (delete it or choose another name)", file=path)
+        return
+    if shape is None:
+        return
     header = _stored_array_header(path)
-    if header is None:
-        return False
-    dtype, shape = header
-    if dtype == np.uint16:
-        return len(shape) == 4 and shape[1] == 1
-    if dtype != np.float32:
-        return False
-    return len(shape) == 4 or (len(shape) == 2 and channels is not None and shape[1] in channels)
+    held = f"{header[0]} {tuple(header[1])}" if header else "no array graphconv can read (not a .npy file?)"
+    if header is None or np.dtype(header[0]) != np.dtype(dtype) or tuple(header[1]) != tuple(shape):
+        raise GraphconvError(f"is already there and holds {held}, not this run's {np.dtype(dtype)} "
+                             f"{tuple(shape)}: graphconv replaces a .npy only with a map of the same shape and "
+                             "type (delete it or choose another name)", file=path)
+
+
+def image_map_shape(model, grid, image: str, options: MapOptions, tile: int | None) -> tuple[np.dtype, tuple]:
+    """(dtype, shape) of the map `_one_image` writes for `image`, from its size alone (a
+    TIFF's or zarr's header; a picture's, upright): what an existing .npy there must hold
+    to be replaced."""
+    from graphconv.sources import open_source
+    from graphconv.tiling import map_transform
+
+    source = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"), options.level,
+                         options.bands, options.downsample, options.mpp)
+    _, channels, dtype = map_transform(options.reduce, options.classes, model.output_channels)
+    rows, cols = grid.map_hw((source.height, source.width))
+    whole = tile is None and options.skip_background is None and options.crops is None
+    if whole and model.returns_vectors and (rows, cols) == (1, 1):
+        return dtype, (1, channels)  # an uncompiled classifier's vector, as Model.run returns it
+    return dtype, (1, channels, rows, cols)
+
+
+def spare_the_users_files(ref: ModelRef, images: Sequence[str], outputs: Sequence[str], options: MapOptions,
+                          tile: int | None, model=None) -> None:
+    """Refuse, before any work, a batch whose output names an existing file this run may
+    not replace (`check_replaceable`). An image that cannot be read is left to its own
+    task to report (it writes nothing)."""
+    for image, output in zip(images, outputs):
+        if not os.path.exists(output.rstrip("/")):
+            continue
+        check_replaceable(output, np.float32)
+        if output.lower().endswith(".npy"):
+            model = model or ref.load()
+            try:
+                dtype, shape = image_map_shape(model, options.grid(model), image, options, tile)
+            except (GraphconvError, OSError, ValueError):
+                continue  # a bad image: its own task reports it, and writes nothing
+            check_replaceable(output, dtype, shape)
 
 
 def _stored_array_header(path: str) -> tuple[np.dtype, tuple[int, ...]] | None:

@@ -113,6 +113,9 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     transform, channels, dtype = map_transform(args.reduce, args.classes, classes)
     _check_heatmap(args, classes)
     shape = (1, channels, *plan.map_hw)
+    if args.output:
+        from graphconv.cluster import check_replaceable
+        check_replaceable(args.output, dtype, shape)
     nbytes = int(np.prod(shape)) * dtype.itemsize
     if not args.output and nbytes > memory_limit() // 4:
         raise GraphconvError(f"the score map is {format_size(nbytes)}: give --output MAP.npy or MAP.zarr "

@@ -111,7 +111,8 @@ def test_many_images_spare_a_user_s_own_npy_beside_them(tmp_path, capsys):
     np.save(tmp_path / "a.npy", np.arange(5.0))
     assert run_cli("compile", SPECS / "digits.yaml", "-o", tmp_path / "m") == 0
     assert run_cli("run", tmp_path / "m", "--images", tmp_path / "*.png", "--output-dir", tmp_path) == 2
-    assert "a.npy: is already there and is not a map graphconv wrote" in capsys.readouterr().err
+    assert "a.npy: is already there and holds float64 (5,), not this run's float32 (1, 11, 4, 4)" in \
+        capsys.readouterr().err
     np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.arange(5.0))
     (tmp_path / "a.npy").unlink()
     for _ in range(2):  # the second run replaces the first's map
@@ -438,8 +439,9 @@ def test_run_crops_maps_a_network_that_cannot_slide(write_spec, tmp_path, capsys
     np.save(tmp_path / "x.npy", x)
     classifier = graphconv.load(spec)
     for stride, given in ((2, []), (5, [5])):
-        assert run_cli("run", spec, "--input", tmp_path / "x.npy", "--crops", *given, "--output", tmp_path / "m.npy") == 0
-        scores = np.load(tmp_path / "m.npy")
+        assert run_cli("run", spec, "--input", tmp_path / "x.npy", "--crops", *given,
+                       "--output", tmp_path / f"m{stride}.npy") == 0  # a map of another shape: another name
+        scores = np.load(tmp_path / f"m{stride}.npy")
         rows, cols = (17 - 12) // stride + 1, (20 - 12) // stride + 1
         assert scores.shape == (2, 3, rows, cols)
         for i, j in ((0, 0), (rows - 1, cols - 1), (1, cols // 2)):
@@ -635,27 +637,52 @@ def test_a_network_whose_output_on_its_crop_is_a_map_is_flagged_unless_it_is_seg
     assert "taken for a classifier" not in capsys.readouterr().err, "a classifier, compiled or not, is not"
 
 
-def test_an_output_that_exists_is_replaced_only_if_an_earlier_run_wrote_it(tmp_path, capsys):
-    """`--output scene.npy` replaced the user's own array with a score map, and
-    `--heatmap-out holiday.png` their photo, exit 0; an earlier run's result is still
-    replaced, as re-running a command expects."""
+USERS_ARRAYS = {"scene.npy": np.zeros((4, 50, 60), np.uint16), "rgb.npy": np.zeros((3, 28, 28), np.float32),
+                "grey.npy": np.zeros((300, 400), np.float32), "bands.npy": np.zeros((1, 4, 28, 28), np.uint16),
+                "input.npy": np.ones((1, 1, 28, 28), np.float32),  # a preprocessed input: 4-D float32, as maps are
+                "logits.npy": np.ones((1, 1000), np.float32),  # another model's reference vector
+                "other-map.npy": np.ones((1, 11, 3, 4), np.float32)}  # a map of another picture
+
+
+@pytest.mark.parametrize("name", sorted(USERS_ARRAYS))
+@pytest.mark.parametrize("run", ["vector", "scales", "map", "crops", "tiled", "images"])
+def test_an_output_that_exists_is_replaced_only_if_an_earlier_run_wrote_it(tmp_path, capsys, digits_fcn, name, run):
+    """`--output scene.npy` replaced the user's own array with a score map; a float32 4-D
+    array (their preprocessed input) or a 2-D one (a reference vector) was taken for a
+    map and replaced, exit 0. A .npy is replaced only by a map of exactly its shape and
+    type; an earlier run's result still is, as re-running a command expects."""
     pytest.importorskip("PIL")
     x = np.zeros((1, 1, 28, 28), np.float32)
     np.save(tmp_path / "x.npy", x)
-    users = {"scene.npy": np.zeros((4, 50, 60), np.uint16), "rgb.npy": np.zeros((3, 28, 28), np.float32),
-             "grey.npy": np.zeros((300, 400), np.float32), "bands.npy": np.zeros((1, 4, 28, 28), np.uint16)}
-    for name, array in users.items():
-        np.save(tmp_path / name, array)
-        assert run_cli("run", SPECS / "digits.yaml", "--input", tmp_path / "x.npy", "--output", tmp_path / name) == 2
-        assert f"{name}: is already there and is not a map graphconv wrote" in capsys.readouterr().err
-        assert np.array_equal(np.load(tmp_path / name), array), "the user's array is untouched"
-    for _ in range(2):  # class vectors, written and written again
-        assert run_cli("run", SPECS / "digits.yaml", "--input", tmp_path / "x.npy", "--output", tmp_path / "v.npy") == 0
+    page = ROOT / "examples" / "digits_page.png"
+    args = {"vector": ["run", SPECS / "digits.yaml", "--input", tmp_path / "x.npy"],
+            "scales": ["run", digits_fcn, "--image", page, "--scales", "40"],
+            "map": ["run", digits_fcn, "--image", page],
+            "crops": ["run", SPECS / "digits.yaml", "--image", page, "--crops", "40"],
+            "tiled": ["run", digits_fcn, "--image", page, "--tile", "200"]}.get(run)
+    users = tmp_path / name
+    np.save(users, USERS_ARRAYS[name])
+    if run == "images":
+        (tmp_path / "pages").mkdir()
+        (tmp_path / "pages" / name.replace(".npy", ".png")).write_bytes(page.read_bytes())
+        args = ["run", digits_fcn, "--images", tmp_path / "pages", "--output-dir", tmp_path]
+    assert run_cli(*args, *(["--output", users] if run != "images" else [])) == 2
+    err = capsys.readouterr().err
+    assert f"{name}: is already there and holds {USERS_ARRAYS[name].dtype} {USERS_ARRAYS[name].shape}, not this " \
+           "run's " in err and "graphconv replaces a .npy only with a map of the same shape" in err, err
+    assert np.array_equal(np.load(users), USERS_ARRAYS[name]), "the user's array is untouched"
+    users.unlink()
+    for _ in range(2):  # this run's result, written and written again
+        assert run_cli(*args, *(["--output", users] if run != "images" else [])) == 0, capsys.readouterr().err
+
+
+def test_a_heatmap_out_that_exists_is_replaced_only_if_an_earlier_run_drew_it(tmp_path, capsys, digits_fcn):
+    """`--heatmap-out holiday.png` replaced the user's photo, exit 0."""
+    pytest.importorskip("PIL")
     page = ROOT / "examples" / "digits_page.png"
     photo = (tmp_path / "holiday.png")
     photo.write_bytes(page.read_bytes())
-    assert run_cli("compile", SPECS / "digits.yaml", "-o", tmp_path / "fcn") == 0
-    args = ["run", tmp_path / "fcn", "--image", page, "--output", tmp_path / "m.npy", "--heatmap", "7"]
+    args = ["run", digits_fcn, "--image", page, "--output", tmp_path / "m.npy", "--heatmap", "7"]
     assert run_cli(*args, "--heatmap-out", photo) == 2
     assert "holiday.png: is already there and is not a heatmap graphconv drew" in capsys.readouterr().err
     assert photo.read_bytes() == page.read_bytes()
@@ -702,14 +729,14 @@ def test_every_orientation_maps_the_upright_picture(digits_fcn, tmp_path, capsys
     page = Image.open(ROOT / "examples" / "digits_page.png").convert("L").crop((10, 20, 130, 90))  # 70x120
     stored_with_orientation(page, 1, tmp_path / "upright.png")
     stored_with_orientation(page, orientation, tmp_path / "photo.png")
-    for extra in ([], ["--scales", "40"], ["--resize", "50", "60"], ["--crops", "8"]):
+    for run, extra in enumerate(([], ["--scales", "40"], ["--resize", "50", "60"], ["--crops", "8"])):
         for name in ("upright", "photo"):
             assert run_cli("run", digits_fcn if extra[:1] != ["--crops"] else SPECS / "digits.yaml", "--image",
-                           tmp_path / f"{name}.png", "--output", tmp_path / f"{name}.npy", *extra,
+                           tmp_path / f"{name}.png", "--output", tmp_path / f"{name}{run}.npy", *extra,
                            *(["--heatmap", "top", "--heatmap-out", tmp_path / f"{name}-h.png"]
                              if not extra else [])) == 0
-        np.testing.assert_array_equal(np.load(tmp_path / "photo.npy"), np.load(tmp_path / "upright.npy"))
-    assert np.load(tmp_path / "photo.npy").shape[2:] == ((70 - 28) // 8 + 1, (120 - 28) // 8 + 1)
+        np.testing.assert_array_equal(np.load(tmp_path / f"photo{run}.npy"), np.load(tmp_path / f"upright{run}.npy"))
+    assert np.load(tmp_path / "photo3.npy").shape[2:] == ((70 - 28) // 8 + 1, (120 - 28) // 8 + 1)
     assert Image.open(tmp_path / "photo-h.png").tobytes() == Image.open(tmp_path / "upright-h.png").tobytes()
     (tmp_path / "upright.png").unlink()
     assert run_cli("run", digits_fcn, "--images", tmp_path / "photo.png", "--output-dir", tmp_path / "maps") == 0

@@ -686,7 +686,7 @@ def test_cli_many_images_each_get_their_heatmap_beside_their_map(model_dir, pict
     assert result.returncode == 0, result.stderr
     for name in ("a", "b"):
         alone = graphconv("run", model_dir, "--image", folder / f"{name}.png", "--tile", "64", "--heatmap", "3",
-                          "--heatmap-out", tmp_path / "alone.png", "--output", tmp_path / "alone.npy")
+                          "--heatmap-out", tmp_path / "alone.png", "--output", tmp_path / f"alone-{name}.npy")
         assert alone.returncode == 0, alone.stderr
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "maps" / f"{name}-heatmap-3.png")),
                                       np.asarray(Image.open(tmp_path / "alone.png")))
