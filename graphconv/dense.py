@@ -221,10 +221,6 @@ class VerifyReport:
         compares against the classifier as the passes left it."""
         return bool(self.pass_changes) and not any(change.builtin for change in self.pass_changes)
 
-    @property
-    def conversion_ok(self) -> bool:
-        """(a) holds for graphconv's own passes."""
-        return self.conversion_exact or self.changed_by_plugins
 
     @property
     def agrees(self) -> bool:
@@ -241,8 +237,8 @@ class VerifyReport:
         """The exit status: the conversion must be exact; the sliding evaluation must equal
         the crop loop on an unpadded network (or when `strict`), and on a padded one
         differ only where padding reaches."""
-        if not self.conversion_ok:
-            return False
+        if not self.conversion_exact:  # the user's passes changing the scores fail too: verify cannot
+            return False                # know they meant to; the report says whose doing it is
         if self.agrees:
             return True
         return not self.exact_by_construction and not self.strict and self.padding_explains
@@ -274,10 +270,10 @@ class VerifyReport:
             lines.append("    --stride-method dilate and shift disagreeing on a padded network is this same "
                          "effect: shifted copies are padded at their own borders")
         lines.extend(f"    {note}" for note in self.notes)
-        if not self.conversion_ok:
-            verdict = "FAIL: the conversion is wrong"
-        elif self.changed_by_plugins:
+        if self.changed_by_plugins:
             verdict = self._verdict_after_plugins()
+        elif not self.conversion_exact:
+            verdict = "FAIL: the conversion is wrong"
         elif self.agrees:
             verdict = "PASS: the conversion is exact and the sliding evaluation equals the crop loop"
         elif self.exact_by_construction:
@@ -305,16 +301,19 @@ class VerifyReport:
         return f"DIFFERENT: {changes}: the conversion is wrong (a graphconv bug in a built-in pass)"
 
     def _verdict_after_plugins(self) -> str:
-        """(b)'s verdict when the user's passes changed what the classifier computes."""
+        """The verdict when the user's passes changed what the classifier computes: a FAIL
+        (verify cannot know it was meant: strip-softmax means it, a wrong weight does not),
+        saying whose change it is and whether the sliding evaluation is right for the
+        network as changed."""
         named = ", ".join(f"'{change.name}'" for change in self.pass_changes)
+        head = (f"FAIL: {named} changed what the classifier computes (graphconv's own passes keep it); "
+                "if that is what your pass is for, the sliding evaluation ")
         if self.agrees:
-            return (f"PASS: graphconv's passes keep the classifier's values; {named} changed them, and the sliding "
-                    "evaluation equals the crop loop of the network as changed")
+            return head + "is right: it equals the crop loop of the network as changed"
         if self.exact_by_construction or self.strict or not self.padding_explains:
-            return f"FAIL: the sliding evaluation differs from the crop loop of the network as {named} changed it"
-        return (f"PASS: graphconv's passes keep the classifier's values; {named} changed them, and the sliding "
-                "evaluation differs from the crop loop of the network as changed only where padding reaches "
-                "(--strict demands equality)")
+            return head + "is wrong: it differs from the crop loop of the network as changed"
+        return head + ("is right: it differs from the crop loop of the network as changed only where padding "
+                       "reaches")
 
 
 @dataclass
