@@ -36,6 +36,21 @@ from graphconv.ops import get_op
 INPUT_OP = "input"
 
 
+class UnknownNodeError(GraphconvError, KeyError):
+    """`graph.node(name)` of a name the graph does not have."""
+
+
+def _nearest_names(name: str, names: list[str]) -> str:
+    """" (did you mean 'conv1'?)" for a near miss of a node's name, else ""."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.6)
+    if not close:
+        lowered = {n.lower(): n for n in names}
+        close = [lowered[str(name).lower()]] if str(name).lower() in lowered else []
+    return f" (did you mean {' or '.join(repr(n) for n in close)}?)" if close else ""
+
+
 class Node:
     """A named value of the graph: a layer or the input."""
 
@@ -90,9 +105,20 @@ class Node:
     def opdef(self):
         return get_op(self.op)
 
-    def error(self, message: str, cls: type[GraphconvError] = GraphconvError) -> GraphconvError:
-        """An error that points at this node's spec line."""
-        return cls(message, loc=self.loc, layer=self.name)
+    def error(self, message: str, cls: type[GraphconvError] = GraphconvError,
+              param: str | None = None) -> GraphconvError:
+        """An error that points at this node's spec line, or, for an error about one
+        parameter, at that parameter's line (a block-style layer spans several)."""
+        return cls(message, loc=self.param_loc(param), layer=self.name)
+
+    def param_loc(self, param: str | None) -> Location | None:
+        """The spec line of parameter `param` where the front end recorded it (YAML's
+        `param_lines`), else the layer's own line."""
+        lines = self._data.get("param_lines") or {}
+        loc = self.loc
+        if loc is None or param not in lines:
+            return loc
+        return Location(loc.file, lines[param])
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Node) and other.graph is self.graph and other.name == self.name
@@ -156,8 +182,11 @@ class Graph:
 
     # ---- lookup -------------------------------------------------------------------------
     def node(self, name: str) -> Node:
+        """The node called `name`; an UnknownNodeError (a GraphconvError, and a KeyError
+        for code that asked with `except KeyError`) naming it, with the nearest names,
+        when there is none: a pass option naming a layer is user input."""
         if name not in self.nx:
-            raise KeyError(f"no node named {name!r}")
+            raise UnknownNodeError(f"no layer named {shown(name)}{_nearest_names(name, list(self.nx))}")
         return Node(self, name)
 
     def __contains__(self, name: str) -> bool:
@@ -191,15 +220,19 @@ class Graph:
 
     # ---- editing ------------------------------------------------------------------------
     def add(self, name: str, op: str, inputs: Sequence[Node | str], params: dict | None = None,
-            weights: dict | None = None, loc: Location | None = None) -> Node:
+            weights: dict | None = None, loc: Location | None = None,
+            param_lines: Mapping[str, int] | None = None) -> Node:
         """Add a layer reading `inputs` (in argument order). Its params are put in the
         IR's one form (`stride=2` is kept as (2, 2)) and checked, but not completed:
-        `graphconv.params.normalize_params` fills in defaults if you need them."""
+        `graphconv.params.normalize_params` fills in defaults if you need them.
+        `param_lines`: the spec line of each parameter, for errors about one
+        (`Node.error(..., param=)`)."""
         if name in self.nx:
             raise ValueError(f"a node named {name!r} already exists")
         opdef = get_op(op)
         self.nx.add_node(name, op=op, params=_canonical_params(opdef, params or {}, name, loc),
-                         weights=dict(weights or {}), loc=loc, shape=None, seq=next(self._seq))
+                         weights=dict(weights or {}), loc=loc, shape=None, seq=next(self._seq),
+                         param_lines=dict(param_lines or {}))
         for index, src in enumerate(inputs):
             self._connect(_name(src), name, index)
         self._changed()

@@ -28,6 +28,21 @@ MAX_INT = 2**31 - 1  # for sizes, strides and counts: anything larger is a mista
 ALIASES = {"pad": ("padding",), "num_output": ("out_channels", "out_features"), "dropout_ratio": ("p",)}
 
 
+class ParamError(GraphconvError):
+    """A GraphconvError about one parameter (`param`), so a front end can point at the
+    line that gives it rather than the layer's first line."""
+
+    def __init__(self, message: str, param: str | None = None, **where: Any):
+        super().__init__(message, **where)
+        self.param = param
+
+
+INFINITY_WORDS = {"inf": math.inf, "+inf": math.inf, "-inf": -math.inf, "infinity": math.inf,
+                  "+infinity": math.inf, "-infinity": -math.inf}
+"""How people write infinity where YAML reads text: YAML's own spelling is `.inf` / `-.inf`,
+and `-inf` is a string to it, which a parameter that allows infinity takes as meant."""
+
+
 def normalize_params(opdef: OpDef, raw: Mapping[str, Any]) -> dict:
     """Check a layer's parameters against its op's schema, fill in the defaults, and
     store pairs as (h, w) tuples. Raises GraphconvError (without a location: the
@@ -38,9 +53,9 @@ def normalize_params(opdef: OpDef, raw: Mapping[str, Any]) -> dict:
     if unknown:
         names = sorted(unknown, key=str)
         hints = [hint for hint in (suggestion(name, known) for name in names) if hint]
-        raise GraphconvError(f"unknown parameter(s) {shown(names)} for op {opdef.name}"
-                             + (f": {'; '.join(hints)}" if hints else "")
-                             + f" (it takes: {', '.join(known) or 'none'})")
+        raise ParamError(f"unknown parameter(s) {shown(names)} for op {opdef.name}"
+                         + (f": {'; '.join(hints)}" if hints else "")
+                         + f" (it takes: {', '.join(known) or 'none'})", param=names[0])
     params = {}
     for p in opdef.params:
         if p.name in raw:
@@ -118,7 +133,16 @@ def _is_infinity(value: Any) -> bool:
 
 
 def check_value(p, value):
-    """One parameter's value in canonical form, or a GraphconvError naming it."""
+    """One parameter's value in canonical form, or a ParamError naming it."""
+    try:
+        return _checked_value(p, value)
+    except ParamError:
+        raise
+    except GraphconvError as err:
+        raise ParamError(err.message, param=p.name) from None
+
+
+def _checked_value(p, value):
     def in_range(v):
         return is_int(v) and p.minimum <= v <= MAX_INT
 
@@ -143,8 +167,11 @@ def check_value(p, value):
         number = finite_number(value)
         if number is None and p.infinite and _is_infinity(value):
             return float(value)
+        if number is None and p.infinite and isinstance(value, str) and value.strip().lower() in INFINITY_WORDS:
+            return INFINITY_WORDS[value.strip().lower()]
         if number is None:
-            raise GraphconvError(f"'{p.name}' must be a finite number{' or -inf or inf' if p.infinite else ''}, "
+            raise GraphconvError(f"'{p.name}' must be a finite number"
+                                 f"{' or -inf or inf (YAML: -.inf, .inf)' if p.infinite else ''}, "
                                  f"got {shown(value)}")
         return number
     if p.kind == "bool":

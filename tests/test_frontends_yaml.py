@@ -585,3 +585,75 @@ def test_task_segmentation_is_read_written_and_kept_by_compile(write_spec, tmp_p
     with pytest.raises(GraphconvError, match=r"net.yaml:3: 'task' must be one of \['classification', "
                                              r"'segmentation'\], got 'detection'"):
         load_spec(write_spec(text.replace("segmentation", "detection")))
+
+
+BLOCK_STYLE = """
+input:
+  name: data
+  shape: [3, 16, 16]
+layers:
+  - name: c1
+    op: conv
+    out_channels: 4
+    kernel_size: 3
+
+    stride: {stride}
+  - name: c2
+    op: conv
+    out_channels: 4
+    # a comment
+    kernel_size: {kernel}
+    pad: {pad}
+"""
+
+
+@pytest.mark.parametrize("stride,kernel,pad,line,expected", [
+    (-2, 3, 0, 10, "layer 'c1': 'stride' must be an integer >= 1"),
+    (1, 30, 0, 15, "layer 'c2': kernel of 30x30"),
+    (1, 3, -1, 16, "layer 'c2': 'padding' must be"),  # a Caffe alias's own line
+])
+def test_an_error_about_one_parameter_points_at_its_line(write_spec, stride, kernel, pad, line, expected):
+    """A block-style layer spans lines: 'stride: -2' on line 10 was reported at the layer's
+    first line, 5, and a kernel that does not fit at its layer's too."""
+    path = write_spec(BLOCK_STYLE.format(stride=stride, kernel=kernel, pad=pad).lstrip())
+    with pytest.raises(GraphconvError) as err:
+        load_spec(path)
+    assert str(err.value).startswith(f"net.yaml:{line}: ") and expected in str(err.value)
+
+
+@pytest.mark.parametrize("op,hint", [("Conv", "conv"), ("max_pool", "maxpool"), ("linear", "fc"),
+                                     ("InnerProduct", "fc"), ("Gemm", "fc"), ("MaxPool2d", "maxpool"),
+                                     ("BatchNorm2d", "batchnorm"), ("maxpol", "maxpool")])
+def test_an_unknown_op_suggests_graphconvs_name(write_spec, op, hint):
+    path = write_spec(f"input: {{shape: [2, 8, 8]}}\nlayers:\n  - {{name: a, op: {op}}}\n")
+    with pytest.raises(GraphconvError) as err:
+        load_spec(path)
+    assert f"unknown op '{op}': did you mean '{hint}'? (known: " in str(err.value)
+
+
+def test_the_known_ops_listed_are_those_a_spec_may_name(write_spec):
+    """interleave and shift_copies are shift-and-stitch's halves, made by output-stride
+    (and loaded back from compiled models), not ops to write by hand."""
+    path = write_spec("input: {shape: [2, 8, 8]}\nlayers:\n  - {name: a, op: nonsense}\n")
+    with pytest.raises(GraphconvError) as err:
+        load_spec(path)
+    known = str(err.value).split("(known: ")[1]
+    assert "conv" in known and "interleave" not in known and "shift_copies" not in known
+    assert "did you mean" not in str(err.value)
+
+
+@pytest.mark.parametrize("written,value", [("-inf", -np.inf), ("-.inf", -np.inf), ("'-inf'", -np.inf),
+                                           ("inf", np.inf), ("-Infinity", -np.inf)])
+def test_infinity_written_as_text_is_taken_where_a_parameter_allows_it(write_spec, written, value):
+    """YAML reads `-inf` as a string: the error said "must be a finite number or -inf or
+    inf, got '-inf'"."""
+    path = write_spec("input: {shape: [2, 8, 8]}\nlayers:\n"
+                      f"  - {{name: p, op: pad, padding: 1, value: {written}}}\n"
+                      "  - {name: m, op: maxpool, kernel_size: 3}\n")
+    assert load_spec(path).node("p").params["value"] == value
+
+
+def test_infinity_as_text_is_still_refused_where_a_parameter_must_be_finite(write_spec):
+    path = write_spec("input: {shape: [2, 8, 8]}\nlayers:\n  - {name: c, op: clip, min: -inf}\n")
+    with pytest.raises(GraphconvError, match=r"'min' must be a finite number, got '-inf'"):
+        load_spec(path)

@@ -48,7 +48,7 @@ from graphconv.errors import GraphconvError, Location, shown
 from graphconv.ir import Graph
 from graphconv.ops import get_op
 from graphconv.ops.registry import OpDef
-from graphconv.params import MAX_INT, compact_params, finite_number, is_int, normalize_params
+from graphconv.params import ALIASES, MAX_INT, compact_params, finite_number, is_int, normalize_params
 from graphconv.shapes import WEIGHTS_FILE
 
 LINE = "__line__"
@@ -409,12 +409,28 @@ def _add_layer(graph: Graph, layer: Any, previous: str, path: Path, where: Locat
         raise GraphconvError(err.message, loc=loc, layer=name) from None
     inputs = _layer_inputs(graph, layer, previous, opdef, loc, name)
     raw = {key: layer[key] for key in _user_keys(layer) if key not in ("name", "op", "inputs")}
+    lines = _param_lines(opdef, layer)
     try:
         params = normalize_params(opdef, raw)
     except GraphconvError as err:
-        raise GraphconvError(err.message, loc=loc, layer=name) from None
-    graph.add(name, op_name, inputs, params, loc=loc)
+        line = lines.get(getattr(err, "param", None)) or layer.get(KEY_LINES, {}).get(getattr(err, "param", None))
+        raise GraphconvError(err.message, loc=Location(loc.file, line) if line else loc, layer=name) from None
+    graph.add(name, op_name, inputs, params, loc=loc, param_lines=lines)
     return name
+
+
+def _param_lines(opdef: OpDef, layer: dict) -> dict[str, int]:
+    """The line of each parameter the layer gives, under graphconv's name (a Caffe alias's
+    line under the name it stands for): errors about one parameter point at its line, not
+    at the layer's first (a block-style layer spans many)."""
+    key_lines = layer.get(KEY_LINES, {})
+    names = {p.name for p in opdef.params}
+    lines = {key: line for key, line in key_lines.items() if key in names}
+    for alias, targets in ALIASES.items():
+        target = next((t for t in targets if t in names), None)
+        if alias in key_lines and target is not None and alias not in names:
+            lines.setdefault(target, key_lines[alias])
+    return lines
 
 
 def _layer_inputs(graph: Graph, layer: dict, previous: str, opdef: OpDef, loc: Location,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import partial
@@ -217,6 +218,7 @@ class OpDef:
     kernel_name: str | None = None
     channels_last: str = ""
     whole_map: bool = False
+    internal: bool = False  # made by passes only (shift-and-stitch's halves): not offered to spec writers
     weights_problem: Callable[[dict, dict], str | None] | None = None
     _kernels: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
@@ -300,12 +302,63 @@ def register(op: OpDef) -> OpDef:
     return op
 
 
+# other frameworks' names for graphconv's ops (PyTorch modules, Caffe layers, ONNX op types),
+# compared lower-case without '_' or '-': what an unknown op's "did you mean" offers
+OP_ALIASES = {
+    "linear": "fc", "innerproduct": "fc", "gemm": "fc", "dense": "fc", "fullyconnected": "fc", "matmul": "fc",
+    "conv2d": "conv", "convolution": "conv",
+    "maxpool2d": "maxpool", "pooling": "maxpool", "avgpool2d": "avgpool", "averagepool": "avgpool",
+    "averagepool2d": "avgpool", "globalaveragepool": "globalavgpool", "adaptiveavgpool2d": "globalavgpool",
+    "globalavgpool2d": "globalavgpool", "batchnorm2d": "batchnorm", "batchnormalization": "batchnorm",
+    "bn": "batchnorm", "dropout2d": "dropout", "relu6": "clip", "hardtanh": "clip", "leakyrelu": "leaky_relu",
+    "logsoftmax": "log_softmax", "localresponsenorm": "lrn", "concatenate": "concat", "cat": "concat",
+    "eltwise": "add", "sum": "add", "resize": "upsample", "interpolate": "upsample",
+    "upsamplingnearest2d": "upsample", "pixelshuffle": "depth_to_space", "depthtospace": "depth_to_space",
+    "pixelunshuffle": "space_to_depth", "spacetodepth": "space_to_depth", "swish": "silu", "gelu": "gelu",
+    "groupnormalization": "groupnorm", "layernormalization": "layernorm", "zeropad2d": "pad",
+    "constantpad2d": "pad", "reflectionpad2d": "pad", "mul": "mul", "multiply": "mul", "subtract": "sub",
+}
+
+
 def get_op(name: str) -> OpDef:
     try:
         return _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(sorted(_REGISTRY))
-        raise GraphconvError(f"unknown op {shown(name)} (known: {known})") from None
+    except (KeyError, TypeError):
+        raise GraphconvError(unknown_op_message(name)) from None
+
+
+def user_ops() -> list[str]:
+    """The ops a spec may name: every registered op but the internal ones passes make."""
+    return sorted(name for name, op in _REGISTRY.items() if not op.internal)
+
+
+def unknown_op_message(name: Any) -> str:
+    """"unknown op 'Conv': did you mean 'conv'? (known: ...)", the known ops being the
+    user-facing ones; the suggestion matches case and '_' / '-' loosely, other
+    frameworks' names (OP_ALIASES: linear, max_pool, BatchNorm2d...) and near misses."""
+    known = user_ops()
+    hint = _op_suggestion(name, known)
+    return f"unknown op {shown(name)}{f': did you mean {hint!r}?' if hint else ''} (known: {', '.join(known)})"
+
+
+def _op_suggestion(name: Any, known: list[str]) -> str | None:
+    if not isinstance(name, str):
+        return None
+    import difflib
+
+    def squashed(text: str) -> str:
+        return re.sub(r"[_\-\s]", "", text.lower())
+
+    loose = {squashed(op): op for op in known}
+    key = squashed(name)
+    if key in loose:
+        return loose[key]
+    if key in OP_ALIASES and OP_ALIASES[key] in known:
+        return OP_ALIASES[key]
+    close = difflib.get_close_matches(key, list(loose) + list(OP_ALIASES), n=1, cutoff=0.75)
+    if close:
+        return loose.get(close[0]) or OP_ALIASES[close[0]]
+    return None
 
 
 def all_ops() -> list[OpDef]:
@@ -349,9 +402,11 @@ def window_output(window: Window, in_shape: Shape, what: str) -> tuple[int, int]
         extent = window.extent[axis]
         padded = size + window.padding[axis] + window.padding_end[axis]
         if extent > padded:
-            raise ShapeError(
+            error = ShapeError(
                 f"{what} of {window.kernel[0]}x{window.kernel[1]} (dilation {window.dilation[0]}x"
                 f"{window.dilation[1]}, {describe_padding(window)}) does not fit in its {h}x{w} input")
+            error.param = "kernel_size"  # the line a spec's error points at (`Node.error(param=)`)
+            raise error
         out.append(sliding_output(size, window.kernel[axis], window.stride[axis],
                                   window.padding[axis], window.dilation[axis], window.padding_end[axis]))
     return out[0], out[1]

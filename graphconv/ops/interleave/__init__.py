@@ -47,7 +47,7 @@ def torch_equivalent(params: dict, weights: dict, inputs: list):
 
 
 register(OpDef(
-    name="interleave", doc="fy x fx maps per image (along the batch) interleaved into one finer map",
+    name="interleave", internal=True, doc="fy x fx maps per image (along the batch) interleaved into one finer map",
     params=(Param("factor", "pair", doc="copies per axis (fy, fx)"),),
     shape=shape, reference=reference, window=window,
     flops=lambda params, shapes, out: 0, package=__name__, torch=torch_equivalent,

@@ -47,7 +47,7 @@ def torch_equivalent(params: dict, weights: dict, inputs: list):
 
 
 register(OpDef(
-    name="shift_copies", doc="fy x fx shifted copies of each image, stacked along the batch",
+    name="shift_copies", internal=True, doc="fy x fx shifted copies of each image, stacked along the batch",
     params=(Param("factor", "pair", doc="copies per axis (fy, fx)"),
             Param("step", "pair", doc="pixels between neighbouring shifts (the fine output stride)")),
     shape=lambda params, shapes: shapes[0], reference=reference,
