@@ -319,7 +319,8 @@ class PassManager:
         try:
             result = info.run(graph, **options)
         except GraphconvError as err:
-            raise PassError(f"{err.message} (in pass '{info.name}')", loc=err.loc, layer=err.layer) from err
+            where = "" if info.origin.startswith("built-in") else f", {info.origin}"
+            raise PassError(f"{err.message} (in pass '{info.name}'{where})", loc=err.loc, layer=err.layer) from err
         except Exception as err:
             if info.origin.startswith("built-in"):
                 raise
@@ -456,8 +457,7 @@ def _check_options(info: PassInfo, options: dict) -> None:
     known = info.options
     for key, value in options.items():
         if key not in known:
-            takes = ", ".join(f"{k}={v}" for k, v in known.items()) or "no options"
-            raise PassError(f"pass '{info.name}' has no option '{key}' (it takes: {takes})")
+            raise PassError(f"pass '{info.name}' has no option '{key}' (it takes: {describe_options(info)})")
         _check_option_type(info, key, value, known[key], info.option_annotation(key))
         if _option_kind(known[key], info.option_annotation(key)) == "str" and not isinstance(value, (str, list)):
             text = format_option_value(value)
@@ -466,6 +466,14 @@ def _check_options(info: PassInfo, options: dict) -> None:
     if missing:
         raise PassError(f"pass '{info.name}' needs option(s) {', '.join(missing)}: "
                         f"write {info.name}{{{missing[0]}=...}}")
+
+
+def describe_options(info: PassInfo) -> str:
+    """"layer=(required), lo=0.0, hi=6.0": each option with its default, as `graphconv
+    passes` lists them (a required option's default of None is no default)."""
+    required = set(info.required_options)
+    return ", ".join(f"{k}=" + ("(required)" if k in required else format_option_value(v))
+                     for k, v in info.options.items()) or "no options"
 
 
 OPTION_KINDS = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "text"}
