@@ -163,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "with a no-data value (GDAL's tag), any band holding data")
     run.add_argument("--output", help="write the output array here (.npy; .zarr for maps too big for memory; .tif: "
                                       "a map of K bands, georeferenced like a GeoTIFF image)")
-    run.add_argument("--output-dir", metavar="DIR", help="with --images: where each image's <stem>.npy goes")
+    run.add_argument("--output-dir", metavar="DIR",
+                     help="with --images: where each image's <stem>.npy goes, in the subfolders the images "
+                          "have below the folder the pattern starts from")
     run.add_argument("--output-format", choices=("npy", "tif"), default="npy",
                      help="with --images: each map as .npy (default) or as .tif (georeferenced over GeoTIFFs)")
     run.add_argument("--tile", type=_positive_int, metavar="N",

@@ -209,10 +209,11 @@ def _write_map(output: str, scores: np.ndarray, source, grid) -> None:
 
 def run_images(ref: ModelRef, images: Sequence[str], output_dir: str, options: MapOptions,
                tile: int | None = None, client=None,
-               progress: Callable[[ImageResult], None] | None = None, output_format: str = "npy") -> list[ImageResult]:
-    """Each image's map to `output_dir/<stem>.npy` (or `.tif`: `output_format`), on the
-    cluster when `client` is given."""
-    outputs = output_names(images, output_dir, output_format)
+               progress: Callable[[ImageResult], None] | None = None, output_format: str = "npy",
+               base: str | None = None) -> list[ImageResult]:
+    """Each image's map to `output_dir/<its folder below base>/<stem>.npy` (or `.tif`:
+    `output_format`; see `output_names`), on the cluster when `client` is given."""
+    outputs = output_names(images, output_dir, output_format, base)
     spare_the_users_files(ref, images, outputs, options, tile)
     results = []
     if client is None:
@@ -233,26 +234,97 @@ def run_images(ref: ModelRef, images: Sequence[str], output_dir: str, options: M
     return sorted(results, key=lambda r: order[r.image])
 
 
-def output_names(images: Sequence[str], output_dir: str, output_format: str = "npy") -> list[str]:
-    """`<stem>.npy` (or .tif) per image; images sharing a stem get their folder's name in
-    front, or, in the same folder, their format after it (`slide_png.npy`, `slide_tif.npy`)."""
+def output_names(images: Sequence[str], output_dir: str, output_format: str = "npy",
+                 base: str | None = None) -> list[str]:
+    """Where each image's map goes: `output_dir`, then the image's folder relative to
+    `base` (the folder an --images pattern starts from: its folder, or a glob's part
+    before the first wildcard), then `<stem>.npy` (or .tif). So a library of
+    2023/01/IMG_0001.JPG and 2024/01/IMG_0001.JPG maps to 2023/01/IMG_0001.npy and
+    2024/01/IMG_0001.npy, and a photo's name never depends on the other photos of the
+    batch. Without `base`, each map goes straight into `output_dir`.
+
+    Where another image with the same stem lies in the same folder on disk (a.jpg and
+    a.png), in this batch or not, the map is named by stem and format, a_jpg.npy and
+    a_png.npy, in every run: a run over a.png alone would otherwise write a.npy, and a
+    later run over a.jpg replace it. Names that still meet (a.JPG and a.jpg) are
+    refused, naming both images."""
+    siblings: dict[Path, list[str]] = {}
+    names = [str(Path(output_dir) / _relative_folder(image, base) / f"{_map_stem(image, siblings)}.{output_format}")
+             for image in images]
+    _check_distinct(images, names)
     paths = [Path(p) for p in images]
-    names = []
-    for path in paths:
-        stem = path.stem
-        namesakes = [p for p in paths if p.stem == stem]
-        if any(p.parent == path.parent for p in namesakes if p != path):
-            stem = f"{stem}_{path.suffix.lstrip('.').lower()}"
-        elif len(namesakes) > 1:
-            stem = f"{path.parent.name}_{stem}"
-        names.append(str(Path(output_dir) / f"{stem}.{output_format}"))
-    if len(set(names)) != len(names):
-        raise GraphconvError("several images would write the same output name; give them distinct names")
     overwritten = {str(Path(n).resolve()) for n in names} & {str(p.resolve()) for p in paths}
     if overwritten:
         raise GraphconvError(f"the map of {Path(min(overwritten)).name} would replace that image: give another "
                              "--output-dir", file=min(overwritten))
     return names
+
+
+def _relative_folder(image: str, base: str | None) -> Path:
+    """The image's folder below `base` (nothing without one); a path that leaves it
+    (a '..' after a wildcard) is refused rather than written outside --output-dir."""
+    if base is None:
+        return Path()
+    relative = Path(os.path.relpath(os.path.dirname(os.path.abspath(image)), os.path.abspath(base)))
+    if ".." in relative.parts:
+        raise GraphconvError(f"is not inside {base}, the folder the --images pattern starts from, so its map has "
+                             "no place in --output-dir", file=image)
+    return relative
+
+
+def _map_stem(image: str, siblings: dict[Path, list[str]]) -> str:
+    """The image's stem, or stem_format where another image of that stem shares its folder
+    (`output_names`); `siblings` caches each folder's listing."""
+    path = Path(image)
+    folder = path.parent
+    if folder not in siblings:
+        try:
+            siblings[folder] = sorted(os.listdir(folder))
+        except OSError:
+            siblings[folder] = []
+    namesakes = [name for name in siblings[folder]
+                 if name != path.name and Path(name).stem == path.stem and is_image_to_map(folder / name)]
+    return f"{path.stem}_{path.suffix.lstrip('.').lower()}" if namesakes else path.stem
+
+
+def _check_distinct(images: Sequence[str], names: Sequence[str]) -> None:
+    """Refuse two images whose maps would have one name, naming both."""
+    first: dict[str, str] = {}
+    for image, name in zip(images, names):
+        if name in first:
+            raise GraphconvError(f"{first[name]} and {image} would both write their map to {name}: rename one, or "
+                                 "map them in separate runs with separate --output-dir")
+        first[name] = image
+
+
+def image_suffixes() -> tuple[str, ...]:
+    """The names of images --images reads: pictures (Pillow), TIFFs and zarr arrays."""
+    from graphconv.cli import PICTURE_SUFFIXES
+    from graphconv.sources import TIFF_SUFFIXES
+    return PICTURE_SUFFIXES + TIFF_SUFFIXES + (".zarr",)
+
+
+def is_image_to_map(path: str | Path) -> bool:
+    """Whether --images takes `path` for an image: a name of a format graphconv reads, not
+    hidden (a name starting with '.': macOS's ._photo.jpg AppleDouble files, as shells
+    leave them out of a *), and not written by graphconv (a .tif map, a heatmap)."""
+    path = Path(path)
+    if path.name.startswith(".") or path.suffix.lower() not in image_suffixes():
+        return False
+    return not is_graphconv_output(path)
+
+
+def is_graphconv_output(path: str | Path) -> bool:
+    """Whether `path` is a .tif map or a heatmap an earlier run wrote (read from its
+    header): a rerun into the photos' own folder must not map them as photos."""
+    from graphconv.cli import PICTURE_SUFFIXES
+    from graphconv.georef import is_graphconv_map
+    from graphconv.images import is_graphconv_heatmap
+
+    suffix = Path(path).suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        return is_graphconv_map(str(path))
+    return suffix in PICTURE_SUFFIXES and is_graphconv_heatmap(path)
 
 
 def is_a_map_graphconv_wrote(path: str) -> bool:

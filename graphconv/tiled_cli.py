@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -334,12 +335,13 @@ def run_images_command(args: argparse.Namespace) -> int:
     images = _image_paths(args.images)
     if not images:
         raise GraphconvError(f"--images {args.images!r} matches no file")
+    base = pattern_base(args.images)
     ref = _model_ref(args)
     model = ref.load()
     grid = grid_for(args, model)
     options = _map_options(args, grid)  # a bad model is one error here, not one per image
     _check_heatmap(args, model.output_channels)
-    _check_heatmap_names(args, images)
+    _check_heatmap_names(args, images, base)
     created = [p for p in (Path(args.output_dir), *Path(args.output_dir).parents) if not p.exists()]
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -348,10 +350,10 @@ def run_images_command(args: argparse.Namespace) -> int:
         if args.workers or args.scheduler:
             with client_for(args.workers or 1, args.scheduler) as client:
                 results = run_images(ref, images, args.output_dir, options, args.tile, client, progress,
-                                     args.output_format)
+                                     args.output_format, base)
         else:
             results = run_images(ref, images, args.output_dir, options, args.tile, None, progress,
-                                 args.output_format)
+                                 args.output_format, base)
     results = [_with_heatmap(args, model, grid, result) for result in results]
     failed = [r for r in results if r.error]
     for result in results:
@@ -393,12 +395,31 @@ def _image_paths(pattern: str) -> list[str]:
     return sorted(p for p in paths if not (p.lower().endswith(PICTURE_SUFFIXES) and is_graphconv_heatmap(p)))
 
 
+GLOB_MAGIC = re.compile(r"[*?[]")
+
+
+def pattern_base(pattern: str) -> str:
+    """The folder an --images pattern starts from, which the maps' folders mirror below
+    --output-dir: the folder given, an existing file's folder, or a glob's folders before
+    its first wildcard ('lib/**/*.JPG' -> lib, '*.jpg' -> .)."""
+    if Path(pattern).is_dir():
+        return pattern
+    if os.path.exists(pattern) or not GLOB_MAGIC.search(pattern):
+        return os.path.dirname(pattern) or "."
+    fixed = []
+    for part in Path(pattern).parts[:-1]:
+        if GLOB_MAGIC.search(part):
+            break
+        fixed.append(part)
+    return str(Path(*fixed)) if fixed else "."
+
+
 def _heatmap_name(args: argparse.Namespace, output: str) -> Path:
     output = Path(output)
     return output.with_name(f"{output.stem}-heatmap-{args.heatmap}.png")
 
 
-def _check_heatmap_names(args: argparse.Namespace, images: list[str]) -> None:
+def _check_heatmap_names(args: argparse.Namespace, images: list[str], base: str) -> None:
     """Before any work: no image's heatmap may replace an image, or a picture there that
     graphconv did not draw (an earlier run's heatmap may be replaced)."""
     from graphconv.cluster import output_names
@@ -407,7 +428,7 @@ def _check_heatmap_names(args: argparse.Namespace, images: list[str]) -> None:
     if args.heatmap is None:
         return
     inputs = {Path(image).resolve() for image in images}
-    for output in output_names(images, args.output_dir, args.output_format):
+    for output in output_names(images, args.output_dir, args.output_format, base):
         path = _heatmap_name(args, output)
         if path.resolve() in inputs or (path.exists() and not is_graphconv_heatmap(path)):
             raise GraphconvError("is already there and is not a heatmap graphconv drew: give another --output-dir",

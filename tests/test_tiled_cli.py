@@ -345,10 +345,42 @@ def test_dask_workers_map_crops_too(gated, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "d.npy"), np.load(tmp_path / "one.npy"), rtol=1e-5, atol=1e-6)
 
 
-def test_many_images_sharing_a_stem_get_distinct_maps(tmp_path):
+def test_many_images_sharing_a_stem_get_distinct_maps_whatever_the_batch(tmp_path):
+    """A photo's map name depended on the other photos of the batch: same.png alone wrote
+    same.npy, and a later run over same.jpg replaced it. A namesake on disk in the same
+    folder, in the batch or not, names both by format; other folders mirror below
+    --output-dir; names that still meet are refused, naming both images."""
     from graphconv.cluster import output_names
-    names = output_names(["a/slide.png", "b/slide.png", "a/slide.tif", "a/other.png"], "maps")
-    assert [Path(n).name for n in names] == ["slide_png.npy", "b_slide.npy", "slide_tif.npy", "other.npy"]
+    for name in ("a/slide.png", "a/slide.tif", "a/other.png", "b/slide.png", "a/.slide.jpg", "a/slide.txt"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    names = output_names(["a/slide.png", "b/slide.png", "a/other.png"], "maps", base=".")
+    assert names == ["maps/a/slide_png.npy", "maps/b/slide.npy", "maps/a/other.npy"]
+    assert output_names(["a/slide.png"], "maps", base="a") == ["maps/slide_png.npy"], "alone, the same name"
+    assert output_names(["a/slide.tif"], "maps", "tif", base="a") == ["maps/slide_tif.tif"]
+    (tmp_path / "a" / "slide.PNG").write_bytes(b"")
+    with pytest.raises(Exception, match=r"a/slide.PNG and a/slide.png would both write their map to "
+                                        r"maps/a/slide_png.npy: rename one"):
+        output_names(["a/slide.PNG", "a/slide.png"], "maps", base=".")
+    with pytest.raises(Exception, match=r"b/slide.png and a/../b/slide.png would both write"):
+        output_names(["b/slide.png", "a/../b/slide.png"], "maps")
+
+
+def test_cli_many_images_mirror_their_folders_below_the_output_dir(model_dir, picture, tmp_path):
+    """A library of 2023/01/IMG_0001.JPG and 2024/01/IMG_0001.JPG stopped the whole batch
+    with a message naming neither; each map now has its photo's place in the tree, and
+    two runs over one folder's namesakes keep both maps."""
+    for name in ("lib/2023/01/IMG_0001.JPG", "lib/2024/01/IMG_0001.JPG", "lib/same.png", "lib/same.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.open(picture / "page.png").save(tmp_path / name, format="PNG" if name.endswith(".png") else "JPEG")
+    result = graphconv("run", model_dir, "--images", "lib/**/*.JPG", "--output-dir", "maps", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(str(p.relative_to(tmp_path / "maps")) for p in (tmp_path / "maps").rglob("*.npy")) == [
+        "2023/01/IMG_0001.npy", "2024/01/IMG_0001.npy"]
+    for name in ("same.png", "same.jpg"):
+        result = graphconv("run", model_dir, "--images", f"lib/{name}", "--output-dir", "two", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["same_jpg.npy", "same_png.npy"]
 
 
 # ---- satellite scenes: many bands, values as stored ---------------------------------------------
@@ -697,7 +729,7 @@ def test_cli_many_images_each_get_their_heatmap_beside_their_map(model_dir, pict
 
 def test_cli_many_images_from_a_folder_or_through_subfolders(model_dir, picture, tmp_path):
     """--images photos/ is every image in the folder; 'photos/**/*.png' reaches into
-    subfolders (namesakes get their folder's name in front)."""
+    subfolders (their maps in the same subfolders below --output-dir)."""
     folder = tmp_path / "photos"
     (folder / "2024").mkdir(parents=True)
     for path in (folder / "a.png", folder / "2024" / "a.png", folder / "b.tif"):
@@ -708,7 +740,8 @@ def test_cli_many_images_from_a_folder_or_through_subfolders(model_dir, picture,
     assert sorted(p.name for p in (tmp_path / "flat").iterdir()) == ["a.npy", "b.npy"]
     result = graphconv("run", model_dir, "--images", folder / "**" / "*.png", "--output-dir", tmp_path / "deep")
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["2024_a.npy", "photos_a.npy"]
+    assert sorted(str(p.relative_to(tmp_path / "deep")) for p in (tmp_path / "deep").rglob("*.npy")) == [
+        "2024/a.npy", "a.npy"]
 
 
 def test_cli_many_images_spare_pictures_that_are_not_their_heatmaps(model_dir, picture, tmp_path):
