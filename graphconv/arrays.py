@@ -141,7 +141,8 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 members = _npz_members(archive, path)
                 total = sum(info.file_size for info in members.values())
                 check_fits(total, f"weights ({len(members)} arrays)", file=str(path))
-                return {key: _read_member(archive, info, key, path) for key, info in members.items()}
+                return {key: _read_member(archive, info, key, path) for key, info in members.items()
+                        if not _is_bookkeeping(archive, info, key, path)}
         except MemoryError:
             raise GraphconvError("not enough memory to load the weights", file=str(path)) from None
         except _ZIP_DAMAGE as err:
@@ -179,6 +180,24 @@ def _npz_members(archive: zipfile.ZipFile, path: Path) -> dict[str, zipfile.ZipI
             raise GraphconvError(f"cannot read weights: the archive has {shown(key)} twice", file=str(path))
         members[key] = info
     return members
+
+
+BOOKKEEPING = (".num_batches_tracked",)
+"""Keys a PyTorch state_dict saved with np.savez holds beside the weights that are no
+weights: BatchNorm's count of training batches, an int64 scalar. Read as weights they
+were refused ("must be a float array, not int64"); they are left out."""
+
+
+def _is_bookkeeping(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, path: Path) -> bool:
+    """Whether member `key` is a counter of BOOKKEEPING: so named, and one integer."""
+    if not key.endswith(BOOKKEEPING):
+        return False
+    with archive.open(info) as member:
+        if member.read(len(NPY_MAGIC)) != NPY_MAGIC:
+            return False
+        member.seek(0)
+        dtype, shape, _ = npy_header(member, f"weights {shown(key)}", path)
+    return dtype.kind in "iu" and math.prod(shape) == 1
 
 
 def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, path: Path) -> np.ndarray:

@@ -250,3 +250,14 @@ def test_mutated_array_files_load_or_fail_cleanly(tmp_path, small_budget, case):
         return
     arrays = [result] if kind == "npy" else list(result.values())
     assert all(a.dtype == np.float32 and np.isfinite(a).all() for a in arrays)
+
+
+def test_a_pytorch_batchnorm_counter_is_no_weight_and_is_left_out(tmp_path):
+    """A state_dict saved with np.savez holds `<bn>.num_batches_tracked`, an int64
+    scalar: it was refused as "must be a float array, not int64"."""
+    path = tmp_path / "w.npz"
+    np.savez(path, **{"bn.weight": np.ones(3, np.float32), "bn.num_batches_tracked": np.array(7, np.int64)})
+    assert list(load_npz(path)) == ["bn.weight"]
+    np.savez(path, **{"bn.num_batches_tracked": np.ones(3, np.int64)})  # not one counter: still refused
+    with pytest.raises(GraphconvError, match="must be a float array, not int64"):
+        load_npz(path)
