@@ -305,13 +305,23 @@ def image_suffixes() -> tuple[str, ...]:
 
 
 def is_image_to_map(path: str | Path) -> bool:
-    """Whether --images takes `path` for an image: a name of a format graphconv reads, not
-    hidden (a name starting with '.': macOS's ._photo.jpg AppleDouble files, as shells
-    leave them out of a *), and not written by graphconv (a .tif map, a heatmap)."""
+    """Whether --images takes `path` for an image (`leaving_out` finds no reason not to)."""
+    return leaving_out(path) is None
+
+
+def leaving_out(path: str | Path) -> str | None:
+    """Why --images does not take `path` for an image, or None: a name of a format
+    graphconv does not read, a hidden name (starting with '.': macOS's ._photo.jpg
+    AppleDouble files, which shells leave out of a * too), or a file graphconv wrote (a
+    .tif map, a heatmap)."""
     path = Path(path)
-    if path.name.startswith(".") or path.suffix.lower() not in image_suffixes():
-        return False
-    return not is_graphconv_output(path)
+    if path.suffix.lower() not in image_suffixes():
+        return "not of an image format graphconv reads"
+    if path.name.startswith("."):
+        return "hidden (a name starting with '.')"
+    if is_graphconv_output(path):
+        return "written by graphconv (a map or heatmap)"
+    return None
 
 
 def is_graphconv_output(path: str | Path) -> bool:

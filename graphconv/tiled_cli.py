@@ -379,20 +379,30 @@ def _as_messages_name(image: str) -> tuple[str, ...]:
 
 def _image_paths(pattern: str) -> list[str]:
     """--images: a glob ('photos/*.jpg'; 'slides/**/*.svs' reaches into subfolders), or a
-    folder, standing for every picture, TIFF and zarr image in it."""
-    from graphconv.cli import PICTURE_SUFFIXES
-    from graphconv.sources import TIFF_SUFFIXES
-
-    from graphconv.images import is_graphconv_heatmap
+    folder, standing for every picture, TIFF and zarr image in it. Left out, with one
+    note saying how many and why: files of other formats (a 'dir/*' also matches the
+    .npy maps of an earlier run), hidden files (macOS's ._photo.jpg), and the .tif maps
+    and heatmaps graphconv wrote (a rerun into the photos' folder read its own maps)."""
+    from graphconv.cluster import leaving_out
 
     folder = Path(pattern)
     if folder.is_dir() and folder.suffix.lower() != ".zarr":
-        kinds = PICTURE_SUFFIXES + TIFF_SUFFIXES + (".zarr",)
-        paths = [str(p) for p in folder.iterdir() if p.suffix.lower() in kinds]
+        found = [str(p) for p in folder.iterdir()]
     else:
-        paths = glob.glob(pattern, recursive=True)
-    # an earlier run's heatmaps beside the images are not images to map
-    return sorted(p for p in paths if not (p.lower().endswith(PICTURE_SUFFIXES) and is_graphconv_heatmap(p)))
+        found = glob.glob(pattern, recursive=True)
+    found = [p for p in found if not Path(p).is_dir() or p.rstrip("/").lower().endswith(".zarr")]
+    reasons = {p: leaving_out(p) for p in found}
+    _note_left_out(pattern, [reason for reason in reasons.values() if reason])
+    return sorted(p for p, reason in reasons.items() if reason is None)
+
+
+def _note_left_out(pattern: str, reasons: list[str]) -> None:
+    """One line saying how many files --images left out, and why."""
+    if not reasons:
+        return
+    counts = {reason: reasons.count(reason) for reason in dict.fromkeys(reasons)}
+    why = ", ".join(f"{count} {reason}" for reason, count in counts.items())
+    print(f"note: --images {pattern}: left out {len(reasons)} file(s): {why}", file=sys.stderr)
 
 
 GLOB_MAGIC = re.compile(r"[*?[]")

@@ -812,3 +812,28 @@ def test_a_tiff_read_tile_by_tile_says_its_map_is_in_its_stored_orientation(mode
     result = graphconv("run", model_dir, "--images", tmp_path / "scan.tif", "--output-dir", tmp_path / "maps")
     assert result.returncode == 0, result.stderr
     assert ("scan.tif: the TIFF's Orientation is" in result.stderr) is noted, result.stderr
+
+
+@pytest.mark.parametrize("pattern", ["{folder}", "{folder}/*"])
+def test_cli_many_images_leave_out_graphconv_s_own_files_hidden_files_and_other_formats(model_dir, picture, tmp_path,
+                                                                                       pattern):
+    """A rerun with --output-format tif into the photos' folder mapped its own .tif maps as
+    photos ("pick them with --bands"); 'dir/*' tried the .npy maps; macOS's ._a.png
+    AppleDouble file failed the batch and .hidden.png got a map. All are left out, and one
+    note says how many and why."""
+    folder = tmp_path / "pages"
+    folder.mkdir()
+    for name in ("a.png", "b.png", ".hidden.png"):
+        (folder / name).write_bytes((picture / "page.png").read_bytes())
+    (folder / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
+    (folder / "notes.txt").write_text("not an image")
+    for output_format in ("tif", "tif", "npy", "npy"):
+        result = graphconv("run", model_dir, "--images", pattern.format(folder=folder), "--output-dir", folder,
+                           "--output-format", output_format)
+        assert result.returncode == 0, result.stderr
+        assert "2 of 2 image(s)" in result.stdout
+    hidden = ", 2 hidden (a name starting with '.')" if pattern == "{folder}" else ""  # a shell's * leaves them out
+    assert (f"left out {5 + bool(hidden) * 2} file(s): 3 not of an image format graphconv reads, 2 written by "
+            f"graphconv (a map or heatmap){hidden}\n") in result.stderr, result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["._a.png", ".hidden.png", "a.npy", "a.png", "a.tif",
+                                                        "b.npy", "b.png", "b.tif", "notes.txt"]
