@@ -119,7 +119,7 @@ def padding_reach(graph: Graph) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]
     size, from the shape rule, says how far they go."""
     shapes = infer_shapes(graph, check_weights=False)
     reach = {graph.input.name: tuple(np.zeros(n, bool) for n in shapes[graph.input.name][1:])}
-    sources = []
+    sources, dead = [], {node.name for node in graph.dead_layers()}
     for node in graph.layers():
         ins = [reach[s.name] for s in node.inputs]
         out_hw = shapes[node.name][1:]
@@ -138,7 +138,7 @@ def padding_reach(graph: Graph) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]
                 pads |= outside
                 touched[p] = outside or any(ins[0][a][t] for t in taps if 0 <= t < size)
             axes.append(touched)
-        if pads:
+        if pads and node.name not in dead:  # a layer that reaches no output changes no cell
             sources.append(node.name)
         for extra in ins[1:]:  # a conv's residual input, at the output's positions
             axes = [axes[a] | extra[a] for a in (0, 1)]

@@ -204,6 +204,12 @@ class Graph:
         """Every node except the input, in topological order."""
         return [n for n in self.nodes() if n.op != INPUT_OP]
 
+    def dead_layers(self) -> list[Node]:
+        """The layers whose values never reach the output, in topological order: a branch
+        a spec left unused computes nothing the network returns."""
+        live = nx.ancestors(self.nx, self.nx.graph["output"]) | {self.nx.graph["output"]}
+        return [n for n in self.layers() if n.name not in live]
+
     def find(self, op: str) -> list[Node]:
         return [n for n in self.layers() if n.op == op]
 

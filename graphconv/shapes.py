@@ -135,6 +135,17 @@ def check_holds_a_crop(graph: Graph, image_hw: tuple[int, int]) -> None:
         raise ShapeError(f"the input is {h}x{w}, smaller than the classifier's {hc}x{wc} crop")
 
 
+def dropped_layers_note(graph: Graph) -> str | None:
+    """The one note for a network whose spec has layers that reach no output: loading
+    dropped them (`frontends.finalize`). None when there were none."""
+    dropped = graph.meta.get("dropped_layers")
+    if not dropped:
+        return None
+    named = ", ".join(dropped[:5]) + (f" and {len(dropped) - 5} more" if len(dropped) > 5 else "")
+    return (f"note: layer(s) {named} of {graph.name} reach no output and are dropped (their weights are neither "
+            "needed nor used)")
+
+
 def map_output_note(graph: Graph) -> str | None:
     """What to tell the user of a network taken for a classifier whose output on its own
     crop is a map, not one cell: a network that predicts a map itself (a U-Net, an FCN

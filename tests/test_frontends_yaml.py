@@ -657,3 +657,37 @@ def test_infinity_as_text_is_still_refused_where_a_parameter_must_be_finite(writ
     path = write_spec("input: {shape: [2, 8, 8]}\nlayers:\n  - {name: c, op: clip, min: -inf}\n")
     with pytest.raises(GraphconvError, match=r"'min' must be a finite number, got '-inf'"):
         load_spec(path)
+
+
+DEAD_BRANCH = """
+name: deadbranch
+input: {name: data, shape: [2, 12, 12]}
+layers:
+  - {name: c1, op: conv, out_channels: 3, kernel_size: 3}
+  - {name: b1, op: maxpool, kernel_size: 2, inputs: [data]}
+  - {name: b1c, op: conv, out_channels: 3, kernel_size: 2, padding: 1}
+  - {name: fc, op: fc, out_features: 2, inputs: [c1]}
+"""
+
+
+def test_layers_that_reach_no_output_are_dropped_and_owe_no_weights(write_spec, tmp_path):
+    """b1/b1c fed nothing, yet the weights file had to hold b1c's weights, and compile's
+    padding note and verify spoke of b1c."""
+    from graphconv.dense import padded_layers
+    from graphconv.ops.registry import get_op
+    from graphconv.params import normalize_params
+    from graphconv.shapes import dropped_layers_note
+
+    spec = write_spec(DEAD_BRANCH)
+    live = load_spec(spec)
+    assert "b1" not in live and "b1c" not in live and live.meta["dropped_layers"] == ["b1", "b1c"]
+    assert "layer(s) b1, b1c of deadbranch reach no output and are dropped" in dropped_layers_note(live)
+    np.savez(tmp_path / "w.npz", **{"c1.weight": np.ones((3, 2, 3, 3), np.float32), "c1.bias": np.zeros(3, np.float32),
+                                    "fc.weight": np.ones((2, 3 * 10 * 10), np.float32),
+                                    "fc.bias": np.zeros(2, np.float32)})
+    assert load_spec(spec, weights=tmp_path / "w.npz").find("conv")[0].name == "c1"  # no b1c weights needed
+    built = live.copy()  # a graph built in Python keeps what it is given: its padding note ignores the dead
+    built.add("dead", "conv", ["data"], normalize_params(get_op("conv"), {"out_channels": 1, "kernel_size": 3,
+                                                                      "padding": 1}),
+              {"weight": np.ones((1, 2, 3, 3), np.float32), "bias": np.zeros(1, np.float32)})
+    assert padded_layers(built) == []

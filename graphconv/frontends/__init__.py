@@ -96,12 +96,28 @@ def finalize(graph: Graph, weights: dict[str, np.ndarray] | None, source: str,
     shapes = _checked_shapes(graph)
     if weights is not None:
         _attach_weights(graph, weights, source)
+        _drop_dead_layers(graph)
         infer_shapes(graph, check_weights=True)
-    elif init_missing_weights:
+    else:
+        _drop_dead_layers(graph)
+    if weights is None and init_missing_weights:
         _check_seeded_weights_fit(graph, shapes, source)
         init_weights(graph)
         graph.meta["seeded_weights"] = True
     return graph
+
+
+def _drop_dead_layers(graph: Graph) -> None:
+    """Erase the layers that reach no output (an unused branch), after their weights were
+    matched by name (a weights file may hold them) and before weights are required: they
+    compute nothing the network returns, so no note about padding, no verify section and
+    no weights are owed to them. Their names stay in graph.meta["dropped_layers"], for the
+    one note that says so (`shapes.dropped_layers_note`)."""
+    dead = graph.dead_layers()
+    for node in reversed(dead):  # users before the layers they read
+        graph.erase(node)
+    if dead:
+        graph.meta["dropped_layers"] = [node.name for node in dead]
 
 
 def _attach_weights(graph: Graph, arrays: dict[str, np.ndarray], source: str) -> None:
