@@ -491,6 +491,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     model = load_model(args, args.model)
     spare_the_model(model, [("--output", args.output), ("--heatmap-out", args.heatmap_out)])
     _spare_the_users_files(args, model)
+    check_heatmap_has_a_map(args, model)
+    if args.heatmap not in (None, "top"):  # before the network runs, not after
+        check_heatmap_class(args.heatmap, model.output_channels)
     from graphconv.tiled_cli import grid_for, run_tiled_command, wants_tiles
     grid = grid_for(args, model)
     if args.image:
@@ -630,6 +633,29 @@ def spare_the_model(model, outputs: list[tuple[str, str | None]]) -> None:
             if target == source or source in target.parents:
                 raise GraphconvError(f"{flag} would write over {source.name}, which the model is read from; write "
                                      "it somewhere else", file=path)
+
+
+def check_heatmap_has_a_map(args: argparse.Namespace, model) -> None:
+    """Refuse, before any work, --heatmap on a network that gives one class vector per
+    image (a classifier as written, not compiled): it has no map to draw, and a 1-cell
+    "map" of the pooled vector was drawn over the whole picture (or, with --images, the
+    vector failed to draw after the run). --crops maps the classifier crop by crop."""
+    if args.heatmap is None or args.crops is not None or not model.returns_vectors:
+        return
+    raise GraphconvError(f"--heatmap draws a map, and {model.graph.name} gives one class vector per image (a "
+                         f"classifier as written): compile it (graphconv compile {args.model} -o DIR, then run DIR "
+                         "--heatmap ...), or map it crop by crop with --crops", file=args.model)
+
+
+def note_run_as_written(args: argparse.Namespace, model) -> None:
+    """--images with a classifier as written: each image gives one vector, pooled over
+    all of it (as the single-image note says, `_note_whole_image_vector`)."""
+    if args.crops is not None or not model.returns_vectors:
+        return
+    _, height, width = model.crop_shape
+    print(f"note: {model.graph.name} is run as written: one vector per image, pooled over the whole image. For "
+          f"its scores on every {height}x{width} crop, compile it (graphconv compile {args.model} -o DIR, then "
+          "run DIR), or run it crop by crop with --crops", file=sys.stderr)
 
 
 def _note_whole_image_vector(args: argparse.Namespace, model, x: np.ndarray, out: np.ndarray) -> None:

@@ -329,9 +329,9 @@ def run_images_command(args: argparse.Namespace) -> int:
 
     if not args.output_dir:
         raise GraphconvError("--images needs --output-dir")
-    if args.output or args.scales or args.resize or args.profile:
-        raise GraphconvError("--images writes one map per image into --output-dir; --output, --scales, --resize "
-                             "and --profile take one --image")
+    if args.output or args.scales or args.resize or args.profile or args.top:
+        raise GraphconvError("--images writes one map per image into --output-dir; --output, --scales, --resize, "
+                             "--profile and --top take one --image")
     images = _image_paths(args.images)
     if not images:
         raise GraphconvError(f"--images {args.images!r} matches no file")
@@ -340,6 +340,8 @@ def run_images_command(args: argparse.Namespace) -> int:
     model = ref.load()
     grid = grid_for(args, model)
     options = _map_options(args, grid)  # a bad model is one error here, not one per image
+    from graphconv.cli import check_heatmap_has_a_map, note_run_as_written
+    check_heatmap_has_a_map(args, model)
     _check_heatmap(args, model.output_channels)
     _check_heatmap_names(args, images, base)
     created = [p for p in (Path(args.output_dir), *Path(args.output_dir).parents) if not p.exists()]
@@ -356,6 +358,8 @@ def run_images_command(args: argparse.Namespace) -> int:
                                  args.output_format, base)
     results = [_with_heatmap(args, model, grid, result) for result in results]
     failed = [r for r in results if r.error]
+    if len(failed) < len(results):
+        note_run_as_written(args, model)
     for result in results:
         if result.note:
             print(f"note: {result.image}: {result.note}", file=sys.stderr)

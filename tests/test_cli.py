@@ -743,3 +743,46 @@ def test_every_orientation_maps_the_upright_picture(digits_fcn, tmp_path, capsys
     np.save(tmp_path / "whole.npy", np.load(tmp_path / "maps" / "photo.npy"))
     assert run_cli("run", digits_fcn, "--image", tmp_path / "photo.png", "--output", tmp_path / "one.npy") == 0
     np.testing.assert_array_equal(np.load(tmp_path / "whole.npy"), np.load(tmp_path / "one.npy"))
+
+
+@pytest.mark.parametrize("images", [False, True])
+@pytest.mark.parametrize("heatmap", ["top", "3"])
+def test_a_heatmap_of_a_classifier_as_written_is_refused_before_any_work(tmp_path, capsys, images, heatmap):
+    """An uncompiled classifier gives one vector per image: --heatmap drew a fake 1-cell map
+    over the picture (--image), or failed after the run with an internal ValueError and
+    "0 of 1 image(s)" though a map was written (--images)."""
+    pytest.importorskip("PIL")
+    page = ROOT / "examples" / "digits_page.png"
+    source = ["--images", page, "--output-dir", tmp_path / "maps"] if images else ["--image", page]
+    assert run_cli("run", SPECS / "digits.yaml", *source, "--heatmap", heatmap) == 2
+    captured = capsys.readouterr()
+    assert "--heatmap draws a map, and digits gives one class vector per image (a classifier as written): " \
+           "compile it (graphconv compile " in captured.err and "output shape" not in captured.out, captured
+    assert not (tmp_path / "maps").exists() and not list(tmp_path.glob("*.png"))
+
+
+def test_many_images_through_a_classifier_as_written_say_so(tmp_path, capsys):
+    """As one --image does: a globally pooled classifier gives each image one vector."""
+    Image = pytest.importorskip("PIL.Image")
+    (tmp_path / "pooled.yaml").write_text(POOLED)
+    Image.fromarray(np.zeros((48, 60), np.uint8)).save(tmp_path / "page.png")
+    assert run_cli("run", tmp_path / "pooled.yaml", "--images", tmp_path / "page.png", "--output-dir",
+                   tmp_path / "v") == 0
+    assert "note: pooled is run as written: one vector per image, pooled over the whole image. For its scores on " \
+           "every 32x32 crop, compile it" in capsys.readouterr().err
+    assert np.load(tmp_path / "v" / "page.npy").shape == (1, 3)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--images", "{page}", "--output-dir", "maps", "--top", "3"], "--profile and --top take one --image"),
+    (["--image", "{page}", "--heatmap", "11"], "--heatmap 11: the model has 11 classes (0 to 10)"),
+    (["--image", "{page}", "--heatmap", "1000", "--output", "m.npy"], "--heatmap 1000: the model has 11 classes"),
+])
+def test_options_a_run_cannot_honour_are_refused_before_it_runs(digits_fcn, tmp_path, capsys, args, message):
+    """--top with --images was ignored, exit 0; --heatmap 1000 on one image was refused
+    only after the network had run."""
+    page = str(ROOT / "examples" / "digits_page.png")
+    assert run_cli("run", digits_fcn, *(a.format(page=page) for a in args)) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and "output shape" not in captured.out, captured
+    assert not list(tmp_path.iterdir())
