@@ -29,6 +29,10 @@ def build_pipeline(passes: str | Sequence[str | PipelineItem] | None = None, out
     if output_stride is not None:
         step = ("output-stride", {"stride": output_stride, "method": stride_method})
         names = [name for name, _ in items]
+        if "output-stride" in names:  # twice was a baffling "does not divide ... 1x1", or run twice
+            given = format_pipeline([items[names.index("output-stride")]])
+            raise GraphconvError(f"--output-stride {output_stride} and '{given}' in --passes both ask for an "
+                                 "output stride: give one of them")
         at = names.index("fc-to-conv") + 1 if "fc-to-conv" in names else len(items)
         items.insert(at, step)
     return items

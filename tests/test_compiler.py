@@ -136,3 +136,15 @@ def test_a_classifier_whose_branches_meet_at_mixed_strides_runs_on_its_crop_but_
                                                           r"\('a' at stride 2x2.*cannot slide"):
         graphconv.compile_model(classifier.graph)
     graphconv.compile_model(classifier.graph, "shape-inference")  # still a classifier: nothing slides
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_an_output_stride_given_twice_is_refused(stride):
+    """--output-stride beside an output-stride pass in --passes ran the pass twice: 'output
+    stride 2 does not divide the network's total stride 1x1', or the same stride twice."""
+    from graphconv.compiler import build_pipeline
+
+    with pytest.raises(graphconv.GraphconvError, match=r"--output-stride 1 and 'output-stride\{stride=" + str(stride)
+                       + r"\}' in --passes both ask for an output stride: give one of them"):
+        build_pipeline(f"fc-to-conv,output-stride{{stride={stride}}}", output_stride=1)
+    assert build_pipeline("fc-to-conv", output_stride=2)[1] == ("output-stride", {"stride": 2, "method": "auto"})
