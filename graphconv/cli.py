@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--input", help="float32 .npy of shape (N, C, H, W) or (C, H, W)")
     source.add_argument("--image", help="an image file (needs Pillow: pip install 'graphconv[images]'); "
                                         "TIFF/BigTIFF and .zarr arrays are read a tile at a time")
-    source.add_argument("--images", metavar="GLOB", help="many images ('photos/*.jpg', 'slides/**/*.svs' through "
+    source.add_argument("--images", metavar="GLOB", nargs="+", action=_OnePattern, help="many images ('photos/*.jpg', 'slides/**/*.svs' through "
                                                         "subfolders, or a folder: every image in it): one map "
                                                         "each, written to --output-dir")
     run.add_argument("--level", type=_natural_int, default=0, metavar="K",
@@ -308,6 +308,19 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (run, comp, insp, ver, imp, exp, lst):
         _add_common_options(command, defaults=False)
     return parser
+
+
+class _OnePattern(argparse.Action):
+    """--images takes one pattern. An unquoted glob (--images photos/*.jpg) reaches it as
+    the shell's list of files, which argparse refused as "unrecognized arguments: photos/
+    b.jpg ...": taking them all here lets the error say to quote the pattern."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) > 1:
+            parser.error(f"{option_string} takes one pattern, got {len(values)} paths ({shown(values[0])}, "
+                         f"{shown(values[1])}{', ...' if len(values) > 2 else ''}): did the shell expand a glob? "
+                         f"Quote it, as in {option_string} 'photos/*.jpg'")
+        setattr(namespace, self.dest, values[0])
 
 
 def _version() -> str:

@@ -334,8 +334,9 @@ def run_images_command(args: argparse.Namespace) -> int:
                              "--profile and --top take one --image")
     images = _image_paths(args.images)
     if not images:
-        raise GraphconvError(f"--images {args.images!r} matches no file")
+        _no_images(args.images)
     base = pattern_base(args.images)
+    _check_output_dir(args.output_dir)
     ref = _model_ref(args)
     model = ref.load()
     grid = grid_for(args, model)
@@ -392,12 +393,40 @@ def _image_paths(pattern: str) -> list[str]:
     folder = Path(pattern)
     if folder.is_dir() and folder.suffix.lower() != ".zarr":
         found = [str(p) for p in folder.iterdir()]
+    elif os.path.exists(pattern):  # the file named, taken literally: 'img[1].jpg' is no glob class here
+        return [pattern]
     else:
         found = glob.glob(pattern, recursive=True)
     found = [p for p in found if not Path(p).is_dir() or p.rstrip("/").lower().endswith(".zarr")]
     reasons = {p: leaving_out(p) for p in found}
     _note_left_out(pattern, [reason for reason in reasons.values() if reason])
     return sorted(p for p, reason in reasons.items() if reason is None)
+
+
+def _no_images(pattern: str) -> None:
+    """The error for an --images pattern that yields no image, saying which images count."""
+    from graphconv.cluster import image_suffixes
+
+    kinds = ", ".join(image_suffixes())
+    if Path(pattern).is_dir():
+        raise GraphconvError(f"holds no image graphconv reads ({kinds})", file=pattern)
+    if glob.glob(pattern, recursive=True):
+        raise GraphconvError(f"--images {pattern!r} matches no image graphconv reads ({kinds})")
+    raise GraphconvError(f"--images {pattern!r} matches no file")
+
+
+def _check_output_dir(folder: str) -> None:
+    """Refuse, before any work, an --output-dir that is a file or lies below one (was a
+    bare "afile: File exists")."""
+    path = Path(folder)
+    for above in (path, *path.parents):
+        if above.exists():
+            if above == path and not above.is_dir():
+                raise GraphconvError("is a file, not a folder: --output-dir names the folder the maps go into "
+                                     "(give another name)", file=folder)
+            if not above.is_dir():
+                raise GraphconvError(f"cannot make --output-dir below {above}, which is a file", file=folder)
+            return
 
 
 def _note_left_out(pattern: str, reasons: list[str]) -> None:

@@ -786,3 +786,42 @@ def test_options_a_run_cannot_honour_are_refused_before_it_runs(digits_fcn, tmp_
     captured = capsys.readouterr()
     assert message in captured.err and "output shape" not in captured.out, captured
     assert not list(tmp_path.iterdir())
+
+
+def test_an_unquoted_glob_is_told_to_be_quoted(tmp_path, capsys):
+    """The shell expands --images photos/*.jpg; argparse said only "unrecognized
+    arguments: photos/b.jpg ..."."""
+    with pytest.raises(SystemExit) as exit_:
+        run_cli("run", SPECS / "digits.yaml", "--images", tmp_path / "a.jpg", tmp_path / "b.jpg", tmp_path / "c.jpg",
+                "--output-dir", tmp_path / "maps")
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--images takes one pattern, got 3 paths" in err and "Quote it, as in --images 'photos/*.jpg'" in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("make,images,output_dir,message", [
+    (["br/img[1].png"], "br/img[1].png", "maps", None),  # an existing file is taken literally, not as a glob class
+    ([], "empty", "maps", "empty: holds no image graphconv reads (.png, .jpg, .jpeg,"),
+    (["empty/notes.txt"], "empty/*", "maps", "--images 'empty/*' matches no image graphconv reads (.png,"),
+    ([], "nothing/*.png", "maps", "--images 'nothing/*.png' matches no file"),
+    (["br/a.png", "afile"], "br/a.png", "afile", "afile: is a file, not a folder: --output-dir names the folder"),
+    (["br/a.png", "afile"], "br/a.png", "afile/sub", "afile/sub: cannot make --output-dir below afile, which is a "),
+])
+def test_many_images_messages_say_what_is_wrong(tmp_path, capsys, make, images, output_dir, message):
+    Image = pytest.importorskip("PIL.Image")
+    (tmp_path / "empty").mkdir()
+    for name in make:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        if name.endswith(".png"):
+            Image.fromarray(np.zeros((30, 30), np.uint8)).save(tmp_path / name)
+        else:
+            (tmp_path / name).write_text("a file")
+    code = run_cli("run", SPECS / "digits.yaml", "--images", images, "--output-dir", output_dir)
+    err = capsys.readouterr().err
+    assert code == (0 if message is None else 2), err
+    if message is None:
+        assert (tmp_path / "maps" / "img[1].npy").exists()
+    else:
+        assert f"graphconv: {message}" in err, err
+        assert not (tmp_path / "maps").exists()
