@@ -1,6 +1,8 @@
 """The table `graphconv inspect` prints: layers, shapes, parameters, FLOPs, receptive fields."""
 from __future__ import annotations
 
+import math
+
 from graphconv.cost import layer_costs
 from graphconv.model import Model
 from graphconv.receptive import partial_receptive_fields, whole_crop_layers
@@ -56,7 +58,7 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
 
 def stride_options(model: Model, image_hw: tuple[int, int]) -> list[str]:
     """FLOPs of each finer output stride by both methods, so `--stride-method` is an informed choice."""
-    from graphconv.strides import method_flops
+    from graphconv.strides import cheaper_method, dilate_problem, method_flops
 
     total = model.field.stride
     strides = [s for s in range(1, min(total)) if total[0] % s == 0 and total[1] % s == 0]
@@ -65,10 +67,22 @@ def stride_options(model: Model, image_hw: tuple[int, int]) -> list[str]:
     lines = [f"finer output strides for a {image_hw[0]}x{image_hw[1]} image (GFLOP): "]
     for stride in reversed(strides):
         flops = method_flops(model.graph, stride, image_hw)
-        best = min(flops, key=flops.get)
-        lines.append(f"  --output-stride {stride}: dilate {flops['dilate'] / 1e9:.2f}, shift "
-                     f"{flops['shift'] / 1e9:.2f} (auto picks {best})")
+        problem = dilate_problem(model.graph, stride) if math.isinf(flops["dilate"]) else None
+        if problem is not None:
+            lines.append(f"  --output-stride {stride}: dilate not possible ({problem}), shift "
+                         f"{flops['shift'] / 1e9:.2f} (auto picks shift)")
+            continue
+        best = cheaper_method(model.graph, stride)  # what compile's auto picks (it weighs a smaller image)
+        lines.append(f"  --output-stride {stride}: dilate {flops['dilate'] / 1e9:.{_digits(flops)}f}, shift "
+                     f"{flops['shift'] / 1e9:.{_digits(flops)}f} (auto picks {best})")
     return lines
+
+
+def _digits(flops: dict[str, float]) -> int:
+    """Decimals enough to tell the two figures apart from 0 (a small network's are
+    thousandths of a GFLOP)."""
+    smallest = min(flops.values()) / 1e9
+    return 2 if smallest >= 0.01 or smallest == 0 else min(6, 1 - math.floor(math.log10(smallest)))
 
 
 def scales_report(model: Model, image_hw: tuple[int, int], scales: list[int]) -> str:

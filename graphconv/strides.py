@@ -153,13 +153,42 @@ def method_flops(graph: Graph, stride: int, image_hw: tuple[int, int] | None = N
     total = total_stride(graph)
     if image_hw is None:
         image_hw = (graph.input_shape[1] + 4 * total[0], graph.input_shape[2] + 4 * total[1])
-    dilated = graph.copy()
+    sliding = as_sliding(graph)
+    dilated = sliding.copy()
     try:
         dilate(dilated, stride)
         dilated_flops = total_flops(dilated, image_hw)
     except GraphconvError:
         dilated_flops = math.inf
-    return {"shift": fy * fx * total_flops(graph, image_hw), "dilate": dilated_flops}
+    return {"shift": fy * fx * total_flops(sliding, image_hw), "dilate": dilated_flops}
+
+
+def dilate_problem(graph: Graph, stride: int) -> str | None:
+    """Why `dilate` cannot make `graph` reach output stride `stride` ("layer 'p': a reflect
+    pad cannot be dilated ..."), worked out on the graph as compile would dilate it
+    (`as_sliding`); None when it can. What `inspect` prints instead of an infinite cost."""
+    dilated = as_sliding(graph).copy()
+    try:
+        dilate(dilated, stride)
+    except GraphconvError as err:
+        reason = err.message.split("; use --stride-method shift")[0]
+        return f"layer '{err.layer}': {reason}" if err.layer else reason
+    return None
+
+
+def as_sliding(graph: Graph) -> Graph:
+    """`graph` as output-stride sees it in a compile: a layer that covers its whole input
+    (globalavgpool, flatten, fc) made to slide by its pass (SLIDING_PASS) first. Dilating
+    a network that still had its global pool refused it, and `inspect` said dilation
+    costs infinitely many FLOPs where compile dilates it."""
+    if not any(node.op in SLIDING_PASS for node in graph.layers()):
+        return graph
+    from graphconv.pass_manager import CONVERTING_PASSES, PassManager
+
+    try:
+        return PassManager(list(CONVERTING_PASSES)).run(graph)
+    except GraphconvError:
+        return graph  # what cannot slide is refused, with its reason, by dilate itself
 
 
 def insert_stitch(graph: Graph, factor: tuple[int, int], step: int) -> None:

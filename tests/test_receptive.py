@@ -112,3 +112,42 @@ def test_shift_and_stitch_interleaves_local_fields_not_whole_crop_ones(rng):
         for i, j in zip(*np.nonzero(changed)):
             top, left, bottom, right = model.field.box(i, j)
             assert top <= y < bottom and left <= x < right
+
+
+GLOBAL_POOLED = """
+name: gapmap
+input: {name: data, shape: [2, 11, 17]}
+layers:
+  - {name: c1, op: conv, out_channels: 5, kernel_size: 3, stride: 2}
+  - {name: r, op: relu}
+  - {name: gap, op: globalavgpool}
+  - {name: c2, op: conv, out_channels: 3, kernel_size: 1}
+"""
+
+
+def test_inspects_stride_table_dilates_the_network_as_compile_does(write_spec):
+    """The table dilated the graph with its global pool still in it and said 'dilate inf'
+    where compile --stride-method dilate works (after global-pool-to-window)."""
+    from graphconv.inspect_report import inspect_report
+
+    report = inspect_report(graphconv.load(write_spec(GLOBAL_POOLED)), (30, 40))
+    line = next(l for l in report.splitlines() if "--output-stride 1:" in l)
+    assert "inf" not in line and "not possible" not in line and "(auto picks dilate)" in line
+    graphconv.compile_model(write_spec(GLOBAL_POOLED), output_stride=1, stride_method="dilate")
+
+
+def test_inspect_says_why_dilation_is_not_possible(write_spec):
+    from graphconv.inspect_report import inspect_report
+
+    spec = write_spec("""
+        name: reflect
+        input: {name: data, shape: [2, 12, 12]}
+        layers:
+          - {name: c1, op: conv, out_channels: 3, kernel_size: 2, stride: 2}
+          - {name: p2, op: pad, padding: 1, mode: reflect}
+          - {name: c2, op: conv, out_channels: 3, kernel_size: 3}
+          - {name: fc, op: fc, out_features: 2}
+    """)
+    report = inspect_report(graphconv.compile_model(spec), (40, 40))
+    line = next(l for l in report.splitlines() if "--output-stride 1:" in l)
+    assert "dilate not possible (layer 'p2': a reflect pad cannot be dilated" in line and " inf" not in line
