@@ -13,6 +13,7 @@ Dask (`dask[distributed]`) is the optional `scale` extra.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -83,8 +84,12 @@ def client_for(workers: int | None, scheduler: str | None):
             raise GraphconvError(f"cannot reach the Dask scheduler at {scheduler}: {err}") from None
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     os.environ.setdefault("NUMBA_NUM_THREADS", str(threads))
-    cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, silence_logs=40)
+    with warnings.catch_warnings():
+        # Without a dashboard the scheduler still serves its HTTP routes, on 8787 by default,
+        # and says "Port 8787 is already in use" (a UserWarning) where another cluster has it.
+        warnings.filterwarnings("ignore", message=r"Port \d+ is already in use", category=UserWarning)
+        cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                           dashboard_address=None, silence_logs=40)
     return distributed.Client(cluster)
 
 
