@@ -493,7 +493,7 @@ def test_spec_paths_may_not_leave_the_spec_folder(tmp_path):
 def test_files_passed_explicitly_are_trusted_wherever_they_are(tmp_path, write_spec):
     (tmp_path / "elsewhere").mkdir()
     labels = tmp_path / "elsewhere" / "classes.txt"
-    labels.write_text("n01 tench\tTinca tinca\n\n  goldfish  \n")
+    labels.write_text("n01 tench\tTinca tinca\n  goldfish  \n\n")
     np.savez(tmp_path / "elsewhere" / "w.npz", **{"c.weight": np.ones((3, 2, 1, 1), np.float32)})
     spec = write_spec("weights: /etc/passwd\nlabels: ../x\ninput: {shape: [2, 4, 4]}\n"
                       "layers: [{name: c, op: conv, out_channels: 3, kernel_size: 1, bias: false}]\n",
@@ -691,3 +691,26 @@ def test_layers_that_reach_no_output_are_dropped_and_owe_no_weights(write_spec, 
                                                                       "padding": 1}),
               {"weight": np.ones((1, 2, 3, 3), np.float32), "bias": np.zeros(1, np.float32)})
     assert padded_layers(built) == []
+
+
+def test_a_blank_line_among_the_labels_is_refused_and_trailing_ones_ignored(write_spec, tmp_path):
+    """A 5-line file with a blank third line was read as 4 labels, silently: every class
+    after it would have had the next one's name."""
+    from graphconv.frontends.yaml import labels_mismatch
+
+    (tmp_path / "five.txt").write_text("a\nb\n\nd\ne\n")
+    spec = write_spec("labels: five.txt\ninput: {shape: [2, 4, 4]}\n"
+                      "layers: [{name: c, op: conv, out_channels: 4, kernel_size: 1}]\n")
+    with pytest.raises(GraphconvError, match=r"five.txt:3: line 3 is blank: a labels file names one class per line"):
+        load_spec(spec)
+    (tmp_path / "five.txt").write_text("a\nb\nc\n\n\n")
+    graph = load_spec(spec)
+    assert graph.meta["labels"] == ["a", "b", "c"]
+    error = labels_mismatch(graph, 4)
+    assert str(error).startswith("five.txt: the labels file has 3 names (one per line), but the model has 4 classes")
+    assert labels_mismatch(graph, 3) is None
+
+
+def test_an_empty_spec_says_the_file_is_empty(write_spec):
+    with pytest.raises(GraphconvError, match=r"net.yaml:1: the file is empty"):
+        load_spec(write_spec("\n  \n"))

@@ -66,6 +66,7 @@ def _read_network(path, weights, labels, init_missing_weights: bool, crop_size) 
         graph, arrays = onnx_frontend.read_onnx(path, crop_size=crop_size)
         if labels is not None:
             graph.meta["labels"] = yaml_frontend.read_labels(Path(labels))
+            graph.meta[yaml_frontend.LABELS_FILE] = str(labels)
         if weights is not None:
             arrays = load_npz(weights)
             graph.meta[WEIGHTS_FILE] = str(weights)  # for messages about the weights (shapes.py)

@@ -260,6 +260,9 @@ def _read_yaml(path: Path) -> dict:
     finally:
         if loader is not None:
             loader.dispose()
+    if doc is None and not text.strip():
+        raise GraphconvError("the file is empty: a spec is a YAML mapping with 'input' and 'layers'",
+                             loc=Location(str(path), 1))
     if not isinstance(doc, dict):
         raise GraphconvError("a spec must be a YAML mapping with 'input' and 'layers'",
                              loc=Location(str(path), 1))
@@ -339,6 +342,7 @@ def _build_graph(doc: dict, path: Path, labels: str | os.PathLike | None = None)
     labels_file = Path(labels) if labels is not None else _spec_relative_file(doc, "labels", path)
     if labels_file is not None:
         meta["labels"] = read_labels(labels_file)
+        meta[LABELS_FILE] = str(labels_file)  # for messages about the labels (`labels_mismatch`)
         meta["read_from"] = [str(labels_file.resolve())]  # what no command may write over
     graph = Graph(_graph_name(doc, path), input_name, shape, meta, input_loc)
     layers = doc.get("layers")
@@ -606,13 +610,21 @@ def _spec_relative_file(doc: dict, key: str, path: Path) -> Path | None:
 
 
 def read_labels(path: Path) -> list[str]:
-    """One class name per non-blank line, each printable and at most MAX_LABEL_CHARS."""
+    """One class name per line, each printable and at most MAX_LABEL_CHARS. Blank lines
+    after the last name are ignored; a blank line before it is refused, naming it: the
+    names after it would shift by one channel (a 5-line file with one blank line was read
+    as 4 labels, silently)."""
     text = _read_text(path, "labels file", MAX_LABELS_BYTES, "the labels file is not UTF-8 text")
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
     labels = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         label = line.strip()
         if not label:
-            continue
+            raise GraphconvError(f"line {number} is blank: a labels file names one class per line, in the order "
+                                 f"of the output's channels, so a blank line would give every class after it the "
+                                 f"next one's name; remove it, or name that class", loc=Location(str(path), number))
         if len(label) > MAX_LABEL_CHARS or _UNPRINTABLE_IN_LABEL.search(label):
             raise GraphconvError(f"a label must be a line of at most {MAX_LABEL_CHARS} printable "
                                  f"characters, got {shown(label)} (a binary file?)",
@@ -622,6 +634,22 @@ def read_labels(path: Path) -> list[str]:
 
 
 # ---- writing ------------------------------------------------------------------------------
+
+LABELS_FILE = "labels_file"  # graph.meta key: the file the labels came from, for messages
+
+
+def labels_mismatch(graph: Graph, classes: int) -> GraphconvError | None:
+    """The error for labels that do not name the output's `classes` channels, naming the
+    labels file and how many names it has (None when they match): the count was reported
+    against the spec, which holds no labels."""
+    labels = graph.meta.get("labels")
+    if labels is None or len(labels) == classes:
+        return None
+    source = graph.meta.get(LABELS_FILE)
+    where = f"the labels file has {len(labels)} names (one per line)" if source else f"has {len(labels)} labels"
+    return GraphconvError(f"{where}, but the model has {classes} classes (output {graph.output.name!r}): give "
+                          "one class name per line", file=source)
+
 
 def spec_text(graph: Graph, weights_file: str | None = MODEL_WEIGHTS,
               labels_file: str = "labels.txt") -> str:
