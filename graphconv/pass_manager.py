@@ -288,8 +288,20 @@ class PassManager:
         self.items = [(i, {}) if isinstance(i, str) else (i[0], dict(i[1])) for i in items]
         for name, options in self.items:
             _check_options(get_pass(name), options)
-        for name in (self.print_ir_before | self.print_ir_after) - {"all"}:
-            get_pass(name)
+        for name in sorted((self.print_ir_before | self.print_ir_after) - {"all"}):
+            self._check_runs(get_pass(name).name)
+
+    def _check_runs(self, name: str) -> None:
+        """--print-ir-before/after of a pass the pipeline never runs printed nothing and
+        exited 0: refuse it, naming the pipeline. A pass runs if it is listed, or if it
+        provides an analysis a listed pass requires (shape-inference, run automatically)."""
+        listed = [get_pass(item).name for item, _ in self.items]
+        needed = {_provider_of(analysis, get_pass(item)).name for item in listed
+                  for analysis in get_pass(item).requires} if self.auto_requirements else set()
+        if name not in listed and name not in needed:
+            raise PassError(f"--print-ir-before/after {name}: pass '{name}' is not in the pipeline "
+                            f"({format_pipeline(self.items)}), so it would print nothing; add it to --passes or "
+                            "print after a pass that runs")
 
     def run(self, graph: Graph) -> Graph:
         """Run every pass on a copy of `graph` and return it; `graph` itself is untouched,

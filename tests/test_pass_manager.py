@@ -394,3 +394,12 @@ def test_a_pass_option_naming_no_layer_is_a_user_error_naming_the_pass(lenet, tm
         PassManager("insert-clip-at{layer=conv1,foo=1}")
     with pytest.raises(KeyError):  # code that asked with `except KeyError` still works
         lenet.node("nope")
+
+
+def test_printing_the_ir_around_a_pass_the_pipeline_does_not_run_is_refused():
+    """`--print-ir-after X` with X registered but not in the pipeline printed nothing, exit 0."""
+    with pytest.raises(PassError, match=r"pass 'fold-pad' is not in the pipeline \(fc-to-conv\), so it would "
+                                        r"print nothing"):
+        PassManager(["fc-to-conv"], print_ir_after={"fold-pad"})
+    PassManager(["fc-to-conv"], print_ir_after={"shape-inference"})  # run for fc-to-conv, automatically
+    PassManager(["fc-to-conv"], print_ir_before={"fc-to-conv"}, print_ir_after={"all"})
