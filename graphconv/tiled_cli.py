@@ -10,12 +10,15 @@ with --quiet.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import os
 import re
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -345,18 +348,17 @@ def run_images_command(args: argparse.Namespace) -> int:
     check_heatmap_has_a_map(args, model)
     _check_heatmap(args, model.output_channels)
     _check_heatmap_names(args, images, base)
-    created = [p for p in (Path(args.output_dir), *Path(args.output_dir).parents) if not p.exists()]
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with _progress(args, len(images), "images", None) as advance:
-        progress = lambda result: advance(1, 0)
-        if args.workers or args.scheduler:
-            with client_for(args.workers or 1, args.scheduler) as client:
-                results = run_images(ref, images, args.output_dir, options, args.tile, client, progress,
+    with _output_dir_made(args.output_dir) as created:
+        with _progress(args, len(images), "images", None) as advance:
+            progress = lambda result: advance(1, 0)
+            if args.workers or args.scheduler:
+                with client_for(args.workers or 1, args.scheduler) as client:
+                    results = run_images(ref, images, args.output_dir, options, args.tile, client, progress,
+                                         args.output_format, base)
+            else:
+                results = run_images(ref, images, args.output_dir, options, args.tile, None, progress,
                                      args.output_format, base)
-        else:
-            results = run_images(ref, images, args.output_dir, options, args.tile, None, progress,
-                                 args.output_format, base)
     results = [_with_heatmap(args, model, grid, result) for result in results]
     failed = [r for r in results if r.error]
     if len(failed) < len(results):
@@ -367,12 +369,36 @@ def run_images_command(args: argparse.Namespace) -> int:
     for result in failed:
         named = result.error.startswith(_as_messages_name(result.image))  # the error names the image itself
         print(f"graphconv: {result.error if named else f'{result.image}: {result.error}'}", file=sys.stderr)
-    for folder in created if len(failed) == len(results) else ():
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()  # made for maps of which none came: gone again, as after any failed command
+    if len(failed) == len(results):
+        _remove_if_empty(created)  # made for maps of which none came: gone again, as after any failed command
     print(f"{len(results) - len(failed)} of {len(results)} image(s) -> {args.output_dir} in "
           f"{time.perf_counter() - start:.1f} s")
     return 2 if failed else 0
+
+
+@contextmanager
+def _output_dir_made(folder: str) -> Iterator[list[Path]]:
+    """Make --output-dir (and the folders above it) for the run, yielding those it made;
+    removed again, where empty, when the run is stopped (Ctrl-C, SIGTERM: a killed run
+    left the empty folder it had made) or fails."""
+    created = [p for p in (Path(folder), *Path(folder).parents) if not p.exists()]
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    try:
+        yield created
+    except BaseException:
+        _remove_if_empty(created)
+        raise
+
+
+def _remove_if_empty(created: list[Path]) -> None:
+    """Remove the folders a run made (innermost first) that hold nothing, or only empty
+    folders (the subfolders mirroring the images'), as a failed command leaves nothing."""
+    for folder in created:
+        if not folder.is_dir():
+            continue
+        for inner, _, _ in sorted(os.walk(folder), key=lambda entry: -len(entry[0])):
+            with contextlib.suppress(OSError):  # not empty: kept
+                os.rmdir(inner)
 
 
 def _as_messages_name(image: str) -> tuple[str, ...]:

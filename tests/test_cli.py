@@ -825,3 +825,26 @@ def test_many_images_messages_say_what_is_wrong(tmp_path, capsys, make, images, 
     else:
         assert f"graphconv: {message}" in err, err
         assert not (tmp_path / "maps").exists()
+
+
+def test_a_terminated_run_of_many_images_removes_the_folders_it_made(tmp_path):
+    """A SIGTERM during --images left the empty --output-dir it had made."""
+    import os
+    import signal
+    import time
+
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(tmp_path / "page.tif", np.random.default_rng(0).integers(0, 255, (1500, 1500), np.uint8),
+                     tile=(64, 64))
+    assert run_cli("compile", SPECS / "digits.yaml", "-o", tmp_path / "m") == 0
+    proc = subprocess.Popen([sys.executable, "-m", "graphconv", "run", str(tmp_path / "m"), "--images",
+                             str(tmp_path / "page.tif"), "--tile", "64", "--output-dir", str(tmp_path / "out" / "maps")],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "out" / "maps").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert proc.poll() is None, "the run ended before it could be terminated; give it a larger image"
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM and "Traceback" not in proc.stderr.read()
+    assert not (tmp_path / "out").exists()
