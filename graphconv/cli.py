@@ -178,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--device", default="cpu", choices=device_choices())
     run.add_argument("--resize", type=_positive_int, nargs=2, metavar=("H", "W"),
-                     help="resize the image first")
+                     help="resize the image first (Pillow's bilinear on the float pixels, antialiased when "
+                          "shrinking, as torchvision's Resize; --scales resizes the same way)")
     run.add_argument("--heatmap", type=_heatmap_class, metavar="CLASS|top",
                      help="draw this class's score map over the image, or 'top': the best class of each cell")
     run.add_argument("--heatmap-out", metavar="FILE",
@@ -189,8 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "'auto' (default) is 0..1 for probabilities (a softmax output), else 'map'")
     run.add_argument("--profile", action="store_true", help="print per-layer times of this run")
     run.add_argument("--scales", type=_int_list, metavar="S1,S2,...",
-                     help="evaluate with the shorter image side resized to each scale and reduce "
-                          "every score map to one class vector (saved by --output)")
+                     help="evaluate with the shorter image side resized to each scale (as --resize resizes: "
+                          "Pillow's antialiased bilinear) and reduce every score map to one class vector (saved "
+                          "by --output)")
     run.add_argument("--flip", action="store_true", help="with --scales: also the mirror images")
     run.add_argument("--reduce", choices=("mean", "max", "argmax"),
                      help="with --scales: mean (default) or max over positions, then scales and flips; "

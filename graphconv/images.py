@@ -57,7 +57,8 @@ def _pil():
 def load_image(path: str, resize: Sequence[int] | None = None, channels: int = 3,
                stored_values: bool = False) -> np.ndarray:
     """An image file as float32 (channels, H, W) with values 0..255, optionally resized
-    to resize = (H, W) (bilinear), ready for the spec's `preprocess`.
+    to resize = (H, W) (`resize_planes`: Pillow's antialiased bilinear, in float), ready
+    for the spec's `preprocess`.
 
     `channels` is the network's input channel count: 1 gives greyscale (ITU-R 601
     luma for colour files), 3 RGB (grey files repeated), 4 RGBA (opaque where the file
@@ -86,12 +87,29 @@ def load_image(path: str, resize: Sequence[int] | None = None, channels: int = 3
     image_mod = _pil()
     pixels, deep_mode = _read_pixels(image_mod, path, mode, channels, out_hw, stored_values)
     if deep_mode is None:
-        return np.ascontiguousarray(np.atleast_3d(pixels).transpose(2, 0, 1), dtype=np.float32)
+        picture = np.ascontiguousarray(np.atleast_3d(pixels).transpose(2, 0, 1), dtype=np.float32)
+        del pixels
+        return picture if out_hw is None else resize_planes(picture, *out_hw)
     plane = _deep_as_stored(pixels, deep_mode, path) if stored_values else _deep_to_255(pixels, deep_mode, path)
     del pixels  # the float plane replaces them, as decode_bytes counts
     if out_hw is not None:
-        plane = _resize_plane(image_mod, plane, out_hw)
+        plane = resize_planes(plane, *out_hw)
     return _grey_as_channels(plane, channels)
+
+
+def resize_planes(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(..., H, W) float32 planes resized to (..., height, width): Pillow's bilinear on
+    float planes (mode F: no rounding to 8 bits), antialiased when shrinking (its
+    triangle filter widened by the factor, so every pixel counts), as torchvision's
+    Resize (antialias on) and PIL-based training pipelines resize. The one resize
+    graphconv uses: --resize, --scales and `classify`'s centre crop, so the same size
+    from either gives the same scores."""
+    image_mod = _pil()
+    planes = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, *x.shape[-2:])
+    out = np.empty((len(planes), height, width), np.float32)
+    for index, plane in enumerate(planes):
+        out[index] = pixel_array(image_mod.fromarray(plane).resize((width, height), image_mod.BILINEAR))
+    return out.reshape(*x.shape[:-2], height, width)
 
 
 def _sixteen_bit_colour(img) -> bool:
@@ -185,14 +203,16 @@ def decode_bytes(size_hw: tuple[int, int], mode: str, channels: int,
     more, for the 8-bit converted copy (4 bytes) or, for deep images, the array numpy
     copies out of Pillow (up to 4) and its float32 plane (4). Per pixel of the result:
     a resized image or plane (4), the bytes numpy reads from Pillow (one a channel) and
-    the float32 array itself (4 a channel). When resizing, Pillow's intermediate image
-    (its horizontal pass: the new width by the old height, 4 bytes a pixel). When
+    the float32 array itself (4 a channel). When resizing (in float, `resize_planes`),
+    the same again for the picture at its full size, which counts a float plane
+    Pillow's copy of one channel, and Pillow's intermediate image (its horizontal pass:
+    the new width by the old height, 4 bytes a pixel). When
     `turned` (an image stored in another orientation, `upright`), the turned copy of
     Pillow's image beside the decoded one. And BAND_ALLOWANCE for `pixel_array`'s copying."""
     height, width = size_hw
     source = height * width
     out = resize[0] * resize[1] if resize else source
-    intermediate = 4 * resize[1] * max(height, width) if resize else 0
+    intermediate = 4 * resize[1] * max(height, width) + _output_bytes(source, channels) if resize else 0
     copy = source * _pillow_pixel_bytes(mode) if turned else 0
     return (source * (_pillow_pixel_bytes(mode) + SOURCE_PIXEL_OVERHEAD) + _output_bytes(out, channels)
             + intermediate + copy + BAND_ALLOWANCE)
@@ -284,11 +304,8 @@ def _pillow_errors(image_mod, path: str) -> Iterator[None]:
 
 
 def _converted(image_mod, img, mode: str, out_hw: tuple[int, int] | None):
-    """An 8-bit image in `mode`, resized (Pillow's bilinear, on 8 bits as before)."""
-    img = img.convert(mode)
-    if out_hw is not None:
-        img = img.resize((out_hw[1], out_hw[0]), image_mod.BILINEAR)
-    return img
+    """An 8-bit image in `mode` (resized afterwards, in float: `resize_planes`)."""
+    return img.convert(mode)
 
 
 def _deep_to_255(raw: np.ndarray, mode: str, path: str) -> np.ndarray:
@@ -323,12 +340,6 @@ def _check_deep_range(raw: np.ndarray, mode: str, path: str) -> None:
     if mode == "F" and (low < 0 or high > 1):
         raise GraphconvError(f"float pixels from {low:.6g} to {high:.6g}: float images are read as 0..1",
                              file=path)
-
-
-def _resize_plane(image_mod, plane: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of one float32 plane, in Pillow's float mode (no 8-bit rounding)."""
-    resized = image_mod.fromarray(plane).resize((out_hw[1], out_hw[0]), image_mod.BILINEAR)
-    return pixel_array(resized)
 
 
 def _grey_as_channels(plane: np.ndarray, channels: int) -> np.ndarray:

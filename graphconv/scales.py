@@ -18,21 +18,13 @@ REDUCTIONS = ("mean", "max")
 
 
 def resize_bilinear(x: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(N, C, H, W) -> (N, C, height, width), bilinear with half-pixel centres
-    (PyTorch's align_corners=False), in plain numpy so arrays need no Pillow."""
-    n, c, h, w = x.shape
-
-    def axis(out_len, in_len):
-        pos = np.clip((np.arange(out_len) + 0.5) * in_len / out_len - 0.5, 0, in_len - 1)
-        lo = np.floor(pos).astype(int)
-        hi = np.minimum(lo + 1, in_len - 1)
-        return lo, hi, (pos - lo).astype(np.float32)
-
-    y0, y1, fy = axis(height, h)
-    x0, x1, fx = axis(width, w)
-    top = x[:, :, y0][..., x0] * (1 - fx) + x[:, :, y0][..., x1] * fx
-    bottom = x[:, :, y1][..., x0] * (1 - fx) + x[:, :, y1][..., x1] * fx
-    return (top * (1 - fy)[:, None] + bottom * fy[:, None]).astype(np.float32)
+    """(N, C, H, W) -> (N, C, height, width) by `images.resize_planes`: Pillow's bilinear,
+    antialiased when shrinking, on the float values (needs Pillow). The same resize as
+    `run --resize`, so `--scales 224` and `--resize` to that size give the same scores
+    (a numpy bilinear without antialiasing differed by up to 0.04 in probability on a
+    photo shrunk 5x, and from torchvision's Resize by 0.03)."""
+    from graphconv.images import resize_planes
+    return resize_planes(x, height, width)
 
 
 def scaled_size(height: int, width: int, shorter_side: int) -> tuple[int, int]:
