@@ -99,7 +99,8 @@ def test_a_damaged_cache_file_is_recompiled_not_fatal(tmp_path):
     env = {**{k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}, "XDG_CACHE_HOME": str(tmp_path)}
 
     def misses():
-        out = subprocess.run([sys.executable, "-c", KERNEL], env=env, capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "-c", KERNEL], env=env, capture_output=True, text=True,
+                             cwd=tmp_path.parent)  # not beside the cache's own "graphconv" folder
         assert out.returncode == 0, out.stderr[-2000:]
         return int(out.stdout)
 
