@@ -38,8 +38,9 @@ def test_padding_is_four_sides_and_one_int_means_all_of_them():
 @pytest.mark.parametrize("raw,message", [
     ({"padding": [1, 1]}, r"'padding' must be an integer >= 0 or a list \[top, left, bottom, right\]"),
     ({"padding": [0, -1, 0, 0]}, "'padding' must be an integer >= 0"),
-    ({"padding": 1, "value": float("nan")}, "'value' must be a finite number or -inf or inf, got nan"),
-    ({"padding": 1, "value": "-inf"}, "'value' must be a finite number or -inf or inf"),
+    ({"padding": 1, "value": float("nan")}, r"'value' must be a finite number or -inf or inf \(YAML: -\.inf, "
+                                            r"\.inf\), got nan"),
+    ({"padding": 1, "value": "minus infinity"}, "'value' must be a finite number or -inf or inf"),
     ({}, "pad needs parameter 'padding'"),
     ({"padding": 1, "mode": "wrap"}, "'mode' must be one of"),
 ])
