@@ -138,9 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--input", help="float32 .npy of shape (N, C, H, W) or (C, H, W)")
     source.add_argument("--image", help="an image file (needs Pillow: pip install 'graphconv[images]'); "
                                         "TIFF/BigTIFF and .zarr arrays are read a tile at a time")
-    source.add_argument("--images", metavar="GLOB", nargs="+", action=_OnePattern, help="many images ('photos/*.jpg', 'slides/**/*.svs' through "
-                                                        "subfolders, or a folder: every image in it): one map "
-                                                        "each, written to --output-dir")
+    source.add_argument("--images", metavar="GLOB", nargs="+", action=_OnePattern,
+                        help="many images ('photos/*.jpg', quoted; 'slides/**/*.svs' through subfolders, or a "
+                             "folder: every image in it): one map each, written to --output-dir")
     run.add_argument("--level", type=_natural_int, default=0, metavar="K",
                      help="a pyramid's level to read, a TIFF's or an OME-Zarr's (0: full resolution; 1, 2, ...: "
                           "the slide's smaller copies, e.g. a 40x scan's 10x level for a classifier trained at 10x)")

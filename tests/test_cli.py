@@ -97,9 +97,11 @@ def test_a_refused_tif_output_writes_no_heatmap_either(tmp_path, capsys):
     """A run that gives a vector cannot write a .tif map: refused before the heatmap is drawn."""
     Image = pytest.importorskip("PIL.Image")
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "crop.png")
+    assert run_cli("run", SPECS / "digits.yaml", "--image", tmp_path / "crop.png", "--output", tmp_path / "o.tif") == 2
+    assert "a .tif output holds a map; this run gives a vector" in capsys.readouterr().err
     assert run_cli("run", SPECS / "digits.yaml", "--image", tmp_path / "crop.png", "--heatmap", "3",
                    "--heatmap-out", tmp_path / "hm.png", "--output", tmp_path / "o.tif") == 2
-    assert "a .tif output holds a map; this run gives a vector" in capsys.readouterr().err
+    assert "--heatmap draws a map, and digits gives one class vector per image" in capsys.readouterr().err
     assert not (tmp_path / "hm.png").exists() and not (tmp_path / "o.tif").exists()
 
 
@@ -390,10 +392,10 @@ def test_full_map_keeps_the_cells_whose_crop_would_run_off_the_image(tmp_path, w
     assert graphconv_cli("compile", spec, "-o", tmp_path / "m").returncode == 0
     np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((1, 1, 40, 41)).astype(np.float32))
     for flags, shape in (((), (1, 4, 2, 3)), (("--full-map",), (1, 4, 3, 3))):
-        result = graphconv_cli("run", tmp_path / "m", "--input", tmp_path / "x.npy", "--output", tmp_path / "o.npy",
-                               *flags)
+        out = tmp_path / f"o{len(flags)}.npy"  # maps of two shapes: two names (a .npy is replaced only by its shape)
+        result = graphconv_cli("run", tmp_path / "m", "--input", tmp_path / "x.npy", "--output", out, *flags)
         assert result.returncode == 0, result.stderr
-        assert np.load(tmp_path / "o.npy").shape == shape
+        assert np.load(out).shape == shape
 
 
 def test_version_labels_and_folders(tmp_path):
@@ -838,7 +840,8 @@ def test_a_terminated_run_of_many_images_removes_the_folders_it_made(tmp_path):
                      tile=(64, 64))
     assert run_cli("compile", SPECS / "digits.yaml", "-o", tmp_path / "m") == 0
     proc = subprocess.Popen([sys.executable, "-m", "graphconv", "run", str(tmp_path / "m"), "--images",
-                             str(tmp_path / "page.tif"), "--tile", "64", "--output-dir", str(tmp_path / "out" / "maps")],
+                             str(tmp_path / "page.tif"), "--tile", "64", "--output-dir",
+                             str(tmp_path / "out" / "maps")],
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (tmp_path / "out" / "maps").exists() and proc.poll() is None and time.monotonic() < deadline:

@@ -250,7 +250,7 @@ def test_run_images_api_in_process(model_dir, picture, tmp_path):
     results = run_images(ModelRef(str(model_dir)), [str(picture / "page.png")], str(tmp_path / "o"),
                          MapOptions(reduce="argmax"), tile=60)
     assert results[0].error is None and results[0].shape[1] == 1
-    assert np.load(tmp_path / "o" / "page.npy").dtype == np.uint16
+    assert np.load(tmp_path / "o" / "page_png.npy").dtype == np.uint16  # page.zarr is beside it
 
 
 def test_inspect_prints_the_tile_plan(model_dir):
@@ -340,7 +340,7 @@ def test_crops_on_many_images(gated, tmp_path):
     result = graphconv("run", gated / "gated.yaml", "--images", gated / "*.tif", "--crops", "--output-dir",
                        tmp_path / "cli")
     assert result.returncode == 0, result.stderr
-    assert np.load(tmp_path / "cli" / "rgb.npy").shape == (1, 3, (70 - 12) // 2 + 1, (90 - 12) // 2 + 1)
+    assert np.load(tmp_path / "cli" / "rgb_tif.npy").shape == (1, 3, (70 - 12) // 2 + 1, (90 - 12) // 2 + 1)
 
 
 @pytest.mark.slow
@@ -487,12 +487,18 @@ def test_cli_tif_map_of_a_geotiff_scene_lands_on_its_ground(scene_net, tmp_path)
                         "--output-dir", tmp_path, "--output-format", "tif")
     assert refused.returncode == 2 and "the map of geo.tif would replace that image" in refused.stderr
     assert (tmp_path / "geo.tif").read_bytes() == before
-    (tmp_path / "pngs").mkdir()  # a scene beside images of the same stem: not among the images, still the user's
+    (tmp_path / "pngs").mkdir()
+    (tmp_path / "out").mkdir()  # a scene where a map would go: not among the images, still the user's
     Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(tmp_path / "pngs" / "geo.png")
-    (tmp_path / "pngs" / "geo.tif").write_bytes(before)
+    (tmp_path / "out" / "geo.tif").write_bytes(before)
     refused = graphconv("run", folder / "fcn", "--images", tmp_path / "pngs" / "*.png", "--output-dir",
-                        tmp_path / "pngs", "--output-format", "tif")
+                        tmp_path / "out", "--output-format", "tif")
     assert refused.returncode == 2 and "geo.tif: is already there and is not a map graphconv wrote" in refused.stderr
+    assert (tmp_path / "out" / "geo.tif").read_bytes() == before
+    (tmp_path / "pngs" / "geo.tif").write_bytes(before)  # beside its namesake image: both named by format
+    named = graphconv("run", folder / "fcn", "--images", tmp_path / "pngs" / "*.png", "--output-dir",
+                      tmp_path / "pngs", "--output-format", "tif")
+    assert named.returncode == 0 and (tmp_path / "pngs" / "geo_png.tif").exists(), named.stderr
     assert (tmp_path / "pngs" / "geo.tif").read_bytes() == before
     again = graphconv("run", folder / "fcn", "--images", tmp_path / "geo.tif", "--bands", "4,3,2",
                       "--output-dir", tmp_path / "maps", "--output-format", "tif")
@@ -664,11 +670,12 @@ def test_cli_mpp_reads_the_slide_at_the_classifier_s_pixel_size(model_dir, tmp_p
     slide = write_aperio(tmp_path / "slide.svs", channels=1)
     for mpp, same in (("1.0", ["--level", "2"]), ("2.0", ["--level", "2", "--downsample", "2"]),
                       ("0.6", ["--level", "1", "--downsample", "1.2"])):
-        result = graphconv("run", model_dir, "--image", slide, "--mpp", mpp, "--output", tmp_path / "mpp.npy")
+        result = graphconv("run", model_dir, "--image", slide, "--mpp", mpp, "--output", tmp_path / f"mpp{mpp}.npy")
         assert result.returncode == 0, result.stderr
         assert f"{float(mpp):g} µm per pixel (--mpp {float(mpp):g})" in result.stderr
-        assert graphconv("run", model_dir, "--image", slide, *same, "--output", tmp_path / "same.npy").returncode == 0
-        np.testing.assert_array_equal(np.load(tmp_path / "mpp.npy"), np.load(tmp_path / "same.npy"))
+        same_map = tmp_path / f"same{mpp}.npy"  # one name a shape: a .npy is replaced only by its own shape
+        assert graphconv("run", model_dir, "--image", slide, *same, "--output", same_map).returncode == 0
+        np.testing.assert_array_equal(np.load(tmp_path / f"mpp{mpp}.npy"), np.load(same_map))
     refused = graphconv("run", model_dir, "--image", slide, "--mpp", "0.5", "--level", "1")
     assert refused.returncode == 2 and "--mpp picks the level and the downsampling itself" in refused.stderr
 
