@@ -379,16 +379,16 @@ def load_model(args: argparse.Namespace, path: str):
 
 
 def check_labels(graph, source) -> None:
-    """A labels file must name every class: one line per output channel."""
+    """A labels file must name every class: one line per output channel (the error
+    names the labels file where the graph knows it, else `source`)."""
+    from graphconv.frontends.yaml import labels_mismatch
     from graphconv.shapes import infer_shapes
 
-    labels = graph.meta.get("labels")
-    if labels is None:
+    if graph.meta.get("labels") is None:
         return
-    classes = infer_shapes(graph, check_weights=False)[graph.output.name][0]
-    if len(labels) != classes:
-        raise GraphconvError(f"has {len(labels)} labels; the model has {classes} classes (output "
-                             f"{graph.output.name!r}): give one class name per line", file=str(source))
+    error = labels_mismatch(graph, infer_shapes(graph, check_weights=False)[graph.output.name][0])
+    if error is not None:
+        raise error if error.loc is not None else GraphconvError(error.message, file=str(source))
 
 
 def load_model_for_table(args: argparse.Namespace):
@@ -418,8 +418,14 @@ def load_model_for_table(args: argparse.Namespace):
 
 def note_what_the_network_is(graph) -> None:
     """The notes every command that reads a network gives about it, once, on stderr."""
+    from graphconv.images import preprocess_scale_note
+    from graphconv.shapes import dropped_layers_note, map_output_note
+
     note_seeded_weights(graph)
-    note_map_output(graph)
+    preprocess = graph.meta.get("preprocess")
+    for text in (map_output_note(graph), dropped_layers_note(graph), preprocess_scale_note(preprocess)):
+        if text:
+            note(text)
 
 
 def note_seeded_weights(graph) -> None:
@@ -430,14 +436,6 @@ def note_seeded_weights(graph) -> None:
         note(f"note: {graph.name} has no weights file; using deterministic seeded (random) weights")
 
 
-def note_map_output(graph) -> None:
-    """The note for a network taken for a classifier whose output is a map
-    (`shapes.map_output_note`)."""
-    from graphconv.shapes import map_output_note
-
-    text = map_output_note(graph)
-    if text:
-        note(text)
 
 
 _NOTES: list[str] = []  # printed on stderr, each once, when the command succeeds
@@ -1055,7 +1053,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     if preprocess:
         graph.meta["preprocess"] = preprocess
     check_labels(graph, args.labels or args.model)
-    note_map_output(graph)
+    note_what_the_network_is(graph)
     body = spec_text(graph, weights_file=weights_path.name,
                      labels_file=labels_path.name if labels_path else "labels.txt").split("\n", 1)[1]
     text = f"# imported by graphconv from {Path(args.model).name}; content {_digest(body)}\n{body}"
@@ -1170,7 +1168,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_passes(args: argparse.Namespace) -> int:
-    from graphconv.pass_manager import ENTRY_POINT_GROUP, format_option_value, registered_passes
+    from graphconv.pass_manager import ENTRY_POINT_GROUP, describe_options, registered_passes
 
     infos = registered_passes()
     width = max(len(p.name) for p in infos)
@@ -1179,9 +1177,7 @@ def cmd_passes(args: argparse.Namespace) -> int:
         if info.requires:
             extra.append("needs " + ",".join(info.requires))
         if info.options:
-            extra.append("options " + ",".join(f"{k}=" + ("(required)" if k in info.required_options
-                                                           else format_option_value(v))
-                                               for k, v in info.options.items()))
+            extra.append("options " + describe_options(info).replace(", ", ","))
         suffix = f" [{'; '.join(extra)}]" if extra else ""
         print(f"{info.name:<{width}}  {info.description}{suffix}  -- {info.origin}")
     print(f"(passes of installed packages that declare a '{ENTRY_POINT_GROUP}' entry point are "

@@ -374,6 +374,28 @@ def preprocess(image: np.ndarray, spec: dict | None) -> np.ndarray:
     return x.astype(np.float32)
 
 
+def preprocess_scale_note(spec: dict | None) -> str | None:
+    """What to say of a preprocess whose mean and std are on another scale than the
+    pixels it gets (0..255 times `scale`): torchvision's mean 0.485 and std 0.229 on
+    0..255 pixels (an import without --scale 0.00392157), or Caffe's mean 104 on pixels
+    scaled to 0..1. Either runs, and maps nonsense. None when they agree, or the pixels
+    are taken as stored (their range is the file's)."""
+    if not spec or spec.get("values") == "stored":
+        return None
+    scale = float(spec.get("scale", 1.0))
+    top = 255.0 * scale
+    stated = [abs(v) for v in spec.get("mean", ()) if v != 0] + [abs(v) for v in spec.get("std", ()) if v != 1]
+    if not stated:
+        return None
+    if top >= 25 and max(stated) <= 1:
+        return (f"note: the preprocess mean and std are for pixels in 0..1, but pixels arrive in 0..{top:g} "
+                f"(scale {scale:g}): did you mean scale 0.00392157 (1/255; import --scale)?")
+    if top <= 2 and max(stated) >= 2 * top:
+        return (f"note: the preprocess mean or std reaches {max(stated):g}, but its scale makes pixels 0..{top:g}: "
+                "are they for pixels in 0..255 (then leave out the scale)?")
+    return None
+
+
 def cell_index_map(field: Field, rows: int, cols: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """For each image row/column, the score-map row/column whose field is centred nearest."""
     def nearest(n_cells, size, stride, offset, length):

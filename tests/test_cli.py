@@ -198,7 +198,8 @@ def test_bad_spec_error_names_file_and_line(write_spec, capsys, tmp_path):
     spec = write_spec("input: {shape: [1, 8, 8]}\nlayers:\n  - {name: a, op: relu}\n  - {name: b, op: convolution}\n")
     assert run_cli("compile", spec, "-o", tmp_path / "m") == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("graphconv: net.yaml:4: layer 'b': unknown op 'convolution' (known: ") and " conv, " in err
+    assert err.startswith("graphconv: net.yaml:4: layer 'b': unknown op 'convolution': did you mean 'conv'? (known: ")
+    assert " conv, " in err
 
 
 def test_failed_compile_keeps_the_previous_model(tmp_path):
@@ -701,8 +702,9 @@ def test_compile_says_once_when_padding_makes_cells_differ_from_their_crops(tmp_
     assert " pad: " not in capsys.readouterr().err, "an unpadded network is exact: nothing to say"
 
 
-def test_import_takes_one_mean_and_std_for_every_channel(tmp_path):
-    """torchvision-style Normalize(0.5, 0.5) on a multi-band model: one number each."""
+def test_import_takes_one_mean_and_std_for_every_channel(tmp_path, capsys):
+    """torchvision-style Normalize(0.5, 0.5) on a multi-band model: one number each;
+    without --scale on 0..255 pixels, which is noted (`images.preprocess_scale_note`)."""
     pytest.importorskip("onnx")
     from graphconv.frontends.onnx_export import save_onnx
     from graphconv.frontends import load_network
@@ -712,6 +714,10 @@ def test_import_takes_one_mean_and_std_for_every_channel(tmp_path):
     assert run_cli("import", tmp_path / "net.onnx", "-o", tmp_path / "net.yaml", "--mean", "0.5", "--std", "0.25") == 0
     preprocess = load_network(tmp_path / "net.yaml").meta["preprocess"]
     assert preprocess["mean"] == [0.5] * channels and preprocess["std"] == [0.25] * channels
+    assert "did you mean scale 0.00392157" in capsys.readouterr().err
+    assert run_cli("import", tmp_path / "net.onnx", "-o", tmp_path / "net.yaml", "--mean", "0.5", "--std", "0.25",
+                   "--scale", "0.00392157") == 0
+    assert "did you mean" not in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -851,3 +857,18 @@ def test_a_terminated_run_of_many_images_removes_the_folders_it_made(tmp_path):
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM and "Traceback" not in proc.stderr.read()
     assert not (tmp_path / "out").exists()
+
+
+def test_a_dead_branch_is_noted_and_a_labels_count_names_the_labels_file(write_spec, tmp_path, capsys):
+    """Layers that reach no output were dropped without a word; a labels file of the wrong
+    length was blamed on the spec, which holds no labels."""
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 8, 8), np.float32))
+    spec = write_spec("input: {shape: [1, 8, 8]}\nlabels: three.txt\nlayers:\n"
+                      "  - {name: a, op: conv, out_channels: 2, kernel_size: 8}\n"
+                      "  - {name: dead, op: relu, inputs: [data]}\n  - {name: out, op: relu, inputs: [a]}\n")
+    (tmp_path / "three.txt").write_text("cat\ndog\nbird\n")
+    assert run_cli("run", spec, "--input", tmp_path / "x.npy") == 2
+    assert "three.txt: the labels file has 3 names (one per line), but the model has 2 classes" in capsys.readouterr().err
+    (tmp_path / "three.txt").write_text("cat\ndog\n")
+    assert run_cli("run", spec, "--input", tmp_path / "x.npy") == 0
+    assert "note: layer(s) dead of net reach no output and are dropped" in capsys.readouterr().err

@@ -626,3 +626,22 @@ def test_turning_a_picture_upright_is_in_the_decode_budget():
     """The turned copy sits beside Pillow's decoded image for a moment."""
     plain = decode_bytes((1000, 2000), "RGB", 3)
     assert decode_bytes((1000, 2000), "RGB", 3, turned=True) == plain + 1000 * 2000 * 4
+
+
+@pytest.mark.parametrize("spec, says", [
+    ({"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}, "did you mean scale 0.00392157"),
+    ({"scale": 0.00392157, "mean": [124, 116, 104], "std": [58, 57, 57]}, "reaches 124, but its scale makes pixels 0..1"),
+    ({"scale": 0.00392157, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}, None),  # torchvision
+    ({"mean": [104, 117, 123]}, None),  # Caffe's BGR means on 0..255
+    ({"mean": [127.5] * 3, "std": [127.5] * 3}, None),  # TensorFlow's -1..1
+    ({"scale": 1 / 127.5, "mean": [1, 1, 1]}, None),  # the same, another way
+    ({"values": "stored", "scale": 0.0001, "mean": [0.1], "std": [0.05]}, None),  # reflectance: the file's range
+    ({"scale": 1.0}, None),
+    (None, None),
+])
+def test_a_preprocess_on_another_scale_than_its_pixels_is_noted(spec, says):
+    """An import without --scale 0.00392157 of a torchvision model ran on 0..255 pixels
+    and mapped nonsense without a word."""
+    from graphconv.images import preprocess_scale_note
+    note = preprocess_scale_note(spec)
+    assert (note is None) if says is None else (says in note), note
