@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -171,6 +171,7 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
     """On a worker (or here): one image's map, written atomically to `output`; any user
     error is returned, not raised, so one bad image does not stop the others."""
     from graphconv.cli import user_message
+    from graphconv.georef import map_contents
     from graphconv.sources import open_source
     from graphconv.tiling import map_transform, run_tiled
 
@@ -192,21 +193,23 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
             result = result if transform is None else transform(result)
         else:
             result = run_tiled(grid, source, tile, device=options.device, transform=transform, blank_cells=blank_cells)
-        _write_map(output, result, source, grid)
+        contents = map_contents(image, ref.path, model.output_channels, options.classes, options.reduce,
+                                model.graph.meta.get("labels"))
+        _write_map(output, result, source, grid, contents)
         return ImageResult(image, output, tuple(result.shape), note=stored_orientation_note(source))
     except (GraphconvError, OSError, MemoryError, ValueError) as err:
         return ImageResult(image, error=user_message(err))
 
 
-def _write_map(output: str, scores: np.ndarray, source, grid) -> None:
+def _write_map(output: str, scores: np.ndarray, source, grid, contents: dict) -> None:
     """One image's map, atomically: .npy, or .tif (georeferenced where the image is a
-    GeoTIFF; its cells' placement in it)."""
+    GeoTIFF; its cells' placement in it, and what its bands hold: `map_contents`)."""
     from graphconv.files import atomic_write
     from graphconv.georef import cell_placement, georeference_of_map, is_tiff_output, write_map_tiff
 
     if is_tiff_output(output):
         geo = georeference_of_map(source, grid.cell_area)
-        placement = cell_placement(source, grid.cell_area)
+        placement = replace(cell_placement(source, grid.cell_area), contents=contents)
         atomic_write(output, lambda p: write_map_tiff(p, scores, geo, placement), suffix=".tif")
     else:
         atomic_write(output, lambda p: np.save(p, scores), suffix=".npy")

@@ -17,7 +17,9 @@ without them gives a plain TIFF map.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -121,6 +123,7 @@ class CellPlacement:
     first: tuple[float, float]
     step: tuple[float, float]
     microns_per_pixel: float | None  # level 0's, where the file says it
+    contents: dict | None = None  # what the map's channels hold, and of what (`map_contents`)
 
     def describe(self) -> str:
         y, x = (f"{self.first[a]:.6g} + {self.step[a]:.6g} {'rc'[a]}" for a in (0, 1))
@@ -130,7 +133,7 @@ class CellPlacement:
     def as_dict(self) -> dict:
         return {"first_cell_centre_yx": list(self.first), "cell_step_yx": list(self.step),
                 "units": "pixels of the image at full resolution (a pyramid's level 0), pixel k spanning k..k+1",
-                "microns_per_pixel": self.microns_per_pixel}
+                "microns_per_pixel": self.microns_per_pixel, **(self.contents or {})}
 
     def tiff_resolution(self) -> dict:
         """tifffile's resolution arguments: cells per centimetre, where the size is known."""
@@ -138,6 +141,21 @@ class CellPlacement:
             return {}
         per_cm = tuple(1e4 / (self.step[a] * self.microns_per_pixel) for a in (1, 0))
         return {"resolution": per_cm, "resolutionunit": "CENTIMETER"}
+
+
+def map_contents(image: str, model: str, num_classes: int, classes: Sequence[int] | None = None,
+                 reduce: str | None = None, labels: Sequence[str] | None = None) -> dict:
+    """What a map's channels hold, and of what image and model, for the map itself to
+    say (a .zarr's attribute, a .tif's description): after `--classes 3,1` which band is
+    which class, and a `--reduce argmax` map's legend, were known only to the command
+    that made it."""
+    kept = list(classes) if classes is not None else list(range(num_classes))
+    values = ("the class of each cell: the best of `classes` (65535 where not computed)" if reduce == "argmax"
+              else "class scores, one channel per class of `classes` (NaN where not computed)")
+    contents = {"image": os.path.abspath(image), "model": os.path.abspath(model), "values": values, "classes": kept}
+    if labels:
+        contents["labels"] = [labels[c] for c in kept]
+    return contents
 
 
 def cell_placement(source, cells: Field) -> CellPlacement:

@@ -17,6 +17,7 @@ import re
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -79,7 +80,7 @@ def _image_size(path: str) -> tuple[int, int] | None:
 
 
 def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
-    from graphconv.georef import cell_placement
+    from graphconv.georef import cell_placement, map_contents
     from graphconv.sources import open_source
     from graphconv.tiling import CropGrid, MapFile, choose_tile, map_transform, plan_tiles
 
@@ -129,6 +130,8 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     print(f"tiles: {plan.describe()}", file=sys.stderr)
     placement = cell_placement(source, grid.cell_area)
     print(f"cells: {placement.describe()}", file=sys.stderr)
+    placement = replace(placement, contents=map_contents(args.image, args.model, classes, args.classes, args.reduce,
+                                                         model.graph.meta.get("labels")))
     blank_cells = _skipper(args, background, plan)
     if not (args.workers or args.scheduler):
         from graphconv.cli import note_cold_kernels

@@ -853,3 +853,20 @@ def test_cli_many_images_leave_out_graphconv_s_own_files_hidden_files_and_other_
             f"graphconv (a map or heatmap){hidden}\n") in result.stderr, result.stderr
     assert sorted(p.name for p in folder.iterdir()) == ["._a.png", ".hidden.png", "a.npy", "a.png", "a.tif",
                                                         "b.npy", "b.png", "b.tif", "notes.txt"]
+
+
+@pytest.mark.parametrize("output, options, classes, values", [
+    ("map.zarr", ("--classes", "3,1"), [3, 1], "class scores"),
+    ("map.tif", ("--reduce", "argmax"), list(range(10)), "the class of each cell"),
+])
+def test_cli_maps_say_what_their_channels_hold_and_of_what(model_dir, picture, tmp_path, output, options, classes,
+                                                          values):
+    """After --classes 3,1, which band was which class, and a class map's legend, were
+    known only to the command that made them."""
+    result = graphconv("run", model_dir, "--image", picture / "tiled.tif", "--tile", "60", *options,
+                       "--output", tmp_path / output)
+    assert result.returncode == 0, result.stderr
+    stated = (dict(zarr.open_array(str(tmp_path / output), mode="r").attrs)["graphconv"] if output == "map.zarr"
+              else json.loads(tifffile.TiffFile(tmp_path / output).pages[0].description.split("\n", 1)[1]))
+    assert stated["classes"] == classes and stated["values"].startswith(values)
+    assert stated["image"] == str(picture / "tiled.tif") and stated["model"] == str(model_dir)
