@@ -852,7 +852,6 @@ def test_the_other_chunks_of_a_tile_that_failed_to_decode_are_not_logged(tmp_pat
     """zarr decodes a tile's chunks as concurrent tasks and raises the first failure,
     which graphconv reports in one line; asyncio logged every other failed or unfinished
     task's traceback as the process ended, a hundred lines after it."""
-    import asyncio
     import logging
 
     from graphconv import sources
