@@ -10,6 +10,7 @@ a bug in graphconv and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import difflib
 import hashlib
 import math
 import os
@@ -174,14 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=_positive_int, metavar="N",
                      help="run tiles (or --images) on a local Dask cluster of N worker processes")
     run.add_argument("--scheduler", metavar="ADDRESS", help="use a running Dask cluster (tcp://host:port)")
-    run.add_argument("--classes", type=_class_list, metavar="K1,K2,...", help="keep only these score channels")
+    run.add_argument("--classes", type=_class_list, metavar="K1,K2,...",
+                     help="keep only these score channels: class indices, or names as the labels file has them")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--device", default="cpu", choices=device_choices())
     run.add_argument("--resize", type=_positive_int, nargs=2, metavar=("H", "W"),
                      help="resize the image first (Pillow's bilinear on the float pixels, antialiased when "
                           "shrinking, as torchvision's Resize; --scales resizes the same way)")
     run.add_argument("--heatmap", type=_heatmap_class, metavar="CLASS|top",
-                     help="draw this class's score map over the image, or 'top': the best class of each cell")
+                     help="draw this class's score map over the image (its index, or its name as the labels "
+                          "file has it), or 'top': the best class of each cell")
     run.add_argument("--heatmap-out", metavar="FILE",
                      help="the heatmap image, in the format its extension names (.png, .jpg, ...; default: "
                           "<image name>-heatmap-<class>.png beside --output, else in the current folder)")
@@ -502,6 +505,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             check_writable(path)
     model = load_model(args, args.model)
+    resolve_class_names(args, model.graph.meta.get("labels"))
     spare_the_model(model, [("--output", args.output), ("--heatmap-out", args.heatmap_out)])
     _spare_the_users_files(args, model)
     check_heatmap_has_a_map(args, model)
@@ -801,7 +805,46 @@ def draw_heatmap(args: argparse.Namespace, model, picture: np.ndarray, field, *,
 
 
 def _heatmap_class(text: str) -> int | str:
-    return "top" if text.strip().lower() == "top" else _natural_int(text)
+    """'top', a class index, or a class's name (`resolve_class_names` looks it up)."""
+    if text.strip().lower() == "top":
+        return "top"
+    return _class_index_or_name(text)
+
+
+def _class_index_or_name(text: str) -> int | str:
+    text = text.strip()
+    if re.fullmatch(r"[+-]?\d+", text):
+        return _natural_int(text)
+    if not text:
+        raise argparse.ArgumentTypeError("expected a class index or name")
+    return text
+
+
+def resolve_class_names(args: argparse.Namespace, labels: list[str] | None) -> None:
+    """--heatmap and --classes as class indices, where the user named classes as the
+    model's labels file does (`--heatmap tumour`): an exact name, else one that matches
+    but for case. Done once the model is loaded, before any work."""
+    def index(name: int | str, flag: str) -> int:
+        if isinstance(name, int):
+            return name
+        if not labels:
+            raise GraphconvError(f"{flag} {shown(name)}: the model has no labels to name classes by; give the "
+                                 "class's index, or its labels with --labels FILE")
+        if name in labels:
+            return labels.index(name)
+        folded = [i for i, label in enumerate(labels) if label.casefold() == name.casefold()]
+        if len(folded) == 1:
+            return folded[0]
+        close = difflib.get_close_matches(name, labels, n=3)
+        hint = f": did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise GraphconvError(f"{flag} {shown(name)}: no class of that name{hint}")
+
+    if args.heatmap not in (None, "top"):
+        args.heatmap = index(args.heatmap, "--heatmap")
+    if args.classes:
+        args.classes = [index(name, "--classes") for name in args.classes]
+        if len(set(args.classes)) != len(args.classes):
+            raise GraphconvError(f"--classes names a class twice: {','.join(map(str, args.classes))}")
 
 
 def _heatmap_range(text: str) -> str | tuple[float, float]:
@@ -906,9 +949,9 @@ def _comma_list(text: str, convert, what: str, valid) -> list:
     return values
 
 
-def _class_list(text: str) -> list[int]:
-    return _comma_list(text, int, "distinct class indices >= 0",
-                       lambda values: min(values) >= 0 and len(set(values)) == len(values))
+def _class_list(text: str) -> list[int | str]:
+    return _comma_list(text, _class_index_or_name, "distinct class indices >= 0 or class names",
+                       lambda values: len(set(values)) == len(values))
 
 
 def _tolerance(text: str) -> float:

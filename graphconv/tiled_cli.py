@@ -345,9 +345,10 @@ def run_images_command(args: argparse.Namespace) -> int:
     _check_output_dir(args.output_dir)
     ref = _model_ref(args)
     model = ref.load()
+    from graphconv.cli import check_heatmap_has_a_map, note_run_as_written, resolve_class_names
+    resolve_class_names(args, model.graph.meta.get("labels"))
     grid = grid_for(args, model)
     options = _map_options(args, grid)  # a bad model is one error here, not one per image
-    from graphconv.cli import check_heatmap_has_a_map, note_run_as_written
     check_heatmap_has_a_map(args, model)
     _check_heatmap(args, model.output_channels)
     _check_heatmap_names(args, images, base)

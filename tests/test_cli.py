@@ -872,3 +872,21 @@ def test_a_dead_branch_is_noted_and_a_labels_count_names_the_labels_file(write_s
     (tmp_path / "three.txt").write_text("cat\ndog\n")
     assert run_cli("run", spec, "--input", tmp_path / "x.npy") == 0
     assert "note: layer(s) dead of net reach no output and are dropped" in capsys.readouterr().err
+
+
+def test_classes_are_named_as_the_labels_file_names_them(digits_fcn, tmp_path, capsys):
+    """--heatmap tumour and --classes tumour,stroma were refused ('expected an integer')
+    though the model's labels were loaded; a misspelt name is told the nearest."""
+    pytest.importorskip("PIL")
+    page = ROOT / "examples" / "digits_page.png"
+    for heatmap, classes in (("10", "10,7"), ("Background", "background,7")):
+        assert run_cli("run", digits_fcn, "--image", page, "--tile", "200", "--classes", classes,
+                       "--heatmap", heatmap, "--output", tmp_path / f"{heatmap}.npy") == 0
+    assert np.array_equal(np.load(tmp_path / "10.npy"), np.load(tmp_path / "Background.npy"))
+    capsys.readouterr()
+    assert run_cli("run", digits_fcn, "--image", page, "--heatmap", "backgruond") == 2
+    assert "--heatmap 'backgruond': no class of that name: did you mean 'background'?" in capsys.readouterr().err
+    assert run_cli("run", digits_fcn, "--image", page, "--tile", "200", "--classes", "background,10") == 2
+    assert "--classes names a class twice: 10,10" in capsys.readouterr().err
+    assert run_cli("run", SPECS / "alexnet.yaml", "--image", page, "--heatmap", "cat") == 2
+    assert "the model has no labels to name classes by" in capsys.readouterr().err
