@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "have below the folder the pattern starts from")
     run.add_argument("--output-format", choices=("npy", "tif"), default="npy",
                      help="with --images: each map as .npy (default) or as .tif (georeferenced over GeoTIFFs)")
+    run.add_argument("--skip-existing", action="store_true",
+                     help="with --images: leave out each image whose map (and heatmap, with --heatmap) is in "
+                          "--output-dir already, so a stopped batch goes on where it stopped")
     run.add_argument("--tile", type=_positive_int, metavar="N",
                      help="evaluate in exact tiles of at most N x N input pixels (bounded memory; "
                           "the same map as the whole-image pass)")
@@ -488,6 +491,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise GraphconvError("--downsample reads an image coarser: give --image or --images", file=args.input)
     if args.downsample > 1 and (args.resize or args.scales):
         raise GraphconvError("--downsample and --resize/--scales both change the image's size: use one")
+    if args.skip_existing and not args.images:
+        raise GraphconvError("--skip-existing leaves out the images of an --images batch whose maps are there")
     if args.output_format != "npy" and not args.images:
         raise GraphconvError("--output-format names the maps --images writes; for one image, name --output map.tif")
     if args.bands and not (args.image or args.images):

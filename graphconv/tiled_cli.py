@@ -347,6 +347,11 @@ def run_images_command(args: argparse.Namespace) -> int:
     model = ref.load()
     from graphconv.cli import check_heatmap_has_a_map, note_run_as_written, resolve_class_names
     resolve_class_names(args, model.graph.meta.get("labels"))
+    if args.skip_existing:
+        images = _images_not_done(args, images, base)
+        if not images:
+            print(f"every image has its map in {args.output_dir} already (--skip-existing): nothing to do")
+            return 0
     grid = grid_for(args, model)
     options = _map_options(args, grid)  # a bad model is one error here, not one per image
     check_heatmap_has_a_map(args, model)
@@ -487,6 +492,21 @@ def pattern_base(pattern: str) -> str:
     return str(Path(*fixed)) if fixed else "."
 
 
+def _images_not_done(args: argparse.Namespace, images: list[str], base: str) -> list[str]:
+    """--skip-existing: the images whose map (and heatmap, with --heatmap) is not in
+    --output-dir yet. A map is renamed into place only once complete, so one that is
+    there is whole; a file of that name that is not a map is not replaced either way."""
+    from graphconv.cluster import output_names
+
+    outputs = output_names(images, args.output_dir, args.output_format, base)
+    todo = [image for image, output in zip(images, outputs)
+            if not (os.path.exists(output) and (args.heatmap is None or _heatmap_name(args, output).exists()))]
+    if len(todo) < len(images):
+        print(f"note: {len(images) - len(todo)} of {len(images)} image(s) have their map in {args.output_dir} "
+              "already: left out (--skip-existing)", file=sys.stderr)
+    return todo
+
+
 def _heatmap_name(args: argparse.Namespace, output: str) -> Path:
     output = Path(output)
     return output.with_name(f"{output.stem}-heatmap-{args.heatmap}.png")
@@ -511,8 +531,6 @@ def _check_heatmap_names(args: argparse.Namespace, images: list[str], base: str)
 def _with_heatmap(args: argparse.Namespace, model, grid, result):
     """--heatmap of --images: one image's map, read back from its file, drawn over the
     image beside it (<name>-heatmap-K.png); a failure is that image's error."""
-    from dataclasses import replace
-
     from graphconv.cli import user_message
     from graphconv.sources import open_source
 

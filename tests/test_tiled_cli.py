@@ -870,3 +870,25 @@ def test_cli_maps_say_what_their_channels_hold_and_of_what(model_dir, picture, t
               else json.loads(tifffile.TiffFile(tmp_path / output).pages[0].description.split("\n", 1)[1]))
     assert stated["classes"] == classes and stated["values"].startswith(values)
     assert stated["image"] == str(picture / "tiled.tif") and stated["model"] == str(model_dir)
+
+
+def test_cli_many_images_skip_existing_goes_on_where_a_stopped_batch_stopped(model_dir, picture, tmp_path):
+    """A batch of slides killed half way was computed again whole; --skip-existing leaves
+    out each image whose map (and, with --heatmap, heatmap) is there already."""
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        (folder / f"{name}.png").write_bytes((picture / "page.png").read_bytes())
+    out = tmp_path / "maps"
+    result = graphconv("run", model_dir, "--images", folder / "a.png", "--output-dir", out)
+    assert result.returncode == 0, result.stderr
+    first = (out / "a.npy").stat().st_mtime_ns
+    result = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing")
+    assert result.returncode == 0, result.stderr
+    assert "1 of 3 image(s) have their map in" in result.stderr and "2 of 2 image(s)" in result.stdout
+    assert (out / "a.npy").stat().st_mtime_ns == first and (out / "c.npy").exists()
+    result = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing", "--heatmap", "3")
+    assert result.returncode == 0, result.stderr
+    assert "3 of 3 image(s)" in result.stdout, "a map without its heatmap is not done"
+    result = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing", "--heatmap", "3")
+    assert "nothing to do" in result.stdout
