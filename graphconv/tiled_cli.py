@@ -112,6 +112,8 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
                   f"the {format_size(memory_limit())} budget: evaluating it in exact tiles of {tile}x{tile} "
                   "pixels", file=sys.stderr)
     plan = plan_tiles(grid, image_hw, tile)
+    if args.tile is not None and background is None:
+        _note_a_wasteful_tile(grid, image_hw, plan)
     check_fits(grid.peak_bytes(plan.tile_hw), f"a {plan.tile_hw[0]}x{plan.tile_hw[1]} tile (use a smaller --tile)",
                file=args.image)
     classes = model.output_channels
@@ -158,6 +160,28 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     if args.output:
         print(f"-> {args.output}")
     return 0
+
+
+WASTEFUL = 1.5  # computing this many times the image's pixels, and a larger tile 1/WASTEFUL of it, is worth a note
+
+
+def _note_a_wasteful_tile(grid, image_hw: tuple[int, int], plan) -> None:
+    """A --tile so small that each tile's halo, computed again by its neighbours, is most
+    of the work (a 200 px tile over a slide: 15.9x the image's pixels) while the memory
+    budget allows a tile that computes much less: say so, with that tile."""
+    from graphconv.tiling import choose_tile, plan_tiles
+
+    if plan.overhead < WASTEFUL:
+        return
+    try:
+        roomy = choose_tile(grid, image_hw, memory_limit())
+    except GraphconvError:
+        return
+    better = plan_tiles(grid, image_hw, roomy)
+    if better.overhead * WASTEFUL <= plan.overhead:
+        print(f"note: tiles of {plan.tile_hw[0]}x{plan.tile_hw[1]} compute {plan.overhead:.2f}x the image's pixels "
+              f"(each tile's halo again); --tile {roomy} would compute {better.overhead:.2f}x, within the memory "
+              "budget", file=sys.stderr)
 
 
 def _kept_labels(args: argparse.Namespace, labels: list[str] | None) -> list[str] | None:

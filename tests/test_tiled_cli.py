@@ -892,3 +892,17 @@ def test_cli_many_images_skip_existing_goes_on_where_a_stopped_batch_stopped(mod
     assert "3 of 3 image(s)" in result.stdout, "a map without its heatmap is not done"
     result = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing", "--heatmap", "3")
     assert "nothing to do" in result.stdout
+
+
+def test_cli_a_tile_whose_halo_is_most_of_the_work_is_noted(model_dir, picture, tmp_path):
+    """--tile 200 over a slide computed 15.9x its pixels without a word; the note names
+    a tile the memory budget allows."""
+    small = graphconv("run", model_dir, "--image", picture / "tiled.tif", "--tile", "48", "--output", tmp_path / "s.npy")
+    assert small.returncode == 0, small.stderr
+    note = re.search(r"note: tiles of \d+x\d+ compute ([\d.]+)x the image's pixels \(each tile's halo again\); "
+                     r"--tile (\d+) would compute ([\d.]+)x", small.stderr)
+    assert note and float(note.group(1)) >= 1.5 * float(note.group(3)), small.stderr
+    roomy = graphconv("run", model_dir, "--image", picture / "tiled.tif", "--tile", note.group(2),
+                      "--output", tmp_path / "r.npy")
+    assert roomy.returncode == 0 and "each tile's halo again" not in roomy.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "s.npy"), np.load(tmp_path / "r.npy"), rtol=1e-5, atol=1e-7)
