@@ -142,21 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--images", metavar="GLOB", nargs="+", action=_OnePattern,
                         help="many images ('photos/*.jpg', quoted; 'slides/**/*.svs' through subfolders, or a "
                              "folder: every image in it): one map each, written to --output-dir")
-    run.add_argument("--level", type=_natural_int, default=0, metavar="K",
-                     help="a pyramid's level to read, a TIFF's or an OME-Zarr's (0: full resolution; 1, 2, ...: "
-                          "the slide's smaller copies, e.g. a 40x scan's 10x level for a classifier trained at 10x)")
-    run.add_argument("--downsample", type=_factor, default=1, metavar="F",
-                     help="read the image F times coarser, each pixel the mean of the FxF square it covers (F may "
-                          "be fractional; exact in tiles): a 40x slide for a classifier trained at 20x, where the "
-                          "pyramid has no 20x level")
-    run.add_argument("--mpp", type=_positive_float, metavar="UM",
-                     help="read a slide at UM micrometres per pixel (the classifier's training resolution, e.g. "
-                          "0.5 for 20x): the pyramid level and --downsample that reach it, from the pixel size the "
-                          "file states")
-    run.add_argument("--bands", type=_int_list, metavar="B1,B2,...",
-                     help="a raster's bands to feed the network, in order, numbered from 1 as GDAL numbers them "
-                          "(a 13-band Sentinel-2 TIFF's true colour: 4,3,2); TIFF and zarr images hold any "
-                          "number of bands")
+    _add_image_reading_options(run)
     run.add_argument("--skip-background", type=_fraction, nargs="?", const=DEFAULT_THRESHOLD, metavar="S",
                      help="do not compute the tiles with no tissue in them (a slide's glass, a page's white): "
                           "their cells are NaN (65535 with --reduce argmax); tissue is colour of HSV saturation "
@@ -241,6 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("model", help="spec .yaml file, .onnx model or compiled model directory")
     insp.add_argument("--input-size", type=_positive_int, nargs=2, metavar=("H", "W"),
                       help="image size (default: the spec's crop)")
+    insp.add_argument("--image", metavar="IMAGE",
+                      help="the image size as run reads IMAGE (with --level, --downsample, --mpp, --bands): a "
+                           "slide's tile plan with --tile, without working out its level's size")
+    _add_image_reading_options(insp)
     insp.add_argument("--scales", type=_int_list, metavar="S1,S2,...",
                       help="score-map size and FLOPs with the image's shorter side at each scale "
                            "(of an image of --input-size, default square)")
@@ -364,6 +354,26 @@ def _add_common_options(parser: argparse.ArgumentParser, defaults: bool) -> None
     parser.add_argument("--memory-limit", metavar="SIZE", default=default(None),
                         help="refuse inputs whose estimated memory exceeds SIZE (e.g. 4G; "
                              "default 80%% of this machine's RAM)")
+
+
+def _add_image_reading_options(parser: argparse.ArgumentParser) -> None:
+    """How an image is read (its level, how much coarser, its bands): run's, and
+    inspect's to plan for the image as run would read it."""
+    parser.add_argument("--level", type=_natural_int, default=0, metavar="K",
+                     help="a pyramid's level to read, a TIFF's or an OME-Zarr's (0: full resolution; 1, 2, ...: "
+                          "the slide's smaller copies, e.g. a 40x scan's 10x level for a classifier trained at 10x)")
+    parser.add_argument("--downsample", type=_factor, default=1, metavar="F",
+                     help="read the image F times coarser, each pixel the mean of the FxF square it covers (F may "
+                          "be fractional; exact in tiles): a 40x slide for a classifier trained at 20x, where the "
+                          "pyramid has no 20x level")
+    parser.add_argument("--mpp", type=_positive_float, metavar="UM",
+                     help="read a slide at UM micrometres per pixel (the classifier's training resolution, e.g. "
+                          "0.5 for 20x): the pyramid level and --downsample that reach it, from the pixel size the "
+                          "file states")
+    parser.add_argument("--bands", type=_int_list, metavar="B1,B2,...",
+                     help="a raster's bands to feed the network, in order, numbered from 1 as GDAL numbers them "
+                          "(a 13-band Sentinel-2 TIFF's true colour: 4,3,2); TIFF and zarr images hold any "
+                          "number of bands")
 
 
 def _add_plugin_option(parser: argparse.ArgumentParser) -> None:
@@ -1030,7 +1040,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from graphconv.inspect_report import inspect_report
 
     model = load_model(args, args.model) if args.profile else load_model_for_table(args)
-    hw = tuple(args.input_size) if args.input_size else None
+    hw = _size_as_run_reads(args, model) or (tuple(args.input_size) if args.input_size else None)
     size = hw or model.crop_shape[1:]
     if args.profile:
         check_run_fits(model.graph, 1, size, f"profiling at {size[0]}x{size[1]}")
@@ -1049,6 +1059,26 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         model.run(x, args.device, profile)
         print(format_profile(model.graph, profile, size, 1, model.executor(args.device).device))
     return 0
+
+
+def _size_as_run_reads(args: argparse.Namespace, model) -> tuple[int, int] | None:
+    """inspect --image: the (H, W) `run` would map of the image, read as the options say
+    (what it prints of the level and pixel size included); None without --image."""
+    if args.image is None:
+        if args.level or args.downsample > 1 or args.mpp is not None or args.bands:
+            raise GraphconvError("--level, --downsample, --mpp and --bands say how to read an --image")
+        return None
+    if args.input_size:
+        raise GraphconvError("--image gives the input size: drop --input-size", file=args.image)
+    if args.mpp is not None and (args.level or args.downsample > 1):
+        raise GraphconvError("--mpp picks the level and the downsampling itself: drop --level and --downsample")
+    from graphconv.sources import open_source
+    from graphconv.tiled_cli import describe_resolution
+
+    source = open_source(args.image, model.crop_shape[0], model.graph.meta.get("preprocess"), args.level, args.bands,
+                         args.downsample, args.mpp)
+    describe_resolution(source, args.mpp)
+    return source.height, source.width
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

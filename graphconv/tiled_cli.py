@@ -91,7 +91,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     source = open_source(args.image, model.crop_shape[0], model.graph.meta.get("preprocess"), args.level,
                          args.bands, args.downsample, args.mpp)
     image_hw = (source.height, source.width)
-    _describe_resolution(source, args.mpp)
+    describe_resolution(source, args.mpp)
     from graphconv.cluster import stored_orientation_note
     oriented = stored_orientation_note(source)
     if oriented:
@@ -191,7 +191,7 @@ def _kept_labels(args: argparse.Namespace, labels: list[str] | None) -> list[str
     return [labels[c] if labels else f"class {c}" for c in args.classes]
 
 
-def _describe_resolution(source, asked: float | None = None) -> None:
+def describe_resolution(source, asked: float | None = None) -> None:
     """Which pixels the map's cells count, on stderr, where that is not the file's own
     (a pyramid's level, the image read coarser: --downsample, or --mpp's `asked`
     micrometres) or the file says their size."""

@@ -906,3 +906,22 @@ def test_cli_a_tile_whose_halo_is_most_of_the_work_is_noted(model_dir, picture, 
                       "--output", tmp_path / "r.npy")
     assert roomy.returncode == 0 and "each tile's halo again" not in roomy.stderr
     np.testing.assert_allclose(np.load(tmp_path / "s.npy"), np.load(tmp_path / "r.npy"), rtol=1e-5, atol=1e-7)
+
+
+def test_cli_inspect_plans_for_a_slide_as_run_reads_it(model_dir, tmp_path):
+    """inspect took only --input-size: planning tiles for a slide's level meant working
+    out the level's size by hand. --image (with --level, --mpp, ...) takes it as run does."""
+    from test_sources import write_pyramid
+
+    pytest.importorskip("imagecodecs")
+    slide = tmp_path / "slide.tif"
+    write_pyramid(slide)
+    planned = graphconv("inspect", model_dir, "--image", slide, "--level", "1", "--tile", "64")
+    assert planned.returncode == 0, planned.stderr
+    assert "image: 150x200 pixels, level 1 of a 3-level pyramid" in planned.stderr
+    by_size = graphconv("inspect", model_dir, "--input-size", "150", "200", "--tile", "64")
+    assert planned.stdout == by_size.stdout
+    both = graphconv("inspect", model_dir, "--image", slide, "--input-size", "150", "200")
+    assert both.returncode == 2 and "--image gives the input size: drop --input-size" in both.stderr
+    alone = graphconv("inspect", model_dir, "--level", "1")
+    assert alone.returncode == 2 and "say how to read an --image" in alone.stderr
