@@ -526,6 +526,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_heatmap_has_a_map(args, model)
     if args.heatmap not in (None, "top"):  # before the network runs, not after
         check_heatmap_class(args.heatmap, model.output_channels)
+    if args.image:
+        note_pixels_as_they_are(args, model)
     from graphconv.tiled_cli import grid_for, run_tiled_command, wants_tiles
     grid = grid_for(args, model)
     if args.image:
@@ -677,6 +679,19 @@ def check_heatmap_has_a_map(args: argparse.Namespace, model) -> None:
     raise GraphconvError(f"--heatmap draws a map, and {model.graph.name} gives one class vector per image (a "
                          f"classifier as written): compile it (graphconv compile {args.model} -o DIR, then run DIR "
                          "--heatmap ...), or map it crop by crop with --crops", file=args.model)
+
+
+def note_pixels_as_they_are(args: argparse.Namespace, model) -> None:
+    """An ONNX file run straight on images says nothing of how its pixels were
+    normalised (ONNX has no place for it), so they go in as 0..255: the right input for
+    few PyTorch models, and the maps are then nonsense without a word. Say so, and how
+    to state it; a spec or an import that states a preprocess, or graphconv's own export
+    (whose metadata keeps it), is not noted."""
+    if model.graph.meta.get("preprocess") is not None or not str(args.model).lower().endswith(".onnx"):
+        return
+    print(f"note: {args.model} states no preprocess (an ONNX file has no place for one), so the pixels go in as "
+          "they are, 0..255: if the model was trained on normalised pixels, import it with them (graphconv "
+          "import MODEL.onnx -o NET.yaml --scale 0.00392157 --mean ... --std ...) and run NET.yaml", file=sys.stderr)
 
 
 def note_run_as_written(args: argparse.Namespace, model) -> None:

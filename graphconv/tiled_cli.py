@@ -369,8 +369,9 @@ def run_images_command(args: argparse.Namespace) -> int:
     _check_output_dir(args.output_dir)
     ref = _model_ref(args)
     model = ref.load()
-    from graphconv.cli import check_heatmap_has_a_map, note_run_as_written, resolve_class_names
+    from graphconv.cli import check_heatmap_has_a_map, note_pixels_as_they_are, note_run_as_written, resolve_class_names
     resolve_class_names(args, model.graph.meta.get("labels"))
+    note_pixels_as_they_are(args, model)
     if args.skip_existing:
         images = _images_not_done(args, images, base)
         if not images:

@@ -890,3 +890,21 @@ def test_classes_are_named_as_the_labels_file_names_them(digits_fcn, tmp_path, c
     assert "--classes names a class twice: 10,10" in capsys.readouterr().err
     assert run_cli("run", SPECS / "alexnet.yaml", "--image", page, "--heatmap", "cat") == 2
     assert "the model has no labels to name classes by" in capsys.readouterr().err
+
+
+def test_an_onnx_file_run_on_an_image_says_its_pixels_go_in_as_they_are(tmp_path, capsys):
+    """An ONNX file states no preprocess, so a photo's 0..255 pixels went into a model
+    trained on normalised ones, and its map was nonsense without a word."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("PIL")
+    from graphconv.frontends import load_network
+    from graphconv.frontends.onnx_export import save_onnx
+    graph = load_network(SPECS / "digits.yaml")
+    del graph.meta["preprocess"]
+    save_onnx(graph, tmp_path / "digits.onnx")
+    page = ROOT / "examples" / "digits_page.png"
+    assert run_cli("run", tmp_path / "digits.onnx", "--image", page, "--resize", "28", "28") == 0
+    assert "digits.onnx states no preprocess" in capsys.readouterr().err
+    assert run_cli("import", tmp_path / "digits.onnx", "-o", tmp_path / "net.yaml", "--scale", "0.00392157") == 0
+    assert run_cli("run", tmp_path / "net.yaml", "--image", page, "--resize", "28", "28") == 0
+    assert "states no preprocess" not in capsys.readouterr().err
