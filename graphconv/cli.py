@@ -69,8 +69,10 @@ def _run_command(args: argparse.Namespace) -> int:
         print(f"graphconv: {user_message(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
+        print("graphconv: interrupted (what it was writing is removed)", file=sys.stderr)
         return 130
     except Terminated:
+        print("graphconv: terminated (what it was writing is removed)", file=sys.stderr)
         return 128 + signal.SIGTERM
 
 
