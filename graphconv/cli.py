@@ -523,6 +523,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             check_writable(path)
     model = load_model(args, args.model)
     resolve_class_names(args, model.graph.meta.get("labels"))
+    if args.heatmap is not None and args.heatmap_out is None:  # a class named: its file is named by its index
+        args.heatmap_out = _heatmap_path(args)
+        _check_outputs_spare_the_inputs(args)
+        check_writable(args.heatmap_out)
     spare_the_model(model, [("--output", args.output), ("--heatmap-out", args.heatmap_out)])
     _spare_the_users_files(args, model)
     check_heatmap_has_a_map(args, model)
@@ -787,6 +791,8 @@ def _heatmap_path(args: argparse.Namespace) -> str | None:
 
     path = args.heatmap_out
     if not path:
+        if isinstance(args.heatmap, str) and args.heatmap != "top":
+            return None  # a class's name: the file is named by its index, once the labels have it (cmd_run)
         folder = Path(args.output).parent if args.output else Path(".")
         path = str(folder / f"{Path(args.image).stem}-heatmap-{args.heatmap}.png")
     images.heatmap_format(path)

@@ -277,7 +277,8 @@ def graphconv_cli(*args, cwd=None):
     (["run", SPECS / "lenet.yaml", "--image", "x.png", "--heatmap", 1, "--heatmap-out", "{tmp}/h.xyz"],
      "h.xyz: cannot tell the image format from '.xyz'; name the heatmap"),
     (["run", SPECS / "lenet.yaml", "--input", "x.npy", "--heatmap", 1], "--heatmap draws over an image"),
-    (["run", SPECS / "lenet.yaml", "--image", "x.png", "--heatmap", "best"], "--heatmap: expected an integer"),
+    (["run", SPECS / "lenet.yaml", "--image", "x.png", "--heatmap", "best"],
+     "--heatmap 'best': the model has no labels to name classes by"),
     (["run", SPECS / "lenet.yaml", "--image", "x.png", "--heatmap", 1, "--heatmap-range", "1,0"],
      "--heatmap-range: expected finite numbers LOW < HIGH"),
     (["run", SPECS / "lenet.yaml", "--input", "x.npy", "--scales", 32, "--full-map"],
@@ -410,7 +411,8 @@ def test_version_labels_and_folders(tmp_path):
                     ("compile", SPECS / "lenet.yaml", "-o", tmp_path / "m")):
         result = graphconv_cli(*command, "--labels", tmp_path / "nine.txt")
         assert result.returncode == 2, result.stderr
-        assert result.stderr.strip() == ("graphconv: nine.txt: has 9 labels; the model has 10 classes (output "
+        assert result.stderr.strip() == ("graphconv: nine.txt: the labels file has 9 names (one per line), but the "
+                                         "model has 10 classes (output "
                                          "'prob'): give one class name per line")
     assert not (tmp_path / "m").exists()
     (tmp_path / "empty").mkdir()
@@ -885,6 +887,8 @@ def test_classes_are_named_as_the_labels_file_names_them(digits_fcn, tmp_path, c
         assert run_cli("run", digits_fcn, "--image", page, "--tile", "200", "--classes", classes,
                        "--heatmap", heatmap, "--output", tmp_path / f"{heatmap}.npy") == 0
     assert np.array_equal(np.load(tmp_path / "10.npy"), np.load(tmp_path / "Background.npy"))
+    assert run_cli("run", digits_fcn, "--image", page, "--heatmap", "background", "--output", tmp_path / "m.npy") == 0
+    assert (tmp_path / "digits_page-heatmap-10.png").exists(), "named by the class's index, as --heatmap 10 names it"
     capsys.readouterr()
     assert run_cli("run", digits_fcn, "--image", page, "--heatmap", "backgruond") == 2
     assert "--heatmap 'backgruond': no class of that name: did you mean 'background'?" in capsys.readouterr().err

@@ -360,7 +360,7 @@ def test_cli_import_with_preprocess_and_labels(exported, tmp_path, rng):
     assert Model.load(tmp_path / "raw.yaml").graph.meta["preprocess"] == {"values": "stored", "scale": 0.0001}
     (tmp_path / "short.txt").write_text("a\nb\n")
     result = graphconv("import", path, "-o", tmp_path / "bad.yaml", "--labels", tmp_path / "short.txt")
-    assert result.returncode == 2 and "has 2 labels; the model has 10 classes" in result.stderr
+    assert result.returncode == 2 and "has 2 names (one per line), but the model has 10 classes" in result.stderr
     assert not (tmp_path / "bad.yaml").exists() and not (tmp_path / "bad.npz").exists()
     result = graphconv("import", path, "-o", tmp_path / "bad.yaml", "--mean", "1,2")
     assert result.returncode == 2 and "--mean gives 2 number(s)" in result.stderr
