@@ -480,11 +480,12 @@ def _check_options(info: PassInfo, options: dict) -> None:
                         f"write {info.name}{{{missing[0]}=...}}")
 
 
-def describe_options(info: PassInfo) -> str:
+def describe_options(info: PassInfo, separator: str = ", ") -> str:
     """"layer=(required), lo=0.0, hi=6.0": each option with its default, as `graphconv
-    passes` lists them (a required option's default of None is no default)."""
+    passes` lists them (a required option's default of None is no default), joined by
+    `separator` (`graphconv passes` gives ","; a text default's own ", " stays as it is)."""
     required = set(info.required_options)
-    return ", ".join(f"{k}=" + ("(required)" if k in required else format_option_value(v))
+    return separator.join(f"{k}=" + ("(required)" if k in required else format_option_value(v))
                      for k, v in info.options.items()) or "no options"
 
 

@@ -403,3 +403,15 @@ def test_printing_the_ir_around_a_pass_the_pipeline_does_not_run_is_refused():
         PassManager(["fc-to-conv"], print_ir_after={"fold-pad"})
     PassManager(["fc-to-conv"], print_ir_after={"shape-inference"})  # run for fc-to-conv, automatically
     PassManager(["fc-to-conv"], print_ir_before={"fc-to-conv"}, print_ir_after={"all"})
+
+
+def test_describe_options_joins_with_the_separator_given_and_keeps_text_defaults_whole():
+    """cli's `describe_options(info).replace(", ", ",")` also squeezed a text default's own
+    ", "; a separator joins the options and leaves the defaults as they are."""
+    def tagging(graph, label: str = "a, b", k: int = 2):
+        return False
+
+    info = pm.PassInfo("tagging", "test", tagging)
+    assert pm.describe_options(info) == "label=a, b, k=2"  # the default separator, as before
+    assert pm.describe_options(info, separator=",") == "label=a, b,k=2"
+    assert pm.describe_options(pm.PassInfo("none", "test", lambda graph: False), separator=",") == "no options"
