@@ -623,12 +623,23 @@ def test_an_error_about_one_parameter_points_at_its_line(write_spec, stride, ker
 
 @pytest.mark.parametrize("op,hint", [("Conv", "conv"), ("max_pool", "maxpool"), ("linear", "fc"),
                                      ("InnerProduct", "fc"), ("Gemm", "fc"), ("MaxPool2d", "maxpool"),
-                                     ("BatchNorm2d", "batchnorm"), ("maxpol", "maxpool")])
+                                     ("BatchNorm2d", "batchnorm"), ("maxpol", "maxpool"), ("GELU", "gelu"),
+                                     ("Mul", "mul"), ("LeakyReLU", "leaky_relu"), ("LogSoftmax", "log_softmax"),
+                                     ("DepthToSpace", "depth_to_space"), ("Multiply", "mul")])
 def test_an_unknown_op_suggests_graphconvs_name(write_spec, op, hint):
     path = write_spec(f"input: {{shape: [2, 8, 8]}}\nlayers:\n  - {{name: a, op: {op}}}\n")
     with pytest.raises(GraphconvError) as err:
         load_spec(path)
     assert f"unknown op '{op}': did you mean '{hint}'? (known: " in str(err.value)
+
+
+def test_every_op_alias_is_another_name_than_the_ops_own():
+    """"gelu": "gelu" and "mul": "mul" did nothing: a name that is the op's own, in any case
+    and with or without '_', is matched before the aliases are looked at."""
+    from graphconv.ops.registry import OP_ALIASES, user_ops
+
+    own = {op.replace("_", "") for op in user_ops()}
+    assert not own & set(OP_ALIASES) and set(OP_ALIASES.values()) <= set(user_ops())
 
 
 def test_the_known_ops_listed_are_those_a_spec_may_name(write_spec):

@@ -303,20 +303,20 @@ def register(op: OpDef) -> OpDef:
 
 
 # other frameworks' names for graphconv's ops (PyTorch modules, Caffe layers, ONNX op types),
-# compared lower-case without '_' or '-': what an unknown op's "did you mean" offers
+# compared lower-case without '_' or '-': what an unknown op's "did you mean" offers. A name
+# that is an op's own written that way (LeakyReLU, GELU, Mul) needs no entry: it is matched first
 OP_ALIASES = {
     "linear": "fc", "innerproduct": "fc", "gemm": "fc", "dense": "fc", "fullyconnected": "fc", "matmul": "fc",
     "conv2d": "conv", "convolution": "conv",
     "maxpool2d": "maxpool", "pooling": "maxpool", "avgpool2d": "avgpool", "averagepool": "avgpool",
     "averagepool2d": "avgpool", "globalaveragepool": "globalavgpool", "adaptiveavgpool2d": "globalavgpool",
     "globalavgpool2d": "globalavgpool", "batchnorm2d": "batchnorm", "batchnormalization": "batchnorm",
-    "bn": "batchnorm", "dropout2d": "dropout", "relu6": "clip", "hardtanh": "clip", "leakyrelu": "leaky_relu",
-    "logsoftmax": "log_softmax", "localresponsenorm": "lrn", "concatenate": "concat", "cat": "concat",
+    "bn": "batchnorm", "dropout2d": "dropout", "relu6": "clip", "hardtanh": "clip",
+    "localresponsenorm": "lrn", "concatenate": "concat", "cat": "concat",
     "eltwise": "add", "sum": "add", "resize": "upsample", "interpolate": "upsample",
-    "upsamplingnearest2d": "upsample", "pixelshuffle": "depth_to_space", "depthtospace": "depth_to_space",
-    "pixelunshuffle": "space_to_depth", "spacetodepth": "space_to_depth", "swish": "silu", "gelu": "gelu",
-    "groupnormalization": "groupnorm", "layernormalization": "layernorm", "zeropad2d": "pad",
-    "constantpad2d": "pad", "reflectionpad2d": "pad", "mul": "mul", "multiply": "mul", "subtract": "sub",
+    "upsamplingnearest2d": "upsample", "pixelshuffle": "depth_to_space", "pixelunshuffle": "space_to_depth",
+    "swish": "silu", "groupnormalization": "groupnorm", "layernormalization": "layernorm", "zeropad2d": "pad",
+    "constantpad2d": "pad", "reflectionpad2d": "pad", "multiply": "mul", "subtract": "sub",
 }
 
 
