@@ -210,6 +210,14 @@ class Graph:
         live = nx.ancestors(self.nx, self.nx.graph["output"]) | {self.nx.graph["output"]}
         return [n for n in self.layers() if n.name not in live]
 
+    def erase_dead_layers(self) -> list[str]:
+        """Erase the layers whose values never reach the output (`dead_layers`), users
+        before the layers they read; their names, in topological order."""
+        dead = self.dead_layers()
+        for node in reversed(dead):
+            self.erase(node)
+        return [node.name for node in dead]
+
     def find(self, op: str) -> list[Node]:
         return [n for n in self.layers() if n.op == op]
 

@@ -34,6 +34,17 @@ def test_downstream_is_every_reader_direct_or_not_in_order(chain):
     assert chain.downstream("sum") == []
 
 
+def test_erase_dead_layers_erases_what_reaches_no_output_readers_first(chain):
+    """One method for dead-node-elimination and the front ends' finalize, which each had
+    the loop."""
+    chain.add("side", "relu", ["c"])
+    chain.add("side2", "sigmoid", ["side"])  # reads side: must go first
+    chain.add("other", "relu", ["x"])
+    assert [n.name for n in chain.dead_layers()] == ["side", "side2", "other"]
+    assert chain.erase_dead_layers() == ["side", "side2", "other"]
+    assert [n.name for n in chain.nodes()] == ["x", "c", "r", "p"] and chain.erase_dead_layers() == []
+
+
 def test_remove_reconnects_and_moves_output(chain):
     chain.remove("r")
     assert [i.name for i in chain.node("p").inputs] == ["c"]

@@ -114,11 +114,9 @@ def _drop_dead_layers(graph: Graph) -> None:
     compute nothing the network returns, so no note about padding, no verify section and
     no weights are owed to them. Their names stay in graph.meta["dropped_layers"], for the
     one note that says so (`shapes.dropped_layers_note`)."""
-    dead = graph.dead_layers()
-    for node in reversed(dead):  # users before the layers they read
-        graph.erase(node)
+    dead = graph.erase_dead_layers()
     if dead:
-        graph.meta["dropped_layers"] = [node.name for node in dead]
+        graph.meta["dropped_layers"] = dead
 
 
 def _attach_weights(graph: Graph, arrays: dict[str, np.ndarray], source: str) -> None:
