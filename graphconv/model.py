@@ -16,7 +16,7 @@ import numpy as np
 
 from graphconv.errors import GraphconvError
 from graphconv.ir import Graph
-from graphconv.receptive import Field, MixedStridesError, receptive_fields
+from graphconv.receptive import Field, MixedStridesError, crop_stride, receptive_fields
 from graphconv.runtime import Executor
 from graphconv.shapes import check_holds_a_crop
 from graphconv.strides import stitch_copies
@@ -92,15 +92,17 @@ class Model:
     def _output_field(self) -> Field:
         """The output's receptive field; for a classifier whose branches meet at different
         strides (equal in size only at its crop), which runs on its crop but cannot slide,
-        the crop itself: its one cell reads the whole crop. Compiling such a network to
-        slide is refused (`compiler.check_can_slide`)."""
+        the crop itself: its one cell reads the whole crop. Its stride, which `run --crops`
+        takes by default, is the finest its branches sample the image at
+        (`receptive.crop_stride`): the crop's size was far coarser than either branch.
+        Compiling such a network to slide is refused (`compiler.check_can_slide`)."""
         try:
             return receptive_fields(self.graph)[self.graph.output.name]
         except MixedStridesError:
             if self.segmentation or not self.returns_vectors:
                 raise
             _, hc, wc = self.crop_shape
-            return Field((hc, wc), (hc, wc), (0, 0))
+            return Field((hc, wc), crop_stride(self.graph), (0, 0))
 
     @property
     def cell_area(self) -> Field:

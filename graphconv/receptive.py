@@ -67,7 +67,7 @@ def partial_receptive_fields(graph: Graph) -> tuple[dict[str, Field], MixedStrid
     the fields it has, instead of failing."""
     shapes = infer_shapes(graph, check_weights=False)
     fields = {graph.input.name: Field((1, 1), (1, 1), (0, 0))}
-    mixed = None
+    first_mixed = None
     for node in graph.layers():
         if any(s.name not in fields for s in node.inputs):
             continue  # after a merge of mixed strides
@@ -75,11 +75,38 @@ def partial_receptive_fields(graph: Graph) -> tuple[dict[str, Field], MixedStrid
         window = node.opdef.window(node.params, [shapes[s.name] for s in node.inputs])
         if window is not None:  # a windowed op slides over its first input (a conv's residual joins after)
             sources[0] = _through_window(sources[0], window)
-        try:
-            fields[node.name] = _union(node, sources)
-        except MixedStridesError as error:
-            mixed = mixed or error
-    return fields, mixed
+        if len({f.stride for f in sources}) > 1:
+            first_mixed = first_mixed or (node, sources)
+            continue
+        fields[node.name] = _union(node, sources)
+    if first_mixed is None:
+        return fields, None
+    node, sources = first_mixed
+    return fields, node.error(_mixed_strides_message(node, sources, crop_stride(graph, shapes)), MixedStridesError)
+
+
+def finest_strides(graph: Graph, shapes: dict | None = None) -> tuple:
+    """The output's stride in input pixels, per axis, where maps of different strides
+    meeting take the finer (each axis apart): how finely the classifier's branches sample
+    the image. The output stride itself where no such maps meet."""
+    shapes = shapes if shapes is not None else infer_shapes(graph, check_weights=False)
+    strides = {graph.input.name: (1, 1)}
+    for node in graph.layers():
+        sources = [strides[s.name] for s in node.inputs]
+        window = node.opdef.window(node.params, [shapes[s.name] for s in node.inputs])
+        if window is not None:  # as `_through_window`: over its first input
+            sources[0] = tuple(sources[0][a] * window.stride[a] for a in (0, 1))
+        strides[node.name] = tuple(min(s[a] for s in sources) for a in (0, 1))
+    return strides[graph.output.name]
+
+
+def crop_stride(graph: Graph, shapes: dict | None = None) -> tuple[int, int]:
+    """The stride, in whole pixels (at least 1), at which to run a classifier whose
+    branches meet at different strides on every crop (`run --crops`): its finest stride
+    (`finest_strides`). Such a network has no output stride; taking its crop for one
+    (16 crops 16 pixels apart on a 64x64 image, for a 16x16 crop) was far coarser than
+    either branch."""
+    return tuple(max(1, math.floor(s)) for s in finest_strides(graph, shapes))
 
 
 def _through_window(field: Field, window) -> Field:
@@ -98,10 +125,7 @@ def _through_window(field: Field, window) -> Field:
 
 def _union(node, sources: list[Field]) -> Field:
     """The field covering every source's (an add or concat sees all its inputs' pixels);
-    the sources' cells must line up."""
-    strides = {f.stride for f in sources}
-    if len(strides) > 1:
-        raise node.error(_mixed_strides_message(node, sources), MixedStridesError)
+    the sources' cells line up (one stride: `partial_receptive_fields` checks)."""
     top = min(f.offset[0] for f in sources)
     left = min(f.offset[1] for f in sources)
     bottom = max(f.offset[0] + f.size[0] for f in sources)
@@ -109,13 +133,16 @@ def _union(node, sources: list[Field]) -> Field:
     return Field((bottom - top, right - left), sources[0].stride, (top, left))
 
 
-def _mixed_strides_message(node, sources: list[Field]) -> str:
-    """Which inputs arrive at which stride, and what that means for sliding."""
+def _mixed_strides_message(node, sources: list[Field], crops: tuple[int, int]) -> str:
+    """Which inputs arrive at which stride, what that means for sliding, and the crop
+    loop to run instead, at the classifier's finest stride (`crop_stride`)."""
     arriving = ", ".join(f"'{src.name}' at stride {_stride_text(f.stride)}"
                          for src, f in zip(node.inputs, sources))
+    stride = min(crops)
     return (f"merges maps of different strides ({arriving}); their cells do not line up on an image larger "
             "than the crop (at the crop the maps may be the same size, so the classifier runs), so the network "
-            "cannot slide: run it on every crop with `run --crops` instead")
+            f"cannot slide: run it on every crop with `run --crops {stride}` instead (crops {stride} pixel(s) "
+            "apart: the finest stride its branches sample the image at)")
 
 
 def _stride_text(stride) -> str:

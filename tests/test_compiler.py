@@ -148,3 +148,42 @@ def test_an_output_stride_given_twice_is_refused(stride):
                        + r"\}' in --passes both ask for an output stride: give one of them"):
         build_pipeline(f"fc-to-conv,output-stride{{stride={stride}}}", output_stride=1)
     assert build_pipeline("fc-to-conv", output_stride=2)[1] == ("output-stride", {"stride": 2, "method": "auto"})
+
+
+STRIDE_MIX_POOLED = """
+name: stridemix_pooled
+input: {name: data, shape: [3, 16, 16]}
+layers:
+  - {name: a1, op: conv, out_channels: 4, kernel_size: 2, stride: 2}
+  - {name: a, op: conv, out_channels: 4, kernel_size: 2, stride: 2}
+  - {name: b, op: conv, out_channels: 4, kernel_size: 10, stride: 2, inputs: [data]}
+  - {name: s, op: add, inputs: [a, b]}
+  - {name: pool, op: maxpool, kernel_size: 2}
+  - {name: fc, op: fc, out_features: 3}
+"""
+
+
+@pytest.mark.parametrize("spec,stride", [(STRIDE_MIX, 1), (STRIDE_MIX_POOLED, 4)])
+def test_a_mixed_stride_classifier_is_run_crop_by_crop_at_its_finest_stride(write_spec, rng, spec, stride):
+    """The error said "run it on every crop with `run --crops`", whose default stride,
+    the model's, was the crop (16 crops 16 pixels apart on a 64x64 image). It names the
+    stride now, the finest the branches sample the image at (STRIDE_MIX_POOLED: 'a' at 4,
+    'b' at 2, then a pool of stride 2: 4), and that is the model's stride, which a bare
+    `--crops` takes."""
+    from graphconv.dense import crop_loop
+    from graphconv.tiling import CropGrid
+
+    classifier = graphconv.load(write_spec(spec))
+    assert classifier.field.size == (16, 16) and classifier.output_stride == (stride, stride)
+    assert classifier.map_size(64, 64) == ((64 - 16) // stride + 1,) * 2
+    with pytest.raises(graphconv.GraphconvError) as err:
+        graphconv.compile_model(classifier.graph)
+    assert f"run it on every crop with `run --crops {stride}` instead (crops {stride} pixel(s) apart" in str(err.value)
+    image = random_input(rng, (1, 3, 24, 24))
+    grid = CropGrid(classifier, classifier.output_stride)
+    assert grid.map_hw((64, 64)) == classifier.map_size(64, 64)
+    scores = crop_loop(classifier, image, classifier.output_stride)
+    assert scores.shape == (1, 3) + classifier.map_size(24, 24)
+    top, left = stride, 2 * stride  # cell (1, 2) is the classifier on the crop there
+    np.testing.assert_allclose(scores[:, :, 1, 2], classifier.run(image[:, :, top:top + 16, left:left + 16]),
+                               rtol=1e-5, atol=1e-6)

@@ -151,3 +151,23 @@ def test_inspect_says_why_dilation_is_not_possible(write_spec):
     report = inspect_report(graphconv.compile_model(spec), (40, 40))
     line = next(l for l in report.splitlines() if "--output-stride 1:" in l)
     assert "dilate not possible (layer 'p2': a reflect pad cannot be dilated" in line and " inf" not in line
+
+
+def test_the_finest_stride_takes_the_finer_branch_where_maps_of_different_strides_meet(write_spec):
+    """`crop_stride`, what a mixed-stride classifier runs crop by crop at: each axis on
+    its own, later strides multiplied in; a network whose maps line up gets its output
+    stride."""
+    from graphconv.receptive import crop_stride, finest_strides, total_stride
+
+    mixed = graphconv.load(write_spec("""
+        input: {name: data, shape: [3, 16, 16]}
+        layers:
+          - {name: a, op: conv, out_channels: 2, kernel_size: [2, 4], stride: [2, 4]}
+          - {name: b, op: conv, out_channels: 2, kernel_size: [9, 4], stride: [1, 4], inputs: [data]}
+          - {name: s, op: concat, inputs: [a, b]}
+          - {name: pool, op: maxpool, kernel_size: 2}
+          - {name: fc, op: fc, out_features: 3}
+    """)).graph
+    assert finest_strides(mixed) == (2, 8) and crop_stride(mixed) == (2, 8)
+    strided = graphconv.load(write_spec(STRIDED)).graph
+    assert crop_stride(strided) == total_stride(strided)
