@@ -386,19 +386,58 @@ def check_replaceable(path: str, dtype, shape: tuple[int, ...] | None = None) ->
 
 def image_map_shape(model, grid, image: str, options: MapOptions, tile: int | None) -> tuple[np.dtype, tuple]:
     """(dtype, shape) of the map `_one_image` writes for `image`, from its size alone (a
-    TIFF's or zarr's header; a picture's, upright): what an existing .npy there must hold
-    to be replaced."""
-    from graphconv.sources import open_source
+    TIFF's or zarr's header; a picture's, upright, as `images.image_size` reads it, not
+    its pixels: a rerun over 10,000 photos decoded each one here first): what an
+    existing .npy there must hold to be replaced."""
     from graphconv.tiling import map_transform
 
-    source = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"), options.level,
-                         options.bands, options.downsample, options.mpp)
     _, channels, dtype = map_transform(options.reduce, options.classes, model.output_channels)
-    rows, cols = grid.map_hw((source.height, source.width))
+    rows, cols = grid.map_hw(_size_as_read(model, image, options))
     whole = tile is None and options.skip_background is None and options.crops is None
     if whole and model.returns_vectors and (rows, cols) == (1, 1):
         return dtype, (1, channels)  # an uncompiled classifier's vector, as Model.run returns it
     return dtype, (1, channels, rows, cols)
+
+
+def holds_its_map(ref: ModelRef, model, image: str, output: str, options: MapOptions, tile: int | None) -> bool:
+    """Whether `output` holds the map this run would write for `image` already
+    (--skip-existing): an .npy of exactly its type and shape, a .tif map graphconv wrote
+    of this model, classes and values. Maps are renamed into place only once whole, so
+    such a file is a finished map; a stale one (another --classes, --reduce or model)
+    or a user's own file of that name is not."""
+    from graphconv.georef import is_tiff_output, map_contents, stated_placement
+
+    if not os.path.exists(output):
+        return False
+    if is_tiff_output(output):
+        stated = stated_placement(output) or {}
+        expected = map_contents(image, ref.path, model.output_channels, options.classes, options.reduce)
+        return all(stated.get(key) == expected[key] for key in ("model", "classes", "values"))
+    try:
+        expected = image_map_shape(model, options.grid(model), image, options, tile)
+    except (GraphconvError, OSError, ValueError):
+        return False  # an image that cannot be read: its own task says why
+    header = _stored_array_header(output)
+    return header is not None and (np.dtype(header[0]), tuple(header[1])) == (np.dtype(expected[0]), expected[1])
+
+
+def _size_as_read(model, image: str, options: MapOptions) -> tuple[int, int]:
+    """(H, W) `_one_image` maps of `image`: a TIFF's or zarr's level, read coarser or not,
+    from its metadata; a picture's from its header (decoding one takes 5x as long)."""
+    from graphconv.sources import Downsampled, is_ome_zarr, is_tiff, open_source
+
+    if is_tiff(image) or is_ome_zarr(image) or image.rstrip("/").lower().endswith(".zarr"):
+        source = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"), options.level,
+                             options.bands, options.downsample, options.mpp)
+        return source.height, source.width
+    from types import SimpleNamespace
+
+    from graphconv.images import image_size
+    height, width = image_size(image)
+    if options.downsample > 1:
+        read = Downsampled(SimpleNamespace(height=height, width=width, path=image), options.downsample)
+        return read.height, read.width
+    return height, width
 
 
 def spare_the_users_files(ref: ModelRef, images: Sequence[str], outputs: Sequence[str], options: MapOptions,

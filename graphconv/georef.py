@@ -248,11 +248,29 @@ def map_compression(dtype: np.dtype) -> dict:
 
 def is_graphconv_map(path: str) -> bool:
     """Whether `path` is a TIFF map graphconv wrote (its description says so)."""
+    return _map_description(path) is not None
+
+
+def _map_description(path: str) -> str | None:
+    """The description of a TIFF map graphconv wrote; None for any other file."""
     try:
         with _tifffile().TiffFile(path) as tif:
-            return (tif.pages[0].description or "").startswith(MAP_DESCRIPTION)
+            description = tif.pages[0].description or ""
     except Exception:  # not a TIFF at all, unreadable: not ours either
-        return False
+        return None
+    return description if description.startswith(MAP_DESCRIPTION) else None
+
+
+def stated_placement(path: str) -> dict | None:
+    """What a TIFF map graphconv wrote says of itself (`CellPlacement.as_dict`, its
+    contents included); None for any other file."""
+    description = _map_description(path)
+    if description is None:
+        return None
+    try:
+        return json.loads(description.split("\n", 1)[1]) if "\n" in description else {}
+    except ValueError:  # a description that is no JSON: says nothing more
+        return {}
 
 
 def _tifffile():

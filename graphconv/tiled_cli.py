@@ -372,13 +372,13 @@ def run_images_command(args: argparse.Namespace) -> int:
     from graphconv.cli import check_heatmap_has_a_map, note_pixels_as_they_are, note_run_as_written, resolve_class_names
     resolve_class_names(args, model.graph.meta.get("labels"))
     note_pixels_as_they_are(args, model)
+    grid = grid_for(args, model)
+    options = _map_options(args, grid)  # a bad model is one error here, not one per image
     if args.skip_existing:
-        images = _images_not_done(args, images, base)
+        images = _images_not_done(args, ref, model, images, base, options)
         if not images:
             print(f"every image has its map in {args.output_dir} already (--skip-existing): nothing to do")
             return 0
-    grid = grid_for(args, model)
-    options = _map_options(args, grid)  # a bad model is one error here, not one per image
     check_heatmap_has_a_map(args, model)
     _check_heatmap(args, model.output_channels)
     _check_heatmap_names(args, images, base)
@@ -517,15 +517,15 @@ def pattern_base(pattern: str) -> str:
     return str(Path(*fixed)) if fixed else "."
 
 
-def _images_not_done(args: argparse.Namespace, images: list[str], base: str) -> list[str]:
-    """--skip-existing: the images whose map (and heatmap, with --heatmap) is not in
-    --output-dir yet. A map is renamed into place only once complete, so one that is
-    there is whole; a file of that name that is not a map is not replaced either way."""
-    from graphconv.cluster import output_names
+def _images_not_done(args: argparse.Namespace, ref, model, images: list[str], base: str, options) -> list[str]:
+    """--skip-existing: the images whose map as this run makes it (`cluster.holds_its_map`)
+    and heatmap, with --heatmap, are not in --output-dir yet."""
+    from graphconv.cluster import holds_its_map, output_names
 
     outputs = output_names(images, args.output_dir, args.output_format, base)
     todo = [image for image, output in zip(images, outputs)
-            if not (os.path.exists(output) and (args.heatmap is None or _heatmap_name(args, output).exists()))]
+            if not (holds_its_map(ref, model, image, output, options, args.tile)
+                    and (args.heatmap is None or _heatmap_name(args, output).exists()))]
     if len(todo) < len(images):
         print(f"note: {len(images) - len(todo)} of {len(images)} image(s) have their map in {args.output_dir} "
               "already: left out (--skip-existing)", file=sys.stderr)

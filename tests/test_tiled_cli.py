@@ -892,6 +892,14 @@ def test_cli_many_images_skip_existing_goes_on_where_a_stopped_batch_stopped(mod
     assert "3 of 3 image(s)" in result.stdout, "a map without its heatmap is not done"
     result = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing", "--heatmap", "3")
     assert "nothing to do" in result.stdout
+    result = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing", "--classes", "1")
+    assert "have their map" not in result.stderr, "a map of all classes is not this run's: it is done again"
+    assert result.returncode == 2 and "not this run's float32 (1, 1," in result.stderr
+    for output_format in ("tif", "tif"):  # written, then each found done
+        result = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing",
+                           "--output-format", output_format)
+        assert result.returncode == 0, result.stderr
+    assert "3 of 3 image(s) have their map" in result.stderr
 
 
 def test_cli_a_tile_whose_halo_is_most_of_the_work_is_noted(model_dir, picture, tmp_path):
@@ -925,3 +933,18 @@ def test_cli_inspect_plans_for_a_slide_as_run_reads_it(model_dir, tmp_path):
     assert both.returncode == 2 and "--image gives the input size: drop --input-size" in both.stderr
     alone = graphconv("inspect", model_dir, "--level", "1")
     assert alone.returncode == 2 and "say how to read an --image" in alone.stderr
+
+
+def test_a_picture_s_map_shape_comes_from_its_header(model_dir, picture, monkeypatch):
+    """Checking an existing .npy before a rerun decoded every photo of the batch, one after
+    another, before any worker started: the map's shape needs only the picture's size."""
+    from graphconv import images
+    from graphconv.cluster import image_map_shape
+    from graphconv.model import Model
+
+    model = Model.load(model_dir)
+    options = MapOptions(downsample=2)
+    expected = image_map_shape(model, options.grid(model), str(picture / "page.png"), options, None)
+    monkeypatch.setattr(images, "load_image", lambda *a, **k: pytest.fail("a picture was decoded"))
+    assert image_map_shape(model, options.grid(model), str(picture / "page.png"), options, None) == expected
+    assert expected[1] == (1, model.output_channels, *model.map_size(75, 85))
