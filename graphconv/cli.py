@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     configure_process()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     with _terminate_like_interrupt():
         return _run_command(args)
 
@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--input", help="float32 .npy of shape (N, C, H, W) or (C, H, W)")
     source.add_argument("--image", help="an image file (needs Pillow: pip install 'graphconv[images]'); "
                                         "TIFF/BigTIFF and .zarr arrays are read a tile at a time")
-    source.add_argument("--images", metavar="GLOB", nargs="+", action=_OnePattern,
+    source.add_argument("--images", metavar="GLOB",
                         help="many images ('photos/*.jpg', quoted; 'slides/**/*.svs' through subfolders, or a "
                              "folder: every image in it): one map each, written to --output-dir")
     _add_image_reading_options(run)
@@ -310,17 +310,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _OnePattern(argparse.Action):
-    """--images takes one pattern. An unquoted glob (--images photos/*.jpg) reaches it as
-    the shell's list of files, which argparse refused as "unrecognized arguments: photos/
-    b.jpg ...": taking them all here lets the error say to quote the pattern."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if len(values) > 1:
-            parser.error(f"{option_string} takes one pattern, got {len(values)} paths ({shown(values[0])}, "
-                         f"{shown(values[1])}{', ...' if len(values) > 2 else ''}): did the shell expand a glob? "
-                         f"Quote it, as in {option_string} 'photos/*.jpg'")
-        setattr(namespace, self.dest, values[0])
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line, with a hint where --images was given an unquoted glob: the shell
+    hands it over as many files, and argparse said only "unrecognized arguments:
+    photos/b.jpg ...". (--images taking them all would swallow a MODEL given after it.)"""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        hint = ""
+        if getattr(args, "images", None) and not any(arg.startswith("-") for arg in extra):
+            hint = (f"; --images takes one pattern ({shown(args.images)}), and {len(extra)} more path(s) followed: "
+                    "did the shell expand a glob? Quote it, as in --images 'photos/*.jpg'")
+        parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+    return args
 
 
 def _version() -> str:

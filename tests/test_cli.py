@@ -1,5 +1,6 @@
 """The command line as a user drives it: outputs, exit codes, and nothing written on error."""
 import importlib.util
+import shutil
 import subprocess
 import sys
 
@@ -800,7 +801,7 @@ def test_options_a_run_cannot_honour_are_refused_before_it_runs(digits_fcn, tmp_
     assert not list(tmp_path.iterdir())
 
 
-def test_an_unquoted_glob_is_told_to_be_quoted(tmp_path, capsys):
+def test_an_unquoted_glob_is_told_to_be_quoted(tmp_path, capsys, digits_fcn):
     """The shell expands --images photos/*.jpg; argparse said only "unrecognized
     arguments: photos/b.jpg ..."."""
     with pytest.raises(SystemExit) as exit_:
@@ -808,8 +809,13 @@ def test_an_unquoted_glob_is_told_to_be_quoted(tmp_path, capsys):
                 "--output-dir", tmp_path / "maps")
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert "--images takes one pattern, got 3 paths" in err and "Quote it, as in --images 'photos/*.jpg'" in err
-    assert err.count("\n") == 1
+    assert "--images takes one pattern" in err and "2 more path(s) followed" in err
+    assert "Quote it, as in --images 'photos/*.jpg'" in err and err.count("\n") == 1
+    folder = tmp_path / "lib"
+    folder.mkdir()
+    shutil.copy(ROOT / "examples" / "digits_page.png", folder / "page.png")
+    assert run_cli("run", "--images", f"{folder}/*.png", digits_fcn, "--output-dir", tmp_path / "m") == 0, \
+        "a quoted pattern, then the model: the order argparse takes"
 
 
 @pytest.mark.parametrize("make,images,output_dir,message", [
