@@ -36,6 +36,7 @@ import logging
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -888,6 +889,7 @@ def _kept_chunks(store):
             return store
         _KeptChunks = _kept_chunks_class(WrapperStore)
         logging.getLogger("asyncio").addFilter(_drop_sibling_chunk_errors)
+        sys.unraisablehook = _unraisable_hook_without_sibling_reads(sys.unraisablehook)
     return _KeptChunks(store)
 
 
@@ -902,6 +904,19 @@ def _drop_sibling_chunk_errors(record: logging.LogRecord) -> bool:
     if getattr(error, CHUNK_ERROR_MARK, False):
         return False
     return not (_CHUNK_FAILED and str(record.msg).startswith("Task was destroyed but it is pending"))
+
+
+def _unraisable_hook_without_sibling_reads(previous):
+    """`previous`, but silent about zarr's chunk reads still pending when a chunk failed
+    and the process ends: each prints "Exception ignored in: <coroutine object
+    concurrent_map...>" and a traceback ending "Event loop is closed" (150 lines after a
+    truncated slide's one-line error)."""
+    def hook(unraisable) -> None:
+        name = getattr(unraisable.object, "__qualname__", "")
+        if _CHUNK_FAILED and name.startswith("concurrent_map"):
+            return
+        previous(unraisable)
+    return hook
 
 
 CHUNK_ERROR_MARK = "_graphconv_chunk_error"  # set on an exception raised while reading a chunk

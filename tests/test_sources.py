@@ -874,3 +874,18 @@ def test_the_other_chunks_of_a_tile_that_failed_to_decode_are_not_logged(tmp_pat
     assert not asyncio_log.filter(record("Task was destroyed but it is pending!\ntask: <Task pending>"))
     assert asyncio_log.filter(record("Task exception was never retrieved", ValueError("someone else's")))
     assert asyncio_log.filter(record("Executing <Task> took 0.2 seconds"))
+
+    import sys
+    from types import SimpleNamespace
+    passed_on = []
+    hook = sources._unraisable_hook_without_sibling_reads(passed_on.append)
+    assert sys.unraisablehook.__qualname__ == hook.__qualname__, "installed when zarr first read a chunk"
+
+    async def run():  # named as zarr's concurrent_map's coroutines are
+        pass
+    run.__qualname__ = "concurrent_map.<locals>.run"
+    pending, other = run(), SimpleNamespace(object=len)
+    hook(SimpleNamespace(object=pending, exc_value=RuntimeError("Event loop is closed")))
+    hook(other)
+    assert passed_on == [other], "only the pending chunk reads of a failed tile are silenced"
+    pending.close()
