@@ -200,7 +200,7 @@ class VerifyReport:
     padded_layers: list[str]
     cells_differing: int
     cells: int
-    tolerance: float
+    tolerance: float  # (b)'s: the sliding map against the crop loop
     conversion_max_abs: float = 0.0
     conversion_crops: int = 0
     layers: list[LayerPadding] = field(default_factory=list)
@@ -208,11 +208,20 @@ class VerifyReport:
     notes: list[str] = field(default_factory=list)
     scale: float = 1.0  # the largest score's magnitude, which the tolerance and max_rel are relative to
     pass_changes: list[PassChange] = field(default_factory=list)  # passes that changed the crop's output
+    conversion_tolerance: float | None = None  # (a)'s, which also names the passes (None: `tolerance`)
+    conversion_scale: float = 1.0  # the classifier's largest score on (a)'s crops, which it is relative to
+    tolerance_given: bool = False  # both tolerances are the user's (--tolerance), not relative to a score
+
+    def __post_init__(self):
+        if self.conversion_tolerance is None:
+            self.conversion_tolerance = self.tolerance
 
     @property
     def conversion_exact(self) -> bool:
-        """(a): the converted network gives the classifier's output on its crop."""
-        return self.conversion_max_abs <= self.tolerance
+        """(a): the converted network gives the classifier's output on its crop, within
+        (a)'s own tolerance: the one `changing_passes` named the passes by, so a pass
+        named as changing the scores is always a difference here (and a failure)."""
+        return self.conversion_max_abs <= self.conversion_tolerance
 
     @property
     def changed_by_plugins(self) -> bool:
@@ -246,13 +255,16 @@ class VerifyReport:
     def __str__(self) -> str:
         n, k, rows, cols = self.shape
         reference = "the classifier as your passes left it" if self.changed_by_plugins else "the classifier"
-        lines = [f"score map {n}x{k}x{rows}x{cols} (tolerance {self.tolerance:.3g}: 1e-4 of the largest score, "
-                 f"{self.scale:.3g}, unless --tolerance)",
+        lines = [f"score map {n}x{k}x{rows}x{cols} " + (f"(tolerance {self.tolerance:.3g}, from --tolerance)"
+                                                        if self.tolerance_given else
+                                                        f"(tolerances: 1e-4 of the largest score, "
+                                                        "unless --tolerance)"),
                  f"(a) conversion: the converted network vs the classifier on {self.conversion_crops} "
-                 f"crop(s): max abs difference {self.conversion_max_abs:.3g}: " + self._conversion_verdict(),
+                 f"crop(s): max abs difference {self.conversion_max_abs:.3g} ({self._conversion_tolerance_text()}): "
+                 + self._conversion_verdict(),
                  f"(b) sliding evaluation vs {reference} on every crop: {self.cells_differing} of "
                  f"{self.cells} cells differ, max abs {self.max_abs:.3g} ({self.max_rel:.2%} of the largest "
-                 "score)"]
+                 f"score, {self.scale:.3g}; {self._sliding_tolerance_text()})"]
         if self.exact_by_construction:
             lines.append("    no layer pads, so every cell equals its crop by construction"
                          + ("" if self.agrees else ": this difference is a bug"))
@@ -288,6 +300,19 @@ class VerifyReport:
         lines.append("result: " + verdict)
         return "\n".join(lines)
 
+
+    def _conversion_tolerance_text(self) -> str:
+        if self.tolerance_given:
+            return f"tolerance {self.conversion_tolerance:.3g}"
+        return (f"tolerance {self.conversion_tolerance:.3g}: 1e-4 of the classifier's largest score on "
+                f"them, {self.conversion_scale:.3g}")
+
+    def _sliding_tolerance_text(self) -> str:
+        if self.tolerance_given:
+            return f"tolerance {self.tolerance:.3g}"
+        if self.tolerance > TOLERANCE * self.scale:
+            return f"tolerance {self.tolerance:.3g}: (a)'s, which is larger than 1e-4 of it"
+        return f"tolerance {self.tolerance:.3g}: 1e-4 of it"
 
     def _conversion_verdict(self) -> str:
         """(a)'s verdict, naming the passes that changed the crop's output and whose they are."""
@@ -370,7 +395,8 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
     origins = _sample_origins(x.shape[0], rows, cols, compiled.output_stride)
     crops = _crops(original, x, origins)
     on_crops = _flat(original, crops, device)
-    crop_tol = tolerance if tolerance is not None else TOLERANCE * _finite_scale(on_crops)
+    crop_scale = _finite_scale(on_crops)
+    crop_tol = tolerance if tolerance is not None else TOLERANCE * crop_scale  # (a)'s, and the passes'
     conversion = float(np.abs(_flat(compiled, crops, device).astype(np.float64) - on_crops).max())
     changes = []
     if conversion > crop_tol and compiled.graph.meta.get("compiled", {}).get("passes"):
@@ -382,14 +408,15 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
     if dense.shape != expected.shape:
         raise AssertionError(f"score map shape {dense.shape} != crop grid {expected.shape}")
     scale = _finite_scale(expected)
-    tol = tolerance if tolerance is not None else max(crop_tol, TOLERANCE * scale)
+    tol = tolerance if tolerance is not None else max(crop_tol, TOLERANCE * scale)  # (b)'s
     diff = np.abs(dense.astype(np.float64) - expected)
     differing = int((diff > tol).any(axis=1).sum())
     pads = padded_layers(original.graph)
     report = VerifyReport(dense.shape, float(diff.max()), float(diff.max()) / scale, not pads, pads, differing,
                           int(np.prod(dense.shape[:1] + dense.shape[2:])), tol,
                           conversion_max_abs=conversion, conversion_crops=len(crops), strict=strict,
-                          scale=scale, pass_changes=changes)
+                          scale=scale, pass_changes=changes, conversion_tolerance=crop_tol,
+                          conversion_scale=crop_scale, tolerance_given=tolerance is not None)
     if pads or not report.agrees:
         report.layers, notes = _padding_effects(original, x, device)
         report.notes.extend(notes)

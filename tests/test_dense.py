@@ -257,3 +257,55 @@ def test_the_tolerance_is_relative_to_the_scores_however_small(write_spec, rng):
     assert report.max_abs > report.tolerance and not report.agrees  # padding makes cells differ
     assert report.max_rel == pytest.approx(report.max_abs / report.scale)
     assert "equals the crop loop" not in str(report) and "of the largest score" in str(report)
+
+
+def test_one_tolerance_for_the_conversion_names_the_passes_and_fails_the_run(write_spec, rng):
+    """(a) used the larger of its own tolerance (1e-4 of the classifier's scores on the
+    sampled crops) and 1e-4 of the crop loop's largest score, while the search for the
+    pass that changed the scores used its own: a plugin pass whose change fell between
+    the two was named and the verdict said "FAIL: ... changed", yet `passed` was True and
+    verify exited 0. (a) has one tolerance now, printed apart from (b)'s."""
+    from graphconv.pass_manager import register_pass
+
+    @register_pass("scale-scores", "multiply the scores by `factor`")
+    def scale_scores(graph, factor: float = 1.0):
+        fc = graph.node("fc")
+        graph.set_weights(fc, weight=fc.weights["weight"] * factor, bias=fc.weights["bias"] * factor)
+        return True
+
+    classifier = graphconv.load(write_spec(UNPADDED.replace("[2, 16, 16]", "[2, 14, 14]")))
+    plain = graphconv.compile_model(classifier.graph, "shape-inference,fc-to-conv")
+    for _ in range(20):  # an image whose largest score is on a crop (a) does not sample, by 10% at least:
+        image = random_input(rng, (1, 2, 30, 26))  # room between (a)'s tolerance and (b)'s
+        origins = dense._sample_origins(1, *plain.run(image).shape[2:], plain.output_stride)
+        sampled = float(np.abs(classifier.run(dense._crops(classifier, image, origins))).max())
+        everywhere = float(np.abs(crop_loop(classifier, image, plain.output_stride)).max())
+        if everywhere > 1.1 * sampled:
+            break
+    else:
+        pytest.fail("no image of 20 has its largest score off the sampled crops")
+    factor = 1 + 1e-4 * (everywhere / sampled) ** 0.5  # a change of the scores in between
+    fcn = graphconv.compile_model(classifier.graph, f"shape-inference,fc-to-conv,scale-scores{{factor={factor}}}")
+    report = verify(classifier, fcn, image)
+    assert report.conversion_tolerance == pytest.approx(1e-4 * sampled) and report.conversion_scale == sampled
+    assert report.conversion_tolerance < report.conversion_max_abs <= report.tolerance  # the in-between case
+    assert [change.name for change in report.pass_changes] == ["scale-scores"] and report.changed_by_plugins
+    assert not report.conversion_exact and not report.passed  # verify's exit code: 1
+    text = str(report)
+    assert "result: FAIL: 'scale-scores' changed what the classifier computes" in text
+    assert (f"max abs difference {report.conversion_max_abs:.3g} (tolerance {report.conversion_tolerance:.3g}: "
+            f"1e-4 of the classifier's largest score on them, {sampled:.3g}): pass 'scale-scores'") in text
+    assert f"tolerance {report.tolerance:.3g}: 1e-4 of it)" in text
+    assert "(tolerances: 1e-4 of the largest score, unless --tolerance)" in text.splitlines()[0]
+
+
+def test_a_tolerance_given_is_said_to_be_the_users(write_spec, rng):
+    """With --tolerance 0.01 the first line read "(tolerance 0.01: 1e-4 of the largest
+    score, 0.988, unless --tolerance)"."""
+    classifier, fcn = models(write_spec, UNPADDED.replace("[2, 16, 16]", "[2, 14, 14]"))
+    report = verify(classifier, fcn, random_input(rng, (1, 2, 30, 26)), tolerance=0.01)
+    assert report.tolerance_given and report.tolerance == report.conversion_tolerance == 0.01 and report.passed
+    lines = str(report).splitlines()
+    assert lines[0].endswith("(tolerance 0.01, from --tolerance)") and "1e-4" not in str(report)
+    assert "(tolerance 0.01): exact" in lines[1] and lines[2].endswith("; tolerance 0.01)")
+    assert not verify(classifier, fcn, random_input(rng, (1, 2, 30, 26))).tolerance_given
