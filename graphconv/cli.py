@@ -750,27 +750,41 @@ def _run_crops(args: argparse.Namespace, model, grid, x: np.ndarray, picture: np
 def _deliver(args: argparse.Namespace, model, out: np.ndarray, picture: np.ndarray | None, field, cells) -> int:
     """A run's map, as asked: heatmap, top classes, the array (a .tif with where its
     `cells` stand); what cannot be written is refused before anything is."""
-    if args.output and is_tiff_output(args.output) and out.ndim != 4:
-        raise GraphconvError(f"a .tif output holds a map; this run gives a vector of shape {tuple(out.shape)}: "
-                             "write .npy", file=args.output)
+    map_file = args.output and (is_tiff_output(args.output) or args.output.rstrip("/").lower().endswith(".zarr"))
+    if map_file and out.ndim != 4:
+        raise GraphconvError(f"a .tif or .zarr output holds a map; this run gives a vector of shape "
+                             f"{tuple(out.shape)}: write .npy", file=args.output)
     if args.heatmap is not None:
         write_heatmap(args, model, picture, out, field)
     if args.top:
         print_top(reduce_map_or_vector(out), args.top, model.graph.meta.get("labels"))
-    if args.output and is_tiff_output(args.output):
-        from graphconv import images
-        from graphconv.georef import cells_on_pixels, write_map_tiff
-        span = (1.0, 1.0)
-        if args.image and args.resize:  # the cells are in the resized image's pixels
-            height, width = images.image_size(args.image)
-            span = (height / args.resize[0], width / args.resize[1])
-        placement = cells_on_pixels(cells, span)
-        atomic_write(args.output, lambda p: write_map_tiff(p, out, None, placement), suffix=".tif")
-        print(f"-> {args.output}")
+    if map_file:
+        _write_map_file(args, model, out, cells)
     elif args.output:
         atomic_write(args.output, lambda p: np.save(p, out), suffix=".npy")
+    if args.output:
         print(f"-> {args.output}")
     return 0
+
+
+def _write_map_file(args: argparse.Namespace, model, out: np.ndarray, cells) -> None:
+    """A whole-image run's map as a .tif or .zarr map, saying where its cells stand and
+    what they hold, as a tiled run's (a .zarr was written as an .npy under that name)."""
+    from dataclasses import replace
+
+    from graphconv import images
+    from graphconv.georef import cells_on_pixels, map_contents
+    from graphconv.tiling import MapFile
+
+    span = (1.0, 1.0)
+    if args.image and args.resize:  # the cells are in the resized image's pixels
+        height, width = images.image_size(args.image)
+        span = (height / args.resize[0], width / args.resize[1])
+    contents = map_contents(args.image or args.input, args.model, model.output_channels,
+                            labels=model.graph.meta.get("labels"))
+    placement = replace(cells_on_pixels(cells, span), contents=contents)
+    with MapFile(args.output, out.shape, out.dtype, chunk_hw=out.shape[2:], placement=placement) as written:
+        written[:] = out
 
 
 def _heatmap_path(args: argparse.Namespace) -> str | None:
@@ -1279,7 +1293,7 @@ def cmd_passes(args: argparse.Namespace) -> int:
         if info.requires:
             extra.append("needs " + ",".join(info.requires))
         if info.options:
-            extra.append("options " + describe_options(info).replace(", ", ","))
+            extra.append("options " + describe_options(info, separator=","))
         suffix = f" [{'; '.join(extra)}]" if extra else ""
         print(f"{info.name:<{width}}  {info.description}{suffix}  -- {info.origin}")
     print(f"(passes of installed packages that declare a '{ENTRY_POINT_GROUP}' entry point are "

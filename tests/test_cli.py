@@ -920,3 +920,27 @@ def test_an_onnx_file_run_on_an_image_says_its_pixels_go_in_as_they_are(tmp_path
     assert run_cli("import", tmp_path / "digits.onnx", "-o", tmp_path / "net.yaml", "--scale", "0.00392157") == 0
     assert run_cli("run", tmp_path / "net.yaml", "--image", page, "--resize", "28", "28") == 0
     assert "states no preprocess" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_a_whole_image_run_writes_tif_and_zarr_maps_that_say_what_they_hold(digits_fcn, tmp_path, suffix):
+    """A whole-image run's .tif map said where its cells stand but not what its bands
+    hold (a tiled run's did), and --output map.zarr wrote an .npy file under that name."""
+    tifffile = pytest.importorskip("tifffile")
+    zarr = pytest.importorskip("zarr")
+    import json
+    page = np.random.default_rng(0).random((1, 1, 60, 70)).astype(np.float32)
+    np.save(tmp_path / "page.npy", page)
+    output = tmp_path / f"map{suffix}"
+    for _ in range(2):  # written, then replaced as a map graphconv wrote
+        assert run_cli("run", digits_fcn, "--input", tmp_path / "page.npy", "--output", output) == 0
+    if suffix == ".zarr":
+        stored = zarr.open_array(str(output), mode="r")
+        scores, stated = stored[:], dict(stored.attrs)["graphconv"]
+    else:
+        scores = tifffile.imread(output)[None]
+        stated = json.loads(tifffile.TiffFile(output).pages[0].description.split("\n", 1)[1])
+    from graphconv.model import Model
+    np.testing.assert_allclose(scores, Model.load(digits_fcn).run(page), rtol=1e-6, atol=1e-7)
+    assert stated["classes"] == list(range(11)) and stated["labels"][10] == "background"
+    assert stated["image"] == str(tmp_path / "page.npy")
