@@ -257,7 +257,7 @@ class VerifyReport:
         reference = "the classifier as your passes left it" if self.changed_by_plugins else "the classifier"
         lines = [f"score map {n}x{k}x{rows}x{cols} " + (f"(tolerance {self.tolerance:.3g}, from --tolerance)"
                                                         if self.tolerance_given else
-                                                        f"(tolerances: 1e-4 of the largest score, "
+                                                        "(tolerances: 1e-4 of the largest score, "
                                                         "unless --tolerance)"),
                  f"(a) conversion: the converted network vs the classifier on {self.conversion_crops} "
                  f"crop(s): max abs difference {self.conversion_max_abs:.3g} ({self._conversion_tolerance_text()}): "
