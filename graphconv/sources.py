@@ -359,7 +359,7 @@ def resolution_for(path: str, mpp: float) -> tuple[int, float]:
     reaches 0.5 as level 0 2.2075x coarser. Asked for pixels finer than level 0's,
     which would take enlarging, it reads level 0 as it is where that is within
     MPP_TOLERANCE, and refuses beyond. The slide must say its pixel size
-    (`_microns_per_pixel`)."""
+    (`_stated_pixel_size`)."""
     stated, heights = _pixel_size_and_level_heights(path)
     if isinstance(stated, str):
         raise GraphconvError(f"--mpp: the image does not state its pixel size ({stated}); pick --level and "
@@ -756,6 +756,7 @@ def _nodata(page) -> float | None:
 
 
 INCH, CENTIMETER = 2, 3  # TIFF's ResolutionUnits (1: none; inches are what screens' 72 dpi fill in)
+MICROSCOPE_MICRONS = 5.0  # an inch resolution finer than this a pixel (5080 dpi) is a microscope's, not a screen's
 
 PixelSize = tuple[float, float] | str
 """Level 0's pixel (height, width) in micrometres as a file states it, or, where it
@@ -778,7 +779,9 @@ def square_microns(size: PixelSize) -> float | None:
 def _stated_pixel_size(tif) -> PixelSize:
     """Level 0's pixel size where the file says it: Aperio's "MPP = 0.2520" in its
     description, OME's PhysicalSizeY/X in their units, or a resolution in pixels per
-    centimetre (Hamamatsu's NDPI); an inch resolution is taken for a screen's (72 dpi)."""
+    centimetre (Hamamatsu's NDPI) or per inch where that is a microscope's (101600 dpi:
+    0.25 um); a coarser inch resolution is a screen's (72 dpi) or a scanner's, no
+    pixel size of the scene."""
     page = tif.pages[0]
     aperio = re.search(r"\bMPP\s*=\s*([0-9]*\.?[0-9]+)", page.description or "")
     if aperio:
@@ -791,10 +794,11 @@ def _stated_pixel_size(tif) -> PixelSize:
                                                                                            "XResolution")]
     if None in per_pixel or unit not in (INCH, CENTIMETER):
         return NO_PIXEL_SIZE
-    if unit == INCH:
-        return (f"its resolution is {1 / per_pixel[1]:.6g} pixels per inch, which graphconv takes for a screen's, "
-                "not a microscope's")
-    return 1e4 * per_pixel[0], 1e4 * per_pixel[1]
+    microns = tuple((25400.0 if unit == INCH else 1e4) * length for length in per_pixel)
+    if unit == INCH and max(microns) > MICROSCOPE_MICRONS:
+        return (f"its resolution is {1 / per_pixel[1]:.6g} pixels per inch ({microns[1]:.4g} um a pixel), which "
+                "graphconv takes for a screen's or a document scanner's, not a microscope's")
+    return microns
 
 
 def _length_per_pixel(tag) -> float | None:

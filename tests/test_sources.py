@@ -490,10 +490,12 @@ def test_an_ome_tiff_s_pixel_size_is_read_in_its_units_and_must_be_square(tmp_pa
 @pytest.mark.parametrize("unit, resolution, microns, refusal", [
     ("CENTIMETER", (40000, 40000), 0.25, None),
     ("CENTIMETER", (40000, 20000), None, r"not square \(0\.5 um high, 0\.25 um wide\)"),
-    ("INCH", (101600, 101600), None, "its resolution is 101600 pixels per inch, which graphconv takes for a screen's"),
+    ("INCH", (101600, 101600), 0.25, None),  # a microscope's, in inches
+    ("INCH", (300, 300), None, r"its resolution is 300 pixels per inch \(84\.67 um a pixel\), which graphconv takes "
+                               "for a screen's or a document scanner's"),
     ("NONE", (1, 1), None, "no Aperio MPP"),
 ])
-def test_a_tiff_resolution_gives_the_pixel_size_in_centimetres_only(tmp_path, unit, resolution, microns, refusal):
+def test_a_tiff_resolution_gives_the_pixel_size_in_centimetres_or_a_microscope_s_inches(tmp_path, unit, resolution, microns, refusal):
     path = tmp_path / "scan.tif"
     tifffile.imwrite(path, np.zeros((48, 64, 3), np.uint8), photometric="rgb", resolution=resolution,
                      resolutionunit=unit)
