@@ -1,7 +1,8 @@
 """Images in and out: loading photos as CHW arrays, the spec's preprocessing, heatmaps.
 
-Pillow is an optional dependency (`pip install 'graphconv[images]'`); everything else
-in graphconv works on arrays without it.
+Pillow is an optional dependency (`pip install 'graphconv[images]'`): it reads, writes
+and resizes images (`resize_planes`, so `--scales` needs it on arrays too); the rest of
+graphconv works on arrays without it.
 
 A picture is where a small file costs the most: a 450 KB PNG can claim 12000x12000
 pixels and take 8 GB and minutes to decode. Pillow opens files lazily, so
@@ -50,7 +51,8 @@ def _pil():
     try:
         from PIL import Image
     except ImportError:
-        raise GraphconvError("reading and writing images needs Pillow: pip install 'graphconv[images]'") from None
+        raise GraphconvError("reading, writing and resizing images (--scales, --resize) needs Pillow: pip install "
+                             "'graphconv[images]'") from None
     return Image
 
 
