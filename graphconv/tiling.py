@@ -213,6 +213,7 @@ class CropGrid:
 
     def run(self, x: np.ndarray, device: str) -> np.ndarray:
         from graphconv.dense import crop_loop
+        self.map_hw(x.shape[2:])  # an image smaller than the crop is one clear error, not numpy's
         return crop_loop(self.model, x, self.stride, device)
 
     whole = run

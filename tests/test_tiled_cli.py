@@ -341,6 +341,9 @@ def test_crops_on_many_images(gated, tmp_path):
                        tmp_path / "cli")
     assert result.returncode == 0, result.stderr
     assert np.load(tmp_path / "cli" / "rgb_tif.npy").shape == (1, 3, (70 - 12) // 2 + 1, (90 - 12) // 2 + 1)
+    Image.fromarray(np.zeros((8, 9, 3), np.uint8)).save(tmp_path / "tiny.png")
+    [small] = run_images(ref, [str(tmp_path / "tiny.png")], str(tmp_path / "small"), MapOptions(crops=(4, 6)))
+    assert small.error.endswith("--crops: the input is 8x9, smaller than the classifier's 12x12 crop"), small.error
 
 
 @pytest.mark.slow
