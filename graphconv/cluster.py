@@ -367,8 +367,8 @@ def check_replaceable(path: str, dtype, shape: tuple[int, ...] | None = None) ->
     is a 4-D or 2-D float32 array too, and was replaced. `shape` None: the .npy is
     checked later, when the shape is known (`check_replaceable` again)."""
     target = path.rstrip("/")
-    if not os.path.exists(target):
-        return
+    if not os.path.exists(target) or (os.path.isdir(target) and not os.listdir(target)):
+        return  # nothing there to lose (an empty folder named map.zarr, made ahead)
     if target.lower().endswith((".tif", ".tiff", ".zarr")):
         if not is_a_map_graphconv_wrote(path):
             raise GraphconvError("is already there and is not a map graphconv wrote: graphconv replaces only its "

@@ -802,6 +802,10 @@ def test_a_tiled_run_replaces_its_own_map_but_not_a_users_raster(model_dir, pict
                            "--output", tmp_path / "features.zarr")
         assert result.returncode == 2 and "is already there and is not a map graphconv wrote" in result.stderr
         assert np.array_equal(zarr.open_array(str(tmp_path / "features.zarr"), mode="r")[:], features)
+        (tmp_path / "made-ahead.zarr").mkdir()  # an empty folder holds nothing to lose
+        result = graphconv("run", model_dir, "--image", picture / "tiled.tif", "--tile", "60",
+                           "--output", tmp_path / "made-ahead.zarr")
+        assert result.returncode == 0, result.stderr
     ours = tmp_path / f"map{suffix}"
     for _ in range(2):
         result = graphconv("run", model_dir, "--image", picture / "tiled.tif", "--tile", "60", "--output", ours)
