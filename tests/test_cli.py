@@ -99,7 +99,7 @@ def test_a_refused_tif_output_writes_no_heatmap_either(tmp_path, capsys):
     Image = pytest.importorskip("PIL.Image")
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "crop.png")
     assert run_cli("run", SPECS / "digits.yaml", "--image", tmp_path / "crop.png", "--output", tmp_path / "o.tif") == 2
-    assert "a .tif output holds a map; this run gives a vector" in capsys.readouterr().err
+    assert "a .tif or .zarr output holds a map; this run gives a vector" in capsys.readouterr().err
     assert run_cli("run", SPECS / "digits.yaml", "--image", tmp_path / "crop.png", "--heatmap", "3",
                    "--heatmap-out", tmp_path / "hm.png", "--output", tmp_path / "o.tif") == 2
     assert "--heatmap draws a map, and digits gives one class vector per image" in capsys.readouterr().err

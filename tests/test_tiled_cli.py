@@ -533,7 +533,7 @@ def test_cli_tif_map_of_a_picture_and_vectors_refused(model_dir, picture, tmp_pa
                                   whole_map(model_dir, picture / "page.png", tmp_path)[0])
     np.save(tmp_path / "x.npy", np.zeros((1, 32, 32), np.float32))
     refused = graphconv("run", SPECS / "lenet.yaml", "--input", tmp_path / "x.npy", "--output", tmp_path / "v.tif")
-    assert refused.returncode == 2 and "a .tif output holds a map; this run gives a vector" in refused.stderr
+    assert refused.returncode == 2 and "a .tif or .zarr output holds a map; this run gives a vector" in refused.stderr
     assert not (tmp_path / "v.tif").exists()
 
 
