@@ -52,6 +52,7 @@ class MapOptions:
     bands: tuple[int, ...] | None = None  # --bands: a raster's bands the network takes (graphconv.sources)
     downsample: float = 1  # --downsample F: each image read F times coarser (sources.Downsampled)
     mpp: float | None = None  # --mpp UM: each slide read at that pixel size (sources.resolution_for)
+    traceback: bool = False  # --traceback: an image's error is raised with its traceback, not returned as one line
 
     def grid(self, model):
         """What each task maps: the model's dense pass, or the classifier on every crop."""
@@ -198,6 +199,8 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
         _write_map(output, result, source, grid, contents)
         return ImageResult(image, output, tuple(result.shape), note=stored_orientation_note(source))
     except (GraphconvError, OSError, MemoryError, ValueError) as err:
+        if options.traceback:
+            raise
         return ImageResult(image, error=user_message(err))
 
 

@@ -341,7 +341,8 @@ def _map_options(args: argparse.Namespace, grid):
     return MapOptions(args.reduce if args.reduce == "argmax" else None,
                       tuple(args.classes) if args.classes else None, args.device,
                       grid.stride if isinstance(grid, CropGrid) else None, args.level, args.skip_background,
-                      tuple(args.bands) if args.bands else None, args.downsample, args.mpp)
+                      tuple(args.bands) if args.bands else None, args.downsample, args.mpp,
+                      getattr(args, "traceback", False))
 
 
 def _model_ref(args: argparse.Namespace):

@@ -18,6 +18,7 @@ Image = pytest.importorskip("PIL.Image")
 
 from conftest import SPECS  # noqa: E402
 from graphconv.cluster import MapOptions, ModelRef, run_images  # noqa: E402
+from graphconv.errors import GraphconvError  # noqa: E402
 from graphconv.model import Model  # noqa: E402
 from graphconv.sources import open_source  # noqa: E402
 
@@ -344,6 +345,8 @@ def test_crops_on_many_images(gated, tmp_path):
     Image.fromarray(np.zeros((8, 9, 3), np.uint8)).save(tmp_path / "tiny.png")
     [small] = run_images(ref, [str(tmp_path / "tiny.png")], str(tmp_path / "small"), MapOptions(crops=(4, 6)))
     assert small.error.endswith("--crops: the input is 8x9, smaller than the classifier's 12x12 crop"), small.error
+    with pytest.raises(GraphconvError, match="smaller than the classifier's"):  # --traceback: raised, not one line
+        run_images(ref, [str(tmp_path / "tiny.png")], str(tmp_path / "small"), MapOptions(crops=(4, 6), traceback=True))
 
 
 @pytest.mark.slow
