@@ -385,7 +385,7 @@ def preprocess_scale_note(spec: dict | None) -> str | None:
     if not spec or spec.get("values") == "stored":
         return None
     scale = float(spec.get("scale", 1.0))
-    top = 255.0 * scale
+    top = 255.0 * abs(scale)  # a negative scale inverts (dark ink on white paper -> high values): same range
     stated = [abs(v) for v in spec.get("mean", ()) if v != 0] + [abs(v) for v in spec.get("std", ()) if v != 1]
     if not stated:
         return None

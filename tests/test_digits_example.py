@@ -132,3 +132,18 @@ def test_dense_map_is_the_classifier_on_each_crop():
     expected = classifier.run(np.stack(crops)).reshape(len(cells), -1)
     got = np.stack([scores[0, :, i, j] for i, j in cells])
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_the_quick_start_runs_without_a_note(tmp_path, capsys):
+    """The README's main job, as written: the bundled model is trained and its inverted
+    preprocess (scale -1/255, mean -1) is right, so nothing is noted (a check of the
+    preprocess's scale once took the negative scale for pixels on 0..-1)."""
+    from graphconv.cli import main
+    from graphconv.kernel_cache import COLD_NOTE
+    assert main(["compile", str(SPEC), "-o", str(tmp_path / "digits-fcn")]) == 0
+    for _ in range(2):  # run, and run again over its own outputs
+        assert main(["run", str(tmp_path / "digits-fcn"), "--image", str(PAGE), "--output",
+                     str(tmp_path / "digits-scores.npy"), "--heatmap", "7", "--heatmap-out",
+                     str(tmp_path / "digits-7.png")]) == 0
+        notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+        assert [line for line in notes if line != COLD_NOTE] == []  # the kernels' first compile may be said

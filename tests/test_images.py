@@ -637,6 +637,7 @@ def test_turning_a_picture_upright_is_in_the_decode_budget():
     ({"scale": 1 / 127.5, "mean": [1, 1, 1]}, None),  # the same, another way
     ({"values": "stored", "scale": 0.0001, "mean": [0.1], "std": [0.05]}, None),  # reflectance: the file's range
     ({"scale": 1.0}, None),
+    ({"scale": -0.00392157, "mean": [-1.0]}, None),  # specs/digits.yaml: inverted, ink high, paper 0
     (None, None),
 ])
 def test_a_preprocess_on_another_scale_than_its_pixels_is_noted(spec, says):
