@@ -363,20 +363,26 @@ def _add_image_reading_options(parser: argparse.ArgumentParser) -> None:
     """How an image is read (its level, how much coarser, its bands): run's, and
     inspect's to plan for the image as run would read it."""
     parser.add_argument("--level", type=_natural_int, default=0, metavar="K",
-                     help="a pyramid's level to read, a TIFF's or an OME-Zarr's (0: full resolution; 1, 2, ...: "
-                          "the slide's smaller copies, e.g. a 40x scan's 10x level for a classifier trained at 10x)")
+                        help="a pyramid's level to read, a TIFF's or an OME-Zarr's (0: full resolution; 1, 2, ...: "
+                             "the slide's smaller copies, e.g. a 40x scan's 10x level for a classifier trained at 10x)")
     parser.add_argument("--downsample", type=_factor, default=1, metavar="F",
-                     help="read the image F times coarser, each pixel the mean of the FxF square it covers (F may "
-                          "be fractional; exact in tiles): a 40x slide for a classifier trained at 20x, where the "
-                          "pyramid has no 20x level")
+                        help="read the image F times coarser, each pixel the mean of the FxF square it covers (F may "
+                             "be fractional; exact in tiles): a 40x slide for a classifier trained at 20x, where the "
+                             "pyramid has no 20x level")
     parser.add_argument("--mpp", type=_positive_float, metavar="UM",
-                     help="read a slide at UM micrometres per pixel (the classifier's training resolution, e.g. "
-                          "0.5 for 20x): the pyramid level and --downsample that reach it, from the pixel size the "
-                          "file states")
+                        help="read a slide at UM micrometres per pixel (the classifier's training resolution, e.g. "
+                             "0.5 for 20x): the pyramid level and --downsample that reach it, from the pixel size the "
+                             "file states")
     parser.add_argument("--bands", type=_int_list, metavar="B1,B2,...",
-                     help="a raster's bands to feed the network, in order, numbered from 1 as GDAL numbers them "
-                          "(a 13-band Sentinel-2 TIFF's true colour: 4,3,2); TIFF and zarr images hold any "
-                          "number of bands")
+                        help="a raster's bands to feed the network, in order, numbered from 1 as GDAL numbers them "
+                             "(a 13-band Sentinel-2 TIFF's true colour: 4,3,2); TIFF and zarr images hold any "
+                             "number of bands")
+
+
+def check_image_reading_options(args: argparse.Namespace) -> None:
+    """--mpp picks the level and the factor itself, so it takes neither beside it."""
+    if args.mpp is not None and (args.level or args.downsample > 1):
+        raise GraphconvError("--mpp picks the level and the downsampling itself: drop --level and --downsample")
 
 
 def _add_plugin_option(parser: argparse.ArgumentParser) -> None:
@@ -496,8 +502,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise GraphconvError("--level picks a level of a pyramid (a TIFF such as .svs, .ndpi, OME-TIFF, or an "
                              "OME-Zarr): " + ("this image has one level" if args.image else
                                               "give one with --image or --images"), file=args.image or args.input)
-    if args.mpp is not None and (args.level or args.downsample > 1):
-        raise GraphconvError("--mpp picks the level and the downsampling itself: drop --level and --downsample")
+    check_image_reading_options(args)
     if args.mpp is not None and not (args.image or args.images):
         raise GraphconvError("--mpp reads a slide at a pixel size: give --image or --images", file=args.input)
     if args.downsample > 1 and not (args.image or args.images):
@@ -1108,8 +1113,7 @@ def _size_as_run_reads(args: argparse.Namespace, model) -> tuple[int, int] | Non
         return None
     if args.input_size:
         raise GraphconvError("--image gives the input size: drop --input-size", file=args.image)
-    if args.mpp is not None and (args.level or args.downsample > 1):
-        raise GraphconvError("--mpp picks the level and the downsampling itself: drop --level and --downsample")
+    check_image_reading_options(args)
     from graphconv.sources import open_source
     from graphconv.tiled_cli import describe_resolution
 

@@ -146,19 +146,18 @@ class ImageResult:
     note: str | None = None  # what the user should know about this image's map (`stored_orientation_note`)
 
 
-TIFF_ORIENTATION = 274  # the TIFF tag (as EXIF's 0x0112) saying how to turn the stored pixels to show them
-
-
 def stored_orientation_note(source) -> str | None:
     """What to say of a TIFF read tile by tile whose Orientation tag is not 1 (as
     stored): its map is of the stored pixels, which viewers show turned. (Pictures
     decoded whole by Pillow are turned upright: `images.upright`; turning a slide tile by
     tile would also turn its pyramid, its georeference and its cells' placement.)"""
+    from graphconv.images import EXIF_ORIENTATION
+
     tif = getattr(source, "tiff", None)
     if tif is None:
         return None
     try:
-        tag = tif.pages[0].tags.get(TIFF_ORIENTATION)
+        tag = tif.pages[0].tags.get(EXIF_ORIENTATION)
         value = int(tag.value) if tag is not None else 1
     except (AttributeError, IndexError, TypeError, ValueError):
         return None
@@ -377,14 +376,13 @@ def check_replaceable(path: str, dtype, shape: tuple[int, ...] | None = None) ->
             raise GraphconvError("is already there and is not a map graphconv wrote: graphconv replaces only its "
                                  "own maps (delete it or choose another name)", file=path)
         return
-    if shape is None:
+    if shape is None or _holds_exactly(path, dtype, shape):
         return
     header = _stored_array_header(path)
     held = f"{header[0]} {tuple(header[1])}" if header else "no array graphconv can read (not a .npy file?)"
-    if header is None or np.dtype(header[0]) != np.dtype(dtype) or tuple(header[1]) != tuple(shape):
-        raise GraphconvError(f"is already there and holds {held}, not this run's {np.dtype(dtype)} "
-                             f"{tuple(shape)}: graphconv replaces a .npy only with a map of the same shape and "
-                             "type (delete it or choose another name)", file=path)
+    raise GraphconvError(f"is already there and holds {held}, not this run's {np.dtype(dtype)} {tuple(shape)}: "
+                         "graphconv replaces a .npy only with a map of the same shape and type (delete it or "
+                         "choose another name)", file=path)
 
 
 def image_map_shape(model, grid, image: str, options: MapOptions, tile: int | None) -> tuple[np.dtype, tuple]:
@@ -420,8 +418,13 @@ def holds_its_map(ref: ModelRef, model, image: str, output: str, options: MapOpt
         expected = image_map_shape(model, options.grid(model), image, options, tile)
     except (GraphconvError, OSError, ValueError):
         return False  # an image that cannot be read: its own task says why
-    header = _stored_array_header(output)
-    return header is not None and (np.dtype(header[0]), tuple(header[1])) == (np.dtype(expected[0]), expected[1])
+    return _holds_exactly(output, *expected)
+
+
+def _holds_exactly(path: str, dtype, shape: tuple[int, ...]) -> bool:
+    """Whether the .npy (or zarr map) at `path` holds an array of exactly `dtype` and `shape`."""
+    header = _stored_array_header(path)
+    return header is not None and np.dtype(header[0]) == np.dtype(dtype) and tuple(header[1]) == tuple(shape)
 
 
 def _size_as_read(model, image: str, options: MapOptions) -> tuple[int, int]:

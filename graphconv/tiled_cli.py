@@ -63,18 +63,12 @@ def wants_tiles(args: argparse.Namespace, model, grid) -> bool:
 
 
 def _image_size(path: str) -> tuple[int, int] | None:
-    """(H, W) upright (as its Orientation turns it) from the file's header, without
-    decoding it; None when it cannot be read
-    (the whole-image path then reports why). Opened as a regular file only: Pillow would
-    wait forever on a pipe."""
-    from graphconv.arrays import open_regular_file
+    """(H, W) upright from the file's header (`images.image_size`); None when it cannot
+    be read (the whole-image path then reports why)."""
+    from graphconv.images import image_size
 
     try:
-        from PIL import Image
-
-        from graphconv.images import upright_size
-        with open_regular_file(path, "image") as fp, Image.open(fp) as img:
-            return upright_size(img)
+        return image_size(path)
     except Exception:  # whatever is wrong with the file, the whole-image path reports it
         return None
 
