@@ -10,7 +10,6 @@ a bug in graphconv and keeps its traceback.
 from __future__ import annotations
 
 import argparse
-import difflib
 import hashlib
 import math
 import os
@@ -27,7 +26,7 @@ import numpy as np
 from graphconv.arrays import load_npy
 from graphconv.background import DEFAULT_THRESHOLD
 from graphconv.backends import device_choices
-from graphconv.errors import GraphconvError, shown
+from graphconv.errors import GraphconvError, nearest, shown
 from graphconv.files import atomic_write, check_model_target, check_writable
 from graphconv.georef import is_tiff_output
 from graphconv.memory import check_run_fits
@@ -893,7 +892,7 @@ def resolve_class_names(args: argparse.Namespace, labels: list[str] | None) -> N
         folded = [i for i, label in enumerate(labels) if label.casefold() == name.casefold()]
         if len(folded) == 1:
             return folded[0]
-        close = difflib.get_close_matches(name, labels, n=3)
+        close = nearest(name, labels)
         hint = f": did you mean {', '.join(map(repr, close))}?" if close else ""
         raise GraphconvError(f"{flag} {shown(name)}: no class of that name{hint}")
 

@@ -54,6 +54,18 @@ def _shown_container(value: Any, limit: int, depth: int) -> str:
     return opening + ", ".join(parts) + closing
 
 
+def nearest(name: str, candidates: list[str], n: int = 3) -> list[str]:
+    """The candidates closest to a name the user gave (difflib's near misses, else one
+    that differs only in case): what a "did you mean" offers."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), candidates, n=n, cutoff=0.6)
+    if not close:
+        folded = {c.casefold(): c for c in candidates}
+        close = [folded[str(name).casefold()]] if str(name).casefold() in folded else []
+    return close
+
+
 @dataclass(frozen=True)
 class Location:
     """Where a layer was defined: kept on every IR node so late passes can point back."""

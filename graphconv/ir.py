@@ -30,7 +30,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import networkx as nx
 import numpy as np
 
-from graphconv.errors import GraphconvError, Location, shown
+from graphconv.errors import GraphconvError, Location, nearest, shown
 from graphconv.ops import get_op
 
 INPUT_OP = "input"
@@ -42,12 +42,7 @@ class UnknownNodeError(GraphconvError, KeyError):
 
 def _nearest_names(name: str, names: list[str]) -> str:
     """" (did you mean 'conv1'?)" for a near miss of a node's name, else ""."""
-    import difflib
-
-    close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.6)
-    if not close:
-        lowered = {n.lower(): n for n in names}
-        close = [lowered[str(name).lower()]] if str(name).lower() in lowered else []
+    close = nearest(name, names)
     return f" (did you mean {' or '.join(repr(n) for n in close)}?)" if close else ""
 
 

@@ -45,3 +45,10 @@ def test_a_file_is_named_as_given_or_relative_to_the_working_folder(tmp_path):
     assert str(Location("b-fcn/model.yaml", 4)) == "b-fcn/model.yaml:4"
     assert str(Location("/elsewhere/model.yaml")) == "/elsewhere/model.yaml"
     assert str(GraphconvError("x", file=str(tmp_path / "m.npy"))) == "m.npy: x"
+
+
+def test_nearest_offers_near_misses_then_a_name_differing_in_case():
+    from graphconv.errors import nearest
+    assert nearest("conv_1", ["conv1", "pool1", "fc6"]) == ["conv1"]
+    assert nearest("FC", ["conv1", "fc"]) == ["fc"]  # too short for difflib; the same name but for case
+    assert nearest("softmax", ["conv1", "fc"]) == []
