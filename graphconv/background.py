@@ -123,6 +123,14 @@ def tissue_mask(picture: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np
     return picture[0] <= 255 * (1 - threshold)
 
 
+def blank_masks(tiles, blank_cells) -> tuple[dict, list]:
+    """Each tile's mask of the cells `blank_cells(tile)` marks (none without it), and the
+    tiles all of whose cells are blank, which need not be computed: what `tiling.run_tiled`
+    and `cluster.run_tiles_on_cluster` both skip."""
+    masks = {t: blank_cells(t) for t in tiles} if blank_cells is not None else {}
+    return masks, [t for t in tiles if t in masks and masks[t].all()]
+
+
 def without_blank_cells(block: np.ndarray, blank: np.ndarray | None) -> np.ndarray:
     """A tile's (N, K, rows, cols) block with the cells `blank` marks (`Background.
     blank_cells`) written as not computed (`fill_value`)."""

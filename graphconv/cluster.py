@@ -121,11 +121,10 @@ def run_tiles_on_cluster(client, ref: ModelRef, image: str, plan, out, options: 
     alone is not sent (as `tiling.run_tiled` does)."""
     from distributed import as_completed
 
-    from graphconv.background import fill_value, without_blank_cells
+    from graphconv.background import blank_masks, fill_value, without_blank_cells
     from graphconv.tiling import write_block
 
-    masks = {t: blank_cells(t) for t in plan.tiles} if blank_cells is not None else {}
-    blank = [t for t in plan.tiles if t in masks and masks[t].all()]
+    masks, blank = blank_masks(plan.tiles, blank_cells)
     skipped = set(blank)
     futures = {client.submit(_tile_block, ref, image, t.box, t.rows, t.cols, options, pure=False): t
                for t in plan.tiles if t not in skipped}

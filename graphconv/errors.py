@@ -93,14 +93,17 @@ def shown_path(path: str) -> str:
 
 
 class GraphconvError(Exception):
-    """An error in the user's input, reported as `file:line: layer 'x': message`."""
+    """An error in the user's input, reported as `file:line: layer 'x': message`. `param`
+    names the layer parameter it is about, if one, so that a front end can point at the
+    line that gives it rather than at the layer's first line."""
 
     def __init__(self, message: str, *, loc: Location | None = None, layer: str | None = None,
-                 file: str | None = None):
+                 file: str | None = None, param: str | None = None):
         super().__init__(message)
         self.message = message
         self.loc = loc if loc is not None else (Location(file) if file else None)
         self.layer = layer
+        self.param = param
 
     def __str__(self) -> str:
         parts = []

@@ -33,8 +33,7 @@ class ParamError(GraphconvError):
     line that gives it rather than the layer's first line."""
 
     def __init__(self, message: str, param: str | None = None, **where: Any):
-        super().__init__(message, **where)
-        self.param = param
+        super().__init__(message, param=param, **where)
 
 
 INFINITY_WORDS = {"inf": math.inf, "+inf": math.inf, "-inf": -math.inf, "infinity": math.inf,

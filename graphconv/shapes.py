@@ -38,7 +38,7 @@ def infer_shapes(graph: Graph, input_hw: tuple[int, int] | None = None,
             got = ", ".join(_fmt(s) for s in in_shapes)
             hint = _merge_hint(graph, (h, w)) if input_hw is not None and len(in_shapes) > 1 else ""
             raise node.error(f"{err.message} (input {got}){hint}", ShapeError,
-                             param=getattr(err, "param", None)) from None
+                             param=err.param) from None
         if check_weights and (node.opdef.has_weights or node.weights):
             check_weights_fit(node, in_shapes, resized=input_hw is not None)
     return shapes

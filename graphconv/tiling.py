@@ -360,13 +360,12 @@ def run_tiled(model, source: Source | np.ndarray, tile: int | Sequence[int], *, 
     after each tile. The cells `blank_cells(tile)` marks (`Background.blank_cells`: no
     tissue near their centres) are written as `background.fill_value` (NaN in a score
     map), and a tile of such cells alone is not computed."""
-    from graphconv.background import fill_value, without_blank_cells
+    from graphconv.background import blank_masks, fill_value, without_blank_cells
 
     source = as_source(source)
     grid = as_grid(model)
     plan = plan_tiles(grid, (source.height, source.width), tile)
-    masks = {t: blank_cells(t) for t in plan.tiles} if blank_cells is not None else {}
-    blank = [t for t in plan.tiles if t in masks and masks[t].all()]
+    masks, blank = blank_masks(plan.tiles, blank_cells)
     if out is None and len(blank) == len(plan.tiles):
         blank = blank[1:]  # one tile computed, for the map's channels and type
     skipped = set(blank)

@@ -417,7 +417,7 @@ def _add_layer(graph: Graph, layer: Any, previous: str, path: Path, where: Locat
     try:
         params = normalize_params(opdef, raw)
     except GraphconvError as err:
-        line = lines.get(getattr(err, "param", None)) or layer.get(KEY_LINES, {}).get(getattr(err, "param", None))
+        line = lines.get(err.param) or layer.get(KEY_LINES, {}).get(err.param)
         raise GraphconvError(err.message, loc=Location(loc.file, line) if line else loc, layer=name) from None
     graph.add(name, op_name, inputs, params, loc=loc, param_lines=lines)
     return name

@@ -402,11 +402,10 @@ def window_output(window: Window, in_shape: Shape, what: str) -> tuple[int, int]
         extent = window.extent[axis]
         padded = size + window.padding[axis] + window.padding_end[axis]
         if extent > padded:
-            error = ShapeError(
+            raise ShapeError(
                 f"{what} of {window.kernel[0]}x{window.kernel[1]} (dilation {window.dilation[0]}x"
-                f"{window.dilation[1]}, {describe_padding(window)}) does not fit in its {h}x{w} input")
-            error.param = "kernel_size"  # the line a spec's error points at (`Node.error(param=)`)
-            raise error
+                f"{window.dilation[1]}, {describe_padding(window)}) does not fit in its {h}x{w} input",
+                param="kernel_size")
         out.append(sliding_output(size, window.kernel[axis], window.stride[axis],
                                   window.padding[axis], window.dilation[axis], window.padding_end[axis]))
     return out[0], out[1]
