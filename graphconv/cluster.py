@@ -60,17 +60,36 @@ class MapOptions:
         return CropGrid(model, self.crops) if self.crops else DenseGrid(model)
 
 
-_WORKER_MODELS: dict[ModelRef, Any] = {}
+_WORKER_MODELS: dict[ModelRef, tuple[tuple, tuple, Any]] = {}  # (files read, their times, the model)
 _WORKER_SOURCES: dict[tuple[ModelRef, str], Any] = {}  # the image a worker's tiles come from
 
 
-def _worker_model(ref: ModelRef):
-    """One Model per worker process, loaded on its first task."""
-    if ref not in _WORKER_MODELS:
+def worker_model(ref: ModelRef):
+    """One Model per process (a Dask worker's, or the command's own), loaded on its first
+    task and loaded again only when a file it was read from has changed since: a notebook
+    that retrains and maps again gets the new weights."""
+    cached = _WORKER_MODELS.get(ref)
+    if cached is None or _files_stamp(cached[0]) != cached[1]:
         from graphconv.process import configure_process
         configure_process()
-        _WORKER_MODELS[ref] = ref.load()
-    return _WORKER_MODELS[ref]
+        model = ref.load()
+        files = (ref.path, *model.graph.meta.get("read_from", ()))
+        _WORKER_MODELS[ref] = (files, _files_stamp(files), model)
+    return _WORKER_MODELS[ref][2]
+
+
+def _files_stamp(files) -> tuple:
+    """When each file last changed, its size and its inode (a file renamed into place is a
+    new inode, should its time fall in the same tick; a folder's time changes as graphconv
+    replaces its files, which it does by renaming new ones into place)."""
+    stamp = []
+    for path in files:
+        try:
+            status = os.stat(path)
+            stamp.append((status.st_mtime_ns, status.st_size, status.st_ino))
+        except OSError:
+            stamp.append(None)  # gone: the next load says so
+    return tuple(stamp)
 
 
 def client_for(workers: int | None, scheduler: str | None):
@@ -100,7 +119,7 @@ def _tile_block(ref: ModelRef, image: str, box: tuple[int, int, int, int], rows,
     from graphconv.sources import open_source
     from graphconv.tiling import Tile, _cells_of, map_transform
 
-    model = _worker_model(ref)
+    model = worker_model(ref)
     if (ref, image) not in _WORKER_SOURCES:  # opened (a PNG: decoded) once per worker, not per tile
         _WORKER_SOURCES.clear()
         _WORKER_SOURCES[ref, image] = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"),
@@ -175,7 +194,7 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
     from graphconv.tiling import map_transform, run_tiled
 
     try:
-        model = _worker_model(ref)
+        model = worker_model(ref)
         source = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"), options.level,
                              options.bands, options.downsample, options.mpp)
         transform, _, _ = map_transform(options.reduce, options.classes, model.output_channels)
@@ -446,16 +465,17 @@ def _size_as_read(model, image: str, options: MapOptions) -> tuple[int, int]:
 
 
 def spare_the_users_files(ref: ModelRef, images: Sequence[str], outputs: Sequence[str], options: MapOptions,
-                          tile: int | None, model=None) -> None:
+                          tile: int | None) -> None:
     """Refuse, before any work, a batch whose output names an existing file this run may
     not replace (`check_replaceable`). An image that cannot be read is left to its own
-    task to report (it writes nothing)."""
+    task to report (it writes nothing). The model is this process's `worker_model`, which
+    the images run here then reuse."""
     for image, output in zip(images, outputs):
         if not os.path.exists(output.rstrip("/")):
             continue
         check_replaceable(output, np.float32)
         if output.lower().endswith(".npy"):
-            model = model or ref.load()
+            model = worker_model(ref)
             try:
                 dtype, shape = image_map_shape(model, options.grid(model), image, options, tile)
             except (GraphconvError, OSError, ValueError):

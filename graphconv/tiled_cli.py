@@ -350,7 +350,7 @@ def _model_ref(args: argparse.Namespace):
 def run_images_command(args: argparse.Namespace) -> int:
     """One map per image; a bad image is reported on stderr, the others are written.
     Exit status 2 when any image failed."""
-    from graphconv.cluster import client_for, run_images
+    from graphconv.cluster import worker_model, client_for, run_images
 
     if not args.output_dir:
         raise GraphconvError("--images needs --output-dir")
@@ -363,7 +363,7 @@ def run_images_command(args: argparse.Namespace) -> int:
     base = pattern_base(args.images)
     _check_output_dir(args.output_dir)
     ref = _model_ref(args)
-    model = ref.load()
+    model = worker_model(ref)  # loaded once: the images mapped in this process use it too
     from graphconv.cli import check_heatmap_has_a_map, note_pixels_as_they_are, note_run_as_written, resolve_class_names
     resolve_class_names(args, model.graph.meta.get("labels"))
     note_pixels_as_they_are(args, model)
