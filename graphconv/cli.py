@@ -700,9 +700,9 @@ def note_pixels_as_they_are(args: argparse.Namespace, model) -> None:
     (whose metadata keeps it), is not noted."""
     if model.graph.meta.get("preprocess") is not None or not str(args.model).lower().endswith(".onnx"):
         return
-    print(f"note: {args.model} states no preprocess (an ONNX file has no place for one), so the pixels go in as "
-          "they are, 0..255: if the model was trained on normalised pixels, import it with them (graphconv "
-          "import MODEL.onnx -o NET.yaml --scale 0.00392157 --mean ... --std ...) and run NET.yaml", file=sys.stderr)
+    note(f"note: {args.model} states no preprocess (an ONNX file has no place for one), so the pixels go in as "
+         "they are, 0..255: if the model was trained on normalised pixels, import it with them (graphconv "
+         "import MODEL.onnx -o NET.yaml --scale 0.00392157 --mean ... --std ...) and run NET.yaml")
 
 
 def note_run_as_written(args: argparse.Namespace, model) -> None:
@@ -711,9 +711,9 @@ def note_run_as_written(args: argparse.Namespace, model) -> None:
     if args.crops is not None or not model.returns_vectors:
         return
     _, height, width = model.crop_shape
-    print(f"note: {model.graph.name} is run as written: one vector per image, pooled over the whole image. For "
-          f"its scores on every {height}x{width} crop, compile it (graphconv compile {args.model} -o DIR, then "
-          "run DIR), or run it crop by crop with --crops", file=sys.stderr)
+    note(f"note: {model.graph.name} is run as written: one vector per image, pooled over the whole image. For "
+         f"its scores on every {height}x{width} crop, compile it (graphconv compile {args.model} -o DIR, then "
+         "run DIR), or run it crop by crop with --crops")
 
 
 def _note_whole_image_vector(args: argparse.Namespace, model, x: np.ndarray, out: np.ndarray) -> None:
@@ -723,10 +723,9 @@ def _note_whole_image_vector(args: argparse.Namespace, model, x: np.ndarray, out
     crop_hw = tuple(model.crop_shape[1:])
     if out.ndim != 2 or tuple(x.shape[2:]) == crop_hw:
         return
-    print(f"note: {model.graph.name} is run as written: one vector per image, pooled over the whole "
-          f"{x.shape[2]}x{x.shape[3]} input. For its scores on every {crop_hw[0]}x{crop_hw[1]} crop, compile it "
-          f"(graphconv compile {args.model} -o DIR, then run DIR), or run it crop by crop with --crops",
-          file=sys.stderr)
+    note(f"note: {model.graph.name} is run as written: one vector per image, pooled over the whole "
+         f"{x.shape[2]}x{x.shape[3]} input. For its scores on every {crop_hw[0]}x{crop_hw[1]} crop, compile it "
+         f"(graphconv compile {args.model} -o DIR, then run DIR), or run it crop by crop with --crops")
 
 
 def _run_crops(args: argparse.Namespace, model, grid, x: np.ndarray, picture: np.ndarray | None) -> int:

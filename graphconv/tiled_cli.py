@@ -86,10 +86,11 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
                          args.bands, args.downsample, args.mpp)
     image_hw = (source.height, source.width)
     describe_resolution(source, args.mpp)
+    from graphconv.cli import note
     from graphconv.cluster import stored_orientation_note
     oriented = stored_orientation_note(source)
     if oriented:
-        print(f"note: {oriented}", file=sys.stderr)
+        note(f"note: {oriented}")
     crop_hw = model.crop_shape[1:]
     if image_hw[0] < crop_hw[0] or image_hw[1] < crop_hw[1]:
         raise GraphconvError(f"the image is {image_hw[0]}x{image_hw[1]}, smaller than the classifier's "
