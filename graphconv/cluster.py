@@ -13,10 +13,15 @@ Dask (`dask[distributed]`) is the optional `scale` extra.
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import tempfile
+import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -92,25 +97,63 @@ def _files_stamp(files) -> tuple:
     return tuple(stamp)
 
 
-def client_for(workers: int | None, scheduler: str | None):
-    """A dask.distributed Client: a running cluster at `scheduler`, or a LocalCluster of
-    `workers` processes sharing this machine's cores (numba threads split between them)."""
+@contextmanager
+def client_for(workers: int | None, scheduler: str | None) -> Iterator[Any]:
+    """A dask.distributed Client, as a context manager: a running cluster at `scheduler`,
+    or a LocalCluster of `workers` processes sharing this machine's cores (numba threads
+    split between them), closed on the way out with its scratch folder.
+
+    The local workers ignore SIGINT (set while they are spawned, so they inherit it from
+    their first instruction on): Ctrl-C at a terminal reaches the whole process group,
+    and each worker, interrupted in its event loop, printed its KeyboardInterrupt and
+    CancelledError tracebacks after the command's one line. Here only the command is
+    interrupted; leaving this block closes the cluster, which stops its workers. Their
+    scratch space (dask's dask-scratch-space, in the system's temporary folder unless
+    told) goes in a temporary folder of this run's, removed when the cluster is closed."""
     from graphconv.sources import require
     distributed = require("distributed")
     if scheduler:
         try:
-            return distributed.Client(scheduler, timeout="10s")
+            client = distributed.Client(scheduler, timeout="10s")
         except (OSError, ValueError) as err:  # ValueError: an address dask cannot parse ("host", no port)
             raise GraphconvError(f"cannot reach the Dask scheduler at {scheduler}: {err}") from None
+        with client:
+            yield client
+        return
+    import dask
+
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     os.environ.setdefault("NUMBA_NUM_THREADS", str(threads))
-    with warnings.catch_warnings():
-        # Without a dashboard the scheduler still serves its HTTP routes, on 8787 by default,
-        # and says "Port 8787 is already in use" (a UserWarning) where another cluster has it.
-        warnings.filterwarnings("ignore", message=r"Port \d+ is already in use", category=UserWarning)
-        cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                           dashboard_address=None, silence_logs=40)
-    return distributed.Client(cluster)
+    scratch = tempfile.mkdtemp(prefix="graphconv-dask-")
+    try:
+        with warnings.catch_warnings(), _sigint_ignored(), dask.config.set({"temporary-directory": scratch}):
+            # Without a dashboard the scheduler still serves its HTTP routes, on 8787 by default,
+            # and says "Port 8787 is already in use" (a UserWarning) where another cluster has it.
+            warnings.filterwarnings("ignore", message=r"Port \d+ is already in use", category=UserWarning)
+            cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                               dashboard_address=None, silence_logs=40, local_directory=scratch)
+        try:
+            with distributed.Client(cluster) as client:
+                yield client
+        finally:
+            cluster.close()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while the block runs (in the main thread; elsewhere nothing
+    changes): processes spawned in it inherit that, as an ignored signal survives exec,
+    and Python leaves an ignored SIGINT ignored rather than raising KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _tile_block(ref: ModelRef, image: str, box: tuple[int, int, int, int], rows, cols,

@@ -568,3 +568,79 @@ def test_a_plan_describes_the_cells_its_tiles_write():
     tile's capacity."""
     plan = plan_tiles(compile_model(SPECS / "lenet.yaml"), (40, 40), 400)
     assert plan.map_hw == (3, 3) and "up to 3x3 score cells each" in plan.describe()
+
+
+# ---- a local Dask cluster as the CLI runs one (graphconv.cluster.client_for) -----------------------
+
+def _graphconv_cli(*args, env=None, **popen):
+    import subprocess
+    import sys
+    return subprocess.Popen([sys.executable, "-m", "graphconv", *map(str, args)], env=env, text=True, **popen)
+
+
+def _ignores_sigint(pid: int) -> bool:
+    with open(f"/proc/{pid}/status") as fp:
+        mask = next(int(line.split()[1], 16) for line in fp if line.startswith("SigIgn:"))
+    return bool(mask & (1 << (2 - 1)))  # SIGINT is 2
+
+
+def _children(pid: int) -> list[int]:
+    import glob
+    found = []
+    for path in glob.glob(f"/proc/{pid}/task/*/children"):
+        with open(path) as fp:
+            found += [int(p) for p in fp.read().split()]
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="reads /proc (Linux)")
+def test_ctrl_c_with_workers_is_one_line_and_leaves_no_scratch_space(tmp_path):
+    """Ctrl-C at a terminal reaches the whole process group: the command said its one
+    line, then each Dask worker printed some 30 lines of KeyboardInterrupt and
+    CancelledError tracebacks. And every --workers run left dask-scratch-space in the
+    system's temporary folder."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    tifffile = pytest.importorskip("tifffile")
+    pytest.importorskip("distributed")
+    from conftest import SPECS
+
+    model = tmp_path / "lenet-fcn"
+    compiled = subprocess.run([__import__("sys").executable, "-m", "graphconv", "compile", SPECS / "lenet.yaml",
+                               "-o", model], capture_output=True, text=True)
+    assert compiled.returncode == 0, compiled.stderr
+    pixels = np.random.default_rng(0).integers(0, 256, (6000, 6000), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "big.tif", pixels, tile=(256, 256))
+    tifffile.imwrite(tmp_path / "small.tif", pixels[:200, :300], tile=(64, 64))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+
+    done = _graphconv_cli("run", model, "--image", tmp_path / "small.tif", "--tile", "100", "--workers", "1",
+                          "--output", tmp_path / "small.npy", env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
+    _, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err
+    assert (tmp_path / "small.npy").exists() and os.listdir(scratch) == []  # no dask-scratch-space
+
+    run = _graphconv_cli("run", model, "--image", tmp_path / "big.tif", "--tile", "300", "--workers", "2",
+                         "--output", tmp_path / "big.tif.npy", env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 240
+    # the cluster is up once its two workers are there and the command heeds Ctrl-C again
+    while run.poll() is None and not (len(_children(run.pid)) >= 2 and not _ignores_sigint(run.pid)):
+        assert time.monotonic() < deadline, "the cluster did not start"
+        time.sleep(0.05)
+    assert run.poll() is None, "the run ended before it could be interrupted: make the image larger"
+    time.sleep(1.0)  # tiles under way
+    os.killpg(run.pid, signal.SIGINT)  # as a terminal's Ctrl-C: every process of the group
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "graphconv: interrupted (what it was writing is removed)", err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err and "CancelledError" not in err, err
+    assert not (tmp_path / "big.tif.npy").exists()
+    assert os.listdir(scratch) == []
