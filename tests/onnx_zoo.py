@@ -1,11 +1,11 @@
 """Small PyTorch classifiers built like the torchvision architectures users bring
 (AlexNet, VGG with batch norm, ResNet, SqueezeNet, MobileNetV2, DenseNet, GoogLeNet,
 ConvNeXt, ShuffleNetV2, EfficientNet, MobileNetV3, Darknet, anti-aliased pooling,
-HRNet, TResNet, PoolFormer, ConvNeXt V2, ResNeSt, SKNet), for the ONNX import tests. torchvision is not needed: each keeps the structure
+HRNet, TResNet, PoolFormer, ConvNeXt V2, ResNeSt, SKNet, a cosine-similarity head), for the ONNX import tests. torchvision is not needed: each keeps the structure
 that matters to an importer (batch norm after conv and after concat, residual adds,
 depthwise convs, ReLU6, LeakyReLU, PReLU, reflect and edge padding, ceil-mode pooling,
 four-branch concats, global pooling, flatten, nearest and bilinear upsampling,
-space-to-depth, GroupNorm, GRN, split attention and selective kernels) at a size
+space-to-depth, GroupNorm, GRN, split attention and selective kernels, F.normalize) at a size
 that exports and runs in well under a second.
 
 EfficientNet and MobileNetV3 have squeeze-and-excitation gates, ResNeSt and SKNet
@@ -672,6 +672,28 @@ class ConvNeXtV2Small(nn.Module):
         return self.head(x + y)
 
 
+class CosineSmall(nn.Module):
+    """A metric-learning classifier: each position's features scaled to unit length
+    (F.normalize(x, dim=1): ReduceL2 over the channels, Clip, Expand, Div), pooled, scaled
+    to unit length again and scored by cosine similarity with each class's normalised
+    weight vector. A norm over the channels looks at one position, so it slides."""
+    crop = 32
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.head = Head(16, classes, window=8)
+
+    def forward(self, x, dense: bool = False):
+        x = F.normalize(self.features(x), dim=1)
+        if dense:
+            x = F.normalize(F.avg_pool2d(x, self.head.window, stride=1), dim=1)
+            return F.conv2d(x, F.normalize(self.head.fc.weight, dim=1)[:, :, None, None]) * 10.0
+        x = F.normalize(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1), dim=1)
+        return F.linear(x, F.normalize(self.head.fc.weight, dim=1)) * 10.0
+
+
 class UNetSmall(nn.Module):
     """A segmentation network, not a classifier: U-Net's two levels (conv, pool, conv, a
     ConvTranspose2d(kernel 2, stride 2) back up, the skip concatenated, conv, a 1x1 head),
@@ -696,7 +718,7 @@ ZOO = {cls.__name__.removesuffix("Small").lower(): cls
        for cls in (AlexNetSmall, VGGBNSmall, ResNetSmall, SqueezeNetSmall, MobileNetV2Small,
                    DenseNetSmall, GoogLeNetSmall, ConvNeXtSmall, ShuffleNetSmall, EfficientNetSmall,
                    MobileNetV3Small, DarknetSmall, AntiAliasedSmall, HRNetSmall, PoolFormerSmall,
-                   ConvNeXtV2Small, TResNetSmall, ResNeStSmall, SKNetSmall)}
+                   ConvNeXtV2Small, TResNetSmall, ResNeStSmall, SKNetSmall, CosineSmall)}
 GATED = ("efficientnet", "mobilenetv3", "resnest", "sknet")  # SE, split attention, selective kernel: classifiers only
 WHOLE_MAP = ("poolformer", "convnextv2")  # statistics of whole maps: classifiers only
 SLIDING = [name for name in ZOO if name not in GATED + WHOLE_MAP]

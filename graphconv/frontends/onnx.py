@@ -1066,12 +1066,16 @@ def _spatial_reduction(x: Tensor, axes: list[int] | None) -> bool:
     return x.rank == 4 and axes is not None and sorted(a % 4 for a in axes) == spatial
 
 
+OVER_CHANNELS = {"ReduceMean": "channel_mean", "ReduceL2": "channel_l2norm"}
+
+
 @converts("ReduceMean", "ReduceL2", "ReduceMax")
 def _reduce(imp: _Importer, node) -> None:
     """ReduceMean over H and W is global average pooling (the dynamo exporter writes
     adaptive_avg_pool2d(1) and x.mean((2, 3)) this way); over the channels, with the
     channel axis kept, it is a channel_mean; ReduceL2 over H and W is global_l2norm
-    (ConvNeXt V2's GRN, which writes both); ReduceMax over H and W (x.amax((2, 3)), and
+    (ConvNeXt V2's GRN, which writes both), over the channels a channel_l2norm
+    (F.normalize(x, dim=1)); ReduceMax over H and W (x.amax((2, 3)), and
     AdaptiveMaxPool2d(1) as the dynamo exporter writes it) is a max pool with the crop's
     map as its window, as GlobalMaxPool. A channels-last map's axes are read as such."""
     x = imp.tensor(node.input[0], ANY_LAYOUT)
@@ -1082,15 +1086,37 @@ def _reduce(imp: _Importer, node) -> None:
         imp.add_layer(node, "maxpool", [x], dict(kernel_size=list(x.shape[1:]), stride=1), rank=rank)
     elif _spatial_reduction(x, axes):
         imp.add_layer(node, "globalavgpool" if node.op_type == "ReduceMean" else "global_l2norm", [x], rank=rank)
-    elif x.rank == 4 and axes is not None and sorted(a % 4 for a in axes) == channel and keepdims \
-            and node.op_type == "ReduceMean":
-        imp.add_layer(node, "channel_mean", [x])
+    elif x.rank in (2, 4) and axes is not None and sorted(a % x.rank for a in axes) == channel and keepdims \
+            and node.op_type in OVER_CHANNELS:
+        imp.add_layer(node, OVER_CHANNELS[node.op_type], [x], rank=x.rank)
     else:
-        what = "takes the mean over the channels keeping their axis" if node.op_type == "ReduceMean" else \
-            "reduces nothing else"
+        what = "reduces nothing else" if node.op_type == "ReduceMax" else \
+            f"takes the {'mean' if node.op_type == 'ReduceMean' else 'L2 norm'} over the channels keeping their axis"
         raise imp.error(f"{node.op_type} over axes {'all' if axes is None else axes} of a rank-{x.rank} "
                         f"{x.layout} value (keepdims={int(keepdims)}); graphconv reduces over height and width, "
                         f"and {what}")
+
+
+@converts("Expand")
+def _expand(imp: _Importer, node) -> None:
+    """A feature map expanded to a shape it broadcasts to anyway. F.normalize(x, dim=1)
+    expands its 1 x H x W norm to x's shape before its Div, and graphconv's div takes
+    one value per position as it is; so the map goes on unexpanded, and its reader's
+    shape rule says whether it takes it (div does; mul takes one value per channel)."""
+    x = imp.tensor(node.input[0])
+    target = imp.values.get(node.input[1])
+    if not isinstance(target, np.ndarray):
+        raise imp.error("Expand to a shape computed from the feature map; graphconv expands to constant shapes")
+    have = (1, *x.shape) if x.rank == 4 else (1, x.shape[0])  # as ONNX sees it: a map, or a vector (N, C)
+    try:
+        shape = np.broadcast_shapes(have, tuple(int(v) for v in target.ravel()))
+    except ValueError:
+        raise imp.error(f"Expand of a {'x'.join(map(str, have))} map to {[int(v) for v in target.ravel()]}, "
+                        "a shape it does not broadcast to") from None
+    if len(shape) != len(have) or shape[0] != 1 or shape[2:] != have[2:]:
+        raise imp.error(f"Expand of a {'x'.join(map(str, have))} map to {list(shape)}; graphconv expands a map "
+                        "only across its channels (one value per position, as F.normalize's norm)")
+    imp.alias(node, x)
 
 
 @converts("ReduceSum")
@@ -2117,5 +2143,5 @@ def _constant_only(imp: _Importer, node) -> None:
 
 
 for _op in ("ConstantOfShape",
-            "Range", "Equal", "Where", "Expand", "Floor", "Ceil", "Sqrt", "Neg", "ReduceProd"):
+            "Range", "Equal", "Where", "Floor", "Ceil", "Sqrt", "Neg", "ReduceProd"):
     CONVERTERS[_op] = _constant_only

@@ -1,8 +1,16 @@
-"""channel_mean: the mean over the channels at each position, 1 x H x W (ONNX ReduceMean
-over the channel axis, torch.mean(x, dim=1, keepdim=True)): ConvNeXt V2's GRN divides
-each channel's norm by their mean; CBAM-style spatial attention pools channels so.
+"""channel_mean and channel_l2norm: the mean, or the L2 norm, over the channels at each
+position, 1 x H x W.
 
-It looks at one position, so, like a 1x1 conv, it slides over a larger image unchanged.
+- channel_mean (ONNX ReduceMean over the channel axis, torch.mean(x, dim=1,
+  keepdim=True)): ConvNeXt V2's GRN divides each channel's norm by their mean;
+  CBAM-style spatial attention pools channels so.
+- channel_l2norm (ONNX ReduceL2 over the channel axis, torch.linalg.vector_norm(x,
+  dim=1, keepdim=True)): F.normalize(x, dim=1) divides each position's features by it
+  (cosine-similarity and metric-learning heads), as a Clip and a Div after it.
+
+Each looks at one position, so, like a 1x1 conv, it slides over a larger image
+unchanged. They share a folder because their kernels are one loop with a different
+sum and finish.
 """
 from __future__ import annotations
 
@@ -15,9 +23,28 @@ def reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarr
     return inputs[0].astype(np.float64).mean(axis=1, keepdims=True).astype(np.float32)
 
 
-def to_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
-    """ReduceMean over axis 1 (op set 18 on: the axes an input)."""
-    writer.node("ReduceMean", [inputs[0], writer.constant(np.array([1], np.int64))], output, keepdims=1)
+def l2norm_reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
+    x = inputs[0].astype(np.float64)
+    return np.sqrt((x * x).sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _over_channels(onnx_op: str):
+    def to_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
+        """The reduction over axis 1 (op set 18 on: the axes an input)."""
+        writer.node(onnx_op, [inputs[0], writer.constant(np.array([1], np.int64))], output, keepdims=1)
+    return to_onnx
+
+
+def _l2norm_torch(params: dict, weights: dict, inputs: list):
+    import torch
+    return torch.linalg.vector_norm(inputs[0], dim=1, keepdim=True)
+
+
+EXAMPLES = (
+    Example({}, [(3, 4, 5)]),
+    Example({}, [(5, 1, 1)], batch=3),  # after a global pool (GRN)
+    Example({}, [(1, 2, 3)]),
+)
 
 
 register(OpDef(
@@ -25,10 +52,15 @@ register(OpDef(
     params=(), shape=lambda params, shapes: (1, *shapes[0][1:]), reference=reference,
     flops=lambda params, shapes, out: numel(shapes[0]) + numel(out),  # the sums, one divide each
     package=__name__, torch=lambda params, weights, inputs: inputs[0].mean(dim=1, keepdim=True),
-    onnx=to_onnx, channels_last="any",  # one channel: the same memory either way
-    examples=(
-        Example({}, [(3, 4, 5)]),
-        Example({}, [(5, 1, 1)], batch=3),  # after a global pool (GRN)
-        Example({}, [(1, 2, 3)]),
-    ),
+    onnx=_over_channels("ReduceMean"), channels_last="any",  # one channel: the same memory either way
+    examples=EXAMPLES,
+))
+
+register(OpDef(
+    name="channel_l2norm", doc="the L2 norm over the channels at each position, output 1 x H x W (ReduceL2 "
+                               "over the channels: F.normalize(x, dim=1) divides by it)",
+    params=(), shape=lambda params, shapes: (1, *shapes[0][1:]), reference=l2norm_reference,
+    flops=lambda params, shapes, out: 2 * numel(shapes[0]) + numel(out),  # squares and sums, one root each
+    package=__name__, torch=_l2norm_torch, onnx=_over_channels("ReduceL2"), channels_last="any",
+    examples=EXAMPLES,
 ))
