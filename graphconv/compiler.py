@@ -9,7 +9,7 @@ from graphconv.errors import GraphconvError
 from graphconv.ir import Graph
 from graphconv.model import Model
 from graphconv.pass_manager import (DEFAULT_PIPELINE, PassManager, PassRecord, PipelineItem, format_pipeline,
-                                    parse_pipeline)
+                                    pipeline_items)
 from graphconv.frontends import load_network as load_spec
 
 
@@ -19,13 +19,7 @@ def build_pipeline(passes: str | Sequence[str | PipelineItem] | None = None, out
     finer stride is asked for. `passes`: None for the standard one, a string as --passes
     takes it, or a list of pass names, "name{option=value}" strings or (name, options)
     pairs."""
-    if passes is None:
-        items = [(name, {}) for name in DEFAULT_PIPELINE]
-    elif isinstance(passes, str):
-        items = parse_pipeline(passes)
-    else:  # names, "name{option=value}" or (name, options) pairs
-        items = [item for entry in passes
-                 for item in (parse_pipeline(entry) if isinstance(entry, str) else [(entry[0], dict(entry[1]))])]
+    items = [(name, {}) for name in DEFAULT_PIPELINE] if passes is None else pipeline_items(passes)
     if output_stride is not None:
         step = ("output-stride", {"stride": output_stride, "method": stride_method})
         names = [name for name, _ in items]
@@ -45,8 +39,8 @@ def compile_graph(source: str | os.PathLike | Graph, passes: str | Sequence[str 
     graph with a record of every pass that ran (for `--timings`). `source` itself is
     never changed. manager_options go to `PassManager` (print_ir_before/after,
     verify_each, out...)."""
+    pipeline = build_pipeline(passes, output_stride, stride_method)  # a bad pipeline before a slow load
     graph = source if isinstance(source, Graph) else load_spec(source)
-    pipeline = build_pipeline(passes, output_stride, stride_method)
     manager = PassManager(pipeline, **manager_options)
     compiled = manager.run(graph)
     if not compiled.layers():

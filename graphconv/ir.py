@@ -17,8 +17,11 @@ The input is a node too, with op "input", so edges always connect named values.
 Every editing verb bumps `graph.version`, so whatever was derived from the graph (a
 Model's executors and receptive field, a device's prepared weights) knows to rebuild:
 an edit after a run takes effect on the next run. That is why `node.params` and
-`node.weights` are read-only views: edit through `set_params` / `set_weights`
-(writing into a weight array's numbers in place is not seen).
+`node.weights` are read-only views, and the weight arrays themselves read-only
+(`writeable=False`): writing into a weight's numbers in place would bump nothing, and a
+model that already ran would go on using the weights it had packed. Edit through
+`set_params` / `set_weights`. Being read-only, weight arrays are shared by `Graph.copy`
+rather than copied.
 """
 from __future__ import annotations
 
@@ -232,15 +235,17 @@ class Graph:
             weights: dict | None = None, loc: Location | None = None,
             param_lines: Mapping[str, int] | None = None) -> Node:
         """Add a layer reading `inputs` (in argument order). Its params are put in the
-        IR's one form (`stride=2` is kept as (2, 2)) and checked, but not completed:
-        `graphconv.params.normalize_params` fills in defaults if you need them.
+        IR's one form (`stride=2` is kept as (2, 2)), checked, and completed with the
+        schema's defaults, as a spec's are (`{"out_channels": 8, "kernel_size": 1}` is a
+        whole conv); a required one left out is named by `verify`. Its weights are
+        kept read-only (see the module docstring).
         `param_lines`: the spec line of each parameter, for errors about one
         (`Node.error(..., param=)`)."""
         if name in self.nx:
             raise ValueError(f"a node named {name!r} already exists")
         opdef = get_op(op)
-        self.nx.add_node(name, op=op, params=_canonical_params(opdef, params or {}, name, loc),
-                         weights=dict(weights or {}), loc=loc, shape=None, seq=next(self._seq),
+        self.nx.add_node(name, op=op, params=_completed(opdef, _canonical_params(opdef, params or {}, name, loc)),
+                         weights={key: _read_only(array) for key, array in (weights or {}).items()}, loc=loc, shape=None, seq=next(self._seq),
                          param_lines=dict(param_lines or {}))
         for index, src in enumerate(inputs):
             self._connect(_name(src), name, index)
@@ -365,7 +370,9 @@ class Graph:
     def set_weights(self, node: Node | str, **arrays: np.ndarray) -> None:
         """Attach float32 weights (e.g. weight=..., bias=...); None removes one. A NaN or
         infinite value is refused here, naming the layer: a pass's folding arithmetic gone
-        wrong would otherwise give all-NaN maps."""
+        wrong would otherwise give all-NaN maps. The graph keeps a read-only view of each
+        array (no copy where it is float32 already): in-place edits through
+        `node.weights` raise, and the caller should not write into an array it passed."""
         data = self.nx.nodes[_name(node)]
         weights = data["weights"]
         for key, value in arrays.items():
@@ -376,7 +383,7 @@ class Graph:
             if array.dtype.kind == "f" and not np.isfinite(array).all():
                 raise GraphconvError(f"weight {shown(key)} has NaN or infinite values", loc=data["loc"],
                                      layer=_name(node))
-            weights[key] = array
+            weights[key] = _read_only(array)
         self._changed()
 
     def set_shape(self, node: Node | str, shape: tuple[int, int, int] | None) -> None:
@@ -403,17 +410,37 @@ class Graph:
         return matches
 
     def copy(self) -> "Graph":
-        """A deep copy (weights included) that passes may edit freely."""
+        """A copy that passes may edit freely: structure, params, annotations and meta
+        are copied; the weight arrays, read-only, are shared (a pass replaces them with
+        `set_weights`), so a pipeline does not copy a VGG's 500 MB per run."""
+        shared = {id(array): array for _, data in self.nx.nodes(data=True)
+                  for array in data.get("weights", {}).values() if isinstance(array, np.ndarray)}
         new = Graph.__new__(Graph)
-        new.nx = copy.deepcopy(self.nx)
-        new._seq = itertools.count(max(d["seq"] for _, d in self.nx.nodes(data=True)) + 1)
+        new.nx = copy.deepcopy(self.nx, shared)
+        new._seq = itertools.count(self._next_seq())
         return new
+
+    def _next_seq(self) -> int:
+        return max((d.get("seq", -1) for _, d in self.nx.nodes(data=True)), default=-1) + 1
+
+    def __getstate__(self) -> dict:
+        """Pickled (and deep-copied) as the DiGraph and the next creation number."""
+        return {"nx": self.nx, "seq": self._next_seq()}
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickled weight arrays come back writeable: make them read-only again."""
+        self.nx, self._seq = state["nx"], itertools.count(state["seq"])
+        for _, data in self.nx.nodes(data=True):
+            weights = data.get("weights", {})
+            for key, array in weights.items():
+                weights[key] = _read_only(array)
 
     # ---- checking and printing -----------------------------------------------------------
     def verify(self) -> None:
         """Check the IR's invariants; raise GraphconvError naming the broken one and its node.
         Shapes and weights are checked by `graphconv.shapes.infer_shapes`, which the
         pass manager's verifier runs after this."""
+        self._check_node_attributes()
         if not nx.is_directed_acyclic_graph(self.nx):
             cycle = nx.find_cycle(self.nx)
             raise GraphconvError(f"the graph has a cycle through {', '.join(e[0] for e in cycle)}")
@@ -436,12 +463,24 @@ class Graph:
                 raise node.error(f"unknown parameter(s) {sorted(unknown)} for op {node.op}")
             missing = [p.name for p in opdef.params if p.name not in node.params]
             if missing:
-                raise node.error(f"{node.op} is missing parameter(s) {missing} (a pass that builds "
-                                 "layers can fill in defaults with graphconv.params.normalize_params)")
+                raise node.error(f"{node.op} is missing required parameter(s) {missing}, which have no default")
             _check_param_values(node, opdef)
             for key, array in node.weights.items():
                 if not isinstance(array, np.ndarray) or array.dtype != np.float32:
                     raise node.error(f"weight '{key}' must be a float32 array")
+
+    def _check_node_attributes(self) -> None:
+        """Every node must be a layer or the input, with an op and params: networkx's own
+        `add_edge(a, "ghost")` makes a node of a name it does not know, with nothing on it,
+        which every later check would trip over with a bare KeyError."""
+        for name, data in self.nx.nodes(data=True):
+            lacking = [key for key in ("op", "params", "weights", "seq") if key not in data]
+            if lacking:
+                readers = ", ".join(repr(src) for src in self.nx.predecessors(name))
+                made_by = f" (an edge from {readers} made it)" if readers else ""
+                raise GraphconvError(f"a node with no {', '.join(lacking)}, made by networkx directly{made_by} "
+                                     "rather than by a graph verb: add layers with graph.add, rewire them with "
+                                     "graph.set_inputs", layer=name)
 
     def __str__(self) -> str:
         """A readable dump: one line per node, `%name = op(inputs) {params} -> shape`."""
@@ -477,6 +516,34 @@ def _canonical_params(opdef, params: Mapping[str, Any], layer: str, loc: Locatio
             except GraphconvError as err:
                 raise GraphconvError(err.message, loc=loc, layer=layer) from None
     return out
+
+
+def _completed(opdef, params: dict) -> dict:
+    """`params` with each schema parameter it leaves out set to its default (or, for one
+    that defaults to another, that one's value), as `normalize_params` does for a spec's
+    layers; a required one stays missing, for `Graph.verify` to name."""
+    from graphconv.params import check_value
+    from graphconv.ops.registry import REQUIRED
+    out = dict(params)
+    for p in opdef.params:
+        if p.name in out:
+            continue
+        if p.default_from is not None:
+            if p.default_from in out:
+                out[p.name] = out[p.default_from]
+        elif p.default is not REQUIRED:
+            out[p.name] = check_value(p, p.default)
+    return out
+
+
+def _read_only(array: Any) -> Any:
+    """A read-only view of a weight array (the array itself if it is one already); what
+    is not an array is left for `Graph.verify` to refuse."""
+    if not isinstance(array, np.ndarray) or not array.flags.writeable:
+        return array
+    view = array.view()
+    view.flags.writeable = False
+    return view
 
 
 def _check_param_values(node: Node, opdef) -> None:

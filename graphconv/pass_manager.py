@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, TextIO
+from typing import Any, Callable, Iterator, Mapping, Sequence, TextIO
 
 import numpy as np
 
@@ -211,6 +211,30 @@ def parse_pipeline(text: str) -> list[PipelineItem]:
     return items
 
 
+def pipeline_items(passes: "str | Sequence[str | PipelineItem]") -> list[PipelineItem]:
+    """A pipeline as (name, options) pairs, from any form the API takes: a string as
+    --passes takes it (`a,b{k=1}`), or a list of pass names, "name{option=value}"
+    strings and (name, options) pairs. PassManager, run_passes and compile_model all
+    read their pipelines here, so one spelling works everywhere."""
+    if isinstance(passes, str):
+        return parse_pipeline(passes)
+    if isinstance(passes, (bytes, dict)) or not isinstance(passes, Sequence):
+        raise PassError(f"a pipeline is a string like 'fc-to-conv,output-stride{{stride=2}}' or a list of pass "
+                        f"names, 'name{{option=value}}' strings or (name, options) pairs, got {shown(passes)}")
+    return [item for entry in passes for item in _pipeline_entry(entry)]
+
+
+def _pipeline_entry(entry: Any) -> list[PipelineItem]:
+    """One entry of a pipeline list: "name", "name{k=v}" (or "a,b") or (name, options)."""
+    if isinstance(entry, str):
+        return parse_pipeline(entry)
+    if (isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], str)
+            and isinstance(entry[1], Mapping)):
+        return [(entry[0], dict(entry[1]))]
+    raise PassError(f"a pipeline entry is a pass name, a 'name{{option=value}}' string or a (name, options) pair, "
+                    f"got {shown(entry)}")
+
+
 def _split_top_level(text: str, name: str) -> list[str]:
     """`k=1,m=[1,2],x=y` -> ["k=1", "m=[1,2]", "x=y"]: commas inside [...] belong to a list."""
     parts, depth, start = [], 0, 0
@@ -284,8 +308,7 @@ class PassManager:
     records: list[PassRecord] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        items = parse_pipeline(self.pipeline) if isinstance(self.pipeline, str) else self.pipeline
-        self.items = [(i, {}) if isinstance(i, str) else (i[0], dict(i[1])) for i in items]
+        self.items = pipeline_items(self.pipeline)
         for name, options in self.items:
             _check_options(get_pass(name), options)
         for name in sorted((self.print_ir_before | self.print_ir_after) - {"all"}):
@@ -337,7 +360,7 @@ class PassManager:
             if info.origin.startswith("built-in"):
                 raise
             raise PassError(f"pass '{info.name}' ({info.origin}) crashed: "
-                            f"{type(err).__name__}: {err}") from err
+                            f"{type(err).__name__}: {err}{self._crash_hint(err, graph, info)}") from err
         if result is not None and not isinstance(result, (bool, np.bool_)):  # `return mask.any()` is a bool too
             raise PassError(f"pass '{info.name}' ({info.origin}) returned {shown(result)}; a pass edits the "
                             "graph it is given in place and returns True (or None) if it changed it, False if "
@@ -354,6 +377,20 @@ class PassManager:
         if modified and self.verify_each:
             self._verify(graph, info.name)
         self._print("after", info.name, graph)
+
+    def _crash_hint(self, err: Exception, graph: Graph, info: PassInfo) -> str:
+        """What a plugin pass's crash most likely means, where it is one of two slips: a
+        write into a weight array (read-only: `set_weights` is the way), or reading
+        `node.shape`, None until shape-inference runs, which runs before a pass only when
+        it declares `requires=("shapes",)`."""
+        if isinstance(err, ValueError) and "read-only" in str(err):
+            return " (weight arrays are read-only: give a layer new ones with graph.set_weights(node, weight=...))"
+        if "NoneType" not in str(err) or "shapes" in info.requires or "shapes" in self._valid:
+            return ""
+        if all(node.shape is not None for node in graph.layers()):
+            return ""
+        return (f" (node.shape is None until shape inference runs: if pass '{info.name}' reads shapes, "
+                "declare @register_pass(..., requires=(\"shapes\",)))")
 
     def _verify(self, graph: Graph, pass_name: str | None) -> None:
         """The IR invariants: structure, shapes and weights, and annotated shapes that are

@@ -57,7 +57,7 @@ def torch_converted(graph, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         for node in graph.layers():
             args = [values[i.name] for i in node.inputs]
-            weights = {k: torch.from_numpy(v) for k, v in node.weights.items()}
+            weights = {k: torch.tensor(v) for k, v in node.weights.items()}  # a copy: the IR's are read-only
             in_shape = crop[node.inputs[0].name]
             if node.op == "globalavgpool":
                 values[node.name] = F.avg_pool2d(args[0], in_shape[1:], stride=1)

@@ -96,10 +96,38 @@ def test_verify_catches_arity_and_unknown_params(chain):
 def test_copy_is_independent(chain):
     chain.set_weights("c", weight=np.ones((4, 3, 3, 3)))
     twin = chain.copy()
-    twin.node("c").weights["weight"][:] = 5
+    twin.set_weights("c", weight=np.full((4, 3, 3, 3), 5))
     twin.remove("r")
     assert chain.node("c").weights["weight"].max() == 1 and "r" in chain
     assert twin.fresh_name("c") == "c_2"
+
+
+def test_weight_arrays_are_read_only_in_the_graph_its_copies_and_its_pickles(chain):
+    """An in-place edit bumps no version, so a model that ran would keep its packed
+    weights: it raises instead, and set_weights is the way."""
+    import pickle
+    mine = np.ones((4, 3, 3, 3), np.float32)
+    chain.set_weights("c", weight=mine)
+    for graph in (chain, chain.copy(), pickle.loads(pickle.dumps(chain))):
+        with pytest.raises(ValueError, match="read-only"):
+            graph.node("c").weights["weight"][...] = 0
+    assert mine.flags.writeable, "the caller's own array is left as it was"
+    chain.add("c2", "conv", ["p"], {"out_channels": 2, "kernel_size": 1}, {"weight": np.ones((2, 4, 1, 1), np.float32)})
+    assert not chain.node("c2").weights["weight"].flags.writeable
+
+
+def test_verify_names_a_node_that_networkx_made_without_attributes(chain):
+    chain.nx.add_edge("c", "ghost", index=0)  # networkx adds 'ghost' with nothing on it
+    with pytest.raises(GraphconvError, match=r"layer 'ghost': a node with no op.*an edge from 'c'.*graph.add"):
+        chain.verify()
+
+
+def test_add_and_insert_after_fill_in_the_schemas_defaults(chain):
+    conv = chain.insert_after("c", "c_id", "conv", {"out_channels": 4, "kernel_size": 1})
+    assert conv.params["stride"] == (1, 1) and conv.params["groups"] == 1 and conv.params["activation"] == "none"
+    pool = chain.add("p2", "maxpool", ["p"], {"kernel_size": 3})
+    assert pool.params["stride"] == (3, 3), "a pool's stride defaults to its kernel size, as in a spec"
+    chain.verify()
 
 
 def test_text_form_is_readable():

@@ -7,7 +7,7 @@ import pytest
 
 import graphconv
 from graphconv import pass_manager as pm
-from graphconv.errors import PassError
+from graphconv.errors import GraphconvError, PassError
 from graphconv.pass_manager import PassManager, parse_pipeline, register_pass
 from graphconv.frontends import load_network as load_spec
 from conftest import ROOT, SPECS
@@ -206,14 +206,12 @@ def test_a_pass_that_edits_the_graph_but_returns_false_is_caught(lenet):
 
 
 def test_the_verifier_names_a_missing_parameter(lenet):
-    @register_pass("half-built-conv", "adds a conv without its groups parameter")
+    @register_pass("half-built-conv", "adds a conv without its out_channels, which has no default")
     def half_built_conv(graph):
-        graph.insert_after("relu1", "extra", "conv", {"out_channels": 6, "kernel_size": 1, "stride": 1,
-                                                       "padding": 0, "dilation": 1, "bias": False,
-                                                       "activation": "none"})
+        graph.insert_after("relu1", "extra", "conv", {"kernel_size": 1})
 
     with pytest.raises(PassError, match=r"pass 'half-built-conv' broke the IR: .*layer 'extra': conv is "
-                                        r"missing parameter\(s\) \['groups'\]"):
+                                        r"missing required parameter\(s\) \['out_channels'\]"):
         PassManager("half-built-conv").run(lenet)
 
 
@@ -415,3 +413,64 @@ def test_describe_options_joins_with_the_separator_given_and_keeps_text_defaults
     assert pm.describe_options(info) == "label=a, b, k=2"  # the default separator, as before
     assert pm.describe_options(info, separator=",") == "label=a, b,k=2"
     assert pm.describe_options(pm.PassInfo("none", "test", lambda graph: False), separator=",") == "no options"
+
+
+@pytest.mark.parametrize("pipeline", [
+    ["shape-inference", "fc-to-conv", "output-stride{stride=2}"],
+    ["shape-inference", "fc-to-conv", ("output-stride", {"stride": 2})],
+    ["shape-inference,fc-to-conv", "output-stride{stride=2}"],
+    "shape-inference,fc-to-conv,output-stride{stride=2}",
+])
+def test_run_passes_the_manager_and_compile_model_take_the_same_pipelines(lenet, pipeline):
+    out = pm.run_passes(lenet, pipeline)
+    assert graphconv.Model(out).output_stride == (2, 2)
+    assert graphconv.compile_model(lenet, pipeline).output_stride == (2, 2)
+    assert [name for name, _ in PassManager(pipeline).items] == ["shape-inference", "fc-to-conv", "output-stride"]
+
+
+@pytest.mark.parametrize("pipeline", [5, [5], [("fc-to-conv", 2)], None])
+def test_a_pipeline_of_another_kind_is_a_user_error(lenet, pipeline):
+    with pytest.raises(GraphconvError, match="pipeline"):
+        pm.run_passes(lenet, pipeline)
+    if pipeline is not None:  # compile_model's None is the default pipeline
+        with pytest.raises(GraphconvError, match="pipeline"):
+            graphconv.compile_model(SPECS / "lenet.yaml", pipeline)
+
+
+def test_a_plugin_pass_that_adds_a_dangling_edge_is_named_with_the_node(lenet):
+    @register_pass("dangling", "an edge to a node that does not exist")
+    def dangling(graph):
+        graph.nx.add_edge("conv1", "ghost", index=0)
+        return True
+    with pytest.raises(PassError, match=r"pass 'dangling' broke the IR: layer 'ghost': a node with no op"):
+        pm.run_passes(lenet, "dangling")
+
+
+def test_a_pass_reading_shapes_it_did_not_require_is_told_to_require_them(lenet):
+    @register_pass("reads-shapes", "reads node.shape without requires")
+    def reads_shapes(graph):
+        return graph.node("conv1").shape[0] > 100
+    with pytest.raises(PassError, match=r"crashed: TypeError.*requires=\(\"shapes\",\)"):
+        pm.run_passes(lenet, "reads-shapes")
+    pm.run_passes(lenet, "shape-inference,reads-shapes")  # shapes present: no crash
+
+
+def test_a_pass_writing_into_weights_is_told_to_use_set_weights(lenet):
+    @register_pass("zero-conv1", "writes weights in place")
+    def zero_conv1(graph):
+        graph.node("conv1").weights["weight"][...] = 0
+        return True
+    with pytest.raises(PassError, match=r"read-only.*graph.set_weights"):
+        pm.run_passes(lenet, "zero-conv1")
+
+
+def test_a_layer_a_pass_adds_with_some_params_gets_the_others_defaults(lenet):
+    @register_pass("identity-conv", "a 1x1 conv given only its channels and kernel", requires=("shapes",))
+    def identity_conv(graph):
+        c = graph.node("pool1").shape[0]
+        graph.insert_after("pool1", "pool1_id", "conv", {"out_channels": c, "kernel_size": 1},
+                           {"weight": np.eye(c, dtype=np.float32).reshape(c, c, 1, 1),
+                            "bias": np.zeros(c, np.float32)})
+        return True
+    out = pm.run_passes(lenet, "identity-conv")
+    assert out.node("pool1_id").params["padding"] == (0, 0)
