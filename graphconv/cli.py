@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from graphconv.arrays import load_npy
-from graphconv.background import DEFAULT_THRESHOLD
+from graphconv.background import DEFAULT_MAX_NODATA, DEFAULT_THRESHOLD
 from graphconv.backends import device_choices
 from graphconv.errors import GraphconvError, nearest, shown
 from graphconv.files import atomic_write, check_model_target, check_writable
@@ -148,7 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="do not compute the tiles with no tissue in them (a slide's glass, a page's white): "
                           "their cells are NaN (65535 with --reduce argmax); tissue is colour of HSV saturation "
                           f"S or more, or greys darker than white by S (default {DEFAULT_THRESHOLD}); in a raster "
-                          "with a no-data value (GDAL's tag), any band holding data")
+                          "with no-data (GDAL's tag, NaN in floats), no-data cells are left out anyway: "
+                          "see --max-nodata")
+    run.add_argument("--max-nodata", type=_share, default=None, metavar="FRACTION",
+                     help="in a raster with no-data (GDAL's no-data tag, a zarr _FillValue, NaN in floats): a "
+                          "cell is left out (NaN; 65535 with --reduce argmax) when more than FRACTION of its crop "
+                          f"is no-data (default {DEFAULT_MAX_NODATA}; 0 keeps only cells with no no-data); "
+                          "no-data pixels go into the network as 0 after the preprocess (its padding's value)")
+    run.add_argument("--compute-nodata", action="store_true",
+                     help="compute every cell of a raster with no-data, even those wholly over it "
+                          "(--max-nodata 1)")
     run.add_argument("--output", help="write the output array here (.npy; .zarr for maps too big for memory; .tif: "
                                       "a map of K bands, georeferenced like a GeoTIFF image)")
     run.add_argument("--output-dir", metavar="DIR",
@@ -516,6 +525,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise GraphconvError("--bands picks bands of an image: give --image or --images", file=args.input)
     if args.skip_background is not None and not (args.image or args.images):
         raise GraphconvError("--skip-background looks for tissue in an image: give --image or --images")
+    if args.compute_nodata and args.max_nodata is not None:
+        raise GraphconvError("--compute-nodata computes every cell (--max-nodata 1): give one of the two")
+    if (args.compute_nodata or args.max_nodata is not None) and not (args.image or args.images):
+        raise GraphconvError("--max-nodata and --compute-nodata say which cells of an image's no-data to compute: "
+                             "give --image or --images")
+    args.max_nodata = 1.0 if args.compute_nodata else DEFAULT_MAX_NODATA if args.max_nodata is None \
+        else args.max_nodata
     if args.images:
         from graphconv.tiled_cli import run_images_command
         return run_images_command(args)
@@ -967,6 +983,17 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {shown(text)}") from None
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {shown(text)}")
+    return value
+
+
+def _share(text: str) -> float:
+    """A fraction from 0 to 1, both included (--max-nodata)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {shown(text)}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {shown(text)}")
     return value
 
 

@@ -37,6 +37,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -63,8 +64,14 @@ def require(module: str):
 class _Preprocessed:
     """Shared by the sources: channel checks and the spec's preprocess on each box."""
 
+    missing_value = None  # no pixel is missing (a raster's: ArrayLikeSource.missing_value)
+
     def __init__(self, path: str, channels: int, preprocess: dict | None):
         self.path, self.channels, self.preprocess = path, channels, preprocess
+
+    def read_masked(self, top: int, left: int, bottom: int, right: int) -> tuple[np.ndarray, None]:
+        """The box and its no-data mask (`ArrayLikeSource.read_masked`): none here."""
+        return self.read(top, left, bottom, right), None
 
     def _finish(self, chw: np.ndarray) -> np.ndarray:
         from graphconv.images import preprocess
@@ -115,7 +122,26 @@ class ArrayLikeSource(_Preprocessed):
         self.scale = _stored_scale(np.dtype(array.dtype), path) if self.stored_values \
             else _to_255(np.dtype(array.dtype), path)
 
+    nodata = None  # the no-data value the file declares (GDAL's tag, a zarr _FillValue); set by the openers
+
+    @property
+    def missing_value(self) -> float | None:
+        """What marks a missing pixel: the declared no-data value, else NaN in a float
+        raster (NaN is never a pixel's value), else None (every pixel is data)."""
+        if self.nodata is not None:
+            return self.nodata
+        return math.nan if np.issubdtype(np.dtype(self.array.dtype), np.floating) else None
+
     def read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
+        return self.read_masked(top, left, bottom, right)[0]
+
+    def read_masked(self, top: int, left: int, bottom: int, right: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The box, preprocessed, and where it is no-data: (C, h, w) float32 values and a
+        (C, h, w) bool mask of the samples that are missing (`missing_value`), or None for
+        a raster that has none. A missing sample goes into the network as 0 after the
+        preprocess, what the network's own zero padding gives, so a NaN or a -9999 never
+        spreads into the cells around it; the map leaves out the cells over no-data
+        (`background.NoDataCells`)."""
         try:
             raw = self._stored(top, left, bottom, right)
         except (GraphconvError, MemoryError):
@@ -123,14 +149,38 @@ class ArrayLikeSource(_Preprocessed):
         except Exception as err:  # tifffile, zarr and the codecs raise many types for a damaged tile
             raise GraphconvError(f"cannot decode its pixels in rows {top}..{bottom - 1}, columns {left}..{right - 1}: "
                                  f"{type(err).__name__}: {shown(str(err), 200)}", file=self.path) from None
+        missing = self._missing(raw)
         if np.issubdtype(raw.dtype, np.floating):
-            self._check_floats(raw, top, left)
+            self._check_floats(raw, top, left, missing)
         chw = raw.astype(np.float32) * self.scale
         if self.channels == 1 and chw.shape[0] >= 3:
             chw = np.tensordot(LUMA, chw[:3], axes=1)[None]  # as Pillow's "L" conversion
+            missing = None if missing is None else missing[:3].any(axis=0)[None]
         elif chw.shape[0] == 1 and self.channels == 3:
             chw = np.repeat(chw, 3, axis=0)
-        return self._finish(chw[:self.channels])
+            missing = None if missing is None else np.repeat(missing, 3, axis=0)
+        if missing is not None:
+            missing = missing[:self.channels]
+            chw = np.where(missing, np.float32(0), chw[:self.channels])
+        out = self._finish(chw[:self.channels])
+        if missing is not None and missing.any():
+            out[missing] = 0  # the network's zero padding, after the preprocess
+        return out, missing
+
+    def _missing(self, raw: np.ndarray) -> np.ndarray | None:
+        """(C, h, w) bool: the samples of `raw` (as stored) that are no-data; None where
+        the raster has no missing value."""
+        value = self.missing_value
+        if value is None:
+            return None
+        floating = np.issubdtype(raw.dtype, np.floating)
+        missing = np.isnan(raw) if floating else np.zeros(raw.shape, bool)
+        if not math.isnan(value):
+            if floating:
+                missing |= raw == raw.dtype.type(value)
+            elif value == int(value) and np.iinfo(raw.dtype).min <= value <= np.iinfo(raw.dtype).max:
+                missing |= raw == raw.dtype.type(int(value))
+        return missing
 
     def _stored(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
         """The box's values as the file stores them, (C, h, w)."""
@@ -142,22 +192,21 @@ class ArrayLikeSource(_Preprocessed):
             return np.asarray(self.array[top:bottom, left:right]).transpose(2, 0, 1)
         return np.asarray(self.array[:, top:bottom, left:right])
 
-    def _check_floats(self, raw: np.ndarray, top: int, left: int) -> None:
+    def _check_floats(self, raw: np.ndarray, top: int, left: int, missing: np.ndarray | None = None) -> None:
         """Float pixels are read as 0..1 (as load_image reads them): refuse others rather
-        than scale them to nonsense, and NaN or infinity, which would fill the map with
-        NaN; as stored, NaN only where the raster declares it its no-data value."""
-        low, high = raw.min(initial=np.inf), raw.max(initial=-np.inf)  # NaN propagates into both
+        than scale them to nonsense, and infinity, which would fill the map with NaN. The
+        no-data samples (`missing`: the declared value, NaN) are no pixels and are not
+        counted."""
         where = f"in rows {top}..{top + raw.shape[1] - 1}, columns {left}..{left + raw.shape[2] - 1}"
-        if not (np.isfinite(low) and np.isfinite(high)):
-            no_data = np.isnan(getattr(self, "nodata", None) or 0.0)
-            if self.stored_values and no_data and not np.isinf(raw).any():
-                return
-            raise GraphconvError(f"float pixels that are NaN or infinite {where}", file=self.path)
-        if not self.stored_values and (low < 0 or high > 1):
-            raise GraphconvError(f"float pixels from {low:.6g} to {high:.6g} {where}: float images are read as "
-                                 "0..1; a raster of other values takes the spec's preprocess `values: stored`",
-                                 file=self.path)
-
+        values = raw if missing is None else raw[~missing]
+        if np.isinf(values).any():
+            raise GraphconvError(f"float pixels that are infinite {where}", file=self.path)
+        low, high = values.min(initial=np.inf), values.max(initial=-np.inf)
+        if not self.stored_values and values.size and (low < 0 or high > 1):
+            declared = "" if self.nodata is None else f", no-data ({self.nodata:g}) left out"
+            raise GraphconvError(f"float pixels from {low:.6g} to {high:.6g} {where}{declared}: float images are "
+                                 "read as 0..1; a raster of other values takes the spec's preprocess "
+                                 "`values: stored`", file=self.path)
 
     def _bands_read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
         """The `bands` of a box, (C, h, w): of a band-interleaved raster only those bands are
@@ -281,18 +330,43 @@ class Downsampled:
         return getattr(self.inner, name)
 
     def read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
+        return self.read_masked(top, left, bottom, right)[0]
+
+    def read_masked(self, top: int, left: int, bottom: int, right: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The box and its no-data mask (`ArrayLikeSource.read_masked`). Where `inner`
+        has no-data, each pixel is the mean of the valid pixels its square covers (each
+        weighted by its share of the square, the weights of the missing ones left out),
+        and no-data where it covers no valid pixel; a pixel whose square holds no no-data
+        is exactly what it is without any."""
         rows_at_once = max(1, int(READ_PIXELS / (self.factor ** 2 * max(1, right - left))))
         if bottom - top > rows_at_once:  # a tile of a slide read 8x coarser is 64 tiles' worth of level 0
-            return np.concatenate([self.read(row, left, min(bottom, row + rows_at_once), right)
-                                   for row in range(top, bottom, rows_at_once)], axis=1)
+            parts = [self.read_masked(row, left, min(bottom, row + rows_at_once), right)
+                     for row in range(top, bottom, rows_at_once)]
+            masks = [mask for _, mask in parts]
+            mask = None if all(m is None for m in masks) else np.concatenate(
+                [np.zeros(values.shape, bool) if m is None else m for (values, _), m in zip(parts, masks)], axis=1)
+            return np.concatenate([values for values, _ in parts], axis=1), mask
         rows, row_weights = _area_taps(top, bottom, self.factor)
         cols, col_weights = _area_taps(left, right, self.factor)
-        box = self.inner.read(rows[0, 0], cols[0, 0], min(self.inner.height, rows[-1, -1] + 1),
-                              min(self.inner.width, cols[-1, -1] + 1))
+        box, missing = read_masked(self.inner, rows[0, 0], cols[0, 0], min(self.inner.height, rows[-1, -1] + 1),
+                                   min(self.inner.width, cols[-1, -1] + 1))
         out = np.empty((box.shape[0], bottom - top, right - left), np.float32)
-        _area_means(box, np.minimum(rows - rows[0, 0], box.shape[1] - 1), row_weights,
-                    np.minimum(cols - cols[0, 0], box.shape[2] - 1), col_weights, out)
-        return out
+        taps = (np.minimum(rows - rows[0, 0], box.shape[1] - 1), row_weights,
+                np.minimum(cols - cols[0, 0], box.shape[2] - 1), col_weights)
+        if missing is None:
+            _area_means(box, *taps, out)
+            return out, None
+        out_missing = np.empty(out.shape, np.bool_)
+        _valid_area_means(box, missing, *taps, out, out_missing)
+        return out, out_missing
+
+
+def read_masked(source, top: int, left: int, bottom: int, right: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """`source.read_masked` (the box and its no-data mask), or for a reader of your own
+    without one, its `read` and no mask."""
+    if hasattr(source, "read_masked"):
+        return source.read_masked(top, left, bottom, right)
+    return source.read(top, left, bottom, right), None
 
 
 @njit(cache=True, parallel=True)
@@ -314,6 +388,41 @@ def _area_means(box, rows, row_weights, cols, col_weights, out):
             for b in range(cols.shape[0]):
                 total += col_weights[b, j] * line[cols[b, j]]
             out[c, i, j] = total
+
+
+@njit(cache=True, parallel=True)
+def _valid_area_means(box, missing, rows, row_weights, cols, col_weights, out, out_missing):
+    """`_area_means` of a box whose `missing` samples are 0: a pixel whose taps are all
+    valid is summed exactly as there; one with missing taps is the weighted sum of the
+    valid ones over their weight; one with none valid is missing (0)."""
+    channels, height, width = out.shape
+    for job in prange(channels * height):
+        c, i = job // height, job % height
+        line = np.zeros(box.shape[2], np.float32)
+        valid_line = np.zeros(box.shape[2], np.float32)
+        missing_line = np.zeros(box.shape[2], np.float32)
+        for a in range(rows.shape[0]):
+            weight, row = row_weights[a, i], rows[a, i]
+            for x in range(box.shape[2]):
+                line[x] += weight * box[c, row, x]
+                if missing[c, row, x]:
+                    missing_line[x] += weight
+                else:
+                    valid_line[x] += weight
+        for j in range(width):
+            total = np.float32(0.0)
+            valid = np.float32(0.0)
+            lost = np.float32(0.0)
+            for b in range(cols.shape[0]):
+                total += col_weights[b, j] * line[cols[b, j]]
+                valid += col_weights[b, j] * valid_line[cols[b, j]]
+                lost += col_weights[b, j] * missing_line[cols[b, j]]
+            if lost == 0:
+                out[c, i, j], out_missing[c, i, j] = total, False
+            elif valid > 0:
+                out[c, i, j], out_missing[c, i, j] = total / valid, False
+            else:
+                out[c, i, j], out_missing[c, i, j] = 0.0, True
 
 
 READ_PIXELS = 1 << 23  # the most of `inner`'s pixels (a band's) one read of a Downsampled source decodes at once
@@ -393,7 +502,7 @@ def _pixel_size_and_level_heights(path: str) -> tuple[PixelSize, list[int]]:
             series = tif.series[0]
             return _stated_pixel_size(tif), [_axis_sizes(level)[0] for level in (series.levels or [series])]
     except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as err:
-        raise GraphconvError(f"cannot read as a TIFF image: {err}", file=path) from None
+        raise GraphconvError(_unreadable_tiff(err, tifffile), file=path) from None
 
 
 def _open(path: str, channels: int, preprocess: dict | None, level: int, bands: Sequence[int] | None):
@@ -696,7 +805,7 @@ def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
             series = tif.series[0]
             levels = list(series.levels) if getattr(series, "levels", None) else [series]
     except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as err:
-        raise GraphconvError(f"cannot read as a TIFF image: {err}", file=path) from None
+        raise GraphconvError(_unreadable_tiff(err, tifffile), file=path) from None
     if level >= len(levels):
         damage = f" (tifffile warned: {shown(warned[0], 120)}: is the file complete?)" if warned else ""
         raise GraphconvError(f"--level {level}: the image has {_level_list([_axis_sizes(each) for each in levels])}"
@@ -707,6 +816,15 @@ def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
     source.microns_per_pixel = square_microns(_stated_pixel_size(tif))  # at level 0
     source.tiff = tif  # keep the file open as long as the source lives
     return _as_level(source, level, [_axis_sizes(each) for each in levels])
+
+
+def _unreadable_tiff(err: Exception, tifffile) -> str:
+    """What to say of a file tifffile cannot open: its own message where it says what is
+    wrong with the file ("not a TIFF file"), else that the file is no readable TIFF (an
+    IndexError's "list index out of range" says nothing to a user)."""
+    if isinstance(err, (tifffile.TiffFileError, OSError)) and str(err):
+        return f"is not a readable TIFF image: {shown(str(err), 200)}"
+    return "is not a readable TIFF image: its header or its first image's tags are damaged, or it is not a TIFF"
 
 
 @contextlib.contextmanager
@@ -744,6 +862,19 @@ def _is_picture(page) -> bool:
 
 
 GDAL_NODATA = 42113  # the TIFF tag GDAL writes a raster's no-data value in, as text
+
+
+def _quiet_about_gdal_nodata(record: logging.LogRecord) -> bool:
+    """False for tifffile's complaint that it cannot parse a GDAL_NODATA tag as the
+    image's type ("0.0 " on uint8, as GDAL writes it): graphconv reads the tag itself
+    (`_nodata`), and the line printed amid a run's output looked like an error."""
+    try:
+        return "parsing GDAL_NODATA tag" not in record.getMessage()
+    except (TypeError, ValueError):  # a record whose arguments do not fit its message
+        return True
+
+
+logging.getLogger("tifffile").addFilter(_quiet_about_gdal_nodata)
 
 
 def _nodata(page) -> float | None:
@@ -893,6 +1024,7 @@ def _kept_chunks(store):
             return store
         _KeptChunks = _kept_chunks_class(WrapperStore)
         logging.getLogger("asyncio").addFilter(_drop_sibling_chunk_errors)
+        warnings.filterwarnings("ignore", message=r"coroutine 'concurrent_map\.", category=RuntimeWarning)
         sys.unraisablehook = _unraisable_hook_without_sibling_reads(sys.unraisablehook)
     return _KeptChunks(store)
 
@@ -1017,18 +1149,8 @@ def level0_span(source) -> tuple[float, float]:
     return factor * full_h / inner.height, factor * full_w / inner.width
 
 
-def data_mask(source, out_hw: tuple[int, int]) -> np.ndarray:
-    """(h, w) bool at `thumbnail`'s size: where any band the run reads holds data, not
-    the raster's no-data value (`source.nodata`; NaN where that is NaN). Read as stored,
-    from the same pyramid level `thumbnail` takes."""
-    raw = _open(source.path, source.channels, {"values": "stored"}, _preview_level(source, out_hw), source.bands)
-    values = _sampled(raw, out_hw)
-    missing = np.isnan(values) if np.isnan(source.nodata) else values == np.float32(source.nodata)
-    return ~missing.all(axis=0)
-
-
 def _preview_level(source, out_hw: tuple[int, int]) -> int:
-    """The level a preview of `out_hw` pixels (`thumbnail`, `data_mask`) is read from."""
+    """The level a preview of `out_hw` pixels (`thumbnail`) is read from."""
     return _coarsest_level_for(source, max(1, -(-max(source.height, source.width) // max(out_hw))))
 
 

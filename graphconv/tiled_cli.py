@@ -244,25 +244,33 @@ def _compute(args, grid, source, plan, tile, out, transform, on_tile, blank_cell
 
 
 def _background(args: argparse.Namespace, source, grid):
-    """--skip-background's tissue mask (graphconv/background.py), or None."""
-    if args.skip_background is None:
-        return None
-    from graphconv.background import Background
-    return Background(source, grid.field, args.skip_background)
+    """The cells the run leaves out (graphconv/background.py): a raster's no-data, by
+    default; --skip-background's glass; or None."""
+    from graphconv.background import DEFAULT_MAX_NODATA, cells_left_out
+    return cells_left_out(source, grid, args.skip_background, getattr(args, "max_nodata", DEFAULT_MAX_NODATA))
 
 
 def _skipper(args: argparse.Namespace, background, plan):
-    """Which cells are blank (`Background.blank_cells`), said on stderr; None without
-    --skip-background."""
+    """Which cells are left out (`Background.blank_cells`), said in a note; None when
+    none are."""
     if background is None:
         return None
     masks = {t: background.blank_cells(t) for t in plan.tiles}
     tiles = sum(bool(mask.all()) for mask in masks.values())
     cells = sum(int(mask.sum()) for mask in masks.values())
     filler = "NaN" if args.reduce != "argmax" else "65535"
-    empty = "show no tissue" if background.nodata is None else f"hold only no-data ({background.nodata:g})"
-    print(f"background: {cells} cell(s) {empty} near their centre and are not computed ({filler}); "
-          f"{tiles} of {len(plan.tiles)} tile(s) hold only such cells and are skipped", file=sys.stderr)
+    skipped = f"{tiles} of {len(plan.tiles)} tile(s) hold only such cells and are skipped"
+    if background.nodata is None:
+        print(f"background: {cells} cell(s) show no tissue near their centre and are not computed ({filler}); "
+              f"{skipped}", file=sys.stderr)
+    elif cells:
+        from graphconv.cli import note
+        total = sum(mask.size for mask in masks.values())
+        value = f"no-data value {background.nodata:g}" if background.declared else "NaN, its no-data"
+        note(f"note: {cells} of {total} cell(s) ({cells / total:.0%}) are not computed ({filler} in the map): more "
+             f"than {background.max_nodata:.0%} of each one's crop is no-data (the image's {value}); "
+             f"{skipped}. --max-nodata FRACTION sets that share, --compute-nodata computes every cell "
+             "(no-data pixels go into the network as 0 after the preprocess)")
     return masks.__getitem__  # worked out once, for this message and the run
 
 
@@ -465,6 +473,13 @@ def _no_images(pattern: str) -> None:
 
     kinds = ", ".join(image_suffixes())
     if Path(pattern).is_dir():
+        from graphconv.cluster import leaving_out
+        below = [p for p in Path(pattern).rglob("*") if not p.is_dir() and leaving_out(str(p)) is None]
+        if below:
+            pattern_below = os.path.join(pattern.rstrip("/"), "**", f"*{below[0].suffix}")
+            raise GraphconvError(f"holds no image graphconv reads ({kinds}) itself; {len(below)} image(s) are in "
+                                 f"its subfolders, which a folder does not take in: give --images '{pattern_below}' "
+                                 "(quoted; ** reaches into every subfolder)", file=pattern)
         raise GraphconvError(f"holds no image graphconv reads ({kinds})", file=pattern)
     if glob.glob(pattern, recursive=True):
         raise GraphconvError(f"--images {pattern!r} matches no image graphconv reads ({kinds})")

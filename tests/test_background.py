@@ -111,6 +111,9 @@ def test_blank_cells_are_not_computed_whatever_the_tiling_and_the_others_are_exa
 
 
 def test_a_cell_is_blank_exactly_when_no_tissue_lies_within_half_a_stride_of_its_centre(lenet):
+    """The pixels counted are those the square of one stride around the cell's centre
+    overlaps; the pixel just past its edge, which it only touches, is not (it was, so
+    the rule kept a cell row more than it said)."""
     page = page_with_a_blot()
     grid = DenseGrid(lenet)
     background = Background.__new__(Background)
@@ -123,8 +126,8 @@ def test_a_cell_is_blank_exactly_when_no_tissue_lies_within_half_a_stride_of_its
             for j, col in enumerate(range(*t.cols)):
                 cy = field.offset[0] + row * field.stride[0] + (field.size[0] - 1) / 2
                 cx = field.offset[1] + col * field.stride[1] + (field.size[1] - 1) / 2
-                near = tissue[max(0, int(np.floor(cy - field.stride[0] / 2))):int(np.ceil(cy + field.stride[0] / 2)) + 1,
-                              max(0, int(np.floor(cx - field.stride[1] / 2))):int(np.ceil(cx + field.stride[1] / 2)) + 1]
+                near = tissue[max(0, int(np.floor(cy - field.stride[0] / 2))):int(np.ceil(cy + field.stride[0] / 2)),
+                              max(0, int(np.floor(cx - field.stride[1] / 2))):int(np.ceil(cx + field.stride[1] / 2))]
                 assert mask[i, j] == (not near.any()), (row, col)
 
 
@@ -188,9 +191,11 @@ def write_zarr(path, bands, **attrs):
     stored.attrs.update(attrs)
 
 
-def test_a_zarr_s_fill_value_attribute_says_what_is_skipped_not_colour(lenet, tmp_path):
+def test_a_zarr_s_fill_value_leaves_out_cells_whose_crop_is_mostly_no_data_not_colour(lenet, tmp_path):
     """A scene whose left part is outside the swath (its `_FillValue`, 0, in every band)
-    and with a bright cloud (9000 in every band): the swath's edge decides, and the
+    and with a bright cloud (9000 in every band): a cell is left out when more than
+    --max-nodata of its crop is no-data, counted at full resolution (it was a thumbnail
+    test of the square at the cell's centre, which computed cells 81% no-data); the
     cloud, colourless as it is, is data to compute."""
     pytest.importorskip("zarr")
     from graphconv.sources import open_source
@@ -200,6 +205,16 @@ def test_a_zarr_s_fill_value_attribute_says_what_is_skipped_not_colour(lenet, tm
     bands[:, 10:30, 50:70] = 9000
     write_zarr(tmp_path / "swath.zarr", bands, _FillValue=0)
     source = open_source(tmp_path / "swath.zarr", 3, {"values": "stored"}, bands=(3, 2, 1))
-    background = Background(source, DenseGrid(lenet).field)
-    assert background.nodata == 0 and background.tissue.shape == (60, 80)
-    assert not background.tissue[:, :30].any() and background.tissue[:, 30:].all()
+    grid = DenseGrid(lenet)
+    area = grid.cell_area
+    plan = plan_tiles(grid, (60, 80), 40)
+    for max_nodata in (0.0, 0.5, 0.9):
+        background = Background(source, grid.field, None, max_nodata, area)
+        assert background.nodata == 0
+        for t in plan.tiles:
+            blank = background.blank_cells(t)
+            for i, row in enumerate(range(*t.rows)):
+                for j, col in enumerate(range(*t.cols)):
+                    top, left, bottom, right = area.box(row, col)
+                    share = (bands[0, top:bottom, left:right] == 0).mean()
+                    assert blank[i, j] == (share > max_nodata), (max_nodata, row, col, share)

@@ -821,6 +821,9 @@ def test_an_unquoted_glob_is_told_to_be_quoted(tmp_path, capsys, digits_fcn):
 @pytest.mark.parametrize("make,images,output_dir,message", [
     (["br/img[1].png"], "br/img[1].png", "maps", None),  # an existing file is taken literally, not as a glob class
     ([], "empty", "maps", "empty: holds no image graphconv reads (.png, .jpg, .jpeg,"),
+    (["empty/2023/a.png", "empty/2023/b.png"], "empty", "maps",  # images in subfolders only: say so and how
+     "empty: holds no image graphconv reads (.png, .jpg, .jpeg, .bmp, .gif, .webp, .tif, .tiff, .svs, .ndpi, "
+     ".btf, .tf8, .zarr) itself; 2 image(s) are in its subfolders, which a folder does not take in: give --images 'empty/**/*.png'"),
     (["empty/notes.txt"], "empty/*", "maps", "--images 'empty/*' matches no image graphconv reads (.png,"),
     ([], "nothing/*.png", "maps", "--images 'nothing/*.png' matches no file"),
     (["br/a.png", "afile"], "br/a.png", "afile", "afile: is a file, not a folder: --output-dir names the folder"),

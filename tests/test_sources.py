@@ -539,9 +539,9 @@ def test_an_ome_zarr_z_stack_is_refused_naming_its_axes(tmp_path):
 
 
 def test_float_rasters_are_read_as_0_to_1_or_refused(tmp_path):
-    """A float TIFF of 0..3, or with a NaN, was scaled by 255 and mapped to nonsense or
-    NaN cells (exit 0), where load_image refuses both; as stored, values of any range
-    pass, and NaN only where the raster declares it its no-data value."""
+    """A float TIFF of 0..3 was scaled by 255 and mapped to nonsense (exit 0), where
+    load_image refuses it; as stored, values of any range pass. NaN is no-data, never a
+    pixel: it goes into the network as 0 after the preprocess; infinity is refused."""
     rng = np.random.default_rng(4)
     tifffile.imwrite(tmp_path / "wide.tif", (rng.random((40, 50)) * 3).astype(np.float32), tile=(16, 16))
     with pytest.raises(GraphconvError, match=r"wide.tif: float pixels from .* to 2\.9.* in rows 0..39, columns "
@@ -552,12 +552,66 @@ def test_float_rasters_are_read_as_0_to_1_or_refused(tmp_path):
     holes[30:, 40:] = np.nan
     tifffile.imwrite(tmp_path / "holes.tif", holes, tile=(16, 16))
     tifffile.imwrite(tmp_path / "nodata.tif", holes, tile=(16, 16), extratags=[(42113, 2, 4, "nan", True)])
-    source = open_source(tmp_path / "holes.tif", 1, None)
-    np.testing.assert_array_equal(source.read(0, 0, 30, 40), holes[None, :30, :40] * np.float32(255))
-    for name, preprocess in (("holes.tif", None), ("holes.tif", {"values": "stored"}), ("nodata.tif", None)):
-        with pytest.raises(GraphconvError, match=r"float pixels that are NaN or infinite in rows 20..39"):
-            open_source(tmp_path / name, 1, preprocess).read(20, 20, 40, 50)
-    assert np.isnan(open_source(tmp_path / "nodata.tif", 1, {"values": "stored"}).read(20, 20, 40, 50)).any()
+    for name, preprocess in (("holes.tif", None), ("holes.tif", {"values": "stored", "mean": [3.0]}),
+                             ("nodata.tif", None)):
+        values, missing = open_source(tmp_path / name, 1, preprocess).read_masked(20, 20, 40, 50)
+        np.testing.assert_array_equal(missing[0], np.isnan(holes[20:, 20:]))
+        assert (values[missing] == 0).all() and not np.isnan(values).any()
+    infinite = holes.copy()
+    infinite[0, 0] = np.inf
+    tifffile.imwrite(tmp_path / "inf.tif", infinite, tile=(16, 16))
+    with pytest.raises(GraphconvError, match=r"inf.tif: float pixels that are infinite in rows 0..39"):
+        open_source(tmp_path / "inf.tif", 1, None).read(0, 0, 40, 50)
+
+
+def test_a_declared_no_data_value_is_no_pixel_for_the_float_range_or_the_network(tmp_path):
+    """A float 0..1 raster declaring -9999 was refused as 'float pixels from -9999 to 1'
+    (the no-data counted as a pixel); with values stored, -9999 went into the network
+    as a pixel. Now no-data samples are left out of the check and read as 0 after the
+    preprocess, the value of the network's own padding; other samples as before."""
+    rng = np.random.default_rng(5)
+    scene = rng.random((2, 30, 40)).astype(np.float32)
+    scene[:, :, :10] = -9999
+    scene[1, 20:, 30:] = -9999  # one band missing alone
+    tifffile.imwrite(tmp_path / "nd.tif", scene, photometric="minisblack", planarconfig="separate",
+                     extratags=[(42113, 2, 6, "-9999", True)])
+    tifffile.imwrite(tmp_path / "plain.tif", np.where(scene == -9999, 0.5, scene).astype(np.float32),
+                     photometric="minisblack", planarconfig="separate")
+    for preprocess in (None, {"values": "stored", "scale": 2.0, "mean": [0.5, 0.25], "std": [0.5, 2.0]}):
+        values, missing = open_source(tmp_path / "nd.tif", 2, preprocess).read_masked(0, 0, 30, 40)
+        plain = open_source(tmp_path / "plain.tif", 2, preprocess).read(0, 0, 30, 40)
+        np.testing.assert_array_equal(missing, scene == -9999)
+        assert (values[missing] == 0).all()
+        np.testing.assert_array_equal(values[~missing], plain[~missing])
+
+
+def test_downsampling_averages_only_valid_pixels(tmp_path):
+    """--downsample's area means averaged -9999 into real pixels (190 and -9999 made
+    -3206.7): now a pixel is the mean of the valid pixels its square covers, no-data
+    where it covers none, and exactly the old mean where its square holds no no-data."""
+    from graphconv.sources import Downsampled
+
+    rng = np.random.default_rng(6)
+    scene = rng.integers(100, 200, (1, 30, 30)).astype(np.float32)
+    scene[0, :10] = -9999
+    scene[0, 10, 4:6] = -9999
+    tifffile.imwrite(tmp_path / "nd.tif", scene[0], extratags=[(42113, 2, 6, "-9999", True)])
+    tifffile.imwrite(tmp_path / "plain.tif", scene[0])
+    stored = {"values": "stored"}
+    for factor in (2, 2.5):
+        source = open_source(tmp_path / "nd.tif", 1, stored, downsample=factor)
+        plain = open_source(tmp_path / "plain.tif", 1, stored, downsample=factor)
+        values, missing = source.read_masked(0, 0, source.height, source.width)
+        assert values.min() >= 0 and missing[0, 0].all() and not missing[0, -1].any()
+        whole = plain.read(0, 0, plain.height, plain.width)
+        clean = np.zeros(values.shape, bool)
+        for i in range(source.height):
+            clean[:, i] = np.floor(i * factor) >= 11  # squares reaching rows 0..10 hold no-data
+        assert clean.any()
+        np.testing.assert_array_equal(values[clean], whole[clean])
+        assert isinstance(source, Downsampled)
+    source = open_source(tmp_path / "nd.tif", 1, stored, downsample=2)
+    assert source.read(5, 2, 6, 3)[0, 0, 0] == np.mean(scene[0, 10:12, 4:6][scene[0, 10:12, 4:6] != -9999])
 
 
 def test_a_damaged_tile_is_one_error_naming_the_file_and_the_box(tmp_path):
@@ -891,3 +945,25 @@ def test_the_other_chunks_of_a_tile_that_failed_to_decode_are_not_logged(tmp_pat
     hook(other)
     assert passed_on == [other], "only the pending chunk reads of a failed tile are silenced"
     pending.close()
+
+
+def test_a_file_that_is_no_tiff_says_so_without_python_internals(tmp_path):
+    """Random bytes named .tif said "cannot read as a TIFF image: list index out of range"."""
+    (tmp_path / "garbage.tif").write_bytes(b"II*\x00" + bytes(range(256)) * 8)
+    with pytest.raises(GraphconvError) as caught:
+        open_source(tmp_path / "garbage.tif", 1, None)
+    assert "garbage.tif: is not a readable TIFF image" in str(caught.value)
+    assert "index" not in str(caught.value)
+
+
+def test_a_gdal_no_data_with_a_trailing_space_is_read_quietly(tmp_path, capfd):
+    """GDAL writes "0.0 " on a uint8 raster; tifffile logged a ValueError line about it,
+    printed amid the run's output. graphconv reads it as 0, silently."""
+    pixels = np.random.default_rng(7).integers(1, 255, (40, 40), dtype=np.uint8)
+    pixels[:, :10] = 0
+    tifffile.imwrite(tmp_path / "nd.tif", pixels, extratags=[(42113, 2, 5, "0.0 ", True)])
+    source = open_source(tmp_path / "nd.tif", 1, None)
+    _, missing = source.read_masked(0, 0, 40, 40)
+    assert source.nodata == 0 and missing[0, :, :10].all() and not missing[0, :, 10:].any()
+    captured = capfd.readouterr()
+    assert "GDAL_NODATA" not in captured.err + captured.out

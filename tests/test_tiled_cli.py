@@ -564,39 +564,45 @@ def test_cli_tif_map_of_a_picture_and_vectors_refused(model_dir, picture, tmp_pa
     assert not (tmp_path / "v.tif").exists()
 
 
-def test_cli_skip_background_of_a_scene_skips_its_no_data(scene_net, tmp_path):
+def test_cli_a_scene_s_no_data_is_left_out_by_default_and_other_cells_are_exact(scene_net, tmp_path):
     """A scene whose left part is outside the swath (GDAL's no-data value 0 in every
-    band): the tiles that see only no-data are skipped, whatever their colour would say;
-    every computed cell is the full run's."""
+    band). Without --skip-background its no-data went into the network as pixels and
+    those cells got confident classes, silently. Now, by default: a cell more than half
+    of whose crop is no-data is NaN, with a note saying how many and why, whatever the
+    tiling (and the same with --skip-background); a cell whose crop holds no no-data is
+    exactly the cell of the run that knows no no-data; --compute-nodata computes all."""
     folder, bands = scene_net
     scene = bands.copy()
     scene[:, :, :50] = 0
     tifffile.imwrite(tmp_path / "swath.tif", scene, photometric="minisblack", planarconfig="separate",
                      extratags=[(42113, 2, 2, "0", True)])
-    common = ["run", folder / "fcn", "--image", tmp_path / "swath.tif", "--bands", "4,3,2", "--tile", "24"]
-    assert graphconv(*common, "--output", tmp_path / "full.npy").returncode == 0
-    result = graphconv(*common, "--skip-background", "--output", tmp_path / "skipped.npy")
-    assert result.returncode == 0, result.stderr
-    assert "cell(s) hold only no-data (0) near their centre and are not computed" in result.stderr
-    full, skipped = np.load(tmp_path / "full.npy"), np.load(tmp_path / "skipped.npy")
-    computed = ~np.isnan(skipped)
-    assert 0 < computed[0, 0].mean() < 1
-    np.testing.assert_array_equal(skipped[computed], full[computed])
-    assert not computed[0, :, :, :10].any()  # cells whose crops lie in the no-data part
-
-
-def test_data_mask_of_float_data_with_nan_no_data(tmp_path):
-    from graphconv.sources import data_mask
-
-    values = np.random.default_rng(0).random((2, 40, 60)).astype(np.float32)
-    values[0, :20] = np.nan  # one band missing on top: the other still holds data there
-    values[:, 30:] = np.nan
-    tifffile.imwrite(tmp_path / "nan.tif", values, photometric="minisblack", planarconfig="separate",
-                     extratags=[(42113, 2, 4, "nan", True)])
-    source = open_source(tmp_path / "nan.tif", 2, {"values": "stored"})
-    assert np.isnan(source.nodata)
-    mask = data_mask(source, (40, 60))
-    assert mask[:30].all() and not mask[30:].any()
+    tifffile.imwrite(tmp_path / "plain.tif", scene, photometric="minisblack", planarconfig="separate")
+    common = ["run", folder / "fcn", "--bands", "4,3,2"]
+    maps = {}
+    for name, image, extra in (("tiled", "swath.tif", ["--tile", "24"]), ("whole", "swath.tif", []),
+                               ("skip", "swath.tif", ["--skip-background", "--tile", "40"]),
+                               ("plain", "plain.tif", ["--tile", "24"]), ("all", "swath.tif", ["--compute-nodata"])):
+        result = graphconv(*common, "--image", tmp_path / image, *extra, "--output", tmp_path / f"{name}.npy")
+        assert result.returncode == 0, result.stderr
+        maps[name] = np.load(tmp_path / f"{name}.npy")
+        if name in ("tiled", "whole"):
+            assert re.search(r"note: \d+ of \d+ cell\(s\) \(\d+%\) are not computed \(NaN in the map\): more "
+                             r"than 50% of each one's crop is no-data \(the image's no-data value 0\)",
+                             result.stderr), result.stderr
+        if name in ("plain", "all"):
+            assert "not computed" not in result.stderr
+    rows, cols = maps["tiled"].shape[2:]
+    missing = (scene[[3, 2, 1]] == 0).any(axis=0)  # a pixel is no-data where any band read is
+    share = np.array([[missing[2 * r:2 * r + 20, 2 * c:2 * c + 20].mean() for c in range(cols)]
+                      for r in range(rows)])
+    np.testing.assert_array_equal(np.isnan(maps["tiled"][0, 0]), share > 0.5)
+    for name in ("whole", "skip"):
+        np.testing.assert_array_equal(maps[name], maps["tiled"])
+    clean = share == 0
+    assert clean.any() and (share > 0.5).any() and ((share > 0) & (share <= 0.5)).any()
+    np.testing.assert_array_equal(maps["tiled"][:, :, clean], maps["plain"][:, :, clean])
+    assert not np.isnan(maps["all"]).any()
+    np.testing.assert_array_equal(maps["all"][:, :, share <= 0.5], maps["tiled"][:, :, share <= 0.5])
 
 
 @pytest.mark.parametrize("image, factor, described", [
