@@ -464,7 +464,8 @@ def image_map_shape(model, grid, image: str, options: MapOptions, tile: int | No
 def holds_its_map(ref: ModelRef, model, image: str, output: str, options: MapOptions, tile: int | None) -> bool:
     """Whether `output` holds the map this run would write for `image` already
     (--skip-existing): an .npy of exactly its type and shape, a .tif map graphconv wrote
-    of this model, classes and values. Maps are renamed into place only once whole, so
+    of this model, classes and values, read at these --bands, --level and --downsample
+    where it states them (`georef.read_as`; maps written before it did, do not). Maps are renamed into place only once whole, so
     such a file is a finished map; a stale one (another --classes, --reduce or model)
     or a user's own file of that name is not."""
     from graphconv.georef import is_tiff_output, map_contents, stated_placement
@@ -474,7 +475,11 @@ def holds_its_map(ref: ModelRef, model, image: str, output: str, options: MapOpt
     if is_tiff_output(output):
         stated = stated_placement(output) or {}
         expected = map_contents(image, ref.path, model.output_channels, options.classes, options.reduce)
-        return all(stated.get(key) == expected[key] for key in ("model", "classes", "values"))
+        read = {"bands": list(options.bands) if options.bands is not None else None}
+        if options.mpp is None:  # else the level and factor are the slide's to choose
+            read.update(level=options.level, downsample=float(options.downsample))
+        return (all(stated.get(key) == expected[key] for key in ("model", "classes", "values"))
+                and all(stated[key] == value for key, value in read.items() if key in stated))
     try:
         expected = image_map_shape(model, options.grid(model), image, options, tile)
     except (GraphconvError, OSError, ValueError):

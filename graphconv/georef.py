@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -29,8 +29,14 @@ from graphconv.receptive import Field
 # TIFF tag codes (GeoTIFF 1.1, and GDAL's for no-data)
 MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION = 33550, 33922, 34264
 GEO_KEY_DIRECTORY, GEO_DOUBLE_PARAMS, GEO_ASCII_PARAMS = 34735, 34736, 34737
-GDAL_NODATA = 42113
+GDAL_METADATA, GDAL_NODATA = 42112, 42113
 RASTER_TYPE_KEY, PIXEL_IS_POINT = 1025, 2
+GEOGRAPHIC_TYPE_KEY, PROJECTED_CS_TYPE_KEY, USER_DEFINED = 2048, 3072, 32767
+GEO_KEY_NAMES = {GEO_KEY_DIRECTORY: "GeoKeyDirectoryTag", GEO_DOUBLE_PARAMS: "GeoDoubleParamsTag",
+                 GEO_ASCII_PARAMS: "GeoAsciiParamsTag"}
+GEOTRANSFORM_ORDER = ("GDAL GeoTransform: (x0, x per column, x per row, y0, y per column, y per row); the "
+                      "corner (x, y) of cell (row r, column c) is (gt[0] + c gt[1] + r gt[2], gt[3] + c gt[4] + "
+                      "r gt[5]), its centre at c + 0.5, r + 0.5")
 SHORT, ASCII, DOUBLE = 3, 2, 12  # TIFF data types
 MAP_TILE = 256  # the written map's TIFF tiles, at most (less for a smaller map)
 TIFF_TILE_MULTIPLE = 16  # what the TIFF standard requires of a tile's sides
@@ -40,16 +46,71 @@ MAP_DESCRIPTION = "graphconv score map"  # how a map this module wrote is told f
 @dataclass(frozen=True)
 class GeoReference:
     """Raster (col, row) -> model (x, y) as `affine` (2x3: x = a[0] . (col, row, 1)),
-    plus the GeoKey tags (code, type, values) that say what x and y are."""
+    plus the GeoKey tags (code, type, values) that say what x and y are. An image tied
+    to the ground by ground control points alone (several ModelTiepoints, no pixel
+    scale: a warp GIS tools fit) has `gcps` instead, each (col, row, x, y, z), and no
+    affine."""
 
-    affine: np.ndarray
+    affine: np.ndarray | None
     keys: tuple[tuple[int, int, tuple | str], ...]
+    gcps: tuple[tuple[float, float, float, float, float], ...] | None = None
 
     @property
     def pixel_is_point(self) -> bool:
         directory = next((values for code, _, values in self.keys if code == GEO_KEY_DIRECTORY), ())
         entries = [directory[i:i + 4] for i in range(4, len(directory), 4)]
         return any(key == RASTER_TYPE_KEY and value == PIXEL_IS_POINT for key, _, _, value in entries)
+
+    def geokey(self, key: int) -> int | None:
+        """A GeoKey's SHORT value held in the directory itself (a code such as
+        ProjectedCSTypeGeoKey's EPSG number), or None."""
+        directory = next((values for code, _, values in self.keys if code == GEO_KEY_DIRECTORY), ())
+        entries = [directory[i:i + 4] for i in range(4, len(directory), 4)]
+        return next((int(value) for k, location, count, value in entries if k == key and location == 0), None)
+
+    @property
+    def epsg(self) -> int | None:
+        """The EPSG code of the projection, or of the geographic system where the raster
+        is not projected, where the GeoKeys give one (not 32767, user-defined)."""
+        for key in (PROJECTED_CS_TYPE_KEY, GEOGRAPHIC_TYPE_KEY):
+            code = self.geokey(key)
+            if code is not None and 1 <= code < USER_DEFINED:
+                return code
+        return None
+
+    def corner_affine(self) -> np.ndarray | None:
+        """`affine` counting pixel corners, as GDAL does whichever the raster type: a
+        pixel-centre (RasterPixelIsPoint) raster's point (c, r) is corner (c + 0.5, r + 0.5)."""
+        if self.affine is None:
+            return None
+        shift = np.array([[1.0, 0.0, -0.5], [0.0, 1.0, -0.5], [0.0, 0.0, 1.0]]) if self.pixel_is_point else np.eye(3)
+        return self.affine @ shift
+
+    def geotransform(self) -> list[float] | None:
+        """GDAL's GeoTransform of the corner affine: (x0, x per column, x per row, y0, y
+        per column, y per row), the corner (x, y) of raster (col, row) being
+        (gt[0] + col gt[1] + row gt[2], gt[3] + col gt[4] + row gt[5])."""
+        corner = self.corner_affine()
+        if corner is None:
+            return None
+        (a, b, x0), (c, d, y0) = corner
+        return [float(v) for v in (x0, a, b, y0, c, d)]
+
+    def as_dict(self) -> dict:
+        """The georeference as a zarr map's attributes state it (`zarr_attributes`)."""
+        stated = {"crs": f"EPSG:{self.epsg}" if self.epsg else None,
+                  "raster_type": "pixel centres (RasterPixelIsPoint)" if self.pixel_is_point
+                  else "pixel corners (RasterPixelIsArea)",
+                  "geokeys": {GEO_KEY_NAMES[code]: list(values) if not isinstance(values, str) else values
+                              for code, _, values in self.keys}}
+        if self.gcps is not None:
+            stated["gcps"] = [list(p) for p in self.gcps]
+            stated["gcps_order"] = ("(col, row, x, y, z): raster position of the map, in its raster type's "
+                                    "convention, and the model (x, y, z) there; a warp GIS tools fit")
+        else:
+            stated["geotransform"] = self.geotransform()
+            stated["geotransform_order"] = GEOTRANSFORM_ORDER
+        return stated
 
 
 def read_georeference(path: str) -> GeoReference | None:
@@ -61,15 +122,27 @@ def read_georeference(path: str) -> GeoReference | None:
                   if code in tags}
     try:
         affine = _affine(values)
+        gcps = _gcps(values) if affine is None else None
     except (ValueError, TypeError) as err:
         raise GraphconvError(f"its GeoTIFF tags do not make a georeference ({err}): ModelPixelScale takes 3 "
-                             "numbers, ModelTiepoint 6, ModelTransformation 16", file=path) from None
-    if affine is None:
+                             "numbers, ModelTiepoint 6 per point, ModelTransformation 16", file=path) from None
+    if affine is None and gcps is None:
         return None
     keys = tuple((code, ASCII if code == GEO_ASCII_PARAMS else SHORT if code == GEO_KEY_DIRECTORY else DOUBLE,
                   values[code] if code == GEO_ASCII_PARAMS else tuple(values[code]))
                  for code in (GEO_KEY_DIRECTORY, GEO_DOUBLE_PARAMS, GEO_ASCII_PARAMS) if code in values)
-    return GeoReference(affine, keys)
+    return GeoReference(affine, keys, gcps)
+
+
+def _gcps(values: dict) -> tuple | None:
+    """Ground control points: ModelTiepoints without a ModelPixelScale, each (I, J, K,
+    X, Y, Z) read as (col, row, x, y, z)."""
+    if MODEL_TIEPOINT not in values:
+        return None
+    points = [float(v) for v in values[MODEL_TIEPOINT]]
+    if not points or len(points) % 6:
+        raise ValueError(f"{len(points)} ModelTiepoint numbers")
+    return tuple((i, j, x, y, z) for i, j, _, x, y, z in (points[k:k + 6] for k in range(0, len(points), 6)))
 
 
 def _affine(values: dict) -> np.ndarray | None:
@@ -88,12 +161,39 @@ def map_georeference(image: GeoReference, cells: Field, pixel_size: tuple[float,
     `cells` places at r, c (`Model.cell_area`: a classifier's crop), in pixels of the
     image as read, each `pixel_size` (rows, cols) pixels of the georeferenced resolution
     (a pyramid level's downsample), and `cells.stride` pixels wide."""
+    return placed_georeference(image, cells_on_pixels(cells, pixel_size))
+
+
+def placed_georeference(image: GeoReference, placement: CellPlacement) -> GeoReference:
+    """The georeference of a map whose cells stand at `placement` on the image of
+    georeference `image` (its level 0): cell (r, c) is `placement.step` pixels wide and
+    centred on its placed pixel. Ground control points are moved onto the map's raster:
+    each tiepoint's image position becomes the same point's position among the cells,
+    exactly, since the cells are a regular grid over the image."""
     point = 0.5 if image.pixel_is_point else 0.0
-    columns = _axis(cells.offset[1], cells.size[1], cells.stride[1], pixel_size[1], point)
-    rows = _axis(cells.offset[0], cells.size[0], cells.stride[0], pixel_size[0], point)
-    # raster (col, row) of the image = (columns[0] + columns[1] * c, rows[0] + rows[1] * r)
-    cell_to_image = np.array([[columns[1], 0.0, columns[0]], [0.0, rows[1], rows[0]], [0.0, 0.0, 1.0]])
+    # raster (col, row) of the image = (start[1] + step[1] * c, start[0] + step[0] * r): in pixel corners (area),
+    # cell 0 starts half a step before its centre; in pixel centres (point) it is at its centre, pixel k's at k
+    start = [placement.first[a] - (point if point else 0.5 * placement.step[a]) for a in (0, 1)]
+    step = placement.step
+    if image.gcps is not None:
+        gcps = tuple(((col - start[1]) / step[1], (row - start[0]) / step[0], x, y, z)
+                     for col, row, x, y, z in image.gcps)
+        return GeoReference(None, image.keys, gcps)
+    cell_to_image = np.array([[step[1], 0.0, start[1]], [0.0, step[0], start[0]], [0.0, 0.0, 1.0]])
     return GeoReference(image.affine @ cell_to_image, image.keys)
+
+
+def georeference_of_placement(placement: CellPlacement | None) -> GeoReference | None:
+    """The georeference of a map from its `placement` alone, where its contents name a
+    GeoTIFF image (`map_contents`): the same as `georeference_of_map` gives from the
+    source, which the level-0 placement already holds."""
+    from graphconv.sources import is_tiff
+
+    image = (placement.contents or {}).get("image") if placement is not None else None
+    if not image or not is_tiff(image) or not os.path.isfile(image):
+        return None
+    geo = read_georeference(image)
+    return None if geo is None else placed_georeference(geo, placement)
 
 
 def georeference_of_map(source, cells: Field) -> GeoReference | None:
@@ -124,6 +224,7 @@ class CellPlacement:
     step: tuple[float, float]
     microns_per_pixel: float | None  # level 0's, where the file says it
     contents: dict | None = None  # what the map's channels hold, and of what (`map_contents`)
+    read: dict | None = None  # what the image was read at: its level, downsample and bands (`read_as`)
 
     def describe(self) -> str:
         y, x = (f"{self.first[a]:.6g} + {self.step[a]:.6g} {'rc'[a]}" for a in (0, 1))
@@ -133,7 +234,7 @@ class CellPlacement:
     def as_dict(self) -> dict:
         return {"first_cell_centre_yx": list(self.first), "cell_step_yx": list(self.step),
                 "units": "pixels of the image at full resolution (a pyramid's level 0), pixel k spanning k..k+1",
-                "microns_per_pixel": self.microns_per_pixel, **(self.contents or {})}
+                "microns_per_pixel": self.microns_per_pixel, **(self.read or {}), **(self.contents or {})}
 
     def tiff_resolution(self) -> dict:
         """tifffile's resolution arguments: cells per centimetre, where the size is known."""
@@ -163,7 +264,18 @@ def cell_placement(source, cells: Field) -> CellPlacement:
     level-0 image behind `source` (`graphconv.sources`: a level, read coarser or not)."""
     from graphconv.sources import level0_span
 
-    return cells_on_pixels(cells, level0_span(source), getattr(source, "microns_per_pixel", None))
+    placement = cells_on_pixels(cells, level0_span(source), getattr(source, "microns_per_pixel", None))
+    return replace(placement, read=read_as(source))
+
+
+def read_as(source) -> dict:
+    """What the map was read at, for it to state: the pyramid level (`--level`, or the
+    one `--mpp` chose; 0 for an image of one), how many times coarser than that level
+    (`--downsample`, or `--mpp`'s factor; 1 as stored) and the bands the network took,
+    numbered from 1 as GDAL does (`--bands`; None: every band, in the file's order)."""
+    bands = getattr(source, "bands", None)
+    return {"level": int(getattr(source, "level", 0) or 0), "downsample": float(getattr(source, "factor", 1)),
+            "bands": list(bands) if bands is not None else None}
 
 
 def cells_on_pixels(cells: Field, span: tuple[float, float] = (1.0, 1.0),
@@ -176,24 +288,39 @@ def cells_on_pixels(cells: Field, span: tuple[float, float] = (1.0, 1.0),
 
 
 def cell_size(geo: GeoReference) -> tuple[float, float]:
-    """A cell's width and height in map units."""
-    (a, b, _), (c, d, _) = geo.affine
+    """A cell's width and height in map units: of ground control points, as the affine
+    that fits them best gives it (three or more not in a line), or the distance of two
+    over their distance in cells."""
+    affine = geo.affine if geo.affine is not None else _fitted(geo.gcps)
+    if affine is None:
+        (c0, r0, x0, y0, _), (c1, r1, x1, y1, _) = geo.gcps[0], geo.gcps[-1]
+        apart = float(np.hypot(c1 - c0, r1 - r0))
+        size = float(np.hypot(x1 - x0, y1 - y0)) / apart if apart else float("nan")
+        return size, size
+    (a, b, _), (c, d, _) = affine
     return float(np.hypot(a, c)), float(np.hypot(b, d))
 
 
-def _axis(offset: int, size: int, stride: int, pixel: float, point: float) -> tuple[float, float]:
-    """(start, step) of cell raster coordinates in the image's along one axis. In pixel
-    corners (area): cell 0 starts half a stride before its box's centre, offset + size / 2;
-    in pixel centres (point), at it."""
-    start = offset + size / 2 - (0.5 * stride if not point else 0.0)
-    return pixel * start - point, pixel * stride
+def _fitted(gcps) -> np.ndarray | None:
+    """The least-squares affine of three or more ground control points not in a line."""
+    if gcps is None or len(gcps) < 3:
+        return None
+    raster = np.array([(col, row, 1.0) for col, row, *_ in gcps])
+    if np.linalg.matrix_rank(raster) < 3:
+        return None
+    model = np.array([(x, y) for _, _, x, y, _ in gcps])
+    return np.linalg.lstsq(raster, model, rcond=None)[0].T
 
 
 def tiff_tags(geo: GeoReference | None, nodata: str | None) -> list[tuple]:
     """tifffile extratags for a map: its georeference (tiepoint and pixel scale where
     the axes are not rotated, else the transformation matrix) and GDAL's no-data."""
     tags: list[tuple] = []
-    if geo is not None:
+    if geo is not None and geo.gcps is not None:
+        points = tuple(float(v) for col, row, x, y, z in geo.gcps for v in (col, row, 0.0, x, y, z))
+        tags.append((MODEL_TIEPOINT, DOUBLE, len(points), points, True))
+        tags += [(code, kind, len(values) + (kind == ASCII), values, True) for code, kind, values in geo.keys]
+    elif geo is not None:
         (a, b, x0), (c, d, y0) = geo.affine
         if b == 0 and c == 0 and a > 0 and d < 0:
             tags += [(MODEL_PIXEL_SCALE, DOUBLE, 3, (a, -d, 0.0), True),
@@ -223,10 +350,51 @@ def write_map_tiff(path: str, scores: np.ndarray, geo: GeoReference | None,
     data = bands[0] if bands.shape[0] == 1 else bands
     description = MAP_DESCRIPTION + (f"\n{json.dumps(placement.as_dict())}" if placement else "")
     resolution = placement.tiff_resolution() if placement and geo is None else {}
+    contents = placement.contents if placement is not None else None
+    metadata = gdal_metadata(band_descriptions(bands.shape[0], bands.dtype, contents),
+                             class_names(bands.dtype, contents))
+    extratags = tiff_tags(geo, nodata) + [(GDAL_METADATA, ASCII, len(metadata) + 1, metadata, True)]
     tifffile.imwrite(path, data, photometric="minisblack", planarconfig="separate" if data.ndim == 3 else None,
                      tile=map_tile(bands.shape[1:]), **map_compression(bands.dtype),
-                     extratags=tiff_tags(geo, nodata), bigtiff=data.nbytes > 2 ** 31, description=description,
+                     extratags=extratags, bigtiff=data.nbytes > 2 ** 31, description=description,
                      metadata=None, **resolution)
+
+
+def band_descriptions(count: int, dtype: np.dtype, contents: dict | None) -> list[str]:
+    """Each band's name, as GDAL shows it (QGIS's band names): its class's label, or
+    "class K" where the model has no labels; a class map's one band says what its
+    values are."""
+    if np.dtype(dtype) == np.uint16 and count == 1:
+        return ["class (the best class of each cell; 65535: not computed)"]
+    contents = contents or {}
+    classes = contents.get("classes") or list(range(count))
+    labels = contents.get("labels")
+    return [labels[i] if labels and i < len(labels) else f"class {classes[i] if i < len(classes) else i}"
+            for i in range(count)]
+
+
+def class_names(dtype: np.dtype, contents: dict | None) -> dict[int, str]:
+    """A class map's legend, value -> name, for its band's metadata (`CLASS_<value>`
+    items): the candidate classes, by label where the model has labels."""
+    if np.dtype(dtype) != np.uint16 or not contents:
+        return {}
+    classes, labels = contents.get("classes") or [], contents.get("labels")
+    return {int(c): labels[i] if labels and i < len(labels) else f"class {c}" for i, c in enumerate(classes)}
+
+
+def gdal_metadata(descriptions: Sequence[str], legend: dict[int, str]) -> str:
+    """GDAL's metadata tag (42112): each band's description (`role="description"`,
+    what GDAL's GetDescription and QGIS's band names read) and, for a class map, each
+    class value's name as band metadata (gdalinfo lists it; GDAL keeps category names
+    only in a .aux.xml beside the file, which graphconv does not write)."""
+    from xml.sax.saxutils import escape, quoteattr
+
+    items = [f'<Item name="DESCRIPTION" sample="{i}" role="description">{escape(text)}</Item>'
+             for i, text in enumerate(descriptions)]
+    items += [f'<Item name={quoteattr(f"CLASS_{value}")} sample="0">{escape(name)}</Item>'
+              for value, name in sorted(legend.items())]
+    # an ASCII tag: other characters as XML character references, which GDAL's parser reads back
+    return ("<GDALMetadata>" + "".join(items) + "</GDALMetadata>").encode("ascii", "xmlcharrefreplace").decode()
 
 
 def map_tile(map_hw: tuple[int, int]) -> tuple[int, int]:

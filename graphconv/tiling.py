@@ -520,11 +520,16 @@ class MapFile:
         blocks are reserved now (a sparse one would SIGBUS when a full disk refuses a tile)."""
         from graphconv.files import reserve_space
         if self.is_zarr:
+            from graphconv.background import fill_value
+            from graphconv.georef import georeference_of_placement
             from graphconv.sources import require
             zarr = require("zarr")
             chunks = (1, min(self.shape[1], 64), *self.chunk_hw)
-            array = zarr.open_array(self._tmp, mode="w", shape=self.shape, chunks=chunks, dtype=self.dtype)
-            array.attrs[ZARR_MAP_ATTRIBUTE] = zarr_map_attribute(self.placement)
+            named = {"dimension_names": MAP_DIMENSIONS} if _writes_zarr_3(zarr) else {}
+            array = zarr.open_array(self._tmp, mode="w", shape=self.shape, chunks=chunks, dtype=self.dtype,
+                                    fill_value=fill_value(self.dtype), **named)
+            geo = self.georeference if self.georeference is not None else georeference_of_placement(self.placement)
+            array.attrs.update(zarr_map_attributes(self.placement, geo, self.dtype))
             return array
         array = np.lib.format.open_memmap(self._scratch, mode="w+", dtype=self.dtype, shape=self.shape)
         reserve_space(self._scratch, self.path)
@@ -545,10 +550,62 @@ ZARR_MAP_ATTRIBUTE = "graphconv"
 `cluster.is_a_map_graphconv_wrote`) and, where known, where its cells stand."""
 
 
+MAP_DIMENSIONS = ["image", "class", "y", "x"]
+"""A map's axes, (N, K, rows, cols), named as xarray reads a zarr array's
+(`_ARRAY_DIMENSIONS`, zarr 3's dimension_names): one image per index of the first, one
+channel per class (a `--reduce argmax` map's one: the class), then the cells' rows and
+columns."""
+
+
 def zarr_map_attribute(placement) -> dict:
     from graphconv import __version__
 
     return {"written_by": f"graphconv {__version__}", **(placement.as_dict() if placement is not None else {})}
+
+
+def zarr_map_attributes(placement, geo, dtype) -> dict:
+    """Every attribute of a zarr map: graphconv's own (`zarr_map_attribute`: who wrote
+    it, where its cells stand and what they hold, its no-data value and its
+    georeference, `GeoReference.as_dict`), and what xarray, rioxarray, GDAL and GeoZarr
+    readers look for: the axes' names (`_ARRAY_DIMENSIONS`), the no-data value
+    (`_FillValue`, as xarray writes it: a float's the base64 of its little-endian double;
+    the array's fill_value is the same, so a chunk never written reads as not
+    computed), the CRS (GDAL's `_CRS`, GeoZarr's `proj:code`, where the GeoKeys give an
+    EPSG code) and the cells' affine transform (`GeoTransform` in GDAL's order, as CF's
+    spatial_ref holds it, and GeoZarr's `spatial:transform` in rasterio's: a, b, c, d,
+    e, f with x = a col + b row + c), of pixel corners whatever the image's raster type.
+    A map of ground control points states them in `graphconv.georeference` alone."""
+    import base64
+
+    from graphconv.background import fill_value
+
+    nodata = fill_value(np.dtype(dtype))
+    own = zarr_map_attribute(placement)
+    own["nodata"] = "NaN" if isinstance(nodata, float) else int(nodata)
+    attributes = {"_ARRAY_DIMENSIONS": MAP_DIMENSIONS,
+                  "_FillValue": base64.b64encode(np.array(nodata, "<f8").tobytes()).decode()
+                  if isinstance(nodata, float) else int(nodata)}
+    if geo is not None:
+        own["georeference"] = geo.as_dict()
+        if geo.epsg:
+            attributes["_CRS"] = {"url": f"http://www.opengis.net/def/crs/EPSG/0/{geo.epsg}"}
+            attributes["proj:code"] = f"EPSG:{geo.epsg}"
+        transform = geo.geotransform()
+        if transform is not None:
+            x0, a, b, y0, c, d = transform
+            attributes["GeoTransform"] = " ".join(repr(v) for v in transform)
+            attributes["spatial:dimensions"] = ["y", "x"]
+            attributes["spatial:transform"] = [a, b, x0, c, d, y0]
+            attributes["spatial:registration"] = "pixel"
+    return {ZARR_MAP_ATTRIBUTE: own, **attributes}
+
+
+def _writes_zarr_3(zarr) -> bool:
+    """Whether `zarr.open_array` makes a zarr 3 array here, which names its axes itself."""
+    try:
+        return int(zarr.__version__.split(".")[0]) >= 3 and int(zarr.config.get("default_zarr_format", 3)) == 3
+    except (AttributeError, ValueError, TypeError):
+        return False
 
 
 def check_zarr_target(path: str) -> None:

@@ -171,3 +171,150 @@ def test_a_large_map_keeps_256_pixel_tiles(tmp_path):
     with tifffile.TiffFile(tmp_path / "map.tif") as tif:
         assert (tif.pages[0].tilelength, tif.pages[0].tilewidth) == (256, 32)
         np.testing.assert_array_equal(tif.asarray(), scores[0])
+
+
+GCPS = ((0.0, 0.0, 0.0, 500000.0, 4600000.0, 0.0), (59.0, 0.0, 0.0, 500590.0, 4600000.0, 0.0),
+        (0.0, 39.0, 0.0, 500000.0, 4599610.0, 0.0))  # on the grid of 10 m pixels from (500000, 4600000)
+
+
+def gcp_geotiff(path, shape=(40, 60), directory=UTM_33N_AREA, gcps=GCPS):
+    """A grey GeoTIFF tied to the ground by ground control points alone: several
+    ModelTiepoints, no ModelPixelScale (GDAL's GCPs)."""
+    points = tuple(v for p in gcps for v in p)
+    pixels = (np.random.default_rng(5).random(shape) * 255).astype(np.uint8)
+    tifffile.imwrite(path, pixels, extratags=[(33922, 12, len(points), points, True),
+                                              (GEO_KEY_DIRECTORY, 3, len(directory), directory, True)])
+    return path
+
+
+def test_ground_control_points_are_carried_onto_the_map_s_cells(tmp_path):
+    """Each tiepoint's image position becomes the same point's position among the map's
+    cells (cell c spans image columns 30 + 4c .. 34 + 4c: a 64 px crop's centre, less
+    half the 4 px stride), so the map's points describe the same ground: the affine they
+    fit is the one a pixel-scale georeference of the same grid gives the map."""
+    from graphconv.georef import cell_size
+
+    image = read_georeference(gcp_geotiff(tmp_path / "gcps.tif"))
+    assert image.affine is None and [p[:4] for p in image.gcps] == [(p[0], p[1], p[3], p[4]) for p in GCPS]
+    cells = Field((64, 64), (4, 4), (0, 0))
+    geo = map_georeference(image, cells)
+    assert [p[:2] for p in geo.gcps] == [(-7.5, -7.5), (7.25, -7.5), (-7.5, 2.25)]
+    same_grid = map_georeference(read_georeference(geotiff(tmp_path / "scene.tif", tiepoint=(0, 0, 0, 500000.0,
+                                                                                                  4600000.0, 0))),
+                                 cells)
+    raster = np.array([(c, r, 1.0) for c, r, *_ in geo.gcps])
+    fitted = np.linalg.lstsq(raster, np.array([(x, y) for _, _, x, y, _ in geo.gcps]), rcond=None)[0].T
+    np.testing.assert_allclose(fitted, same_grid.affine, atol=1e-6)
+    np.testing.assert_allclose(cell_size(geo), (40.0, 40.0))
+    write_map_tiff(str(tmp_path / "map.tif"), np.zeros((1, 2, 5, 6), np.float32), geo)
+    with tifffile.TiffFile(tmp_path / "map.tif") as tif:
+        tags = tif.pages[0].tags
+        assert "ModelPixelScaleTag" not in tags and "ModelTransformationTag" not in tags
+        assert tags["GeoKeyDirectoryTag"].value == UTM_33N_AREA
+    assert read_georeference(str(tmp_path / "map.tif")).gcps == geo.gcps
+
+
+# ---- through the CLI, as users run it ---------------------------------------------------------------
+
+def _cli(*args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "graphconv", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """The digit classifier (28x28 grey crops, stride 4, labels 0-9 and background), compiled."""
+    from conftest import SPECS
+
+    folder = tmp_path_factory.mktemp("m") / "digits-fcn"
+    result = _cli("compile", SPECS / "digits.yaml", "-o", folder)
+    assert result.returncode == 0, result.stderr
+    return folder
+
+
+def grey_geotiff(path, directory=UTM_33N_AREA, shape=(120, 150)):
+    pixels = (np.random.default_rng(7).random(shape) * 255).astype(np.uint8)
+    tifffile.imwrite(path, pixels, tile=(64, 64),
+                     extratags=[(33550, 12, 3, (10.0, 10.0, 0.0), True),
+                                (33922, 12, 6, (0, 0, 0, 500000.0, 4600000.0, 0), True),
+                                (GEO_KEY_DIRECTORY, 3, len(directory), directory, True)])
+    return path
+
+
+def test_a_gcp_georeferenced_image_s_map_carries_its_points(digits, tmp_path):
+    """An image tied to the ground by GCPs gave a map with no georeference, silently."""
+    image = gcp_geotiff(tmp_path / "gcps.tif", shape=(120, 150),
+                        gcps=((0, 0, 0, 500000.0, 4600000.0, 0), (149, 119, 0, 501490.0, 4598810.0, 0)))
+    result = _cli("run", digits, "--image", image, "--tile", "64", "--output", tmp_path / "map.tif")
+    assert result.returncode == 0, result.stderr
+    assert "map georeferenced as the image" in result.stderr
+    geo = read_georeference(str(tmp_path / "map.tif"))
+    # cell c spans image columns 14 - 2 + 4c .. : image column 149 is cell (149 - 12) / 4
+    assert [p[:2] for p in geo.gcps] == [(-3.0, -3.0), (34.25, 26.75)]
+    assert [p[2:4] for p in geo.gcps] == [(500000.0, 4600000.0), (501490.0, 4598810.0)]
+
+
+@pytest.mark.parametrize("directory", [UTM_33N_AREA, UTM_33N_POINT])
+def test_a_zarr_map_of_a_geotiff_lands_where_its_tif_map_does(digits, tmp_path, directory):
+    """A .zarr map held only pixel-space placement: now the axes' names, the CRS, the
+    cells' GeoTransform and the no-data value xarray, rioxarray and GDAL look for, from
+    the georeference the .tif map gets; a cell's centre lands on the same ground."""
+    zarr = pytest.importorskip("zarr")
+    import base64
+
+    image = grey_geotiff(tmp_path / "scene.tif", directory)
+    for output in ("map.tif", "map.zarr"):
+        result = _cli("run", digits, "--image", image, "--tile", "64", "--output", tmp_path / output)
+        assert result.returncode == 0, result.stderr
+    tif = read_georeference(str(tmp_path / "map.tif"))
+    stored = zarr.open_array(str(tmp_path / "map.zarr"), mode="r")
+    attrs = dict(stored.attrs)
+    assert attrs["_ARRAY_DIMENSIONS"] == ["image", "class", "y", "x"] and stored.ndim == 4
+    assert attrs["_CRS"] == {"url": "http://www.opengis.net/def/crs/EPSG/0/32633"}
+    assert attrs["graphconv"]["georeference"]["crs"] == "EPSG:32633"
+    assert attrs["graphconv"]["georeference"]["geokeys"]["GeoKeyDirectoryTag"] == list(directory)
+    gt = [float(v) for v in attrs["GeoTransform"].split()]
+    assert gt == attrs["graphconv"]["georeference"]["geotransform"]
+    assert np.isnan(stored.fill_value)
+    assert np.isnan(np.frombuffer(base64.b64decode(attrs["_FillValue"]), "<f8")[0])
+    point = 0.0 if directory == UTM_33N_POINT else 0.5  # where a cell's centre is in the .tif's raster
+    for r, c in [(0, 0), (3, 7), (stored.shape[2] - 1, stored.shape[3] - 1)]:
+        from_zarr = (gt[0] + (c + 0.5) * gt[1] + (r + 0.5) * gt[2], gt[3] + (c + 0.5) * gt[4] + (r + 0.5) * gt[5])
+        np.testing.assert_allclose(from_zarr, model_xy(tif, c + point, r + point))
+    # cell (0, 0)'s crop is centred 14 pixels in: 140 m from the corner of pixel (0, 0), which the tiepoint
+    # places at (500000, 4600000), or 135 m from its centre, which a pixel-centre raster's tiepoint places there
+    shift = 5.0 if directory == UTM_33N_POINT else 0.0
+    np.testing.assert_allclose((gt[0] + 0.5 * gt[1], gt[3] + 0.5 * gt[5]), (500140.0 - shift, 4599860.0 + shift))
+    result = _cli("run", digits, "--image", image, "--tile", "64", "--reduce", "argmax", "--output",
+                  tmp_path / "classes.zarr")
+    assert result.returncode == 0, result.stderr
+    classes = zarr.open_array(str(tmp_path / "classes.zarr"), mode="r")
+    assert classes.fill_value == 65535 and classes.attrs["_FillValue"] == 65535
+
+
+def test_a_tif_map_names_its_bands_for_gdal_and_says_what_it_was_read_at(digits, tmp_path):
+    """Class names were only in the description's JSON: GDAL's metadata tag now gives
+    each band its class's name (QGIS's band names), a class map its legend; and the map
+    states the level, downsample and bands it was read at."""
+    import json
+    import re
+
+    image = grey_geotiff(tmp_path / "scene.tif", shape=(240, 300))
+    result = _cli("run", digits, "--image", image, "--tile", "64", "--classes", "7,background", "--downsample", "2",
+                  "--output", tmp_path / "map.tif")
+    assert result.returncode == 0, result.stderr
+    with tifffile.TiffFile(tmp_path / "map.tif") as tif:
+        xml = tif.pages[0].tags[42112].value
+        stated = json.loads(tif.pages[0].description.split("\n", 1)[1])
+    assert re.findall(r'<Item name="DESCRIPTION" sample="(\d+)" role="description">([^<]*)</Item>', xml) == [
+        ("0", "7"), ("1", "background")]
+    assert (stated["level"], stated["downsample"], stated["bands"]) == (0, 2.0, None)
+    result = _cli("run", digits, "--image", image, "--tile", "64", "--reduce", "argmax", "--output",
+                  tmp_path / "classes.tif")
+    assert result.returncode == 0, result.stderr
+    with tifffile.TiffFile(tmp_path / "classes.tif") as tif:
+        xml = tif.pages[0].tags[42112].value
+    assert '<Item name="CLASS_10" sample="0">background</Item>' in xml
+    assert '<Item name="CLASS_3" sample="0">3</Item>' in xml
+    assert 'sample="0" role="description">class (the best class' in xml
