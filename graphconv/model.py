@@ -34,6 +34,15 @@ class Model:
         self._derived: dict = {}
         self._derived_version: int | None = None
 
+    def __getstate__(self) -> dict:
+        """Pickled and deep-copied as its graph alone: what it derived (executors bound to
+        kernels, plans, buffers, a lock) is rebuilt on the next run, so a model that ran
+        can go to a spawn pool, joblib or Dask."""
+        return {"graph": self.graph}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["graph"])
+
     def _cache(self) -> dict:
         """What was derived from the graph at its current version."""
         if self.graph.version != self._derived_version:
@@ -187,10 +196,12 @@ class Model:
     # ---- running ------------------------------------------------------------------------
     def executor(self, device: str = "cpu") -> Executor:
         """The Executor for `device` ("cpu", "cuda" or "auto"), made once per graph
-        version; it resolves the device itself, once."""
+        version; it resolves the device itself, once. It binds a copy of the graph (the
+        weights shared, not copied): what it marks on the graph it binds (the CPU's
+        `layout: channels-last`) is its own, and the caller's graph stays as they left it."""
         executors = self._cache().setdefault("executors", {})
         if device not in executors:
-            executors[device] = Executor(self.graph, device)
+            executors[device] = Executor(self.graph.copy(), device)
         return executors[device]
 
     @property

@@ -32,6 +32,7 @@ from graphconv.ir import Graph, Node
 from graphconv.ops import layout
 from graphconv.ops.layout import stored_channels_last
 from graphconv.pass_manager import get_pass
+from graphconv.threads import check_not_forked_after_openmp
 from graphconv.shapes import batch_scales, infer_shapes
 
 # resolve_device is graphconv.backends', here too for callers that import it from here
@@ -158,8 +159,10 @@ class Executor:
     def __init__(self, graph: Graph, device: str = "cpu"):
         self.graph = graph
         self.backend: Backend = resolve_backend(device)
+        self._check_process()
         if self.backend.stores_channels_last:
-            get_pass("channels-last").run(graph)  # annotations only: the graph's values stay what they were
+            # annotations only, on the graph given (Model gives its own copy): values stay what they were
+            get_pass("channels-last").run(graph)
         self.steps = [self._bind(node) for node in self._layers()]
         self._plans: OrderedDict[tuple[int, int, int], Plan] = OrderedDict()
         self._buffers: list[Any] = []
@@ -170,6 +173,12 @@ class Executor:
     @property
     def device(self) -> str:
         return self.backend.name
+
+    def _check_process(self) -> None:
+        """A CPU run in a child forked after GNU OpenMP started would kill it: a clear
+        error instead (graphconv/threads.py)."""
+        if self.backend.name == "cpu":
+            check_not_forked_after_openmp()
 
     def _layers(self) -> list[Node]:
         layers = self.graph.layers()
@@ -217,6 +226,7 @@ class Executor:
         the planned output shape, any strides (a view into a larger map), or an array of
         this device's. Otherwise it is a new host array, the caller's to keep."""
         x = self._checked_input(x)
+        self._check_process()
         with self._lock:
             key = (x.shape[0], x.shape[2], x.shape[3])
             plan = self.plan(*key)

@@ -32,7 +32,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 from pathlib import Path
+
+from graphconv.errors import GraphconvError
 
 QUIET_WORKERS = {
     "OPENBLAS_THREAD_TIMEOUT": "4",  # spin 2^4 cycles (the minimum) before sleeping
@@ -81,3 +84,61 @@ def _loaded_libraries(name_part: str) -> list[str]:
     fields = (line.split(maxsplit=5) for line in maps.splitlines())
     paths = {f[5] for f in fields if len(f) == 6}  # address, perms, offset, dev, inode, path
     return sorted(p for p in paths if name_part in Path(p).name and ".so" in Path(p).name)
+
+
+# ---- fork() after GNU OpenMP -------------------------------------------------------------
+#
+# numba's CPU kernels run their parallel loops on its "omp" threading layer here (GNU
+# OpenMP: numba's first choice, tbb, is not installed; its last, workqueue, aborts when two
+# threads run kernels at once, which graphconv allows). GNU OpenMP's worker threads do not
+# survive fork(), and numba's omp layer, called in a process forked from one that started
+# it, prints "Terminating: fork() called from a process already using GNU OpenMP, this is
+# unsafe." and kills that process: a fork-based multiprocessing.Pool whose parent ran a
+# model loses every task and never returns. Nothing can bring the pool back in the child
+# (its kernels are linked to the omp layer, which numba starts once per process), so the
+# child is told instead, before any kernel runs, in an error Pool.map hands back to the
+# parent.
+
+FORK_ADVICE = ("use multiprocessing.get_context(\"spawn\") or get_context(\"forkserver\") for the pool "
+               "(concurrent.futures.ProcessPoolExecutor(mp_context=...), joblib's default loky, Dask), or "
+               "install tbb (pip install tbb), numba's fork-safe threading layer")
+
+
+class ForkedAfterOpenMPError(GraphconvError):
+    """A CPU run in a process forked from one whose numba kernels had started GNU OpenMP."""
+
+
+_forked_after_openmp = False
+
+
+def gnu_openmp_started() -> bool:
+    """Whether numba's GNU OpenMP threading layer has started in this process (or in the
+    one it was forked from). Looks only at modules already imported: it imports nothing."""
+    parallel = sys.modules.get("numba.np.ufunc.parallel")
+    if parallel is None or not getattr(parallel, "_is_initialized", False):
+        return False
+    if getattr(parallel, "_threading_layer", None) != "omp":
+        return False
+    omppool = sys.modules.get("numba.np.ufunc.omppool")
+    return getattr(omppool, "openmp_vendor", "GNU") == "GNU"
+
+
+def _after_fork_in_child() -> None:
+    """Remember, in the child, that its parent had started GNU OpenMP (a grandchild
+    inherits the mark: its OpenMP state is just as broken)."""
+    global _forked_after_openmp
+    _forked_after_openmp = _forked_after_openmp or gnu_openmp_started()
+
+
+def check_not_forked_after_openmp() -> None:
+    """Raise ForkedAfterOpenMPError, naming the fix, in a process forked after GNU OpenMP
+    started: a CPU kernel run here would kill the process (and hang a Pool)."""
+    if _forked_after_openmp:
+        raise ForkedAfterOpenMPError(
+            "this process was forked (multiprocessing's default 'fork' start method on Linux) from one that had "
+            "already started numba's GNU OpenMP threads, which graphconv's CPU kernels run on and which do not "
+            f"survive fork(): a CPU run here would kill the process. {FORK_ADVICE[0].upper()}{FORK_ADVICE[1:]}")
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; the hook only sets the flag above
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -5,7 +5,7 @@ import pytest
 
 import graphconv
 from graphconv.dense import crop_loop
-from conftest import random_input
+from conftest import SPECS, random_input
 
 # a 37x37 crop whose pool drops the crop's last row and column (33 -> 16): each cell's
 # field is 36x36, so the network computes cells whose field fits the image but whose
@@ -230,3 +230,40 @@ def test_cell_box_checks_its_indices(floor_models, rng):
     fcn.run(random_input(rng, (1, 1, 40, 41)), full=True)
     assert fcn.cell_box(2, 2) == (4, 4, 40, 40)  # the full map's extra row
     assert fcn.cell_box(np.int64(1), np.int64(0)) == (2, 0, 38, 36)
+
+
+def test_a_model_that_ran_pickles_and_deep_copies(rng):
+    """What it derived (executors, plans, buffers) is dropped and rebuilt on the next
+    run, so it can go to a spawn pool, joblib or Dask after running."""
+    import copy
+    import pickle
+    model = graphconv.compile_model(SPECS / "lenet.yaml")
+    x = random_input(rng, (1, 1, 40, 40))
+    want = model.run(x)
+    for twin in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        np.testing.assert_array_equal(twin.run(x), want)
+        assert twin.graph is not model.graph
+    np.testing.assert_array_equal(model.run(x), want)
+
+
+def test_weights_edited_in_place_raise_and_set_weights_takes_effect(rng):
+    model = graphconv.compile_model(SPECS / "lenet.yaml")
+    x = random_input(rng, (1, 1, 32, 32))
+    before = model.run(x).copy()
+    weight = model.graph.node("conv1").weights["weight"]
+    with pytest.raises(ValueError, match="read-only"):
+        weight[...] = 0
+    model.graph.set_weights("conv1", weight=np.zeros_like(weight))
+    after = model.run(x)
+    assert not np.array_equal(after, before)
+    np.testing.assert_array_equal(after, graphconv.Model(model.graph.copy()).run(x))
+
+
+def test_running_a_model_leaves_the_callers_graph_as_it_was(rng):
+    """The CPU's channels-last marks belong to the executor's copy, not to the graph the
+    caller gave and may print or edit."""
+    graph = graphconv.compile_model(SPECS / "lenet.yaml").graph
+    text, version = str(graph), graph.version
+    graphconv.Model(graph).run(random_input(rng, (1, 1, 40, 40)))
+    assert str(graph) == text and graph.version == version
+    assert not any("layout" in node.annotations for node in graph.layers())

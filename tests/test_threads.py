@@ -68,3 +68,51 @@ def test_requieting_openblas_keeps_it_working():
     assert result.stdout.endswith("ok\n")
     if "openblas" not in result.stdout.split("ok")[0].lower():
         pytest.skip("numpy here does not use OpenBLAS")
+
+
+FORK_POOL_SCRIPT = """
+import multiprocessing as mp, sys
+import numpy as np, graphconv
+model = graphconv.compile_model(sys.argv[1])
+x = np.zeros((1, 1, 40, 40), np.float32)
+model.run(x)  # the parent starts numba's threads
+def job(_):
+    return model.run(x).shape
+with mp.get_context("fork").Pool(1) as pool:
+    try:
+        print("RESULT", pool.map_async(job, range(2)).get(timeout=60))
+    except mp.TimeoutError:
+        print("HUNG")
+    except graphconv.GraphconvError as err:
+        print("ERROR", err)
+"""
+
+
+def test_a_fork_pool_after_a_run_returns_or_names_the_fix_and_never_hangs(tmp_path):
+    """GNU OpenMP does not survive fork(): numba kills a forked child that runs a
+    parallel kernel, and the Pool waited forever for its tasks. The child raises a
+    GraphconvError instead, naming spawn/forkserver, which Pool.map hands back."""
+    import subprocess
+    import sys
+    from conftest import SPECS
+    script = tmp_path / "fork_pool.py"
+    script.write_text(FORK_POOL_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), str(SPECS / "lenet.yaml")], capture_output=True,
+                          text=True, timeout=240)
+    out = done.stdout
+    assert "HUNG" not in out and done.returncode == 0, (out, done.stderr[-2000:])
+    if "ERROR" in out:  # numba on GNU OpenMP (with tbb, its fork-safe layer, the pool just works)
+        assert 'get_context("spawn")' in out and "forkserver" in out
+    else:
+        assert "RESULT [" in out, out
+
+
+def test_a_child_is_marked_only_when_its_parent_had_started_gnu_openmp(monkeypatch):
+    monkeypatch.setattr(threads, "_forked_after_openmp", False)
+    monkeypatch.setattr(threads, "gnu_openmp_started", lambda: False)
+    threads._after_fork_in_child()
+    threads.check_not_forked_after_openmp()
+    monkeypatch.setattr(threads, "gnu_openmp_started", lambda: True)
+    threads._after_fork_in_child()
+    with pytest.raises(threads.ForkedAfterOpenMPError, match="forkserver"):
+        threads.check_not_forked_after_openmp()
