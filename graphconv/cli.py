@@ -594,8 +594,8 @@ def cmd_run(args: argparse.Namespace) -> int:
           f" on {model.executor(args.device).device}")
     _note_whole_image_vector(args, model, x, out)
     if profile is not None:
-        device = model.executor(args.device).device
-        print(format_profile(model.graph, profile, x.shape[2:], x.shape[0], device))
+        executor = model.executor(args.device)  # its graph carries the layouts the kernels ran in
+        print(format_profile(executor.graph, profile, x.shape[2:], x.shape[0], executor.device))
         print("(the first run in a process also loads every compiled kernel; "
               "`graphconv inspect MODEL --profile` times a warmed-up run)")
     return _deliver(args, model, out, picture if args.image else None, model.field, model.cell_area)
@@ -1125,7 +1125,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         model.run(x, args.device)  # warm-up: JIT compile and caches
         profile: dict[str, float] = {}
         model.run(x, args.device, profile)
-        print(format_profile(model.graph, profile, size, 1, model.executor(args.device).device))
+        executor = model.executor(args.device)  # its graph carries the layouts the kernels ran in
+        print(format_profile(executor.graph, profile, size, 1, executor.device))
     return 0
 
 

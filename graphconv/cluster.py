@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from graphconv.background import DEFAULT_MAX_NODATA
 from graphconv.errors import GraphconvError
 
 
@@ -58,6 +59,7 @@ class MapOptions:
     downsample: float = 1  # --downsample F: each image read F times coarser (sources.Downsampled)
     mpp: float | None = None  # --mpp UM: each slide read at that pixel size (sources.resolution_for)
     traceback: bool = False  # --traceback: an image's error is raised with its traceback, not returned as one line
+    max_nodata: float = DEFAULT_MAX_NODATA  # --max-nodata F: cells more of whose crop is no-data not computed
 
     def grid(self, model):
         """What each task maps: the model's dense pass, or the classifier on every crop."""
@@ -243,9 +245,9 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
         transform, _, _ = map_transform(options.reduce, options.classes, model.output_channels)
         grid = options.grid(model)
         blank_cells = None
-        if options.skip_background is not None:
-            from graphconv.background import Background
-            background = Background(source, grid.field, options.skip_background)
+        from graphconv.background import cells_left_out
+        background = cells_left_out(source, grid, options.skip_background, options.max_nodata)
+        if background is not None:  # no tissue near their centres, or over a raster's no-data
             blank_cells = background.blank_cells
             tile = tile or background.cheapest_tile(grid, (source.height, source.width))
         if tile is None:

@@ -218,14 +218,18 @@ def _class_means(args: argparse.Namespace, scores) -> np.ndarray | None:
 
 
 def _map_georeference(args: argparse.Namespace, source, grid):
-    """A .tif map's georeference: the image's, where it is a GeoTIFF, moved to the map's
-    cells (`graphconv.georef`); said on stderr. None for other outputs and images."""
+    """A .tif or .zarr map's georeference: the image's, where it is a GeoTIFF, moved to
+    the map's cells (`graphconv.georef`); said on stderr. None for other outputs and
+    images."""
     from graphconv.georef import cell_size, georeference_of_map, is_tiff_output
 
-    geo = georeference_of_map(source, grid.cell_area) if is_tiff_output(args.output) else None
+    zarr = bool(args.output) and args.output.rstrip("/").lower().endswith(".zarr")
+    geo = georeference_of_map(source, grid.cell_area) if is_tiff_output(args.output) or zarr else None
     if geo is not None:
         width, height = cell_size(geo)
-        print(f"map georeferenced as the image: cells of {width:.6g} x {height:.6g} in the image's map units, "
+        how = (f"by its {len(geo.gcps)} ground control points moved onto the map's cells (GIS tools fit the "
+               "warp): cells of about" if geo.gcps is not None else "cells of")
+        print(f"map georeferenced as the image, {how} {width:.6g} x {height:.6g} in the image's map units, "
               "in its projection", file=sys.stderr)
     return geo
 
@@ -338,14 +342,16 @@ def _best_classes(args: argparse.Namespace, scores) -> np.ndarray:
 
 
 def _map_options(args: argparse.Namespace, grid):
+    from graphconv.background import DEFAULT_MAX_NODATA
     from graphconv.cluster import MapOptions
     from graphconv.tiling import CropGrid
 
-    return MapOptions(args.reduce if args.reduce == "argmax" else None,
-                      tuple(args.classes) if args.classes else None, args.device,
-                      grid.stride if isinstance(grid, CropGrid) else None, args.level, args.skip_background,
-                      tuple(args.bands) if args.bands else None, args.downsample, args.mpp,
-                      getattr(args, "traceback", False))
+    return MapOptions(reduce=args.reduce if args.reduce == "argmax" else None,
+                      classes=tuple(args.classes) if args.classes else None, device=args.device,
+                      crops=grid.stride if isinstance(grid, CropGrid) else None, level=args.level,
+                      skip_background=args.skip_background, bands=tuple(args.bands) if args.bands else None,
+                      downsample=args.downsample, mpp=args.mpp, traceback=getattr(args, "traceback", False),
+                      max_nodata=getattr(args, "max_nodata", DEFAULT_MAX_NODATA))
 
 
 def _model_ref(args: argparse.Namespace):

@@ -67,7 +67,9 @@ def _require_torch() -> None:
 
 
 def _tensor(a: np.ndarray):
-    return torch.from_numpy(np.ascontiguousarray(a))
+    """A tensor of its own: the graph's weights are read-only, which torch.from_numpy
+    warns about (torch tensors are writable)."""
+    return torch.tensor(np.ascontiguousarray(a))
 
 
 def _layer(node, weights: dict, args: list):

@@ -499,7 +499,7 @@ def test_cli_tif_map_of_a_geotiff_scene_lands_on_its_ground(scene_net, tmp_path)
     common = ["run", folder / "fcn", "--image", tmp_path / "geo.tif", "--bands", "4,3,2", "--tile", "48"]
     result = graphconv(*common, "--output", tmp_path / "map.tif", "--top", "2")
     assert result.returncode == 0, result.stderr
-    assert "map georeferenced as the image: cells of 20 x 20 in the image's map units" in result.stderr
+    assert "map georeferenced as the image, cells of 20 x 20 in the image's map units" in result.stderr
     assert graphconv(*common, "--output", tmp_path / "map.npy").returncode == 0
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "map.tif"), np.load(tmp_path / "map.npy")[0])
     geo = read_georeference(str(tmp_path / "map.tif"))
@@ -603,6 +603,9 @@ def test_cli_a_scene_s_no_data_is_left_out_by_default_and_other_cells_are_exact(
     np.testing.assert_array_equal(maps["tiled"][:, :, clean], maps["plain"][:, :, clean])
     assert not np.isnan(maps["all"]).any()
     np.testing.assert_array_equal(maps["all"][:, :, share <= 0.5], maps["tiled"][:, :, share <= 0.5])
+    batch = graphconv(*common, "--images", tmp_path / "swath.tif", "--output-dir", tmp_path / "batch")
+    assert batch.returncode == 0, batch.stderr  # an --images batch leaves out the same cells (it computed them)
+    np.testing.assert_array_equal(np.load(tmp_path / "batch" / "swath.npy"), maps["tiled"])
 
 
 @pytest.mark.parametrize("image, factor, described", [
