@@ -258,7 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "converted network slid over a random image against the classifier "
                                      "on every crop, and for a padded network which layers' padding makes "
                                      "which positions differ, and by how much. Exit 0 when the conversion "
-                                     "is exact and (b) differs only where padding reaches; 1 otherwise.")
+                                     "is exact and (b) differs only where padding reaches; 1 otherwise; 2 "
+                                     "for a network that cannot be compiled (a squeeze-and-excitation "
+                                     "gate: check it with run --crops) or other bad input.")
     ver.add_argument("spec", help="spec .yaml file or .onnx model (the classifier, before compiling)")
     ver.add_argument("--input-size", type=_positive_int, nargs=2, metavar=("H", "W"), required=True,
                      help="the random image's size, larger than the crop")
@@ -704,8 +706,22 @@ def check_heatmap_has_a_map(args: argparse.Namespace, model) -> None:
     if args.heatmap is None or args.crops is not None or not model.returns_vectors:
         return
     raise GraphconvError(f"--heatmap draws a map, and {model.graph.name} gives one class vector per image (a "
-                         f"classifier as written): compile it (graphconv compile {args.model} -o DIR, then run DIR "
-                         "--heatmap ...), or map it crop by crop with --crops", file=args.model)
+                         f"classifier as written): {ways_to_map(args, model, ' --heatmap ...')}", file=args.model)
+
+
+def ways_to_map(args: argparse.Namespace, model, run_options: str = "") -> str:
+    """How to get a classifier's map: compile it, or run it crop by crop with --crops;
+    only the second for a network that cannot be compiled to slide (a squeeze-and-
+    excitation gate, statistics of whole maps), which compiling tells, so it is tried."""
+    from graphconv.compiler import compile_graph
+
+    try:
+        compile_graph(model.graph)
+    except GraphconvError as err:
+        where = f" (layer {shown(err.layer)}: graphconv compile says why)" if err.layer else ""
+        return f"it cannot be compiled to slide{where}, so run it crop by crop with --crops"
+    return (f"compile it (graphconv compile {args.model} -o DIR, then run DIR{run_options}), or run it crop by "
+            "crop with --crops")
 
 
 def note_pixels_as_they_are(args: argparse.Namespace, model) -> None:
@@ -728,8 +744,7 @@ def note_run_as_written(args: argparse.Namespace, model) -> None:
         return
     _, height, width = model.crop_shape
     note(f"note: {model.graph.name} is run as written: one vector per image, pooled over the whole image. For "
-         f"its scores on every {height}x{width} crop, compile it (graphconv compile {args.model} -o DIR, then "
-         "run DIR), or run it crop by crop with --crops")
+         f"its scores on every {height}x{width} crop: {ways_to_map(args, model)}")
 
 
 def _note_whole_image_vector(args: argparse.Namespace, model, x: np.ndarray, out: np.ndarray) -> None:
@@ -740,8 +755,8 @@ def _note_whole_image_vector(args: argparse.Namespace, model, x: np.ndarray, out
     if out.ndim != 2 or tuple(x.shape[2:]) == crop_hw:
         return
     note(f"note: {model.graph.name} is run as written: one vector per image, pooled over the whole "
-         f"{x.shape[2]}x{x.shape[3]} input. For its scores on every {crop_hw[0]}x{crop_hw[1]} crop, compile it "
-         f"(graphconv compile {args.model} -o DIR, then run DIR), or run it crop by crop with --crops")
+         f"{x.shape[2]}x{x.shape[3]} input. For its scores on every {crop_hw[0]}x{crop_hw[1]} crop: "
+         f"{ways_to_map(args, model)}")
 
 
 def _run_crops(args: argparse.Namespace, model, grid, x: np.ndarray, picture: np.ndarray | None) -> int:

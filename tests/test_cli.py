@@ -43,7 +43,19 @@ def test_a_classifier_as_written_on_a_larger_input_says_how_to_get_a_map(tmp_pat
         assert run_cli("run", tmp_path / "pooled.yaml", "--input", tmp_path / "in.npy") == 0
         err = capsys.readouterr().err
         assert ("note: pooled is run as written: one vector per image, pooled over the whole 48x48 input. For its "
-                "scores on every 32x32 crop, compile it" in err) == noted, err
+                "scores on every 32x32 crop: compile it" in err) == noted, err
+
+
+def test_a_classifier_that_cannot_slide_is_pointed_at_crops_only(tmp_path, capsys):
+    """A squeeze-and-excitation classifier cannot be compiled to slide: the note offered
+    `graphconv compile`, which then failed; it offers --crops alone, naming the layer."""
+    (tmp_path / "gated.yaml").write_text(GATED)
+    np.save(tmp_path / "in.npy", np.zeros((1, 3, 30, 30), np.float32))
+    assert run_cli("run", tmp_path / "gated.yaml", "--input", tmp_path / "in.npy") == 0
+    err = capsys.readouterr().err
+    assert "For its scores on every 12x12 crop: it cannot be compiled to slide (layer 'squeeze': graphconv " \
+           "compile says why), so run it crop by crop with --crops" in err, err
+    assert "graphconv compile " + str(tmp_path) not in err
 
 
 def test_outputs_that_would_replace_the_input_are_refused_before_any_work(tmp_path, capsys):
@@ -782,7 +794,7 @@ def test_many_images_through_a_classifier_as_written_say_so(tmp_path, capsys):
     assert run_cli("run", tmp_path / "pooled.yaml", "--images", tmp_path / "page.png", "--output-dir",
                    tmp_path / "v") == 0
     assert "note: pooled is run as written: one vector per image, pooled over the whole image. For its scores on " \
-           "every 32x32 crop, compile it" in capsys.readouterr().err
+           "every 32x32 crop: compile it" in capsys.readouterr().err
     assert np.load(tmp_path / "v" / "page.npy").shape == (1, 3)
 
 
