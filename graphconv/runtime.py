@@ -219,12 +219,17 @@ class Executor:
                 self._plans.popitem(last=False)
             return plan
 
-    def run(self, x: np.ndarray, profile: dict[str, float] | None = None, out: Any = None) -> Any:
+    def run(self, x: np.ndarray, profile: dict[str, float] | None = None, out: Any = None,
+            taps: dict[str, np.ndarray | None] | None = None) -> Any:
         """Run on (N, C, H, W) float32 input; `profile`, if given, collects seconds per layer.
 
         The output goes into `out` when given (and `out` is returned): a host array of
         the planned output shape, any strides (a view into a larger map), or an array of
-        this device's. Otherwise it is a new host array, the caller's to keep."""
+        this device's. Otherwise it is a new host array, the caller's to keep.
+
+        `taps`, if given, names layers (its keys) whose values this run also returns in
+        it, as host NCHW copies: their buffers are shared and overwritten later in the
+        run, and `verify` compares many layers' maps at once (`dense._padding_effects`)."""
         x = self._checked_input(x)
         self._check_process()
         with self._lock:
@@ -244,6 +249,9 @@ class Executor:
                 if profile is not None:
                     self.backend.synchronize()
                     profile[step.name] = profile.get(step.name, 0.0) + time.perf_counter() - start
+                if taps is not None and step.name in taps:
+                    taps[step.name] = self.backend.to_host(values[step.name],
+                                                           np.empty(plan.shapes[step.name], np.float32))
             result = values[plan.output]
         return out if result is out else self.backend.to_host(result, out)
 

@@ -62,6 +62,39 @@ def test_a_padded_network_passes_and_says_where_padding_reaches(write_spec, rng)
     assert "every cell depends on positions padding reaches" in text
 
 
+DEEP = """
+name: deep
+input: {shape: [2, 20, 20]}
+layers:
+""" + "".join(f"  - {{name: c{i}, op: conv, out_channels: 3, kernel_size: 3, padding: 1}}\n" for i in range(1, 9)) + """
+  - {name: side, op: conv, out_channels: 3, kernel_size: 3, padding: 1, inputs: [c4]}
+  - {name: cat, op: concat, inputs: [c8, side]}
+  - {name: pool, op: maxpool, kernel_size: 2}
+  - {name: fc, op: fc, out_features: 3}
+"""
+
+
+def test_many_padded_layers_are_measured_in_one_run_each_and_summed_up(write_spec, rng):
+    """Every padded layer's maps come from one run of the network up to the last of them
+    (and one per side branch not upstream of it), as each layer's own prefix gives them;
+    the report lists the first and last layers and sums up the ones between."""
+    classifier, fcn = models(write_spec, DEEP)
+    x = random_input(rng, (1, 2, 31, 27))
+    report = verify(classifier, fcn, x)
+    _, sources = padding_reach(classifier.graph)
+    assert [layer.name for layer in report.layers] == sources and len(sources) == 9
+    context = dense._PaddingContext(classifier, x, "cpu", padding_reach(classifier.graph)[0],
+                                    dense.receptive_fields(classifier.graph),
+                                    dense.infer_shapes(classifier.graph, check_weights=False))
+    for layer in report.layers:  # what the layer's own prefix, run alone, measures
+        [(alone)] = dense._measure_group(context, layer.name, [layer.name], []).values()
+        assert alone == layer
+        assert layer.reached > 0 and layer.clear_agrees
+    text = str(report)
+    assert "zero padding in c1, c2, c3 and 6 more:" in text
+    assert text.count("    - ") == 7 and "- and 3 more padded layer(s) between them" in text
+
+
 def test_a_wrong_conversion_fails_whatever_the_padding(write_spec, rng):
     classifier, fcn = models(write_spec, PADDED)
     fcn.graph.set_weights("fc", weight=fcn.graph.node("fc").weights["weight"] * 1.01)

@@ -189,6 +189,25 @@ def test_profile_names_every_layer(rng):
     assert all(seconds >= 0 for seconds in profile.values())
 
 
+def test_taps_return_each_named_layer_s_value_though_its_buffer_is_reused(rng):
+    """The values a run taps are copies taken as each layer writes them (verify compares
+    many layers' maps from one run), NCHW whichever way the kernels stored them."""
+    graph = graphconv.load(SPECS / "tinydag.yaml").graph
+    executor = Executor(graph.copy())
+    assert any(node.annotations.get("layout") == "channels-last" for node in executor.graph.layers())
+    x = random_input(rng, (2, 3, 28, 24))
+    names = [node.name for node in graph.layers()]
+    taps = dict.fromkeys(names)
+    out = executor.run(x, taps=taps)
+    np.testing.assert_array_equal(taps[names[-1]], out)
+    values = {graph.input.name: x}
+    for node in graph.layers():  # each layer's reference on the tapped values of its inputs
+        values[node.name] = taps[node.name]
+        expected = node.opdef.reference(node.params, node.weights, [values[i.name] for i in node.inputs])
+        assert taps[node.name].flags.c_contiguous
+        np.testing.assert_allclose(taps[node.name], expected, rtol=1e-4, atol=1e-4)
+
+
 def test_a_network_without_layers_is_refused():
     graph = graphconv.load(SPECS / "lenet.yaml").graph
     for node in reversed(graph.layers()):
