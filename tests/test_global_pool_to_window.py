@@ -52,7 +52,7 @@ def test_a_larger_image_gives_pytorchs_sliding_window(write_spec, rng, extra):
     classifier = graphconv.load(write_spec(GLOBAL))
     fcn = graphconv.compile_model(classifier.graph)
     x = random_input(rng, (2, 3, 22 + extra[0], 18 + extra[1]))
-    w = {n.name: {k: torch.from_numpy(v) for k, v in n.weights.items()} for n in classifier.graph.layers()}
+    w = {n.name: {k: torch.tensor(v) for k, v in n.weights.items()} for n in classifier.graph.layers()}
     with torch.no_grad():
         t = F.relu(F.conv2d(torch.from_numpy(x), w["c1"]["weight"], w["c1"]["bias"], stride=2, padding=1))
         t = F.conv2d(t, w["c2"]["weight"], w["c2"]["bias"], stride=2, padding=1)
