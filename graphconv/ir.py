@@ -461,8 +461,9 @@ class Graph:
             unknown = set(node.params) - {p.name for p in opdef.params}
             if unknown:
                 raise node.error(f"unknown parameter(s) {sorted(unknown)} for op {node.op}")
-            missing = [p.name for p in opdef.params if p.name not in node.params]
-            if missing:
+            missing = [p.name for p in opdef.params if p.name not in node.params
+                       and (p.default_from is None or p.default_from in node.params)]
+            if missing:  # one that defaults to another (a pool's stride) is named when that one is there
                 raise node.error(f"{node.op} is missing required parameter(s) {missing}, which have no default")
             _check_param_values(node, opdef)
             for key, array in node.weights.items():

@@ -180,3 +180,10 @@ def test_weights_with_nan_or_inf_are_refused_where_they_are_set(chain):
     with pytest.raises(GraphconvError, match="NaN or infinite"):
         chain.set_weights("c", weight=np.full((4, 3, 3, 3), np.inf))
     assert "bias" not in chain.node("c").weights
+
+
+def test_a_layer_missing_its_window_is_told_the_window_not_the_stride_that_defaults_to_it():
+    graph = load_spec(SPECS / "lenet.yaml")
+    graph.insert_after(graph.node("conv1"), "extra_pool", "maxpool", {})
+    with pytest.raises(GraphconvError, match=r"maxpool is missing required parameter\(s\) \['kernel_size'\], "):
+        graph.verify()
