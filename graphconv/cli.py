@@ -68,11 +68,19 @@ def _run_command(args: argparse.Namespace) -> int:
         print(f"graphconv: {user_message(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("graphconv: interrupted (what it was writing is removed)", file=sys.stderr)
+        print(f"graphconv: interrupted ({_what_is_left(args)})", file=sys.stderr)
         return 130
     except Terminated:
-        print("graphconv: terminated (what it was writing is removed)", file=sys.stderr)
+        print(f"graphconv: terminated ({_what_is_left(args)})", file=sys.stderr)
         return 128 + signal.SIGTERM
+
+
+def _what_is_left(args: argparse.Namespace) -> str:
+    """What a stopped command leaves: nothing, or with run --resume the partial map."""
+    if getattr(args, "resume", False) and args.output and os.path.isdir(args.output.rstrip("/") + ".partial"):
+        return (f"the tiles done are kept in {args.output.rstrip('/')}.partial: the same command with --resume "
+                "continues it")
+    return "what it was writing is removed"
 
 
 class Terminated(BaseException):
@@ -168,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--skip-existing", action="store_true",
                      help="with --images: leave out each image whose map (and heatmap, with --heatmap) is in "
                           "--output-dir already, so a stopped batch goes on where it stopped")
+    run.add_argument("--resume", action="store_true",
+                     help="with --image and --output (.zarr, .npy or .tif): write the map into OUTPUT.partial, "
+                          "kept if the run stops (Ctrl-C, a scheduler's SIGTERM, a crash), each finished tile "
+                          "listed; the same command with --resume computes only the tiles not done, and the "
+                          "map is renamed into place when complete")
     run.add_argument("--tile", type=_positive_int, metavar="N",
                      help="evaluate in exact tiles of at most N x N input pixels (bounded memory; "
                           "the same map as the whole-image pass)")
@@ -521,6 +534,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise GraphconvError("--downsample and --resize/--scales both change the image's size: use one")
     if args.skip_existing and not args.images:
         raise GraphconvError("--skip-existing leaves out the images of an --images batch whose maps are there")
+    if args.resume and (args.images or not args.image):
+        raise GraphconvError("--resume continues one image's map (--image ... --output MAP): an --images batch "
+                             "goes on where it stopped with --skip-existing" if args.images else
+                             "--resume continues an image's tiled map: give --image and --output")
+    if args.resume and not (args.output or "").rstrip("/").lower().endswith((".zarr", ".npy", ".tif", ".tiff")):
+        raise GraphconvError("--resume keeps the tiles done in OUTPUT.partial: give --output MAP.zarr, MAP.npy "
+                             "or MAP.tif")
     if args.output_format != "npy" and not args.images:
         raise GraphconvError("--output-format names the maps --images writes; for one image, name --output map.tif")
     if args.bands and not (args.image or args.images):

@@ -21,7 +21,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Collection, Iterator, Sequence
 
 import numpy as np
 
@@ -179,17 +179,21 @@ def _tile_block(ref: ModelRef, image: str, box: tuple[int, int, int, int], rows,
 
 def run_tiles_on_cluster(client, ref: ModelRef, image: str, plan, out, options: MapOptions,
                          progress: Callable[[Any], None] | None = None,
-                         blank_cells: Callable[[Any], np.ndarray] | None = None):
+                         blank_cells: Callable[[Any], np.ndarray] | None = None, done: Collection[Any] = ()):
     """Every tile of `plan` as a task; blocks written into `out` as they arrive. The cells
     `blank_cells(tile)` marks are written here as not computed, and a tile of such cells
-    alone is not sent (as `tiling.run_tiled` does)."""
+    alone is not sent (as `tiling.run_tiled` does). The tiles in `done` (a resumed run's)
+    are in `out` already: neither sent nor written. `progress(tile)` is called here, on
+    the client, after each block is written (`MapFile.record` lists it then)."""
     from distributed import as_completed
 
     from graphconv.background import blank_masks, fill_value, without_blank_cells
     from graphconv.tiling import write_block
 
+    done = frozenset(done)
     masks, blank = blank_masks(plan.tiles, blank_cells)
-    skipped = set(blank)
+    blank = [t for t in blank if t not in done]
+    skipped = set(blank) | done
     futures = {client.submit(_tile_block, ref, image, t.box, t.rows, t.cols, options, pure=False): t
                for t in plan.tiles if t not in skipped}
     for tile in blank:

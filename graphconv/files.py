@@ -25,6 +25,11 @@ The promises (README, "Safety"):
   .zarr map) replacing a folder is swapped by two renames, the old one set aside under
   a name the next run restores should the process die between them.
 * Unchanged weights are not rewritten: the same content hashes to the same name.
+* `run --resume` is the one exception to "nothing unless it succeeds", and only when
+  asked: its map is written into `<output>.partial` (`graphconv.tiling.MapFile`), a
+  folder kept when the run stops, whose tiles are listed in an append-only, synced log
+  (`append_synced`) after their blocks are on disk (`sync_file`); held by one run at a
+  time (`held_exclusively`).
 
 GRAPHCONV_FAULT_KILL_AT=<checkpoint> kills the process at one of the `_checkpoint`
 calls below: the tests use it to show that a kill at any point loses nothing.
@@ -194,6 +199,60 @@ def _is_under(filename, paths) -> bool:
         return False
     name = os.path.abspath(filename)
     return any(name == os.path.abspath(p) or name.startswith(os.path.abspath(p) + os.sep) for p in paths)
+
+
+@contextmanager
+def held_exclusively(folder: str | os.PathLike, shown_path: str) -> Iterator[None]:
+    """An exclusive lock on `folder` for the block, refused at once (not waited for) when
+    another process holds it: two runs resuming one partial map would write it in turns."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise GraphconvError("another graphconv run is writing it now (wait for it, or stop it)",
+                                 file=shown_path) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def append_synced(path: str | os.PathLike, text: str) -> None:
+    """Append `text` to a file and flush it to disk before returning: a log a kill at any
+    moment leaves holding every line appended before, and at most the last one cut
+    short."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, text.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_file(path: str | os.PathLike, folder_too: bool = False) -> None:
+    """Flush a file written by another library (a zarr chunk) to disk, and its folder's
+    entry for it with `folder_too`; nothing where it is not there (zarr writes no chunk
+    that holds only its fill value)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    if folder_too:
+        _sync_folder(Path(path).parent)
+
+
+def write_synced_text(path: str | os.PathLike, text: str) -> None:
+    """A small text file written whole and flushed to disk."""
+    _write_synced(Path(path), _text_writer(text))
 
 
 # ---- model folders ----------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def grid_for(args: argparse.Namespace, model):
 
 def wants_tiles(args: argparse.Namespace, model, grid) -> bool:
     if (args.tile or args.workers or args.scheduler or args.reduce == "argmax" or args.classes or args.downsample > 1
-            or args.mpp is not None):
+            or args.mpp is not None or getattr(args, "resume", False)):
         return True
     if args.skip_background is not None:
         return True
@@ -107,8 +107,6 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
                   f"the {format_size(memory_limit())} budget: evaluating it in exact tiles of {tile}x{tile} "
                   "pixels", file=sys.stderr)
     plan = plan_tiles(grid, image_hw, tile)
-    if args.tile is not None and background is None:
-        _note_a_wasteful_tile(grid, image_hw, plan)
     check_fits(grid.peak_bytes(plan.tile_hw), f"a {plan.tile_hw[0]}x{plan.tile_hw[1]} tile (use a smaller --tile)",
                file=args.image)
     classes = model.output_channels
@@ -118,10 +116,19 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     if args.output:
         from graphconv.cluster import check_replaceable
         check_replaceable(args.output, dtype, shape)
+    resume = getattr(args, "resume", False)
+    job = _job(args, model, grid, source, plan, shape, dtype) if resume else None
+    if resume:
+        from graphconv.tiling import PartialMap
+        partial = PartialMap(args.output)
+        if partial.exists():
+            partial.check(job)  # another run's partial map: refused before any work (and again when opened)
     nbytes = int(np.prod(shape)) * dtype.itemsize
     if not args.output and nbytes > memory_limit() // 4:
         raise GraphconvError(f"the score map is {format_size(nbytes)}: give --output MAP.npy or MAP.zarr "
                              "(written tile by tile), or make it smaller with --reduce argmax or --classes")
+    if args.tile is not None and background is None:
+        _note_a_wasteful_tile(grid, image_hw, plan)
     if isinstance(grid, CropGrid):
         print(grid.describe(image_hw))
     print(f"tiles: {plan.describe()}", file=sys.stderr)
@@ -133,22 +140,36 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     if not (args.workers or args.scheduler):
         from graphconv.cli import note_cold_kernels
         note_cold_kernels(model, args.device)
+    if args.output and not resume:
+        _note_a_partial_map(args.output)
     start = time.perf_counter()
-    with _progress(args, len(plan.tiles), "tiles", sum(t.pixels for t in plan.tiles)) as advance:
-        on_tile = lambda t: advance(1, t.pixels)
-        if args.output:
-            with MapFile(args.output, shape, dtype, chunk_hw=plan.cells_hw,
-                         georeference=_map_georeference(args, source, grid), placement=placement) as out:
-                _compute(args, grid, source, plan, tile, out, transform, on_tile, blank_cells)
-                _draw_heatmap(args, model, source, grid, out, background)  # before the map is renamed into place
-                means = _class_means(args, out)
-        else:
-            out = np.empty(shape, dtype)
-            _compute(args, grid, source, plan, tile, out, transform, on_tile, blank_cells)
-            _draw_heatmap(args, model, source, grid, out, background)
+    computed = len(plan.tiles)
+    if args.output:
+        map_file = MapFile(args.output, shape, dtype, chunk_hw=plan.cells_hw,
+                           georeference=_map_georeference(args, source, grid), placement=placement,
+                           resume=job,
+                           tiles=plan.tiles)
+        with map_file as out:
+            if resume:
+                _say_resumed(map_file, plan)
+            todo = [t for t in plan.tiles if t not in map_file.done]
+            computed = len(todo)
+            with _progress(args, len(todo), "tiles", sum(t.pixels for t in todo)) as advance:
+                def on_tile(t):
+                    map_file.record(t)  # --resume: listed as done once its block is on disk
+                    advance(1, t.pixels)
+                _compute(args, grid, source, plan, tile, out, transform, on_tile, blank_cells, map_file.done)
+            _draw_heatmap(args, model, source, grid, out, background)  # before the map is renamed into place
             means = _class_means(args, out)
+    else:
+        with _progress(args, len(plan.tiles), "tiles", sum(t.pixels for t in plan.tiles)) as advance:
+            out = np.empty(shape, dtype)
+            _compute(args, grid, source, plan, tile, out, transform, lambda t: advance(1, t.pixels), blank_cells)
+        _draw_heatmap(args, model, source, grid, out, background)
+        means = _class_means(args, out)
     seconds = time.perf_counter() - start
-    print(f"output shape {shape} ({dtype}) in {seconds:.2f} s over {len(plan.tiles)} tile(s)")
+    done_before = f" ({len(plan.tiles) - computed} done before)" if computed < len(plan.tiles) else ""
+    print(f"output shape {shape} ({dtype}) in {seconds:.2f} s over {computed} tile(s){done_before}")
     if means is not None:
         from graphconv.cli import print_top
         print_top(means, args.top, _kept_labels(args, model.graph.meta.get("labels")))
@@ -234,17 +255,85 @@ def _map_georeference(args: argparse.Namespace, source, grid):
     return geo
 
 
-def _compute(args, grid, source, plan, tile, out, transform, on_tile, blank_cells) -> None:
+def _compute(args, grid, source, plan, tile, out, transform, on_tile, blank_cells, done=frozenset()) -> None:
     from graphconv.tiling import run_tiled
 
+    if len(done) == len(plan.tiles):
+        return  # a resumed run whose tiles were all in: only the map's finish is left
     if args.workers or args.scheduler:
         from graphconv.cluster import client_for, run_tiles_on_cluster
         with client_for(args.workers or 1, args.scheduler) as client:
             run_tiles_on_cluster(client, _model_ref(args), str(Path(args.image).resolve()), plan, out,
-                                 _map_options(args, grid), on_tile, blank_cells)
+                                 _map_options(args, grid), on_tile, blank_cells, done)
     else:
         run_tiled(grid, source, tile, out=out, device=args.device, transform=transform, progress=on_tile,
-                  blank_cells=blank_cells)
+                  blank_cells=blank_cells, done=done)
+
+
+def _job(args: argparse.Namespace, model, grid, source, plan, shape, dtype) -> dict:
+    """What a --resume run computes, stored in its partial map (`tiling.PartialMap`) and
+    compared on the next: everything that changes the map's values or layout. The model
+    and image by path and by each file's size and modification time (a recompile, a
+    retrained weights file, a replaced image is another job), the options that change
+    what is read or kept, the tile plan, the map's shape and type, and graphconv's
+    version (its kernels' rounding)."""
+    from graphconv import __version__
+
+    options = _map_options(args, grid)
+    from graphconv.files import MODEL_SPEC
+
+    model_files = [*model.graph.meta.get("read_from", ())] or [str(Path(args.model).resolve())]
+    model_files += [str(Path(p) / MODEL_SPEC) for p in model_files if (Path(p) / MODEL_SPEC).is_file()]
+    ref = _model_ref(args)
+    return {
+        "graphconv": __version__,
+        "model": ref.path, "model files": {str(p): _file_stamp(p) for p in model_files},
+        "--crop-size": ref.crop_size, "--task": ref.task,
+        "image": str(Path(args.image).resolve()), "image file": {str(Path(args.image).resolve()):
+                                                                   _file_stamp(args.image)},
+        "image as read": f"{source.height}x{source.width}",
+        "--level": options.level, "--downsample": options.downsample, "--mpp": options.mpp,
+        "--bands": options.bands, "--reduce": options.reduce, "--classes": options.classes,
+        "--crops": options.crops, "--skip-background": options.skip_background,
+        "--max-nodata": options.max_nodata, "--device": options.device,
+        "tile plan": f"{len(plan.tiles)} tiles of up to {plan.tile_hw[0]}x{plan.tile_hw[1]} pixels, "
+                     f"{plan.cells_hw[0]}x{plan.cells_hw[1]} cells",
+        "map": f"{np.dtype(dtype)} {tuple(shape)}",
+    }
+
+
+def _file_stamp(path) -> list[int] | None:
+    """A file's size and modification time (ns), as a partial map's job holds them."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return [status.st_size, status.st_mtime_ns]
+
+
+def _say_resumed(map_file, plan) -> None:
+    """--resume: how many tiles an earlier run wrote into the partial map, skipped now."""
+    done, total = len(map_file.done), len(plan.tiles)
+    where = map_file.partial.shown
+    if done:
+        print(f"resume: {done} of {total} tile(s) were done by an earlier run ({where}) and are skipped; "
+              f"computing {total - done}", file=sys.stderr)
+    else:
+        print(f"resume: writing into {where} (kept if the run stops; the same command with --resume continues "
+              "it); renamed into place when complete", file=sys.stderr)
+
+
+def _note_a_partial_map(output: str) -> None:
+    """A run without --resume beside a stopped --resume run's partial map: leave it alone,
+    and say once that it is there and that --resume continues it."""
+    from graphconv.cli import note
+    from graphconv.tiling import PartialMap
+
+    partial = PartialMap(output)
+    if not partial.exists() or partial.job() is None:
+        return
+    note(f"note: {partial.shown} holds {partial.count_done()} tile(s) of a stopped --resume run of this output; "
+         "left as it is: the same command with --resume continues it (delete it to start over)")
 
 
 def _background(args: argparse.Namespace, source, grid):

@@ -24,13 +24,14 @@ gates), and it streams through the same plans, files and Dask workers.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cached_property
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Collection, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -349,7 +350,8 @@ def _box(field: Field, align, rows, cols, image_hw, stitch=(1, 1), multiple=(1, 
 def run_tiled(model, source: Source | np.ndarray, tile: int | Sequence[int], *, out: Any = None,
               device: str = "cpu", transform: Callable[[np.ndarray], np.ndarray] | None = None,
               progress: Callable[[Tile], None] | None = None,
-              blank_cells: Callable[[Tile], np.ndarray] | None = None) -> Any:
+              blank_cells: Callable[[Tile], np.ndarray] | None = None,
+              done: Collection[Tile] = ()) -> Any:
     """The map `model.run` gives for the whole image (or a grid's map: `CropGrid`),
     computed tile by tile.
 
@@ -359,16 +361,19 @@ def run_tiled(model, source: Source | np.ndarray, tile: int | Sequence[int], *, 
     block before it is written (e.g. keep some classes, or argmax); `progress` is called
     after each tile. The cells `blank_cells(tile)` marks (`Background.blank_cells`: no
     tissue near their centres) are written as `background.fill_value` (NaN in a score
-    map), and a tile of such cells alone is not computed."""
+    map), and a tile of such cells alone is not computed. The tiles in `done` (a resumed
+    run's: `MapFile.done`) are in `out` already, and are neither computed nor written."""
     from graphconv.background import blank_masks, fill_value, without_blank_cells
 
     source = as_source(source)
     grid = as_grid(model)
     plan = plan_tiles(grid, (source.height, source.width), tile)
+    done = frozenset(done) if out is not None else frozenset()
     masks, blank = blank_masks(plan.tiles, blank_cells)
     if out is None and len(blank) == len(plan.tiles):
         blank = blank[1:]  # one tile computed, for the map's channels and type
-    skipped = set(blank)
+    blank = [t for t in blank if t not in done]
+    skipped = set(blank) | done
     for tile_ in plan.tiles:
         if tile_ in skipped:
             continue
@@ -462,10 +467,17 @@ class MapFile:
     scratch copy once every tile is in. A zarr or TIFF map carries `placement` (a
     `graphconv.georef.CellPlacement`: where its cells stand on the image) where
     given. Used as a context manager: the file is renamed into place on success and
-    removed on failure, so nothing is left half-written (`_write`)."""
+    removed on failure, so nothing is left half-written (`_write`).
+
+    With `resume` (`run --resume`: a dict saying what the run computes, its "job", and
+    `tiles`, its plan's tiles in order), the map is written into `PartialMap`'s folder
+    beside the output instead, kept when the run fails or is stopped: `done` is the set
+    of tiles an earlier run of the same job wrote there (another job's partial map is
+    refused, saying what differs), `record(tile)` lists a tile once its block is written
+    (call it after each), and the map is renamed into place once complete."""
 
     def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype, chunk_hw: tuple[int, int],
-                 georeference=None, placement=None):
+                 georeference=None, placement=None, resume: dict | None = None, tiles: Sequence[Tile] = ()):
         from graphconv.files import check_writable
         from graphconv.georef import is_tiff_output
         self.path, self.shape, self.dtype, self.chunk_hw = str(path), tuple(shape), np.dtype(dtype), chunk_hw
@@ -479,6 +491,10 @@ class MapFile:
         self.array = None
         self._tmp = None
         self._writing = None
+        self.partial = PartialMap(self.path) if resume is not None else None
+        self.job, self.tiles = _as_json(resume), tuple(tiles)
+        self.done: frozenset[Tile] = frozenset()
+        self._index: dict[Tile, int] = {}
 
     @property
     def _scratch(self) -> str:
@@ -486,7 +502,7 @@ class MapFile:
         return self._tmp + ".npy" if self.is_tiff else self._tmp
 
     def __enter__(self):
-        self._writing = self._write()
+        self._writing = self._write() if self.partial is None else self._write_partial()
         return self._writing.__enter__()
 
     def __exit__(self, kind, value, traceback):
@@ -506,7 +522,7 @@ class MapFile:
             self._tmp = str(temporary_beside(target))
             try:
                 with write_errors_named(self.path, self._tmp, self._scratch):
-                    self.array = self._create()
+                    self.array = self._create(self._tmp if self.is_zarr else self._scratch)
                     yield self.array
                     self._finish()
                     move_into_place(self._tmp, target)
@@ -515,9 +531,72 @@ class MapFile:
                 for partial in {self._tmp, self._scratch}:
                     remove_temporary(partial)
 
-    def _create(self) -> Any:
-        """The empty map at the temporary: a zarr array, or a memory map whose disk
-        blocks are reserved now (a sparse one would SIGBUS when a full disk refuses a tile)."""
+    @contextmanager
+    def _write_partial(self) -> Iterator[Any]:
+        """A --resume run's map: the partial folder made (or an earlier run's of the same
+        job opened, held by this run alone), kept whatever happens, and once every tile is
+        in, its map finished (a TIFF written from the scores) and renamed into place, the
+        folder removed after."""
+        from graphconv.files import held_exclusively, move_into_place, output_folders, write_errors_named
+        target = os.path.abspath(self.path.rstrip("/"))
+        partial = self.partial
+        with output_folders(target), write_errors_named(self.path, partial.folder):
+            partial.make_or_check(self.job, self._create)
+            with held_exclusively(partial.folder, partial.shown):
+                partial.check(self.job)  # again, now that no other run can change it
+                self._index = {tile: i for i, tile in enumerate(self.tiles)}
+                self.done = partial.done(self.tiles)
+                self._tmp = os.path.join(partial.folder, "map.tif" if self.is_tiff else partial.map_name)
+                self.array = self._reopen(partial.map_path)
+                try:
+                    yield self.array
+                    self._finish()
+                    move_into_place(self._tmp, target)
+                finally:
+                    self.array = None
+            partial.remove()
+
+    def record(self, tile: Tile) -> None:
+        """A --resume run: `tile`'s block is written into the map; flush it to disk, then
+        list the tile in the partial folder's log (a kill at any moment leaves a log of
+        tiles whose blocks are there). Nothing without --resume."""
+        if self.partial is None or tile not in self._index:
+            return
+        self._sync_block(tile)
+        self.partial.record(self._index[tile], tile)
+
+    def _sync_block(self, tile: Tile) -> None:
+        """`tile`'s block on disk, not only in this machine's memory: a memory map
+        flushed; a zarr map's chunks, which `chunk_hw` makes the tile's own, synced."""
+        if not self.is_zarr:
+            self.array.flush()
+            return
+        from graphconv.files import sync_file
+        chunks = self.array.chunks
+        try:
+            keys = [self.array.metadata.encode_chunk_key((0, k, tile.rows[0] // chunks[2], tile.cols[0] // chunks[3]))
+                    for k in range(-(-self.shape[1] // chunks[1]))]
+        except AttributeError:  # a zarr without zarr 3's metadata: its chunks are left to the system
+            return
+        for key in keys:
+            sync_file(os.path.join(self.partial.map_path, *key.split("/")), folder_too=True)
+
+    def _reopen(self, path: str) -> Any:
+        """The partial map made earlier, opened for writing; it must hold the map's shape and type."""
+        if self.is_zarr:
+            from graphconv.sources import require
+            array = require("zarr").open_array(path, mode="r+")
+        else:
+            array = np.lib.format.open_memmap(path, mode="r+")
+        if tuple(array.shape) != self.shape or np.dtype(array.dtype) != self.dtype:
+            raise GraphconvError(f"holds a {np.dtype(array.dtype)} {tuple(array.shape)} map, not this run's "
+                                 f"{self.dtype} {self.shape}: delete it to start over", file=self.partial.shown)
+        return array
+
+    def _create(self, path: str) -> Any:
+        """The empty map at `path` (the temporary, or a new partial folder's): a zarr
+        array, or a memory map whose disk blocks are reserved now (a sparse one would
+        SIGBUS when a full disk refuses a tile)."""
         from graphconv.files import reserve_space
         if self.is_zarr:
             from graphconv.background import fill_value
@@ -526,13 +605,13 @@ class MapFile:
             zarr = require("zarr")
             chunks = (1, min(self.shape[1], 64), *self.chunk_hw)
             named = {"dimension_names": MAP_DIMENSIONS} if _writes_zarr_3(zarr) else {}
-            array = zarr.open_array(self._tmp, mode="w", shape=self.shape, chunks=chunks, dtype=self.dtype,
+            array = zarr.open_array(path, mode="w", shape=self.shape, chunks=chunks, dtype=self.dtype,
                                     fill_value=fill_value(self.dtype), **named)
             geo = self.georeference if self.georeference is not None else georeference_of_placement(self.placement)
             array.attrs.update(zarr_map_attributes(self.placement, geo, self.dtype))
             return array
-        array = np.lib.format.open_memmap(self._scratch, mode="w+", dtype=self.dtype, shape=self.shape)
-        reserve_space(self._scratch, self.path)
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=self.dtype, shape=self.shape)
+        reserve_space(path, self.path)
         return array
 
     def _finish(self) -> None:
@@ -543,6 +622,138 @@ class MapFile:
         if self.is_tiff:
             from graphconv.georef import write_map_tiff
             write_map_tiff(self._tmp, self.array, self.georeference, self.placement)
+
+
+PARTIAL_SUFFIX = ".partial"
+PARTIAL_JOB = "job.json"
+PARTIAL_LOG = "tiles-done.txt"
+
+
+class PartialMap:
+    """`run --resume`'s map in progress: the folder `<output>.partial` beside the output,
+    holding the map as it is written (`map.zarr` or `map.npy`; a .tif output's scores as
+    `map.npy`, the TIFF written from them at the end), `job.json` (what the run computes,
+    written before the folder appears under its name) and `tiles-done.txt`, one line
+    `index rows cols` per tile, appended and synced after the tile's block is on disk.
+    A line cut short by a kill, or naming no tile of the plan, counts for nothing."""
+
+    def __init__(self, output: str):
+        self.output = output
+        self.folder = os.path.abspath(output.rstrip("/")) + PARTIAL_SUFFIX
+        self.shown = output.rstrip("/") + PARTIAL_SUFFIX
+        self.map_name = "map.zarr" if output.rstrip("/").lower().endswith(".zarr") else "map.npy"
+        self.map_path = os.path.join(self.folder, self.map_name)
+
+    def exists(self) -> bool:
+        return os.path.lexists(self.folder)
+
+    def job(self) -> dict | None:
+        """What the run that made the folder computes; None where it is not a partial map
+        graphconv made (no readable job.json)."""
+        try:
+            with open(os.path.join(self.folder, PARTIAL_JOB), encoding="utf-8") as fp:
+                job = json.load(fp)
+        except (OSError, ValueError):
+            return None
+        return job if isinstance(job, dict) else None
+
+    def make_or_check(self, job: dict, create: Callable[[str], Any]) -> None:
+        """Make the folder (under a temporary name, renamed once its job and empty map are
+        in, so a folder of that name always has both), or check an existing one is this
+        job's. One whose map is gone was renamed into place by a run killed before it
+        removed the folder: removed, and made anew."""
+        from graphconv.files import remove_temporary, temporary_beside, write_synced_text
+        if self.exists():
+            self.check(job)
+            if os.path.lexists(self.map_path):
+                return
+            self.remove()
+        tmp = temporary_beside(self.folder)
+        try:
+            os.mkdir(tmp)
+            write_synced_text(tmp / PARTIAL_JOB, json.dumps(job, indent=1) + "\n")
+            array = create(str(tmp / self.map_name))
+            if isinstance(array, np.memmap):
+                array.flush()
+            del array
+            open(tmp / PARTIAL_LOG, "ab").close()
+            os.rename(tmp, self.folder)
+        finally:
+            remove_temporary(tmp)
+
+    def check(self, job: dict) -> None:
+        """Refuse a folder that is not a partial map graphconv made, or is another job's,
+        saying what differs and how to start over."""
+        held = self.job()
+        if not os.path.isdir(self.folder) or held is None:
+            raise GraphconvError("is there and is not a partial map graphconv wrote (--resume writes the map there "
+                                 "until it is complete): delete it or choose another --output", file=self.shown)
+        differences = job_differences(held, _as_json(job))
+        if differences:
+            raise GraphconvError(f"is the partial map of another run ({'; '.join(differences)}): --resume continues "
+                                 f"only the same run; delete it to start over (rm -r {self.shown})", file=self.shown)
+
+    def done(self, tiles: Sequence[Tile]) -> frozenset[Tile]:
+        """The tiles of `tiles` (the plan's, in order) the log lists as written."""
+        try:
+            with open(os.path.join(self.folder, PARTIAL_LOG), encoding="utf-8", errors="replace") as fp:
+                text = fp.read()
+        except OSError:
+            return frozenset()
+        written = set()
+        for line in text.split("\n")[:-1]:  # the part after the last newline was cut short
+            try:
+                index, r0, r1, c0, c1 = (int(v) for v in line.split())
+            except ValueError:
+                continue
+            if 0 <= index < len(tiles) and tiles[index].rows == (r0, r1) and tiles[index].cols == (c0, c1):
+                written.add(tiles[index])
+        return frozenset(written)
+
+    def count_done(self) -> int:
+        """How many tiles the log lists (for a note; `done` checks them against a plan)."""
+        try:
+            with open(os.path.join(self.folder, PARTIAL_LOG), "rb") as fp:
+                return len({line.split(b" ", 1)[0] for line in fp.read().split(b"\n")[:-1] if line.strip()})
+        except OSError:
+            return 0
+
+    def record(self, index: int, tile: Tile) -> None:
+        from graphconv.files import append_synced
+        append_synced(os.path.join(self.folder, PARTIAL_LOG),
+                      f"{index} {tile.rows[0]} {tile.rows[1]} {tile.cols[0]} {tile.cols[1]}\n")
+
+    def remove(self) -> None:
+        from graphconv.files import remove_temporary
+        remove_temporary(self.folder)
+
+
+def _as_json(job: dict | None) -> dict | None:
+    """`job` as json.load gives it back (tuples as lists), so a stored job compares equal."""
+    return None if job is None else json.loads(json.dumps(job))
+
+
+def job_differences(held: dict, job: dict) -> list[str]:
+    """What differs between a partial map's job and this run's, one phrase each
+    ("--classes 2,7 there, 3 here"; "model file w.npz changed")."""
+    def shown(value) -> str:
+        if value is None:
+            return "not given"
+        if isinstance(value, list):
+            return ",".join(map(str, value))
+        return str(value)
+
+    differences = []
+    for key in dict.fromkeys([*held, *job]):
+        old, new = held.get(key), job.get(key)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):  # files: name -> [size, mtime]
+            changed = [name for name in dict.fromkeys([*old, *new]) if old.get(name) != new.get(name)]
+            differences.append(f"{key} changed since: {', '.join(os.path.basename(n) for n in changed)}")
+        else:
+            differences.append(f"{key} {shown(old)} there, {shown(new)} here")
+    return differences
 
 
 ZARR_MAP_ATTRIBUTE = "graphconv"

@@ -991,3 +991,182 @@ def test_a_picture_s_map_shape_comes_from_its_header(model_dir, picture, monkeyp
     monkeypatch.setattr(images, "load_image", lambda *a, **k: pytest.fail("a picture was decoded"))
     assert image_map_shape(model, options.grid(model), str(picture / "page.png"), options, None) == expected
     assert expected[1] == (1, model.output_channels, *model.map_size(75, 85))
+
+
+# ---- run --resume: a stopped tiled run goes on where it stopped -------------------------------------
+
+def _read_any_map(path: Path) -> np.ndarray:
+    if path.suffix == ".zarr":
+        return zarr.open_array(str(path), mode="r")[:]
+    if path.suffix == ".tif":
+        return tifffile.imread(path)
+    return np.load(path)
+
+
+def _stop_after(monkeypatch, tiles: int, exception=KeyboardInterrupt) -> list:
+    """Make the tiled run raise `exception` (Ctrl-C's) as it is about to write its tile
+    number `tiles` + 1, in-process or on a Dask run's client; returns the tiles written."""
+    import graphconv.tiling
+
+    written, write = [], graphconv.tiling.write_block
+
+    def stopping(out, tile, block, progress=None):
+        if len(written) == tiles:
+            raise exception()
+        write(out, tile, block, progress)
+        written.append(tile)
+    monkeypatch.setattr(graphconv.tiling, "write_block", stopping)
+    return written
+
+
+@pytest.fixture(scope="module")
+def big_page(tmp_path_factory):
+    """A 300x340 picture: 598 tiles of 40 px, 20 of 100."""
+    path = tmp_path_factory.mktemp("big") / "big.png"
+    Image.fromarray((np.random.default_rng(5).random((300, 340)) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".npy", ".tif"])
+def test_resume_after_ctrl_c_computes_only_the_tiles_not_done_and_equals_a_straight_run(model_dir, big_page, tmp_path,
+                                                                                     monkeypatch, capsys, suffix):
+    from graphconv.cli import main
+
+    run = ["run", str(model_dir), "--image", str(big_page), "--tile", "100", "--classes", "1,4"]
+    straight, out = tmp_path / f"straight{suffix}", tmp_path / f"map{suffix}"
+    assert main([*run, "--output", str(straight)]) == 0
+    written = _stop_after(monkeypatch, 7)
+    assert main([*run, "--output", str(out), "--resume"]) == 130
+    assert "the tiles done are kept in" in capsys.readouterr().err
+    partial = tmp_path / f"map{suffix}.partial"
+    assert not out.exists() and partial.is_dir()
+    assert len((partial / "tiles-done.txt").read_text().splitlines()) == 7
+    monkeypatch.undo()
+    written = _stop_after(monkeypatch, 10 ** 6)  # counts the tiles written
+    capsys.readouterr()
+    assert main([*run, "--output", str(out), "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "resume: 7 of 20 tile(s) were done by an earlier run" in err and "computing 13" in err
+    assert len(written) == 13
+    assert not partial.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".graphconv")]
+    np.testing.assert_array_equal(_read_any_map(out), _read_any_map(straight))
+    if suffix == ".zarr":
+        assert dict(zarr.open_array(str(out)).attrs) == dict(zarr.open_array(str(straight)).attrs)
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM", "SIGKILL"])
+def test_resume_after_a_real_signal_equals_a_straight_run(model_dir, big_page, tmp_path, signal_name):
+    """The command stopped by a signal while it writes (Ctrl-C, a scheduler's SIGTERM,
+    kill -9): its partial map lists only tiles really written, and --resume finishes it
+    into the map a straight run writes, bit for bit."""
+    import signal
+    import time
+
+    run = [sys.executable, "-m", "graphconv", "run", str(model_dir), "--image", str(big_page), "--tile", "40"]
+    out = tmp_path / "map.zarr"
+    log = tmp_path / "map.zarr.partial" / "tiles-done.txt"
+    process = subprocess.Popen([*run, "--output", str(out), "--resume"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if log.exists() and log.read_text().count("\n") >= 40:
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, "the run ended before it could be stopped"
+    process.send_signal(getattr(signal, signal_name))
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == {"SIGINT": 130, "SIGTERM": 143, "SIGKILL": -9}[signal_name], err
+    assert not out.exists()
+    done = log.read_text().count("\n")
+    assert 40 <= done < 598
+    resumed = graphconv(*run[3:], "--output", out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resume: {done} of 598 tile(s) were done by an earlier run" in resumed.stderr
+    assert not (tmp_path / "map.zarr.partial").exists()
+    straight = graphconv(*run[3:], "--output", tmp_path / "straight.zarr")
+    assert straight.returncode == 0, straight.stderr
+    np.testing.assert_array_equal(zarr.open_array(str(out))[:], zarr.open_array(str(tmp_path / "straight.zarr"))[:])
+
+
+def test_resume_with_dask_workers_records_tiles_on_the_client(model_dir, big_page, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("distributed")
+    from graphconv.cli import main
+
+    run = ["run", str(model_dir), "--image", str(big_page), "--tile", "100", "--workers", "1"]
+    out = tmp_path / "map.zarr"
+    _stop_after(monkeypatch, 5)
+    assert main([*run, "--output", str(out), "--resume"]) == 130
+    assert len((tmp_path / "map.zarr.partial" / "tiles-done.txt").read_text().splitlines()) == 5
+    monkeypatch.undo()
+    written = _stop_after(monkeypatch, 10 ** 6)
+    capsys.readouterr()
+    assert main([*run, "--output", str(out), "--resume"]) == 0
+    assert "resume: 5 of 20 tile(s) were done" in capsys.readouterr().err and len(written) == 15
+    assert main([*run[:-2], "--output", str(tmp_path / "straight.zarr")]) == 0
+    np.testing.assert_array_equal(zarr.open_array(str(out))[:], zarr.open_array(str(tmp_path / "straight.zarr"))[:])
+
+
+def test_resume_refuses_another_run_s_partial_map_saying_what_differs(model_dir, big_page, tmp_path, monkeypatch,
+                                                                     capsys):
+    from graphconv.cli import main
+
+    run = ["run", str(model_dir), "--image", str(big_page), "--output", str(tmp_path / "map.zarr"), "--resume"]
+    _stop_after(monkeypatch, 3)
+    assert main([*run, "--tile", "100"]) == 130
+    monkeypatch.undo()
+    partial = tmp_path / "map.zarr.partial"
+    before = sorted((p.relative_to(partial), p.stat().st_mtime_ns) for p in partial.rglob("*"))
+    capsys.readouterr()
+    for extra, differs in ((["--tile", "100", "--classes", "2,7"], "--classes not given there, 2,7 here"),
+                           (["--tile", "120"], "tile plan 20 tiles"),
+                           (["--tile", "100", "--reduce", "argmax"], "--reduce not given there, argmax here")):
+        assert main([*run, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is the partial map of another run" in err and differs in err, err
+        assert f"rm -r {tmp_path / 'map.zarr.partial'}" in err
+    weights = next(model_dir.glob("weights-*.npz"))  # retrained, say
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10 ** 9))
+    try:
+        assert main([*run, "--tile", "100"]) == 2
+        assert "model files changed" in capsys.readouterr().err
+    finally:
+        os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns - 10 ** 9))
+    assert sorted((p.relative_to(partial), p.stat().st_mtime_ns) for p in partial.rglob("*")) == before
+    assert not (tmp_path / "map.zarr").exists()
+
+
+def test_without_resume_a_stopped_run_leaves_nothing_and_a_partial_map_is_left_alone(model_dir, big_page, tmp_path,
+                                                                                    monkeypatch, capsys):
+    from graphconv.cli import main
+
+    run = ["run", str(model_dir), "--image", str(big_page), "--tile", "100", "--output", str(tmp_path / "map.zarr")]
+    _stop_after(monkeypatch, 3)
+    assert main(run) == 130
+    assert "what it was writing is removed" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    _stop_after(monkeypatch, 3)
+    assert main([*run, "--resume"]) == 130
+    monkeypatch.undo()
+    partial = tmp_path / "map.zarr.partial"
+    before = sorted((p.relative_to(partial), p.stat().st_mtime_ns) for p in partial.rglob("*"))
+    capsys.readouterr()
+    assert main(run) == 0
+    err = capsys.readouterr().err
+    assert err.count("map.zarr.partial holds 3 tile(s) of a stopped --resume run") == 1
+    assert "--resume continues it" in err and "resume:" not in err
+    assert sorted((p.relative_to(partial), p.stat().st_mtime_ns) for p in partial.rglob("*")) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.zarr", "map.zarr.partial"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--images", "x/*.png", "--output-dir", "maps"], "--skip-existing"),
+    (["--image", "IMG"], "give --output MAP.zarr, MAP.npy or MAP.tif"),
+    (["--image", "IMG", "--output", "map.png"], "give --output MAP.zarr, MAP.npy or MAP.tif"),
+])
+def test_resume_needs_one_image_and_a_map_file(model_dir, picture, tmp_path, args, message):
+    args = [str(picture / "page.png") if a == "IMG" else a for a in args]
+    if "--image" not in args:
+        args[-3:] = [args[-3], "--output-dir", str(tmp_path / "maps")]
+    result = graphconv("run", model_dir, *args, "--resume", cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr

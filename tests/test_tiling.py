@@ -644,3 +644,53 @@ def test_ctrl_c_with_workers_is_one_line_and_leaves_no_scratch_space(tmp_path):
     assert "Traceback" not in err and "KeyboardInterrupt" not in err and "CancelledError" not in err, err
     assert not (tmp_path / "big.tif.npy").exists()
     assert os.listdir(scratch) == []
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".zarr"])
+def test_a_resumable_map_file_keeps_its_tiles_and_its_log_trusts_only_whole_lines(compiled, tmp_path, suffix):
+    """MapFile(resume=job): the map in <output>.partial, kept on failure; the tiles
+    recorded are `done` on reopening (a line cut short by a kill counts for nothing);
+    run_tiled leaves those alone; another job is refused; complete, it is renamed into
+    place and the folder removed."""
+    if suffix == ".zarr":
+        pytest.importorskip("zarr")
+    model = compiled("padded")
+    x = np.random.default_rng(4).standard_normal((1, 3, 150, 130)).astype(np.float32)
+    plan = plan_tiles(model, (150, 130), 60)
+    whole = run_tiled(model, x, 60)
+    path = str(tmp_path / f"map{suffix}")
+    job = {"model": "unpadded", "tile": (24, 24)}
+
+    def open_map(job=job):
+        return MapFile(path, whole.shape, np.float32, plan.cells_hw, resume=job, tiles=plan.tiles)
+
+    with pytest.raises(KeyboardInterrupt):
+        with open_map() as out:
+            assert out is not None
+            out[:, :, :3, :] = -1.0  # written, never recorded: computed again
+            raise KeyboardInterrupt
+    partial = tmp_path / f"map{suffix}.partial"
+    assert partial.is_dir() and not (tmp_path / f"map{suffix}").exists()
+
+    first = open_map()
+    with pytest.raises(KeyboardInterrupt):
+        with first as out:
+            assert first.done == frozenset()
+            run_tiled(model, x, 60, out=out, progress=first.record, done=set(plan.tiles[:0]))
+            raise KeyboardInterrupt
+    log = partial / "tiles-done.txt"
+    lines = log.read_text().splitlines()
+    assert len(lines) == len(plan.tiles)
+    log.write_text("\n".join(lines[:4]) + "\n" + lines[4][:-1])  # a kill while the fifth line was written
+    with pytest.raises(GraphconvError, match=r"another run \(tile 24,24 there, 20,20 here\).*rm -r"):
+        with open_map({**job, "tile": (20, 20)}):
+            pass
+    again = open_map()
+    computed = []
+    with again as out:
+        assert again.done == frozenset(plan.tiles[:4])
+        run_tiled(model, x, 60, out=out, progress=lambda t: (computed.append(t), again.record(t)), done=again.done)
+    assert computed == list(plan.tiles[4:])
+    assert not partial.exists()
+    got = np.load(path) if suffix == ".npy" else __import__("zarr").open_array(path, mode="r")[:]
+    np.testing.assert_array_equal(got, whole)
