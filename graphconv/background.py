@@ -17,11 +17,15 @@ satellite images, so it is opt-in.
 
 A raster with no-data (GDAL's tag: a satellite scene's pixels outside the swath; a zarr
 array's `_FillValue`; NaN in a float raster) is judged by that instead, by default,
-with or without --skip-background: its no-data pixels go into the network as 0 after
-the preprocess (`sources.ArrayLikeSource.read_masked`), and a cell is left out when
-more than `max_nodata` (`run --max-nodata`, default DEFAULT_MAX_NODATA) of its crop's
-pixels are no-data. A cell whose crop and field hold no no-data pixel is exactly the
-cell of a run that ignores no-data. A raster of bands that is not a picture
+with or without --skip-background: its no-data pixels (the no-data value, or NaN, in
+every band the network is fed from, as GDAL's dataset mask has it) go into the network
+as 0 after the preprocess (`sources.ArrayLikeSource.read_masked`; so does a NaN sample
+of a pixel that is data), and a cell is left out when more than `max_nodata` (`run
+--max-nodata`, default DEFAULT_MAX_NODATA) of its crop's pixels are no-data. A cell
+whose field holds no no-data pixel, and no NaN, is exactly the cell of a run over the
+same pixels without a no-data tag; with --downsample or --mpp, no pixel whose square
+covers a no-data pixel of the image read (that pixel is the mean of the valid ones
+alone). A raster of bands that is not a picture
 (`source.picture` false: a TIFF of bands not photometric RGB, a 16-bit zarr array) and
 has no no-data is refused by --skip-background: its bands are no colours (a bright
 cloud, equal in every band, has no saturation and was skipped as glass), and there is
@@ -43,7 +47,8 @@ TILE_SIZES_TRIED = 24  # evenly spaced between the two: the pixels read do not f
 
 
 DEFAULT_MAX_NODATA = 0.5  # the share of a cell's crop that may be no-data for the cell to be computed
-MASK_PIXELS = 1 << 22  # the most pixels a band of rows read for the no-data cells holds at once
+MASK_PIXELS = 1 << 23  # the most pixels one read for the no-data cells takes (fewer where the budget asks)
+MASK_BUDGET_SHARE = 8  # that read's stored bands and masks stay within 1/8 of the memory budget
 
 
 class Background:
@@ -52,8 +57,9 @@ class Background:
     A raster with no-data (`source.missing_value`: a declared value, or NaN in floats)
     is judged by it, with or without --skip-background: a cell is left out when more
     than `max_nodata` of its crop's pixels (`area`, the map's `cell_area`; the
-    receptive field where not given) are no-data, a pixel being no-data where any band
-    the run reads is. Counted at full resolution, once for the whole map, so the cells
+    receptive field where not given) are no-data, a pixel being no-data where every
+    band the network is fed from holds the no-data value (`sources.ArrayLikeSource.
+    read_masked`). Counted at the resolution read, once for the whole map, so the cells
     left out do not depend on the tiling. Other images with --skip-background: the
     tissue mask of `source` at thumbnail size, a cell left out when no pixel of it in
     the square of one stride around the cell's centre is tissue."""
@@ -134,38 +140,102 @@ class Background:
 
     def nodata_cells(self) -> np.ndarray:
         """(rows, cols) bool over every cell whose crop starts in the image: True where more
-        than `max_nodata` of the crop's pixels are no-data. The image is read once, a band
-        of cell rows at a time, full width; the no-data pixels counted on a summed-area
-        table, four lookups a cell. `self.fraction` keeps each cell's share."""
+        than `max_nodata` of the crop's pixels are no-data. `self.fraction` keeps each
+        cell's share. Nothing is read where no pixel can be no-data (`sources.
+        nodata_can_occur`: a declared value an integer raster cannot hold); else see
+        `_nodata_counts`."""
         if self._blank is not None:
             return self._blank
-        from graphconv.sources import read_masked
-
         source, area = self.source, self.area
-        height, width = source.height, source.width
-        rows = _crop_spans(area, 0, height)
-        cols = _crop_spans(area, 1, width)
-        fraction = np.zeros((len(rows[0]), len(cols[0])), np.float32)
-        band_rows = max(1, MASK_PIXELS // max(1, width) // max(1, int(area.stride[0])))
-        x0, x1 = cols
-        for first in range(0, len(rows[0]), band_rows):
-            y0, y1 = rows[0][first:first + band_rows], rows[1][first:first + band_rows]
-            top, bottom = int(y0.min()), int(y1.max())
-            if bottom <= top:
-                fraction[first:first + len(y0)] = 1.0
-                continue
-            _, mask = read_masked(source, top, 0, bottom, width)
-            if mask is None:
-                continue
-            sums = np.pad(mask.any(axis=0).astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-            a0, a1 = (y0 - top)[:, None], (y1 - top)[:, None]
-            b0, b1 = x0[None, :], x1[None, :]
-            counts = sums[a1, b1] - sums[a0, b1] - sums[a1, b0] + sums[a0, b0]
-            pixels = (a1 - a0) * (b1 - b0)
-            fraction[first:first + len(y0)] = np.where(pixels > 0, counts / np.maximum(pixels, 1), 1.0)
-        self.fraction = fraction
-        self._blank = fraction > self.max_nodata
+        y0, y1 = _crop_spans(area, 0, source.height)
+        x0, x1 = _crop_spans(area, 1, source.width)
+        pixels = (y1 - y0)[:, None] * (x1 - x0)[None, :]
+        counts = self._nodata_counts(y0, y1, x0, x1)
+        if counts is None:
+            counts = np.zeros(pixels.shape, np.int64)
+        self.fraction = np.where(pixels > 0, counts / np.maximum(pixels, 1), 1.0).astype(np.float32)
+        self._blank = self.fraction > self.max_nodata
         return self._blank
+
+    def _nodata_counts(self, y0, y1, x0, x1) -> np.ndarray | None:
+        """(rows, cols) int64: how many no-data pixels each cell's crop [y0, y1) x [x0, x1)
+        holds; None where no pixel can be no-data. Each image row in some crop is read
+        once (`sources.nodata_mask`: the values as stored, no preprocess), in reads of
+        at most `_rows_per_read` rows, full width. Each read is summed into blocks of
+        rows between consecutive crop edges (at most a stride each) and then at the
+        crops' column edges; a running count of the no-data pixels above each row edge,
+        up to each column edge, is kept for the edges that cells still open need, so a
+        cell's count is four lookups and memory is a few rows of cell edges, not the
+        image's. A read with no no-data pixel adds nothing (a float raster with no NaN
+        costs one read and no arrays)."""
+        from graphconv.sources import nodata_can_occur, nodata_mask
+
+        source = self.source
+        if not nodata_can_occur(source):
+            return None
+        width = source.width
+        row_edges = np.unique(np.concatenate([y0, y1]))
+        col_edges = np.unique(np.concatenate([[0], x0, x1]))
+        col_starts = col_edges[col_edges < width]  # np.add.reduceat's segments: [edge, next edge)
+        ix0, ix1 = np.searchsorted(col_edges, x0), np.searchsorted(col_edges, x1)
+        iy0, iy1 = np.searchsorted(row_edges, y0), np.searchsorted(row_edges, y1)
+        counts = np.zeros((len(y0), len(x0)), np.int64)
+        above = np.zeros(len(col_starts) + 1, np.int64)  # no-data pixels in the rows read so far, left of each edge
+        kept: dict[int, np.ndarray] = {}  # row edge -> `above` there, while a cell not yet counted needs it
+        state = {"edge": 0, "cell": 0}
+
+        def reach(row: int) -> None:
+            """Record `above` at every row edge up to `row` (all rows before it counted) and
+            count the cells whose crops end there."""
+            while state["edge"] < len(row_edges) and row_edges[state["edge"]] <= row:
+                edge = state["edge"]
+                kept[edge] = above.copy()
+                cell = state["cell"]
+                while cell < len(y0) and iy1[cell] <= edge:
+                    top, bottom = kept[iy0[cell]], kept[iy1[cell]]
+                    counts[cell] = bottom[ix1] - top[ix1] - bottom[ix0] + top[ix0]
+                    cell += 1
+                state["cell"] = cell
+                needed = iy0[cell] if cell < len(y0) else len(row_edges)
+                for old in [k for k in kept if k < needed]:
+                    del kept[old]
+                state["edge"] += 1
+
+        covered = np.zeros(len(row_edges) + 1, np.int64)  # how many crops hold each run of rows between edges
+        np.add.at(covered, iy0, 1)
+        np.add.at(covered, iy1, -1)
+        covered = np.cumsum(covered)[:-1] > 0
+        rows_per_read = self._rows_per_read(width)
+        starts = np.nonzero(covered & ~np.concatenate([[False], covered[:-1]]))[0]
+        stops = np.nonzero(covered & ~np.concatenate([covered[1:], [False]]))[0] + 1
+        for first, last in zip(starts, stops):  # runs of rows that some crop holds
+            for top in range(int(row_edges[first]), int(row_edges[last]), rows_per_read):
+                bottom = min(int(row_edges[last]), top + rows_per_read)
+                reach(top)
+                mask = nodata_mask(source, top, 0, bottom, width)
+                if mask is None or not mask.any():
+                    continue
+                cuts = row_edges[(row_edges > top) & (row_edges < bottom)]
+                blocks = np.add.reduceat(mask, np.concatenate([[0], cuts - top]), axis=0, dtype=np.int32)
+                blocks = np.add.reduceat(blocks, col_starts, axis=1).cumsum(axis=1)
+                for cut, block in zip(cuts, blocks):
+                    above[1:] += block
+                    reach(int(cut))
+                above[1:] += blocks[-1]
+        reach(int(row_edges[-1]))
+        return counts
+
+    def _rows_per_read(self, width: int) -> int:
+        """Rows of the image one read for the no-data counts takes: MASK_PIXELS pixels, or
+        fewer where the memory budget asks (the stored bands and the masks made of them)."""
+        from graphconv.memory import memory_limit
+
+        source = getattr(self.source, "inner", self.source)
+        array = getattr(source, "array", None)
+        itemsize = np.dtype(array.dtype).itemsize if array is not None else 4
+        per_pixel = (getattr(source, "band_count", 3) * itemsize + 4) * getattr(self.source, "factor", 1) ** 2
+        pixels = min(MASK_PIXELS, memory_limit() // (MASK_BUDGET_SHARE * per_pixel))
+        return max(1, int(pixels // max(1, width)))
 
     @property
     def _tissue_sums(self) -> np.ndarray:
@@ -195,13 +265,18 @@ def _crop_spans(area, axis: int, length: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cells_left_out(source, grid, skip_background: float | None, max_nodata: float = DEFAULT_MAX_NODATA):
-    """The `Background` of a run: for a raster with no-data, always (unless `max_nodata`
-    is 1 and --skip-background is not given: every cell computed); with
-    --skip-background for other images; None where no cell is left out."""
+    """The `Background` of a run: for a raster with no-data, where some cell is left out
+    or --skip-background is given; with --skip-background for other images; None where
+    no cell is left out (`max_nodata` 1; a float raster without NaN, found in one read
+    as stored; a no-data value the raster's type cannot hold, found without reading),
+    so such a run picks its tiles as any other does."""
     if getattr(source, "missing_value", None) is not None:
         if max_nodata >= 1 and skip_background is None:
             return None
-        return Background(source, grid.field, skip_background, max_nodata, grid.cell_area)
+        background = Background(source, grid.field, skip_background, max_nodata, grid.cell_area)
+        if skip_background is None and not background.nodata_cells().any():
+            return None
+        return background
     if skip_background is None:
         return None
     return Background(source, grid.field, skip_background)

@@ -132,55 +132,96 @@ class ArrayLikeSource(_Preprocessed):
             return self.nodata
         return math.nan if np.issubdtype(np.dtype(self.array.dtype), np.floating) else None
 
+    @property
+    def nodata_can_occur(self) -> bool:
+        """Whether any pixel can be no-data: not without a missing value, nor in an integer
+        raster whose declared value its type cannot hold (300 or -9999 in 8 bits, 0.5,
+        inf: GDAL writes such tags), where every pixel is data."""
+        value = self.missing_value
+        if value is None:
+            return False
+        dtype = np.dtype(self.array.dtype)
+        return np.issubdtype(dtype, np.floating) or _held_integer(value, dtype) is not None
+
     def read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
         return self.read_masked(top, left, bottom, right)[0]
 
     def read_masked(self, top: int, left: int, bottom: int, right: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The box, preprocessed, and where it is no-data: (C, h, w) float32 values and a
-        (C, h, w) bool mask of the samples that are missing (`missing_value`), or None for
-        a raster that has none. A missing sample goes into the network as 0 after the
-        preprocess, what the network's own zero padding gives, so a NaN or a -9999 never
-        spreads into the cells around it; the map leaves out the cells over no-data
-        (`background.NoDataCells`)."""
+        (C, h, w) bool mask (the same in every channel) of its no-data pixels, or None for
+        a raster none of whose pixels can be (`nodata_can_occur`). A pixel is no-data
+        where every band the network is fed from holds the no-data value (or NaN), as
+        GDAL's dataset mask and rasterio's dataset_mask() have it: an 8-bit RGB scene
+        with no-data 0 has saturated red (220, 0, 0) as data, fed as stored. A no-data
+        pixel goes into the network as 0 after the preprocess in every channel, what the
+        network's own zero padding gives, so a -9999 or a NaN never spreads into the
+        cells around it; the map leaves out the cells over no-data
+        (`background.Background.nodata_cells`). A NaN sample of a pixel that is data is
+        no value either: it too goes in as 0 after the preprocess, the pixel still data."""
+        raw = self._decoded(top, left, bottom, right)
+        nodata = self._nodata_pixels(raw)
+        floating = np.issubdtype(raw.dtype, np.floating)
+        nan = np.isnan(raw) if floating else None
+        if nan is not None and not nan.any():
+            nan = None
+        if floating:
+            left_out = nan if nodata is None else np.broadcast_to(nodata, raw.shape) if nan is None \
+                else nan | nodata[None]
+            self._check_floats(raw, top, left, left_out)
+        chw = raw.astype(np.float32) * self.scale
+        if self.channels == 1 and chw.shape[0] >= 3:
+            chw = np.tensordot(LUMA, chw[:3], axes=1)[None]  # as Pillow's "L" conversion
+        elif chw.shape[0] == 1 and self.channels == 3:
+            chw = np.repeat(chw, 3, axis=0)
+        chw = chw[:self.channels]
+        replaced = None if nodata is None or not nodata.any() else np.broadcast_to(nodata, chw.shape)
+        if nan is not None:
+            replaced = np.isnan(chw) if replaced is None else replaced | np.isnan(chw)
+        if replaced is not None:
+            chw = np.where(replaced, np.float32(0), chw)
+        out = self._finish(chw)
+        if replaced is not None:
+            out[replaced] = 0  # the network's zero padding, after the preprocess
+        return out, None if nodata is None else np.broadcast_to(nodata, out.shape)
+
+    def nodata_mask(self, top: int, left: int, bottom: int, right: int) -> np.ndarray | None:
+        """(h, w) bool: the box's no-data pixels (see `read_masked`), from the values as
+        stored, without the preprocess; None where no pixel can be (`nodata_can_occur`)."""
+        if not self.nodata_can_occur:
+            return None
+        return self._nodata_pixels(self._decoded(top, left, bottom, right))
+
+    def _decoded(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
+        """`_stored`, a damaged tile one error naming the file and the box."""
         try:
-            raw = self._stored(top, left, bottom, right)
+            return self._stored(top, left, bottom, right)
         except (GraphconvError, MemoryError):
             raise
         except Exception as err:  # tifffile, zarr and the codecs raise many types for a damaged tile
             raise GraphconvError(f"cannot decode its pixels in rows {top}..{bottom - 1}, columns {left}..{right - 1}: "
                                  f"{type(err).__name__}: {shown(str(err), 200)}", file=self.path) from None
-        missing = self._missing(raw)
-        if np.issubdtype(raw.dtype, np.floating):
-            self._check_floats(raw, top, left, missing)
-        chw = raw.astype(np.float32) * self.scale
-        if self.channels == 1 and chw.shape[0] >= 3:
-            chw = np.tensordot(LUMA, chw[:3], axes=1)[None]  # as Pillow's "L" conversion
-            missing = None if missing is None else missing[:3].any(axis=0)[None]
-        elif chw.shape[0] == 1 and self.channels == 3:
-            chw = np.repeat(chw, 3, axis=0)
-            missing = None if missing is None else np.repeat(missing, 3, axis=0)
-        if missing is not None:
-            missing = missing[:self.channels]
-            chw = np.where(missing, np.float32(0), chw[:self.channels])
-        out = self._finish(chw[:self.channels])
-        if missing is not None and missing.any():
-            out[missing] = 0  # the network's zero padding, after the preprocess
-        return out, missing
 
-    def _missing(self, raw: np.ndarray) -> np.ndarray | None:
-        """(C, h, w) bool: the samples of `raw` (as stored) that are no-data; None where
-        the raster has no missing value."""
-        value = self.missing_value
-        if value is None:
+    def _nodata_pixels(self, raw: np.ndarray) -> np.ndarray | None:
+        """(h, w) bool: the pixels of `raw` (as stored, (C, h, w)) every band of which that
+        the network is fed from (the first three for grey from RGB, else the first
+        `channels`) holds the missing value, or NaN; None where none can."""
+        if not self.nodata_can_occur:
             return None
+        value = self.missing_value
         floating = np.issubdtype(raw.dtype, np.floating)
-        missing = np.isnan(raw) if floating else np.zeros(raw.shape, bool)
-        if not math.isnan(value):
-            if floating:
-                missing |= raw == raw.dtype.type(value)
-            elif value == int(value) and np.iinfo(raw.dtype).min <= value <= np.iinfo(raw.dtype).max:
-                missing |= raw == raw.dtype.type(int(value))
-        return missing
+        target = None if math.isnan(value) else \
+            raw.dtype.type(value) if floating else raw.dtype.type(_held_integer(value, raw.dtype))
+        fed = raw[:3] if self.channels == 1 and raw.shape[0] >= 3 else raw[:self.channels]
+        nodata = None
+        for band in fed:
+            if target is None:
+                absent = np.isnan(band)
+            elif floating:
+                absent = (band == target) | np.isnan(band)
+            else:
+                absent = band == target
+            nodata = absent if nodata is None else np.logical_and(nodata, absent, out=nodata)
+        return nodata
 
     def _stored(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
         """The box's values as the file stores them, (C, h, w)."""
@@ -195,15 +236,17 @@ class ArrayLikeSource(_Preprocessed):
     def _check_floats(self, raw: np.ndarray, top: int, left: int, missing: np.ndarray | None = None) -> None:
         """Float pixels are read as 0..1 (as load_image reads them): refuse others rather
         than scale them to nonsense, and infinity, which would fill the map with NaN. The
-        no-data samples (`missing`: the declared value, NaN) are no pixels and are not
-        counted."""
+        samples `missing` marks (no-data pixels', NaN) are no values and are not counted."""
         where = f"in rows {top}..{top + raw.shape[1] - 1}, columns {left}..{left + raw.shape[2] - 1}"
         values = raw if missing is None else raw[~missing]
         if np.isinf(values).any():
             raise GraphconvError(f"float pixels that are infinite {where}", file=self.path)
         low, high = values.min(initial=np.inf), values.max(initial=-np.inf)
         if not self.stored_values and values.size and (low < 0 or high > 1):
-            declared = "" if self.nodata is None else f", no-data ({self.nodata:g}) left out"
+            declared = "" if self.nodata is None else f", no-data pixels ({self.nodata:g} in every band) left out"
+            if self.nodata is not None and self.nodata in (low, high):
+                declared += (f"; {self.nodata:g} in some bands of a pixel that is data is a value (a pixel is "
+                             "no-data only where every band read holds the no-data value)")
             raise GraphconvError(f"float pixels from {low:.6g} to {high:.6g} {where}{declared}: float images are "
                                  "read as 0..1; a raster of other values takes the spec's preprocess "
                                  "`values: stored`", file=self.path)
@@ -280,6 +323,15 @@ def _checked_bands(bands: Sequence[int] | None, have: int, channels: int, path: 
     return np.asarray(bands, np.int64) - 1
 
 
+def _held_integer(value: float, dtype: np.dtype) -> int | None:
+    """`value` as an integer of `dtype`, or None where that type cannot hold it (a
+    fraction, infinity, or outside its range: such a no-data value marks no pixel)."""
+    if not (math.isfinite(value) and value == int(value)):
+        return None
+    info = np.iinfo(dtype)
+    return int(value) if info.min <= value <= info.max else None
+
+
 def _stored_scale(dtype: np.dtype, path: str) -> float:
     if np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating):
         return 1.0
@@ -337,8 +389,8 @@ class Downsampled:
         has no-data, each pixel is the mean of the valid pixels its square covers (each
         weighted by its share of the square, the weights of the missing ones left out),
         and no-data where it covers no valid pixel; a pixel whose square holds no no-data
-        is exactly what it is without any."""
-        rows_at_once = max(1, int(READ_PIXELS / (self.factor ** 2 * max(1, right - left))))
+        pixel is exactly what it is without any."""
+        rows_at_once = self._rows_at_once(left, right)
         if bottom - top > rows_at_once:  # a tile of a slide read 8x coarser is 64 tiles' worth of level 0
             parts = [self.read_masked(row, left, min(bottom, row + rows_at_once), right)
                      for row in range(top, bottom, rows_at_once)]
@@ -346,19 +398,48 @@ class Downsampled:
             mask = None if all(m is None for m in masks) else np.concatenate(
                 [np.zeros(values.shape, bool) if m is None else m for (values, _), m in zip(parts, masks)], axis=1)
             return np.concatenate([values for values, _ in parts], axis=1), mask
-        rows, row_weights = _area_taps(top, bottom, self.factor)
-        cols, col_weights = _area_taps(left, right, self.factor)
+        (rows, row_weights), (cols, col_weights) = _area_taps(top, bottom, self.factor), \
+            _area_taps(left, right, self.factor)
         box, missing = read_masked(self.inner, rows[0, 0], cols[0, 0], min(self.inner.height, rows[-1, -1] + 1),
                                    min(self.inner.width, cols[-1, -1] + 1))
         out = np.empty((box.shape[0], bottom - top, right - left), np.float32)
         taps = (np.minimum(rows - rows[0, 0], box.shape[1] - 1), row_weights,
                 np.minimum(cols - cols[0, 0], box.shape[2] - 1), col_weights)
+        from graphconv.threads import check_not_forked_after_openmp
+        check_not_forked_after_openmp()  # numba's parallel kernels, as the network's: a forked child would die
         if missing is None:
             _area_means(box, *taps, out)
             return out, None
-        out_missing = np.empty(out.shape, np.bool_)
-        _valid_area_means(box, missing, *taps, out, out_missing)
-        return out, out_missing
+        out_missing = np.empty(out.shape[1:], np.bool_)
+        _valid_area_means(box, np.ascontiguousarray(missing[0]), *taps, out, out_missing)
+        return out, np.broadcast_to(out_missing, out.shape)
+
+    def nodata_mask(self, top: int, left: int, bottom: int, right: int) -> np.ndarray | None:
+        """(h, w) bool: the box's no-data pixels, those whose square covers no valid pixel
+        of `inner` (`read_masked`), from `inner`'s stored values alone; None where no
+        pixel can be no-data."""
+        if not nodata_can_occur(self.inner):
+            return None
+        rows_at_once = self._rows_at_once(left, right)
+        if bottom - top > rows_at_once:
+            parts = [self.nodata_mask(row, left, min(bottom, row + rows_at_once), right)
+                     for row in range(top, bottom, rows_at_once)]
+            return np.concatenate(parts, axis=0)
+        (rows, row_weights), (cols, col_weights) = _area_taps(top, bottom, self.factor), \
+            _area_taps(left, right, self.factor)
+        fine = nodata_mask(self.inner, rows[0, 0], cols[0, 0], min(self.inner.height, rows[-1, -1] + 1),
+                           min(self.inner.width, cols[-1, -1] + 1))
+        rows, cols = np.minimum(rows - rows[0, 0], fine.shape[0] - 1), np.minimum(cols - cols[0, 0], fine.shape[1] - 1)
+        across = np.ones((bottom - top, fine.shape[1]), bool)  # every tap with a share of the square missing
+        for tap, weight in zip(rows, row_weights):
+            across &= fine[tap] | (weight <= 0)[:, None]
+        mask = np.ones((bottom - top, right - left), bool)
+        for tap, weight in zip(cols, col_weights):
+            mask &= across[:, tap] | (weight <= 0)[None, :]
+        return mask
+
+    def _rows_at_once(self, left: int, right: int) -> int:
+        return max(1, int(READ_PIXELS / (self.factor ** 2 * max(1, right - left))))
 
 
 def read_masked(source, top: int, left: int, bottom: int, right: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -367,6 +448,26 @@ def read_masked(source, top: int, left: int, bottom: int, right: int) -> tuple[n
     if hasattr(source, "read_masked"):
         return source.read_masked(top, left, bottom, right)
     return source.read(top, left, bottom, right), None
+
+
+def nodata_can_occur(source) -> bool:
+    """Whether any pixel `source` reads can be no-data (`ArrayLikeSource.nodata_can_occur`;
+    a reader of your own: where it has a `missing_value`)."""
+    if getattr(source, "missing_value", None) is None:
+        return False
+    return bool(getattr(source, "nodata_can_occur", True))
+
+
+def nodata_mask(source, top: int, left: int, bottom: int, right: int) -> np.ndarray | None:
+    """(h, w) bool: the box's no-data pixels, read without the preprocess where the
+    source can (`ArrayLikeSource.nodata_mask`); for a reader of your own, the pixels its
+    `read_masked` marks in every channel. None where no pixel can be no-data."""
+    if not nodata_can_occur(source):
+        return None
+    if hasattr(source, "nodata_mask"):
+        return source.nodata_mask(top, left, bottom, right)
+    _, mask = read_masked(source, top, left, bottom, right)
+    return None if mask is None else np.asarray(mask).all(axis=0)
 
 
 @njit(cache=True, parallel=True)
@@ -392,9 +493,10 @@ def _area_means(box, rows, row_weights, cols, col_weights, out):
 
 @njit(cache=True, parallel=True)
 def _valid_area_means(box, missing, rows, row_weights, cols, col_weights, out, out_missing):
-    """`_area_means` of a box whose `missing` samples are 0: a pixel whose taps are all
-    valid is summed exactly as there; one with missing taps is the weighted sum of the
-    valid ones over their weight; one with none valid is missing (0)."""
+    """`_area_means` of a box whose `missing` pixels ((h, w) of the box) are 0 in every
+    channel: a pixel whose taps are all valid is summed exactly as there; one with
+    missing taps is the weighted sum of the valid ones over their weight; one with none
+    valid is missing (0; `out_missing`, (height, width), True)."""
     channels, height, width = out.shape
     for job in prange(channels * height):
         c, i = job // height, job % height
@@ -405,7 +507,7 @@ def _valid_area_means(box, missing, rows, row_weights, cols, col_weights, out, o
             weight, row = row_weights[a, i], rows[a, i]
             for x in range(box.shape[2]):
                 line[x] += weight * box[c, row, x]
-                if missing[c, row, x]:
+                if missing[row, x]:
                     missing_line[x] += weight
                 else:
                     valid_line[x] += weight
@@ -418,11 +520,13 @@ def _valid_area_means(box, missing, rows, row_weights, cols, col_weights, out, o
                 valid += col_weights[b, j] * valid_line[cols[b, j]]
                 lost += col_weights[b, j] * missing_line[cols[b, j]]
             if lost == 0:
-                out[c, i, j], out_missing[c, i, j] = total, False
+                out[c, i, j] = total
             elif valid > 0:
-                out[c, i, j], out_missing[c, i, j] = total / valid, False
+                out[c, i, j] = total / valid
             else:
-                out[c, i, j], out_missing[c, i, j] = 0.0, True
+                out[c, i, j] = 0.0
+            if c == 0:
+                out_missing[i, j] = lost != 0 and not valid > 0
 
 
 READ_PIXELS = 1 << 23  # the most of `inner`'s pixels (a band's) one read of a Downsampled source decodes at once

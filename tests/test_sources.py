@@ -567,22 +567,119 @@ def test_float_rasters_are_read_as_0_to_1_or_refused(tmp_path):
 def test_a_declared_no_data_value_is_no_pixel_for_the_float_range_or_the_network(tmp_path):
     """A float 0..1 raster declaring -9999 was refused as 'float pixels from -9999 to 1'
     (the no-data counted as a pixel); with values stored, -9999 went into the network
-    as a pixel. Now no-data samples are left out of the check and read as 0 after the
-    preprocess, the value of the network's own padding; other samples as before."""
+    as a pixel. Now no-data pixels (-9999 in every band) are left out of the check and
+    read as 0 after the preprocess, the value of the network's own padding; other
+    pixels as before. A -9999 in one band of a pixel whose other band holds a value is
+    data, as GDAL's dataset mask has it: fed as stored (it was replaced, and the pixel
+    counted as no-data), and a 0..1 raster's range check says why it counts."""
     rng = np.random.default_rng(5)
     scene = rng.random((2, 30, 40)).astype(np.float32)
     scene[:, :, :10] = -9999
-    scene[1, 20:, 30:] = -9999  # one band missing alone
     tifffile.imwrite(tmp_path / "nd.tif", scene, photometric="minisblack", planarconfig="separate",
                      extratags=[(42113, 2, 6, "-9999", True)])
     tifffile.imwrite(tmp_path / "plain.tif", np.where(scene == -9999, 0.5, scene).astype(np.float32),
                      photometric="minisblack", planarconfig="separate")
-    for preprocess in (None, {"values": "stored", "scale": 2.0, "mean": [0.5, 0.25], "std": [0.5, 2.0]}):
+    stored = {"values": "stored", "scale": 2.0, "mean": [0.5, 0.25], "std": [0.5, 2.0]}
+    nodata = np.broadcast_to(scene[0] == -9999, scene.shape)
+    for preprocess in (None, stored):
         values, missing = open_source(tmp_path / "nd.tif", 2, preprocess).read_masked(0, 0, 30, 40)
         plain = open_source(tmp_path / "plain.tif", 2, preprocess).read(0, 0, 30, 40)
-        np.testing.assert_array_equal(missing, scene == -9999)
+        np.testing.assert_array_equal(missing, nodata)
         assert (values[missing] == 0).all()
         np.testing.assert_array_equal(values[~missing], plain[~missing])
+    lone = scene.copy()
+    lone[1, 20:, 30:] = -9999  # one band's -9999 in pixels whose first band is data
+    tifffile.imwrite(tmp_path / "lone.tif", lone, photometric="minisblack", planarconfig="separate",
+                     extratags=[(42113, 2, 6, "-9999", True)])
+    tifffile.imwrite(tmp_path / "lone_plain.tif", np.where(nodata, 0.5, lone).astype(np.float32),
+                     photometric="minisblack", planarconfig="separate")
+    values, missing = open_source(tmp_path / "lone.tif", 2, stored).read_masked(0, 0, 30, 40)
+    np.testing.assert_array_equal(missing, nodata)
+    plain = open_source(tmp_path / "lone_plain.tif", 2, stored).read(0, 0, 30, 40)
+    np.testing.assert_array_equal(values[~missing], plain[~missing])
+    assert values[1, 25, 35] == (-9999 * 2.0 - 0.25) / 2.0  # as stored, through the preprocess
+    with pytest.raises(GraphconvError, match=r"lone.tif: float pixels from -9999 to .*, no-data pixels \(-9999 in "
+                                             r"every band\) left out; -9999 in some bands of a pixel that is data "
+                                             r"is a value \(a pixel is no-data only where every band read"):
+        open_source(tmp_path / "lone.tif", 2, None).read(0, 0, 30, 40)
+
+
+def test_a_colour_with_zero_bands_is_data_not_no_data(tmp_path):
+    """GDAL no-data 0 on an 8-bit RGB picture, the common case: saturated red (220, 0,
+    0) has G = B = 0. A pixel counted as no-data where any band held 0, and each 0
+    sample went in as the preprocess mean (0 after it) instead of raw 0: red, dark and
+    water colours changed and their cells left out. Now, as GDAL's dataset mask and
+    rasterio's dataset_mask(), a pixel is no-data only where every band read holds 0:
+    the red field reads exactly as the same pixels without a no-data tag."""
+    picture = np.full((64, 64, 3), 128, np.uint8)
+    picture[:, 32:] = (220, 0, 0)
+    picture[:8, :8] = 0
+    tifffile.imwrite(tmp_path / "red.tif", picture, photometric="rgb", extratags=[(42113, 2, 2, "0", True)])
+    tifffile.imwrite(tmp_path / "plain.tif", picture, photometric="rgb")
+    for channels in (3, 1):  # RGB, and grey from it (the three bands feed it)
+        preprocess = {"scale": 1 / 255, "mean": [0.5] * channels, "std": [0.25] * channels}
+        values, missing = open_source(tmp_path / "red.tif", channels, preprocess).read_masked(0, 0, 64, 64)
+        plain = open_source(tmp_path / "plain.tif", channels, preprocess).read(0, 0, 64, 64)
+        corner = np.zeros((channels, 64, 64), bool)
+        corner[:, :8, :8] = True
+        np.testing.assert_array_equal(missing, corner)
+        np.testing.assert_array_equal(values[~corner], plain[~corner])
+        assert (values[corner] == 0).all()
+    assert values.shape[0] == 1 and np.isclose(values[0, 40, 40], (0.299 * 220 / 255 - 0.5) / 0.25)
+    preprocess = {"scale": 1 / 255, "mean": [0.5] * 3, "std": [0.25] * 3}
+    red = open_source(tmp_path / "red.tif", 3, preprocess).read(40, 40, 41, 41)[:, 0, 0]
+    np.testing.assert_allclose(red, [(220 / 255 - 0.5) / 0.25, -2.0, -2.0], rtol=1e-6)  # raw 0, not the mean
+
+
+def test_a_nan_sample_of_a_pixel_that_is_data_goes_in_as_0_and_the_pixel_stays_data(tmp_path):
+    """NaN never reaches the network: in a pixel all of whose bands are NaN it is
+    no-data; in one whose other bands hold values only that sample is replaced (0
+    after the preprocess) and the pixel is data, its other bands as stored."""
+    rng = np.random.default_rng(9)
+    scene = rng.random((2, 20, 30)).astype(np.float32)
+    scene[:, :5] = np.nan
+    scene[0, 10:, 20:] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", scene, photometric="minisblack", planarconfig="separate")
+    preprocess = {"values": "stored", "mean": [0.5, 0.5], "std": [2.0, 2.0]}
+    values, missing = open_source(tmp_path / "nan.tif", 2, preprocess).read_masked(0, 0, 20, 30)
+    np.testing.assert_array_equal(missing[0], np.isnan(scene).all(axis=0))
+    assert not np.isnan(values).any() and (values[np.isnan(scene)] == 0).all()
+    np.testing.assert_array_equal(values[1, 10:, 20:], (scene[1, 10:, 20:] - 0.5) / 2.0)
+
+
+@pytest.mark.parametrize("tag", ["inf", "-inf", "1e400", "300", "-9999", "0.5"])
+def test_a_no_data_value_an_integer_raster_cannot_hold_marks_no_pixel(tmp_path, tag):
+    """GDAL_NODATA 'inf', '-inf' or '1e400' on an 8-bit raster raised OverflowError (a
+    traceback, exit 1) at the first read. A value the type cannot hold marks no pixel:
+    every pixel is data, the cells of a no-data run are none, and nothing is read to
+    find that out."""
+    from graphconv.background import Background
+    from graphconv.receptive import Field
+
+    pixels = np.random.default_rng(8).integers(0, 255, (40, 40), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "nd.tif", pixels, extratags=[(42113, 2, len(tag) + 1, tag, True)])
+    source = open_source(tmp_path / "nd.tif", 1, None)
+    values, missing = source.read_masked(0, 0, 40, 40)
+    assert missing is None and source.nodata_can_occur is False
+    np.testing.assert_array_equal(values[0], pixels)
+    source._stored = None  # nothing read for the cells
+    field = Field((8, 8), (4, 4), (0, 0))
+    assert not Background(source, field, None, 0.5, field).nodata_cells().any()
+
+
+def test_a_downsampled_read_in_a_forked_child_after_openmp_is_an_error_not_a_killed_process(tmp_path, monkeypatch):
+    """--downsample's area means are numba parallel kernels: run in a process forked
+    after numba's GNU OpenMP started, they killed it (as the network's kernels did before
+    `threads.check_not_forked_after_openmp`); now the same error names the fix."""
+    import graphconv.threads as threads
+
+    pixels = np.random.default_rng(8).integers(1, 255, (40, 40), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "page.tif", pixels)
+    tifffile.imwrite(tmp_path / "nd.tif", pixels, extratags=[(42113, 2, 2, "0", True)])
+    monkeypatch.setattr(threads, "_forked_after_openmp", True)
+    for name in ("page.tif", "nd.tif"):  # _area_means, _valid_area_means
+        with pytest.raises(threads.ForkedAfterOpenMPError, match="spawn"):
+            open_source(tmp_path / name, 1, None, downsample=2).read(0, 0, 20, 20)
 
 
 def test_downsampling_averages_only_valid_pixels(tmp_path):
