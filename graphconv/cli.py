@@ -1021,25 +1021,23 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _share(text: str) -> float:
-    """A fraction from 0 to 1, both included (--max-nodata)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {shown(text)}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {shown(text)}")
-    return value
+def _unit_interval(ends_included: bool):
+    """A parser of a number in [0, 1] (--max-nodata, a share of a crop) or in (0, 1)
+    (--skip-background's saturation, which neither end makes sense for)."""
+    wanted = "from 0 to 1" if ends_included else "between 0 and 1"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number {wanted}, got {shown(text)}") from None
+        if not (0 <= value <= 1 if ends_included else 0 < value < 1):
+            raise argparse.ArgumentTypeError(f"expected a number {wanted}, got {shown(text)}")
+        return value
+    return parse
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {shown(text)}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {shown(text)}")
-    return value
+_share, _fraction = _unit_interval(True), _unit_interval(False)
 
 
 def _natural_int(text: str) -> int:

@@ -76,12 +76,16 @@ def worker_model(ref: ModelRef):
     task and loaded again only when a file it was read from has changed since: a notebook
     that retrains and maps again gets the new weights."""
     cached = _WORKER_MODELS.get(ref)
-    if cached is None or _files_stamp(cached[0]) != cached[1]:
+    files = cached[0] if cached is not None else (ref.path,)
+    before = _files_stamp(files)
+    if cached is None or before != cached[1]:
         from graphconv.process import configure_process
         configure_process()
         model = ref.load()
-        files = (ref.path, *model.graph.meta.get("read_from", ()))
-        _WORKER_MODELS[ref] = (files, _files_stamp(files), model)
+        read = (ref.path, *model.graph.meta.get("read_from", ()))
+        # the files' stamps from before the load where they are known: one replaced while it
+        # loaded then differs next time, and the model is loaded again
+        _WORKER_MODELS[ref] = (read, before if read == files else _files_stamp(read), model)
     return _WORKER_MODELS[ref][2]
 
 
@@ -132,8 +136,11 @@ def client_for(workers: int | None, scheduler: str | None) -> Iterator[Any]:
             # Without a dashboard the scheduler still serves its HTTP routes, on 8787 by default,
             # and says "Port 8787 is already in use" (a UserWarning) where another cluster has it.
             warnings.filterwarnings("ignore", message=r"Port \d+ is already in use", category=UserWarning)
+            # Logs CRITICAL only: a worker still beating its heart as the cluster closes after Ctrl-C
+            # logs "Failed to communicate with scheduler during heartbeat" as an ERROR, with a
+            # traceback; a task's own error reaches the client as its exception anyway.
             cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                               dashboard_address=None, silence_logs=40, local_directory=scratch)
+                                               dashboard_address=None, silence_logs=50, local_directory=scratch)
         try:
             with distributed.Client(cluster) as client:
                 yield client
@@ -261,7 +268,7 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
         else:
             result = run_tiled(grid, source, tile, device=options.device, transform=transform, blank_cells=blank_cells)
         contents = map_contents(image, ref.path, model.output_channels, options.classes, options.reduce,
-                                model.graph.meta.get("labels"))
+                                model.graph.meta.get("labels"), _left_out(options))
         _write_map(output, result, source, grid, contents)
         return ImageResult(image, output, tuple(result.shape), note=stored_orientation_note(source))
     except (GraphconvError, OSError, MemoryError, ValueError) as err:
@@ -480,8 +487,10 @@ def holds_its_map(ref: ModelRef, model, image: str, output: str, options: MapOpt
         return False
     if is_tiff_output(output):
         stated = stated_placement(output) or {}
-        expected = map_contents(image, ref.path, model.output_channels, options.classes, options.reduce)
-        read = {"bands": list(options.bands) if options.bands is not None else None}
+        expected = map_contents(image, ref.path, model.output_channels, options.classes, options.reduce,
+                                left_out=_left_out(options))
+        read = {"bands": list(options.bands) if options.bands is not None else None,
+                "cells_left_out": expected["cells_left_out"]}
         if options.mpp is None:  # else the level and factor are the slide's to choose
             read.update(level=options.level, downsample=float(options.downsample))
         return (all(stated.get(key) == expected[key] for key in ("model", "classes", "values"))
@@ -491,6 +500,11 @@ def holds_its_map(ref: ModelRef, model, image: str, output: str, options: MapOpt
     except (GraphconvError, OSError, ValueError):
         return False  # an image that cannot be read: its own task says why
     return _holds_exactly(output, *expected)
+
+
+def _left_out(options: MapOptions) -> dict:
+    from graphconv.georef import left_out_settings
+    return left_out_settings(options.skip_background, options.max_nodata)
 
 
 def _holds_exactly(path: str, dtype, shape: tuple[int, ...]) -> bool:

@@ -236,16 +236,7 @@ def sync_file(path: str | os.PathLike, folder_too: bool = False) -> None:
     """Flush a file written by another library (a zarr chunk) to disk, and its folder's
     entry for it with `folder_too`; nothing where it is not there (zarr writes no chunk
     that holds only its fill value)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    _fsync(path)
     if folder_too:
         _sync_folder(Path(path).parent)
 
@@ -592,8 +583,13 @@ def _process_alive(pid: int) -> bool:
 
 def _sync_folder(folder: Path) -> None:
     """Make the rename itself durable (POSIX; a no-op where folders cannot be opened)."""
+    _fsync(folder)
+
+
+def _fsync(path: str | os.PathLike) -> None:
+    """fsync a file or folder by its path; nothing where it cannot be opened or synced."""
     try:
-        fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:

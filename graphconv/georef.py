@@ -245,18 +245,29 @@ class CellPlacement:
 
 
 def map_contents(image: str, model: str, num_classes: int, classes: Sequence[int] | None = None,
-                 reduce: str | None = None, labels: Sequence[str] | None = None) -> dict:
+                 reduce: str | None = None, labels: Sequence[str] | None = None,
+                 left_out: dict | None = None) -> dict:
     """What a map's channels hold, and of what image and model, for the map itself to
     say (a .zarr's attribute, a .tif's description): after `--classes 3,1` which band is
     which class, and a `--reduce argmax` map's legend, were known only to the command
-    that made it."""
+    that made it. `left_out`: which cells the run did not compute (`left_out_settings`)."""
     kept = list(classes) if classes is not None else list(range(num_classes))
     values = ("the class of each cell: the best of `classes` (65535 where not computed)" if reduce == "argmax"
               else "class scores, one channel per class of `classes` (NaN where not computed)")
     contents = {"image": os.path.abspath(image), "model": os.path.abspath(model), "values": values, "classes": kept}
     if labels:
         contents["labels"] = [labels[c] for c in kept]
+    if left_out is not None:
+        contents["cells_left_out"] = left_out
     return contents
+
+
+def left_out_settings(skip_background: float | None, max_nodata: float) -> dict:
+    """The settings that choose which cells a map leaves out (NaN, or 65535 in a class
+    map), for it to state: --skip-background's saturation, if given, and the share of a
+    crop that may be no-data (--max-nodata; 1 with --compute-nodata). --skip-existing
+    compares them, so a map made with other ones is made again."""
+    return {"skip_background": skip_background, "max_nodata": float(max_nodata)}
 
 
 def cell_placement(source, cells: Field) -> CellPlacement:
@@ -319,7 +330,6 @@ def tiff_tags(geo: GeoReference | None, nodata: str | None) -> list[tuple]:
     if geo is not None and geo.gcps is not None:
         points = tuple(float(v) for col, row, x, y, z in geo.gcps for v in (col, row, 0.0, x, y, z))
         tags.append((MODEL_TIEPOINT, DOUBLE, len(points), points, True))
-        tags += [(code, kind, len(values) + (kind == ASCII), values, True) for code, kind, values in geo.keys]
     elif geo is not None:
         (a, b, x0), (c, d, y0) = geo.affine
         if b == 0 and c == 0 and a > 0 and d < 0:
@@ -328,6 +338,7 @@ def tiff_tags(geo: GeoReference | None, nodata: str | None) -> list[tuple]:
         else:
             matrix = (a, b, 0.0, x0, c, d, 0.0, y0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
             tags.append((MODEL_TRANSFORMATION, DOUBLE, 16, matrix, True))
+    if geo is not None:  # the projection, whichever way the cells are placed in it
         tags += [(code, kind, len(values) + (kind == ASCII), values, True) for code, kind, values in geo.keys]
     if nodata is not None:
         tags.append((GDAL_NODATA, ASCII, len(nodata) + 1, nodata, True))

@@ -74,7 +74,8 @@ def _image_size(path: str) -> tuple[int, int] | None:
 
 
 def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
-    from graphconv.georef import cell_placement, map_contents
+    from graphconv.background import DEFAULT_MAX_NODATA
+    from graphconv.georef import cell_placement, left_out_settings, map_contents
     from graphconv.sources import open_source
     from graphconv.tiling import CropGrid, MapFile, choose_tile, map_transform, plan_tiles
 
@@ -134,8 +135,9 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     print(f"tiles: {plan.describe()}", file=sys.stderr)
     placement = cell_placement(source, grid.cell_area)
     print(f"cells: {placement.describe()}", file=sys.stderr)
+    left_out = left_out_settings(args.skip_background, getattr(args, "max_nodata", DEFAULT_MAX_NODATA))
     placement = replace(placement, contents=map_contents(args.image, args.model, classes, args.classes, args.reduce,
-                                                         model.graph.meta.get("labels")))
+                                                         model.graph.meta.get("labels"), left_out))
     blank_cells = _skipper(args, background, plan)
     if not (args.workers or args.scheduler):
         from graphconv.cli import note_cold_kernels
@@ -170,7 +172,9 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     seconds = time.perf_counter() - start
     done_before = f" ({len(plan.tiles) - computed} done before)" if computed < len(plan.tiles) else ""
     print(f"output shape {shape} ({dtype}) in {seconds:.2f} s over {computed} tile(s){done_before}")
-    if means is not None:
+    if means is not None and np.isnan(means).all():
+        print("--top: no cell was computed (every one is over background or no-data), so there is no class to rank")
+    elif means is not None:
         from graphconv.cli import print_top
         print_top(means, args.top, _kept_labels(args, model.graph.meta.get("labels")))
     if args.output:
@@ -235,7 +239,11 @@ def _class_means(args: argparse.Namespace, scores) -> np.ndarray | None:
     """--top's input: each class's mean score over the map's computed cells."""
     if not args.top or args.reduce == "argmax":
         return None
-    return np.nanmean(np.asarray(scores), axis=(2, 3))
+    scores = np.asarray(scores)
+    computed = ~np.isnan(scores).all(axis=1, keepdims=True)
+    counts = computed.sum(axis=(2, 3))
+    sums = np.where(computed, scores, 0).sum(axis=(2, 3), dtype=np.float64)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)  # NaN for a map of no computed cell
 
 
 def _map_georeference(args: argparse.Namespace, source, grid):
@@ -348,9 +356,9 @@ def _skipper(args: argparse.Namespace, background, plan):
     none are."""
     if background is None:
         return None
-    masks = {t: background.blank_cells(t) for t in plan.tiles}
-    tiles = sum(bool(mask.all()) for mask in masks.values())
-    cells = sum(int(mask.sum()) for mask in masks.values())
+    from graphconv.background import blank_masks
+    masks, blank = blank_masks(plan.tiles, background.blank_cells)
+    tiles, cells = len(blank), sum(int(mask.sum()) for mask in masks.values())
     filler = "NaN" if args.reduce != "argmax" else "65535"
     skipped = f"{tiles} of {len(plan.tiles)} tile(s) hold only such cells and are skipped"
     if background.nodata is None:

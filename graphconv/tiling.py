@@ -777,8 +777,10 @@ def zarr_map_attribute(placement) -> dict:
 def zarr_map_attributes(placement, geo, dtype) -> dict:
     """Every attribute of a zarr map: graphconv's own (`zarr_map_attribute`: who wrote
     it, where its cells stand and what they hold, its no-data value and its
-    georeference, `GeoReference.as_dict`), and what xarray, rioxarray, GDAL and GeoZarr
-    readers look for: the axes' names (`_ARRAY_DIMENSIONS`), the no-data value
+    georeference, `GeoReference.as_dict`), and the attributes xarray, rioxarray, GDAL
+    and GeoZarr conventions name for these (written to those conventions, but not checked
+    against those readers, none of which is a dependency: a reader may look for some on a
+    grid-mapping variable or in a group rather than on the array): the axes' names (`_ARRAY_DIMENSIONS`), the no-data value
     (`_FillValue`, as xarray writes it: a float's the base64 of its little-endian double;
     the array's fill_value is the same, so a chunk never written reads as not
     computed), the CRS (GDAL's `_CRS`, GeoZarr's `proj:code`, where the GeoKeys give an

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 import textwrap
 
 # CUDA kernels are tested on numba's simulator unless a real GPU is asked for
@@ -17,6 +19,13 @@ graphconv.configure_process()  # as the CLI does: the suite's runs at the CLI's 
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
+
+
+def graphconv_process(*args, cwd=None) -> subprocess.CompletedProcess:
+    """`graphconv ARGS` in a process of its own, as a user runs it: its exit status and
+    output (text) to check."""
+    return subprocess.run([sys.executable, "-m", "graphconv", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd)
 
 
 @pytest.fixture(autouse=True)

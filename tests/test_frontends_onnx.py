@@ -5,8 +5,6 @@ the same network, and bad files are one clean line."""
 from __future__ import annotations
 
 import importlib.util
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,7 @@ from graphconv.frontends import load_network  # noqa: E402
 from graphconv.model import Model  # noqa: E402
 
 import onnx_zoo  # noqa: E402
-from conftest import SPECS  # noqa: E402
+from conftest import SPECS, graphconv_process  # noqa: E402
 
 ARCHITECTURES = list(onnx_zoo.ZOO)
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)
@@ -304,9 +302,7 @@ def test_graphconv_s_own_export_of_a_classifier_with_fc_layers_imports_back(tmp_
 
 # ---- the CLI ---------------------------------------------------------------------------------------
 
-def graphconv(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "graphconv", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd)
+graphconv = graphconv_process  # the command, in a process of its own
 
 
 def test_cli_import_writes_a_spec_that_loads_back_to_the_same_network(exported, tmp_path, rng):

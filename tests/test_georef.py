@@ -217,9 +217,8 @@ def test_ground_control_points_are_carried_onto_the_map_s_cells(tmp_path):
 # ---- through the CLI, as users run it ---------------------------------------------------------------
 
 def _cli(*args):
-    import subprocess
-    import sys
-    return subprocess.run([sys.executable, "-m", "graphconv", *map(str, args)], capture_output=True, text=True)
+    from conftest import graphconv_process
+    return graphconv_process(*args)
 
 
 @pytest.fixture(scope="module")

@@ -18,16 +18,14 @@ tifffile = pytest.importorskip("tifffile")
 zarr = pytest.importorskip("zarr")
 Image = pytest.importorskip("PIL.Image")
 
-from conftest import SPECS  # noqa: E402
+from conftest import SPECS, graphconv_process  # noqa: E402
 from graphconv.cluster import MapOptions, ModelRef, run_images  # noqa: E402
 from graphconv.errors import GraphconvError  # noqa: E402
 from graphconv.model import Model  # noqa: E402
 from graphconv.sources import open_source  # noqa: E402
 
 
-def graphconv(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "graphconv", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd)
+graphconv = graphconv_process  # the command, in a process of its own
 
 
 @pytest.fixture(scope="module")
@@ -592,7 +590,7 @@ def test_cli_a_scene_s_no_data_is_left_out_by_default_and_other_cells_are_exact(
         if name in ("plain", "all"):
             assert "not computed" not in result.stderr
     rows, cols = maps["tiled"].shape[2:]
-    missing = (scene[[3, 2, 1]] == 0).any(axis=0)  # a pixel is no-data where any band read is
+    missing = (scene[[3, 2, 1]] == 0).all(axis=0)  # a pixel is no-data where every band read is (GDAL's dataset mask)
     share = np.array([[missing[2 * r:2 * r + 20, 2 * c:2 * c + 20].mean() for c in range(cols)]
                       for r in range(rows)])
     np.testing.assert_array_equal(np.isnan(maps["tiled"][0, 0]), share > 0.5)
@@ -606,6 +604,16 @@ def test_cli_a_scene_s_no_data_is_left_out_by_default_and_other_cells_are_exact(
     batch = graphconv(*common, "--images", tmp_path / "swath.tif", "--output-dir", tmp_path / "batch")
     assert batch.returncode == 0, batch.stderr  # an --images batch leaves out the same cells (it computed them)
     np.testing.assert_array_equal(np.load(tmp_path / "batch" / "swath.npy"), maps["tiled"])
+
+
+def test_cli_top_over_a_scene_of_no_data_alone_says_nothing_was_computed(scene_net, tmp_path):
+    """Every cell left out: --top printed numpy's 'Mean of empty slice' warning and NaN scores."""
+    folder, bands = scene_net
+    tifffile.imwrite(tmp_path / "void.tif", np.zeros_like(bands), photometric="minisblack", planarconfig="separate",
+                     extratags=[(42113, 2, 2, "0", True)])
+    result = graphconv("run", folder / "fcn", "--bands", "4,3,2", "--image", tmp_path / "void.tif", "--top", "3")
+    assert result.returncode == 0, result.stderr
+    assert "--top: no cell was computed" in result.stdout and "Warning" not in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("image, factor, described", [
@@ -943,6 +951,10 @@ def test_cli_many_images_skip_existing_goes_on_where_a_stopped_batch_stopped(mod
                            "--output-format", output_format)
         assert result.returncode == 0, result.stderr
     assert "3 of 3 image(s) have their map" in result.stderr
+    result = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing",
+                       "--output-format", "tif", "--compute-nodata")
+    assert result.returncode == 0 and "have their map" not in result.stderr, "other cells left out: not done"
+    assert "cells_left_out" in tifffile.TiffFile(out / "a.tif").pages[0].description
 
 
 def test_cli_a_tile_whose_halo_is_most_of_the_work_is_noted(model_dir, picture, tmp_path):
