@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -691,7 +692,8 @@ class PartialMap:
         differences = job_differences(held, _as_json(job))
         if differences:
             raise GraphconvError(f"is the partial map of another run ({'; '.join(differences)}): --resume continues "
-                                 f"only the same run; delete it to start over (rm -r {self.shown})", file=self.shown)
+                                 f"only the same run; delete it to start over (rm -r {shlex.quote(self.shown)})",
+                                 file=self.shown)
 
     def done(self, tiles: Sequence[Tile]) -> frozenset[Tile]:
         """The tiles of `tiles` (the plan's, in order) the log lists as written."""
@@ -749,6 +751,9 @@ def job_differences(held: dict, job: dict) -> list[str]:
         if old == new:
             continue
         if isinstance(old, dict) and isinstance(new, dict):  # files: name -> [size, mtime]
+            owner = key.removesuffix(" files").removesuffix(" file")  # "model files": the model's
+            if held.get(owner) != job.get(owner):
+                continue  # another model or image altogether, said once, not as every file of both
             changed = [name for name in dict.fromkeys([*old, *new]) if old.get(name) != new.get(name)]
             differences.append(f"{key} changed since: {', '.join(os.path.basename(n) for n in changed)}")
         else:

@@ -694,3 +694,21 @@ def test_a_resumable_map_file_keeps_its_tiles_and_its_log_trusts_only_whole_line
     assert not partial.exists()
     got = np.load(path) if suffix == ".npy" else __import__("zarr").open_array(path, mode="r")[:]
     np.testing.assert_array_equal(got, whole)
+
+
+def test_a_partial_map_of_another_model_is_said_so_once_and_its_removal_quoted(tmp_path):
+    """Resuming another model's partial listed every file of both models as 'changed', and
+    the `rm -r` it suggested for a path with a space would delete other things."""
+    from graphconv.tiling import PartialMap, job_differences
+
+    held = {"model": "/m/a", "model files": {"/m/a/model.yaml": [1, 2]}, "tile": [24, 24]}
+    other = {"model": "/m/b", "model files": {"/m/b/model.yaml": [1, 2]}, "tile": [24, 24]}
+    assert job_differences(held, other) == ["model /m/a there, /m/b here"]
+    touched = {**held, "model files": {"/m/a/model.yaml": [1, 3]}}
+    assert job_differences(held, touched) == ["model files changed since: model.yaml"]
+    folder = tmp_path / "my maps"
+    folder.mkdir()
+    partial = PartialMap(str(folder / "map.zarr"))
+    partial.make_or_check(held, lambda path: np.lib.format.open_memmap(path, "w+", np.float32, (1, 1, 2, 2)))
+    with pytest.raises(GraphconvError, match=r"delete it to start over \(rm -r '.*my maps/map\.zarr\.partial'\)"):
+        partial.check(other)
