@@ -77,9 +77,11 @@ def _run_command(args: argparse.Namespace) -> int:
 
 def _what_is_left(args: argparse.Namespace) -> str:
     """What a stopped command leaves: nothing, or with run --resume the partial map."""
-    if getattr(args, "resume", False) and args.output and os.path.isdir(args.output.rstrip("/") + ".partial"):
-        return (f"the tiles done are kept in {args.output.rstrip('/')}.partial: the same command with --resume "
-                "continues it")
+    if getattr(args, "resume", False) and args.output:
+        from graphconv.tiling import PartialMap
+        partial = PartialMap(args.output)
+        if os.path.isdir(partial.folder):
+            return f"the tiles done are kept in {partial.shown}: the same command with --resume continues it"
     return "what it was writing is removed"
 
 

@@ -90,17 +90,9 @@ def worker_model(ref: ModelRef):
 
 
 def _files_stamp(files) -> tuple:
-    """When each file last changed, its size and its inode (a file renamed into place is a
-    new inode, should its time fall in the same tick; a folder's time changes as graphconv
-    replaces its files, which it does by renaming new ones into place)."""
-    stamp = []
-    for path in files:
-        try:
-            status = os.stat(path)
-            stamp.append((status.st_mtime_ns, status.st_size, status.st_ino))
-        except OSError:
-            stamp.append(None)  # gone: the next load says so
-    return tuple(stamp)
+    """Each file's `files.file_stamp`, to compare with the next call's."""
+    from graphconv.files import file_stamp
+    return tuple(tuple(file_stamp(path) or ()) for path in files)
 
 
 @contextmanager

@@ -241,6 +241,18 @@ def sync_file(path: str | os.PathLike, folder_too: bool = False) -> None:
         _sync_folder(Path(path).parent)
 
 
+def file_stamp(path: str | os.PathLike) -> list[int] | None:
+    """A file's (or folder's) size, modification time (ns) and inode; None where it is
+    not there. What says a file changed without reading it: a model's weights retrained,
+    an image replaced (a file renamed into place is a new inode, should its time fall in
+    the same tick; a folder's time changes as files are renamed into it)."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return [status.st_size, status.st_mtime_ns, status.st_ino]
+
+
 def write_synced_text(path: str | os.PathLike, text: str) -> None:
     """A small text file written whole and flushed to disk."""
     _write_synced(Path(path), _text_writer(text))

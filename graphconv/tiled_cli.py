@@ -281,24 +281,24 @@ def _compute(args, grid, source, plan, tile, out, transform, on_tile, blank_cell
 def _job(args: argparse.Namespace, model, grid, source, plan, shape, dtype) -> dict:
     """What a --resume run computes, stored in its partial map (`tiling.PartialMap`) and
     compared on the next: everything that changes the map's values or layout. The model
-    and image by path and by each file's size and modification time (a recompile, a
+    and image by path and by each file's `files.file_stamp` (a recompile, a
     retrained weights file, a replaced image is another job), the options that change
     what is read or kept, the tile plan, the map's shape and type, and graphconv's
     version (its kernels' rounding)."""
     from graphconv import __version__
 
     options = _map_options(args, grid)
-    from graphconv.files import MODEL_SPEC
+    from graphconv.files import MODEL_SPEC, file_stamp
 
     model_files = [*model.graph.meta.get("read_from", ())] or [str(Path(args.model).resolve())]
     model_files += [str(Path(p) / MODEL_SPEC) for p in model_files if (Path(p) / MODEL_SPEC).is_file()]
     ref = _model_ref(args)
     return {
         "graphconv": __version__,
-        "model": ref.path, "model files": {str(p): _file_stamp(p) for p in model_files},
+        "model": ref.path, "model files": {str(p): file_stamp(p) for p in model_files},
         "--crop-size": ref.crop_size, "--task": ref.task,
         "image": str(Path(args.image).resolve()), "image file": {str(Path(args.image).resolve()):
-                                                                   _file_stamp(args.image)},
+                                                                   file_stamp(args.image)},
         "image as read": f"{source.height}x{source.width}",
         "--level": options.level, "--downsample": options.downsample, "--mpp": options.mpp,
         "--bands": options.bands, "--reduce": options.reduce, "--classes": options.classes,
@@ -308,15 +308,6 @@ def _job(args: argparse.Namespace, model, grid, source, plan, shape, dtype) -> d
                      f"{plan.cells_hw[0]}x{plan.cells_hw[1]} cells",
         "map": f"{np.dtype(dtype)} {tuple(shape)}",
     }
-
-
-def _file_stamp(path) -> list[int] | None:
-    """A file's size and modification time (ns), as a partial map's job holds them."""
-    try:
-        status = os.stat(path)
-    except OSError:
-        return None
-    return [status.st_size, status.st_mtime_ns]
 
 
 def _say_resumed(map_file, plan) -> None:
