@@ -112,3 +112,27 @@ def test_fusing_changes_no_flop_total(write_spec):
     model = graphconv.load(write_spec(MODERN))
     fused = graphconv.compile_model(model.graph, "shape-inference,fuse-conv-activation")
     assert total_flops(fused.graph) == total_flops(model.graph)
+
+
+def test_a_new_activation_of_no_params_fuses_once_listed(write_spec, monkeypatch):
+    """What docs/adding-an-op.md promises: an op of no params named in both FUSED and
+    FUSED_FROM is `fusable` as itself, with no line of its own there; one in only one of
+    them is not, and neither is an op with params that has no line of its own."""
+    from graphconv.ops import activations
+    graph = graphconv.load(write_spec("""
+        name: new
+        input: {shape: [2, 4, 4]}
+        layers:
+          - {name: c, op: conv, out_channels: 2, kernel_size: 1}
+          - {name: t, op: tanh}
+          - {name: l, op: leaky_relu}
+    """)).graph
+    tanh, leaky = graph.node("t"), graph.node("l")
+    assert activations.fusable(tanh) is None
+    monkeypatch.setattr(activations, "FUSED", activations.FUSED + ("tanh", "leaky_relu"))
+    assert activations.fusable(tanh) is None  # not in FUSED_FROM yet
+    monkeypatch.setattr(activations, "FUSED_FROM", activations.FUSED_FROM + ("tanh", "leaky_relu"))
+    assert activations.fusable(tanh) == "tanh"
+    assert activations.fusable(leaky) is None  # alpha: which values, fusable must say
+    monkeypatch.setattr(activations, "FUSED", activations.FUSED[:-2])
+    assert activations.fusable(tanh) is None  # no code for the kernels

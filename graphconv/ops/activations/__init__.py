@@ -334,13 +334,18 @@ def fused_code(activation: str) -> int:
 
 
 def fusable(node) -> str | None:
-    """The conv `activation` that does what this layer does, or None."""
-    if node.op in ("relu", "silu", "hardswish"):
+    """The conv `activation` that does what this layer does, or None. An op of no params
+    in both FUSED_FROM and FUSED is its own activation, so a new one fuses once it is
+    listed there; an op with params fuses only for the values the kernels compute (a
+    gelu in its exact form, a clip to [0, 6]), so each such op has its own line here."""
+    if node.op not in FUSED_FROM:
+        return None
+    if node.op == "gelu":
+        return "gelu" if node.params["approximate"] == "none" else None
+    if node.op == "clip":
+        return "relu6" if dict(node.params) == RELU6 else None
+    if node.op in FUSED and not node.params:
         return node.op
-    if node.op == "gelu" and node.params["approximate"] == "none":
-        return "gelu"
-    if node.op == "clip" and dict(node.params) == RELU6:
-        return "relu6"
     return None
 
 
