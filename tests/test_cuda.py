@@ -8,7 +8,8 @@ import pytest
 import graphconv
 from graphconv.backends import get_backend
 from graphconv.errors import GraphconvError
-from graphconv.ops import all_ops
+from graphconv.ops import all_ops, get_op
+from graphconv.ops.activations import FUSED
 from graphconv.runtime import Executor, run_reference
 from graphconv.params import normalize_params
 from conftest import SPECS, random_input
@@ -168,3 +169,28 @@ def test_cuda_depthwise_convs_run_a_thread_per_output(raw, in_shape, rng):
     out = CUDA.to_device(np.full((2, *conv.shape(params, [in_shape])), np.nan, np.float32))
     CUDA.kernel(conv)(params, CUDA.prepare_weights(conv, params, weights), [CUDA.to_device(x)], out)
     np.testing.assert_allclose(CUDA.to_host(out), conv.reference(params, weights, [x]), rtol=1e-4, atol=1e-5)
+
+
+# One tiny layer of each CUDA kernel that ends in `activations/cuda.activate`: the implicit
+# GEMM (a conv), the depthwise conv and the batchnorm.
+EPILOGUES = [
+    pytest.param("conv", dict(out_channels=3, kernel_size=1), (2, 2, 3), id="gemm"),
+    pytest.param("conv", dict(out_channels=2, kernel_size=3, padding=1, groups=2), (2, 2, 3), id="depthwise"),
+    pytest.param("batchnorm", {}, (2, 2, 3), id="batchnorm"),
+]
+
+
+@pytest.mark.parametrize("activation", FUSED)
+@pytest.mark.parametrize("op,raw,in_shape", EPILOGUES)
+def test_cuda_epilogues_apply_every_fused_activation(op, raw, in_shape, activation, rng):
+    """Every entry of FUSED in each CUDA kernel that applies it as it writes, against the
+    op's numpy reference (which calls the activation op's own): the examples fuse only a
+    few. Inputs spread over [-24, 24], so relu6's clip at 6, hardswish's bends at +-3 and
+    gelu's and silu's negative dips are all reached."""
+    opdef = get_op(op)
+    params = normalize_params(opdef, dict(raw, activation=activation))
+    x = 8 * random_input(rng, (1, *in_shape))
+    weights = opdef.seeded_weights(params, [in_shape], rng)
+    out = CUDA.to_device(np.full((1, *opdef.shape(params, [in_shape])), np.nan, np.float32))
+    CUDA.kernel(opdef)(params, CUDA.prepare_weights(opdef, params, weights), [CUDA.to_device(x)], out)
+    np.testing.assert_allclose(CUDA.to_host(out), opdef.reference(params, weights, [x]), rtol=1e-4, atol=1e-5)
