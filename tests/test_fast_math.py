@@ -52,3 +52,12 @@ def test_infinities_saturate(apply):
     apply(x, got)
     low = 0.0 if apply is _apply_sigmoid else -1.0
     assert got.tolist() == [1.0, low]
+
+
+def test_every_fused_activation_has_its_named_code():
+    """The kernels compare a conv's activation code with fast_math's names (`RELU6`), not
+    literals: an entry added to FUSED without its name there fails here, by name."""
+    from graphconv.ops import fast_math
+    from graphconv.ops.activations import FUSED, fused_code
+    missing = [name for name in FUSED if getattr(fast_math, name.upper(), None) != fused_code(name)]
+    assert not missing, f"fast_math.py lacks {', '.join(f'{n.upper()} = fused_code({n!r})' for n in missing)}"

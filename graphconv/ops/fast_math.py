@@ -18,7 +18,7 @@ import math
 import numpy as np
 from numba import njit
 
-from graphconv.ops.activations import FUSED, fused_code
+from graphconv.ops.activations import fused_code
 from graphconv.ops.unsigned_index import unsigned
 
 # Multiply-adds fused into FMAs and nothing else of fastmath (no reassociation, NaNs kept),
@@ -96,7 +96,16 @@ def gelu32(v):
 
 # ---- a conv's fused activation, in the kernels' epilogues ---------------------------------------
 
-NONE, RELU, SILU, HARDSWISH, GELU, RELU6 = (fused_code(name) for name in FUSED)
+# Each entry of `activations.FUSED` by name (its upper-case name), as the number the kernels
+# take: `activate32`, `_activate_smooth_run` and the CUDA `activations/cuda.activate` compare
+# a code against these, never against a literal. numba reads them as constants. A new entry
+# of FUSED gets its line here (tests/test_fast_math.py checks that every entry has one).
+NONE = fused_code("none")
+RELU = fused_code("relu")
+SILU = fused_code("silu")
+HARDSWISH = fused_code("hardswish")
+GELU = fused_code("gelu")
+RELU6 = fused_code("relu6")
 
 
 @njit(cache=True, inline="always")

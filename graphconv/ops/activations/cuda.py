@@ -8,6 +8,7 @@ from numba import cuda
 
 from graphconv.ops.activations import exponential_linear
 from graphconv.ops.cuda_launch import grid_1d
+from graphconv.ops.fast_math import GELU, HARDSWISH, RELU, RELU6, SILU
 
 # float32 constants: a float literal would make numba compute in float64
 ZERO, HALF, ONE, SIX, SIXTH = np.float32(0.0), np.float32(0.5), np.float32(1.0), np.float32(6.0), np.float32(1 / 6)
@@ -31,16 +32,18 @@ def gelu(v):
 
 @cuda.jit(device=True, inline=True)
 def activate(v, code):
-    """v through a conv's fused activation, numbered as `activations.fused_code` numbers them."""
-    if code == 1:
+    """v through a conv's fused activation, `code` one of `fast_math`'s named codes (as
+    `activations.fused_code` numbers them): the epilogue of the implicit GEMM (and its
+    split-K reduction), the depthwise conv and the batchnorm."""
+    if code == RELU:
         return max(v, ZERO)
-    if code == 2:
+    if code == SILU:
         return silu(v)
-    if code == 3:
+    if code == HARDSWISH:
         return hardswish(v)
-    if code == 4:
+    if code == GELU:
         return gelu(v)
-    if code == 5:
+    if code == RELU6:
         return min(max(v, ZERO), SIX)
     return v
 
