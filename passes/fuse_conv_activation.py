@@ -1,13 +1,14 @@
-"""Fold the activation after a conv (relu, silu, hardswish, exact gelu or relu6, a clip
-to [0, 6]) into the conv, whose kernel applies it as it writes its outputs: one full
-pass over the map in memory saved (the activation reading and writing it again). The
-name it had when it folded ReLUs only, `fuse-conv-relu`, still runs it."""
+"""Fold the activation after a conv (any of `activations.FUSED`; a gelu only in its exact
+form, a clip only to [0, 6], ReLU6) into the conv, whose kernel applies it as it writes
+its outputs: one full pass over the map in memory saved (the activation reading
+and writing it again). The name it had when it folded ReLUs only, `fuse-conv-relu`,
+still runs it."""
 from graphconv.ir import Graph
-from graphconv.ops.activations import FUSED_FROM, fusable
+from graphconv.ops.activations import FUSED_FROM, fusable, fused_activation_names
 from graphconv.pass_manager import register_pass
 
 
-@register_pass("fuse-conv-activation", "fold a relu, silu, hardswish, gelu or relu6 into the conv before it "
+@register_pass("fuse-conv-activation", f"fold a {fused_activation_names()} into the conv before it "
                "(one kernel: conv+bias+activation)", preserves=("shapes",))
 def fuse_conv_activation(graph: Graph) -> bool:
     return fold_activations_into(graph, "conv")

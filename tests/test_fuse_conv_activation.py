@@ -136,3 +136,14 @@ def test_a_new_activation_of_no_params_fuses_once_listed(write_spec, monkeypatch
     assert activations.fusable(leaky) is None  # alpha: which values, fusable must say
     monkeypatch.setattr(activations, "FUSED", activations.FUSED[:-2])
     assert activations.fusable(tanh) is None  # no code for the kernels
+
+
+def test_the_description_names_every_fusable_activation(monkeypatch):
+    """`graphconv passes` prints it: built from FUSED, it names an entry added there."""
+    from graphconv.ops import activations
+    from graphconv.pass_manager import get_pass
+    description = get_pass("fuse-conv-activation").description
+    assert description.startswith(f"fold a {activations.fused_activation_names()} into the conv")
+    assert [name for name in activations.FUSED if name in description] == list(activations.FUSED[1:])
+    monkeypatch.setattr(activations, "FUSED", activations.FUSED + ("softsign",))
+    assert activations.fused_activation_names().endswith(", relu6 or softsign")

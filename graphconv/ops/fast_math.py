@@ -127,9 +127,9 @@ def activate32(v, code):
 
 @njit(cache=True, inline="always")
 def activate_run(values, start, count, code):
-    """values[start:start + count] through a fused activation past relu (silu, hardswish,
-    gelu, relu6) in place; nothing for none and relu, which the store loops apply as they
-    write. For a run a kernel has just written, still in L1: one loop per activation, so
+    """values[start:start + count] through a fused activation past relu (every entry of
+    `activations.FUSED` after it) in place; nothing for none and relu, which the store
+    loops apply as they write. For a run a kernel has just written, still in L1: one loop per activation, so
     that each vectorises (per value in the store loop, behind a branch on the code, it
     would not), and no second pass over the whole map from memory."""
     if code > RELU:

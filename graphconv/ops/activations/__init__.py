@@ -333,6 +333,13 @@ def fused_code(activation: str) -> int:
     return FUSED.index(activation)
 
 
+def fused_activation_names() -> str:
+    """FUSED past "none" as prose, "relu, silu, ... or relu6": for pass descriptions,
+    which `graphconv passes` prints and which, written out by hand, miss a new entry."""
+    names = [name for name in FUSED if name != "none"]
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
 def fusable(node) -> str | None:
     """The conv `activation` that does what this layer does, or None. An op of no params
     in both FUSED_FROM and FUSED is its own activation, so a new one fuses once it is
