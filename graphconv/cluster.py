@@ -12,6 +12,7 @@ Dask (`dask[distributed]`) is the optional `scale` extra.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -243,6 +244,7 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
 
     try:
         model = worker_model(ref)
+        stamp = image_stamp(image)  # before the read: an image edited while it is read is not this map's
         source = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"), options.level,
                              options.bands, options.downsample, options.mpp)
         transform, _, _ = map_transform(options.reduce, options.classes, model.output_channels)
@@ -261,7 +263,7 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
             result = run_tiled(grid, source, tile, device=options.device, transform=transform, blank_cells=blank_cells)
         contents = map_contents(image, ref.path, model.output_channels, options.classes, options.reduce,
                                 model.graph.meta.get("labels"), _left_out(options))
-        _write_map(output, result, source, grid, contents)
+        _write_map(output, result, source, grid, {**contents, IMAGE_STAMP: stamp})
         return ImageResult(image, output, tuple(result.shape), note=stored_orientation_note(source))
     except (GraphconvError, OSError, MemoryError, ValueError) as err:
         if options.traceback:
@@ -466,23 +468,34 @@ def image_map_shape(model, grid, image: str, options: MapOptions, tile: int | No
     return dtype, (1, channels, rows, cols)
 
 
+IMAGE_STAMP = "image_stamp"  # a .tif map's record of its image file's `files.file_stamp` when it was read
+
+
+def image_stamp(image: str) -> list[int] | None:
+    """The image file's size, time and inode (`files.file_stamp`), which a .tif map
+    records: --skip-existing makes the map again once the image was edited."""
+    from graphconv.files import file_stamp
+    return file_stamp(image)
+
+
 def holds_its_map(ref: ModelRef, model, image: str, output: str, options: MapOptions, tile: int | None) -> bool:
     """Whether `output` holds the map this run would write for `image` already
     (--skip-existing): an .npy of exactly its type and shape, a .tif map graphconv wrote
-    of this model, classes and values, read at these --bands, --level and --downsample
+    of this image, model, classes and values, read at these --bands, --level and --downsample
     where it states them (`georef.read_as`; maps written before it did, do not). Maps are renamed into place only once whole, so
-    such a file is a finished map; a stale one (another --classes, --reduce or model)
-    or a user's own file of that name is not."""
+    such a file is a finished map; a stale one (another --classes, --reduce or model, an
+    image edited since: `_image_changed_since`), another image's of the same name
+    (`map_of_another_image`) or a user's own file of that name is not."""
     from graphconv.georef import is_tiff_output, map_contents, stated_placement
 
-    if not os.path.exists(output):
+    if not os.path.exists(output) or _image_changed_since(image, output) or map_of_another_image(image, output):
         return False
     if is_tiff_output(output):
         stated = stated_placement(output) or {}
         expected = map_contents(image, ref.path, model.output_channels, options.classes, options.reduce,
                                 left_out=_left_out(options))
         read = {"bands": list(options.bands) if options.bands is not None else None,
-                "cells_left_out": expected["cells_left_out"]}
+                "cells_left_out": expected["cells_left_out"], IMAGE_STAMP: image_stamp(image)}
         if options.mpp is None:  # else the level and factor are the slide's to choose
             read.update(level=options.level, downsample=float(options.downsample))
         return (all(stated.get(key) == expected[key] for key in ("model", "classes", "values"))
@@ -492,6 +505,32 @@ def holds_its_map(ref: ModelRef, model, image: str, output: str, options: MapOpt
     except (GraphconvError, OSError, ValueError):
         return False  # an image that cannot be read: its own task says why
     return _holds_exactly(output, *expected)
+
+
+def _image_changed_since(image: str, output: str) -> bool:
+    """Whether the image file was modified after its map was written (a photo edited
+    since): then the map is stale, whatever it records. The one check an .npy allows."""
+    try:
+        return os.stat(image).st_mtime_ns > os.stat(output.rstrip("/")).st_mtime_ns
+    except OSError:
+        return False  # an image that cannot be read: its own task says why
+
+
+def map_of_another_image(image: str, output: str) -> str | None:
+    """The image an existing .tif map at `output` records it was made from, where that is
+    not `image` (cameras reuse IMG_0001.JPG: two cards' photos mapped into one folder in
+    two runs); None otherwise, and for an .npy, which records no image."""
+    from graphconv.georef import is_tiff_output, stated_placement
+
+    if not is_tiff_output(output) or not os.path.isfile(output):
+        return None
+    recorded = (stated_placement(output) or {}).get("image")
+    if not recorded or os.path.abspath(recorded) == os.path.abspath(image):
+        return None
+    with contextlib.suppress(OSError):  # the same file by another path (a link): this image's map
+        if os.path.samefile(recorded, image):
+            return None
+    return recorded
 
 
 def _left_out(options: MapOptions) -> dict:
@@ -527,13 +566,15 @@ def _size_as_read(model, image: str, options: MapOptions) -> tuple[int, int]:
 def spare_the_users_files(ref: ModelRef, images: Sequence[str], outputs: Sequence[str], options: MapOptions,
                           tile: int | None) -> None:
     """Refuse, before any work, a batch whose output names an existing file this run may
-    not replace (`check_replaceable`). An image that cannot be read is left to its own
+    not replace (`check_replaceable`), or a .tif map of another image than the one mapped
+    there now (`map_of_another_image`). An image that cannot be read is left to its own
     task to report (it writes nothing). The model is this process's `worker_model`, which
     the images run here then reuse."""
     for image, output in zip(images, outputs):
         if not os.path.exists(output.rstrip("/")):
             continue
         check_replaceable(output, np.float32)
+        _refuse_another_images_map(image, output)
         if output.lower().endswith(".npy"):
             model = worker_model(ref)
             try:
@@ -541,6 +582,19 @@ def spare_the_users_files(ref: ModelRef, images: Sequence[str], outputs: Sequenc
             except (GraphconvError, OSError, ValueError):
                 continue  # a bad image: its own task reports it, and writes nothing
             check_replaceable(output, dtype, shape)
+
+
+def _refuse_another_images_map(image: str, output: str) -> None:
+    """A .tif map made from another image (two cards' IMG_0001.JPG, one --output-dir) is
+    never replaced: that image's map would be lost without a word."""
+    from graphconv.errors import shown_path
+
+    recorded = map_of_another_image(image, output)
+    if recorded is None:
+        return
+    raise GraphconvError(f"is the map of {shown_path(recorded)}, another image than {image} (cameras reuse names "
+                         "such as IMG_0001.JPG): map this batch into a separate --output-dir, or delete that map "
+                         "if it is this image's, moved", file=output)
 
 
 def _stored_array_header(path: str) -> tuple[np.dtype, tuple[int, ...]] | None:

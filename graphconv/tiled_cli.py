@@ -136,8 +136,10 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     placement = cell_placement(source, grid.cell_area)
     print(f"cells: {placement.describe()}", file=sys.stderr)
     left_out = left_out_settings(args.skip_background, getattr(args, "max_nodata", DEFAULT_MAX_NODATA))
-    placement = replace(placement, contents=map_contents(args.image, args.model, classes, args.classes, args.reduce,
-                                                         model.graph.meta.get("labels"), left_out))
+    from graphconv.cluster import IMAGE_STAMP, image_stamp
+    contents = map_contents(args.image, args.model, classes, args.classes, args.reduce,
+                            model.graph.meta.get("labels"), left_out)
+    placement = replace(placement, contents={**contents, IMAGE_STAMP: image_stamp(args.image)})
     blank_cells = _skipper(args, background, plan)
     if not (args.workers or args.scheduler):
         from graphconv.cli import note_cold_kernels
@@ -480,6 +482,7 @@ def run_images_command(args: argparse.Namespace) -> int:
     check_heatmap_has_a_map(args, model)
     _check_heatmap(args, model.output_channels)
     _check_heatmap_names(args, images, base)
+    _note_npy_maps_replaced(args, images, base)
     start = time.perf_counter()
     with _output_dir_made(args.output_dir) as created:
         with _progress(args, len(images), "images", None) as advance:
@@ -635,6 +638,23 @@ def _images_not_done(args: argparse.Namespace, ref, model, images: list[str], ba
         print(f"note: {len(images) - len(todo)} of {len(images)} image(s) have their map in {args.output_dir} "
               "already: left out (--skip-existing)", file=sys.stderr)
     return todo
+
+
+def _note_npy_maps_replaced(args: argparse.Namespace, images: list[str], base: str) -> None:
+    """Say how many .npy maps already in --output-dir this run replaces: an .npy records
+    not which image it was made from, so another image's of the same name (cameras reuse
+    IMG_0001.JPG) cannot be told from this one's and is replaced too, where a .tif map
+    of another image is refused (`cluster.map_of_another_image`)."""
+    from graphconv.cli import note
+    from graphconv.cluster import output_names
+
+    if args.output_format != "npy":
+        return
+    there = sum(os.path.isfile(output) for output in output_names(images, args.output_dir, "npy", base))
+    if there:
+        note(f"note: {there} .npy map(s) in {args.output_dir} were there and are replaced; an .npy does not record "
+             "which image it was made from, so one of another image of the same name would be replaced too "
+             "(--output-format tif maps record their image, and another image's is refused)")
 
 
 def _heatmap_name(args: argparse.Namespace, output: str) -> Path:

@@ -957,6 +957,72 @@ def test_cli_many_images_skip_existing_goes_on_where_a_stopped_batch_stopped(mod
     assert "cells_left_out" in tifffile.TiffFile(out / "a.tif").pages[0].description
 
 
+def _two_cards(picture, tmp_path) -> tuple[Path, Path]:
+    """Two memory cards, each with an IMG_0001.png: two different pictures of one name."""
+    cards = []
+    for name, flip in (("cardA", False), ("cardB", True)):
+        (tmp_path / name).mkdir()
+        pixels = np.asarray(Image.open(picture / "page.png"))
+        Image.fromarray(pixels[:, ::-1] if flip else pixels).save(tmp_path / name / "IMG_0001.png")
+        cards.append(tmp_path / name)
+    return cards[0], cards[1]
+
+
+def test_cli_a_tif_map_of_another_image_of_the_same_name_is_refused_not_replaced_or_skipped(model_dir, picture,
+                                                                                            tmp_path):
+    """Cameras reuse IMG_0001.JPG: card B's photo mapped into the folder of card A's maps
+    silently replaced A's map, and with --skip-existing was left out as done although the
+    map there was A's. A .tif map records its image: another image's is refused, exit 2,
+    naming both, before any work; an .npy cannot tell, and its replacement is noted."""
+    card_a, card_b = _two_cards(picture, tmp_path)
+    out = tmp_path / "maps"
+    result = graphconv("run", model_dir, "--images", card_a, "--output-dir", out, "--output-format", "tif")
+    assert result.returncode == 0, result.stderr
+    before = (out / "IMG_0001.tif").read_bytes()
+    for extra in ([], ["--skip-existing"]):
+        result = graphconv("run", model_dir, "--images", card_b, "--output-dir", out, "--output-format", "tif",
+                           *extra)
+        assert result.returncode == 2 and "nothing to do" not in result.stdout
+        assert "is the map of" in result.stderr and "cardA" in result.stderr and "cardB" in result.stderr
+        assert "separate --output-dir" in result.stderr and "Traceback" not in result.stderr
+        assert (out / "IMG_0001.tif").read_bytes() == before
+    result = graphconv("run", model_dir, "--images", card_a, "--output-dir", out, "--output-format", "tif")
+    assert result.returncode == 0, "the image's own map is replaced as before"
+    result = graphconv("run", model_dir, "--images", card_a, "--output-dir", out)
+    assert result.returncode == 0 and ".npy map(s)" not in result.stderr
+    result = graphconv("run", model_dir, "--images", card_b, "--output-dir", out)
+    assert result.returncode == 0 and "1 .npy map(s) in" in result.stderr
+    assert "does not record which image" in result.stderr
+
+
+def test_cli_skip_existing_maps_an_image_edited_since_its_map_again(model_dir, picture, tmp_path):
+    """--skip-existing kept the map of a photo edited after it was made. A .tif map records
+    its image's file stamp (size, time, inode): another stamp is not done, even with the
+    old time put back; any map older than its image (.npy too) is not done either."""
+    folder = tmp_path / "edit"
+    folder.mkdir()
+    photo = folder / "IMG_1.png"
+    shutil.copy(picture / "page.png", photo)
+    out = tmp_path / "maps"
+    for output_format in ("tif", "npy"):
+        run = ("run", model_dir, "--images", folder, "--output-dir", out, "--output-format", output_format,
+               "--skip-existing")
+        assert graphconv(*run).returncode == 0
+        assert "nothing to do" in graphconv(*run).stdout
+        if output_format == "tif":
+            stated = json.loads(tifffile.TiffFile(out / "IMG_1.tif").pages[0].description.split("\n", 1)[1])
+            assert stated["image_stamp"] == [photo.stat().st_size, photo.stat().st_mtime_ns, photo.stat().st_ino]
+            times = photo.stat().st_atime_ns, photo.stat().st_mtime_ns
+            Image.open(picture / "page.png").rotate(180).save(tmp_path / "edited.png")
+            os.replace(tmp_path / "edited.png", photo)  # saved as editors save: a new file renamed into place
+            os.utime(photo, ns=times)  # the old time back (a copy keeping it): the stamp's inode still differs
+        else:
+            later = (out / "IMG_1.npy").stat().st_mtime_ns + 10**9
+            os.utime(photo, ns=(later, later))
+        result = graphconv(*run)
+        assert result.returncode == 0 and "1 of 1 image(s) ->" in result.stdout, result.stderr
+
+
 def test_cli_a_tile_whose_halo_is_most_of_the_work_is_noted(model_dir, picture, tmp_path):
     """--tile 200 over a slide computed 15.9x its pixels without a word; the note names
     a tile the memory budget allows."""
