@@ -461,7 +461,7 @@ def image_map_shape(model, grid, image: str, options: MapOptions, tile: int | No
     from graphconv.tiling import map_transform
 
     _, channels, dtype = map_transform(options.reduce, options.classes, model.output_channels)
-    rows, cols = grid.map_hw(_size_as_read(model, image, options))
+    rows, cols = grid.map_hw(size_as_read(model, image, options))
     whole = tile is None and options.skip_background is None and options.crops is None
     if whole and model.returns_vectors and (rows, cols) == (1, 1):
         return dtype, (1, channels)  # an uncompiled classifier's vector, as Model.run returns it
@@ -544,7 +544,7 @@ def _holds_exactly(path: str, dtype, shape: tuple[int, ...]) -> bool:
     return header is not None and np.dtype(header[0]) == np.dtype(dtype) and tuple(header[1]) == tuple(shape)
 
 
-def _size_as_read(model, image: str, options: MapOptions) -> tuple[int, int]:
+def size_as_read(model, image: str, options: MapOptions) -> tuple[int, int]:
     """(H, W) `_one_image` maps of `image`: a TIFF's or zarr's level, read coarser or not,
     from its metadata; a picture's from its header (decoding one takes 5x as long)."""
     from graphconv.sources import Downsampled, is_ome_zarr, is_tiff, open_source

@@ -474,12 +474,13 @@ def run_images_command(args: argparse.Namespace) -> int:
     note_pixels_as_they_are(args, model)
     grid = grid_for(args, model)
     options = _map_options(args, grid)  # a bad model is one error here, not one per image
+    check_heatmap_has_a_map(args, model)  # the more telling error for a classifier as written
+    _check_the_network_takes_the_images(args, model, images, options)
     if args.skip_existing:
         images = _images_not_done(args, ref, model, images, base, options)
         if not images:
             print(f"every image has its map in {args.output_dir} already (--skip-existing): nothing to do")
             return 0
-    check_heatmap_has_a_map(args, model)
     _check_heatmap(args, model.output_channels)
     _check_heatmap_names(args, images, base)
     _note_npy_maps_replaced(args, images, base)
@@ -509,6 +510,37 @@ def run_images_command(args: argparse.Namespace) -> int:
     print(f"{len(results) - len(failed)} of {len(results)} image(s) -> {args.output_dir} in "
           f"{time.perf_counter() - start:.1f} s")
     return 2 if failed else 0
+
+
+def _check_the_network_takes_the_images(args: argparse.Namespace, model, images: list[str], options) -> None:
+    """A classifier as written whose fc layer takes its crop alone (an uncompiled spec)
+    failed on every image of another size, one line each, all saying to compile it: one
+    error instead, exit 2, before any image is read (each size from its header). A
+    network that pools over any size (one vector per image) and images of the crop's
+    size pass."""
+    from graphconv.cli import ways_to_map
+    from graphconv.cluster import size_as_read
+    from graphconv.errors import ShapeError
+    from graphconv.shapes import infer_shapes
+
+    if args.crops is not None or not model.returns_vectors:
+        return
+    tried = {tuple(model.crop_shape[1:])}
+    for image in images:
+        try:
+            size = size_as_read(model, image, options)
+        except (GraphconvError, OSError, ValueError):
+            continue  # an image that cannot be read: its own task says why
+        if size in tried:
+            continue
+        tried.add(size)
+        try:
+            infer_shapes(model.graph, size)
+        except ShapeError:
+            height, width = model.crop_shape[1:]
+            raise GraphconvError(f"{model.graph.name} takes only its {height}x{width} crop as written (an fc or flatten layer "
+                                 f"fixes the input's size), and {image} is {size[0]}x{size[1]}: "
+                                 f"{ways_to_map(args, model)}", file=args.model) from None
 
 
 @contextmanager

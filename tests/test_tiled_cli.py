@@ -1023,6 +1023,20 @@ def test_cli_skip_existing_maps_an_image_edited_since_its_map_again(model_dir, p
         assert result.returncode == 0 and "1 of 1 image(s) ->" in result.stdout, result.stderr
 
 
+def test_cli_many_images_through_an_uncompiled_classifier_are_one_error_before_any_image(picture, tmp_path):
+    """A spec as written (its fc layer takes its crop alone) failed on every image, the
+    same "compile with fc-to-conv" line once per image: one error, exit 2, nothing made."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        shutil.copy(picture / "page.png", folder / f"{name}.png")
+    result = graphconv("run", SPECS / "lenet.yaml", "--images", folder, "--output-dir", tmp_path / "maps")
+    assert result.returncode == 2 and result.stderr.count("graphconv:") == 1, result.stderr
+    assert "takes only its 32x32 crop as written" in result.stderr and "graphconv compile" in result.stderr
+    assert "lenet.yaml" in result.stderr and "150x170" in result.stderr
+    assert not (tmp_path / "maps").exists()
+
+
 def test_cli_a_tile_whose_halo_is_most_of_the_work_is_noted(model_dir, picture, tmp_path):
     """--tile 200 over a slide computed 15.9x its pixels without a word; the note names
     a tile the memory budget allows."""
