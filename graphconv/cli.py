@@ -1105,6 +1105,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
                                    print_ir_before=set(args.print_ir_before),
                                    print_ir_after=set(args.print_ir_after))
     model = Model(graph)
+    note_pixels_as_they_are(argparse.Namespace(model=args.spec), model)  # its folder cannot tell a run so
     field = model.field
     model.save(args.output)
     if args.timings:

@@ -1037,6 +1037,23 @@ def test_cli_many_images_through_an_uncompiled_classifier_are_one_error_before_a
     assert not (tmp_path / "maps").exists()
 
 
+def test_compiling_an_onnx_file_that_states_no_preprocess_says_its_pixels_go_in_as_they_are(tmp_path):
+    """`run model.onnx` says an ONNX file states no preprocess; a model folder compiled
+    from one ran (--image, --images) on raw 0..255 pixels without a word, and its folder
+    cannot say where it came from: compiling says it, with the same note."""
+    pytest.importorskip("onnx")
+    from graphconv.frontends import load_network
+    from graphconv.frontends.onnx_export import save_onnx
+    graph = load_network(SPECS / "lenet.yaml")
+    graph.meta.pop("preprocess", None)
+    save_onnx(graph, tmp_path / "lenet.onnx")
+    result = graphconv("compile", tmp_path / "lenet.onnx", "-o", tmp_path / "fcn")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("lenet.onnx states no preprocess (an ONNX file has no place for one)") == 1
+    result = graphconv("compile", SPECS / "lenet.yaml", "-o", tmp_path / "fcn2")
+    assert result.returncode == 0 and "states no preprocess" not in result.stderr
+
+
 def test_cli_a_tile_whose_halo_is_most_of_the_work_is_noted(model_dir, picture, tmp_path):
     """--tile 200 over a slide computed 15.9x its pixels without a word; the note names
     a tile the memory budget allows."""
