@@ -232,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "`run`, `inspect` and `export` take.")
     comp.add_argument("spec", help="spec .yaml file or .onnx model")
     comp.add_argument("--output", "-o", required=True, help="compiled model directory to write")
-    comp.add_argument("--passes", help="pipeline, e.g. 'shape-inference,fc-to-conv,my-pass{k=1}' "
+    comp.add_argument("--passes", help="pipeline, e.g. 'shape-inference,fc-to-conv,my-pass{k=1}'; the word "
+                                       "'default' stands for the default passes where it is written, so "
+                                       "'default,my-pass' runs your pass after them "
                                        f"(default: {','.join(DEFAULT_PIPELINE)})")
     comp.add_argument("--output-stride", type=int, metavar="S",
                       help="finer score map: S must divide the network's total stride")
@@ -279,8 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("spec", help="spec .yaml file or .onnx model (the classifier, before compiling)")
     ver.add_argument("--input-size", type=_positive_int, nargs=2, metavar=("H", "W"), required=True,
                      help="the random image's size, larger than the crop")
-    ver.add_argument("--passes", help="the pipeline to check, as compile takes it (default: compile's; your own "
-                                      "passes with --plugin)")
+    ver.add_argument("--passes", help="the pipeline to check, as compile takes it, 'default' included (default: "
+                                      "compile's; your own passes with --plugin)")
     ver.add_argument("--output-stride", type=int, metavar="S", help="compile for this finer stride, as compile does")
     ver.add_argument("--stride-method", default="auto", choices=("auto", "dilate", "shift"),
                      help="how to reach --output-stride, as compile's")

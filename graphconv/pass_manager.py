@@ -14,7 +14,8 @@ needs and gives:
 * `preserves`: analyses still valid after the pass changed the graph; every other
   analysis is invalidated by a change.
 
-Pipelines are text, `shape-inference,fc-to-conv,output-stride{stride=16}`, or lists.
+Pipelines are text, `shape-inference,fc-to-conv,output-stride{stride=16}`, or lists;
+`default` in one stands for DEFAULT_PIPELINE (`default,my-pass`).
 After every pass that changed the graph the verifier checks the IR's invariants and
 names the pass that broke them.
 """
@@ -49,6 +50,9 @@ CLASSIFIER_PIPELINE = tuple(name for name in DEFAULT_PIPELINE if name not in CON
 activations and residual adds fused), without the conversion to a sliding network: what
 runs a classifier crop by crop (`run --crops`) and what the benchmarks time as one."""
 RENAMED = {"fuse-conv-relu": "fuse-conv-activation"}  # old names pipelines may still give
+DEFAULT_WORD = "default"
+"""In a pipeline, the default passes in its place: `default,my-pass` runs a plugin pass
+after them without copying twelve names. Not a pass name, so no pass may take it."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,8 @@ def register_pass(name: str, description: str, *, requires: Sequence[str] = (),
     """Decorator: register `fn(graph, **options)` as the pass `name`."""
     if not re.fullmatch(r"[a-z][a-z0-9-]*", name):
         raise PassError(f"pass name '{name}' must be lower-case letters, digits and '-'")
+    if name == DEFAULT_WORD:
+        raise PassError(f"'{DEFAULT_WORD}' cannot be a pass name: in a pipeline it stands for the default passes")
 
     def decorator(fn: Callable) -> Callable:
         existing = _REGISTRY.get(name)
@@ -182,7 +188,8 @@ def get_pass(name: str) -> PassInfo:
     load_builtin_passes()
     name = RENAMED.get(name, name)
     if name not in _REGISTRY:
-        raise PassError(f"unknown pass '{name}' (registered: {', '.join(sorted(_REGISTRY))})")
+        raise PassError(f"unknown pass '{name}' (registered: {', '.join(sorted(_REGISTRY))}) (a pass of your "
+                        "own? load it with --plugin FILE_OR_MODULE; from Python, graphconv.load_plugin)")
     return _REGISTRY[name]
 
 
@@ -215,13 +222,29 @@ def pipeline_items(passes: "str | Sequence[str | PipelineItem]") -> list[Pipelin
     """A pipeline as (name, options) pairs, from any form the API takes: a string as
     --passes takes it (`a,b{k=1}`), or a list of pass names, "name{option=value}"
     strings and (name, options) pairs. PassManager, run_passes and compile_model all
-    read their pipelines here, so one spelling works everywhere."""
+    read their pipelines here, so one spelling works everywhere, `default` included."""
     if isinstance(passes, str):
-        return parse_pipeline(passes)
+        return _with_default_expanded(parse_pipeline(passes))
     if isinstance(passes, (bytes, dict)) or not isinstance(passes, Sequence):
         raise PassError(f"a pipeline is a string like 'fc-to-conv,output-stride{{stride=2}}' or a list of pass "
                         f"names, 'name{{option=value}}' strings or (name, options) pairs, got {shown(passes)}")
-    return [item for entry in passes for item in _pipeline_entry(entry)]
+    return _with_default_expanded([item for entry in passes for item in _pipeline_entry(entry)])
+
+
+def _with_default_expanded(items: list[PipelineItem]) -> list[PipelineItem]:
+    """Each `default` replaced by DEFAULT_PIPELINE's passes, where it stands: passes
+    before it run first, passes after it last, and nothing is dropped or merged (a pass
+    named twice runs twice), so the pipeline run is the text read left to right."""
+    expanded: list[PipelineItem] = []
+    for name, options in items:
+        if name != DEFAULT_WORD:
+            expanded.append((name, options))
+        elif options:
+            raise PassError(f"'{DEFAULT_WORD}' stands for the default passes ({','.join(DEFAULT_PIPELINE)}) and "
+                            f"takes no options; give the pass you want options for after it")
+        else:
+            expanded.extend((default, {}) for default in DEFAULT_PIPELINE)
+    return expanded
 
 
 def _pipeline_entry(entry: Any) -> list[PipelineItem]:

@@ -30,6 +30,7 @@ def test_builtins_are_registered_with_their_origin():
 def test_parse_pipeline():
     assert parse_pipeline("a, b{k=1,m=x, f=0.5, t=true},c") == [
         ("a", {}), ("b", {"k": 1, "m": "x", "f": 0.5, "t": True}), ("c", {})]
+    assert parse_pipeline("p{prefix= >> , m=[ 1 , x ]}") == [("p", {"prefix": ">>", "m": [1, "x"]})]  # as documented
     for bad in ("a,,b", "a{k}", "a{k=1", ""):
         with pytest.raises(PassError):
             parse_pipeline(bad)
@@ -474,3 +475,55 @@ def test_a_layer_a_pass_adds_with_some_params_gets_the_others_defaults(lenet):
         return True
     out = pm.run_passes(lenet, "identity-conv")
     assert out.node("pool1_id").params["padding"] == (0, 0)
+
+
+# ---- `default` in a pipeline -------------------------------------------------------------
+
+@pytest.mark.parametrize("pipeline", ["default,count-layers", ["default", "count-layers"],
+                                      [("default", {}), ("count-layers", {})]])
+def test_default_in_a_pipeline_is_the_default_passes_in_its_place(lenet, pipeline):
+    """`--passes default,my-pass` runs a plugin pass after the default pipeline, in every
+    spelling the CLI and the API share; the compiled model records the passes it ran."""
+    seen = []
+
+    @register_pass("count-layers", "test")
+    def count_layers(graph) -> bool:
+        seen.append(len(graph.layers()))
+        return False
+
+    names = [name for name, _ in PassManager(pipeline).items]
+    assert names == list(pm.DEFAULT_PIPELINE) + ["count-layers"]
+    compiled = graphconv.compile_model(lenet, pipeline)
+    assert seen == [len(graphconv.compile_model(lenet).graph.layers())]
+    assert compiled.graph.meta["compiled"]["passes"] == ",".join(names)
+
+
+def test_default_expands_where_it_stands_and_takes_no_options(lenet):
+    names = [name for name, _ in PassManager("shape-inference,remove-dropout,default,receptive-field").items]
+    assert names == ["shape-inference", "remove-dropout", *pm.DEFAULT_PIPELINE, "receptive-field"]
+    with pytest.raises(PassError, match="'default' stands for the default passes .* and takes no options"):
+        PassManager("default{k=1}")
+    with pytest.raises(PassError, match="'default' cannot be a pass name"):
+        register_pass("default", "test")
+
+
+def test_an_unknown_pass_says_how_to_load_ones_own():
+    with pytest.raises(PassError, match=r"unknown pass 'swap-relu-maxpool' \(registered: .*\) \(a pass of your own\? "
+                                        r"load it with --plugin FILE_OR_MODULE"):
+        PassManager("shape-inference,swap-relu-maxpool")
+
+
+def test_cli_compile_takes_default_in_passes_and_says_how_to_load_a_plugin(tmp_path):
+    from conftest import graphconv_process
+    plugin = ROOT / "examples" / "my_passes.py"
+    done = graphconv_process("compile", SPECS / "lenet.yaml", "-o", tmp_path / "out", "--plugin", plugin,
+                             "--passes", "default,strip-softmax")
+    assert done.returncode == 0, done.stderr
+    passes = graphconv.load(tmp_path / "out").graph.meta["compiled"]["passes"]
+    assert passes == ",".join(pm.DEFAULT_PIPELINE) + ",strip-softmax"
+    unknown = graphconv_process("compile", SPECS / "lenet.yaml", "-o", tmp_path / "x", "--passes",
+                                "shape-inference,swap-relu-maxpool")
+    assert unknown.returncode == 2
+    assert "(a pass of your own? load it with --plugin FILE_OR_MODULE" in unknown.stderr
+    assert "'default' stands for the default passes" in " ".join(
+        graphconv_process("compile", "--help").stdout.split())
