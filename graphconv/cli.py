@@ -82,6 +82,8 @@ def _what_is_left(args: argparse.Namespace) -> str:
         partial = PartialMap(args.output)
         if os.path.isdir(partial.folder):
             return f"the tiles done are kept in {partial.shown}: the same command with --resume continues it"
+    if getattr(args, "stopped_batch", None):  # an --images batch: its finished maps are kept (tiled_cli)
+        return f"what it was writing is removed; {args.stopped_batch}"
     return "what it was writing is removed"
 
 

@@ -243,6 +243,7 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
     from graphconv.tiling import map_transform, run_tiled
 
     try:
+        _refuse_a_broken_link(image)
         model = worker_model(ref)
         stamp = image_stamp(image)  # before the read: an image edited while it is read is not this map's
         source = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"), options.level,
@@ -264,11 +265,28 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
         contents = map_contents(image, ref.path, model.output_channels, options.classes, options.reduce,
                                 model.graph.meta.get("labels"), _left_out(options))
         _write_map(output, result, source, grid, {**contents, IMAGE_STAMP: stamp})
-        return ImageResult(image, output, tuple(result.shape), note=stored_orientation_note(source))
+        notes = (stored_orientation_note(source), _first_frame_note(image))
+        return ImageResult(image, output, tuple(result.shape), note="; ".join(filter(None, notes)) or None)
     except (GraphconvError, OSError, MemoryError, ValueError) as err:
         if options.traceback:
             raise
         return ImageResult(image, error=user_message(err))
+
+
+def _refuse_a_broken_link(image: str) -> None:
+    """A symbolic link whose target is gone was reported as "image not found", though
+    the name is there to see: say it is a broken link, and to what."""
+    if os.path.islink(image) and not os.path.exists(image):
+        raise GraphconvError(f"is a broken link: what it points to, {os.readlink(image)}, is not there", file=image)
+
+
+def _first_frame_note(image: str) -> str | None:
+    """What to say of an animated picture (a GIF, an animated PNG or WebP): only its first
+    frame is mapped, which a user could not know."""
+    from graphconv.images import frame_count
+
+    frames = frame_count(image)
+    return f"it has {frames} frames, and its map is of the first only" if frames > 1 else None
 
 
 def _write_map(output: str, scores: np.ndarray, source, grid, contents: dict) -> None:
@@ -387,6 +405,9 @@ def is_image_to_map(path: str | Path) -> bool:
     return leaving_out(path) is None
 
 
+NOT_AN_IMAGE_FORMAT = "not of an image format graphconv reads"  # why --images leaves out a .heic, a .nef
+
+
 def leaving_out(path: str | Path) -> str | None:
     """Why --images does not take `path` for an image, or None: a name of a format
     graphconv does not read, a hidden name (starting with '.': macOS's ._photo.jpg
@@ -394,7 +415,7 @@ def leaving_out(path: str | Path) -> str | None:
     .tif map, a heatmap)."""
     path = Path(path)
     if path.suffix.lower() not in image_suffixes():
-        return "not of an image format graphconv reads"
+        return NOT_AN_IMAGE_FORMAT
     if path.name.startswith("."):
         return "hidden (a name starting with '.')"
     if is_graphconv_output(path):

@@ -773,6 +773,20 @@ def image_size(path: str) -> tuple[int, int]:
             return upright_size(img)
 
 
+def frame_count(path: str) -> int:
+    """How many frames a picture holds (an animated GIF, PNG or WebP: more than 1; Pillow
+    decodes the first), from its header; 1 for anything Pillow does not open."""
+    from graphconv.sources import is_tiff
+
+    if is_tiff(path) or path.rstrip("/").lower().endswith(".zarr"):
+        return 1  # read page by page (a pyramid's levels are not frames)
+    try:
+        with _pil().open(path) as img:
+            return int(getattr(img, "n_frames", 1))
+    except Exception:  # whatever is wrong with it, its own read reports
+        return 1
+
+
 def as_picture(image, channels: int = 3, stored_values: bool = False) -> np.ndarray:
     """What users have, as `load_image` returns it: float32 (channels, H, W) on 0..255.
 

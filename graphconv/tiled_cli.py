@@ -485,9 +485,12 @@ def run_images_command(args: argparse.Namespace) -> int:
     _check_heatmap_names(args, images, base)
     _note_npy_maps_replaced(args, images, base)
     start = time.perf_counter()
-    with _output_dir_made(args.output_dir) as created:
+    finished = []
+    with _output_dir_made(args.output_dir) as created, _say_how_to_go_on(args, finished, len(images)):
         with _progress(args, len(images), "images", None) as advance:
-            progress = lambda result: advance(1, 0)
+            def progress(result):
+                finished.extend([result] if not result.error else [])
+                advance(1, 0)
             if args.workers or args.scheduler:
                 with client_for(args.workers or 1, args.scheduler) as client:
                     results = run_images(ref, images, args.output_dir, options, args.tile, client, progress,
@@ -544,6 +547,20 @@ def _check_the_network_takes_the_images(args: argparse.Namespace, model, images:
 
 
 @contextmanager
+def _say_how_to_go_on(args: argparse.Namespace, finished: list, total: int) -> Iterator[None]:
+    """A batch stopped (Ctrl-C, SIGTERM) keeps the maps it finished: the command's
+    "interrupted" line (`cli._what_is_left`, through `args.stopped_batch`) says how many,
+    and that --skip-existing goes on from there."""
+    try:
+        yield
+    except BaseException:
+        again = "the same command" if args.skip_existing else "the same command with --skip-existing"
+        args.stopped_batch = (f"{len(finished)} of {total} map(s) were finished and are kept in {args.output_dir}; "
+                              f"{again} continues the batch")
+        raise
+
+
+@contextmanager
 def _output_dir_made(folder: str) -> Iterator[list[Path]]:
     """Make --output-dir (and the folders above it) for the run, yielding those it made;
     removed again, where empty, when the run is stopped (Ctrl-C, SIGTERM: a killed run
@@ -586,14 +603,30 @@ def _image_paths(pattern: str) -> list[str]:
     folder = Path(pattern)
     if folder.is_dir() and folder.suffix.lower() != ".zarr":
         found = [str(p) for p in folder.iterdir()]
+        _note_subfolders_not_searched(pattern, [Path(p) for p in found if Path(p).is_dir()])
     elif os.path.exists(pattern):  # the file named, taken literally: 'img[1].jpg' is no glob class here
         return [pattern]
     else:
         found = glob.glob(pattern, recursive=True)
     found = [p for p in found if not Path(p).is_dir() or p.rstrip("/").lower().endswith(".zarr")]
     reasons = {p: leaving_out(p) for p in found}
-    _note_left_out(pattern, [reason for reason in reasons.values() if reason])
+    _note_left_out(pattern, {p: reason for p, reason in reasons.items() if reason})
     return sorted(p for p, reason in reasons.items() if reason is None)
+
+
+def _note_subfolders_not_searched(pattern: str, subfolders: list[Path]) -> None:
+    """A folder given to --images is searched itself, not its subfolders: where some hold
+    images, say how many, and the pattern that maps them too (they were left out without
+    a word)."""
+    from graphconv.cli import note
+    from graphconv.cluster import is_image_to_map
+
+    holding = [folder for folder in subfolders if folder.suffix.lower() != ".zarr" and not folder.name.startswith(".")
+               and any(is_image_to_map(Path(inner) / name) for inner, _, names in os.walk(folder) for name in names)]
+    if holding:
+        below = os.path.join(pattern.rstrip("/"), "**", "*")
+        note(f"note: --images {pattern}: {len(holding)} subfolder(s) with images in them were not searched (a folder "
+             f"is searched itself only); --images '{below}' maps them too")
 
 
 def _no_images(pattern: str) -> None:
@@ -612,7 +645,19 @@ def _no_images(pattern: str) -> None:
         raise GraphconvError(f"holds no image graphconv reads ({kinds})", file=pattern)
     if glob.glob(pattern, recursive=True):
         raise GraphconvError(f"--images {pattern!r} matches no image graphconv reads ({kinds})")
-    raise GraphconvError(f"--images {pattern!r} matches no file")
+    raise GraphconvError(f"--images {pattern!r} matches no file{_brackets_hint(pattern)}")
+
+
+def _brackets_hint(pattern: str) -> str:
+    """Where a pattern holds [ or ] and its folder exists as written ('Wedding [2023]/*.jpg'),
+    say that [...] is a wildcard (one character of those inside), so the folder's own name
+    did not match, and how to pass it."""
+    folder = os.path.dirname(pattern)
+    if not ("[" in folder or "]" in folder) or not os.path.isdir(folder):
+        return ""
+    escaped = os.path.join(glob.escape(folder), os.path.basename(pattern))
+    return (f": [...] in a pattern is a wildcard (one character of those inside), so the folder {folder!r} does "
+            f"not match itself; give the folder, --images {folder!r}, or escape the brackets: --images {escaped!r}")
 
 
 def _check_output_dir(folder: str) -> None:
@@ -629,13 +674,26 @@ def _check_output_dir(folder: str) -> None:
             return
 
 
-def _note_left_out(pattern: str, reasons: list[str]) -> None:
-    """One line saying how many files --images left out, and why."""
+def _note_left_out(pattern: str, reasons: dict[str, str]) -> None:
+    """One line saying how many files --images left out, and why; for those of formats
+    graphconv does not read, which (`.heic x5, .nef x2`): a camera's raw or HEIC photos
+    left out should not pass for text files."""
+    from graphconv.cluster import NOT_AN_IMAGE_FORMAT
+
     if not reasons:
         return
-    counts = {reason: reasons.count(reason) for reason in dict.fromkeys(reasons)}
-    why = ", ".join(f"{count} {reason}" for reason, count in counts.items())
-    print(f"note: --images {pattern}: left out {len(reasons)} file(s): {why}", file=sys.stderr)
+    why = []
+    for reason in dict.fromkeys(reasons.values()):
+        paths = [path for path, given in reasons.items() if given == reason]
+        why.append(f"{len(paths)} {reason}{_suffix_counts(paths) if reason == NOT_AN_IMAGE_FORMAT else ''}")
+    print(f"note: --images {pattern}: left out {len(reasons)} file(s): {', '.join(why)}", file=sys.stderr)
+
+
+def _suffix_counts(paths: list[str]) -> str:
+    """` (.heic x5, .nef x2)`: the names' suffixes, the commonest first."""
+    suffixes = [Path(path).suffix.lower() or "no suffix" for path in paths]
+    counts = sorted({suffix: suffixes.count(suffix) for suffix in suffixes}.items(), key=lambda item: -item[1])
+    return " (" + ", ".join(f"{suffix} x{count}" for suffix, count in counts) + ")"
 
 
 GLOB_MAGIC = re.compile(r"[*?[]")

@@ -900,8 +900,8 @@ def test_cli_many_images_leave_out_graphconv_s_own_files_hidden_files_and_other_
         assert result.returncode == 0, result.stderr
         assert "2 of 2 image(s)" in result.stdout
     hidden = ", 2 hidden (a name starting with '.')" if pattern == "{folder}" else ""  # a shell's * leaves them out
-    assert (f"left out {5 + bool(hidden) * 2} file(s): 3 not of an image format graphconv reads, 2 written by "
-            f"graphconv (a map or heatmap){hidden}\n") in result.stderr, result.stderr
+    assert (f"left out {5 + bool(hidden) * 2} file(s): 3 not of an image format graphconv reads (.npy x2, .txt x1), "
+            f"2 written by graphconv (a map or heatmap){hidden}\n") in result.stderr, result.stderr
     assert sorted(p.name for p in folder.iterdir()) == ["._a.png", ".hidden.png", "a.npy", "a.png", "a.tif",
                                                         "b.npy", "b.png", "b.tif", "notes.txt"]
 
@@ -1052,6 +1052,77 @@ def test_compiling_an_onnx_file_that_states_no_preprocess_says_its_pixels_go_in_
     assert result.stderr.count("lenet.onnx states no preprocess (an ONNX file has no place for one)") == 1
     result = graphconv("compile", SPECS / "lenet.yaml", "-o", tmp_path / "fcn2")
     assert result.returncode == 0 and "states no preprocess" not in result.stderr
+
+
+def test_cli_many_images_from_a_messy_folder_say_what_they_leave_out_and_why(model_dir, picture, tmp_path, capsys):
+    """A folder's subfolders were not searched, without a word; raw and HEIC photos were
+    "not of an image format" with no name; an animated GIF was mapped from its first
+    frame unsaid; a broken link was "image not found"."""
+    from graphconv.cli import main
+
+    folder = tmp_path / "photos"
+    (folder / "2023" / "trip").mkdir(parents=True)
+    (folder / "2024").mkdir()
+    (folder / "empty").mkdir()
+    for image in (folder / "a.png", folder / "2023" / "trip" / "b.png", folder / "2024" / "c.png"):
+        shutil.copy(picture / "page.png", image)
+    for name in ("IMG_1.HEIC", "IMG_2.heic", "DSC_1.NEF"):
+        (folder / name).write_bytes(b"raw")
+    frames = [Image.open(picture / "page.png").convert("L"), Image.open(picture / "page.png").rotate(180)]
+    frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:])
+    (folder / "broken.png").symlink_to(folder / "gone.png")
+    assert main(["run", str(model_dir), "--images", str(folder), "--output-dir", str(tmp_path / "maps")]) == 2
+    err = capsys.readouterr().err
+    assert "left out 3 file(s): 3 not of an image format graphconv reads (.heic x2, .nef x1)" in err
+    assert "2 subfolder(s) with images in them were not searched" in err and f"'{folder}/**/*' maps them too" in err
+    assert "anim.gif: it has 2 frames, and its map is of the first only" in err
+    assert "broken.png: is a broken link: what it points to, " in err and "image not found" not in err
+    assert main(["run", str(model_dir), "--images", str(folder / "2024"), "--output-dir", str(tmp_path / "m2")]) == 0
+    assert "subfolder" not in capsys.readouterr().err
+
+
+def test_cli_a_pattern_whose_folder_has_brackets_says_they_are_a_wildcard(model_dir, picture, tmp_path, capsys):
+    """'Wedding [2023]/*.jpg' matched no file, as [2023] is a wildcard: say so, and how."""
+    from graphconv.cli import main
+
+    folder = tmp_path / "Wedding [2023]"
+    folder.mkdir()
+    shutil.copy(picture / "page.png", folder / "IMG_1.png")
+    assert main(["run", str(model_dir), "--images", f"{folder}/*.png", "--output-dir", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "matches no file: [...] in a pattern is a wildcard" in err and f"--images '{folder}'" in err
+    assert main(["run", str(model_dir), "--images", str(tmp_path / "Wedding [[]2023]" / "*.png"), "--output-dir",
+                 str(tmp_path / "m")]) == 0, "the escaped pattern the hint gives maps it"
+    assert main(["run", str(model_dir), "--images", str(tmp_path / "nowhere" / "*.png"), "--output-dir",
+                 str(tmp_path / "m")]) == 2
+    assert "wildcard" not in capsys.readouterr().err
+
+
+def test_cli_a_batch_stopped_by_ctrl_c_says_how_many_maps_it_kept_and_how_to_go_on(model_dir, picture, tmp_path,
+                                                                                  monkeypatch, capsys):
+    """Ctrl-C said "what it was writing is removed" alone: the maps finished are kept, and
+    --skip-existing goes on from there."""
+    from graphconv import cluster
+    from graphconv.cli import main
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        shutil.copy(picture / "page.png", folder / f"{name}.png")
+    one_image = cluster._one_image
+
+    def stopped_at_b(ref, image, *rest):
+        if image.endswith("b.png"):
+            raise KeyboardInterrupt
+        return one_image(ref, image, *rest)
+    monkeypatch.setattr(cluster, "_one_image", stopped_at_b)
+    run = ["run", str(model_dir), "--images", str(folder), "--output-dir", str(tmp_path / "maps")]
+    assert main(run) == 130
+    err = capsys.readouterr().err
+    assert "interrupted (what it was writing is removed; 1 of 3 map(s) were finished and are kept in " in err
+    assert "the same command with --skip-existing continues the batch)" in err
+    assert main([*run, "--skip-existing"]) == 130
+    assert "0 of 2 map(s) were finished" in capsys.readouterr().err.replace("\n", " ")
 
 
 def test_cli_a_tile_whose_halo_is_most_of_the_work_is_noted(model_dir, picture, tmp_path):
