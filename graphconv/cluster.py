@@ -211,6 +211,7 @@ class ImageResult:
     shape: tuple[int, ...] | None = None
     error: str | None = None
     note: str | None = None  # what the user should know about this image's map (`stored_orientation_note`)
+    turned: bool = False  # mapped upright per its EXIF orientation (`images.turned_upright`): counted in one note
 
 
 def stored_orientation_note(source) -> str | None:
@@ -266,7 +267,9 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
                                 model.graph.meta.get("labels"), _left_out(options))
         _write_map(output, result, source, grid, {**contents, IMAGE_STAMP: stamp})
         notes = (stored_orientation_note(source), _first_frame_note(image))
-        return ImageResult(image, output, tuple(result.shape), note="; ".join(filter(None, notes)) or None)
+        from graphconv.images import turned_upright
+        return ImageResult(image, output, tuple(result.shape), note="; ".join(filter(None, notes)) or None,
+                           turned=turned_upright(image))
     except (GraphconvError, OSError, MemoryError, ValueError) as err:
         if options.traceback:
             raise

@@ -776,15 +776,29 @@ def image_size(path: str) -> tuple[int, int]:
 def frame_count(path: str) -> int:
     """How many frames a picture holds (an animated GIF, PNG or WebP: more than 1; Pillow
     decodes the first), from its header; 1 for anything Pillow does not open."""
+    return _picture_header(path, lambda img: int(getattr(img, "n_frames", 1)), 1)
+
+
+def turned_upright(path: str) -> bool:
+    """Whether the CLI maps this picture turned from its stored pixels (`upright`: an EXIF
+    Orientation other than 1), which the run counts in a note. TIFFs read tile by tile
+    are mapped as stored (`cluster.stored_orientation_note`), so False for them."""
+    return _picture_header(path, lambda img: orientation(img) != 1, False)
+
+
+def _picture_header(path: str, fact, default):
+    """`fact(img)` of a picture Pillow opens (its header only), or `default` for a TIFF
+    or zarr (read tile by tile, not as a picture) and for anything Pillow cannot open
+    (its own read reports that)."""
     from graphconv.sources import is_tiff
 
     if is_tiff(path) or path.rstrip("/").lower().endswith(".zarr"):
-        return 1  # read page by page (a pyramid's levels are not frames)
+        return default
     try:
         with _pil().open(path) as img:
-            return int(getattr(img, "n_frames", 1))
+            return fact(img)
     except Exception:  # whatever is wrong with it, its own read reports
-        return 1
+        return default
 
 
 def as_picture(image, channels: int = 3, stored_values: bool = False) -> np.ndarray:

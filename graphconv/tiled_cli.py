@@ -505,6 +505,10 @@ def run_images_command(args: argparse.Namespace) -> int:
     for result in results:
         if result.note:
             print(f"note: {result.image}: {result.note}", file=sys.stderr)
+    turned = sum(result.turned for result in results if not result.error)
+    if turned:  # one line for the batch, not one per photo
+        print(f"note: {turned} photo(s) turned upright per their EXIF orientation (their maps and cells are the "
+              "upright picture's)", file=sys.stderr)
     for result in failed:
         named = result.error.startswith(_as_messages_name(result.image))  # the error names the image itself
         print(f"graphconv: {result.error if named else f'{result.image}: {result.error}'}", file=sys.stderr)

@@ -1125,6 +1125,23 @@ def test_cli_a_batch_stopped_by_ctrl_c_says_how_many_maps_it_kept_and_how_to_go_
     assert "0 of 2 map(s) were finished" in capsys.readouterr().err.replace("\n", " ")
 
 
+def test_cli_many_photos_turned_upright_per_their_exif_orientation_are_counted_in_one_note(model_dir, picture,
+                                                                                          tmp_path):
+    """Photos were turned upright per their EXIF orientation without a word (while a TIFF,
+    mapped as stored, got a note): one line for the batch says how many were turned."""
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    page = Image.open(picture / "page.png")
+    for name, value in (("a.jpg", 6), ("b.jpg", 3), ("c.jpg", 1)):
+        exif = Image.Exif()
+        exif[0x0112] = value
+        page.save(folder / name, exif=exif)
+    result = graphconv("run", model_dir, "--images", folder, "--output-dir", tmp_path / "maps")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("turned upright") == 1
+    assert "note: 2 photo(s) turned upright per their EXIF orientation" in result.stderr
+
+
 def test_cli_a_tile_whose_halo_is_most_of_the_work_is_noted(model_dir, picture, tmp_path):
     """--tile 200 over a slide computed 15.9x its pixels without a word; the note names
     a tile the memory budget allows."""
