@@ -47,6 +47,7 @@ def compile_graph(source: str | os.PathLike | Graph, passes: str | Sequence[str 
         raise GraphconvError(f"after the passes ({format_pipeline(pipeline)}) the network has no "
                              "layers left: its output would be its input", loc=graph.input.loc)
     check_can_slide(graph, compiled)
+    refuse_flatten_left(pipeline, graph, compiled)
     compiled.meta.setdefault("compiled", {})["passes"] = format_pipeline(pipeline)
     return compiled, manager.records
 
@@ -65,6 +66,45 @@ def check_can_slide(source: Graph, compiled: Graph) -> None:
             return  # still a classifier on its crop (no fc-to-conv): it never slides
         _, mixed = partial_receptive_fields(source)
         raise (mixed or compiled_error) from None
+
+
+def refuse_flatten_left(pipeline: Sequence[PipelineItem], source: Graph, compiled: Graph) -> None:
+    """A pipeline that converts (remove-flatten and fc-to-conv ran) yet left a flatten
+    made a network that takes its crop alone: the flatten's C*H*W features would be a
+    map's channels on a larger image, and run or verify failed there on an internal
+    weight-shape error. Refuse it here, naming the layer (as written) that reads the
+    flattened features where only an fc can (a batchnorm or dropout before the fc folds
+    into it or goes), or the flatten itself where it is the output."""
+    names = {name for name, _ in pipeline}
+    left = [node.name for node in compiled.find("flatten")]
+    if not left or not {"remove-flatten", "fc-to-conv"} <= names or not Model(compiled).returns_vectors:
+        return
+    from graphconv.shapes import infer_shapes
+    from graphconv.strides import CROPS_INSTEAD
+
+    flatten = source.node(left[0])
+    c, h, w = infer_shapes(source, check_weights=False)[flatten.inputs[0].name]
+    reader = _first_reader_not_folded(flatten)
+    what = (f"this {reader.op} reads the {c * h * w} features of flatten '{flatten.name}' (its {c}x{h}x{w} map) "
+            "before any fc" if reader is not flatten else
+            f"this flatten's {c * h * w} features (its {c}x{h}x{w} map) are the network's output")
+    raise (reader.error(f"{what}: on a larger image they would be each cell's channels, not those features, so "
+                        "the flatten cannot be removed and the network cannot be compiled to slide (only an fc may "
+                        "read a flatten, after a per-feature scale and shift at most, which folds into it); "
+                        f"{CROPS_INSTEAD}"))
+
+
+def _first_reader_not_folded(flatten):
+    """The first layer after `flatten` that is neither an fc nor what the default passes
+    remove before one (batchnorm, dropout, identity), or `flatten` when there is none."""
+    queue = list(flatten.users)
+    while queue:
+        node = queue.pop(0)
+        if node.op not in ("fc", "batchnorm", "dropout", "identity"):
+            return node
+        if node.op != "fc":
+            queue.extend(node.users)
+    return flatten
 
 
 def compile_model(source: str | os.PathLike | Graph, passes: str | Sequence[str | PipelineItem] | None = None, *,

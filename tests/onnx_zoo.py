@@ -714,6 +714,73 @@ class UNetSmall(nn.Module):
         return self.head(self.dec(torch.cat([self.up(deep), skip], dim=1)))
 
 
+def randomize_features_norm(norm: nn.BatchNorm1d, seed: int = 0) -> nn.BatchNorm1d:
+    """A BatchNorm1d with statistics and affine terms far from the identity, so a fold
+    that dropped or misplaced one changes the scores."""
+    generator = torch.Generator().manual_seed(seed)
+    c = norm.num_features
+    with torch.no_grad():
+        norm.running_mean.copy_(torch.randn(c, generator=generator) * 0.5)
+        norm.running_var.copy_(torch.rand(c, generator=generator) * 1.5 + 0.5)
+        norm.weight.copy_(torch.rand(c, generator=generator) + 0.5)
+        norm.bias.copy_(torch.randn(c, generator=generator) * 0.3)
+    return norm
+
+
+class FlatScaleSmall(nn.Module):
+    """A per-feature constant scale between the flatten and the Linear (x.flatten(1) * w,
+    w of C*H*W values, over a 4x6x6 map), which the importer makes a batchnorm over the
+    flattened features: an unpadded network, so every cell of its map is its crop's."""
+    crop = 15
+    stride = 2
+
+    def __init__(self, classes: int = 5):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 5, stride=2)
+        self.fc = nn.Linear(144, classes)
+        self.register_buffer("scale", torch.linspace(0.5, 2, 144))
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.relu(self.conv(x)), 1) * self.scale)
+
+
+class FastaiHeadSmall(nn.Module):
+    """fastai's create_head over an unpadded backbone: AdaptiveConcatPool2d (max and
+    average pooled to 1x1, concatenated), Flatten, BatchNorm1d, Dropout, Linear, ReLU,
+    BatchNorm1d, Dropout, Linear. The second BatchNorm1d follows a ReLU, so it can only
+    fold into the Linear after it."""
+    crop = 15
+    stride = 2
+
+    def __init__(self, classes: int = 5):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU())
+        self.head = nn.Sequential(nn.Flatten(), randomize_features_norm(nn.BatchNorm1d(16), 1), nn.Dropout(0.25),
+                                  nn.Linear(16, 12), nn.ReLU(), randomize_features_norm(nn.BatchNorm1d(12), 2),
+                                  nn.Dropout(0.5), nn.Linear(12, classes))
+
+    def forward(self, x):
+        x = self.body(x)
+        pooled = torch.cat([F.adaptive_max_pool2d(x, 1), F.adaptive_avg_pool2d(x, 1)], dim=1)
+        return self.head(pooled)
+
+
+class FlatNormSmall(nn.Module):
+    """Flatten, BatchNorm1d, Linear over a 6x4x4 map (a plain conv stack, no global pool):
+    the batchnorm's 96 features are each channel at each of the 16 positions."""
+    crop = 10
+    stride = 2
+
+    def __init__(self, classes: int = 5, relu_before_fc: bool = False):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.MaxPool2d(2))
+        self.head = nn.Sequential(nn.Flatten(), randomize_features_norm(nn.BatchNorm1d(96)),
+                                  nn.ReLU() if relu_before_fc else nn.Identity(), nn.Linear(96, classes))
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
 ZOO = {cls.__name__.removesuffix("Small").lower(): cls
        for cls in (AlexNetSmall, VGGBNSmall, ResNetSmall, SqueezeNetSmall, MobileNetV2Small,
                    DenseNetSmall, GoogLeNetSmall, ConvNeXtSmall, ShuffleNetSmall, EfficientNetSmall,

@@ -125,3 +125,70 @@ def test_batchnorms_after_a_normalisation_fold_into_its_affine(write_spec, rng, 
     assert [n.op for n in folded.graph.layers()] == [norm.split()[1].rstrip(",}"), "relu"]
     x = random_input(rng, (2, 4, 5, 6))
     np.testing.assert_allclose(Executor(folded.graph).run(x), run_reference(model.graph, x), rtol=1e-5, atol=1e-5)
+
+
+# A batchnorm that only an fc reads, after a ReLU (nothing to fold into before it): over a
+# flatten's C*H*W features of one cell (BatchNorm1d after Flatten), and over a 3x3 map
+# read by the fc directly (each channel's factor covers its 9 features).
+INTO_FC = """
+name: into_fc
+input: {shape: [3, 9, 9]}
+layers:
+  - {name: c1, op: conv, out_channels: 4, kernel_size: 3, stride: 2, activation: relu}
+  - {name: flat, op: flatten}
+  - {name: bn_features, op: batchnorm, eps: 0.001}
+  - {name: fc1, op: fc, out_features: 6, bias: false, inputs: [bn_features]}
+  - {name: c2, op: conv, out_channels: 2, kernel_size: 2, activation: relu, inputs: [c1]}
+  - {name: bn_map, op: batchnorm}
+  - {name: fc2, op: fc, out_features: 6}
+  - {name: sum, op: add, inputs: [fc1, fc2]}
+"""
+
+
+def test_a_batchnorm_only_an_fc_reads_folds_into_its_weights_in_float64(write_spec):
+    """fc(s x + t) = (W diag s) x + (W t + b), each factor repeated over the features of
+    its channel (C*H*W channels of one cell after a flatten, H*W positions of a map)."""
+    graph = graphconv.load(write_spec(INTO_FC)).graph
+    folded = graphconv.compile_model(graph, "shape-inference,fold-batchnorm").graph
+    assert not folded.find("batchnorm") and folded.node("fc1").params["bias"] is True
+    for fc_name, bn_name, per_channel in (("fc1", "bn_features", 1), ("fc2", "bn_map", 9)):
+        fc, bn = graph.node(fc_name), graph.node(bn_name)
+        w = {k: v.astype(np.float64) for k, v in bn.weights.items()}
+        scale = w["weight"] / np.sqrt(w["running_var"] + bn.params["eps"])
+        shift = w["bias"] - w["running_mean"] * scale
+        weight = fc.weights["weight"].astype(np.float64)
+        bias = fc.weights["bias"].astype(np.float64) if "bias" in fc.weights else 0.0
+        new = folded.node(fc_name)
+        np.testing.assert_array_equal(new.weights["weight"],
+                                      (weight * np.repeat(scale, per_channel)).astype(np.float32))
+        np.testing.assert_array_equal(new.weights["bias"],
+                                      (bias + weight @ np.repeat(shift, per_channel)).astype(np.float32))
+
+
+def test_a_flattened_head_with_a_batchnorm_slides_to_the_crop_loop(write_spec, rng):
+    """Through the default pipeline: both batchnorms fold into their fcs, the flatten
+    goes, and on a larger image every cell is the classifier on its crop (nothing pads)."""
+    from graphconv.dense import crop_loop
+
+    classifier = graphconv.load(write_spec(INTO_FC))
+    fcn = graphconv.compile_model(classifier.graph)
+    assert not {"batchnorm", "flatten", "fc"} & {n.op for n in fcn.graph.layers()}
+    big = random_input(rng, (1, 3, 9 + 8, 9 + 6))
+    out = fcn.run(big)
+    assert out.shape == (1, 6, 5, 4)
+    np.testing.assert_allclose(out, crop_loop(classifier, big, 2), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("change", ["activation", "second reader"])
+def test_a_batchnorm_that_is_not_only_an_fc_s_input_stays(write_spec, change):
+    """A fused activation between the batchnorm and the fc, or another layer reading the
+    normalised features: folding into the fc would change what they see."""
+    spec = INTO_FC.replace("{name: bn_features, op: batchnorm, eps: 0.001}",
+                           "{name: bn_features, op: batchnorm, eps: 0.001, activation: relu}"
+                           if change == "activation" else "{name: bn_features, op: batchnorm, eps: 0.001}\n"
+                           "  - {name: other, op: fc, out_features: 6, inputs: [bn_features]}")
+    if change == "second reader":
+        spec = spec.replace("inputs: [fc1, fc2]}", "inputs: [fc1, fc2]}\n  - {name: total, op: add, "
+                                                   "inputs: [sum, other]}")
+    folded = graphconv.compile_model(write_spec(spec), "shape-inference,fold-batchnorm").graph
+    assert [n.name for n in folded.find("batchnorm")] == ["bn_features"]

@@ -1571,3 +1571,52 @@ def test_a_scale_another_layer_already_reads_is_not_merged_into(tmp_path, rng):
     expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     out = Model(load_network(path, task="segmentation")).run(x)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+# ---- a per-feature scale and shift between the flatten and the Linear: fastai's head and others ----
+
+FEATURE_NORMED = {"flat-scale": onnx_zoo.FlatScaleSmall, "fastai-head": onnx_zoo.FastaiHeadSmall,
+                  "flat-norm-4x4": onnx_zoo.FlatNormSmall}
+
+
+@pytest.mark.parametrize("how", ["torchscript", "torchscript-keep-bn", "dynamo"])
+@pytest.mark.parametrize("arch", sorted(FEATURE_NORMED))
+def test_a_scale_and_shift_of_the_flattened_features_folds_into_the_fc_and_slides(tmp_path, arch, how, rng):
+    """x.flatten(1) * w, and BatchNorm1d after a Flatten (fastai's head, over a 1x1 pooled
+    map; over a plain conv stack's 4x4 map), import as a batchnorm over the C*H*W features
+    that sat between the flatten and the fc, so the flatten stayed, compile left a network
+    that took only its crop, and a larger image failed inside on the batchnorm's weight
+    shape. Folded into the fc, the map equals PyTorch on every crop (no layer pads)."""
+    if how == "dynamo" and arch != "flat-scale":
+        pytest.skip("the dynamo exporter is slow; its Mul form is the one that differs")
+    torch.manual_seed(0)
+    model = FEATURE_NORMED[arch]().eval()
+    path = tmp_path / f"{arch}.onnx"
+    onnx_zoo.export(model, path, dynamo=how == "dynamo", fold=how != "torchscript-keep-bn")
+    crops = rng.standard_normal((2, 3, model.crop, model.crop)).astype(np.float32)
+    np.testing.assert_allclose(Model(load_network(path)).run(crops), torch_scores(model, crops), rtol=1e-5, atol=1e-5)
+    compiled = compile_model(path)
+    assert not compiled.graph.find("batchnorm") and not compiled.graph.find("flatten")
+    image = rng.standard_normal((1, 3, model.crop + 9, model.crop + 7)).astype(np.float32)
+    out = compiled.run(image)
+    assert out.shape == (1, 5, 5, 4)
+    np.testing.assert_allclose(out, per_crop_scores(model, image, 5, 4), rtol=1e-5, atol=1e-5)
+
+
+def test_what_stops_a_flattened_head_sliding_is_named_by_compile_and_verify(tmp_path):
+    """A ReLU between the BatchNorm1d and the Linear: the batchnorm cannot fold, the
+    flatten cannot go, and compile and verify say which layer stops the network sliding
+    (exit 2, one line) instead of failing inside on the batchnorm's weight shape."""
+    torch.manual_seed(0)
+    model = onnx_zoo.FlatNormSmall(relu_before_fc=True).eval()
+    path = tmp_path / "relu-head.onnx"
+    onnx_zoo.export(model, path, fold=False)
+    message = (r"layer 'head\.2': this relu reads the 96 features of flatten 'head\.0' \(its 6x4x4 map\) before "
+               r"any fc: .* cannot be compiled to slide .*--crops")
+    with pytest.raises(GraphconvError, match=message):
+        compile_model(path)
+    for args in (["compile", path, "-o", tmp_path / "out"], ["verify", path, "--input-size", "20", "20"]):
+        result = graphconv_process(*args)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert "this relu reads the 96 features" in result.stderr and "expects weight" not in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -57,12 +57,18 @@ def test_flatten_before_fcs_goes_and_they_become_convs(write_spec, rng):
     assert fcn.run(big).shape == (1, 6, 5, 4)
 
 
-def test_flatten_read_by_other_layers_stays(write_spec, rng):
+def test_flatten_read_by_other_layers_stays_and_compile_names_the_reader(write_spec, rng):
+    """The flatten stays; a network converted around it would take its crop alone (on a
+    larger image the relu would get a map's channels, and the fc's weights would not fit),
+    so compile refuses it, naming the layer that reads the flattened features."""
     classifier = graphconv.load(write_spec(FLATTEN_KEPT))
-    compiled = graphconv.compile_model(classifier.graph)
-    assert compiled.graph.node("flat").op == "flatten" and compiled.graph.node("fc").op == "conv"
+    kept = graphconv.compile_model(classifier.graph, "shape-inference,remove-flatten")
+    assert kept.graph.node("flat").op == "flatten"
     x = random_input(rng, (2, 2, 8, 8))
-    np.testing.assert_allclose(compiled.run(x), classifier.run(x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(kept.run(x), classifier.run(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(GraphconvError, match=r"layer 'r': this relu reads the 12 features of flatten 'flat' \(its "
+                                             r"3x2x2 map\) before any fc: .*cannot be compiled to slide"):
+        graphconv.compile_model(classifier.graph)
     with pytest.raises(GraphconvError, match="layer 'flat' is still flatten: run remove-flatten first"):
         graphconv.compile_model(classifier.graph, output_stride=1)
 
@@ -79,7 +85,11 @@ def test_flatten_of_a_one_cell_map_goes_even_as_the_output(write_spec, rng):
     np.testing.assert_allclose(fcn.run(big), crop_loop(classifier, big, 4), rtol=1e-5, atol=1e-6)
 
 
-def test_a_flatten_that_is_the_output_of_a_larger_map_stays(write_spec):
-    graph = graphconv.compile_model(write_spec(FLATTEN_KEPT.replace("  - {name: r, op: relu}\n", "")
-                                                .replace("  - {name: fc, op: fc, out_features: 5}\n", ""))).graph
+def test_a_flatten_that_is_the_output_of_a_larger_map_stays_and_compile_refuses_it(write_spec):
+    spec = write_spec(FLATTEN_KEPT.replace("  - {name: r, op: relu}\n", "")
+                      .replace("  - {name: fc, op: fc, out_features: 5}\n", ""))
+    graph = graphconv.compile_model(spec, "shape-inference,remove-flatten").graph
     assert graph.output.op == "flatten" and graph.output.shape == (12, 1, 1)
+    with pytest.raises(GraphconvError, match=r"layer 'flat': this flatten's 12 features \(its 3x2x2 map\) are the "
+                                             "network's output: .*cannot be compiled to slide"):
+        graphconv.compile_model(spec)
