@@ -9,8 +9,10 @@ reasons:
     classifier's output, up to float32 rounding, for any network. A difference is a bug.
 (b) the sliding evaluation: the converted network on a larger image against the crop
     loop. For a network without padding they are equal by construction. A padded layer
-    pads each crop with zeros at the crop's own border, where the sliding network sees
-    the neighbouring pixels (it pads only at the image's border), so near crop borders
+    pads each crop at the crop's own border (with zeros, a reflection, edge copies or a
+    constant; a pool may ignore what lies past the map instead, as a ceil_mode max pool's
+    last windows do), where the sliding network sees the neighbouring pixels (it pads
+    only at the image's border), so near crop borders
     the two legitimately differ. `verify` then says which padded layers do it: for each,
     the positions of its map (per crop) that read padding, how much they differ from the
     sliding network's, and whether every position clear of padding agrees, which is what
@@ -211,6 +213,7 @@ class VerifyReport:
     conversion_tolerance: float | None = None  # (a)'s, which also names the passes (None: `tolerance`)
     conversion_scale: float = 1.0  # the classifier's largest score on (a)'s crops, which it is relative to
     tolerance_given: bool = False  # both tolerances are the user's (--tolerance), not relative to a score
+    padding_kinds: dict[str, str] = field(default_factory=dict)  # padded layer -> `padding_kind` (absent: zeros)
 
     def __post_init__(self):
         if self.conversion_tolerance is None:
@@ -269,11 +272,8 @@ class VerifyReport:
             lines.append("    no layer pads, so every cell equals its crop by construction"
                          + ("" if self.agrees else ": this difference is a bug"))
         else:
-            what = ("zero padding" if all(layer.why.startswith("padding") for layer in self.layers)
-                    else "windows reaching past their input (zero padding, ceil_mode pools)")
-            lines.append(f"    {what} in {_names(self.padded_layers)}: each crop is padded with "
-                         "zeros at its own border, where the sliding network sees the neighbouring pixels "
-                         "(it pads only at the image's border)")
+            lines.append(f"    {self._padding_headline()}, where the sliding network sees the neighbouring "
+                         "pixels (it pads only at the image's border)")
             listed, rest = self._listed_layers()
             lines.extend(f"    - {layer.line()}" for layer in listed)
             if rest:
@@ -304,6 +304,17 @@ class VerifyReport:
         lines.append("result: " + verdict)
         return "\n".join(lines)
 
+
+    def _padding_headline(self) -> str:
+        """What the padded layers put at each crop's border, one clause per kind present
+        ("zero padding in c1, c2: each crop is padded with zeros at its own border;
+        reflection padding in p: ..."): a network padded by reflection alone was said to
+        pad with zeros, and a ceil_mode max pool, which reads no zeros at all, too."""
+        by_kind: dict[str, list[str]] = {}
+        for name in self.padded_layers:
+            by_kind.setdefault(self.padding_kinds.get(name, "zeros"), []).append(name)
+        return "; ".join(f"{label} in {_names(names)}: {how}"
+                         for label, how, names in ((*padding_words(kind), names) for kind, names in by_kind.items()))
 
     def _conversion_tolerance_text(self) -> str:
         if self.tolerance_given:
@@ -426,11 +437,15 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
     diff = np.abs(dense.astype(np.float64) - expected)
     differing = int((diff > tol).any(axis=1).sum())
     pads = padded_layers(original.graph)
+    shapes = infer_shapes(original.graph, check_weights=False)
+    kinds = {name: padding_kind(node, [shapes[s.name] for s in node.inputs])
+             for name in pads for node in [original.graph.node(name)]}
     report = VerifyReport(dense.shape, float(diff.max()), float(diff.max()) / scale, not pads, pads, differing,
                           int(np.prod(dense.shape[:1] + dense.shape[2:])), tol,
                           conversion_max_abs=conversion, conversion_crops=len(crops), strict=strict,
                           scale=scale, pass_changes=changes, conversion_tolerance=crop_tol,
-                          conversion_scale=crop_scale, tolerance_given=tolerance is not None)
+                          conversion_scale=crop_scale, tolerance_given=tolerance is not None,
+                          padding_kinds=kinds)
     if pads or not report.agrees:
         report.layers, notes = _padding_effects(original, x, device)
         report.notes.extend(notes)
@@ -602,10 +617,48 @@ def _why_padded(node, in_shapes) -> str:
 
 
 def _padding_fill(node, in_shapes) -> str:
-    """What the positions outside a layer's input hold, as the report says it."""
-    if node.opdef.window(node.params, in_shapes).floored:
+    """What the positions outside a layer's input hold, as the report's line per layer
+    says it ("N positions read ...")."""
+    kind = padding_kind(node, in_shapes)
+    if kind == "interpolation":
         return "the map's edge rows and columns (repeated)"
-    return f"padding of {describe_fill(node.params)}" if _fills_nonzero(node) else "zero padding"
+    if kind in ("ceil_mode", "ignored"):
+        return "beyond the map's edge, which the pool ignores"
+    return "zero padding" if kind == "zeros" else f"padding of {kind}"
+
+
+def padding_kind(node, in_shapes) -> str:
+    """What a padded layer's windows find past its input: "zeros" (a conv's padding, an
+    average pool that counts it), a pad layer's fill ("reflection", "edge copies", "-inf",
+    "the value 0.5"), "ignored" (a max pool's padding, an average pool's that it does not
+    count), "ceil_mode" (a pool's last windows hanging off an unpadded map, which it
+    ignores too) or "interpolation" (an upsample clamping its samples to the map)."""
+    window = node.opdef.window(node.params, in_shapes)
+    if window.floored:
+        return "interpolation"
+    if node.op == "pad":
+        return describe_fill(node.params)
+    if node.op not in ("maxpool", "avgpool"):
+        return "zeros"
+    if not any(window.padding) and not any(window.padding_end):
+        return "ceil_mode"
+    return "zeros" if node.op == "avgpool" and node.params["count_include_pad"] else "ignored"
+
+
+def padding_words(kind: str) -> tuple[str, str]:
+    """(label, what it does to each crop) for a `padding_kind`, as verify's headline says it."""
+    fixed = {
+        "zeros": ("zero padding", "each crop is padded with zeros at its own border"),
+        "reflection": ("reflection padding", "each crop is padded with its own rows and columns mirrored at its "
+                                             "border"),
+        "edge copies": ("edge padding", "each crop is padded with copies of its own edge rows and columns"),
+        "ignored": ("pool padding that the pool ignores", "at each crop's border the windows reach past its map "
+                                                           "and ignore the positions there (they read no zeros)"),
+        "ceil_mode": ("ceil_mode pools", "their last windows reach past each crop's map and ignore the positions "
+                                         "there (they read no zeros)"),
+        "interpolation": ("interpolation at the edges", "each crop's map is interpolated against copies of its own "
+                                                        "edge rows and columns")}
+    return fixed.get(kind, (f"padding of {kind}", f"each crop is padded with {kind} at its own border"))
 
 
 def _fills_nonzero(node) -> bool:

@@ -124,7 +124,48 @@ def test_a_ceil_mode_window_is_reported_like_padding(write_spec, rng):
     assert not report.exact_by_construction and report.padded_layers == ["pool1"]
     assert report.conversion_exact and not report.agrees and report.passed
     assert [layer.why for layer in report.layers] == ["ceil_mode"] and report.padding_explains
-    assert "windows reaching past their input (zero padding, ceil_mode pools) in pool1" in str(report)
+    text = str(report)
+    assert ("ceil_mode pools in pool1: their last windows reach past each crop's map and ignore the positions "
+            "there (they read no zeros), where the sliding network sees the neighbouring pixels") in text
+    assert "zero padding" not in text and "with zeros" not in text and "positions read beyond the map's edge, which the pool ignores" in text
+
+
+# one layer of each kind of border: a conv's zeros, a reflection, edge copies, a constant,
+# a max pool's padding (which it ignores) and an average pool's (which it counts as zeros)
+BORDERS = """
+name: borders
+input: {shape: [2, 20, 20]}
+layers:
+  - {name: mirror, op: pad, padding: 1, mode: reflect}
+  - {name: c1, op: conv, out_channels: 3, kernel_size: 3}
+  - {name: edge, op: pad, padding: 1, mode: edge}
+  - {name: c2, op: conv, out_channels: 3, kernel_size: 3, padding: 1}
+  - {name: half, op: pad, padding: 1, value: 0.5}
+  - {name: mp, op: maxpool, kernel_size: 3, stride: 2, padding: 1}
+  - {name: ap, op: avgpool, kernel_size: 3, padding: 1}
+  - {name: fc, op: fc, out_features: 3}
+"""
+
+
+def test_the_headline_names_each_kind_of_border_the_layers_pad_with(write_spec, rng):
+    """A network padded by reflection alone was said to pad each crop "with zeros"."""
+    classifier, fcn = models(write_spec, BORDERS)
+    report = verify(classifier, fcn, random_input(rng, (1, 2, 27, 25)))
+    assert report.padding_kinds == {"mirror": "reflection", "c2": "zeros", "edge": "edge copies",
+                                    "half": "the value 0.5", "mp": "ignored", "ap": "zeros"}
+    [headline] = [line for line in str(report).splitlines() if "where the sliding network sees" in line]
+    assert headline == (
+        "    reflection padding in mirror: each crop is padded with its own rows and columns mirrored at its border; "
+        "edge padding in edge: each crop is padded with copies of its own edge rows and columns; "
+        "zero padding in c2, ap: each crop is padded with zeros at its own border; "
+        "padding of the value 0.5 in half: each crop is padded with the value 0.5 at its own border; "
+        "pool padding that the pool ignores in mp: at each crop's border the windows reach past its map and ignore "
+        "the positions there (they read no zeros), where the sliding network sees the neighbouring pixels (it pads "
+        "only at the image's border)")
+    assert "mp (padding 1x1): of its" in str(report) and "read beyond the map's edge, which the pool ignores" in str(report)
+    reflected = verify(*models(write_spec, BORDERS.split("  - {name: edge")[0] + "  - {name: fc, op: fc, "
+                                           "out_features: 3}\n"), random_input(rng, (1, 2, 27, 25)))
+    assert "reflection padding in mirror" in str(reflected) and "zero" not in str(reflected)
 
 
 def graphconv_cli(*args):
