@@ -75,9 +75,42 @@ def test_pooling_padded_as_wide_as_its_window_exports_through_an_explicit_pad(op
 
 
 def test_shift_and_stitch_is_refused_with_the_way_out():
+    """LeNet pads nowhere and dilates: the dilated network's map is the same."""
     model = compile_model(SPECS / "lenet.yaml", output_stride=2, stride_method="shift")
-    with pytest.raises(GraphconvError, match="--stride-method dilate"):
+    with pytest.raises(GraphconvError, match="; compile with --stride-method dilate for the same map$"):
         to_onnx_model(model.graph)
+
+
+STITCHED = """
+name: stitched
+input: {shape: [2, 19, 19]}
+layers:
+  - {name: conv1, op: conv, out_channels: 4, kernel_size: 3, padding: 1}
+  - {name: pool1, op: maxpool, kernel_size: 2, CEIL}
+  - {name: conv2, op: conv, out_channels: 3, kernel_size: 3}
+"""
+
+
+def test_dilate_is_suggested_only_where_it_can_rewrite_the_network_and_the_same_map_only_unpadded(write_spec):
+    """A ceil_mode pool hanging off the crop cannot be dilated (compile with dilate
+    refuses it): export says so, with what can be exported instead. A padded network can
+    be dilated, but its map is not shift-and-stitch's near the copies' borders."""
+    hanging = write_spec(STITCHED.replace("CEIL", "ceil_mode: true"), "hanging.yaml")
+    with pytest.raises(GraphconvError, match="layer 'pool1': a ceil_mode pool"):
+        compile_model(hanging, output_stride=1, stride_method="dilate")
+    model = compile_model(hanging, output_stride=1, stride_method="shift")
+    with pytest.raises(GraphconvError) as refused:
+        to_onnx_model(model.graph)
+    assert ("--stride-method dilate cannot rewrite this network (layer 'pool1': a ceil_mode pool whose last window "
+            "hangs off the crop cannot be dilated (the finer pool has no such window)): export it compiled without "
+            "--output-stride") in refused.value.message
+    assert "compile with --stride-method dilate" not in refused.value.message
+    padded = write_spec(STITCHED.replace(", CEIL", ""), "padded.yaml")
+    compile_model(padded, output_stride=1, stride_method="dilate")  # dilate can
+    with pytest.raises(GraphconvError) as refused:
+        to_onnx_model(compile_model(padded, output_stride=1, stride_method="shift").graph)
+    assert "compile with --stride-method dilate for a network ONNX can hold (this one pads" in refused.value.message
+    assert "same map" not in refused.value.message
 
 
 EXPORTABLE = [pytest.param(op, example, id=f"{op.name}-{i}")

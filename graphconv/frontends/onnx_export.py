@@ -76,16 +76,62 @@ class OnnxWriter:
 
 
 def _no_onnx_form(op: str) -> str:
-    if op in ("shift_copies", "interleave"):
-        return ("a shift-and-stitch model cannot be exported to ONNX (its interleave has no standard "
-                "form here); compile with --stride-method dilate for the same map")
     return f"op '{op}' has no ONNX form"
+
+
+def refuse_shift_and_stitch(graph: Graph) -> None:
+    """Refuse a shift-and-stitch model (its interleave has no standard ONNX form), with
+    the way out that works for this network: --stride-method dilate only where the
+    output-stride pass can dilate it (tried on the network without the stitch layers:
+    a ceil_mode pool hanging off the crop, a reflect pad or an upsample cannot be), and
+    "the same map" only where nothing pads, since on a padded network each shifted copy
+    is padded at its own border and the dilated map differs near them."""
+    stitch = graph.find("shift_copies") + graph.find("interleave")
+    if not stitch:
+        return
+    head = "a shift-and-stitch model cannot be exported to ONNX (its interleave has no standard form here)"
+    base, step = _unstitched(graph)
+    refusal = _dilate_refusal(base, step)
+    if refusal is not None:
+        raise stitch[0].error(f"{head}, and --stride-method dilate cannot rewrite this network ({refusal}): export "
+                              "it compiled without --output-stride (its map at the full stride), or run the "
+                              "shift-and-stitch model with graphconv run")
+    from graphconv.dense import padded_layers
+
+    if padded_layers(base):
+        raise stitch[0].error(f"{head}; compile with --stride-method dilate for a network ONNX can hold (this one "
+                              "pads, so its dilated map differs from shift-and-stitch's near the shifted copies' "
+                              "borders, where each copy is padded at its own: graphconv verify shows where)")
+    raise stitch[0].error(f"{head}; compile with --stride-method dilate for the same map")
+
+
+def _unstitched(graph: Graph) -> tuple[Graph, int]:
+    """The network without its shift_copies and interleave layers (the layers between
+    them are the network at its full stride), and the fine stride the copies stood for."""
+    base = graph.copy()
+    step = max(max(node.params["step"]) for node in base.find("shift_copies"))
+    for node in base.find("shift_copies") + base.find("interleave"):
+        base.remove(node)
+    return base, step
+
+
+def _dilate_refusal(graph: Graph, stride: int) -> str | None:
+    """Why --stride-method dilate cannot rewrite `graph` (a copy) to `stride` (its error,
+    less the advice to use shift, which this model already does), or None if it can."""
+    from graphconv.strides import dilate
+
+    try:
+        dilate(graph, stride)
+    except GraphconvError as err:
+        return (f"layer '{err.layer}': " if err.layer else "") + err.message.split("; use --stride-method shift")[0]
+    return None
 
 
 def to_onnx_model(graph: Graph):
     """The graph as a checked onnx.ModelProto with dynamic N, H and W."""
     onnx = require_onnx()
     helper = onnx.helper
+    refuse_shift_and_stitch(graph)
     writer = OnnxWriter()
     for node in graph.layers():
         writer.write_layer(node)
