@@ -781,6 +781,25 @@ class FlatNormSmall(nn.Module):
         return self.head(self.body(x))
 
 
+class CaffeAlexNetSmall(nn.Module):
+    """The original (Caffe) AlexNet's layout: conv, ReLU, nn.LocalResponseNorm, max pool,
+    twice, then convs and the Linear head; unpadded, so every cell of the map is its
+    crop's. Neither exporter writes ONNX's LRN: both write F.local_response_norm out."""
+    crop = 27
+    stride = 8
+
+    def __init__(self, classes: int = 5, size: int = 5):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 5, stride=2), nn.ReLU(), nn.LocalResponseNorm(size, alpha=0.02, beta=0.75, k=2.0),
+            nn.MaxPool2d(2), nn.Conv2d(8, 12, 3), nn.ReLU(), nn.LocalResponseNorm(size - 1, alpha=0.5, k=1.5),
+            nn.MaxPool2d(2, ceil_mode=False))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(12 * 2 * 2, 16), nn.ReLU(), nn.Linear(16, classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
 ZOO = {cls.__name__.removesuffix("Small").lower(): cls
        for cls in (AlexNetSmall, VGGBNSmall, ResNetSmall, SqueezeNetSmall, MobileNetV2Small,
                    DenseNetSmall, GoogLeNetSmall, ConvNeXtSmall, ShuffleNetSmall, EfficientNetSmall,

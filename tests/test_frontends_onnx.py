@@ -1620,3 +1620,49 @@ def test_what_stops_a_flattened_head_sliding_is_named_by_compile_and_verify(tmp_
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert "this relu reads the 96 features" in result.stderr and "expects weight" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+# ---- nn.LocalResponseNorm, which the exporters write out (neither writes ONNX's LRN) ----------------
+
+@pytest.mark.parametrize("how", ["torchscript-13", "torchscript-17", "dynamo"])
+def test_local_response_norm_as_the_exporters_write_it_is_graphconv_s_lrn_and_slides(tmp_path, how, rng):
+    """x * x, a 5-D view, a Pad along the channels, a 3-D AveragePool, the view back, *
+    alpha + k, ** beta, x / that: one lrn layer (PyTorch's window and alpha / size, for an
+    odd and an even size), equal to PyTorch on the crop and, compiled, on every crop."""
+    torch.manual_seed(0)
+    model = onnx_zoo.CaffeAlexNetSmall().eval()
+    path = tmp_path / f"caffe-{how}.onnx"
+    export_at(model, path, dynamo=how == "dynamo", opset=int(how.split("-")[1]) if "-" in how else 18)
+    graph = load_network(path)
+    lrns = graph.find("lrn")
+    assert [(n.params["size"], n.params["beta"], n.params["k"]) for n in lrns] == [(5, 0.75, 2.0), (4, 0.75, 1.5)]
+    assert [n.params["alpha"] for n in lrns] == pytest.approx([0.02, 0.5])
+    crops = rng.standard_normal((2, 3, model.crop, model.crop)).astype(np.float32)
+    np.testing.assert_allclose(Model(graph).run(crops), torch_scores(model, crops), rtol=1e-5, atol=1e-5)
+    image = rng.standard_normal((1, 3, model.crop + 17, model.crop + 9)).astype(np.float32)
+    out = compile_model(path).run(image)
+    assert out.shape == (1, 5, 3, 2)
+    np.testing.assert_allclose(out, per_crop_scores(model, image, 3, 2), rtol=1e-5, atol=1e-5)
+
+
+def test_a_local_response_norm_decomposition_that_differs_is_refused_as_one(tmp_path):
+    """The same start (x * x viewed 5-D, padded along the channels, averaged) with another
+    ending cannot be graphconv's lrn: the refusal says what it looks like."""
+    class NotQuite(torch.nn.Module):
+        crop = 8
+
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 6, 3)
+
+        def forward(self, x):
+            x = self.conv(x)
+            div = torch.nn.functional.pad((x * x).unsqueeze(1), (0, 0, 0, 0, 1, 1))
+            div = torch.nn.functional.avg_pool3d(div, (3, 1, 1), stride=1).squeeze(1)
+            return x / (div * 0.1 + 1.0).sqrt()  # a square root, not a Pow
+
+    path = tmp_path / "not-quite.onnx"
+    onnx_zoo.export(NotQuite().eval(), path)
+    with pytest.raises(GraphconvError, match=r"this looks like nn\.LocalResponseNorm's decomposition .*, but no "
+                                             r"x / \(k \+ alpha \* that average\) \*\* beta follows it"):
+        load_network(path)

@@ -236,6 +236,7 @@ class _Importer:
         self.nodes = _with_softplus_thresholds_fused(
             _with_gelus_fused(list(model.graph.node), self._initializer_or_constant),
             self._initializer_or_constant, self._refuse)
+        self.nodes = _with_lrns_fused(self.nodes, self._initializer_or_constant, self._refuse, self.opset)
         self.values: dict[str, Tensor | np.ndarray] = {}
         self.weights: dict[str, np.ndarray] = {}
         self.uses = self._count_uses()
@@ -533,7 +534,8 @@ def unsupported(op_type: str) -> str:
     whose names are close, and where the whole list is."""
     import difflib
 
-    close = difflib.get_close_matches(op_type, sorted(CONVERTERS), n=4, cutoff=0.6)
+    close = difflib.get_close_matches(op_type, sorted(name for name in CONVERTERS if "." not in name), n=4,
+                                      cutoff=0.6)
     hint = f" (similar ones it reads: {', '.join(close)})" if close else ""
     return (f"op {op_type} is not supported{hint}; the ONNX ops graphconv reads are listed in its README, "
             "'Bring your own model (ONNX)'")
@@ -746,6 +748,197 @@ def _with_softplus_thresholds_fused(nodes: list, constant: Callable[[str], np.nd
             last.op_type, list(last.input), [where.output[0]], name=last.name)
         dropped |= {id(greater), id(where)}
     return [replaced.get(id(n), n) for n in nodes if id(n) not in dropped]
+
+
+TORCH_LRN = "graphconv.LocalResponseNorm"  # the node `_with_lrns_fused` writes; no file has it
+LRN_LOOK = ("this looks like nn.LocalResponseNorm's decomposition (x * x viewed 5-D, padded along the channels, "
+            "averaged over a window of channels, then times alpha, plus k, to the power beta, x divided by it)")
+
+
+def _with_lrns_fused(nodes: list, constant: Callable[[str], np.ndarray | None],
+                     refuse: Callable[[Any, str], None], opset: int) -> list:
+    """The node list with each nn.LocalResponseNorm that PyTorch's exporters write out
+    (neither writes ONNX's LRN) replaced by one TORCH_LRN node: F.local_response_norm's
+    div = x * x, viewed (N, 1, C, H, W) (Reshape, or Unsqueeze), padded by (size // 2,
+    (size - 1) // 2) channels, AveragePool (size, 1, 1) at stride 1, back to (N, C, H, W)
+    (Squeeze, or TorchScript's If of a Squeeze and a Reshape), * alpha + k, ** beta;
+    x / div. A group that starts so (x * x viewed 5-D, padded and averaged over channels)
+    but ends otherwise is refused with LRN_LOOK, so the user learns what it was."""
+    producer = {out: node for node in nodes for out in node.output}
+    readers: dict[str, list] = {}
+    for node in nodes:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    known = _constant_resolver(producer, constant, opset)
+    replaced: dict[int, Any] = {}
+    dropped: set[int] = set()
+    for pool in (n for n in nodes if n.op_type == "AveragePool"):
+        head = _lrn_head(pool, producer, known)
+        if head is None:
+            continue
+        x, size, head_nodes = head
+        problem, tail = _lrn_tail(x, head_nodes, size, producer, readers, known)
+        if problem:
+            refuse(pool, f"{LRN_LOOK}, but {problem}; graphconv reads it as its lrn only as PyTorch's exporters "
+                         "write it")
+        divide, params, tail_nodes = tail
+        replaced[id(divide)] = require_onnx().helper.make_node(
+            TORCH_LRN, [x], list(divide.output), name=divide.name, **params)
+        dropped |= {id(n) for n in head_nodes + tail_nodes}
+    return [replaced.get(id(n), n) for n in nodes if id(n) not in dropped]
+
+
+def _constant_resolver(producer: dict, constant: Callable[[str], np.ndarray | None], opset: int):
+    """known(name): a value computed from constants alone (TorchScript writes the Pad's
+    amounts as a chain of Concat, Reshape, Slice, Transpose and Cast), evaluated with
+    ONNX's reference implementation, or None."""
+    onnx = require_onnx()
+    cache: dict[str, np.ndarray | None] = {}
+
+    def known(name: str, depth: int = 0) -> np.ndarray | None:
+        if name not in cache:
+            cache[name] = constant(name)
+            node = producer.get(name)
+            # a dozen nodes back at most: a constant chain is short, and the feature map's
+            # producers, which are never constant, would recurse through the whole network
+            if cache[name] is None and node is not None and node.op_type not in ("Shape", "If") and depth < 12:
+                inputs = [i for i in node.input if i]
+                values = [known(i, depth + 1) for i in inputs]
+                if all(v is not None for v in values):
+                    from onnx.reference import ReferenceEvaluator
+                    graph = onnx.helper.make_graph(
+                        [node], "fold", [onnx.helper.make_tensor_value_info(i, _elem_type(onnx, v), None)
+                                         for i, v in zip(inputs, values)],
+                        [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None)
+                         for o in node.output])
+                    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+                    try:
+                        results = ReferenceEvaluator(model).run(None, dict(zip(inputs, values)))
+                        cache.update({o: np.asarray(r) for o, r in zip(node.output, results)})
+                    except Exception:  # not evaluable here: the converters will say what it is
+                        pass
+        return cache[name]
+    return known
+
+
+def _lrn_head(pool, producer: dict, known) -> tuple[str, int, list] | None:
+    """(x, size, nodes) where `pool` averages x * x viewed 5-D and padded along the
+    channels over (size, 1, 1), as F.local_response_norm writes it; else None."""
+    attrs = {a.name: require_onnx().helper.get_attribute_value(a) for a in pool.attribute}
+    kernel = list(attrs.get("kernel_shape", []))
+    pad = producer.get(pool.input[0]) if pool.input else None
+    view = producer.get(pad.input[0]) if pad is not None and pad.op_type == "Pad" else None
+    square = producer.get(view.input[0]) if view is not None and view.op_type in ("Reshape", "Unsqueeze") else None
+    if (len(kernel) != 3 or square is None or square.op_type != "Mul" or len(square.input) != 2
+            or square.input[0] != square.input[1]):
+        return None
+    return square.input[0], int(kernel[0]), [square, view, pad, pool]
+
+
+def _lrn_tail(x: str, head: list, size: int, producer: dict, readers: dict, known):
+    """(problem, None) where the group that `_lrn_head` found (`head`: its x * x, view, Pad
+    and AveragePool) is not F.local_response_norm's, else (None, (the Div, the lrn's
+    params, the nodes from the pool to the Div))."""
+    onnx = require_onnx()
+    square, view, pad, pool = head
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in pool.attribute}
+    if (list(attrs["kernel_shape"])[1:] != [1, 1] or set(attrs.get("strides", [1])) != {1} or any(attrs.get("pads", [0]))
+            or attrs.get("ceil_mode", 0) or set(attrs.get("dilations", [1])) != {1}):
+        return f"its AveragePool is not a window of channels at stride 1 without padding ({attrs})", None
+    axes = (known(view.input[1]) if len(view.input) > 1 else
+            np.asarray(next((onnx.helper.get_attribute_value(a) for a in view.attribute if a.name == "axes"), [])))
+    if (view.op_type == "Reshape" and _view_dims(view.input[1], producer, known)[:2] != [None, 1]) or \
+            (view.op_type == "Unsqueeze" and (axes is None or list(np.ravel(axes)) != [1])):
+        return "x * x is not viewed as (N, 1, C, H, W)", None
+    pads = known(pad.input[1]) if len(pad.input) > 1 and pad.input[1] else None
+    value = known(pad.input[2]) if len(pad.input) > 2 and pad.input[2] else np.zeros(1)
+    want = [0, 0, size // 2, 0, 0, 0, 0, (size - 1) // 2, 0, 0]
+    if pads is None or [int(p) for p in np.ravel(pads)] != want or value is None or np.any(value != 0) \
+            or (len(pad.input) > 3 and pad.input[3]):
+        return f"its Pad is not ({size // 2}, {(size - 1) // 2}) zero channels around a window of {size}", None
+    chain = _back_to(pool.output[0], producer, readers)
+    for divide in readers.get(x, []):
+        found = _lrn_scaling(divide, x, producer, readers, known, chain)
+        if found is not None:
+            params, nodes = found
+            if not all(len(readers.get(n.output[0], [])) <= 1 for n in [square, view, pad]):
+                return "another node reads one of its inner values", None
+            return None, (divide, dict(size=size, **params), nodes)
+    return "no x / (k + alpha * that average) ** beta follows it", None
+
+
+def _view_dims(target: str, producer: dict, known) -> list:
+    """A 5-D Reshape target's dims as far as constants say (None where one is the map's
+    own, read by Shape: an export with a dynamic batch concatenates them), or []."""
+    whole = known(target)
+    if whole is not None:
+        return [None] + [int(d) for d in np.ravel(whole)[1:]] if whole.size == 5 else []
+    concat = producer.get(target)
+    if concat is None or concat.op_type != "Concat" or len(concat.input) != 5:
+        return []
+    parts = [known(name) for name in concat.input]
+    return [int(p.ravel()[0]) if p is not None and p.size == 1 else None for p in parts]
+
+
+def _back_to(source: str, producer: dict, readers: dict) -> Callable[[str], list | None]:
+    """chain(name): the nodes that make `name` the 4-D view of `source` (Squeeze,
+    Reshape, Identity, and TorchScript's If choosing between a Squeeze and an Identity
+    of it, with the Shape, Gather and Equal of its condition), or None."""
+    def chain(name: str) -> list | None:
+        nodes: list = []
+        while name != source:
+            node = producer.get(name)
+            if node is None:
+                return None
+            if node.op_type == "If":
+                branches = [a.g for a in node.attribute if a.name in ("then_branch", "else_branch")]
+                if len(branches) != 2 or not all(any(source in n.input for n in b.node) for b in branches):
+                    return None
+                nodes.append(node)
+                condition = producer.get(node.input[0])
+                while condition is not None and condition.op_type in ("Equal", "Gather", "Shape"):
+                    nodes.append(condition)
+                    if condition.op_type == "Shape":
+                        return nodes if condition.input[0] == source else None
+                    condition = producer.get(condition.input[0])
+                return None
+            if node.op_type not in ("Squeeze", "Reshape", "Identity"):
+                return None
+            nodes.append(node)
+            name = node.input[0]
+        return nodes
+    return chain
+
+
+def _lrn_scaling(divide, x: str, producer: dict, readers: dict, known, chain):
+    """(alpha, beta, k as params, the nodes) where `divide` is x / ((view * alpha + k) **
+    beta) and `chain` leads from view back to the pool; else None."""
+    def scalar(name: str) -> float | None:
+        value = known(name)
+        return float(value.ravel()[0]) if value is not None and value.size == 1 else None
+
+    def split(node, op_type: str):  # (the other input, the scalar) of a binary node of a scalar
+        if node is None or node.op_type != op_type or len(node.input) != 2 or len(readers.get(node.output[0], [])) != 1:
+            return None, None
+        a, b = node.input
+        return (a, scalar(b)) if scalar(b) is not None else (b, scalar(a))
+
+    if divide.op_type != "Div" or list(divide.input[:1]) != [x] or len(divide.input) != 2:
+        return None
+    power = producer.get(divide.input[1])
+    if power is None or power.op_type != "Pow" or scalar(power.input[1]) is None:
+        return None
+    add, k = split(producer.get(power.input[0]), "Add")
+    if len(readers.get(power.output[0], [])) != 1 or k is None:
+        return None
+    view, alpha = split(producer.get(add), "Mul")
+    if alpha is None or view is None:
+        return None
+    back = chain(view)
+    if back is None:
+        return None
+    nodes = back + [producer[add], producer[power.input[0]], power]
+    return dict(alpha=alpha, beta=scalar(power.input[1]), k=k), nodes
 
 
 def _module_path(node_name: str) -> str:
@@ -1271,6 +1464,16 @@ def _lrn(imp: _Importer, node) -> None:
     imp.add_layer(node, "lrn", [imp.tensor(node.input[0])],
                   dict(size=int(attrs["size"]), alpha=float(attrs.get("alpha", 1e-4)),
                        beta=float(attrs.get("beta", 0.75)), k=float(attrs.get("bias", 1.0))))
+
+
+@converts(TORCH_LRN)
+def _torch_lrn(imp: _Importer, node) -> None:
+    """nn.LocalResponseNorm as PyTorch's exporters write it (`_with_lrns_fused`): graphconv's
+    lrn, whose window and alpha / size are PyTorch's, for any size."""
+    attrs = imp.attributes(node)
+    imp.add_layer(node, "lrn", [imp.tensor(node.input[0])],
+                  dict(size=int(attrs["size"]), alpha=float(attrs["alpha"]), beta=float(attrs["beta"]),
+                       k=float(attrs["k"])))
 
 
 @converts("Identity", "Dropout")
