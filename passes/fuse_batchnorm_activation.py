@@ -3,11 +3,11 @@ pooling: DenseNet's and pre-activation ResNets' BN-ReLU) into the batchnorm, who
 kernel applies it as it writes: a pass over the map in memory saved. Run after
 fold-batchnorm, which folds the batchnorms after convs, and their activations with them."""
 from graphconv.ir import Graph
+from graphconv.ops.activations import fused_activation_names
 from graphconv.pass_manager import register_pass
 from .fuse_conv_activation import fold_activations_into
 
 
-@register_pass("fuse-batchnorm-activation", "fold a relu, silu, hardswish, gelu or relu6 into the batchnorm "
-               "before it", preserves=("shapes",))
+@register_pass("fuse-batchnorm-activation", f"fold a {fused_activation_names()} into the batchnorm before it", preserves=("shapes",))
 def fuse_batchnorm_activation(graph: Graph) -> bool:
     return fold_activations_into(graph, "batchnorm")

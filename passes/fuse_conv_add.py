@@ -12,11 +12,11 @@ such convs (a block with a projection shortcut), the one that runs later takes t
 other's output as its residual input.
 """
 from graphconv.ir import Graph, Node
-from graphconv.ops.activations import fusable
+from graphconv.ops.activations import fusable, fused_activation_names
 from graphconv.pass_manager import register_pass
 
 
-@register_pass("fuse-conv-add", "fold a residual add (and a relu, silu, hardswish, gelu or relu6 after it) "
+@register_pass("fuse-conv-add", f"fold a residual add (and a {fused_activation_names()} after it) "
                "into the conv before it (one kernel: conv+bias+residual+activation)", preserves=("shapes",))
 def fuse_conv_add(graph: Graph) -> bool:
     fused = False

@@ -1,6 +1,6 @@
 """conv: 2-D convolution with stride, padding, dilation and groups (torch.nn.Conv2d).
 
-`activation` (relu, silu, hardswish, gelu or relu6) is graphconv's extension for the
+`activation` (one of `activations.FUSED`) is graphconv's extension for the
 `fuse-conv-activation` pass: the conv applies it itself (`activations.FUSED` says how)
 instead of a layer of its own. Each activation stays defined by its own op
 (`graphconv.ops.activations.FUSED`): the reference, PyTorch and ONNX forms here call it.

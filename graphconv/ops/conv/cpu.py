@@ -51,7 +51,7 @@
   "outer" takes 0.12, on ResNet-50's 3x3 layers at 2x2.)
 
 Every strategy applies the bias and the fused ReLU while writing the output. Any other
-fused activation (silu, hardswish, gelu, relu6) goes over each run of outputs a kernel
+fused activation (the rest of `activations.FUSED`) goes over each run of outputs a kernel
 has just written where the kernel writes runs ("outer", the channels-last depthwise
 kernel, "winograd" into channels-last: `_writes_smooth_activation`), else over the
 whole output in place right after (`_then_smooth_activation`).
@@ -451,7 +451,7 @@ def _then_add_residual(plain: Callable[[], None], relu: bool, inputs: list[np.nd
 
 
 def _then_smooth_activation(plain: Binder, activation: str) -> Binder:
-    """A conv with an activation past relu (silu, hardswish, gelu, relu6) whose kernel
+    """A conv with an activation past relu (the rest of `FUSED`) whose kernel
     does not apply it (`_writes_smooth_activation`): the conv, then a vectorised pass of
     the activation over the output in place, while it is still in cache. This pass costs
     0.75-1.0x the separate layer (the less, the larger the map), which reads one buffer
