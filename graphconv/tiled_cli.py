@@ -140,7 +140,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     contents = map_contents(args.image, args.model, classes, args.classes, args.reduce,
                             model.graph.meta.get("labels"), left_out)
     placement = replace(placement, contents={**contents, IMAGE_STAMP: image_stamp(args.image)})
-    blank_cells = _skipper(args, background, plan)
+    blank_cells, blank_tiles = _skipper(args, background, plan)
     if not (args.workers or args.scheduler):
         from graphconv.cli import note_cold_kernels
         note_cold_kernels(model, args.device)
@@ -155,25 +155,28 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
                            tiles=plan.tiles)
         with map_file as out:
             if resume:
-                _say_resumed(map_file, plan)
-            todo = [t for t in plan.tiles if t not in map_file.done]
+                _say_resumed(map_file, plan, blank_tiles)
+            todo = [t for t in plan.tiles if t not in map_file.done and t not in blank_tiles]
             computed = len(todo)
             with _progress(args, len(todo), "tiles", sum(t.pixels for t in todo)) as advance:
                 def on_tile(t):
                     map_file.record(t)  # --resume: listed as done once its block is on disk
-                    advance(1, t.pixels)
+                    _advance_if_computed(advance, t, blank_tiles)
                 _compute(args, grid, source, plan, tile, out, transform, on_tile, blank_cells, map_file.done)
             _draw_heatmap(args, model, source, grid, out, background)  # before the map is renamed into place
             means = _class_means(args, out)
     else:
-        with _progress(args, len(plan.tiles), "tiles", sum(t.pixels for t in plan.tiles)) as advance:
+        todo = [t for t in plan.tiles if t not in blank_tiles]
+        computed = len(todo)
+        with _progress(args, len(todo), "tiles", sum(t.pixels for t in todo)) as advance:
             out = np.empty(shape, dtype)
-            _compute(args, grid, source, plan, tile, out, transform, lambda t: advance(1, t.pixels), blank_cells)
+            _compute(args, grid, source, plan, tile, out, transform,
+                     lambda t: _advance_if_computed(advance, t, blank_tiles), blank_cells)
         _draw_heatmap(args, model, source, grid, out, background)
         means = _class_means(args, out)
     seconds = time.perf_counter() - start
-    done_before = f" ({len(plan.tiles) - computed} done before)" if computed < len(plan.tiles) else ""
-    print(f"output shape {shape} ({dtype}) in {seconds:.2f} s over {computed} tile(s){done_before}")
+    print(f"output shape {shape} ({dtype}) in {seconds:.2f} s over {computed} tile(s)"
+          f"{_not_computed(len(plan.tiles) - computed, len(blank_tiles))}")
     if means is not None and np.isnan(means).all():
         print("--top: no cell was computed (every one is over background or no-data), so there is no class to rank")
     elif means is not None:
@@ -312,13 +315,34 @@ def _job(args: argparse.Namespace, model, grid, source, plan, shape, dtype) -> d
     }
 
 
-def _say_resumed(map_file, plan) -> None:
-    """--resume: how many tiles an earlier run wrote into the partial map, skipped now."""
+def _advance_if_computed(advance, tile, blank_tiles: frozenset) -> None:
+    """Move the progress bar for a tile the network computed; a tile over background
+    alone (written as not computed in no time) is not in the bar's total, so it neither
+    moves the bar nor speeds up its rate and time left."""
+    if tile not in blank_tiles:
+        advance(1, tile.pixels)
+
+
+def _not_computed(skipped: int, blank: int) -> str:
+    """The final line's account of the `skipped` tiles not computed, `blank` of them over
+    background alone: ' (82 over background only, 40 done before)'; '' when none was
+    skipped (the line counted skipped glass as tiles computed)."""
+    parts = [f"{blank} over background only"] if blank else []
+    parts += [f"{skipped - blank} done before"] if skipped > blank else []
+    return f" ({', '.join(parts)}, not computed)" if parts else ""
+
+
+def _say_resumed(map_file, plan, blank_tiles: frozenset = frozenset()) -> None:
+    """--resume: how many tiles an earlier run wrote into the partial map, skipped now, and
+    how many are left to compute: the tiles over background alone (`_skipper`) are not
+    computed, so they are not counted as work left."""
     done, total = len(map_file.done), len(plan.tiles)
     where = map_file.partial.shown
     if done:
+        background = len(blank_tiles - map_file.done)
+        also = f" ({background} more hold only background and are not computed)" if background else ""
         print(f"resume: {done} of {total} tile(s) were done by an earlier run ({where}) and are skipped; "
-              f"computing {total - done}", file=sys.stderr)
+              f"computing {total - done - background}{also}", file=sys.stderr)
     else:
         print(f"resume: writing into {where} (kept if the run stops; the same command with --resume continues "
               "it); renamed into place when complete", file=sys.stderr)
@@ -345,10 +369,11 @@ def _background(args: argparse.Namespace, source, grid):
 
 
 def _skipper(args: argparse.Namespace, background, plan):
-    """Which cells are left out (`Background.blank_cells`), said in a note; None when
-    none are."""
+    """Which cells are left out (`Background.blank_cells`), said in a note, and the tiles
+    of such cells alone, which are not computed (known before the run, so the progress
+    bar counts only the tiles that are); (None, frozenset()) when no cell is left out."""
     if background is None:
-        return None
+        return None, frozenset()
     from graphconv.background import blank_masks
     masks, blank = blank_masks(plan.tiles, background.blank_cells)
     tiles, cells = len(blank), sum(int(mask.sum()) for mask in masks.values())
@@ -365,7 +390,7 @@ def _skipper(args: argparse.Namespace, background, plan):
              f"than {background.max_nodata:.0%} of each one's crop is no-data (the image's {value}); "
              f"{skipped}. --max-nodata FRACTION sets that share, --compute-nodata computes every cell "
              "(no-data pixels go into the network as 0 after the preprocess)")
-    return masks.__getitem__  # worked out once, for this message and the run
+    return masks.__getitem__, frozenset(blank)  # worked out once, for this message, the bar and the run
 
 
 def _check_heatmap(args: argparse.Namespace, classes: int) -> None:

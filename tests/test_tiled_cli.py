@@ -192,6 +192,78 @@ def test_cli_skip_background_computes_the_tissue_tiles_exactly(model_dir, sparse
     assert refused.returncode == 2 and "--skip-background looks for tissue in an image" in refused.stderr
 
 
+class _Bar:
+    """A stand-in for tqdm that keeps its total and where it got to."""
+    made: list = []
+
+    def __init__(self, total, **_):
+        self.total, self.n, self.closed_at = total, 0, None
+        _Bar.made.append(self)
+
+    def set_postfix_str(self, *_, **__):
+        pass
+
+    def update(self, count):
+        self.n += count
+
+    def close(self):
+        self.closed_at = self.n
+
+
+def _with_a_bar(monkeypatch) -> list:
+    """Run the command as on a terminal, its tqdm bars recorded (returned)."""
+    import types
+
+    _Bar.made = []
+    monkeypatch.setitem(sys.modules, "tqdm", types.SimpleNamespace(tqdm=_Bar))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    return _Bar.made
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "1"]])
+def test_skip_background_s_bar_counts_only_the_tiles_computed(model_dir, sparse_page, tmp_path, monkeypatch, capsys,
+                                                              workers):
+    """The progress bar's total is the tiles the network computes: the tiles over glass
+    alone are known before the run and not counted, so the bar ends at 100% and its rate
+    and time left are the computed tiles' (it counted 121 tiles, 82 of them glass, and
+    vanished at 32%)."""
+    if workers:
+        pytest.importorskip("distributed")
+    from graphconv.cli import main
+
+    bars = _with_a_bar(monkeypatch)
+    assert main(["run", str(model_dir), "--image", str(sparse_page), "--tile", "60", "--skip-background", *workers,
+                 "--output", str(tmp_path / "map.npy")]) == 0
+    captured = capsys.readouterr()
+    blank, total = map(int, re.search(r"(\d+) of (\d+) tile\(s\) hold only such cells", captured.err).groups())
+    assert 0 < blank < total
+    [bar] = bars
+    assert bar.total == total - blank and bar.closed_at == bar.total
+    assert f"over {total - blank} tile(s) ({blank} over background only, not computed)" in captured.out
+
+
+def test_resume_with_skip_background_counts_only_the_tiles_to_compute(model_dir, sparse_page, tmp_path, monkeypatch,
+                                                                      capsys):
+    """--resume's line says how many tiles are left to compute, not counting those over
+    background alone (said apart), and its bar counts those only."""
+    from graphconv.cli import main
+
+    run = ["run", str(model_dir), "--image", str(sparse_page), "--tile", "60", "--skip-background",
+           "--output", str(tmp_path / "map.zarr"), "--resume"]
+    _stop_after(monkeypatch, 3)
+    assert main(run) == 130
+    blank, total = map(int, re.search(r"(\d+) of (\d+) tile\(s\) hold only such cells",
+                                      capsys.readouterr().err).groups())
+    monkeypatch.undo()
+    bars = _with_a_bar(monkeypatch)
+    assert main(run) == 0
+    err = capsys.readouterr().err
+    left = total - 3 - blank
+    assert (f"resume: 3 of {total} tile(s) were done by an earlier run" in err
+            and f"computing {left} ({blank} more hold only background and are not computed)" in err), err
+    assert bars[0].total == left and bars[0].closed_at == left
+
+
 def test_skip_background_on_many_images(model_dir, sparse_page, tmp_path):
     results = run_images(ModelRef(str(model_dir)), [str(sparse_page)], str(tmp_path / "o"),
                          MapOptions(skip_background=0.05), tile=60)  # without, one 1024-pixel tile: not blank
