@@ -274,23 +274,35 @@ def build_parser() -> argparse.ArgumentParser:
     ver = sub.add_parser("verify", help="check the conversion, and the dense pass against every crop",
                          description="Compile SPEC and check (a) the conversion: the converted network "
                                      "on the classifier's crop gives the classifier's output; (b) the "
-                                     "converted network slid over a random image against the classifier "
-                                     "on every crop, and for a padded network which layers' padding makes "
-                                     "which positions differ, and by how much. Exit 0 when the conversion "
+                                     "converted network slid over a random image (or a region of your "
+                                     "--image, read as run reads it) against the classifier on every crop, "
+                                     "and for a padded network which layers' padding makes which positions "
+                                     "differ, and by how much; with --image, also in how many cells the top "
+                                     "class changes. Exit 0 when the conversion "
                                      "is exact and (b) differs only where padding reaches; 1 otherwise; 2 "
                                      "for a network that cannot be compiled (a squeeze-and-excitation "
                                      "gate: check it with run --crops) or other bad input.")
     ver.add_argument("spec", help="spec .yaml file or .onnx model (the classifier, before compiling)")
-    ver.add_argument("--input-size", type=_positive_int, nargs=2, metavar=("H", "W"), required=True,
-                     help="the random image's size, larger than the crop")
+    pixels = ver.add_mutually_exclusive_group(required=True)
+    pixels.add_argument("--input-size", type=_positive_int, nargs=2, metavar=("H", "W"),
+                        help="the random image's size, larger than the crop")
+    pixels.add_argument("--image", metavar="IMAGE",
+                        help="check on a region of this image, read and preprocessed as run reads it (random "
+                             "pixels can hide what padding does to real ones); also says in how many cells the "
+                             "top class changes")
+    ver.add_argument("--region", type=_natural_int, nargs=4, metavar=("TOP", "LEFT", "HEIGHT", "WIDTH"),
+                     help="with --image: the region to check, in the image's level-0 pixels (default: "
+                          f"{VERIFY_REGION_CELLS}x{VERIFY_REGION_CELLS} cells at the image's centre, since the "
+                          "crop loop runs the classifier once per cell)")
+    _add_image_reading_options(ver)
     ver.add_argument("--passes", help="the pipeline to check, as compile takes it, 'default' included (default: "
                                       "compile's; your own passes with --plugin)")
     ver.add_argument("--output-stride", type=int, metavar="S", help="compile for this finer stride, as compile does")
     ver.add_argument("--stride-method", default="auto", choices=("auto", "dilate", "shift"),
                      help="how to reach --output-stride, as compile's")
-    ver.add_argument("--batch", type=_positive_int, default=1, help="images in the random batch")
+    ver.add_argument("--batch", type=_positive_int, help="images in the random batch (default 1)")
     ver.add_argument("--tolerance", type=_tolerance, help="max abs difference (default 1e-4 x max score)")
-    ver.add_argument("--seed", type=_natural_int, default=0, help="the random image's seed")
+    ver.add_argument("--seed", type=_natural_int, help="the random image's seed (default 0)")
     ver.add_argument("--strict", action="store_true",
                      help="also exit 1 when padding makes the dense pass differ from the crop loop")
     ver.add_argument("--device", default="cpu", choices=device_choices())
@@ -585,6 +597,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         note_pixels_as_they_are(args, model)
     from graphconv.tiled_cli import grid_for, run_tiled_command, wants_tiles
     grid = grid_for(args, model)
+    note_dense_padding(args, model)
     if args.image:
         if wants_tiles(args, model, grid):
             return run_tiled_command(args, model, grid)
@@ -761,6 +774,28 @@ def note_pixels_as_they_are(args: argparse.Namespace, model) -> None:
     note(f"note: {args.model} states no preprocess (an ONNX file has no place for one), so the pixels go in as "
          "they are, 0..255: if the model was trained on normalised pixels, import it with them (graphconv "
          "import MODEL.onnx -o NET.yaml --scale 0.00392157 --mean ... --std ...) and run NET.yaml")
+
+
+def note_dense_padding(args: argparse.Namespace, model) -> None:
+    """A dense run of a network that pads: its cells can differ from the classifier on
+    each crop, by enough to change the top class on real images (a padded ResNet-18 on a
+    slide called every tissue cell background, silently). Said once per run, naming how
+    to measure it on the user's image and how to get the exact map. The layers are
+    traced on the compiled graph (milliseconds, cached); a shift-and-stitch graph, whose
+    copies trace no single grid, is left unsaid."""
+    from graphconv.dense import padded_layers
+
+    if args.crops is not None or model.segmentation or model.returns_vectors or model.stitch_copies > 1:
+        return
+    padded = model.derived("padded_layers", lambda: padded_layers(model.graph))
+    if not padded:
+        return
+    spec = args.model if str(args.model).lower().endswith((".yaml", ".yml", ".onnx")) else "SPEC"
+    image = args.image if getattr(args, "image", None) else "IMAGE"
+    note(f"note: {model.graph.name} pads in {len(padded)} layer(s), so its cells can differ from the classifier "
+         f"on each crop (each crop is padded at its own border, this pass only at the image's): `graphconv verify "
+         f"{spec} --image {image}` measures by how much on your image; --crops gives the exact crop loop (the "
+         "classifier once per cell, far slower)")
 
 
 def note_run_as_written(args: argparse.Namespace, model) -> None:
@@ -1189,10 +1224,14 @@ def _size_as_run_reads(args: argparse.Namespace, model) -> tuple[int, int] | Non
     return source.height, source.width
 
 
+VERIFY_REGION_CELLS = 16  # verify --image's default region, cells a side: 256 crops, ~13 s for a ResNet-18
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from graphconv.compiler import compile_model
-    from graphconv.dense import crops_per_batch, verify
+    from graphconv.dense import verify
 
+    _check_verify_options(args)
     original = load_model(args, args.spec)
     if original.segmentation:
         raise GraphconvError("verify checks a classifier against the dense network compiled from it; a "
@@ -1200,16 +1239,173 @@ def cmd_verify(args: argparse.Namespace) -> int:
                              "with run --tile instead)", file=args.spec)
     compiled = compile_model(original.graph, args.passes, output_stride=args.output_stride,
                              stride_method=args.stride_method)
+    if args.image is not None:
+        return _verify_on_image(args, original, compiled)
     c = original.crop_shape[0]
-    rows, cols = compiled.map_size(*args.input_size)
-    check_run_fits(compiled.graph, args.batch, args.input_size, "the dense pass")
-    crops = crops_per_batch(original, args.batch * rows * cols)
-    check_run_fits(original.graph, crops, original.crop_shape[1:], "the crop loop")
-    image = np.random.default_rng(args.seed).standard_normal((args.batch, c, *args.input_size), dtype=np.float32)
+    batch, seed = args.batch or 1, args.seed or 0
+    _check_verify_fits(original, compiled, batch, tuple(args.input_size))
+    image = np.random.default_rng(seed).standard_normal((batch, c, *args.input_size), dtype=np.float32)
     note_cold_kernels(compiled, args.device)
     report = verify(original, compiled, image, args.tolerance, args.device, strict=args.strict)
     print(report)
     return 0 if report.passed else 1
+
+
+def _check_verify_options(args: argparse.Namespace) -> None:
+    """Each of verify's options belongs to random pixels or to --image: refused with the other."""
+    if args.image is None:
+        if args.region or args.level or args.downsample > 1 or args.mpp is not None or args.bands:
+            raise GraphconvError("--region, --level, --downsample, --mpp and --bands say which pixels of an "
+                                 "--image to check")
+        return
+    if args.batch is not None or args.seed is not None:
+        raise GraphconvError("--batch and --seed make random pixels; --image checks the image's own",
+                             file=args.image)
+    if args.region and (args.region[2] == 0 or args.region[3] == 0):
+        raise GraphconvError("--region TOP LEFT HEIGHT WIDTH: the height and width must be at least 1",
+                             file=args.image)
+    check_image_reading_options(args)
+
+
+def _check_verify_fits(original, compiled, batch: int, hw: tuple[int, int]) -> None:
+    from graphconv.dense import crops_per_batch
+
+    rows, cols = compiled.map_size(*hw)
+    check_run_fits(compiled.graph, batch, hw, "the dense pass")
+    crops = crops_per_batch(original, batch * rows * cols)
+    check_run_fits(original.graph, crops, original.crop_shape[1:], "the crop loop")
+
+
+def _verify_on_image(args: argparse.Namespace, original, compiled) -> int:
+    """verify --image: the check on a region of a real image, read as `run` reads it. The
+    dense map's cells come from a pass over the region with the pixels its cells' fields
+    reach around it (as `run` computes them on the whole image); the crop loop, the
+    costly part, runs over the region alone, with progress on stderr."""
+    from graphconv.dense import verify
+    from graphconv.sources import open_source
+    from graphconv.tiled_cli import describe_resolution
+
+    source = open_source(args.image, original.crop_shape[0], original.graph.meta.get("preprocess"), args.level,
+                         args.bands, args.downsample, args.mpp)
+    describe_resolution(source, args.mpp)
+    stride = _whole_stride(args, compiled)
+    box, where = _verify_region(args, source, original.crop_shape[1:], stride)
+    context = _with_context(box, compiled.field, original.crop_shape[1:], stride, (source.height, source.width))
+    _check_verify_fits(original, compiled, 1, (context[2] - context[0], context[3] - context[1]))
+    pixels = source.read(*context)[None]
+    note_cold_kernels(compiled, args.device)
+    rows, cols = compiled.map_size(box[2] - box[0], box[3] - box[1])
+    i0, j0 = (box[0] - context[0]) // stride[0], (box[1] - context[1]) // stride[1]
+    dense = compiled.run(pixels, args.device)[:, :, i0:i0 + rows, j0:j0 + cols]
+    image = pixels[:, :, box[0] - context[0]:box[2] - context[0], box[1] - context[1]:box[3] - context[1]]
+    whole = compiled.map_size(source.height, source.width)
+    with _crop_progress() as progress:
+        report = verify(original, compiled, image, args.tolerance, args.device, strict=args.strict, dense=dense,
+                        where=where, progress=progress, image_crops=whole[0] * whole[1],
+                        command=_crops_command(args))
+    print(report)
+    return 0 if report.passed else 1
+
+
+def _crops_command(args: argparse.Namespace) -> str:
+    """`run --crops` on the image as verify read it: the map a warning points at."""
+    import shlex
+
+    reading = []
+    if args.level:
+        reading.append(f"--level {args.level}")
+    if args.downsample > 1:
+        reading.append(f"--downsample {args.downsample:g}")
+    if args.mpp is not None:
+        reading.append(f"--mpp {args.mpp:g}")
+    if args.bands:
+        reading.append("--bands " + ",".join(map(str, args.bands)))
+    return " ".join(["graphconv run", shlex.quote(str(args.spec)), "--image", shlex.quote(str(args.image)),
+                     *reading, "--crops"])
+
+
+def _whole_stride(args: argparse.Namespace, compiled) -> tuple[int, int]:
+    stride = compiled.output_stride
+    if any(int(s) != s for s in stride):
+        raise GraphconvError(f"verify --image lines the crops up with the map's cells, {stride[0]}x{stride[1]} "
+                             "pixels apart: that needs a whole stride (--output-stride)", file=args.image)
+    return int(stride[0]), int(stride[1])
+
+
+def _verify_region(args: argparse.Namespace, source, crop: tuple[int, int],
+                   stride: tuple[int, int]) -> tuple[tuple[int, int, int, int], str]:
+    """(top, left, bottom, right) in the pixels read, and how the report names it: --region
+    (level-0 pixels) or VERIFY_REGION_CELLS a side at the image's centre, cut to whole
+    cells on `run`'s grid (its top and left on a multiple of the stride), so that each cell
+    is one of run's."""
+    from graphconv.sources import level0_span
+
+    span = level0_span(source)
+    size = (source.height, source.width)
+    if size[0] < crop[0] or size[1] < crop[1]:
+        raise GraphconvError(f"the image is {size[0]}x{size[1]} pixels as read, smaller than the classifier's "
+                             f"{crop[0]}x{crop[1]} crop", file=args.image)
+    if args.region:
+        start, extent = _given_region(args, source, span)
+        how = "--region"
+    else:
+        extent = [min(size[a], crop[a] + (VERIFY_REGION_CELLS - 1) * stride[a]) for a in (0, 1)]
+        start = [(size[a] - extent[a]) // 2 for a in (0, 1)]
+        how = (f"the centre {VERIFY_REGION_CELLS}x{VERIFY_REGION_CELLS} cells at most; --region picks another, at "
+               "the crop loop's cost of one classifier run per cell")
+    start = [start[a] // stride[a] * stride[a] for a in (0, 1)]
+    extent = [min(extent[a], size[a] - start[a]) for a in (0, 1)]
+    if extent[0] < crop[0] or extent[1] < crop[1]:
+        raise GraphconvError(f"--region is {extent[0]}x{extent[1]} pixels as read, smaller than the classifier's "
+                             f"{crop[0]}x{crop[1]} crop", file=args.image)
+    cells = [(extent[a] - crop[a]) // stride[a] + 1 for a in (0, 1)]
+    end = [start[a] + crop[a] + (cells[a] - 1) * stride[a] for a in (0, 1)]
+    level0 = [(round(start[a] * span[a]), round(end[a] * span[a])) for a in (0, 1)]
+    where = (f"rows {level0[0][0]}-{level0[0][1]}, columns {level0[1][0]}-{level0[1][1]} of level 0, "
+             f"{cells[0]}x{cells[1]} cells: {how}")
+    return (start[0], start[1], end[0], end[1]), where
+
+
+def _given_region(args: argparse.Namespace, source, span) -> tuple[list[int], list[int]]:
+    """--region's start and extent in the pixels read, refused where it leaves the image."""
+    top, left, height, width = args.region
+    full = [round(n * s) for n, s in zip((source.height, source.width), span)]
+    if top + height > full[0] or left + width > full[1]:
+        raise GraphconvError(f"--region {top} {left} {height} {width} reaches outside the image, which is "
+                             f"{full[0]}x{full[1]} pixels at level 0 (rows 0-{full[0]}, columns 0-{full[1]})",
+                             file=args.image)
+    start = [int(top / span[0]), int(left / span[1])]
+    return start, [int((top + height) / span[0]) - start[0], int((left + width) / span[1]) - start[1]]
+
+
+def _with_context(box, field, crop, stride, size) -> tuple[int, int, int, int]:
+    """`box` grown by what the dense cells' fields read beyond their crops (the top and
+    left by whole strides, so the cells stay on the grid), cut to the image: the dense
+    pass then pads only where `run`'s whole-image pass does."""
+    before = [-(-max(0, -field.offset[a]) // stride[a]) * stride[a] for a in (0, 1)]
+    after = [max(0, field.offset[a] + field.size[a] - crop[a]) for a in (0, 1)]
+    return (max(0, box[0] - before[0]), max(0, box[1] - before[1]),
+            min(size[0], box[2] + after[0]), min(size[1], box[3] + after[1]))
+
+
+@contextmanager
+def _crop_progress(after: float = 2.0):
+    """The crop loop's progress on stderr once it has run `after` seconds: one line
+    rewritten on a terminal, else a line every 10 s."""
+    start, shown = time.perf_counter(), [0.0]
+    tty = sys.stderr.isatty()
+
+    def progress(done: int, crops: int) -> None:
+        now = time.perf_counter() - start
+        if now < after or (not tty and now - shown[0] < 10 and done < crops):
+            return
+        shown[0] = now
+        print(f"{chr(13) if tty else ''}crop loop: {done} of {crops} crops, {now:.0f} s", file=sys.stderr,
+              end="" if tty else "\n", flush=True)
+
+    yield progress
+    if tty and shown[0]:
+        print(file=sys.stderr)
 
 
 def cmd_import(args: argparse.Namespace) -> int:

@@ -383,3 +383,116 @@ def test_a_tolerance_given_is_said_to_be_the_users(write_spec, rng):
     assert lines[0].endswith("(tolerance 0.01, from --tolerance)") and "1e-4" not in str(report)
     assert "(tolerance 0.01): exact" in lines[1] and lines[2].endswith("; tolerance 0.01)")
     assert not verify(classifier, fcn, random_input(rng, (1, 2, 30, 26))).tolerance_given
+
+
+# ---- verify --image: the check on a real image's pixels, and what it does to the top class ---------------
+
+GREY_PADDED = PADDED.replace("[2, 16, 16]", "[1, 16, 16]")
+
+
+def _cli(*args) -> int:
+    from graphconv.cli import main
+    return main([str(a) for a in args])
+
+
+def _top_changed(dense_map: np.ndarray, crops_map: np.ndarray) -> int:
+    return int((dense_map.argmax(axis=1) != crops_map.argmax(axis=1)).sum())
+
+
+def _reported_change(out: str) -> tuple[int, int]:
+    import re
+    found = re.search(r"the top class differs between the dense map and the crop loop in (\d+) of (\d+) cells", out)
+    assert found, out
+    return int(found[1]), int(found[2])
+
+
+def _grey_picture(path, rng, shape):
+    from PIL import Image
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(path)
+    return path
+
+
+def test_verify_on_an_image_reports_the_top_class_changes_run_s_maps_show(write_spec, tmp_path, rng, capsys):
+    """The cells verify --image counts as changing their top class are those where `run`
+    (dense) and `run --crops` disagree on the same image."""
+    pytest.importorskip("PIL")
+    spec, png = write_spec(GREY_PADDED), _grey_picture(tmp_path / "page.png", rng, (40, 36))
+    assert _cli("verify", spec, "--image", png) == 0
+    out = capsys.readouterr().out
+    assert _cli("compile", spec, "-o", tmp_path / "fcn") == 0
+    assert _cli("run", tmp_path / "fcn", "--image", png, "--output", tmp_path / "dense.npy") == 0
+    assert _cli("run", spec, "--image", png, "--crops", "--output", tmp_path / "crops.npy") == 0
+    dense_map, crops_map = np.load(tmp_path / "dense.npy"), np.load(tmp_path / "crops.npy")
+    assert _reported_change(out) == (_top_changed(dense_map, crops_map), crops_map[0, 0].size)
+    assert "cells per top class, crop loop vs dense map: " in out
+    assert "of level 0, 13x11 cells" in out  # the whole page: smaller than the default region
+
+
+def test_verify_on_a_region_of_a_tiff_sees_the_cells_as_run_computes_them_on_the_whole_image(write_spec, tmp_path,
+                                                                                               rng, capsys):
+    """A region's dense cells are computed with the pixels around it, as run's whole-image
+    pass computes them (not padded at the region's edge), on run's own grid."""
+    tifffile = pytest.importorskip("tifffile")
+    spec, tif = write_spec(GREY_PADDED), tmp_path / "slide.tif"
+    tifffile.imwrite(tif, rng.integers(0, 256, (70, 64), dtype=np.uint8))
+    assert _cli("verify", spec, "--image", tif, "--region", 11, 9, 30, 26) == 0
+    out = capsys.readouterr().out
+    assert _cli("compile", spec, "-o", tmp_path / "fcn") == 0
+    assert _cli("run", tmp_path / "fcn", "--image", tif, "--output", tmp_path / "dense.npy") == 0
+    assert _cli("run", spec, "--image", tif, "--crops", "--output", tmp_path / "crops.npy") == 0
+    # the region snaps to run's grid (stride 2): rows 10-40, columns 8-34, 8x6 cells from cell (5, 4)
+    assert "rows 10-40, columns 8-34 of level 0, 8x6 cells" in out
+    block = np.s_[:, :, 5:13, 4:10]
+    dense_map, crops_map = np.load(tmp_path / "dense.npy")[block], np.load(tmp_path / "crops.npy")[block]
+    assert _reported_change(out) == (_top_changed(dense_map, crops_map), 48)
+    assert f"up to {np.abs(dense_map - crops_map).max():.3g}" in out
+
+
+def test_verify_on_an_image_of_an_unpadded_network_is_exact(write_spec, tmp_path, rng, capsys):
+    pytest.importorskip("PIL")
+    spec, png = write_spec(GREY_PADDED.replace(", padding: 1", "")), _grey_picture(tmp_path / "p.png", rng, (40, 36))
+    assert _cli("verify", spec, "--image", png, "--strict") == 0
+    out = capsys.readouterr().out
+    assert "no layer pads" in out and "in 0 of " in out and "WARNING" not in out
+    assert "the top class agrees in every cell of this region" in out
+
+
+def test_a_top_class_changing_in_many_cells_is_a_warning_pointing_at_crops(write_spec, rng):
+    """Exit status stays padding-only (PASS), but the warning says the answer changed,
+    what to run instead and what it costs."""
+    classifier, fcn = models(write_spec, GREY_PADDED)
+    x = random_input(rng, (1, 1, 30, 30))
+    expected = crop_loop(classifier, x, fcn.output_stride)
+    flipped = np.roll(expected, 1, axis=1)  # every cell's top class moved
+    report = verify(classifier, fcn, x, dense=flipped, where="here", image_crops=1000,
+                    command="graphconv run net.yaml --image s.tif --crops")
+    text = str(report)
+    assert report.top.changes_answers and report.top.share == 1.0
+    assert "WARNING: on this image the dense map's top class is not the classifier's in 100.0% of the cells" in text
+    assert "`graphconv run net.yaml --image s.tif --crops` (the crop loop took" in text
+    assert "for the 1000 crops of the whole image" in text
+    assert "see the WARNING above" in text.splitlines()[-1]
+    quiet = str(verify(classifier, fcn, x))
+    assert "WARNING" not in quiet and "verify measures with --image IMAGE" in quiet
+
+
+def test_the_crop_loop_reports_its_progress(write_spec, rng):
+    classifier, fcn = models(write_spec, GREY_PADDED)
+    heard = []
+    crop_loop(classifier, random_input(rng, (1, 1, 30, 30)), 2, progress=lambda done, total: heard.append((done, total)))
+    assert heard and heard[-1] == (64, 64) and [d for d, _ in heard] == sorted(d for d, _ in heard)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--image", "nowhere.png"], "nowhere.png"),
+    (["--image", "IMG", "--region", 60, 0, 20, 20], "--region 60 0 20 20 reaches outside the image, which is 40x36"),
+    (["--image", "IMG", "--region", 0, 0, 10, 10], "--region is 10x10 pixels as read, smaller than the classifier's"),
+    (["--image", "IMG", "--seed", 3], "--batch and --seed make random pixels"),
+    (["--input-size", 40, 40, "--region", 0, 0, 20, 20], "say which pixels of an --image to check"),
+])
+def test_verify_image_errors_exit_2_with_one_message(write_spec, tmp_path, rng, capsys, args, message):
+    pytest.importorskip("PIL")
+    png = _grey_picture(tmp_path / "p.png", rng, (40, 36))
+    code = _cli("verify", write_spec(GREY_PADDED), *[png if a == "IMG" else a for a in args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err and err.count("\n") == 1, err
