@@ -212,6 +212,7 @@ class ImageResult:
     error: str | None = None
     note: str | None = None  # what the user should know about this image's map (`stored_orientation_note`)
     turned: bool = False  # mapped upright per its EXIF orientation (`images.turned_upright`): counted in one note
+    converted: str | None = None  # what its bands became for the network (`sources.channel_conversion`): one note
 
 
 def stored_orientation_note(source) -> str | None:
@@ -268,8 +269,9 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
         _write_map(output, result, source, grid, {**contents, IMAGE_STAMP: stamp})
         notes = (stored_orientation_note(source), _first_frame_note(image))
         from graphconv.images import turned_upright
+        from graphconv.sources import channel_conversion
         return ImageResult(image, output, tuple(result.shape), note="; ".join(filter(None, notes)) or None,
-                           turned=turned_upright(image))
+                           turned=turned_upright(image), converted=channel_conversion(source))
     except (GraphconvError, OSError, MemoryError, ValueError) as err:
         if options.traceback:
             raise

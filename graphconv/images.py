@@ -845,3 +845,49 @@ def _pil_picture(image_mod, img, channels: int) -> np.ndarray:
         return _grey_as_channels(plane, channels)
     pixels = pixel_array(img.convert(CHANNEL_MODES[channels]))
     return np.ascontiguousarray(np.atleast_3d(pixels).transpose(2, 0, 1), dtype=np.float32)
+
+
+def picture_bands(path: str) -> int | None:
+    """How many bands a picture Pillow decodes holds, from its header: 1 grey, 2 grey with
+    alpha, 3 colour, 4 colour with alpha (a palette picture counts as colour, CMYK and
+    other colour modes as the RGB Pillow converts them to); None for a TIFF or zarr (its
+    source counts its bands) and anything Pillow cannot open. `channel_conversion` says
+    from it what the network is fed."""
+    return _picture_header(path, _bands_of_mode, None)
+
+
+def _bands_of_mode(img) -> int:
+    if img.mode in ("LA", "La"):
+        return 2
+    if img.mode in ("RGBA", "RGBa", "PA"):
+        return 4
+    return 1 if len(img.getbands()) == 1 and img.mode != "P" else 3
+
+
+def channel_conversion(stored: int, channels: int, bands_flag: bool) -> str | None:
+    """What an image of `stored` bands (`picture_bands`: 1 grey, 2 grey and alpha, 3 RGB,
+    4 RGBA) becomes for a network of `channels`, said where they differ: a grey model
+    on an RGB slide was fed ITU-601 luma without a word, where the user may have wanted
+    one band. `bands_flag`: whether --bands can pick a band of this image (TIFF, zarr),
+    else the way to one band is a grey file. Completes "the image is ..."; None where
+    nothing is converted (a grey model on a grey picture: the quick start's digits)."""
+    if stored == channels:
+        return None
+    alpha = stored in (2, 4)
+    colour = "RGBA" if stored == 4 else "RGB" if stored == 3 else "grey with alpha" if alpha else "grey"
+    dropped = ", its alpha left out" if alpha and channels != 4 else ""
+    if channels == 1 and stored >= 3:
+        pick = ("give --bands N (1 red, 2 green, 3 blue)" if bands_flag
+                else "save that band as a grey image (--bands picks bands of TIFF and zarr images)")
+        return (f"{colour}: converted to grey for the 1-channel model, each pixel its luma 0.299 R + 0.587 G + "
+                f"0.114 B (ITU-R 601, as Pillow's \"L\"){dropped}; to feed one band as it is instead, {pick}")
+    if channels == 3 and stored <= 2:
+        return f"{colour}: its grey goes into all three channels of the RGB model{dropped}"
+    if channels == 3:
+        return ("RGBA: its alpha (4th band) is left out for the RGB model, which gets the colours stored under "
+                "transparent pixels as they are (flatten the image onto your background first if that matters)")
+    if channels == 4:
+        grey = "its grey goes into R, G and B, and " if stored <= 2 else ""
+        kept = "its own alpha is kept" if alpha else "alpha is 255 (opaque) everywhere"
+        return f"{colour}: for the 4-channel (RGBA) model, {grey}{kept}"
+    return f"{colour}: converted to grey for the 1-channel model{dropped}"  # grey with alpha

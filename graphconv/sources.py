@@ -559,6 +559,22 @@ def open_source(path: str | os.PathLike, channels: int, preprocess: dict | None,
     return Downsampled(source, downsample) if downsample > 1 else source
 
 
+def channel_conversion(source) -> str | None:
+    """What the image's bands become for the network's channels (`images.channel_conversion`:
+    RGB to luma for a grey model, grey repeated for an RGB one, alpha left out), completing
+    "the image is ..."; None where they are fed as stored (the same count, or --bands
+    picked them)."""
+    source = getattr(source, "inner", source)  # --downsample's: the image read is inner's
+    from graphconv.images import channel_conversion as conversion, picture_bands
+
+    if isinstance(source, PillowSource):
+        stored = picture_bands(source.path)
+        return None if stored is None else conversion(stored, source.channels, bands_flag=False)
+    if getattr(source, "bands", None) is not None or not hasattr(source, "band_count"):
+        return None
+    return conversion(source.band_count, source.channels, bands_flag=True)
+
+
 MPP_TOLERANCE = 1.15  # how much finer than the slide's own pixels (as a ratio) --mpp may ask for
 MPP_EQUAL = 1.02  # pixel sizes this close (as a ratio) count as the same: levels are seldom exact multiples
 

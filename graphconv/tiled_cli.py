@@ -92,6 +92,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     oriented = stored_orientation_note(source)
     if oriented:
         note(f"note: {oriented}")
+    _note_channel_conversion(source)
     crop_hw = model.crop_shape[1:]
     if image_hw[0] < crop_hw[0] or image_hw[1] < crop_hw[1]:
         raise GraphconvError(f"the image is {image_hw[0]}x{image_hw[1]}, smaller than the classifier's "
@@ -185,6 +186,18 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     if args.output:
         print(f"-> {args.output}")
     return 0
+
+
+def _note_channel_conversion(source) -> None:
+    """One note saying what the image's bands become for the network (a grey model on an
+    RGB slide gets each pixel's luma, which the user may not want: --bands N feeds one
+    band); nothing where they go in as stored."""
+    from graphconv.cli import note
+    from graphconv.sources import channel_conversion
+
+    converted = channel_conversion(source)
+    if converted:
+        note(f"note: the image is {converted}")
 
 
 WASTEFUL = 1.5  # computing this many times the image's pixels, and a larger tile 1/WASTEFUL of it, is worth a note
@@ -530,6 +543,7 @@ def run_images_command(args: argparse.Namespace) -> int:
     for result in results:
         if result.note:
             print(f"note: {result.image}: {result.note}", file=sys.stderr)
+    _note_batch_conversions([result for result in results if not result.error])
     turned = sum(result.turned for result in results if not result.error)
     if turned:  # one line for the batch, not one per photo
         print(f"note: {turned} photo(s) turned upright per their EXIF orientation (their maps and cells are the "
@@ -542,6 +556,17 @@ def run_images_command(args: argparse.Namespace) -> int:
     print(f"{len(results) - len(failed)} of {len(results)} image(s) -> {args.output_dir} in "
           f"{time.perf_counter() - start:.1f} s")
     return 2 if failed else 0
+
+
+def _note_batch_conversions(results: list) -> None:
+    """One note per kind of conversion in an --images batch (`ImageResult.converted`:
+    RGB photos to luma for a grey model, ...), with how many images it concerns, rather
+    than a line per photo."""
+    from graphconv.cli import note
+
+    kinds = [result.converted for result in results if result.converted]
+    for kind in dict.fromkeys(kinds):
+        note(f"note: {kinds.count(kind)} of {len(results)} image(s) are {kind}")
 
 
 def _check_the_network_takes_the_images(args: argparse.Namespace, model, images: list[str], options) -> None:

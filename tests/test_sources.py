@@ -1064,3 +1064,33 @@ def test_a_gdal_no_data_with_a_trailing_space_is_read_quietly(tmp_path, capfd):
     assert source.nodata == 0 and missing[0, :, :10].all() and not missing[0, :, 10:].any()
     captured = capfd.readouterr()
     assert "GDAL_NODATA" not in captured.err + captured.out
+
+
+def test_what_an_image_s_bands_become_for_the_network_is_said_where_they_are_converted(tmp_path):
+    """A grey model on an RGB slide is fed each pixel's luma, an RGB model on a grey page
+    its grey three times, an RGB model on an RGBA picture no alpha: each said (with the
+    way to one band, --bands, where it applies), nothing where the bands go in as stored."""
+    from PIL import Image
+
+    from graphconv.sources import channel_conversion
+
+    rgb = np.zeros((40, 40, 3), np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    tifffile.imwrite(tmp_path / "grey.tif", rgb[..., 0])
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    Image.fromarray(np.zeros((40, 40, 4), np.uint8)).save(tmp_path / "rgba.png")
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "grey.png")
+
+    def said(name, channels, **kw):
+        return channel_conversion(open_source(tmp_path / name, channels, None, **kw))
+
+    luma = said("rgb.tif", 1)
+    assert luma.startswith("RGB: converted to grey for the 1-channel model") and "0.299 R + 0.587 G + 0.114 B" in luma
+    assert "--bands N (1 red, 2 green, 3 blue)" in luma
+    assert said("rgb.tif", 1, bands=[2]) is None and said("rgb.tif", 3) is None
+    assert said("rgb.tif", 1, downsample=2) == luma
+    assert "save that band as a grey image" in said("rgb.png", 1)
+    assert said("grey.tif", 3) == said("grey.png", 3) == "grey: its grey goes into all three channels of the RGB model"
+    assert said("rgba.png", 3).startswith("RGBA: its alpha (4th band) is left out for the RGB model")
+    assert said("rgb.png", 4) == "RGB: for the 4-channel (RGBA) model, alpha is 255 (opaque) everywhere"
+    assert said("grey.png", 1) is None and said("grey.tif", 1) is None  # the quick start's digits: no note

@@ -192,6 +192,28 @@ def test_cli_skip_background_computes_the_tissue_tiles_exactly(model_dir, sparse
     assert refused.returncode == 2 and "--skip-background looks for tissue in an image" in refused.stderr
 
 
+def test_a_grey_model_on_an_rgb_image_says_once_it_feeds_luma_and_how_to_pick_a_band(model_dir, tmp_path):
+    """The 1-channel model on an RGB TIFF was fed ITU-601 luma without a word: one note
+    says so and names --bands; with --bands, and on a grey image, nothing is said. An
+    --images batch says it once, counting the images."""
+    rgb = (np.random.default_rng(4).random((80, 90, 3)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb", tile=(32, 32))
+    luma = graphconv("run", model_dir, "--image", tmp_path / "rgb.tif", "--output", tmp_path / "a.npy")
+    assert luma.returncode == 0, luma.stderr
+    notes = [line for line in luma.stderr.splitlines() if "converted to grey" in line]
+    assert notes == [line for line in notes if line.startswith("note: the image is RGB: converted to grey for the "
+                                                              "1-channel model")] and len(notes) == 1
+    assert "0.299 R + 0.587 G + 0.114 B" in notes[0] and "--bands N" in notes[0]
+    picked = graphconv("run", model_dir, "--image", tmp_path / "rgb.tif", "--bands", "2", "--output", tmp_path / "b.npy")
+    assert picked.returncode == 0 and "converted" not in picked.stderr, picked.stderr
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(rgb).save(tmp_path / "photos" / "c.png")
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "photos" / "g.png")
+    batch = graphconv("run", model_dir, "--images", tmp_path / "photos", "--output-dir", tmp_path / "maps")
+    assert batch.returncode == 0, batch.stderr
+    assert batch.stderr.count("note: 1 of 2 image(s) are RGB: converted to grey for the 1-channel model") == 1
+
+
 class _Bar:
     """A stand-in for tqdm that keeps its total and where it got to."""
     made: list = []
