@@ -597,6 +597,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         note_pixels_as_they_are(args, model)
     from graphconv.tiled_cli import grid_for, run_tiled_command, wants_tiles
     grid = grid_for(args, model)
+    note_dense_padding(args, model)
     if args.image:
         if wants_tiles(args, model, grid):
             return run_tiled_command(args, model, grid)
@@ -773,6 +774,28 @@ def note_pixels_as_they_are(args: argparse.Namespace, model) -> None:
     note(f"note: {args.model} states no preprocess (an ONNX file has no place for one), so the pixels go in as "
          "they are, 0..255: if the model was trained on normalised pixels, import it with them (graphconv "
          "import MODEL.onnx -o NET.yaml --scale 0.00392157 --mean ... --std ...) and run NET.yaml")
+
+
+def note_dense_padding(args: argparse.Namespace, model) -> None:
+    """A dense run of a network that pads: its cells can differ from the classifier on
+    each crop, by enough to change the top class on real images (a padded ResNet-18 on a
+    slide called every tissue cell background, silently). Said once per run, naming how
+    to measure it on the user's image and how to get the exact map. The layers are
+    traced on the compiled graph (milliseconds, cached); a shift-and-stitch graph, whose
+    copies trace no single grid, is left unsaid."""
+    from graphconv.dense import padded_layers
+
+    if args.crops is not None or model.segmentation or model.returns_vectors or model.stitch_copies > 1:
+        return
+    padded = model.derived("padded_layers", lambda: padded_layers(model.graph))
+    if not padded:
+        return
+    spec = args.model if str(args.model).lower().endswith((".yaml", ".yml", ".onnx")) else "SPEC"
+    image = args.image if getattr(args, "image", None) else "IMAGE"
+    note(f"note: {model.graph.name} pads in {len(padded)} layer(s), so its cells can differ from the classifier "
+         f"on each crop (each crop is padded at its own border, this pass only at the image's): `graphconv verify "
+         f"{spec} --image {image}` measures by how much on your image; --crops gives the exact crop loop (the "
+         "classifier once per cell, far slower)")
 
 
 def note_run_as_written(args: argparse.Namespace, model) -> None:

@@ -959,3 +959,43 @@ def test_a_whole_image_run_writes_tif_and_zarr_maps_that_say_what_they_hold(digi
     np.testing.assert_allclose(scores, Model.load(digits_fcn).run(page), rtol=1e-6, atol=1e-7)
     assert stated["classes"] == list(range(11)) and stated["labels"][10] == "background"
     assert stated["image"] == str(tmp_path / "page.npy")
+
+
+PADDED_GREY = """
+name: padded
+input: {shape: [1, 16, 16]}
+layers:
+  - {name: conv1, op: conv, out_channels: 4, kernel_size: 3, padding: 1}
+  - {name: pool1, op: maxpool, kernel_size: 2}
+  - {name: conv2, op: conv, out_channels: 4, kernel_size: 3}
+  - {name: fc, op: fc, out_features: 3}
+"""
+
+
+def test_a_dense_run_of_a_padded_network_says_once_how_to_measure_what_padding_does(tmp_path, capsys):
+    """A padded ResNet-18 called every tissue cell background while the crop loop did not,
+    and run said nothing: one note per run (and per --images batch) names verify --image
+    and --crops; the crop loop itself, and an unpadded network such as digits, say none."""
+    pil = pytest.importorskip("PIL.Image")
+    (tmp_path / "padded.yaml").write_text(PADDED_GREY)
+    assert run_cli("compile", tmp_path / "padded.yaml", "-o", tmp_path / "fcn") == 0
+    (tmp_path / "pages").mkdir()
+    for name in ("a.png", "b.png"):
+        pil.fromarray(np.random.default_rng(0).integers(0, 256, (40, 36), dtype=np.uint8)).save(tmp_path / "pages" / name)
+    capsys.readouterr()
+    page = tmp_path / "pages" / "a.png"
+    note = "note: padded pads in 1 layer(s), so its cells can differ from the classifier on each crop"
+    assert run_cli("run", tmp_path / "fcn", "--image", page, "--output", tmp_path / "m.npy") == 0
+    err = capsys.readouterr().err
+    assert err.count(note) == 1 and f"`graphconv verify SPEC --image {page}` measures" in err
+    assert "--crops gives the exact crop loop" in err
+    assert run_cli("run", tmp_path / "fcn", "--images", tmp_path / "pages", "--output-dir", tmp_path / "maps") == 0
+    err = capsys.readouterr().err
+    assert err.count(note) == 1 and "`graphconv verify SPEC --image IMAGE`" in err
+    assert run_cli("run", tmp_path / "padded.yaml", "--image", page, "--crops", "--output", tmp_path / "c.npy") == 0
+    assert "pads in" not in capsys.readouterr().err
+    assert run_cli("run", ROOT / "specs" / "digits.yaml", "--image", page, "--crops") == 0
+    assert run_cli("compile", ROOT / "specs" / "digits.yaml", "-o", tmp_path / "digits") == 0
+    capsys.readouterr()
+    assert run_cli("run", tmp_path / "digits", "--image", ROOT / "examples" / "digits_page.png") == 0
+    assert "pads in" not in capsys.readouterr().err
