@@ -361,7 +361,7 @@ class Downsampled:
     part weighted by the part (OpenCV's INTER_AREA; for a whole factor, the mean of a
     block, Pillow's `reduce`). The last rows and columns no whole square covers are left
     out. `run --downsample 2` on a 40x slide is a 20x classifier's input where the
-    pyramid has no 20x level (Aperio's: 40x, 10x, 2.5x); `--mpp 0.5` on a 0.2265 um/px
+    pyramid has no 20x level (Aperio's: 40x, 10x, 2.5x); `--mpp 0.5` on a 0.2265 µm/px
     scan reads it 2.2075x coarser, where the nearest whole factor would be 9% off.
 
     A box is read as the squares under it, each pixel's weights fixed by where it is,
@@ -583,8 +583,8 @@ def resolution_for(path: str, mpp: float) -> tuple[int, float]:
     """(level, downsample) that read the slide at `path` at `mpp` micrometres per pixel:
     the coarsest pyramid level whose pixels are no larger than that (the least to read),
     area-averaged by the factor left (`Downsampled`). A factor within MPP_EQUAL of a
-    whole one is taken whole, as blocks: a 0.25 um/px scan with levels 4 and 16x coarser
-    reaches 0.5 as level 0 in 2x2 blocks, 2.0 as level 1 in 2x2; a 0.2265 um/px scan
+    whole one is taken whole, as blocks: a 0.25 µm/px scan with levels 4 and 16x coarser
+    reaches 0.5 as level 0 in 2x2 blocks, 2.0 as level 1 in 2x2; a 0.2265 µm/px scan
     reaches 0.5 as level 0 2.2075x coarser. Asked for pixels finer than level 0's,
     which would take enlarging, it reads level 0 as it is where that is within
     MPP_TOLERANCE, and refuses beyond. The slide must say its pixel size
@@ -595,13 +595,13 @@ def resolution_for(path: str, mpp: float) -> tuple[int, float]:
                              "--downsample", file=path)
     microns = square_microns(stated)
     if microns is None:
-        raise GraphconvError(f"--mpp: the image's pixels are not square ({stated[0]:.4g} um high, {stated[1]:.4g} um "
+        raise GraphconvError(f"--mpp: the image's pixels are not square ({stated[0]:.4g} µm high, {stated[1]:.4g} µm "
                              "wide) and graphconv reads square pixels; pick --level and --downsample", file=path)
-    sizes = [microns * heights[0] / height for height in heights]  # um per pixel, level by level
+    sizes = [microns * heights[0] / height for height in heights]  # µm per pixel, level by level
     level = max((k for k, size in enumerate(sizes) if size <= mpp * MPP_EQUAL), default=0)
     factor = mpp / sizes[level]
     if factor < 1 / MPP_TOLERANCE:
-        raise GraphconvError(f"--mpp {mpp:g}: the slide's pixels are {microns:.4g} um at level 0, more than "
+        raise GraphconvError(f"--mpp {mpp:g}: the slide's pixels are {microns:.4g} µm at level 0, more than "
                              f"{MPP_TOLERANCE - 1:.0%} larger; graphconv does not enlarge images", file=path)
     whole = max(1, round(factor))
     return (level, whole) if abs(math.log(factor / whole)) <= math.log(MPP_EQUAL) or factor < 1 else (level, factor)
@@ -1031,7 +1031,7 @@ def _stated_pixel_size(tif) -> PixelSize:
     """Level 0's pixel size where the file says it: Aperio's "MPP = 0.2520" in its
     description, OME's PhysicalSizeY/X in their units, or a resolution in pixels per
     centimetre (Hamamatsu's NDPI) or per inch where that is a microscope's (101600 dpi:
-    0.25 um); a coarser inch resolution is a screen's (72 dpi) or a scanner's, no
+    0.25 µm); a coarser inch resolution is a screen's (72 dpi) or a scanner's, no
     pixel size of the scene."""
     page = tif.pages[0]
     aperio = re.search(r"\bMPP\s*=\s*([0-9]*\.?[0-9]+)", page.description or "")
@@ -1047,7 +1047,7 @@ def _stated_pixel_size(tif) -> PixelSize:
         return NO_PIXEL_SIZE
     microns = tuple((25400.0 if unit == INCH else 1e4) * length for length in per_pixel)
     if unit == INCH and max(microns) > MICROSCOPE_MICRONS:
-        return (f"its resolution is {1 / per_pixel[1]:.6g} pixels per inch ({microns[1]:.4g} um a pixel), which "
+        return (f"its resolution is {1 / per_pixel[1]:.6g} pixels per inch ({microns[1]:.4g} µm a pixel), which "
                 "graphconv takes for a screen's or a document scanner's, not a microscope's")
     return microns
 

@@ -226,7 +226,7 @@ def test_a_slide_s_pixel_size_is_read_where_the_file_says_it(tmp_path, how, micr
 
 
 def write_aperio(path, channels: int = 3):
-    """A 0.25 um/px slide with levels 2x and 4x coarser, its MPP in Aperio's description."""
+    """A 0.25 µm/px slide with levels 2x and 4x coarser, its MPP in Aperio's description."""
     shape = LEVEL_SIZES[0] + ((channels,) if channels > 1 else ())
     full = (np.random.default_rng(6).random(shape) * 255).astype(np.uint8)
     photometric = "rgb" if channels > 1 else "minisblack"
@@ -258,13 +258,13 @@ def test_mpp_picks_the_coarsest_level_at_most_that_fine_and_the_factor_left(aper
 
 
 def test_mpp_finer_than_the_scan_is_refused(aperio):
-    with pytest.raises(GraphconvError, match=r"--mpp 0.2: the slide's pixels are 0.25 um at level 0, more than 15% "
+    with pytest.raises(GraphconvError, match=r"--mpp 0.2: the slide's pixels are 0.25 µm at level 0, more than 15% "
                                              r"larger; graphconv does not enlarge images"):
         open_source(aperio, 3, None, mpp=0.2)
 
 
 def test_mpp_of_a_scan_at_no_whole_multiple_reads_it_at_that_size(tmp_path):
-    """A Hamamatsu-like 0.2265 um/px scan for a 0.5 um/px classifier: the nearest whole
+    """A Hamamatsu-like 0.2265 µm/px scan for a 0.5 µm/px classifier: the nearest whole
     factor, 2, would read it at 0.453 (9% finer); read 2.2075x coarser it is 0.5."""
     from graphconv.sources import resolution_for
 
@@ -353,7 +353,7 @@ def test_mpp_of_an_image_that_does_not_state_its_pixel_size(slide, tmp_path):
 
 def test_mpp_on_levels_that_are_not_exact_multiples_still_takes_the_coarse_level(tmp_path):
     """Scanners' levels are seldom exact: 4001 rows over 4 is 1000.25. --mpp 1.0 on a
-    0.25 um/px slide must read the 4x level, not level 0 averaged in 4x4 blocks (16 times
+    0.25 µm/px slide must read the 4x level, not level 0 averaged in 4x4 blocks (16 times
     the pixels decoded), though the level is 0.02% off and the blocks exact."""
     from graphconv.sources import resolution_for
 
@@ -470,12 +470,12 @@ OME_PIXELS = ('<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.open
     ('PhysicalSizeX="0.25" PhysicalSizeY="0.25"', 0.25, None),
     ('PhysicalSizeX="250" PhysicalSizeXUnit="nm" PhysicalSizeY="250" PhysicalSizeYUnit="nm"', 0.25, None),
     ('PhysicalSizeX="0.0005" PhysicalSizeXUnit="mm"', 0.5, None),  # Y unstated: square
-    ('PhysicalSizeX="0.25" PhysicalSizeY="0.5"', None, r"pixels are not square \(0\.5 um high, 0\.25 um wide\)"),
+    ('PhysicalSizeX="0.25" PhysicalSizeY="0.5"', None, r"pixels are not square \(0\.5 µm high, 0\.25 µm wide\)"),
     ('PhysicalSizeX="3" PhysicalSizeXUnit="pixel"', None, "its OME PhysicalSizeXUnit is 'pixel', not a length"),
 ])
 def test_an_ome_tiff_s_pixel_size_is_read_in_its_units_and_must_be_square(tmp_path, sizes, microns, refusal):
     """An OME-TIFF in nanometres "did not state its pixel size"; one with pixels twice as
-    high as wide was read by its width alone, so --mpp 0.5 read it 1 um per pixel in y."""
+    high as wide was read by its width alone, so --mpp 0.5 read it 1 µm per pixel in y."""
     path = tmp_path / "slide.ome.tif"
     tifffile.imwrite(path, np.zeros((48, 64, 3), np.uint8), photometric="rgb",
                      description=OME_PIXELS.format(sizes=sizes), metadata=None)
@@ -489,9 +489,9 @@ def test_an_ome_tiff_s_pixel_size_is_read_in_its_units_and_must_be_square(tmp_pa
 
 @pytest.mark.parametrize("unit, resolution, microns, refusal", [
     ("CENTIMETER", (40000, 40000), 0.25, None),
-    ("CENTIMETER", (40000, 20000), None, r"not square \(0\.5 um high, 0\.25 um wide\)"),
+    ("CENTIMETER", (40000, 20000), None, r"not square \(0\.5 µm high, 0\.25 µm wide\)"),
     ("INCH", (101600, 101600), 0.25, None),  # a microscope's, in inches
-    ("INCH", (300, 300), None, r"its resolution is 300 pixels per inch \(84\.67 um a pixel\), which graphconv takes "
+    ("INCH", (300, 300), None, r"its resolution is 300 pixels per inch \(84\.67 µm a pixel\), which graphconv takes "
                                "for a screen's or a document scanner's"),
     ("NONE", (1, 1), None, "no Aperio MPP"),
 ])
@@ -507,7 +507,7 @@ def test_a_tiff_resolution_gives_the_pixel_size_in_centimetres_or_a_microscope_s
 
 def test_mpp_of_an_ome_zarr_comes_from_its_scale_and_unit(tmp_path):
     """A pixel of 250 nanometres at level 0, 2x and 4x at levels 1 and 2, and a
-    multiscale-wide scale of 2 on top: 0.5 um at level 0."""
+    multiscale-wide scale of 2 on top: 0.5 µm at level 0."""
     from graphconv.sources import resolution_for
 
     write_ome_zarr(tmp_path / "nm.zarr", unit="nanometer", microns=250.0,
@@ -1094,3 +1094,17 @@ def test_what_an_image_s_bands_become_for_the_network_is_said_where_they_are_con
     assert said("rgba.png", 3).startswith("RGBA: its alpha (4th band) is left out for the RGB model")
     assert said("rgb.png", 4) == "RGB: for the 4-channel (RGBA) model, alpha is 255 (opaque) everywhere"
     assert said("grey.png", 1) is None and said("grey.tif", 1) is None  # the quick start's digits: no note
+
+
+def test_messages_spell_micrometres_one_way():
+    """The --mpp errors said "0.25 um" where the run's lines say "0.5 µm per pixel": every
+    message of the package writes µm (OME's "um" is read as a unit, not written)."""
+    import re
+    from pathlib import Path
+
+    import graphconv
+
+    ascii_um = re.compile(r"(\d|\}) um\b|\bum/px|\bum (per|a) pixel")
+    found = [f"{path.name}:{number}" for path in Path(graphconv.__file__).parent.glob("*.py")
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if ascii_um.search(line)]
+    assert found == []
