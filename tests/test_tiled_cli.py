@@ -752,7 +752,7 @@ def test_cli_an_ome_zarr_slide_at_its_classifier_s_pixel_size(model_dir, tmp_pat
 
 
 def test_cli_maps_say_where_their_cells_stand_on_the_slide(model_dir, tmp_path):
-    """--mpp 0.6 of a 0.25 um/px slide: level 1 (0.5 um) read 1.2x coarser, 2.4 level-0
+    """--mpp 0.6 of a 0.25 µm/px slide: level 1 (0.5 µm) read 1.2x coarser, 2.4 level-0
     pixels a pixel. Cell (r, c) is the crop at (r, c) x stride of what was read: its
     centre, in level-0 pixels, is what the run prints and the .zarr and .tif maps carry."""
     from test_sources import write_aperio
@@ -772,6 +772,22 @@ def test_cli_maps_say_where_their_cells_stand_on_the_slide(model_dir, tmp_path):
         assert [stated["first_cell_centre_yx"][a] + (3, 5)[a] * stated["cell_step_yx"][a] for a in (0, 1)] \
             == pytest.approx(centre)
         assert stated["microns_per_pixel"] == 0.25
+
+
+@pytest.mark.parametrize("first, said", [((224.0, 224.0), "224 is the corner between pixels 223 and 224"),
+                                         ((33.5, 33.5), "33.5 is pixel 33's centre"),
+                                         ((33.6, 16.0), "33.6 lies in pixel 33; 16 is the corner between pixels 15 "
+                                                        "and 16")])
+def test_the_cells_line_counts_in_the_maps_pixel_coordinates(first, said):
+    """"centred on pixel 224" read as pixel 224's centre, where the maps' attributes
+    count pixel k as spanning k..k+1 (224 is a corner): the line says so."""
+    from graphconv.georef import CellPlacement
+    from graphconv.tiled_cli import _describe_cells
+
+    line = _describe_cells(CellPlacement(first, (64.0, 64.0), 0.25))
+    assert "centred on pixel" not in line and "pixel k spans k..k+1" in line
+    assert f"({said}); cells 16 µm apart" in line
+    assert f"= ({first[0]:g} + 64 r, {first[1]:g} + 64 c)" in line
 
 
 def test_cli_a_pyramid_level_read_coarser_still(model_dir, tmp_path):
