@@ -532,6 +532,7 @@ def run_images_command(args: argparse.Namespace) -> int:
     ref = _model_ref(args)
     model = worker_model(ref)  # loaded once: the images mapped in this process use it too
     from graphconv.cli import check_heatmap_has_a_map, note_pixels_as_they_are, note_run_as_written, resolve_class_names
+    from graphconv.cli import note_dense_padding
     resolve_class_names(args, model.graph.meta.get("labels"))
     note_pixels_as_they_are(args, model)
     grid = grid_for(args, model)
@@ -564,6 +565,7 @@ def run_images_command(args: argparse.Namespace) -> int:
     failed = [r for r in results if r.error]
     if len(failed) < len(results):
         note_run_as_written(args, model)
+        note_dense_padding(args, model)
     for result in results:
         if result.note:
             print(f"note: {result.image}: {result.note}", file=sys.stderr)
