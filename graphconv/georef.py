@@ -227,9 +227,15 @@ class CellPlacement:
     read: dict | None = None  # what the image was read at: its level, downsample and bands (`read_as`)
 
     def describe(self) -> str:
+        """The console's "cells:" line, in the coordinates `as_dict` states (pixel k
+        spanning k..k+1): "centred on pixel 224" read as pixel 224's centre, where 224 is
+        the corner between pixels 223 and 224, so the line says which coordinates it
+        counts in and where its first centre falls on the pixels."""
         y, x = (f"{self.first[a]:.6g} + {self.step[a]:.6g} {'rc'[a]}" for a in (0, 1))
-        size = f"; cells {self.step[1] * self.microns_per_pixel:.4g} µm apart" if self.microns_per_pixel else ""
-        return f"cell (r, c) of the map is centred on pixel (y, x) = ({y}, {x}) of the image at full resolution{size}"
+        where = "; ".join(dict.fromkeys(_on_the_pixels(v) for v in self.first))
+        apart = f"; cells {self.step[1] * self.microns_per_pixel:.4g} µm apart" if self.microns_per_pixel else ""
+        return (f"cell (r, c) of the map is centred at (y, x) = ({y}, {x}) of the image at full resolution, in "
+                f"pixel coordinates where pixel k spans k..k+1 ({where}){apart}")
 
     def as_dict(self) -> dict:
         return {"first_cell_centre_yx": list(self.first), "cell_step_yx": list(self.step),
@@ -242,6 +248,17 @@ class CellPlacement:
             return {}
         per_cm = tuple(1e4 / (self.step[a] * self.microns_per_pixel) for a in (1, 0))
         return {"resolution": per_cm, "resolutionunit": "CENTIMETER"}
+
+
+def _on_the_pixels(coordinate: float) -> str:
+    """Where a coordinate (pixel k spanning k..k+1) falls: '224 is the corner between
+    pixels 223 and 224', '33.5 is pixel 33's centre', '33.6 lies in pixel 33'."""
+    pixel = int(np.floor(coordinate))
+    if coordinate == pixel:
+        return f"{coordinate:.6g} is the corner between pixels {pixel - 1} and {pixel}"
+    if coordinate == pixel + 0.5:
+        return f"{coordinate:.6g} is pixel {pixel}'s centre"
+    return f"{coordinate:.6g} lies in pixel {pixel}"
 
 
 def map_contents(image: str, model: str, num_classes: int, classes: Sequence[int] | None = None,

@@ -135,7 +135,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
         print(grid.describe(image_hw))
     print(f"tiles: {plan.describe()}", file=sys.stderr)
     placement = cell_placement(source, grid.cell_area)
-    print(f"cells: {_describe_cells(placement)}", file=sys.stderr)
+    print(f"cells: {placement.describe()}", file=sys.stderr)
     left_out = left_out_settings(args.skip_background, getattr(args, "max_nodata", DEFAULT_MAX_NODATA))
     from graphconv.cluster import IMAGE_STAMP, image_stamp
     contents = map_contents(args.image, args.model, classes, args.classes, args.reduce,
@@ -198,30 +198,6 @@ def _note_channel_conversion(source) -> None:
     converted = channel_conversion(source)
     if converted:
         note(f"note: the image is {converted}")
-
-
-def _describe_cells(placement) -> str:
-    """The console's "cells:" line, in the coordinates the .zarr and .tif maps state
-    (`CellPlacement.as_dict`: pixel k spanning k..k+1): "centred on pixel 224" read as
-    pixel 224's centre, where 224 is the corner between pixels 223 and 224, so the line
-    says which coordinates it counts in and what its first centre is on the pixels."""
-    y, x = (f"{placement.first[a]:.6g} + {placement.step[a]:.6g} {'rc'[a]}" for a in (0, 1))
-    where = "; ".join(dict.fromkeys(_on_the_pixels(v) for v in placement.first))
-    apart = f"; cells {placement.step[1] * placement.microns_per_pixel:.4g} µm apart" \
-        if placement.microns_per_pixel else ""
-    return (f"cell (r, c) of the map is centred at (y, x) = ({y}, {x}) of the image at full resolution, in pixel "
-            f"coordinates where pixel k spans k..k+1 ({where}){apart}")
-
-
-def _on_the_pixels(coordinate: float) -> str:
-    """Where a coordinate (pixel k spanning k..k+1) falls: '224 is the corner between
-    pixels 223 and 224', '33.5 is pixel 33's centre', '33.6 lies in pixel 33'."""
-    pixel = int(np.floor(coordinate))
-    if coordinate == pixel:
-        return f"{coordinate:.6g} is the corner between pixels {pixel - 1} and {pixel}"
-    if coordinate == pixel + 0.5:
-        return f"{coordinate:.6g} is pixel {pixel}'s centre"
-    return f"{coordinate:.6g} lies in pixel {pixel}"
 
 
 WASTEFUL = 1.5  # computing this many times the image's pixels, and a larger tile 1/WASTEFUL of it, is worth a note

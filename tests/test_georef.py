@@ -135,12 +135,13 @@ def test_a_cell_s_placement_is_where_its_georeference_puts_it(tmp_path, cells, l
 
 def test_a_slide_s_map_says_where_its_cells_are_and_how_large(tmp_path):
     """A slide is no GeoTIFF: its map's description carries the placement, and its
-    resolution tags the cells' size (8 pixels of 0.25 um: 2 um, 5000 cells per cm)."""
+    resolution tags the cells' size (8 pixels of 0.25 µm: 2 µm, 5000 cells per cm)."""
     slide = SimpleNamespace(path="slide.svs", height=300, width=400, microns_per_pixel=0.25)
     placement = cell_placement(slide, Field((32, 32), (8, 8), (0, 0)))
     assert (placement.first, placement.step) == ((16.0, 16.0), (8.0, 8.0))
-    assert placement.describe().endswith("(y, x) = (16 + 8 r, 16 + 8 c) of the image at full resolution; "
-                                         "cells 2 µm apart")
+    assert placement.describe().endswith("(y, x) = (16 + 8 r, 16 + 8 c) of the image at full resolution, in pixel "
+                                         "coordinates where pixel k spans k..k+1 (16 is the corner between pixels "
+                                         "15 and 16); cells 2 µm apart")
     write_map_tiff(str(tmp_path / "map.tif"), np.zeros((1, 2, 5, 6), np.float32), None, placement)
     with tifffile.TiffFile(tmp_path / "map.tif") as tif:
         first_line, stated = tif.pages[0].description.split("\n", 1)

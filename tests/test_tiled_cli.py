@@ -782,9 +782,8 @@ def test_the_cells_line_counts_in_the_maps_pixel_coordinates(first, said):
     """"centred on pixel 224" read as pixel 224's centre, where the maps' attributes
     count pixel k as spanning k..k+1 (224 is a corner): the line says so."""
     from graphconv.georef import CellPlacement
-    from graphconv.tiled_cli import _describe_cells
 
-    line = _describe_cells(CellPlacement(first, (64.0, 64.0), 0.25))
+    line = CellPlacement(first, (64.0, 64.0), 0.25).describe()
     assert "centred on pixel" not in line and "pixel k spans k..k+1" in line
     assert f"({said}); cells 16 µm apart" in line
     assert f"= ({first[0]:g} + 64 r, {first[1]:g} + 64 c)" in line
