@@ -610,6 +610,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                                  "as a picture (grey, RGB or RGBA)", file=args.image)
         stored = stores_values(model.graph.meta.get("preprocess"))
         picture = images.load_image(args.image, args.resize, channels=model.crop_shape[0], stored_values=stored)
+        stored_bands = images.picture_bands(args.image)
+        note_how_the_image_is_read(args.image, None if stored_bands is None else
+                                   images.channel_conversion(stored_bands, model.crop_shape[0], bands_flag=False))
         x = images.preprocess(picture, model.graph.meta.get("preprocess"))[None]
         if stored:
             picture = images.stretched(picture)  # what a heatmap is drawn over
@@ -761,6 +764,20 @@ def ways_to_map(args: argparse.Namespace, model, run_options: str = "") -> str:
         return f"it cannot be compiled to slide{where}, so run it crop by crop with --crops"
     return (f"compile it (graphconv compile {args.model} -o DIR, then run DIR{run_options}), or run it crop by "
             "crop with --crops")
+
+
+def note_how_the_image_is_read(image: str, converted: str | None) -> None:
+    """Notes on what the network sees of one image, where it is not the pixels as stored:
+    `converted`, what its bands become (`images.channel_conversion`: a grey model on an
+    RGB image is fed luma), and a photo turned upright per its EXIF orientation (its map
+    is the upright picture's, which a viewer that ignores EXIF shows turned)."""
+    from graphconv.images import turned_upright
+
+    if converted:
+        note(f"note: the image is {converted}")
+    if turned_upright(image):
+        note("note: the picture is turned upright per its EXIF orientation before it is mapped (its map and cells "
+             "are the upright picture's, as photo viewers show it)")
 
 
 def note_pixels_as_they_are(args: argparse.Namespace, model) -> None:

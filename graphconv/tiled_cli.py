@@ -87,12 +87,13 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
                          args.bands, args.downsample, args.mpp)
     image_hw = (source.height, source.width)
     describe_resolution(source, args.mpp)
-    from graphconv.cli import note
+    from graphconv.cli import note, note_how_the_image_is_read
     from graphconv.cluster import stored_orientation_note
+    from graphconv.sources import channel_conversion
     oriented = stored_orientation_note(source)
     if oriented:
         note(f"note: {oriented}")
-    _note_channel_conversion(source)
+    note_how_the_image_is_read(args.image, channel_conversion(source))
     crop_hw = model.crop_shape[1:]
     if image_hw[0] < crop_hw[0] or image_hw[1] < crop_hw[1]:
         raise GraphconvError(f"the image is {image_hw[0]}x{image_hw[1]}, smaller than the classifier's "
@@ -186,18 +187,6 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     if args.output:
         print(f"-> {args.output}")
     return 0
-
-
-def _note_channel_conversion(source) -> None:
-    """One note saying what the image's bands become for the network (a grey model on an
-    RGB slide gets each pixel's luma, which the user may not want: --bands N feeds one
-    band); nothing where they go in as stored."""
-    from graphconv.cli import note
-    from graphconv.sources import channel_conversion
-
-    converted = channel_conversion(source)
-    if converted:
-        note(f"note: the image is {converted}")
 
 
 WASTEFUL = 1.5  # computing this many times the image's pixels, and a larger tile 1/WASTEFUL of it, is worth a note

@@ -770,6 +770,28 @@ def test_every_orientation_maps_the_upright_picture(digits_fcn, tmp_path, capsys
     np.testing.assert_array_equal(np.load(tmp_path / "whole.npy"), np.load(tmp_path / "one.npy"))
 
 
+@pytest.mark.parametrize("tiled", [False, True])
+def test_one_picture_says_what_its_bands_become_and_that_it_was_turned_upright(digits_fcn, tmp_path, capsys, tiled):
+    """The notes an --images batch gives, for one --image too (whole or in tiles): an
+    RGB photo for the grey model is fed luma, and a phone's photo is turned upright per
+    its EXIF orientation; a grey upright picture gets neither note."""
+    Image = pytest.importorskip("PIL.Image")
+    from test_images import stored_with_orientation
+    page = Image.open(ROOT / "examples" / "digits_page.png").convert("RGB").crop((10, 20, 130, 90))
+    stored_with_orientation(page, 6, tmp_path / "photo.jpg")
+    page.convert("L").save(tmp_path / "grey.png")
+    tiles = ["--tile", "64"] if tiled else []
+    capsys.readouterr()
+    assert run_cli("run", digits_fcn, "--image", tmp_path / "photo.jpg", "--output", tmp_path / "p.npy", *tiles) == 0
+    err = capsys.readouterr().err
+    assert err.count("note: the image is RGB: converted to grey for the 1-channel model, each pixel its luma") == 1
+    assert "save that band as a grey image" in err
+    assert err.count("note: the picture is turned upright per its EXIF orientation") == 1
+    assert run_cli("run", digits_fcn, "--image", tmp_path / "grey.png", "--output", tmp_path / "g.npy", *tiles) == 0
+    err = capsys.readouterr().err
+    assert "converted" not in err and "upright" not in err, err
+
+
 @pytest.mark.parametrize("images", [False, True])
 @pytest.mark.parametrize("heatmap", ["top", "3"])
 def test_a_heatmap_of_a_classifier_as_written_is_refused_before_any_work(tmp_path, capsys, images, heatmap):
