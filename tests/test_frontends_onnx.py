@@ -1666,3 +1666,53 @@ def test_a_local_response_norm_decomposition_that_differs_is_refused_as_one(tmp_
     with pytest.raises(GraphconvError, match=r"this looks like nn\.LocalResponseNorm's decomposition .*, but no "
                                              r"x / \(k \+ alpha \* that average\) \*\* beta follows it"):
         load_network(path)
+
+
+class _LrnLike(torch.nn.Module):
+    """x * x viewed (N, 1, C, H, W), padded along the channels by `mode`, averaged over 3
+    channels, viewed back, then x / (1 + 0.1 * that) ** 0.75, plus `extra` of the inner
+    values ("average": the averaged map; "square": x * x) added to the result."""
+    crop = 8
+
+    def __init__(self, mode: str = "constant", extra: str = ""):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 6, 3)
+        self.mode, self.extra = mode, extra
+
+    def forward(self, x):
+        x = self.conv(x)
+        square = x * x
+        div = torch.nn.functional.pad(square.unsqueeze(1), (0, 0, 0, 0, 1, 1), mode=self.mode)
+        div = torch.nn.functional.avg_pool3d(div, (3, 1, 1), stride=1).squeeze(1)
+        out = x / (div * 0.1 + 1.0).pow(0.75)
+        return out + {"average": div, "square": square}[self.extra] if self.extra else out
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate"])
+def test_a_local_response_norm_decomposition_padded_other_than_with_zeros_is_refused(tmp_path, mode):
+    """F.pad(..., mode="reflect" or "replicate") of the 5-D view is a Pad whose mode is not
+    "constant": its channels past the ends are not zeros, so graphconv's lrn (PyTorch's
+    window of zeros past the ends) would differ from PyTorch by up to 2; it is refused."""
+    torch.manual_seed(0)
+    path = tmp_path / f"lrn-{mode}.onnx"
+    onnx_zoo.export(_LrnLike(mode).eval(), path)
+    onnx_mode = {"reflect": "reflect", "replicate": "edge"}[mode]  # ONNX's name for it
+    with pytest.raises(GraphconvError, match=r"this looks like nn\.LocalResponseNorm's decomposition .*, but its "
+                                             r"Pad is not \(1, 1\) zero channels around a window of 3 \(its mode is "
+                                             rf"'{onnx_mode}'\)"):
+        load_network(path)
+
+
+def test_the_lrn_like_module_with_zero_padding_and_nothing_else_reading_is_graphconv_s_lrn(tmp_path, rng):
+    """The control of the refusal above: zero padding, nothing else reading its
+    values, and the same module imports as one lrn equal to PyTorch."""
+    torch.manual_seed(0)
+    model = _LrnLike().eval()
+    path = tmp_path / "lrn.onnx"
+    onnx_zoo.export(model, path)
+    graph = load_network(path, task="segmentation")
+    assert len(graph.find("lrn")) == 1
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(Model(graph).run(x), expected, rtol=1e-5, atol=1e-5)

@@ -352,7 +352,8 @@ class _Importer:
         if bad and self.crop_size is None:
             sizes = " and ".join(f"{axis} {value}" for axis, value in bad)
             raise GraphconvError(f"input {shown(onnx_input.name)} has an invalid {sizes} (0 or negative); "
-                                 "give the classifier's training crop with --crop-size H W", file=self.source)
+                                 "give the classifier's training crop with --crop-size H W (from Python, crop_size=(H, W))",
+                                 file=self.source)
         height, width = self._crop(rows, cols, onnx_input.name)
         name = _clean_name(onnx_input.name) or "data"
         # the input's location is the file, so a crop over the memory budget names it (finalize)
@@ -376,12 +377,13 @@ class _Importer:
         if self.crop_size is None:
             if height is None or width is None:
                 raise GraphconvError(f"input {shown(input_name)} has a dynamic height or width: give "
-                                     "the classifier's training crop with --crop-size H W", file=self.source)
+                                     "the classifier's training crop with --crop-size H W (from Python, crop_size=(H, W))",
+                                     file=self.source)
             return height, width
         crop_h, crop_w = self.crop_size
         for fixed_size, given, axis in ((height, crop_h, "height"), (width, crop_w, "width")):
             if fixed_size is not None and fixed_size != given:
-                raise GraphconvError(f"--crop-size gives {axis} {given}, but the model's input "
+                raise GraphconvError(f"--crop-size (crop_size=) gives {axis} {given}, but the model's input "
                                      f"{shown(input_name)} is fixed at {fixed_size}", file=self.source)
         return crop_h, crop_w
 
@@ -853,6 +855,11 @@ def _lrn_tail(x: str, head: list, size: int, producer: dict, readers: dict, know
     pads = known(pad.input[1]) if len(pad.input) > 1 and pad.input[1] else None
     value = known(pad.input[2]) if len(pad.input) > 2 and pad.input[2] else np.zeros(1)
     want = [0, 0, size // 2, 0, 0, 0, 0, (size - 1) // 2, 0, 0]
+    mode = next((onnx.helper.get_attribute_value(a) for a in pad.attribute if a.name == "mode"), b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if mode != "constant":  # reflect or edge: the channels past the ends are not zeros, as lrn's are
+        return (f"its Pad is not ({size // 2}, {(size - 1) // 2}) zero channels around a window of {size} "
+                f"(its mode is {mode!r})"), None
     if pads is None or [int(p) for p in np.ravel(pads)] != want or value is None or np.any(value != 0) \
             or (len(pad.input) > 3 and pad.input[3]):
         return f"its Pad is not ({size // 2}, {(size - 1) // 2}) zero channels around a window of {size}", None
