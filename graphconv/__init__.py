@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 
 def load(path, **options) -> Model:
     """Load a spec file, a compiled model directory or an ONNX model as a runnable Model;
-    `options` are `Model.load`'s (weights, labels, crop_size, task)."""
+    `options` are `Model.load`'s (weights, labels, crop_size, task, preprocess)."""
     return Model.load(path, **options)
 
 

@@ -7,10 +7,9 @@ from typing import Any, Sequence
 
 from graphconv.errors import GraphconvError
 from graphconv.ir import Graph
-from graphconv.model import Model
+from graphconv.model import LOAD_OPTIONS, Model, load_graph
 from graphconv.pass_manager import (DEFAULT_PIPELINE, PassManager, PassRecord, PipelineItem, format_pipeline,
                                     pipeline_items)
-from graphconv.frontends import load_network as load_spec
 
 
 def build_pipeline(passes: str | Sequence[str | PipelineItem] | None = None, output_stride: int | None = None,
@@ -32,16 +31,18 @@ def build_pipeline(passes: str | Sequence[str | PipelineItem] | None = None, out
     return items
 
 
-def compile_graph(source: str | os.PathLike | Graph, passes: str | Sequence[str | PipelineItem] | None = None, *,
-                  output_stride: int | None = None, stride_method: str = "auto",
-                  **manager_options: Any) -> tuple[Graph, list[PassRecord]]:
-    """Load `source` (a spec path or a Graph), run the pipeline, and return the compiled
-    graph with a record of every pass that ran (for `--timings`). `source` itself is
-    never changed. manager_options go to `PassManager` (print_ir_before/after,
-    verify_each, out...)."""
+def compile_graph(source: str | os.PathLike | Graph | Model, passes: str | Sequence[str | PipelineItem] | None = None,
+                  *, output_stride: int | None = None, stride_method: str = "auto",
+                  **options: Any) -> tuple[Graph, list[PassRecord]]:
+    """Load `source` (a spec, model folder or ONNX path, a Graph or a Model), run the
+    pipeline, and return the compiled graph with a record of every pass that ran (for
+    `--timings`). `source` itself is never changed. `options`: `graphconv.load`'s
+    (weights, labels, crop_size, task, preprocess), for a path; the rest go to
+    `PassManager` (print_ir_before/after, verify_each, out...)."""
+    load_options = {key: options.pop(key) for key in LOAD_OPTIONS if key in options}
     pipeline = build_pipeline(passes, output_stride, stride_method)  # a bad pipeline before a slow load
-    graph = source if isinstance(source, Graph) else load_spec(source)
-    manager = PassManager(pipeline, **manager_options)
+    manager = PassManager(pipeline, **options)
+    graph = source_graph(source, **load_options)
     compiled = manager.run(graph)
     if not compiled.layers():
         raise GraphconvError(f"after the passes ({format_pipeline(pipeline)}) the network has no "
@@ -50,6 +51,20 @@ def compile_graph(source: str | os.PathLike | Graph, passes: str | Sequence[str 
     refuse_flatten_left(pipeline, graph, compiled)
     compiled.meta.setdefault("compiled", {})["passes"] = format_pipeline(pipeline)
     return compiled, manager.records
+
+
+def source_graph(source: str | os.PathLike | Graph | Model, **load_options: Any) -> Graph:
+    """The graph to compile: a path loaded with `load_options` (`Model.load`'s), a Model's
+    graph, or a Graph as given; a loaded one takes no load options (they say how to read
+    a file)."""
+    if isinstance(source, (Graph, Model)):
+        given = [key for key, value in load_options.items() if value is not None]
+        if given:
+            raise GraphconvError(f"{', '.join(given)}: options for reading a model file; this "
+                                 f"{type(source).__name__} is loaded already (give the path instead, or "
+                                 "graphconv.load(path, ...) first)")
+        return source.graph if isinstance(source, Model) else source
+    return load_graph(source, **load_options)
 
 
 def check_can_slide(source: Graph, compiled: Graph) -> None:
@@ -107,10 +122,9 @@ def _first_reader_not_folded(flatten):
     return flatten
 
 
-def compile_model(source: str | os.PathLike | Graph, passes: str | Sequence[str | PipelineItem] | None = None, *,
-                  output_stride: int | None = None, stride_method: str = "auto",
-                  **manager_options: Any) -> Model:
-    """`compile_graph`, as a runnable Model."""
-    compiled, _ = compile_graph(source, passes, output_stride=output_stride,
-                                stride_method=stride_method, **manager_options)
+def compile_model(source: str | os.PathLike | Graph | Model, passes: str | Sequence[str | PipelineItem] | None = None,
+                  *, output_stride: int | None = None, stride_method: str = "auto", **options: Any) -> Model:
+    """`compile_graph`, as a runnable Model: `source` is a path (read with `graphconv.load`'s
+    options: weights, labels, crop_size, task, preprocess), a Model or a Graph."""
+    compiled, _ = compile_graph(source, passes, output_stride=output_stride, stride_method=stride_method, **options)
     return Model(compiled)

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from graphconv.errors import GraphconvError
+from graphconv.errors import GraphconvError, shown
 from graphconv.ir import Graph
 from graphconv.receptive import Field, MixedStridesError, crop_stride, receptive_fields
 from graphconv.runtime import Executor
@@ -59,17 +59,38 @@ class Model:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, weights: str | os.PathLike | None = None,
-             labels: str | os.PathLike | None = None,
-             crop_size: tuple[int, int] | None = None, task: str | None = None) -> "Model":
+             labels: str | os.PathLike | None = None, crop_size: int | tuple[int, int] | None = None,
+             task: str | None = None, preprocess: dict | None = None) -> "Model":
         """Load a spec file, a compiled model directory or an ONNX model; `weights` /
         `labels` replace the files the spec names (see graphconv/frontends/yaml.py on which
-        paths are trusted); `crop_size` is the training crop of an ONNX model whose input
-        size is dynamic; `task` ("segmentation" or "classification") replaces the file's
-        (`segmentation`)."""
-        return cls(load_spec(path, weights=weights, labels=labels, crop_size=crop_size, task=task))
+        paths are trusted); `crop_size` is the training crop, (H, W) or one number for a
+        square, of an ONNX model whose input size is dynamic; `task` ("segmentation" or
+        "classification") replaces the file's (`segmentation`); `preprocess` replaces the
+        file's preprocess block whole (see `Model.preprocess`)."""
+        return cls(load_graph(path, weights=weights, labels=labels, crop_size=crop_size, task=task,
+                              preprocess=preprocess))
 
     def save(self, directory: str | os.PathLike) -> Path:
+        """Write the model as a folder (model.yaml, weights, labels) that `graphconv.load`
+        reads back. What the graph's meta says (preprocess, task, labels) is checked first,
+        as `load` will check it: a block edited by hand that load would refuse is refused
+        here, before anything is written."""
+        check_meta(self.graph, "cannot save the model: ")
         return save_model(self.graph, directory)
+
+    @property
+    def preprocess(self) -> dict | None:
+        """How pixels (0..255) become the network's input, `(x * scale - mean) / std` per
+        channel, as the spec's `preprocess` block says: a copy of {scale, mean, std,
+        values}, or None. Set it with a dict (checked as a spec's block is: finite numbers,
+        one mean and std per channel, or one number for all, no zero std), or None to drop
+        it; `classify` and `run_image` apply it, and `save` writes it."""
+        block = self.graph.meta.get("preprocess")
+        return None if block is None else {k: list(v) if isinstance(v, list) else v for k, v in block.items()}
+
+    @preprocess.setter
+    def preprocess(self, block: dict | None) -> None:
+        set_preprocess(self.graph, {} if block is None else block)
 
     # ---- what the model computes ----------------------------------------------------------
     @property
@@ -269,6 +290,92 @@ class Model:
         if out.shape[2] > rows or out.shape[3] > cols:
             out = np.ascontiguousarray(out[:, :, :rows, :cols])
         return out
+
+
+LOAD_OPTIONS = ("weights", "labels", "crop_size", "task", "preprocess")  # load_graph's, as compile_model takes them
+
+
+def load_graph(source: str | os.PathLike, *, weights: str | os.PathLike | None = None,
+               labels: str | os.PathLike | None = None, crop_size: int | tuple[int, int] | None = None,
+               task: str | None = None, preprocess: dict | None = None) -> Graph:
+    """The graph of a spec file, a model folder or an ONNX model, with `Model.load`'s
+    options applied: what `graphconv.load` and `graphconv.compile_model` read."""
+    if not isinstance(source, (str, os.PathLike)):
+        raise GraphconvError(f"a model to load is a path (a spec, a model folder or an .onnx file), not "
+                             f"{type(source).__name__}")
+    graph = load_spec(source, weights=weights, labels=labels, crop_size=checked_crop_size(crop_size), task=task)
+    if preprocess is not None:
+        set_preprocess(graph, preprocess)
+    return graph
+
+
+def set_preprocess(graph: Graph, block: dict) -> None:
+    """Give `graph` the preprocess `block` (checked: `checked_preprocess`); {} drops it."""
+    if not block and isinstance(block, dict):
+        graph.meta.pop("preprocess", None)
+    else:
+        graph.meta["preprocess"] = checked_preprocess(block, graph.input_shape[0])
+
+
+def checked_preprocess(block, channels: int) -> dict:
+    """A preprocess block given from Python, checked by the code that checks a spec's
+    (`frontends.yaml.checked_preprocess`): a tuple or array for mean and std is a list,
+    and one number is the same for every channel, as import's --mean and --std take it."""
+    from graphconv.frontends import yaml as yaml_frontend
+
+    if isinstance(block, dict):
+        block = dict(block)
+        for key in ("mean", "std"):
+            value = block.get(key)
+            if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+                block[key] = [float(value)] * channels
+            elif isinstance(value, (tuple, np.ndarray)):
+                block[key] = np.asarray(value).tolist() if isinstance(value, np.ndarray) else list(value)
+        if isinstance(block.get("scale"), np.generic):
+            block["scale"] = block["scale"].item()
+    try:
+        return yaml_frontend.checked_preprocess(block, channels, Path("preprocess"), None)
+    except GraphconvError as err:
+        raise GraphconvError(err.message) from None
+
+
+def check_meta(graph: Graph, prefix: str = "") -> None:
+    """What a model folder's model.yaml must hold to load back: the preprocess block, the
+    task and the labels (one per output channel), each checked as `load` checks it."""
+    from graphconv.frontends import yaml as yaml_frontend
+
+    try:
+        if "preprocess" in graph.meta:
+            checked_preprocess(graph.meta["preprocess"], graph.input_shape[0])
+        task = graph.meta.get("task")
+        if task is not None and task not in yaml_frontend.TASKS:
+            raise GraphconvError(f"the task is one of {list(yaml_frontend.TASKS)}, not {shown(task)}")
+        labels = graph.meta.get("labels")
+        if labels is not None:
+            if not isinstance(labels, (list, tuple)) or not all(isinstance(name, str) for name in labels):
+                raise GraphconvError(f"labels must be a list of class names (strings), got {shown(labels)}")
+            from graphconv.shapes import infer_shapes
+            mismatch = yaml_frontend.labels_mismatch(graph, infer_shapes(graph, check_weights=False)[graph.output.name][0])
+            if mismatch is not None:
+                raise mismatch
+    except GraphconvError as err:
+        raise GraphconvError(prefix + err.message, loc=err.loc) from None
+
+
+def checked_crop_size(crop_size) -> tuple[int, int] | None:
+    """`crop_size` as (H, W): one whole number is a square crop."""
+    if crop_size is None:
+        return None
+    sizes = [crop_size] * 2 if isinstance(crop_size, (int, np.integer)) else crop_size
+    try:
+        sizes = list(sizes)
+    except TypeError:
+        sizes = []
+    if len(sizes) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
+                                  for v in sizes):
+        raise GraphconvError(f"crop_size is the training crop (H, W), or one whole number for a square "
+                             f"crop, each >= 1; got {shown(crop_size)}")
+    return int(sizes[0]), int(sizes[1])
 
 
 class CellIndexError(GraphconvError, IndexError):

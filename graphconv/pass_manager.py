@@ -320,7 +320,8 @@ class PassRecord:
 class PassManager:
     """Runs a pipeline over a copy of a graph, with requirements, verification and tracing.
 
-    print_ir_before / print_ir_after: pass names, or {"all"}; the dumps go to `out`."""
+    print_ir_before / print_ir_after: pass names (a set or list, or one name as a string),
+    or "all"; the dumps go to `out`."""
 
     pipeline: Sequence[PipelineItem | str]
     verify_each: bool = True
@@ -331,6 +332,8 @@ class PassManager:
     records: list[PassRecord] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.print_ir_before = _pass_names(self.print_ir_before, "print_ir_before")
+        self.print_ir_after = _pass_names(self.print_ir_after, "print_ir_after")
         self.items = pipeline_items(self.pipeline)
         for name, options in self.items:
             _check_options(get_pass(name), options)
@@ -441,6 +444,23 @@ class PassManager:
 
     def timings_table(self) -> str:
         return timings_table(self.records)
+
+
+def _pass_names(names: Any, option: str) -> set[str]:
+    """A set of pass names from what a caller gives: one name as a string, or any
+    collection of names (None: none)."""
+    if names is None:
+        return set()
+    if isinstance(names, str):
+        return {names}
+    given = names
+    try:
+        names = set(names)
+    except TypeError:
+        names = {None}
+    if not all(isinstance(name, str) for name in names):
+        raise PassError(f"{option}: pass names (a string, or a set or list of them) or 'all', got {shown(given)}")
+    return names
 
 
 def timings_table(records: Sequence[PassRecord]) -> str:
@@ -614,7 +634,16 @@ def _excludes_none(annotation: str) -> bool:
     return bool(annotation) and not any(word in annotation for word in ("None", "Optional", "Any"))
 
 
-def run_passes(graph: Graph, pipeline: str | Sequence[PipelineItem | str] = DEFAULT_PIPELINE,
-               **manager_options: Any) -> Graph:
-    """Convenience: run a pipeline and return the transformed copy of `graph`."""
-    return PassManager(pipeline, **manager_options).run(graph)
+def run_passes(source, pipeline: str | Sequence[PipelineItem | str] = DEFAULT_PIPELINE,
+               **manager_options: Any):
+    """Convenience: run a pipeline over `source` and return the transformed copy: a
+    Graph for a Graph (or a path, read as `graphconv.load_spec` reads it), a Model for a
+    Model. `source` itself is never changed."""
+    from graphconv.model import Model, load_graph
+
+    manager = PassManager(pipeline, **manager_options)
+    if isinstance(source, Model):
+        return Model(manager.run(source.graph))
+    if isinstance(source, Graph):
+        return manager.run(source)
+    return manager.run(load_graph(source))

@@ -73,7 +73,7 @@ def _read_network(path, weights, labels, init_missing_weights: bool, crop_size) 
         _note_read_from(graph, path, weights, labels)
         return finalize(graph, arrays, str(weights or path), init_missing_weights)
     if crop_size is not None:
-        raise GraphconvError("--crop-size is for ONNX models with a dynamic input size; a spec "
+        raise GraphconvError("--crop-size (crop_size=) is for ONNX models with a dynamic input size; a spec "
                              "states its crop in 'input: {shape: [C, H, W]}'", file=str(path))
     graph, weights_file = yaml_frontend.read_spec(Path(path), weights=weights, labels=labels)
     arrays = load_npz(weights_file) if weights_file is not None else None

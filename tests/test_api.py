@@ -1,0 +1,122 @@
+"""The Python API as a notebook user meets it: what `graphconv.load`, `compile_model`
+and `run_passes` take (paths, Models, Graphs, the load options), `Model.run` and
+`run_tiled` on what users hand them, preprocessing set from Python and saved, and the
+names exported at the top level."""
+import numpy as np
+import pytest
+
+import graphconv
+from graphconv import GraphconvError
+from conftest import random_input
+
+SMALL = """
+name: small
+input: {shape: [3, 12, 12]}
+layers:
+  - {name: c1, op: conv, out_channels: 4, kernel_size: 3}
+  - {name: r1, op: relu}
+  - {name: p1, op: maxpool, kernel_size: 2}
+  - {name: fc, op: fc, out_features: 3}
+"""
+
+
+@pytest.fixture
+def small(write_spec):
+    return write_spec(SMALL)
+
+
+@pytest.fixture(scope="module")
+def dynamic_onnx(tmp_path_factory):
+    """An ONNX classifier exported with a dynamic height and width (its crop is 32)."""
+    pytest.importorskip("onnx")
+    import onnx_zoo
+
+    path = tmp_path_factory.mktemp("onnx") / "dyn.onnx"
+    onnx_zoo.export(onnx_zoo.build("resnet"), path, dynamic_hw=True)
+    return path
+
+
+# ---- 1. what load, compile_model and run_passes take --------------------------------------------
+
+def test_compile_model_takes_the_model_load_returns(small, rng):
+    classifier = graphconv.load(small)
+    version = classifier.graph.version
+    fcn = graphconv.compile_model(classifier)
+    image = random_input(rng, (1, 3, 20, 18))
+    np.testing.assert_array_equal(fcn.run(image), graphconv.compile_model(small).run(image))
+    assert classifier.graph.version == version and classifier.returns_vectors  # left as it was
+    with pytest.raises(GraphconvError, match="crop_size: options for reading a model file"):
+        graphconv.compile_model(classifier, crop_size=(12, 12))
+
+
+def test_run_passes_takes_a_model_a_graph_or_a_path(small):
+    model = graphconv.load(small)
+    converted = graphconv.run_passes(model, "default")
+    assert isinstance(converted, graphconv.Model) and not converted.returns_vectors
+    assert model.returns_vectors
+    assert isinstance(graphconv.run_passes(model.graph, "default"), graphconv.Graph)
+    graph = graphconv.run_passes(str(small), "shape-inference,fc-to-conv")
+    assert isinstance(graph, graphconv.Graph) and not graph.find("fc")
+
+
+def test_compile_model_takes_loads_options(small, tmp_path):
+    (tmp_path / "names.txt").write_text("a\nb\nc\n")
+    fcn = graphconv.compile_model(small, labels=tmp_path / "names.txt", task="classification",
+                                  preprocess={"scale": 0.5}, verify_each=False)
+    assert fcn.graph.meta["labels"] == ["a", "b", "c"] and fcn.preprocess == {"scale": 0.5}
+
+
+def test_a_dynamic_onnx_model_takes_its_crop_from_python(dynamic_onnx):
+    with pytest.raises(GraphconvError, match=r"--crop-size H W \(from Python, crop_size=\(H, W\)\)"):
+        graphconv.load(dynamic_onnx)
+    assert graphconv.load(dynamic_onnx, crop_size=32).crop_shape == (3, 32, 32)
+    assert graphconv.load(dynamic_onnx, crop_size=np.int64(32)).crop_shape == (3, 32, 32)
+    fcn = graphconv.compile_model(dynamic_onnx, crop_size=(32, 32))
+    assert fcn.crop_shape == (3, 32, 32) and not fcn.returns_vectors
+
+
+@pytest.mark.parametrize("crop_size", ["32", (32,), (32, 0), (32.0, 32), True, (32, 32, 3)])
+def test_a_bad_crop_size_is_one_clear_error(dynamic_onnx, crop_size):
+    with pytest.raises(GraphconvError, match="crop_size is the training crop"):
+        graphconv.load(dynamic_onnx, crop_size=crop_size)
+
+
+def test_load_refuses_what_is_not_a_path():
+    with pytest.raises(GraphconvError, match="a model to load is a path.*not bytes"):
+        graphconv.load(b"\x08\x01")
+
+
+# ---- 5. preprocessing from Python, and a save that loads back ---------------------------------------
+
+def test_preprocess_is_set_from_python_checked_as_a_specs_block(small):
+    model = graphconv.load(small, preprocess={"scale": np.float32(0.5), "mean": 0.5, "std": (1, 2, 4)})
+    assert model.preprocess == {"scale": 0.5, "mean": [0.5, 0.5, 0.5], "std": [1, 2, 4]}
+    model.preprocess = {"std": np.array([1.0, 1.0, 2.0])}
+    assert model.graph.meta["preprocess"] == {"std": [1.0, 1.0, 2.0]}
+    for bad, message in (({"mean": [0.5, 0.5]}, "preprocess mean must list 3 finite number"),
+                         ({"std": [1, 0, 1]}, "std must not be 0"),
+                         ({"sclae": 2}, "'preprocess' takes mean, std"),
+                         ([0.5], "'preprocess' must be a mapping")):
+        with pytest.raises(GraphconvError, match=message):
+            model.preprocess = bad
+        with pytest.raises(GraphconvError, match=message):
+            graphconv.load(small, preprocess=bad)
+    assert model.preprocess == {"std": [1.0, 1.0, 2.0]}  # a refused block changes nothing
+    model.preprocess = None
+    assert model.preprocess is None and "preprocess" not in model.graph.meta
+
+
+def test_save_refuses_what_load_would_refuse_before_writing(small, tmp_path):
+    model = graphconv.load(small)
+    model.graph.meta["preprocess"] = {"scale": 1 / 255, "mean": [0.5, 0.5], "std": [0.25]}  # edited by hand
+    with pytest.raises(GraphconvError, match="cannot save the model: preprocess mean must list 3"):
+        model.save(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    model.graph.meta["preprocess"] = {"scale": 1 / 255}
+    model.graph.meta["labels"] = ["a", "b"]
+    with pytest.raises(GraphconvError, match="cannot save the model: has 2 labels, but the model has 3 classes"):
+        model.save(tmp_path / "out")
+    model.graph.meta["labels"] = ["a", "b", "c"]
+    model.preprocess = {"mean": 1, "std": 2}
+    model.save(tmp_path / "out")
+    assert graphconv.load(tmp_path / "out").preprocess == {"mean": [1.0] * 3, "std": [2.0] * 3}
