@@ -46,6 +46,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -71,6 +72,63 @@ try:
     import fcntl
 except ImportError:  # Windows: no locking; concurrent compiles to one folder are not serialised
     fcntl = None
+
+
+# ---- signals ------------------------------------------------------------------------------------
+
+DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) and SIGTERM back for the block, and deliver them after it:
+    for what must not be cut in half, a temporary's removal, a set of renames. Python
+    raises KeyboardInterrupt (and the `graphconv` command its Terminated) at whatever
+    line runs when the signal comes, so without this a signal landing between
+    creating a temporary and removing it leaves the temporary, and one landing between
+    two renames leaves half of a pair. A signal that arrives in the block is delivered
+    as it leaves (`signal.raise_signal`, to the handler that was there before: nested
+    blocks pass it outwards). Only the main thread receives Python's signals; in another
+    thread this does nothing. SIGKILL cannot be held back: what must survive a kill -9
+    is ordered so that any instant leaves a usable state (`save_model_folder`)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def defer(signum, frame):
+        if signum not in received:
+            received.append(signum)
+
+    previous: dict[int, object] = {}
+    try:
+        for signum in DEFERRED_SIGNALS:
+            previous[signum] = signal.signal(signum, defer)
+        yield
+    finally:
+        raised = _restore_handlers(previous)
+        for signum in received:
+            signal.raise_signal(signum)  # the restored handler: KeyboardInterrupt, Terminated, or death
+        if raised is not None:
+            raise raised
+
+
+def _restore_handlers(previous: dict[int, object]) -> BaseException | None:
+    """Put back the handlers `signals_deferred` replaced, every one of them, even when a
+    signal whose handler is already back arrives meanwhile (Python runs a pending
+    handler as `signal.signal` is called, before it changes anything): what it raises
+    is returned, to be raised once all are restored."""
+    raised = None
+    for signum, handler in previous.items():
+        if handler is None:  # installed outside Python: cannot be put back from here
+            continue
+        for _ in range(3):
+            try:
+                signal.signal(signum, handler)
+                break
+            except BaseException as err:  # noqa: B902 - a restored handler's KeyboardInterrupt
+                raised = raised or err
+    return raised
 
 
 # ---- single files ---------------------------------------------------------------------------
@@ -464,13 +522,17 @@ def _nearest_existing_folder(path: Path) -> Path:
 
 def _probe_write(folder: Path, shown_path: str) -> None:
     """Create and delete a file in `folder`: the only reliable test (as root, permission
-    bits say yes where /proc or a read-only mount say no)."""
-    try:
-        fd, probe = tempfile.mkstemp(prefix=TMP_PREFIX + f"{_owner()}-probe-", dir=folder)
-    except OSError as err:
-        raise GraphconvError(f"cannot write in {folder}: {err.strerror or err}", file=shown_path) from None
-    os.close(fd)
-    _unlink_quietly(Path(probe))
+    bits say yes where /proc or a read-only mount say no). Ctrl-C or SIGTERM waits until
+    the probe is gone (`signals_deferred`)."""
+    with signals_deferred():
+        try:
+            fd, probe = tempfile.mkstemp(prefix=TMP_PREFIX + f"{_owner()}-probe-", dir=folder)
+        except OSError as err:
+            raise GraphconvError(f"cannot write in {folder}: {err.strerror or err}", file=shown_path) from None
+        try:
+            os.close(fd)
+        finally:
+            _unlink_quietly(Path(probe))
 
 
 def missing_folders(path: str | os.PathLike) -> list[Path]:

@@ -295,3 +295,49 @@ def test_another_machine_s_temporaries_are_not_swept_as_a_dead_run_s(tmp_path):
     files.atomic_write(tmp_path / "out.txt", lambda p: open(p, "w").write("x"))
     assert not ours.exists() and theirs.exists() and their_aside.exists()
     assert sorted(p.name.split("-")[2].split("@")[1] for p in tmp_path.glob(f"{files.TMP_PREFIX}*")) == ["0badcafe"]
+
+
+def test_a_signal_landing_in_the_write_probe_leaves_no_probe_file(tmp_path, monkeypatch):
+    """CI: a SIGTERM right after the probe's mkstemp left `.graphconv-tmp-...-probe-...`
+    in the output folder. The probe holds signals back until it is removed, then
+    delivers them."""
+    import signal
+    import tempfile
+
+    from graphconv import files
+
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp_then_ctrl_c(*args, **kwargs):
+        made = real_mkstemp(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C just as the probe exists
+        return made
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", mkstemp_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        check_writable(tmp_path / "o.npy")
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_signals_deferred_delivers_after_the_block_to_the_handler_that_was_there(tmp_path):
+    import signal
+
+    from graphconv.files import signals_deferred
+
+    got = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    try:
+        with signals_deferred():
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)
+            assert got == []
+        assert got == [signal.SIGTERM]
+        with pytest.raises(KeyboardInterrupt):
+            with signals_deferred():
+                with signals_deferred():  # nested: passed outwards, raised once outside both
+                    signal.raise_signal(signal.SIGINT)
+                got.append("inner done")
+        assert got == [signal.SIGTERM, "inner done"]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
