@@ -1671,7 +1671,8 @@ def test_a_local_response_norm_decomposition_that_differs_is_refused_as_one(tmp_
 class _LrnLike(torch.nn.Module):
     """x * x viewed (N, 1, C, H, W), padded along the channels by `mode`, averaged over 3
     channels, viewed back, then x / (1 + 0.1 * that) ** 0.75, plus `extra` of the inner
-    values ("average": the averaged map; "square": x * x) added to the result."""
+    values ("average": the averaged map; "square": x * x; "base": 1 + 0.1 * the average)
+    added to the result."""
     crop = 8
 
     def __init__(self, mode: str = "constant", extra: str = ""):
@@ -1684,8 +1685,9 @@ class _LrnLike(torch.nn.Module):
         square = x * x
         div = torch.nn.functional.pad(square.unsqueeze(1), (0, 0, 0, 0, 1, 1), mode=self.mode)
         div = torch.nn.functional.avg_pool3d(div, (3, 1, 1), stride=1).squeeze(1)
-        out = x / (div * 0.1 + 1.0).pow(0.75)
-        return out + {"average": div, "square": square}[self.extra] if self.extra else out
+        base = div * 0.1 + 1.0
+        out = x / base.pow(0.75)
+        return out + {"average": div, "square": square, "base": base}[self.extra] if self.extra else out
 
 
 @pytest.mark.parametrize("mode", ["reflect", "replicate"])
@@ -1703,8 +1705,24 @@ def test_a_local_response_norm_decomposition_padded_other_than_with_zeros_is_ref
         load_network(path)
 
 
+@pytest.mark.parametrize("how", ["torchscript", "dynamo"])
+@pytest.mark.parametrize("extra", ["average", "square", "base"])
+def test_a_local_response_norm_decomposition_whose_inner_values_are_read_elsewhere_is_refused(tmp_path, extra, how):
+    """The lrn's own nodes (x * x, the view, Pad, AveragePool, the view back, TorchScript's
+    If with its Shape, Gather and Equal, * alpha, + k, ** beta) go when they are fused into
+    one lrn: a node outside them that reads one of their values (here an Add of the
+    average, of x * x, or of k + alpha * the average, to the result) is refused by name,
+    not left reading a value no node makes."""
+    torch.manual_seed(0)
+    path = tmp_path / f"lrn-{extra}-{how}.onnx"
+    onnx_zoo.export(_LrnLike(extra=extra).eval(), path, dynamo=how == "dynamo")
+    with pytest.raises(GraphconvError, match=r"this looks like nn\.LocalResponseNorm's decomposition .*, but "
+                                             r"node '[^']*' .*reads its value '[^']*'"):
+        load_network(path)
+
+
 def test_the_lrn_like_module_with_zero_padding_and_nothing_else_reading_is_graphconv_s_lrn(tmp_path, rng):
-    """The control of the refusal above: zero padding, nothing else reading its
+    """The control of the two refusals above: zero padding, nothing else reading its
     values, and the same module imports as one lrn equal to PyTorch."""
     torch.manual_seed(0)
     model = _LrnLike().eval()

@@ -236,7 +236,8 @@ class _Importer:
         self.nodes = _with_softplus_thresholds_fused(
             _with_gelus_fused(list(model.graph.node), self._initializer_or_constant),
             self._initializer_or_constant, self._refuse)
-        self.nodes = _with_lrns_fused(self.nodes, self._initializer_or_constant, self._refuse, self.opset)
+        self.nodes = _with_lrns_fused(self.nodes, self._initializer_or_constant, self._refuse, self.opset,
+                                      [out.name for out in model.graph.output])
         self.values: dict[str, Tensor | np.ndarray] = {}
         self.weights: dict[str, np.ndarray] = {}
         self.uses = self._count_uses()
@@ -758,18 +759,19 @@ LRN_LOOK = ("this looks like nn.LocalResponseNorm's decomposition (x * x viewed 
 
 
 def _with_lrns_fused(nodes: list, constant: Callable[[str], np.ndarray | None],
-                     refuse: Callable[[Any, str], None], opset: int) -> list:
+                     refuse: Callable[[Any, str], None], opset: int, outputs: Sequence[str] = ()) -> list:
     """The node list with each nn.LocalResponseNorm that PyTorch's exporters write out
     (neither writes ONNX's LRN) replaced by one TORCH_LRN node: F.local_response_norm's
     div = x * x, viewed (N, 1, C, H, W) (Reshape, or Unsqueeze), padded by (size // 2,
     (size - 1) // 2) channels, AveragePool (size, 1, 1) at stride 1, back to (N, C, H, W)
     (Squeeze, or TorchScript's If of a Squeeze and a Reshape), * alpha + k, ** beta;
     x / div. A group that starts so (x * x viewed 5-D, padded and averaged over channels)
-    but ends otherwise is refused with LRN_LOOK, so the user learns what it was."""
+    but ends otherwise is refused with LRN_LOOK, so the user learns what it was, and so is
+    one whose values other nodes than its own (or the graph's `outputs`) read, as they go."""
     producer = {out: node for node in nodes for out in node.output}
     readers: dict[str, list] = {}
     for node in nodes:
-        for name in node.input:
+        for name in dict.fromkeys(_names_read(node)):
             readers.setdefault(name, []).append(node)
     known = _constant_resolver(producer, constant, opset)
     replaced: dict[int, Any] = {}
@@ -784,10 +786,38 @@ def _with_lrns_fused(nodes: list, constant: Callable[[str], np.ndarray | None],
             refuse(pool, f"{LRN_LOOK}, but {problem}; graphconv reads it as its lrn only as PyTorch's exporters "
                          "write it")
         divide, params, tail_nodes = tail
+        problem = _read_outside(head_nodes + tail_nodes, divide, readers, set(outputs))
+        if problem:
+            refuse(pool, f"{LRN_LOOK}, but {problem}, which would go when it is fused into one lrn; graphconv "
+                         "reads it as its lrn only where nothing else reads its inner values")
         replaced[id(divide)] = require_onnx().helper.make_node(
             TORCH_LRN, [x], list(divide.output), name=divide.name, **params)
         dropped |= {id(n) for n in head_nodes + tail_nodes}
     return [replaced.get(id(n), n) for n in nodes if id(n) not in dropped]
+
+
+def _names_read(node) -> list[str]:
+    """The names `node` reads: its inputs, and those its subgraphs' nodes read (an If's
+    branches read the outer graph's values by name)."""
+    names = [name for name in node.input if name]
+    for attr in node.attribute:
+        for graph in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            names += [name for inner in graph.node for name in _names_read(inner)]
+    return names
+
+
+def _read_outside(group: list, divide, readers: dict, outputs: set[str]) -> str | None:
+    """What reads a value of `group` (nodes about to be dropped for one lrn whose output is
+    `divide`'s) from outside it, or None: only its own nodes and the Div may read them."""
+    inside = {id(n) for n in group} | {id(divide)}
+    for node in group:
+        for out in node.output:
+            outside = [r for r in readers.get(out, []) if id(r) not in inside]
+            if outside:
+                return f"node {shown(outside[0].name)} ({outside[0].op_type}) reads its value {shown(out)}"
+            if out in outputs:
+                return f"the graph's output is its value {shown(out)}"
+    return None
 
 
 def _constant_resolver(producer: dict, constant: Callable[[str], np.ndarray | None], opset: int):
@@ -842,7 +872,7 @@ def _lrn_tail(x: str, head: list, size: int, producer: dict, readers: dict, know
     and AveragePool) is not F.local_response_norm's, else (None, (the Div, the lrn's
     params, the nodes from the pool to the Div))."""
     onnx = require_onnx()
-    square, view, pad, pool = head
+    _, view, pad, pool = head
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in pool.attribute}
     if (list(attrs["kernel_shape"])[1:] != [1, 1] or set(attrs.get("strides", [1])) != {1} or any(attrs.get("pads", [0]))
             or attrs.get("ceil_mode", 0) or set(attrs.get("dilations", [1])) != {1}):
@@ -865,11 +895,9 @@ def _lrn_tail(x: str, head: list, size: int, producer: dict, readers: dict, know
         return f"its Pad is not ({size // 2}, {(size - 1) // 2}) zero channels around a window of {size}", None
     chain = _back_to(pool.output[0], producer, readers)
     for divide in readers.get(x, []):
-        found = _lrn_scaling(divide, x, producer, readers, known, chain)
+        found = _lrn_scaling(divide, x, producer, known, chain)
         if found is not None:
             params, nodes = found
-            if not all(len(readers.get(n.output[0], [])) <= 1 for n in [square, view, pad]):
-                return "another node reads one of its inner values", None
             return None, (divide, dict(size=size, **params), nodes)
     return "no x / (k + alpha * that average) ** beta follows it", None
 
@@ -917,7 +945,7 @@ def _back_to(source: str, producer: dict, readers: dict) -> Callable[[str], list
     return chain
 
 
-def _lrn_scaling(divide, x: str, producer: dict, readers: dict, known, chain):
+def _lrn_scaling(divide, x: str, producer: dict, known, chain):
     """(alpha, beta, k as params, the nodes) where `divide` is x / ((view * alpha + k) **
     beta) and `chain` leads from view back to the pool; else None."""
     def scalar(name: str) -> float | None:
@@ -925,7 +953,7 @@ def _lrn_scaling(divide, x: str, producer: dict, readers: dict, known, chain):
         return float(value.ravel()[0]) if value is not None and value.size == 1 else None
 
     def split(node, op_type: str):  # (the other input, the scalar) of a binary node of a scalar
-        if node is None or node.op_type != op_type or len(node.input) != 2 or len(readers.get(node.output[0], [])) != 1:
+        if node is None or node.op_type != op_type or len(node.input) != 2:
             return None, None
         a, b = node.input
         return (a, scalar(b)) if scalar(b) is not None else (b, scalar(a))
@@ -936,7 +964,7 @@ def _lrn_scaling(divide, x: str, producer: dict, readers: dict, known, chain):
     if power is None or power.op_type != "Pow" or scalar(power.input[1]) is None:
         return None
     add, k = split(producer.get(power.input[0]), "Add")
-    if len(readers.get(power.output[0], [])) != 1 or k is None:
+    if k is None:
         return None
     view, alpha = split(producer.get(add), "Mul")
     if alpha is None or view is None:
