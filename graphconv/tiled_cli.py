@@ -126,6 +126,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
         partial = PartialMap(args.output)
         if partial.exists():
             partial.check(job)  # another run's partial map: refused before any work (and again when opened)
+            partial.check_intact(shape, dtype)  # and one damaged since (an .npy cut short)
     nbytes = int(np.prod(shape)) * dtype.itemsize
     if not args.output and nbytes > memory_limit() // 4:
         raise GraphconvError(f"the score map is {format_size(nbytes)}: give --output MAP.npy or MAP.zarr "
@@ -153,8 +154,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     if args.output:
         map_file = MapFile(args.output, shape, dtype, chunk_hw=plan.cells_hw,
                            georeference=_map_georeference(args, source, grid), placement=placement,
-                           resume=job,
-                           tiles=plan.tiles)
+                           resume=job, tiles=plan.tiles, blank=blank_tiles)
         with map_file as out:
             if resume:
                 _say_resumed(map_file, plan, blank_tiles)
@@ -340,6 +340,9 @@ def _say_resumed(map_file, plan, blank_tiles: frozenset = frozenset()) -> None:
     computed, so they are not counted as work left."""
     done, total = len(map_file.done), len(plan.tiles)
     where = map_file.partial.shown
+    if map_file.damaged:
+        print(f"resume: {len(map_file.damaged)} tile(s) listed as done in {where} have blocks missing or unreadable "
+              "there (the partial map was damaged since): computing them again", file=sys.stderr)
     if done:
         background = len(blank_tiles - map_file.done)
         also = f" ({background} more hold only background and are not computed)" if background else ""

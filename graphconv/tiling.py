@@ -475,10 +475,15 @@ class MapFile:
     beside the output instead, kept when the run fails or is stopped: `done` is the set
     of tiles an earlier run of the same job wrote there (another job's partial map is
     refused, saying what differs), `record(tile)` lists a tile once its block is written
-    (call it after each), and the map is renamed into place once complete."""
+    (call it after each), and the map is renamed into place once complete. A partial map
+    damaged since (its .npy cut short) is refused; in a zarr one, the tiles listed as done
+    whose blocks are missing or unreadable are left out of `done` (computed again) and
+    kept in `damaged`; `blank` names the tiles written as not computed alone (no block of
+    theirs need be stored: zarr stores no chunk of fill values)."""
 
     def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype, chunk_hw: tuple[int, int],
-                 georeference=None, placement=None, resume: dict | None = None, tiles: Sequence[Tile] = ()):
+                 georeference=None, placement=None, resume: dict | None = None, tiles: Sequence[Tile] = (),
+                 blank: Collection[Tile] = ()):
         from graphconv.files import check_writable
         from graphconv.georef import is_tiff_output
         self.path, self.shape, self.dtype, self.chunk_hw = str(path), tuple(shape), np.dtype(dtype), chunk_hw
@@ -495,6 +500,8 @@ class MapFile:
         self.partial = PartialMap(self.path) if resume is not None else None
         self.job, self.tiles = _as_json(resume), tuple(tiles)
         self.done: frozenset[Tile] = frozenset()
+        self.damaged: frozenset[Tile] = frozenset()
+        self.blank = frozenset(blank)
         self._index: dict[Tile, int] = {}
 
     @property
@@ -549,6 +556,8 @@ class MapFile:
                 self.done = partial.done(self.tiles)
                 self._tmp = os.path.join(partial.folder, "map.tif" if self.is_tiff else partial.map_name)
                 self.array = self._reopen(partial.map_path)
+                self.damaged = self._damaged_blocks(self.done)
+                self.done -= self.damaged
                 try:
                     yield self.array
                     self._finish()
@@ -582,8 +591,38 @@ class MapFile:
         for key in keys:
             sync_file(os.path.join(self.partial.map_path, *key.split("/")), folder_too=True)
 
+    def _damaged_blocks(self, tiles: Collection[Tile]) -> frozenset[Tile]:
+        """Of `tiles` (listed as done), those whose blocks in a zarr partial map are not
+        all there and readable: a chunk file missing (but for a tile of cells not computed
+        alone, whose chunk holds fill values only and is not stored), or one that does not
+        decode (emptied, cut short: it would make the finished map unreadable). Each tile's
+        block is read once, a tile at a time. An .npy is checked as a whole
+        (`PartialMap.check_intact`)."""
+        if not self.is_zarr or not tiles:
+            return frozenset()
+        chunks = self.array.chunks
+        damaged = set()
+        for tile in tiles:
+            try:
+                keys = [self.array.metadata.encode_chunk_key((0, k, tile.rows[0] // chunks[2],
+                                                              tile.cols[0] // chunks[3]))
+                        for k in range(-(-self.shape[1] // chunks[1]))]
+            except AttributeError:  # a zarr without zarr 3's metadata: its blocks are only read
+                keys = []
+            if tile not in self.blank and not all(os.path.isfile(os.path.join(self.partial.map_path,
+                                                                              *key.split("/"))) for key in keys):
+                damaged.add(tile)
+                continue
+            try:
+                self.array[:, :, tile.rows[0]:tile.rows[1], tile.cols[0]:tile.cols[1]]
+            except Exception:  # noqa: BLE001 - a codec's error for bytes that are not its chunk
+                damaged.add(tile)
+        return frozenset(damaged)
+
     def _reopen(self, path: str) -> Any:
-        """The partial map made earlier, opened for writing; it must hold the map's shape and type."""
+        """The partial map made earlier, opened for writing; it must hold the map's shape and
+        type, and be whole (`PartialMap.check_intact`)."""
+        self.partial.check_intact(self.shape, self.dtype)
         if self.is_zarr:
             from graphconv.sources import require
             array = require("zarr").open_array(path, mode="r+")
@@ -695,6 +734,22 @@ class PartialMap:
                                  f"only the same run; delete it to start over (rm -r {shlex.quote(self.shown)})",
                                  file=self.shown)
 
+    def check_intact(self, shape: tuple[int, ...], dtype) -> None:
+        """Refuse a partial map whose map file cannot be this run's as it stands: an .npy
+        (a .tif output's scores too) whose header is not the map's shape and type or whose
+        size is not what that header needs (cut short: a memory map would silently extend
+        it with zeros, and the tiles listed as done would keep them), a zarr array that
+        cannot be opened or is of another shape or type. Nothing where there is no map yet
+        (`make_or_check` makes it). A zarr map's blocks are checked tile by tile when it is
+        opened (`MapFile`), and the damaged ones computed again."""
+        if not os.path.lexists(self.map_path):
+            return
+        damage = (_npy_damage(self.map_path, tuple(shape), np.dtype(dtype)) if self.map_name == "map.npy"
+                  else _zarr_damage(self.map_path, tuple(shape), np.dtype(dtype)))
+        if damage:
+            raise GraphconvError(f"the partial map is damaged ({damage}): remove it to start again "
+                                 f"(rm -r {shlex.quote(self.shown)})", file=self.shown)
+
     def done(self, tiles: Sequence[Tile]) -> frozenset[Tile]:
         """The tiles of `tiles` (the plan's, in order) the log lists as written."""
         try:
@@ -728,6 +783,41 @@ class PartialMap:
     def remove(self) -> None:
         from graphconv.files import remove_temporary
         remove_temporary(self.folder)
+
+
+def _npy_damage(path: str, shape: tuple[int, ...], dtype: np.dtype) -> str | None:
+    """What is wrong with the .npy at `path` as a (shape, dtype) map, or None."""
+    name = os.path.basename(path)
+    try:
+        with open(path, "rb") as fp:
+            version = np.lib.format.read_magic(fp)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            held_shape, fortran, held_dtype = read_header(fp)
+            start, size = fp.tell(), os.fstat(fp.fileno()).st_size
+    except OSError as err:
+        return f"its {name} cannot be read: {err.strerror or err}"
+    except ValueError:
+        return f"its {name} has no readable .npy header"
+    if tuple(held_shape) != shape or np.dtype(held_dtype) != dtype or fortran:
+        return f"its {name} holds a {np.dtype(held_dtype)} {tuple(held_shape)} map, not this run's {dtype} {shape}"
+    whole = start + int(np.prod(shape)) * dtype.itemsize
+    if size != whole:
+        return f"its {name} is {size} bytes, {whole} when whole"
+    return None
+
+
+def _zarr_damage(path: str, shape: tuple[int, ...], dtype: np.dtype) -> str | None:
+    """What is wrong with the zarr array at `path` as a (shape, dtype) map, or None."""
+    from graphconv.sources import require
+    try:
+        array = require("zarr").open_array(path, mode="r")
+    except Exception as err:  # noqa: BLE001 - whatever the store holds instead of an array's metadata
+        return f"its {os.path.basename(path)} cannot be opened as a zarr array: {type(err).__name__}"
+    if tuple(array.shape) != shape or np.dtype(array.dtype) != dtype:
+        return (f"its {os.path.basename(path)} holds a {np.dtype(array.dtype)} {tuple(array.shape)} map, not this "
+                f"run's {dtype} {shape}")
+    return None
 
 
 def _as_json(job: dict | None) -> dict | None:

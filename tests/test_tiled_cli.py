@@ -1441,6 +1441,59 @@ def test_resume_refuses_another_run_s_partial_map_saying_what_differs(model_dir,
     assert not (tmp_path / "map.zarr").exists()
 
 
+@pytest.mark.parametrize("suffix", [".npy", ".tif"])
+def test_resume_refuses_a_partial_npy_cut_short_since(model_dir, big_page, tmp_path, monkeypatch, capsys, suffix):
+    """A partial .npy cut short (a full disk, a copy stopped half way, `truncate`) was
+    opened as a memory map, which silently extended it with zeros: the tiles listed as
+    done were kept as zeros and the run ended with exit 0. Refused, before any work."""
+    from graphconv.cli import main
+
+    run = ["run", str(model_dir), "--image", str(big_page), "--tile", "100", "--output", str(tmp_path / f"map{suffix}"),
+           "--resume"]
+    _stop_after(monkeypatch, 7)
+    assert main(run) == 130
+    monkeypatch.undo()
+    scores = tmp_path / f"map{suffix}.partial" / "map.npy"
+    whole = scores.stat().st_size
+    os.truncate(scores, 1000)
+    written = _stop_after(monkeypatch, 10 ** 6)
+    capsys.readouterr()
+    assert main(run) == 2
+    err = capsys.readouterr().err
+    line = [text for text in err.splitlines() if text.startswith("graphconv:")]
+    assert line == [f"graphconv: {tmp_path / f'map{suffix}.partial'}: the partial map is damaged (its map.npy is "
+                    f"1000 bytes, {whole} when whole): remove it to start again "
+                    f"(rm -r {tmp_path / f'map{suffix}.partial'})"], err
+    assert written == [] and scores.stat().st_size == 1000 and not (tmp_path / f"map{suffix}").exists()
+
+
+@pytest.mark.parametrize("damage", ["emptied", "removed"])
+def test_resume_computes_again_the_tiles_whose_zarr_chunks_were_damaged(model_dir, big_page, tmp_path, monkeypatch,
+                                                                        capsys, damage):
+    """A done tile's chunk emptied (the finished map failed to read: a Zstd error) or
+    removed (read back as NaN) since the run stopped: that tile is computed again, said
+    so, and the map is the straight run's."""
+    from graphconv.cli import main
+
+    run = ["run", str(model_dir), "--image", str(big_page), "--tile", "100"]
+    out = tmp_path / "map.zarr"
+    assert main([*run, "--output", str(tmp_path / "straight.zarr")]) == 0
+    _stop_after(monkeypatch, 7)
+    assert main([*run, "--output", str(out), "--resume"]) == 130
+    monkeypatch.undo()
+    chunk = tmp_path / "map.zarr.partial" / "map.zarr" / "c" / "0" / "0" / "0" / "0"  # the first tile's
+    assert chunk.is_file()
+    chunk.write_bytes(b"") if damage == "emptied" else chunk.unlink()
+    written = _stop_after(monkeypatch, 10 ** 6)
+    capsys.readouterr()
+    assert main([*run, "--output", str(out), "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert ("resume: 1 tile(s) listed as done in" in err and "have blocks missing or unreadable" in err
+            and "resume: 6 of 20 tile(s) were done by an earlier run" in err and "computing 14" in err), err
+    assert len(written) == 14
+    np.testing.assert_array_equal(zarr.open_array(str(out))[:], zarr.open_array(str(tmp_path / "straight.zarr"))[:])
+
+
 def test_without_resume_a_stopped_run_leaves_nothing_and_a_partial_map_is_left_alone(model_dir, big_page, tmp_path,
                                                                                     monkeypatch, capsys):
     from graphconv.cli import main
