@@ -38,12 +38,26 @@ EXIT_BROKEN_PIPE = 128 + 13  # what a Unix tool killed by SIGPIPE returns
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command (`argv`, default sys.argv[1:]) in this process and return its exit
+    status; the signal handlers it installs are put back when it returns."""
+    return _main(argv, console=False)
+
+
+def console_main() -> int:
+    """The `graphconv` command (graphconv_console.py, `python -m graphconv`): as `main`,
+    except that once the command has stopped, a later Ctrl-C or SIGTERM is ignored
+    until the process exits, so it cannot add a traceback to the line that said how
+    the command ended."""
+    return _main(None, console=True)
+
+
+def _main(argv: Sequence[str] | None, console: bool) -> int:
     from graphconv.process import configure_process
 
-    configure_process()
-    parser = build_parser()
-    args = _parse(parser, argv)
-    with _terminate_like_interrupt():
+    with _stop_on_signals(console):
+        configure_process()
+        parser = build_parser()
+        args = _parse(parser, argv)
         return _run_command(args)
 
 
@@ -160,16 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="do not compute the tiles with no tissue in them (a slide's glass, a page's white): "
                           "their cells are NaN (65535 with --reduce argmax); tissue is colour of HSV saturation "
                           f"S or more, or greys darker than white by S (default {DEFAULT_THRESHOLD}); in a raster "
-                          "with no-data (GDAL's tag, NaN in floats), no-data cells are left out anyway: "
+                          "with no-data (GDAL's tag, --nodata, NaN in floats), no-data cells are left out anyway: "
                           "see --max-nodata")
-    run.add_argument("--max-nodata", type=_share, default=None, metavar="FRACTION",
-                     help="in a raster with no-data (GDAL's no-data tag, a zarr _FillValue, NaN in floats): a "
-                          "cell is left out (NaN; 65535 with --reduce argmax) when more than FRACTION of its crop "
-                          f"is no-data (default {DEFAULT_MAX_NODATA}; 0 keeps only cells with no no-data); "
-                          "no-data pixels go into the network as 0 after the preprocess (its padding's value)")
-    run.add_argument("--compute-nodata", action="store_true",
-                     help="compute every cell of a raster with no-data, even those wholly over it "
-                          "(--max-nodata 1)")
+    _add_nodata_options(run)
     run.add_argument("--output", help="write the output array here (.npy; .zarr for maps too big for memory; .tif: "
                                       "a map of K bands, georeferenced like a GeoTIFF image)")
     run.add_argument("--output-dir", metavar="DIR",
@@ -295,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
                           f"{VERIFY_REGION_CELLS}x{VERIFY_REGION_CELLS} cells at the image's centre, since the "
                           "crop loop runs the classifier once per cell)")
     _add_image_reading_options(ver)
+    _add_nodata_options(ver)
     ver.add_argument("--passes", help="the pipeline to check, as compile takes it, 'default' included (default: "
                                       "compile's; your own passes with --plugin)")
     ver.add_argument("--output-stride", type=int, metavar="S", help="compile for this finer stride, as compile does")
@@ -418,6 +426,33 @@ def _add_image_reading_options(parser: argparse.ArgumentParser) -> None:
                         help="a raster's bands to feed the network, in order, numbered from 1 as GDAL numbers them "
                              "(a 13-band Sentinel-2 TIFF's true colour: 4,3,2); TIFF and zarr images hold any "
                              "number of bands")
+
+
+def _add_nodata_options(parser: argparse.ArgumentParser) -> None:
+    """Which of a raster's pixels are no-data and which cells over them are left out:
+    run's, and verify --image's, which checks the cells run computes."""
+    parser.add_argument("--nodata", type=_nodata_value, metavar="VALUE",
+                        help="the raster's no-data value, given here: a pixel holding it in every band fed to the "
+                             "network is no-data (as a GeoTIFF's GDAL no-data tag or a zarr _FillValue says, which "
+                             "it replaces; 'nan' for NaN): for a scene whose swath border is 0 and whose file "
+                             "declares nothing, --nodata 0")
+    parser.add_argument("--max-nodata", type=_share, default=None, metavar="FRACTION",
+                        help="in a raster with no-data (GDAL's no-data tag, a zarr _FillValue, --nodata, NaN in "
+                             "floats): a cell is left out (NaN; 65535 with --reduce argmax) when more than FRACTION "
+                             f"of its crop is no-data (default {DEFAULT_MAX_NODATA}; 0 keeps only cells with no "
+                             "no-data); no-data pixels go into the network as 0 after the preprocess (its padding's "
+                             "value)")
+    parser.add_argument("--compute-nodata", action="store_true",
+                        help="compute every cell of a raster with no-data, even those wholly over it "
+                             "(--max-nodata 1)")
+
+
+def _nodata_value(text: str) -> float:
+    """--nodata's value: a number as GDAL's no-data tag holds one ("0", "-9999", "nan")."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number (or nan), got {shown(text)}") from None
 
 
 def check_image_reading_options(args: argparse.Namespace) -> None:
@@ -567,9 +602,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise GraphconvError("--skip-background looks for tissue in an image: give --image or --images")
     if args.compute_nodata and args.max_nodata is not None:
         raise GraphconvError("--compute-nodata computes every cell (--max-nodata 1): give one of the two")
-    if (args.compute_nodata or args.max_nodata is not None) and not (args.image or args.images):
-        raise GraphconvError("--max-nodata and --compute-nodata say which cells of an image's no-data to compute: "
-                             "give --image or --images")
+    if (args.compute_nodata or args.max_nodata is not None or args.nodata is not None) and not (args.image or
+                                                                                             args.images):
+        raise GraphconvError("--nodata, --max-nodata and --compute-nodata say which pixels of an image are no-data "
+                             "and which cells over them to compute: give --image or --images")
+    args.nodata_options_given = args.compute_nodata or args.max_nodata is not None
     args.max_nodata = 1.0 if args.compute_nodata else DEFAULT_MAX_NODATA if args.max_nodata is None \
         else args.max_nodata
     if args.images:
@@ -608,6 +645,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.bands:
             raise GraphconvError("--bands picks bands of a raster (a TIFF or a zarr array); this image is read "
                                  "as a picture (grey, RGB or RGBA)", file=args.image)
+        if args.nodata is not None:
+            from graphconv.sources import NODATA_OF_A_PICTURE
+            raise GraphconvError(NODATA_OF_A_PICTURE, file=args.image)
+        note_nodata_acts_on_nothing(args, None)
         stored = stores_values(model.graph.meta.get("preprocess"))
         picture = images.load_image(args.image, args.resize, channels=model.crop_shape[0], stored_values=stored)
         stored_bands = images.picture_bands(args.image)
@@ -626,9 +667,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _run_crops(args, model, grid, x, picture if args.image else None)
     if args.scales:
         return _run_scales(args, model, x)
-    check_run_fits(model.graph, x.shape[0], x.shape[2:],
-                   f"running {model.graph.name} on {x.shape[0]} image(s) of {x.shape[2]}x{x.shape[3]}",
-                   file=args.image or args.input)
+    model.check_memory(x.shape[0], x.shape[2:], file=args.image or args.input)  # run's own check, naming the file
     profile: dict[str, float] | None = {} if args.profile else None
     note_cold_kernels(model, args.device)
     start = time.perf_counter()
@@ -778,6 +817,31 @@ def note_how_the_image_is_read(image: str, converted: str | None) -> None:
     if turned_upright(image):
         note("note: the picture is turned upright per its EXIF orientation before it is mapped (its map and cells "
              "are the upright picture's, as photo viewers show it)")
+
+
+def note_nodata_acts_on_nothing(args: argparse.Namespace, source) -> None:
+    """--max-nodata or --compute-nodata given for an image none of whose pixels can be
+    no-data (no no-data value declared nor given with --nodata, and pixels that cannot be
+    NaN; or a picture, `source` None) does nothing: a scene whose swath border is 0 but
+    whose file says nothing was computed over the zeros. Say so, and how to name them."""
+    if not getattr(args, "nodata_options_given", False):
+        return
+    from graphconv.sources import nodata_can_occur
+
+    raster = getattr(source, "inner", source)
+    if raster is not None and getattr(raster, "missing_value", None) is not None and nodata_can_occur(raster):
+        return
+    flag = "--compute-nodata" if args.compute_nodata else f"--max-nodata {args.max_nodata:g}"
+    if raster is None or not hasattr(raster, "array"):
+        why = "the image is read as a picture, all of whose pixels are data"
+    else:
+        dtype = np.dtype(raster.array.dtype)
+        value = getattr(raster, "missing_value", None)
+        why = (f"its no-data value {value:g} is none of its {dtype} pixels' values" if value is not None else
+               f"the image declares no no-data value (no GDAL no-data tag, no _FillValue) and its {dtype} pixels "
+               "cannot be NaN") + (", so every pixel is data: give the value its no-data pixels hold with --nodata "
+                                   "VALUE (--nodata 0 for a swath border of 0)")
+    note(f"note: {flag} has nothing to act on: {why}")
 
 
 def note_pixels_as_they_are(args: argparse.Namespace, model) -> None:
@@ -1274,6 +1338,9 @@ def _check_verify_options(args: argparse.Namespace) -> None:
         if args.region or args.level or args.downsample > 1 or args.mpp is not None or args.bands:
             raise GraphconvError("--region, --level, --downsample, --mpp and --bands say which pixels of an "
                                  "--image to check")
+        if args.nodata is not None or args.max_nodata is not None or args.compute_nodata:
+            raise GraphconvError("--nodata, --max-nodata and --compute-nodata say which pixels of an --image are "
+                                 "no-data and which cells over them run computes")
         return
     if args.batch is not None or args.seed is not None:
         raise GraphconvError("--batch and --seed make random pixels; --image checks the image's own",

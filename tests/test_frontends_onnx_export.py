@@ -113,6 +113,19 @@ def test_dilate_is_suggested_only_where_it_can_rewrite_the_network_and_the_same_
     assert "same map" not in refused.value.message
 
 
+def test_export_says_why_dilate_cannot_in_inspect_s_words(write_spec, monkeypatch):
+    """Why dilate cannot rewrite a shift-and-stitch network is worked out in one place,
+    strides.dilate_problem (what inspect prints), not in a copy of it in the exporter."""
+    from graphconv import strides
+
+    model = compile_model(write_spec(STITCHED.replace("CEIL", "ceil_mode: true"), "hanging.yaml"),
+                          output_stride=1, stride_method="shift")
+    monkeypatch.setattr(strides, "dilate_problem", lambda graph, stride: f"the one reason, at stride {stride}")
+    with pytest.raises(GraphconvError, match=r"--stride-method dilate cannot rewrite this network \(the one reason, "
+                                             r"at stride 1\)"):
+        to_onnx_model(model.graph)
+
+
 EXPORTABLE = [pytest.param(op, example, id=f"{op.name}-{i}")
               for op in all_ops() if op.onnx is not None for i, example in enumerate(op.examples)]
 

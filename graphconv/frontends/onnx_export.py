@@ -90,8 +90,10 @@ def refuse_shift_and_stitch(graph: Graph) -> None:
     if not stitch:
         return
     head = "a shift-and-stitch model cannot be exported to ONNX (its interleave has no standard form here)"
+    from graphconv.strides import dilate_problem
+
     base, step = _unstitched(graph)
-    refusal = _dilate_refusal(base, step)
+    refusal = dilate_problem(base, step)  # less the advice to use shift, which this model already does
     if refusal is not None:
         raise stitch[0].error(f"{head}, and --stride-method dilate cannot rewrite this network ({refusal}): export "
                               "it compiled without --output-stride (its map at the full stride), or run the "
@@ -113,18 +115,6 @@ def _unstitched(graph: Graph) -> tuple[Graph, int]:
     for node in base.find("shift_copies") + base.find("interleave"):
         base.remove(node)
     return base, step
-
-
-def _dilate_refusal(graph: Graph, stride: int) -> str | None:
-    """Why --stride-method dilate cannot rewrite `graph` (a copy) to `stride` (its error,
-    less the advice to use shift, which this model already does), or None if it can."""
-    from graphconv.strides import dilate
-
-    try:
-        dilate(graph, stride)
-    except GraphconvError as err:
-        return (f"layer '{err.layer}': " if err.layer else "") + err.message.split("; use --stride-method shift")[0]
-    return None
 
 
 def to_onnx_model(graph: Graph):
