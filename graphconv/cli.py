@@ -108,19 +108,35 @@ class Terminated(BaseException):
 
 
 @contextmanager
-def _terminate_like_interrupt():
+def _stop_on_signals(console: bool = False):
+    """Ctrl-C raises KeyboardInterrupt and SIGTERM Terminated, in the main thread, as
+    the command's first signal; any later one is ignored. The first stops the command,
+    and every `with` block on the way out removes what it was writing; a second (Ctrl-C
+    pressed twice, a scheduler's SIGTERM after it) cutting that cleanup short would
+    leave half a temporary behind, or a traceback instead of the one 'interrupted'
+    line. The handlers before are put back on leaving, except for the `graphconv`
+    command (`console`): the process exits next, and a signal now must not add a
+    traceback to the line already printed."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    stopping: list[int] = []
 
-    def terminate(signum, frame):
-        raise Terminated()
+    def stop(signum, frame):
+        if stopping:
+            return  # already stopping: let the cleanup finish
+        stopping.append(signum)
+        raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    previous = {}
     try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, stop)
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if not console:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 def user_message(err: BaseException) -> str:

@@ -155,11 +155,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: 
         tmp = _temporary(folder, target.name + suffix)
         try:
             write(str(tmp))
-            os.replace(tmp, target)
+            with signals_deferred():
+                os.replace(tmp, target)
         except OSError as err:
             raise GraphconvError(f"cannot write: {err.strerror or err}", file=str(path)) from None
         finally:
-            _unlink_quietly(tmp)
+            with signals_deferred():
+                _unlink_quietly(tmp)
 
 
 # ---- outputs written in pieces (score maps) ---------------------------------------------------
@@ -182,28 +184,31 @@ def move_into_place(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
     (`_remove_stale_temporaries`), so the name holds the old map or the new one, never
     neither. It is removed once the new one is in."""
     tmp, target = Path(tmp), Path(target)
-    if target.is_symlink() or not target.is_dir():
-        os.replace(tmp, target)
-        return
-    aside = target.parent / f"{ASIDE_PREFIX}{_owner()}-{os.urandom(4).hex()}-{target.name}"
-    os.rename(target, aside)
-    try:
-        _checkpoint("output-set-aside")
-        os.rename(tmp, target)
-    except BaseException:
-        os.rename(aside, target)
-        raise
-    _checkpoint("output-replaced")
-    remove_temporary(aside)
+    with signals_deferred():  # a Ctrl-C here would leave the old map aside and the new one in its temporary
+        if target.is_symlink() or not target.is_dir():
+            os.replace(tmp, target)
+            return
+        aside = target.parent / f"{ASIDE_PREFIX}{_owner()}-{os.urandom(4).hex()}-{target.name}"
+        os.rename(target, aside)
+        try:
+            _checkpoint("output-set-aside")
+            os.rename(tmp, target)
+        except BaseException:
+            os.rename(aside, target)
+            raise
+        _checkpoint("output-replaced")
+        remove_temporary(aside)
 
 
 def remove_temporary(path: str | os.PathLike) -> None:
-    """Remove a temporary file or folder, if it is there."""
+    """Remove a temporary file or folder, if it is there, whole: a Ctrl-C meanwhile (the
+    second one, as the first one's cleanup runs) waits until it is gone."""
     path = Path(path)
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        _unlink_quietly(path)
+    with signals_deferred():
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            _unlink_quietly(path)
 
 
 def reserve_space(path: str | os.PathLike, shown_path: str) -> None:
@@ -367,8 +372,9 @@ def save_model_folder(directory: str | os.PathLike, spec_text: Callable[[str, st
                 written.remove(spec)
                 _sync_folder(target)
             except BaseException:
-                for path in reversed(written):  # the journal last: it names what a kill here would leave
-                    _unlink_quietly(path)
+                with signals_deferred():
+                    for path in reversed(written):  # the journal last: it names what a kill here would leave
+                        _unlink_quietly(path)
                 raise
             _checkpoint("after-commit")
             _remove_superseded(target, old_files, keep={weights_name, labels_name})
@@ -562,9 +568,10 @@ def output_folders(path: str | os.PathLike) -> Iterator[None]:
                 raise GraphconvError(f"cannot create folder {folder}: {err.strerror}", file=str(path)) from None
         yield
     except BaseException:
-        for folder in missing:
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        with signals_deferred():
+            for folder in missing:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
         raise
 
 

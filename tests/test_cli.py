@@ -1021,3 +1021,36 @@ def test_a_dense_run_of_a_padded_network_says_once_how_to_measure_what_padding_d
     capsys.readouterr()
     assert run_cli("run", tmp_path / "digits", "--image", ROOT / "examples" / "digits_page.png") == 0
     assert "pads in" not in capsys.readouterr().err
+
+
+def test_a_second_ctrl_c_during_the_cleanup_does_not_cut_it_short(tmp_path, monkeypatch, capsys):
+    """Ctrl-C twice: the second, landing while the first one's cleanup removed the .zarr
+    map's temporary folder, stopped the removal (the folder left, chunks and all, under
+    a message saying what it was writing is removed). A later signal is ignored while
+    the command stops."""
+    import signal
+
+    from graphconv import files
+
+    pytest.importorskip("zarr")
+    assert run_cli("compile", SPECS / "digits.yaml", "-o", tmp_path / "m") == 0
+    (tmp_path / "maps").mkdir()
+
+    def ctrl_c_before_the_rename(tmp, target):
+        signal.raise_signal(signal.SIGINT)  # the first Ctrl-C, as the map is complete
+
+    real_rmtree = files.shutil.rmtree
+
+    def ctrl_c_again_then_rmtree(path, *args, **kwargs):
+        signal.raise_signal(signal.SIGINT)  # the second, as its temporary folder is removed
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(files, "move_into_place", ctrl_c_before_the_rename)
+    monkeypatch.setattr(files.shutil, "rmtree", ctrl_c_again_then_rmtree)
+    capsys.readouterr()
+    assert run_cli("run", tmp_path / "m", "--image", ROOT / "examples" / "digits_page.png", "--tile", "64",
+                   "--output", tmp_path / "maps" / "o.zarr") == 130
+    said = capsys.readouterr().err.strip().splitlines()
+    assert said[-1] == "graphconv: interrupted (what it was writing is removed)" and said.count(said[-1]) == 1
+    assert list((tmp_path / "maps").iterdir()) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
