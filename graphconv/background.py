@@ -78,8 +78,8 @@ class Background:
             raise GraphconvError(f"--skip-background: a raster of {source.band_count} band(s) that is not a picture "
                                  "(grey, RGB or RGBA) and declares no no-data value: the tissue test reads colour "
                                  "on a bright background, which bands are not; give the raster a no-data value "
-                                 "(GDAL's no-data tag in a TIFF, a _FillValue attribute in a zarr array) or run "
-                                 "without --skip-background", file=source.path)
+                                 "(--nodata VALUE, or GDAL's no-data tag in a TIFF, a _FillValue attribute in a zarr "
+                                 "array) or run without --skip-background", file=source.path)
         self.tissue = tissue_mask(self.picture, threshold)
 
     @property

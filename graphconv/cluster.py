@@ -61,6 +61,7 @@ class MapOptions:
     mpp: float | None = None  # --mpp UM: each slide read at that pixel size (sources.resolution_for)
     traceback: bool = False  # --traceback: an image's error is raised with its traceback, not returned as one line
     max_nodata: float = DEFAULT_MAX_NODATA  # --max-nodata F: cells more of whose crop is no-data not computed
+    nodata: float | None = None  # --nodata VALUE: each raster's no-data value, in place of its file's
 
     def grid(self, model):
         """What each task maps: the model's dense pass, or the classifier on every crop."""
@@ -168,7 +169,8 @@ def _tile_block(ref: ModelRef, image: str, box: tuple[int, int, int, int], rows,
     if (ref, image) not in _WORKER_SOURCES:  # opened (a PNG: decoded) once per worker, not per tile
         _WORKER_SOURCES.clear()
         _WORKER_SOURCES[ref, image] = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"),
-                                                  options.level, options.bands, options.downsample, options.mpp)
+                                                  options.level, options.bands, options.downsample, options.mpp,
+                                                  options.nodata)
     x = _WORKER_SOURCES[ref, image].read(*box)
     grid = options.grid(model)
     full = grid.run(x[None] if x.ndim == 3 else x, options.device)
@@ -249,7 +251,7 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
         model = worker_model(ref)
         stamp = image_stamp(image)  # before the read: an image edited while it is read is not this map's
         source = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"), options.level,
-                             options.bands, options.downsample, options.mpp)
+                             options.bands, options.downsample, options.mpp, _raster_nodata(image, options))
         transform, _, _ = map_transform(options.reduce, options.classes, model.output_channels)
         grid = options.grid(model)
         blank_cells = None
@@ -276,6 +278,15 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
         if options.traceback:
             raise
         return ImageResult(image, error=user_message(err))
+
+
+def _raster_nodata(image: str, options: MapOptions) -> float | None:
+    """--nodata for `image`: a raster's (a TIFF, a zarr array), not a picture's, all of
+    whose pixels are data (a batch may hold both)."""
+    from graphconv.sources import is_ome_zarr, is_tiff
+
+    raster = is_tiff(image) or is_ome_zarr(image) or image.rstrip("/").lower().endswith(".zarr")
+    return options.nodata if raster else None
 
 
 def _refuse_a_broken_link(image: str) -> None:

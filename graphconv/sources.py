@@ -123,6 +123,7 @@ class ArrayLikeSource(_Preprocessed):
             else _to_255(np.dtype(array.dtype), path)
 
     nodata = None  # the no-data value the file declares (GDAL's tag, a zarr _FillValue); set by the openers
+    nodata_given = False  # whether `nodata` is run --nodata's (`open_source`), not the file's
 
     @property
     def missing_value(self) -> float | None:
@@ -546,16 +547,28 @@ def _area_taps(start: int, stop: int, factor: float) -> tuple[np.ndarray, np.nda
     return taps, (np.maximum(cover, 0.0) / factor).astype(np.float32)
 
 
+NODATA_OF_A_PICTURE = ("--nodata marks the no-data pixels of a raster read tile by tile (a TIFF or a zarr array); "
+                       "this image is read as a picture (grey, RGB or RGBA), all of whose pixels are data")
+
+
 def open_source(path: str | os.PathLike, channels: int, preprocess: dict | None, level: int = 0,
-                bands: Sequence[int] | None = None, downsample: float = 1, mpp: float | None = None):
+                bands: Sequence[int] | None = None, downsample: float = 1, mpp: float | None = None,
+                nodata: float | None = None):
     """The right source for `path`: TIFF and zarr lazily, other images through Pillow;
     `level` is a pyramid TIFF's level (0: full resolution), `bands` a raster's bands to
     read (1-based, in order; see the module), `downsample` the factor (whole or not) it is
     read coarser by (`Downsampled`); or `mpp`, the micrometres per pixel to read a slide
-    at, which picks both (`resolution_for`)."""
+    at, which picks both (`resolution_for`). `nodata` (run --nodata) is the raster's
+    no-data value, in place of the one its file declares, if any (a scene whose swath
+    border is 0 with no GDAL no-data tag)."""
     if mpp is not None:
         level, downsample = resolution_for(str(path), mpp)
     source = _open(str(path), channels, preprocess, level, bands)
+    if nodata is not None:
+        if not isinstance(source, ArrayLikeSource):
+            raise GraphconvError(NODATA_OF_A_PICTURE, file=str(path))
+        source.declared_nodata, source.nodata = source.nodata, float(nodata)
+        source.nodata_given = True
     return Downsampled(source, downsample) if downsample > 1 else source
 
 

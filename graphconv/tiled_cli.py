@@ -84,10 +84,11 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
                              "array, --tile, --workers, --reduce argmax, --classes, --downsample, --mpp, "
                              "--skip-background and .zarr outputs run in tiles)")
     source = open_source(args.image, model.crop_shape[0], model.graph.meta.get("preprocess"), args.level,
-                         args.bands, args.downsample, args.mpp)
+                         args.bands, args.downsample, args.mpp, getattr(args, "nodata", None))
     image_hw = (source.height, source.width)
     describe_resolution(source, args.mpp)
-    from graphconv.cli import note, note_how_the_image_is_read
+    from graphconv.cli import note, note_how_the_image_is_read, note_nodata_acts_on_nothing
+    note_nodata_acts_on_nothing(args, source)
     from graphconv.cluster import stored_orientation_note
     from graphconv.sources import channel_conversion
     oriented = stored_orientation_note(source)
@@ -310,7 +311,7 @@ def _job(args: argparse.Namespace, model, grid, source, plan, shape, dtype) -> d
         "--level": options.level, "--downsample": options.downsample, "--mpp": options.mpp,
         "--bands": options.bands, "--reduce": options.reduce, "--classes": options.classes,
         "--crops": options.crops, "--skip-background": options.skip_background,
-        "--max-nodata": options.max_nodata, "--device": options.device,
+        "--max-nodata": options.max_nodata, "--nodata": options.nodata, "--device": options.device,
         "tile plan": f"{len(plan.tiles)} tiles of up to {plan.tile_hw[0]}x{plan.tile_hw[1]} pixels, "
                      f"{plan.cells_hw[0]}x{plan.cells_hw[1]} cells",
         "map": f"{np.dtype(dtype)} {tuple(shape)}",
@@ -335,16 +336,19 @@ def _not_computed(skipped: int, blank: int) -> str:
 
 
 def _say_resumed(map_file, plan, blank_tiles: frozenset = frozenset()) -> None:
-    """--resume: how many tiles an earlier run wrote into the partial map, skipped now, and
-    how many are left to compute: the tiles over background alone (`_skipper`) are not
-    computed, so they are not counted as work left."""
-    done, total = len(map_file.done), len(plan.tiles)
+    """--resume: how many tiles an earlier run computed into the partial map, skipped now,
+    and how many are left to compute. The tiles over background alone (`_skipper`) are
+    not computed, listed as done or not (a --workers run writes them first), so they are
+    counted apart, once, as the final line counts them (`_not_computed`): the counts add
+    up to the plan's tiles."""
+    total = len(plan.tiles)
+    done = len(map_file.done - blank_tiles)
     where = map_file.partial.shown
     if map_file.damaged:
         print(f"resume: {len(map_file.damaged)} tile(s) listed as done in {where} have blocks missing or unreadable "
               "there (the partial map was damaged since): computing them again", file=sys.stderr)
     if done:
-        background = len(blank_tiles - map_file.done)
+        background = len(blank_tiles)
         also = f" ({background} more hold only background and are not computed)" if background else ""
         print(f"resume: {done} of {total} tile(s) were done by an earlier run ({where}) and are skipped; "
               f"computing {total - done - background}{also}", file=sys.stderr)
@@ -471,7 +475,7 @@ def _map_options(args: argparse.Namespace, grid):
                       crops=grid.stride if isinstance(grid, CropGrid) else None, level=args.level,
                       skip_background=args.skip_background, bands=tuple(args.bands) if args.bands else None,
                       downsample=args.downsample, mpp=args.mpp, traceback=getattr(args, "traceback", False),
-                      max_nodata=getattr(args, "max_nodata", DEFAULT_MAX_NODATA))
+                      max_nodata=getattr(args, "max_nodata", DEFAULT_MAX_NODATA), nodata=getattr(args, "nodata", None))
 
 
 def _model_ref(args: argparse.Namespace):
@@ -828,7 +832,7 @@ def _with_heatmap(args: argparse.Namespace, model, grid, result):
     one.heatmap_out = str(_heatmap_name(args, result.output))
     try:
         source = open_source(result.image, model.crop_shape[0], model.graph.meta.get("preprocess"), args.level,
-                             args.bands, args.downsample, args.mpp)
+                             args.bands, args.downsample, args.mpp, getattr(args, "nodata", None))
         _draw_heatmap(one, model, source, grid, _read_map(result.output), None)
     except (GraphconvError, OSError, ValueError) as err:
         return replace(result, error=f"its map was written, its heatmap not: {user_message(err)}")

@@ -1108,3 +1108,86 @@ def test_messages_spell_micrometres_one_way():
     found = [f"{path.name}:{number}" for path in Path(graphconv.__file__).parent.glob("*.py")
              for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if ascii_um.search(line)]
     assert found == []
+
+
+# ---- run --nodata: a raster's no-data value given on the command line ----------------------------------------
+
+TINY_STORED = """
+name: tiny
+input: {shape: [2, 8, 8]}
+preprocess: {values: stored, scale: 0.001}
+layers:
+  - {name: conv1, op: conv, out_channels: 3, kernel_size: 3}
+  - {name: relu1, op: relu}
+  - {name: pool1, op: maxpool, kernel_size: 2}
+  - {name: fc, op: fc, out_features: 3}
+"""
+
+
+def swath_scene(path, nodata_tag: bool):
+    """A 2-band 16-bit scene whose swath border (the left columns, a corner) is 0 in every band."""
+    scene = np.random.default_rng(3).integers(200, 4000, (40, 48, 2)).astype(np.uint16)
+    scene[:, :14] = 0
+    scene[30:, 36:] = 0
+    tifffile.imwrite(path, scene, photometric="minisblack", planarconfig="contig",
+                     extratags=[(42113, 2, 2, "0", True)] if nodata_tag else [])
+    return path
+
+
+def _main(*args) -> int:
+    from graphconv.cli import main
+    return main([str(a) for a in args])
+
+
+@pytest.fixture
+def tiny_fcn(tmp_path, capsys):
+    (tmp_path / "tiny.yaml").write_text(TINY_STORED)
+    assert _main("compile", tmp_path / "tiny.yaml", "-o", tmp_path / "tiny-fcn") == 0
+    capsys.readouterr()
+    return tmp_path / "tiny-fcn"
+
+
+def test_nodata_given_on_the_command_line_is_the_file_s_own(tmp_path):
+    """A GeoTIFF without GDAL's no-data tag whose swath border is 0 was computed over the
+    zeros, with no way to say they are no-data: --nodata (open_source's `nodata`) makes
+    it read exactly as the same scene with the tag; a picture has no no-data to name."""
+    tagged, plain = swath_scene(tmp_path / "tagged.tif", True), swath_scene(tmp_path / "plain.tif", False)
+    stored = {"values": "stored", "scale": 0.001}
+    want, want_missing = open_source(tagged, 2, stored).read_masked(0, 0, 40, 48)
+    got, missing = open_source(plain, 2, stored, nodata=0).read_masked(0, 0, 40, 48)
+    assert missing is not None and missing[0, :, :14].all() and missing.sum() == want_missing.sum()
+    np.testing.assert_array_equal(got, want)
+    assert open_source(plain, 2, stored).read_masked(0, 0, 40, 48)[1] is None
+    assert open_source(plain, 2, stored, downsample=2, nodata=0).nodata_mask(0, 0, 20, 24)[:, :7].all()
+    from PIL import Image
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "page.png")
+    with pytest.raises(GraphconvError, match="--nodata marks the no-data pixels of a raster read tile by tile"):
+        open_source(tmp_path / "page.png", 1, None, nodata=0)
+
+
+def test_run_nodata_maps_a_scene_as_its_no_data_tag_would_and_max_nodata_alone_says_it_does_nothing(
+        tmp_path, tiny_fcn, capsys):
+    tagged, plain = swath_scene(tmp_path / "tagged.tif", True), swath_scene(tmp_path / "plain.tif", False)
+    assert _main("run", tiny_fcn, "--image", tagged, "--max-nodata", "0.2", "--output", tmp_path / "tagged.npy") == 0
+    assert "has nothing to act on" not in capsys.readouterr().err
+    assert _main("run", tiny_fcn, "--image", plain, "--max-nodata", "0.2", "--nodata", "0",
+                 "--output", tmp_path / "given.npy") == 0
+    err = capsys.readouterr().err
+    assert "are not computed" in err and "has nothing to act on" not in err
+    want, got = np.load(tmp_path / "tagged.npy"), np.load(tmp_path / "given.npy")
+    assert np.isnan(want).any()
+    np.testing.assert_array_equal(got, want)
+    assert _main("run", tiny_fcn, "--image", plain, "--max-nodata", "0.2", "--output", tmp_path / "zeros.npy") == 0
+    err = capsys.readouterr().err
+    assert err.count("--max-nodata 0.2 has nothing to act on: the image declares no no-data value") == 1, err
+    assert "--nodata VALUE" in err and not np.isnan(np.load(tmp_path / "zeros.npy")).any()
+    assert _main("run", tiny_fcn, "--image", plain, "--output", tmp_path / "quiet.npy") == 0
+    assert "nothing to act on" not in capsys.readouterr().err  # no option given: nothing to say
+
+
+def test_skip_background_on_bands_without_no_data_names_nodata(tmp_path, tiny_fcn, capsys):
+    plain = swath_scene(tmp_path / "plain.tif", False)
+    assert _main("run", tiny_fcn, "--image", plain, "--skip-background", "--output", tmp_path / "m.npy") == 2
+    assert "give the raster a no-data value (--nodata VALUE, or GDAL's no-data tag" in capsys.readouterr().err
+    assert _main("run", tiny_fcn, "--image", plain, "--skip-background", "--nodata", "0",
+                 "--output", tmp_path / "m.npy") == 0
