@@ -12,6 +12,7 @@ from graphconv.kernel_cache import install_kernel_cache
 install_kernel_cache()  # before any kernel is compiled; graphconv's kernels only
 
 from graphconv.process import configure_process
+from graphconv.memory import set_memory_limit
 
 from graphconv.errors import GraphconvError, Location, PassError, ShapeError
 from graphconv.ir import Graph, Node
@@ -35,5 +36,5 @@ def load(path, **options) -> Model:
 __all__ = [
     "DEFAULT_PIPELINE", "Field", "Graph", "GraphconvError", "Location", "Model", "Node", "PassError", "PassManager",
     "ShapeError", "compile_graph", "compile_model", "configure_process", "load", "load_plugin", "load_spec", "receptive_fields", "register_pass",
-    "registered_passes", "run_passes", "save_model",
+    "registered_passes", "run_passes", "save_model", "set_memory_limit",
 ]

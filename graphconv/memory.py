@@ -44,9 +44,16 @@ def memory_limit() -> int:
 
 
 def set_memory_limit(limit: int | str | None) -> None:
-    """Set the budget (bytes, or text such as '512M' / '8G'); None restores the default."""
+    """Set the budget (bytes, or text such as '512M' / '8G'); None restores the default.
+    `graphconv.set_memory_limit` from Python, `--memory-limit` on the command line."""
     global _limit
-    _limit = parse_size(limit) if isinstance(limit, str) else limit
+    if isinstance(limit, str):
+        limit = parse_size(limit)
+    elif limit is not None and (not isinstance(limit, (int, float)) or isinstance(limit, bool) or not limit > 0
+                                or limit == float("inf")):
+        raise GraphconvError(f"the memory limit is a number of bytes > 0 or a size such as '512M' or '8G', "
+                             f"got {limit!r}")
+    _limit = None if limit is None else int(limit)
 
 
 def parse_size(text: str) -> int:
@@ -65,12 +72,14 @@ def format_size(nbytes: float) -> str:
     raise AssertionError("unreachable")
 
 
-def check_fits(nbytes: float, what: str, *, file: str | None = None) -> None:
-    """Refuse, before allocating, anything that would need more than the budget."""
+def check_fits(nbytes: float, what: str, *, file: str | None = None, hint: str | None = None) -> None:
+    """Refuse, before allocating, anything that would need more than the budget; `hint`,
+    what else to do, ends the message."""
     limit = memory_limit()
     if nbytes > limit:
         raise GraphconvError(f"{what} needs about {format_size(nbytes)}, over the memory limit of "
-                             f"{format_size(limit)} (raise it with --memory-limit)", file=file)
+                             f"{format_size(limit)} (raise it with --memory-limit, or graphconv.set_memory_limit "
+                             f"from Python){'; ' + hint if hint else ''}", file=file)
 
 
 # ---- what a forward pass needs -------------------------------------------------------------
@@ -115,10 +124,10 @@ def run_estimate(graph: Graph, batch: int, input_hw: tuple[int, int]) -> int:
 
 
 def check_run_fits(graph: Graph, batch: int, input_hw: tuple[int, int], what: str, *,
-                   file: str | None = None) -> None:
+                   file: str | None = None, hint: str | None = None) -> None:
     """Refuse a forward pass whose `run_estimate` is over the budget, naming `what`
-    (e.g. "running alexnet on 1 image of 384x384")."""
-    check_fits(run_estimate(graph, batch, input_hw), what, file=file)
+    (e.g. "running alexnet on 1 image of 384x384"). `Model.run` checks every run so."""
+    check_fits(run_estimate(graph, batch, input_hw), what, file=file, hint=hint)
 
 
 def weight_bytes(graph: Graph) -> int:

@@ -258,9 +258,11 @@ class Model:
         network computes cells for copies shifted past the image's end. `full=True`
         returns everything the network computed, as it computed it: those cells
         included, and always (N, K, rows, cols)."""
-        batch = as_batch(x, self.crop_shape[0])
+        batch = as_batch(x, self.crop_shape[0], convert=False)
         if not full:
             check_holds_a_crop(self.graph, batch.shape[2:])
+        self.check_memory(batch.shape[0], batch.shape[2:], hint=self._memory_hint(batch.shape[0]))
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
         out = self.executor(device).run(batch, profile)
         if not full and not self.segmentation:
             out = self._crop_grid(out, batch.shape[2:])
@@ -268,6 +270,29 @@ class Model:
         if not full and self.returns_vectors and out.shape[2:] == (1, 1):
             out = out.reshape(out.shape[:2])
         return out
+
+    def check_memory(self, images: int, input_hw: tuple[int, int], *, file: str | None = None,
+                     hint: str | None = None) -> None:
+        """Refuse, before anything is allocated, a run of `images` images of `input_hw` whose
+        peak memory (`memory.run_estimate`: weights, activations, scratch, the output) is
+        over the memory limit (`graphconv.set_memory_limit`, `--memory-limit`): a
+        GraphconvError giving the estimate, naming `file` if given and ending with `hint`.
+        `run` checks every run so (the CLI's too); the estimate is worked out once per size
+        and graph version."""
+        from graphconv.memory import check_fits, run_estimate
+
+        hw = (int(input_hw[0]), int(input_hw[1]))
+        estimate = self.derived(f"run estimate {images}x{hw}", lambda: run_estimate(self.graph, images, hw))
+        check_fits(estimate, f"running {self.graph.name} on {images} image(s) of {hw[0]}x{hw[1]}", file=file,
+                   hint=hint)
+
+    def _memory_hint(self, images: int) -> str:
+        """What to do instead of a whole run that does not fit, from Python."""
+        fewer = "run fewer images at a time" if images > 1 else ""
+        if self.returns_vectors:
+            return fewer
+        return ("Model.run_tiled(x, tile) computes the same map tile by tile in bounded memory (e.g. tile=1024)"
+                + (f", or {fewer}" if fewer else ""))
 
     def run_tiled(self, source, tile: int | tuple[int, int], *, out=None, device: str = "cpu",
                   transform=None, progress=None):
@@ -390,19 +415,28 @@ def as_map(scores: np.ndarray) -> np.ndarray:
     return scores[:, :, None, None] if scores.ndim == 2 else scores
 
 
-def as_batch(x: np.ndarray, channels: int, *, file: str | None = None) -> np.ndarray:
+def as_batch(x, channels: int, *, file: str | None = None, convert: bool = True) -> np.ndarray:
     """(C, H, W) -> (1, C, H, W); checks the dtype, the rank and that there is something
     to run (no axis of size 0: a batch of 0 images would reach the kernels, whose work
-    division assumes one). `file`, when the array was read from one, is named in errors."""
+    division assumes one). `file`, when the array was read from one, is named in errors.
+    Anything numpy reads as an array (a list, a CPU torch tensor) is taken; the result is
+    C-contiguous float32, or with `convert=False` the array as given (a view), checked
+    only: what `Model.run` checks before estimating its memory, and `run_tiled` before
+    reading a tile."""
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.floating):
-        raise GraphconvError(f"input must be a float32 array, got {x.dtype}", file=file)
+        raise GraphconvError(f"input must be a float32 array, got {x.dtype}"
+                             + ("; pixels of a picture are preprocessed first (Model.run_image reads and "
+                                "preprocesses an image file)" if np.issubdtype(x.dtype, np.integer) else ""),
+                             file=file)
+    given = tuple(x.shape)
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4 or x.shape[1] != channels:
-        raise GraphconvError(f"input must be (N, {channels}, H, W) or ({channels}, H, W), got "
-                             f"shape {tuple(x.shape)}", file=file)
+        hwc = len(given) == 3 and given[2] == channels
+        raise GraphconvError(f"input must be (N, {channels}, H, W) or ({channels}, H, W), got shape {given}"
+                             + ("; for an (H, W, C) image, x.transpose(2, 0, 1)" if hwc else ""), file=file)
     if x.size == 0:
         what = "no images (a batch of 0)" if x.shape[0] == 0 else "an image of no pixels"
         raise GraphconvError(f"the input of shape {tuple(x.shape)} is empty: {what}", file=file)
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return np.ascontiguousarray(x, dtype=np.float32) if convert else x

@@ -48,7 +48,16 @@ def test_check_fits_names_what_and_the_file(limit):
     with pytest.raises(GraphconvError) as err:
         check_fits(3 * MB, "a big thing", file="photo.png")
     assert str(err.value) == ("photo.png: a big thing needs about 3.0 MB, over the memory limit of 1.0 MB "
-                              "(raise it with --memory-limit)")
+                              "(raise it with --memory-limit, or graphconv.set_memory_limit from Python)")
+    with pytest.raises(GraphconvError, match=r"from Python\); read less at a time$"):
+        check_fits(3 * MB, "a big thing", hint="read less at a time")
+
+
+@pytest.mark.parametrize("value", [0, -5, float("nan"), float("inf"), "lots", True, [1]])
+def test_set_memory_limit_refuses_what_is_not_a_size(limit, value):
+    with pytest.raises(GraphconvError, match="memory.limit"):
+        limit(value)
+    assert graphconv.set_memory_limit is set_memory_limit
 
 
 def test_the_limit_comes_back_to_the_default(limit):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import graphconv
+from graphconv import GraphconvError
 from graphconv.dense import crop_loop
 from conftest import SPECS, random_input
 
@@ -267,3 +268,29 @@ def test_running_a_model_leaves_the_callers_graph_as_it_was(rng):
     graphconv.Model(graph).run(random_input(rng, (1, 1, 40, 40)))
     assert str(graph) == text and graph.version == version
     assert not any("layout" in node.annotations for node in graph.layers())
+
+
+# ---- memory: run refuses what does not fit, before allocating ---------------------------------------
+
+@pytest.fixture
+def memory_limit():
+    yield graphconv.set_memory_limit
+    graphconv.set_memory_limit(None)
+
+
+def test_run_refuses_an_image_over_the_memory_limit_before_allocating(floor_models, memory_limit, monkeypatch):
+    classifier, fcn = floor_models
+    memory_limit("64M")
+    slide = np.broadcast_to(np.float64(0), (1, 1, 6000, 6000))  # no memory of its own; float32 would be 137 MB
+    monkeypatch.setattr(type(fcn), "executor", lambda *a, **k: pytest.fail("the run started"))
+    with pytest.raises(GraphconvError) as err:
+        fcn.run(slide)
+    message = str(err.value)
+    assert message.startswith("running floor on 1 image(s) of 6000x6000 needs about ") and "\n" not in message
+    assert "over the memory limit of 64.0 MB (raise it with --memory-limit, or graphconv.set_memory_limit" in message
+    assert message.endswith("Model.run_tiled(x, tile) computes the same map tile by tile in bounded memory "
+                            "(e.g. tile=1024)")
+    crops = np.broadcast_to(np.float32(0), (20000, 1, 37, 37))
+    with pytest.raises(GraphconvError, match=r"running floor on 20000 image\(s\) of 37x37 .*; run fewer images at "
+                                             "a time$"):
+        classifier.run(crops)
