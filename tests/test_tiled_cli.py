@@ -286,6 +286,39 @@ def test_resume_with_skip_background_counts_only_the_tiles_to_compute(model_dir,
     assert bars[0].total == left and bars[0].closed_at == left
 
 
+@pytest.mark.parametrize("workers", [[], ["--workers", "1"]])
+def test_resume_counts_the_tiles_over_background_once_whatever_was_listed_as_done(model_dir, sparse_page, tmp_path,
+                                                                                  monkeypatch, capsys, workers):
+    """Tiles over background alone are listed as done when written (a --workers run writes
+    them first): the resume line counted them as done ('65 of 81 tile(s) were done ...
+    computing 16') while the final line counted them as background ('over 16 tile(s) (10
+    over background only, 55 done before ...)'). Both count them apart, once, and the
+    counts add up to the plan's tiles; the map is a straight run's."""
+    if workers:
+        pytest.importorskip("distributed")
+    from graphconv.cli import main
+
+    run = ["run", str(model_dir), "--image", str(sparse_page), "--tile", "60", "--skip-background", *workers]
+    assert main([*run, "--output", str(tmp_path / "straight.zarr")]) == 0
+    blank, total = map(int, re.search(r"(\d+) of (\d+) tile\(s\) hold only such cells",
+                                      capsys.readouterr().err).groups())
+    stop = blank + 3 if workers else total - blank + 2  # some tiles over background among those written
+    _stop_after(monkeypatch, stop)
+    assert main([*run, "--output", str(tmp_path / "map.zarr"), "--resume"]) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main([*run, "--output", str(tmp_path / "map.zarr"), "--resume"]) == 0
+    captured = capsys.readouterr()
+    done, said_total, computing = map(int, re.search(r"resume: (\d+) of (\d+) tile\(s\) were done by an earlier run "
+                                                     r".* computing (\d+)", captured.err).groups())
+    assert said_total == total and done == (3 if workers else total - blank)
+    assert f"computing {computing} ({blank} more hold only background and are not computed)" in captured.err
+    assert f"over {computing} tile(s) ({blank} over background only, {done} done before, not computed)" in captured.out
+    assert done + computing + blank == total
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "map.zarr"))[:],
+                                  zarr.open_array(str(tmp_path / "straight.zarr"))[:])
+
+
 def test_skip_background_on_many_images(model_dir, sparse_page, tmp_path):
     results = run_images(ModelRef(str(model_dir)), [str(sparse_page)], str(tmp_path / "o"),
                          MapOptions(skip_background=0.05), tile=60)  # without, one 1024-pixel tile: not blank
