@@ -37,7 +37,7 @@ from typing import Any, Callable, Collection, Iterator, Protocol, Sequence
 import numpy as np
 
 from graphconv.background import NO_CLASS
-from graphconv.errors import GraphconvError
+from graphconv.errors import GraphconvError, shown
 from graphconv.memory import format_size
 from graphconv.receptive import Field, receptive_fields, upsampling_multiple
 
@@ -267,11 +267,11 @@ def plan_tiles(model, image_hw: tuple[int, int], tile: int | Sequence[int]) -> T
     """Tiles of at most `tile` input pixels per axis covering `model.run`'s map of an
     image of `image_hw` (the crop grid; see Model.map_size). `model` may be a grid."""
     grid = as_grid(model)
-    tile_hw = (tile, tile) if isinstance(tile, int) else tuple(tile)
+    tile_hw = checked_tile(tile)
     smallest = grid.smallest_tile()
     field, align = grid.field, grid.align
     if tile_hw[0] < smallest[0] or tile_hw[1] < smallest[1]:
-        raise GraphconvError(f"--tile {tile_hw[0]}x{tile_hw[1]} is too small for this network: each "
+        raise GraphconvError(f"--tile (tile=) {tile_hw[0]}x{tile_hw[1]} is too small for this network: each "
                              f"tile needs one {field.size[0]}x{field.size[1]} receptive field plus "
                              f"its alignment to {align[0]}x{align[1]} px; the smallest tile that works "
                              f"is {max(smallest)} (or {smallest[0]}x{smallest[1]})")
@@ -284,6 +284,20 @@ def plan_tiles(model, image_hw: tuple[int, int], tile: int | Sequence[int]) -> T
                   for rows in row_spans for cols in col_spans)
     largest = (max(t.box[2] - t.box[0] for t in tiles), max(t.box[3] - t.box[1] for t in tiles))
     return TilePlan(tuple(image_hw), map_hw, largest, cells, field, align, tiles)
+
+
+def checked_tile(tile) -> tuple[int, int]:
+    """A tile size as (H, W) input pixels: one whole number for a square, or two."""
+    sizes = [tile, tile] if isinstance(tile, (int, np.integer)) else tile
+    try:
+        sizes = list(sizes)
+    except TypeError:
+        sizes = []
+    if len(sizes) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+                                  for v in sizes):
+        raise GraphconvError(f"a tile is a whole number of input pixels >= 1 (a square), or (H, W) of them; "
+                             f"got {shown(tile)}")
+    return int(sizes[0]), int(sizes[1])
 
 
 def _check_slides(graph) -> None:
@@ -366,21 +380,30 @@ def run_tiled(model, source: Source | np.ndarray, tile: int | Sequence[int], *, 
     run's: `MapFile.done`) are in `out` already, and are neither computed nor written."""
     from graphconv.background import blank_masks, fill_value, without_blank_cells
 
-    source = as_source(source)
     grid = as_grid(model)
+    channels = grid.model.crop_shape[0]
+    source = as_source(source, channels)
     plan = plan_tiles(grid, (source.height, source.width), tile)
+    if out is not None:
+        check_out(out, (getattr(source, "images", 1), None if transform else grid.model.output_channels, *plan.map_hw),
+                  float_scores=transform is None)
     done = frozenset(done) if out is not None else frozenset()
     masks, blank = blank_masks(plan.tiles, blank_cells)
     if out is None and len(blank) == len(plan.tiles):
         blank = blank[1:]  # one tile computed, for the map's channels and type
     blank = [t for t in blank if t not in done]
     skipped = set(blank) | done
+    unchecked = out is not None and transform is not None  # what a transform makes is checked on its first block
     for tile_ in plan.tiles:
         if tile_ in skipped:
             continue
         block = without_blank_cells(_tile_block(grid, source, tile_, plan.field, device, transform), masks.get(tile_))
         if out is None:
             out = np.empty((block.shape[0], block.shape[1], *plan.map_hw), block.dtype)
+        elif unchecked:
+            check_out(out, (block.shape[0], block.shape[1], *plan.map_hw),
+                      float_scores=np.issubdtype(block.dtype, np.floating))
+            unchecked = False
         write_block(out, tile_, block, progress)
     for tile_ in blank:
         write_block(out, tile_, fill_value(out.dtype), progress)
@@ -390,9 +413,8 @@ def run_tiled(model, source: Source | np.ndarray, tile: int | Sequence[int], *, 
 def _tile_block(grid, source: Source, tile: Tile, field: Field, device: str,
                 transform: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
     """One tile's cells of the map: its box read, run, cut to its own cells, transformed."""
-    top, left, bottom, right = tile.box
-    x = source.read(top, left, bottom, right)
-    full = grid.run(x[None] if x.ndim == 3 else x, device)
+    x = read_box(source, tile.box, grid.model.crop_shape[0])
+    full = grid.run(x, device)
     block = _cells_of(full, tile, field)
     return block if transform is None else transform(block)
 
@@ -417,19 +439,68 @@ def _cells_of(full: np.ndarray, tile: Tile, field: Field) -> np.ndarray:
     return full[:, :, r0:r1, c0:c1]
 
 
+def check_out(out: Any, shape: tuple, *, float_scores: bool) -> None:
+    """Refuse, before a tile is written, an `out` that cannot hold the map: its shape is
+    not (N, K, rows, cols) of the planned map (`shape`; K None when a transform decides
+    it), or scores would be written into integers (truncated; a transform's integer
+    classes, `--reduce argmax`, go into any integer type)."""
+    held = getattr(out, "shape", None)
+    dtype = getattr(out, "dtype", None)
+    if held is None or dtype is None:
+        raise GraphconvError(f"out= is where the map is written: a numpy array, np.memmap or zarr array, not "
+                             f"{type(out).__name__}")
+    if len(held) != 4 or any(want is not None and int(have) != want for have, want in zip(held, shape)):
+        want = "(" + ", ".join("K" if v is None else str(v) for v in shape) + ")"
+        raise GraphconvError(f"out= has shape {tuple(held)}, but the map is {want} (images, channels, rows, "
+                             "columns)")
+    if float_scores and not np.issubdtype(np.dtype(dtype), np.floating):
+        raise GraphconvError(f"out= is {np.dtype(dtype)}, but the map holds scores: give a floating-point out "
+                             "(float32), or they would be truncated")
+
+
+def read_box(source: Source, box: tuple[int, int, int, int], channels: int) -> np.ndarray:
+    """The source's pixels in `box`, as a (N, C, h, w) float32 batch checked as `Model.run`
+    checks its input (`model.as_batch`): a reader's block of another size, type or
+    channel count is refused, naming the box it was asked for."""
+    from graphconv.model import as_batch
+
+    top, left, bottom, right = box
+    x = np.asarray(source.read(top, left, bottom, right))
+    hw = (bottom - top, right - left)
+    if x.ndim not in (3, 4) or tuple(x.shape[-2:]) != hw:
+        raise GraphconvError(f"the reader returned an array of shape {tuple(x.shape)} for the box (top, left, "
+                             f"bottom, right) = {box}: it was asked for ({channels}, {hw[0]}, {hw[1]}), "
+                             f"{hw[0]}x{hw[1]} pixels")
+    try:
+        return as_batch(x, channels)
+    except GraphconvError as err:
+        raise GraphconvError(f"the reader's block for the box (top, left, bottom, right) = {box}: {err.message}") \
+            from None
+
+
 class ArraySource:
     """An in-memory (N, C, H, W) or (C, H, W) float32 array, already preprocessed."""
 
     def __init__(self, array: np.ndarray):
         self.array = array if array.ndim == 4 else array[None]
-        _, self.channels, self.height, self.width = self.array.shape
+        self.images, self.channels, self.height, self.width = self.array.shape
 
     def read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
         return np.ascontiguousarray(self.array[:, :, top:bottom, left:right], dtype=np.float32)
 
 
-def as_source(source) -> Source:
-    return ArraySource(source) if isinstance(source, np.ndarray) else source
+def as_source(source, channels: int) -> Source:
+    """A Source as it is (it must say its height and width and read boxes), or an array
+    (anything numpy reads as one: a list, a CPU torch tensor) checked as `Model.run`
+    checks its input (`model.as_batch`), and read a box at a time."""
+    if callable(getattr(source, "read", None)):
+        missing = [name for name in ("height", "width") if not isinstance(getattr(source, name, None), (int, np.integer))]
+        if missing:
+            raise GraphconvError(f"a reader (a source with read(top, left, bottom, right)) must say its "
+                                 f"{' and '.join(missing)} in pixels, as whole numbers")
+        return source
+    from graphconv.model import as_batch
+    return ArraySource(as_batch(source, channels, convert=False))
 
 
 # ---- what a tiled run writes ------------------------------------------------------------------------
