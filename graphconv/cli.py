@@ -55,9 +55,16 @@ def _main(argv: Sequence[str] | None, console: bool) -> int:
     from graphconv.process import configure_process
 
     with _stop_on_signals(console):
-        configure_process()
-        parser = build_parser()
-        args = _parse(parser, argv)
+        try:
+            configure_process()
+            parser = build_parser()
+            args = _parse(parser, argv)
+        except KeyboardInterrupt:
+            print("graphconv: interrupted (nothing was written)", file=sys.stderr)
+            return 130
+        except Terminated:
+            print("graphconv: terminated (nothing was written)", file=sys.stderr)
+            return 128 + signal.SIGTERM
         return _run_command(args)
 
 
@@ -134,7 +141,9 @@ def _stop_on_signals(console: bool = False):
             previous[signum] = signal.signal(signum, stop)
         yield
     finally:
-        if not console:
+        if console:
+            stopping.append(0)  # the command has ended: what comes now is ignored until the process exits
+        else:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
 
@@ -1668,4 +1677,8 @@ def cmd_passes(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m graphconv.cli`: this file runs as __main__, a second copy of the module
+    # beside graphconv.cli, which the other modules import (and whose _NOTES their
+    # note() calls fill): run the real one.
+    from graphconv.cli import console_main as _console_main
+    sys.exit(_console_main())

@@ -1054,3 +1054,80 @@ def test_a_second_ctrl_c_during_the_cleanup_does_not_cut_it_short(tmp_path, monk
     assert said[-1] == "graphconv: interrupted (what it was writing is removed)" and said.count(said[-1]) == 1
     assert list((tmp_path / "maps").iterdir()) == []
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def console(*args, script=None, env=None, **popen):
+    """The `graphconv` command as installed (graphconv_console.main), in a subprocess;
+    `script`: Python run first, in the process, to inject a fault."""
+    import os
+
+    code = f"{script or ''}\nimport sys, graphconv_console\nsys.argv[1:] = {list(map(str, args))!r}\n" \
+           "sys.exit(graphconv_console.main())"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})}, **popen)
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "abc", ""])
+def test_a_bad_numba_num_threads_is_one_line_before_numba_loads(value):
+    """numba read it on import: 0 was a traceback (ValueError, exit 1), 'abc' a warning
+    with a traceback in it, and the command ran."""
+    done = console("passes", env={"NUMBA_NUM_THREADS": value})
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == (f"graphconv: NUMBA_NUM_THREADS={value!r}: it must be a whole number of threads, 1 or "
+                           "more (unset it for one per core)\n")
+
+
+INTERRUPT_ON_IMPORT = """
+import signal, sys
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == "networkx":
+            signal.raise_signal(signal.{})
+sys.meta_path.insert(0, CtrlC())
+"""
+
+
+@pytest.mark.parametrize("signame, said, code", [("SIGINT", "interrupted", 130), ("SIGTERM", "terminated", 143)])
+def test_a_signal_while_graphconv_loads_is_one_line(signame, said, code):
+    """A Ctrl-C in the first second (the imports: numba, networkx) was a traceback
+    through them."""
+    done = console("passes", script=INTERRUPT_ON_IMPORT.format(signame))
+    assert (done.returncode, done.stdout, done.stderr) == (code, "", f"graphconv: {said} (nothing was written)\n")
+
+
+def test_ctrl_c_again_as_the_command_stops_or_after_it_ended_is_ignored():
+    """The second Ctrl-C, landing as the 'interrupted' line was being made, escaped as a
+    traceback through main, the process dying by SIGINT."""
+    script = """
+import signal
+import graphconv.cli as cli
+real = cli._what_is_left
+def ctrl_c_again(args):
+    signal.raise_signal(signal.SIGINT)
+    return real(args)
+def ctrl_c(args):
+    signal.raise_signal(signal.SIGINT)
+cli._what_is_left = ctrl_c_again
+cli.cmd_passes = ctrl_c
+real_main = cli.console_main
+def and_after(*a):
+    code = real_main(*a)
+    signal.raise_signal(signal.SIGINT)
+    signal.raise_signal(signal.SIGTERM)
+    return code
+import graphconv_console
+graphconv_console.console_main = and_after
+"""
+    done = console("passes", script=script.replace("import graphconv_console\ngraphconv_console.console_main",
+                                                   "cli.console_main"))
+    assert (done.returncode, done.stderr) == (130, "graphconv: interrupted (what it was writing is removed)\n")
+
+
+def test_python_m_graphconv_cli_keeps_the_notes_other_modules_make(tmp_path):
+    """`python -m graphconv.cli` ran cli.py as __main__, a second copy of the module:
+    the notes other modules gave graphconv.cli's list were never printed."""
+    np.save(tmp_path / "in.npy", np.zeros((1, 1, 32, 32), np.float32))
+    done = subprocess.run([sys.executable, "-m", "graphconv.cli", "run", SPECS / "lenet.yaml", "--input",
+                           tmp_path / "in.npy", "--output", tmp_path / "out.npy"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and "seeded (random) weights" in done.stderr
