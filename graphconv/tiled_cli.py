@@ -89,6 +89,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     describe_resolution(source, args.mpp)
     from graphconv.cli import note, note_how_the_image_is_read, note_nodata_acts_on_nothing
     note_nodata_acts_on_nothing(args, source)
+    _drop_a_skip_background_that_does_nothing(args, source)
     from graphconv.cluster import stored_orientation_note
     from graphconv.sources import channel_conversion
     oriented = stored_orientation_note(source)
@@ -158,7 +159,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
                            resume=job, tiles=plan.tiles, blank=blank_tiles)
         with map_file as out:
             if resume:
-                _say_resumed(map_file, plan, blank_tiles)
+                _say_resumed(map_file, plan, blank_tiles, _left_out_over(background))
             todo = [t for t in plan.tiles if t not in map_file.done and t not in blank_tiles]
             computed = len(todo)
             with _progress(args, len(todo), "tiles", sum(t.pixels for t in todo)) as advance:
@@ -179,7 +180,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
         means = _class_means(args, out)
     seconds = time.perf_counter() - start
     print(f"output shape {shape} ({dtype}) in {seconds:.2f} s over {computed} tile(s)"
-          f"{_not_computed(len(plan.tiles) - computed, len(blank_tiles))}")
+          f"{_not_computed(len(plan.tiles) - computed, len(blank_tiles), _left_out_over(background))}")
     if means is not None and np.isnan(means).all():
         print("--top: no cell was computed (every one is over background or no-data), so there is no class to rank")
     elif means is not None:
@@ -326,16 +327,16 @@ def _advance_if_computed(advance, tile, blank_tiles: frozenset) -> None:
         advance(1, tile.pixels)
 
 
-def _not_computed(skipped: int, blank: int) -> str:
+def _not_computed(skipped: int, blank: int, over: str = "background") -> str:
     """The final line's account of the `skipped` tiles not computed, `blank` of them over
-    background alone: ' (82 over background only, 40 done before)'; '' when none was
-    skipped (the line counted skipped glass as tiles computed)."""
-    parts = [f"{blank} over background only"] if blank else []
+    background (or, `over`, no-data) alone: ' (82 over background only, 40 done before)';
+    '' when none was skipped (the line counted skipped glass as tiles computed)."""
+    parts = [f"{blank} over {over} only"] if blank else []
     parts += [f"{skipped - blank} done before"] if skipped > blank else []
     return f" ({', '.join(parts)}, not computed)" if parts else ""
 
 
-def _say_resumed(map_file, plan, blank_tiles: frozenset = frozenset()) -> None:
+def _say_resumed(map_file, plan, blank_tiles: frozenset = frozenset(), over: str = "background") -> None:
     """--resume: how many tiles an earlier run computed into the partial map, skipped now,
     and how many are left to compute. The tiles over background alone (`_skipper`) are
     not computed, listed as done or not (a --workers run writes them first), so they are
@@ -349,7 +350,7 @@ def _say_resumed(map_file, plan, blank_tiles: frozenset = frozenset()) -> None:
               "there (the partial map was damaged since): computing them again", file=sys.stderr)
     if done:
         background = len(blank_tiles)
-        also = f" ({background} more hold only background and are not computed)" if background else ""
+        also = f" ({background} more hold only {over} and are not computed)" if background else ""
         print(f"resume: {done} of {total} tile(s) were done by an earlier run ({where}) and are skipped; "
               f"computing {total - done - background}{also}", file=sys.stderr)
     else:
@@ -368,6 +369,33 @@ def _note_a_partial_map(output: str) -> None:
         return
     note(f"note: {partial.shown} holds {partial.count_done()} tile(s) of a stopped --resume run of this output; "
          "left as it is: the same command with --resume continues it (delete it to start over)")
+
+
+def _left_out_over(background) -> str:
+    """What the cells a run leaves out lie over, for its counts: a raster's no-data (its
+    `Background` judges by that alone), or --skip-background's background."""
+    return "no-data" if background is not None and background.nodata is not None else "background"
+
+
+def _drop_a_skip_background_that_does_nothing(args: argparse.Namespace, source) -> None:
+    """--skip-background on a raster with no-data (a GeoTIFF's GDAL no-data tag, a zarr
+    _FillValue, --nodata, a float raster's NaN): its cells are judged by their no-data
+    alone, with or without the flag (`background.Background`), so the flag changed
+    nothing yet was recorded in the map and in --resume's job (a --resume without it was
+    refused). Say so once, and run as without it."""
+    if args.skip_background is None:
+        return
+    raster = getattr(source, "inner", source)
+    value = getattr(raster, "missing_value", None)
+    if value is None:
+        return
+    from graphconv.cli import note
+    what = f"its no-data value {value:g}" if getattr(raster, "nodata", None) is not None else "NaN, a float raster's"
+    args.skip_background = None
+    note(f"note: --skip-background does nothing here: {args.image} is a raster with no-data ({what}), whose cells "
+         "are left out by their no-data (--max-nodata) with or without it, and the tissue test (colour on a bright "
+         "background) is not applied to it; the run is the one without the flag (its map and --resume's job do "
+         "not record it)")
 
 
 def _background(args: argparse.Namespace, source, grid):

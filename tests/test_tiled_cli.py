@@ -733,6 +733,43 @@ def test_cli_a_scene_s_no_data_is_left_out_by_default_and_other_cells_are_exact(
     np.testing.assert_array_equal(np.load(tmp_path / "batch" / "swath.npy"), maps["tiled"])
 
 
+def test_skip_background_on_a_scene_with_no_data_says_it_does_nothing_and_is_not_part_of_the_job(
+        scene_net, tmp_path, monkeypatch, capsys):
+    """A raster with no-data is judged by its no-data alone, with or without
+    --skip-background: the flag changed nothing (the map bit for bit the same), yet the
+    map recorded it, --resume without it was refused as another job, and the final line
+    said the tiles left out for no-data were 'over background only'. Now one note says
+    the flag does nothing there; the job and the map are the run's without it; the
+    counts say no-data."""
+    from graphconv.cli import main
+
+    folder, bands = scene_net
+    scene = bands.copy()
+    scene[:, :, :50] = 0
+    tifffile.imwrite(tmp_path / "swath.tif", scene, photometric="minisblack", planarconfig="separate",
+                     extratags=[(42113, 2, 2, "0", True)])
+    common = ["run", str(folder / "fcn"), "--bands", "4,3,2", "--image", str(tmp_path / "swath.tif"), "--tile", "24"]
+    assert main([*common, "--output", str(tmp_path / "plain.zarr")]) == 0
+    capsys.readouterr()
+    _stop_after(monkeypatch, 2)
+    assert main([*common, "--skip-background", "--output", str(tmp_path / "map.zarr"), "--resume"]) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main([*common, "--output", str(tmp_path / "map.zarr"), "--resume"]) == 0  # was refused: another job
+    captured = capsys.readouterr()
+    assert "resume: 2 of" in captured.err
+    blank = int(re.search(r"(\d+) of \d+ tile\(s\) hold only such cells", captured.err).group(1))
+    assert blank and f"{blank} over no-data only" in captured.out and "background only" not in captured.out
+    assert main([*common, "--skip-background", "--output", str(tmp_path / "skip.zarr")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("note: --skip-background does nothing here") == 1, err
+    assert "its no-data value 0" in err
+    plain, skip = zarr.open_array(str(tmp_path / "plain.zarr")), zarr.open_array(str(tmp_path / "skip.zarr"))
+    np.testing.assert_array_equal(skip[:], plain[:])
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "map.zarr"))[:], plain[:])
+    assert dict(skip.attrs) == dict(plain.attrs)
+
+
 def test_cli_top_over_a_scene_of_no_data_alone_says_nothing_was_computed(scene_net, tmp_path):
     """Every cell left out: --top printed numpy's 'Mean of empty slice' warning and NaN scores."""
     folder, bands = scene_net
