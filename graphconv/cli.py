@@ -27,7 +27,7 @@ from graphconv.arrays import load_npy
 from graphconv.background import DEFAULT_MAX_NODATA, DEFAULT_THRESHOLD
 from graphconv.backends import device_choices
 from graphconv.errors import GraphconvError, nearest, shown
-from graphconv.files import atomic_write, check_model_target, check_writable
+from graphconv.files import atomic_write, check_model_target, check_writable, committed_outputs, forget_committed
 from graphconv.georef import is_tiff_output
 from graphconv.memory import check_run_fits
 from graphconv.pass_manager import DEFAULT_PIPELINE
@@ -76,6 +76,7 @@ def _run_command(args: argparse.Namespace) -> int:
             from graphconv.pass_manager import load_plugin
             load_plugin(plugin)
         _NOTES.clear()
+        forget_committed()
         code = args.handler(args)
         for text in _NOTES:  # after the work, so that a failed command prints its one error line only
             print(text, file=sys.stderr)
@@ -105,6 +106,9 @@ def _what_is_left(args: argparse.Namespace) -> str:
             return f"the tiles done are kept in {partial.shown}: the same command with --resume continues it"
     if getattr(args, "stopped_batch", None):  # an --images batch: its finished maps are kept (tiled_cli)
         return f"what it was writing is removed; {args.stopped_batch}"
+    written = committed_outputs()  # complete before the signal came (or held back until they were)
+    if written:
+        return f"it had written {', '.join(written)}, complete; nothing else is left"
     return "what it was writing is removed"
 
 
@@ -1597,13 +1601,14 @@ def _check_import_replaces_only_its_own(spec_path, others: list, given: str | No
 
 
 def _write_all(files: list) -> None:
-    """Write each (path, write(temporary path), suffix), all to temporaries first, then
-    rename them into place from the last to the first: a write that fails (a full disk)
-    leaves every file as it was, where one atomic write after another would leave a new
-    weights file beside the old spec."""
-    if files:
-        (path, write, suffix), rest = files[0], files[1:]
-        atomic_write(path, lambda tmp: (write(tmp), _write_all(rest)), suffix=suffix)
+    """Write each (path, write(temporary path), suffix) as one: `files.atomic_write_all`,
+    all to temporaries, then renamed into place together with Ctrl-C held back. One
+    atomic write after another left a new weights file beside the old spec on a full
+    disk, and on a Ctrl-C between two renames (the old spec, still 'imported, unedited',
+    naming the new weights)."""
+    from graphconv.files import atomic_write_all
+
+    atomic_write_all(files)
 
 
 def _preprocess_options(args: argparse.Namespace, channels: int) -> dict:

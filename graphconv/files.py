@@ -131,6 +131,21 @@ def _restore_handlers(previous: dict[int, object]) -> BaseException | None:
     return raised
 
 
+# ---- what this process has put in place ---------------------------------------------------------
+
+_COMMITTED: list[str] = []
+
+
+def committed_outputs() -> list[str]:
+    """The outputs renamed into place (complete) since `forget_committed`, as they were
+    named: what an interrupted command did write (the `interrupted` line says so)."""
+    return list(_COMMITTED)
+
+
+def forget_committed() -> None:
+    _COMMITTED.clear()
+
+
 # ---- single files ---------------------------------------------------------------------------
 
 def check_writable(path: str | os.PathLike) -> None:
@@ -157,11 +172,49 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: 
             write(str(tmp))
             with signals_deferred():
                 os.replace(tmp, target)
+                _COMMITTED.append(str(path))
         except OSError as err:
             raise GraphconvError(f"cannot write: {err.strerror or err}", file=str(path)) from None
         finally:
             with signals_deferred():
                 _unlink_quietly(tmp)
+
+
+def atomic_write_all(files: list[tuple[str | os.PathLike, Callable[[str], None], str]]) -> None:
+    """Write files that belong together (a spec and the weights it names), each
+    (path, write(temporary path), suffix), all to temporaries first, then rename them
+    into place from the last to the first with Ctrl-C and SIGTERM held back
+    (`signals_deferred`), so an interrupt leaves all of them old or all new: a write that
+    fails (a full disk) leaves every file as it was. Only SIGKILL or a crash between two
+    renames (microseconds) can leave some new beside some old: the first, renamed last,
+    is the one that names the others."""
+    targets = [_output_path(path) for path, _, _ in files]
+    for target, (path, _, _) in zip(targets, files):
+        if target.is_dir():
+            raise GraphconvError("is a folder; give a file name", file=str(path))
+    with contextlib.ExitStack() as stack:
+        for target in targets:
+            stack.enter_context(output_folders(target))
+        made: list[Path] = []
+        shown = str(files[0][0]) if files else ""
+        try:
+            for target, (path, write, suffix) in zip(targets, files):
+                shown = str(path)
+                folder = target.resolve().parent
+                _remove_stale_temporaries(folder)
+                made.append(_temporary(folder, target.name + suffix))
+                write(str(made[-1]))
+            with signals_deferred():
+                for tmp, target, (path, _, _) in reversed(list(zip(made, targets, files))):
+                    shown = str(path)
+                    os.replace(tmp, target)
+                _COMMITTED.extend(str(path) for path, _, _ in files)
+        except OSError as err:
+            raise GraphconvError(f"cannot write: {err.strerror or err}", file=shown) from None
+        finally:
+            with signals_deferred():
+                for tmp in made:
+                    _unlink_quietly(tmp)
 
 
 # ---- outputs written in pieces (score maps) ---------------------------------------------------
@@ -187,6 +240,7 @@ def move_into_place(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
     with signals_deferred():  # a Ctrl-C here would leave the old map aside and the new one in its temporary
         if target.is_symlink() or not target.is_dir():
             os.replace(tmp, target)
+            _COMMITTED.append(str(target))
             return
         aside = target.parent / f"{ASIDE_PREFIX}{_owner()}-{os.urandom(4).hex()}-{target.name}"
         os.rename(target, aside)
@@ -196,6 +250,7 @@ def move_into_place(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
         except BaseException:
             os.rename(aside, target)
             raise
+        _COMMITTED.append(str(target))
         _checkpoint("output-replaced")
         remove_temporary(aside)
 
@@ -369,6 +424,7 @@ def save_model_folder(directory: str | os.PathLike, spec_text: Callable[[str, st
                 _write_synced(spec, _text_writer(spec_text(weights_name, labels_name)))
                 _checkpoint("before-commit")
                 os.replace(spec, target / MODEL_SPEC)
+                _COMMITTED.append(str(directory))
                 written.remove(spec)
                 _sync_folder(target)
             except BaseException:

@@ -1131,3 +1131,32 @@ def test_python_m_graphconv_cli_keeps_the_notes_other_modules_make(tmp_path):
                            tmp_path / "in.npy", "--output", tmp_path / "out.npy"], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0 and "seeded (random) weights" in done.stderr
+
+
+def test_a_ctrl_c_as_import_renames_its_files_leaves_the_spec_and_its_weights_a_pair(tmp_path, monkeypatch,
+                                                                                    capsys):
+    """import writes net.labels.txt, net.npz, net.yaml by three renames: a Ctrl-C right
+    after the .npz's left the new weights beside the old spec (which still passed as
+    'imported, unedited'), under 'what it was writing is removed'."""
+    import os
+    import signal
+
+    pytest.importorskip("onnx")
+    assert run_cli("compile", SPECS / "digits.yaml", "-o", tmp_path / "m") == 0
+    assert run_cli("export", tmp_path / "m", "-o", tmp_path / "d.onnx") == 0
+    assert run_cli("import", tmp_path / "d.onnx", "-o", tmp_path / "net.yaml", "--std", "0.5") == 0
+    real_replace = os.replace
+
+    def ctrl_c_after_the_weights(src, dst, *args, **kwargs):
+        real_replace(src, dst, *args, **kwargs)
+        if str(dst).endswith(".npz"):
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(os, "replace", ctrl_c_after_the_weights)
+    capsys.readouterr()
+    assert run_cli("import", tmp_path / "d.onnx", "-o", tmp_path / "net.yaml", "--std", "0.25") == 130
+    monkeypatch.undo()
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said.startswith("graphconv: interrupted (it had written ") and "net.yaml" in said and "net.npz" in said
+    assert "std: [0.25]" in (tmp_path / "net.yaml").read_text()  # the new spec, beside the new weights
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.onnx", "m", "net.labels.txt", "net.npz", "net.yaml"]
