@@ -696,7 +696,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _run_crops(args, model, grid, x, picture if args.image else None)
     if args.scales:
         return _run_scales(args, model, x)
-    model.check_memory(x.shape[0], x.shape[2:], file=args.image or args.input)  # run's own check, naming the file
+    with _naming_the_input(args.image or args.input):  # run's own check, naming the file
+        model.check_memory(x.shape[0], x.shape[2:], file=args.image or args.input)
     profile: dict[str, float] | None = {} if args.profile else None
     note_cold_kernels(model, args.device)
     start = time.perf_counter()
@@ -711,6 +712,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("(the first run in a process also loads every compiled kernel; "
               "`graphconv inspect MODEL --profile` times a warmed-up run)")
     return _deliver(args, model, out, picture if args.image else None, model.field, model.cell_area)
+
+
+@contextmanager
+def _naming_the_input(file: str | None):
+    """A shape error that names no file (an input smaller than the classifier's crop)
+    names the input the user gave."""
+    from graphconv.errors import Location, ShapeError
+
+    try:
+        yield
+    except ShapeError as err:
+        if err.loc is None and file:
+            err.loc = Location(file)
+        raise
 
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")

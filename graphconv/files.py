@@ -148,14 +148,16 @@ def forget_committed() -> None:
 
 # ---- single files ---------------------------------------------------------------------------
 
-def check_writable(path: str | os.PathLike) -> None:
+def check_writable(path: str | os.PathLike, shown: str | None = None) -> None:
     """Fail before any work is done if `path` could never be written: it is a folder, an
-    empty name, or its folder (or the nearest one that exists) refuses new files."""
+    empty name, or its folder (or the nearest one that exists) refuses new files. The
+    error names `shown` if given (the user's output, where `path` is a stand-in for a
+    file in its folder)."""
     target = _output_path(path)
     if target.is_dir():
-        raise GraphconvError("is a folder; give a file name", file=str(path))
+        raise GraphconvError("is a folder; give a file name", file=shown or str(path))
     existing = _nearest_existing_folder(target)
-    _probe_write(existing, str(path))
+    _probe_write(existing, shown or str(path))
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: str = "") -> None:

@@ -1001,7 +1001,7 @@ def check_zarr_target(path: str) -> None:
                                  "array (choose a new name)", file=path)
     elif os.path.exists(target):
         raise GraphconvError("exists and is not a folder; a .zarr output is a folder", file=path)
-    check_writable(os.path.join(os.path.dirname(os.path.abspath(target)), "probe.npy"))
+    check_writable(os.path.join(os.path.dirname(os.path.abspath(target)), "probe.npy"), shown=path)
 
 
 def _zarr_v3_array(folder: str) -> bool:

@@ -1160,3 +1160,47 @@ def test_a_ctrl_c_as_import_renames_its_files_leaves_the_spec_and_its_weights_a_
     assert said.startswith("graphconv: interrupted (it had written ") and "net.yaml" in said and "net.npz" in said
     assert "std: [0.25]" in (tmp_path / "net.yaml").read_text()  # the new spec, beside the new weights
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.onnx", "m", "net.labels.txt", "net.npz", "net.yaml"]
+
+
+def test_a_zarr_output_in_a_folder_that_refuses_files_names_the_output(tmp_path, monkeypatch, capsys):
+    """A read-only folder: the error named the stand-in file the check probes with,
+    'ro/probe.npy: cannot write in .../ro', not the user's ro/o.zarr."""
+    import errno
+
+    from graphconv import files
+
+    pytest.importorskip("zarr")
+    assert run_cli("compile", SPECS / "digits.yaml", "-o", tmp_path / "m") == 0
+    (tmp_path / "ro").mkdir()
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
+    capsys.readouterr()
+    output = tmp_path / "ro" / "o.zarr"
+    assert run_cli("run", tmp_path / "m", "--image", ROOT / "examples" / "digits_page.png", "--tile", "64",
+                   "--output", output, "--resume") == 2
+    said = capsys.readouterr().err.strip()
+    assert said.startswith("graphconv: ") and "ro/o.zarr: cannot write in " in said
+    assert said.endswith("Read-only file system")
+    assert "probe" not in said
+
+
+def test_an_input_smaller_than_the_crop_is_named(tmp_path, capsys):
+    np.save(tmp_path / "tiny.npy", np.zeros((1, 1, 5, 5), np.float32))
+    assert run_cli("run", SPECS / "digits.yaml", "--input", tmp_path / "tiny.npy", "--output", tmp_path / "o.npy") == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "tiny.npy: the input is 5x5, smaller than the classifier's 28x28 crop")
+    assert not (tmp_path / "o.npy").exists()
+
+
+def test_a_weights_array_not_named_layer_dot_param_says_so(tmp_path, capsys):
+    """An array 'extra' was 'has weights 'extra' but the network has no layer '''."""
+    np.savez(tmp_path / "w.npz", extra=np.zeros(3, np.float32))
+    np.save(tmp_path / "in.npy", np.zeros((1, 1, 32, 32), np.float32))
+    assert run_cli("run", SPECS / "lenet.yaml", "--weights", tmp_path / "w.npz", "--input", tmp_path / "in.npy",
+                   "--output", tmp_path / "o.npy") == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "w.npz: has an array named 'extra', which is not of the form LAYER.PARAM (e.g. 'conv1.weight'): every array "
+        "in a weights file is a layer's parameter")

@@ -122,6 +122,10 @@ def _drop_dead_layers(graph: Graph) -> None:
 def _attach_weights(graph: Graph, arrays: dict[str, np.ndarray], source: str) -> None:
     for key, array in arrays.items():
         layer, _, what = key.rpartition(".")
+        if not layer or not what:
+            raise GraphconvError(f"has an array named {shown(key)}, which is not of the form LAYER.PARAM "
+                                 "(e.g. 'conv1.weight'): every array in a weights file is a layer's parameter",
+                                 file=source)
         if layer not in graph or graph.node(layer).op == "input":
             raise GraphconvError(f"has weights {shown(key)} but the network has no layer {shown(layer)}",
                                  file=source)
