@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import glob
+import json
 import os
 import re
 import sys
@@ -122,7 +123,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
         from graphconv.cluster import check_replaceable
         check_replaceable(args.output, dtype, shape)
     resume = getattr(args, "resume", False)
-    job = _job(args, model, grid, source, plan, shape, dtype) if resume else None
+    job = _job(args, model, grid, source, plan, shape, dtype) if resume or args.output else None
     if resume:
         from graphconv.tiling import PartialMap
         partial = PartialMap(args.output)
@@ -150,13 +151,13 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
         from graphconv.cli import note_cold_kernels
         note_cold_kernels(model, args.device)
     if args.output and not resume:
-        _note_a_partial_map(args.output)
+        written_over = _partial_map_beside(args.output, job)
     start = time.perf_counter()
     computed = len(plan.tiles)
     if args.output:
         map_file = MapFile(args.output, shape, dtype, chunk_hw=plan.cells_hw,
                            georeference=_map_georeference(args, source, grid), placement=placement,
-                           resume=job, tiles=plan.tiles, blank=blank_tiles)
+                           resume=job if resume else None, tiles=plan.tiles, blank=blank_tiles)
         with map_file as out:
             if resume:
                 _say_resumed(map_file, plan, blank_tiles, _left_out_over(background))
@@ -169,6 +170,8 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
                 _compute(args, grid, source, plan, tile, out, transform, on_tile, blank_cells, map_file.done)
             _draw_heatmap(args, model, source, grid, out, background)  # before the map is renamed into place
             means = _class_means(args, out)
+        if not resume and written_over is not None:
+            _remove_a_partial_map_written_over(written_over)
     else:
         todo = [t for t in plan.tiles if t not in blank_tiles]
         computed = len(todo)
@@ -358,17 +361,45 @@ def _say_resumed(map_file, plan, blank_tiles: frozenset = frozenset(), over: str
               "it); renamed into place when complete", file=sys.stderr)
 
 
-def _note_a_partial_map(output: str) -> None:
-    """A run without --resume beside a stopped --resume run's partial map: leave it alone,
-    and say once that it is there and that --resume continues it."""
+def _partial_map_beside(output: str, job: dict):
+    """A run without --resume beside a stopped --resume run's partial map. Of this same
+    job: returned, to be removed once this run has written the whole map over it
+    (`_remove_a_partial_map_written_over`: it was left behind, stale, while the note
+    still said --resume continued it); if this run stops, it is kept as it was. Of
+    another job: left as it is, and said once; None."""
     from graphconv.cli import note
-    from graphconv.tiling import PartialMap
+    from graphconv.tiling import PartialMap, job_differences
 
     partial = PartialMap(output)
-    if not partial.exists() or partial.job() is None:
+    held = partial.job() if partial.exists() else None
+    if held is None:
+        return None
+    differences = job_differences(held, json.loads(json.dumps(job)))
+    if not differences:
+        return partial
+    note(f"note: {partial.shown} holds {partial.count_done()} tile(s) of a stopped --resume run of another job "
+         f"({'; '.join(differences)}); left as it is: that run's command with --resume continues it (and replaces "
+         "this map), or delete it")
+    return None
+
+
+def _remove_a_partial_map_written_over(partial) -> None:
+    """This run (without --resume) wrote the whole map a stopped --resume run of the same
+    job had begun in `partial`: that partial map holds nothing more, so it goes, said
+    once (not while another run is resuming it)."""
+    from graphconv.cli import note
+    from graphconv.files import held_exclusively
+
+    done = partial.count_done()
+    try:
+        with held_exclusively(partial.folder, partial.shown):
+            partial.remove()
+    except (GraphconvError, OSError):
+        note(f"note: {partial.shown}, a stopped --resume run's partial map of this same map, is left as it is: "
+             "another run is writing it now")
         return
-    note(f"note: {partial.shown} holds {partial.count_done()} tile(s) of a stopped --resume run of this output; "
-         "left as it is: the same command with --resume continues it (delete it to start over)")
+    note(f"note: removed {partial.shown}, the {done} tile(s) a stopped --resume run of this same map had done: this "
+         "run computed the whole map without --resume (with --resume it goes on from such a partial map)")
 
 
 def _left_out_over(background) -> str:

@@ -1564,8 +1564,13 @@ def test_resume_computes_again_the_tiles_whose_zarr_chunks_were_damaged(model_di
     np.testing.assert_array_equal(zarr.open_array(str(out))[:], zarr.open_array(str(tmp_path / "straight.zarr"))[:])
 
 
-def test_without_resume_a_stopped_run_leaves_nothing_and_a_partial_map_is_left_alone(model_dir, big_page, tmp_path,
-                                                                                    monkeypatch, capsys):
+def test_without_resume_a_stopped_run_leaves_nothing_and_a_partial_map_is_kept_until_written_over(
+        model_dir, big_page, tmp_path, monkeypatch, capsys):
+    """A run without --resume beside a stopped --resume run's partial map: stopped, it
+    leaves that partial map as it was; finished, it has written the whole map, so the
+    partial map of the same job goes, said once (it was left behind, stale, with a note
+    that --resume continued it). Another job's partial map is left as it is, its
+    differences said, and not as 'the same command with --resume continues it'."""
     from graphconv.cli import main
 
     run = ["run", str(model_dir), "--image", str(big_page), "--tile", "100", "--output", str(tmp_path / "map.zarr")]
@@ -1579,13 +1584,23 @@ def test_without_resume_a_stopped_run_leaves_nothing_and_a_partial_map_is_left_a
     monkeypatch.undo()
     partial = tmp_path / "map.zarr.partial"
     before = sorted((p.relative_to(partial), p.stat().st_mtime_ns) for p in partial.rglob("*"))
+    _stop_after(monkeypatch, 5)
+    assert main(run) == 130  # stopped without --resume: the partial map is kept as it was
+    monkeypatch.undo()
+    assert sorted((p.relative_to(partial), p.stat().st_mtime_ns) for p in partial.rglob("*")) == before
     capsys.readouterr()
+    assert main([*run, "--classes", "1,2"]) == 0  # another job's: left as it is
+    err = capsys.readouterr().err
+    assert err.count("map.zarr.partial holds 3 tile(s) of a stopped --resume run of another job "
+                     "(--classes not given there, 1,2 here;") == 1 and "); left as it is: " in err, err
+    assert "the same command with --resume" not in err
+    assert sorted((p.relative_to(partial), p.stat().st_mtime_ns) for p in partial.rglob("*")) == before
     assert main(run) == 0
     err = capsys.readouterr().err
-    assert err.count("map.zarr.partial holds 3 tile(s) of a stopped --resume run") == 1
-    assert "--resume continues it" in err and "resume:" not in err
-    assert sorted((p.relative_to(partial), p.stat().st_mtime_ns) for p in partial.rglob("*")) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.zarr", "map.zarr.partial"]
+    assert err.count("note: removed") == 1 and "map.zarr.partial, the 3 tile(s) a stopped --resume run of this same " \
+        "map had done" in err, err
+    assert "resume:" not in err and "--resume continues it" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.zarr"]
 
 
 @pytest.mark.parametrize("args, message", [
