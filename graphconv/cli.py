@@ -1349,7 +1349,7 @@ def _size_as_run_reads(args: argparse.Namespace, model) -> tuple[int, int] | Non
     return source.height, source.width
 
 
-VERIFY_REGION_CELLS = 16  # verify --image's default region, cells a side: 256 crops, ~13 s for a ResNet-18
+VERIFY_REGION_CELLS = 16  # verify --image's default region, cells a side: 256 crops, 3-5 s for a ResNet-18 at 224
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -1408,31 +1408,120 @@ def _verify_on_image(args: argparse.Namespace, original, compiled) -> int:
     """verify --image: the check on a region of a real image, read as `run` reads it. The
     dense map's cells come from a pass over the region with the pixels its cells' fields
     reach around it (as `run` computes them on the whole image); the crop loop, the
-    costly part, runs over the region alone, with progress on stderr."""
+    costly part, runs over the region alone, with progress on stderr. The cells `run`
+    leaves out for no-data (`background.cells_left_out`, --nodata, --max-nodata) are left
+    out of the comparison too, and counted: on zeros the two agree, which says nothing."""
     from graphconv.dense import verify
     from graphconv.sources import open_source
     from graphconv.tiled_cli import describe_resolution
 
     source = open_source(args.image, original.crop_shape[0], original.graph.meta.get("preprocess"), args.level,
-                         args.bands, args.downsample, args.mpp)
+                         args.bands, args.downsample, args.mpp, args.nodata)
     describe_resolution(source, args.mpp)
+    _note_how_verify_reads(args, original, source)
     stride = _whole_stride(args, compiled)
-    box, where = _verify_region(args, source, original.crop_shape[1:], stride)
-    context = _with_context(box, compiled.field, original.crop_shape[1:], stride, (source.height, source.width))
+    crop = original.crop_shape[1:]
+    left_out = _cells_run_leaves_out(args, source, compiled)
+    blank = None if left_out is None else left_out.nodata_cells()
+    box, where = _verify_region(args, source, crop, stride, None if blank is None else _data_centre(blank, crop,
+                                                                                                     stride))
+    rows, cols = compiled.map_size(box[2] - box[0], box[3] - box[1])
+    skip = None
+    if blank is not None:
+        skip = np.zeros((rows, cols), bool)
+        part = blank[box[0] // stride[0]:box[0] // stride[0] + rows, box[1] // stride[1]:box[1] // stride[1] + cols]
+        skip[:part.shape[0], :part.shape[1]] = part
+        if skip.all():
+            raise GraphconvError(_no_data_in_region(args, source, where, blank, crop, stride, left_out),
+                                 file=args.image)
+    context = _with_context(box, compiled.field, crop, stride, (source.height, source.width))
     _check_verify_fits(original, compiled, 1, (context[2] - context[0], context[3] - context[1]))
     pixels = source.read(*context)[None]
     note_cold_kernels(compiled, args.device)
-    rows, cols = compiled.map_size(box[2] - box[0], box[3] - box[1])
     i0, j0 = (box[0] - context[0]) // stride[0], (box[1] - context[1]) // stride[1]
     dense = compiled.run(pixels, args.device)[:, :, i0:i0 + rows, j0:j0 + cols]
     image = pixels[:, :, box[0] - context[0]:box[2] - context[0], box[1] - context[1]:box[3] - context[1]]
     whole = compiled.map_size(source.height, source.width)
+    image_crops = whole[0] * whole[1] - (0 if blank is None else int(blank[:whole[0], :whole[1]].sum()))
+    why = None if skip is None or not skip.any() else (
+        f"{int(skip.sum())} of the region's {skip.size} cells are left out of the comparison, as run leaves them "
+        f"out: {_nodata_rule(left_out)}")
     with _crop_progress() as progress:
         report = verify(original, compiled, image, args.tolerance, args.device, strict=args.strict, dense=dense,
-                        where=where, progress=progress, image_crops=whole[0] * whole[1],
-                        command=_crops_command(args))
+                        where=where, progress=progress, image_crops=image_crops, command=_crops_command(args),
+                        left_out=skip if why else None, left_out_why=why)
     print(report)
     return 0 if report.passed else 1
+
+
+def _note_how_verify_reads(args: argparse.Namespace, original, source) -> None:
+    """run's notes on what the network sees of the image, for the same image read the same
+    way: an ONNX file's pixels going in as they are, the bands' conversion, a TIFF mapped
+    as stored, --max-nodata with nothing to act on."""
+    from graphconv.cluster import stored_orientation_note
+    from graphconv.sources import channel_conversion
+
+    note_pixels_as_they_are(argparse.Namespace(model=args.spec), original)
+    oriented = stored_orientation_note(source)
+    if oriented:
+        note(f"note: {oriented}")
+    note_how_the_image_is_read(args.image, channel_conversion(source))
+    args.nodata_options_given = args.compute_nodata or args.max_nodata is not None
+    note_nodata_acts_on_nothing(args, source)
+
+
+def _cells_run_leaves_out(args: argparse.Namespace, source, compiled):
+    """The `background.Background` of the cells `run` leaves out of this image for no-data
+    (the same rule, --nodata and --max-nodata as run's), or None where it leaves none out."""
+    from graphconv.background import cells_left_out
+    from graphconv.tiling import DenseGrid
+
+    max_nodata = 1.0 if args.compute_nodata else DEFAULT_MAX_NODATA if args.max_nodata is None else args.max_nodata
+    if getattr(source, "missing_value", None) is None:
+        return None
+    return cells_left_out(source, DenseGrid(compiled), None, max_nodata)
+
+
+def _nodata_rule(left_out) -> str:
+    """Why run leaves a cell out, as its note says it."""
+    value = f"no-data value {left_out.nodata:g}" if left_out.declared else "NaN, its no-data"
+    return (f"more than {left_out.max_nodata:.0%} of each one's crop is no-data, the image's {value} "
+            "(--max-nodata sets the share, --compute-nodata computes them all)")
+
+
+def _data_centre(blank: np.ndarray, crop: tuple[int, int], stride: tuple[int, int]) -> tuple[float, float] | None:
+    """The pixel (y, x), in the pixels read, at the centre of the bounding box of the cells
+    run computes (`blank` marks those it leaves out); None where it computes none."""
+    rows, cols = np.nonzero(~blank)
+    if not rows.size:
+        return None
+    return tuple((lo + hi) / 2 * stride[a] + crop[a] / 2 for a, (lo, hi) in
+                 enumerate(((rows.min(), rows.max()), (cols.min(), cols.max()))))
+
+
+def _no_data_in_region(args: argparse.Namespace, source, where: str, blank: np.ndarray, crop, stride,
+                       left_out) -> str:
+    """verify --image's refusal of a region every cell of which run leaves out for no-data,
+    with a region inside the data to check instead, where there is one."""
+    from graphconv.sources import level0_span
+
+    head = (f"every cell of the region ({where.split(':')[0]}) is left out by run for no-data ({_nodata_rule(left_out)}): "
+            "the region holds no data to compare")
+    rows, cols = np.nonzero(~blank)
+    if not rows.size:
+        return head + "; nor does the rest of the image"
+    span = level0_span(source)
+    box = [(int(rows.min()) * stride[0], int(rows.max()) * stride[0] + crop[0]),
+           (int(cols.min()) * stride[1], int(cols.max()) * stride[1] + crop[1])]
+    level0 = [(round(lo * span[a]), round(min(hi, (source.height, source.width)[a]) * span[a]))
+              for a, (lo, hi) in enumerate(box)]
+    centre = _data_centre(blank, crop, stride)
+    side = [min(crop[a] + (VERIFY_REGION_CELLS - 1) * stride[a], box[a][1] - box[a][0]) for a in (0, 1)]
+    top, left = (max(0, round((centre[a] - side[a] / 2) * span[a])) for a in (0, 1))
+    return (f"{head}; the cells run computes lie in rows {level0[0][0]}-{level0[0][1]}, columns "
+            f"{level0[1][0]}-{level0[1][1]} of level 0: give a --region inside them, e.g. --region {top} {left} "
+            f"{round(side[0] * span[0])} {round(side[1] * span[1])} (or leave out --region: its default avoids "
+            "the no-data)")
 
 
 def _crops_command(args: argparse.Namespace) -> str:
@@ -1460,12 +1549,14 @@ def _whole_stride(args: argparse.Namespace, compiled) -> tuple[int, int]:
     return int(stride[0]), int(stride[1])
 
 
-def _verify_region(args: argparse.Namespace, source, crop: tuple[int, int],
-                   stride: tuple[int, int]) -> tuple[tuple[int, int, int, int], str]:
+def _verify_region(args: argparse.Namespace, source, crop: tuple[int, int], stride: tuple[int, int],
+                   data_centre: tuple[float, float] | None = None) -> tuple[tuple[int, int, int, int], str]:
     """(top, left, bottom, right) in the pixels read, and how the report names it: --region
-    (level-0 pixels) or VERIFY_REGION_CELLS a side at the image's centre, cut to whole
-    cells on `run`'s grid (its top and left on a multiple of the stride), so that each cell
-    is one of run's."""
+    (level-0 pixels), grown to whole cells on `run`'s grid that cover it (its top and
+    left down to a multiple of the stride, its bottom and right out to a cell's edge
+    within the image), so that each cell is one of run's; or VERIFY_REGION_CELLS a side
+    at the image's centre, or at `data_centre` (the centre of the data's bounding box,
+    `_data_centre`: a scene's swath, which run's cells cover)."""
     from graphconv.sources import level0_span
 
     span = level0_span(source)
@@ -1475,18 +1566,23 @@ def _verify_region(args: argparse.Namespace, source, crop: tuple[int, int],
                              f"{crop[0]}x{crop[1]} crop", file=args.image)
     if args.region:
         start, extent = _given_region(args, source, span)
-        how = "--region"
+        if extent[0] < crop[0] or extent[1] < crop[1]:
+            raise GraphconvError(f"--region is {extent[0]}x{extent[1]} pixels as read, smaller than the "
+                                 f"classifier's {crop[0]}x{crop[1]} crop", file=args.image)
+        end = [start[a] + extent[a] for a in (0, 1)]
+        start = [start[a] // stride[a] * stride[a] for a in (0, 1)]
+        wanted = [-(-(end[a] - start[a] - crop[a]) // stride[a]) + 1 for a in (0, 1)]  # cells that cover it
+        how = "--region, grown to whole cells of run's map"
     else:
         extent = [min(size[a], crop[a] + (VERIFY_REGION_CELLS - 1) * stride[a]) for a in (0, 1)]
-        start = [(size[a] - extent[a]) // 2 for a in (0, 1)]
-        how = (f"the centre {VERIFY_REGION_CELLS}x{VERIFY_REGION_CELLS} cells at most; --region picks another, at "
-               "the crop loop's cost of one classifier run per cell")
-    start = [start[a] // stride[a] * stride[a] for a in (0, 1)]
-    extent = [min(extent[a], size[a] - start[a]) for a in (0, 1)]
-    if extent[0] < crop[0] or extent[1] < crop[1]:
-        raise GraphconvError(f"--region is {extent[0]}x{extent[1]} pixels as read, smaller than the classifier's "
-                             f"{crop[0]}x{crop[1]} crop", file=args.image)
-    cells = [(extent[a] - crop[a]) // stride[a] + 1 for a in (0, 1)]
+        centre = data_centre or (size[0] / 2, size[1] / 2)
+        start = [min(max(0, int(round(centre[a] - extent[a] / 2))), size[a] - extent[a]) for a in (0, 1)]
+        start = [start[a] // stride[a] * stride[a] for a in (0, 1)]
+        wanted = [(extent[a] - crop[a]) // stride[a] + 1 for a in (0, 1)]
+        where = "the centre of the cells run computes (the data)" if data_centre else "the image's centre"
+        how = (f"{VERIFY_REGION_CELLS}x{VERIFY_REGION_CELLS} cells at most around {where}; --region picks "
+               "another, at the crop loop's cost of one classifier run per cell")
+    cells = [max(1, min(wanted[a], (size[a] - start[a] - crop[a]) // stride[a] + 1)) for a in (0, 1)]
     end = [start[a] + crop[a] + (cells[a] - 1) * stride[a] for a in (0, 1)]
     level0 = [(round(start[a] * span[a]), round(end[a] * span[a])) for a in (0, 1)]
     where = (f"rows {level0[0][0]}-{level0[0][1]}, columns {level0[1][0]}-{level0[1][1]} of level 0, "

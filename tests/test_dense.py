@@ -440,11 +440,12 @@ def test_verify_on_a_region_of_a_tiff_sees_the_cells_as_run_computes_them_on_the
     assert _cli("compile", spec, "-o", tmp_path / "fcn") == 0
     assert _cli("run", tmp_path / "fcn", "--image", tif, "--output", tmp_path / "dense.npy") == 0
     assert _cli("run", spec, "--image", tif, "--crops", "--output", tmp_path / "crops.npy") == 0
-    # the region snaps to run's grid (stride 2): rows 10-40, columns 8-34, 8x6 cells from cell (5, 4)
-    assert "rows 10-40, columns 8-34 of level 0, 8x6 cells" in out
-    block = np.s_[:, :, 5:13, 4:10]
+    # the region grows to whole cells of run's grid (stride 2) that cover rows 11-41, columns 9-35: rows 10-42,
+    # columns 8-36, 9x7 cells from cell (5, 4) (it moved to rows 10-40, leaving row 41 out)
+    assert "rows 10-42, columns 8-36 of level 0, 9x7 cells" in out
+    block = np.s_[:, :, 5:14, 4:11]
     dense_map, crops_map = np.load(tmp_path / "dense.npy")[block], np.load(tmp_path / "crops.npy")[block]
-    assert _reported_change(out) == (_top_changed(dense_map, crops_map), 48)
+    assert _reported_change(out) == (_top_changed(dense_map, crops_map), 63)
     assert f"up to {np.abs(dense_map - crops_map).max():.3g}" in out
 
 
@@ -496,3 +497,75 @@ def test_verify_image_errors_exit_2_with_one_message(write_spec, tmp_path, rng, 
     code = _cli("verify", write_spec(GREY_PADDED), *[png if a == "IMG" else a for a in args])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err and err.count("\n") == 1, err
+
+
+def test_the_crop_loop_s_cost_keeps_two_or_three_figures(write_spec, rng):
+    """A small network's crop 'took 0 ms a crop here, so about 0 s' for the whole image."""
+    from graphconv.dense import TopClasses, _duration
+
+    assert [_duration(t) for t in (0.00042, 0.0123, 3.74, 47.2, 600, 9000)] == [
+        "0.42 ms", "12 ms", "3.7 s", "47 s", "10 min", "2.5 h"]
+    top = TopClasses("here", 50, 100, np.ones(2, int), np.ones(2, int), 1.0, 0.5, 0.0123, 40, image_crops=500)
+    assert "took 0.31 ms a crop here, so about 154 ms for the 500 crops" in top._cost()
+
+
+def _scene_with_no_data(path, tifffile, rng):
+    """A 1-band 16-bit raster whose left 40 columns are 0 (GDAL no-data 0)."""
+    scene = rng.integers(200, 4000, (60, 90), dtype=np.uint16)
+    scene[:, :40] = 0
+    tifffile.imwrite(path, scene, extratags=[(42113, 2, 2, "0", True)])
+    return path
+
+
+def test_verify_on_an_image_leaves_out_the_cells_run_leaves_out_for_no_data(write_spec, tmp_path, rng, capsys):
+    """A region wholly over no-data compared the network on zeros and said PASS; now the
+    cells run leaves out are left out of the comparison and counted, a region of no-data
+    alone is refused with one inside the data, the default region is the data's, and
+    verify takes run's --nodata and --max-nodata."""
+    tifffile = pytest.importorskip("tifffile")
+    spec = write_spec(GREY_PADDED.replace("input: {shape: [1, 16, 16]}",
+                                          "input: {shape: [1, 16, 16]}\npreprocess: {values: stored, scale: 0.001}"))
+    tif = _scene_with_no_data(tmp_path / "scene.tif", tifffile, rng)
+    assert _cli("verify", spec, "--image", tif, "--region", 0, 0, 40, 40) == 2
+    err = capsys.readouterr().err
+    assert "every cell of the region (rows 0-40, columns 0-40 of level 0, 13x13 cells) is left out by run for " \
+           "no-data" in err and "the region holds no data to compare" in err
+    assert "the cells run computes lie in rows 0-60, columns 32-90 of level 0: give a --region inside them" in err
+    assert _cli("verify", spec, "--image", tif, "--region", 0, 20, 40, 50) == 0
+    out = capsys.readouterr().out
+    # cells 0..17 across: crop j spans columns 20 + 2j .. 36 + 2j, no-data (columns < 40) in more than half of it
+    # for 2j < 12 - 2: j < 6; 6 of 18 columns, 13 rows
+    assert "78 of the region's 234 cells are left out of the comparison, as run leaves them out: more than 50% " \
+           "of each one's crop is no-data, the image's no-data value 0" in out
+    assert _reported_change(out)[1] == 156
+    assert _cli("verify", spec, "--image", tif, "--region", 0, 20, 40, 50, "--max-nodata", 0) == 0
+    assert "130 of the region's 234 cells are left out" in capsys.readouterr().out  # every crop reaching columns < 40: j < 10
+    assert _cli("verify", spec, "--image", tif, "--region", 0, 20, 40, 50, "--compute-nodata") == 0
+    assert "left out" not in capsys.readouterr().out
+    assert _cli("verify", spec, "--image", tif) == 0  # the default: around the centre of the data's cells
+    out = capsys.readouterr().out
+    assert "around the centre of the cells run computes (the data)" in out and "left out" not in out
+    tifffile.imwrite(tmp_path / "plain.tif", tifffile.imread(tif))
+    assert _cli("verify", spec, "--image", tmp_path / "plain.tif", "--region", 0, 0, 40, 40, "--nodata", 0) == 2
+    assert "the region holds no data to compare" in capsys.readouterr().err
+    assert _cli("verify", spec, "--image", tmp_path / "plain.tif", "--region", 0, 0, 40, 40, "--max-nodata", .2) == 0
+    err = capsys.readouterr().err
+    assert "note: --max-nodata 0.2 has nothing to act on" in err and "--nodata VALUE" in err
+
+
+def test_verify_on_an_image_gives_run_s_notes_on_how_it_is_read(write_spec, tmp_path, rng, capsys):
+    """run on an ONNX file that states no preprocess says its pixels go in as they are,
+    and on an RGB picture for a grey model that it is fed luma; verify --image said
+    neither on the same image."""
+    pytest.importorskip("PIL")
+    pytest.importorskip("onnx")
+    from PIL import Image
+
+    spec = write_spec(GREY_PADDED)
+    assert _cli("export", spec, "-o", tmp_path / "net.onnx") == 0
+    Image.fromarray(rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)).save(tmp_path / "rgb.png")
+    capsys.readouterr()
+    assert _cli("verify", tmp_path / "net.onnx", "--image", tmp_path / "rgb.png") == 0
+    err = capsys.readouterr().err
+    assert err.count("states no preprocess (an ONNX file has no place for one), so the pixels go in as they are") == 1
+    assert err.count("note: the image is RGB: converted to grey for the 1-channel model") == 1
