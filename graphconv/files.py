@@ -412,9 +412,10 @@ def save_model_folder(directory: str | os.PathLike, spec_text: Callable[[str, st
             _remove_journaled(target)
             _remove_stale_temporaries(target, locked=True)
             old_files = _files_named_by(target / MODEL_SPEC)
-            journal = _Journal(target, old_files)
-            written: list[Path] = [journal.path]
+            journal_path = _temporary(target, JOURNAL)
+            written: list[Path] = [journal_path]
             try:
+                journal = _Journal(journal_path, old_files)  # a full disk can fail it, leaving it empty
                 weights_name = _write_hashed(target, "weights", ".npz", _weights_writer(weights), written, journal)
                 _checkpoint("weights-written")
                 labels_name = None
@@ -429,10 +430,12 @@ def save_model_folder(directory: str | os.PathLike, spec_text: Callable[[str, st
                 _COMMITTED.append(str(directory))
                 written.remove(spec)
                 _sync_folder(target)
-            except BaseException:
+            except BaseException as err:
                 with signals_deferred():
                     for path in reversed(written):  # the journal last: it names what a kill here would leave
                         _unlink_quietly(path)
+                if isinstance(err, OSError):  # a full disk, a file too large: numpy and the OS name no file
+                    raise GraphconvError(f"cannot write: {err.strerror or err}", file=str(directory)) from None
                 raise
             _checkpoint("after-commit")
             _remove_superseded(target, old_files, keep={weights_name, labels_name})
@@ -495,8 +498,8 @@ class _Journal:
     line; the next save removes the names it lists that its model.yaml does not use
     (`_remove_journaled`), which keeps the promise to delete only files graphconv made."""
 
-    def __init__(self, folder: Path, names: set[str]):
-        self.path = _temporary(folder, JOURNAL)
+    def __init__(self, path: Path, names: set[str]):
+        self.path = path
         self._append(sorted(names))
 
     def add(self, name: str) -> None:

@@ -341,3 +341,19 @@ def test_signals_deferred_delivers_after_the_block_to_the_handler_that_was_there
         assert got == [signal.SIGTERM, "inner done"]
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize("limit", [0, 4000])
+def test_compile_past_the_file_size_limit_names_the_model_and_leaves_nothing(tmp_path, limit):
+    """`ulimit -f` (or a full disk): 'graphconv: File too large' named nothing; and with
+    no room for the first byte, the save's journal was left, 0 bytes, after exit 2."""
+    import resource
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    (tmp_path / "models").mkdir()
+    result = subprocess.run([sys.executable, "-m", "graphconv", "compile", str(LENET), "-o", "models/m"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=300, preexec_fn=limited)
+    assert result.returncode == 2 and result.stderr == "graphconv: models/m: cannot write: File too large\n"
+    assert list((tmp_path / "models").iterdir()) == []
