@@ -631,7 +631,9 @@ def _check_the_network_takes_the_images(args: argparse.Namespace, model, images:
     failed on every image of another size, one line each, all saying to compile it: one
     error instead, exit 2, before any image is read (each size from its header). A
     network that pools over any size (one vector per image) and images of the crop's
-    size pass."""
+    size pass; so does an image too small for some window or smaller than the crop (it
+    stopped the whole batch, blaming an fc layer): its own task reports it, the others
+    are mapped."""
     from graphconv.cli import ways_to_map
     from graphconv.cluster import size_as_read
     from graphconv.errors import ShapeError
@@ -650,11 +652,25 @@ def _check_the_network_takes_the_images(args: argparse.Namespace, model, images:
         tried.add(size)
         try:
             infer_shapes(model.graph, size)
-        except ShapeError:
+        except ShapeError as err:
             height, width = model.crop_shape[1:]
+            layer = _layer_op(model.graph, err.layer)
+            if layer not in SIZE_FIXING_OPS or size[0] < height or size[1] < width:
+                continue  # too small for a window, or smaller than the crop: its own task says so
             raise GraphconvError(f"{model.graph.name} takes only its {height}x{width} crop as written (an fc or flatten layer "
                                  f"fixes the input's size), and {image} is {size[0]}x{size[1]}: "
                                  f"{ways_to_map(args, model)}", file=args.model) from None
+
+
+SIZE_FIXING_OPS = ("fc", "flatten")  # layers whose input's size is fixed as written (an uncompiled classifier)
+
+
+def _layer_op(graph, name: str | None) -> str | None:
+    """The op of the layer `name` (a ShapeError's), or None."""
+    try:
+        return graph.node(name).op if name is not None else None
+    except (KeyError, GraphconvError):
+        return None
 
 
 @contextmanager

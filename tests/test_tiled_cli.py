@@ -1216,6 +1216,31 @@ def test_cli_many_images_through_an_uncompiled_classifier_are_one_error_before_a
     assert not (tmp_path / "maps").exists()
 
 
+def test_cli_many_images_one_too_small_for_a_pooling_classifier_is_its_own_error_not_the_batch_s(tmp_path):
+    """A classifier that pools over any size (conv, global average pool, flatten, fc) and
+    one image smaller than its crop: the check meant for an uncompiled fc stopped the whole
+    batch, blaming 'an fc or flatten layer', and no map was made. Now that image's own
+    error is reported and the others are mapped."""
+    (tmp_path / "gap.yaml").write_text("""name: gap
+input: {name: data, shape: [3, 8, 8]}
+layers:
+  - {name: conv1, op: conv, out_channels: 4, kernel_size: 5}
+  - {name: gap, op: globalavgpool}
+  - {name: flat, op: flatten}
+  - {name: fc, op: fc, out_features: 3}
+""")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((36, 40, 3)) * 255).astype(np.uint8)).save(folder / "big.png")
+    Image.fromarray((rng.random((3, 3, 3)) * 255).astype(np.uint8)).save(folder / "tiny.png")
+    result = graphconv("run", tmp_path / "gap.yaml", "--images", folder, "--output-dir", tmp_path / "maps")
+    assert result.returncode == 2 and result.stderr.count("graphconv:") == 1, result.stderr
+    assert "tiny.png" in result.stderr and "smaller than the classifier's 8x8 crop" in result.stderr
+    assert "fc or flatten" not in result.stderr
+    assert np.load(tmp_path / "maps" / "big.npy").shape[:2] == (1, 3)
+
+
 def test_compiling_an_onnx_file_that_states_no_preprocess_says_its_pixels_go_in_as_they_are(tmp_path):
     """`run model.onnx` says an ONNX file states no preprocess; a model folder compiled
     from one ran (--image, --images) on raw 0..255 pixels without a word, and its folder
