@@ -981,7 +981,7 @@ def _deliver(args: argparse.Namespace, model, out: np.ndarray, picture: np.ndarr
     if map_file:
         _write_map_file(args, model, out, cells)
     elif args.output:
-        atomic_write(args.output, lambda p: np.save(p, out), suffix=".npy")
+        atomic_write(args.output, lambda p: np.save(p, out), suffix=".npy", size=out.nbytes)
     if args.output:
         print(f"-> {args.output}")
     return 0
@@ -1148,7 +1148,7 @@ def _run_scales(args: argparse.Namespace, model, x: np.ndarray) -> int:
     print(f"reduced ({reduce}) over {len(result.maps)} evaluation(s) -> scores {result.scores.shape}")
     print_top(result.scores, args.top or 5, model.graph.meta.get("labels"))
     if args.output:
-        atomic_write(args.output, lambda p: np.save(p, result.scores), suffix=".npy")
+        atomic_write(args.output, lambda p: np.save(p, result.scores), suffix=".npy", size=result.scores.nbytes)
         print(f"-> {args.output}")
     return 0
 

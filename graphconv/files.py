@@ -160,9 +160,11 @@ def check_writable(path: str | os.PathLike, shown: str | None = None) -> None:
     _probe_write(existing, shown or str(path))
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: str = "") -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: str = "",
+                 size: int | None = None) -> None:
     """Call write(temporary path) and rename the result onto `path` once complete;
-    missing folders above it are created, and removed again if the write fails."""
+    missing folders above it are created, and removed again if the write fails. `size`:
+    about how many bytes it writes, for the error should they not fit."""
     target = _output_path(path)
     if target.is_dir():
         raise GraphconvError("is a folder; give a file name", file=str(path))
@@ -176,10 +178,36 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: 
                 os.replace(tmp, target)
                 _COMMITTED.append(str(path))
         except OSError as err:
-            raise GraphconvError(f"cannot write: {err.strerror or err}", file=str(path)) from None
+            with signals_deferred():
+                _unlink_quietly(tmp)
+            raise GraphconvError(f"cannot write: {_why_not_written(err, folder, size)}", file=str(path)) from None
         finally:
             with signals_deferred():
                 _unlink_quietly(tmp)
+
+
+def _why_not_written(err: OSError, folder: Path, size: int | None) -> str:
+    """An OSError from a write as the user can act on it. numpy's tofile (np.save of an
+    array) reports a short write as '1274196 requested and 25568 written', the OS's
+    reason lost: worked out again here, the file size limit (`ulimit -f`) or the free
+    space, with the size it needed."""
+    from graphconv.memory import format_size
+
+    needs = f"; it needs {format_size(size)}" if size else ""
+    if err.errno is not None:
+        return f"{err.strerror or err}{needs if err.errno in WRITE_ERRNOS else ''}"
+    try:
+        import resource
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY and (size is None or size > limit):
+            return f"File too large (over the file size limit, ulimit -f, of {format_size(limit)}){needs}"
+    except (ImportError, OSError, ValueError):
+        pass
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(folder).free
+        if size is None or free < size:
+            return f"No space left on device ({format_size(free)} free){needs}"
+    return f"{err}{needs}"
 
 
 def atomic_write_all(files: list[tuple[str | os.PathLike, Callable[[str], None], str]]) -> None:

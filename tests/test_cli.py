@@ -1204,3 +1204,22 @@ def test_a_weights_array_not_named_layer_dot_param_says_so(tmp_path, capsys):
     assert capsys.readouterr().err.strip().endswith(
         "w.npz: has an array named 'extra', which is not of the form LAYER.PARAM (e.g. 'conv1.weight'): every array "
         "in a weights file is a layer's parameter")
+
+
+def test_a_map_past_the_file_size_limit_says_why_and_how_big(tmp_path):
+    """numpy's short write hides the OS's reason: 'b.npy: cannot write: 1274196
+    requested and 25568 written'."""
+    import resource
+
+    assert run_cli("compile", SPECS / "digits.yaml", "-o", tmp_path / "m") == 0
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100 * 1024, resource.RLIM_INFINITY))
+
+    done = subprocess.run([sys.executable, "-m", "graphconv", "run", "m", "--image",
+                           str(ROOT / "examples" / "digits_page.png"), "--output", "b.npy"], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=300, preexec_fn=limited)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        "graphconv: b.npy: cannot write: File too large (over the file size limit, ulimit -f, of 100.0 KB); it needs ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
