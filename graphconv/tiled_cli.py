@@ -751,7 +751,7 @@ def _note_subfolders_not_searched(pattern: str, subfolders: list[Path]) -> None:
     holding = [folder for folder in subfolders if folder.suffix.lower() != ".zarr" and not folder.name.startswith(".")
                and any(is_image_to_map(Path(inner) / name) for inner, _, names in os.walk(folder) for name in names)]
     if holding:
-        below = os.path.join(pattern.rstrip("/"), "**", "*")
+        below = os.path.join(glob.escape(pattern.rstrip("/")), "**", "*")  # 'Wed [2023]' is a folder, not a class
         note(f"note: --images {pattern}: {len(holding)} subfolder(s) with images in them were not searched (a folder "
              f"is searched itself only); --images '{below}' maps them too")
 
@@ -765,7 +765,7 @@ def _no_images(pattern: str) -> None:
         from graphconv.cluster import leaving_out
         below = [p for p in Path(pattern).rglob("*") if not p.is_dir() and leaving_out(str(p)) is None]
         if below:
-            pattern_below = os.path.join(pattern.rstrip("/"), "**", f"*{below[0].suffix}")
+            pattern_below = os.path.join(glob.escape(pattern.rstrip("/")), "**", f"*{glob.escape(below[0].suffix)}")
             raise GraphconvError(f"holds no image graphconv reads ({kinds}) itself; {len(below)} image(s) are in "
                                  f"its subfolders, which a folder does not take in: give --images '{pattern_below}' "
                                  "(quoted; ** reaches into every subfolder)", file=pattern)
@@ -824,21 +824,23 @@ def _suffix_counts(paths: list[str]) -> str:
 
 
 GLOB_MAGIC = re.compile(r"[*?[]")
+GLOB_ESCAPED = re.compile(r"\[([*?[])\]")  # a wildcard character escaped as glob.escape does: [*], [?], [[]
 
 
 def pattern_base(pattern: str) -> str:
     """The folder an --images pattern starts from, which the maps' folders mirror below
     --output-dir: the folder given, an existing file's folder, or a glob's folders before
-    its first wildcard ('lib/**/*.JPG' -> lib, '*.jpg' -> .)."""
+    its first wildcard ('lib/**/*.JPG' -> lib, '*.jpg' -> .; an escaped one, 'Wed [[]2023]', is
+    none)."""
     if Path(pattern).is_dir():
         return pattern
     if os.path.exists(pattern) or not GLOB_MAGIC.search(pattern):
         return os.path.dirname(pattern) or "."
     fixed = []
     for part in Path(pattern).parts[:-1]:
-        if GLOB_MAGIC.search(part):
+        if GLOB_MAGIC.search(GLOB_ESCAPED.sub("", part)):
             break
-        fixed.append(part)
+        fixed.append(GLOB_ESCAPED.sub(r"\1", part))  # 'Wed [[]2023]' (glob.escape's) is the folder 'Wed [2023]'
     return str(Path(*fixed)) if fixed else "."
 
 

@@ -1302,6 +1302,28 @@ def test_cli_a_pattern_whose_folder_has_brackets_says_they_are_a_wildcard(model_
     assert "wildcard" not in capsys.readouterr().err
 
 
+def test_cli_a_folder_with_brackets_gets_patterns_that_match_its_subfolders(model_dir, picture, tmp_path, capsys):
+    """A folder 'Wed [2023]' whose subfolders hold images: the pattern the note (and the
+    error, where the folder itself holds none) suggests was not glob-escaped, so it
+    matched nothing. Escaped, it maps them."""
+    from graphconv.cli import main
+
+    folder = tmp_path / "Wed [2023]"
+    (folder / "day1").mkdir(parents=True)
+    shutil.copy(picture / "page.png", folder / "day1" / "IMG_2.png")
+    assert main(["run", str(model_dir), "--images", str(folder), "--output-dir", str(tmp_path / "m")]) == 2
+    suggested = re.search(r"give --images '([^']+)'", capsys.readouterr().err).group(1)
+    assert main(["run", str(model_dir), "--images", suggested, "--output-dir", str(tmp_path / "m")]) == 0
+    assert (tmp_path / "m" / "day1" / "IMG_2.npy").is_file()
+    shutil.copy(picture / "page.png", folder / "IMG_1.png")
+    capsys.readouterr()
+    assert main(["run", str(model_dir), "--images", str(folder), "--output-dir", str(tmp_path / "n")]) == 0
+    suggested = re.search(r"--images '([^']+)' maps them too", capsys.readouterr().err).group(1)
+    assert main(["run", str(model_dir), "--images", suggested, "--output-dir", str(tmp_path / "o")]) == 0
+    assert sorted(str(p.relative_to(tmp_path / "o")) for p in (tmp_path / "o").rglob("*.npy")) == \
+        ["IMG_1.npy", os.path.join("day1", "IMG_2.npy")]
+
+
 def test_cli_a_batch_stopped_by_ctrl_c_says_how_many_maps_it_kept_and_how_to_go_on(model_dir, picture, tmp_path,
                                                                                   monkeypatch, capsys):
     """Ctrl-C said "what it was writing is removed" alone: the maps finished are kept, and
