@@ -915,11 +915,13 @@ def note_dense_padding(args: argparse.Namespace, model) -> None:
     padded = model.derived("padded_layers", lambda: padded_layers(model.graph))
     if not padded:
         return
-    spec = args.model if str(args.model).lower().endswith((".yaml", ".yml", ".onnx")) else "SPEC"
-    image = args.image if getattr(args, "image", None) else "IMAGE"
+    import shlex
+
+    spec = shlex.quote(str(args.model)) if str(args.model).lower().endswith((".yaml", ".yml", ".onnx")) else "SPEC"
+    image = shlex.quote(str(args.image)) if getattr(args, "image", None) else "IMAGE"
+    verify = " ".join(["graphconv verify", spec, "--image", image, *_model_files_given(args)])
     note(f"note: {model.graph.name} pads in {len(padded)} layer(s), so its cells can differ from the classifier "
-         f"on each crop (each crop is padded at its own border, this pass only at the image's): `graphconv verify "
-         f"{spec} --image {image}` measures by how much on your image; --crops gives the exact crop loop (the "
+         f"on each crop (each crop is padded at its own border, this pass only at the image's): `{verify}` measures by how much on your image; --crops gives the exact crop loop (the "
          "classifier once per cell, far slower)")
 
 
@@ -1538,7 +1540,23 @@ def _crops_command(args: argparse.Namespace) -> str:
     if args.bands:
         reading.append("--bands " + ",".join(map(str, args.bands)))
     return " ".join(["graphconv run", shlex.quote(str(args.spec)), "--image", shlex.quote(str(args.image)),
-                     *reading, "--crops"])
+                     *reading, *_model_files_given(args), "--crops"])
+
+
+def _model_files_given(args: argparse.Namespace) -> list[str]:
+    """The model options the user gave (`_add_model_files_options`), shell-quoted, for a
+    command graphconv suggests: without them it would run another model (seeded random
+    weights in place of --weights trained.npz)."""
+    import shlex
+
+    given = []
+    for option, value in (("--weights", getattr(args, "weights", None)), ("--labels", getattr(args, "labels", None)),
+                          ("--task", getattr(args, "task", None))):
+        if value is not None:
+            given += [option, shlex.quote(str(value))]
+    if getattr(args, "crop_size", None):
+        given += ["--crop-size", *map(str, args.crop_size)]
+    return given
 
 
 def _whole_stride(args: argparse.Namespace, compiled) -> tuple[int, int]:

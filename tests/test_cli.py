@@ -1223,3 +1223,26 @@ def test_a_map_past_the_file_size_limit_says_why_and_how_big(tmp_path):
     assert done.stderr.strip().splitlines()[-1].startswith(
         "graphconv: b.npy: cannot write: File too large (over the file size limit, ulimit -f, of 100.0 KB); it needs ")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_the_commands_graphconv_suggests_keep_the_model_options_given(tmp_path, capsys):
+    """verify's `graphconv run ... --crops` and run's `graphconv verify SPEC --image ...`
+    dropped --weights (the suggestion ran seeded random weights), --labels, --crop-size
+    and --task."""
+    import argparse
+
+    from graphconv.cli import _crops_command
+
+    args = argparse.Namespace(spec="my spec.yaml", image="a b.png", level=0, downsample=1, mpp=None, bands=None,
+                              weights="trained.npz", labels="it's.txt", task=None, crop_size=[224, 224])
+    assert _crops_command(args) == ("graphconv run 'my spec.yaml' --image 'a b.png' --weights trained.npz "
+                                    "--labels 'it'\"'\"'s.txt' --crop-size 224 224 --crops")
+    pil = pytest.importorskip("PIL.Image")
+    (tmp_path / "padded.yaml").write_text(PADDED_GREY)
+    pil.fromarray(np.random.default_rng(0).integers(0, 256, (40, 36), dtype=np.uint8)).save(tmp_path / "a.png")
+    capsys.readouterr()
+    assert run_cli("compile", tmp_path / "padded.yaml", "-o", tmp_path / "fcn") == 0
+    assert run_cli("run", tmp_path / "fcn", "--image", tmp_path / "a.png", "--task", "classification",
+                   "--output", tmp_path / "m.npy") == 0
+    assert f"`graphconv verify SPEC --image {tmp_path / 'a.png'} --task classification` measures" in \
+        capsys.readouterr().err
