@@ -297,8 +297,14 @@ class Model:
     def run_tiled(self, source, tile: int | tuple[int, int], *, out=None, device: str = "cpu",
                   transform=None, progress=None):
         """`run`'s map of an image too big to evaluate whole, computed exactly, tile by tile
-        (graphconv.tiling.run_tiled): `source` is a preprocessed (N, C, H, W) array or a
-        reader with height, width, channels and read(top, left, bottom, right)."""
+        (graphconv.tiling.run_tiled). `source` is what `run` takes (a preprocessed (N, C,
+        H, W) or (C, H, W) float array, checked as `run` checks it, read a tile at a time:
+        it may be memory-mapped), or a reader with height, width, channels and
+        read(top, left, bottom, right) returning that box as (C, h, w) floats. `tile`: input
+        pixels per tile, one whole number (a square) or (H, W). `out`, where to write the
+        map (a numpy array, np.memmap or zarr array), is checked before any tile runs: the
+        map's (N, K, rows, cols), floating point unless `transform` writes integers
+        (`tiling.map_transform(reduce="argmax")`)."""
         from graphconv.tiling import run_tiled
         return run_tiled(self, source, tile, out=out, device=device, transform=transform, progress=progress)
 

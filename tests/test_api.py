@@ -120,3 +120,88 @@ def test_save_refuses_what_load_would_refuse_before_writing(small, tmp_path):
     model.preprocess = {"mean": 1, "std": 2}
     model.save(tmp_path / "out")
     assert graphconv.load(tmp_path / "out").preprocess == {"mean": [1.0] * 3, "std": [2.0] * 3}
+
+
+# ---- 3, 4. run_tiled: out= checked before any tile, inputs checked as run checks them -------------------
+
+@pytest.fixture
+def tiled(small, rng):
+    fcn = graphconv.compile_model(small)
+    image = random_input(rng, (2, 3, 40, 36))
+    return fcn, image, fcn.run(image)
+
+
+def test_run_tiled_checks_out_before_any_tile_runs(tiled, monkeypatch):
+    from graphconv.tiling import DenseGrid, map_transform
+
+    fcn, image, whole = tiled
+    out = np.zeros(whole.shape, np.float32)
+    assert fcn.run_tiled(image, 20, out=out) is out
+    np.testing.assert_allclose(out, whole, rtol=1e-5, atol=1e-6)
+    argmax, _, dtype = map_transform(reduce="argmax")
+    classes = np.zeros((2, 1, *whole.shape[2:]), dtype)
+    fcn.run_tiled(image, 20, out=classes, transform=argmax)  # integers where the run writes classes
+    np.testing.assert_array_equal(classes[:, 0], whole.argmax(1))
+    monkeypatch.setattr(DenseGrid, "run", lambda *a: pytest.fail("a tile ran"))
+    for bad, message in ((np.zeros((2, 5, 10, 10), np.float32), r"out= has shape \(2, 5, 10, 10\), but the map is "
+                                                                 r"\(2, 3, 15, 13\)"),
+                         (np.zeros(whole.shape[1:], np.float32), "out= has shape"),
+                         (np.zeros(whole.shape, np.int32), "out= is int32, but the map holds scores"),
+                         ([0.0], "out= is where the map is written")):
+        with pytest.raises(GraphconvError, match=message):
+            fcn.run_tiled(image, 20, out=bad)
+
+
+def test_run_tiled_checks_what_a_transform_makes_before_writing_it(tiled):
+    fcn, image, whole = tiled
+    out = np.zeros((2, 2, *whole.shape[2:]), np.int64)
+    with pytest.raises(GraphconvError, match="out= is int64, but the map holds scores"):
+        fcn.run_tiled(image, 20, out=out, transform=lambda block: block[:, :2])
+    assert not out.any()
+    with pytest.raises(GraphconvError, match=r"out= has shape \(2, 3, 15, 13\), but the map is \(2, 2, 15, 13\)"):
+        fcn.run_tiled(image, 20, out=np.zeros(whole.shape, np.float32), transform=lambda block: block[:, :2])
+
+
+def test_run_tiled_takes_and_refuses_inputs_as_run_does(tiled):
+    fcn, image, whole = tiled
+    np.testing.assert_allclose(fcn.run_tiled(image.tolist(), 20), whole, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fcn.run_tiled(image[0].astype(np.float64), (20, 24)), whole[:1], rtol=1e-5, atol=1e-6)
+    for bad in ((image * 10).astype(np.uint8), image[:, :2], image[0].transpose(1, 2, 0), image[0, 0]):
+        with pytest.raises(GraphconvError) as whole_run:
+            fcn.run(bad)
+        with pytest.raises(GraphconvError) as tiled_run:
+            fcn.run_tiled(bad, 20)
+        assert str(tiled_run.value) == str(whole_run.value)
+    with pytest.raises(GraphconvError, match=r"got shape \(40, 36, 3\); for an \(H, W, C\) image, x.transpose"):
+        fcn.run_tiled(image[0].transpose(1, 2, 0), 20)
+
+
+@pytest.mark.parametrize("tile", [0, -5, 128.0, "128", True, (20,), (20, 0)])
+def test_a_bad_tile_is_one_clear_error(tiled, tile):
+    fcn, image, _ = tiled
+    with pytest.raises(GraphconvError, match=r"a tile is a whole number of input pixels >= 1 \(a square\), or "
+                                             r"\(H, W\) of them; got "):
+        fcn.run_tiled(image, tile)
+
+
+def test_a_reader_returning_the_wrong_block_is_told_so(tiled):
+    fcn, image, whole = tiled
+
+    class Reader:
+        height, width, channels = 40, 36, 3
+
+        def __init__(self, block):
+            self.block = block
+
+        def read(self, top, left, bottom, right):
+            return self.block(top, left, bottom, right)
+
+    good = Reader(lambda t, l, b, r: image[0, :, t:b, l:r])
+    np.testing.assert_allclose(fcn.run_tiled(good, np.int64(20)), whole[:1], rtol=1e-5, atol=1e-6)
+    with pytest.raises(GraphconvError, match=r"^the reader returned an array of shape \(3, 10, 10\) for the box "
+                                             r"\(top, left, bottom, right\) = \(0, 0, 20, 20\): it was asked for "
+                                             r"\(3, 20, 20\), 20x20 pixels$"):
+        fcn.run_tiled(Reader(lambda *box: np.zeros((3, 10, 10), np.float32)), 20)
+    with pytest.raises(GraphconvError, match=r"the reader's block for the box .*: input must be a float32 array, "
+                                             "got uint8"):
+        fcn.run_tiled(Reader(lambda t, l, b, r: np.zeros((3, b - t, r - l), np.uint8)), 20)
