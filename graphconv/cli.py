@@ -678,6 +678,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             from graphconv.sources import NODATA_OF_A_PICTURE
             raise GraphconvError(NODATA_OF_A_PICTURE, file=args.image)
         note_nodata_acts_on_nothing(args, None)
+        note_value_scaling(model.graph.meta.get("preprocess"),
+                           None if stores_values(model.graph.meta.get("preprocess")) else
+                           images.value_scaling(args.image))
         stored = stores_values(model.graph.meta.get("preprocess"))
         picture = images.load_image(args.image, args.resize, channels=model.crop_shape[0], stored_values=stored)
         stored_bands = images.picture_bands(args.image)
@@ -888,6 +891,37 @@ def note_nodata_acts_on_nothing(args: argparse.Namespace, source) -> None:
     note(f"note: {flag} has nothing to act on: {why}")
 
 
+def note_how_the_raster_is_read(args: argparse.Namespace, source) -> None:
+    """The notes on how a raster's pixels are read that a single --image's run (and
+    verify --image) gives: --max-nodata with nothing to act on, and pixels of more than 8
+    bits scaled onto 0..255 (`note_value_scaling`)."""
+    from graphconv.sources import value_scaling
+
+    note_nodata_acts_on_nothing(args, source)
+    note_value_scaling(getattr(source, "preprocess", None), value_scaling(source))
+
+
+def note_value_scaling(preprocess: dict | None, scaled: str | None) -> None:
+    """A raster of more than 8 bits read through a spec without `values: stored`: its
+    pixels were scaled onto 0..255 (16-bit / 257), so a reflectance scene's 200..4000 went
+    in as 0.8..15.6 and its map is nonsense, silently. One note saying so and how to feed
+    the stored values; where the spec's mean and std already look wrong for 0..255 pixels
+    (`images.preprocess_scale_note`), that note, said of this image, instead."""
+    from graphconv.images import preprocess_scale_note
+
+    if not scaled:
+        return
+    plain, deep = preprocess_scale_note(preprocess), preprocess_scale_note(preprocess, scaled)
+    if plain and deep != plain:
+        if plain in _NOTES:
+            _NOTES.remove(plain)
+        note(deep)
+        return
+    note(f"note: the image's {scaled}, as the spec's preprocess does not say `values: stored` (the default for "
+         "photos): to feed the values the file stores (reflectances, elevations), import the model with --values "
+         "stored, or put `values: stored` in the spec's preprocess")
+
+
 def note_pixels_as_they_are(args: argparse.Namespace, model) -> None:
     """An ONNX file run straight on images says nothing of how its pixels were
     normalised (ONNX has no place for it), so they go in as 0..255: the right input for
@@ -898,7 +932,9 @@ def note_pixels_as_they_are(args: argparse.Namespace, model) -> None:
         return
     note(f"note: {args.model} states no preprocess (an ONNX file has no place for one), so the pixels go in as "
          "they are, 0..255: if the model was trained on normalised pixels, import it with them (graphconv "
-         "import MODEL.onnx -o NET.yaml --scale 0.00392157 --mean ... --std ...) and run NET.yaml")
+         "import MODEL.onnx -o NET.yaml --scale 0.00392157 --mean ... --std ..., and --values stored with the "
+         "scale its training used for a raster stored in more than 8 bits, such as 16-bit reflectances) and run "
+         "NET.yaml")
 
 
 def note_dense_padding(args: argparse.Namespace, model) -> None:
@@ -1469,7 +1505,7 @@ def _note_how_verify_reads(args: argparse.Namespace, original, source) -> None:
         note(f"note: {oriented}")
     note_how_the_image_is_read(args.image, channel_conversion(source))
     args.nodata_options_given = args.compute_nodata or args.max_nodata is not None
-    note_nodata_acts_on_nothing(args, source)
+    note_how_the_raster_is_read(args, source)
 
 
 def _cells_run_leaves_out(args: argparse.Namespace, source, compiled):
@@ -1691,7 +1727,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     print(f"imported {args.model} -> {spec_path} ({len(graph.layers())} layers) + {weights_path}")
     if "preprocess" not in graph.meta:
         print("note: ONNX files do not say how images were normalised; add a preprocess block to the spec "
-              "(or pass --scale/--mean/--std) before running it on images", file=sys.stderr)
+              "(or pass --scale/--mean/--std, and --values stored for a raster stored in more than 8 bits, such as "
+              "16-bit reflectances) before running it on images", file=sys.stderr)
     return 0
 
 

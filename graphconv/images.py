@@ -376,12 +376,15 @@ def preprocess(image: np.ndarray, spec: dict | None) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def preprocess_scale_note(spec: dict | None) -> str | None:
+def preprocess_scale_note(spec: dict | None, deep: str | None = None) -> str | None:
     """What to say of a preprocess whose mean and std are on another scale than the
     pixels it gets (0..255 times `scale`): torchvision's mean 0.485 and std 0.229 on
     0..255 pixels (an import without --scale 0.00392157), or Caffe's mean 104 on pixels
-    scaled to 0..1. Either runs, and maps nonsense. None when they agree, or the pixels
-    are taken as stored (their range is the file's)."""
+    scaled to 0..1, or a reflectance model's scale 0.0001 and mean 0.08 imported without
+    --values stored. Each runs, and maps nonsense. None when they agree, or the pixels
+    are taken as stored (their range is the file's). `deep`: how an image of more than 8
+    bits was brought onto 0..255 (`value_scaling`), which makes stored values the likely
+    reading of a mean beyond the scaled range."""
     if not spec or spec.get("values") == "stored":
         return None
     scale = float(spec.get("scale", 1.0))
@@ -393,8 +396,33 @@ def preprocess_scale_note(spec: dict | None) -> str | None:
         return (f"note: the preprocess mean and std are for pixels in 0..1, but pixels arrive in 0..{top:g} "
                 f"(scale {scale:g}): did you mean scale 0.00392157 (1/255; import --scale)?")
     if top <= 2 and max(stated) >= 2 * top:
-        return (f"note: the preprocess mean or std reaches {max(stated):g}, but its scale makes pixels 0..{top:g}: "
-                "are they for pixels in 0..255 (then leave out the scale)?")
+        head = f"note: the preprocess mean or std reaches {max(stated):g}, but its scale makes pixels 0..{top:g}"
+        if deep:
+            return (f"{head}, and the image's {deep}: are they for the values the file stores (reflectances)? Then feed those: "
+                    "graphconv import --values stored, or `values: stored` in the spec's preprocess")
+        return (f"{head}: are they for pixels in 0..255 (then leave out the scale), or for the values a raster of "
+                "more than 8 bits stores (16-bit reflectances: then import --values stored)?")
+    return None
+
+
+def value_scaling(path: str) -> str | None:
+    """How a picture Pillow decodes (`load_image`) of more than 8 bits a channel is
+    brought onto 0..255 (`deep_scaling`): a 16-bit PNG divided by 257; None
+    for 8-bit pictures (the quick start's digits) and for TIFFs and zarr arrays, which
+    `sources.value_scaling` says of."""
+    return _picture_header(path, lambda img: deep_scaling(img.mode), None)
+
+
+def deep_scaling(kind: str) -> str | None:
+    """"16-bit pixels were divided by 257 onto 0..255" for a Pillow mode or a numpy
+    dtype's name of more than 8 bits that is scaled onto 0..255 (not `values: stored`);
+    None for 8 bits."""
+    if kind in SIXTEEN_BIT_MODES or kind == "uint16":
+        return "16-bit pixels were divided by 257 onto 0..255"
+    if kind == "I":
+        return "32-bit integer pixels were divided by 257 onto 0..255 (read as 16-bit)"
+    if kind == "F" or kind.startswith("float"):
+        return f"{'float' if kind == 'F' else kind} pixels were read as 0..1 and multiplied by 255"
     return None
 
 

@@ -588,6 +588,21 @@ def channel_conversion(source) -> str | None:
     return conversion(source.band_count, source.channels, bands_flag=True)
 
 
+def value_scaling(source) -> str | None:
+    """How the image's pixels were brought onto 0..255 where they hold more than 8 bits
+    and the spec's preprocess does not take them as stored (`images.deep_scaling`: "16-bit
+    pixels were divided by 257 onto 0..255"); None for 8 bits or `values: stored`."""
+    from graphconv.images import deep_scaling, value_scaling as picture_scaling
+
+    source = getattr(source, "inner", source)  # --downsample's: the image read is inner's
+    if source is None or getattr(source, "stored_values", False) or stores_values(getattr(source, "preprocess", None)):
+        return None
+    if isinstance(source, PillowSource):
+        return picture_scaling(source.path)
+    array = getattr(source, "array", None)
+    return None if array is None else deep_scaling(np.dtype(array.dtype).name)
+
+
 MPP_TOLERANCE = 1.15  # how much finer than the slide's own pixels (as a ratio) --mpp may ask for
 MPP_EQUAL = 1.02  # pixel sizes this close (as a ratio) count as the same: levels are seldom exact multiples
 

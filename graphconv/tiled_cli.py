@@ -88,8 +88,8 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
                          args.bands, args.downsample, args.mpp, getattr(args, "nodata", None))
     image_hw = (source.height, source.width)
     describe_resolution(source, args.mpp)
-    from graphconv.cli import note, note_how_the_image_is_read, note_nodata_acts_on_nothing
-    note_nodata_acts_on_nothing(args, source)
+    from graphconv.cli import note, note_how_the_image_is_read, note_how_the_raster_is_read
+    note_how_the_raster_is_read(args, source)
     _drop_a_skip_background_that_does_nothing(args, source)
     from graphconv.cluster import stored_orientation_note
     from graphconv.sources import channel_conversion

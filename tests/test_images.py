@@ -646,3 +646,31 @@ def test_a_preprocess_on_another_scale_than_its_pixels_is_noted(spec, says):
     from graphconv.images import preprocess_scale_note
     note = preprocess_scale_note(spec)
     assert (note is None) if says is None else (says in note), note
+
+
+def test_a_reflectance_preprocess_without_stored_values_points_at_them():
+    """scale 0.0001 with mean 0.08..0.25 imported without --values stored: the note asked
+    only whether they were for pixels on 0..255, the wrong advice for a 16-bit raster;
+    it names --values stored, and said of an image of more than 8 bits, that alone."""
+    from graphconv.images import deep_scaling, preprocess_scale_note
+
+    spec = {"scale": 0.0001, "mean": [0.08, 0.07, 0.06, 0.25], "std": [0.03, 0.03, 0.035, 0.08]}
+    plain = preprocess_scale_note(spec)
+    assert "(then leave out the scale)" in plain and "then import --values stored" in plain
+    deep = preprocess_scale_note(spec, deep_scaling("uint16"))
+    assert "and the image's 16-bit pixels were divided by 257 onto 0..255: are they for the values the file stores" \
+           in deep and "graphconv import --values stored" in deep and "leave out the scale" not in deep
+    assert deep_scaling("uint8") is None and deep_scaling("L") is None and deep_scaling("RGB") is None
+    assert deep_scaling("I;16") == deep_scaling("uint16")
+    assert deep_scaling("float32") == "float32 pixels were read as 0..1 and multiplied by 255"
+
+
+def test_a_16_bit_picture_s_scaling_is_said_and_an_8_bit_one_s_is_not(tmp_path):
+    from PIL import Image
+
+    from graphconv.images import value_scaling
+
+    Image.fromarray(np.full((8, 8), 4000, np.uint16)).save(tmp_path / "deep.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "grey.png")
+    assert value_scaling(str(tmp_path / "deep.png")) == "16-bit pixels were divided by 257 onto 0..255"
+    assert value_scaling(str(tmp_path / "grey.png")) is None

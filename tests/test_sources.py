@@ -1191,3 +1191,42 @@ def test_skip_background_on_bands_without_no_data_names_nodata(tmp_path, tiny_fc
     assert "give the raster a no-data value (--nodata VALUE, or GDAL's no-data tag" in capsys.readouterr().err
     assert _main("run", tiny_fcn, "--image", plain, "--skip-background", "--nodata", "0",
                  "--output", tmp_path / "m.npy") == 0
+
+
+# ---- pixels of more than 8 bits scaled onto 0..255: said, with how to feed them as stored --------------------
+
+TINY_SCALED = TINY_STORED.replace("{values: stored, scale: 0.001}", "{scale: 0.0001, mean: [0.08, 0.25], std: [0.03, 0.08]}")
+
+
+def test_a_16_bit_raster_read_onto_0_to_255_says_so_and_names_values_stored(tmp_path, tiny_fcn, capsys):
+    """A reflectance model imported without --values stored mapped a 16-bit scene's
+    pixels divided by 257 (200..4000 as 0.8..15.6) with no word, or with advice to drop
+    the scale; now one note names the factor and --values stored. Nothing for 8 bits or
+    for a spec that takes the stored values."""
+    from graphconv.sources import value_scaling
+
+    plain = swath_scene(tmp_path / "plain.tif", False)
+    tifffile.imwrite(tmp_path / "bytes.tif", (tifffile.imread(plain) // 16).astype(np.uint8),
+                     photometric="minisblack", planarconfig="contig")
+    assert value_scaling(open_source(plain, 2, None)) == "16-bit pixels were divided by 257 onto 0..255"
+    assert value_scaling(open_source(plain, 2, None, downsample=2)) == value_scaling(open_source(plain, 2, None))
+    assert value_scaling(open_source(plain, 2, {"values": "stored"})) is None
+    assert value_scaling(open_source(tmp_path / "bytes.tif", 2, None)) is None
+    (tmp_path / "scaled.yaml").write_text(TINY_SCALED)
+    (tmp_path / "bare.yaml").write_text(TINY_SCALED.replace("{scale: 0.0001, mean: [0.08, 0.25], std: [0.03, 0.08]}",
+                                                            "{scale: 0.0001}"))
+    for name in ("scaled", "bare"):
+        assert _main("compile", tmp_path / f"{name}.yaml", "-o", tmp_path / f"{name}-fcn") == 0
+    capsys.readouterr()
+    assert _main("run", tmp_path / "bare-fcn", "--image", plain, "--output", tmp_path / "a.npy") == 0
+    err = capsys.readouterr().err
+    assert err.count("note: the image's 16-bit pixels were divided by 257 onto 0..255, as the spec's preprocess "
+                     "does not say `values: stored`") == 1 and "--values stored" in err
+    assert _main("run", tmp_path / "scaled-fcn", "--image", plain, "--output", tmp_path / "b.npy") == 0
+    err = capsys.readouterr().err
+    assert err.count("note: the preprocess mean or std reaches 0.25, but its scale makes pixels 0..0.0255, and the "
+                     "image's 16-bit pixels were divided by 257 onto 0..255") == 1
+    assert "leave out the scale" not in err and "as the spec's preprocess does not say" not in err
+    for model, image in ((tiny_fcn, plain), (tmp_path / "bare-fcn", tmp_path / "bytes.tif")):
+        assert _main("run", model, "--image", image, "--output", tmp_path / "c.npy") == 0
+        assert "divided by 257" not in capsys.readouterr().err
