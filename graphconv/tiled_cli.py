@@ -153,7 +153,6 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     if args.output and not resume:
         written_over = _partial_map_beside(args.output, job)
     start = time.perf_counter()
-    computed = len(plan.tiles)
     if args.output:
         map_file = MapFile(args.output, shape, dtype, chunk_hw=plan.cells_hw,
                            georeference=_map_georeference(args, source, grid), placement=placement,
@@ -563,7 +562,7 @@ def run_images_command(args: argparse.Namespace) -> int:
     ref = _model_ref(args)
     model = worker_model(ref)  # loaded once: the images mapped in this process use it too
     from graphconv.cli import check_heatmap_has_a_map, note_pixels_as_they_are, note_run_as_written, resolve_class_names
-    from graphconv.cli import note_dense_padding
+    from graphconv.cli import note, note_dense_padding
     resolve_class_names(args, model.graph.meta.get("labels"))
     note_pixels_as_they_are(args, model)
     grid = grid_for(args, model)
@@ -577,7 +576,7 @@ def run_images_command(args: argparse.Namespace) -> int:
             return 0
     _check_heatmap(args, model.output_channels)
     _check_heatmap_names(args, images, base)
-    _note_npy_maps_replaced(args, images, base)
+    replaceable = _npy_maps_there(args, images, base)
     start = time.perf_counter()
     finished = []
     with _output_dir_made(args.output_dir) as created, _say_how_to_go_on(args, finished, len(images)):
@@ -599,12 +598,13 @@ def run_images_command(args: argparse.Namespace) -> int:
         note_dense_padding(args, model)
     for result in results:
         if result.note:
-            print(f"note: {result.image}: {result.note}", file=sys.stderr)
+            note(f"note: {result.image}: {result.note}")
     _note_batch_conversions([result for result in results if not result.error])
     turned = sum(result.turned for result in results if not result.error)
     if turned:  # one line for the batch, not one per photo
-        print(f"note: {turned} photo(s) turned upright per their EXIF orientation (their maps and cells are the "
-              "upright picture's)", file=sys.stderr)
+        note(f"note: {turned} photo(s) turned upright per their EXIF orientation (their maps and cells are the "
+             "upright picture's)")
+    _note_npy_maps_replaced(args, results, replaceable)
     for result in failed:
         named = result.error.startswith(_as_messages_name(result.image))  # the error names the image itself
         print(f"graphconv: {result.error if named else f'{result.image}: {result.error}'}", file=sys.stderr)
@@ -677,10 +677,13 @@ def _layer_op(graph, name: str | None) -> str | None:
 def _say_how_to_go_on(args: argparse.Namespace, finished: list, total: int) -> Iterator[None]:
     """A batch stopped (Ctrl-C, SIGTERM) keeps the maps it finished: the command's
     "interrupted" line (`cli._what_is_left`, through `args.stopped_batch`) says how many,
-    and that --skip-existing goes on from there."""
+    and that --skip-existing goes on from there; nothing where none was finished (it said
+    "0 of 3 map(s) ... are kept in DIR" of a DIR `_output_dir_made` then removed)."""
     try:
         yield
     except BaseException:
+        if not finished:
+            raise
         again = "the same command" if args.skip_existing else "the same command with --skip-existing"
         args.stopped_batch = (f"{len(finished)} of {total} map(s) were finished and are kept in {args.output_dir}; "
                               f"{again} continues the batch")
@@ -813,7 +816,8 @@ def _note_left_out(pattern: str, reasons: dict[str, str]) -> None:
     for reason in dict.fromkeys(reasons.values()):
         paths = [path for path, given in reasons.items() if given == reason]
         why.append(f"{len(paths)} {reason}{_suffix_counts(paths) if reason == NOT_AN_IMAGE_FORMAT else ''}")
-    print(f"note: --images {pattern}: left out {len(reasons)} file(s): {', '.join(why)}", file=sys.stderr)
+    from graphconv.cli import note
+    note(f"note: --images {pattern}: left out {len(reasons)} file(s): {', '.join(why)}")
 
 
 def _suffix_counts(paths: list[str]) -> str:
@@ -854,24 +858,33 @@ def _images_not_done(args: argparse.Namespace, ref, model, images: list[str], ba
             if not (holds_its_map(ref, model, image, output, options, args.tile)
                     and (args.heatmap is None or _heatmap_name(args, output).exists()))]
     if len(todo) < len(images):
-        print(f"note: {len(images) - len(todo)} of {len(images)} image(s) have their map in {args.output_dir} "
-              "already: left out (--skip-existing)", file=sys.stderr)
+        from graphconv.cli import note
+        note(f"note: {len(images) - len(todo)} of {len(images)} image(s) have their map in {args.output_dir} "
+             "already: left out (--skip-existing)")
     return todo
 
 
-def _note_npy_maps_replaced(args: argparse.Namespace, images: list[str], base: str) -> None:
-    """Say how many .npy maps already in --output-dir this run replaces: an .npy records
-    not which image it was made from, so another image's of the same name (cameras reuse
-    IMG_0001.JPG) cannot be told from this one's and is replaced too, where a .tif map
-    of another image is refused (`cluster.map_of_another_image`)."""
-    from graphconv.cli import note
+def _npy_maps_there(args: argparse.Namespace, images: list[str], base: str) -> set[str]:
+    """The .npy maps already in --output-dir that this run would replace (said after it,
+    of the images that then got their map: `_note_npy_maps_replaced`)."""
     from graphconv.cluster import output_names
 
     if args.output_format != "npy":
-        return
-    there = sum(os.path.isfile(output) for output in output_names(images, args.output_dir, "npy", base))
-    if there:
-        note(f"note: {there} .npy map(s) in {args.output_dir} were there and are replaced; an .npy does not record "
+        return set()
+    return {output for output in output_names(images, args.output_dir, "npy", base) if os.path.isfile(output)}
+
+
+def _note_npy_maps_replaced(args: argparse.Namespace, results: list, there: set[str]) -> None:
+    """Say how many .npy maps that were in --output-dir this run replaced (counted from the
+    images that got their map: one whose image then failed was kept, yet counted): an
+    .npy records not which image it was made from, so another image's of the same name
+    (cameras reuse IMG_0001.JPG) cannot be told from this one's and is replaced too, where
+    a .tif map of another image is refused (`cluster.map_of_another_image`)."""
+    from graphconv.cli import note
+
+    replaced = sum(1 for result in results if result.output is not None and result.output in there)  # map written
+    if replaced:
+        note(f"note: {replaced} .npy map(s) in {args.output_dir} were there and are replaced; an .npy does not record "
              "which image it was made from, so one of another image of the same name would be replaced too "
              "(--output-format tif maps record their image, and another image's is refused)")
 

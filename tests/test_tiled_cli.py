@@ -1348,7 +1348,40 @@ def test_cli_a_batch_stopped_by_ctrl_c_says_how_many_maps_it_kept_and_how_to_go_
     assert "interrupted (what it was writing is removed; 1 of 3 map(s) were finished and are kept in " in err
     assert "the same command with --skip-existing continues the batch)" in err
     assert main([*run, "--skip-existing"]) == 130
-    assert "0 of 2 map(s) were finished" in capsys.readouterr().err.replace("\n", " ")
+    err = capsys.readouterr().err
+    assert "interrupted (what it was writing is removed)" in err and "map(s) were finished" not in err
+    shutil.rmtree(tmp_path / "maps")
+    monkeypatch.setattr(cluster, "_one_image", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert main(run) == 130  # nothing finished: the folder it made is gone, and not said to keep maps
+    err = capsys.readouterr().err
+    assert "interrupted (what it was writing is removed)" in err and "kept in" not in err, err
+    assert not (tmp_path / "maps").exists()
+
+
+def test_cli_a_batch_counts_the_npy_maps_it_replaced_and_says_its_notes_after_the_work(model_dir, picture, tmp_path):
+    """The .npy maps 'replaced' were counted before any image ran, so a map whose image
+    then failed (and was kept) counted too; now they are counted from the maps written.
+    And the batch's notes came some at once, some after the work (their order on stderr
+    depended on which): all come after it now, as every command's notes do."""
+    folder = tmp_path / "photos"
+    (folder / "more").mkdir(parents=True)
+    for name in ("a", "b"):
+        shutil.copy(picture / "page.png", folder / f"{name}.png")
+    shutil.copy(picture / "page.png", folder / "more" / "c.png")
+    (folder / "notes.txt").write_text("not an image")
+    run = ["run", model_dir, "--images", folder, "--output-dir", tmp_path / "maps"]
+    first = graphconv(*run)
+    assert first.returncode == 0, first.stderr
+    kept = (tmp_path / "maps" / "b.npy").read_bytes()
+    (folder / "b.png").write_bytes((folder / "b.png").read_bytes()[:100])  # cut short: b fails now
+    result = graphconv(*run)
+    assert result.returncode == 2, result.stderr
+    assert "note: 1 .npy map(s) in" in result.stderr, result.stderr  # a's; b's is kept as it was
+    assert (tmp_path / "maps" / "b.npy").read_bytes() == kept
+    lines = result.stderr.splitlines()
+    error = next(i for i, line in enumerate(lines) if line.startswith("graphconv:") and "b.png" in line)
+    notes = [i for i, line in enumerate(lines) if line.startswith("note:")]
+    assert len(notes) >= 3 and min(notes) > error, result.stderr  # left out notes.txt, the subfolder, replaced
 
 
 def test_cli_many_photos_turned_upright_per_their_exif_orientation_are_counted_in_one_note(model_dir, picture,
