@@ -3,7 +3,9 @@
     import graphconv
     model = graphconv.compile_model("specs/alexnet.yaml")      # fc -> conv and friends
     scores = model.run(image)                                  # (N, classes, rows, cols)
-    model.cell_box(0, 1)                                       # that cell's box in the image
+    model.cell_box(0, 1)                                       # that cell's field in the image
+    scores = model.run_image("photo.jpg")                      # a picture, read and preprocessed
+    graphconv.verify(graphconv.load(spec), model, image)       # the dense map against the crop loop
 
 Pass authors start at `graphconv.pass_manager` (register_pass) and `graphconv.ir` (Graph).
 """
@@ -23,6 +25,8 @@ from graphconv.frontends.yaml import save_model
 from graphconv.model import Model
 from graphconv.compiler import compile_graph, compile_model
 from graphconv.receptive import Field, receptive_fields
+from graphconv.dense import verify
+from graphconv.images import load_image
 
 __version__ = "0.1.0"
 
@@ -35,6 +39,6 @@ def load(path, **options) -> Model:
 
 __all__ = [
     "DEFAULT_PIPELINE", "Field", "Graph", "GraphconvError", "Location", "Model", "Node", "PassError", "PassManager",
-    "ShapeError", "compile_graph", "compile_model", "configure_process", "load", "load_plugin", "load_spec", "receptive_fields", "register_pass",
-    "registered_passes", "run_passes", "save_model", "set_memory_limit",
+    "ShapeError", "compile_graph", "compile_model", "configure_process", "load", "load_image", "load_plugin", "load_spec",
+    "receptive_fields", "register_pass", "registered_passes", "run_passes", "save_model", "set_memory_limit", "verify",
 ]

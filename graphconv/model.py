@@ -34,6 +34,19 @@ class Model:
         self._derived: dict = {}
         self._derived_version: int | None = None
 
+    def __repr__(self) -> str:
+        """One line a notebook shows: name, input crop, output channels, layers, and whether
+        compiled (fully convolutional) or a classifier as loaded."""
+        c, h, w = self.crop_shape
+        try:
+            channels = f"{self.output_channels} output channels"
+        except Exception:  # noqa: BLE001 - a repr must not fail on a graph being edited
+            channels = "output channels unknown"
+        compiled = "compiled" if self.graph.meta.get("compiled") else "not compiled"
+        task = ", segmentation" if self.segmentation else ""
+        return (f"<graphconv.Model {self.graph.name!r}: input {c}x{h}x{w}, {channels}, "
+                f"{len(self.graph.layers())} layers, {compiled}{task}>")
+
     def __getstate__(self) -> dict:
         """Pickled and deep-copied as its graph alone: what it derived (executors bound to
         kernels, plans, buffers, a lock) is rebuilt on the next run, so a model that ran
@@ -293,6 +306,19 @@ class Model:
             return fewer
         return ("Model.run_tiled(x, tile) computes the same map tile by tile in bounded memory (e.g. tile=1024)"
                 + (f", or {fewer}" if fewer else ""))
+
+    def run_image(self, image, *, device: str = "cpu", full: bool = False) -> np.ndarray:
+        """`run` on a picture: a file path, a Pillow image or a uint8 (H, W) / (H, W, C)
+        array, read as `classify` reads it (`images.as_picture`: turned upright per its
+        EXIF orientation, given the network's channels, values on 0..255) and preprocessed
+        by the model's `preprocess`: the map `graphconv run MODEL --image FILE` computes
+        for a picture run whole, (1, K, rows, cols) (or (1, K), see `run`). For an image
+        too big to hold, `run_tiled` on a reader (graphconv.sources) instead."""
+        from graphconv import images
+
+        spec = self.graph.meta.get("preprocess")
+        picture = images.as_picture(image, self.crop_shape[0], images.stores_values(spec))
+        return self.run(images.preprocess(picture, spec), device, full=full)
 
     def run_tiled(self, source, tile: int | tuple[int, int], *, out=None, device: str = "cpu",
                   transform=None, progress=None):

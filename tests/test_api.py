@@ -205,3 +205,38 @@ def test_a_reader_returning_the_wrong_block_is_told_so(tiled):
     with pytest.raises(GraphconvError, match=r"the reader's block for the box .*: input must be a float32 array, "
                                              "got uint8"):
         fcn.run_tiled(Reader(lambda t, l, b, r: np.zeros((3, b - t, r - l), np.uint8)), 20)
+
+
+# ---- 6. verify, load_image and run_image at the top level -------------------------------------------
+
+def test_verify_and_load_image_are_at_the_top_level(small, rng):
+    import subprocess
+    import sys
+
+    code = "import graphconv; print(graphconv.verify.__module__, graphconv.load_image.__module__)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)  # nothing else imported
+    assert done.stdout.split() == ["graphconv.dense", "graphconv.images"], done.stderr
+    report = graphconv.verify(graphconv.load(small), graphconv.compile_model(small), random_input(rng, (1, 3, 20, 18)))
+    assert report.passed and report.conversion_exact
+
+
+def test_run_image_reads_and_preprocesses_a_picture(small, tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    pixels = (np.random.default_rng(0).random((30, 26, 3)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "photo.png")
+    fcn = graphconv.compile_model(small, preprocess={"scale": 1 / 255, "mean": [0.5, 0.4, 0.3], "std": 0.25})
+    expected = fcn.run(graphconv.images.preprocess(graphconv.load_image(tmp_path / "photo.png"), fcn.preprocess))
+    assert expected.shape == (1, 3, 10, 8)
+    for image in (tmp_path / "photo.png", str(tmp_path / "photo.png"), pixels, Image.fromarray(pixels)):
+        np.testing.assert_array_equal(fcn.run_image(image), expected)
+    manual = (pixels.transpose(2, 0, 1) / 255 - np.array([0.5, 0.4, 0.3])[:, None, None]) / 0.25
+    np.testing.assert_allclose(expected, fcn.run(manual.astype(np.float32)), rtol=1e-5, atol=1e-5)
+
+
+# ---- 8. a Model says what it is -----------------------------------------------------------------------
+
+def test_a_model_has_a_short_repr(small):
+    assert repr(graphconv.load(small)) == ("<graphconv.Model 'small': input 3x12x12, 3 output channels, 4 layers, "
+                                           "not compiled>")
+    assert repr(graphconv.compile_model(small)) == ("<graphconv.Model 'small': input 3x12x12, 3 output channels, "
+                                                    "3 layers, compiled>")

@@ -122,6 +122,27 @@ def test_print_ir_before_and_after(lenet):
     assert "// ----- IR after fc-to-conv -----" in text and "%fc3 = conv(%pool2)" in text
 
 
+def test_print_ir_takes_one_pass_name_as_a_string(lenet):
+    out = io.StringIO()
+    PassManager(["remove-dropout", "fc-to-conv"], print_ir_before="fc-to-conv", print_ir_after="all",
+                out=out).run(lenet)
+    text = out.getvalue()
+    assert "IR after remove-dropout" in text and "IR after fc-to-conv" in text  # every pass, shape-inference too
+    assert text.count("// ----- IR before") == 1 and "IR before fc-to-conv" in text
+    with pytest.raises(PassError, match="print_ir_after: pass names .* got 3"):
+        PassManager(["fc-to-conv"], print_ir_after=3)
+    with pytest.raises(PassError, match="pass 'fold-pad' is not in the pipeline"):
+        PassManager(["fc-to-conv"], print_ir_after="fold-pad")
+
+
+def test_run_passes_takes_a_model_and_returns_one(lenet):
+    model = graphconv.Model(lenet)
+    converted = pm.run_passes(model, "fc-to-conv")
+    assert isinstance(converted, graphconv.Model) and converted.graph.find("conv") and not converted.graph.find("fc")
+    assert lenet.find("fc")  # the model's own graph is left as it was
+    assert not pm.run_passes(SPECS / "lenet.yaml", "fc-to-conv").find("fc")
+
+
 def test_timings_table(lenet):
     manager = PassManager(["fc-to-conv", "fuse-conv-activation"])
     manager.run(lenet)
