@@ -321,6 +321,11 @@ def _checked_bands(bands: Sequence[int] | None, have: int, channels: int, path: 
     if outside:
         raise GraphconvError(f"--bands {','.join(map(str, bands))}: the image has bands 1 to {have}, "
                              f"not {','.join(map(str, outside))}", file=path)
+    repeated = [b for b in dict.fromkeys(bands) if list(bands).count(b) > 1]
+    if repeated and len(set(bands)) > 1:  # 4,4,4 (one band as grey in every channel) is meant; 2,2,3,4 a typo
+        raise GraphconvError(f"--bands {','.join(map(str, bands))}: band {','.join(map(str, repeated))} is listed "
+                             "more than once; list each band once (one band in every channel is --bands "
+                             f"{','.join([str(repeated[0])] * len(bands))})", file=path)
     return np.asarray(bands, np.int64) - 1
 
 

@@ -601,6 +601,8 @@ def test_cli_many_scenes_take_bands_and_downsample_too(scene_net, tmp_path):
     (["--image", "scene.tif"], "scene.tif: has 13 bands; the model takes 3: pick them with --bands"),
     (["--image", "scene.tif", "--bands", "4,3,20"], "the image has bands 1 to 13, not 20"),
     (["--image", "scene.tif", "--bands", "4,0,2"], "--bands: expected positive integers"),
+    (["--image", "scene.tif", "--bands", "2,2,3"], "--bands 2,2,3: band 2 is listed more than once; list each band "
+                                                   "once (one band in every channel is --bands 2,2,2)"),
 ])
 def test_cli_bands_errors_exit_2_naming_what_is_wrong(scene_net, tmp_path, args, message):
     folder, _ = scene_net
@@ -608,6 +610,15 @@ def test_cli_bands_errors_exit_2_naming_what_is_wrong(scene_net, tmp_path, args,
     result = graphconv("run", folder / "fcn", *args, "--output", tmp_path / "out.npy", cwd=folder)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out.npy").exists()
+
+
+def test_cli_one_band_in_every_channel_is_no_duplicate(scene_net, tmp_path):
+    """--bands 4,4,4 feeds one band (as grey) to each of an RGB network's channels: meant,
+    not the typo a band repeated among others (2,2,3) is."""
+    folder, _ = scene_net
+    result = graphconv("run", folder / "fcn", "--image", "scene.tif", "--bands", "4,4,4", "--output",
+                       tmp_path / "out.npy", cwd=folder)
+    assert result.returncode == 0, result.stderr
 
 
 def test_cli_tif_map_of_a_geotiff_scene_lands_on_its_ground(scene_net, tmp_path):
