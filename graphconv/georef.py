@@ -185,28 +185,183 @@ def placed_georeference(image: GeoReference, placement: CellPlacement) -> GeoRef
 
 def georeference_of_placement(placement: CellPlacement | None) -> GeoReference | None:
     """The georeference of a map from its `placement` alone, where its contents name a
-    GeoTIFF image (`map_contents`): the same as `georeference_of_map` gives from the
-    source, which the level-0 placement already holds."""
-    from graphconv.sources import is_tiff
-
+    georeferenced image (`map_contents`): the same as `georeference_of_map` gives from
+    the source, which the level-0 placement already holds."""
     image = (placement.contents or {}).get("image") if placement is not None else None
-    if not image or not is_tiff(image) or not os.path.isfile(image):
-        return None
-    geo = read_georeference(image)
+    geo = image_georeference(image) if image else None
     return None if geo is None else placed_georeference(geo, placement)
 
 
 def georeference_of_map(source, cells: Field) -> GeoReference | None:
     """The georeference of a map of `cells` over what `source` reads (`graphconv.sources`),
-    where that is a GeoTIFF (at any pyramid level); else None."""
-    from graphconv.sources import is_tiff, level0_span
+    where that is a GeoTIFF (at any pyramid level) or a zarr array that states one
+    (`read_zarr_georeference`); else None."""
+    from graphconv.sources import level0_span
 
-    if not is_tiff(source.path):
-        return None
-    image = read_georeference(source.path)
+    image = image_georeference(source.path)
     if image is None:
         return None
     return map_georeference(image, cells, level0_span(source))
+
+
+def image_georeference(path: str) -> GeoReference | None:
+    """The georeference of the image at `path`, level 0: a GeoTIFF's tags, a zarr array's
+    attributes; None for other images and for those that state none."""
+    from graphconv.sources import is_tiff
+
+    if is_tiff(path):
+        return read_georeference(path) if os.path.isfile(path) else None
+    if is_zarr_array(path):
+        return read_zarr_georeference(path)[0]
+    return None
+
+
+def is_zarr_array(path: str) -> bool:
+    """Whether `path` is a plain zarr array (not an OME-Zarr image, a group of levels)."""
+    from pathlib import Path
+
+    from graphconv.sources import is_ome_zarr
+
+    folder = Path(path)
+    return folder.is_dir() and ((folder / ".zarray").exists() or (folder / "zarr.json").exists()) \
+        and not is_ome_zarr(path)
+
+
+# ---- a zarr array's georeference, from the attributes graphconv's own .zarr maps carry -----------------
+
+ZARR_GEO_ATTRIBUTES = ("GeoTransform", "spatial:transform", "proj:code", "proj:epsg", "_CRS", "crs_wkt",
+                       "spatial_ref", "grid_mapping", "spatial:dimensions", "spatial:registration")
+LOOKS_GEOREFERENTIAL = ("crs", "proj", "spatial", "geo", "transform", "grid_mapping", "epsg", "srs", "wkt",
+                        "affine", "bounds", "bbox")
+EPSG_URL = "http://www.opengis.net/def/crs/EPSG/0/"
+GEOGRAPHIC_EPSG = range(4000, 5000)  # EPSG's geographic 2D systems (4326 WGS 84, 4258 ETRS89, ...); the rest projected
+
+
+def read_zarr_georeference(path: str) -> tuple[GeoReference | None, list[str]]:
+    """A zarr array's georeference, from the attributes graphconv writes on its own .zarr
+    maps (`tiling.zarr_map_attributes`) and GDAL, rioxarray and GeoZarr read: the cells'
+    affine as `GeoTransform` (GDAL's order, pixel corners, text or 6 numbers) or
+    `spatial:transform` (rasterio's a, b, c, d, e, f), the CRS as `proj:code` / `proj:epsg`
+    ("EPSG:32633"), `_CRS` (GDAL's {"url": ".../EPSG/0/32633"}) or a WKT's EPSG
+    authority (`crs_wkt`, `spatial_ref`); those of a CF grid-mapping variable beside the
+    array (`grid_mapping: spatial_ref`, as rioxarray writes) where the array has none;
+    graphconv's own `graphconv.georeference` (its GeoKeys whole) before all. The GeoKeys
+    of an EPSG code are made as GDAL writes them (a projected system, or a geographic one
+    for EPSG 4000-4999), pixel corners. Also the names of the attributes that look like a
+    georeference and were not read (for a note, `zarr_georeference_note`). (None, names)
+    where there is no affine."""
+    from pathlib import Path
+
+    from graphconv.sources import _group_attributes
+
+    attrs = _group_attributes(Path(path))
+    mapping = attrs.get("grid_mapping")
+    if isinstance(mapping, str) and mapping and "/" not in mapping and ".." not in mapping:
+        attrs = {**_group_attributes(Path(path).parent / mapping), **attrs}
+    own = attrs.get("graphconv", {}).get("georeference") if isinstance(attrs.get("graphconv"), dict) else None
+    geo = _own_georeference(own) if isinstance(own, dict) else None
+    used = {"graphconv"} if geo is not None else set()
+    if geo is None:
+        corner, used = _stated_affine(attrs)
+        if corner is not None:
+            epsg, named = _stated_epsg(attrs)
+            used |= named
+            geo = GeoReference(corner, _geokeys_of(epsg) if epsg else ())
+    unread = [name for name in attrs if name not in used and name not in ("grid_mapping",) and
+              any(word in name.lower() for word in LOOKS_GEOREFERENTIAL)]
+    return geo, unread
+
+
+def zarr_georeference_note(path: str) -> str | None:
+    """What to say where a zarr array's map is written as .tif or .zarr: nothing where its
+    attributes hold a georeference graphconv reads, or nothing that looks like one; else
+    that the map is not georeferenced (or has no projection), naming the attributes."""
+    if not is_zarr_array(path):
+        return None
+    geo, unread = read_zarr_georeference(path)
+    if not unread:
+        return None
+    names = ", ".join(unread[:6]) + (f" and {len(unread) - 6} more" if len(unread) > 6 else "")
+    reads = ("graphconv reads GeoTransform or spatial:transform, with proj:code, proj:epsg, _CRS or a WKT's EPSG "
+             "code, as its own .zarr maps carry them")
+    if geo is None:
+        return f"note: the zarr array's attribute(s) {names} look like a georeference graphconv does not read " \
+               f"({reads}): the map is not georeferenced"
+    if not geo.keys:
+        return f"note: the zarr array's attribute(s) {names} look like a projection graphconv does not read " \
+               f"({reads}): the map is placed by its GeoTransform but names no projection"
+    return None
+
+
+def _own_georeference(own: dict) -> GeoReference | None:
+    """graphconv's `GeoReference.as_dict` read back: its GeoKeys whole, its affine in the
+    raster type's convention; None where it does not fit."""
+    codes = {name: code for code, name in GEO_KEY_NAMES.items()}
+    try:
+        keys = tuple((codes[name], ASCII if codes[name] == GEO_ASCII_PARAMS else
+                      SHORT if codes[name] == GEO_KEY_DIRECTORY else DOUBLE,
+                      str(values) if codes[name] == GEO_ASCII_PARAMS else tuple(values))
+                     for name, values in dict(own.get("geokeys") or {}).items())
+        if own.get("gcps") is not None:
+            return GeoReference(None, keys, tuple(tuple(float(v) for v in p) for p in own["gcps"]))
+        x0, a, b, y0, c, d = (float(v) for v in own["geotransform"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    geo = GeoReference(np.array([[a, b, x0], [c, d, y0]]), keys)
+    if geo.pixel_is_point:  # as_dict states corners; the affine counts the raster's pixel centres
+        geo = GeoReference(geo.affine @ np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]]), keys)
+    return geo
+
+
+def _stated_affine(attrs: dict) -> tuple[np.ndarray | None, set[str]]:
+    """The corner affine (2x3) of `GeoTransform` or `spatial:transform`, and the name read."""
+    for name in ("GeoTransform", "spatial:transform"):
+        value = attrs.get(name)
+        try:
+            numbers = [float(v) for v in (value.split() if isinstance(value, str) else value)]
+        except (AttributeError, TypeError, ValueError):
+            continue
+        if len(numbers) != 6 or not all(np.isfinite(numbers)):
+            continue
+        if name == "GeoTransform":
+            x0, a, b, y0, c, d = numbers
+        else:
+            a, b, x0, c, d, y0 = numbers
+        if a * d - b * c == 0:
+            continue
+        used = {name} | ({"spatial:dimensions", "spatial:registration"} & set(attrs))
+        return np.array([[a, b, x0], [c, d, y0]]), used
+    return None, set()
+
+
+def _stated_epsg(attrs: dict) -> tuple[int | None, set[str]]:
+    """The EPSG code the attributes state, and the names it was read from."""
+    import re
+
+    for name in ("proj:code", "proj:epsg", "_CRS", "crs_wkt", "spatial_ref"):
+        value = attrs.get(name)
+        if isinstance(value, dict):
+            value = value.get("url") or value.get("wkt")
+        if isinstance(value, int) and not isinstance(value, bool):
+            code = value
+        elif isinstance(value, str):
+            found = (re.fullmatch(r"\s*EPSG:(\d+)\s*", value) or re.search(r"/EPSG/\d+/(\d+)\s*$", value) or
+                     (re.findall(r'(?:AUTHORITY|ID)\["EPSG",\s*"?(\d+)"?\]', value) or [None])[-1])
+            code = int(found if isinstance(found, str) else found[1]) if found else None
+        else:
+            code = None
+        if code and 1 <= code < USER_DEFINED:
+            return code, {name} | ({"_CRS", "proj:code"} & set(attrs) if name in ("proj:code", "_CRS") else set())
+    return None, set()
+
+
+def _geokeys_of(epsg: int) -> tuple:
+    """The GeoKey directory GDAL writes for an EPSG code: GTModelType (projected or
+    geographic), RasterPixelIsArea, and the code."""
+    geographic = epsg in GEOGRAPHIC_EPSG
+    directory = (1, 1, 0, 3, 1024, 0, 1, 2 if geographic else 1, RASTER_TYPE_KEY, 0, 1, 1,
+                 GEOGRAPHIC_TYPE_KEY if geographic else PROJECTED_CS_TYPE_KEY, 0, 1, epsg)
+    return ((GEO_KEY_DIRECTORY, SHORT, directory),)
 
 
 @dataclass(frozen=True)

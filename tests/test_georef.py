@@ -318,3 +318,68 @@ def test_a_tif_map_names_its_bands_for_gdal_and_says_what_it_was_read_at(digits,
     assert '<Item name="CLASS_10" sample="0">background</Item>' in xml
     assert '<Item name="CLASS_3" sample="0">3</Item>' in xml
     assert 'sample="0" role="description">class (the best class' in xml
+
+
+# ---- a zarr array's georeference: the attributes graphconv's own .zarr maps carry -------------------------
+
+def zarr_scene(path, pixels, **attrs):
+    zarr = pytest.importorskip("zarr")
+    array = zarr.open_array(str(path), mode="w", shape=pixels.shape, dtype=pixels.dtype, chunks=(64, 64))
+    array[:] = pixels
+    array.attrs.update(attrs)
+    return path
+
+
+@pytest.mark.parametrize("directory", [UTM_33N_AREA, UTM_33N_POINT])
+def test_a_zarr_array_s_georeference_is_read_as_graphconv_writes_it(tmp_path, directory):
+    """GeoTransform (GDAL's order, pixel corners) with proj:code or _CRS, rasterio's
+    spatial:transform, or graphconv's own georeference attribute: each reads back as the
+    GeoTIFF's georeference it was written from, corner for corner."""
+    from graphconv.georef import read_zarr_georeference
+
+    tif = read_georeference(str(grey_geotiff(tmp_path / "scene.tif", directory)))
+    gt = tif.geotransform()
+    pixels = np.zeros((120, 150), np.uint8)
+    stated = {"GDAL": {"GeoTransform": " ".join(repr(v) for v in gt), "proj:code": "EPSG:32633"},
+              "rasterio": {"spatial:transform": [gt[1], gt[2], gt[0], gt[4], gt[5], gt[3]],
+                           "_CRS": {"url": "http://www.opengis.net/def/crs/EPSG/0/32633"}},
+              "own": {"graphconv": {"georeference": tif.as_dict()}}}
+    for name, attrs in stated.items():
+        geo, unread = read_zarr_georeference(str(zarr_scene(tmp_path / f"{name}.zarr", pixels, **attrs)))
+        np.testing.assert_allclose(geo.corner_affine(), tif.corner_affine(), err_msg=name)
+        assert geo.epsg == 32633 and unread == []
+        assert geo.keys == (tif.keys if name == "own" else ((GEO_KEY_DIRECTORY, 3, UTM_33N_AREA),))
+    wgs84, _ = read_zarr_georeference(str(zarr_scene(tmp_path / "wgs84.zarr", pixels, GeoTransform=[10, 0.1, 0, 50, 0, -0.1],
+                                                     **{"proj:epsg": 4326})))
+    assert wgs84.keys == ((GEO_KEY_DIRECTORY, 3, (1, 1, 0, 3, 1024, 0, 1, 2, 1025, 0, 1, 1, 2048, 0, 1, 4326)),)
+
+
+def test_a_zarr_scene_s_map_is_georeferenced_like_the_geotiff_s(digits, tmp_path):
+    """A (y, x) zarr with the GeoTransform and proj:code graphconv writes on its own .zarr
+    maps gave a .tif map with no GeoTIFF tags and no word: its maps now land where the
+    same scene's GeoTIFF maps do, .tif and .zarr alike; attributes that look like a
+    georeference graphconv does not read are a note."""
+    zarr = pytest.importorskip("zarr")
+    image = grey_geotiff(tmp_path / "scene.tif")
+    gt = read_georeference(str(image)).geotransform()
+    scene = zarr_scene(tmp_path / "scene.zarr", tifffile.imread(image),
+                       GeoTransform=" ".join(repr(v) for v in gt), **{"proj:code": "EPSG:32633"})
+    for source, name in ((image, "tif"), (scene, "zarr")):
+        for output in (f"{name}.tif", f"{name}-map.zarr"):
+            result = _cli("run", digits, "--image", source, "--tile", "64", "--output", tmp_path / output)
+            assert result.returncode == 0, result.stderr
+            assert "map georeferenced as the image" in result.stderr and "note: the zarr array" not in result.stderr
+    with tifffile.TiffFile(tmp_path / "tif.tif") as want, tifffile.TiffFile(tmp_path / "zarr.tif") as got:
+        for code in (33550, 33922, GEO_KEY_DIRECTORY):
+            assert got.pages[0].tags[code].value == want.pages[0].tags[code].value
+    want, got = (dict(zarr.open_array(str(tmp_path / f"{n}-map.zarr"), mode="r").attrs) for n in ("tif", "zarr"))
+    assert got["GeoTransform"] == want["GeoTransform"] and got["proj:code"] == want["proj:code"] == "EPSG:32633"
+    odd = zarr_scene(tmp_path / "odd.zarr", tifffile.imread(image), crs="+proj=utm +zone=33", transform=[1, 2, 3])
+    result = _cli("run", digits, "--image", odd, "--tile", "64", "--output", tmp_path / "odd.tif")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("note: the zarr array's attribute(s) crs, transform look like a georeference "
+                               "graphconv does not read") == 1
+    assert 33922 not in tifffile.TiffFile(tmp_path / "odd.tif").pages[0].tags
+    plain = zarr_scene(tmp_path / "plain.zarr", tifffile.imread(image))
+    result = _cli("run", digits, "--image", plain, "--tile", "64", "--output", tmp_path / "plain.tif")
+    assert result.returncode == 0 and "georeference" not in result.stderr, result.stderr
