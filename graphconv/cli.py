@@ -678,11 +678,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             from graphconv.sources import NODATA_OF_A_PICTURE
             raise GraphconvError(NODATA_OF_A_PICTURE, file=args.image)
         note_nodata_acts_on_nothing(args, None)
-        note_value_scaling(model.graph.meta.get("preprocess"),
-                           None if stores_values(model.graph.meta.get("preprocess")) else
-                           images.value_scaling(args.image))
         stored = stores_values(model.graph.meta.get("preprocess"))
         picture = images.load_image(args.image, args.resize, channels=model.crop_shape[0], stored_values=stored)
+        # after the read, which refuses what is no regular file (Pillow waits on a pipe for ever)
+        note_value_scaling(model.graph.meta.get("preprocess"), None if stored else images.value_scaling(args.image))
         stored_bands = images.picture_bands(args.image)
         note_how_the_image_is_read(args.image, None if stored_bands is None else
                                    images.channel_conversion(stored_bands, model.crop_shape[0], bands_flag=False))
