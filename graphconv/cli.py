@@ -327,9 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "pixels can hide what padding does to real ones); also says in how many cells the "
                              "top class changes")
     ver.add_argument("--region", type=_natural_int, nargs=4, metavar=("TOP", "LEFT", "HEIGHT", "WIDTH"),
-                     help="with --image: the region to check, in the image's level-0 pixels (default: "
-                          f"{VERIFY_REGION_CELLS}x{VERIFY_REGION_CELLS} cells at the image's centre, since the "
-                          "crop loop runs the classifier once per cell)")
+                     help="with --image: the region to check, in the image's level-0 pixels, grown to the whole "
+                          "cells of run's map that cover it (default: "
+                          f"{VERIFY_REGION_CELLS}x{VERIFY_REGION_CELLS} cells at the image's centre, or at the centre "
+                          "of its data where it has no-data, since the crop loop runs the classifier once per cell)")
     _add_image_reading_options(ver)
     _add_nodata_options(ver)
     ver.add_argument("--passes", help="the pipeline to check, as compile takes it, 'default' included (default: "
