@@ -539,7 +539,7 @@ def test_bad_weights_via_the_spec_name_the_weights_file(write_spec, tmp_path):
     with pytest.raises(GraphconvError, match="a single .npy array, not an .npz archive"):
         load_spec(write_spec(spec))
     np.savez(tmp_path / "w.npz", **{"no_dot": np.zeros(3, np.float32)})
-    with pytest.raises(GraphconvError, match="has weights 'no_dot' but the network has no layer ''"):
+    with pytest.raises(GraphconvError, match=r"^w.npz: has an array named 'no_dot', which is not of the form LAYER.PARAM"):
         load_spec(write_spec(spec))
 
 
