@@ -8,14 +8,33 @@
 #   bash benchmarks/gpu_session.sh tiles   # gpu_tiles.py: each GEMM tile shape on the big layers
 #
 # Several stages may be named in one call (`check bench`). The machine's own python3 has
-# PyTorch, numba and numba-cuda and no network. An earlier session found its numba-cuda
-# needing numpy < 2.5 there: if the version check fails on numpy, carry a numpy 2.4
-# wheel (device README: "carry ... .whl") and install it first. graphconv runs from the
+# PyTorch, numba and numba-cuda and no network. An earlier session found its numba
+# refusing the image's numpy (2.5): where `import numba` fails, each folder of wheels
+# under .whl/ (carried: `carry: [".whl"]`, e.g. .whl/np2.4.6/numpy-2.4.6-...whl) is
+# tried in turn, installed into /tmp/site-<name> on PYTHONPATH. graphconv runs from the
 # checkout (PYTHONPATH), uninstalled.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_session}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 GRAPHCONV_TEST_GPU=1
+
+numba_imports() { python3 -c "import numba, numba.cuda" 2>/dev/null; }
+
+carried_numpy() {
+    numba_imports && return 0
+    python3 -c "import numba" 2>&1 | tail -1
+    for wheels in .whl/*/; do
+        site=/tmp/site-$(basename "$wheels")
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" "$wheels"*.whl || continue
+        if PYTHONPATH=$site:$PYTHONPATH numba_imports; then
+            export PYTHONPATH=$site:$PYTHONPATH
+            echo "numba imports with the carried wheels in $wheels"
+            return 0
+        fi
+    done
+    echo "numba does not import here, with or without the carried wheels"
+    return 1
+}
 
 versions() {
     python3 - <<'EOF'
@@ -29,18 +48,21 @@ assert tuple(map(int, numba_cuda.split(".")[:2])) >= (0, 11), "the CUDA GEMM nee
 EOF
 }
 
+carried_numpy || exit 1
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.txt"
+
 for stage in "${@:-check}"; do
     case $stage in
         check)
             versions 2>&1 | tee "$OUT/versions.txt"
             [ "${PIPESTATUS[0]}" = 0 ] || { echo "python3 cannot run numba-cuda here: see $OUT/versions.txt"; exit 1; }
-            timeout 300 python3 -m pytest -q -x -p no:cacheprovider tests/test_gemm_cuda.py tests/test_cuda.py \
+            timeout 150 python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_gemm_cuda.py tests/test_cuda.py \
                 2>&1 | tee "$OUT/tests.txt" ;;
-        bench) timeout 420 python3 benchmarks/gpu_vs_torch.py --quick --repeats 10 --markdown "$OUT/gpu.md" \
+        bench) timeout 270 python3 benchmarks/gpu_vs_torch.py --quick --repeats 10 --markdown "$OUT/gpu.md" \
                    2>&1 | tee "$OUT/bench.txt" ;;
         full) timeout 560 python3 benchmarks/gpu_vs_torch.py --repeats 10 --markdown "$OUT/gpu.md" \
                   2>&1 | tee "$OUT/bench.txt" ;;
-        tiles) timeout 420 python3 benchmarks/gpu_tiles.py --repeats 10 --markdown "$OUT/tiles.md" \
+        tiles) timeout 150 python3 benchmarks/gpu_tiles.py --repeats 10 --markdown "$OUT/tiles.md" \
                    2>&1 | tee "$OUT/tiles.txt" ;;
         *) echo "unknown stage $stage (check, bench, full, tiles)"; exit 2 ;;
     esac
