@@ -11,18 +11,22 @@
 # PyTorch, numba and numba-cuda and no network. An earlier session found its numba
 # refusing the image's numpy (2.5): where `import numba` fails, each folder of wheels
 # under .whl/ (carried: `carry: [".whl"]`, e.g. .whl/np2.4.6/numpy-2.4.6-...whl) is
-# tried in turn, installed into /tmp/site-<name> on PYTHONPATH. graphconv runs from the
-# checkout (PYTHONPATH), uninstalled.
+# tried in turn, installed into /tmp/site-<name> on PYTHONPATH. graphconv is installed
+# from the checkout (editable) with the image's own setuptools.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_session}
 mkdir -p "$OUT"
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 GRAPHCONV_TEST_GPU=1
+export PYTHONUNBUFFERED=1 GRAPHCONV_TEST_GPU=1
 
-numba_imports() { python3 -c "import numba, numba.cuda" 2>/dev/null; }
+# numba 0.68 imports under numpy 2.5 but numba-cuda 0.30's compiler does not (np.row_stack
+# is gone), so the check compiles and launches a kernel.
+numba_imports() {
+    python3 -c "import numpy as np; from numba import cuda; k = cuda.jit(lambda a: None); k[1, 1](np.zeros(1, np.float32))" 2>/dev/null
+}
 
 carried_numpy() {
     numba_imports && return 0
-    python3 -c "import numba" 2>&1 | tail -1
+    echo "numba-cuda cannot compile a kernel with the image's numpy: trying the carried wheels"
     for wheels in .whl/*/; do
         site=/tmp/site-$(basename "$wheels")
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" "$wheels"*.whl || continue
@@ -49,6 +53,8 @@ EOF
 }
 
 carried_numpy || exit 1
+# Installed (editable, offline), not on PYTHONPATH: setup.py maps passes/ to graphconv.passes.
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || exit 1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.txt"
 
 for stage in "${@:-check}"; do
