@@ -30,8 +30,8 @@ carried_numpy() {
     for wheels in .whl/*/; do
         site=/tmp/site-$(basename "$wheels")
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" "$wheels"*.whl || continue
-        if PYTHONPATH=$site:$PYTHONPATH numba_imports; then
-            export PYTHONPATH=$site:$PYTHONPATH
+        if PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH} numba_imports; then
+            export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
             echo "numba imports with the carried wheels in $wheels"
             return 0
         fi
