@@ -33,10 +33,11 @@ INSTRUCTION = re.compile(r"(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)")
 BRANCH = re.compile(r"\bBRA\s+(?:`\()?(?:0x)?([0-9a-f]+)")
 
 
-def link(ptx: str, arch: str) -> tuple[bytes, str]:
+def link(ptx: str, arch: str, max_registers: int | None = None) -> tuple[bytes, str]:
     """(cubin, ptxas's verbose log) for `ptx` through nvJitLink."""
     from cuda.bindings import nvjitlink
-    handle = nvjitlink.create(3, [f"-arch={arch}", "-verbose", "-O3"])
+    options = [f"-arch={arch}", "-verbose", "-O3"] + ([f"-maxrregcount={max_registers}"] if max_registers else [])
+    handle = nvjitlink.create(len(options), options)
     try:
         data = ptx.encode()
         nvjitlink.add_data(handle, nvjitlink.InputType.PTX, data, len(data), "kernel")
@@ -96,6 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="sm_90", help="target architecture (sm_90: H100, H200)")
     parser.add_argument("--sass-dir", help="also save each tile's SASS here")
+    parser.add_argument("--max-registers", type=int, help="cap each tile's registers a thread (Tile.max_registers)")
     args = parser.parse_args()
     capability = (int(args.arch[3:-1]), int(args.arch[-1]))
     import numba.cuda.dispatcher as dispatcher
@@ -111,7 +113,7 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for tile in TILES:
         ptx, _ = cuda.compile_ptx(gemm_kernel(tile).py_func, SIGNATURE, cc=capability)
-        cubin, log = link(ptx, args.arch)
+        cubin, log = link(ptx, args.arch, args.max_registers)
         registers = re.search(r"Used (\d+) registers", log).group(1)
         spills = re.search(r"(\d+) bytes spill stores", log).group(1)
         text = sass(cubin)

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The GPU checks of issue 21 for a lent machine (the tool library's `device run`), in
-# stages that each fit its 10-minute command limit; all output is also under $OUT.
+# stages that each fit its 10-minute command limit; their results are also under $OUT
+# (7 files at most: the tool returns 8).
 #
 #   bash benchmarks/gpu_session.sh check   # versions, then the CUDA kernels against numpy on the GPU
 #   bash benchmarks/gpu_session.sh bench   # gpu_vs_torch.py --quick: the issue's three targets
 #   bash benchmarks/gpu_session.sh full    # gpu_vs_torch.py, every case (batch 8 too)
 #   bash benchmarks/gpu_session.sh tiles   # gpu_tiles.py: each GEMM tile shape on the big layers
+#   bash benchmarks/gpu_session.sh ncu     # Nsight Compute on the big tiles: occupancy, stall reasons
 #
 # Several stages may be named in one call (`check bench`). The machine's own python3 has
 # PyTorch, numba and numba-cuda and no network. An earlier session found its numba
@@ -57,6 +59,8 @@ carried_numpy || exit 1
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || exit 1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.txt"
 
+command -v ncu >/dev/null || PATH=$PATH:$(ls -d /opt/nvidia/nsight-compute/*/ 2>/dev/null | tail -1)
+
 for stage in "${@:-check}"; do
     case $stage in
         check)
@@ -64,12 +68,21 @@ for stage in "${@:-check}"; do
             [ "${PIPESTATUS[0]}" = 0 ] || { echo "python3 cannot run numba-cuda here: see $OUT/versions.txt"; exit 1; }
             timeout 150 python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_gemm_cuda.py tests/test_cuda.py \
                 2>&1 | tee "$OUT/tests.txt" ;;
-        bench) timeout 270 python3 benchmarks/gpu_vs_torch.py --quick --repeats 10 --markdown "$OUT/gpu.md" \
-                   2>&1 | tee "$OUT/bench.txt" ;;
-        full) timeout 560 python3 benchmarks/gpu_vs_torch.py --repeats 10 --markdown "$OUT/gpu.md" \
-                  2>&1 | tee "$OUT/bench.txt" ;;
-        tiles) timeout 150 python3 benchmarks/gpu_tiles.py --repeats 10 --markdown "$OUT/tiles.md" \
+        bench) timeout 270 python3 benchmarks/gpu_vs_torch.py --quick --repeats 10 --markdown "$OUT/gpu.md" ;;
+        full) timeout 400 python3 benchmarks/gpu_vs_torch.py --repeats 10 --markdown "$OUT/gpu.md" ;;
+        tiles) timeout 200 python3 benchmarks/gpu_tiles.py --repeats 10 --json "$OUT/tiles.json" \
                    2>&1 | tee "$OUT/tiles.txt" ;;
-        *) echo "unknown stage $stage (check, bench, full, tiles)"; exit 2 ;;
+        ncu) for tile in 128x128 "128x128 r128" 64x128; do  # where the big tile's cycles go
+                 timeout 90 ncu --clock-control none --launch-skip 1 --launch-count 1 -k regex:kernel \
+                     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+                     --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+                     --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio' \
+                     python3 benchmarks/gpu_tiles.py --profile "VGG conv3_2 @1024" "$tile" \
+                     > /tmp/ncu.txt 2>&1
+                 { echo "=== $tile"; cat /tmp/ncu.txt; } >> "$OUT/ncu.txt"
+                 grep -E "Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Issued Ipc|stalled_.*ratio|Warp Cycles Per Issued" \
+                     /tmp/ncu.txt | sed "s/^/$tile: /"
+             done ;;
+        *) echo "unknown stage $stage (check, bench, full, tiles, ncu)"; exit 2 ;;
     esac
 done

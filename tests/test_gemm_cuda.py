@@ -5,6 +5,7 @@ The kernels run on numba's simulator here (conftest), every CUDA thread in Pytho
 the layers are small; `GRAPHCONV_TEST_GPU=1` runs the same cases on a GPU. The planner
 is forced to each tile by replacing `plan_launch` where `GemmLayer` looks it up."""
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -53,7 +54,8 @@ def run_with(monkeypatch, tile: Tile, splits: int, opdef, params, weights, input
 
 
 @needs_cuda
-@pytest.mark.parametrize("tile", TILES, ids=lambda t: f"{t.rows}x{t.cols}")
+@pytest.mark.parametrize("tile", TILES + (replace(TILES[0], max_registers=128),),
+                         ids=lambda t: f"{t.rows}x{t.cols}" + (f"-r{t.max_registers}" if t.max_registers else ""))
 def test_every_tile_matches_the_reference(tile, monkeypatch, rng):
     opdef, params, weights, inputs, out_shape = conv_case("padded-strided", rng)
     got = run_with(monkeypatch, tile, 1, opdef, params, weights, inputs, out_shape)
@@ -117,9 +119,10 @@ def test_the_plan_covers_the_whole_product(rows, positions, k_total, groups, pro
 
 
 def test_the_plan_tiles_big_convs_and_splits_fc_layers():
-    """VGG-16's conv3_1 at 1024 fills the GPU many times over with the largest tile; fc6
-    of a classifier (one position, K = 25088) is split along K to give the SMs work."""
+    """VGG-16's conv3_1 at 1024 fills the GPU many times over with a large tile (128
+    positions wide), unsplit; fc6 of a classifier (one position, K = 25088) is split
+    along K to give the SMs work."""
     big = plan_launch(256, 256 * 256, 128 * 9, 1, 132)
-    assert big.tile == TILES[0] and big.splits == 1
+    assert big.tile.cols == 128 and big.tile.threads == 256 and big.splits == 1
     fc6 = plan_launch(4096, 1, 25088, 1, 132)
     assert fc6.tile.cols <= 4 and fc6.splits > 1

@@ -68,6 +68,9 @@ class Tile:
     cols: int
     thread_rows: int
     thread_cols: int
+    # A cap on a thread's registers (ptxas spills past it), so that more blocks fit an
+    # SM; None leaves ptxas its own count. For `benchmarks/gpu_tiles.py`'s variants.
+    max_registers: int | None = None
 
     @property
     def threads(self) -> int:
@@ -90,21 +93,21 @@ class Tile:
 # Largest first: `plan_launch` prefers the first of equal estimates.
 TILES = (Tile(128, 128, 8, 8), Tile(128, 64, 8, 4), Tile(64, 128, 4, 8), Tile(64, 64, 4, 4),
          Tile(128, 32, 8, 4), Tile(128, 16, 4, 4), Tile(256, 4, 4, 1))
-# How fast each tile computes relative to the largest, per useful FMA, before waves and
-# padding: a guess from the FMA share of each main loop (docs/gpu.md), to be replaced by
-# `benchmarks/gpu_tiles.py`'s measurements on a GPU (issue 21).
-_TILE_EFFICIENCY = dict(zip(TILES, (1.0, 0.85, 0.8, 0.7, 0.7, 0.5, 0.3)))
+# How fast each tile computes relative to the largest, per FMA of its padded work, and
+# what moving a float costs in FMAs of the whole GPU (a block's loads; each partial sum
+# of a split K written to the workspace and read back): fitted to the times of every
+# tile on eight VGG-16 and AlexNet layers on an H200 (`benchmarks/gpu_tiles.py`, session
+# 35: the planner's picks then came within 1% of the best tile on seven of them, 15% on
+# AlexNet's conv2). 64x128 beats 128x128 per FMA there: it holds two blocks an SM (127
+# registers) to the larger tile's one, so barriers and loads hide better.
+_TILE_EFFICIENCY = dict(zip(TILES, (1.0, 0.77, 1.2, 0.82, 0.95, 0.69, 0.19)))
+LOAD_FLOAT_FMAS = 0.7
+WORKSPACE_FLOAT_FMAS = 100
 # Blocks of each tile an SM holds at once, from ptxas's registers a thread for sm_90
 # (benchmarks/cuda_sass.py: 165, 129, 127, 83, 167, 140, 136; allocated in 8s, 65536 an
 # SM). Launch bounds asking two 256-thread blocks of the large tiles (128 registers) made
 # them spill 32-236 bytes a thread, so there are none.
 _RESIDENT_BLOCKS = dict(zip(TILES, (1, 1, 2, 2, 3, 3, 1)))
-# What moving a float costs, in FMAs of the whole GPU: an H100 does about 33 T FMAs and
-# moves about 0.9 T floats a second from DRAM, a few times that from L2. A block's loads
-# (its weights and gathered inputs) are mostly L2 hits; each partial sum of a split K
-# is written to DRAM and read back. Guesses, like the efficiencies.
-LOAD_FLOAT_FMAS = 10
-WORKSPACE_FLOAT_FMAS = 2 * 40
 SMALLEST_SPLIT = 256  # k per split: below it the workspace traffic outweighs the parallelism
 # Input sizes a GemmLayer keeps its launches for: twice the plans an Executor keeps
 # (runtime.PLANS_KEPT), whose bound calls hold some of them.
@@ -280,7 +283,10 @@ def gemm_kernel(tile: Tile):
                         value = activate(value, dims[ACTIVATION])
                     out[at] = value
 
-    @cuda.jit
+    # The simulator's jit takes no register cap (and has no registers to cap).
+    capped = {"max_registers": tile.max_registers} if tile.max_registers and not config.ENABLE_CUDASIM else {}
+
+    @cuda.jit(**capped)
     def kernel(x, wt, taps, bias, res, out, dims):
         a_s = cuda.shared.array(a_shared, float32, align)
         b_s = cuda.shared.array(b_shared, float32, align)
