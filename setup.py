@@ -1,8 +1,7 @@
 """Packages: graphconv and its sub-packages, plus the top-level `passes/` folder installed
-as `graphconv.passes` (so it can never clash with another `passes` on sys.path), and the
-`graphconv` command's entry point, graphconv_console.py (top-level: it runs before the
-package is imported). The rest of the project's metadata is in pyproject.toml."""
+as `graphconv.passes` (so it can never clash with another `passes` on sys.path). The rest
+of the project's metadata (the `graphconv` command: graphconv.console) is in pyproject.toml."""
 from setuptools import find_packages, setup
 
 setup(packages=find_packages(include=["graphconv", "graphconv.*"]) + ["graphconv.passes"],
-      package_dir={"graphconv.passes": "passes"}, py_modules=["graphconv_console"])
+      package_dir={"graphconv.passes": "passes"})

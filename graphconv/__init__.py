@@ -8,33 +8,87 @@
     graphconv.verify(graphconv.load(spec), model, image)       # the dense map against the crop loop
 
 Pass authors start at `graphconv.pass_manager` (register_pass) and `graphconv.ir` (Graph).
+
+Importing graphconv (or any graphconv.* module) imports nothing else: each name below is
+imported from its module on first use (PEP 562), and so is each sub-module read as an
+attribute (`graphconv.ops` after a plain `import graphconv`). The `graphconv` command's
+entry point, graphconv.console, must run before numba (about a second of imports with
+networkx) and check the environment numba reads as it is imported. Kernels find their
+cache because graphconv.ops (and graphconv.sources) install it before defining any
+(graphconv/kernel_cache.py).
 """
-from graphconv.kernel_cache import install_kernel_cache
-
-install_kernel_cache()  # before any kernel is compiled; graphconv's kernels only
-
-from graphconv.process import configure_process
-from graphconv.memory import set_memory_limit
-
-from graphconv.errors import GraphconvError, Location, PassError, ShapeError
-from graphconv.ir import Graph, Node
-from graphconv.pass_manager import (DEFAULT_PIPELINE, PassManager, load_plugin, register_pass, registered_passes,
-                                    run_passes)
-from graphconv.frontends import load_network as load_spec
-from graphconv.frontends.yaml import save_model
-from graphconv.model import Model
-from graphconv.compiler import compile_graph, compile_model
-from graphconv.receptive import Field, receptive_fields
-from graphconv.dense import verify
-from graphconv.images import load_image
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+# name: (module, attribute there)
+_EXPORTS = {
+    "install_kernel_cache": ("graphconv.kernel_cache", "install_kernel_cache"),  # not in __all__; kept working
+    "configure_process": ("graphconv.process", "configure_process"),
+    "set_memory_limit": ("graphconv.memory", "set_memory_limit"),
+    "GraphconvError": ("graphconv.errors", "GraphconvError"),
+    "Location": ("graphconv.errors", "Location"),
+    "PassError": ("graphconv.errors", "PassError"),
+    "ShapeError": ("graphconv.errors", "ShapeError"),
+    "Graph": ("graphconv.ir", "Graph"),
+    "Node": ("graphconv.ir", "Node"),
+    "DEFAULT_PIPELINE": ("graphconv.pass_manager", "DEFAULT_PIPELINE"),
+    "PassManager": ("graphconv.pass_manager", "PassManager"),
+    "load_plugin": ("graphconv.pass_manager", "load_plugin"),
+    "register_pass": ("graphconv.pass_manager", "register_pass"),
+    "registered_passes": ("graphconv.pass_manager", "registered_passes"),
+    "run_passes": ("graphconv.pass_manager", "run_passes"),
+    "load_spec": ("graphconv.frontends", "load_network"),
+    "save_model": ("graphconv.frontends.yaml", "save_model"),
+    "Model": ("graphconv.model", "Model"),
+    "compile_graph": ("graphconv.compiler", "compile_graph"),
+    "compile_model": ("graphconv.compiler", "compile_model"),
+    "Field": ("graphconv.receptive", "Field"),
+    "receptive_fields": ("graphconv.receptive", "receptive_fields"),
+    "verify": ("graphconv.dense", "verify"),
+    "load_image": ("graphconv.images", "load_image"),
+}
 
-def load(path, **options) -> Model:
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time, __getattr__ below
+    from graphconv.compiler import compile_graph, compile_model
+    from graphconv.dense import verify
+    from graphconv.errors import GraphconvError, Location, PassError, ShapeError
+    from graphconv.frontends import load_network as load_spec
+    from graphconv.frontends.yaml import save_model
+    from graphconv.images import load_image
+    from graphconv.ir import Graph, Node
+    from graphconv.memory import set_memory_limit
+    from graphconv.model import Model
+    from graphconv.pass_manager import (DEFAULT_PIPELINE, PassManager, load_plugin, register_pass,
+                                        registered_passes, run_passes)
+    from graphconv.process import configure_process
+    from graphconv.receptive import Field, receptive_fields
+
+
+def load(path, **options) -> "Model":
     """Load a spec file, a compiled model directory or an ONNX model as a runnable Model;
     `options` are `Model.load`'s (weights, labels, crop_size, task, preprocess)."""
+    from graphconv.model import Model
     return Model.load(path, **options)
+
+
+def __getattr__(name: str):
+    """An exported name, imported from its module on first use (then kept here), or a
+    sub-module not imported yet (as the eager import of earlier versions left them all)."""
+    if name in _EXPORTS:
+        module, attribute = _EXPORTS[name]
+        value = getattr(importlib.import_module(module), attribute)
+        globals()[name] = value
+        return value
+    if name.isidentifier() and not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}"):
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
 
 
 __all__ = [

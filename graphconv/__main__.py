@@ -1,7 +1,7 @@
-"""`python -m graphconv`: the `graphconv` command, once graphconv has been imported (the
-console command, graphconv_console.py, also handles a Ctrl-C during that import)."""
+"""`python -m graphconv`: the `graphconv` command, with the same startup handling
+(graphconv.console: the environment checked and a Ctrl-C answered before numba is imported)."""
 import sys
 
-from graphconv.cli import console_main
+from graphconv.console import main
 
-sys.exit(console_main())
+sys.exit(main())

@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def console_main() -> int:
-    """The `graphconv` command (graphconv_console.py, `python -m graphconv`): as `main`,
+    """The `graphconv` command (graphconv.console, `python -m graphconv`): as `main`,
     except that once the command has stopped, a later Ctrl-C or SIGTERM is ignored
     until the process exits, so it cannot add a traceback to the line that said how
     the command ended."""

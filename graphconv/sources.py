@@ -47,6 +47,9 @@ from numba import njit, prange
 
 from graphconv.errors import GraphconvError, shown
 from graphconv.images import stores_values
+from graphconv.kernel_cache import install_kernel_cache
+
+install_kernel_cache()  # before this file's kernels are defined (as graphconv.ops does for its own)
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf8")
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, what Pillow's "L" uses

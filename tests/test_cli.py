@@ -1057,14 +1057,33 @@ def test_a_second_ctrl_c_during_the_cleanup_does_not_cut_it_short(tmp_path, monk
 
 
 def console(*args, script=None, env=None, **popen):
-    """The `graphconv` command as installed (graphconv_console.main), in a subprocess;
+    """The `graphconv` command as installed (graphconv.console.main), in a subprocess;
     `script`: Python run first, in the process, to inject a fault."""
     import os
 
-    code = f"{script or ''}\nimport sys, graphconv_console\nsys.argv[1:] = {list(map(str, args))!r}\n" \
-           "sys.exit(graphconv_console.main())"
+    code = f"{script or ''}\nimport sys, graphconv.console\nsys.argv[1:] = {list(map(str, args))!r}\n" \
+           "sys.exit(graphconv.console.main())"
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, **(env or {})}, **popen)
+
+
+def test_the_entry_point_imports_nothing_heavy_before_its_checks():
+    """graphconv.console is inside the package: importing it runs graphconv/__init__.py,
+    which must import nothing (numba and networkx are the second the entry point answers
+    a Ctrl-C or a bad NUMBA_NUM_THREADS in)."""
+    code = "import sys, graphconv.console; print(sorted(m for m in sys.modules if m.split('.')[0] in " \
+           "('numba', 'networkx', 'numpy') or m.startswith('graphconv.') and m != 'graphconv.console'))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
+
+
+def test_python_m_graphconv_checks_numba_num_threads_too():
+    import os
+
+    done = subprocess.run([sys.executable, "-m", "graphconv", "passes"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "NUMBA_NUM_THREADS": "0"})
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.startswith("graphconv: NUMBA_NUM_THREADS='0': ") and done.stderr.count("\n") == 1
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "abc", ""])
@@ -1115,11 +1134,9 @@ def and_after(*a):
     signal.raise_signal(signal.SIGINT)
     signal.raise_signal(signal.SIGTERM)
     return code
-import graphconv_console
-graphconv_console.console_main = and_after
+cli.console_main = and_after
 """
-    done = console("passes", script=script.replace("import graphconv_console\ngraphconv_console.console_main",
-                                                   "cli.console_main"))
+    done = console("passes", script=script)
     assert (done.returncode, done.stderr) == (130, "graphconv: interrupted (what it was writing is removed)\n")
 
 

@@ -24,12 +24,41 @@ def test_digest_changes_with_any_kernel_source_and_nothing_else(tmp_path):
 
 def test_kernel_sources_import_nothing_else_of_graphconvs():
     """The digest covers ops/ and errors.py only: that is sound while no module under
-    ops/ takes code or constants from anywhere else in graphconv."""
+    ops/ takes code or constants from anywhere else in graphconv. (ops/__init__.py installs
+    the kernel cache before any kernel is defined: no kernel's code comes from there.)"""
     import re
     allowed = {"graphconv.errors"}
-    for path in (kernel_cache.SOURCE_ROOT / "ops").rglob("*.py"):
+    ops = kernel_cache.SOURCE_ROOT / "ops"
+    for path in ops.rglob("*.py"):
         for module in re.findall(r"^\s*(?:from|import)\s+(graphconv[\w.]*)", path.read_text(), re.M):
+            if path == ops / "__init__.py" and module == "graphconv.kernel_cache":
+                continue
             assert module.startswith("graphconv.ops") or module in allowed, (path, module)
+
+
+def test_every_cached_kernel_is_routed_to_graphconvs_cache_whichever_module_comes_first():
+    """`import graphconv` imports nothing (graphconv/__init__.py), and numba picks a kernel's
+    cache folder as the kernel is defined: each module of graphconv's with cached kernels,
+    imported first thing in a fresh process, has them all routed by graphconv's locator."""
+    modules = []
+    for path in sorted(kernel_cache.SOURCE_ROOT.rglob("*.py")):
+        if "cache=True" in path.read_text() and path.name != "kernel_cache.py" and "cuda" not in path.name:
+            parts = path.relative_to(kernel_cache.SOURCE_ROOT.parent).with_suffix("").parts
+            modules.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    assert "graphconv.sources" in modules and "graphconv.ops.gemm_cpu" in modules
+    code = ("import importlib, sys\n"
+            "from numba.core.registry import CPUDispatcher\n"
+            "module = importlib.import_module(sys.argv[1])\n"
+            "kernels = [v for v in vars(module).values() if isinstance(v, CPUDispatcher) and v._cache is not None\n"
+            "           and v.py_func.__module__ == module.__name__]\n"
+            "stray = [k.__name__ for k in kernels if not getattr(type(k._cache._impl._locator), 'graphconv', False)]\n"
+            "print(len(kernels), stray)\n")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    for module in (modules[0], "graphconv.sources", "graphconv.ops.gemm_cpu"):
+        out = subprocess.run([sys.executable, "-c", code, module], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        count, stray = out.stdout.split(" ", 1)
+        assert int(count) > 0 and stray.strip() == "[]", (module, out.stdout)
 
 
 def test_cold_kernel_modules_looks_at_this_versions_cache(tmp_path, monkeypatch, write_spec):
@@ -163,6 +192,7 @@ import os, sys
 from pathlib import Path
 from graphconv import kernel_cache
 kernel_cache.cache_root = lambda: Path(os.environ["NUMBA_CACHE_DIR"])  # these files count as graphconv's
+kernel_cache.install_kernel_cache()  # what importing graphconv.ops does
 sys.path.insert(0, sys.argv[1])
 import numpy as np
 import parallel_helper

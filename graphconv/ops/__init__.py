@@ -4,11 +4,19 @@ Every sub-package of this folder is imported here, which registers its ops: addi
 is adding a folder, with no list to edit. Plain modules (gemm_cpu, vector_tile,
 unsigned_index, cuda_launch) are kernel helpers and are left for the kernels that use
 them to import.
+
+The kernel cache is installed first (graphconv/kernel_cache.py): numba picks a kernel's
+cache folder as the kernel is defined, and every op folder and kernel helper is imported
+after this file. (kernel_cache is no source of any kernel: the sources digest is unaffected.)
 """
 import importlib
 import pkgutil
 
-from graphconv.ops.registry import (
+from graphconv.kernel_cache import install_kernel_cache
+
+install_kernel_cache()  # before any kernel is defined; graphconv's kernels only
+
+from graphconv.ops.registry import (  # noqa: E402
     Example, NoTorchEquivalent, OpDef, Param, Window, all_ops, get_op, pair, register,
 )
 

@@ -1,7 +1,7 @@
 """The `graphconv` command's entry point: what must happen before graphconv is imported.
 
-Importing graphconv takes about a second (numba, networkx, numpy), and until
-`graphconv.cli` installs its handlers, a Ctrl-C there would end in a traceback through
+Importing the command (graphconv.cli) and what it runs takes about a second (numba,
+networkx, numpy), and until `graphconv.cli` installs its handlers, a Ctrl-C there would end in a traceback through
 the imports: here it is the one line `graphconv: interrupted (nothing was written)`,
 exit 130, and SIGTERM `graphconv: terminated (nothing was written)`, exit 143. Nothing
 has been written yet, so the process leaves at once (os._exit: the imports half done
@@ -9,10 +9,10 @@ need no unwinding). And numba reads NUMBA_NUM_THREADS as it is imported, failing
 traceback on 0 or a negative number and warning over several lines on one that is not
 a number (empty included): it is checked here first, one line, exit 2.
 
-A top-level module, not part of the graphconv package, because importing any
-graphconv.* module runs graphconv/__init__.py, which imports everything.
-`python -m graphconv` runs the same command after that import (use the `graphconv`
-command, or `python -m graphconv_console`, for the above during it).
+This module imports nothing of graphconv's until the checks and handlers are in place:
+graphconv/__init__.py imports nothing itself (its names are imported on first use), so
+importing graphconv.console costs only the standard library. `python -m graphconv`
+(graphconv/__main__.py) runs this same entry point.
 """
 import os
 import signal
