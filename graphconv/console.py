@@ -1,13 +1,14 @@
 """The `graphconv` command's entry point: what must happen before graphconv is imported.
 
 Importing the command (graphconv.cli) and what it runs takes about a second (numba,
-networkx, numpy), and until `graphconv.cli` installs its handlers, a Ctrl-C there would end in a traceback through
-the imports: here it is the one line `graphconv: interrupted (nothing was written)`,
-exit 130, and SIGTERM `graphconv: terminated (nothing was written)`, exit 143. Nothing
-has been written yet, so the process leaves at once (os._exit: the imports half done
-need no unwinding). And numba reads NUMBA_NUM_THREADS as it is imported, failing with a
-traceback on 0 or a negative number and warning over several lines on one that is not
-a number (empty included): it is checked here first, one line, exit 2.
+networkx, numpy), and until `graphconv.cli` installs its handlers, a Ctrl-C there would
+end in a traceback through the imports: here it is the one line `graphconv: interrupted
+(nothing was written)`, exit 130, and SIGTERM `graphconv: terminated (nothing was
+written)`, exit 143. Nothing has been written yet, so the process leaves at once
+(os._exit: the imports half done need no unwinding). And numba reads NUMBA_NUM_THREADS
+as it is imported, failing with a traceback on 0 or a negative number and warning over
+several lines on one that is not a number (empty included): it is checked here first,
+one line, exit 2.
 
 This module imports nothing of graphconv's until the checks and handlers are in place:
 graphconv/__init__.py imports nothing itself (its names are imported on first use), so
