@@ -97,7 +97,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="sm_90", help="target architecture (sm_90: H100, H200)")
     parser.add_argument("--sass-dir", help="also save each tile's SASS here")
-    parser.add_argument("--max-registers", type=int, help="cap each tile's registers a thread (Tile.max_registers)")
+    parser.add_argument("--max-registers", type=int, help="cap every tile's registers a thread (else each tile's "
+                        "own Tile.max_registers)")
     args = parser.parse_args()
     capability = (int(args.arch[3:-1]), int(args.arch[-1]))
     import numba.cuda.dispatcher as dispatcher
@@ -113,7 +114,7 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for tile in TILES:
         ptx, _ = cuda.compile_ptx(gemm_kernel(tile).py_func, SIGNATURE, cc=capability)
-        cubin, log = link(ptx, args.arch, args.max_registers)
+        cubin, log = link(ptx, args.arch, args.max_registers or tile.max_registers)
         registers = re.search(r"Used (\d+) registers", log).group(1)
         spills = re.search(r"(\d+) bytes spill stores", log).group(1)
         text = sass(cubin)

@@ -8,6 +8,7 @@
 #   bash benchmarks/gpu_session.sh full    # gpu_vs_torch.py, every case (batch 8 too)
 #   bash benchmarks/gpu_session.sh tiles   # gpu_tiles.py: each GEMM tile shape on the big layers
 #   bash benchmarks/gpu_session.sh ncu     # Nsight Compute on the big tiles: occupancy, stall reasons
+#                                          # (NCU_TILES="128x128 r128,64x128" picks which)
 #
 # Several stages may be named in one call (`check bench`). The machine's own python3 has
 # PyTorch, numba and numba-cuda and no network. An earlier session found its numba
@@ -59,6 +60,7 @@ carried_numpy || exit 1
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || exit 1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.txt"
 
+[ -n "${NCU_TILES:-}" ] && IFS=, read -ra NCU_TILES <<<"$NCU_TILES" || NCU_TILES=("128x128 r128" 128x128 64x128)
 command -v ncu >/dev/null || PATH=$PATH:$(ls -d /opt/nvidia/nsight-compute/*/ 2>/dev/null | tail -1)
 
 for stage in "${@:-check}"; do
@@ -72,7 +74,7 @@ for stage in "${@:-check}"; do
         full) timeout 400 python3 benchmarks/gpu_vs_torch.py --repeats 10 --markdown "$OUT/gpu.md" ;;
         tiles) timeout 200 python3 benchmarks/gpu_tiles.py --repeats 10 --json "$OUT/tiles.json" \
                    2>&1 | tee "$OUT/tiles.txt" ;;
-        ncu) for tile in 128x128 "128x128 r128" 64x128; do  # where the big tile's cycles go
+        ncu) for tile in "${NCU_TILES[@]}"; do  # where the big tiles' cycles go
                  timeout 90 ncu --clock-control none --launch-skip 1 --launch-count 1 -k regex:kernel \
                      --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
                      --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \

@@ -4,10 +4,10 @@ and what that is as a share of the GPU's SGEMM rate. Its output is what the plan
 `_TILE_EFFICIENCY` guesses are to be replaced with (issue 21).
 
     python benchmarks/gpu_tiles.py [--repeats 20] [--markdown tiles.md]
-    ncu ... python benchmarks/gpu_tiles.py --profile "VGG conv3_2 @1024" 128x128  # one launch
+    ncu ... python benchmarks/gpu_tiles.py --profile "VGG conv3_2 @1024" "128x128 r128"  # one launch
 
-Besides the planner's tiles it times register-capped variants ("128x128 r128":
-`Tile.max_registers`), which fit more blocks an SM at the price of spills. Times are
+Besides the planner's tiles it times its register-capped ones ("128x128 r128":
+`Tile.max_registers`, more blocks an SM at the price of spills) without their cap. Times are
 medians of CUDA-event-timed launches on device arrays (no host copies), TF32 off. Needs
 a CUDA GPU. `--profile LAYER TILE` launches one layer with one tile (unsplit) three
 times and exits, for Nsight Compute.
@@ -38,10 +38,9 @@ LAYERS = [
     ("VGG conv3_2 @1024", dict(out_channels=256, kernel_size=3, padding=1), (1, 256, 256, 256)),
     ("VGG fc6 @1024 (26x26 map)", dict(out_channels=4096, kernel_size=7), (1, 512, 32, 32)),
 ]
-# Register-capped variants of the planner's tiles, timed beside them: 128 registers fit
-# two 256-thread blocks an SM (128x128 then spills 156 bytes a thread; 128x64 spills none,
-# down from 129), 128 fit four 128-thread ones (128x32 is 167 uncapped).
-VARIANTS = tuple(replace(TILES[i], max_registers=128) for i in (0, 1, 4))
+# The planner's register-capped tiles without their cap, timed beside them: one block
+# an SM instead of two (four for 128x32), no spills.
+VARIANTS = tuple(replace(tile, max_registers=None) for tile in TILES if tile.max_registers)
 BIG_GFLOP = 20  # layers this big are timed unsplit and split in two only: more splits never pay there
 
 

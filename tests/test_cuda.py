@@ -194,3 +194,20 @@ def test_cuda_epilogues_apply_every_fused_activation(op, raw, in_shape, activati
     out = CUDA.to_device(np.full((1, *opdef.shape(params, [in_shape])), np.nan, np.float32))
     CUDA.kernel(opdef)(params, CUDA.prepare_weights(opdef, params, weights), [CUDA.to_device(x)], out)
     np.testing.assert_allclose(CUDA.to_host(out), opdef.reference(params, weights, [x]), rtol=1e-4, atol=1e-5)
+
+
+def test_layers_bound_before_either_runs_keep_their_own_launches(rng):
+    """The Executor binds every layer's launches (grid included) before it runs any.
+    Two layers of one kernel with different grids must each launch with their own, also
+    on the simulator, whose `kernel[grid, block]` configures the shared kernel object."""
+    opdef = get_op("maxpool")
+    params = normalize_params(opdef, dict(kernel_size=2, stride=2))
+    bound = []
+    for shape in [(1, 3, 40, 40), (1, 2, 4, 4)]:  # the small one bound last
+        x = random_input(rng, shape)
+        out = CUDA.to_device(np.full((1, shape[1], shape[2] // 2, shape[3] // 2), np.nan, np.float32))
+        layer = opdef.bind("cuda", params, {})
+        bound.append((layer.bind_values([CUDA.to_device(x)], out), x, out))
+    for launch, x, out in bound:
+        launch()
+        np.testing.assert_array_equal(CUDA.to_host(out), opdef.reference(params, {}, [x]))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from numba import cuda
+from numba import config, cuda
 
 THREADS = 256
 
@@ -48,7 +48,7 @@ def grid_1d(n: int) -> tuple[int, int]:
     return max(1, (n + THREADS - 1) // THREADS), THREADS
 
 
-KernelCall = tuple[Any, tuple]  # a configured kernel (kernel[grid, block]) and its arguments
+KernelCall = tuple[Any, tuple, tuple]  # a kernel, its launch configuration (grid, block) and its arguments
 
 
 class BoundLaunches:
@@ -65,9 +65,20 @@ class BoundLaunches:
         self.bind_values(inputs, out)()
 
     def bind_values(self, inputs: list, out) -> Callable[[], None]:
-        launches = self.launches(inputs, out)
+        launches = [(configured(kernel, configuration), args)
+                    for kernel, configuration, args in self.launches(inputs, out)]
 
         def launch_all() -> None:
-            for kernel, args in launches:
-                kernel(*args)
+            for launch, args in launches:
+                launch(*args)
         return launch_all
+
+
+def configured(kernel, configuration: tuple) -> Callable:
+    """`kernel[configuration]`, made once on a GPU. The simulator's `kernel[...]` sets the
+    configuration on the kernel object itself and returns it, so a layer bound later
+    with another grid would change an earlier one's launches: there it is made at
+    each launch."""
+    if config.ENABLE_CUDASIM:
+        return lambda *args: kernel[configuration](*args)
+    return kernel[configuration]

@@ -90,24 +90,29 @@ class Tile:
             raise ValueError(f"{self}: {self.threads} threads")
 
 
-# Largest first: `plan_launch` prefers the first of equal estimates.
-TILES = (Tile(128, 128, 8, 8), Tile(128, 64, 8, 4), Tile(64, 128, 4, 8), Tile(64, 64, 4, 4),
-         Tile(128, 32, 8, 4), Tile(128, 16, 4, 4), Tile(256, 4, 4, 1))
+# Largest first: `plan_launch` prefers the first of equal estimates. The 256-thread
+# 128-row tiles are capped at 128 registers a thread so that an SM holds two blocks of
+# them (four of 128x32): on an H200 (session 35, `benchmarks/gpu_tiles.py`) that made
+# 128x128 1.3x faster on VGG-16's conv3_2 at 1024 (45% of cuBLAS's SGEMM rate, from 33%)
+# though it spills 156 bytes a thread, and 128x64 up to 1.7x (no spills: 129 registers
+# uncapped); Nsight Compute showed the uncapped 128x128 at 12.5% occupancy, its warps
+# mostly waiting on global loads.
+TILES = (Tile(128, 128, 8, 8, 128), Tile(128, 64, 8, 4, 128), Tile(64, 128, 4, 8), Tile(64, 64, 4, 4),
+         Tile(128, 32, 8, 4, 128), Tile(128, 16, 4, 4), Tile(256, 4, 4, 1))
 # How fast each tile computes relative to the largest, per FMA of its padded work, and
 # what moving a float costs in FMAs of the whole GPU (a block's loads; each partial sum
-# of a split K written to the workspace and read back): fitted to the times of every
-# tile on eight VGG-16 and AlexNet layers on an H200 (`benchmarks/gpu_tiles.py`, session
-# 35: the planner's picks then came within 1% of the best tile on seven of them, 15% on
-# AlexNet's conv2). 64x128 beats 128x128 per FMA there: it holds two blocks an SM (127
-# registers) to the larger tile's one, so barriers and loads hide better.
-_TILE_EFFICIENCY = dict(zip(TILES, (1.0, 0.77, 1.2, 0.82, 0.95, 0.69, 0.19)))
-LOAD_FLOAT_FMAS = 0.7
-WORKSPACE_FLOAT_FMAS = 100
+# of a split K written to the workspace and read back): fitted by
+# `benchmarks/fit_planner.py` to every tile and K split timed on eleven VGG-16 and
+# AlexNet layers on an H200 (`gpu_tiles.py --json`, session 35): its picks were then the
+# fastest timed launch on seven of them, within 8% on two, and on two launches not timed
+# (a 32-way split; a 4-way split of a big layer, where only 1 and 2 were timed).
+_TILE_EFFICIENCY = dict(zip(TILES, (1.0, 0.81, 0.75, 0.52, 0.80, 0.46, 0.11)))
+LOAD_FLOAT_FMAS = 3.1
+WORKSPACE_FLOAT_FMAS = 63
 # Blocks of each tile an SM holds at once, from ptxas's registers a thread for sm_90
-# (benchmarks/cuda_sass.py: 165, 129, 127, 83, 167, 140, 136; allocated in 8s, 65536 an
-# SM). Launch bounds asking two 256-thread blocks of the large tiles (128 registers) made
-# them spill 32-236 bytes a thread, so there are none.
-_RESIDENT_BLOCKS = dict(zip(TILES, (1, 1, 2, 2, 3, 3, 1)))
+# (benchmarks/cuda_sass.py: 128, 128, 127, 83, 128, 140, 136; allocated in 8s, 65536 an
+# SM).
+_RESIDENT_BLOCKS = dict(zip(TILES, (2, 2, 2, 2, 4, 3, 1)))
 SMALLEST_SPLIT = 256  # k per split: below it the workspace traffic outweighs the parallelism
 # Input sizes a GemmLayer keeps its launches for: twice the plans an Executor keeps
 # (runtime.PLANS_KEPT), whose bound calls hold some of them.
@@ -136,17 +141,20 @@ def plan_launch(rows: int, positions: int, k_total: int, groups: int, processors
     over the tile's efficiency, counted in waves of the blocks the SMs hold at once;
     plus the blocks' loads and the pass over the workspace when K is split, spread over
     the SMs."""
-    def cost(launch: Launch) -> float:
-        tile, resident, blocks = launch.tile, _RESIDENT_BLOCKS[launch.tile], math.prod(launch.grid)
-        waves = math.ceil(blocks / (resident * processors))  # the blocks an SM holds share it
-        work = waves * resident * tile.rows * tile.cols * launch.k_chunk / _TILE_EFFICIENCY[tile]
-        loads = blocks * (tile.rows + tile.cols) * launch.k_chunk * LOAD_FLOAT_FMAS
-        workspace = (launch.splits > 1) * launch.splits * rows * positions * groups * WORKSPACE_FLOAT_FMAS
-        return work + (loads + workspace) / processors
-
     candidates = (launch_for(tile, splits, rows, positions, k_total, groups)
                   for tile in TILES for splits in _split_choices(k_total))
-    return min(candidates, key=cost)  # the first of equal costs: the larger tile, fewer splits
+    # The first of equal costs: the larger tile, fewer splits.
+    return min(candidates, key=lambda launch: estimated_cost(launch, rows, positions, groups, processors))
+
+
+def estimated_cost(launch: Launch, rows: int, positions: int, groups: int, processors: int) -> float:
+    """`plan_launch`'s estimate of a launch's time, in FMAs of one SM."""
+    tile, resident, blocks = launch.tile, _RESIDENT_BLOCKS[launch.tile], math.prod(launch.grid)
+    waves = math.ceil(blocks / (resident * processors))  # the blocks an SM holds share it
+    work = waves * resident * tile.rows * tile.cols * launch.k_chunk / _TILE_EFFICIENCY[tile]
+    loads = blocks * (tile.rows + tile.cols) * launch.k_chunk * LOAD_FLOAT_FMAS
+    workspace = (launch.splits > 1) * launch.splits * rows * positions * groups * WORKSPACE_FLOAT_FMAS
+    return work + (loads + workspace) / processors
 
 
 def launch_for(tile: Tile, splits: int, rows: int, positions: int, k_total: int, groups: int) -> Launch:
@@ -201,6 +209,11 @@ def gemm_kernel(tile: Tile):
     # signed index costs a sign fix-up each time (`Tile.check` keeps the sizes powers of 2).
     rows_shift, cols_shift, threads_x_shift = rows.bit_length() - 1, cols.bit_length() - 1, threads_x.bit_length() - 1
 
+    # The loads below have no branches: each reads a valid address (index 0 or the
+    # step's first k stands in for one it must not read) and selects zero in its place.
+    # With a branch around each gather, ptxas waited out each tap-table load in turn
+    # before the next (four dependent global-memory latencies a step, Nsight Compute's
+    # "long scoreboard" stalls); without, it issues all of a step's table loads at once.
     @cuda.jit(device=True, inline=True)
     def load_weights(wt, step_base, og, k_left, t, rows_left, a_reg):
         """This thread's share of the step's BK x rows weights (`step_base`: where the
@@ -208,10 +221,10 @@ def gemm_kernel(tile: Tile):
         the last row and past the last k (`k_left` of them remain)."""
         for i in range(a_loads):
             e = t + threads * i
-            value = float32(0.0)
-            if (a_whole or e < a_size) and e >> rows_shift < k_left and e & (rows - 1) < rows_left:
-                value = wt[uint64(step_base + (e >> rows_shift) * og + (e & (rows - 1)))]
-            a_reg[i] = value
+            ok = (a_whole or e < a_size) & (e >> rows_shift < k_left) & (e & (rows - 1) < rows_left)
+            at = uint64(step_base + (e >> rows_shift) * og + (e & (rows - 1))) if ok else uint64(0)
+            value = wt[at]
+            a_reg[i] = value if ok else float32(0.0)
 
     @cuda.jit(device=True, inline=True)
     def load_inputs(x, taps, k0, k_left, t, column_ok, column_base, iy0, ix0, height, width, b_reg):
@@ -219,14 +232,14 @@ def gemm_kernel(tile: Tile):
         gathered through the tap table; zero in the padding and past the last position."""
         for i in range(b_loads):
             e = t + threads * i
-            value = float32(0.0)
-            if (b_whole or e < b_size) and e >> cols_shift < k_left and column_ok:
-                tap = uint64(3 * (k0 + (e >> cols_shift)))  # the k's (offset, row, column)
-                iy = iy0 + taps[tap + uint64(1)]
-                ix = ix0 + taps[tap + uint64(2)]
-                if uint64(iy) < uint64(height) and uint64(ix) < uint64(width):  # a negative one wraps past
-                    value = x[uint64(column_base + taps[tap])]
-            b_reg[i] = value
+            live = (b_whole or e < b_size) & (e >> cols_shift < k_left) & column_ok
+            tap = uint64(3 * (k0 + (e >> cols_shift if live else 0)))  # the k's (offset, row, column)
+            iy = iy0 + taps[tap + uint64(1)]
+            ix = ix0 + taps[tap + uint64(2)]
+            ok = live & (uint64(iy) < uint64(height)) & (uint64(ix) < uint64(width))  # a negative one wraps past
+            at = uint64(column_base + taps[tap]) if ok else uint64(0)
+            value = x[at]
+            b_reg[i] = value if ok else float32(0.0)
 
     @cuda.jit(device=True, inline=True)
     def store_step(a_s, b_s, buffer, t, a_reg, b_reg):
@@ -410,12 +423,12 @@ class GemmLayer(BoundLaunches):
         launch, taps, dims, work = self._launch(tuple(x.shape), tuple(out.shape), residual is not None)
         flat_out = out.reshape(out.size)
         flat_res = flat_out if residual is None else residual.reshape(residual.size)  # unread without one
-        gemm = (gemm_kernel(launch.tile)[launch.grid, launch.tile.threads],
+        gemm = (gemm_kernel(launch.tile), (launch.grid, launch.tile.threads),
                 (x.reshape(x.size), self._flat_weights, taps, self.bias, flat_res,
                  flat_out if work is None else work, dims))
         if work is None:
             return [gemm]
-        return [gemm, (reduce_splits[grid_1d(out.size)],
+        return [gemm, (reduce_splits, grid_1d(out.size),
                        (work, launch.splits, self.bias, flat_res, residual is not None, self.act, out.shape[1],
                         out.shape[2] * out.shape[3], flat_out))]
 

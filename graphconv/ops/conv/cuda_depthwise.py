@@ -49,5 +49,5 @@ class DepthwiseLayer(BoundLaunches):
 
     def kernel_launches(self, inputs: list, out) -> list[KernelCall]:
         residual = inputs[1] if len(inputs) == 2 else out  # unread without one
-        return [(_depthwise[grid_1d(out.size)],
+        return [(_depthwise, grid_1d(out.size),
                  (inputs[0], self.weight_dw, self.bias, *self.geometry, len(inputs) == 2, self.act, residual, out))]

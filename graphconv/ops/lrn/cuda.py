@@ -39,7 +39,7 @@ def _lrn(x, out, size, scale, beta, k):
 def _launches(params: dict, inputs: list, out) -> list[KernelCall]:
     x = inputs[0]
     size = params["size"]
-    return [(_lrn[grid_1d(x.size)], (x, out, size, np.float32(params["alpha"] / size), np.float32(params["beta"]),
+    return [(_lrn, grid_1d(x.size), (x, out, size, np.float32(params["alpha"] / size), np.float32(params["beta"]),
                                      np.float32(params["k"])))]
 
 

@@ -31,7 +31,7 @@ def _pad(x, top, left, value, mode, out):
 def _launches(params: dict, inputs: list, out) -> list[KernelCall]:
     top, left, _, _ = params["padding"]
     value, mode = np.float32(params["value"]), pad.MODES.index(params["mode"])
-    return [(_pad[grid_1d(out.size)], (inputs[0], top, left, value, mode, out))]
+    return [(_pad, grid_1d(out.size), (inputs[0], top, left, value, mode, out))]
 
 
 def bind_pad(params: dict, weights: dict) -> BoundLaunches:

@@ -60,7 +60,7 @@ def _launches(params: dict, is_max: bool, inputs: list, out) -> list[KernelCall]
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
         pair(params[k]) for k in ("kernel_size", "stride", "padding", "dilation"))
     include_pad = is_max or params["count_include_pad"]  # maxpool has no such parameter
-    return [(_pool[grid_1d(out.size)], (inputs[0], out, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad))]
+    return [(_pool, grid_1d(out.size), (inputs[0], out, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad))]
 
 
 def bind_maxpool(params: dict, weights: dict) -> BoundLaunches:

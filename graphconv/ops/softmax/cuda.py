@@ -76,7 +76,7 @@ def _launches(groups: int, log: bool, inputs: list, out) -> list[KernelCall]:
     x, out = grouped_view(inputs[0], groups), grouped_view(out, groups)
     n, _, height, width = x.shape
     positions = n * height * width
-    return [(_softmax[(positions + POSITIONS - 1) // POSITIONS, (POSITIONS, LANES)], (x, out, log))]
+    return [(_softmax, ((positions + POSITIONS - 1) // POSITIONS, (POSITIONS, LANES)), (x, out, log))]
 
 
 def bind_softmax(params: dict, weights: dict) -> BoundLaunches:

@@ -33,7 +33,7 @@ def _upsample(x, fy, fx, bilinear, out):
 
 def _launches(params: dict, inputs: list, out) -> list[KernelCall]:
     fy, fx = params["factor"]
-    return [(_upsample[grid_1d(out.size)], (inputs[0], fy, fx, params["mode"] == "bilinear", out))]
+    return [(_upsample, grid_1d(out.size), (inputs[0], fy, fx, params["mode"] == "bilinear", out))]
 
 
 def bind_upsample(params: dict, weights: dict) -> BoundLaunches:
