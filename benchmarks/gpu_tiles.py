@@ -3,7 +3,7 @@ cuDNN and cuBLAS in the same run: what `plan_launch` picks, what each tile would
 and what that is as a share of the GPU's SGEMM rate. Its output is what the planner's
 `_TILE_EFFICIENCY` guesses are to be replaced with (issue 21).
 
-    python benchmarks/gpu_tiles.py [--repeats 20] [--markdown tiles.md]
+    python benchmarks/gpu_tiles.py [--repeats 20] [--markdown tiles.md] [--json tiles.json] [--write]
     ncu ... python benchmarks/gpu_tiles.py --profile "VGG conv3_2 @1024" "128x128 r128"  # one launch
 
 Besides the planner's tiles it times its register-capped ones ("128x128 r128":
@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import write_section  # noqa: E402
 from graphconv.ops.gemm_cuda import TILES  # noqa: E402
 
 # (name, conv params, input (N, C, H, W)): VGG-16 and AlexNet-FCN layers at 384 and a
@@ -41,6 +42,7 @@ LAYERS = [
 # The planner's register-capped tiles without their cap, timed beside them: one block
 # an SM instead of two (four for 128x32), no spills.
 VARIANTS = tuple(replace(tile, max_registers=None) for tile in TILES if tile.max_registers)
+SECTION_TITLE = "## Each CUDA GEMM tile on the layers that matter (`gpu_tiles.py`)\n\n"
 BIG_GFLOP = 20  # layers this big are timed unsplit and split in two only: more splits never pay there
 
 
@@ -131,6 +133,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--markdown", help="also save the table to this file")
     parser.add_argument("--json", help="also save every timing (layer, tile, splits, ms) here, for the planner")
+    parser.add_argument("--write", action="store_true", help="update this section of benchmarks/README.md")
     parser.add_argument("--profile", nargs=2, metavar=("LAYER", "TILE"), help="launch one layer with one tile, for ncu")
     args = parser.parse_args()
     if args.profile:
@@ -175,6 +178,8 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(sgemm_tflops=sgemm, timings=timings), f, indent=1)
+    if args.write:
+        write_section("gpu_tiles", SECTION_TITLE + text)
 
 
 def cell(ms: float, gflop: float, sgemm: float) -> str:
