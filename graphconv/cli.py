@@ -1535,13 +1535,16 @@ def _nodata_rule(left_out) -> str:
 
 
 def _data_centre(blank: np.ndarray, crop: tuple[int, int], stride: tuple[int, int]) -> tuple[float, float] | None:
-    """The pixel (y, x), in the pixels read, at the centre of the bounding box of the cells
-    run computes (`blank` marks those it leaves out); None where it computes none."""
+    """The pixel (y, x), in the pixels read, at the centre of the cell run computes
+    (`blank` marks those it leaves out) nearest the centre of their bounding box: on the
+    data even where the bounding box's own centre is not (a ring-shaped swath); None
+    where it computes none."""
     rows, cols = np.nonzero(~blank)
     if not rows.size:
         return None
-    return tuple((lo + hi) / 2 * stride[a] + crop[a] / 2 for a, (lo, hi) in
-                 enumerate(((rows.min(), rows.max()), (cols.min(), cols.max()))))
+    middle = ((rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2)
+    nearest = int(np.argmin((rows - middle[0]) ** 2 + (cols - middle[1]) ** 2))
+    return tuple(float(cell * stride[a] + crop[a] / 2) for a, cell in enumerate((rows[nearest], cols[nearest])))
 
 
 def _no_data_in_region(args: argparse.Namespace, source, where: str, blank: np.ndarray, crop, stride,
@@ -1616,8 +1619,8 @@ def _verify_region(args: argparse.Namespace, source, crop: tuple[int, int], stri
     (level-0 pixels), grown to whole cells on `run`'s grid that cover it (its top and
     left down to a multiple of the stride, its bottom and right out to a cell's edge
     within the image), so that each cell is one of run's; or VERIFY_REGION_CELLS a side
-    at the image's centre, or at `data_centre` (the centre of the data's bounding box,
-    `_data_centre`: a scene's swath, which run's cells cover)."""
+    at the image's centre, or at `data_centre` (the data cell nearest the centre of the
+    data's bounding box, `_data_centre`: a scene's swath, which run's cells cover)."""
     from graphconv.sources import level0_span
 
     span = level0_span(source)

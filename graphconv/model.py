@@ -87,8 +87,7 @@ class Model:
         """Write the model as a folder (model.yaml, weights, labels) that `graphconv.load`
         reads back. What the graph's meta says (preprocess, task, labels) is checked first,
         as `load` will check it: a block edited by hand that load would refuse is refused
-        here, before anything is written."""
-        check_meta(self.graph, "cannot save the model: ")
+        here, before anything is written (`graphconv.save_model`)."""
         return save_model(self.graph, directory)
 
     @property

@@ -24,6 +24,7 @@ gates), and it streams through the same plans, files and Dask workers.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -653,14 +654,21 @@ class MapFile:
             self.array.flush()
             return
         from graphconv.files import sync_file
+        for path in self._chunk_files(tile) or ():  # a zarr without zarr 3's metadata: left to the system
+            sync_file(path, folder_too=True)
+
+    def _chunk_files(self, tile: Tile) -> list[str] | None:
+        """The files of the zarr chunks `tile`'s block lies in (one a channel chunk where,
+        as `chunk_hw` makes them, a tile's block is a chunk), or None for a zarr without
+        zarr 3's metadata, which does not say how it names them."""
         chunks = self.array.chunks
+        ranges = [range(start // size, -(-stop // size)) for (start, stop), size in
+                  zip(((0, self.shape[0]), (0, self.shape[1]), tile.rows, tile.cols), chunks)]
         try:
-            keys = [self.array.metadata.encode_chunk_key((0, k, tile.rows[0] // chunks[2], tile.cols[0] // chunks[3]))
-                    for k in range(-(-self.shape[1] // chunks[1]))]
-        except AttributeError:  # a zarr without zarr 3's metadata: its chunks are left to the system
-            return
-        for key in keys:
-            sync_file(os.path.join(self.partial.map_path, *key.split("/")), folder_too=True)
+            keys = [self.array.metadata.encode_chunk_key(index) for index in itertools.product(*ranges)]
+        except AttributeError:
+            return None
+        return [os.path.join(self.partial.map_path, *key.split("/")) for key in keys]
 
     def _damaged_blocks(self, tiles: Collection[Tile]) -> frozenset[Tile]:
         """Of `tiles` (listed as done), those whose blocks in a zarr partial map are not
@@ -671,17 +679,10 @@ class MapFile:
         (`PartialMap.check_intact`)."""
         if not self.is_zarr or not tiles:
             return frozenset()
-        chunks = self.array.chunks
         damaged = set()
         for tile in tiles:
-            try:
-                keys = [self.array.metadata.encode_chunk_key((0, k, tile.rows[0] // chunks[2],
-                                                              tile.cols[0] // chunks[3]))
-                        for k in range(-(-self.shape[1] // chunks[1]))]
-            except AttributeError:  # a zarr without zarr 3's metadata: its blocks are only read
-                keys = []
-            if tile not in self.blank and not all(os.path.isfile(os.path.join(self.partial.map_path,
-                                                                              *key.split("/"))) for key in keys):
+            files = self._chunk_files(tile) or []  # a zarr without zarr 3's metadata: its blocks are only read
+            if tile not in self.blank and not all(os.path.isfile(path) for path in files):
                 damaged.add(tile)
                 continue
             try:

@@ -116,6 +116,9 @@ def test_save_refuses_what_load_would_refuse_before_writing(small, tmp_path):
     model.graph.meta["labels"] = ["a", "b"]
     with pytest.raises(GraphconvError, match="cannot save the model: has 2 labels, but the model has 3 classes"):
         model.save(tmp_path / "out")
+    with pytest.raises(GraphconvError, match="cannot save the model: has 2 labels"):  # the graph-level API too
+        graphconv.save_model(model.graph, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
     model.graph.meta["labels"] = ["a", "b", "c"]
     model.preprocess = {"mean": 1, "std": 2}
     model.save(tmp_path / "out")

@@ -1263,3 +1263,17 @@ def test_the_commands_graphconv_suggests_keep_the_model_options_given(tmp_path, 
                    "--output", tmp_path / "m.npy") == 0
     assert f"`graphconv verify SPEC --image {tmp_path / 'a.png'} --task classification` measures" in \
         capsys.readouterr().err
+
+
+def test_verify_s_default_region_over_no_data_is_centred_on_a_cell_with_data():
+    """A scene whose data is a ring (a swath around a hole of no-data): the centre of the
+    data's bounding box is in the hole, so verify's default region is centred on the data
+    cell nearest it instead."""
+    from graphconv.cli import _data_centre
+
+    yy, xx = np.mgrid[:21, :21]
+    blank = ~((abs(np.hypot(yy - 10, xx - 10) - 8)) < 1.5)  # data only on a ring of radius 8
+    y, x = _data_centre(blank, crop=(16, 16), stride=(4, 4))
+    cell = (round((y - 8) / 4), round((x - 8) / 4))
+    assert not blank[cell] and np.hypot(cell[0] - 10, cell[1] - 10) > 6
+    assert _data_centre(np.ones((3, 3), bool), (16, 16), (4, 4)) is None

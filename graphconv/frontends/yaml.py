@@ -702,9 +702,13 @@ def weight_arrays(graph: Graph) -> dict[str, np.ndarray]:
 
 def save_model(graph: Graph, directory: str | os.PathLike) -> Path:
     """Write a model folder (model.yaml + weights + labels) that loads back to `graph`;
-    all or nothing, never touching files graphconv did not write (graphconv.files)."""
+    all or nothing, never touching files graphconv did not write (graphconv.files). What
+    the graph's meta says (preprocess, task, labels) is checked first, as loading will
+    check it: a block that `load` would refuse is refused here, before anything is written."""
     from graphconv.files import save_model_folder
+    from graphconv.model import check_meta
 
+    check_meta(graph, "cannot save the model: ")
     spec_text(graph)  # raises what rendering can raise, before the first byte is written
     text = lambda weights_file, labels_file: spec_text(graph, weights_file, labels_file)
     return save_model_folder(directory, text, weight_arrays(graph), graph.meta.get("labels"))
