@@ -908,12 +908,13 @@ def note_how_the_raster_is_read(args: argparse.Namespace, source) -> None:
             note(unread)
 
 
-def note_value_scaling(preprocess: dict | None, scaled: str | None) -> None:
+def note_value_scaling(preprocess: dict | None, scaled: str | None, whose: str = "the image's") -> None:
     """A raster of more than 8 bits read through a spec without `values: stored`: its
     pixels were scaled onto 0..255 (16-bit / 257), so a reflectance scene's 200..4000 went
     in as 0.8..15.6 and its map is nonsense, silently. One note saying so and how to feed
     the stored values; where the spec's mean and std already look wrong for 0..255 pixels
-    (`images.preprocess_scale_note`), that note, said of this image, instead."""
+    (`images.preprocess_scale_note`), that note, said of this image, instead. `whose`:
+    whose pixels they were ("3 of 5 images'" for an --images batch)."""
     from graphconv.images import preprocess_scale_note
 
     if not scaled:
@@ -924,7 +925,7 @@ def note_value_scaling(preprocess: dict | None, scaled: str | None) -> None:
             _NOTES.remove(plain)
         note(deep)
         return
-    note(f"note: the image's {scaled}, as the spec's preprocess does not say `values: stored` (the default for "
+    note(f"note: {whose} {scaled}, as the spec's preprocess does not say `values: stored` (the default for "
          "photos): to feed the values the file stores (reflectances, elevations), import the model with --values "
          "stored, or put `values: stored` in the spec's preprocess")
 

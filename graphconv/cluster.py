@@ -215,6 +215,8 @@ class ImageResult:
     note: str | None = None  # what the user should know about this image's map (`stored_orientation_note`)
     turned: bool = False  # mapped upright per its EXIF orientation (`images.turned_upright`): counted in one note
     converted: str | None = None  # what its bands became for the network (`sources.channel_conversion`): one note
+    scaled: str | None = None  # how its pixels of more than 8 bits came onto 0..255 (`sources.value_scaling`): one note
+    nodata_possible: bool = False  # whether any of its pixels can be no-data (`sources.nodata_can_occur`)
 
 
 def stored_orientation_note(source) -> str | None:
@@ -271,9 +273,10 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
         _write_map(output, result, source, grid, {**contents, IMAGE_STAMP: stamp})
         notes = (stored_orientation_note(source), _first_frame_note(image))
         from graphconv.images import turned_upright
-        from graphconv.sources import channel_conversion
+        from graphconv.sources import channel_conversion, nodata_can_occur, value_scaling
         return ImageResult(image, output, tuple(result.shape), note="; ".join(filter(None, notes)) or None,
-                           turned=turned_upright(image), converted=channel_conversion(source))
+                           turned=turned_upright(image), converted=channel_conversion(source),
+                           scaled=value_scaling(source), nodata_possible=nodata_can_occur(getattr(source, "inner", source)))
     except (GraphconvError, OSError, MemoryError, ValueError) as err:
         if options.traceback:
             raise

@@ -600,6 +600,7 @@ def run_images_command(args: argparse.Namespace) -> int:
         if result.note:
             note(f"note: {result.image}: {result.note}")
     _note_batch_conversions([result for result in results if not result.error])
+    _note_batch_reading(args, model, [result for result in results if not result.error])
     turned = sum(result.turned for result in results if not result.error)
     if turned:  # one line for the batch, not one per photo
         note(f"note: {turned} photo(s) turned upright per their EXIF orientation (their maps and cells are the "
@@ -624,6 +625,25 @@ def _note_batch_conversions(results: list) -> None:
     kinds = [result.converted for result in results if result.converted]
     for kind in dict.fromkeys(kinds):
         note(f"note: {kinds.count(kind)} of {len(results)} image(s) are {kind}")
+
+
+def _note_batch_reading(args: argparse.Namespace, model, results: list) -> None:
+    """What a single --image's run says of how a raster is read (`cli.note_how_the_raster_is_read`),
+    once for the batch: its pixels of more than 8 bits scaled onto 0..255 (with how many
+    images), and --max-nodata or --compute-nodata with nothing to act on in any image."""
+    from graphconv.cli import note, note_value_scaling
+
+    if not results:
+        return
+    kinds = [result.scaled for result in results if result.scaled]
+    for kind in dict.fromkeys(kinds):
+        note_value_scaling(model.graph.meta.get("preprocess"), kind,
+                           whose=f"{kinds.count(kind)} of {len(results)} image(s)'")
+    if getattr(args, "nodata_options_given", False) and not any(result.nodata_possible for result in results):
+        flag = "--compute-nodata" if args.compute_nodata else f"--max-nodata {args.max_nodata:g}"
+        note(f"note: {flag} has nothing to act on: none of the {len(results)} image(s) can hold no-data (none "
+             "declares a no-data value its pixels can hold, or they are pictures, all of whose pixels are data): "
+             "give the value their no-data pixels hold with --nodata VALUE (--nodata 0 for a swath border of 0)")
 
 
 def _check_the_network_takes_the_images(args: argparse.Namespace, model, images: list[str], options) -> None:

@@ -1705,3 +1705,24 @@ def test_resume_needs_one_image_and_a_map_file(model_dir, picture, tmp_path, arg
         args[-3:] = [args[-3], "--output-dir", str(tmp_path / "maps")]
     result = graphconv("run", model_dir, *args, "--resume", cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_images_say_once_for_the_batch_how_their_pixels_are_read(model_dir, tmp_path, capsys):
+    """What a single --image says of a raster (its 16-bit pixels scaled onto 0..255;
+    --max-nodata with no no-data to act on), an --images batch said of none of its
+    images: now once for the batch, with how many images it concerns."""
+    import tifffile
+    from graphconv.cli import main
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        tifffile.imwrite(folder / f"{name}.tif", (rng.random((60, 70)) * 4000).astype(np.uint16))
+    Image.fromarray((rng.random((60, 70)) * 255).astype(np.uint8)).save(folder / "c.png")
+    assert main(["run", str(model_dir), "--images", str(folder / "*"), "--output-dir", str(tmp_path / "maps"),
+                 "--max-nodata", "0.3"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("16-bit pixels") == 1 and "note: 2 of 3 image(s)' 16-bit pixels" in err, err
+    assert err.count("has nothing to act on") == 1, err
+    assert "note: --max-nodata 0.3 has nothing to act on: none of the 3 image(s) can hold no-data" in err, err
