@@ -28,6 +28,24 @@ def graphconv_process(*args, cwd=None) -> subprocess.CompletedProcess:
                           text=True, cwd=cwd)
 
 
+def graphconv_in_process(*args) -> subprocess.CompletedProcess:
+    """`graphconv ARGS` run by `graphconv.cli.main` in this process, its output captured:
+    what `graphconv_process` gives, without a second's start-up (a fresh interpreter
+    imports numba and loads the kernels again). For tests of what the command does,
+    not of what the process around it does (signals, start-up, the environment)."""
+    import contextlib
+    import io
+
+    from graphconv.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = main([str(arg) for arg in args])
+        except SystemExit as stop:  # argparse's usage errors
+            status = stop.code if isinstance(stop.code, int) else 2
+    return subprocess.CompletedProcess(["graphconv", *map(str, args)], status, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(autouse=True)
 def isolated_pass_registry(monkeypatch):
     """Tests (and CLI runs with --plugin) may register passes; none leaks into the next test."""

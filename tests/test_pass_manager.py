@@ -535,16 +535,16 @@ def test_an_unknown_pass_says_how_to_load_ones_own():
 
 
 def test_cli_compile_takes_default_in_passes_and_says_how_to_load_a_plugin(tmp_path):
-    from conftest import graphconv_process
+    from conftest import graphconv_in_process
     plugin = ROOT / "examples" / "my_passes.py"
-    done = graphconv_process("compile", SPECS / "lenet.yaml", "-o", tmp_path / "out", "--plugin", plugin,
-                             "--passes", "default,strip-softmax")
+    done = graphconv_in_process("compile", SPECS / "lenet.yaml", "-o", tmp_path / "out", "--plugin", plugin,
+                                "--passes", "default,strip-softmax")
     assert done.returncode == 0, done.stderr
     passes = graphconv.load(tmp_path / "out").graph.meta["compiled"]["passes"]
     assert passes == ",".join(pm.DEFAULT_PIPELINE) + ",strip-softmax"
-    unknown = graphconv_process("compile", SPECS / "lenet.yaml", "-o", tmp_path / "x", "--passes",
-                                "shape-inference,swap-relu-maxpool")
+    unknown = graphconv_in_process("compile", SPECS / "lenet.yaml", "-o", tmp_path / "x", "--passes",
+                                   "shape-inference,swap-relu-maxpool")
     assert unknown.returncode == 2
     assert "(a pass of your own? load it with --plugin FILE_OR_MODULE" in unknown.stderr
     assert "'default' stands for the default passes" in " ".join(
-        graphconv_process("compile", "--help").stdout.split())
+        graphconv_in_process("compile", "--help").stdout.split())

@@ -18,7 +18,7 @@ tifffile = pytest.importorskip("tifffile")
 zarr = pytest.importorskip("zarr")
 Image = pytest.importorskip("PIL.Image")
 
-from conftest import SPECS, graphconv_process  # noqa: E402
+from conftest import SPECS, graphconv_in_process, graphconv_process  # noqa: E402
 from graphconv.cluster import MapOptions, ModelRef, run_images  # noqa: E402
 from graphconv.errors import GraphconvError  # noqa: E402
 from graphconv.model import Model  # noqa: E402
@@ -198,18 +198,18 @@ def test_a_grey_model_on_an_rgb_image_says_once_it_feeds_luma_and_how_to_pick_a_
     --images batch says it once, counting the images."""
     rgb = (np.random.default_rng(4).random((80, 90, 3)) * 255).astype(np.uint8)
     tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb", tile=(32, 32))
-    luma = graphconv("run", model_dir, "--image", tmp_path / "rgb.tif", "--output", tmp_path / "a.npy")
+    luma = graphconv_in_process("run", model_dir, "--image", tmp_path / "rgb.tif", "--output", tmp_path / "a.npy")
     assert luma.returncode == 0, luma.stderr
     notes = [line for line in luma.stderr.splitlines() if "converted to grey" in line]
     assert notes == [line for line in notes if line.startswith("note: the image is RGB: converted to grey for the "
                                                               "1-channel model")] and len(notes) == 1
     assert "0.299 R + 0.587 G + 0.114 B" in notes[0] and "--bands N" in notes[0]
-    picked = graphconv("run", model_dir, "--image", tmp_path / "rgb.tif", "--bands", "2", "--output", tmp_path / "b.npy")
+    picked = graphconv_in_process("run", model_dir, "--image", tmp_path / "rgb.tif", "--bands", "2", "--output", tmp_path / "b.npy")
     assert picked.returncode == 0 and "converted" not in picked.stderr, picked.stderr
     (tmp_path / "photos").mkdir()
     Image.fromarray(rgb).save(tmp_path / "photos" / "c.png")
     Image.fromarray(rgb[..., 0]).save(tmp_path / "photos" / "g.png")
-    batch = graphconv("run", model_dir, "--images", tmp_path / "photos", "--output-dir", tmp_path / "maps")
+    batch = graphconv_in_process("run", model_dir, "--images", tmp_path / "photos", "--output-dir", tmp_path / "maps")
     assert batch.returncode == 0, batch.stderr
     assert batch.stderr.count("note: 1 of 2 image(s) are RGB: converted to grey for the 1-channel model") == 1
 
@@ -1166,21 +1166,21 @@ def test_cli_a_tif_map_of_another_image_of_the_same_name_is_refused_not_replaced
     naming both, before any work; an .npy cannot tell, and its replacement is noted."""
     card_a, card_b = _two_cards(picture, tmp_path)
     out = tmp_path / "maps"
-    result = graphconv("run", model_dir, "--images", card_a, "--output-dir", out, "--output-format", "tif")
+    result = graphconv_in_process("run", model_dir, "--images", card_a, "--output-dir", out, "--output-format", "tif")
     assert result.returncode == 0, result.stderr
     before = (out / "IMG_0001.tif").read_bytes()
     for extra in ([], ["--skip-existing"]):
-        result = graphconv("run", model_dir, "--images", card_b, "--output-dir", out, "--output-format", "tif",
+        result = graphconv_in_process("run", model_dir, "--images", card_b, "--output-dir", out, "--output-format", "tif",
                            *extra)
         assert result.returncode == 2 and "nothing to do" not in result.stdout
         assert "is the map of" in result.stderr and "cardA" in result.stderr and "cardB" in result.stderr
         assert "separate --output-dir" in result.stderr and "Traceback" not in result.stderr
         assert (out / "IMG_0001.tif").read_bytes() == before
-    result = graphconv("run", model_dir, "--images", card_a, "--output-dir", out, "--output-format", "tif")
+    result = graphconv_in_process("run", model_dir, "--images", card_a, "--output-dir", out, "--output-format", "tif")
     assert result.returncode == 0, "the image's own map is replaced as before"
-    result = graphconv("run", model_dir, "--images", card_a, "--output-dir", out)
+    result = graphconv_in_process("run", model_dir, "--images", card_a, "--output-dir", out)
     assert result.returncode == 0 and ".npy map(s)" not in result.stderr
-    result = graphconv("run", model_dir, "--images", card_b, "--output-dir", out)
+    result = graphconv_in_process("run", model_dir, "--images", card_b, "--output-dir", out)
     assert result.returncode == 0 and "1 .npy map(s) in" in result.stderr
     assert "does not record which image" in result.stderr
 
@@ -1197,8 +1197,8 @@ def test_cli_skip_existing_maps_an_image_edited_since_its_map_again(model_dir, p
     for output_format in ("tif", "npy"):
         run = ("run", model_dir, "--images", folder, "--output-dir", out, "--output-format", output_format,
                "--skip-existing")
-        assert graphconv(*run).returncode == 0
-        assert "nothing to do" in graphconv(*run).stdout
+        assert graphconv_in_process(*run).returncode == 0
+        assert "nothing to do" in graphconv_in_process(*run).stdout
         if output_format == "tif":
             stated = json.loads(tifffile.TiffFile(out / "IMG_1.tif").pages[0].description.split("\n", 1)[1])
             assert stated["image_stamp"] == [photo.stat().st_size, photo.stat().st_mtime_ns, photo.stat().st_ino]
@@ -1209,7 +1209,7 @@ def test_cli_skip_existing_maps_an_image_edited_since_its_map_again(model_dir, p
         else:
             later = (out / "IMG_1.npy").stat().st_mtime_ns + 10**9
             os.utime(photo, ns=(later, later))
-        result = graphconv(*run)
+        result = graphconv_in_process(*run)
         assert result.returncode == 0 and "1 of 1 image(s) ->" in result.stdout, result.stderr
 
 
@@ -1262,10 +1262,10 @@ def test_compiling_an_onnx_file_that_states_no_preprocess_says_its_pixels_go_in_
     graph = load_network(SPECS / "lenet.yaml")
     graph.meta.pop("preprocess", None)
     save_onnx(graph, tmp_path / "lenet.onnx")
-    result = graphconv("compile", tmp_path / "lenet.onnx", "-o", tmp_path / "fcn")
+    result = graphconv_in_process("compile", tmp_path / "lenet.onnx", "-o", tmp_path / "fcn")
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("lenet.onnx states no preprocess (an ONNX file has no place for one)") == 1
-    result = graphconv("compile", SPECS / "lenet.yaml", "-o", tmp_path / "fcn2")
+    result = graphconv_in_process("compile", SPECS / "lenet.yaml", "-o", tmp_path / "fcn2")
     assert result.returncode == 0 and "states no preprocess" not in result.stderr
 
 
