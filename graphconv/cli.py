@@ -102,7 +102,7 @@ def _what_is_left(args: argparse.Namespace) -> str:
     if getattr(args, "resume", False) and args.output:
         from graphconv.tiling import PartialMap
         partial = PartialMap(args.output)
-        if os.path.isdir(partial.folder):
+        if os.path.isdir(partial.folder) and os.path.lexists(partial.map_path):  # not renamed into place yet
             return f"the tiles done are kept in {partial.shown}: the same command with --resume continues it"
     if getattr(args, "stopped_batch", None):  # an --images batch: its finished maps are kept (tiled_cli)
         return f"what it was writing is removed; {args.stopped_batch}"

@@ -616,8 +616,11 @@ class MapFile:
         """A --resume run's map: the partial folder made (or an earlier run's of the same
         job opened, held by this run alone), kept whatever happens, and once every tile is
         in, its map finished (a TIFF written from the scores) and renamed into place, the
-        folder removed after."""
-        from graphconv.files import held_exclusively, move_into_place, output_folders, write_errors_named
+        folder removed with signals held back between the two: a Ctrl-C after the rename
+        left the folder without its map, which a later --resume took for a new job and
+        computed whole again."""
+        from graphconv.files import (held_exclusively, move_into_place, output_folders, signals_deferred,
+                                     write_errors_named)
         target = os.path.abspath(self.path.rstrip("/"))
         partial = self.partial
         with output_folders(target), write_errors_named(self.path, partial.folder):
@@ -633,10 +636,11 @@ class MapFile:
                 try:
                     yield self.array
                     self._finish()
-                    move_into_place(self._tmp, target)
+                    with signals_deferred():
+                        move_into_place(self._tmp, target)
+                        partial.remove()  # the lock is on the folder's descriptor, which outlives it
                 finally:
                     self.array = None
-            partial.remove()
 
     def record(self, tile: Tile) -> None:
         """A --resume run: `tile`'s block is written into the map; flush it to disk, then

@@ -1726,3 +1726,33 @@ def test_images_say_once_for_the_batch_how_their_pixels_are_read(model_dir, tmp_
     assert err.count("16-bit pixels") == 1 and "note: 2 of 3 image(s)' 16-bit pixels" in err, err
     assert err.count("has nothing to act on") == 1, err
     assert "note: --max-nodata 0.3 has nothing to act on: none of the 3 image(s) can hold no-data" in err, err
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".zarr"])
+def test_a_ctrl_c_as_a_resumed_map_is_renamed_into_place_leaves_it_complete_not_to_be_resumed(
+        model_dir, big_page, tmp_path, monkeypatch, capsys, suffix):
+    """Ctrl-C landing just after a --resume run renamed its finished map into place left
+    the partial folder without its map and said to continue with --resume, which then
+    computed the whole map again over the good one. The folder now goes with the rename,
+    the signal is honoured after, and the message says the map is written and complete."""
+    import signal
+
+    import graphconv.files
+    from graphconv.cli import main
+
+    run = ["run", str(model_dir), "--image", str(big_page), "--tile", "100"]
+    assert main([*run, "--output", str(tmp_path / f"straight{suffix}")]) == 0
+    move = graphconv.files.move_into_place
+
+    def move_then_ctrl_c(source, target):
+        move(source, target)
+        os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(graphconv.files, "move_into_place", move_then_ctrl_c)
+    out = tmp_path / f"map{suffix}"
+    capsys.readouterr()
+    assert main([*run, "--output", str(out), "--resume"]) == 130
+    stopped = [line for line in capsys.readouterr().err.splitlines() if line.startswith("graphconv: interrupted")]
+    assert stopped == [f"graphconv: interrupted (it had written {out}, complete; nothing else is left)"], stopped
+    assert not (tmp_path / f"map{suffix}.partial").exists()
+    load = np.load if suffix == ".npy" else (lambda path: zarr.open_array(str(path))[:])
+    np.testing.assert_array_equal(load(out), load(tmp_path / f"straight{suffix}"))
