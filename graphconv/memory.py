@@ -49,9 +49,9 @@ def set_memory_limit(limit: int | str | None) -> None:
     global _limit
     if isinstance(limit, str):
         limit = parse_size(limit)
-    elif limit is not None and (not isinstance(limit, (int, float)) or isinstance(limit, bool) or not limit > 0
-                                or limit == float("inf")):
-        raise GraphconvError(f"the memory limit is a number of bytes > 0 or a size such as '512M' or '8G', "
+    elif limit is not None and (not isinstance(limit, (int, float)) or isinstance(limit, bool) or not limit >= 1
+                                or limit == float("inf")):  # below 1 (0.5) it would be 0 bytes
+        raise GraphconvError(f"the memory limit is a number of bytes, 1 or more, or a size such as '512M' or '8G', "
                              f"got {limit!r}")
     _limit = None if limit is None else int(limit)
 
@@ -59,9 +59,10 @@ def set_memory_limit(limit: int | str | None) -> None:
 def parse_size(text: str) -> int:
     """'8G' -> 8 GiB, '512M', '1.5G', '1000000' (bytes); a GraphconvError otherwise."""
     match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)i?B?\s*", text, re.IGNORECASE)
-    if not match or float(match.group(1)) <= 0:
+    size = int(float(match.group(1)) * _UNITS[match.group(2).upper()]) if match else 0
+    if size < 1:  # "0", or "0.5": less than a byte
         raise GraphconvError(f"--memory-limit: expected a size such as 512M or 8G, got {text[:40]!r}")
-    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+    return size
 
 
 def format_size(nbytes: float) -> str:

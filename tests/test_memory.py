@@ -53,7 +53,7 @@ def test_check_fits_names_what_and_the_file(limit):
         check_fits(3 * MB, "a big thing", hint="read less at a time")
 
 
-@pytest.mark.parametrize("value", [0, -5, float("nan"), float("inf"), "lots", True, [1]])
+@pytest.mark.parametrize("value", [0, 0.5, -5, float("nan"), float("inf"), "lots", "0.5", "0", True, [1]])
 def test_set_memory_limit_refuses_what_is_not_a_size(limit, value):
     with pytest.raises(GraphconvError, match="memory.limit"):
         limit(value)
