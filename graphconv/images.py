@@ -846,7 +846,7 @@ def as_picture(image, channels: int = 3, stored_values: bool = False) -> np.ndar
         return _array_picture(image, channels)
     image_mod = _pil()
     if isinstance(image, image_mod.Image):
-        return _pil_picture(image_mod, upright(image), channels)
+        return _pil_picture(image_mod, upright(image), channels, stored_values)
     raise GraphconvError(f"an image is a file path, a Pillow image or a uint8 (H, W, C) array, "
                          f"not {type(image).__name__}")
 
@@ -867,9 +867,12 @@ def _array_picture(pixels: np.ndarray, channels: int) -> np.ndarray:
                         channels)
 
 
-def _pil_picture(image_mod, img, channels: int) -> np.ndarray:
+def _pil_picture(image_mod, img, channels: int, stored_values: bool = False) -> np.ndarray:
+    """A Pillow image as `load_image` reads a file of its mode (`stored_values`: deep
+    pixels keep the values they store, as with the spec's `values: stored`)."""
     if img.mode in DEEP_MODES:
-        plane = _deep_to_255(pixel_array(img), img.mode, "<image>")
+        deep = _deep_as_stored if stored_values else _deep_to_255
+        plane = deep(pixel_array(img), img.mode, "<image>")
         return _grey_as_channels(plane, channels)
     pixels = pixel_array(img.convert(CHANNEL_MODES[channels]))
     return np.ascontiguousarray(np.atleast_3d(pixels).transpose(2, 0, 1), dtype=np.float32)

@@ -163,8 +163,14 @@ def test_16_bit_grey_is_scaled_by_257_not_clipped(kind, channels, tmp_path):
 
 @pytest.mark.parametrize("kind", ["I;16", "I (16-bit PGM)", "I (32-bit TIFF)"])
 def test_16_bit_grey_keeps_its_stored_values_when_the_spec_says_so(kind, tmp_path):
-    got = load_image(str(sixteen_bit_files(tmp_path)[kind]), channels=1, stored_values=True)
+    """From its file and, as `Model.run_image` takes it, opened in Pillow (which divided
+    by 257 whatever the spec said)."""
+    path = sixteen_bit_files(tmp_path)[kind]
+    got = load_image(str(path), channels=1, stored_values=True)
     np.testing.assert_array_equal(got[0], SIXTEEN_BIT_VALUES.astype(np.float32))
+    with Image.open(path) as opened:
+        np.testing.assert_array_equal(images.as_picture(opened, channels=1, stored_values=True), got)
+        np.testing.assert_array_equal(images.as_picture(opened, channels=1), load_image(str(path), channels=1))
 
 
 @pytest.mark.parametrize("colour_type, samples", [(2, 3), (6, 4)])
