@@ -66,7 +66,10 @@ class Background:
 
     def __init__(self, source, field, threshold: float | None = DEFAULT_THRESHOLD,
                  max_nodata: float = DEFAULT_MAX_NODATA, area=None):
-        self.nodata = getattr(source, "missing_value", None)
+        from graphconv.sources import nodata_can_occur
+
+        # a declared value no pixel can hold (-9999 in 8 bits): every pixel is data, so tissue is looked for
+        self.nodata = getattr(source, "missing_value", None) if nodata_can_occur(source) else None
         self.source, self.field, self.area, self.max_nodata = source, field, area or field, max_nodata
         self._picture = self._blank = self._sums = None
         if self.nodata is not None:
@@ -269,8 +272,12 @@ def cells_left_out(source, grid, skip_background: float | None, max_nodata: floa
     or --skip-background is given; with --skip-background for other images; None where
     no cell is left out (`max_nodata` 1; a float raster without NaN, found in one read
     as stored; a no-data value the raster's type cannot hold, found without reading),
-    so such a run picks its tiles as any other does."""
-    if getattr(source, "missing_value", None) is not None:
+    so such a run picks its tiles as any other does. A raster whose declared no-data
+    value none of its pixels can hold (-9999 in 8 bits) is an image like any other:
+    --skip-background's tissue test applies to it."""
+    from graphconv.sources import nodata_can_occur
+
+    if nodata_can_occur(source):
         if max_nodata >= 1 and skip_background is None:
             return None
         background = Background(source, grid.field, skip_background, max_nodata, grid.cell_area)

@@ -415,9 +415,11 @@ def _drop_a_skip_background_that_does_nothing(args: argparse.Namespace, source) 
     refused). Say so once, and run as without it."""
     if args.skip_background is None:
         return
+    from graphconv.sources import nodata_can_occur
+
     raster = getattr(source, "inner", source)
     value = getattr(raster, "missing_value", None)
-    if value is None:
+    if value is None or not nodata_can_occur(raster):  # no pixel can be no-data: the tissue test applies
         return
     from graphconv.cli import note
     what = f"its no-data value {value:g}" if getattr(raster, "nodata", None) is not None else "NaN, a float raster's"

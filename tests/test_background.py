@@ -335,3 +335,26 @@ def test_a_float_raster_without_nan_leaves_nothing_out_at_the_cost_of_one_read(l
     assert sum((b - t) * (r - l) for t, l, b, r in read) <= pixels.size
     holes = cells_left_out(open_source(tmp_path / "holes.tif", 1, None), grid, None)
     assert holes is not None and 0 < holes.nodata_cells().mean() < 1
+
+
+def test_skip_background_on_a_raster_whose_no_data_value_its_pixels_cannot_hold_tests_for_tissue(
+        write_spec, tmp_path):
+    """An 8-bit TIFF tagged with GDAL's no-data -9999 (a value no pixel of it can hold, so
+    every pixel is data): --skip-background's tissue test was switched off as for a raster
+    with no-data, and every cell computed. It is an image like any other: the cells over
+    its bright empty glass are left out."""
+    tifffile = pytest.importorskip("tifffile")
+    from graphconv.background import cells_left_out
+    from graphconv.sources import open_source
+
+    model = rgb_lenet(write_spec)
+    picture = np.full((96, 96, 3), 245, np.uint8)  # bright glass
+    picture[:, :40] = (200, 40, 90)  # stained tissue on the left
+    tifffile.imwrite(tmp_path / "slide.tif", picture, photometric="rgb", extratags=[(42113, 2, 6, "-9999", True)])
+    source = open_source(tmp_path / "slide.tif", 3, model.graph.meta.get("preprocess"))
+    assert source.missing_value == -9999
+    background = cells_left_out(source, DenseGrid(model), 0.1)
+    assert background is not None
+    tiles = plan_tiles(DenseGrid(model), (96, 96), 96).tiles
+    blank = background.blank_cells(tiles[0])
+    assert blank[:, -3:].all() and not blank[:, :2].any()

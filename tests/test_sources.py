@@ -653,7 +653,9 @@ def test_a_no_data_value_an_integer_raster_cannot_hold_marks_no_pixel(tmp_path, 
     traceback, exit 1) at the first read. A value the type cannot hold marks no pixel:
     every pixel is data, the cells of a no-data run are none, and nothing is read to
     find that out."""
-    from graphconv.background import Background
+    from types import SimpleNamespace
+
+    from graphconv.background import cells_left_out
     from graphconv.receptive import Field
 
     pixels = np.random.default_rng(8).integers(0, 255, (40, 40), dtype=np.uint8)
@@ -664,7 +666,7 @@ def test_a_no_data_value_an_integer_raster_cannot_hold_marks_no_pixel(tmp_path, 
     np.testing.assert_array_equal(values[0], pixels)
     source._stored = None  # nothing read for the cells
     field = Field((8, 8), (4, 4), (0, 0))
-    assert not Background(source, field, None, 0.5, field).nodata_cells().any()
+    assert cells_left_out(source, SimpleNamespace(field=field, cell_area=field), None, 0.5) is None
 
 
 def test_a_downsampled_read_in_a_forked_child_after_openmp_is_an_error_not_a_killed_process(tmp_path, monkeypatch):
