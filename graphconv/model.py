@@ -422,16 +422,9 @@ def checked_crop_size(crop_size) -> tuple[int, int] | None:
     """`crop_size` as (H, W): one whole number is a square crop."""
     if crop_size is None:
         return None
-    sizes = [crop_size] * 2 if isinstance(crop_size, (int, np.integer)) else crop_size
-    try:
-        sizes = list(sizes)
-    except TypeError:
-        sizes = []
-    if len(sizes) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
-                                  for v in sizes):
-        raise GraphconvError(f"crop_size is the training crop (H, W), or one whole number for a square "
-                             f"crop, each >= 1; got {shown(crop_size)}")
-    return int(sizes[0]), int(sizes[1])
+    from graphconv.params import size_pair
+    return size_pair(crop_size, "crop_size is the training crop (H, W), or one whole number for a square crop, "
+                                "each >= 1")
 
 
 class CellIndexError(GraphconvError, IndexError):

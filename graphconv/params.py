@@ -20,6 +20,8 @@ import difflib
 import math
 from typing import Any, Mapping
 
+import numpy as np
+
 from graphconv.errors import GraphconvError, shown
 from graphconv.ops.registry import REQUIRED, OpDef
 
@@ -182,3 +184,18 @@ def _checked_value(p, value):
             raise GraphconvError(f"'{p.name}' must be one of {list(p.choices)}, got {shown(value)}")
         return value
     raise AssertionError(f"unknown parameter kind {p.kind}")
+
+
+def size_pair(value, refusal: str) -> tuple[int, int]:
+    """A size as (H, W) whole numbers, each 1 or more: one number for a square, or two
+    (a tile, a training crop); anything else is refused with `refusal`, followed by
+    what was given."""
+    sizes = [value, value] if isinstance(value, (int, np.integer)) else value
+    try:
+        sizes = list(sizes)
+    except TypeError:
+        sizes = []
+    if len(sizes) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+                                  for v in sizes):
+        raise GraphconvError(f"{refusal}; got {shown(value)}")
+    return int(sizes[0]), int(sizes[1])

@@ -38,7 +38,7 @@ from typing import Any, Callable, Collection, Iterator, Protocol, Sequence
 import numpy as np
 
 from graphconv.background import NO_CLASS
-from graphconv.errors import GraphconvError, shown
+from graphconv.errors import GraphconvError
 from graphconv.memory import format_size
 from graphconv.receptive import Field, receptive_fields, upsampling_multiple
 
@@ -289,16 +289,8 @@ def plan_tiles(model, image_hw: tuple[int, int], tile: int | Sequence[int]) -> T
 
 def checked_tile(tile) -> tuple[int, int]:
     """A tile size as (H, W) input pixels: one whole number for a square, or two."""
-    sizes = [tile, tile] if isinstance(tile, (int, np.integer)) else tile
-    try:
-        sizes = list(sizes)
-    except TypeError:
-        sizes = []
-    if len(sizes) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
-                                  for v in sizes):
-        raise GraphconvError(f"a tile is a whole number of input pixels >= 1 (a square), or (H, W) of them; "
-                             f"got {shown(tile)}")
-    return int(sizes[0]), int(sizes[1])
+    from graphconv.params import size_pair
+    return size_pair(tile, "a tile is a whole number of input pixels >= 1 (a square), or (H, W) of them")
 
 
 def _check_slides(graph) -> None:
