@@ -636,9 +636,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                                                                              args.images):
         raise GraphconvError("--nodata, --max-nodata and --compute-nodata say which pixels of an image are no-data "
                              "and which cells over them to compute: give --image or --images")
-    args.nodata_options_given = args.compute_nodata or args.max_nodata is not None
-    args.max_nodata = 1.0 if args.compute_nodata else DEFAULT_MAX_NODATA if args.max_nodata is None \
-        else args.max_nodata
+    settle_nodata_options(args)
     if args.images:
         from graphconv.tiled_cli import run_images_command
         return run_images_command(args)
@@ -864,6 +862,18 @@ def note_how_the_image_is_read(image: str, converted: str | None) -> None:
     if turned_upright(image):
         note("note: the picture is turned upright per its EXIF orientation before it is mapped (its map and cells "
              "are the upright picture's, as photo viewers show it)")
+
+
+def settle_nodata_options(args: argparse.Namespace) -> None:
+    """--compute-nodata and --max-nodata as the one number the run uses (`args.max_nodata`:
+    1 with --compute-nodata, the default where neither is given), remembering whether
+    either was given (`args.nodata_options_given`, for `note_nodata_acts_on_nothing`).
+    Once: a second call changes nothing."""
+    if hasattr(args, "nodata_options_given"):
+        return
+    args.nodata_options_given = args.compute_nodata or args.max_nodata is not None
+    args.max_nodata = 1.0 if args.compute_nodata else DEFAULT_MAX_NODATA if args.max_nodata is None \
+        else args.max_nodata
 
 
 def note_nodata_acts_on_nothing(args: argparse.Namespace, source) -> None:
@@ -1512,7 +1522,7 @@ def _note_how_verify_reads(args: argparse.Namespace, original, source) -> None:
     if oriented:
         note(f"note: {oriented}")
     note_how_the_image_is_read(args.image, channel_conversion(source))
-    args.nodata_options_given = args.compute_nodata or args.max_nodata is not None
+    settle_nodata_options(args)
     note_how_the_raster_is_read(args, source)
 
 
@@ -1522,10 +1532,10 @@ def _cells_run_leaves_out(args: argparse.Namespace, source, compiled):
     from graphconv.background import cells_left_out
     from graphconv.tiling import DenseGrid
 
-    max_nodata = 1.0 if args.compute_nodata else DEFAULT_MAX_NODATA if args.max_nodata is None else args.max_nodata
+    settle_nodata_options(args)
     if getattr(source, "missing_value", None) is None:
         return None
-    return cells_left_out(source, DenseGrid(compiled), None, max_nodata)
+    return cells_left_out(source, DenseGrid(compiled), None, args.max_nodata)
 
 
 def _nodata_rule(left_out) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import glob
-import json
 import os
 import re
 import sys
@@ -373,7 +372,7 @@ def _partial_map_beside(output: str, job: dict):
     held = partial.job() if partial.exists() else None
     if held is None:
         return None
-    differences = job_differences(held, json.loads(json.dumps(job)))
+    differences = job_differences(held, job)
     if not differences:
         return partial
     note(f"note: {partial.shown} holds {partial.count_done()} tile(s) of a stopped --resume run of another job "

@@ -796,7 +796,7 @@ class PartialMap:
         if not os.path.isdir(self.folder) or held is None:
             raise GraphconvError("is there and is not a partial map graphconv wrote (--resume writes the map there "
                                  "until it is complete): delete it or choose another --output", file=self.shown)
-        differences = job_differences(held, _as_json(job))
+        differences = job_differences(held, job)
         if differences:
             raise GraphconvError(f"is the partial map of another run ({'; '.join(differences)}): --resume continues "
                                  f"only the same run; delete it to start over (rm -r {shlex.quote(self.shown)})",
@@ -894,8 +894,9 @@ def _as_json(job: dict | None) -> dict | None:
 
 
 def job_differences(held: dict, job: dict) -> list[str]:
-    """What differs between a partial map's job and this run's, one phrase each
-    ("--classes 2,7 there, 3 here"; "model file w.npz changed")."""
+    """What differs between a partial map's job (as json.load gives it back) and this
+    run's, one phrase each ("--classes 2,7 there, 3 here"; "model file w.npz changed")."""
+    job = _as_json(job)
     def shown(value) -> str:
         if value is None:
             return "not given"
