@@ -86,11 +86,15 @@ def signals_deferred() -> Iterator[None]:
     raises KeyboardInterrupt (and the `graphconv` command its Terminated) at whatever
     line runs when the signal comes, so without this a signal landing between
     creating a temporary and removing it leaves the temporary, and one landing between
-    two renames leaves half of a pair. A signal that arrives in the block is delivered
-    as it leaves (`signal.raise_signal`, to the handler that was there before: nested
-    blocks pass it outwards). Only the main thread receives Python's signals; in another
-    thread this does nothing. SIGKILL cannot be held back: what must survive a kill -9
-    is ordered so that any instant leaves a usable state (`save_model_folder`)."""
+    two renames leaves half of a pair. Each signal that arrives in the block is
+    delivered once as it leaves (`signal.raise_signal`, to the handler that was there
+    before: nested blocks pass it outwards), every one of them: a SIGTERM at its default
+    still ends the process when a Ctrl-C came first, whose KeyboardInterrupt is raised
+    once all are delivered. A signal whose handler was installed outside Python (C code:
+    `signal.getsignal` says None) is not held back, as it could not be put back. Only the
+    main thread receives Python's signals; in another thread this does nothing. SIGKILL
+    cannot be held back: what must survive a kill -9 is ordered so that any instant
+    leaves a usable state (`save_model_folder`)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -103,12 +107,22 @@ def signals_deferred() -> Iterator[None]:
     previous: dict[int, object] = {}
     try:
         for signum in DEFERRED_SIGNALS:
+            # A handler installed outside Python (getsignal: None) is left alone: once
+            # replaced it could never be put back, and `defer` would swallow every later
+            # signal for good; nor is SIG_DFL put there instead, which would kill the
+            # process on a signal the C code meant to handle. Such a handler raises no
+            # Python exception in the block, so there is nothing to hold back anyway.
+            if signal.getsignal(signum) is None:
+                continue
             previous[signum] = signal.signal(signum, defer)
         yield
     finally:
         raised = _restore_handlers(previous)
-        for signum in received:
-            signal.raise_signal(signum)  # the restored handler: KeyboardInterrupt, Terminated, or death
+        for signum in received:  # each, even after one raised: a later SIGTERM must not be lost
+            try:
+                signal.raise_signal(signum)  # the restored handler: KeyboardInterrupt, Terminated, or death
+            except BaseException as err:  # noqa: B902 - raised once all are delivered
+                raised = raised or err
         if raised is not None:
             raise raised
 
@@ -120,7 +134,7 @@ def _restore_handlers(previous: dict[int, object]) -> BaseException | None:
     is returned, to be raised once all are restored."""
     raised = None
     for signum, handler in previous.items():
-        if handler is None:  # installed outside Python: cannot be put back from here
+        if handler is None:  # a C handler installed between getsignal and signal: cannot be put back
             continue
         for _ in range(3):
             try:

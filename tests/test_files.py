@@ -357,3 +357,74 @@ def test_compile_past_the_file_size_limit_names_the_model_and_leaves_nothing(tmp
                             capture_output=True, text=True, cwd=tmp_path, timeout=300, preexec_fn=limited)
     assert result.returncode == 2 and result.stderr == "graphconv: models/m: cannot write: File too large\n"
     assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_signals_deferred_delivers_every_signal_held_back_each_once():
+    """A Ctrl-C and a SIGTERM in one block: the first delivered raised KeyboardInterrupt
+    and the SIGTERM was never delivered. Each handler now runs once (a signal sent twice
+    is delivered once), and the first exception is raised after all have run."""
+    import signal
+
+    from graphconv.files import signals_deferred
+
+    got = []
+
+    def ctrl_c(signum, frame):
+        got.append(signum)
+        raise KeyboardInterrupt
+
+    def term(signum, frame):
+        got.append(signum)
+        raise RuntimeError("terminated")
+
+    previous = {signum: signal.signal(signum, handler)
+                for signum, handler in ((signal.SIGINT, ctrl_c), (signal.SIGTERM, term))}
+    try:
+        with pytest.raises(KeyboardInterrupt) as raised:
+            with signals_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGINT)
+                assert got == []
+        assert got == [signal.SIGINT, signal.SIGTERM]
+        assert raised.type is KeyboardInterrupt
+        assert signal.getsignal(signal.SIGINT) is ctrl_c and signal.getsignal(signal.SIGTERM) is term
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def test_a_sigterm_held_back_behind_a_ctrl_c_still_ends_the_process():
+    """Library use, SIGTERM at its default: a Ctrl-C then a SIGTERM in one block left the
+    process alive after a KeyboardInterrupt; the SIGTERM now ends it."""
+    code = ("import os, signal\nfrom graphconv.files import signals_deferred\n"
+            "try:\n    with signals_deferred():\n        os.kill(os.getpid(), signal.SIGINT)\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\nexcept KeyboardInterrupt:\n    print('alive')\n"
+            "print('still alive')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -15 and done.stdout == "", (done.returncode, done.stdout, done.stderr)
+
+
+def test_a_handler_installed_outside_python_is_left_alone(monkeypatch):
+    """A handler C code installed (signal.getsignal: None) cannot be put back: the block
+    left its own handler there for good, swallowing every later Ctrl-C. Such a signal is
+    now not held back at all; the others still are."""
+    import signal
+
+    from graphconv.files import signals_deferred
+
+    real_getsignal = signal.getsignal
+    monkeypatch.setattr(signal, "getsignal", lambda signum: None if signum == signal.SIGINT else real_getsignal(signum))
+    got = []
+    previous_term = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    try:
+        with signals_deferred():
+            assert real_getsignal(signal.SIGINT) is signal.default_int_handler, "not replaced"
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)  # not held back
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert got == []
+        assert got == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+    assert real_getsignal(signal.SIGINT) is signal.default_int_handler
