@@ -191,13 +191,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: 
             with signals_deferred():
                 os.replace(tmp, target)
                 _COMMITTED.append(str(path))
-        except OSError as err:
-            with signals_deferred():
+        except BaseException as err:
+            with signals_deferred():  # before the message: the free space it reports counts the room freed
                 _unlink_quietly(tmp)
-            raise GraphconvError(f"cannot write: {_why_not_written(err, folder, size)}", file=str(path)) from None
-        finally:
-            with signals_deferred():
-                _unlink_quietly(tmp)
+            if isinstance(err, OSError):
+                raise GraphconvError(f"cannot write: {_why_not_written(err, folder, size)}",
+                                     file=str(path)) from None
+            raise
 
 
 def _why_not_written(err: OSError, folder: Path, size: int | None) -> str:

@@ -428,3 +428,32 @@ def test_a_handler_installed_outside_python_is_left_alone(monkeypatch):
     finally:
         signal.signal(signal.SIGTERM, previous_term)
     assert real_getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_atomic_write_removes_its_temporary_whatever_stops_it(tmp_path, monkeypatch, failure):
+    """A full disk is one error naming the output, a Ctrl-C passes as it is; either way
+    the temporary is gone, and before the error's message is made (it reports the free
+    space, which the temporary took)."""
+    from graphconv import files
+
+    seen = []
+
+    def failing(path):
+        with open(path, "w") as f:
+            f.write("partial")
+        raise failure
+
+    real_why = files._why_not_written
+
+    def why(err, folder, size):
+        seen.append(sorted(p.name for p in tmp_path.iterdir()))
+        return real_why(err, folder, size)
+
+    monkeypatch.setattr(files, "_why_not_written", why)
+    with pytest.raises(GraphconvError if isinstance(failure, OSError) else KeyboardInterrupt) as raised:
+        atomic_write(tmp_path / "out.npy", failing, size=100)
+    assert list(tmp_path.iterdir()) == []
+    if isinstance(failure, OSError):
+        assert str(raised.value).endswith("out.npy: cannot write: No space left on device; it needs 100 B")
+        assert seen == [[]], "the temporary was removed before the message was made"
