@@ -30,7 +30,7 @@ from graphconv.receptive import Field
 MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION = 33550, 33922, 34264
 GEO_KEY_DIRECTORY, GEO_DOUBLE_PARAMS, GEO_ASCII_PARAMS = 34735, 34736, 34737
 GDAL_METADATA, GDAL_NODATA = 42112, 42113
-RASTER_TYPE_KEY, PIXEL_IS_POINT = 1025, 2
+MODEL_TYPE_KEY, RASTER_TYPE_KEY, CITATION_KEY, PIXEL_IS_POINT = 1024, 1025, 1026, 2
 GEOGRAPHIC_TYPE_KEY, PROJECTED_CS_TYPE_KEY, USER_DEFINED = 2048, 3072, 32767
 GEO_KEY_NAMES = {GEO_KEY_DIRECTORY: "GeoKeyDirectoryTag", GEO_DOUBLE_PARAMS: "GeoDoubleParamsTag",
                  GEO_ASCII_PARAMS: "GeoAsciiParamsTag"}
@@ -71,11 +71,30 @@ class GeoReference:
     @property
     def epsg(self) -> int | None:
         """The EPSG code of the projection, or of the geographic system where the raster
-        is not projected, where the GeoKeys give one (not 32767, user-defined)."""
+        is not projected, where the GeoKeys give one (not 32767, user-defined); or, with
+        no model type at all, the code a citation "EPSG:NNNN" names (`_geokeys_of`, for a
+        code not known to be geographic or projected)."""
         for key in (PROJECTED_CS_TYPE_KEY, GEOGRAPHIC_TYPE_KEY):
             code = self.geokey(key)
             if code is not None and 1 <= code < USER_DEFINED:
                 return code
+        return self.cited_epsg
+
+    @property
+    def cited_epsg(self) -> int | None:
+        """The EPSG code of a directory with no GTModelTypeGeoKey whose GTCitationGeoKey is
+        "EPSG:NNNN" alone: a CRS recorded by its code, its kind unknown (`_geokeys_of`)."""
+        import re
+
+        if self.geokey(MODEL_TYPE_KEY) is not None:
+            return None
+        directory = next((values for code, _, values in self.keys if code == GEO_KEY_DIRECTORY), ())
+        text = next((values for code, _, values in self.keys if code == GEO_ASCII_PARAMS), "")
+        for key, location, count, offset in (directory[i:i + 4] for i in range(4, len(directory), 4)):
+            if key == CITATION_KEY and location == GEO_ASCII_PARAMS and isinstance(text, str):
+                found = re.fullmatch(r"EPSG:(\d+)\|?", text[offset:offset + count])
+                code = int(found[1]) if found else None
+                return code if code and code < USER_DEFINED else None
         return None
 
     def corner_affine(self) -> np.ndarray | None:
@@ -234,7 +253,26 @@ ZARR_GEO_ATTRIBUTES = ("GeoTransform", "spatial:transform", "proj:code", "proj:e
 LOOKS_GEOREFERENTIAL = ("crs", "proj", "spatial", "geo", "transform", "grid_mapping", "epsg", "srs", "wkt",
                         "affine", "bounds", "bbox")
 EPSG_URL = "http://www.opengis.net/def/crs/EPSG/0/"
-GEOGRAPHIC_EPSG = range(4000, 5000)  # EPSG's geographic 2D systems (4326 WGS 84, 4258 ETRS89, ...); the rest projected
+# Whether an EPSG code is a geographic or a projected CRS, where pyproj (not a dependency) is not there to
+# say: the common ones only. No range of codes tells: 4000-4999 holds 4326 WGS 84 but also over 200
+# projected systems (4087 World Equidistant Cylindrical, 4491-4554 CGCS2000 Gauss-Kruger, 4647 ETRS89 UTM
+# 32N zE-N), and 6318 NAD83(2011), 7844 GDA2020 are geographic. Any other code's kind is not guessed.
+GEOGRAPHIC_EPSG = frozenset({
+    4326,  # WGS 84
+    4269, 6318, 4617,  # NAD83, NAD83(2011), NAD83(CSRS)
+    4267,  # NAD27
+    4258, 4230, 4277,  # ETRS89, ED50, OSGB36
+    4283, 7844,  # GDA94, GDA2020
+    4167, 4674, 4490,  # NZGD2000, SIRGAS 2000, CGCS2000 (China)
+    4612, 6668,  # JGD2000, JGD2011
+    4019, 4030,  # unknown datums on the GRS 1980 and WGS 84 ellipsoids
+})
+PROJECTED_EPSG = (
+    range(32601, 32662), range(32701, 32762),  # WGS 84 / UTM zones 1N-60N, 1S-60S, and UPS North, South
+    range(25828, 25839), range(26901, 26924),  # ETRS89 / UTM 28N-38N, NAD83 / UTM 1N-23N
+    range(28348, 28359), range(7846, 7860),  # GDA94 / MGA 48-58, GDA2020 / MGA 46-59
+    (3857, 3395, 3035, 2154, 27700, 2193, 3031, 3413),  # Web and World Mercator, LAEA Europe, Lambert-93,
+)  # British National Grid, NZTM2000, Antarctic and Arctic (NSIDC) polar stereographic
 
 
 def read_zarr_georeference(path: str) -> tuple[GeoReference | None, list[str]]:
@@ -246,8 +284,9 @@ def read_zarr_georeference(path: str) -> tuple[GeoReference | None, list[str]]:
     authority (`crs_wkt`, `spatial_ref`); those of a CF grid-mapping variable beside the
     array (`grid_mapping: spatial_ref`, as rioxarray writes) where the array has none;
     graphconv's own `graphconv.georeference` (its GeoKeys whole) before all. The GeoKeys
-    of an EPSG code are made as GDAL writes them (a projected system, or a geographic one
-    for EPSG 4000-4999), pixel corners. Also the names of the attributes that look like a
+    of an EPSG code are made as GDAL writes them where its kind is known (`crs_kind`: a
+    projected or a geographic system), pixel corners; else they record the code alone
+    (`_geokeys_of`). Also the names of the attributes that look like a
     georeference and were not read (for a note, `zarr_georeference_note`). (None, names)
     where there is no affine."""
     from pathlib import Path
@@ -264,9 +303,9 @@ def read_zarr_georeference(path: str) -> tuple[GeoReference | None, list[str]]:
     if geo is None:
         corner, used = _stated_affine(attrs)
         if corner is not None:
-            epsg, named = _stated_epsg(attrs)
+            epsg, named, kind = _stated_epsg(attrs)
             used |= named
-            geo = GeoReference(corner, _geokeys_of(epsg) if epsg else ())
+            geo = GeoReference(corner, _geokeys_of(epsg, kind or crs_kind(epsg)) if epsg else ())
     unread = [name for name in attrs if name not in used and name not in ("grid_mapping",) and
               any(word in name.lower() for word in LOOKS_GEOREFERENTIAL)]
     return geo, unread
@@ -279,6 +318,10 @@ def zarr_georeference_note(path: str) -> str | None:
     if not is_zarr_array(path):
         return None
     geo, unread = read_zarr_georeference(path)
+    if geo is not None and geo.cited_epsg:
+        return (f"note: the zarr array's CRS, EPSG:{geo.cited_epsg}, is not one graphconv can tell geographic or "
+                "projected without pyproj: a .tif map records the code (its GeoTIFF citation) but states no CRS "
+                "GIS tools read; install pyproj for the map to state it")
     if not unread:
         return None
     names = ", ".join(unread[:6]) + (f" and {len(unread) - 6} more" if len(unread) > 6 else "")
@@ -334,8 +377,9 @@ def _stated_affine(attrs: dict) -> tuple[np.ndarray | None, set[str]]:
     return None, set()
 
 
-def _stated_epsg(attrs: dict) -> tuple[int | None, set[str]]:
-    """The EPSG code the attributes state, and the names it was read from."""
+def _stated_epsg(attrs: dict) -> tuple[int | None, set[str], str | None]:
+    """The EPSG code the attributes state, the names it was read from, and the CRS's
+    kind where a WKT says it ("projected", "geographic"; None)."""
     import re
 
     for name in ("proj:code", "proj:epsg", "_CRS", "crs_wkt", "spatial_ref"):
@@ -351,15 +395,53 @@ def _stated_epsg(attrs: dict) -> tuple[int | None, set[str]]:
         else:
             code = None
         if code and 1 <= code < USER_DEFINED:
-            return code, {name} | ({"_CRS", "proj:code"} & set(attrs) if name in ("proj:code", "_CRS") else set())
-    return None, set()
+            root = re.match(r"\s*([A-Z]+)\s*\[", value.upper()) if isinstance(value, str) else None
+            kind = {"PROJCS": "projected", "PROJCRS": "projected", "PROJECTEDCRS": "projected",
+                    "GEOGCS": "geographic", "GEOGCRS": "geographic", "GEOGRAPHICCRS": "geographic"}.get(
+                        root[1] if root else "")
+            return code, {name} | ({"_CRS", "proj:code"} & set(attrs) if name in ("proj:code", "_CRS") else set()), kind
+    return None, set(), None
 
 
-def _geokeys_of(epsg: int) -> tuple:
-    """The GeoKey directory GDAL writes for an EPSG code: GTModelType (projected or
-    geographic), RasterPixelIsArea, and the code."""
-    geographic = epsg in GEOGRAPHIC_EPSG
-    directory = (1, 1, 0, 3, 1024, 0, 1, 2 if geographic else 1, RASTER_TYPE_KEY, 0, 1, 1,
+def crs_kind(epsg: int) -> str | None:
+    """Whether EPSG code `epsg` is a "projected" or a "geographic" CRS: pyproj's answer
+    where it is installed (it is not a dependency), else `GEOGRAPHIC_EPSG` and
+    `PROJECTED_EPSG`'s; None where neither knows, and for other kinds (geocentric,
+    vertical, compound), which a GeoTIFF's two keys do not state."""
+    try:
+        from pyproj import CRS
+    except ImportError:
+        CRS = None
+    if CRS is not None:
+        try:
+            crs = CRS.from_epsg(epsg)
+        except Exception:  # a code this pyproj's database does not hold: the tables below may know it
+            pass
+        else:
+            if crs.sub_crs_list or crs.is_bound:
+                return None
+            return "projected" if crs.is_projected else "geographic" if crs.is_geographic else None
+    if epsg in GEOGRAPHIC_EPSG:
+        return "geographic"
+    if any(epsg in codes for codes in PROJECTED_EPSG):
+        return "projected"
+    return None
+
+
+def _geokeys_of(epsg: int, kind: str | None) -> tuple:
+    """The GeoKey directory GDAL writes for an EPSG code of `kind` (`crs_kind`):
+    GTModelType (1 projected, 2 geographic), RasterPixelIsArea, and the code as
+    ProjectedCSTypeGeoKey or GeographicTypeGeoKey. Where the kind is not known no key
+    claims one: RasterPixelIsArea and the code as the citation ("EPSG:NNNN", which
+    `GeoReference.epsg` reads back), so the map keeps its place and names its CRS
+    without stating a wrong one (a projected code written as geographic lands a map
+    in degrees, across the world)."""
+    if kind not in ("projected", "geographic"):
+        citation = f"EPSG:{epsg}|"
+        directory = (1, 1, 0, 2, RASTER_TYPE_KEY, 0, 1, 1, CITATION_KEY, GEO_ASCII_PARAMS, len(citation), 0)
+        return ((GEO_KEY_DIRECTORY, SHORT, directory), (GEO_ASCII_PARAMS, ASCII, citation))
+    geographic = kind == "geographic"
+    directory = (1, 1, 0, 3, MODEL_TYPE_KEY, 0, 1, 2 if geographic else 1, RASTER_TYPE_KEY, 0, 1, 1,
                  GEOGRAPHIC_TYPE_KEY if geographic else PROJECTED_CS_TYPE_KEY, 0, 1, epsg)
     return ((GEO_KEY_DIRECTORY, SHORT, directory),)
 

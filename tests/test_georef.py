@@ -383,3 +383,103 @@ def test_a_zarr_scene_s_map_is_georeferenced_like_the_geotiff_s(digits, tmp_path
     plain = zarr_scene(tmp_path / "plain.zarr", tifffile.imread(image))
     result = _cli("run", digits, "--image", plain, "--tile", "64", "--output", tmp_path / "plain.tif")
     assert result.returncode == 0 and "georeference" not in result.stderr, result.stderr
+
+
+# ---- an EPSG code's kind: geographic or projected, where it can be known ----------------------------------
+
+def _no_pyproj(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "pyproj", None)  # `import pyproj` raises ImportError
+
+
+def _stub_pyproj(monkeypatch, kinds):
+    """A pyproj whose CRS.from_epsg answers from `kinds` (code -> "projected",
+    "geographic" or "compound"), and knows no other code."""
+    import sys
+
+    def from_epsg(code):
+        kind = kinds[code]  # KeyError: a code its database does not hold
+        return SimpleNamespace(is_projected=kind == "projected", is_geographic=kind in ("geographic", "compound"),
+                               sub_crs_list=[1, 2] if kind == "compound" else [], is_bound=False)
+    monkeypatch.setitem(sys.modules, "pyproj", SimpleNamespace(CRS=SimpleNamespace(from_epsg=from_epsg)))
+
+
+def test_an_epsg_code_s_kind_is_not_guessed_from_its_range_without_pyproj(monkeypatch):
+    """EPSG 4000-4999 was taken as geographic: 4087 World Equidistant Cylindrical, 4491
+    CGCS2000 Gauss-Kruger, 4647 ETRS89 UTM 32N zE-N are projected (a map written as in
+    degrees lands across the world), and 6318 NAD83(2011), 7844 GDA2020 are geographic
+    though outside it. Without pyproj only the common codes have a kind; another's is
+    not guessed."""
+    from graphconv.georef import crs_kind
+
+    _no_pyproj(monkeypatch)
+    for code in (4326, 4269, 4258, 6318, 7844, 4490):
+        assert crs_kind(code) == "geographic", code
+    for code in (32633, 32760, 25832, 26910, 3857, 27700):
+        assert crs_kind(code) == "projected", code
+    for code in (4087, 4491, 4647, 4978, 5773):
+        assert crs_kind(code) is None, code
+
+
+def test_pyproj_says_an_epsg_code_s_kind_where_it_is_installed(monkeypatch):
+    from graphconv.georef import crs_kind
+
+    _stub_pyproj(monkeypatch, {4087: "projected", 4647: "projected", 7844: "geographic", 9518: "compound"})
+    assert (crs_kind(4087), crs_kind(4647), crs_kind(7844)) == ("projected", "projected", "geographic")
+    assert crs_kind(9518) is None, "a compound CRS is neither of a GeoTIFF's two kinds"
+    assert crs_kind(4326) == "geographic", "a code pyproj does not hold: the table's answer"
+
+
+def test_a_real_pyproj_agrees():
+    pytest.importorskip("pyproj")
+    from graphconv.georef import crs_kind
+
+    assert [crs_kind(c) for c in (4087, 4491, 4647, 32633)] == ["projected"] * 4
+    assert [crs_kind(c) for c in (4326, 6318, 7844)] == ["geographic"] * 3
+    assert crs_kind(4978) is None  # geocentric
+
+
+@pytest.mark.parametrize("code, model_type, key", [(4087, None, None), (4491, None, None), (4326, 2, 2048),
+                                                   (32633, 1, 3072), (7844, 2, 2048)])
+def test_a_zarr_scene_s_epsg_code_is_written_as_its_kind_or_as_a_code_alone(tmp_path, monkeypatch, code,
+                                                                            model_type, key):
+    """Without pyproj: a known code's GeoKeys as GDAL writes them; another's (4087, 4491:
+    projected, once written as geographic) claims no kind, records the code as the
+    citation, which reads back as the map's EPSG code (.tif and .zarr maps), and a note
+    says so."""
+    from graphconv.georef import (GEOGRAPHIC_TYPE_KEY, MODEL_TYPE_KEY, PROJECTED_CS_TYPE_KEY,
+                                  read_zarr_georeference, zarr_georeference_note)
+
+    _no_pyproj(monkeypatch)
+    scene = zarr_scene(tmp_path / "scene.zarr", np.zeros((64, 64), np.uint8),
+                       GeoTransform=[300000, 10, 0, 5000000, 0, -10], **{"proj:epsg": code})
+    geo, unread = read_zarr_georeference(str(scene))
+    assert geo.epsg == code and unread == []
+    assert geo.geokey(MODEL_TYPE_KEY) == model_type
+    assert geo.geokey(GEOGRAPHIC_TYPE_KEY) == (code if key == 2048 else None)
+    assert geo.geokey(PROJECTED_CS_TYPE_KEY) == (code if key == 3072 else None)
+    write_map_tiff(str(tmp_path / "map.tif"), np.zeros((1, 1, 4, 4), np.float32), geo)
+    back = read_georeference(str(tmp_path / "map.tif"))
+    assert back.epsg == code and back.geokey(MODEL_TYPE_KEY) == model_type and not back.pixel_is_point
+    np.testing.assert_allclose(back.corner_affine(), geo.corner_affine())
+    from graphconv.georef import _own_georeference
+    assert _own_georeference(back.as_dict()).epsg == code, "a .zarr map's own georeference reads it back"
+    note = zarr_georeference_note(str(scene))
+    if model_type is None:
+        assert f"EPSG:{code}, is not one graphconv can tell geographic or projected without pyproj" in note
+        with tifffile.TiffFile(tmp_path / "map.tif") as tif:
+            assert tif.pages[0].tags[34737].value.rstrip("|") == f"EPSG:{code}"
+    else:
+        assert note is None
+
+
+def test_a_wkt_says_its_crs_s_kind(tmp_path, monkeypatch):
+    """A WKT's root (PROJCS, GEOGCRS, ...) tells the kind its EPSG code needs pyproj for."""
+    from graphconv.georef import MODEL_TYPE_KEY, PROJECTED_CS_TYPE_KEY, read_zarr_georeference
+
+    _no_pyproj(monkeypatch)
+    wkt = ('PROJCS["ETRS89 / UTM zone 32N (zE-N)",GEOGCS["ETRS89",AUTHORITY["EPSG","4258"]],'
+           'PROJECTION["Transverse_Mercator"],AUTHORITY["EPSG","4647"]]')
+    geo, _ = read_zarr_georeference(str(zarr_scene(tmp_path / "scene.zarr", np.zeros((64, 64), np.uint8),
+                                                   GeoTransform=[0, 1, 0, 0, 0, -1], crs_wkt=wkt)))
+    assert geo.geokey(MODEL_TYPE_KEY) == 1 and geo.geokey(PROJECTED_CS_TYPE_KEY) == 4647
