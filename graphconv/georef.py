@@ -357,8 +357,16 @@ def _own_georeference(own: dict) -> GeoReference | None:
 
 
 def _stated_affine(attrs: dict) -> tuple[np.ndarray | None, set[str]]:
-    """The corner affine (2x3) of `GeoTransform` or `spatial:transform`, and the name read."""
+    """The corner affine (2x3) of `GeoTransform` or `spatial:transform`, and the names
+    read. GDAL's GeoTransform counts pixel corners; GeoZarr's spatial:transform does
+    where `spatial:registration` is "pixel" (or absent), and pixel centres where it is
+    "node" (as GeoTIFF's RasterPixelIsPoint: its corner affine is shifted by half a
+    pixel, as `GeoReference.corner_affine` shifts one); one of another registration is
+    not read."""
+    registration = attrs.get("spatial:registration", "pixel")
     for name in ("GeoTransform", "spatial:transform"):
+        if name == "spatial:transform" and registration not in ("pixel", "node"):
+            continue
         value = attrs.get(name)
         try:
             numbers = [float(v) for v in (value.split() if isinstance(value, str) else value)]
@@ -372,8 +380,12 @@ def _stated_affine(attrs: dict) -> tuple[np.ndarray | None, set[str]]:
             a, b, x0, c, d, y0 = numbers
         if a * d - b * c == 0:
             continue
-        used = {name} | ({"spatial:dimensions", "spatial:registration"} & set(attrs))
-        return np.array([[a, b, x0], [c, d, y0]]), used
+        affine = np.array([[a, b, x0], [c, d, y0]])
+        if name == "spatial:transform" and registration == "node":
+            affine = affine @ np.array([[1.0, 0.0, -0.5], [0.0, 1.0, -0.5], [0.0, 0.0, 1.0]])
+        used = {name} | ({"spatial:dimensions"} & set(attrs)) | \
+            ({"spatial:registration"} & set(attrs) if registration in ("pixel", "node") else set())
+        return affine, used
     return None, set()
 
 

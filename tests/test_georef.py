@@ -483,3 +483,28 @@ def test_a_wkt_says_its_crs_s_kind(tmp_path, monkeypatch):
     geo, _ = read_zarr_georeference(str(zarr_scene(tmp_path / "scene.zarr", np.zeros((64, 64), np.uint8),
                                                    GeoTransform=[0, 1, 0, 0, 0, -1], crs_wkt=wkt)))
     assert geo.geokey(MODEL_TYPE_KEY) == 1 and geo.geokey(PROJECTED_CS_TYPE_KEY) == 4647
+
+
+def test_a_node_registered_spatial_transform_counts_pixel_centres(tmp_path):
+    """GeoZarr's `spatial:registration: node` (the transform names pixel centres, as
+    GeoTIFF's RasterPixelIsPoint) was taken as read and ignored: the map landed half a
+    pixel off. Its corner affine is the "pixel" one shifted by half a pixel; a
+    registration of another name is not read (no georeference, and a note names it)."""
+    from graphconv.georef import read_zarr_georeference
+
+    pixels = np.zeros((64, 64), np.uint8)
+    transform = [10.0, 0.0, 300000.0, 0.0, -10.0, 5000000.0]
+    affine = {}
+    for registration in ("pixel", "node", None):
+        attrs = {"spatial:transform": transform, "spatial:dimensions": ["y", "x"], "proj:code": "EPSG:32633"}
+        if registration:
+            attrs["spatial:registration"] = registration
+        geo, unread = read_zarr_georeference(str(zarr_scene(tmp_path / f"{registration}.zarr", pixels, **attrs)))
+        assert unread == [] and not geo.pixel_is_point
+        affine[registration] = geo.corner_affine()
+    np.testing.assert_array_equal(affine[None], affine["pixel"])
+    np.testing.assert_allclose(affine["pixel"], [[10, 0, 300000], [0, -10, 5000000]])
+    np.testing.assert_allclose(affine["node"], [[10, 0, 300000 - 5], [0, -10, 5000000 + 5]])
+    geo, unread = read_zarr_georeference(str(zarr_scene(tmp_path / "odd.zarr", pixels, **{
+        "spatial:transform": transform, "spatial:registration": "centre"})))
+    assert geo is None and {"spatial:transform", "spatial:registration"} <= set(unread)
