@@ -226,12 +226,17 @@ def _why_not_written(err: OSError, folder: Path, size: int | None) -> str:
 
 def atomic_write_all(files: list[tuple[str | os.PathLike, Callable[[str], None], str]]) -> None:
     """Write files that belong together (a spec and the weights it names), each
-    (path, write(temporary path), suffix), all to temporaries first, then rename them
-    into place from the last to the first with Ctrl-C and SIGTERM held back
-    (`signals_deferred`), so an interrupt leaves all of them old or all new: a write that
-    fails (a full disk) leaves every file as it was. Only SIGKILL or a crash between two
-    renames (microseconds) can leave some new beside some old: the first, renamed last,
-    is the one that names the others."""
+    (path, write(temporary path), suffix): all to temporaries first, then renamed into
+    place from the last to the first with Ctrl-C and SIGTERM held back
+    (`signals_deferred`). All old or all new: a write that fails (a full disk) leaves
+    every file as it was, and so does a rename that fails partway (a folder that refuses
+    it): before its rename each old file is given a second name (`_second_name`), from
+    which those already replaced are put back, and a new file where there was none is
+    removed. Only SIGKILL or a crash between two renames (microseconds), or a put-back
+    that fails in its turn (the error says which file is then new), can leave some new
+    beside some old: the first, renamed last, is the one that names the others. The
+    second names a killed run leaves are settled by the next run writing into their
+    folder (`_settle_set_aside`)."""
     targets = [_output_path(path) for path, _, _ in files]
     for target, (path, _, _) in zip(targets, files):
         if target.is_dir():
@@ -240,25 +245,76 @@ def atomic_write_all(files: list[tuple[str | os.PathLike, Callable[[str], None],
         for target in targets:
             stack.enter_context(output_folders(target))
         made: list[Path] = []
-        shown = str(files[0][0]) if files else ""
+        shown, folder = "", Path()  # the file at work, for the error
+        left_new: list[Path] = []  # files a failed rename left new, that could not be put back
         try:
             for target, (path, write, suffix) in zip(targets, files):
-                shown = str(path)
-                folder = target.resolve().parent
+                shown, folder = str(path), target.resolve().parent
                 _remove_stale_temporaries(folder)
                 made.append(_temporary(folder, target.name + suffix))
                 write(str(made[-1]))
             with signals_deferred():
-                for tmp, target, (path, _, _) in reversed(list(zip(made, targets, files))):
-                    shown = str(path)
-                    os.replace(tmp, target)
+                steps: list[list] = []  # [target, its old file's second name or None, renamed yet]
+                try:
+                    for tmp, target, (path, _, _) in reversed(list(zip(made, targets, files))):
+                        shown, folder = str(path), target.resolve().parent
+                        steps.append([target, _second_name(target), False])
+                        os.replace(tmp, target)
+                        steps[-1][2] = True
+                except BaseException:
+                    left_new = _put_back(steps)
+                    raise
                 _COMMITTED.extend(str(path) for path, _, _ in files)
-        except OSError as err:
-            raise GraphconvError(f"cannot write: {err.strerror or err}", file=shown) from None
-        finally:
-            with signals_deferred():
+                for _, old, _ in steps:  # all new now; one left is settled by the next run
+                    if old is not None:
+                        with contextlib.suppress(OSError):
+                            os.unlink(old)
+        except BaseException as err:
+            with signals_deferred():  # before the message: the free space it reports counts the room freed
                 for tmp in made:
                     _unlink_quietly(tmp)
+            if isinstance(err, OSError):
+                still = f" ({', '.join(map(str, left_new))} could not be put back: new beside old)" if left_new else ""
+                raise GraphconvError(f"cannot write: {_why_not_written(err, folder, None)}{still}",
+                                     file=shown) from None
+            raise
+
+
+def _second_name(target: Path) -> Path | None:
+    """Give the file at `target` a second name beside it (`.graphconv-old-<owner>-...`)
+    before a file is renamed over it, for `atomic_write_all` to put it back from: a hard
+    link, so `target` never goes missing, or where the file system has none the file
+    itself renamed aside (a kill before the new one is in: the next run renames it
+    back, `_settle_set_aside`). None when there is nothing at `target`."""
+    if not os.path.lexists(target):
+        return None
+    aside = target.parent / f"{ASIDE_PREFIX}{_owner()}-{os.urandom(4).hex()}-{target.name}"
+    try:
+        os.link(target, aside, follow_symlinks=False)  # a symlink itself, as os.replace replaces it
+    except (OSError, NotImplementedError):
+        if target.is_dir() and not target.is_symlink():
+            return None  # a folder put there meanwhile: the rename over it fails, and it stays as it is
+        os.rename(target, aside)
+    return aside
+
+
+def _put_back(steps: list[list]) -> list[Path]:
+    """Undo `atomic_write_all`'s renames after one failed: each old file back under its
+    name from its second name, each new file where there was none removed, the second
+    names of the files not reached removed. Returns the targets left new."""
+    left_new = []
+    for target, old, renamed in reversed(steps):
+        try:
+            if renamed and old is None:
+                os.unlink(target)
+            elif old is not None and (renamed or not os.path.lexists(target)):
+                os.replace(old, target)
+            elif old is not None:
+                os.unlink(old)  # a link to the file still there, untouched
+        except OSError:
+            if renamed:
+                left_new.append(target)
+    return left_new
 
 
 # ---- outputs written in pieces (score maps) ---------------------------------------------------

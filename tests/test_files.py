@@ -457,3 +457,70 @@ def test_atomic_write_removes_its_temporary_whatever_stops_it(tmp_path, monkeypa
     if isinstance(failure, OSError):
         assert str(raised.value).endswith("out.npy: cannot write: No space left on device; it needs 100 B")
         assert seen == [[]], "the temporary was removed before the message was made"
+
+
+def _write_text(text):
+    def write(path):
+        with open(path, "w") as f:
+            f.write(text)
+    return write
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard-links", "no-hard-links"])
+@pytest.mark.parametrize("failing_call", [2, 3])
+def test_atomic_write_all_puts_back_what_a_failed_rename_left_new(tmp_path, monkeypatch, failing_call, links):
+    """A rename failing partway (the second or third of three) left the files renamed
+    before it new beside the old rest, under a promise of all old or all new. They are
+    put back (from hard links, or where the file system has none from the old files
+    renamed aside), a new file where there was none removed, nothing else left."""
+    import errno
+
+    from graphconv import files
+    from graphconv.files import atomic_write_all
+
+    (tmp_path / "net.yaml").write_text("old spec")
+    (tmp_path / "net.npz").write_text("old weights")
+    real_replace, calls = os.replace, []
+
+    def replace_failing_once(src, dst, *args, **kwargs):
+        calls.append(dst)
+        if len(calls) == failing_call:
+            raise OSError(errno.EACCES, "Permission denied", str(dst))
+        return real_replace(src, dst, *args, **kwargs)
+
+    def no_links(*args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(files.os, "replace", replace_failing_once)
+    if not links:
+        monkeypatch.setattr(files.os, "link", no_links)
+    all_three = [(tmp_path / "net.yaml", _write_text("new spec"), ""),
+                 (tmp_path / "net.npz", _write_text("new weights"), ".npz"),
+                 (tmp_path / "net.labels.txt", _write_text("new labels"), "")]
+    with pytest.raises(GraphconvError) as raised:
+        atomic_write_all(all_three)
+    failed = ["net.labels.txt", "net.npz", "net.yaml"][failing_call - 1]
+    assert str(raised.value).endswith(f"{failed}: cannot write: Permission denied"), str(raised.value)
+    assert snapshot(tmp_path) == {"net.yaml": b"old spec", "net.npz": b"old weights"}
+    monkeypatch.undo()
+    atomic_write_all(all_three)
+    assert snapshot(tmp_path) == {"net.yaml": b"new spec", "net.npz": b"new weights",
+                                  "net.labels.txt": b"new labels"}, "all new, no second names left"
+
+
+def test_atomic_write_all_says_why_a_write_failed_as_atomic_write_does(tmp_path):
+    """numpy's short write names no reason ('1274196 requested and 25568 written'):
+    atomic_write worked the reason out again (`_why_not_written`), atomic_write_all
+    printed numpy's words."""
+    from graphconv.files import atomic_write_all
+
+    (tmp_path / "net.yaml").write_text("old spec")
+
+    def short_write(path):
+        open(path, "w").close()
+        raise OSError("1274196 requested and 25568 written")
+
+    with pytest.raises(GraphconvError, match=r"net\.npz: cannot write: No space left on device \(.* free\)$"):
+        atomic_write_all([(tmp_path / "net.yaml", _write_text("new spec"), ""),
+                          (tmp_path / "net.npz", short_write, ".npz")])
+    assert snapshot(tmp_path) == {"net.yaml": b"old spec"}
