@@ -335,7 +335,9 @@ def move_into_place(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
     folder, so one there (a .zarr map being replaced) is first renamed aside: were the
     process to die before the new one is in, the next run in the folder renames it back
     (`_remove_stale_temporaries`), so the name holds the old map or the new one, never
-    neither. It is removed once the new one is in."""
+    neither. Once the new one is in, the old one is renamed to a temporary name (never
+    to be renamed back) and removed; only the renames hold Ctrl-C and SIGTERM back, not
+    the removal, which for a map of many GB takes long (`remove_temporary`)."""
     tmp, target = Path(tmp), Path(target)
     with signals_deferred():  # a Ctrl-C here would leave the old map aside and the new one in its temporary
         if target.is_symlink() or not target.is_dir():
@@ -351,19 +353,47 @@ def move_into_place(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
             os.rename(aside, target)
             raise
         _COMMITTED.append(str(target))
-        _checkpoint("output-replaced")
-        remove_temporary(aside)
+        aside = _as_temporary(aside)
+    _checkpoint("output-replaced")
+    remove_temporary(aside)
 
 
 def remove_temporary(path: str | os.PathLike) -> None:
-    """Remove a temporary file or folder, if it is there, whole: a Ctrl-C meanwhile (the
-    second one, as the first one's cleanup runs) waits until it is gone."""
+    """Remove a temporary file or folder, if it is there. Its name goes at once, with
+    Ctrl-C and SIGTERM held back (`signals_deferred`): a file is unlinked; a folder is
+    renamed to a temporary name of this process (`_as_temporary`). Then the folder's
+    contents are removed with signals not held back: for a .zarr map of many GB that
+    takes long, and a job scheduler's SIGTERM kept waiting is followed by its SIGKILL. A
+    signal cutting the removal short leaves the rest under that temporary name, which
+    the next run writing into the folder removes once this process is gone
+    (`_remove_stale_temporaries`)."""
     path = Path(path)
     with signals_deferred():
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
+        if not path.is_dir() or path.is_symlink():
             _unlink_quietly(path)
+            return
+        path = _as_temporary(path)
+        if not path.name.startswith(TMP_PREFIX):  # it cannot be renamed (a mount point): removed whole, here
+            shutil.rmtree(path, ignore_errors=True)
+            return
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _as_temporary(path: Path) -> Path:
+    """`path` renamed to a fresh temporary name of this process, for a removal a signal
+    may cut short: what is left of a folder half removed must be a temporary, which the
+    sweep removes (`_remove_stale_temporaries`), not keep a name that says more (a
+    `.graphconv-old-` folder would be renamed back as the output, `_settle_set_aside`; a
+    partial map without its job would be refused). `path` as it is where its name is a
+    temporary already, or it cannot be renamed."""
+    if path.name.startswith(TMP_PREFIX):
+        return path
+    renamed = _temporary(path.parent, "removed")
+    try:
+        os.rename(path, renamed)
+    except OSError:
+        return path
+    return renamed
 
 
 def reserve_space(path: str | os.PathLike, shown_path: str) -> None:

@@ -524,3 +524,94 @@ def test_atomic_write_all_says_why_a_write_failed_as_atomic_write_does(tmp_path)
         atomic_write_all([(tmp_path / "net.yaml", _write_text("new spec"), ""),
                           (tmp_path / "net.npz", short_write, ".npz")])
     assert snapshot(tmp_path) == {"net.yaml": b"old spec"}
+
+
+def _interrupting_rmtree(monkeypatch, files, signum, got):
+    """shutil.rmtree that removes one file, receives `signum` (as a job scheduler's
+    SIGTERM would come), and only then goes on: what runs after the signal is recorded."""
+    real_rmtree = files.shutil.rmtree
+
+    def rmtree(path, *args, **kwargs):
+        next(p for p in sorted(path.rglob("*")) if p.is_file()).unlink()
+        os.kill(os.getpid(), signum)
+        got.append("went on after the signal")
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(files.shutil, "rmtree", rmtree)
+
+
+def _a_map_folder(path, value):
+    (path / "0").mkdir(parents=True)
+    for i in range(3):
+        (path / "0" / f"c{i}").write_text(value)
+    (path / "zarr.json").write_text(value)
+    return path
+
+
+@pytest.mark.parametrize("name", ["map.zarr.partial", ".graphconv-old-1@0badcafe-abcd-map.zarr",
+                                  ".graphconv-tmp-{owner}-abcd-map.zarr"])
+def test_a_signal_cuts_a_folder_s_removal_short_and_leaves_only_a_temporary_the_next_run_removes(
+        tmp_path, monkeypatch, name):
+    """remove_temporary held Ctrl-C and SIGTERM back for a whole rmtree (a set-aside map
+    of many GB): a job scheduler's SIGTERM waited until its SIGKILL. The folder's name
+    goes first (one rename, signals held; none for a temporary's); its removal is cut
+    short by the signal, and what is left is a temporary of this process, never half a
+    folder under a name that says more: a half-removed `.graphconv-old-` folder would be
+    renamed back as the output, a partial map without its job refused."""
+    import signal
+
+    from graphconv import files
+
+    got = []
+    _interrupting_rmtree(monkeypatch, files, signal.SIGINT, got)
+    folder = _a_map_folder(tmp_path / name.format(owner=files._owner()), "old")
+    with pytest.raises(KeyboardInterrupt):
+        files.remove_temporary(folder)
+    assert got == [], "the signal was not held back"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(f"{TMP_PREFIX}{files._owner()}-"), left
+    assert not folder.exists() or folder.name.startswith(TMP_PREFIX)
+    monkeypatch.undo()
+    monkeypatch.setattr(files, "_process_alive", lambda pid: False)  # this process gone, as after its exit
+    files._remove_stale_temporaries(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_signal_as_the_old_map_is_removed_leaves_the_new_map_whole(tmp_path, monkeypatch):
+    """move_into_place: the renames (old map aside, new one in) hold signals back; the
+    old map's removal after them does not. A SIGTERM in it stops the process at once,
+    the new map complete under the output's name and committed, no `.graphconv-old-`
+    folder (which a later run could rename back), the rest of the old map a temporary
+    the next run removes."""
+    import signal
+
+    from graphconv import files
+
+    class Terminated(BaseException):
+        pass
+
+    def terminate(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        got = []
+        _interrupting_rmtree(monkeypatch, files, signal.SIGTERM, got)
+        target = _a_map_folder(tmp_path / "map.zarr", "old")
+        new = _a_map_folder(files.temporary_beside(target), "new")
+        files.forget_committed()
+        with pytest.raises(Terminated):
+            files.move_into_place(new, target)
+        assert got == []
+        assert signal.getsignal(signal.SIGTERM) is terminate
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert files.committed_outputs() == [str(target)]
+    assert {p.relative_to(target).as_posix(): p.read_text() for p in target.rglob("*") if p.is_file()} == {
+        "0/c0": "new", "0/c1": "new", "0/c2": "new", "zarr.json": "new"}
+    assert not list(tmp_path.glob(f"{files.ASIDE_PREFIX}*"))
+    monkeypatch.undo()
+    monkeypatch.setattr(files, "_process_alive", lambda pid: False)
+    files._remove_stale_temporaries(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["map.zarr"]
