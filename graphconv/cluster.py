@@ -269,7 +269,7 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
         else:
             result = run_tiled(grid, source, tile, device=options.device, transform=transform, blank_cells=blank_cells)
         contents = map_contents(image, ref.path, model.output_channels, options.classes, options.reduce,
-                                model.graph.meta.get("labels"), _left_out(options))
+                                model.graph.meta.get("labels"), _left_out(options, image))
         _write_map(output, result, source, grid, {**contents, IMAGE_STAMP: stamp})
         notes = (stored_orientation_note(source), _first_frame_note(image))
         from graphconv.images import turned_upright
@@ -522,6 +522,7 @@ def holds_its_map(ref: ModelRef, model, image: str, output: str, options: MapOpt
     """Whether `output` holds the map this run would write for `image` already
     (--skip-existing): an .npy of exactly its type and shape, a .tif map graphconv wrote
     of this image, model, classes and values, read at these --bands, --level and --downsample
+    and leaving out the cells these --skip-background, --max-nodata and --nodata leave out,
     where it states them (`georef.read_as`; maps written before it did, do not). Maps are renamed into place only once whole, so
     such a file is a finished map; a stale one (another --classes, --reduce or model, an
     image edited since: `_image_changed_since`), another image's of the same name
@@ -533,9 +534,11 @@ def holds_its_map(ref: ModelRef, model, image: str, output: str, options: MapOpt
     if is_tiff_output(output):
         stated = stated_placement(output) or {}
         expected = map_contents(image, ref.path, model.output_channels, options.classes, options.reduce,
-                                left_out=_left_out(options))
+                                left_out=_left_out(options, image))
         read = {"bands": list(options.bands) if options.bands is not None else None,
                 "cells_left_out": expected["cells_left_out"], IMAGE_STAMP: image_stamp(image)}
+        if isinstance(stated.get("cells_left_out"), dict):  # a map of before --nodata was recorded: none given
+            stated["cells_left_out"] = {"nodata": None, **stated["cells_left_out"]}
         if options.mpp is None:  # else the level and factor are the slide's to choose
             read.update(level=options.level, downsample=float(options.downsample))
         return (all(stated.get(key) == expected[key] for key in ("model", "classes", "values"))
@@ -573,9 +576,11 @@ def map_of_another_image(image: str, output: str) -> str | None:
     return recorded
 
 
-def _left_out(options: MapOptions) -> dict:
+def _left_out(options: MapOptions, image: str) -> dict:
+    """What `image`'s map records of the cells it leaves out (`georef.left_out_settings`):
+    --nodata where the image is a raster it applies to (`_raster_nodata`)."""
     from graphconv.georef import left_out_settings
-    return left_out_settings(options.skip_background, options.max_nodata)
+    return left_out_settings(options.skip_background, options.max_nodata, _raster_nodata(image, options))
 
 
 def _holds_exactly(path: str, dtype, shape: tuple[int, ...]) -> bool:

@@ -528,12 +528,16 @@ def map_contents(image: str, model: str, num_classes: int, classes: Sequence[int
     return contents
 
 
-def left_out_settings(skip_background: float | None, max_nodata: float) -> dict:
+def left_out_settings(skip_background: float | None, max_nodata: float, nodata: float | None = None) -> dict:
     """The settings that choose which cells a map leaves out (NaN, or 65535 in a class
-    map), for it to state: --skip-background's saturation, if given, and the share of a
-    crop that may be no-data (--max-nodata; 1 with --compute-nodata). --skip-existing
-    compares them, so a map made with other ones is made again."""
-    return {"skip_background": skip_background, "max_nodata": float(max_nodata)}
+    map), for it to state: --skip-background's saturation, if given, the share of a
+    crop that may be no-data (--max-nodata; 1 with --compute-nodata) and the raster's
+    no-data value given by --nodata (None: its file's own, if any; NaN as "NaN", which
+    compares equal to itself). --skip-existing compares them, so a map made with other
+    ones is made again (`cluster.holds_its_map`)."""
+    if nodata is not None:
+        nodata = "NaN" if np.isnan(nodata) else float(nodata)
+    return {"skip_background": skip_background, "max_nodata": float(max_nodata), "nodata": nodata}
 
 
 def cell_placement(source, cells: Field) -> CellPlacement:

@@ -1756,3 +1756,39 @@ def test_a_ctrl_c_as_a_resumed_map_is_renamed_into_place_leaves_it_complete_not_
     assert not (tmp_path / f"map{suffix}.partial").exists()
     load = np.load if suffix == ".npy" else (lambda path: zarr.open_array(str(path))[:])
     np.testing.assert_array_equal(load(out), load(tmp_path / f"straight{suffix}"))
+
+
+def test_cli_skip_existing_maps_a_raster_again_for_another_nodata(model_dir, picture, tmp_path):
+    """--nodata was recorded nowhere: `--skip-existing --nodata 0` left out a scene's .tif
+    map made without it as done, though a map made with other settings is made again. The
+    map records it (a picture's, to which --nodata does not apply, does not change); a
+    map that records none (an older version's) counts as made without it."""
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    shutil.copy(picture / "tiled.tif", folder / "scene.tif")
+    shutil.copy(picture / "page.png", folder / "photo.png")
+    out = tmp_path / "maps"
+    run = ("run", model_dir, "--images", folder, "--output-dir", out, "--output-format", "tif", "--skip-existing")
+
+    def stated(name):
+        with tifffile.TiffFile(out / name) as tif:
+            return json.loads(tif.pages[0].description.split("\n", 1)[1])["cells_left_out"]
+
+    result = graphconv_in_process(*run)
+    assert result.returncode == 0, result.stderr
+    assert stated("scene.tif")["nodata"] is None and stated("photo.tif")["nodata"] is None
+    for nodata, recorded in (("0", 0.0), ("nan", "NaN")):
+        result = graphconv_in_process(*run, "--nodata", nodata)
+        assert result.returncode == 0, result.stderr
+        assert "1 of 2 image(s) have their map in" in result.stderr, "the scene's is made again, not the photo's"
+        assert stated("scene.tif")["nodata"] == recorded and stated("photo.tif")["nodata"] is None
+        assert "nothing to do" in graphconv_in_process(*run, "--nodata", nodata).stdout
+    result = graphconv_in_process(*run)
+    assert result.returncode == 0 and "1 of 2 image(s) have their map in" in result.stderr
+    with tifffile.TiffFile(out / "scene.tif") as tif:
+        first, placement = tif.pages[0].description.split("\n", 1)
+    placement = json.loads(placement)
+    del placement["cells_left_out"]["nodata"]
+    tifffile.tiffcomment(out / "scene.tif", first + "\n" + json.dumps(placement))  # as an older version wrote it
+    assert "nothing to do" in graphconv_in_process(*run).stdout
+    assert "1 of 2 image(s) have their map in" in graphconv_in_process(*run, "--nodata", "0").stderr
