@@ -269,7 +269,7 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
         else:
             result = run_tiled(grid, source, tile, device=options.device, transform=transform, blank_cells=blank_cells)
         contents = map_contents(image, ref.path, model.output_channels, options.classes, options.reduce,
-                                model.graph.meta.get("labels"), _left_out(options, image))
+                                model.graph.meta.get("labels"), left_out_record(options, image))
         _write_map(output, result, source, grid, {**contents, IMAGE_STAMP: stamp})
         notes = (stored_orientation_note(source), _first_frame_note(image))
         from graphconv.images import turned_upright
@@ -534,7 +534,7 @@ def holds_its_map(ref: ModelRef, model, image: str, output: str, options: MapOpt
     if is_tiff_output(output):
         stated = stated_placement(output) or {}
         expected = map_contents(image, ref.path, model.output_channels, options.classes, options.reduce,
-                                left_out=_left_out(options, image))
+                                left_out=left_out_record(options, image))
         read = {"bands": list(options.bands) if options.bands is not None else None,
                 "cells_left_out": expected["cells_left_out"], IMAGE_STAMP: image_stamp(image)}
         if isinstance(stated.get("cells_left_out"), dict):  # a map of before --nodata was recorded: none given
@@ -576,7 +576,7 @@ def map_of_another_image(image: str, output: str) -> str | None:
     return recorded
 
 
-def _left_out(options: MapOptions, image: str) -> dict:
+def left_out_record(options: MapOptions, image: str) -> dict:
     """What `image`'s map records of the cells it leaves out (`georef.left_out_settings`):
     --nodata where the image is a raster it applies to (`_raster_nodata`)."""
     from graphconv.georef import left_out_settings

@@ -74,8 +74,7 @@ def _image_size(path: str) -> tuple[int, int] | None:
 
 
 def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
-    from graphconv.background import DEFAULT_MAX_NODATA
-    from graphconv.georef import cell_placement, left_out_settings, map_contents
+    from graphconv.georef import cell_placement, map_contents
     from graphconv.sources import open_source
     from graphconv.tiling import CropGrid, MapFile, choose_tile, map_transform, plan_tiles
 
@@ -140,8 +139,8 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     print(f"tiles: {plan.describe()}", file=sys.stderr)
     placement = cell_placement(source, grid.cell_area)
     print(f"cells: {placement.describe()}", file=sys.stderr)
-    left_out = left_out_settings(args.skip_background, getattr(args, "max_nodata", DEFAULT_MAX_NODATA))
-    from graphconv.cluster import IMAGE_STAMP, image_stamp
+    from graphconv.cluster import IMAGE_STAMP, image_stamp, left_out_record
+    left_out = left_out_record(_map_options(args, grid), args.image)
     contents = map_contents(args.image, args.model, classes, args.classes, args.reduce,
                             model.graph.meta.get("labels"), left_out)
     placement = replace(placement, contents={**contents, IMAGE_STAMP: image_stamp(args.image)})
