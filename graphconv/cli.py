@@ -876,6 +876,11 @@ def settle_nodata_options(args: argparse.Namespace) -> None:
         else args.max_nodata
 
 
+def nodata_flag(args: argparse.Namespace) -> str:
+    """The no-data option given, as the notes name it: "--compute-nodata" or "--max-nodata F"."""
+    return "--compute-nodata" if args.compute_nodata else f"--max-nodata {args.max_nodata:g}"
+
+
 def note_nodata_acts_on_nothing(args: argparse.Namespace, source) -> None:
     """--max-nodata or --compute-nodata given for an image none of whose pixels can be
     no-data (no no-data value declared nor given with --nodata, and pixels that cannot be
@@ -888,7 +893,7 @@ def note_nodata_acts_on_nothing(args: argparse.Namespace, source) -> None:
     raster = getattr(source, "inner", source)
     if raster is not None and getattr(raster, "missing_value", None) is not None and nodata_can_occur(raster):
         return
-    flag = "--compute-nodata" if args.compute_nodata else f"--max-nodata {args.max_nodata:g}"
+    flag = nodata_flag(args)
     if raster is None or not hasattr(raster, "array"):
         why = "the image is read as a picture, all of whose pixels are data"
     else:

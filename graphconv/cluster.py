@@ -276,7 +276,8 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
         from graphconv.sources import channel_conversion, nodata_can_occur, value_scaling
         return ImageResult(image, output, tuple(result.shape), note="; ".join(filter(None, notes)) or None,
                            turned=turned_upright(image), converted=channel_conversion(source),
-                           scaled=value_scaling(source), nodata_possible=nodata_can_occur(getattr(source, "inner", source)))
+                           scaled=value_scaling(source),
+                           nodata_possible=nodata_can_occur(getattr(source, "inner", source)))
     except (GraphconvError, OSError, MemoryError, ValueError) as err:
         if options.traceback:
             raise

@@ -416,9 +416,9 @@ def _drop_a_skip_background_that_does_nothing(args: argparse.Namespace, source) 
     from graphconv.sources import nodata_can_occur
 
     raster = getattr(source, "inner", source)
-    value = getattr(raster, "missing_value", None)
-    if value is None or not nodata_can_occur(raster):  # no pixel can be no-data: the tissue test applies
+    if not nodata_can_occur(raster):  # no pixel can be no-data: the tissue test applies
         return
+    value = raster.missing_value
     from graphconv.cli import note
     what = f"its no-data value {value:g}" if getattr(raster, "nodata", None) is not None else "NaN, a float raster's"
     args.skip_background = None
@@ -631,7 +631,7 @@ def _note_batch_reading(args: argparse.Namespace, model, results: list) -> None:
     """What a single --image's run says of how a raster is read (`cli.note_how_the_raster_is_read`),
     once for the batch: its pixels of more than 8 bits scaled onto 0..255 (with how many
     images), and --max-nodata or --compute-nodata with nothing to act on in any image."""
-    from graphconv.cli import note, note_value_scaling
+    from graphconv.cli import nodata_flag, note, note_value_scaling
 
     if not results:
         return
@@ -640,8 +640,7 @@ def _note_batch_reading(args: argparse.Namespace, model, results: list) -> None:
         note_value_scaling(model.graph.meta.get("preprocess"), kind,
                            whose=f"{kinds.count(kind)} of {len(results)} image(s)'")
     if getattr(args, "nodata_options_given", False) and not any(result.nodata_possible for result in results):
-        flag = "--compute-nodata" if args.compute_nodata else f"--max-nodata {args.max_nodata:g}"
-        note(f"note: {flag} has nothing to act on: none of the {len(results)} image(s) can hold no-data (none "
+        note(f"note: {nodata_flag(args)} has nothing to act on: none of the {len(results)} image(s) can hold no-data (none "
              "declares a no-data value its pixels can hold, or they are pictures, all of whose pixels are data): "
              "give the value their no-data pixels hold with --nodata VALUE (--nodata 0 for a swath border of 0)")
 

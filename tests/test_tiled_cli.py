@@ -204,7 +204,8 @@ def test_a_grey_model_on_an_rgb_image_says_once_it_feeds_luma_and_how_to_pick_a_
     assert notes == [line for line in notes if line.startswith("note: the image is RGB: converted to grey for the "
                                                               "1-channel model")] and len(notes) == 1
     assert "0.299 R + 0.587 G + 0.114 B" in notes[0] and "--bands N" in notes[0]
-    picked = graphconv_in_process("run", model_dir, "--image", tmp_path / "rgb.tif", "--bands", "2", "--output", tmp_path / "b.npy")
+    picked = graphconv_in_process("run", model_dir, "--image", tmp_path / "rgb.tif", "--bands", "2",
+                                  "--output", tmp_path / "b.npy")
     assert picked.returncode == 0 and "converted" not in picked.stderr, picked.stderr
     (tmp_path / "photos").mkdir()
     Image.fromarray(rgb).save(tmp_path / "photos" / "c.png")
@@ -1170,8 +1171,8 @@ def test_cli_a_tif_map_of_another_image_of_the_same_name_is_refused_not_replaced
     assert result.returncode == 0, result.stderr
     before = (out / "IMG_0001.tif").read_bytes()
     for extra in ([], ["--skip-existing"]):
-        result = graphconv_in_process("run", model_dir, "--images", card_b, "--output-dir", out, "--output-format", "tif",
-                           *extra)
+        result = graphconv_in_process("run", model_dir, "--images", card_b, "--output-dir", out,
+                                      "--output-format", "tif", *extra)
         assert result.returncode == 2 and "nothing to do" not in result.stdout
         assert "is the map of" in result.stderr and "cardA" in result.stderr and "cardB" in result.stderr
         assert "separate --output-dir" in result.stderr and "Traceback" not in result.stderr
