@@ -43,14 +43,9 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from numba import njit, prange
 
 from graphconv.errors import GraphconvError, shown
 from graphconv.images import stores_values
-from graphconv.kernel_cache import install_kernel_cache
-
-install_kernel_cache()  # before this file's kernels are defined (as graphconv.ops does for its own)
-
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf8")
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, what Pillow's "L" uses
 
@@ -414,13 +409,14 @@ class Downsampled:
         out = np.empty((box.shape[0], bottom - top, right - left), np.float32)
         taps = (np.minimum(rows - rows[0, 0], box.shape[1] - 1), row_weights,
                 np.minimum(cols - cols[0, 0], box.shape[2] - 1), col_weights)
+        from graphconv.ops.area_means import area_means, valid_area_means
         from graphconv.threads import check_not_forked_after_openmp
         check_not_forked_after_openmp()  # numba's parallel kernels, as the network's: a forked child would die
         if missing is None:
-            _area_means(box, *taps, out)
+            area_means(box, *taps, out)
             return out, None
         out_missing = np.empty(out.shape[1:], np.bool_)
-        _valid_area_means(box, np.ascontiguousarray(missing[0]), *taps, out, out_missing)
+        valid_area_means(box, np.ascontiguousarray(missing[0]), *taps, out, out_missing)
         return out, np.broadcast_to(out_missing, out.shape)
 
     def nodata_mask(self, top: int, left: int, bottom: int, right: int) -> np.ndarray | None:
@@ -479,65 +475,6 @@ def nodata_mask(source, top: int, left: int, bottom: int, right: int) -> np.ndar
     return None if mask is None else np.asarray(mask).all(axis=0)
 
 
-@njit(cache=True, parallel=True)
-def _area_means(box, rows, row_weights, cols, col_weights, out):
-    """out[c, i, j] = sum over column taps b of col_weights[b, j] * (sum over row taps a
-    of row_weights[a, i] * box[c, rows[a, i], cols[b, j]]), summed in that order for
-    every pixel. No fastmath: fused multiply-adds in the vector loop but not in its
-    remainder would round a pixel differently by where a tile puts it."""
-    channels, height, width = out.shape
-    for job in prange(channels * height):
-        c, i = job // height, job % height
-        line = np.zeros(box.shape[2], np.float32)
-        for a in range(rows.shape[0]):
-            weight, row = row_weights[a, i], rows[a, i]
-            for x in range(box.shape[2]):
-                line[x] += weight * box[c, row, x]
-        for j in range(width):
-            total = np.float32(0.0)
-            for b in range(cols.shape[0]):
-                total += col_weights[b, j] * line[cols[b, j]]
-            out[c, i, j] = total
-
-
-@njit(cache=True, parallel=True)
-def _valid_area_means(box, missing, rows, row_weights, cols, col_weights, out, out_missing):
-    """`_area_means` of a box whose `missing` pixels ((h, w) of the box) are 0 in every
-    channel: a pixel whose taps are all valid is summed exactly as there; one with
-    missing taps is the weighted sum of the valid ones over their weight; one with none
-    valid is missing (0; `out_missing`, (height, width), True)."""
-    channels, height, width = out.shape
-    for job in prange(channels * height):
-        c, i = job // height, job % height
-        line = np.zeros(box.shape[2], np.float32)
-        valid_line = np.zeros(box.shape[2], np.float32)
-        missing_line = np.zeros(box.shape[2], np.float32)
-        for a in range(rows.shape[0]):
-            weight, row = row_weights[a, i], rows[a, i]
-            for x in range(box.shape[2]):
-                line[x] += weight * box[c, row, x]
-                if missing[row, x]:
-                    missing_line[x] += weight
-                else:
-                    valid_line[x] += weight
-        for j in range(width):
-            total = np.float32(0.0)
-            valid = np.float32(0.0)
-            lost = np.float32(0.0)
-            for b in range(cols.shape[0]):
-                total += col_weights[b, j] * line[cols[b, j]]
-                valid += col_weights[b, j] * valid_line[cols[b, j]]
-                lost += col_weights[b, j] * missing_line[cols[b, j]]
-            if lost == 0:
-                out[c, i, j] = total
-            elif valid > 0:
-                out[c, i, j] = total / valid
-            else:
-                out[c, i, j] = 0.0
-            if c == 0:
-                out_missing[i, j] = lost != 0 and not valid > 0
-
-
 READ_PIXELS = 1 << 23  # the most of `inner`'s pixels (a band's) one read of a Downsampled source decodes at once
 
 
@@ -545,7 +482,7 @@ def _area_taps(start: int, stop: int, factor: float) -> tuple[np.ndarray, np.nda
     """For the coarse pixels start..stop-1 along one axis, the fine pixels each covers
     and the share of it each has: (taps, n) indices and weights (0 where the square ends
     sooner), tap k of pixel i at floor(i * factor) + k. The weights are float32, as the
-    pixels are and `_area_means` sums them: float64 would show nothing more of an 8-bit
+    pixels are and `area_means` sums them: float64 would show nothing more of an 8-bit
     or a 16-bit image."""
     low = np.arange(start, stop, dtype=np.float64) * factor
     high = np.arange(start + 1, stop + 1, dtype=np.float64) * factor

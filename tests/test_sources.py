@@ -679,7 +679,7 @@ def test_a_downsampled_read_in_a_forked_child_after_openmp_is_an_error_not_a_kil
     tifffile.imwrite(tmp_path / "page.tif", pixels)
     tifffile.imwrite(tmp_path / "nd.tif", pixels, extratags=[(42113, 2, 2, "0", True)])
     monkeypatch.setattr(threads, "_forked_after_openmp", True)
-    for name in ("page.tif", "nd.tif"):  # _area_means, _valid_area_means
+    for name in ("page.tif", "nd.tif"):  # area_means, valid_area_means (graphconv/ops/area_means.py)
         with pytest.raises(threads.ForkedAfterOpenMPError, match="spawn"):
             open_source(tmp_path / name, 1, None, downsample=2).read(0, 0, 20, 20)
 

@@ -35,16 +35,24 @@ NO_DISPATCHER_ON_IMPORT = """
         raise SystemExit(3)
 
     cpu.CPUContext.__init__ = first_dispatcher
-    import graphconv, graphconv.cli
+    import importlib, pkgutil
+    import graphconv
+    for module in pkgutil.iter_modules(graphconv.__path__):
+        if module.name not in ("ops", "__main__"):
+            importlib.import_module(f"graphconv.{module.name}")
     print(json.dumps({"made": 0}))
 """
 
 
 def test_importing_graphconv_compiles_nothing():
-    """`import graphconv` (and the CLI's module) creates no numba function: numba sets up
-    its compiler for the first one, after which `configure_process` could no longer
-    choose how it compiles. A module-level @njit outside the kernels' own modules (or an
-    import of a kernel module from the runtime, the passes or the CLI) would break it."""
+    """`import graphconv`, and each of its modules outside graphconv/ops, creates no numba
+    function: numba sets up its compiler for the first one, after which
+    `configure_process` could no longer choose how it compiles. A module-level @njit
+    outside the kernels' own modules (or an import of a kernel module from the runtime,
+    the passes or the CLI) would break it. graphconv.sources had two, and every Dask
+    worker imports it before its first task loads the model (and configures the
+    process): the workers ran narrow vectors, and their maps differed from the
+    command's own in the last float32 bits."""
     assert run_python(NO_DISPATCHER_ON_IMPORT) == {"made": 0}
 
 
