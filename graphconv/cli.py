@@ -45,27 +45,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def console_main() -> int:
     """The `graphconv` command (graphconv.console, `python -m graphconv`): as `main`,
-    except that once the command has stopped, a later Ctrl-C or SIGTERM is ignored
-    until the process exits, so it cannot add a traceback to the line that said how
-    the command ended."""
+    except that once the command has stopped, a later Ctrl-C or SIGTERM ends the process
+    at once with the command's status: it cannot add a traceback to the line that said
+    how the command ended, nor wait on an exit that hangs."""
     return _main(None, console=True)
 
 
 def _main(argv: Sequence[str] | None, console: bool) -> int:
+    with _stop_on_signals(console) as status:
+        status.append(_parse_and_run(argv))
+    return status[0]
+
+
+def _parse_and_run(argv: Sequence[str] | None) -> int:
     from graphconv.process import configure_process
 
-    with _stop_on_signals(console):
-        try:
-            configure_process()
-            parser = build_parser()
-            args = _parse(parser, argv)
-        except KeyboardInterrupt:
-            print("graphconv: interrupted (nothing was written)", file=sys.stderr)
-            return 130
-        except Terminated:
-            print("graphconv: terminated (nothing was written)", file=sys.stderr)
-            return 128 + signal.SIGTERM
-        return _run_command(args)
+    try:
+        configure_process()
+        parser = build_parser()
+        args = _parse(parser, argv)
+    except KeyboardInterrupt:
+        print("graphconv: interrupted (nothing was written)", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("graphconv: terminated (nothing was written)", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    return _run_command(args)
 
 
 def _run_command(args: argparse.Namespace) -> int:
@@ -127,9 +132,13 @@ def _stop_on_signals(console: bool = False):
     leave half a temporary behind, or a traceback instead of the one 'interrupted'
     line. The handlers before are put back on leaving, except for the `graphconv`
     command (`console`): the process exits next, and a signal now must not add a
-    traceback to the line already printed."""
+    traceback to the line already printed, nor be ignored (an exit that hangs, in a
+    library's exit handler or a thread it waits for, would then need kill -9): it ends
+    the process at once, with the status the command returned (the block appends it to
+    the list this yields), as everything the command wrote is complete by then."""
+    status: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield status
         return
     stopping: list[int] = []
 
@@ -143,13 +152,24 @@ def _stop_on_signals(console: bool = False):
     try:
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, stop)
-        yield
+        yield status
     finally:
         if console:
-            stopping.append(0)  # the command has ended: what comes now is ignored until the process exits
+            for signum in previous:
+                signal.signal(signum, lambda signum, frame: _leave_now(status[0] if status else 128 + signum))
         else:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+
+def _leave_now(status: int) -> None:
+    """End the process with `status`, its output flushed, running no exit handler."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe, a closed stream: nothing more can go out
+            pass
+    os._exit(status)
 
 
 def user_message(err: BaseException) -> str:

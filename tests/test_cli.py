@@ -3,6 +3,7 @@ import importlib.util
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -1063,8 +1064,8 @@ def console(*args, script=None, env=None, **popen):
 
     code = f"{script or ''}\nimport sys, graphconv.console\nsys.argv[1:] = {list(map(str, args))!r}\n" \
            "sys.exit(graphconv.console.main())"
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})}, **popen)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, **{"timeout": 300, **popen})
 
 
 def test_the_entry_point_imports_nothing_heavy_before_its_checks():
@@ -1138,6 +1139,21 @@ cli.console_main = and_after
 """
     done = console("passes", script=script)
     assert (done.returncode, done.stderr) == (130, "graphconv: interrupted (what it was writing is removed)\n")
+
+
+def test_ctrl_c_while_the_process_hangs_on_its_way_out_ends_it_with_the_commands_status():
+    """After the command, a signal was ignored until the process exited: one that hung
+    there (a library's exit handler, a thread it waits for) could only be killed -9.
+    Now the signal ends it at once, with the status the command returned."""
+    script = """
+import atexit, os, signal, threading, time
+atexit.register(time.sleep, 120)  # the hang: exit handlers run after the command has returned
+atexit.register(lambda: threading.Timer(1, os.kill, (os.getpid(), signal.SIGINT)).start())  # runs first
+"""
+    started = time.monotonic()
+    done = console("passes", script=script, timeout=60)
+    assert done.returncode == 0 and "fuse-conv-activation" in done.stdout, done.stderr
+    assert done.stderr == "" and time.monotonic() - started < 60
 
 
 def test_python_m_graphconv_cli_keeps_the_notes_other_modules_make(tmp_path):
