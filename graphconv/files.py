@@ -331,19 +331,30 @@ def temporary_beside(path: str | os.PathLike) -> Path:
 
 
 def move_into_place(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
-    """Rename the complete output `tmp` onto `target`. A folder cannot be renamed over a
-    folder, so one there (a .zarr map being replaced) is first renamed aside: were the
-    process to die before the new one is in, the next run in the folder renames it back
-    (`_remove_stale_temporaries`), so the name holds the old map or the new one, never
-    neither. Once the new one is in, the old one is renamed to a temporary name (never
-    to be renamed back) and removed; only the renames hold Ctrl-C and SIGTERM back, not
+    """Rename the complete output `tmp` onto `target` (`put_in_place`), then remove the
+    old output it replaced, if any: only the renames hold Ctrl-C and SIGTERM back, not
     the removal, which for a map of many GB takes long (`remove_temporary`)."""
+    replaced = put_in_place(tmp, target)
+    if replaced is not None:
+        _checkpoint("output-replaced")
+        remove_temporary(replaced)
+
+
+def put_in_place(tmp: str | os.PathLike, target: str | os.PathLike) -> Path | None:
+    """The renames of `move_into_place`, with signals held back: `tmp` in under
+    `target`'s name. A folder cannot be renamed over a folder, so one there (a .zarr map
+    being replaced) is first renamed aside: were the process to die before the new one
+    is in, the next run in the folder renames it back (`_remove_stale_temporaries`), so
+    the name holds the old map or the new one, never neither. Once the new one is in,
+    the old one is renamed to a temporary name (never to be renamed back), returned for
+    the caller to remove (`remove_temporary`) once it has no more renames to make; None
+    where no folder was replaced."""
     tmp, target = Path(tmp), Path(target)
     with signals_deferred():  # a Ctrl-C here would leave the old map aside and the new one in its temporary
         if target.is_symlink() or not target.is_dir():
             os.replace(tmp, target)
             _COMMITTED.append(str(target))
-            return
+            return None
         aside = target.parent / f"{ASIDE_PREFIX}{_owner()}-{os.urandom(4).hex()}-{target.name}"
         os.rename(target, aside)
         try:
@@ -353,15 +364,13 @@ def move_into_place(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
             os.rename(aside, target)
             raise
         _COMMITTED.append(str(target))
-        aside = _as_temporary(aside)
-    _checkpoint("output-replaced")
-    remove_temporary(aside)
+        return as_temporary(aside)
 
 
 def remove_temporary(path: str | os.PathLike) -> None:
     """Remove a temporary file or folder, if it is there. Its name goes at once, with
     Ctrl-C and SIGTERM held back (`signals_deferred`): a file is unlinked; a folder is
-    renamed to a temporary name of this process (`_as_temporary`). Then the folder's
+    renamed to a temporary name of this process (`as_temporary`). Then the folder's
     contents are removed with signals not held back: for a .zarr map of many GB that
     takes long, and a job scheduler's SIGTERM kept waiting is followed by its SIGKILL. A
     signal cutting the removal short leaves the rest under that temporary name, which
@@ -372,14 +381,14 @@ def remove_temporary(path: str | os.PathLike) -> None:
         if not path.is_dir() or path.is_symlink():
             _unlink_quietly(path)
             return
-        path = _as_temporary(path)
+        path = as_temporary(path)
         if not path.name.startswith(TMP_PREFIX):  # it cannot be renamed (a mount point): removed whole, here
             shutil.rmtree(path, ignore_errors=True)
             return
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _as_temporary(path: Path) -> Path:
+def as_temporary(path: Path) -> Path:
     """`path` renamed to a fresh temporary name of this process, for a removal a signal
     may cut short: what is left of a folder half removed must be a temporary, which the
     sweep removes (`_remove_stale_temporaries`), not keep a name that says more (a

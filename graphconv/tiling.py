@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cached_property
+from pathlib import Path
 from typing import Any, Callable, Collection, Iterator, Protocol, Sequence
 
 import numpy as np
@@ -607,12 +608,14 @@ class MapFile:
     def _write_partial(self) -> Iterator[Any]:
         """A --resume run's map: the partial folder made (or an earlier run's of the same
         job opened, held by this run alone), kept whatever happens, and once every tile is
-        in, its map finished (a TIFF written from the scores) and renamed into place, the
-        folder removed with signals held back between the two: a Ctrl-C after the rename
-        left the folder without its map, which a later --resume took for a new job and
-        computed whole again."""
-        from graphconv.files import (held_exclusively, move_into_place, output_folders, signals_deferred,
-                                     write_errors_named)
+        in, its map finished (a TIFF written from the scores) and renamed into place, and
+        the folder renamed to a temporary, with signals held back between the two renames:
+        a Ctrl-C after the first left the folder without its map, which a later --resume
+        took for a new job and computed whole again. The folder and any old map the new
+        one replaced are removed after, with signals not held back (a map of many GB takes
+        long: a job scheduler's SIGTERM kept waiting is followed by its SIGKILL)."""
+        from graphconv.files import (as_temporary, held_exclusively, output_folders, put_in_place,
+                                     remove_temporary, signals_deferred, write_errors_named)
         target = os.path.abspath(self.path.rstrip("/"))
         partial = self.partial
         with output_folders(target), write_errors_named(self.path, partial.folder):
@@ -629,10 +632,14 @@ class MapFile:
                     yield self.array
                     self._finish()
                     with signals_deferred():
-                        move_into_place(self._tmp, target)
-                        partial.remove()  # the lock is on the folder's descriptor, which outlives it
+                        replaced = put_in_place(self._tmp, target)
+                        # the lock is on the folder's descriptor, which outlives its name
+                        left = as_temporary(Path(partial.folder))
                 finally:
                     self.array = None
+        for folder in (replaced, left):
+            if folder is not None:
+                remove_temporary(folder)
 
     def record(self, tile: Tile) -> None:
         """A --resume run: `tile`'s block is written into the map; flush it to disk, then

@@ -1748,12 +1748,13 @@ def test_a_ctrl_c_as_a_resumed_map_is_renamed_into_place_leaves_it_complete_not_
 
     run = ["run", str(model_dir), "--image", str(big_page), "--tile", "100"]
     assert main([*run, "--output", str(tmp_path / f"straight{suffix}")]) == 0
-    move = graphconv.files.move_into_place
+    move = graphconv.files.put_in_place
 
     def move_then_ctrl_c(source, target):
-        move(source, target)
+        replaced = move(source, target)
         os.kill(os.getpid(), signal.SIGINT)
-    monkeypatch.setattr(graphconv.files, "move_into_place", move_then_ctrl_c)
+        return replaced
+    monkeypatch.setattr(graphconv.files, "put_in_place", move_then_ctrl_c)
     out = tmp_path / f"map{suffix}"
     capsys.readouterr()
     assert main([*run, "--output", str(out), "--resume"]) == 130
@@ -1762,6 +1763,40 @@ def test_a_ctrl_c_as_a_resumed_map_is_renamed_into_place_leaves_it_complete_not_
     assert not (tmp_path / f"map{suffix}.partial").exists()
     load = np.load if suffix == ".npy" else (lambda path: zarr.open_array(str(path))[:])
     np.testing.assert_array_equal(load(out), load(tmp_path / f"straight{suffix}"))
+
+
+def test_a_sigterm_as_a_resumed_run_removes_the_map_it_replaced_stops_it_at_once(model_dir, big_page, tmp_path,
+                                                                                 monkeypatch, capsys):
+    """A --resume run's finish held signals back while it removed the old .zarr map its
+    new one replaced: many GB take long, and a job scheduler's SIGTERM kept waiting is
+    followed by its SIGKILL. Only the renames hold them now: the removal stops at the
+    signal, the new map complete under the output's name, no partial folder to resume."""
+    import signal
+    import shutil as real_shutil
+
+    import graphconv.files
+    from graphconv.cli import main
+
+    run = ["run", str(model_dir), "--image", str(big_page), "--tile", "100"]
+    out = tmp_path / "map.zarr"
+    assert main([*run, "--output", str(tmp_path / "straight.zarr")]) == 0
+    assert main([*run, "--output", str(out), "--classes", "0"]) == 0  # the old map, to be replaced
+    went_on = []
+    real_rmtree = real_shutil.rmtree
+
+    def rmtree(path, *args, **kwargs):
+        if any(Path(path).rglob("c")) or any(Path(path).rglob("0")):  # a map's chunks: the old map
+            os.kill(os.getpid(), signal.SIGTERM)
+            went_on.append(str(path))
+        real_rmtree(path, *args, **kwargs)
+    monkeypatch.setattr(graphconv.files.shutil, "rmtree", rmtree)
+    capsys.readouterr()
+    assert main([*run, "--output", str(out), "--resume"]) == 143
+    stopped = [line for line in capsys.readouterr().err.splitlines() if line.startswith("graphconv: terminated")]
+    assert stopped == [f"graphconv: terminated (it had written {out}, complete; nothing else is left)"], stopped
+    assert went_on == [], "the removal went on after the SIGTERM"
+    assert not (tmp_path / "map.zarr.partial").exists()
+    np.testing.assert_array_equal(zarr.open_array(str(out))[:], zarr.open_array(str(tmp_path / "straight.zarr"))[:])
 
 
 def test_cli_skip_existing_maps_a_raster_again_for_another_nodata(model_dir, picture, tmp_path):
