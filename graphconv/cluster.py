@@ -62,6 +62,7 @@ class MapOptions:
     traceback: bool = False  # --traceback: an image's error is raised with its traceback, not returned as one line
     max_nodata: float = DEFAULT_MAX_NODATA  # --max-nodata F: cells more of whose crop is no-data not computed
     nodata: float | None = None  # --nodata VALUE: each raster's no-data value, in place of its file's
+    memory_limit: int | None = None  # bytes an image's run may take (`image_tile`); None: the process's own budget
 
     def grid(self, model):
         """What each task maps: the model's dense pass, or the classifier on every crop."""
@@ -217,6 +218,7 @@ class ImageResult:
     converted: str | None = None  # what its bands became for the network (`sources.channel_conversion`): one note
     scaled: str | None = None  # how its pixels of more than 8 bits came onto 0..255 (`sources.value_scaling`): one note
     nodata_possible: bool = False  # whether any of its pixels can be no-data (`sources.nodata_can_occur`)
+    memory_tile: int | None = None  # the tile `image_tile` chose, the whole image being over the budget: one note
 
 
 def stored_orientation_note(source) -> str | None:
@@ -262,6 +264,8 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
         if background is not None:  # no tissue near their centres, or over a raster's no-data
             blank_cells = background.blank_cells
             tile = tile or background.cheapest_tile(grid, (source.height, source.width))
+        memory_tile = None if tile else image_tile(grid, (source.height, source.width), options.memory_limit)
+        tile = tile or memory_tile
         if tile is None:
             x = source.read(0, 0, source.height, source.width)
             result = grid.whole(x[None] if x.ndim == 3 else x, options.device)
@@ -274,7 +278,8 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
         notes = (stored_orientation_note(source), _first_frame_note(image))
         from graphconv.images import turned_upright
         from graphconv.sources import channel_conversion, nodata_can_occur, value_scaling
-        return ImageResult(image, output, tuple(result.shape), note="; ".join(filter(None, notes)) or None,
+        return ImageResult(image, output, tuple(result.shape), memory_tile=memory_tile,
+                           note="; ".join(filter(None, notes)) or None,
                            turned=turned_upright(image), converted=channel_conversion(source),
                            scaled=value_scaling(source),
                            nodata_possible=nodata_can_occur(getattr(source, "inner", source)))
@@ -282,6 +287,20 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
         if options.traceback:
             raise
         return ImageResult(image, error=user_message(err))
+
+
+def image_tile(grid, image_hw: tuple[int, int], budget: int | None) -> int | None:
+    """The tile an image is mapped in when no --tile was given: None (the whole image in
+    one pass) where that fits the memory budget, else the largest tile that does
+    (`tiling.choose_tile`), as a single --image's run does. A slide in a batch was
+    refused, its whole-image run over the budget."""
+    from graphconv.memory import memory_limit
+    from graphconv.tiling import choose_tile
+
+    budget = memory_limit() if budget is None else budget
+    if grid.peak_bytes(image_hw) <= budget:
+        return None
+    return choose_tile(grid, image_hw, budget)
 
 
 def _raster_nodata(image: str, options: MapOptions) -> float | None:

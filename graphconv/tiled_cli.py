@@ -533,7 +533,17 @@ def _map_options(args: argparse.Namespace, grid):
                       crops=grid.stride if isinstance(grid, CropGrid) else None, level=args.level,
                       skip_background=args.skip_background, bands=tuple(args.bands) if args.bands else None,
                       downsample=args.downsample, mpp=args.mpp, traceback=getattr(args, "traceback", False),
-                      max_nodata=getattr(args, "max_nodata", DEFAULT_MAX_NODATA), nodata=getattr(args, "nodata", None))
+                      max_nodata=getattr(args, "max_nodata", DEFAULT_MAX_NODATA), nodata=getattr(args, "nodata", None),
+                      memory_limit=_budget_per_process(args))
+
+
+def _budget_per_process(args: argparse.Namespace) -> int | None:
+    """The memory budget of each process mapping images: the command's own, shared among
+    a local cluster's workers (one machine); None on a --scheduler's, each of which has
+    its own machine's."""
+    if args.scheduler:
+        return None
+    return memory_limit() // max(1, args.workers or 1)
 
 
 def _model_ref(args: argparse.Namespace):
@@ -606,6 +616,7 @@ def run_images_command(args: argparse.Namespace) -> int:
         note(f"note: {turned} photo(s) turned upright per their EXIF orientation (their maps and cells are the "
              "upright picture's)")
     _note_npy_maps_replaced(args, results, replaceable)
+    _note_tiled_for_memory(args, [result for result in results if result.memory_tile])
     for result in failed:
         named = result.error.startswith(_as_messages_name(result.image))  # the error names the image itself
         print(f"graphconv: {result.error if named else f'{result.image}: {result.error}'}", file=sys.stderr)
@@ -614,6 +625,20 @@ def run_images_command(args: argparse.Namespace) -> int:
     print(f"{len(results) - len(failed)} of {len(results)} image(s) -> {args.output_dir} in "
           f"{time.perf_counter() - start:.1f} s")
     return 2 if failed else 0
+
+
+def _note_tiled_for_memory(args: argparse.Namespace, results: list) -> None:
+    """One note for the images of a batch mapped in tiles because the whole image's run
+    was over the memory budget (`cluster.image_tile`), as a single --image's run says."""
+    from graphconv.cli import note
+
+    if not results:
+        return
+    largest = max(result.memory_tile for result in results)
+    budget = _budget_per_process(args)
+    over = f"the {format_size(budget)} memory budget" if budget is not None else "their worker's memory budget"
+    note(f"note: {len(results)} image(s) would need more than {over} whole: evaluated in exact tiles of up to "
+         f"{largest}x{largest} pixels (--tile sets the size; --memory-limit the budget)")
 
 
 def _note_batch_conversions(results: list) -> None:

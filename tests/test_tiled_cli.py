@@ -340,6 +340,30 @@ def test_cli_tiles_automatically_when_the_whole_image_is_over_the_budget(picture
     np.testing.assert_allclose(np.load(tmp_path / "auto.npy"), whole, rtol=1e-4, atol=1e-6)
 
 
+def test_images_over_the_memory_budget_are_mapped_in_exact_tiles(model_dir, tmp_path):
+    """A single --image over the memory budget is run in tiles; in an --images batch the
+    same image was refused, its whole-image run over the budget (a folder of slides
+    needed --tile). It is tiled as a single --image's run tiles it, the same map, and
+    one note says so."""
+    from graphconv.tiling import DenseGrid
+
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    Image.fromarray((np.random.default_rng(7).random((900, 900)) * 255).astype(np.uint8)).save(folder / "s.png")
+    Image.fromarray((np.random.default_rng(8).random((120, 100)) * 255).astype(np.uint8)).save(folder / "t.png")
+    budget = DenseGrid(Model.load(model_dir)).peak_bytes((900, 900)) * 3 // 4
+    whole = whole_map(model_dir, folder / "s.png", tmp_path)
+    result = graphconv_in_process("run", model_dir, "--images", folder, "--output-dir", tmp_path / "maps",
+                                  "--memory-limit", budget)
+    assert result.returncode == 0, result.stderr
+    assert "note: 1 image(s) would need more than the" in result.stderr and "exact tiles of up to" in result.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "maps" / "s.npy"), whole, rtol=1e-5, atol=1e-6)
+    alone = graphconv_in_process("run", model_dir, "--image", folder / "s.png", "--memory-limit", budget,
+                                 "--output", tmp_path / "alone.npy")
+    assert alone.returncode == 0, alone.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "maps" / "s.npy"), np.load(tmp_path / "alone.npy"))
+
+
 def test_many_images_with_one_corrupt(model_dir, picture, tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
