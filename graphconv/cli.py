@@ -110,7 +110,7 @@ def _what_is_left(args: argparse.Namespace) -> str:
         if os.path.isdir(partial.folder) and os.path.lexists(partial.map_path):  # not renamed into place yet
             return f"the tiles done are kept in {partial.shown}: the same command with --resume continues it"
     if getattr(args, "stopped_batch", None):  # an --images batch: its finished maps are kept (tiled_cli)
-        return f"what it was writing is removed; {args.stopped_batch}"
+        return args.stopped_batch
     written = committed_outputs()  # complete before the signal came (or held back until they were)
     if written:
         return f"it had written {', '.join(written)}, complete; nothing else is left"
@@ -240,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --image and --output (.zarr, .npy or .tif): write the map into OUTPUT.partial, "
                           "kept if the run stops (Ctrl-C, a scheduler's SIGTERM, a crash), each finished tile "
                           "listed; the same command with --resume computes only the tiles not done, and the "
-                          "map is renamed into place when complete")
+                          "map is renamed into place when complete. With --images: so for each map computed in "
+                          "tiles, and the images whose maps are finished are left out (as --skip-existing)")
     run.add_argument("--tile", type=_positive_int, metavar="N",
                      help="evaluate in exact tiles of at most N x N input pixels (bounded memory; "
                           "the same map as the whole-image pass)")
@@ -637,11 +638,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise GraphconvError("--downsample and --resize/--scales both change the image's size: use one")
     if args.skip_existing and not args.images:
         raise GraphconvError("--skip-existing leaves out the images of an --images batch whose maps are there")
-    if args.resume and (args.images or not args.image):
-        raise GraphconvError("--resume continues one image's map (--image ... --output MAP): an --images batch "
-                             "goes on where it stopped with --skip-existing" if args.images else
-                             "--resume continues an image's tiled map: give --image and --output")
-    if args.resume and not (args.output or "").rstrip("/").lower().endswith((".zarr", ".npy", ".tif", ".tiff")):
+    if args.resume and not (args.image or args.images):
+        raise GraphconvError("--resume continues an image's tiled map: give --image and --output (or an --images "
+                             "batch)")
+    if args.resume and args.image and not (args.output or "").rstrip("/").lower().endswith(
+            (".zarr", ".npy", ".tif", ".tiff")):
         raise GraphconvError("--resume keeps the tiles done in OUTPUT.partial: give --output MAP.zarr, MAP.npy "
                              "or MAP.tif")
     if args.output_format != "npy" and not args.images:

@@ -63,6 +63,7 @@ class MapOptions:
     max_nodata: float = DEFAULT_MAX_NODATA  # --max-nodata F: cells more of whose crop is no-data not computed
     nodata: float | None = None  # --nodata VALUE: each raster's no-data value, in place of its file's
     memory_limit: int | None = None  # bytes an image's run may take (`image_tile`); None: the process's own budget
+    resume: bool = False  # --images --resume: each tiled map written into a partial map kept if stopped (_map_resumably)
 
     def grid(self, model):
         """What each task maps: the model's dense pass, or the classifier on every crop."""
@@ -219,6 +220,7 @@ class ImageResult:
     scaled: str | None = None  # how its pixels of more than 8 bits came onto 0..255 (`sources.value_scaling`): one note
     nodata_possible: bool = False  # whether any of its pixels can be no-data (`sources.nodata_can_occur`)
     memory_tile: int | None = None  # the tile `image_tile` chose, the whole image being over the budget: one note
+    resumed: tuple[int, int] | None = None  # --resume: (tiles an earlier run had done, tiles in all): one note
 
 
 def stored_orientation_note(source) -> str | None:
@@ -266,19 +268,27 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
             tile = tile or background.cheapest_tile(grid, (source.height, source.width))
         memory_tile = None if tile else image_tile(grid, (source.height, source.width), options.memory_limit)
         tile = tile or memory_tile
-        if tile is None:
-            x = source.read(0, 0, source.height, source.width)
-            result = grid.whole(x[None] if x.ndim == 3 else x, options.device)
-            result = result if transform is None else transform(result)
+        contents = {**map_contents(image, ref.path, model.output_channels, options.classes, options.reduce,
+                                   model.graph.meta.get("labels"), left_out_record(options, image)),
+                    IMAGE_STAMP: stamp}
+        resumed = None
+        if tile is not None and options.resume:
+            shape, resumed = _map_resumably(ref, model, image, output, source, grid, tile, options, blank_cells,
+                                            contents)
         else:
-            result = run_tiled(grid, source, tile, device=options.device, transform=transform, blank_cells=blank_cells)
-        contents = map_contents(image, ref.path, model.output_channels, options.classes, options.reduce,
-                                model.graph.meta.get("labels"), left_out_record(options, image))
-        _write_map(output, result, source, grid, {**contents, IMAGE_STAMP: stamp})
+            if tile is None:
+                x = source.read(0, 0, source.height, source.width)
+                result = grid.whole(x[None] if x.ndim == 3 else x, options.device)
+                result = result if transform is None else transform(result)
+            else:
+                result = run_tiled(grid, source, tile, device=options.device, transform=transform,
+                                   blank_cells=blank_cells)
+            _write_map(output, result, source, grid, contents)
+            shape = tuple(result.shape)
         notes = (stored_orientation_note(source), _first_frame_note(image))
         from graphconv.images import turned_upright
         from graphconv.sources import channel_conversion, nodata_can_occur, value_scaling
-        return ImageResult(image, output, tuple(result.shape), memory_tile=memory_tile,
+        return ImageResult(image, output, shape, memory_tile=memory_tile, resumed=resumed,
                            note="; ".join(filter(None, notes)) or None,
                            turned=turned_upright(image), converted=channel_conversion(source),
                            scaled=value_scaling(source),
@@ -287,6 +297,63 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
         if options.traceback:
             raise
         return ImageResult(image, error=user_message(err))
+
+
+def _map_resumably(ref: ModelRef, model, image: str, output: str, source, grid, tile: int, options: MapOptions,
+                   blank_cells, contents: dict) -> tuple[tuple[int, ...], tuple[int, int] | None]:
+    """--images --resume: one image's map computed in tiles into its partial map beside
+    `output` (`tiling.MapFile` with a job, as `run --image --resume` writes it), kept
+    when the batch stops, continued from the tiles it lists when the same command runs
+    again, and renamed into place once complete. Returns the map's shape, and (tiles an
+    earlier run had done, tiles in all) where it went on from them (None: a new map)."""
+    from graphconv.background import blank_masks
+    from graphconv.georef import cell_placement, georeference_of_map, is_tiff_output
+    from graphconv.tiling import MapFile, map_transform, plan_tiles, run_tiled
+
+    plan = plan_tiles(grid, (source.height, source.width), tile)
+    transform, channels, dtype = map_transform(options.reduce, options.classes, model.output_channels)
+    shape = (1, channels, *plan.map_hw)
+    blank = frozenset(blank_masks(plan.tiles, blank_cells)[1]) if blank_cells is not None else frozenset()
+    map_file = MapFile(output, shape, dtype, chunk_hw=plan.cells_hw,
+                       georeference=georeference_of_map(source, grid.cell_area) if is_tiff_output(output) else None,
+                       placement=replace(cell_placement(source, grid.cell_area), contents=contents),
+                       resume=resume_job(ref, model, image, source, options, plan, shape, dtype), tiles=plan.tiles,
+                       blank=blank)
+    with map_file as out:
+        resumed = (len(map_file.done), len(plan.tiles)) if map_file.done else None
+        if len(map_file.done) < len(plan.tiles):
+            run_tiled(grid, source, tile, out=out, device=options.device, transform=transform,
+                      progress=map_file.record, blank_cells=blank_cells, done=map_file.done)
+    return shape, resumed
+
+
+def resume_job(ref: ModelRef, model, image: str, source, options: MapOptions, plan, shape, dtype) -> dict:
+    """What a --resume run computes, stored in its partial map (`tiling.PartialMap`) and
+    compared on the next: everything that changes the map's values or layout. The model
+    and image by path and by each file's `files.file_stamp` (a recompile, a
+    retrained weights file, a replaced image is another job), the options that change
+    what is read or kept, the tile plan, the map's shape and type, and graphconv's
+    version (its kernels' rounding)."""
+    from graphconv import __version__
+    from graphconv.files import MODEL_SPEC, file_stamp
+
+    model_files = [*model.graph.meta.get("read_from", ())] or [ref.path]
+    model_files += [str(Path(p) / MODEL_SPEC) for p in model_files if (Path(p) / MODEL_SPEC).is_file()]
+    image = str(Path(image).resolve())
+    return {
+        "graphconv": __version__,
+        "model": ref.path, "model files": {str(p): file_stamp(p) for p in model_files},
+        "--crop-size": ref.crop_size, "--task": ref.task,
+        "image": image, "image file": {image: file_stamp(image)},
+        "image as read": f"{source.height}x{source.width}",
+        "--level": options.level, "--downsample": options.downsample, "--mpp": options.mpp,
+        "--bands": options.bands, "--reduce": options.reduce, "--classes": options.classes,
+        "--crops": options.crops, "--skip-background": options.skip_background,
+        "--max-nodata": options.max_nodata, "--nodata": options.nodata, "--device": options.device,
+        "tile plan": f"{len(plan.tiles)} tiles of up to {plan.tile_hw[0]}x{plan.tile_hw[1]} pixels, "
+                     f"{plan.cells_hw[0]}x{plan.cells_hw[1]} cells",
+        "map": f"{np.dtype(dtype)} {tuple(shape)}",
+    }
 
 
 def image_tile(grid, image_hw: tuple[int, int], budget: int | None) -> int | None:

@@ -288,35 +288,9 @@ def _compute(args, grid, source, plan, tile, out, transform, on_tile, blank_cell
 
 
 def _job(args: argparse.Namespace, model, grid, source, plan, shape, dtype) -> dict:
-    """What a --resume run computes, stored in its partial map (`tiling.PartialMap`) and
-    compared on the next: everything that changes the map's values or layout. The model
-    and image by path and by each file's `files.file_stamp` (a recompile, a
-    retrained weights file, a replaced image is another job), the options that change
-    what is read or kept, the tile plan, the map's shape and type, and graphconv's
-    version (its kernels' rounding)."""
-    from graphconv import __version__
-
-    options = _map_options(args, grid)
-    from graphconv.files import MODEL_SPEC, file_stamp
-
-    model_files = [*model.graph.meta.get("read_from", ())] or [str(Path(args.model).resolve())]
-    model_files += [str(Path(p) / MODEL_SPEC) for p in model_files if (Path(p) / MODEL_SPEC).is_file()]
-    ref = _model_ref(args)
-    return {
-        "graphconv": __version__,
-        "model": ref.path, "model files": {str(p): file_stamp(p) for p in model_files},
-        "--crop-size": ref.crop_size, "--task": ref.task,
-        "image": str(Path(args.image).resolve()), "image file": {str(Path(args.image).resolve()):
-                                                                   file_stamp(args.image)},
-        "image as read": f"{source.height}x{source.width}",
-        "--level": options.level, "--downsample": options.downsample, "--mpp": options.mpp,
-        "--bands": options.bands, "--reduce": options.reduce, "--classes": options.classes,
-        "--crops": options.crops, "--skip-background": options.skip_background,
-        "--max-nodata": options.max_nodata, "--nodata": options.nodata, "--device": options.device,
-        "tile plan": f"{len(plan.tiles)} tiles of up to {plan.tile_hw[0]}x{plan.tile_hw[1]} pixels, "
-                     f"{plan.cells_hw[0]}x{plan.cells_hw[1]} cells",
-        "map": f"{np.dtype(dtype)} {tuple(shape)}",
-    }
+    """What this --resume run computes (`cluster.resume_job`)."""
+    from graphconv.cluster import resume_job
+    return resume_job(_model_ref(args), model, args.image, source, _map_options(args, grid), plan, shape, dtype)
 
 
 def _advance_if_computed(advance, tile, blank_tiles: frozenset) -> None:
@@ -534,7 +508,7 @@ def _map_options(args: argparse.Namespace, grid):
                       skip_background=args.skip_background, bands=tuple(args.bands) if args.bands else None,
                       downsample=args.downsample, mpp=args.mpp, traceback=getattr(args, "traceback", False),
                       max_nodata=getattr(args, "max_nodata", DEFAULT_MAX_NODATA), nodata=getattr(args, "nodata", None),
-                      memory_limit=_budget_per_process(args))
+                      memory_limit=_budget_per_process(args), resume=getattr(args, "resume", False))
 
 
 def _budget_per_process(args: argparse.Namespace) -> int | None:
@@ -579,7 +553,7 @@ def run_images_command(args: argparse.Namespace) -> int:
     options = _map_options(args, grid)  # a bad model is one error here, not one per image
     check_heatmap_has_a_map(args, model)  # the more telling error for a classifier as written
     _check_the_network_takes_the_images(args, model, images, options)
-    if args.skip_existing:
+    if args.skip_existing or args.resume:
         images = _images_not_done(args, ref, model, images, base, options)
         if not images:
             print(f"every image has its map in {args.output_dir} already (--skip-existing): nothing to do")
@@ -589,7 +563,7 @@ def run_images_command(args: argparse.Namespace) -> int:
     replaceable = _npy_maps_there(args, images, base)
     start = time.perf_counter()
     finished = []
-    with _output_dir_made(args.output_dir) as created, _say_how_to_go_on(args, finished, len(images)):
+    with _output_dir_made(args.output_dir) as created, _say_how_to_go_on(args, finished, images, base):
         with _progress(args, len(images), "images", None) as advance:
             def progress(result):
                 finished.extend([result] if not result.error else [])
@@ -617,6 +591,7 @@ def run_images_command(args: argparse.Namespace) -> int:
              "upright picture's)")
     _note_npy_maps_replaced(args, results, replaceable)
     _note_tiled_for_memory(args, [result for result in results if result.memory_tile])
+    _note_resumed([result.resumed for result in results if result.resumed])
     for result in failed:
         named = result.error.startswith(_as_messages_name(result.image))  # the error names the image itself
         print(f"graphconv: {result.error if named else f'{result.image}: {result.error}'}", file=sys.stderr)
@@ -639,6 +614,15 @@ def _note_tiled_for_memory(args: argparse.Namespace, results: list) -> None:
     over = f"the {format_size(budget)} memory budget" if budget is not None else "their worker's memory budget"
     note(f"note: {len(results)} image(s) would need more than {over} whole: evaluated in exact tiles of up to "
          f"{largest}x{largest} pixels (--tile sets the size; --memory-limit the budget)")
+
+
+def _note_resumed(resumed: list[tuple[int, int]]) -> None:
+    """--images --resume: one note for the maps that went on from an earlier run's tiles."""
+    from graphconv.cli import note
+
+    if resumed:
+        note(f"note: --resume: {len(resumed)} map(s) went on from the tiles an earlier run had done "
+             f"({sum(done for done, _ in resumed)} of {sum(total for _, total in resumed)} tiles)")
 
 
 def _note_batch_conversions(results: list) -> None:
@@ -718,20 +702,37 @@ def _layer_op(graph, name: str | None) -> str | None:
 
 
 @contextmanager
-def _say_how_to_go_on(args: argparse.Namespace, finished: list, total: int) -> Iterator[None]:
-    """A batch stopped (Ctrl-C, SIGTERM) keeps the maps it finished: the command's
-    "interrupted" line (`cli._what_is_left`, through `args.stopped_batch`) says how many,
-    and that --skip-existing goes on from there; nothing where none was finished (it said
-    "0 of 3 map(s) ... are kept in DIR" of a DIR `_output_dir_made` then removed)."""
+def _say_how_to_go_on(args: argparse.Namespace, finished: list, images: list[str], base: str) -> Iterator[None]:
+    """A batch stopped (Ctrl-C, SIGTERM) keeps the maps it finished, and with --resume the
+    tiles done of those it was computing in tiles: the command's "interrupted" line
+    (`cli._what_is_left`, through `args.stopped_batch`) says how many, and how the same
+    command goes on; nothing where nothing is kept (it said "0 of 3 map(s) ... are kept
+    in DIR" of a DIR `_output_dir_made` then removed)."""
     try:
         yield
     except BaseException:
-        if not finished:
+        partial = _partial_maps(args, images, base) if args.resume else []
+        if not (finished or partial):
             raise
-        again = "the same command" if args.skip_existing else "the same command with --skip-existing"
-        args.stopped_batch = (f"{len(finished)} of {total} map(s) were finished and are kept in {args.output_dir}; "
-                              f"{again} continues the batch")
+        kept = f"{len(finished)} of {len(images)} map(s) were finished and are kept in {args.output_dir}"
+        if partial:
+            args.stopped_batch = (f"{kept}, and the tiles done of {len(partial)} more in {partial[0]}"
+                                  f"{' and others' if len(partial) > 1 else ''}; the same command goes on from them")
+        else:
+            again = "the same command" if args.skip_existing or args.resume else \
+                "the same command with --skip-existing"
+            args.stopped_batch = f"what it was writing is removed; {kept}; {again} continues the batch"
         raise
+
+
+def _partial_maps(args: argparse.Namespace, images: list[str], base: str) -> list[str]:
+    """The partial maps (`tiling.PartialMap`) of this batch's images in --output-dir, as
+    shown to the user."""
+    from graphconv.cluster import output_names
+    from graphconv.tiling import PartialMap
+
+    maps = [PartialMap(output) for output in output_names(images, args.output_dir, args.output_format, base)]
+    return [partial.shown for partial in maps if partial.exists()]
 
 
 @contextmanager
@@ -904,7 +905,7 @@ def _images_not_done(args: argparse.Namespace, ref, model, images: list[str], ba
     if len(todo) < len(images):
         from graphconv.cli import note
         note(f"note: {len(images) - len(todo)} of {len(images)} image(s) have their map in {args.output_dir} "
-             "already: left out (--skip-existing)")
+             f"already: left out ({'--skip-existing' if args.skip_existing else '--resume'})")
     return todo
 
 

@@ -1551,6 +1551,48 @@ def test_resume_after_ctrl_c_computes_only_the_tiles_not_done_and_equals_a_strai
         assert dict(zarr.open_array(str(out)).attrs) == dict(zarr.open_array(str(straight)).attrs)
 
 
+@pytest.mark.parametrize("output_format", ["npy", "tif"])
+def test_images_resume_goes_on_from_the_tiles_done_of_the_map_in_progress(model_dir, big_page, tmp_path, monkeypatch,
+                                                                         capsys, output_format):
+    """An --images batch of slides stopped mid-slide lost that slide's tiles: the same
+    command with --skip-existing computed it from the start. With --resume, each map
+    computed in tiles is written as `run --image --resume` writes one (a partial map
+    beside it), finished maps are left out, and the map in progress goes on from its
+    tiles done; the maps equal a straight run's bit for bit."""
+    from graphconv.cli import main
+
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    shutil.copy(big_page, folder / "a.png")
+    Image.fromarray((np.random.default_rng(9).random((300, 340)) * 255).astype(np.uint8)).save(folder / "b.png")
+    run = ["run", str(model_dir), "--images", str(folder), "--tile", "100", "--output-format", output_format]
+    assert main([*run, "--output-dir", str(tmp_path / "straight")]) == 0
+    out = tmp_path / "maps"
+    _stop_after(monkeypatch, 27)  # a's 20 tiles, 7 of b's
+    capsys.readouterr()
+    assert main([*run, "--output-dir", str(out), "--resume"]) == 130
+    err = capsys.readouterr().err
+    partial = f"{out}/b.{output_format}.partial"
+    assert (f"graphconv: interrupted (1 of 2 map(s) were finished and are kept in {out}, and the tiles done of 1 "
+            f"more in {partial}; the same command goes on from them)") in err, err
+    assert len(Path(partial, "tiles-done.txt").read_text().splitlines()) == 7
+    monkeypatch.undo()
+    written = _stop_after(monkeypatch, 10 ** 6)  # counts the tiles written
+    capsys.readouterr()
+    assert main([*run, "--output-dir", str(out), "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "1 of 2 image(s) have their map in" in err and "left out (--resume)" in err
+    assert "note: --resume: 1 map(s) went on from the tiles an earlier run had done (7 of 20 tiles)" in err, err
+    assert len(written) == 13
+    assert sorted(p.name for p in out.iterdir()) == [f"a.{output_format}", f"b.{output_format}"]
+    for name in ("a", "b"):
+        np.testing.assert_array_equal(_read_any_map(out / f"{name}.{output_format}"),
+                                      _read_any_map(tmp_path / "straight" / f"{name}.{output_format}"))
+    if output_format == "tif":
+        with tifffile.TiffFile(out / "b.tif") as done, tifffile.TiffFile(tmp_path / "straight" / "b.tif") as straight:
+            assert done.pages[0].description == straight.pages[0].description
+
+
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM", "SIGKILL"])
 def test_resume_after_a_real_signal_equals_a_straight_run(model_dir, big_page, tmp_path, signal_name):
     """The command stopped by a signal while it writes (Ctrl-C, a scheduler's SIGTERM,
@@ -1725,14 +1767,12 @@ def test_without_resume_a_stopped_run_leaves_nothing_and_a_partial_map_is_kept_u
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--images", "x/*.png", "--output-dir", "maps"], "--skip-existing"),
+    (["--input", "in.npy", "--output", "map.npy"], "give --image and --output (or an --images batch)"),
     (["--image", "IMG"], "give --output MAP.zarr, MAP.npy or MAP.tif"),
     (["--image", "IMG", "--output", "map.png"], "give --output MAP.zarr, MAP.npy or MAP.tif"),
 ])
-def test_resume_needs_one_image_and_a_map_file(model_dir, picture, tmp_path, args, message):
+def test_resume_needs_an_image_and_a_map_file(model_dir, picture, tmp_path, args, message):
     args = [str(picture / "page.png") if a == "IMG" else a for a in args]
-    if "--image" not in args:
-        args[-3:] = [args[-3], "--output-dir", str(tmp_path / "maps")]
     result = graphconv("run", model_dir, *args, "--resume", cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
 
