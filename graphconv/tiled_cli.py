@@ -551,6 +551,9 @@ def run_images_command(args: argparse.Namespace) -> int:
     note_pixels_as_they_are(args, model)
     grid = grid_for(args, model)
     options = _map_options(args, grid)  # a bad model is one error here, not one per image
+    if args.tile:
+        from graphconv.tiling import check_tile_holds_a_cell
+        check_tile_holds_a_cell(grid, args.tile)  # and a --tile too small for it
     check_heatmap_has_a_map(args, model)  # the more telling error for a classifier as written
     _check_the_network_takes_the_images(args, model, images, options)
     if args.skip_existing or args.resume:

@@ -265,18 +265,27 @@ def min_tile(model) -> tuple[int, int]:
     return as_grid(model).smallest_tile()
 
 
-def plan_tiles(model, image_hw: tuple[int, int], tile: int | Sequence[int]) -> TilePlan:
-    """Tiles of at most `tile` input pixels per axis covering `model.run`'s map of an
-    image of `image_hw` (the crop grid; see Model.map_size). `model` may be a grid."""
+def check_tile_holds_a_cell(model, tile: int | Sequence[int]) -> tuple[int, int]:
+    """`tile` as (h, w), refused where it is smaller than `min_tile` (whatever the image):
+    an --images batch checks its --tile once, not once an image."""
     grid = as_grid(model)
     tile_hw = checked_tile(tile)
     smallest = grid.smallest_tile()
-    field, align = grid.field, grid.align
     if tile_hw[0] < smallest[0] or tile_hw[1] < smallest[1]:
+        field, align = grid.field, grid.align
         raise GraphconvError(f"--tile (tile=) {tile_hw[0]}x{tile_hw[1]} is too small for this network: each "
                              f"tile needs one {field.size[0]}x{field.size[1]} receptive field plus "
                              f"its alignment to {align[0]}x{align[1]} px; the smallest tile that works "
                              f"is {max(smallest)} (or {smallest[0]}x{smallest[1]})")
+    return tile_hw
+
+
+def plan_tiles(model, image_hw: tuple[int, int], tile: int | Sequence[int]) -> TilePlan:
+    """Tiles of at most `tile` input pixels per axis covering `model.run`'s map of an
+    image of `image_hw` (the crop grid; see Model.map_size). `model` may be a grid."""
+    grid = as_grid(model)
+    tile_hw = check_tile_holds_a_cell(grid, tile)
+    field, align = grid.field, grid.align
     map_hw = grid.map_hw(image_hw)
     cells = tuple(_cells_per_tile(tile_hw[a] - grid.box_multiple[a] + 1, field, align, a, grid.stitch)
                   for a in (0, 1))

@@ -340,6 +340,20 @@ def test_cli_tiles_automatically_when_the_whole_image_is_over_the_budget(picture
     np.testing.assert_allclose(np.load(tmp_path / "auto.npy"), whole, rtol=1e-4, atol=1e-6)
 
 
+def test_images_with_a_tile_too_small_for_the_network_is_one_error(model_dir, picture, tmp_path):
+    """The tile's size is the network's matter, not an image's: a batch of 1000 slides
+    said the same error 1000 times, each after opening its slide."""
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        shutil.copy(picture / "page.png", folder / name)
+    result = graphconv_in_process("run", model_dir, "--images", folder, "--output-dir", tmp_path / "maps",
+                                  "--tile", "8")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("graphconv: --tile (tile=) 8x8 is too small for this network")
+    assert not (tmp_path / "maps").exists()
+
+
 def test_images_over_the_memory_budget_are_mapped_in_exact_tiles(model_dir, tmp_path):
     """A single --image over the memory budget is run in tiles; in an --images batch the
     same image was refused, its whole-image run over the budget (a folder of slides
