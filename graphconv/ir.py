@@ -454,10 +454,9 @@ class Graph:
             indices = sorted(i for _, _, i in self.nx.in_edges(node.name, data="index"))
             if indices != list(range(len(indices))):
                 raise node.error(f"argument positions {indices} are not 0..{len(indices) - 1}")
-            low, high = opdef.arity
-            if len(indices) < low or (high is not None and len(indices) > high):
-                expected = f"{low}" if low == high else f"at least {low}"
-                raise node.error(f"{node.op} takes {expected} input(s), has {len(indices)}")
+            problem = opdef.arity_problem(len(indices))
+            if problem:
+                raise node.error(problem)
             unknown = set(node.params) - {p.name for p in opdef.params}
             if unknown:
                 raise node.error(f"unknown parameter(s) {sorted(unknown)} for op {node.op}")

@@ -5,6 +5,7 @@ the same network, and bad files are one clean line."""
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +163,125 @@ def test_gemm_alpha_beta_and_transb_0_and_matmul_add(tmp_path, rng):
     expected = ((0.5 * x.reshape(2, -1) @ w + 2.0 * b) @ w2 + b2)
     out = Model(load_network(path)).run(x)
     np.testing.assert_allclose(out.reshape(expected.shape), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_gemm_with_a_1_by_k_bias_matches_onnxruntime(tmp_path, rng):
+    """C of shape (1, K) broadcasts onto (N, K) as ONNX allows; it was refused as a
+    malformed node (numpy's broadcast_to cannot drop the leading 1)."""
+    w = rng.standard_normal((5, 3 * 8 * 8)).astype(np.float32)
+    b = rng.standard_normal((1, 5)).astype(np.float32)
+    nodes = [onnx.helper.make_node("Flatten", ["x"], ["f"]),
+             onnx.helper.make_node("Gemm", ["f", "w", "b"], ["y"], transB=1, beta=0.5)]
+    path = onnx_file(tmp_path / "gemm.onnx", nodes, {"w": w, "b": b}, input_shape=(1, 3, 8, 8))
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(Model(load_network(path)).run(x).reshape(2, 5), onnxruntime_scores(path, x),
+                               **TOLERANCE)
+
+
+def test_sum_of_one_input_is_that_input(tmp_path, rng):
+    """Sum(a) imported as an add of one input: a spec graphconv's own loader refused, and
+    a traceback when run from the .onnx."""
+    nodes = [onnx.helper.make_node("Relu", ["x"], ["a"]), onnx.helper.make_node("Sum", ["a"], ["s"]),
+             onnx.helper.make_node("Sigmoid", ["s"], ["y"])]
+    path = onnx_file(tmp_path / "sum.onnx", nodes, {}, input_shape=(1, 3, 6, 6))
+    graph = load_network(path, task="segmentation")
+    assert [n.op for n in graph.layers()] == ["relu", "sigmoid"]
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(Model(graph).run(x), onnxruntime_scores(path, x), **TOLERANCE)
+
+
+def test_slice_before_op_set_10_reads_its_attributes(tmp_path, rng):
+    """Before op set 10, Slice's starts, ends and axes are attributes (PyTorch's x[:, 1:3]
+    exported at op set 9): it was refused as malformed."""
+    nodes = [onnx.helper.make_node("Slice", ["x"], ["y"], starts=[1], ends=[3], axes=[1])]
+    path = onnx_file(tmp_path / "slice.onnx", nodes, {}, opset=9, input_shape=(1, 4, 6, 6))
+    graph = load_network(path, task="segmentation")
+    x = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
+    np.testing.assert_array_equal(Model(graph).run(x), onnxruntime_scores(path, x))
+
+
+def test_prelu_slopes_follow_onnx_broadcasting(tmp_path, rng):
+    """ONNX broadcasts a (C,) slope on an (N, C, H, W) map along its last axis, one slope
+    per column: graphconv took it as one per channel whenever C == W, silently other
+    scores. Per channel is (C, 1, 1) on a map (PyTorch's nn.PReLU(C)), (C,) on features."""
+    slope = rng.standard_normal(6).astype(np.float32)
+    per_column = onnx_file(tmp_path / "columns.onnx", [onnx.helper.make_node("PRelu", ["x", "s"], ["y"], name="p")],
+                           {"s": slope}, input_shape=(1, 6, 6, 6))
+    with pytest.raises(GraphconvError, match=r"node 'p': PRelu slope of shape \[6\] on a 6-channel value"):
+        load_network(per_column, task="segmentation")
+    per_channel = onnx_file(tmp_path / "channels.onnx", [onnx.helper.make_node("PRelu", ["x", "s"], ["y"])],
+                            {"s": slope.reshape(6, 1, 1)}, input_shape=(1, 6, 6, 6))
+    x = rng.standard_normal((2, 6, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(Model(load_network(per_channel, task="segmentation")).run(x),
+                               onnxruntime_scores(per_channel, x), **TOLERANCE)
+
+
+def test_an_op_graphconv_has_no_converter_for_is_folded_when_its_inputs_are_constants(tmp_path, rng):
+    """A weight-only quantized model dequantizes its int8 conv weights in the graph: every
+    input of DequantizeLinear is a constant, yet it was refused as an unsupported op."""
+    helper = onnx.helper
+    quantized = rng.integers(-127, 128, (4, 3, 3, 3)).astype(np.int8)
+    inits = {"wq": quantized, "scale": np.float32(0.02), "zero": np.int8(3)}
+    nodes = [helper.make_node("DequantizeLinear", ["wq", "scale", "zero"], ["w"]),
+             helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])]
+    path = onnx_file(tmp_path / "quantized.onnx", nodes, inits, opset=19, input_shape=(1, 3, 8, 8))
+    graph = load_network(path, task="segmentation")
+    assert [n.op for n in graph.layers()] == ["conv"]
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(Model(graph).run(x), onnxruntime_scores(path, x), **TOLERANCE)
+
+
+class _GatedConv(torch.nn.Module):
+    """A conv whose map a squeeze-and-excitation gate scales, the gate made a map in one
+    of the ways PyTorch code writes it."""
+    crop = 9
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how, self.conv = how, torch.nn.Conv2d(3, 4, 3)
+        self.squeeze, self.excite = torch.nn.Linear(4, 2), torch.nn.Linear(2, 4)
+
+    def forward(self, x):
+        c = self.conv(x)
+        y = torch.sigmoid(self.excite(torch.relu(self.squeeze(c.mean((2, 3))))))
+        if self.how == "none-none":
+            return c * y[:, :, None, None]
+        if self.how == "unsqueeze-last":
+            return c * y.unsqueeze(-1).unsqueeze(-1)
+        return c * y.view(y.shape[0], y.shape[1], 1, 1).expand_as(c)  # SENet's own code
+
+
+@pytest.mark.parametrize("how", ["none-none", "unsqueeze-last", "expand-as"])
+def test_squeeze_and_excitation_gates_made_maps_every_way_match_onnxruntime(tmp_path, rng, how):
+    """The exporter writes y[:, :, None, None] and unsqueeze(-1) twice as two one-axis
+    Unsqueezes, and SENet's expand_as as an Expand to the map's size: all were refused
+    (only y.view(b, c, 1, 1) imported)."""
+    torch.manual_seed(0)
+    path = tmp_path / f"{how}.onnx"
+    onnx_zoo.export(_GatedConv(how).eval(), path)
+    graph = load_network(path, task="segmentation")
+    assert "mul" in [n.op for n in graph.layers()]
+    x = rng.standard_normal((2, 3, 9, 9)).astype(np.float32)
+    np.testing.assert_allclose(Model(graph).run(x), onnxruntime_scores(path, x), **TOLERANCE)
+
+
+@pytest.mark.parametrize("opset", [11, 12])
+@pytest.mark.parametrize("last", [torch.nn.Softmax(dim=1), torch.nn.LogSoftmax(dim=1)], ids=["softmax", "log"])
+def test_a_softmax_over_channels_exported_before_op_set_13_matches_onnxruntime(tmp_path, rng, opset, last):
+    """Before op set 13 the exporter writes softmax(x, dim=1) on a map as Transpose
+    [0, 3, 2, 1], a Softmax over the last axis and the Transpose back: it was refused at
+    the first Transpose."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), last).eval()
+    path = tmp_path / "softmax.onnx"
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation
+        torch.onnx.export(net, (torch.randn(1, 3, 9, 9),), str(path), opset_version=opset, dynamo=False,
+                          input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    assert "Transpose" in [n.op_type for n in onnx.load(str(path)).graph.node]
+    graph = load_network(path, task="segmentation")
+    x = rng.standard_normal((2, 3, 9, 9)).astype(np.float32)
+    np.testing.assert_allclose(Model(graph).run(x), onnxruntime_scores(path, x), **TOLERANCE)
 
 
 @pytest.mark.parametrize("op, inputs", [("Sum", ["a", "a", "b"]), ("Add", ["a", "a"]), ("Mul", ["a", "a"]),
@@ -980,6 +1100,11 @@ RESIZE_FORMS = {
                  ["roi", "scales"], {"roi": [], "scales": [1, 1, 2, 2]}),  # op set 11: roi required
     "bilinear-default": (18, "Resize", dict(mode="linear"), ["", "scales"], {"scales": [1, 1, 4, 3]}),
     "resize-opset10": (10, "Resize", dict(mode="nearest"), ["scales"], {"scales": [1, 1, 2, 2]}),
+    "nearest-half-pixel-round-ceil": (13, "Resize", dict(mode="nearest", coordinate_transformation_mode="half_pixel",
+                                                         nearest_mode="round_prefer_ceil"), ["", "scales"],
+                                      {"scales": [1, 1, 4, 3]}),
+    "nearest-axes": (18, "Resize", dict(mode="nearest", axes=[2, 3]), ["", "scales"], {"scales": [2, 3]}),
+    "linear-negative-axes": (19, "Resize", dict(mode="linear", axes=[-1, -2]), ["", "scales"], {"scales": [3, 2]}),
     "upsample-opset9": (9, "Upsample", dict(mode="nearest"), ["scales"], {"scales": [1, 1, 2, 3]}),
     "upsample-opset7": (7, "Upsample", dict(mode="nearest", scales=[1.0, 1.0, 3.0, 2.0]), [], {}),
 }
@@ -1006,10 +1131,16 @@ def test_resize_and_upsample_in_every_form_match_onnxruntime(tmp_path, form, rng
     ("channels", r"Resize with scales \[1.0, 2.0, 2.0, 2.0\]: graphconv enlarges rows and columns only"),
     ("round-asymmetric", r"nearest Resize with coordinate_transformation_mode 'asymmetric' and nearest_mode "
                          r"'round_prefer_floor'"),
+    # half-pixel coordinates floored or ceiled pick other cells than a repeat: rows a, a, a, b for x2 with floor
+    ("floor-half-pixel", r"nearest Resize with coordinate_transformation_mode 'half_pixel' and nearest_mode 'floor'"),
+    ("ceil-pytorch-half-pixel", r"nearest Resize with coordinate_transformation_mode 'pytorch_half_pixel' and "
+                                r"nearest_mode 'ceil'"),
 ])
 def test_resizes_that_cannot_slide_are_refused_naming_the_node(tmp_path, case, message):
     attrs = {"align-corners": dict(mode="linear", coordinate_transformation_mode="align_corners"),
-             "cubic": dict(mode="cubic"), "round-asymmetric": dict(coordinate_transformation_mode="asymmetric")
+             "cubic": dict(mode="cubic"), "round-asymmetric": dict(coordinate_transformation_mode="asymmetric"),
+             "floor-half-pixel": dict(coordinate_transformation_mode="half_pixel", nearest_mode="floor"),
+             "ceil-pytorch-half-pixel": dict(coordinate_transformation_mode="pytorch_half_pixel", nearest_mode="ceil"),
              }.get(case, dict(mode="nearest"))
     scales = {"fraction": [1, 1, 1.5, 2], "channels": [1, 2, 2, 2]}.get(case, [1, 1, 2, 2])
     nodes = [onnx.helper.make_node("Resize", ["x", "", "scales"], ["y"], name="up", **attrs)]

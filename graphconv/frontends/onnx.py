@@ -191,8 +191,8 @@ def _load_external_data(model, path: Path) -> set[Path]:
 
 # ---- the conversion -------------------------------------------------------------------------------
 
-NCHW, NHWC, GROUPED, FLAT, GROUP_RUNS, PATCHES, RADIX, SQUEEZED, CNHW = (
-    "NCHW", "NHWC", "grouped", "flat", "group runs", "patches", "radix", "squeezed", "CNHW")
+NCHW, NHWC, GROUPED, FLAT, GROUP_RUNS, PATCHES, RADIX, SQUEEZED, CNHW, NWHC = (
+    "NCHW", "NHWC", "grouped", "flat", "group runs", "patches", "radix", "squeezed", "CNHW", "NWHC")
 # a patch view's Transposes that space_to_depth follows, and the channel order each gives
 PATCH_ORDERS = {(0, 3, 5, 1, 2, 4): "blocks", (0, 1, 3, 5, 2, 4): "channels"}
 ANY_LAYOUT = (NCHW, NHWC)
@@ -209,7 +209,9 @@ class Tensor:
     as (N, C, 1), a 1x1 map with one of its axes squeezed or gathered away (SQUEEZED:
     x.squeeze(-1).squeeze(-1), x[:, :, 0, 0]), which the second such node flattens, or
     with its batch and channel axes swapped (CNHW: the dynamo exporter's x[:, [2, 1, 0]]
-    is a Transpose, a GatherND of channels and the Transpose back).
+    is a Transpose, a GatherND of channels and the Transpose back), or with its channel
+    and width axes swapped (NWHC: softmax(x, dim=1) exported before op set 13 is a
+    Transpose [0, 3, 2, 1], a Softmax over the last axis and the Transpose back).
     Those views move no data: they change only how the next ONNX op's axes map onto
     graphconv's channels."""
 
@@ -261,7 +263,7 @@ class _Importer:
                 raise self.error(f"op {node.domain}.{node.op_type} is from a custom domain; "
                                  f"graphconv reads the standard ONNX ops")
             converter = CONVERTERS.get(node.op_type)
-            if converter is None:
+            if converter is None and not self._all_constant(node):  # on constants alone, any op is folded
                 raise self.error(unsupported(node.op_type))
             try:
                 if converter is not _constant and self._all_constant(node):
@@ -457,6 +459,9 @@ class _Importer:
         """Add one graphconv layer for ONNX `node`, bind its `output` (by default its
         first), return it. The value keeps the first input's rank (unless given) and layout."""
         opdef = get_op(op)
+        problem = opdef.arity_problem(len(inputs))
+        if problem:  # a converter's own slip, reported as one line rather than a spec its loader refuses
+            raise self.error(problem)
         try:
             params = normalize_params(opdef, params or {})
             shape = opdef.shape(params, [t.shape for t in inputs])
@@ -1014,6 +1019,8 @@ _VIEWS = {  # what a view is called, and the ONNX ops that read it (NCHW: the ma
                            "exporter writes it)"),
     SQUEEZED: ("(N, C, 1) (a 1x1 map with one axis squeezed)", "a Squeeze or Gather of its last axis, and "
                                                                "Flatten, which make it (N, C) features"),
+    NWHC: ("(N, W, H, C)", "a Softmax or LogSoftmax over its last axis, and the Transpose back (softmax over "
+                           "dim=1 as op sets before 13 write it)"),
 }
 
 
@@ -1202,8 +1209,8 @@ def _resize(imp: _Importer, node) -> None:
     """A whole-number enlargement of the rows and columns: an `upsample` layer. The
     scales come from the `scales` input (or attribute, Upsample before op set 9), or
     from constant `sizes` that are whole multiples of the map's. Nearest modes that pick
-    cell p // factor (asymmetric with floor, as PyTorch's "nearest" writes it, or any
-    half-pixel rounding) and linear with half-pixel coordinates (align_corners=False)
+    cell p // factor (asymmetric with floor, as PyTorch's "nearest" writes it, or half-pixel
+    with a round_prefer_* rounding: half-pixel with floor or ceil picks other cells) and linear with half-pixel coordinates (align_corners=False)
     are what slides; the rest are refused, naming the node."""
     x = imp.tensor(node.input[0])
     if x.rank != 4:
@@ -1216,11 +1223,15 @@ def _resize(imp: _Importer, node) -> None:
     if mode == "nearest":  # before op set 11 ONNX had no nearest_mode; onnxruntime floors
         old = node.op_type == "Upsample" or imp.opset < 11
         rounding = attrs.get("nearest_mode", "floor" if old else "round_prefer_floor")
-        floors = coordinates in ("half_pixel", "pytorch_half_pixel") or rounding == "floor"
-        if coordinates not in ("asymmetric", "half_pixel", "pytorch_half_pixel") or not floors:
+        # output p samples input (p + 0.5) / f - 0.5 (half-pixel), whose distance from p // f
+        # is under 0.5 for a whole f, or p / f (asymmetric), p // f only when floored
+        repeats = ((coordinates in ("half_pixel", "pytorch_half_pixel") and rounding.startswith("round_prefer"))
+                   or (coordinates == "asymmetric" and rounding == "floor"))
+        if not repeats:
             raise imp.error(f"nearest {node.op_type} with coordinate_transformation_mode {shown(coordinates)} "
                             f"and nearest_mode {shown(rounding)}: graphconv repeats each cell (PyTorch's "
-                            "'nearest': asymmetric with floor, or half_pixel)")
+                            "'nearest': asymmetric with floor, or half_pixel with round_prefer_floor or "
+                            "round_prefer_ceil)")
     elif mode == "linear":
         if coordinates not in ("half_pixel", "pytorch_half_pixel") or node.op_type == "Upsample":
             raise imp.error(f"linear {node.op_type} with coordinate_transformation_mode {shown(coordinates)}: "
@@ -1250,7 +1261,15 @@ def _resize_factor(imp: _Importer, node, x: Tensor, attrs: dict) -> tuple[int, i
                 raise imp.error("Resize without 4 constant scales or sizes; graphconv resizes (N, C, H, W) maps "
                                 "by fixed factors")
             scales = np.array([1.0, *(sizes[1:] / np.array(x.shape))])
-    if attrs.get("axes") is not None or scales.size != 4 or scales[1] != 1.0 or scales[0] != 1.0:
+    axes = attrs.get("axes")
+    if axes is not None:  # op set 18: scales or sizes of these axes alone
+        axes = [int(a) % 4 for a in axes]
+        if len(axes) != scales.size or len(set(axes)) != len(axes):
+            raise imp.error(f"{node.op_type} with axes {list(attrs['axes'])} and {scales.size} scales or sizes")
+        full = np.ones(4)
+        full[axes] = scales
+        scales = full
+    if scales.size != 4 or scales[1] != 1.0 or scales[0] != 1.0:
         raise imp.error(f"{node.op_type} with scales {scales.tolist()}: graphconv enlarges rows and columns "
                         "only (scales [1, 1, fy, fx])")
     factor = tuple(int(s) for s in scales[2:])
@@ -1330,7 +1349,9 @@ def _expand(imp: _Importer, node) -> None:
     """A feature map expanded to a shape it broadcasts to anyway. F.normalize(x, dim=1)
     expands its 1 x H x W norm to x's shape before its Div, and graphconv's div takes
     one value per position as it is; so the map goes on unexpanded, and its reader's
-    shape rule says whether it takes it (div does; mul takes one value per channel)."""
+    shape rule says whether it takes it (div does; mul takes one value per channel). A
+    (C, 1, 1) gate expanded to the map's height and width for a Mul (SENet's
+    `x * y.expand_as(x)`) goes on unexpanded too: mul takes one value per channel."""
     x = imp.tensor(node.input[0])
     target = imp.values.get(node.input[1])
     if not isinstance(target, np.ndarray):
@@ -1341,7 +1362,9 @@ def _expand(imp: _Importer, node) -> None:
     except ValueError:
         raise imp.error(f"Expand of a {'x'.join(map(str, have))} map to {[int(v) for v in target.ravel()]}, "
                         "a shape it does not broadcast to") from None
-    if len(shape) != len(have) or shape[0] != 1 or shape[2:] != have[2:]:
+    readers = {n.op_type for n in imp.nodes if node.output[0] in n.input}
+    gate = x.rank == 4 and have[2:] == (1, 1) and readers == {"Mul"} and shape[1] == have[1]
+    if len(shape) != len(have) or shape[0] != 1 or (shape[2:] != have[2:] and not gate):
         raise imp.error(f"Expand of a {'x'.join(map(str, have))} map to {list(shape)}; graphconv expands a map "
                         "only across its channels (one value per position, as F.normalize's norm)")
     imp.alias(node, x)
@@ -1393,12 +1416,11 @@ def _prelu(imp: _Importer, node) -> None:
     x = imp.tensor(node.input[0], ANY_LAYOUT)
     slope = np.asarray(imp.constant(node.input[1], "slope"), np.float32)
     channels = x.shape[0]
-    if slope.size == 1:
-        slope = np.full(channels, slope.ravel()[0], np.float32)
-    elif slope.size != channels or max(slope.shape) != channels:
+    per_channel = _per_channel(slope, x)  # ONNX broadcasts from the last axis: (C,) on NCHW is per column
+    if per_channel is None:
         raise imp.error(f"PRelu slope of shape {list(slope.shape)} on a {channels}-channel value; graphconv "
-                        "takes one slope, or one per channel")
-    imp.add_layer(node, "prelu", [x], weights={"weight": slope.reshape(channels)})
+                        "takes one slope, or one per channel ((C, 1, 1) on a map)")
+    imp.add_layer(node, "prelu", [x], weights={"weight": per_channel.astype(np.float32)})
 
 
 @converts("Sigmoid")
@@ -1819,9 +1841,10 @@ def _gemm(imp: _Importer, node) -> None:
     c = imp.optional_constant(node, 2, "bias")
     bias = None
     if c is not None:
-        bias = np.broadcast_to(c.astype(np.float64) * float(attrs.get("beta", 1.0)), (weight.shape[0],))
-        if c.size not in (1, weight.shape[0]) or (c.ndim == 2 and c.shape[0] != 1):
+        if c.size not in (1, weight.shape[0]) or c.ndim > 2 or (c.ndim == 2 and c.shape[0] != 1):
             raise imp.error(f"Gemm bias of shape {list(c.shape)}; graphconv's fc adds one bias per output")
+        bias = np.broadcast_to(c.astype(np.float64).reshape(-1) * float(attrs.get("beta", 1.0)),
+                               (weight.shape[0],))
     _add_fc(imp, node, x, weight, bias)
 
 
@@ -1859,6 +1882,9 @@ def _add_fc(imp: _Importer, node, x: Tensor, weight: np.ndarray, bias: np.ndarra
 @converts("Add", "Sum")
 def _add(imp: _Importer, node) -> None:
     tensors, constants = _operands(imp, node)
+    if len(tensors) == 1 and not constants:  # Sum of one input: itself
+        imp.alias(node, tensors[0])
+        return
     if not constants:
         if len({(t.shape, t.layout) for t in tensors}) != 1:
             raise imp.error("Add of maps of different shapes "
@@ -2047,7 +2073,7 @@ def _transpose(imp: _Importer, node) -> None:
     """The permutations that only change how ONNX sees the channels: to and from
     channels-last, the swap of a grouped view's two group axes, and the patch axes of a
     space-to-depth's view (which its Reshape then makes a layer)."""
-    x = imp.tensor(node.input[0], (NCHW, NHWC, GROUPED, PATCHES, RADIX, CNHW))
+    x = imp.tensor(node.input[0], (NCHW, NHWC, GROUPED, PATCHES, RADIX, CNHW, NWHC))
     perm = [int(p) for p in imp.attributes(node).get("perm", [])]
     if x.layout == PATCHES and not x.perm and tuple(perm) in PATCH_ORDERS:
         imp.alias(node, replace(x, perm=tuple(perm)))
@@ -2061,6 +2087,8 @@ def _transpose(imp: _Importer, node) -> None:
         imp.alias(node, replace(x, layout=CNHW if x.layout == NCHW else NCHW))
     elif x.layout == GROUPED and perm == [0, 2, 1, 3, 4]:
         imp.alias(node, replace(x, swapped=not x.swapped))
+    elif x.layout in (NCHW, NWHC) and x.rank == 4 and perm == [0, 3, 2, 1]:
+        imp.alias(node, replace(x, layout=NWHC if x.layout == NCHW else NCHW))
     else:
         raise imp.error(f"Transpose {perm} of a feature map; graphconv follows only the ones between NCHW "
                         "and channels-last (NHWC), the channel shuffle's swap of its group axes, "
@@ -2227,9 +2255,14 @@ def _transpose_taps(weight: np.ndarray, block: int, pads: Sequence[int]) -> tupl
 def _slice(imp: _Importer, node) -> None:
     """A range of channels (ShuffleNet's chunk, written as two Slices)."""
     x = imp.tensor(node.input[0])
-    starts, ends = (imp.constant(node.input[i], what).ravel() for i, what in ((1, "starts"), (2, "ends")))
-    axes = imp.optional_constant(node, 3, "axes")
-    steps = imp.optional_constant(node, 4, "steps")
+    if imp.opset < 10:  # starts, ends and axes were attributes then, and there were no steps
+        attrs = imp.attributes(node)
+        starts, ends = np.asarray(attrs["starts"]), np.asarray(attrs["ends"])
+        axes, steps = (np.asarray(attrs["axes"]) if "axes" in attrs else None), None
+    else:
+        starts, ends = (imp.constant(node.input[i], what).ravel() for i, what in ((1, "starts"), (2, "ends")))
+        axes = imp.optional_constant(node, 3, "axes")
+        steps = imp.optional_constant(node, 4, "steps")
     axes = list(range(len(starts))) if axes is None else [int(a) % x.rank for a in axes.ravel()]
     if axes != [1] or (steps is not None and int(steps.ravel()[0]) != 1):
         raise imp.error(f"Slice along axes {axes}; graphconv slices channels only (axis 1, step 1)")
@@ -2274,12 +2307,21 @@ def _unsqueeze(imp: _Importer, node) -> None:
     """A map made (N, 1, C, H, W): one branch of SKNet's stack, a grouped view of one
     group, which a Concat along axis 1 joins to the others; or an fc's (N, K) made the
     (N, K, 1, 1) map graphconv holds anyway, as graphconv's export writes an fc layer.
+    The two axes may come one Unsqueeze at a time (y[:, :, None, None] and
+    y.unsqueeze(-1).unsqueeze(-1), as a squeeze-and-excitation gate is written): the
+    first leaves a SQUEEZED (N, K, 1) view, the second makes the map.
     (On constants, shape arithmetic, it is folded before this is called.)"""
-    x = imp.tensor(node.input[0])
+    x = imp.tensor(node.input[0], (NCHW, SQUEEZED))
     axes = imp.optional_constant(node, 1, "axes") if imp.opset >= 13 else imp.attributes(node).get("axes")
     axes = [] if axes is None else [int(a) for a in np.ravel(axes)]
     if x.rank == 2 and sorted(a % 4 for a in axes) == [2, 3]:  # graphconv's own export of an fc: (N, K, 1, 1)
         imp.alias(node, replace(x, rank=4))
+        return
+    if x.rank == 2 and [a % 3 for a in axes] == [2]:
+        imp.alias(node, replace(x, layout=SQUEEZED, rank=3))
+        return
+    if x.layout == SQUEEZED and x.shape[1:] == (1, 1) and [a % 4 for a in axes] == [3]:
+        imp.alias(node, replace(x, layout=NCHW, rank=4))
         return
     if x.rank != 4 or [a % 5 for a in axes] != [1]:
         raise imp.error(f"Unsqueeze of axes {axes} of a rank-{x.rank} feature map; graphconv follows only the "
@@ -2309,8 +2351,11 @@ def _concat(imp: _Importer, node) -> None:
 
 @converts("Softmax")
 def _softmax(imp: _Importer, node) -> None:
-    x = imp.tensor(node.input[0], (NCHW, RADIX, GROUPED))
+    x = imp.tensor(node.input[0], (NCHW, RADIX, GROUPED, NWHC))
     axis = imp.attributes(node).get("axis", 1 if imp.opset < 13 else -1)
+    if x.layout == NWHC:
+        _over_swapped_channels(imp, node, x, axis, "softmax")
+        return
     if x.layout == GROUPED:  # SKNet: across the stacked branches
         if x.swapped or axis % 5 != 1:
             raise imp.error(f"Softmax over axis {axis} of a grouped view; graphconv takes it across the groups")
@@ -2332,9 +2377,23 @@ def _softmax(imp: _Importer, node) -> None:
 def _log_softmax(imp: _Importer, node) -> None:
     """The log of a softmax over the channels (nn.LogSoftmax(dim=1), which classifiers
     trained with NLLLoss end in): a log_softmax layer."""
-    x = imp.tensor(node.input[0])
-    _check_over_channels(imp, x, imp.attributes(node).get("axis", 1 if imp.opset < 13 else -1))
+    x = imp.tensor(node.input[0], (NCHW, NWHC))
+    axis = imp.attributes(node).get("axis", 1 if imp.opset < 13 else -1)
+    if x.layout == NWHC:
+        _over_swapped_channels(imp, node, x, axis, "log_softmax")
+        return
+    _check_over_channels(imp, x, axis)
     imp.add_layer(node, "log_softmax", [x])
+
+
+def _over_swapped_channels(imp: _Importer, node, x: Tensor, axis: int, op: str) -> None:
+    """A Softmax or LogSoftmax over the last axis of an NWHC view, which is the channels
+    at each position in every op set (before 13, from the last axis on is that axis
+    alone); the result keeps the view, for the Transpose back."""
+    if axis % 4 != 3:
+        raise imp.error(f"{node.op_type} over axis {axis} of a map with its channel and width axes swapped; "
+                        "graphconv takes it over the channels (the last axis there)")
+    imp.alias(node, replace(imp.add_layer(node, op, [replace(x, layout=NCHW)]), layout=NWHC))
 
 
 def _check_over_channels(imp: _Importer, x: Tensor, axis: int) -> None:

@@ -459,10 +459,9 @@ def _layer_inputs(graph: Graph, layer: dict, previous: str, opdef: OpDef, loc: L
                              "one value twice, as in x + x, read it once through an identity layer: "
                              "{name: x_again, op: identity, inputs: [x]})",
                              loc=loc, layer=name)
-    low, high = opdef.arity
-    if len(inputs) < low or (high is not None and len(inputs) > high):
-        expected = str(low) if low == high else f"at least {low}"
-        raise GraphconvError(f"{opdef.name} takes {expected} input(s), got {len(inputs)}", loc=loc, layer=name)
+    problem = opdef.arity_problem(len(inputs))
+    if problem:
+        raise GraphconvError(problem, loc=loc, layer=name)
     return inputs
 
 

@@ -259,6 +259,15 @@ class OpDef:
         prepare = getattr(self._kernel_module(device), f"prepare_{self._kernel_stem}", None)
         return prepare(params, weights) if prepare else weights
 
+    def arity_problem(self, count: int) -> str | None:
+        """What is wrong with `count` inputs for this op, or None: one message for the
+        spec loader, the ONNX importer and the IR's check."""
+        low, high = self.arity
+        if low <= count and (high is None or count <= high):
+            return None
+        expected = str(low) if low == high else f"at least {low}"
+        return f"{self.name} takes {expected} input(s), got {count}"
+
     @property
     def has_weights(self) -> bool:
         return self.weight_shapes is not None
