@@ -284,6 +284,21 @@ def test_a_softmax_over_channels_exported_before_op_set_13_matches_onnxruntime(t
     np.testing.assert_allclose(Model(graph).run(x), onnxruntime_scores(path, x), **TOLERANCE)
 
 
+def test_a_split_part_of_no_channels_is_left_out_unless_read(tmp_path, rng):
+    """split=[0, 3] is valid ONNX: the empty part, read by nothing, is no layer (it was
+    refused with numpy's "'stop' must be an integer >= 1"); read, it is one clear line."""
+    helper = onnx.helper
+    nodes = [helper.make_node("Split", ["x", "sizes"], ["empty", "all"], axis=1),
+             helper.make_node("Relu", ["all"], ["y"])]
+    path = onnx_file(tmp_path / "split.onnx", nodes, {"sizes": np.array([0, 3], np.int64)}, input_shape=(1, 3, 4, 4))
+    x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    np.testing.assert_array_equal(Model(load_network(path, task="segmentation")).run(x), onnxruntime_scores(path, x))
+    nodes[1:] = [helper.make_node("Concat", ["all", "empty"], ["y"], axis=1)]
+    read = onnx_file(tmp_path / "read.onnx", nodes, {"sizes": np.array([0, 3], np.int64)}, input_shape=(1, 3, 4, 4))
+    with pytest.raises(GraphconvError, match="Split part 'empty' of no channels is read"):
+        load_network(read, task="segmentation")
+
+
 @pytest.mark.parametrize("op, inputs", [("Sum", ["a", "a", "b"]), ("Add", ["a", "a"]), ("Mul", ["a", "a"]),
                                         ("Concat", ["x", "x", "x"]), ("Sub", ["a", "a"])])
 def test_a_node_that_reads_one_tensor_twice_equals_onnxruntime(tmp_path, rng, op, inputs):
@@ -1127,6 +1142,7 @@ def test_resize_and_upsample_in_every_form_match_onnxruntime(tmp_path, form, rng
 @pytest.mark.parametrize("case,message", [
     ("align-corners", r"linear Resize with coordinate_transformation_mode 'align_corners'.*cannot slide"),
     ("cubic", r"Resize mode 'cubic' is not supported"),
+    ("linear-opset-10", r"linear Resize in op set 10, which samples with asymmetric coordinates .*opset_version=11"),
     ("fraction", r"Resize by 1.5 x 2: graphconv enlarges by whole numbers"),
     ("channels", r"Resize with scales \[1.0, 2.0, 2.0, 2.0\]: graphconv enlarges rows and columns only"),
     ("round-asymmetric", r"nearest Resize with coordinate_transformation_mode 'asymmetric' and nearest_mode "
@@ -1139,12 +1155,14 @@ def test_resize_and_upsample_in_every_form_match_onnxruntime(tmp_path, form, rng
 def test_resizes_that_cannot_slide_are_refused_naming_the_node(tmp_path, case, message):
     attrs = {"align-corners": dict(mode="linear", coordinate_transformation_mode="align_corners"),
              "cubic": dict(mode="cubic"), "round-asymmetric": dict(coordinate_transformation_mode="asymmetric"),
+             "linear-opset-10": dict(mode="linear"),
              "floor-half-pixel": dict(coordinate_transformation_mode="half_pixel", nearest_mode="floor"),
              "ceil-pytorch-half-pixel": dict(coordinate_transformation_mode="pytorch_half_pixel", nearest_mode="ceil"),
              }.get(case, dict(mode="nearest"))
     scales = {"fraction": [1, 1, 1.5, 2], "channels": [1, 2, 2, 2]}.get(case, [1, 1, 2, 2])
-    nodes = [onnx.helper.make_node("Resize", ["x", "", "scales"], ["y"], name="up", **attrs)]
-    path = onnx_file(tmp_path / "resize.onnx", nodes, {"scales": np.array(scales, np.float32)})
+    inputs, opset = (["x", "scales"], 10) if case == "linear-opset-10" else (["x", "", "scales"], 13)
+    nodes = [onnx.helper.make_node("Resize", inputs, ["y"], name="up", **attrs)]
+    path = onnx_file(tmp_path / "resize.onnx", nodes, {"scales": np.array(scales, np.float32)}, opset=opset)
     with pytest.raises(GraphconvError, match=f"resize.onnx: node 'up': {message}"):
         load_network(path)
 

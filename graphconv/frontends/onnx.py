@@ -1233,7 +1233,11 @@ def _resize(imp: _Importer, node) -> None:
                             "'nearest': asymmetric with floor, or half_pixel with round_prefer_floor or "
                             "round_prefer_ceil)")
     elif mode == "linear":
-        if coordinates not in ("half_pixel", "pytorch_half_pixel") or node.op_type == "Upsample":
+        if node.op_type == "Upsample" or imp.opset < 11:
+            raise imp.error(f"linear {node.op_type} in op set {imp.opset}, which samples with asymmetric "
+                            "coordinates (neither of PyTorch's align_corners): re-export with opset_version=11 "
+                            "or later, where F.interpolate(align_corners=False) is half-pixel Resize")
+        if coordinates not in ("half_pixel", "pytorch_half_pixel"):
             raise imp.error(f"linear {node.op_type} with coordinate_transformation_mode {shown(coordinates)}: "
                             "graphconv interpolates with half-pixel coordinates (PyTorch's align_corners=False); "
                             "align_corners=True moves every sample with the map's size, so it cannot slide")
@@ -2290,7 +2294,11 @@ def _split(imp: _Importer, node) -> None:
         raise imp.error(f"Split of {c} channels into {sizes}")
     start = 0
     for size, output in zip(sizes, outputs):
-        if output:
+        read = output and (any(output in n.input for n in imp.nodes) or
+                           any(out.name == output for out in imp.model.graph.output))
+        if read and size == 0:
+            raise imp.error(f"Split part {shown(output)} of no channels is read; graphconv's maps have channels")
+        if read:
             _slice_channels(imp, node, x, start, start + size, output)
         start += size
 
