@@ -75,17 +75,9 @@ def _parse_and_run(argv: Sequence[str] | None) -> int:
 
 def _run_command(args: argparse.Namespace) -> int:
     try:
-        from graphconv.memory import set_memory_limit
-        set_memory_limit(args.memory_limit)
-        for plugin in getattr(args, "plugin", None) or ():
-            from graphconv.pass_manager import load_plugin
-            load_plugin(plugin)
-        _NOTES.clear()
-        forget_committed()
-        code = args.handler(args)
-        for text in _NOTES:  # after the work, so that a failed command prints its one error line only
-            print(text, file=sys.stderr)
-        return code
+        from graphconv.memory import memory_limit_set
+        with memory_limit_set(args.memory_limit):
+            return _handle(args)
     except BrokenPipeError:  # `graphconv inspect ... | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
@@ -100,6 +92,19 @@ def _run_command(args: argparse.Namespace) -> int:
     except Terminated:
         print(f"graphconv: terminated ({_what_is_left(args)})", file=sys.stderr)
         return 128 + signal.SIGTERM
+
+
+def _handle(args: argparse.Namespace) -> int:
+    """The command itself, its plugins loaded first and its notes printed after."""
+    for plugin in getattr(args, "plugin", None) or ():
+        from graphconv.pass_manager import load_plugin
+        load_plugin(plugin)
+    _NOTES.clear()
+    forget_committed()
+    code = args.handler(args)
+    for text in _NOTES:  # after the work, so that a failed command prints its one error line only
+        print(text, file=sys.stderr)
+    return code
 
 
 def _what_is_left(args: argparse.Namespace) -> str:

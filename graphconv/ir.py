@@ -300,6 +300,9 @@ class Graph:
         """Put a new layer in place of `old`: same inputs, same users, same spec location.
         It keeps old's name unless `name` is given."""
         old_node = self.node(_name(old))
+        if name is not None and name != old_node.name and name in self.nx:
+            raise ValueError(f"a node named {name!r} already exists")
+        _canonical_params(get_op(op), params or {}, name or old_node.name, old_node.loc)  # refused before any edit
         inputs = [n.name for n in old_node.inputs]
         loc, seq = old_node.loc, old_node._data["seq"]
         users = [(u, self.nx.edges[old_node.name, u]["index"]) for u in self.nx.successors(old_node.name)]
@@ -374,20 +377,35 @@ class Graph:
         array (no copy where it is float32 already): in-place edits through
         `node.weights` raise, and the caller should not write into an array it passed."""
         data = self.nx.nodes[_name(node)]
-        weights = data["weights"]
-        for key, value in arrays.items():
+        stored = {}
+        for key, value in arrays.items():  # every array checked before any is stored: a refusal changes nothing
             if value is None:
-                weights.pop(key, None)
+                stored[key] = None
                 continue
             array = np.ascontiguousarray(value, dtype=np.float32)
             if array.dtype.kind == "f" and not np.isfinite(array).all():
                 raise GraphconvError(f"weight {shown(key)} has NaN or infinite values", loc=data["loc"],
                                      layer=_name(node))
-            weights[key] = _read_only(array)
+            stored[key] = _read_only(array)
+        weights = data["weights"]
+        for key, array in stored.items():
+            if array is None:
+                weights.pop(key, None)
+            else:
+                weights[key] = array
         self._changed()
 
     def set_shape(self, node: Node | str, shape: tuple[int, int, int] | None) -> None:
         self.nx.nodes[_name(node)]["shape"] = shape
+
+    def forget_shapes(self) -> None:
+        """Every layer's shape back to None (the input's is the network's own), once an
+        edit has made them stale: shape inference fills them again. Done node by node,
+        in no order, so a graph a pass left broken (a cycle) is still left for `verify`
+        to name."""
+        for name, data in self.nx.nodes(data=True):
+            if data.get("op") != INPUT_OP:
+                data["shape"] = None
 
     def annotate(self, node: Node | str, key: str, value: Any) -> None:
         """Record an analysis result on a node (read back through `node.annotations`)."""

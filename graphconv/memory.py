@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import TYPE_CHECKING
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator
 
 from graphconv.errors import GraphconvError
 
@@ -54,6 +55,20 @@ def set_memory_limit(limit: int | str | None) -> None:
         raise GraphconvError(f"the memory limit is a number of bytes, 1 or more, or a size such as '512M' or '8G', "
                              f"got {limit!r}")
     _limit = None if limit is None else int(limit)
+
+
+@contextmanager
+def memory_limit_set(limit: int | str | None) -> Iterator[None]:
+    """The budget `limit` (`set_memory_limit`'s; None: the default) for the block, the
+    one before restored after it: a command run in a process that goes on (`cli.main`
+    from a notebook, the tests) left its --memory-limit to everything after it."""
+    global _limit
+    before = _limit
+    set_memory_limit(limit)
+    try:
+        yield
+    finally:
+        _limit = before
 
 
 def parse_size(text: str) -> int:

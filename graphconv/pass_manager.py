@@ -22,6 +22,7 @@ names the pass that broke them.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -29,6 +30,7 @@ import inspect
 import re
 import sys
 import time
+import typing
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -166,7 +168,10 @@ def load_plugin(spec: str) -> None:
                 path = Path(spec)
                 if not path.is_file():
                     raise GraphconvError("plugin file not found", file=spec)
-                module_name = f"graphconv_plugin_{re.sub(r'[^0-9a-zA-Z_]', '_', path.stem)}"
+                # named after the file's path, not its name alone: two folders' my_passes.py are two
+                # modules, whose passes of one name clash, rather than one replacing the other's
+                digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
+                module_name = f"graphconv_plugin_{re.sub(r'[^0-9a-zA-Z_]', '_', path.stem)}_{digest}"
                 module_spec = importlib.util.spec_from_file_location(module_name, path)
                 module = importlib.util.module_from_spec(module_spec)
                 sys.modules[module_name] = module
@@ -373,6 +378,11 @@ class PassManager:
                 if not self.auto_requirements:
                     raise PassError(f"pass '{info.name}' requires '{analysis}'; run "
                                     f"'{provider.name}' before it")
+                if provider.required_options:
+                    raise PassError(f"pass '{info.name}' requires '{analysis}', which pass '{provider.name}' "
+                                    f"provides, but it needs option(s) {', '.join(provider.required_options)}: "
+                                    f"list {provider.name}{{{provider.required_options[0]}=...}} before "
+                                    f"'{info.name}'")
                 self._run_one(graph, provider, {}, automatic=True)
         self._print("before", info.name, graph)
         version = graph.version
@@ -399,6 +409,8 @@ class PassManager:
         self.records.append(PassRecord(info.name, time.perf_counter() - start, modified, automatic))
         if modified:
             self._valid &= set(info.preserves)
+            if "shapes" not in self._valid:  # stale, they were printed and read by later passes as current
+                graph.forget_shapes()
         self._valid |= set(info.provides)
         if modified and self.verify_each:
             self._verify(graph, info.name)
@@ -624,9 +636,17 @@ def _fits_kind(value: Any, kind) -> bool:
 
 
 def _annotation_text(annotation: Any) -> str:
+    """An option's annotation as the text `_option_kind` reads: "list[float]" for
+    list[float] (whose __name__ is "list") and "Optional[int]" for typing's (whose
+    __name__ is "Optional"), as a plugin without `from __future__ import annotations`
+    gives them."""
     if annotation is inspect.Parameter.empty:
         return ""
-    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    if isinstance(annotation, str):
+        return annotation
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return annotation.__name__
+    return re.sub(r"\btyping\.", "", str(annotation))
 
 
 def _excludes_none(annotation: str) -> bool:

@@ -559,7 +559,8 @@ def run_images_command(args: argparse.Namespace) -> int:
     if args.skip_existing or args.resume:
         images = _images_not_done(args, ref, model, images, base, options)
         if not images:
-            print(f"every image has its map in {args.output_dir} already (--skip-existing): nothing to do")
+            flag = "--skip-existing" if args.skip_existing else "--resume"
+            print(f"every image has its map in {args.output_dir} already ({flag}): nothing to do")
             return 0
     _check_heatmap(args, model.output_channels)
     _check_heatmap_names(args, images, base)

@@ -265,3 +265,18 @@ def test_check_run_fits_refuses_over_the_budget(limit):
     with pytest.raises(GraphconvError, match=r"^model: running lenet on 1x2000x2000 needs about .* MB, "
                                              r"over the memory limit of 4.0 MB"):
         check_run_fits(graph, 1, (2000, 2000), "running lenet on 1x2000x2000", file="model")
+
+
+def test_a_command_run_in_process_leaves_the_memory_limit_as_it_was(limit, capsys):
+    """cli.main in a process that goes on (a notebook, the tests) left its --memory-limit,
+    or the default for a command without one, to everything after it: a test's 78 MB
+    budget failed the next test in that process."""
+    from graphconv.cli import main
+
+    limit("3G")
+    assert main(["passes", "--memory-limit", "100M"]) == 0
+    assert memory_limit() == 3 << 30
+    assert main(["passes"]) == 0
+    assert memory_limit() == 3 << 30
+    assert main(["passes", "--memory-limit", "lots"]) == 2
+    assert memory_limit() == 3 << 30

@@ -548,3 +548,105 @@ def test_cli_compile_takes_default_in_passes_and_says_how_to_load_a_plugin(tmp_p
     assert "(a pass of your own? load it with --plugin FILE_OR_MODULE" in unknown.stderr
     assert "'default' stands for the default passes" in " ".join(
         graphconv_in_process("compile", "--help").stdout.split())
+
+
+def test_a_refused_replace_or_set_weights_leaves_the_graph_as_it_was(lenet):
+    """A pass that catches the error of a bad `replace` (and skips that layer, as a careful
+    author would) found the layer already deleted and its user reading nothing; a refused
+    `set_weights` had stored the arrays before the bad one."""
+    before = str(lenet)
+    with pytest.raises(GraphconvError):
+        lenet.replace("relu1", "clip", {"max": "six"})
+    with pytest.raises(ValueError, match="already exists"):
+        lenet.replace("relu1", "clip", {"max": 6.0}, name="conv1")
+    zeros = np.zeros_like(lenet.node("conv1").weights["weight"])
+    with pytest.raises(GraphconvError, match="NaN"):
+        lenet.set_weights("conv1", weight=zeros, bias=np.full(6, np.nan, np.float32))
+    assert str(lenet) == before
+    lenet.verify()
+
+
+def test_shapes_a_pass_did_not_keep_are_forgotten_not_left_stale(lenet):
+    """After a pass that changed the graph without keeping the shapes, each layer kept its
+    old shape: printed as if current (conv1 of 8 channels "-> 6x28x28") and read by a
+    later pass that did not require shapes."""
+    seen = []
+
+    @register_pass("widen-conv1-for-shapes", "test")
+    def widen(graph):
+        conv = graph.node("conv1")
+        graph.set_params(conv, out_channels=8)
+        graph.set_weights(conv, weight=np.zeros((8, *conv.weights["weight"].shape[1:]), np.float32),
+                          bias=np.zeros(8, np.float32))
+        graph.set_weights("conv2", weight=np.zeros((16, 8, 5, 5), np.float32))
+        return True
+
+    @register_pass("reads-a-shape", "test")
+    def reads(graph):
+        seen.append(graph.node("conv1").shape)
+        return False
+
+    PassManager(["shape-inference", "widen-conv1-for-shapes", "reads-a-shape"]).run(lenet)
+    assert seen == [None]
+    out = PassManager(["shape-inference", "widen-conv1-for-shapes", "shape-inference"]).run(lenet)
+    assert out.node("conv1").shape == (8, 28, 28)
+
+
+def test_a_provider_that_needs_options_is_named_not_run_without_them(lenet):
+    @register_pass("bounds-with-option", "provides bounds given k", provides=("bounds",))
+    def bounds(graph, k: int):
+        return False
+
+    @register_pass("needs-bounds", "test", requires=("bounds",))
+    def needs(graph):
+        return False
+
+    with pytest.raises(PassError, match=r"pass 'needs-bounds' requires 'bounds', which pass 'bounds-with-option' "
+                                        r"provides, but it needs option\(s\) k: list bounds-with-option\{k=...\} "
+                                        r"before 'needs-bounds'"):
+        PassManager(["needs-bounds"]).run(lenet)
+    PassManager(["bounds-with-option{k=3}", "needs-bounds"]).run(lenet)
+
+
+def test_options_annotated_at_run_time_are_checked(tmp_path, lenet):
+    """list[float] (whose __name__ is "list") and typing.Optional[int] (whose __name__ is
+    "Optional") were taken for options of any value, in a plugin without `from __future__
+    import annotations`."""
+    plugin = tmp_path / "annotated_passes.py"
+    plugin.write_text(textwrap.dedent("""
+        from typing import List, Optional
+        from graphconv.pass_manager import register_pass
+
+        @register_pass("annotated-list", "test")
+        def annotated_list(graph, mean: list[float], also: List[int] = (1,)):
+            return False
+
+        @register_pass("annotated-optional", "test")
+        def annotated_optional(graph, k: Optional[int] = None):
+            return False
+    """))
+    pm.load_plugin(str(plugin))
+    for pipeline, option in (["annotated-list{mean=abc}", "mean"], ["annotated-list{mean=[1],also=[x]}", "also"],
+                             ["annotated-optional{k=abc}", "k"]):
+        with pytest.raises(PassError, match=f"option '{option}'"):
+            PassManager([pipeline])
+    PassManager(["annotated-list{mean=[0.5,1]}", "annotated-optional{k=3}"]).run(lenet)
+
+
+def test_two_plugin_files_of_one_name_are_two_modules(tmp_path):
+    """`--plugin a/my_passes.py --plugin b/my_passes.py`: both became the module
+    graphconv_plugin_my_passes, so the second's pass silently replaced the first's."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "my_passes.py").write_text(textwrap.dedent(f"""
+            from graphconv.pass_manager import register_pass
+
+            @register_pass("clashing-pass", "from {folder}")
+            def clashing(graph):
+                return False
+        """))
+    pm.load_plugin(str(tmp_path / "a" / "my_passes.py"))
+    pm.load_plugin(str(tmp_path / "a" / "my_passes.py"))  # the same file again: its own pass, reloaded
+    with pytest.raises(PassError, match="pass 'clashing-pass' is already registered"):
+        pm.load_plugin(str(tmp_path / "b" / "my_passes.py"))
+    assert pm.get_pass("clashing-pass").description == "from a"
