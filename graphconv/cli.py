@@ -217,10 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "its output.")
     run.add_argument("model", help="spec .yaml file, .onnx model or compiled model directory")
     source = run.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", help="float32 .npy of shape (N, C, H, W) or (C, H, W)")
-    source.add_argument("--image", help="an image file (needs Pillow: pip install 'graphconv[images]'); "
+    source.add_argument("--input", type=_path, help="float32 .npy of shape (N, C, H, W) or (C, H, W)")
+    source.add_argument("--image", type=_path, help="an image file (needs Pillow: pip install 'graphconv[images]'); "
                                         "TIFF/BigTIFF and .zarr arrays are read a tile at a time")
-    source.add_argument("--images", metavar="GLOB",
+    source.add_argument("--images", type=_path, metavar="GLOB",
                         help="many images ('photos/*.jpg', quoted; 'slides/**/*.svs' through subfolders, or a "
                              "folder: every image in it): one map each, written to --output-dir")
     _add_image_reading_options(run)
@@ -231,9 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "with no-data (GDAL's tag, --nodata, NaN in floats), no-data cells are left out anyway: "
                           "see --max-nodata")
     _add_nodata_options(run)
-    run.add_argument("--output", help="write the output array here (.npy; .zarr for maps too big for memory; .tif: "
+    run.add_argument("--output", type=_path, help="write the output array here (.npy; .zarr for maps too big for memory; .tif: "
                                       "a map of K bands, georeferenced like a GeoTIFF image)")
-    run.add_argument("--output-dir", metavar="DIR",
+    run.add_argument("--output-dir", type=_path, metavar="DIR",
                      help="with --images: where each image's <stem>.npy goes, in the subfolders the images "
                           "have below the folder the pattern starts from")
     run.add_argument("--output-format", choices=("npy", "tif"), default="npy",
@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--heatmap", type=_heatmap_class, metavar="CLASS|top",
                      help="draw this class's score map over the image (its index, or its name as the labels "
                           "file has it), or 'top': the best class of each cell")
-    run.add_argument("--heatmap-out", metavar="FILE",
+    run.add_argument("--heatmap-out", type=_path, metavar="FILE",
                      help="the heatmap image, in the format its extension names (.png, .jpg, ...; default: "
                           "<image name>-heatmap-<class>.png beside --output, else in the current folder)")
     run.add_argument("--heatmap-range", type=_heatmap_range, default="auto", metavar="auto|map|LOW,HIGH",
@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "model (model.yaml + the weights and labels files it names) that "
                                       "`run`, `inspect` and `export` take.")
     comp.add_argument("spec", help="spec .yaml file or .onnx model")
-    comp.add_argument("--output", "-o", required=True, help="compiled model directory to write")
+    comp.add_argument("--output", "-o", type=_path, required=True, help="compiled model directory to write")
     comp.add_argument("--passes", help="pipeline, e.g. 'shape-inference,fc-to-conv,my-pass{k=1}'; the word "
                                        "'default' stands for the default passes where it is written, so "
                                        "'default,my-pass' runs your pass after them "
@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("model", help="spec .yaml file, .onnx model or compiled model directory")
     insp.add_argument("--input-size", type=_positive_int, nargs=2, metavar=("H", "W"),
                       help="image size (default: the spec's crop)")
-    insp.add_argument("--image", metavar="IMAGE",
+    insp.add_argument("--image", type=_path, metavar="IMAGE",
                       help="the image size as run reads IMAGE (with --level, --downsample, --mpp, --bands): a "
                            "slide's tile plan with --tile, without working out its level's size")
     _add_image_reading_options(insp)
@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     pixels = ver.add_mutually_exclusive_group(required=True)
     pixels.add_argument("--input-size", type=_positive_int, nargs=2, metavar=("H", "W"),
                         help="the random image's size, larger than the crop")
-    pixels.add_argument("--image", metavar="IMAGE",
+    pixels.add_argument("--image", type=_path, metavar="IMAGE",
                         help="check on a region of this image, read and preprocessed as run reads it (random "
                              "pixels can hide what padding does to real ones); also says in how many cells the "
                              "top class changes")
@@ -379,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(its weights) beside it; the spec loads back to the same "
                                      "network.")
     imp.add_argument("model", help=".onnx model")
-    imp.add_argument("--output", "-o", required=True, metavar="NET.yaml", help="spec file to write")
+    imp.add_argument("--output", "-o", type=_path, required=True, metavar="NET.yaml", help="spec file to write")
     imp.add_argument("--scale", type=float, metavar="S", help="preprocess: multiply pixels (0..255) by S first")
     imp.add_argument("--values", choices=("0..255", "stored"), default=None,
                      help="preprocess: the pixels --scale multiplies: on 0..255 (default; 16-bit data divided by "
@@ -388,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="preprocess: then subtract per channel (one number: the same for every channel)")
     imp.add_argument("--std", type=_float_list, metavar="S1,S2,S3",
                      help="preprocess: then divide per channel (one number: the same for every channel)")
-    imp.add_argument("--labels", metavar="TXT", help="class names, one per line (copied beside the spec)")
+    imp.add_argument("--labels", type=_path, metavar="TXT", help="class names, one per line (copied beside the spec)")
     imp.add_argument("--crop-size", type=_positive_int, nargs=2, metavar=("H", "W"),
                      help="the training crop, for a model whose input size is dynamic")
     imp.add_argument("--task", choices=("classification", "segmentation"), default="classification",
@@ -401,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "file whose input has dynamic batch, height and width, for "
                                      "onnxruntime, TensorRT and other ONNX runtimes.")
     exp.add_argument("model", help="compiled model directory (or a spec / .onnx model)")
-    exp.add_argument("--output", "-o", required=True, metavar="FCN.onnx", help="ONNX file to write")
+    exp.add_argument("--output", "-o", type=_path, required=True, metavar="FCN.onnx", help="ONNX file to write")
     exp.set_defaults(handler=cmd_export)
 
     lst = sub.add_parser("passes", help="list the registered passes",
@@ -442,9 +442,9 @@ def _version() -> str:
 def _add_model_files_options(parser: argparse.ArgumentParser) -> None:
     """Files given on the command line are trusted wherever they are; those a spec
     names must lie inside its folder (graphconv/frontends/yaml.py)."""
-    parser.add_argument("--weights", metavar="NPZ",
+    parser.add_argument("--weights", type=_path, metavar="NPZ",
                         help="weights to use instead of the spec's (<layer>.weight / <layer>.bias)")
-    parser.add_argument("--labels", metavar="TXT", help="class names, one per line, instead of the spec's")
+    parser.add_argument("--labels", type=_path, metavar="TXT", help="class names, one per line, instead of the spec's")
     parser.add_argument("--crop-size", type=_positive_int, nargs=2, metavar=("H", "W"),
                         help="the training crop of an ONNX model whose input size is dynamic")
     parser.add_argument("--task", choices=("classification", "segmentation"),
@@ -643,6 +643,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise GraphconvError("--downsample and --resize/--scales both change the image's size: use one")
     if args.skip_existing and not args.images:
         raise GraphconvError("--skip-existing leaves out the images of an --images batch whose maps are there")
+    if args.output_dir and not args.images:
+        raise GraphconvError("--output-dir is where --images writes its maps; for one image or array, name the "
+                             "file: --output MAP")
     if args.resume and not (args.image or args.images):
         raise GraphconvError("--resume continues an image's tiled map: give --image and --output (or an --images "
                              "batch)")
@@ -1307,10 +1310,19 @@ def _int_at_least(text: str, low: int) -> int:
     return value
 
 
+def _path(text: str) -> str:
+    """A file or folder option's value: an empty one (`--image ''`, an unset shell
+    variable) was taken for the option left out, or crashed."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path")
+    return text
+
+
 def _comma_list(text: str, convert, what: str, valid) -> list:
-    """A comma-separated option value: each item converted, the whole list checked."""
+    """A comma-separated option value: each item converted, the whole list checked; an
+    empty item (`1,,2`, a trailing comma) is refused, as a list with a value missing."""
     try:
-        values = [convert(v) for v in text.split(",") if v.strip()]
+        values = [convert(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {shown(text)}") from None
     if not values or not valid(values):

@@ -410,6 +410,9 @@ def check_meta(graph: Graph, prefix: str = "") -> None:
         if labels is not None:
             if not isinstance(labels, (list, tuple)) or not all(isinstance(name, str) for name in labels):
                 raise GraphconvError(f"labels must be a list of class names (strings), got {shown(labels)}")
+            problem = next(filter(None, map(yaml_frontend.label_problem, labels)), None)
+            if problem:
+                raise GraphconvError(problem)
             from graphconv.shapes import infer_shapes
             mismatch = yaml_frontend.labels_mismatch(graph, infer_shapes(graph, check_weights=False)[graph.output.name][0])
             if mismatch is not None:

@@ -1293,3 +1293,39 @@ def test_verify_s_default_region_over_no_data_is_centred_on_a_cell_with_data():
     cell = (round((y - 8) / 4), round((x - 8) / 4))
     assert not blank[cell] and np.hypot(cell[0] - 10, cell[1] - 10) > 6
     assert _data_centre(np.ones((3, 3), bool), (16, 16), (4, 4)) is None
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--image", ""], "argument --image: an empty path"),
+    (["--images", "", "--output-dir", "maps"], "argument --images: an empty path"),
+    (["--input", "IN", "--output", ""], "argument --output: an empty path"),
+    (["--input", "IN", "--heatmap-out", " "], "argument --heatmap-out: an empty path"),
+    (["--input", "IN", "--output-dir", "maps"], "--output-dir is where --images writes its maps"),
+    (["--input", "IN", "--classes", "1,,2"], "argument --classes: expected a class index or name"),
+])
+def test_options_left_empty_or_without_their_mode_are_one_line(tmp_path, capsys, args, said):
+    """`--image ''` (an unset shell variable) fell through to the --input path and crashed
+    with a traceback; `--output ''` computed and wrote nothing; `--output-dir` without
+    --images and `--classes 1,,2` were taken quietly."""
+    np.save(tmp_path / "in.npy", np.zeros((1, 1, 32, 32), np.float32))
+    args = [str(tmp_path / "in.npy") if a == "IN" else a for a in args]
+    try:
+        code = run_cli("run", SPECS / "lenet.yaml", *args)
+    except SystemExit as stop:  # argparse's own errors leave main this way
+        code = stop.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert said in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
+
+
+def test_images_refuse_to_write_their_maps_into_the_model_being_run(tmp_path, capsys):
+    """--output refused a path inside the compiled model's folder; --output-dir did not,
+    and put the maps among the model's files."""
+    from PIL import Image
+    assert run_cli("compile", SPECS / "lenet.yaml", "-o", tmp_path / "m") == 0
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "p.png")
+    capsys.readouterr()
+    assert run_cli("run", tmp_path / "m", "--images", tmp_path / "p.png", "--output-dir", tmp_path / "m") == 2
+    assert "--output-dir would write over m, which the model is read from" in capsys.readouterr().err
+    assert not (tmp_path / "m" / "p.npy").exists()

@@ -2,6 +2,7 @@
 in onnxruntime, the map `graphconv run` gives, on images of any size."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -276,6 +277,10 @@ def test_an_exported_model_states_its_crop_preprocess_labels_and_task_and_import
 @pytest.mark.parametrize("key, value", [("graphconv.crop", "[0, 28]"), ("graphconv.labels", "[1, 2]"),
                                         ("graphconv.preprocess", "{\"scale\": \"x\"}"), ("graphconv.task", "nope"),
                                         ("graphconv.crop", "not json"),
+                                        # names a labels file would refuse: printed raw, then a compiled
+                                        # model's labels file graphconv could not read back
+                                        ("graphconv.labels", json.dumps(["\u001b[31mred"] + [f"d{i}" for i in range(9)])),
+                                        ("graphconv.labels", json.dumps([" "] + [f"d{i}" for i in range(9)])),
                                         ("graphconv.compiled", "{\"passes\": 3}")])
 def test_metadata_that_graphconv_did_not_write_is_refused(tmp_path, key, value):
     from graphconv.frontends import load_network

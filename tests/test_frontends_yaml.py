@@ -510,6 +510,9 @@ def test_files_passed_explicitly_are_trusted_wherever_they_are(tmp_path, write_s
     (lambda p: p.write_bytes(b"cat\ndog\x00\x00\x00\n"), "a label must be a line of at most 1000 printable"),
     (lambda p: p.write_text("cat\n" + "x" * 1001 + "\n"), "a label must be a line of at most 1000"),
     (lambda p: p.write_text("cat\n\x1b[31mred\n"), "got '\\x1b[31mred'"),
+    # one line to `wc -l` and every editor: str.splitlines read a form feed or U+2028 as two names
+    (lambda p: p.write_text("cat\fdog\n"), "got 'cat\\x0cdog'"),
+    (lambda p: p.write_text("cat\u2028dog\n"), "got 'cat\\u2028dog'"),
     (lambda p: sparse_file(p, (16 << 20) + 1), "the labels file is over 16 MB"),
     (lambda p: os.mkfifo(p), "not a regular file"),
     (lambda p: None, "labels file not found"),
@@ -725,3 +728,16 @@ def test_a_blank_line_among_the_labels_is_refused_and_trailing_ones_ignored(writ
 def test_an_empty_spec_says_the_file_is_empty(write_spec):
     with pytest.raises(GraphconvError, match=r"net.yaml:1: the file is empty"):
         load_spec(write_spec("\n  \n"))
+
+
+def test_numbers_with_an_exponent_are_floats_as_pytorch_prints_them(write_spec):
+    """YAML 1.1 reads a float only with a dot and a signed exponent: `eps: 1e-5`, as
+    PyTorch prints a batchnorm's, was text, refused as "must be a finite number, got
+    '1e-5'"; so were `std: [1e-3]` and `1.0e38`."""
+    graph = load_spec(write_spec("""
+        preprocess: {scale: 1.0e0, mean: [0, 0], std: [1e-3, 2E-3]}
+        input: {shape: [2, 4, 4]}
+        layers:
+          - {name: bn, op: batchnorm, eps: 1e-5}
+    """))
+    assert graph.node("bn").params["eps"] == 1e-5 and graph.meta["preprocess"]["std"] == [1e-3, 2e-3]

@@ -114,6 +114,7 @@ def _stated_metadata(model, path: str) -> dict:
     crop, preprocess, labels, task, compiled), each checked for its type; a file from elsewhere has
     none. The crop is used only where the input's height and width are dynamic."""
     from graphconv.frontends.onnx_export import METADATA_PREFIX
+    from graphconv.frontends.yaml import label_problem
 
     stated = {}
     for prop in model.metadata_props:
@@ -126,7 +127,8 @@ def _stated_metadata(model, path: str) -> dict:
             value = None
         valid = {"crop": lambda v: isinstance(v, list) and len(v) == 2 and all(type(n) is int and n > 0 for n in v),
                  "preprocess": lambda v: isinstance(v, dict),
-                 "labels": lambda v: isinstance(v, list) and all(isinstance(n, str) and "\n" not in n for n in v),
+                 "labels": lambda v: isinstance(v, list) and all(isinstance(n, str) and not label_problem(n)
+                                                                 for n in v),
                  "task": lambda v: v in ("classification", "segmentation"),
                  "compiled": lambda v: isinstance(v, dict) and list(v) == ["passes"] and isinstance(v["passes"], str)}[key]
         if not valid(value):

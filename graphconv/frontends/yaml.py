@@ -207,6 +207,13 @@ class _LineLoader(yaml.SafeLoader):
 
 
 _LineLoader.add_constructor("tag:yaml.org,2002:int", _LineLoader.construct_yaml_int)
+# YAML 1.1 (PyYAML) reads a float only with a dot and a signed exponent: 1e-5, as PyTorch
+# prints a batchnorm's eps, and 1.0e38 were text, refused as "not a finite number". As
+# YAML 1.2 does, a number with an exponent is a float, dot or not, sign or not.
+_LineLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
 
 
 # ---- loading --------------------------------------------------------------------------------
@@ -614,7 +621,9 @@ def read_labels(path: Path) -> list[str]:
     names after it would shift by one channel (a 5-line file with one blank line was read
     as 4 labels, silently)."""
     text = _read_text(path, "labels file", MAX_LABELS_BYTES, "the labels file is not UTF-8 text")
-    lines = text.splitlines()
+    # lines end at \n (and \r\n) alone, as `wc -l` and editors count them: str.splitlines also
+    # splits at form feeds and U+2028, which would add names the file does not show
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
     while lines and not lines[-1].strip():
         lines.pop()
     labels = []
@@ -624,12 +633,22 @@ def read_labels(path: Path) -> list[str]:
             raise GraphconvError(f"line {number} is blank: a labels file names one class per line, in the order "
                                  f"of the output's channels, so a blank line would give every class after it the "
                                  f"next one's name; remove it, or name that class", loc=Location(str(path), number))
-        if len(label) > MAX_LABEL_CHARS or _UNPRINTABLE_IN_LABEL.search(label):
-            raise GraphconvError(f"a label must be a line of at most {MAX_LABEL_CHARS} printable "
-                                 f"characters, got {shown(label)} (a binary file?)",
-                                 loc=Location(str(path), number))
+        problem = label_problem(label)
+        if problem:
+            raise GraphconvError(f"{problem} (a binary file?)", loc=Location(str(path), number))
         labels.append(label)
     return labels
+
+
+def label_problem(label: str) -> str | None:
+    """What is wrong with a class name, wherever it comes from (a labels file, a spec, an
+    ONNX file's metadata), or None: names are printed to the terminal and written one a
+    line, so each is a non-blank line of at most MAX_LABEL_CHARS printable characters."""
+    if not label.strip():
+        return "a label must not be blank"
+    if len(label) > MAX_LABEL_CHARS or _UNPRINTABLE_IN_LABEL.search(label):
+        return f"a label must be a line of at most {MAX_LABEL_CHARS} printable characters, got {shown(label)}"
+    return None
 
 
 # ---- writing ------------------------------------------------------------------------------
