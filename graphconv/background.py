@@ -99,7 +99,7 @@ class Background:
         """How many image pixels (rows, columns) one pixel of `picture` spans."""
         return self.picture is not None and self._scale
 
-    def cheapest_tile(self, grid, image_hw: tuple[int, int]) -> int:
+    def cheapest_tile(self, grid, image_hw: tuple[int, int], budget: int | None = None) -> int:
         """The tile size, for a run without --tile, whose tiles with tissue read the fewest
         pixels in all. Small tiles skip the glass in fine pieces but each reads its halo
         (about a receptive field) again; large ones the reverse, so the best size depends
@@ -108,11 +108,13 @@ class Background:
         plan. ResNet-18's FCN (a 627-pixel field) over a 4096x4096 slide with 19% tissue:
         tiles of 1024 skipped 71 of 100 and took 4.9 s, of 1536 17 of 25 and 3.1 s, of
         2432 5 of 9 and 8.2 s, one of 3546 (3 of 4 skipped, the fewest pixels) 9.4 s, most
-        of it faulting in its 800 MB of buffers; without skipping, 8.0 s."""
+        of it faulting in its 800 MB of buffers; without skipping, 8.0 s. `budget`: the
+        memory budget (this process's when None; an --images worker's share of the command's)."""
         from graphconv.memory import memory_limit
         from graphconv.tiling import choose_tile, plan_tiles
 
-        largest = min(choose_tile(grid, image_hw, memory_limit()), max(LARGEST_TILE, *grid.smallest_tile()))
+        budget = memory_limit() if budget is None else budget
+        largest = min(choose_tile(grid, image_hw, budget), max(LARGEST_TILE, *grid.smallest_tile()))
         smallest = min(largest, max(SMALLEST_TILE, *grid.smallest_tile()))
         sizes = sorted({round(smallest + (largest - smallest) * i / (TILE_SIZES_TRIED - 1))
                         for i in range(TILE_SIZES_TRIED)})

@@ -63,7 +63,7 @@ class MapOptions:
     max_nodata: float = DEFAULT_MAX_NODATA  # --max-nodata F: cells more of whose crop is no-data not computed
     nodata: float | None = None  # --nodata VALUE: each raster's no-data value, in place of its file's
     memory_limit: int | None = None  # bytes an image's run may take (`image_tile`); None: the process's own budget
-    resume: bool = False  # --images --resume: each tiled map written into a partial map kept if stopped (_map_resumably)
+    resume: bool = False  # --images --resume: each tiled map written into a partial map kept if stopped (_map_in_tiles)
 
     def grid(self, model):
         """What each task maps: the model's dense pass, or the classifier on every crop."""
@@ -250,7 +250,7 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
     from graphconv.cli import user_message
     from graphconv.georef import map_contents
     from graphconv.sources import open_source
-    from graphconv.tiling import map_transform, run_tiled
+    from graphconv.tiling import map_transform
 
     try:
         _refuse_a_broken_link(image)
@@ -265,24 +265,20 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
         background = cells_left_out(source, grid, options.skip_background, options.max_nodata)
         if background is not None:  # no tissue near their centres, or over a raster's no-data
             blank_cells = background.blank_cells
-            tile = tile or background.cheapest_tile(grid, (source.height, source.width))
+            tile = tile or background.cheapest_tile(grid, (source.height, source.width), options.memory_limit)
         memory_tile = None if tile else image_tile(grid, (source.height, source.width), options.memory_limit)
         tile = tile or memory_tile
         contents = {**map_contents(image, ref.path, model.output_channels, options.classes, options.reduce,
                                    model.graph.meta.get("labels"), left_out_record(options, image)),
                     IMAGE_STAMP: stamp}
         resumed = None
-        if tile is not None and options.resume:
-            shape, resumed = _map_resumably(ref, model, image, output, source, grid, tile, options, blank_cells,
-                                            contents)
+        if tile is not None:
+            shape, resumed = _map_in_tiles(ref, model, image, output, source, grid, tile, options, blank_cells,
+                                           contents)
         else:
-            if tile is None:
-                x = source.read(0, 0, source.height, source.width)
-                result = grid.whole(x[None] if x.ndim == 3 else x, options.device)
-                result = result if transform is None else transform(result)
-            else:
-                result = run_tiled(grid, source, tile, device=options.device, transform=transform,
-                                   blank_cells=blank_cells)
+            x = source.read(0, 0, source.height, source.width)
+            result = grid.whole(x[None] if x.ndim == 3 else x, options.device)
+            result = result if transform is None else transform(result)
             _write_map(output, result, source, grid, contents)
             shape = tuple(result.shape)
         notes = (stored_orientation_note(source), _first_frame_note(image))
@@ -299,13 +295,15 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
         return ImageResult(image, error=user_message(err))
 
 
-def _map_resumably(ref: ModelRef, model, image: str, output: str, source, grid, tile: int, options: MapOptions,
-                   blank_cells, contents: dict) -> tuple[tuple[int, ...], tuple[int, int] | None]:
-    """--images --resume: one image's map computed in tiles into its partial map beside
-    `output` (`tiling.MapFile` with a job, as `run --image --resume` writes it), kept
-    when the batch stops, continued from the tiles it lists when the same command runs
-    again, and renamed into place once complete. Returns the map's shape, and (tiles an
-    earlier run had done, tiles in all) where it went on from them (None: a new map)."""
+def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, tile: int, options: MapOptions,
+                  blank_cells, contents: dict) -> tuple[tuple[int, ...], tuple[int, int] | None]:
+    """One image's map computed in tiles into `output` as a single --image's run writes
+    one (`tiling.MapFile`): memory-mapped tile by tile, not held in memory (a slide's map
+    of many classes can be larger than the budget), and renamed into place once complete.
+    With --resume (`options.resume`) into its partial map beside `output`, kept when the
+    batch stops and continued from the tiles it lists when the same command runs again.
+    Returns the map's shape, and (tiles an earlier run had done, tiles in all) where it
+    went on from them (None: a new map)."""
     from graphconv.background import blank_masks
     from graphconv.georef import cell_placement, georeference_of_map, is_tiff_output
     from graphconv.tiling import MapFile, map_transform, plan_tiles, run_tiled
@@ -317,8 +315,8 @@ def _map_resumably(ref: ModelRef, model, image: str, output: str, source, grid, 
     map_file = MapFile(output, shape, dtype, chunk_hw=plan.cells_hw,
                        georeference=georeference_of_map(source, grid.cell_area) if is_tiff_output(output) else None,
                        placement=replace(cell_placement(source, grid.cell_area), contents=contents),
-                       resume=resume_job(ref, model, image, source, options, plan, shape, dtype), tiles=plan.tiles,
-                       blank=blank)
+                       resume=resume_job(ref, model, image, source, options, plan, shape, dtype) if options.resume
+                       else None, tiles=plan.tiles, blank=blank)
     with map_file as out:
         resumed = (len(map_file.done), len(plan.tiles)) if map_file.done else None
         if len(map_file.done) < len(plan.tiles):

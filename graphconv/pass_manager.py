@@ -409,9 +409,9 @@ class PassManager:
         self.records.append(PassRecord(info.name, time.perf_counter() - start, modified, automatic))
         if modified:
             self._valid &= set(info.preserves)
-            if "shapes" not in self._valid:  # stale, they were printed and read by later passes as current
-                graph.forget_shapes()
         self._valid |= set(info.provides)
+        if modified and "shapes" not in self._valid:  # stale, they were printed and read by later passes as current
+            graph.forget_shapes()
         if modified and self.verify_each:
             self._verify(graph, info.name)
         self._print("after", info.name, graph)

@@ -53,7 +53,8 @@ def test_compile_into_the_current_or_parent_folder_is_refused_when_they_hold_oth
 
 def test_empty_output_path_is_an_error(tmp_path):
     result = graphconv_cli("compile", LENET, "-o", "", cwd=tmp_path)
-    assert result.returncode == 2 and "output path is empty" in result.stderr
+    assert result.returncode == 2 and "argument --output/-o: an empty path" in result.stderr
+    assert result.stderr.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
 
 

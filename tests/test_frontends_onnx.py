@@ -1119,6 +1119,7 @@ RESIZE_FORMS = {
                                                          nearest_mode="round_prefer_ceil"), ["", "scales"],
                                       {"scales": [1, 1, 4, 3]}),
     "nearest-axes": (18, "Resize", dict(mode="nearest", axes=[2, 3]), ["", "scales"], {"scales": [2, 3]}),
+    "nearest-sizes-axes": (18, "Resize", dict(mode="nearest", axes=[3, 2]), ["", "", "sizes"], {"sizes": [21, 10]}),
     "linear-negative-axes": (19, "Resize", dict(mode="linear", axes=[-1, -2]), ["", "scales"], {"scales": [3, 2]}),
     "upsample-opset9": (9, "Upsample", dict(mode="nearest"), ["scales"], {"scales": [1, 1, 2, 3]}),
     "upsample-opset7": (7, "Upsample", dict(mode="nearest", scales=[1.0, 1.0, 3.0, 2.0]), [], {}),

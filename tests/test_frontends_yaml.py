@@ -741,3 +741,24 @@ def test_numbers_with_an_exponent_are_floats_as_pytorch_prints_them(write_spec):
           - {name: bn, op: batchnorm, eps: 1e-5}
     """))
     assert graph.node("bn").params["eps"] == 1e-5 and graph.meta["preprocess"]["std"] == [1e-3, 2e-3]
+
+
+def test_a_name_that_reads_as_a_number_survives_the_round_trip(write_spec, tmp_path):
+    """A layer named '1e5' (quoted in the spec) was written back unquoted, which the
+    loader, reading numbers with an exponent as floats, took for 100000.0."""
+    from graphconv.frontends.yaml import save_model
+
+    graph = load_spec(write_spec("""
+        input: {shape: [2, 4, 4]}
+        layers:
+          - {name: '1e5', op: conv, out_channels: 3, kernel_size: 1}
+    """))
+    save_model(graph, tmp_path / "m")
+    assert [n.name for n in load_spec(tmp_path / "m").layers()] == ["1e5"]
+
+
+def test_old_mac_line_endings_separate_labels(write_spec, tmp_path):
+    (tmp_path / "labels.txt").write_bytes(b"cat\rdog\rfish\r")
+    graph = load_spec(write_spec("labels: labels.txt\ninput: {shape: [2, 4, 4]}\n"
+                                 "layers: [{name: c, op: conv, out_channels: 3, kernel_size: 1}]\n"))
+    assert graph.meta["labels"] == ["cat", "dog", "fish"]

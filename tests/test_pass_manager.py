@@ -588,6 +588,17 @@ def test_shapes_a_pass_did_not_keep_are_forgotten_not_left_stale(lenet):
 
     PassManager(["shape-inference", "widen-conv1-for-shapes", "reads-a-shape"]).run(lenet)
     assert seen == [None]
+
+    @register_pass("widen-and-infer", "test", provides=("shapes",))
+    def widen_and_infer(graph):  # a pass that edits, then sets every shape itself: they stand
+        widen(graph)
+        for name, shape in graphconv.shapes.infer_shapes(graph).items():
+            graph.set_shape(name, shape)
+        return True
+
+    seen.clear()
+    PassManager(["widen-and-infer", "reads-a-shape"]).run(lenet)
+    assert seen == [(8, 28, 28)]
     out = PassManager(["shape-inference", "widen-conv1-for-shapes", "shape-inference"]).run(lenet)
     assert out.node("conv1").shape == (8, 28, 28)
 

@@ -1252,9 +1252,23 @@ def _resize(imp: _Importer, node) -> None:
     imp.add_layer(node, "upsample", [x], dict(factor=list(factor), mode=mode))
 
 
+def _on_every_axis(imp: _Importer, node, values: np.ndarray, unchanged: np.ndarray, axes) -> np.ndarray:
+    """A Resize's scales or sizes for all four axes: as given, or (op set 18's `axes`)
+    those of the axes named, the others `unchanged`."""
+    if axes is None:
+        return values
+    axes = [int(a) % 4 for a in axes]
+    if len(axes) != values.size or len(set(axes)) != len(axes):
+        raise imp.error(f"{node.op_type} with axes {list(axes)} and {values.size} scales or sizes")
+    full = unchanged.copy()
+    full[axes] = values.ravel()
+    return full
+
+
 def _resize_factor(imp: _Importer, node, x: Tensor, attrs: dict) -> tuple[int, int]:
     """(fy, fx) of a Resize or Upsample node, checked to leave N and C alone and to be
-    whole numbers."""
+    whole numbers. From op set 18 the scales or sizes may name some axes only (`axes`):
+    the others keep their size."""
     if node.op_type == "Upsample" and imp.opset < 9:
         scales = np.asarray(attrs["scales"], np.float64)
     elif node.op_type == "Upsample" or imp.opset < 11:
@@ -1262,19 +1276,15 @@ def _resize_factor(imp: _Importer, node, x: Tensor, attrs: dict) -> tuple[int, i
     else:
         scales = imp.optional_constant(node, 2, "scales")
         sizes = imp.optional_constant(node, 3, "sizes")
-        if scales is None or scales.size == 0:  # sizes instead: N, C, H, W (the batch's is ignored)
+        if scales is not None and scales.size:
+            scales = _on_every_axis(imp, node, scales.astype(np.float64), np.ones(4), attrs.get("axes"))
+        elif sizes is not None:  # sizes instead: N, C, H, W (the batch's is ignored)
+            sizes = _on_every_axis(imp, node, sizes.astype(np.float64), np.array([1.0, *x.shape]), attrs.get("axes"))
+        if scales is None or scales.size == 0:
             if sizes is None or sizes.size != 4:
                 raise imp.error("Resize without 4 constant scales or sizes; graphconv resizes (N, C, H, W) maps "
                                 "by fixed factors")
             scales = np.array([1.0, *(sizes[1:] / np.array(x.shape))])
-    axes = attrs.get("axes")
-    if axes is not None:  # op set 18: scales or sizes of these axes alone
-        axes = [int(a) % 4 for a in axes]
-        if len(axes) != scales.size or len(set(axes)) != len(axes):
-            raise imp.error(f"{node.op_type} with axes {list(attrs['axes'])} and {scales.size} scales or sizes")
-        full = np.ones(4)
-        full[axes] = scales
-        scales = full
     if scales.size != 4 or scales[1] != 1.0 or scales[0] != 1.0:
         raise imp.error(f"{node.op_type} with scales {scales.tolist()}: graphconv enlarges rows and columns "
                         "only (scales [1, 1, fy, fx])")

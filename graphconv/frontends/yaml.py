@@ -209,11 +209,17 @@ class _LineLoader(yaml.SafeLoader):
 _LineLoader.add_constructor("tag:yaml.org,2002:int", _LineLoader.construct_yaml_int)
 # YAML 1.1 (PyYAML) reads a float only with a dot and a signed exponent: 1e-5, as PyTorch
 # prints a batchnorm's eps, and 1.0e38 were text, refused as "not a finite number". As
-# YAML 1.2 does, a number with an exponent is a float, dot or not, sign or not.
-_LineLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
+# YAML 1.2 does, a number with an exponent is a float, dot or not, sign or not; and the
+# writer knows it too, so it quotes a name such as '1e5' that would read back as one.
+EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+_LineLoader.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789."))
+
+
+class _SpecDumper(yaml.SafeDumper):
+    """The safe dumper, resolving plain scalars as `_LineLoader` does."""
+
+
+_SpecDumper.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789."))
 
 
 # ---- loading --------------------------------------------------------------------------------
@@ -621,9 +627,9 @@ def read_labels(path: Path) -> list[str]:
     names after it would shift by one channel (a 5-line file with one blank line was read
     as 4 labels, silently)."""
     text = _read_text(path, "labels file", MAX_LABELS_BYTES, "the labels file is not UTF-8 text")
-    # lines end at \n (and \r\n) alone, as `wc -l` and editors count them: str.splitlines also
-    # splits at form feeds and U+2028, which would add names the file does not show
-    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    # lines end at \n, \r\n or \r, as editors show them: str.splitlines also splits at form
+    # feeds and U+2028, which would add names the file does not show
+    lines = re.split(r"\r\n|\r|\n", text)
     while lines and not lines[-1].strip():
         lines.pop()
     labels = []
@@ -685,7 +691,7 @@ def spec_text(graph: Graph, weights_file: str | None = MODEL_WEIGHTS,
         header["seeded_weights"] = True
     out = io.StringIO()
     out.write(f"# written by graphconv from {graph.name}; loads back to the same graph\n")
-    yaml.safe_dump(_plain(header), out, sort_keys=False, default_flow_style=None)
+    yaml.dump(_plain(header), out, Dumper=_SpecDumper, sort_keys=False, default_flow_style=None)
     out.write("layers:\n")
     previous = graph.input.name
     layers = graph.layers()
@@ -698,7 +704,7 @@ def spec_text(graph: Graph, weights_file: str | None = MODEL_WEIGHTS,
         if inputs != [previous]:
             entry["inputs"] = inputs
         entry.update(compact_params(node.opdef, node.params))
-        line = yaml.safe_dump(_plain(entry), default_flow_style=True, sort_keys=False, width=1 << 16)
+        line = yaml.dump(_plain(entry), Dumper=_SpecDumper, default_flow_style=True, sort_keys=False, width=1 << 16)
         out.write(f"  - {line.strip()}\n")
         previous = node.name
     return out.getvalue()
