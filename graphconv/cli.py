@@ -736,12 +736,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"output shape {tuple(out.shape)} in {seconds * 1e3:.1f} ms"
           f" on {model.executor(args.device).device}")
     _note_whole_image_vector(args, model, x, out)
+    _note_overflow(out, args.image or args.input)
     if profile is not None:
         executor = model.executor(args.device)  # its graph carries the layouts the kernels ran in
         print(format_profile(executor.graph, profile, x.shape[2:], x.shape[0], executor.device))
         print("(the first run in a process also loads every compiled kernel; "
               "`graphconv inspect MODEL --profile` times a warmed-up run)")
     return _deliver(args, model, out, picture if args.image else None, model.field, model.cell_area)
+
+
+def _note_overflow(out: np.ndarray, source: str) -> None:
+    """Say so where a run on finite values (every input is checked) returns NaN or
+    infinite scores: float32 overflowed inside the network (inputs near 3e38, or weights
+    that blow up), and a map of NaN was written with exit 0 and no word."""
+    bad = int(out.size - np.count_nonzero(np.isfinite(out)))
+    if bad:
+        note(f"note: {bad} of {out.size} output value(s) are NaN or infinite: float32 overflowed inside the "
+             f"network on {source} (check its values' range, and the model's preprocess)")
 
 
 @contextmanager

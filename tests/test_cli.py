@@ -1329,3 +1329,14 @@ def test_images_refuse_to_write_their_maps_into_the_model_being_run(tmp_path, ca
     assert run_cli("run", tmp_path / "m", "--images", tmp_path / "p.png", "--output-dir", tmp_path / "m") == 2
     assert "--output-dir would write over m, which the model is read from" in capsys.readouterr().err
     assert not (tmp_path / "m" / "p.npy").exists()
+
+
+def test_scores_that_overflowed_are_said_to_have(tmp_path, capsys):
+    """Finite inputs near float32's limit overflow inside the network: a map of NaN was
+    written with exit 0 and no word."""
+    np.save(tmp_path / "big.npy", np.full((1, 1, 32, 32), 3e38, np.float32))
+    np.save(tmp_path / "fine.npy", np.ones((1, 1, 32, 32), np.float32))
+    assert run_cli("run", SPECS / "lenet.yaml", "--input", tmp_path / "big.npy", "--output", tmp_path / "o.npy") == 0
+    assert "output value(s) are NaN or infinite: float32 overflowed inside the network on" in capsys.readouterr().err
+    assert run_cli("run", SPECS / "lenet.yaml", "--input", tmp_path / "fine.npy", "--output", tmp_path / "p.npy") == 0
+    assert "overflowed" not in capsys.readouterr().err
