@@ -218,8 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("model", help="spec .yaml file, .onnx model or compiled model directory")
     source = run.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", type=_path, help="float32 .npy of shape (N, C, H, W) or (C, H, W)")
-    source.add_argument("--image", type=_path, help="an image file (needs Pillow: pip install 'graphconv[images]'); "
-                                        "TIFF/BigTIFF and .zarr arrays are read a tile at a time")
+    source.add_argument("--image", type=_path,
+                        help="an image file (needs Pillow: pip install 'graphconv[images]'); "
+                             "TIFF/BigTIFF and .zarr arrays are read a tile at a time")
     source.add_argument("--images", type=_path, metavar="GLOB",
                         help="many images ('photos/*.jpg', quoted; 'slides/**/*.svs' through subfolders, or a "
                              "folder: every image in it): one map each, written to --output-dir")
@@ -231,8 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "with no-data (GDAL's tag, --nodata, NaN in floats), no-data cells are left out anyway: "
                           "see --max-nodata")
     _add_nodata_options(run)
-    run.add_argument("--output", type=_path, help="write the output array here (.npy; .zarr for maps too big for memory; .tif: "
-                                      "a map of K bands, georeferenced like a GeoTIFF image)")
+    run.add_argument("--output", type=_path,
+                     help="write the output array here (.npy; .zarr for maps too big for memory; .tif: "
+                          "a map of K bands, georeferenced like a GeoTIFF image)")
     run.add_argument("--output-dir", type=_path, metavar="DIR",
                      help="with --images: where each image's <stem>.npy goes, in the subfolders the images "
                           "have below the folder the pattern starts from")

@@ -279,7 +279,8 @@ def test_an_exported_model_states_its_crop_preprocess_labels_and_task_and_import
                                         ("graphconv.crop", "not json"),
                                         # names a labels file would refuse: printed raw, then a compiled
                                         # model's labels file graphconv could not read back
-                                        ("graphconv.labels", json.dumps(["\u001b[31mred"] + [f"d{i}" for i in range(9)])),
+                                        ("graphconv.labels",
+                                         json.dumps(["\u001b[31mred"] + [f"d{i}" for i in range(9)])),
                                         ("graphconv.labels", json.dumps([" "] + [f"d{i}" for i in range(9)])),
                                         ("graphconv.compiled", "{\"passes\": 3}")])
 def test_metadata_that_graphconv_did_not_write_is_refused(tmp_path, key, value):

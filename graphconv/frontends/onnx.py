@@ -1212,8 +1212,9 @@ def _resize(imp: _Importer, node) -> None:
     scales come from the `scales` input (or attribute, Upsample before op set 9), or
     from constant `sizes` that are whole multiples of the map's. Nearest modes that pick
     cell p // factor (asymmetric with floor, as PyTorch's "nearest" writes it, or half-pixel
-    with a round_prefer_* rounding: half-pixel with floor or ceil picks other cells) and linear with half-pixel coordinates (align_corners=False)
-    are what slides; the rest are refused, naming the node."""
+    with a round_prefer_* rounding: half-pixel with floor or ceil picks other cells) and
+    linear with half-pixel coordinates (align_corners=False) are what slides; the rest
+    are refused, naming the node."""
     x = imp.tensor(node.input[0])
     if x.rank != 4:
         raise imp.error(f"{node.op_type} of a rank-{x.rank} value; graphconv resizes (N, C, H, W) maps")
