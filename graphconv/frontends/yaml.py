@@ -212,14 +212,14 @@ _LineLoader.add_constructor("tag:yaml.org,2002:int", _LineLoader.construct_yaml_
 # YAML 1.2 does, a number with an exponent is a float, dot or not, sign or not; and the
 # writer knows it too, so it quotes a name such as '1e5' that would read back as one.
 EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
-_LineLoader.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789."))
 
 
 class _SpecDumper(yaml.SafeDumper):
     """The safe dumper, resolving plain scalars as `_LineLoader` does."""
 
 
-_SpecDumper.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789."))
+for _resolving in (_LineLoader, _SpecDumper):
+    _resolving.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789."))
 
 
 # ---- loading --------------------------------------------------------------------------------
