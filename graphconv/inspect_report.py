@@ -6,6 +6,7 @@ import math
 from graphconv.cost import layer_costs
 from graphconv.model import Model
 from graphconv.receptive import partial_receptive_fields, whole_crop_layers
+from graphconv.text_table import text_table
 
 
 def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
@@ -19,10 +20,7 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
     head = f"{graph.name}: input {c}x{hw[0]}x{hw[1]} (trained crop {c}x{hc}x{wc})"
     if model.seeded_weights:
         head += "; seeded weights (the spec names no weights file)"
-    name_width = max([16] + [len(r.name) + 2 for r in costs])  # ONNX module paths run long
-    op_width = max([9] + [len(r.op) + 2 for r in costs])
-    lines = [head, f"{'layer':<{name_width}}{'op':<{op_width}}{'output':>14}{'params':>12}{'MFLOP':>11}"
-                   f"{'field':>9}{'stride':>8}{'offset':>9}"]
+    rows = []
     for row in costs:
         f = fields.get(row.name)
         if f is None:  # from a merge of mixed strides on: no field
@@ -30,11 +28,13 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
         else:
             size, offset = ("crop", "-") if row.name in whole else (_pair(f.size), _pair(f.offset))
             stride = _pair(f.stride)
-        lines.append(f"{row.name:<{name_width}}{row.op:<{op_width}}{'x'.join(map(str, row.shape)):>14}"
-                     f"{row.params:>12,}{row.flops / 1e6:>11.1f}{size:>9}{stride:>8}{offset:>9}")
+        rows.append([row.name, row.op, "x".join(map(str, row.shape)), f"{row.params:,}", f"{row.flops / 1e6:.1f}",
+                     size, stride, offset])
     total_params = sum(r.params for r in costs)
     total_flops = sum(r.flops for r in costs)
-    lines.append(f"{'total':<{name_width + op_width + 14}}{total_params:>12,}{total_flops / 1e6:>11.1f}")
+    rows.append(["total", "", "", f"{total_params:,}", f"{total_flops / 1e6:.1f}"])
+    lines = [head, *text_table(["layer", "op", "output", "params", "MFLOP", "field", "stride", "offset"], rows,
+                               left=2)]
     if whole:
         lines.append(_whole_crop_note(graph, whole))
     if mixed is not None:

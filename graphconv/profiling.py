@@ -9,6 +9,7 @@ from graphconv.cost import layer_costs
 from graphconv.ir import Graph
 from graphconv.ops.layout import stored_channels_last
 from graphconv.shapes import infer_shapes
+from graphconv.text_table import text_table
 
 
 @dataclass(frozen=True)
@@ -46,11 +47,8 @@ def format_profile(graph: Graph, profile: dict[str, float], input_hw: tuple[int,
     """Per-layer ms, share and GFLOP/s, with the kernel strategy each layer ran with."""
     rows = layer_timings(graph, profile, input_hw, batch, device)
     total = sum(r.seconds for r in rows) or 1e-12
-    name_width = max([16, *(len(r.name) + 1 for r in rows)])  # ConvNeXt's "features.5.4.block.4"
-    op_width = max([9, *(len(r.op) + 1 for r in rows)])
-    lines = [f"{'layer':<{name_width}}{'op':<{op_width}}{'strategy':<11}{'ms':>9}{'share':>7}{'GFLOP/s':>9}"]
-    for r in rows:
-        lines.append(f"{r.name:<{name_width}}{r.op:<{op_width}}{r.strategy or '-':<11}{r.seconds * 1e3:>9.2f}"
-                     f"{r.seconds / total:>7.0%}{r.gflops_per_second:>9.1f}")
-    lines.append(f"{'total':<{name_width + op_width + 11}}{total * 1e3:>9.2f}")
+    cells = [[r.name, r.op, r.strategy or "-", f"{r.seconds * 1e3:.2f}", f"{r.seconds / total:.0%}",
+              f"{r.gflops_per_second:.1f}"] for r in rows]
+    cells.append(["total", "", "", f"{total * 1e3:.2f}"])
+    lines = text_table(["layer", "op", "strategy", "ms", "share", "GFLOP/s"], cells, left=3)
     return "\n".join(lines)
