@@ -27,6 +27,15 @@ def test_builtins_are_registered_with_their_origin():
     assert names["output-stride"].options == {"stride": None, "method": "auto"}
 
 
+def test_every_module_of_the_passes_folder_registers_its_passes():
+    """Adding a pass is adding its file to passes/: nothing else lists it."""
+    origins = {p.origin for p in pm.registered_passes()}
+    modules = sorted(f.name for f in (ROOT / "passes").glob("*.py") if f.name != "__init__.py")
+    assert len(modules) > 10
+    for module in modules:
+        assert f"built-in (passes/{module})" in origins, module
+
+
 def test_parse_pipeline():
     assert parse_pipeline("a, b{k=1,m=x, f=0.5, t=true},c") == [
         ("a", {}), ("b", {"k": 1, "m": "x", "f": 0.5, "t": True}), ("c", {})]

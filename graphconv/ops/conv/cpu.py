@@ -1,4 +1,4 @@
-"""CPU conv: one of eight strategies per layer, chosen from the layer's shape.
+"""CPU conv: one of nine strategies per layer (`STRATEGIES`), chosen from the layer's shape.
 
 - "stream": large weights used at few output positions (the fully-connected layers
   fc-to-conv produced; see `gemm_cpu.prefers_stream`). The patches are gathered into
