@@ -100,6 +100,10 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
         raise GraphconvError(f"the image is {image_hw[0]}x{image_hw[1]}, smaller than the classifier's "
                              f"{crop_hw[0]}x{crop_hw[1]} crop", file=args.image)
     tile = args.tile
+    resume = getattr(args, "resume", False)
+    if tile is None and resume:
+        from graphconv.cluster import partial_map_tile
+        tile = partial_map_tile(args.output, grid, image_hw, memory_limit())
     background = _background(args, source, grid)
     if tile is None and background is not None:
         tile = background.cheapest_tile(grid, image_hw)
@@ -120,8 +124,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     if args.output:
         from graphconv.cluster import check_replaceable
         check_replaceable(args.output, dtype, shape)
-    resume = getattr(args, "resume", False)
-    job = _job(args, model, grid, source, plan, shape, dtype) if resume or args.output else None
+    job = _job(args, model, grid, source, tile, plan, shape, dtype) if resume or args.output else None
     if resume:
         from graphconv.tiling import PartialMap
         partial = PartialMap(args.output)
@@ -287,10 +290,11 @@ def _compute(args, grid, source, plan, tile, out, transform, on_tile, blank_cell
                   blank_cells=blank_cells, done=done)
 
 
-def _job(args: argparse.Namespace, model, grid, source, plan, shape, dtype) -> dict:
+def _job(args: argparse.Namespace, model, grid, source, tile, plan, shape, dtype) -> dict:
     """What this --resume run computes (`cluster.resume_job`)."""
     from graphconv.cluster import resume_job
-    return resume_job(_model_ref(args), model, args.image, source, _map_options(args, grid), plan, shape, dtype)
+    return resume_job(_model_ref(args), model, args.image, source, _map_options(args, grid), tile, plan, shape,
+                      dtype)
 
 
 def _advance_if_computed(advance, tile, blank_tiles: frozenset) -> None:

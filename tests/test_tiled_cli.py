@@ -1607,6 +1607,43 @@ def test_images_resume_goes_on_from_the_tiles_done_of_the_map_in_progress(model_
             assert done.pages[0].description == straight.pages[0].description
 
 
+@pytest.mark.parametrize("batch", [False, True], ids=["image", "images"])
+def test_resume_without_tile_keeps_the_stopped_run_s_tiles_under_another_memory_budget(model_dir, tmp_path,
+                                                                                     monkeypatch, capsys, batch):
+    """Without --tile the tiles follow the memory budget, so resuming with another
+    --workers count (each worker's share), another --memory-limit or on a machine with
+    more memory chose other tiles: the partial map was another job's and refused. Now a
+    --resume without --tile takes the stopped run's tile where it fits the budget."""
+    from graphconv.cli import main
+    from graphconv.tiling import DenseGrid
+
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    big_page = folder / "big.png"
+    Image.fromarray((np.random.default_rng(7).random((900, 900)) * 255).astype(np.uint8)).save(big_page)
+    small = DenseGrid(Model.load(model_dir)).peak_bytes((900, 900)) * 3 // 4  # 16 tiles; 4x: the whole image
+    if batch:
+        run = ["run", str(model_dir), "--images", str(folder), "--resume"]
+        out, straight = ["--output-dir", str(tmp_path / "maps")], ["--output-dir", str(tmp_path / "straight")]
+        maps = (tmp_path / "maps" / "big.npy", tmp_path / "straight" / "big.npy")
+    else:
+        run = ["run", str(model_dir), "--image", str(big_page), "--resume"]
+        out, straight = ["--output", str(tmp_path / "map.npy")], ["--output", str(tmp_path / "straight.npy")]
+        maps = (tmp_path / "map.npy", tmp_path / "straight.npy")
+    assert main([*run, *straight, "--memory-limit", str(small)]) == 0
+    _stop_after(monkeypatch, 2)
+    assert main([*run, *out, "--memory-limit", str(small)]) == 130
+    monkeypatch.undo()
+    written = _stop_after(monkeypatch, 10 ** 6)
+    capsys.readouterr()
+    assert main([*run, *out, "--memory-limit", str(small * 4)]) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    tiles = len(written) + 2
+    assert tiles > 3 and ("went on from the tiles an earlier run had done (2 of" in err if batch
+                          else f"resume: 2 of {tiles} tile(s) were done by an earlier run" in err), err
+    np.testing.assert_array_equal(np.load(maps[0]), np.load(maps[1]))
+
+
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM", "SIGKILL"])
 def test_resume_after_a_real_signal_equals_a_straight_run(model_dir, big_page, tmp_path, signal_name):
     """The command stopped by a signal while it writes (Ctrl-C, a scheduler's SIGTERM,
