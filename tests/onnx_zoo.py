@@ -816,9 +816,11 @@ def build(name: str, seed: int = 0) -> nn.Module:
 
 
 def export(model: nn.Module, path, *, dynamo: bool = False, batch: int = 1, fold: bool = True,
-           dynamic_hw: bool = False, opset: int = 17) -> None:
+           dynamic_hw: bool = False, opset: int = 17, dynamic_batch: bool = True) -> None:
     """torch.onnx.export through either exporter. `fold=False` keeps BatchNormalization
-    nodes (TorchScript exporter: no constant folding), so graphconv's own folding is tested."""
+    nodes (TorchScript exporter: no constant folding), so graphconv's own folding is tested.
+    The dynamo exporter fixes the batch at `batch`; the TorchScript one only without
+    `dynamic_batch`."""
     import warnings
 
     x = torch.randn(batch, 3, model.crop, model.crop)
@@ -829,7 +831,8 @@ def export(model: nn.Module, path, *, dynamo: bool = False, batch: int = 1, fold
             torch.onnx.export(Wrapped(model), (x,), str(path), dynamo=True, verbose=False,
                               input_names=["x"], dynamic_shapes=dynamic)
         else:
-            axes = {"x": {0: "batch", 2: "height", 3: "width"}} if dynamic_hw else {"x": {0: "batch"}}
+            axes = {"x": {**({0: "batch"} if dynamic_batch else {}), **({2: "height", 3: "width"} if dynamic_hw
+                                                                          else {})}}
             torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset,
                               input_names=["x"], output_names=["scores"], dynamic_axes=axes,
                               do_constant_folding=fold,

@@ -68,6 +68,22 @@ def test_classifier_output_equals_pytorch(exported, arch, how, rng):
     np.testing.assert_allclose(out, expected, **TOLERANCE)
 
 
+@pytest.mark.parametrize("how,arch", [
+    pytest.param(how, arch, id=f"{how}-{arch}") for how in ["torchscript", "dynamo"]
+    for arch in ARCHITECTURES if how == "torchscript" or arch in ("convnext", "shufflenet", "vggbn")])
+def test_a_model_exported_with_a_fixed_batch_imports_and_takes_any_batch(arch, how, tmp_path, rng):
+    """An export whose example input was a batch of 3 (a data loader's batch; the dynamo
+    exporter fixes it) writes 3 into its reshapes: x.view(x.size(0), -1) became
+    Reshape(x, [3, -1]), refused as no flatten graphconv knew. The batch axis means "the
+    batch" whatever the exporter wrote there."""
+    model, path = onnx_zoo.build(arch), tmp_path / f"{arch}.onnx"
+    onnx_zoo.export(model, path, batch=3, dynamic_batch=False, dynamo=how == "dynamo")
+    imported = Model(load_network(path))
+    for batch in (3, 1):
+        x = rng.standard_normal((batch, 3, model.crop, model.crop)).astype(np.float32)
+        np.testing.assert_allclose(imported.run(x), torch_scores(model, x), **TOLERANCE)
+
+
 @pytest.mark.parametrize("arch", onnx_zoo.SLIDING)
 def test_compiled_dense_map_equals_the_same_conversion_in_pytorch(exported, arch, rng):
     """The default pipeline folds batch norm, turns global pooling into window pooling and

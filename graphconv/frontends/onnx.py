@@ -236,6 +236,7 @@ class _Importer:
         self.source = source
         self.crop_size = tuple(crop_size) if crop_size is not None else None
         self.stated_crop = stated_crop  # what graphconv's export stated, for a dynamic input
+        self.exported_batch = 1  # the input's fixed batch, where the exporter fixed one (_add_input)
         self.opset = self._opset()
         self.nodes = _with_softplus_thresholds_fused(
             _with_gelus_fused(list(model.graph.node), self._initializer_or_constant),
@@ -344,6 +345,7 @@ class _Importer:
                                  "reads image classifiers with an (N, C, H, W) input", file=self.source)
         fixed = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
         invalid = [d.dim_value if d.HasField("dim_value") and d.dim_value <= 0 else None for d in dims]
+        self.exported_batch = fixed[0] or 1
         layout = NHWC if self._read_channels_last(onnx_input.name) else NCHW
         order = (3, 1, 2) if layout == NHWC else (1, 2, 3)
         channels, rows, cols = (fixed[i] for i in order)
@@ -449,6 +451,18 @@ class _Importer:
         if not isinstance(value, np.ndarray):
             raise self.error(f"its {what} ({shown(name)}) must be a constant (an initializer)")
         return value
+
+    def shape_target(self, name: str, what: str) -> list[int]:
+        """A constant target shape (Reshape's, Expand's) whose first axis is the batch, as
+        for a batch of one. A model exported with a fixed batch of B (a data loader's
+        batch as the example input; torch.onnx.export's dynamo exporter fixes it) writes
+        B there where a dynamic export writes -1 or the batch it reads at run time:
+        `x.view(x.size(0), -1)` is then Reshape(x, [B, -1]). graphconv's networks take
+        any batch, so B means "the batch" as 1 does."""
+        target = [int(v) for v in self.constant(name, what).ravel()]
+        if len(target) > 1 and self.exported_batch > 1 and target[0] == self.exported_batch:
+            target[0] = 1
+        return target
 
     def optional_constant(self, node, index: int, what: str) -> np.ndarray | None:
         if len(node.input) <= index or not node.input[index]:
@@ -1370,14 +1384,14 @@ def _expand(imp: _Importer, node) -> None:
     (C, 1, 1) gate expanded to the map's height and width for a Mul (SENet's
     `x * y.expand_as(x)`) goes on unexpanded too: mul takes one value per channel."""
     x = imp.tensor(node.input[0])
-    target = imp.values.get(node.input[1])
-    if not isinstance(target, np.ndarray):
+    if not isinstance(imp.values.get(node.input[1]), np.ndarray):
         raise imp.error("Expand to a shape computed from the feature map; graphconv expands to constant shapes")
+    target = imp.shape_target(node.input[1], "target shape")
     have = (1, *x.shape) if x.rank == 4 else (1, x.shape[0])  # as ONNX sees it: a map, or a vector (N, C)
     try:
-        shape = np.broadcast_shapes(have, tuple(int(v) for v in target.ravel()))
+        shape = np.broadcast_shapes(have, tuple(target))
     except ValueError:
-        raise imp.error(f"Expand of a {'x'.join(map(str, have))} map to {[int(v) for v in target.ravel()]}, "
+        raise imp.error(f"Expand of a {'x'.join(map(str, have))} map to {target}, "
                         "a shape it does not broadcast to") from None
     readers = {n.op_type for n in imp.nodes if node.output[0] in n.input}
     gate = x.rank == 4 and have[2:] == (1, 1) and readers == {"Mul"} and shape[1] == have[1]
@@ -1623,7 +1637,7 @@ def _reshape(imp: _Importer, node) -> None:
     (N, groups, -1) and back; space-to-depth's patch view and, after its Transpose, its
     end; and a batch-1 map flattened to [-1] (see `_gather`)."""
     x = imp.tensor(node.input[0], (NCHW, GROUPED, GROUP_RUNS, PATCHES, RADIX))
-    target = [int(v) for v in imp.constant(node.input[1], "target shape").ravel()]
+    target = imp.shape_target(node.input[1], "target shape")
     if x.layout == GROUPED or len(target) == 5:
         _channel_groups(imp, node, x, target)
         return
@@ -1766,7 +1780,8 @@ def _gather(imp: _Importer, node) -> None:
       scalar index drops the axis, which leaves a SQUEEZED view, and the second drop is
       a flatten to (N, C) features; a list of it, [0], changes nothing;
     * of a flattened map, every element back: indices 0..C*H*W-1 shaped (1, C, H, W), as
-      the dynamo exporter writes adaptive_avg_pool2d(1) (a strided view of the mean).
+      the dynamo exporter writes adaptive_avg_pool2d(1) (a strided view of the mean);
+      of a batch of B exported with that batch fixed, 0..B*C*H*W-1 shaped (B, C, H, W).
 
     Rows and columns of a larger map, the batch axis, or indices computed at run time
     cannot slide, and are refused by name."""
@@ -1775,7 +1790,8 @@ def _gather(imp: _Importer, node) -> None:
     axis = int(imp.attributes(node).get("axis", 0))
     if x.layout == FLAT:
         whole = (1, *x.shape)
-        if axis != 0 or indices.shape != whole or not np.array_equal(indices.ravel(), np.arange(indices.size)):
+        if (axis != 0 or indices.shape not in (whole, (imp.exported_batch, *x.shape))
+                or not np.array_equal(indices.ravel(), np.arange(indices.size))):
             raise imp.error(f"Gather from a flattened {'x'.join(map(str, x.shape))} map with indices of shape "
                             f"{list(indices.shape)}; graphconv reads only the gather of every element back "
                             f"into {list(whole)}")
