@@ -449,6 +449,8 @@ def cell_index_map(field: Field, rows: int, cols: int, height: int, width: int) 
 HEATMAP_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF")  # RGB formats --heatmap-out may name
 HEATMAP_MIN_SIDE = 320  # smaller pictures are enlarged (whole pixels) so the text fits
 BAR_WIDTH = 14
+TICK_LENGTH = 4  # the tick's pixels right of the colour bar
+TICK_GAP = 6  # between the tick and its number: nearer, the tick reads as a minus sign
 MARGIN = 6
 BLEND = 0.5  # the map's share of each pixel
 TOP_BLEND = 0.45
@@ -742,7 +744,7 @@ def _compose(panel, lines: list[str], bar=None, legend=None):
     side_w, side_h = 0, 0
     if bar is not None:
         colours, ticks = bar
-        side_w = BAR_WIDTH + 4 + max(text_width(_number(v)) for _, v in ticks)
+        side_w = BAR_WIDTH + TICK_LENGTH + TICK_GAP + max(text_width(_number(v)) for _, v in ticks)
         side_h = colours.shape[1]
     if legend:
         side_w = line_h + 4 + max(text_width(t) for _, t in legend)
@@ -763,8 +765,9 @@ def _compose(panel, lines: list[str], bar=None, legend=None):
         canvas.paste(strip, (x, title_h))
         for position, value in ticks:
             y = title_h + round(position * (strip.size[1] - 1))
-            draw.line([(x + BAR_WIDTH, y), (x + BAR_WIDTH + 3, y)], fill="black")
-            draw.text((x + BAR_WIDTH + 4, y), _number(value), fill="black", font=font, anchor="lm")
+            draw.line([(x + BAR_WIDTH, y), (x + BAR_WIDTH + TICK_LENGTH - 1, y)], fill="black")
+            draw.text((x + BAR_WIDTH + TICK_LENGTH + TICK_GAP, y), _number(value), fill="black", font=font,
+                      anchor="lm")
     for index, (rgb, text) in enumerate(legend or ()):
         y = title_h + index * line_h
         draw.rectangle([x, y + 1, x + line_h - 3, y + line_h - 2], fill=rgb, outline="black")
