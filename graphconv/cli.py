@@ -991,15 +991,22 @@ def note_pixels_as_they_are(args: argparse.Namespace, model) -> None:
     """An ONNX file run straight on images says nothing of how its pixels were
     normalised (ONNX has no place for it), so they go in as 0..255: the right input for
     few PyTorch models, and the maps are then nonsense without a word. Say so, and how
-    to state it; a spec or an import that states a preprocess, or graphconv's own export
-    (whose metadata keeps it), is not noted."""
-    if model.graph.meta.get("preprocess") is not None or not str(args.model).lower().endswith(".onnx"):
+    to state it, for the file and for a model compiled from it (`compiled: {source}`);
+    a spec or an import that states a preprocess, or graphconv's own export (whose
+    metadata keeps it), is not noted."""
+    if model.graph.meta.get("preprocess") is not None:
         return
-    note(f"note: {args.model} states no preprocess (an ONNX file has no place for one), so the pixels go in as "
+    source = model.graph.meta.get("compiled", {}).get("source", "")
+    if str(args.model).lower().endswith(".onnx"):
+        whose, then = f"{args.model} states", "run NET.yaml"
+    elif source.lower().endswith(".onnx"):
+        whose, then = f"{args.model} was compiled from {source}, which states", "compile NET.yaml and run that"
+    else:
+        return
+    note(f"note: {whose} no preprocess (an ONNX file has no place for one), so the pixels go in as "
          "they are, 0..255: if the model was trained on normalised pixels, import it with them (graphconv "
          "import MODEL.onnx -o NET.yaml --scale 0.00392157 --mean ... --std ..., and --values stored with the "
-         "scale its training used for a raster stored in more than 8 bits, such as 16-bit reflectances) and run "
-         "NET.yaml")
+         f"scale its training used for a raster stored in more than 8 bits, such as 16-bit reflectances) and {then}")
 
 
 def note_dense_padding(args: argparse.Namespace, model) -> None:
@@ -1366,7 +1373,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     """Every check runs before the first byte is written: the output folder is checked
     before the pipeline runs, and the compiled model's receptive field (which rejects
     maps of different strides meeting) is worked out before it is saved."""
-    from graphconv.compiler import compile_graph
+    from graphconv.compiler import compile_graph, record_source
     from graphconv.model import Model
     from graphconv.pass_manager import timings_table
     from graphconv.frontends import load_network as load_spec
@@ -1380,8 +1387,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
                                    stride_method=args.stride_method, verify_each=not args.no_verify,
                                    print_ir_before=set(args.print_ir_before),
                                    print_ir_after=set(args.print_ir_after))
+    record_source(graph, args.spec)
     model = Model(graph)
-    note_pixels_as_they_are(argparse.Namespace(model=args.spec), model)  # its folder cannot tell a run so
+    note_pixels_as_they_are(argparse.Namespace(model=args.spec), model)
     field = model.field
     model.save(args.output)
     if args.timings:

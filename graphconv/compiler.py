@@ -3,6 +3,7 @@ as `graphconv compile` does it."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 from graphconv.errors import GraphconvError
@@ -50,7 +51,16 @@ def compile_graph(source: str | os.PathLike | Graph | Model, passes: str | Seque
     check_can_slide(graph, compiled)
     refuse_flatten_left(pipeline, graph, compiled)
     compiled.meta.setdefault("compiled", {})["passes"] = format_pipeline(pipeline)
+    if isinstance(source, (str, os.PathLike)):
+        record_source(compiled, source)
     return compiled, manager.records
+
+
+def record_source(compiled: Graph, path: str | os.PathLike) -> None:
+    """Name the file a compiled graph came from in its `compiled` block, so a run of the
+    compiled folder knows it was an ONNX file's, which states no preprocess
+    (`cli.note_pixels_as_they_are`). A recompiled folder keeps the name it has."""
+    compiled.meta["compiled"].setdefault("source", Path(path).name)
 
 
 def source_graph(source: str | os.PathLike | Graph | Model, **load_options: Any) -> Graph:

@@ -1296,10 +1296,11 @@ layers:
     assert np.load(tmp_path / "maps" / "big.npy").shape[:2] == (1, 3)
 
 
-def test_compiling_an_onnx_file_that_states_no_preprocess_says_its_pixels_go_in_as_they_are(tmp_path):
+def test_compiling_an_onnx_file_that_states_no_preprocess_says_its_pixels_go_in_as_they_are(tmp_path, picture):
     """`run model.onnx` says an ONNX file states no preprocess; a model folder compiled
-    from one ran (--image, --images) on raw 0..255 pixels without a word, and its folder
-    cannot say where it came from: compiling says it, with the same note."""
+    from one ran (--image, --images) on raw 0..255 pixels without a word. Compiling says
+    it, with the same note, and the folder names its source (`compiled: {source}`), so
+    each run of it says it too, as does a folder recompiled from it."""
     pytest.importorskip("onnx")
     from graphconv.frontends import load_network
     from graphconv.frontends.onnx_export import save_onnx
@@ -1309,7 +1310,16 @@ def test_compiling_an_onnx_file_that_states_no_preprocess_says_its_pixels_go_in_
     result = graphconv_in_process("compile", tmp_path / "lenet.onnx", "-o", tmp_path / "fcn")
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("lenet.onnx states no preprocess (an ONNX file has no place for one)") == 1
+    assert graphconv_in_process("compile", tmp_path / "fcn", "-o", tmp_path / "again").returncode == 0
+    said = "was compiled from lenet.onnx, which states no preprocess (an ONNX file has no place for one)"
+    for runs in (["--image", picture / "page.png", "--output", tmp_path / "map.npy"],
+                 ["--images", picture / "page.png", "--output-dir", tmp_path / "maps"]):
+        for folder in ("fcn", "again"):
+            result = graphconv_in_process("run", tmp_path / folder, *runs)
+            assert result.returncode == 0 and result.stderr.count(f"{folder} {said}") == 1, result.stderr
     result = graphconv_in_process("compile", SPECS / "lenet.yaml", "-o", tmp_path / "fcn2")
+    assert result.returncode == 0 and "states no preprocess" not in result.stderr
+    result = graphconv_in_process("run", tmp_path / "fcn2", "--image", picture / "page.png")
     assert result.returncode == 0 and "states no preprocess" not in result.stderr
 
 

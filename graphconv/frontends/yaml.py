@@ -58,7 +58,7 @@ TASKS = ("classification", "segmentation")  # `task`: see `graphconv.model.Model
 INPUT_KEYS = {"name", "shape"}
 PREPROCESS_KEYS = {"mean", "std", "scale", "values"}
 PIXEL_VALUES = ("0..255", "stored")  # preprocess `values`: the default, or as the file stores them
-COMPILED_KEYS = {"passes", "output_stride", "stride_method", "stitch"}
+COMPILED_KEYS = {"passes", "output_stride", "stride_method", "stitch", "source"}
 STITCH_KEYS = {"factor", "step"}
 STRIDE_METHODS = ("auto", "dilate", "shift")
 MODEL_SPEC = "model.yaml"
@@ -531,6 +531,11 @@ def _checked_compiled(block: Any, path: Path, loc: Location) -> dict:
             if not isinstance(value, str) or value not in STRIDE_METHODS:
                 raise GraphconvError(f"compiled stride_method must be one of {list(STRIDE_METHODS)}, "
                                      f"got {shown(value)}", loc=where)
+            checked[key] = value
+        elif key == "source":
+            if not isinstance(value, str) or not value:
+                raise GraphconvError(f"compiled source must be the name of the file compiled, got {shown(value)}",
+                                     loc=where)
             checked[key] = value
         else:
             checked[key] = _checked_stitch(value, path, where)
