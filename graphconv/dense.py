@@ -310,6 +310,10 @@ class VerifyReport:
             verdict = self._verdict_after_plugins()
         elif not self.conversion_exact:
             verdict = "FAIL: the conversion is wrong"
+        elif self.agrees and any(layer.differing for layer in self.layers):
+            verdict = ("PASS: the conversion is exact and the sliding evaluation equals the crop loop on these "
+                       "pixels, within the tolerance; but padding makes the layers above differ, so on other "
+                       "images the scores can differ (--image measures on yours)")
         elif self.agrees:
             verdict = "PASS: the conversion is exact and the sliding evaluation equals the crop loop"
         elif self.exact_by_construction:
@@ -526,16 +530,17 @@ def _flat(model: Model, crops: np.ndarray, device: str) -> np.ndarray:
 
 def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float | None = None,
            device: str = "cpu", strict: bool = False, *, dense: np.ndarray | None = None,
-           where: str | None = None, progress: Callable[[int, int], None] | None = None,
+           where: str | None = "the image given", progress: Callable[[int, int], None] | None = None,
            image_crops: int | None = None, command: str | None = None, left_out: np.ndarray | None = None,
            left_out_why: str | None = None) -> VerifyReport:
     """Check `compiled` (the converted network) against `original` (the classifier) on
     `image`: (a) on the classifier's crop, (b) slid over the image against the crop loop,
     and, for a padded network, where padding makes (b) differ. See the module docstring.
 
-    `where` names a real image's region (verify --image): the report then also says what
-    the difference does to each cell's top class (`TopClasses`; `image_crops`, the whole
-    image's crops, prices `run --crops`). `dense` is the sliding map of `image`'s cells
+    `where` names the real image or its region (verify --image names the region): the
+    report also says what the difference does to each cell's top class (`TopClasses`;
+    `image_crops`, the whole image's crops, prices `run --crops`). None for random pixels
+    (verify --input-size), whose top classes say nothing of a user's images. `dense` is the sliding map of `image`'s cells
     when computed with the image around the region, as `run` sees them; `progress` hears
     the crop loop's. `left_out`, (rows, cols) bool: the cells `run` leaves out (no-data),
     neither computed by the crop loop nor compared, and said (`left_out_why`)."""

@@ -333,6 +333,22 @@ def test_the_tolerance_is_relative_to_the_scores_however_small(write_spec, rng):
     assert "equals the crop loop" not in str(report) and "of the largest score" in str(report)
 
 
+@pytest.mark.parametrize("strict", [False, True])
+def test_scores_that_agree_while_padded_layers_differ_pass_without_saying_equal(write_spec, rng, strict):
+    """Saturated scores (here an fc of zero weights: every cell its bias) agree with the
+    crop loop while padding makes the layers before differ: verify --strict said "PASS:
+    ... the sliding evaluation equals the crop loop" under its own list of differing
+    layers. It passes (the scores are equal), saying so for these pixels only."""
+    classifier = graphconv.load(write_spec(PADDED))
+    fc = classifier.graph.node("fc")
+    classifier.graph.set_weights(fc, weight=np.zeros_like(fc.weights["weight"]))
+    fcn = graphconv.compile_model(classifier.graph)
+    report = verify(classifier, fcn, random_input(rng, (1, 2, 36, 30)), strict=strict, where=None)
+    assert report.agrees and report.passed and any(layer.differing for layer in report.layers)
+    text = str(report)
+    assert "equals the crop loop on these pixels" in text and "on other images the scores can differ" in text
+
+
 def test_one_tolerance_for_the_conversion_names_the_passes_and_fails_the_run(write_spec, rng):
     """(a) used the larger of its own tolerance (1e-4 of the classifier's scores on the
     sampled crops) and 1e-4 of the crop loop's largest score, while the search for the
@@ -473,8 +489,10 @@ def test_a_top_class_changing_in_many_cells_is_a_warning_pointing_at_crops(write
     assert "`graphconv run net.yaml --image s.tif --crops` (the crop loop took" in text
     assert "for the 1000 crops of the whole image" in text
     assert "see the WARNING above" in text.splitlines()[-1]
-    quiet = str(verify(classifier, fcn, x))
+    quiet = str(verify(classifier, fcn, x, where=None))  # random pixels (verify --input-size)
     assert "WARNING" not in quiet and "verify measures with --image IMAGE" in quiet
+    given = str(verify(classifier, fcn, x))  # an image from Python: not called random pixels
+    assert "WARNING" in given and "random pixels" not in given and "on your image (the image given)" in given
 
 
 def test_the_crop_loop_reports_its_progress(write_spec, rng):
