@@ -1909,8 +1909,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if "compiled" not in model.graph.meta and not model.segmentation:  # a segmentation network is dense as written
         print(f"note: {args.model} is not compiled; exported the network as written (graphconv "
               "compile it first for the fully convolutional network)", file=sys.stderr)
-    print(f"exported {args.model} -> {args.output} (ONNX op set 19; input N x "
-          f"{model.crop_shape[0]} x H x W)")
+    c, hc, wc = model.crop_shape
+    takes = f"N x {c} x {hc} x {wc}, its crop; output N x classes" if model.returns_vectors else f"N x {c} x H x W"
+    print(f"exported {args.model} -> {args.output} (ONNX op set 19; input {takes})")
     return 0
 
 

@@ -1635,7 +1635,8 @@ def _reshape(imp: _Importer, node) -> None:
     (-1, C*H*W); a reshape to the same shape changes nothing; the channel shuffle's
     pair: (N, C, H, W) -> (N, g, C/g, H, W) and, after its Transpose, back; GroupNorm's
     (N, groups, -1) and back; space-to-depth's patch view and, after its Transpose, its
-    end; and a batch-1 map flattened to [-1] (see `_gather`)."""
+    end; a batch-1 map flattened to [-1] (see `_gather`); and graphconv's own flatten as
+    its export writes it, (N, C*H*W, 1, 1)."""
     x = imp.tensor(node.input[0], (NCHW, GROUPED, GROUP_RUNS, PATCHES, RADIX))
     target = imp.shape_target(node.input[1], "target shape")
     if x.layout == GROUPED or len(target) == 5:
@@ -1657,6 +1658,9 @@ def _reshape(imp: _Importer, node) -> None:
     resolved = [current[i] if v == 0 else v for i, v in enumerate(target)]
     if len(resolved) == x.rank and all(v in (c, -1) for v, c in zip(resolved[1:], current[1:])):
         imp.alias(node, x)
+        return
+    if x.rank == 4 and len(target) == 4 and _reshaped(target, current) == [1, features, 1, 1]:
+        imp.add_layer(node, "flatten", [x])  # graphconv's flatten as its export writes it: (N, C*H*W, 1, 1)
         return
     raise imp.error(f"Reshape of a {'x'.join(map(str, current))} value to {target}; graphconv "
                     "recognises the flatten before a classifier's fully connected layer and the views of a "

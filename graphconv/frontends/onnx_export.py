@@ -2,7 +2,8 @@
 deployed with onnxruntime, TensorRT or anything else that reads ONNX.
 
 The exported model's input has dynamic batch, height and width (`N x C x H x W`): that
-is the point of a fully convolutional network. Each op writes itself through its
+is the point of a fully convolutional network. (A classifier exported as written, with
+its fc or flatten layers, takes its crop alone and returns (N, K), as graphconv runs it.) Each op writes itself through its
 OpDef's `onnx` function (the op's folder, like its kernels and its PyTorch
 equivalent) using the small `OnnxWriter` below; an op without one (the two halves of
 shift-and-stitch) is refused with what to do instead. Every value stays 4-D, as in the
@@ -125,11 +126,15 @@ def to_onnx_model(graph: Graph):
     writer = OnnxWriter()
     for node in graph.layers():
         writer.write_layer(node)
-    c = graph.input_shape[0]
+    c, hc, wc = graph.input_shape
     out_c = infer_shapes(graph, check_weights=False)[graph.output.name][0]
-    inputs = [helper.make_tensor_value_info(graph.input.name, onnx.TensorProto.FLOAT, ["N", c, "H", "W"])]
-    outputs = [helper.make_tensor_value_info(graph.output.name, onnx.TensorProto.FLOAT,
-                                             ["N", out_c, "rows", "cols"])]
+    if _returns_vectors(graph):
+        _flatten_the_output(writer, graph.output.name)
+        in_dims, out_dims = ["N", c, hc, wc], ["N", out_c]
+    else:
+        in_dims, out_dims = ["N", c, "H", "W"], ["N", out_c, "rows", "cols"]
+    inputs = [helper.make_tensor_value_info(graph.input.name, onnx.TensorProto.FLOAT, in_dims)]
+    outputs = [helper.make_tensor_value_info(graph.output.name, onnx.TensorProto.FLOAT, out_dims)]
     body = helper.make_graph(writer.nodes, graph.name, inputs, outputs, writer.initializers)
     model = helper.make_model(body, opset_imports=[helper.make_opsetid("", EXPORT_OPSET)],
                               producer_name="graphconv")
@@ -140,6 +145,22 @@ def to_onnx_model(graph: Graph):
     except Exception as err:  # a bug in an op's writer, not bad input
         raise AssertionError(f"graphconv wrote an invalid ONNX model: {err}") from err
     return model
+
+
+def _returns_vectors(graph: Graph) -> bool:
+    """A classifier as written (fc or flatten layers: `Model.returns_vectors`): it takes
+    only its crop and returns (N, K) class vectors, as graphconv runs it and as the ONNX
+    file it came from declared; its export says so (fixed H and W, an (N, K) output), so
+    onnxruntime neither accepts other sizes nor returns (N, K, 1, 1)."""
+    from graphconv.model import Model
+    return Model(graph).returns_vectors
+
+
+def _flatten_the_output(writer: OnnxWriter, output: str) -> None:
+    """The output (N, K, 1, 1), as graphconv keeps every value, flattened to (N, K)."""
+    last = next(node for node in reversed(writer.nodes) if output in node.output)
+    last.output[list(last.output).index(output)] = map_value = f"{output}_map"
+    writer.node("Flatten", [map_value], output, axis=1)
 
 
 METADATA_PREFIX = "graphconv."  # metadata_props keys graphconv writes, and reads back on import
