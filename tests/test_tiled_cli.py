@@ -337,6 +337,9 @@ def test_cli_tiles_automatically_when_the_whole_image_is_over_the_budget(picture
     result = graphconv("run", folder, "--image", big, "--output", tmp_path / "auto.npy", "--memory-limit", "100M")
     assert result.returncode == 0, result.stderr
     assert "over the" in result.stderr and "evaluating it in exact tiles" in result.stderr
+    said = re.search(r"exact tiles of up to (\d+x\d+) pixels", result.stderr).group(1)
+    planned = re.search(r"tile\(s\) of up to (\d+x\d+) pixels", result.stdout + result.stderr).group(1)
+    assert said == planned  # the note said the tile chosen, a few pixels over the tiles planned in whole cells
     np.testing.assert_allclose(np.load(tmp_path / "auto.npy"), whole, rtol=1e-4, atol=1e-6)
 
 
