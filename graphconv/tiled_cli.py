@@ -119,7 +119,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
                file=args.image)
     classes = model.output_channels
     transform, channels, dtype = map_transform(args.reduce, args.classes, classes)
-    _check_heatmap(args, classes)
+    _check_heatmap(args, classes, model.graph.meta.get("labels"))
     shape = (1, channels, *plan.map_hw)
     if args.output:
         from graphconv.cluster import check_replaceable
@@ -438,8 +438,9 @@ def _skipper(args: argparse.Namespace, background, plan):
     return masks.__getitem__, frozenset(blank)  # worked out once, for this message, the bar and the run
 
 
-def _check_heatmap(args: argparse.Namespace, classes: int) -> None:
-    """Refuse, before the run, a --heatmap the map it writes cannot draw."""
+def _check_heatmap(args: argparse.Namespace, classes: int, labels: list[str] | None) -> None:
+    """Refuse, before the run, a --heatmap the map it writes cannot draw (classes by their
+    names too, where the model has labels: the user may have named them)."""
     if args.heatmap is None or args.heatmap == "top":
         return
     from graphconv.cli import check_heatmap_class
@@ -448,8 +449,10 @@ def _check_heatmap(args: argparse.Namespace, classes: int) -> None:
         raise GraphconvError(f"--heatmap {args.heatmap} draws that class's scores, which --reduce argmax does "
                              "not keep: use --heatmap top, or drop --reduce argmax")
     if args.classes and args.heatmap not in args.classes:
-        raise GraphconvError(f"--heatmap {args.heatmap}: that class is not among --classes "
-                             f"{','.join(map(str, args.classes))}")
+        def shown_class(index: int) -> str:
+            return f"{index} ({labels[index]})" if labels and index < len(labels) else str(index)
+        raise GraphconvError(f"--heatmap {shown_class(args.heatmap)}: that class is not among --classes "
+                             f"{','.join(map(shown_class, args.classes))}")
 
 
 BEST_CLASS_FLOATS = 1 << 24  # scores a block of rows of a huge map may hold when its best classes are found
@@ -568,7 +571,7 @@ def run_images_command(args: argparse.Namespace) -> int:
             flag = "--skip-existing" if args.skip_existing else "--resume"
             print(f"every image has its map in {args.output_dir} already ({flag}): nothing to do")
             return 0
-    _check_heatmap(args, model.output_channels)
+    _check_heatmap(args, model.output_channels, model.graph.meta.get("labels"))
     _check_heatmap_names(args, images, base)
     replaceable = _npy_maps_there(args, images, base)
     start = time.perf_counter()
