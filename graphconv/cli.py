@@ -927,13 +927,19 @@ def note_nodata_acts_on_nothing(args: argparse.Namespace, source) -> None:
     """--max-nodata or --compute-nodata given for an image none of whose pixels can be
     no-data (no no-data value declared nor given with --nodata, and pixels that cannot be
     NaN; or a picture, `source` None) does nothing: a scene whose swath border is 0 but
-    whose file says nothing was computed over the zeros. Say so, and how to name them."""
-    if not getattr(args, "nodata_options_given", False):
+    whose file says nothing was computed over the zeros. Say so, and how to name them.
+    So does a --nodata its pixels cannot hold (-9999 in a uint16 raster), which also
+    puts aside the file's own no-data value: its border was computed as data, silently."""
+    raster = getattr(source, "inner", source)
+    given = getattr(raster, "nodata_given", False)
+    if not getattr(args, "nodata_options_given", False) and not given:
         return
     from graphconv.sources import nodata_can_occur
 
-    raster = getattr(source, "inner", source)
     if raster is not None and getattr(raster, "missing_value", None) is not None and nodata_can_occur(raster):
+        return
+    if given:
+        _note_unheld_nodata(raster)
         return
     flag = nodata_flag(args)
     if raster is None or not hasattr(raster, "array"):
@@ -946,6 +952,15 @@ def note_nodata_acts_on_nothing(args: argparse.Namespace, source) -> None:
                "cannot be NaN") + (", so every pixel is data: give the value its no-data pixels hold with --nodata "
                                    "VALUE (--nodata 0 for a swath border of 0)")
     note(f"note: {flag} has nothing to act on: {why}")
+
+
+def _note_unheld_nodata(raster) -> None:
+    """`note_nodata_acts_on_nothing` for a --nodata value the raster's pixels cannot hold."""
+    declared = getattr(raster, "declared_nodata", None)
+    instead = (f"; the file's own no-data value, {declared:g}, is put aside by --nodata (leave --nodata out to use "
+               "it)" if declared is not None else "")
+    note(f"note: --nodata {raster.nodata:g} has nothing to act on: it is none of the image's "
+         f"{np.dtype(raster.array.dtype)} pixels' values, so every pixel is data and every cell is computed{instead}")
 
 
 def note_how_the_raster_is_read(args: argparse.Namespace, source) -> None:

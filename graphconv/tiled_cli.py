@@ -661,7 +661,13 @@ def _note_batch_reading(args: argparse.Namespace, model, results: list) -> None:
     for kind in dict.fromkeys(kinds):
         note_value_scaling(model.graph.meta.get("preprocess"), kind,
                            whose=f"{kinds.count(kind)} of {len(results)} image(s)'")
-    if getattr(args, "nodata_options_given", False) and not any(result.nodata_possible for result in results):
+    if any(result.nodata_possible for result in results):
+        return
+    if getattr(args, "nodata", None) is not None:
+        note(f"note: --nodata {args.nodata:g} has nothing to act on: none of the {len(results)} image(s) has pixels "
+             "that can hold it (or they are pictures, all of whose pixels are data), so every cell is computed, "
+             "any no-data value their files declare put aside by --nodata")
+    elif getattr(args, "nodata_options_given", False):
         note(f"note: {nodata_flag(args)} has nothing to act on: none of the {len(results)} image(s) can hold no-data (none "
              "declares a no-data value its pixels can hold, or they are pictures, all of whose pixels are data): "
              "give the value their no-data pixels hold with --nodata VALUE (--nodata 0 for a swath border of 0)")

@@ -1187,6 +1187,23 @@ def test_run_nodata_maps_a_scene_as_its_no_data_tag_would_and_max_nodata_alone_s
     assert "nothing to act on" not in capsys.readouterr().err  # no option given: nothing to say
 
 
+def test_a_nodata_value_the_pixels_cannot_hold_is_said_to_put_the_file_s_own_aside(tmp_path, tiny_fcn, capsys):
+    """--nodata -9999 on a uint16 scene whose file declares 0 (a habit from other tools):
+    no pixel can hold it, so the file's 0 border was computed as data, without a word."""
+    tagged = swath_scene(tmp_path / "tagged.tif", True)
+    assert _main("run", tiny_fcn, "--image", tagged, "--nodata", "-9999", "--output", tmp_path / "m.npy") == 0
+    err = capsys.readouterr().err
+    assert err.count("note: --nodata -9999 has nothing to act on: it is none of the image's uint16 pixels' values, "
+                     "so every pixel is data and every cell is computed; the file's own no-data value, 0, is put "
+                     "aside by --nodata") == 1, err
+    assert not np.isnan(np.load(tmp_path / "m.npy")).any()
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    swath_scene(folder / "a.tif", True)
+    assert _main("run", tiny_fcn, "--images", folder, "--nodata", "-9999", "--output-dir", tmp_path / "maps") == 0
+    assert "note: --nodata -9999 has nothing to act on: none of the 1 image(s)" in capsys.readouterr().err
+
+
 def test_skip_background_on_bands_without_no_data_names_nodata(tmp_path, tiny_fcn, capsys):
     plain = swath_scene(tmp_path / "plain.tif", False)
     assert _main("run", tiny_fcn, "--image", plain, "--skip-background", "--output", tmp_path / "m.npy") == 2
