@@ -182,7 +182,8 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
         _draw_heatmap(args, model, source, grid, out, background)
         means = _class_means(args, out)
     seconds = time.perf_counter() - start
-    print(f"output shape {shape} ({dtype}) in {seconds:.2f} s over {computed} tile(s)"
+    of_all = f" of {len(plan.tiles)}" if computed < len(plan.tiles) else ""  # '9 tile(s) (3 ...)' read as 3 of the 9
+    print(f"output shape {shape} ({dtype}) in {seconds:.2f} s over {computed}{of_all} tile(s)"
           f"{_not_computed(len(plan.tiles) - computed, len(blank_tiles), _left_out_over(background))}")
     if means is not None and np.isnan(means).all():
         print("--top: no cell was computed (every one is over background or no-data), so there is no class to rank")

@@ -262,7 +262,7 @@ def test_skip_background_s_bar_counts_only_the_tiles_computed(model_dir, sparse_
     assert 0 < blank < total
     [bar] = bars
     assert bar.total == total - blank and bar.closed_at == bar.total
-    assert f"over {total - blank} tile(s) ({blank} over background only, not computed)" in captured.out
+    assert f"over {total - blank} of {total} tile(s) ({blank} over background only, not computed)" in captured.out
 
 
 def test_resume_with_skip_background_counts_only_the_tiles_to_compute(model_dir, sparse_page, tmp_path, monkeypatch,
@@ -314,7 +314,8 @@ def test_resume_counts_the_tiles_over_background_once_whatever_was_listed_as_don
                                                      r".* computing (\d+)", captured.err).groups())
     assert said_total == total and done == (3 if workers else total - blank)
     assert f"computing {computing} ({blank} more hold only background and are not computed)" in captured.err
-    assert f"over {computing} tile(s) ({blank} over background only, {done} done before, not computed)" in captured.out
+    assert (f"over {computing} of {total} tile(s) ({blank} over background only, {done} done before, not computed)"
+            in captured.out)
     assert done + computing + blank == total
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "map.zarr"))[:],
                                   zarr.open_array(str(tmp_path / "straight.zarr"))[:])
