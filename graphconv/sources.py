@@ -565,7 +565,8 @@ def resolution_for(path: str, mpp: float) -> tuple[int, float]:
     stated, heights = _pixel_size_and_level_heights(path)
     if isinstance(stated, str):
         raise GraphconvError(f"--mpp: the image does not state its pixel size ({stated}); pick --level and "
-                             "--downsample", file=path)
+                             "--downsample (--mpp is a microscope's µm per pixel; for a scene of 10 m pixels read "
+                             "as 20 m, --downsample 2)", file=path)
     microns = square_microns(stated)
     if microns is None:
         raise GraphconvError(f"--mpp: the image's pixels are not square ({stated[0]:.4g} µm high, {stated[1]:.4g} µm "
