@@ -131,6 +131,10 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
         if partial.exists():
             partial.check(job)  # another run's partial map: refused before any work (and again when opened)
             partial.check_intact(shape, dtype)  # and one damaged since (an .npy cut short)
+        elif os.path.lexists(args.output):  # a finished run's command again (a job script rerun): say why it works
+            from graphconv.cli import note
+            note(f"note: {args.output} is there and no stopped run's {partial.shown} is: --resume has nothing to go "
+                 "on from, so the whole map is computed again and replaces it")
     nbytes = int(np.prod(shape)) * dtype.itemsize
     if not args.output and nbytes > memory_limit() // 4:
         raise GraphconvError(f"the score map is {format_size(nbytes)}: give --output MAP.npy or MAP.zarr "

@@ -1577,6 +1577,9 @@ def test_resume_after_ctrl_c_computes_only_the_tiles_not_done_and_equals_a_strai
     np.testing.assert_array_equal(_read_any_map(out), _read_any_map(straight))
     if suffix == ".zarr":
         assert dict(zarr.open_array(str(out)).attrs) == dict(zarr.open_array(str(straight)).attrs)
+    assert main([*run, "--output", str(out), "--resume"]) == 0  # the finished command again: said, computed again
+    assert "--resume has nothing to go on from, so the whole map is computed again" in capsys.readouterr().err
+    np.testing.assert_array_equal(_read_any_map(out), _read_any_map(straight))
 
 
 @pytest.mark.parametrize("output_format", ["npy", "tif"])
