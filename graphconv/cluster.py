@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -317,8 +318,8 @@ def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, t
     map_file = MapFile(output, shape, dtype, chunk_hw=plan.cells_hw,
                        georeference=georeference_of_map(source, grid.cell_area) if is_tiff_output(output) else None,
                        placement=replace(cell_placement(source, grid.cell_area), contents=contents),
-                       resume=resume_job(ref, model, image, source, options, tile, plan, shape, dtype)
-                       if options.resume else None, tiles=plan.tiles, blank=blank)
+                       resume=resume_job(ref, model, image, source, options, plan, shape, dtype) if options.resume
+                       else None, tiles=plan.tiles, blank=blank)
     with map_file as out:
         resumed = (len(map_file.done), len(plan.tiles)) if map_file.done else None
         if len(map_file.done) < len(plan.tiles):
@@ -327,12 +328,12 @@ def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, t
     return shape, resumed
 
 
-def resume_job(ref: ModelRef, model, image: str, source, options: MapOptions, tile, plan, shape, dtype) -> dict:
+def resume_job(ref: ModelRef, model, image: str, source, options: MapOptions, plan, shape, dtype) -> dict:
     """What a --resume run computes, stored in its partial map (`tiling.PartialMap`) and
     compared on the next: everything that changes the map's values or layout. The model
     and image by path and by each file's `files.file_stamp` (a recompile, a
     retrained weights file, a replaced image is another job), the options that change
-    what is read or kept, the tile (`partial_map_tile` reads it back) and its plan, the
+    what is read or kept, the tile plan (`partial_map_tile` reads its tile size back), the
     map's shape and type, and graphconv's version (its kernels' rounding)."""
     from graphconv import __version__
     from graphconv.files import MODEL_SPEC, file_stamp
@@ -350,7 +351,6 @@ def resume_job(ref: ModelRef, model, image: str, source, options: MapOptions, ti
         "--bands": options.bands, "--reduce": options.reduce, "--classes": options.classes,
         "--crops": options.crops, "--skip-background": options.skip_background,
         "--max-nodata": options.max_nodata, "--nodata": options.nodata, "--device": options.device,
-        "tile": tile,
         "tile plan": f"{len(plan.tiles)} tiles of up to {plan.tile_hw[0]}x{plan.tile_hw[1]} pixels, "
                      f"{plan.cells_hw[0]}x{plan.cells_hw[1]} cells",
         "map": f"{np.dtype(dtype)} {tuple(shape)}",
@@ -358,26 +358,23 @@ def resume_job(ref: ModelRef, model, image: str, source, options: MapOptions, ti
 
 
 def partial_map_tile(output: str | None, grid, image_hw: tuple[int, int], budget: int | None):
-    """The tile of a stopped --resume run's partial map of `output`, for a --resume without
-    --tile: where the tile came from the memory budget, another --workers count or a
-    machine with more or less memory would choose another, a job the partial map is not,
-    and its tiles done would be refused. None where there is no such partial map, or its
-    tiles no longer fit the budget (then the run goes on as it would, and says why the
-    partial map is not this job's)."""
+    """The tiles of a stopped --resume run's partial map of `output`, (H, W) input pixels,
+    for a --resume without --tile: where the tile came from the memory budget, another
+    --workers count or a machine with more or less memory would choose another, a job
+    the partial map is not, and its tiles done would be refused. Read from the job's
+    tile plan ("... tiles of up to HxW pixels ..."), which planning again with that size
+    reproduces. None where there is no such partial map, or its tiles no longer fit the
+    budget as `tiling.choose_tile` fits them (then the run goes on as it would, and says
+    why the partial map is not this job's)."""
     from graphconv.memory import memory_limit
-    from graphconv.tiling import PartialMap, plan_tiles
+    from graphconv.tiling import PartialMap, tile_fits
 
     job = PartialMap(output).job() if output else None
-    tile = job.get("tile") if job else None
-    if isinstance(tile, list):
-        tile = tuple(tile)
-    try:
-        plan = plan_tiles(grid, image_hw, tile) if tile is not None else None
-    except GraphconvError:
+    found = re.search(r"tiles of up to (\d+)x(\d+) pixels", str(job.get("tile plan", ""))) if job else None
+    if found is None:
         return None
-    if plan is None or grid.peak_bytes(plan.tile_hw) > (memory_limit() if budget is None else budget):
-        return None
-    return tile
+    tile_hw = (int(found.group(1)), int(found.group(2)))
+    return tile_hw if tile_fits(grid, tile_hw, memory_limit() if budget is None else budget) else None
 
 
 def image_tile(grid, image_hw: tuple[int, int], budget: int | None) -> int | None:

@@ -124,7 +124,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     if args.output:
         from graphconv.cluster import check_replaceable
         check_replaceable(args.output, dtype, shape)
-    job = _job(args, model, grid, source, tile, plan, shape, dtype) if resume or args.output else None
+    job = _job(args, model, grid, source, plan, shape, dtype) if resume or args.output else None
     if resume:
         from graphconv.tiling import PartialMap
         partial = PartialMap(args.output)
@@ -295,11 +295,10 @@ def _compute(args, grid, source, plan, tile, out, transform, on_tile, blank_cell
                   blank_cells=blank_cells, done=done)
 
 
-def _job(args: argparse.Namespace, model, grid, source, tile, plan, shape, dtype) -> dict:
+def _job(args: argparse.Namespace, model, grid, source, plan, shape, dtype) -> dict:
     """What this --resume run computes (`cluster.resume_job`)."""
     from graphconv.cluster import resume_job
-    return resume_job(_model_ref(args), model, args.image, source, _map_options(args, grid), tile, plan, shape,
-                      dtype)
+    return resume_job(_model_ref(args), model, args.image, source, _map_options(args, grid), plan, shape, dtype)
 
 
 def _advance_if_computed(advance, tile, blank_tiles: frozenset) -> None:

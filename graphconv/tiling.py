@@ -1037,7 +1037,7 @@ def choose_tile(model, image_hw: tuple[int, int], budget: int) -> int:
     high = max(low, grid.largest_useful_tile(image_hw))
 
     def fits(tile: int) -> bool:
-        return grid.peak_bytes(_largest_box(grid, image_hw, tile)) <= budget // 2
+        return tile_fits(grid, _largest_box(grid, image_hw, tile), budget)
 
     if not fits(low):
         need = grid.peak_bytes(_largest_box(grid, image_hw, low))
@@ -1053,6 +1053,12 @@ def choose_tile(model, image_hw: tuple[int, int], budget: int) -> int:
         else:
             high = mid
     return low
+
+
+def tile_fits(grid, box_hw: tuple[int, int], budget: int) -> bool:
+    """Whether a tile's run on a box of `box_hw` input pixels fits half the memory budget,
+    what `choose_tile` gives a tile (the rest is for the weights, the image and the map)."""
+    return grid.peak_bytes(box_hw) <= budget // 2
 
 
 def _largest_box(grid, image_hw: tuple[int, int], tile: int) -> tuple[int, int]:

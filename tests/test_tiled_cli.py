@@ -1661,6 +1661,24 @@ def test_resume_without_tile_keeps_the_stopped_run_s_tiles_under_another_memory_
     np.testing.assert_array_equal(np.load(maps[0]), np.load(maps[1]))
 
 
+def test_resume_with_another_tile_of_the_same_plan_goes_on(model_dir, big_page, tmp_path, monkeypatch, capsys):
+    """The job compares the tile plan, not the --tile number: --tile 101 and 100 plan the
+    same 20 tiles of 100x100 (the tiles line and the memory note show that size, which a
+    user may then give), so either goes on from the other's tiles done."""
+    from graphconv.cli import main
+
+    run = ["run", str(model_dir), "--image", str(big_page), "--output", str(tmp_path / "m.npy"), "--resume"]
+    _stop_after(monkeypatch, 5)
+    assert main([*run, "--tile", "101"]) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main([*run, "--tile", "100"]) == 0
+    assert "resume: 5 of 20 tile(s) were done by an earlier run" in capsys.readouterr().err
+    assert main(["run", str(model_dir), "--image", str(big_page), "--tile", "100", "--output",
+                 str(tmp_path / "straight.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "m.npy"), np.load(tmp_path / "straight.npy"))
+
+
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM", "SIGKILL"])
 def test_resume_after_a_real_signal_equals_a_straight_run(model_dir, big_page, tmp_path, signal_name):
     """The command stopped by a signal while it writes (Ctrl-C, a scheduler's SIGTERM,
