@@ -1388,7 +1388,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     """Every check runs before the first byte is written: the output folder is checked
     before the pipeline runs, and the compiled model's receptive field (which rejects
     maps of different strides meeting) is worked out before it is saved."""
-    from graphconv.compiler import compile_graph, record_source
+    from graphconv.compiler import compile_graph
     from graphconv.model import Model
     from graphconv.pass_manager import timings_table
     from graphconv.frontends import load_network as load_spec
@@ -1402,7 +1402,6 @@ def cmd_compile(args: argparse.Namespace) -> int:
                                    stride_method=args.stride_method, verify_each=not args.no_verify,
                                    print_ir_before=set(args.print_ir_before),
                                    print_ir_after=set(args.print_ir_after))
-    record_source(graph, args.spec)
     model = Model(graph)
     note_pixels_as_they_are(argparse.Namespace(model=args.spec), model)
     field = model.field

@@ -3,7 +3,6 @@ as `graphconv compile` does it."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 from graphconv.errors import GraphconvError
@@ -51,16 +50,20 @@ def compile_graph(source: str | os.PathLike | Graph | Model, passes: str | Seque
     check_can_slide(graph, compiled)
     refuse_flatten_left(pipeline, graph, compiled)
     compiled.meta.setdefault("compiled", {})["passes"] = format_pipeline(pipeline)
-    if isinstance(source, (str, os.PathLike)):
-        record_source(compiled, source)
+    record_onnx_source(compiled)
     return compiled, manager.records
 
 
-def record_source(compiled: Graph, path: str | os.PathLike) -> None:
-    """Name the file a compiled graph came from in its `compiled` block, so a run of the
-    compiled folder knows it was an ONNX file's, which states no preprocess
-    (`cli.note_pixels_as_they_are`). A recompiled folder keeps the name it has."""
-    compiled.meta["compiled"].setdefault("source", Path(path).name)
+def record_onnx_source(compiled: Graph) -> None:
+    """Name the ONNX file a compiled graph was read from in its `compiled` block, so a
+    run of the compiled folder knows its pixels' preprocess was never stated (ONNX has
+    no place for one: `cli.note_pixels_as_they_are`). The file is where the graph's input
+    was read (an ONNX path, or a Graph loaded from one); a recompiled folder keeps the
+    name it has. Other sources are not named: a folder graphconv wrote is then readable
+    by versions that do not know the key."""
+    where = compiled.input.loc.file if compiled.input.loc is not None else ""
+    if str(where).lower().endswith(".onnx"):
+        compiled.meta["compiled"].setdefault("source", os.path.basename(os.path.abspath(where)))
 
 
 def source_graph(source: str | os.PathLike | Graph | Model, **load_options: Any) -> Graph:

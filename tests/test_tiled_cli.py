@@ -1325,6 +1325,9 @@ def test_compiling_an_onnx_file_that_states_no_preprocess_says_its_pixels_go_in_
     assert result.returncode == 0 and "states no preprocess" not in result.stderr
     result = graphconv_in_process("run", tmp_path / "fcn2", "--image", picture / "page.png")
     assert result.returncode == 0 and "states no preprocess" not in result.stderr
+    assert "source" not in (tmp_path / "fcn2" / "model.yaml").read_text()  # only an ONNX file's name is kept
+    from graphconv import compile_model, load
+    assert compile_model(load(tmp_path / "lenet.onnx")).graph.meta["compiled"]["source"] == "lenet.onnx"
 
 
 def test_cli_many_images_from_a_messy_folder_say_what_they_leave_out_and_why(model_dir, picture, tmp_path, capsys):
