@@ -204,6 +204,33 @@ def test_an_uncompiled_classifier_exports_as_it_runs_taking_its_crop_and_returni
         == ["N", c, "H", "W"]
 
 
+SE_SEGMENTATION = """
+name: seg
+task: segmentation
+input: {shape: [3, 16, 16]}
+layers:
+  - {name: c1, op: conv, out_channels: 8, kernel_size: 3, padding: 1}
+  - {name: gp, op: globalavgpool}
+  - {name: f1, op: fc, out_features: 4}
+  - {name: f2, op: fc, out_features: 8}
+  - {name: g, op: sigmoid}
+  - {name: m, op: mul, inputs: [c1, g]}
+  - {name: head, op: conv, out_channels: 4, kernel_size: 1}
+"""
+
+
+def test_fc_layers_on_a_pooled_vector_keep_the_export_dynamic_and_its_output_a_map(write_spec, rng):
+    """A segmentation network whose squeeze-and-excitation gate is made of fc layers
+    returns maps of any size: its export stays (N, C, H, W) -> (N, K, rows, cols) (taking
+    it for a classifier as written flattened a map, and the checker refused the file)."""
+    model = Model.load(write_spec(SE_SEGMENTATION))
+    session = ort.InferenceSession(to_onnx_model(model.graph).SerializeToString(), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == ["N", 3, "H", "W"]
+    assert session.get_outputs()[0].shape == ["N", 4, "rows", "cols"]
+    x = rng.standard_normal((1, 3, 20, 22)).astype(np.float32)
+    np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x})[0], model.run(x), **TOLERANCE)
+
+
 def test_cli_export_of_a_shift_and_stitch_model_is_exit_2_and_writes_nothing(tmp_path):
     folder = tmp_path / "s"
     subprocess.run([sys.executable, "-m", "graphconv", "compile", SPECS / "lenet.yaml", "-o", folder,

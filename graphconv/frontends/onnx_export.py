@@ -127,12 +127,12 @@ def to_onnx_model(graph: Graph):
     for node in graph.layers():
         writer.write_layer(node)
     c, hc, wc = graph.input_shape
-    out_c = infer_shapes(graph, check_weights=False)[graph.output.name][0]
-    if _returns_vectors(graph):
+    out_c, *out_hw = infer_shapes(graph, check_weights=False)[graph.output.name]
+    vectors = _returns_vectors(graph) and out_hw == [1, 1]
+    if vectors:
         _flatten_the_output(writer, graph.output.name)
-        in_dims, out_dims = ["N", c, hc, wc], ["N", out_c]
-    else:
-        in_dims, out_dims = ["N", c, "H", "W"], ["N", out_c, "rows", "cols"]
+    in_dims = ["N", c, "H", "W"] if _takes_other_sizes(graph) else ["N", c, hc, wc]
+    out_dims = ["N", out_c] if vectors else ["N", out_c, "rows", "cols"]
     inputs = [helper.make_tensor_value_info(graph.input.name, onnx.TensorProto.FLOAT, in_dims)]
     outputs = [helper.make_tensor_value_info(graph.output.name, onnx.TensorProto.FLOAT, out_dims)]
     body = helper.make_graph(writer.nodes, graph.name, inputs, outputs, writer.initializers)
@@ -148,12 +148,25 @@ def to_onnx_model(graph: Graph):
 
 
 def _returns_vectors(graph: Graph) -> bool:
-    """A classifier as written (fc or flatten layers: `Model.returns_vectors`): it takes
-    only its crop and returns (N, K) class vectors, as graphconv runs it and as the ONNX
-    file it came from declared; its export says so (fixed H and W, an (N, K) output), so
-    onnxruntime neither accepts other sizes nor returns (N, K, 1, 1)."""
+    """Whether `Model.run` returns (N, K) class vectors for the crop (a classifier as
+    written, with fc or flatten layers, whose output is 1x1 there; not a segmentation
+    network): its export returns (N, K) too, as the ONNX file it came from did, not
+    (N, K, 1, 1)."""
     from graphconv.model import Model
-    return Model(graph).returns_vectors
+    model = Model(graph)
+    return model.returns_vectors and not model.segmentation
+
+
+def _takes_other_sizes(graph: Graph) -> bool:
+    """Whether the network runs on inputs other than its crop (a compiled network; an fc
+    on a globally pooled vector): its export's H and W are then dynamic, else fixed at the
+    crop, so onnxruntime refuses another size at the input instead of failing inside an fc."""
+    _, hc, wc = graph.input_shape
+    try:
+        infer_shapes(graph, (2 * hc + 1, 2 * wc + 1), check_weights=True)
+    except GraphconvError:
+        return False
+    return True
 
 
 def _flatten_the_output(writer: OnnxWriter, output: str) -> None:
