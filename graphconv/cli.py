@@ -1909,7 +1909,7 @@ def _float_list(text: str) -> list[float]:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from graphconv.frontends.onnx_export import is_graphconv_export, save_onnx
+    from graphconv.frontends.onnx_export import declared_dims, is_graphconv_export, save_onnx
 
     if Path(args.output).resolve() == Path(args.model.rstrip("/")).resolve():
         raise GraphconvError("-o is the model being exported; write the export somewhere else", file=args.output)
@@ -1923,9 +1923,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if "compiled" not in model.graph.meta and not model.segmentation:  # a segmentation network is dense as written
         print(f"note: {args.model} is not compiled; exported the network as written (graphconv "
               "compile it first for the fully convolutional network)", file=sys.stderr)
-    c, hc, wc = model.crop_shape
-    takes = f"N x {c} x {hc} x {wc}, its crop; output N x classes" if model.returns_vectors else f"N x {c} x H x W"
-    print(f"exported {args.model} -> {args.output} (ONNX op set 19; input {takes})")
+    in_dims, out_dims = declared_dims(model.graph)
+    print(f"exported {args.model} -> {args.output} (ONNX op set 19; input {' x '.join(map(str, in_dims))}, output "
+          f"{' x '.join(map(str, out_dims))})")
     return 0
 
 

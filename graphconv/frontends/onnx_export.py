@@ -126,13 +126,9 @@ def to_onnx_model(graph: Graph):
     writer = OnnxWriter()
     for node in graph.layers():
         writer.write_layer(node)
-    c, hc, wc = graph.input_shape
-    out_c, *out_hw = infer_shapes(graph, check_weights=False)[graph.output.name]
-    vectors = _returns_vectors(graph) and out_hw == [1, 1]
-    if vectors:
+    in_dims, out_dims = declared_dims(graph)
+    if len(out_dims) == 2:
         _flatten_the_output(writer, graph.output.name)
-    in_dims = ["N", c, "H", "W"] if _takes_other_sizes(graph) else ["N", c, hc, wc]
-    out_dims = ["N", out_c] if vectors else ["N", out_c, "rows", "cols"]
     inputs = [helper.make_tensor_value_info(graph.input.name, onnx.TensorProto.FLOAT, in_dims)]
     outputs = [helper.make_tensor_value_info(graph.output.name, onnx.TensorProto.FLOAT, out_dims)]
     body = helper.make_graph(writer.nodes, graph.name, inputs, outputs, writer.initializers)
@@ -145,6 +141,17 @@ def to_onnx_model(graph: Graph):
     except Exception as err:  # a bug in an op's writer, not bad input
         raise AssertionError(f"graphconv wrote an invalid ONNX model: {err}") from err
     return model
+
+
+def declared_dims(graph: Graph) -> tuple[list, list]:
+    """The export's input and output dims: (N, C, H, W) -> (N, K, rows, cols) for a network
+    that slides; the crop's fixed H and W for one that runs on its crop alone, and (N, K)
+    for one whose `run` returns class vectors."""
+    c, hc, wc = graph.input_shape
+    out_c, *out_hw = infer_shapes(graph, check_weights=False)[graph.output.name]
+    in_dims = ["N", c, "H", "W"] if _takes_other_sizes(graph) else ["N", c, hc, wc]
+    out_dims = ["N", out_c] if _returns_vectors(graph) and out_hw == [1, 1] else ["N", out_c, "rows", "cols"]
+    return in_dims, out_dims
 
 
 def _returns_vectors(graph: Graph) -> bool:
