@@ -312,8 +312,9 @@ class VerifyReport:
             verdict = "FAIL: the conversion is wrong"
         elif self.agrees and any(layer.differing for layer in self.layers):
             verdict = ("PASS: the conversion is exact and the sliding evaluation equals the crop loop on these "
-                       "pixels, within the tolerance; but padding makes the layers above differ, so on other "
-                       "images the scores can differ (--image measures on yours)")
+                       "pixels, within the tolerance; but padding makes the padded layers listed above differ, so "
+                       "on other images the scores can differ" + (" (--image measures on yours)" if self.top is None
+                                                                  else ""))
         elif self.agrees:
             verdict = "PASS: the conversion is exact and the sliding evaluation equals the crop loop"
         elif self.exact_by_construction:
@@ -435,12 +436,12 @@ class TopClasses:
                          f"{self.share:.1%} of the cells: the padding changes the answer, not only the scores. "
                          f"For the classifier's own map, run it on every crop: `{self.command}` ({self._cost()}); or "
                          "use a network that does not pad")
-        elif self.changed:
-            lines.append(f"    the top class agrees in {1 - self.share:.1%} of this region's cells (other parts of "
-                         "the image may differ: --region picks another)")
-        else:
-            lines.append("    the top class agrees in every cell of this region (other parts of the image may "
-                         "differ: --region picks another)")
+        else:  # image_crops: the region is part of an image (verify --image), not all of it (an image from Python)
+            cells = ("this region's cells" if self.image_crops else "the cells") if self.changed else \
+                ("cell of this region" if self.image_crops else "cell")
+            lines.append(f"    the top class agrees in {f'{1 - self.share:.1%} of' if self.changed else 'every'} {cells}"
+                         + (" (other parts of the image may differ: --region picks another)" if self.image_crops
+                            else ""))
         return lines
 
     def _counts(self) -> str:

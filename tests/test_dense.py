@@ -347,6 +347,9 @@ def test_scores_that_agree_while_padded_layers_differ_pass_without_saying_equal(
     assert report.agrees and report.passed and any(layer.differing for layer in report.layers)
     text = str(report)
     assert "equals the crop loop on these pixels" in text and "on other images the scores can differ" in text
+    assert "--image measures on yours" in text  # random pixels: the hint; on an image given, no hint and no region
+    given = str(verify(classifier, fcn, random_input(rng, (1, 2, 36, 30)), strict=strict))
+    assert "--image measures" not in given and "--region" not in given and "the top class agrees in every cell" in given
 
 
 def test_one_tolerance_for_the_conversion_names_the_passes_and_fails_the_run(write_spec, rng):
@@ -491,8 +494,9 @@ def test_a_top_class_changing_in_many_cells_is_a_warning_pointing_at_crops(write
     assert "see the WARNING above" in text.splitlines()[-1]
     quiet = str(verify(classifier, fcn, x, where=None))  # random pixels (verify --input-size)
     assert "WARNING" not in quiet and "verify measures with --image IMAGE" in quiet
-    given = str(verify(classifier, fcn, x))  # an image from Python: not called random pixels
+    given = str(verify(classifier, fcn, x))  # an image from Python: not called random pixels, nor a region
     assert "WARNING" in given and "random pixels" not in given and "on your image (the image given)" in given
+    assert "--region" not in given
 
 
 def test_the_crop_loop_reports_its_progress(write_spec, rng):
