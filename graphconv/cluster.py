@@ -220,7 +220,7 @@ class ImageResult:
     converted: str | None = None  # what its bands became for the network (`sources.channel_conversion`): one note
     scaled: str | None = None  # how its pixels of more than 8 bits came onto 0..255 (`sources.value_scaling`): one note
     nodata_possible: bool = False  # whether any of its pixels can be no-data (`sources.nodata_can_occur`)
-    memory_tile: int | None = None  # the tile `image_tile` chose, the whole image being over the budget: one note
+    memory_tile: tuple[int, int] | None = None  # the tiles planned from `image_tile`'s, the whole image over the budget
     resumed: tuple[int, int] | None = None  # --resume: (tiles an earlier run had done, tiles in all): one note
 
 
@@ -274,10 +274,10 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
         contents = {**map_contents(image, ref.path, model.output_channels, options.classes, options.reduce,
                                    model.graph.meta.get("labels"), left_out_record(options, image)),
                     IMAGE_STAMP: stamp}
-        resumed = None
+        resumed, planned = None, None
         if tile is not None:
-            shape, resumed = _map_in_tiles(ref, model, image, output, source, grid, tile, options, blank_cells,
-                                           contents)
+            shape, resumed, planned = _map_in_tiles(ref, model, image, output, source, grid, tile, options,
+                                                    blank_cells, contents)
         else:
             x = source.read(0, 0, source.height, source.width)
             result = grid.whole(x[None] if x.ndim == 3 else x, options.device)
@@ -287,7 +287,7 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
         notes = (stored_orientation_note(source), _first_frame_note(image))
         from graphconv.images import turned_upright
         from graphconv.sources import channel_conversion, nodata_can_occur, value_scaling
-        return ImageResult(image, output, shape, memory_tile=memory_tile, resumed=resumed,
+        return ImageResult(image, output, shape, memory_tile=planned if memory_tile else None, resumed=resumed,
                            note="; ".join(filter(None, notes)) or None,
                            turned=turned_upright(image), converted=channel_conversion(source),
                            scaled=value_scaling(source),
@@ -299,14 +299,14 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
 
 
 def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, tile: int, options: MapOptions,
-                  blank_cells, contents: dict) -> tuple[tuple[int, ...], tuple[int, int] | None]:
+                  blank_cells, contents: dict) -> tuple[tuple[int, ...], tuple[int, int] | None, tuple[int, int]]:
     """One image's map computed in tiles into `output` as a single --image's run writes
     one (`tiling.MapFile`): memory-mapped tile by tile, not held in memory (a slide's map
     of many classes can be larger than the budget), and renamed into place once complete.
     With --resume (`options.resume`) into its partial map beside `output`, kept when the
     batch stops and continued from the tiles it lists when the same command runs again.
-    Returns the map's shape, and (tiles an earlier run had done, tiles in all) where it
-    went on from them (None: a new map)."""
+    Returns the map's shape, (tiles an earlier run had done, tiles in all) where it went
+    on from them (None: a new map), and the largest tile planned, (H, W) input pixels."""
     from graphconv.background import blank_masks
     from graphconv.georef import cell_placement, georeference_of_map, is_tiff_output
     from graphconv.tiling import MapFile, map_transform, plan_tiles, run_tiled
@@ -325,7 +325,7 @@ def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, t
         if len(map_file.done) < len(plan.tiles):
             run_tiled(grid, source, tile, out=out, device=options.device, transform=transform,
                       progress=map_file.record, blank_cells=blank_cells, done=map_file.done)
-    return shape, resumed
+    return shape, resumed, plan.tile_hw
 
 
 def resume_job(ref: ModelRef, model, image: str, source, options: MapOptions, plan, shape, dtype) -> dict:

@@ -439,7 +439,8 @@ class TopClasses:
         else:  # image_crops: the region is part of an image (verify --image), not all of it (an image from Python)
             cells = ("this region's cells" if self.image_crops else "the cells") if self.changed else \
                 ("cell of this region" if self.image_crops else "cell")
-            lines.append(f"    the top class agrees in {f'{1 - self.share:.1%} of' if self.changed else 'every'} {cells}"
+            share = f"{1 - self.share:.1%} of" if self.changed else "every"
+            lines.append(f"    the top class agrees in {share} {cells}"
                          + (" (other parts of the image may differ: --region picks another)" if self.image_crops
                             else ""))
         return lines
@@ -541,8 +542,9 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
     `where` names the real image or its region (verify --image names the region): the
     report also says what the difference does to each cell's top class (`TopClasses`;
     `image_crops`, the whole image's crops, prices `run --crops`). None for random pixels
-    (verify --input-size), whose top classes say nothing of a user's images. `dense` is the sliding map of `image`'s cells
-    when computed with the image around the region, as `run` sees them; `progress` hears
+    (verify --input-size), whose top classes say nothing of a user's images. `dense` is
+    the sliding map of `image`'s cells when computed with the image around the region, as
+    `run` sees them; `progress` hears
     the crop loop's. `left_out`, (rows, cols) bool: the cells `run` leaves out (no-data),
     neither computed by the crop loop nor compared, and said (`left_out_why`)."""
     x = as_batch(image, original.crop_shape[0])

@@ -626,11 +626,11 @@ def _note_tiled_for_memory(args: argparse.Namespace, results: list) -> None:
 
     if not results:
         return
-    largest = max(result.memory_tile for result in results)
+    height, width = max(result.memory_tile for result in results)
     budget = _budget_per_process(args)
     over = f"the {format_size(budget)} memory budget" if budget is not None else "their worker's memory budget"
     note(f"note: {len(results)} image(s) would need more than {over} whole: evaluated in exact tiles of up to "
-         f"{largest}x{largest} pixels (--tile sets the size; --memory-limit the budget)")
+         f"{height}x{width} pixels (--tile sets the size; --memory-limit the budget)")
 
 
 def _note_resumed(resumed: list[tuple[int, int]]) -> None:

@@ -379,6 +379,8 @@ def test_images_over_the_memory_budget_are_mapped_in_exact_tiles(model_dir, tmp_
     alone = graphconv_in_process("run", model_dir, "--image", folder / "s.png", "--memory-limit", budget,
                                  "--output", tmp_path / "alone.npy")
     assert alone.returncode == 0, alone.stderr
+    sizes = [re.search(r"exact tiles of up to (\d+x\d+) pixels", run.stderr).group(1) for run in (result, alone)]
+    assert sizes[0] == sizes[1]  # the tiles planned, in both (the batch said the tile chosen, a pixel over)
     np.testing.assert_array_equal(np.load(tmp_path / "maps" / "s.npy"), np.load(tmp_path / "alone.npy"))
 
 
