@@ -956,11 +956,15 @@ def note_nodata_acts_on_nothing(args: argparse.Namespace, source) -> None:
 
 def _note_unheld_nodata(raster) -> None:
     """`note_nodata_acts_on_nothing` for a --nodata value the raster's pixels cannot hold."""
+    from graphconv.sources import held_integer
+
+    dtype = np.dtype(raster.array.dtype)
     declared = getattr(raster, "declared_nodata", None)
+    usable = declared is not None and declared != raster.nodata and held_integer(declared, dtype) is not None
     instead = (f"; the file's own no-data value, {declared:g}, is put aside by --nodata (leave --nodata out to use "
-               "it)" if declared is not None else "")
-    note(f"note: --nodata {raster.nodata:g} has nothing to act on: it is none of the image's "
-         f"{np.dtype(raster.array.dtype)} pixels' values, so every pixel is data and every cell is computed{instead}")
+               "it)" if usable else "")
+    note(f"note: --nodata {raster.nodata:g} has nothing to act on: it is none of the image's {dtype} pixels' "
+         f"values, so every pixel is data and every cell is computed{instead}")
 
 
 def note_how_the_raster_is_read(args: argparse.Namespace, source) -> None:

@@ -140,7 +140,7 @@ class ArrayLikeSource(_Preprocessed):
         if value is None:
             return False
         dtype = np.dtype(self.array.dtype)
-        return np.issubdtype(dtype, np.floating) or _held_integer(value, dtype) is not None
+        return np.issubdtype(dtype, np.floating) or held_integer(value, dtype) is not None
 
     def read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
         return self.read_masked(top, left, bottom, right)[0]
@@ -209,7 +209,7 @@ class ArrayLikeSource(_Preprocessed):
         value = self.missing_value
         floating = np.issubdtype(raw.dtype, np.floating)
         target = None if math.isnan(value) else \
-            raw.dtype.type(value) if floating else raw.dtype.type(_held_integer(value, raw.dtype))
+            raw.dtype.type(value) if floating else raw.dtype.type(held_integer(value, raw.dtype))
         fed = raw[:3] if self.channels == 1 and raw.shape[0] >= 3 else raw[:self.channels]
         nodata = None
         for band in fed:
@@ -327,7 +327,7 @@ def _checked_bands(bands: Sequence[int] | None, have: int, channels: int, path: 
     return np.asarray(bands, np.int64) - 1
 
 
-def _held_integer(value: float, dtype: np.dtype) -> int | None:
+def held_integer(value: float, dtype: np.dtype) -> int | None:
     """`value` as an integer of `dtype`, or None where that type cannot hold it (a
     fraction, infinity, or outside its range: such a no-data value marks no pixel)."""
     if not (math.isfinite(value) and value == int(value)):

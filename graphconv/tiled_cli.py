@@ -454,7 +454,8 @@ def _check_heatmap(args: argparse.Namespace, classes: int, labels: list[str] | N
                              "not keep: use --heatmap top, or drop --reduce argmax")
     if args.classes and args.heatmap not in args.classes:
         def shown_class(index: int) -> str:
-            return f"{index} ({labels[index]})" if labels and index < len(labels) else str(index)
+            named = labels and index < len(labels) and labels[index] != str(index)
+            return f"{index} ({labels[index]})" if named else str(index)
         raise GraphconvError(f"--heatmap {shown_class(args.heatmap)}: that class is not among --classes "
                              f"{','.join(map(shown_class, args.classes))}")
 

@@ -452,15 +452,18 @@ class _Importer:
             raise self.error(f"its {what} ({shown(name)}) must be a constant (an initializer)")
         return value
 
-    def shape_target(self, name: str, what: str) -> list[int]:
+    def shape_target(self, name: str, what: str, rank: int | None = None) -> list[int]:
         """A constant target shape (Reshape's, Expand's) whose first axis is the batch, as
         for a batch of one. A model exported with a fixed batch of B (a data loader's
         batch as the example input; torch.onnx.export's dynamo exporter fixes it) writes
         B there where a dynamic export writes -1 or the batch it reads at run time:
         `x.view(x.size(0), -1)` is then Reshape(x, [B, -1]). graphconv's networks take
-        any batch, so B means "the batch" as 1 does."""
+        any batch, so B means "the batch" as 1 does. The first axis is the batch in every
+        Reshape target of more than one axis; an Expand target, only where it has the
+        value's `rank` (a shorter one broadcasts from the right)."""
         target = [int(v) for v in self.constant(name, what).ravel()]
-        if len(target) > 1 and self.exported_batch > 1 and target[0] == self.exported_batch:
+        batch_first = len(target) > 1 and (rank is None or len(target) == rank)
+        if batch_first and self.exported_batch > 1 and target[0] == self.exported_batch:
             target[0] = 1
         return target
 
@@ -1386,8 +1389,8 @@ def _expand(imp: _Importer, node) -> None:
     x = imp.tensor(node.input[0])
     if not isinstance(imp.values.get(node.input[1]), np.ndarray):
         raise imp.error("Expand to a shape computed from the feature map; graphconv expands to constant shapes")
-    target = imp.shape_target(node.input[1], "target shape")
     have = (1, *x.shape) if x.rank == 4 else (1, x.shape[0])  # as ONNX sees it: a map, or a vector (N, C)
+    target = imp.shape_target(node.input[1], "target shape", rank=len(have))
     try:
         shape = np.broadcast_shapes(have, tuple(target))
     except ValueError:
@@ -1798,7 +1801,7 @@ def _gather(imp: _Importer, node) -> None:
                 or not np.array_equal(indices.ravel(), np.arange(indices.size))):
             raise imp.error(f"Gather from a flattened {'x'.join(map(str, x.shape))} map with indices of shape "
                             f"{list(indices.shape)}; graphconv reads only the gather of every element back "
-                            f"into {list(whole)}")
+                            f"into {list(whole)} (or the exported batch's, [B, ...])")
         imp.alias(node, replace(x, layout=NCHW, rank=4))
         return
     if indices.dtype.kind not in "iu":

@@ -17,8 +17,9 @@
   x 4 vectors of 16) runs over the runs with the weights packed once per Executor as (K x block)
   panels per block of 24 or 64 output channels (`prepare_conv`). No patch is copied, no
   im2col matrix, no separate epilogue.
-- "winograd": 3x3, stride-1 layers with 16 channels or more in and out (VGG's every
-  conv but the first, AlexNet's conv3-5, ResNet's 3x3 layers): Winograd's F(2x2, 3x3),
+- "winograd": 3x3, stride-1 layers with 64 input channels or more and 16 output channels
+  or more (`suits_winograd`: VGG's every conv but the first, AlexNet's conv3-5,
+  ResNet's 3x3 layers): Winograd's F(2x2, 3x3),
   16 products per 2x2 outputs and channel pair instead of 36, on the same register
   tile as "outer" (`winograd.py`). The weights are transformed and packed once per
   Executor (`prepare_conv`).
