@@ -29,6 +29,7 @@ import importlib.util
 import inspect
 import re
 import sys
+import threading
 import time
 import typing
 from dataclasses import dataclass, field
@@ -93,6 +94,8 @@ class PassInfo:
 _REGISTRY: dict[str, PassInfo] = {}
 _loading_origin: list[str] = []
 _builtins_loaded = False
+_builtins_loading = False  # the import under way, in the thread that holds the lock
+_builtins_lock = threading.RLock()
 
 
 def register_pass(name: str, description: str, *, requires: Sequence[str] = (),
@@ -139,11 +142,26 @@ def _origin(label: str) -> Iterator[None]:
 
 def load_builtin_passes() -> None:
     """Import the built-in passes (package `passes`) and those of installed plugins that
-    declare a `graphconv.passes` entry point. Done once, on first use of the registry."""
-    global _builtins_loaded
+    declare a `graphconv.passes` entry point. Done once, on first use of the registry.
+    Under a lock: two threads running their first models at once (a Dask worker's
+    threads) had one see the registry empty while the other was still importing it
+    ("unknown pass 'channels-last' (registered: )"). The importing thread re-entering
+    (a pass module using the registry) returns at once."""
+    global _builtins_loaded, _builtins_loading
     if _builtins_loaded:
         return
-    _builtins_loaded = True
+    with _builtins_lock:
+        if _builtins_loaded or _builtins_loading:
+            return
+        _builtins_loading = True
+        try:
+            _import_builtin_passes()
+            _builtins_loaded = True
+        finally:
+            _builtins_loading = False
+
+
+def _import_builtin_passes() -> None:
     importlib.import_module("graphconv.passes")
     for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = entry.dist.name if entry.dist is not None else "?"
