@@ -447,14 +447,35 @@ def run_images(ref: ModelRef, images: Sequence[str], output_dir: str, options: M
         return results
     from distributed import as_completed
 
-    futures = [client.submit(_one_image, ref, image, output, options, tile, pure=False)
+    futures = [client.submit(_one_image_at, ref, image, output, os.path.abspath(image), os.path.abspath(output),
+                             options, tile, pure=False)
                for image, output in zip(images, outputs)]
     for future in as_completed(futures):
-        results.append(future.result())
+        results.append(_seen_here(future.result()))
         if progress is not None:
             progress(results[-1])
     order = {image: i for i, image in enumerate(images)}
     return sorted(results, key=lambda r: order[r.image])
+
+
+def _one_image_at(ref: ModelRef, image: str, output: str, image_path: str, output_path: str, options: MapOptions,
+                  tile: int | None) -> ImageResult:
+    """`_one_image` on a worker, whose working folder is its own: the image and the map at
+    the absolute paths the client resolved (relative ones went to the worker's folder:
+    images "not found", maps written where the user never looks), the result under the
+    names the user gave."""
+    result = _one_image(ref, image_path, output_path, options, tile)
+    return replace(result, image=image, output=output if result.output is not None else None)
+
+
+def _seen_here(result: ImageResult) -> ImageResult:
+    """A worker's map that the client cannot see (the output folder is not shared with
+    that worker's machine) is an error, not a success with an empty folder."""
+    if result.error is None and result.output is not None and not os.path.exists(result.output):
+        return replace(result, error=f"{result.output}: a worker wrote this map, but it is not here: the workers "
+                                     "must reach --output-dir, the model and the images at the same paths as this "
+                                     "machine (a shared file system)")
+    return result
 
 
 def output_names(images: Sequence[str], output_dir: str, output_format: str = "npy",

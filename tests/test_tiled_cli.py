@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -429,6 +430,30 @@ def test_run_images_api_in_process(model_dir, picture, tmp_path):
                          MapOptions(reduce="argmax"), tile=60)
     assert results[0].error is None and results[0].shape[1] == 1
     assert np.load(tmp_path / "o" / "page_png.npy").dtype == np.uint16  # page.zarr is beside it
+
+
+def test_images_on_a_cluster_go_to_the_paths_the_client_sees_and_a_map_it_cannot_see_is_an_error(
+        model_dir, picture, tmp_path, monkeypatch):
+    """On a scheduler the workers run in their own folders: relative image and output
+    paths were resolved there (images "not found"; maps written into each worker's
+    folder while the command said "5 of 5 image(s) -> maps"), and a map written where
+    the client cannot see it (an output folder the worker does not share) was a success."""
+    from graphconv.cluster import _one_image_at, _seen_here
+
+    shutil.copy(picture / "page.png", tmp_path / "page.png")
+    monkeypatch.chdir(tmp_path)
+    worker_folder = tmp_path / "worker"
+    worker_folder.mkdir()
+    (tmp_path / "maps").mkdir()
+    client_paths = (str(tmp_path / "page.png"), str(tmp_path / "maps" / "page.npy"))
+    monkeypatch.chdir(worker_folder)  # the worker's own folder
+    result = _one_image_at(ModelRef(str(model_dir)), "page.png", "maps/page.npy", *client_paths, MapOptions(), 60)
+    assert result.error is None and (result.image, result.output) == ("page.png", "maps/page.npy")
+    assert (tmp_path / "maps" / "page.npy").exists() and not (worker_folder / "maps").exists()
+    monkeypatch.chdir(tmp_path)
+    assert _seen_here(result).error is None
+    lost = _seen_here(replace(result, output="elsewhere/page.npy"))
+    assert "a worker wrote this map, but it is not here" in lost.error and "shared file system" in lost.error
 
 
 def test_run_images_in_one_process_maps_with_the_weights_as_they_are_now(picture, tmp_path):
