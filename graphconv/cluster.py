@@ -121,7 +121,14 @@ def client_for(workers: int | None, scheduler: str | None) -> Iterator[Any]:
         except (OSError, ValueError) as err:  # ValueError: an address dask cannot parse ("host", no port)
             raise GraphconvError(f"cannot reach the Dask scheduler at {scheduler}: {err}") from None
         with client:
-            yield client
+            _wait_for_a_worker(client, scheduler)
+            try:
+                yield client
+            except distributed.KilledWorker as err:
+                raise GraphconvError(f"a Dask worker of {scheduler} died running this run's tasks, and so did "
+                                     f"those that took them over ({err.task!r}): most often a worker killed for "
+                                     "memory; give the workers more, or tiles that need less (--memory-limit, the "
+                                     "budget each tile is chosen for, or a smaller --tile)") from None
         return
     import dask
 
@@ -145,6 +152,20 @@ def client_for(workers: int | None, scheduler: str | None) -> Iterator[Any]:
             cluster.close()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+WORKER_WAIT_S = 30  # how long a run waits for a scheduler's first worker
+
+
+def _wait_for_a_worker(client, scheduler: str) -> None:
+    """A scheduler without workers took the tasks and the run waited for ever, its bar
+    at 0: wait a while for one to join, then say so."""
+    try:
+        client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+    except (TimeoutError, OSError):
+        raise GraphconvError(f"the Dask scheduler at {scheduler} has no workers (waited {WORKER_WAIT_S} s): start "
+                             f"`dask worker {scheduler}` on machines that reach the model, the images and the "
+                             "outputs at the same paths as this one") from None
 
 
 @contextmanager

@@ -1121,6 +1121,31 @@ def test_a_tiled_run_replaces_its_own_map_but_not_a_users_raster(model_dir, pict
         assert result.returncode == 0, result.stderr
 
 
+def test_a_scheduler_without_workers_is_said_not_waited_on_for_ever(monkeypatch):
+    """Its bar sat at 0 with no word until the user killed the run."""
+    distributed = pytest.importorskip("distributed")
+    from graphconv import cluster
+
+    monkeypatch.setattr(cluster, "WORKER_WAIT_S", 0.5)
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as empty:
+        with pytest.raises(GraphconvError, match=f"the Dask scheduler at {empty.scheduler_address} has no workers "
+                                                 r"\(waited 0.5 s\): start `dask worker"):
+            with cluster.client_for(None, empty.scheduler_address):
+                pass
+
+
+def test_a_worker_killed_on_every_try_is_one_line_saying_what_to_do():
+    """distributed's KilledWorker (a worker killed for memory, and each that took its
+    task over) came out as a traceback, exit 1."""
+    distributed = pytest.importorskip("distributed")
+    from graphconv import cluster
+
+    with distributed.LocalCluster(n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None) as one:
+        with pytest.raises(GraphconvError, match=r"a Dask worker of .* died running this run's tasks.*--memory-limit"):
+            with cluster.client_for(None, one.scheduler_address):
+                raise distributed.KilledWorker("_tile_block-1", None, 3)
+
+
 def test_a_scheduler_address_dask_cannot_parse_is_one_line(model_dir, picture, tmp_path):
     pytest.importorskip("distributed")
     result = graphconv("run", model_dir, "--image", picture / "tiled.tif", "--tile", "60", "--scheduler", "nonsense",
