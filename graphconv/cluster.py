@@ -266,7 +266,8 @@ def stored_orientation_note(source) -> str | None:
             "stored (rows and columns as the file holds them), as are its cells' places")
 
 
-def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile: int | None) -> ImageResult:
+def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile: int | None,
+               stopped: Callable[[], bool] | None = None) -> ImageResult:
     """On a worker (or here): one image's map, written atomically to `output`; any user
     error is returned, not raised, so one bad image does not stop the others."""
     from graphconv.cli import user_message
@@ -298,7 +299,7 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
         resumed, planned = None, None
         if tile is not None:
             shape, resumed, planned = _map_in_tiles(ref, model, image, output, source, grid, tile, options,
-                                                    blank_cells, contents)
+                                                    blank_cells, contents, stopped)
         else:
             x = source.read(0, 0, source.height, source.width)
             result = grid.whole(x[None] if x.ndim == 3 else x, options.device)
@@ -320,14 +321,17 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
 
 
 def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, tile: int, options: MapOptions,
-                  blank_cells, contents: dict) -> tuple[tuple[int, ...], tuple[int, int] | None, tuple[int, int]]:
+                  blank_cells, contents: dict, stopped: Callable[[], bool] | None = None
+                  ) -> tuple[tuple[int, ...], tuple[int, int] | None, tuple[int, int]]:
     """One image's map computed in tiles into `output` as a single --image's run writes
     one (`tiling.MapFile`): memory-mapped tile by tile, not held in memory (a slide's map
     of many classes can be larger than the budget), and renamed into place once complete.
     With --resume (`options.resume`) into its partial map beside `output`, kept when the
     batch stops and continued from the tiles it lists when the same command runs again.
     Returns the map's shape, (tiles an earlier run had done, tiles in all) where it went
-    on from them (None: a new map), and the largest tile planned, (H, W) input pixels."""
+    on from them (None: a new map), and the largest tile planned, (H, W) input pixels.
+    `stopped()` is asked before each tile is recorded: true, the map stops there as at a
+    Ctrl-C (`StoppedByTheCommand`), its tiles done kept with --resume, else removed."""
     from graphconv.background import blank_masks
     from graphconv.georef import cell_placement, georeference_of_map, is_tiff_output
     from graphconv.tiling import MapFile, map_transform, plan_tiles, run_tiled
@@ -345,8 +349,25 @@ def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, t
         resumed = (len(map_file.done), len(plan.tiles)) if map_file.done else None
         if len(map_file.done) < len(plan.tiles):
             run_tiled(grid, source, tile, out=out, device=options.device, transform=transform,
-                      progress=map_file.record, blank_cells=blank_cells, done=map_file.done)
+                      progress=_unless_stopped(map_file.record, stopped), blank_cells=blank_cells,
+                      done=map_file.done)
     return shape, resumed, plan.tile_hw
+
+
+class StoppedByTheCommand(Exception):
+    """Raised on a worker when the command that sent the task was stopped (Ctrl-C)."""
+
+
+def _unless_stopped(record: Callable, stopped: Callable[[], bool] | None) -> Callable:
+    """`record` for each tile written, first raising StoppedByTheCommand once `stopped()`."""
+    if stopped is None:
+        return record
+
+    def checked(tile):
+        if stopped():
+            raise StoppedByTheCommand(f"stopped by the command that sent it, after {tile}")
+        record(tile)
+    return checked
 
 
 def resume_job(ref: ModelRef, model, image: str, source, options: MapOptions, plan, shape, dtype) -> dict:
@@ -466,26 +487,49 @@ def run_images(ref: ModelRef, images: Sequence[str], output_dir: str, options: M
             if progress is not None:
                 progress(results[-1])
         return results
+    import distributed
     from distributed import as_completed
 
+    stop = distributed.Event(f"graphconv-stop-{os.getpid()}-{os.urandom(6).hex()}", client=client)
     futures = [client.submit(_one_image_at, ref, image, output, os.path.abspath(image), os.path.abspath(output),
-                             options, tile, pure=False)
+                             options, tile, stop.name, pure=False)
                for image, output in zip(images, outputs)]
-    for future in as_completed(futures):
-        results.append(_seen_here(future.result()))
-        if progress is not None:
-            progress(results[-1])
+    try:
+        for future in as_completed(futures):
+            results.append(_seen_here(future.result()))
+            if progress is not None:
+                progress(results[-1])
+    except BaseException:  # Ctrl-C, a scheduler's SIGTERM, a lost scheduler: stop the tasks too
+        _stop_tasks(client, stop, futures)
+        raise
     order = {image: i for i, image in enumerate(images)}
     return sorted(results, key=lambda r: order[r.image])
 
 
+def _stop_tasks(client, stop, futures) -> None:
+    """Tasks not started are cancelled; those running on a cluster of the user's own
+    (whose workers the command does not close) stop at their next tile, seeing `stop`
+    set: they kept writing maps into the output folder after the command said it was
+    interrupted, and a --resume run's lock on its partial map refused the next run."""
+    try:
+        stop.set()
+        client.cancel(futures)
+    except Exception:  # the scheduler gone: nothing more to tell it
+        pass
+
+
 def _one_image_at(ref: ModelRef, image: str, output: str, image_path: str, output_path: str, options: MapOptions,
-                  tile: int | None) -> ImageResult:
+                  tile: int | None, stop: str | None = None) -> ImageResult:
     """`_one_image` on a worker, whose working folder is its own: the image and the map at
     the absolute paths the client resolved (relative ones went to the worker's folder:
     images "not found", maps written where the user never looks), the result under the
-    names the user gave."""
-    result = _one_image(ref, image_path, output_path, options, tile)
+    names the user gave. `stop` names the distributed Event the command sets when it is
+    stopped (`_stop_tasks`)."""
+    stopped = None
+    if stop is not None:
+        import distributed
+        stopped = distributed.Event(stop).is_set
+    result = _one_image(ref, image_path, output_path, options, tile, stopped)
     return replace(result, image=image, output=output if result.output is not None else None)
 
 

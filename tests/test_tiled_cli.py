@@ -1146,6 +1146,35 @@ def test_a_worker_killed_on_every_try_is_one_line_saying_what_to_do():
                 raise distributed.KilledWorker("_tile_block-1", None, 3)
 
 
+def test_ctrl_c_of_images_on_a_cluster_stops_the_maps_in_progress_too(model_dir, tmp_path):
+    """On a cluster of the user's own (the command does not close its workers), Ctrl-C
+    left the images in progress running: their maps landed in the output folder after
+    the command said it was interrupted (and a --resume run's lock refused the next run).
+    They stop at their next tile now, leaving nothing (or, with --resume, their tiles)."""
+    distributed = pytest.importorskip("distributed")
+    import time
+
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for name in ("a", "b"):
+        Image.fromarray((np.random.default_rng(1).random((700, 700)) * 255).astype(np.uint8)).save(folder / f"{name}.png")
+    images = [str(folder / "a.png"), str(folder / "b.png")]
+
+    def interrupted(result):
+        raise KeyboardInterrupt  # as the first map comes back, the second being computed
+
+    with distributed.LocalCluster(n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None) as one, \
+            distributed.Client(one) as client:
+        with pytest.raises(KeyboardInterrupt):
+            run_images(ModelRef(str(model_dir)), images, str(tmp_path / "maps"), MapOptions(), tile=48,
+                       client=client, progress=interrupted)
+        deadline = time.monotonic() + 60
+        while any(client.processing().values()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(client.processing().values())
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["a.npy"]  # b stopped: no map, no temporary
+
+
 def test_a_scheduler_address_dask_cannot_parse_is_one_line(model_dir, picture, tmp_path):
     pytest.importorskip("distributed")
     result = graphconv("run", model_dir, "--image", picture / "tiled.tif", "--tile", "60", "--scheduler", "nonsense",
