@@ -525,10 +525,10 @@ def _map_options(args: argparse.Namespace, grid):
 
 def _budget_per_process(args: argparse.Namespace) -> int | None:
     """The memory budget of each process mapping images: the command's own, shared among
-    a local cluster's workers (one machine); None on a --scheduler's, each of which has
-    its own machine's."""
+    a local cluster's workers (one machine); on a --scheduler's, each of which has its own
+    machine, --memory-limit where given (each worker's), else None: each worker's default."""
     if args.scheduler:
-        return None
+        return memory_limit() if getattr(args, "memory_limit", None) is not None else None
     return memory_limit() // max(1, args.workers or 1)
 
 

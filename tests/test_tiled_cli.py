@@ -1175,6 +1175,21 @@ def test_ctrl_c_of_images_on_a_cluster_stops_the_maps_in_progress_too(model_dir,
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["a.npy"]  # b stopped: no map, no temporary
 
 
+def test_memory_limit_given_with_a_scheduler_is_each_worker_s_budget():
+    """--images on a --scheduler ignored --memory-limit: each worker took its own
+    machine's default, and a worker with less memory was killed."""
+    import argparse
+
+    from graphconv.memory import memory_limit_set
+    from graphconv.tiled_cli import _budget_per_process
+
+    with memory_limit_set("300M"):
+        given = _budget_per_process(argparse.Namespace(scheduler="tcp://h:8786", workers=None, memory_limit="300M"))
+        local = _budget_per_process(argparse.Namespace(scheduler=None, workers=2, memory_limit="300M"))
+    assert given == 300 * 2 ** 20 and local == given // 2
+    assert _budget_per_process(argparse.Namespace(scheduler="tcp://h:8786", workers=None, memory_limit=None)) is None
+
+
 def test_a_scheduler_address_dask_cannot_parse_is_one_line(model_dir, picture, tmp_path):
     pytest.importorskip("distributed")
     result = graphconv("run", model_dir, "--image", picture / "tiled.tif", "--tile", "60", "--scheduler", "nonsense",
