@@ -618,6 +618,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from graphconv.model import as_batch
 
     args.heatmap_out = _heatmap_path(args)
+    if args.workers and args.scheduler:  # --workers was ignored
+        raise GraphconvError("--workers starts a Dask cluster on this machine and --scheduler uses a running one: "
+                             "give one of them (a running cluster's workers are those it has)")
     if args.full_map and (args.scales or args.images or args.tile or args.workers):
         raise GraphconvError("--full-map is for one image or array evaluated whole (not --scales, "
                              "--images, --tile or --workers)")

@@ -1197,6 +1197,9 @@ def test_a_scheduler_address_dask_cannot_parse_is_one_line(model_dir, picture, t
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "cannot reach the Dask scheduler at nonsense: missing port number" in result.stderr
     assert not (tmp_path / "m.npy").exists()
+    both = graphconv_in_process("run", model_dir, "--image", picture / "tiled.tif", "--workers", "2", "--scheduler",
+                                "tcp://127.0.0.1:1", "--output", tmp_path / "m.npy")
+    assert both.returncode == 2 and "--workers starts a Dask cluster on this machine and --scheduler" in both.stderr
 
 
 @pytest.mark.parametrize("orientation,noted", [(1, False), (6, True), (3, True)])
