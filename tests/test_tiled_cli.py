@@ -454,6 +454,10 @@ def test_images_on_a_cluster_go_to_the_paths_the_client_sees_and_a_map_it_cannot
     assert _seen_here(result).error is None
     lost = _seen_here(replace(result, output="elsewhere/page.npy"))
     assert "a worker wrote this map, but it is not here" in lost.error and "shared file system" in lost.error
+    unseen = _one_image_at(ModelRef(str(model_dir)), "page.png", "maps/p.npy", str(tmp_path / "gone.png"),
+                           str(tmp_path / "maps" / "p.npy"), MapOptions(), 60)
+    assert "image not found" in unseen.error and "(on the Dask worker on" in unseen.error
+    assert f"which does not see {tmp_path / 'gone.png'}: the workers must reach the model" in unseen.error
 
 
 def test_run_images_in_one_process_maps_with_the_weights_as_they_are_now(picture, tmp_path):
