@@ -5,8 +5,9 @@ The exported model's input has dynamic batch, height and width (`N x C x H x W`)
 is the point of a fully convolutional network. (A classifier exported as written, with
 its fc or flatten layers, takes its crop alone and returns (N, K), as graphconv runs it:
 `declared_dims`.) Each op writes itself through its OpDef's `onnx` function (the op's
-folder, like its kernels and its PyTorch equivalent) using the small `OnnxWriter` below; an op without one (the two halves of
-shift-and-stitch) is refused with what to do instead. Every value stays 4-D, as in the
+folder, like its kernels and its PyTorch equivalent) using the small `OnnxWriter` below;
+an op without one (the two halves of shift-and-stitch) is refused with what to do
+instead. Every value stays 4-D, as in the
 IR. The result is checked with onnx's own checker before it is written.
 """
 from __future__ import annotations
