@@ -115,6 +115,7 @@ def client_for(workers: int | None, scheduler: str | None) -> Iterator[Any]:
     told) goes in a temporary folder of this run's, removed when the cluster is closed."""
     from graphconv.sources import require
     distributed = require("distributed")
+    from distributed.comm.core import CommClosedError
     if scheduler:
         try:
             client = distributed.Client(scheduler, timeout="10s")
@@ -129,6 +130,9 @@ def client_for(workers: int | None, scheduler: str | None) -> Iterator[Any]:
                                      f"those that took them over ({err.task!r}): most often a worker killed for "
                                      "memory; give the workers more, or tiles that need less (--memory-limit, the "
                                      "budget each tile is chosen for, or a smaller --tile)") from None
+            except CommClosedError as err:  # said "in <TCP (closed) ConnectionPool.gather ...>: Stream is closed"
+                raise GraphconvError(f"lost the Dask scheduler at {scheduler} during the run ({err}): a map written "
+                                     "with --resume keeps its tiles done for the same command to go on from") from None
         return
     import dask
 

@@ -1138,9 +1138,10 @@ def test_a_scheduler_without_workers_is_said_not_waited_on_for_ever(monkeypatch)
                 pass
 
 
-def test_a_worker_killed_on_every_try_is_one_line_saying_what_to_do():
+def test_a_worker_killed_on_every_try_or_a_lost_scheduler_is_one_line_saying_what_to_do():
     """distributed's KilledWorker (a worker killed for memory, and each that took its
-    task over) came out as a traceback, exit 1."""
+    task over) came out as a traceback, exit 1; a scheduler lost mid-run as dask's
+    'in <TCP (closed) ConnectionPool.gather ...>: Stream is closed'."""
     distributed = pytest.importorskip("distributed")
     from graphconv import cluster
 
@@ -1148,6 +1149,10 @@ def test_a_worker_killed_on_every_try_is_one_line_saying_what_to_do():
         with pytest.raises(GraphconvError, match=r"a Dask worker of .* died running this run's tasks.*--memory-limit"):
             with cluster.client_for(None, one.scheduler_address):
                 raise distributed.KilledWorker("_tile_block-1", None, 3)
+        from distributed.comm.core import CommClosedError
+        with pytest.raises(GraphconvError, match=r"lost the Dask scheduler at .* during the run \(Stream is closed\)"):
+            with cluster.client_for(None, one.scheduler_address):
+                raise CommClosedError("Stream is closed")  # the scheduler killed mid-run
 
 
 def test_ctrl_c_of_images_on_a_cluster_stops_the_maps_in_progress_too(model_dir, tmp_path):
