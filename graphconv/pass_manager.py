@@ -495,14 +495,13 @@ def _pass_names(names: Any, option: str) -> set[str]:
 
 def timings_table(records: Sequence[PassRecord]) -> str:
     """What `--timings` prints: each pass run, its time, share, and whether it changed the graph."""
+    from graphconv.text_table import text_table
+
     total = sum(r.seconds for r in records) or 1e-12
-    lines = [f"{'pass':<26}{'ms':>10}{'share':>8}  changed"]
-    for r in records:
-        name = r.name + (" (auto)" if r.automatic else "")
-        lines.append(f"{name:<26}{r.seconds * 1e3:>10.2f}{r.seconds / total:>8.0%}  "
-                     f"{'yes' if r.modified else 'no'}")
-    lines.append(f"{'total':<26}{total * 1e3:>10.2f}")
-    return "\n".join(lines)
+    rows = [[r.name + (" (auto)" if r.automatic else ""), f"{r.seconds * 1e3:.2f}", f"{r.seconds / total:.0%}",
+             "yes" if r.modified else "no"] for r in records]
+    rows.append(["total", f"{total * 1e3:.2f}"])
+    return "\n".join(text_table(["pass", "ms", "share", "changed"], rows, left=1))
 
 
 def _cell_field(graph: Graph):

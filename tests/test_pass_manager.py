@@ -182,6 +182,10 @@ def test_timings_table(lenet):
     manager.run(lenet)
     table = manager.timings_table()
     assert "shape-inference (auto)" in table and "fuse-conv-activation" in table and "total" in table
+    long = pm.timings_table([pm.PassRecord("a-plugin-pass-with-a-long-name", 0.25, True, True)])
+    head, row = long.splitlines()[:2]  # a name past 26 characters ran into its time
+    assert row.split() == ["a-plugin-pass-with-a-long-name", "(auto)", "250.00", "100%", "yes"]
+    assert head.index("ms") + 2 == row.index("250.00") + len("250.00")
 
 
 def test_builtin_housekeeping_passes():
