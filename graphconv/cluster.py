@@ -534,7 +534,7 @@ def _one_image_at(ref: ModelRef, image: str, output: str, image_path: str, outpu
         import distributed
         stopped = distributed.Event(stop).is_set
     result = _one_image(ref, image_path, output_path, options, tile, stopped)
-    unseen = [path for path in (ref.path, image_path) if result.error is not None and not os.path.exists(path)]
+    unseen = [path for path in (ref.path, image_path) if not os.path.exists(path)] if result.error else []
     if unseen:  # the message read as if this machine lacked the file
         import socket
         result = replace(result, error=f"{result.error} (on the Dask worker on {socket.gethostname()}, which does not "

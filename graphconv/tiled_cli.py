@@ -107,12 +107,12 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     background = _background(args, source, grid)
     if tile is None and background is not None:
         tile = background.cheapest_tile(grid, image_hw)
-    over_budget = tile is None and grid.peak_bytes(image_hw) > memory_limit()
+    whole = grid.peak_bytes(image_hw) if tile is None else None
     if tile is None:
         tile = choose_tile(grid, image_hw, memory_limit())
     plan = plan_tiles(grid, image_hw, tile)
-    if over_budget:  # the tiles as planned (whole cells: up to a few pixels under the tile chosen)
-        print(f"note: the whole {image_hw[0]}x{image_hw[1]} image would need {format_size(grid.peak_bytes(image_hw))}, "
+    if whole is not None and whole > memory_limit():  # the tiles as planned (whole cells: a few pixels under)
+        print(f"note: the whole {image_hw[0]}x{image_hw[1]} image would need {format_size(whole)}, "
               f"over the {format_size(memory_limit())} budget: evaluating it in exact tiles of up to "
               f"{plan.tile_hw[0]}x{plan.tile_hw[1]} pixels", file=sys.stderr)
     check_fits(grid.peak_bytes(plan.tile_hw), f"a {plan.tile_hw[0]}x{plan.tile_hw[1]} tile (use a smaller --tile)",
