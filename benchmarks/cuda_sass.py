@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import os
 import re
 import shutil
@@ -110,20 +111,21 @@ def main() -> None:
     dispatcher.get_current_device = lambda: Target()
     from graphconv.ops.gemm_cuda import TILES, gemm_kernel
 
-    print("| tile | threads | registers | spill bytes | main loop: FFMA | LDS.128 | other | FFMA share |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for tile in TILES:
-        ptx, _ = cuda.compile_ptx(gemm_kernel(tile).py_func, SIGNATURE, cc=capability)
+    print("| tile | gather | threads | registers | spill bytes | main loop: FFMA | LDS.128 | other | FFMA share |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for tile, one_tap in itertools.product(TILES, (False, True)):
+        ptx, _ = cuda.compile_ptx(gemm_kernel(tile, one_tap).py_func, SIGNATURE, cc=capability)
         cubin, log = link(ptx, args.arch, args.max_registers or tile.max_registers)
         registers = re.search(r"Used (\d+) registers", log).group(1)
         spills = re.search(r"(\d+) bytes spill stores", log).group(1)
         text = sass(cubin)
         if args.sass_dir:
             Path(args.sass_dir).mkdir(parents=True, exist_ok=True)
-            (Path(args.sass_dir) / f"gemm_{tile.rows}x{tile.cols}.sass").write_text(text)
+            (Path(args.sass_dir) / f"gemm_{tile.rows}x{tile.cols}{'_one_tap' * one_tap}.sass").write_text(text)
         mix = main_loop_mix(text)
         total = sum(mix.values())
-        print(f"| {tile.rows}x{tile.cols} ({tile.thread_rows}x{tile.thread_cols} a thread) | {tile.threads} | "
+        gather = "a tap a step" if one_tap else "a tap a value"
+        print(f"| {tile.rows}x{tile.cols} ({tile.thread_rows}x{tile.thread_cols} a thread) | {gather} | {tile.threads} | "
               f"{registers} | {spills} | {mix['FFMA']} | {mix['LDS.128']} | {total - mix['FFMA'] - mix['LDS.128']} | "
               f"{mix['FFMA'] / max(total, 1):.0%} |", flush=True)
 

@@ -7,6 +7,7 @@
 #   bash benchmarks/gpu_session.sh bench   # gpu_vs_torch.py --quick: the issue's three targets
 #   bash benchmarks/gpu_session.sh full    # gpu_vs_torch.py, every case (batch 8 too)
 #   bash benchmarks/gpu_session.sh tiles   # gpu_tiles.py: each GEMM tile shape on the big layers
+#                                          # (TILES_ONLY=@1024: only the layers so named)
 #   bash benchmarks/gpu_session.sh ncu     # Nsight Compute on the big tiles: occupancy, stall reasons
 #                                          # (NCU_TILES="128x128 r128,64x128" picks which)
 #
@@ -73,7 +74,7 @@ for stage in "${@:-check}"; do
         bench) timeout 270 python3 benchmarks/gpu_vs_torch.py --quick --repeats 10 --markdown "$OUT/gpu.md" ;;
         full) timeout 400 python3 benchmarks/gpu_vs_torch.py --repeats 10 --markdown "$OUT/gpu.md" ;;
         tiles) timeout 200 python3 benchmarks/gpu_tiles.py --repeats 10 --json "$OUT/tiles.json" \
-                   2>&1 | tee "$OUT/tiles.txt" ;;
+                   ${TILES_ONLY:+--only "$TILES_ONLY"} 2>&1 | tee "$OUT/tiles.txt" ;;
         ncu) for tile in "${NCU_TILES[@]}"; do  # where the big tiles' cycles go
                  timeout 90 ncu --clock-control none --launch-skip 1 --launch-count 1 -k regex:kernel \
                      --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \

@@ -42,6 +42,9 @@ LAYERS = [
 # The planner's register-capped tiles without their cap, timed beside them: one block
 # an SM instead of two (four for 128x32), no spills.
 VARIANTS = tuple(replace(tile, max_registers=None) for tile in TILES if tile.max_registers)
+# The largest tile with the tap-table lookup per value that layers whose channels are not
+# whole k-steps use, against its lookup per step (every layer here has whole steps).
+PER_VALUE = TILES[0]
 SECTION_TITLE = "## Each CUDA GEMM tile on the layers that matter (`gpu_tiles.py`)\n\n"
 BIG_GFLOP = 20  # layers this big are timed unsplit and split in two only: more splits never pay there
 
@@ -60,10 +63,11 @@ def event_ms(fn, repeats: int, cuda) -> float:
     return statistics.median(times)
 
 
-def tile_name(tile) -> str:
-    """"128x64", or "128x128 r128" for a register-capped variant."""
+def tile_name(tile, per_value: bool = False) -> str:
+    """"128x64", "128x128 r128" for a register-capped variant, "... per value" with the
+    tap table read for every value."""
     capped = f" r{tile.max_registers}" if tile.max_registers else ""
-    return f"{tile.rows}x{tile.cols}{capped}"
+    return f"{tile.rows}x{tile.cols}{capped}" + " per value" * per_value
 
 
 class LayerCase:
@@ -98,19 +102,20 @@ class LayerCase:
             self.cudnn_ms = event_ms(lambda: torch.nn.functional.conv2d(xt, wt, bt, padding=pad, groups=self.groups),
                                      repeats, cuda)
 
-    def layer(self, launch):
+    def layer(self, launch, per_value: bool = False):
         from graphconv.ops.gemm_cuda import GemmLayer
         from graphconv.ops.registry import pair
         p = self.params
         return GemmLayer(self.prepared["weight_t"], self.prepared["bias"], self.kernel, self.groups,
-                         pair(p["stride"]), pair(p["padding"]), pair(p["dilation"]), planner=lambda *_: launch)
+                         pair(p["stride"]), pair(p["padding"]), pair(p["dilation"]), planner=lambda *_: launch,
+                         one_tap=False if per_value else None)
 
     def launch(self, tile, splits: int):
         from graphconv.ops.gemm_cuda import launch_for
         return launch_for(tile, splits, self.rows, self.positions, self.k_total, self.groups)
 
-    def ms(self, launch) -> float:
-        layer = self.layer(launch)
+    def ms(self, launch, per_value: bool = False) -> float:
+        layer = self.layer(launch, per_value)
         return event_ms(lambda: layer([self.x], self.out), self.repeats, self.cuda)
 
 
@@ -119,10 +124,11 @@ def profile_one(name: str, tile_text: str) -> None:
     import numpy as np
     from numba import cuda
     from graphconv.ops.gemm_cuda import TILES
-    tile = next(t for t in TILES + VARIANTS if tile_name(t) == tile_text)
+    per_value = tile_text.endswith(" per value")
+    tile = next(t for t in TILES + VARIANTS if tile_name(t, per_value) == tile_text)
     raw, in_shape = next((raw, shape) for layer, raw, shape in LAYERS if layer == name)
     case = LayerCase(name, raw, in_shape, np.random.default_rng(0), None, 1)
-    layer = case.layer(case.launch(tile, 1))
+    layer = case.layer(case.launch(tile, 1), per_value)
     for _ in range(3):
         layer([case.x], case.out)
     cuda.synchronize()
@@ -135,6 +141,7 @@ def main() -> None:
     parser.add_argument("--json", help="also save every timing (layer, tile, splits, ms) here, for the planner")
     parser.add_argument("--write", action="store_true", help="update this section of benchmarks/README.md")
     parser.add_argument("--profile", nargs=2, metavar=("LAYER", "TILE"), help="launch one layer with one tile, for ncu")
+    parser.add_argument("--only", help="only the layers whose name holds this text (\"@1024\")")
     args = parser.parse_args()
     if args.profile:
         return profile_one(*args.profile)
@@ -145,24 +152,26 @@ def main() -> None:
 
     torch = float32_torch_on_gpu()
     sgemm = sgemm_tflops(torch)
-    tiles = TILES + VARIANTS
-    header = "| layer | GFLOP | cuDNN ms | planned | " + " | ".join(tile_name(t) for t in tiles) + " |"
+    tiles = [(tile, False) for tile in TILES + VARIANTS] + [(PER_VALUE, True)]
+    header = "| layer | GFLOP | cuDNN ms | planned | " + " | ".join(tile_name(*t) for t in tiles) + " |"
     lines = [f"cuBLAS SGEMM {sgemm:.1f} TFLOP/s; each cell: ms (share of SGEMM), the best K split per tile "
              "(in brackets where K is split)", "", header, "|" + " --- |" * (4 + len(tiles))]
     timings = []
     rng = np.random.default_rng(0)
     for name, raw, in_shape in LAYERS:
+        if args.only and args.only not in name:
+            continue
         case = LayerCase(name, raw, in_shape, rng, torch, args.repeats)
         planned = plan_launch(case.rows, case.positions, case.k_total, case.groups, processors())
         cells = [f"{planned.describe()}: {cell(case.ms(planned), case.gflop, sgemm)}"]
-        for tile in tiles:
+        for tile, per_value in tiles:
             splits = (1, 2) if case.gflop > BIG_GFLOP else (1, 2, 4, 8, 16)
             times = {}
             for wanted in splits:
                 launch = case.launch(tile, wanted)
                 if launch.splits not in times:
-                    times[launch.splits] = case.ms(launch)
-                    timings.append(dict(layer=name, tile=tile_name(tile), splits=launch.splits,
+                    times[launch.splits] = case.ms(launch, per_value)
+                    timings.append(dict(layer=name, tile=tile_name(tile, per_value), splits=launch.splits,
                                         ms=times[launch.splits], rows=case.rows, positions=case.positions,
                                         k_total=case.k_total, groups=case.groups))
             best = min(times, key=times.get)

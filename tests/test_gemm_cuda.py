@@ -29,6 +29,9 @@ LAYERS = {
     "grouped-dilated-residual": (dict(out_channels=6, kernel_size=[2, 3], dilation=[2, 1], groups=2,
                                       padding=[1, 0], activation="relu"), (1, 4, 6, 7), True),
     "many-channels": (dict(out_channels=140, kernel_size=1), (2, 20, 3, 3), True),
+    # 8 channels a group: every k-step within one tap, the gather's `one_tap` kernel.
+    "whole-steps": (dict(out_channels=6, kernel_size=3, stride=[1, 2], padding=1, dilation=[2, 1], groups=2,
+                         activation="relu"), (1, 16, 5, 4), True),
 }
 
 
@@ -54,20 +57,23 @@ def run_with(monkeypatch, tile: Tile, splits: int, opdef, params, weights, input
 
 
 @needs_cuda
+@pytest.mark.parametrize("layer", ["padded-strided", "whole-steps"])
 @pytest.mark.parametrize("tile", TILES + (replace(TILES[0], max_registers=None),),
                          ids=lambda t: f"{t.rows}x{t.cols}" + (f"-r{t.max_registers}" if t.max_registers else ""))
-def test_every_tile_matches_the_reference(tile, monkeypatch, rng):
-    opdef, params, weights, inputs, out_shape = conv_case("padded-strided", rng)
+def test_every_tile_matches_the_reference(tile, layer, monkeypatch, rng):
+    """Both gathers: a tap-table lookup per value (3 channels) and per k-step."""
+    opdef, params, weights, inputs, out_shape = conv_case(layer, rng)
     got = run_with(monkeypatch, tile, 1, opdef, params, weights, inputs, out_shape)
     np.testing.assert_allclose(got, opdef.reference(params, weights, inputs), rtol=1e-4, atol=1e-5)
 
 
 @needs_cuda
+@pytest.mark.parametrize("layer", ["grouped-dilated-residual", "whole-steps"])
 @pytest.mark.parametrize("splits", [1, 2, 3])
-def test_k_splits_add_up_with_the_epilogue(splits, monkeypatch, rng):
+def test_k_splits_add_up_with_the_epilogue(splits, layer, monkeypatch, rng):
     """Partial sums over K chunks (the last one short) are added with bias, residual and
-    ReLU by the reduction pass, on a grouped, dilated, padded layer."""
-    opdef, params, weights, inputs, out_shape = conv_case("grouped-dilated-residual", rng)
+    ReLU by the reduction pass, on grouped, dilated, padded layers."""
+    opdef, params, weights, inputs, out_shape = conv_case(layer, rng)
     got = run_with(monkeypatch, Tile(64, 64, 4, 4), splits, opdef, params, weights, inputs, out_shape)
     np.testing.assert_allclose(got, opdef.reference(params, weights, inputs), rtol=1e-4, atol=1e-5)
 
@@ -95,6 +101,19 @@ def test_a_bound_layer_plans_each_input_size(rng, monkeypatch):
         layer([CUDA.to_device(x)], out)
         np.testing.assert_allclose(CUDA.to_host(out), opdef.reference(params, weights, [x]), rtol=1e-4, atol=1e-5)
     assert [key[0] for key in layer._launches] == [(1, 3, 5, 5), (1, 3, 9, 5)]
+
+
+@pytest.mark.parametrize("group_channels, kernel, one_tap", [
+    (16, (3, 3), True), (512, (7, 7), True), (3, (3, 3), False), (12, (3, 3), False), (20, (1, 1), True)])
+def test_a_step_stays_within_one_tap_where_the_channels_are_whole_steps(group_channels, kernel, one_tap):
+    """What picks the per-step gather: the tap table's k order puts a tap's channels
+    side by side, so BK of them share one tap where each tap has whole steps of them
+    (or the window is one tap); then every step's taps agree."""
+    assert gemm_cuda.one_tap_steps(group_channels, kernel) is one_tap
+    taps = gemm_cuda.window_taps(group_channels, kernel, (1, 1), 9, 9).reshape(-1, 3)
+    k_total = len(taps) - len(taps) % BK
+    steps = taps[:k_total, 1:].reshape(-1, BK, 2)
+    assert (steps == steps[:, :1]).all() == one_tap
 
 
 def test_every_tile_is_one_the_kernel_is_written_for():

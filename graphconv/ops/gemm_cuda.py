@@ -175,24 +175,35 @@ def _split_choices(k_total: int) -> list[int]:
 
 def window_taps(group_channels: int, kernel: tuple[int, int], dilation: tuple[int, int],
                 height: int, width: int) -> np.ndarray:
-    """For each k = (channel, tap row, tap column) of a window over a height x width
-    input, in the weights' order: its offset from the window's corner in the flat input,
-    then the tap's row and column offsets, side by side (a flat int32 array of K
-    triples: the gather finds all three from one address)."""
-    c, r, s = np.meshgrid(np.arange(group_channels), np.arange(kernel[0]) * dilation[0],
-                          np.arange(kernel[1]) * dilation[1], indexing="ij")
+    """For each k = (tap row, tap column, channel) of a window over a height x width
+    input, in the weights' order (`prepared_weights`): its offset from the window's corner
+    in the flat input, then the tap's row and column offsets, side by side (a flat int32
+    array of K triples: the gather finds all three from one address).
+
+    Taps outermost, channels innermost: where the group's channels are a multiple of BK,
+    every k-step lies within one tap, and the kernel's `one_tap_steps` gather looks the
+    table up once a step instead of once a value."""
+    r, s, c = np.meshgrid(np.arange(kernel[0]) * dilation[0], np.arange(kernel[1]) * dilation[1],
+                          np.arange(group_channels), indexing="ij")
     offsets = (c * height + r) * width + s
     return np.stack([offsets.ravel(), r.ravel(), s.ravel()], axis=1).ravel().astype(np.int32)
 
 
+def one_tap_steps(group_channels: int, kernel: tuple[int, int]) -> bool:
+    """Whether every k-step of BK lies within one tap of the window (`window_taps`'
+    order): so when a group's channels are whole steps, or the window is one tap."""
+    return group_channels % BK == 0 or kernel == (1, 1)
+
+
 @lru_cache(maxsize=None)
-def gemm_kernel(tile: Tile):
+def gemm_kernel(tile: Tile, one_tap: bool = False):
     """The implicit-GEMM kernel for `tile`, compiled on its first launch:
     kernel[launch.grid, tile.threads](x, wt, taps, bias, res, out, dims), with x the
     flat NCHW input, wt the flat (groups, K, rows) weights, taps the flat int32 (K, 3)
     table of where each k reads (`window_taps`), and dims the int64 geometry (`DIMS`).
     `out` is the flat NCHW output, or the (splits, ...) workspace when its PARTIAL entry
-    is set, where the sums are written without the epilogue."""
+    is set, where the sums are written without the epilogue. `one_tap` is for layers
+    whose every k-step lies within one tap (`one_tap_steps`)."""
     tile.check()
     rows, cols, thread_rows, thread_cols = tile.rows, tile.cols, tile.thread_rows, tile.thread_cols
     threads = tile.threads
@@ -204,6 +215,7 @@ def gemm_kernel(tile: Tile):
     a_shared, b_shared = 2 * a_size, 2 * b_size  # two buffers each
     a_loads, b_loads = math.ceil(a_size / threads), math.ceil(b_size / threads)
     a_whole, b_whole = a_size % threads == 0, b_size % threads == 0  # every thread loads every round
+    k_per_round = threads // cols  # the k rows of inputs one round of a block's loads covers
     align = _SHARED_ALIGNMENT
     # Shifts and masks for the divisions by powers of two: numba's floor division of a
     # signed index costs a sign fix-up each time (`Tile.check` keeps the sizes powers of 2).
@@ -227,7 +239,7 @@ def gemm_kernel(tile: Tile):
             a_reg[i] = value if ok else float32(0.0)
 
     @cuda.jit(device=True, inline=True)
-    def load_inputs(x, taps, k0, k_left, t, column_ok, column_base, iy0, ix0, height, width, b_reg):
+    def load_inputs(x, taps, k0, k_left, t, column_ok, column_base, iy0, ix0, height, width, plane, b_reg):
         """This thread's share of the step's BK x cols input values (all in its column),
         gathered through the tap table; zero in the padding and past the last position."""
         for i in range(b_loads):
@@ -240,6 +252,27 @@ def gemm_kernel(tile: Tile):
             at = uint64(column_base + taps[tap]) if ok else uint64(0)
             value = x[at]
             b_reg[i] = value if ok else float32(0.0)
+
+    @cuda.jit(device=True, inline=True)
+    def load_inputs_one_tap(x, taps, k0, k_left, t, column_ok, column_base, iy0, ix0, height, width, plane,
+                            b_reg):
+        """`load_inputs` for a step within one tap: its BK values of a column are one
+        input pixel in consecutive channels, a plane apart, so the tap table is read and
+        the padding checked once a step rather than once a value."""
+        tap = uint64(3 * k0)
+        iy = iy0 + taps[tap + uint64(1)]
+        ix = ix0 + taps[tap + uint64(2)]
+        inside = column_ok & (uint64(iy) < uint64(height)) & (uint64(ix) < uint64(width))
+        first = t >> cols_shift  # this thread's first k of the step
+        base = column_base + taps[tap] + first * plane
+        for i in range(b_loads):
+            e = t + threads * i
+            ok = inside & (b_whole or e < b_size) & (first + i * k_per_round < k_left)
+            at = uint64(base + i * k_per_round * plane) if ok else uint64(0)
+            value = x[at]
+            b_reg[i] = value if ok else float32(0.0)
+
+    gather = load_inputs_one_tap if one_tap else load_inputs
 
     @cuda.jit(device=True, inline=True)
     def store_step(a_s, b_s, buffer, t, a_reg, b_reg):
@@ -323,6 +356,7 @@ def gemm_kernel(tile: Tile):
         k_hi = min(k_total, k_lo + k_chunk)
         height = dims[HEIGHT]
         width = dims[WIDTH]
+        plane = height * width
         out_width = dims[OUT_WIDTH]
         positions = dims[OUT_HEIGHT] * out_width
         # The one output position this thread gathers input for, all along k.
@@ -340,7 +374,7 @@ def gemm_kernel(tile: Tile):
             for j in range(thread_cols):
                 acc[i, j] = float32(0.0)
         load_weights(wt, w_base, og, k_hi - k_lo, t, rows_left, a_reg)
-        load_inputs(x, taps, k_lo, k_hi - k_lo, t, column_ok, column_base, iy0, ix0, height, width, b_reg)
+        gather(x, taps, k_lo, k_hi - k_lo, t, column_ok, column_base, iy0, ix0, height, width, plane, b_reg)
         store_step(a_s, b_s, 0, t, a_reg, b_reg)
         cuda.syncthreads()
         buffer = 0
@@ -350,8 +384,8 @@ def gemm_kernel(tile: Tile):
             if more:  # the next step's loads, in flight while this one computes
                 w_base += w_step
                 load_weights(wt, w_base, og, k_hi - k0 - BK, t, rows_left, a_reg)
-                load_inputs(x, taps, k0 + BK, k_hi - k0 - BK, t, column_ok, column_base, iy0, ix0, height, width,
-                            b_reg)
+                gather(x, taps, k0 + BK, k_hi - k0 - BK, t, column_ok, column_base, iy0, ix0, height, width, plane,
+                       b_reg)
             a_base = uint64(buffer * a_size + ty * vector_rows)
             b_base = uint64(buffer * b_size + tx * vector_cols)
             k_step(a_s, b_s, a_base, b_base, 0, acc, a_frag, b_frag)
@@ -389,11 +423,17 @@ def reduce_splits(work, splits, bias, res, residual, act, out_channels, position
 
 
 def prepared_weights(weight: np.ndarray, bias: np.ndarray | None, groups: int) -> dict:
-    """A layer's weights as `GemmLayer` reads them: (O, C/groups, kh, kw) (or an fc's
-    (O, K)) as (groups, K, O/groups), contiguous, so consecutive output channels of one
-    k lie side by side as a block loads them; and the bias (zeros when there is none)."""
+    """A layer's weights as `GemmLayer` reads them: a conv's (O, C/groups, kh, kw) as
+    (groups, K, O/groups) with K in `window_taps`' order (taps outermost), an fc's (O, K)
+    as (1, K, O), contiguous, so consecutive output channels of one k lie side by side
+    as a block loads them; and the bias (zeros when there is none)."""
     out_c = weight.shape[0]
-    weight_t = np.ascontiguousarray(weight.reshape(groups, out_c // groups, -1).transpose(0, 2, 1), np.float32)
+    by_group = weight.reshape(groups, out_c // groups, *weight.shape[1:])
+    if weight.ndim == 4:  # (g, O/g, C/g, kh, kw) -> (g, kh, kw, C/g, O/g)
+        weight_t = by_group.transpose(0, 3, 4, 2, 1)
+    else:
+        weight_t = by_group.transpose(0, 2, 1)
+    weight_t = np.ascontiguousarray(weight_t.reshape(groups, -1, out_c // groups), np.float32)
     return {"weight_t": weight_t, "bias": bias if bias is not None else np.zeros(out_c, np.float32)}
 
 
@@ -404,15 +444,19 @@ class GemmLayer(BoundLaunches):
     def __init__(self, weight_t, bias, kernel: tuple[int, int] = (1, 1), groups: int = 1,
                  stride: tuple[int, int] = (1, 1), padding: tuple[int, int] = (0, 0),
                  dilation: tuple[int, int] = (1, 1), act: int = 0,
-                 planner: Callable[[int, int, int, int, int], Launch] | None = None):
+                 planner: Callable[[int, int, int, int, int], Launch] | None = None, one_tap: bool | None = None):
         """`planner(rows, positions, k_total, groups, processors)` picks each input
-        shape's launch: `plan_launch` unless given (a benchmark forcing one tile)."""
+        shape's launch: `plan_launch` unless given (a benchmark forcing one tile).
+        `one_tap` picks the gather: a tap-table lookup per k-step where every step lies
+        within one tap (`one_tap_steps`, the default), else one per value (a benchmark
+        comparing the two)."""
         super().__init__(self.kernel_launches)
         self.weight_t, self.bias = weight_t, bias
         self.kernel, self.groups, self.stride, self.padding, self.dilation = kernel, groups, stride, padding, dilation
         self.act, self.planner = act, planner
         self.rows = weight_t.shape[2]
         self.k_total = weight_t.shape[1]
+        self.one_tap = one_tap_steps(self.k_total // (kernel[0] * kernel[1]), kernel) if one_tap is None else one_tap
         self._flat_weights = weight_t.reshape(weight_t.size)
         self._launches: OrderedDict[tuple, tuple[Launch, Any, Any, Any]] = OrderedDict()
 
@@ -423,7 +467,7 @@ class GemmLayer(BoundLaunches):
         launch, taps, dims, work = self._launch(tuple(x.shape), tuple(out.shape), residual is not None)
         flat_out = out.reshape(out.size)
         flat_res = flat_out if residual is None else residual.reshape(residual.size)  # unread without one
-        gemm = (gemm_kernel(launch.tile), (launch.grid, launch.tile.threads),
+        gemm = (gemm_kernel(launch.tile, self.one_tap), (launch.grid, launch.tile.threads),
                 (x.reshape(x.size), self._flat_weights, taps, self.bias, flat_res,
                  flat_out if work is None else work, dims))
         if work is None:
