@@ -113,18 +113,22 @@ def main() -> None:
 
     print("| tile | gather | threads | registers | spill bytes | main loop: FFMA | LDS.128 | other | FFMA share |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for tile, one_tap in itertools.product(TILES, (False, True)):
-        ptx, _ = cuda.compile_ptx(gemm_kernel(tile, one_tap).py_func, SIGNATURE, cc=capability)
+    # (gather, its kernel's flags): a tap-table lookup per value; per k-step; and per
+    # k-step with rows in whole tiles (no bounds checks on the weights' loads).
+    gathers = (("a tap a value", (False, False)), ("a tap a step", (True, False)),
+               ("a tap a step, whole rows", (True, True)))
+    for tile, (gather, flags) in itertools.product(TILES, gathers):
+        ptx, _ = cuda.compile_ptx(gemm_kernel(tile, *flags).py_func, SIGNATURE, cc=capability)
         cubin, log = link(ptx, args.arch, args.max_registers or tile.max_registers)
         registers = re.search(r"Used (\d+) registers", log).group(1)
         spills = re.search(r"(\d+) bytes spill stores", log).group(1)
         text = sass(cubin)
         if args.sass_dir:
             Path(args.sass_dir).mkdir(parents=True, exist_ok=True)
-            (Path(args.sass_dir) / f"gemm_{tile.rows}x{tile.cols}{'_one_tap' * one_tap}.sass").write_text(text)
+            (Path(args.sass_dir) / f"gemm_{tile.rows}x{tile.cols}_{'_'.join(map(str, map(int, flags)))}.sass"
+             ).write_text(text)
         mix = main_loop_mix(text)
         total = sum(mix.values())
-        gather = "a tap a step" if one_tap else "a tap a value"
         print(f"| {tile.rows}x{tile.cols} ({tile.thread_rows}x{tile.thread_cols} a thread) | {gather} | {tile.threads} | "
               f"{registers} | {spills} | {mix['FFMA']} | {mix['LDS.128']} | {total - mix['FFMA'] - mix['LDS.128']} | "
               f"{mix['FFMA'] / max(total, 1):.0%} |", flush=True)

@@ -32,6 +32,8 @@ LAYERS = {
     # 8 channels a group: every k-step within one tap, the gather's `one_tap` kernel.
     "whole-steps": (dict(out_channels=6, kernel_size=3, stride=[1, 2], padding=1, dilation=[2, 1], groups=2,
                          activation="relu"), (1, 16, 5, 4), True),
+    # 128 output channels: rows in whole tiles (but for 256x4), the loads' `whole_rows` kernel.
+    "whole-tiles": (dict(out_channels=128, kernel_size=3, padding=1), (1, 8, 4, 5), False),
 }
 
 
@@ -57,11 +59,12 @@ def run_with(monkeypatch, tile: Tile, splits: int, opdef, params, weights, input
 
 
 @needs_cuda
-@pytest.mark.parametrize("layer", ["padded-strided", "whole-steps"])
+@pytest.mark.parametrize("layer", ["padded-strided", "whole-steps", "whole-tiles"])
 @pytest.mark.parametrize("tile", TILES + (replace(TILES[0], max_registers=None),),
                          ids=lambda t: f"{t.rows}x{t.cols}" + (f"-r{t.max_registers}" if t.max_registers else ""))
 def test_every_tile_matches_the_reference(tile, layer, monkeypatch, rng):
-    """Both gathers: a tap-table lookup per value (3 channels) and per k-step."""
+    """Each of the kernel's variants: a tap-table lookup per value (3 channels), per
+    k-step, and per k-step with rows in whole tiles."""
     opdef, params, weights, inputs, out_shape = conv_case(layer, rng)
     got = run_with(monkeypatch, tile, 1, opdef, params, weights, inputs, out_shape)
     np.testing.assert_allclose(got, opdef.reference(params, weights, inputs), rtol=1e-4, atol=1e-5)
@@ -104,16 +107,20 @@ def test_a_bound_layer_plans_each_input_size(rng, monkeypatch):
 
 
 @pytest.mark.parametrize("group_channels, kernel, one_tap", [
-    (16, (3, 3), True), (512, (7, 7), True), (3, (3, 3), False), (12, (3, 3), False), (20, (1, 1), True)])
+    (16, (3, 3), True), (512, (7, 7), True), (8, (1, 1), True), (3, (3, 3), False), (12, (3, 3), False),
+    (20, (1, 1), False)])
 def test_a_step_stays_within_one_tap_where_the_channels_are_whole_steps(group_channels, kernel, one_tap):
     """What picks the per-step gather: the tap table's k order puts a tap's channels
-    side by side, so BK of them share one tap where each tap has whole steps of them
-    (or the window is one tap); then every step's taps agree."""
-    assert gemm_cuda.one_tap_steps(group_channels, kernel) is one_tap
+    side by side, so where each tap has whole steps of them every step's BK taps agree
+    and K is whole steps."""
+    assert gemm_cuda.one_tap_steps(group_channels) is one_tap
     taps = gemm_cuda.window_taps(group_channels, kernel, (1, 1), 9, 9).reshape(-1, 3)
-    k_total = len(taps) - len(taps) % BK
-    steps = taps[:k_total, 1:].reshape(-1, BK, 2)
-    assert (steps == steps[:, :1]).all() == one_tap
+    if one_tap:
+        steps = taps[:, 1:].reshape(-1, BK, 2)
+        assert (steps == steps[:, :1]).all()
+    elif kernel != (1, 1):
+        steps = taps[:len(taps) - len(taps) % BK, 1:].reshape(-1, BK, 2)
+        assert not (steps == steps[:, :1]).all()
 
 
 def test_every_tile_is_one_the_kernel_is_written_for():

@@ -41,7 +41,7 @@ from functools import lru_cache
 from typing import Any, Callable
 
 import numpy as np
-from numba import config, cuda, float32, uint64
+from numba import config, cuda, float32, int32, uint64
 
 from graphconv.ops.activations.cuda import activate
 from graphconv.ops.cuda_launch import BoundLaunches, KernelCall, grid_1d
@@ -189,21 +189,23 @@ def window_taps(group_channels: int, kernel: tuple[int, int], dilation: tuple[in
     return np.stack([offsets.ravel(), r.ravel(), s.ravel()], axis=1).ravel().astype(np.int32)
 
 
-def one_tap_steps(group_channels: int, kernel: tuple[int, int]) -> bool:
+def one_tap_steps(group_channels: int) -> bool:
     """Whether every k-step of BK lies within one tap of the window (`window_taps`'
-    order): so when a group's channels are whole steps, or the window is one tap."""
-    return group_channels % BK == 0 or kernel == (1, 1)
+    order) and K is whole steps: so when a group's channels are whole steps."""
+    return group_channels % BK == 0
 
 
 @lru_cache(maxsize=None)
-def gemm_kernel(tile: Tile, one_tap: bool = False):
+def gemm_kernel(tile: Tile, one_tap: bool = False, whole_rows: bool = False):
     """The implicit-GEMM kernel for `tile`, compiled on its first launch:
     kernel[launch.grid, tile.threads](x, wt, taps, bias, res, out, dims), with x the
     flat NCHW input, wt the flat (groups, K, rows) weights, taps the flat int32 (K, 3)
     table of where each k reads (`window_taps`), and dims the int64 geometry (`DIMS`).
     `out` is the flat NCHW output, or the (splits, ...) workspace when its PARTIAL entry
     is set, where the sums are written without the epilogue. `one_tap` is for layers
-    whose every k-step lies within one tap (`one_tap_steps`)."""
+    whose every k-step lies within one tap and is whole (`one_tap_steps`), `whole_rows`
+    for layers whose rows are whole tiles: the loads then leave out the checks that
+    cannot fail (a register and a comparison each, in a kernel short of registers)."""
     tile.check()
     rows, cols, thread_rows, thread_cols = tile.rows, tile.cols, tile.thread_rows, tile.thread_cols
     threads = tile.threads
@@ -216,6 +218,7 @@ def gemm_kernel(tile: Tile, one_tap: bool = False):
     a_loads, b_loads = math.ceil(a_size / threads), math.ceil(b_size / threads)
     a_whole, b_whole = a_size % threads == 0, b_size % threads == 0  # every thread loads every round
     k_per_round = threads // cols  # the k rows of inputs one round of a block's loads covers
+    whole_steps = one_tap
     align = _SHARED_ALIGNMENT
     # Shifts and masks for the divisions by powers of two: numba's floor division of a
     # signed index costs a sign fix-up each time (`Tile.check` keeps the sizes powers of 2).
@@ -230,10 +233,15 @@ def gemm_kernel(tile: Tile, one_tap: bool = False):
     def load_weights(wt, step_base, og, k_left, t, rows_left, a_reg):
         """This thread's share of the step's BK x rows weights (`step_base`: where the
         step's first k row of this block's columns starts) into registers; zero past
-        the last row and past the last k (`k_left` of them remain)."""
+        the last row and past the last k (`k_left` of them remain), where there can be
+        such."""
         for i in range(a_loads):
             e = t + threads * i
-            ok = (a_whole or e < a_size) & (e >> rows_shift < k_left) & (e & (rows - 1) < rows_left)
+            ok = a_whole or e < a_size
+            if not whole_steps:
+                ok = ok & (e >> rows_shift < k_left)
+            if not whole_rows:
+                ok = ok & (e & (rows - 1) < rows_left)
             at = uint64(step_base + (e >> rows_shift) * og + (e & (rows - 1))) if ok else uint64(0)
             value = wt[at]
             a_reg[i] = value if ok else float32(0.0)
@@ -256,9 +264,9 @@ def gemm_kernel(tile: Tile, one_tap: bool = False):
     @cuda.jit(device=True, inline=True)
     def load_inputs_one_tap(x, taps, k0, k_left, t, column_ok, column_base, iy0, ix0, height, width, plane,
                             b_reg):
-        """`load_inputs` for a step within one tap: its BK values of a column are one
-        input pixel in consecutive channels, a plane apart, so the tap table is read and
-        the padding checked once a step rather than once a value."""
+        """`load_inputs` for a step within one tap (and K in whole steps): its BK values
+        of a column are one input pixel in consecutive channels, a plane apart, so the
+        tap table is read and the padding checked once a step rather than once a value."""
         tap = uint64(3 * k0)
         iy = iy0 + taps[tap + uint64(1)]
         ix = ix0 + taps[tap + uint64(2)]
@@ -267,7 +275,7 @@ def gemm_kernel(tile: Tile, one_tap: bool = False):
         base = column_base + taps[tap] + first * plane
         for i in range(b_loads):
             e = t + threads * i
-            ok = inside & (b_whole or e < b_size) & (first + i * k_per_round < k_left)
+            ok = inside & (b_whole or e < b_size)
             at = uint64(base + i * k_per_round * plane) if ok else uint64(0)
             value = x[at]
             b_reg[i] = value if ok else float32(0.0)
@@ -354,22 +362,24 @@ def gemm_kernel(tile: Tile, one_tap: bool = False):
         col0 = cuda.blockIdx.x * cols
         k_lo = split * k_chunk
         k_hi = min(k_total, k_lo + k_chunk)
-        height = dims[HEIGHT]
-        width = dims[WIDTH]
-        plane = height * width
+        # int32 where a value fits one (a side, a tap's row): a register each instead of
+        # two, which the capped 128x128 tile spills less for.
+        height = int32(dims[HEIGHT])
+        width = int32(dims[WIDTH])
+        plane = dims[HEIGHT] * dims[WIDTH]
         out_width = dims[OUT_WIDTH]
         positions = dims[OUT_HEIGHT] * out_width
         # The one output position this thread gathers input for, all along k.
         q = col0 + (t & (cols - 1))
         column_ok = q < dims[POSITIONS]
         p = q % positions
-        iy0 = (p // out_width) * dims[STRIDE_Y] - dims[PAD_Y]
-        ix0 = (p % out_width) * dims[STRIDE_X] - dims[PAD_X]
+        iy0 = int32((p // out_width) * dims[STRIDE_Y] - dims[PAD_Y])
+        ix0 = int32((p % out_width) * dims[STRIDE_X] - dims[PAD_X])
         # The window's corner in the flat input: a tap adds its offset from the table.
         column_base = (((q // positions) * dims[CHANNELS] + group * dims[GROUP_CHANNELS]) * height + iy0) * width + ix0
         w_base = (group * k_total + k_lo) * og + row0  # this block's weights at its first k
         w_step = BK * og
-        rows_left = og - row0
+        rows_left = int32(og - row0)
         for i in range(thread_rows):
             for j in range(thread_cols):
                 acc[i, j] = float32(0.0)
@@ -456,7 +466,7 @@ class GemmLayer(BoundLaunches):
         self.act, self.planner = act, planner
         self.rows = weight_t.shape[2]
         self.k_total = weight_t.shape[1]
-        self.one_tap = one_tap_steps(self.k_total // (kernel[0] * kernel[1]), kernel) if one_tap is None else one_tap
+        self.one_tap = one_tap_steps(self.k_total // (kernel[0] * kernel[1])) if one_tap is None else one_tap
         self._flat_weights = weight_t.reshape(weight_t.size)
         self._launches: OrderedDict[tuple, tuple[Launch, Any, Any, Any]] = OrderedDict()
 
@@ -467,7 +477,8 @@ class GemmLayer(BoundLaunches):
         launch, taps, dims, work = self._launch(tuple(x.shape), tuple(out.shape), residual is not None)
         flat_out = out.reshape(out.size)
         flat_res = flat_out if residual is None else residual.reshape(residual.size)  # unread without one
-        gemm = (gemm_kernel(launch.tile, self.one_tap), (launch.grid, launch.tile.threads),
+        kernel = gemm_kernel(launch.tile, self.one_tap, self.rows % launch.tile.rows == 0)
+        gemm = (kernel, (launch.grid, launch.tile.threads),
                 (x.reshape(x.size), self._flat_weights, taps, self.bias, flat_res,
                  flat_out if work is None else work, dims))
         if work is None:
