@@ -1,8 +1,10 @@
 """The register-tiled implicit GEMM behind the CUDA conv and fc kernels.
 
 A conv is a matrix product per group: out[o, q] = sum_k W[o, k] * cols[k, q], with o an
-output channel, q an output position (image, row, column) and k a (channel, tap) pair.
-`cols` (im2col) is never stored: each block gathers its slice of it from the input.
+output channel, q an output position (image, row, column) and k a (tap, channel) pair,
+taps outermost. `cols` (im2col) is never stored: each block gathers its slice of it
+from the input. Where a group's channels are whole k-steps, a step's 8 k share one tap,
+and the gather reads the tap table and checks the padding once a step (`one_tap`).
 
 One block computes a `Tile` of `rows` output channels by `cols` positions. It walks k
 in steps of BK = 8, staging the step's weights and input values in shared memory
@@ -110,8 +112,9 @@ _TILE_EFFICIENCY = dict(zip(TILES, (1.0, 0.81, 0.75, 0.52, 0.80, 0.46, 0.11)))
 LOAD_FLOAT_FMAS = 3.1
 WORKSPACE_FLOAT_FMAS = 63
 # Blocks of each tile an SM holds at once, from ptxas's registers a thread for sm_90
-# (benchmarks/cuda_sass.py: 128, 128, 127, 83, 128, 140, 136; allocated in 8s, 65536 an
-# SM).
+# (benchmarks/cuda_sass.py, session 35: 128, 128, 127, 83, 128, 140, 136; allocated in
+# 8s, 65536 an SM). The per-step gather's 128x16 and 256x4 kernels need fewer (96, 80:
+# more blocks than counted here), the others about as many.
 _RESIDENT_BLOCKS = dict(zip(TILES, (2, 2, 2, 2, 4, 3, 1)))
 SMALLEST_SPLIT = 256  # k per split: below it the workspace traffic outweighs the parallelism
 # Input sizes a GemmLayer keeps its launches for: twice the plans an Executor keeps
