@@ -113,10 +113,11 @@ def main() -> None:
 
     print("| tile | gather | threads | registers | spill bytes | main loop: FFMA | LDS.128 | other | FFMA share |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    # (gather, its kernel's flags): a tap-table lookup per value; per k-step; and per
-    # k-step with rows in whole tiles (no bounds checks on the weights' loads).
-    gathers = (("a tap a value", (False, False)), ("a tap a step", (True, False)),
-               ("a tap a step, whole rows", (True, True)))
+    # (gather, its kernel's flags as GemmLayer picks them): a tap-table lookup per value;
+    # per k-step, with 32-bit offsets; the same with rows in whole tiles (no bounds checks
+    # on the weights' loads); and that with 64-bit offsets (arrays of 2^31 elements).
+    gathers = (("a tap a value", (False, False, False)), ("a tap a step", (True, False, True)),
+               ("a tap a step, whole rows", (True, True, True)), ("a tap a step, whole rows, 64-bit", (True, True, False)))
     for tile, (gather, flags) in itertools.product(TILES, gathers):
         ptx, _ = cuda.compile_ptx(gemm_kernel(tile, *flags).py_func, SIGNATURE, cc=capability)
         cubin, log = link(ptx, args.arch, args.max_registers or tile.max_registers)

@@ -42,9 +42,11 @@ LAYERS = [
 # The planner's register-capped tiles without their cap, timed beside them: one block
 # an SM instead of two (four for 128x32), no spills.
 VARIANTS = tuple(replace(tile, max_registers=None) for tile in TILES if tile.max_registers)
-# The largest tile with the tap-table lookup per value that layers whose channels are not
-# whole k-steps use, against its lookup per step (every layer here has whole steps).
-PER_VALUE = TILES[0]
+# The largest tile with its kernel's choices overridden (`GemmLayer`'s keywords): the
+# tap-table lookup per value that layers whose channels are not whole k-steps use (every
+# layer here has whole steps), and 64-bit offsets into the input and weights, as for
+# arrays of 2^31 elements or more.
+KERNEL_CHOICES = {"per value": dict(one_tap=False), "64-bit": dict(narrow=False)}
 SECTION_TITLE = "## Each CUDA GEMM tile on the layers that matter (`gpu_tiles.py`)\n\n"
 BIG_GFLOP = 20  # layers this big are timed unsplit and split in two only: more splits never pay there
 
@@ -63,11 +65,11 @@ def event_ms(fn, repeats: int, cuda) -> float:
     return statistics.median(times)
 
 
-def tile_name(tile, per_value: bool = False) -> str:
-    """"128x64", "128x128 r128" for a register-capped variant, "... per value" with the
-    tap table read for every value."""
+def tile_name(tile, choice: str = "") -> str:
+    """"128x64", "128x128 r128" for a register-capped variant, "128x128 r128 per value"
+    with a `KERNEL_CHOICES` override."""
     capped = f" r{tile.max_registers}" if tile.max_registers else ""
-    return f"{tile.rows}x{tile.cols}{capped}" + " per value" * per_value
+    return f"{tile.rows}x{tile.cols}{capped}" + f" {choice}" * bool(choice)
 
 
 class LayerCase:
@@ -102,20 +104,20 @@ class LayerCase:
             self.cudnn_ms = event_ms(lambda: torch.nn.functional.conv2d(xt, wt, bt, padding=pad, groups=self.groups),
                                      repeats, cuda)
 
-    def layer(self, launch, per_value: bool = False):
+    def layer(self, launch, choice: str = ""):
         from graphconv.ops.gemm_cuda import GemmLayer
         from graphconv.ops.registry import pair
         p = self.params
         return GemmLayer(self.prepared["weight_t"], self.prepared["bias"], self.kernel, self.groups,
                          pair(p["stride"]), pair(p["padding"]), pair(p["dilation"]), planner=lambda *_: launch,
-                         one_tap=False if per_value else None)
+                         **KERNEL_CHOICES.get(choice, {}))
 
     def launch(self, tile, splits: int):
         from graphconv.ops.gemm_cuda import launch_for
         return launch_for(tile, splits, self.rows, self.positions, self.k_total, self.groups)
 
-    def ms(self, launch, per_value: bool = False) -> float:
-        layer = self.layer(launch, per_value)
+    def ms(self, launch, choice: str = "") -> float:
+        layer = self.layer(launch, choice)
         return event_ms(lambda: layer([self.x], self.out), self.repeats, self.cuda)
 
 
@@ -124,11 +126,11 @@ def profile_one(name: str, tile_text: str) -> None:
     import numpy as np
     from numba import cuda
     from graphconv.ops.gemm_cuda import TILES
-    per_value = tile_text.endswith(" per value")
-    tile = next(t for t in TILES + VARIANTS if tile_name(t, per_value) == tile_text)
+    tile, choice = next((t, c) for t in TILES + VARIANTS for c in ("", *KERNEL_CHOICES)
+                        if tile_name(t, c) == tile_text)
     raw, in_shape = next((raw, shape) for layer, raw, shape in LAYERS if layer == name)
     case = LayerCase(name, raw, in_shape, np.random.default_rng(0), None, 1)
-    layer = case.layer(case.launch(tile, 1), per_value)
+    layer = case.layer(case.launch(tile, 1), choice)
     for _ in range(3):
         layer([case.x], case.out)
     cuda.synchronize()
@@ -152,7 +154,7 @@ def main() -> None:
 
     torch = float32_torch_on_gpu()
     sgemm = sgemm_tflops(torch)
-    tiles = [(tile, False) for tile in TILES + VARIANTS] + [(PER_VALUE, True)]
+    tiles = [(tile, "") for tile in TILES + VARIANTS] + [(TILES[0], choice) for choice in KERNEL_CHOICES]
     header = "| layer | GFLOP | cuDNN ms | planned | " + " | ".join(tile_name(*t) for t in tiles) + " |"
     lines = [f"cuBLAS SGEMM {sgemm:.1f} TFLOP/s; each cell: ms (share of SGEMM), the best K split per tile "
              "(in brackets where K is split)", "", header, "|" + " --- |" * (4 + len(tiles))]
@@ -164,14 +166,14 @@ def main() -> None:
         case = LayerCase(name, raw, in_shape, rng, torch, args.repeats)
         planned = plan_launch(case.rows, case.positions, case.k_total, case.groups, processors())
         cells = [f"{planned.describe()}: {cell(case.ms(planned), case.gflop, sgemm)}"]
-        for tile, per_value in tiles:
+        for tile, choice in tiles:
             splits = (1, 2) if case.gflop > BIG_GFLOP else (1, 2, 4, 8, 16)
             times = {}
             for wanted in splits:
                 launch = case.launch(tile, wanted)
                 if launch.splits not in times:
-                    times[launch.splits] = case.ms(launch, per_value)
-                    timings.append(dict(layer=name, tile=tile_name(tile, per_value), splits=launch.splits,
+                    times[launch.splits] = case.ms(launch, choice)
+                    timings.append(dict(layer=name, tile=tile_name(tile, choice), splits=launch.splits,
                                         ms=times[launch.splits], rows=case.rows, positions=case.positions,
                                         k_total=case.k_total, groups=case.groups))
             best = min(times, key=times.get)

@@ -47,12 +47,14 @@ def conv_case(name: str, rng):
     return opdef, params, weights, inputs, out_shape
 
 
-def run_with(monkeypatch, tile: Tile, splits: int, opdef, params, weights, inputs, out_shape):
-    """The layer's output on the CUDA backend with the planner's choice replaced."""
+def run_with(monkeypatch, tile: Tile, splits: int, opdef, params, weights, inputs, out_shape, narrow=None):
+    """The layer's output on the CUDA backend with the planner's choice replaced (and
+    the offsets' width, where `narrow` is given)."""
     monkeypatch.setattr(gemm_cuda, "plan_launch",
                         lambda rows, positions, k_total, groups, processors:
                         launch_for(tile, splits, rows, positions, k_total, groups))
     layer = opdef.bind("cuda", params, CUDA.prepare_weights(opdef, params, weights))
+    layer.narrow = narrow
     out = CUDA.to_device(np.full(out_shape, np.nan, np.float32))
     layer([CUDA.to_device(x) for x in inputs], out)
     return CUDA.to_host(out)
@@ -89,6 +91,27 @@ def test_blocks_past_the_first_row_and_column(tile, monkeypatch, rng):
     opdef, params, weights, inputs, out_shape = conv_case("many-channels", rng)
     got = run_with(monkeypatch, tile, 2, opdef, params, weights, inputs, out_shape)
     np.testing.assert_allclose(got, opdef.reference(params, weights, inputs), rtol=1e-4, atol=1e-5)
+
+
+@needs_cuda
+@pytest.mark.parametrize("narrow", [True, False], ids=["32-bit", "64-bit"])
+@pytest.mark.parametrize("layer", ["padded-strided", "whole-steps", "whole-tiles"])
+def test_offsets_in_32_or_64_bits_give_the_same_layer(layer, narrow, monkeypatch, rng):
+    """The offsets into the input and weights in either width, with either gather (the
+    default picks 32 bits with the per-step one), windows hanging into the padding; a
+    tile whose threads load two values of each a step."""
+    opdef, params, weights, inputs, out_shape = conv_case(layer, rng)
+    got = run_with(monkeypatch, Tile(64, 64, 4, 4), 1, opdef, params, weights, inputs, out_shape, narrow)
+    np.testing.assert_allclose(got, opdef.reference(params, weights, inputs), rtol=1e-4, atol=1e-5)
+
+
+@needs_cuda
+def test_offsets_are_32_bit_only_where_the_arrays_are_under_2_to_the_31(rng):
+    opdef, params, weights, _, _ = conv_case("whole-steps", rng)
+    layer = opdef.bind("cuda", params, CUDA.prepare_weights(opdef, params, weights))
+    assert layer._narrow(2 ** 31 - 1) and not layer._narrow(2 ** 31)
+    layer.narrow = True
+    assert not layer._narrow(2 ** 31)
 
 
 @needs_cuda

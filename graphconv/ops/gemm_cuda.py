@@ -43,7 +43,7 @@ from functools import lru_cache
 from typing import Any, Callable
 
 import numpy as np
-from numba import config, cuda, float32, int32, uint64
+from numba import config, cuda, float32, int32, int64, uint32, uint64
 
 from graphconv.ops.activations.cuda import activate
 from graphconv.ops.cuda_launch import BoundLaunches, KernelCall, grid_1d
@@ -199,7 +199,7 @@ def one_tap_steps(group_channels: int) -> bool:
 
 
 @lru_cache(maxsize=None)
-def gemm_kernel(tile: Tile, one_tap: bool = False, whole_rows: bool = False):
+def gemm_kernel(tile: Tile, one_tap: bool = False, whole_rows: bool = False, narrow: bool = False):
     """The implicit-GEMM kernel for `tile`, compiled on its first launch:
     kernel[launch.grid, tile.threads](x, wt, taps, bias, res, out, dims), with x the
     flat NCHW input, wt the flat (groups, K, rows) weights, taps the flat int32 (K, 3)
@@ -208,7 +208,10 @@ def gemm_kernel(tile: Tile, one_tap: bool = False, whole_rows: bool = False):
     is set, where the sums are written without the epilogue. `one_tap` is for layers
     whose every k-step lies within one tap and is whole (`one_tap_steps`), `whole_rows`
     for layers whose rows are whole tiles: the loads then leave out the checks that
-    cannot fail (a register and a comparison each, in a kernel short of registers)."""
+    cannot fail (a register and a comparison each, in a kernel short of registers).
+    `narrow` computes the input's and weights' offsets in 32 bits, for arrays of fewer
+    than 2^31 elements: numba does integer arithmetic in 64 bits, two registers and
+    about twice the instructions a value, unless its result is cut to 32."""
     tile.check()
     rows, cols, thread_rows, thread_cols = tile.rows, tile.cols, tile.thread_rows, tile.thread_cols
     threads = tile.threads
@@ -222,6 +225,10 @@ def gemm_kernel(tile: Tile, one_tap: bool = False, whole_rows: bool = False):
     a_whole, b_whole = a_size % threads == 0, b_size % threads == 0  # every thread loads every round
     k_per_round = threads // cols  # the k rows of inputs one round of a block's loads covers
     whole_steps = one_tap
+    # The types of the input's and weights' offsets: signed ones (a window's corner can lie
+    # in the padding, before the input's start) and the unsigned index an array is read at.
+    # Mixing 64-bit signed and unsigned would make numba compute in float64.
+    signed, offset = (int32, uint32) if narrow else (int64, uint64)
     align = _SHARED_ALIGNMENT
     # Shifts and masks for the divisions by powers of two: numba's floor division of a
     # signed index costs a sign fix-up each time (`Tile.check` keeps the sizes powers of 2).
@@ -245,7 +252,7 @@ def gemm_kernel(tile: Tile, one_tap: bool = False, whole_rows: bool = False):
                 ok = ok & (e >> rows_shift < k_left)
             if not whole_rows:
                 ok = ok & (e & (rows - 1) < rows_left)
-            at = uint64(step_base + (e >> rows_shift) * og + (e & (rows - 1))) if ok else uint64(0)
+            at = offset(step_base + offset((e >> rows_shift) * og + (e & (rows - 1)))) if ok else offset(0)
             value = wt[at]
             a_reg[i] = value if ok else float32(0.0)
 
@@ -260,7 +267,7 @@ def gemm_kernel(tile: Tile, one_tap: bool = False, whole_rows: bool = False):
             iy = iy0 + taps[tap + uint64(1)]
             ix = ix0 + taps[tap + uint64(2)]
             ok = live & (uint64(iy) < uint64(height)) & (uint64(ix) < uint64(width))  # a negative one wraps past
-            at = uint64(column_base + taps[tap]) if ok else uint64(0)
+            at = offset(column_base + taps[tap]) if ok else offset(0)
             value = x[at]
             b_reg[i] = value if ok else float32(0.0)
 
@@ -275,11 +282,11 @@ def gemm_kernel(tile: Tile, one_tap: bool = False, whole_rows: bool = False):
         ix = ix0 + taps[tap + uint64(2)]
         inside = column_ok & (uint64(iy) < uint64(height)) & (uint64(ix) < uint64(width))
         first = t >> cols_shift  # this thread's first k of the step
-        base = column_base + taps[tap] + first * plane
+        base = signed(column_base + taps[tap] + first * plane)
         for i in range(b_loads):
             e = t + threads * i
             ok = inside & (b_whole or e < b_size)
-            at = uint64(base + i * k_per_round * plane) if ok else uint64(0)
+            at = offset(base + signed(i * k_per_round) * plane) if ok else offset(0)
             value = x[at]
             b_reg[i] = value if ok else float32(0.0)
 
@@ -369,7 +376,7 @@ def gemm_kernel(tile: Tile, one_tap: bool = False, whole_rows: bool = False):
         # two, which the capped 128x128 tile spills less for.
         height = int32(dims[HEIGHT])
         width = int32(dims[WIDTH])
-        plane = dims[HEIGHT] * dims[WIDTH]
+        plane = signed(dims[HEIGHT] * dims[WIDTH])
         out_width = dims[OUT_WIDTH]
         positions = dims[OUT_HEIGHT] * out_width
         # The one output position this thread gathers input for, all along k.
@@ -379,9 +386,10 @@ def gemm_kernel(tile: Tile, one_tap: bool = False, whole_rows: bool = False):
         iy0 = int32((p // out_width) * dims[STRIDE_Y] - dims[PAD_Y])
         ix0 = int32((p % out_width) * dims[STRIDE_X] - dims[PAD_X])
         # The window's corner in the flat input: a tap adds its offset from the table.
-        column_base = (((q // positions) * dims[CHANNELS] + group * dims[GROUP_CHANNELS]) * height + iy0) * width + ix0
-        w_base = (group * k_total + k_lo) * og + row0  # this block's weights at its first k
-        w_step = BK * og
+        column_base = signed((((q // positions) * dims[CHANNELS] + group * dims[GROUP_CHANNELS]) * height + iy0) * width
+                             + ix0)
+        w_base = offset((group * k_total + k_lo) * og + row0)  # this block's weights at its first k
+        w_step = offset(BK * og)
         rows_left = int32(og - row0)
         for i in range(thread_rows):
             for j in range(thread_cols):
@@ -395,7 +403,7 @@ def gemm_kernel(tile: Tile, one_tap: bool = False, whole_rows: bool = False):
         while k0 < k_hi:
             more = k0 + BK < k_hi
             if more:  # the next step's loads, in flight while this one computes
-                w_base += w_step
+                w_base = offset(w_base + w_step)
                 load_weights(wt, w_base, og, k_hi - k0 - BK, t, rows_left, a_reg)
                 gather(x, taps, k0 + BK, k_hi - k0 - BK, t, column_ok, column_base, iy0, ix0, height, width, plane,
                        b_reg)
@@ -457,12 +465,14 @@ class GemmLayer(BoundLaunches):
     def __init__(self, weight_t, bias, kernel: tuple[int, int] = (1, 1), groups: int = 1,
                  stride: tuple[int, int] = (1, 1), padding: tuple[int, int] = (0, 0),
                  dilation: tuple[int, int] = (1, 1), act: int = 0,
-                 planner: Callable[[int, int, int, int, int], Launch] | None = None, one_tap: bool | None = None):
+                 planner: Callable[[int, int, int, int, int], Launch] | None = None, one_tap: bool | None = None,
+                 narrow: bool | None = None):
         """`planner(rows, positions, k_total, groups, processors)` picks each input
         shape's launch: `plan_launch` unless given (a benchmark forcing one tile).
         `one_tap` picks the gather: a tap-table lookup per k-step where every step lies
-        within one tap (`one_tap_steps`, the default), else one per value (a benchmark
-        comparing the two)."""
+        within one tap (`one_tap_steps`, the default), else one per value; `narrow`,
+        32-bit offsets into the input and weights: by default with the per-step
+        gather, where both have fewer than 2^31 elements (benchmarks comparing them)."""
         super().__init__(self.kernel_launches)
         self.weight_t, self.bias = weight_t, bias
         self.kernel, self.groups, self.stride, self.padding, self.dilation = kernel, groups, stride, padding, dilation
@@ -470,6 +480,7 @@ class GemmLayer(BoundLaunches):
         self.rows = weight_t.shape[2]
         self.k_total = weight_t.shape[1]
         self.one_tap = one_tap_steps(self.k_total // (kernel[0] * kernel[1])) if one_tap is None else one_tap
+        self.narrow = narrow
         self._flat_weights = weight_t.reshape(weight_t.size)
         self._launches: OrderedDict[tuple, tuple[Launch, Any, Any, Any]] = OrderedDict()
 
@@ -480,7 +491,7 @@ class GemmLayer(BoundLaunches):
         launch, taps, dims, work = self._launch(tuple(x.shape), tuple(out.shape), residual is not None)
         flat_out = out.reshape(out.size)
         flat_res = flat_out if residual is None else residual.reshape(residual.size)  # unread without one
-        kernel = gemm_kernel(launch.tile, self.one_tap, self.rows % launch.tile.rows == 0)
+        kernel = gemm_kernel(launch.tile, self.one_tap, self.rows % launch.tile.rows == 0, self._narrow(x.size))
         gemm = (kernel, (launch.grid, launch.tile.threads),
                 (x.reshape(x.size), self._flat_weights, taps, self.bias, flat_res,
                  flat_out if work is None else work, dims))
@@ -489,6 +500,14 @@ class GemmLayer(BoundLaunches):
         return [gemm, (reduce_splits, grid_1d(out.size),
                        (work, launch.splits, self.bias, flat_res, residual is not None, self.act, out.shape[1],
                         out.shape[2] * out.shape[3], flat_out))]
+
+    def _narrow(self, input_size: int) -> bool:
+        """Whether this input's launch computes its offsets in 32 bits (`gemm_kernel`):
+        they fit where the input and weights have fewer than 2^31 elements, and pay
+        with the per-step gather (ptxas's counts: the 128x128 main loop's other
+        instructions 132 -> 104; with the per-value gather some tiles gain, some lose)."""
+        fits = max(input_size, self._flat_weights.size) < 2 ** 31
+        return fits and (self.one_tap if self.narrow is None else self.narrow)
 
     def _launch(self, in_shape: tuple, out_shape: tuple, residual: bool) -> tuple[Launch, Any, Any, Any]:
         key = (in_shape, out_shape, residual)
