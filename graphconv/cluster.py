@@ -123,6 +123,7 @@ def client_for(workers: int | None, scheduler: str | None) -> Iterator[Any]:
             raise GraphconvError(f"cannot reach the Dask scheduler at {scheduler}: {err}") from None
         with client:
             _wait_for_a_worker(client, scheduler)
+            _check_worker_versions(client, scheduler)
             try:
                 yield client
             except distributed.KilledWorker as err:
@@ -170,6 +171,36 @@ def _wait_for_a_worker(client, scheduler: str) -> None:
         raise GraphconvError(f"the Dask scheduler at {scheduler} has no workers (waited {WORKER_WAIT_S} s): start "
                              f"`dask worker {scheduler}` on machines that reach the model, the images and the "
                              "outputs at the same paths as this one") from None
+
+
+PACKAGES_THAT_MUST_AGREE = ("graphconv", "numpy", "numba")
+
+
+def installed_versions() -> dict[str, str | None]:
+    """The versions of the packages that make a tile's scores, on this machine: run on
+    each worker too (`_check_worker_versions`)."""
+    import importlib.metadata
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES_THAT_MUST_AGREE:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:  # graphconv from a source tree
+            versions[name] = None
+    return versions
+
+
+def _check_worker_versions(client, scheduler: str) -> None:
+    """A worker with another graphconv, numpy or numba than this machine's computed its
+    tiles with other code (scores that could differ from one tile to the next, or a
+    task it cannot read) without a word: refuse the run, naming the first such worker."""
+    here = installed_versions()
+    for address, theirs in sorted(client.run(installed_versions).items()):
+        differ = [f"{name} {theirs.get(name)} (this machine: {here[name]})"
+                  for name in PACKAGES_THAT_MUST_AGREE if theirs.get(name) != here[name]]
+        if differ:
+            raise GraphconvError(f"the Dask worker {address} of {scheduler} runs {', '.join(differ)}: install the "
+                                 "same versions on every machine of the cluster, so that every tile is computed "
+                                 "by the same code")
 
 
 @contextmanager

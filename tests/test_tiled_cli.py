@@ -1138,6 +1138,29 @@ def test_a_scheduler_without_workers_is_said_not_waited_on_for_ever(monkeypatch)
                 pass
 
 
+def test_a_worker_with_other_versions_of_the_packages_that_compute_is_refused(monkeypatch):
+    """Client and workers were never compared: a worker with another graphconv or numba
+    computed its tiles with other code, silently."""
+    distributed = pytest.importorskip("distributed")
+    import threading
+
+    from graphconv import cluster
+
+    real = cluster.installed_versions()
+    on_a_worker = {**real, "numba": "0.1.0"}
+    # The in-process worker runs tasks off the main thread; the client checks on it.
+    monkeypatch.setattr(cluster, "installed_versions",
+                        lambda: real if threading.current_thread() is threading.main_thread() else on_a_worker)
+    with distributed.LocalCluster(n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None) as one:
+        with pytest.raises(GraphconvError, match=r"the Dask worker \S+ of \S+ runs numba 0.1.0 \(this machine: "
+                                                 + re.escape(str(real["numba"])) + r"\): install the same"):
+            with cluster.client_for(None, one.scheduler_address):
+                pass
+        on_a_worker = real
+        with cluster.client_for(None, one.scheduler_address):
+            pass
+
+
 def test_a_worker_killed_on_every_try_or_a_lost_scheduler_is_one_line_saying_what_to_do():
     """distributed's KilledWorker (a worker killed for memory, and each that took its
     task over) came out as a traceback, exit 1; a scheduler lost mid-run as dask's
