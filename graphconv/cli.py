@@ -532,22 +532,8 @@ def load_model(args: argparse.Namespace, path: str):
     from graphconv.model import Model
 
     model = Model.load(path, weights=args.weights, labels=args.labels, crop_size=args.crop_size, task=args.task)
-    check_labels(model.graph, args.labels or path)
     note_what_the_network_is(model.graph)
     return model
-
-
-def check_labels(graph, source) -> None:
-    """A labels file must name every class: one line per output channel (the error
-    names the labels file where the graph knows it, else `source`)."""
-    from graphconv.frontends.yaml import labels_mismatch
-    from graphconv.shapes import infer_shapes
-
-    if graph.meta.get("labels") is None:
-        return
-    error = labels_mismatch(graph, infer_shapes(graph, check_weights=False)[graph.output.name][0])
-    if error is not None:
-        raise error if error.loc is not None else GraphconvError(error.message, file=str(source))
 
 
 def load_model_for_table(args: argparse.Namespace):
@@ -563,6 +549,7 @@ def load_model_for_table(args: argparse.Namespace):
 
     graph = load_network(args.model, weights=args.weights, labels=args.labels, crop_size=args.crop_size,
                          init_missing_weights=False, task=args.task)
+    from graphconv.model import check_labels
     check_labels(graph, args.labels or args.model)
     shapes = infer_shapes(graph, check_weights=False)
     for node in graph.layers():
@@ -1403,6 +1390,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     check_model_target(args.output)
     source = load_spec(args.spec, weights=args.weights, labels=args.labels, crop_size=args.crop_size,
                        task=args.task)
+    from graphconv.model import check_labels
     check_labels(source, args.labels or args.spec)
     note_what_the_network_is(source)
     graph, records = compile_graph(source, args.passes, output_stride=args.output_stride,
@@ -1818,6 +1806,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     preprocess = _preprocess_options(args, graph.input_shape[0])
     if preprocess:
         graph.meta["preprocess"] = preprocess
+    from graphconv.model import check_labels
     check_labels(graph, args.labels or args.model)
     note_what_the_network_is(graph)
     body = spec_text(graph, weights_file=weights_path.name,

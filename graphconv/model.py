@@ -360,9 +360,25 @@ def load_graph(source: str | os.PathLike, *, weights: str | os.PathLike | None =
         raise GraphconvError(f"a model to load is a path (a spec, a model folder or an .onnx file), not "
                              f"{type(source).__name__}")
     graph = load_spec(source, weights=weights, labels=labels, crop_size=checked_crop_size(crop_size), task=task)
+    check_labels(graph, labels or source)
     if preprocess is not None:
         set_preprocess(graph, preprocess)
     return graph
+
+
+def check_labels(graph: Graph, source: str | os.PathLike) -> None:
+    """A labels file must name every class: one line per output channel (the error
+    names the labels file where the graph knows it, else `source`). Checked as a model
+    is loaded: classify named the classes past the file's last line 'class 3', and a
+    later compile blamed the passes for the mismatch."""
+    from graphconv.frontends.yaml import labels_mismatch
+    from graphconv.shapes import infer_shapes
+
+    if graph.meta.get("labels") is None:
+        return
+    error = labels_mismatch(graph, infer_shapes(graph, check_weights=False)[graph.output.name][0])
+    if error is not None:
+        raise error if error.loc is not None else GraphconvError(error.message, file=str(source))
 
 
 def set_preprocess(graph: Graph, block: dict) -> None:

@@ -294,3 +294,14 @@ def test_run_refuses_an_image_over_the_memory_limit_before_allocating(floor_mode
     with pytest.raises(GraphconvError, match=r"running floor on 20000 image\(s\) of 37x37 .*; run fewer images at "
                                              "a time$"):
         classifier.run(crops)
+
+
+@pytest.mark.parametrize("load", [graphconv.load, graphconv.compile_model], ids=["load", "compile_model"])
+def test_a_labels_file_that_does_not_name_every_class_is_refused_from_python_too(load, tmp_path):
+    """The CLI refused it; graphconv.load took it, and classify named the classes past
+    its last line 'class 9' (compile_model then blamed the passes)."""
+    (tmp_path / "nine.txt").write_text("\n".join(f"digit {i}" for i in range(9)) + "\n")
+    with pytest.raises(GraphconvError, match=r"the labels file has 9 names \(one per line\), but the model has 10 "
+                                             r"classes") as caught:
+        load(SPECS / "lenet.yaml", labels=tmp_path / "nine.txt")
+    assert str(caught.value).startswith("nine.txt: ")
