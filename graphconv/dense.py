@@ -68,7 +68,7 @@ def crop_loop(classifier: Model, image: np.ndarray, stride: int | tuple[int, int
         for k, (b, i, j) in enumerate(chunk):
             batch[k] = x[b, :, i * sy:i * sy + hc, j * sx:j * sx + wc]
         batch[len(chunk):] = 0
-        scores = classifier.run(batch, device).reshape(len(batch), -1)[:len(chunk)]
+        scores = classifier._scores(batch, device).reshape(len(batch), -1)[:len(chunk)]
         if out is None:
             out = np.full((n, scores.shape[1], rows, cols), np.nan, np.float32)
         where = tuple(np.array(chunk).T)
@@ -527,7 +527,7 @@ def changing_passes(classifier: Model, pipeline: str, crops: np.ndarray, toleran
 
 def _flat(model: Model, crops: np.ndarray, device: str) -> np.ndarray:
     """The model's outputs on a batch of crops, one row per crop."""
-    return model.run(crops, device).reshape(len(crops), -1)
+    return model._scores(crops, device).reshape(len(crops), -1)
 
 
 def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float | None = None,
@@ -548,7 +548,7 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
     the crop loop's. `left_out`, (rows, cols) bool: the cells `run` leaves out (no-data),
     neither computed by the crop loop nor compared, and said (`left_out_why`)."""
     x = as_batch(image, original.crop_shape[0])
-    dense = compiled.run(x, device) if dense is None else dense
+    dense = compiled._scores(x, device) if dense is None else dense
     rows, cols = dense.shape[2:]
     origins = _sample_origins(x.shape[0], rows, cols, compiled.output_stride)
     crops = _crops(original, x, origins)

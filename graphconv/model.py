@@ -269,7 +269,17 @@ class Model:
         fields lie in the image but whose crops would not, and a shift-and-stitch
         network computes cells for copies shifted past the image's end. `full=True`
         returns everything the network computed, as it computed it: those cells
-        included, and always (N, K, rows, cols)."""
+        included, and always (N, K, rows, cols). The map's size is what `cell_box`
+        checks cells against afterwards."""
+        out = self._scores(x, device, profile, full=full)
+        self._cache()["last_map"] = tuple(out.shape[2:]) if out.ndim == 4 else (1, 1)
+        return out
+
+    def _scores(self, x: np.ndarray, device: str = "cpu", profile: dict | None = None, *,
+                full: bool = False) -> np.ndarray:
+        """`run` without remembering the map's size for `cell_box`: for graphconv's own
+        runs (tiles, the crop loop of verify, classify's scales), which are not the map
+        the user holds."""
         batch = as_batch(x, self.crop_shape[0], convert=False)
         if not full:
             check_holds_a_crop(self.graph, batch.shape[2:])
@@ -278,7 +288,6 @@ class Model:
         out = self.executor(device).run(batch, profile)
         if not full and not self.segmentation:
             out = self._crop_grid(out, batch.shape[2:])
-        self._cache()["last_map"] = tuple(out.shape[2:])  # the cells cell_box accepts by default
         if not full and self.returns_vectors and out.shape[2:] == (1, 1):
             out = out.reshape(out.shape[:2])
         return out
@@ -328,10 +337,18 @@ class Model:
         read(top, left, bottom, right) returning that box as (C, h, w) floats. `tile`: input
         pixels per tile, one whole number (a square) or (H, W). `out`, where to write the
         map (a numpy array, np.memmap or zarr array), is checked before any tile runs: the
-        map's (N, K, rows, cols), floating point unless `transform` writes integers
-        (`tiling.map_transform(reduce="argmax")`)."""
+        map's (N, K, rows, cols), floating point unless `transform`, a function of each
+        tile's (N, K, r, c) scores, writes integers (the function of
+        `tiling.map_transform(reduce="argmax")`, which returns it with the channels and
+        dtype it writes). The map's size is what `cell_box` checks cells against
+        afterwards, as after `run`."""
         from graphconv.tiling import run_tiled
-        return run_tiled(self, source, tile, out=out, device=device, transform=transform, progress=progress)
+        if isinstance(transform, tuple):
+            raise GraphconvError("transform is a function of each tile's scores: map_transform returns (function, "
+                                 "channels, dtype), so pass map_transform(...)[0]")
+        out = run_tiled(self, source, tile, out=out, device=device, transform=transform, progress=progress)
+        self._cache()["last_map"] = tuple(out.shape[2:])
+        return out
 
     def _crop_grid(self, out: np.ndarray, image_hw) -> np.ndarray:
         """Keep the cells of whole crops. When a classifier's last window does not use the

@@ -62,7 +62,7 @@ def multiscale(model: Model, x: np.ndarray, scales: list[int], flip: bool = Fals
         resized = resize_bilinear(x, h, w) if (h, w) != x.shape[2:] else x
         for flipped in ((False, True) if flip else (False,)):
             image = np.ascontiguousarray(resized[..., ::-1]) if flipped else resized
-            score_map = as_map(model.run(image, device))
+            score_map = as_map(model._scores(image, device))
             result.maps[(scale, flipped)] = score_map
             vectors.append(reduce_map(score_map, reduce))
     stacked = np.stack(vectors)
@@ -114,7 +114,7 @@ def classify(model: Model, image, *, scales: list[int] | None = None, flip: bool
         batch = centre_crop(x, hc, wc)
         if flip:
             batch = np.concatenate([batch, np.ascontiguousarray(batch[..., ::-1])])
-        vectors = model.run(batch, device).reshape(len(batch), -1)
+        vectors = model._scores(batch, device).reshape(len(batch), -1)
         scores = vectors.mean(axis=0) if reduce == "mean" else vectors.max(axis=0)
     else:
         if not scales:

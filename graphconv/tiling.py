@@ -164,7 +164,7 @@ class DenseGrid:
 
     def whole(self, x: np.ndarray, device: str) -> np.ndarray:
         """The map of a whole image, as `Model.run` returns it."""
-        return self.model.run(x, device)
+        return self.model._scores(x, device)
 
     def peak_bytes(self, tile_hw: tuple[int, int]) -> int:
         from graphconv.memory import run_estimate

@@ -233,6 +233,24 @@ def test_cell_box_checks_its_indices(floor_models, rng):
     assert fcn.cell_box(np.int64(1), np.int64(0)) == (2, 0, 38, 36)
 
 
+def test_cell_box_keeps_to_the_users_map_through_graphconv_s_own_runs(floor_models, rng):
+    """verify's crop loop, classify's scales and a tiled run's tiles each ran the model:
+    cell_box then checked a cell of the user's map against whatever ran last (a 1x1
+    map), and refused it."""
+    from graphconv.tiling import map_transform
+    original, fcn = floor_models
+    x = random_input(rng, (1, 1, 60, 61))
+    rows, cols = fcn.run(x).shape[2:]
+    graphconv.verify(original, fcn, x)
+    assert fcn.cell_box(rows - 1, cols - 1) == fcn.field.box(rows - 1, cols - 1)
+    tiled = fcn.run_tiled(random_input(rng, (1, 1, 40, 41)), 38, transform=map_transform(reduce="argmax")[0])
+    assert tiled.shape[2:] == (2, 3) and tiled.dtype == np.uint16
+    with pytest.raises(graphconv.GraphconvError, match=r"outside the 2x3 score map that run returned last"):
+        fcn.cell_box(rows - 1, cols - 1)
+    with pytest.raises(graphconv.GraphconvError, match=r"pass map_transform\(...\)\[0\]"):
+        fcn.run_tiled(x, 38, transform=map_transform(reduce="argmax"))
+
+
 def test_a_model_that_ran_pickles_and_deep_copies(rng):
     """What it derived (executors, plans, buffers) is dropped and rebuilt on the next
     run, so it can go to a spawn pool, joblib or Dask after running."""
