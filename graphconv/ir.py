@@ -238,17 +238,20 @@ class Graph:
         IR's one form (`stride=2` is kept as (2, 2)), checked, and completed with the
         schema's defaults, as a spec's are (`{"out_channels": 8, "kernel_size": 1}` is a
         whole conv); a required one left out is named by `verify`. Its weights are
-        kept read-only (see the module docstring).
+        checked and kept as `set_weights` keeps them. Inputs that are not in the graph
+        are refused, naming the nearest names (a misspelt one made a node of its own).
         `param_lines`: the spec line of each parameter, for errors about one
         (`Node.error(..., param=)`)."""
         if name in self.nx:
             raise ValueError(f"a node named {name!r} already exists")
         opdef = get_op(op)
-        self.nx.add_node(name, op=op, params=_completed(opdef, _canonical_params(opdef, params or {}, name, loc)),
-                         weights={key: _read_only(array) for key, array in (weights or {}).items()}, loc=loc, shape=None, seq=next(self._seq),
+        sources = [self.node(_name(src)).name for src in inputs]
+        canonical = _completed(opdef, _canonical_params(opdef, params or {}, name, loc))
+        stored = {key: _stored_weight(key, array, loc, name) for key, array in (weights or {}).items()}
+        self.nx.add_node(name, op=op, params=canonical, weights=stored, loc=loc, shape=None, seq=next(self._seq),
                          param_lines=dict(param_lines or {}))
-        for index, src in enumerate(inputs):
-            self._connect(_name(src), name, index)
+        for index, src in enumerate(sources):
+            self._connect(src, name, index)
         self._changed()
         return Node(self, name)
 
@@ -302,7 +305,10 @@ class Graph:
         old_node = self.node(_name(old))
         if name is not None and name != old_node.name and name in self.nx:
             raise ValueError(f"a node named {name!r} already exists")
-        _canonical_params(get_op(op), params or {}, name or old_node.name, old_node.loc)  # refused before any edit
+        # Refused before any edit: the params, and the weights as `add` will keep them.
+        _canonical_params(get_op(op), params or {}, name or old_node.name, old_node.loc)
+        weights = {key: _stored_weight(key, array, old_node.loc, name or old_node.name)
+                   for key, array in (weights or {}).items()}
         inputs = [n.name for n in old_node.inputs]
         loc, seq = old_node.loc, old_node._data["seq"]
         users = [(u, self.nx.edges[old_node.name, u]["index"]) for u in self.nx.successors(old_node.name)]
@@ -333,20 +339,26 @@ class Graph:
 
     def insert_before(self, node: Node | str, name: str, op: str, params: dict | None = None,
                       weights: dict | None = None) -> Node:
-        """Insert a layer between `node` and its (single) input."""
+        """Insert a layer between `node` and its (single) input; the input's other users
+        still read the input."""
         anchor = self.node(_name(node))
         sources = anchor.inputs
         if len(sources) != 1:
             raise ValueError(f"cannot insert before {anchor.name!r}: it has {len(sources)} inputs")
-        return self.insert_after(sources[0], name, op, params, weights)
+        new = self.add(name, op, [sources[0]], params, weights, anchor.loc)
+        self.nx.remove_edge(sources[0].name, anchor.name)
+        self._connect(new.name, anchor.name, 0)
+        self._changed()
+        return new
 
     def set_inputs(self, node: Node | str, inputs: Sequence[Node | str]) -> None:
         """Make `node` read `inputs` (in argument order) instead of what it read."""
-        name = _name(node)
+        name = self.node(_name(node)).name
+        sources = [self.node(_name(src)).name for src in inputs]  # all there before any edit
         for src in list(self.nx.predecessors(name)):
             self.nx.remove_edge(src, name)
-        for index, src in enumerate(inputs):
-            self._connect(_name(src), name, index)
+        for index, src in enumerate(sources):
+            self._connect(src, name, index)
         self._changed()
 
     def _connect(self, src: str, dst: str, index: int) -> None:
@@ -366,7 +378,7 @@ class Graph:
     def set_params(self, node: Node | str, **params: Any) -> None:
         """Change some of a layer's params, put in the IR's one form and checked: a bad
         value is refused here, at the pass's own line, naming the layer."""
-        data = self.nx.nodes[_name(node)]
+        data = self.node(_name(node))._data
         data["params"].update(_canonical_params(get_op(data["op"]), params, _name(node), data["loc"]))
         self._changed()
 
@@ -376,17 +388,10 @@ class Graph:
         wrong would otherwise give all-NaN maps. The graph keeps a read-only view of each
         array (no copy where it is float32 already): in-place edits through
         `node.weights` raise, and the caller should not write into an array it passed."""
-        data = self.nx.nodes[_name(node)]
-        stored = {}
-        for key, value in arrays.items():  # every array checked before any is stored: a refusal changes nothing
-            if value is None:
-                stored[key] = None
-                continue
-            array = np.ascontiguousarray(value, dtype=np.float32)
-            if array.dtype.kind == "f" and not np.isfinite(array).all():
-                raise GraphconvError(f"weight {shown(key)} has NaN or infinite values", loc=data["loc"],
-                                     layer=_name(node))
-            stored[key] = _read_only(array)
+        data = self.node(_name(node))._data
+        # Every array checked before any is stored: a refusal changes nothing.
+        stored = {key: None if value is None else _stored_weight(key, value, data["loc"], _name(node))
+                  for key, value in arrays.items()}
         weights = data["weights"]
         for key, array in stored.items():
             if array is None:
@@ -552,6 +557,20 @@ def _completed(opdef, params: dict) -> dict:
         elif p.default is not REQUIRED:
             out[p.name] = check_value(p, p.default)
     return out
+
+
+def _stored_weight(key: str, value: Any, loc: Location | None, layer: str) -> Any:
+    """A weight as the graph keeps it: float32, contiguous and read-only (no copy where it
+    is so already); a NaN or infinite value refused, naming the layer (a pass's folding
+    arithmetic gone wrong gave all-NaN maps). What is not numbers is left for `verify`
+    to refuse."""
+    try:
+        array = np.ascontiguousarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        return value
+    if not np.isfinite(array).all():
+        raise GraphconvError(f"weight {shown(key)} has NaN or infinite values", loc=loc, layer=layer)
+    return _read_only(array)
 
 
 def _read_only(array: Any) -> Any:

@@ -187,3 +187,52 @@ def test_a_layer_missing_its_window_is_told_the_window_not_the_stride_that_defau
     graph.insert_after(graph.node("conv1"), "extra_pool", "maxpool", {})
     with pytest.raises(GraphconvError, match=r"maxpool is missing required parameter\(s\) \['kernel_size'\], "):
         graph.verify()
+
+
+def test_insert_before_rewires_that_node_only(chain):
+    """It moved every reader of the node's input: a residual branch's other side read
+    the new layer too, silently (shapes and fields unchanged, so nothing caught it)."""
+    chain.add("side", "relu", ["c"])
+    chain.add("sum", "add", ["p", "side"])
+    chain.output = "sum"
+    chain.insert_before("r", "pre_r", "relu")
+    assert [n.name for n in chain.node("r").inputs] == ["pre_r"]
+    assert [n.name for n in chain.node("side").inputs] == ["c"]
+    assert [n.name for n in chain.node("c").users] == ["side", "pre_r"]
+    chain.verify()
+
+
+@pytest.mark.parametrize("verb", ["add", "insert_after", "replace"])
+def test_weights_with_nan_or_inf_are_refused_by_every_verb_that_takes_weights(chain, verb):
+    """Only set_weights checked: a pass adding a layer with NaN weights compiled and wrote
+    a model whose every score was NaN (and that load then refused)."""
+    bad = dict(weight=np.full((4,), np.nan, np.float32), bias=np.zeros(4, np.float32))
+    params = dict(out_channels=4, kernel_size=1)
+    edit = {"add": lambda: chain.add("bn", "conv", ["c"], params, bad),
+            "insert_after": lambda: chain.insert_after("c", "bn", "conv", params, bad),
+            "replace": lambda: chain.replace("r", "conv", params, bad)}[verb]
+    before = str(chain)
+    with pytest.raises(GraphconvError, match=r"weight 'weight' has NaN or infinite values"):
+        edit()
+    assert str(chain) == before
+
+
+def test_float64_weights_are_kept_as_float32_by_add_as_by_set_weights(chain):
+    node = chain.add("one", "conv", ["c"], dict(out_channels=2, kernel_size=1),
+                     dict(weight=np.ones((2, 4, 1, 1)), bias=np.zeros(2)))
+    assert {a.dtype for a in node.weights.values()} == {np.dtype(np.float32)}
+
+
+def test_a_misspelt_layer_name_is_refused_by_every_verb_naming_the_nearest(chain):
+    """add and set_inputs made a node of a misspelt input name, and verify then blamed a
+    networkx edit; set_params on a missing layer crashed with a bare KeyError."""
+    from graphconv.ir import UnknownNodeError
+    before = str(chain)
+    with pytest.raises(UnknownNodeError, match=r"no layer named 'rr'.*'r'"):
+        chain.add("side", "relu", ["rr"])
+    with pytest.raises(UnknownNodeError, match=r"no layer named 'cc'"):
+        chain.set_inputs("r", ["cc"])
+    with pytest.raises(UnknownNodeError, match=r"no layer named 'pp'"):
+        chain.set_params("pp", kernel_size=3)
+    assert str(chain) == before
+    chain.verify()
