@@ -311,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--print-ir-after", action="append", default=[], metavar="PASS",
                       help="print the IR after PASS ('all' for every pass); repeatable")
     comp.add_argument("--timings", action="store_true", help="print the time each pass took")
-    comp.add_argument("--no-verify", action="store_true", help="skip the IR verifier between passes")
+    comp.add_argument("--no-verify", action="store_true", help="skip the IR verifier between passes (the "
+                      "result is still verified before it is written)")
     _add_plugin_option(comp)
     comp.set_defaults(handler=cmd_compile)
 

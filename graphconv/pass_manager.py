@@ -387,6 +387,9 @@ class PassManager:
             self._cell_field = _cell_field(graph)
         for name, options in self.items:
             self._run_one(graph, get_pass(name), options, automatic=False)
+        if not self.verify_each:  # the result is checked all the same: a broken IR is not a model
+            self._verify(graph, None, who="the passes left the IR invalid (run without --no-verify, "
+                                          "verify_each=False, to find which pass)")
         return graph
 
     def _run_one(self, graph: Graph, info: PassInfo, options: dict, automatic: bool) -> None:
@@ -412,6 +415,9 @@ class PassManager:
             raise PassError(f"{err.message} (in pass '{info.name}'{where})", loc=err.loc, layer=err.layer) from err
         except Exception as err:
             if info.origin.startswith("built-in"):
+                if not self.verify_each:  # most likely an earlier pass broke the IR, unchecked: say so if it did
+                    self._verify(graph, None, who=f"pass '{info.name}' crashed on an invalid IR (run without "
+                                                  "--no-verify, verify_each=False, to find which pass broke it)")
                 raise
             raise PassError(f"pass '{info.name}' ({info.origin}) crashed: "
                             f"{type(err).__name__}: {err}{self._crash_hint(err, graph, info)}") from err
@@ -448,9 +454,10 @@ class PassManager:
         return (f" (node.shape is None until shape inference runs: if pass '{info.name}' reads shapes, "
                 "declare @register_pass(..., requires=(\"shapes\",)))")
 
-    def _verify(self, graph: Graph, pass_name: str | None) -> None:
+    def _verify(self, graph: Graph, pass_name: str | None, who: str | None = None) -> None:
         """The IR invariants: structure, shapes and weights, and annotated shapes that are
-        still claimed valid must match a fresh inference."""
+        still claimed valid must match a fresh inference. `who` says who broke it, where
+        no one pass is known to have."""
         try:
             graph.verify()
             shapes = infer_shapes(graph)
@@ -463,7 +470,7 @@ class PassManager:
                 _check_cells_unchanged(graph, self._cell_field)
             _check_labels_match(graph, shapes[graph.output.name][0])
         except GraphconvError as err:
-            who = f"pass '{pass_name}' broke the IR" if pass_name else "the input IR is invalid"
+            who = who or (f"pass '{pass_name}' broke the IR" if pass_name else "the input IR is invalid")
             raise PassError(f"{who}: {err}") from None
 
     def _print(self, when: str, name: str, graph: Graph) -> None:

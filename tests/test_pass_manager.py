@@ -121,6 +121,28 @@ def test_verifier_names_the_pass_that_broke_the_ir(lenet):
         PassManager(["bad-pass"]).run(lenet)
 
 
+def test_without_verifying_each_pass_the_result_is_still_verified(lenet):
+    """--no-verify (verify_each=False) wrote a model whose run then failed, or crashed
+    with networkx's traceback on a cycle: it skips the checks between passes only."""
+    @register_pass("bad-pass", "breaks the weights on purpose")
+    def bad_pass(graph):
+        graph.set_weights("fc4", weight=np.zeros((84, 7), np.float32))
+        return True
+
+    @register_pass("cycle-pass", "makes a cycle on purpose")
+    def cycle_pass(graph):
+        graph.set_inputs("conv1", ["relu1"])
+        return True
+
+    with pytest.raises(PassError, match=r"the passes left the IR invalid \(run without --no-verify, "
+                                         r"verify_each=False, to find which pass\): .*layer 'fc4': fc expects"):
+        PassManager(["bad-pass"], verify_each=False).run(lenet)
+    with pytest.raises(PassError, match=r"the passes left the IR invalid .*cycle"):
+        PassManager(["cycle-pass"], verify_each=False).run(lenet)
+    with pytest.raises(PassError, match=r"pass 'shape-inference' crashed on an invalid IR .*cycle"):
+        PassManager(["cycle-pass", "shape-inference"], verify_each=False).run(lenet)
+
+
 def test_verifier_catches_stale_shape_annotations(lenet):
     @register_pass("lies-about-shapes", "claims to preserve shapes but does not", preserves=("shapes",))
     def lies(graph):
