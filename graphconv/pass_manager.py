@@ -663,14 +663,12 @@ def _annotation_text(annotation: Any) -> str:
     """An option's annotation as the text `_option_kind` reads: "list[float]" for
     list[float] (whose __name__ is "list") and "Optional[int]" for typing's (whose
     __name__ is "Optional"), as a plugin without `from __future__ import annotations`
-    gives them."""
+    gives them; with it they are text already, "typing." left in where written."""
     if annotation is inspect.Parameter.empty:
         return ""
-    if isinstance(annotation, str):
-        return annotation
     if isinstance(annotation, type) and not typing.get_args(annotation):
         return annotation.__name__
-    return re.sub(r"\btyping\.", "", str(annotation))
+    return re.sub(r"\btyping\.", "", annotation if isinstance(annotation, str) else str(annotation))
 
 
 def _excludes_none(annotation: str) -> bool:

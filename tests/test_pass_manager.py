@@ -679,13 +679,15 @@ def test_a_provider_that_needs_options_is_named_not_run_without_them(lenet):
     PassManager(["bounds-with-option{k=3}", "needs-bounds"]).run(lenet)
 
 
-def test_options_annotated_at_run_time_are_checked(tmp_path, lenet):
+@pytest.mark.parametrize("future", ["", "from __future__ import annotations"], ids=["objects", "text"])
+def test_options_annotated_at_run_time_are_checked(tmp_path, lenet, future):
     """list[float] (whose __name__ is "list") and typing.Optional[int] (whose __name__ is
     "Optional") were taken for options of any value, in a plugin without `from __future__
-    import annotations`."""
+    import annotations`; with it, "typing.Optional[int]" as written was too."""
     plugin = tmp_path / "annotated_passes.py"
-    plugin.write_text(textwrap.dedent("""
-        from typing import List, Optional
+    plugin.write_text(future + textwrap.dedent("""
+        import typing
+        from typing import List
         from graphconv.pass_manager import register_pass
 
         @register_pass("annotated-list", "test")
@@ -693,12 +695,13 @@ def test_options_annotated_at_run_time_are_checked(tmp_path, lenet):
             return False
 
         @register_pass("annotated-optional", "test")
-        def annotated_optional(graph, k: Optional[int] = None):
+        def annotated_optional(graph, k: typing.Optional[int] = None, m: typing.List[float] = (0.5,)):
             return False
     """))
     pm.load_plugin(str(plugin))
     for pipeline, option in (["annotated-list{mean=abc}", "mean"], ["annotated-list{mean=[1],also=[x]}", "also"],
-                             ["annotated-optional{k=abc}", "k"]):
+                             ["annotated-optional{k=abc}", "k"], ["annotated-optional{m=abc}", "m"],
+                             ["annotated-optional{k=2.5}", "k"]):
         with pytest.raises(PassError, match=f"option '{option}'"):
             PassManager([pipeline])
     PassManager(["annotated-list{mean=[0.5,1]}", "annotated-optional{k=3}"]).run(lenet)
