@@ -178,6 +178,13 @@ def test_print_ir_before_and_after(lenet):
     assert "// ----- IR after fc-to-conv -----" in text and "%fc3 = conv(%pool2)" in text
 
 
+def test_print_ir_after_a_pass_by_its_old_name_prints_it(lenet):
+    """fuse-conv-relu, which --passes still takes for fuse-conv-activation, printed nothing."""
+    out = io.StringIO()
+    PassManager(["fuse-conv-relu"], print_ir_after="fuse-conv-relu", out=out).run(lenet)
+    assert "// ----- IR after fuse-conv-activation -----" in out.getvalue()
+
+
 def test_print_ir_takes_one_pass_name_as_a_string(lenet):
     out = io.StringIO()
     PassManager(["remove-dropout", "fc-to-conv"], print_ir_before="fc-to-conv", print_ir_after="all",
