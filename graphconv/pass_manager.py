@@ -233,7 +233,8 @@ def parse_pipeline(text: str) -> list[PipelineItem]:
             key, sep, value = part.partition("=")
             if not sep:
                 raise PassError(f"pass option '{part}' of '{name}' must be key=value")
-            options[key.strip()] = _parse_value(value.strip())
+            key, value = key.strip(), value.strip()
+            options[key] = value if _is_text_option(name, key) else _parse_value(value)
         items.append((name, options))
     rebuilt = ",".join(n + ("{...}" if o else "") for n, o in items)
     if not items or re.sub(r"\{[^}]*\}", "{...}", re.sub(r"\s", "", text)) != rebuilt:
@@ -298,6 +299,16 @@ def _split_top_level(text: str, name: str) -> list[str]:
         raise PassError(f"pass options of '{name}' have an unmatched '[': {shown(text)}")
     parts.append(text[start:])
     return parts
+
+
+def _is_text_option(name: str, key: str) -> bool:
+    """Whether option `key` of registered pass `name` takes text: its value is kept as
+    written (`layer=007` named layer '7', `1_1` '11', as numbers parsed and written back)."""
+    try:
+        info = get_pass(name)
+    except PassError:  # unknown: refused, with the registered names, where the pipeline is checked
+        return False
+    return key in info.options and _option_kind(info.options[key], info.option_annotation(key)) == "str"
 
 
 def _parse_value(text: str) -> Any:

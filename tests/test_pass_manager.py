@@ -178,6 +178,20 @@ def test_print_ir_before_and_after(lenet):
     assert "// ----- IR after fc-to-conv -----" in text and "%fc3 = conv(%pool2)" in text
 
 
+def test_a_text_option_is_kept_as_written():
+    """It was read as a number and written back: prefix=007 gave '7', 1_1 '11', 1e3
+    '1000.0', TRUE 'true' (a layer=1_1 option named the wrong layer)."""
+    @register_pass("takes-text", "test")
+    def takes_text(graph, prefix: str = "ops:", count: int = 1):
+        return False
+
+    for text in ("007", "1_1", "1e3", "1.50", "TRUE"):
+        ((name, options),) = parse_pipeline(f"takes-text{{prefix={text},count=2}}")
+        assert options == {"prefix": text, "count": 2}
+    with pytest.raises(PassError, match="option 'count'"):
+        PassManager(["takes-text{count=abc}"])
+
+
 def test_print_ir_after_a_pass_by_its_old_name_prints_it(lenet):
     """fuse-conv-relu, which --passes still takes for fuse-conv-activation, printed nothing."""
     out = io.StringIO()
