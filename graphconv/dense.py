@@ -517,8 +517,7 @@ def changing_passes(classifier: Model, pipeline: str, crops: np.ndarray, toleran
     for name, options in parse_pipeline(pipeline):
         graph = PassManager([(name, options)]).run(graph)
         after = _flat(Model(graph), crops, device)
-        diff = (float(np.abs(after.astype(np.float64) - before).max()) if after.shape == before.shape
-                else float("inf"))
+        diff = float(_abs_difference(after, before).max()) if after.shape == before.shape else float("inf")
         if diff > tolerance:
             changes.append(PassChange(get_pass(name).name, get_pass(name).origin, diff))
         before = after
@@ -555,7 +554,7 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
     on_crops = _flat(original, crops, device)
     crop_scale = _finite_scale(on_crops)
     crop_tol = tolerance if tolerance is not None else TOLERANCE * crop_scale  # (a)'s, and the passes'
-    conversion = float(np.abs(_flat(compiled, crops, device).astype(np.float64) - on_crops).max())
+    conversion = float(_abs_difference(_flat(compiled, crops, device), on_crops).max())
     changes = []
     if conversion > crop_tol and compiled.graph.meta.get("compiled", {}).get("passes"):
         changes = changing_passes(original, compiled.graph.meta["compiled"]["passes"], crops, crop_tol, device)
@@ -572,7 +571,7 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
         dense, expected = dense[:, :, ~left_out][..., None], expected[:, :, ~left_out][..., None]
     scale = _finite_scale(expected)
     tol = tolerance if tolerance is not None else max(crop_tol, TOLERANCE * scale)  # (b)'s
-    diff = np.abs(dense.astype(np.float64) - expected)
+    diff = _abs_difference(dense, expected)
     differing = int((diff > tol).any(axis=1).sum())
     pads = padded_layers(original.graph)
     shapes = infer_shapes(original.graph, check_weights=False)
@@ -738,10 +737,13 @@ def _finite_scale(values: np.ndarray) -> float:
 
 def _abs_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """|a - b| in float64, 0 where the two are equal (the same infinity in both: a -inf
-    pad's border seen alike by the crop and the whole image), inf where only one is."""
+    pad's border seen alike by the crop and the whole image; NaN in both: NaN pixels of
+    the image reach both alike), inf where only one is infinite or NaN."""
     a, b = a.astype(np.float64), b.astype(np.float64)
     with np.errstate(invalid="ignore"):
-        return np.where(a == b, 0.0, np.abs(a - b))
+        diff = np.where(a == b, 0.0, np.abs(a - b))
+    both_nan = np.isnan(a) & np.isnan(b)
+    return np.where(both_nan, 0.0, np.where(np.isnan(diff), np.inf, diff))
 
 
 def _why_padded(node, in_shapes) -> str:

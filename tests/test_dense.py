@@ -45,6 +45,17 @@ def test_an_unpadded_network_is_exact_both_ways(write_spec, rng):
     assert report.layers == [] and "PASS: the conversion is exact and the sliding evaluation equals" in str(report)
 
 
+def test_nan_pixels_reaching_the_map_and_the_crops_alike_are_no_difference(write_spec, rng):
+    """A NaN pixel put NaN in the same cells of both, and verify called the conversion
+    wrong (max abs difference nan, FAIL) while it counted no cell differing."""
+    classifier, fcn = models(write_spec, UNPADDED.replace("[2, 16, 16]", "[2, 14, 14]"))
+    x = random_input(rng, (1, 2, 30, 26))
+    x[0, 0, 10, 10] = np.nan
+    report = verify(classifier, fcn, x)
+    assert np.isnan(fcn.run(x)).any()
+    assert report.passed and report.conversion_exact and report.max_abs < report.tolerance, str(report)
+
+
 def test_a_padded_network_passes_and_says_where_padding_reaches(write_spec, rng):
     classifier, fcn = models(write_spec, PADDED)
     report = verify(classifier, fcn, random_input(rng, (2, 2, 36, 30)))
@@ -240,8 +251,9 @@ def test_the_crop_loop_in_batches_with_a_zero_filled_last_one_equals_each_crop_a
     image = random_input(rng, (2, 2, 22, 22))  # 3x3 crops an image at stride 3: 18, in 4 batches of 5
     monkeypatch.setattr(dense, "MOST_CROPS_PER_BATCH", 5)
     batches = []
-    run = classifier.run
-    monkeypatch.setattr(classifier, "run", lambda x, device="cpu": batches.append(len(x)) or run(x))
+    run = classifier._scores
+    monkeypatch.setattr(classifier, "_scores",
+                        lambda x, *args, **kwargs: batches.append(len(x)) or run(x, *args, **kwargs))
     scores = crop_loop(classifier, image, 3)
     assert batches == [5, 5, 5, 5]
     for b, i, j in [(0, 0, 0), (1, 2, 2), (1, 1, 0), (0, 2, 1)]:
