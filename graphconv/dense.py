@@ -545,7 +545,9 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
     the sliding map of `image`'s cells when computed with the image around the region, as
     `run` sees them; `progress` hears
     the crop loop's. `left_out`, (rows, cols) bool: the cells `run` leaves out (no-data),
-    neither computed by the crop loop nor compared, and said (`left_out_why`)."""
+    neither computed by the crop loop nor compared, and said (`left_out_why`). Each model
+    may be given as `compile_model` takes one: a path, a Graph or a Model."""
+    original, compiled = _same_network(original, compiled)
     x = as_batch(image, original.crop_shape[0])
     dense = compiled._scores(x, device) if dense is None else dense
     rows, cols = dense.shape[2:]
@@ -733,6 +735,20 @@ def _finite_scale(values: np.ndarray) -> float:
     finite = np.abs(values[np.isfinite(values)])
     largest = float(finite.max()) if finite.size else 0.0
     return largest if largest > 0 else 1.0
+
+
+def _same_network(original, compiled) -> tuple[Model, Model]:
+    """The two models verify compares, loaded where given as paths or Graphs; two that
+    cannot be one network before and after compiling (another crop or class count) are
+    refused (a numpy shape error came out of the comparison)."""
+    from graphconv.compiler import source_graph
+    original, compiled = (m if isinstance(m, Model) else Model(source_graph(m)) for m in (original, compiled))
+    for what, before, after in (("crops", original.crop_shape, compiled.crop_shape),
+                                ("class counts", original.output_channels, compiled.output_channels)):
+        if before != after:
+            raise GraphconvError(f"verify compares a classifier with the network compiled from it, but their "
+                                 f"{what} differ ({original.graph.name}: {before}, {compiled.graph.name}: {after})")
+    return original, compiled
 
 
 def _abs_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:

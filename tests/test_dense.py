@@ -10,7 +10,7 @@ import pytest
 import graphconv
 from graphconv import dense
 from graphconv.dense import crop_loop, crops_per_batch, padding_reach, verify
-from conftest import random_input
+from conftest import SPECS, random_input
 
 PADDED = """
 name: padded
@@ -616,3 +616,15 @@ def test_the_readme_names_ceil_mode_pools_beside_padding_as_what_breaks_exactnes
     classifier, fcn = models(write_spec, CEIL)
     report = verify(classifier, fcn, random_input(rng, (1, 1, 27, 27)))
     assert not report.exact_by_construction and report.padded_layers == ["pool1"]
+
+
+def test_verify_takes_either_model_as_a_path_or_graph_and_refuses_two_unrelated_ones(write_spec, rng):
+    """A spec path or a Graph (which compile_model takes) gave AttributeError: 'str'
+    object has no attribute 'crop_shape'; two unrelated models a numpy shape error."""
+    spec = write_spec(UNPADDED.replace("[2, 16, 16]", "[2, 14, 14]"))
+    fcn = graphconv.compile_model(spec)
+    x = random_input(rng, (1, 2, 30, 26))
+    assert verify(spec, fcn.graph, x).passed
+    with pytest.raises(graphconv.GraphconvError, match=r"verify compares a classifier with the network compiled "
+                                                       r"from it, but their crops differ \(lenet: \(1, 32, 32\)"):
+        verify(SPECS / "lenet.yaml", fcn, x)
