@@ -605,6 +605,10 @@ def _check_options(info: PassInfo, options: dict) -> None:
         if _option_kind(known[key], info.option_annotation(key)) == "str" and not isinstance(value, (str, list)):
             text = format_option_value(value)
             options[key] = text.lower() if isinstance(value, bool) else text
+        unwritable = isinstance(options[key], str) and set(options[key]) & set(",{}")
+        if unwritable:  # the compiled model records its pipeline as text, which verify reads back
+            raise PassError(f"option '{key}' of '{info.name}' is {options[key]!r}: a pipeline cannot write "
+                            f"{''.join(sorted(unwritable))} in an option's text")
     missing = [k for k in info.required_options if k not in options]
     if missing:
         raise PassError(f"pass '{info.name}' needs option(s) {', '.join(missing)}: "

@@ -190,6 +190,9 @@ def test_a_text_option_is_kept_as_written():
         assert options == {"prefix": text, "count": 2}
     with pytest.raises(PassError, match="option 'count'"):
         PassManager(["takes-text{count=abc}"])
+    # Given from Python, text a pipeline cannot write back (the compiled model records it) is refused.
+    with pytest.raises(PassError, match=r"option 'prefix' of 'takes-text' is 'a,b}': a pipeline cannot write ,}"):
+        PassManager([("takes-text", {"prefix": "a,b}"})])
 
 
 def test_print_ir_after_a_pass_by_its_old_name_prints_it(lenet):
