@@ -27,6 +27,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import os
 import re
 import sys
 import threading
@@ -184,6 +185,9 @@ def load_plugin(spec: str) -> None:
         try:
             if is_file:
                 path = Path(spec)
+                if path.is_dir():
+                    raise GraphconvError("a plugin is a .py file or an importable module's name, not a folder: "
+                                         "give the file, or the package's name from the folder above it", file=spec)
                 if not path.is_file():
                     raise GraphconvError("plugin file not found", file=spec)
                 # named after the file's path, not its name alone: two folders' my_passes.py are two
@@ -195,11 +199,28 @@ def load_plugin(spec: str) -> None:
                 sys.modules[module_name] = module
                 module_spec.loader.exec_module(module)
             else:
-                importlib.import_module(spec)
+                with _working_folder_importable():
+                    importlib.import_module(spec)
         except GraphconvError:
             raise
         except Exception as err:
             raise PassError(f"plugin '{spec}' failed to import: {type(err).__name__}: {err}") from err
+
+
+@contextlib.contextmanager
+def _working_folder_importable() -> Iterator[None]:
+    """A module named by --plugin imports from the working folder too, as under `python -m
+    graphconv` (whose sys.path starts with it): the `graphconv` script's starts with its
+    own folder instead, and found no module beside the user."""
+    here = os.getcwd()
+    added = here not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, here)
+    try:
+        yield
+    finally:
+        if added and here in sys.path:
+            sys.path.remove(here)
 
 
 def registered_passes() -> list[PassInfo]:

@@ -1,5 +1,6 @@
 """The pass API: registry, pipelines, requirements, the verifier, IR printing, plugins."""
 import io
+import sys
 import textwrap
 
 import numpy as np
@@ -267,6 +268,28 @@ def test_plugin_from_module(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     pm.load_plugin("team_passes")
     assert pm.get_pass("team-noop").origin == "plugin team_passes"
+
+
+def test_plugin_module_in_the_working_folder_and_a_folder_given_as_a_plugin(tmp_path, monkeypatch):
+    """The `graphconv` script's sys.path starts with its own folder, not the working one,
+    so `--plugin my_passes` beside the user failed where `python -m graphconv` found it;
+    a folder was 'plugin file not found'."""
+    (tmp_path / "beside_passes.py").write_text(textwrap.dedent("""
+        from graphconv.pass_manager import register_pass
+
+        @register_pass("beside-noop", "does nothing")
+        def beside_noop(graph):
+            return False
+    """))
+    # As the `graphconv` script has it: neither '' (python -m's) nor the working folder.
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    path_before = list(sys.path)
+    pm.load_plugin("beside_passes")  # the working folder is tmp_path (conftest)
+    assert pm.get_pass("beside-noop").origin == "plugin beside_passes" and sys.path == path_before
+    (tmp_path / "team").mkdir()
+    with pytest.raises(graphconv.GraphconvError, match=r"team: a plugin is a .py file or an importable module's "
+                                                       r"name, not a folder"):
+        pm.load_plugin(str(tmp_path / "team"))
 
 
 def test_plugin_from_entry_point(tmp_path, monkeypatch):
