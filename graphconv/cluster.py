@@ -176,31 +176,38 @@ def _wait_for_a_worker(client, scheduler: str) -> None:
 PACKAGES_THAT_MUST_AGREE = ("graphconv", "numpy", "numba")
 
 
-def installed_versions() -> dict[str, str | None]:
-    """The versions of the packages that make a tile's scores, on this machine: run on
-    each worker too (`_check_worker_versions`)."""
+def installed_version(name: str) -> str | None:
+    """A package's installed version on this machine (None: not installed as a
+    distribution, e.g. graphconv from a source tree)."""
     import importlib.metadata
-    versions: dict[str, str | None] = {}
-    for name in PACKAGES_THAT_MUST_AGREE:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:  # graphconv from a source tree
-            versions[name] = None
-    return versions
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _check_worker_versions(client, scheduler: str) -> None:
     """A worker with another graphconv, numpy or numba than this machine's computed its
     tiles with other code (scores that could differ from one tile to the next, or a
-    task it cannot read) without a word: refuse the run, naming the first such worker."""
-    here = installed_versions()
-    for address, theirs in sorted(client.run(installed_versions).items()):
-        differ = [f"{name} {theirs.get(name)} (this machine: {here[name]})"
-                  for name in PACKAGES_THAT_MUST_AGREE if theirs.get(name) != here[name]]
-        if differ:
-            raise GraphconvError(f"the Dask worker {address} of {scheduler} runs {', '.join(differ)}: install the "
-                                 "same versions on every machine of the cluster, so that every tile is computed "
-                                 "by the same code")
+    task it cannot read) without a word: refuse the run, naming the first such worker.
+    The workers are asked through the standard library alone (importlib.metadata), so a
+    worker whose graphconv is older, or missing, answers too. Workers that join the
+    scheduler after this check are not asked."""
+    import importlib.metadata
+    for name in PACKAGES_THAT_MUST_AGREE:
+        here = installed_version(name)
+        # Each worker's answer, or the exception it raised (on_error="return").
+        for address, version in sorted(client.run(importlib.metadata.version, name, on_error="return").items()):
+            if isinstance(version, importlib.metadata.PackageNotFoundError):
+                version = None
+            elif isinstance(version, BaseException):
+                raise GraphconvError(f"the Dask worker {address} of {scheduler} could not say its {name} version: "
+                                     f"{type(version).__name__}: {version}")
+            if version != here:
+                raise GraphconvError(f"the Dask worker {address} of {scheduler} runs {name} {version or '(none)'} "
+                                     f"(this machine: {here or '(none)'}): install the same graphconv, numpy and "
+                                     "numba on every machine of the cluster, so that every tile is computed by the "
+                                     "same code")
 
 
 @contextmanager

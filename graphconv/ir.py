@@ -247,7 +247,8 @@ class Graph:
         opdef = get_op(op)
         sources = [self.node(_name(src)).name for src in inputs]
         canonical = _completed(opdef, _canonical_params(opdef, params or {}, name, loc))
-        stored = {key: _stored_weight(key, array, loc, name) for key, array in (weights or {}).items()}
+        stored = {key: _stored_weight(key, array, loc, name) for key, array in (weights or {}).items()
+                  if array is not None}  # None: no such weight, as set_weights takes it
         self.nx.add_node(name, op=op, params=canonical, weights=stored, loc=loc, shape=None, seq=next(self._seq),
                          param_lines=dict(param_lines or {}))
         for index, src in enumerate(sources):
@@ -308,7 +309,7 @@ class Graph:
         # Refused before any edit: the params, and the weights as `add` will keep them.
         _canonical_params(get_op(op), params or {}, name or old_node.name, old_node.loc)
         weights = {key: _stored_weight(key, array, old_node.loc, name or old_node.name)
-                   for key, array in (weights or {}).items()}
+                   for key, array in (weights or {}).items() if array is not None}
         inputs = [n.name for n in old_node.inputs]
         loc, seq = old_node.loc, old_node._data["seq"]
         users = [(u, self.nx.edges[old_node.name, u]["index"]) for u in self.nx.successors(old_node.name)]

@@ -420,7 +420,7 @@ class PassManager:
         self._cell_field = None
         if self.verify_each:
             self._verify(graph, None)
-            self._cell_field = _cell_field(graph)
+        self._cell_field = _cell_field(graph)  # what every cell reads, for the checks after the passes
         for name, options in self.items:
             self._run_one(graph, get_pass(name), options, automatic=False)
         if not self.verify_each:  # the result is checked all the same: a broken IR is not a model
@@ -626,10 +626,11 @@ def _check_options(info: PassInfo, options: dict) -> None:
         if _option_kind(known[key], info.option_annotation(key)) == "str" and not isinstance(value, (str, list)):
             text = format_option_value(value)
             options[key] = text.lower() if isinstance(value, bool) else text
-        unwritable = isinstance(options[key], str) and set(options[key]) & set(",{}")
-        if unwritable:  # the compiled model records its pipeline as text, which verify reads back
-            raise PassError(f"option '{key}' of '{info.name}' is {options[key]!r}: a pipeline cannot write "
-                            f"{''.join(sorted(unwritable))} in an option's text")
+        value = options[key]
+        if isinstance(value, str) and (set(value) & set(",{}[]") or value != value.strip()):
+            # the compiled model records its pipeline as text, which verify reads back
+            raise PassError(f"option '{key}' of '{info.name}' is {value!r}: a pipeline's text cannot hold "
+                            "',', '{', '}', '[', ']' or spaces at the ends of an option's text")
     missing = [k for k in info.required_options if k not in options]
     if missing:
         raise PassError(f"pass '{info.name}' needs option(s) {', '.join(missing)}: "

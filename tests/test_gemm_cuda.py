@@ -34,6 +34,8 @@ LAYERS = {
                          activation="relu"), (1, 16, 5, 4), True),
     # 128 output channels: rows in whole tiles (but for 256x4), the loads' `whole_rows` kernel.
     "whole-tiles": (dict(out_channels=128, kernel_size=3, padding=1), (1, 8, 4, 5), False),
+    # ... with 3 channels: whole rows with the per-value gather (a network's first conv).
+    "whole-tiles-3-channels": (dict(out_channels=128, kernel_size=3, padding=1), (1, 3, 4, 5), False),
 }
 
 
@@ -61,7 +63,7 @@ def run_with(monkeypatch, tile: Tile, splits: int, opdef, params, weights, input
 
 
 @needs_cuda
-@pytest.mark.parametrize("layer", ["padded-strided", "whole-steps", "whole-tiles"])
+@pytest.mark.parametrize("layer", ["padded-strided", "whole-steps", "whole-tiles", "whole-tiles-3-channels"])
 @pytest.mark.parametrize("tile", TILES + (replace(TILES[0], max_registers=None),),
                          ids=lambda t: f"{t.rows}x{t.cols}" + (f"-r{t.max_registers}" if t.max_registers else ""))
 def test_every_tile_matches_the_reference(tile, layer, monkeypatch, rng):
@@ -144,6 +146,13 @@ def test_a_step_stays_within_one_tap_where_the_channels_are_whole_steps(group_ch
     elif kernel != (1, 1):
         steps = taps[:len(taps) - len(taps) % BK, 1:].reshape(-1, BK, 2)
         assert not (steps == steps[:, :1]).all()
+
+
+def test_the_tap_table_widens_to_int64_where_an_offset_needs_it():
+    """A group of 64 planes of 8192x8192 holds 2^32 values: int32 offsets wrapped."""
+    assert gemm_cuda.window_taps(8, (3, 3), (1, 1), 100, 100).dtype == np.int32
+    wide = gemm_cuda.window_taps(64, (1, 1), (1, 1), 8192, 8192).reshape(-1, 3)
+    assert wide.dtype == np.int64 and wide[-1, 0] == 63 * 8192 * 8192
 
 
 def test_every_tile_is_one_the_kernel_is_written_for():

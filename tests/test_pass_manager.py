@@ -143,6 +143,14 @@ def test_without_verifying_each_pass_the_result_is_still_verified(lenet):
     with pytest.raises(PassError, match=r"pass 'shape-inference' crashed on an invalid IR .*cycle"):
         PassManager(["cycle-pass", "shape-inference"], verify_each=False).run(lenet)
 
+    @register_pass("unstrided-pool", "changes every cell on purpose")
+    def unstrided_pool(graph):
+        graph.set_params("pool2", stride=1)
+        return True
+
+    with pytest.raises(PassError, match=r"the passes left the IR invalid .*the first output cell read"):
+        PassManager(["shape-inference", "fc-to-conv", "unstrided-pool"], verify_each=False).run(lenet)
+
 
 def test_verifier_catches_stale_shape_annotations(lenet):
     @register_pass("lies-about-shapes", "claims to preserve shapes but does not", preserves=("shapes",))
@@ -192,8 +200,9 @@ def test_a_text_option_is_kept_as_written():
     with pytest.raises(PassError, match="option 'count'"):
         PassManager(["takes-text{count=abc}"])
     # Given from Python, text a pipeline cannot write back (the compiled model records it) is refused.
-    with pytest.raises(PassError, match=r"option 'prefix' of 'takes-text' is 'a,b}': a pipeline cannot write ,}"):
-        PassManager([("takes-text", {"prefix": "a,b}"})])
+    for unwritable in ("a,b}", "[x", " x "):
+        with pytest.raises(PassError, match=r"option 'prefix' of 'takes-text' is .*: a pipeline's text cannot hold"):
+            PassManager([("takes-text", {"prefix": unwritable})])
 
 
 def test_print_ir_after_a_pass_by_its_old_name_prints_it(lenet):

@@ -181,15 +181,18 @@ def window_taps(group_channels: int, kernel: tuple[int, int], dilation: tuple[in
     """For each k = (tap row, tap column, channel) of a window over a height x width
     input, in the weights' order (`prepared_weights`): its offset from the window's corner
     in the flat input, then the tap's row and column offsets, side by side (a flat int32
-    array of K triples: the gather finds all three from one address).
+    array of K triples, int64 where an offset needs it: the gather finds all three from
+    one address).
 
     Taps outermost, channels innermost: where the group's channels are a multiple of BK,
     every k-step lies within one tap, and the kernel's `one_tap_steps` gather looks the
     table up once a step instead of once a value."""
     r, s, c = np.meshgrid(np.arange(kernel[0]) * dilation[0], np.arange(kernel[1]) * dilation[1],
                           np.arange(group_channels), indexing="ij")
-    offsets = (c * height + r) * width + s
-    return np.stack([offsets.ravel(), r.ravel(), s.ravel()], axis=1).ravel().astype(np.int32)
+    offsets = (c.astype(np.int64) * height + r) * width + s
+    # int32 unless a group's planes hold 2^31 values or more (64 channels of 8192x8192)
+    table = np.int32 if offsets.max() < 2 ** 31 else np.int64
+    return np.stack([offsets.ravel(), r.ravel(), s.ravel()], axis=1).ravel().astype(table)
 
 
 def one_tap_steps(group_channels: int) -> bool:
@@ -203,7 +206,8 @@ def gemm_kernel(tile: Tile, one_tap: bool = False, whole_rows: bool = False, nar
     """The implicit-GEMM kernel for `tile`, compiled on its first launch:
     kernel[launch.grid, tile.threads](x, wt, taps, bias, res, out, dims), with x the
     flat NCHW input, wt the flat (groups, K, rows) weights, taps the flat int32 (K, 3)
-    table of where each k reads (`window_taps`), and dims the int64 geometry (`DIMS`).
+    table of where each k reads (`window_taps`; int64 for planes of 2^31 values), and dims
+    the int64 geometry (`DIMS`).
     `out` is the flat NCHW output, or the (splits, ...) workspace when its PARTIAL entry
     is set, where the sums are written without the epilogue. `one_tap` is for layers
     whose every k-step lies within one tap and is whole (`one_tap_steps`), `whole_rows`
