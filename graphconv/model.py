@@ -211,9 +211,37 @@ class Model:
 
         _, full_rows, full_cols = infer_shapes(self.graph, (height, width), check_weights=False)[self.graph.output.name]
         if self.segmentation:
+            self._check_labels_line_up(height, width, (full_rows, full_cols))
             return full_rows, full_cols
         rows, cols = self.map_size(height, width)
         return min(rows, full_rows), min(cols, full_cols)
+
+    def _check_labels_line_up(self, height: int, width: int, out_hw: tuple[int, int]) -> None:
+        """A segmentation network that gives one label per pixel at its crop must give one
+        per pixel at any size it runs at. Where its strides round a side that is not a
+        multiple of them, its map comes out of another size (an FCN head resizing "to the
+        input's size" was imported with the crop's factor: 100x100 gave 104x104), and
+        the labels do not line up with the pixels: refused, with the sizes that work."""
+        from graphconv.shapes import infer_shapes
+
+        _, hc, wc = self.crop_shape
+        at_crop = self.derived("output at the crop", lambda: tuple(
+            infer_shapes(self.graph, (hc, wc), check_weights=False)[self.graph.output.name][1:]))
+        if at_crop != (hc, wc) or out_hw == (height, width):
+            return
+
+        def lines_up(h: int, w: int) -> bool:
+            try:
+                return tuple(infer_shapes(self.graph, (h, w), check_weights=False)[self.graph.output.name][1:]) == (h, w)
+            except GraphconvError:
+                return False
+        rows = next((h for h in range(height, height + 257) if lines_up(h, wc)), None)
+        cols = next((w for w in range(width, width + 257) if lines_up(hc, w)), None)
+        works = f": {rows}x{cols} would (pad the image to it)" if rows and cols else ""
+        raise GraphconvError(f"{self.graph.name} gives one label per pixel at its {hc}x{wc} crop, but a "
+                             f"{height}x{width} image would get a {out_hw[0]}x{out_hw[1]} map: its strides round "
+                             f"sides that are not multiples of them, and the labels would not line up with the "
+                             f"pixels{works}")
 
     def map_size(self, height: int, width: int) -> tuple[int, int]:
         """Rows and columns of the score map for an image of height x width: one cell per
@@ -283,6 +311,8 @@ class Model:
         batch = as_batch(x, self.crop_shape[0], convert=False)
         if not full:
             check_holds_a_crop(self.graph, batch.shape[2:])
+            if self.segmentation:
+                self.output_hw(*batch.shape[2:])  # refuses a size whose labels would not line up
         self.check_memory(batch.shape[0], batch.shape[2:], hint=self._memory_hint(batch.shape[0]))
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         out = self.executor(device).run(batch, profile)

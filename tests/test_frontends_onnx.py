@@ -1356,8 +1356,13 @@ def test_an_fcn_head_resized_to_the_input_is_a_segmentation_network(tmp_path, rn
                        "--task", "segmentation")
     assert result.returncode == 0, result.stderr
     x = rng.standard_normal((1, 3, 96, 128)).astype(np.float32)
-    np.testing.assert_allclose(Model.load(tmp_path / "fcn.yaml").run(x), torch_scores(model, x),
-                               rtol=1e-4, atol=1e-5)
+    net = Model.load(tmp_path / "fcn.yaml")
+    np.testing.assert_allclose(net.run(x), torch_scores(model, x), rtol=1e-4, atol=1e-5)
+    # Elsewhere its factor of 8 gives another map than PyTorch's resize to the input's size
+    # (100x100: 104x104 of other values, silently): refused, with the size to pad to.
+    with pytest.raises(GraphconvError, match=r"gives one label per pixel at its 64x64 crop, but a 100x100 image "
+                                             r"would get a 104x104 map: .*: 104x104 would \(pad the image to it\)"):
+        net.run(rng.standard_normal((1, 3, 100, 100)).astype(np.float32))
 
 
 def test_task_on_the_command_line_runs_an_onnx_file_as_a_segmentation_network(unet, tmp_path, rng):
