@@ -231,6 +231,28 @@ def test_fc_layers_on_a_pooled_vector_keep_the_export_dynamic_and_its_output_a_m
     np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x})[0], model.run(x), **TOLERANCE)
 
 
+PYRAMID = """
+name: pyramid
+task: segmentation
+input: {shape: [3, 16, 16]}
+layers:
+  - {name: c1, op: conv, out_channels: 4, kernel_size: 3, padding: 1}
+  - {name: down, op: conv, out_channels: 4, kernel_size: 3, stride: 2, padding: 1}
+  - {name: up, op: upsample, factor: 2}
+  - {name: sum, op: add, inputs: [c1, up]}
+"""
+
+
+def test_a_network_that_takes_only_multiples_of_its_stride_exports_with_dynamic_sizes(write_spec, rng):
+    """Its sum of a map and its upsampled half refuses odd sides: the export, probing an
+    odd size only, fixed H and W at the crop, and onnxruntime refused 32x48."""
+    model = Model.load(write_spec(PYRAMID))
+    session = ort.InferenceSession(to_onnx_model(model.graph).SerializeToString(), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == ["N", 3, "H", "W"]
+    x = rng.standard_normal((1, 3, 32, 48)).astype(np.float32)
+    np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x})[0], model.run(x), **TOLERANCE)
+
+
 def test_cli_export_of_a_shift_and_stitch_model_is_exit_2_and_writes_nothing(tmp_path):
     folder = tmp_path / "s"
     subprocess.run([sys.executable, "-m", "graphconv", "compile", SPECS / "lenet.yaml", "-o", folder,

@@ -168,13 +168,17 @@ def _returns_vectors(graph: Graph) -> bool:
 def _takes_other_sizes(graph: Graph) -> bool:
     """Whether the network runs on inputs other than its crop (a compiled network; an fc
     on a globally pooled vector): its export's H and W are then dynamic, else fixed at the
-    crop, so onnxruntime refuses another size at the input instead of failing inside an fc."""
+    crop, so onnxruntime refuses another size at the input instead of failing inside an fc.
+    Two sizes are tried: an odd one, and twice the crop, which a network that takes only
+    multiples of its stride (a U-Net's skips, a pyramid's sums) takes where its crop is one."""
     _, hc, wc = graph.input_shape
-    try:
-        infer_shapes(graph, (2 * hc + 1, 2 * wc + 1), check_weights=True)
-    except GraphconvError:
-        return False
-    return True
+    for size in ((2 * hc + 1, 2 * wc + 1), (2 * hc, 2 * wc)):
+        try:
+            infer_shapes(graph, size, check_weights=True)
+            return True
+        except GraphconvError:
+            pass
+    return False
 
 
 def _flatten_the_output(writer: OnnxWriter, output: str) -> None:
