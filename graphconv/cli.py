@@ -1484,14 +1484,12 @@ VERIFY_REGION_CELLS = 16  # verify --image's default region, cells a side: 256 c
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from graphconv.compiler import compile_model
-    from graphconv.dense import verify
+    from graphconv.dense import NOTHING_TO_VERIFY_IN_SEGMENTATION, verify
 
     _check_verify_options(args)
     original = load_model(args, args.spec)
-    if original.segmentation:
-        raise GraphconvError("verify checks a classifier against the dense network compiled from it; a "
-                             "segmentation network is dense already (compare its tiled and whole-image maps "
-                             "with run --tile instead)", file=args.spec)
+    if original.segmentation:  # before compiling it
+        raise GraphconvError(NOTHING_TO_VERIFY_IN_SEGMENTATION, file=args.spec)
     compiled = compile_model(original.graph, args.passes, output_stride=args.output_stride,
                              stride_method=args.stride_method)
     if args.image is not None:

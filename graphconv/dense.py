@@ -737,12 +737,19 @@ def _finite_scale(values: np.ndarray) -> float:
     return largest if largest > 0 else 1.0
 
 
+NOTHING_TO_VERIFY_IN_SEGMENTATION = (
+    "verify checks a classifier against the dense network compiled from it; a segmentation network is dense "
+    "already (compare its tiled and whole-image maps with run --tile instead)")
+
+
 def _same_network(original, compiled) -> tuple[Model, Model]:
     """The two models verify compares, loaded where given as paths or Graphs; two that
     cannot be one network before and after compiling (another crop or class count) are
     refused (a numpy shape error came out of the comparison)."""
     from graphconv.compiler import source_graph
     original, compiled = (m if isinstance(m, Model) else Model(source_graph(m)) for m in (original, compiled))
+    if original.segmentation or compiled.segmentation:
+        raise GraphconvError(NOTHING_TO_VERIFY_IN_SEGMENTATION)
     for what, before, after in (("crops", original.crop_shape, compiled.crop_shape),
                                 ("class counts", original.output_channels, compiled.output_channels)):
         if before != after:

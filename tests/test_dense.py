@@ -628,3 +628,11 @@ def test_verify_takes_either_model_as_a_path_or_graph_and_refuses_two_unrelated_
     with pytest.raises(graphconv.GraphconvError, match=r"verify compares a classifier with the network compiled "
                                                        r"from it, but their crops differ \(lenet: \(1, 32, 32\)"):
         verify(SPECS / "lenet.yaml", fcn, x)
+
+
+def test_verify_from_python_refuses_a_segmentation_network_as_the_cli_does(write_spec, rng):
+    """It came out as numpy's 'all input arrays must have the same shape'."""
+    seg = graphconv.load(write_spec("name: seg\ntask: segmentation\ninput: {shape: [2, 8, 8]}\nlayers:\n"
+                                    "  - {name: c1, op: conv, out_channels: 3, kernel_size: 3, padding: 1}\n"))
+    with pytest.raises(graphconv.GraphconvError, match="a segmentation network is dense already"):
+        verify(seg, seg, random_input(rng, (1, 2, 30, 26)))
