@@ -119,6 +119,9 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
                file=args.image)
     classes = model.output_channels
     transform, channels, dtype = map_transform(args.reduce, args.classes, classes)
+    if args.reduce == "argmax" and (len(args.classes) if args.classes else classes) == 1:
+        print("note: --reduce argmax over one score channel gives its class in every cell: a one-channel output (a "
+              "sigmoid's probability) wants its scores written (drop --reduce) and thresholded", file=sys.stderr)
     _check_heatmap(args, classes, model.graph.meta.get("labels"))
     shape = (1, channels, *plan.map_hw)
     if args.output:

@@ -92,6 +92,13 @@ def test_cli_reduce_argmax_and_classes(model_dir, picture, tmp_path):
                        "--output", tmp_path / "c.npy")
     assert result.returncode == 0, result.stderr
     np.testing.assert_allclose(np.load(tmp_path / "c.npy"), whole[:, [2, 7]], rtol=1e-4, atol=1e-6)
+    assert "argmax over one score channel" not in result.stderr
+    # Of one channel (a binary segmentation's sigmoid, here one class kept) argmax is one class
+    # everywhere: said, where it wrote one class (0 for a sigmoid output) without a word.
+    result = graphconv("run", model_dir, "--image", picture / "page.png", "--classes", "7", "--reduce", "argmax",
+                       "--output", tmp_path / "one.npy")
+    assert result.returncode == 0 and "note: --reduce argmax over one score channel gives its class" in result.stderr
+    assert (np.load(tmp_path / "one.npy") == 7).all()
 
 
 def test_cli_too_small_tile_is_exit_2_with_the_smallest_size(model_dir, picture, tmp_path):
