@@ -95,6 +95,11 @@ def dilate(graph: Graph, stride: int) -> None:
                          stride=new_stride,
                          dilation=tuple(pair(node.params["dilation"])[a] * rate[a] for a in (0, 1)),
                          padding=tuple(pair(node.params["padding"])[a] * rate[a] for a in (0, 1)))
+    try:  # a padded pool's padding, multiplied by the rate, can pass the half window pools allow
+        infer_shapes(graph, check_weights=False)
+    except ShapeError as err:
+        raise GraphconvError(f"dilated, {err.message}; use --stride-method shift", loc=err.loc,
+                             layer=err.layer) from None
 
 
 def dilated_pad(padding: tuple[int, int, int, int], rate: list[int]) -> tuple[int, int, int, int]:

@@ -241,3 +241,30 @@ def test_an_uneven_pad_at_a_finer_stride_differs_from_the_crop_loop_only_where_p
         assert fine.graph.node("c2.pad").params["padding"] == (0, 4, 2, 2)
     report = verify(classifier, fine, random_input(rng, (1, 2, 37, 30)))
     assert report.conversion_exact and report.padding_explains and report.passed, str(report)
+
+
+PADDED_POOLS = """
+name: padded_pools
+input: {shape: [3, 28, 28]}
+layers:
+  - {name: c1, op: conv, out_channels: 4, kernel_size: 3}
+  - {name: p1, op: maxpool, kernel_size: 2, stride: 2, padding: 1}
+  - {name: c2, op: conv, out_channels: 4, kernel_size: 3}
+  - {name: p2, op: maxpool, kernel_size: 2, stride: 2, padding: 1}
+  - {name: fc, op: fc, out_features: 3}
+"""
+
+
+def test_dilating_a_padded_pool_past_half_its_window_is_refused_for_shift(write_spec, rng):
+    """Its padding times the rate passes the half window a pool allows: the output-stride
+    pass 'broke the IR' (and export suggested dilate for such a network); shift works."""
+    from graphconv.strides import dilate_problem
+    spec = write_spec(PADDED_POOLS)
+    with pytest.raises(GraphconvError, match=r"layer 'p2': dilated, padding 2 is more than half the pooling window "
+                                             r"\(3\) .*; use --stride-method shift"):
+        graphconv.compile_model(spec, output_stride=1, stride_method="dilate")
+    assert "padding 2 is more than half" in dilate_problem(graphconv.load(spec).graph, 1)
+    shifted = graphconv.compile_model(spec, output_stride=1, stride_method="shift")
+    x = random_input(rng, (1, 3, 37, 34))
+    coarse = graphconv.compile_model(spec).run(x)  # stride 4: every 4th cell of the fine map
+    np.testing.assert_allclose(shifted.run(x)[:, :, ::4, ::4], coarse, rtol=1e-4, atol=1e-5)
