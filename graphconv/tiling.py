@@ -310,6 +310,12 @@ def _check_slides(graph) -> None:
 
     refuse_whole_map_layers(graph)
     for node in graph.layers():
+        if node.op in SLIDING_PASS and graph.meta.get("task") == "segmentation":
+            # compiling would make a classifier's pool slide; a segmentation network's (an
+            # LR-ASPP gate) is over the whole image by design
+            raise node.error(f"{node.op} sees its whole input, so this segmentation network needs the whole "
+                             "image in one pass and cannot be evaluated in tiles: run it without --tile (give "
+                             "--memory-limit the memory the whole image needs), or on a smaller image")
         if node.op in SLIDING_PASS:
             raise node.error(f"{node.op} sees its whole input, so the network cannot be evaluated in tiles: "
                              f"compile it first (graphconv compile; the {SLIDING_PASS[node.op]} pass makes "

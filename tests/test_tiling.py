@@ -297,6 +297,21 @@ def test_an_uncompiled_classifier_is_refused_with_the_way_out(rng):
         plan_tiles(classifier, (100, 100), 50)
 
 
+
+def test_a_segmentation_network_with_a_whole_image_gate_is_not_sent_to_compile(write_spec):
+    """An LR-ASPP-style gate (a global pool): tiles said 'compile it first', compile said
+    'run --crops', and --crops refused a segmentation network, in a circle."""
+    from graphconv.model import Model
+
+    seg = Model.load(write_spec("name: seg\ntask: segmentation\ninput: {shape: [3, 16, 16]}\nlayers:\n"
+                                "  - {name: c1, op: conv, out_channels: 4, kernel_size: 3, padding: 1}\n"
+                                "  - {name: gp, op: globalavgpool}\n  - {name: g, op: sigmoid}\n"
+                                "  - {name: m, op: mul, inputs: [c1, g]}\n"))
+    with pytest.raises(GraphconvError, match="needs the whole image in one pass and cannot be evaluated in tiles: "
+                                             "run it without --tile"):
+        plan_tiles(seg, (100, 100), 50)
+
+
 # ---- the classifier on every crop (run --crops), streamed in tiles ---------------------------------
 
 def _gated_classifier(cache={}):
