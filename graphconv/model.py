@@ -311,8 +311,9 @@ class Model:
         batch = as_batch(x, self.crop_shape[0], convert=False)
         if not full:
             check_holds_a_crop(self.graph, batch.shape[2:])
-            if self.segmentation:
-                self.output_hw(*batch.shape[2:])  # refuses a size whose labels would not line up
+            if self.segmentation:  # refuses a size whose labels would not line up
+                hw = tuple(batch.shape[2:])
+                self.derived(f"output size {hw}", lambda: self.output_hw(*hw))
         self.check_memory(batch.shape[0], batch.shape[2:], hint=self._memory_hint(batch.shape[0]))
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         out = self.executor(device).run(batch, profile)

@@ -424,7 +424,7 @@ class PassManager:
         for name, options in self.items:
             self._run_one(graph, get_pass(name), options, automatic=False)
         if not self.verify_each:  # the result is checked all the same: a broken IR is not a model
-            self._verify(graph, None, who="the passes left the IR invalid (run without --no-verify, "
+            self._verify(graph, None, who="the passes left the IR invalid (drop --no-verify, or from Python "
                                           "verify_each=False, to find which pass)")
         return graph
 
@@ -452,8 +452,9 @@ class PassManager:
         except Exception as err:
             if info.origin.startswith("built-in"):
                 if not self.verify_each:  # most likely an earlier pass broke the IR, unchecked: say so if it did
-                    self._verify(graph, None, who=f"pass '{info.name}' crashed on an invalid IR (run without "
-                                                  "--no-verify, verify_each=False, to find which pass broke it)")
+                    self._verify(graph, None, who=f"pass '{info.name}' crashed on an invalid IR (drop "
+                                                  "--no-verify, or from Python verify_each=False, to find which pass "
+                                                  "broke it)")
                 raise
             raise PassError(f"pass '{info.name}' ({info.origin}) crashed: "
                             f"{type(err).__name__}: {err}{self._crash_hint(err, graph, info)}") from err

@@ -135,7 +135,7 @@ def test_without_verifying_each_pass_the_result_is_still_verified(lenet):
         graph.set_inputs("conv1", ["relu1"])
         return True
 
-    with pytest.raises(PassError, match=r"the passes left the IR invalid \(run without --no-verify, "
+    with pytest.raises(PassError, match=r"the passes left the IR invalid \(drop --no-verify, or from Python "
                                          r"verify_each=False, to find which pass\): .*layer 'fc4': fc expects"):
         PassManager(["bad-pass"], verify_each=False).run(lenet)
     with pytest.raises(PassError, match=r"the passes left the IR invalid .*cycle"):
