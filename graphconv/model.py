@@ -152,9 +152,12 @@ class Model:
         the classifier on its crop at (i, j) times the stride, so the crop (what a
         georeferenced map centres each cell on; `field`, the pixels the cell reads, may
         reach past the crop and sit half a pixel off its centre); a segmentation
-        network's, the receptive field of its output pixel."""
+        network's, the receptive field of its output pixel, or, where it gives one label per
+        pixel (its output the crop's size), that pixel: a map of a GeoTIFF is then
+        georeferenced as the image, where the field's centre put it 1 to 3.5 pixels off for
+        a bilinear head or some transposed convs."""
         if self.segmentation:
-            return self.field
+            return Field((1, 1), (1, 1), (0, 0)) if self._labels_per_pixel() else self.field
         return Field(tuple(self.crop_shape[1:]), self.field.stride, (0, 0))
 
     @property
@@ -216,6 +219,15 @@ class Model:
         rows, cols = self.map_size(height, width)
         return min(rows, full_rows), min(cols, full_cols)
 
+    def _labels_per_pixel(self) -> bool:
+        """Whether a segmentation network gives one label per pixel: its output at its crop
+        is the crop's size (a U-Net, an FCN head resized to its input)."""
+        from graphconv.shapes import infer_shapes
+
+        _, hc, wc = self.crop_shape
+        return self.derived("output at the crop", lambda: tuple(
+            infer_shapes(self.graph, (hc, wc), check_weights=False)[self.graph.output.name][1:])) == (hc, wc)
+
     def _check_labels_line_up(self, height: int, width: int, out_hw: tuple[int, int]) -> None:
         """A segmentation network that gives one label per pixel at its crop must give one
         per pixel at any size it runs at. Where its strides round a side that is not a
@@ -225,9 +237,7 @@ class Model:
         from graphconv.shapes import infer_shapes
 
         _, hc, wc = self.crop_shape
-        at_crop = self.derived("output at the crop", lambda: tuple(
-            infer_shapes(self.graph, (hc, wc), check_weights=False)[self.graph.output.name][1:]))
-        if at_crop != (hc, wc) or out_hw == (height, width):
+        if not self._labels_per_pixel() or out_hw == (height, width):
             return
 
         def lines_up(h: int, w: int) -> bool:

@@ -508,3 +508,22 @@ def test_a_node_registered_spatial_transform_counts_pixel_centres(tmp_path):
     geo, unread = read_zarr_georeference(str(zarr_scene(tmp_path / "odd.zarr", pixels, **{
         "spatial:transform": transform, "spatial:registration": "centre"})))
     assert geo is None and {"spatial:transform", "spatial:registration"} <= set(unread)
+
+
+def test_a_segmentation_map_of_one_label_per_pixel_is_georeferenced_as_its_image(tmp_path, write_spec):
+    """Its cells were placed at their receptive fields' centres: a bilinear head's map
+    came out 1.5 pixels off the image (3.5 for a stride-8 head), each label shifted from
+    its pixel. A network whose output is smaller than its input (unpadded convs) keeps
+    its fields' centres, which is where its labels are."""
+    import graphconv
+
+    head = graphconv.load(write_spec("name: seg\ntask: segmentation\ninput: {shape: [3, 16, 16]}\nlayers:\n"
+                                     "  - {name: c1, op: conv, out_channels: 4, kernel_size: 3, stride: 2, padding: 1}\n"
+                                     "  - {name: c2, op: conv, out_channels: 4, kernel_size: 3, stride: 2, padding: 1}\n"
+                                     "  - {name: up, op: upsample, factor: 4, mode: bilinear}\n"))
+    assert head.cell_area == Field((1, 1), (1, 1), (0, 0)) and head.field.offset != (0, 0)
+    image = read_georeference(geotiff(tmp_path / "scene.tif"))
+    np.testing.assert_allclose(map_georeference(image, head.cell_area).affine, image.affine)
+    valid = graphconv.load(write_spec("name: valid\ntask: segmentation\ninput: {shape: [3, 16, 16]}\nlayers:\n"
+                                      "  - {name: c1, op: conv, out_channels: 4, kernel_size: 3}\n"))
+    assert valid.cell_area == valid.field == Field((3, 3), (1, 1), (0, 0))
