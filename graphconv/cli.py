@@ -102,9 +102,19 @@ def _handle(args: argparse.Namespace) -> int:
     _NOTES.clear()
     forget_committed()
     code = args.handler(args)
+    note_broken_plugins()
     for text in _NOTES:  # after the work, so that a failed command prints its one error line only
         print(text, file=sys.stderr)
     return code
+
+
+def note_broken_plugins() -> None:
+    """An installed plugin that failed to import is said after every command that loaded
+    the passes: its passes are missing, but graphconv's own still work."""
+    pass_manager = sys.modules.get("graphconv.pass_manager")
+    if pass_manager is not None and pass_manager._builtins_loaded:
+        for why in pass_manager.broken_entry_points():
+            note(f"note: {why}")
 
 
 def _what_is_left(args: argparse.Namespace) -> str:

@@ -97,6 +97,7 @@ _loading_origin: list[str] = []
 _builtins_loaded = False
 _builtins_loading = False  # the import under way, in the thread that holds the lock
 _builtins_lock = threading.RLock()
+_broken_entry_points: list[str] = []  # why each plugin package that failed to import is missing
 
 
 def register_pass(name: str, description: str, *, requires: Sequence[str] = (),
@@ -163,17 +164,26 @@ def load_builtin_passes() -> None:
 
 
 def _import_builtin_passes() -> None:
+    """A plugin package whose entry point fails to import loses its own passes, not
+    graphconv's: one broken install stopped every command, the built-in pipeline and
+    `graphconv passes` (the way to find out which plugin it was) included. The failure is
+    kept and said where it matters (see broken_entry_points)."""
     importlib.import_module("graphconv.passes")
     for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = entry.dist.name if entry.dist is not None else "?"
         with _origin(f"entry point '{entry.name}' ({dist})"):
             try:
                 entry.load()
-            except GraphconvError:
-                raise
             except Exception as err:
-                raise PassError(f"plugin entry point '{entry.name}' ({entry.value}) failed to "
-                                f"import: {type(err).__name__}: {err}") from err
+                _broken_entry_points.append(
+                    f"plugin entry point '{entry.name}' ({entry.value}, package {dist}) failed to import, "
+                    f"its passes are missing: {type(err).__name__}: {err}")
+
+
+def broken_entry_points() -> list[str]:
+    """Why each installed plugin whose entry point failed to import is missing (empty if none)."""
+    load_builtin_passes()
+    return list(_broken_entry_points)
 
 
 def load_plugin(spec: str) -> None:
@@ -232,8 +242,9 @@ def get_pass(name: str) -> PassInfo:
     load_builtin_passes()
     name = RENAMED.get(name, name)
     if name not in _REGISTRY:
+        broken = "".join(f"; {why}" for why in _broken_entry_points)
         raise PassError(f"unknown pass '{name}' (registered: {', '.join(sorted(_REGISTRY))}) (a pass of your "
-                        "own? load it with --plugin FILE_OR_MODULE; from Python, graphconv.load_plugin)")
+                        f"own? load it with --plugin FILE_OR_MODULE; from Python, graphconv.load_plugin){broken}")
     return _REGISTRY[name]
 
 

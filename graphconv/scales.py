@@ -7,7 +7,7 @@ every score map over positions, then over scales and flips.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -40,17 +40,30 @@ class MultiScaleResult:
     maps: dict[tuple[int, bool], np.ndarray] = field(default_factory=dict)  # (scale, flipped) -> map
 
 
+def as_scales(scales) -> list[int]:
+    """One shorter side (`scales=256`) or several, each a whole number >= 1."""
+    many = [scales] if isinstance(scales, (int, np.integer)) else scales
+    try:
+        many = list(many)
+    except TypeError:
+        many = [many]
+    if not many or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in many):
+        raise GraphconvError(f"scales must be whole numbers >= 1 (each a shorter side in pixels), got {scales!r}")
+    return [int(s) for s in many]
+
+
 def reduce_map(score_map: np.ndarray, how: str) -> np.ndarray:
     """(N, K, rows, cols) -> (N, K)."""
     return score_map.mean(axis=(2, 3)) if how == "mean" else score_map.max(axis=(2, 3))
 
 
-def multiscale(model: Model, x: np.ndarray, scales: list[int], flip: bool = False,
+def multiscale(model: Model, x: np.ndarray, scales: int | Sequence[int], flip: bool = False,
                reduce: str = "mean", device: str = "cpu") -> MultiScaleResult:
     """Evaluate `model` on (N, C, H, W) `x` resized to each scale (shorter side), and its
     mirror image when `flip`; reduce each map over positions, then over all evaluations."""
     if reduce not in REDUCTIONS:
-        raise GraphconvError(f"--reduce must be one of {', '.join(REDUCTIONS)}, got '{reduce}'")
+        raise GraphconvError(f"reduce must be one of {', '.join(REDUCTIONS)}, got {reduce!r}")
+    scales = as_scales(scales)
     x = as_batch(x, model.crop_shape[0])
     _, hc, wc = model.crop_shape
     result = MultiScaleResult(np.empty(0))
@@ -84,7 +97,7 @@ class Prediction(NamedTuple):
     score: float
 
 
-def classify(model: Model, image, *, scales: list[int] | None = None, flip: bool = False,
+def classify(model: Model, image, *, scales: int | Sequence[int] | None = None, flip: bool = False,
              reduce: str = "mean", top: int | None = 5, device: str = "cpu") -> list[Prediction]:
     """The `top` best classes for one image, best first, from what users have: a file
     path, a Pillow image or a uint8 (H, W, C) array (`images.as_picture`), with the
@@ -108,7 +121,7 @@ def classify(model: Model, image, *, scales: list[int] | None = None, flip: bool
     x = images.preprocess(images.as_picture(image, c, images.stores_values(preprocess)), preprocess)[None]
     height, width = x.shape[2:]
     if model.returns_vectors:
-        if scales:
+        if scales is not None:
             raise GraphconvError("scales slide the network over the image: compile the model first "
                                  "(graphconv.compile_model), a classifier with fc layers sees one crop")
         batch = centre_crop(x, hc, wc)
@@ -117,10 +130,10 @@ def classify(model: Model, image, *, scales: list[int] | None = None, flip: bool
         vectors = model._scores(batch, device).reshape(len(batch), -1)
         scores = vectors.mean(axis=0) if reduce == "mean" else vectors.max(axis=0)
     else:
-        if not scales:
+        if scales is None:
             factor = max(1.0, hc / height, wc / width)
             scales = [int(np.ceil(min(height, width) * factor))]
-        scores = multiscale(model, x, list(scales), flip, reduce, device).scores[0]
+        scores = multiscale(model, x, scales, flip, reduce, device).scores[0]
     k = len(scores) if top is None else top
     return [Prediction(*entry) for entry in top_classes(scores, k, model.graph.meta.get("labels"))]
 

@@ -449,10 +449,11 @@ def _cells_of(full: np.ndarray, tile: Tile, field: Field) -> np.ndarray:
 
 
 def check_out(out: Any, shape: tuple, *, float_scores: bool) -> None:
-    """Refuse, before a tile is written, an `out` that cannot hold the map: its shape is
+    """Refuse, before a tile is computed, an `out` that cannot hold the map: its shape is
     not (N, K, rows, cols) of the planned map (`shape`; K None when a transform decides
-    it), or scores would be written into integers (truncated; a transform's integer
-    classes, `--reduce argmax`, go into any integer type)."""
+    it), it is read-only (found after the first tile's work), or scores would be written
+    into integers (truncated; a transform's integer classes, `--reduce argmax`, go into
+    any integer type)."""
     held = getattr(out, "shape", None)
     dtype = getattr(out, "dtype", None)
     if held is None or dtype is None:
@@ -462,6 +463,10 @@ def check_out(out: Any, shape: tuple, *, float_scores: bool) -> None:
         want = "(" + ", ".join("K" if v is None else str(v) for v in shape) + ")"
         raise GraphconvError(f"out= has shape {tuple(held)}, but the map is {want} (images, channels, rows, "
                              "columns)")
+    flags = getattr(out, "flags", None)
+    if getattr(out, "read_only", False) or (flags is not None and not getattr(flags, "writeable", True)):
+        raise GraphconvError("out= is read-only (a zarr array opened with mode='r', np.memmap with mode='r', or a "
+                             "numpy array not writeable): give one opened for writing")
     if float_scores and not np.issubdtype(np.dtype(dtype), np.floating):
         raise GraphconvError(f"out= is {np.dtype(dtype)}, but the map holds scores: give a floating-point out "
                              "(float32), or they would be truncated")

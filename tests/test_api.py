@@ -150,9 +150,21 @@ def test_run_tiled_checks_out_before_any_tile_runs(tiled, monkeypatch):
                                                                  r"\(2, 3, 15, 13\)"),
                          (np.zeros(whole.shape[1:], np.float32), "out= has shape"),
                          (np.zeros(whole.shape, np.int32), "out= is int32, but the map holds scores"),
-                         ([0.0], "out= is where the map is written")):
+                         ([0.0], "out= is where the map is written"),
+                         (np.broadcast_to(np.float32(0), whole.shape), "out= is read-only")):
         with pytest.raises(GraphconvError, match=message):
             fcn.run_tiled(image, 20, out=bad)
+
+
+def test_run_tiled_refuses_a_zarr_array_opened_read_only_before_any_tile(tiled, tmp_path, monkeypatch):
+    zarr = pytest.importorskip("zarr")
+    from graphconv.tiling import DenseGrid
+
+    fcn, image, whole = tiled
+    zarr.open_array(tmp_path / "map.zarr", mode="w", shape=whole.shape, dtype="f4")
+    monkeypatch.setattr(DenseGrid, "run", lambda *a: pytest.fail("a tile ran"))
+    with pytest.raises(GraphconvError, match="out= is read-only"):
+        fcn.run_tiled(image, 20, out=zarr.open_array(tmp_path / "map.zarr", mode="r"))
 
 
 def test_run_tiled_checks_what_a_transform_makes_before_writing_it(tiled):

@@ -327,6 +327,20 @@ def test_passes_lists_where_entry_points_come_from():
     assert result.returncode == 0 and "'graphconv.passes' entry point are imported on every" in result.stdout
 
 
+def test_a_broken_installed_plugin_is_named_and_the_built_in_passes_still_work(tmp_path):
+    dist = tmp_path / "graphconv_broken-1.0.dist-info"  # found on `python -m`'s path, the working folder
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: graphconv-broken\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[graphconv.passes]\nbroken = graphconv_broken_passes\n")
+    (tmp_path / "graphconv_broken_passes.py").write_text("raise RuntimeError('half-installed')\n")
+    listed = graphconv_cli("passes", cwd=tmp_path)
+    assert listed.returncode == 0 and "fc-to-conv" in listed.stdout
+    assert listed.stderr == ("note: plugin entry point 'broken' (graphconv_broken_passes, package graphconv-broken) "
+                             "failed to import, its passes are missing: RuntimeError: half-installed\n")
+    compiled = graphconv_cli("compile", SPECS / "lenet.yaml", "-o", tmp_path / "m", cwd=tmp_path)
+    assert compiled.returncode == 0 and "half-installed" in compiled.stderr
+
+
 @pytest.mark.parametrize("args,message", [
     (["run", SPECS / "alexnet.yaml", "--image", ROOT / "examples/scene.png", "--resize", 100000, 100000],
      "scene.png: an image resized to 100000x100000 needs about"),

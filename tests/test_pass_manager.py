@@ -780,3 +780,22 @@ def test_two_plugin_files_of_one_name_are_two_modules(tmp_path):
     with pytest.raises(PassError, match="pass 'clashing-pass' is already registered"):
         pm.load_plugin(str(tmp_path / "b" / "my_passes.py"))
     assert pm.get_pass("clashing-pass").description == "from a"
+
+
+def test_a_broken_installed_plugin_loses_its_own_passes_only(tmp_path, monkeypatch):
+    """One broken plugin package stopped every command, `graphconv passes` included."""
+    dist = tmp_path / "graphconv_broken-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: graphconv-broken\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[graphconv.passes]\nbroken = graphconv_broken_passes\n")
+    (tmp_path / "graphconv_broken_passes.py").write_text("import does_not_exist\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(pm, "_builtins_loaded", False)
+    monkeypatch.setattr(pm, "_broken_entry_points", [])
+    assert pm.get_pass("fc-to-conv").name == "fc-to-conv"
+    assert pm.broken_entry_points() == [
+        "plugin entry point 'broken' (graphconv_broken_passes, package graphconv-broken) failed to import, "
+        "its passes are missing: ModuleNotFoundError: No module named 'does_not_exist'"]
+    with pytest.raises(PassError, match=r"unknown pass 'broken-pass' .*; plugin entry point 'broken' .*"
+                                        r"No module named 'does_not_exist'"):
+        pm.get_pass("broken-pass")

@@ -47,6 +47,15 @@ def test_scale_resizes_the_shorter_side(lenet, rng):
         multiscale(fcn, random_input(rng, (1, 1, 40, 60)), [20])
 
 
+def test_one_scale_may_be_given_as_a_number(lenet, rng):
+    _, fcn = lenet
+    image = (rng.random((40, 60, 1)) * 255).astype(np.uint8)
+    assert fcn.classify(image, scales=48, top=3) == fcn.classify(image, scales=[48], top=3)
+    for bad in (0, [48, -1], "48", [], 48.0, True):
+        with pytest.raises(GraphconvError, match=r"scales must be whole numbers >= 1 \(each a shorter side"):
+            fcn.classify(image, scales=bad)
+
+
 @pytest.mark.skipif(torch is None, reason="torch not installed")
 @pytest.mark.parametrize("size", [(30, 41), (9, 12), (17, 23), (5, 30)])
 def test_resize_is_torchvision_s_antialiased_bilinear(rng, size):
