@@ -47,8 +47,11 @@ def test_exported_fcn_matches_graphconv_on_larger_images(write_spec, name, size,
 
 def test_exported_input_is_dynamic_in_batch_height_and_width():
     model = compile_model(SPECS / "lenet.yaml")
-    dims = to_onnx_model(model.graph).graph.input[0].type.tensor_type.shape.dim
+    proto = to_onnx_model(model.graph)
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param or d.dim_value for d in dims] == ["N", model.crop_shape[0], "H", "W"]
+    import graphconv
+    assert (proto.producer_name, proto.producer_version) == ("graphconv", graphconv.__version__)
 
 
 def test_dilated_output_stride_exports(rng):
@@ -513,3 +516,13 @@ def test_what_cannot_round_trip_is_refused_where_it_says(key, tmp_path, rng):
             save_onnx(graph, path)
             with pytest.raises(GraphconvError):
                 load_network(path)
+
+
+@pytest.mark.parametrize("spec", ["lenet.yaml", "tinydag.yaml"])
+def test_an_export_imported_again_keeps_its_layers_names(spec, tmp_path):
+    """Layers without weights came back as `pool1_MaxPool_5`: the importer names them
+    after their ONNX node, which the export named after the op."""
+    model = compile_model(SPECS / spec)
+    save_onnx(model.graph, tmp_path / "m.onnx")
+    again = compile_model(tmp_path / "m.onnx")
+    assert [node.name for node in again.graph.layers()] == [node.name for node in model.graph.layers()]

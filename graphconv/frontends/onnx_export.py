@@ -38,10 +38,12 @@ class OnnxWriter:
         self._counter = 0
 
     def node(self, op_type: str, inputs: list[str], output: str | None = None, **attrs) -> str:
-        """Add one node; returns its output's name (a fresh one when not given)."""
+        """Add one node; returns its output's name (a fresh one when not given). The node
+        that makes the layer's value is named as the layer, so that importing the file
+        again gives its layers their names back (not `norm1_LRN_4`)."""
         output = output or self._fresh(op_type)
-        self.nodes.append(self.helper.make_node(op_type, inputs, [output], name=self._fresh(op_type),
-                                                **attrs))
+        name = self._layer if output == self._layer else self._fresh(op_type)
+        self.nodes.append(self.helper.make_node(op_type, inputs, [output], name=name, **attrs))
         return output
 
     def weight(self, key: str) -> str:
@@ -121,6 +123,8 @@ def _unstitched(graph: Graph) -> tuple[Graph, int]:
 
 def to_onnx_model(graph: Graph):
     """The graph as a checked onnx.ModelProto with dynamic N, H and W."""
+    from graphconv import __version__
+
     onnx = require_onnx()
     helper = onnx.helper
     refuse_shift_and_stitch(graph)
@@ -134,7 +138,7 @@ def to_onnx_model(graph: Graph):
     outputs = [helper.make_tensor_value_info(graph.output.name, onnx.TensorProto.FLOAT, out_dims)]
     body = helper.make_graph(writer.nodes, graph.name, inputs, outputs, writer.initializers)
     model = helper.make_model(body, opset_imports=[helper.make_opsetid("", EXPORT_OPSET)],
-                              producer_name="graphconv")
+                              producer_name="graphconv", producer_version=__version__)
     model.doc_string = _doc(graph)
     helper.set_model_props(model, stated_metadata(graph))
     try:
