@@ -49,7 +49,7 @@ def set_memory_limit(limit: int | str | None) -> None:
     `graphconv.set_memory_limit` from Python, `--memory-limit` on the command line."""
     global _limit
     if isinstance(limit, str):
-        limit = parse_size(limit)
+        limit = parse_size(limit, "the memory limit")
     elif limit is not None and (not isinstance(limit, (int, float)) or isinstance(limit, bool) or not limit >= 1
                                 or limit == float("inf")):  # below 1 (0.5) it would be 0 bytes
         raise GraphconvError(f"the memory limit is a number of bytes, 1 or more, or a size such as '512M' or '8G', "
@@ -71,12 +71,13 @@ def memory_limit_set(limit: int | str | None) -> Iterator[None]:
         _limit = before
 
 
-def parse_size(text: str) -> int:
-    """'8G' -> 8 GiB, '512M', '1.5G', '1000000' (bytes); a GraphconvError otherwise."""
+def parse_size(text: str, what: str = "--memory-limit") -> int:
+    """'8G' -> 8 GiB, '512M', '1.5G', '1000000' (bytes); a GraphconvError naming `what`
+    (the flag, or the Python argument) otherwise."""
     match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)i?B?\s*", text, re.IGNORECASE)
     size = int(float(match.group(1)) * _UNITS[match.group(2).upper()]) if match else 0
     if size < 1:  # "0", or "0.5": less than a byte
-        raise GraphconvError(f"--memory-limit: expected a size such as 512M or 8G, got {text[:40]!r}")
+        raise GraphconvError(f"{what}: expected a size such as 512M or 8G, got {text[:40]!r}")
     return size
 
 

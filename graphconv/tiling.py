@@ -314,8 +314,8 @@ def _check_slides(graph) -> None:
             # compiling would make a classifier's pool slide; a segmentation network's (an
             # LR-ASPP gate) is over the whole image by design
             raise node.error(f"{node.op} sees its whole input, so this segmentation network needs the whole "
-                             "image in one pass and cannot be evaluated in tiles: run it without --tile (give "
-                             "--memory-limit the memory the whole image needs), or on a smaller image")
+                             "image in one pass and cannot be evaluated in tiles: run it whole (not --tile or run_tiled; a "
+                             "memory limit as large as the whole image needs), or on a smaller image")
         if node.op in SLIDING_PASS:
             raise node.error(f"{node.op} sees its whole input, so the network cannot be evaluated in tiles: "
                              f"compile it first (graphconv compile; the {SLIDING_PASS[node.op]} pass makes "
@@ -1053,7 +1053,7 @@ def choose_tile(model, image_hw: tuple[int, int], budget: int) -> int:
     if not fits(low):
         need = grid.peak_bytes(_largest_box(grid, image_hw, low))
         raise GraphconvError(f"even the smallest tile ({low}x{low}) needs {format_size(need)}, over the "
-                             f"{format_size(budget // 2)} a tile may take (half of --memory-limit "
+                             f"{format_size(budget // 2)} a tile may take (half of the memory limit "
                              f"{format_size(budget)}; the rest is for weights, the image and the map)")
     if fits(high):
         return high

@@ -308,7 +308,7 @@ def test_a_segmentation_network_with_a_whole_image_gate_is_not_sent_to_compile(w
                                 "  - {name: gp, op: globalavgpool}\n  - {name: g, op: sigmoid}\n"
                                 "  - {name: m, op: mul, inputs: [c1, g]}\n"))
     with pytest.raises(GraphconvError, match="needs the whole image in one pass and cannot be evaluated in tiles: "
-                                             "run it without --tile"):
+                                             "run it whole"):
         plan_tiles(seg, (100, 100), 50)
 
 
@@ -574,7 +574,7 @@ def test_a_budget_no_tile_fits_says_what_the_smallest_needs():
     grid = as_grid(compile_model(SPECS / "lenet.yaml"))
     need = grid.peak_bytes((max(grid.smallest_tile()),) * 2)
     with pytest.raises(GraphconvError, match=rf"even the smallest tile \(\d+x\d+\) needs {format_size(need)}, over "
-                                             rf"the {format_size(need // 2)} a tile may take \(half of --memory-limit"):
+                                             rf"the {format_size(need // 2)} a tile may take \(half of the memory limit"):
         choose_tile(grid, (5000, 5000), need)
 
 
