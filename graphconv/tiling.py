@@ -545,6 +545,21 @@ def map_transform(reduce: str | None = None, classes: Sequence[int] | None = Non
     return None, num_classes or 0, np.dtype(np.float32)
 
 
+@contextmanager
+def _removed_if_failed_empty(partial: PartialMap, new: bool, recorded: Callable[[], bool]) -> Iterator[None]:
+    """A --resume run's partial folder that this run made is removed if the run fails
+    (not stopped: Ctrl-C keeps it, as it says) before a tile is done: a scheduler that
+    could not be reached left an empty one, which the next run without --resume stepped
+    around and the user was left to wonder about."""
+    try:
+        yield
+    except Exception:
+        if new and not recorded() and partial.exists():
+            from graphconv.files import remove_temporary
+            remove_temporary(partial.folder)
+        raise
+
+
 class MapFile:
     """A score map written tile by tile into a file that appears only when complete:
     `.npy` (memory-mapped, so it need not fit in memory), a chunked `.zarr` array
@@ -588,6 +603,7 @@ class MapFile:
         self.damaged: frozenset[Tile] = frozenset()
         self.blank = frozenset(blank)
         self._index: dict[Tile, int] = {}
+        self._recorded = False  # a tile listed as done by this run
 
     @property
     def _scratch(self) -> str:
@@ -638,7 +654,9 @@ class MapFile:
                                      remove_temporary, signals_deferred, write_errors_named)
         target = os.path.abspath(self.path.rstrip("/"))
         partial = self.partial
-        with output_folders(target), write_errors_named(self.path, partial.folder):
+        new = not partial.exists()
+        with output_folders(target), write_errors_named(self.path, partial.folder), \
+                _removed_if_failed_empty(partial, new, lambda: self._recorded):
             partial.make_or_check(self.job, self._create)
             with held_exclusively(partial.folder, partial.shown):
                 partial.check(self.job)  # again, now that no other run can change it
@@ -669,6 +687,7 @@ class MapFile:
             return
         self._sync_block(tile)
         self.partial.record(self._index[tile], tile)
+        self._recorded = True
 
     def _sync_block(self, tile: Tile) -> None:
         """`tile`'s block on disk, not only in this machine's memory: a memory map

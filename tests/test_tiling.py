@@ -5,6 +5,9 @@ dense, DAGs, the ops of newer classifiers) and many tile sizes
 a crop), the stitched map equals the whole-image pass."""
 from __future__ import annotations
 
+import os
+import shutil
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -443,7 +446,6 @@ def test_without_tile_memory_is_estimated_for_the_box_a_tile_reads(compiled):
 def _write_map_and_die(path, value, fault=None, die_inside=False):
     """A subprocess writing a (1, 2, 5, 5) map of `value` through MapFile: killed at the
     files.py checkpoint `fault`, or by SIGKILL half way through its tiles."""
-    import os
     import subprocess
     import sys
     from graphconv.files import FAULT_ENV
@@ -522,8 +524,6 @@ def test_a_memory_mapped_map_that_the_disk_cannot_hold_is_refused_before_any_til
     the file system cannot, the free space checked): a full disk is one error naming
     the map, and nothing is left, folders included."""
     import errno
-    import os
-    import shutil
     from types import SimpleNamespace
 
     def refuse(fd, offset, length):
@@ -544,7 +544,6 @@ def test_a_full_disk_while_a_map_is_written_names_the_map(tmp_path, monkeypatch,
     """zarr's chunk writes and the TIFF written at the end say "No space left on device"
     without a file name: the error names the map, and nothing is left."""
     import errno
-    import os
 
     pytest.importorskip("zarr" if suffix == ".zarr" else "tifffile")
     full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -615,7 +614,6 @@ def test_ctrl_c_with_workers_is_one_line_and_leaves_no_scratch_space(tmp_path):
     line, then each Dask worker printed some 30 lines of KeyboardInterrupt and
     CancelledError tracebacks. And every --workers run left dask-scratch-space in the
     system's temporary folder."""
-    import os
     import signal
     import subprocess
     import time
@@ -709,6 +707,39 @@ def test_a_resumable_map_file_keeps_its_tiles_and_its_log_trusts_only_whole_line
     assert not partial.exists()
     got = np.load(path) if suffix == ".npy" else __import__("zarr").open_array(path, mode="r")[:]
     np.testing.assert_array_equal(got, whole)
+
+
+def test_a_resumable_map_that_fails_before_its_first_tile_leaves_no_partial_folder(compiled, tmp_path):
+    """An error before any tile (a scheduler not reached) left an empty <output>.partial;
+    one with a tile in, or an earlier run's, or a stopped run's (Ctrl-C) is kept."""
+    model = compiled("padded")
+    x = np.random.default_rng(4).standard_normal((1, 3, 150, 130)).astype(np.float32)
+    plan = plan_tiles(model, (150, 130), 60)
+    path, partial = str(tmp_path / "map.npy"), tmp_path / "map.npy.partial"
+
+    def open_map():
+        return MapFile(path, (1, model.output_channels, *plan.map_hw), np.float32, plan.cells_hw,
+                       resume={"model": "padded"}, tiles=plan.tiles)
+
+    with pytest.raises(GraphconvError, match="unreachable"):
+        with open_map():
+            raise GraphconvError("unreachable")
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(KeyboardInterrupt):
+        with open_map():
+            raise KeyboardInterrupt
+    assert partial.is_dir()
+    with pytest.raises(GraphconvError, match="unreachable"):
+        with open_map():  # an earlier run's, still without a tile
+            raise GraphconvError("unreachable")
+    assert partial.is_dir()
+    shutil.rmtree(partial)
+    first = open_map()
+    with pytest.raises(GraphconvError, match="a tile's reader failed"):
+        with first as out:
+            run_tiled(model, x, 60, out=out, progress=first.record)
+            raise GraphconvError("a tile's reader failed")
+    assert len((partial / "tiles-done.txt").read_text().splitlines()) == len(plan.tiles)
 
 
 def test_a_partial_map_of_another_model_is_said_so_once_and_its_removal_quoted(tmp_path):
