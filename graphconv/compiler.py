@@ -8,13 +8,14 @@ from typing import Any, Sequence
 from graphconv.errors import GraphconvError
 from graphconv.ir import Graph
 from graphconv.model import LOAD_OPTIONS, Model, load_graph
-from graphconv.pass_manager import (DEFAULT_PIPELINE, PassManager, PassRecord, PipelineItem, format_pipeline,
-                                    pipeline_items)
+from graphconv.pass_manager import (CONVERTING_PASSES, DEFAULT_PIPELINE, PassManager, PassRecord, PipelineItem,
+                                    format_pipeline, pipeline_items)
 
 
 def build_pipeline(passes: str | Sequence[str | PipelineItem] | None = None, output_stride: int | None = None,
                    stride_method: str = "auto") -> list[PipelineItem]:
-    """The pipeline to run, with an output-stride step added right after fc-to-conv when a
+    """The pipeline to run, with an output-stride step added right after the passes that
+    make the classifier slide (`CONVERTING_PASSES`: fc-to-conv, keep-crop-cells) when a
     finer stride is asked for. `passes`: None for the standard one, a string as --passes
     takes it, or a list of pass names, "name{option=value}" strings or (name, options)
     pairs."""
@@ -26,8 +27,8 @@ def build_pipeline(passes: str | Sequence[str | PipelineItem] | None = None, out
             given = format_pipeline([items[names.index("output-stride")]])
             raise GraphconvError(f"--output-stride {output_stride} and '{given}' in --passes both ask for an "
                                  "output stride: give one of them")
-        at = names.index("fc-to-conv") + 1 if "fc-to-conv" in names else len(items)
-        items.insert(at, step)
+        last = max((names.index(name) for name in CONVERTING_PASSES if name in names), default=len(items) - 1)
+        items.insert(last + 1, step)
     return items
 
 

@@ -36,7 +36,7 @@ from graphconv.model import Model, as_batch
 from graphconv.ops import pair
 from graphconv.ops.pad import describe_fill
 from graphconv.ops.registry import describe_padding
-from graphconv.receptive import receptive_fields
+from graphconv.receptive import receptive_fields, sliding_periods
 from graphconv.shapes import infer_shapes
 
 MOST_CROPS_PER_BATCH = 64
@@ -628,7 +628,7 @@ def _padding_effects(classifier: Model, x: np.ndarray, device: str) -> tuple[lis
     them again); now 11 s."""
     graph = classifier.graph
     reach, sources = padding_reach(graph)
-    context = _PaddingContext(classifier, x, device, reach, receptive_fields(graph),
+    context = _PaddingContext(classifier, x, device, reach, receptive_fields(graph), sliding_periods(graph),
                               infer_shapes(graph, check_weights=False))
     measured, notes = {}, []
     for last, group in _prefix_groups(graph, sources):
@@ -645,6 +645,7 @@ class _PaddingContext:
     device: str
     reach: dict
     fields: dict
+    periods: dict
     shapes: dict
 
 
@@ -676,11 +677,12 @@ def _measure_group(context: _PaddingContext, last: str, group: list[str], notes:
         notes.append(f"({last}: its layers cannot run on the whole image ({err.message}); not compared)")
         return {}
     measured = {}
-    for stride in sorted({context.fields[name].stride for name in group}):
-        layers = [name for name in group if context.fields[name].stride == stride]
-        _, hc, wc = context.classifier.crop_shape  # crops at multiples of this stride line up with the maps
-        origins = _sample_origins(context.x.shape[0], (context.x.shape[2] - hc) // stride[0] + 1,
-                                  (context.x.shape[3] - wc) // stride[1] + 1, stride)
+    for stride, period in sorted({(context.fields[name].stride, context.periods[name]) for name in group}):
+        layers = [name for name in group if (context.fields[name].stride, context.periods[name]) == (stride, period)]
+        # crops at multiples of the period line up with the maps: of the stride, after an upsample, need not
+        _, hc, wc = context.classifier.crop_shape
+        origins = _sample_origins(context.x.shape[0], (context.x.shape[2] - hc) // period[0] + 1,
+                                  (context.x.shape[3] - wc) // period[1] + 1, period)
         on_crops = dict.fromkeys(layers)
         executor.run(_crops(context.classifier, context.x, origins), taps=on_crops)
         for name in layers:

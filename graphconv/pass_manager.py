@@ -46,9 +46,10 @@ from graphconv.shapes import infer_shapes
 
 ENTRY_POINT_GROUP = "graphconv.passes"
 DEFAULT_PIPELINE = ("shape-inference", "remove-dropout", "dead-node-elimination", "fold-pad", "fold-batchnorm",
-                    "global-pool-to-window", "remove-flatten", "fc-to-conv", "fuse-conv-activation", "fuse-conv-add",
-                    "fuse-concat-batchnorm", "fuse-batchnorm-activation")
-CONVERTING_PASSES = ("global-pool-to-window", "remove-flatten", "fc-to-conv")  # what makes a classifier slide
+                    "global-pool-to-window", "remove-flatten", "fc-to-conv", "keep-crop-cells", "fuse-conv-activation",
+                    "fuse-conv-add", "fuse-concat-batchnorm", "fuse-batchnorm-activation")
+# what makes a classifier slide
+CONVERTING_PASSES = ("global-pool-to-window", "remove-flatten", "fc-to-conv", "keep-crop-cells")
 CLASSIFIER_PIPELINE = tuple(name for name in DEFAULT_PIPELINE if name not in CONVERTING_PASSES)
 """The default passes that leave a network the classifier it was (batch norm folded,
 activations and residual adds fused), without the conversion to a sliding network: what
@@ -560,12 +561,12 @@ def timings_table(records: Sequence[PassRecord]) -> str:
 
 
 def _cell_field(graph: Graph):
-    """The receptive field of one output cell, or None where it has none to keep (a
-    graph whose fields cannot be worked out, such as maps of different strides meeting:
-    `Model` refuses those itself)."""
-    from graphconv.receptive import receptive_fields
+    """Output cell (0, 0) and its lattice (`receptive.FirstCell`), or None where there is
+    none to keep (a graph whose fields cannot be worked out, such as maps of different
+    strides meeting: `Model` refuses those itself)."""
+    from graphconv.receptive import first_output_cell
     try:
-        return receptive_fields(graph)[graph.output.name]
+        return first_output_cell(graph)
     except GraphconvError:
         return None
 
@@ -573,34 +574,41 @@ def _cell_field(graph: Graph):
 def _check_cells_unchanged(graph: Graph, before) -> None:
     """Every output cell must go on reading the pixels of its crop it read before the
     pipeline (for a classifier, cell (0, 0) is the classifier on the crop itself), and
-    nothing outside the crop that it did not read before; only the stride may become
-    finer, by a whole factor (output-stride). A cell may come to read more of its own
-    crop: conv-to-fc gives an fc layer the whole map where its conv's windows left the
-    last rows out (its weights there are zero). A pass that makes a map finer by
-    dropping a pooling's stride, say, changes what each cell computes, and every cell
-    would be wrong; caught here, it is named."""
+    nothing outside the crop that it did not read before. The stride may become finer by
+    a whole factor (output-stride), or coarser up to the period the network slides at
+    (keep-crop-cells: cells between are no crop's); in all, it divides the period. A cell
+    may come to read more of its own crop: conv-to-fc gives an fc layer the whole map
+    where its conv's windows left the last rows out (its weights there are zero). A pass
+    that makes a map finer by dropping a pooling's stride, say, changes what each cell
+    computes, and every cell would be wrong; caught here, it is named."""
     after = _cell_field(graph)
     if after is None:
         raise graph.output.error("the receptive field of the output can no longer be worked out")
     _, height, width = graph.input_shape
-    was, now = before.pixels_at(height, width), after.pixels_at(height, width)
+    was, now = _in_crop(before.box, height, width), _in_crop(after.box, height, width)
     keeps_its_pixels = now[0] <= was[0] and now[1] <= was[1] and now[2] >= was[2] and now[3] >= was[3]
-    old, new = before.box(0, 0), after.box(0, 0)
+    old, new = before.box, after.box
     reach = (min(old[0], 0), min(old[1], 0), max(old[2], height), max(old[3], width))
     stays_in_reach = new[0] >= reach[0] and new[1] >= reach[1] and new[2] <= reach[2] and new[3] <= reach[3]
-    finer = all(Fraction(b) % Fraction(a) == 0 for a, b in zip(after.stride, before.stride))
-    if not (keeps_its_pixels and stays_in_reach and finer):
+    on_its_lattice = all(Fraction(p) % Fraction(s) == 0 for s, p in zip(after.stride, before.period))
+    if not (keeps_its_pixels and stays_in_reach and on_its_lattice):
         raise graph.output.error(
-            f"the first output cell read {_cell_box(old, before, height, width)}, and now reads "
-            f"{_cell_box(new, after, height, width)}: a pass must keep every cell equal to what it was (a "
+            f"the first output cell read {_cell_box(before, height, width)}, and now reads "
+            f"{_cell_box(after, height, width)}: a pass must keep every cell equal to what it was (a "
             "classifier's: the classifier on its crop); only the stride may become finer, by a whole factor, "
             "as output-stride makes it (compile --output-stride)")
 
 
-def _cell_box(box, field, height: int, width: int) -> str:
+def _in_crop(box, height: int, width: int) -> tuple:
+    """The pixels of the crop `box` reads (padding reaching outside it is not a pixel)."""
     top, left, bottom, right = box
+    return max(top, 0), max(left, 0), min(bottom, height), min(right, width)
+
+
+def _cell_box(cell, height: int, width: int) -> str:
+    top, left, bottom, right = cell.box
     return (f"rows {top} to {bottom - 1}, columns {left} to {right - 1} of the {height}x{width} crop at stride "
-            f"{field.stride[0]}x{field.stride[1]}")
+            f"{cell.stride[0]}x{cell.stride[1]}")
 
 
 def _check_labels_match(graph: Graph, classes: int) -> None:

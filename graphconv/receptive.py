@@ -45,6 +45,16 @@ class Field:
         return max(top, 0), max(left, 0), min(bottom, height), min(right, width)
 
 
+@dataclass(frozen=True)
+class FirstCell:
+    """Output cell (0, 0) exactly (a Field's box holds every cell's, each phase's), and
+    the lattice: its cells' stride and the period the network slides at
+    (`sliding_periods`). What the pass manager checks every pass keeps."""
+    box: tuple[int, int, int, int]  # (top, left, bottom, right), bottom/right exclusive
+    stride: tuple
+    period: tuple
+
+
 class MixedStridesError(GraphconvError):
     """A layer merges maps whose cells are different distances apart. At the crop the
     maps may be the same size (a classifier that runs), but on any larger image their
@@ -65,24 +75,102 @@ def partial_receptive_fields(graph: Graph) -> tuple[dict[str, Field], MixedStrid
     of different strides meet (None if none does): that layer and every layer after it
     have no field. `inspect` shows a classifier such as this, which runs on its crop, with
     the fields it has, instead of failing."""
+    phases, mixed = _phases_of_nodes(graph)
+    fields = {name: _as_field(axes) for name, axes in phases.items()}
+    if mixed is None:
+        return fields, None
+    node, sources = mixed
+    sources = [_as_field(axes) for axes in sources]
     shapes = infer_shapes(graph, check_weights=False)
-    fields = {graph.input.name: Field((1, 1), (1, 1), (0, 0))}
+    return fields, node.error(_mixed_strides_message(node, sources, crop_stride(graph, shapes)), MixedStridesError)
+
+
+@dataclass(frozen=True)
+class _Phases:
+    """One axis of a node's map, cell by cell: cells `stride` input pixels apart, and
+    cell i's box [i * stride + lo, i * stride + hi) with (lo, hi) = boxes[i % len(boxes)].
+    A map sampled on a coarser lattice than its stride (after an upsample: `Window.floored`)
+    has cells of several kinds, its phases; the period, len(boxes) * stride, is the least
+    shift of the image that moves the map by whole cells (`sliding_periods`)."""
+    stride: Fraction
+    boxes: tuple[tuple[Fraction, Fraction], ...]
+
+    @property
+    def period(self) -> Fraction:
+        return len(self.boxes) * self.stride
+
+    def box(self, cell: int) -> tuple[Fraction, Fraction]:
+        """Cell `cell`'s box in input pixels (any integer: the map's phases repeat)."""
+        lo, hi = self.boxes[cell % len(self.boxes)]
+        return cell * self.stride + lo, cell * self.stride + hi
+
+
+_PIXEL = _Phases(Fraction(1), ((Fraction(0), Fraction(1)),))
+
+
+def _phases_of_nodes(graph: Graph) -> tuple[dict[str, tuple[_Phases, _Phases]], tuple | None]:
+    """Every node's (h, w) `_Phases`, and (node, its sources' phases) of the first layer
+    where maps of different strides meet, or None: that layer and every one after it
+    have none."""
+    shapes = infer_shapes(graph, check_weights=False)
+    phases = {graph.input.name: (_PIXEL, _PIXEL)}
     first_mixed = None
     for node in graph.layers():
-        if any(s.name not in fields for s in node.inputs):
+        if any(s.name not in phases for s in node.inputs):
             continue  # after a merge of mixed strides
-        sources = [fields[s.name] for s in node.inputs]
+        sources = [phases[s.name] for s in node.inputs]
         window = node.opdef.window(node.params, [shapes[s.name] for s in node.inputs])
         if window is not None:  # a windowed op slides over its first input (a conv's residual joins after)
-            sources[0] = _through_window(sources[0], window)
-        if len({f.stride for f in sources}) > 1:
+            sources[0] = tuple(_through_window(sources[0][a], window, a) for a in (0, 1))
+        if len({(h.stride, w.stride) for h, w in sources}) > 1:
             first_mixed = first_mixed or (node, sources)
             continue
-        fields[node.name] = _union(node, sources)
-    if first_mixed is None:
-        return fields, None
-    node, sources = first_mixed
-    return fields, node.error(_mixed_strides_message(node, sources, crop_stride(graph, shapes)), MixedStridesError)
+        phases[node.name] = tuple(_union([axes[a] for axes in sources]) for a in (0, 1))
+    return phases, first_mixed
+
+
+def _through_window(axis: _Phases, window, a: int) -> _Phases:
+    """One axis of the map a window slides over `axis`'s map: output cell i's window
+    starts at input cell i * stride - padding (floor(i * stride) for a floored window, an
+    upsample's, whose output cells share windows) and its box holds every box the window
+    reads. A floored window keeps the input's period (a repeated value sits on its
+    lattice); shift-and-stitch's interleave (stride 1/f, not floored), whose shifted
+    copies hold every phase, divides it, its cells' boxes those of the copies' cells."""
+    kernel, step, padding, dilation = (window.kernel[a], Fraction(window.stride[a]), window.padding[a],
+                                       window.dilation[a])
+    stride = axis.stride * step
+    if step < 1 and not window.floored:  # interleave: copy c of cell i is output cell i*f + c
+        lo = min(b[0] for b in axis.boxes)
+        hi = max(b[1] for b in axis.boxes)
+        return _Phases(stride, ((lo, hi),) * len(axis.boxes))
+    period = axis.period if window.floored else _lcm(axis.period, stride)
+    boxes = []
+    for cell in range(_whole(period / stride)):
+        first = math.floor(cell * step) - padding
+        reads = [axis.box(first + tap * dilation) for tap in range(kernel)]
+        origin = cell * stride
+        boxes.append((min(lo for lo, _ in reads) - origin, max(hi for _, hi in reads) - origin))
+    return _Phases(stride, tuple(boxes))
+
+
+def _union(sources: list[_Phases]) -> _Phases:
+    """The axis of a layer that sees every source's cell i (an add, a concat; a conv's
+    residual): of one stride (`_phases_of_nodes` checks), cell i's box covering theirs."""
+    count = math.lcm(*(len(src.boxes) for src in sources))
+    stride = sources[0].stride
+    boxes = []
+    for cell in range(count):
+        reads = [src.box(cell) for src in sources]
+        boxes.append((min(lo for lo, _ in reads) - cell * stride, max(hi for _, hi in reads) - cell * stride))
+    return _Phases(stride, tuple(boxes))
+
+
+def _as_field(axes: tuple[_Phases, _Phases]) -> Field:
+    """The box that holds every cell's (each phase's) box, as one Field."""
+    lo = [min(b[0] for b in axis.boxes) for axis in axes]
+    hi = [max(b[1] for b in axis.boxes) for axis in axes]
+    return Field(tuple(_whole(hi[a] - lo[a]) for a in (0, 1)), tuple(_whole(axis.stride) for axis in axes),
+                 tuple(_whole(lo[a]) for a in (0, 1)))
 
 
 def finest_strides(graph: Graph, shapes: dict | None = None) -> tuple:
@@ -107,30 +195,6 @@ def crop_stride(graph: Graph, shapes: dict | None = None) -> tuple[int, int]:
     (16 crops 16 pixels apart on a 64x64 image, for a 16x16 crop) was far coarser than
     either branch."""
     return tuple(max(1, math.floor(s)) for s in finest_strides(graph, shapes))
-
-
-def _through_window(field: Field, window) -> Field:
-    """The field of one cell of a window slid over a map whose cells have `field`: the
-    near-side padding (top, left) shifts it, the far side's (padding_end) does not.
-
-    A floored window (an upsample's) starts cell p's window at floor(p * stride), up to
-    (1 - stride) input cells before p * stride: the box reaches that much further back,
-    so it still holds every pixel the cell depends on."""
-    stride = field.stride
-    lag = [(1 - window.stride[a]) * stride[a] if window.floored else 0 for a in (0, 1)]
-    return Field(tuple(_whole(field.size[a] + (window.extent[a] - 1) * stride[a] + lag[a]) for a in (0, 1)),
-                 tuple(_whole(stride[a] * window.stride[a]) for a in (0, 1)),
-                 tuple(_whole(field.offset[a] - window.padding[a] * stride[a] - lag[a]) for a in (0, 1)))
-
-
-def _union(node, sources: list[Field]) -> Field:
-    """The field covering every source's (an add or concat sees all its inputs' pixels);
-    the sources' cells line up (one stride: `partial_receptive_fields` checks)."""
-    top = min(f.offset[0] for f in sources)
-    left = min(f.offset[1] for f in sources)
-    bottom = max(f.offset[0] + f.size[0] for f in sources)
-    right = max(f.offset[1] + f.size[1] for f in sources)
-    return Field((bottom - top, right - left), sources[0].stride, (top, left))
 
 
 def _mixed_strides_message(node, sources: list[Field], crops: tuple[int, int]) -> str:
@@ -173,6 +237,49 @@ def upsampling_multiple(graph: Graph) -> tuple[int, int] | None:
             stride = fields[node.inputs[0].name].stride
             multiple = tuple(math.lcm(int(a), int(b)) for a, b in zip(multiple or (1, 1), stride))
     return multiple
+
+
+def sliding_periods(graph: Graph) -> dict[str, tuple]:
+    """Per node and axis, the least shift of the image, in input pixels, that shifts its
+    map by whole cells: a conv of stride 2 sees the image on a lattice of 2 pixels, so
+    shifting the image by 1 gives other values, not the same ones moved. A map's period
+    is usually its stride. A layer that makes the map finer by repeating (upsample, pixel
+    shuffle: `Window.floored`) divides the stride but keeps the period; shift-and-stitch's
+    interleave, whose shifted copies hold every phase, divides both. Where the output's
+    period is a multiple of its stride, only every (period / stride)-th cell is a crop of
+    the classifier (`crop_cell_step`)."""
+    phases, mixed = _phases_of_nodes(graph)
+    if mixed is not None:
+        receptive_fields(graph)  # raises the error naming the layer
+    return {name: tuple(_whole(axis.period) for axis in axes) for name, axes in phases.items()}
+
+
+def crop_cell_step(graph: Graph) -> tuple[int, int]:
+    """Every how many cells of the output map, per axis, a cell is the classifier on its
+    crop: (1, 1) but where the map is made finer than the strides before it let it
+    slide (`sliding_periods`); the cells between are the network on no crop of the image."""
+    phases, mixed = _phases_of_nodes(graph)
+    if mixed is not None:
+        receptive_fields(graph)
+    return tuple(len(axis.boxes) for axis in phases[graph.output.name])
+
+
+def first_output_cell(graph: Graph) -> FirstCell:
+    """Output cell (0, 0)'s box, stride and period; a MixedStridesError where the
+    network has no field."""
+    phases, mixed = _phases_of_nodes(graph)
+    if mixed is not None:
+        receptive_fields(graph)
+    h, w = phases[graph.output.name]
+    (top, bottom), (left, right) = h.box(0), w.box(0)
+    return FirstCell(tuple(_whole(v) for v in (top, left, bottom, right)), (_whole(h.stride), _whole(w.stride)),
+                     (_whole(h.period), _whole(w.period)))
+
+
+def _lcm(a, b) -> Fraction:
+    """The least common multiple of two rationals: the least value both divide."""
+    a, b = Fraction(a), Fraction(b)
+    return Fraction(math.lcm(a.numerator, b.numerator), math.gcd(a.denominator, b.denominator))
 
 
 def whole_crop_layers(graph: Graph) -> set[str]:

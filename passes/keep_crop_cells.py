@@ -1,0 +1,33 @@
+"""Keep only the cells that are crops, where a classifier makes its map finer than its
+strides let it slide.
+
+A classifier that upsamples after a strided layer (a nearest or bilinear upsample, a
+pixel shuffle, a ConvTranspose, an HRNet-style fusion of an upsampled coarse branch)
+has an output stride finer than the lattice its strided layers sample the image on:
+sliding it gives a map at the fine stride, but only every k-th cell is the classifier
+on its crop, the cells between being the network on no crop of the image
+(`graphconv.receptive.sliding_periods`). This pass appends a layer that keeps every
+k-th cell (a 1x1 max pool of stride k: a plain subsample), so the map holds crops only
+and its stride says so; `--output-stride` with shift-and-stitch then gives finer exact
+maps. A segmentation network, whose output is per pixel of the whole image rather than
+per crop, is left alone.
+"""
+from graphconv.ir import Graph
+from graphconv.pass_manager import register_pass
+from graphconv.receptive import crop_cell_step
+
+WHOLE_INPUT_OPS = ("fc", "flatten", "globalavgpool")
+
+
+@register_pass("keep-crop-cells", "subsample a map made finer than the network's strides let it slide "
+               "(an upsample after a strided layer) to the cells that are crops", requires=("shapes",))
+def keep_crop_cells(graph: Graph) -> bool:
+    if graph.meta.get("task") == "segmentation" or any(graph.find(op) for op in WHOLE_INPUT_OPS):
+        return False  # per pixel of the whole image; or a classifier not made to slide yet
+    step = crop_cell_step(graph)
+    if step == (1, 1):
+        return False
+    output = graph.output
+    graph.insert_after(output, graph.fresh_name(f"{output.name}_crop_cells"), "maxpool",
+                       {"kernel_size": 1, "stride": list(step)})
+    return True

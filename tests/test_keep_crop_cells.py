@@ -1,0 +1,121 @@
+"""keep-crop-cells: a classifier that makes its map finer after a strided layer slides
+exactly only on the coarser lattice; compiled, its map holds those cells alone, each the
+classifier on its crop (it held cells between, silently wrong, at the finer stride)."""
+import numpy as np
+import pytest
+
+import graphconv
+from graphconv.dense import crop_loop, verify
+from graphconv.receptive import first_output_cell, receptive_fields, sliding_periods, total_stride
+from conftest import random_input
+
+# conv of stride 2, then a nearest upsample: the map is at stride 1, its lattice at 2
+NEAREST_AFTER_STRIDE = """
+name: finer
+input: {shape: [3, 20, 24]}
+layers:
+  - {name: c1, op: conv, out_channels: 4, kernel_size: 3}
+  - {name: c2, op: conv, out_channels: 4, kernel_size: 3, stride: 2}
+  - {name: up, op: upsample, factor: 2}
+  - {name: c3, op: conv, out_channels: 4, kernel_size: 3}
+  - {name: fc, op: fc, out_features: 3}
+"""
+
+# the same made finer by a pixel shuffle (a ConvTranspose imports as a conv and this)
+PIXEL_SHUFFLE_AFTER_STRIDE = """
+name: shuffle
+input: {shape: [3, 20, 24]}
+layers:
+  - {name: c1, op: conv, out_channels: 4, kernel_size: 3}
+  - {name: c2, op: conv, out_channels: 16, kernel_size: 3, stride: 2}
+  - {name: up, op: depth_to_space, block: 2}
+  - {name: c3, op: conv, out_channels: 4, kernel_size: 3}
+  - {name: fc, op: fc, out_features: 3}
+"""
+
+# HRNet's fusion, unpadded: a stride-4 branch enlarged 2x added to a stride-2 one
+FUSED_BRANCHES = """
+name: fused
+input: {shape: [2, 32, 32]}
+layers:
+  - {name: fine, op: conv, out_channels: 4, kernel_size: 2, stride: 2}
+  - {name: coarse, op: conv, out_channels: 4, kernel_size: 2, stride: 2}
+  - {name: coarse_up, op: upsample, factor: 2}
+  - {name: fine_cut, op: conv, out_channels: 4, kernel_size: 1, inputs: [fine]}
+  - {name: sum, op: add, inputs: [fine_cut, coarse_up]}
+  - {name: head, op: conv, out_channels: 4, kernel_size: 3}
+  - {name: fc, op: fc, out_features: 3}
+"""
+
+
+@pytest.mark.parametrize("spec,stride,extra", [
+    (spec, stride, extra) for spec, stride, extras in [(NEAREST_AFTER_STRIDE, 2, [(0, 0), (5, 2), (12, 9)]),
+                                                       (PIXEL_SHUFFLE_AFTER_STRIDE, 2, [(1, 6), (11, 4)]),
+                                                       (FUSED_BRANCHES, 4, [(0, 0), (4, 8), (12, 20)])]
+    for extra in extras])  # the fused branches meet on sides of multiples of 4 alone
+def test_every_cell_of_a_network_made_finer_is_the_classifier_on_its_crop(write_spec, rng, spec, stride, extra):
+    classifier = graphconv.load(write_spec(spec))
+    fcn = graphconv.compile_model(classifier.graph)
+    c, h, w = classifier.crop_shape
+    image = random_input(rng, (2, c, h + extra[0], w + extra[1]))
+    assert total_stride(fcn.graph) == (stride, stride)
+    dense = fcn.run(image)
+    assert dense.shape[2:] == (extra[0] // stride + 1, extra[1] // stride + 1)
+    np.testing.assert_allclose(dense, crop_loop(classifier, image, stride), rtol=1e-5, atol=1e-5)
+    assert verify(classifier, fcn, image).exact_by_construction
+
+
+def test_without_the_pass_the_cells_between_are_no_crop_s(write_spec, rng):
+    """What the pass is for: the map at the finer stride is wrong off the lattice."""
+    from graphconv.pass_manager import DEFAULT_PIPELINE
+    classifier = graphconv.load(write_spec(NEAREST_AFTER_STRIDE))
+    image = random_input(rng, (1, 3, 26, 30))
+    pipeline = ",".join(name for name in DEFAULT_PIPELINE if name != "keep-crop-cells")
+    fine = graphconv.compile_model(classifier.graph, passes=pipeline).executor("cpu").run(image)
+    crops = crop_loop(classifier, image, 1)
+    np.testing.assert_allclose(fine[:, :, ::2, ::2], crops[:, :, ::2, ::2], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(fine[:, :, 1::2], crops[:, :, 1::2], atol=1e-3)
+
+
+def test_shift_and_stitch_gives_the_finer_stride_exactly(write_spec, rng):
+    classifier = graphconv.load(write_spec(NEAREST_AFTER_STRIDE))
+    fcn = graphconv.compile_model(classifier.graph, output_stride=1, stride_method="shift")
+    image = random_input(rng, (1, 3, 27, 30))
+    np.testing.assert_allclose(fcn.run(image), crop_loop(classifier, image, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_the_lattice_and_the_first_cell_are_worked_out_exactly(write_spec):
+    classifier = graphconv.load(write_spec(NEAREST_AFTER_STRIDE))
+    periods = sliding_periods(classifier.graph)
+    fields = receptive_fields(classifier.graph)
+    assert (periods["c2"], periods["up"], periods["c3"]) == ((2, 2), (2, 2), (2, 2))
+    assert (fields["up"].stride, fields["c3"].stride) == ((1, 1), (1, 1))
+    # every cell's box (a Field) reaches a pixel further back than cell 0's: odd cells repeat a value
+    assert fields["fc"].offset == (-1, -1)
+    cell = first_output_cell(classifier.graph)
+    assert (cell.box, cell.stride, cell.period) == ((0, 0, 19, 23), (1, 1), (2, 2))  # c2 leaves row 19 out
+    compiled = first_output_cell(graphconv.compile_model(classifier.graph).graph)
+    assert (compiled.box, compiled.stride, compiled.period) == ((0, 0, 19, 23), (2, 2), (2, 2))
+
+
+def test_networks_on_their_lattice_and_segmentation_are_left_alone(write_spec):
+    lenet = graphconv.compile_model(graphconv.load(write_spec(NEAREST_AFTER_STRIDE.replace(
+        "op: upsample, factor: 2", "op: maxpool, kernel_size: 1"))).graph)
+    assert not any(node.name.endswith("_crop_cells") for node in lenet.graph.layers())
+    seg = graphconv.load(write_spec("name: seg\ntask: segmentation\ninput: {shape: [2, 8, 8]}\nlayers:\n"
+                                    "  - {name: down, op: conv, out_channels: 4, kernel_size: 2, stride: 2}\n"
+                                    "  - {name: up, op: upsample, factor: 2}\n"))
+    compiled = graphconv.compile_model(seg.graph)
+    assert [node.op for node in compiled.graph.layers()] == ["conv", "upsample"]
+
+
+def test_verify_compares_a_finer_layer_s_maps_on_crops_of_its_lattice(write_spec, rng):
+    """A bilinear upsample pads (it repeats its map's edge), so cells differ where that
+    reaches; verify compared its map on crops at every pixel, off the lattice, and called
+    the positions clear of padding a bug."""
+    classifier = graphconv.load(write_spec(NEAREST_AFTER_STRIDE.replace("factor: 2}", "factor: 2, mode: bilinear}")))
+    fcn = graphconv.compile_model(classifier.graph)
+    report = verify(classifier, fcn, random_input(rng, (1, 3, 26, 30)))
+    [up] = report.layers
+    assert up.name == "up" and up.clear_agrees and up.differing > 0
+    assert report.passed
