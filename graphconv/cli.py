@@ -75,8 +75,9 @@ def _parse_and_run(argv: Sequence[str] | None) -> int:
 
 def _run_command(args: argparse.Namespace) -> int:
     try:
-        from graphconv.memory import memory_limit_set
-        with memory_limit_set(args.memory_limit):
+        from graphconv.memory import memory_limit_set, parse_size
+        limit = None if args.memory_limit is None else parse_size(args.memory_limit)  # errors name the flag
+        with memory_limit_set(limit):
             return _handle(args)
     except BrokenPipeError:  # `graphconv inspect ... | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
