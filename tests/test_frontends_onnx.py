@@ -194,6 +194,33 @@ def test_gemm_with_a_1_by_k_bias_matches_onnxruntime(tmp_path, rng):
                                **TOLERANCE)
 
 
+@pytest.mark.parametrize("trans_b,alpha", [(0, 1.0), (0, 2.5), (1, -0.5)])
+def test_gemm_s_transposes_and_alpha_match_onnxruntime(tmp_path, rng, trans_b, alpha):
+    w = rng.standard_normal((5, 3 * 8 * 8) if trans_b else (3 * 8 * 8, 5)).astype(np.float32)
+    nodes = [onnx.helper.make_node("Flatten", ["x"], ["f"]),
+             onnx.helper.make_node("Gemm", ["f", "w"], ["y"], transB=trans_b, alpha=alpha)]
+    path = onnx_file(tmp_path / "gemm.onnx", nodes, {"w": w}, input_shape=(1, 3, 8, 8))
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(Model(load_network(path)).run(x).reshape(2, 5), onnxruntime_scores(path, x),
+                               **TOLERANCE)
+
+
+@pytest.mark.parametrize("training,ratio,refused", [(True, 0.5, True), (False, 0.5, False), (True, 0.0, False)])
+def test_a_dropout_exported_in_training_mode_is_refused(tmp_path, rng, training, ratio, refused):
+    """A model exported while in train() drops values at random: refused as a
+    BatchNormalization in training mode is (it ran as the identity, silently)."""
+    nodes = [onnx.helper.make_node("Dropout", ["x", "ratio", "training"], ["d"], name="drop"),
+             onnx.helper.make_node("Relu", ["d"], ["y"])]
+    path = onnx_file(tmp_path / "drop.onnx", nodes, {"ratio": np.float32(ratio), "training": np.bool_(training)},
+                     opset=13, input_shape=(1, 3, 4, 4))
+    if refused:
+        with pytest.raises(GraphconvError, match=r"node 'drop'.*Dropout in training mode .* eval\(\) mode"):
+            load_network(path)
+    else:
+        x = rng.standard_normal((1, 3, 4, 4)).astype(np.float32)
+        np.testing.assert_array_equal(Model(load_network(path)).executor("cpu").run(x), np.maximum(x, 0))
+
+
 def test_sum_of_one_input_is_that_input(tmp_path, rng):
     """Sum(a) imported as an add of one input: a spec graphconv's own loader refused, and
     a traceback when run from the .onnx."""

@@ -1569,8 +1569,16 @@ def _torch_lrn(imp: _Importer, node) -> None:
 
 @converts("Identity", "Dropout")
 def _identity(imp: _Importer, node) -> None:
-    if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1] and imp.uses.get(node.output[1]):
-        raise imp.error("Dropout's mask output is used; graphconv runs networks for inference")
+    """Nothing, as a Dropout is at inference; one exported in training mode (a model left
+    in train()) drops values at random and is refused, as such a BatchNormalization is."""
+    if node.op_type == "Dropout":
+        if len(node.output) > 1 and node.output[1] and imp.uses.get(node.output[1]):
+            raise imp.error("Dropout's mask output is used; graphconv runs networks for inference")
+        training = imp.optional_constant(node, 2, "training_mode")
+        ratio = imp.optional_constant(node, 1, "ratio")
+        if training is not None and bool(np.ravel(training)[0]) and (ratio is None or float(np.ravel(ratio)[0]) > 0):
+            raise imp.error("Dropout in training mode (training_mode=True) drops values at random; export the "
+                            "model in eval() mode")
     imp.alias(node, imp.tensor(node.input[0], (NCHW, NHWC, GROUPED)))  # constants were folded already
 
 
@@ -1876,8 +1884,10 @@ def _gemm(imp: _Importer, node) -> None:
                         "connected layer (transA=0)")
     if x.rank != 2:
         raise imp.error(f"Gemm on a rank-{x.rank} value")
-    b = imp.constant(node.input[1], "weight").astype(np.float64)
-    weight = (b if attrs.get("transB", 0) else b.T) * float(attrs.get("alpha", 1.0))
+    b = imp.constant(node.input[1], "weight")
+    weight = b if attrs.get("transB", 0) else b.T  # a view: a VGG fc6's 400 MB is copied once, when stored
+    if float(attrs.get("alpha", 1.0)) != 1.0:
+        weight = weight.astype(np.float64) * float(attrs["alpha"])
     c = imp.optional_constant(node, 2, "bias")
     bias = None
     if c is not None:
@@ -1907,7 +1917,7 @@ def _matmul(imp: _Importer, node) -> None:
     b = imp.constant(node.input[1], "weight")
     if b.ndim != 2:
         raise imp.error(f"MatMul weight of shape {list(b.shape)}")
-    _add_fc(imp, node, x, b.T.astype(np.float64), None)
+    _add_fc(imp, node, x, b.T, None)
 
 
 def _add_fc(imp: _Importer, node, x: Tensor, weight: np.ndarray, bias: np.ndarray | None) -> None:
