@@ -194,6 +194,38 @@ def test_gemm_with_a_1_by_k_bias_matches_onnxruntime(tmp_path, rng):
                                **TOLERANCE)
 
 
+@pytest.mark.parametrize("opset", [11, 13, 17])
+def test_torchvision_s_transform_input_imports(tmp_path, rng, opset):
+    """GoogLeNet and Inception-v3 with pretrained weights re-normalise their input as
+    unsqueeze(x[:, k], 1) * a_k + b_k per channel, concatenated: a Gather of one channel
+    by a scalar index (a rank-3 view), which was refused."""
+    helper = onnx.helper
+    nodes, initializers = [], {"w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32)}
+    for k, (a, b) in enumerate([(0.458, -0.03), (0.448, -0.088), (0.45, -0.188)]):
+        initializers.update({f"k{k}": np.int64(k), f"a{k}": np.float32(a), f"b{k}": np.float32(b)})
+        unsqueeze = (helper.make_node("Unsqueeze", [f"g{k}"], [f"u{k}"], axes=[1]) if opset < 13 else
+                     helper.make_node("Unsqueeze", [f"g{k}", "axis1"], [f"u{k}"]))
+        nodes += [helper.make_node("Gather", ["x", f"k{k}"], [f"g{k}"], axis=1), unsqueeze,
+                  helper.make_node("Mul", [f"u{k}", f"a{k}"], [f"m{k}"]),
+                  helper.make_node("Add", [f"m{k}", f"b{k}"], [f"c{k}"])]
+    if opset >= 13:
+        initializers["axis1"] = np.array([1], np.int64)
+    nodes += [helper.make_node("Concat", ["c0", "c1", "c2"], ["cat"], axis=1),
+              helper.make_node("Conv", ["cat", "w"], ["y"], kernel_shape=[3, 3])]
+    path = onnx_file(tmp_path / "transform_input.onnx", nodes, initializers, opset=opset, input_shape=(1, 3, 9, 9))
+    x = rng.standard_normal((2, 3, 9, 9)).astype(np.float32)
+    np.testing.assert_allclose(Model(load_network(path)).executor("cpu").run(x), onnxruntime_scores(path, x),
+                               **TOLERANCE)
+
+
+def test_one_channel_taken_by_a_scalar_index_must_be_made_a_map_again(tmp_path, rng):
+    nodes = [onnx.helper.make_node("Gather", ["x", "k"], ["g"], axis=1),
+             onnx.helper.make_node("Softmax", ["g"], ["y"], axis=1, name="soft")]
+    path = onnx_file(tmp_path / "gather.onnx", nodes, {"k": np.int64(0)}, input_shape=(1, 3, 4, 4))
+    with pytest.raises(GraphconvError, match="node 'soft'"):
+        load_network(path)
+
+
 @pytest.mark.parametrize("trans_b,alpha", [(0, 1.0), (0, 2.5), (1, -0.5)])
 def test_gemm_s_transposes_and_alpha_match_onnxruntime(tmp_path, rng, trans_b, alpha):
     w = rng.standard_normal((5, 3 * 8 * 8) if trans_b else (3 * 8 * 8, 5)).astype(np.float32)

@@ -193,11 +193,12 @@ def _load_external_data(model, path: Path) -> set[Path]:
 
 # ---- the conversion -------------------------------------------------------------------------------
 
-NCHW, NHWC, GROUPED, FLAT, GROUP_RUNS, PATCHES, RADIX, SQUEEZED, CNHW, NWHC = (
-    "NCHW", "NHWC", "grouped", "flat", "group runs", "patches", "radix", "squeezed", "CNHW", "NWHC")
+NCHW, NHWC, GROUPED, FLAT, GROUP_RUNS, PATCHES, RADIX, SQUEEZED, CNHW, NWHC, ONE_CHANNEL = (
+    "NCHW", "NHWC", "grouped", "flat", "group runs", "patches", "radix", "squeezed", "CNHW", "NWHC", "one channel")
 # a patch view's Transposes that space_to_depth follows, and the channel order each gives
 PATCH_ORDERS = {(0, 3, 5, 1, 2, 4): "blocks", (0, 1, 3, 5, 2, 4): "channels"}
 ANY_LAYOUT = (NCHW, NHWC)
+SCALED_LAYOUTS = (*ANY_LAYOUT, ONE_CHANNEL)  # what a converter scaling or shifting by a constant takes
 
 
 @dataclass(frozen=True)
@@ -213,8 +214,10 @@ class Tensor:
     with its batch and channel axes swapped (CNHW: the dynamo exporter's x[:, [2, 1, 0]]
     is a Transpose, a GatherND of channels and the Transpose back), or with its channel
     and width axes swapped (NWHC: softmax(x, dim=1) exported before op set 13 is a
-    Transpose [0, 3, 2, 1], a Softmax over the last axis and the Transpose back).
-    Those views move no data: they change only how the next ONNX op's axes map onto
+    Transpose [0, 3, 2, 1], a Softmax over the last axis and the Transpose back), or
+    as the (N, H, W) of one channel taken with a scalar index (ONE_CHANNEL: torchvision's
+    GoogLeNet and Inception-v3 re-normalise their input as x[:, k] * a + b per channel,
+    then unsqueeze and concatenate them). Those views move no data: they change only how the next ONNX op's axes map onto
     graphconv's channels."""
 
     node: str
@@ -1790,7 +1793,8 @@ def _gather(imp: _Importer, node) -> None:
 
     * along the channels (axis 1), a list of them (x[:, [2, 1, 0]], RGB to BGR at the
       input; a subset, a repeat): a 1x1 conv whose weights pick each output's channel,
-      which is exact (each output adds one input times 1 and the others times 0);
+      which is exact (each output adds one input times 1 and the others times 0); one of
+      them by a scalar index (x[:, 0]), the same, seen as the ONE_CHANNEL view;
     * along H or W of a 1x1 map, the one cell (x[:, :, 0, 0] after a global pooling): a
       scalar index drops the axis, which leaves a SQUEEZED view, and the second drop is
       a flatten to (N, C) features; a list of it, [0], changes nothing;
@@ -1824,6 +1828,9 @@ def _gather(imp: _Importer, node) -> None:
     shape = "x".join(map(str, x.shape))
     if axis == 1 and picked.ndim == 1:
         _pick_channels(imp, node, x, picked)
+    elif axis == 1 and picked.ndim == 0 and x.layout == NCHW and x.rank == 4:
+        _pick_channels(imp, node, x, picked.reshape(1))
+        imp.alias(node, replace(imp.values[node.output[0]], layout=ONE_CHANNEL, rank=3))
     elif axis >= 2 and x.shape[1:] == (1, 1) and picked.ndim == 0:
         if x.layout == SQUEEZED:
             _features(imp, node, x)
@@ -1931,7 +1938,7 @@ def _add_fc(imp: _Importer, node, x: Tensor, weight: np.ndarray, bias: np.ndarra
 
 @converts("Add", "Sum")
 def _add(imp: _Importer, node) -> None:
-    tensors, constants = _operands(imp, node)
+    tensors, constants = _operands(imp, node, SCALED_LAYOUTS)
     if len(tensors) == 1 and not constants:  # Sum of one input: itself
         imp.alias(node, tensors[0])
         return
@@ -2008,10 +2015,10 @@ def _sub(imp: _Importer, node) -> None:
     map minus another of its shape (PoolFormer's pool(x) - x)."""
     first, second = (imp.values.get(name) for name in node.input)
     if isinstance(second, np.ndarray):
-        _add_constant(imp, node, imp.tensor(node.input[0], ANY_LAYOUT), -np.asarray(second, np.float64))
+        _add_constant(imp, node, imp.tensor(node.input[0], SCALED_LAYOUTS), -np.asarray(second, np.float64))
         return
     if isinstance(first, np.ndarray):
-        x = imp.tensor(node.input[1], ANY_LAYOUT)
+        x = imp.tensor(node.input[1], SCALED_LAYOUTS)
         shift = _per_channel(first, x)
         if shift is None:
             raise imp.error(f"Sub of a feature map from a constant of shape {list(first.shape)}; graphconv "
@@ -2026,7 +2033,7 @@ def _div(imp: _Importer, node) -> None:
     """x / constant: a per-channel scale by its reciprocal; x / map, of x's shape or one
     value per position (ConvNeXt V2's norms over their channel mean)."""
     divisor = imp.values.get(node.input[1])
-    x = imp.tensor(node.input[0], ANY_LAYOUT)
+    x = imp.tensor(node.input[0], SCALED_LAYOUTS if isinstance(divisor, np.ndarray) else ANY_LAYOUT)
     if not isinstance(divisor, np.ndarray):
         imp.add_layer(node, "div", [x, imp.tensor(node.input[1], ANY_LAYOUT)])
         return
@@ -2059,7 +2066,7 @@ def _mul(imp: _Importer, node) -> None:
     constant per channel (ConvNeXt's layer scale): a per-channel scale (`_affine`). Two
     grouped views of one grouping multiply as their channels do (ResNeSt's branches by
     their radix-softmax weights), the result still so viewed."""
-    tensors, constants = _operands(imp, node, (*ANY_LAYOUT, GROUPED))
+    tensors, constants = _operands(imp, node, (*SCALED_LAYOUTS, GROUPED))
     if len(tensors) == 1 and len(constants) == 1:
         if tensors[0].layout == GROUPED:
             raise imp.error("Mul of a grouped 5-D view by a constant; graphconv multiplies such views by each other")
@@ -2365,9 +2372,12 @@ def _unsqueeze(imp: _Importer, node) -> None:
     y.unsqueeze(-1).unsqueeze(-1), as a squeeze-and-excitation gate is written): the
     first leaves a SQUEEZED (N, K, 1) view, the second makes the map.
     (On constants, shape arithmetic, it is folded before this is called.)"""
-    x = imp.tensor(node.input[0], (NCHW, SQUEEZED))
+    x = imp.tensor(node.input[0], (NCHW, SQUEEZED, ONE_CHANNEL))
     axes = imp.optional_constant(node, 1, "axes") if imp.opset >= 13 else imp.attributes(node).get("axes")
     axes = [] if axes is None else [int(a) for a in np.ravel(axes)]
+    if x.layout == ONE_CHANNEL and [a % 4 for a in axes] == [1]:  # x[:, k] made (N, 1, H, W) again
+        imp.alias(node, replace(x, layout=NCHW, rank=4))
+        return
     if x.rank == 2 and sorted(a % 4 for a in axes) == [2, 3]:  # graphconv's own export of an fc: (N, K, 1, 1)
         imp.alias(node, replace(x, rank=4))
         return
