@@ -1633,6 +1633,52 @@ def test_elementwise_activations_import_as_one_layer_and_slide(tmp_path, how, op
         assert graph.find("gelu")[0].params["approximate"] == "tanh"
 
 
+class LayerNormed(torch.nn.Module):
+    """A stride-2 conv, then a LayerNorm over each position's channels, written as
+    nn.LayerNorm on a channels-last view ("last", ConvNeXt's blocks) or out in Python over
+    axis 1 (ConvNeXt's own LayerNorm(data_format="channels_first"); "first"), with or
+    without its weight and bias."""
+    crop = 12
+    stride = 2
+
+    def __init__(self, form: str, affine: bool = True):
+        super().__init__()
+        self.form = form
+        self.conv = torch.nn.Conv2d(3, 6, 3, stride=2)
+        self.norm = torch.nn.LayerNorm(6, eps=1e-6, elementwise_affine=affine)
+        if affine:
+            torch.nn.init.normal_(self.norm.weight)
+            torch.nn.init.normal_(self.norm.bias)
+        self.fc = torch.nn.Linear(6, 4)
+
+    def forward(self, x):
+        x = self.conv(x)
+        if self.form == "last":
+            x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        else:
+            mean = x.mean(1, keepdim=True)
+            variance = (x - mean).pow(2).mean(1, keepdim=True)
+            x = (x - mean) / torch.sqrt(variance + self.norm.eps)
+            if self.norm.weight is not None:
+                x = self.norm.weight[:, None, None] * x + self.norm.bias[:, None, None]
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("form,affine,opset,dynamo", [
+    ("last", True, 11, False), ("last", True, 16, False), ("last", False, 13, False),
+    ("first", True, 17, False), ("first", False, 17, False), ("first", True, 18, True)])
+def test_a_layer_norm_written_out_imports_as_one_layernorm(tmp_path, rng, form, affine, opset, dynamo):
+    """nn.LayerNorm before op set 17 (the TorchScript exporter writes it out: ReduceMean,
+    Sub, Pow, ReduceMean, Add, Sqrt, Div, Mul, Add) and ConvNeXt's channels_first
+    LayerNorm at any op set were refused ("Sub on a channels-last view")."""
+    torch.manual_seed(0)
+    model = LayerNormed(form, affine).eval()
+    path = tmp_path / "norm.onnx"
+    export_at(model, path, dynamo=dynamo, opset=opset)
+    graph = check_imported_head(path, model, rng)
+    assert [n.op for n in graph.layers()].count("layernorm") == 1
+
+
 class Softplus(torch.nn.Module):
     """nn.Softplus alone, on a 3 x 5 x 7 map."""
     crop = (5, 7)

@@ -246,6 +246,7 @@ class _Importer:
             self._initializer_or_constant, self._refuse)
         self.nodes = _with_lrns_fused(self.nodes, self._initializer_or_constant, self._refuse, self.opset,
                                       [out.name for out in model.graph.output])
+        self.nodes = _with_layer_norms_fused(self.nodes, self._initializer_or_constant)
         self.values: dict[str, Tensor | np.ndarray] = {}
         self.weights: dict[str, np.ndarray] = {}
         self.uses = self._count_uses()
@@ -778,6 +779,88 @@ def _with_softplus_thresholds_fused(nodes: list, constant: Callable[[str], np.nd
             last.op_type, list(last.input), [where.output[0]], name=last.name)
         dropped |= {id(greater), id(where)}
     return [replaced.get(id(n), n) for n in nodes if id(n) not in dropped]
+
+
+CHANNEL_NORM = "graphconv.ChannelLayerNorm"  # the node `_with_layer_norms_fused` writes; no file has it
+
+
+def _with_layer_norms_fused(nodes: list, constant: Callable[[str], np.ndarray | None]) -> list:
+    """The node list with each LayerNorm over one axis written out replaced by one
+    CHANNEL_NORM node: d = x - mean(x); d / sqrt(mean(d ** 2) + eps), then * weight +
+    bias where it has them (ReduceMean over that axis, keepdims). PyTorch's TorchScript
+    exporter writes nn.LayerNorm so before op set 17 (ConvNeXt's channels-last norm), and
+    ConvNeXt's own LayerNorm(data_format="channels_first") is this in Python over axis 1,
+    at any op set. Only groups whose inner values nothing else reads are fused."""
+    readers: dict[str, list] = {}
+    for node in nodes:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    def sole_reader(name: str, op_type: str):
+        found = readers.get(name, [])
+        return found[0] if len(found) == 1 and found[0].op_type == op_type else None
+
+    def mean_axes(node) -> list[int] | None:
+        """The axes of a ReduceMean keeping its dims, from its attribute or (op set 18) input."""
+        if node is None or node.op_type != "ReduceMean":
+            return None
+        attrs = {a.name: a for a in node.attribute}
+        if "keepdims" in attrs and attrs["keepdims"].i == 0:
+            return None
+        if "axes" in attrs:
+            return list(attrs["axes"].ints)
+        axes = constant(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+        return None if axes is None else [int(a) for a in np.ravel(axes)]
+
+    def scalar(name: str) -> float | None:
+        value = constant(name)
+        return float(value.ravel()[0]) if value is not None and value.size == 1 else None
+
+    def constant_operand(node, value: str) -> str | None:
+        """The other input of a two-input node one of whose inputs is `value`, if a constant."""
+        if node is None or len(node.input) != 2 or value not in node.input:
+            return None
+        other = node.input[1] if node.input[0] == value else node.input[0]
+        return other if constant(other) is not None else None
+
+    from onnx import helper
+
+    replaced: dict[int, Any] = {}
+    dropped: set[int] = set()
+    for mean in nodes:
+        axes = mean_axes(mean)
+        if axes is None or len(axes) != 1:
+            continue
+        x = mean.input[0]
+        sub = sole_reader(mean.output[0], "Sub")
+        if sub is None or list(sub.input) != [x, mean.output[0]]:
+            continue
+        d = sub.output[0]
+        square = next((n for n in readers.get(d, []) if n.op_type == "Pow" and n.input[0] == d
+                       and scalar(n.input[1]) == 2.0 or n.op_type == "Mul" and list(n.input) == [d, d]), None)
+        variance = sole_reader(square.output[0], "ReduceMean") if square is not None else None
+        if variance is None or mean_axes(variance) != axes:
+            continue
+        plus_eps = sole_reader(variance.output[0], "Add")
+        eps_name = constant_operand(plus_eps, variance.output[0])
+        root = sole_reader(plus_eps.output[0], "Sqrt") if eps_name else None
+        divide = sole_reader(root.output[0], "Div") if root is not None else None
+        if divide is None or list(divide.input) != [d, root.output[0]] or len(readers[d]) != 2 \
+                or scalar(eps_name) is None:
+            continue
+        group, last, weight, bias = [mean, sub, square, variance, plus_eps, root, divide], divide, "", ""
+        times = sole_reader(last.output[0], "Mul")
+        if constant_operand(times, last.output[0]):
+            weight, last = constant_operand(times, last.output[0]), times
+            group.append(times)
+            plus = sole_reader(last.output[0], "Add")
+            if constant_operand(plus, last.output[0]):
+                bias, last = constant_operand(plus, last.output[0]), plus
+                group.append(plus)
+        replaced[id(last)] = helper.make_node(CHANNEL_NORM, [x, weight, bias], [last.output[0]], name=mean.name,
+                                              axis=axes[0], epsilon=scalar(eps_name))
+        dropped |= {id(n) for n in group}
+    return [replaced.get(id(n), n) for n in nodes if id(n) not in dropped or id(n) in replaced]
 
 
 TORCH_LRN = "graphconv.LocalResponseNorm"  # the node `_with_lrns_fused` writes; no file has it
@@ -2171,6 +2254,30 @@ def _layer_norm(imp: _Importer, node) -> None:
                "bias": np.zeros(c) if bias is None else np.broadcast_to(bias, (c,))}
     name = _clean_name(node.input[1][: -len(".weight")]) if node.input[1].endswith(".weight") else None
     imp.add_layer(node, "layernorm", [x], {"eps": float(attrs.get("epsilon", 1e-5))}, weights, name=name or None)
+
+
+@converts(CHANNEL_NORM)
+def _channel_layer_norm(imp: _Importer, node) -> None:
+    """A LayerNorm written out (`_with_layer_norms_fused`) over the channels alone: the
+    last axis of a channels-last map, axis 1 of an (N, C, H, W) one (ConvNeXt's
+    channels_first LayerNorm), or (N, C) features; a weight and bias of one value per
+    channel (shaped (C,), or (C, 1, 1) over axis 1), or none."""
+    x = imp.tensor(node.input[0], ANY_LAYOUT)
+    attrs = imp.attributes(node)
+    axis = int(attrs["axis"]) % (4 if x.layout == NHWC else x.rank)
+    if not ((x.layout == NHWC and axis == 3) or (x.layout == NCHW and axis == 1)):
+        raise imp.error(f"a LayerNorm written out (x - mean, over the root of the mean square plus eps) over axis "
+                        f"{attrs['axis']} of a rank-{x.rank} {x.layout} value; graphconv's layernorm normalises "
+                        "each position's channels")
+    c = x.shape[0]
+    weights = {}
+    for key, name, default in (("weight", node.input[1], 1.0), ("bias", node.input[2], 0.0)):
+        value = np.asarray(imp.constant(name, key), np.float64) if name else np.full(c, default)
+        if value.size not in (1, c):
+            raise imp.error(f"a LayerNorm's {key} of shape {list(value.shape)} for {c} channels")
+        weights[key] = np.broadcast_to(value.reshape(-1), (c,))
+    name = _clean_name(node.input[1][: -len(".weight")]) if node.input[1].endswith(".weight") else None
+    imp.add_layer(node, "layernorm", [x], {"eps": float(attrs["epsilon"])}, weights, name=name or None)
 
 
 @converts("InstanceNormalization")
