@@ -119,3 +119,14 @@ def test_verify_compares_a_finer_layer_s_maps_on_crops_of_its_lattice(write_spec
     [up] = report.layers
     assert up.name == "up" and up.clear_agrees and up.differing > 0
     assert report.passed
+
+
+@pytest.mark.parametrize("spec", [NEAREST_AFTER_STRIDE, FUSED_BRANCHES])
+def test_tiles_of_a_network_kept_to_its_crop_cells_equal_its_whole_map(write_spec, rng, spec):
+    from graphconv.tiling import min_tile, run_tiled
+    fcn = graphconv.compile_model(graphconv.load(write_spec(spec)).graph)
+    c, h, w = fcn.crop_shape
+    image = random_input(rng, (1, c, 4 * h, 3 * w))
+    whole = fcn.run(image)
+    tile = max(min_tile(fcn))
+    np.testing.assert_allclose(run_tiled(fcn, image, tile), whole, rtol=1e-5, atol=1e-6)
