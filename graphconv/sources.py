@@ -50,6 +50,17 @@ TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf8")
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, what Pillow's "L" uses
 
 
+def grey_of(rgb: np.ndarray) -> np.ndarray:
+    """(1, H, W) luma of (3, H, W) R, G, B: for 8-bit pixels exactly Pillow's "L" (its
+    integer weights, rounded), so that a TIFF or zarr and a PNG of the same pixels feed a
+    grey model the same values (unrounded, 307 of an 8000x8000 image's pixels differed by
+    over half a level); deeper or float pixels unrounded, 0.299 R + 0.587 G + 0.114 B."""
+    if rgb.dtype == np.uint8:
+        weighted = rgb[0] * np.uint32(19595) + rgb[1] * np.uint32(38470) + rgb[2] * np.uint32(7471)
+        return ((weighted + np.uint32(0x8000)) >> np.uint32(16)).astype(np.uint8)[None]
+    return np.tensordot(LUMA, rgb.astype(np.float32), axes=1)[None]
+
+
 def require(module: str):
     """An optional dependency of tiled runs, or a clear message on how to get it."""
     import importlib
@@ -167,10 +178,11 @@ class ArrayLikeSource(_Preprocessed):
             left_out = nan if nodata is None else np.broadcast_to(nodata, raw.shape) if nan is None \
                 else nan | nodata[None]
             self._check_floats(raw, top, left, left_out)
-        chw = raw.astype(np.float32) * self.scale
-        if self.channels == 1 and chw.shape[0] >= 3:
-            chw = np.tensordot(LUMA, chw[:3], axes=1)[None]  # as Pillow's "L" conversion
-        elif chw.shape[0] == 1 and self.channels == 3:
+        if self.channels == 1 and raw.shape[0] >= 3:
+            chw = grey_of(raw[:3]).astype(np.float32) * self.scale
+        else:
+            chw = raw.astype(np.float32) * self.scale
+        if chw.shape[0] == 1 and self.channels == 3:
             chw = np.repeat(chw, 3, axis=0)
         chw = chw[:self.channels]
         replaced = None if nodata is None or not nodata.any() else np.broadcast_to(nodata, chw.shape)

@@ -625,7 +625,7 @@ def test_a_colour_with_zero_bands_is_data_not_no_data(tmp_path):
         np.testing.assert_array_equal(missing, corner)
         np.testing.assert_array_equal(values[~corner], plain[~corner])
         assert (values[corner] == 0).all()
-    assert values.shape[0] == 1 and np.isclose(values[0, 40, 40], (0.299 * 220 / 255 - 0.5) / 0.25)
+    assert values.shape[0] == 1 and np.isclose(values[0, 40, 40], (66 / 255 - 0.5) / 0.25)  # Pillow's L of (220, 0, 0): 65.78 rounded
     preprocess = {"scale": 1 / 255, "mean": [0.5] * 3, "std": [0.25] * 3}
     red = open_source(tmp_path / "red.tif", 3, preprocess).read(40, 40, 41, 41)[:, 0, 0]
     np.testing.assert_allclose(red, [(220 / 255 - 0.5) / 0.25, -2.0, -2.0], rtol=1e-6)  # raw 0, not the mean
@@ -827,17 +827,17 @@ def test_a_zarr_raster_of_four_16_bit_bands_is_not_taken_for_rgba(tmp_path, orde
 
 def test_an_8_bit_rgba_zarr_is_still_a_picture_and_16_bit_rgb_needs_bands_for_grey(tmp_path):
     """An 8-bit RGBA zarr array drops its alpha for an RGB network and is mixed to grey
-    for a grey one, as Pillow converts it; the same three bands in 16 bits are a raster
-    (a microscope's or a scene's), not colours to mix."""
-    from graphconv.sources import LUMA
+    for a grey one, exactly as Pillow converts it to "L" (rounded: a PNG of the same
+    pixels gives the same map); the same three bands in 16 bits are a raster (a
+    microscope's or a scene's), not colours to mix."""
+    from PIL import Image
 
     rgba = np.random.default_rng(5).integers(0, 255, (20, 30, 4), dtype=np.uint8)
     named_zarr(tmp_path / "rgba.zarr", rgba)
     np.testing.assert_array_equal(open_source(tmp_path / "rgba.zarr", 3, None).read(0, 0, 20, 30),
                                   rgba[..., :3].transpose(2, 0, 1))
-    np.testing.assert_allclose(open_source(tmp_path / "rgba.zarr", 1, None).read(0, 0, 20, 30)[0],
-                               np.tensordot(LUMA, rgba[..., :3].transpose(2, 0, 1).astype(np.float32), axes=1),
-                               rtol=1e-6)
+    np.testing.assert_array_equal(open_source(tmp_path / "rgba.zarr", 1, None).read(0, 0, 20, 30)[0],
+                                  np.asarray(Image.fromarray(rgba[..., :3]).convert("L")))
     named_zarr(tmp_path / "rgb16.zarr", rgba[..., :3].astype(np.uint16) * 257)
     with pytest.raises(GraphconvError, match="has 3 bands; the model takes 1: pick them with --bands"):
         open_source(tmp_path / "rgb16.zarr", 1, None)
