@@ -89,14 +89,16 @@ class _Preprocessed:
 
 
 class PillowSource(_Preprocessed):
-    """An ordinary image, decoded whole by graphconv.images.load_image, then cut."""
+    """An ordinary image, decoded whole by graphconv.images.load_image, then cut. An 8-bit
+    one is held as uint8, each tile made float32 as it is read: held as float32, an
+    8000x8000 RGB PNG took 768 MB beside the tiles, 1 GB over --memory-limit 2000M."""
 
     picture = True  # PNG, JPEG: grey, RGB or RGBA, as Pillow reads them
 
     def __init__(self, path: str, channels: int, preprocess: dict | None):
         super().__init__(path, channels, preprocess)
         from graphconv.images import load_image
-        self.pixels = load_image(path, None, channels, stored_values=stores_values(preprocess))
+        self.pixels = load_image(path, None, channels, stored_values=stores_values(preprocess), keep_8_bits=True)
         _, self.height, self.width = self.pixels.shape
 
     def read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:

@@ -1249,3 +1249,20 @@ def test_a_16_bit_raster_read_onto_0_to_255_says_so_and_names_values_stored(tmp_
     for model, image in ((tiny_fcn, plain), (tmp_path / "bare-fcn", tmp_path / "bytes.tif")):
         assert _main("run", model, "--image", image, "--output", tmp_path / "c.npy") == 0
         assert "divided by 257" not in capsys.readouterr().err
+
+
+def test_an_8_bit_picture_is_held_in_8_bits_and_read_as_load_image_reads_it(tmp_path):
+    """Held as float32 while cut into tiles, an 8000x8000 RGB PNG took 768 MB beside
+    them: 1 GB over --memory-limit 2000M, where the same pixels as a TIFF kept within it."""
+    from PIL import Image
+    from graphconv.images import load_image
+    from graphconv.sources import PillowSource
+
+    picture = np.random.default_rng(3).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    Image.fromarray(picture).save(tmp_path / "photo.png")
+    for channels in (1, 3):
+        source = PillowSource(str(tmp_path / "photo.png"), channels, None)
+        assert source.pixels.dtype == np.uint8
+        whole = load_image(str(tmp_path / "photo.png"), None, channels)
+        np.testing.assert_array_equal(source.read(5, 7, 33, 41), whole[:, 5:33, 7:41])
+        assert source.read(0, 0, 40, 50).dtype == np.float32
