@@ -173,6 +173,41 @@ def _wait_for_a_worker(client, scheduler: str) -> None:
                              "outputs at the same paths as this one") from None
 
 
+WORKER_CHECK_S = 5  # while waiting for tasks, how often to ask whether the cluster still has workers
+
+
+def as_completed_with_workers(client, futures) -> Iterator[Any]:
+    """The futures as they complete, as distributed's as_completed gives them; but a
+    cluster left without workers for WORKER_WAIT_S (its only worker killed: the tasks
+    wait for a new one for ever, the command silent) is an error that says so."""
+    import distributed
+
+    remaining, alone_since = set(futures), None
+    while remaining:
+        try:
+            finished, remaining = distributed.wait(remaining, timeout=WORKER_CHECK_S, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            alone_since = _workers_left(client, alone_since)
+            continue
+        alone_since = None
+        yield from finished
+
+
+def _workers_left(client, alone_since: float | None) -> float | None:
+    """None while the cluster has a worker; else since when it has had none, an error once
+    that is WORKER_WAIT_S."""
+    import time
+
+    if client.scheduler_info().get("workers"):
+        return None
+    now = time.monotonic()
+    if alone_since is not None and now - alone_since >= WORKER_WAIT_S:
+        raise GraphconvError(f"every worker of the Dask scheduler at {client.scheduler.address} left during the run, "
+                             f"and none joined in {WORKER_WAIT_S} s: start `dask worker` again (a map written with "
+                             "--resume keeps its tiles done, for the same command to go on from)")
+    return now if alone_since is None else alone_since
+
+
 PACKAGES_THAT_MUST_AGREE = ("graphconv", "numpy", "numba")
 
 
@@ -253,8 +288,6 @@ def run_tiles_on_cluster(client, ref: ModelRef, image: str, plan, out, options: 
     alone is not sent (as `tiling.run_tiled` does). The tiles in `done` (a resumed run's)
     are in `out` already: neither sent nor written. `progress(tile)` is called here, on
     the client, after each block is written (`MapFile.record` lists it then)."""
-    from distributed import as_completed
-
     from graphconv.background import blank_masks, fill_value, without_blank_cells
     from graphconv.tiling import write_block
 
@@ -266,7 +299,7 @@ def run_tiles_on_cluster(client, ref: ModelRef, image: str, plan, out, options: 
                for t in plan.tiles if t not in skipped}
     for tile in blank:
         write_block(out, tile, fill_value(out.dtype), progress)
-    for future in as_completed(futures):
+    for future in as_completed_with_workers(client, futures):
         tile = futures[future]
         write_block(out, tile, without_blank_cells(future.result(), masks.get(tile)), progress)
     return out
@@ -530,14 +563,13 @@ def run_images(ref: ModelRef, images: Sequence[str], output_dir: str, options: M
                 progress(results[-1])
         return results
     import distributed
-    from distributed import as_completed
 
     stop = distributed.Event(f"graphconv-stop-{os.getpid()}-{os.urandom(6).hex()}", client=client)
     futures = [client.submit(_one_image_at, ref, image, output, os.path.abspath(image), os.path.abspath(output),
                              options, tile, stop.name, pure=False)
                for image, output in zip(images, outputs)]
     try:
-        for future in as_completed(futures):
+        for future in as_completed_with_workers(client, futures):
             results.append(_seen_here(future.result()))
             if progress is not None:
                 progress(results[-1])

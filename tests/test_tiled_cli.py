@@ -1175,6 +1175,30 @@ def test_a_worker_with_other_versions_of_the_packages_that_compute_is_refused(mo
             pass
 
 
+def test_a_cluster_whose_every_worker_left_is_said_not_waited_on_for_ever(monkeypatch):
+    """Its only worker killed mid-run, the tasks waited for a new one and the command sat
+    silent (ten minutes in a review, until a worker joined)."""
+    distributed = pytest.importorskip("distributed")
+    import time
+
+    from graphconv import cluster
+
+    monkeypatch.setattr(cluster, "WORKER_WAIT_S", 0.5)
+    monkeypatch.setattr(cluster, "WORKER_CHECK_S", 0.2)
+    with distributed.LocalCluster(n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None) as one, \
+            distributed.Client(one) as client:
+        quick = client.submit(lambda: 1, pure=False)
+        assert [f.result() for f in cluster.as_completed_with_workers(client, [quick])] == [1]
+        slow = client.submit(time.sleep, 60, pure=False)
+        [worker] = one.workers.values()
+        one.sync(worker.close)  # as a worker killed: its task not handed on
+        started = time.monotonic()
+        with pytest.raises(GraphconvError, match=r"every worker of the Dask scheduler at \S+ left during the run, "
+                                                 r"and none joined in 0.5 s: start `dask worker` again"):
+            list(cluster.as_completed_with_workers(client, [slow]))
+        assert time.monotonic() - started < 30
+
+
 def test_a_worker_killed_on_every_try_or_a_lost_scheduler_is_one_line_saying_what_to_do():
     """distributed's KilledWorker (a worker killed for memory, and each that took its
     task over) came out as a traceback, exit 1; a scheduler lost mid-run as dask's
