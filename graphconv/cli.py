@@ -1041,6 +1041,7 @@ def note_dense_padding(args: argparse.Namespace, model) -> None:
 
     if args.crops is not None or model.segmentation or model.returns_vectors or model.stitch_copies > 1:
         return
+    _note_cells_off_the_lattice(model)
     padded = model.derived("padded_layers", lambda: padded_layers(model.graph))
     if not padded:
         return
@@ -1052,6 +1053,18 @@ def note_dense_padding(args: argparse.Namespace, model) -> None:
     note(f"note: {model.graph.name} pads in {len(padded)} layer(s), so its cells can differ from the classifier "
          f"on each crop (each crop is padded at its own border, this pass only at the image's): `{verify}` measures by how much on your image; --crops gives the exact crop loop (the "
          "classifier once per cell, far slower)")
+
+
+def _note_cells_off_the_lattice(model) -> None:
+    """A network compiled without keep-crop-cells (a pipeline of the user's) whose map is
+    finer than its strides let it slide: only every k-th cell is the classifier on its crop."""
+    from graphconv.receptive import crop_cell_step
+
+    step = model.derived("crop_cell_step", lambda: crop_cell_step(model.graph))
+    if step != (1, 1):
+        note(f"note: {model.graph.name} makes its map finer than its strides let it slide (an upsample after a "
+             f"stride): only every {step[0]}x{step[1]}-th cell is the classifier on its crop, the cells between are "
+             "on no crop; compile it with the default passes (keep-crop-cells) for a map of those alone")
 
 
 def note_run_as_written(args: argparse.Namespace, model) -> None:

@@ -130,3 +130,20 @@ def test_tiles_of_a_network_kept_to_its_crop_cells_equal_its_whole_map(write_spe
     whole = fcn.run(image)
     tile = max(min_tile(fcn))
     np.testing.assert_allclose(run_tiled(fcn, image, tile), whole, rtol=1e-5, atol=1e-6)
+
+
+def test_a_map_compiled_without_the_pass_says_which_cells_are_crops(write_spec, rng, tmp_path, capsys):
+    from graphconv.cli import main
+    from graphconv.pass_manager import DEFAULT_PIPELINE
+
+    spec = write_spec(NEAREST_AFTER_STRIDE)
+    np.save(tmp_path / "x.npy", random_input(rng, (1, 3, 26, 30)))
+    pipeline = ",".join(name for name in DEFAULT_PIPELINE if name != "keep-crop-cells")
+    for passes, said in ((pipeline, True), (None, False)):
+        extra = ["--passes", passes] if passes else []
+        assert main(["compile", str(spec), "-o", str(tmp_path / "m"), *extra]) == 0
+        capsys.readouterr()
+        assert main(["run", str(tmp_path / "m"), "--input", str(tmp_path / "x.npy")]) == 0
+        note = ("note: finer makes its map finer than its strides let it slide (an upsample after a stride): only "
+                "every 2x2-th cell is the classifier on its crop")
+        assert (note in capsys.readouterr().err) == said
