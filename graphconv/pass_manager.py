@@ -169,7 +169,7 @@ def _import_builtin_passes() -> None:
     graphconv's: one broken install stopped every command, the built-in pipeline and
     `graphconv passes` (the way to find out which plugin it was) included. The failure is
     kept and said where it matters (see broken_entry_points)."""
-    importlib.import_module("graphconv.passes")
+    _import_the_passes_package()
     for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = entry.dist.name if entry.dist is not None else "?"
         with _origin(f"entry point '{entry.name}' ({dist})"):
@@ -179,6 +179,29 @@ def _import_builtin_passes() -> None:
                 _broken_entry_points.append(
                     f"plugin entry point '{entry.name}' ({entry.value}, package {dist}) failed to import, "
                     f"its passes are missing: {type(err).__name__}: {err}")
+
+
+def _import_the_passes_package() -> None:
+    """`graphconv.passes`: the top-level `passes/` folder, installed under that name. Where
+    graphconv itself is imported from a source tree (Python started in a checkout, which
+    puts its `graphconv/` folder first on the path, or a clone on PYTHONPATH), the folder
+    beside it is that package: an installed copy elsewhere was not found ("No module
+    named 'graphconv.passes'", a traceback, after the quick start's `pip install .`), or
+    was another checkout's passes, silently."""
+    package = Path(__file__).resolve().parent
+    beside = package.parent / "passes"
+    if "graphconv.passes" in sys.modules or (package / "passes").is_dir() or not (beside / "__init__.py").is_file():
+        importlib.import_module("graphconv.passes")
+        return
+    spec = importlib.util.spec_from_file_location("graphconv.passes", beside / "__init__.py",
+                                                  submodule_search_locations=[str(beside)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["graphconv.passes"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["graphconv.passes"]
+        raise
 
 
 def broken_entry_points() -> list[str]:

@@ -2,6 +2,7 @@
 import io
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -799,3 +800,21 @@ def test_a_broken_installed_plugin_loses_its_own_passes_only(tmp_path, monkeypat
     with pytest.raises(PassError, match=r"unknown pass 'broken-pass' .*; plugin entry point 'broken' .*"
                                         r"No module named 'does_not_exist'"):
         pm.get_pass("broken-pass")
+
+
+def test_a_source_tree_s_graphconv_finds_its_passes_beside_it(tmp_path):
+    """Python started in a checkout imports its graphconv/ folder, whose passes are the
+    `passes/` beside it (installed as graphconv.passes): after `pip install .` that was
+    "No module named 'graphconv.passes'", and a clone on PYTHONPATH ran an installed
+    copy's passes."""
+    import shutil
+    import subprocess
+
+    root = Path(pm.__file__).resolve().parent.parent
+    shutil.copytree(root / "graphconv", tmp_path / "graphconv", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(root / "passes", tmp_path / "passes", ignore=shutil.ignore_patterns("__pycache__"))
+    code = ("import graphconv, graphconv.pass_manager as pm; pm.load_builtin_passes(); "
+            "import graphconv.passes as p; print(graphconv.__file__); print(p.__file__)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(tmp_path / "graphconv" / "__init__.py"), str(tmp_path / "passes" / "__init__.py")]
