@@ -14,6 +14,8 @@ from graphconv.pass_manager import register_pass
 def strip_softmax(graph: Graph) -> bool:
     """Averaging logits instead of probabilities is often what score-map users want."""
     last = graph.output
+    if last.op == "interleave":  # after --output-stride with shift-and-stitch, which wraps the network
+        last = last.inputs[0]
     if last.op != "softmax":
         return False
     graph.remove(last)

@@ -1424,6 +1424,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
                                    print_ir_after=set(args.print_ir_after))
     model = Model(graph)
     note_pixels_as_they_are(argparse.Namespace(model=args.spec), model)
+    note_plugin_passes_that_changed_nothing(records)
     field = model.field
     model.save(args.output)
     if args.timings:
@@ -1438,6 +1439,20 @@ def cmd_compile(args: argparse.Namespace) -> int:
                  "pixels")
     note_padding(source)
     return 0
+
+
+def note_plugin_passes_that_changed_nothing(records) -> None:
+    """A pass of the user's own that left the graph as it was, said: where it stands
+    decides what it sees (after `default` the relus are fused into convs, and with
+    --output-stride shift the output is the interleave), and "compiled" read as if it had
+    done its work."""
+    from graphconv.pass_manager import get_pass
+
+    idle = [r.name for r in records if not r.modified and not r.automatic
+            and not get_pass(r.name).origin.startswith("built-in")]
+    for name in dict.fromkeys(idle):
+        note(f"note: pass '{name}' left the graph as it was (if it was to change it: where a pass stands "
+             f"decides what it sees, `--print-ir-before {name}` shows the graph it got; docs/writing-passes.md)")
 
 
 def note_padding(classifier) -> None:

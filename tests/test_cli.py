@@ -183,6 +183,21 @@ def test_compile_with_plugin_and_print_ir(tmp_path, capsys):
     assert "op: softmax" not in (tmp_path / "m" / "model.yaml").read_text()
 
 
+@pytest.mark.parametrize("method", ["dilate", "shift"])
+def test_a_pass_after_default_with_a_finer_stride_strips_the_softmax_or_is_said_idle(tmp_path, capsys, method):
+    """With shift-and-stitch the output after `default` is the interleave: the docs'
+    strip-softmax left the softmax in, silently, and compile said it had run."""
+    plugin = ROOT / "examples/my_passes.py"
+    assert run_cli("compile", SPECS / "lenet.yaml", "-o", tmp_path / "m", "--plugin", plugin, "--passes",
+                   "default,strip-softmax", "--output-stride", 2, "--stride-method", method) == 0
+    assert "op: softmax" not in (tmp_path / "m" / "model.yaml").read_text()
+    assert "strip-softmax' left the graph" not in capsys.readouterr().err
+    assert run_cli("compile", tmp_path / "m", "-o", tmp_path / "again", "--plugin", plugin, "--passes",
+                   "strip-softmax") == 0
+    assert ("note: pass 'strip-softmax' left the graph as it was (if it was to change it: where a pass stands "
+            "decides what it sees, `--print-ir-before strip-softmax` shows the graph it got") in capsys.readouterr().err
+
+
 def test_compile_says_whether_the_result_slides(tmp_path, capsys):
     """A pipeline without fc-to-conv leaves a classifier that takes only its crop: compile
     said "output stride 4x4, each cell sees 32x32 pixels" all the same."""

@@ -103,9 +103,11 @@ class Window:
 
     def taps(self, axis: int, position: int) -> list:
         """The input cells output cell `position` reads on `axis` (0: rows, 1: columns);
-        outside 0..size-1 they are padding."""
+        outside 0..size-1 they are padding. A stride of 1/f (an upsample's; shift-and-
+        stitch's interleave, whose cell p is copy p mod f's cell p // f) reads cell
+        floor(p / f)."""
         start = position * self.stride[axis]
-        if self.floored:
+        if self.floored or not isinstance(start, int):
             start = math.floor(start)
         start -= self.padding[axis]
         return [start + k * self.dilation[axis] for k in range(self.kernel[axis])]
