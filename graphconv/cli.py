@@ -1281,6 +1281,9 @@ def _run_scales(args: argparse.Namespace, model, x: np.ndarray) -> int:
 
     if args.heatmap is not None or args.profile:
         raise GraphconvError("--heatmap and --profile take a single-scale run (drop --scales)")
+    if model.returns_vectors:  # it said "input of 28x37 does not fit" at the first scale
+        raise GraphconvError("--scales slides the network over the image at each scale: compile the model first "
+                             "(graphconv compile), a classifier with fc layers sees one crop", file=args.model)
     largest = scaled_size(x.shape[2], x.shape[3], max(args.scales))  # buffers grow to the largest
     check_run_fits(model.graph, x.shape[0], largest, f"scale {max(args.scales)} ({largest[0]}x{largest[1]})")
     reduce = args.reduce or "mean"

@@ -290,6 +290,8 @@ def parse_pipeline(text: str) -> list[PipelineItem]:
             if not sep:
                 raise PassError(f"pass option '{part}' of '{name}' must be key=value")
             key, value = key.strip(), value.strip()
+            if key in options:  # the last one was taken, silently
+                raise PassError(f"pass option '{key}' of '{name}' is given twice")
             options[key] = value if _is_text_option(name, key) else _parse_value(value)
         items.append((name, options))
     rebuilt = ",".join(n + ("{...}" if o else "") for n, o in items)

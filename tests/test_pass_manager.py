@@ -70,6 +70,8 @@ def test_parse_pipeline():
     for bad in ("a,,b", "a{k}", "a{k=1", ""):
         with pytest.raises(PassError):
             parse_pipeline(bad)
+    with pytest.raises(PassError, match="pass option 'alpha' of 'a' is given twice"):  # the last was kept
+        parse_pipeline("a{alpha=0.1,alpha=0.2}")
 
 
 def test_unknown_pass_and_option_are_clear():

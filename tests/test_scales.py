@@ -95,3 +95,7 @@ def test_cli_multiscale_prints_top_classes_and_saves_the_vector(tmp_path, capsys
     assert np.load(tmp_path / "v.npy").shape == (2, 10)
     assert main(["inspect", str(tmp_path / "m"), "--scales", "32,64"]) == 0
     assert "64x64" in capsys.readouterr().out
+    assert main(["run", str(tmp_path / "net.yaml"), "--input", str(tmp_path / "x.npy"), "--scales", "32"]) == 2
+    assert capsys.readouterr().err == ("graphconv: net.yaml: --scales slides the network "
+                                       "over the image at each scale: compile the model first (graphconv compile), "
+                                       "a classifier with fc layers sees one crop\n")

@@ -62,8 +62,8 @@ def require_onnx():
     try:
         import onnx
     except ImportError:
-        raise GraphconvError("reading ONNX models needs the onnx package: "
-                             "pip install 'graphconv[onnx]'") from None
+        raise GraphconvError("ONNX models (import and export) need the onnx package: pip install "
+                             "'graphconv[onnx]' (from a checkout: pip install '.[onnx]')") from None
     return onnx
 
 
