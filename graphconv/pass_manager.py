@@ -170,6 +170,7 @@ def _import_builtin_passes() -> None:
     `graphconv passes` (the way to find out which plugin it was) included. The failure is
     kept and said where it matters (see broken_entry_points)."""
     _import_the_passes_package()
+    _broken_entry_points.clear()  # an import tried again (after a failure) says each once
     for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = entry.dist.name if entry.dist is not None else "?"
         with _origin(f"entry point '{entry.name}' ({dist})"):
@@ -454,10 +455,10 @@ class PassManager:
         graph = graph.copy()
         self.records = []  # this run's; a manager run twice does not list its passes twice
         self._valid: set[str] = set()
-        self._cell_field = None
+        self._first_cell = None
         if self.verify_each:
             self._verify(graph, None)
-        self._cell_field = _cell_field(graph)  # what every cell reads, for the checks after the passes
+        self._first_cell = _first_cell(graph)  # what the output's cells read, for the checks after the passes
         for name, options in self.items:
             self._run_one(graph, get_pass(name), options, automatic=False)
         if not self.verify_each:  # the result is checked all the same: a broken IR is not a model
@@ -540,8 +541,8 @@ class PassManager:
                     if node.shape != shapes[node.name]:
                         raise node.error(f"annotated shape {node.shape} but its inputs give "
                                          f"{shapes[node.name]}{_shape_hint(node, pass_name)}")
-            if self._cell_field is not None:
-                _check_cells_unchanged(graph, self._cell_field)
+            if self._first_cell is not None:
+                _check_cells_unchanged(graph, self._first_cell)
             _check_labels_match(graph, shapes[graph.output.name][0])
         except GraphconvError as err:
             who = who or (f"pass '{pass_name}' broke the IR" if pass_name else "the input IR is invalid")
@@ -585,7 +586,7 @@ def timings_table(records: Sequence[PassRecord]) -> str:
     return "\n".join(text_table(["pass", "ms", "share", "changed"], rows, left=1))
 
 
-def _cell_field(graph: Graph):
+def _first_cell(graph: Graph):
     """Output cell (0, 0) and its lattice (`receptive.FirstCell`), or None where there is
     none to keep (a graph whose fields cannot be worked out, such as maps of different
     strides meeting: `Model` refuses those itself)."""
@@ -606,11 +607,11 @@ def _check_cells_unchanged(graph: Graph, before) -> None:
     where its conv's windows left the last rows out (its weights there are zero). A pass
     that makes a map finer by dropping a pooling's stride, say, changes what each cell
     computes, and every cell would be wrong; caught here, it is named."""
-    after = _cell_field(graph)
+    after = _first_cell(graph)
     if after is None:
         raise graph.output.error("the receptive field of the output can no longer be worked out")
     _, height, width = graph.input_shape
-    was, now = _in_crop(before.box, height, width), _in_crop(after.box, height, width)
+    was, now = before.pixels_at(height, width), after.pixels_at(height, width)
     keeps_its_pixels = now[0] <= was[0] and now[1] <= was[1] and now[2] >= was[2] and now[3] >= was[3]
     old, new = before.box, after.box
     reach = (min(old[0], 0), min(old[1], 0), max(old[2], height), max(old[3], width))
@@ -620,14 +621,9 @@ def _check_cells_unchanged(graph: Graph, before) -> None:
         raise graph.output.error(
             f"the first output cell read {_cell_box(before, height, width)}, and now reads "
             f"{_cell_box(after, height, width)}: a pass must keep every cell equal to what it was (a "
-            "classifier's: the classifier on its crop); only the stride may become finer, by a whole factor, "
-            "as output-stride makes it (compile --output-stride)")
-
-
-def _in_crop(box, height: int, width: int) -> tuple:
-    """The pixels of the crop `box` reads (padding reaching outside it is not a pixel)."""
-    top, left, bottom, right = box
-    return max(top, 0), max(left, 0), min(bottom, height), min(right, width)
+            "classifier's: the classifier on its crop); only the stride may change: finer by a whole factor, "
+            "as output-stride makes it (compile --output-stride), or coarser up to the period the network "
+            "slides at, as keep-crop-cells makes it")
 
 
 def _cell_box(cell, height: int, width: int) -> str:

@@ -38,12 +38,6 @@ class Field:
         left = self.offset[1] + j * self.stride[1]
         return top, left, top + self.size[0], left + self.size[1]
 
-    def pixels_at(self, height: int, width: int) -> tuple[int, int, int, int]:
-        """Cell (0, 0)'s box cut to an image of height x width: the pixels it really
-        reads there (padding reaching outside the image is not a pixel)."""
-        top, left, bottom, right = self.box(0, 0)
-        return max(top, 0), max(left, 0), min(bottom, height), min(right, width)
-
 
 @dataclass(frozen=True)
 class FirstCell:
@@ -53,6 +47,12 @@ class FirstCell:
     box: tuple[int, int, int, int]  # (top, left, bottom, right), bottom/right exclusive
     stride: tuple
     period: tuple
+
+    def pixels_at(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """The box cut to an image of height x width: the pixels the cell really reads
+        there (padding reaching outside the image is not a pixel)."""
+        top, left, bottom, right = self.box
+        return max(top, 0), max(left, 0), min(bottom, height), min(right, width)
 
 
 class MixedStridesError(GraphconvError):
@@ -139,10 +139,14 @@ def _through_window(axis: _Phases, window, a: int) -> _Phases:
     kernel, step, padding, dilation = (window.kernel[a], Fraction(window.stride[a]), window.padding[a],
                                        window.dilation[a])
     stride = axis.stride * step
-    if step < 1 and not window.floored:  # interleave: copy c of cell i is output cell i*f + c
-        lo = min(b[0] for b in axis.boxes)
-        hi = max(b[1] for b in axis.boxes)
-        return _Phases(stride, ((lo, hi),) * len(axis.boxes))
+    if step < 1 and not window.floored:  # interleave: output cell i*f + c is copy c's cell i
+        # copy c is the network on the image shifted by c * stride, so relative to its own
+        # place the cell keeps its copy's box; a copy of one phase slides at the finer
+        # stride, one of several only at its period, every phase taken f times over
+        factor = _whole(1 / step)
+        phases = len(axis.boxes)
+        return _Phases(stride, axis.boxes if phases == 1 else
+                       tuple(axis.boxes[(cell // factor) % phases] for cell in range(factor * phases)))
     period = axis.period if window.floored else _lcm(axis.period, stride)
     boxes = []
     for cell in range(_whole(period / stride)):
@@ -234,8 +238,8 @@ def upsampling_multiple(graph: Graph) -> tuple[int, int] | None:
     for node in graph.layers():
         window = node.opdef.window(node.params, [shapes[s.name] for s in node.inputs])
         if window is not None and window.floored:
-            stride = fields[node.inputs[0].name].stride
-            multiple = tuple(math.lcm(int(a), int(b)) for a, b in zip(multiple or (1, 1), stride))
+            stride = fields[node.inputs[0].name].stride  # below 1 after another upsample (EDSR's two shuffles)
+            multiple = tuple(_whole(_lcm(a, b)) for a, b in zip(multiple or (1, 1), stride))
     return multiple
 
 
@@ -248,32 +252,32 @@ def sliding_periods(graph: Graph) -> dict[str, tuple]:
     interleave, whose shifted copies hold every phase, divides both. Where the output's
     period is a multiple of its stride, only every (period / stride)-th cell is a crop of
     the classifier (`crop_cell_step`)."""
-    phases, mixed = _phases_of_nodes(graph)
-    if mixed is not None:
-        receptive_fields(graph)  # raises the error naming the layer
-    return {name: tuple(_whole(axis.period) for axis in axes) for name, axes in phases.items()}
+    return {name: tuple(_whole(axis.period) for axis in axes) for name, axes in _every_phase(graph).items()}
 
 
 def crop_cell_step(graph: Graph) -> tuple[int, int]:
     """Every how many cells of the output map, per axis, a cell is the classifier on its
     crop: (1, 1) but where the map is made finer than the strides before it let it
     slide (`sliding_periods`); the cells between are the network on no crop of the image."""
-    phases, mixed = _phases_of_nodes(graph)
-    if mixed is not None:
-        receptive_fields(graph)
-    return tuple(len(axis.boxes) for axis in phases[graph.output.name])
+    return tuple(len(axis.boxes) for axis in _every_phase(graph)[graph.output.name])
 
 
 def first_output_cell(graph: Graph) -> FirstCell:
     """Output cell (0, 0)'s box, stride and period; a MixedStridesError where the
     network has no field."""
-    phases, mixed = _phases_of_nodes(graph)
-    if mixed is not None:
-        receptive_fields(graph)
-    h, w = phases[graph.output.name]
+    h, w = _every_phase(graph)[graph.output.name]
     (top, bottom), (left, right) = h.box(0), w.box(0)
     return FirstCell(tuple(_whole(v) for v in (top, left, bottom, right)), (_whole(h.stride), _whole(w.stride)),
                      (_whole(h.period), _whole(w.period)))
+
+
+def _every_phase(graph: Graph) -> dict[str, tuple[_Phases, _Phases]]:
+    """`_phases_of_nodes` of a graph where every node has them; a MixedStridesError naming
+    the layer where maps of different strides meet otherwise."""
+    phases, mixed = _phases_of_nodes(graph)
+    if mixed is not None:
+        receptive_fields(graph)  # raises, with the message that layer gets everywhere
+    return phases
 
 
 def _lcm(a, b) -> Fraction:

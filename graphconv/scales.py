@@ -120,6 +120,8 @@ def classify(model: Model, image, *, scales: int | Sequence[int] | None = None, 
     preprocess = model.graph.meta.get("preprocess")
     x = images.preprocess(images.as_picture(image, c, images.stores_values(preprocess)), preprocess)[None]
     height, width = x.shape[2:]
+    if isinstance(scales, (list, tuple)) and not scales:
+        scales = None  # the default, as it always was
     if model.returns_vectors:
         if scales is not None:
             raise GraphconvError("scales slide the network over the image: compile the model first "

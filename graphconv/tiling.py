@@ -546,15 +546,16 @@ def map_transform(reduce: str | None = None, classes: Sequence[int] | None = Non
 
 
 @contextmanager
-def _removed_if_failed_empty(partial: PartialMap, new: bool, recorded: Callable[[], bool]) -> Iterator[None]:
+def _removed_if_failed_empty(partial: PartialMap, new: bool, empty_and_ours: Callable[[], bool]) -> Iterator[None]:
     """A --resume run's partial folder that this run made is removed if the run fails
-    (not stopped: Ctrl-C keeps it, as it says) before a tile is done: a scheduler that
-    could not be reached left an empty one, which the next run without --resume stepped
-    around and the user was left to wonder about."""
+    (not stopped: Ctrl-C keeps it, as it says) while holding it, before a tile is done: a
+    scheduler that could not be reached left an empty one, which the next run without
+    --resume stepped around and the user was left to wonder about. Not when another run
+    took the folder's lock first: that run is writing into it."""
     try:
         yield
     except Exception:
-        if new and not recorded() and partial.exists():
+        if new and empty_and_ours() and partial.exists():
             from graphconv.files import remove_temporary
             remove_temporary(partial.folder)
         raise
@@ -604,6 +605,7 @@ class MapFile:
         self.blank = frozenset(blank)
         self._index: dict[Tile, int] = {}
         self._recorded = False  # a tile listed as done by this run
+        self._holding = False  # this run holds the partial folder's lock (another run may have taken it first)
 
     @property
     def _scratch(self) -> str:
@@ -656,9 +658,10 @@ class MapFile:
         partial = self.partial
         new = not partial.exists()
         with output_folders(target), write_errors_named(self.path, partial.folder), \
-                _removed_if_failed_empty(partial, new, lambda: self._recorded):
+                _removed_if_failed_empty(partial, new, lambda: self._holding and not self._recorded):
             partial.make_or_check(self.job, self._create)
             with held_exclusively(partial.folder, partial.shown):
+                self._holding = True
                 partial.check(self.job)  # again, now that no other run can change it
                 self._index = {tile: i for i, tile in enumerate(self.tiles)}
                 self.done = partial.done(self.tiles)

@@ -15,15 +15,17 @@ per crop, is left alone.
 from graphconv.ir import Graph
 from graphconv.pass_manager import register_pass
 from graphconv.receptive import crop_cell_step
-
-WHOLE_INPUT_OPS = ("fc", "flatten", "globalavgpool")
+from graphconv.strides import SLIDING_PASS
 
 
 @register_pass("keep-crop-cells", "subsample a map made finer than the network's strides let it slide "
                "(an upsample after a strided layer) to the cells that are crops", requires=("shapes",))
 def keep_crop_cells(graph: Graph) -> bool:
-    if graph.meta.get("task") == "segmentation" or any(graph.find(op) for op in WHOLE_INPUT_OPS):
-        return False  # per pixel of the whole image; or a classifier not made to slide yet
+    """Append the subsample where the output's period is a multiple of its stride; nothing
+    for a segmentation network (per pixel of the whole image) or a classifier whose fc,
+    flatten or global pool still sees the whole crop (it does not slide yet)."""
+    if graph.meta.get("task") == "segmentation" or any(graph.find(op) for op in SLIDING_PASS):
+        return False
     step = crop_cell_step(graph)
     if step == (1, 1):
         return False

@@ -1679,6 +1679,25 @@ def test_a_layer_norm_written_out_imports_as_one_layernorm(tmp_path, rng, form, 
     assert [n.op for n in graph.layers()].count("layernorm") == 1
 
 
+def test_a_layer_norm_s_weight_along_the_width_is_not_taken_per_channel(tmp_path, rng):
+    """Over axis 1 of (N, C, H, W) a weight of shape (C,) scales along W (where W == C):
+    taken as one per channel it differed from onnxruntime by 1.7."""
+    helper = onnx.helper
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[1]), helper.make_node("Sub", ["x", "m"], ["d"]),
+             helper.make_node("Pow", ["d", "two"], ["q"]), helper.make_node("ReduceMean", ["q"], ["v"], axes=[1]),
+             helper.make_node("Add", ["v", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["s"]),
+             helper.make_node("Div", ["d", "s"], ["n"]), helper.make_node("Mul", ["n", "w"], ["y"], name="scale")]
+    initializers = {"two": np.float32(2), "eps": np.float32(1e-5), "w": rng.standard_normal(4).astype(np.float32)}
+    path = onnx_file(tmp_path / "ln.onnx", nodes, initializers, opset=13, input_shape=(1, 4, 4, 4))
+    with pytest.raises(GraphconvError, match=r"LayerNorm's weight of shape \[4\] is not one value per channel"):
+        load_network(path)
+    initializers["w"] = initializers["w"].reshape(4, 1, 1)
+    path = onnx_file(tmp_path / "ln.onnx", nodes, initializers, opset=13, input_shape=(1, 4, 4, 4))
+    x = rng.standard_normal((1, 4, 4, 4)).astype(np.float32)
+    np.testing.assert_allclose(Model(load_network(path)).executor("cpu").run(x), onnxruntime_scores(path, x),
+                               **TOLERANCE)
+
+
 class Softplus(torch.nn.Module):
     """nn.Softplus alone, on a 3 x 5 x 7 map."""
     crop = (5, 7)

@@ -147,3 +147,36 @@ def test_a_map_compiled_without_the_pass_says_which_cells_are_crops(write_spec, 
         note = ("note: finer makes its map finer than its strides let it slide (an upsample after a stride): only "
                 "every 2x2-th cell is the classifier on its crop")
         assert (note in capsys.readouterr().err) == said
+
+
+def test_a_segmentation_map_finer_than_its_period_still_takes_a_finer_stride(write_spec, rng):
+    """Shift-and-stitch of a map of several phases: each copy's cells keep their own boxes
+    (every phase's union made the first cell's box grow, and compile refused)."""
+    seg = graphconv.load(write_spec("name: seg\ntask: segmentation\ninput: {shape: [2, 16, 16]}\nlayers:\n"
+                                    "  - {name: d1, op: conv, out_channels: 4, kernel_size: 2, stride: 2}\n"
+                                    "  - {name: d2, op: conv, out_channels: 4, kernel_size: 2, stride: 2}\n"
+                                    "  - {name: up, op: upsample, factor: 2}\n"
+                                    "  - {name: head, op: conv, out_channels: 3, kernel_size: 1}\n"))
+    fine = graphconv.compile_model(seg.graph, output_stride=1, stride_method="shift")
+    cell = first_output_cell(fine.graph)
+    assert (cell.box, cell.stride, cell.period) == ((0, 0, 4, 4), (1, 1), (4, 4))
+    x = random_input(rng, (1, 2, 32, 32))
+    out, plain = fine.run(x), graphconv.compile_model(seg.graph)
+    for a in (0, 1):
+        for b in (0, 1):  # copy (a, b): the network on the image shifted by (a, b)
+            shifted = np.zeros_like(x)
+            shifted[:, :, :32 - a, :32 - b] = x[:, :, a:, b:]
+            np.testing.assert_allclose(out[:, :, a::2, b::2][:, :, :15, :15], plain.run(shifted)[:, :, :15, :15],
+                                       rtol=1e-5, atol=1e-5)
+
+
+def test_upsampling_twice_in_a_row_tiles_and_says_its_multiple(write_spec, rng):
+    """Two pixel shuffles in a row (EDSR x4): the second's input stride is 1/2, which the
+    multiple of sides took as 0 (a ZeroDivisionError)."""
+    from graphconv.receptive import upsampling_multiple
+    seg = graphconv.load(write_spec("name: sr\ntask: segmentation\ninput: {shape: [1, 8, 8]}\nlayers:\n"
+                                    "  - {name: c1, op: conv, out_channels: 4, kernel_size: 1}\n"
+                                    "  - {name: s1, op: depth_to_space, block: 2}\n"
+                                    "  - {name: c2, op: conv, out_channels: 4, kernel_size: 1}\n"
+                                    "  - {name: s2, op: depth_to_space, block: 2}\n"))
+    assert upsampling_multiple(seg.graph) == (1, 1)

@@ -51,7 +51,8 @@ def test_one_scale_may_be_given_as_a_number(lenet, rng):
     _, fcn = lenet
     image = (rng.random((40, 60, 1)) * 255).astype(np.uint8)
     assert fcn.classify(image, scales=48, top=3) == fcn.classify(image, scales=[48], top=3)
-    for bad in (0, [48, -1], "48", [], 48.0, True):
+    assert fcn.classify(image, scales=[], top=3) == fcn.classify(image, top=3)  # the default, as it always was
+    for bad in (0, [48, -1], "48", 48.0, True):
         with pytest.raises(GraphconvError, match=r"scales must be whole numbers >= 1 \(each a shorter side"):
             fcn.classify(image, scales=bad)
 

@@ -845,8 +845,8 @@ def _with_layer_norms_fused(nodes: list, constant: Callable[[str], np.ndarray | 
         eps_name = constant_operand(plus_eps, variance.output[0])
         root = sole_reader(plus_eps.output[0], "Sqrt") if eps_name else None
         divide = sole_reader(root.output[0], "Div") if root is not None else None
-        if divide is None or list(divide.input) != [d, root.output[0]] or len(readers[d]) != 2 \
-                or scalar(eps_name) is None:
+        if divide is None or list(divide.input) != [d, root.output[0]] or len({id(n) for n in readers[d]}) != 2 \
+                or scalar(eps_name) is None:  # d read by the square (Pow, or Mul(d, d): listed twice) and the Div
             continue
         group, last, weight, bias = [mean, sub, square, variance, plus_eps, root, divide], divide, "", ""
         times = sole_reader(last.output[0], "Mul")
@@ -2272,10 +2272,11 @@ def _channel_layer_norm(imp: _Importer, node) -> None:
     c = x.shape[0]
     weights = {}
     for key, name, default in (("weight", node.input[1], 1.0), ("bias", node.input[2], 0.0)):
-        value = np.asarray(imp.constant(name, key), np.float64) if name else np.full(c, default)
-        if value.size not in (1, c):
-            raise imp.error(f"a LayerNorm's {key} of shape {list(value.shape)} for {c} channels")
-        weights[key] = np.broadcast_to(value.reshape(-1), (c,))
+        value = _per_channel(imp.constant(name, key), x) if name else np.full(c, default)
+        if value is None:  # (C,) over axis 1 of (N, C, H, W) broadcasts along W, not the channels
+            raise imp.error(f"a LayerNorm's {key} of shape {list(imp.constant(name, key).shape)} is not one value "
+                            f"per channel of the {x.layout} map; graphconv scales each channel")
+        weights[key] = value
     name = _clean_name(node.input[1][: -len(".weight")]) if node.input[1].endswith(".weight") else None
     imp.add_layer(node, "layernorm", [x], {"eps": float(attrs["epsilon"])}, weights, name=name or None)
 
