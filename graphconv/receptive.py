@@ -134,8 +134,9 @@ def _through_window(axis: _Phases, window, a: int) -> _Phases:
     starts at input cell i * stride - padding (floor(i * stride) for a floored window, an
     upsample's, whose output cells share windows) and its box holds every box the window
     reads. A floored window keeps the input's period (a repeated value sits on its
-    lattice); shift-and-stitch's interleave (stride 1/f, not floored), whose shifted
-    copies hold every phase, divides it, its cells' boxes those of the copies' cells."""
+    lattice). Shift-and-stitch's interleave (stride 1/f, not floored) gives each cell its
+    copy's cell's box; its shifted copies make a map of one phase slide at the finer
+    stride, one of several (a segmentation network's) only at its period."""
     kernel, step, padding, dilation = (window.kernel[a], Fraction(window.stride[a]), window.padding[a],
                                        window.dilation[a])
     stride = axis.stride * step
