@@ -111,14 +111,15 @@ def register_pass(name: str, description: str, *, requires: Sequence[str] = (),
 
     def decorator(fn: Callable) -> Callable:
         existing = _REGISTRY.get(name)
+        origin = _loading_origin[-1] if _loading_origin else _origin_of(fn)
         if existing is not None and existing.run.__module__ != fn.__module__:  # the same module: reloaded
-            raise PassError(f"pass '{name}' is already registered by {existing.origin}")
+            raise PassError(f"pass '{name}' is already registered by {existing.origin}; {origin} registers it "
+                            "again (rename one)")
         catch_all = [p.name for p in inspect.signature(fn).parameters.values()
                      if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
         if catch_all:
             raise PassError(f"pass '{name}': options are named parameters with defaults (`def {fn.__name__}(graph, "
                             f"k: int = 1)`), so a pipeline's options can be checked; not *{catch_all[0]}")
-        origin = _loading_origin[-1] if _loading_origin else _origin_of(fn)
         _REGISTRY[name] = PassInfo(name, description, fn, tuple(requires), tuple(provides),
                                    tuple(preserves), origin)
         return fn
@@ -486,7 +487,10 @@ class PassManager:
             result = info.run(graph, **options)
         except GraphconvError as err:
             where = "" if info.origin.startswith("built-in") else f", {info.origin}"
-            raise PassError(f"{err.message} (in pass '{info.name}'{where})", loc=err.loc, layer=err.layer) from err
+            unchecked = "" if self.verify_each else ("; an earlier pass, unchecked, may have made this: drop "
+                                                     "--no-verify (verify_each=False) to find which")
+            raise PassError(f"{err.message} (in pass '{info.name}'{where}{unchecked})", loc=err.loc,
+                            layer=err.layer) from err
         except Exception as err:
             if info.origin.startswith("built-in"):
                 if not self.verify_each:  # most likely an earlier pass broke the IR, unchecked: say so if it did
