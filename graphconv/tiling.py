@@ -314,8 +314,8 @@ def _check_slides(graph) -> None:
             # compiling would make a classifier's pool slide; a segmentation network's (an
             # LR-ASPP gate) is over the whole image by design
             raise node.error(f"{node.op} sees its whole input, so this segmentation network needs the whole "
-                             "image in one pass and cannot be evaluated in tiles: run it whole (not --tile or run_tiled; a "
-                             "memory limit as large as the whole image needs), or on a smaller image")
+                             "image in one pass and cannot be evaluated in tiles: run it whole (not --tile or "
+                             "run_tiled; a memory limit as large as the whole image needs), or on a smaller image")
         if node.op in SLIDING_PASS:
             raise node.error(f"{node.op} sees its whole input, so the network cannot be evaluated in tiles: "
                              f"compile it first (graphconv compile; the {SLIDING_PASS[node.op]} pass makes "
@@ -451,8 +451,8 @@ def _cells_of(full: np.ndarray, tile: Tile, field: Field) -> np.ndarray:
 def check_out(out: Any, shape: tuple, *, float_scores: bool) -> None:
     """Refuse, before a tile is computed, an `out` that cannot hold the map: its shape is
     not (N, K, rows, cols) of the planned map (`shape`; K None when a transform decides
-    it), it is read-only (found after the first tile's work), or scores would be written
-    into integers (truncated; a transform's integer classes, `--reduce argmax`, go into
+    it), it is read-only (refused here: writing found it only after the first tile's
+    work), or scores would be written into integers (truncated; a transform's integer classes, `--reduce argmax`, go into
     any integer type)."""
     held = getattr(out, "shape", None)
     dtype = getattr(out, "dtype", None)

@@ -145,8 +145,9 @@ def test_without_verifying_each_pass_the_result_is_still_verified(lenet):
         PassManager(["cycle-pass"], verify_each=False).run(lenet)
     with pytest.raises(PassError, match=r"pass 'shape-inference' crashed on an invalid IR .*cycle"):
         PassManager(["cycle-pass", "shape-inference"], verify_each=False).run(lenet)
+    # it blamed shape-inference alone
     with pytest.raises(PassError, match=r"layer 'fc4': fc expects .* \(in pass 'shape-inference'; an earlier pass, "
-                                        r"unchecked, may have made this: drop --no-verify"):  # it blamed shape-inference
+                                        r"unchecked, may have made this: drop --no-verify"):
         PassManager(["bad-pass", "shape-inference"], verify_each=False).run(lenet)
 
     @register_pass("unstrided-pool", "changes every cell on purpose")
@@ -823,4 +824,5 @@ def test_a_source_tree_s_graphconv_finds_its_passes_beside_it(tmp_path):
             "import graphconv.passes as p; print(graphconv.__file__); print(p.__file__)")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == [str(tmp_path / "graphconv" / "__init__.py"), str(tmp_path / "passes" / "__init__.py")]
+    assert result.stdout.split() == [str(tmp_path / "graphconv" / "__init__.py"),
+                                     str(tmp_path / "passes" / "__init__.py")]

@@ -625,7 +625,8 @@ def test_a_colour_with_zero_bands_is_data_not_no_data(tmp_path):
         np.testing.assert_array_equal(missing, corner)
         np.testing.assert_array_equal(values[~corner], plain[~corner])
         assert (values[corner] == 0).all()
-    assert values.shape[0] == 1 and np.isclose(values[0, 40, 40], (66 / 255 - 0.5) / 0.25)  # Pillow's L of (220, 0, 0): 65.78 rounded
+    # Pillow's L of (220, 0, 0): 65.78, rounded
+    assert values.shape[0] == 1 and np.isclose(values[0, 40, 40], (66 / 255 - 0.5) / 0.25)
     preprocess = {"scale": 1 / 255, "mean": [0.5] * 3, "std": [0.25] * 3}
     red = open_source(tmp_path / "red.tif", 3, preprocess).read(40, 40, 41, 41)[:, 0, 0]
     np.testing.assert_allclose(red, [(220 / 255 - 0.5) / 0.25, -2.0, -2.0], rtol=1e-6)  # raw 0, not the mean

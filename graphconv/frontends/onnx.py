@@ -217,8 +217,8 @@ class Tensor:
     Transpose [0, 3, 2, 1], a Softmax over the last axis and the Transpose back), or
     as the (N, H, W) of one channel taken with a scalar index (ONE_CHANNEL: torchvision's
     GoogLeNet and Inception-v3 re-normalise their input as x[:, k] * a + b per channel,
-    then unsqueeze and concatenate them). Those views move no data: they change only how the next ONNX op's axes map onto
-    graphconv's channels."""
+    then unsqueeze and concatenate them). Those views move no data: they change only how
+    the next ONNX op's axes map onto graphconv's channels."""
 
     node: str
     shape: tuple[int, int, int]
@@ -600,6 +600,21 @@ def _elem_type(onnx, array: np.ndarray) -> int:
         raise ValueError(f"a constant of numpy type {np.asarray(array).dtype}") from None
 
 
+def _readers_of(nodes: list) -> dict[str, list]:
+    """Each value's reading nodes, in order (a node reading it twice, Mul(d, d), listed twice)."""
+    readers: dict[str, list] = {}
+    for node in nodes:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
+def _sole_reader(readers: dict[str, list], name: str, op_type: str):
+    """The one node reading `name`, if it is of `op_type`; else None."""
+    found = readers.get(name, [])
+    return found[0] if len(found) == 1 and found[0].op_type == op_type else None
+
+
 def _with_gelus_fused(nodes: list, constant: Callable[[str], np.ndarray | None]) -> list:
     """The node list with each GELU that exporters before op set 20 write out,
     x * 0.5 * (1 + erf(x / sqrt(2))), or in its tanh form (nn.GELU('tanh')),
@@ -610,18 +625,14 @@ def _with_gelus_fused(nodes: list, constant: Callable[[str], np.ndarray | None])
     so ConvNeXt-style models import whichever op set they were exported with. Only
     groups whose inner values nothing else reads are fused."""
     producer = {out: node for node in nodes for out in node.output}
-    readers: dict[str, list] = {}
-    for node in nodes:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = _readers_of(nodes)
 
     def is_constant(name: str, value: float) -> bool:
         known = constant(name)
         return known is not None and known.size == 1 and bool(np.isclose(float(known.ravel()[0]), value, rtol=1e-4))
 
     def sole_reader(name: str, op_type: str):
-        found = readers.get(name, [])
-        return found[0] if len(found) == 1 and found[0].op_type == op_type else None
+        return _sole_reader(readers, name, op_type)
 
     def other_input(node, name: str) -> str | None:
         others = list(node.input)
@@ -725,10 +736,7 @@ def _with_softplus_thresholds_fused(nodes: list, constant: Callable[[str], np.nd
     by name through `refuse(where_node, message)`. Only groups whose inner values
     nothing else reads are fused."""
     producer = {out: node for node in nodes for out in node.output}
-    readers: dict[str, list] = {}
-    for node in nodes:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = _readers_of(nodes)
 
     def scalar(name: str) -> float | None:
         known = constant(name)
@@ -791,14 +799,10 @@ def _with_layer_norms_fused(nodes: list, constant: Callable[[str], np.ndarray | 
     exporter writes nn.LayerNorm so before op set 17 (ConvNeXt's channels-last norm), and
     ConvNeXt's own LayerNorm(data_format="channels_first") is this in Python over axis 1,
     at any op set. Only groups whose inner values nothing else reads are fused."""
-    readers: dict[str, list] = {}
-    for node in nodes:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = _readers_of(nodes)
 
     def sole_reader(name: str, op_type: str):
-        found = readers.get(name, [])
-        return found[0] if len(found) == 1 and found[0].op_type == op_type else None
+        return _sole_reader(readers, name, op_type)
 
     def mean_axes(node) -> list[int] | None:
         """The axes of a ReduceMean keeping its dims, from its attribute or (op set 18) input."""
