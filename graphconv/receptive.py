@@ -229,21 +229,6 @@ def total_stride(graph: Graph) -> tuple[int, int]:
     return receptive_fields(graph)[graph.output.name].stride
 
 
-def upsampling_multiple(graph: Graph) -> tuple[int, int] | None:
-    """The least common multiple of the input strides of the layers that make their map
-    finer by repeating windows (upsample), per axis; None if there are none. On images
-    whose sides are multiples of it, every enlarged map is exactly as large as the
-    branch it was made for."""
-    shapes = infer_shapes(graph, check_weights=False)
-    fields, multiple = receptive_fields(graph), None
-    for node in graph.layers():
-        window = node.opdef.window(node.params, [shapes[s.name] for s in node.inputs])
-        if window is not None and window.floored:
-            stride = fields[node.inputs[0].name].stride  # below 1 after another upsample (EDSR's two shuffles)
-            multiple = tuple(_whole(_lcm(a, b)) for a, b in zip(multiple or (1, 1), stride))
-    return multiple
-
-
 def sliding_periods(graph: Graph) -> dict[str, tuple]:
     """Per node and axis, the least shift of the image, in input pixels, that shifts its
     map by whole cells: a conv of stride 2 sees the image on a lattice of 2 pixels, so

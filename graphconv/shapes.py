@@ -5,7 +5,9 @@ verifier and the runtime call it directly for other input sizes.
 """
 from __future__ import annotations
 
+import math
 import zlib
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -27,21 +29,112 @@ def infer_shapes(graph: Graph, input_hw: tuple[int, int] | None = None,
     c, h, w = graph.input_shape
     if input_hw is not None:
         h, w = input_hw
-    shapes: dict[str, Shape] = {graph.input.name: (c, h, w)}
+    try:
+        return _propagate(graph, (c, h, w), check_weights, resized=input_hw is not None)
+    except _Misfit as misfit:
+        node, err, in_shapes = misfit.args
+        if input_hw is not None:
+            check_holds_a_crop(graph, (h, w))
+        got = ", ".join(_fmt(s) for s in in_shapes)
+        hint = _merge_hint(graph, (h, w)) if input_hw is not None and len(in_shapes) > 1 else ""
+        raise node.error(f"{err.message} (input {got}){hint}", ShapeError, param=err.param) from None
+
+
+class _Misfit(Exception):
+    """(node, its ShapeError, its input shapes): the first layer whose shape rule refused."""
+
+
+def _propagate(graph: Graph, input_shape: Shape, check_weights: bool, resized: bool) -> dict[str, Shape]:
+    shapes: dict[str, Shape] = {graph.input.name: input_shape}
     for node in graph.layers():
         in_shapes = [shapes[src.name] for src in node.inputs]
         try:
             shapes[node.name] = tuple(int(v) for v in node.opdef.shape(node.params, in_shapes))
         except ShapeError as err:
-            if input_hw is not None:
-                check_holds_a_crop(graph, (h, w))
-            got = ", ".join(_fmt(s) for s in in_shapes)
-            hint = _merge_hint(graph, (h, w)) if input_hw is not None and len(in_shapes) > 1 else ""
-            raise node.error(f"{err.message} (input {got}){hint}", ShapeError,
-                             param=err.param) from None
+            raise _Misfit(node, err, in_shapes) from None
         if check_weights and (node.opdef.has_weights or node.weights):
-            check_weights_fit(node, in_shapes, resized=input_hw is not None)
+            check_weights_fit(node, in_shapes, resized=resized)
     return shapes
+
+
+@dataclass(frozen=True)
+class FittingSizes:
+    """The input sides on which a network's branches meet, per axis: those whose
+    remainder modulo `period` is one of `remainders`. A map that went through strided
+    layers has floor((side - a) / stride) + b cells, so two branches that took different
+    ways there (an upsampled coarse branch meeting a fine one, a strided conv meeting a
+    strided pool of another size) can have maps of one size on some sides and not on
+    others; what decides it is the side modulo the strides, so it repeats every `period`
+    pixels (`fitting_sizes`)."""
+    period: tuple[int, int]
+    remainders: tuple[frozenset[int], frozenset[int]]
+
+    def fits(self, size: int, axis: int) -> bool:
+        return size % self.period[axis] in self.remainders[axis]
+
+    def next_fit(self, size: int, axis: int) -> int:
+        """The least side of at least `size` pixels that fits."""
+        return next(v for v in range(size, size + self.period[axis]) if self.fits(v, axis))
+
+    def last_fit(self, size: int, axis: int) -> int:
+        """The greatest side of at most `size` pixels that fits (below 1 where none does)."""
+        return next(v for v in range(size, size - self.period[axis], -1) if self.fits(v, axis))
+
+    def slack(self, axis: int) -> int:
+        """The most pixels `next_fit` adds to a side."""
+        return max(self.next_fit(v, axis) - v for v in range(self.period[axis]))
+
+    def describe(self) -> str:
+        """'whose height and width are multiples of 8x8 pixels', or each axis's sides as
+        'ak+b' runs: 'of height 4k+1 or 4k+3 and width 6k to 6k+3 pixels (k whole)'."""
+        if self.remainders == (frozenset({0}), frozenset({0})):
+            return f"whose height and width are multiples of {self.period[0]}x{self.period[1]} pixels"
+        height, width = (self._describe_axis(a) for a in (0, 1))
+        return f"of height {height} and width {width} pixels (k whole)"
+
+    def _describe_axis(self, axis: int) -> str:
+        def side(r: int) -> str:
+            return f"{self.period[axis]}k+{r}" if r else f"{self.period[axis]}k"
+
+        runs: list[list[int]] = []
+        for r in sorted(self.remainders[axis]):
+            if runs and runs[-1][-1] == r - 1:
+                runs[-1].append(r)
+            else:
+                runs.append([r])
+        return " or ".join(side(run[0]) if len(run) == 1 else f"{side(run[0])} to {side(run[-1])}" for run in runs)
+
+
+def fitting_sizes(graph: Graph) -> FittingSizes | None:
+    """Which input sides the network's merges (add, concat, mul) meet on, or None where
+    any side they take does (a chain, ResNet's blocks, a U-Net whose every stride divides
+    evenly whatever the side). Found by trying one period of sides past the crop on each
+    axis: analysing floor division through every branch by hand is what shape inference
+    already does. Only a merge that refuses counts: a classifier's fc refusing every side
+    but the crop's is not a merge's misfit."""
+    from graphconv.receptive import partial_receptive_fields
+
+    if all(len(node.inputs) < 2 for node in graph.layers()):
+        return None
+    fields, _ = partial_receptive_fields(graph)
+    period = [1, 1]
+    for field in fields.values():
+        for a in (0, 1):
+            period[a] = math.lcm(period[a], Fraction(field.stride[a]).numerator)
+    c, hc, wc = graph.input_shape
+
+    def meets(h: int, w: int) -> bool:
+        try:
+            _propagate(graph, (c, h, w), check_weights=False, resized=True)
+        except _Misfit as misfit:
+            return len(misfit.args[0].inputs) < 2
+        return True
+
+    remainders = (frozenset(h % period[0] for h in range(hc, hc + period[0]) if meets(h, wc)),
+                  frozenset(w % period[1] for w in range(wc, wc + period[1]) if meets(hc, w)))
+    if all(len(remainders[a]) == period[a] for a in (0, 1)):
+        return None
+    return FittingSizes((period[0], period[1]), remainders)
 
 
 def batch_scales(graph: Graph) -> dict[str, Fraction]:
@@ -167,18 +260,14 @@ def map_output_note(graph: Graph) -> str | None:
 
 
 def _merge_hint(graph: Graph, image_hw: tuple[int, int]) -> str:
-    """What to do when an upsampling network's branches fail to meet on an image that is
-    not the crop: a map made at stride s and enlarged meets its partner only when every
-    downsampling on its way divided evenly, which images whose sides are multiples of
-    the upsamples' input strides guarantee."""
-    from graphconv.receptive import upsampling_multiple
-    multiple = upsampling_multiple(graph)
-    if multiple is None:
+    """What to do when a network's branches fail to meet on an image that is not the
+    crop: resize it to a side they meet on (`fitting_sizes`)."""
+    sizes = fitting_sizes(graph)
+    if sizes is None:
         return ""
-    fit = [max(m, v // m * m) for v, m in zip(image_hw, multiple)]
-    return (f"; this network enlarges maps (upsample layers) to meet other branches, which works on images "
-            f"whose height and width are multiples of {multiple[0]}x{multiple[1]} pixels: resize or crop "
-            f"the image to one (e.g. {fit[0]}x{fit[1]}, --resize {fit[0]} {fit[1]})")
+    fit = [max(sizes.next_fit(1, a), sizes.last_fit(image_hw[a], a)) for a in (0, 1)]
+    return (f"; this network's branches meet only on images {sizes.describe()}: resize or crop the image "
+            f"to one (e.g. {fit[0]}x{fit[1]}, --resize {fit[0]} {fit[1]})")
 
 
 def _fmt(shape: Shape) -> str:

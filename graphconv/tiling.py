@@ -41,7 +41,8 @@ import numpy as np
 from graphconv.background import NO_CLASS
 from graphconv.errors import GraphconvError
 from graphconv.memory import format_size
-from graphconv.receptive import Field, receptive_fields, upsampling_multiple
+from graphconv.receptive import Field, receptive_fields
+from graphconv.shapes import FittingSizes, fitting_sizes
 
 
 class Source(Protocol):
@@ -106,15 +107,15 @@ def stitch_factors(graph) -> tuple[int, int]:
 
 
 def alignment(graph) -> tuple[int, int]:
-    """The least common multiple of every layer's cumulative stride, per axis: a tile
-    starting at a multiple of it sees every layer's grid as the whole image does."""
+    """The least common multiple of every layer's cumulative stride (its numerator where
+    it is a fraction), per axis: a tile starting at a multiple of it sees every layer's
+    grid as the whole image does. A multiple of `FittingSizes.period`, so a box from
+    there to the image's end fits where the image does."""
     align = [1, 1]
     for field in receptive_fields(graph).values():
         for a in (0, 1):
-            stride = field.stride[a]
-            if isinstance(stride, Fraction) and stride.denominator != 1:
-                continue  # after interleave: finer than the coarse grid that sets the tiles
-            align[a] = math.lcm(align[a], int(stride))
+            # a fractional stride (after an upsample, an interleave) repeats every numerator pixels
+            align[a] = math.lcm(align[a], Fraction(field.stride[a]).numerator)
     return align[0], align[1]
 
 
@@ -143,16 +144,15 @@ class DenseGrid:
         return stitch_factors(self.model.graph)
 
     @cached_property
-    def box_multiple(self) -> tuple[int, int]:
-        """What a box's size must be a multiple of: an upsampling network's branches meet
-        only on such inputs (`upsampling_multiple`); 1 for any other."""
-        return upsampling_multiple(self.model.graph) or (1, 1)
+    def sizes(self) -> FittingSizes | None:
+        """The box sides the network's branches meet on (`fitting_sizes`); None: any."""
+        return fitting_sizes(self.model.graph)
 
     def smallest_tile(self) -> tuple[int, int]:
         _check_slides(self.model.graph)
         return tuple(int(self.field.size[a] + _lead(self.field, self.stitch, a) + _slack(self.field, self.align, a,
                                                                                          self.stitch[a])
-                         + self.box_multiple[a] - 1)
+                         + _fit_slack(self.sizes, a))
                      for a in (0, 1))
 
     def map_hw(self, image_hw: tuple[int, int]) -> tuple[int, int]:
@@ -172,7 +172,7 @@ class DenseGrid:
 
     def largest_useful_tile(self, image_hw: tuple[int, int]) -> int:
         """The tile that holds the whole map in one: the smallest tile (one cell's field, its
-        alignment slack, its box multiple) plus a stride per further cell. A padded
+        alignment slack, its rounding to a fitting side) plus a stride per further cell. A padded
         network's fields reach past the image by the halo on both sides, so this is about
         the image plus twice the halo: with anything less a small image is cut into many
         tiles that each recompute the halo. Its boxes still read only the image."""
@@ -203,7 +203,7 @@ class CropGrid:
         self.cell_area = self.field  # each cell is its crop
         self.align = self.stride
         self.stitch = (1, 1)
-        self.box_multiple = (1, 1)
+        self.sizes = None
 
     def smallest_tile(self) -> tuple[int, int]:
         return self.field.size
@@ -287,11 +287,11 @@ def plan_tiles(model, image_hw: tuple[int, int], tile: int | Sequence[int]) -> T
     tile_hw = check_tile_holds_a_cell(grid, tile)
     field, align = grid.field, grid.align
     map_hw = grid.map_hw(image_hw)
-    cells = tuple(_cells_per_tile(tile_hw[a] - grid.box_multiple[a] + 1, field, align, a, grid.stitch)
+    cells = tuple(_cells_per_tile(tile_hw[a] - _fit_slack(grid.sizes, a), field, align, a, grid.stitch)
                   for a in (0, 1))
     row_spans = list(_spans(map_hw[0], cells[0]))
     col_spans = list(_spans(map_hw[1], cells[1]))
-    tiles = tuple(Tile(rows, cols, _box(field, align, rows, cols, image_hw, grid.stitch, grid.box_multiple))
+    tiles = tuple(Tile(rows, cols, _box(field, align, rows, cols, image_hw, grid.stitch, grid.sizes))
                   for rows in row_spans for cols in col_spans)
     largest = (max(t.box[2] - t.box[0] for t in tiles), max(t.box[3] - t.box[1] for t in tiles))
     return TilePlan(tuple(image_hw), map_hw, largest, cells, field, align, tiles)
@@ -346,16 +346,22 @@ def _slack(field: Field, align, axis: int, every: int = 1) -> int:
     return max((offset + k * stride) % align[axis] for k in range(align[axis] // math.gcd(stride, align[axis])))
 
 
+def _fit_slack(sizes: FittingSizes | None, axis: int) -> int:
+    """The most pixels a box grows by to a side the network's branches meet on."""
+    return 0 if sizes is None else sizes.slack(axis)
+
+
 def _spans(total: int, step: int) -> Iterator[tuple[int, int]]:
     for start in range(0, total, step):
         yield start, min(total, start + step)
 
 
-def _box(field: Field, align, rows, cols, image_hw, stitch=(1, 1), multiple=(1, 1)) -> tuple[int, int, int, int]:
+def _box(field: Field, align, rows, cols, image_hw, stitch=(1, 1),
+         sizes: FittingSizes | None = None) -> tuple[int, int, int, int]:
     """The input box a tile reads: from the first cell's field start, rounded down to the
-    alignment (at least 0, the image's true border), to the last cell's field end rounded
-    up to `multiple` (at most the image's end): an upsampling network's box must be a
-    whole number of its coarsest cells, and the alignment is a multiple of those.
+    alignment (at least 0, the image's true border), to the last cell's field end, grown
+    to a side the network's branches meet on (`sizes`; at most the image's end, where
+    the box fits as the image does, the alignment being a multiple of their period).
 
     With shift-and-stitch (f copies per axis), fine cell j is cell j // f of copy j % f,
     the box shifted by (j % f) * stride and cut there: a padded network pads that copy at
@@ -365,8 +371,11 @@ def _box(field: Field, align, rows, cols, image_hw, stitch=(1, 1), multiple=(1, 
     for a, (start, stop) in enumerate((rows, cols)):
         first = field.offset[a] + (start - start % stitch[a]) * field.stride[a]
         last_end = field.offset[a] + (stop - 1) * field.stride[a] + field.size[a]
-        end = -(-int(math.ceil(last_end)) // multiple[a]) * multiple[a]
-        box.append((max(0, (first // align[a]) * align[a]), min(image_hw[a], end)))
+        start = max(0, (first // align[a]) * align[a])
+        end = int(math.ceil(last_end))
+        if sizes is not None:
+            end = start + sizes.next_fit(end - start, a)
+        box.append((start, min(image_hw[a], end)))
     (top, bottom), (left, right) = box
     return top, left, bottom, right
 
@@ -1097,11 +1106,12 @@ def tile_fits(grid, box_hw: tuple[int, int], budget: int) -> bool:
 def _largest_box(grid, image_hw: tuple[int, int], tile: int) -> tuple[int, int]:
     """The largest input box a square tile of `tile` pixels reads, whose run is what
     memory must hold: no larger than the image (a tile past it reads only the image), and
-    a whole number of the grid's box multiple (`_box` rounds an upsampling network's boxes
-    to it, and its branches meet only on such sizes: an estimate at any other size fails
-    as the network would)."""
-    multiple = grid.box_multiple
-    return tuple(min(image_hw[a], max(multiple[a], tile // multiple[a] * multiple[a])) for a in (0, 1))
+    of a side the network's branches meet on (`_box` grows boxes to one: an estimate at
+    any other size fails as the network would)."""
+    sizes = grid.sizes
+    if sizes is None:
+        return min(image_hw[0], tile), min(image_hw[1], tile)
+    return tuple(min(image_hw[a], max(sizes.next_fit(1, a), sizes.last_fit(tile, a))) for a in (0, 1))
 
 
 def plan_report(model, image_hw: tuple[int, int], tile: int | Sequence[int]) -> str:

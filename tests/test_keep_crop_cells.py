@@ -170,13 +170,17 @@ def test_a_segmentation_map_finer_than_its_period_still_takes_a_finer_stride(wri
                                        rtol=1e-5, atol=1e-5)
 
 
-def test_upsampling_twice_in_a_row_tiles_and_says_its_multiple(write_spec, rng):
-    """Two pixel shuffles in a row (EDSR x4): the second's input stride is 1/2, which the
-    multiple of sides took as 0 (a ZeroDivisionError)."""
-    from graphconv.receptive import upsampling_multiple
+def test_upsampling_twice_in_a_row_meets_its_skip_on_every_size_and_tiles(write_spec, rng):
+    """Two pixel shuffles in a row (EDSR x4) meeting an upsampled skip: the second's input
+    stride is 1/2, which the multiple of sides once took as 0 (a ZeroDivisionError)."""
+    from graphconv.shapes import fitting_sizes
     seg = graphconv.load(write_spec("name: sr\ntask: segmentation\ninput: {shape: [1, 8, 8]}\nlayers:\n"
                                     "  - {name: c1, op: conv, out_channels: 4, kernel_size: 1}\n"
                                     "  - {name: s1, op: depth_to_space, block: 2}\n"
-                                    "  - {name: c2, op: conv, out_channels: 4, kernel_size: 1}\n"
-                                    "  - {name: s2, op: depth_to_space, block: 2}\n"))
-    assert upsampling_multiple(seg.graph) == (1, 1)
+                                    "  - {name: c2, op: conv, out_channels: 16, kernel_size: 1}\n"
+                                    "  - {name: s2, op: depth_to_space, block: 2}\n"
+                                    "  - {name: up, op: upsample, factor: 4, mode: nearest, inputs: [c1]}\n"
+                                    "  - {name: sum, op: add, inputs: [s2, up]}\n"))
+    assert fitting_sizes(seg.graph) is None
+    x = random_input(rng, (1, 1, 13, 11))
+    np.testing.assert_array_equal(seg.run_tiled(x, 5), seg.run(x))

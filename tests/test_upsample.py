@@ -10,7 +10,8 @@ import pytest
 import graphconv
 from graphconv.dense import crop_loop, padding_reach, verify
 from graphconv.errors import GraphconvError
-from graphconv.receptive import receptive_fields, total_stride, upsampling_multiple
+from graphconv.receptive import receptive_fields, total_stride
+from graphconv.shapes import FittingSizes, fitting_sizes
 from graphconv.tiling import min_tile, run_tiled
 from conftest import SPECS, random_input
 
@@ -123,8 +124,15 @@ def test_dilation_is_refused_and_shift_and_stitch_works(write_spec, rng):
 
 
 def test_an_image_the_branches_cannot_meet_on_says_which_sizes_work(write_spec, rng):
+    """Three stride-2 convs padded by 1 make ceil(side / 8) cells: the branches meet on
+    sides of 8k and of 8k+7 alone (found, not assumed: a multiple of 8 was once the rule)."""
     _, fcn = models(write_spec, BRANCHES)
-    assert upsampling_multiple(fcn.graph) == (8, 8)
-    with pytest.raises(GraphconvError, match=r"layer 'fused'.*multiples of 8x8 pixels.*--resize 64 72"):
+    assert fitting_sizes(fcn.graph) == FittingSizes((8, 8), (frozenset({0, 7}), frozenset({0, 7})))
+    with pytest.raises(GraphconvError, match=r"layer 'fused'.*height 8k or 8k\+7 and width 8k or 8k\+7 pixels"
+                                             r".*--resize 64 72"):
         fcn.run(random_input(rng, (1, 3, 70, 75)))
-    assert upsampling_multiple(graphconv.load_spec(SPECS / "lenet.yaml")) is None
+    image = random_input(rng, (1, 3, 71, 79))
+    whole = fcn.run(image)
+    for tile in (58, 63, 70):  # boxes grown to 8k or 8k+7 sides, or cut at the image's end
+        np.testing.assert_array_equal(fcn.run_tiled(image, tile), whole)
+    assert fitting_sizes(graphconv.load_spec(SPECS / "lenet.yaml")) is None
