@@ -294,8 +294,14 @@ class Graph:
         """Delete a node whose value nobody reads (dead code); see `remove` to bypass one."""
         name = _name(node)
         n = self.node(name)
-        if n.op == INPUT_OP or n.users or self.nx.graph["output"] == name:
-            raise ValueError(f"cannot erase {name!r}: it is the input, the output, or still read")
+        if n.op == INPUT_OP:
+            raise ValueError(f"cannot erase {name!r}: it is the graph's input")
+        if self.nx.graph["output"] == name:
+            raise ValueError(f"cannot erase {name!r}: it is the graph's output (make another node the output first: graph.output = ...)")
+        if n.users:
+            readers = ", ".join(repr(u.name) for u in n.users)
+            raise ValueError(f"cannot erase {name!r}: {readers} still read it (replace_all_uses first, or "
+                             "remove() to bypass it)")
         self.nx.remove_node(name)
         self._changed()
 

@@ -45,6 +45,14 @@ def test_erase_dead_layers_erases_what_reaches_no_output_readers_first(chain):
     assert [n.name for n in chain.nodes()] == ["x", "c", "r", "p"] and chain.erase_dead_layers() == []
 
 
+@pytest.mark.parametrize("name, why", [("x", "the graph's input"), ("p", "the graph's output"),
+                                       ("c", "'r' still read it")])
+def test_erase_says_which_of_input_output_or_read_stops_it(chain, name, why):
+    with pytest.raises(ValueError, match=f"cannot erase '{name}': .*{why}"):
+        chain.erase(name)
+    assert name in chain
+
+
 def test_remove_reconnects_and_moves_output(chain):
     chain.remove("r")
     assert [i.name for i in chain.node("p").inputs] == ["c"]
