@@ -1056,15 +1056,11 @@ def note_dense_padding(args: argparse.Namespace, model) -> None:
 
 
 def _note_cells_off_the_lattice(model) -> None:
-    """A network compiled without keep-crop-cells (a pipeline of the user's) whose map is
-    finer than its strides let it slide: only every k-th cell is the classifier on its crop."""
-    from graphconv.receptive import crop_cell_step
+    from graphconv.receptive import cells_off_the_lattice_note
 
-    step = model.derived("crop_cell_step", lambda: crop_cell_step(model.graph))
-    if step != (1, 1):
-        note(f"note: {model.graph.name} makes its map finer than its strides let it slide (an upsample after a "
-             f"stride): only every {step[0]}x{step[1]}-th cell is the classifier on its crop, the cells between are "
-             "on no crop; compile it with the default passes (keep-crop-cells) for a map of those alone")
+    message = model.derived("cells_off_the_lattice_note", lambda: cells_off_the_lattice_note(model.graph))
+    if message:
+        note(message)
 
 
 def note_run_as_written(args: argparse.Namespace, model) -> None:

@@ -5,7 +5,7 @@ import math
 
 from graphconv.cost import layer_costs
 from graphconv.model import Model
-from graphconv.receptive import partial_receptive_fields, whole_crop_layers
+from graphconv.receptive import cells_off_the_lattice_note, partial_receptive_fields, whole_crop_layers
 from graphconv.text_table import text_table
 
 
@@ -49,6 +49,9 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
     elif mixed is None and (input_hw or costs[-1].shape[1:] != (1, 1)):
         lines.append(f"score map: {model.map_size(*hw)} cells at output stride "
                      f"{_pair(model.output_stride)}")
+        off_lattice = cells_off_the_lattice_note(graph)
+        if off_lattice:
+            lines.append(off_lattice)
     if not graph.find("fc") and model.stitch_copies == 1 and mixed is None:
         lines.extend(stride_options(model, hw))
     if scales:
@@ -57,10 +60,13 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
 
 
 def stride_options(model: Model, image_hw: tuple[int, int]) -> list[str]:
-    """FLOPs of each finer output stride by both methods, so `--stride-method` is an informed choice."""
-    from graphconv.strides import cheaper_method, dilate_problem, method_flops
+    """FLOPs of each finer output stride by both methods, so `--stride-method` is an
+    informed choice. Finer than the stride compiling gives (`as_sliding`: a classifier
+    that upsamples after a stride slides at its period, coarser than its map)."""
+    from graphconv.receptive import total_stride
+    from graphconv.strides import as_sliding, cheaper_method, dilate_problem, method_flops
 
-    total = model.field.stride
+    total = total_stride(as_sliding(model.graph))
     strides = [s for s in range(1, min(total)) if total[0] % s == 0 and total[1] % s == 0]
     if not strides:
         return []

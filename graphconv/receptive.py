@@ -248,6 +248,21 @@ def crop_cell_step(graph: Graph) -> tuple[int, int]:
     return tuple(len(axis.boxes) for axis in _every_phase(graph)[graph.output.name])
 
 
+def cells_off_the_lattice_note(graph: Graph) -> str | None:
+    """What to tell the user of a classifier compiled without keep-crop-cells (a pipeline
+    of their own, a model compiled before the pass) or not compiled at all, whose map is
+    finer than its strides let it slide: only every k-th cell is the classifier on its
+    crop. None where every cell is one, and for a segmentation network."""
+    if graph.meta.get("task") == "segmentation":
+        return None
+    step = crop_cell_step(graph)
+    if step == (1, 1):
+        return None
+    return (f"note: {graph.name} makes its map finer than its strides let it slide (an upsample after a stride): "
+            f"only every {step[0]}x{step[1]}-th cell is the classifier on its crop, the cells between are on no "
+            "crop; compile it with the default passes (keep-crop-cells) for a map of those alone")
+
+
 def first_output_cell(graph: Graph) -> FirstCell:
     """Output cell (0, 0)'s box, stride and period; a MixedStridesError where the
     network has no field."""

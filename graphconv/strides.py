@@ -26,7 +26,7 @@ from graphconv.cost import total_flops
 from graphconv.errors import GraphconvError, ShapeError, shown
 from graphconv.ir import Graph
 from graphconv.ops import pair
-from graphconv.receptive import receptive_fields, total_stride
+from graphconv.receptive import cells_off_the_lattice_note, receptive_fields, total_stride
 from graphconv.shapes import infer_shapes
 
 METHODS = ("auto", "dilate", "shift")
@@ -154,11 +154,11 @@ def method_flops(graph: Graph, stride: int, image_hw: tuple[int, int] | None = N
     A network `dilate` refuses (a ceil-mode pool hanging off the crop, say) costs
     infinitely many by that method, so a comparison never picks it and a report still has
     the shift figure to show."""
-    fy, fx = stitch_factor(graph, stride)
-    total = total_stride(graph)
+    sliding = as_sliding(graph)
+    fy, fx = stitch_factor(sliding, stride)
+    total = total_stride(sliding)
     if image_hw is None:
         image_hw = (graph.input_shape[1] + 4 * total[0], graph.input_shape[2] + 4 * total[1])
-    sliding = as_sliding(graph)
     dilated = sliding.copy()
     try:
         dilate(dilated, stride)
@@ -183,10 +183,11 @@ def dilate_problem(graph: Graph, stride: int) -> str | None:
 
 def as_sliding(graph: Graph) -> Graph:
     """`graph` as output-stride sees it in a compile: a layer that covers its whole input
-    (globalavgpool, flatten, fc) made to slide by its pass (SLIDING_PASS) first. Dilating
+    (globalavgpool, flatten, fc) made to slide by its pass (SLIDING_PASS) first, and a
+    classifier's map made finer than it slides cut to its crops (keep-crop-cells). Dilating
     a network that still had its global pool refused it, and `inspect` said dilation
     costs infinitely many FLOPs where compile dilates it."""
-    if not any(node.op in SLIDING_PASS for node in graph.layers()):
+    if not any(node.op in SLIDING_PASS for node in graph.layers()) and not _slides_coarser_than_its_map(graph):
         return graph
     from graphconv.pass_manager import CONVERTING_PASSES, PassManager
 
@@ -194,6 +195,15 @@ def as_sliding(graph: Graph) -> Graph:
         return PassManager(list(CONVERTING_PASSES)).run(graph)
     except GraphconvError:
         return graph  # what cannot slide is refused, with its reason, by dilate itself
+
+
+def _slides_coarser_than_its_map(graph: Graph) -> bool:
+    """A classifier whose cells are not all crops (`crop_cell_step`), which keep-crop-cells
+    cuts; False for a network with no field (its error is dilate's or shift's to give)."""
+    try:
+        return cells_off_the_lattice_note(graph) is not None
+    except GraphconvError:
+        return False
 
 
 def insert_stitch(graph: Graph, factor: tuple[int, int], step: int) -> None:

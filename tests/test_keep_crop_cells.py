@@ -149,6 +149,24 @@ def test_a_map_compiled_without_the_pass_says_which_cells_are_crops(write_spec, 
         assert (note in capsys.readouterr().err) == said
 
 
+def test_inspect_of_an_uncompiled_all_conv_classifier_says_which_cells_are_crops(write_spec, capsys):
+    """With no fc to compile away, inspect showed the fine map as the scores and offered
+    finer strides of the fine stride (1 only), where compiling makes the stride the
+    period (2) and offers 1 from there, by shift (costing 2x2 copies)."""
+    from graphconv.cli import main
+    from graphconv.strides import method_flops
+
+    spec = write_spec(NEAREST_AFTER_STRIDE.replace("  - {name: fc, op: fc, out_features: 3}\n",
+                                                   "  - {name: head, op: conv, out_channels: 3, kernel_size: 5}\n"))
+    assert main(["inspect", str(spec), "--input-size", "40", "44"]) == 0
+    out = capsys.readouterr().out
+    assert "only every 2x2-th cell is the classifier on its crop" in out
+    assert "--output-stride 1: dilate not possible" in out
+    compiled = graphconv.compile_model(spec)
+    assert method_flops(graphconv.load(spec).graph, 1, (40, 44))["shift"] == \
+        4 * method_flops(compiled.graph, 2, (40, 44))["shift"]
+
+
 def test_a_segmentation_map_finer_than_its_period_still_takes_a_finer_stride(write_spec, rng):
     """Shift-and-stitch of a map of several phases: each copy's cells keep their own boxes
     (every phase's union made the first cell's box grow, and compile refused)."""
