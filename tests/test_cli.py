@@ -618,7 +618,9 @@ def test_a_terminated_tiled_run_leaves_no_partial_map(tmp_path):
     import time
 
     tifffile = pytest.importorskip("tifffile")
-    tifffile.imwrite(tmp_path / "page.tif", np.random.default_rng(0).integers(0, 255, (1500, 1500), np.uint8),
+    # large enough that the run outlasts the half second below on a loaded machine (at 1500x1500 it once
+    # finished in between, exit 0)
+    tifffile.imwrite(tmp_path / "page.tif", np.random.default_rng(0).integers(0, 255, (4000, 4000), np.uint8),
                      tile=(64, 64))
     assert run_cli("compile", SPECS / "digits.yaml", "-o", tmp_path / "m") == 0
     (tmp_path / "maps").mkdir()
@@ -922,7 +924,9 @@ def test_a_terminated_run_of_many_images_removes_the_folders_it_made(tmp_path):
     import time
 
     tifffile = pytest.importorskip("tifffile")
-    tifffile.imwrite(tmp_path / "page.tif", np.random.default_rng(0).integers(0, 255, (1500, 1500), np.uint8),
+    # large enough that the run outlasts the half second below on a loaded machine (at 1500x1500 it once
+    # finished in between, exit 0)
+    tifffile.imwrite(tmp_path / "page.tif", np.random.default_rng(0).integers(0, 255, (4000, 4000), np.uint8),
                      tile=(64, 64))
     assert run_cli("compile", SPECS / "digits.yaml", "-o", tmp_path / "m") == 0
     proc = subprocess.Popen([sys.executable, "-m", "graphconv", "run", str(tmp_path / "m"), "--images",
