@@ -746,7 +746,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(format_profile(executor.graph, profile, x.shape[2:], x.shape[0], executor.device))
         print("(the first run in a process also loads every compiled kernel; "
               "`graphconv inspect MODEL --profile` times a warmed-up run)")
-    return _deliver(args, model, out, picture if args.image else None, model.field, model.cell_area)
+    # a segmentation network's cells are drawn where they stand (a label per pixel: on that pixel), and one
+    # whose branches meet at different strides (a whole-image branch) has cells but no receptive field
+    placed = model.cell_area if model.segmentation else model.field
+    return _deliver(args, model, out, picture if args.image else None, placed, model.cell_area)
 
 
 def _note_overflow(out: np.ndarray, source: str) -> None:

@@ -22,6 +22,8 @@ back into the map it was pooled from: each crop rescales its own features by its
 averages, so one dense pass cannot equal the classifier on every crop, and no rewrite
 of the pool makes it so. Such a network is refused here, naming the gate, and so is
 one that normalises over whole maps (groupnorm), whose statistics a larger image changes.
+A segmentation network is left as it is (its output is per pixel of the whole image,
+not per crop).
 """
 from graphconv.errors import GraphconvError
 from graphconv.ir import Graph, Node
@@ -36,6 +38,11 @@ from graphconv.strides import CROPS_INSTEAD, refuse_whole_map_layers
                "and give a strided pool whose window is its whole input stride 1",
                requires=("shapes",), preserves=("shapes",))
 def global_pool_to_window(graph: Graph) -> bool:
+    """Nothing for a segmentation network: its global pools (DeepLabV3's image pooling,
+    LR-ASPP's gate) are over the whole image by design, as PyTorch runs it, so it runs
+    whole (its tiles are refused, `tiling._check_slides`)."""
+    if graph.meta.get("task") == "segmentation":
+        return False
     pools = graph.find("globalavgpool")
     windows = _strided_whole_map_windows(graph)
     if pools or windows:

@@ -943,6 +943,21 @@ def test_a_terminated_run_of_many_images_removes_the_folders_it_made(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_segmentation_network_without_a_field_writes_its_map_at_its_crop(write_spec, tmp_path):
+    """A pooled branch enlarged by the crop's factor meets the map at another stride: the
+    network runs at its crop, but has no receptive field, which the run asked for after
+    computing, to place the cells (exit 2, nothing written). A label per pixel stands on
+    its pixel."""
+    spec = write_spec("name: pooled\ntask: segmentation\ninput: {shape: [1, 16, 16]}\nlayers:\n"
+                      "  - {name: c, op: conv, out_channels: 2, kernel_size: 3, padding: 1}\n"
+                      "  - {name: g, op: globalavgpool}\n"
+                      "  - {name: up, op: upsample, factor: 16}\n"
+                      "  - {name: cat, op: concat, inputs: [c, up]}\n")
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((1, 1, 16, 16)).astype(np.float32))
+    assert run_cli("run", spec, "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy") == 0
+    assert np.load(tmp_path / "y.npy").shape == (1, 4, 16, 16)
+
+
 def test_a_dead_branch_is_noted_and_a_labels_count_names_the_labels_file(write_spec, tmp_path, capsys):
     """Layers that reach no output were dropped without a word; a labels file of the wrong
     length was blamed on the spec, which holds no labels."""

@@ -1424,6 +1424,62 @@ def test_an_fcn_head_resized_to_the_input_is_a_segmentation_network(tmp_path, rn
         net.run(rng.standard_normal((1, 3, 100, 100)).astype(np.float32))
 
 
+class _DeepLabV3(torch.nn.Module):
+    """torchvision's DeepLabV3 in small: ASPP branches at stride 8 and an image-pooling
+    branch (global average, 1x1 conv, ReLU) resized "to the size of" the ASPP's input,
+    concatenated, projected, resized to the input's size; or the pooled branch written
+    with expand_as."""
+
+    def __init__(self, expand: bool = False):
+        super().__init__()
+        nn = torch.nn
+        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1), nn.ReLU(),
+                                      nn.Conv2d(8, 12, 3, 2, 1), nn.ReLU())
+        self.branches = nn.ModuleList([nn.Conv2d(12, 6, 1), nn.Conv2d(12, 6, 3, padding=2, dilation=2)])
+        self.pooled = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(12, 6, 1), nn.ReLU())
+        self.head = nn.Conv2d(18, 4, 1)
+        self.expand = expand
+
+    def forward(self, x):
+        import torch.nn.functional as F
+
+        features = self.backbone(x)
+        pooled = self.pooled(features)
+        pooled = (pooled.expand_as(features[:, :6]) if self.expand
+                  else F.interpolate(pooled, size=features.shape[-2:], mode="bilinear", align_corners=False))
+        y = self.head(torch.cat([*(b(features) for b in self.branches), pooled], dim=1))
+        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+@pytest.mark.parametrize("opset, expand", [(11, False), (17, False), (17, True)])
+def test_deeplab_s_image_pooling_runs_whole_on_every_size(tmp_path, rng, opset, expand):
+    """The pooled branch is 1x1, resized to the feature map's size: the crop's factor (8 at
+    a 64 crop) fitted the crop alone, so DeepLabV3 ran at its crop only and crashed on
+    delivering its map (no receptive field). It is a broadcast over the feature map now:
+    equal to PyTorch on any size a multiple of 8, compiled or not; tiles are refused,
+    the pooled average being the whole image's."""
+    torch.manual_seed(5)
+    model = _DeepLabV3(expand).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 3, 64, 64),), str(tmp_path / "dl.onnx"), dynamo=False,
+                          opset_version=opset, input_names=["x"], dynamic_axes={"x": {2: "h", 3: "w"}})
+    net = Model.load(tmp_path / "dl.onnx", crop_size=(64, 64), task="segmentation")
+    assert net.graph.find("broadcast") and len(net.graph.find("upsample")) == 1  # the head's, to the input's size
+    compiled = compile_model(net.graph)
+    for hw in ((64, 64), (96, 136), (200, 80)):
+        x = rng.standard_normal((1, 3, *hw)).astype(np.float32)
+        for model_ in (net, compiled):
+            np.testing.assert_allclose(model_.run(x), torch_scores(model, x), rtol=1e-4, atol=1e-6)
+    with pytest.raises(GraphconvError, match="needs the whole image in one pass"):
+        compiled.run_tiled(rng.standard_normal((1, 3, 200, 80)).astype(np.float32), 100)
+    np.save(tmp_path / "x.npy", rng.standard_normal((1, 3, 64, 64)).astype(np.float32))
+    result = graphconv("run", tmp_path / "dl.onnx", "--task", "segmentation", "--crop-size", 64, 64,
+                       "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy")
+    assert result.returncode == 0, result.stderr
+    assert np.load(tmp_path / "y.npy").shape == (1, 4, 64, 64)
+
+
 def test_task_on_the_command_line_runs_an_onnx_file_as_a_segmentation_network(unet, tmp_path, rng):
     """`--task segmentation` for an ONNX file run directly (no import), here on Dask
     workers too, which load the model themselves; `Model.load(..., task=...)` in Python."""

@@ -1325,6 +1325,8 @@ def _resize(imp: _Importer, node) -> None:
     x = imp.tensor(node.input[0])
     if x.rank != 4:
         raise imp.error(f"{node.op_type} of a rank-{x.rank} value; graphconv resizes (N, C, H, W) maps")
+    if _broadcast_to_a_map(imp, node, x, node.input[3] if len(node.input) > 3 else ""):
+        return
     attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in imp.attributes(node).items()}
     factor = _resize_factor(imp, node, x, attrs)
     mode = attrs.get("mode", "nearest")
@@ -1358,6 +1360,48 @@ def _resize(imp: _Importer, node) -> None:
         imp.alias(node, x)
         return
     imp.add_layer(node, "upsample", [x], dict(factor=list(factor), mode=mode))
+
+
+def _broadcast_to_a_map(imp: _Importer, node, x: Tensor, size: str) -> bool:
+    """A 1 x 1 map resized or expanded to the size of another feature map (DeepLabV3's
+    image pooling: `F.interpolate(pooled, size=feature.shape[-2:])`; `pooled.expand_as(
+    feature)`): a `broadcast` layer over that map, so the branch fits every image size,
+    where the crop's factor (16 at a 128 crop) would fit the crop alone. Any resize mode
+    repeats a single value. `size` is the node's sizes or shape input; False where it
+    was not computed from one map's Shape (then a fixed size, a factor or a refusal)."""
+    if x.shape[1:] != (1, 1) or not size:
+        return False
+    like = _shape_source(imp, size, node.input[0])
+    target = imp.values.get(size)
+    if (like is None or not isinstance(target, np.ndarray) or target.size != 4
+            or tuple(int(v) for v in target.ravel()[2:]) != like.shape[1:] or like.shape[1:] == (1, 1)):
+        return False
+    imp.add_layer(node, "broadcast", [x, like])
+    return True
+
+
+def _shape_source(imp: _Importer, name: str, resized: str) -> Tensor | None:
+    """The one rank-4 feature map other than `resized` whose Shape the value `name` is
+    computed from (Shape, then Slice, Gather, Cast, Concat: TorchScript takes N and C
+    from the resized value's own Shape), a dozen nodes back at most; None where there is
+    no such map, or more than one."""
+    producer = {out: n for n in imp.nodes for out in n.output}
+    found, seen, stack = set(), set(), [(name, 0)]
+    while stack:
+        value, depth = stack.pop()
+        node = producer.get(value)
+        if node is None or value in seen or depth > 12:
+            continue
+        seen.add(value)
+        if node.op_type == "Shape":
+            found.add(node.input[0])
+        else:
+            stack.extend((i, depth + 1) for i in node.input if i)
+    found.discard(resized)
+    if len(found) != 1:
+        return None
+    source = imp.values.get(found.pop())
+    return source if isinstance(source, Tensor) and source.rank == 4 and source.layout == NCHW else None
 
 
 def _on_every_axis(imp: _Importer, node, values: np.ndarray, unchanged: np.ndarray, axes) -> np.ndarray:
@@ -1475,7 +1519,9 @@ def _expand(imp: _Importer, node) -> None:
     one value per position as it is; so the map goes on unexpanded, and its reader's
     shape rule says whether it takes it (div does; mul takes one value per channel). A
     (C, 1, 1) gate expanded to the map's height and width for a Mul (SENet's
-    `x * y.expand_as(x)`) goes on unexpanded too: mul takes one value per channel."""
+    `x * y.expand_as(x)`) goes on unexpanded too: mul takes one value per channel. A
+    1 x 1 map expanded to the shape of another map for any other reader is a
+    `broadcast` layer (`_broadcast_to_a_map`)."""
     x = imp.tensor(node.input[0])
     if not isinstance(imp.values.get(node.input[1]), np.ndarray):
         raise imp.error("Expand to a shape computed from the feature map; graphconv expands to constant shapes")
@@ -1488,6 +1534,8 @@ def _expand(imp: _Importer, node) -> None:
                         "a shape it does not broadcast to") from None
     readers = {n.op_type for n in imp.nodes if node.output[0] in n.input}
     gate = x.rank == 4 and have[2:] == (1, 1) and readers == {"Mul"} and shape[1] == have[1]
+    if not gate and x.rank == 4 and _broadcast_to_a_map(imp, node, x, node.input[1]):
+        return
     if len(shape) != len(have) or shape[0] != 1 or (shape[2:] != have[2:] and not gate):
         raise imp.error(f"Expand of a {'x'.join(map(str, have))} map to {list(shape)}; graphconv expands a map "
                         "only across its channels (one value per position, as F.normalize's norm)")
