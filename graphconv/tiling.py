@@ -265,13 +265,17 @@ def min_tile(model) -> tuple[int, int]:
     return as_grid(model).smallest_tile()
 
 
-def check_tile_holds_a_cell(model, tile: int | Sequence[int]) -> tuple[int, int]:
-    """`tile` as (h, w), refused where it is smaller than `min_tile` (whatever the image):
-    an --images batch checks its --tile once, not once an image."""
+def check_tile_holds_a_cell(model, tile: int | Sequence[int],
+                            image_hw: tuple[int, int] | None = None) -> tuple[int, int]:
+    """`tile` as (h, w), refused where it is smaller than `min_tile`: whatever the image
+    (an --images batch checks its --tile once, not once an image), or, given the image,
+    on an axis the tile does not cover whole (a tile as large as the image reads the
+    image, which runs whenever the image does)."""
     grid = as_grid(model)
     tile_hw = checked_tile(tile)
     smallest = grid.smallest_tile()
-    if tile_hw[0] < smallest[0] or tile_hw[1] < smallest[1]:
+    covers = (False, False) if image_hw is None else tuple(tile_hw[a] >= image_hw[a] for a in (0, 1))
+    if any(tile_hw[a] < smallest[a] and not covers[a] for a in (0, 1)):
         field, align = grid.field, grid.align
         raise GraphconvError(f"--tile (tile=) {tile_hw[0]}x{tile_hw[1]} is too small for this network: each "
                              f"tile needs one {field.size[0]}x{field.size[1]} receptive field plus "
@@ -284,10 +288,11 @@ def plan_tiles(model, image_hw: tuple[int, int], tile: int | Sequence[int]) -> T
     """Tiles of at most `tile` input pixels per axis covering `model.run`'s map of an
     image of `image_hw` (the crop grid; see Model.map_size). `model` may be a grid."""
     grid = as_grid(model)
-    tile_hw = check_tile_holds_a_cell(grid, tile)
+    tile_hw = check_tile_holds_a_cell(grid, tile, image_hw)
     field, align = grid.field, grid.align
     map_hw = grid.map_hw(image_hw)
-    cells = tuple(_cells_per_tile(tile_hw[a] - _fit_slack(grid.sizes, a), field, align, a, grid.stitch)
+    cells = tuple(map_hw[a] if tile_hw[a] >= image_hw[a]  # the whole axis in one tile
+                  else _cells_per_tile(tile_hw[a] - _fit_slack(grid.sizes, a), field, align, a, grid.stitch)
                   for a in (0, 1))
     row_spans = list(_spans(map_hw[0], cells[0]))
     col_spans = list(_spans(map_hw[1], cells[1]))

@@ -195,6 +195,22 @@ def test_a_tile_too_small_names_the_smallest_that_works(compiled):
         plan_tiles(model, (200, 200), max(smallest) - 1)
 
 
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+def test_a_tile_as_large_as_the_image_is_one_tile_however_small(compiled, name, rng):
+    """A tile that covers the image on an axis reads the whole axis, which runs whenever
+    the image does: --tile 400 on a 296x296 image was refused as smaller than the 529 a
+    tile needs where it cuts the image, though without --tile it ran in one tile."""
+    model = compiled(name)
+    _, hc, wc = model.crop_shape
+    x = rng.standard_normal((1, model.crop_shape[0], hc, wc)).astype(np.float32)
+    plan = plan_tiles(model, (hc, wc), (hc, wc))
+    assert len(plan.tiles) == 1
+    np.testing.assert_allclose(run_tiled(model, x, max(hc, wc)), model.run(x), rtol=1e-4, atol=1e-5)
+    smallest = min_tile(model)
+    with pytest.raises(GraphconvError, match=f"the smallest tile that works is {max(smallest)}"):
+        plan_tiles(model, (hc, wc + 3 * smallest[1]), (hc, smallest[1] - 1))  # cuts the columns
+
+
 def test_reduce_argmax_and_classes(compiled, rng):
     model = compiled("padded")
     x = rng.standard_normal((1, 3, 90, 70)).astype(np.float32)
