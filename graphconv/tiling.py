@@ -144,6 +144,19 @@ class DenseGrid:
         return stitch_factors(self.model.graph)
 
     @cached_property
+    def whole_image_only(self) -> bool:
+        """A segmentation network with a layer over its whole input (LR-ASPP's gate,
+        DeepLabV3's image pooling, a group norm): PyTorch runs it on the whole image, and
+        so does a tiled run, in one tile (`_whole_image_plan`)."""
+        if not self.model.segmentation:
+            return False
+        try:
+            _check_slides(self.model.graph)
+        except GraphconvError:
+            return True
+        return False
+
+    @cached_property
     def sizes(self) -> FittingSizes | None:
         """The box sides the network's branches meet on (`fitting_sizes`); None: any."""
         return fitting_sizes(self.model.graph)
@@ -288,6 +301,8 @@ def plan_tiles(model, image_hw: tuple[int, int], tile: int | Sequence[int]) -> T
     """Tiles of at most `tile` input pixels per axis covering `model.run`'s map of an
     image of `image_hw` (the crop grid; see Model.map_size). `model` may be a grid."""
     grid = as_grid(model)
+    if isinstance(grid, DenseGrid) and grid.whole_image_only:
+        return _whole_image_plan(grid, image_hw, tile)
     tile_hw = check_tile_holds_a_cell(grid, tile, image_hw)
     field, align = grid.field, grid.align
     map_hw = grid.map_hw(image_hw)
@@ -300,6 +315,18 @@ def plan_tiles(model, image_hw: tuple[int, int], tile: int | Sequence[int]) -> T
                   for rows in row_spans for cols in col_spans)
     largest = (max(t.box[2] - t.box[0] for t in tiles), max(t.box[3] - t.box[1] for t in tiles))
     return TilePlan(tuple(image_hw), map_hw, largest, cells, field, align, tiles)
+
+
+def _whole_image_plan(grid: DenseGrid, image_hw: tuple[int, int], tile: int | Sequence[int]) -> TilePlan:
+    """One tile, the image, for a network that needs it whole (`DenseGrid.whole_image_only`);
+    a tile smaller than the image is refused, saying why."""
+    tile_hw = checked_tile(tile)
+    if tile_hw[0] < image_hw[0] or tile_hw[1] < image_hw[1]:
+        _check_slides(grid.model.graph)  # raises: which layer, and what to do
+    map_hw = grid.map_hw(image_hw)
+    whole = Tile((0, map_hw[0]), (0, map_hw[1]), (0, 0, *image_hw))
+    no_halo = Field((1, 1), (1, 1), (0, 0))  # what cuts the tile's map: it is the whole map, shared with no tile
+    return TilePlan(tuple(image_hw), map_hw, tuple(image_hw), map_hw, no_halo, (1, 1), (whole,))
 
 
 def checked_tile(tile) -> tuple[int, int]:
@@ -319,8 +346,9 @@ def _check_slides(graph) -> None:
             # compiling would make a classifier's pool slide; a segmentation network's (an
             # LR-ASPP gate) is over the whole image by design
             raise node.error(f"{node.op} sees its whole input, so this segmentation network needs the whole "
-                             "image in one pass and cannot be evaluated in tiles: run it whole (not --tile or "
-                             "run_tiled; a memory limit as large as the whole image needs), or on a smaller image")
+                             "image in one pass and cannot be evaluated in tiles: run it whole (a tile at least "
+                             "as large as the image, or none under a memory limit the whole image fits), or on a "
+                             "smaller image")
         if node.op in SLIDING_PASS:
             raise node.error(f"{node.op} sees its whole input, so the network cannot be evaluated in tiles: "
                              f"compile it first (graphconv compile; the {SLIDING_PASS[node.op]} pass makes "
@@ -1079,6 +1107,8 @@ def choose_tile(model, image_hw: tuple[int, int], budget: int) -> int:
     budget (the rest is for the weights' copies, the source and the output): what a run
     without --tile uses when the whole image would not fit. `model` may be a grid."""
     grid = as_grid(model)
+    if isinstance(grid, DenseGrid) and grid.whole_image_only:
+        return _whole_image_tile(grid, image_hw, budget)
     align = max(grid.align)
     low = max(grid.smallest_tile())
     high = max(low, grid.largest_useful_tile(image_hw))
@@ -1100,6 +1130,17 @@ def choose_tile(model, image_hw: tuple[int, int], budget: int) -> int:
         else:
             high = mid
     return low
+
+
+def _whole_image_tile(grid: DenseGrid, image_hw: tuple[int, int], budget: int) -> int:
+    """The image's side, where its one tile fits half the budget; else why not."""
+    if not tile_fits(grid, tuple(image_hw), budget):
+        need = grid.peak_bytes(tuple(image_hw))
+        raise GraphconvError(f"{grid.model.graph.name} needs the whole {image_hw[0]}x{image_hw[1]} image in one "
+                             f"pass (a layer sees its whole input), which needs {format_size(need)}, over the "
+                             f"{format_size(budget // 2)} a tile may take (half of the memory limit "
+                             f"{format_size(budget)}): raise --memory-limit, or run a smaller image")
+    return max(image_hw)
 
 
 def tile_fits(grid, box_hw: tuple[int, int], budget: int) -> bool:

@@ -331,6 +331,32 @@ def test_a_segmentation_network_with_a_whole_image_gate_is_not_sent_to_compile(w
         plan_tiles(seg, (100, 100), 50)
 
 
+def test_a_network_that_needs_the_whole_image_runs_as_one_tile_when_memory_holds_it(write_spec, rng, tmp_path):
+    """A whole-image segmentation network on a TIFF (which is always read in tiles) was
+    refused with or without --tile, where the same pixels as a PNG ran: it is one tile
+    now, when --tile covers the image or the memory limit holds the image's run."""
+    from graphconv.cli import main
+    from graphconv.model import Model
+
+    tifffile = pytest.importorskip("tifffile")
+    spec = write_spec("name: seg\ntask: segmentation\ninput: {shape: [1, 16, 16]}\nlayers:\n"
+                      "  - {name: c1, op: conv, out_channels: 4, kernel_size: 3, padding: 1}\n"
+                      "  - {name: gp, op: globalavgpool}\n  - {name: g, op: sigmoid}\n"
+                      "  - {name: m, op: mul, inputs: [c1, g]}\n")
+    seg = Model.load(spec)
+    x = rng.standard_normal((1, 1, 90, 70)).astype(np.float32)
+    assert len(plan_tiles(seg, (90, 70), (90, 70)).tiles) == 1
+    np.testing.assert_array_equal(run_tiled(seg, x, 100), seg.run(x))
+    assert choose_tile(seg, (90, 70), 2 ** 30) == 90
+    with pytest.raises(GraphconvError, match=r"seg needs the whole 90x70 image in one pass .* raise --memory-limit"):
+        choose_tile(seg, (90, 70), 10_000)
+    tifffile.imwrite(tmp_path / "page.tif", rng.integers(0, 255, (300, 200), np.uint8), tile=(64, 64))
+    for extra in ([], ["--tile", "300"]):
+        assert main(["run", str(spec), "--image", str(tmp_path / "page.tif"), "--output", str(tmp_path / "map.npy"),
+                     "--quiet", *extra]) == 0
+        assert np.load(tmp_path / "map.npy").shape == (1, 4, 300, 200)
+
+
 # ---- the classifier on every crop (run --crops), streamed in tiles ---------------------------------
 
 def _gated_classifier(cache={}):
