@@ -1580,6 +1580,7 @@ class Headed(torch.nn.Module):
         self.fc = torch.nn.Linear(6, 4)
         self.act = {"tanh": torch.nn.Tanh(), "elu": torch.nn.ELU(0.7), "selu": torch.nn.SELU(),
                     "celu": torch.nn.CELU(1.3), "softplus": torch.nn.Softplus(), "mish": torch.nn.Mish(),
+                    "softsign": torch.nn.Softsign(),
                     "gelu-tanh": torch.nn.GELU("tanh"), "gelu": torch.nn.GELU(), "abs": None,
                     "softplus-beta": torch.nn.Softplus(beta=2.0)}.get(how, torch.nn.Identity())
 
@@ -1650,7 +1651,7 @@ def test_heads_pytorch_users_write_import_and_slide_crop_by_crop(tmp_path, how, 
 
 
 ACTIVATIONS = {"tanh": "tanh", "elu": "elu", "selu": "selu", "celu": "celu", "softplus": "softplus", "mish": "mish",
-               "gelu-tanh": "gelu", "gelu": "gelu", "abs": "abs"}
+               "softsign": "softsign", "gelu-tanh": "gelu", "gelu": "gelu", "abs": "abs"}
 
 
 def export_at(model, path, *, dynamo: bool, opset: int) -> None:
@@ -1676,7 +1677,8 @@ def test_elementwise_activations_import_as_one_layer_and_slide(tmp_path, how, op
     (Softplus, Tanh, Mul before op set 18, one Mish node from it) is one mish layer, and
     nn.GELU('tanh'), written out with Tanh before op set 20, one gelu (the dynamo
     exporter's x * (0.5 * (1 + tanh(...))) too). The dynamo exporter writes
-    nn.Softplus() as Where(x > 20, x, softplus(x)): one softplus layer."""
+    nn.Softplus() as Where(x > 20, x, softplus(x)): one softplus layer; both write
+    nn.Softsign as x / (|x| + 1): one softsign layer."""
     torch.manual_seed(0)
     model = Headed(how).eval()
     path = tmp_path / f"{how}.onnx"
@@ -1846,7 +1848,27 @@ def test_softmaxes_not_over_the_channels_are_refused(tmp_path, op, axis, opset, 
         load_network(path, task="segmentation")
 
 
-@pytest.mark.parametrize("op,attrs", [("Tanh", {}), ("Softplus", {}), ("Mish", {}), ("Abs", {}),
+@pytest.mark.parametrize("divisor", ["abs-plus-2", "abs-of-other", "abs-read-twice"])
+def test_divisions_like_softsign_but_not_it_stay_divisions(tmp_path, divisor, rng):
+    """Only x / (|x| + 1) is a softsign: x / (|x| + 2), x / (|y| + 1) and a |x| + 1 that
+    another node reads too keep their layers, and equal onnxruntime."""
+    one, two = np.array(1.0, np.float32), np.array(2.0, np.float32)
+    nodes = [onnx.helper.make_node("Sigmoid", ["x"], ["s"]),
+             onnx.helper.make_node("Abs", ["s" if divisor == "abs-of-other" else "x"], ["a"]),
+             onnx.helper.make_node("Add", ["a", "two" if divisor == "abs-plus-2" else "one"], ["d"]),
+             onnx.helper.make_node("Div", ["x", "d"], ["q"])]
+    if divisor == "abs-read-twice":
+        nodes.append(onnx.helper.make_node("Add", ["q", "d"], ["y"]))
+    else:
+        nodes.append(onnx.helper.make_node("Add", ["q", "s"], ["y"]))
+    path = onnx_file(tmp_path / "div.onnx", nodes, {"one": one, "two": two}, opset=13, input_shape=(1, 3, 5, 7))
+    graph = load_network(path, task="segmentation")
+    assert not graph.find("softsign") and graph.find("div")
+    x = (rng.standard_normal((2, 3, 5, 7)) * 3).astype(np.float32)
+    np.testing.assert_allclose(Model(graph).run(x), onnxruntime_scores(path, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op,attrs", [("Tanh", {}), ("Softplus", {}), ("Softsign", {}), ("Mish", {}), ("Abs", {}),
                                       ("Elu", {"alpha": 0.4}), ("Selu", {}), ("Selu", {"alpha": 1.2, "gamma": 0.9}), ("Celu", {"alpha": 2.0})])
 def test_activation_nodes_equal_onnxruntime_far_out_on_both_sides(tmp_path, op, attrs, rng):
     """Values up to +-40, where exp overflows a naive softplus and tanh saturates."""

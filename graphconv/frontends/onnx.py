@@ -1600,10 +1600,10 @@ def _sigmoid(imp: _Importer, node) -> None:
     imp.add_layer(node, "sigmoid", [imp.tensor(node.input[0], ANY_LAYOUT)])
 
 
-@converts("Tanh", "Softplus", "Mish", "Abs")
+@converts("Tanh", "Softplus", "Softsign", "Mish", "Abs")
 def _pointwise(imp: _Importer, node) -> None:
     """Elementwise ops of no attributes, each graphconv's op of the same name."""
-    op = {"Tanh": "tanh", "Softplus": "softplus", "Mish": "mish", "Abs": "abs"}[node.op_type]
+    op = {"Tanh": "tanh", "Softplus": "softplus", "Softsign": "softsign", "Mish": "mish", "Abs": "abs"}[node.op_type]
     imp.add_layer(node, op, [imp.tensor(node.input[0], ANY_LAYOUT)])
 
 
@@ -2165,18 +2165,45 @@ def _sub(imp: _Importer, node) -> None:
 
 @converts("Div")
 def _div(imp: _Importer, node) -> None:
-    """x / constant: a per-channel scale by its reciprocal; x / map, of x's shape or one
-    value per position (ConvNeXt V2's norms over their channel mean)."""
+    """x / constant: a per-channel scale by its reciprocal; x / (|x| + 1) (nn.Softsign as
+    exporters write it): one softsign layer; x / map, of x's shape or one value per
+    position (ConvNeXt V2's norms over their channel mean)."""
     divisor = imp.values.get(node.input[1])
     x = imp.tensor(node.input[0], SCALED_LAYOUTS if isinstance(divisor, np.ndarray) else ANY_LAYOUT)
     if not isinstance(divisor, np.ndarray):
-        imp.add_layer(node, "div", [x, imp.tensor(node.input[1], ANY_LAYOUT)])
+        d = imp.tensor(node.input[1], ANY_LAYOUT)
+        absolute = _softsign_abs(imp, x, d)
+        if absolute is not None:  # x / (|x| + 1): the abs layer becomes softsign, the + 1 goes
+            shift = imp.graph.node(d.node)
+            imp.graph.erase(shift)
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                imp.weights.pop(f"{shift.name}.{key}", None)
+            layer = imp.graph.replace(imp.graph.node(absolute.node), "softsign")
+            imp.alias(node, replace(absolute, node=layer.name))
+            return
+        imp.add_layer(node, "div", [x, d])
         return
     factors = _per_channel(divisor, x)
     if factors is None or not np.all(factors != 0):
         raise imp.error(f"Div of a feature map by a constant of shape {list(divisor.shape)}; graphconv "
                         "divides by one non-zero number, or one per channel")
     _affine(imp, node, x, 1.0 / factors, np.zeros(x.shape[0]))
+
+
+def _softsign_abs(imp: _Importer, x: Tensor, divisor: Tensor) -> Tensor | None:
+    """The abs(x) in `divisor` = abs(x) + 1 (nn.Softsign as PyTorch's exporters write it,
+    x / (1 + |x|), the + 1 a shift layer `_affine` made), when nothing but this Div reads
+    either."""
+    shift = imp.graph.node(divisor.node)
+    if shift.op != "batchnorm" or imp.readers(divisor) != 1 or not _is_affine(imp, shift.name, shift.params):
+        return None
+    if not ((imp.weights[f"{shift.name}.weight"] == 1).all() and (imp.weights[f"{shift.name}.bias"] == 1).all()):
+        return None
+    absolute = shift.inputs[0]
+    if absolute.op != "abs" or absolute.inputs[0].name != x.node or len(absolute.users) != 1:
+        return None
+    found = [v for v in imp.values.values() if isinstance(v, Tensor) and v.node == absolute.name]
+    return found[0] if found and imp.readers(found[0]) == 1 and found[0].layout == x.layout else None
 
 
 def _per_channel(constant: np.ndarray, x: Tensor) -> np.ndarray | None:

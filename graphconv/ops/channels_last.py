@@ -59,6 +59,14 @@ def stored_memory(a: np.ndarray) -> np.ndarray:
     return (a if stored is None else stored).reshape(-1)
 
 
+def memory_stored_alike(x: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An elementwise op's input and output memory, stored alike (NCHW or channels-last,
+    as `out` is: the input is copied only where the two differ), as flat arrays: one flat
+    pass over them computes the op whichever way its values are stored
+    (`channels_last="like-input"`)."""
+    return stored_memory(as_stored_like(x, out)), stored_memory(out)
+
+
 def as_stored_like(a: np.ndarray, like: np.ndarray) -> np.ndarray:
     """`a` stored as `like` is: channels-last when `like` is (a copy unless `a` already
     is), else C-contiguous NCHW. Kernels use it for a residual input whose storage

@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit, prange
 
 from graphconv.ops.activations import exponential_linear, fused_code
-from graphconv.ops.channels_last import as_stored_like, stored_memory
+from graphconv.ops.channels_last import memory_stored_alike, stored_memory
 from graphconv.ops.fast_math import CONTRACT, HALF, ONE, SIX, ZERO, activate32, gelu32, hardswish32, silu32, tanh32
 from graphconv.ops.layout import is_channels_last
 
@@ -126,24 +126,18 @@ def _exponential_linear(x, scale, alpha, inverse_beta, out):
         dst[i] = scale * (v if v > ZERO else alpha * np.float32(math.expm1(v * inverse_beta)))
 
 
-def _memory(inputs: list[np.ndarray], out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The input's and the output's memory, stored alike (NCHW or channels-last, as `out`
-    is: the input is copied only where the two differ), so one flat pass computes the op."""
-    return stored_memory(as_stored_like(inputs[0], out)), stored_memory(out)
-
-
 def run_hardsigmoid(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
-    x, y = _memory(inputs, out)
+    x, y = memory_stored_alike(inputs[0], out)
     _hardsigmoid(x, np.float32(params["alpha"]), np.float32(params["beta"]), y)
 
 
 def run_leaky_relu(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
-    x, y = _memory(inputs, out)
+    x, y = memory_stored_alike(inputs[0], out)
     _leaky_relu(x, np.float32(params["alpha"]), y)
 
 
 def run_prelu(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
-    x, y = _memory(inputs, out)
+    x, y = memory_stored_alike(inputs[0], out)
     slope = np.ascontiguousarray(weights["weight"], np.float32)
     _, channels, height, width = out.shape
     if is_channels_last(out):
@@ -153,36 +147,36 @@ def run_prelu(params: dict, weights: dict, inputs: list[np.ndarray], out: np.nda
 
 
 def run_hardswish(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
-    _hardswish(*_memory(inputs, out))
+    _hardswish(*memory_stored_alike(inputs[0], out))
 
 
 def run_silu(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
-    _silu(*_memory(inputs, out))
+    _silu(*memory_stored_alike(inputs[0], out))
 
 
 def run_gelu(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
-    (_gelu_tanh if params["approximate"] == "tanh" else _gelu)(*_memory(inputs, out))
+    (_gelu_tanh if params["approximate"] == "tanh" else _gelu)(*memory_stored_alike(inputs[0], out))
 
 
 def run_tanh(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
-    _tanh(*_memory(inputs, out))
+    _tanh(*memory_stored_alike(inputs[0], out))
 
 
 def run_softplus(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
-    _softplus(*_memory(inputs, out))
+    _softplus(*memory_stored_alike(inputs[0], out))
 
 
 def run_mish(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
-    _mish(*_memory(inputs, out))
+    _mish(*memory_stored_alike(inputs[0], out))
 
 
 def run_abs(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
-    _abs(*_memory(inputs, out))
+    _abs(*memory_stored_alike(inputs[0], out))
 
 
 def _run_exponential_linear(op: str, params: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
     scale, alpha, beta = exponential_linear(op, params)
-    x, y = _memory(inputs, out)
+    x, y = memory_stored_alike(inputs[0], out)
     _exponential_linear(x, np.float32(scale), np.float32(alpha), np.float32(1.0 / beta), y)
 
 
