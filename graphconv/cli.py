@@ -734,6 +734,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         model.check_memory(x.shape[0], x.shape[2:], file=args.image or args.input)
     profile: dict[str, float] | None = {} if args.profile else None
     note_cold_kernels(model, args.device)
+    padding = None if args.full_map else model.padding_note(*x.shape[2:])
+    if padding:
+        note(padding)
     start = time.perf_counter()
     out = model.run(x, args.device, profile, full=args.full_map)
     seconds = time.perf_counter() - start

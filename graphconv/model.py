@@ -212,6 +212,8 @@ class Model:
         network's map, cut to the crop grid (`map_size`), from shapes alone."""
         from graphconv.shapes import infer_shapes
 
+        if self.segmentation and self.padded_hw(height, width) is not None:
+            return height, width  # the map of the padded image, cut back to the image's pixels
         _, full_rows, full_cols = infer_shapes(self.graph, (height, width), check_weights=False)[self.graph.output.name]
         if self.segmentation:
             self._check_labels_line_up(height, width, (full_rows, full_cols))
@@ -233,25 +235,54 @@ class Model:
         per pixel at any size it runs at. Where its strides round a side that is not a
         multiple of them, its map comes out of another size (an FCN head resizing "to the
         input's size" was imported with the crop's factor: 100x100 gave 104x104), and
-        the labels do not line up with the pixels: refused, with the sizes that work."""
-        from graphconv.shapes import infer_shapes
-
+        the labels do not line up with the pixels: such an image is padded
+        (`padded_hw`), and this refuses only a size no padding within 256 pixels fixes."""
         _, hc, wc = self.crop_shape
         if not self._labels_per_pixel() or out_hw == (height, width):
             return
+        raise GraphconvError(f"{self.graph.name} gives one label per pixel at its {hc}x{wc} crop, but a "
+                             f"{height}x{width} image would get a {out_hw[0]}x{out_hw[1]} map: its strides round "
+                             f"sides that are not multiples of them, and the labels would not line up with the "
+                             f"pixels; no image up to 256 pixels larger on each side lines up either")
+
+    def padded_hw(self, height: int, width: int) -> tuple[int, int] | None:
+        """The image size a segmentation network that gives one label per pixel runs an
+        image of height x width at, where it cannot run at its own: the least sides at
+        least as large on which its branches meet and its map is the input's size (a
+        U-Net of four 2x2 pools takes multiples of 16; a 2001x1500 slide is padded to
+        2016x1504). `run` and tiled runs pad the image with zeros (after the preprocess)
+        at the bottom and right, and cut the map back to the image's pixels, as one pads
+        an image by hand for PyTorch; the labels near those edges see the padding. None
+        where the image's own size works, for a classifier, and where no size up to 256
+        pixels larger on a side works (then `output_hw` says why)."""
+        if not self.segmentation or not self._labels_per_pixel():
+            return None
+        return self.derived(f"padded size {height}x{width}", lambda: self._least_lined_up(height, width))
+
+    def _least_lined_up(self, height: int, width: int) -> tuple[int, int] | None:
+        from graphconv.shapes import infer_shapes
 
         def lines_up(h: int, w: int) -> bool:
             try:
                 return tuple(infer_shapes(self.graph, (h, w), check_weights=False)[self.graph.output.name][1:]) == (h, w)
             except GraphconvError:
                 return False
+        if lines_up(height, width):
+            return None
+        _, hc, wc = self.crop_shape
         rows = next((h for h in range(height, height + 257) if lines_up(h, wc)), None)
         cols = next((w for w in range(width, width + 257) if lines_up(hc, w)), None)
-        works = f": {rows}x{cols} would (pad the image to it)" if rows and cols else ""
-        raise GraphconvError(f"{self.graph.name} gives one label per pixel at its {hc}x{wc} crop, but a "
-                             f"{height}x{width} image would get a {out_hw[0]}x{out_hw[1]} map: its strides round "
-                             f"sides that are not multiples of them, and the labels would not line up with the "
-                             f"pixels{works}")
+        return (rows, cols) if rows and cols and lines_up(rows, cols) else None
+
+    def padding_note(self, height: int, width: int) -> str | None:
+        """The note a run gives for an image `padded_hw` pads; None for one it does not."""
+        padded = self.padded_hw(height, width)
+        if padded is None:
+            return None
+        return (f"note: {self.graph.name} gives one label per pixel on images of some sizes only (its strides "
+                f"divide them evenly): the {height}x{width} image was padded with zeros (after the preprocess) to "
+                f"{padded[0]}x{padded[1]} at the bottom and right, and the map cut back to {height}x{width}; labels "
+                "near those edges see the padding")
 
     def map_size(self, height: int, width: int) -> tuple[int, int]:
         """Rows and columns of the score map for an image of height x width: one cell per
@@ -319,14 +350,21 @@ class Model:
         runs (tiles, the crop loop of verify, classify's scales), which are not the map
         the user holds."""
         batch = as_batch(x, self.crop_shape[0], convert=False)
+        image_hw = tuple(batch.shape[2:])
+        padded = None
         if not full:
-            check_holds_a_crop(self.graph, batch.shape[2:])
-            if self.segmentation:  # refuses a size whose labels would not line up
-                hw = tuple(batch.shape[2:])
-                self.derived(f"output size {hw}", lambda: self.output_hw(*hw))
+            check_holds_a_crop(self.graph, image_hw)
+            if self.segmentation:  # pads a size whose labels would not line up, or refuses it
+                padded = self.padded_hw(*image_hw)
+                if padded is None:
+                    self.derived(f"output size {image_hw}", lambda: self.output_hw(*image_hw))
+        if padded is not None:
+            batch = padded_batch(batch, padded)
         self.check_memory(batch.shape[0], batch.shape[2:], hint=self._memory_hint(batch.shape[0]))
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         out = self.executor(device).run(batch, profile)
+        if padded is not None:
+            out = np.ascontiguousarray(out[:, :, :image_hw[0], :image_hw[1]])
         if not full and not self.segmentation:
             out = self._crop_grid(out, batch.shape[2:])
         if not full and self.returns_vectors and out.shape[2:] == (1, 1):
@@ -339,11 +377,12 @@ class Model:
         peak memory (`memory.run_estimate`: weights, activations, scratch, the output) is
         over the memory limit (`graphconv.set_memory_limit`, `--memory-limit`): a
         GraphconvError giving the estimate, naming `file` if given and ending with `hint`.
-        `run` checks every run so (the CLI's too); the estimate is worked out once per size
-        and graph version."""
+        `run` checks every run so (the CLI's too), at the size the image runs at (`padded_hw`);
+        the estimate is worked out once per size and graph version."""
         from graphconv.memory import check_fits, run_estimate
 
         hw = (int(input_hw[0]), int(input_hw[1]))
+        hw = self.padded_hw(*hw) or hw  # the size a segmentation network runs the image at
         estimate = self.derived(f"run estimate {images}x{hw}", lambda: run_estimate(self.graph, images, hw))
         check_fits(estimate, f"running {self.graph.name} on {images} image(s) of {hw[0]}x{hw[1]}", file=file,
                    hint=hint)
@@ -514,6 +553,12 @@ VECTOR_OPS = ("fc", "flatten")  # layers after which a network returns (N, K), s
 def as_map(scores: np.ndarray) -> np.ndarray:
     """Scores as (N, K, rows, cols): a classifier's (N, K) vectors become 1x1 maps."""
     return scores[:, :, None, None] if scores.ndim == 2 else scores
+
+
+def padded_batch(batch: np.ndarray, padded_hw: tuple[int, int]) -> np.ndarray:
+    """`batch` with zeros below and to the right, to `padded_hw` (`Model.padded_hw`)."""
+    height, width = batch.shape[2:]
+    return np.pad(batch, ((0, 0), (0, 0), (0, padded_hw[0] - height), (0, padded_hw[1] - width)))
 
 
 def as_batch(x, channels: int, *, file: str | None = None, convert: bool = True) -> np.ndarray:

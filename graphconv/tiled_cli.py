@@ -76,7 +76,7 @@ def _image_size(path: str) -> tuple[int, int] | None:
 def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     from graphconv.georef import cell_placement, map_contents
     from graphconv.sources import open_source
-    from graphconv.tiling import CropGrid, MapFile, choose_tile, map_transform, plan_tiles
+    from graphconv.tiling import CropGrid, DenseGrid, MapFile, choose_tile, map_transform, plan_tiles
 
     if args.resize or args.scales or args.profile or args.full_map:
         raise GraphconvError("--resize, --scales, --profile and --full-map take a whole-image run (a TIFF, a zarr "
@@ -95,6 +95,9 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     if oriented:
         note(f"note: {oriented}")
     note_how_the_image_is_read(args.image, channel_conversion(source))
+    padding = model.padding_note(*image_hw) if isinstance(grid, DenseGrid) else None
+    if padding:
+        note(padding)
     crop_hw = model.crop_shape[1:]
     if image_hw[0] < crop_hw[0] or image_hw[1] < crop_hw[1]:
         raise GraphconvError(f"the image is {image_hw[0]}x{image_hw[1]}, smaller than the classifier's "

@@ -30,7 +30,7 @@ import math
 import os
 import shlex
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from functools import cached_property
 from pathlib import Path
@@ -171,6 +171,10 @@ class DenseGrid:
     def map_hw(self, image_hw: tuple[int, int]) -> tuple[int, int]:
         return self.model.output_hw(*image_hw)
 
+    def padded_hw(self, image_hw: tuple[int, int]) -> tuple[int, int] | None:
+        """The size a segmentation network runs the image at (`Model.padded_hw`), or None."""
+        return self.model.padded_hw(*image_hw)
+
     def run(self, x: np.ndarray, device: str) -> np.ndarray:
         """The map of an input box, uncut: cell (0, 0) is the first whose field starts in it."""
         return self.model.executor(device).run(x)
@@ -181,7 +185,7 @@ class DenseGrid:
 
     def peak_bytes(self, tile_hw: tuple[int, int]) -> int:
         from graphconv.memory import run_estimate
-        return run_estimate(self.model.graph, 1, tile_hw)
+        return run_estimate(self.model.graph, 1, self.padded_hw(tuple(tile_hw)) or tile_hw)
 
     def largest_useful_tile(self, image_hw: tuple[int, int]) -> int:
         """The tile that holds the whole map in one: the smallest tile (one cell's field, its
@@ -217,6 +221,9 @@ class CropGrid:
         self.align = self.stride
         self.stitch = (1, 1)
         self.sizes = None
+
+    def padded_hw(self, image_hw: tuple[int, int]) -> None:
+        return None  # crops lie inside the image
 
     def smallest_tile(self) -> tuple[int, int]:
         return self.field.size
@@ -301,6 +308,9 @@ def plan_tiles(model, image_hw: tuple[int, int], tile: int | Sequence[int]) -> T
     """Tiles of at most `tile` input pixels per axis covering `model.run`'s map of an
     image of `image_hw` (the crop grid; see Model.map_size). `model` may be a grid."""
     grid = as_grid(model)
+    padded = grid.padded_hw(tuple(image_hw))
+    if padded is not None:  # the padded image's plan, its cells past the image's dropped
+        return _cut_to_image(plan_tiles(grid, padded, tile), tuple(image_hw), grid.map_hw(tuple(image_hw)))
     if isinstance(grid, DenseGrid) and grid.whole_image_only:
         return _whole_image_plan(grid, image_hw, tile)
     tile_hw = check_tile_holds_a_cell(grid, tile, image_hw)
@@ -315,6 +325,15 @@ def plan_tiles(model, image_hw: tuple[int, int], tile: int | Sequence[int]) -> T
                   for rows in row_spans for cols in col_spans)
     largest = (max(t.box[2] - t.box[0] for t in tiles), max(t.box[3] - t.box[1] for t in tiles))
     return TilePlan(tuple(image_hw), map_hw, largest, cells, field, align, tiles)
+
+
+def _cut_to_image(plan: TilePlan, image_hw: tuple[int, int], map_hw: tuple[int, int]) -> TilePlan:
+    """A padded image's plan (`Model.padded_hw`) writing the image's map alone: tiles keep
+    their boxes, which `read_box` fills with zeros past the image, and write only the
+    cells of the image's map."""
+    tiles = tuple(Tile((t.rows[0], min(t.rows[1], map_hw[0])), (t.cols[0], min(t.cols[1], map_hw[1])), t.box)
+                  for t in plan.tiles if t.rows[0] < map_hw[0] and t.cols[0] < map_hw[1])
+    return replace(plan, image_hw=image_hw, map_hw=map_hw, tiles=tiles)
 
 
 def _whole_image_plan(grid: DenseGrid, image_hw: tuple[int, int], tile: int | Sequence[int]) -> TilePlan:
@@ -517,10 +536,14 @@ def check_out(out: Any, shape: tuple, *, float_scores: bool) -> None:
 def read_box(source: Source, box: tuple[int, int, int, int], channels: int) -> np.ndarray:
     """The source's pixels in `box`, as a (N, C, h, w) float32 batch checked as `Model.run`
     checks its input (`model.as_batch`): a reader's block of another size, type or
-    channel count is refused, naming the box it was asked for."""
-    from graphconv.model import as_batch
+    channel count is refused, naming the box it was asked for. A box past the image's
+    bottom or right (a padded image's, `Model.padded_hw`) gets zeros there."""
+    from graphconv.model import as_batch, padded_batch
 
     top, left, bottom, right = box
+    inside = (min(bottom, source.height), min(right, source.width))
+    if inside != (bottom, right):
+        return padded_batch(read_box(source, (top, left, *inside), channels), (bottom - top, right - left))
     x = np.asarray(source.read(top, left, bottom, right))
     hw = (bottom - top, right - left)
     if x.ndim not in (3, 4) or tuple(x.shape[-2:]) != hw:
@@ -1107,6 +1130,7 @@ def choose_tile(model, image_hw: tuple[int, int], budget: int) -> int:
     budget (the rest is for the weights' copies, the source and the output): what a run
     without --tile uses when the whole image would not fit. `model` may be a grid."""
     grid = as_grid(model)
+    image_hw = grid.padded_hw(tuple(image_hw)) or image_hw  # what its tiles read
     if isinstance(grid, DenseGrid) and grid.whole_image_only:
         return _whole_image_tile(grid, image_hw, budget)
     align = max(grid.align)

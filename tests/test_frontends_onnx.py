@@ -1418,10 +1418,13 @@ def test_an_fcn_head_resized_to_the_input_is_a_segmentation_network(tmp_path, rn
     net = Model.load(tmp_path / "fcn.yaml")
     np.testing.assert_allclose(net.run(x), torch_scores(model, x), rtol=1e-4, atol=1e-5)
     # Elsewhere its factor of 8 gives another map than PyTorch's resize to the input's size
-    # (100x100: 104x104 of other values, silently): refused, with the size to pad to.
-    with pytest.raises(GraphconvError, match=r"gives one label per pixel at its 64x64 crop, but a 100x100 image "
-                                             r"would get a 104x104 map: .*: 104x104 would \(pad the image to it\)"):
-        net.run(rng.standard_normal((1, 3, 100, 100)).astype(np.float32))
+    # (100x100: 104x104 of other values, silently; then refused): the image is padded to
+    # 104x104 with zeros and the map cut back, as one pads an image by hand for PyTorch.
+    x = rng.standard_normal((1, 3, 100, 100)).astype(np.float32)
+    padded = np.pad(x, ((0, 0), (0, 0), (0, 4), (0, 4)))
+    assert net.padded_hw(100, 100) == (104, 104) and net.map_size(100, 100) == (100, 100)
+    np.testing.assert_allclose(net.run(x), torch_scores(model, padded)[:, :, :100, :100], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(net.run_tiled(x, 64), net.run(x), rtol=1e-5, atol=1e-6)
 
 
 class _DeepLabV3(torch.nn.Module):

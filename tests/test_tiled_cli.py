@@ -1045,6 +1045,34 @@ def test_cli_an_upsampling_network_on_a_tiff_picks_its_own_tiles(tmp_path):
         np.testing.assert_allclose(np.load(tmp_path / "tiled.npy"), whole, rtol=1e-4, atol=1e-6)
 
 
+def test_cli_a_u_net_on_a_slide_of_a_side_its_pools_do_not_divide_pads_it(tmp_path):
+    """A U-Net takes sides its pools divide evenly (this one even sides); a 251x190 slide was refused (with
+    advice to --resize, which a TIFF refuses and which moves the labels off the pixels).
+    It is padded with zeros at the bottom and right, and its map cut back to the
+    image's pixels, said in a note: tiled from a TIFF, and whole from a PNG, alike."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    import onnx_zoo
+
+    torch.manual_seed(0)
+    onnx_zoo.export(onnx_zoo.UNetSmall().eval(), tmp_path / "unet.onnx")
+    imported = graphconv("import", tmp_path / "unet.onnx", "-o", tmp_path / "unet.yaml", "--task", "segmentation",
+                         "--crop-size", 32, 32)
+    assert imported.returncode == 0, imported.stderr
+    pixels = (np.random.default_rng(6).random((251, 190, 3)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "scene.png")
+    tifffile.imwrite(tmp_path / "scene.tif", pixels, tile=(64, 64), photometric="rgb")
+    whole = whole_map(tmp_path / "unet.yaml", tmp_path / "scene.png", tmp_path)
+    assert whole.shape[2:] == (251, 190)
+    for tile in ("64", "100", "300"):
+        result = graphconv("run", tmp_path / "unet.yaml", "--image", tmp_path / "scene.tif", "--tile", tile,
+                           "--output", tmp_path / "tiled.npy")
+        assert result.returncode == 0, result.stderr
+        assert "padded with zeros (after the preprocess) to 252x190" in result.stderr
+        np.testing.assert_allclose(np.load(tmp_path / "tiled.npy"), whole, rtol=1e-4, atol=1e-6)
+        (tmp_path / "tiled.npy").unlink()
+
+
 def test_cli_many_images_each_get_their_heatmap_beside_their_map(model_dir, picture, tmp_path):
     """--images --heatmap K: <name>-heatmap-K.png beside each map, the picture one --image
     run of that image in tiles draws; --heatmap-out, one name for many, is refused."""
