@@ -114,6 +114,8 @@ class Background:
         from graphconv.tiling import choose_tile, plan_tiles
 
         budget = memory_limit() if budget is None else budget
+        if getattr(grid, "whole_image_only", False):
+            return choose_tile(grid, image_hw, budget)  # the image, in one tile (or why not)
         largest = min(choose_tile(grid, image_hw, budget), max(LARGEST_TILE, *grid.smallest_tile()))
         smallest = min(largest, max(SMALLEST_TILE, *grid.smallest_tile()))
         sizes = sorted({round(smallest + (largest - smallest) * i / (TILE_SIZES_TRIED - 1))

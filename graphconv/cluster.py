@@ -264,7 +264,7 @@ def _tile_block(ref: ModelRef, image: str, box: tuple[int, int, int, int], rows,
                 options: MapOptions) -> np.ndarray:
     """On a worker: one tile's block of the map, transformed."""
     from graphconv.sources import open_source
-    from graphconv.tiling import Tile, _cells_of, map_transform
+    from graphconv.tiling import Tile, _cells_of, map_transform, read_box
 
     model = worker_model(ref)
     if (ref, image) not in _WORKER_SOURCES:  # opened (a PNG: decoded) once per worker, not per tile
@@ -272,9 +272,9 @@ def _tile_block(ref: ModelRef, image: str, box: tuple[int, int, int, int], rows,
         _WORKER_SOURCES[ref, image] = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"),
                                                   options.level, options.bands, options.downsample, options.mpp,
                                                   options.nodata)
-    x = _WORKER_SOURCES[ref, image].read(*box)
+    x = read_box(_WORKER_SOURCES[ref, image], box, model.crop_shape[0])  # zeros past a padded image's end
     grid = options.grid(model)
-    full = grid.run(x[None] if x.ndim == 3 else x, options.device)
+    full = grid.run(x, options.device)
     block = _cells_of(full, Tile(rows, cols, box), grid.field)
     transform, _, _ = map_transform(options.reduce, options.classes, model.output_channels)
     return np.ascontiguousarray(block if transform is None else transform(block))

@@ -111,12 +111,15 @@ def fitting_sizes(graph: Graph) -> FittingSizes | None:
     evenly whatever the side). Found by trying one period of sides past the crop on each
     axis: analysing floor division through every branch by hand is what shape inference
     already does. Only a merge that refuses counts: a classifier's fc refusing every side
-    but the crop's is not a merge's misfit."""
+    but the crop's is not a merge's misfit. None too where maps of different strides meet
+    (a pooled branch enlarged by the crop's factor): they meet on no period of sides."""
     from graphconv.receptive import partial_receptive_fields
 
     if all(len(node.inputs) < 2 for node in graph.layers()):
         return None
-    fields, _ = partial_receptive_fields(graph)
+    fields, mixed = partial_receptive_fields(graph)
+    if mixed is not None:  # maps of different strides meet: no period, and in general only at the crop
+        return None
     period = [1, 1]
     for field in fields.values():
         for a in (0, 1):

@@ -310,7 +310,9 @@ def plan_tiles(model, image_hw: tuple[int, int], tile: int | Sequence[int]) -> T
     grid = as_grid(model)
     padded = grid.padded_hw(tuple(image_hw))
     if padded is not None:  # the padded image's plan, its cells past the image's dropped
-        return _cut_to_image(plan_tiles(grid, padded, tile), tuple(image_hw), grid.map_hw(tuple(image_hw)))
+        covering = tuple(max(side, padded[a]) if side >= image_hw[a] else side  # covers the image: the padding too
+                         for a, side in enumerate(checked_tile(tile)))
+        return _cut_to_image(plan_tiles(grid, padded, covering), tuple(image_hw), grid.map_hw(tuple(image_hw)))
     if isinstance(grid, DenseGrid) and grid.whole_image_only:
         return _whole_image_plan(grid, image_hw, tile)
     tile_hw = check_tile_holds_a_cell(grid, tile, image_hw)

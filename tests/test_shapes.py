@@ -130,6 +130,20 @@ def test_an_image_of_a_side_that_does_not_fit_is_told_the_nearest_that_does(writ
         model.run(random_input(rng, (1, 2, 60, 61)))
 
 
+def test_branches_of_different_strides_have_no_rule_and_no_hint(write_spec, rng):
+    """A pooled branch enlarged by the crop's factor meets the map on the crop alone: the
+    period of strides says nothing there ('any even side', then '--resize 32 48' to an
+    image of 32x48), so there is no rule, and the error gives no sizes."""
+    seg = graphconv.load(write_spec("name: pooled\ntask: segmentation\ninput: {shape: [1, 16, 16]}\nlayers:\n"
+                                    "  - {name: c, op: conv, out_channels: 2, kernel_size: 2, stride: 2}\n"
+                                    "  - {name: g, op: globalavgpool}\n  - {name: up, op: upsample, factor: 8}\n"
+                                    "  - {name: cat, op: concat, inputs: [c, up]}\n"))
+    assert fitting_sizes(seg.graph) is None
+    with pytest.raises(GraphconvError) as err:
+        infer_shapes(seg.graph, (32, 48))
+    assert "layer 'cat'" in str(err.value) and "--resize" not in str(err.value)
+
+
 def test_networks_whose_branches_meet_on_every_side_have_no_rule():
     for name in ("alexnet", "tinydag", "lenet"):
         assert fitting_sizes(graphconv.load_spec(SPECS / f"{name}.yaml")) is None

@@ -351,10 +351,31 @@ def test_a_network_that_needs_the_whole_image_runs_as_one_tile_when_memory_holds
     with pytest.raises(GraphconvError, match=r"seg needs the whole 90x70 image in one pass .* raise --memory-limit"):
         choose_tile(seg, (90, 70), 10_000)
     tifffile.imwrite(tmp_path / "page.tif", rng.integers(0, 255, (300, 200), np.uint8), tile=(64, 64))
-    for extra in ([], ["--tile", "300"]):
+    for extra in ([], ["--tile", "300"], ["--skip-background"]):  # background: the one tile's cheapest
         assert main(["run", str(spec), "--image", str(tmp_path / "page.tif"), "--output", str(tmp_path / "map.npy"),
                      "--quiet", *extra]) == 0
         assert np.load(tmp_path / "map.npy").shape == (1, 4, 300, 200)
+        (tmp_path / "map.npy").unlink()
+
+
+@pytest.mark.parametrize("gate", [False, True])
+def test_a_tile_that_covers_a_padded_image_covers_its_padding(write_spec, rng, gate):
+    """A segmentation network whose sides must be even pads a 41x39 image to 42x40: a
+    tile of 41 covers the image, and was refused (too small; or, with a whole-image
+    gate, 'a tile at least as large as the image')."""
+    from graphconv.model import Model
+
+    gated = ("  - {name: gp, op: globalavgpool}\n  - {name: g, op: sigmoid}\n"
+             "  - {name: m, op: mul, inputs: [up, g]}\n") if gate else ""
+    seg = Model.load(write_spec("name: seg\ntask: segmentation\ninput: {shape: [1, 16, 16]}\nlayers:\n"
+                                "  - {name: c1, op: conv, out_channels: 4, kernel_size: 3, padding: 1}\n"
+                                "  - {name: p, op: maxpool, kernel_size: 2}\n"
+                                "  - {name: c2, op: conv, out_channels: 4, kernel_size: 3, padding: 1}\n"
+                                "  - {name: up, op: upsample, factor: 2}\n" + gated))
+    assert seg.padded_hw(41, 39) == (42, 40)
+    x = rng.standard_normal((1, 1, 41, 39)).astype(np.float32)
+    for tile in (41, (41, 39), 42):
+        np.testing.assert_array_equal(run_tiled(seg, x, tile), seg.run(x))
 
 
 # ---- the classifier on every crop (run --crops), streamed in tiles ---------------------------------
