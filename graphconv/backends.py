@@ -201,7 +201,7 @@ def resolve_backend(name: str) -> Backend:
     backend = get_backend(name)
     problem = backend.status()
     if problem:
-        raise GraphconvError(f"--device {name}: {problem}")
+        raise GraphconvError(f"device {name!r} (--device {name}): {problem}")
     return backend
 
 

@@ -2,6 +2,7 @@
 as `graphconv compile` does it."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Sequence
 
@@ -41,6 +42,7 @@ def compile_graph(source: str | os.PathLike | Graph | Model, passes: str | Seque
     (weights, labels, crop_size, task, preprocess), for a path; the rest go to
     `PassManager` (print_ir_before/after, verify_each, out...)."""
     load_options = {key: options.pop(key) for key in LOAD_OPTIONS if key in options}
+    _check_options(options, output_stride, stride_method)
     pipeline = build_pipeline(passes, output_stride, stride_method)  # a bad pipeline before a slow load
     manager = PassManager(pipeline, **options)
     graph = source_graph(source, **load_options)
@@ -65,6 +67,26 @@ def record_onnx_source(compiled: Graph) -> None:
     where = compiled.input.loc.file if compiled.input.loc is not None else ""
     if str(where).lower().endswith(".onnx"):
         compiled.meta["compiled"].setdefault("source", os.path.basename(os.path.abspath(where)))
+
+
+STRIDE_METHODS = ("auto", "dilate", "shift")
+MANAGER_OPTIONS = tuple(f.name for f in dataclasses.fields(PassManager) if f.name not in ("pipeline", "records"))
+
+
+def _check_options(options: dict, output_stride: int | None, stride_method: str) -> None:
+    """A misspelt keyword is named as compile_model's (a TypeError from PassManager's
+    constructor, which the user never called, said nothing of which call), and a stride
+    method without a stride, which would be ignored, is refused."""
+    unknown = sorted(set(options) - set(MANAGER_OPTIONS))
+    if unknown:
+        raise TypeError(f"compile_model got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; it takes "
+                        f"passes, output_stride, stride_method, {', '.join(LOAD_OPTIONS)} and "
+                        f"{', '.join(MANAGER_OPTIONS)}")
+    if stride_method not in STRIDE_METHODS:
+        raise GraphconvError(f"stride_method is one of {', '.join(STRIDE_METHODS)}, got {stride_method!r}")
+    if stride_method != "auto" and output_stride is None:
+        raise GraphconvError(f"stride_method (--stride-method) {stride_method!r} says how to reach a finer output "
+                             "stride: give output_stride (--output-stride) too")
 
 
 def source_graph(source: str | os.PathLike | Graph | Model, **load_options: Any) -> Graph:

@@ -548,6 +548,10 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
     neither computed by the crop loop nor compared, and said (`left_out_why`). Each model
     may be given as `compile_model` takes one: a path, a Graph or a Model."""
     original, compiled = _same_network(original, compiled)
+    if compiled.returns_vectors:
+        raise GraphconvError(f"verify compares a classifier with its dense form, but the second model, "
+                             f"{compiled.graph.name}, returns one vector per image (its fc, flatten or global "
+                             "pool still sees the whole input): give the compiled model (graphconv.compile_model)")
     x = as_batch(image, original.crop_shape[0])
     dense = compiled._scores(x, device) if dense is None else dense
     rows, cols = dense.shape[2:]

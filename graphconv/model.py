@@ -287,6 +287,9 @@ class Model:
     def map_size(self, height: int, width: int) -> tuple[int, int]:
         """Rows and columns of the score map for an image of height x width: one cell per
         crop of a classifier; a segmentation network's whole output (`segmentation`)."""
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+                raise GraphconvError(f"map_size: the {name} is a whole number of pixels, got {value!r}")
         if self.segmentation:
             return self.output_hw(height, width)
         _, hc, wc = self.crop_shape
@@ -360,7 +363,7 @@ class Model:
                     self.derived(f"output size {image_hw}", lambda: self.output_hw(*image_hw))
         if padded is not None:
             batch = padded_batch(batch, padded)
-        self.check_memory(batch.shape[0], batch.shape[2:], hint=self._memory_hint(batch.shape[0]))
+        self.check_memory(batch.shape[0], batch.shape[2:], hint=self._memory_hint(batch.shape[0], image_hw))
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         out = self.executor(device).run(batch, profile)
         if padded is not None:
@@ -387,12 +390,20 @@ class Model:
         check_fits(estimate, f"running {self.graph.name} on {images} image(s) of {hw[0]}x{hw[1]}", file=file,
                    hint=hint)
 
-    def _memory_hint(self, images: int) -> str:
-        """What to do instead of a whole run that does not fit, from Python."""
+    def _memory_hint(self, images: int, image_hw: tuple[int, int]) -> str:
+        """What to do instead of a whole run that does not fit, from Python: the tile
+        `run_tiled` can take under the limit (`tiling.choose_tile`)."""
+        from graphconv.memory import memory_limit
+        from graphconv.tiling import choose_tile
+
         fewer = "run fewer images at a time" if images > 1 else ""
         if self.returns_vectors:
             return fewer
-        return ("Model.run_tiled(x, tile) computes the same map tile by tile in bounded memory (e.g. tile=1024)"
+        try:
+            example = f"tile={choose_tile(self, tuple(image_hw), 2 * memory_limit())} fits"  # in the whole limit
+        except GraphconvError:
+            example = "no tile fits the limit either"
+        return (f"Model.run_tiled(x, tile) computes the same map tile by tile in bounded memory ({example})"
                 + (f", or {fewer}" if fewer else ""))
 
     def run_image(self, image, *, device: str = "cpu", full: bool = False) -> np.ndarray:
@@ -569,6 +580,8 @@ def as_batch(x, channels: int, *, file: str | None = None, convert: bool = True)
     C-contiguous float32, or with `convert=False` the array as given (a view), checked
     only: what `Model.run` checks before estimating its memory, and `run_tiled` before
     reading a tile."""
+    if hasattr(x, "detach") and getattr(x, "requires_grad", False):  # a torch tensor a model handed back
+        x = x.detach()
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.floating):
         raise GraphconvError(f"input must be a float32 array, got {x.dtype}"

@@ -1,6 +1,10 @@
 """Finer score maps: the arithmetic of output stride S below the network's total stride T.
 
-Two ways, giving the same map:
+Two ways, each giving the classifier on every crop S pixels apart for an unpadded network
+(the same map, up to float rounding). A padded network's cells near the image's edges read
+padding, and the two read it at different places (shift pads each shifted copy where the
+shift cuts it; dilate pads the whole image once), so its two maps differ there, each by
+about as much as it differs from the crop loop (`verify` measures it per layer):
 
 * shift (shift-and-stitch): run the converted net on f x f copies of the image shifted
   by k*S pixels (f = T/S, k = 0..f-1 on each axis) and interleave the maps. The layers do
@@ -113,7 +117,8 @@ def dilated_pad(padding: tuple[int, int, int, int], rate: list[int]) -> tuple[in
 
 # What a network that cannot slide can do instead, for the errors that refuse it.
 CROPS_INSTEAD = ("`graphconv run MODEL --image IMAGE --crops` computes the same map crop by crop (exact, "
-                 "without the dense pass's shared work)")
+                 "without the dense pass's shared work; from Python, graphconv.tiling.run_tiled(CropGrid(model, "
+                 "stride), x, tile))")
 
 
 def refuse_whole_map_layers(graph: Graph) -> None:

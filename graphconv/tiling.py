@@ -456,6 +456,7 @@ def run_tiled(model, source: Source | np.ndarray, tile: int | Sequence[int], *, 
     channels = grid.model.crop_shape[0]
     source = as_source(source, channels)
     plan = plan_tiles(grid, (source.height, source.width), tile)
+    _check_tiles_fit(grid, plan, getattr(source, "images", 1), out)
     if out is not None:
         check_out(out, (getattr(source, "images", 1), None if transform else grid.model.output_channels, *plan.map_hw),
                   float_scores=transform is None)
@@ -533,6 +534,26 @@ def check_out(out: Any, shape: tuple, *, float_scores: bool) -> None:
     if float_scores and not np.issubdtype(np.dtype(dtype), np.floating):
         raise GraphconvError(f"out= is {np.dtype(dtype)}, but the map holds scores: give a floating-point out "
                              "(float32), or they would be truncated")
+
+
+def _check_tiles_fit(grid, plan: TilePlan, images: int, out: Any) -> None:
+    """Refuse, before any tile runs, tiles whose run is over the memory limit, or a map
+    held in memory (out=None) that with one tile's run is (`Model.run`'s check, per tile:
+    a whole-image run refused for memory pointed at run_tiled, which then ran tiles of
+    any size)."""
+    from graphconv.memory import check_fits, memory_limit
+
+    th, tw = plan.tile_hw
+    peak = grid.peak_bytes(plan.tile_hw)
+    try:
+        fitting = f"tile={choose_tile(grid, plan.image_hw, 2 * memory_limit())} fits"  # a run of the whole limit
+    except GraphconvError as err:
+        fitting = err.message
+    check_fits(peak, f"a tile of {th}x{tw} pixels", hint=f"a smaller tile: {fitting}")
+    if out is None:
+        held = 4 * images * grid.model.output_channels * plan.map_hw[0] * plan.map_hw[1]
+        check_fits(peak + held, f"the {plan.map_hw[0]}x{plan.map_hw[1]} map held in memory (out=None) beside a "
+                                f"tile's run", hint="pass out= a np.memmap or zarr array to write it to")
 
 
 def read_box(source: Source, box: tuple[int, int, int, int], channels: int) -> np.ndarray:

@@ -10,7 +10,7 @@ from graphconv.model import as_map
 from graphconv.receptive import receptive_fields
 from graphconv.shapes import infer_shapes
 from graphconv.torch_bridge import torch
-from conftest import random_input
+from conftest import SPECS, random_input
 
 # A stem (conv, batchnorm, ReLU, max pool), a basic block and a downsampling block with
 # a projection shortcut, a ReLU6 (clip), then global pool, flatten and fc: ResNet-18's
@@ -187,3 +187,16 @@ def test_a_mixed_stride_classifier_is_run_crop_by_crop_at_its_finest_stride(writ
     top, left = stride, 2 * stride  # cell (1, 2) is the classifier on the crop there
     np.testing.assert_allclose(scores[:, :, 1, 2], classifier.run(image[:, :, top:top + 16, left:left + 16]),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_compile_model_names_its_own_misspelt_keywords_and_a_method_without_a_stride():
+    """A misspelt keyword was a TypeError from PassManager's constructor; a stride
+    method without a stride (or a method that is none) was silently ignored."""
+    spec = SPECS / "lenet.yaml"
+    with pytest.raises(TypeError, match="compile_model got unexpected keyword argument.*'output_strid'"):
+        graphconv.compile_model(spec, output_strid=2)
+    with pytest.raises(graphconv.GraphconvError, match="'shift' says how to reach a finer output stride: give "
+                                                       "output_stride"):
+        graphconv.compile_model(spec, stride_method="shift")
+    with pytest.raises(graphconv.GraphconvError, match="stride_method is one of auto, dilate, shift, got 'fast'"):
+        graphconv.compile_model(spec, output_stride=2, stride_method="fast")

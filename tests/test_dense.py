@@ -223,6 +223,15 @@ def test_where_uneven_padding_reaches_follows_each_side(write_spec):
     assert rows.tolist() == [True] + [False] * 7 + [True] and cols.tolist() == [False] * 6 + [True, True]
 
 
+def test_verify_of_a_second_model_that_does_not_slide_says_to_compile_it(rng):
+    """verify(classifier, classifier) unpacked the rows and columns of a vector: a bare
+    ValueError."""
+    classifier = graphconv.load(SPECS / "lenet.yaml")
+    with pytest.raises(graphconv.GraphconvError, match="the second model, lenet, returns one vector per image.*"
+                                                        "graphconv.compile_model"):
+        verify(classifier, classifier, random_input(rng, (1, 1, 40, 40)))
+
+
 def test_verify_explains_a_network_padded_unevenly(write_spec, rng):
     """Each pad layer is named with its four sides (and its value where it is not 0), the
     positions clear of padding agree, and the -inf in a pad's border is compared as a

@@ -1,5 +1,7 @@
 """The Python API's Model: what `run` returns (the crop grid, or the full map), output
 shapes of classifiers and dense maps, classify() on what users have, cell_box."""
+import re
+
 import numpy as np
 import pytest
 
@@ -306,8 +308,11 @@ def test_run_refuses_an_image_over_the_memory_limit_before_allocating(floor_mode
     message = str(err.value)
     assert message.startswith("running floor on 1 image(s) of 6000x6000 needs about ") and "\n" not in message
     assert "over the memory limit of 64.0 MB (raise it with --memory-limit, or graphconv.set_memory_limit" in message
-    assert message.endswith("Model.run_tiled(x, tile) computes the same map tile by tile in bounded memory "
-                            "(e.g. tile=1024)")
+    tile = int(re.search(r"Model.run_tiled\(x, tile\) computes the same map tile by tile in bounded memory "
+                         r"\(tile=(\d+) fits\)$", message).group(1))
+    with pytest.raises(GraphconvError, match=r"a tile of 2000x2000 pixels needs about .* over the memory limit of 64.0 "
+                                             rf"MB .*; a smaller tile: tile={tile} fits"):
+        fcn.run_tiled(slide, 2000)  # run_tiled checked nothing: the hint sent users into any tile's run
     crops = np.broadcast_to(np.float32(0), (20000, 1, 37, 37))
     with pytest.raises(GraphconvError, match=r"running floor on 20000 image\(s\) of 37x37 .*; run fewer images at "
                                              "a time$"):
@@ -323,3 +328,14 @@ def test_a_labels_file_that_does_not_name_every_class_is_refused_from_python_too
                                              r"classes") as caught:
         load(SPECS / "lenet.yaml", labels=tmp_path / "nine.txt")
     assert str(caught.value).startswith("nine.txt: ")
+
+
+def test_map_size_takes_whole_numbers_and_run_a_tensor_that_requires_grad(floor_models, rng):
+    """map_size(50.5, 60) gave a row count of 6.0; a tensor a torch model hands back
+    (requires_grad) raised torch's own 'Can't call numpy()'."""
+    torch = pytest.importorskip("torch")
+    _, fcn = floor_models
+    with pytest.raises(GraphconvError, match="map_size: the height is a whole number of pixels, got 50.5"):
+        fcn.map_size(50.5, 60)
+    x = random_input(rng, (1, 1, 40, 41))
+    np.testing.assert_array_equal(fcn.run(torch.from_numpy(x).requires_grad_()), fcn.run(x))
