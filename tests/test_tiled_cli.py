@@ -1018,11 +1018,9 @@ def test_cli_outputs_and_whole_image_flags_refused_before_any_work(model_dir, pi
     assert (model_dir / "model.yaml").read_bytes() == before and not (tmp_path / "same.tif").exists()
 
 
-def test_cli_an_upsampling_network_on_a_tiff_picks_its_own_tiles(tmp_path):
-    """Without --tile, the tile size is searched by estimating runs of candidate sizes: a
-    U-Net's branches meet only on boxes of a multiple of 2 pixels, so every estimate must
-    be of such a box (an odd one failed with "concat needs inputs of one spatial size").
-    The map is the whole image's, in one tile or, with less memory, in several."""
+def _unet_on_a_scene(tmp_path, hw: tuple[int, int], seed: int) -> np.ndarray:
+    """onnx_zoo's small U-Net imported to unet.yaml as a segmentation network, a random
+    scene of `hw` as scene.png and a tiled scene.tif, and its map from the PNG, whole."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnx")
     import onnx_zoo
@@ -1032,10 +1030,18 @@ def test_cli_an_upsampling_network_on_a_tiff_picks_its_own_tiles(tmp_path):
     imported = graphconv("import", tmp_path / "unet.onnx", "-o", tmp_path / "unet.yaml", "--task", "segmentation",
                          "--crop-size", 32, 32)
     assert imported.returncode == 0, imported.stderr
-    pixels = (np.random.default_rng(5).random((256, 192, 3)) * 255).astype(np.uint8)
+    pixels = (np.random.default_rng(seed).random((*hw, 3)) * 255).astype(np.uint8)
     Image.fromarray(pixels).save(tmp_path / "scene.png")
     tifffile.imwrite(tmp_path / "scene.tif", pixels, tile=(64, 64), photometric="rgb")
-    whole = whole_map(tmp_path / "unet.yaml", tmp_path / "scene.png", tmp_path)
+    return whole_map(tmp_path / "unet.yaml", tmp_path / "scene.png", tmp_path)
+
+
+def test_cli_an_upsampling_network_on_a_tiff_picks_its_own_tiles(tmp_path):
+    """Without --tile, the tile size is searched by estimating runs of candidate sizes: a
+    U-Net's branches meet only on boxes of a multiple of 2 pixels, so every estimate must
+    be of such a box (an odd one failed with "concat needs inputs of one spatial size").
+    The map is the whole image's, in one tile or, with less memory, in several."""
+    whole = _unet_on_a_scene(tmp_path, (256, 192), seed=5)
     for memory, one_tile in (([], True), (["--memory-limit", "80M"], False)):
         result = graphconv("run", tmp_path / "unet.yaml", "--image", tmp_path / "scene.tif", *memory,
                            "--output", tmp_path / "tiled.npy")
@@ -1046,23 +1052,12 @@ def test_cli_an_upsampling_network_on_a_tiff_picks_its_own_tiles(tmp_path):
 
 
 def test_cli_a_u_net_on_a_slide_of_a_side_its_pools_do_not_divide_pads_it(tmp_path):
-    """A U-Net takes sides its pools divide evenly (this one even sides); a 251x190 slide was refused (with
-    advice to --resize, which a TIFF refuses and which moves the labels off the pixels).
+    """A U-Net takes sides its pools divide evenly (this one even sides); a 251x190 slide
+    was refused (with advice to --resize, which a TIFF refuses and which moves the labels
+    off the pixels).
     It is padded with zeros at the bottom and right, and its map cut back to the
     image's pixels, said in a note: tiled from a TIFF, and whole from a PNG, alike."""
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("onnx")
-    import onnx_zoo
-
-    torch.manual_seed(0)
-    onnx_zoo.export(onnx_zoo.UNetSmall().eval(), tmp_path / "unet.onnx")
-    imported = graphconv("import", tmp_path / "unet.onnx", "-o", tmp_path / "unet.yaml", "--task", "segmentation",
-                         "--crop-size", 32, 32)
-    assert imported.returncode == 0, imported.stderr
-    pixels = (np.random.default_rng(6).random((251, 190, 3)) * 255).astype(np.uint8)
-    Image.fromarray(pixels).save(tmp_path / "scene.png")
-    tifffile.imwrite(tmp_path / "scene.tif", pixels, tile=(64, 64), photometric="rgb")
-    whole = whole_map(tmp_path / "unet.yaml", tmp_path / "scene.png", tmp_path)
+    whole = _unet_on_a_scene(tmp_path, (251, 190), seed=6)
     assert whole.shape[2:] == (251, 190)
     for tile, workers in (("64", []), ("100", []), ("300", []), ("64", ["--workers", "2"])):
         # Dask's workers read their boxes past the image as zeros too (they read the image's pixels only)
