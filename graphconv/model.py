@@ -363,7 +363,7 @@ class Model:
                     self.derived(f"output size {image_hw}", lambda: self.output_hw(*image_hw))
         if padded is not None:
             batch = padded_batch(batch, padded)
-        self.check_memory(batch.shape[0], batch.shape[2:], hint=self._memory_hint(batch.shape[0], image_hw))
+        self.check_memory(batch.shape[0], batch.shape[2:], hint=lambda: self._memory_hint(batch.shape[0], image_hw))
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         out = self.executor(device).run(batch, profile)
         if padded is not None:
@@ -375,20 +375,22 @@ class Model:
         return out
 
     def check_memory(self, images: int, input_hw: tuple[int, int], *, file: str | None = None,
-                     hint: str | None = None) -> None:
+                     hint: str | Callable[[], str] | None = None) -> None:
         """Refuse, before anything is allocated, a run of `images` images of `input_hw` whose
         peak memory (`memory.run_estimate`: weights, activations, scratch, the output) is
         over the memory limit (`graphconv.set_memory_limit`, `--memory-limit`): a
-        GraphconvError giving the estimate, naming `file` if given and ending with `hint`.
+        GraphconvError giving the estimate, naming `file` if given and ending with `hint` (a
+        function for one worked out only then: `run`'s searches for a tile that fits).
         `run` checks every run so (the CLI's too), at the size the image runs at (`padded_hw`);
         the estimate is worked out once per size and graph version."""
-        from graphconv.memory import check_fits, run_estimate
+        from graphconv.memory import check_fits, memory_limit, run_estimate
 
         hw = (int(input_hw[0]), int(input_hw[1]))
         hw = self.padded_hw(*hw) or hw  # the size a segmentation network runs the image at
         estimate = self.derived(f"run estimate {images}x{hw}", lambda: run_estimate(self.graph, images, hw))
-        check_fits(estimate, f"running {self.graph.name} on {images} image(s) of {hw[0]}x{hw[1]}", file=file,
-                   hint=hint)
+        if estimate > memory_limit():
+            check_fits(estimate, f"running {self.graph.name} on {images} image(s) of {hw[0]}x{hw[1]}", file=file,
+                       hint=hint() if callable(hint) else hint)
 
     def _memory_hint(self, images: int, image_hw: tuple[int, int]) -> str:
         """What to do instead of a whole run that does not fit, from Python: the tile

@@ -425,11 +425,11 @@ def _box(field: Field, align, rows, cols, image_hw, stitch=(1, 1),
     for a, (start, stop) in enumerate((rows, cols)):
         first = field.offset[a] + (start - start % stitch[a]) * field.stride[a]
         last_end = field.offset[a] + (stop - 1) * field.stride[a] + field.size[a]
-        start = max(0, (first // align[a]) * align[a])
+        box_start = max(0, (first // align[a]) * align[a])
         end = int(math.ceil(last_end))
         if sizes is not None:
-            end = start + sizes.next_fit(end - start, a)
-        box.append((start, min(image_hw[a], end)))
+            end = box_start + sizes.next_fit(end - box_start, a)
+        box.append((box_start, min(image_hw[a], end)))
     (top, bottom), (left, right) = box
     return top, left, bottom, right
 
@@ -545,11 +545,12 @@ def _check_tiles_fit(grid, plan: TilePlan, images: int, out: Any) -> None:
 
     th, tw = plan.tile_hw
     peak = grid.peak_bytes(plan.tile_hw)
-    try:
-        fitting = f"tile={choose_tile(grid, plan.image_hw, 2 * memory_limit())} fits"  # a run of the whole limit
-    except GraphconvError as err:
-        fitting = err.message
-    check_fits(peak, f"a tile of {th}x{tw} pixels", hint=f"a smaller tile: {fitting}")
+    if peak > memory_limit():
+        try:
+            fitting = f"tile={choose_tile(grid, plan.image_hw, 2 * memory_limit())} fits"  # a run of the whole limit
+        except GraphconvError as err:
+            fitting = err.message
+        check_fits(peak, f"a tile of {th}x{tw} pixels", hint=f"a smaller tile: {fitting}")
     if out is None:
         held = 4 * images * grid.model.output_channels * plan.map_hw[0] * plan.map_hw[1]
         check_fits(peak + held, f"the {plan.map_hw[0]}x{plan.map_hw[1]} map held in memory (out=None) beside a "
