@@ -29,6 +29,7 @@ _EXPORTS = {
     "configure_process": ("graphconv.process", "configure_process"),
     "set_memory_limit": ("graphconv.memory", "set_memory_limit"),
     "GraphconvError": ("graphconv.errors", "GraphconvError"),
+    "GraphconvWarning": ("graphconv.errors", "GraphconvWarning"),
     "Location": ("graphconv.errors", "Location"),
     "PassError": ("graphconv.errors", "PassError"),
     "ShapeError": ("graphconv.errors", "ShapeError"),
@@ -54,7 +55,7 @@ _EXPORTS = {
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time, __getattr__ below
     from graphconv.compiler import compile_graph, compile_model
     from graphconv.dense import verify
-    from graphconv.errors import GraphconvError, Location, PassError, ShapeError
+    from graphconv.errors import GraphconvError, GraphconvWarning, Location, PassError, ShapeError
     from graphconv.frontends import load_network as load_spec
     from graphconv.frontends.yaml import save_model
     from graphconv.images import load_image
@@ -92,7 +93,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "DEFAULT_PIPELINE", "Field", "Graph", "GraphconvError", "Location", "Model", "Node", "PassError", "PassManager",
-    "ShapeError", "compile_graph", "compile_model", "configure_process", "load", "load_image", "load_plugin", "load_spec",
+    "DEFAULT_PIPELINE", "Field", "Graph", "GraphconvError", "GraphconvWarning", "Location", "Model", "Node", "PassError",
+    "PassManager", "ShapeError", "compile_graph", "compile_model", "configure_process", "load", "load_image", "load_plugin", "load_spec",
     "receptive_fields", "register_pass", "registered_passes", "run_passes", "save_model", "set_memory_limit", "verify",
 ]

@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from typing import Sequence
 
@@ -26,7 +27,7 @@ import numpy as np
 from graphconv.arrays import load_npy
 from graphconv.background import DEFAULT_MAX_NODATA, DEFAULT_THRESHOLD
 from graphconv.backends import device_choices
-from graphconv.errors import GraphconvError, nearest, shown
+from graphconv.errors import GraphconvError, GraphconvWarning, nearest, shown
 from graphconv.files import atomic_write, check_model_target, check_writable, committed_outputs, forget_committed
 from graphconv.georef import is_tiff_output
 from graphconv.memory import check_run_fits
@@ -77,7 +78,8 @@ def _run_command(args: argparse.Namespace) -> int:
     try:
         from graphconv.memory import memory_limit_set, parse_size
         limit = None if args.memory_limit is None else parse_size(args.memory_limit)  # errors name the flag
-        with memory_limit_set(limit):
+        with memory_limit_set(limit), warnings.catch_warnings():
+            warnings.simplefilter("ignore", GraphconvWarning)  # said as notes (note_what_the_network_is)
             return _handle(args)
     except BrokenPipeError:  # `graphconv inspect ... | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

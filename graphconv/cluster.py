@@ -28,7 +28,7 @@ from typing import Any, Callable, Collection, Iterator, Sequence
 import numpy as np
 
 from graphconv.background import DEFAULT_MAX_NODATA
-from graphconv.errors import GraphconvError
+from graphconv.errors import GraphconvError, GraphconvWarning
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,12 @@ class ModelRef:
     task: str | None = None
 
     def load(self):
+        """The model, without the GraphconvWarnings the command has said as notes."""
         from graphconv.model import Model
-        return Model.load(self.path, weights=self.weights, labels=self.labels, crop_size=self.crop_size,
-                          task=self.task)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", GraphconvWarning)
+            return Model.load(self.path, weights=self.weights, labels=self.labels, crop_size=self.crop_size,
+                              task=self.task)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ a 600-byte spec into a value of many megabytes. So every echoed value goes throu
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +92,23 @@ def shown_path(path: str) -> str:
         if not relative.startswith(os.pardir):
             return relative
     return path
+
+
+class GraphconvWarning(UserWarning):
+    """What the `graphconv` command says as a note on stderr (a network running on seeded
+    random weights, an ONNX model fed 0..255 pixels), said to a Python caller, who sees
+    no notes and would otherwise get nonsense scores without a word. The command turns
+    these warnings off: it prints its own notes."""
+
+
+def warn_caller(message: str) -> None:
+    """A GraphconvWarning pointing at the first line outside graphconv on the stack (the
+    user's `graphconv.load(...)`, whichever of our functions it went through), so the
+    warning shows where to act, once per line, as Python's default filter does."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "graphconv":
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, GraphconvWarning, stacklevel=level)
 
 
 class GraphconvError(Exception):

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from graphconv.errors import GraphconvError, shown
+from graphconv.errors import GraphconvError, shown, warn_caller
 from graphconv.ir import Graph
 from graphconv.receptive import Field, MixedStridesError, crop_stride, receptive_fields
 from graphconv.runtime import Executor
@@ -418,8 +418,20 @@ class Model:
         from graphconv import images
 
         spec = self.graph.meta.get("preprocess")
+        self.warn_if_pixels_unscaled()
         picture = images.as_picture(image, self.crop_shape[0], images.stores_values(spec))
         return self.run(images.preprocess(picture, spec), device, full=full)
+
+    def warn_if_pixels_unscaled(self) -> None:
+        """A GraphconvWarning where `classify` and `run_image` feed an ONNX model's pixels
+        as they are (`onnx_origin`): the right input for few PyTorch models, whose maps
+        are then nonsense without a word (the command says so in a note)."""
+        source = onnx_origin(self.graph)
+        if source is not None and self.graph.meta.get("preprocess") is None:
+            warn_caller(f"{Path(source).name} states no preprocess (an ONNX file has no place for one), so the "
+                        "pixels go in as they are, 0..255: if the model was trained on normalised pixels, set "
+                        "model.preprocess = {'scale': 1/255, 'mean': [...], 'std': [...]} (or load it with "
+                        "preprocess=...)")
 
     def run_tiled(self, source, tile: int | tuple[int, int], *, out=None, device: str = "cpu",
                   transform=None, progress=None):
@@ -473,7 +485,19 @@ def load_graph(source: str | os.PathLike, *, weights: str | os.PathLike | None =
     check_labels(graph, labels or source)
     if preprocess is not None:
         set_preprocess(graph, preprocess)
+    if graph.meta.get("seeded_weights"):
+        warn_caller(f"{source} names no weights file, so {graph.name} runs with deterministic seeded (random) "
+                    "weights: its scores mean nothing (give the trained ones with weights=...npz)")
     return graph
+
+
+def onnx_origin(graph: Graph) -> str | None:
+    """The ONNX file a network was read from or compiled from, or None: such a file
+    states no preprocess (ONNX has no place for one), so without one set here its pixels
+    go in as they are, 0..255."""
+    compiled_from = graph.meta.get("compiled", {}).get("source", "")
+    paths = [compiled_from, *graph.meta.get("read_from", [])]
+    return next((path for path in paths if str(path).lower().endswith(".onnx")), None)
 
 
 def check_labels(graph: Graph, source: str | os.PathLike) -> None:

@@ -116,6 +116,7 @@ def classify(model: Model, image, *, scales: int | Sequence[int] | None = None, 
         raise GraphconvError(f"top must be a whole number >= 1 (or None for every class), got {top!r}")
     if reduce not in REDUCTIONS:
         raise GraphconvError(f"reduce must be one of {', '.join(REDUCTIONS)}, got {reduce!r}")
+    model.warn_if_pixels_unscaled()
     c, hc, wc = model.crop_shape
     preprocess = model.graph.meta.get("preprocess")
     x = images.preprocess(images.as_picture(image, c, images.stores_values(preprocess)), preprocess)[None]

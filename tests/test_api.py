@@ -2,6 +2,9 @@
 and `run_passes` take (paths, Models, Graphs, the load options), `Model.run` and
 `run_tiled` on what users hand them, preprocessing set from Python and saved, and the
 names exported at the top level."""
+import contextlib
+import warnings
+
 import numpy as np
 import pytest
 
@@ -255,3 +258,52 @@ def test_a_model_has_a_short_repr(small):
                                            "not compiled>")
     assert repr(graphconv.compile_model(small)) == ("<graphconv.Model 'small': input 3x12x12, 3 output channels, "
                                                     "3 layers, compiled>")
+
+
+
+# ---- 9. what the command says as notes, Python says as warnings -----------------------------------------
+
+@contextlib.contextmanager
+def no_graphconv_warning():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    assert not [w for w in caught if issubclass(w.category, graphconv.GraphconvWarning)], caught
+
+
+def test_a_network_on_seeded_weights_warns_at_the_callers_line(small, tmp_path):
+    with pytest.warns(graphconv.GraphconvWarning, match="net.yaml names no weights file.*seeded") as caught:
+        seeded = graphconv.load(small)
+    assert caught[0].filename == __file__  # the user's line, not graphconv's
+    with pytest.warns(graphconv.GraphconvWarning, match="seeded") as caught:
+        graphconv.compile_model(small)
+    assert caught[0].filename == __file__
+    np.savez(tmp_path / "w.npz", **{f"{n.name}.{k}": v for n in seeded.graph.layers() for k, v in n.weights.items()})
+    with no_graphconv_warning():
+        graphconv.compile_model(graphconv.load(small, weights=tmp_path / "w.npz"))
+
+
+def test_an_onnx_model_fed_unscaled_pixels_warns(dynamic_onnx, tmp_path):
+    pixels = (np.random.default_rng(0).random((40, 36, 3)) * 255).astype(np.uint8)
+    with no_graphconv_warning():  # its weights are in the file
+        fcn = graphconv.compile_model(dynamic_onnx, crop_size=32)
+    for feed in (fcn.run_image, fcn.classify, graphconv.load(dynamic_onnx, crop_size=32).classify):
+        with pytest.warns(graphconv.GraphconvWarning, match="dyn.onnx states no preprocess.*0..255") as caught:
+            feed(pixels)
+        assert caught[0].filename == __file__
+    fcn.save(tmp_path / "fcn")  # compiled from the ONNX file: still fed as they are
+    with pytest.warns(graphconv.GraphconvWarning, match="dyn.onnx states no preprocess"):
+        graphconv.load(tmp_path / "fcn").run_image(pixels)
+    fcn.preprocess = {"scale": 1 / 255, "mean": 0.5, "std": 0.25}
+    with no_graphconv_warning():
+        fcn.run_image(pixels)
+        fcn.classify(pixels)
+
+
+def test_the_command_says_notes_not_warnings(small, tmp_path, capsys):
+    from graphconv.cli import main
+
+    np.save(tmp_path / "x.npy", np.zeros((3, 12, 12), np.float32))
+    with no_graphconv_warning():
+        assert main(["run", str(small), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy")]) == 0
+    assert "seeded (random) weights" in capsys.readouterr().err
