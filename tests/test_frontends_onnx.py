@@ -1454,19 +1454,25 @@ class _DeepLabV3(torch.nn.Module):
         return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-@pytest.mark.parametrize("opset, expand", [(11, False), (17, False), (17, True)])
-def test_deeplab_s_image_pooling_runs_whole_on_every_size(tmp_path, rng, opset, expand):
+@pytest.mark.parametrize("opset, expand, dynamo, dynamic", [(11, False, False, True), (17, False, False, True),
+                                                            (17, True, False, True), (18, False, True, True),
+                                                            (18, True, True, False)])
+def test_deeplab_s_image_pooling_runs_whole_on_every_size(tmp_path, rng, opset, expand, dynamo, dynamic):
     """The pooled branch is 1x1, resized to the feature map's size: the crop's factor (8 at
     a 64 crop) fitted the crop alone, so DeepLabV3 ran at its crop only and crashed on
     delivering its map (no receptive field). It is a broadcast over the feature map now:
     equal to PyTorch on any size a multiple of 8, compiled or not; tiles are refused,
-    the pooled average being the whole image's."""
+    the pooled average being the whole image's. TorchScript takes the size from the
+    feature map's Shape; the dynamo exporter computes it from the input's ((H + 7) // 8,
+    re-evaluated at other sizes to find the map it follows), or, exported at a fixed size,
+    writes the crop's."""
     torch.manual_seed(5)
     model = _DeepLabV3(expand).eval()
+    axes = {"dynamic_axes": {"x": {2: "h", 3: "w"}}} if dynamic else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(1, 3, 64, 64),), str(tmp_path / "dl.onnx"), dynamo=False,
-                          opset_version=opset, input_names=["x"], dynamic_axes={"x": {2: "h", 3: "w"}})
+        torch.onnx.export(model, (torch.randn(1, 3, 64, 64),), str(tmp_path / "dl.onnx"), dynamo=dynamo,
+                          opset_version=opset, input_names=["x"], **axes)
     net = Model.load(tmp_path / "dl.onnx", crop_size=(64, 64), task="segmentation")
     assert net.graph.find("broadcast") and len(net.graph.find("upsample")) == 1  # the head's, to the input's size
     compiled = compile_model(net.graph)

@@ -1371,13 +1371,100 @@ def _broadcast_to_a_map(imp: _Importer, node, x: Tensor, size: str) -> bool:
     was not computed from one map's Shape (then a fixed size, a factor or a refusal)."""
     if x.shape[1:] != (1, 1) or not size:
         return False
-    like = _shape_source(imp, size, node.input[0])
     target = imp.values.get(size)
-    if (like is None or not isinstance(target, np.ndarray) or target.size != 4
-            or tuple(int(v) for v in target.ravel()[2:]) != like.shape[1:] or like.shape[1:] == (1, 1)):
+    if not isinstance(target, np.ndarray) or target.size != 4 or tuple(int(v) for v in target.ravel()[2:]) == (1, 1):
+        return False
+    hw = tuple(int(v) for v in target.ravel()[2:])
+    like = _shape_source(imp, size, node.input[0])
+    if like is None or like.shape[1:] != hw:
+        like = _map_the_size_follows(imp, size, x, hw)
+    if like is None:
         return False
     imp.add_layer(node, "broadcast", [x, like])
     return True
+
+
+def _map_the_size_follows(imp: _Importer, size: str, x: Tensor, hw: tuple[int, int]) -> Tensor | None:
+    """The map a 1 x 1 map is resized or expanded to the size of where that size is not
+    taken from the map's own Shape: the dynamo exporter computes DeepLabV3's image-pooling
+    size from the input's (`(H + 7) // 8` at stride 8), a static export writes the crop's
+    as a constant. The nearest map before `x` of size `hw` at the crop, and, where the
+    size is computed, of the size it computes on other images too (`_input_sized_value`);
+    None where `x` is not 1 x 1 on every image (a global pool's branch) or no map fits."""
+    from graphconv.shapes import infer_shapes
+
+    _, crop_h, crop_w = imp.graph.input_shape
+    elsewhere = {}  # other input sizes -> every layer's shape there
+    for other in ((2 * crop_h, 2 * crop_w), (crop_h + 7, crop_w + 13), (3 * crop_h + 5, 2 * crop_w + 3)):
+        try:
+            elsewhere[other] = infer_shapes(imp.graph, other, check_weights=False)
+        except GraphconvError:
+            continue
+    if not elsewhere or any(shapes[x.node][1:] != (1, 1) for shapes in elsewhere.values()):
+        return None
+    sizes = {other: _input_sized_value(imp, size, other) for other in elsewhere}
+    if any(value is None for value in sizes.values()):
+        return None
+    computed = any(not np.array_equal(value, imp.values[size]) for value in sizes.values())
+    at_crop = infer_shapes(imp.graph, check_weights=False)
+    for name in _nearest_first(imp.graph, x.node):
+        if len(at_crop[name]) == 3 and at_crop[name][1:] == hw and (not computed or all(
+                elsewhere[other][name][1:] == tuple(int(v) for v in sizes[other].ravel()[2:]) for other in elsewhere)):
+            return Tensor(name, at_crop[name])
+    return None
+
+
+def _nearest_first(graph: Graph, name: str) -> list[str]:
+    """The nodes `name` reads from, directly or not, the nearest first (breadth first)."""
+    order, queue = [], [name]
+    while queue:
+        for source in graph.node(queue.pop(0)).inputs:
+            if source.name not in order:
+                order.append(source.name)
+                queue.append(source.name)
+    return order
+
+
+def _input_sized_value(imp: _Importer, name: str, input_hw: tuple[int, int]) -> np.ndarray | None:
+    """The constant `name` as it would be on an input of `input_hw`: the shape arithmetic
+    it comes from, re-evaluated from the input's Shape (ONNX's reference implementation,
+    as `_fold_constant`); None where it depends on anything else but constants."""
+    from onnx.reference import ReferenceEvaluator
+    onnx = require_onnx()
+
+    producer = {out: n for n in imp.nodes for out in n.output}
+    image = next(n for n, v in imp.values.items() if isinstance(v, Tensor) and v.node == imp.graph.input.name)
+    nodes, shapes, constants, stack = {}, {}, {}, [name]
+    while stack:
+        value = stack.pop()
+        node = producer.get(value)
+        if value in nodes or value in shapes or value in constants:
+            continue
+        if node is None or node.op_type == "Constant":
+            if not isinstance(imp.values.get(value), np.ndarray):
+                return None
+            constants[value] = imp.values[value]
+        elif node.op_type == "Shape":
+            if node.input[0] != image or imp.values[image].layout != NCHW:
+                return None
+            attrs = imp.attributes(node)
+            full = np.array([1, imp.graph.input_shape[0], *input_hw], np.int64)
+            shapes[value] = full[attrs.get("start", 0):attrs.get("end", 4)]
+        else:
+            nodes[value] = node
+            stack.extend(i for i in node.input if i)
+    if not nodes:
+        return imp.values.get(name) if name in constants else shapes.get(name)
+    ordered = [n for n in imp.nodes if any(out in nodes for out in n.output)]
+    feeds = {**shapes, **constants}
+    graph = onnx.helper.make_graph(
+        ordered, "size", [onnx.helper.make_tensor_value_info(n, _elem_type(onnx, v), None) for n, v in feeds.items()],
+        [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.UNDEFINED, None)])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", imp.opset)])
+    try:
+        return np.asarray(ReferenceEvaluator(model).run(None, feeds)[0])
+    except Exception:  # the reference implementation raises whatever numpy raises
+        return None
 
 
 def _shape_source(imp: _Importer, name: str, resized: str) -> Tensor | None:
