@@ -1,9 +1,11 @@
 """CPU pad: the border filled and the input copied inside it, in the order the output is
 stored: plane by plane (parallel over image x channel) for an NCHW output, row by row
 (parallel over image x output row, each pixel's channels one contiguous run) for a
-channels-last one. The input is read in whichever storage it has: numba walks a strided
-view the same way, so no transposing copy is made. A border pixel of a reflect or edge
-pad copies the input pixel `source_index` names; a constant one gets the value."""
+channels-last one. An input stored the other way is read row by row too, each pixel's
+channels at once, so no transposing copy is made and no plane is walked across the
+other storage (which read a whole cache line per value: a pad after a 64-channel conv
+was 7-13x onnxruntime). A border pixel of a reflect or edge pad copies the input pixel
+`source_index` names; a constant one gets the value."""
 from __future__ import annotations
 
 import numpy as np
@@ -43,6 +45,27 @@ def _pad_planes(x, top, left, value, mode, out):
 
 
 @njit(cache=True, parallel=True)
+def _pad_rows_into_planes(xh, top, left, value, mode, out):
+    """`_pad_planes` from an (N, H, W, C) view: one output row a job, each input pixel's
+    C contiguous values written down the C planes' rows at its column."""
+    n, height, width, c = xh.shape
+    rows, cols = out.shape[2], out.shape[3]
+    for job in prange(n * rows):
+        b, y = job // rows, job % rows
+        iy = source_index(y - top, height, mode)
+        if iy < 0:
+            out[b, :, y, :] = value
+            continue
+        for ox in range(cols):
+            ix = source_index(ox - left, width, mode)
+            if ix < 0:
+                out[b, :, y, ox] = value
+            else:
+                for ch in range(c):
+                    out[b, ch, y, ox] = xh[b, iy, ix, ch]
+
+
+@njit(cache=True, parallel=True)
 def _pad_rows(xh, top, left, value, mode, outh):
     """`_pad_planes` on (N, H, W, C) views: one output row a job, each pixel's C values
     copied or filled as one contiguous run of the output."""
@@ -69,9 +92,11 @@ def run_pad(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarr
     top, left, _, _ = params["padding"]
     value, mode = np.float32(params["value"]), pad.MODES.index(params["mode"])
     x = inputs[0]
-    out_stored = nhwc(out)
-    if out_stored is None:
+    out_stored, x_stored = nhwc(out), nhwc(x)
+    if out_stored is None and x_stored is None:
         _pad_planes(x, top, left, value, mode, out)
-        return
-    x_stored = nhwc(x)
-    _pad_rows(x.transpose(0, 2, 3, 1) if x_stored is None else x_stored, top, left, value, mode, out_stored)
+    elif out_stored is None:
+        _pad_rows_into_planes(x_stored, top, left, value, mode, out)
+    else:
+        _pad_rows(x.transpose(0, 2, 3, 1) if x_stored is None else x_stored, top, left, value, mode,
+                  out_stored)
