@@ -6,6 +6,7 @@ the dense map equals the crop loop, tiles equal the whole map, every cell's rece
 field holds every pixel it depends on, and what cannot work says why."""
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import graphconv
 from graphconv.dense import crop_loop, padding_reach, verify
@@ -14,6 +15,7 @@ from graphconv.receptive import receptive_fields, total_stride
 from graphconv.shapes import FittingSizes, fitting_sizes
 from graphconv.tiling import min_tile, run_tiled
 from conftest import SPECS, random_input
+from test_ops import STORAGE_CHOICES, check_op
 
 # unpadded, nearest only: every cell of the dense map equals the classifier on its crop
 NEAREST = """
@@ -136,3 +138,15 @@ def test_an_image_the_branches_cannot_meet_on_says_which_sizes_work(write_spec, 
     for tile in (58, 63, 70):  # boxes grown to 8k or 8k+7 sides, or cut at the image's end
         np.testing.assert_array_equal(fcn.run_tiled(image, tile), whole)
     assert fitting_sizes(graphconv.load_spec(SPECS / "lenet.yaml")) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(fy=st.integers(1, 4), fx=st.integers(1, 4), mode=st.sampled_from(["nearest", "bilinear"]),
+       c=st.integers(1, 9), h=st.integers(1, 6), w=st.integers(1, 6), batch=st.integers(1, 3),
+       storage=st.sampled_from(STORAGE_CHOICES))
+def test_upsample_kernel_hypothesis(fy, fx, mode, c, h, w, batch, storage):
+    """Every factor pair, one-pixel maps, channel counts that are and are not a vector's,
+    with the input and output stored each way (a channels-last map into an NCHW output:
+    an FCN head's last resize, stored down the planes a cache line of columns at a time)."""
+    check_op("upsample", dict(factor=[fy, fx], mode=mode), [(c, h, w)], np.random.default_rng(h * 7 + w),
+             batch=batch, storage=storage)

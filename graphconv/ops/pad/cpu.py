@@ -1,17 +1,18 @@
 """CPU pad: the border filled and the input copied inside it, in the order the output is
 stored: plane by plane (parallel over image x channel) for an NCHW output, row by row
 (parallel over image x output row, each pixel's channels one contiguous run) for a
-channels-last one. An input stored the other way is read row by row too, each pixel's
-channels at once, so no transposing copy is made and no plane is walked across the
-other storage (which read a whole cache line per value: a pad after a 64-channel conv
-was 7-13x onnxruntime). A border pixel of a reflect or edge pad copies the input pixel
-`source_index` names; a constant one gets the value."""
+channels-last one, or from a channels-last input into an NCHW output (a network's last
+layer) row by row, each row stored down the planes a cache line at a time (walking each
+plane across channels-last memory read a cache line per value: a pad after a 64-channel
+conv was 7-13x onnxruntime). The input is never copied. A border pixel of a reflect or
+edge pad copies the input pixel `source_index` names; a constant one gets the value."""
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
 from graphconv.ops import pad
+from graphconv.ops.channels_last import store_row_in_planes
 from graphconv.ops.layout import nhwc
 
 source_index = njit(cache=True, inline="always")(pad.source_index)
@@ -44,59 +45,61 @@ def _pad_planes(x, top, left, value, mode, out):
             _border_columns(x[b, ch, iy], left, value, mode, left + width, cols, out[b, ch, y])
 
 
-@njit(cache=True, parallel=True)
-def _pad_rows_into_planes(xh, top, left, value, mode, out):
-    """`_pad_planes` from an (N, H, W, C) view: one output row a job, each input pixel's
-    C contiguous values written down the C planes' rows at its column."""
-    n, height, width, c = xh.shape
-    rows, cols = out.shape[2], out.shape[3]
-    for job in prange(n * rows):
-        b, y = job // rows, job % rows
-        iy = source_index(y - top, height, mode)
-        if iy < 0:
-            out[b, :, y, :] = value
-            continue
-        for ox in range(cols):
-            ix = source_index(ox - left, width, mode)
-            if ix < 0:
-                out[b, :, y, ox] = value
-            else:
-                for ch in range(c):
-                    out[b, ch, y, ox] = xh[b, iy, ix, ch]
+@njit(cache=True, inline="always")
+def _pad_row(xh, b, iy, left, value, mode, out_row):
+    """out_row (cols, C) = input row iy of image b with its border columns."""
+    width, c = xh.shape[2], xh.shape[3]
+    for ox in range(out_row.shape[0]):
+        ix = source_index(ox - left, width, mode)
+        if ix < 0:
+            out_row[ox, :] = value
+        else:
+            for ch in range(c):
+                out_row[ox, ch] = xh[b, iy, ix, ch]
 
 
 @njit(cache=True, parallel=True)
 def _pad_rows(xh, top, left, value, mode, outh):
     """`_pad_planes` on (N, H, W, C) views: one output row a job, each pixel's C values
-    copied or filled as one contiguous run of the output."""
-    n, height, width, c = xh.shape
-    rows, cols = outh.shape[1], outh.shape[2]
+    copied or filled at once (one contiguous run where the output is stored channels-last)."""
+    height = xh.shape[1]
+    n, rows = outh.shape[0], outh.shape[1]
     for job in prange(n * rows):
         b, y = job // rows, job % rows
         iy = source_index(y - top, height, mode)
         if iy < 0:
             outh[b, y, :, :] = value
-            continue
-        for ox in range(cols):
-            ix = source_index(ox - left, width, mode)
-            if ix < 0:
-                outh[b, y, ox, :] = value
-            else:
-                for ch in range(c):
-                    outh[b, y, ox, ch] = xh[b, iy, ix, ch]
+        else:
+            _pad_row(xh, b, iy, left, value, mode, outh[b, y])
+
+
+@njit(cache=True, parallel=True)
+def _pad_rows_into_planes(xh, top, left, value, mode, out):
+    """`_pad_rows` from a channels-last input into an NCHW output: each row padded
+    channels-last, then stored down the planes (`store_row_in_planes`)."""
+    height, c = xh.shape[1], xh.shape[3]
+    n, rows, cols = out.shape[0], out.shape[2], out.shape[3]
+    for job in prange(n * rows):
+        b, y = job // rows, job % rows
+        iy = source_index(y - top, height, mode)
+        if iy < 0:
+            out[b, :, y, :] = value
+        else:
+            row = np.empty((cols, c), np.float32)
+            _pad_row(xh, b, iy, left, value, mode, row)
+            store_row_in_planes(row, out, b, y)
 
 
 def run_pad(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
-    """Follow the output's storage; an NCHW-shaped channels-last input is read through
-    its (N, H, W, C) memory or as a strided view, never copied."""
+    """Plane by plane where both are NCHW, else row by row, each read or written as it
+    is stored (an NCHW input to a channels-last output through its (N, H, W, C) view)."""
     top, left, _, _ = params["padding"]
     value, mode = np.float32(params["value"]), pad.MODES.index(params["mode"])
     x = inputs[0]
-    out_stored, x_stored = nhwc(out), nhwc(x)
-    if out_stored is None and x_stored is None:
-        _pad_planes(x, top, left, value, mode, out)
-    elif out_stored is None:
+    x_stored, out_stored = nhwc(x), nhwc(out)
+    if out_stored is not None:
+        _pad_rows(x.transpose(0, 2, 3, 1), top, left, value, mode, out_stored)
+    elif x_stored is not None:
         _pad_rows_into_planes(x_stored, top, left, value, mode, out)
     else:
-        _pad_rows(x.transpose(0, 2, 3, 1) if x_stored is None else x_stored, top, left, value, mode,
-                  out_stored)
+        _pad_planes(x, top, left, value, mode, out)

@@ -107,7 +107,10 @@ register(OpDef(
             Param("mode", "choice", "nearest", choices=MODES,
                   doc="nearest: each cell repeated; bilinear: interpolated, align_corners=False")),
     shape=shape, reference=reference, window=window, flops=flops, package=__name__,
-    torch=torch_equivalent, onnx=onnx_resize, channels_last="any",
+    torch=torch_equivalent, onnx=onnx_resize,
+    # stored as its input is: where its output must be NCHW (an FCN head's last resize),
+    # the map before it is too, so any transposing write is the producer's, at the smaller size
+    channels_last="like-input",
     examples=(
         Example({"factor": 2}, [(3, 2, 3)]),
         Example({"factor": [3, 2]}, [(2, 2, 2)], batch=1),
