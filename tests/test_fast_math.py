@@ -1,12 +1,12 @@
-"""fast_math's vectorisable erf, tanh and sigmoid against float64 libm, everywhere a
-float32 can be: the activations' accuracy rests on these bounds."""
+"""fast_math's vectorisable erf, tanh, sigmoid and expm1 against float64 libm, everywhere
+a float32 can be: the activations' accuracy rests on these bounds."""
 import math
 
 import numpy as np
 import pytest
 from numba import njit
 
-from graphconv.ops.fast_math import erf32, sigmoid32, tanh32
+from graphconv.ops.fast_math import erf32, expm1_nonpositive32, sigmoid32, tanh32
 
 
 @njit
@@ -43,6 +43,24 @@ def test_within_its_bound_of_float64_everywhere(apply, exact, bound):
     want = np.array([exact(float(v)) for v in GRID])
     assert np.abs(got - want).max() <= bound
     assert np.all(np.abs(got) <= 1.0)  # never past the function's range, which gelu and silu rely on
+
+
+@njit
+def _apply_expm1(x, out):
+    for i in range(x.size):
+        out[i] = expm1_nonpositive32(x[i])
+
+
+def test_expm1_is_within_float32_rounding_of_libm_on_its_domain():
+    """Relative error too: an ELU near 0 is its expm1, about v itself."""
+    x = np.concatenate([np.linspace(-40, 0, 200_001), -np.geomspace(1e-30, 1e3, 2000),
+                        [0.0, -0.0, -3.4e38]]).astype(np.float32)
+    got = np.empty_like(x)
+    _apply_expm1(x, got)
+    want = np.array([math.expm1(float(v)) for v in x])
+    assert np.all(np.abs(got - want) <= 3e-7 * np.maximum(np.abs(want), 1e-38))
+    _apply_expm1(np.array([-np.inf], np.float32), got[:1])
+    assert got[0] == -1.0
 
 
 @pytest.mark.parametrize("apply", [case[0] for case in CASES], ids=["erf", "tanh", "sigmoid"])

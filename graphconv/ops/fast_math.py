@@ -77,6 +77,15 @@ def sigmoid32(x):
     return HALF + HALF * tanh32(HALF * x)
 
 
+@njit(cache=True, inline="always")
+def expm1_nonpositive32(x):
+    """exp(x) - 1 for x <= 0 (the exponential linear units' negative side), as
+    2 tanh(x/2) / (1 - tanh(x/2)): vectorised where libm's expm1 is a call per value
+    (ELU 3.5-5x onnxruntime). No cancellation: 1 - tanh(x/2) lies in [1, 2)."""
+    t = tanh32(HALF * x)
+    return (t + t) / (ONE - t)
+
+
 # ---- the activations, per value: the CPU activation kernels and every conv epilogue ----------
 
 @njit(cache=True, inline="always")

@@ -296,7 +296,8 @@ _activation("celu", "x where x > 0, else alpha * (exp(x / alpha) - 1), elementwi
             _exponential_linear_reference("celu"), celu_torch, celu_onnx, cost=5, shape=celu_shape,
             params=(Param("alpha", "float", 1.0, doc="not 0"),),
             examples=ONE_INPUT + (Example(dict(alpha=0.4), [(2, 3, 3)]),
-                                  Example(dict(alpha=2.5), [(2, 1, 1)], batch=3)))
+                                  Example(dict(alpha=2.5), [(2, 1, 1)], batch=3),
+                                  Example(dict(alpha=-0.5), [(2, 3, 3)])))  # x / alpha > 0: libm's expm1
 _activation("leaky_relu", "x where x >= 0, else alpha * x, elementwise (Darknet, CSPDarknet)",
             leaky_relu_reference, leaky_relu_torch, leaky_relu_onnx, cost=2,
             params=(Param("alpha", "float", 0.01, doc="the slope below 0 (PyTorch's negative_slope; "

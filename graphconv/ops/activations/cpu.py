@@ -1,7 +1,7 @@
 """CPU kernels of the activations: one parallel pass over memory each, in float32 (the
 tests hold them to the float64 references within float32 rounding), with erf, tanh and
-sigmoid from `fast_math`, which vectorise where numba's libm calls do not (softplus,
-mish and the exponential linear units call libm's exp, log1p and expm1)."""
+sigmoid and the exponential linear units' expm1 from `fast_math`, which vectorise where
+numba's libm calls do not (softplus and mish call libm's exp and log1p)."""
 from __future__ import annotations
 
 import math
@@ -11,7 +11,8 @@ from numba import njit, prange
 
 from graphconv.ops.activations import exponential_linear, fused_code
 from graphconv.ops.channels_last import memory_stored_alike, stored_memory
-from graphconv.ops.fast_math import CONTRACT, HALF, ONE, SIX, ZERO, activate32, gelu32, hardswish32, silu32, tanh32
+from graphconv.ops.fast_math import (CONTRACT, HALF, ONE, SIX, ZERO, activate32, expm1_nonpositive32, gelu32,
+                                     hardswish32, silu32, tanh32)
 from graphconv.ops.layout import is_channels_last
 
 # float32 constants: a float literal would make numba compute in float64
@@ -119,8 +120,15 @@ def _abs(x, out):
 
 @njit(cache=True, parallel=True, fastmath=CONTRACT)
 def _exponential_linear(x, scale, alpha, inverse_beta, out):
-    """elu, selu and celu: scale * (v where v > 0, else alpha * expm1(v / beta))."""
+    """elu, selu and celu: scale * (v where v > 0, else alpha * expm1(v / beta)), with
+    the vectorised `expm1_nonpositive32` where beta > 0 (v / beta <= 0), libm's expm1
+    where a celu's negative alpha makes v / beta positive."""
     src, dst = x.ravel(), out.reshape(-1)
+    if inverse_beta > ZERO:
+        for i in prange(src.size):
+            v = src[i]
+            dst[i] = scale * (v if v > ZERO else alpha * expm1_nonpositive32(min(v, ZERO) * inverse_beta))
+        return
     for i in prange(src.size):
         v = src[i]
         dst[i] = scale * (v if v > ZERO else alpha * np.float32(math.expm1(v * inverse_beta)))
