@@ -86,5 +86,6 @@ register(OpDef(
         Example({"block": 2, "order": "channels"}, [(8, 3, 2)]),
         Example({"block": 3}, [(18, 2, 2)], batch=1),
         Example({"block": 1}, [(2, 2, 3)]),
+        Example({"block": 2, "order": "channels"}, [(12, 3, 10)]),  # rows past a cache line of columns
     ),
 ))

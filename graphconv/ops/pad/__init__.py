@@ -124,5 +124,6 @@ register(OpDef(
         Example(dict(padding=[2, 0, 1, 3], mode="edge"), [(3, 2, 2)]),
         Example(dict(padding=[0, 1, 0, 1], mode="reflect"), [(1, 1, 2)], batch=3),
         Example(dict(padding=[2, 2, 2, 2], mode="edge"), [(2, 1, 1)]),
+        Example(dict(padding=[1, 3, 0, 2], mode="reflect"), [(5, 3, 19)]),  # rows past a cache line of columns
     ),
 ))
