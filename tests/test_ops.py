@@ -314,13 +314,16 @@ def test_conv_depthwise_hypothesis(c, multiplier, kh, kw, sh, sw, ph, pw, dh, dw
                  prepared=prepared, storage=storage)
 
 
-@pytest.mark.parametrize("c,w", [(24, 400), (40, 230), (37, 300), (1152, 9), (2100, 4), (16, 12)])
-@pytest.mark.parametrize("k,s,activation", [(3, 1, "relu"), (5, 2, "silu"), (3, 2, "gelu"), (7, 1, "none")])
+@pytest.mark.parametrize("c,w", [(24, 400), (40, 230), (37, 300), (1152, 9), (2100, 4), (16, 12), (88, 61)])
+@pytest.mark.parametrize("k,s,activation", [(3, 1, "relu"), (5, 2, "silu"), (3, 2, "gelu"), (7, 1, "none"),
+                                            (5, 1, "hardswish")])
 def test_depthwise_channels_last_over_tiles_of_pixels_and_vectors(c, w, k, s, activation, rng):
     """The channels-last depthwise kernel where a row's inner pixels take several tiles of
-    DEPTHWISE_PIXELS and leave a few over, or none fit (6 inner pixels: a 7x7 window on 12),
-    besides its border pixels; channels as 16-lane vectors, an 8-lane one (24, 40) and
-    single ones (37: 16 + 16 + 5); a smooth activation over each row as it is written."""
+    DEPTHWISE_PIXELS (a row of taps at a time at stride 1: 3, 5 and 7 wide) and leave a
+    few over, or none fit (6 inner pixels: a 7x7 window on 12), besides its border pixels
+    (64 channels at a time where there are so many: 88 = 64 + 16 + 8); channels as 16-lane
+    vectors, an 8-lane one (24, 40) and single ones (37: 16 + 16 + 5); a smooth activation
+    over each row as it is written."""
     params = dict(out_channels=c, kernel_size=k, stride=s, padding=k // 2, groups=c, activation=activation)
     check_op("conv", params, [(c, 5, w)], rng, batch=1, strategy="depthwise", storage=(True, True))
 

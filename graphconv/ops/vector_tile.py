@@ -648,7 +648,7 @@ def gathered_tile(lanes, vectors, store, x, patch, p0, last, span, cols, c0, wid
 DEPTHWISE_PIXELS = 8  # pixels the wide depthwise tile covers: 8 vectors of sums, a weight vector, an input one
 
 
-def _make_depthwise_tile(pixels: int, lanes: int, group: int = 1):
+def _make_depthwise_tile(pixels: int, lanes: int, group: int = 1, vectors: int = 1):
     """An intrinsic computing `pixels` output pixels' `lanes` channels of a depthwise conv
     stored channels-last, their sums in registers over every tap:
 
@@ -672,7 +672,11 @@ def _make_depthwise_tile(pixels: int, lanes: int, group: int = 1):
             taps[(tap_ids[t] * G + d) * t_step + c0 + j] * x[x0 + p * x_step + offsets[t] + j - j % G + (j + d) % G])
 
     and every multiply-add is one the conv needs, where "outer" pads each group's few
-    output channels to a whole vector."""
+    output channels to a whole vector.
+
+    With `vectors` = V > 1 it computes V vectors of channels side by side (c0, c0 +
+    lanes, ...): for one pixel (a row's border pixels), a single vector's sums are one
+    chain of dependent multiply-adds, each waiting for the last; V chains overlap."""
     i = types.intp
     rotations = [ir.Constant(ir.VectorType(ir.IntType(32), lanes), [j - j % group + (j + d) % group
                                                                      for j in range(lanes)]) for d in range(group)]
@@ -691,49 +695,58 @@ def _make_depthwise_tile(pixels: int, lanes: int, group: int = 1):
             out_ptr, taps_ptr, ids_ptr, offsets_ptr, x_ptr, bias_ptr = _data_pointers(
                 context, builder, signature, args, (0, 3, 5, 6, 8, 11))
             emit = _Emitter(builder, lanes)
-            start = emit.load_vector(bias_ptr, c0)
+            shifts = [emit.const(v * lanes) for v in range(vectors)]  # each vector's first channel past c0
+            tiles = [(p, v) for p in range(pixels) for v in range(vectors)]
+            start = [emit.load_vector(bias_ptr, emit.add(c0, shift)) for shift in shifts]
             starts = [emit.add(x0, emit.mul(emit.const(p), x_step)) for p in range(pixels)]
             t, before, loop, done = emit.open_loop("taps", count)
-            sums_in = [builder.phi(emit.vector) for _ in range(pixels)]
+            sums_in = [builder.phi(emit.vector) for _ in tiles]
             first_weight = emit.mul(emit.mul(builder.load(builder.gep(ids_ptr, [t])), emit.const(group)), t_step)
-            weights = [emit.load_vector(taps_ptr, emit.add(emit.add(first_weight, emit.mul(emit.const(d), t_step)), c0))
-                       for d in range(group)]
+            weights = [[emit.load_vector(taps_ptr, emit.add(emit.add(first_weight, emit.mul(emit.const(d), t_step)),
+                                                            emit.add(c0, shift))) for d in range(group)]
+                       for shift in shifts]
             offset = builder.load(builder.gep(offsets_ptr, [t]))
             sums_out = []
-            for p in range(pixels):
-                value, total = emit.load_vector(x_ptr, emit.add(starts[p], offset)), sums_in[p]
-                for d, weight in enumerate(weights):
+            for (p, v), total in zip(tiles, sums_in):
+                value = emit.load_vector(x_ptr, emit.add(emit.add(starts[p], offset), shifts[v]))
+                for d, weight in enumerate(weights[v]):
                     rotated = value if d == 0 else builder.shuffle_vector(
                         value, ir.Constant(emit.vector, ir.Undefined), rotations[d])
                     total = emit.fmuladd(weight, rotated, total)
                 sums_out.append(total)
-            for p in range(pixels):
-                sums_in[p].add_incoming(start, before)
-                sums_in[p].add_incoming(sums_out[p], loop)
+            for (p, v), phi, total in zip(tiles, sums_in, sums_out):
+                phi.add_incoming(start[v], before)
+                phi.add_incoming(total, loop)
             emit.close_loop(t, 1, count, loop, done)
             builder.position_at_end(done)
-            finals = [_merge(builder, emit, (start, before), (sums_out[p], loop)) for p in range(pixels)]
-            for p, value in enumerate(finals):
+            finals = [_merge(builder, emit, (start[v], before), (total, loop)) for (p, v), total in zip(tiles, sums_out)]
+            for (p, v), value in zip(tiles, finals):
                 clamped = builder.select(builder.fcmp_ordered("<", value, emit.zero), emit.zero, value)
-                emit.store_vector(out_ptr, emit.add(o0, emit.mul(emit.const(p), o_step)),
+                emit.store_vector(out_ptr, emit.add(emit.add(o0, emit.mul(emit.const(p), o_step)), shifts[v]),
                                   builder.select(relu, clamped, value))
             return context.get_dummy_value()
         return types.void(out, i, i, taps, i, tap_ids, offsets, i, x, i, i, bias, i, types.boolean), codegen
-    depthwise_tile.__name__ = f"depthwise_tile_{pixels}x{lanes}lanes" + (f"_groups_of_{group}" if group > 1 else "")
+    depthwise_tile.__name__ = (f"depthwise_tile_{pixels}x{lanes}lanes" + (f"x{vectors}" if vectors > 1 else "")
+                               + (f"_groups_of_{group}" if group > 1 else ""))
     return depthwise_tile
 
 
-# depthwise_P_L: P pixels, L lanes
+BORDER_VECTORS = 4  # vectors of 16 channels a border pixel's tile computes side by side: 4 chains of sums
+
+# depthwise_P_L: P pixels, L lanes (_1_64: BORDER_VECTORS vectors of 16)
 _depthwise_8_16, _depthwise_1_16 = _make_depthwise_tile(DEPTHWISE_PIXELS, 16), _make_depthwise_tile(1, 16)
 _depthwise_8_8, _depthwise_1_8 = _make_depthwise_tile(DEPTHWISE_PIXELS, 8), _make_depthwise_tile(1, 8)
+_depthwise_1_64 = _make_depthwise_tile(1, 16, vectors=BORDER_VECTORS)
 
 
 @njit(cache=True, inline="always")
 def depthwise_tile(pixels, lanes, out, o0, o_step, taps, t_step, tap_ids, offsets, count, x, x0, x_step, bias, c0,
                    relu):
     """`_make_depthwise_tile`'s intrinsic for DEPTHWISE_PIXELS pixels (`pixels` > 1) or
-    one, of 16 lanes or 8."""
-    if lanes == 16:
+    one, of 16 lanes or 8, or, for one pixel, 64 (BORDER_VECTORS vectors of 16)."""
+    if lanes == 64:
+        _depthwise_1_64(out, o0, o_step, taps, t_step, tap_ids, offsets, count, x, x0, x_step, bias, c0, relu)
+    elif lanes == 16:
         if pixels > 1:
             _depthwise_8_16(out, o0, o_step, taps, t_step, tap_ids, offsets, count, x, x0, x_step, bias, c0, relu)
         else:
@@ -744,6 +757,94 @@ def depthwise_tile(pixels, lanes, out, o0, o_step, taps, t_step, tap_ids, offset
         _depthwise_1_8(out, o0, o_step, taps, t_step, tap_ids, offsets, count, x, x0, x_step, bias, c0, relu)
 
 
+DEPTHWISE_ROW_WIDTHS = (3, 5, 7)  # kernel widths `depthwise_row_tile` is compiled for
+
+
+def _make_depthwise_row_tile(pixels: int, lanes: int, kw: int):
+    """`_make_depthwise_tile` (one channel a group) for a kernel `kw` taps wide that steps
+    one pixel along the row, undilated there, a row of taps at a time:
+
+        out[o0 + p * o_step + j] = act(bias[c0 + j] + sum_{r < count} sum_{q < kw}
+            taps[(row_ids[r] * kw + q) * t_step + c0 + j] * x[x0 + row_offsets[r] + (p + q) * x_step + j])
+
+    Pixel p's tap q reads the input pixel that pixel p + 1's tap q - 1 reads, so each row
+    of taps loads the pixels + kw - 1 input vectors it spans once and meets them with its
+    kw weight vectors: pixels * kw multiply-adds for (pixels + kw - 1) + kw loads, where
+    the tap-by-tap tile loads (pixels + 1) * kw and is bound by its loads."""
+    i = types.intp
+
+    @intrinsic
+    def depthwise_row_tile(typingctx, out, o0, o_step, taps, t_step, row_ids, row_offsets, count, x, x0, x_step, bias,
+                           c0, relu):
+        floats = (out, taps, x, bias)
+        flat = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
+                   for a in floats + (row_ids, row_offsets))
+        if not flat or any(a.dtype != types.float32 for a in floats) or row_ids.dtype != types.int64 \
+                or row_offsets.dtype != types.int64 or not isinstance(relu, types.Boolean):
+            return None  # flat indexing from .data is right only for these
+
+        def codegen(context, builder, signature, args):
+            _, o0, o_step, _, t_step, _, _, count, _, x0, x_step, _, c0, relu = args
+            out_ptr, taps_ptr, ids_ptr, offsets_ptr, x_ptr, bias_ptr = _data_pointers(
+                context, builder, signature, args, (0, 3, 5, 6, 8, 11))
+            emit = _Emitter(builder, lanes)
+            start = emit.load_vector(bias_ptr, c0)
+            r, before, loop, done = emit.open_loop("rows", count)
+            sums_in = [builder.phi(emit.vector) for _ in range(pixels)]
+            first_weight = emit.mul(emit.mul(builder.load(builder.gep(ids_ptr, [r])), emit.const(kw)), t_step)
+            row_start = emit.add(x0, builder.load(builder.gep(offsets_ptr, [r])))
+            values = [emit.load_vector(x_ptr, emit.add(row_start, emit.mul(emit.const(q), x_step)))
+                      for q in range(pixels + kw - 1)]
+            sums = list(sums_in)
+            for q in range(kw):
+                weight = emit.load_vector(taps_ptr, emit.add(emit.add(first_weight, emit.mul(emit.const(q), t_step)), c0))
+                sums = [emit.fmuladd(weight, values[p + q], sums[p]) for p in range(pixels)]
+            for p in range(pixels):
+                sums_in[p].add_incoming(start, before)
+                sums_in[p].add_incoming(sums[p], loop)
+            emit.close_loop(r, 1, count, loop, done)
+            builder.position_at_end(done)
+            finals = [_merge(builder, emit, (start, before), (sums[p], loop)) for p in range(pixels)]
+            for p, value in enumerate(finals):
+                clamped = builder.select(builder.fcmp_ordered("<", value, emit.zero), emit.zero, value)
+                emit.store_vector(out_ptr, emit.add(o0, emit.mul(emit.const(p), o_step)),
+                                  builder.select(relu, clamped, value))
+            return context.get_dummy_value()
+        return types.void(out, i, i, taps, i, row_ids, row_offsets, i, x, i, i, bias, i, types.boolean), codegen
+    depthwise_row_tile.__name__ = f"depthwise_row_tile_{pixels}x{lanes}lanes_{kw}wide"
+    return depthwise_row_tile
+
+
+# _depthwise_rows_L_K: DEPTHWISE_PIXELS pixels, L lanes, K taps wide
+_depthwise_rows_16_3, _depthwise_rows_16_5, _depthwise_rows_16_7 = (
+    _make_depthwise_row_tile(DEPTHWISE_PIXELS, 16, kw) for kw in DEPTHWISE_ROW_WIDTHS)
+_depthwise_rows_8_3, _depthwise_rows_8_5, _depthwise_rows_8_7 = (
+    _make_depthwise_row_tile(DEPTHWISE_PIXELS, 8, kw) for kw in DEPTHWISE_ROW_WIDTHS)
+
+
+@njit(cache=True, inline="always")
+def depthwise_row_tile(kw, lanes, out, o0, o_step, taps, t_step, row_ids, row_offsets, count, x, x0, x_step, bias,
+                       c0, relu):
+    """`_make_depthwise_row_tile`'s intrinsic for DEPTHWISE_PIXELS pixels, `kw` (one of
+    DEPTHWISE_ROW_WIDTHS) taps wide, of 16 lanes or 8."""
+    if lanes == 16:
+        if kw == 3:
+            _depthwise_rows_16_3(out, o0, o_step, taps, t_step, row_ids, row_offsets, count, x, x0, x_step, bias,
+                                 c0, relu)
+        elif kw == 5:
+            _depthwise_rows_16_5(out, o0, o_step, taps, t_step, row_ids, row_offsets, count, x, x0, x_step, bias,
+                                 c0, relu)
+        else:
+            _depthwise_rows_16_7(out, o0, o_step, taps, t_step, row_ids, row_offsets, count, x, x0, x_step, bias,
+                                 c0, relu)
+    elif kw == 3:
+        _depthwise_rows_8_3(out, o0, o_step, taps, t_step, row_ids, row_offsets, count, x, x0, x_step, bias, c0, relu)
+    elif kw == 5:
+        _depthwise_rows_8_5(out, o0, o_step, taps, t_step, row_ids, row_offsets, count, x, x0, x_step, bias, c0, relu)
+    else:
+        _depthwise_rows_8_7(out, o0, o_step, taps, t_step, row_ids, row_offsets, count, x, x0, x_step, bias, c0, relu)
+
+
 GROUP_WIDTHS = (2, 4, 8)  # channels a group of the grouped convs the depthwise tile also runs (lanes divide by them)
 
 
@@ -751,6 +852,7 @@ def _grouped_depthwise_tile(group: int):
     """`depthwise_tile` compiled for groups of `group` channels (`_make_depthwise_tile`)."""
     tiles = {f"_depthwise_{name}_{lanes}": _make_depthwise_tile(pixels, lanes, group)  # as _depthwise_P_L above
              for name, pixels in (("8", DEPTHWISE_PIXELS), ("1", 1)) for lanes in (16, 8)}
+    tiles["_depthwise_1_64"] = _make_depthwise_tile(1, 16, group, vectors=BORDER_VECTORS)
     return specialised(depthwise_tile, f"_groups_of_{group}", dict(cache=True, inline="always"), **tiles)
 
 
