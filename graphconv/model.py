@@ -345,7 +345,18 @@ class Model:
         checks cells against afterwards."""
         out = self._scores(x, device, profile, full=full)
         self._cache()["last_map"] = tuple(out.shape[2:]) if out.ndim == 4 else (1, 1)
+        self._warn_if_cells_off_the_lattice()
         return out
+
+    def _warn_if_cells_off_the_lattice(self) -> None:
+        """A GraphconvWarning where the map holds cells on no crop (a classifier compiled
+        without keep-crop-cells, such as one compiled before that pass, that upsamples
+        after a stride): `run` on the command line says so in a note."""
+        from graphconv.receptive import cells_off_the_lattice_note
+
+        message = self.derived("cells_off_the_lattice_note", lambda: cells_off_the_lattice_note(self.graph))
+        if message:
+            warn_caller(message.removeprefix("note: "))
 
     def _scores(self, x: np.ndarray, device: str = "cpu", profile: dict | None = None, *,
                 full: bool = False) -> np.ndarray:

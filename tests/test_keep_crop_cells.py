@@ -149,6 +149,27 @@ def test_a_map_compiled_without_the_pass_says_which_cells_are_crops(write_spec, 
         assert (note in capsys.readouterr().err) == said
 
 
+def test_python_is_warned_of_a_map_whose_cells_between_are_no_crops(write_spec, rng, tmp_path):
+    """From Python the note is a GraphconvWarning at the caller's `run`, loaded from a
+    folder compiled without the pass (as a model compiled before it was); none with it."""
+    import warnings
+
+    from graphconv.pass_manager import DEFAULT_PIPELINE
+
+    spec = write_spec(NEAREST_AFTER_STRIDE)
+    x = random_input(rng, (1, 3, 26, 30))
+    pipeline = [name for name in DEFAULT_PIPELINE if name != "keep-crop-cells"]
+    graphconv.compile_model(spec, pipeline).save(tmp_path / "old")
+    model = graphconv.load(tmp_path / "old")
+    with pytest.warns(graphconv.GraphconvWarning, match="only every 2x2-th cell is the classifier") as caught:
+        model.run(x)
+    assert caught[0].filename == __file__
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        graphconv.compile_model(spec).run(x)
+    assert not [w for w in caught if "classifier on its crop" in str(w.message)]
+
+
 def test_inspect_of_an_uncompiled_all_conv_classifier_says_which_cells_are_crops(write_spec, capsys):
     """With no fc to compile away, inspect showed the fine map as the scores and offered
     finer strides of the fine stride (1 only), where compiling makes the stride the
