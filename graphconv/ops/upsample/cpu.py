@@ -3,16 +3,20 @@
 output row, each pixel's channels one contiguous run) for a channels-last one, or from a
 channels-last input into an NCHW output (an FCN head's last resize) row by row, each row
 stored down the planes a cache line at a time (walking each plane across channels-last
-memory read a cache line per value: 3-5x onnxruntime). The input is never copied. Each
-output row's source rows and weight come from `source`, and every column's once per call."""
+memory read a cache line per value: 3-5x onnxruntime). The input is not copied (but for
+an NCHW input into a channels-last output, which the channels-last pass never asks for:
+upsample is stored like its input). Each output row's source rows and weight come from
+`source`, and every column's once per call."""
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
 from graphconv.ops import upsample
-from graphconv.ops.channels_last import store_row_in_planes
+from graphconv.ops.channels_last import as_channels_last, store_row_in_planes
+from graphconv.ops.fast_math import CONTRACT
 from graphconv.ops.layout import nhwc
+from graphconv.ops.unsigned_index import unsigned
 
 source = njit(cache=True, inline="always")(upsample.source)
 
@@ -56,51 +60,58 @@ def _upsample_planes(x, fy, fx, bilinear, out):
 
 
 @njit(cache=True, inline="always")
-def _upsample_row(xh, b, top, bottom, wy, first, second, wx, bilinear, out_row):
-    """out_row (cols, C): the output row between input rows `top` and `bottom` of image b;
-    a bilinear one interpolated between the two rows first, then along the row (a lerp
-    and a fraction of one per value, each over a pixel's contiguous channels)."""
-    width, c = xh.shape[2], xh.shape[3]
+def _upsample_row(flat_x, height, width, c, b, top, bottom, wy, first, second, wx, bilinear, flat_out, o0, cols):
+    """Output row (cols pixels of C channels, from flat_out[o0]) between input rows `top`
+    and `bottom` of image b of the flat (N, H, W, C) input; a bilinear one interpolated
+    between the two rows first, then along the row (a lerp and a fraction of one per
+    value). Flat, unsigned indices over each pixel's contiguous channels vectorise: the
+    same loops on 2D views ran 4x slower (a bilinear x2 of 64 channels at 224, 16 -> 4 ms)."""
+    t0 = (b * height + top) * width * c
     if not bilinear:
-        for ox in range(out_row.shape[0]):
+        for ox in range(cols):
+            s0, d0 = t0 + first[ox] * c, o0 + ox * c
             for ch in range(c):
-                out_row[ox, ch] = xh[b, top, first[ox], ch]
+                flat_out[unsigned(d0 + ch)] = flat_x[unsigned(s0 + ch)]
         return
-    between = np.empty((width, c), np.float32)
-    for ix in range(width):
+    b0 = (b * height + bottom) * width * c
+    between = np.empty(width * c, np.float32)
+    for i in range(width * c):
+        between[unsigned(i)] = _lerp(flat_x[unsigned(t0 + i)], flat_x[unsigned(b0 + i)], wy)
+    for ox in range(cols):
+        a0, a1, w, d0 = first[ox] * c, second[ox] * c, wx[ox], o0 + ox * c
         for ch in range(c):
-            between[ix, ch] = _lerp(xh[b, top, ix, ch], xh[b, bottom, ix, ch], wy)
-    for ox in range(out_row.shape[0]):
-        for ch in range(c):
-            out_row[ox, ch] = _lerp(between[first[ox], ch], between[second[ox], ch], wx[ox])
+            flat_out[unsigned(d0 + ch)] = _lerp(between[unsigned(a0 + ch)], between[unsigned(a1 + ch)], w)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=CONTRACT)
 def _upsample_rows(xh, fy, fx, bilinear, outh):
-    """`_upsample_planes` on (N, H, W, C) views: one output row a job, each pixel's
-    channels at once (one contiguous run where the output is stored channels-last)."""
-    height, width = xh.shape[1], xh.shape[2]
-    n, rows, cols = outh.shape[0], outh.shape[1], outh.shape[2]
+    """`_upsample_planes` on (N, H, W, C) arrays, both C-contiguous: one output row a job."""
+    n, height, width, c = xh.shape
+    rows, cols = outh.shape[1], outh.shape[2]
     first, second, wx = _column_sources(cols, fx, width, bilinear)
+    flat_x, flat_out = xh.reshape(-1), outh.reshape(-1)
     for job in prange(n * rows):
         b, y = job // rows, job % rows
         top, bottom, wy = source(y, fy, height, bilinear)
-        _upsample_row(xh, b, top, bottom, np.float32(wy), first, second, wx, bilinear, outh[b, y])
+        _upsample_row(flat_x, height, width, c, b, top, bottom, np.float32(wy), first, second, wx, bilinear, flat_out,
+                      job * cols * c, cols)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=CONTRACT)
 def _upsample_rows_into_planes(xh, fy, fx, bilinear, out):
     """`_upsample_rows` from a channels-last input into an NCHW output: each row computed
     channels-last, then stored down the planes (`store_row_in_planes`)."""
-    height, width, c = xh.shape[1], xh.shape[2], xh.shape[3]
-    n, rows, cols = out.shape[0], out.shape[2], out.shape[3]
+    n, height, width, c = xh.shape
+    rows, cols = out.shape[2], out.shape[3]
     first, second, wx = _column_sources(cols, fx, width, bilinear)
+    flat_x = xh.reshape(-1)
     for job in prange(n * rows):
         b, y = job // rows, job % rows
         top, bottom, wy = source(y, fy, height, bilinear)
-        row = np.empty((cols, c), np.float32)
-        _upsample_row(xh, b, top, bottom, np.float32(wy), first, second, wx, bilinear, row)
-        store_row_in_planes(row, out, b, y)
+        row = np.empty(cols * c, np.float32)
+        _upsample_row(flat_x, height, width, c, b, top, bottom, np.float32(wy), first, second, wx, bilinear, row, 0,
+                      cols)
+        store_row_in_planes(row.reshape(cols, c), out, b, y)
 
 
 def run_upsample(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
@@ -110,8 +121,8 @@ def run_upsample(params: dict, weights: dict, inputs: list[np.ndarray], out: np.
     bilinear = params["mode"] == "bilinear"
     x = inputs[0]
     x_stored, out_stored = nhwc(x), nhwc(out)
-    if out_stored is not None:
-        _upsample_rows(x.transpose(0, 2, 3, 1), fy, fx, bilinear, out_stored)
+    if out_stored is not None:  # an NCHW input (which the channels-last pass never gives it) copied first
+        _upsample_rows(as_channels_last(x), fy, fx, bilinear, out_stored)
     elif x_stored is not None:
         _upsample_rows_into_planes(x_stored, fy, fx, bilinear, out)
     else:
