@@ -1,0 +1,132 @@
+"""Single layers after a 1x1 conv, graphconv vs onnxruntime on the CPU: the slow paths a
+sweep of ops and shapes found (session 41), kept measured.
+
+    python benchmarks/cpu_ops_vs_ort.py [--threads 2] [--repeats 15] [--cases pad,elu,...] [--write]
+
+Each case is a small PyTorch block (a 1x1 conv from 3 to C channels at 224x224, then the
+layer, sometimes a 1x1 conv after it), exported with dynamic sides and imported by
+graphconv as a segmentation network (every cell kept, as onnxruntime computes it). A layer
+that ends the network writes the NCHW output callers get from a map the conv stored
+channels-last: the edge where pad, upsample and depth_to_space read a cache line per
+value before session 41 (7-13x onnxruntime). Outputs are checked to agree first; runs
+alternate between the two, each after a rest (`common.rested_run`). Not a test: it
+asserts nothing about speed.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+from common import machine, pin_threads, rested_run, write_section
+
+SIZE = 224
+
+
+def blocks(nn) -> dict:
+    """name -> (what it is, the module): the layer after conv1x1 3 -> C, last or not."""
+    def after_conv(layer, channels=64, then=None):
+        layers = [nn.Conv2d(3, channels, 1), layer] + ([then] if then is not None else [])
+        return nn.Sequential(*layers)
+
+    def depthwise(k):
+        return nn.Sequential(nn.Conv2d(3, 96, 1), nn.ReLU(), nn.Conv2d(96, 96, 1), nn.ReLU(),
+                             nn.Conv2d(96, 96, k, padding=k // 2, groups=96), nn.ReLU(), nn.Conv2d(96, 96, 1))
+
+    bilinear = dict(scale_factor=2, mode="bilinear", align_corners=False)
+    return {
+        "pad": ("zero pad 3, last (64 ch)", after_conv(nn.ZeroPad2d(3))),
+        "reflect": ("reflection pad 3, last (64 ch)", after_conv(nn.ReflectionPad2d(3))),
+        "nearest": ("upsample x2 nearest, last (64 ch)", after_conv(nn.Upsample(scale_factor=2))),
+        "bilinear": ("upsample x2 bilinear, last (64 ch)", after_conv(nn.Upsample(**bilinear))),
+        "bilinear_conv": ("upsample x2 bilinear, then conv1x1 64->8", after_conv(nn.Upsample(**bilinear),
+                                                                               then=nn.Conv2d(64, 8, 1))),
+        "pixelshuffle": ("PixelShuffle(2), last (64 ch)", after_conv(nn.PixelShuffle(2))),
+        "elu": ("ELU, last (64 ch)", after_conv(nn.ELU())),
+        "mish": ("Mish, last (64 ch)", after_conv(nn.Mish())),
+        "maxpool": ("max pool 3 stride 2, last (64 ch)", after_conv(nn.MaxPool2d(3, 2))),
+        "dw3": ("1x1, depthwise 3x3, 1x1 (96 ch)", depthwise(3)),
+        "dw5": ("1x1, depthwise 5x5, 1x1 (96 ch)", depthwise(5)),
+        "dw7": ("1x1, depthwise 7x7, 1x1 (96 ch)", depthwise(7)),
+    }
+
+
+def compare(title: str, model, folder: Path, torch, ort, options, repeats: int) -> str:
+    """One table row: graphconv and onnxruntime on the same input, checked to agree, then
+    timed alternating."""
+    import numpy as np
+
+    from graphconv.compiler import compile_model
+    from graphconv.frontends import load_network
+
+    path = folder / "block.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (torch.randn(1, 3, SIZE, SIZE),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}})
+    network = compile_model(load_network(path, crop_size=(64, 64), task="segmentation"))
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 3, SIZE, SIZE), dtype=np.float32)
+
+    def run_graphconv():
+        return network.executor("cpu").run(x)
+
+    def run_ort():
+        return session.run(None, {"x": x})[0]
+
+    ours, theirs = run_graphconv(), run_ort()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * float(np.abs(theirs).max()))
+    times = {"graphconv": [], "onnxruntime": []}
+    for _ in range(repeats):
+        for key, fn in (("graphconv", run_graphconv), ("onnxruntime", run_ort)):
+            times[key].append(rested_run(fn))
+    med = {key: statistics.median(values) * 1e3 for key, values in times.items()}
+    return f"| {title} | {med['graphconv']:.2f} | {med['onnxruntime']:.2f} | {med['graphconv'] / med['onnxruntime']:.2f} |"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--cases", default=None, help="a comma-separated subset (default: all)")
+    parser.add_argument("--write", action="store_true", help="rewrite this section of benchmarks/README.md")
+    args = parser.parse_args()
+    threads = pin_threads(args.threads)
+    import onnxruntime as ort
+    import torch
+
+    torch.set_num_threads(threads)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    cases = blocks(torch.nn)
+    wanted = args.cases.split(",") if args.cases else list(cases)
+    folder = Path(tempfile.mkdtemp())
+    rows = []
+    for key in wanted:
+        title, model = cases[key]
+        rows.append(compare(title, model, folder, torch, ort, options, args.repeats))
+        print(rows[-1], flush=True)
+    text = "\n".join([
+        "## Single layers vs onnxruntime on the CPU (`cpu_ops_vs_ort.py`)",
+        "",
+        f"{threads} threads everywhere, {machine()}, batch 1, float32, input 3x{SIZE}x{SIZE}, medians of "
+        f"{args.repeats} alternating runs; onnxruntime {ort.__version__}. Each block is a 1x1 conv from 3 "
+        "channels, then the layer; 'last' layers write the NCHW output from the channels-last map the conv "
+        "stored. Outputs agree (checked first).",
+        "",
+        "| block | graphconv ms | onnxruntime ms | graphconv / onnxruntime |",
+        "| --- | ---: | ---: | ---: |",
+        *rows,
+    ])
+    print(text)
+    if args.write:
+        write_section("cpu_ops_vs_ort", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
