@@ -1282,6 +1282,28 @@ def test_space_to_depth_nodes_match_onnxruntime_and_slide(tmp_path, rng):
     np.testing.assert_allclose(Model(graph).run(big, full=True), Model(graph).run(big[:, :, :20, :16], full=True))
 
 
+@pytest.mark.parametrize("reader, ends", [("SpaceToDepth", [6, 8]), ("Relu", [8, 10]), ("SpaceToDepth", [4, 8])])
+def test_a_slice_of_rows_and_columns_is_read_only_as_space_to_depth_s_trim(tmp_path, rng, reader, ends):
+    """graphconv's export trims H and W to multiples of the block before SpaceToDepth
+    (ONNX refuses other sides): that Slice is read as the space_to_depth layer, which
+    leaves those rows and columns out itself. A Slice of rows and columns read by
+    anything else, or cutting more than the block's remainder, is still refused."""
+    helper = onnx.helper
+    attrs = dict(blocksize=2) if reader == "SpaceToDepth" else {}
+    nodes = [helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["t"]),
+             helper.make_node(reader, ["t"], ["y"], **attrs)]
+    inits = {"starts": np.zeros(2, np.int64), "ends": np.array(ends, np.int64), "axes": np.array([2, 3], np.int64)}
+    path = onnx_file(tmp_path / "trim.onnx", nodes, inits, input_shape=(1, 3, 7, 9))
+    if (reader, ends) != ("SpaceToDepth", [6, 8]):
+        with pytest.raises(GraphconvError, match="Slice along axes"):
+            load_network(path)
+        return
+    graph = load_network(path)
+    assert [(n.op, n.params.get("block")) for n in graph.layers()] == [("space_to_depth", 2)]
+    x = rng.standard_normal((2, 3, 7, 9)).astype(np.float32)
+    np.testing.assert_allclose(Model(graph).run(x, full=True), onnxruntime_scores(path, x), **TOLERANCE)
+
+
 def test_an_attention_blocks_reshape_is_refused_naming_what_is_followed(tmp_path):
     """(N, C, H*W) read by a Transpose (an attention block's tokens), not by the
     InstanceNormalization that would make it GroupNorm's view."""

@@ -253,6 +253,7 @@ class _Importer:
         self.graph: Graph | None = None
         self.onnx_node = None
         self.position = 0  # of the node being converted, in self.nodes
+        self.trimmed_to_blocks: dict[str, int] = {}  # value -> block: a Slice's rows and columns that fill patches
 
     def _refuse(self, node, message: str) -> None:
         """Raise the refusal of ONNX `node`, named as converters name theirs."""
@@ -2486,7 +2487,7 @@ def _group_norm(imp: _Importer, node) -> None:
 def _space_to_depth(imp: _Importer, node) -> None:
     x = imp.tensor(node.input[0])
     block = int(imp.attributes(node)["blocksize"])
-    if any(side % block for side in x.shape[1:]):
+    if any(side % block for side in x.shape[1:]) and imp.trimmed_to_blocks.get(node.input[0]) != block:
         raise imp.error(f"SpaceToDepth of a {x.shape[1]}x{x.shape[2]} map by blocks of {block}: ONNX needs sides "
                         "that are multiples of the block")
     imp.add_layer(node, "space_to_depth", [x], dict(block=block))
@@ -2595,6 +2596,8 @@ def _slice(imp: _Importer, node) -> None:
         axes = imp.optional_constant(node, 3, "axes")
         steps = imp.optional_constant(node, 4, "steps")
     axes = list(range(len(starts))) if axes is None else [int(a) % x.rank for a in axes.ravel()]
+    if _trims_to_blocks(imp, node, x, axes, starts, ends, steps):
+        return
     if axes != [1] or (steps is not None and int(steps.ravel()[0]) != 1):
         raise imp.error(f"Slice along axes {axes}; graphconv slices channels only (axis 1, step 1)")
     c = x.shape[0]
@@ -2628,6 +2631,29 @@ def _split(imp: _Importer, node) -> None:
         if read:
             _slice_channels(imp, node, x, start, start + size, output)
         start += size
+
+
+def _trims_to_blocks(imp: _Importer, node, x: Tensor, axes: list[int], starts, ends, steps) -> bool:
+    """A Slice that cuts H and W down to multiples of the block of the SpaceToDepth (or
+    SpaceToDepths) alone reading it, as graphconv's export writes a space_to_depth layer
+    (ONNX's SpaceToDepth refuses other sides; the layer leaves those rows and columns
+    out itself, so that the network slides): no layer of its own, only the value marked
+    so `_space_to_depth` takes it. True when it is that Slice."""
+    output = node.output[0]
+    readers = [n for n in imp.nodes[imp.position + 1:] if output in n.input]
+    blocks = {int(imp.attributes(n).get("blocksize", 0)) if n.op_type == "SpaceToDepth" else 0 for n in readers}
+    if len(blocks) != 1 or any(output == out.name for out in imp.model.graph.output):
+        return False
+    b = blocks.pop()
+    if (b < 1 or x.layout != NCHW or x.rank != 4 or sorted(axes) != [2, 3] or any(int(v) for v in starts)
+            or (steps is not None and any(int(v) != 1 for v in steps.ravel()))):
+        return False
+    sides = {2: x.shape[1], 3: x.shape[2]}
+    if any(min(int(end), sides[axis]) != sides[axis] // b * b for axis, end in zip(axes, ends)):
+        return False
+    imp.values[node.output[0]] = x
+    imp.trimmed_to_blocks[node.output[0]] = b
+    return True
 
 
 def _slice_channels(imp: _Importer, node, x: Tensor, start: int, stop: int, output: str) -> None:
