@@ -1950,7 +1950,7 @@ def _float_list(text: str) -> list[float]:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from graphconv.frontends.onnx_export import declared_dims, is_graphconv_export, save_onnx
+    from graphconv.frontends.onnx_export import declared_dims, export_notes, is_graphconv_export, save_onnx
 
     if Path(args.output).resolve() == Path(args.model.rstrip("/")).resolve():
         raise GraphconvError("-o is the model being exported; write the export somewhere else", file=args.output)
@@ -1960,7 +1960,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if Path(args.output).exists() and not is_graphconv_export(args.output):
         raise GraphconvError("is already there and is not an ONNX file graphconv exported (a model of yours?): "
                              "graphconv replaces only its own exports; choose another name", file=args.output)
-    save_onnx(model.graph, args.output)
+    for text in export_notes(save_onnx(model.graph, args.output), args.output):
+        note(text)
     if "compiled" not in model.graph.meta and not model.segmentation:  # a segmentation network is dense as written
         print(f"note: {args.model} is not compiled; exported the network as written (graphconv "
               "compile it first for the fully convolutional network)", file=sys.stderr)

@@ -545,3 +545,153 @@ def test_an_exported_space_to_depth_stem_imports_back_and_slides_alike(tmp_path,
     expected = full_map(model, x)
     np.testing.assert_allclose(full_map(again, x), expected, **TOLERANCE)
     np.testing.assert_allclose(onnxruntime_run(onnx.load(str(tmp_path / "fcn.onnx")), x), expected, **TOLERANCE)
+
+
+# ---- the input sizes an export states, for runtimes that check none ----------------------------
+
+UNET = """
+name: unet
+task: segmentation
+input: {shape: [2, 16, 16]}
+layers:
+  - {name: skip, op: conv, out_channels: 4, kernel_size: 3, padding: 1}
+  - {name: pool, op: maxpool, kernel_size: 2}
+  - {name: deep, op: conv, out_channels: 4, kernel_size: 3, padding: 1}
+  - {name: up, op: upsample, factor: 2}
+  - {name: cat, op: concat, inputs: [up, skip]}
+  - {name: head, op: conv, out_channels: 3, kernel_size: 1}
+"""
+
+# an HRNet-like classifier: an unpadded fine branch and a strided one enlarged back meet
+# on odd sides only (tests/test_shapes.py)
+BRANCHES = """
+name: branches
+input: {shape: [2, 21, 21]}
+layers:
+  - {name: c1, op: conv, out_channels: 4, kernel_size: 2}
+  - {name: c2, op: conv, out_channels: 4, kernel_size: 2, stride: 2}
+  - {name: u3, op: upsample, factor: 2}
+  - {name: a4, op: add, inputs: [c1, u3]}
+  - {name: c5, op: conv, out_channels: 4, kernel_size: 3}
+  - {name: fc, op: fc, out_features: 3}
+"""
+
+
+def stated(proto) -> dict:
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def export_cli(tmp_path, capsys, model_path) -> tuple[object, str]:
+    """`graphconv export` in this process: the file it wrote, and what it said on stderr."""
+    from graphconv.cli import main
+
+    out = tmp_path / "fcn.onnx"
+    assert main(["export", str(model_path), "-o", str(out)]) == 0
+    return onnx.load(str(out)), capsys.readouterr().err
+
+
+def test_a_segmentation_network_that_pads_states_how_to_pad_and_following_it_gives_graphconv_s_map(
+        write_spec, tmp_path, capsys, rng):
+    """graphconv pads a 17x19 image to 18x20 for a U-Net and cuts the map back; the
+    export stated nothing, so onnxruntime failed in the Concat (or, for a DeepLab-like
+    net, returned a misaligned map). The file states the rule (no crop minimum: a
+    segmentation network takes smaller images), export notes it, and padding as stated
+    gives graphconv's map."""
+    spec = write_spec(UNET, "unet.yaml")
+    proto, err = export_cli(tmp_path, capsys, spec)
+    sizes = json.loads(stated(proto)["graphconv.input_sizes"])
+    assert sizes["sides"] == {"period": [2, 2], "remainders": [[0], [0]]} and sizes["pad_to_fit"] is True
+    assert "at_least" not in sizes
+    assert ("input sizes: unet gives one label per pixel only on images whose height and width are multiples of "
+            "2x2 pixels: pad each image with zeros at the bottom and right") in proto.doc_string
+    assert "fcn.onnx states its input sizes" in err and "pad each image with zeros at the bottom and right" in err
+    x = rng.standard_normal((1, 2, 17, 19)).astype(np.float32)
+    padded = np.pad(x, ((0, 0), (0, 0), (0, 1), (0, 1)))
+    expected = Model.load(spec).run(x)
+    np.testing.assert_allclose(onnxruntime_run(proto, padded)[:, :, :17, :19], expected, **TOLERANCE)
+
+
+def test_branches_that_meet_on_some_sides_are_stated_with_the_crop_minimum(write_spec, tmp_path, capsys):
+    """An HRNet-like network failed in onnxruntime with a broadcast error on sides its
+    branches do not meet on, and one smaller than the crop could crash it: the file
+    states both, and export notes the sides (the crop alone goes without a note)."""
+    folder = tmp_path / "m"
+    compile_model(write_spec(BRANCHES, "branches.yaml")).save(folder)
+    proto, err = export_cli(tmp_path, capsys, folder)
+    sizes = json.loads(stated(proto)["graphconv.input_sizes"])
+    assert sizes["at_least"] == [21, 21] and "pad_to_fit" not in sizes
+    assert sizes["sides"] == {"period": [2, 2], "remainders": [[1], [1]]}
+    assert "input sizes: at least 21x21 pixels" in proto.doc_string
+    assert "branches's branches meet only on images of height 2k+1 and width 2k+1 pixels" in proto.doc_string
+    assert "resize or crop each image to such a size" in err and "pad" not in err
+
+
+def test_a_plain_classifier_states_only_its_crop_minimum_and_export_says_nothing_of_sizes(tmp_path, capsys):
+    folder = tmp_path / "m"
+    compile_model(SPECS / "lenet.yaml").save(folder)
+    proto, err = export_cli(tmp_path, capsys, folder)
+    _, hc, wc = Model.load(folder).crop_shape
+    sizes = json.loads(stated(proto)["graphconv.input_sizes"])
+    assert sizes == {"at_least": [hc, wc], "rules": [f"at least {hc}x{wc} pixels (the crop; graphconv refuses "
+                                                     "smaller images)"]}
+    assert "input sizes" not in err
+    assert "pad each image" not in proto.doc_string and "meet only" not in proto.doc_string
+
+
+def test_a_classifier_fixed_at_its_crop_states_no_size_rule():
+    """Its input's fixed H and W say it already."""
+    proto = to_onnx_model(Model.load(SPECS / "lenet.yaml").graph)
+    assert "graphconv.input_sizes" not in stated(proto) and "input sizes" not in proto.doc_string
+
+
+@pytest.mark.parametrize("value", ['{"at_least": [0, 4]}', '{"sides": {"period": [2, 2], "remainders": [[2], [0]]}}',
+                                   '{"pad_to_fit": false}', '{"rules": "pad"}', '{"other": 1}', '[21, 21]'])
+def test_a_stated_size_rule_of_another_shape_is_refused(tmp_path, value):
+    from graphconv.frontends import load_network
+
+    proto = to_onnx_model(compile_model(SPECS / "lenet.yaml").graph)
+    onnx.helper.set_model_props(proto, {**stated(proto), "graphconv.input_sizes": value})
+    onnx.save(proto, str(tmp_path / "m.onnx"))
+    with pytest.raises(GraphconvError, match="its metadata 'graphconv.input_sizes' is not what graphconv's export"):
+        load_network(tmp_path / "m.onnx")
+
+
+def test_an_export_notes_the_dilated_pools_tensorrt_refuses(tmp_path, capsys):
+    """--stride-method dilate makes a MaxPool with dilations, which onnxruntime runs and
+    TensorRT's ONNX parser refuses: export says so, and what to export for TensorRT."""
+    folder = tmp_path / "m"
+    compile_model(SPECS / "lenet.yaml", output_stride=1, stride_method="dilate").save(folder)
+    proto, err = export_cli(tmp_path, capsys, folder)
+    assert any(n.op_type == "MaxPool" and any(a.name == "dilations" and list(a.ints) != [1, 1] for a in n.attribute)
+               for n in proto.graph.node)
+    assert ("fcn.onnx has MaxPool nodes with dilations (from --output-stride's dilate method): onnxruntime runs "
+            "them, but TensorRT's ONNX parser takes pools without dilation only; for TensorRT, export the network "
+            "compiled without --output-stride") in err
+    folder = tmp_path / "full"
+    compile_model(SPECS / "lenet.yaml").save(folder)
+    assert "TensorRT" not in export_cli(tmp_path, capsys, folder)[1]
+
+
+def test_the_shift_and_stitch_refusal_tells_that_dilated_pools_do_not_suit_tensorrt():
+    model = compile_model(SPECS / "lenet.yaml", output_stride=1, stride_method="shift")
+    with pytest.raises(GraphconvError, match="compile with --stride-method dilate for the same map; its pools are then "
+                                             "dilated, which onnxruntime runs but TensorRT's ONNX parser refuses"):
+        to_onnx_model(model.graph)
+
+
+def test_seeded_weights_are_stated_and_running_the_export_says_so(tmp_path, capsys):
+    """The export of a network with seeded weights said so in its doc string only:
+    `graphconv run fcn.onnx` ran it without a word."""
+    from graphconv.cli import main
+
+    folder = tmp_path / "m"
+    compile_model(SPECS / "lenet.yaml").save(folder)
+    proto, _ = export_cli(tmp_path, capsys, folder)
+    assert stated(proto)["graphconv.seeded_weights"] == "true"
+    assert Model.load(tmp_path / "fcn.onnx").graph.meta["seeded_weights"] is True
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 32, 32), np.float32))
+    assert main(["run", str(tmp_path / "fcn.onnx"), "--input", str(tmp_path / "x.npy")]) == 0
+    assert "using deterministic seeded (random) weights" in capsys.readouterr().err
+    trained = Model.load(SPECS / "lenet.yaml")
+    trained.graph.meta.pop("seeded_weights")
+    assert "graphconv.seeded_weights" not in stated(to_onnx_model(trained.graph))

@@ -111,31 +111,56 @@ def read_onnx(path: str | os.PathLike, *, crop_size: Sequence[int] | None = None
 
 def _stated_metadata(model, path: str) -> dict:
     """What graphconv's own export states in metadata_props (`onnx_export.stated_metadata`:
-    crop, preprocess, labels, task, compiled), each checked for its type; a file from elsewhere has
-    none. The crop is used only where the input's height and width are dynamic."""
+    crop, preprocess, labels, task, compiled, seeded_weights, input_sizes), each checked
+    for its type; a file from elsewhere has none. The crop is used only where the input's
+    height and width are dynamic. input_sizes is for other runtimes (graphconv works the
+    rule out from the network itself), so it is checked and dropped."""
     from graphconv.frontends.onnx_export import METADATA_PREFIX
     from graphconv.frontends.yaml import label_problem
 
     stated = {}
     for prop in model.metadata_props:
         key = prop.key[len(METADATA_PREFIX):] if prop.key.startswith(METADATA_PREFIX) else None
-        if key not in ("crop", "preprocess", "labels", "task", "compiled"):
+        if key not in ("crop", "preprocess", "labels", "task", "compiled", "seeded_weights", "input_sizes"):
             continue
         try:
             value = json.loads(prop.value)
         except ValueError:
             value = None
-        valid = {"crop": lambda v: isinstance(v, list) and len(v) == 2 and all(type(n) is int and n > 0 for n in v),
+        valid = {"crop": _is_size,
                  "preprocess": lambda v: isinstance(v, dict),
                  "labels": lambda v: isinstance(v, list) and all(isinstance(n, str) and not label_problem(n)
                                                                  for n in v),
                  "task": lambda v: v in ("classification", "segmentation"),
-                 "compiled": lambda v: isinstance(v, dict) and list(v) == ["passes"] and isinstance(v["passes"], str)}[key]
+                 "compiled": lambda v: isinstance(v, dict) and list(v) == ["passes"] and isinstance(v["passes"], str),
+                 "seeded_weights": lambda v: v is True,
+                 "input_sizes": _is_input_sizes}[key]
         if not valid(value):
             raise GraphconvError(f"its metadata {shown(prop.key)} is not what graphconv's export writes: "
                                  f"{shown(prop.value)}", file=path)
         stated[key] = value
+    stated.pop("input_sizes", None)
     return stated
+
+
+def _is_size(value) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(type(n) is int and n > 0 for n in value)
+
+
+def _is_input_sizes(value) -> bool:
+    """Whether `value` is an `onnx_export.input_sizes` rule: at_least [H, W], sides
+    {period: [P, Q], remainders: [[...], [...]]} (each remainder below its period),
+    pad_to_fit true, rules: strings."""
+    if not isinstance(value, dict) or not set(value) <= {"at_least", "sides", "pad_to_fit", "rules"}:
+        return False
+    sides = value.get("sides", {"period": [1, 1], "remainders": [[0], [0]]})
+    return ((_is_size(value["at_least"]) if "at_least" in value else True)
+            and value.get("pad_to_fit", True) is True
+            and isinstance(value.get("rules", []), list) and all(isinstance(r, str) for r in value.get("rules", []))
+            and isinstance(sides, dict) and set(sides) == {"period", "remainders"} and _is_size(sides["period"])
+            and isinstance(sides["remainders"], list) and len(sides["remainders"]) == 2
+            and all(isinstance(r, list) and all(type(n) is int and 0 <= n < p for n in r)
+                    for r, p in zip(sides["remainders"], sides["period"])))
 
 
 # ---- loading ------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import numpy as np
 from graphconv.errors import GraphconvError
 from graphconv.frontends.onnx import require_onnx
 from graphconv.ir import Graph, Node
-from graphconv.shapes import infer_shapes
+from graphconv.shapes import FittingSizes, fitting_sizes, infer_shapes
 
 EXPORT_OPSET = 19  # AveragePool takes dilations from 19 on (the dilated stride rewrite makes them)
 
@@ -104,11 +104,30 @@ def refuse_shift_and_stitch(graph: Graph) -> None:
                               "shift-and-stitch model with graphconv run")
     from graphconv.dense import padded_layers
 
+    tensorrt = TENSORRT_POOLS if _dilates_pools(base, step) else ""
     if padded_layers(base):
         raise stitch[0].error(f"{head}; compile with --stride-method dilate for a network ONNX can hold (this one "
                               "pads, so its dilated map differs from shift-and-stitch's near the shifted copies' "
-                              "borders, where each copy is padded at its own: graphconv verify shows where)")
-    raise stitch[0].error(f"{head}; compile with --stride-method dilate for the same map")
+                              f"borders, where each copy is padded at its own: graphconv verify shows where){tensorrt}")
+    raise stitch[0].error(f"{head}; compile with --stride-method dilate for the same map{tensorrt}")
+
+
+# what the shift-and-stitch refusal adds where dilating would dilate pools: the way out it gives must
+# not send a TensorRT user to a file TensorRT refuses (export_notes says the same of a written file)
+TENSORRT_POOLS = ("; its pools are then dilated, which onnxruntime runs but TensorRT's ONNX parser refuses (it takes "
+                  "pools without dilation): for TensorRT, export the network compiled without --output-stride")
+
+
+def _dilates_pools(base: Graph, step: int) -> bool:
+    """Whether --stride-method dilate, reaching stride `step` on `base`, gives a max or
+    average pool a dilation (ONNX pools with dilations, which TensorRT refuses)."""
+    from graphconv.ops.registry import pair
+    from graphconv.strides import as_sliding, dilate
+
+    dilated = as_sliding(base).copy()
+    dilate(dilated, step)
+    return any(node.op in ("maxpool", "avgpool") and pair(node.params["dilation"]) != (1, 1)
+               for node in dilated.layers())
 
 
 def _unstitched(graph: Graph) -> tuple[Graph, int]:
@@ -139,8 +158,9 @@ def to_onnx_model(graph: Graph):
     body = helper.make_graph(writer.nodes, graph.name, inputs, outputs, writer.initializers)
     model = helper.make_model(body, opset_imports=[helper.make_opsetid("", EXPORT_OPSET)],
                               producer_name="graphconv", producer_version=__version__)
-    model.doc_string = _doc(graph)
-    helper.set_model_props(model, stated_metadata(graph))
+    sizes = input_sizes(graph)
+    model.doc_string = _doc(graph, sizes)
+    helper.set_model_props(model, stated_metadata(graph, sizes))
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as err:  # a bug in an op's writer, not bad input
@@ -195,21 +215,28 @@ def _flatten_the_output(writer: OnnxWriter, output: str) -> None:
 METADATA_PREFIX = "graphconv."  # metadata_props keys graphconv writes, and reads back on import
 
 
-def stated_metadata(graph: Graph) -> dict[str, str]:
+def stated_metadata(graph: Graph, sizes: dict | None = None) -> dict[str, str]:
     """What an ONNX file cannot otherwise say, as metadata_props strings: the training
-    crop (its input's H and W are dynamic), the preprocess, the class names, the task
-    and the passes that compiled it, so `graphconv import` (and `run` on the .onnx) gets the model back as it was. Other
-    runtimes ignore them."""
+    crop (its input's H and W are dynamic), the preprocess, the class names, the task,
+    the passes that compiled it and whether its weights are seeded, so `graphconv import`
+    (and `run` on the .onnx) gets the model back as it was; and the sizes its input must
+    have (`input_sizes`, worked out when not given), which another runtime does not
+    check. Other runtimes ignore them."""
     stated = {"crop": json.dumps(list(graph.input_shape[1:]))}
     for key in ("preprocess", "labels", "task"):
         if key in graph.meta:
             stated[key] = json.dumps(graph.meta[key])
     if graph.meta.get("compiled", {}).get("passes"):  # a compiled map may have extra cells at the crop
         stated["compiled"] = json.dumps({"passes": graph.meta["compiled"]["passes"]})
+    if graph.meta.get("seeded_weights"):  # so `graphconv run FCN.onnx` says so, as for the model exported
+        stated["seeded_weights"] = json.dumps(True)
+    sizes = input_sizes(graph) if sizes is None else sizes
+    if sizes:
+        stated["input_sizes"] = json.dumps(sizes)
     return {METADATA_PREFIX + key: value for key, value in stated.items()}
 
 
-def _doc(graph: Graph) -> str:
+def _doc(graph: Graph, sizes: dict) -> str:
     compiled = graph.meta.get("compiled", {})
     lines = [f"exported by graphconv from {graph.name}"]
     if compiled.get("passes"):
@@ -218,7 +245,117 @@ def _doc(graph: Graph) -> str:
         lines.append("weights: deterministic seeded (random) weights, not trained ones")
     if "preprocess" in graph.meta:
         lines.append(f"preprocess: {graph.meta['preprocess']}")
+    lines += [f"input sizes: {rule}" for rule in sizes.get("rules", [])]
     return "\n".join(lines)
+
+
+# ---- the sizes the exported network takes -------------------------------------------------------
+# graphconv checks an image's size before it runs a network, and pads one that a
+# segmentation network needs padded (`Model.padded_hw`); onnxruntime and TensorRT check
+# nothing: on another size a merge fails with a broadcast error, or the map comes out
+# misaligned. So the export states the rule, in its metadata and doc string.
+
+def input_sizes(graph: Graph) -> dict:
+    """The rule on the exported network's input size, as `graphconv.input_sizes` states
+    it: `at_least` [H, W] (a classifier's crop: graphconv refuses smaller images,
+    `check_holds_a_crop`), `sides` {period, remainders} (the sides that work, per axis:
+    those whose remainder modulo the period is listed), `pad_to_fit` (a segmentation
+    network that gives one label per pixel on those sides only: pad an image with zeros
+    at the bottom and right to the next such side and cut the map back, as `graphconv
+    run` does) and `rules`, those in words. Empty for an input fixed at the crop, which
+    the file's input states itself."""
+    if not _takes_other_sizes(graph):
+        return {}
+    stated: dict = {}
+    rules = []
+    _, hc, wc = graph.input_shape
+    if graph.meta.get("task") != "segmentation":
+        stated["at_least"] = [hc, wc]
+        rules.append(f"at least {hc}x{wc} pixels (the crop; graphconv refuses smaller images)")
+    padded = _gives_a_label_per_pixel(graph)
+    sides = _lined_up_sides(graph) if padded else fitting_sizes(graph)
+    if sides is not None:
+        stated["sides"] = {"period": list(sides.period), "remainders": [sorted(r) for r in sides.remainders]}
+        stated.update({"pad_to_fit": True} if padded else {})
+        rules.append(_sides_rule(graph, sides, padded))
+    if rules:
+        stated["rules"] = rules
+    return stated
+
+
+def _sides_rule(graph: Graph, sides: FittingSizes, padded: bool) -> str:
+    if padded:
+        return (f"{graph.name} gives one label per pixel only on images {sides.describe()}: pad each image with "
+                "zeros at the bottom and right to the next such size and cut the map back to the image's size "
+                "(graphconv run does this itself); on other sizes the map is misaligned or the run fails")
+    return (f"{graph.name}'s branches meet only on images {sides.describe()}: resize or crop each image to such "
+            "a size (on others the run fails)")
+
+
+def _gives_a_label_per_pixel(graph: Graph) -> bool:
+    """A segmentation network whose map at its crop is the crop's size (a U-Net): graphconv
+    pads the images on which it is not (`Model.padded_hw`)."""
+    _, hc, wc = graph.input_shape
+    out = infer_shapes(graph, check_weights=False)[graph.output.name]
+    return graph.meta.get("task") == "segmentation" and tuple(out[1:]) == (hc, wc)
+
+
+def _lined_up_sides(graph: Graph) -> FittingSizes | None:
+    """The sides on which a network that gives one label per pixel does so (its branches
+    meet and its map is the image's size), as `fitting_sizes` finds those its branches
+    meet on: one period of sides past the crop per axis, the period the strides' least
+    common multiple. None where every side does, or where no period holds (maps of
+    different strides meet)."""
+    from fractions import Fraction
+    from math import lcm
+
+    from graphconv.receptive import partial_receptive_fields
+
+    fields, mixed = partial_receptive_fields(graph)
+    if mixed is not None:
+        return None
+    period = [1, 1]
+    for field in fields.values():
+        period = [lcm(period[a], Fraction(field.stride[a]).numerator) for a in (0, 1)]
+    _, hc, wc = graph.input_shape
+
+    def lines_up(h: int, w: int) -> bool:
+        try:
+            return tuple(infer_shapes(graph, (h, w), check_weights=False)[graph.output.name][1:]) == (h, w)
+        except GraphconvError:
+            return False
+    remainders = (frozenset(h % period[0] for h in range(hc, hc + period[0]) if lines_up(h, wc)),
+                  frozenset(w % period[1] for w in range(wc, wc + period[1]) if lines_up(hc, w)))
+    if all(len(remainders[a]) == period[a] for a in (0, 1)) or not all(remainders):
+        return None
+    return FittingSizes((period[0], period[1]), remainders)
+
+
+def export_notes(model, path: str) -> list[str]:
+    """What `graphconv export` tells the deployer of the ONNX `model` it wrote at `path`:
+    the size rule it states, where it is more than "at least the crop" (a padding or a
+    fitting rule another runtime does not apply), and pools TensorRT refuses."""
+    notes = []
+    sizes = stated_input_sizes(model)
+    if sizes.get("sides"):
+        rule = sizes["rules"][-1]  # the sides' rule, after the crop's
+        notes.append(f"note: {path} states its input sizes (metadata graphconv.input_sizes, and its doc string): "
+                     f"{rule}; onnxruntime, TensorRT and other runtimes do not check this")
+    pools = sorted({node.op_type for node in model.graph.node if node.op_type in ("MaxPool", "AveragePool") and any(
+        v != 1 for a in node.attribute if a.name == "dilations" for v in a.ints)})
+    if pools:
+        notes.append(f"note: {path} has {' and '.join(pools)} nodes with dilations (from --output-stride's dilate "
+                     "method): onnxruntime runs them, but TensorRT's ONNX parser takes pools without dilation "
+                     "only; for TensorRT, export the network compiled without --output-stride")
+    return notes
+
+
+def stated_input_sizes(model) -> dict:
+    """The `graphconv.input_sizes` an exported ONNX model states ({} where none)."""
+    for prop in model.metadata_props:
+        if prop.key == METADATA_PREFIX + "input_sizes":
+            return json.loads(prop.value)
+    return {}
 
 
 def is_graphconv_export(path: str | os.PathLike) -> bool:
@@ -233,8 +370,9 @@ def is_graphconv_export(path: str | os.PathLike) -> bool:
             or model.doc_string.startswith("exported by graphconv"))
 
 
-def save_onnx(graph: Graph, path: str | os.PathLike) -> None:
-    """Write `graph` as ONNX at `path`, atomically (graphconv.files)."""
+def save_onnx(graph: Graph, path: str | os.PathLike):
+    """Write `graph` as ONNX at `path`, atomically (graphconv.files); returns the model
+    written (`export_notes` reads it)."""
     from graphconv.files import atomic_write
 
     model = to_onnx_model(graph)
@@ -246,3 +384,4 @@ def save_onnx(graph: Graph, path: str | os.PathLike) -> None:
         with open(tmp, "wb") as fp:
             fp.write(data)
     atomic_write(path, write, suffix=".onnx")
+    return model
