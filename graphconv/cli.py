@@ -1064,9 +1064,7 @@ def note_dense_padding(args: argparse.Namespace, model) -> None:
 
 
 def _note_cells_off_the_lattice(model) -> None:
-    from graphconv.receptive import cells_off_the_lattice_note
-
-    message = model.derived("cells_off_the_lattice_note", lambda: cells_off_the_lattice_note(model.graph))
+    message = model.cells_off_the_lattice_note()
     if message:
         note(message)
 

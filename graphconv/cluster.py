@@ -42,12 +42,13 @@ class ModelRef:
     task: str | None = None
 
     def load(self):
-        """The model, without the GraphconvWarnings the command has said as notes."""
+        """The model. A worker's GraphconvWarnings are turned off for good, not around the
+        load (`warnings.catch_warnings`, which puts the filters back, is not thread-safe,
+        and workers load in threads): the command has said them as notes."""
         from graphconv.model import Model
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", GraphconvWarning)
-            return Model.load(self.path, weights=self.weights, labels=self.labels, crop_size=self.crop_size,
-                              task=self.task)
+        warnings.filterwarnings("ignore", category=GraphconvWarning)
+        return Model.load(self.path, weights=self.weights, labels=self.labels, crop_size=self.crop_size,
+                          task=self.task)
 
 
 @dataclass(frozen=True)

@@ -348,13 +348,25 @@ class Model:
         self._warn_if_cells_off_the_lattice()
         return out
 
-    def _warn_if_cells_off_the_lattice(self) -> None:
-        """A GraphconvWarning where the map holds cells on no crop (a classifier compiled
-        without keep-crop-cells, such as one compiled before that pass, that upsamples
-        after a stride): `run` on the command line says so in a note."""
+    def cells_off_the_lattice_note(self) -> str | None:
+        """The note for a map holding cells on no crop (a classifier compiled without
+        keep-crop-cells, such as one compiled before that pass, that upsamples after a
+        stride: `receptive.cells_off_the_lattice_note`), worked out once per graph version;
+        None for vectors, which have no cells, and for a network that cannot slide."""
         from graphconv.receptive import cells_off_the_lattice_note
 
-        message = self.derived("cells_off_the_lattice_note", lambda: cells_off_the_lattice_note(self.graph))
+        def note() -> str | None:
+            if self.returns_vectors:
+                return None
+            try:
+                return cells_off_the_lattice_note(self.graph)
+            except MixedStridesError:
+                return None
+        return self.derived("cells_off_the_lattice_note", note)
+
+    def _warn_if_cells_off_the_lattice(self) -> None:
+        """A GraphconvWarning for such a map: `run` on the command line says so in a note."""
+        message = self.cells_off_the_lattice_note()
         if message:
             warn_caller(message.removeprefix("note: "))
 
@@ -464,6 +476,7 @@ class Model:
                                  "channels, dtype), so pass map_transform(...)[0]")
         out = run_tiled(self, source, tile, out=out, device=device, transform=transform, progress=progress)
         self._cache()["last_map"] = tuple(out.shape[2:])
+        self._warn_if_cells_off_the_lattice()
         return out
 
     def _crop_grid(self, out: np.ndarray, image_hw) -> np.ndarray:
@@ -497,8 +510,8 @@ def load_graph(source: str | os.PathLike, *, weights: str | os.PathLike | None =
     if preprocess is not None:
         set_preprocess(graph, preprocess)
     if graph.meta.get("seeded_weights"):
-        warn_caller(f"{source} names no weights file, so {graph.name} runs with deterministic seeded (random) "
-                    "weights: its scores mean nothing (give the trained ones with weights=...npz)")
+        warn_caller(f"{graph.name} ({source}) has no trained weights: it runs with deterministic seeded (random) "
+                    "weights, so its scores mean nothing (give the trained ones with weights=...npz)")
     return graph
 
 

@@ -161,9 +161,10 @@ def test_python_is_warned_of_a_map_whose_cells_between_are_no_crops(write_spec, 
     pipeline = [name for name in DEFAULT_PIPELINE if name != "keep-crop-cells"]
     graphconv.compile_model(spec, pipeline).save(tmp_path / "old")
     model = graphconv.load(tmp_path / "old")
-    with pytest.warns(graphconv.GraphconvWarning, match="only every 2x2-th cell is the classifier") as caught:
-        model.run(x)
-    assert caught[0].filename == __file__
+    for run in (model.run, lambda x: model.run_tiled(x, 26)):
+        with pytest.warns(graphconv.GraphconvWarning, match="only every 2x2-th cell is the classifier") as caught:
+            run(x)
+        assert caught[0].filename == __file__
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         graphconv.compile_model(spec).run(x)

@@ -116,7 +116,6 @@ def channels_last_taps(weight: np.ndarray) -> np.ndarray:
 
 
 GROUP = 1  # channels a group: `_pixels` is compiled for each of vector_tile.GROUP_WIDTHS too (`CHANNELS_LAST_TAPS`)
-ROW_REUSE = True  # whether the kernel takes a row of taps at a time where it can (`_pixels_by_rows`): depthwise only
 CHANNELS_LAST_OPTIONS = dict(cache=True, parallel=True, boundscheck=False, fastmath=CONTRACT)
 
 
@@ -126,10 +125,12 @@ def depthwise_channels_last(xh, taps, bias, sh, sw, ph, pw, dh, dw, activation, 
     xh (N, H, W, C), taps (kh, kw, 1, C) (`channels_last_taps`), out_h (N, Ho, Wo, C);
     compiled for groups of G channels (G in and G out), with taps (kh, kw, G, C), in
     `CHANNELS_LAST_TAPS[G]`. A job is an output row. Its
-    pixels whose taps all lie inside the row go DEPTHWISE_PIXELS at a time, the others
-    (the borders, the last few) one at a time, each through `vector_tile.depthwise_tile`
-    per vector of channels: the sums stay in registers over every tap. The activation
-    (`fused_code`) goes over the row as it is written (`fast_math.activate_run`).
+    pixels whose taps all lie inside the row go DEPTHWISE_PIXELS at a time (`_inner_pixels`:
+    a row of taps at a time where a depthwise conv steps one pixel, `_pixels_by_rows`),
+    the others (the borders, the last few) one at a time, up to four vectors of channels
+    side by side (`_pixels`), each through `vector_tile`'s tiles: the sums stay in
+    registers over every tap. The activation (`fused_code`) goes over the row as it is
+    written (`fast_math.activate_run`).
 
     Before, each tap added a run of channels times a block of the row's pixels into sums
     kept in L1, so every sum was loaded and stored once per tap: alone, alternating with
@@ -149,7 +150,7 @@ def depthwise_channels_last(xh, taps, bias, sh, sw, ph, pw, dh, dw, activation, 
     reach = width - 1 - (kw - 1) * dw + pw
     inside = max(first, min(wo, reach // sw + 1) if reach >= 0 else 0)
     tiled = first + (inside - first) // DEPTHWISE_PIXELS * DEPTHWISE_PIXELS
-    by_rows = ROW_REUSE and sw == 1 and dw == 1 and (kw == 3 or kw == 5 or kw == 7)  # vector_tile.DEPTHWISE_ROW_WIDTHS
+    by_rows = sw == 1 and dw == 1 and (kw == 3 or kw == 5 or kw == 7)  # vector_tile.DEPTHWISE_ROW_WIDTHS
     for job in prange(n * ho):
         b, oy = job // ho, job % ho
         top = oy * sh - ph
@@ -163,12 +164,8 @@ def depthwise_channels_last(xh, taps, bias, sh, sw, ph, pw, dh, dw, activation, 
         count = _taps_inside(top, first * sw - pw, kh, kw, dh, dw, height, width, c, tap_ids, offsets)
         rows = _rows_inside(top, kh, dh, height, width, c, row_ids, row_offsets)
         for ox in range(first, tiled, DEPTHWISE_PIXELS):
-            if by_rows:
-                _pixels_by_rows(kw, flat_out, row_out + ox * c, flat_taps, row_ids, row_offsets, rows, tap_ids,
-                                offsets, count, flat_x, row_x + ox * c, c, bias, c, relu)
-            else:
-                _pixels(DEPTHWISE_PIXELS, flat_out, row_out + ox * c, flat_taps, tap_ids, offsets, count, flat_x,
-                        row_x + ox * sw * c, sw * c, bias, c, relu)
+            _inner_pixels(by_rows, kw, flat_out, row_out + ox * c, flat_taps, row_ids, row_offsets, rows, tap_ids,
+                          offsets, count, flat_x, row_x + ox * sw * c, sw * c, bias, c, relu)
         for ox in range(wo):
             if first <= ox < tiled:
                 continue
@@ -206,6 +203,26 @@ def _rows_inside(top, kh, dh, height, width, c, row_ids, row_offsets):
             row_offsets[count] = i * dh * width * c
             count += 1
     return count
+
+
+@njit(cache=True, inline="always")
+def _inner_pixels(by_rows, kw, flat_out, o0, flat_taps, row_ids, row_offsets, rows, tap_ids, offsets, count, flat_x,
+                  x0, x_step, bias, c, relu):
+    """DEPTHWISE_PIXELS pixels with every tap column inside the row: a row of taps at a
+    time where `by_rows` (`_pixels_by_rows`), else tap by tap (`_pixels`)."""
+    if by_rows:
+        _pixels_by_rows(kw, flat_out, o0, flat_taps, row_ids, row_offsets, rows, tap_ids, offsets, count, flat_x, x0,
+                        x_step, bias, c, relu)
+    else:
+        _pixels(DEPTHWISE_PIXELS, flat_out, o0, flat_taps, tap_ids, offsets, count, flat_x, x0, x_step, bias, c, relu)
+
+
+@njit(cache=True, inline="always")
+def _inner_pixels_tap_by_tap(by_rows, kw, flat_out, o0, flat_taps, row_ids, row_offsets, rows, tap_ids, offsets,
+                             count, flat_x, x0, x_step, bias, c, relu):
+    """`_inner_pixels` of the grouped kernels, which have no row tiles (`by_rows` is for
+    one channel a group): tap by tap, and their kernels never compile the row tiles."""
+    _pixels(DEPTHWISE_PIXELS, flat_out, o0, flat_taps, tap_ids, offsets, count, flat_x, x0, x_step, bias, c, relu)
 
 
 @njit(cache=True, inline="always")
@@ -277,8 +294,9 @@ def _grouped_channels_last(group: int):
     one_by_one = specialised(_channels_one_by_one, f"_groups_of_{group}", inline, GROUP=group)
     pixels = specialised(_pixels, f"_groups_of_{group}", inline, depthwise_tile=DEPTHWISE_TILES[group],
                          _channels_one_by_one=one_by_one)
+    inner = specialised(_inner_pixels_tap_by_tap, f"_groups_of_{group}", inline, _pixels=pixels)
     return specialised(depthwise_channels_last, f"_groups_of_{group}", CHANNELS_LAST_OPTIONS, _pixels=pixels,
-                       ROW_REUSE=False)
+                       _inner_pixels=inner)
 
 
 CHANNELS_LAST_TAPS = {1: depthwise_channels_last, **{group: _grouped_channels_last(group) for group in GROUP_WIDTHS}}
