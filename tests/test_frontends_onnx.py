@@ -1511,6 +1511,28 @@ def test_deeplab_s_image_pooling_runs_whole_on_every_size(tmp_path, rng, opset, 
     assert np.load(tmp_path / "y.npy").shape == (1, 4, 64, 64)
 
 
+def test_a_constant_size_in_a_file_of_any_size_stays_fixed(tmp_path, rng):
+    """A 1x1 pooled map resized to a constant size where the file's input takes any size
+    is that size on every image (onnxruntime: 8x8 at 32 and at 64): the crop's factor,
+    not a broadcast over the 8x8-at-the-crop map (16x16 at 64), which only a file fixed
+    at its crop, exported statically, means."""
+    helper = onnx.helper
+    arrays = {"w1": rng.standard_normal((4, 3, 3, 3)), "w2": rng.standard_normal((2, 4, 1, 1))}
+    initializers = [onnx.numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in arrays.items()]
+    initializers.append(onnx.numpy_helper.from_array(np.array([1, 4, 8, 8], np.int64), "sizes"))
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[4, 4]),
+             helper.make_node("GlobalAveragePool", ["a"], ["p"]),
+             helper.make_node("Resize", ["p", "", "", "sizes"], ["r"], mode="nearest"),
+             helper.make_node("Conv", ["r", "w2"], ["y"], kernel_shape=[1, 1])]
+    graph = helper.make_graph(nodes, "fixed_size", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT,
+                                                                                   [1, 3, "h", "w"])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], initializers)
+    path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "fixed_size.onnx")
+    net = Model.load(path, crop_size=(32, 32), task="segmentation")
+    assert [n.op for n in net.graph.layers()] == ["conv", "globalavgpool", "upsample", "conv"]
+    assert net.run(rng.standard_normal((1, 3, 64, 64)).astype(np.float32)).shape == (1, 2, 8, 8)
+
+
 def test_task_on_the_command_line_runs_an_onnx_file_as_a_segmentation_network(unet, tmp_path, rng):
     """`--task segmentation` for an ONNX file run directly (no import), here on Dask
     workers too, which load the model themselves; `Model.load(..., task=...)` in Python."""

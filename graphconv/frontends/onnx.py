@@ -265,6 +265,7 @@ class _Importer:
         self.crop_size = tuple(crop_size) if crop_size is not None else None
         self.stated_crop = stated_crop  # what graphconv's export stated, for a dynamic input
         self.exported_batch = 1  # the input's fixed batch, where the exporter fixed one (_add_input)
+        self.fixed_size = False  # whether the file fixes the input's height and width (_add_input)
         self.opset = self._opset()
         self.nodes = _with_softplus_thresholds_fused(
             _with_gelus_fused(list(model.graph.node), self._initializer_or_constant),
@@ -379,6 +380,7 @@ class _Importer:
         layout = NHWC if self._read_channels_last(onnx_input.name) else NCHW
         order = (3, 1, 2) if layout == NHWC else (1, 2, 3)
         channels, rows, cols = (fixed[i] for i in order)
+        self.fixed_size = rows is not None and cols is not None
         if invalid[order[0]] is not None:
             raise GraphconvError(f"input {shown(onnx_input.name)} has an invalid channel count of "
                                  f"{invalid[order[0]]} (0 or negative)", file=self.source)
@@ -1416,7 +1418,9 @@ def _map_the_size_follows(imp: _Importer, size: str, x: Tensor, hw: tuple[int, i
     size from the input's (`(H + 7) // 8` at stride 8), a static export writes the crop's
     as a constant. The nearest map before `x` of size `hw` at the crop, and, where the
     size is computed, of the size it computes on other images too (`_input_sized_value`);
-    None where `x` is not 1 x 1 on every image (a global pool's branch) or no map fits."""
+    None where `x` is not 1 x 1 on every image (a global pool's branch), where the size
+    is a constant in a file whose input takes any size (then it is a fixed size: the
+    crop's factor is right), or where no map fits."""
     from graphconv.shapes import infer_shapes
 
     _, crop_h, crop_w = imp.graph.input_shape
@@ -1432,6 +1436,8 @@ def _map_the_size_follows(imp: _Importer, size: str, x: Tensor, hw: tuple[int, i
     if any(value is None for value in sizes.values()):
         return None
     computed = any(not np.array_equal(value, imp.values[size]) for value in sizes.values())
+    if not computed and not imp.fixed_size:  # a constant size where the file takes any size: a fixed size
+        return None
     at_crop = infer_shapes(imp.graph, check_weights=False)
     for name in _nearest_first(imp.graph, x.node):
         if len(at_crop[name]) == 3 and at_crop[name][1:] == hw and (not computed or all(
