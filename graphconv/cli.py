@@ -1023,15 +1023,15 @@ def note_pixels_as_they_are(args: argparse.Namespace, model) -> None:
     to state it, for the file and for a model compiled from it (`compiled: {source}`);
     a spec or an import that states a preprocess, or graphconv's own export (whose
     metadata keeps it), is not noted."""
-    if model.graph.meta.get("preprocess") is not None:
+    from graphconv.model import onnx_origin
+
+    source = onnx_origin(model.graph)
+    if model.graph.meta.get("preprocess") is not None or source is None:
         return
-    source = model.graph.meta.get("compiled", {}).get("source", "")
     if str(args.model).lower().endswith(".onnx"):
         whose, then = f"{args.model} states", "run NET.yaml"
-    elif source.lower().endswith(".onnx"):
-        whose, then = f"{args.model} was compiled from {source}, which states", "compile NET.yaml and run that"
     else:
-        return
+        whose, then = f"{args.model} was compiled from {source}, which states", "compile NET.yaml and run that"
     note(f"note: {whose} no preprocess (an ONNX file has no place for one), so the pixels go in as "
          "they are, 0..255: if the model was trained on normalised pixels, import it with them (graphconv "
          "import MODEL.onnx -o NET.yaml --scale 0.00392157 --mean ... --std ..., and --values stored with the "
