@@ -27,7 +27,7 @@ import numpy as np
 from graphconv.arrays import load_npy
 from graphconv.background import DEFAULT_MAX_NODATA, DEFAULT_THRESHOLD
 from graphconv.backends import device_choices
-from graphconv.errors import GraphconvError, GraphconvWarning, nearest, shown
+from graphconv.errors import GraphconvError, GraphconvWarning, nearest, printable, shown
 from graphconv.files import atomic_write, check_model_target, check_writable, committed_outputs, forget_committed
 from graphconv.georef import is_tiff_output
 from graphconv.memory import check_run_fits
@@ -87,7 +87,7 @@ def _run_command(args: argparse.Namespace) -> int:
     except (GraphconvError, OSError, MemoryError, RecursionError, UnicodeError) as err:
         if args.traceback:
             raise
-        print(f"graphconv: {user_message(err)}", file=sys.stderr)
+        print(f"graphconv: {printable(user_message(err))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"graphconv: interrupted ({_what_is_left(args)})", file=sys.stderr)
@@ -107,7 +107,7 @@ def _handle(args: argparse.Namespace) -> int:
     code = args.handler(args)
     note_broken_plugins()
     for text in _NOTES:  # after the work, so that a failed command prints its one error line only
-        print(text, file=sys.stderr)
+        print(printable(text), file=sys.stderr)
     return code
 
 

@@ -104,6 +104,9 @@ def _files_stamp(files) -> tuple:
     return tuple(tuple(file_stamp(path) or ()) for path in files)
 
 
+WORKER_PROCESS_BYTES = 200 << 20  # a worker process's Python, numba and LLVM, as graphconv's own run measures them
+
+
 @contextmanager
 def client_for(workers: int | None, scheduler: str | None) -> Iterator[Any]:
     """A dask.distributed Client, as a context manager: a running cluster at `scheduler`,
@@ -140,7 +143,10 @@ def client_for(workers: int | None, scheduler: str | None) -> Iterator[Any]:
                                      "with --resume keeps its tiles done for the same command to go on from") from None
         return
     import dask
+    from graphconv.memory import check_fits
 
+    check_fits(workers * WORKER_PROCESS_BYTES, f"--workers {workers} (a process each, before any model or tile)",
+               hint=f"give fewer: this machine has {os.cpu_count() or 1} core(s)")
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     os.environ.setdefault("NUMBA_NUM_THREADS", str(threads))
     scratch = tempfile.mkdtemp(prefix="graphconv-dask-")

@@ -21,6 +21,15 @@ SHOWN_CHARS = 80
 MESSAGE_CHARS = 2000
 
 
+def printable(text: str) -> str:
+    """`text` with its control characters written as escapes (\\x1b, \\n): what graphconv
+    prints can echo a file name a downloaded folder chose, and one holding a terminal's
+    escape sequences would retitle or clear the user's terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def shown(value: Any, limit: int = SHOWN_CHARS, depth: int = 4) -> str:
     """`repr`-like text of a user's value, safe to print on one line: strings are
     quoted with non-printable characters escaped (as `repr` does), and containers are
@@ -131,8 +140,7 @@ class GraphconvError(Exception):
         if self.layer is not None:
             parts.append(f"layer {shown(str(self.layer))}")
         parts.append(self.message)
-        text = ": ".join(parts)
-        text = text.replace("\r", "\\r").replace("\n", "\\n")
+        text = printable(": ".join(parts))
         return text if len(text) <= MESSAGE_CHARS else text[:MESSAGE_CHARS] + "..."
 
 

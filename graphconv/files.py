@@ -410,8 +410,12 @@ def reserve_space(path: str | os.PathLike, shown_path: str) -> None:
     file (np.lib.format.open_memmap only sets its length); on a disk that fills up, a
     tile written into it has nowhere to go and the process dies of SIGBUS, losing the
     run. With posix_fallocate, or where a system or file system lacks it a check of the
-    free space, a full disk is one error naming the output before any work is done."""
+    free space, a full disk is one error naming the output before any work is done. The
+    free space is checked first in any case: a 2.5 TB map with 61 GB free went to
+    posix_fallocate, which failed saying 0 B were free, so the file system may hand the
+    file every free block of a disk others share before it refuses."""
     size = os.path.getsize(path)
+    check_free_space(Path(path).parent, size - getattr(os.stat(path), "st_blocks", 0) * 512, shown_path, size)
     fallocate = getattr(os, "posix_fallocate", None)
     if fallocate is not None:
         fd = os.open(path, os.O_RDWR)
@@ -420,19 +424,23 @@ def reserve_space(path: str | os.PathLike, shown_path: str) -> None:
             return
         except OSError as err:
             if err.errno in WRITE_ERRNOS - {errno.EFBIG}:
-                raise _no_room(path, size, shown_path) from None
+                raise _no_room(Path(path).parent, size, shown_path) from None
             if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                 raise
         finally:
             os.close(fd)
-    missing = size - getattr(os.stat(path), "st_blocks", 0) * 512
-    if shutil.disk_usage(Path(path).parent).free < missing:
-        raise _no_room(path, size, shown_path)
 
 
-def _no_room(path: str | os.PathLike, size: int, shown_path: str) -> GraphconvError:
+def check_free_space(folder: str | os.PathLike, missing: int, shown_path: str, size: int | None = None) -> None:
+    """Refuse a memory-mapped file of `size` bytes (default `missing`) in `folder` whose
+    `missing` bytes, those not on disk yet, are more than the disk has free."""
+    if shutil.disk_usage(folder).free < missing:
+        raise _no_room(folder, missing if size is None else size, shown_path)
+
+
+def _no_room(folder: str | os.PathLike, size: int, shown_path: str) -> GraphconvError:
     from graphconv.memory import format_size
-    free = shutil.disk_usage(Path(path).parent).free
+    free = shutil.disk_usage(folder).free
     return GraphconvError(f"not enough disk space: it needs {format_size(size)} while it is written "
                           f"(memory-mapped), {format_size(free)} are free", file=shown_path)
 

@@ -23,7 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
-from graphconv.errors import GraphconvError
+from graphconv.errors import GraphconvError, printable
 from graphconv.memory import check_fits, format_size, memory_limit
 
 
@@ -618,7 +618,7 @@ def run_images_command(args: argparse.Namespace) -> int:
     _note_resumed([result.resumed for result in results if result.resumed])
     for result in failed:
         named = result.error.startswith(_as_messages_name(result.image))  # the error names the image itself
-        print(f"graphconv: {result.error if named else f'{result.image}: {result.error}'}", file=sys.stderr)
+        print(printable(f"graphconv: {result.error if named else f'{result.image}: {result.error}'}"), file=sys.stderr)
     if len(failed) == len(results):
         _remove_if_empty(created)  # made for maps of which none came: gone again, as after any failed command
     print(f"{len(results) - len(failed)} of {len(results)} image(s) -> {args.output_dir} in "

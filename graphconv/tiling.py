@@ -40,7 +40,7 @@ import numpy as np
 
 from graphconv.background import NO_CLASS
 from graphconv.errors import GraphconvError
-from graphconv.memory import format_size
+from graphconv.memory import check_fits, format_size
 from graphconv.receptive import Field, receptive_fields
 from graphconv.shapes import FittingSizes, fitting_sizes
 
@@ -321,12 +321,25 @@ def plan_tiles(model, image_hw: tuple[int, int], tile: int | Sequence[int]) -> T
     cells = tuple(map_hw[a] if tile_hw[a] >= image_hw[a]  # the whole axis in one tile
                   else _cells_per_tile(tile_hw[a] - _fit_slack(grid.sizes, a), field, align, a, grid.stitch)
                   for a in (0, 1))
+    _check_plan_fits(image_hw, map_hw, cells)
     row_spans = list(_spans(map_hw[0], cells[0]))
     col_spans = list(_spans(map_hw[1], cells[1]))
     tiles = tuple(Tile(rows, cols, _box(field, align, rows, cols, image_hw, grid.stitch, grid.sizes))
                   for rows in row_spans for cols in col_spans)
     largest = (max(t.box[2] - t.box[0] for t in tiles), max(t.box[3] - t.box[1] for t in tiles))
     return TilePlan(tuple(image_hw), map_hw, largest, cells, field, align, tiles)
+
+
+TILE_PLAN_BYTES = 512  # a Tile in a plan, with its spans (measured: 450)
+
+
+def _check_plan_fits(image_hw: tuple[int, int], map_hw: tuple[int, int], cells: tuple[int, int]) -> None:
+    """Refuse a plan of more tiles than memory holds before listing them: a 65 KB TIFF
+    whose header claims 4e9 x 4e9 pixels had the plan grow past 3.7 GB (and past any
+    --memory-limit) until the process died."""
+    count = math.prod(-(-map_hw[a] // cells[a]) for a in (0, 1))
+    check_fits(TILE_PLAN_BYTES * count, f"a plan of {count:,} tiles for an image of {image_hw[0]}x{image_hw[1]} "
+               "pixels", hint="is the size the file states right? (a damaged header can claim billions of pixels)")
 
 
 def _cut_to_image(plan: TilePlan, image_hw: tuple[int, int], map_hw: tuple[int, int]) -> TilePlan:
@@ -843,7 +856,7 @@ class MapFile:
         """The empty map at `path` (the temporary, or a new partial folder's): a zarr
         array, or a memory map whose disk blocks are reserved now (a sparse one would
         SIGBUS when a full disk refuses a tile)."""
-        from graphconv.files import reserve_space
+        from graphconv.files import check_free_space, reserve_space
         if self.is_zarr:
             from graphconv.background import fill_value
             from graphconv.georef import georeference_of_placement
@@ -856,7 +869,13 @@ class MapFile:
             geo = self.georeference if self.georeference is not None else georeference_of_placement(self.placement)
             array.attrs.update(zarr_map_attributes(self.placement, geo, self.dtype))
             return array
-        array = np.lib.format.open_memmap(path, mode="w+", dtype=self.dtype, shape=self.shape)
+        nbytes = math.prod(self.shape) * np.dtype(self.dtype).itemsize
+        check_free_space(os.path.dirname(os.path.abspath(path)), nbytes, self.path)  # before the file is made
+        try:
+            array = np.lib.format.open_memmap(path, mode="w+", dtype=self.dtype, shape=self.shape)
+        except (OSError, ValueError) as err:  # past the file system's largest file; mmap under `ulimit -v`
+            raise GraphconvError(f"cannot make the {format_size(nbytes)} map memory-mapped: "
+                                 f"{getattr(err, 'strerror', None) or err}", file=self.path) from None
         reserve_space(path, self.path)
         return array
 

@@ -175,6 +175,16 @@ def test_inspect_and_passes(capsys):
     assert "fc-to-conv" in capsys.readouterr().out
 
 
+def test_inspect_of_an_image_of_billions_of_pixels_counts_exactly(tmp_path, capsys):
+    """FLOP counts past int64 (a 4e9 x 4e9 image) overflowed to a negative count, whose
+    logarithm crashed inspect with a traceback."""
+    assert run_cli("compile", SPECS / "digits.yaml", "-o", tmp_path / "m") == 0
+    capsys.readouterr()
+    assert run_cli("inspect", tmp_path / "m", "--input-size", 4_000_000_000, 4_000_000_000) == 0
+    out = capsys.readouterr().out
+    assert "--output-stride 2: dilate" in out and "-" not in out.split("--output-stride 2: dilate")[1].split(",")[0]
+
+
 def test_compile_with_plugin_and_print_ir(tmp_path, capsys):
     assert run_cli("compile", SPECS / "lenet.yaml", "-o", tmp_path / "m", "--plugin", ROOT / "examples/my_passes.py",
                    "--passes", "fc-to-conv,strip-softmax,count-ops", "--print-ir-after", "strip-softmax") == 0

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from graphconv.errors import MESSAGE_CHARS, GraphconvError, Location, shown
+from graphconv.errors import MESSAGE_CHARS, GraphconvError, Location, printable, shown
 
 
 @pytest.mark.parametrize("value,expected", [
@@ -35,6 +35,15 @@ def test_an_error_is_one_bounded_line():
     assert "\n" not in text and len(text) <= MESSAGE_CHARS + 3
     assert text.startswith("/tmp/net.yaml:3: layer 'a\\nb': bad")
     assert str(GraphconvError("x", file=".")) == ".: x"
+
+
+def test_control_characters_print_as_escapes_file_names_included():
+    """A downloaded folder's file name can hold a terminal's escape sequences (set the
+    title, clear the screen): every message prints them as escapes, as it does newlines."""
+    name = "batch/x\x1b]0;PWNED\x07\x1b[2Jy.png"
+    text = str(GraphconvError("cannot read\r\nimage", file=name))
+    assert text == "batch/x\\x1b]0;PWNED\\x07\\x1b[2Jy.png: cannot read\\r\\nimage"
+    assert text.isprintable() and printable("caf\u00e9 \t") == "caf\u00e9 \\t"
 
 
 def test_a_file_is_named_as_given_or_relative_to_the_working_folder(tmp_path):

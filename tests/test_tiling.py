@@ -579,24 +579,27 @@ def test_a_failed_map_leaves_no_folder_it_made(tmp_path, suffix):
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".tif"])
-@pytest.mark.parametrize("fallocate", ["full", "unsupported"])
+@pytest.mark.parametrize("fallocate", ["full", "unsupported", "past the free space"])
 def test_a_memory_mapped_map_that_the_disk_cannot_hold_is_refused_before_any_tile(tmp_path, monkeypatch,
                                                                                    suffix, fallocate):
     """A memory map is a sparse file: on a full disk the first tile written into it
     killed the process with SIGBUS. Its blocks are reserved when it is made (or, where
     the file system cannot, the free space checked): a full disk is one error naming
-    the map, and nothing is left, folders included."""
+    the map, and nothing is left, folders included. A map past the free space is refused
+    before posix_fallocate is asked (one for 2.5 TB with 61 GB free left 0 B free)."""
     import errno
     from types import SimpleNamespace
 
     def refuse(fd, offset, length):
+        if fallocate == "past the free space":
+            pytest.fail("posix_fallocate was asked for more than the free space")
         raise OSError(errno.ENOSPC if fallocate == "full" else errno.EOPNOTSUPP, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "posix_fallocate", refuse, raising=False)
-    if fallocate == "unsupported":
+    if fallocate != "full":
         monkeypatch.setattr(shutil, "disk_usage", lambda folder: SimpleNamespace(total=10 ** 9, free=1000))
     path = tmp_path / "new" / f"map{suffix}"
-    with pytest.raises(GraphconvError, match=rf"^new/map\{suffix}: not enough disk space: it needs 77.6 KB"):
+    with pytest.raises(GraphconvError, match=rf"^new/map\{suffix}: not enough disk space: it needs 77\.[56] KB"):
         with MapFile(str(path), (1, 20, 31, 32), np.float32, (8, 8)):
             pytest.fail("no tile may be written")
     assert list(tmp_path.iterdir()) == []
@@ -647,7 +650,44 @@ def test_a_plan_describes_the_cells_its_tiles_write():
     assert plan.map_hw == (3, 3) and "up to 3x3 score cells each" in plan.describe()
 
 
+def test_a_plan_of_more_tiles_than_memory_holds_is_refused_before_listing_them():
+    """A 65 KB TIFF whose header claims 4e9 x 4e9 pixels: its plan grew past 3.7 GB, and
+    past any memory limit, until the process died. Refused at once, saying why."""
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(GraphconvError, match=r"a plan of [\d,]+ tiles for an image of 4000000000x4000000000 pixels "
+                                             r"needs about .*is the size the file states right"):
+        plan_tiles(compile_model(SPECS / "lenet.yaml"), (4_000_000_000, 4_000_000_000), 1024)
+    assert time.perf_counter() - start < 5
+
+
+def test_a_map_the_file_system_cannot_make_names_the_map(tmp_path, monkeypatch):
+    """open_memmap's OSError past the file system's largest file (EINVAL from its seek)
+    or under `ulimit -v` (ENOMEM) said only "Invalid argument"."""
+    import errno
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    monkeypatch.setattr(np.lib.format, "open_memmap", refuse)
+    with pytest.raises(GraphconvError, match=r"map\.npy: cannot make the .* map memory-mapped: Invalid argument"):
+        with MapFile(str(tmp_path / "map.npy"), (1, 2, 5, 5), np.float32, (2, 2)):
+            pytest.fail("no tile may be written")
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---- a local Dask cluster as the CLI runs one (graphconv.cluster.client_for) -----------------------
+
+def test_more_local_workers_than_memory_holds_are_refused_before_any_starts():
+    """--workers 100000 on 2 cores grew to 3.8 GB spawning processes, and hung on SIGTERM."""
+    pytest.importorskip("distributed")
+    from graphconv.cluster import client_for
+
+    with pytest.raises(GraphconvError, match=r"--workers 100000 \(a process each.*needs about .*give fewer"):
+        with client_for(100000, None):
+            pytest.fail("no cluster may start")
+
 
 def _graphconv_cli(*args, env=None, **popen):
     import subprocess

@@ -461,4 +461,6 @@ def same_spatial(shapes: list[Shape], what: str) -> None:
 
 
 def numel(shape: Shape) -> int:
-    return int(np.prod(shape))
+    """Values in a tensor of `shape`, in Python's exact integers (np.prod's int64
+    overflowed to a negative count on a 4e9 x 4e9 image, which `inspect` took the log of)."""
+    return math.prod(int(v) for v in shape)
