@@ -8,9 +8,14 @@ layer, sometimes a 1x1 conv after it), exported with dynamic sides and imported 
 graphconv as a segmentation network (every cell kept, as onnxruntime computes it). A layer
 that ends the network writes the NCHW output callers get from a map the conv stored
 channels-last: the edge where pad, upsample and depth_to_space read a cache line per
-value before session 41 (7-13x onnxruntime). Outputs are checked to agree first; runs
-alternate between the two, each after a rest (`common.rested_run`). Not a test: it
-asserts nothing about speed.
+value before session 41 (7-13x onnxruntime). Outputs are checked to agree first; rounds
+alternate between the two, each runtime running RUNS_IN_A_ROW times in a row after a
+rest (`common.PAUSE`: onnxruntime's workers spin after a run) and a warm-up, as tile
+after tile of a slide. A layer this small pays the threads' wake-up after the other
+runtime's turn (docs/performance.md, sessions 27 and 41): timed after a rest
+(`common.rested_run`, right for whole networks) a pad block took 4.7 ms where it takes
+2.0 run after run, and 5 runs in a row still gave 4.2; 20 in a row give the steady state.
+Not a test: it asserts nothing about speed.
 """
 from __future__ import annotations
 
@@ -18,12 +23,14 @@ import argparse
 import statistics
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
-from common import machine, pin_threads, rested_run, write_section
+from common import PAUSE, machine, pin_threads, run_times, write_section
 
 SIZE = 224
+RUNS_IN_A_ROW = 20  # each runtime's runs of a round, one after another
 
 
 def blocks(nn) -> dict:
@@ -82,9 +89,11 @@ def compare(title: str, model, folder: Path, torch, ort, options, repeats: int) 
     times = {"graphconv": [], "onnxruntime": []}
     for _ in range(repeats):
         for key, fn in (("graphconv", run_graphconv), ("onnxruntime", run_ort)):
-            times[key].append(rested_run(fn))
+            time.sleep(PAUSE)  # onnxruntime's workers spin after its runs, taking the cores from the next block
+            times[key] += run_times(fn, RUNS_IN_A_ROW)
     med = {key: statistics.median(values) * 1e3 for key, values in times.items()}
-    return f"| {title} | {med['graphconv']:.2f} | {med['onnxruntime']:.2f} | {med['graphconv'] / med['onnxruntime']:.2f} |"
+    ratio = med["graphconv"] / med["onnxruntime"]
+    return f"| {title} | {med['graphconv']:.2f} | {med['onnxruntime']:.2f} | {ratio:.2f} |"
 
 
 def main() -> int:
@@ -114,9 +123,9 @@ def main() -> int:
         "## Single layers vs onnxruntime on the CPU (`cpu_ops_vs_ort.py`)",
         "",
         f"{threads} threads everywhere, {machine()}, batch 1, float32, input 3x{SIZE}x{SIZE}, medians of "
-        f"{args.repeats} alternating runs; onnxruntime {ort.__version__}. Each block is a 1x1 conv from 3 "
-        "channels, then the layer; 'last' layers write the NCHW output from the channels-last map the conv "
-        "stored. Outputs agree (checked first).",
+        f"{args.repeats} alternating rounds of {RUNS_IN_A_ROW} runs in a row each; onnxruntime {ort.__version__}. "
+        "Each block is a 1x1 conv from 3 channels, then the layer; 'last' layers write the NCHW output from the "
+        "channels-last map the conv stored. Outputs agree (checked first).",
         "",
         "| block | graphconv ms | onnxruntime ms | graphconv / onnxruntime |",
         "| --- | ---: | ---: | ---: |",

@@ -93,7 +93,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "DEFAULT_PIPELINE", "Field", "Graph", "GraphconvError", "GraphconvWarning", "Location", "Model", "Node", "PassError",
-    "PassManager", "ShapeError", "compile_graph", "compile_model", "configure_process", "load", "load_image", "load_plugin", "load_spec",
-    "receptive_fields", "register_pass", "registered_passes", "run_passes", "save_model", "set_memory_limit", "verify",
+    "DEFAULT_PIPELINE", "Field", "Graph", "GraphconvError", "GraphconvWarning", "Location", "Model", "Node",
+    "PassError", "PassManager", "ShapeError", "compile_graph", "compile_model", "configure_process", "load",
+    "load_image", "load_plugin", "load_spec", "receptive_fields", "register_pass", "registered_passes", "run_passes",
+    "save_model", "set_memory_limit", "verify",
 ]
