@@ -55,6 +55,8 @@ def blocks(nn) -> dict:
         "elu": ("ELU, last (64 ch)", after_conv(nn.ELU())),
         "mish": ("Mish, last (64 ch)", after_conv(nn.Mish())),
         "maxpool": ("max pool 3 stride 2, last (64 ch)", after_conv(nn.MaxPool2d(3, 2))),
+        "maxpool_conv": ("max pool 3 stride 2, then conv1x1 64->64", after_conv(nn.MaxPool2d(3, 2),
+                                                                              then=nn.Conv2d(64, 64, 1))),
         "dw3": ("1x1, depthwise 3x3, 1x1 (96 ch)", depthwise(3)),
         "dw5": ("1x1, depthwise 5x5, 1x1 (96 ch)", depthwise(5)),
         "dw7": ("1x1, depthwise 7x7, 1x1 (96 ch)", depthwise(7)),

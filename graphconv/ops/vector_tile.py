@@ -648,6 +648,14 @@ def gathered_tile(lanes, vectors, store, x, patch, p0, last, span, cols, c0, wid
 DEPTHWISE_PIXELS = 8  # pixels the wide depthwise tile covers: 8 vectors of sums, a weight vector, an input one
 
 
+def _flat_depthwise_arguments(floats, indices, relu) -> bool:
+    """Whether a depthwise tile's arrays are what its flat indexing from .data reads:
+    1-D C-contiguous, float32 values and int64 indices, and `relu` a boolean."""
+    flat = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (*floats, *indices))
+    return (flat and all(a.dtype == types.float32 for a in floats) and all(a.dtype == types.int64 for a in indices)
+            and isinstance(relu, types.Boolean))
+
+
 def _make_depthwise_tile(pixels: int, lanes: int, group: int = 1, vectors: int = 1):
     """An intrinsic computing `pixels` output pixels' `lanes` channels of a depthwise conv
     stored channels-last, their sums in registers over every tap:
@@ -684,10 +692,7 @@ def _make_depthwise_tile(pixels: int, lanes: int, group: int = 1, vectors: int =
     @intrinsic
     def depthwise_tile(typingctx, out, o0, o_step, taps, t_step, tap_ids, offsets, count, x, x0, x_step, bias, c0,
                        relu):
-        floats = (out, taps, x, bias)
-        flat = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in floats + (tap_ids, offsets))
-        if not flat or any(a.dtype != types.float32 for a in floats) or \
-                tap_ids.dtype != types.int64 or offsets.dtype != types.int64 or not isinstance(relu, types.Boolean):
+        if not _flat_depthwise_arguments((out, taps, x, bias), (tap_ids, offsets), relu):
             return None  # flat indexing from .data is right only for these
 
         def codegen(context, builder, signature, args):
@@ -776,11 +781,7 @@ def _make_depthwise_row_tile(pixels: int, lanes: int, kw: int):
     @intrinsic
     def depthwise_row_tile(typingctx, out, o0, o_step, taps, t_step, row_ids, row_offsets, count, x, x0, x_step, bias,
                            c0, relu):
-        floats = (out, taps, x, bias)
-        flat = all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
-                   for a in floats + (row_ids, row_offsets))
-        if not flat or any(a.dtype != types.float32 for a in floats) or row_ids.dtype != types.int64 \
-                or row_offsets.dtype != types.int64 or not isinstance(relu, types.Boolean):
+        if not _flat_depthwise_arguments((out, taps, x, bias), (row_ids, row_offsets), relu):
             return None  # flat indexing from .data is right only for these
 
         def codegen(context, builder, signature, args):
