@@ -90,10 +90,10 @@ def _run_command(args: argparse.Namespace) -> int:
         print(f"graphconv: {printable(user_message(err))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print(f"graphconv: interrupted ({_what_is_left(args)})", file=sys.stderr)
+        print(printable(f"graphconv: interrupted ({_what_is_left(args)})"), file=sys.stderr)
         return 130
     except Terminated:
-        print(f"graphconv: terminated ({_what_is_left(args)})", file=sys.stderr)
+        print(printable(f"graphconv: terminated ({_what_is_left(args)})"), file=sys.stderr)
         return 128 + signal.SIGTERM
 
 
@@ -1961,11 +1961,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     for text in export_notes(save_onnx(model.graph, args.output), args.output):
         note(text)
     if "compiled" not in model.graph.meta and not model.segmentation:  # a segmentation network is dense as written
-        print(f"note: {args.model} is not compiled; exported the network as written (graphconv "
-              "compile it first for the fully convolutional network)", file=sys.stderr)
+        note(f"note: {args.model} is not compiled; exported the network as written (graphconv "
+             "compile it first for the fully convolutional network)")
     in_dims, out_dims = declared_dims(model.graph)
-    print(f"exported {args.model} -> {args.output} (ONNX op set 19; input {' x '.join(map(str, in_dims))}, output "
-          f"{' x '.join(map(str, out_dims))})")
+    print(printable(f"exported {args.model} -> {args.output} (ONNX op set 19; input {' x '.join(map(str, in_dims))}, "
+                    f"output {' x '.join(map(str, out_dims))})"))
     return 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import unicodedata
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -21,13 +22,22 @@ SHOWN_CHARS = 80
 MESSAGE_CHARS = 2000
 
 
+# the bidirectional controls, which make a printed name read otherwise than it is
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def printable(text: str) -> str:
-    """`text` with its control characters written as escapes (\\x1b, \\n): what graphconv
-    prints can echo a file name a downloaded folder chose, and one holding a terminal's
-    escape sequences would retitle or clear the user's terminal."""
+    """`text` with its control characters written as escapes (\\x1b, \\n, \\u202e): what
+    graphconv prints can echo a file name a downloaded folder chose, and one holding a
+    terminal's escape sequences would retitle or clear the user's terminal. Other
+    characters stay as they are (a CJK name's ideographic space, an emoji's joiner)."""
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return "".join(c.encode("unicode_escape").decode("ascii") if _is_control(c) else c for c in text)
+
+
+def _is_control(c: str) -> bool:
+    return unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") or c in BIDI_CONTROLS
 
 
 def shown(value: Any, limit: int = SHOWN_CHARS, depth: int = 4) -> str:

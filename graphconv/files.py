@@ -434,13 +434,22 @@ def reserve_space(path: str | os.PathLike, shown_path: str) -> None:
 def check_free_space(folder: str | os.PathLike, missing: int, shown_path: str, size: int | None = None) -> None:
     """Refuse a memory-mapped file of `size` bytes (default `missing`) in `folder` whose
     `missing` bytes, those not on disk yet, are more than the disk has free."""
-    if shutil.disk_usage(folder).free < missing:
+    if _free_bytes(folder) < missing:
         raise _no_room(folder, missing if size is None else size, shown_path)
+
+
+def _free_bytes(folder: str | os.PathLike) -> int:
+    """What this process may write in `folder`'s file system: root also the blocks kept
+    for it (statvfs' f_bfree), others what shutil.disk_usage says (f_bavail)."""
+    if hasattr(os, "geteuid") and hasattr(os, "statvfs") and os.geteuid() == 0:
+        stats = os.statvfs(folder)
+        return stats.f_bfree * stats.f_frsize
+    return shutil.disk_usage(folder).free
 
 
 def _no_room(folder: str | os.PathLike, size: int, shown_path: str) -> GraphconvError:
     from graphconv.memory import format_size
-    free = shutil.disk_usage(folder).free
+    free = _free_bytes(folder)
     return GraphconvError(f"not enough disk space: it needs {format_size(size)} while it is written "
                           f"(memory-mapped), {format_size(free)} are free", file=shown_path)
 

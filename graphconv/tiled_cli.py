@@ -792,9 +792,9 @@ def _remove_if_empty(created: list[Path]) -> None:
 
 def _as_messages_name(image: str) -> tuple[str, ...]:
     """The ways an error about `image` may begin: its path as given, or as
-    `errors.shown_path` shows the absolute path."""
+    `errors.shown_path` shows the absolute path, each as `errors.printable` prints it."""
     from graphconv.errors import shown_path
-    return f"{image}:", f"{shown_path(os.path.abspath(image))}:"
+    return printable(f"{image}:"), printable(f"{shown_path(os.path.abspath(image))}:")  # as messages print them
 
 
 def _image_paths(pattern: str) -> list[str]:

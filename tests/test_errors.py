@@ -44,6 +44,8 @@ def test_control_characters_print_as_escapes_file_names_included():
     text = str(GraphconvError("cannot read\r\nimage", file=name))
     assert text == "batch/x\\x1b]0;PWNED\\x07\\x1b[2Jy.png: cannot read\\r\\nimage"
     assert text.isprintable() and printable("caf\u00e9 \t") == "caf\u00e9 \\t"
+    assert printable("\u5199\u771f\u3000001.yaml \U0001f469\u200d\U0001f52c") == "\u5199\u771f\u3000001.yaml \U0001f469\u200d\U0001f52c"
+    assert printable("a\u202eb") == "a\\u202eb"  # a right-to-left override: a name read backwards
 
 
 def test_a_file_is_named_as_given_or_relative_to_the_working_folder(tmp_path):

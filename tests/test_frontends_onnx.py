@@ -1304,6 +1304,20 @@ def test_a_slice_of_rows_and_columns_is_read_only_as_space_to_depth_s_trim(tmp_p
     np.testing.assert_allclose(Model(graph).run(x, full=True), onnxruntime_scores(path, x), **TOLERANCE)
 
 
+def test_a_constant_crop_before_space_to_depth_in_a_file_of_any_size_is_refused(tmp_path):
+    """x[:, :, :32, :32] then SpaceToDepth, in a file whose input takes any size, crops
+    every image to 32x32 (onnxruntime: 16x16 cells at 64); read as the export's trim to
+    the blocks it gave 32x32 cells there. Only ends computed from the map's own Shape, as
+    the export writes them, are that trim."""
+    helper = onnx.helper
+    nodes = [helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["t"]),
+             helper.make_node("SpaceToDepth", ["t"], ["y"], blocksize=2)]
+    inits = {"starts": np.zeros(2, np.int64), "ends": np.array([32, 32], np.int64), "axes": np.array([2, 3], np.int64)}
+    path = onnx_file(tmp_path / "crop.onnx", nodes, inits, input_shape=(1, 3, "h", "w"))
+    with pytest.raises(GraphconvError, match="Slice along axes"):
+        load_network(path, crop_size=(33, 33))
+
+
 def test_an_attention_blocks_reshape_is_refused_naming_what_is_followed(tmp_path):
     """(N, C, H*W) read by a Transpose (an attention block's tokens), not by the
     InstanceNormalization that would make it GroupNorm's view."""

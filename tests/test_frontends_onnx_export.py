@@ -645,11 +645,14 @@ def test_a_classifier_fixed_at_its_crop_states_no_size_rule():
 
 
 @pytest.mark.parametrize("value", ['{"at_least": [0, 4]}', '{"sides": {"period": [2, 2], "remainders": [[2], [0]]}}',
-                                   '{"pad_to_fit": false}', '{"rules": "pad"}', '{"other": 1}', '[21, 21]'])
+                                   '{"pad_to_fit": false}', '{"rules": "pad"}', '[21, 21]'])
 def test_a_stated_size_rule_of_another_shape_is_refused(tmp_path, value):
     from graphconv.frontends import load_network
 
     proto = to_onnx_model(compile_model(SPECS / "lenet.yaml").graph)
+    onnx.helper.set_model_props(proto, {**stated(proto), "graphconv.input_sizes": '{"at_least": [28, 28], "other": 1}'})
+    onnx.save(proto, str(tmp_path / "later.onnx"))
+    load_network(tmp_path / "later.onnx")  # a key a later version adds is let be
     onnx.helper.set_model_props(proto, {**stated(proto), "graphconv.input_sizes": value})
     onnx.save(proto, str(tmp_path / "m.onnx"))
     with pytest.raises(GraphconvError, match="its metadata 'graphconv.input_sizes' is not what graphconv's export"):

@@ -1523,6 +1523,24 @@ def test_compiling_an_onnx_file_that_states_no_preprocess_says_its_pixels_go_in_
     assert compile_model(load(tmp_path / "lenet.onnx")).graph.meta["compiled"]["source"] == "lenet.onnx"
 
 
+def test_cli_images_with_control_characters_in_their_names_are_named_once_and_escaped(model_dir, picture, tmp_path,
+                                                                                       capsys):
+    """A downloaded folder's file names can hold a terminal's escape sequences: each
+    failing image is named once, its control characters escaped, a CJK name's ideographic
+    space kept as it is."""
+    from graphconv.cli import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(picture / "page.png", folder / "ok.png")
+    for name in ("bad\x1b[31m.png", "\u5199\u771f\u30001.png"):
+        (folder / name).write_bytes(b"\x89PNG broken")
+    assert main(["run", str(model_dir), "--images", str(folder), "--output-dir", str(tmp_path / "maps")]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and err.count("bad\\x1b[31m.png") == 1
+    assert err.count("\u5199\u771f\u30001.png") == 1
+
+
 def test_cli_many_images_from_a_messy_folder_say_what_they_leave_out_and_why(model_dir, picture, tmp_path, capsys):
     """A folder's subfolders were not searched, without a word; raw and HEIC photos were
     "not of an image format" with no name; an animated GIF was mapped from its first

@@ -588,7 +588,6 @@ def test_a_memory_mapped_map_that_the_disk_cannot_hold_is_refused_before_any_til
     the map, and nothing is left, folders included. A map past the free space is refused
     before posix_fallocate is asked (one for 2.5 TB with 61 GB free left 0 B free)."""
     import errno
-    from types import SimpleNamespace
 
     def refuse(fd, offset, length):
         if fallocate == "past the free space":
@@ -597,7 +596,8 @@ def test_a_memory_mapped_map_that_the_disk_cannot_hold_is_refused_before_any_til
 
     monkeypatch.setattr(os, "posix_fallocate", refuse, raising=False)
     if fallocate != "full":
-        monkeypatch.setattr(shutil, "disk_usage", lambda folder: SimpleNamespace(total=10 ** 9, free=1000))
+        from graphconv import files
+        monkeypatch.setattr(files, "_free_bytes", lambda folder: 1000)
     path = tmp_path / "new" / f"map{suffix}"
     with pytest.raises(GraphconvError, match=rf"^new/map\{suffix}: not enough disk space: it needs 77\.[56] KB"):
         with MapFile(str(path), (1, 20, 31, 32), np.float32, (8, 8)):

@@ -150,8 +150,10 @@ def _is_size(value) -> bool:
 def _is_input_sizes(value) -> bool:
     """Whether `value` is an `onnx_export.input_sizes` rule: at_least [H, W], sides
     {period: [P, Q], remainders: [[...], [...]]} (each remainder below its period),
-    pad_to_fit true, rules: strings."""
-    if not isinstance(value, dict) or not set(value) <= {"at_least", "sides", "pad_to_fit", "rules"}:
+    pad_to_fit true, rules: strings. Keys of its own this version does not know are let
+    be, so a later version's file that states more still imports (the rule is dropped
+    after this check anyway: graphconv works it out from the network)."""
+    if not isinstance(value, dict):
         return False
     sides = value.get("sides", {"period": [1, 1], "remainders": [[0], [0]]})
     return ((_is_size(value["at_least"]) if "at_least" in value else True)
@@ -2682,9 +2684,29 @@ def _trims_to_blocks(imp: _Importer, node, x: Tensor, axes: list[int], starts, e
     sides = {2: x.shape[1], 3: x.shape[2]}
     if any(min(int(end), sides[axis]) != sides[axis] // b * b for axis, end in zip(axes, ends)):
         return False
+    ends_input = node.input[2] if len(node.input) > 2 else ""  # before op set 10: an attribute, a constant
+    if not imp.fixed_size and not _read_from_the_shape_of(imp, ends_input, node.input[0]):
+        return False  # constant ends where the file takes any size: a fixed crop, not a trim to the blocks
     imp.values[node.output[0]] = x
     imp.trimmed_to_blocks[node.output[0]] = b
     return True
+
+
+def _read_from_the_shape_of(imp: _Importer, value: str, tensor: str) -> bool:
+    """Whether `value` is computed from the Shape of `tensor` (a dozen nodes back at most),
+    as graphconv's export computes a trim's ends from the map's sides."""
+    producer = {out: n for n in imp.nodes for out in n.output}
+    stack, seen = [(value, 0)], set()
+    while stack:
+        name, depth = stack.pop()
+        node = producer.get(name)
+        if node is None or name in seen or depth > 12:
+            continue
+        seen.add(name)
+        if node.op_type == "Shape" and node.input[0] == tensor:
+            return True
+        stack.extend((i, depth + 1) for i in node.input if i and node.op_type != "Shape")
+    return False
 
 
 def _slice_channels(imp: _Importer, node, x: Tensor, start: int, stop: int, output: str) -> None:

@@ -286,8 +286,9 @@ def input_sizes(graph: Graph) -> dict:
 def _sides_rule(graph: Graph, sides: FittingSizes, padded: bool) -> str:
     if padded:
         return (f"{graph.name} gives one label per pixel only on images {sides.describe()}: pad each image with "
-                "zeros at the bottom and right to the next such size and cut the map back to the image's size "
-                "(graphconv run does this itself); on other sizes the map is misaligned or the run fails")
+                "zeros at the bottom and right to the next such size, after the preprocess (the network's input, "
+                "not the pixels), and cut the map back to the image's size (graphconv run does this itself); on "
+                "other sizes the map is misaligned or the run fails")
     return (f"{graph.name}'s branches meet only on images {sides.describe()}: resize or crop each image to such "
             "a size (on others the run fails)")
 
