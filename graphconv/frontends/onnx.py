@@ -1501,11 +1501,9 @@ def _input_sized_value(imp: _Importer, name: str, input_hw: tuple[int, int]) -> 
         return None
 
 
-def _shape_source(imp: _Importer, name: str, resized: str) -> Tensor | None:
-    """The one rank-4 feature map other than `resized` whose Shape the value `name` is
-    computed from (Shape, then Slice, Gather, Cast, Concat: TorchScript takes N and C
-    from the resized value's own Shape), a dozen nodes back at most; None where there is
-    no such map, or more than one."""
+def _shapes_read_by(imp: _Importer, name: str) -> set[str]:
+    """The values whose Shape the value `name` is computed from (Shape, then Slice,
+    Gather, Cast, Concat, arithmetic), a dozen nodes back at most."""
     producer = {out: n for n in imp.nodes for out in n.output}
     found, seen, stack = set(), set(), [(name, 0)]
     while stack:
@@ -1518,6 +1516,14 @@ def _shape_source(imp: _Importer, name: str, resized: str) -> Tensor | None:
             found.add(node.input[0])
         else:
             stack.extend((i, depth + 1) for i in node.input if i)
+    return found
+
+
+def _shape_source(imp: _Importer, name: str, resized: str) -> Tensor | None:
+    """The one rank-4 feature map other than `resized` whose Shape the value `name` is
+    computed from (TorchScript takes N and C from the resized value's own Shape); None
+    where there is no such map, or more than one."""
+    found = _shapes_read_by(imp, name)
     found.discard(resized)
     if len(found) != 1:
         return None
@@ -2685,28 +2691,11 @@ def _trims_to_blocks(imp: _Importer, node, x: Tensor, axes: list[int], starts, e
     if any(min(int(end), sides[axis]) != sides[axis] // b * b for axis, end in zip(axes, ends)):
         return False
     ends_input = node.input[2] if len(node.input) > 2 else ""  # before op set 10: an attribute, a constant
-    if not imp.fixed_size and not _read_from_the_shape_of(imp, ends_input, node.input[0]):
+    if not imp.fixed_size and node.input[0] not in _shapes_read_by(imp, ends_input):
         return False  # constant ends where the file takes any size: a fixed crop, not a trim to the blocks
     imp.values[node.output[0]] = x
     imp.trimmed_to_blocks[node.output[0]] = b
     return True
-
-
-def _read_from_the_shape_of(imp: _Importer, value: str, tensor: str) -> bool:
-    """Whether `value` is computed from the Shape of `tensor` (a dozen nodes back at most),
-    as graphconv's export computes a trim's ends from the map's sides."""
-    producer = {out: n for n in imp.nodes for out in n.output}
-    stack, seen = [(value, 0)], set()
-    while stack:
-        name, depth = stack.pop()
-        node = producer.get(name)
-        if node is None or name in seen or depth > 12:
-            continue
-        seen.add(name)
-        if node.op_type == "Shape" and node.input[0] == tensor:
-            return True
-        stack.extend((i, depth + 1) for i in node.input if i and node.op_type != "Shape")
-    return False
 
 
 def _slice_channels(imp: _Importer, node, x: Tensor, start: int, stop: int, output: str) -> None:
