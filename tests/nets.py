@@ -62,3 +62,18 @@ layers:
 """
 
 UNPADDED = {"strided": STRIDED, "grouped_lrn": GROUPED_LRN, "dag": DAG}
+
+# an unpadded conv takes one pixel off before a stride-2 branch that is enlarged back:
+# the branches meet on odd sides alone (they were taken to meet on even ones, so every
+# tile of an even side failed)
+UNPADDED_BEFORE_UPSAMPLE = """
+name: unpadded
+input: {shape: [2, 21, 21]}
+layers:
+  - {name: c1, op: conv, out_channels: 4, kernel_size: 2}
+  - {name: c2, op: conv, out_channels: 4, kernel_size: 2, stride: 2}
+  - {name: u3, op: upsample, factor: 2}
+  - {name: a4, op: add, inputs: [c1, u3]}
+  - {name: c5, op: conv, out_channels: 4, kernel_size: 3}
+  - {name: fc, op: fc, out_features: 3}
+"""

@@ -21,7 +21,7 @@ from graphconv.ops import all_ops, get_op  # noqa: E402
 from graphconv.params import normalize_params  # noqa: E402
 
 from conftest import SPECS  # noqa: E402
-from nets import UNPADDED  # noqa: E402
+from nets import UNPADDED, UNPADDED_BEFORE_UPSAMPLE  # noqa: E402
 
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)
 
@@ -562,20 +562,6 @@ layers:
   - {name: head, op: conv, out_channels: 3, kernel_size: 1}
 """
 
-# an HRNet-like classifier: an unpadded fine branch and a strided one enlarged back meet
-# on odd sides only (tests/test_shapes.py)
-BRANCHES = """
-name: branches
-input: {shape: [2, 21, 21]}
-layers:
-  - {name: c1, op: conv, out_channels: 4, kernel_size: 2}
-  - {name: c2, op: conv, out_channels: 4, kernel_size: 2, stride: 2}
-  - {name: u3, op: upsample, factor: 2}
-  - {name: a4, op: add, inputs: [c1, u3]}
-  - {name: c5, op: conv, out_channels: 4, kernel_size: 3}
-  - {name: fc, op: fc, out_features: 3}
-"""
-
 
 def stated(proto) -> dict:
     return {p.key: p.value for p in proto.metadata_props}
@@ -616,14 +602,14 @@ def test_branches_that_meet_on_some_sides_are_stated_with_the_crop_minimum(write
     branches do not meet on, and one smaller than the crop could crash it: the file
     states both, and export notes the sides (the crop alone goes without a note)."""
     folder = tmp_path / "m"
-    compile_model(write_spec(BRANCHES, "branches.yaml")).save(folder)
+    compile_model(write_spec(UNPADDED_BEFORE_UPSAMPLE, "branches.yaml")).save(folder)
     proto, err = export_cli(tmp_path, capsys, folder)
     sizes = json.loads(stated(proto)["graphconv.input_sizes"])
     assert sizes["at_least"] == [21, 21] and "pad_to_fit" not in sizes
     assert sizes["sides"] == {"period": [2, 2], "remainders": [[1], [1]]}
     assert "input sizes: at least 21x21 pixels" in proto.doc_string
-    assert "branches's branches meet only on images of height 2k+1 and width 2k+1 pixels" in proto.doc_string
-    assert "resize or crop each image to such a size" in err and "pad" not in err
+    assert "unpadded's branches meet only on images of height 2k+1 and width 2k+1 pixels" in proto.doc_string
+    assert "resize or crop each image to such a size" in err and "pad each image" not in err
 
 
 def test_a_plain_classifier_states_only_its_crop_minimum_and_export_says_nothing_of_sizes(tmp_path, capsys):

@@ -11,21 +11,7 @@ from graphconv.errors import GraphconvError
 from graphconv.shapes import FittingSizes, fitting_sizes, infer_shapes
 from graphconv.tiling import min_tile
 from conftest import SPECS, random_input
-
-# an unpadded conv takes one pixel off before a stride-2 branch that is enlarged back:
-# the branches meet on odd sides alone (they were taken to meet on even ones, so every
-# tile of an even side failed)
-UNPADDED_BEFORE_UPSAMPLE = """
-name: unpadded
-input: {shape: [2, 21, 21]}
-layers:
-  - {name: c1, op: conv, out_channels: 4, kernel_size: 2}
-  - {name: c2, op: conv, out_channels: 4, kernel_size: 2, stride: 2}
-  - {name: u3, op: upsample, factor: 2}
-  - {name: a4, op: add, inputs: [c1, u3]}
-  - {name: c5, op: conv, out_channels: 4, kernel_size: 3}
-  - {name: fc, op: fc, out_features: 3}
-"""
+from nets import UNPADDED_BEFORE_UPSAMPLE
 
 # no upsample at all: a stride-2 conv of kernel 2 makes floor(side / 2) cells, one of
 # kernel 3 padded by 1 ceil(side / 2): they meet on even sides
