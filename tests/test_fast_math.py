@@ -1,12 +1,12 @@
-"""fast_math's vectorisable erf, tanh, sigmoid and expm1 against float64 libm, everywhere
-a float32 can be: the activations' accuracy rests on these bounds."""
+"""fast_math's vectorisable erf, tanh, sigmoid, expm1, exp and mish against float64 libm,
+everywhere a float32 can be: the activations' accuracy rests on these bounds."""
 import math
 
 import numpy as np
 import pytest
 from numba import njit
 
-from graphconv.ops.fast_math import erf32, expm1_nonpositive32, sigmoid32, tanh32
+from graphconv.ops.fast_math import erf32, exp32, expm1_nonpositive32, mish32, sigmoid32, tanh32
 
 
 @njit
@@ -61,6 +61,48 @@ def test_expm1_is_within_float32_rounding_of_libm_on_its_domain():
     assert np.all(np.abs(got - want) <= 3e-7 * np.maximum(np.abs(want), 1e-38))
     _apply_expm1(np.array([-np.inf], np.float32), got[:1])
     assert got[0] == -1.0
+
+
+@njit
+def _apply_exp(x, out):
+    for i in range(x.size):
+        out[i] = exp32(x[i])
+
+
+@njit
+def _apply_mish(x, out):
+    for i in range(x.size):
+        out[i] = mish32(x[i])
+
+
+def test_exp_is_within_an_ulp_where_it_is_normal_and_zero_below():
+    x = np.concatenate([np.linspace(-87, 88, 1_000_001), np.geomspace(1e-30, 1, 1000), -np.geomspace(1e-30, 1, 1000),
+                        [0.0, -0.0]]).astype(np.float32)
+    got = np.empty_like(x)
+    _apply_exp(x, got)
+    want = np.exp(x.astype(np.float64))
+    assert np.all(np.abs(got - want) <= 1.2e-7 * want)
+    edges = np.array([-87.01, -1e4, -np.inf, 88.5, np.inf], np.float32)
+    got = np.empty_like(edges)
+    _apply_exp(edges, got)
+    assert got.tolist()[:3] == [0.0, 0.0, 0.0]
+    assert got[3] == got[4] == np.float32(math.exp(88.0))  # clamped: mish never asks past 20
+
+
+def test_mish_is_within_float32_rounding_of_float64_and_keeps_its_limits():
+    """Relative error too (mish's negative tail is x e^x, tiny): 3e-7 from -86 up; below,
+    its values are under 1e-35 and come out as 0; +-inf as PyTorch gives them."""
+    x = np.concatenate([np.linspace(-86, 100, 1_000_001), np.geomspace(1e-30, 1e3, 2000),
+                        -np.geomspace(1e-30, 86, 2000), [0.0, -0.0]]).astype(np.float32)
+    got = np.empty_like(x)
+    _apply_mish(x, got)
+    v = x.astype(np.float64)
+    want = v * np.tanh(np.logaddexp(0.0, v))
+    assert np.all(np.abs(got - want) <= 3e-7 * np.abs(want) + 1e-37)
+    far = np.array([-90.0, -3.4e38, 3.4e38, np.inf], np.float32)
+    got = np.empty_like(far)
+    _apply_mish(far, got)
+    assert got.tolist() == [0.0, 0.0, far[2], np.inf]
 
 
 @pytest.mark.parametrize("apply", [case[0] for case in CASES], ids=["erf", "tanh", "sigmoid"])

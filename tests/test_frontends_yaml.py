@@ -378,7 +378,7 @@ def test_the_input_is_checked_like_a_layer(write_spec, spec_input, match):
     ("out_channels: 2, stride: [1, .nan]", "'stride' must be an integer >= 1 or a pair [h, w]"),
     ("out_channels: 2, padding: [0, false]", "'padding' must be an integer >= 0 or a pair"),
     ("out_channels: 2, activation: [relu]",
-     "'activation' must be one of ['none', 'relu', 'silu', 'hardswish', 'gelu', 'relu6'], got ['relu']"),
+     "'activation' must be one of ['none', 'relu', 'silu', 'hardswish', 'gelu', 'relu6', 'mish'], got ['relu']"),
     ("out_channels: 2, bias: yes please", "'bias' must be true or false, got 'yes please'"),
 ])
 def test_conv_numbers_are_checked(write_spec, param, match):

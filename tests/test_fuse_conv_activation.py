@@ -1,4 +1,4 @@
-"""fuse-conv-activation: the relu, silu, hardswish, exact gelu or relu6 after a conv becomes the
+"""fuse-conv-activation: the relu, silu, hardswish, exact gelu, relu6 or mish after a conv becomes the
 conv's own `activation`, the same map (whole, exported to ONNX, put back by conv-to-fc),
 and nothing else is fused."""
 import numpy as np
@@ -9,9 +9,9 @@ from graphconv.frontends.onnx_export import to_onnx_model
 from graphconv.runtime import Executor, run_reference
 from conftest import random_input
 
-# The activations of ReLU networks, EfficientNet, MobileNetV3, ConvNeXt and MobileNetV2
-# (ReLU6, a clip to [0, 6]) after convs of each CPU strategy (3x3, 1x1, depthwise), and a
-# residual block ending in silu.
+# The activations of ReLU networks, EfficientNet, MobileNetV3, ConvNeXt, MobileNetV2
+# (ReLU6, a clip to [0, 6]) and CSPDarknet (mish) after convs of each CPU strategy (3x3, 1x1,
+# depthwise), and a residual block ending in silu.
 MODERN = """
 name: modern
 input: {shape: [6, 13, 11]}
@@ -29,6 +29,8 @@ layers:
   - {name: head_act, op: relu}
   - {name: tail, op: conv, out_channels: 4, kernel_size: 1}
   - {name: tail_act, op: clip, min: 0, max: 6}
+  - {name: neck, op: conv, out_channels: 4, kernel_size: 3, padding: 1}
+  - {name: neck_act, op: mish}
 """
 
 # Not fused: the tanh form of gelu (the kernels compute the erf form), a clip that is not
@@ -55,8 +57,8 @@ def test_every_fusable_activation_joins_its_conv(write_spec):
     graph = graphconv.compile_model(graphconv.load(write_spec(MODERN)).graph).graph
     activations = {n.name: n.params["activation"] for n in graph.find("conv")}
     assert activations == {"stem": "silu", "dw": "hardswish", "expand": "gelu", "project": "silu", "head": "relu",
-                           "tail": "relu6"}
-    assert [n.op for n in graph.layers()] == ["conv"] * 6
+                           "tail": "relu6", "neck": "mish"}
+    assert [n.op for n in graph.layers()] == ["conv"] * 7
     assert [i.name for i in graph.node("project").inputs] == ["expand", "dw"]  # the add, then silu: fuse-conv-add
 
 
@@ -146,4 +148,4 @@ def test_the_description_names_every_fusable_activation(monkeypatch):
     assert description.startswith(f"fold a {activations.fused_activation_names()} into the conv")
     assert [name for name in activations.FUSED if name in description] == list(activations.FUSED[1:])
     monkeypatch.setattr(activations, "FUSED", activations.FUSED + ("softsign",))
-    assert activations.fused_activation_names().endswith(", relu6 or softsign")
+    assert activations.fused_activation_names().endswith(", mish or softsign")

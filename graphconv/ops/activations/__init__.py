@@ -312,17 +312,18 @@ _activation("prelu", "x where x >= 0, else weight[c] * x, elementwise: a learnt 
 
 # ---- activations a conv applies itself (its `activation` param) -------------------------------
 
-FUSED = ("none", "relu", "silu", "hardswish", "gelu", "relu6")
+FUSED = ("none", "relu", "silu", "hardswish", "gelu", "relu6", "mish")
 """What a conv's `activation` can be, in the order of the codes its kernels take
 (`fused_code`): the activations after convs in ReLU networks, EfficientNet (silu),
-MobileNetV3 (hardswish), ConvNeXt (gelu) and MobileNetV2 (relu6: a clip to [0, 6]). The
+MobileNetV3 (hardswish), ConvNeXt (gelu), MobileNetV2 (relu6: a clip to [0, 6]) and
+YOLOv4's CSPDarknet (mish). The
 CUDA kernels apply each as they write the outputs; the CPU ones apply ReLU so, and the
 others over each run of outputs just written, or in one pass over the output in place
 right after (`conv/cpu.py`, `_writes_smooth_activation`). Either way a buffer and a pass
 over the map fewer than a layer of its own: MobileNetV2 at 224 on 2 cores, its 35
 ReLU6 layers fused, 5.5 -> 3.4 ms. "gelu" is the exact (erf) form."""
 
-FUSED_FROM = ("relu", "silu", "hardswish", "gelu", "clip")
+FUSED_FROM = ("relu", "silu", "hardswish", "gelu", "clip", "mish")
 """The ops whose layers `fusable` may fold into a conv (a gelu only in its exact form, a
 clip only as ReLU6)."""
 

@@ -1,7 +1,7 @@
 """CPU kernels of the activations: one parallel pass over memory each, in float32 (the
 tests hold them to the float64 references within float32 rounding), with erf, tanh and
-sigmoid and the exponential linear units' expm1 from `fast_math`, which vectorise where
-numba's libm calls do not (softplus and mish call libm's exp and log1p)."""
+sigmoid, mish and the exponential linear units' expm1 from `fast_math`, which vectorise
+where numba's libm calls do not (softplus calls libm's exp and log1p)."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,7 @@ from numba import njit, prange
 from graphconv.ops.activations import exponential_linear, fused_code
 from graphconv.ops.channels_last import memory_stored_alike, stored_memory
 from graphconv.ops.fast_math import (CONTRACT, HALF, ONE, SIX, ZERO, activate32, expm1_nonpositive32, gelu32,
-                                     hardswish32, silu32, tanh32)
+                                     hardswish32, mish32, silu32, tanh32)
 from graphconv.ops.layout import is_channels_last
 
 # float32 constants: a float literal would make numba compute in float64
@@ -107,8 +107,7 @@ def _softplus(x, out):
 def _mish(x, out):
     src, dst = x.ravel(), out.reshape(-1)
     for i in prange(src.size):
-        v = src[i]
-        dst[i] = v * tanh32(softplus32(v))
+        dst[i] = mish32(src[i])
 
 
 @njit(cache=True, parallel=True, fastmath=CONTRACT)
@@ -226,8 +225,14 @@ def _relu6_in_place(values):
         values[i] = min(max(values[i], ZERO), SIX)
 
 
+@njit(cache=True, parallel=True, fastmath=CONTRACT)
+def _mish_in_place(values):
+    for i in prange(values.size):
+        values[i] = mish32(values[i])
+
+
 _IN_PLACE = {"silu": _silu_in_place, "hardswish": _hardswish_in_place, "gelu": _gelu_in_place,
-             "relu6": _relu6_in_place}
+             "relu6": _relu6_in_place, "mish": _mish_in_place}
 SERIAL_VALUES = 4096  # up to this many, one thread: starting a parallel loop costs more (a gate's 48-1152)
 
 

@@ -8,11 +8,12 @@ from numba import cuda
 
 from graphconv.ops.activations import exponential_linear
 from graphconv.ops.cuda_launch import grid_1d
-from graphconv.ops.fast_math import GELU, HARDSWISH, RELU, RELU6, SILU
+from graphconv.ops.fast_math import GELU, HARDSWISH, MISH, RELU, RELU6, SILU
 
 # float32 constants: a float literal would make numba compute in float64
 ZERO, HALF, ONE, SIX, SIXTH = np.float32(0.0), np.float32(0.5), np.float32(1.0), np.float32(6.0), np.float32(1 / 6)
 SQRT_HALF, TANH_SCALE, CUBIC = np.float32(math.sqrt(0.5)), np.float32(math.sqrt(2.0 / math.pi)), np.float32(0.044715)
+TWO, MISH_FLAT = np.float32(2.0), np.float32(20.0)
 
 
 @cuda.jit(device=True, inline=True)
@@ -31,6 +32,15 @@ def gelu(v):
 
 
 @cuda.jit(device=True, inline=True)
+def mish(v):
+    """v tanh(softplus(v)) as v n / (n + 2), n = e^v (e^v + 2): `fast_math.mish32`'s
+    formula, one exp."""
+    e = math.exp(min(v, MISH_FLAT))
+    n = e * (e + TWO)
+    return v * (n / (n + TWO))
+
+
+@cuda.jit(device=True, inline=True)
 def activate(v, code):
     """v through a conv's fused activation, `code` one of `fast_math`'s named codes (as
     `activations.fused_code` numbers them): the epilogue of the implicit GEMM (and its
@@ -45,6 +55,8 @@ def activate(v, code):
         return gelu(v)
     if code == RELU6:
         return min(max(v, ZERO), SIX)
+    if code == MISH:
+        return mish(v)
     return v
 
 
@@ -123,8 +135,7 @@ def _softplus(x, out):
 def _mish(x, out):
     i = cuda.grid(1)
     if i < x.size:
-        v = x[i]
-        out[i] = v * math.tanh(softplus(v))
+        out[i] = mish(x[i])
 
 
 @cuda.jit

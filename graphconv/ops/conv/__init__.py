@@ -141,5 +141,7 @@ register(OpDef(
         Example(dict(out_channels=3, kernel_size=3, padding=1, groups=3, activation="hardswish"), [(3, 5, 4)]),
         Example(dict(out_channels=5, kernel_size=1, activation="gelu"), [(4, 3, 3), (5, 3, 3)]),  # + residual
         Example(dict(out_channels=4, kernel_size=3, stride=2, activation="silu"), [(3, 7, 7)]),
+        Example(dict(out_channels=5, kernel_size=3, padding=1, activation="mish"), [(3, 6, 5)]),  # CSPDarknet
+        Example(dict(out_channels=4, kernel_size=3, padding=1, groups=4, activation="mish"), [(4, 5, 5)]),
     ),
 ))
