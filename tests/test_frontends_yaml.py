@@ -1,4 +1,6 @@
 """Spec files: parsing, defaults, errors that name file/line/layer, and the round trip."""
+import re
+
 import numpy as np
 import pytest
 
@@ -541,9 +543,11 @@ def test_bad_weights_via_the_spec_name_the_weights_file(write_spec, tmp_path):
     (tmp_path / "w.npz").write_bytes(b"\x93NUMPY")
     with pytest.raises(GraphconvError, match="a single .npy array, not an .npz archive"):
         load_spec(write_spec(spec))
-    np.savez(tmp_path / "w.npz", **{"no_dot": np.zeros(3, np.float32)})
-    with pytest.raises(GraphconvError, match=r"^w.npz: has an array named 'no_dot', which is not of the form LAYER.PARAM"):
-        load_spec(write_spec(spec))
+    for key in ("no_dot", "../../evil", "conv1."):  # a path's dots are not a layer's
+        np.savez(tmp_path / "w.npz", **{key: np.zeros(3, np.float32)})
+        with pytest.raises(GraphconvError, match=rf"^w.npz: has an array named '{re.escape(key)}', which is not of "
+                                                 "the form LAYER.PARAM"):
+            load_spec(write_spec(spec))
 
 
 # ---- sizes: nothing big is allocated for a small file -----------------------------------------

@@ -122,7 +122,7 @@ def _drop_dead_layers(graph: Graph) -> None:
 def _attach_weights(graph: Graph, arrays: dict[str, np.ndarray], source: str) -> None:
     for key, array in arrays.items():
         layer, _, what = key.rpartition(".")
-        if not layer or not what:
+        if not layer or not what.isidentifier():
             raise GraphconvError(f"has an array named {shown(key)}, which is not of the form LAYER.PARAM "
                                  "(e.g. 'conv1.weight'): every array in a weights file is a layer's parameter",
                                  file=source)
