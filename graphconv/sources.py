@@ -253,7 +253,10 @@ class ArrayLikeSource(_Preprocessed):
         where = f"in rows {top}..{top + raw.shape[1] - 1}, columns {left}..{left + raw.shape[2] - 1}"
         values = raw if missing is None else raw[~missing]
         if np.isinf(values).any():
-            raise GraphconvError(f"float pixels that are infinite {where}", file=self.path)
+            infinite = np.isinf(raw) if missing is None else np.isinf(raw) & ~missing
+            band, row, column = np.argwhere(infinite)[0]
+            raise GraphconvError(f"float pixels that are infinite, the first at row {top + row}, column "
+                                 f"{left + column} (band {band}), read {where}", file=self.path)
         low, high = values.min(initial=np.inf), values.max(initial=-np.inf)
         if not self.stored_values and values.size and (low < 0 or high > 1):
             declared = "" if self.nodata is None else f", no-data pixels ({self.nodata:g} in every band) left out"

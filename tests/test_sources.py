@@ -558,10 +558,11 @@ def test_float_rasters_are_read_as_0_to_1_or_refused(tmp_path):
         np.testing.assert_array_equal(missing[0], np.isnan(holes[20:, 20:]))
         assert (values[missing] == 0).all() and not np.isnan(values).any()
     infinite = holes.copy()
-    infinite[0, 0] = np.inf
+    infinite[33, 27] = -np.inf
     tifffile.imwrite(tmp_path / "inf.tif", infinite, tile=(16, 16))
-    with pytest.raises(GraphconvError, match=r"inf.tif: float pixels that are infinite in rows 0..39"):
-        open_source(tmp_path / "inf.tif", 1, None).read(0, 0, 40, 50)
+    with pytest.raises(GraphconvError, match=r"inf.tif: float pixels that are infinite, the first at row 33, column 27 "
+                                             r"\(band 0\), read in rows 20..39, columns 10..49$"):
+        open_source(tmp_path / "inf.tif", 1, None).read(20, 10, 40, 50)
 
 
 def test_a_declared_no_data_value_is_no_pixel_for_the_float_range_or_the_network(tmp_path):
