@@ -1,4 +1,4 @@
-"""fast_math's vectorisable erf, tanh, sigmoid, expm1, exp and mish against float64 libm,
+"""fast_math's vectorisable erf, tanh, sigmoid, expm1, exp, softplus and mish against float64 libm,
 everywhere a float32 can be: the activations' accuracy rests on these bounds."""
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from graphconv.ops.fast_math import erf32, exp32, expm1_nonpositive32, mish32, sigmoid32, tanh32
+from graphconv.ops.fast_math import erf32, exp32, expm1_nonpositive32, mish32, sigmoid32, softplus32, tanh32
 
 
 @njit
@@ -87,6 +87,26 @@ def test_exp_is_within_an_ulp_where_it_is_normal_and_zero_below():
     _apply_exp(edges, got)
     assert got.tolist()[:3] == [0.0, 0.0, 0.0]
     assert got[3] == got[4] == np.float32(math.exp(88.0))  # clamped: mish never asks past 20
+
+
+@njit
+def _apply_softplus(x, out):
+    for i in range(x.size):
+        out[i] = softplus32(x[i])
+
+
+def test_softplus_is_within_float32_rounding_of_float64():
+    """Relative: far below 0 softplus is e^v, tiny; above, v plus a tiny part."""
+    x = np.concatenate([np.linspace(-86, 100, 1_000_001), np.geomspace(1e-30, 1e3, 2000),
+                        -np.geomspace(1e-30, 86, 2000), [0.0, -0.0, 3.4e38]]).astype(np.float32)
+    got = np.empty_like(x)
+    _apply_softplus(x, got)
+    want = np.logaddexp(0.0, x.astype(np.float64))
+    assert np.all(np.abs(got - want) <= 3e-7 * want)
+    far = np.array([-90.0, -np.inf, np.inf], np.float32)
+    got = np.empty_like(far)
+    _apply_softplus(far, got)
+    assert got.tolist() == [0.0, 0.0, np.inf]
 
 
 def test_mish_is_within_float32_rounding_of_float64_and_keeps_its_limits():
