@@ -1026,6 +1026,35 @@ def test_maxpool_propagates_nan_like_torch():
         np.testing.assert_array_equal(op_forward(opdef, params, {}, [x]), want)
 
 
+@settings(max_examples=40, deadline=None)
+@given(op=st.sampled_from(["softmax", "log_softmax"]), c=st.integers(1, 70), h=st.integers(1, 3),
+       w=st.integers(1, 40), spread=st.sampled_from([1.0, 30.0, 300.0]), seed=st.integers(0, 2**16))
+def test_softmax_hypothesis(op, c, h, w, spread, seed):
+    """Any number of classes and any row width (the kernel's loops run over a row's
+    pixels, vectorised: widths off its vector width leave a tail), and logits far apart,
+    where e^(x - max) is far below float32's smallest number for all but the top class."""
+    opdef = get_op(op)
+    params = normalize_params(opdef, {})
+    x = (spread * np.random.default_rng(seed).standard_normal((2, c, h, w))).astype(np.float32)
+    np.testing.assert_allclose(run_kernel(opdef, params, {}, [x]), opdef.reference(params, {}, [x]),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_softmax_of_a_nan_or_inf_logit_is_nan_at_that_cell_only_like_torch(op):
+    opdef = get_op(op)
+    params = normalize_params(opdef, {})
+    x = np.zeros((1, 3, 1, 4), np.float32)
+    x[0, :, 0, 0] = [np.nan, 0.0, 1.0]
+    x[0, :, 0, 1] = [np.inf, 0.0, 1.0]
+    x[0, :, 0, 2] = [-np.inf, 0.0, 1.0]
+    got = run_kernel(opdef, params, {}, [x])
+    assert np.isnan(got[0, :, 0, :2]).all() and not np.isnan(got[0, :, 0, 2:]).any()
+    assert got[0, 0, 0, 2] == (0.0 if op == "softmax" else -np.inf)
+    if torch is not None:
+        np.testing.assert_allclose(got, op_forward(opdef, params, {}, [x]), rtol=1e-6)
+
+
 def test_clip_refuses_min_above_max():
     opdef = get_op("clip")
     with pytest.raises(ShapeError, match="min 2.0 is greater than max 1.0"):
