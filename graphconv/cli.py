@@ -231,10 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("model", help="spec .yaml file, .onnx model or compiled model directory")
     source = run.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", type=_path, help="float32 .npy of shape (N, C, H, W) or (C, H, W)")
-    source.add_argument("--image", type=_path,
+    source.add_argument("--image", type=_path, action=_GivenOnce,
                         help="an image file (needs Pillow: pip install 'graphconv[images]'); "
                              "TIFF/BigTIFF and .zarr arrays are read a tile at a time")
-    source.add_argument("--images", type=_path, metavar="GLOB",
+    source.add_argument("--images", type=_path, metavar="GLOB", action=_GivenOnce,
                         help="many images ('photos/*.jpg', quoted; 'slides/**/*.svs' through subfolders, or a "
                              "folder: every image in it): one map each, written to --output-dir")
     _add_image_reading_options(run)
@@ -1367,6 +1367,18 @@ def _int_at_least(text: str, low: int) -> int:
     if value < low:
         raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {shown(text)}")
     return value
+
+
+class _GivenOnce(argparse.Action):
+    """An option that names what to read: given twice (`--images 'a/*.jpg' --images b`),
+    argparse kept the last alone and the first was silently not mapped."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        earlier = getattr(namespace, self.dest, None)
+        if earlier is not None:
+            raise argparse.ArgumentError(self, f"given twice ({earlier!r}, then {values!r}): give one (--images takes "
+                                               "a folder or a glob such as 'photos/*.jpg'; one run per --image)")
+        setattr(namespace, self.dest, values)
 
 
 def _path(text: str) -> str:

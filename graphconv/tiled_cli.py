@@ -173,10 +173,10 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
                 _say_resumed(map_file, plan, blank_tiles, _left_out_over(background))
             todo = [t for t in plan.tiles if t not in map_file.done and t not in blank_tiles]
             computed = len(todo)
-            with _progress(args, len(todo), "tiles", sum(t.pixels for t in todo)) as advance:
+            with _progress(args, len(todo), "tiles", sum(t.pixels for t in todo)) as bar:
                 def on_tile(t):
                     map_file.record(t)  # --resume: listed as done once its block is on disk
-                    _advance_if_computed(advance, t, blank_tiles)
+                    _advance_if_computed(bar.advance, t, blank_tiles)
                 _compute(args, grid, source, plan, tile, out, transform, on_tile, blank_cells, map_file.done)
             _draw_heatmap(args, model, source, grid, out, background)  # before the map is renamed into place
             means = _class_means(args, out)
@@ -185,10 +185,10 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     else:
         todo = [t for t in plan.tiles if t not in blank_tiles]
         computed = len(todo)
-        with _progress(args, len(todo), "tiles", sum(t.pixels for t in todo)) as advance:
+        with _progress(args, len(todo), "tiles", sum(t.pixels for t in todo)) as bar:
             out = np.empty(shape, dtype)
             _compute(args, grid, source, plan, tile, out, transform,
-                     lambda t: _advance_if_computed(advance, t, blank_tiles), blank_cells)
+                     lambda t: _advance_if_computed(bar.advance, t, blank_tiles), blank_cells)
         _draw_heatmap(args, model, source, grid, out, background)
         means = _class_means(args, out)
     seconds = time.perf_counter() - start
@@ -586,12 +586,19 @@ def run_images_command(args: argparse.Namespace) -> int:
     _check_heatmap_names(args, images, base)
     replaceable = _npy_maps_there(args, images, base)
     start = time.perf_counter()
-    finished = []
+    finished, done = [], {}
     with _output_dir_made(args.output_dir) as created, _say_how_to_go_on(args, finished, images, base):
-        with _progress(args, len(images), "images", None) as advance:
+        with _progress(args, len(images), "images", None) as bar:
             def progress(result):
-                finished.extend([result] if not result.error else [])
-                advance(1, 0)
+                """Each image as it is done: its heatmap drawn now (a stopped batch keeps the
+                heatmaps of the maps it kept, and drawing overlaps the workers' next maps),
+                and its error said now, not after the last of 10,000 photos."""
+                result = done[result.image] = _with_heatmap(args, model, grid, result)
+                if result.error:
+                    bar.say(_error_line(result))
+                else:
+                    finished.append(result)
+                bar.advance(1, 0)
             if args.workers or args.scheduler:
                 with client_for(args.workers or 1, args.scheduler) as client:
                     results = run_images(ref, images, args.output_dir, options, args.tile, client, progress,
@@ -599,7 +606,7 @@ def run_images_command(args: argparse.Namespace) -> int:
             else:
                 results = run_images(ref, images, args.output_dir, options, args.tile, None, progress,
                                      args.output_format, base)
-    results = [_with_heatmap(args, model, grid, result) for result in results]
+    results = [done.get(result.image, result) for result in results]
     failed = [r for r in results if r.error]
     if len(failed) < len(results):
         note_run_as_written(args, model)
@@ -616,14 +623,17 @@ def run_images_command(args: argparse.Namespace) -> int:
     _note_npy_maps_replaced(args, results, replaceable)
     _note_tiled_for_memory(args, [result for result in results if result.memory_tile])
     _note_resumed([result.resumed for result in results if result.resumed])
-    for result in failed:
-        named = result.error.startswith(_as_messages_name(result.image))  # the error names the image itself
-        print(printable(f"graphconv: {result.error if named else f'{result.image}: {result.error}'}"), file=sys.stderr)
     if len(failed) == len(results):
         _remove_if_empty(created)  # made for maps of which none came: gone again, as after any failed command
     print(f"{len(results) - len(failed)} of {len(results)} image(s) -> {args.output_dir} in "
           f"{time.perf_counter() - start:.1f} s")
     return 2 if failed else 0
+
+
+def _error_line(result) -> str:
+    """A failed image's line: its error, led by the image's name unless it names it."""
+    named = result.error.startswith(_as_messages_name(result.image))
+    return printable(f"graphconv: {result.error if named else f'{result.image}: {result.error}'}")
 
 
 def _note_tiled_for_memory(args: argparse.Namespace, results: list) -> None:
@@ -1032,7 +1042,7 @@ class _progress:
         self.show_rate = pixels is not None
 
     def __enter__(self):
-        return self.advance
+        return self
 
     def advance(self, count: int, pixels: int) -> None:
         if self.bar is None:
@@ -1042,6 +1052,13 @@ class _progress:
             rate = self.pixels / max(time.perf_counter() - self.start, 1e-9) / 1e6
             self.bar.set_postfix_str(f"{rate:.2f} Mpx/s", refresh=False)
         self.bar.update(count)
+
+    def say(self, line: str) -> None:
+        """A line on stderr now, above the bar (tqdm.write keeps the bar whole)."""
+        if self.bar is None:
+            print(line, file=sys.stderr, flush=True)
+        else:
+            self.bar.write(line, file=sys.stderr)
 
     def __exit__(self, *exc):
         if self.bar is not None:

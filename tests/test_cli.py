@@ -1372,11 +1372,14 @@ def test_verify_s_default_region_over_no_data_is_centred_on_a_cell_with_data():
     (["--input", "IN", "--heatmap-out", " "], "argument --heatmap-out: an empty path"),
     (["--input", "IN", "--output-dir", "maps"], "--output-dir is where --images writes its maps"),
     (["--input", "IN", "--classes", "1,,2"], "argument --classes: expected a class index or name"),
+    (["--images", "a/*.jpg", "--images", "b", "--output-dir", "maps"],
+     "argument --images: given twice ('a/*.jpg', then 'b'): give one"),  # 'a/*.jpg' was dropped silently
+    (["--image", "IN", "--image", "IN"], "argument --image: given twice"),
 ])
 def test_options_left_empty_or_without_their_mode_are_one_line(tmp_path, capsys, args, said):
     """`--image ''` (an unset shell variable) fell through to the --input path and crashed
     with a traceback; `--output ''` computed and wrote nothing; `--output-dir` without
-    --images and `--classes 1,,2` were taken quietly."""
+    --images, `--classes 1,,2` and a second --images were taken quietly."""
     np.save(tmp_path / "in.npy", np.zeros((1, 1, 32, 32), np.float32))
     args = [str(tmp_path / "in.npy") if a == "IN" else a for a in args]
     try:

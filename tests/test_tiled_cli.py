@@ -1607,6 +1607,39 @@ def test_cli_a_folder_with_brackets_gets_patterns_that_match_its_subfolders(mode
         ["IMG_1.npy", os.path.join("day1", "IMG_2.npy")]
 
 
+def test_cli_a_stopped_batch_keeps_the_heatmaps_of_its_maps_and_has_said_its_bad_images(model_dir, picture, tmp_path,
+                                                                                     monkeypatch, capsys):
+    """Heatmaps were drawn after the last map, and errors said after it: Ctrl-C kept 15
+    maps, no heatmap and no word of the broken photos, and --skip-existing then redid
+    every map for its missing heatmap. Each image's heatmap is now drawn and its error
+    said as it is done."""
+    from graphconv import cluster
+    from graphconv.cli import main
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(picture / "page.png", folder / "a.png")
+    (folder / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    shutil.copy(picture / "page.png", folder / "c.png")
+    one_image = cluster._one_image
+
+    def stopped_at_c(ref, image, *rest):
+        if image.endswith("c.png"):
+            raise KeyboardInterrupt
+        return one_image(ref, image, *rest)
+    monkeypatch.setattr(cluster, "_one_image", stopped_at_c)
+    run = ["run", str(model_dir), "--images", str(folder), "--output-dir", str(tmp_path / "maps"), "--heatmap", "1"]
+    assert main(run) == 130
+    err = capsys.readouterr().err
+    assert err.index("b.png") < err.index("interrupted (")
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["a-heatmap-1.png", "a.npy"]
+    monkeypatch.setattr(cluster, "_one_image", one_image)
+    assert main([*run, "--skip-existing"]) == 2  # b.png is still broken
+    captured = capsys.readouterr()
+    assert "1 of 3 image(s) have their map in" in captured.err and "replaced" not in captured.err
+    assert "1 of 2 image(s) -> " in captured.out
+
+
 def test_cli_a_batch_stopped_by_ctrl_c_says_how_many_maps_it_kept_and_how_to_go_on(model_dir, picture, tmp_path,
                                                                                   monkeypatch, capsys):
     """Ctrl-C said "what it was writing is removed" alone: the maps finished are kept, and
