@@ -138,10 +138,31 @@ def _read_pixels(image_mod, path: str, mode: str, channels: int,
                 raise GraphconvError("16-bit colour: Pillow reads it as 8 bits, so its stored values are lost "
                                      "(`values: stored`); save it as a TIFF, which is read as stored", file=path)
             _decode(image_mod, img)
+            white_top = _miniswhite_top(img, path)
             img = upright(img)
             if img.mode in DEEP_MODES:
-                return pixel_array(img), img.mode
+                pixels = pixel_array(img)
+                return (pixels if white_top is None else white_top - pixels), img.mode
             return pixel_array(_converted(image_mod, img, mode, out_hw)), None
+
+
+TIFF_PHOTOMETRIC, TIFF_BITS, MINISWHITE = 262, 258, 0  # a TIFF's tags, and its photometric of inverted grey
+
+
+def _miniswhite_top(img, path: str):
+    """For a deep TIFF stored MINISWHITE (inverted grey: 0 is white), the value its
+    samples are inverted from (2**bits - 1), else None. Pillow inverts 1- and 8-bit ones
+    itself but gives 16-bit ones as stored, so their map was of the negative, and not
+    the one the tiled reader (`sources._as_shown`) makes of the same file."""
+    tags = getattr(img, "tag_v2", None)
+    if img.format != "TIFF" or img.mode not in DEEP_MODES or tags is None or tags.get(TIFF_PHOTOMETRIC) != MINISWHITE:
+        return None
+    if img.mode not in SIXTEEN_BIT_MODES:
+        raise GraphconvError(f"a MINISWHITE (inverted grey) TIFF of Pillow mode {img.mode}: graphconv inverts "
+                             "unsigned integer ones of up to 16 bits; save it as MINISBLACK", file=path)
+    bits = tags.get(TIFF_BITS, 16)
+    bits = bits[0] if isinstance(bits, tuple) else bits
+    return np.uint16((1 << int(bits)) - 1)
 
 
 EXIF_ORIENTATION = 0x0112  # EXIF's and TIFF's Orientation tag: how to turn the stored pixels to show them
@@ -294,7 +315,7 @@ def _pillow_errors(image_mod, path: str) -> Iterator[None]:
             warnings.simplefilter("error", image_mod.DecompressionBombWarning)
             yield
     except image_mod.UnidentifiedImageError:
-        raise GraphconvError("not an image file Pillow can read", file=path) from None
+        raise GraphconvError(_unidentified(path), file=path) from None
     except (image_mod.DecompressionBombError, image_mod.DecompressionBombWarning) as err:
         raise GraphconvError(f"refused as a possible decompression bomb under the memory limit of "
                              f"{format_size(memory_limit())} (Pillow: {shown(str(err), 120)})",
@@ -307,6 +328,17 @@ def _pillow_errors(image_mod, path: str) -> Iterator[None]:
                              f"({type(err).__name__}: {shown(str(err))})", file=path) from None
     finally:
         image_mod.MAX_IMAGE_PIXELS = saved_limit
+
+
+def _unidentified(path: str) -> str:
+    """What to say of a file Pillow does not recognise: that it is empty, where it is (a
+    0-byte file, an interrupted copy or download, is no image of an unknown format)."""
+    import os
+    try:
+        empty = os.path.getsize(path) == 0
+    except OSError:
+        empty = False
+    return "is empty (0 bytes), not an image" if empty else "not an image file Pillow can read"
 
 
 def _converted(image_mod, img, mode: str, out_hw: tuple[int, int] | None):

@@ -5,6 +5,10 @@
   image: .svs, .ndpi, OME-TIFF) level 0, the full resolution, or the level asked for
   (`run --level K`: a slide scanned at 40x read at the 10x its classifier was trained
   on). JPEG and JPEG 2000 tiles, what most slides hold, are decoded by `imagecodecs`.
+  A TIFF is told by its first bytes, whatever its suffix (`is_tiff`), and read as the
+  picture Pillow shows, each box converted (`_as_shown`): a palette looked up in its
+  colour map, MINISWHITE grey inverted, 1-, 2- and 4-bit grey spread over 0..255, CMYK
+  made RGB.
 * zarr arrays (a `.zarr` folder): read lazily the same way; and OME-Zarr images (a zarr
   group of pyramid levels, OME-NGFF 0.1-0.5, as bioformats2raw and QuPath write them),
   level by level as TIFF pyramids, their pixel size from the levels' scales.
@@ -36,6 +40,7 @@ import logging
 import math
 import os
 import re
+import stat
 import sys
 import warnings
 from dataclasses import dataclass
@@ -371,8 +376,22 @@ def _to_255(dtype: np.dtype, path: str) -> float:
                          "preprocess)", file=path)
 
 
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic TIFF and BigTIFF, either byte order
+
+
 def is_tiff(path: str | os.PathLike) -> bool:
-    """Whether `path` names a TIFF (whole-slide formats included), which is read lazily."""
+    """Whether `path` holds a TIFF (whole-slide formats included), which is read lazily:
+    told by its first bytes, as Pillow tells the other formats, so a JPEG or PNG saved
+    as .tif is read by Pillow (it was refused as "not a TIFF file") and a TIFF named .jpg
+    lazily, every caller choosing the same reader. A path whose bytes cannot be read (not
+    there, a folder, a pipe: never opened, it could block) is told by its suffix, for its
+    reader to report."""
+    try:
+        if stat.S_ISREG(os.stat(path).st_mode):
+            with open(path, "rb") as fp:
+                return fp.read(4) in TIFF_MAGIC
+    except OSError:
+        pass
     return Path(path).suffix.lower() in TIFF_SUFFIXES
 
 
@@ -921,9 +940,11 @@ def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
         damage = f" (tifffile warned: {shown(warned[0], 120)}: is the file complete?)" if warned else ""
         raise GraphconvError(f"--level {level}: the image has {_level_list([_axis_sizes(each) for each in levels])}"
                              f"{damage}", file=path)
-    source = ArrayLikeSource(path, _decodable_array(path, series, level, levels[level]), channels, preprocess,
-                             axes=levels[level].axes, bands=bands, picture=_is_picture(tif.pages[0]))
-    source.nodata = _nodata(tif.pages[0])
+    page = getattr(levels[level], "keyframe", None) or tif.pages[0]
+    stored = _decodable_array(path, series, level, levels[level])
+    array, axes, nodata = _as_shown(path, page, stored, levels[level].axes, _nodata(tif.pages[0]))
+    source = ArrayLikeSource(path, array, channels, preprocess, axes=axes, bands=bands, picture=_is_picture(page))
+    source.nodata = nodata
     source.microns_per_pixel = square_microns(_stated_pixel_size(tif))  # at level 0
     source.tiff = tif  # keep the file open as long as the source lives
     return _as_level(source, level, [_axis_sizes(each) for each in levels])
@@ -966,10 +987,140 @@ def _as_level(source: ArrayLikeSource, level: int, level_hw: list[tuple[int, int
 
 
 def _is_picture(page) -> bool:
-    """Whether a TIFF holds a picture (grey, or RGB with or without alpha), not a raster of
-    bands: what may convert to a network's channels without --bands."""
+    """Whether a TIFF holds a picture (grey, or RGB with or without alpha, as `_as_shown`
+    reads it), not a raster of bands: what may convert to a network's channels without
+    --bands. One sample is grey only where the photometric says grey (a palette's is
+    read as RGB; a camera's raw mosaic is no grey picture)."""
     samples = getattr(page, "samplesperpixel", 1)
-    return samples == 1 or getattr(getattr(page, "photometric", None), "name", "") in ("RGB", "YCBCR")
+    photometric = _photometric(page)
+    if photometric == "SEPARATED":
+        return _is_cmyk(page)
+    return photometric in ("RGB", "YCBCR", "PALETTE") or samples == 1 and photometric in GREY_PHOTOMETRICS
+
+
+GREY_PHOTOMETRICS = ("MINISBLACK", "MINISWHITE")
+LOW_BITS = (1, 2, 4)  # grey samples of fewer than 8 bits: Pillow spreads them over 0..255 (x255, x85, x17)
+INKSET_CMYK = 1  # TIFF's InkSet (tag 332): 1 (the default) cyan, magenta, yellow, black; 2 other inks
+
+
+def _photometric(page) -> str:
+    return getattr(getattr(page, "photometric", None), "name", "")
+
+
+def _is_cmyk(page) -> bool:
+    """Whether a SEPARATED page holds plain CMYK (InkSet 1, four samples), Pillow's "CMYK"."""
+    inkset = page.tags.get(332)
+    return (inkset is None or inkset.value == INKSET_CMYK) and getattr(page, "samplesperpixel", 1) == 4
+
+
+def _as_shown(path: str, page, array, axes: str, nodata: float | None) -> tuple[object, str, float | None]:
+    """A TIFF level's array, axes and no-data value as the picture a viewer shows, as
+    Pillow converts it: a palette's indices looked up in its colour map (RGB), MINISWHITE
+    grey inverted (max - stored), grey of 1, 2 or 4 bits spread over 0..255, CMYK made
+    RGB. Fed as stored, a palette went in as its indices taken for grey (up to 240 off)
+    and a fax's white as black. Each conversion is pointwise, applied to each window
+    read (`_ShownView`), so a huge TIFF still decodes only the tiles under a box. The
+    no-data value is the stored one's shown value where that is one value (inversion,
+    spreading), else none (a palette index or a CMYK sample is no RGB value)."""
+    photometric, bits = _photometric(page), getattr(page, "bitspersample", 8)
+    dtype = np.dtype(array.dtype)
+    converted = photometric in ("PALETTE", "MINISWHITE") or photometric == "MINISBLACK" and bits in LOW_BITS \
+        or photometric == "SEPARATED" and _is_cmyk(page)
+    plane = ("SYX", "YXS") if photometric == "SEPARATED" else ("YX",)
+    if converted and axes.upper() not in plane:
+        raise GraphconvError(f"a {photometric} TIFF of shape {tuple(array.shape)} (axes {axes}): graphconv converts "
+                             "such a TIFF's pixels to those it shows in one plane of pixels; save the one to map as "
+                             "its own file", file=path)
+    if photometric == "SEPARATED" and _is_cmyk(page):
+        return _ShownView(array, axes, _cmyk_to_rgb, 3, _kind(dtype, path, "CMYK")), "YXS", None
+    if photometric == "PALETTE":
+        table = _palette_rgb(page, path)
+        return _ShownView(array, axes, lambda indices: table[indices], 3, np.dtype(np.uint8)), "YXS", None
+    if photometric not in GREY_PHOTOMETRICS or (photometric == "MINISBLACK" and bits not in LOW_BITS):
+        return array, axes, nodata
+    grey = _grey_shown(photometric == "MINISWHITE", bits, dtype, path)
+    out_dtype = np.dtype(np.uint8) if bits in LOW_BITS else dtype
+    shown_nodata = None if nodata is None or dtype.kind not in "ui" or held_integer(nodata, dtype) is None \
+        else float(grey(np.array([held_integer(nodata, dtype)], dtype))[0])
+    return _ShownView(array, axes, grey, None, out_dtype), "YX", shown_nodata
+
+
+def _kind(dtype: np.dtype, path: str, what: str) -> np.dtype:
+    """`dtype`, where a `what` TIFF of it can be converted (8 or 16 bits, float)."""
+    if dtype in (np.uint8, np.uint16) or np.issubdtype(dtype, np.floating):
+        return dtype
+    raise GraphconvError(f"a {what} TIFF of {dtype} samples: graphconv converts 8- and 16-bit or float ones",
+                         file=path)
+
+
+def _palette_rgb(page, path: str) -> np.ndarray:
+    """(entries, 3) uint8: the page's colour map as Pillow reads it, each 16-bit value's
+    high byte."""
+    colormap = page.tags.get(320)
+    table = np.asarray(colormap.value if colormap is not None else (), np.uint16)
+    if table.ndim == 1 and table.size and table.size % 3 == 0:
+        table = table.reshape(3, -1)
+    if table.ndim != 2 or table.shape[0] != 3 or table.shape[1] < 2:
+        raise GraphconvError("a palette TIFF without a colour map of three rows (red, green, blue) to look its "
+                             "indices up in", file=path)
+    return np.ascontiguousarray((table >> 8).astype(np.uint8).T)
+
+
+def _grey_shown(inverted: bool, bits: int, dtype: np.dtype, path: str):
+    """The pointwise map from stored grey to shown: max - stored where MINISWHITE (max =
+    2**bits - 1), then x255/max for 1, 2 or 4 bits (Pillow's "1" and "L;4")."""
+    if inverted and not np.issubdtype(dtype, np.unsignedinteger) and dtype != np.bool_:
+        raise GraphconvError(f"a MINISWHITE (inverted grey) TIFF of {dtype} samples: graphconv inverts unsigned "
+                             "integer ones; save it as MINISBLACK", file=path)
+    top = (1 << bits) - 1
+    spread = 255 // top if bits in LOW_BITS else 1
+    work = np.uint8 if bits in LOW_BITS else dtype.type
+
+    def grey(stored: np.ndarray) -> np.ndarray:
+        values = stored.astype(work, copy=False)
+        if inverted:
+            values = work(top) - values
+        return values * np.uint8(spread) if spread != 1 else values
+    return grey
+
+
+def _cmyk_to_rgb(cmyk: np.ndarray) -> np.ndarray:
+    """(h, w, 3) RGB of (h, w, 4) CMYK as Pillow converts it: R = (max - C)(max - K) / max,
+    for 8 bits rounded exactly as Pillow's MULDIV255, for 16 bits to the nearest value,
+    for floats on 0..1 unrounded."""
+    if np.issubdtype(cmyk.dtype, np.floating):
+        return (1 - cmyk[..., :3]) * (1 - cmyk[..., 3:4])
+    top = np.iinfo(cmyk.dtype).max
+    product = (top - cmyk[..., :3].astype(np.int64)) * (top - cmyk[..., 3:4].astype(np.int64))
+    if cmyk.dtype == np.uint8:
+        product += 128
+        return ((product + (product >> 8)) >> 8).astype(np.uint8)
+    return ((product + top // 2) // top).astype(cmyk.dtype)
+
+
+class _ShownView:
+    """A TIFF level's (H, W) or (H, W, S) / (S, H, W) zarr array seen as (H, W) grey or
+    (H, W, `bands`) colour, `convert` applied to each window read: `convert` takes the
+    window as stored, samples last, and gives it as shown (`_as_shown`)."""
+
+    def __init__(self, array, axes: str, convert, bands: int | None, dtype: np.dtype):
+        self.array, self.convert, self.dtype = array, convert, dtype
+        self.planar = axes.upper().startswith("S")
+        height, width = _axis_sizes(_Shaped(array.shape, axes))
+        self.shape = (height, width) if bands is None else (height, width, bands)
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        rows, cols = (key + (slice(None), slice(None)))[:2]
+        stored = np.asarray(self.array[:, rows, cols]).transpose(1, 2, 0) if self.planar \
+            else np.asarray(self.array[rows, cols])
+        return self.convert(stored)[(slice(None), slice(None)) + key[2:]]
+
+
+@dataclass
+class _Shaped:
+    shape: tuple
+    axes: str
 
 
 GDAL_NODATA = 42113  # the TIFF tag GDAL writes a raster's no-data value in, as text

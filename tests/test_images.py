@@ -680,3 +680,29 @@ def test_a_16_bit_picture_s_scaling_is_said_and_an_8_bit_one_s_is_not(tmp_path):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "grey.png")
     assert value_scaling(str(tmp_path / "deep.png")) == "16-bit pixels were divided by 257 onto 0..255"
     assert value_scaling(str(tmp_path / "grey.png")) is None
+
+
+@pytest.mark.parametrize("name", ["empty.png", "empty.jpg", "empty.tif"])
+def test_an_empty_file_is_called_empty(tmp_path, name):
+    """A 0-byte file (an interrupted copy) was "not an image file Pillow can read"."""
+    (tmp_path / name).write_bytes(b"")
+    with pytest.raises(GraphconvError, match=r"is empty \(0 bytes\), not an image"):
+        load_image(str(tmp_path / name))
+    from graphconv.sources import open_source
+    with pytest.raises(GraphconvError, match=r"is empty \(0 bytes\), not an image"):
+        open_source(tmp_path / name, 3, None)
+
+
+def test_a_16_bit_inverted_grey_tiff_is_inverted_back_as_the_tiled_reader_does(tmp_path):
+    """Pillow inverts an 8-bit MINISWHITE TIFF but gives a 16-bit one as stored: load_image
+    (--resize, classify) mapped its negative, while the tiled reader inverted it."""
+    tifffile = pytest.importorskip("tifffile")
+    pytest.importorskip("zarr")
+    from graphconv.sources import open_source
+
+    top = 65535
+    stored = np.random.default_rng(15).integers(0, top + 1, (12, 10)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "w.tif", stored, photometric="miniswhite")
+    want = ((top - stored) / np.float32(257)).astype(np.float32)[None]
+    np.testing.assert_allclose(load_image(str(tmp_path / "w.tif"), channels=1), want, rtol=1e-6)
+    np.testing.assert_allclose(open_source(tmp_path / "w.tif", 1, None).read(0, 0, 12, 10), want, rtol=1e-6)

@@ -1268,3 +1268,155 @@ def test_an_8_bit_picture_is_held_in_8_bits_and_read_as_load_image_reads_it(tmp_
         whole = load_image(str(tmp_path / "photo.png"), None, channels)
         np.testing.assert_array_equal(source.read(5, 7, 33, 41), whole[:, 5:33, 7:41])
         assert source.read(0, 0, 40, 50).dtype == np.float32
+
+
+# ---- TIFFs whose stored samples are not the picture: palette, inverted grey, few bits, CMYK -------------
+
+def shown_tiffs(folder) -> dict[str, object]:
+    """TIFFs whose stored samples are not what a viewer shows, each as its writer makes
+    it; Pillow's own conversion of each is the picture graphconv must feed."""
+    from PIL import Image
+
+    rng = np.random.default_rng(11)
+    rgb = Image.fromarray(rng.integers(0, 255, (40, 52, 3), dtype=np.uint8))
+    grey = np.asarray(rgb.convert("L"))
+    cmyk = rng.integers(0, 256, (40, 52, 4), dtype=np.uint8)
+    indices = np.asarray(rgb.convert("P"))
+    colormap = np.full((3, 256), 0x7F, np.uint16)  # the low bytes Pillow leaves out
+    palette = np.asarray(rgb.convert("P").getpalette("RGB"), np.uint16).reshape(-1, 3).T
+    colormap[:, :palette.shape[1]] |= palette << 8
+    writers = {
+        "palette.tif": lambda path: rgb.convert("P").save(path),
+        "palette_tiled.tif": lambda path: tifffile.imwrite(path, indices, photometric="palette",
+                                                           colormap=colormap, tile=(16, 16)),
+        "miniswhite.tif": lambda path: tifffile.imwrite(path, 255 - grey, photometric="miniswhite", tile=(16, 16)),
+        "bilevel.tif": lambda path: rgb.convert("1").save(path),
+        "bilevel_miniswhite.tif": lambda path: tifffile.imwrite(path, grey > 128, photometric="miniswhite"),
+        "grey_4_bits.tif": lambda path: tifffile.imwrite(path, grey >> 4, bitspersample=4, photometric="minisblack"),
+        "cmyk.tif": lambda path: Image.fromarray(cmyk, "CMYK").save(path),
+        "cmyk_tiled.tif": lambda path: tifffile.imwrite(path, cmyk, photometric="separated", tile=(16, 16)),
+    }
+    paths = {}
+    for name, write in writers.items():
+        write(folder / name)
+        paths[name] = folder / name
+    return paths
+
+
+@pytest.mark.parametrize("name", ["palette.tif", "palette_tiled.tif", "miniswhite.tif", "bilevel.tif",
+                                  "bilevel_miniswhite.tif", "grey_4_bits.tif", "cmyk.tif", "cmyk_tiled.tif"])
+@pytest.mark.parametrize("channels, mode", [(3, "RGB"), (1, "L")])
+def test_a_tiff_is_fed_as_the_picture_pillow_shows_in_any_window(tmp_path, name, channels, mode):
+    """A palette TIFF went in as its indices taken for grey (up to 240 off), MINISWHITE
+    grey inverted (up to 247 off), a 1-bit page was refused ("pixel type bool"), CMYK
+    refused as 4 bands. Each now reads as Pillow converts it, box by box (the tiled ones
+    across their tiles), for RGB and grey models alike."""
+    from PIL import Image
+
+    path = shown_tiffs(tmp_path)[name]
+    with Image.open(path) as img:
+        shown = np.atleast_3d(np.asarray(img.convert(mode))).transpose(2, 0, 1).astype(np.float32)
+    source = open_source(path, channels, None)
+    np.testing.assert_array_equal(source.read(0, 0, 40, 52), shown)
+    np.testing.assert_array_equal(source.read(7, 13, 35, 41), shown[:, 7:35, 13:41])
+    assert source.picture
+
+
+def test_a_planar_cmyk_tiff_reads_as_its_contiguous_twin(tmp_path):
+    cmyk = np.random.default_rng(12).integers(0, 256, (30, 20, 4), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "contig.tif", cmyk, photometric="separated")
+    tifffile.imwrite(tmp_path / "planar.tif", cmyk.transpose(2, 0, 1), photometric="separated",
+                     planarconfig="separate")
+    np.testing.assert_array_equal(open_source(tmp_path / "planar.tif", 3, None).read(3, 2, 30, 17),
+                                  open_source(tmp_path / "contig.tif", 3, None).read(3, 2, 30, 17))
+
+
+@pytest.mark.parametrize("photometric, data, message", [
+    ("miniswhite", np.zeros((8, 8), np.float32), "a MINISWHITE (inverted grey) TIFF of float32 samples"),
+    ("separated", np.zeros((8, 8, 4), np.int16), "a CMYK TIFF of int16 samples"),
+    ("palette", np.zeros((2, 8, 8), np.uint8), "a PALETTE TIFF of shape (2, 8, 8)"),
+])
+def test_a_tiff_whose_picture_cannot_be_made_is_refused_in_one_line(tmp_path, photometric, data, message):
+    extra = {"colormap": np.zeros((3, 256), np.uint16)} if photometric == "palette" else {}
+    tifffile.imwrite(tmp_path / "odd.tif", data, photometric=photometric, **extra)
+    with pytest.raises(GraphconvError, match=message.replace("(", r"\(").replace(")", r"\)")) as caught:
+        open_source(tmp_path / "odd.tif", 3, None)
+    assert "odd.tif" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_an_inverted_grey_s_no_data_value_is_inverted_with_it(tmp_path):
+    """GDAL's no-data tag holds a stored value: 255 stored in MINISWHITE is shown as 0."""
+    stored = np.full((20, 20), 100, np.uint8)
+    stored[:, :5] = 255
+    tifffile.imwrite(tmp_path / "w.tif", stored, photometric="miniswhite", extratags=[(42113, 2, 4, "255", True)])
+    source = open_source(tmp_path / "w.tif", 1, None)
+    values, missing = source.read_masked(0, 0, 20, 20)
+    assert source.nodata == 0 and missing[0, :, :5].all() and not missing[0, :, 5:].any()
+    assert (values[0, :, 5:] == 155).all()
+
+
+# ---- a file is read by what it holds, not by its name ---------------------------------------------------
+
+@pytest.mark.parametrize("name, fmt", [("jpeg_named.tif", "JPEG"), ("png_named.tiff", "PNG"),
+                                       ("tiff_named.jpg", "TIFF"), ("tiff_named.png", "TIFF")])
+def test_an_image_is_read_by_its_content_whatever_its_suffix(tmp_path, name, fmt):
+    """A JPEG or PNG saved as .tif was refused ("not a TIFF file: header=b'\\xff\\xd8...'")
+    while a TIFF named .jpg was read: each is read by what its first bytes say."""
+    from PIL import Image
+
+    from graphconv.sources import is_tiff
+
+    picture = np.random.default_rng(13).integers(0, 255, (24, 32, 3), dtype=np.uint8)
+    Image.fromarray(picture).save(tmp_path / name, format=fmt)
+    assert is_tiff(tmp_path / name) == (fmt == "TIFF")
+    with Image.open(tmp_path / name) as img:
+        shown = np.asarray(img.convert("RGB")).transpose(2, 0, 1)
+    np.testing.assert_array_equal(open_source(tmp_path / name, 3, None).read(0, 0, 24, 32), shown)
+
+
+def test_a_tiff_that_cannot_be_read_is_still_told_by_its_suffix(tmp_path):
+    from graphconv.sources import is_tiff
+
+    assert is_tiff(tmp_path / "missing.svs") and not is_tiff(tmp_path / "missing.png")
+    (tmp_path / "slides.tif").mkdir()
+    assert is_tiff(tmp_path / "slides.tif")
+
+
+TINY_RGB = """
+name: tiny_rgb
+input: {shape: [3, 8, 8]}
+layers:
+  - {name: conv1, op: conv, out_channels: 3, kernel_size: 3}
+  - {name: relu1, op: relu}
+  - {name: pool1, op: maxpool, kernel_size: 2}
+  - {name: fc, op: fc, out_features: 3}
+"""
+
+
+def test_run_maps_each_tiff_and_misnamed_image_as_the_picture_pillow_shows(tmp_path, capsys):
+    """The batch (--images), the single image (--image) and its tiled read all feed the
+    converted picture: each map is the model's map of Pillow's RGB of the file."""
+    import shutil
+
+    import graphconv
+    from PIL import Image
+
+    (tmp_path / "tiny.yaml").write_text(TINY_RGB)
+    assert _main("compile", tmp_path / "tiny.yaml", "-o", tmp_path / "tiny-fcn") == 0
+    folder = tmp_path / "images"
+    folder.mkdir()
+    paths = shown_tiffs(folder)
+    picture = Image.fromarray(np.random.default_rng(14).integers(0, 255, (40, 52, 3), dtype=np.uint8))
+    picture.save(folder / "jpeg_named.tif", format="JPEG")
+    paths["jpeg_named.tif"] = folder / "jpeg_named.tif"
+    assert _main("run", tmp_path / "tiny-fcn", "--images", folder, "--output-dir", tmp_path / "maps", "--quiet") == 0
+    model = graphconv.load(tmp_path / "tiny-fcn")
+    for name, path in paths.items():
+        with Image.open(path) as img:
+            want = model.run_image(img.convert("RGB"))
+        np.testing.assert_allclose(np.load(tmp_path / "maps" / f"{path.stem}.npy"), want, atol=1e-5, err_msg=name)
+    single = tmp_path / "one.tif"
+    shutil.copy(paths["palette_tiled.tif"], single)
+    assert _main("run", tmp_path / "tiny-fcn", "--image", single, "--output", tmp_path / "one.npy") == 0
+    with Image.open(single) as img:
+        np.testing.assert_allclose(np.load(tmp_path / "one.npy"), model.run_image(img.convert("RGB")), atol=1e-5)
