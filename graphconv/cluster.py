@@ -562,15 +562,33 @@ def run_images(ref: ModelRef, images: Sequence[str], output_dir: str, options: M
                progress: Callable[[ImageResult], None] | None = None, output_format: str = "npy",
                base: str | None = None) -> list[ImageResult]:
     """Each image's map to `output_dir/<its folder below base>/<stem>.npy` (or `.tif`:
-    `output_format`; see `output_names`), on the cluster when `client` is given."""
+    `output_format`; see `output_names`), on the cluster when `client` is given; what
+    became of each image listed in `output_dir/graphconv-maps.csv` (`manifest`)."""
+    from graphconv.manifest import Manifest
+
     outputs = output_names(images, output_dir, output_format, base)
-    spare_the_users_files(ref, images, outputs, options, tile)
+    manifest = Manifest(output_dir)
+    spare_the_users_files(ref, images, outputs, options, tile, manifest.wrote)
+    output_of = dict(zip(images, outputs))
+
+    def done(result: ImageResult) -> None:
+        manifest.record(result.image, output_of[result.image], result.shape, result.error)
+        if progress is not None:
+            progress(result)
+    try:
+        return _map_each(ref, images, outputs, options, tile, client, done)
+    finally:
+        manifest.rewrite()
+
+
+def _map_each(ref: ModelRef, images: Sequence[str], outputs: Sequence[str], options: MapOptions, tile: int | None,
+              client, done: Callable[[ImageResult], None]) -> list[ImageResult]:
+    """`run_images`' maps, here or on the cluster, `done` called with each as it comes."""
     results = []
     if client is None:
         for image, output in zip(images, outputs):
             results.append(_one_image(ref, image, output, options, tile))
-            if progress is not None:
-                progress(results[-1])
+            done(results[-1])
         return results
     import distributed
 
@@ -581,8 +599,7 @@ def run_images(ref: ModelRef, images: Sequence[str], output_dir: str, options: M
     try:
         for future in as_completed_with_workers(client, futures):
             results.append(_seen_here(future.result()))
-            if progress is not None:
-                progress(results[-1])
+            done(results[-1])
     except BaseException:  # Ctrl-C, a scheduler's SIGTERM, a lost scheduler: stop the tasks too
         _stop_tasks(client, stop, futures)
         raise
@@ -709,6 +726,7 @@ def is_image_to_map(path: str | Path) -> bool:
 
 
 NOT_AN_IMAGE_FORMAT = "not of an image format graphconv reads"  # why --images leaves out a .heic, a .nef
+WRITTEN_BY_GRAPHCONV = "written by graphconv (a map, a heatmap, the list of maps)"
 
 
 def leaving_out(path: str | Path) -> str | None:
@@ -716,13 +734,17 @@ def leaving_out(path: str | Path) -> str | None:
     graphconv does not read, a hidden name (starting with '.': macOS's ._photo.jpg
     AppleDouble files, which shells leave out of a * too), or a file graphconv wrote (a
     .tif map, a heatmap)."""
+    from graphconv.manifest import MANIFEST_NAME
+
     path = Path(path)
+    if path.name == MANIFEST_NAME:
+        return WRITTEN_BY_GRAPHCONV
     if path.suffix.lower() not in image_suffixes():
         return NOT_AN_IMAGE_FORMAT
     if path.name.startswith("."):
         return "hidden (a name starting with '.')"
     if is_graphconv_output(path):
-        return "written by graphconv (a map or heatmap)"
+        return WRITTEN_BY_GRAPHCONV
     return None
 
 
@@ -893,14 +915,15 @@ def size_as_read(model, image: str, options: MapOptions) -> tuple[int, int]:
 
 
 def spare_the_users_files(ref: ModelRef, images: Sequence[str], outputs: Sequence[str], options: MapOptions,
-                          tile: int | None) -> None:
+                          tile: int | None, wrote: Callable[[str], bool] = lambda output: False) -> None:
     """Refuse, before any work, a batch whose output names an existing file this run may
     not replace (`check_replaceable`), or a .tif map of another image than the one mapped
-    there now (`map_of_another_image`). An image that cannot be read is left to its own
-    task to report (it writes nothing). The model is this process's `worker_model`, which
-    the images run here then reuse."""
+    there now (`map_of_another_image`). An .npy `wrote` says an earlier batch wrote (its
+    --output-dir's `manifest`) is replaced whatever shape it holds. An image that cannot
+    be read is left to its own task to report (it writes nothing). The model is this
+    process's `worker_model`, which the images run here then reuse."""
     for image, output in zip(images, outputs):
-        if not os.path.exists(output.rstrip("/")):
+        if not os.path.exists(output.rstrip("/")) or (output.lower().endswith(".npy") and wrote(output)):
             continue
         check_replaceable(output, np.float32)
         _refuse_another_images_map(image, output)

@@ -791,10 +791,16 @@ def _output_dir_made(folder: str) -> Iterator[list[Path]]:
 
 def _remove_if_empty(created: list[Path]) -> None:
     """Remove the folders a run made (innermost first) that hold nothing, or only empty
-    folders (the subfolders mirroring the images'), as a failed command leaves nothing."""
+    folders (the subfolders mirroring the images'), as a failed command leaves nothing;
+    nor the list of maps (`manifest`) of none, which the run wrote there."""
+    from graphconv.manifest import MANIFEST_NAME
+
     for folder in created:
         if not folder.is_dir():
             continue
+        files = [name for _, _, names in os.walk(folder) for name in names]
+        if files == [MANIFEST_NAME]:
+            (folder / MANIFEST_NAME).unlink()
         for inner, _, _ in sorted(os.walk(folder), key=lambda entry: -len(entry[0])):
             with contextlib.suppress(OSError):  # not empty: kept
                 os.rmdir(inner)

@@ -402,7 +402,7 @@ def test_many_images_with_one_corrupt(model_dir, picture, tmp_path):
     assert result.returncode == 2
     assert "broken.png" in result.stderr and "3 of 4 image(s)" in result.stdout
     written = sorted(p.name for p in (tmp_path / "maps").iterdir())
-    assert written == ["p0.npy", "p1.npy", "p2.npy"]
+    assert written == ["graphconv-maps.csv", "p0.npy", "p1.npy", "p2.npy"]
     model = Model.load(model_dir)
     x = open_source(folder / "p1.png", 1, model.graph.meta.get("preprocess")).read(0, 0, 120, 110)
     np.testing.assert_allclose(np.load(tmp_path / "maps" / "p1.npy"), model.run(x[None]), rtol=1e-4, atol=1e-6)
@@ -630,7 +630,7 @@ def test_cli_many_images_mirror_their_folders_below_the_output_dir(model_dir, pi
     for name in ("same.png", "same.jpg"):
         result = graphconv("run", model_dir, "--images", f"lib/{name}", "--output-dir", "two", cwd=tmp_path)
         assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["same_jpg.npy", "same_png.npy"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["graphconv-maps.csv", "same_jpg.npy", "same_png.npy"]
 
 
 # ---- satellite scenes: many bands, values as stored ---------------------------------------------
@@ -1100,7 +1100,7 @@ def test_cli_many_images_from_a_folder_or_through_subfolders(model_dir, picture,
     (folder / "notes.txt").write_text("not an image")
     result = graphconv("run", model_dir, "--images", folder, "--output-dir", tmp_path / "flat")
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in (tmp_path / "flat").iterdir()) == ["a.npy", "b.npy"]
+    assert sorted(p.name for p in (tmp_path / "flat").iterdir()) == ["a.npy", "b.npy", "graphconv-maps.csv"]
     result = graphconv("run", model_dir, "--images", folder / "**" / "*.png", "--output-dir", tmp_path / "deep")
     assert result.returncode == 0, result.stderr
     assert sorted(str(p.relative_to(tmp_path / "deep")) for p in (tmp_path / "deep").rglob("*.npy")) == [
@@ -1122,7 +1122,7 @@ def test_cli_many_images_spare_pictures_that_are_not_their_heatmaps(model_dir, p
         result = graphconv("run", model_dir, "--images", folder, "--output-dir", folder, "--heatmap", "3")
         assert result.returncode == 0, result.stderr
         assert "1 of 1 image(s)" in result.stdout
-    assert sorted(p.name for p in folder.iterdir()) == ["a-heatmap-3.png", "a.npy", "a.png"]
+    assert sorted(p.name for p in folder.iterdir()) == ["a-heatmap-3.png", "a.npy", "a.png", "graphconv-maps.csv"]
 
 
 @pytest.mark.parametrize("suffix", [".zarr", ".tif"])
@@ -1266,7 +1266,7 @@ def test_ctrl_c_of_images_on_a_cluster_stops_the_maps_in_progress_too(model_dir,
         while any(client.processing().values()) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not any(client.processing().values())
-    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["a.npy"]  # b stopped: no map, no temporary
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["a.npy", "graphconv-maps.csv"]  # b: no map
 
 
 def test_memory_limit_given_with_a_scheduler_is_each_worker_s_budget():
@@ -1331,10 +1331,10 @@ def test_cli_many_images_leave_out_graphconv_s_own_files_hidden_files_and_other_
         assert result.returncode == 0, result.stderr
         assert "2 of 2 image(s)" in result.stdout
     hidden = ", 2 hidden (a name starting with '.')" if pattern == "{folder}" else ""  # a shell's * leaves them out
-    assert (f"left out {5 + bool(hidden) * 2} file(s): 3 not of an image format graphconv reads (.npy x2, .txt x1), "
-            f"2 written by graphconv (a map or heatmap){hidden}\n") in result.stderr, result.stderr
+    assert (f"left out {6 + bool(hidden) * 2} file(s): 3 not of an image format graphconv reads (.npy x2, .txt x1), "
+            f"3 written by graphconv (a map, a heatmap, the list of maps){hidden}\n") in result.stderr, result.stderr
     assert sorted(p.name for p in folder.iterdir()) == ["._a.png", ".hidden.png", "a.npy", "a.png", "a.tif",
-                                                        "b.npy", "b.png", "b.tif", "notes.txt"]
+                                                        "b.npy", "b.png", "b.tif", "graphconv-maps.csv", "notes.txt"]
 
 
 @pytest.mark.parametrize("output, options, classes, values", [
@@ -1376,7 +1376,8 @@ def test_cli_many_images_skip_existing_goes_on_where_a_stopped_batch_stopped(mod
     assert "nothing to do" in result.stdout
     result = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing", "--classes", "1")
     assert "have their map" not in result.stderr, "a map of all classes is not this run's: it is done again"
-    assert result.returncode == 2 and "not this run's float32 (1, 1," in result.stderr
+    assert result.returncode == 0, result.stderr  # graphconv's own map (graphconv-maps.csv says so) is replaced
+    assert np.load(out / "a.npy").shape[:2] == (1, 1) and "3 of 3 image(s)" in result.stdout
     for output_format in ("tif", "tif"):  # written, then each found done
         result = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing",
                            "--output-format", output_format)
@@ -1632,7 +1633,7 @@ def test_cli_a_stopped_batch_keeps_the_heatmaps_of_its_maps_and_has_said_its_bad
     assert main(run) == 130
     err = capsys.readouterr().err
     assert err.index("b.png") < err.index("interrupted (")
-    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["a-heatmap-1.png", "a.npy"]
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["a-heatmap-1.png", "a.npy", "graphconv-maps.csv"]
     monkeypatch.setattr(cluster, "_one_image", one_image)
     assert main([*run, "--skip-existing"]) == 2  # b.png is still broken
     captured = capsys.readouterr()
@@ -1862,7 +1863,7 @@ def test_images_resume_goes_on_from_the_tiles_done_of_the_map_in_progress(model_
     assert "1 of 2 image(s) have their map in" in err and "left out (--resume)" in err
     assert "note: --resume: 1 map(s) went on from the tiles an earlier run had done (7 of 20 tiles)" in err, err
     assert len(written) == 13
-    assert sorted(p.name for p in out.iterdir()) == [f"a.{output_format}", f"b.{output_format}"]
+    assert sorted(p.name for p in out.iterdir()) == [f"a.{output_format}", f"b.{output_format}", "graphconv-maps.csv"]
     for name in ("a", "b"):
         np.testing.assert_array_equal(_read_any_map(out / f"{name}.{output_format}"),
                                       _read_any_map(tmp_path / "straight" / f"{name}.{output_format}"))
