@@ -1307,11 +1307,15 @@ def reduce_map_or_vector(out: np.ndarray) -> np.ndarray:
 
 
 def print_top(scores: np.ndarray, k: int, labels: list[str] | None) -> None:
+    for index, vector in enumerate(scores):
+        print(f"image {index}: {top_text(vector, k, labels)}")
+
+
+def top_text(vector: np.ndarray, k: int, labels: list[str] | None) -> str:
+    """The K best classes of one score vector, 'cat 0.81, dog 0.1' (best first)."""
     from graphconv.scales import top_classes
 
-    for index, vector in enumerate(scores):
-        print(f"image {index}: " + ", ".join(f"{label} {score:.4g}" for _, label, score in
-                                             top_classes(vector, k, labels)))
+    return ", ".join(f"{label} {score:.4g}" for _, label, score in top_classes(vector, k, labels))
 
 
 def _positive_int(text: str) -> int:

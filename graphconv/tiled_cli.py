@@ -553,9 +553,9 @@ def run_images_command(args: argparse.Namespace) -> int:
 
     if not args.output_dir:
         raise GraphconvError("--images needs --output-dir")
-    if args.output or args.scales or args.resize or args.profile or args.top:
-        raise GraphconvError("--images writes one map per image into --output-dir; --output, --scales, --resize, "
-                             "--profile and --top take one --image")
+    if args.output or args.scales or args.resize or args.profile:
+        raise GraphconvError("--images writes one map per image into --output-dir; --output, --scales, --resize "
+                             "and --profile take one --image")
     images = _image_paths(args.images)
     if not images:
         _no_images(args.images)
@@ -598,6 +598,7 @@ def run_images_command(args: argparse.Namespace) -> int:
                     bar.say(_error_line(result))
                 else:
                     finished.append(result)
+                    _say_top(args, model, result, bar)
                 bar.advance(1, 0)
             if args.workers or args.scheduler:
                 with client_for(args.workers or 1, args.scheduler) as client:
@@ -628,6 +629,19 @@ def run_images_command(args: argparse.Namespace) -> int:
     print(f"{len(results) - len(failed)} of {len(results)} image(s) -> {args.output_dir} in "
           f"{time.perf_counter() - start:.1f} s")
     return 2 if failed else 0
+
+
+def _say_top(args: argparse.Namespace, model, result, bar) -> None:
+    """--top of --images: the image's K best classes by their mean over its map's
+    computed cells, one line on stdout as each image is done."""
+    means = _class_means(args, _read_map(result.output)) if result.output else None
+    if means is None:
+        return
+    from graphconv.cli import top_text
+
+    ranked = "no cell computed" if np.isnan(means).all() else \
+        top_text(means[0], args.top, _kept_labels(args, model.graph.meta.get("labels")))
+    bar.say(printable(f"{result.image}: {ranked}"), sys.stdout)
 
 
 def _error_line(result) -> str:
@@ -1059,12 +1073,13 @@ class _progress:
             self.bar.set_postfix_str(f"{rate:.2f} Mpx/s", refresh=False)
         self.bar.update(count)
 
-    def say(self, line: str) -> None:
-        """A line on stderr now, above the bar (tqdm.write keeps the bar whole)."""
+    def say(self, line: str, file=None) -> None:
+        """A line on stderr (or `file`) now, above the bar (tqdm.write keeps the bar whole)."""
+        file = file or sys.stderr
         if self.bar is None:
-            print(line, file=sys.stderr, flush=True)
+            print(line, file=file, flush=True)
         else:
-            self.bar.write(line, file=sys.stderr)
+            self.bar.write(line, file=file)
 
     def __exit__(self, *exc):
         if self.bar is not None:

@@ -19,7 +19,7 @@ tifffile = pytest.importorskip("tifffile")
 zarr = pytest.importorskip("zarr")
 Image = pytest.importorskip("PIL.Image")
 
-from conftest import SPECS, graphconv_in_process, graphconv_process  # noqa: E402
+from conftest import ROOT, SPECS, graphconv_in_process, graphconv_process  # noqa: E402
 from graphconv.cluster import MapOptions, ModelRef, run_images  # noqa: E402
 from graphconv.errors import GraphconvError  # noqa: E402
 from graphconv.model import Model  # noqa: E402
@@ -406,6 +406,32 @@ def test_many_images_with_one_corrupt(model_dir, picture, tmp_path):
     model = Model.load(model_dir)
     x = open_source(folder / "p1.png", 1, model.graph.meta.get("preprocess")).read(0, 0, 120, 110)
     np.testing.assert_allclose(np.load(tmp_path / "maps" / "p1.npy"), model.run(x[None]), rtol=1e-4, atol=1e-6)
+
+
+def test_many_images_top_ranks_each_image_s_classes_by_their_mean_over_its_map(model_dir, picture, tmp_path):
+    """--top was refused with --images: a photo collection's per-image classes took a
+    process per photo (1.35 s of start-up each)."""
+    from graphconv.scales import top_classes
+
+    digits = tmp_path / "digits-fcn"
+    assert graphconv("compile", SPECS / "digits.yaml", "-o", digits).returncode == 0  # trained, with labels
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    page = Image.open(ROOT / "examples" / "digits_page.png")
+    for i in range(2):
+        page.crop((60 * i, 0, 60 * i + 90, 80)).save(folder / f"p{i}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "maps"
+    result = graphconv("run", digits, "--images", folder, "--output-dir", out, "--top", "2", "--classes", "1,3,10")
+    assert result.returncode == 2 and "broken.png" in result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith(str(folder))]
+    assert len(lines) == 2
+    for i in range(2):
+        scores = np.load(out / f"p{i}.npy")[0].mean(axis=(1, 2))
+        assert scores.max() > 0.1
+        labels = ["1", "3", "background"]
+        ranked = ", ".join(f"{label} {score:.4g}" for _, label, score in top_classes(scores, 2, labels))
+        assert f"{folder / f'p{i}.png'}: {ranked}" in lines
 
 
 @pytest.mark.slow
