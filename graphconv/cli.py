@@ -1058,9 +1058,21 @@ def note_dense_padding(args: argparse.Namespace, model) -> None:
     spec = shlex.quote(str(args.model)) if str(args.model).lower().endswith((".yaml", ".yml", ".onnx")) else "SPEC"
     image = shlex.quote(str(args.image)) if getattr(args, "image", None) else "IMAGE"
     verify = " ".join(["graphconv verify", spec, "--image", image, *_model_files_given(args)])
-    note(f"note: {model.graph.name} pads in {len(padded)} layer(s), so its cells can differ from the classifier "
-         f"on each crop (each crop is padded at its own border, this pass only at the image's): `{verify}` measures by how much on your image; --crops gives the exact crop loop (the "
+    note(f"note: {model.graph.name} pads in {len(padded)} layer(s){_hanging_words(model.graph, padded)}, so its "
+         f"cells can differ from the classifier on each crop (each crop is padded at its own border, this pass only "
+         f"at the image's): `{verify}` measures by how much on your image; --crops gives the exact crop loop (the "
          "classifier once per cell, far slower)")
+
+
+def _hanging_words(graph, padded: list[str]) -> str:
+    """' (p1: a ceil_mode pool's last window hanging off the map, ...)', or nothing."""
+    from graphconv.dense import hanging_pools
+
+    hanging = hanging_pools(graph, padded)
+    if not hanging:
+        return ""
+    named = ", ".join(hanging[:3]) + (f" and {len(hanging) - 3} more" if len(hanging) > 3 else "")
+    return f" ({named}: a ceil_mode pool's last window hanging off the map, which reads padding too)"
 
 
 def _note_cells_off_the_lattice(model) -> None:
@@ -1489,7 +1501,8 @@ def note_padding(classifier) -> None:
     padded = padded_layers(classifier)
     if padded:
         named = ", ".join(padded[:3]) + (f" and {len(padded) - 3} more" if len(padded) > 3 else "")
-        note(f"note: {named} pad: each crop is padded at its own border, the sliding network only at the "
+        note(f"note: {named} pad{_hanging_words(classifier, padded)}: each crop is padded at its own border, "
+             "the sliding network only at the "
              "image's, so cells differ from the classifier on their crop where that padding reaches (as in "
              "any fully convolutional use of such a network); `graphconv verify` shows where and by how much")
 

@@ -122,6 +122,20 @@ def padded_layers(graph: Graph) -> list[str]:
     return padding_reach(graph)[1]
 
 
+def hanging_pools(graph: Graph, names: list[str]) -> list[str]:
+    """Those of `padded_layers` that pad nothing but reach outside their input through a
+    ceil_mode window hanging off the map's end: named apart in the notes, which called
+    them padding (a network with no padding anywhere was said to pad)."""
+    from graphconv.ops.registry import pair
+
+    hanging = []
+    for name in names:
+        params = graph.node(name).params
+        if params.get("ceil_mode") and not any(pair(params.get("padding", 0))):
+            hanging.append(name)
+    return hanging
+
+
 # ---- where a crop's padding reaches ---------------------------------------------------------
 
 def padding_reach(graph: Graph) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:

@@ -1088,6 +1088,29 @@ def test_a_dense_run_of_a_padded_network_says_once_how_to_measure_what_padding_d
     assert "pads in" not in capsys.readouterr().err
 
 
+def test_a_ceil_mode_pool_hanging_off_the_map_is_named_as_such_in_the_padding_notes(tmp_path, capsys):
+    """A network that pads nowhere but whose ceil_mode pool hangs its last window off the
+    crop's map was said to pad, which its spec contradicts."""
+    (tmp_path / "ceil.yaml").write_text("""
+name: ceilnet
+input: {shape: [3, 32, 32]}
+layers:
+  - {name: c1, op: conv, out_channels: 4, kernel_size: 3}
+  - {name: p1, op: maxpool, kernel_size: 3, stride: 2, ceil_mode: true}
+  - {name: c2, op: conv, out_channels: 4, kernel_size: 3}
+  - {name: fc, op: fc, out_features: 3}
+""")
+    hanging = "(p1: a ceil_mode pool's last window hanging off the map, which reads padding too)"
+    assert run_cli("compile", tmp_path / "ceil.yaml", "-o", tmp_path / "fcn") == 0
+    assert f"note: p1 pad {hanging}: each crop" in capsys.readouterr().err
+    np.save(tmp_path / "in.npy", np.zeros((1, 3, 40, 40), np.float32))
+    assert run_cli("run", tmp_path / "fcn", "--input", tmp_path / "in.npy") == 0
+    assert f"note: ceilnet pads in 1 layer(s) {hanging}, so its cells" in capsys.readouterr().err
+    (tmp_path / "even.yaml").write_text((tmp_path / "ceil.yaml").read_text().replace("32, 32", "31, 31"))
+    assert run_cli("compile", tmp_path / "even.yaml", "-o", tmp_path / "fcn2") == 0
+    assert "note: p1" not in capsys.readouterr().err  # 29 - 3 is even: no window hangs
+
+
 def test_a_second_ctrl_c_during_the_cleanup_does_not_cut_it_short(tmp_path, monkeypatch, capsys):
     """Ctrl-C twice: the second, landing while the first one's cleanup removed the .zarr
     map's temporary folder, stopped the removal (the folder left, chunks and all, under
