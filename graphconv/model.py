@@ -151,7 +151,8 @@ class Model:
         """Where each cell of `run`'s map stands on the image: a classifier's cell (i, j) is
         the classifier on its crop at (i, j) times the stride, so the crop (what a
         georeferenced map centres each cell on; `field`, the pixels the cell reads, may
-        reach past the crop and sit half a pixel off its centre); a segmentation
+        reach past the crop and, where the network pads, sit off its centre: a ResNet's,
+        (stride - 1) / 2 pixels up and left of it, 15.5 at stride 32); a segmentation
         network's, the receptive field of its output pixel, or, where it gives one label per
         pixel (its output the crop's size), that pixel: a map of a GeoTIFF is then
         georeferenced as the image, where the field's centre put it 1 to 3.5 pixels off for
