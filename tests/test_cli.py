@@ -866,13 +866,14 @@ def test_many_images_through_a_classifier_as_written_say_so(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--images", "{page}", "--output-dir", "maps", "--top", "3"], "--profile and --top take one --image"),
+    (["--images", "{page}", "--output-dir", "maps", "--profile"], "--resize and --profile take one --image"),
     (["--image", "{page}", "--heatmap", "11"], "--heatmap 11: the model has 11 classes (0 to 10)"),
     (["--image", "{page}", "--heatmap", "1000", "--output", "m.npy"], "--heatmap 1000: the model has 11 classes"),
 ])
 def test_options_a_run_cannot_honour_are_refused_before_it_runs(digits_fcn, tmp_path, capsys, args, message):
-    """--top with --images was ignored, exit 0; --heatmap 1000 on one image was refused
-    only after the network had run."""
+    """--profile with --images (it times one run) is refused, as --top was before a batch
+    ranked each image; --heatmap 1000 on one image was refused only after the network
+    had run."""
     page = str(ROOT / "examples" / "digits_page.png")
     assert run_cli("run", digits_fcn, *(a.format(page=page) for a in args)) == 2
     captured = capsys.readouterr()
