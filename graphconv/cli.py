@@ -629,6 +629,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise GraphconvError("--scales reduces every map to one class vector: write it as .npy", file=args.output)
     if args.scales and args.reduce == "argmax":
         raise GraphconvError("--reduce argmax writes a class map; with --scales use mean or max")
+    if args.top and args.reduce == "argmax":  # it printed nothing
+        raise GraphconvError("--top ranks the classes by their mean score over the map, and --reduce argmax keeps "
+                             "no scores (only each cell's winning class): leave one of them out")
     if (args.flip or args.reduce in ("mean", "max")) and not args.scales:
         raise GraphconvError("--flip and --reduce mean|max apply to --scales runs")
     if args.crops is not None and (args.scales or args.full_map or args.profile):
@@ -1058,21 +1061,32 @@ def note_dense_padding(args: argparse.Namespace, model) -> None:
     spec = shlex.quote(str(args.model)) if str(args.model).lower().endswith((".yaml", ".yml", ".onnx")) else "SPEC"
     image = shlex.quote(str(args.image)) if getattr(args, "image", None) else "IMAGE"
     verify = " ".join(["graphconv verify", spec, "--image", image, *_model_files_given(args)])
-    note(f"note: {model.graph.name} pads in {len(padded)} layer(s){_hanging_words(model.graph, padded)}, so its "
+    note(f"note: {model.graph.name} {_pads_in(model.graph, padded)}, so its "
          f"cells can differ from the classifier on each crop (each crop is padded at its own border, this pass only "
          f"at the image's): `{verify}` measures by how much on your image; --crops gives the exact crop loop (the "
          "classifier once per cell, far slower)")
 
 
-def _hanging_words(graph, padded: list[str]) -> str:
-    """' (p1: a ceil_mode pool's last window hanging off the map, ...)', or nothing."""
+def _pads_in(graph, padded: list[str]) -> str:
+    """'pads in 3 layer(s)', naming the ceil_mode pools among them whose last window hangs
+    off the map (a network padding nowhere was said to pad)."""
     from graphconv.dense import hanging_pools
 
     hanging = hanging_pools(graph, padded)
+    if len(hanging) == len(padded):
+        return f"hangs a ceil_mode pool's last window off the map in {len(padded)} layer(s)"
+    return f"pads in {len(padded)} layer(s){_hanging_words(hanging)}"
+
+
+def _hanging_words(hanging: list[str]) -> str:
+    """' (p1: a ceil_mode pool's last window hanging off the map)', or nothing."""
     if not hanging:
         return ""
-    named = ", ".join(hanging[:3]) + (f" and {len(hanging) - 3} more" if len(hanging) > 3 else "")
-    return f" ({named}: a ceil_mode pool's last window hanging off the map, which reads padding too)"
+    return f" ({_listed(hanging)}: a ceil_mode pool's last window hanging off the map)"
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _note_cells_off_the_lattice(model) -> None:
@@ -1500,8 +1514,14 @@ def note_padding(classifier) -> None:
         return
     padded = padded_layers(classifier)
     if padded:
-        named = ", ".join(padded[:3]) + (f" and {len(padded) - 3} more" if len(padded) > 3 else "")
-        note(f"note: {named} pad{_hanging_words(classifier, padded)}: each crop is padded at its own border, "
+        from graphconv.dense import hanging_pools
+
+        hanging = hanging_pools(classifier, padded)
+        if len(hanging) == len(padded):
+            subject = f"{_listed(padded)}, ceil_mode pool(s), hang a last window off the map"
+        else:
+            subject = f"{_listed(padded)} pad{_hanging_words(hanging)}"
+        note(f"note: {subject}: each crop is padded at its own border, "
              "the sliding network only at the "
              "image's, so cells differ from the classifier on their crop where that padding reaches (as in "
              "any fully convolutional use of such a network); `graphconv verify` shows where and by how much")

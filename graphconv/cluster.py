@@ -563,20 +563,29 @@ def run_images(ref: ModelRef, images: Sequence[str], output_dir: str, options: M
                base: str | None = None) -> list[ImageResult]:
     """Each image's map to `output_dir/<its folder below base>/<stem>.npy` (or `.tif`:
     `output_format`; see `output_names`), on the cluster when `client` is given; what
-    became of each image listed in `output_dir/graphconv-maps.csv` (`manifest`)."""
+    became of each image listed in `output_dir/graphconv-maps.csv` (`manifest`).
+    `progress` is called with each image's result as it comes, and may return it changed
+    (an error added: the command's heatmap that failed), which the list then says."""
+    from graphconv.files import file_stamp
     from graphconv.manifest import Manifest
 
     outputs = output_names(images, output_dir, output_format, base)
     manifest = Manifest(output_dir)
     spare_the_users_files(ref, images, outputs, options, tile, manifest.wrote)
     output_of = dict(zip(images, outputs))
+    before = [file_stamp(output) for output in outputs]
 
     def done(result: ImageResult) -> None:
-        manifest.record(result.image, output_of[result.image], result.shape, result.error)
-        if progress is not None:
-            progress(result)
+        shown = progress(result) if progress is not None else None
+        result = shown or result  # the command's, its heatmap's error added
+        written = result.output is not None and os.path.exists(result.output)
+        manifest.record(result.image, output_of[result.image], result.shape, result.error, written)
     try:
         return _map_each(ref, images, outputs, options, tile, client, done)
+    except BaseException:  # stopped: the maps finished whose rows the stop cut off are listed too
+        for image, output, stamp in zip(images, outputs, before):
+            manifest.record_kept(image, output, stamp)
+        raise
     finally:
         manifest.rewrite()
 

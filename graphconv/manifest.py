@@ -7,13 +7,20 @@ only where this list says graphconv wrote exactly that file (its size, time and 
 
 Each image's row is appended as the image is done, so a batch stopped at any moment
 leaves the rows of the maps it kept; at the end the list is written again with one row
-per map (the latest), rows of earlier runs over other images kept."""
+per map (the latest), rows of earlier runs over other images kept. Appends and the
+rewrite hold a lock on the folder, so two batches into one folder keep each other's rows.
+"""
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+import numpy as np
 
 from graphconv.errors import GraphconvError
 from graphconv.files import atomic_write, file_stamp
@@ -21,6 +28,11 @@ from graphconv.files import atomic_write, file_stamp
 MANIFEST_NAME = "graphconv-maps.csv"
 COLUMNS = ("image", "map", "status", "shape", "error", "map_stamp")
 MANIFEST_LIMIT = 256 << 20  # bytes: a list of millions of maps; a larger file is not one graphconv wrote
+# File names are bytes on POSIX: one that is not UTF-8 (a Latin-1 'café.png') is kept as its
+# bytes, as Python's os functions keep it, rather than stopping the batch. A byte-order mark,
+# which a spreadsheet saving the list adds, is read past.
+WRITING = {"encoding": "utf-8", "errors": "surrogateescape"}
+READING = {"encoding": "utf-8-sig", "errors": "surrogateescape"}
 
 
 class Manifest:
@@ -30,43 +42,111 @@ class Manifest:
         self.folder = Path(output_dir)
         self.path = self.folder / MANIFEST_NAME
         self.rows = _read_rows(self.path)
-        self._changed = False
+        self.recorded: set[str] = set()  # the maps this run has a row for
+        if self.path.exists() and _cut_short(self.path):  # a kill mid-append: later rows would join the cut one
+            with self._locked():
+                _write_rows(self.path, self.rows)
 
-    def record(self, image: str, output: str, shape: tuple[int, ...] | None, error: str | None) -> None:
-        """Note what became of `image`, whose map goes to `output`, at once (appended)."""
-        stamp = file_stamp(output) if error is None else None
-        row = {"image": os.path.abspath(image), "map": self._key(output), "status": "failed" if error else "written",
-               "shape": "x".join(map(str, shape)) if shape and not error else "", "error": error or "",
-               "map_stamp": ":".join(map(str, stamp)) if stamp else ""}
-        self.rows[row["map"]] = row
-        self._changed = True
+    def record(self, image: str, output: str, shape: tuple[int, ...] | None, error: str | None,
+               written: bool) -> None:
+        """Note what became of `image`, whose map goes to `output`, at once (appended):
+        `written`, its map is there (an error then is what failed after it, its heatmap).
+        A failed image's earlier map, unchanged, keeps its stamp: it is still graphconv's."""
+        key = self._key(output)
+        earlier = self.rows.get(key)
+        stamp = _stamp_text(output) if written else (earlier or {}).get("map_stamp", "")
+        if not written and stamp and stamp != _stamp_text(output):
+            stamp = ""  # the earlier map is gone or changed since
+        row = {"image": os.path.abspath(image), "map": key, "status": "written" if written else "failed",
+               "shape": "x".join(map(str, shape)) if shape and written else "", "error": error or "",
+               "map_stamp": stamp}
+        self.rows[key] = row
+        self.recorded.add(key)
         self.folder.mkdir(parents=True, exist_ok=True)  # where the first image failed, no map made it
-        fresh = not self.path.exists()
-        with open(self.path, "a", newline="", encoding="utf-8") as file:
-            writer = csv.DictWriter(file, COLUMNS)
-            if fresh:
-                writer.writeheader()
-            writer.writerow(row)
+        with self._locked():
+            _append(self.path, row)
+
+    def record_kept(self, image: str, output: str, stamp_before: list[int] | None) -> None:
+        """A map written in this run (its file stamp no longer `stamp_before`'s) whose
+        image's row a stop cut off (Ctrl-C after the map was renamed into place, a
+        worker's map not collected yet): listed as written, its shape read from the file,
+        so that a later run knows it is graphconv's."""
+        if self._key(output) in self.recorded or not output.lower().endswith(".npy"):
+            return
+        if file_stamp(output) in (None, stamp_before):
+            return
+        try:
+            shape = np.load(output, mmap_mode="r", allow_pickle=False).shape
+        except (OSError, ValueError):
+            return
+        self.record(image, output, shape, None, True)
 
     def wrote(self, output: str) -> bool:
         """Whether graphconv wrote the file now at `output`, as it is now."""
         row = self.rows.get(self._key(output))
-        stamp = file_stamp(output)
-        return bool(row and row["status"] == "written" and stamp and row["map_stamp"] == ":".join(map(str, stamp)))
+        return bool(row and row["map_stamp"] and row["map_stamp"] == _stamp_text(output))
 
     def rewrite(self) -> None:
-        """The list again, one row per map: what the appends of reruns repeated, once."""
-        if not self._changed:
+        """The list again, one row per map: what the appends of reruns repeated, once.
+        Rows another batch appended meanwhile are read back first and kept."""
+        if not self.recorded:
             return
-        text = io.StringIO(newline="")
-        writer = csv.DictWriter(text, COLUMNS)
-        writer.writeheader()
-        writer.writerows(self.rows[key] for key in sorted(self.rows))
-        atomic_write(self.path, lambda p: Path(p).write_text(text.getvalue(), encoding="utf-8", newline=""))
-        self._changed = False
+        with self._locked():
+            rows = _read_rows(self.path)
+            rows.update({key: self.rows[key] for key in self.recorded})
+            _write_rows(self.path, rows)
+        self.recorded.clear()
 
     def _key(self, output: str) -> str:
         return Path(os.path.relpath(os.path.abspath(output), os.path.abspath(self.folder))).as_posix()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The folder locked (flock) against another batch's append or rewrite."""
+        fd = os.open(self.folder, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+def _stamp_text(path: str) -> str:
+    stamp = file_stamp(path)
+    return ":".join(map(str, stamp)) if stamp else ""
+
+
+def _append(path: Path, row: dict[str, str]) -> None:
+    """One row at the end, the header first in a new file."""
+    fresh = not path.exists()
+    with open(path, "a", newline="", **WRITING) as file:
+        writer = csv.DictWriter(file, COLUMNS)
+        if fresh:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _write_rows(path: Path, rows: dict[str, dict[str, str]]) -> None:
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows[key] for key in sorted(rows))
+    atomic_write(path, lambda p: Path(p).write_text(text.getvalue(), newline="", **WRITING))
+
+
+def _cut_short(path: Path) -> bool:
+    """Whether the list ends in a row a kill cut short: no line end after it, or a quoted
+    field (an error of several lines) left open."""
+    try:
+        with open(path, newline="", **READING) as file:
+            text = file.read()
+        for _ in csv.reader(io.StringIO(text, newline=""), strict=True):
+            pass
+    except csv.Error:
+        return True
+    except OSError:
+        return False
+    return bool(text) and not text.endswith("\n")
 
 
 def _read_rows(path: Path) -> dict[str, dict[str, str]]:
@@ -79,11 +159,11 @@ def _read_rows(path: Path) -> dict[str, dict[str, str]]:
         if path.stat().st_size > MANIFEST_LIMIT:
             raise GraphconvError(f"is over {MANIFEST_LIMIT >> 20} MiB: not a list of maps graphconv wrote (delete "
                                  "it, or choose another --output-dir)", file=str(path))
-        with open(path, newline="", encoding="utf-8") as file:
+        with open(path, newline="", **READING) as file:
             reader = csv.reader(file)
             if tuple(next(reader, ())) != COLUMNS:
                 raise GraphconvError(f"is already there and is not graphconv's list of maps (its first line is not "
                                      f"{','.join(COLUMNS)}): choose another --output-dir, or move it", file=str(path))
             return {row[1]: dict(zip(COLUMNS, row)) for row in reader if len(row) == len(COLUMNS)}
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
+    except (OSError, csv.Error) as err:
         raise GraphconvError(f"cannot be read as graphconv's list of maps: {err}", file=str(path)) from None

@@ -586,8 +586,8 @@ def run_images_command(args: argparse.Namespace) -> int:
     _check_heatmap_names(args, images, base)
     replaceable = _npy_maps_there(args, images, base)
     start = time.perf_counter()
-    finished, done = [], {}
-    with _output_dir_made(args.output_dir) as created, _say_how_to_go_on(args, finished, images, base):
+    done = {}
+    with _output_dir_made(args.output_dir) as created, _say_how_to_go_on(args, images, base):
         with _progress(args, len(images), "images", None) as bar:
             def progress(result):
                 """Each image as it is done: its heatmap drawn now (a stopped batch keeps the
@@ -597,9 +597,9 @@ def run_images_command(args: argparse.Namespace) -> int:
                 if result.error:
                     bar.say(_error_line(result))
                 else:
-                    finished.append(result)
                     _say_top(args, model, result, bar)
                 bar.advance(1, 0)
+                return result
             if args.workers or args.scheduler:
                 with client_for(args.workers or 1, args.scheduler) as client:
                     results = run_images(ref, images, args.output_dir, options, args.tile, client, progress,
@@ -756,19 +756,27 @@ def _layer_op(graph, name: str | None) -> str | None:
 
 
 @contextmanager
-def _say_how_to_go_on(args: argparse.Namespace, finished: list, images: list[str], base: str) -> Iterator[None]:
+def _say_how_to_go_on(args: argparse.Namespace, images: list[str], base: str) -> Iterator[None]:
     """A batch stopped (Ctrl-C, SIGTERM) keeps the maps it finished, and with --resume the
     tiles done of those it was computing in tiles: the command's "interrupted" line
     (`cli._what_is_left`, through `args.stopped_batch`) says how many, and how the same
     command goes on; nothing where nothing is kept (it said "0 of 3 map(s) ... are kept
-    in DIR" of a DIR `_output_dir_made` then removed)."""
+    in DIR" of a DIR `_output_dir_made` then removed). The maps kept are those written
+    since the batch began (their file stamps changed), counted on disk: a worker's map
+    finished as the stop came, or one renamed into place just before it, counts too."""
+    from graphconv.cluster import output_names
+    from graphconv.files import file_stamp
+
+    outputs = output_names(images, args.output_dir, args.output_format, base)
+    before = [file_stamp(output) for output in outputs]
     try:
         yield
     except BaseException:
         partial = _partial_maps(args, images, base) if args.resume else []
+        finished = sum(1 for output, stamp in zip(outputs, before) if file_stamp(output) not in (None, stamp))
         if not (finished or partial):
             raise
-        kept = f"{len(finished)} of {len(images)} map(s) were finished and are kept in {args.output_dir}"
+        kept = f"{finished} of {len(images)} map(s) were finished and are kept in {args.output_dir}"
         if partial:
             args.stopped_batch = (f"{kept}, and the tiles done of {len(partial)} more in {partial[0]}"
                                   f"{' and others' if len(partial) > 1 else ''}; the same command goes on from them")

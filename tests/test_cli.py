@@ -868,6 +868,8 @@ def test_many_images_through_a_classifier_as_written_say_so(tmp_path, capsys):
 @pytest.mark.parametrize("args,message", [
     (["--images", "{page}", "--output-dir", "maps", "--profile"], "--resize and --profile take one --image"),
     (["--image", "{page}", "--heatmap", "11"], "--heatmap 11: the model has 11 classes (0 to 10)"),
+    (["--images", "{page}", "--output-dir", "maps", "--top", "3", "--reduce", "argmax"],
+     "--top ranks the classes by their mean score over the map, and --reduce argmax keeps no scores"),  # said nothing
     (["--image", "{page}", "--heatmap", "1000", "--output", "m.npy"], "--heatmap 1000: the model has 11 classes"),
 ])
 def test_options_a_run_cannot_honour_are_refused_before_it_runs(digits_fcn, tmp_path, capsys, args, message):
@@ -1101,12 +1103,17 @@ layers:
   - {name: c2, op: conv, out_channels: 4, kernel_size: 3}
   - {name: fc, op: fc, out_features: 3}
 """)
-    hanging = "(p1: a ceil_mode pool's last window hanging off the map, which reads padding too)"
     assert run_cli("compile", tmp_path / "ceil.yaml", "-o", tmp_path / "fcn") == 0
-    assert f"note: p1 pad {hanging}: each crop" in capsys.readouterr().err
+    assert "note: p1, ceil_mode pool(s), hang a last window off the map: each crop" in capsys.readouterr().err
     np.save(tmp_path / "in.npy", np.zeros((1, 3, 40, 40), np.float32))
     assert run_cli("run", tmp_path / "fcn", "--input", tmp_path / "in.npy") == 0
-    assert f"note: ceilnet pads in 1 layer(s) {hanging}, so its cells" in capsys.readouterr().err
+    assert "note: ceilnet hangs a ceil_mode pool's last window off the map in 1 layer(s), so its cells" in \
+        capsys.readouterr().err
+    (tmp_path / "both.yaml").write_text((tmp_path / "ceil.yaml").read_text().replace(
+        "kernel_size: 3}\n  - {name: fc", "kernel_size: 3, padding: 1}\n  - {name: fc"))
+    assert run_cli("compile", tmp_path / "both.yaml", "-o", tmp_path / "fcn3") == 0
+    assert ("note: p1, c2 pad (p1: a ceil_mode pool's last window hanging off the map): each crop"
+            in capsys.readouterr().err)
     (tmp_path / "even.yaml").write_text((tmp_path / "ceil.yaml").read_text().replace("32, 32", "31, 31"))
     assert run_cli("compile", tmp_path / "even.yaml", "-o", tmp_path / "fcn2") == 0
     assert "note: p1" not in capsys.readouterr().err  # 29 - 3 is even: no window hangs

@@ -4,11 +4,13 @@ shape (a photo cropped since, another --classes) but never a user's file."""
 from __future__ import annotations
 
 import csv
+import os
 
 import numpy as np
 import pytest
 
 from conftest import SPECS, graphconv_in_process
+from graphconv.manifest import Manifest
 
 Image = pytest.importorskip("PIL.Image")
 graphconv = graphconv_in_process
@@ -93,3 +95,85 @@ def test_a_batch_of_which_no_image_was_mapped_leaves_no_folder_and_no_list(model
     (folder / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
     result = graphconv("run", model_dir, "--images", folder, "--output-dir", tmp_path / "maps")
     assert result.returncode == 2 and not (tmp_path / "maps").exists()
+
+
+def test_a_file_name_that_is_not_utf8_is_listed_as_its_bytes(model_dir, tmp_path):
+    """A Latin-1 'café.png' stopped the batch at its row (UnicodeEncodeError), the other
+    images unmapped, and every rerun the same."""
+    folder = photos(tmp_path / "photos", {"a.png": (40, 40)})
+    latin = os.fsdecode(bytes(folder) + b"/caf\xe9.png")
+    (folder / "a.png").rename(latin)
+    photos(folder, {"b.png": (40, 40)})
+    out = tmp_path / "maps"
+    result = graphconv("run", model_dir, "--images", folder, "--output-dir", out)
+    assert result.returncode == 0, result.stderr
+    assert "2 of 2 image(s)" in result.stdout
+    assert os.fsencode(latin) in (out / "graphconv-maps.csv").read_bytes()
+    assert Manifest(out).wrote(os.fsdecode(bytes(out) + b"/caf\xe9.npy"))
+
+
+def test_a_map_whose_row_a_stop_cut_off_is_listed_and_counted(model_dir, tmp_path, monkeypatch):
+    """Ctrl-C after a map was written and before its row: the map was kept but neither
+    listed (so a later crop of the photo was refused again) nor counted."""
+    from graphconv import tiled_cli
+
+    folder = photos(tmp_path / "photos", {"a.png": (40, 40), "b.png": (40, 40)})
+    out = tmp_path / "maps"
+    monkeypatch.setattr(tiled_cli, "_with_heatmap", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt()))
+    result = graphconv("run", model_dir, "--images", folder, "--output-dir", out)
+    assert result.returncode == 130
+    assert "1 of 2 map(s) were finished and are kept" in result.stderr
+    assert rows(out)["a.npy"]["status"] == "written" and Manifest(out).wrote(str(out / "a.npy"))
+
+
+def test_two_batches_into_one_folder_keep_each_other_s_rows(tmp_path):
+    for name in ("a", "b"):
+        np.save(tmp_path / f"{name}.npy", np.zeros((1, 2, 3, 3), np.float32))
+    first, second = Manifest(tmp_path), Manifest(tmp_path)
+    first.record("/p/a.png", str(tmp_path / "a.npy"), (1, 2, 3, 3), None, True)
+    second.record("/p/b.png", str(tmp_path / "b.npy"), (1, 2, 3, 3), None, True)
+    second.rewrite()
+    first.rewrite()
+    assert sorted(rows(tmp_path)) == ["a.npy", "b.npy"]
+
+
+def test_an_image_that_fails_after_its_map_keeps_its_earlier_map_s_stamp(tmp_path):
+    """Its map, unchanged, is still graphconv's: a later run may replace it, whatever its shape."""
+    np.save(tmp_path / "a.npy", np.zeros((1, 2, 3, 3), np.float32))
+    Manifest(tmp_path).record("/p/a.png", str(tmp_path / "a.npy"), (1, 2, 3, 3), None, True)
+    later = Manifest(tmp_path)
+    later.record("/p/a.png", str(tmp_path / "a.npy"), None, "a.png: cut short", False)
+    later.rewrite()
+    assert rows(tmp_path)["a.npy"]["status"] == "failed" and Manifest(tmp_path).wrote(str(tmp_path / "a.npy"))
+
+
+def test_a_heatmap_that_failed_is_the_row_s_error_beside_its_written_map(model_dir, tmp_path, monkeypatch):
+    from graphconv import tiled_cli
+    from graphconv.errors import GraphconvError
+
+    folder = photos(tmp_path / "photos", {"a.png": (40, 40)})
+    out = tmp_path / "maps"
+
+    def broken(*args):
+        raise GraphconvError("no room", file="a-heatmap-1.png")
+    monkeypatch.setattr(tiled_cli, "_draw_heatmap", broken)
+    result = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--heatmap", "1")
+    assert result.returncode == 2
+    row = rows(out)["a.npy"]
+    assert row["status"] == "written" and "its heatmap not" in row["error"]
+
+
+def test_a_list_saved_with_a_byte_order_mark_or_cut_short_by_a_kill_is_still_read(tmp_path):
+    """A spreadsheet adds a byte-order mark; a kill mid-append leaves a row without its
+    end (here inside a quoted error): rows appended after it were swallowed into it."""
+    np.save(tmp_path / "a.npy", np.zeros((1, 2, 3, 3), np.float32))
+    np.save(tmp_path / "c.npy", np.zeros((1, 2, 3, 3), np.float32))
+    first = Manifest(tmp_path)
+    first.record("/p/a.png", str(tmp_path / "a.npy"), (1, 2, 3, 3), None, True)
+    first.record("/p/b.png", str(tmp_path / "b.npy"), None, 'bad "x",\nline 2', False)
+    text = (tmp_path / "graphconv-maps.csv").read_text()
+    (tmp_path / "graphconv-maps.csv").write_text("\ufeff" + text[:text.index("line 2")], newline="")
+    later = Manifest(tmp_path)
+    later.record("/p/c.png", str(tmp_path / "c.npy"), (1, 2, 3, 3), None, True)
+    assert sorted(Manifest(tmp_path).rows) == ["a.npy", "c.npy"]
+    assert Manifest(tmp_path).wrote(str(tmp_path / "a.npy")) and Manifest(tmp_path).wrote(str(tmp_path / "c.npy"))

@@ -107,7 +107,8 @@ def _float32_from_bits(typingctx, bits):
 def exp32(x):
     """exp(x) for x up to 88, clamped there (exp(88) = 1.65e38 stands for anything
     larger: the callers clamp their arguments well below); 0 below -87, where exp is
-    subnormal (under 1.65e-38)."""
+    under 1.65e-38, about float32's smallest normal number: so softplus and mish are 0
+    there too, where theirs are 1e-36 or less (softmax's e^(x - max) likewise)."""
     if x < EXP_LOW:
         return ZERO
     x = min(x, EXP_HIGH)

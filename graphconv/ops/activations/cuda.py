@@ -8,12 +8,11 @@ from numba import cuda
 
 from graphconv.ops.activations import exponential_linear
 from graphconv.ops.cuda_launch import grid_1d
-from graphconv.ops.fast_math import GELU, HARDSWISH, MISH, RELU, RELU6, SILU
+from graphconv.ops.fast_math import GELU, HARDSWISH, MISH, MISH_FLAT, RELU, RELU6, SILU, TWO
 
 # float32 constants: a float literal would make numba compute in float64
 ZERO, HALF, ONE, SIX, SIXTH = np.float32(0.0), np.float32(0.5), np.float32(1.0), np.float32(6.0), np.float32(1 / 6)
 SQRT_HALF, TANH_SCALE, CUBIC = np.float32(math.sqrt(0.5)), np.float32(math.sqrt(2.0 / math.pi)), np.float32(0.044715)
-TWO, MISH_FLAT = np.float32(2.0), np.float32(20.0)
 
 
 @cuda.jit(device=True, inline=True)
