@@ -54,6 +54,7 @@ def blocks(nn) -> dict:
         "pixelshuffle": ("PixelShuffle(2), last (64 ch)", after_conv(nn.PixelShuffle(2))),
         "elu": ("ELU, last (64 ch)", after_conv(nn.ELU())),
         "mish": ("Mish, last (64 ch)", after_conv(nn.Mish())),
+        "softmax": ("softmax over 21 classes, last (a segmentation head)", after_conv(nn.Softmax(dim=1), 21)),
         "maxpool": ("max pool 3 stride 2, last (64 ch)", after_conv(nn.MaxPool2d(3, 2))),
         "maxpool_conv": ("max pool 3 stride 2, then conv1x1 64->64", after_conv(nn.MaxPool2d(3, 2),
                                                                               then=nn.Conv2d(64, 64, 1))),
