@@ -334,7 +334,7 @@ def test_depthwise_channels_last_over_tiles_of_pixels_and_vectors(c, w, k, s, ac
        batch=st.integers(1, 2), activation=st.sampled_from(FUSED), residual=st.booleans(),
        storage=st.sampled_from(STORAGE_CHOICES))
 def test_conv_grouped_hypothesis(group, groups, k, s, p, d, h, w, batch, activation, residual, storage):
-    """The "grouped" strategy (2, 4 or 8 channels in and out a group, each input vector
+    """The "grouped" strategy (2, 4, 8 or 16 channels in and out a group, each input vector
     rotated within its groups of lanes): channel counts that fill 16-lane vectors, leave
     an 8-lane one or single channels over (groups of 2 and 4 split across them), rows with
     several 8-pixel tiles and borders, strides and dilations, a residual input, every
@@ -353,14 +353,28 @@ def test_conv_grouped_hypothesis(group, groups, k, s, p, d, h, w, batch, activat
 @pytest.mark.parametrize("params,in_channels,expected", [
     (dict(out_channels=128, kernel_size=3, padding=1, groups=32), 128, "grouped"),  # ResNeXt-50 32x4d, layer1
     (dict(out_channels=256, kernel_size=3, stride=2, padding=1, groups=32), 256, "grouped"),  # layer2.0: 8 a group
-    (dict(out_channels=512, kernel_size=3, padding=1, groups=32), 512, "outer"),  # layer3: 16 a group
+    (dict(out_channels=512, kernel_size=3, padding=1, groups=32), 512, "outer"),  # layer3: 16 a group, at 28x28
     (dict(out_channels=64, kernel_size=3, padding=1, groups=16), 32, "outer"),  # 2 in, 4 out a group
     (dict(out_channels=64, kernel_size=3, padding=1, groups=64), 64, "depthwise"),
 ])
 def test_grouped_strategy_takes_groups_of_2_to_8_channels_in_and_out(params, in_channels, expected):
     params = normalize_params(get_op("conv"), params)
     assert conv_cpu.choose_strategy(params, (1, in_channels, 28, 28), channels_last=True) == expected
-    assert conv_cpu.can_run("grouped", params, in_channels) == (expected == "grouped")
+    runs = expected == "grouped" or in_channels // params["groups"] == 16  # 16 a group: chosen on large maps
+    assert conv_cpu.can_run("grouped", params, in_channels) == runs
+
+
+@pytest.mark.parametrize("channels, groups, size, stride, expected", [
+    (64, 4, 512, 2, "grouped"),  # RegNetX's first stage at 1024: 3.5x onnxruntime's time through "outer"
+    (320, 20, 64, 1, "grouped"),
+    (768, 48, 64, 2, "grouped"),  # 32x32 out, stride 2
+    (512, 32, 28, 1, "outer"),  # ResNeXt's layer3 at 448
+    (512, 32, 14, 1, "outer"),
+])
+def test_sixteen_channels_a_group_run_grouped_on_large_maps_only(channels, groups, size, stride, expected):
+    params = normalize_params(get_op("conv"), dict(out_channels=channels, kernel_size=3, stride=stride, padding=1,
+                                                   groups=groups))
+    assert conv_cpu.choose_strategy(params, (1, channels, size, size), channels_last=True) == expected
 
 
 @settings(max_examples=30, deadline=None)

@@ -846,7 +846,8 @@ def depthwise_row_tile(kw, lanes, out, o0, o_step, taps, t_step, row_ids, row_of
         _depthwise_rows_8_7(out, o0, o_step, taps, t_step, row_ids, row_offsets, count, x, x0, x_step, bias, c0, relu)
 
 
-GROUP_WIDTHS = (2, 4, 8)  # channels a group of the grouped convs the depthwise tile also runs (lanes divide by them)
+GROUP_WIDTHS = (2, 4, 8, 16)  # channels a group of the grouped convs the depthwise tile also runs (16 lanes divide
+# by them; channels come in whole groups, so a group of 16 never reaches the 8-lane tile compiled beside it)
 
 
 def _grouped_depthwise_tile(group: int):

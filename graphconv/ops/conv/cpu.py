@@ -97,6 +97,7 @@ WINOGRAD_MIN_CHANNELS = 16  # fewer output channels: the transforms would cost m
 WINOGRAD_MIN_IN_CHANNELS = 64  # fewer input channels: "outer" is faster (see `suits_winograd`)
 WINOGRAD_MIN_POSITIONS = 16  # fewer outputs (4 tiles): an fc-like layer, which streams its weights
 SMALL_MACS = 1 << 16  # multiply-adds a layer may have and still run "small": SE gates (55K at most in EfficientNet-B0)
+GROUPED_16_MIN_PIXELS = 4096  # output pixels x stride from which "grouped" runs 16 channels a group (`_grouped_beats_outer`)
 OUTER_1X1_MIN_CHANNELS = 32  # see `_outer_beats_pointwise`
 OUTER_1X1_MIN_MACS = 1 << 24
 STRATEGIES = ("stream", "pointwise", "direct", "im2col", "outer", "winograd", "depthwise", "grouped", "small")
@@ -119,12 +120,25 @@ def suits_winograd(params: dict, in_channels: int) -> bool:
 
 def suits_grouped(params: dict, in_channels: int) -> bool:
     """Groups of G input and G output channels, G one of vector_tile.GROUP_WIDTHS: what
-    "grouped" runs (and chooses). With 16 a group (RegNetX) the 16 rotations a tap cost
-    more than "outer", whose vectors the groups then fill: 512 channels at 14x14 alone,
-    0.57 against 0.19 ms."""
+    "grouped" runs."""
     groups = params["groups"]
     return (groups > 1 and params["out_channels"] == in_channels and in_channels % groups == 0
             and in_channels // groups in vector_tile.GROUP_WIDTHS)
+
+
+def _grouped_beats_outer(params: dict, in_channels: int, out_pixels: int) -> bool:
+    """Whether "grouped" is chosen for a layer it runs: always for 2 to 8 channels a
+    group; for 16 (RegNetX, ResNeXt's layer3) where the output's pixels times the
+    stride's reach GROUPED_16_MIN_PIXELS. There its 16 rotations a tap cost less than
+    "outer", whose 16-lane tiles each group fills alone; on small maps, more. One layer,
+    1 thread, channels-last, grouped against outer (ms): 64 channels 512 -> 256 stride 2
+    24.7 / 53.0, 320 at 128 -> 64 stride 2 5.5 / 9.3, 128 at 128 6.9 / 9.2, 320 at 64
+    4.2 / 4.8, 768 at 64 -> 32 stride 2 4.6 / 5.2; 256 at 56 2.8 / 3.4 but 128 at 56
+    1.7 / 1.4; 256 at 28 0.87 / 0.73, 512 at 14 0.78 / 0.37."""
+    if in_channels // params["groups"] < 16:
+        return True
+    sh, sw = pair(params["stride"])
+    return out_pixels * sh * sw >= GROUPED_16_MIN_PIXELS
 
 
 def can_run(strategy: str, params: dict, in_channels: int | None = None) -> bool:
@@ -189,7 +203,7 @@ def _strategy_for_nchw(params: dict, in_shape: tuple[int, ...], out_hw: tuple[in
     weights = _weight_elements(params, in_shape)
     if is_depthwise(params, c):
         return "depthwise"
-    if suits_grouped(params, c):
+    if suits_grouped(params, c) and _grouped_beats_outer(params, c, n * ho * wo):
         return "grouped"
     if can_run("small", params) and n * ho * wo * c * params["out_channels"] <= SMALL_MACS:
         return "small"
