@@ -8,7 +8,9 @@ only where this list says graphconv wrote exactly that file (its size, time and 
 Each image's row is appended as the image is done, so a batch stopped at any moment
 leaves the rows of the maps it kept; at the end the list is written again with one row
 per map (the latest), rows of earlier runs over other images kept. Appends and the
-rewrite hold a lock on the folder, so two batches into one folder keep each other's rows.
+rewrite hold a lock on the folder, so two batches into one folder keep each other's rows
+(where the file system refuses the lock, Lustre without `-o flock`, they go on unlocked:
+two batches at once may then lose rows of each other's until one's final rewrite).
 """
 from __future__ import annotations
 
@@ -44,8 +46,10 @@ class Manifest:
         self.rows = _read_rows(self.path)
         self.recorded: set[str] = set()  # the maps this run has a row for
         if self.path.exists() and _cut_short(self.path):  # a kill mid-append: later rows would join the cut one
-            with self._locked():
-                _write_rows(self.path, self.rows)
+            with self._locked():  # read again under the lock: another batch may have appended since
+                if _cut_short(self.path):
+                    self.rows = _read_rows(self.path)
+                    _write_rows(self.path, self.rows)
 
     def record(self, image: str, output: str, shape: tuple[int, ...] | None, error: str | None,
                written: bool) -> None:
@@ -102,10 +106,18 @@ class Manifest:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        """The folder locked (flock) against another batch's append or rewrite."""
-        fd = os.open(self.folder, os.O_RDONLY)
+        """The folder locked (flock) against another batch's append or rewrite; unlocked
+        where the file system refuses (the list is a record: the maps come first)."""
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fd = os.open(self.folder, os.O_RDONLY)
+        except OSError:
+            yield
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:
+                pass
             yield
         finally:
             os.close(fd)

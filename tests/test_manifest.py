@@ -177,3 +177,17 @@ def test_a_list_saved_with_a_byte_order_mark_or_cut_short_by_a_kill_is_still_rea
     later.record("/p/c.png", str(tmp_path / "c.npy"), (1, 2, 3, 3), None, True)
     assert sorted(Manifest(tmp_path).rows) == ["a.npy", "c.npy"]
     assert Manifest(tmp_path).wrote(str(tmp_path / "a.npy")) and Manifest(tmp_path).wrote(str(tmp_path / "c.npy"))
+
+
+def test_a_file_system_that_refuses_the_lock_still_gets_its_maps_and_rows(model_dir, tmp_path, monkeypatch):
+    """flock refused (Lustre without -o flock): the batch stopped after its first map."""
+    import fcntl
+
+    def refused(fd, operation):
+        raise OSError(38, "Function not implemented")
+    monkeypatch.setattr(fcntl, "flock", refused)
+    folder = photos(tmp_path / "photos", {"a.png": (40, 40), "b.png": (40, 40)})
+    out = tmp_path / "maps"
+    result = graphconv("run", model_dir, "--images", folder, "--output-dir", out)
+    assert result.returncode == 0, result.stderr
+    assert sorted(rows(out)) == ["a.npy", "b.npy"]

@@ -176,7 +176,7 @@ CONV_CASES = [
 
 def applicable_strategies(params, in_channels):
     """Every CPU conv strategy that can run this layer on `in_channels` (pointwise needs a
-    plain 1x1, winograd a plain 3x3, grouped as many channels in as out, 2-8 a group)."""
+    plain 1x1, winograd a plain 3x3, grouped as many channels in as out, 2-16 a group)."""
     normalized = normalize_params(get_op("conv"), params)
     return [s for s in conv_cpu.STRATEGIES if conv_cpu.can_run(s, normalized, in_channels)]
 
@@ -357,7 +357,7 @@ def test_conv_grouped_hypothesis(group, groups, k, s, p, d, h, w, batch, activat
     (dict(out_channels=64, kernel_size=3, padding=1, groups=16), 32, "outer"),  # 2 in, 4 out a group
     (dict(out_channels=64, kernel_size=3, padding=1, groups=64), 64, "depthwise"),
 ])
-def test_grouped_strategy_takes_groups_of_2_to_8_channels_in_and_out(params, in_channels, expected):
+def test_grouped_strategy_takes_groups_of_2_to_16_channels_in_and_out(params, in_channels, expected):
     params = normalize_params(get_op("conv"), params)
     assert conv_cpu.choose_strategy(params, (1, in_channels, 28, 28), channels_last=True) == expected
     runs = expected == "grouped" or in_channels // params["groups"] == 16  # 16 a group: chosen on large maps

@@ -27,8 +27,8 @@
   a GEMM has no reuse to exploit (`depthwise.py`): on NCHW values each output plane
   from a padded copy split into the stride's phases, a tap a contiguous run over whole
   output rows; on channels-last values per output row, a tap a run of C channels.
-- "grouped": a grouped conv of 2, 4 or 8 input and as many output channels a group
-  (ResNeXt's 3x3 layers, RegNetY's), on channels-last values: the channels-last depthwise
+- "grouped": a grouped conv of 2, 4, 8 or 16 input and as many output channels a group
+  (ResNeXt's 3x3 layers, RegNet's; 16 a group on large maps only), on channels-last values: the channels-last depthwise
   kernel compiled for groups, each input vector meeting each tap's G weight vectors
   rotated within its groups of G lanes (`vector_tile._make_depthwise_tile`). "outer"
   pads each group's few output channels to a whole vector of 16 and runs the groups one

@@ -2,7 +2,7 @@
 (groups == in_channels: MobileNet's, EfficientNet's and ConvNeXt's 3x3 to 7x7
 depthwise layers, with any channel multiplier): `conv_depthwise` on NCHW values,
 `depthwise_channels_last` on values stored channels-last (where ConvNeXt's blocks keep
-theirs, see `graphconv/ops/channels_last.py`). Compiled for groups of 2, 4 or 8 channels
+theirs, see `graphconv/ops/channels_last.py`). Compiled for groups of 2, 4, 8 or 16 channels
 in and out (`CHANNELS_LAST_TAPS`), the channels-last kernel is also the "grouped"
 strategy's (ResNeXt's 3x3 layers): each input vector is rotated within its groups of
 lanes to meet each tap's weights (`vector_tile._make_depthwise_tile`).
