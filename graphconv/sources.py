@@ -1008,9 +1008,11 @@ def _photometric(page) -> str:
 
 
 def _is_cmyk(page) -> bool:
-    """Whether a SEPARATED page holds plain CMYK (InkSet 1, four samples), Pillow's "CMYK"."""
+    """Whether a SEPARATED page holds plain CMYK (InkSet 1, four samples, and any extra
+    ones such as alpha, which are left out as an RGBA picture's alpha is), Pillow's "CMYK"."""
     inkset = page.tags.get(332)
-    return (inkset is None or inkset.value == INKSET_CMYK) and getattr(page, "samplesperpixel", 1) == 4
+    inks = getattr(page, "samplesperpixel", 1) - len(getattr(page, "extrasamples", ()) or ())
+    return (inkset is None or inkset.value == INKSET_CMYK) and inks == 4
 
 
 def _as_shown(path: str, page, array, axes: str, nodata: float | None) -> tuple[object, str, float | None]:

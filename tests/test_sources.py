@@ -1322,13 +1322,20 @@ def test_a_tiff_is_fed_as_the_picture_pillow_shows_in_any_window(tmp_path, name,
     assert source.picture
 
 
-def test_a_planar_cmyk_tiff_reads_as_its_contiguous_twin(tmp_path):
+def test_a_planar_cmyk_tiff_or_one_with_alpha_reads_as_its_contiguous_twin(tmp_path):
+    """CMYK with an alpha sample was refused as 5 bands, advising --bands 1,2,3 (cyan,
+    magenta and yellow fed as red, green and blue); its alpha is left out, as an RGBA
+    picture's is."""
     cmyk = np.random.default_rng(12).integers(0, 256, (30, 20, 4), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "contig.tif", cmyk, photometric="separated")
     tifffile.imwrite(tmp_path / "planar.tif", cmyk.transpose(2, 0, 1), photometric="separated",
                      planarconfig="separate")
-    np.testing.assert_array_equal(open_source(tmp_path / "planar.tif", 3, None).read(3, 2, 30, 17),
-                                  open_source(tmp_path / "contig.tif", 3, None).read(3, 2, 30, 17))
+    alpha = np.full((30, 20, 1), 255, np.uint8)
+    tifffile.imwrite(tmp_path / "alpha.tif", np.concatenate([cmyk, alpha], axis=2), photometric="separated",
+                     extrasamples=["unassalpha"])
+    want = open_source(tmp_path / "contig.tif", 3, None).read(3, 2, 30, 17)
+    np.testing.assert_array_equal(open_source(tmp_path / "planar.tif", 3, None).read(3, 2, 30, 17), want)
+    np.testing.assert_array_equal(open_source(tmp_path / "alpha.tif", 3, None).read(3, 2, 30, 17), want)
 
 
 @pytest.mark.parametrize("photometric, data, message", [
