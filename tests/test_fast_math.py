@@ -9,22 +9,16 @@ from numba import njit
 from graphconv.ops.fast_math import erf32, exp32, expm1_nonpositive32, mish32, sigmoid32, softplus32, tanh32
 
 
-@njit
-def _apply_erf(x, out):
-    for i in range(x.size):
-        out[i] = erf32(x[i])
+def _over_array(scalar):
+    """A compiled loop applying the scalar function `scalar` to each value of x into out."""
+    @njit
+    def apply(x, out):
+        for i in range(x.size):
+            out[i] = scalar(x[i])
+    return apply
 
 
-@njit
-def _apply_tanh(x, out):
-    for i in range(x.size):
-        out[i] = tanh32(x[i])
-
-
-@njit
-def _apply_sigmoid(x, out):
-    for i in range(x.size):
-        out[i] = sigmoid32(x[i])
+_apply_erf, _apply_tanh, _apply_sigmoid = (_over_array(f) for f in (erf32, tanh32, sigmoid32))
 
 
 def _exact_sigmoid(v: float) -> float:
@@ -45,10 +39,7 @@ def test_within_its_bound_of_float64_everywhere(apply, exact, bound):
     assert np.all(np.abs(got) <= 1.0)  # never past the function's range, which gelu and silu rely on
 
 
-@njit
-def _apply_expm1(x, out):
-    for i in range(x.size):
-        out[i] = expm1_nonpositive32(x[i])
+_apply_expm1 = _over_array(expm1_nonpositive32)
 
 
 def test_expm1_is_within_float32_rounding_of_libm_on_its_domain():
@@ -63,16 +54,10 @@ def test_expm1_is_within_float32_rounding_of_libm_on_its_domain():
     assert got[0] == -1.0
 
 
-@njit
-def _apply_exp(x, out):
-    for i in range(x.size):
-        out[i] = exp32(x[i])
+_apply_exp = _over_array(exp32)
 
 
-@njit
-def _apply_mish(x, out):
-    for i in range(x.size):
-        out[i] = mish32(x[i])
+_apply_mish = _over_array(mish32)
 
 
 def test_exp_is_within_an_ulp_where_it_is_normal_and_zero_below():
@@ -89,10 +74,7 @@ def test_exp_is_within_an_ulp_where_it_is_normal_and_zero_below():
     assert got[3] == got[4] == np.float32(math.exp(88.0))  # clamped: mish never asks past 20
 
 
-@njit
-def _apply_softplus(x, out):
-    for i in range(x.size):
-        out[i] = softplus32(x[i])
+_apply_softplus = _over_array(softplus32)
 
 
 def test_softplus_is_within_float32_rounding_of_float64():

@@ -1634,6 +1634,21 @@ def test_cli_a_folder_with_brackets_gets_patterns_that_match_its_subfolders(mode
         ["IMG_1.npy", os.path.join("day1", "IMG_2.npy")]
 
 
+def _interrupted_at(monkeypatch, name: str):
+    """Ctrl-C as a batch reaches the image `name` (`cluster._one_image` raises
+    KeyboardInterrupt for it); the function it stood for, to put back."""
+    from graphconv import cluster
+
+    one_image = cluster._one_image
+
+    def stopped(ref, image, *rest):
+        if image.endswith(name):
+            raise KeyboardInterrupt
+        return one_image(ref, image, *rest)
+    monkeypatch.setattr(cluster, "_one_image", stopped)
+    return one_image
+
+
 def test_cli_a_stopped_batch_keeps_the_heatmaps_of_its_maps_and_has_said_its_bad_images(model_dir, picture, tmp_path,
                                                                                      monkeypatch, capsys):
     """Heatmaps were drawn after the last map, and errors said after it: Ctrl-C kept 15
@@ -1648,13 +1663,7 @@ def test_cli_a_stopped_batch_keeps_the_heatmaps_of_its_maps_and_has_said_its_bad
     shutil.copy(picture / "page.png", folder / "a.png")
     (folder / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     shutil.copy(picture / "page.png", folder / "c.png")
-    one_image = cluster._one_image
-
-    def stopped_at_c(ref, image, *rest):
-        if image.endswith("c.png"):
-            raise KeyboardInterrupt
-        return one_image(ref, image, *rest)
-    monkeypatch.setattr(cluster, "_one_image", stopped_at_c)
+    one_image = _interrupted_at(monkeypatch, "c.png")
     run = ["run", str(model_dir), "--images", str(folder), "--output-dir", str(tmp_path / "maps"), "--heatmap", "1"]
     assert main(run) == 130
     err = capsys.readouterr().err
@@ -1678,13 +1687,7 @@ def test_cli_a_batch_stopped_by_ctrl_c_says_how_many_maps_it_kept_and_how_to_go_
     folder.mkdir()
     for name in ("a", "b", "c"):
         shutil.copy(picture / "page.png", folder / f"{name}.png")
-    one_image = cluster._one_image
-
-    def stopped_at_b(ref, image, *rest):
-        if image.endswith("b.png"):
-            raise KeyboardInterrupt
-        return one_image(ref, image, *rest)
-    monkeypatch.setattr(cluster, "_one_image", stopped_at_b)
+    _interrupted_at(monkeypatch, "b.png")
     run = ["run", str(model_dir), "--images", str(folder), "--output-dir", str(tmp_path / "maps")]
     assert main(run) == 130
     err = capsys.readouterr().err
