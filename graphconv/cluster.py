@@ -559,7 +559,7 @@ def _write_map(output: str, scores: np.ndarray, source, grid, contents: dict) ->
 
 def run_images(ref: ModelRef, images: Sequence[str], output_dir: str, options: MapOptions,
                tile: int | None = None, client=None,
-               progress: Callable[[ImageResult], None] | None = None, output_format: str = "npy",
+               progress: Callable[[ImageResult], ImageResult | None] | None = None, output_format: str = "npy",
                base: str | None = None) -> list[ImageResult]:
     """Each image's map to `output_dir/<its folder below base>/<stem>.npy` (or `.tif`:
     `output_format`; see `output_names`), on the cluster when `client` is given; what
