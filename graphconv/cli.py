@@ -250,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "a map of K bands, georeferenced like a GeoTIFF image)")
     run.add_argument("--output-dir", type=_path, metavar="DIR",
                      help="with --images: where each image's <stem>.npy goes, in the subfolders the images "
-                          "have below the folder the pattern starts from")
+                          "have below the folder the pattern starts from, and graphconv-maps.csv, what became of "
+                          "each image")
     run.add_argument("--output-format", choices=("npy", "tif"), default="npy",
                      help="with --images: each map as .npy (default) or as .tif (georeferenced over GeoTIFFs)")
     run.add_argument("--skip-existing", action="store_true",
@@ -294,7 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --scales: mean (default) or max over positions, then scales and flips; "
                           "argmax (on an image, tiled): write the winning class per cell (uint16) instead of "
                           "the scores")
-    run.add_argument("--top", type=_positive_int, metavar="K", help="print the K best classes")
+    run.add_argument("--top", type=_positive_int, metavar="K",
+                     help="print the K best classes (of a map, by their mean over its cells; with --images, a line "
+                          "per image as it is done)")
     run.add_argument("--crops", type=_positive_int, nargs="?", const=0, metavar="STRIDE",
                      help="run the classifier itself on every crop of its input size, STRIDE pixels apart "
                           "(default: the network's stride): the map a dense pass stands for, exact for any "
