@@ -1051,7 +1051,7 @@ def note_dense_padding(args: argparse.Namespace, model) -> None:
     to measure it on the user's image and how to get the exact map. The layers are
     traced on the compiled graph (milliseconds, cached); a shift-and-stitch graph, whose
     copies trace no single grid, is left unsaid."""
-    from graphconv.dense import padded_layers
+    from graphconv.dense import hanging_pools, padded_layers
 
     if args.crops is not None or model.segmentation or model.returns_vectors or model.stitch_copies > 1:
         return
@@ -1064,8 +1064,9 @@ def note_dense_padding(args: argparse.Namespace, model) -> None:
     spec = shlex.quote(str(args.model)) if str(args.model).lower().endswith((".yaml", ".yml", ".onnx")) else "SPEC"
     image = shlex.quote(str(args.image)) if getattr(args, "image", None) else "IMAGE"
     verify = " ".join(["graphconv verify", spec, "--image", image, *_model_files_given(args)])
+    edges = "cut" if len(hanging_pools(model.graph, padded)) == len(padded) else "padded"
     note(f"note: {model.graph.name} {_pads_in(model.graph, padded)}, so its "
-         f"cells can differ from the classifier on each crop (each crop is padded at its own border, this pass only "
+         f"cells can differ from the classifier on each crop (each crop is {edges} at its own border, this pass only "
          f"at the image's): `{verify}` measures by how much on your image; --crops gives the exact crop loop (the "
          "classifier once per cell, far slower)")
 
@@ -1521,10 +1522,11 @@ def note_padding(classifier) -> None:
 
         hanging = hanging_pools(classifier, padded)
         if len(hanging) == len(padded):
-            subject = f"{_listed(padded)}, ceil_mode pool(s), hang a last window off the map"
-        else:
-            subject = f"{_listed(padded)} pad{_hanging_words(hanging)}"
-        note(f"note: {subject}: each crop is padded at its own border, "
+            note(f"note: {_listed(padded)}, ceil_mode pool(s), hang a last window off the map: each crop's is cut "
+                 "at its own border, the sliding network's only at the image's, so cells differ from the "
+                 "classifier on their crop where those windows reach; `graphconv verify` shows where and by how much")
+            return
+        note(f"note: {_listed(padded)} pad{_hanging_words(hanging)}: each crop is padded at its own border, "
              "the sliding network only at the "
              "image's, so cells differ from the classifier on their crop where that padding reaches (as in "
              "any fully convolutional use of such a network); `graphconv verify` shows where and by how much")

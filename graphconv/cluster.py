@@ -571,7 +571,7 @@ def run_images(ref: ModelRef, images: Sequence[str], output_dir: str, options: M
 
     outputs = output_names(images, output_dir, output_format, base)
     manifest = Manifest(output_dir)
-    spare_the_users_files(ref, images, outputs, options, tile, manifest.wrote)
+    spare_the_users_files(ref, images, outputs, options, tile, manifest.image_of)
     output_of = dict(zip(images, outputs))
     before = [file_stamp(output) for output in outputs]
 
@@ -735,7 +735,7 @@ def is_image_to_map(path: str | Path) -> bool:
 
 
 NOT_AN_IMAGE_FORMAT = "not of an image format graphconv reads"  # why --images leaves out a .heic, a .nef
-WRITTEN_BY_GRAPHCONV = "written by graphconv (a map, a heatmap, the list of maps)"
+WRITTEN_BY_GRAPHCONV = "written by graphconv (its maps, heatmaps and lists of maps)"
 
 
 def leaving_out(path: str | Path) -> str | None:
@@ -924,18 +924,23 @@ def size_as_read(model, image: str, options: MapOptions) -> tuple[int, int]:
 
 
 def spare_the_users_files(ref: ModelRef, images: Sequence[str], outputs: Sequence[str], options: MapOptions,
-                          tile: int | None, wrote: Callable[[str], bool] = lambda output: False) -> None:
+                          tile: int | None, image_of: Callable[[str], str | None] = lambda output: None) -> None:
     """Refuse, before any work, a batch whose output names an existing file this run may
     not replace (`check_replaceable`), or a .tif map of another image than the one mapped
-    there now (`map_of_another_image`). An .npy `wrote` says an earlier batch wrote (its
-    --output-dir's `manifest`) is replaced whatever shape it holds. An image that cannot
+    there now (`map_of_another_image`). An .npy an earlier batch wrote, as its --output-dir's
+    `manifest` says (`image_of`: the image it was made from), is replaced whatever shape it
+    holds, and refused as a .tif map is where it was made from another image. An image that cannot
     be read is left to its own task to report (it writes nothing). The model is this
     process's `worker_model`, which the images run here then reuse."""
     for image, output in zip(images, outputs):
-        if not os.path.exists(output.rstrip("/")) or (output.lower().endswith(".npy") and wrote(output)):
+        if not os.path.exists(output.rstrip("/")):
+            continue
+        listed = image_of(output) if output.lower().endswith(".npy") else None
+        if listed is not None:
+            _refuse_another_images_map(image, output, listed if listed != os.path.abspath(image) else None)
             continue
         check_replaceable(output, np.float32)
-        _refuse_another_images_map(image, output)
+        _refuse_another_images_map(image, output, map_of_another_image(image, output))
         if output.lower().endswith(".npy"):
             model = worker_model(ref)
             try:
@@ -945,12 +950,12 @@ def spare_the_users_files(ref: ModelRef, images: Sequence[str], outputs: Sequenc
             check_replaceable(output, dtype, shape)
 
 
-def _refuse_another_images_map(image: str, output: str) -> None:
-    """A .tif map made from another image (two cards' IMG_0001.JPG, one --output-dir) is
-    never replaced: that image's map would be lost without a word."""
+def _refuse_another_images_map(image: str, output: str, recorded: str | None) -> None:
+    """A map made from another image, `recorded` (two cards' IMG_0001.JPG, one
+    --output-dir; a .tif map's own record, an .npy's in the manifest), is never replaced:
+    that image's map would be lost without a word."""
     from graphconv.errors import shown_path
 
-    recorded = map_of_another_image(image, output)
     if recorded is None:
         return
     raise GraphconvError(f"is the map of {shown_path(recorded)}, another image than {image} (cameras reuse names "

@@ -87,8 +87,12 @@ class Manifest:
 
     def wrote(self, output: str) -> bool:
         """Whether graphconv wrote the file now at `output`, as it is now."""
+        return self.image_of(output) is not None
+
+    def image_of(self, output: str) -> str | None:
+        """The image graphconv made the file now at `output` from, where it wrote it as it is now."""
         row = self.rows.get(self._key(output))
-        return bool(row and row["map_stamp"] and row["map_stamp"] == _stamp_text(output))
+        return row["image"] if row and row["map_stamp"] and row["map_stamp"] == _stamp_text(output) else None
 
     def rewrite(self) -> None:
         """The list again, one row per map: what the appends of reruns repeated, once.

@@ -981,10 +981,13 @@ def _npy_maps_there(args: argparse.Namespace, images: list[str], base: str) -> s
     """The .npy maps already in --output-dir that this run would replace (said after it,
     of the images that then got their map: `_note_npy_maps_replaced`)."""
     from graphconv.cluster import output_names
+    from graphconv.manifest import Manifest
 
     if args.output_format != "npy":
         return set()
-    return {output for output in output_names(images, args.output_dir, "npy", base) if os.path.isfile(output)}
+    listed = Manifest(args.output_dir).wrote  # graphconv-maps.csv records their images: no other image's, unsaid
+    return {output for output in output_names(images, args.output_dir, "npy", base)
+            if os.path.isfile(output) and not listed(output)}
 
 
 def _note_npy_maps_replaced(args: argparse.Namespace, results: list, there: set[str]) -> None:

@@ -191,3 +191,19 @@ def test_a_file_system_that_refuses_the_lock_still_gets_its_maps_and_rows(model_
     result = graphconv("run", model_dir, "--images", folder, "--output-dir", out)
     assert result.returncode == 0, result.stderr
     assert sorted(rows(out)) == ["a.npy", "b.npy"]
+
+
+def test_a_listed_npy_map_of_another_image_of_the_same_name_is_refused_and_no_replaced_map_is_unsaid(
+        model_dir, tmp_path):
+    """Two cards' IMG_0001.JPG mapped into one folder in two runs: the first one's .npy map
+    was replaced without a word (an .npy records no image); its row in the list does."""
+    first = photos(tmp_path / "card1", {"IMG_0001.png": (40, 40)})
+    second = photos(tmp_path / "card2", {"IMG_0001.png": (44, 40)})
+    out = tmp_path / "maps"
+    assert graphconv("run", model_dir, "--images", first, "--output-dir", out).returncode == 0
+    result = graphconv("run", model_dir, "--images", second, "--output-dir", out)
+    assert result.returncode == 2 and "IMG_0001.npy: is the map of " in result.stderr
+    assert f"card1{os.sep}IMG_0001.png, another image than" in result.stderr
+    assert rows(out)["IMG_0001.npy"]["image"] == str(first / "IMG_0001.png")
+    result = graphconv("run", model_dir, "--images", first, "--output-dir", out)  # its own map: replaced, unsaid
+    assert result.returncode == 0 and "were there and are replaced" not in result.stderr

@@ -1358,7 +1358,7 @@ def test_cli_many_images_leave_out_graphconv_s_own_files_hidden_files_and_other_
         assert "2 of 2 image(s)" in result.stdout
     hidden = ", 2 hidden (a name starting with '.')" if pattern == "{folder}" else ""  # a shell's * leaves them out
     assert (f"left out {6 + bool(hidden) * 2} file(s): 3 not of an image format graphconv reads (.npy x2, .txt x1), "
-            f"3 written by graphconv (a map, a heatmap, the list of maps){hidden}\n") in result.stderr, result.stderr
+            f"3 written by graphconv (its maps, heatmaps and lists of maps){hidden}\n") in result.stderr, result.stderr
     assert sorted(p.name for p in folder.iterdir()) == ["._a.png", ".hidden.png", "a.npy", "a.png", "a.tif",
                                                         "b.npy", "b.png", "b.tif", "graphconv-maps.csv", "notes.txt"]
 
@@ -1431,7 +1431,9 @@ def test_cli_a_tif_map_of_another_image_of_the_same_name_is_refused_not_replaced
     """Cameras reuse IMG_0001.JPG: card B's photo mapped into the folder of card A's maps
     silently replaced A's map, and with --skip-existing was left out as done although the
     map there was A's. A .tif map records its image: another image's is refused, exit 2,
-    naming both, before any work; an .npy cannot tell, and its replacement is noted."""
+    naming both, before any work. An .npy records nothing: graphconv-maps.csv, the list of
+    the maps a batch wrote, records its image, and another image's is refused as well; an
+    .npy it does not list (the list deleted) is replaced, and its replacement noted."""
     card_a, card_b = _two_cards(picture, tmp_path)
     out = tmp_path / "maps"
     result = graphconv_in_process("run", model_dir, "--images", card_a, "--output-dir", out, "--output-format", "tif")
@@ -1448,6 +1450,9 @@ def test_cli_a_tif_map_of_another_image_of_the_same_name_is_refused_not_replaced
     assert result.returncode == 0, "the image's own map is replaced as before"
     result = graphconv_in_process("run", model_dir, "--images", card_a, "--output-dir", out)
     assert result.returncode == 0 and ".npy map(s)" not in result.stderr
+    result = graphconv_in_process("run", model_dir, "--images", card_b, "--output-dir", out)
+    assert result.returncode == 2 and "is the map of" in result.stderr and "cardA" in result.stderr
+    (out / "graphconv-maps.csv").unlink()
     result = graphconv_in_process("run", model_dir, "--images", card_b, "--output-dir", out)
     assert result.returncode == 0 and "1 .npy map(s) in" in result.stderr
     assert "does not record which image" in result.stderr
@@ -1720,6 +1725,7 @@ def test_cli_a_batch_counts_the_npy_maps_it_replaced_and_says_its_notes_after_th
     assert first.returncode == 0, first.stderr
     kept = (tmp_path / "maps" / "b.npy").read_bytes()
     (folder / "b.png").write_bytes((folder / "b.png").read_bytes()[:100])  # cut short: b fails now
+    (tmp_path / "maps" / "graphconv-maps.csv").unlink()  # maps it does not list: their replacement is noted
     result = graphconv(*run)
     assert result.returncode == 2, result.stderr
     assert "note: 1 .npy map(s) in" in result.stderr, result.stderr  # a's; b's is kept as it was
