@@ -1036,7 +1036,7 @@ def _as_shown(path: str, page, array, axes: str, nodata: float | None) -> tuple[
     if photometric == "SEPARATED" and _is_cmyk(page):
         return _ShownView(array, axes, _cmyk_to_rgb, 3, _kind(dtype, path, "CMYK")), "YXS", None
     if photometric == "PALETTE":
-        table = _palette_rgb(page, path)
+        table = _palette_rgb(page, path, bits)
         return _ShownView(array, axes, lambda indices: table[indices], 3, np.dtype(np.uint8)), "YXS", None
     if photometric not in GREY_PHOTOMETRICS or (photometric == "MINISBLACK" and bits not in LOW_BITS):
         return array, axes, nodata
@@ -1055,9 +1055,10 @@ def _kind(dtype: np.dtype, path: str, what: str) -> np.dtype:
                          file=path)
 
 
-def _palette_rgb(page, path: str) -> np.ndarray:
-    """(entries, 3) uint8: the page's colour map as Pillow reads it, each 16-bit value's
-    high byte."""
+def _palette_rgb(page, path: str, bits: int) -> np.ndarray:
+    """(2**bits, 3) uint8: the page's colour map as Pillow reads it, each 16-bit value's
+    high byte; entries a damaged map lacks are black (an index past its end looked up
+    in it would stop the read with an IndexError)."""
     colormap = page.tags.get(320)
     table = np.asarray(colormap.value if colormap is not None else (), np.uint16)
     if table.ndim == 1 and table.size and table.size % 3 == 0:
@@ -1065,7 +1066,9 @@ def _palette_rgb(page, path: str) -> np.ndarray:
     if table.ndim != 2 or table.shape[0] != 3 or table.shape[1] < 2:
         raise GraphconvError("a palette TIFF without a colour map of three rows (red, green, blue) to look its "
                              "indices up in", file=path)
-    return np.ascontiguousarray((table >> 8).astype(np.uint8).T)
+    rgb = np.zeros((max(1 << bits, table.shape[1]), 3), np.uint8)
+    rgb[:table.shape[1]] = (table >> 8).astype(np.uint8).T
+    return rgb
 
 
 def _grey_shown(inverted: bool, bits: int, dtype: np.dtype, path: str):

@@ -1427,3 +1427,14 @@ def test_run_maps_each_tiff_and_misnamed_image_as_the_picture_pillow_shows(tmp_p
     assert _main("run", tmp_path / "tiny-fcn", "--image", single, "--output", tmp_path / "one.npy") == 0
     with Image.open(single) as img:
         np.testing.assert_allclose(np.load(tmp_path / "one.npy"), model.run_image(img.convert("RGB")), atol=1e-5)
+
+
+def test_a_palette_shorter_than_its_indices_reach_reads_the_missing_entries_as_black():
+    """A damaged colour map: an index past its end stopped the read with an IndexError."""
+    from graphconv.sources import _palette_rgb
+
+    class Page:
+        tags = {320: type("Tag", (), {"value": tuple([0x1000] * 4 + [0x2000] * 4 + [0xff00] * 4)})()}
+    table = _palette_rgb(Page(), "short.tif", 8)
+    assert table.shape == (256, 3) and table[:4].tolist() == [[0x10, 0x20, 0xff]] * 4
+    assert not table[4:].any()
