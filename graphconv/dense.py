@@ -216,8 +216,8 @@ class LayerPadding:
                 f"sliding network, by up to {self.max_abs:.3g}")
         clear = h * w - self.reached
         if clear:
-            text += (f"; the {clear} clear of padding agree (max {self.clear_max_abs:.2g})" if self.clear_agrees
-                     else f"; the {clear} clear of padding DIFFER by up to {self.clear_max_abs:.3g} (a bug)")
+            text += (f"; the {clear} others agree (max {self.clear_max_abs:.2g})" if self.clear_agrees
+                     else f"; the {clear} others DIFFER by up to {self.clear_max_abs:.3g} (a bug)")
         return text
 
 
@@ -269,6 +269,18 @@ class VerifyReport:
         return self.max_abs <= self.tolerance
 
     @property
+    def only_hanging_windows(self) -> bool:
+        """No layer pads: what reaches past the crop's maps is only ceil_mode pools' last
+        windows, which read no padding (the report said "padding" of a network with none)."""
+        return bool(self.padded_layers) and all(self.padding_kinds.get(name) == "ceil_mode"
+                                                for name in self.padded_layers)
+
+    @property
+    def edge(self) -> str:
+        """What makes a crop differ from the same pixels seen densely, as the report names it."""
+        return "the overhang of ceil_mode windows" if self.only_hanging_windows else "padding"
+
+    @property
     def padding_explains(self) -> bool:
         """For a padded network: every position no padding reaches agrees."""
         return all(layer.clear_agrees for layer in self.layers)
@@ -302,23 +314,25 @@ class VerifyReport:
                          + ("" if self.agrees else ": this difference is a bug"))
         else:
             lines.append(f"    {self._padding_headline()}, where the sliding network sees the neighbouring "
-                         "pixels (it pads only at the image's border)")
+                         "pixels (" + ("its windows hang only at the image's border)" if self.only_hanging_windows
+                                       else "it pads only at the image's border)"))
             listed, rest = self._listed_layers()
             lines.extend(f"    - {layer.line()}" for layer in listed)
             if rest:
                 lines.append(f"    - and {len(rest)} more padded layer(s) between them, whose positions that read "
-                             f"padding differ by up to {max(layer.max_abs for layer in rest):.3g} and whose "
+                             f"{self.edge} differ by up to {max(layer.max_abs for layer in rest):.3g} and whose "
                              "positions clear of it, if any, agree")
             if self.layers:
                 lines.append(f"    (per layer: {self.layers[0].crops} sampled crop(s), each layer's map on the "
                              "crop against the sliding network's at the same place)")
-            lines.append("    --stride-method dilate and shift disagreeing on a padded network is this same "
-                         "effect: shifted copies are padded at their own borders")
+            lines.append("    --stride-method dilate and shift disagreeing on such a network is this same "
+                         "effect: shifted copies " + ("hang their windows" if self.only_hanging_windows
+                                                      else "are padded") + " at their own borders")
         lines.extend(f"    {note}" for note in self.notes)
         if self.top is not None:
             lines.extend(self.top.lines())
         elif not self.exact_by_construction:
-            lines.append("    (these are random pixels: whether padding changes the top class on your images, "
+            lines.append(f"    (these are random pixels: whether {self.edge} changes the top class on your images, "
                          "verify measures with --image IMAGE)")
         if self.changed_by_plugins:
             verdict = self._verdict_after_plugins()
@@ -326,7 +340,7 @@ class VerifyReport:
             verdict = "FAIL: the conversion is wrong"
         elif self.agrees and any(layer.differing for layer in self.layers):
             verdict = ("PASS: the conversion is exact and the sliding evaluation equals the crop loop on these "
-                       "pixels, within the tolerance; but padding makes the padded layers listed above differ, so "
+                       "pixels, within the tolerance; but " + self.edge + " makes the padded layers listed above differ, so "
                        "on other images the scores can differ" + (" (--image measures on yours)" if self.top is None
                                                                   else ""))
         elif self.agrees:
@@ -334,12 +348,12 @@ class VerifyReport:
         elif self.exact_by_construction:
             verdict = "FAIL: an unpadded network must equal the crop loop"
         elif not self.padding_explains:
-            verdict = "FAIL: positions that no padding reaches differ"
+            verdict = f"FAIL: positions that {self.edge} does not reach differ"
         elif self.strict:
-            verdict = "FAIL (--strict): the conversion is exact, but padding makes the sliding evaluation differ"
+            verdict = f"FAIL (--strict): the conversion is exact, but {self.edge} makes the sliding evaluation differ"
         else:
             verdict = ("PASS: the conversion is exact; the sliding evaluation differs from the crop loop "
-                       "only where padding reaches (--strict demands equality)")
+                       f"only where {self.edge} reaches (--strict demands equality)")
             if self.top is not None and self.top.changes_answers:
                 verdict += (f"; but on this image that difference changes the top class of {self.top.share:.1%} "
                             "of the cells: see the WARNING above")
@@ -404,8 +418,7 @@ class VerifyReport:
             return head + "is right: it equals the crop loop of the network as changed"
         if self.exact_by_construction or self.strict or not self.padding_explains:
             return head + "is wrong: it differs from the crop loop of the network as changed"
-        return head + ("is right: it differs from the crop loop of the network as changed only where padding "
-                       "reaches")
+        return head + f"is right: it differs from the crop loop of the network as changed only where {self.edge} reaches"
 
 
 TOP_CLASS_SHARE = 0.01  # a share of cells whose top class may change before verify --image warns
@@ -431,6 +444,7 @@ class TopClasses:
     labels: list[str] | None = None
     image_crops: int | None = None  # the crops of the whole image at this resolution (the cost of run --crops)
     command: str = "graphconv run MODEL --image IMAGE --crops"  # the crop loop's map of the whole image
+    edge: str = "padding"  # what makes crops differ, as `VerifyReport.edge` names it
 
     @property
     def share(self) -> float:
@@ -447,9 +461,9 @@ class TopClasses:
                  "    cells per top class, crop loop vs dense map: " + self._counts()]
         if self.changes_answers:
             lines.append(f"WARNING: on this image the dense map's top class is not the classifier's in "
-                         f"{self.share:.1%} of the cells: the padding changes the answer, not only the scores. "
+                         f"{self.share:.1%} of the cells: {self.edge} changes the answer, not only the scores. "
                          f"For the classifier's own map, run it on every crop: `{self.command}` ({self._cost()}); or "
-                         "use a network that does not pad")
+                         f"use a network without {self.edge}")
         else:  # image_crops: the region is part of an image (verify --image), not all of it (an image from Python)
             cells = ("this region's cells" if self.image_crops else "the cells") if self.changed else \
                 ("cell of this region" if self.image_crops else "cell")
@@ -608,12 +622,13 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
     if where is not None:
         report.top = top_classes(dense, expected, where, seconds, original.graph.meta.get("labels"), image_crops,
                                  command)
+        report.top.edge = report.edge
     if pads or not report.agrees:
         report.layers, notes = _padding_effects(original, x, device)
         report.notes.extend(notes)
         rows, cols = padding_reach(original.graph)[0][original.graph.output.name]
         if rows.all() and cols.all() and report.layers:
-            report.notes.append(f"the score: every cell depends on positions padding reaches (the layers after "
+            report.notes.append(f"the score: every cell depends on positions {report.edge} reaches (the layers after "
                                 f"{report.layers[-1].name} read its whole map), so any cell may differ; "
                                 f"{report.cells - report.cells_differing} of {report.cells} agree within the "
                                 "tolerance")

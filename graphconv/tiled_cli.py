@@ -577,7 +577,9 @@ def run_images_command(args: argparse.Namespace) -> int:
     check_heatmap_has_a_map(args, model)  # the more telling error for a classifier as written
     _check_the_network_takes_the_images(args, model, images, options)
     if args.skip_existing or args.resume:
-        images = _images_not_done(args, ref, model, images, base, options)
+        images, kept = _images_not_done(args, ref, model, images, base, options)
+        for image, output in kept:  # their maps are this run's: --top reads them as it would have made them
+            _say_top(args, model, image, output, print)
         if not images:
             flag = "--skip-existing" if args.skip_existing else "--resume"
             print(f"every image has its map in {args.output_dir} already ({flag}): nothing to do")
@@ -597,7 +599,7 @@ def run_images_command(args: argparse.Namespace) -> int:
                 if result.error:
                     bar.say(_error_line(result))
                 else:
-                    _say_top(args, model, result, bar)
+                    _say_top(args, model, result.image, result.output, lambda text: bar.say(text, sys.stdout))
                 bar.advance(1, 0)
                 return result
             if args.workers or args.scheduler:
@@ -631,17 +633,17 @@ def run_images_command(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
-def _say_top(args: argparse.Namespace, model, result, bar) -> None:
+def _say_top(args: argparse.Namespace, model, image: str, output: str | None, say) -> None:
     """--top of --images: the image's K best classes by their mean over its map's
-    computed cells, one line on stdout as each image is done."""
-    means = _class_means(args, _read_map(result.output)) if result.output else None
+    computed cells, one line on stdout (`say`) as each image is done, or found done."""
+    means = _class_means(args, _read_map(output)) if output else None
     if means is None:
         return
     from graphconv.cli import top_text
 
     ranked = "no cell computed" if np.isnan(means).all() else \
         top_text(means[0], args.top, _kept_labels(args, model.graph.meta.get("labels")))
-    bar.say(printable(f"{result.image}: {ranked}"), sys.stdout)
+    say(printable(f"{image}: {ranked}"))
 
 
 def _error_line(result) -> str:
@@ -961,20 +963,24 @@ def pattern_base(pattern: str) -> str:
     return str(Path(*fixed)) if fixed else "."
 
 
-def _images_not_done(args: argparse.Namespace, ref, model, images: list[str], base: str, options) -> list[str]:
+def _images_not_done(args: argparse.Namespace, ref, model, images: list[str], base: str,
+                     options) -> tuple[list[str], list[tuple[str, str]]]:
     """--skip-existing: the images whose map as this run makes it (`cluster.holds_its_map`)
-    and heatmap, with --heatmap, are not in --output-dir yet."""
+    and heatmap, with --heatmap, are not in --output-dir yet; and (image, map) of the rest."""
     from graphconv.cluster import holds_its_map, output_names
 
     outputs = output_names(images, args.output_dir, args.output_format, base)
-    todo = [image for image, output in zip(images, outputs)
-            if not (holds_its_map(ref, model, image, output, options, args.tile)
-                    and (args.heatmap is None or _heatmap_name(args, output).exists()))]
+    todo, kept = [], []
+    for image, output in zip(images, outputs):
+        done = (holds_its_map(ref, model, image, output, options, args.tile)
+                and (args.heatmap is None or _heatmap_name(args, output).exists()))
+        (kept if done else todo).append((image, output))
+    todo = [image for image, _ in todo]
     if len(todo) < len(images):
         from graphconv.cli import note
         note(f"note: {len(images) - len(todo)} of {len(images)} image(s) have their map in {args.output_dir} "
              f"already: left out ({'--skip-existing' if args.skip_existing else '--resume'})")
-    return todo
+    return todo, kept
 
 
 def _npy_maps_there(args: argparse.Namespace, images: list[str], base: str) -> set[str]:

@@ -68,8 +68,8 @@ def test_a_padded_network_passes_and_says_where_padding_reaches(write_spec, rng)
     assert conv1.clear_agrees  # the positions no padding reaches equal the sliding network's
     text = str(report)
     assert "conv1 (padding 1x1): of its 16x16 map per crop, 60 positions read zero padding" in text
-    assert "the 196 clear of padding agree" in text
-    assert "dilate and shift disagreeing on a padded network is this same effect" in text
+    assert "the 196 others agree" in text
+    assert "dilate and shift disagreeing on such a network is this same effect" in text
     assert "every cell depends on positions padding reaches" in text
 
 
@@ -625,6 +625,18 @@ def test_the_readme_names_ceil_mode_pools_beside_padding_as_what_breaks_exactnes
     classifier, fcn = models(write_spec, CEIL)
     report = verify(classifier, fcn, random_input(rng, (1, 1, 27, 27)))
     assert not report.exact_by_construction and report.padded_layers == ["pool1"]
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_verify_of_a_network_that_only_hangs_ceil_mode_windows_never_says_it_pads(write_spec, rng, strict):
+    """Its report said "the 196 clear of padding agree", "only where padding reaches" and
+    "it pads only at the image's border" of a network whose spec pads nowhere."""
+    classifier, fcn = models(write_spec, CEIL)
+    report = verify(classifier, fcn, random_input(rng, (1, 1, 27, 27)), strict=strict)
+    text = str(report)
+    assert "pad" not in text.lower(), text
+    assert "the overhang of ceil_mode windows" in text and "its windows hang only at the image's border" in text
+    assert report.passed != strict
 
 
 def test_verify_takes_either_model_as_a_path_or_graph_and_refuses_two_unrelated_ones(write_spec, rng):

@@ -432,6 +432,10 @@ def test_many_images_top_ranks_each_image_s_classes_by_their_mean_over_its_map(m
         labels = ["1", "3", "background"]
         ranked = ", ".join(f"{label} {score:.4g}" for _, label, score in top_classes(scores, 2, labels))
         assert f"{folder / f'p{i}.png'}: {ranked}" in lines
+    again = graphconv("run", digits, "--images", folder, "--output-dir", out, "--top", "2", "--classes", "1,3,10",
+                      "--skip-existing")  # said nothing of the images it left out as mapped
+    assert "2 of 3 image(s) have their map" in again.stderr
+    assert sorted(line for line in again.stdout.splitlines() if line.startswith(str(folder))) == sorted(lines)
 
 
 @pytest.mark.slow
