@@ -24,7 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
-from graphconv.errors import GraphconvError
+from graphconv.errors import GraphconvError, shown_path
 from graphconv.files import atomic_write, file_stamp
 
 MANIFEST_NAME = "graphconv-maps.csv"
@@ -62,7 +62,7 @@ class Manifest:
         if not written and stamp and stamp != _stamp_text(output):
             stamp = ""  # the earlier map is gone or changed since
         row = {"image": os.path.abspath(image), "map": key, "status": "written" if written else "failed",
-               "shape": "x".join(map(str, shape)) if shape and written else "", "error": error or "",
+               "shape": "x".join(map(str, shape)) if shape and written else "", "error": _unnamed(error or "", image),
                "map_stamp": stamp}
         self.rows[key] = row
         self.recorded.add(key)
@@ -183,3 +183,13 @@ def _read_rows(path: Path) -> dict[str, dict[str, str]]:
             return {row[1]: dict(zip(COLUMNS, row)) for row in reader if len(row) == len(COLUMNS)}
     except (OSError, csv.Error) as err:
         raise GraphconvError(f"cannot be read as graphconv's list of maps: {err}", file=str(path)) from None
+
+
+def _unnamed(error: str, image: str) -> str:
+    """An image's error as its row says it: without the image's path ahead, which the row's
+    first column holds (a reading error began with it, a network's refusal did not)."""
+    absolute = os.path.abspath(image)
+    for name in (image, shown_path(absolute), absolute):
+        if error.startswith(f"{name}: "):
+            return error[len(name) + 2:]
+    return error

@@ -37,13 +37,15 @@ def rows(out) -> dict[str, dict[str, str]]:
 
 
 def test_each_image_has_a_row_saying_what_became_of_it(model_dir, tmp_path):
-    folder = photos(tmp_path / "photos", {"a.png": (40, 50), "b.png": (40, 40)})
+    folder = photos(tmp_path / "photos", {"a.png": (40, 50), "b.png": (40, 40), "d.png": (20, 20)})
     (folder / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
     out = tmp_path / "maps"
     result = graphconv("run", model_dir, "--images", folder, "--output-dir", out)
-    assert result.returncode == 2 and "c.png" in result.stderr
+    assert result.returncode == 2 and "c.png" in result.stderr and "d.png" in result.stderr
     listed = rows(out)
-    assert sorted(listed) == ["a.npy", "b.npy", "c.npy"]
+    assert sorted(listed) == ["a.npy", "b.npy", "c.npy", "d.npy"]
+    for failed in ("c", "d"):  # the first column names the image; the error, whatever it is, does not again
+        assert listed[f"{failed}.npy"]["error"] and "png" not in listed[f"{failed}.npy"]["error"], listed
     assert listed["a.npy"]["status"] == "written" and listed["a.npy"]["shape"] == "x".join(
         map(str, np.load(out / "a.npy").shape))
     assert listed["a.npy"]["image"] == str(folder / "a.png")
