@@ -36,6 +36,11 @@ def rested_run(fn) -> float:
     return time.perf_counter() - start
 
 
+def threads_text(threads: int) -> str:
+    """"1 thread", "2 threads": the tables' headers said "1 threads"."""
+    return f"{threads} thread{'' if threads == 1 else 's'}"
+
+
 def machine() -> str:
     """The CPU as the tables name it: its model name and vector extensions where Linux
     says them ("Intel(R) Xeon(R) Processor, AVX-512, x86_64"), else the architecture.

@@ -27,7 +27,7 @@ import time
 import warnings
 from pathlib import Path
 
-from common import PAUSE, machine, pin_threads, run_times, write_section
+from common import PAUSE, machine, pin_threads, run_times, threads_text, write_section
 
 SIZE = 224
 RUNS_IN_A_ROW = 20  # each runtime's runs of a round, one after another
@@ -125,7 +125,7 @@ def main() -> int:
     text = "\n".join([
         "## Single layers vs onnxruntime on the CPU (`cpu_ops_vs_ort.py`)",
         "",
-        f"{threads} threads everywhere, {machine()}, batch 1, float32, input 3x{SIZE}x{SIZE}, medians of "
+        f"{threads_text(threads)} everywhere, {machine()}, batch 1, float32, input 3x{SIZE}x{SIZE}, medians of "
         f"{args.repeats} alternating rounds of {RUNS_IN_A_ROW} runs in a row each; onnxruntime {ort.__version__}. "
         "Each block is a 1x1 conv from 3 channels, then the layer; 'last' layers write the NCHW output from the "
         "channels-last map the conv stored. Outputs agree (checked first).",

@@ -46,7 +46,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import PAUSE, ROOT, load_torch, machine, pin_threads, rested_run, run_times, write_section
+from common import PAUSE, ROOT, load_torch, machine, pin_threads, rested_run, run_times, threads_text, write_section
 
 
 @dataclass
@@ -375,13 +375,13 @@ def main() -> None:
     # whatever else the machine runs (shared 2-core machines), one thread much less.
     peak = max(peak, one_core * min(threads, os.cpu_count() or threads))
 
-    text = [f"{os.cpu_count()} cores, {threads} threads everywhere, {machine()}, batch 1, float32, "
+    text = [f"{os.cpu_count()} cores, {threads_text(threads)} everywhere, {machine()}, batch 1, float32, "
             f"medians of {args.repeats} alternating rounds; onnxruntime {ort.__version__} (CPU provider), "
             f"PyTorch {torch.__version__ if torch else 'not installed'}.",
             "",
             f"Measured float32 peak (12 independent {lanes}-lane FMAs per loop iteration, the faster of 8 and "
             f"16 lanes, `fma_peak`; the better of all threads at once and threads x one thread): "
-            f"**{peak:.0f} GFLOP/s** on {threads} threads ({one_core:.1f} on one: "
+            f"**{peak:.0f} GFLOP/s** on {threads_text(threads)} ({one_core:.1f} on one: "
             f"{one_core / (4 * lanes):.2f} G FMA-instructions x {4 * lanes} FLOP per cycle at "
             f"~{one_core / (4 * lanes):.2f} GHz if 2 FMA units x {lanes} lanes); OpenBLAS SGEMM 2048^3: "
             f"{sgemm:.0f} GFLOP/s ({sgemm / peak:.0%} of peak). "

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import ROOT, load_torch, machine, pin_threads, run_times, write_section
+from common import ROOT, load_torch, machine, pin_threads, run_times, threads_text, write_section
 
 
 @dataclass
@@ -197,7 +197,7 @@ def main() -> None:
             timed.append((case, *time_case(case, args.repeats, torch)))
             print(f"{case.title}: {timed[-1][3].ms():.1f} ms", flush=True)
     ceiling = max(ceiling, sgemm_ceiling())  # measured again at the end; the better one counts
-    header = [f"{os.cpu_count()} cores, {threads} threads, {machine()}, batch 1, medians of "
+    header = [f"{os.cpu_count()} cores, {threads_text(threads)}, {machine()}, batch 1, medians of "
               f"{args.repeats}; SGEMM ceiling (2048^3, best of 10 through numpy's BLAS): **{ceiling:.0f} GFLOP/s**; "
               f"PyTorch {torch.__version__ if torch else 'not installed'}", "",
               "| network | input | map | GFLOP | graphconv ms | GFLOP/s | of ceiling | PyTorch ms | "

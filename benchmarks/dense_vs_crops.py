@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from common import ROOT, load_torch, machine, median_ms, pin_threads, write_section
+from common import ROOT, load_torch, machine, median_ms, pin_threads, threads_text, write_section
 
 
 def torch_time(graph, image, repeats, threads):
@@ -55,7 +55,7 @@ def main() -> None:
             ms = median_ms(lambda: fine.run(image), args.repeats)
             rows.append((f"stride {stride}, {method}", fine.map_size(*hw), ms, total_flops(fine.graph, hw)))
     torch_ms = torch_time(fcn.graph, image, args.repeats, threads)
-    lines = [f"AlexNet at {args.size}x{args.size}, batch 1, {os.cpu_count()} cores, {threads} threads, "
+    lines = [f"AlexNet at {args.size}x{args.size}, batch 1, {os.cpu_count()} cores, {threads_text(threads)}, "
              f"{machine()}, medians of {args.repeats}",
              "", "| what | score map | ms | GFLOP | GFLOP/s |", "| --- | --- | ---: | ---: | ---: |"]
     for name, size, ms, flops in rows:

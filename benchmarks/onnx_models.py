@@ -32,7 +32,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import load_torch, machine, pin_threads, rested_run, write_section
+from common import load_torch, machine, pin_threads, rested_run, threads_text, write_section
 
 
 def resnet50(torch, groups: int = 1, width_per_group: int = 64):
@@ -432,7 +432,7 @@ def main() -> int:
     text = "\n".join([
         "## Classifiers from ONNX: graphconv vs PyTorch vs onnxruntime (`onnx_models.py`)",
         "",
-        f"{threads} threads everywhere, {machine()}, batch 1 (but for the crops row), float32, medians of "
+        f"{threads_text(threads)} everywhere, {machine()}, batch 1 (but for the crops row), float32, medians of "
         f"{args.repeats} "
         f"alternating runs; PyTorch {torch.__version__}, onnxruntime {ort.__version__}. The dense rows run "
         "the network graphconv compiled (batch norm and layer scales folded, global pooling -> 7x7 window, "

@@ -27,7 +27,7 @@ import warnings
 from functools import partial
 from pathlib import Path
 
-from common import ROOT, load_torch, machine, pin_threads, rested_run, write_section
+from common import ROOT, load_torch, machine, pin_threads, rested_run, threads_text, write_section
 
 def parse_shapes(text: str) -> list[tuple[int, int]]:
     """'16x4,8x3' -> [(16, 4), (8, 3)]: lanes x vectors."""
@@ -124,7 +124,7 @@ def main() -> None:
     native = (vector_tile.OUTER_LANES, vector_tile.OUTER_VECTORS)
     shapes = [native] + [s for s in parse_shapes(args.shapes) if s != native]
     lines = ["## Register tile shapes, one process (`tile_shapes.py`)", "",
-             f"{threads} threads, {machine()}, batch 1, float32, medians of {args.rounds} alternating "
+             f"{threads_text(threads)}, {machine()}, batch 1, float32, medians of {args.rounds} alternating "
              f"rounds; this machine picks {native[0]}x{native[1]} (lanes x vectors). All shapes' outputs are "
              "equal (checked first).", ""]
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, machine, pin_threads, write_section
+from common import ROOT, machine, pin_threads, threads_text, write_section
 
 PY = sys.executable
 
@@ -92,7 +92,7 @@ def main() -> int:
         "## Huge images: exact tiles in bounded memory (`tiled_memory.py`)",
         "",
         f"AlexNet-FCN (seeded weights), `graphconv run --image big.tif --tile {args.tile} --reduce argmax`, one fresh "
-        f"process per size, {threads} threads, {machine()}; input a tiled RGB BigTIFF read lazily. "
+        f"process per size, {threads_text(threads)}, {machine()}; input a tiled RGB BigTIFF read lazily. "
         "Peak memory is the process's ru_maxrss (Python, numba and the 233 MB of weights included).",
         "",
         "| image | Mpx | tiles | score map | seconds | ms per Mpx | peak MB | tile FLOPs / whole-image FLOPs |",

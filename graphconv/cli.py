@@ -1090,7 +1090,10 @@ def _hanging_words(hanging: list[str]) -> str:
 
 
 def _listed(names: list[str]) -> str:
-    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    """The first layer names and how many more; a number (PyTorch Sequential's "0") in
+    quotes, which "note: 0 pad" read as no layer at all."""
+    shown = [f"'{name}'" if name.replace(".", "").isdigit() else name for name in names[:3]]
+    return ", ".join(shown) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _note_cells_off_the_lattice(model) -> None:
@@ -1540,10 +1543,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     size = hw or model.crop_shape[1:]
     if args.profile:
         check_run_fits(model.graph, 1, size, f"profiling at {size[0]}x{size[1]}")
-    print(inspect_report(model, hw, args.scales))
-    if args.tile:
+    plan = None
+    if args.tile:  # first: a tile too small is one error, not an error below the whole table
         from graphconv.tiling import plan_report
-        print(plan_report(model, size, args.tile))
+        plan = plan_report(model, size, args.tile)
+    print(inspect_report(model, hw, args.scales))
+    if plan:
+        print(plan)
     if args.ir:
         print(model.graph)
     if args.profile:

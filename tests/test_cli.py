@@ -1120,6 +1120,20 @@ layers:
     assert "note: p1" not in capsys.readouterr().err  # 29 - 3 is even: no window hangs
 
 
+def test_padded_layers_named_by_numbers_are_quoted_in_the_padding_note(tmp_path, capsys):
+    """PyTorch Sequential names its layers "0", "1": the note read "note: 0 pad"."""
+    (tmp_path / "seq.yaml").write_text("""
+name: seq
+input: {shape: [3, 16, 16]}
+layers:
+  - {name: "0", op: conv, out_channels: 4, kernel_size: 3, padding: 1}
+  - {name: "1.2", op: conv, out_channels: 4, kernel_size: 3, padding: 1}
+  - {name: fc, op: fc, out_features: 3}
+""")
+    assert run_cli("compile", tmp_path / "seq.yaml", "-o", tmp_path / "fcn") == 0
+    assert "note: '0', '1.2' pad: each crop" in capsys.readouterr().err
+
+
 def test_a_second_ctrl_c_during_the_cleanup_does_not_cut_it_short(tmp_path, monkeypatch, capsys):
     """Ctrl-C twice: the second, landing while the first one's cleanup removed the .zarr
     map's temporary folder, stopped the removal (the folder left, chunks and all, under

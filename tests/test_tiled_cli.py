@@ -523,6 +523,9 @@ def test_inspect_prints_the_tile_plan(model_dir):
     assert result.returncode == 0, result.stderr
     assert "tile plan for 2000x3000 with --tile 256" in result.stdout
     assert "halo" in result.stdout and "x the whole-image pass's" in result.stdout and "peak memory" in result.stdout
+    too_small = graphconv("inspect", model_dir, "--input-size", "2000", "3000", "--tile", "8")
+    assert too_small.returncode == 2 and "too small for this network" in too_small.stderr
+    assert too_small.stdout == ""  # not the whole table above the one-line error
 
 
 def test_a_zarr_output_never_replaces_what_is_not_a_zarr_array(model_dir, picture, tmp_path):
