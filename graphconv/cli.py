@@ -273,9 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep only these score channels: class indices, or names as the labels file has them")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--device", default="cpu", choices=device_choices())
-    run.add_argument("--resize", type=_positive_int, nargs=2, metavar=("H", "W"),
-                     help="resize the image first (Pillow's bilinear on the float pixels, antialiased when "
-                          "shrinking, as torchvision's Resize; --scales resizes the same way)")
+    run.add_argument("--resize", type=_positive_int, nargs="+", metavar="S | H W",
+                     help="resize the image first, or each of --images: to H x W, or its shorter side to S "
+                          "with the aspect kept (Pillow's bilinear on the float pixels, antialiased when "
+                          "shrinking, as torchvision's Resize; --scales resizes the same way); the map's cells "
+                          "stand on the image as stored")
     run.add_argument("--heatmap", type=_heatmap_class, metavar="CLASS|top",
                      help="draw this class's score map over the image (its index, or its name as the labels "
                           "file has it), or 'top': the best class of each cell")
@@ -651,6 +653,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise GraphconvError("--mpp reads a slide at a pixel size: give --image or --images", file=args.input)
     if args.downsample > 1 and not (args.image or args.images):
         raise GraphconvError("--downsample reads an image coarser: give --image or --images", file=args.input)
+    if args.resize and len(args.resize) > 2:
+        raise GraphconvError(f"--resize takes S (the shorter side) or H W, not {len(args.resize)} numbers")
     if args.downsample > 1 and (args.resize or args.scales):
         raise GraphconvError("--downsample and --resize/--scales both change the image's size: use one")
     if args.skip_existing and not args.images:
@@ -1178,7 +1182,8 @@ def _write_map_file(args: argparse.Namespace, model, out: np.ndarray, cells) -> 
     span = (1.0, 1.0)
     if args.image and args.resize:  # the cells are in the resized image's pixels
         height, width = images.image_size(args.image)
-        span = (height / args.resize[0], width / args.resize[1])
+        resized = images.resized_size(args.resize, args.image)
+        span = (height / resized[0], width / resized[1])
     contents = map_contents(args.image or args.input, args.model, model.output_channels,
                             labels=model.graph.meta.get("labels"))
     placement = replace(cells_on_pixels(cells, span), contents=contents)

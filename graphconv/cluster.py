@@ -69,6 +69,7 @@ class MapOptions:
     nodata: float | None = None  # --nodata VALUE: each raster's no-data value, in place of its file's
     memory_limit: int | None = None  # bytes an image's run may take (`image_tile`); None: the process's own budget
     resume: bool = False  # --images --resume: each tiled map written into a partial map kept if stopped (_map_in_tiles)
+    resize: tuple[int, ...] | None = None  # --resize H W, or S: each picture resized (sources.PillowSource)
 
     def grid(self, model):
         """What each task maps: the model's dense pass, or the classifier on every crop."""
@@ -281,7 +282,7 @@ def _tile_block(ref: ModelRef, image: str, box: tuple[int, int, int, int], rows,
         _WORKER_SOURCES.clear()
         _WORKER_SOURCES[ref, image] = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"),
                                                   options.level, options.bands, options.downsample, options.mpp,
-                                                  options.nodata)
+                                                  options.nodata, options.resize)
     x = read_box(_WORKER_SOURCES[ref, image], box, model.crop_shape[0])  # zeros past a padded image's end
     grid = options.grid(model)
     full = grid.run(x, options.device)
@@ -365,7 +366,8 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
         model = worker_model(ref)
         stamp = image_stamp(image)  # before the read: an image edited while it is read is not this map's
         source = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"), options.level,
-                             options.bands, options.downsample, options.mpp, _raster_nodata(image, options))
+                             options.bands, options.downsample, options.mpp, _raster_nodata(image, options),
+                             options.resize)
         transform, _, _ = map_transform(options.reduce, options.classes, model.output_channels)
         grid = options.grid(model)
         blank_cells = None
@@ -856,6 +858,8 @@ def holds_its_map(ref: ModelRef, model, image: str, output: str, options: MapOpt
             stated["cells_left_out"] = {"nodata": None, **stated["cells_left_out"]}
         if options.mpp is None:  # else the level and factor are the slide's to choose
             read.update(level=options.level, downsample=float(options.downsample))
+        if options.resize is not None or "resize" in stated:  # a map resized otherwise, or not resized now
+            read["resize"] = list(options.resize) if options.resize is not None else None
         return (all(stated.get(key) == expected[key] for key in ("model", "classes", "values"))
                 and all(stated[key] == value for key, value in read.items() if key in stated))
     try:
@@ -911,12 +915,12 @@ def size_as_read(model, image: str, options: MapOptions) -> tuple[int, int]:
 
     if is_tiff(image) or is_ome_zarr(image) or image.rstrip("/").lower().endswith(".zarr"):
         source = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"), options.level,
-                             options.bands, options.downsample, options.mpp)
+                             options.bands, options.downsample, options.mpp, resize=options.resize)
         return source.height, source.width
     from types import SimpleNamespace
 
-    from graphconv.images import image_size
-    height, width = image_size(image)
+    from graphconv.images import image_size, resized_size
+    height, width = image_size(image) if options.resize is None else resized_size(options.resize, image)
     if options.downsample > 1:
         read = Downsampled(SimpleNamespace(height=height, width=width, path=image), options.downsample)
         return read.height, read.width

@@ -553,10 +553,13 @@ def read_as(source) -> dict:
     """What the map was read at, for it to state: the pyramid level (`--level`, or the
     one `--mpp` chose; 0 for an image of one), how many times coarser than that level
     (`--downsample`, or `--mpp`'s factor; 1 as stored) and the bands the network took,
-    numbered from 1 as GDAL does (`--bands`; None: every band, in the file's order)."""
+    numbered from 1 as GDAL does (`--bands`; None: every band, in the file's order), and
+    the --resize a picture was resized by, where it was (H W, or the shorter side S)."""
     bands = getattr(source, "bands", None)
-    return {"level": int(getattr(source, "level", 0) or 0), "downsample": float(getattr(source, "factor", 1)),
+    read = {"level": int(getattr(source, "level", 0) or 0), "downsample": float(getattr(source, "factor", 1)),
             "bands": list(bands) if bands is not None else None}
+    resize = getattr(source, "resize", None)
+    return read if resize is None else {**read, "resize": list(resize)}
 
 
 def cells_on_pixels(cells: Field, span: tuple[float, float] = (1.0, 1.0),

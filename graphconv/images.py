@@ -56,11 +56,12 @@ def _pil():
     return Image
 
 
-def load_image(path: str, resize: Sequence[int] | None = None, channels: int = 3,
+def load_image(path: str, resize: int | Sequence[int] | None = None, channels: int = 3,
                stored_values: bool = False, keep_8_bits: bool = False) -> np.ndarray:
     """An image file as float32 (channels, H, W) with values 0..255, optionally resized
-    to resize = (H, W) (`resize_planes`: Pillow's antialiased bilinear, in float), ready
-    for the spec's `preprocess`.
+    to resize = (H, W), or to its shorter side resize = S (`resized_size`), by
+    `resize_planes` (Pillow's antialiased bilinear, in float), ready for the spec's
+    `preprocess`.
 
     `channels` is the network's input channel count: 1 gives greyscale (ITU-R 601
     luma for colour files), 3 RGB (grey files repeated), 4 RGBA (opaque where the file
@@ -88,7 +89,7 @@ def load_image(path: str, resize: Sequence[int] | None = None, channels: int = 3
     the budget; an over-budget file, a truncated or corrupt one, something that is not
     an image at all, and a bad `resize` or `channels` raise GraphconvError naming the file."""
     mode = _mode_for(channels, path)
-    out_hw = _checked_resize(resize, channels, path)
+    out_hw = _checked_resize(resized_size(resize, path), channels, path)
     image_mod = _pil()
     pixels, deep_mode = _read_pixels(image_mod, path, mode, channels, out_hw, stored_values)
     if deep_mode is None:
@@ -265,6 +266,20 @@ def _mode_for(channels, path: str) -> str:
     return CHANNEL_MODES[channels]
 
 
+def resized_size(resize, path: str):
+    """`resize` as (H, W) for the image at `path`: as given, or for one side S (an int or a
+    sequence of one: `run --resize S`) the size whose shorter side is S, the aspect kept
+    (`scales.scaled_size`, as --scales resizes and torchvision's Resize(S)), from the
+    image's header. Anything else is left for `_checked_resize` to refuse."""
+    side = resize[0] if isinstance(resize, Sequence) and not isinstance(resize, str) and len(resize) == 1 else resize
+    if not isinstance(side, (int, np.integer)) or isinstance(side, bool):
+        return resize
+    if side < 1:
+        raise GraphconvError(f"resize to a shorter side of {side}: it must be at least 1 pixel", file=path)
+    from graphconv.scales import scaled_size
+    return scaled_size(*image_size(path), int(side))
+
+
 def _checked_resize(resize, channels: int, path: str) -> tuple[int, int] | None:
     """(H, W) of at least one pixel each, whose result alone fits the budget; None for none."""
     if resize is None:
@@ -275,7 +290,8 @@ def _checked_resize(resize, channels: int, path: str) -> tuple[int, int] | None:
     except (TypeError, ValueError, OverflowError):  # not two numbers; NaN; infinity
         exact = False
     if not exact:
-        raise GraphconvError(f"resize takes a height and a width in pixels, got {shown(resize)}", file=path)
+        raise GraphconvError(f"resize takes a height and a width in pixels, or the shorter side's, got "
+                             f"{shown(resize)}", file=path)
     if height < 1 or width < 1:
         raise GraphconvError(f"resize to {height}x{width}: height and width must be at least 1 pixel",
                              file=path)

@@ -100,11 +100,17 @@ class PillowSource(_Preprocessed):
 
     picture = True  # PNG, JPEG: grey, RGB or RGBA, as Pillow reads them
 
-    def __init__(self, path: str, channels: int, preprocess: dict | None):
+    def __init__(self, path: str, channels: int, preprocess: dict | None, resize: Sequence[int] | None = None):
+        """`resize`: (H, W), or (S,) for the shorter side (`images.resized_size`), the picture
+        resized to as `run --image --resize` resizes it; its cells then stand on the stored
+        picture's pixels by `full_hw` (`level0_span`)."""
         super().__init__(path, channels, preprocess)
-        from graphconv.images import load_image
-        self.pixels = load_image(path, None, channels, stored_values=stores_values(preprocess), keep_8_bits=True)
+        from graphconv.images import image_size, load_image
+        self.pixels = load_image(path, resize, channels, stored_values=stores_values(preprocess), keep_8_bits=True)
         _, self.height, self.width = self.pixels.shape
+        self.resize = tuple(resize) if resize is not None else None
+        if resize is not None:
+            self.full_hw = image_size(path)
 
     def read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
         return self._finish(self.pixels[:, top:bottom, left:right])
@@ -534,17 +540,18 @@ NODATA_OF_A_PICTURE = ("--nodata marks the no-data pixels of a raster read tile 
 
 def open_source(path: str | os.PathLike, channels: int, preprocess: dict | None, level: int = 0,
                 bands: Sequence[int] | None = None, downsample: float = 1, mpp: float | None = None,
-                nodata: float | None = None):
+                nodata: float | None = None, resize: Sequence[int] | None = None):
     """The right source for `path`: TIFF and zarr lazily, other images through Pillow;
     `level` is a pyramid TIFF's level (0: full resolution), `bands` a raster's bands to
     read (1-based, in order; see the module), `downsample` the factor (whole or not) it is
     read coarser by (`Downsampled`); or `mpp`, the micrometres per pixel to read a slide
     at, which picks both (`resolution_for`). `nodata` (run --nodata) is the raster's
     no-data value, in place of the one its file declares, if any (a scene whose swath
-    border is 0 with no GDAL no-data tag)."""
+    border is 0 with no GDAL no-data tag). `resize` (run --resize: H W, or the shorter
+    side S) resizes a picture read whole (`PillowSource`)."""
     if mpp is not None:
         level, downsample = resolution_for(str(path), mpp)
-    source = _open(str(path), channels, preprocess, level, bands)
+    source = _open(str(path), channels, preprocess, level, bands, resize)
     if nodata is not None:
         if not isinstance(source, ArrayLikeSource):
             raise GraphconvError(NODATA_OF_A_PICTURE, file=str(path))
@@ -635,9 +642,12 @@ def _pixel_size_and_level_heights(path: str) -> tuple[PixelSize, list[int]]:
         raise GraphconvError(_unreadable_tiff(err, tifffile), file=path) from None
 
 
-def _open(path: str, channels: int, preprocess: dict | None, level: int, bands: Sequence[int] | None):
+def _open(path: str, channels: int, preprocess: dict | None, level: int, bands: Sequence[int] | None,
+          resize: Sequence[int] | None = None):
     suffix = Path(path).suffix.lower()
     folder = Path(path)
+    if resize is not None and (is_tiff(path) or is_ome_zarr(path) or suffix == ".zarr" or folder.is_dir()):
+        raise GraphconvError(RESIZE_OF_A_RASTER, file=path)
     if is_tiff(path):
         return _tiff_source(path, channels, preprocess, level, bands)
     if is_ome_zarr(path):
@@ -650,7 +660,11 @@ def _open(path: str, channels: int, preprocess: dict | None, level: int, bands: 
     if bands is not None:
         raise GraphconvError("--bands picks bands of a raster (a TIFF or a zarr array); this image is read "
                              "as a picture (grey, RGB or RGBA)", file=path)
-    return PillowSource(path, channels, preprocess)
+    return PillowSource(path, channels, preprocess, resize)
+
+
+RESIZE_OF_A_RASTER = ("--resize resizes a picture (JPEG, PNG, ...) read whole; a TIFF or zarr image is read in "
+                      "tiles: --downsample F or --mpp UM reads it coarser")
 
 
 SPATIAL_NAMES = {"y": "Y", "x": "X", "lat": "Y", "lon": "X", "latitude": "Y", "longitude": "X", "row": "Y",

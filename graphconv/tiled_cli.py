@@ -259,10 +259,13 @@ def describe_resolution(source, asked: float | None = None) -> None:
 
 
 def _class_means(args: argparse.Namespace, scores) -> np.ndarray | None:
-    """--top's input: each class's mean score over the map's computed cells."""
+    """--top's input: each class's mean score over the map's computed cells (a
+    classifier's (N, K) vectors are one cell each: they raised numpy's AxisError)."""
     if not args.top or args.reduce == "argmax":
         return None
     scores = np.asarray(scores)
+    if scores.ndim == 2:
+        scores = scores[:, :, None, None]
     computed = ~np.isnan(scores).all(axis=1, keepdims=True)
     counts = computed.sum(axis=(2, 3))
     sums = np.where(computed, scores, 0).sum(axis=(2, 3), dtype=np.float64)
@@ -526,7 +529,8 @@ def _map_options(args: argparse.Namespace, grid):
                       skip_background=args.skip_background, bands=tuple(args.bands) if args.bands else None,
                       downsample=args.downsample, mpp=args.mpp, traceback=getattr(args, "traceback", False),
                       max_nodata=getattr(args, "max_nodata", DEFAULT_MAX_NODATA), nodata=getattr(args, "nodata", None),
-                      memory_limit=_budget_per_process(args), resume=getattr(args, "resume", False))
+                      memory_limit=_budget_per_process(args), resume=getattr(args, "resume", False),
+                      resize=tuple(args.resize) if args.resize else None)
 
 
 def _budget_per_process(args: argparse.Namespace) -> int | None:
@@ -553,8 +557,8 @@ def run_images_command(args: argparse.Namespace) -> int:
 
     if not args.output_dir:
         raise GraphconvError("--images needs --output-dir")
-    if args.output or args.scales or args.resize or args.profile:
-        raise GraphconvError("--images writes one map per image into --output-dir; --output, --scales, --resize "
+    if args.output or args.scales or args.profile:
+        raise GraphconvError("--images writes one map per image into --output-dir; --output, --scales "
                              "and --profile take one --image")
     images = _image_paths(args.images)
     if not images:
@@ -1044,7 +1048,7 @@ def _with_heatmap(args: argparse.Namespace, model, grid, result):
     one.heatmap_out = str(_heatmap_name(args, result.output))
     try:
         source = open_source(result.image, model.crop_shape[0], model.graph.meta.get("preprocess"), args.level,
-                             args.bands, args.downsample, args.mpp, getattr(args, "nodata", None))
+                             args.bands, args.downsample, args.mpp, getattr(args, "nodata", None), args.resize)
         _draw_heatmap(one, model, source, grid, _read_map(result.output), None)
     except (GraphconvError, OSError, ValueError) as err:
         return replace(result, error=f"its map was written, its heatmap not: {user_message(err)}")

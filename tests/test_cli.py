@@ -669,7 +669,7 @@ def test_a_whole_image_tif_map_says_where_its_cells_stand(tmp_path):
     tifffile = pytest.importorskip("tifffile")
     page = ROOT / "examples" / "digits_page.png"
     assert run_cli("compile", SPECS / "digits.yaml", "-o", tmp_path / "m") == 0
-    for extra, span in (([], 1.0), (["--resize", "150", "200"], 2.0)):
+    for extra, span in (([], 1.0), (["--resize", "150", "200"], 2.0), (["--resize", "150"], 2.0)):
         assert run_cli("run", tmp_path / "m", "--image", page, *extra, "--output", tmp_path / "w.tif") == 0
         stated = json.loads(tifffile.TiffFile(tmp_path / "w.tif").pages[0].description.split("\n", 1)[1])
         assert stated["first_cell_centre_yx"] == [14.0 * span] * 2 and stated["cell_step_yx"] == [4.0 * span] * 2
@@ -866,7 +866,8 @@ def test_many_images_through_a_classifier_as_written_say_so(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--images", "{page}", "--output-dir", "maps", "--profile"], "--resize and --profile take one --image"),
+    (["--images", "{page}", "--output-dir", "maps", "--profile"], "--scales and --profile take one --image"),
+    (["--image", "{page}", "--resize", "10", "20", "30"], "--resize takes S (the shorter side) or H W, not 3 numbers"),
     (["--image", "{page}", "--heatmap", "11"], "--heatmap 11: the model has 11 classes (0 to 10)"),
     (["--images", "{page}", "--output-dir", "maps", "--top", "3", "--reduce", "argmax"],
      "--top ranks the classes by their mean score over the map, and --reduce argmax keeps no scores"),  # said nothing

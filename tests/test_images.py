@@ -262,12 +262,25 @@ def test_resize_needs_a_positive_height_and_width(resize, tmp_path, rng):
         load_image(str(path), resize)
 
 
-@pytest.mark.parametrize("resize", [(5,), (1, 2, 3), (2.5, 3), (True, 4), "ab", 7, ("5", "5"),
+@pytest.mark.parametrize("resize", [(1, 2, 3), (2.5, 3), (True, 4), "ab", 7.5, (True,), ("5", "5"),
                                     (float("inf"), 3), (float("nan"), 3), (None, None)])
-def test_resize_must_be_two_whole_numbers(resize, tmp_path, rng):
+def test_resize_must_be_two_whole_numbers_or_one(resize, tmp_path, rng):
     path = save(tmp_path, "a.png", Image.fromarray(colour_pixels(rng)))
     with pytest.raises(GraphconvError, match=r"resize takes a height and a width in pixels"):
         load_image(str(path), resize)
+
+
+@pytest.mark.parametrize("side", [7, (7,), [30], np.int64(100)])
+def test_resize_to_one_side_brings_the_shorter_side_to_it_keeping_the_aspect(side, tmp_path, rng):
+    """As --scales and torchvision's Resize(S): `run --resize S`, for photos of many sizes."""
+    wide = save(tmp_path, "wide.png", Image.fromarray(colour_pixels(rng, 20, 30)))
+    tall = save(tmp_path, "tall.png", Image.fromarray(colour_pixels(rng, 30, 20)))
+    s = int(np.ravel(side)[0])
+    assert load_image(str(wide), side).shape == (3, s, round(30 * s / 20))
+    assert load_image(str(tall), side).shape == (3, round(30 * s / 20), s)
+    np.testing.assert_array_equal(load_image(str(wide), side), load_image(str(wide), (s, round(30 * s / 20))))
+    with pytest.raises(GraphconvError, match=r"wide.png: resize to a shorter side of 0: it must be at least 1 pixel"):
+        load_image(str(wide), 0)
 
 
 def test_a_huge_resize_is_refused_before_the_file_is_read(tmp_path, limit):

@@ -438,6 +438,66 @@ def test_many_images_top_ranks_each_image_s_classes_by_their_mean_over_its_map(m
     assert sorted(line for line in again.stdout.splitlines() if line.startswith(str(folder))) == sorted(lines)
 
 
+def test_many_images_resize_each_picture_as_one_image_s_resize_does(model_dir, tmp_path):
+    """--resize was refused with --images: photos of many sizes could not be brought to
+    the scale the classifier was trained at (and those smaller than the crop failed).
+    --resize S keeps each photo's aspect; each map is bit for bit --image --resize's, its
+    cells placed on the photo as stored; --skip-existing redoes a map of another resize."""
+    run = graphconv_in_process
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    sizes = {"wide.png": (40, 90), "tall.png": (120, 50), "small.png": (20, 24)}
+    for name, size in sizes.items():
+        Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)).save(folder / name)
+    tifffile.imwrite(folder / "scan.tif", rng.integers(0, 256, (60, 60), dtype=np.uint8))
+    out = tmp_path / "maps"
+    result = run("run", model_dir, "--images", folder, "--output-dir", out, "--resize", "48")
+    assert result.returncode == 2 and "3 of 4 image(s)" in result.stdout
+    assert "scan.tif: --resize resizes a picture (JPEG, PNG, ...) read whole" in result.stderr
+    for name in sizes:
+        alone = tmp_path / f"{Path(name).stem}.npy"
+        assert run("run", model_dir, "--image", folder / name, "--resize", "48", "--output", alone).returncode == 0
+        np.testing.assert_array_equal(np.load(out / alone.name), np.load(alone))
+    # 48x108 and 115x48 (rounded, as --scales rounds), through LeNet's 32x32 crop at stride 4
+    assert np.load(out / "wide.npy").shape[2:] == (5, 20) and np.load(out / "tall.npy").shape[2:] == (21, 5)
+    tifs = tmp_path / "tifs"
+    (folder / "scan.tif").unlink()
+    assert run("run", model_dir, "--images", folder, "--output-dir", tifs, "--resize", "48",
+               "--output-format", "tif").returncode == 0
+    assert run("run", model_dir, "--image", folder / "wide.png", "--output", tmp_path / "wide.tif").returncode == 0
+    stated, unresized = (json.loads(tifffile.TiffFile(path).pages[0].description.split("\n", 1)[1])
+                         for path in (tifs / "wide.tif", tmp_path / "wide.tif"))
+    assert stated["resize"] == [48] and "resize" not in unresized
+    np.testing.assert_allclose(stated["cell_step_yx"], np.multiply(unresized["cell_step_yx"], [40 / 48, 90 / 108]))
+    again = run("run", model_dir, "--images", folder, "--output-dir", tifs, "--resize", "48", "--output-format",
+                "tif", "--skip-existing")
+    assert again.returncode == 0 and "every image has its map" in again.stdout
+    other = run("run", model_dir, "--images", folder, "--output-dir", tifs, "--resize", "64", "--output-format",
+                "tif", "--skip-existing")
+    assert other.returncode == 0 and "3 of 3 image(s)" in other.stdout
+    assert tifffile.imread(tifs / "small.tif").shape[-2:] == ((64 - 32) // 4 + 1, (77 - 32) // 4 + 1)
+
+
+def test_many_images_of_a_classifier_as_written_resized_to_its_crop_are_classified(tmp_path):
+    """--resize H W to the crop: a classifier spec as written (no compile) gives each photo
+    its class vector, and --top its best classes, one line each."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(6)
+    for i, size in enumerate([(50, 70), (33, 31)]):
+        Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)).save(folder / f"p{i}.png")
+    result = graphconv_in_process("run", SPECS / "lenet.yaml", "--images", folder, "--output-dir", tmp_path / "v",
+                                  "--resize", "32", "32", "--top", "1")
+    assert result.returncode == 0, result.stderr
+    model = Model.load(SPECS / "lenet.yaml")
+    from graphconv.images import load_image
+    for i in range(2):
+        vector = model.run(load_image(str(folder / f"p{i}.png"), (32, 32), channels=1)[None])
+        np.testing.assert_allclose(np.load(tmp_path / "v" / f"p{i}.npy"), vector, rtol=1e-5, atol=1e-6)
+        assert f"p{i}.png: class {int(vector.argmax())} " in result.stdout
+
+
 @pytest.mark.slow
 def test_dask_local_cluster_gives_the_same_map(model_dir, picture, tmp_path):
     """Bit for bit the map the same tiles give without workers (the workers set numba up
