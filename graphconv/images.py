@@ -266,18 +266,19 @@ def _mode_for(channels, path: str) -> str:
     return CHANNEL_MODES[channels]
 
 
-def resized_size(resize, path: str):
-    """`resize` as (H, W) for the image at `path`: as given, or for one side S (an int or a
-    sequence of one: `run --resize S`) the size whose shorter side is S, the aspect kept
-    (`scales.scaled_size`, as --scales resizes and torchvision's Resize(S)), from the
-    image's header. Anything else is left for `_checked_resize` to refuse."""
+def resized_size(resize, image: str | tuple[int, int]):
+    """`resize` as (H, W) for `image` (a path, or its (H, W)): as given, or for one side S
+    (an int or a sequence of one: `run --resize S`) the size whose shorter side is S, the
+    aspect kept (`scales.scaled_size`, as --scales resizes and torchvision's Resize(S)),
+    a file's size from its header. Anything else is left for `_checked_resize` to refuse."""
     side = resize[0] if isinstance(resize, Sequence) and not isinstance(resize, str) and len(resize) == 1 else resize
     if not isinstance(side, (int, np.integer)) or isinstance(side, bool):
         return resize
+    path = image if isinstance(image, str) else None
     if side < 1:
         raise GraphconvError(f"resize to a shorter side of {side}: it must be at least 1 pixel", file=path)
     from graphconv.scales import scaled_size
-    return scaled_size(*image_size(path), int(side))
+    return scaled_size(*(image_size(image) if path else image), int(side))
 
 
 def _checked_resize(resize, channels: int, path: str) -> tuple[int, int] | None:
@@ -884,8 +885,10 @@ def _picture_header(path: str, fact, default):
         return default
 
 
-def as_picture(image, channels: int = 3, stored_values: bool = False) -> np.ndarray:
-    """What users have, as `load_image` returns it: float32 (channels, H, W) on 0..255.
+def as_picture(image, channels: int = 3, stored_values: bool = False,
+               resize: int | Sequence[int] | None = None) -> np.ndarray:
+    """What users have, as `load_image` returns it: float32 (channels, H, W) on 0..255,
+    resized as `load_image` resizes where `resize` is given (H W, or the shorter side S).
 
     `image` is a path (loaded by `load_image`, within the memory budget), a Pillow image
     (any mode `load_image` reads; converted to the channels the network takes), or a
@@ -896,14 +899,17 @@ def as_picture(image, channels: int = 3, stored_values: bool = False) -> np.ndar
     import os
     _mode_for(channels, "<image>")
     if isinstance(image, (str, os.PathLike)):
-        return load_image(os.fspath(image), channels=channels, stored_values=stored_values)
+        return load_image(os.fspath(image), resize, channels=channels, stored_values=stored_values)
     if isinstance(image, np.ndarray):
-        return _array_picture(image, channels)
-    image_mod = _pil()
-    if isinstance(image, image_mod.Image):
-        return _pil_picture(image_mod, upright(image), channels, stored_values)
-    raise GraphconvError(f"an image is a file path, a Pillow image or a uint8 (H, W, C) array, "
-                         f"not {type(image).__name__}")
+        picture = _array_picture(image, channels)
+    elif isinstance(image, _pil().Image):
+        picture = _pil_picture(_pil(), upright(image), channels, stored_values)
+    else:
+        raise GraphconvError(f"an image is a file path, a Pillow image or a uint8 (H, W, C) array, "
+                             f"not {type(image).__name__}")
+    if resize is None:
+        return picture
+    return resize_planes(picture, *_checked_resize(resized_size(resize, picture.shape[1:]), channels, "<image>"))
 
 
 def _array_picture(pixels: np.ndarray, channels: int) -> np.ndarray:

@@ -432,18 +432,20 @@ class Model:
         return (f"Model.run_tiled(x, tile) computes the same map tile by tile in bounded memory ({example})"
                 + (f", or {fewer}" if fewer else ""))
 
-    def run_image(self, image, *, device: str = "cpu", full: bool = False) -> np.ndarray:
+    def run_image(self, image, *, device: str = "cpu", full: bool = False,
+                  resize: int | tuple[int, int] | None = None) -> np.ndarray:
         """`run` on a picture: a file path, a Pillow image or a uint8 (H, W) / (H, W, C)
         array, read as `classify` reads it (`images.as_picture`: turned upright per its
-        EXIF orientation, given the network's channels, values on 0..255) and preprocessed
-        by the model's `preprocess`: the map `graphconv run MODEL --image FILE` computes
-        for a picture run whole, (1, K, rows, cols) (or (1, K), see `run`). For an image
-        too big to hold, `run_tiled` on a reader (graphconv.sources) instead."""
+        EXIF orientation, given the network's channels, values on 0..255), resized to
+        `resize` = (H, W) or to the shorter side `resize` = S (as `run --resize`), and
+        preprocessed by the model's `preprocess`: the map `graphconv run MODEL --image
+        FILE` computes for a picture run whole, (1, K, rows, cols) (or (1, K), see `run`).
+        For an image too big to hold, `run_tiled` on a reader (graphconv.sources) instead."""
         from graphconv import images
 
         spec = self.graph.meta.get("preprocess")
         self.warn_if_pixels_unscaled()
-        picture = images.as_picture(image, self.crop_shape[0], images.stores_values(spec))
+        picture = images.as_picture(image, self.crop_shape[0], images.stores_values(spec), resize)
         return self.run(images.preprocess(picture, spec), device, full=full)
 
     def warn_if_pixels_unscaled(self) -> None:
