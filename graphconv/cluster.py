@@ -13,6 +13,7 @@ Dask (`dask[distributed]`) is the optional `scale` extra.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -581,12 +582,13 @@ def run_images(ref: ModelRef, images: Sequence[str], output_dir: str, options: M
         shown = progress(result) if progress is not None else None
         result = shown or result  # the command's, its heatmap's error added
         written = result.output is not None and os.path.exists(result.output)
-        manifest.record(result.image, output_of[result.image], result.shape, result.error, written)
+        manifest.record(result.image, output_of[result.image], result.shape, result.error, written,
+                        map_settings(ref, result.image, options))
     try:
         return _map_each(ref, images, outputs, options, tile, client, done)
     except BaseException:  # stopped: the maps finished whose rows the stop cut off are listed too
         for image, output, stamp in zip(images, outputs, before):
-            manifest.record_kept(image, output, stamp)
+            manifest.record_kept(image, output, stamp, map_settings(ref, image, options))
         raise
     finally:
         manifest.rewrite()
@@ -835,9 +837,13 @@ def image_stamp(image: str) -> list[int] | None:
     return file_stamp(image)
 
 
-def holds_its_map(ref: ModelRef, model, image: str, output: str, options: MapOptions, tile: int | None) -> bool:
+def holds_its_map(ref: ModelRef, model, image: str, output: str, options: MapOptions, tile: int | None,
+                  made_with: Callable[[str], dict | None] = lambda output: None) -> bool:
     """Whether `output` holds the map this run would write for `image` already
-    (--skip-existing): an .npy of exactly its type and shape, a .tif map graphconv wrote
+    (--skip-existing): an .npy of exactly its type and shape, made with this run's
+    `map_settings` where its --output-dir's list records them (`made_with`, the
+    manifest's: another model of as many classes, or another --resize, gave a map of
+    that shape, kept as this run's), a .tif map graphconv wrote
     of this image, model, classes and values, read at these --bands, --level and --downsample
     and leaving out the cells these --skip-background, --max-nodata and --nodata leave out,
     where it states them (`georef.read_as`; maps written before it did, do not). Maps are renamed into place only once whole, so
@@ -866,7 +872,23 @@ def holds_its_map(ref: ModelRef, model, image: str, output: str, options: MapOpt
         expected = image_map_shape(model, options.grid(model), image, options, tile)
     except (GraphconvError, OSError, ValueError):
         return False  # an image that cannot be read: its own task says why
-    return _holds_exactly(output, *expected)
+    if not _holds_exactly(output, *expected):
+        return False
+    recorded = made_with(output)
+    return recorded is None or recorded == json.loads(json.dumps(map_settings(ref, image, options)))
+
+
+def map_settings(ref: ModelRef, image: str, options: MapOptions) -> dict:
+    """What a map of `image` is made with, beside the image: the model file, the classes
+    and values kept, the cells left out and how the image is read. An .npy's row in
+    graphconv-maps.csv records them (`manifest`), as a .tif map states its own, for
+    --skip-existing to tell a map made otherwise (`holds_its_map`)."""
+    return {"model": os.path.abspath(ref.path), "classes": list(options.classes) if options.classes else None,
+            "reduce": options.reduce, "crops": list(options.crops) if options.crops else None,
+            "cells_left_out": left_out_record(options, image), "level": options.level,
+            "downsample": float(options.downsample), "mpp": options.mpp,
+            "bands": list(options.bands) if options.bands else None,
+            "resize": list(options.resize) if options.resize else None}
 
 
 def _image_changed_since(image: str, output: str) -> bool:

@@ -3,7 +3,9 @@ row per image, with its map, whether it was written, the map's shape and the ima
 error. It is for the user's scripts (which photos failed, and why, without reading
 stderr), and for graphconv itself: an .npy map records nothing of who wrote it, so a
 later run replaces an .npy of another shape (a photo cropped since, another --classes)
-only where this list says graphconv wrote exactly that file (its size, time and inode).
+only where this list says graphconv wrote exactly that file (its size, time and inode);
+and its `made_with` (the model and settings, JSON, as a .tif map states them) tells
+--skip-existing a map of another model or --resize of the same shape from this run's.
 
 Each image's row is appended as the image is done, so a batch stopped at any moment
 leaves the rows of the maps it kept; at the end the list is written again with one row
@@ -17,6 +19,7 @@ from __future__ import annotations
 import csv
 import fcntl
 import io
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +31,8 @@ from graphconv.errors import GraphconvError, shown_path
 from graphconv.files import atomic_write, file_stamp
 
 MANIFEST_NAME = "graphconv-maps.csv"
-COLUMNS = ("image", "map", "status", "shape", "error", "map_stamp")
+COLUMNS = ("image", "map", "status", "shape", "error", "map_stamp", "made_with")
+EARLIER_COLUMNS = COLUMNS[:-1]  # a list written before made_with: read, and written anew at the next row
 MANIFEST_LIMIT = 256 << 20  # bytes: a list of millions of maps; a larger file is not one graphconv wrote
 # File names are bytes on POSIX: one that is not UTF-8 (a Latin-1 'café.png') is kept as its
 # bytes, as Python's os functions keep it, rather than stopping the batch. A byte-order mark,
@@ -52,25 +56,31 @@ class Manifest:
                     _write_rows(self.path, self.rows)
 
     def record(self, image: str, output: str, shape: tuple[int, ...] | None, error: str | None,
-               written: bool) -> None:
+               written: bool, made_with: dict | None = None) -> None:
         """Note what became of `image`, whose map goes to `output`, at once (appended):
-        `written`, its map is there (an error then is what failed after it, its heatmap).
-        A failed image's earlier map, unchanged, keeps its stamp: it is still graphconv's."""
+        `written`, its map is there (an error then is what failed after it, its heatmap),
+        made with `made_with` (`cluster.map_settings`). A failed image's earlier map,
+        unchanged, keeps its stamp and settings: it is still graphconv's."""
         key = self._key(output)
-        earlier = self.rows.get(key)
-        stamp = _stamp_text(output) if written else (earlier or {}).get("map_stamp", "")
+        earlier = self.rows.get(key) or {}
+        stamp = _stamp_text(output) if written else earlier.get("map_stamp", "")
         if not written and stamp and stamp != _stamp_text(output):
             stamp = ""  # the earlier map is gone or changed since
+        settings = (json.dumps(made_with, sort_keys=True) if made_with is not None else "") if written \
+            else (earlier.get("made_with", "") if stamp else "")
         row = {"image": os.path.abspath(image), "map": key, "status": "written" if written else "failed",
                "shape": "x".join(map(str, shape)) if shape and written else "", "error": _unnamed(error or "", image),
-               "map_stamp": stamp}
+               "map_stamp": stamp, "made_with": settings}
         self.rows[key] = row
         self.recorded.add(key)
         self.folder.mkdir(parents=True, exist_ok=True)  # where the first image failed, no map made it
         with self._locked():
+            if _written_before_made_with(self.path):  # its rows, and this one, under one header
+                _write_rows(self.path, _read_rows(self.path))
             _append(self.path, row)
 
-    def record_kept(self, image: str, output: str, stamp_before: list[int] | None) -> None:
+    def record_kept(self, image: str, output: str, stamp_before: list[int] | None,
+                    made_with: dict | None = None) -> None:
         """A map written in this run (its file stamp no longer `stamp_before`'s) whose
         image's row a stop cut off (Ctrl-C after the map was renamed into place, a
         worker's map not collected yet): listed as written, its shape read from the file,
@@ -83,7 +93,17 @@ class Manifest:
             shape = np.load(output, mmap_mode="r", allow_pickle=False).shape
         except (OSError, ValueError):
             return
-        self.record(image, output, shape, None, True)
+        self.record(image, output, shape, None, True, made_with)
+
+    def made_with(self, output: str) -> dict | None:
+        """The model and settings graphconv made the file now at `output` with, as its row
+        records them; None where it did not make it as it is now, or recorded none."""
+        if self.image_of(output) is None:
+            return None
+        try:
+            return json.loads(self.rows[self._key(output)]["made_with"] or "null")
+        except ValueError:
+            return None
 
     def wrote(self, output: str) -> bool:
         """Whether graphconv wrote the file now at `output`, as it is now."""
@@ -150,6 +170,15 @@ def _write_rows(path: Path, rows: dict[str, dict[str, str]]) -> None:
     atomic_write(path, lambda p: Path(p).write_text(text.getvalue(), newline="", **WRITING))
 
 
+def _written_before_made_with(path: Path) -> bool:
+    """Whether the list at `path` has the columns of a list written before `made_with`."""
+    try:
+        with open(path, newline="", **READING) as file:
+            return tuple(next(csv.reader(file), ())) == EARLIER_COLUMNS
+    except (OSError, csv.Error):
+        return False
+
+
 def _cut_short(path: Path) -> bool:
     """Whether the list ends in a row a kill cut short: no line end after it, or a quoted
     field (an error of several lines) left open."""
@@ -177,10 +206,11 @@ def _read_rows(path: Path) -> dict[str, dict[str, str]]:
                                  "it, or choose another --output-dir)", file=str(path))
         with open(path, newline="", **READING) as file:
             reader = csv.reader(file)
-            if tuple(next(reader, ())) != COLUMNS:
+            header = tuple(next(reader, ()))
+            if header not in (COLUMNS, EARLIER_COLUMNS):
                 raise GraphconvError(f"is already there and is not graphconv's list of maps (its first line is not "
                                      f"{','.join(COLUMNS)}): choose another --output-dir, or move it", file=str(path))
-            return {row[1]: dict(zip(COLUMNS, row)) for row in reader if len(row) == len(COLUMNS)}
+            return {row[1]: {"made_with": "", **dict(zip(header, row))} for row in reader if len(row) == len(header)}
     except (OSError, csv.Error) as err:
         raise GraphconvError(f"cannot be read as graphconv's list of maps: {err}", file=str(path)) from None
 

@@ -972,11 +972,13 @@ def _images_not_done(args: argparse.Namespace, ref, model, images: list[str], ba
     """--skip-existing: the images whose map as this run makes it (`cluster.holds_its_map`)
     and heatmap, with --heatmap, are not in --output-dir yet; and (image, map) of the rest."""
     from graphconv.cluster import holds_its_map, output_names
+    from graphconv.manifest import Manifest
 
     outputs = output_names(images, args.output_dir, args.output_format, base)
+    made_with = Manifest(args.output_dir).made_with
     todo, kept = [], []
     for image, output in zip(images, outputs):
-        done = (holds_its_map(ref, model, image, output, options, args.tile)
+        done = (holds_its_map(ref, model, image, output, options, args.tile, made_with)
                 and (args.heatmap is None or _heatmap_name(args, output).exists()))
         (kept if done else todo).append((image, output))
     todo = [image for image, _ in todo]

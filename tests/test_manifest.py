@@ -209,3 +209,45 @@ def test_a_listed_npy_map_of_another_image_of_the_same_name_is_refused_and_no_re
     assert rows(out)["IMG_0001.npy"]["image"] == str(first / "IMG_0001.png")
     result = graphconv("run", model_dir, "--images", first, "--output-dir", out)  # its own map: replaced, unsaid
     assert result.returncode == 0 and "were there and are replaced" not in result.stderr
+
+
+def test_skip_existing_redoes_an_npy_map_of_its_shape_made_with_another_model_or_resize(model_dir, tmp_path):
+    """An .npy records nothing of how it was made: a map of another model of as many
+    classes, or of another --resize giving as many cells, was kept as this run's. Its row
+    records the model and settings (`made_with`), as a .tif map states them."""
+    import json
+    import shutil
+
+    folder = photos(tmp_path / "photos", {"a.png": (40, 50)})
+    out = tmp_path / "maps"
+
+    def batch(model, *extra):
+        return graphconv("run", model, "--images", folder, "--output-dir", out, "--skip-existing", *extra)
+
+    assert batch(model_dir, "--resize", "40").returncode == 0
+    assert "nothing to do" in batch(model_dir, "--resize", "40").stdout
+    assert "1 of 1 image(s)" in batch(model_dir, "--resize", "41").stdout  # 41x51: 3x5 cells, as 40x50
+    twin = tmp_path / "twin"
+    shutil.copytree(model_dir, twin)
+    assert "1 of 1 image(s)" in batch(twin, "--resize", "41").stdout
+    made_with = json.loads(rows(out)["a.npy"]["made_with"])
+    assert made_with["model"] == str(twin) and made_with["resize"] == [41] and made_with["classes"] is None
+    assert "nothing to do" in batch(twin, "--resize", "41").stdout
+
+
+def test_a_list_written_before_made_with_is_read_and_written_anew_with_it(model_dir, tmp_path):
+    folder = photos(tmp_path / "photos", {"a.png": (40, 50), "b.png": (40, 40)})
+    out = tmp_path / "maps"
+    assert graphconv("run", model_dir, "--images", folder, "--output-dir", out).returncode == 0
+    listed = out / "graphconv-maps.csv"
+    with open(listed, newline="", encoding="utf-8") as file:
+        earlier = [row[:-1] for row in csv.reader(file)]
+    with open(listed, "w", newline="", encoding="utf-8") as file:
+        csv.writer(file).writerows(earlier)
+    assert "nothing to do" in graphconv("run", model_dir, "--images", folder, "--output-dir", out,
+                                        "--skip-existing").stdout  # read: its maps kept by their shape
+    photos(folder, {"c.png": (40, 44)})
+    assert graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing").returncode == 0
+    now = rows(out)
+    assert sorted(now) == ["a.npy", "b.npy", "c.npy"] and now["a.npy"]["made_with"] == ""
+    assert now["c.npy"]["made_with"].startswith("{") and now["a.npy"]["map_stamp"]
