@@ -782,7 +782,8 @@ class Permuted(torch.nn.Module):
 @pytest.mark.parametrize("how,message", [
     ("transpose", r"Transpose \[0, 2, 1, 3\] of a feature map; graphconv follows only"),
     ("layernorm", "normalises over more than the channels at one position"),
-    ("flatten-nhwc", r"Flatten on a channels-last \(NHWC\) view of the feature map; graphconv reads that view only"),
+    ("flatten-nhwc", r"is a channels-last map flattened in \(H, W, C\) order; graphconv flattens in \(C, H, W\) "
+                     r"order, and reorders such features only for a fully connected layer"),
 ])
 def test_permutes_and_layernorms_graphconv_cannot_follow_are_refused(tmp_path, how, message):
     path = tmp_path / f"{how}.onnx"
@@ -1179,6 +1180,73 @@ def test_an_nhwc_input_that_is_transposed_first_is_read_as_nchw(tmp_path, rng):
         load_network(mixed)
 
 
+class KerasStyle(torch.nn.Module):
+    """A small Keras classifier as tf2onnx writes it: an (N, H, W, C) input, Keras'
+    Rescaling (and a ZeroPadding2D) on it before the Transpose to channels-first, a conv,
+    the Transpose back, then Flatten (or a Reshape whose target comes from Shape) and
+    Dense, or a mean over H and W and Dense."""
+    crop = 12
+
+    def __init__(self, head: str, pad: bool):
+        super().__init__()
+        self.head, self.pad = head, pad
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        side = self.crop + 2 * pad - 2
+        self.fc = torch.nn.Linear(4 if head == "mean" else 4 * side * side, 5)
+
+    def forward(self, x):
+        x = x * (1 / 255) - 0.5
+        if self.pad:
+            x = torch.nn.functional.pad(x, (0, 0, 1, 1, 1, 1))  # W and H of the channels-last input
+        x = torch.relu(self.conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+        if self.head == "mean":
+            return self.fc(x.mean((1, 2)))
+        return self.fc(x.flatten(1) if self.head == "flatten" else x.reshape(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("head,pad", [("flatten", False), ("reshape", False), ("flatten", True), ("mean", True)])
+def test_a_keras_dense_after_a_channels_last_flatten_reads_its_features_in_their_order(tmp_path, rng, head, pad):
+    """tf2onnx's plain Keras CNN (Transpose back to NHWC, Flatten, Dense) was refused: the
+    Dense's weight columns run in (H, W, C) order, which graphconv reorders to its own
+    flatten's (C, H, W); ops before the input's Transpose made the input read as NCHW."""
+    path = tmp_path / f"keras-{head}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(KerasStyle(head, pad).eval(), (torch.randn(1, 12, 12, 3),), str(path), dynamo=False,
+                          opset_version=13, input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    classifier = Model(load_network(path))
+    assert classifier.crop_shape == (3, 12, 12)
+    x = (rng.random((2, 3, 12, 12)) * 255).astype(np.float32)
+    np.testing.assert_allclose(classifier.run(x), onnxruntime_scores(path, x.transpose(0, 2, 3, 1).copy()),
+                               **TOLERANCE)
+    if pad:
+        return
+    dense = compile_model(path)
+    big = (rng.random((1, 3, 20, 17)) * 255).astype(np.float32)
+    scores = dense.run(big)
+    for i, j in [(0, 0), (8, 5), (3, 2)]:
+        top, left, bottom, right = dense.cell_area.box(i, j)
+        crop = big[:, :, top:bottom, left:right].transpose(0, 2, 3, 1).copy()
+        np.testing.assert_allclose(scores[0, :, i, j], onnxruntime_scores(path, crop)[0], **TOLERANCE)
+
+
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_a_mean_over_a_channels_last_map_s_height_and_width_gives_what_onnx_gives(tmp_path, rng, keepdims):
+    """Without keepdims it is (N, C) features: it was still seen as a channels-last map,
+    and the MatMul after it (or the output) was a 1x1 conv's map, (N, K, 1, 1)."""
+    helper = onnx.helper
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("ReduceMean", ["t"], ["m"], axes=[1, 2], keepdims=keepdims),
+             helper.make_node("MatMul", ["m", "w"], ["y"])]
+    path = onnx_file(tmp_path / "mean.onnx", nodes, {"w": rng.standard_normal((3, 4)).astype(np.float32)},
+                     input_shape=(1, 3, 5, 7))
+    x = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
+    expected = onnxruntime_scores(path, x)
+    scores = Model(load_network(path)).run(x)
+    assert scores.shape == expected.reshape(2, 4, 1, 1).shape if keepdims else scores.shape == (2, 4)
+    np.testing.assert_allclose(scores.reshape(-1), expected.reshape(-1), **TOLERANCE)
+
+
 # (op set, op type, attributes, inputs after x, their initializers): the forms exporters write
 RESIZE_FORMS = {
     "nearest-scales": (13, "Resize", dict(mode="nearest", coordinate_transformation_mode="asymmetric",
@@ -1194,6 +1262,9 @@ RESIZE_FORMS = {
                                                          nearest_mode="round_prefer_ceil"), ["", "scales"],
                                       {"scales": [1, 1, 4, 3]}),
     "nearest-axes": (18, "Resize", dict(mode="nearest", axes=[2, 3]), ["", "scales"], {"scales": [2, 3]}),
+    "nearest-tf-half-pixel": (13, "Resize", dict(mode="nearest", coordinate_transformation_mode="tf_half_pixel_for_nn",
+                                                 nearest_mode="floor"), ["", "scales"],
+                              {"scales": [1, 1, 2, 3]}),  # tf2onnx's UpSampling2D
     "nearest-sizes-axes": (18, "Resize", dict(mode="nearest", axes=[3, 2]), ["", "", "sizes"], {"sizes": [21, 10]}),
     "linear-negative-axes": (19, "Resize", dict(mode="linear", axes=[-1, -2]), ["", "scales"], {"scales": [3, 2]}),
     "upsample-opset9": (9, "Upsample", dict(mode="nearest"), ["scales"], {"scales": [1, 1, 2, 3]}),

@@ -220,11 +220,15 @@ def _load_external_data(model, path: Path) -> set[Path]:
 
 # ---- the conversion -------------------------------------------------------------------------------
 
-NCHW, NHWC, GROUPED, FLAT, GROUP_RUNS, PATCHES, RADIX, SQUEEZED, CNHW, NWHC, ONE_CHANNEL = (
-    "NCHW", "NHWC", "grouped", "flat", "group runs", "patches", "radix", "squeezed", "CNHW", "NWHC", "one channel")
+NCHW, NHWC, GROUPED, FLAT, GROUP_RUNS, PATCHES, RADIX, SQUEEZED, CNHW, NWHC, ONE_CHANNEL, HWC_FEATURES = (
+    "NCHW", "NHWC", "grouped", "flat", "group runs", "patches", "radix", "squeezed", "CNHW", "NWHC", "one channel",
+    "HWC features")
 # a patch view's Transposes that space_to_depth follows, and the channel order each gives
 PATCH_ORDERS = {(0, 3, 5, 1, 2, 4): "blocks", (0, 1, 3, 5, 2, 4): "channels"}
 ANY_LAYOUT = (NCHW, NHWC)
+# ops tf2onnx may put between an (N, H, W, C) input and its Transpose to (N, C, H, W), each
+# converted on the channels-last view as it comes (`_Importer._read_channels_last`)
+BEFORE_THE_TRANSPOSE = ("Cast", "Mul", "Div", "Add", "Sub", "Pad", "Identity")
 SCALED_LAYOUTS = (*ANY_LAYOUT, ONE_CHANNEL)  # what a converter scaling or shifting by a constant takes
 
 
@@ -244,8 +248,11 @@ class Tensor:
     Transpose [0, 3, 2, 1], a Softmax over the last axis and the Transpose back), or
     as the (N, H, W) of one channel taken with a scalar index (ONE_CHANNEL: torchvision's
     GoogLeNet and Inception-v3 re-normalise their input as x[:, k] * a + b per channel,
-    then unsqueeze and concatenate them). Those views move no data: they change only how
-    the next ONNX op's axes map onto graphconv's channels."""
+    then unsqueeze and concatenate them), or as (N, H*W*C) features of a channels-last
+    map flattened in that order (HWC_FEATURES: a Keras Flatten before Dense, as tf2onnx
+    writes it; graphconv's flatten keeps C*H*W order, and the fc reading it takes its
+    weights' columns in that order: `_add_fc`). Those views move no data: they change
+    only how the next ONNX op's axes map onto graphconv's channels."""
 
     node: str
     shape: tuple[int, int, int]
@@ -254,6 +261,7 @@ class Tensor:
     groups: int = 0
     swapped: bool = False
     perm: tuple[int, ...] = ()  # the Transpose of a PATCHES view (space-to-depth), once it has one
+    hwc: tuple[int, int, int] = ()  # the (C, H, W) map a HWC_FEATURES view flattened
 
 
 class _Importer:
@@ -402,14 +410,18 @@ class _Importer:
                            input_loc=Location(self.source))
         self.values[onnx_input.name] = Tensor(name, (channels, height, width), layout=layout)
 
-    def _read_channels_last(self, name: str) -> bool:
+    def _read_channels_last(self, name: str, depth: int = 0) -> bool:
         """Whether the input `name` is an (N, H, W, C) image that every reader first
-        transposes to (N, C, H, W), as tf2onnx writes a Keras model by default: then it is
-        read as a channels-last view of graphconv's input, and those Transposes cost
-        nothing. graphconv's network takes (N, C, H, W) arrays, as it always does."""
+        transposes to (N, C, H, W), as tf2onnx writes a Keras model by default, maybe
+        after ops that read it as it is (`BEFORE_THE_TRANSPOSE`: Keras' Rescaling, a Cast
+        of uint8 pixels, a Pad): then it is read as a channels-last view of graphconv's
+        input, and those Transposes cost nothing. graphconv's network takes (N, C, H, W)
+        arrays, as it always does."""
         readers = [node for node in self.nodes if name in node.input]
         return bool(readers) and all(
-            node.op_type == "Transpose" and [int(p) for p in self.attributes(node).get("perm", [])] == [0, 3, 1, 2]
+            (node.op_type == "Transpose" and [int(p) for p in self.attributes(node).get("perm", [])] == [0, 3, 1, 2])
+            or (node.op_type in BEFORE_THE_TRANSPOSE and depth < len(self.nodes)
+                and self._read_channels_last(node.output[0], depth + 1))
             for node in readers)
 
     def _crop(self, height: int | None, width: int | None, input_name: str) -> tuple[int, int]:
@@ -439,6 +451,10 @@ class _Importer:
                                  file=self.source)
         if value.node == self.graph.input.name:
             raise GraphconvError("its output is its input: the network has no layers", file=self.source)
+        if value.layout == HWC_FEATURES:  # graphconv's flatten gives them in (C, H, W) order: other numbers
+            raise GraphconvError(f"its output {shown(outputs[0].name)} is a channels-last map flattened in (H, W, "
+                                 "C) order; graphconv flattens in (C, H, W) order, and reorders such features "
+                                 "only for a fully connected layer (Gemm, MatMul) reading them", file=self.source)
         self.graph.output = value.node
 
     # -- helpers for converters --
@@ -1160,6 +1176,9 @@ _VIEWS = {  # what a view is called, and the ONNX ops that read it (NCHW: the ma
                                                                "Flatten, which make it (N, C) features"),
     NWHC: ("(N, W, H, C)", "a Softmax or LogSoftmax over its last axis, and the Transpose back (softmax over "
                            "dim=1 as op sets before 13 write it)"),
+    HWC_FEATURES: ("(N, H*W*C) features of a channels-last map", "Gemm and MatMul (a fully connected layer, "
+                                                                 "whose weights graphconv reorders to its "
+                                                                 "channels-first features)"),
 }
 
 
@@ -1301,7 +1320,7 @@ def _pad(imp: _Importer, node) -> None:
     input (and the optional constant_value and, from op set 18, axes inputs) after;
     negative amounts (a crop), amounts on the batch or channel axes and the wrap mode
     are refused, naming the node."""
-    x = imp.tensor(node.input[0])
+    x = imp.tensor(node.input[0], ANY_LAYOUT)
     if x.rank != 4:
         raise imp.error(f"Pad of a rank-{x.rank} value; graphconv pads the rows and columns of (N, C, H, W) maps")
     attrs = imp.attributes(node)
@@ -1311,6 +1330,8 @@ def _pad(imp: _Importer, node) -> None:
         raise imp.error(f"Pad mode {shown(mode)} is not supported; graphconv pads with a constant, a "
                         "reflection or the edge repeated (modes 'constant', 'reflect', 'edge')")
     begin, end, value = _pad_amounts(imp, node, attrs)
+    if x.layout == NHWC:  # (N, H, W, C) amounts, as graphconv's (N, C, H, W)
+        begin, end = ([amounts[0], amounts[3], amounts[1], amounts[2]] for amounts in (begin, end))
     if min(begin + end) < 0:
         raise imp.error(f"Pad with negative pads {begin + end} crops the map; graphconv pads, it does not crop")
     if any(begin[:2]) or any(end[:2]):
@@ -1366,14 +1387,15 @@ def _resize(imp: _Importer, node) -> None:
         old = node.op_type == "Upsample" or imp.opset < 11
         rounding = attrs.get("nearest_mode", "floor" if old else "round_prefer_floor")
         # output p samples input (p + 0.5) / f - 0.5 (half-pixel), whose distance from p // f
-        # is under 0.5 for a whole f, or p / f (asymmetric), p // f only when floored
+        # is under 0.5 for a whole f, or p / f (asymmetric), or (p + 0.5) / f (tf2onnx's
+        # UpSampling2D), p // f only when floored
         repeats = ((coordinates in ("half_pixel", "pytorch_half_pixel") and rounding.startswith("round_prefer"))
-                   or (coordinates == "asymmetric" and rounding == "floor"))
+                   or (coordinates in ("asymmetric", "tf_half_pixel_for_nn") and rounding == "floor"))
         if not repeats:
             raise imp.error(f"nearest {node.op_type} with coordinate_transformation_mode {shown(coordinates)} "
                             f"and nearest_mode {shown(rounding)}: graphconv repeats each cell (PyTorch's "
-                            "'nearest': asymmetric with floor, or half_pixel with round_prefer_floor or "
-                            "round_prefer_ceil)")
+                            "'nearest': asymmetric or tf_half_pixel_for_nn with floor, or half_pixel with "
+                            "round_prefer_floor or round_prefer_ceil)")
     elif mode == "linear":
         if node.op_type == "Upsample" or imp.opset < 11:
             raise imp.error(f"linear {node.op_type} in op set {imp.opset}, which samples with asymmetric "
@@ -1624,10 +1646,12 @@ def _reduce(imp: _Importer, node) -> None:
     axes, keepdims = _reduced_axes(imp, node, x, 18)
     channel = [3] if x.layout == NHWC else [1]
     rank = 4 if keepdims else 2
+    pooled = x if keepdims else replace(x, layout=NCHW)  # (N, C) features whichever view was pooled
     if _spatial_reduction(x, axes) and node.op_type == "ReduceMax":
-        imp.add_layer(node, "maxpool", [x], dict(kernel_size=list(x.shape[1:]), stride=1), rank=rank)
+        imp.add_layer(node, "maxpool", [pooled], dict(kernel_size=list(x.shape[1:]), stride=1), rank=rank)
     elif _spatial_reduction(x, axes):
-        imp.add_layer(node, "globalavgpool" if node.op_type == "ReduceMean" else "global_l2norm", [x], rank=rank)
+        imp.add_layer(node, "globalavgpool" if node.op_type == "ReduceMean" else "global_l2norm", [pooled],
+                      rank=rank)
     elif x.rank in (2, 4) and axes is not None and sorted(a % x.rank for a in axes) == channel and keepdims \
             and node.op_type in OVER_CHANNELS:
         imp.add_layer(node, OVER_CHANNELS[node.op_type], [x], rank=x.rank)
@@ -1866,7 +1890,7 @@ def _cast(imp: _Importer, node) -> None:
 
 @converts("Flatten")
 def _flatten(imp: _Importer, node) -> None:
-    x = imp.tensor(node.input[0], (NCHW, SQUEEZED))
+    x = imp.tensor(node.input[0], (NCHW, SQUEEZED, NHWC))
     axis = imp.attributes(node).get("axis", 1)
     if axis % x.rank != 1:
         raise imp.error(f"Flatten at axis {axis}; graphconv keeps the batch axis and flattens the rest (axis 1)")
@@ -1877,8 +1901,12 @@ def _flatten(imp: _Importer, node) -> None:
 
 
 def _features(imp: _Importer, node, x: Tensor) -> None:
-    """The map `x` (or its SQUEEZED view) as (N, C*H*W) features: a flatten layer."""
-    imp.add_layer(node, "flatten", [replace(x, layout=NCHW)], rank=2)
+    """The map `x` (or its SQUEEZED view) as (N, C*H*W) features: a flatten layer. Of a
+    channels-last view, ONNX's features run in (H, W, C) order: the flatten's output is
+    then seen as HWC_FEATURES (1x1 maps aside, whose features are one order)."""
+    flat = imp.add_layer(node, "flatten", [replace(x, layout=NCHW)], rank=2)
+    if x.layout == NHWC and x.shape[1:] != (1, 1):
+        imp.alias(node, replace(flat, layout=HWC_FEATURES, hwc=x.shape))
 
 
 @converts("Squeeze")
@@ -1913,8 +1941,11 @@ def _reshape(imp: _Importer, node) -> None:
     (N, groups, -1) and back; space-to-depth's patch view and, after its Transpose, its
     end; a batch-1 map flattened to [-1] (see `_gather`); and graphconv's own flatten as
     its export writes it, (N, C*H*W, 1, 1)."""
-    x = imp.tensor(node.input[0], (NCHW, GROUPED, GROUP_RUNS, PATCHES, RADIX))
+    x = imp.tensor(node.input[0], (NCHW, GROUPED, GROUP_RUNS, PATCHES, RADIX, NHWC))
     target = imp.shape_target(node.input[1], "target shape")
+    if x.layout == NHWC:
+        _channels_last_reshape(imp, node, x, target)
+        return
     if x.layout == GROUPED or len(target) == 5:
         _channel_groups(imp, node, x, target)
         return
@@ -1942,6 +1973,22 @@ def _reshape(imp: _Importer, node) -> None:
                     "recognises the flatten before a classifier's fully connected layer and the views of a "
                     "channel shuffle, GroupNorm, space-to-depth and split attention (an attention block's "
                     "reshapes are not among them)")
+
+
+def _channels_last_reshape(imp: _Importer, node, x: Tensor, target: list[int]) -> None:
+    """A Reshape of a channels-last view: to (N, -1) (or (N, H*W*C)), Keras' Flatten
+    before its Dense as tf2onnx writes it (`_features`); to its own (N, H, W, C), nothing
+    (a 1x1 map's [-1, 1, 1, C] in Keras' MobileNet head)."""
+    c, h, w = x.shape
+    current = [1, h, w, c]
+    if _reshaped(target, current) == [1, h * w * c] and target[0] in (0, 1, -1):
+        _features(imp, node, x)
+    elif _reshaped(target, current) == current and target[0] in (0, 1, -1):
+        imp.alias(node, x)
+    else:
+        raise imp.error(f"Reshape of a channels-last (NHWC) {'x'.join(map(str, current))} view to {target}; "
+                        "graphconv reads the flatten before a fully connected layer (N, -1), and a reshape to "
+                        "the same shape")
 
 
 def _channel_groups(imp: _Importer, node, x: Tensor, target: list[int]) -> None:
@@ -2146,7 +2193,7 @@ def _pick_channels(imp: _Importer, node, x: Tensor, picked: np.ndarray) -> None:
 @converts("Gemm")
 def _gemm(imp: _Importer, node) -> None:
     """Y = alpha * A @ op(B) + beta * C with A the (N, F) features: an fc layer."""
-    x = imp.tensor(node.input[0])
+    x = imp.tensor(node.input[0], (NCHW, HWC_FEATURES))
     attrs = imp.attributes(node)
     if attrs.get("transA", 0):
         raise imp.error("Gemm with transA=1 transposes the batch; graphconv reads Gemm as a fully "
@@ -2172,7 +2219,7 @@ def _matmul(imp: _Importer, node) -> None:
     """A @ B with a constant (F, K) B: an fc layer without bias (the Add after it, if
     any, becomes its bias); on a channels-last map (ConvNeXt's pointwise Linears), a
     1x1 convolution."""
-    x = imp.tensor(node.input[0], ANY_LAYOUT)
+    x = imp.tensor(node.input[0], (*ANY_LAYOUT, HWC_FEATURES))
     if x.layout == NHWC:
         weight = imp.constant(node.input[1], "weight")
         if weight.ndim != 2 or weight.shape[0] != x.shape[0]:
@@ -2190,9 +2237,15 @@ def _matmul(imp: _Importer, node) -> None:
 
 
 def _add_fc(imp: _Importer, node, x: Tensor, weight: np.ndarray, bias: np.ndarray | None) -> None:
+    """An fc layer of (K, F) `weight` on `x`'s features; of HWC_FEATURES, its columns
+    reordered from (H, W, C) to the (C, H, W) order graphconv's flatten gives."""
     features = math.prod(x.shape)
     if weight.shape[1] != features:
         raise imp.error(f"weight of shape {list(weight.shape)} for {features} input features")
+    if x.layout == HWC_FEATURES:
+        c, h, w = x.hwc
+        weight = weight.reshape(-1, h, w, c).transpose(0, 3, 1, 2).reshape(weight.shape)
+        x = replace(x, layout=NCHW, hwc=())
     weights = {"weight": weight} if bias is None else {"weight": weight, "bias": bias}
     imp.add_layer(node, "fc", [x], dict(out_features=int(weight.shape[0]), bias=bias is not None),
                   weights, rank=2)
@@ -2830,9 +2883,12 @@ def _constant(imp: _Importer, node) -> None:
 @converts("Shape")
 def _shape(imp: _Importer, node) -> None:
     """The input's shape is known once the crop is: batch 1 (a Reshape target computed
-    from it still means 'keep the batch'), then C, H, W."""
-    x = imp.tensor(node.input[0])
-    full = np.array([1, *x.shape] if x.rank == 4 else [1, math.prod(x.shape)], dtype=np.int64)
+    from it still means 'keep the batch'), then C, H, W (H, W, C of a channels-last view:
+    tf2onnx's Flatten computes its target so)."""
+    x = imp.tensor(node.input[0], ANY_LAYOUT)
+    c, h, w = x.shape
+    dims = ([c, h, w] if x.layout == NCHW else [h, w, c]) if x.rank == 4 else [math.prod(x.shape)]
+    full = np.array([1, *dims], dtype=np.int64)
     attrs = imp.attributes(node)
     start, end = attrs.get("start", 0), attrs.get("end", len(full))
     imp.values[node.output[0]] = full[start:end]
