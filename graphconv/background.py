@@ -11,7 +11,10 @@ whole image's pass gives.
 
 A pixel is tissue where its colour is saturated (HSV saturation, (max - min) / max, at
 least the threshold: stained tissue is coloured, glass is grey or white), or, in a grey
-image, where it is darker than white by at least the threshold. This assumes a bright,
+image, where it is darker than white by at least the threshold. The image is judged as
+stored, whatever the network is fed (`sources.own_channels`: a grey slide repeated into
+an RGB model's channels has no saturation, and every cell of it was left out), and an RGB
+image whose three bands are equal everywhere is grey too. This assumes a bright,
 colourless background (brightfield slides, scanned pages), not fluorescence or
 satellite images, so it is opt-in.
 
@@ -87,10 +90,11 @@ class Background:
 
     @property
     def picture(self) -> np.ndarray:
-        """The small copy of the image (`sources.thumbnail`): kept, a tiled run's heatmap is drawn over it."""
+        """The small copy of the image as stored (`sources.thumbnail`, `own_channels`): kept,
+        a tiled run's heatmap is drawn over it."""
         if self._picture is None:
-            from graphconv.sources import thumbnail
-            self._picture, self._scale = thumbnail(self.source)
+            from graphconv.sources import own_channels, thumbnail
+            self._picture, self._scale = thumbnail(self.source, channels=own_channels(self.source))
             self.fy, self.fx = self._scale
         return self._picture
 
@@ -294,8 +298,10 @@ def cells_left_out(source, grid, skip_background: float | None, max_nodata: floa
 
 
 def tissue_mask(picture: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
-    """(h, w) bool: the pixels of a (C, h, w) picture on 0..255 that are tissue (see the module)."""
-    if picture.shape[0] >= 3:
+    """(h, w) bool: the pixels of a (C, h, w) picture on 0..255 that are tissue (see the
+    module); an RGB picture of equal bands is grey (a grey slide saved as RGB)."""
+    if picture.shape[0] >= 3 and not (np.array_equal(picture[0], picture[1])
+                                      and np.array_equal(picture[0], picture[2])):
         rgb = picture[:3].astype(np.float32)
         brightest, dullest = rgb.max(axis=0), rgb.min(axis=0)
         saturation = np.where(brightest > 0, (brightest - dullest) / np.maximum(brightest, 1e-6), 0.0)

@@ -1398,7 +1398,8 @@ THUMBNAIL_SIDE = 2048  # the longer side of that picture, at most
 THUMBNAIL_BOX = 1024  # the boxes a level is read in, when it is read whole to be shrunk
 
 
-def thumbnail(source, longest: int = THUMBNAIL_SIDE) -> tuple[np.ndarray, tuple[float, float]]:
+def thumbnail(source, longest: int = THUMBNAIL_SIDE,
+              channels: int | None = None) -> tuple[np.ndarray, tuple[float, float]]:
     """The image `source` reads, shrunk to at most `longest` pixels on its longer side, as
     a grey, RGB or RGBA (C, h, w) picture on 0..255 without the spec's preprocess, and how
     many of the source's pixels one of its pixels spans on each axis: what a tiled run's
@@ -1406,19 +1407,36 @@ def thumbnail(source, longest: int = THUMBNAIL_SIDE) -> tuple[np.ndarray, tuple[
     large (a slide's level 2 or 3: a few MB to decode), else from the image itself read a
     box at a time; each of its pixels is the nearest pixel there (a preview, not a
     resampling). Values read as stored (`values: stored`) are stretched onto 0..255, and
-    of bands that make no picture (2, or 5 and more) the first is shown, grey."""
+    of bands that make no picture (2, or 5 and more) the first is shown, grey. `channels`:
+    the picture's (default: the network's, as it is fed; `own_channels`: as stored)."""
     from graphconv.images import stretched
 
     step = max(1, -(-max(source.height, source.width) // longest))
     out_hw = (-(-source.height // step), -(-source.width // step))
     level = _preview_level(source, out_hw)
     stored = getattr(source, "stored_values", False)
-    raw = _open(source.path, source.channels, {"values": "stored"} if stored else None, level,
+    raw = _open(source.path, channels or source.channels, {"values": "stored"} if stored else None, level,
                 getattr(source, "bands", None))
     picture = _sampled(raw, out_hw)
     if picture.shape[0] not in PICTURE_CHANNELS:
         picture = picture[:1]
     return stretched(picture) if stored else picture, (source.height / out_hw[0], source.width / out_hw[1])
+
+
+def own_channels(source) -> int:
+    """The channels a picture holds as stored, 3 for colour (RGB, RGBA, a palette) or 1
+    for grey, whatever the network is fed (a grey slide repeated for an RGB model has no
+    colour; an RGB one seen as luma by a grey model has): what --skip-background's tissue
+    test reads. The network's channels for bands picked (--bands) and what is no picture."""
+    inner = getattr(source, "inner", source)
+    if getattr(inner, "bands", None) is not None or not getattr(inner, "picture", False):
+        return source.channels
+    if isinstance(inner, PillowSource):
+        from graphconv.images import picture_bands
+        stored = picture_bands(inner.path)
+    else:
+        stored = getattr(inner, "band_count", None)
+    return source.channels if stored is None else (3 if stored >= 3 else 1)
 
 
 def level0_span(source) -> tuple[float, float]:

@@ -440,6 +440,12 @@ def _skipper(args: argparse.Namespace, background, plan):
     if background.nodata is None:
         print(f"background: {cells} cell(s) show no tissue near their centre and are not computed ({filler}); "
               f"{skipped}", file=sys.stderr)
+        if cells and cells == sum(mask.size for mask in masks.values()):
+            from graphconv.cli import note
+            note(f"note: --skip-background {args.skip_background:g} found no tissue anywhere: the map holds no "
+                 "computed cell. The test looks for colour, or in a grey image darkness, on a bright background "
+                 "(brightfield slides, scanned pages): for a fainter stain give a smaller threshold, for a dark "
+                 "background (fluorescence) run without --skip-background")
     elif cells:
         from graphconv.cli import note
         total = sum(mask.size for mask in masks.values())

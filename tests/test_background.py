@@ -52,7 +52,7 @@ class PixelSource:
 def test_a_tile_is_blank_when_no_tissue_is_near_its_cells_centres(lenet, monkeypatch):
     import graphconv.sources as sources
     page = page_with_a_blot()
-    monkeypatch.setattr(sources, "thumbnail", lambda source: (source.pixels[0], (1.0, 1.0)))
+    monkeypatch.setattr(sources, "thumbnail", lambda source, **_: (source.pixels[0], (1.0, 1.0)))
     grid = DenseGrid(lenet)
     background = Background(PixelSource(page), grid.field)
     plan = plan_tiles(grid, page.shape[2:], 48)
@@ -145,7 +145,7 @@ def test_the_default_tile_reads_the_fewest_pixels_with_tissue(lenet, monkeypatch
     page = np.full((1, 1, 400, 500), 250.0, np.float32)
     page[0, 0, 30:60, 40:90] = 40.0  # two blots far apart: small tiles skip the glass between them
     page[0, 0, 330:350, 420:470] = 40.0
-    monkeypatch.setattr(sources, "thumbnail", lambda source: (source.pixels[0], (1.0, 1.0)))
+    monkeypatch.setattr(sources, "thumbnail", lambda source, **_: (source.pixels[0], (1.0, 1.0)))
     monkeypatch.setattr(background_module, "SMALLEST_TILE", 40)
     monkeypatch.setattr(background_module, "LARGEST_TILE", 500)
     grid = DenseGrid(lenet)
@@ -363,3 +363,43 @@ def test_skip_background_on_a_raster_whose_no_data_value_its_pixels_cannot_hold_
     tiles = plan_tiles(DenseGrid(model), (96, 96), 96).tiles
     blank = background.blank_cells(tiles[0])
     assert blank[:, -3:].all() and not blank[:, :2].any()
+
+
+def test_a_grey_picture_has_its_darkness_tested_whatever_channels_the_network_takes(write_spec, tmp_path):
+    """A grey slide run through an RGB model (its grey repeated into three channels), or
+    saved as RGB with equal bands, has no saturation: every cell of it was left out, the
+    dark tissue with the glass. It is judged as the grey image it is; an RGB slide through
+    a grey model still by its colour, not by its luma."""
+    tifffile = pytest.importorskip("tifffile")
+    from graphconv.background import cells_left_out
+    from graphconv.sources import open_source
+
+    grey = np.full((96, 96), 250, np.uint8)
+    grey[:, :40] = 80  # dark tissue on the left
+    tifffile.imwrite(tmp_path / "grey.tif", grey, tile=(32, 32))
+    tifffile.imwrite(tmp_path / "as-rgb.tif", np.repeat(grey[:, :, None], 3, axis=2), photometric="rgb")
+    colour = np.full((96, 96, 3), 235, np.uint8)  # glass a grey model's luma calls dark
+    colour[:, :40] = (200, 40, 90)
+    tifffile.imwrite(tmp_path / "colour.tif", colour, photometric="rgb")
+    rgb_model, grey_model = rgb_lenet(write_spec), graphconv.compile_model(SPECS / "lenet.yaml")
+    for model, image in ((rgb_model, "grey.tif"), (rgb_model, "as-rgb.tif"), (grey_model, "grey.tif"),
+                         (grey_model, "colour.tif"), (rgb_model, "colour.tif")):
+        source = open_source(tmp_path / image, model.crop_shape[0], model.graph.meta.get("preprocess"))
+        grid = DenseGrid(model)
+        [tile] = plan_tiles(grid, (96, 96), 96).tiles
+        blank = cells_left_out(source, grid, 0.1).blank_cells(tile)
+        assert blank[:, -3:].all() and not blank[:, :2].any(), (model.graph.name, image)
+
+
+def test_a_run_whose_tissue_test_finds_nothing_says_so(write_spec, tmp_path):
+    """A dark-field image, or too high a threshold: every cell left out, exit 0, and no
+    word of it but the count."""
+    from conftest import graphconv_in_process
+
+    pil = pytest.importorskip("PIL.Image")
+    pil.fromarray(np.full((96, 96, 3), 250, np.uint8)).save(tmp_path / "glass.png")
+    assert graphconv_in_process("compile", SPECS / "lenet.yaml", "-o", tmp_path / "m").returncode == 0
+    result = graphconv_in_process("run", tmp_path / "m", "--image", tmp_path / "glass.png", "--skip-background",
+                                  "--output", tmp_path / "map.npy")
+    assert result.returncode == 0 and "--skip-background 0.05 found no tissue anywhere" in result.stderr
+    assert np.isnan(np.load(tmp_path / "map.npy")).all()
