@@ -201,7 +201,7 @@ def resolve_backend(name: str) -> Backend:
     backend = get_backend(name)
     problem = backend.status()
     if problem:
-        raise GraphconvError(f"device {name!r} (--device {name}): {problem}")
+        raise GraphconvError(f"device {name!r}: {problem}")  # said alike to the CLI's --device and Python's device=
     return backend
 
 

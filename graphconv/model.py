@@ -635,9 +635,14 @@ def as_batch(x, channels: int, *, file: str | None = None, convert: bool = True)
     reading a tile."""
     if hasattr(x, "detach") and getattr(x, "requires_grad", False):  # a torch tensor a model handed back
         x = x.detach()
-    x = np.asarray(x)
+    try:
+        x = np.asarray(x)
+    except ValueError:  # numpy's "inhomogeneous shape"
+        raise GraphconvError("input: a list of images of different sizes cannot be one batch, which is (N, C, H, "
+                             "W) of one size: run each image on its own", file=file) from None
     if not np.issubdtype(x.dtype, np.floating):
-        raise GraphconvError(f"input must be a float32 array, got {x.dtype}"
+        raise GraphconvError(f"input must be a floating-point array (float32; float16 and float64 are converted), "
+                             f"got {x.dtype}"
                              + ("; pixels of a picture are preprocessed first (Model.run_image reads and "
                                 "preprocesses an image file)" if np.issubdtype(x.dtype, np.integer) else ""),
                              file=file)

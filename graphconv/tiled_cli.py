@@ -222,9 +222,10 @@ def _note_a_wasteful_tile(grid, image_hw: tuple[int, int], plan) -> None:
         return
     better = plan_tiles(grid, image_hw, roomy)
     if better.overhead * WASTEFUL <= plan.overhead:
+        instead = (f"--tile {roomy} would compute {better.overhead:.2f}x" if len(better.tiles) > 1 else
+                   "the whole image fits in one tile (leave out --tile)")  # not a tile larger than the image
         print(f"note: tiles of {plan.tile_hw[0]}x{plan.tile_hw[1]} compute {plan.overhead:.2f}x the image's pixels "
-              f"(each tile's halo again); --tile {roomy} would compute {better.overhead:.2f}x, within the memory "
-              "budget", file=sys.stderr)
+              f"(each tile's halo again); {instead}, within the memory budget", file=sys.stderr)
 
 
 def _kept_labels(args: argparse.Namespace, labels: list[str] | None) -> list[str] | None:

@@ -1825,13 +1825,24 @@ def test_cli_a_tile_whose_halo_is_most_of_the_work_is_noted(model_dir, picture, 
     a tile the memory budget allows."""
     small = graphconv("run", model_dir, "--image", picture / "tiled.tif", "--tile", "48", "--output", tmp_path / "s.npy")
     assert small.returncode == 0, small.stderr
-    note = re.search(r"note: tiles of \d+x\d+ compute ([\d.]+)x the image's pixels \(each tile's halo again\); "
-                     r"--tile (\d+) would compute ([\d.]+)x", small.stderr)
-    assert note and float(note.group(1)) >= 1.5 * float(note.group(3)), small.stderr
-    roomy = graphconv("run", model_dir, "--image", picture / "tiled.tif", "--tile", note.group(2),
-                      "--output", tmp_path / "r.npy")
-    assert roomy.returncode == 0 and "each tile's halo again" not in roomy.stderr
-    np.testing.assert_allclose(np.load(tmp_path / "s.npy"), np.load(tmp_path / "r.npy"), rtol=1e-5, atol=1e-7)
+    assert re.search(r"note: tiles of 48x48 compute [\d.]+x the image's pixels \(each tile's halo again\); the "
+                     r"whole image fits in one tile \(leave out --tile\)", small.stderr), small.stderr
+    whole = graphconv("run", model_dir, "--image", picture / "tiled.tif", "--output", tmp_path / "w.npy")
+    assert whole.returncode == 0 and "each tile's halo again" not in whole.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "s.npy"), np.load(tmp_path / "w.npy"), rtol=1e-5, atol=1e-7)
+
+
+def test_a_wasteful_tile_s_note_names_a_roomier_tile_where_the_image_needs_several(model_dir, monkeypatch, capsys):
+    """...and not a tile larger than the image (--tile 4015 for a 4000x4000 one) where
+    one tile holds it all."""
+    import graphconv.tiled_cli as tiled_cli
+    from graphconv.tiling import DenseGrid, plan_tiles
+
+    monkeypatch.setattr(tiled_cli, "memory_limit", lambda: 128 << 20)
+    grid = DenseGrid(Model.load(model_dir))
+    tiled_cli._note_a_wasteful_tile(grid, (600, 700), plan_tiles(grid, (600, 700), 48))
+    note = re.search(r"--tile (\d+) would compute ([\d.]+)x, within the memory budget", capsys.readouterr().err)
+    assert note and int(note.group(1)) < 700 and len(plan_tiles(grid, (600, 700), int(note.group(1))).tiles) > 1
 
 
 def test_cli_inspect_plans_for_a_slide_as_run_reads_it(model_dir, tmp_path):
