@@ -91,10 +91,21 @@ def _run_command(args: argparse.Namespace) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(printable(f"graphconv: interrupted ({_what_is_left(args)})"), file=sys.stderr)
+        _quiet_shutdown()
         return 130
     except Terminated:
         print(printable(f"graphconv: terminated ({_what_is_left(args)})"), file=sys.stderr)
+        _quiet_shutdown()
         return 128 + signal.SIGTERM
+
+
+def _quiet_shutdown() -> None:
+    """A stop can leave zarr's asyncio reads pending: at exit asyncio logged "Task was
+    destroyed but it is pending!" with the task, and Python warned of a coroutine never
+    awaited, below the one line the stop printed. Nothing is lost by them: silenced."""
+    import logging
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
 
 
 def _handle(args: argparse.Namespace) -> int:

@@ -1460,3 +1460,37 @@ def test_scores_that_overflowed_are_said_to_have(tmp_path, capsys):
     assert "output value(s) are NaN or infinite: float32 overflowed inside the network on" in capsys.readouterr().err
     assert run_cli("run", SPECS / "lenet.yaml", "--input", tmp_path / "fine.npy", "--output", tmp_path / "p.npy") == 0
     assert "overflowed" not in capsys.readouterr().err
+
+
+def test_a_stop_silences_asyncio_s_pending_tasks_below_its_one_line(caplog):
+    """SIGTERM during a zarr read: asyncio logged "Task was destroyed but it is pending!"
+    (and Python warned of a coroutine never awaited) after `graphconv: terminated (...)`."""
+    import asyncio
+    import gc
+    import logging
+    import warnings
+
+    from graphconv import cli
+
+    async def pending():
+        await asyncio.sleep(3600)
+
+    def abandon_a_task():
+        loop = asyncio.new_event_loop()
+        loop.create_task(pending())
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()  # the task still pending, as a stop leaves zarr's
+        gc.collect()
+
+    before = logging.getLogger("asyncio").level
+    try:
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            abandon_a_task()
+        assert "Task was destroyed but it is pending" in caplog.text  # what the user saw
+        caplog.clear()
+        with warnings.catch_warnings():
+            cli._quiet_shutdown()
+            abandon_a_task()
+        assert "Task was destroyed" not in caplog.text
+    finally:
+        logging.getLogger("asyncio").setLevel(before)
