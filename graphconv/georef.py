@@ -491,12 +491,47 @@ class CellPlacement:
                 "units": "pixels of the image at full resolution (a pyramid's level 0), pixel k spanning k..k+1",
                 "microns_per_pixel": self.microns_per_pixel, **(self.read or {}), **(self.contents or {})}
 
+    def on_pixels(self, scores: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+        """A (N, K, rows, cols) map placed so as (N, K, H, W), one value per pixel of the
+        image at full resolution: each pixel the bilinear blend of the four cells whose
+        centres surround its centre, and a pixel beyond the outermost centres the edge's
+        cells, held (not extrapolated); a NaN cell (not computed) is NaN in every pixel
+        it weighs in. The image-sized map sliding-window tools (MONAI's) return, where
+        graphconv's cells stand a stride apart (a slide's is far larger than memory: a
+        region of it, `map[..., r0:r1, c0:c1]` with `first` moved by r0 and c0 steps)."""
+        from graphconv.memory import check_fits
+
+        scores = np.asarray(scores)
+        if scores.ndim != 4:
+            raise GraphconvError(f"on_pixels places a (N, K, rows, cols) map, got shape {scores.shape}")
+        height, width = (int(v) for v in image_hw)
+        check_fits(4 * scores.shape[0] * scores.shape[1] * height * width, f"a {height}x{width} map per pixel")
+        rows = _blend(scores, _taps(self.first[0], self.step[0], scores.shape[2], height), axis=2)
+        return _blend(rows, _taps(self.first[1], self.step[1], scores.shape[3], width), axis=3)
+
     def tiff_resolution(self) -> dict:
         """tifffile's resolution arguments: cells per centimetre, where the size is known."""
         if not self.microns_per_pixel:
             return {}
         per_cm = tuple(1e4 / (self.step[a] * self.microns_per_pixel) for a in (1, 0))
         return {"resolution": per_cm, "resolutionunit": "CENTIMETER"}
+
+
+def _taps(first: float, step: float, cells: int, pixels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of `pixels` pixel centres (k + 0.5) along one axis, the two cells whose
+    centres (first + step * i) surround it and the second one's weight, held at the ends."""
+    at = np.clip((np.arange(pixels) + 0.5 - first) / step, 0, cells - 1)
+    before = np.floor(at).astype(np.int64)
+    return before, np.minimum(before + 1, cells - 1), (at - before).astype(np.float32)
+
+
+def _blend(scores: np.ndarray, taps, axis: int) -> np.ndarray:
+    before, after, weight = taps
+    shape = [1] * scores.ndim
+    shape[axis] = -1
+    weight = weight.reshape(shape)
+    a, b = np.take(scores, before, axis=axis), np.take(scores, after, axis=axis)
+    return np.where(weight == 0, a, a * (1 - weight) + b * weight).astype(np.float32)
 
 
 def _on_the_pixels(coordinate: float) -> str:

@@ -285,6 +285,21 @@ class Model:
                 f"{padded[0]}x{padded[1]} at the bottom and right, and the map cut back to {height}x{width}; labels "
                 "near those edges see the padding")
 
+    def scores_on_pixels(self, scores: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+        """`run`'s map of an image of `image_size` (H, W) as (N, K, H, W), one value per
+        pixel, each the bilinear blend of the cells whose centres (`cell_area`) surround
+        it, the edge cells held out to the border (`georef.CellPlacement.on_pixels`): the
+        image-sized map MONAI's sliding-window inference returns, from graphconv's exact
+        cells a stride apart."""
+        from graphconv.georef import cells_on_pixels
+
+        scores = as_map(np.asarray(scores))
+        expected = self.map_size(*image_size)
+        if tuple(scores.shape[2:]) != tuple(expected):
+            raise GraphconvError(f"scores_on_pixels: a {image_size[0]}x{image_size[1]} image's map has "
+                                 f"{expected[0]}x{expected[1]} cells, got {scores.shape[2]}x{scores.shape[3]}")
+        return cells_on_pixels(self.cell_area).on_pixels(scores, image_size)
+
     def map_size(self, height: int, width: int) -> tuple[int, int]:
         """Rows and columns of the score map for an image of height x width: one cell per
         crop of a classifier; a segmentation network's whole output (`segmentation`)."""

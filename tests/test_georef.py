@@ -527,3 +527,45 @@ def test_a_segmentation_map_of_one_label_per_pixel_is_georeferenced_as_its_image
     valid = graphconv.load(write_spec("name: valid\ntask: segmentation\ninput: {shape: [3, 16, 16]}\nlayers:\n"
                                       "  - {name: c1, op: conv, out_channels: 4, kernel_size: 3}\n"))
     assert valid.cell_area == valid.field == Field((3, 3), (1, 1), (0, 0))
+
+
+def test_a_map_on_pixels_blends_the_cells_around_each_pixel_and_holds_the_edges():
+    """MONAI's sliding window returns a map the image's size: each pixel here is the
+    bilinear blend of the cells whose centres surround it (a ramp of cells is a ramp of
+    pixels), held beyond the outermost centres; a NaN cell reaches only the pixels it
+    weighs in."""
+    from graphconv.georef import CellPlacement
+
+    rows, cols = 5, 4
+    ramp = (10 * np.arange(rows)[:, None] + np.arange(cols)[None, :]).astype(np.float32)[None, None]
+    placement = CellPlacement((16.0, 16.0), (4.0, 4.0), None)  # LeNet's: a 32x32 crop at stride 4
+    pixels = placement.on_pixels(np.concatenate([ramp, -ramp], axis=1), (48, 44))
+    assert pixels.shape == (1, 2, 48, 44) and pixels.dtype == np.float32
+    y = np.clip((np.arange(48) + 0.5 - 16) / 4, 0, rows - 1)
+    x = np.clip((np.arange(44) + 0.5 - 16) / 4, 0, cols - 1)
+    np.testing.assert_allclose(pixels[0, 0], 10 * y[:, None] + x[None, :], rtol=1e-6)
+    np.testing.assert_allclose(pixels[0, 1], -pixels[0, 0])
+    holed = ramp.copy()
+    holed[0, 0, 2, 1] = np.nan
+    nan = np.isnan(placement.on_pixels(holed, (48, 44))[0, 0])
+    touched_y = (np.abs(y - 2) < 1)[:, None]
+    touched_x = (np.abs(x - 1) < 1)[None, :]
+    np.testing.assert_array_equal(nan, touched_y & touched_x)
+
+
+def test_a_model_s_scores_on_pixels_are_placed_by_its_cells_and_checked_against_the_image(rng):
+    import graphconv
+    from conftest import SPECS
+
+    fcn = graphconv.compile_model(SPECS / "lenet.yaml")
+    x = rng.standard_normal((1, 1, 41, 37)).astype(np.float32)
+    scores = fcn.run(x)  # 3x2 cells centred at (16 + 4 r, 16 + 4 c)
+    pixels = fcn.scores_on_pixels(scores, (41, 37))
+    assert pixels.shape == (1, 10, 41, 37)
+    np.testing.assert_array_equal(pixels[0, :, :16, :16], np.broadcast_to(scores[0, :, :1, :1], (10, 16, 16)))
+    np.testing.assert_array_equal(pixels[0, :, 24:, 20:], np.broadcast_to(scores[0, :, 2:, 1:], (10, 17, 17)))
+    # pixel rows 17 and 18 (centres 17.5, 18.5) are 3/8 and 5/8 of the way from cell row 0 to row 1
+    np.testing.assert_allclose((pixels[0, :, 17, 0] + pixels[0, :, 18, 0]) / 2,
+                               (scores[0, :, 0, 0] + scores[0, :, 1, 0]) / 2, rtol=1e-5, atol=1e-6)
+    with pytest.raises(graphconv.GraphconvError, match=r"a 60x37 image's map has 8x2 cells, got 3x2"):
+        fcn.scores_on_pixels(scores, (60, 37))
