@@ -753,6 +753,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _run_crops(args, model, grid, x, picture if args.image else None)
     if args.scales:
         return _run_scales(args, model, x)
+    if model.returns_vectors:
+        from graphconv.tiled_cli import check_the_network_takes
+        check_the_network_takes(args, model, args.image or args.input, x.shape[2:])
     with _naming_the_input(args.image or args.input):  # run's own check, naming the file
         model.check_memory(x.shape[0], x.shape[2:], file=args.image or args.input)
     profile: dict[str, float] | None = {} if args.profile else None

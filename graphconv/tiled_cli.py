@@ -729,10 +729,7 @@ def _check_the_network_takes_the_images(args: argparse.Namespace, model, images:
     size pass; so does an image too small for some window or smaller than the crop (it
     stopped the whole batch, blaming an fc layer): its own task reports it, the others
     are mapped."""
-    from graphconv.cli import ways_to_map
     from graphconv.cluster import size_as_read
-    from graphconv.errors import ShapeError
-    from graphconv.shapes import infer_shapes
 
     if args.crops is not None or not model.returns_vectors:
         return
@@ -742,19 +739,31 @@ def _check_the_network_takes_the_images(args: argparse.Namespace, model, images:
             size = size_as_read(model, image, options)
         except (GraphconvError, OSError, ValueError):
             continue  # an image that cannot be read: its own task says why
-        if size in tried:
-            continue
-        tried.add(size)
-        try:
-            infer_shapes(model.graph, size)
-        except ShapeError as err:
-            height, width = model.crop_shape[1:]
-            layer = _layer_op(model.graph, err.layer)
-            if layer not in SIZE_FIXING_OPS or size[0] < height or size[1] < width:
-                continue  # too small for a window, or smaller than the crop: its own task says so
-            raise GraphconvError(f"{model.graph.name} takes only its {height}x{width} crop as written (an fc or flatten layer "
-                                 f"fixes the input's size), and {image} is {size[0]}x{size[1]}: "
-                                 f"{ways_to_map(args, model)}", file=args.model) from None
+        if size not in tried:
+            tried.add(size)
+            check_the_network_takes(args, model, image, size)
+
+
+def check_the_network_takes(args: argparse.Namespace, model, image: str, size: tuple[int, int]) -> None:
+    """Refuse an input of `size` that a classifier as written cannot take because an fc
+    or flatten layer fixes its size, saying how to map it, and for a picture how to
+    classify it whole (--resize to the crop). An input too small for a window, or smaller
+    than the crop, is left to the run, which says so."""
+    from graphconv.cli import ways_to_map
+    from graphconv.errors import ShapeError
+    from graphconv.shapes import infer_shapes
+
+    try:
+        infer_shapes(model.graph, tuple(size))
+    except ShapeError as err:
+        height, width = model.crop_shape[1:]
+        if _layer_op(model.graph, err.layer) not in SIZE_FIXING_OPS or size[0] < height or size[1] < width:
+            return
+        whole = (f"; or classify {'each' if args.images else 'the'} picture resized to the crop: --resize {height} "
+                 f"{width}" if args.image or args.images else "")
+        raise GraphconvError(f"{model.graph.name} takes only its {height}x{width} crop as written (an fc or flatten "
+                             f"layer fixes the input's size), and {image} is {size[0]}x{size[1]}: "
+                             f"{ways_to_map(args, model)}{whole}", file=args.model) from None
 
 
 SIZE_FIXING_OPS = ("fc", "flatten")  # layers whose input's size is fixed as written (an uncompiled classifier)

@@ -217,6 +217,20 @@ def test_compile_says_whether_the_result_slides(tmp_path, capsys):
     assert "it still returns one class vector per 32x32 crop" in capsys.readouterr().out
 
 
+def test_a_classifier_as_written_on_a_larger_picture_says_how_to_map_it_or_classify_it_whole(tmp_path, capsys):
+    """The fc layer's shape error ("expects weight of shape [10, 1344]") was all a user with
+    a photo and a classifier got; Python's classify answers by resizing."""
+    page = ROOT / "examples" / "digits_page.png"
+    assert run_cli("run", SPECS / "lenet.yaml", "--image", page) == 2
+    err = capsys.readouterr().err
+    assert "lenet takes only its 32x32 crop as written" in err and "compile it (graphconv compile" in err
+    assert err.strip().endswith("or classify the picture resized to the crop: --resize 32 32")
+    assert run_cli("run", SPECS / "lenet.yaml", "--image", page, "--resize", 32, 32, "--top", 1) == 0
+    np.save(tmp_path / "big.npy", np.zeros((1, 1, 40, 40), np.float32))
+    assert run_cli("run", SPECS / "lenet.yaml", "--input", tmp_path / "big.npy") == 2
+    assert "--resize" not in capsys.readouterr().err  # an array is not a picture
+
+
 @pytest.mark.parametrize("args,message", [
     (["run", "missing.yaml", "--input", "x.npy"], "missing.yaml: cannot read spec"),
     (["compile", SPECS / "lenet.yaml", "-o", "{tmp}/out", "--passes", "nope"], "unknown pass 'nope'"),

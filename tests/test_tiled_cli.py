@@ -1564,6 +1564,7 @@ def test_cli_many_images_through_an_uncompiled_classifier_are_one_error_before_a
     assert result.returncode == 2 and result.stderr.count("graphconv:") == 1, result.stderr
     assert "takes only its 32x32 crop as written" in result.stderr and "graphconv compile" in result.stderr
     assert "lenet.yaml" in result.stderr and "150x170" in result.stderr
+    assert "or classify each picture resized to the crop: --resize 32 32" in result.stderr
     assert not (tmp_path / "maps").exists()
 
 
