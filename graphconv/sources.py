@@ -108,7 +108,7 @@ class PillowSource(_Preprocessed):
         from graphconv.images import image_size, load_image
         self.pixels = load_image(path, resize, channels, stored_values=stores_values(preprocess), keep_8_bits=True)
         _, self.height, self.width = self.pixels.shape
-        self.resize = tuple(resize) if resize is not None else None
+        self.resize = None if resize is None else (resize,) if isinstance(resize, (int, np.integer)) else tuple(resize)
         if resize is not None:
             self.full_hw = image_size(path)
 
