@@ -376,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "is exact and (b) differs only where padding reaches; 1 otherwise; 2 "
                                      "for a network that cannot be compiled (a squeeze-and-excitation "
                                      "gate: check it with run --crops) or other bad input.")
-    ver.add_argument("spec", help="spec .yaml file or .onnx model (the classifier, before compiling)")
+    ver.add_argument("spec", help="spec .yaml file or .onnx model (the classifier, before compiling), or a "
+                                  "folder graphconv compile wrote (checked with the stride it was compiled to)")
     pixels = ver.add_mutually_exclusive_group(required=True)
     pixels.add_argument("--input-size", type=_positive_int, nargs=2, metavar=("H", "W"),
                         help="the random image's size, larger than the crop")
@@ -1079,7 +1080,7 @@ def note_dense_padding(args: argparse.Namespace, model) -> None:
         return
     import shlex
 
-    spec = shlex.quote(str(args.model)) if str(args.model).lower().endswith((".yaml", ".yml", ".onnx")) else "SPEC"
+    spec = shlex.quote(str(args.model))  # a compiled folder too: verify checks it as it was compiled
     image = shlex.quote(str(args.image)) if getattr(args, "image", None) else "IMAGE"
     verify = " ".join(["graphconv verify", spec, "--image", image, *_model_files_given(args)])
     edges = "cut" if len(hanging_pools(model.graph, padded)) == len(padded) else "padded"

@@ -1092,11 +1092,11 @@ def test_a_dense_run_of_a_padded_network_says_once_how_to_measure_what_padding_d
     note = "note: padded pads in 1 layer(s), so its cells can differ from the classifier on each crop"
     assert run_cli("run", tmp_path / "fcn", "--image", page, "--output", tmp_path / "m.npy") == 0
     err = capsys.readouterr().err
-    assert err.count(note) == 1 and f"`graphconv verify SPEC --image {page}` measures" in err
+    assert err.count(note) == 1 and f"`graphconv verify {tmp_path / 'fcn'} --image {page}` measures" in err
     assert "--crops gives the exact crop loop" in err
     assert run_cli("run", tmp_path / "fcn", "--images", tmp_path / "pages", "--output-dir", tmp_path / "maps") == 0
     err = capsys.readouterr().err
-    assert err.count(note) == 1 and "`graphconv verify SPEC --image IMAGE`" in err
+    assert err.count(note) == 1 and f"`graphconv verify {tmp_path / 'fcn'} --image IMAGE`" in err
     assert run_cli("run", tmp_path / "padded.yaml", "--image", page, "--crops", "--output", tmp_path / "c.npy") == 0
     assert "pads in" not in capsys.readouterr().err
     assert run_cli("run", ROOT / "specs" / "digits.yaml", "--image", page, "--crops") == 0
@@ -1408,8 +1408,8 @@ def test_the_commands_graphconv_suggests_keep_the_model_options_given(tmp_path, 
     assert run_cli("compile", tmp_path / "padded.yaml", "-o", tmp_path / "fcn") == 0
     assert run_cli("run", tmp_path / "fcn", "--image", tmp_path / "a.png", "--task", "classification",
                    "--output", tmp_path / "m.npy") == 0
-    assert f"`graphconv verify SPEC --image {tmp_path / 'a.png'} --task classification` measures" in \
-        capsys.readouterr().err
+    assert f"`graphconv verify {tmp_path / 'fcn'} --image {tmp_path / 'a.png'} --task classification` measures" \
+        in capsys.readouterr().err
 
 
 def test_verify_s_default_region_over_no_data_is_centred_on_a_cell_with_data():
