@@ -299,14 +299,25 @@ def cells_left_out(source, grid, skip_background: float | None, max_nodata: floa
 
 def tissue_mask(picture: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
     """(h, w) bool: the pixels of a (C, h, w) picture on 0..255 that are tissue (see the
-    module); an RGB picture of equal bands is grey (a grey slide saved as RGB)."""
-    if picture.shape[0] >= 3 and not (np.array_equal(picture[0], picture[1])
-                                      and np.array_equal(picture[0], picture[2])):
+    module); an RGB picture whose bands are equal but for JPEG's or a scanner's few
+    levels (`GREY_SPREAD`) is grey (a grey slide saved as RGB)."""
+    if picture.shape[0] >= 3 and not _grey(picture[:3]):
         rgb = picture[:3].astype(np.float32)
         brightest, dullest = rgb.max(axis=0), rgb.min(axis=0)
         saturation = np.where(brightest > 0, (brightest - dullest) / np.maximum(brightest, 1e-6), 0.0)
         return saturation >= threshold
     return picture[0] <= 255 * (1 - threshold)
+
+
+GREY_SPREAD = 4  # levels of 255 an RGB picture's bands may differ by in 99.9% of its pixels and it be grey
+
+
+def _grey(rgb: np.ndarray) -> bool:
+    """Whether an RGB picture is grey: the spread of its bands (max - min) within
+    GREY_SPREAD levels in all but 0.1% of its pixels (a stained slide's tissue spreads
+    by tens of levels; a grey one's JPEG or a scanner's cast by a few)."""
+    spread = rgb.max(axis=0).astype(np.float32) - rgb.min(axis=0)
+    return bool(np.quantile(spread, 0.999) <= GREY_SPREAD) if spread.size else True
 
 
 def blank_masks(tiles, blank_cells) -> tuple[dict, list]:

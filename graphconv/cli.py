@@ -102,7 +102,14 @@ def _run_command(args: argparse.Namespace) -> int:
 def _quiet_shutdown() -> None:
     """A stop can leave zarr's asyncio reads pending: at exit asyncio logged "Task was
     destroyed but it is pending!" with the task, and Python warned of a coroutine never
-    awaited, below the one line the stop printed. Nothing is lost by them: silenced."""
+    awaited, below the one line the stop printed. Nothing is lost by them: silenced at
+    the interpreter's exit (`_silence_asyncio`), so that a program calling `main` keeps
+    asyncio's logging until then."""
+    import atexit
+    atexit.register(_silence_asyncio)
+
+
+def _silence_asyncio() -> None:
     import logging
     logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)

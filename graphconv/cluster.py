@@ -394,7 +394,8 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
             result = result if transform is None else transform(result)
             _write_map(output, result, source, grid, contents)
             shape = tuple(result.shape)
-        notes = (stored_orientation_note(source), _first_frame_note(image))
+        notes = (stored_orientation_note(source), _first_frame_note(image),
+                 _no_tissue_note(background, grid, (source.height, source.width), options))
         from graphconv.images import turned_upright
         from graphconv.sources import channel_conversion, nodata_can_occur, value_scaling
         return ImageResult(image, output, shape, memory_tile=planned if memory_tile else None, resumed=resumed,
@@ -484,6 +485,7 @@ def resume_job(ref: ModelRef, model, image: str, source, options: MapOptions, pl
         "tile plan": f"{len(plan.tiles)} tiles of up to {plan.tile_hw[0]}x{plan.tile_hw[1]} pixels, "
                      f"{plan.cells_hw[0]}x{plan.cells_hw[1]} cells",
         "map": f"{np.dtype(dtype)} {tuple(shape)}",
+        **({"--resize": list(options.resize)} if options.resize else {}),  # absent unless given: earlier jobs hold
     }
 
 
@@ -519,6 +521,20 @@ def image_tile(grid, image_hw: tuple[int, int], budget: int | None) -> int | Non
     if grid.peak_bytes(image_hw) <= budget:
         return None
     return choose_tile(grid, image_hw, budget)
+
+
+def _no_tissue_note(background, grid, image_hw: tuple[int, int], options: MapOptions) -> str | None:
+    """What a single --image's run says where --skip-background's tissue test left out
+    every cell, for one image of a batch (its map all "not computed", said nowhere)."""
+    from graphconv.tiling import Tile
+
+    if background is None or background.nodata is not None:
+        return None
+    rows, cols = grid.map_hw(image_hw)
+    if not background.blank_cells(Tile((0, rows), (0, cols), (0, 0, *image_hw))).all():
+        return None
+    return (f"--skip-background {options.skip_background:g} found no tissue in it: its map holds no computed cell "
+            "(the test looks for colour, or darkness in a grey image, on a bright background)")
 
 
 def _raster_nodata(image: str, options: MapOptions) -> float | None:
@@ -588,7 +604,7 @@ def run_images(ref: ModelRef, images: Sequence[str], output_dir: str, options: M
         return _map_each(ref, images, outputs, options, tile, client, done)
     except BaseException:  # stopped: the maps finished whose rows the stop cut off are listed too
         for image, output, stamp in zip(images, outputs, before):
-            manifest.record_kept(image, output, stamp, map_settings(ref, image, options))
+            manifest.record_kept(image, output, stamp, lambda image=image: map_settings(ref, image, options))
         raise
     finally:
         manifest.rewrite()
@@ -864,7 +880,8 @@ def holds_its_map(ref: ModelRef, model, image: str, output: str, options: MapOpt
             stated["cells_left_out"] = {"nodata": None, **stated["cells_left_out"]}
         if options.mpp is None:  # else the level and factor are the slide's to choose
             read.update(level=options.level, downsample=float(options.downsample))
-        if options.resize is not None or "resize" in stated:  # a map resized otherwise, or not resized now
+        if "resize" in stated or "level" in stated:  # a map that states how it was read states any resize
+            stated.setdefault("resize", None)
             read["resize"] = list(options.resize) if options.resize is not None else None
         return (all(stated.get(key) == expected[key] for key in ("model", "classes", "values"))
                 and all(stated[key] == value for key, value in read.items() if key in stated))
@@ -883,7 +900,9 @@ def map_settings(ref: ModelRef, image: str, options: MapOptions) -> dict:
     and values kept, the cells left out and how the image is read. An .npy's row in
     graphconv-maps.csv records them (`manifest`), as a .tif map states its own, for
     --skip-existing to tell a map made otherwise (`holds_its_map`)."""
-    return {"model": os.path.abspath(ref.path), "classes": list(options.classes) if options.classes else None,
+    return {"model": os.path.abspath(ref.path), "weights": ref.weights and os.path.abspath(ref.weights),
+            "crop_size": list(ref.crop_size) if ref.crop_size else None, "task": ref.task,
+            "classes": list(options.classes) if options.classes else None,
             "reduce": options.reduce, "crops": list(options.crops) if options.crops else None,
             "cells_left_out": left_out_record(options, image), "level": options.level,
             "downsample": float(options.downsample), "mpp": options.mpp,

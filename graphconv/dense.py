@@ -319,7 +319,8 @@ class VerifyReport:
             listed, rest = self._listed_layers()
             lines.extend(f"    - {layer.line()}" for layer in listed)
             if rest:
-                lines.append(f"    - and {len(rest)} more padded layer(s) between them, whose positions that read "
+                kind = "ceil_mode" if self.only_hanging_windows else "padded"
+                lines.append(f"    - and {len(rest)} more {kind} layer(s) between them, whose positions that read "
                              f"{self.edge} differ by up to {max(layer.max_abs for layer in rest):.3g} and whose "
                              "positions clear of it, if any, agree")
             if self.layers:
@@ -340,7 +341,7 @@ class VerifyReport:
             verdict = "FAIL: the conversion is wrong"
         elif self.agrees and any(layer.differing for layer in self.layers):
             verdict = ("PASS: the conversion is exact and the sliding evaluation equals the crop loop on these "
-                       "pixels, within the tolerance; but " + self.edge + " makes the padded layers listed above differ, so "
+                       "pixels, within the tolerance; but " + self.edge + " makes the layers listed above differ, so "
                        "on other images the scores can differ" + (" (--image measures on yours)" if self.top is None
                                                                   else ""))
         elif self.agrees:

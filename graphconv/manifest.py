@@ -23,7 +23,7 @@ import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -80,7 +80,7 @@ class Manifest:
             _append(self.path, row)
 
     def record_kept(self, image: str, output: str, stamp_before: list[int] | None,
-                    made_with: dict | None = None) -> None:
+                    made_with: Callable[[], dict] | None = None) -> None:
         """A map written in this run (its file stamp no longer `stamp_before`'s) whose
         image's row a stop cut off (Ctrl-C after the map was renamed into place, a
         worker's map not collected yet): listed as written, its shape read from the file,
@@ -93,7 +93,7 @@ class Manifest:
             shape = np.load(output, mmap_mode="r", allow_pickle=False).shape
         except (OSError, ValueError):
             return
-        self.record(image, output, shape, None, True, made_with)
+        self.record(image, output, shape, None, True, made_with() if made_with is not None else None)
 
     def made_with(self, output: str) -> dict | None:
         """The model and settings graphconv made the file now at `output` with, as its row
@@ -210,7 +210,8 @@ def _read_rows(path: Path) -> dict[str, dict[str, str]]:
             if header not in (COLUMNS, EARLIER_COLUMNS):
                 raise GraphconvError(f"is already there and is not graphconv's list of maps (its first line is not "
                                      f"{','.join(COLUMNS)}): choose another --output-dir, or move it", file=str(path))
-            return {row[1]: {"made_with": "", **dict(zip(header, row))} for row in reader if len(row) == len(header)}
+            return {row[1]: {"made_with": "", **dict(zip(header, row))} for row in reader
+                    if len(row) in (len(header), len(EARLIER_COLUMNS))}  # an earlier version's row appended
     except (OSError, csv.Error) as err:
         raise GraphconvError(f"cannot be read as graphconv's list of maps: {err}", file=str(path)) from None
 

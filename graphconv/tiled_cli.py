@@ -78,12 +78,12 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     from graphconv.sources import open_source
     from graphconv.tiling import CropGrid, DenseGrid, MapFile, choose_tile, map_transform, plan_tiles
 
-    if args.resize or args.scales or args.profile or args.full_map:
-        raise GraphconvError("--resize, --scales, --profile and --full-map take a whole-image run (a TIFF, a zarr "
+    if args.scales or args.profile or args.full_map:
+        raise GraphconvError("--scales, --profile and --full-map take a whole-image run (a TIFF, a zarr "
                              "array, --tile, --workers, --reduce argmax, --classes, --downsample, --mpp, "
                              "--skip-background and .zarr outputs run in tiles)")
     source = open_source(args.image, model.crop_shape[0], model.graph.meta.get("preprocess"), args.level,
-                         args.bands, args.downsample, args.mpp, getattr(args, "nodata", None))
+                         args.bands, args.downsample, args.mpp, getattr(args, "nodata", None), args.resize)
     image_hw = (source.height, source.width)
     describe_resolution(source, args.mpp)
     from graphconv.cli import note, note_how_the_image_is_read, note_how_the_raster_is_read
@@ -586,6 +586,9 @@ def run_images_command(args: argparse.Namespace) -> int:
         from graphconv.tiling import check_tile_holds_a_cell
         check_tile_holds_a_cell(grid, args.tile)  # and a --tile too small for it
     check_heatmap_has_a_map(args, model)  # the more telling error for a classifier as written
+    if args.output_format == "tif" and model.returns_vectors and args.crops is None:  # tifffile's IndexError
+        raise GraphconvError(f"--output-format tif writes maps; {model.graph.name} as written gives one class vector "
+                             "per image: --output-format npy")
     _check_the_network_takes_the_images(args, model, images, options)
     if args.skip_existing or args.resume:
         images, kept = _images_not_done(args, ref, model, images, base, options)

@@ -378,11 +378,14 @@ def test_a_grey_picture_has_its_darkness_tested_whatever_channels_the_network_ta
     grey[:, :40] = 80  # dark tissue on the left
     tifffile.imwrite(tmp_path / "grey.tif", grey, tile=(32, 32))
     tifffile.imwrite(tmp_path / "as-rgb.tif", np.repeat(grey[:, :, None], 3, axis=2), photometric="rgb")
+    cast = np.random.default_rng(0).integers(-1, 2, (96, 96, 3))  # a scanner's, or JPEG's, level or two
+    tifffile.imwrite(tmp_path / "near-grey.tif", (grey[:, :, None] + cast).astype(np.uint8), photometric="rgb")
     colour = np.full((96, 96, 3), 235, np.uint8)  # glass a grey model's luma calls dark
     colour[:, :40] = (200, 40, 90)
     tifffile.imwrite(tmp_path / "colour.tif", colour, photometric="rgb")
     rgb_model, grey_model = rgb_lenet(write_spec), graphconv.compile_model(SPECS / "lenet.yaml")
-    for model, image in ((rgb_model, "grey.tif"), (rgb_model, "as-rgb.tif"), (grey_model, "grey.tif"),
+    for model, image in ((rgb_model, "grey.tif"), (rgb_model, "as-rgb.tif"), (rgb_model, "near-grey.tif"),
+                         (grey_model, "grey.tif"),
                          (grey_model, "colour.tif"), (rgb_model, "colour.tif")):
         source = open_source(tmp_path / image, model.crop_shape[0], model.graph.meta.get("preprocess"))
         grid = DenseGrid(model)
@@ -403,3 +406,10 @@ def test_a_run_whose_tissue_test_finds_nothing_says_so(write_spec, tmp_path):
                                   "--output", tmp_path / "map.npy")
     assert result.returncode == 0 and "--skip-background 0.05 found no tissue anywhere" in result.stderr
     assert np.isnan(np.load(tmp_path / "map.npy")).all()
+    stained = np.full((96, 96, 3), 250, np.uint8)
+    stained[30:70, 30:70] = (200, 40, 90)
+    pil.fromarray(stained).save(tmp_path / "stained.png")
+    batch = graphconv_in_process("run", tmp_path / "m", "--images", tmp_path / "*.png", "--skip-background",
+                                 "--output-dir", tmp_path / "maps")
+    assert batch.returncode == 0 and batch.stderr.count("found no tissue in it") == 1
+    assert "glass.png: --skip-background 0.05 found no tissue in it" in batch.stderr

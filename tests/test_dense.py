@@ -627,6 +627,16 @@ def test_the_readme_names_ceil_mode_pools_beside_padding_as_what_breaks_exactnes
     assert not report.exact_by_construction and report.padded_layers == ["pool1"]
 
 
+def test_verify_sums_up_many_hanging_ceil_mode_pools_without_calling_them_padded(write_spec, rng):
+    """Seven 2x2/2 ceil_mode pools over odd sizes (129, 65, ..., 3): the report lists the
+    first and last and sums up the rest, which it called "more padded layer(s)"."""
+    pools = "".join(f"  - {{name: p{i}, op: maxpool, kernel_size: 2, stride: 2, ceil_mode: true}}\n" for i in range(7))
+    spec = f"name: many\ninput: {{shape: [1, 129, 129]}}\nlayers:\n{pools}  - {{name: fc, op: fc, out_features: 2}}\n"
+    classifier, fcn = models(write_spec, spec)
+    text = str(verify(classifier, fcn, random_input(rng, (1, 1, 129 + 128, 129))))
+    assert "more ceil_mode layer(s) between them" in text and "pad" not in text.lower(), text
+
+
 @pytest.mark.parametrize("strict", [False, True])
 def test_verify_of_a_network_that_only_hangs_ceil_mode_windows_never_says_it_pads(write_spec, rng, strict):
     """Its report said "the 196 clear of padding agree", "only where padding reaches" and

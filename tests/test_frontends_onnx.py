@@ -1230,6 +1230,17 @@ def test_a_keras_dense_after_a_channels_last_flatten_reads_its_features_in_their
         np.testing.assert_allclose(scores[0, :, i, j], onnxruntime_scores(path, crop)[0], **TOLERANCE)
 
 
+def test_an_identity_or_dropout_between_a_channels_last_flatten_and_its_dense_changes_nothing(tmp_path, rng):
+    helper = onnx.helper
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("Flatten", ["t"], ["f"]), helper.make_node("Identity", ["f"], ["i"]),
+             helper.make_node("Dropout", ["i"], ["d"]), helper.make_node("MatMul", ["d", "w"], ["y"])]
+    path = onnx_file(tmp_path / "dense.onnx", nodes, {"w": rng.standard_normal((3 * 5 * 7, 4)).astype(np.float32)},
+                     input_shape=(1, 3, 5, 7))
+    x = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
+    np.testing.assert_allclose(Model(load_network(path)).run(x), onnxruntime_scores(path, x), **TOLERANCE)
+
+
 @pytest.mark.parametrize("keepdims", [0, 1])
 def test_a_mean_over_a_channels_last_map_s_height_and_width_gives_what_onnx_gives(tmp_path, rng, keepdims):
     """Without keepdims it is (N, C) features: it was still seen as a channels-last map,

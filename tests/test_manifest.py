@@ -233,6 +233,11 @@ def test_skip_existing_redoes_an_npy_map_of_its_shape_made_with_another_model_or
     made_with = json.loads(rows(out)["a.npy"]["made_with"])
     assert made_with["model"] == str(twin) and made_with["resize"] == [41] and made_with["classes"] is None
     assert "nothing to do" in batch(twin, "--resize", "41").stdout
+    [stored] = twin.glob("*.npz")
+    with np.load(stored) as weights:
+        np.savez(tmp_path / "retrained.npz", **{key: value * 0.5 for key, value in weights.items()})
+    assert "1 of 1 image(s)" in batch(twin, "--resize", "41", "--weights", tmp_path / "retrained.npz").stdout
+    assert json.loads(rows(out)["a.npy"]["made_with"])["weights"] == str(tmp_path / "retrained.npz")
 
 
 def test_a_list_written_before_made_with_is_read_and_written_anew_with_it(model_dir, tmp_path):
@@ -251,3 +256,8 @@ def test_a_list_written_before_made_with_is_read_and_written_anew_with_it(model_
     now = rows(out)
     assert sorted(now) == ["a.npy", "b.npy", "c.npy"] and now["a.npy"]["made_with"] == ""
     assert now["c.npy"]["made_with"].startswith("{") and now["a.npy"]["map_stamp"]
+    with open(listed, "a", newline="", encoding="utf-8") as file:  # an earlier version's batch into the folder
+        csv.writer(file).writerow(earlier[1][:1] + ["d.npy"] + earlier[1][2:])
+    photos(folder, {"e.png": (40, 44)})
+    assert graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing").returncode == 0
+    assert sorted(rows(out)) == ["a.npy", "b.npy", "c.npy", "d.npy", "e.npy"]  # its six-field row kept

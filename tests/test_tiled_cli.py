@@ -459,6 +459,10 @@ def test_many_images_resize_each_picture_as_one_image_s_resize_does(model_dir, t
         alone = tmp_path / f"{Path(name).stem}.npy"
         assert run("run", model_dir, "--image", folder / name, "--resize", "48", "--output", alone).returncode == 0
         np.testing.assert_array_equal(np.load(out / alone.name), np.load(alone))
+    tiled = run("run", model_dir, "--image", folder / "tall.png", "--resize", "48", "--tile", "40",
+                "--skip-background", "0.01", "--output", tmp_path / "tiled.npy")  # was refused for --resize
+    assert tiled.returncode == 0 and "tiles: " in tiled.stderr, tiled.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "tiled.npy"), np.load(tmp_path / "tall.npy"), rtol=1e-5, atol=1e-6)
     # 48x108 and 115x48 (rounded, as --scales rounds), through LeNet's 32x32 crop at stride 4
     assert np.load(out / "wide.npy").shape[2:] == (5, 20) and np.load(out / "tall.npy").shape[2:] == (21, 5)
     tifs = tmp_path / "tifs"
@@ -476,6 +480,12 @@ def test_many_images_resize_each_picture_as_one_image_s_resize_does(model_dir, t
     other = run("run", model_dir, "--images", folder, "--output-dir", tifs, "--resize", "64", "--output-format",
                 "tif", "--skip-existing")
     assert other.returncode == 0 and "3 of 3 image(s)" in other.stdout
+    unresized = tmp_path / "unresized"
+    assert "2 of 3 image(s)" in run("run", model_dir, "--images", folder, "--output-dir", unresized, "--output-format",
+                                     "tif").stdout  # small.png is smaller than the crop
+    resized = run("run", model_dir, "--images", folder, "--output-dir", unresized, "--resize", "64", "--output-format",
+                  "tif", "--skip-existing")  # a map made without --resize was kept as this run's
+    assert resized.returncode == 0 and "3 of 3 image(s)" in resized.stdout
     assert tifffile.imread(tifs / "small.tif").shape[-2:] == ((64 - 32) // 4 + 1, (77 - 32) // 4 + 1)
 
 
@@ -492,6 +502,9 @@ def test_many_images_of_a_classifier_as_written_resized_to_its_crop_are_classifi
     assert result.returncode == 0, result.stderr
     model = Model.load(SPECS / "lenet.yaml")
     from graphconv.images import load_image
+    as_tif = graphconv_in_process("run", SPECS / "lenet.yaml", "--images", folder, "--output-dir", tmp_path / "t",
+                                  "--resize", "32", "32", "--output-format", "tif")  # tifffile's IndexError
+    assert as_tif.returncode == 2 and "gives one class vector per image: --output-format npy" in as_tif.stderr
     for i in range(2):
         vector = model.run(load_image(str(folder / f"p{i}.png"), (32, 32), channels=1)[None])
         np.testing.assert_allclose(np.load(tmp_path / "v" / f"p{i}.npy"), vector, rtol=1e-5, atol=1e-6)

@@ -1178,7 +1178,8 @@ _VIEWS = {  # what a view is called, and the ONNX ops that read it (NCHW: the ma
                            "dim=1 as op sets before 13 write it)"),
     HWC_FEATURES: ("(N, H*W*C) features of a channels-last map", "Gemm and MatMul (a fully connected layer, "
                                                                  "whose weights graphconv reorders to its "
-                                                                 "channels-first features)"),
+                                                                 "channels-first features), after an Identity or "
+                                                                 "Dropout"),
 }
 
 
@@ -1868,7 +1869,7 @@ def _identity(imp: _Importer, node) -> None:
         if training is not None and bool(np.ravel(training)[0]) and (ratio is None or float(np.ravel(ratio)[0]) > 0):
             raise imp.error("Dropout in training mode (training_mode=True) drops values at random; export the "
                             "model in eval() mode")
-    imp.alias(node, imp.tensor(node.input[0], (NCHW, NHWC, GROUPED)))  # constants were folded already
+    imp.alias(node, imp.tensor(node.input[0], (NCHW, NHWC, GROUPED, HWC_FEATURES)))  # constants were folded already
 
 
 FLOAT_TYPES = {"FLOAT", "FLOAT16", "BFLOAT16", "DOUBLE"}
