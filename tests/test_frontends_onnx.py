@@ -1241,6 +1241,28 @@ def test_an_identity_or_dropout_between_a_channels_last_flatten_and_its_dense_ch
     np.testing.assert_allclose(Model(load_network(path)).run(x), onnxruntime_scores(path, x), **TOLERANCE)
 
 
+class FlatHead(torch.nn.Module):
+    crop = 12
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = torch.nn.Conv2d(3, 2, 3), torch.nn.Linear(2 * 10 * 10, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def test_a_wrong_crop_for_a_model_of_dynamic_size_is_named_as_the_likely_cause(tmp_path):
+    """The fc's "weight of shape [3, 200] for 288 input features" did not say that the
+    --crop-size given is what made 288."""
+    path = tmp_path / "dynamic.onnx"
+    onnx_zoo.export(FlatHead(), path, dynamic_hw=True)
+    assert load_network(path, crop_size=(12, 12)).input_shape == (3, 12, 12)
+    with pytest.raises(GraphconvError, match=r"weight of shape \[3, 200\] for 288 input features \(the input's "
+                                             r"height and width are not fixed in the file: is 14x14 the crop"):
+        load_network(path, crop_size=(14, 14))
+
+
 @pytest.mark.parametrize("keepdims", [0, 1])
 def test_a_mean_over_a_channels_last_map_s_height_and_width_gives_what_onnx_gives(tmp_path, rng, keepdims):
     """Without keepdims it is (N, C) features: it was still seen as a channels-last map,

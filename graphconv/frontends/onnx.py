@@ -1930,7 +1930,8 @@ def _squeeze(imp: _Importer, node) -> None:
         imp.alias(node, replace(x, layout=SQUEEZED, rank=3))
     else:
         shape = "x".join(map(str, x.shape))
-        raise imp.error(f"Squeeze of axes {axes} of a rank-{x.rank} {shape} value; graphconv squeezes only the "
+        raise imp.error(f"Squeeze of {'every axis of size 1' if axes is None else f'axes {axes}'} of a rank-{x.rank} "
+                        f"{shape} value; graphconv squeezes only the "
                         "1x1 height and width after a global pooling (axes [2, 3], together or one at a time)")
 
 
@@ -2242,7 +2243,10 @@ def _add_fc(imp: _Importer, node, x: Tensor, weight: np.ndarray, bias: np.ndarra
     reordered from (H, W, C) to the (C, H, W) order graphconv's flatten gives."""
     features = math.prod(x.shape)
     if weight.shape[1] != features:
-        raise imp.error(f"weight of shape {list(weight.shape)} for {features} input features")
+        crop = "" if imp.fixed_size else (f" (the input's height and width are not fixed in the file: is "
+                                          f"{'x'.join(map(str, imp.graph.input_shape[1:]))} the crop it was "
+                                          "trained on? --crop-size H W, crop_size= from Python)")
+        raise imp.error(f"weight of shape {list(weight.shape)} for {features} input features{crop}")
     if x.layout == HWC_FEATURES:
         c, h, w = x.hwc
         weight = weight.reshape(-1, h, w, c).transpose(0, 3, 1, 2).reshape(weight.shape)
