@@ -1241,6 +1241,35 @@ def test_an_identity_or_dropout_between_a_channels_last_flatten_and_its_dense_ch
     np.testing.assert_allclose(Model(load_network(path)).run(x), onnxruntime_scores(path, x), **TOLERANCE)
 
 
+@pytest.mark.parametrize("channel_axis", ["unsqueeze-last", "reshape-last", "unsqueeze-first", "reshape-first"])
+def test_a_grey_input_without_a_channel_axis_is_read_as_one_channel(tmp_path, rng, channel_axis):
+    """Keras' MNIST classifier: an (N, H, W) input (scaled by 1/255 first) made (N, H, W, 1)
+    by a Reshape or Unsqueeze; or (N, 1, H, W). It was refused as 'has 3 dimensions'."""
+    helper = onnx.helper
+    last = channel_axis.endswith("last")
+    shaped = (helper.make_node("Unsqueeze", ["s", "axes"], ["u"]) if channel_axis.startswith("unsqueeze") else
+              helper.make_node("Reshape", ["s", "shape"], ["u"]))
+    nodes = [helper.make_node("Mul", ["x", "scale"], ["s"]), shaped,
+             *([helper.make_node("Transpose", ["u"], ["t"], perm=[0, 3, 1, 2])] if last else
+               [helper.make_node("Identity", ["u"], ["t"])]),
+             helper.make_node("Conv", ["t", "w"], ["c"]), helper.make_node("Flatten", ["c"], ["f"]),
+             helper.make_node("MatMul", ["f", "fc"], ["y"])]
+    inits = {"scale": np.array(1 / 255, np.float32), "axes": np.array([3 if last else 1], np.int64),
+             "shape": np.array([-1, 14, 14, 1] if last else [0, 1, 14, 14], np.int64),
+             "w": rng.standard_normal((4, 1, 3, 3)).astype(np.float32),
+             "fc": rng.standard_normal((4 * 12 * 12, 5)).astype(np.float32)}
+    path = onnx_file(tmp_path / "mnist.onnx", nodes, inits, input_shape=(1, 14, 14))
+    classifier = Model(load_network(path))
+    assert classifier.crop_shape == (1, 14, 14)
+    x = (rng.random((2, 1, 14, 14)) * 255).astype(np.float32)
+    np.testing.assert_allclose(classifier.run(x), onnxruntime_scores(path, x[:, 0].copy()), **TOLERANCE)
+    dense = compile_model(path)
+    big = (rng.random((1, 1, 20, 17)) * 255).astype(np.float32)
+    top, left, bottom, right = dense.cell_area.box(4, 2)
+    np.testing.assert_allclose(dense.run(big)[0, :, 4, 2],
+                               onnxruntime_scores(path, big[:, 0, top:bottom, left:right].copy())[0], **TOLERANCE)
+
+
 class FlatHead(torch.nn.Module):
     crop = 12
 

@@ -223,13 +223,14 @@ def _load_external_data(model, path: Path) -> set[Path]:
 NCHW, NHWC, GROUPED, FLAT, GROUP_RUNS, PATCHES, RADIX, SQUEEZED, CNHW, NWHC, ONE_CHANNEL, HWC_FEATURES = (
     "NCHW", "NHWC", "grouped", "flat", "group runs", "patches", "radix", "squeezed", "CNHW", "NWHC", "one channel",
     "HWC features")
+GREY_PLANE = "grey plane"  # a grey (N, H, W) input, its channel axis to come (an Unsqueeze or Reshape)
 # a patch view's Transposes that space_to_depth follows, and the channel order each gives
 PATCH_ORDERS = {(0, 3, 5, 1, 2, 4): "blocks", (0, 1, 3, 5, 2, 4): "channels"}
 ANY_LAYOUT = (NCHW, NHWC)
 # ops tf2onnx may put between an (N, H, W, C) input and its Transpose to (N, C, H, W), each
 # converted on the channels-last view as it comes (`_Importer._read_channels_last`)
 BEFORE_THE_TRANSPOSE = ("Cast", "Mul", "Div", "Add", "Sub", "Pad", "Identity")
-SCALED_LAYOUTS = (*ANY_LAYOUT, ONE_CHANNEL)  # what a converter scaling or shifting by a constant takes
+SCALED_LAYOUTS = (*ANY_LAYOUT, ONE_CHANNEL, GREY_PLANE)  # what a converter scaling or shifting by a constant takes
 
 
 @dataclass(frozen=True)
@@ -380,14 +381,17 @@ class _Importer:
             raise GraphconvError(f"has {len(inputs)} inputs ({', '.join(shown(i.name) for i in inputs)}); "
                                  "graphconv reads classifiers with one image input", file=self.source)
         onnx_input = inputs[0]
-        dims = onnx_input.type.tensor_type.shape.dim
-        if len(dims) != 4:
+        dims = list(onnx_input.type.tensor_type.shape.dim)
+        if len(dims) not in (3, 4):
             raise GraphconvError(f"input {shown(onnx_input.name)} has {len(dims)} dimensions; graphconv "
-                                 "reads image classifiers with an (N, C, H, W) input", file=self.source)
+                                 "reads image classifiers with an (N, C, H, W) input (or a grey (N, H, W) one)",
+                                 file=self.source)
         fixed = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
         invalid = [d.dim_value if d.HasField("dim_value") and d.dim_value <= 0 else None for d in dims]
+        if len(dims) == 3:  # Keras' MNIST input, grey without a channel axis: graphconv's (N, 1, H, W)
+            fixed, invalid = [fixed[0], 1, *fixed[1:]], [invalid[0], None, *invalid[1:]]
         self.exported_batch = fixed[0] or 1
-        layout = NHWC if self._read_channels_last(onnx_input.name) else NCHW
+        layout = GREY_PLANE if len(dims) == 3 else NHWC if self._read_channels_last(onnx_input.name) else NCHW
         order = (3, 1, 2) if layout == NHWC else (1, 2, 3)
         channels, rows, cols = (fixed[i] for i in order)
         self.fixed_size = rows is not None and cols is not None
@@ -408,7 +412,8 @@ class _Importer:
         # the input's location is the file, so a crop over the memory budget names it (finalize)
         self.graph = Graph(Path(self.source).stem, name, (channels, height, width),
                            input_loc=Location(self.source))
-        self.values[onnx_input.name] = Tensor(name, (channels, height, width), layout=layout)
+        self.values[onnx_input.name] = Tensor(name, (channels, height, width), 3 if layout == GREY_PLANE else 4,
+                                              layout)
 
     def _read_channels_last(self, name: str, depth: int = 0) -> bool:
         """Whether the input `name` is an (N, H, W, C) image that every reader first
@@ -1176,6 +1181,8 @@ _VIEWS = {  # what a view is called, and the ONNX ops that read it (NCHW: the ma
                                                                "Flatten, which make it (N, C) features"),
     NWHC: ("(N, W, H, C)", "a Softmax or LogSoftmax over its last axis, and the Transpose back (softmax over "
                            "dim=1 as op sets before 13 write it)"),
+    GREY_PLANE: ("grey (N, H, W) input", "an Unsqueeze or Reshape giving it its channel axis (N, H, W, 1) or "
+                                         "(N, 1, H, W), and elementwise ops with a constant"),
     HWC_FEATURES: ("(N, H*W*C) features of a channels-last map", "Gemm and MatMul (a fully connected layer, "
                                                                  "whose weights graphconv reorders to its "
                                                                  "channels-first features), after an Identity or "
@@ -1886,7 +1893,7 @@ def _cast(imp: _Importer, node) -> None:
     if to not in FLOAT_TYPES:
         raise imp.error(f"Cast of the image's feature map to {to}; graphconv computes in float32 and casts "
                         "only between float types")
-    imp.alias(node, imp.tensor(node.input[0], (NCHW, NHWC, GROUPED)))
+    imp.alias(node, imp.tensor(node.input[0], (NCHW, NHWC, GROUPED, GREY_PLANE)))
 
 
 @converts("Flatten")
@@ -1943,8 +1950,16 @@ def _reshape(imp: _Importer, node) -> None:
     (N, groups, -1) and back; space-to-depth's patch view and, after its Transpose, its
     end; a batch-1 map flattened to [-1] (see `_gather`); and graphconv's own flatten as
     its export writes it, (N, C*H*W, 1, 1)."""
-    x = imp.tensor(node.input[0], (NCHW, GROUPED, GROUP_RUNS, PATCHES, RADIX, NHWC))
+    x = imp.tensor(node.input[0], (NCHW, GROUPED, GROUP_RUNS, PATCHES, RADIX, NHWC, GREY_PLANE))
     target = imp.shape_target(node.input[1], "target shape")
+    if x.layout == GREY_PLANE:
+        _, h, w = x.shape
+        given = _reshaped(target, [1, h, w])
+        if given not in ([1, h, w, 1], [1, 1, h, w]) or target[0] not in (0, 1, -1):
+            raise imp.error(f"Reshape of a grey {h}x{w} input to {target}; graphconv gives it its channel axis, "
+                            f"(N, {h}, {w}, 1) or (N, 1, {h}, {w})")
+        imp.alias(node, replace(x, layout=NHWC if given[-1] == 1 and given != [1, 1, h, w] else NCHW, rank=4))
+        return
     if x.layout == NHWC:
         _channels_last_reshape(imp, node, x, target)
         return
@@ -2772,9 +2787,12 @@ def _unsqueeze(imp: _Importer, node) -> None:
     y.unsqueeze(-1).unsqueeze(-1), as a squeeze-and-excitation gate is written): the
     first leaves a SQUEEZED (N, K, 1) view, the second makes the map.
     (On constants, shape arithmetic, it is folded before this is called.)"""
-    x = imp.tensor(node.input[0], (NCHW, SQUEEZED, ONE_CHANNEL))
+    x = imp.tensor(node.input[0], (NCHW, SQUEEZED, ONE_CHANNEL, GREY_PLANE))
     axes = imp.optional_constant(node, 1, "axes") if imp.opset >= 13 else imp.attributes(node).get("axes")
     axes = [] if axes is None else [int(a) for a in np.ravel(axes)]
+    if x.layout == GREY_PLANE and [a % 4 for a in axes] in ([1], [3]):  # its channel axis, first or last
+        imp.alias(node, replace(x, layout=NCHW if axes[0] % 4 == 1 else NHWC, rank=4))
+        return
     if x.layout == ONE_CHANNEL and [a % 4 for a in axes] == [1]:  # x[:, k] made (N, 1, H, W) again
         imp.alias(node, replace(x, layout=NCHW, rank=4))
         return
