@@ -118,6 +118,9 @@ class CpuBackend(Backend):
         return numba.get_num_threads()
 
 
+NO_NUMBA_CUDA = "numba-cuda is not installed (pip install 'graphconv[cuda]')"
+
+
 class CudaBackend(Backend):
     """An NVIDIA GPU through numba-cuda (or numba's simulator, NUMBA_ENABLE_CUDASIM=1).
     Activations stay on the device for a whole run: one copy in, one copy out."""
@@ -131,10 +134,16 @@ class CudaBackend(Backend):
         return cuda
 
     def status(self) -> str | None:
+        import importlib.util
+
+        # numba still ships a numba.cuda of its own, which imports without numba-cuda but is
+        # not what the kernels are written for (its simulator lacks aligned shared arrays)
+        if importlib.util.find_spec("numba_cuda") is None:
+            return NO_NUMBA_CUDA
         try:
             cuda = self._cuda
         except ImportError:
-            return "numba-cuda is not installed (pip install 'graphconv[cuda]')"
+            return NO_NUMBA_CUDA
         try:
             if cuda.is_available():
                 return None

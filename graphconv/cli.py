@@ -718,6 +718,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         _check_outputs_spare_the_inputs(args)
         check_writable(args.heatmap_out)
     spare_the_model(model, [("--output", args.output), ("--heatmap-out", args.heatmap_out)])
+    if args.output and is_tiff_output(args.output):  # before the run, as a .zarr's writer is
+        from graphconv.sources import require
+        require("tifffile")
     _spare_the_users_files(args, model)
     check_heatmap_has_a_map(args, model)
     if args.heatmap not in (None, "top"):  # before the network runs, not after
@@ -730,8 +733,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.image:
         if wants_tiles(args, model, grid):
             return run_tiled_command(args, model, grid)
-    elif args.tile or args.workers or args.reduce == "argmax" or args.classes:
-        raise GraphconvError("--tile, --workers, --reduce argmax and --classes apply to --image and --images runs")
+    elif args.tile or args.workers or args.scheduler or args.reduce == "argmax" or args.classes:
+        raise GraphconvError("--tile, --workers, --scheduler, --reduce argmax and --classes apply to --image and "
+                             "--images runs")
     if args.image:
         from graphconv import images
         if args.bands:

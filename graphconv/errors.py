@@ -160,3 +160,20 @@ class ShapeError(GraphconvError):
 
 class PassError(GraphconvError):
     """A pass failed, or left the IR broken (the message names the pass)."""
+
+
+def import_optional(module: str, needs: str):
+    """`module`, an optional dependency (Pillow, onnx, zarr, ...), imported; or one
+    GraphconvError: `needs` (what needs it, and how to install it) where it is not
+    installed, and where it is installed but fails to import (a numcodecs too new for
+    the zarr pip allowed), that failure: "not installed" sent the user to a pip that said
+    it was."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name is not None and module.split(".")[0] == err.name.split(".")[0]:
+            raise GraphconvError(needs) from None
+        raise GraphconvError(f"{module} is installed but failed to import: {err}") from None
+    except ImportError as err:
+        raise GraphconvError(f"{module} is installed but failed to import: {err}") from None

@@ -48,12 +48,9 @@ BAND_ALLOWANCE = 4 * BAND_BYTES  # a band, its bytes twice over (tobytes), and i
 
 
 def _pil():
-    try:
-        from PIL import Image
-    except ImportError:
-        raise GraphconvError("reading, writing and resizing images (--scales, --resize) needs Pillow: pip install "
-                             "'graphconv[images]'") from None
-    return Image
+    from graphconv.errors import import_optional
+    return import_optional("PIL.Image", "reading, writing and resizing images (--scales, --resize) needs Pillow: "
+                                        "pip install 'graphconv[images]'")
 
 
 def load_image(path: str, resize: int | Sequence[int] | None = None, channels: int = 3,
@@ -570,8 +567,7 @@ def save_picture(picture, path: str, fmt: str | None = None) -> None:
 
 def is_graphconv_heatmap(path: str | Path) -> bool:
     """Whether `path` is a picture `save_picture` wrote (read from its header alone)."""
-    from PIL import Image
-
+    Image = _pil()  # without Pillow, an --images batch of photos is one error, not a traceback
     try:
         with open_regular_file(path, "picture") as fp, Image.open(fp) as picture:  # a pipe would block Pillow
             return HEATMAP_MARK in (picture.info.get("Software"), picture.info.get("comment", b"").decode("latin-1"))

@@ -68,11 +68,8 @@ def grey_of(rgb: np.ndarray) -> np.ndarray:
 
 def require(module: str):
     """An optional dependency of tiled runs, or a clear message on how to get it."""
-    import importlib
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise GraphconvError(f"this needs the {module} package: pip install 'graphconv[scale]'") from None
+    from graphconv.errors import import_optional
+    return import_optional(module, f"this needs the {module} package: pip install 'graphconv[scale]'")
 
 
 class _Preprocessed:

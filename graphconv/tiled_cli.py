@@ -586,6 +586,9 @@ def run_images_command(args: argparse.Namespace) -> int:
         from graphconv.tiling import check_tile_holds_a_cell
         check_tile_holds_a_cell(grid, args.tile)  # and a --tile too small for it
     check_heatmap_has_a_map(args, model)  # the more telling error for a classifier as written
+    if args.output_format == "tif":  # one error, not one an image
+        from graphconv.sources import require
+        require("tifffile")
     if args.output_format == "tif" and model.returns_vectors and args.crops is None:  # tifffile's IndexError
         raise GraphconvError(f"--output-format tif writes maps; {model.graph.name} as written gives one class vector "
                              "per image: --output-format npy")

@@ -124,3 +124,19 @@ def test_a_cpu_run_never_imports_numba_cuda():
 
 def test_resolve_device_is_the_backend_name():
     assert backends.resolve_device("cpu") == "cpu"
+
+
+def test_cuda_without_numba_cuda_says_to_install_it(monkeypatch):
+    """numba still ships a numba.cuda of its own, so the import succeeded and a machine
+    without numba-cuda was told "no CUDA GPU was found", and on the simulator that advice
+    led to, a traceback."""
+    import importlib.util
+
+    from graphconv.backends import NO_NUMBA_CUDA
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *rest: None if name == "numba_cuda" else find_spec(name, *rest))
+    assert get_backend("cuda").status() == NO_NUMBA_CUDA
+    with pytest.raises(GraphconvError, match=r"device 'cuda': numba-cuda is not installed \(pip install "):
+        resolve_backend("cuda")

@@ -238,6 +238,8 @@ def test_a_classifier_as_written_on_a_larger_picture_says_how_to_map_it_or_class
      "output stride 3 does not divide the network's total stride 4x4; choose one of 1, 2, 4"),
     (["compile", SPECS / "lenet.yaml", "-o", "{tmp}/out", "--plugin", "{tmp}/nothere.py"], "plugin file not found"),
     (["run", SPECS / "lenet.yaml", "--input", "{tmp}/bad.npy", "--output", "{tmp}/out.npy"], "input must be (N, 1, H, W)"),
+    (["run", SPECS / "lenet.yaml", "--input", "{tmp}/bad.npy", "--scheduler", "tcp://127.0.0.1:9"],  # was ignored
+     "--tile, --workers, --scheduler, --reduce argmax and --classes apply to --image and --images runs"),
 ])
 def test_user_errors_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, args, message):
     np.save(tmp_path / "bad.npy", np.zeros((3, 32, 32), np.float32))
@@ -549,7 +551,7 @@ def test_run_crops_heatmap_places_cells_by_crop(write_spec, tmp_path):
 @pytest.mark.parametrize("extra,message", [
     (["--crops", "--scales", "20"], "--crops runs the classifier on each crop of the image as it is"),
     (["--crops", "--profile"], "--crops runs the classifier on each crop of the image as it is"),
-    (["--crops", "--tile", "40"], "--tile, --workers, --reduce argmax and --classes apply to --image"),
+    (["--crops", "--tile", "40"], "--tile, --workers, --scheduler, --reduce argmax and --classes apply to --image"),
 ])
 def test_run_crops_refuses_what_it_cannot_combine_with(write_spec, tmp_path, capsys, extra, message):
     np.save(tmp_path / "x.npy", np.zeros((1, 3, 20, 20), np.float32))
@@ -1508,3 +1510,30 @@ def test_a_stop_silences_asyncio_s_pending_tasks_below_its_one_line(caplog):
         assert "Task was destroyed" not in caplog.text
     finally:
         logging.getLogger("asyncio").setLevel(before)
+
+
+def test_a_missing_optional_package_is_one_error_before_any_work(tmp_path, monkeypatch, capsys):
+    """Without tifffile a .tif map was computed first and refused after; an --images batch
+    to .tif said it once per image; without Pillow an --images batch of photos raised
+    ModuleNotFoundError from the heatmap check."""
+    import sys
+
+    pil = pytest.importorskip("PIL.Image")
+    assert run_cli("compile", SPECS / "digits.yaml", "-o", tmp_path / "m") == 0
+    (tmp_path / "photos").mkdir()
+    for name in ("a", "b"):
+        pil.open(ROOT / "examples" / "digits_page.png").save(tmp_path / "photos" / f"{name}.png")
+    capsys.readouterr()
+    monkeypatch.setitem(sys.modules, "tifffile", None)
+    assert run_cli("run", tmp_path / "m", "--image", tmp_path / "photos" / "a.png", "--output", tmp_path / "m.tif") == 2
+    out, err = capsys.readouterr()
+    assert "output shape" not in out and err.strip() == "graphconv: this needs the tifffile package: pip install " \
+                                                         "'graphconv[scale]'"
+    assert run_cli("run", tmp_path / "m", "--images", tmp_path / "photos", "--output-dir", tmp_path / "maps",
+                   "--output-format", "tif") == 2
+    assert capsys.readouterr().err.count("tifffile") == 1 and not (tmp_path / "maps").exists()
+    monkeypatch.setitem(sys.modules, "PIL.Image", None)
+    assert run_cli("run", tmp_path / "m", "--images", tmp_path / "photos", "--output-dir", tmp_path / "maps") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("graphconv: ") and "needs Pillow: pip install 'graphconv[images]'" in err
+    assert len(err.strip().splitlines()) == 1

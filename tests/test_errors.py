@@ -63,3 +63,22 @@ def test_nearest_offers_near_misses_then_a_name_differing_in_case():
     assert nearest("conv_1", ["conv1", "pool1", "fc6"]) == ["conv1"]
     assert nearest("FC", ["conv1", "fc"]) == ["fc"]  # too short for difflib; the same name but for case
     assert nearest("softmax", ["conv1", "fc"]) == []
+
+
+def test_an_optional_package_missing_or_failing_to_import_is_one_error_saying_which(tmp_path, monkeypatch):
+    """zarr installed with a numcodecs too new for it failed to import, and the message
+    said "needs the zarr package: pip install ...", which pip answered "already installed"."""
+    import sys
+
+    from graphconv.errors import GraphconvError, import_optional
+
+    (tmp_path / "broken_pkg_for_test.py").write_text("from numcodecs_gone_for_test import blosc\n")
+    (tmp_path / "half_pkg_for_test.py").write_text("raise ImportError('cannot import name cbuffer_sizes')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(GraphconvError, match=r"^install it$"):
+        import_optional("absent_pkg_for_test", "install it")
+    for module, why in (("broken_pkg_for_test", "No module named 'numcodecs_gone_for_test'"),
+                        ("half_pkg_for_test", "cannot import name cbuffer_sizes")):
+        with pytest.raises(GraphconvError, match=rf"^{module} is installed but failed to import: .*{why}"):
+            import_optional(module, "install it")
+        sys.modules.pop(module, None)

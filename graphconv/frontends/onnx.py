@@ -59,12 +59,9 @@ ONNX_LOAD_FACTOR = 3  # the protobuf bytes, the parsed message, and the numpy co
 
 def require_onnx():
     """The onnx module, or a clear message on how to get it."""
-    try:
-        import onnx
-    except ImportError:
-        raise GraphconvError("ONNX models (import and export) need the onnx package: pip install "
-                             "'graphconv[onnx]' (from a checkout: pip install '.[onnx]')") from None
-    return onnx
+    from graphconv.errors import import_optional
+    return import_optional("onnx", "ONNX models (import and export) need the onnx package: pip install "
+                                   "'graphconv[onnx]' (from a checkout: pip install '.[onnx]')")
 
 
 def is_onnx_file(path: str | os.PathLike) -> bool:
