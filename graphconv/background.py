@@ -65,18 +65,26 @@ class Background:
     read_masked`). Counted at the resolution read, once for the whole map, so the cells
     left out do not depend on the tiling. Other images with --skip-background: the
     tissue mask of `source` at thumbnail size, a cell left out when no pixel of it in
-    the square of one stride around the cell's centre is tissue."""
+    the square of one stride around the cell's centre is tissue. A user's `mask` (run
+    --mask: True where to compute, stretched over the whole image) stands for the
+    tissue mask, and a raster's no-data cells are left out as well."""
 
     def __init__(self, source, field, threshold: float | None = DEFAULT_THRESHOLD,
-                 max_nodata: float = DEFAULT_MAX_NODATA, area=None):
+                 max_nodata: float = DEFAULT_MAX_NODATA, area=None, mask: np.ndarray | None = None):
         from graphconv.sources import nodata_can_occur
 
         # a declared value no pixel can hold (-9999 in 8 bits): every pixel is data, so tissue is looked for
         self.nodata = getattr(source, "missing_value", None) if nodata_can_occur(source) else None
         self.source, self.field, self.area, self.max_nodata = source, field, area or field, max_nodata
         self._picture = self._blank = self._sums = None
+        self.masked = mask is not None
+        if self.masked:
+            self.tissue = mask
+            self.fy, self.fx = source.height / mask.shape[0], source.width / mask.shape[1]
         if self.nodata is not None:
             self.declared = getattr(source, "nodata", None) is not None
+            return
+        if self.masked:
             return
         if threshold is None or not 0 < threshold < 1:
             raise GraphconvError(f"--skip-background {threshold}: the threshold is a saturation between 0 and 1")
@@ -95,7 +103,8 @@ class Background:
         if self._picture is None:
             from graphconv.sources import own_channels, thumbnail
             self._picture, self._scale = thumbnail(self.source, channels=own_channels(self.source))
-            self.fy, self.fx = self._scale
+            if not self.masked:  # a --mask spans its own pixels
+                self.fy, self.fx = self._scale
         return self._picture
 
     @property
@@ -142,7 +151,11 @@ class Background:
             cells = np.zeros((r1 - r0, c1 - c0), bool)  # a cell past those counted starts past the image
             part = blank[r0:r1, c0:c1]
             cells[:part.shape[0], :part.shape[1]] = part
-            return cells
+            return cells | self._without_tissue(tile) if self.masked else cells
+        return self._without_tissue(tile)
+
+    def _without_tissue(self, tile) -> np.ndarray:
+        """The tile's cells no tissue (or the --mask) reaches near their centres."""
         y0, y1 = self._spans(tile.rows, 0, self.fy, self.tissue.shape[0])
         x0, x1 = self._spans(tile.cols, 1, self.fx, self.tissue.shape[1])
         sums = self._tissue_sums
@@ -275,15 +288,20 @@ def _crop_spans(area, axis: int, length: int) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(starts, 0, length), np.clip(stops, 0, length)
 
 
-def cells_left_out(source, grid, skip_background: float | None, max_nodata: float = DEFAULT_MAX_NODATA):
+def cells_left_out(source, grid, skip_background: float | None, max_nodata: float = DEFAULT_MAX_NODATA,
+                   mask: np.ndarray | None = None):
     """The `Background` of a run: for a raster with no-data, where some cell is left out
     or --skip-background is given; with --skip-background for other images; None where
     no cell is left out (`max_nodata` 1; a float raster without NaN, found in one read
     as stored; a no-data value the raster's type cannot hold, found without reading),
     so such a run picks its tiles as any other does. A raster whose declared no-data
     value none of its pixels can hold (-9999 in 8 bits) is an image like any other:
-    --skip-background's tissue test applies to it."""
+    --skip-background's tissue test applies to it. A user's `mask` (`load_mask`) leaves
+    out what it does not cover, and a raster's no-data as well."""
     from graphconv.sources import nodata_can_occur
+
+    if mask is not None:
+        return Background(source, grid.field, None, max_nodata, grid.cell_area, mask)
 
     if nodata_can_occur(source):
         if max_nodata >= 1 and skip_background is None:
@@ -295,6 +313,23 @@ def cells_left_out(source, grid, skip_background: float | None, max_nodata: floa
     if skip_background is None:
         return None
     return Background(source, grid.field, skip_background)
+
+
+MASK_ASPECT_SLACK = 0.02  # how far a --mask's aspect ratio may be from the image's (a thumbnail's rounding)
+
+
+def load_mask(path: str, image_hw: tuple[int, int]) -> np.ndarray:
+    """run --mask: an image (a QuPath or HistoQC export, any size) whose non-zero pixels
+    mark where to compute, as (h, w) bool; stretched over the whole image, so it must
+    have the image's aspect ratio (a mask of another region would put cells wrong)."""
+    from graphconv.images import load_image
+
+    mask = load_image(path, None, channels=1, stored_values=True)[0] > 0
+    height, width = image_hw
+    if abs(mask.shape[0] / mask.shape[1] - height / width) > MASK_ASPECT_SLACK * height / width:
+        raise GraphconvError(f"the mask is {mask.shape[0]}x{mask.shape[1]} and the image {height}x{width}: a mask is "
+                             "stretched over the whole image, so it must have the image's aspect ratio", file=path)
+    return mask
 
 
 def tissue_mask(picture: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:

@@ -262,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
                           f"S or more, or greys darker than white by S (default {DEFAULT_THRESHOLD}); in a raster "
                           "with no-data (GDAL's tag, --nodata, NaN in floats), no-data cells are left out anyway: "
                           "see --max-nodata")
+    run.add_argument("--mask", type=_path, metavar="MASK",
+                     help="compute only the cells this image marks (its non-zero pixels: a tissue mask from "
+                          "QuPath or HistoQC, any size, stretched over the whole --image); the others are NaN, as "
+                          "--skip-background leaves them")
     _add_nodata_options(run)
     run.add_argument("--output", type=_path,
                      help="write the output array here (.npy; .zarr for maps too big for memory; .tif: "
@@ -694,6 +698,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise GraphconvError("--bands picks bands of an image: give --image or --images", file=args.input)
     if args.skip_background is not None and not (args.image or args.images):
         raise GraphconvError("--skip-background looks for tissue in an image: give --image or --images")
+    if args.mask and not args.image:
+        raise GraphconvError("--mask marks the cells of one --image to compute" +
+                             (" (a batch's images each have their own)" if args.images else ""))
+    if args.mask and args.skip_background is not None:
+        raise GraphconvError("--mask and --skip-background both choose the cells to compute: give one")
+    if args.mask and (args.crops is not None or args.resize):
+        raise GraphconvError("--mask stands over the image as stored: not with --crops or --resize")
     if args.compute_nodata and args.max_nodata is not None:
         raise GraphconvError("--compute-nodata computes every cell (--max-nodata 1): give one of the two")
     if (args.compute_nodata or args.max_nodata is not None or args.nodata is not None) and not (args.image or

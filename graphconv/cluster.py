@@ -71,6 +71,7 @@ class MapOptions:
     memory_limit: int | None = None  # bytes an image's run may take (`image_tile`); None: the process's own budget
     resume: bool = False  # --images --resume: each tiled map written into a partial map kept if stopped (_map_in_tiles)
     resize: tuple[int, ...] | None = None  # --resize H W, or S: each picture resized (sources.PillowSource)
+    mask: str | None = None  # --mask MASK: the cells of one --image it marks computed (background.load_mask)
 
     def grid(self, model):
         """What each task maps: the model's dense pass, or the classifier on every crop."""
@@ -486,6 +487,7 @@ def resume_job(ref: ModelRef, model, image: str, source, options: MapOptions, pl
                      f"{plan.cells_hw[0]}x{plan.cells_hw[1]} cells",
         "map": f"{np.dtype(dtype)} {tuple(shape)}",
         **({"--resize": list(options.resize)} if options.resize else {}),  # absent unless given: earlier jobs hold
+        **({"--mask": left_out_record(options, image)["mask"]} if options.mask else {}),  # a mask edited: another
     }
 
 
@@ -940,7 +942,8 @@ def left_out_record(options: MapOptions, image: str) -> dict:
     """What `image`'s map records of the cells it leaves out (`georef.left_out_settings`):
     --nodata where the image is a raster it applies to (`_raster_nodata`)."""
     from graphconv.georef import left_out_settings
-    return left_out_settings(options.skip_background, options.max_nodata, _raster_nodata(image, options))
+    return left_out_settings(options.skip_background, options.max_nodata, _raster_nodata(image, options),
+                             options.mask)
 
 
 def _holds_exactly(path: str, dtype, shape: tuple[int, ...]) -> bool:

@@ -563,16 +563,22 @@ def map_contents(image: str, model: str, num_classes: int, classes: Sequence[int
     return contents
 
 
-def left_out_settings(skip_background: float | None, max_nodata: float, nodata: float | None = None) -> dict:
+def left_out_settings(skip_background: float | None, max_nodata: float, nodata: float | None = None,
+                      mask: str | None = None) -> dict:
     """The settings that choose which cells a map leaves out (NaN, or 65535 in a class
     map), for it to state: --skip-background's saturation, if given, the share of a
     crop that may be no-data (--max-nodata; 1 with --compute-nodata) and the raster's
     no-data value given by --nodata (None: its file's own, if any; NaN as "NaN", which
-    compares equal to itself). --skip-existing compares them, so a map made with other
-    ones is made again (`cluster.holds_its_map`)."""
+    compares equal to itself), and --mask, by its path and file stamp (only where given,
+    so maps of before it compare equal). --skip-existing and --resume compare them, so a
+    map made with other ones is made again (`cluster.holds_its_map`)."""
     if nodata is not None:
         nodata = "NaN" if np.isnan(nodata) else float(nodata)
-    return {"skip_background": skip_background, "max_nodata": float(max_nodata), "nodata": nodata}
+    settings = {"skip_background": skip_background, "max_nodata": float(max_nodata), "nodata": nodata}
+    if mask is not None:
+        from graphconv.files import file_stamp
+        settings["mask"] = {os.path.abspath(mask): file_stamp(mask)}
+    return settings
 
 
 def cell_placement(source, cells: Field) -> CellPlacement:

@@ -47,7 +47,7 @@ def wants_tiles(args: argparse.Namespace, model, grid) -> bool:
     if (args.tile or args.workers or args.scheduler or args.reduce == "argmax" or args.classes or args.downsample > 1
             or args.mpp is not None or getattr(args, "resume", False)):
         return True
-    if args.skip_background is not None:
+    if args.skip_background is not None or args.mask:
         return True
     if args.output and args.output.rstrip("/").lower().endswith(".zarr"):
         return True
@@ -394,6 +394,8 @@ def _remove_a_partial_map_written_over(partial) -> None:
 def _left_out_over(background) -> str:
     """What the cells a run leaves out lie over, for its counts: a raster's no-data (its
     `Background` judges by that alone), or --skip-background's background."""
+    if background is not None and background.masked:
+        return "the mask's outside"
     return "no-data" if background is not None and background.nodata is not None else "background"
 
 
@@ -423,8 +425,9 @@ def _drop_a_skip_background_that_does_nothing(args: argparse.Namespace, source) 
 def _background(args: argparse.Namespace, source, grid):
     """The cells the run leaves out (graphconv/background.py): a raster's no-data, by
     default; --skip-background's glass; or None."""
-    from graphconv.background import DEFAULT_MAX_NODATA, cells_left_out
-    return cells_left_out(source, grid, args.skip_background, getattr(args, "max_nodata", DEFAULT_MAX_NODATA))
+    from graphconv.background import DEFAULT_MAX_NODATA, cells_left_out, load_mask
+    mask = load_mask(args.mask, (source.height, source.width)) if args.mask else None
+    return cells_left_out(source, grid, args.skip_background, getattr(args, "max_nodata", DEFAULT_MAX_NODATA), mask)
 
 
 def _skipper(args: argparse.Namespace, background, plan):
@@ -438,7 +441,11 @@ def _skipper(args: argparse.Namespace, background, plan):
     tiles, cells = len(blank), sum(int(mask.sum()) for mask in masks.values())
     filler = "NaN" if args.reduce != "argmax" else "65535"
     skipped = f"{tiles} of {len(plan.tiles)} tile(s) hold only such cells and are skipped"
-    if background.nodata is None:
+    if background.masked:
+        print(f"mask: {cells} cell(s) lie outside {args.mask} (no marked pixel near their centre"
+              f"{', or over no-data' if background.nodata is not None else ''}) and are not computed ({filler}); "
+              f"{skipped}", file=sys.stderr)
+    elif background.nodata is None:
         print(f"background: {cells} cell(s) show no tissue near their centre and are not computed ({filler}); "
               f"{skipped}", file=sys.stderr)
         if cells and cells == sum(mask.size for mask in masks.values()):
@@ -537,7 +544,7 @@ def _map_options(args: argparse.Namespace, grid):
                       downsample=args.downsample, mpp=args.mpp, traceback=getattr(args, "traceback", False),
                       max_nodata=getattr(args, "max_nodata", DEFAULT_MAX_NODATA), nodata=getattr(args, "nodata", None),
                       memory_limit=_budget_per_process(args), resume=getattr(args, "resume", False),
-                      resize=tuple(args.resize) if args.resize else None)
+                      resize=tuple(args.resize) if args.resize else None, mask=getattr(args, "mask", None))
 
 
 def _budget_per_process(args: argparse.Namespace) -> int | None:

@@ -413,3 +413,38 @@ def test_a_run_whose_tissue_test_finds_nothing_says_so(write_spec, tmp_path):
                                  "--output-dir", tmp_path / "maps")
     assert batch.returncode == 0 and batch.stderr.count("found no tissue in it") == 1
     assert "glass.png: --skip-background 0.05 found no tissue in it" in batch.stderr
+
+
+def test_a_users_mask_leaves_out_the_cells_it_does_not_mark_and_keeps_the_rest_exact(tmp_path):
+    """A pathologist's tissue mask (QuPath, HistoQC) could go in only through Python's
+    run_tiled(blank_cells=...). --mask: a cell is computed where a marked pixel lies in
+    the square of one stride around its centre, the mask stretched over the image."""
+    from conftest import graphconv_in_process as run
+
+    pil = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(1)
+    pil.fromarray(rng.integers(0, 256, (100, 120), dtype=np.uint8)).save(tmp_path / "page.png")
+    mask = np.zeros((50, 60), np.uint8)  # half the image's size: stretched 2x
+    mask[20:30, 15:25] = 255  # image rows 40..60, columns 30..50
+    pil.fromarray(mask).save(tmp_path / "mask.png")
+    assert run("compile", SPECS / "lenet.yaml", "-o", tmp_path / "m").returncode == 0
+    masked = run("run", tmp_path / "m", "--image", tmp_path / "page.png", "--mask", tmp_path / "mask.png",
+                 "--output", tmp_path / "masked.npy")
+    assert masked.returncode == 0 and "lie outside" in masked.stderr, masked.stderr
+    assert run("run", tmp_path / "m", "--image", tmp_path / "page.png", "--output", tmp_path / "all.npy").returncode == 0
+    scores, everything = np.load(tmp_path / "masked.npy"), np.load(tmp_path / "all.npy")
+    kept = ~np.isnan(scores[0, 0])
+    expected = np.zeros_like(kept)
+    expected[6:12, 4:10] = True  # the squares of 4 px around centres 15.5 + 4 r (as --skip-background's) that
+    # reach mask rows 20..29 and columns 15..24 (image rows 40..60, columns 30..50), in mask pixels
+    np.testing.assert_array_equal(kept, expected)
+    np.testing.assert_allclose(scores[..., kept], everything[..., kept], rtol=1e-5, atol=1e-6)
+    pil.fromarray(np.zeros((50, 90), np.uint8)).save(tmp_path / "wide.png")
+    for extra, message in ((["--mask", tmp_path / "wide.png"], "must have the image's aspect ratio"),
+                           (["--mask", tmp_path / "mask.png", "--skip-background"], "give one"),
+                           (["--mask", tmp_path / "mask.png", "--resize", "50"], "not with --crops or --resize")):
+        refused = run("run", tmp_path / "m", "--image", tmp_path / "page.png", *extra, "--output", tmp_path / "x.npy")
+        assert refused.returncode == 2 and message in refused.stderr and not (tmp_path / "x.npy").exists()
+    batch = run("run", tmp_path / "m", "--images", tmp_path / "page.png", "--mask", tmp_path / "mask.png",
+                "--output-dir", tmp_path / "maps")
+    assert batch.returncode == 2 and "a batch's images each have their own" in batch.stderr
