@@ -419,6 +419,13 @@ class Graph:
             if data.get("op") != INPUT_OP:
                 data["shape"] = None
 
+    def forget_annotations(self, keys) -> None:
+        """Drop annotations `keys` from every node: an analysis made stale by an edit."""
+        for name in self.nx.nodes:
+            annotations = self.nx.nodes[name].get("annotations")
+            for key in keys if annotations else ():
+                annotations.pop(key, None)
+
     def annotate(self, node: Node | str, key: str, value: Any) -> None:
         """Record an analysis result on a node (read back through `node.annotations`)."""
         self.node(_name(node)).annotations[key] = value

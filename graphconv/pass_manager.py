@@ -127,6 +127,30 @@ def register_pass(name: str, description: str, *, requires: Sequence[str] = (),
     return decorator
 
 
+
+def _weight_sums(graph: Graph) -> dict[tuple[str, str], tuple[int, int]]:
+    """Each weight array's identity and CRC-32: what a plugin pass must leave as it found
+    it. Arrays are shared with the graph the pipeline was given (and with verify's
+    reference classifier): one written in place after `setflags(write=True)` changed that
+    reference too, and verify passed a wrong model."""
+    import zlib
+    return {(name, key): (id(array), zlib.crc32(np.ascontiguousarray(array).view(np.uint8)))
+            for name, data in graph.nx.nodes(data=True)  # in no order: a pass may have left a cycle
+            for key, array in (data.get("weights") or {}).items()}
+
+
+def _refuse_weights_written_in_place(graph: Graph, before: dict, info: PassInfo) -> None:
+    for (name, key), (identity, crc) in _weight_sums(graph).items():
+        if before.get((name, key), (None, None))[0] == identity and before[name, key][1] != crc:
+            raise PassError(f"pass '{info.name}' ({info.origin}) wrote into layer '{name}'s {key} in place: weight "
+                            "arrays are shared with the graph the pipeline was given, which then changes too; give "
+                            f"the layer a new array instead (graph.set_weights('{name}', {key}=...))")
+
+
+def _annotation_keys(graph: Graph) -> set[str]:
+    return {key for _, data in graph.nx.nodes(data=True) for key in data.get("annotations") or ()}
+
+
 def _origin_of(fn: Callable) -> str:
     module = sys.modules.get(fn.__module__)
     where = getattr(module, "__file__", None) or fn.__module__
@@ -456,6 +480,7 @@ class PassManager:
         graph = graph.copy()
         self.records = []  # this run's; a manager run twice does not list its passes twice
         self._valid: set[str] = set()
+        self._annotation_keys: dict[str, set[str]] = {}  # analysis -> the annotations its provider wrote
         self._first_cell = None
         if self.verify_each:
             self._verify(graph, None)
@@ -464,7 +489,7 @@ class PassManager:
             self._run_one(graph, get_pass(name), options, automatic=False)
         if not self.verify_each:  # the result is checked all the same: a broken IR is not a model
             self._verify(graph, None, who="the passes left the IR invalid (drop --no-verify, or from Python "
-                                          "verify_each=False, to find which pass)")
+                                          "verify_each=True, to find which pass)")
         return graph
 
     def _run_one(self, graph: Graph, info: PassInfo, options: dict, automatic: bool) -> None:
@@ -482,20 +507,23 @@ class PassManager:
                 self._run_one(graph, provider, {}, automatic=True)
         self._print("before", info.name, graph)
         version = graph.version
+        plugin = not info.origin.startswith("built-in")
+        weights_before = _weight_sums(graph) if plugin else None
+        keys_before = _annotation_keys(graph) if info.provides else None
         start = time.perf_counter()
         try:
             result = info.run(graph, **options)
         except GraphconvError as err:
             where = "" if info.origin.startswith("built-in") else f", {info.origin}"
             unchecked = "" if self.verify_each else ("; an earlier pass, unchecked, may have made this: drop "
-                                                     "--no-verify (verify_each=False) to find which")
+                                                     "--no-verify (verify_each=True) to find which")
             raise PassError(f"{err.message} (in pass '{info.name}'{where}{unchecked})", loc=err.loc,
                             layer=err.layer) from err
         except Exception as err:
             if info.origin.startswith("built-in"):
                 if not self.verify_each:  # most likely an earlier pass broke the IR, unchecked: say so if it did
                     self._verify(graph, None, who=f"pass '{info.name}' crashed on an invalid IR (drop "
-                                                  "--no-verify, or from Python verify_each=False, to find which pass "
+                                                  "--no-verify, or from Python verify_each=True, to find which pass "
                                                   "broke it)")
                 raise
             raise PassError(f"pass '{info.name}' ({info.origin}) crashed: "
@@ -510,8 +538,14 @@ class PassManager:
                             "return True (or None) when a pass edits the graph, so the analyses it "
                             "invalidates are recomputed")
         self.records.append(PassRecord(info.name, time.perf_counter() - start, modified, automatic))
+        if plugin:
+            _refuse_weights_written_in_place(graph, weights_before, info)
         if modified:
+            for analysis in self._valid - set(info.preserves):  # stale: their annotations go with them
+                graph.forget_annotations(self._annotation_keys.pop(analysis, ()))
             self._valid &= set(info.preserves)
+        for analysis in info.provides:
+            self._annotation_keys[analysis] = _annotation_keys(graph) - keys_before
         self._valid |= set(info.provides)
         if modified and "shapes" not in self._valid:  # stale, they were printed and read by later passes as current
             graph.forget_shapes()

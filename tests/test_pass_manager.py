@@ -139,7 +139,7 @@ def test_without_verifying_each_pass_the_result_is_still_verified(lenet):
         return True
 
     with pytest.raises(PassError, match=r"the passes left the IR invalid \(drop --no-verify, or from Python "
-                                         r"verify_each=False, to find which pass\): .*layer 'fc4': fc expects"):
+                                         r"verify_each=True, to find which pass\): .*layer 'fc4': fc expects"):
         PassManager(["bad-pass"], verify_each=False).run(lenet)
     with pytest.raises(PassError, match=r"the passes left the IR invalid .*cycle"):
         PassManager(["cycle-pass"], verify_each=False).run(lenet)
@@ -168,6 +168,43 @@ def test_verifier_catches_stale_shape_annotations(lenet):
     with pytest.raises(PassError, match=r"pass 'lies-about-shapes' broke the IR: .*layer 'relu1': "
                                         r"annotated shape \(6, 27, 27\) but its inputs give \(6, 28, 28\)"):
         PassManager(["shape-inference", "lies-about-shapes"]).run(lenet)
+
+
+def test_a_plugin_pass_writing_into_weights_in_place_is_named():
+    """Weights are read-only and shared with the graph the pipeline was given; a pass that
+    made one writeable and doubled it changed verify's reference classifier too, and
+    verify passed a model 5 off."""
+    graph = load_spec(SPECS / "lenet.yaml")
+
+    @register_pass("doubles-in-place", "writes into a weight array")
+    def doubles(graph):
+        weight = graph.node("conv1").weights["weight"]
+        weight.setflags(write=True)
+        weight *= 2
+        return True
+
+    with pytest.raises(PassError, match=r"pass 'doubles-in-place' \(.*\) wrote into layer 'conv1's weight in place: "
+                                        r".*graph.set_weights\('conv1', weight=...\)"):
+        PassManager(["doubles-in-place"]).run(graph)
+
+
+def test_annotations_of_an_analysis_a_pass_made_stale_are_forgotten(lenet):
+    """A pass reading receptive fields without requiring them read the stride before
+    output-stride dilated the network, (4, 4) for (2, 2): shapes were forgotten when
+    stale, other analyses' annotations not."""
+    seen = {}
+
+    @register_pass("reads-fields", "reads receptive fields it does not require")
+    def reads_fields(graph):
+        seen["field"] = graph.node(graph.output.name).annotations.get("receptive_field")
+        return False
+
+    PassManager(["receptive-field", "reads-fields"]).run(lenet)
+    assert seen["field"] is not None
+    PassManager(["fc-to-conv", "receptive-field", "output-stride{stride=2,method=dilate}", "reads-fields"]).run(lenet)
+    assert seen["field"] is None
+    PassManager(["fc-to-conv", "output-stride{stride=2,method=dilate}", "receptive-field", "reads-fields"]).run(lenet)
+    assert tuple(seen["field"].stride) == (2, 2)
 
 
 def test_user_pass_crash_is_reported_with_its_name(lenet):
