@@ -336,12 +336,15 @@ def tissue_mask(picture: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np
     """(h, w) bool: the pixels of a (C, h, w) picture on 0..255 that are tissue (see the
     module); an RGB picture whose bands are equal but for JPEG's or a scanner's few
     levels (`GREY_SPREAD`) is grey (a grey slide saved as RGB)."""
-    if picture.shape[0] >= 3 and not _grey(picture[:3]):
-        rgb = picture[:3].astype(np.float32)
-        brightest, dullest = rgb.max(axis=0), rgb.min(axis=0)
-        saturation = np.where(brightest > 0, (brightest - dullest) / np.maximum(brightest, 1e-6), 0.0)
-        return saturation >= threshold
-    return picture[0] <= 255 * (1 - threshold)
+    if picture.shape[0] < 3:
+        return picture[0] <= 255 * (1 - threshold)
+    rgb = picture[:3].astype(np.float32)
+    brightest, dullest = rgb.max(axis=0), rgb.min(axis=0)
+    coloured = np.where(brightest > 0, (brightest - dullest) / np.maximum(brightest, 1e-6), 0.0) >= threshold
+    if not _grey(picture[:3]):
+        return coloured
+    # grey but for a few pixels: darkness, and any colour there is (a small stained biopsy is under 0.1%)
+    return coloured | (rgb.mean(axis=0) <= 255 * (1 - threshold))
 
 
 GREY_SPREAD = 4  # levels of 255 an RGB picture's bands may differ by in 99.9% of its pixels and it be grey

@@ -384,7 +384,7 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
         tile = tile or memory_tile
         contents = {**map_contents(image, ref.path, model.output_channels, options.classes, options.reduce,
                                    model.graph.meta.get("labels"), left_out_record(options, image)),
-                    IMAGE_STAMP: stamp}
+                    IMAGE_STAMP: stamp, **_loaded_with(ref)}
         resumed, planned = None, None
         if tile is not None:
             shape, resumed, planned = _map_in_tiles(ref, model, image, output, source, grid, tile, options,
@@ -886,6 +886,7 @@ def holds_its_map(ref: ModelRef, model, image: str, output: str, options: MapOpt
             stated.setdefault("resize", None)
             read["resize"] = list(options.resize) if options.resize is not None else None
         return (all(stated.get(key) == expected[key] for key in ("model", "classes", "values"))
+                and all(stated.get(key) == value for key, value in _ref_settings(ref).items())
                 and all(stated[key] == value for key, value in read.items() if key in stated))
     try:
         expected = image_map_shape(model, options.grid(model), image, options, tile)
@@ -894,7 +895,19 @@ def holds_its_map(ref: ModelRef, model, image: str, output: str, options: MapOpt
     if not _holds_exactly(output, *expected):
         return False
     recorded = made_with(output)
-    return recorded is None or recorded == json.loads(json.dumps(map_settings(ref, image, options)))
+    expected = json.loads(json.dumps(map_settings(ref, image, options)))
+    return recorded is None or all(recorded.get(key) == value for key, value in expected.items())
+
+
+def _ref_settings(ref: ModelRef) -> dict:
+    """The model options beside its file that change a map: --weights, --crop-size, --task."""
+    return {"weights": ref.weights and os.path.abspath(ref.weights),
+            "crop_size": list(ref.crop_size) if ref.crop_size else None, "task": ref.task}
+
+
+def _loaded_with(ref: ModelRef) -> dict:
+    """`_ref_settings` given, for a .tif map to state (a map of before them states none)."""
+    return {key: value for key, value in _ref_settings(ref).items() if value is not None}
 
 
 def map_settings(ref: ModelRef, image: str, options: MapOptions) -> dict:
@@ -902,8 +915,7 @@ def map_settings(ref: ModelRef, image: str, options: MapOptions) -> dict:
     and values kept, the cells left out and how the image is read. An .npy's row in
     graphconv-maps.csv records them (`manifest`), as a .tif map states its own, for
     --skip-existing to tell a map made otherwise (`holds_its_map`)."""
-    return {"model": os.path.abspath(ref.path), "weights": ref.weights and os.path.abspath(ref.weights),
-            "crop_size": list(ref.crop_size) if ref.crop_size else None, "task": ref.task,
+    return {"model": os.path.abspath(ref.path), **_ref_settings(ref),
             "classes": list(options.classes) if options.classes else None,
             "reduce": options.reduce, "crops": list(options.crops) if options.crops else None,
             "cells_left_out": left_out_record(options, image), "level": options.level,

@@ -172,8 +172,8 @@ def import_optional(module: str, needs: str):
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as err:
-        if err.name is not None and module.split(".")[0] == err.name.split(".")[0]:
-            raise GraphconvError(needs) from None
+        if err.name is not None and (module == err.name or module.startswith(err.name + ".")):
+            raise GraphconvError(needs) from None  # it, or the package it is in: not installed
         raise GraphconvError(f"{module} is installed but failed to import: {err}") from None
-    except ImportError as err:
-        raise GraphconvError(f"{module} is installed but failed to import: {err}") from None
+    except Exception as err:  # an ImportError of a name, a numpy ABI's RuntimeError or AttributeError
+        raise GraphconvError(f"{module} is installed but failed to import: {type(err).__name__}: {err}") from None

@@ -24,6 +24,9 @@ def test_tissue_is_colour_on_rgb_and_darkness_on_grey():
     assert tissue_mask(rgb, 0.04)[1, 2]
     grey = np.array([[[255, 244, 240, 10]]], np.float32)
     assert tissue_mask(grey).tolist() == [[False, False, True, True]]
+    biopsy = np.full((3, 1000, 1000), 245, np.float32)  # a stained speck under 0.1% of a grey-looking slide
+    biopsy[:, 500:530, 500:530] = np.array([235, 160, 200], np.float32)[:, None, None]
+    assert tissue_mask(biopsy, 0.1).sum() == 900
 
 
 @pytest.fixture(scope="module")

@@ -74,11 +74,16 @@ def test_an_optional_package_missing_or_failing_to_import_is_one_error_saying_wh
 
     (tmp_path / "broken_pkg_for_test.py").write_text("from numcodecs_gone_for_test import blosc\n")
     (tmp_path / "half_pkg_for_test.py").write_text("raise ImportError('cannot import name cbuffer_sizes')\n")
+    (tmp_path / "abi_pkg_for_test.py").write_text("raise RuntimeError('module compiled against ABI 0x1000009')\n")
+    (tmp_path / "ext_pkg_for_test").mkdir()  # installed, its compiled extension missing (a wrong-ABI wheel)
+    (tmp_path / "ext_pkg_for_test" / "__init__.py").write_text("from . import _compiled_gone\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(GraphconvError, match=r"^install it$"):
         import_optional("absent_pkg_for_test", "install it")
     for module, why in (("broken_pkg_for_test", "No module named 'numcodecs_gone_for_test'"),
-                        ("half_pkg_for_test", "cannot import name cbuffer_sizes")):
+                        ("half_pkg_for_test", "cannot import name cbuffer_sizes"),
+                        ("abi_pkg_for_test", "RuntimeError: module compiled against ABI"),
+                        ("ext_pkg_for_test", "_compiled_gone")):
         with pytest.raises(GraphconvError, match=rf"^{module} is installed but failed to import: .*{why}"):
             import_optional(module, "install it")
         sys.modules.pop(module, None)

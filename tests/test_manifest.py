@@ -261,3 +261,21 @@ def test_a_list_written_before_made_with_is_read_and_written_anew_with_it(model_
     photos(folder, {"e.png": (40, 44)})
     assert graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing").returncode == 0
     assert sorted(rows(out)) == ["a.npy", "b.npy", "c.npy", "d.npy", "e.npy"]  # its six-field row kept
+
+
+def test_skip_existing_redoes_a_tif_map_made_with_other_weights(model_dir, tmp_path):
+    """A .tif map states its model's path but stated no --weights: one made with the
+    weights as compiled was kept for a run with retrained ones."""
+    folder = photos(tmp_path / "photos", {"a.png": (40, 50)})
+    out = tmp_path / "maps"
+
+    def batch(*extra):
+        return graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--output-format", "tif",
+                         "--skip-existing", *extra).stdout
+
+    assert "1 of 1 image(s)" in batch()
+    [stored] = model_dir.glob("*.npz")
+    with np.load(stored) as weights:
+        np.savez(tmp_path / "retrained.npz", **{key: value * 0.5 for key, value in weights.items()})
+    assert "1 of 1 image(s)" in batch("--weights", tmp_path / "retrained.npz")
+    assert "nothing to do" in batch("--weights", tmp_path / "retrained.npz")
