@@ -1270,6 +1270,32 @@ def test_a_grey_input_without_a_channel_axis_is_read_as_one_channel(tmp_path, rn
                                onnxruntime_scores(path, big[:, 0, top:bottom, left:right].copy())[0], **TOLERANCE)
 
 
+class GreyTorch(torch.nn.Module):
+    """PyTorch's forms of a grey (N, H, W) input: x.view(N, 1, H, W) (a Reshape whose
+    target comes from Shape) before a conv, or x.flatten(1) into an MLP."""
+
+    def __init__(self, mlp: bool):
+        super().__init__()
+        self.mlp = mlp
+        self.conv, self.fc = torch.nn.Conv2d(1, 2, 3), torch.nn.Linear(14 * 14 if mlp else 2 * 12 * 12, 3)
+
+    def forward(self, x):
+        if self.mlp:
+            return self.fc(x.flatten(1))
+        return self.fc(self.conv(x.view(x.size(0), 1, 14, 14)).flatten(1))
+
+
+@pytest.mark.parametrize("mlp", [False, True])
+def test_pytorch_s_grey_input_forms_are_read(tmp_path, rng, mlp):
+    path = tmp_path / "grey.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(GreyTorch(mlp).eval(), (torch.randn(1, 14, 14),), str(path), dynamo=False, opset_version=13,
+                          input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    x = rng.standard_normal((2, 1, 14, 14)).astype(np.float32)
+    np.testing.assert_allclose(Model(load_network(path)).run(x), onnxruntime_scores(path, x[:, 0].copy()), **TOLERANCE)
+
+
 class FlatHead(torch.nn.Module):
     crop = 12
 

@@ -1179,7 +1179,9 @@ _VIEWS = {  # what a view is called, and the ONNX ops that read it (NCHW: the ma
     NWHC: ("(N, W, H, C)", "a Softmax or LogSoftmax over its last axis, and the Transpose back (softmax over "
                            "dim=1 as op sets before 13 write it)"),
     GREY_PLANE: ("grey (N, H, W) input", "an Unsqueeze or Reshape giving it its channel axis (N, H, W, 1) or "
-                                         "(N, 1, H, W), and elementwise ops with a constant"),
+                                         "(N, 1, H, W), Flatten, and elementwise ops with a constant (a "
+                                         "3-dimensional input is read as a grey image: a model of 1-D signals, "
+                                         "(N, C, L), is no image classifier)"),
     HWC_FEATURES: ("(N, H*W*C) features of a channels-last map", "Gemm and MatMul (a fully connected layer, "
                                                                  "whose weights graphconv reorders to its "
                                                                  "channels-first features), after an Identity or "
@@ -1873,7 +1875,7 @@ def _identity(imp: _Importer, node) -> None:
         if training is not None and bool(np.ravel(training)[0]) and (ratio is None or float(np.ravel(ratio)[0]) > 0):
             raise imp.error("Dropout in training mode (training_mode=True) drops values at random; export the "
                             "model in eval() mode")
-    imp.alias(node, imp.tensor(node.input[0], (NCHW, NHWC, GROUPED, HWC_FEATURES)))  # constants were folded already
+    imp.alias(node, imp.tensor(node.input[0], (NCHW, NHWC, GROUPED, HWC_FEATURES, GREY_PLANE)))  # constants folded
 
 
 FLOAT_TYPES = {"FLOAT", "FLOAT16", "BFLOAT16", "DOUBLE"}
@@ -1895,7 +1897,7 @@ def _cast(imp: _Importer, node) -> None:
 
 @converts("Flatten")
 def _flatten(imp: _Importer, node) -> None:
-    x = imp.tensor(node.input[0], (NCHW, SQUEEZED, NHWC))
+    x = imp.tensor(node.input[0], (NCHW, SQUEEZED, NHWC, GREY_PLANE))
     axis = imp.attributes(node).get("axis", 1)
     if axis % x.rank != 1:
         raise imp.error(f"Flatten at axis {axis}; graphconv keeps the batch axis and flattens the rest (axis 1)")
@@ -1952,9 +1954,12 @@ def _reshape(imp: _Importer, node) -> None:
     if x.layout == GREY_PLANE:
         _, h, w = x.shape
         given = _reshaped(target, [1, h, w])
+        if given == [1, h * w] and target[0] in (0, 1, -1):  # Keras' MLP on MNIST: its one channel's features
+            _features(imp, node, replace(x, layout=NCHW, rank=4))
+            return
         if given not in ([1, h, w, 1], [1, 1, h, w]) or target[0] not in (0, 1, -1):
             raise imp.error(f"Reshape of a grey {h}x{w} input to {target}; graphconv gives it its channel axis, "
-                            f"(N, {h}, {w}, 1) or (N, 1, {h}, {w})")
+                            f"(N, {h}, {w}, 1) or (N, 1, {h}, {w}), or flattens it, (N, {h * w})")
         imp.alias(node, replace(x, layout=NHWC if given[-1] == 1 and given != [1, 1, h, w] else NCHW, rank=4))
         return
     if x.layout == NHWC:
@@ -2787,8 +2792,11 @@ def _unsqueeze(imp: _Importer, node) -> None:
     x = imp.tensor(node.input[0], (NCHW, SQUEEZED, ONE_CHANNEL, GREY_PLANE))
     axes = imp.optional_constant(node, 1, "axes") if imp.opset >= 13 else imp.attributes(node).get("axes")
     axes = [] if axes is None else [int(a) for a in np.ravel(axes)]
-    if x.layout == GREY_PLANE and [a % 4 for a in axes] in ([1], [3]):  # its channel axis, first or last
-        imp.alias(node, replace(x, layout=NCHW if axes[0] % 4 == 1 else NHWC, rank=4))
+    if x.layout == GREY_PLANE:
+        if [a % 4 for a in axes] not in ([1], [3]):
+            raise imp.error(f"Unsqueeze of axes {axes} of a grey (N, H, W) input; graphconv gives it its channel "
+                            "axis, 1 (N, 1, H, W) or 3 (N, H, W, 1)")
+        imp.alias(node, replace(x, layout=NCHW if axes[0] % 4 == 1 else NHWC, rank=4))  # its channel axis
         return
     if x.layout == ONE_CHANNEL and [a % 4 for a in axes] == [1]:  # x[:, k] made (N, 1, H, W) again
         imp.alias(node, replace(x, layout=NCHW, rank=4))
@@ -2905,9 +2913,10 @@ def _shape(imp: _Importer, node) -> None:
     """The input's shape is known once the crop is: batch 1 (a Reshape target computed
     from it still means 'keep the batch'), then C, H, W (H, W, C of a channels-last view:
     tf2onnx's Flatten computes its target so)."""
-    x = imp.tensor(node.input[0], ANY_LAYOUT)
+    x = imp.tensor(node.input[0], (*ANY_LAYOUT, GREY_PLANE))
     c, h, w = x.shape
-    dims = ([c, h, w] if x.layout == NCHW else [h, w, c]) if x.rank == 4 else [math.prod(x.shape)]
+    dims = ([h, w] if x.layout == GREY_PLANE else [c, h, w] if x.layout == NCHW else [h, w, c]) if x.rank >= 3 \
+        else [math.prod(x.shape)]
     full = np.array([1, *dims], dtype=np.int64)
     attrs = imp.attributes(node)
     start, end = attrs.get("start", 0), attrs.get("end", len(full))
