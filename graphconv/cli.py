@@ -620,7 +620,10 @@ def note_seeded_weights(graph) -> None:
     """The one note for a network without trained weights (a spec that names no weights
     file, or a model compiled from one, which records `seeded_weights: true`): on stderr,
     so that stdout stays the command's result, once the command has succeeded."""
-    if graph.meta.get("seeded_weights"):
+    if graph.meta.get("seeded_weights") and graph.meta.get("compiled"):  # its folder holds them, untrained
+        note(f"note: {graph.name} was compiled from a spec without trained weights: its weights are the "
+             "deterministic seeded (random) ones")
+    elif graph.meta.get("seeded_weights"):
         note(f"note: {graph.name} has no weights file; using deterministic seeded (random) weights")
 
 

@@ -27,6 +27,8 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import math
+import numbers
 import os
 import re
 import sys
@@ -702,6 +704,8 @@ def _check_options(info: PassInfo, options: dict) -> None:
         if key not in known:
             raise PassError(f"pass '{info.name}' has no option '{key}' (it takes: {describe_options(info)})")
         _check_option_type(info, key, value, known[key], info.option_annotation(key))
+        if isinstance(value, numbers.Integral) and not isinstance(value, (bool, int)):
+            options[key] = value = int(value)  # a numpy integer, as the pass's own int
         if _option_kind(known[key], info.option_annotation(key)) == "str" and not isinstance(value, (str, list)):
             text = format_option_value(value)
             options[key] = text.lower() if isinstance(value, bool) else text
@@ -760,7 +764,7 @@ def _option_kind(default: Any, annotation: str):
     text = "|".join(part for part in (optional.group(1) if optional else text).split("|") if part != "None")
     if text in OPTION_KINDS:
         return text
-    for prefix in ("list[", "tuple[", "Sequence[", "List["):
+    for prefix in ("list[", "tuple[", "Sequence[", "List[", "Tuple["):
         if text.startswith(prefix) and text.endswith("]"):
             inner = text[len(prefix):-1].split(",")[0]
             return ("list", inner) if inner in OPTION_KINDS else "list"
@@ -776,7 +780,9 @@ def _fits_kind(value: Any, kind) -> bool:
         return isinstance(value, bool)
     if isinstance(value, bool):
         return False
-    return isinstance(value, {"int": int, "float": (int, float), "str": str}[kind])
+    if kind == "float":  # NaN and infinity are no setting (1e400 reads as infinity)
+        return isinstance(value, numbers.Real) and math.isfinite(value)
+    return isinstance(value, numbers.Integral)  # np.int64 from Python too
 
 
 def _annotation_text(annotation: Any) -> str:

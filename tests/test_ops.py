@@ -119,6 +119,17 @@ def test_channels_last_kernel_matches_reference_on_every_example(opdef, example,
                                opdef.reference(params, weights, xs), rtol=1e-4, atol=1e-5)
 
 
+def test_an_op_named_as_another_op_s_alias_is_refused_at_registration(monkeypatch):
+    """A contributor's new `hardtanh` registered fine while OP_ALIASES read the name as
+    clip, and a registry test failed later with a set assertion naming no op."""
+    from graphconv.ops import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    with pytest.raises(ValueError, match=r"op 'hardtanh' is listed in OP_ALIASES .* another name for 'clip'"):
+        registry.register(replace(get_op("clip"), name="hardtanh"))
+    registry.register(replace(get_op("clip"), name="clip_again"))  # a name no alias takes
+
+
 def test_a_missing_kernel_is_a_clear_error_but_a_broken_one_is_not(tmp_path, monkeypatch):
     """No cuda.py, or no run_<op> in it: a GraphconvError naming the op and the device.
     An import failing inside an existing kernel module is a bug and stays one."""

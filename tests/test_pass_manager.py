@@ -795,16 +795,19 @@ def test_options_annotated_at_run_time_are_checked(tmp_path, lenet, future):
             return False
 
         @register_pass("annotated-optional", "test")
-        def annotated_optional(graph, k: typing.Optional[int] = None, m: typing.List[float] = (0.5,)):
+        def annotated_optional(graph, k: typing.Optional[int] = None, m: typing.List[float] = (0.5,),
+                               t: typing.Tuple[int, ...] = (1,), x: float = 1.0):
             return False
     """))
     pm.load_plugin(str(plugin))
     for pipeline, option in (["annotated-list{mean=abc}", "mean"], ["annotated-list{mean=[1],also=[x]}", "also"],
                              ["annotated-optional{k=abc}", "k"], ["annotated-optional{m=abc}", "m"],
-                             ["annotated-optional{k=2.5}", "k"]):
+                             ["annotated-optional{k=2.5}", "k"], ["annotated-optional{t=[1.5]}", "t"],
+                             ["annotated-optional{x=nan}", "x"], ["annotated-optional{x=1e400}", "x"]):
         with pytest.raises(PassError, match=f"option '{option}'"):
             PassManager([pipeline])
     PassManager(["annotated-list{mean=[0.5,1]}", "annotated-optional{k=3}"]).run(lenet)
+    PassManager([("annotated-optional", {"k": np.int64(3)})]).run(lenet)  # numpy's integers are integers
 
 
 def test_two_plugin_files_of_one_name_are_two_modules(tmp_path):

@@ -309,6 +309,10 @@ _REGISTRY: dict[str, OpDef] = {}
 def register(op: OpDef) -> OpDef:
     if op.name in _REGISTRY:
         raise ValueError(f"op {op.name!r} registered twice")
+    alias = OP_ALIASES.get(re.sub(r"[_\-\s]", "", op.name.lower()))
+    if alias is not None and alias != op.name:  # its spec name would be read as the other op's
+        raise ValueError(f"op {op.name!r} is listed in OP_ALIASES (graphconv/ops/registry.py) as another name for "
+                         f"{alias!r}: take that entry out, or name the op otherwise")
     _REGISTRY[op.name] = op
     return op
 
