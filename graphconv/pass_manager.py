@@ -149,6 +149,14 @@ def _refuse_weights_written_in_place(graph: Graph, before: dict, info: PassInfo)
                             f"the layer a new array instead (graph.set_weights('{name}', {key}=...))")
 
 
+def _structure(graph: Graph) -> tuple:
+    """The graph's layers, ops, params and wiring: what a pass editing `graph.nx` itself
+    changes without the graph's version knowing (which a False return then hid)."""
+    nodes = sorted((name, data.get("op"), repr(sorted((data.get("params") or {}).items())))
+                   for name, data in graph.nx.nodes(data=True))
+    return tuple(nodes), tuple(sorted(graph.nx.edges(data="index"))), graph.nx.graph.get("output")
+
+
 def _annotation_keys(graph: Graph) -> set[str]:
     return {key for _, data in graph.nx.nodes(data=True) for key in data.get("annotations") or ()}
 
@@ -483,12 +491,14 @@ class PassManager:
         self.records = []  # this run's; a manager run twice does not list its passes twice
         self._valid: set[str] = set()
         self._annotation_keys: dict[str, set[str]] = {}  # analysis -> the annotations its provider wrote
+        self._left_dead: dict[str, str] = {}  # a layer a plugin pass left reaching no output -> that pass
         self._first_cell = None
         if self.verify_each:
             self._verify(graph, None)
         self._first_cell = _first_cell(graph)  # what the output's cells read, for the checks after the passes
         for name, options in self.items:
             self._run_one(graph, get_pass(name), options, automatic=False)
+        self._refuse_layers_left_dead(graph)
         if not self.verify_each:  # the result is checked all the same: a broken IR is not a model
             self._verify(graph, None, who="the passes left the IR invalid (drop --no-verify, or from Python "
                                           "verify_each=True, to find which pass)")
@@ -511,6 +521,7 @@ class PassManager:
         version = graph.version
         plugin = not info.origin.startswith("built-in")
         weights_before = _weight_sums(graph) if plugin else None
+        structure_before = _structure(graph) if plugin else None
         keys_before = _annotation_keys(graph) if info.provides else None
         start = time.perf_counter()
         try:
@@ -535,13 +546,14 @@ class PassManager:
                             "graph it is given in place and returns True (or None) if it changed it, False if "
                             "not")
         modified = result is not False
-        if not modified and graph.version != version:
+        if not modified and (graph.version != version or (plugin and _structure(graph) != structure_before)):
             raise PassError(f"pass '{info.name}' ({info.origin}) changed the graph but returned False; "
                             "return True (or None) when a pass edits the graph, so the analyses it "
                             "invalidates are recomputed")
         self.records.append(PassRecord(info.name, time.perf_counter() - start, modified, automatic))
         if plugin:
             _refuse_weights_written_in_place(graph, weights_before, info)
+            self._note_layers_left_dead(graph, info)
         if modified:
             for analysis in self._valid - set(info.preserves):  # stale: their annotations go with them
                 graph.forget_annotations(self._annotation_keys.pop(analysis, ()))
@@ -552,8 +564,31 @@ class PassManager:
         if modified and "shapes" not in self._valid:  # stale, they were printed and read by later passes as current
             graph.forget_shapes()
         if modified and self.verify_each:
-            self._verify(graph, info.name)
+            try:
+                self._verify(graph, info.name)
+            except PassError:  # the IR the check refused is what --print-ir-after was asked for
+                with contextlib.suppress(Exception):  # a cycle cannot be printed in order
+                    self._print("after", info.name, graph)
+                raise
         self._print("after", info.name, graph)
+
+    def _note_layers_left_dead(self, graph: Graph, info: PassInfo) -> None:
+        """Remember the layers a plugin pass leaves reaching no output: a later pass
+        (dead-node-elimination) may erase them; any left at the end are that pass's."""
+        with contextlib.suppress(Exception):  # a graph the check will refuse (a cycle) has no order
+            for node in graph.dead_layers():
+                self._left_dead.setdefault(node.name, f"pass '{info.name}' ({info.origin})")
+
+    def _refuse_layers_left_dead(self, graph: Graph) -> None:
+        if not self._left_dead:
+            return
+        try:
+            dead = [node.name for node in graph.dead_layers() if node.name in self._left_dead]
+        except Exception:  # a graph the final check refuses (a cycle): that error says more
+            return
+        if dead:
+            raise PassError(f"{self._left_dead[dead[0]]} left layer(s) {', '.join(repr(d) for d in dead[:3])} that "
+                            "reach no output: erase them (graph.erase), or run dead-node-elimination after it")
 
     def _crash_hint(self, err: Exception, graph: Graph, info: PassInfo) -> str:
         """What a plugin pass's crash most likely means, where it is one of two slips: a

@@ -207,6 +207,39 @@ def test_annotations_of_an_analysis_a_pass_made_stale_are_forgotten(lenet):
     assert tuple(seen["field"].stride) == (2, 2)
 
 
+def test_slips_a_plugin_pass_makes_are_named_as_its_own(lenet):
+    """An edit through graph.nx then `return False`: the next built-in pass was blamed for
+    the broken IR. A layer left reading into nothing: the spec writer's error named no
+    pass, and Python ran the orphan. A pass the check refuses: --print-ir-after printed
+    nothing, where the IR was wanted most."""
+    @register_pass("edits-nx-quietly", "edits graph.nx and says it did not")
+    def edits_nx_quietly(graph):
+        graph.nx.nodes["pool2"]["params"]["stride"] = (1, 1)
+        return False
+
+    @register_pass("leaves-an-orphan", "adds a layer nothing reads")
+    def leaves_an_orphan(graph):
+        graph.add("orphan", "relu", ["conv1"])
+        return True
+
+    @register_pass("breaks-fc4", "breaks the weights on purpose")
+    def breaks_fc4(graph):
+        graph.set_weights("fc4", weight=np.zeros((84, 7), np.float32))
+        return True
+
+    with pytest.raises(PassError, match=r"pass 'edits-nx-quietly' \(.*\) changed the graph but returned False"):
+        PassManager(["edits-nx-quietly"]).run(lenet)
+    with pytest.raises(PassError, match=r"pass 'leaves-an-orphan' \(.*\) left layer\(s\) 'orphan' that reach no "
+                                        r"output: erase them"):
+        PassManager(["leaves-an-orphan"]).run(lenet)
+    cleaned = PassManager(["leaves-an-orphan", "dead-node-elimination"]).run(lenet)
+    assert "orphan" not in cleaned.nx
+    dump = io.StringIO()
+    with pytest.raises(PassError, match="pass 'breaks-fc4' broke the IR"):
+        PassManager(["breaks-fc4"], print_ir_after={"breaks-fc4"}, out=dump).run(lenet)
+    assert "// ----- IR after breaks-fc4 -----" in dump.getvalue()
+
+
 def test_user_pass_crash_is_reported_with_its_name(lenet):
     @register_pass("crashes", "divides by zero")
     def crashes(graph):
