@@ -14,7 +14,8 @@ least the threshold: stained tissue is coloured, glass is grey or white), or, in
 image, where it is darker than white by at least the threshold. The image is judged as
 stored, whatever the network is fed (`sources.own_channels`: a grey slide repeated into
 an RGB model's channels has no saturation, and every cell of it was left out), and an RGB
-image whose three bands are equal everywhere is grey too. This assumes a bright,
+image whose three bands are equal but for a few levels is grey too, its colour still
+tested (`tissue_mask`). This assumes a bright,
 colourless background (brightfield slides, scanned pages), not fluorescence or
 satellite images, so it is opt-in.
 
@@ -302,7 +303,6 @@ def cells_left_out(source, grid, skip_background: float | None, max_nodata: floa
 
     if mask is not None:
         return Background(source, grid.field, None, max_nodata, grid.cell_area, mask)
-
     if nodata_can_occur(source):
         if max_nodata >= 1 and skip_background is None:
             return None

@@ -129,7 +129,6 @@ def register_pass(name: str, description: str, *, requires: Sequence[str] = (),
     return decorator
 
 
-
 def _weight_sums(graph: Graph) -> dict[tuple[str, str], tuple[int, int]]:
     """Each weight array's identity and CRC-32: what a plugin pass must leave as it found
     it. Arrays are shared with the graph the pipeline was given (and with verify's
