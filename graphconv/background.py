@@ -152,7 +152,7 @@ class Background:
             cells = np.zeros((r1 - r0, c1 - c0), bool)  # a cell past those counted starts past the image
             part = blank[r0:r1, c0:c1]
             cells[:part.shape[0], :part.shape[1]] = part
-            return cells | self._without_tissue(tile) if self.masked else cells
+            return (cells | self._without_tissue(tile)) if self.masked else cells
         return self._without_tissue(tile)
 
     def _without_tissue(self, tile) -> np.ndarray:

@@ -66,8 +66,10 @@ class Manifest:
         stamp = _stamp_text(output) if written else earlier.get("map_stamp", "")
         if not written and stamp and stamp != _stamp_text(output):
             stamp = ""  # the earlier map is gone or changed since
-        settings = (json.dumps(made_with, sort_keys=True) if made_with is not None else "") if written \
-            else (earlier.get("made_with", "") if stamp else "")
+        if written:
+            settings = json.dumps(made_with, sort_keys=True) if made_with is not None else ""
+        else:  # the earlier map's, while it is there unchanged
+            settings = earlier.get("made_with", "") if stamp else ""
         row = {"image": os.path.abspath(image), "map": key, "status": "written" if written else "failed",
                "shape": "x".join(map(str, shape)) if shape and written else "", "error": _unnamed(error or "", image),
                "map_stamp": stamp, "made_with": settings}
