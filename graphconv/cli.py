@@ -1537,6 +1537,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     print(done + f"output stride {field.stride[0]}x{field.stride[1]}, each cell sees {field.size[0]}x{field.size[1]} "
                  "pixels")
     note_padding(source)
+    from graphconv.strides import shift_cut_padding
+    cut = shift_cut_padding(model.graph)
+    if cut:
+        note(f"note: {cut}")
     return 0
 
 

@@ -243,6 +243,7 @@ class VerifyReport:
     tolerance_given: bool = False  # both tolerances are the user's (--tolerance), not relative to a score
     padding_kinds: dict[str, str] = field(default_factory=dict)  # padded layer -> `padding_kind` (absent: zeros)
     top: TopClasses | None = None  # on a real image (verify --image): what the padding does to the answer
+    compiled_given: bool = False  # the classifier given is a compiled model: (a) compares it with itself
 
     def __post_init__(self):
         if self.conversion_tolerance is None:
@@ -303,9 +304,7 @@ class VerifyReport:
                                                         if self.tolerance_given else
                                                         "(tolerances: 1e-4 of the largest score, "
                                                         "unless --tolerance)"),
-                 f"(a) conversion: the converted network vs the classifier on {self.conversion_crops} "
-                 f"crop(s): max abs difference {self.conversion_max_abs:.3g} ({self._conversion_tolerance_text()}): "
-                 + self._conversion_verdict(),
+                 self._conversion_line(),
                  f"(b) sliding evaluation vs {reference} on every crop: {self.cells_differing} of "
                  f"{self.cells} cells differ, max abs {self.max_abs:.3g} ({self.max_rel:.2%} of the largest "
                  f"score, {self.scale:.3g}; {self._sliding_tolerance_text()})"]
@@ -335,25 +334,27 @@ class VerifyReport:
         elif not self.exact_by_construction:
             lines.append(f"    (these are random pixels: whether {self.edge} changes the top class on your images, "
                          "verify measures with --image IMAGE)")
+        converted = ("the conversion was not checked (a compiled model)" if self.compiled_given
+                     else "the conversion is exact")
         if self.changed_by_plugins:
             verdict = self._verdict_after_plugins()
         elif not self.conversion_exact:
             verdict = "FAIL: the conversion is wrong"
         elif self.agrees and any(layer.differing for layer in self.layers):
-            verdict = ("PASS: the conversion is exact and the sliding evaluation equals the crop loop on these "
+            verdict = (f"PASS: {converted} and the sliding evaluation equals the crop loop on these "
                        "pixels, within the tolerance; but " + self.edge + " makes the layers listed above differ, so "
                        "on other images the scores can differ" + (" (--image measures on yours)" if self.top is None
                                                                   else ""))
         elif self.agrees:
-            verdict = "PASS: the conversion is exact and the sliding evaluation equals the crop loop"
+            verdict = f"PASS: {converted} and the sliding evaluation equals the crop loop"
         elif self.exact_by_construction:
             verdict = "FAIL: an unpadded network must equal the crop loop"
         elif not self.padding_explains:
             verdict = f"FAIL: positions that {self.edge} does not reach differ"
         elif self.strict:
-            verdict = f"FAIL (--strict): the conversion is exact, but {self.edge} makes the sliding evaluation differ"
+            verdict = f"FAIL (--strict): {converted}, but {self.edge} makes the sliding evaluation differ"
         else:
-            verdict = ("PASS: the conversion is exact; the sliding evaluation differs from the crop loop "
+            verdict = (f"PASS: {converted}; the sliding evaluation differs from the crop loop "
                        f"only where {self.edge} reaches (--strict demands equality)")
             if self.top is not None and self.top.changes_answers:
                 verdict += (f"; but on this image that difference changes the top class of {self.top.share:.1%} "
@@ -395,6 +396,15 @@ class VerifyReport:
         if self.tolerance > TOLERANCE * self.scale:
             return f"tolerance {self.tolerance:.3g}: (a)'s, which is larger than 1e-4 of it"
         return f"tolerance {self.tolerance:.3g}: 1e-4 of it"
+
+    def _conversion_line(self) -> str:
+        if self.compiled_given:
+            return ("(a) conversion: not checked: the model given is already compiled, so the classifier verify "
+                    "runs on each crop is the converted network itself; verify the spec it was compiled from "
+                    "to check the conversion")
+        return (f"(a) conversion: the converted network vs the classifier on {self.conversion_crops} crop(s): max "
+                f"abs difference {self.conversion_max_abs:.3g} ({self._conversion_tolerance_text()}): "
+                + self._conversion_verdict())
 
     def _conversion_verdict(self) -> str:
         """(a)'s verdict, naming the passes that changed the crop's output and whose they are."""
@@ -617,7 +627,7 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
                           conversion_max_abs=conversion, conversion_crops=len(crops), strict=strict,
                           scale=scale, pass_changes=changes, conversion_tolerance=crop_tol,
                           conversion_scale=crop_scale, tolerance_given=tolerance is not None,
-                          padding_kinds=kinds)
+                          padding_kinds=kinds, compiled_given="compiled" in original.graph.meta)
     if left_out_why:
         report.notes.append(left_out_why)
     if where is not None:

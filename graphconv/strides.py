@@ -2,9 +2,12 @@
 
 Two ways, each giving the classifier on every crop S pixels apart for an unpadded network
 (the same map, up to float rounding). A padded network's cells near the image's edges read
-padding, and the two read it at different places (shift pads each shifted copy where the
-shift cuts it; dilate pads the whole image once), so its two maps differ there, each by
-about as much as it differs from the crop loop (`verify` measures it per layer):
+padding, and the two read it at different places: dilate pads the whole image once, at its
+border, as the whole-image pass does; shift pads each shifted copy where the shift cuts it,
+inside the image, so cells within the largest shift (T - S pixels) of the top and left
+edges also read zeros where the image has pixels (`shift_cut_padding`). Their two maps
+differ there, each by about as much as it differs from the crop loop (`verify` measures it
+per layer), and `auto` picks dilate for a network that pads wherever it can:
 
 * shift (shift-and-stitch): run the converted net on f x f copies of the image shifted
   by k*S pixels (f = T/S, k = 0..f-1 on each axis) and interleave the maps. The layers do
@@ -149,9 +152,48 @@ def _ceil_adds_window(node, in_shapes) -> bool:
 
 def cheaper_method(graph: Graph, stride: int) -> str:
     """Pick the method with fewer FLOPs on an image a few strides larger than the crop
-    (shift when the network cannot be dilated)."""
+    (shift when the network cannot be dilated), but dilate whenever a layer pads at the
+    top or left (`padded_at_the_start`) and it can be dilated: shift pads each copy where
+    its shift cuts it, inside the image (`shift_cut_padding`), and a cost estimate should
+    not decide which cells read zeros in place of pixels."""
     flops = method_flops(graph, stride)
+    if math.isfinite(flops["dilate"]) and padded_at_the_start(graph):
+        return "dilate"
     return "dilate" if flops["dilate"] <= flops["shift"] else "shift"
+
+
+def padded_at_the_start(graph: Graph) -> list[str]:
+    """The layers whose windows start before their input's first row or column (a conv's
+    or pool's padding, a pad layer's top or left), by reflection or any value: those a
+    shifted copy's top and left cut feeds."""
+    shapes = infer_shapes(graph, check_weights=False)
+    padded = []
+    for node in graph.layers():
+        window = node.opdef.window(node.params, [shapes[s.name] for s in node.inputs])
+        if window is not None and any(window.padding):
+            padded.append(node.name)
+    return padded
+
+
+def shift_cut_padding(graph: Graph) -> str | None:
+    """What a shift-and-stitch network (its `shift_copies` layer) whose layers pad at the
+    start reads in place of pixels, said once at compile; None for any other network.
+    Copy (a, b) is the image shifted up by a and left by b steps, so its layers pad where
+    that shift cuts it, rows and columns inside the image: cells whose field starts
+    within the largest shift of the image's top or left edge read zeros (or a
+    reflection) there, where the dilated network, like the whole image's pass, reads
+    the pixels. Further in, the two methods agree."""
+    copies = graph.find("shift_copies")
+    padded = padded_at_the_start(graph) if copies else []
+    if not padded:
+        return None
+    (fy, fx), (sy, sx) = pair(copies[0].params["factor"]), pair(copies[0].params["step"])
+    reach = (fy - 1) * sy, (fx - 1) * sx
+    shown = ", ".join(padded[:3]) + (f" and {len(padded) - 3} more" if len(padded) > 3 else "")
+    return (f"shift-and-stitch on a network that pads ({shown}): each shifted copy is also padded where its "
+            f"shift cuts it, inside the image, so a cell whose field starts within {reach[0]} rows of the image's "
+            f"top or {reach[1]} columns of its left edge may read that padding in place of pixels; --stride-method "
+            "dilate (what auto picks for such a network where it can) pads only at the image's border")
 
 
 def method_flops(graph: Graph, stride: int, image_hw: tuple[int, int] | None = None) -> dict[str, float]:

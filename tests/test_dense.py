@@ -196,6 +196,23 @@ def test_verify_exits_0_for_a_right_conversion_of_a_padded_network_and_1_with_st
     assert unpadded.returncode == 0, unpadded.stdout
 
 
+
+def test_verify_of_a_compiled_folder_says_it_cannot_check_the_conversion(write_spec, tmp_path):
+    """A compiled folder holds the converted network only: verify's classifier on each
+    crop is then that network itself, so (a) compared it with itself and said "exact"
+    even of a model whose conversion was wrong. It says (a) is not checked; (b) stands."""
+    spec = write_spec(UNPADDED)
+    assert graphconv_cli("compile", spec, "-o", tmp_path / "fcn").returncode == 0
+    model = tmp_path / "fcn" / "model.yaml"
+    model.write_text(model.read_text().replace("op: maxpool", "op: avgpool"))  # no longer the spec's network
+    result = graphconv_cli("verify", tmp_path / "fcn", "--input-size", 36, 30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "(a) conversion: not checked: the model given is already compiled" in result.stdout
+    assert "the conversion is exact" not in result.stdout
+    assert "result: PASS: the conversion was not checked (a compiled model) and the sliding evaluation equals " \
+           "the crop loop" in result.stdout
+    assert "the conversion is exact" in graphconv_cli("verify", spec, "--input-size", 36, 30).stdout
+
 # a stride-2 conv padded only at the bottom and right (TensorFlow's "same" on an even
 # size), a max pool padded with -inf at the top and right, and a conv of its own padding
 UNEVEN = """

@@ -64,7 +64,9 @@ def test_seeded_weights_are_remembered_by_a_compiled_model(tmp_path):
     ("  - {name: a, op: convolution}\n", 3, "layer 'a': unknown op 'convolution'"),
     ("  - {name: a, op: conv, kernel_size: 3}\n", 3, "layer 'a': conv needs parameter 'out_channels'"),
     ("  - {name: a, op: conv, out_channels: 2, kernel_size: 3, kernal: 1}\n", 3, "unknown parameter(s) ['kernal']"),
-    ("  - {name: a, op: relu}\n  - {name: a, op: relu}\n", 4, "layer 'a': duplicate layer name"),
+    ("  - {name: a, op: relu}\n  - {name: a, op: relu}\n", 4,
+     "layer 'a': duplicate layer name: 'a' is a layer name used before"),
+    ("  - {name: data, op: relu}\n", 3, "layer 'data': duplicate layer name: 'data' is the input's name"),
     ("  - {name: a, op: relu, inputs: [nowhere]}\n", 3, "input 'nowhere' is not the input or an earlier layer"),
     ("  - {name: a, op: conv, out_channels: 2, kernel_size: 0}\n", 3, "'kernel_size' must be an integer >= 1"),
     ("  - {name: a, op: conv, out_channels: 2, kernel_size: 3, padding: -1}\n", 3, "'padding' must be"),
@@ -135,6 +137,30 @@ def test_weights_for_a_layer_that_takes_none_are_refused_naming_the_file(write_s
     with pytest.raises(GraphconvError, match=r"^net.yaml:5: layer 'conv1': the weights file given.npz has "
                                              r"'conv1.gamma', which conv does not use"):
         load_spec(spec, weights=tmp_path / "given.npz")
+
+
+
+def test_weights_of_a_renamed_layer_name_the_layer_that_has_none(write_spec, tmp_path):
+    """A layer renamed in the spec leaves its weights under the old name: the error says
+    which layer they likely belong to (with its line), or which layers have none."""
+    spec = write_spec(TINY.replace("name: fc1", "name: classifier").replace("layers:", "weights: w.npz\nlayers:"))
+    np.savez(tmp_path / "w.npz", **tiny_weights())
+    with pytest.raises(GraphconvError, match=r"w.npz: has weights 'fc1.weight' but the network has no layer "
+                                             r"'fc1' \(the file has no weights for 'classifier'\)"):
+        load_spec(spec)
+    spec.write_text(spec.read_text().replace("name: classifier", "name: fc_1"))
+    with pytest.raises(GraphconvError, match=r"no layer 'fc1': did you mean 'fc_1' \(net.yaml:8, fc\), which the "
+                                             r"file has no weights for\?"):
+        load_spec(spec)
+
+
+def test_a_bias_in_the_file_of_a_layer_without_one_names_bias_false(write_spec, tmp_path):
+    spec = write_spec(TINY.replace("out_features: 10}", "out_features: 10, bias: false}")
+                      .replace("layers:", "weights: w.npz\nlayers:"))
+    np.savez(tmp_path / "w.npz", **tiny_weights())
+    with pytest.raises(GraphconvError, match=r"layer 'fc1': the weights file w.npz has 'fc1.bias', which the layer "
+                                             r"does not use: it says bias: false"):
+        load_spec(spec)
 
 
 BATCHNORMED = """

@@ -268,3 +268,59 @@ def test_dilating_a_padded_pool_past_half_its_window_is_refused_for_shift(write_
     x = random_input(rng, (1, 3, 37, 34))
     coarse = graphconv.compile_model(spec).run(x)  # stride 4: every 4th cell of the fine map
     np.testing.assert_allclose(shifted.run(x)[:, :, ::4, ::4], coarse, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_dilates_a_network_that_pads_even_where_shift_costs_less(write_spec, monkeypatch):
+    """Shift pads each copy where its shift cuts it, inside the image, so a network that
+    pads at the start of an axis is dilated wherever it can be, whatever the FLOP estimate
+    says; an unpadded one still goes by the estimate."""
+    import graphconv.strides as strides
+
+    monkeypatch.setattr(strides, "method_flops", lambda graph, stride: {"shift": 1.0, "dilate": 2.0})
+    padded = graphconv.compile_model(write_spec(padded_by("own"))).graph
+    uneven_at_the_end = graphconv.compile_model(write_spec(padded_by("uneven").replace("[0, 2, 1, 1]", "[0, 0, 1, 1]"),
+                                                           "end.yaml")).graph
+    assert strides.padded_at_the_start(padded) == ["c2"]
+    assert strides.cheaper_method(padded, 2) == "dilate"
+    assert strides.padded_at_the_start(uneven_at_the_end) == []  # padding the bottom and right only: no cut read
+    assert strides.cheaper_method(uneven_at_the_end, 2) == "shift"
+    assert strides.cheaper_method(graphconv.compile_model(SPECS / "lenet.yaml").graph, 2) == "shift"
+
+
+@pytest.mark.parametrize("stride", [4, 2, 1])
+def test_shift_and_dilate_agree_on_a_padded_network_beyond_the_largest_shift(stride, write_spec, rng):
+    """What compile's note says: on a network that pads, a shifted copy reads padding where
+    its shift cuts it, so the two methods differ in cells whose field starts within the
+    largest shift (8 - S pixels) of the top or left edge; every cell whose field lies in
+    the image further in is the same by both."""
+    from graphconv.strides import shift_cut_padding
+
+    classifier = graphconv.load(write_spec(padded_by("own")))
+    x = random_input(rng, (1, 2, 53, 49))
+    shifted = graphconv.compile_model(classifier.graph, output_stride=stride, stride_method="shift")
+    dilated = graphconv.compile_model(classifier.graph, output_stride=stride, stride_method="dilate")
+    a, b = shifted.run(x), dilated.run(x)
+    reach = 8 - stride
+    assert f"within {reach} rows of the image's top or {reach} columns of its left edge" in \
+        shift_cut_padding(shifted.graph)
+    assert shift_cut_padding(dilated.graph) is None
+    field = shifted.field
+    rows = [i for i in range(a.shape[2]) if field.box(i, 0)[0] >= reach and field.box(i, 0)[2] <= x.shape[2]]
+    cols = [j for j in range(a.shape[3]) if field.box(0, j)[1] >= reach and field.box(0, j)[3] <= x.shape[3]]
+    inner = np.ix_(range(1), range(a.shape[1]), rows, cols)
+    np.testing.assert_allclose(a[inner], b[inner], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(a[:, :, :rows[0]], b[:, :, :rows[0]], rtol=1e-4, atol=1e-5)
+
+
+def test_compile_notes_the_padding_a_shifted_copy_reads(write_spec):
+    from conftest import graphconv_in_process
+
+    spec = write_spec(padded_by("own"))
+    done = graphconv_in_process("compile", spec, "-o", spec.parent / "fine", "--output-stride", 2,
+                                "--stride-method", "shift")
+    assert done.returncode == 0, done.stderr
+    assert "note: shift-and-stitch on a network that pads (c2): each shifted copy is also padded where its " \
+           "shift cuts it, inside the image, so a cell whose field starts within 6 rows" in " ".join(done.stderr.split())
+    done = graphconv_in_process("compile", spec, "-o", spec.parent / "auto", "--output-stride", 2)
+    assert done.returncode == 0 and "shift-and-stitch" not in done.stderr
+    assert graphconv.load(spec.parent / "auto").graph.meta["compiled"]["stride_method"] == "dilate"

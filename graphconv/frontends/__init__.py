@@ -127,9 +127,28 @@ def _attach_weights(graph: Graph, arrays: dict[str, np.ndarray], source: str) ->
                                  "(e.g. 'conv1.weight'): every array in a weights file is a layer's parameter",
                                  file=source)
         if layer not in graph or graph.node(layer).op == "input":
-            raise GraphconvError(f"has weights {shown(key)} but the network has no layer {shown(layer)}",
-                                 file=source)
+            raise GraphconvError(f"has weights {shown(key)} but the network has no layer {shown(layer)}"
+                                 + _layers_without_weights(graph, layer, arrays), file=source)
         graph.set_weights(layer, **{what: array})
+
+
+def _layers_without_weights(graph: Graph, layer: str, arrays: dict[str, np.ndarray]) -> str:
+    """The layers that take weights and have none in the file, the likeliest first: a
+    layer renamed in the spec leaves its weights under the old name, and the error then
+    names where they belong, not only where they are not."""
+    import difflib
+
+    named = {key.rpartition(".")[0] for key in arrays}
+    missing = [node.name for node in graph.layers() if node.opdef.has_weights and node.name not in named]
+    if not missing:
+        return ""
+    close = difflib.get_close_matches(layer, missing, n=1, cutoff=0.6)
+    if close:
+        node = graph.node(close[0])
+        where = f"{node.loc}, " if node.loc is not None else ""
+        return f": did you mean {shown(close[0])} ({where}{node.op}), which the file has no weights for?"
+    listed = ", ".join(shown(name) for name in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    return f" (the file has no weights for {listed})"
 
 
 def _checked_shapes(graph: Graph) -> dict[str, tuple[int, int, int]]:

@@ -416,7 +416,8 @@ def _add_layer(graph: Graph, layer: Any, previous: str, path: Path, where: Locat
         raise GraphconvError("layer without a 'name'", loc=loc)
     name = _checked_name(layer["name"], "the layer name", loc)
     if name in graph:
-        raise GraphconvError("duplicate layer name", loc=loc, layer=name)
+        clash = "the input's name" if name == graph.input.name else "a layer name used before"
+        raise GraphconvError(f"duplicate layer name: {shown(name)} is {clash}", loc=loc, layer=name)
     if "op" not in layer:
         raise GraphconvError("layer without an 'op'", loc=loc, layer=name)
     op_name = _checked_name(layer["op"], "'op'", loc, layer=name)
