@@ -278,8 +278,8 @@ def test_auto_dilates_a_network_that_pads_even_where_shift_costs_less(write_spec
 
     monkeypatch.setattr(strides, "method_flops", lambda graph, stride: {"shift": 1.0, "dilate": 2.0})
     padded = graphconv.compile_model(write_spec(padded_by("own"))).graph
-    uneven_at_the_end = graphconv.compile_model(write_spec(padded_by("uneven").replace("[0, 2, 1, 1]", "[0, 0, 1, 1]"),
-                                                           "end.yaml")).graph
+    at_the_end = padded_by("uneven").replace("[0, 2, 1, 1]", "[0, 0, 1, 1]")
+    uneven_at_the_end = graphconv.compile_model(write_spec(at_the_end, "end.yaml")).graph
     assert strides.padded_at_the_start(padded) == ["c2"]
     assert strides.cheaper_method(padded, 2) == "dilate"
     assert strides.padded_at_the_start(uneven_at_the_end) == []  # padding the bottom and right only: no cut read

@@ -147,7 +147,9 @@ def _layers_without_weights(graph: Graph, layer: str, arrays: dict[str, np.ndarr
         node = graph.node(close[0])
         where = f"{node.loc}, " if node.loc is not None else ""
         return f": did you mean {shown(close[0])} ({where}{node.op}), which the file has no weights for?"
-    listed = ", ".join(shown(name) for name in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    listed = ", ".join(shown(name) for name in missing[:5])
+    if len(missing) > 5:
+        listed += f" and {len(missing) - 5} more"
     return f" (the file has no weights for {listed})"
 
 
