@@ -80,7 +80,8 @@ class MapOptions:
 
 
 _WORKER_MODELS: dict[ModelRef, tuple[tuple, tuple, Any]] = {}  # (files read, their times, the model)
-_WORKER_SOURCES: dict[tuple[ModelRef, str], Any] = {}  # the image a worker's tiles come from
+_WORKER_SOURCES: dict[tuple, Any] = {}  # the image a worker's tiles come from, by `_source_key`
+WORKER_MODELS_KEPT = 2  # models a long-lived worker keeps loaded: the last ones it ran
 
 
 def worker_model(ref: ModelRef):
@@ -97,8 +98,23 @@ def worker_model(ref: ModelRef):
         read = (ref.path, *model.graph.meta.get("read_from", ()))
         # the files' stamps from before the load where they are known: one replaced while it
         # loaded then differs next time, and the model is loaded again
+        _WORKER_MODELS.pop(ref, None)
+        while len(_WORKER_MODELS) >= WORKER_MODELS_KEPT:  # a cluster's worker outlives runs of many models
+            del _WORKER_MODELS[next(iter(_WORKER_MODELS))]
         _WORKER_MODELS[ref] = (read, before if read == files else _files_stamp(read), model)
     return _WORKER_MODELS[ref][2]
+
+
+def _source_key(ref: ModelRef, image: str, options: MapOptions) -> tuple:
+    """What a worker's open image stands for: the model (its channels and preprocess),
+    the image file as it is now (its stamp) and every option that changes what is read
+    from it. A cluster's worker outlives the command: keyed by path alone, a run with
+    other --bands, --downsample or --level, or of an image replaced at the same path,
+    got the previous run's pixels, its map wrong without a word."""
+    from graphconv.files import file_stamp
+
+    read = (options.level, options.bands, options.downsample, options.mpp, options.nodata, options.resize)
+    return ref, image, tuple(file_stamp(image) or ()), read
 
 
 def _files_stamp(files) -> tuple:
@@ -127,9 +143,11 @@ def client_for(workers: int | None, scheduler: str | None) -> Iterator[Any]:
     distributed = require("distributed")
     from distributed.comm.core import CommClosedError
     if scheduler:
+        _check_a_scheduler_answers(scheduler)
         try:
-            client = distributed.Client(scheduler, timeout="10s")
-        except (OSError, ValueError) as err:  # ValueError: an address dask cannot parse ("host", no port)
+            client = distributed.Client(scheduler, timeout=f"{SCHEDULER_ANSWER_S}s")
+        except (OSError, ValueError, TypeError) as err:  # ValueError: an address dask cannot parse ("host", no
+            # port); TypeError: tls:// without the TLS settings dask's config must give it
             raise GraphconvError(f"cannot reach the Dask scheduler at {scheduler}: {err}") from None
         with client:
             _wait_for_a_worker(client, scheduler)
@@ -141,9 +159,12 @@ def client_for(workers: int | None, scheduler: str | None) -> Iterator[Any]:
                                      f"those that took them over ({err.task!r}): most often a worker killed for "
                                      "memory; give the workers more, or tiles that need less (--memory-limit, the "
                                      "budget each tile is chosen for, or a smaller --tile)") from None
-            except CommClosedError as err:  # said "in <TCP (closed) ConnectionPool.gather ...>: Stream is closed"
-                raise GraphconvError(f"lost the Dask scheduler at {scheduler} during the run ({err}): a map written "
-                                     "with --resume keeps its tiles done for the same command to go on from") from None
+            except (CommClosedError, distributed.client.FuturesCancelledError) as err:
+                # "in <TCP (closed) ConnectionPool.gather ...>: Stream is closed", or the tasks cancelled
+                # with reason "scheduler-connection-lost" where the scheduler was killed
+                raise GraphconvError(f"lost the Dask scheduler at {scheduler} during the run ({_why_lost(err)}): a "
+                                     "map written with --resume keeps its tiles done for the same command to go on "
+                                     "from") from None
         return
     import dask
     from graphconv.memory import check_fits
@@ -172,18 +193,77 @@ def client_for(workers: int | None, scheduler: str | None) -> Iterator[Any]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _why_lost(err: Exception) -> str:
+    """dask's words for a lost scheduler, in a line: the reasons its tasks were cancelled
+    for (FuturesCancelledError lists every task's key besides), else its message."""
+    groups = getattr(err, "error_groups", None)
+    if groups:
+        return "its tasks cancelled: " + ", ".join(sorted({str(group.reason) for group in groups}))
+    return " ".join(str(err).split())
+
+
 WORKER_WAIT_S = 30  # how long a run waits for a scheduler's first worker
+SCHEDULER_ANSWER_S = 10  # how long a scheduler has to answer a new connection
+
+
+def _check_a_scheduler_answers(scheduler: str) -> None:
+    """A tcp:// address (or one without a scheme) where something listens but no Dask
+    scheduler does, its dashboard's port (http://host:8787/status, the address Dask
+    prints first) or any other server, kept dask's Client waiting for ever: its timeout
+    covers connecting, not the handshake after. A scheduler speaks first on a new
+    connection (its handshake), so a listener silent for SCHEDULER_ANSWER_S is not one.
+    Other schemes (tls://, ucx://) are left to dask, as are addresses it cannot parse."""
+    import socket
+
+    scheme, _, rest = scheduler.rpartition("://")
+    host, _, port = rest.rpartition(":")
+    if scheme not in ("", "tcp") or not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=SCHEDULER_ANSWER_S) as connection:
+            connection.settimeout(SCHEDULER_ANSWER_S)
+            answered = bool(connection.recv(1))
+    except socket.timeout:
+        answered = False
+    except OSError as err:
+        raise GraphconvError(f"cannot reach the Dask scheduler at {scheduler}: {err}") from None
+    if not answered:
+        raise GraphconvError(f"no Dask scheduler answered at {scheduler} in {SCHEDULER_ANSWER_S} s (something listens "
+                             "there, but not a scheduler: give the address `dask scheduler` prints as 'Scheduler at', "
+                             "tcp://HOST:8786 by default, not its dashboard's)")
 
 
 def _wait_for_a_worker(client, scheduler: str) -> None:
     """A scheduler without workers took the tasks and the run waited for ever, its bar
     at 0: wait a while for one to join, then say so."""
     try:
-        client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+        client.wait_for_workers(1, timeout=WORKER_WAIT_S)  # running ones: a worker paused for memory takes no task
     except (TimeoutError, OSError):
+        paused = _paused_workers(client)
+        if paused:
+            raise GraphconvError(f"every worker of the Dask scheduler at {scheduler} ({paused}) is paused for "
+                                 f"memory (waited {WORKER_WAIT_S} s): {PAUSED_WHY}") from None
         raise GraphconvError(f"the Dask scheduler at {scheduler} has no workers (waited {WORKER_WAIT_S} s): start "
                              f"`dask worker {scheduler}` on machines that reach the model, the images and the "
                              "outputs at the same paths as this one") from None
+
+
+PAUSED_WHY = ("Dask pauses a worker whose process passes 80% of its memory limit, and its tasks wait; give the "
+              "workers more memory (dask worker --memory-limit), or this run a --memory-limit (the budget each "
+              "tile is chosen for) well under 80% of a worker's, the model and some 200 MB of the process itself "
+              "counted (a worker keeps the last models it ran: restart the workers to free them)")
+
+
+def _paused_workers(client) -> str | None:
+    """How many of the cluster's workers are paused ("2 paused"), where all of those it
+    has are; None where one is running or there are none. A worker's process over 80%
+    of its memory limit is paused by Dask (distributed.worker.memory.pause), and a paused
+    worker is still listed: waiting for it to finish the tasks waited for ever."""
+    workers = client.scheduler_info().get("workers", {})
+    statuses = [info.get("status") for info in workers.values()]
+    if not statuses or any(status == "running" for status in statuses):
+        return None
+    return f"{statuses.count('paused')} paused" if all(status == "paused" for status in statuses) else None
 
 
 WORKER_CHECK_S = 5  # while waiting for tasks, how often to ask whether the cluster still has workers
@@ -207,18 +287,24 @@ def as_completed_with_workers(client, futures) -> Iterator[Any]:
 
 
 def _workers_left(client, alone_since: float | None) -> float | None:
-    """None while the cluster has a worker; else since when it has had none, an error once
-    that is WORKER_WAIT_S."""
+    """None while the cluster has a worker that takes tasks; else since when it has had
+    none (none at all, or every one paused for memory), an error once that is WORKER_WAIT_S."""
     import time
 
-    if client.scheduler_info().get("workers"):
+    workers = client.scheduler_info().get("workers", {})
+    if any(info.get("status", "running") == "running" for info in workers.values()):
         return None
     now = time.monotonic()
-    if alone_since is not None and now - alone_since >= WORKER_WAIT_S:
-        raise GraphconvError(f"every worker of the Dask scheduler at {client.scheduler.address} left during the run, "
-                             f"and none joined in {WORKER_WAIT_S} s: start `dask worker` again (a map written with "
-                             "--resume keeps its tiles done, for the same command to go on from)")
-    return now if alone_since is None else alone_since
+    if alone_since is None or now - alone_since < WORKER_WAIT_S:
+        return now if alone_since is None else alone_since
+    paused = _paused_workers(client)
+    if paused:
+        raise GraphconvError(f"every worker of the Dask scheduler at {client.scheduler.address} ({paused}) has been "
+                             f"paused for memory for {WORKER_WAIT_S} s, so no tile could run: {PAUSED_WHY}; a map "
+                             "written with --resume keeps its tiles done, for the same command to go on from")
+    raise GraphconvError(f"every worker of the Dask scheduler at {client.scheduler.address} left during the run, "
+                         f"and none joined in {WORKER_WAIT_S} s: start `dask worker` again (a map written with "
+                         "--resume keeps its tiles done, for the same command to go on from)")
 
 
 PACKAGES_THAT_MUST_AGREE = ("graphconv", "numpy", "numba")
@@ -280,12 +366,13 @@ def _tile_block(ref: ModelRef, image: str, box: tuple[int, int, int, int], rows,
     from graphconv.tiling import Tile, _cells_of, map_transform, read_box
 
     model = worker_model(ref)
-    if (ref, image) not in _WORKER_SOURCES:  # opened (a PNG: decoded) once per worker, not per tile
+    key = _source_key(ref, image, options)
+    if key not in _WORKER_SOURCES:  # opened (a PNG: decoded) once per worker and image, not per tile
         _WORKER_SOURCES.clear()
-        _WORKER_SOURCES[ref, image] = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"),
-                                                  options.level, options.bands, options.downsample, options.mpp,
-                                                  options.nodata, options.resize)
-    x = read_box(_WORKER_SOURCES[ref, image], box, model.crop_shape[0])  # zeros past a padded image's end
+        _WORKER_SOURCES[key] = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"),
+                                           options.level, options.bands, options.downsample, options.mpp,
+                                           options.nodata, options.resize)
+    x = read_box(_WORKER_SOURCES[key], box, model.crop_shape[0])  # zeros past a padded image's end
     grid = options.grid(model)
     full = grid.run(x, options.device)
     block = _cells_of(full, Tile(rows, cols, box), grid.field)
@@ -662,7 +749,8 @@ def _one_image_at(ref: ModelRef, image: str, output: str, image_path: str, outpu
         import distributed
         stopped = distributed.Event(stop).is_set
     result = _one_image(ref, image_path, output_path, options, tile, stopped)
-    unseen = [path for path in (ref.path, image_path) if not os.path.exists(path)] if result.error else []
+    # lexists: a broken link is seen here, broken for the command too, and its error says so already
+    unseen = [path for path in (ref.path, image_path) if not os.path.lexists(path)] if result.error else []
     if unseen:  # the message read as if this machine lacked the file
         import socket
         result = replace(result, error=f"{result.error} (on the Dask worker on {socket.gethostname()}, which does not "

@@ -823,13 +823,14 @@ def _say_how_to_go_on(args: argparse.Namespace, images: list[str], base: str) ->
 
 
 def _partial_maps(args: argparse.Namespace, images: list[str], base: str) -> list[str]:
-    """The partial maps (`tiling.PartialMap`) of this batch's images in --output-dir, as
-    shown to the user."""
+    """The partial maps (`tiling.PartialMap`) of this batch's images in --output-dir that
+    hold a tile done, as shown to the user (one stopped before its first tile keeps
+    nothing to go on from: "the tiles done of 2 more" was said of none)."""
     from graphconv.cluster import output_names
     from graphconv.tiling import PartialMap
 
     maps = [PartialMap(output) for output in output_names(images, args.output_dir, args.output_format, base)]
-    return [partial.shown for partial in maps if partial.exists()]
+    return [partial.shown for partial in maps if partial.exists() and partial.count_done()]
 
 
 @contextmanager

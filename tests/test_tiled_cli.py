@@ -1329,6 +1329,96 @@ def test_a_cluster_whose_every_worker_left_is_said_not_waited_on_for_ever(monkey
         assert time.monotonic() - started < 30
 
 
+
+def test_a_cluster_whose_every_worker_is_paused_for_memory_is_said_not_waited_on_for_ever(monkeypatch):
+    """Dask pauses a worker over 80% of its memory limit; a paused worker is still listed,
+    so a run whose every worker was paused waited silently for ever (a review, following
+    the README's --memory-limit advice)."""
+    distributed = pytest.importorskip("distributed")
+    import time
+
+    from distributed.core import Status
+
+    from graphconv import cluster
+
+    monkeypatch.setattr(cluster, "WORKER_WAIT_S", 0.5)
+    monkeypatch.setattr(cluster, "WORKER_CHECK_S", 0.2)
+    with distributed.LocalCluster(n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None,
+                                  memory_limit=0) as one, distributed.Client(one) as client:  # 0: no monitor resumes it
+        [worker] = one.workers.values()
+        worker.status = Status.paused  # what Dask's memory monitor does
+        deadline = time.monotonic() + 10
+        while cluster._paused_workers(client) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        waiting = client.submit(lambda: 1, pure=False)
+        with pytest.raises(GraphconvError, match=r"every worker of the Dask scheduler at \S+ \(1 paused\) has been "
+                                                 r"paused for memory for 0.5 s, so no tile could run: Dask pauses a "
+                                                 r"worker whose process passes 80% of its memory limit"):
+            list(cluster.as_completed_with_workers(client, [waiting]))
+        with pytest.raises(GraphconvError, match=r"every worker of the Dask scheduler at \S+ \(1 paused\) is paused "
+                                                 r"for memory \(waited 0.5 s\)"):
+            cluster._wait_for_a_worker(client, one.scheduler_address)
+        worker.status = Status.running
+        assert [f.result() for f in cluster.as_completed_with_workers(client, [waiting])] == [1]
+
+
+def test_an_address_where_no_scheduler_speaks_is_refused_not_waited_on(monkeypatch):
+    """The dashboard's port, or any server that is not a scheduler, kept dask's Client
+    waiting for ever (its timeout covers connecting, not the handshake): a scheduler
+    speaks first, so a silent listener is refused after SCHEDULER_ANSWER_S."""
+    import socket
+    import threading
+
+    from graphconv import cluster
+
+    monkeypatch.setattr(cluster, "SCHEDULER_ANSWER_S", 0.5)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        accepted = []
+        threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True).start()
+        with pytest.raises(GraphconvError, match=rf"no Dask scheduler answered at tcp://127.0.0.1:{port} in 0.5 s "
+                                                 r"\(something listens there, but not a scheduler: give the address "
+                                                 r"`dask scheduler` prints"):
+            cluster._check_a_scheduler_answers(f"tcp://127.0.0.1:{port}")
+
+        def speak():
+            connection, _ = listener.accept()
+            connection.sendall(b"x")
+            accepted.append(connection)
+
+        threading.Thread(target=speak, daemon=True).start()
+        cluster._check_a_scheduler_answers(f"127.0.0.1:{port}")  # a scheme left out is tcp://
+        cluster._check_a_scheduler_answers(f"tls://127.0.0.1:{port}")  # TLS: left to dask
+    for connection, *_ in (a if isinstance(a, tuple) else (a,) for a in accepted):
+        connection.close()
+
+
+def test_a_worker_keeps_an_image_open_only_for_the_same_file_and_read_options(model_dir, tmp_path):
+    """A cluster's worker outlives the command: its open image, keyed by the path alone,
+    served the next run with other --bands (or --downsample, --level) and an image
+    replaced at the same path the previous run's pixels, the map wrong without a word."""
+    from graphconv import cluster
+
+    assert graphconv("compile", SPECS / "digits.yaml", "-o", tmp_path / "digits").returncode == 0  # trained weights
+    path = tmp_path / "scene.tif"
+    pixels = np.random.default_rng(3).integers(0, 255, (36, 36, 3), dtype=np.uint8)
+    tifffile.imwrite(path, pixels)
+    ref, box = ModelRef(str(tmp_path / "digits")), (0, 0, 36, 36)
+
+    def block(**options):
+        return cluster._tile_block(ref, str(path), box, (0, 2), (0, 2), MapOptions(**options))
+
+    first, green = block(bands=(1,)), block(bands=(2,))
+    assert not np.array_equal(first, green)
+    np.testing.assert_array_equal(block(bands=(1,)), first)
+    assert not np.array_equal(block(bands=(1,), downsample=2), first)
+    tifffile.imwrite(path, 255 - pixels)  # replaced at the same path
+    assert not np.array_equal(block(bands=(1,)), first)
+    key = cluster._source_key(ref, str(path), MapOptions(bands=(1,)))
+    assert key != cluster._source_key(ref, str(path), MapOptions(bands=(1,), level=1))
+
 def test_a_worker_killed_on_every_try_or_a_lost_scheduler_is_one_line_saying_what_to_do():
     """distributed's KilledWorker (a worker killed for memory, and each that took its
     task over) came out as a traceback, exit 1; a scheduler lost mid-run as dask's
@@ -1344,6 +1434,13 @@ def test_a_worker_killed_on_every_try_or_a_lost_scheduler_is_one_line_saying_wha
         with pytest.raises(GraphconvError, match=r"lost the Dask scheduler at .* during the run \(Stream is closed\)"):
             with cluster.client_for(None, one.scheduler_address):
                 raise CommClosedError("Stream is closed")  # the scheduler killed mid-run
+        from types import SimpleNamespace
+        tasks = [SimpleNamespace(key=f"_tile_block-{i}", msg=None) for i in range(30)]
+        cancelled = distributed.client.CancelledFuturesGroup(errors=tasks, reason="scheduler-connection-lost")
+        with pytest.raises(GraphconvError, match=r"lost the Dask scheduler at \S+ during the run \(its tasks "
+                                                 r"cancelled: scheduler-connection-lost\): a map written with"):
+            with cluster.client_for(None, one.scheduler_address):  # killed with -9: the tasks are cancelled
+                raise distributed.client.FuturesCancelledError([cancelled])
 
 
 def test_ctrl_c_of_images_on_a_cluster_stops_the_maps_in_progress_too(model_dir, tmp_path):
