@@ -1537,11 +1537,21 @@ def cmd_compile(args: argparse.Namespace) -> int:
     print(done + f"output stride {field.stride[0]}x{field.stride[1]}, each cell sees {field.size[0]}x{field.size[1]} "
                  "pixels")
     note_padding(source)
-    from graphconv.strides import shift_cut_padding
-    cut = shift_cut_padding(model.graph)
-    if cut:
-        note(f"note: {cut}")
+    note_shift_cut_padding(source, model.graph, args.output_stride)
     return 0
+
+
+def note_shift_cut_padding(classifier, compiled, output_stride: int | None) -> None:
+    """Shift-and-stitch on a network that pads: where its shifted copies read padding
+    inside the image (`strides.shift_cut_padding`), and why dilate was not taken where
+    it could not be."""
+    from graphconv.strides import dilate_problem, shift_cut_padding
+
+    if not compiled.find("shift_copies"):
+        return
+    note_text = shift_cut_padding(compiled, dilate_problem(classifier, output_stride))
+    if note_text:
+        note(f"note: {note_text}")
 
 
 def note_plugin_passes_that_changed_nothing(records) -> None:

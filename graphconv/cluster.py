@@ -80,14 +80,23 @@ class MapOptions:
 
 
 _WORKER_MODELS: dict[ModelRef, tuple[tuple, tuple, Any]] = {}  # (files read, their times, the model)
-_WORKER_SOURCES: dict[tuple, Any] = {}  # the image a worker's tiles come from, by `_source_key`
+_WORKER_SOURCES: dict[tuple, Any] = {}  # the image a worker's tiles come from (`_model_and_source_key`)
 WORKER_MODELS_KEPT = 2  # models a long-lived worker keeps loaded: the last ones it ran
+
+
+_WORKER_CACHE_LOCK = threading.Lock()  # a worker of several threads loads and evicts one model at a time
 
 
 def worker_model(ref: ModelRef):
     """One Model per process (a Dask worker's, or the command's own), loaded on its first
     task and loaded again only when a file it was read from has changed since: a notebook
     that retrains and maps again gets the new weights."""
+    with _WORKER_CACHE_LOCK:
+        return _loaded(ref)[2]
+
+
+def _loaded(ref: ModelRef) -> tuple[tuple, tuple, Any]:
+    """`_WORKER_MODELS[ref]`, loaded (again) where needed; the caller holds the lock."""
     cached = _WORKER_MODELS.get(ref)
     files = cached[0] if cached is not None else (ref.path,)
     before = _files_stamp(files)
@@ -102,19 +111,24 @@ def worker_model(ref: ModelRef):
         while len(_WORKER_MODELS) >= WORKER_MODELS_KEPT:  # a cluster's worker outlives runs of many models
             del _WORKER_MODELS[next(iter(_WORKER_MODELS))]
         _WORKER_MODELS[ref] = (read, before if read == files else _files_stamp(read), model)
-    return _WORKER_MODELS[ref][2]
+    else:
+        _WORKER_MODELS[ref] = _WORKER_MODELS.pop(ref)  # the most recently run last: the first is evicted
+    return _WORKER_MODELS[ref]
 
 
-def _source_key(ref: ModelRef, image: str, options: MapOptions) -> tuple:
-    """What a worker's open image stands for: the model (its channels and preprocess),
-    the image file as it is now (its stamp) and every option that changes what is read
-    from it. A cluster's worker outlives the command: keyed by path alone, a run with
-    other --bands, --downsample or --level, or of an image replaced at the same path,
-    got the previous run's pixels, its map wrong without a word."""
+def _model_and_source_key(ref: ModelRef, image: str, options: MapOptions) -> tuple[Any, tuple]:
+    """The model, and what a worker's open image stands for: the model as loaded (its
+    files' stamps: its channels and preprocess), the image file as it is now (its
+    stamp) and every option that changes what is read from it. A cluster's worker
+    outlives the command: keyed by path alone, a run with other --bands, --downsample or
+    --level, of an image replaced at the same path, or of a model compiled again with
+    another preprocess got the previous run's pixels, its map wrong without a word."""
     from graphconv.files import file_stamp
 
+    with _WORKER_CACHE_LOCK:
+        _, model_stamp, model = _loaded(ref)
     read = (options.level, options.bands, options.downsample, options.mpp, options.nodata, options.resize)
-    return ref, image, tuple(file_stamp(image) or ()), read
+    return model, (ref, model_stamp, image, tuple(file_stamp(image) or ()), read)
 
 
 def _files_stamp(files) -> tuple:
@@ -139,6 +153,8 @@ def client_for(workers: int | None, scheduler: str | None) -> Iterator[Any]:
     interrupted; leaving this block closes the cluster, which stops its workers. Their
     scratch space (dask's dask-scratch-space, in the system's temporary folder unless
     told) goes in a temporary folder of this run's, removed when the cluster is closed."""
+    import concurrent.futures
+
     from graphconv.sources import require
     distributed = require("distributed")
     from distributed.comm.core import CommClosedError
@@ -159,7 +175,7 @@ def client_for(workers: int | None, scheduler: str | None) -> Iterator[Any]:
                                      f"those that took them over ({err.task!r}): most often a worker killed for "
                                      "memory; give the workers more, or tiles that need less (--memory-limit, the "
                                      "budget each tile is chosen for, or a smaller --tile)") from None
-            except (CommClosedError, distributed.client.FuturesCancelledError) as err:
+            except (CommClosedError, concurrent.futures.CancelledError) as err:
                 # "in <TCP (closed) ConnectionPool.gather ...>: Stream is closed", or the tasks cancelled
                 # with reason "scheduler-connection-lost" where the scheduler was killed
                 raise GraphconvError(f"lost the Dask scheduler at {scheduler} during the run ({_why_lost(err)}): a "
@@ -220,17 +236,24 @@ def _check_a_scheduler_answers(scheduler: str) -> None:
     if scheme not in ("", "tcp") or not host or not port.isdigit():
         return
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=SCHEDULER_ANSWER_S) as connection:
-            connection.settimeout(SCHEDULER_ANSWER_S)
-            answered = bool(connection.recv(1))
+        connection = socket.create_connection((host.strip("[]"), int(port)), timeout=SCHEDULER_ANSWER_S)
     except socket.timeout:
-        answered = False
+        raise GraphconvError(f"cannot reach the Dask scheduler at {scheduler}: nothing answered the connection in "
+                             f"{SCHEDULER_ANSWER_S} s (a firewall, or no such machine)") from None
     except OSError as err:
         raise GraphconvError(f"cannot reach the Dask scheduler at {scheduler}: {err}") from None
-    if not answered:
-        raise GraphconvError(f"no Dask scheduler answered at {scheduler} in {SCHEDULER_ANSWER_S} s (something listens "
-                             "there, but not a scheduler: give the address `dask scheduler` prints as 'Scheduler at', "
-                             "tcp://HOST:8786 by default, not its dashboard's)")
+    with connection:
+        connection.settimeout(SCHEDULER_ANSWER_S)
+        try:
+            said = "closed the connection at once" if not connection.recv(1) else None
+        except socket.timeout:
+            said = f"said nothing in {SCHEDULER_ANSWER_S} s"
+        except OSError as err:
+            said = f"failed ({err})"
+    if said:
+        raise GraphconvError(f"no Dask scheduler at {scheduler}: what listens there {said}, where a scheduler "
+                             "speaks first; give the address `dask scheduler` prints as 'Scheduler at', "
+                             "tcp://HOST:8786 by default, not its dashboard's")
 
 
 def _wait_for_a_worker(client, scheduler: str) -> None:
@@ -254,16 +277,35 @@ PAUSED_WHY = ("Dask pauses a worker whose process passes 80% of its memory limit
               "counted (a worker keeps the last models it ran: restart the workers to free them)")
 
 
+def _workers_info(client) -> dict:
+    """The scheduler's record of every worker (some distributed versions list only five
+    unless asked for all)."""
+    try:
+        return client.scheduler_info(n_workers=-1).get("workers", {})
+    except TypeError:  # a version without the argument lists them all
+        return client.scheduler_info().get("workers", {})
+
+
+def _working(info: dict) -> bool:
+    """Whether a worker takes or finishes tasks: running, or paused for memory with a task
+    still executing (a pause stops new tasks only; the one under way, often what took
+    the memory, finishes and the worker resumes). `task_counts` comes with the
+    heartbeats, so it is a second or so old."""
+    if info.get("status", "running") == "running":
+        return True
+    return info.get("status") == "paused" and info.get("metrics", {}).get("task_counts", {}).get("executing", 0) > 0
+
+
 def _paused_workers(client) -> str | None:
     """How many of the cluster's workers are paused ("2 paused"), where all of those it
-    has are; None where one is running or there are none. A worker's process over 80%
-    of its memory limit is paused by Dask (distributed.worker.memory.pause), and a paused
+    has are, none executing a task; None otherwise. A worker's process over 80% of its
+    memory limit is paused by Dask (distributed.worker.memory.pause), and a paused
     worker is still listed: waiting for it to finish the tasks waited for ever."""
-    workers = client.scheduler_info().get("workers", {})
-    statuses = [info.get("status") for info in workers.values()]
-    if not statuses or any(status == "running" for status in statuses):
+    workers = list(_workers_info(client).values())
+    if not workers or any(_working(info) for info in workers):
         return None
-    return f"{statuses.count('paused')} paused" if all(status == "paused" for status in statuses) else None
+    paused = sum(info.get("status") == "paused" for info in workers)
+    return f"{paused} paused" if paused == len(workers) else None
 
 
 WORKER_CHECK_S = 5  # while waiting for tasks, how often to ask whether the cluster still has workers
@@ -291,8 +333,7 @@ def _workers_left(client, alone_since: float | None) -> float | None:
     none (none at all, or every one paused for memory), an error once that is WORKER_WAIT_S."""
     import time
 
-    workers = client.scheduler_info().get("workers", {})
-    if any(info.get("status", "running") == "running" for info in workers.values()):
+    if any(_working(info) for info in _workers_info(client).values()):
         return None
     now = time.monotonic()
     if alone_since is None or now - alone_since < WORKER_WAIT_S:
@@ -365,14 +406,14 @@ def _tile_block(ref: ModelRef, image: str, box: tuple[int, int, int, int], rows,
     from graphconv.sources import open_source
     from graphconv.tiling import Tile, _cells_of, map_transform, read_box
 
-    model = worker_model(ref)
-    key = _source_key(ref, image, options)
-    if key not in _WORKER_SOURCES:  # opened (a PNG: decoded) once per worker and image, not per tile
+    model, key = _model_and_source_key(ref, image, options)
+    source = _WORKER_SOURCES.get(key)
+    if source is None:  # opened (a PNG: decoded) once per worker and image, not per tile
+        source = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"), options.level,
+                             options.bands, options.downsample, options.mpp, options.nodata, options.resize)
         _WORKER_SOURCES.clear()
-        _WORKER_SOURCES[key] = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"),
-                                           options.level, options.bands, options.downsample, options.mpp,
-                                           options.nodata, options.resize)
-    x = read_box(_WORKER_SOURCES[key], box, model.crop_shape[0])  # zeros past a padded image's end
+        _WORKER_SOURCES[key] = source
+    x = read_box(source, box, model.crop_shape[0])  # zeros past a padded image's end
     grid = options.grid(model)
     full = grid.run(x, options.device)
     block = _cells_of(full, Tile(rows, cols, box), grid.field)

@@ -243,7 +243,7 @@ class VerifyReport:
     tolerance_given: bool = False  # both tolerances are the user's (--tolerance), not relative to a score
     padding_kinds: dict[str, str] = field(default_factory=dict)  # padded layer -> `padding_kind` (absent: zeros)
     top: TopClasses | None = None  # on a real image (verify --image): what the padding does to the answer
-    compiled_given: bool = False  # the classifier given is a compiled model: (a) compares it with itself
+    compiled_given: bool = False  # the classifier given was compiled to slide: (a) compares it with itself
 
     def __post_init__(self):
         if self.conversion_tolerance is None:
@@ -334,7 +334,7 @@ class VerifyReport:
         elif not self.exact_by_construction:
             lines.append(f"    (these are random pixels: whether {self.edge} changes the top class on your images, "
                          "verify measures with --image IMAGE)")
-        converted = ("the conversion was not checked (a compiled model)" if self.compiled_given
+        converted = ("the conversion was not checked (a compiled model)" if self.conversion_unchecked
                      else "the conversion is exact")
         if self.changed_by_plugins:
             verdict = self._verdict_after_plugins()
@@ -397,8 +397,15 @@ class VerifyReport:
             return f"tolerance {self.tolerance:.3g}: (a)'s, which is larger than 1e-4 of it"
         return f"tolerance {self.tolerance:.3g}: 1e-4 of it"
 
+    @property
+    def conversion_unchecked(self) -> bool:
+        """(a) compared the model given with itself: it was compiled to slide already, and
+        compiling it again changed nothing (passes of the user's that change its scores
+        are still said, by name)."""
+        return self.compiled_given and self.conversion_exact and not self.pass_changes
+
     def _conversion_line(self) -> str:
-        if self.compiled_given:
+        if self.conversion_unchecked:
             return ("(a) conversion: not checked: the model given is already compiled, so the classifier verify "
                     "runs on each crop is the converted network itself; verify the spec it was compiled from "
                     "to check the conversion")
@@ -627,7 +634,7 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
                           conversion_max_abs=conversion, conversion_crops=len(crops), strict=strict,
                           scale=scale, pass_changes=changes, conversion_tolerance=crop_tol,
                           conversion_scale=crop_scale, tolerance_given=tolerance is not None,
-                          padding_kinds=kinds, compiled_given="compiled" in original.graph.meta)
+                          padding_kinds=kinds, compiled_given=_compiled_to_slide(original))
     if left_out_why:
         report.notes.append(left_out_why)
     if where is not None:
@@ -644,6 +651,14 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
                                 f"{report.cells - report.cells_differing} of {report.cells} agree within the "
                                 "tolerance")
     return report
+
+
+def _compiled_to_slide(model: Model) -> bool:
+    """Whether the classifier given to verify is a compiled model that slides already (a
+    compiled folder's): compiling it again changes nothing, so (a) compares it with
+    itself. A classifier compiled with passes that leave it returning vectors
+    (CLASSIFIER_PIPELINE, --passes without fc-to-conv) is still converted, and (a) holds."""
+    return "compiled" in model.graph.meta and not model.returns_vectors
 
 
 def _sample_origins(n: int, rows: int, cols: int, stride) -> list[tuple[int, int, int]]:

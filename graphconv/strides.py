@@ -175,14 +175,15 @@ def padded_at_the_start(graph: Graph) -> list[str]:
     return padded
 
 
-def shift_cut_padding(graph: Graph) -> str | None:
+def shift_cut_padding(graph: Graph, dilate_problem_then: str | None = None) -> str | None:
     """What a shift-and-stitch network (its `shift_copies` layer) whose layers pad at the
     start reads in place of pixels, said once at compile; None for any other network.
     Copy (a, b) is the image shifted up by a and left by b steps, so its layers pad where
     that shift cuts it, rows and columns inside the image: cells whose field starts
     within the largest shift of the image's top or left edge read zeros (or a
     reflection) there, where the dilated network, like the whole image's pass, reads
-    the pixels. Further in, the two methods agree."""
+    the pixels. Further in, the two methods agree. `dilate_problem_then`: why dilate
+    could not make the network finer (`dilate_problem`), where it could not."""
     copies = graph.find("shift_copies")
     padded = padded_at_the_start(graph) if copies else []
     if not padded:
@@ -192,8 +193,10 @@ def shift_cut_padding(graph: Graph) -> str | None:
     shown = ", ".join(padded[:3]) + (f" and {len(padded) - 3} more" if len(padded) > 3 else "")
     return (f"shift-and-stitch on a network that pads ({shown}): each shifted copy is also padded where its "
             f"shift cuts it, inside the image, so a cell whose field starts within {reach[0]} rows of the image's "
-            f"top or {reach[1]} columns of its left edge may read that padding in place of pixels; --stride-method "
-            "dilate (what auto picks for such a network where it can) pads only at the image's border")
+            f"top or {reach[1]} columns of its left edge may read that padding in place of pixels; "
+            + (f"dilate, which pads only at the image's border, cannot make this network finer ({dilate_problem_then})"
+               if dilate_problem_then else "--stride-method dilate (what auto picks for such a network where it "
+                                           "can) pads only at the image's border"))
 
 
 def method_flops(graph: Graph, stride: int, image_hw: tuple[int, int] | None = None) -> dict[str, float]:

@@ -213,6 +213,18 @@ def test_verify_of_a_compiled_folder_says_it_cannot_check_the_conversion(write_s
            "the crop loop" in result.stdout
     assert "the conversion is exact" in graphconv_cli("verify", spec, "--input-size", 36, 30).stdout
 
+
+def test_verify_of_a_classifier_compiled_without_converting_it_still_checks_the_conversion(write_spec, rng):
+    """Every compile records its passes; a classifier compiled with passes that leave it
+    returning vectors is still converted by verify, so (a) holds for it."""
+    from graphconv.pass_manager import CLASSIFIER_PIPELINE
+
+    classifier = graphconv.compile_model(write_spec(UNPADDED), CLASSIFIER_PIPELINE)
+    assert classifier.returns_vectors and "compiled" in classifier.graph.meta
+    report = verify(classifier, graphconv.compile_model(classifier.graph), random_input(rng, (1, 2, 36, 30)))
+    assert not report.conversion_unchecked and "(a) conversion: the converted network vs the classifier" in str(report)
+    assert "PASS: the conversion is exact" in str(report)
+
 # a stride-2 conv padded only at the bottom and right (TensorFlow's "same" on an even
 # size), a max pool padded with -inf at the top and right, and a conv of its own padding
 UNEVEN = """

@@ -323,4 +323,9 @@ def test_compile_notes_the_padding_a_shifted_copy_reads(write_spec):
            "shift cuts it, inside the image, so a cell whose field starts within 6 rows" in " ".join(done.stderr.split())
     done = graphconv_in_process("compile", spec, "-o", spec.parent / "auto", "--output-stride", 2)
     assert done.returncode == 0 and "shift-and-stitch" not in done.stderr
+    mirrored = write_spec(padded_by("layer").replace("padding: 1}", "padding: 1, mode: reflect}"), "mirrored.yaml")
+    done = graphconv_in_process("compile", mirrored, "-o", spec.parent / "mirrored", "--output-stride", 2)
+    assert done.returncode == 0, done.stderr
+    assert "dilate, which pads only at the image's border, cannot make this network finer (layer 'c2.pad': a " \
+           "reflect pad cannot be dilated" in " ".join(done.stderr.split())  # auto took shift: the note says why
     assert graphconv.load(spec.parent / "auto").graph.meta["compiled"]["stride_method"] == "dilate"

@@ -1361,6 +1361,18 @@ def test_a_cluster_whose_every_worker_is_paused_for_memory_is_said_not_waited_on
         worker.status = Status.running
         assert [f.result() for f in cluster.as_completed_with_workers(client, [waiting])] == [1]
 
+    monkeypatch.setattr(cluster, "WORKER_WAIT_S", 3)
+    with distributed.LocalCluster(n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None,
+                                  memory_limit=0) as one, distributed.Client(one) as client:
+
+        def pausing_its_worker():  # a tile whose memory passes the pause line: it finishes, then the worker resumes
+            distributed.get_worker().status = Status.paused
+            time.sleep(6)
+            return 2
+
+        busy = client.submit(pausing_its_worker, pure=False)
+        assert [f.result() for f in cluster.as_completed_with_workers(client, [busy])] == [2]
+
 
 def test_an_address_where_no_scheduler_speaks_is_refused_not_waited_on(monkeypatch):
     """The dashboard's port, or any server that is not a scheduler, kept dask's Client
@@ -1378,9 +1390,9 @@ def test_an_address_where_no_scheduler_speaks_is_refused_not_waited_on(monkeypat
         port = listener.getsockname()[1]
         accepted = []
         threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True).start()
-        with pytest.raises(GraphconvError, match=rf"no Dask scheduler answered at tcp://127.0.0.1:{port} in 0.5 s "
-                                                 r"\(something listens there, but not a scheduler: give the address "
-                                                 r"`dask scheduler` prints"):
+        with pytest.raises(GraphconvError, match=rf"no Dask scheduler at tcp://127.0.0.1:{port}: what listens there "
+                                                 r"said nothing in 0.5 s, where a scheduler speaks first; give the "
+                                                 r"address `dask scheduler` prints"):
             cluster._check_a_scheduler_answers(f"tcp://127.0.0.1:{port}")
 
         def speak():
@@ -1414,10 +1426,16 @@ def test_a_worker_keeps_an_image_open_only_for_the_same_file_and_read_options(mo
     assert not np.array_equal(first, green)
     np.testing.assert_array_equal(block(bands=(1,)), first)
     assert not np.array_equal(block(bands=(1,), downsample=2), first)
-    tifffile.imwrite(path, 255 - pixels)  # replaced at the same path
-    assert not np.array_equal(block(bands=(1,)), first)
-    key = cluster._source_key(ref, str(path), MapOptions(bands=(1,)))
-    assert key != cluster._source_key(ref, str(path), MapOptions(bands=(1,), level=1))
+    tifffile.imwrite(tmp_path / "new.tif", 255 - pixels)
+    os.replace(tmp_path / "new.tif", path)  # another image at the same path
+    replaced = block(bands=(1,))
+    assert not np.array_equal(replaced, first)
+    spec = (SPECS / "digits.yaml").read_text().replace("scale: -0.00392156862745098", "scale: -0.002")
+    for name in ("digits.npz", "digits.labels.txt"):
+        shutil.copy(SPECS / name, tmp_path / name)
+    (tmp_path / "digits.yaml").write_text(spec)
+    assert graphconv("compile", tmp_path / "digits.yaml", "-o", tmp_path / "digits").returncode == 0  # again
+    assert not np.array_equal(block(bands=(1,)), replaced), "the image read with the new model's preprocess"
 
 def test_a_worker_killed_on_every_try_or_a_lost_scheduler_is_one_line_saying_what_to_do():
     """distributed's KilledWorker (a worker killed for memory, and each that took its
