@@ -190,8 +190,8 @@ def shift_cut_padding(graph: Graph, dilate_problem_then: str | None = None) -> s
         return None
     (fy, fx), (sy, sx) = pair(copies[0].params["factor"]), pair(copies[0].params["step"])
     reach = (fy - 1) * sy, (fx - 1) * sx
-    shown = ", ".join(padded[:3]) + (f" and {len(padded) - 3} more" if len(padded) > 3 else "")
-    return (f"shift-and-stitch on a network that pads ({shown}): each shifted copy is also padded where its "
+    named = ", ".join(padded[:3]) + (f" and {len(padded) - 3} more" if len(padded) > 3 else "")
+    return (f"shift-and-stitch on a network that pads ({named}): each shifted copy is also padded where its "
             f"shift cuts it, inside the image, so a cell whose field starts within {reach[0]} rows of the image's "
             f"top or {reach[1]} columns of its left edge may read that padding in place of pixels; "
             + (f"dilate, which pads only at the image's border, cannot make this network finer ({dilate_problem_then})"
