@@ -1544,10 +1544,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def note_shift_cut_padding(classifier, compiled, output_stride: int | None) -> None:
     """Shift-and-stitch on a network that pads: where its shifted copies read padding
     inside the image (`strides.shift_cut_padding`), and why dilate was not taken where
-    it could not be."""
+    it could not be. A compiled model compiled again (no --output-stride) said it the
+    first time."""
     from graphconv.strides import dilate_problem, shift_cut_padding
 
-    if not compiled.find("shift_copies"):
+    if output_stride is None or not compiled.find("shift_copies"):
         return
     note_text = shift_cut_padding(compiled, dilate_problem(classifier, output_stride))
     if note_text:
