@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from graphconv.arrays import load_npz
-from graphconv.errors import GraphconvError, Location, shown
+from graphconv.errors import GraphconvError, Location, nearest, shown
 from graphconv.ir import Graph
 from graphconv.memory import check_fits
 from graphconv.shapes import WEIGHTS_FILE, infer_shapes, init_weights
@@ -136,13 +136,11 @@ def _layers_without_weights(graph: Graph, layer: str, arrays: dict[str, np.ndarr
     """The layers that take weights and have none in the file, the likeliest first: a
     layer renamed in the spec leaves its weights under the old name, and the error then
     names where they belong, not only where they are not."""
-    import difflib
-
     named = {key.rpartition(".")[0] for key in arrays}
     missing = [node.name for node in graph.layers() if node.opdef.has_weights and node.name not in named]
     if not missing:
         return ""
-    close = difflib.get_close_matches(layer, missing, n=1, cutoff=0.6)
+    close = nearest(layer, missing, n=1)
     if close:
         node = graph.node(close[0])
         where = f"{node.loc}, " if node.loc is not None else ""
