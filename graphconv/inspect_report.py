@@ -43,7 +43,7 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
         lines.append(f"shift-and-stitch: {model.stitch_copies} shifted copies of each image in one pass "
                      "(counted in the FLOPs above)")
     if graph.find("fc"):
-        if input_hw and tuple(input_hw) != (hc, wc):
+        if input_hw and tuple(input_hw) != (hc, wc) and not whole and mixed is None:  # else compile refuses it
             lines.append("note: fc layers only accept the trained crop; compile with fc-to-conv "
                          "to slide the network over larger images")
     elif mixed is None and (input_hw or costs[-1].shape[1:] != (1, 1)):

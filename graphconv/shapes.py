@@ -266,13 +266,14 @@ def map_output_note(graph: Graph) -> str | None:
 
 def _merge_hint(graph: Graph, image_hw: tuple[int, int]) -> str:
     """What to do when a network's branches fail to meet on an image that is not the
-    crop: resize it to a side they meet on (`fitting_sizes`)."""
+    crop: crop or resize it to a side they meet on (`fitting_sizes`); `run --resize`
+    resizes an --image only, so an array is told to crop."""
     sizes = fitting_sizes(graph)
     if sizes is None:
         return ""
     fit = [max(sizes.next_fit(1, a), sizes.last_fit(image_hw[a], a)) for a in (0, 1)]
-    return (f"; this network's branches meet only on images {sizes.describe()}: resize or crop the image "
-            f"to one (e.g. {fit[0]}x{fit[1]}, --resize {fit[0]} {fit[1]})")
+    return (f"; this network's branches meet only on images {sizes.describe()}: crop the image to one (e.g. "
+            f"its top-left {fit[0]}x{fit[1]}) or resize it (an --image: --resize {fit[0]} {fit[1]})")
 
 
 def _fmt(shape: Shape) -> str:

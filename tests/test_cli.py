@@ -175,6 +175,16 @@ def test_inspect_and_passes(capsys):
     assert "fc-to-conv" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("spec, advised", [("lenet", True), ("gated", False)])
+def test_inspect_at_another_size_advises_fc_to_conv_only_for_a_network_that_can_slide(write_spec, capsys, spec,
+                                                                                      advised):
+    """A squeeze-and-excitation classifier was told to compile with fc-to-conv, which it
+    cannot (compile refuses it, and inspect had just said to use run --crops)."""
+    path = SPECS / "lenet.yaml" if spec == "lenet" else write_spec(GATED)
+    assert run_cli("inspect", path, "--input-size", 40, 44) == 0
+    assert ("compile with fc-to-conv" in capsys.readouterr().out) == advised
+
+
 def test_inspect_of_an_image_of_billions_of_pixels_counts_exactly(tmp_path, capsys):
     """FLOP counts past int64 (a 4e9 x 4e9 image) overflowed to a negative count, whose
     logarithm crashed inspect with a traceback."""

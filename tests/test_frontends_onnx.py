@@ -275,6 +275,17 @@ def test_slice_before_op_set_10_reads_its_attributes(tmp_path, rng):
     np.testing.assert_array_equal(Model(graph).run(x), onnxruntime_scores(path, x))
 
 
+def test_a_flip_of_the_channels_is_refused_for_its_step_not_its_axis(tmp_path):
+    """x.flip(1) is a Slice of axis 1, step -1: the error said 'Slice along axes [1];
+    graphconv slices channels only (axis 1, step 1)', refusing the axis it allows."""
+    inits = {"starts": np.array([-1]), "ends": np.array([-2**63]), "axes": np.array([1]), "steps": np.array([-1])}
+    nodes = [onnx.helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["y"], name="flip")]
+    path = onnx_file(tmp_path / "flip.onnx", nodes, inits, input_shape=(1, 4, 6, 6))
+    with pytest.raises(GraphconvError, match=r"node 'flip': Slice of the channels with step -1 \(a flip: x.flip\(1\)\);"
+                                             " graphconv slices a range of channels in order"):
+        load_network(path, task="segmentation")
+
+
 def test_prelu_slopes_follow_onnx_broadcasting(tmp_path, rng):
     """ONNX broadcasts a (C,) slope on an (N, C, H, W) map along its last axis, one slope
     per column: graphconv took it as one per channel whenever C == W, silently other

@@ -2712,8 +2712,12 @@ def _slice(imp: _Importer, node) -> None:
     axes = list(range(len(starts))) if axes is None else [int(a) % x.rank for a in axes.ravel()]
     if _trims_to_blocks(imp, node, x, axes, starts, ends, steps):
         return
-    if axes != [1] or (steps is not None and int(steps.ravel()[0]) != 1):
+    if axes != [1]:
         raise imp.error(f"Slice along axes {axes}; graphconv slices channels only (axis 1, step 1)")
+    if steps is not None and int(steps.ravel()[0]) != 1:  # x.flip(1) is a Slice of step -1
+        raise imp.error(f"Slice of the channels with step {int(steps.ravel()[0])}"
+                        f"{' (a flip: x.flip(1))' if int(steps.ravel()[0]) < 0 else ''}; graphconv slices a range "
+                        "of channels in order (step 1)")
     c = x.shape[0]
     start, stop = (int(np.clip(v + c if v < 0 else v, 0, c)) for v in (starts[0], ends[0]))
     _slice_channels(imp, node, x, start, stop, node.output[0])
