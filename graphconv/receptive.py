@@ -310,6 +310,6 @@ def whole_crop_layers(graph: Graph) -> set[str]:
     for node in graph.layers():
         many_cells = cells(node.name) > 1  # one cell's window is its whole input: that field is true
         if (any(src.name in whole for src in node.inputs)
-                or many_cells and (node.opdef.whole_map or any(cells(src.name) == 1 for src in node.inputs))):
+                or many_cells and (node.opdef.whole_map_reason(node.params) or any(cells(src.name) == 1 for src in node.inputs))):
             whole.add(node.name)
     return whole

@@ -126,13 +126,13 @@ CROPS_INSTEAD = ("`graphconv run MODEL --image IMAGE --crops` computes the same 
 
 def refuse_whole_map_layers(graph: Graph) -> None:
     """Raise, naming the first, for a layer whose every value depends on statistics of its
-    whole input map (`OpDef.whole_map`: groupnorm, global_l2norm): on a larger image they
-    are the whole image's, not each crop's, so no dense pass equals the classifier on
-    every crop."""
+    whole input map (`OpDef.whole_map`: groupnorm, global_l2norm, an align_corners
+    upsample): on a larger image they are the whole image's, not each crop's, so no dense
+    pass equals the classifier on every crop."""
     for node in graph.layers():
-        if node.opdef.whole_map:
-            raise node.error(f"{node.op} takes statistics of its whole map, so on a larger image they are the "
-                             "image's, not each crop's: no single dense pass equals the classifier on every "
+        reason = node.opdef.whole_map_reason(node.params)
+        if reason:
+            raise node.error(f"{node.op} {reason}: no single dense pass equals the classifier on every "
                              f"crop, and the network cannot be compiled to slide; {CROPS_INSTEAD}")
 
 

@@ -369,20 +369,26 @@ def checked_tile(tile) -> tuple[int, int]:
     return size_pair(tile, "a tile is a whole number of input pixels >= 1 (a square), or (H, W) of them")
 
 
+_RUN_IT_WHOLE = ("needs the whole image in one pass and cannot be evaluated in tiles: run it whole (a tile at least "
+                 "as large as the image, or none under a memory limit the whole image fits), or on a smaller image")
+
+
 def _check_slides(graph) -> None:
     """Tiles need a network that slides: a layer that sees its whole input (an fc, a
     global pool) gives one answer per image, which no tile could compute alone."""
     from graphconv.strides import SLIDING_PASS, refuse_whole_map_layers
 
+    segmentation = graph.meta.get("task") == "segmentation"
+    for node in graph.layers():
+        reason = node.opdef.whole_map_reason(node.params) if segmentation else None
+        if reason:  # no --crops for a segmentation network: its map is the whole image's
+            raise node.error(f"{node.op} {reason}, so this segmentation network {_RUN_IT_WHOLE}")
     refuse_whole_map_layers(graph)
     for node in graph.layers():
-        if node.op in SLIDING_PASS and graph.meta.get("task") == "segmentation":
+        if node.op in SLIDING_PASS and segmentation:
             # compiling would make a classifier's pool slide; a segmentation network's (an
             # LR-ASPP gate) is over the whole image by design
-            raise node.error(f"{node.op} sees its whole input, so this segmentation network needs the whole "
-                             "image in one pass and cannot be evaluated in tiles: run it whole (a tile at least "
-                             "as large as the image, or none under a memory limit the whole image fits), or on a "
-                             "smaller image")
+            raise node.error(f"{node.op} sees its whole input, so this segmentation network {_RUN_IT_WHOLE}")
         if node.op in SLIDING_PASS:
             raise node.error(f"{node.op} sees its whole input, so the network cannot be evaluated in tiles: "
                              f"compile it first (graphconv compile; the {SLIDING_PASS[node.op]} pass makes "

@@ -1365,6 +1365,8 @@ RESIZE_FORMS = {
                                                  nearest_mode="floor"), ["", "scales"],
                               {"scales": [1, 1, 2, 3]}),  # tf2onnx's UpSampling2D
     "nearest-sizes-axes": (18, "Resize", dict(mode="nearest", axes=[3, 2]), ["", "", "sizes"], {"sizes": [21, 10]}),
+    "bilinear-align-corners": (13, "Resize", dict(mode="linear", coordinate_transformation_mode="align_corners"),
+                               ["", "scales"], {"scales": [1, 1, 2, 3]}),  # runs as written, cannot slide
     "linear-negative-axes": (19, "Resize", dict(mode="linear", axes=[-1, -2]), ["", "scales"], {"scales": [3, 2]}),
     "upsample-opset9": (9, "Upsample", dict(mode="nearest"), ["scales"], {"scales": [1, 1, 2, 3]}),
     "upsample-opset7": (7, "Upsample", dict(mode="nearest", scales=[1.0, 1.0, 3.0, 2.0]), [], {}),
@@ -1386,7 +1388,8 @@ def test_resize_and_upsample_in_every_form_match_onnxruntime(tmp_path, form, rng
 
 
 @pytest.mark.parametrize("case,message", [
-    ("align-corners", r"linear Resize with coordinate_transformation_mode 'align_corners'.*cannot slide"),
+    ("asymmetric-linear", r"linear Resize with coordinate_transformation_mode 'asymmetric': graphconv interpolates "
+                          r"with half-pixel coordinates \(PyTorch's align_corners=False\) or align_corners"),
     ("cubic", r"Resize mode 'cubic' is not supported"),
     ("linear-opset-10", r"linear Resize in op set 10, which samples with asymmetric coordinates .*opset_version=11"),
     ("fraction", r"Resize by 1.5 x 2: graphconv enlarges by whole numbers"),
@@ -1399,7 +1402,7 @@ def test_resize_and_upsample_in_every_form_match_onnxruntime(tmp_path, form, rng
                                 r"nearest_mode 'ceil'"),
 ])
 def test_resizes_that_cannot_slide_are_refused_naming_the_node(tmp_path, case, message):
-    attrs = {"align-corners": dict(mode="linear", coordinate_transformation_mode="align_corners"),
+    attrs = {"asymmetric-linear": dict(mode="linear", coordinate_transformation_mode="asymmetric"),
              "cubic": dict(mode="cubic"), "round-asymmetric": dict(coordinate_transformation_mode="asymmetric"),
              "linear-opset-10": dict(mode="linear"),
              "floor-half-pixel": dict(coordinate_transformation_mode="half_pixel", nearest_mode="floor"),

@@ -141,12 +141,51 @@ def test_an_image_the_branches_cannot_meet_on_says_which_sizes_work(write_spec, 
 
 
 @settings(max_examples=60, deadline=None)
-@given(fy=st.integers(1, 4), fx=st.integers(1, 4), mode=st.sampled_from(["nearest", "bilinear"]),
+@given(fy=st.integers(1, 4), fx=st.integers(1, 4), mode=st.sampled_from(["nearest", "bilinear", "align_corners"]),
        c=st.integers(1, 9), h=st.integers(1, 6), w=st.integers(1, 6), batch=st.integers(1, 3),
        storage=st.sampled_from(STORAGE_CHOICES))
 def test_upsample_kernel_hypothesis(fy, fx, mode, c, h, w, batch, storage):
     """Every factor pair, one-pixel maps, channel counts that are and are not a vector's,
     with the input and output stored each way (a channels-last map into an NCHW output:
     an FCN head's last resize, stored down the planes a cache line of columns at a time)."""
-    check_op("upsample", dict(factor=[fy, fx], mode=mode), [(c, h, w)], np.random.default_rng(h * 7 + w),
-             batch=batch, storage=storage)
+    params = dict(factor=[fy, fx], mode="bilinear", align_corners=True) if mode == "align_corners" else \
+        dict(factor=[fy, fx], mode=mode)
+    check_op("upsample", params, [(c, h, w)], np.random.default_rng(h * 7 + w), batch=batch, storage=storage)
+
+
+# PyTorch's F.interpolate(..., mode="bilinear", align_corners=True), as older segmentation
+# code (PSPNet, DeepLabV3+ ports) writes it
+CORNERS = """
+name: corners
+task: segmentation
+input: {shape: [2, 12, 12]}
+layers:
+  - {name: stem, op: conv, out_channels: 4, kernel_size: 3, stride: 2, padding: 1}
+  - {name: up, op: upsample, factor: 2, mode: bilinear, align_corners: true}
+  - {name: classes, op: conv, out_channels: 3, kernel_size: 1}
+"""
+
+
+def test_align_corners_runs_as_written_and_is_refused_where_it_would_slide_or_tile(write_spec, rng):
+    """Its samples move with the map's size: a segmentation network runs on the whole
+    image (as PyTorch does), a classifier on its crop or crop by crop; tiles and compiling
+    to slide are refused, naming the layer and why."""
+    from graphconv.torch_bridge import torch, torch_forward
+
+    model = graphconv.load(write_spec(CORNERS))
+    image = random_input(rng, (1, 2, 30, 22))
+    whole = model.run(image)
+    if torch is not None:
+        np.testing.assert_allclose(whole, torch_forward(model.graph, image), rtol=1e-5, atol=1e-5)
+    with pytest.raises(GraphconvError, match="layer 'up': upsample interpolates with align_corners.*every one of "
+                                             "them moves, so this segmentation network needs the whole image"):
+        run_tiled(model, image, 16)
+    classifier_spec = CORNERS.replace("task: segmentation\n", "") + "  - {name: fc, op: fc, out_features: 2}\n"
+    classifier = graphconv.load(write_spec(classifier_spec, "classifier.yaml"))
+    with pytest.raises(GraphconvError, match="layer 'up': upsample interpolates with align_corners.*cannot be "
+                                             "compiled to slide; `graphconv run MODEL --image IMAGE --crops`"):
+        graphconv.compile_model(classifier.graph)
+    scores = crop_loop(classifier, image, 2)  # what run --crops writes
+    np.testing.assert_allclose(scores[:, :, 1, 2], classifier.run(image[:, :, 2:14, 4:16]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(GraphconvError, match="align_corners applies to bilinear interpolation, not nearest"):
+        graphconv.load(write_spec(CORNERS.replace("mode: bilinear, ", ""), "nearest.yaml"))

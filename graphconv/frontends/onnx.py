@@ -1378,8 +1378,9 @@ def _resize(imp: _Importer, node) -> None:
     from constant `sizes` that are whole multiples of the map's. Nearest modes that pick
     cell p // factor (asymmetric with floor, as PyTorch's "nearest" writes it, or half-pixel
     with a round_prefer_* rounding: half-pixel with floor or ceil picks other cells) and
-    linear with half-pixel coordinates (align_corners=False) are what slides; the rest
-    are refused, naming the node."""
+    linear with half-pixel coordinates (align_corners=False) are what slides; linear
+    with align_corners coordinates runs as written but cannot slide (`upsample`); the
+    rest are refused, naming the node."""
     x = imp.tensor(node.input[0])
     if x.rank != 4:
         raise imp.error(f"{node.op_type} of a rank-{x.rank} value; graphconv resizes (N, C, H, W) maps")
@@ -1408,17 +1409,18 @@ def _resize(imp: _Importer, node) -> None:
             raise imp.error(f"linear {node.op_type} in op set {imp.opset}, which samples with asymmetric "
                             "coordinates (neither of PyTorch's align_corners): re-export with opset_version=11 "
                             "or later, where F.interpolate(align_corners=False) is half-pixel Resize")
-        if coordinates not in ("half_pixel", "pytorch_half_pixel"):
+        if coordinates not in ("half_pixel", "pytorch_half_pixel", "align_corners"):
             raise imp.error(f"linear {node.op_type} with coordinate_transformation_mode {shown(coordinates)}: "
-                            "graphconv interpolates with half-pixel coordinates (PyTorch's align_corners=False); "
-                            "align_corners=True moves every sample with the map's size, so it cannot slide")
+                            "graphconv interpolates with half-pixel coordinates (PyTorch's align_corners=False) "
+                            "or align_corners (align_corners=True)")
         mode = "bilinear"
     else:
         raise imp.error(f"{node.op_type} mode {shown(mode)} is not supported (graphconv has nearest and linear)")
     if factor == (1, 1):
         imp.alias(node, x)
         return
-    imp.add_layer(node, "upsample", [x], dict(factor=list(factor), mode=mode))
+    imp.add_layer(node, "upsample", [x], dict(factor=list(factor), mode=mode,
+                                              align_corners=mode == "bilinear" and coordinates == "align_corners"))
 
 
 def _broadcast_to_a_map(imp: _Importer, node, x: Tensor, size: str) -> bool:

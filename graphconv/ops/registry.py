@@ -198,7 +198,9 @@ class OpDef:
         None: any finite values will do.
     whole_map: every output value depends on statistics of the op's whole input map
         (groupnorm, global_l2norm), which a larger image changes: a network with such a layer cannot
-        slide, and the passes that would make it slide refuse it.
+        slide, and the passes that would make it slide refuse it. Or a function of the
+        params saying why a layer of those params is such a layer (None where it is not:
+        upsample's align_corners); `whole_map_reason` asks either.
     """
 
     name: str
@@ -219,10 +221,17 @@ class OpDef:
     onnx: Callable[[Any, dict, list[str], str], None] | None = None
     kernel_name: str | None = None
     channels_last: str = ""
-    whole_map: bool = False
+    whole_map: bool | Callable[[dict], str | None] = False
     internal: bool = False  # made by passes only (shift-and-stitch's halves): not offered to spec writers
     weights_problem: Callable[[dict, dict], str | None] | None = None
     _kernels: dict = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def whole_map_reason(self, params: dict) -> str | None:
+        """Why a layer of these params cannot slide (a verb phrase after the op's name), or None."""
+        if callable(self.whole_map):
+            return self.whole_map(params)
+        return ("takes statistics of its whole map, so on a larger image they are the image's, not each crop's"
+                if self.whole_map else None)
 
     def kernel(self, device: str) -> Callable:
         """The `run` function of this op's kernel for `device` ("cpu" or "cuda")."""

@@ -6,9 +6,13 @@
 pick the same cell). "bilinear" interpolates between the two nearest cells of each axis,
 with the half-pixel rule of PyTorch's `align_corners=False` and ONNX's `half_pixel`:
 output position p samples the input at (p + 0.5) / factor - 0.5, clamped to the map,
-so the first and last rows and columns are repeated past its edges. `align_corners=True`
-is not offered: its sampling points depend on the map's size, so a larger image would
-move every one of them, and the network would no longer slide.
+so the first and last rows and columns are repeated past its edges. `align_corners`
+(bilinear only; PyTorch's `align_corners=True`, ONNX's `align_corners` coordinates)
+puts output p at p * (size - 1) / (size * factor - 1), the corner cells on the corner
+cells: its sampling points depend on the map's size, so a larger image moves every one
+of them. Such a layer is `whole_map`: the network runs as written (a classifier on its
+crop, a segmentation network on the whole image, `run --crops`), but cannot slide or be
+tiled, and the passes that would make it slide refuse it, saying why.
 
 Why it slides: output cell p reads input cells near floor(p / factor), whatever the
 map's size, so a tile aligned to the input's stride sees the same values as the whole
@@ -23,19 +27,32 @@ from fractions import Fraction
 
 import numpy as np
 
+from graphconv.errors import ShapeError
 from graphconv.ops.registry import Example, OpDef, Param, Window, numel, register
 
 MODES = ("nearest", "bilinear")
+NEAREST, HALF_PIXEL, ALIGN_CORNERS = 0, 1, 2  # how output positions sample the input: `sampling`
 
 
-def source(p: int, factor: int, size: int, bilinear: bool) -> tuple[int, int, float]:
+def sampling(params: dict) -> int:
+    """The number the kernels take for a layer's mode and align_corners."""
+    if params["mode"] == "nearest":
+        return NEAREST
+    return ALIGN_CORNERS if params["align_corners"] else HALF_PIXEL
+
+
+def source(p: int, factor: int, size: int, sampled: int) -> tuple[int, int, float]:
     """(first input cell, second input cell, weight of the second) that output position
-    `p` of an axis of `size` input cells reads: nearest reads one cell, p // factor, with
-    weight 0. Both kernels compile this one function."""
-    if not bilinear:
+    `p` of an axis of `size` input cells reads (`sampled` as `sampling` numbers it):
+    nearest reads one cell, p // factor, with weight 0. Both kernels compile this one
+    function."""
+    if sampled == NEAREST:
         cell = p // factor
         return cell, cell, 0.0
-    x = max((p + 0.5) / factor - 0.5, 0.0)
+    if sampled == ALIGN_CORNERS:
+        x = p * (size - 1) / (size * factor - 1) if size * factor > 1 else 0.0
+    else:
+        x = max((p + 0.5) / factor - 0.5, 0.0)
     first = int(x)
     second = min(first + 1, size - 1)
     return first, second, x - first
@@ -43,6 +60,8 @@ def source(p: int, factor: int, size: int, bilinear: bool) -> tuple[int, int, fl
 
 def shape(params: dict, shapes) -> tuple[int, int, int]:
     (c, h, w), = shapes
+    if params["align_corners"] and params["mode"] == "nearest":
+        raise ShapeError("align_corners applies to bilinear interpolation, not nearest (as in PyTorch)")
     fy, fx = params["factor"]
     return c, h * fy, w * fx
 
@@ -55,12 +74,12 @@ def window(params: dict, shapes) -> Window:
     return Window((3, 3), stride, (1, 1), (1, 1), floored=True)
 
 
-def axis_weights(size: int, factor: int, bilinear: bool) -> np.ndarray:
+def axis_weights(size: int, factor: int, sampled: int) -> np.ndarray:
     """(size * factor, size) float64 matrix: row p holds output position p's weights on
     the input cells of one axis."""
     matrix = np.zeros((size * factor, size))
     for p in range(size * factor):
-        first, second, weight = source(p, factor, size, bilinear)
+        first, second, weight = source(p, factor, size, sampled)
         matrix[p, first] += 1.0 - weight
         matrix[p, second] += weight
     return matrix
@@ -68,10 +87,10 @@ def axis_weights(size: int, factor: int, bilinear: bool) -> np.ndarray:
 
 def reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
     """Both axes as matrix products in float64: rows, then columns."""
-    (fy, fx), bilinear = params["factor"], params["mode"] == "bilinear"
+    (fy, fx), sampled = params["factor"], sampling(params)
     x = inputs[0].astype(np.float64)
-    rows = axis_weights(x.shape[2], fy, bilinear)
-    cols = axis_weights(x.shape[3], fx, bilinear)
+    rows = axis_weights(x.shape[2], fy, sampled)
+    cols = axis_weights(x.shape[3], fx, sampled)
     return np.einsum("ph,nchw,qw->ncpq", rows, x, cols).astype(np.float32)
 
 
@@ -80,7 +99,7 @@ def torch_equivalent(params: dict, weights: dict, inputs: list):
     fy, fx = params["factor"]
     if params["mode"] == "nearest":
         return F.interpolate(inputs[0], scale_factor=(fy, fx), mode="nearest")
-    return F.interpolate(inputs[0], scale_factor=(fy, fx), mode="bilinear", align_corners=False)
+    return F.interpolate(inputs[0], scale_factor=(fy, fx), mode="bilinear", align_corners=params["align_corners"])
 
 
 def onnx_resize(writer, params: dict, inputs: list[str], output: str) -> None:
@@ -92,7 +111,7 @@ def onnx_resize(writer, params: dict, inputs: list[str], output: str) -> None:
                     coordinate_transformation_mode="asymmetric", nearest_mode="floor")
     else:
         writer.node("Resize", [inputs[0], "", scales], output, mode="linear",
-                    coordinate_transformation_mode="half_pixel")
+                    coordinate_transformation_mode="align_corners" if params["align_corners"] else "half_pixel")
 
 
 def flops(params: dict, shapes, out) -> int:
@@ -100,13 +119,23 @@ def flops(params: dict, shapes, out) -> int:
     return 6 * numel(out) if params["mode"] == "bilinear" else 0
 
 
+def moves_with_the_map(params: dict) -> str | None:
+    """Why an align_corners layer cannot slide (`OpDef.whole_map`); None for the others."""
+    if params["align_corners"]:
+        return ("interpolates with align_corners, whose sampling points are spread over its whole map, so on a "
+                "larger image every one of them moves")
+    return None
+
+
 register(OpDef(
     name="upsample", doc="each map `factor` times larger: cells repeated (nearest) or interpolated "
                          "(bilinear, half-pixel) (nn.Upsample, ONNX Resize)",
     params=(Param("factor", "pair", doc="how many times larger, per axis (fy, fx)"),
             Param("mode", "choice", "nearest", choices=MODES,
-                  doc="nearest: each cell repeated; bilinear: interpolated, align_corners=False")),
-    shape=shape, reference=reference, window=window, flops=flops, package=__name__,
+                  doc="nearest: each cell repeated; bilinear: interpolated, half-pixel (align_corners=False)"),
+            Param("align_corners", "bool", False,
+                  doc="bilinear with PyTorch's align_corners=True: runs as written, cannot slide")),
+    shape=shape, reference=reference, window=window, flops=flops, package=__name__, whole_map=moves_with_the_map,
     torch=torch_equivalent, onnx=onnx_resize,
     # stored as its input is: where its output must be NCHW (an FCN head's last resize),
     # the map before it is too, so any transposing write is the producer's, at the smaller size
@@ -119,5 +148,8 @@ register(OpDef(
         Example({"factor": [1, 3], "mode": "bilinear"}, [(1, 4, 2)], batch=3),
         Example({"factor": [4, 3], "mode": "bilinear"}, [(2, 2, 2)], batch=1),
         Example({"factor": 2, "mode": "bilinear"}, [(3, 1, 1)]),
+        Example({"factor": 2, "mode": "bilinear", "align_corners": True}, [(2, 3, 4)]),
+        Example({"factor": [3, 2], "mode": "bilinear", "align_corners": True}, [(1, 5, 2)], batch=3),
+        Example({"factor": 2, "mode": "bilinear", "align_corners": True}, [(2, 1, 1)], batch=1),
     ),
 ))

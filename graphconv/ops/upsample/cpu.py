@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from graphconv.ops import upsample
+from graphconv.ops.upsample import NEAREST
 from graphconv.ops.channels_last import as_channels_last, store_row_in_planes
 from graphconv.ops.fast_math import CONTRACT
 from graphconv.ops.layout import nhwc
@@ -22,13 +23,13 @@ source = njit(cache=True, inline="always")(upsample.source)
 
 
 @njit(cache=True)
-def _column_sources(cols, factor, width, bilinear):
+def _column_sources(cols, factor, width, sampling):
     """`source` of every output column, as three arrays."""
     first = np.empty(cols, np.int64)
     second = np.empty(cols, np.int64)
     weight = np.empty(cols, np.float32)
     for ox in range(cols):
-        first[ox], second[ox], w = source(ox, factor, width, bilinear)
+        first[ox], second[ox], w = source(ox, factor, width, sampling)
         weight[ox] = w
     return first, second, weight
 
@@ -39,17 +40,17 @@ def _lerp(a, b, weight):
 
 
 @njit(cache=True, parallel=True)
-def _upsample_planes(x, fy, fx, bilinear, out):
+def _upsample_planes(x, fy, fx, sampling, out):
     n, c, height, width = x.shape
     rows, cols = out.shape[2], out.shape[3]
-    first, second, wx = _column_sources(cols, fx, width, bilinear)
+    first, second, wx = _column_sources(cols, fx, width, sampling)
     for plane in prange(n * c):
         b, ch = plane // c, plane % c
         between = np.empty(width, np.float32)  # a bilinear row's input row, interpolated between two
         for y in range(rows):
-            top, bottom, wy = source(y, fy, height, bilinear)
+            top, bottom, wy = source(y, fy, height, sampling)
             upper, lower = x[b, ch, top], x[b, ch, bottom]
-            if not bilinear:
+            if sampling == NEAREST:
                 for ox in range(cols):
                     out[b, ch, y, ox] = upper[first[ox]]
                 continue
@@ -60,14 +61,14 @@ def _upsample_planes(x, fy, fx, bilinear, out):
 
 
 @njit(cache=True, inline="always")
-def _upsample_row(flat_x, height, width, c, b, top, bottom, wy, first, second, wx, bilinear, flat_out, o0, cols):
+def _upsample_row(flat_x, height, width, c, b, top, bottom, wy, first, second, wx, sampling, flat_out, o0, cols):
     """Output row (cols pixels of C channels, from flat_out[o0]) between input rows `top`
     and `bottom` of image b of the flat (N, H, W, C) input; a bilinear one interpolated
     between the two rows first, then along the row (a lerp and a fraction of one per
     value). Flat, unsigned indices over each pixel's contiguous channels vectorise: the
     same loops on 2D views ran 4x slower (a bilinear x2 of 64 channels at 224, 16 -> 4 ms)."""
     t0 = (b * height + top) * width * c
-    if not bilinear:
+    if sampling == NEAREST:
         for ox in range(cols):
             s0, d0 = t0 + first[ox] * c, o0 + ox * c
             for ch in range(c):
@@ -84,32 +85,32 @@ def _upsample_row(flat_x, height, width, c, b, top, bottom, wy, first, second, w
 
 
 @njit(cache=True, parallel=True, fastmath=CONTRACT)
-def _upsample_rows(xh, fy, fx, bilinear, outh):
+def _upsample_rows(xh, fy, fx, sampling, outh):
     """`_upsample_planes` on (N, H, W, C) arrays, both C-contiguous: one output row a job."""
     n, height, width, c = xh.shape
     rows, cols = outh.shape[1], outh.shape[2]
-    first, second, wx = _column_sources(cols, fx, width, bilinear)
+    first, second, wx = _column_sources(cols, fx, width, sampling)
     flat_x, flat_out = xh.reshape(-1), outh.reshape(-1)
     for job in prange(n * rows):
         b, y = job // rows, job % rows
-        top, bottom, wy = source(y, fy, height, bilinear)
-        _upsample_row(flat_x, height, width, c, b, top, bottom, np.float32(wy), first, second, wx, bilinear, flat_out,
+        top, bottom, wy = source(y, fy, height, sampling)
+        _upsample_row(flat_x, height, width, c, b, top, bottom, np.float32(wy), first, second, wx, sampling, flat_out,
                       job * cols * c, cols)
 
 
 @njit(cache=True, parallel=True, fastmath=CONTRACT)
-def _upsample_rows_into_planes(xh, fy, fx, bilinear, out):
+def _upsample_rows_into_planes(xh, fy, fx, sampling, out):
     """`_upsample_rows` from a channels-last input into an NCHW output: each row computed
     channels-last, then stored down the planes (`store_row_in_planes`)."""
     n, height, width, c = xh.shape
     rows, cols = out.shape[2], out.shape[3]
-    first, second, wx = _column_sources(cols, fx, width, bilinear)
+    first, second, wx = _column_sources(cols, fx, width, sampling)
     flat_x = xh.reshape(-1)
     for job in prange(n * rows):
         b, y = job // rows, job % rows
-        top, bottom, wy = source(y, fy, height, bilinear)
+        top, bottom, wy = source(y, fy, height, sampling)
         row = np.empty(cols * c, np.float32)
-        _upsample_row(flat_x, height, width, c, b, top, bottom, np.float32(wy), first, second, wx, bilinear, row, 0,
+        _upsample_row(flat_x, height, width, c, b, top, bottom, np.float32(wy), first, second, wx, sampling, row, 0,
                       cols)
         store_row_in_planes(row.reshape(cols, c), out, b, y)
 
@@ -118,12 +119,12 @@ def run_upsample(params: dict, weights: dict, inputs: list[np.ndarray], out: np.
     """Follow the output's storage, reading the input through its own; a channels-last
     input into an NCHW output goes row by row (`_upsample_rows_into_planes`)."""
     fy, fx = params["factor"]
-    bilinear = params["mode"] == "bilinear"
+    sampling = upsample.sampling(params)
     x = inputs[0]
     x_stored, out_stored = nhwc(x), nhwc(out)
     if out_stored is not None:  # an NCHW input (which the channels-last pass never gives it) copied first
-        _upsample_rows(as_channels_last(x), fy, fx, bilinear, out_stored)
+        _upsample_rows(as_channels_last(x), fy, fx, sampling, out_stored)
     elif x_stored is not None:
-        _upsample_rows_into_planes(x_stored, fy, fx, bilinear, out)
+        _upsample_rows_into_planes(x_stored, fy, fx, sampling, out)
     else:
-        _upsample_planes(x, fy, fx, bilinear, out)
+        _upsample_planes(x, fy, fx, sampling, out)

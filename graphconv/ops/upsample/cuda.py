@@ -8,21 +8,22 @@ import numpy as np
 from numba import cuda
 
 from graphconv.ops import upsample
+from graphconv.ops.upsample import NEAREST
 from graphconv.ops.cuda_launch import BoundLaunches, KernelCall, grid_1d, unravel_nchw
 
 source = cuda.jit(device=True, inline=True)(upsample.source)
 
 
 @cuda.jit
-def _upsample(x, fy, fx, bilinear, out):
+def _upsample(x, fy, fx, sampling, out):
     index = cuda.grid(1)
     n, c, rows, cols = out.shape
     if index >= n * c * rows * cols:
         return
     b, ch, y, ox = unravel_nchw(index, c, rows, cols)
-    top, bottom, wy = source(y, fy, x.shape[2], bilinear)
-    left, right, wx = source(ox, fx, x.shape[3], bilinear)
-    if not bilinear:
+    top, bottom, wy = source(y, fy, x.shape[2], sampling)
+    left, right, wx = source(ox, fx, x.shape[3], sampling)
+    if sampling == NEAREST:
         out[b, ch, y, ox] = x[b, ch, top, left]
         return
     wx32, wy32 = np.float32(wx), np.float32(wy)
@@ -33,7 +34,7 @@ def _upsample(x, fy, fx, bilinear, out):
 
 def _launches(params: dict, inputs: list, out) -> list[KernelCall]:
     fy, fx = params["factor"]
-    return [(_upsample, grid_1d(out.size), (inputs[0], fy, fx, params["mode"] == "bilinear", out))]
+    return [(_upsample, grid_1d(out.size), (inputs[0], fy, fx, upsample.sampling(params), out))]
 
 
 def bind_upsample(params: dict, weights: dict) -> BoundLaunches:
