@@ -275,6 +275,18 @@ def test_slice_before_op_set_10_reads_its_attributes(tmp_path, rng):
     np.testing.assert_array_equal(Model(graph).run(x), onnxruntime_scores(path, x))
 
 
+def test_neg_of_a_map_is_a_scale_by_minus_one(tmp_path, rng):
+    """-x (PyTorch's neg, as in min(x) written -max(-x)) was refused as constants-only."""
+    nodes = [onnx.helper.make_node("Conv", ["x", "w"], ["c"]), onnx.helper.make_node("Neg", ["c"], ["n"]),
+             onnx.helper.make_node("Relu", ["n"], ["y"])]
+    path = onnx_file(tmp_path / "neg.onnx", nodes, {"w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32)},
+                     input_shape=(1, 3, 8, 8))
+    graph = load_network(path, task="segmentation")
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(Model(graph).run(x), onnxruntime_scores(path, x), **TOLERANCE)
+    assert [n.op for n in compile_model(graph).graph.layers()] == ["conv"]  # the scale and relu fold into it
+
+
 def test_a_flip_of_the_channels_is_refused_for_its_step_not_its_axis(tmp_path):
     """x.flip(1) is a Slice of axis 1, step -1: the error said 'Slice along axes [1];
     graphconv slices channels only (axis 1, step 1)', refusing the axis it allows."""

@@ -2367,6 +2367,14 @@ def _sub(imp: _Importer, node) -> None:
     imp.add_layer(node, "sub", [imp.tensor(name) for name in node.input])
 
 
+@converts("Neg")
+def _neg(imp: _Importer, node) -> None:
+    """-x (a constant's is folded before): a scale by -1, which fold-batchnorm merges into
+    a conv before it."""
+    x = imp.tensor(node.input[0], SCALED_LAYOUTS)
+    _affine(imp, node, x, -np.ones(x.shape[0]), np.zeros(x.shape[0]))
+
+
 @converts("Div")
 def _div(imp: _Importer, node) -> None:
     """x / constant: a per-channel scale by its reciprocal; x / (|x| + 1) (nn.Softsign as
@@ -2937,5 +2945,5 @@ def _constant_only(imp: _Importer, node) -> None:
 
 
 for _op in ("ConstantOfShape",
-            "Range", "Equal", "Where", "Floor", "Ceil", "Sqrt", "Neg", "ReduceProd"):
+            "Range", "Equal", "Where", "Floor", "Ceil", "Sqrt", "ReduceProd"):
     CONVERTERS[_op] = _constant_only
