@@ -483,9 +483,11 @@ def stored_orientation_note(source) -> str | None:
 
 
 def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile: int | None,
-               stopped: Callable[[], bool] | None = None) -> ImageResult:
+               stopped: Callable[[], bool] | None = None, found: list[int] | None = None) -> ImageResult:
     """On a worker (or here): one image's map, written atomically to `output`; any user
-    error is returned, not raised, so one bad image does not stop the others."""
+    error is returned, not raised, so one bad image does not stop the others. `found`:
+    the `file_stamp` `output` had when the batch checked it, before any work; a map
+    there since is another run's, and is not replaced (`_as_found`)."""
     from graphconv.cli import user_message
     from graphconv.georef import map_contents
     from graphconv.sources import open_source
@@ -516,12 +518,12 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
         resumed, planned = None, None
         if tile is not None:
             shape, resumed, planned = _map_in_tiles(ref, model, image, output, source, grid, tile, options,
-                                                    blank_cells, contents, stopped)
+                                                    blank_cells, contents, stopped, _as_found(output, found))
         else:
             x = source.read(0, 0, source.height, source.width)
             result = grid.whole(x[None] if x.ndim == 3 else x, options.device)
             result = result if transform is None else transform(result)
-            _write_map(output, result, source, grid, contents)
+            _write_map(output, result, source, grid, contents, _as_found(output, found))
             shape = tuple(result.shape)
         notes = (stored_orientation_note(source), _first_frame_note(image),
                  _no_tissue_note(background, grid, (source.height, source.width), options))
@@ -539,7 +541,8 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
 
 
 def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, tile: int, options: MapOptions,
-                  blank_cells, contents: dict, stopped: Callable[[], bool] | None = None
+                  blank_cells, contents: dict, stopped: Callable[[], bool] | None = None,
+                  unchanged: Callable[[], None] | None = None
                   ) -> tuple[tuple[int, ...], tuple[int, int] | None, tuple[int, int]]:
     """One image's map computed in tiles into `output` as a single --image's run writes
     one (`tiling.MapFile`): memory-mapped tile by tile, not held in memory (a slide's map
@@ -562,7 +565,7 @@ def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, t
                        georeference=georeference_of_map(source, grid.cell_area) if is_tiff_output(output) else None,
                        placement=replace(cell_placement(source, grid.cell_area), contents=contents),
                        resume=resume_job(ref, model, image, source, options, plan, shape, dtype) if options.resume
-                       else None, tiles=plan.tiles, blank=blank)
+                       else None, tiles=plan.tiles, blank=blank, unchanged=unchanged)
     with map_file as out:
         resumed = (len(map_file.done), len(plan.tiles)) if map_file.done else None
         if len(map_file.done) < len(plan.tiles):
@@ -692,7 +695,8 @@ def _first_frame_note(image: str) -> str | None:
     return f"it has {frames} frames, and its map is of the first only" if frames > 1 else None
 
 
-def _write_map(output: str, scores: np.ndarray, source, grid, contents: dict) -> None:
+def _write_map(output: str, scores: np.ndarray, source, grid, contents: dict,
+               unchanged: Callable[[], None] | None = None) -> None:
     """One image's map, atomically: .npy, or .tif (georeferenced where the image is a
     GeoTIFF; its cells' placement in it, and what its bands hold: `map_contents`)."""
     from graphconv.files import atomic_write
@@ -701,9 +705,24 @@ def _write_map(output: str, scores: np.ndarray, source, grid, contents: dict) ->
     if is_tiff_output(output):
         geo = georeference_of_map(source, grid.cell_area)
         placement = replace(cell_placement(source, grid.cell_area), contents=contents)
-        atomic_write(output, lambda p: write_map_tiff(p, scores, geo, placement), suffix=".tif")
+        atomic_write(output, lambda p: write_map_tiff(p, scores, geo, placement), suffix=".tif", unchanged=unchanged)
     else:
-        atomic_write(output, lambda p: np.save(p, scores), suffix=".npy")
+        atomic_write(output, lambda p: np.save(p, scores), suffix=".npy", unchanged=unchanged)
+
+
+def _as_found(output: str, found: list[int] | None) -> Callable[[], None]:
+    """A check, run just before `output` is renamed into place, that it is as the batch
+    found it before any work (`found`, its `file_stamp`, None: not there): two batches
+    of like-named images (two cameras' IMG_0001.JPG) into one --output-dir each found
+    the names free, then replaced each other's maps, both saying all were written."""
+    from graphconv.files import file_stamp
+
+    def unchanged() -> None:
+        if file_stamp(output) != found:
+            raise GraphconvError("was written by another run while this one computed its map (two batches into one "
+                                 "--output-dir at once?): left as that run wrote it; map this batch into a separate "
+                                 "--output-dir", file=output)
+    return unchanged
 
 
 def run_images(ref: ModelRef, images: Sequence[str], output_dir: str, options: MapOptions,
@@ -731,7 +750,7 @@ def run_images(ref: ModelRef, images: Sequence[str], output_dir: str, options: M
         manifest.record(result.image, output_of[result.image], result.shape, result.error, written,
                         map_settings(ref, result.image, options))
     try:
-        return _map_each(ref, images, outputs, options, tile, client, done)
+        return _map_each(ref, images, outputs, before, options, tile, client, done)
     except BaseException:  # stopped: the maps finished whose rows the stop cut off are listed too
         for image, output, stamp in zip(images, outputs, before):
             manifest.record_kept(image, output, stamp, lambda image=image: map_settings(ref, image, options))
@@ -740,21 +759,22 @@ def run_images(ref: ModelRef, images: Sequence[str], output_dir: str, options: M
         manifest.rewrite()
 
 
-def _map_each(ref: ModelRef, images: Sequence[str], outputs: Sequence[str], options: MapOptions, tile: int | None,
-              client, done: Callable[[ImageResult], None]) -> list[ImageResult]:
-    """`run_images`' maps, here or on the cluster, `done` called with each as it comes."""
+def _map_each(ref: ModelRef, images: Sequence[str], outputs: Sequence[str], found: Sequence[list[int] | None],
+              options: MapOptions, tile: int | None, client, done: Callable[[ImageResult], None]) -> list[ImageResult]:
+    """`run_images`' maps, here or on the cluster, `done` called with each as it comes;
+    `found`: each output's `file_stamp` before any work."""
     results = []
     if client is None:
-        for image, output in zip(images, outputs):
-            results.append(_one_image(ref, image, output, options, tile))
+        for image, output, stamp in zip(images, outputs, found):
+            results.append(_one_image(ref, image, output, options, tile, found=stamp))
             done(results[-1])
         return results
     import distributed
 
     stop = distributed.Event(f"graphconv-stop-{os.getpid()}-{os.urandom(6).hex()}", client=client)
     futures = [client.submit(_one_image_at, ref, image, output, os.path.abspath(image), os.path.abspath(output),
-                             options, tile, stop.name, pure=False)
-               for image, output in zip(images, outputs)]
+                             options, tile, stop.name, stamp, pure=False)
+               for image, output, stamp in zip(images, outputs, found)]
     try:
         for future in as_completed_with_workers(client, futures):
             results.append(_seen_here(future.result()))
@@ -779,7 +799,7 @@ def _stop_tasks(client, stop, futures) -> None:
 
 
 def _one_image_at(ref: ModelRef, image: str, output: str, image_path: str, output_path: str, options: MapOptions,
-                  tile: int | None, stop: str | None = None) -> ImageResult:
+                  tile: int | None, stop: str | None = None, found: list[int] | None = None) -> ImageResult:
     """`_one_image` on a worker, whose working folder is its own: the image and the map at
     the absolute paths the client resolved (relative ones went to the worker's folder:
     images "not found", maps written where the user never looks), the result under the
@@ -789,7 +809,7 @@ def _one_image_at(ref: ModelRef, image: str, output: str, image_path: str, outpu
     if stop is not None:
         import distributed
         stopped = distributed.Event(stop).is_set
-    result = _one_image(ref, image_path, output_path, options, tile, stopped)
+    result = _one_image(ref, image_path, output_path, options, tile, stopped, found)
     # lexists: a broken link is seen here, broken for the command too, and its error says so already
     unseen = [path for path in (ref.path, image_path) if not os.path.lexists(path)] if result.error else []
     if unseen:  # the message read as if this machine lacked the file

@@ -175,10 +175,11 @@ def check_writable(path: str | os.PathLike, shown: str | None = None) -> None:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: str = "",
-                 size: int | None = None) -> None:
+                 size: int | None = None, unchanged: Callable[[], None] | None = None) -> None:
     """Call write(temporary path) and rename the result onto `path` once complete;
     missing folders above it are created, and removed again if the write fails. `size`:
-    about how many bytes it writes, for the error should they not fit."""
+    about how many bytes it writes, for the error should they not fit; `unchanged`
+    (`replacing_checked`) may refuse the rename."""
     target = _output_path(path)
     if target.is_dir():
         raise GraphconvError("is a folder; give a file name", file=str(path))
@@ -188,7 +189,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: 
         tmp = _temporary(folder, target.name + suffix)
         try:
             write(str(tmp))
-            with signals_deferred():
+            with replacing_checked(folder, unchanged), signals_deferred():
                 os.replace(tmp, target)
                 _COMMITTED.append(str(path))
         except BaseException as err:
@@ -330,14 +331,52 @@ def temporary_beside(path: str | os.PathLike) -> Path:
     return _temporary(target.parent, target.name)
 
 
-def move_into_place(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
+def move_into_place(tmp: str | os.PathLike, target: str | os.PathLike,
+                    unchanged: Callable[[], None] | None = None) -> None:
     """Rename the complete output `tmp` onto `target` (`put_in_place`), then remove the
     old output it replaced, if any: only the renames hold Ctrl-C and SIGTERM back, not
-    the removal, which for a map of many GB takes long (`remove_temporary`)."""
-    replaced = put_in_place(tmp, target)
+    the removal, which for a map of many GB takes long (`remove_temporary`). `unchanged`
+    (`replacing_checked`) may refuse the rename."""
+    with replacing_checked(Path(target).parent, unchanged):
+        replaced = put_in_place(tmp, target)
     if replaced is not None:
         _checkpoint("output-replaced")
         remove_temporary(replaced)
+
+
+@contextmanager
+def replacing_checked(folder: str | os.PathLike, unchanged: Callable[[], None] | None) -> Iterator[None]:
+    """The block (a rename onto an output) run after `unchanged()`, which raises where
+    the output may not be replaced now, with `folder` locked between the two: two
+    batches into one --output-dir, each checking its maps' names before any work, both
+    found them free, then replaced each other's maps. Under the lock, the second one's
+    check sees the first one's map. Unlocked where the file system refuses locks."""
+    if unchanged is None:
+        yield
+        return
+    with _locked_if_possible(Path(folder)):
+        unchanged()
+        yield
+
+
+@contextmanager
+def _locked_if_possible(folder: Path) -> Iterator[None]:
+    """`_locked`, or nothing where the folder cannot be opened or locked (Lustre without
+    flock): a check done unlocked still catches all but a race to the same instant."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:
+                pass
+        yield
+    finally:
+        os.close(fd)
 
 
 def put_in_place(tmp: str | os.PathLike, target: str | os.PathLike) -> Path | None:

@@ -77,9 +77,24 @@ class Manifest:
         self.recorded.add(key)
         self.folder.mkdir(parents=True, exist_ok=True)  # where the first image failed, no map made it
         with self._locked():
+            if not written and self._keeps_another_batchs_row(key, image, output):
+                return
             if _written_before_made_with(self.path):  # its rows, and this one, under one header
                 _write_rows(self.path, _read_rows(self.path))
             _append(self.path, row)
+
+    def _keeps_another_batchs_row(self, key: str, image: str, output: str) -> bool:
+        """Whether the map at `output` is another image's that a batch running beside
+        this one wrote and listed (refused here: `cluster._as_found`): its row stays, and
+        this image's failure, said on stderr, takes no row of its own (the list is one row
+        per map: the row said a map of this image failed, and graphconv lost the record
+        that it wrote the other one)."""
+        listed = _read_rows(self.path).get(key) if self.path.exists() else None
+        if (listed is None or listed["image"] == os.path.abspath(image) or not listed["map_stamp"]
+                or listed["map_stamp"] != _stamp_text(output)):
+            return False
+        self.rows[key] = listed
+        return True
 
     def record_kept(self, image: str, output: str, stamp_before: list[int] | None,
                     made_with: Callable[[], dict] | None = None) -> None:

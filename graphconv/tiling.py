@@ -688,15 +688,17 @@ class MapFile:
     damaged since (its .npy cut short) is refused; in a zarr one, the tiles listed as done
     whose blocks are missing or unreadable are left out of `done` (computed again) and
     kept in `damaged`; `blank` names the tiles written as not computed alone (no block of
-    theirs need be stored: zarr stores no chunk of fill values)."""
+    theirs need be stored: zarr stores no chunk of fill values). `unchanged` is called
+    just before the map is renamed into place, and may refuse it (`files.replacing_checked`:
+    another batch wrote that name meanwhile)."""
 
     def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype, chunk_hw: tuple[int, int],
                  georeference=None, placement=None, resume: dict | None = None, tiles: Sequence[Tile] = (),
-                 blank: Collection[Tile] = ()):
+                 blank: Collection[Tile] = (), unchanged: Callable[[], None] | None = None):
         from graphconv.files import check_writable
         from graphconv.georef import is_tiff_output
         self.path, self.shape, self.dtype, self.chunk_hw = str(path), tuple(shape), np.dtype(dtype), chunk_hw
-        self.georeference, self.placement = georeference, placement
+        self.georeference, self.placement, self.unchanged = georeference, placement, unchanged
         self.is_zarr = self.path.rstrip("/").lower().endswith(".zarr")
         self.is_tiff = is_tiff_output(self.path)
         if self.is_zarr:
@@ -744,7 +746,7 @@ class MapFile:
                     self.array = self._create(self._tmp if self.is_zarr else self._scratch)
                     yield self.array
                     self._finish()
-                    move_into_place(self._tmp, target)
+                    move_into_place(self._tmp, target, self.unchanged)
             finally:
                 self.array = None
                 for partial in {self._tmp, self._scratch}:
@@ -761,7 +763,7 @@ class MapFile:
         one replaced are removed after, with signals not held back (a map of many GB takes
         long: a job scheduler's SIGTERM kept waiting is followed by its SIGKILL)."""
         from graphconv.files import (as_temporary, held_exclusively, output_folders, put_in_place,
-                                     remove_temporary, signals_deferred, write_errors_named)
+                                     remove_temporary, replacing_checked, signals_deferred, write_errors_named)
         target = os.path.abspath(self.path.rstrip("/"))
         partial = self.partial
         new = not partial.exists()
@@ -780,7 +782,7 @@ class MapFile:
                 try:
                     yield self.array
                     self._finish()
-                    with signals_deferred():
+                    with replacing_checked(os.path.dirname(target), self.unchanged), signals_deferred():
                         replaced = put_in_place(self._tmp, target)
                         # the lock is on the folder's descriptor, which outlives its name
                         left = as_temporary(Path(partial.folder))

@@ -139,6 +139,18 @@ def test_two_batches_into_one_folder_keep_each_other_s_rows(tmp_path):
     assert sorted(rows(tmp_path)) == ["a.npy", "b.npy"]
 
 
+def test_a_batch_refused_a_map_another_batch_wrote_meanwhile_keeps_that_batch_s_row(tmp_path):
+    """Two cameras' img_0.png into one folder at once: the second batch's failure row
+    replaced the first's 'written' row, and the .npy lost the record that graphconv wrote it."""
+    camera_b = Manifest(tmp_path)  # read before the other batch wrote anything
+    np.save(tmp_path / "img_0.npy", np.zeros((1, 2, 3, 3), np.float32))
+    Manifest(tmp_path).record("/a/img_0.png", str(tmp_path / "img_0.npy"), (1, 2, 3, 3), None, True)
+    camera_b.record("/b/img_0.png", str(tmp_path / "img_0.npy"), None, "was written by another run", False)
+    camera_b.rewrite()
+    assert rows(tmp_path)["img_0.npy"]["image"] == "/a/img_0.png"
+    assert Manifest(tmp_path).image_of(str(tmp_path / "img_0.npy")) == "/a/img_0.png"
+
+
 def test_an_image_that_fails_after_its_map_keeps_its_earlier_map_s_stamp(tmp_path):
     """Its map, unchanged, is still graphconv's: a later run may replace it, whatever its shape."""
     np.save(tmp_path / "a.npy", np.zeros((1, 2, 3, 3), np.float32))

@@ -570,6 +570,28 @@ def test_images_on_a_cluster_go_to_the_paths_the_client_sees_and_a_map_it_cannot
     assert f"which does not see {tmp_path / 'gone.png'}: the workers must reach the model" in unseen.error
 
 
+@pytest.mark.parametrize("tile", [None, 60])
+@pytest.mark.parametrize("suffix", [".tif", ".npy"])
+def test_a_map_another_batch_wrote_while_this_one_ran_is_left_as_it_is(model_dir, picture, tmp_path, tile, suffix):
+    """Two batches of like-named images (two cameras' cards) into one --output-dir at once
+    each checked the names before any work, found them free, and replaced each other's
+    maps, both saying every map was written. A map is renamed into place only if its
+    name is as the batch found it (here: not there), checked under the folder's lock."""
+    from graphconv.cluster import _one_image
+    from graphconv.files import file_stamp
+
+    (tmp_path / "maps").mkdir()
+    output = tmp_path / "maps" / f"page{suffix}"
+    output.write_bytes(b"the other batch's map")
+    result = _one_image(ModelRef(str(model_dir)), str(picture / "page.png"), str(output), MapOptions(), tile,
+                        found=None)
+    assert "was written by another run while this one computed its map" in result.error
+    assert output.read_bytes() == b"the other batch's map" and os.listdir(tmp_path / "maps") == [output.name]
+    result = _one_image(ModelRef(str(model_dir)), str(picture / "page.png"), str(output), MapOptions(), tile,
+                        found=file_stamp(output))  # as found before the work: this batch's to replace
+    assert result.error is None and output.read_bytes() != b"the other batch's map"
+
+
 def test_run_images_in_one_process_maps_with_the_weights_as_they_are_now(picture, tmp_path):
     """A notebook maps, retrains and maps again in one process: the second batch uses
     the new weights, not the model the first one loaded."""
