@@ -766,7 +766,7 @@ def _map_each(ref: ModelRef, images: Sequence[str], outputs: Sequence[str], foun
     results = []
     if client is None:
         for image, output, stamp in zip(images, outputs, found):
-            results.append(_one_image(ref, image, output, options, tile, found=stamp))
+            results.append(_one_image(ref, image, output, options, tile, None, stamp))
             done(results[-1])
         return results
     import distributed
@@ -962,7 +962,10 @@ def check_replaceable(path: str, dtype, shape: tuple[int, ...] | None = None) ->
     looks like a map: a user's (1, 3, H, W) float32 input or (1, 1000) reference vector
     is a 4-D or 2-D float32 array too, and was replaced. `shape` None: the .npy is
     checked later, when the shape is known (`check_replaceable` again)."""
+    from graphconv.files import refuse_a_special_file
+
     target = path.rstrip("/")
+    refuse_a_special_file(target, path)
     if not os.path.exists(target) or (os.path.isdir(target) and not os.listdir(target)):
         return  # nothing there to lose (an empty folder named map.zarr, made ahead)
     if target.lower().endswith((".tif", ".tiff", ".zarr")):

@@ -23,6 +23,8 @@ EXIT_USER_ERROR = 2
 
 
 def main() -> int:
+    """The command: its status is the process's exit status (it does not return when the
+    command ran: `_leave`)."""
     problem = environment_problem(os.environ)
     if problem:
         print(f"graphconv: {problem}", file=sys.stderr)
@@ -30,7 +32,24 @@ def main() -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _leave_at_once)
     from graphconv.cli import console_main
-    return console_main()  # its first line puts its own handlers in place of these
+    _leave(console_main())  # its first line puts its own handlers in place of these
+
+
+def _leave(status: int) -> None:
+    """End the process with the command's `status` once its exit handlers have run
+    (under the command's last handlers: a signal now ends it at once with `status`),
+    skipping the interpreter's teardown: that puts the default handlers back first, and
+    a scheduler's SIGTERM in its last quarter second then killed a command that had
+    finished, exit 143 with nothing said. Everything the command wrote is complete and
+    flushed by now."""
+    import atexit
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can go out
+            pass
+    os._exit(status)
 
 
 def environment_problem(environ) -> str | None:

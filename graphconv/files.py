@@ -45,6 +45,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import tempfile
 import threading
 from contextlib import contextmanager
@@ -170,8 +171,22 @@ def check_writable(path: str | os.PathLike, shown: str | None = None) -> None:
     target = _output_path(path)
     if target.is_dir():
         raise GraphconvError("is a folder; give a file name", file=shown or str(path))
+    refuse_a_special_file(target, shown or str(path))
     existing = _nearest_existing_folder(target)
     _probe_write(existing, shown or str(path))
+
+
+def refuse_a_special_file(path: str | os.PathLike, shown: str) -> None:
+    """An output name that is a pipe, a device or a socket is no file to replace: a run
+    reading it as an earlier map (an .npy's header) waited on a FIFO for ever, and the
+    rename would have put a file in the device's place."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return  # not there (or a broken link): a new file
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise GraphconvError("is there and is not a regular file (a pipe or a device?): give the name of a file to "
+                             "write", file=shown)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: str = "",

@@ -1177,7 +1177,7 @@ def test_a_second_ctrl_c_during_the_cleanup_does_not_cut_it_short(tmp_path, monk
     assert run_cli("compile", SPECS / "digits.yaml", "-o", tmp_path / "m") == 0
     (tmp_path / "maps").mkdir()
 
-    def ctrl_c_before_the_rename(tmp, target):
+    def ctrl_c_before_the_rename(tmp, target, unchanged=None):
         signal.raise_signal(signal.SIGINT)  # the first Ctrl-C, as the map is complete
 
     real_rmtree = files.shutil.rmtree
@@ -1300,6 +1300,21 @@ atexit.register(lambda: threading.Timer(1, os.kill, (os.getpid(), signal.SIGINT)
     done = console("passes", script=script, timeout=60)
     assert done.returncode == 0 and "fuse-conv-activation" in done.stdout, done.stderr
     assert done.stderr == "" and time.monotonic() - started < 60
+
+
+def test_a_signal_as_the_interpreter_tears_down_after_the_command_keeps_its_status():
+    """Python puts the default handlers back as it tears down: a scheduler's SIGTERM in
+    that last quarter second killed a finished run, exit 143 and nothing said."""
+    script = """
+import os, signal, time, builtins
+class Late:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)
+builtins._late = Late()  # collected at the very end of the teardown
+"""
+    done = console("passes", script=script, timeout=60)
+    assert (done.returncode, done.stderr) == (0, "") and "fuse-conv-activation" in done.stdout
 
 
 def test_python_m_graphconv_cli_keeps_the_notes_other_modules_make(tmp_path):

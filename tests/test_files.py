@@ -205,6 +205,19 @@ def test_atomic_write_leaves_nothing_when_the_write_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_an_output_named_like_a_pipe_is_refused_before_anything_opens_it(tmp_path):
+    """run --output pipe.npy waited for ever: the check of what the name held opened the
+    FIFO to read an .npy header."""
+    from graphconv.cluster import check_replaceable
+
+    pipe = tmp_path / "map.npy"
+    os.mkfifo(pipe)
+    for check in (lambda: check_writable(pipe), lambda: check_replaceable(str(pipe), np.float32, (1, 2, 3, 3))):
+        with pytest.raises(GraphconvError, match="map.npy: is there and is not a regular file"):
+            check()
+
+
 def test_check_writable_rejects_folders_and_accepts_new_paths(tmp_path):
     with pytest.raises(GraphconvError, match="is a folder"):
         check_writable(tmp_path)
