@@ -369,15 +369,16 @@ def replacing_checked(folder: str | os.PathLike, unchanged: Callable[[], None] |
     if unchanged is None:
         yield
         return
-    with _locked_if_possible(Path(folder)):
+    with locked_if_possible(folder):
         unchanged()
         yield
 
 
 @contextmanager
-def _locked_if_possible(folder: Path) -> Iterator[None]:
+def locked_if_possible(folder: str | os.PathLike) -> Iterator[None]:
     """`_locked`, or nothing where the folder cannot be opened or locked (Lustre without
-    flock): a check done unlocked still catches all but a race to the same instant."""
+    flock): what it guards (a check before a rename, a list's append) is then done
+    unlocked, which still catches all but a race to the same instant."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:

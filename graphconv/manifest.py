@@ -17,18 +17,16 @@ two batches at once may then lose rows of each other's until one's final rewrite
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
 import json
 import os
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
 from graphconv.errors import GraphconvError, shown_path
-from graphconv.files import atomic_write, file_stamp
+from graphconv.files import atomic_write, file_stamp, locked_if_possible
 
 MANIFEST_NAME = "graphconv-maps.csv"
 COLUMNS = ("image", "map", "status", "shape", "error", "map_stamp", "made_with")
@@ -145,23 +143,10 @@ class Manifest:
     def _key(self, output: str) -> str:
         return Path(os.path.relpath(os.path.abspath(output), os.path.abspath(self.folder))).as_posix()
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self):
         """The folder locked (flock) against another batch's append or rewrite; unlocked
         where the file system refuses (the list is a record: the maps come first)."""
-        try:
-            fd = os.open(self.folder, os.O_RDONLY)
-        except OSError:
-            yield
-            return
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError:
-                pass
-            yield
-        finally:
-            os.close(fd)
+        return locked_if_possible(self.folder)
 
 
 def _stamp_text(path: str) -> str:
