@@ -309,7 +309,8 @@ def whole_crop_layers(graph: Graph) -> set[str]:
     whole: set[str] = set()
     for node in graph.layers():
         many_cells = cells(node.name) > 1  # one cell's window is its whole input: that field is true
+        broadcast = any(cells(src.name) == 1 for src in node.inputs)  # a gate pooled over the crop
         if (any(src.name in whole for src in node.inputs)
-                or many_cells and (node.opdef.whole_map_reason(node.params) or any(cells(src.name) == 1 for src in node.inputs))):
+                or many_cells and (node.opdef.whole_map_reason(node.params) or broadcast)):
             whole.add(node.name)
     return whole

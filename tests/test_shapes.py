@@ -112,8 +112,8 @@ def test_tiles_start_on_the_lattice_of_a_fractional_stride(write_spec, rng):
 def test_an_image_of_a_side_that_does_not_fit_is_told_the_nearest_that_does(write_spec, rng):
     model = graphconv.compile_model(write_spec(UNPADDED_BEFORE_UPSAMPLE))
     with pytest.raises(GraphconvError, match=r"layer 'a4'.*meet only on images of height 2k\+1 and width 2k\+1 "
-                                             r"pixels \(k whole\): crop the image to one \(e.g. its top-left 59x61\) or "
-                                             r"resize it \(an --image: --resize 59 61\)"):
+                                             r"pixels \(k whole\): crop the image to one \(e.g. its top-left "
+                                             r"59x61\) or resize it \(an --image: --resize 59 61\)"):
         model.run(random_input(rng, (1, 2, 60, 61)))
 
 
