@@ -38,6 +38,7 @@ nothing else to tell its blank pixels by.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 
@@ -52,7 +53,8 @@ TILE_SIZES_TRIED = 24  # evenly spaced between the two: the pixels read do not f
 
 DEFAULT_MAX_NODATA = 0.5  # the share of a cell's crop that may be no-data for the cell to be computed
 MASK_PIXELS = 1 << 23  # the most pixels one read for the no-data cells takes (fewer where the budget asks)
-MASK_BUDGET_SHARE = 8  # that read's stored bands and masks stay within 1/8 of the memory budget
+MASK_BUDGET_SHARE = 8  # that read's stored bands, masks and sums stay within 1/8 of the memory budget
+COUNT_BYTES = 16  # a pixel's share of the sums counting a read's no-data (at stride 1: rows, columns, running)
 
 
 class Background:
@@ -138,53 +140,97 @@ class Background:
                                                if not self.is_blank(t)))
 
     def is_blank(self, tile) -> bool:
-        """Whether every one of the tile's cells is left out."""
-        return bool(self.blank_cells(tile).all())
+        """Whether every one of the tile's cells is left out: without building its cells'
+        mask where the no-data blocks' states or the tissue around the whole tile tell
+        (`cheapest_tile` asks this of every tile of ~24 plans)."""
+        if self.nodata is None:
+            return self._tissue_in_tile(tile) == 0
+        (r0, r1), (c0, c1) = tile.rows, tile.cols
+        if self.nodata_cells().all_set(r0, r1, c0, c1):
+            return True
+        return self.masked and (self._tissue_in_tile(tile) == 0 or bool(self.blank_cells(tile).all()))
+
+    def blank_count(self, tile) -> int:
+        """How many of the tile's cells are left out."""
+        (r0, r1), (c0, c1) = tile.rows, tile.cols
+        if self.nodata is None:
+            small, rows, cols = self._tissue_spans(tile)
+            return int(np.bincount(rows) @ small.astype(np.int64) @ np.bincount(cols))
+        if not self.masked:
+            return self.nodata_cells().count(r0, r1, c0, c1)
+        return int(self.blank_cells(tile).sum())
 
     def blank_cells(self, tile) -> np.ndarray:
         """(rows, cols) bool, True for each of the tile's cells left out (see the class).
         Those are written as not computed whatever the tiling, so the map does not depend
         on where tiles fall (a cell of glass or of no-data in a tile that also holds
-        tissue used to get scores, and the same cell in a tile of glass alone none)."""
-        if getattr(self, "nodata", None) is not None:
-            blank = self.nodata_cells()
+        tissue used to get scores, and the same cell in a tile of glass alone none).
+        Made when asked, a tile at a time: a run keeps no mask of the whole map."""
+        if self.nodata is not None:
             (r0, r1), (c0, c1) = tile.rows, tile.cols
-            cells = np.zeros((r1 - r0, c1 - c0), bool)  # a cell past those counted starts past the image
-            part = blank[r0:r1, c0:c1]
-            cells[:part.shape[0], :part.shape[1]] = part
+            cells = self.nodata_cells().box(r0, r1, c0, c1)  # a cell past those counted starts past the image
             return (cells | self._without_tissue(tile)) if self.masked else cells
         return self._without_tissue(tile)
 
     def _without_tissue(self, tile) -> np.ndarray:
         """The tile's cells no tissue (or the --mask) reaches near their centres."""
-        y0, y1 = self._spans(tile.rows, 0, self.fy, self.tissue.shape[0])
-        x0, x1 = self._spans(tile.cols, 1, self.fx, self.tissue.shape[1])
+        small, rows, cols = self._tissue_spans(tile)
+        return small[rows][:, cols]
+
+    def _tissue_spans(self, tile) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(small, rows, cols): small[i, j] True where no tissue lies in the i-th distinct
+        span of thumbnail rows the tile's cells reach and the j-th of columns; `rows` and
+        `cols` say which span each of the tile's rows and columns of cells has. Cells
+        much finer than a thumbnail pixel (stride 1 on a slide: tens a pixel) share few
+        spans, so the tissue sums are looked up per span, not per cell."""
+        (y0, y1), rows = _distinct_spans(*self._spans(tile.rows, 0, self.fy, self.tissue.shape[0]))
+        (x0, x1), cols = _distinct_spans(*self._spans(tile.cols, 1, self.fx, self.tissue.shape[1]))
         sums = self._tissue_sums
         y0, y1, x0, x1 = y0[:, None], y1[:, None], x0[None, :], x1[None, :]
-        return sums[y1, x1] - sums[y0, x1] - sums[y1, x0] + sums[y0, x0] == 0
+        return sums[y1, x1] - sums[y0, x1] - sums[y1, x0] + sums[y0, x0] == 0, rows, cols
 
-    def nodata_cells(self) -> np.ndarray:
-        """(rows, cols) bool over every cell whose crop starts in the image: True where more
-        than `max_nodata` of the crop's pixels are no-data. `self.fraction` keeps each
-        cell's share. Nothing is read where no pixel can be no-data (`sources.
-        nodata_can_occur`: a declared value an integer raster cannot hold); else see
-        `_nodata_counts`."""
+    def _tissue_in_tile(self, tile) -> int:
+        """Tissue pixels in the union of the squares of the tile's cells: consecutive
+        cells' squares meet (a cell's centre is one stride past the last's), so that union
+        is one rectangle of the thumbnail, from the first cell's square to the last's."""
+        (r0, r1), (c0, c1) = tile.rows, tile.cols
+        y0 = self._spans((r0, r0 + 1), 0, self.fy, self.tissue.shape[0])[0][0]
+        y1 = self._spans((r1 - 1, r1), 0, self.fy, self.tissue.shape[0])[1][0]
+        x0 = self._spans((c0, c0 + 1), 1, self.fx, self.tissue.shape[1])[0][0]
+        x1 = self._spans((c1 - 1, c1), 1, self.fx, self.tissue.shape[1])[1][0]
+        sums = self._tissue_sums
+        return int(sums[y1, x1] - sums[y0, x1] - sums[y1, x0] + sums[y0, x0])
+
+    def nodata_cells(self) -> "CellBlocks":
+        """Every cell whose crop starts in the image, set where more than `max_nodata` of
+        the crop's pixels are no-data: counted once for the whole map (`_nodata_counts`),
+        a row of cells at a time, and kept as `CellBlocks` (memory follows the no-data's
+        edge, not the map's area). Nothing is read where no pixel can be no-data
+        (`sources.nodata_can_occur`: a declared value an integer raster cannot hold)."""
         if self._blank is not None:
             return self._blank
         source, area = self.source, self.area
         y0, y1 = _crop_spans(area, 0, source.height)
         x0, x1 = _crop_spans(area, 1, source.width)
-        pixels = (y1 - y0)[:, None] * (x1 - x0)[None, :]
-        counts = self._nodata_counts(y0, y1, x0, x1)
-        if counts is None:
-            counts = np.zeros(pixels.shape, np.int64)
-        self.fraction = np.where(pixels > 0, counts / np.maximum(pixels, 1), 1.0).astype(np.float32)
-        self._blank = self.fraction > self.max_nodata
+        blank = CellBlocks((len(y0), len(x0)))
+        widths = x1 - x0
+        some_empty = not (widths > 0).all() or not (y1 > y0).all()
+
+        def add_row(cell: int, counts: np.ndarray | None) -> None:
+            if counts is None and not some_empty:
+                return blank.add_row(None)
+            pixels = (y1[cell] - y0[cell]) * widths
+            counts = np.zeros(len(widths), np.int64) if counts is None else counts
+            blank.add_row(np.where(pixels > 0, counts / np.maximum(pixels, 1), 1.0) > self.max_nodata)
+
+        self._nodata_counts(y0, y1, x0, x1, add_row)
+        self._blank = blank.finish()
         return self._blank
 
-    def _nodata_counts(self, y0, y1, x0, x1) -> np.ndarray | None:
-        """(rows, cols) int64: how many no-data pixels each cell's crop [y0, y1) x [x0, x1)
-        holds; None where no pixel can be no-data. Each image row in some crop is read
+    def _nodata_counts(self, y0, y1, x0, x1, on_row: Callable[[int, np.ndarray | None], None]) -> None:
+        """How many no-data pixels each cell's crop [y0, y1) x [x0, x1) holds, given to
+        `on_row(row of cells, counts)` a row of cells at a time, in order (counts None: no
+        no-data pixel in the row's crops). Each image row in some crop is read
         once (`sources.nodata_mask`: the values as stored, no preprocess), in reads of
         at most `_rows_per_read` rows, full width. Each read is summed into blocks of
         rows between consecutive crop edges (at most a stride each) and then at the
@@ -192,19 +238,20 @@ class Background:
         up to each column edge, is kept for the edges that cells still open need, so a
         cell's count is four lookups and memory is a few rows of cell edges, not the
         image's. A read with no no-data pixel adds nothing (a float raster with no NaN
-        costs one read and no arrays)."""
+        costs one read and no arrays); nothing is read where no pixel can be no-data."""
         from graphconv.sources import nodata_can_occur, nodata_mask
 
         source = self.source
         if not nodata_can_occur(source):
-            return None
+            for cell in range(len(y0)):
+                on_row(cell, None)
+            return
         width = source.width
         row_edges = np.unique(np.concatenate([y0, y1]))
         col_edges = np.unique(np.concatenate([[0], x0, x1]))
         col_starts = col_edges[col_edges < width]  # np.add.reduceat's segments: [edge, next edge)
         ix0, ix1 = np.searchsorted(col_edges, x0), np.searchsorted(col_edges, x1)
         iy0, iy1 = np.searchsorted(row_edges, y0), np.searchsorted(row_edges, y1)
-        counts = np.zeros((len(y0), len(x0)), np.int64)
         above = np.zeros(len(col_starts) + 1, np.int64)  # no-data pixels in the rows read so far, left of each edge
         kept: dict[int, np.ndarray] = {}  # row edge -> `above` there, while a cell not yet counted needs it
         state = {"edge": 0, "cell": 0}
@@ -218,7 +265,8 @@ class Background:
                 cell = state["cell"]
                 while cell < len(y0) and iy1[cell] <= edge:
                     top, bottom = kept[iy0[cell]], kept[iy1[cell]]
-                    counts[cell] = bottom[ix1] - top[ix1] - bottom[ix0] + top[ix0]
+                    counts = bottom[ix1] - top[ix1] - bottom[ix0] + top[ix0]
+                    on_row(cell, counts if counts.any() else None)
                     cell += 1
                 state["cell"] = cell
                 needed = iy0[cell] if cell < len(y0) else len(row_edges)
@@ -248,17 +296,18 @@ class Background:
                     reach(int(cut))
                 above[1:] += blocks[-1]
         reach(int(row_edges[-1]))
-        return counts
 
     def _rows_per_read(self, width: int) -> int:
         """Rows of the image one read for the no-data counts takes: MASK_PIXELS pixels, or
-        fewer where the memory budget asks (the stored bands and the masks made of them)."""
+        fewer where the memory budget asks (the stored bands, their mask, and the sums
+        made of it: COUNT_BYTES a pixel)."""
         from graphconv.memory import memory_limit
 
         source = getattr(self.source, "inner", self.source)
         array = getattr(source, "array", None)
         itemsize = np.dtype(array.dtype).itemsize if array is not None else 4
-        per_pixel = (getattr(source, "band_count", 3) * itemsize + 4) * getattr(self.source, "factor", 1) ** 2
+        stored = (getattr(source, "band_count", 3) * itemsize + 1) * getattr(self.source, "factor", 1) ** 2
+        per_pixel = stored + COUNT_BYTES
         pixels = min(MASK_PIXELS, memory_limit() // (MASK_BUDGET_SHARE * per_pixel))
         return max(1, int(pixels // max(1, width)))
 
@@ -287,6 +336,185 @@ def _crop_spans(area, axis: int, length: int) -> tuple[np.ndarray, np.ndarray]:
     starts = np.floor(offset + np.arange(count) * stride).astype(np.int64)
     stops = starts + int(size)
     return np.clip(starts, 0, length), np.clip(stops, 0, length)
+
+
+def _distinct_spans(starts: np.ndarray, stops: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """The distinct [start, stop) spans of a run of cells (both rise with the cell, so equal
+    spans are neighbours), and which of them each cell has."""
+    new = np.concatenate([[True], (starts[1:] != starts[:-1]) | (stops[1:] != stops[:-1])])
+    return (starts[new], stops[new]), np.cumsum(new) - 1
+
+
+BLOCK_CELLS = 64  # cells a side of the blocks a `CellBlocks` keeps (a mixed one: 512 bytes of bits)
+
+
+class CellBlocks:
+    """A (rows, cols) bool map of cells, kept in square blocks of BLOCK_CELLS a side: a
+    block all False or all True is one byte of `state`, and only a mixed block keeps its
+    cells, as packed bits. A run's no-data cells are such a map: a stride-1 map of a
+    50000x50000 scene has 2.5 billion cells (2.5 GB as a bool array, 21 GB as the counts
+    they came from), and only the blocks along the no-data's edge are mixed. Built from
+    its rows in order (`add_row`, then `finish`); read a box at a time (`box`)."""
+
+    NONE, SOME, ALL = 0, 1, 2  # a block's state: no cell set, some, every one
+
+    def __init__(self, shape: tuple[int, int]):
+        self.shape = shape
+        self.state = np.zeros((-(-shape[0] // BLOCK_CELLS), -(-shape[1] // BLOCK_CELLS)), np.uint8)
+        self.mixed: dict[tuple[int, int], np.ndarray] = {}  # (block row, block col) -> its packed bits
+        self._band = np.zeros((BLOCK_CELLS, self.state.shape[1] * BLOCK_CELLS), bool)
+        self._rows = 0
+
+    @classmethod
+    def of(cls, cells: np.ndarray) -> "CellBlocks":
+        """The blocks of a (rows, cols) bool array."""
+        blocks = cls(cells.shape)
+        for row in cells:
+            blocks.add_row(row)
+        return blocks.finish()
+
+    def add_row(self, row: np.ndarray | None) -> None:
+        """The next row of cells (None: none set)."""
+        within = self._rows % BLOCK_CELLS
+        self._band[within] = False
+        if row is not None:
+            self._band[within, :self.shape[1]] = row
+        self._rows += 1
+        if within == BLOCK_CELLS - 1 or self._rows == self.shape[0]:
+            self._keep_band(within + 1)
+
+    def finish(self) -> "CellBlocks":
+        if self._rows != self.shape[0]:
+            raise ValueError(f"{self._rows} rows of cells added, of {self.shape[0]}")
+        self._band = None
+        return self
+
+    def _keep_band(self, rows: int) -> None:
+        band_row = (self._rows - 1) // BLOCK_CELLS
+        blocks = self._band[:rows].reshape(rows, -1, BLOCK_CELLS)
+        sums = blocks.sum(axis=(0, 2))
+        widths = np.minimum(BLOCK_CELLS, self.shape[1] - np.arange(len(sums)) * BLOCK_CELLS)
+        state = np.where(sums == 0, self.NONE, np.where(sums == rows * widths, self.ALL, self.SOME))
+        self.state[band_row] = state
+        for col in np.nonzero(state == self.SOME)[0]:
+            block = np.zeros((BLOCK_CELLS, BLOCK_CELLS), bool)
+            block[:rows] = blocks[:, col]
+            self.mixed[band_row, int(col)] = np.packbits(block)
+
+    def _block(self, row: int, col: int) -> np.ndarray:
+        """Block (row, col)'s cells, (BLOCK_CELLS, BLOCK_CELLS) bool (past the map: False)."""
+        state = self.state[row, col]
+        if state == self.SOME:
+            bits = np.unpackbits(self.mixed[row, col], count=BLOCK_CELLS * BLOCK_CELLS)
+            return bits.reshape(BLOCK_CELLS, BLOCK_CELLS).astype(bool)
+        return np.full((BLOCK_CELLS, BLOCK_CELLS), state == self.ALL)
+
+    def box(self, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+        """The cells [top, bottom) x [left, right), (rows, cols) bool; a cell past the map
+        is not set."""
+        out = np.zeros((bottom - top, right - left), bool)
+        (b0, b1), (k0, k1), (inner_bottom, inner_right) = self._blocks_of(top, bottom, left, right)
+        if b0 >= b1 or k0 >= k1:
+            return out
+        states = self.state[b0:b1, k0:k1]
+        whole = np.repeat(np.repeat(states == self.ALL, BLOCK_CELLS, 0), BLOCK_CELLS, 1)
+        y, x = b0 * BLOCK_CELLS, k0 * BLOCK_CELLS
+        out[:inner_bottom - top, :inner_right - left] = whole[top - y:inner_bottom - y, left - x:inner_right - x]
+        for row, col in zip(*np.nonzero(states == self.SOME)):
+            y, x = (b0 + row) * BLOCK_CELLS, (k0 + col) * BLOCK_CELLS
+            y0, y1 = max(y, top), min(y + BLOCK_CELLS, inner_bottom)
+            x0, x1 = max(x, left), min(x + BLOCK_CELLS, inner_right)
+            out[y0 - top:y1 - top, x0 - left:x1 - left] = self._block(b0 + row, k0 + col)[y0 - y:y1 - y, x0 - x:x1 - x]
+        return out
+
+    def all_set(self, top: int, bottom: int, left: int, right: int) -> bool:
+        """Whether every cell of the box is set: from the blocks' states alone unless the
+        box meets a mixed block (a cell past the map is not set)."""
+        if bottom > self.shape[0] or right > self.shape[1]:
+            return False
+        (b0, b1), (k0, k1), _ = self._blocks_of(top, bottom, left, right)
+        states = self.state[b0:b1, k0:k1]
+        if (states == self.NONE).any():
+            return False
+        return bool((states == self.ALL).all() or self.box(top, bottom, left, right).all())
+
+    def count(self, top: int = 0, bottom: int | None = None, left: int = 0, right: int | None = None) -> int:
+        """How many cells of the box (the whole map by default) are set."""
+        bottom = self.shape[0] if bottom is None else bottom
+        right = self.shape[1] if right is None else right
+        (b0, b1), (k0, k1), (inner_bottom, inner_right) = self._blocks_of(top, bottom, left, right)
+        if b0 >= b1 or k0 >= k1:
+            return 0
+        heights = _overlaps(np.arange(b0, b1), top, inner_bottom)
+        widths = _overlaps(np.arange(k0, k1), left, inner_right)
+        states = self.state[b0:b1, k0:k1]
+        total = int((heights[:, None] * widths[None, :])[states == self.ALL].sum())
+        for row, col in zip(*np.nonzero(states == self.SOME)):
+            y, x = (b0 + row) * BLOCK_CELLS, (k0 + col) * BLOCK_CELLS
+            total += int(self.box(max(y, top), min(y + BLOCK_CELLS, inner_bottom),
+                                  max(x, left), min(x + BLOCK_CELLS, inner_right)).sum())
+        return total
+
+    def any(self) -> bool:
+        return bool((self.state != self.NONE).any())
+
+    def clear_bounds(self) -> tuple[int, int, int, int] | None:
+        """(first row, last row, first column, last column) of the cells not set; None
+        where every cell is."""
+        open_blocks = self.state != self.ALL
+        if not open_blocks.any():
+            return None
+        rows, cols = np.nonzero(open_blocks.any(axis=1))[0], np.nonzero(open_blocks.any(axis=0))[0]
+        top, bottom = self._clear_lines(rows[0], 0), self._clear_lines(rows[-1], 0)
+        left, right = self._clear_lines(cols[0], 1), self._clear_lines(cols[-1], 1)
+        return int(top[0]), int(bottom[-1]), int(left[0]), int(right[-1])
+
+    def _clear_lines(self, block: int, axis: int) -> np.ndarray:
+        """The rows (axis 0) or columns (1) of block row (or column) `block` that hold a
+        cell not set, as indices into the map."""
+        start = block * BLOCK_CELLS
+        stop = min(start + BLOCK_CELLS, self.shape[axis])
+        band = self.box(start, stop, 0, self.shape[1]) if axis == 0 else self.box(0, self.shape[0], start, stop)
+        return start + np.nonzero((~band).any(axis=1 - axis))[0]
+
+    def nearest_clear(self, row: float, col: float) -> tuple[int, int] | None:
+        """The cell not set nearest (row, col) (ties: the first in row order); None where
+        every cell is. Blocks are looked in from the nearest, until none left can hold
+        a nearer cell."""
+        rows, cols = np.nonzero(self.state != self.ALL)
+        if not rows.size:
+            return None
+        near = _outside(rows, row) ** 2 + _outside(cols, col) ** 2
+        best = None
+        for i in np.argsort(near, kind="stable"):
+            if best is not None and near[i] > best[0]:
+                break
+            y, x = rows[i] * BLOCK_CELLS, cols[i] * BLOCK_CELLS
+            bottom, right = min(y + BLOCK_CELLS, self.shape[0]), min(x + BLOCK_CELLS, self.shape[1])
+            ys, xs = np.nonzero(~self.box(y, bottom, x, right))
+            ys, xs = ys + y, xs + x
+            distance = (ys - row) ** 2 + (xs - col) ** 2
+            first = np.lexsort((xs, ys, distance))[0]
+            best = min(best or (np.inf, 0, 0), (distance[first], int(ys[first]), int(xs[first])))
+        return best[1], best[2]
+
+    def _blocks_of(self, top, bottom, left, right):
+        """The blocks [b0, b1) x [k0, k1) the box meets within the map, and the box's
+        bottom and right cut to the map."""
+        inner_bottom, inner_right = min(bottom, self.shape[0]), min(right, self.shape[1])
+        rows = (top // BLOCK_CELLS, -(-inner_bottom // BLOCK_CELLS)) if top < inner_bottom else (0, 0)
+        cols = (left // BLOCK_CELLS, -(-inner_right // BLOCK_CELLS)) if left < inner_right else (0, 0)
+        return rows, cols, (inner_bottom, inner_right)
+
+
+def _outside(blocks: np.ndarray, at: float) -> np.ndarray:
+    """How far `at` lies outside each block's cells (by index along an axis); 0 within."""
+    return np.maximum(0, np.maximum(blocks * BLOCK_CELLS - at, at - (blocks * BLOCK_CELLS + BLOCK_CELLS - 1)))
+
+
+def _overlaps(blocks: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """How many of [start, stop) each block (by index along an axis) holds."""
+    return np.clip(np.minimum((blocks + 1) * BLOCK_CELLS, stop) - np.maximum(blocks * BLOCK_CELLS, start), 0, None)
 
 
 def cells_left_out(source, grid, skip_background: float | None, max_nodata: float = DEFAULT_MAX_NODATA,
@@ -358,12 +586,12 @@ def _grey(rgb: np.ndarray) -> bool:
     return bool(np.quantile(spread, 0.999) <= GREY_SPREAD) if spread.size else True
 
 
-def blank_masks(tiles, blank_cells) -> tuple[dict, list]:
-    """Each tile's mask of the cells `blank_cells(tile)` marks (none without it), and the
-    tiles all of whose cells are blank, which need not be computed: what `tiling.run_tiled`
-    and `cluster.run_tiles_on_cluster` both skip."""
-    masks = {t: blank_cells(t) for t in tiles} if blank_cells is not None else {}
-    return masks, [t for t in tiles if t in masks and masks[t].all()]
+def blank_tiles(tiles, blank_cells) -> list:
+    """The tiles all of whose cells `blank_cells(tile)` marks (none without it), which need
+    not be computed: what `tiling.run_tiled` and `cluster.run_tiles_on_cluster` both skip.
+    Each mask is made and dropped (a stride-1 map's masks are a byte a cell, the size of
+    the map); a tile's is made again when its block is written."""
+    return [t for t in tiles if blank_cells(t).all()] if blank_cells is not None else []
 
 
 def without_blank_cells(block: np.ndarray, blank: np.ndarray | None) -> np.ndarray:

@@ -1278,23 +1278,26 @@ def check_heatmap_class(klass: int, classes: int) -> None:
 
 
 def draw_heatmap(args: argparse.Namespace, model, picture: np.ndarray, field, *, one: np.ndarray | None = None,
-                 best: np.ndarray | None = None, display_hw: tuple[int, int] | None = None) -> None:
+                 best: np.ndarray | None = None, display_hw: tuple[int, int] | None = None, sample=None) -> None:
     """Draw and write --heatmap over `picture`: class args.heatmap's (rows, cols) scores
-    `one`, or `best`, the (rows, cols) map of the best class of each cell."""
+    `one`, or `best`, the (rows, cols) map of the best class of each cell; or, of a map
+    too large to read whole, those of the cells `sample` (`images.MapSample`) says."""
     from pathlib import Path
     from graphconv import images
 
     labels = model.graph.meta.get("labels")
     if best is not None:
-        drawn = images.render_class_map(picture, best, model.output_channels, field, labels, display_hw=display_hw)
+        drawn = images.render_class_map(picture, best, model.output_channels, field, labels, display_hw=display_hw,
+                                        sample=sample)
         what = "the best class of each cell"
     else:
-        low, high, note = images.heatmap_range(one, args.heatmap_range, images.outputs_probabilities(model.graph))
+        extremes = sample.extremes if sample is not None else images.finite_range(one)
+        low, high, note = images.heatmap_range(one, args.heatmap_range, images.outputs_probabilities(model.graph),
+                                               extremes)
         what = images.heatmap_title(args.heatmap, labels)
         drawn = images.render_heatmap(picture, one, field, title=what, value_range=(low, high),
-                                      scale_note=note, display_hw=display_hw)
-        finite = one[np.isfinite(one)]
-        values = f"its values run {finite.min():.3g}..{finite.max():.3g}" if finite.size else "no cell computed"
+                                      scale_note=note, display_hw=display_hw, sample=sample)
+        values = f"its values run {extremes[0]:.3g}..{extremes[1]:.3g}" if extremes else "no cell computed"
         what += f" ({note}; {values})"
     fmt = images.heatmap_format(args.heatmap_out)
     atomic_write(args.heatmap_out, lambda p: images.save_picture(drawn, p, fmt), suffix=Path(args.heatmap_out).suffix)
@@ -1720,9 +1723,8 @@ def _verify_on_image(args: argparse.Namespace, original, compiled) -> int:
     rows, cols = compiled.map_size(box[2] - box[0], box[3] - box[1])
     skip = None
     if blank is not None:
-        skip = np.zeros((rows, cols), bool)
-        part = blank[box[0] // stride[0]:box[0] // stride[0] + rows, box[1] // stride[1]:box[1] // stride[1] + cols]
-        skip[:part.shape[0], :part.shape[1]] = part
+        top, left = box[0] // stride[0], box[1] // stride[1]
+        skip = blank.box(top, top + rows, left, left + cols)
         if skip.all():
             raise GraphconvError(_no_data_in_region(args, source, where, blank, crop, stride, left_out),
                                  file=args.image)
@@ -1734,7 +1736,7 @@ def _verify_on_image(args: argparse.Namespace, original, compiled) -> int:
     dense = compiled.run(pixels, args.device)[:, :, i0:i0 + rows, j0:j0 + cols]
     image = pixels[:, :, box[0] - context[0]:box[2] - context[0], box[1] - context[1]:box[3] - context[1]]
     whole = compiled.map_size(source.height, source.width)
-    image_crops = whole[0] * whole[1] - (0 if blank is None else int(blank[:whole[0], :whole[1]].sum()))
+    image_crops = whole[0] * whole[1] - (0 if blank is None else blank.count(0, whole[0], 0, whole[1]))
     why = None if skip is None or not skip.any() else (
         f"{int(skip.sum())} of the region's {skip.size} cells are left out of the comparison, as run leaves them "
         f"out: {_nodata_rule(left_out)}")
@@ -1781,20 +1783,20 @@ def _nodata_rule(left_out) -> str:
             "(--max-nodata sets the share, --compute-nodata computes them all)")
 
 
-def _data_centre(blank: np.ndarray, crop: tuple[int, int], stride: tuple[int, int]) -> tuple[float, float] | None:
+def _data_centre(blank, crop: tuple[int, int], stride: tuple[int, int]) -> tuple[float, float] | None:
     """The pixel (y, x), in the pixels read, at the centre of the cell run computes
-    (`blank` marks those it leaves out) nearest the centre of their bounding box: on the
-    data even where the bounding box's own centre is not (a ring-shaped swath); None
-    where it computes none."""
-    rows, cols = np.nonzero(~blank)
-    if not rows.size:
+    (`blank`, `background.CellBlocks`, marks those it leaves out) nearest the centre of
+    their bounding box: on the data even where the bounding box's own centre is not (a
+    ring-shaped swath); None where it computes none."""
+    bounds = blank.clear_bounds()
+    if bounds is None:
         return None
-    middle = ((rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2)
-    nearest = int(np.argmin((rows - middle[0]) ** 2 + (cols - middle[1]) ** 2))
-    return tuple(float(cell * stride[a] + crop[a] / 2) for a, cell in enumerate((rows[nearest], cols[nearest])))
+    top, bottom, left, right = bounds
+    nearest = blank.nearest_clear((top + bottom) / 2, (left + right) / 2)
+    return tuple(float(cell * stride[a] + crop[a] / 2) for a, cell in enumerate(nearest))
 
 
-def _no_data_in_region(args: argparse.Namespace, source, where: str, blank: np.ndarray, crop, stride,
+def _no_data_in_region(args: argparse.Namespace, source, where: str, blank, crop, stride,
                        left_out) -> str:
     """verify --image's refusal of a region every cell of which run leaves out for no-data,
     with a region inside the data to check instead, where there is one."""
@@ -1802,12 +1804,12 @@ def _no_data_in_region(args: argparse.Namespace, source, where: str, blank: np.n
 
     head = (f"every cell of the region ({where.split(':')[0]}) is left out by run for no-data ({_nodata_rule(left_out)}): "
             "the region holds no data to compare")
-    rows, cols = np.nonzero(~blank)
-    if not rows.size:
+    bounds = blank.clear_bounds()
+    if bounds is None:
         return head + "; nor does the rest of the image"
+    top, bottom, left, right = bounds
     span = level0_span(source)
-    box = [(int(rows.min()) * stride[0], int(rows.max()) * stride[0] + crop[0]),
-           (int(cols.min()) * stride[1], int(cols.max()) * stride[1] + crop[1])]
+    box = [(top * stride[0], bottom * stride[0] + crop[0]), (left * stride[1], right * stride[1] + crop[1])]
     level0 = [(round(lo * span[a]), round(min(hi, (source.height, source.width)[a]) * span[a]))
               for a, (lo, hi) in enumerate(box)]
     centre = _data_centre(blank, crop, stride)

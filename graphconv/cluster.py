@@ -429,11 +429,11 @@ def run_tiles_on_cluster(client, ref: ModelRef, image: str, plan, out, options: 
     alone is not sent (as `tiling.run_tiled` does). The tiles in `done` (a resumed run's)
     are in `out` already: neither sent nor written. `progress(tile)` is called here, on
     the client, after each block is written (`MapFile.record` lists it then)."""
-    from graphconv.background import blank_masks, fill_value, without_blank_cells
+    from graphconv.background import blank_tiles, fill_value, without_blank_cells
     from graphconv.tiling import write_block
 
     done = frozenset(done)
-    masks, blank = blank_masks(plan.tiles, blank_cells)
+    blank = blank_tiles(plan.tiles, blank_cells)
     blank = [t for t in blank if t not in done]
     skipped = set(blank) | done
     futures = {client.submit(_tile_block, ref, image, t.box, t.rows, t.cols, options, pure=False): t
@@ -442,7 +442,8 @@ def run_tiles_on_cluster(client, ref: ModelRef, image: str, plan, out, options: 
         write_block(out, tile, fill_value(out.dtype), progress)
     for future in as_completed_with_workers(client, futures):
         tile = futures[future]
-        write_block(out, tile, without_blank_cells(future.result(), masks.get(tile)), progress)
+        mask = blank_cells(tile) if blank_cells is not None else None
+        write_block(out, tile, without_blank_cells(future.result(), mask), progress)
     return out
 
 
@@ -553,14 +554,14 @@ def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, t
     on from them (None: a new map), and the largest tile planned, (H, W) input pixels.
     `stopped()` is asked before each tile is recorded: true, the map stops there as at a
     Ctrl-C (`StoppedByTheCommand`), its tiles done kept with --resume, else removed."""
-    from graphconv.background import blank_masks
+    from graphconv.background import blank_tiles
     from graphconv.georef import cell_placement, georeference_of_map, is_tiff_output
     from graphconv.tiling import MapFile, map_transform, plan_tiles, run_tiled
 
     plan = plan_tiles(grid, (source.height, source.width), tile)
     transform, channels, dtype = map_transform(options.reduce, options.classes, model.output_channels)
     shape = (1, channels, *plan.map_hw)
-    blank = frozenset(blank_masks(plan.tiles, blank_cells)[1]) if blank_cells is not None else frozenset()
+    blank = frozenset(blank_tiles(plan.tiles, blank_cells))
     map_file = MapFile(output, shape, dtype, chunk_hw=plan.cells_hw,
                        georeference=georeference_of_map(source, grid.cell_area) if is_tiff_output(output) else None,
                        placement=replace(cell_placement(source, grid.cell_area), contents=contents),
@@ -664,7 +665,7 @@ def _no_tissue_note(background, grid, image_hw: tuple[int, int], options: MapOpt
     if background is None or background.nodata is not None:
         return None
     rows, cols = grid.map_hw(image_hw)
-    if not background.blank_cells(Tile((0, rows), (0, cols), (0, 0, *image_hw))).all():
+    if not background.is_blank(Tile((0, rows), (0, cols), (0, 0, *image_hw))):
         return None
     return (f"--skip-background {options.skip_background:g} found no tissue in it: its map holds no computed cell "
             "(the test looks for colour, or darkness in a grey image, on a bright background)")

@@ -14,10 +14,12 @@ would block and /dev/zero never ends.
 """
 from __future__ import annotations
 
+import functools
 import numbers
 import struct
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -237,7 +239,7 @@ def decode_bytes(size_hw: tuple[int, int], mode: str, channels: int,
     height, width = size_hw
     source = height * width
     out = resize[0] * resize[1] if resize else source
-    intermediate = 4 * resize[1] * max(height, width) + _output_bytes(source, channels) if resize else 0
+    intermediate = 4 * resize[1] * height + _output_bytes(source, channels) if resize else 0
     copy = source * _pillow_pixel_bytes(mode) if turned else 0
     return (source * (_pillow_pixel_bytes(mode) + SOURCE_PIXEL_OVERHEAD) + _output_bytes(out, channels)
             + intermediate + copy + BAND_ALLOWANCE)
@@ -530,10 +532,11 @@ def outputs_probabilities(graph) -> bool:
     return node.op in PROBABILITY_OPS
 
 
-def heatmap_range(scores: np.ndarray, how: str | tuple[float, float], probabilities: bool
-                  ) -> tuple[float, float, str]:
+def heatmap_range(scores: np.ndarray, how: str | tuple[float, float], probabilities: bool,
+                  extremes: tuple[float, float] | None = None) -> tuple[float, float, str]:
     """(low, high, what the colours mean) for a score map: `how` is "auto" (0..1 for
-    probabilities, else "map"), "map" (this map's min..max) or a fixed (low, high)."""
+    probabilities, else "map"), "map" (this map's min..max: `extremes` where given, for
+    a map read a block at a time) or a fixed (low, high)."""
     if isinstance(how, tuple):
         low, high = how
         return low, high, f"fixed scale {_number(low)}..{_number(high)}"
@@ -541,10 +544,30 @@ def heatmap_range(scores: np.ndarray, how: str | tuple[float, float], probabilit
         return 0.0, 1.0, "probability, fixed scale 0..1"
     if how not in ("auto", "map"):
         raise GraphconvError(f"a heatmap range is 'auto', 'map' or LOW,HIGH, got {shown(how)}")
-    finite = scores[np.isfinite(scores)]
-    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    low, high = extremes or finite_range(scores) or (0.0, 1.0)
     what = "probability" if probabilities else "score"
     return low, high, f"{what}, scale stretched to this map's min..max"
+
+
+def finite_range(scores: np.ndarray) -> tuple[float, float] | None:
+    """The least and greatest finite score; None where none is finite (no cell computed)."""
+    finite = scores[np.isfinite(scores)]
+    return (float(finite.min()), float(finite.max())) if finite.size else None
+
+
+@dataclass
+class MapSample:
+    """The cells of a map that a heatmap's pixels show, read from a map too large to hold
+    whole (a stride-1 slide's: billions of cells, drawn over a picture of at most
+    `sources.THUMBNAIL_SIDE` a side): `values[i, j]` (what is drawn) is cell (cells[0][i],
+    cells[1][j]); the picture's pixel (y, x) shows values[at[0][y], at[1][x]]. Of the
+    whole map: `extremes`, the finite range of the class drawn (None: none is finite),
+    or `counts`, how many cells each class is best in."""
+    values: np.ndarray
+    cells: tuple[np.ndarray, np.ndarray]
+    at: tuple[np.ndarray, np.ndarray]
+    extremes: tuple[float, float] | None = None
+    counts: np.ndarray | None = None
 
 
 HEATMAP_MARK = "graphconv heatmap"  # in a heatmap's PNG text or JPEG comment: how one is told from a photo
@@ -591,10 +614,11 @@ def save_heatmap(image: np.ndarray, scores: np.ndarray, field: Field, path: str,
 
 def render_heatmap(image: np.ndarray, scores: np.ndarray, field: Field, *, title: str | None = None,
                    value_range: tuple[float, float] | None = None, scale_note: str | None = None,
-                   display_hw: tuple[int, int] | None = None):
-    """The heatmap as a Pillow RGB image (see `save_heatmap`)."""
+                   display_hw: tuple[int, int] | None = None, sample: MapSample | None = None):
+    """The heatmap as a Pillow RGB image (see `save_heatmap`); `scores` may be a
+    `sample`'s values (the cells its pixels show, of a map too large to read whole)."""
     _pil()
-    values = _per_pixel(scores, field, image.shape[1:])
+    values = _per_pixel(scores, field, image.shape[1:], sample)
     if value_range is None:
         low, high, auto_note = heatmap_range(scores, "map", False)
         scale_note = scale_note or auto_note
@@ -633,12 +657,12 @@ def render_top_map(image: np.ndarray, scores: np.ndarray, field: Field, labels: 
 
 def render_class_map(image: np.ndarray, best: np.ndarray, classes: int, field: Field,
                      labels: list[str] | None = None, *, display_hw: tuple[int, int] | None = None,
-                     title: str | None = None):
-    """`render_top_map` of a (rows, cols) map of class indices below `classes` (a tiled
-    run's, made a block of rows at a time, or `--reduce argmax`'s); cells NOT_COMPUTED
-    leave the picture as it is."""
+                     title: str | None = None, sample: MapSample | None = None):
+    """`render_top_map` of a (rows, cols) map of class indices below `classes` (or a
+    `sample`'s, of a tiled run's map: the cells its pixels show, made a block of rows at
+    a time, and the whole map's counts); cells NOT_COMPUTED leave the picture as it is."""
     _pil()
-    cells = _per_pixel(best, field, image.shape[1:])
+    cells = _per_pixel(best, field, image.shape[1:], sample)
     palette = class_palette(classes)
     picture = _as_rgb(image)
     blended = (1 - TOP_BLEND) * picture + TOP_BLEND * palette.astype(np.float32)[cells].transpose(2, 0, 1)
@@ -652,6 +676,8 @@ def render_class_map(image: np.ndarray, best: np.ndarray, classes: int, field: F
     for klass, (row, col) in _regions(best):  # largest first; a label that would overlap one is left out
         if klass == NOT_COMPUTED:
             continue
+        if sample is not None:
+            row, col = int(sample.cells[0][row]), int(sample.cells[1][col])
         top, left, bottom, right = field.box(row, col)
         x, y = (left + right) / 2 * sx, (top + bottom) / 2 * sy
         text = _class_name(klass, labels)
@@ -660,7 +686,8 @@ def render_class_map(image: np.ndarray, best: np.ndarray, classes: int, field: F
             continue
         taken.append(box)
         draw.text((x, y), text, fill="white", font=font, anchor="mm", stroke_width=2, stroke_fill="black")
-    counts = np.bincount(best[best != NOT_COMPUTED].ravel(), minlength=classes)
+    counts = sample.counts if sample is not None else np.bincount(best[best != NOT_COMPUTED].ravel(),
+                                                                   minlength=classes)
     shown_classes = [int(k) for k in np.argsort(-counts, kind="stable") if counts[k]]
     legend = [(tuple(int(v) for v in palette[k]), f"{_class_name(k, labels)} ({counts[k]} cells)")
               for k in shown_classes]
@@ -688,31 +715,60 @@ def _hue_rgb(hue: float) -> np.ndarray:
 
 
 def _regions(best: np.ndarray, min_cells: int = 1, most: int = 200) -> list[tuple[int, tuple[int, int]]]:
-    """(class, cell nearest the region's centroid) for each 4-connected region of cells
-    with one best class, largest first (at most `most`)."""
+    """(class, cell nearest the region's centroid; ties: the first in row order) for each
+    4-connected region of cells with one best class, largest first (at most `most`;
+    equal sizes in the order their first cells come)."""
     rows, cols = best.shape
-    seen = np.zeros(best.shape, bool)
-    found = []
-    for start in zip(*np.nonzero(~seen)):
-        if seen[start]:
+    if not best.size:
+        return []
+    labels = _compiled(_label_regions)(np.ascontiguousarray(best, np.int64)).ravel()
+    sizes = np.bincount(labels)
+    row_of, col_of = np.divmod(np.arange(labels.size), cols)
+    centre_row, centre_col = np.bincount(labels, row_of) / sizes, np.bincount(labels, col_of) / sizes
+    distance = (row_of - centre_row[labels]) ** 2 + (col_of - centre_col[labels]) ** 2
+    order = np.lexsort((distance, labels))  # by region, nearest its centroid first, then row order
+    nearest = order[np.concatenate([[0], np.cumsum(sizes)[:-1]])]
+    kept = [region for region in np.argsort(-sizes, kind="stable") if sizes[region] >= min_cells][:most]
+    return [(int(best.flat[nearest[region]]), (int(row_of[nearest[region]]), int(col_of[nearest[region]])))
+            for region in kept]
+
+
+@functools.cache
+def _compiled(function):
+    """`function` compiled by numba, on first use: numba is imported only once the
+    command has configured it (`threads`), as a worker process does too (imported
+    earlier, it compiled other code with other settings, and a cluster's maps differed
+    in their last bits)."""
+    import numba
+    return numba.njit(cache=True)(function)
+
+
+def _label_regions(best: np.ndarray) -> np.ndarray:
+    """(rows, cols) int64: the number of each cell's 4-connected region of one value, the
+    regions numbered in the order of their first cells (row order). Compiled
+    (`_compiled`): a slide's best-class picture has millions of cells (a Python flood
+    fill took 10 s for 4M)."""
+    rows, cols = best.shape
+    labels = np.full((rows, cols), -1, np.int64)
+    stack = np.empty(rows * cols, np.int64)
+    count = 0
+    for start in range(rows * cols):
+        r0, c0 = start // cols, start % cols
+        if labels[r0, c0] >= 0:
             continue
-        klass = best[start]
-        stack, members = [start], []
-        seen[start] = True
-        while stack:
-            r, c = stack.pop()
-            members.append((r, c))
+        value = best[r0, c0]
+        labels[r0, c0] = count
+        stack[0], depth = start, 1
+        while depth:
+            depth -= 1
+            r, c = stack[depth] // cols, stack[depth] % cols
             for nr, nc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
-                if 0 <= nr < rows and 0 <= nc < cols and not seen[nr, nc] and best[nr, nc] == klass:
-                    seen[nr, nc] = True
-                    stack.append((nr, nc))
-        if len(members) >= min_cells:
-            points = np.array(members)
-            centre = points.mean(axis=0)
-            nearest = points[np.argmin(((points - centre) ** 2).sum(axis=1))]
-            found.append((len(members), int(klass), (int(nearest[0]), int(nearest[1]))))
-    found.sort(key=lambda t: -t[0])
-    return [(klass, cell) for _, klass, cell in found[:most]]
+                if 0 <= nr < rows and 0 <= nc < cols and labels[nr, nc] < 0 and best[nr, nc] == value:
+                    labels[nr, nc] = count
+                    stack[depth] = nr * cols + nc
+                    depth += 1
+        count += 1
+    return labels
 
 
 def _class_name(klass: int, labels: list[str] | None) -> str:
@@ -726,11 +782,11 @@ def heatmap_title(klass: int, labels: list[str] | None) -> str:
     return f"class {klass}" + (f": {label}" if label and label != str(klass) else "")
 
 
-def _per_pixel(cells: np.ndarray, field: Field, image_hw) -> np.ndarray:
+def _per_pixel(cells: np.ndarray, field: Field, image_hw, sample: MapSample | None = None) -> np.ndarray:
     """A (rows, cols) map spread over the image: each pixel takes the cell whose field is
-    centred nearest."""
+    centred nearest (`cells` is a `sample`'s values, where given: it says which)."""
     height, width = image_hw
-    ys, xs = cell_index_map(field, cells.shape[0], cells.shape[1], height, width)
+    ys, xs = sample.at if sample is not None else cell_index_map(field, cells.shape[0], cells.shape[1], height, width)
     return cells[ys[:, None], xs[None, :]]
 
 

@@ -436,9 +436,9 @@ def _skipper(args: argparse.Namespace, background, plan):
     bar counts only the tiles that are); (None, frozenset()) when no cell is left out."""
     if background is None:
         return None, frozenset()
-    from graphconv.background import blank_masks
-    masks, blank = blank_masks(plan.tiles, background.blank_cells)
-    tiles, cells = len(blank), sum(int(mask.sum()) for mask in masks.values())
+    blank = [t for t in plan.tiles if background.is_blank(t)]
+    tiles, cells = len(blank), sum(background.blank_count(t) for t in plan.tiles)
+    total = plan.map_hw[0] * plan.map_hw[1]
     filler = "NaN" if args.reduce != "argmax" else "65535"
     skipped = f"{tiles} of {len(plan.tiles)} tile(s) hold only such cells and are skipped"
     if background.masked:
@@ -448,7 +448,7 @@ def _skipper(args: argparse.Namespace, background, plan):
     elif background.nodata is None:
         print(f"background: {cells} cell(s) show no tissue near their centre and are not computed ({filler}); "
               f"{skipped}", file=sys.stderr)
-        if cells and cells == sum(mask.size for mask in masks.values()):
+        if cells and cells == total:
             from graphconv.cli import note
             note(f"note: --skip-background {args.skip_background:g} found no tissue anywhere: the map holds no "
                  "computed cell. The test looks for colour, or in a grey image darkness, on a bright background "
@@ -456,13 +456,12 @@ def _skipper(args: argparse.Namespace, background, plan):
                  "background (fluorescence) run without --skip-background")
     elif cells:
         from graphconv.cli import note
-        total = sum(mask.size for mask in masks.values())
         value = f"no-data value {background.nodata:g}" if background.declared else "NaN, its no-data"
         note(f"note: {cells} of {total} cell(s) ({cells / total:.0%}) are not computed ({filler} in the map): more "
              f"than {background.max_nodata:.0%} of each one's crop is no-data (the image's {value}); "
              f"{skipped}. --max-nodata FRACTION sets that share, --compute-nodata computes every cell "
              "(no-data pixels go into the network as 0 after the preprocess)")
-    return masks.__getitem__, frozenset(blank)  # worked out once, for this message, the bar and the run
+    return background.blank_cells, frozenset(blank)  # the tiles worked out once, for this message, the bar and the run
 
 
 def _check_heatmap(args: argparse.Namespace, classes: int, labels: list[str] | None) -> None:
@@ -490,8 +489,9 @@ def _draw_heatmap(args: argparse.Namespace, model, source, grid, scores, backgro
     """--heatmap on a tiled run: the map drawn over a shrunk copy of the image
     (`sources.thumbnail`, from a coarse pyramid level where there is one; the one
     --skip-background's `background` found tissue in, where it made one: an image without
-    levels is read whole to make it), each cell's field shrunk alike; the map is read a
-    channel, or a block of rows, at a time."""
+    levels is read whole to make it), each cell's field shrunk alike. The map is read a
+    block of rows at a time (`_sample_map`): only the cells the picture's pixels show are
+    kept, with the whole map's range or class counts."""
     if args.heatmap is None:
         return
     from graphconv.cli import draw_heatmap
@@ -500,10 +500,12 @@ def _draw_heatmap(args: argparse.Namespace, model, source, grid, scores, backgro
     picture, (fy, fx) = (background.picture, background.scale) if background is not None else thumbnail(source)
     field = _shrunk(grid.field, fy, fx)
     if args.heatmap == "top":
-        draw_heatmap(args, model, picture, field, best=_best_classes(args, scores))
+        sample = _sample_map(args, scores, field, picture.shape[1:], model.output_channels)
+        draw_heatmap(args, model, picture, field, best=sample.values, sample=sample)
     else:
         channel = list(args.classes).index(args.heatmap) if args.classes else args.heatmap
-        draw_heatmap(args, model, picture, field, one=np.asarray(scores[0, channel], np.float32))
+        sample = _sample_map(args, scores, field, picture.shape[1:], channel=channel)
+        draw_heatmap(args, model, picture, field, one=sample.values, sample=sample)
 
 
 def _shrunk(field, fy: float, fx: float):
@@ -513,23 +515,53 @@ def _shrunk(field, fy: float, fx: float):
                  (field.offset[0] / fy, field.offset[1] / fx))
 
 
-def _best_classes(args: argparse.Namespace, scores) -> np.ndarray:
-    """The best class of each cell of the (1, K, rows, cols) map written (real class
-    numbers, with --classes too), a block of rows at a time; --reduce argmax wrote them."""
+def _sample_map(args: argparse.Namespace, scores, field, picture_hw: tuple[int, int], classes: int = 0,
+                channel: int | None = None):
+    """The cells of the (1, K, rows, cols) map written that the heatmap's pixels show
+    (`images.MapSample`), read a block of rows at a time (a stride-1 slide's map has
+    billions of cells; the picture at most THUMBNAIL_SIDE a side): class `channel`'s
+    scores and the whole map's finite range, or (channel None) the best class of each
+    (real class numbers, with --classes too; --reduce argmax wrote them) and how many
+    cells of the map each of the model's `classes` is best in."""
     from graphconv import images
 
-    if args.reduce == "argmax":
-        from graphconv.background import NO_CLASS
-        best = np.asarray(scores[0, 0]).astype(np.intp)
-        return np.where(best == NO_CLASS, images.NOT_COMPUTED, best)
-    kept = np.asarray(args.classes, np.intp) if args.classes else None
-    _, classes, rows, cols = scores.shape
-    best = np.empty((rows, cols), np.intp)
-    step = max(1, BEST_CLASS_FLOATS // (classes * cols))
+    _, kept_classes, rows, cols = scores.shape
+    ys, xs = images.cell_index_map(field, rows, cols, *picture_hw)
+    (cell_rows, at_y), (cell_cols, at_x) = (np.unique(ys, return_inverse=True), np.unique(xs, return_inverse=True))
+    values = np.empty((len(cell_rows), len(cell_cols)), np.float32 if channel is not None else np.intp)
+    counts = np.zeros(classes, np.int64)
+    low, high = np.inf, -np.inf
+    per_row = cols * (1 if channel is not None or args.reduce == "argmax" else kept_classes)
+    step = max(1, BEST_CLASS_FLOATS // per_row)
     for top in range(0, rows, step):
-        block = images.best_class(np.asarray(scores[0, :, top:top + step]))
-        best[top:top + step] = block if kept is None else np.where(block == images.NOT_COMPUTED, block, kept[block])
-    return best
+        if channel is not None:
+            block = np.asarray(scores[0, channel, top:top + step], np.float32)
+            extremes = images.finite_range(block)
+            if extremes:
+                low, high = min(low, extremes[0]), max(high, extremes[1])
+        else:
+            block = _best_of(args, np.asarray(scores[0, :, top:top + step]))
+            counts += np.bincount(block[block != images.NOT_COMPUTED], minlength=classes)[:classes]
+        shown = (cell_rows >= top) & (cell_rows < top + step)
+        values[shown] = block[cell_rows[shown] - top][:, cell_cols]
+    return images.MapSample(values, (cell_rows, cell_cols), (at_y, at_x),
+                            extremes=(low, high) if low <= high else None, counts=counts)
+
+
+def _best_of(args: argparse.Namespace, block: np.ndarray) -> np.ndarray:
+    """The best class of each cell of a (K, rows, cols) block of the map written (real class
+    numbers, with --classes too; a --reduce argmax map holds them), images.NOT_COMPUTED
+    where none was computed."""
+    from graphconv import images
+    from graphconv.background import NO_CLASS
+
+    if args.reduce == "argmax":
+        best = block[0].astype(np.intp)
+        return np.where(best == NO_CLASS, images.NOT_COMPUTED, best)
+    best = images.best_class(block)
+    if not args.classes:
+        return best
+    return np.where(best == images.NOT_COMPUTED, best, np.asarray(args.classes, np.intp)[best])
 
 
 def _map_options(args: argparse.Namespace, grid):

@@ -469,7 +469,7 @@ def run_tiled(model, source: Source | np.ndarray, tile: int | Sequence[int], *, 
     tissue near their centres) are written as `background.fill_value` (NaN in a score
     map), and a tile of such cells alone is not computed. The tiles in `done` (a resumed
     run's: `MapFile.done`) are in `out` already, and are neither computed nor written."""
-    from graphconv.background import blank_masks, fill_value, without_blank_cells
+    from graphconv.background import blank_tiles, fill_value, without_blank_cells
 
     grid = as_grid(model)
     channels = grid.model.crop_shape[0]
@@ -480,7 +480,7 @@ def run_tiled(model, source: Source | np.ndarray, tile: int | Sequence[int], *, 
         check_out(out, (getattr(source, "images", 1), None if transform else grid.model.output_channels, *plan.map_hw),
                   float_scores=transform is None)
     done = frozenset(done) if out is not None else frozenset()
-    masks, blank = blank_masks(plan.tiles, blank_cells)
+    blank = blank_tiles(plan.tiles, blank_cells)
     if out is None and len(blank) == len(plan.tiles):
         blank = blank[1:]  # one tile computed, for the map's channels and type
     blank = [t for t in blank if t not in done]
@@ -489,7 +489,8 @@ def run_tiled(model, source: Source | np.ndarray, tile: int | Sequence[int], *, 
     for tile_ in plan.tiles:
         if tile_ in skipped:
             continue
-        block = without_blank_cells(_tile_block(grid, source, tile_, plan.field, device, transform), masks.get(tile_))
+        block = _tile_block(grid, source, tile_, plan.field, device, transform)
+        block = without_blank_cells(block, blank_cells(tile_) if blank_cells is not None else None)
         if out is None:
             out = np.empty((block.shape[0], block.shape[1], *plan.map_hw), block.dtype)
         elif unchecked:

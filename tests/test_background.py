@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import graphconv
 from conftest import SPECS
@@ -52,6 +54,12 @@ class PixelSource:
         return self.pixels[0, :, top:bottom, left:right]
 
 
+def page_background(page, grid) -> Background:
+    """The cells a page's tissue mask leaves out, as the page gives it (not a thumbnail):
+    a --mask of the page's own size."""
+    return Background(PixelSource(page), grid.field, None, mask=tissue_mask(page[0]))
+
+
 def test_a_tile_is_blank_when_no_tissue_is_near_its_cells_centres(lenet, monkeypatch):
     import graphconv.sources as sources
     page = page_with_a_blot()
@@ -90,8 +98,7 @@ def test_blank_cells_are_not_computed_whatever_the_tiling_and_the_others_are_exa
     grid = DenseGrid(lenet)
     whole = lenet.run(x)
     transform, _, _ = map_transform(reduce, None, lenet.output_channels)
-    background = Background.__new__(Background)  # the mask as the page gives it, without a thumbnail
-    background.tissue, background.fy, background.fx, background.field = tissue_mask(page[0]), 1.0, 1.0, grid.field
+    background = page_background(page, grid)
     want = whole if transform is None else transform(whole)
     maps = []
     for tile in (48, 64):
@@ -119,12 +126,12 @@ def test_a_cell_is_blank_exactly_when_no_tissue_lies_within_half_a_stride_of_its
     the rule kept a cell row more than it said)."""
     page = page_with_a_blot()
     grid = DenseGrid(lenet)
-    background = Background.__new__(Background)
-    background.tissue, background.fy, background.fx, background.field = tissue_mask(page[0]), 1.0, 1.0, grid.field
+    background = page_background(page, grid)
     plan = plan_tiles(grid, page.shape[2:], 48)
     field, tissue = grid.field, background.tissue
     for t in plan.tiles:
         mask = background.blank_cells(t)
+        assert background.is_blank(t) == mask.all() and background.blank_count(t) == mask.sum()
         for i, row in enumerate(range(*t.rows)):
             for j, col in enumerate(range(*t.cols)):
                 cy = field.offset[0] + row * field.stride[0] + (field.size[0] - 1) / 2
@@ -311,6 +318,7 @@ def test_the_no_data_cells_read_each_row_once_as_stored(tmp_path, monkeypatch, f
         read.clear()
         cells = Background(source, field, None, 0.4, field)
         blank = cells.nodata_cells()
+        blank = blank.box(0, blank.shape[0], 0, blank.shape[1])
         rows = [row for top, _, bottom, _ in read for row in range(top, bottom)]
         assert len(rows) == len(set(rows)) or factor != int(factor)  # each row once (a 2.5x square shares one)
         assert len(rows) <= picture.shape[0] * 1.05 and all(box[3] - box[1] == picture.shape[1] for box in read)
@@ -342,7 +350,9 @@ def test_a_float_raster_without_nan_leaves_nothing_out_at_the_cost_of_one_read(l
     assert cells_left_out(open_source(tmp_path / "clear.tif", 1, None), grid, None) is None
     assert sum((b - t) * (r - l) for t, l, b, r in read) <= pixels.size
     holes = cells_left_out(open_source(tmp_path / "holes.tif", 1, None), grid, None)
-    assert holes is not None and 0 < holes.nodata_cells().mean() < 1
+    assert holes is not None
+    blank = holes.nodata_cells()
+    assert 0 < blank.count() < blank.shape[0] * blank.shape[1]
 
 
 def test_skip_background_on_a_raster_whose_no_data_value_its_pixels_cannot_hold_tests_for_tissue(
@@ -451,3 +461,52 @@ def test_a_users_mask_leaves_out_the_cells_it_does_not_mark_and_keeps_the_rest_e
     batch = run("run", tmp_path / "m", "--images", tmp_path / "page.png", "--mask", tmp_path / "mask.png",
                 "--output-dir", tmp_path / "maps")
     assert batch.returncode == 2 and "a batch's images each have their own" in batch.stderr
+
+
+@st.composite
+def cell_maps(draw):
+    """A bool map of cells as no-data makes them: rectangles set (a swath's outside, a
+    cloud), some noise, on blocks of 4 to 16 cells a side."""
+    block = draw(st.sampled_from([4, 5, 16]))
+    rows, cols = draw(st.integers(1, 70)), draw(st.integers(1, 70))
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 16)))
+    cells = rng.random((rows, cols)) < draw(st.sampled_from([0.0, 0.02, 0.5, 1.0]))
+    for _ in range(draw(st.integers(0, 4))):
+        y, x = rng.integers(0, rows), rng.integers(0, cols)
+        cells[y:y + rng.integers(1, rows + 1), x:x + rng.integers(1, cols + 1)] = draw(st.booleans())
+    return block, cells
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cell_maps(), st.data())
+def test_cell_blocks_give_back_every_box_of_the_map_they_were_built_from(monkeypatch, case, data):
+    """A run's no-data cells are kept as blocks (all set, none, or mixed bits) so that a
+    stride-1 map of a large scene does not hold a byte a cell; whatever box is asked
+    (across blocks, past the map's edge: not set there), its cells, whether all are set
+    and how many are, are the map's; the cells not set are bounded and found nearest a
+    point as a search of the whole map finds them."""
+    from graphconv import background as module
+    from graphconv.background import CellBlocks
+
+    block, cells = case
+    monkeypatch.setattr(module, "BLOCK_CELLS", block)
+    blocks = CellBlocks.of(cells)
+    rows, cols = cells.shape
+    assert blocks.any() == cells.any() and blocks.count() == cells.sum()
+    for _ in range(6):
+        top, left = data.draw(st.integers(0, rows - 1)), data.draw(st.integers(0, cols - 1))
+        bottom, right = data.draw(st.integers(top + 1, rows + 9)), data.draw(st.integers(left + 1, cols + 9))
+        want = np.zeros((bottom - top, right - left), bool)
+        part = cells[top:bottom, left:right]
+        want[:part.shape[0], :part.shape[1]] = part
+        np.testing.assert_array_equal(blocks.box(top, bottom, left, right), want)
+        assert blocks.all_set(top, bottom, left, right) == want.all()
+        assert blocks.count(top, bottom, left, right) == want.sum()
+    clear_rows, clear_cols = np.nonzero(~cells)
+    if not clear_rows.size:
+        assert blocks.clear_bounds() is None and blocks.nearest_clear(0, 0) is None
+        return
+    assert blocks.clear_bounds() == (clear_rows.min(), clear_rows.max(), clear_cols.min(), clear_cols.max())
+    point = data.draw(st.floats(-5, rows + 5)), data.draw(st.floats(-5, cols + 5))
+    nearest = int(np.argmin((clear_rows - point[0]) ** 2 + (clear_cols - point[1]) ** 2))
+    assert blocks.nearest_clear(*point) == (clear_rows[nearest], clear_cols[nearest])

@@ -1446,14 +1446,15 @@ def test_verify_s_default_region_over_no_data_is_centred_on_a_cell_with_data():
     """A scene whose data is a ring (a swath around a hole of no-data): the centre of the
     data's bounding box is in the hole, so verify's default region is centred on the data
     cell nearest it instead."""
+    from graphconv.background import CellBlocks
     from graphconv.cli import _data_centre
 
     yy, xx = np.mgrid[:21, :21]
     blank = ~((abs(np.hypot(yy - 10, xx - 10) - 8)) < 1.5)  # data only on a ring of radius 8
-    y, x = _data_centre(blank, crop=(16, 16), stride=(4, 4))
+    y, x = _data_centre(CellBlocks.of(blank), crop=(16, 16), stride=(4, 4))
     cell = (round((y - 8) / 4), round((x - 8) / 4))
     assert not blank[cell] and np.hypot(cell[0] - 10, cell[1] - 10) > 6
-    assert _data_centre(np.ones((3, 3), bool), (16, 16), (4, 4)) is None
+    assert _data_centre(CellBlocks.of(np.ones((3, 3), bool)), (16, 16), (4, 4)) is None
 
 
 @pytest.mark.parametrize("args, said", [

@@ -629,3 +629,20 @@ def test_a_signal_as_the_old_map_is_removed_leaves_the_new_map_whole(tmp_path, m
     monkeypatch.setattr(files, "_process_alive", lambda pid: False)
     files._remove_stale_temporaries(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["map.zarr"]
+
+
+def test_the_free_space_a_map_is_checked_against_is_what_this_process_may_use_even_as_root(tmp_path, monkeypatch):
+    """The blocks a file system keeps back are counted free by statvfs' f_bfree; root may
+    use them only as the file system's reserved user or with CAP_SYS_RESOURCE (a
+    container's root often has neither), so they were counted for any root process and a
+    map passed the check on a disk that could not hold it. What f_bavail (shutil's free)
+    says is what is checked, for root as for anyone."""
+    import collections
+    import shutil
+
+    from graphconv import files
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage(10 ** 12, 9 * 10 ** 11, 51 * 10 ** 9))
+    monkeypatch.setattr(os, "geteuid", lambda: 0, raising=False)
+    assert files._free_bytes(tmp_path) == 51 * 10 ** 9

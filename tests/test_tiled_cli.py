@@ -2495,3 +2495,46 @@ def test_cli_skip_existing_maps_a_raster_again_for_another_nodata(model_dir, pic
     tifffile.tiffcomment(out / "scene.tif", first + "\n" + json.dumps(placement))  # as an older version wrote it
     assert "nothing to do" in graphconv_in_process(*run).stdout
     assert "1 of 2 image(s) have their map in" in graphconv_in_process(*run, "--nodata", "0").stderr
+
+
+@pytest.mark.parametrize("heatmap, reduce, classes", [(1, None, None), (2, None, (4, 2)), ("top", None, None),
+                                                      ("top", None, (4, 2)), ("top", "argmax", None)])
+def test_a_tiled_run_s_heatmap_reads_only_the_cells_its_pixels_show(monkeypatch, heatmap, reduce, classes):
+    """A stride-1 slide's map has billions of cells and its heatmap a picture of at most
+    2048 a side: the map is read a block of rows at a time and only the cells the
+    picture's pixels show are kept (it read a class's whole channel, 2.9 GB over a 275 MB
+    run), yet the picture, the colour scale's range and the legend's counts are those of
+    the whole map."""
+    import argparse
+
+    from graphconv import images, tiled_cli
+    from graphconv.background import NO_CLASS
+    from graphconv.receptive import Field
+
+    rng = np.random.default_rng(7)
+    scores = rng.normal(size=(1, 5, 61, 83)).astype(np.float32)
+    scores[:, :, 10:20, 30:50] = np.nan  # cells not computed
+    if classes:
+        scores = scores[:, list(classes)]
+    if reduce:
+        best = images.best_class(scores[0]).astype(np.uint16)
+        scores = np.where(best == images.NOT_COMPUTED, NO_CLASS, best)[None, None].astype(np.uint16)
+    monkeypatch.setattr(tiled_cli, "BEST_CLASS_FLOATS", 3 * 83)  # a few rows a block
+    args = argparse.Namespace(reduce=reduce, classes=classes)
+    field, picture_hw = Field((4, 4), (1.7, 2.3), (0.5, -1)), (29, 37)  # the map shrunk onto a smaller picture
+    if heatmap == "top":
+        sample = tiled_cli._sample_map(args, scores, field, picture_hw, 5)
+        best = tiled_cli._best_of(args, scores[0])
+        want_counts = np.bincount(best[best != images.NOT_COMPUTED], minlength=5)
+        np.testing.assert_array_equal(sample.counts, want_counts)
+        want = best
+    else:
+        channel = classes.index(heatmap) if classes else heatmap
+        sample = tiled_cli._sample_map(args, scores, field, picture_hw, channel=channel)
+        want = scores[0, channel]
+        assert sample.extremes == images.finite_range(want)
+    assert sample.values.shape[0] < want.shape[0] and sample.values.shape[1] < want.shape[1]
+    np.testing.assert_array_equal(images._per_pixel(sample.values, field, picture_hw, sample),
+                                  images._per_pixel(want, field, picture_hw))
+    rows, cols = sample.cells
+    np.testing.assert_array_equal(sample.values, want[rows][:, cols])
