@@ -80,7 +80,9 @@ def _run_command(args: argparse.Namespace) -> int:
         limit = None if args.memory_limit is None else parse_size(args.memory_limit)  # errors name the flag
         with memory_limit_set(limit), warnings.catch_warnings():
             warnings.simplefilter("ignore", GraphconvWarning)  # said as notes (note_what_the_network_is)
-            return _handle(args)
+            status = _handle(args)
+            sys.stdout.flush()  # here a full disk under `> report.txt` is an error that names standard output
+            return status
     except BrokenPipeError:  # `graphconv inspect ... | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE

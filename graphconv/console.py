@@ -15,6 +15,7 @@ graphconv/__init__.py imports nothing itself (its names are imported on first us
 importing graphconv.console costs only the standard library. `python -m graphconv`
 (graphconv/__main__.py) runs this same entry point.
 """
+import io
 import os
 import signal
 import sys
@@ -25,6 +26,8 @@ EXIT_USER_ERROR = 2
 def main() -> int:
     """The command: its status is the process's exit status (it does not return when the
     command ran: `_leave`)."""
+    _closed_streams_to_devnull()
+    _name_standard_output()
     problem = environment_problem(os.environ)
     if problem:
         print(f"graphconv: {problem}", file=sys.stderr)
@@ -50,6 +53,38 @@ def _leave(status: int) -> None:
         except (OSError, ValueError):  # a closed pipe or stream: nothing more can go out
             pass
     os._exit(status)
+
+
+def _closed_streams_to_devnull() -> None:
+    """A stream the command was started without (`2>&-`: Python then has sys.stderr None)
+    goes to os.devnull: print(file=None) wrote the notes into standard output, among the
+    data, and the first write to sys.stderr ended the command with a traceback no one saw,
+    exit 1."""
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))
+
+
+class _StandardOutput(io.FileIO):
+    """File descriptor 1, whose write errors name it: `> /dev/full` (or a full disk under a
+    redirect) said only "No space left on device", read as the map's disk."""
+
+    def write(self, data):
+        try:
+            return super().write(data)
+        except OSError as err:  # OSError(errno, ...) is the errno's own class: BrokenPipeError stays one
+            raise OSError(err.errno, err.strerror, "standard output") from None
+
+
+def _name_standard_output() -> None:
+    """sys.stdout as it was (encoding, errors, line buffering), over `_StandardOutput`."""
+    try:
+        stream = sys.stdout
+        raw = _StandardOutput(stream.fileno(), "w", closefd=False)
+    except (AttributeError, OSError, ValueError):  # not a file descriptor's stream: left as it is
+        return
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(raw), encoding=stream.encoding, errors=stream.errors,
+                                  line_buffering=stream.line_buffering)
 
 
 def environment_problem(environ) -> str | None:

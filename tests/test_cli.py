@@ -1,5 +1,6 @@
 """The command line as a user drives it: outputs, exit codes, and nothing written on error."""
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -1566,3 +1567,25 @@ def test_a_missing_optional_package_is_one_error_before_any_work(tmp_path, monke
     err = capsys.readouterr().err
     assert err.startswith("graphconv: ") and "needs Pillow: pip install 'graphconv[images]'" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_command_started_without_stderr_keeps_its_notes_out_of_stdout(tmp_path):
+    """`2>&-`: Python then has no sys.stderr, and print(file=None) wrote the notes into
+    standard output among the report; the first direct write ended the command, exit 1,
+    with a traceback no one saw. The notes now go nowhere, the report stays whole."""
+    command = [sys.executable, "-m", "graphconv", "inspect", str(SPECS / "lenet.yaml")]
+    result = subprocess.run(command, stdout=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(2))
+    assert result.returncode == 0
+    assert "note:" not in result.stdout and result.stdout.startswith("lenet:")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_standard_output_that_cannot_be_written_is_named(tmp_path):
+    """A full disk under `> report.txt` (here /dev/full) said "No space left on device"
+    alone, read as the map's disk; and an error at the last flush, as the process
+    left, was passed over with exit 0 and the report lost."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "graphconv", "inspect", str(SPECS / "lenet.yaml")],
+                                stdout=full, stderr=subprocess.PIPE, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "graphconv: standard output: No space left on device"
