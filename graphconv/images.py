@@ -14,7 +14,6 @@ would block and /dev/zero never ends.
 """
 from __future__ import annotations
 
-import functools
 import numbers
 import struct
 import warnings
@@ -721,7 +720,9 @@ def _regions(best: np.ndarray, min_cells: int = 1, most: int = 200) -> list[tupl
     rows, cols = best.shape
     if not best.size:
         return []
-    labels = _compiled(_label_regions)(np.ascontiguousarray(best, np.int64)).ravel()
+    from graphconv.ops.regions import label_regions  # numba, imported only when a class map is drawn
+
+    labels = label_regions(np.ascontiguousarray(best, np.int64)).ravel()
     sizes = np.bincount(labels)
     row_of, col_of = np.divmod(np.arange(labels.size), cols)
     centre_row, centre_col = np.bincount(labels, row_of) / sizes, np.bincount(labels, col_of) / sizes
@@ -731,44 +732,6 @@ def _regions(best: np.ndarray, min_cells: int = 1, most: int = 200) -> list[tupl
     kept = [region for region in np.argsort(-sizes, kind="stable") if sizes[region] >= min_cells][:most]
     return [(int(best.flat[nearest[region]]), (int(row_of[nearest[region]]), int(col_of[nearest[region]])))
             for region in kept]
-
-
-@functools.cache
-def _compiled(function):
-    """`function` compiled by numba, on first use: numba is imported only once the
-    command has configured it (`threads`), as a worker process does too (imported
-    earlier, it compiled other code with other settings, and a cluster's maps differed
-    in their last bits)."""
-    import numba
-    return numba.njit(cache=True)(function)
-
-
-def _label_regions(best: np.ndarray) -> np.ndarray:
-    """(rows, cols) int64: the number of each cell's 4-connected region of one value, the
-    regions numbered in the order of their first cells (row order). Compiled
-    (`_compiled`): a slide's best-class picture has millions of cells (a Python flood
-    fill took 10 s for 4M)."""
-    rows, cols = best.shape
-    labels = np.full((rows, cols), -1, np.int64)
-    stack = np.empty(rows * cols, np.int64)
-    count = 0
-    for start in range(rows * cols):
-        r0, c0 = start // cols, start % cols
-        if labels[r0, c0] >= 0:
-            continue
-        value = best[r0, c0]
-        labels[r0, c0] = count
-        stack[0], depth = start, 1
-        while depth:
-            depth -= 1
-            r, c = stack[depth] // cols, stack[depth] % cols
-            for nr, nc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
-                if 0 <= nr < rows and 0 <= nc < cols and labels[nr, nc] < 0 and best[nr, nc] == value:
-                    labels[nr, nc] = count
-                    stack[depth] = nr * cols + nc
-                    depth += 1
-        count += 1
-    return labels
 
 
 def _class_name(klass: int, labels: list[str] | None) -> str:
