@@ -401,13 +401,10 @@ class CellBlocks:
             block[:rows] = blocks[:, col]
             self.mixed[band_row, int(col)] = np.packbits(block)
 
-    def _block(self, row: int, col: int) -> np.ndarray:
-        """Block (row, col)'s cells, (BLOCK_CELLS, BLOCK_CELLS) bool (past the map: False)."""
-        state = self.state[row, col]
-        if state == self.SOME:
-            bits = np.unpackbits(self.mixed[row, col], count=BLOCK_CELLS * BLOCK_CELLS)
-            return bits.reshape(BLOCK_CELLS, BLOCK_CELLS).astype(bool)
-        return np.full((BLOCK_CELLS, BLOCK_CELLS), state == self.ALL)
+    def _mixed_block(self, row: int, col: int) -> np.ndarray:
+        """Mixed block (row, col)'s cells, (BLOCK_CELLS, BLOCK_CELLS) bool (past the map: False)."""
+        bits = np.unpackbits(self.mixed[row, col], count=BLOCK_CELLS * BLOCK_CELLS)
+        return bits.reshape(BLOCK_CELLS, BLOCK_CELLS).astype(bool)
 
     def box(self, top: int, bottom: int, left: int, right: int) -> np.ndarray:
         """The cells [top, bottom) x [left, right), (rows, cols) bool; a cell past the map
@@ -424,7 +421,8 @@ class CellBlocks:
             y, x = (b0 + row) * BLOCK_CELLS, (k0 + col) * BLOCK_CELLS
             y0, y1 = max(y, top), min(y + BLOCK_CELLS, inner_bottom)
             x0, x1 = max(x, left), min(x + BLOCK_CELLS, inner_right)
-            out[y0 - top:y1 - top, x0 - left:x1 - left] = self._block(b0 + row, k0 + col)[y0 - y:y1 - y, x0 - x:x1 - x]
+            block = self._mixed_block(b0 + row, k0 + col)
+            out[y0 - top:y1 - top, x0 - left:x1 - left] = block[y0 - y:y1 - y, x0 - x:x1 - x]
         return out
 
     def all_set(self, top: int, bottom: int, left: int, right: int) -> bool:
