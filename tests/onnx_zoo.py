@@ -1,15 +1,16 @@
 """Small PyTorch classifiers built like the torchvision architectures users bring
 (AlexNet, VGG with batch norm, ResNet, SqueezeNet, MobileNetV2, DenseNet, GoogLeNet,
 ConvNeXt, ShuffleNetV2, EfficientNet, MobileNetV3, Darknet, anti-aliased pooling,
-HRNet, TResNet, PoolFormer, ConvNeXt V2, ResNeSt, SKNet, a cosine-similarity head), for the ONNX import tests. torchvision is not needed: each keeps the structure
-that matters to an importer (batch norm after conv and after concat, residual adds,
+HRNet, TResNet, PoolFormer, ConvNeXt V2, ResNeSt, SKNet, CBAM, a cosine-similarity head),
+for the ONNX import tests. torchvision is not needed: each keeps the structure that
+matters to an importer (batch norm after conv and after concat, residual adds,
 depthwise convs, ReLU6, LeakyReLU, PReLU, reflect and edge padding, ceil-mode pooling,
 four-branch concats, global pooling, flatten, nearest and bilinear upsampling,
-space-to-depth, GroupNorm, GRN, split attention and selective kernels, F.normalize) at a size
-that exports and runs in well under a second.
+space-to-depth, GroupNorm, GRN, split attention and selective kernels, CBAM's channel and
+spatial attention, F.normalize) at a size that exports and runs in well under a second.
 
 EfficientNet and MobileNetV3 have squeeze-and-excitation gates, ResNeSt and SKNet
-split-attention and selective-kernel gates, and PoolFormer and
+split-attention and selective-kernel gates, CBAM a channel-attention gate, and PoolFormer and
 ConvNeXt V2 normalise by statistics of whole maps, which cannot slide (see passes/global_pool_to_window.py): they
 are in ZOO, for the classifier tests, but not in SLIDING, and have no `dense` form. Every model in SLIDING has a `dense` flag: False is the classifier as trained; True is the same
 network converted by hand, in PyTorch, the way graphconv's passes convert it (global
@@ -672,6 +673,66 @@ class ConvNeXtV2Small(nn.Module):
         return self.head(x + y)
 
 
+class SpatialAttention(nn.Module):
+    """CBAM's spatial attention: each position's max and mean over the channels, a 7x7
+    conv of the two, and the map times its sigmoid. `amax` exports one ReduceMax;
+    `x.max(dim=1)[0]` (CBAM's reference code) a ReduceMax too, with an ArgMax no one reads
+    under the dynamo exporter."""
+
+    def __init__(self, amax: bool = False):
+        super().__init__()
+        self.amax = amax
+        self.conv = nn.Conv2d(2, 1, 7, padding=3)
+
+    def forward(self, x):
+        most = x.amax(dim=1, keepdim=True) if self.amax else x.max(dim=1, keepdim=True)[0]
+        return x * torch.sigmoid(self.conv(torch.cat([most, x.mean(dim=1, keepdim=True)], dim=1)))
+
+
+class CBAMSmall(nn.Module):
+    """A residual block with CBAM (channel attention from the map's average and max pooled
+    through one MLP, then spatial attention): the channel gate is the crop's, so a
+    classifier only."""
+    crop = 32
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.stem = conv_bn(3, 16, 3, 2)
+        self.block1 = nn.Sequential(conv_bn(16, 16, 3), ChannelAttention(16), SpatialAttention())
+        self.head = Head(16, classes, window=16)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head(x + self.block1(x))
+
+
+class ChannelAttention(nn.Module):
+    """CBAM's channel attention: one MLP on the average and on the max pooled map, summed."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Conv2d(channels, channels // 4, 1), nn.ReLU(), nn.Conv2d(channels // 4, channels, 1))
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.mlp(x.mean((2, 3), keepdim=True)) + self.mlp(x.amax((2, 3), keepdim=True)))
+
+
+class SpatialAttentionSmall(nn.Module):
+    """Convs gated by CBAM's spatial attention alone: each gate is of one position's
+    channels and its 7x7 neighbourhood, so the network slides (the gate's 7x7 conv is
+    padded: near the crop's border it sees zeros, as any padded conv)."""
+    crop = 32
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(conv_bn(3, 8, 3), SpatialAttention(), nn.MaxPool2d(2), conv_bn(8, 16, 3),
+                                      SpatialAttention(amax=True), nn.MaxPool2d(2))
+        self.head = Head(16, classes, window=8)
+
+    def forward(self, x, dense: bool = False):
+        return self.head(self.features(x), dense=dense)
+
+
 class CosineSmall(nn.Module):
     """A metric-learning classifier: each position's features scaled to unit length
     (F.normalize(x, dim=1): ReduceL2 over the channels, Clip, Expand, Div), pooled, scaled
@@ -804,8 +865,10 @@ ZOO = {cls.__name__.removesuffix("Small").lower(): cls
        for cls in (AlexNetSmall, VGGBNSmall, ResNetSmall, SqueezeNetSmall, MobileNetV2Small,
                    DenseNetSmall, GoogLeNetSmall, ConvNeXtSmall, ShuffleNetSmall, EfficientNetSmall,
                    MobileNetV3Small, DarknetSmall, AntiAliasedSmall, HRNetSmall, PoolFormerSmall,
-                   ConvNeXtV2Small, TResNetSmall, ResNeStSmall, SKNetSmall, CosineSmall)}
-GATED = ("efficientnet", "mobilenetv3", "resnest", "sknet")  # SE, split attention, selective kernel: classifiers only
+                   ConvNeXtV2Small, TResNetSmall, ResNeStSmall, SKNetSmall, CosineSmall, CBAMSmall,
+                   SpatialAttentionSmall)}
+# SE, split attention, selective kernel, CBAM's channel attention: classifiers only
+GATED = ("efficientnet", "mobilenetv3", "resnest", "sknet", "cbam")
 WHOLE_MAP = ("poolformer", "convnextv2")  # statistics of whole maps: classifiers only
 SLIDING = [name for name in ZOO if name not in GATED + WHOLE_MAP]
 

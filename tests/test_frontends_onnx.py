@@ -50,8 +50,8 @@ def torch_scores(model, x: np.ndarray, dense: bool = False) -> np.ndarray:
         return (model(x, dense=True) if dense else model(x)).numpy()
 
 
-# the dynamo exporter is slow: these seven cover its ReduceMean/ReduceL2/Expand/Reshape/Gather/Split/folding forms
-DYNAMO_ARCHITECTURES = ("resnet", "mobilenetv2", "densenet", "vggbn", "convnext", "shufflenet", "cosine")
+# the dynamo exporter is slow: these cover its ReduceMean/ReduceL2/ReduceMax/Expand/Reshape/Gather/Split/folding forms
+DYNAMO_ARCHITECTURES = ("resnet", "mobilenetv2", "densenet", "vggbn", "convnext", "shufflenet", "cosine", "cbam")
 assert set(DYNAMO_ARCHITECTURES) <= set(ARCHITECTURES), set(DYNAMO_ARCHITECTURES) - set(ARCHITECTURES)
 
 

@@ -1051,6 +1051,21 @@ def test_maxpool_propagates_nan_like_torch():
         np.testing.assert_array_equal(op_forward(opdef, params, {}, [x]), want)
 
 
+@pytest.mark.parametrize("storage", STORAGES)
+def test_channel_max_propagates_nan_like_torch(storage):
+    """A position with a NaN among its channels (first, middle or last) has max NaN, as
+    torch.amax and numpy give; the others are their largest channel, -inf included."""
+    opdef = get_op("channel_max")
+    x = np.arange(2 * 4 * 3 * 5, dtype=np.float32).reshape(2, 4, 3, 5) % 7 - 3
+    x[0, 0, 0, 0] = x[0, 2, 1, 3] = x[1, 3, 2, 4] = np.nan
+    x[1, :, 0, 0] = -np.inf
+    want = opdef.reference({}, {}, [x])
+    assert np.isnan(want).sum() == 3 and want[1, 0, 0, 0] == -np.inf
+    np.testing.assert_array_equal(run_kernel(opdef, {}, {}, [x], storage), want)
+    if torch is not None:
+        np.testing.assert_array_equal(op_forward(opdef, {}, {}, [x]), want)
+
+
 @settings(max_examples=40, deadline=None)
 @given(op=st.sampled_from(["softmax", "log_softmax"]), c=st.integers(1, 70), h=st.integers(1, 3),
        w=st.integers(1, 40), spread=st.sampled_from([1.0, 30.0, 300.0]), seed=st.integers(0, 2**16))

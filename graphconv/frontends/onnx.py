@@ -1639,7 +1639,7 @@ def _spatial_reduction(x: Tensor, axes: list[int] | None) -> bool:
     return x.rank == 4 and axes is not None and sorted(a % 4 for a in axes) == spatial
 
 
-OVER_CHANNELS = {"ReduceMean": "channel_mean", "ReduceL2": "channel_l2norm"}
+OVER_CHANNELS = {"ReduceMean": "channel_mean", "ReduceL2": "channel_l2norm", "ReduceMax": "channel_max"}
 
 
 @converts("ReduceMean", "ReduceL2", "ReduceMax")
@@ -1650,7 +1650,8 @@ def _reduce(imp: _Importer, node) -> None:
     (ConvNeXt V2's GRN, which writes both), over the channels a channel_l2norm
     (F.normalize(x, dim=1)); ReduceMax over H and W (x.amax((2, 3)), and
     AdaptiveMaxPool2d(1) as the dynamo exporter writes it) is a max pool with the crop's
-    map as its window, as GlobalMaxPool. A channels-last map's axes are read as such."""
+    map as its window, as GlobalMaxPool, over the channels a channel_max (CBAM's spatial
+    attention). A channels-last map's axes are read as such."""
     x = imp.tensor(node.input[0], ANY_LAYOUT)
     axes, keepdims = _reduced_axes(imp, node, x, 18)
     channel = [3] if x.layout == NHWC else [1]
@@ -1665,11 +1666,10 @@ def _reduce(imp: _Importer, node) -> None:
             and node.op_type in OVER_CHANNELS:
         imp.add_layer(node, OVER_CHANNELS[node.op_type], [x], rank=x.rank)
     else:
-        what = "reduces nothing else" if node.op_type == "ReduceMax" else \
-            f"takes the {'mean' if node.op_type == 'ReduceMean' else 'L2 norm'} over the channels keeping their axis"
+        what = {"ReduceMean": "mean", "ReduceL2": "L2 norm", "ReduceMax": "max"}[node.op_type]
         raise imp.error(f"{node.op_type} over axes {'all' if axes is None else axes} of a rank-{x.rank} "
                         f"{x.layout} value (keepdims={int(keepdims)}); graphconv reduces over height and width, "
-                        f"and {what}")
+                        f"and takes the {what} over the channels keeping their axis")
 
 
 @converts("Expand")

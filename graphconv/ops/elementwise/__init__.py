@@ -22,11 +22,13 @@ def _same_shape(op: str, shapes):
 
 def _mul_shape(params: dict, shapes):
     """Two maps of one shape (swish written out), or a map and one factor per channel
-    (C x 1 x 1: a squeeze-and-excitation gate), in that order."""
+    (C x 1 x 1: a squeeze-and-excitation gate) or per position (1 x H x W: CBAM's spatial
+    attention gate), in that order."""
     (c, h, w), second = shapes
-    if second not in ((c, h, w), (c, 1, 1)):
-        raise ShapeError(f"mul needs its second input the first's shape ({c}x{h}x{w}) or one value "
-                         f"per channel ({c}x1x1), got " + "x".join(map(str, second)))
+    if second not in ((c, h, w), (c, 1, 1), (1, h, w)):
+        raise ShapeError(f"mul needs its second input the first's shape ({c}x{h}x{w}), one value "
+                         f"per channel ({c}x1x1) or one value per position (1x{h}x{w}), got "
+                         + "x".join(map(str, second)))
     return shapes[0]
 
 
@@ -88,10 +90,12 @@ _pointwise("sub", "elementwise difference of its two inputs, the first minus the
            torch=lambda p, w, xs: xs[0] - xs[1], onnx=onnx_as("Sub"),
            examples=(Example({}, [(3, 2, 4)] * 2), Example({}, [(1, 1, 1)] * 2, batch=3)),
            shape=lambda p, s: _same_shape("sub", s), arity=(2, 2), channels_last="like-input")
-_pointwise("mul", "elementwise product; the second input may be one factor per channel (C x 1 x 1)",
+_pointwise("mul", "elementwise product; the second input may be one factor per channel (C x 1 x 1) or per "
+                  "position (1 x H x W)",
            _mul_reference, torch=lambda p, w, xs: xs[0] * xs[1], onnx=onnx_as("Mul"),
            examples=(Example({}, [(3, 2, 4)] * 2), Example({}, [(3, 2, 4), (3, 1, 1)]),
-                     Example({}, [(2, 1, 1)] * 2, batch=3)),
+                     Example({}, [(2, 1, 1)] * 2, batch=3), Example({}, [(3, 2, 4), (1, 2, 4)]),
+                     Example({}, [(5, 3, 1), (1, 3, 1)], batch=3)),
            shape=_mul_shape, arity=(2, 2), channels_last="like-input")
 _pointwise("div", "elementwise quotient; the second input may be one divisor per position (1 x H x W)",
            lambda p, w, xs: (xs[0].astype(np.float64) / xs[1]).astype(np.float32),

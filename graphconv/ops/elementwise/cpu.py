@@ -81,6 +81,31 @@ def _scale_channels_last(xh, gate, out_h):
 
 
 @njit(cache=True, parallel=True)
+def _scale_positions(x, gate, out):
+    """out[n, c, y, x] = x[n, c, y, x] * gate[n, 0, y, x]."""
+    n, c, height, width = x.shape
+    for job in prange(n * c):
+        g, src, dst = gate[job // c, 0], x[job // c, job % c], out[job // c, job % c]
+        for y in range(height):
+            for j in range(width):
+                dst[y, j] = src[y, j] * g[y, j]
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _scale_positions_channels_last(xh, gate, out_h):
+    """out_h[n, y, x, c] = xh[n, y, x, c] * gate[n, y, x] (gate flat, N x H x W): each
+    pixel's channels one run, times one value."""
+    n, height, width, c = xh.shape
+    flat_x, flat_out = xh.reshape(-1), out_h.reshape(-1)
+    for job in prange(n * height):
+        for p in range(width):
+            g = gate[unsigned(job * width + p)]
+            at = (job * width + p) * c
+            for ch in range(c):
+                flat_out[unsigned(at + ch)] = flat_x[unsigned(at + ch)] * g
+
+
+@njit(cache=True, parallel=True)
 def _accumulate(total, x):
     a = total.reshape(-1)
     b = x.ravel()
@@ -129,15 +154,19 @@ def bind_mul(params: dict, weights: dict) -> BoundCall:
 def _mul_call(inputs: list[np.ndarray], out: np.ndarray) -> Callable[[], None]:
     """The kernel for these arrays, with its arguments. Stored either way: the map is read
     as `out` is stored (copied, on every call, where it is not); a second map the same;
-    a C x 1 x 1 gate (a squeeze-and-excitation block's) is the same memory either way."""
+    a C x 1 x 1 gate (a squeeze-and-excitation block's) and a 1 x H x W one (CBAM's
+    spatial attention) are the same memory either way."""
     x, factor = inputs
     if not stored_like(x, out) or factor.shape == x.shape and not stored_like(factor, out) \
             or factor.shape != x.shape and not factor.flags.c_contiguous:
         return lambda: _multiply_copies(inputs, out)
     if factor.shape == x.shape:
         return partial(_product, stored_memory(x), stored_memory(factor), stored_memory(out))
+    per_position = factor.shape[1] == 1
     if nhwc(out) is None:
-        return partial(_scale_channels, x, factor, out)
+        return partial(_scale_positions if per_position else _scale_channels, x, factor, out)
+    if per_position:
+        return partial(_scale_positions_channels_last, nhwc(x), factor.reshape(-1), nhwc(out))
     return partial(_scale_channels_last, nhwc(x), factor.reshape(x.shape[0], x.shape[1]), nhwc(out))
 
 

@@ -35,13 +35,17 @@ def _product(a, b, out):
 
 
 @cuda.jit
-def _scale_channels(x, factors, out):
+def _scale(x, factors, out):
+    """x times one factor per channel (N, C, 1, 1) or per position (N, 1, H, W)."""
     i = cuda.grid(1)
     n, c, height, width = x.shape
     if i >= n * c * height * width:
         return
     b, ch, y, xx = unravel_nchw(i, c, height, width)
-    out[b, ch, y, xx] = x[b, ch, y, xx] * factors[b, ch, 0, 0]
+    if factors.shape[1] == c:
+        out[b, ch, y, xx] = x[b, ch, y, xx] * factors[b, ch, 0, 0]
+    else:
+        out[b, ch, y, xx] = x[b, ch, y, xx] * factors[b, 0, y, xx]
 
 
 @cuda.jit
@@ -101,7 +105,7 @@ def run_mul(params: dict, weights: dict, inputs: list, out) -> None:
     if x.shape == y.shape:
         _product[blocks, threads](_flat(x), _flat(y), _flat(out))
     else:
-        _scale_channels[blocks, threads](x, y, out)
+        _scale[blocks, threads](x, y, out)
 
 
 def run_concat(params: dict, weights: dict, inputs: list, out) -> None:
