@@ -36,7 +36,7 @@ from graphconv.model import Model, as_batch
 from graphconv.ops import pair
 from graphconv.ops.pad import describe_fill
 from graphconv.ops.registry import describe_padding
-from graphconv.receptive import receptive_fields, sliding_periods
+from graphconv.receptive import partial_receptive_fields, partial_sliding_periods
 from graphconv.shapes import infer_shapes
 
 MOST_CROPS_PER_BATCH = 64
@@ -687,7 +687,10 @@ def _padding_effects(classifier: Model, x: np.ndarray, device: str) -> tuple[lis
     them again); now 11 s."""
     graph = classifier.graph
     reach, sources = padding_reach(graph)
-    context = _PaddingContext(classifier, x, device, reach, receptive_fields(graph), sliding_periods(graph),
+    fields, mixed = partial_receptive_fields(graph)
+    if mixed is not None and any(name not in fields for name in sources):
+        raise mixed
+    context = _PaddingContext(classifier, x, device, reach, fields, partial_sliding_periods(graph),
                               infer_shapes(graph, check_weights=False))
     measured, notes = {}, []
     for last, group in _prefix_groups(graph, sources):

@@ -238,7 +238,17 @@ def sliding_periods(graph: Graph) -> dict[str, tuple]:
     interleave, whose shifted copies hold every phase, divides both. Where the output's
     period is a multiple of its stride, only every (period / stride)-th cell is a crop of
     the classifier (`crop_cell_step`)."""
-    return {name: tuple(_whole(axis.period) for axis in axes) for name, axes in _every_phase(graph).items()}
+    return _periods(_every_phase(graph))
+
+
+def partial_sliding_periods(graph: Graph) -> dict[str, tuple]:
+    """`sliding_periods` of the nodes that have one, as `partial_receptive_fields` gives
+    fields: those before a layer where maps of different strides meet."""
+    return _periods(_phases_of_nodes(graph)[0])
+
+
+def _periods(phases: dict[str, tuple[_Phases, _Phases]]) -> dict[str, tuple]:
+    return {name: tuple(_whole(axis.period) for axis in axes) for name, axes in phases.items()}
 
 
 def crop_cell_step(graph: Graph) -> tuple[int, int]:

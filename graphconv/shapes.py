@@ -124,20 +124,22 @@ def fitting_sizes(graph: Graph) -> FittingSizes | None:
     for field in fields.values():
         for a in (0, 1):
             period[a] = math.lcm(period[a], Fraction(field.stride[a]).numerator)
-    c, hc, wc = graph.input_shape
-
-    def meets(h: int, w: int) -> bool:
-        try:
-            _propagate(graph, (c, h, w), check_weights=False, resized=True)
-        except _Misfit as misfit:
-            return len(misfit.args[0].inputs) < 2
-        return True
-
-    remainders = (frozenset(h % period[0] for h in range(hc, hc + period[0]) if meets(h, wc)),
-                  frozenset(w % period[1] for w in range(wc, wc + period[1]) if meets(hc, w)))
+    _, hc, wc = graph.input_shape
+    remainders = (frozenset(h % period[0] for h in range(hc, hc + period[0]) if _branches_meet(graph, h, wc)),
+                  frozenset(w % period[1] for w in range(wc, wc + period[1]) if _branches_meet(graph, hc, w)))
     if all(len(remainders[a]) == period[a] for a in (0, 1)):
         return None
     return FittingSizes((period[0], period[1]), remainders)
+
+
+def _branches_meet(graph: Graph, h: int, w: int) -> bool:
+    """Whether every merge of the network takes an h x w image (a misfit of a layer with
+    one input, a classifier's fc past its crop, is not a merge's)."""
+    try:
+        _propagate(graph, (graph.input_shape[0], h, w), check_weights=False, resized=True)
+    except _Misfit as misfit:
+        return len(misfit.args[0].inputs) < 2
+    return True
 
 
 def batch_scales(graph: Graph) -> dict[str, Fraction]:
@@ -267,11 +269,21 @@ def map_output_note(graph: Graph) -> str | None:
 def _merge_hint(graph: Graph, image_hw: tuple[int, int]) -> str:
     """What to do when a network's branches fail to meet on an image that is not the
     crop: crop or resize it to a side they meet on (`fitting_sizes`); `run --resize`
-    resizes an --image only, so an array is told to crop."""
+    resizes an --image only, so an array is told to crop. Branches that meet on the crop
+    alone (a classifier as written whose global pool meets a pool of a fixed window:
+    timm's catavgmax head as the exporters write it) have no such side: compiling
+    makes both slide."""
+    from graphconv.receptive import partial_receptive_fields
+
     sizes = fitting_sizes(graph)
-    if sizes is None:
+    if sizes is None and partial_receptive_fields(graph)[1] is None:
         return ""
-    fit = [max(sizes.next_fit(1, a), sizes.last_fit(image_hw[a], a)) for a in (0, 1)]
+    fit = None if sizes is None else [max(sizes.next_fit(1, a), sizes.last_fit(image_hw[a], a)) for a in (0, 1)]
+    if fit is None or not _branches_meet(graph, *fit):  # maps of different strides, or a whole-map pool's 1x1
+        _, hc, wc = graph.input_shape
+        return (f"; as written, this network's branches meet only on its {hc}x{wc} crop (they shrink the map "
+                "at different rates, e.g. a pool over the whole map beside one that slides): compile it to "
+                "slide over larger images (graphconv compile), or run it crop by crop (run --crops)")
     return (f"; this network's branches meet only on images {sizes.describe()}: crop the image to one (e.g. "
             f"its top-left {fit[0]}x{fit[1]}) or resize it (an --image: --resize {fit[0]} {fit[1]})")
 

@@ -95,7 +95,8 @@ def test_many_padded_layers_are_measured_in_one_run_each_and_summed_up(write_spe
     _, sources = padding_reach(classifier.graph)
     assert [layer.name for layer in report.layers] == sources and len(sources) == 9
     context = dense._PaddingContext(classifier, x, "cpu", padding_reach(classifier.graph)[0],
-                                    dense.receptive_fields(classifier.graph), dense.sliding_periods(classifier.graph),
+                                    dense.partial_receptive_fields(classifier.graph)[0],
+                                    dense.partial_sliding_periods(classifier.graph),
                                     dense.infer_shapes(classifier.graph, check_weights=False))
     for layer in report.layers:  # what the layer's own prefix, run alone, measures
         [(alone)] = dense._measure_group(context, layer.name, [layer.name], []).values()

@@ -2360,3 +2360,45 @@ def test_the_lrn_like_module_with_zero_padding_and_nothing_else_reading_is_graph
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(Model(graph).run(x), expected, rtol=1e-5, atol=1e-5)
+
+
+class _CatAvgMax(torch.nn.Module):
+    """timm's global_pool='catavgmax': the average and the max pooled map, concatenated.
+    The TorchScript exporter writes the max as a MaxPool whose kernel and stride are the
+    crop's map, the dynamo exporter as a ReduceMax: as written, a classifier whose branches
+    meet only on its crop; compiled, both pools slide."""
+    crop = 32
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        pooled = [torch.nn.functional.adaptive_avg_pool2d(x, 1), torch.nn.functional.adaptive_max_pool2d(x, 1)]
+        return self.fc(torch.cat(pooled, 1).flatten(1))
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_a_concat_of_average_and_max_pooled_maps_verifies_and_says_it_meets_on_the_crop_as_written(
+        dynamo, tmp_path, capsys, rng):
+    """`verify` measured padding on the classifier as written, whose max pool (stride: the
+    crop's map) and global average pool meet at different strides, and refused a network
+    `compile` slides exactly; the as-written classifier on another size was told to crop
+    the image to a "multiple of 2" that does not fit either."""
+    import torch.nn.functional as F
+
+    from graphconv.cli import main
+    torch.manual_seed(0)
+    model, path = _CatAvgMax().eval(), tmp_path / "catavgmax.onnx"
+    onnx_zoo.export(model, path, dynamo=dynamo)
+    assert main(["verify", str(path), "--input-size", "80", "80"]) == 0
+    assert "result: PASS" in capsys.readouterr().out
+    x = rng.standard_normal((1, 3, 80, 80)).astype(np.float32)
+    features = torch.relu(model.conv(torch.from_numpy(x)))
+    pooled = torch.cat([F.avg_pool2d(features, 16, stride=1), F.max_pool2d(features, 16, stride=1)], 1)
+    expected = F.conv2d(pooled, model.fc.weight[:, :, None, None], model.fc.bias).detach().numpy()
+    np.testing.assert_allclose(compile_model(path).run(x), expected, **TOLERANCE)
+    assert main(["inspect", str(path), "--input-size", "80", "80"]) == 2
+    err = capsys.readouterr().err
+    assert "branches meet only on its 32x32 crop" in err and "graphconv compile" in err and "multiples" not in err
