@@ -1,7 +1,7 @@
 """Small PyTorch classifiers built like the torchvision architectures users bring
 (AlexNet, VGG with batch norm, ResNet, SqueezeNet, MobileNetV2, DenseNet, GoogLeNet,
 ConvNeXt, ShuffleNetV2, EfficientNet, MobileNetV3, Darknet, anti-aliased pooling,
-HRNet, TResNet, PoolFormer, ConvNeXt V2, ResNeSt, SKNet, CBAM, a cosine-similarity head),
+HRNet, TResNet, PoolFormer, ConvNeXt V2, ResNeSt, SKNet, CBAM, GeM pooling, a cosine-similarity head),
 for the ONNX import tests. torchvision is not needed: each keeps the structure that
 matters to an importer (batch norm after conv and after concat, residual adds,
 depthwise convs, ReLU6, LeakyReLU, PReLU, reflect and edge padding, ceil-mode pooling,
@@ -733,6 +733,25 @@ class SpatialAttentionSmall(nn.Module):
         return self.head(self.features(x), dense=dense)
 
 
+class GeMSmall(nn.Module):
+    """Generalised-mean pooling (retrieval and pathology heads, timm's GeM): each value
+    clamped above 0, to a learnt power p, average pooled, to the power 1 / p. Pointwise
+    powers around a window pool: it slides as an average pool does."""
+    crop = 32
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(conv_bn(3, 8, 3, 2), conv_bn(8, 16, 3, 2))
+        self.p = nn.Parameter(torch.tensor(3.0))
+        self.fc = nn.Linear(16, classes)
+
+    def forward(self, x, dense: bool = False):
+        x = self.features(x).clamp(min=1e-6).pow(self.p)
+        x = F.avg_pool2d(x, 8, stride=1) if dense else F.adaptive_avg_pool2d(x, 1)
+        x = x.pow(1.0 / self.p)
+        return F.conv2d(x, self.fc.weight[:, :, None, None], self.fc.bias) if dense else self.fc(x.flatten(1))
+
+
 class CosineSmall(nn.Module):
     """A metric-learning classifier: each position's features scaled to unit length
     (F.normalize(x, dim=1): ReduceL2 over the channels, Clip, Expand, Div), pooled, scaled
@@ -866,7 +885,7 @@ ZOO = {cls.__name__.removesuffix("Small").lower(): cls
                    DenseNetSmall, GoogLeNetSmall, ConvNeXtSmall, ShuffleNetSmall, EfficientNetSmall,
                    MobileNetV3Small, DarknetSmall, AntiAliasedSmall, HRNetSmall, PoolFormerSmall,
                    ConvNeXtV2Small, TResNetSmall, ResNeStSmall, SKNetSmall, CosineSmall, CBAMSmall,
-                   SpatialAttentionSmall)}
+                   SpatialAttentionSmall, GeMSmall)}
 # SE, split attention, selective kernel, CBAM's channel attention: classifiers only
 GATED = ("efficientnet", "mobilenetv3", "resnest", "sknet", "cbam")
 WHOLE_MAP = ("poolformer", "convnextv2")  # statistics of whole maps: classifiers only

@@ -51,7 +51,8 @@ def torch_scores(model, x: np.ndarray, dense: bool = False) -> np.ndarray:
 
 
 # the dynamo exporter is slow: these cover its ReduceMean/ReduceL2/ReduceMax/Expand/Reshape/Gather/Split/folding forms
-DYNAMO_ARCHITECTURES = ("resnet", "mobilenetv2", "densenet", "vggbn", "convnext", "shufflenet", "cosine", "cbam")
+DYNAMO_ARCHITECTURES = ("resnet", "mobilenetv2", "densenet", "vggbn", "convnext", "shufflenet", "cosine", "cbam",
+                        "gem")
 assert set(DYNAMO_ARCHITECTURES) <= set(ARCHITECTURES), set(DYNAMO_ARCHITECTURES) - set(ARCHITECTURES)
 
 
@@ -2402,3 +2403,23 @@ def test_a_concat_of_average_and_max_pooled_maps_verifies_and_says_it_meets_on_t
     assert main(["inspect", str(path), "--input-size", "80", "80"]) == 2
     err = capsys.readouterr().err
     assert "branches meet only on its 32x32 crop" in err and "graphconv compile" in err and "multiples" not in err
+
+
+def test_sqrt_and_reciprocal_of_a_map_are_powers_and_a_power_per_channel_is_refused(tmp_path, rng):
+    """Sqrt and Reciprocal on the feature map import as `pow` layers (0.5 and -1) and equal
+    onnxruntime; an exponent per channel, or a map as the exponent, is refused naming the
+    node (graphconv raises a map to one constant power)."""
+    helper = onnx.helper
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Sqrt", ["r"], ["s"]),
+             helper.make_node("Add", ["s", "one"], ["t"]), helper.make_node("Reciprocal", ["t"], ["y"])]
+    path = save(tiny_model(nodes, {"one": np.ones((1, 3, 1, 1))}), tmp_path / "roots.onnx")
+    graph = load_network(path)
+    assert [n.params["exponent"] for n in graph.find("pow")] == [0.5, -1.0]
+    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(Model(graph).run(x, full=True), onnxruntime_scores(path, x), rtol=1e-6)
+    for exponent, said in ((np.full((1, 3, 1, 1), 2.0), "3 values"), ("x", "one per element")):
+        pow_node = helper.make_node("Pow", ["x", exponent if isinstance(exponent, str) else "e"], ["y"], name="gem_pow")
+        inits = {} if isinstance(exponent, str) else {"e": exponent}
+        path = save(tiny_model([pow_node], inits), tmp_path / "pow.onnx")
+        with pytest.raises(GraphconvError, match=f"node 'gem_pow'.*Pow of a map by an exponent of {said}"):
+            load_network(path)

@@ -1066,6 +1066,19 @@ def test_channel_max_propagates_nan_like_torch(storage):
         np.testing.assert_array_equal(op_forward(opdef, {}, {}, [x]), want)
 
 
+@pytest.mark.parametrize("exponent", [0.5, -1.0, -2.0, 3.0, 1 / 3])
+def test_pow_gives_nan_and_infinities_like_torch(exponent):
+    """A negative value to a fractional power is NaN, 0 to a negative power inf (-0 to an
+    odd one -inf), infinities and NaN as C's pow: what numpy and torch give."""
+    opdef = get_op("pow")
+    params = normalize_params(opdef, dict(exponent=exponent))
+    x = np.array([-2.0, -0.0, 0.0, 0.5, 3.0, np.inf, -np.inf, np.nan], np.float32).reshape(1, 8, 1, 1)
+    want = opdef.reference(params, {}, [x])
+    np.testing.assert_array_equal(run_kernel(opdef, params, {}, [x]), want)
+    if torch is not None:
+        np.testing.assert_allclose(op_forward(opdef, params, {}, [x]), want, rtol=1e-6)
+
+
 @settings(max_examples=40, deadline=None)
 @given(op=st.sampled_from(["softmax", "log_softmax"]), c=st.integers(1, 70), h=st.integers(1, 3),
        w=st.integers(1, 40), spread=st.sampled_from([1.0, 30.0, 300.0]), seed=st.integers(0, 2**16))

@@ -1767,6 +1767,24 @@ def _pointwise(imp: _Importer, node) -> None:
     imp.add_layer(node, op, [imp.tensor(node.input[0], ANY_LAYOUT)])
 
 
+@converts("Pow", "Sqrt", "Reciprocal")
+def _power(imp: _Importer, node) -> None:
+    """A map to one constant power, a `pow` layer: GeM pooling (x.clamp(min=eps).pow(p),
+    an average pool, .pow(1 / p); p learnt or fixed, 1 / p folded from it as a constant);
+    Sqrt and Reciprocal of a map as the powers 0.5 and -1. A power per channel, or a
+    constant to the map's power, is refused."""
+    x = imp.tensor(node.input[0], ANY_LAYOUT)
+    if node.op_type == "Pow":
+        exponent = imp.values.get(node.input[1])
+        if not isinstance(exponent, np.ndarray) or exponent.size != 1:
+            what = "one per element" if not isinstance(exponent, np.ndarray) else f"{exponent.size} values"
+            raise imp.error(f"Pow of a map by an exponent of {what}; graphconv raises a map to one constant power")
+        power = float(exponent.reshape(()))
+    else:
+        power = 0.5 if node.op_type == "Sqrt" else -1.0
+    imp.add_layer(node, "pow", [x], dict(exponent=power))
+
+
 @converts("Elu", "Celu", "Selu")
 def _exponential_linear(imp: _Importer, node) -> None:
     """elu, celu (alpha 1.0 by default) and selu (ONNX's defaults are PyTorch's
@@ -2945,5 +2963,5 @@ def _constant_only(imp: _Importer, node) -> None:
 
 
 for _op in ("ConstantOfShape",
-            "Range", "Equal", "Where", "Floor", "Ceil", "Sqrt", "ReduceProd"):
+            "Range", "Equal", "Where", "Floor", "Ceil", "ReduceProd"):
     CONVERTERS[_op] = _constant_only

@@ -2,9 +2,10 @@
 (MobileNetV3), silu (EfficientNet's swish: x * sigmoid(x)), gelu (ConvNeXt), leaky_relu
 (Darknet and CSPDarknet backbones), prelu (leaky_relu with a learnt slope per
 channel: face-recognition ResNets), mish (YOLOv4's CSPDarknet: x * tanh(softplus(x))),
-and the elementwise functions PyTorch models bring through ONNX: tanh, softplus, abs and
-the exponential linear units elu, selu and celu (one formula, one kernel:
-scale * (x where x > 0, else alpha * (exp(x / beta) - 1))).
+and the elementwise functions PyTorch models bring through ONNX: tanh, softplus, abs,
+pow (GeM pooling's x.pow(p) before its average pool and .pow(1 / p) after; x.sqrt() and
+1 / x as its exponents 0.5 and -1) and the exponential linear units elu, selu and celu
+(one formula, one kernel: scale * (x where x > 0, else alpha * (exp(x / beta) - 1))).
 
 They share a folder because each kernel is the same one pass over memory with a
 different formula; relu, clip and sigmoid came earlier and keep their own folders.
@@ -19,7 +20,7 @@ import math
 import numpy as np
 
 from graphconv.errors import ShapeError
-from graphconv.ops.registry import Example, OpDef, Param, numel, onnx_as, register
+from graphconv.ops.registry import REQUIRED, Example, OpDef, Param, numel, onnx_as, register
 
 ONE_INPUT = (Example({}, [(3, 2, 4)]), Example({}, [(1, 1, 1)], batch=3))
 TORCH_HARDSIGMOID = (1 / 6, 0.5)  # torch.nn.Hardsigmoid: relu6(x + 3) / 6
@@ -133,6 +134,22 @@ def hardsigmoid_torch(params: dict, weights: dict, inputs: list):
     if (params["alpha"], params["beta"]) == TORCH_HARDSIGMOID:
         return F.hardsigmoid(inputs[0])
     return torch.clamp(params["alpha"] * inputs[0] + params["beta"], 0.0, 1.0)
+
+
+def pow_reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
+    """In float64, as the kernels compute it: a negative value to a fractional power is
+    NaN, 0 to a negative one inf, as in numpy and torch."""
+    with np.errstate(all="ignore"):
+        return np.power(_float64(inputs), params["exponent"]).astype(np.float32)
+
+
+def pow_torch(params: dict, weights: dict, inputs: list):
+    import torch
+    return torch.pow(inputs[0], params["exponent"])
+
+
+def pow_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
+    writer.node("Pow", [inputs[0], writer.constant(np.array(params["exponent"], np.float32))], output)
 
 
 def leaky_relu_torch(params: dict, weights: dict, inputs: list):
@@ -304,6 +321,12 @@ _activation("leaky_relu", "x where x >= 0, else alpha * x, elementwise (Darknet,
                                                       "ONNX's and Keras' alpha)"),),
             examples=ONE_INPUT + (Example(dict(alpha=0.1), [(2, 3, 3)]), Example(dict(alpha=-0.5), [(2, 3, 3)]),
                                   Example(dict(alpha=1.5), [(2, 1, 1)], batch=3)))
+_activation("pow", "x ** exponent elementwise (GeM pooling: x.pow(p), average pool, .pow(1 / p))",
+            pow_reference, pow_torch, pow_onnx, cost=10,
+            params=(Param("exponent", "float", REQUIRED, doc="the power: GeM's p, or 1 / p after its pool; 0.5 "
+                                                             "is a square root, -1 a reciprocal"),),
+            examples=(Example(dict(exponent=3.0), [(3, 2, 4)]), Example(dict(exponent=0.5), [(3, 2, 4)]),
+                      Example(dict(exponent=-1.0), [(2, 3, 3)]), Example(dict(exponent=2.5), [(4, 1, 1)], batch=3)))
 _activation("prelu", "x where x >= 0, else weight[c] * x, elementwise: a learnt slope per channel",
             prelu_reference, prelu_torch, prelu_onnx, cost=2,
             weight_shapes=prelu_weight_shapes, init_weights=prelu_init_weights,

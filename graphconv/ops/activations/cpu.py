@@ -34,6 +34,18 @@ def _leaky_relu(x, alpha, out):
         dst[i] = v if v >= ZERO else alpha * v
 
 
+@njit(cache=True, parallel=True)
+def _power(x, exponent, out):
+    """In float64, rounded once to float32 (libm's pow: NaN for a negative value to a
+    fractional power, as numpy and torch give; the power 0.5 is a square root, as they
+    take it: sqrt(-inf) is NaN where pow gives inf)."""
+    src, dst = x.ravel(), out.reshape(-1)
+    root = exponent == 0.5
+    for i in prange(src.size):
+        v = np.float64(src[i])
+        dst[i] = math.sqrt(v) if root else math.pow(v, exponent)
+
+
 @njit(cache=True, parallel=True, fastmath=CONTRACT)
 def _prelu_planes(x, slope, channels, plane, out):
     """NCHW memory: each channel's plane is one run with one slope."""
@@ -135,6 +147,11 @@ def run_hardsigmoid(params: dict, weights: dict, inputs: list[np.ndarray], out: 
 def run_leaky_relu(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
     x, y = memory_stored_alike(inputs[0], out)
     _leaky_relu(x, np.float32(params["alpha"]), y)
+
+
+def run_pow(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:
+    x, y = memory_stored_alike(inputs[0], out)
+    _power(x, np.float64(params["exponent"]), y)
 
 
 def run_prelu(params: dict, weights: dict, inputs: list[np.ndarray], out: np.ndarray) -> None:

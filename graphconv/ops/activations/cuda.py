@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import cuda
+from numba import cuda, float64
 
 from graphconv.ops.activations import exponential_linear
 from graphconv.ops.cuda_launch import grid_1d
@@ -72,6 +72,26 @@ def _leaky_relu(x, alpha, out):
     if i < x.size:
         v = x[i]
         out[i] = v if v >= ZERO else alpha * v
+
+
+@cuda.jit(device=True)
+def _c_pow(v, exponent):
+    """C's pow, which CUDA's math.pow is, with its NaN and infinities spelled out: numba's
+    simulator runs Python's math.pow, which raises for them instead. The power 0.5 is a
+    square root, as on the CPU."""
+    if v < 0.0 and exponent != math.floor(exponent):
+        return math.nan
+    if v == 0.0 and exponent < 0.0:
+        odd = exponent == math.floor(exponent) and math.fmod(exponent, 2.0) != 0.0
+        return math.copysign(math.inf, v) if odd else math.inf
+    return math.sqrt(v) if exponent == 0.5 else math.pow(v, exponent)
+
+
+@cuda.jit
+def _power(x, exponent, out):
+    i = cuda.grid(1)
+    if i < x.size:
+        out[i] = _c_pow(float64(x[i]), exponent)
 
 
 @cuda.jit
@@ -164,6 +184,10 @@ def run_hardsigmoid(params: dict, weights: dict, inputs: list, out) -> None:
 
 def run_leaky_relu(params: dict, weights: dict, inputs: list, out) -> None:
     _launch(_leaky_relu, inputs, out, np.float32(params["alpha"]))
+
+
+def run_pow(params: dict, weights: dict, inputs: list, out) -> None:
+    _launch(_power, inputs, out, np.float64(params["exponent"]))
 
 
 def run_prelu(params: dict, weights: dict, inputs: list, out) -> None:
