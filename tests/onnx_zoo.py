@@ -1,16 +1,16 @@
 """Small PyTorch classifiers built like the torchvision architectures users bring
 (AlexNet, VGG with batch norm, ResNet, SqueezeNet, MobileNetV2, DenseNet, GoogLeNet,
 ConvNeXt, ShuffleNetV2, EfficientNet, MobileNetV3, Darknet, anti-aliased pooling,
-HRNet, TResNet, PoolFormer, ConvNeXt V2, ResNeSt, SKNet, CBAM, GeM pooling, a cosine-similarity head),
-for the ONNX import tests. torchvision is not needed: each keeps the structure that
-matters to an importer (batch norm after conv and after concat, residual adds,
+HRNet, TResNet, PoolFormer, ConvNeXt V2, ResNeSt, SKNet, CBAM, ECA, GeM pooling, a
+cosine-similarity head), for the ONNX import tests. torchvision is not needed: each keeps
+the structure that matters to an importer (batch norm after conv and after concat, residual adds,
 depthwise convs, ReLU6, LeakyReLU, PReLU, reflect and edge padding, ceil-mode pooling,
 four-branch concats, global pooling, flatten, nearest and bilinear upsampling,
 space-to-depth, GroupNorm, GRN, split attention and selective kernels, CBAM's channel and
 spatial attention, F.normalize) at a size that exports and runs in well under a second.
 
 EfficientNet and MobileNetV3 have squeeze-and-excitation gates, ResNeSt and SKNet
-split-attention and selective-kernel gates, CBAM a channel-attention gate, and PoolFormer and
+split-attention and selective-kernel gates, CBAM and ECA channel-attention gates, and PoolFormer and
 ConvNeXt V2 normalise by statistics of whole maps, which cannot slide (see passes/global_pool_to_window.py): they
 are in ZOO, for the classifier tests, but not in SLIDING, and have no `dense` form. Every model in SLIDING has a `dense` flag: False is the classifier as trained; True is the same
 network converted by hand, in PyTorch, the way graphconv's passes convert it (global
@@ -717,6 +717,43 @@ class ChannelAttention(nn.Module):
         return x * torch.sigmoid(self.mlp(x.mean((2, 3), keepdim=True)) + self.mlp(x.amax((2, 3), keepdim=True)))
 
 
+class ECA(nn.Module):
+    """ECA attention: the pooled vector of channels convolved by a Conv1d across them,
+    its sigmoid gating the map. `timm`: timm's EcaModule (a view to (N, 1, C), the conv,
+    the sigmoid, a view back); else ECA's reference code (squeeze, transpose, conv,
+    transpose, unsqueeze, then the sigmoid)."""
+
+    def __init__(self, kernel: int = 3, timm: bool = True):
+        super().__init__()
+        self.timm = timm
+        self.conv = nn.Conv1d(1, 1, kernel, padding=(kernel - 1) // 2, bias=False)
+
+    def forward(self, x):
+        if self.timm:
+            y = self.conv(x.mean((2, 3)).view(x.shape[0], 1, -1))
+            return x * torch.sigmoid(y).view(x.shape[0], -1, 1, 1).expand_as(x)
+        y = self.conv(F.adaptive_avg_pool2d(x, 1).squeeze(-1).transpose(-1, -2)).transpose(-1, -2).unsqueeze(-1)
+        return x * torch.sigmoid(y).expand_as(x)
+
+
+class ECASmall(nn.Module):
+    """ECA-ResNet's blocks, one with each form of ECA: the gate is the crop's, so a
+    classifier only."""
+    crop = 32
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.stem = conv_bn(3, 16, 3, 2)
+        self.block1 = nn.Sequential(conv_bn(16, 16, 3), ECA(3))
+        self.block2 = nn.Sequential(conv_bn(16, 16, 3), ECA(5, timm=False))
+        self.head = Head(16, classes, window=16)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.block1(x)
+        return self.head(x + self.block2(x))
+
+
 class SpatialAttentionSmall(nn.Module):
     """Convs gated by CBAM's spatial attention alone: each gate is of one position's
     channels and its 7x7 neighbourhood, so the network slides (the gate's 7x7 conv is
@@ -885,9 +922,9 @@ ZOO = {cls.__name__.removesuffix("Small").lower(): cls
                    DenseNetSmall, GoogLeNetSmall, ConvNeXtSmall, ShuffleNetSmall, EfficientNetSmall,
                    MobileNetV3Small, DarknetSmall, AntiAliasedSmall, HRNetSmall, PoolFormerSmall,
                    ConvNeXtV2Small, TResNetSmall, ResNeStSmall, SKNetSmall, CosineSmall, CBAMSmall,
-                   SpatialAttentionSmall, GeMSmall)}
-# SE, split attention, selective kernel, CBAM's channel attention: classifiers only
-GATED = ("efficientnet", "mobilenetv3", "resnest", "sknet", "cbam")
+                   SpatialAttentionSmall, GeMSmall, ECASmall)}
+# SE, split attention, selective kernel, CBAM's channel attention, ECA: classifiers only
+GATED = ("efficientnet", "mobilenetv3", "resnest", "sknet", "cbam", "eca")
 WHOLE_MAP = ("poolformer", "convnextv2")  # statistics of whole maps: classifiers only
 SLIDING = [name for name in ZOO if name not in GATED + WHOLE_MAP]
 

@@ -52,7 +52,7 @@ def torch_scores(model, x: np.ndarray, dense: bool = False) -> np.ndarray:
 
 # the dynamo exporter is slow: these cover its ReduceMean/ReduceL2/ReduceMax/Expand/Reshape/Gather/Split/folding forms
 DYNAMO_ARCHITECTURES = ("resnet", "mobilenetv2", "densenet", "vggbn", "convnext", "shufflenet", "cosine", "cbam",
-                        "gem")
+                        "gem", "eca")
 assert set(DYNAMO_ARCHITECTURES) <= set(ARCHITECTURES), set(DYNAMO_ARCHITECTURES) - set(ARCHITECTURES)
 
 
@@ -2141,7 +2141,8 @@ def test_activation_nodes_equal_onnxruntime_far_out_on_both_sides(tmp_path, op, 
      r"node 'n0': Gather of indices \[0, 5\] along axis 1, of size 3: out of range"),
     ([("ReduceSum", ["x", "a"], {})], {"a": np.array([1], np.int64)},
      r"node 'n0': ReduceSum over axes \[1\] of a rank-4 NCHW value; graphconv adds over height and width"),
-    ([("ReduceMax", ["x"], {"axes": [1]})], {}, r"node 'n0': ReduceMax over axes \[1\] of a rank-4 NCHW value"),
+    ([("ReduceMax", ["x"], {"axes": [1], "keepdims": 0})], {},
+     r"node 'n0': ReduceMax over axes \[1\] of a rank-4 NCHW value \(keepdims=0\)"),
     ([("MaxPool", ["x"], {})], {}, r"node 'n0': MaxPool is malformed: it lacks its attribute 'kernel_shape'"),
     ([("GlobalAveragePool", ["x"], {}), ("Squeeze", ["n0", "a"], {}), ("Gather", ["n1", "i"], {"axis": 0})],
      {"a": np.array([3], np.int64), "i": np.array(0, np.int64)},

@@ -281,6 +281,7 @@ class _Importer:
         self.nodes = _with_lrns_fused(self.nodes, self._initializer_or_constant, self._refuse, self.opset,
                                       [out.name for out in model.graph.output])
         self.nodes = _with_layer_norms_fused(self.nodes, self._initializer_or_constant)
+        self.nodes = _with_channel_convs_fused(self.nodes, self._initializer_or_constant)
         self.values: dict[str, Tensor | np.ndarray] = {}
         self.weights: dict[str, np.ndarray] = {}
         self.uses = self._count_uses()
@@ -835,6 +836,103 @@ def _with_softplus_thresholds_fused(nodes: list, constant: Callable[[str], np.nd
             last.op_type, list(last.input), [where.output[0]], name=last.name)
         dropped |= {id(greater), id(where)}
     return [replaced.get(id(n), n) for n in nodes if id(n) not in dropped]
+
+
+CHANNEL_CONV = "graphconv.ChannelConv"  # the node `_with_channel_convs_fused` writes; no file has it
+GATES = ("Sigmoid", "HardSigmoid")  # what ECA applies to its convolved vector, before or after the view back
+
+
+def _with_channel_convs_fused(nodes: list, constant: Callable[[str], np.ndarray | None]) -> list:
+    """The node list with each 1-D convolution across the channels replaced by one
+    CHANNEL_CONV node (graphconv's channel_conv). ECA attention convolves the pooled
+    vector of channels with a Conv1d of one input and one output channel, viewing the
+    (N, C) vector as (N, 1, C) for it and back: timm's EcaModule as a Reshape to
+    [N, 1, -1], the Conv, its Sigmoid and a Reshape to [N, -1, 1, 1]; ECA's reference
+    code as a Squeeze of the last axis, a Transpose [0, 2, 1], the Conv, the Transpose
+    back and an Unsqueeze. graphconv's own export of channel_conv is an Unsqueeze of
+    axis 1, a 3-D Conv with a (k, 1, 1) kernel and a Squeeze of axis 1. Only groups
+    whose inner values nothing else reads, with one filter of stride and dilation 1 and
+    as many zeros padded at each end, are fused; the Sigmoid between the Conv and the
+    view back is kept, after the fused node. The fused node stands where the view back
+    stood: a Reshape's shape computed from the batch (Shape, Gather, Concat) comes after
+    the Conv. Those shapes are checked when the node is converted."""
+    from onnx import helper
+
+    readers = _readers_of(nodes)
+    makers = {out: node for node in nodes for out in node.output}
+
+    def sole_reader(name: str, *op_types: str):
+        found = readers.get(name, [])
+        return found[0] if len(found) == 1 and found[0].op_type in op_types else None
+
+    def made_by(name: str, op_type: str):
+        """The node of `op_type` making `name`, if `name` has no other reader than one node."""
+        node = makers.get(name)
+        return node if node is not None and node.op_type == op_type and len(readers.get(name, [])) == 1 else None
+
+    def ints(node, key: str) -> list[int] | None:
+        """An attribute of ints, or (op sets 13 on: Squeeze's and Unsqueeze's axes,
+        Reshape's shape) the constant second input."""
+        for a in node.attribute:
+            if a.name == key:
+                return [int(v) for v in helper.get_attribute_value(a)]
+        value = constant(node.input[1]) if key != "perm" and len(node.input) > 1 and node.input[1] else None
+        return None if value is None else [int(v) for v in np.ravel(value)]
+
+    def into_and_out(conv, rank: int):
+        """The nodes viewing the vector for the Conv, its source, the gate between the Conv
+        and the view back (or None), the nodes viewing it back, and the fused value's
+        rank; None where the views are not these."""
+        if rank == 5:
+            unsqueeze, squeeze = made_by(conv.input[0], "Unsqueeze"), sole_reader(conv.output[0], "Squeeze")
+            if unsqueeze is None or squeeze is None or ints(unsqueeze, "axes") != [1] or ints(squeeze, "axes") != [1]:
+                return None
+            return [unsqueeze], unsqueeze.input[0], None, [squeeze], 4
+        reshape, transpose = made_by(conv.input[0], "Reshape"), made_by(conv.input[0], "Transpose")
+        squeeze = made_by(transpose.input[0], "Squeeze") if transpose is not None else None
+        if reshape is not None:  # to (N, 1, C); a shape computed from the batch is checked when converted
+            into = [reshape]
+        elif squeeze is not None and ints(transpose, "perm") == [0, 2, 1] and ints(squeeze, "axes") in ([-1], [3]):
+            into = [squeeze, transpose]
+        else:
+            return None
+        gate = sole_reader(conv.output[0], *GATES)
+        back = sole_reader(gate.output[0] if gate else conv.output[0], "Reshape", "Transpose")
+        if back is not None and back.op_type == "Reshape":  # to (N, C, 1, 1) or (N, C): its rank, when converted
+            return into, into[0].input[0], gate, [back], 0
+        elif back is not None and ints(back, "perm") == [0, 2, 1]:
+            unsqueeze = sole_reader(back.output[0], "Unsqueeze")
+            if unsqueeze is not None and ints(unsqueeze, "axes") in ([-1], [3]):
+                return into, into[0].input[0], gate, [back, unsqueeze], 4
+        return None
+
+    replaced: dict[int, list] = {}
+    dropped: set[int] = set()
+    for conv in nodes:
+        weight = constant(conv.input[1]) if conv.op_type == "Conv" and len(conv.input) > 1 else None
+        if weight is None or weight.ndim not in (3, 5) or weight.shape[:2] != (1, 1) or weight.shape[3:] not in ((), (1, 1)):
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+        pads = [int(v) for v in attrs.get("pads", [0] * (2 * (weight.ndim - 2)))]
+        if any(int(v) != 1 for key in ("strides", "dilations") for v in attrs.get(key, [])) \
+                or int(attrs.get("group", 1)) != 1 or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") \
+                or pads[0] != pads[len(pads) // 2] or any(pads[1:len(pads) // 2] + pads[len(pads) // 2 + 1:]):
+            continue
+        found = into_and_out(conv, weight.ndim)
+        if found is None:
+            continue
+        into, source, gate, back, rank = found
+        final = back[-1].output[0]
+        bias = conv.input[2] if len(conv.input) > 2 else ""
+        shapes = [view.input[1] if view.op_type == "Reshape" else "" for view in (into[0], back[0])]
+        fused = helper.make_node(CHANNEL_CONV, [source, conv.input[1], bias, *shapes],
+                                 [conv.output[0] if gate else final],
+                                 name=conv.name, padding=pads[0], rank=rank, per_position=int(weight.ndim == 5))
+        replaced[id(back[-1])] = [fused] + ([helper.make_node(gate.op_type, [conv.output[0]], [final], name=gate.name,
+                                                           **{a.name: helper.get_attribute_value(a)
+                                                              for a in gate.attribute})] if gate else [])
+        dropped |= {id(n) for n in into + [conv] + back + ([gate] if gate else [])}
+    return [new for n in nodes if id(n) not in dropped or id(n) in replaced for new in replaced.get(id(n), [n])]
 
 
 CHANNEL_NORM = "graphconv.ChannelLayerNorm"  # the node `_with_layer_norms_fused` writes; no file has it
@@ -2563,6 +2661,32 @@ def _layer_norm(imp: _Importer, node) -> None:
                "bias": np.zeros(c) if bias is None else np.broadcast_to(bias, (c,))}
     name = _clean_name(node.input[1][: -len(".weight")]) if node.input[1].endswith(".weight") else None
     imp.add_layer(node, "layernorm", [x], {"eps": float(attrs.get("epsilon", 1e-5))}, weights, name=name or None)
+
+
+@converts(CHANNEL_CONV)
+def _channel_conv(imp: _Importer, node) -> None:
+    """A 1-D convolution across the channels (`_with_channel_convs_fused`): of a vector
+    of channels, (N, C) or a 1x1 map, in ECA's views (on a larger map they would
+    flatten its positions into the channels), or of every position of a map in
+    graphconv's own export."""
+    x = imp.tensor(node.input[0])
+    attrs = imp.attributes(node)
+    into, back = (list(np.ravel(imp.constant(name, "shape"))) if name else None for name in node.input[3:5])
+    rank = int(attrs["rank"]) or (len(back) if back is not None else 0)
+    if not attrs["per_position"] and (x.shape[1:] != (1, 1) or into is not None and (len(into) != 3 or into[1] != 1)
+                                      or rank not in (2, 4) or back is not None and back[2:] not in ([], [1, 1])):
+        views = f" (viewed as {into} and back as {back})" if into is not None else ""
+        raise imp.error(f"a Conv1d across the channels of a {'x'.join(map(str, x.shape))} value{views}; graphconv "
+                        "convolves the channels of a pooled vector viewed as (N, 1, C) and back as (N, C, 1, 1) "
+                        "or (N, C) (ECA)")
+    taps = imp.constant(node.input[1], "weight").reshape(-1).astype(np.float32)
+    weights = {"weight": taps}
+    if node.input[2]:
+        weights["bias"] = imp.constant(node.input[2], "bias").reshape(1).astype(np.float32)
+    stem = node.input[1][: -len(".weight")] if node.input[1].endswith(".weight") else ""
+    imp.add_layer(node, "channel_conv", [x], dict(kernel_size=taps.size, padding=int(attrs["padding"]),
+                                                   bias="bias" in weights),
+                  weights, rank=rank, name=_clean_name(stem) or None)
 
 
 @converts(CHANNEL_NORM)

@@ -46,12 +46,15 @@ class OnnxWriter:
         self.nodes.append(self.helper.make_node(op_type, inputs, [output], name=name, **attrs))
         return output
 
-    def weight(self, key: str) -> str:
-        """The initializer holding the current layer's weight `key`, named `<layer>.<key>`."""
+    def weight(self, key: str, shape: tuple[int, ...] | None = None) -> str:
+        """The initializer holding the current layer's weight `key`, named `<layer>.<key>`,
+        in `shape` where given (an initializer, not a Reshape of one, where an importer
+        matching the node's pattern before it runs anything needs the weight as it is)."""
         name = f"{self._layer}.{key}"
         if not any(init.name == name for init in self.initializers):
+            array = np.asarray(self._weights[key], np.float32)
             self.initializers.append(self.numpy_helper.from_array(
-                np.asarray(self._weights[key], np.float32), name))
+                array if shape is None else array.reshape(shape), name))
         return name
 
     def constant(self, array: np.ndarray) -> str:
