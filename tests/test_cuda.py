@@ -108,7 +108,7 @@ def test_cuda_maxpool_propagates_nan_like_the_cpu(rng):
     np.testing.assert_array_equal(CUDA.to_host(out), opdef.reference(params, {}, [x]))
 
 
-@pytest.mark.parametrize("exponent", [0.5, -1.0, -2.0, 3.0])
+@pytest.mark.parametrize("exponent", [0.5, -0.5, -1.0, -2.0, 3.0, 1 / 3, 2.5, 0.0])
 def test_cuda_pow_gives_cs_nan_and_infinities_like_the_cpu(exponent):
     """A negative value to a fractional power is NaN, 0 to a negative power inf (-0 to an
     odd one -inf), as the CPU kernel, numpy and torch give: spelled out on the GPU so
@@ -116,7 +116,7 @@ def test_cuda_pow_gives_cs_nan_and_infinities_like_the_cpu(exponent):
     from graphconv.ops import get_op
     opdef = get_op("pow")
     params = normalize_params(opdef, dict(exponent=exponent))
-    x = np.array([-2.0, -0.0, 0.0, 0.5, 3.0, np.inf, -np.inf, np.nan], np.float32).reshape(1, 8, 1, 1)
+    x = np.array([-2.0, -0.0, 0.0, 0.5, 3.0, np.inf, -np.inf, np.nan, -1.0], np.float32).reshape(1, 9, 1, 1)
     out = CUDA.to_device(np.zeros(x.shape, np.float32))
     CUDA.kernel(opdef)(params, {}, [CUDA.to_device(x)], out)
     np.testing.assert_array_equal(CUDA.to_host(out), opdef.reference(params, {}, [x]))

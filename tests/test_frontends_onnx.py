@@ -2424,3 +2424,29 @@ def test_sqrt_and_reciprocal_of_a_map_are_powers_and_a_power_per_channel_is_refu
         path = save(tiny_model([pow_node], inits), tmp_path / "pow.onnx")
         with pytest.raises(GraphconvError, match=f"node 'gem_pow'.*Pow of a map by an exponent of {said}"):
             load_network(path)
+
+
+def test_eca_views_that_split_the_channels_are_refused_and_a_spatial_gate_written_first_multiplies(tmp_path, rng):
+    """A Reshape of the pooled vector to [-1, 1, 4] (two sequences an image, not ECA's one
+    across all 8 channels) is not a channel_conv; a CBAM gate written first,
+    sigmoid(max over channels) * x, is the map times its gate."""
+    helper = onnx.helper
+    taps = rng.standard_normal((1, 1, 3)).astype(np.float32)
+    for into, back in (([-1, 1, 4], [-1, 8, 1, 1]), ([1, 1, -1], [-1, 4, 1, 1])):
+        nodes = [helper.make_node("Conv", ["x", "w0"], ["m"], kernel_shape=[1, 1]),
+                 helper.make_node("GlobalAveragePool", ["m"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+                 helper.make_node("Reshape", ["f", "into"], ["v"]),
+                 helper.make_node("Conv", ["v", "taps"], ["c"], kernel_shape=[3], pads=[1, 1], name="eca_conv"),
+                 helper.make_node("Sigmoid", ["c"], ["g"]), helper.make_node("Reshape", ["g", "back"], ["y"])]
+        inits = {"w0": rng.standard_normal((8, 3, 1, 1)).astype(np.float32), "taps": taps,
+                 "into": np.array(into, np.int64), "back": np.array(back, np.int64)}
+        path = onnx_file(tmp_path / "split.onnx", nodes, inits, input_shape=(1, 3, 4, 4))
+        with pytest.raises(GraphconvError, match="node 'eca_conv': a Conv1d across the channels"):
+            load_network(path)
+    nodes = [helper.make_node("ReduceMax", ["x"], ["most"], axes=[1], keepdims=1),
+             helper.make_node("Sigmoid", ["most"], ["g"]), helper.make_node("Mul", ["g", "x"], ["y"])]
+    path = onnx_file(tmp_path / "gate_first.onnx", nodes, {}, input_shape=(1, 3, 6, 6))
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    graph = load_network(path, task="segmentation")
+    assert [n.op for n in graph.layers()] == ["channel_max", "sigmoid", "mul"]
+    np.testing.assert_allclose(Model(graph).run(x), onnxruntime_scores(path, x), rtol=1e-6)

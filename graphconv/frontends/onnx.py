@@ -2552,7 +2552,8 @@ def _per_channel(constant: np.ndarray, x: Tensor) -> np.ndarray | None:
 @converts("Mul")
 def _mul(imp: _Importer, node) -> None:
     """x * sigmoid(x) (swish, as exporters write SiLU): one silu layer; map * map of one
-    shape, or map * a per-channel gate (squeeze-and-excitation): a mul layer; map * a
+    shape, map * a per-channel gate (squeeze-and-excitation) or a per-position one (CBAM's
+    spatial attention), either written first: a mul layer; map * a
     constant per channel (ConvNeXt's layer scale): a per-channel scale (`_affine`). Two
     grouped views of one grouping multiply as their channels do (ResNeSt's branches by
     their radix-softmax weights), the result still so viewed."""
@@ -2581,8 +2582,8 @@ def _mul(imp: _Importer, node) -> None:
         layer = imp.graph.replace(imp.graph.node(softplus.node), "mish")
         imp.alias(node, replace(softplus, node=layer.name))
         return
-    if a.shape[1:] == (1, 1) and b.shape[1:] != (1, 1):
-        a, b = b, a  # the map first, its per-channel gate second, as the mul op takes them
+    if a.shape[1:] == (1, 1) and b.shape[1:] != (1, 1) or a.shape[0] == 1 < b.shape[0] and a.shape[1:] == b.shape[1:]:
+        a, b = b, a  # the map first, its gate (per channel, or per position: CBAM's) second, as mul takes them
     imp.add_layer(node, "mul", [a, b])  # both views alike: an (N, 1, 1, C) gate is per channel in NHWC too
 
 
@@ -2673,13 +2674,23 @@ def _channel_conv(imp: _Importer, node) -> None:
     attrs = imp.attributes(node)
     into, back = (list(np.ravel(imp.constant(name, "shape"))) if name else None for name in node.input[3:5])
     rank = int(attrs["rank"]) or (len(back) if back is not None else 0)
+    taps = imp.constant(node.input[1], "weight").reshape(-1).astype(np.float32)
+    out_c = x.shape[0] + 2 * int(attrs["padding"]) - taps.size + 1
+
+    def one_vector_an_image(shape: list | None, axis: int, channels: int) -> bool:
+        """Whether a Reshape to `shape` keeps each image's `channels` values one run on
+        `axis`: that many there, or -1 beside a batch axis (0, 1 or the export's batch)."""
+        batch = shape is None or shape[0] in (0, 1, imp.exported_batch) or shape[axis] == channels
+        return shape is None or batch and shape[axis] in (-1, channels)
+
     if not attrs["per_position"] and (x.shape[1:] != (1, 1) or into is not None and (len(into) != 3 or into[1] != 1)
-                                      or rank not in (2, 4) or back is not None and back[2:] not in ([], [1, 1])):
+                                      or rank not in (2, 4) or back is not None and back[2:] not in ([], [1, 1])
+                                      or not one_vector_an_image(into, 2, x.shape[0])
+                                      or not one_vector_an_image(back, 1, out_c)):
         views = f" (viewed as {into} and back as {back})" if into is not None else ""
         raise imp.error(f"a Conv1d across the channels of a {'x'.join(map(str, x.shape))} value{views}; graphconv "
                         "convolves the channels of a pooled vector viewed as (N, 1, C) and back as (N, C, 1, 1) "
                         "or (N, C) (ECA)")
-    taps = imp.constant(node.input[1], "weight").reshape(-1).astype(np.float32)
     weights = {"weight": taps}
     if node.input[2]:
         weights["bias"] = imp.constant(node.input[2], "bias").reshape(1).astype(np.float32)

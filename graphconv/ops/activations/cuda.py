@@ -76,15 +76,19 @@ def _leaky_relu(x, alpha, out):
 
 @cuda.jit(device=True)
 def _c_pow(v, exponent):
-    """C's pow, which CUDA's math.pow is, with its NaN and infinities spelled out: numba's
-    simulator runs Python's math.pow, which raises for them instead. The power 0.5 is a
-    square root, as on the CPU."""
-    if v < 0.0 and exponent != math.floor(exponent):
+    """C's pow, which CUDA's math.pow is, with its zeros, infinities and NaN spelled out:
+    numba's simulator runs Python's math.pow, which raises for them instead. The power
+    0.5 is a square root, as on the CPU (sqrt(-inf) is NaN where pow gives inf)."""
+    if exponent == 0.5:
+        return math.nan if v < 0.0 else math.sqrt(v)
+    whole = exponent == math.floor(exponent)
+    odd = whole and not math.isinf(exponent) and math.fmod(exponent, 2.0) != 0.0
+    if (v == 0.0 or math.isinf(v)) and exponent != 0.0:  # a zero or infinite magnitude, signed by an odd power
+        magnitude = math.inf if (exponent < 0.0) == (v == 0.0) else 0.0
+        return math.copysign(magnitude, v) if odd else magnitude
+    if v < 0.0 and not whole:
         return math.nan
-    if v == 0.0 and exponent < 0.0:
-        odd = exponent == math.floor(exponent) and math.fmod(exponent, 2.0) != 0.0
-        return math.copysign(math.inf, v) if odd else math.inf
-    return math.sqrt(v) if exponent == 0.5 else math.pow(v, exponent)
+    return math.pow(v, exponent)
 
 
 @cuda.jit

@@ -95,7 +95,8 @@ _pointwise("mul", "elementwise product; the second input may be one factor per c
            _mul_reference, torch=lambda p, w, xs: xs[0] * xs[1], onnx=onnx_as("Mul"),
            examples=(Example({}, [(3, 2, 4)] * 2), Example({}, [(3, 2, 4), (3, 1, 1)]),
                      Example({}, [(2, 1, 1)] * 2, batch=3), Example({}, [(3, 2, 4), (1, 2, 4)]),
-                     Example({}, [(5, 3, 1), (1, 3, 1)], batch=3)),
+                     Example({}, [(5, 3, 1), (1, 3, 1)], batch=3),
+                     Example({}, [(1, 3, 4), (1, 1, 1)])),  # a one-channel map's gate is per channel
            shape=_mul_shape, arity=(2, 2), channels_last="like-input")
 _pointwise("div", "elementwise quotient; the second input may be one divisor per position (1 x H x W)",
            lambda p, w, xs: (xs[0].astype(np.float64) / xs[1]).astype(np.float32),

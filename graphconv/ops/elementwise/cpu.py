@@ -162,7 +162,7 @@ def _mul_call(inputs: list[np.ndarray], out: np.ndarray) -> Callable[[], None]:
         return lambda: _multiply_copies(inputs, out)
     if factor.shape == x.shape:
         return partial(_product, stored_memory(x), stored_memory(factor), stored_memory(out))
-    per_position = factor.shape[1] == 1
+    per_position = factor.shape[1] != x.shape[1]  # 1 x H x W; a one-channel map's 1 x 1 x 1 gate is per channel
     if nhwc(out) is None:
         return partial(_scale_positions if per_position else _scale_channels, x, factor, out)
     if per_position:
