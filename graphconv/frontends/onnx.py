@@ -1875,8 +1875,8 @@ def _power(imp: _Importer, node) -> None:
     if node.op_type == "Pow":
         exponent = imp.values.get(node.input[1])
         if not isinstance(exponent, np.ndarray) or exponent.size != 1:
-            what = "one per element" if not isinstance(exponent, np.ndarray) else f"{exponent.size} values"
-            raise imp.error(f"Pow of a map by an exponent of {what}; graphconv raises a map to one constant power")
+            what = "another feature map" if not isinstance(exponent, np.ndarray) else f"{exponent.size} exponents"
+            raise imp.error(f"Pow of a map by {what}; graphconv raises a map to one constant power")
         power = float(exponent.reshape(()))
     else:
         power = 0.5 if node.op_type == "Sqrt" else -1.0
