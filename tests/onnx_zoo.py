@@ -326,10 +326,13 @@ class ConvNeXtSmall(nn.Module):
         return self.fc(torch.flatten(self.norm(F.adaptive_avg_pool2d(x, 1)), 1))
 
 
-def channel_shuffle(x, groups: int):
-    """As torchvision writes it (the exporter's Reshape, Transpose, Reshape)."""
+def channel_shuffle(x, groups: int, flatten: bool = False):
+    """As torchvision writes it (the exporter's Reshape, Transpose, Reshape), or with
+    `.flatten(1, 2)` back (TorchScript computes that Reshape's target from the Shape of
+    the transposed 5-D view)."""
     n, c, h, w = x.size()
-    return x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous().view(n, -1, h, w)
+    grouped = x.view(n, groups, c // groups, h, w).transpose(1, 2)
+    return grouped.flatten(1, 2) if flatten else grouped.contiguous().view(n, -1, h, w)
 
 
 def conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, relu: bool = True):
@@ -338,9 +341,9 @@ def conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, 
 
 
 class ShuffleUnit(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
+    def __init__(self, cin: int, cout: int, stride: int, flatten_shuffle: bool = False):
         super().__init__()
-        self.stride = stride
+        self.stride, self.flatten_shuffle = stride, flatten_shuffle
         half = cout // 2
         if stride == 2:
             self.branch1 = nn.Sequential(conv_bn(cin, cin, 3, 2, cin, relu=False), conv_bn(cin, half, 1))
@@ -354,18 +357,18 @@ class ShuffleUnit(nn.Module):
             out = torch.cat((x1, self.branch2(x2)), dim=1)
         else:
             out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
-        return channel_shuffle(out, 2)
+        return channel_shuffle(out, 2, self.flatten_shuffle)
 
 
 class ShuffleNetSmall(nn.Module):
-    """Channel shuffles, chunks and a mean over H and W."""
+    """Channel shuffles (torchvision's, and one flattened back), chunks and a mean over H and W."""
     crop = 32
 
     def __init__(self, classes: int = 10):
         super().__init__()
         self.conv1 = conv_bn(3, 8, 3, 2)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.stage2 = nn.Sequential(ShuffleUnit(8, 16, 2), ShuffleUnit(16, 16, 1))
+        self.stage2 = nn.Sequential(ShuffleUnit(8, 16, 2), ShuffleUnit(16, 16, 1, flatten_shuffle=True))
         self.conv5 = conv_bn(16, 24, 1)
         self.fc = nn.Linear(24, classes)
 

@@ -3079,11 +3079,16 @@ def _constant(imp: _Importer, node) -> None:
 def _shape(imp: _Importer, node) -> None:
     """The input's shape is known once the crop is: batch 1 (a Reshape target computed
     from it still means 'keep the batch'), then C, H, W (H, W, C of a channels-last view:
-    tf2onnx's Flatten computes its target so)."""
-    x = imp.tensor(node.input[0], (*ANY_LAYOUT, GREY_PLANE))
+    tf2onnx's Flatten computes its target so; g, C/g, H, W of a channel shuffle's grouped
+    view: TorchScript's `.flatten(1, 2)` back computes its target so)."""
+    x = imp.tensor(node.input[0], (*ANY_LAYOUT, GREY_PLANE, GROUPED))
     c, h, w = x.shape
-    dims = ([h, w] if x.layout == GREY_PLANE else [c, h, w] if x.layout == NCHW else [h, w, c]) if x.rank >= 3 \
-        else [math.prod(x.shape)]
+    if x.layout == GROUPED:
+        dims = [*[x.groups, c // x.groups][::-1 if x.swapped else 1], h, w]
+    elif x.rank >= 3:
+        dims = [h, w] if x.layout == GREY_PLANE else [c, h, w] if x.layout == NCHW else [h, w, c]
+    else:
+        dims = [math.prod(x.shape)]
     full = np.array([1, *dims], dtype=np.int64)
     attrs = imp.attributes(node)
     start, end = attrs.get("start", 0), attrs.get("end", len(full))
