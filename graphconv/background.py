@@ -74,16 +74,18 @@ class Background:
 
     def __init__(self, source, field, threshold: float | None = DEFAULT_THRESHOLD,
                  max_nodata: float = DEFAULT_MAX_NODATA, area=None, mask: np.ndarray | None = None):
-        from graphconv.sources import nodata_can_occur
+        from graphconv.sources import nodata_can_occur, on_image
 
         # a declared value no pixel can hold (-9999 in 8 bits): every pixel is data, so tissue is looked for
         self.nodata = getattr(source, "missing_value", None) if nodata_can_occur(source) else None
         self.source, self.field, self.area, self.max_nodata = source, field, area or field, max_nodata
+        # tissue is looked for in the image itself: a padded one's cells (--pad-image) stand shifted on it
+        self.image, self.image_field = on_image(source, field)
         self._picture = self._blank = self._sums = None
         self.masked = mask is not None
         if self.masked:
             self.tissue = mask
-            self.fy, self.fx = source.height / mask.shape[0], source.width / mask.shape[1]
+            self.fy, self.fx = self.image.height / mask.shape[0], self.image.width / mask.shape[1]
         if self.nodata is not None:
             self.declared = getattr(source, "nodata", None) is not None
             return
@@ -105,7 +107,7 @@ class Background:
         a tiled run's heatmap is drawn over it."""
         if self._picture is None:
             from graphconv.sources import own_channels, thumbnail
-            self._picture, self._scale = thumbnail(self.source, channels=own_channels(self.source))
+            self._picture, self._scale = thumbnail(self.image, channels=own_channels(self.image))
             if not self.masked:  # a --mask spans its own pixels
                 self.fy, self.fx = self._scale
         return self._picture
@@ -321,7 +323,8 @@ class Background:
         """The thumbnail pixels [start, stop) that the square of one stride around the
         centre of each of cells [first, last) on `axis` overlaps (a thumbnail pixel spans
         `scale` image pixels; one that only touches the square's edge is not counted)."""
-        size, stride, offset = self.field.size[axis], self.field.stride[axis], self.field.offset[axis]
+        field = self.image_field
+        size, stride, offset = field.size[axis], field.stride[axis], field.offset[axis]
         centres = offset + np.arange(cells[0], cells[1]) * float(stride) + (size - 1) / 2
         starts = np.floor((centres - stride / 2) / scale).astype(np.int64)
         stops = np.ceil((centres + stride / 2) / scale).astype(np.int64)

@@ -33,6 +33,7 @@ from graphconv.georef import is_tiff_output
 from graphconv.memory import check_run_fits
 from graphconv.pass_manager import DEFAULT_PIPELINE
 from graphconv.profiling import format_profile
+from graphconv.sources import PAD_MODES, shifted_cells
 
 EXIT_USER_ERROR = 2
 EXIT_BROKEN_PIPE = 128 + 13  # what a Unix tool killed by SIGPIPE returns
@@ -331,6 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--full-map", action="store_true",
                      help="keep every cell the network computes, also those whose crop would run off "
                           "the image (dropped by default)")
+    run.add_argument("--pad-image", choices=PAD_MODES, metavar="MODE",
+                     help="pad the image so the map reaches its edges: a cell for every stride x stride block, "
+                          "ceil(H/stride) x ceil(W/stride) of them, each cell's crop centred on its block (as "
+                          "MONAI's sliding window pads); MODE fills the border: constant (0 after the preprocess, "
+                          "the value the network pads with), reflect (mirrored about the edge pixel) or "
+                          "replicate (the edge pixel repeated)")
     _add_plugin_option(run)
     run.set_defaults(handler=cmd_run)
 
@@ -670,6 +677,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.crops is not None and (args.scales or args.full_map or args.profile):
         raise GraphconvError("--crops runs the classifier on each crop of the image as it is (not with "
                              "--scales, --full-map or --profile)")
+    if args.pad_image and (args.scales or args.full_map):
+        raise GraphconvError("--pad-image pads an image for its map to reach the edges (not with --scales, which "
+                             "reduces the maps to one vector, or --full-map, which keeps the cells past them)")
     from graphconv.images import stores_values
     from graphconv.sources import is_ome_zarr, is_tiff
     if args.level and not (args.images or args.image and (is_tiff(args.image) or is_ome_zarr(args.image))):
@@ -776,9 +786,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.resize:
             raise GraphconvError("--resize applies to --image only")
     x = as_batch(x, model.crop_shape[0], file=args.image or args.input)
+    margin = (0, 0)
+    if args.pad_image:
+        from graphconv.sources import pad_batch
+        x, margin = pad_batch(x, args.pad_image, grid.cell_area)
     _spare_the_users_npy(args, model, grid, x)
     if args.crops is not None:
-        return _run_crops(args, model, grid, x, picture if args.image else None)
+        return _run_crops(args, model, grid, x, picture if args.image else None, margin)
     if args.scales:
         return _run_scales(args, model, x)
     if model.returns_vectors:
@@ -806,7 +820,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # a segmentation network's cells are drawn where they stand (a label per pixel: on that pixel), and one
     # whose branches meet at different strides (a whole-image branch) has cells but no receptive field
     placed = model.cell_area if model.segmentation else model.field
-    return _deliver(args, model, out, picture if args.image else None, placed, model.cell_area)
+    return _deliver(args, model, out, picture if args.image else None, shifted_cells(placed, margin),
+                    shifted_cells(model.cell_area, margin))
 
 
 def _note_overflow(out: np.ndarray, source: str) -> None:
@@ -1170,10 +1185,12 @@ def _note_whole_image_vector(args: argparse.Namespace, model, x: np.ndarray, out
          f"{ways_to_map(args, model)}")
 
 
-def _run_crops(args: argparse.Namespace, model, grid, x: np.ndarray, picture: np.ndarray | None) -> int:
+def _run_crops(args: argparse.Namespace, model, grid, x: np.ndarray, picture: np.ndarray | None,
+               margin: tuple[int, int] = (0, 0)) -> int:
     """--crops on an image held whole: the classifier on every crop, batched; what a dense
     pass computes with shared work, and the only exact map of a network that cannot slide.
-    (Lazily read, huge or tiled images stream through the tiled path instead.)"""
+    (Lazily read, huge or tiled images stream through the tiled path instead.) `x` is
+    padded by `margin` (top, left) where --pad-image padded it."""
     from graphconv.dense import crops_per_batch
 
     n, _, height, width = x.shape
@@ -1189,7 +1206,8 @@ def _run_crops(args: argparse.Namespace, model, grid, x: np.ndarray, picture: np
     out = grid.whole(x, args.device)
     print(f"output shape {tuple(out.shape)} in {(time.perf_counter() - start) * 1e3:.1f} ms"
           f" on {model.executor(args.device).device}")
-    return _deliver(args, model, out, picture, grid.field, grid.cell_area)
+    return _deliver(args, model, out, picture, shifted_cells(grid.field, margin),
+                    shifted_cells(grid.cell_area, margin))
 
 
 def _deliver(args: argparse.Namespace, model, out: np.ndarray, picture: np.ndarray | None, field, cells) -> int:

@@ -72,11 +72,22 @@ class MapOptions:
     resume: bool = False  # --images --resume: each tiled map written into a partial map kept if stopped (_map_in_tiles)
     resize: tuple[int, ...] | None = None  # --resize H W, or S: each picture resized (sources.PillowSource)
     mask: str | None = None  # --mask MASK: the cells of one --image it marks computed (background.load_mask)
+    pad_image: str | None = None  # --pad-image MODE: each image with a border, cells to its edges (sources.Bordered)
 
     def grid(self, model):
         """What each task maps: the model's dense pass, or the classifier on every crop."""
         from graphconv.tiling import CropGrid, DenseGrid
         return CropGrid(model, self.crops) if self.crops else DenseGrid(model)
+
+    def open_image(self, model, image: str, nodata: float | None = None):
+        """The source a task reads `image` through: at these --level, --bands,
+        --downsample (or --mpp), --resize and --pad-image; `nodata` in place of the
+        file's no-data value, where given."""
+        from graphconv.sources import open_source, padded_image
+
+        source = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"), self.level, self.bands,
+                             self.downsample, self.mpp, nodata, self.resize)
+        return padded_image(source, self.pad_image, self.grid(model).cell_area)
 
 
 _WORKER_MODELS: dict[ModelRef, tuple[tuple, tuple, Any]] = {}  # (files read, their times, the model)
@@ -127,7 +138,8 @@ def _model_and_source_key(ref: ModelRef, image: str, options: MapOptions) -> tup
 
     with _WORKER_CACHE_LOCK:
         _, model_stamp, model = _loaded(ref)
-    read = (options.level, options.bands, options.downsample, options.mpp, options.nodata, options.resize)
+    read = (options.level, options.bands, options.downsample, options.mpp, options.nodata, options.resize,
+            options.pad_image)
     return model, (ref, model_stamp, image, tuple(file_stamp(image) or ()), read)
 
 
@@ -403,14 +415,12 @@ def _sigint_ignored() -> Iterator[None]:
 def _tile_block(ref: ModelRef, image: str, box: tuple[int, int, int, int], rows, cols,
                 options: MapOptions) -> np.ndarray:
     """On a worker: one tile's block of the map, transformed."""
-    from graphconv.sources import open_source
     from graphconv.tiling import Tile, _cells_of, map_transform, read_box
 
     model, key = _model_and_source_key(ref, image, options)
     source = _WORKER_SOURCES.get(key)
     if source is None:  # opened (a PNG: decoded) once per worker and image, not per tile
-        source = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"), options.level,
-                             options.bands, options.downsample, options.mpp, options.nodata, options.resize)
+        source = options.open_image(model, image, options.nodata)
         _WORKER_SOURCES.clear()
         _WORKER_SOURCES[key] = source
     x = read_box(source, box, model.crop_shape[0])  # zeros past a padded image's end
@@ -491,16 +501,13 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
     there since is another run's, and is not replaced (`_as_found`)."""
     from graphconv.cli import user_message
     from graphconv.georef import map_contents
-    from graphconv.sources import open_source
     from graphconv.tiling import map_transform
 
     try:
         _refuse_a_broken_link(image)
         model = worker_model(ref)
         stamp = image_stamp(image)  # before the read: an image edited while it is read is not this map's
-        source = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"), options.level,
-                             options.bands, options.downsample, options.mpp, _raster_nodata(image, options),
-                             options.resize)
+        source = options.open_image(model, image, _raster_nodata(image, options))
         transform, _, _ = map_transform(options.reduce, options.classes, model.output_channels)
         grid = options.grid(model)
         blank_cells = None
@@ -620,6 +627,7 @@ def resume_job(ref: ModelRef, model, image: str, source, options: MapOptions, pl
         "map": f"{np.dtype(dtype)} {tuple(shape)}",
         **({"--resize": list(options.resize)} if options.resize else {}),  # absent unless given: earlier jobs hold
         **({"--mask": left_out_record(options, image)["mask"]} if options.mask else {}),  # a mask edited: another
+        **({"--pad-image": options.pad_image} if options.pad_image else {}),
     }
 
 
@@ -1038,6 +1046,8 @@ def holds_its_map(ref: ModelRef, model, image: str, output: str, options: MapOpt
         if "resize" in stated or "level" in stated:  # a map that states how it was read states any resize
             stated.setdefault("resize", None)
             read["resize"] = list(options.resize) if options.resize is not None else None
+            stated.setdefault("pad_image", None)  # and any border
+            read["pad_image"] = options.pad_image
         return (all(stated.get(key) == expected[key] for key in ("model", "classes", "values"))
                 and all(stated.get(key) == value for key, value in _ref_settings(ref).items())
                 and all(stated[key] == value for key, value in read.items() if key in stated))
@@ -1074,7 +1084,7 @@ def map_settings(ref: ModelRef, image: str, options: MapOptions) -> dict:
             "cells_left_out": left_out_record(options, image), "level": options.level,
             "downsample": float(options.downsample), "mpp": options.mpp,
             "bands": list(options.bands) if options.bands else None,
-            "resize": list(options.resize) if options.resize else None}
+            "resize": list(options.resize) if options.resize else None, "pad_image": options.pad_image}
 
 
 def _image_changed_since(image: str, output: str) -> bool:
@@ -1119,21 +1129,22 @@ def _holds_exactly(path: str, dtype, shape: tuple[int, ...]) -> bool:
 
 def size_as_read(model, image: str, options: MapOptions) -> tuple[int, int]:
     """(H, W) `_one_image` maps of `image`: a TIFF's or zarr's level, read coarser or not,
-    from its metadata; a picture's from its header (decoding one takes 5x as long)."""
-    from graphconv.sources import Downsampled, is_ome_zarr, is_tiff, open_source
+    from its metadata; a picture's from its header (decoding one takes 5x as long); with
+    --pad-image's border."""
+    from graphconv.sources import Downsampled, is_ome_zarr, is_tiff, padded_image
 
     if is_tiff(image) or is_ome_zarr(image) or image.rstrip("/").lower().endswith(".zarr"):
-        source = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"), options.level,
-                             options.bands, options.downsample, options.mpp, resize=options.resize)
+        source = options.open_image(model, image)
         return source.height, source.width
     from types import SimpleNamespace
 
     from graphconv.images import image_size, resized_size
     height, width = image_size(image) if options.resize is None else resized_size(options.resize, image)
+    read = SimpleNamespace(height=height, width=width, path=image)
     if options.downsample > 1:
-        read = Downsampled(SimpleNamespace(height=height, width=width, path=image), options.downsample)
-        return read.height, read.width
-    return height, width
+        read = Downsampled(read, options.downsample)
+    read = padded_image(read, options.pad_image, options.grid(model).cell_area)
+    return read.height, read.width
 
 
 def spare_the_users_files(ref: ModelRef, images: Sequence[str], outputs: Sequence[str], options: MapOptions,

@@ -214,9 +214,11 @@ def georeference_of_placement(placement: CellPlacement | None) -> GeoReference |
 def georeference_of_map(source, cells: Field) -> GeoReference | None:
     """The georeference of a map of `cells` over what `source` reads (`graphconv.sources`),
     where that is a GeoTIFF (at any pyramid level) or a zarr array that states one
-    (`read_zarr_georeference`); else None."""
-    from graphconv.sources import level0_span
+    (`read_zarr_georeference`); else None. A padded source's cells (`run --pad-image`)
+    stand on the image itself, shifted by its border."""
+    from graphconv.sources import level0_span, on_image
 
+    source, cells = on_image(source, cells)
     image = image_georeference(source.path)
     if image is None:
         return None
@@ -583,11 +585,14 @@ def left_out_settings(skip_background: float | None, max_nodata: float, nodata: 
 
 def cell_placement(source, cells: Field) -> CellPlacement:
     """Where the cells `cells` places (`Model.cell_area`: each on its crop) stand on the
-    level-0 image behind `source` (`graphconv.sources`: a level, read coarser or not)."""
-    from graphconv.sources import level0_span
+    level-0 image behind `source` (`graphconv.sources`: a level, read coarser or not,
+    padded or not: a padded image's cells stand on the image itself)."""
+    from graphconv.sources import level0_span, on_image
 
+    read = read_as(source)
+    source, cells = on_image(source, cells)
     placement = cells_on_pixels(cells, level0_span(source), getattr(source, "microns_per_pixel", None))
-    return replace(placement, read=read_as(source))
+    return replace(placement, read=read)
 
 
 def read_as(source) -> dict:
@@ -595,12 +600,19 @@ def read_as(source) -> dict:
     one `--mpp` chose; 0 for an image of one), how many times coarser than that level
     (`--downsample`, or `--mpp`'s factor; 1 as stored) and the bands the network took,
     numbered from 1 as GDAL does (`--bands`; None: every band, in the file's order), and
-    the --resize a picture was resized by, where it was (H W, or the shorter side S)."""
+    the --resize a picture was resized by, where it was (H W, or the shorter side S), and
+    the --pad-image border's mode, where it has one."""
+    from graphconv.sources import Bordered
+
     bands = getattr(source, "bands", None)
     read = {"level": int(getattr(source, "level", 0) or 0), "downsample": float(getattr(source, "factor", 1)),
             "bands": list(bands) if bands is not None else None}
     resize = getattr(source, "resize", None)
-    return read if resize is None else {**read, "resize": list(resize)}
+    if resize is not None:
+        read["resize"] = list(resize)
+    if isinstance(source, Bordered):
+        read["pad_image"] = source.mode
+    return read
 
 
 def cells_on_pixels(cells: Field, span: tuple[float, float] = (1.0, 1.0),

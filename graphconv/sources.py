@@ -486,6 +486,137 @@ class Downsampled:
         return max(1, int(READ_PIXELS / (self.factor ** 2 * max(1, right - left))))
 
 
+PAD_MODES = ("constant", "reflect", "replicate")
+"""How `run --pad-image` fills the border, as MONAI's and torch's padding modes name
+them: "constant" is 0 after the preprocess (the value the network's own padding
+holds, the mean colour of a normalised input), "reflect" mirrors the image about its
+edge pixel (numpy's and torch's reflect), "replicate" repeats the edge pixel."""
+
+
+def border_margins(cells, image_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right): the border `run --pad-image` adds so that the map has
+    a cell for every stride x stride block of the image, ceil(H / stride) x ceil(W /
+    stride) of them, cell (i, j)'s crop centred on block (i, j) (half a pixel before
+    where crop - stride is odd). `cells` is the map's `cell_area` (each cell's crop)."""
+    margins = []
+    for axis in (0, 1):
+        size, stride, offset = float(cells.size[axis]), float(cells.stride[axis]), float(cells.offset[axis])
+        lead = max(0, int(math.floor(offset + (size - stride) / 2)))
+        count = max(1, int(math.ceil(image_hw[axis] / stride)))
+        trail = max(0, int(math.ceil(offset + size + (count - 1) * stride - image_hw[axis] - lead)))
+        margins.append((lead, trail))
+    (top, bottom), (left, right) = margins
+    return top, left, bottom, right
+
+
+def border_taps(start: int, stop: int, lead: int, length: int, mode: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """For the rows (or columns) [start, stop) of an image of `length` padded by `lead`
+    before: the image row each reads, and (mode "constant") which are border, else None.
+    A function of the row alone, whatever box asks, so tiles of a padded image stay
+    exact. Reflection repeats past a border wider than the image (numpy's reflect)."""
+    at = np.arange(start, stop, dtype=np.int64) - lead
+    if mode == "constant":
+        return np.clip(at, 0, length - 1), (at < 0) | (at >= length)
+    if mode == "replicate" or length == 1:
+        return np.clip(at, 0, length - 1), None
+    period = 2 * (length - 1)
+    at = np.mod(at, period)
+    return np.where(at >= length, period - at, at), None
+
+
+class Bordered:
+    """`unpadded` with a border of `margins` (top, left, bottom, right) around it, filled
+    as `mode` says (`PAD_MODES`): what `run --pad-image` maps, so that the cells reach
+    the image's edges (MONAI's sliding window pads so). A box is read as the image pixels
+    its rows and columns stand for (`border_taps`). A border pixel is no-data where the
+    pixel it repeats is (reflect, replicate), never in "constant", so a cell at the edge
+    is computed, not left out for its border. Everything else is `unpadded`'s;
+    `margin` (top, left) is where the image starts in the padded one, which the map's
+    placement subtracts (`on_image`)."""
+
+    def __init__(self, unpadded, mode: str, margins: tuple[int, int, int, int]):
+        self.unpadded, self.mode, self.margins = unpadded, mode, margins
+        top, left, bottom, right = margins
+        self.margin = (top, left)
+        self.height, self.width = unpadded.height + top + bottom, unpadded.width + left + right
+
+    def __getattr__(self, name: str):
+        return getattr(self.unpadded, name)
+
+    def read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
+        return self.read_masked(top, left, bottom, right)[0]
+
+    def read_masked(self, top: int, left: int, bottom: int, right: int) -> tuple[np.ndarray, np.ndarray | None]:
+        (rows, row_border), (cols, col_border), box = self._taps(top, left, bottom, right)
+        values, missing = read_masked(self.unpadded, *box)
+        picked = np.ix_(rows - box[0], cols - box[1])
+        values = np.ascontiguousarray(np.asarray(values)[(slice(None), *picked)], np.float32)
+        if missing is not None:
+            missing = np.asarray(missing)[(slice(None), *picked)]
+        if self.mode == "constant":
+            values[:, row_border, :] = 0
+            values[:, :, col_border] = 0
+            if missing is not None:  # a copy: picked by index
+                missing[:, row_border, :] = False
+                missing[:, :, col_border] = False
+        return values, missing
+
+    def nodata_mask(self, top: int, left: int, bottom: int, right: int) -> np.ndarray | None:
+        (rows, row_border), (cols, col_border), box = self._taps(top, left, bottom, right)
+        mask = nodata_mask(self.unpadded, *box)
+        if mask is None:
+            return None
+        mask = np.asarray(mask)[np.ix_(rows - box[0], cols - box[1])]
+        if self.mode == "constant":
+            mask[row_border, :] = False
+            mask[:, col_border] = False
+        return mask
+
+    def _taps(self, top: int, left: int, bottom: int, right: int):
+        """The image rows and columns the box reads (`border_taps`), and the image box
+        holding them all."""
+        rows = border_taps(top, bottom, self.margins[0], self.unpadded.height, self.mode)
+        cols = border_taps(left, right, self.margins[1], self.unpadded.width, self.mode)
+        box = (int(rows[0].min()), int(cols[0].min()), int(rows[0].max()) + 1, int(cols[0].max()) + 1)
+        return rows, cols, box
+
+
+def padded_image(source, mode: str | None, cells):
+    """`source` with `run --pad-image`'s border for a map of `cells` (`Bordered`), or
+    `source` itself where `mode` is None."""
+    if mode is None:
+        return source
+    return Bordered(source, mode, border_margins(cells, (source.height, source.width)))
+
+
+def pad_batch(x: np.ndarray, mode: str, cells) -> tuple[np.ndarray, tuple[int, int]]:
+    """An (N, C, H, W) input held whole, padded as `padded_image` pads a source (the same
+    pixels: `border_taps`), and its `margin` (top, left)."""
+    top, left, bottom, right = border_margins(cells, x.shape[2:])
+    rows, row_border = border_taps(0, x.shape[2] + top + bottom, top, x.shape[2], mode)
+    cols, col_border = border_taps(0, x.shape[3] + left + right, left, x.shape[3], mode)
+    out = np.ascontiguousarray(x[:, :, rows][:, :, :, cols])
+    if mode == "constant":
+        out[:, :, row_border, :] = 0
+        out[:, :, :, col_border] = 0
+    return out, (top, left)
+
+
+def on_image(source, cells):
+    """The image behind `source` and where the cells `cells` stand on it: a padded
+    source's (`Bordered`) shifted back by its margin; others as they are."""
+    if not isinstance(source, Bordered):
+        return source, cells
+    return source.unpadded, shifted_cells(cells, source.margin)
+
+
+def shifted_cells(cells, margin: tuple[int, int]):
+    """`cells` (a receptive field, a cell area) on an image padded by `margin` (top,
+    left), placed on the image itself."""
+    from dataclasses import replace
+    return replace(cells, offset=(cells.offset[0] - margin[0], cells.offset[1] - margin[1]))
+
+
 def read_masked(source, top: int, left: int, bottom: int, right: int) -> tuple[np.ndarray, np.ndarray | None]:
     """`source.read_masked` (the box and its no-data mask), or for a reader of your own
     without one, its `read` and no mask."""

@@ -31,6 +31,7 @@ def grid_for(args: argparse.Namespace, model):
     """What the run maps: the model's dense pass, or with --crops the classifier on every crop."""
     from graphconv.tiling import CropGrid, DenseGrid
 
+    _check_pad_image(args, model)
     if args.crops is None:
         return DenseGrid(model)
     if model.segmentation:
@@ -41,6 +42,20 @@ def grid_for(args: argparse.Namespace, model):
         raise GraphconvError(f"--crops: the network's stride is {stride[0]}x{stride[1]} pixels, not whole; "
                              "give one: --crops STRIDE")
     return CropGrid(model, tuple(int(s) for s in stride))
+
+
+def _check_pad_image(args: argparse.Namespace, model) -> None:
+    """--pad-image gives a classifier's map a cell on every stride x stride block of the
+    image; a segmentation network's map covers its image already, and a classifier run as
+    written (one vector per image) has no cells to give."""
+    if getattr(args, "pad_image", None) is None:
+        return
+    if model.segmentation:
+        raise GraphconvError("--pad-image pads an image for a classifier's map to reach its edges; a segmentation "
+                             "network's map covers the image already (drop --pad-image)")
+    if model.returns_vectors and args.crops is None:
+        raise GraphconvError(f"--pad-image pads an image for a map; {model.graph.name} as written gives one class "
+                             "vector per image: compile it, or add --crops")
 
 
 def wants_tiles(args: argparse.Namespace, model, grid) -> bool:
@@ -75,15 +90,13 @@ def _image_size(path: str) -> tuple[int, int] | None:
 
 def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     from graphconv.georef import cell_placement, map_contents
-    from graphconv.sources import open_source
     from graphconv.tiling import CropGrid, DenseGrid, MapFile, choose_tile, map_transform, plan_tiles
 
     if args.scales or args.profile or args.full_map:
         raise GraphconvError("--scales, --profile and --full-map take a whole-image run (a TIFF, a zarr "
                              "array, --tile, --workers, --reduce argmax, --classes, --downsample, --mpp, "
                              "--skip-background and .zarr outputs run in tiles)")
-    source = open_source(args.image, model.crop_shape[0], model.graph.meta.get("preprocess"), args.level,
-                         args.bands, args.downsample, args.mpp, getattr(args, "nodata", None), args.resize)
+    source = _map_options(args, grid).open_image(model, args.image, getattr(args, "nodata", None))
     image_hw = (source.height, source.width)
     describe_resolution(source, args.mpp)
     from graphconv.cli import note, note_how_the_image_is_read, note_how_the_raster_is_read
@@ -426,7 +439,10 @@ def _background(args: argparse.Namespace, source, grid):
     """The cells the run leaves out (graphconv/background.py): a raster's no-data, by
     default; --skip-background's glass; or None."""
     from graphconv.background import DEFAULT_MAX_NODATA, cells_left_out, load_mask
-    mask = load_mask(args.mask, (source.height, source.width)) if args.mask else None
+    from graphconv.sources import on_image
+
+    image, _ = on_image(source, grid.field)  # a mask spans the image itself, not --pad-image's border
+    mask = load_mask(args.mask, (image.height, image.width)) if args.mask else None
     return cells_left_out(source, grid, args.skip_background, getattr(args, "max_nodata", DEFAULT_MAX_NODATA), mask)
 
 
@@ -491,14 +507,16 @@ def _draw_heatmap(args: argparse.Namespace, model, source, grid, scores, backgro
     --skip-background's `background` found tissue in, where it made one: an image without
     levels is read whole to make it), each cell's field shrunk alike. The map is read a
     block of rows at a time (`_sample_map`): only the cells the picture's pixels show are
-    kept, with the whole map's range or class counts."""
+    kept, with the whole map's range or class counts. A padded image's map (--pad-image)
+    is drawn over the image itself, its cells shifted back by the border."""
     if args.heatmap is None:
         return
     from graphconv.cli import draw_heatmap
-    from graphconv.sources import thumbnail
+    from graphconv.sources import on_image, thumbnail
 
-    picture, (fy, fx) = (background.picture, background.scale) if background is not None else thumbnail(source)
-    field = _shrunk(grid.field, fy, fx)
+    image, field = on_image(source, grid.field)
+    picture, (fy, fx) = (background.picture, background.scale) if background is not None else thumbnail(image)
+    field = _shrunk(field, fy, fx)
     if args.heatmap == "top":
         sample = _sample_map(args, scores, field, picture.shape[1:], model.output_channels)
         draw_heatmap(args, model, picture, field, best=sample.values, sample=sample)
@@ -576,7 +594,8 @@ def _map_options(args: argparse.Namespace, grid):
                       downsample=args.downsample, mpp=args.mpp, traceback=getattr(args, "traceback", False),
                       max_nodata=getattr(args, "max_nodata", DEFAULT_MAX_NODATA), nodata=getattr(args, "nodata", None),
                       memory_limit=_budget_per_process(args), resume=getattr(args, "resume", False),
-                      resize=tuple(args.resize) if args.resize else None, mask=getattr(args, "mask", None))
+                      resize=tuple(args.resize) if args.resize else None, mask=getattr(args, "mask", None),
+                      pad_image=getattr(args, "pad_image", None))
 
 
 def _budget_per_process(args: argparse.Namespace) -> int | None:
@@ -1104,15 +1123,13 @@ def _with_heatmap(args: argparse.Namespace, model, grid, result):
     """--heatmap of --images: one image's map, read back from its file, drawn over the
     image beside it (<name>-heatmap-K.png); a failure is that image's error."""
     from graphconv.cli import user_message
-    from graphconv.sources import open_source
 
     if args.heatmap is None or result.error:
         return result
     one = argparse.Namespace(**vars(args))
     one.heatmap_out = str(_heatmap_name(args, result.output))
     try:
-        source = open_source(result.image, model.crop_shape[0], model.graph.meta.get("preprocess"), args.level,
-                             args.bands, args.downsample, args.mpp, getattr(args, "nodata", None), args.resize)
+        source = _map_options(args, grid).open_image(model, result.image, getattr(args, "nodata", None))
         _draw_heatmap(one, model, source, grid, _read_map(result.output), None)
     except (GraphconvError, OSError, ValueError) as err:
         return replace(result, error=f"its map was written, its heatmap not: {user_message(err)}")
