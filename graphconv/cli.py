@@ -334,8 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "the image (dropped by default)")
     run.add_argument("--pad-image", choices=PAD_MODES, metavar="MODE",
                      help="pad the image so the map reaches its edges: a cell for every stride x stride block, "
-                          "ceil(H/stride) x ceil(W/stride) of them, each cell's crop centred on its block (as "
-                          "MONAI's sliding window pads); MODE fills the border: constant (0 after the preprocess, "
+                          "ceil(H/stride) x ceil(W/stride) of them, each cell's crop centred on its block (to within "
+                          "half a stride; the unpadded map's cells are among them), as MONAI's sliding window "
+                          "pads; MODE fills the border: constant (0 after the preprocess, "
                           "the value the network pads with), reflect (mirrored about the edge pixel) or "
                           "replicate (the edge pixel repeated)")
     _add_plugin_option(run)

@@ -496,12 +496,14 @@ edge pixel (numpy's and torch's reflect), "replicate" repeats the edge pixel."""
 def border_margins(cells, image_hw: tuple[int, int]) -> tuple[int, int, int, int]:
     """(top, left, bottom, right): the border `run --pad-image` adds so that the map has
     a cell for every stride x stride block of the image, ceil(H / stride) x ceil(W /
-    stride) of them, cell (i, j)'s crop centred on block (i, j) (half a pixel before
-    where crop - stride is odd). `cells` is the map's `cell_area` (each cell's crop)."""
+    stride) of them, cell (i, j)'s crop centred on block (i, j) to within half a stride.
+    The border before the image is whole strides, so the unpadded map's cells are among
+    the padded map's, unchanged (ResNet's 224 crop at stride 32: three cells before it,
+    each centred on its block). `cells` is the map's `cell_area` (each cell's crop)."""
     margins = []
     for axis in (0, 1):
         size, stride, offset = float(cells.size[axis]), float(cells.stride[axis]), float(cells.offset[axis])
-        lead = max(0, int(math.floor(offset + (size - stride) / 2)))
+        lead = int(stride * max(0, math.floor((offset + (size - stride) / 2) / stride + 0.5)))
         count = max(1, int(math.ceil(image_hw[axis] / stride)))
         trail = max(0, int(math.ceil(offset + size + (count - 1) * stride - image_hw[axis] - lead)))
         margins.append((lead, trail))

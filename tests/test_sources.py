@@ -1438,3 +1438,80 @@ def test_a_palette_shorter_than_its_indices_reach_reads_the_missing_entries_as_b
     table = _palette_rgb(Page(), "short.tif", 8)
     assert table.shape == (256, 3) and table[:4].tolist() == [[0x10, 0x20, 0xff]] * 4
     assert not table[4:].any()
+
+
+# ---- run --pad-image's border (sources.Bordered) ------------------------------------------------
+
+NUMPY_PAD = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}  # numpy's names for PAD_MODES
+
+
+class _Held:
+    """An image held in memory, read a box at a time, with no-data where `missing` says."""
+
+    def __init__(self, pixels: np.ndarray, missing: np.ndarray | None = None):
+        self.pixels, self.missing, self.path = pixels, missing, "held.tif"
+        self.height, self.width = pixels.shape[1:]
+        self.missing_value = None if missing is None else 0.0
+
+    def read_masked(self, top, left, bottom, right):
+        mask = None if self.missing is None else np.broadcast_to(self.missing[top:bottom, left:right],
+                                                                  (self.pixels.shape[0], bottom - top, right - left))
+        return self.pixels[:, top:bottom, left:right], mask
+
+
+@settings(max_examples=60, deadline=None)
+@given(height=st.integers(1, 9), width=st.integers(1, 9), margins=st.tuples(*[st.integers(0, 20)] * 4),
+       mode=st.sampled_from(sorted(NUMPY_PAD)), box=st.tuples(*[st.floats(0, 1)] * 4))
+def test_a_padded_image_reads_as_numpy_pads_it_from_any_box(height, width, margins, mode, box):
+    """Every box of the padded image holds what np.pad gives there (reflection repeating
+    past a border wider than the image, as numpy's does), so tiles of it are exact;
+    a border pixel is no-data where the pixel it repeats is, never in "constant"."""
+    from graphconv.sources import Bordered, nodata_mask
+
+    rng = np.random.default_rng(height * 100 + width)
+    pixels = rng.random((2, height, width), dtype=np.float32)
+    missing = rng.random((height, width)) < 0.3
+    padded = Bordered(_Held(pixels, missing), mode, margins)
+    top, left, bottom, right = margins
+    want = np.pad(pixels, ((0, 0), (top, bottom), (left, right)), mode=NUMPY_PAD[mode])
+    want_missing = np.pad(missing, ((top, bottom), (left, right)), mode=NUMPY_PAD[mode])  # constant: False
+    assert (padded.height, padded.width) == want.shape[1:]
+    y0, y1 = sorted(int(f * padded.height) for f in box[:2])
+    x0, x1 = sorted(int(f * padded.width) for f in box[2:])
+    y0, x0 = min(y0, padded.height - 1), min(x0, padded.width - 1)
+    y1, x1 = max(y1, y0 + 1), max(x1, x0 + 1)
+    values, mask = padded.read_masked(y0, x0, y1, x1)
+    np.testing.assert_array_equal(values, want[:, y0:y1, x0:x1])
+    np.testing.assert_array_equal(mask[0], want_missing[y0:y1, x0:x1])
+    np.testing.assert_array_equal(nodata_mask(padded, y0, x0, y1, x1), want_missing[y0:y1, x0:x1])
+
+
+@pytest.mark.parametrize("mode", sorted(NUMPY_PAD))
+def test_a_batch_held_whole_is_padded_as_a_source_is(mode):
+    from graphconv.receptive import Field
+    from graphconv.sources import Bordered, pad_batch, padded_image
+
+    x = np.random.default_rng(0).random((2, 3, 11, 6), dtype=np.float32)
+    cells = Field((7, 7), (3, 3), (0, 0))
+    padded, margin = pad_batch(x, mode, cells)
+    source = padded_image(_Held(x[1]), mode, cells)
+    assert isinstance(source, Bordered) and margin == source.margin
+    np.testing.assert_array_equal(padded[1], source.read_masked(0, 0, source.height, source.width)[0])
+    assert padded_image(source, None, cells) is source
+
+
+@settings(max_examples=100, deadline=None)
+@given(crop=st.integers(1, 40), stride=st.integers(1, 40), length=st.integers(1, 200))
+def test_the_border_gives_a_cell_centred_on_every_block(crop, stride, length):
+    """ceil(H / stride) cells, cell i's crop centred on block i to within half a stride,
+    the border before the image whole strides (the unpadded map's cells among the
+    padded's); no border is wider than the crop."""
+    from graphconv.receptive import Field
+    from graphconv.sources import border_margins
+
+    top, left, bottom, right = border_margins(Field((crop, 5), (stride, 5), (0, 0)), (length, 5))
+    cells = (length + top + bottom - crop) // stride + 1
+    assert cells == -(-length // stride) and max(top, bottom) <= crop and top % stride == 0
+    if crop >= stride:
+        centre = -top + crop / 2  # cell 0's, on the image
+        assert abs(centre - stride / 2) <= stride / 2

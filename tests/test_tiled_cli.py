@@ -2538,3 +2538,120 @@ def test_a_tiled_run_s_heatmap_reads_only_the_cells_its_pixels_show(monkeypatch,
                                   images._per_pixel(want, field, picture_hw))
     rows, cols = sample.cells
     np.testing.assert_array_equal(sample.values, want[rows][:, cols])
+
+
+# ---- run --pad-image: a cell on every block of the image -----------------------------------------
+
+NUMPY_PAD = {"reflect": "reflect", "replicate": "edge"}  # the modes np.pad can stand for before the preprocess
+
+
+def _blocks_and_lead(model_dir, image_hw) -> tuple[tuple[int, int], int]:
+    """ceil(H/stride) x ceil(W/stride), and the border before the image, in cells."""
+    from graphconv.sources import border_margins
+
+    cells = Model.load(model_dir).cell_area
+    top = border_margins(cells, image_hw)[0]
+    assert top % cells.stride[0] == 0  # whole cells: the unpadded map's are among the padded map's
+    return tuple(-(-n // cells.stride[0]) for n in image_hw), top // cells.stride[0]
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "constant"])
+def test_pad_image_maps_every_block_the_same_whole_tiled_and_crop_by_crop(model_dir, picture, tmp_path, mode):
+    """The map reaches the image's edges: a cell on every stride x stride block, equal
+    read whole (a PNG), in tiles of a TIFF and crop by crop; its inner cells are the
+    unpadded map's. Reflect and replicate are the network on the picture np.pad pads
+    (mirroring commutes with the per-pixel preprocess); constant is 0 after it."""
+    pixels = np.asarray(Image.open(picture / "page.png"))
+    blocks, lead = _blocks_and_lead(model_dir, pixels.shape)
+    padded = tmp_path / "padded.npy"
+    assert graphconv("run", model_dir, "--image", picture / "page.png", "--pad-image", mode,
+                     "--output", padded).returncode == 0
+    got = np.load(padded)
+    assert got.shape[2:] == blocks
+    for name, extra in (("tiled", ["--image", picture / "tiled.tif", "--tile", "50"]),
+                        ("crops", ["--image", picture / "page.png", "--crops"])):
+        result = graphconv("run", model_dir, *extra, "--pad-image", mode, "--output", tmp_path / f"{name}.npy")
+        assert result.returncode == 0, result.stderr
+        np.testing.assert_allclose(np.load(tmp_path / f"{name}.npy"), got, rtol=1e-4, atol=1e-5)
+    unpadded = whole_map(model_dir, picture / "page.png", tmp_path)
+    rows, cols = unpadded.shape[2:]
+    np.testing.assert_array_equal(got[:, :, lead:lead + rows, lead:lead + cols], unpadded)
+    if mode in NUMPY_PAD:
+        from graphconv.sources import border_margins
+        top, left, bottom, right = border_margins(Model.load(model_dir).cell_area, pixels.shape)
+        Image.fromarray(np.pad(pixels, ((top, bottom), (left, right)), mode=NUMPY_PAD[mode])).save(
+            tmp_path / "padded.png")
+        (tmp_path / "np").mkdir()
+        np.testing.assert_array_equal(whole_map(model_dir, tmp_path / "padded.png", tmp_path / "np"), got)
+    else:
+        reflected = graphconv("run", model_dir, "--image", picture / "page.png", "--pad-image", "reflect",
+                              "--output", tmp_path / "reflected.npy")
+        assert reflected.returncode == 0
+        assert not np.allclose(np.load(tmp_path / "reflected.npy")[:, :, 0], got[:, :, 0])  # the border differs
+
+
+def test_pad_image_on_dask_workers_and_many_images_is_the_same_map(model_dir, picture, tmp_path):
+    pytest.importorskip("distributed")
+    here = graphconv("run", model_dir, "--image", picture / "tiled.tif", "--tile", "50", "--pad-image", "reflect",
+                     "--output", tmp_path / "here.npy")
+    assert here.returncode == 0, here.stderr
+    workers = graphconv("run", model_dir, "--image", picture / "tiled.tif", "--tile", "50", "--pad-image", "reflect",
+                        "--workers", "1", "--output", tmp_path / "workers.npy")
+    assert workers.returncode == 0, workers.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "workers.npy"), np.load(tmp_path / "here.npy"))
+    many = graphconv("run", model_dir, "--images", picture / "page.png", "--pad-image", "reflect", "--output-dir",
+                     tmp_path / "maps")
+    assert many.returncode == 0, many.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "maps" / "page_png.npy"), np.load(tmp_path / "here.npy"),
+                               rtol=1e-4, atol=1e-5)
+    # a map made without the border is not this run's: --skip-existing computes it again
+    plain = graphconv("run", model_dir, "--images", picture / "page.png", "--output-dir", tmp_path / "maps",
+                      "--skip-existing")
+    assert plain.returncode == 0, plain.stderr
+    assert np.load(tmp_path / "maps" / "page_png.npy").shape[2:] == whole_map(model_dir, picture / "page.png",
+                                                                           tmp_path).shape[2:]
+
+
+def test_pad_image_s_map_stands_on_the_scene_s_ground_and_on_its_tissue(scene_net, model_dir, sparse_page, tmp_path):
+    """A GeoTIFF's padded map is georeferenced on the scene itself: the crop is 20x20 at
+    stride 2, so the border is 5 strides (4.5 rounded up) and cell (0, 0) is centred on
+    the scene's corner, half a stride before its first 2x2 block. --skip-background looks for tissue on the image
+    itself: the padded map computes the cells near the tissue (the top left quarter),
+    and those equal the padded map computed whole."""
+    from graphconv.georef import read_georeference
+
+    folder, bands = scene_net
+    tags = [(33550, 12, 3, (10.0, 10.0, 0.0), True), (33922, 12, 6, (0, 0, 0, 500000.0, 4600000.0, 0.0), True),
+            (34735, 3, 16, (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32633), True)]
+    tifffile.imwrite(tmp_path / "geo.tif", bands, photometric="minisblack", planarconfig="separate",
+                     extratags=tags)
+    result = graphconv("run", folder / "fcn", "--image", tmp_path / "geo.tif", "--bands", "4,3,2", "--tile", "48",
+                       "--pad-image", "reflect", "--output", tmp_path / "map.tif")
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_allclose(read_georeference(str(tmp_path / "map.tif")).affine,
+                               [[20.0, 0.0, 499990.0], [0.0, -20.0, 4600010.0]])
+    assert tifffile.imread(tmp_path / "map.tif").shape[1:] == (35, 45)  # 70x90 pixels in blocks of 2
+    full = graphconv("run", model_dir, "--image", sparse_page, "--tile", "60", "--pad-image", "replicate",
+                     "--output", tmp_path / "full.npy")
+    tissue = graphconv("run", model_dir, "--image", sparse_page, "--tile", "60", "--pad-image", "replicate",
+                       "--skip-background", "--output", tmp_path / "tissue.npy")
+    assert full.returncode == 0 and tissue.returncode == 0, tissue.stderr
+    got, want = np.load(tmp_path / "tissue.npy"), np.load(tmp_path / "full.npy")
+    computed = np.isfinite(got).all(axis=(0, 1))
+    assert computed[:20, :20].all() and not computed[-10:, -10:].any()
+    np.testing.assert_allclose(got[:, :, computed], want[:, :, computed], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--scales", "1"], "--pad-image pads an image for its map to reach the edges (not with --scales"),
+    (["--full-map"], "or --full-map, which keeps the cells past them"),
+])
+def test_pad_image_refuses_runs_without_a_map_of_the_image(model_dir, picture, args, message):
+    result = graphconv("run", model_dir, "--image", picture / "page.png", "--pad-image", "reflect", *args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_pad_image_of_a_classifier_as_written_asks_for_a_map(picture):
+    result = graphconv("run", SPECS / "lenet.yaml", "--image", picture / "page.png", "--pad-image", "constant")
+    assert result.returncode == 2
+    assert "lenet as written gives one class vector per image: compile it, or add --crops" in result.stderr
