@@ -1185,6 +1185,31 @@ def test_a_squeeze_of_anything_but_a_pooled_map_is_refused(tmp_path):
         load_network(path)
 
 
+@pytest.mark.parametrize("rescaled", [False, True])
+@pytest.mark.parametrize("plane", [False, True])
+def test_a_grey_keras_input_whose_transpose_tf2onnx_writes_as_a_reshape_is_read(tmp_path, rng, rescaled, plane):
+    """Keras' Input((28, 28, 1)): tf2onnx writes the Transpose of a one-channel (N, H, W, 1)
+    input to (N, 1, H, W) as a Reshape, after a Rescaling's Mul or not; and Keras' MNIST
+    form, Input((28, 28)) and a Reshape to (N, H, W, 1), then the same Reshape back. Both
+    were refused as reshapes graphconv does not know."""
+    helper = onnx.helper
+    w = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Reshape", ["x", "nhwc"], ["grey"])] if plane else []
+    start = "grey" if plane else "x"
+    if rescaled:
+        nodes.append(helper.make_node("Mul", [start, "scale"], ["scaled"]))
+    nodes += [helper.make_node("Reshape", ["scaled" if rescaled else start, "nchw"], ["t"]),
+              helper.make_node("Conv", ["t", "w"], ["y"])]
+    constants = {"w": w, "nchw": np.array([-1, 1, 10, 12], np.int64), "nhwc": np.array([-1, 10, 12, 1], np.int64),
+                 "scale": np.float32(1 / 255)}
+    path = onnx_file(tmp_path / "grey.onnx", nodes, constants, input_shape=(1, 10, 12) if plane else (1, 10, 12, 1))
+    graph = load_network(path)
+    assert graph.input_shape == (1, 10, 12)
+    x = rng.standard_normal((2, 1, 10, 12)).astype(np.float32)
+    expected = onnxruntime_scores(path, x[:, 0] if plane else x.transpose(0, 2, 3, 1).copy())
+    np.testing.assert_allclose(Model(graph).run(x, full=True), expected, **TOLERANCE)
+
+
 def test_an_nhwc_input_that_is_transposed_first_is_read_as_nchw(tmp_path, rng):
     """tf2onnx's default: the input (N, H, W, C), its readers Transposes to NCHW. graphconv
     reads it as its (N, C, H, W) input; an input read any other way as well stays NCHW."""

@@ -389,7 +389,8 @@ class _Importer:
         if len(dims) == 3:  # Keras' MNIST input, grey without a channel axis: graphconv's (N, 1, H, W)
             fixed, invalid = [fixed[0], 1, *fixed[1:]], [invalid[0], None, *invalid[1:]]
         self.exported_batch = fixed[0] or 1
-        layout = GREY_PLANE if len(dims) == 3 else NHWC if self._read_channels_last(onnx_input.name) else NCHW
+        grey_hw = tuple(fixed[1:3]) if len(dims) == 4 and fixed[3] == 1 and None not in fixed[1:3] else None
+        layout = GREY_PLANE if len(dims) == 3 else NHWC if self._read_channels_last(onnx_input.name, grey_hw) else NCHW
         order = (3, 1, 2) if layout == NHWC else (1, 2, 3)
         channels, rows, cols = (fixed[i] for i in order)
         self.fixed_size = rows is not None and cols is not None
@@ -413,19 +414,30 @@ class _Importer:
         self.values[onnx_input.name] = Tensor(name, (channels, height, width), 3 if layout == GREY_PLANE else 4,
                                               layout)
 
-    def _read_channels_last(self, name: str, depth: int = 0) -> bool:
+    def _read_channels_last(self, name: str, grey_hw: tuple[int, int] | None = None, depth: int = 0) -> bool:
         """Whether the input `name` is an (N, H, W, C) image that every reader first
         transposes to (N, C, H, W), as tf2onnx writes a Keras model by default, maybe
         after ops that read it as it is (`BEFORE_THE_TRANSPOSE`: Keras' Rescaling, a Cast
         of uint8 pixels, a Pad): then it is read as a channels-last view of graphconv's
-        input, and those Transposes cost nothing. graphconv's network takes (N, C, H, W)
-        arrays, as it always does."""
+        input, and those Transposes cost nothing. Of a grey (N, H, W, 1) image tf2onnx
+        writes that Transpose as a Reshape to (N, 1, H, W), the same data. graphconv's
+        network takes (N, C, H, W) arrays, as it always does."""
         readers = [node for node in self.nodes if name in node.input]
         return bool(readers) and all(
             (node.op_type == "Transpose" and [int(p) for p in self.attributes(node).get("perm", [])] == [0, 3, 1, 2])
+            or self._grey_to_channels_first(node, grey_hw)
             or (node.op_type in BEFORE_THE_TRANSPOSE and depth < len(self.nodes)
-                and self._read_channels_last(node.output[0], depth + 1))
+                and self._read_channels_last(node.output[0], grey_hw, depth + 1))
             for node in readers)
+
+    def _grey_to_channels_first(self, node, grey_hw: tuple[int, int] | None) -> bool:
+        """Whether `node` is a Reshape of a grey channels-last input, (N, H, W, 1) with
+        `grey_hw` its (H, W), to (N, 1, H, W): Keras' Input((28, 28, 1)) as tf2onnx
+        writes its Transpose."""
+        if grey_hw is None or node.op_type != "Reshape" or len(node.input) < 2:
+            return False
+        target = self._initializer_or_constant(node.input[1])
+        return target is not None and target.size == 4 and [int(t) for t in target.ravel()[1:]] == [1, *grey_hw]
 
     def _crop(self, height: int | None, width: int | None, input_name: str) -> tuple[int, int]:
         if self.crop_size is None and self.stated_crop is not None and (height is None or width is None):
@@ -2120,6 +2132,8 @@ def _channels_last_reshape(imp: _Importer, node, x: Tensor, target: list[int]) -
     current = [1, h, w, c]
     if _reshaped(target, current) == [1, h * w * c] and target[0] in (0, 1, -1):
         _features(imp, node, x)
+    elif c == 1 and _reshaped(target, current) == [1, 1, h, w] and target[0] in (0, 1, -1):
+        imp.alias(node, replace(x, layout=NCHW))  # a grey map's Transpose to channels-first, as tf2onnx writes it
     elif _reshaped(target, current) == current and target[0] in (0, 1, -1):
         imp.alias(node, x)
     else:
