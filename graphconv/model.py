@@ -666,8 +666,11 @@ def as_batch(x, channels: int, *, file: str | None = None, convert: bool = True)
         x = x[None]
     if x.ndim != 4 or x.shape[1] != channels:
         hwc = len(given) == 3 and given[2] == channels
+        nhwc = len(given) == 4 and given[3] == channels  # a Keras (N, H, W, C) batch
         raise GraphconvError(f"input must be (N, {channels}, H, W) or ({channels}, H, W), got shape {given}"
-                             + ("; for an (H, W, C) image, x.transpose(2, 0, 1)" if hwc else ""), file=file)
+                             + ("; for an (H, W, C) image, x.transpose(2, 0, 1)" if hwc else "")
+                             + ("; for an (N, H, W, C) batch (Keras' layout), x.transpose(0, 3, 1, 2)" if nhwc
+                                else ""), file=file)
     if x.size == 0:
         what = "no images (a batch of 0)" if x.shape[0] == 0 else "an image of no pixels"
         raise GraphconvError(f"the input of shape {tuple(x.shape)} is empty: {what}", file=file)

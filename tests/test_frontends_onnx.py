@@ -1210,6 +1210,20 @@ def test_a_grey_keras_input_whose_transpose_tf2onnx_writes_as_a_reshape_is_read(
     np.testing.assert_allclose(Model(graph).run(x, full=True), expected, **TOLERANCE)
 
 
+@pytest.mark.parametrize("op", ["Erfc", "StatefulPartitionedCall"])
+def test_an_op_the_exporter_left_unconverted_is_said_to_be_no_onnx_op(tmp_path, op):
+    """tf2onnx writes a TensorFlow op it cannot convert as it is (Keras' exact gelu's Erfc,
+    a grouped Conv2D's StatefulPartitionedCall) and exits 0: the refusal says whose the
+    op is, not that graphconv lacks it."""
+    nodes = [onnx.helper.make_node(op, ["x"], ["y"], name="left")]
+    path = onnx_file(tmp_path / "left.onnx", nodes, {})
+    proto = onnx.load(str(path))
+    proto.producer_name = "tf2onnx"
+    onnx.save(proto, str(path))
+    with pytest.raises(GraphconvError, match=f"node 'left': op {op} is no ONNX op: tf2onnx left it unconverted"):
+        load_network(path)
+
+
 def test_an_nhwc_input_that_is_transposed_first_is_read_as_nchw(tmp_path, rng):
     """tf2onnx's default: the input (N, H, W, C), its readers Transposes to NCHW. graphconv
     reads it as its (N, C, H, W) input; an input read any other way as well stays NCHW."""

@@ -103,6 +103,15 @@ def test_an_empty_input_is_refused_before_it_reaches_the_kernels(floor_models, s
         fcn.run(np.zeros(shape, np.float32))
 
 
+@pytest.mark.parametrize("shape, hint", [((32, 40, 3), r"for an \(H, W, C\) image, x.transpose\(2, 0, 1\)"),
+                                         ((2, 32, 40, 3), r"for an \(N, H, W, C\) batch \(Keras' layout\), "
+                                                          r"x.transpose\(0, 3, 1, 2\)")])
+def test_a_channels_last_input_is_told_how_to_transpose_it(shape, hint):
+    from graphconv.model import as_batch
+    with pytest.raises(graphconv.GraphconvError, match=hint):
+        as_batch(np.zeros(shape, np.float32), 3)
+
+
 def test_as_batch_names_the_file_it_is_given():
     from graphconv.model import as_batch
     with pytest.raises(graphconv.GraphconvError, match=r"^/data/n0.npy: the input of shape \(0, 3, 8, 8\) is empty"):

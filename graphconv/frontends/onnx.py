@@ -307,7 +307,7 @@ class _Importer:
                                  f"graphconv reads the standard ONNX ops")
             converter = CONVERTERS.get(node.op_type)
             if converter is None and not self._all_constant(node):  # on constants alone, any op is folded
-                raise self.error(unsupported(node.op_type))
+                raise self.error(unsupported(node.op_type, self.model.producer_name))
             try:
                 if converter is not _constant and self._all_constant(node):
                     self._fold_constant(node)
@@ -621,11 +621,18 @@ class _Attributes(dict):
         raise _MissingAttribute(key)
 
 
-def unsupported(op_type: str) -> str:
+def unsupported(op_type: str, producer: str = "") -> str:
     """The refusal of an ONNX op graphconv does not read: short, with the supported ops
-    whose names are close, and where the whole list is."""
+    whose names are close, and where the whole list is. An op ONNX does not define at all
+    is the exporter's leftover (tf2onnx writes a TensorFlow op it cannot convert as it
+    is, StatefulPartitionedCall or Erfc, and exits 0), and is said to be so."""
     import difflib
 
+    onnx = require_onnx()
+    if not onnx.defs.has(op_type):
+        return (f"op {op_type} is no ONNX op: {producer or 'the exporter'} left it unconverted (an exporter may "
+                "write an op it cannot convert as it is: tf2onnx does, and exits 0); rewrite that layer with "
+                "ops the exporter converts, or export again with another op set")
     close = difflib.get_close_matches(op_type, sorted(name for name in CONVERTERS if "." not in name), n=4,
                                       cutoff=0.6)
     hint = f" (similar ones it reads: {', '.join(close)})" if close else ""
