@@ -79,8 +79,10 @@ class Background:
         # a declared value no pixel can hold (-9999 in 8 bits): every pixel is data, so tissue is looked for
         self.nodata = getattr(source, "missing_value", None) if nodata_can_occur(source) else None
         self.source, self.field, self.area, self.max_nodata = source, field, area or field, max_nodata
-        # tissue is looked for in the image itself: a padded one's cells (--pad-image) stand shifted on it
+        # tissue and no-data are looked for in the image itself: a padded one's cells (--pad-image) stand
+        # shifted on it, and a crop's share of no-data is of its image pixels (the border is neither)
         self.image, self.image_field = on_image(source, field)
+        self.image_area = on_image(source, self.area)[1]
         self._picture = self._blank = self._sums = None
         self.masked = mask is not None
         if self.masked:
@@ -205,13 +207,14 @@ class Background:
 
     def nodata_cells(self) -> "CellBlocks":
         """Every cell whose crop starts in the image, set where more than `max_nodata` of
-        the crop's pixels are no-data: counted once for the whole map (`_nodata_counts`),
+        the crop's pixels are no-data (of a padded image, --pad-image, of the crop's image
+        pixels: the border is neither data nor no-data): counted once for the whole map (`_nodata_counts`),
         a row of cells at a time, and kept as `CellBlocks` (memory follows the no-data's
         edge, not the map's area). Nothing is read where no pixel can be no-data
         (`sources.nodata_can_occur`: a declared value an integer raster cannot hold)."""
         if self._blank is not None:
             return self._blank
-        source, area = self.source, self.area
+        source, area = self.image, self.image_area
         y0, y1 = _crop_spans(area, 0, source.height)
         x0, x1 = _crop_spans(area, 1, source.width)
         blank = CellBlocks((len(y0), len(x0)))
@@ -243,7 +246,7 @@ class Background:
         costs one read and no arrays); nothing is read where no pixel can be no-data."""
         from graphconv.sources import nodata_can_occur, nodata_mask
 
-        source = self.source
+        source = self.image
         if not nodata_can_occur(source):
             for cell in range(len(y0)):
                 on_row(cell, None)

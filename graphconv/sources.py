@@ -488,8 +488,8 @@ class Downsampled:
 
 PAD_MODES = ("constant", "reflect", "replicate")
 """How `run --pad-image` fills the border, as MONAI's and torch's padding modes name
-them: "constant" is 0 after the preprocess (the value the network's own padding
-holds, the mean colour of a normalised input), "reflect" mirrors the image about its
+them: "constant" is 0 after the preprocess (what a first conv's zero padding holds, the
+mean colour of a normalised input), "reflect" mirrors the image about its
 edge pixel (numpy's and torch's reflect), "replicate" repeats the edge pixel."""
 
 
@@ -498,8 +498,8 @@ def border_margins(cells, image_hw: tuple[int, int]) -> tuple[int, int, int, int
     a cell for every stride x stride block of the image, ceil(H / stride) x ceil(W /
     stride) of them, cell (i, j)'s crop centred on block (i, j) to within half a stride.
     The border before the image is whole strides, so the unpadded map's cells are among
-    the padded map's, unchanged (ResNet's 224 crop at stride 32: three cells before it,
-    each centred on its block). `cells` is the map's `cell_area` (each cell's crop)."""
+    the padded map's, at the same places (ResNet's 224 crop at stride 32: three cells
+    before it, each centred on its block). `cells` is the map's `cell_area` (each cell's crop)."""
     margins = []
     for axis in (0, 1):
         size, stride, offset = float(cells.size[axis]), float(cells.stride[axis]), float(cells.offset[axis])

@@ -90,6 +90,7 @@ def _image_size(path: str) -> tuple[int, int] | None:
 
 def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     from graphconv.georef import cell_placement, map_contents
+    from graphconv.sources import on_image
     from graphconv.tiling import CropGrid, DenseGrid, MapFile, choose_tile, map_transform, plan_tiles
 
     if args.scales or args.profile or args.full_map:
@@ -98,7 +99,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
                              "--skip-background and .zarr outputs run in tiles)")
     source = _map_options(args, grid).open_image(model, args.image, getattr(args, "nodata", None))
     image_hw = (source.height, source.width)
-    describe_resolution(source, args.mpp)
+    describe_resolution(on_image(source, grid.field)[0], args.mpp)  # the image's size, not --pad-image's
     from graphconv.cli import note, note_how_the_image_is_read, note_how_the_raster_is_read
     note_how_the_raster_is_read(args, source)
     _drop_a_skip_background_that_does_nothing(args, source)

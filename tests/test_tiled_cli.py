@@ -2655,3 +2655,24 @@ def test_pad_image_of_a_classifier_as_written_asks_for_a_map(picture):
     result = graphconv("run", SPECS / "lenet.yaml", "--image", picture / "page.png", "--pad-image", "constant")
     assert result.returncode == 2
     assert "lenet as written gives one class vector per image: compile it, or add --crops" in result.stderr
+
+
+@pytest.mark.parametrize("frame", [30, 1])
+def test_pad_image_counts_a_cell_s_no_data_over_its_image_pixels_whatever_the_border(model_dir, tmp_path, frame):
+    """A raster with a frame of no-data: the border is neither data nor no-data, so every
+    mode leaves out the same cells, those whose crop's image pixels are mostly no-data
+    (a 30-pixel frame: the corner cells, all no-data, which a border counted as data kept
+    in constant mode); a 1-pixel frame, which replicate repeated over the whole border,
+    leaves out none."""
+    pixels = np.random.default_rng(5).integers(1, 255, (120, 150), dtype=np.uint8)
+    pixels[:frame], pixels[-frame:], pixels[:, :frame], pixels[:, -frame:] = 0, 0, 0, 0
+    tifffile.imwrite(tmp_path / "framed.tif", pixels, tile=(32, 32))
+    left_out = {}
+    for mode in ("constant", "reflect", "replicate"):
+        result = graphconv("run", model_dir, "--image", tmp_path / "framed.tif", "--nodata", "0", "--pad-image", mode,
+                           "--output", tmp_path / f"{mode}.npy")
+        assert result.returncode == 0, result.stderr
+        left_out[mode] = np.isnan(np.load(tmp_path / f"{mode}.npy")).all(axis=(0, 1))
+    np.testing.assert_array_equal(left_out["constant"], left_out["reflect"])
+    np.testing.assert_array_equal(left_out["replicate"], left_out["reflect"])
+    assert left_out["reflect"][0, 0] == (frame == 30) and left_out["reflect"].any() == (frame == 30)
