@@ -107,9 +107,23 @@ def _quiet_shutdown() -> None:
     destroyed but it is pending!" with the task, and Python warned of a coroutine never
     awaited, below the one line the stop printed. Nothing is lost by them: silenced at
     the interpreter's exit (`_silence_asyncio`), so that a program calling `main` keeps
-    asyncio's logging until then."""
+    asyncio's logging until then. And a stop while numba compiled a kernel (a cold
+    cache's first run) left LLVM objects half-built, whose `__del__` printed "Exception
+    ignored in: <function ObjectRef.__del__>" and a traceback below that line: such
+    reports from llvmlite are dropped from the stop on (`_without_llvm_teardown`)."""
     import atexit
     atexit.register(_silence_asyncio)
+    sys.unraisablehook = _without_llvm_teardown(sys.unraisablehook)
+
+
+def _without_llvm_teardown(previous):
+    """`previous` (a `sys.unraisablehook`), silent about what llvmlite's objects raise as
+    they are freed."""
+    def hook(unraisable) -> None:
+        if str(getattr(unraisable.object, "__module__", "") or "").startswith("llvmlite"):
+            return
+        previous(unraisable)
+    return hook
 
 
 def _silence_asyncio() -> None:
