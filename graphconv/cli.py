@@ -801,6 +801,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.resize:
             raise GraphconvError("--resize applies to --image only")
     x = as_batch(x, model.crop_shape[0], file=args.image or args.input)
+    if x.shape[0] != 1 and is_tiff_output(args.output):  # before the run, naming the file asked for
+        raise GraphconvError(f"a TIFF map holds one image's map, and {os.path.basename(args.input)} holds {x.shape[0]} "
+                             "images: write .npy or .zarr", file=args.output)
     margin = (0, 0)
     if args.pad_image:
         from graphconv.sources import pad_batch

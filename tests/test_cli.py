@@ -1611,3 +1611,17 @@ def test_standard_output_that_cannot_be_written_is_named(tmp_path):
                                 stdout=full, stderr=subprocess.PIPE, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == "graphconv: standard output: No space left on device"
+
+
+@pytest.mark.parametrize("crops", [False, True])
+def test_a_batch_of_two_to_a_tif_map_is_refused_before_the_run_naming_the_tif(digits_fcn, tmp_path, capsys, crops):
+    """`--input batch.npy --output map.tif` with two images ran the network and then named
+    a hidden temporary file (".graphconv-tmp-...-map.tif") in its refusal."""
+    np.save(tmp_path / "batch.npy", np.zeros((2, 1, 40, 40), np.float32))
+    asked = ["--crops", "4"] if crops else []
+    assert run_cli("run", digits_fcn, "--input", tmp_path / "batch.npy", "--output", tmp_path / "map.tif",
+                   *asked) == 2
+    out, err = capsys.readouterr()
+    assert "map.tif: a TIFF map holds one image's map, and batch.npy holds 2 images" in err
+    assert "output shape" not in out and ".graphconv-tmp" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["batch.npy"]
