@@ -197,11 +197,12 @@ class LayerPadding:
     border: tuple[int, int, int, int]  # rows at the top and bottom, columns left and right, that read padding
     reached: int              # positions of its map (per crop) that read padding, here or upstream
     differing: int            # of those, how many differ from the sliding network (any sampled crop)
-    max_abs: float            # their largest difference
+    max_abs: float            # their largest finite difference
     clear_max_abs: float      # the largest difference where no padding reaches (float rounding only)
     tolerance: float
     crops: int
     fill: str = "zero padding"  # what its padding holds ("padding of -inf": a pad layer's other value)
+    infinite: int = 0         # of `differing`, those infinite on one side only (a -inf pad's border)
 
     @property
     def clear_agrees(self) -> bool:
@@ -214,6 +215,8 @@ class LayerPadding:
                 f"{self.fill} (here or upstream: {top} row(s) at the top, {bottom} at the bottom, {left} "
                 f"column(s) at the left, {right} at the right); {self.differing} of them differ from the "
                 f"sliding network, by up to {self.max_abs:.3g}")
+        if self.infinite:
+            text += f" where both are finite ({self.infinite} hold the padding's infinity in one only)"
         clear = h * w - self.reached
         if clear:
             text += (f"; the {clear} others agree (max {self.clear_max_abs:.2g})" if self.clear_agrees
@@ -759,7 +762,7 @@ def _layer_padding(context: _PaddingContext, name: str, whole: np.ndarray, on_cr
     _, h, w = context.shapes[name]
     rows_reach, cols_reach = context.reach[name]
     mask = rows_reach[:, None] | cols_reach[None, :]
-    reached_diff, clear_diff, differing = 0.0, 0.0, np.zeros((h, w), bool)
+    reached_diff, clear_diff, differing, infinite = 0.0, 0.0, np.zeros((h, w), bool), np.zeros((h, w), bool)
     tol = TOLERANCE * _finite_scale(whole)
     for crop_map, (b, top, left) in zip(on_crops, origins):
         i0, j0 = top // stride[0], left // stride[1]
@@ -767,8 +770,10 @@ def _layer_padding(context: _PaddingContext, name: str, whole: np.ndarray, on_cr
         hh, ww = region.shape[1:]
         d = _abs_difference(crop_map[:, :hh, :ww], region).max(axis=0)
         m = mask[:hh, :ww]
-        if m.any():
-            reached_diff = max(reached_diff, float(d[m].max()))
+        finite = np.isfinite(d)
+        if (m & finite).any():
+            reached_diff = max(reached_diff, float(d[m & finite].max()))
+        infinite[:hh, :ww] |= m & ~finite
         if (~m).any():
             clear_diff = max(clear_diff, float(d[~m].max()))
         differing[:hh, :ww] |= d > tol
@@ -777,7 +782,7 @@ def _layer_padding(context: _PaddingContext, name: str, whole: np.ndarray, on_cr
     border = (_run_length(rows_reach), _run_length(rows_reach[::-1]),
               _run_length(cols_reach), _run_length(cols_reach[::-1]))
     return LayerPadding(name, why, (h, w), border, int(mask.sum()), int((differing & mask).sum()),
-                        reached_diff, clear_diff, tol, len(origins), fill)
+                        reached_diff, clear_diff, tol, len(origins), fill, int(infinite.sum()))
 
 
 LISTED_LAYERS = 6  # a padded network's layers given a line each in verify's report (`_listed_layers`)
