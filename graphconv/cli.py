@@ -112,6 +112,8 @@ def _quiet_shutdown() -> None:
     ignored in: <function ObjectRef.__del__>" and a traceback below that line: such
     reports from llvmlite are dropped from the stop on (`_without_llvm_teardown`)."""
     import atexit
+    if getattr(sys.unraisablehook, "without_llvm_teardown", False):  # a program that stopped before
+        return
     atexit.register(_silence_asyncio)
     sys.unraisablehook = _without_llvm_teardown(sys.unraisablehook)
 
@@ -123,6 +125,7 @@ def _without_llvm_teardown(previous):
         if str(getattr(unraisable.object, "__module__", "") or "").startswith("llvmlite"):
             return
         previous(unraisable)
+    hook.without_llvm_teardown = True
     return hook
 
 

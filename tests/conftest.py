@@ -61,6 +61,24 @@ def working_folder_is_tmp_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.fixture(autouse=True)
+def torch_weights_do_not_depend_on_earlier_tests():
+    """Modules a test builds take their weights from torch's global generator: seeded per
+    test, they are the same whichever tests ran before on that worker. (Only where a test
+    module has imported torch: the rest never load it.)"""
+    import sys
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def no_chunk_failed_before(monkeypatch):
+    """A TIFF chunk that failed to decode silences asyncio's reports of pending tasks for
+    the rest of the process (`sources._CHUNK_FAILED`): not across tests."""
+    from graphconv import sources
+    monkeypatch.setattr(sources, "_CHUNK_FAILED", False)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

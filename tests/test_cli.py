@@ -670,6 +670,9 @@ def test_a_stop_drops_what_llvmlite_raises_as_its_half_built_objects_are_freed(m
     other = SimpleNamespace(object=test_a_terminated_tiled_run_leaves_no_partial_map)
     sys.unraisablehook(other)
     assert said == [other]
+    installed = sys.unraisablehook
+    cli._quiet_shutdown()  # a program calling main that is stopped twice
+    assert sys.unraisablehook is installed, "wrapped once, not once a stop"
 
 
 def test_a_terminated_tiled_run_leaves_no_partial_map(tmp_path):

@@ -653,9 +653,11 @@ def test_per_thread_kernel_bodies_compile_as_parallel_loop_bodies_do(worker):
 def l2_of(size: int):
     """Winograd's job plans as on a core with `size` bytes of L2 (its cache of plans emptied around)."""
     conv_cpu.winograd.job_plan.cache_clear()
-    with mock.patch.object(conv_cpu.winograd, "l2_bytes", lambda: size):
-        yield
-    conv_cpu.winograd.job_plan.cache_clear()
+    try:
+        with mock.patch.object(conv_cpu.winograd, "l2_bytes", lambda: size):
+            yield
+    finally:  # a failed assertion inside leaves no plans made for that L2 behind
+        conv_cpu.winograd.job_plan.cache_clear()
 
 
 @pytest.mark.parametrize("l2,images,tiles,channels,out_channels,threads,expected", [
