@@ -639,6 +639,17 @@ def test_damaged_onnx_bytes_load_or_fail_cleanly(exported, tmp_path, data):
         assert "fuzzed.onnx" in str(err) and "\n" not in str(err)
 
 
+def test_an_op_name_that_is_no_utf8_is_refused_as_no_onnx_op(tmp_path):
+    """A flipped byte in an op's name (hypothesis found it: "Relu" read as b"\\xd2elu"):
+    protobuf hands over bytes, on which onnx.defs.has raised a TypeError."""
+    raw = tiny_model([onnx.helper.make_node("Relu", ["x"], ["y"], name="r")], {}).SerializeToString()
+    assert raw.count(b"Relu") == 1
+    path = tmp_path / "flipped.onnx"
+    path.write_bytes(raw.replace(b"Relu", b"\xd2elu"))
+    with pytest.raises(GraphconvError, match=r"flipped.onnx.*op \\xd2elu is no ONNX op"):
+        load_network(path)
+
+
 def test_nan_weights_are_refused(tmp_path, rng):
     w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
     w[1, 2, 0, 0] = np.nan

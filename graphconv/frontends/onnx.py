@@ -629,6 +629,8 @@ def unsupported(op_type: str, producer: str = "") -> str:
     import difflib
 
     onnx = require_onnx()
+    if isinstance(op_type, bytes):  # a damaged file's name that is no UTF-8: protobuf hands over its bytes
+        op_type = op_type.decode("utf-8", "backslashreplace")
     if not onnx.defs.has(op_type):
         return (f"op {op_type} is no ONNX op: {producer or 'the exporter'} left it unconverted (an exporter may "
                 "write an op it cannot convert as it is: tf2onnx does, and exits 0); rewrite that layer with "
