@@ -5,7 +5,8 @@ Two ways, each giving the classifier on every crop S pixels apart for an unpadde
 padding, and the two read it at different places: dilate pads the whole image once, at its
 border, as the whole-image pass does; shift pads each shifted copy where the shift cuts it,
 inside the image, so cells within the largest shift (T - S pixels) of the top and left
-edges also read zeros where the image has pixels (`shift_cut_padding`). Their two maps
+edges also read zeros where the image has pixels, and cells whose field passes the bottom
+or right edge read a copy's zero fill as pixels (`shift_cut_padding`). Their two maps
 differ there, each by about as much as it differs from the crop loop (`verify` measures it
 per layer), and `auto` picks dilate for a network that pads wherever it can:
 
@@ -54,8 +55,9 @@ def stitch_factor(graph: Graph, stride: int) -> tuple[int, int]:
     return total[0] // stride, total[1] // stride
 
 
-def dilate(graph: Graph, stride: int) -> None:
-    """Rewrite every windowed layer for cumulative strides gcd(c, stride) (see module doc).
+def dilate(graph: Graph, stride: int) -> dict[str, dict[str, dict]]:
+    """Rewrite every windowed layer for cumulative strides gcd(c, stride) (see module doc);
+    each changed layer's params before and after, by name (what `at_its_own_stride` undoes).
 
     Raises GraphconvError, naming the layer, for what has no dilated form: a layer whose
     window is its whole input (fc, globalavgpool, flatten: their own passes make them
@@ -68,6 +70,7 @@ def dilate(graph: Graph, stride: int) -> None:
     hanging off it), so it is rewritten as one."""
     fields = receptive_fields(graph)
     crop = infer_shapes(graph, check_weights=False)  # the graph's as it was: annotations may be absent
+    changed = {}
     for node in graph.layers():
         in_shapes = [crop[s.name] for s in node.inputs]
         window = node.opdef.window(node.params, in_shapes)
@@ -87,7 +90,7 @@ def dilate(graph: Graph, stride: int) -> None:
                 raise node.error(f"a {node.params['mode']} pad cannot be dilated (on the finer map it would "
                                  "mirror or repeat the interleaved maps' rows together, not each map's "
                                  "own); use --stride-method shift")
-            graph.set_params(node, padding=dilated_pad(node.params["padding"], rate))
+            changed[node.name] = _change(graph, node, padding=dilated_pad(node.params["padding"], rate))
             continue
         if not {"stride", "dilation", "padding"} <= set(node.params):
             raise node.error(f"{node.op} covers its whole input and cannot be dilated: compile with "
@@ -98,15 +101,53 @@ def dilate(graph: Graph, stride: int) -> None:
                 raise node.error("a ceil_mode pool whose last window hangs off the crop cannot be dilated "
                                  "(the finer pool has no such window); use --stride-method shift")
             changes["ceil_mode"] = False
-        graph.set_params(node, **changes,
-                         stride=new_stride,
-                         dilation=tuple(pair(node.params["dilation"])[a] * rate[a] for a in (0, 1)),
-                         padding=tuple(pair(node.params["padding"])[a] * rate[a] for a in (0, 1)))
+        changed[node.name] = _change(graph, node, **changes, stride=new_stride,
+                                     dilation=tuple(pair(node.params["dilation"])[a] * rate[a] for a in (0, 1)),
+                                     padding=tuple(pair(node.params["padding"])[a] * rate[a] for a in (0, 1)))
     try:  # a padded pool's padding, multiplied by the rate, can pass the half window pools allow
         infer_shapes(graph, check_weights=False)
     except ShapeError as err:
         raise GraphconvError(f"dilated, {err.message}; use --stride-method shift", loc=err.loc,
                              layer=err.layer) from None
+    return changed
+
+
+def _change(graph: Graph, node, **params) -> dict[str, dict]:
+    """`graph.set_params(node, **params)`, and the params before and after, as lists (they
+    are kept in the model's YAML)."""
+    before = {key: _plain(node.params[key]) for key in params}
+    graph.set_params(node, **params)
+    return {"before": before, "after": {key: _plain(node.params[key]) for key in params}}
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (tuple, list)) else value
+
+
+def at_its_own_stride(graph: Graph) -> Graph:
+    """`graph` with what output-stride did undone: its shift-and-stitch layers taken out,
+    or its dilated layers given back the params `dilate` recorded. On one crop it gives
+    the same cell in a fraction of the work ((T/S)^2 shifted copies, or a dilated map's
+    extra positions, of which the crop loop keeps one). `graph` itself where there is
+    nothing to undo, or where a later pass changed a dilated layer (no longer what was
+    recorded): running it on each crop is exact too, only slower."""
+    undilated = graph.meta.get("compiled", {}).get("undilated", {})
+    stitched = graph.find("shift_copies") + graph.find("interleave")
+    if not undilated and not stitched:
+        return graph
+    coarse = graph.copy()
+    for node in stitched:
+        coarse.remove(node.name)
+    for name, change in undilated.items():
+        if name not in coarse or any(_plain(coarse.node(name).params[key]) != value
+                                     for key, value in change["after"].items()):
+            return graph
+        coarse.set_params(name, **change["before"])
+    try:
+        infer_shapes(coarse, check_weights=False)
+    except GraphconvError:
+        return graph
+    return coarse
 
 
 def dilated_pad(padding: tuple[int, int, int, int], rate: list[int]) -> tuple[int, int, int, int]:
@@ -182,7 +223,10 @@ def shift_cut_padding(graph: Graph, dilate_problem_then: str | None = None) -> s
     that shift cuts it, rows and columns inside the image: cells whose field starts
     within the largest shift of the image's top or left edge read zeros (or a
     reflection) there, where the dilated network, like the whole image's pass, reads
-    the pixels. Further in, the two methods agree. `dilate_problem_then`: why dilate
+    the pixels. And a copy keeps the image's size, filled with zeros past its end: a
+    cell whose field reaches past the bottom or right edge reads those as pixels (their
+    conv's bias and activation applied) where dilate reads each layer's padding. Cells
+    whose field lies in the image further in agree. `dilate_problem_then`: why dilate
     could not make the network finer (`dilate_problem`), where it could not."""
     copies = graph.find("shift_copies")
     padded = padded_at_the_start(graph) if copies else []
@@ -193,7 +237,9 @@ def shift_cut_padding(graph: Graph, dilate_problem_then: str | None = None) -> s
     named = ", ".join(padded[:3]) + (f" and {len(padded) - 3} more" if len(padded) > 3 else "")
     return (f"shift-and-stitch on a network that pads ({named}): each shifted copy is also padded where its "
             f"shift cuts it, inside the image, so a cell whose field starts within {reach[0]} rows of the image's "
-            f"top or {reach[1]} columns of its left edge may read that padding in place of pixels; "
+            f"top or {reach[1]} columns of its left edge may read that padding in place of pixels, and one whose "
+            "field reaches past the image's bottom or right edge reads the zeros a copy is filled with there "
+            "as pixels (run through the layers before it, not the layers' own padding); "
             + (f"dilate, which pads only at the image's border, cannot make this network finer ({dilate_problem_then})"
                if dilate_problem_then else "--stride-method dilate (what auto picks for such a network where it "
                                            "can) pads only at the image's border"))

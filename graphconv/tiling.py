@@ -211,9 +211,11 @@ class CropGrid:
         from graphconv.compiler import compile_model
         from graphconv.ops import pair
         from graphconv.pass_manager import CLASSIFIER_PIPELINE
+        from graphconv.strides import at_its_own_stride
 
         # the same function in fewer passes, made once per model (a cluster's worker makes a grid per tile)
-        self.model = classifier.derived("crop classifier", lambda: compile_model(classifier.graph, CLASSIFIER_PIPELINE))
+        self.model = classifier.derived("crop classifier", lambda: compile_model(at_its_own_stride(classifier.graph),
+                                                                                 CLASSIFIER_PIPELINE))
         _, crop_h, crop_w = classifier.crop_shape
         self.stride = pair(stride)
         self.field = Field((crop_h, crop_w), self.stride, (0, 0))

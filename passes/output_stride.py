@@ -36,5 +36,5 @@ def output_stride(graph: Graph, stride: int = None, method: str = "auto") -> boo
     if method == "shift":
         insert_stitch(graph, factor, stride)
     else:
-        dilate(graph, stride)
+        compiled["undilated"] = dilate(graph, stride)  # for the crop loop (`strides.at_its_own_stride`)
     return True

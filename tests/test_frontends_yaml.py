@@ -486,6 +486,13 @@ def test_a_stitch_plan_that_splits_the_total_stride_loads_as_layers(write_spec):
     ("{stitch: {factor: [2, 2], step: 1}}", "compiled stitch factor [2, 2] x step 1 does not make the "
                                             "network's total stride 4x4"),
     ("{optimised: true}", "unknown key(s) in 'compiled' ['optimised']"),
+    ("{undilated: [conv2]}", "compiled undilated must be {layer: {before: {stride: [sy, sx], ...}, after: {...}}}"),
+    ("{undilated: {conv2: {before: {stride: 2}}}}", "compiled undilated 'conv2' must be {before: ..., after: ...}"),
+    ("{undilated: {conv2: {before: {stride: 2}, after: {dilation: 2}}}}",
+     "compiled undilated 'conv2': before and after must give the same params of ['ceil_mode', 'dilation', "
+     "'padding', 'stride']"),
+    ("{undilated: {conv2: {before: {stride: -2}, after: {stride: 1}}}}", "(whole numbers from 0, or ceil_mode"),
+    ("{undilated: {conv2: {before: {groups: 2}, after: {groups: 1}}}}", "before and after must give the same"),
 ])
 def test_compiled_plans_are_checked_at_load(write_spec, compiled, match):
     text = (SPECS / "lenet.yaml").read_text().replace("layers:", f"compiled: {compiled}\nlayers:")

@@ -303,6 +303,8 @@ def test_shift_and_dilate_agree_on_a_padded_network_beyond_the_largest_shift(str
     reach = 8 - stride
     assert f"within {reach} rows of the image's top or {reach} columns of its left edge" in \
         shift_cut_padding(shifted.graph)
+    assert "one whose field reaches past the image's bottom or right edge reads the zeros a copy is filled " \
+           "with there as pixels" in shift_cut_padding(shifted.graph)
     assert shift_cut_padding(dilated.graph) is None
     field = shifted.field
     rows = [i for i in range(a.shape[2]) if field.box(i, 0)[0] >= reach and field.box(i, 0)[2] <= x.shape[2]]
@@ -310,6 +312,9 @@ def test_shift_and_dilate_agree_on_a_padded_network_beyond_the_largest_shift(str
     inner = np.ix_(range(1), range(a.shape[1]), rows, cols)
     np.testing.assert_allclose(a[inner], b[inner], rtol=1e-4, atol=1e-5)
     assert not np.allclose(a[:, :, :rows[0]], b[:, :, :rows[0]], rtol=1e-4, atol=1e-5)
+    for i, j in np.argwhere(~np.isclose(a, b, rtol=1e-4, atol=1e-5).all(axis=(0, 1))):  # as the note says
+        top, left, bottom, right = field.box(i, j)
+        assert top < reach or left < reach or bottom > x.shape[2] or right > x.shape[3], (i, j)
 
 
 def test_compile_notes_the_padding_a_shifted_copy_reads(write_spec):
@@ -329,3 +334,44 @@ def test_compile_notes_the_padding_a_shifted_copy_reads(write_spec):
     assert "dilate, which pads only at the image's border, cannot make this network finer (layer 'c2.pad': a " \
            "reflect pad cannot be dilated" in " ".join(done.stderr.split())  # auto took shift: the note says why
     assert graphconv.load(spec.parent / "auto").graph.meta["compiled"]["stride_method"] == "dilate"
+
+
+@pytest.mark.parametrize("how", ["own", "layer", "unpadded"])
+@pytest.mark.parametrize("method", ["dilate", "shift"])
+def test_the_crop_loop_of_a_finer_model_runs_the_classifier_at_its_own_stride(how, method, write_spec, rng,
+                                                                               tmp_path):
+    """--crops on a model compiled with --output-stride ran the fine network on every crop
+    (all 4x4 shifted copies, or the dilated layers' extra positions) to keep one cell of
+    each: the same map as the classifier's crop loop, at up to 16 times its work. Its crop
+    classifier is now the network at its own stride, also once saved and loaded."""
+    from graphconv.strides import at_its_own_stride
+    from graphconv.tiling import CropGrid
+
+    text = UNPADDED["strided"] if how == "unpadded" else padded_by(how)
+    classifier = graphconv.load(write_spec(text))
+    fine = graphconv.compile_model(classifier.graph, output_stride=2, stride_method=method)
+    fine.save(tmp_path / "fine")
+    x = random_input(rng, (1, classifier.crop_shape[0], 37, 41))
+    want = crop_loop(classifier, x, 2)
+    for model in (fine, graphconv.load(tmp_path / "fine")):
+        coarse = at_its_own_stride(model.graph)
+        assert not coarse.find("shift_copies") and not coarse.find("interleave")
+        assert total_stride(coarse) == total_stride(graphconv.compile_model(classifier.graph).graph)
+        grid = CropGrid(model, 2)
+        assert total_flops(grid.model.graph) == total_flops(graphconv.compile_model(classifier.graph).graph)
+        np.testing.assert_allclose(grid.run(x, "cpu"), want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_dilated_layer_a_later_pass_changed_is_left_as_it_is_for_the_crop_loop(write_spec):
+    """What output-stride recorded no longer matches: the fine network runs on each crop
+    (exact, only slower) rather than a guess at the coarse one."""
+    from graphconv.strides import at_its_own_stride
+
+    fine = graphconv.compile_model(graphconv.load(write_spec(padded_by("own"))).graph, output_stride=2,
+                                   stride_method="dilate")
+    graph = fine.graph.copy()
+    assert at_its_own_stride(graph) is not graph
+    name, change = next(iter(graph.meta["compiled"]["undilated"].items()))
+    assert graph.node(name).params["stride"] == tuple(change["after"]["stride"])
+    graph.set_params(name, stride=tuple(v + 1 for v in change["after"]["stride"]))
+    assert at_its_own_stride(graph) is graph

@@ -58,7 +58,8 @@ TASKS = ("classification", "segmentation")  # `task`: see `graphconv.model.Model
 INPUT_KEYS = {"name", "shape"}
 PREPROCESS_KEYS = {"mean", "std", "scale", "values"}
 PIXEL_VALUES = ("0..255", "stored")  # preprocess `values`: the default, or as the file stores them
-COMPILED_KEYS = {"passes", "output_stride", "stride_method", "stitch", "source"}
+COMPILED_KEYS = {"passes", "output_stride", "stride_method", "stitch", "source", "undilated"}
+UNDILATED_PARAMS = {"stride", "dilation", "padding", "ceil_mode"}  # what the dilate of output-stride changes
 STITCH_KEYS = {"factor", "step"}
 STRIDE_METHODS = ("auto", "dilate", "shift")
 MODEL_SPEC = "model.yaml"
@@ -538,9 +539,41 @@ def _checked_compiled(block: Any, path: Path, loc: Location) -> dict:
                 raise GraphconvError(f"compiled source must be the name of the file compiled, got {shown(value)}",
                                      loc=where)
             checked[key] = value
+        elif key == "undilated":
+            checked[key] = _checked_undilated(value, path, where)
         else:
             checked[key] = _checked_stitch(value, path, where)
     return checked
+
+
+def _checked_undilated(block: Any, path: Path, loc: Location) -> dict:
+    """What output-stride's dilate changed, {layer: {before: {param: value}, after: {...}}}
+    (`strides.at_its_own_stride` puts `before` back for the crop loop)."""
+    form = "{layer: {before: {stride: [sy, sx], ...}, after: {...}}}"
+    if not isinstance(block, dict):
+        raise GraphconvError(f"compiled undilated must be {form}, got {shown(block)}", loc=loc)
+    checked = {}
+    for name in _user_keys(block):
+        change, where = block[name], _loc(path, block, name)
+        if not isinstance(change, dict) or set(_user_keys(change)) != {"before", "after"}:
+            raise GraphconvError(f"compiled undilated {shown(name)} must be {{before: ..., after: ...}}, "
+                                 f"got {shown(change)}", loc=where)
+        sides = {side: change[side] for side in ("before", "after")}
+        if any(not isinstance(params, dict) or not set(_user_keys(params)) <= UNDILATED_PARAMS
+               or not all(_undilated_value(params[key]) for key in _user_keys(params)) for params in sides.values()) \
+                or set(_user_keys(sides["before"])) != set(_user_keys(sides["after"])):
+            raise GraphconvError(f"compiled undilated {shown(name)}: before and after must give the same "
+                                 f"params of {sorted(UNDILATED_PARAMS)} (whole numbers from 0, or ceil_mode "
+                                 f"true/false), got {shown(change)}", loc=where)
+        checked[str(name)] = {side: {key: params[key] for key in _user_keys(params)} for side, params in sides.items()}
+    return checked
+
+
+def _undilated_value(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    values = value if isinstance(value, list) else [value]
+    return 1 <= len(values) <= 4 and all(is_int(v) and 0 <= v <= MAX_INT for v in values)
 
 
 def _checked_passes(value: Any, loc: Location) -> str:
