@@ -1578,8 +1578,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
                      "(an fc or flatten layer is left: add fc-to-conv and remove-flatten to --passes to make it "
                      "slide)")
         return 0
-    print(done + f"output stride {field.stride[0]}x{field.stride[1]}, each cell sees {field.size[0]}x{field.size[1]} "
-                 "pixels")
+    method = model.graph.meta["compiled"].get("stride_method")  # which one auto took was not said
+    how = (f" ({'shift-and-stitch' if method == 'shift' else 'dilated'}"
+           f"{', as auto chose' if args.output_stride and args.stride_method == 'auto' else ''})") if method else ""
+    print(done + f"output stride {field.stride[0]}x{field.stride[1]}{how}, each cell sees "
+                 f"{field.size[0]}x{field.size[1]} pixels")
     note_padding(source)
     note_shift_cut_padding(source, model.graph, args.output_stride)
     return 0

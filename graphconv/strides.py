@@ -34,6 +34,7 @@ from graphconv.cost import total_flops
 from graphconv.errors import GraphconvError, ShapeError, shown
 from graphconv.ir import Graph
 from graphconv.ops import pair
+from graphconv.params import is_int
 from graphconv.receptive import cells_off_the_lattice_note, receptive_fields, total_stride
 from graphconv.shapes import infer_shapes
 
@@ -44,7 +45,8 @@ def check_output_stride(stride: object, total: tuple[int, int]) -> None:
     if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1 or total[0] % stride \
             or total[1] % stride:
         divisors = [d for d in range(1, min(total) + 1) if total[0] % d == 0 and total[1] % d == 0]
-        raise GraphconvError(f"output stride {shown(stride)} does not divide the network's total "
+        what = ("does not divide" if is_int(stride) and stride >= 1 else "is no whole number of pixels from 1 to")
+        raise GraphconvError(f"output stride {shown(stride)} {what} the network's total "
                              f"stride {total[0]}x{total[1]}; choose one of {', '.join(map(str, divisors))}")
 
 

@@ -299,7 +299,7 @@ def check_tile_holds_a_cell(model, tile: int | Sequence[int],
     covers = (False, False) if image_hw is None else tuple(tile_hw[a] >= image_hw[a] for a in (0, 1))
     if any(tile_hw[a] < smallest[a] and not covers[a] for a in (0, 1)):
         field, align = grid.field, grid.align
-        raise GraphconvError(f"--tile (tile=) {tile_hw[0]}x{tile_hw[1]} is too small for this network: each "
+        raise GraphconvError(f"a tile of {tile_hw[0]}x{tile_hw[1]} is too small for this network: each "
                              f"tile needs one {field.size[0]}x{field.size[1]} receptive field plus "
                              f"its alignment to {align[0]}x{align[1]} px; the smallest tile that works "
                              f"is {max(smallest)} (or {smallest[0]}x{smallest[1]})")

@@ -247,6 +247,8 @@ def test_a_classifier_as_written_on_a_larger_picture_says_how_to_map_it_or_class
     (["compile", SPECS / "lenet.yaml", "-o", "{tmp}/out", "--passes", "nope"], "unknown pass 'nope'"),
     (["compile", SPECS / "lenet.yaml", "-o", "{tmp}/out", "--output-stride", "3"],
      "output stride 3 does not divide the network's total stride 4x4; choose one of 1, 2, 4"),
+    (["compile", SPECS / "lenet.yaml", "-o", "{tmp}/out", "--output-stride=-4"],  # "-4 does not divide 4" it said
+     "output stride -4 is no whole number of pixels from 1 to the network's total stride 4x4; choose one of 1, 2, 4"),
     (["compile", SPECS / "lenet.yaml", "-o", "{tmp}/out", "--plugin", "{tmp}/nothere.py"], "plugin file not found"),
     (["run", SPECS / "lenet.yaml", "--input", "{tmp}/bad.npy", "--output", "{tmp}/out.npy"], "input must be (N, 1, H, W)"),
     (["run", SPECS / "lenet.yaml", "--input", "{tmp}/bad.npy", "--scheduler", "tcp://127.0.0.1:9"],  # was ignored

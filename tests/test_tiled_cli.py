@@ -362,7 +362,7 @@ def test_images_with_a_tile_too_small_for_the_network_is_one_error(model_dir, pi
     result = graphconv_in_process("run", model_dir, "--images", folder, "--output-dir", tmp_path / "maps",
                                   "--tile", "8")
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert result.stderr.startswith("graphconv: --tile (tile=) 8x8 is too small for this network")
+    assert result.stderr.startswith("graphconv: a tile of 8x8 is too small for this network")
     assert not (tmp_path / "maps").exists()
 
 
