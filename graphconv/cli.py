@@ -1131,14 +1131,18 @@ def note_dense_padding(args: argparse.Namespace, model) -> None:
     each crop, by enough to change the top class on real images (a padded ResNet-18 on a
     slide called every tissue cell background, silently). Said once per run, naming how
     to measure it on the user's image and how to get the exact map. The layers are
-    traced on the compiled graph (milliseconds, cached); a shift-and-stitch graph, whose
-    copies trace no single grid, is left unsaid."""
+    traced on the compiled graph at its own stride (milliseconds, cached): a
+    shift-and-stitch graph's copies trace no single grid, and the network without them
+    pads where each copy does."""
     from graphconv.dense import hanging_pools, padded_layers
+    from graphconv.strides import at_its_own_stride
 
-    if args.crops is not None or model.segmentation or model.returns_vectors or model.stitch_copies > 1:
+    if args.crops is not None or model.segmentation or model.returns_vectors:
         return
-    _note_cells_off_the_lattice(model)
-    padded = model.derived("padded_layers", lambda: padded_layers(model.graph))
+    if model.stitch_copies == 1:
+        _note_cells_off_the_lattice(model)
+    graph = model.derived("at its own stride", lambda: at_its_own_stride(model.graph))
+    padded = model.derived("padded_layers", lambda: padded_layers(graph))
     if not padded:
         return
     import shlex
@@ -1146,8 +1150,8 @@ def note_dense_padding(args: argparse.Namespace, model) -> None:
     spec = shlex.quote(str(args.model))  # a compiled folder too: verify checks it as it was compiled
     image = shlex.quote(str(args.image)) if getattr(args, "image", None) else "IMAGE"
     verify = " ".join(["graphconv verify", spec, "--image", image, *_model_files_given(args)])
-    edges = "cut" if len(hanging_pools(model.graph, padded)) == len(padded) else "padded"
-    note(f"note: {model.graph.name} {_pads_in(model.graph, padded)}, so its "
+    edges = "cut" if len(hanging_pools(graph, padded)) == len(padded) else "padded"
+    note(f"note: {model.graph.name} {_pads_in(graph, padded)}, so its "
          f"cells can differ from the classifier on each crop (each crop is {edges} at its own border, this pass only "
          f"at the image's): `{verify}` measures by how much on your image; --crops gives the exact crop loop (the "
          "classifier once per cell, far slower)")

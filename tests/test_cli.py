@@ -1137,6 +1137,12 @@ def test_a_dense_run_of_a_padded_network_says_once_how_to_measure_what_padding_d
     err = capsys.readouterr().err
     assert err.count(note) == 1 and f"`graphconv verify {tmp_path / 'fcn'} --image {page}` measures" in err
     assert "--crops gives the exact crop loop" in err
+    for method in ("shift", "dilate"):  # a finer map pads as much (a shift model was left unsaid)
+        assert run_cli("compile", tmp_path / "padded.yaml", "-o", tmp_path / method, "--output-stride", "1",
+                       "--stride-method", method) == 0
+        capsys.readouterr()
+        assert run_cli("run", tmp_path / method, "--image", page, "--output", tmp_path / f"{method}.npy") == 0
+        assert capsys.readouterr().err.count(note) == 1, method
     assert run_cli("run", tmp_path / "fcn", "--images", tmp_path / "pages", "--output-dir", tmp_path / "maps") == 0
     err = capsys.readouterr().err
     assert err.count(note) == 1 and f"`graphconv verify {tmp_path / 'fcn'} --image IMAGE`" in err
