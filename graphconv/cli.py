@@ -1261,7 +1261,7 @@ def _write_map_file(args: argparse.Namespace, model, out: np.ndarray, cells) -> 
     from dataclasses import replace
 
     from graphconv import images
-    from graphconv.georef import cells_on_pixels, map_contents
+    from graphconv.georef import cells_on_pixels, map_contents, read_settings
     from graphconv.tiling import MapFile
 
     span = (1.0, 1.0)
@@ -1271,7 +1271,8 @@ def _write_map_file(args: argparse.Namespace, model, out: np.ndarray, cells) -> 
         span = (height / resized[0], width / resized[1])
     contents = map_contents(args.image or args.input, args.model, model.output_channels,
                             labels=model.graph.meta.get("labels"))
-    placement = replace(cells_on_pixels(cells, span), contents=contents)
+    read = read_settings(resize=args.resize if args.image else None, pad_image=args.pad_image)
+    placement = replace(cells_on_pixels(cells, span), contents=contents, read=read)
     with MapFile(args.output, out.shape, out.dtype, chunk_hw=out.shape[2:], placement=placement) as written:
         written[:] = out
 

@@ -604,14 +604,19 @@ def read_as(source) -> dict:
     the --pad-image border's mode, where it has one."""
     from graphconv.sources import Bordered
 
-    bands = getattr(source, "bands", None)
-    read = {"level": int(getattr(source, "level", 0) or 0), "downsample": float(getattr(source, "factor", 1)),
-            "bands": list(bands) if bands is not None else None}
-    resize = getattr(source, "resize", None)
+    return read_settings(int(getattr(source, "level", 0) or 0), float(getattr(source, "factor", 1)),
+                         getattr(source, "bands", None), getattr(source, "resize", None),
+                         source.mode if isinstance(source, Bordered) else None)
+
+
+def read_settings(level: int = 0, downsample: float = 1.0, bands=None, resize=None, pad_image: str | None = None
+                  ) -> dict:
+    """`read_as`'s statement, also of an image run whole (level 0, as stored)."""
+    read = {"level": level, "downsample": downsample, "bands": list(bands) if bands is not None else None}
     if resize is not None:
         read["resize"] = list(resize)
-    if isinstance(source, Bordered):
-        read["pad_image"] = source.mode
+    if pad_image is not None:
+        read["pad_image"] = pad_image
     return read
 
 

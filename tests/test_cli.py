@@ -1107,6 +1107,26 @@ def test_a_whole_image_run_writes_tif_and_zarr_maps_that_say_what_they_hold(digi
     np.testing.assert_allclose(scores, Model.load(digits_fcn).run(page), rtol=1e-6, atol=1e-7)
     assert stated["classes"] == list(range(11)) and stated["labels"][10] == "background"
     assert stated["image"] == str(tmp_path / "page.npy")
+    assert {key: stated[key] for key in ("level", "downsample", "bands")} == {"level": 0, "downsample": 1.0,
+                                                                               "bands": None}
+
+
+@pytest.mark.parametrize("pad", [[], ["--pad-image", "reflect"]])
+def test_a_whole_image_map_states_how_it_was_read_as_a_tiled_one_does(digits_fcn, tmp_path, pad):
+    """A picture's whole-image .tif stated no "level", "downsample", "bands" or
+    "pad_image" (its tiled run's did): the two now state the same."""
+    tifffile = pytest.importorskip("tifffile")
+    Image = pytest.importorskip("PIL.Image")
+    import json
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 61), np.uint8)).save(tmp_path / "page.png")
+    stated = {}
+    for how in ([], ["--tile", "40"]):
+        output = tmp_path / f"map{len(how)}.tif"
+        assert run_cli("run", digits_fcn, "--image", tmp_path / "page.png", "--output", output, *pad, *how) == 0
+        description = json.loads(tifffile.TiffFile(output).pages[0].description.split("\n", 1)[1])
+        stated[len(how)] = {key: description.get(key) for key in ("level", "downsample", "bands", "pad_image")}
+    assert stated[0] == stated[2] == {"level": 0, "downsample": 1.0, "bands": None,
+                                      "pad_image": pad[1] if pad else None}
 
 
 PADDED_GREY = """
