@@ -806,7 +806,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     x = as_batch(x, model.crop_shape[0], file=args.image or args.input)
     if x.shape[0] != 1 and is_tiff_output(args.output):  # before the run, naming the file asked for
         raise GraphconvError(f"a TIFF map holds one image's map, and {os.path.basename(args.input)} holds {x.shape[0]} "
-                             "images: write .npy or .zarr", file=args.output)
+                             f"images: write .npy{'' if model.returns_vectors else ' or .zarr'}", file=args.output)
     margin = (0, 0)
     if args.pad_image:
         from graphconv.sources import pad_batch
@@ -1151,10 +1151,12 @@ def note_dense_padding(args: argparse.Namespace, model) -> None:
     image = shlex.quote(str(args.image)) if getattr(args, "image", None) else "IMAGE"
     verify = " ".join(["graphconv verify", spec, "--image", image, *_model_files_given(args)])
     edges = "cut" if len(hanging_pools(graph, padded)) == len(padded) else "padded"
+    where_this_pass_pads = ("at the image's and where each shifted copy is cut" if model.stitch_copies > 1
+                            else "only at the image's")
     note(f"note: {model.graph.name} {_pads_in(graph, padded)}, so its "
-         f"cells can differ from the classifier on each crop (each crop is {edges} at its own border, this pass only "
-         f"at the image's): `{verify}` measures by how much on your image; --crops gives the exact crop loop (the "
-         "classifier once per cell, far slower)")
+         f"cells can differ from the classifier on each crop (each crop is {edges} at its own border, this pass "
+         f"{where_this_pass_pads}): `{verify}` measures by how much on your image; --crops gives the exact crop "
+         "loop (the classifier once per cell, far slower)")
 
 
 def _pads_in(graph, padded: list[str]) -> str:
@@ -1222,11 +1224,12 @@ def _run_crops(args: argparse.Namespace, model, grid, x: np.ndarray, picture: np
     if height < grid.field.size[0] or width < grid.field.size[1]:
         raise GraphconvError(f"--crops: the input is {height}x{width}, smaller than the classifier's "
                              f"{grid.field.size[0]}x{grid.field.size[1]} crop", file=args.image or args.input)
-    batch = crops_per_batch(model, grid.crops((height, width), n))
-    check_run_fits(model.graph, batch, grid.field.size,
+    classifier = grid.model  # what runs on each crop: the network at its own stride (`CropGrid`)
+    batch = crops_per_batch(classifier, grid.crops((height, width), n))
+    check_run_fits(classifier.graph, batch, grid.field.size,
                    f"running {model.graph.name} on batches of {batch} crops", file=args.image or args.input)
     print(grid.describe((height, width), n))
-    note_cold_kernels(model, args.device)
+    note_cold_kernels(classifier, args.device)
     start = time.perf_counter()
     out = grid.whole(x, args.device)
     print(f"output shape {tuple(out.shape)} in {(time.perf_counter() - start) * 1e3:.1f} ms"

@@ -202,7 +202,7 @@ class LayerPadding:
     tolerance: float
     crops: int
     fill: str = "zero padding"  # what its padding holds ("padding of -inf": a pad layer's other value)
-    infinite: int = 0         # of `differing`, those infinite on one side only (a -inf pad's border)
+    infinite: int = 0         # of `differing`, those infinite or NaN on one side only (a -inf pad's border)
 
     @property
     def clear_agrees(self) -> bool:
@@ -216,7 +216,7 @@ class LayerPadding:
                 f"column(s) at the left, {right} at the right); {self.differing} of them differ from the "
                 f"sliding network, by up to {self.max_abs:.3g}")
         if self.infinite:
-            text += f" where both are finite ({self.infinite} hold the padding's infinity in one only)"
+            text += f" where both are finite ({self.infinite} hold an infinity, the padding's, or NaN in one only)"
         clear = h * w - self.reached
         if clear:
             text += (f"; the {clear} others agree (max {self.clear_max_abs:.2g})" if self.clear_agrees

@@ -122,6 +122,18 @@ def _change(graph: Graph, node, **params) -> dict[str, dict]:
     return {"before": before, "after": {key: _plain(node.params[key]) for key in params}}
 
 
+def merged_changes(earlier: dict, later: dict) -> dict:
+    """Two `dilate` records of one graph as one (a pipeline may dilate twice): each
+    layer's params before the first change, after the last."""
+    merged = {name: {"before": dict(change["before"]), "after": dict(change["after"])}
+              for name, change in earlier.items()}
+    for name, change in later.items():
+        entry = merged.setdefault(name, {"before": {}, "after": {}})
+        entry["before"] = {**change["before"], **entry["before"]}
+        entry["after"].update(change["after"])
+    return merged
+
+
 def _plain(value):
     return list(value) if isinstance(value, (tuple, list)) else value
 
@@ -141,11 +153,12 @@ def at_its_own_stride(graph: Graph) -> Graph:
     for node in stitched:
         coarse.remove(node.name)
     for name, change in undilated.items():
-        if name not in coarse or any(_plain(coarse.node(name).params[key]) != value
-                                     for key, value in change["after"].items()):
-            return graph
-        coarse.set_params(name, **change["before"])
+        params = coarse.node(name).params if name in coarse else {}
+        if any(key not in params or _plain(params[key]) != value for key, value in change["after"].items()):
+            return graph  # a later pass replaced or changed the layer (conv-to-fc, say)
     try:
+        for name, change in undilated.items():
+            coarse.set_params(name, **change["before"])
         infer_shapes(coarse, check_weights=False)
     except GraphconvError:
         return graph

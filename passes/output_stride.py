@@ -5,7 +5,7 @@ from __future__ import annotations
 from graphconv.errors import GraphconvError, shown
 from graphconv.ir import Graph
 from graphconv.pass_manager import register_pass
-from graphconv.strides import METHODS, cheaper_method, dilate, insert_stitch, stitch_factor
+from graphconv.strides import METHODS, cheaper_method, dilate, insert_stitch, merged_changes, stitch_factor
 
 
 # Layers that see their whole input, whatever its size: a finer stride has no meaning for
@@ -36,5 +36,6 @@ def output_stride(graph: Graph, stride: int = None, method: str = "auto") -> boo
     if method == "shift":
         insert_stitch(graph, factor, stride)
     else:
-        compiled["undilated"] = dilate(graph, stride)  # for the crop loop (`strides.at_its_own_stride`)
+        # for the crop loop (`strides.at_its_own_stride`)
+        compiled["undilated"] = merged_changes(compiled.get("undilated", {}), dilate(graph, stride))
     return True

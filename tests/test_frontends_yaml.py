@@ -491,7 +491,13 @@ def test_a_stitch_plan_that_splits_the_total_stride_loads_as_layers(write_spec):
     ("{undilated: {conv2: {before: {stride: 2}, after: {dilation: 2}}}}",
      "compiled undilated 'conv2': before and after must give the same params of ['ceil_mode', 'dilation', "
      "'padding', 'stride']"),
-    ("{undilated: {conv2: {before: {stride: -2}, after: {stride: 1}}}}", "(whole numbers from 0, or ceil_mode"),
+    ("{undilated: {conv2: {before: {stride: [-2, 2]}, after: {stride: [1, 1]}}}}", "(stride and dilation [y, x] "
+     "from 1, padding [y, x] or [top, left, bottom, right] from 0, ceil_mode true or false)"),
+    ("{undilated: {conv2: {before: {stride: [0, 2]}, after: {stride: [1, 1]}}}}", "stride and dilation [y, x]"),
+    ("{undilated: {conv2: {before: {stride: 2}, after: {stride: [1, 1]}}}}", "stride and dilation [y, x]"),
+    ("{undilated: {conv2: {before: {stride: [2, 2, 2]}, after: {stride: [1, 1]}}}}", "stride and dilation [y, x]"),
+    ("{undilated: {conv2: {before: {ceil_mode: 1}, after: {ceil_mode: false}}}}", "ceil_mode true or false"),
+    ("{undilated: {conv2: {before: {padding: [0, 0, 1]}, after: {padding: [0, 0]}}}}", "padding [y, x] or"),
     ("{undilated: {conv2: {before: {groups: 2}, after: {groups: 1}}}}", "before and after must give the same"),
 ])
 def test_compiled_plans_are_checked_at_load(write_spec, compiled, match):

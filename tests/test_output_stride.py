@@ -338,7 +338,7 @@ def test_compile_notes_the_padding_a_shifted_copy_reads(write_spec):
     assert graphconv.load(spec.parent / "auto").graph.meta["compiled"]["stride_method"] == "dilate"
 
 
-@pytest.mark.parametrize("how", ["own", "layer", "unpadded"])
+@pytest.mark.parametrize("how", ["own", "layer", "uneven", "unpadded"])
 @pytest.mark.parametrize("method", ["dilate", "shift"])
 def test_the_crop_loop_of_a_finer_model_runs_the_classifier_at_its_own_stride(how, method, write_spec, rng,
                                                                                tmp_path):
@@ -351,7 +351,9 @@ def test_the_crop_loop_of_a_finer_model_runs_the_classifier_at_its_own_stride(ho
 
     text = UNPADDED["strided"] if how == "unpadded" else padded_by(how)
     classifier = graphconv.load(write_spec(text))
-    fine = graphconv.compile_model(classifier.graph, output_stride=2, stride_method=method)
+    passes = NO_FOLD if how in ("layer", "uneven") else None  # fold-pad would leave no pad layer to dilate
+    fine = graphconv.compile_model(classifier.graph, passes, output_stride=2, stride_method=method)
+    assert bool(fine.graph.find("pad")) == (passes is not None)
     fine.save(tmp_path / "fine")
     x = random_input(rng, (1, classifier.crop_shape[0], 37, 41))
     want = crop_loop(classifier, x, 2)
@@ -377,3 +379,21 @@ def test_a_dilated_layer_a_later_pass_changed_is_left_as_it_is_for_the_crop_loop
     assert graph.node(name).params["stride"] == tuple(change["after"]["stride"])
     graph.set_params(name, stride=tuple(v + 1 for v in change["after"]["stride"]))
     assert at_its_own_stride(graph) is graph
+    replaced = fine.graph.copy()  # as conv-to-fc does to a recorded conv: a layer of no stride param
+    name = next(name for name in replaced.meta["compiled"]["undilated"] if replaced.node(name).op == "conv")
+    replaced.replace(name, "relu")
+    assert at_its_own_stride(replaced) is replaced  # it raised KeyError: 'stride'
+
+
+def test_two_dilations_in_one_pipeline_are_both_undone(write_spec):
+    """A second output-stride step replaced the first one's record: the crop classifier
+    stayed at the first step's stride."""
+    from graphconv.strides import at_its_own_stride
+
+    classifier = graphconv.load(write_spec(padded_by("own")))
+    twice = graphconv.compile_model(classifier.graph, "default,output-stride{stride=4,method=dilate},"
+                                                      "output-stride{stride=2,method=dilate}")
+    assert twice.output_stride == (2, 2)
+    coarse = at_its_own_stride(twice.graph)
+    assert total_stride(coarse) == (8, 8)
+    assert total_flops(coarse) == total_flops(graphconv.compile_model(classifier.graph).graph)

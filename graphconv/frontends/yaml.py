@@ -560,20 +560,24 @@ def _checked_undilated(block: Any, path: Path, loc: Location) -> dict:
                                  f"got {shown(change)}", loc=where)
         sides = {side: change[side] for side in ("before", "after")}
         if any(not isinstance(params, dict) or not set(_user_keys(params)) <= UNDILATED_PARAMS
-               or not all(_undilated_value(params[key]) for key in _user_keys(params)) for params in sides.values()) \
-                or set(_user_keys(sides["before"])) != set(_user_keys(sides["after"])):
+               or not all(_undilated_value(key, params[key]) for key in _user_keys(params))
+               for params in sides.values()) or set(_user_keys(sides["before"])) != set(_user_keys(sides["after"])):
             raise GraphconvError(f"compiled undilated {shown(name)}: before and after must give the same "
-                                 f"params of {sorted(UNDILATED_PARAMS)} (whole numbers from 0, or ceil_mode "
-                                 f"true/false), got {shown(change)}", loc=where)
+                                 f"params of {sorted(UNDILATED_PARAMS)} (stride and dilation [y, x] from 1, "
+                                 f"padding [y, x] or [top, left, bottom, right] from 0, ceil_mode true or false), "
+                                 f"got {shown(change)}", loc=where)
         checked[str(name)] = {side: {key: params[key] for key in _user_keys(params)} for side, params in sides.items()}
     return checked
 
 
-def _undilated_value(value: Any) -> bool:
-    if isinstance(value, bool):
-        return True
-    values = value if isinstance(value, list) else [value]
-    return 1 <= len(values) <= 4 and all(is_int(v) and 0 <= v <= MAX_INT for v in values)
+def _undilated_value(param: str, value: Any) -> bool:
+    """Whether `value` is one `dilate` records for `param` (as the layer's own param takes it)."""
+    if param == "ceil_mode":
+        return isinstance(value, bool)
+    lowest = 0 if param == "padding" else 1
+    lengths = (2, 4) if param == "padding" else (2,)
+    return (isinstance(value, list) and len(value) in lengths
+            and all(is_int(v) and lowest <= v <= MAX_INT for v in value))
 
 
 def _checked_passes(value: Any, loc: Location) -> str:
