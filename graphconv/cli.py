@@ -820,7 +820,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         from graphconv.tiled_cli import check_the_network_takes
         check_the_network_takes(args, model, args.image or args.input, x.shape[2:])
     with _naming_the_input(args.image or args.input):  # run's own check, naming the file
-        model.check_memory(x.shape[0], x.shape[2:], file=args.image or args.input)
+        model.check_memory(x.shape[0], x.shape[2:], file=args.image or args.input,
+                           hint=lambda: _whole_run_hint(args, model, x.shape[0]))
     profile: dict[str, float] | None = {} if args.profile else None
     note_cold_kernels(model, args.device)
     padding = None if args.full_map else model.padding_note(*x.shape[2:])
@@ -853,6 +854,27 @@ def _note_overflow(out: np.ndarray, source: str) -> None:
     if bad:
         note(f"note: {bad} of {out.size} output value(s) are NaN or infinite: float32 overflowed inside the "
              f"network on {source} (check its values' range, and the model's preprocess)")
+
+
+def _whole_run_hint(args: argparse.Namespace, model, images: int) -> str:
+    """What to do instead of a whole-image run over the memory limit: one image read with
+    --image runs in tiles under it (an .npy cannot be read a tile at a time), a batch in
+    smaller batches, and a shift-and-stitch model holds fy x fx shifted copies of the
+    image where its dilated form holds one."""
+    hints = []
+    if images > 1:
+        hints.append("run fewer images at a time")
+    elif args.input:
+        hints.append("save the array as a TIFF or a zarr array and run it with --image, which reads and runs it "
+                     "in tiles under the limit")
+    elif args.resize or args.full_map:
+        hints.append(f"without {'--resize' if args.resize else '--full-map'} --image runs in tiles under the limit")
+    copies = model.graph.find("shift_copies")
+    if copies:
+        fy, fx = copies[0].params["factor"]
+        hints.append(f"this model runs {fy * fx} shifted copies of the image at once (shift-and-stitch); compiled "
+                     f"with --stride-method dilate, where the network allows it, it runs one")
+    return "; or ".join(hints)
 
 
 @contextmanager

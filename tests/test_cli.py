@@ -413,6 +413,27 @@ def test_sizes_over_the_memory_limit_are_refused_before_allocating(tmp_path, arg
     assert result.stdout == "" and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("stride,batch,hints", [
+    (None, 1, ["save the array as a TIFF or a zarr array and run it with --image"]),
+    (None, 3, ["run fewer images at a time"]),
+    ("shift", 1, ["save the array as a TIFF", "runs 16 shifted copies of the image at once (shift-and-stitch); "
+                  "compiled with --stride-method dilate, where the network allows it, it runs one"]),
+])
+def test_a_whole_array_over_the_memory_limit_is_told_what_fits(tmp_path, capsys, stride, batch, hints):
+    """An .npy cannot be read a tile at a time, so a run over the limit says how to get
+    one that is (an --image TIFF/zarr runs in tiles), and a shift-and-stitch model names
+    the method that holds one copy of the image, not fy x fx."""
+    fine = ["--output-stride", 1, "--stride-method", stride] if stride else []
+    assert run_cli("compile", SPECS / "lenet.yaml", "-o", tmp_path / "m", *fine) == 0
+    np.save(tmp_path / "x.npy", np.zeros((batch, 1, 200, 200), np.float32))
+    capsys.readouterr()
+    assert run_cli("run", tmp_path / "m", "--input", tmp_path / "x.npy", "--output", tmp_path / "o.npy",
+                   "--memory-limit", "2M") == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "over the memory limit of 2.0 MB" in message and all(hint in message for hint in hints), message
+    assert ("shifted copies" in message) == (stride == "shift") and not (tmp_path / "o.npy").exists()
+
+
 def test_a_grey_model_takes_an_image(tmp_path):
     """A 1-channel model gets the image as greyscale (images used to be RGB always)."""
     pytest.importorskip("PIL")
