@@ -856,6 +856,16 @@ def _note_overflow(out: np.ndarray, source: str) -> None:
              f"network on {source} (check its values' range, and the model's preprocess)")
 
 
+def _auto_chose_the_stride_method(model) -> bool:
+    """Whether the last output-stride pass of the model's pipeline (--output-stride's, or
+    one written into --passes) left the method to auto."""
+    from graphconv.pass_manager import parse_pipeline
+
+    chosen = [options.get("method", "auto") for name, options in parse_pipeline(model.graph.meta["compiled"]["passes"])
+              if name == "output-stride"]
+    return bool(chosen) and chosen[-1] == "auto"
+
+
 def _whole_run_hint(args: argparse.Namespace, model, images: int) -> str:
     """What to do instead of a whole-image run over the memory limit: one image read with
     --image runs in tiles under it (an .npy cannot be read a tile at a time), a batch in
@@ -1610,7 +1620,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         return 0
     method = model.graph.meta["compiled"].get("stride_method")  # which one auto took was not said
     how = (f" ({'shift-and-stitch' if method == 'shift' else 'dilated'}"
-           f"{', as auto chose' if args.output_stride and args.stride_method == 'auto' else ''})") if method else ""
+           f"{', as auto chose' if _auto_chose_the_stride_method(model) else ''})") if method else ""
     print(done + f"output stride {field.stride[0]}x{field.stride[1]}{how}, each cell sees "
                  f"{field.size[0]}x{field.size[1]} pixels")
     note_padding(source)

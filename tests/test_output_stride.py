@@ -338,6 +338,21 @@ def test_compile_notes_the_padding_a_shifted_copy_reads(write_spec):
     assert graphconv.load(spec.parent / "auto").graph.meta["compiled"]["stride_method"] == "dilate"
 
 
+@pytest.mark.parametrize("pipeline,said", [
+    ("default,output-stride{stride=2}", "(dilated, as auto chose)"),
+    ("default,output-stride{stride=2,method=auto}", "(dilated, as auto chose)"),
+    ("default,output-stride{stride=2,method=dilate}", "(dilated), each"),
+    ("default,output-stride{stride=2,method=shift}", "(shift-and-stitch), each"),
+])
+def test_compile_says_auto_chose_the_method_when_output_stride_comes_through_passes(write_spec, pipeline, said):
+    from conftest import graphconv_in_process
+
+    spec = write_spec(padded_by("own"))
+    done = graphconv_in_process("compile", spec, "-o", spec.parent / "fine", "--passes", pipeline)
+    assert done.returncode == 0, done.stderr
+    assert f"output stride 2x2 {said}" in done.stdout
+
+
 @pytest.mark.parametrize("how", ["own", "layer", "uneven", "unpadded"])
 @pytest.mark.parametrize("method", ["dilate", "shift"])
 def test_the_crop_loop_of_a_finer_model_runs_the_classifier_at_its_own_stride(how, method, write_spec, rng,
