@@ -657,10 +657,10 @@ def image_tile(grid, image_hw: tuple[int, int], budget: int | None) -> int | Non
     (`tiling.choose_tile`), as a single --image's run does. A slide in a batch was
     refused, its whole-image run over the budget."""
     from graphconv.memory import memory_limit
-    from graphconv.tiling import choose_tile
+    from graphconv.tiling import choose_tile, tile_bytes
 
     budget = memory_limit() if budget is None else budget
-    if grid.peak_bytes(image_hw) <= budget:
+    if tile_bytes(grid, image_hw) <= budget:
         return None
     return choose_tile(grid, image_hw, budget)
 

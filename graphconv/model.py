@@ -441,7 +441,7 @@ class Model:
         if self.returns_vectors:
             return fewer
         try:
-            example = f"tile={choose_tile(self, tuple(image_hw), 2 * memory_limit())} fits"  # in the whole limit
+            example = f"tile={choose_tile(self, tuple(image_hw), memory_limit())} fits"
         except GraphconvError:
             example = "no tile fits the limit either"
         return (f"Model.run_tiled(x, tile) computes the same map tile by tile in bounded memory ({example})"

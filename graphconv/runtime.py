@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from graphconv.allocator import release_freed_memory
 from graphconv.backends import Backend, resolve_backend, resolve_device
 from graphconv.errors import GraphconvError, ShapeError
 from graphconv.ir import Graph, Node
@@ -166,6 +167,7 @@ class Executor:
         self.steps = [self._bind(node) for node in self._layers()]
         self._plans: OrderedDict[tuple[int, int, int], Plan] = OrderedDict()
         self._buffers: list[Any] = []
+        self._replaced_buffers = 0  # by larger ones, over the Executor's life
         self._bound: dict[tuple[int, int, int], tuple[Any, dict[str, Any], list]] = {}  # see `_bound_calls`
         self._run_values: dict[tuple[int, int, int], tuple[Any, Any]] = {}  # see `_input_and_output`
         self._lock = threading.RLock()  # run holds it while it asks plan
@@ -303,8 +305,11 @@ class Executor:
         kept = self._bound.get(key)
         if kept is not None and kept[0] == state:
             return kept[1], kept[2]
+        replaced = self._replaced_buffers
         views = {name: self._stored(self._buffer(buffer, plan.buffer_floats[buffer]), plan, name)
                  for name, buffer in plan.buffer_of.items()}
+        if self._replaced_buffers > replaced:
+            release_freed_memory()  # the buffers replaced, and the smaller runs' scratch (allocator.py)
         calls = [self._bind_values(step, views) for step in self.steps]
         self._bound = {k: v for k, v in self._bound.items() if k in self._plans}
         self._bound[key] = (state, views, calls)
@@ -331,6 +336,8 @@ class Executor:
             self._buffers.append(None)
         buffer = self._buffers[index]
         if buffer is None or buffer.size < floats:
+            if buffer is not None:
+                self._replaced_buffers += 1
             buffer = self._buffers[index] = self.backend.empty((floats,))
             self._bound.clear()  # their calls hold views of the buffer this replaces
         return buffer

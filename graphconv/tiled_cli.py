@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import glob
+import math
 import os
 import re
 import sys
@@ -24,7 +25,7 @@ from typing import Iterator
 import numpy as np
 
 from graphconv.errors import GraphconvError, printable
-from graphconv.memory import check_fits, format_size, memory_limit
+from graphconv.memory import FLOAT_BYTES, check_fits, format_size, memory_limit
 
 
 def grid_for(args: argparse.Namespace, model):
@@ -74,7 +75,8 @@ def wants_tiles(args: argparse.Namespace, model, grid) -> bool:
     size = _image_size(args.image)
     if size is None or size[0] < model.crop_shape[1] or size[1] < model.crop_shape[2]:
         return False  # the whole-image path reports what is wrong with the file or its size
-    return grid.peak_bytes(size) > memory_limit()
+    from graphconv.tiling import tile_bytes
+    return tile_bytes(grid, size) > _tile_budget(args, grid, size)
 
 
 def _image_size(path: str) -> tuple[int, int] | None:
@@ -91,7 +93,7 @@ def _image_size(path: str) -> tuple[int, int] | None:
 def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     from graphconv.georef import cell_placement, map_contents
     from graphconv.sources import on_image
-    from graphconv.tiling import CropGrid, DenseGrid, MapFile, choose_tile, map_transform, plan_tiles
+    from graphconv.tiling import CropGrid, DenseGrid, MapFile, choose_tile, map_transform, plan_tiles, tile_bytes
 
     if args.scales or args.profile or args.full_map:
         raise GraphconvError("--scales, --profile and --full-map take a whole-image run (a TIFF, a zarr "
@@ -118,19 +120,20 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
                              f"{crop_hw[0]}x{crop_hw[1]} crop", file=args.image)
     tile = args.tile
     resume = getattr(args, "resume", False)
+    budget = _tile_budget(args, grid, image_hw)
     if tile is None and resume:
         from graphconv.cluster import partial_map_tile
-        tile = partial_map_tile(args.output, grid, image_hw, memory_limit())
+        tile = partial_map_tile(args.output, grid, image_hw, budget)
     background = _background(args, source, grid)
     if tile is None and background is not None:
-        tile = background.cheapest_tile(grid, image_hw)
-    whole = grid.peak_bytes(image_hw) if tile is None else None
+        tile = background.cheapest_tile(grid, image_hw, budget)
+    whole = tile_bytes(grid, image_hw) if tile is None else None
     if tile is None:
-        tile = choose_tile(grid, image_hw, memory_limit())
+        tile = choose_tile(grid, image_hw, budget)
     plan = plan_tiles(grid, image_hw, tile)
-    if whole is not None and whole > memory_limit():  # the tiles as planned (whole cells: a few pixels under)
+    if whole is not None and whole > budget:  # the tiles as planned (whole cells: a few pixels under)
         print(f"note: the whole {image_hw[0]}x{image_hw[1]} image would need {format_size(whole)}, "
-              f"over the {format_size(memory_limit())} budget: evaluating it in exact tiles of up to "
+              f"over the {format_size(budget)} {_what_the_budget_is(args)}: evaluating it in exact tiles of up to "
               f"{plan.tile_hw[0]}x{plan.tile_hw[1]} pixels", file=sys.stderr)
     check_fits(grid.peak_bytes(plan.tile_hw), f"a {plan.tile_hw[0]}x{plan.tile_hw[1]} tile (use a smaller --tile)",
                file=args.image)
@@ -160,7 +163,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
         raise GraphconvError(f"the score map is {format_size(nbytes)}: give --output MAP.npy or MAP.zarr "
                              "(written tile by tile), or make it smaller with --reduce argmax or --classes")
     if args.tile is not None and background is None:
-        _note_a_wasteful_tile(grid, image_hw, plan)
+        _note_a_wasteful_tile(grid, image_hw, plan, budget)
     if isinstance(grid, CropGrid):
         print(grid.describe(image_hw))
     print(f"tiles: {plan.describe()}", file=sys.stderr)
@@ -222,7 +225,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
 WASTEFUL = 1.5  # computing this many times the image's pixels, and a larger tile 1/WASTEFUL of it, is worth a note
 
 
-def _note_a_wasteful_tile(grid, image_hw: tuple[int, int], plan) -> None:
+def _note_a_wasteful_tile(grid, image_hw: tuple[int, int], plan, budget: int) -> None:
     """A --tile so small that each tile's halo, computed again by its neighbours, is most
     of the work (a 200 px tile over a slide: 15.9x the image's pixels) while the memory
     budget allows a tile that computes much less: say so, with that tile."""
@@ -231,7 +234,7 @@ def _note_a_wasteful_tile(grid, image_hw: tuple[int, int], plan) -> None:
     if plan.overhead < WASTEFUL:
         return
     try:
-        roomy = choose_tile(grid, image_hw, memory_limit())
+        roomy = choose_tile(grid, image_hw, budget)
     except GraphconvError:
         return
     better = plan_tiles(grid, image_hw, roomy)
@@ -597,6 +600,24 @@ def _map_options(args: argparse.Namespace, grid):
                       memory_limit=_budget_per_process(args), resume=getattr(args, "resume", False),
                       resize=tuple(args.resize) if args.resize else None, mask=getattr(args, "mask", None),
                       pad_image=getattr(args, "pad_image", None))
+
+
+def _tile_budget(args: argparse.Namespace, grid, image_hw: tuple[int, int]) -> int:
+    """What one tile's run may take: the command's budget, less the score map where it
+    is held in memory (no --output), shared among a local cluster's workers, each of which
+    runs a tile at a time beside the others (with --workers 2 each tile was chosen for the
+    whole budget: 758 MB -> 2.1 GB under a 1 GB limit). A --scheduler's workers have their
+    machines' memory; the tile is chosen for the command's budget, as before."""
+    if args.scheduler:
+        return memory_limit()
+    held = 0 if args.output else FLOAT_BYTES * grid.model.output_channels * math.prod(grid.map_hw(image_hw))
+    return max(memory_limit() - held, memory_limit() * 3 // 4) // max(1, args.workers or 1)
+
+
+def _what_the_budget_is(args: argparse.Namespace) -> str:
+    if args.workers and not args.scheduler:
+        return f"each of the {args.workers} workers may take (the memory limit's share)"
+    return "budget"
 
 
 def _budget_per_process(args: argparse.Namespace) -> int | None:

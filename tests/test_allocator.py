@@ -40,3 +40,30 @@ def test_it_is_applied_once(monkeypatch):
     monkeypatch.setattr(allocator, "_configure_glibc", lambda: calls.append(1) or True)
     assert allocator.keep_freed_memory() and allocator.keep_freed_memory()
     assert calls == [1]
+
+
+@pytest.mark.skipif(not GLIBC, reason="only glibc has malloc_trim")
+def test_released_memory_leaves_the_process():
+    """Freed blocks kept in the heap stay resident until `release_freed_memory` hands
+    their pages back: what the runtime does when larger inputs replace its buffers."""
+    code = ("import numpy as np; from graphconv import allocator; allocator.keep_freed_memory(); "
+            "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * 4096 >> 20; "
+            "big = np.ones(50 << 20, np.float32); after = np.ones(1 << 10, np.float32); del big; "
+            "kept = rss(); allocator.release_freed_memory(); print(kept - rss())")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(result.stdout) >= 150  # of the 200 MB freed
+
+
+def test_the_runtime_releases_memory_only_when_larger_inputs_replace_its_buffers(monkeypatch):
+    import numpy as np
+    import graphconv
+    from graphconv import runtime
+
+    released = []
+    monkeypatch.setattr(runtime, "release_freed_memory", lambda: released.append(1))
+    from conftest import SPECS
+
+    executor = graphconv.compile_model(SPECS / "lenet.yaml").executor("cpu")
+    for side, replaced in ((32, 0), (32, 0), (64, 1), (32, 1), (64, 1), (96, 2), (64, 2)):
+        executor.run(np.zeros((1, 1, side, side), np.float32))
+        assert len(released) == replaced, side

@@ -169,8 +169,8 @@ def test_the_default_tile_reads_the_fewest_pixels_with_tissue(lenet, monkeypatch
     assert pixels_read(chosen) <= 1.2 * fewest  # the sizes tried are a sample
     assert pixels_read(chosen) < pixels_read(500) / 4  # against one tile of the whole page
     # within a budget of its own (an --images worker's share of the command's), not this process's
-    from graphconv.tiling import choose_tile
-    budget = 2 * grid.peak_bytes((64, 64))
+    from graphconv.tiling import choose_tile, tile_bytes
+    budget = tile_bytes(grid, (64, 64))
     small = choose_tile(grid, (400, 500), budget)
     assert background.cheapest_tile(grid, (400, 500), budget) <= small < max(chosen, 100)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import re
 import shutil
@@ -1170,7 +1171,7 @@ def test_cli_an_upsampling_network_on_a_tiff_picks_its_own_tiles(tmp_path):
     be of such a box (an odd one failed with "concat needs inputs of one spatial size").
     The map is the whole image's, in one tile or, with less memory, in several."""
     whole = _unet_on_a_scene(tmp_path, (256, 192), seed=5)
-    for memory, one_tile in (([], True), (["--memory-limit", "80M"], False)):
+    for memory, one_tile in (([], True), (["--memory-limit", "40M"], False)):
         result = graphconv("run", tmp_path / "unet.yaml", "--image", tmp_path / "scene.tif", *memory,
                            "--output", tmp_path / "tiled.npy")
         assert result.returncode == 0, result.stderr
@@ -1525,6 +1526,30 @@ def test_memory_limit_given_with_a_scheduler_is_each_worker_s_budget():
         local = _budget_per_process(argparse.Namespace(scheduler=None, workers=2, memory_limit="300M"))
     assert given == 300 * 2 ** 20 and local == given // 2
     assert _budget_per_process(argparse.Namespace(scheduler="tcp://h:8786", workers=None, memory_limit=None)) is None
+
+
+def test_a_tile_s_budget_is_the_limit_shared_among_local_workers_less_a_map_held_in_memory(model_dir):
+    """With --workers 2 each tile was chosen for the whole --memory-limit, and two ran at
+    once: 758 MB -> 2.1 GB under 1 GB. A map held in memory (no --output) is beside them."""
+    import argparse
+
+    from graphconv.memory import memory_limit_set
+    from graphconv.tiled_cli import _tile_budget
+    from graphconv.tiling import DenseGrid
+
+    grid = DenseGrid(Model.load(model_dir))
+    cells = grid.model.output_channels * math.prod(grid.map_hw((4000, 4000)))
+
+    def budget(**given):
+        args = dict(scheduler=None, workers=None, output="map.npy")
+        return _tile_budget(argparse.Namespace(**{**args, **given}), grid, (4000, 4000))
+
+    with memory_limit_set("300M"):
+        assert budget() == 300 << 20
+        assert budget(workers=3) == (300 << 20) // 3
+        assert budget(output=None) == (300 << 20) - 4 * cells
+        assert budget(output=None, workers=2) == ((300 << 20) - 4 * cells) // 2
+        assert budget(scheduler="tcp://h:8786", workers=None) == 300 << 20  # each worker has its own machine
 
 
 def test_a_scheduler_address_dask_cannot_parse_is_one_line(model_dir, picture, tmp_path):
@@ -1983,15 +2008,14 @@ def test_cli_a_tile_whose_halo_is_most_of_the_work_is_noted(model_dir, picture, 
     np.testing.assert_allclose(np.load(tmp_path / "s.npy"), np.load(tmp_path / "w.npy"), rtol=1e-5, atol=1e-7)
 
 
-def test_a_wasteful_tile_s_note_names_a_roomier_tile_where_the_image_needs_several(model_dir, monkeypatch, capsys):
+def test_a_wasteful_tile_s_note_names_a_roomier_tile_where_the_image_needs_several(model_dir, capsys):
     """...and not a tile larger than the image (--tile 4015 for a 4000x4000 one) where
     one tile holds it all."""
     import graphconv.tiled_cli as tiled_cli
     from graphconv.tiling import DenseGrid, plan_tiles
 
-    monkeypatch.setattr(tiled_cli, "memory_limit", lambda: 128 << 20)
     grid = DenseGrid(Model.load(model_dir))
-    tiled_cli._note_a_wasteful_tile(grid, (600, 700), plan_tiles(grid, (600, 700), 48))
+    tiled_cli._note_a_wasteful_tile(grid, (600, 700), plan_tiles(grid, (600, 700), 48), 64 << 20)
     note = re.search(r"--tile (\d+) would compute ([\d.]+)x, within the memory budget", capsys.readouterr().err)
     assert note and int(note.group(1)) < 700 and len(plan_tiles(grid, (600, 700), int(note.group(1))).tiles) > 1
 

@@ -16,7 +16,7 @@ import graphconv
 from graphconv.compiler import compile_model
 from graphconv.errors import GraphconvError
 from graphconv.tiling import (CropGrid, MapFile, as_grid, choose_tile, map_transform, min_tile, plan_tiles,
-                              run_tiled)
+                              run_tiled, tile_bytes)
 
 from conftest import SPECS, random_input
 from nets import GATED, UNPADDED
@@ -425,8 +425,9 @@ def test_crop_grid_tiles_are_capped_by_work_and_memory():
     assert choose_tile(grid, (5000, 5000), 8 << 30) == 12 + 31 * 4
     assert choose_tile(grid, (30, 5000), 8 << 30) == 12 + 31 * 4
     assert choose_tile(grid, (50, 60), 8 << 30) == 60
-    budget = 2 * grid.peak_bytes((60, 60))
-    assert 12 <= choose_tile(grid, (5000, 5000), budget) <= 60
+    budget = tile_bytes(grid, (60, 60))
+    short = choose_tile(grid, (5000, 5000), budget)
+    assert 60 <= short < 12 + 31 * 4 and tile_bytes(grid, (short, short)) <= budget
     with pytest.raises(GraphconvError, match="smaller than the classifier's 12x12 crop"):
         plan_tiles(grid, (11, 50), 20)
 
@@ -497,10 +498,10 @@ def test_without_tile_memory_is_estimated_for_the_box_a_tile_reads(compiled):
     """The estimate is for what runs: a tile past the image reads only the image, so a
     budget that holds the image's run holds the one tile."""
     model = compiled("padded")
-    budget = 2 * as_grid(model).peak_bytes((100, 100))
+    budget = tile_bytes(as_grid(model), (100, 100))
     plan = plan_tiles(model, (100, 100), choose_tile(model, (100, 100), budget))
     assert len(plan.tiles) == 1
-    smaller = plan_tiles(model, (100, 100), choose_tile(model, (100, 100), budget - 2))
+    smaller = plan_tiles(model, (100, 100), choose_tile(model, (100, 100), budget - 1))
     assert len(smaller.tiles) > 1
 
 
@@ -637,10 +638,11 @@ def test_a_budget_no_tile_fits_says_what_the_smallest_needs():
     from graphconv.memory import format_size
 
     grid = as_grid(compile_model(SPECS / "lenet.yaml"))
-    need = grid.peak_bytes((max(grid.smallest_tile()),) * 2)
+    need = tile_bytes(grid, (max(grid.smallest_tile()),) * 2)
     with pytest.raises(GraphconvError, match=rf"even the smallest tile \(\d+x\d+\) needs {format_size(need)}, over "
-                                             rf"the {format_size(need // 2)} a tile may take \(half of the memory limit"):
-        choose_tile(grid, (5000, 5000), need)
+                                             rf"the {format_size(need // 2)} a tile may take$"):
+        choose_tile(grid, (5000, 5000), need // 2)
+    assert choose_tile(grid, (5000, 5000), need) >= max(grid.smallest_tile())
 
 
 def test_a_plan_describes_the_cells_its_tiles_write():
