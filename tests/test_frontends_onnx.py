@@ -315,19 +315,86 @@ def test_prelu_slopes_follow_onnx_broadcasting(tmp_path, rng):
                                onnxruntime_scores(per_channel, x), **TOLERANCE)
 
 
-def test_an_op_graphconv_has_no_converter_for_is_folded_when_its_inputs_are_constants(tmp_path, rng):
+@pytest.mark.parametrize("opset", [13, 17, 19, 21])
+def test_an_op_graphconv_has_no_converter_for_is_folded_when_its_inputs_are_constants(tmp_path, rng, opset):
     """A weight-only quantized model dequantizes its int8 conv weights in the graph: every
-    input of DequantizeLinear is a constant, yet it was refused as an unsupported op."""
+    input of DequantizeLinear is a constant, yet it was refused as an unsupported op; and
+    at op sets 13 to 18, which PyTorch's and onnxruntime's quantizers write, ONNX's
+    reference evaluator has no DequantizeLinear (it starts at 19): folded as 19."""
     helper = onnx.helper
     quantized = rng.integers(-127, 128, (4, 3, 3, 3)).astype(np.int8)
     inits = {"wq": quantized, "scale": np.float32(0.02), "zero": np.int8(3)}
     nodes = [helper.make_node("DequantizeLinear", ["wq", "scale", "zero"], ["w"]),
              helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])]
-    path = onnx_file(tmp_path / "quantized.onnx", nodes, inits, opset=19, input_shape=(1, 3, 8, 8))
+    path = onnx_file(tmp_path / "quantized.onnx", nodes, inits, opset=opset, input_shape=(1, 3, 8, 8))
     graph = load_network(path, task="segmentation")
     assert [n.op for n in graph.layers()] == ["conv"]
     x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
     np.testing.assert_allclose(Model(graph).run(x), onnxruntime_scores(path, x), **TOLERANCE)
+
+
+def test_constants_cast_like_the_feature_map_are_float32_constants(tmp_path, rng):
+    """PyTorch's dynamo exporter with optimize=False writes CastLike(constant, map) for a
+    bias-free conv's bias and ReLU6's bounds: refused as an unsupported op."""
+    helper = onnx.helper
+    inits = {"w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "zero": np.zeros(4, np.float64),
+             "low": np.float32(0.0), "high": np.int64(6)}
+    nodes = [helper.make_node("CastLike", ["zero", "x"], ["bias"]),
+             helper.make_node("Conv", ["x", "w", "bias"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("CastLike", ["low", "c"], ["lo"]),
+             helper.make_node("CastLike", ["high", "c"], ["hi"]),
+             helper.make_node("CastLike", ["c", "lo"], ["same"]),
+             helper.make_node("Clip", ["same", "lo", "hi"], ["y"])]
+    path = onnx_file(tmp_path / "castlike.onnx", nodes, inits, opset=17, input_shape=(1, 3, 8, 8))
+    graph = load_network(path, task="segmentation")
+    assert [n.op for n in graph.layers()] == ["conv", "clip"]
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32) * 4
+    np.testing.assert_allclose(Model(graph).run(x), onnxruntime_scores(path, x), **TOLERANCE)
+    nodes[-2] = helper.make_node("CastLike", ["c", "high"], ["same"])  # to int64: the map rounded
+    path = onnx_file(tmp_path / "to_int.onnx", nodes, inits, opset=17, input_shape=(1, 3, 8, 8))
+    with pytest.raises(GraphconvError, match="CastLike of the image's feature map to int64; graphconv computes in "
+                                             "float32"):
+        load_network(path, task="segmentation")
+
+
+def test_a_file_of_two_outputs_is_told_how_to_keep_one(tmp_path, rng):
+    """(logits, probs) or (logits, features): refused before any node is read, with the
+    onnx call that cuts the file to the output wanted; that call's file loads."""
+    helper = onnx.helper
+    inits = {"w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"]), helper.make_node("Softmax", ["y"], ["p"], axis=1),
+             helper.make_node("ArgMax", ["y"], ["z"], axis=1)]  # no converter: refused, were it read
+    graph = helper.make_graph(
+        nodes, "two", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4, 6, 6]),
+         helper.make_tensor_value_info("p", onnx.TensorProto.FLOAT, ["N", 4, 6, 6]),
+         helper.make_tensor_value_info("z", onnx.TensorProto.INT64, ["N", 1, 6, 6])],
+        [onnx.numpy_helper.from_array(v, k) for k, v in inits.items()])
+    path = tmp_path / "two.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(GraphconvError) as err:
+        load_network(path, task="segmentation")
+    assert str(err.value) == ("two.onnx: has 3 outputs ('y', 'p', 'z'); graphconv reads networks with one: keep the "
+                              "one you want with onnx.utils.extract_model('two.onnx', 'one.onnx', ['x'], ['y'])")
+    onnx.utils.extract_model(str(path), str(tmp_path / "one.onnx"), ["x"], ["p"])
+    assert [n.op for n in load_network(tmp_path / "one.onnx", task="segmentation").layers()] == ["conv", "softmax"]
+
+
+def test_a_file_exported_without_its_weights_says_so(tmp_path):
+    """export_params=False makes every parameter a graph input: "has 9 inputs" did not say why."""
+    helper = onnx.helper
+    nodes = [helper.make_node("Conv", ["x", "conv.weight", "conv.bias"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "noparams", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 8, 8]),
+                            helper.make_tensor_value_info("conv.weight", onnx.TensorProto.FLOAT, [4, 3, 3, 3]),
+                            helper.make_tensor_value_info("conv.bias", onnx.TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
+    path = tmp_path / "noparams.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(GraphconvError, match=r"has 3 inputs \('x', 'conv.weight', 'conv.bias'\); graphconv reads "
+                                             r"classifiers with one image input; the others are read as weights: "
+                                             r"the file holds none \(exported with export_params=False\?\)"):
+        load_network(path, task="segmentation")
 
 
 class _GatedConv(torch.nn.Module):

@@ -297,6 +297,7 @@ class _Importer:
 
     # -- driving --
     def run(self) -> tuple[Graph, dict[str, np.ndarray]]:
+        self._check_one_output()
         for init in self.model.graph.initializer:
             self.values[init.name] = self.read_tensor(init, f"initializer {shown(init.name)}")
         self._add_input()
@@ -363,6 +364,17 @@ class _Importer:
                                  f"{shown(str(err), 100)[1:-1]} (a damaged or truncated file?)",
                                  file=self.source) from None
 
+    def _weights_as_inputs(self, inputs: list) -> str:
+        """Why a file has inputs besides the image, where it is because it holds no weights:
+        PyTorch's export_params=False makes every parameter an input, read by the layers as
+        their weights (a node's input past its first) and never as the map they work on."""
+        read_as_map = {node.input[0] for node in self.nodes if node.input}
+        parameters = [i for i in inputs if i.name not in read_as_map]
+        if len(parameters) != len(inputs) - 1 or not parameters:
+            return ""
+        return ("; the others are read as weights: the file holds none (exported with export_params=False?), "
+                "export it again with its weights (torch.onnx.export's export_params=True, the default)")
+
     def _count_uses(self) -> dict[str, int]:
         uses: dict[str, int] = {}
         for node in self.nodes:
@@ -372,12 +384,21 @@ class _Importer:
             uses[out.name] = uses.get(out.name, 0) + 1
         return uses
 
-    def _add_input(self) -> None:
+    def _graph_inputs(self) -> list:
+        """The graph's inputs that no initializer gives (keep_initializers_as_inputs lists those too)."""
         initialized = {init.name for init in self.model.graph.initializer}
-        inputs = [i for i in self.model.graph.input if i.name not in initialized]
+        return [i for i in self.model.graph.input if i.name not in initialized]
+
+    def _image_input_name(self) -> str:
+        inputs = self._graph_inputs()
+        return inputs[0].name if inputs else ""
+
+    def _add_input(self) -> None:
+        inputs = self._graph_inputs()
         if len(inputs) != 1:
             raise GraphconvError(f"has {len(inputs)} inputs ({', '.join(shown(i.name) for i in inputs)}); "
-                                 "graphconv reads classifiers with one image input", file=self.source)
+                                 f"graphconv reads classifiers with one image input{self._weights_as_inputs(inputs)}",
+                                 file=self.source)
         onnx_input = inputs[0]
         dims = list(onnx_input.type.tensor_type.shape.dim)
         if len(dims) not in (3, 4):
@@ -455,11 +476,21 @@ class _Importer:
                                      f"{shown(input_name)} is fixed at {fixed_size}", file=self.source)
         return crop_h, crop_w
 
+    def _check_one_output(self) -> None:
+        """Before any node is read: a file of several outputs ((logits, probs), (logits,
+        features)) is refused with the line that cuts it to one, not with an op of a branch
+        the user does not want."""
+        names = [o.name for o in self.model.graph.output]
+        if len(names) > 1:
+            raise GraphconvError(f"has {len(names)} outputs ({', '.join(shown(n) for n in names)}); graphconv reads "
+                                 f"networks with one: keep the one you want with onnx.utils.extract_model("
+                                 f"{shown(os.path.basename(self.source))}, 'one.onnx', "
+                                 f"[{shown(self._image_input_name())}], [{shown(names[0])}])", file=self.source)
+
     def _set_output(self) -> None:
         outputs = list(self.model.graph.output)
         if len(outputs) != 1:
-            raise GraphconvError(f"has {len(outputs)} outputs; graphconv reads networks with one",
-                                 file=self.source)
+            raise GraphconvError(f"has {len(outputs)} outputs; graphconv reads networks with one", file=self.source)
         value = self.values.get(outputs[0].name)
         if not isinstance(value, Tensor):
             raise GraphconvError(f"its output {shown(outputs[0].name)} does not depend on the input",
@@ -596,7 +627,8 @@ class _Importer:
                              for n in inputs],
             [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None)
              for o in node.output if o])
-        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", self.opset)])
+        opset = max(self.opset, FOLDED_FROM_OPSET.get(node.op_type, 0))
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
         try:
             results = ReferenceEvaluator(model).run(None, {n: self.values[n] for n in inputs})
         except Exception as err:  # the reference implementation raises whatever numpy raises
@@ -619,6 +651,14 @@ class _MissingAttribute(Exception):
 class _Attributes(dict):
     def __missing__(self, key: str):
         raise _MissingAttribute(key)
+
+
+FOLDED_FROM_OPSET = {"DequantizeLinear": 19, "QuantizeLinear": 19}
+"""Ops whose constants ONNX's reference evaluator folds only from a later op set than the
+file's, where that version computes what the file's does: DequantizeLinear and
+QuantizeLinear past 13 only add types (float8, int4) and block_size, so a weight-only
+int8 model of op set 13 to 18 (PyTorch's and onnxruntime's quantizers write those) is
+folded as op set 19 (onnx 1.23 implements 19 on; op set 17 was refused)."""
 
 
 def unsupported(op_type: str, producer: str = "") -> str:
@@ -2031,6 +2071,22 @@ def _cast(imp: _Importer, node) -> None:
     if to not in FLOAT_TYPES:
         raise imp.error(f"Cast of the image's feature map to {to}; graphconv computes in float32 and casts "
                         "only between float types")
+    imp.alias(node, imp.tensor(node.input[0], (NCHW, NHWC, GROUPED, GREY_PLANE)))
+
+
+@converts("CastLike")
+def _cast_like(imp: _Importer, node) -> None:
+    """CastLike(value, like): `value` cast to `like`'s type. PyTorch's dynamo exporter
+    (optimize=False) casts constants like the feature map: a bias-free conv's zero bias,
+    ReLU6's bounds. graphconv's maps are float32, so such a constant becomes float32; a
+    map cast like a float is Cast's no-op. (Both constants: folded before this.)"""
+    value, like = imp.values.get(node.input[0]), imp.values.get(node.input[1])
+    if isinstance(like, np.ndarray) and not np.issubdtype(like.dtype, np.floating):
+        raise imp.error(f"CastLike of the image's feature map to {like.dtype}; graphconv computes in float32 and "
+                        "casts only between float types")
+    if isinstance(value, np.ndarray):
+        imp.values[node.output[0]] = value.astype(np.float32)
+        return
     imp.alias(node, imp.tensor(node.input[0], (NCHW, NHWC, GROUPED, GREY_PLANE)))
 
 
