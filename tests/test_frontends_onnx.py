@@ -315,7 +315,7 @@ def test_prelu_slopes_follow_onnx_broadcasting(tmp_path, rng):
                                onnxruntime_scores(per_channel, x), **TOLERANCE)
 
 
-@pytest.mark.parametrize("opset", [13, 17, 19, 21])
+@pytest.mark.parametrize("opset", [10, 13, 17, 19, 21])
 def test_an_op_graphconv_has_no_converter_for_is_folded_when_its_inputs_are_constants(tmp_path, rng, opset):
     """A weight-only quantized model dequantizes its int8 conv weights in the graph: every
     input of DequantizeLinear is a constant, yet it was refused as an unsupported op; and
