@@ -20,7 +20,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -617,16 +617,17 @@ def render_heatmap(image: np.ndarray, scores: np.ndarray, field: Field, *, title
     """The heatmap as a Pillow RGB image (see `save_heatmap`); `scores` may be a
     `sample`'s values (the cells its pixels show, of a map too large to read whole)."""
     _pil()
-    values = _per_pixel(scores, field, image.shape[1:], sample)
     if value_range is None:
         low, high, auto_note = heatmap_range(scores, "map", False)
         scale_note = scale_note or auto_note
     else:
         low, high = value_range
-    level = _level(values, low, high)
-    picture = _as_rgb(image)
-    blended = np.where(np.isnan(values), picture, (1 - BLEND) * picture + BLEND * _colours(level))
-    panel = _panel(blended, display_hw)
+
+    def colours(rows: slice) -> tuple[np.ndarray, np.ndarray]:
+        values = _per_pixel(scores, field, image.shape[1:], sample, rows)
+        return _colours(_level(values, low, high)), np.isnan(values)
+
+    panel = _panel(_blended(image, colours, BLEND), display_hw)
     bar = _colours(np.linspace(1, 0, max(panel.size[1], 96))[:, None].repeat(BAR_WIDTH, 1))
     ticks = [(0.0, high), (0.5, (low + high) / 2), (1.0, low)]
     lines = [title or "score map"]
@@ -661,12 +662,13 @@ def render_class_map(image: np.ndarray, best: np.ndarray, classes: int, field: F
     `sample`'s, of a tiled run's map: the cells its pixels show, made a block of rows at
     a time, and the whole map's counts); cells NOT_COMPUTED leave the picture as it is."""
     _pil()
-    cells = _per_pixel(best, field, image.shape[1:], sample)
     palette = class_palette(classes)
-    picture = _as_rgb(image)
-    blended = (1 - TOP_BLEND) * picture + TOP_BLEND * palette.astype(np.float32)[cells].transpose(2, 0, 1)
-    blended = np.where(cells == NOT_COMPUTED, picture, blended)
-    panel = _panel(blended, display_hw)
+
+    def colours(rows: slice) -> tuple[np.ndarray, np.ndarray]:
+        cells = _per_pixel(best, field, image.shape[1:], sample, rows)
+        return palette.astype(np.float32)[cells].transpose(2, 0, 1), cells == NOT_COMPUTED
+
+    panel = _panel(_blended(image, colours, TOP_BLEND), display_hw)
     sy, sx = panel.size[1] / image.shape[1], panel.size[0] / image.shape[2]
     from PIL import ImageDraw
     draw = ImageDraw.Draw(panel)
@@ -745,12 +747,33 @@ def heatmap_title(klass: int, labels: list[str] | None) -> str:
     return f"class {klass}" + (f": {label}" if label and label != str(klass) else "")
 
 
-def _per_pixel(cells: np.ndarray, field: Field, image_hw, sample: MapSample | None = None) -> np.ndarray:
-    """A (rows, cols) map spread over the image: each pixel takes the cell whose field is
-    centred nearest (`cells` is a `sample`'s values, where given: it says which)."""
+def _per_pixel(cells: np.ndarray, field: Field, image_hw, sample: MapSample | None = None,
+               rows: slice = slice(None)) -> np.ndarray:
+    """A (rows, cols) map spread over the image's `rows`: each pixel takes the cell whose
+    field is centred nearest (`cells` is a `sample`'s values, where given: it says which)."""
     height, width = image_hw
     ys, xs = sample.at if sample is not None else cell_index_map(field, cells.shape[0], cells.shape[1], height, width)
-    return cells[ys[:, None], xs[None, :]]
+    return cells[ys[rows, None], xs[None, :]]
+
+
+BLEND_ROWS = 128  # rows of the picture blended at a time
+
+
+def _blended(image: np.ndarray, colours: Callable[[slice], tuple[np.ndarray, np.ndarray]],
+             share: float) -> np.ndarray:
+    """The (C, H, W) image (grey, RGB or RGBA on 0..255) as (H, W, 3) uint8 RGB, `share`
+    of each pixel's colour the one `colours(rows)` gives ((3, h, W) on 0..255, and where
+    to leave the picture as it is), BLEND_ROWS rows at a time: blended whole in float, a
+    2048x2048 heatmap took 330-420 MB over a run's own memory, a band 6 MB."""
+    height, width = image.shape[1:]
+    out = np.empty((height, width, 3), np.uint8)
+    for top in range(0, height, BLEND_ROWS):
+        rows = slice(top, min(height, top + BLEND_ROWS))
+        picture = _as_rgb(image[:, rows])
+        over, kept = colours(rows)
+        blended = np.where(kept, picture, (1 - share) * picture + share * over)
+        out[rows] = np.clip(blended, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+    return out
 
 
 def _level(values: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -767,11 +790,11 @@ def _colours(level: np.ndarray) -> np.ndarray:
 
 
 def _panel(rgb: np.ndarray, display_hw: tuple[int, int] | None):
-    """The (3, H, W) picture as a Pillow image, with the aspect ratio of `display_hw` (the
-    image before the network's resize) and enlarged when small, so text fits beside it."""
+    """The (H, W, 3) uint8 picture as a Pillow image, with the aspect ratio of `display_hw`
+    (the image before the network's resize) and enlarged when small, so text fits beside it."""
     image_mod = _pil()
-    panel = image_mod.fromarray(np.clip(rgb, 0, 255).astype(np.uint8).transpose(1, 2, 0))
-    height, width = rgb.shape[1:]
+    panel = image_mod.fromarray(rgb)
+    height, width = rgb.shape[:2]
     if display_hw is not None and display_hw[0] * width != display_hw[1] * height:
         width = max(1, round(height * display_hw[1] / display_hw[0]))
     factor = max(1, -(-HEATMAP_MIN_SIDE // max(height, width)))

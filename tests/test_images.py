@@ -533,6 +533,32 @@ def test_a_fixed_scale_keeps_noise_dim_and_the_bar_shows_the_real_values(rng):
     assert images.heatmap_range(noise, (-1.0, 2.0), False)[:2] == (-1.0, 2.0)
 
 
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_a_heatmap_blended_a_band_of_rows_at_a_time_is_the_one_blended_whole(rng, monkeypatch, channels):
+    """The blend goes BLEND_ROWS rows at a time (whole, in float, a 2048x2048 heatmap
+    took 330-420 MB over a run's own memory): bands that cut the picture and its cells
+    anywhere give the same pixels, NaN cells showing the picture, for both renderers."""
+    image = rng.uniform(0, 255, (channels, 203, 61)).astype(np.float32)
+    scores = rng.uniform(0, 1, (50, 14))
+    scores[3:7, 2:5] = np.nan
+    best = rng.integers(-1, 5, (50, 14))
+
+    def drawn():
+        return (np.asarray(images.render_heatmap(image, scores, FIELD, title="t", value_range=(0, 1))),
+                np.asarray(images.render_class_map(image, best, 5, FIELD)))
+
+    monkeypatch.setattr(images, "BLEND_ROWS", 10_000)
+    whole = drawn()
+    monkeypatch.setattr(images, "BLEND_ROWS", 7)
+    for banded, once in zip(drawn(), whole):
+        np.testing.assert_array_equal(banded, once)
+    panel = panel_of(images.render_heatmap(image, np.full_like(scores, np.nan), FIELD, title="t",
+                                           value_range=(0, 1)))
+    factor = panel.shape[0] // image.shape[1]  # a small picture is enlarged, pixel by pixel
+    shown = np.repeat(image, 3, axis=0) if channels == 1 else image[:3]  # where no cell is computed
+    np.testing.assert_array_equal(panel[::factor, ::factor], shown.transpose(1, 2, 0).astype(np.uint8))
+
+
 def test_the_colour_bar_runs_red_to_blue_beside_the_picture(rng):
     picture = images.render_heatmap(np.zeros((3, 40, 40), np.float32), rng.uniform(0, 1, (9, 9)), FIELD,
                                     title="class 1: cat", value_range=(0, 1))
