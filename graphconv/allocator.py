@@ -29,6 +29,7 @@ M_MMAP_MAX = -4
 NEVER_TRIM = 2 ** 31 - 1
 
 _applied: bool | None = None
+_malloc_trim = None  # glibc's, found once by `_configure_glibc` (find_library runs ldconfig)
 
 
 def keep_freed_memory() -> bool:
@@ -44,14 +45,12 @@ def release_freed_memory() -> None:
     allocate in their own) back to the OS (malloc_trim), where `keep_freed_memory`
     applied: the blocks stay the allocator's, and cost a page fault per page when used
     again."""
-    if _applied:
-        try:
-            ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
+    if _applied and _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 def _configure_glibc() -> bool:
+    global _malloc_trim
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -59,4 +58,5 @@ def _configure_glibc() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # musl and others have no mallopt
         return False
+    _malloc_trim = getattr(libc, "malloc_trim", None)
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, NEVER_TRIM))
