@@ -194,7 +194,8 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
                 def on_tile(t):
                     map_file.record(t)  # --resume: listed as done once its block is on disk
                     _advance_if_computed(bar.advance, t, blank_tiles)
-                _compute(args, grid, source, plan, tile, out, transform, on_tile, blank_cells, map_file.done)
+                with _out_of_memory_in_a_tile(args, grid, plan, budget):
+                    _compute(args, grid, source, plan, tile, out, transform, on_tile, blank_cells, map_file.done)
             _draw_heatmap(args, model, source, grid, out, background)  # before the map is renamed into place
             means = _class_means(args, out)
         if not resume and written_over is not None:
@@ -204,8 +205,9 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
         computed = len(todo)
         with _progress(args, len(todo), "tiles", sum(t.pixels for t in todo)) as bar:
             out = np.empty(shape, dtype)
-            _compute(args, grid, source, plan, tile, out, transform,
-                     lambda t: _advance_if_computed(bar.advance, t, blank_tiles), blank_cells)
+            with _out_of_memory_in_a_tile(args, grid, plan, budget):
+                _compute(args, grid, source, plan, tile, out, transform,
+                         lambda t: _advance_if_computed(bar.advance, t, blank_tiles), blank_cells)
         _draw_heatmap(args, model, source, grid, out, background)
         means = _class_means(args, out)
     seconds = time.perf_counter() - start
@@ -220,6 +222,30 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     if args.output:
         print(f"-> {args.output}")
     return 0
+
+
+@contextmanager
+def _out_of_memory_in_a_tile(args: argparse.Namespace, grid, plan, budget: int) -> Iterator[None]:
+    """A MemoryError while the tiles run: the machine had less free than the budget the
+    tiles were sized to (other processes, a ulimit, a container's limit), and "ran out of
+    memory" alone left the user to guess what to change. Say what a tile needed, and
+    a tile of half the side, and what it needs."""
+    try:
+        yield
+    except MemoryError:
+        from graphconv.tiling import choose_tile, tile_bytes
+        height, width = plan.tile_hw
+        need = tile_bytes(grid, plan.tile_hw)
+        try:
+            half = choose_tile(grid, (height, width), tile_bytes(grid, (height // 2, width // 2)))
+            smaller = f"--tile {half} (about {format_size(tile_bytes(grid, (half, half)))}), or "
+        except GraphconvError:  # already the smallest tile the network takes
+            smaller = ""
+        raise GraphconvError(
+            f"ran out of memory in a {height}x{width} tile, which needs about {format_size(need)} (the "
+            f"{format_size(budget)} {_what_the_budget_is(args)} allows it): this machine has less free than that "
+            f"now; pass {smaller}a --memory-limit under what it has free (tiles are sized to the limit)",
+            file=args.image) from None
 
 
 WASTEFUL = 1.5  # computing this many times the image's pixels, and a larger tile 1/WASTEFUL of it, is worth a note

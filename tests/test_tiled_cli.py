@@ -353,6 +353,23 @@ def test_cli_tiles_automatically_when_the_whole_image_is_over_the_budget(picture
     np.testing.assert_allclose(np.load(tmp_path / "auto.npy"), whole, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("output", ["map.npy", None])
+def test_running_out_of_memory_in_a_tile_says_what_it_needed_and_a_smaller_tile(model_dir, picture, tmp_path,
+                                                                               monkeypatch, output):
+    """The machine with less free than the budget (a ulimit, other processes): "ran out of
+    memory" alone left the user to guess; the message names the tile, its need and a
+    --tile asking half, and no map is left behind."""
+    _stop_after(monkeypatch, 1, MemoryError)
+    saved = ["--output", tmp_path / output] if output else []
+    result = graphconv_in_process("run", model_dir, "--image", picture / "tiled.tif", "--tile", "120", *saved)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert "tiled.tif" in message and "ran out of memory in a 120x120 tile, which needs about" in message, message
+    half = int(re.search(r"pass --tile (\d+) \(about", message).group(1))
+    assert 28 <= half < 120 and "--memory-limit" in message
+    assert os.listdir(tmp_path) == []
+
+
 def test_images_with_a_tile_too_small_for_the_network_is_one_error(model_dir, picture, tmp_path):
     """The tile's size is the network's matter, not an image's: a batch of 1000 slides
     said the same error 1000 times, each after opening its slide."""
