@@ -137,6 +137,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
               f"{plan.tile_hw[0]}x{plan.tile_hw[1]} pixels", file=sys.stderr)
     check_fits(grid.peak_bytes(plan.tile_hw), f"a {plan.tile_hw[0]}x{plan.tile_hw[1]} tile (use a smaller --tile)",
                file=args.image)
+    _check_each_worker_s_tile_fits(args, grid, plan, budget)
     classes = model.output_channels
     transform, channels, dtype = map_transform(args.reduce, args.classes, classes)
     if args.reduce == "argmax" and (len(args.classes) if args.classes else classes) == 1:
@@ -638,6 +639,22 @@ def _tile_budget(args: argparse.Namespace, grid, image_hw: tuple[int, int]) -> i
         return memory_limit()
     held = 0 if args.output else FLOAT_BYTES * grid.model.output_channels * math.prod(grid.map_hw(image_hw))
     return max(memory_limit() - held, memory_limit() * 3 // 4) // max(1, args.workers or 1)
+
+
+def _check_each_worker_s_tile_fits(args: argparse.Namespace, grid, plan, budget: int) -> None:
+    """A --tile with local --workers: N tiles run at once on this machine, each worker
+    holding its own weights, so each must fit the limit's share, as automatic tiles are
+    chosen to. Checked against the whole limit, `--tile 1200 --workers 2` under 1G was let
+    through and took twice the limit."""
+    if not args.workers or args.scheduler or args.workers == 1:
+        return
+    from graphconv.tiling import tile_bytes
+    need = tile_bytes(grid, plan.tile_hw)
+    if need > budget:
+        height, width = plan.tile_hw
+        raise GraphconvError(f"a {height}x{width} tile needs about {format_size(need)}, over the {format_size(budget)} "
+                             f"{_what_the_budget_is(args)}: use a smaller --tile, fewer --workers, or a higher "
+                             "--memory-limit", file=args.image)
 
 
 def _what_the_budget_is(args: argparse.Namespace) -> str:

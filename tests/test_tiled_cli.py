@@ -370,6 +370,17 @@ def test_running_out_of_memory_in_a_tile_says_what_it_needed_and_a_smaller_tile(
     assert os.listdir(tmp_path) == []
 
 
+def test_a_tile_over_each_local_worker_s_share_is_refused_before_any_worker_starts(model_dir, picture, tmp_path):
+    """--tile with --workers 2: two tiles run at once, so each must fit half the limit (it
+    was checked against the whole, and the run took twice the limit)."""
+    common = ["run", model_dir, "--image", picture / "tiled.tif", "--tile", "120", "--memory-limit", "50M"]
+    result = graphconv_in_process(*common, "--workers", "2", "--output", tmp_path / "map.npy")
+    assert result.returncode == 2, result.stderr
+    assert "a 120x120 tile needs about" in result.stderr and "over the 25.0 MB each of the 2 workers" in result.stderr
+    assert "fewer --workers" in result.stderr and os.listdir(tmp_path) == []
+    assert graphconv_in_process(*common, "--output", tmp_path / "one.npy").returncode == 0  # one at a time fits
+
+
 def test_images_with_a_tile_too_small_for_the_network_is_one_error(model_dir, picture, tmp_path):
     """The tile's size is the network's matter, not an image's: a batch of 1000 slides
     said the same error 1000 times, each after opening its slide."""
