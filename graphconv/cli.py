@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "tiles, and the images whose maps are finished are left out (as --skip-existing)")
     run.add_argument("--tile", type=_positive_int, metavar="N",
                      help="evaluate in exact tiles of at most N x N input pixels (bounded memory; "
-                          "the same map as the whole-image pass)")
+                          "the whole-image pass's map to float32 rounding; the same --tile, the same bits)")
     run.add_argument("--workers", type=_positive_int, metavar="N",
                      help="run tiles (or --images) on a local Dask cluster of N worker processes")
     run.add_argument("--scheduler", metavar="ADDRESS", help="use a running Dask cluster (tcp://host:port)")
@@ -1304,8 +1304,8 @@ def _write_map_file(args: argparse.Namespace, model, out: np.ndarray, cells) -> 
         height, width = images.image_size(args.image)
         resized = images.resized_size(args.resize, args.image)
         span = (height / resized[0], width / resized[1])
-    contents = map_contents(args.image or args.input, args.model, model.output_channels,
-                            labels=model.graph.meta.get("labels"))
+    from graphconv.tiling import WHOLE_IMAGE_PLAN
+    contents = {**map_contents(args.image or args.input, args.model, model), "tile_plan": WHOLE_IMAGE_PLAN}
     read = read_settings(resize=args.resize if args.image else None, pad_image=args.pad_image)
     placement = replace(cells_on_pixels(cells, span), contents=contents, read=read)
     with MapFile(args.output, out.shape, out.dtype, chunk_hw=out.shape[2:], placement=placement) as written:

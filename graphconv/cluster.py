@@ -501,7 +501,7 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
     there since is another run's, and is not replaced (`_as_found`)."""
     from graphconv.cli import user_message
     from graphconv.georef import map_contents
-    from graphconv.tiling import map_transform
+    from graphconv.tiling import WHOLE_IMAGE_PLAN, map_transform
 
     try:
         _refuse_a_broken_link(image)
@@ -520,8 +520,8 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
             tile = tile or background.cheapest_tile(grid, (source.height, source.width), options.memory_limit)
         memory_tile = None if tile else image_tile(grid, (source.height, source.width), options.memory_limit)
         tile = tile or memory_tile
-        contents = {**map_contents(image, ref.path, model.output_channels, options.classes, options.reduce,
-                                   model.graph.meta.get("labels"), left_out_record(options, image)),
+        contents = {**map_contents(image, ref.path, model, options.classes, options.reduce,
+                                   left_out_record(options, image)),
                     IMAGE_STAMP: stamp, **_loaded_with(ref)}
         resumed, planned = None, None
         if tile is not None:
@@ -531,7 +531,8 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
             x = source.read(0, 0, source.height, source.width)
             result = grid.whole(x[None] if x.ndim == 3 else x, options.device)
             result = result if transform is None else transform(result)
-            _write_map(output, result, source, grid, contents, _as_found(output, found))
+            _write_map(output, result, source, grid, {**contents, "tile_plan": WHOLE_IMAGE_PLAN},
+                       _as_found(output, found))
             shape = tuple(result.shape)
         notes = (stored_orientation_note(source), _first_frame_note(image),
                  _no_tissue_note(background, grid, (source.height, source.width), options))
@@ -571,7 +572,8 @@ def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, t
     blank = frozenset(blank_tiles(plan.tiles, blank_cells))
     map_file = MapFile(output, shape, dtype, chunk_hw=plan.cells_hw,
                        georeference=georeference_of_map(source, grid.cell_area) if is_tiff_output(output) else None,
-                       placement=replace(cell_placement(source, grid.cell_area), contents=contents),
+                       placement=replace(cell_placement(source, grid.cell_area),
+                                         contents={**contents, "tile_plan": plan.as_recorded()}),
                        resume=resume_job(ref, model, image, source, options, plan, shape, dtype) if options.resume
                        else None, tiles=plan.tiles, blank=blank, unchanged=unchanged)
     with map_file as out:
@@ -622,8 +624,7 @@ def resume_job(ref: ModelRef, model, image: str, source, options: MapOptions, pl
         "--bands": options.bands, "--reduce": options.reduce, "--classes": options.classes,
         "--crops": options.crops, "--skip-background": options.skip_background,
         "--max-nodata": options.max_nodata, "--nodata": options.nodata, "--device": options.device,
-        "tile plan": f"{len(plan.tiles)} tiles of up to {plan.tile_hw[0]}x{plan.tile_hw[1]} pixels, "
-                     f"{plan.cells_hw[0]}x{plan.cells_hw[1]} cells",
+        "tile plan": plan.as_recorded(),
         "map": f"{np.dtype(dtype)} {tuple(shape)}",
         **({"--resize": list(options.resize)} if options.resize else {}),  # absent unless given: earlier jobs hold
         **({"--mask": left_out_record(options, image)["mask"]} if options.mask else {}),  # a mask edited: another
@@ -1035,7 +1036,7 @@ def holds_its_map(ref: ModelRef, model, image: str, output: str, options: MapOpt
         return False
     if is_tiff_output(output):
         stated = stated_placement(output) or {}
-        expected = map_contents(image, ref.path, model.output_channels, options.classes, options.reduce,
+        expected = map_contents(image, ref.path, model, options.classes, options.reduce,
                                 left_out=left_out_record(options, image))
         read = {"bands": list(options.bands) if options.bands is not None else None,
                 "cells_left_out": expected["cells_left_out"], IMAGE_STAMP: image_stamp(image)}
@@ -1048,7 +1049,7 @@ def holds_its_map(ref: ModelRef, model, image: str, output: str, options: MapOpt
             read["resize"] = list(options.resize) if options.resize is not None else None
             stated.setdefault("pad_image", None)  # and any border
             read["pad_image"] = options.pad_image
-        return (all(stated.get(key) == expected[key] for key in ("model", "classes", "values"))
+        return (all(stated.get(key) == expected[key] for key in ("model", "model_digest", "classes", "values"))
                 and all(stated.get(key) == value for key, value in _ref_settings(ref).items())
                 and all(stated[key] == value for key, value in read.items() if key in stated))
     try:
@@ -1074,11 +1075,14 @@ def _loaded_with(ref: ModelRef) -> dict:
 
 
 def map_settings(ref: ModelRef, image: str, options: MapOptions) -> dict:
-    """What a map of `image` is made with, beside the image: the model file, the classes
+    """What a map of `image` is made with, beside the image: the model file and its
+    contents' digest (a model compiled again in place is another), the classes
     and values kept, the cells left out and how the image is read. An .npy's row in
     graphconv-maps.csv records them (`manifest`), as a .tif map states its own, for
     --skip-existing to tell a map made otherwise (`holds_its_map`)."""
-    return {"model": os.path.abspath(ref.path), **_ref_settings(ref),
+    from graphconv.georef import digest_of_model
+    return {"model": os.path.abspath(ref.path), "model_digest": digest_of_model(ref.path, worker_model(ref)),
+            **_ref_settings(ref),
             "classes": list(options.classes) if options.classes else None,
             "reduce": options.reduce, "crops": list(options.crops) if options.crops else None,
             "cells_left_out": left_out_record(options, image), "level": options.level,

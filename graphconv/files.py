@@ -50,7 +50,7 @@ import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import yaml
@@ -580,6 +580,38 @@ def file_stamp(path: str | os.PathLike) -> list[int] | None:
     except OSError:
         return None
     return [status.st_size, status.st_mtime_ns, status.st_ino]
+
+
+def model_digest(paths: Iterable[str | os.PathLike]) -> str:
+    """16 hex digits of sha256 over the contents of the files a model was read from
+    (`graph.meta["read_from"]` and the model's own path): what says two maps were made
+    with the same network and weights, where a path says nothing of a model compiled
+    again to the same folder or of weights retrained into the same file. A model folder
+    counts by its model.yaml, which names its weights and labels files by their
+    contents' hash, so its files inside are not read again (a VGG-16 folder's 553 MB).
+    Each file's digest is kept while its `file_stamp` holds."""
+    paths = [Path(p) for p in paths]
+    folders = [p for p in paths if p.is_dir()]
+    files = [p / MODEL_SPEC if p.is_dir() else p for p in paths
+             if p.is_dir() or not any(folder in p.parents for folder in folders)]
+    digest = hashlib.sha256()
+    for file in dict.fromkeys(files):
+        digest.update(_file_digest(str(file), tuple(file_stamp(file) or ())).encode())
+    return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, stamp: tuple) -> str:
+    """sha256 of a file's bytes ("" where it cannot be read), for `model_digest`; cached
+    by path and `file_stamp`, so a file rewritten is read again."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return ""
+    return digest.hexdigest()
 
 
 def write_synced_text(path: str | os.PathLike, text: str) -> None:

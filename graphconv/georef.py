@@ -547,17 +547,28 @@ def _on_the_pixels(coordinate: float) -> str:
     return f"{coordinate:.6g} lies in pixel {pixel}"
 
 
-def map_contents(image: str, model: str, num_classes: int, classes: Sequence[int] | None = None,
-                 reduce: str | None = None, labels: Sequence[str] | None = None,
-                 left_out: dict | None = None) -> dict:
+def digest_of_model(model_path: str, model) -> str:
+    """`files.model_digest` of the files `model` was read from (`model_path` among them)."""
+    from graphconv.files import model_digest
+    return model_digest([model_path, *model.graph.meta.get("read_from", ())])
+
+
+def map_contents(image: str, model_path: str, model, classes: Sequence[int] | None = None,
+                 reduce: str | None = None, left_out: dict | None = None) -> dict:
     """What a map's channels hold, and of what image and model, for the map itself to
     say (a .zarr's attribute, a .tif's description): after `--classes 3,1` which band is
     which class, and a `--reduce argmax` map's legend, were known only to the command
-    that made it. `left_out`: which cells the run did not compute (`left_out_settings`)."""
-    kept = list(classes) if classes is not None else list(range(num_classes))
+    that made it. The model (`model_path`, as loaded into `model`) by its path and by the
+    digest of its files' contents (`files.model_digest`): a path alone does not tell a
+    model compiled again, or retrained, in place. `left_out`: which cells the run did not
+    compute (`left_out_settings`)."""
+    kept = list(classes) if classes is not None else list(range(model.output_channels))
     values = ("the class of each cell: the best of `classes` (65535 where not computed)" if reduce == "argmax"
               else "class scores, one channel per class of `classes` (NaN where not computed)")
-    contents = {"image": os.path.abspath(image), "model": os.path.abspath(model), "values": values, "classes": kept}
+    contents = {"image": os.path.abspath(image), "model": os.path.abspath(model_path),
+                "model_digest": digest_of_model(model_path, model),
+                "values": values, "classes": kept}
+    labels = model.graph.meta.get("labels")
     if labels:
         contents["labels"] = [labels[c] for c in kept]
     if left_out is not None:
@@ -683,6 +694,8 @@ def write_map_tiff(path: str, scores: np.ndarray, geo: GeoReference | None,
     where no georeference says it, their size in its resolution tags; cells not computed
     (NaN, or 65535 in a class map) marked as GDAL's no-data. `scores` may be a memory
     map: it is read a tile at a time."""
+    from graphconv import __version__
+
     tifffile = _tifffile()
     if scores.shape[0] != 1:
         raise GraphconvError(f"a TIFF map holds one image's map; this output has {scores.shape[0]}: write .npy "
@@ -699,7 +712,7 @@ def write_map_tiff(path: str, scores: np.ndarray, geo: GeoReference | None,
     tifffile.imwrite(path, data, photometric="minisblack", planarconfig="separate" if data.ndim == 3 else None,
                      tile=map_tile(bands.shape[1:]), **map_compression(bands.dtype),
                      extratags=extratags, bigtiff=data.nbytes > 2 ** 31, description=description,
-                     metadata=None, **resolution)
+                     metadata=None, software=f"graphconv {__version__}", **resolution)
 
 
 def band_descriptions(count: int, dtype: np.dtype, contents: dict | None) -> list[str]:

@@ -172,9 +172,9 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     print(f"cells: {placement.describe()}", file=sys.stderr)
     from graphconv.cluster import IMAGE_STAMP, image_stamp, left_out_record
     left_out = left_out_record(_map_options(args, grid), args.image)
-    contents = map_contents(args.image, args.model, classes, args.classes, args.reduce,
-                            model.graph.meta.get("labels"), left_out)
-    placement = replace(placement, contents={**contents, IMAGE_STAMP: image_stamp(args.image)})
+    contents = map_contents(args.image, args.model, model, args.classes, args.reduce, left_out)
+    placement = replace(placement, contents={**contents, IMAGE_STAMP: image_stamp(args.image),
+                                             "tile_plan": plan.as_recorded()})
     blank_cells, blank_tiles = _skipper(args, background, plan)
     if not (args.workers or args.scheduler):
         from graphconv.cli import note_cold_kernels

@@ -88,6 +88,13 @@ class TilePlan:
         """Input pixels read by all tiles over the image's: what tiling costs in extra work."""
         return sum(t.pixels for t in self.tiles) / (self.image_hw[0] * self.image_hw[1])
 
+    def as_recorded(self) -> str:
+        """The plan as a map (its "tile_plan") and a --resume job record it: the tiles'
+        sums run in other orders than a whole image's or other tiles', so their bits
+        differ in float32 rounding, and `--tile` of the larger side plans these tiles again."""
+        return (f"{len(self.tiles)} tiles of up to {self.tile_hw[0]}x{self.tile_hw[1]} pixels, "
+                f"{self.cells_hw[0]}x{self.cells_hw[1]} cells")
+
     def describe(self) -> str:
         th, tw = self.tile_hw
         ch = max((t.rows[1] - t.rows[0] for t in self.tiles), default=0)  # what tiles write, not what they could
@@ -1087,6 +1094,8 @@ def job_differences(held: dict, job: dict) -> list[str]:
             differences.append(f"{key} {shown(old)} there, {shown(new)} here")
     return differences
 
+
+WHOLE_IMAGE_PLAN = "the whole image in one pass"  # a map's "tile_plan" when it was not tiled
 
 ZARR_MAP_ATTRIBUTE = "graphconv"
 """The attribute every zarr map carries: who wrote it (so a later run may replace it,

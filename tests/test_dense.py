@@ -458,6 +458,21 @@ def test_a_tolerance_given_is_said_to_be_the_users(write_spec, rng):
     assert not verify(classifier, fcn, random_input(rng, (1, 2, 30, 26))).tolerance_given
 
 
+def test_a_tolerance_of_zero_fails_on_rounding_and_says_it_is_rounding_not_a_bug(write_spec, rng):
+    """--tolerance 0 (asking for bit-for-bit equality) said "the conversion is wrong (a
+    graphconv bug in a built-in pass)" and "this difference is a bug" of float32 rounding:
+    the crop loop and the sliding network sum the same products in other orders."""
+    classifier, fcn = models(write_spec, UNPADDED.replace("[2, 16, 16]", "[2, 14, 14]"))
+    image = random_input(rng, (1, 2, 30, 26))
+    report = verify(classifier, fcn, image, tolerance=0.0)
+    assert 0 < report.max_abs <= dense.ROUNDING * report.scale and not report.passed  # exit 1: not bit for bit
+    text = str(report)
+    assert "bug" not in text and "wrong" not in text, text
+    assert "result: FAIL (--tolerance):" in text and "float32 rounding only" in text and "not bit for bit" in text
+    assert verify(classifier, fcn, image, tolerance=1e-12 * report.scale).sliding_rounding  # any tolerance under it
+    assert not verify(classifier, fcn, image).sliding_rounding  # agreeing: nothing to explain
+
+
 # ---- verify --image: the check on a real image's pixels, and what it does to the top class ---------------
 
 GREY_PADDED = PADDED.replace("[2, 16, 16]", "[1, 16, 16]")

@@ -291,3 +291,47 @@ def test_skip_existing_redoes_a_tif_map_made_with_other_weights(model_dir, tmp_p
         np.savez(tmp_path / "retrained.npz", **{key: value * 0.5 for key, value in weights.items()})
     assert "1 of 1 image(s)" in batch("--weights", tmp_path / "retrained.npz")
     assert "nothing to do" in batch("--weights", tmp_path / "retrained.npz")
+
+
+@pytest.mark.parametrize("output_format", ["npy", "tif"])
+def test_skip_existing_redoes_the_maps_of_a_model_compiled_again_in_place_or_retrained_in_place(
+        model_dir, tmp_path, output_format):
+    """The model was told by its path alone: compiled again into the same folder with new
+    weights, or its --weights file retrained in place, its maps from before were kept as
+    this run's and the command said so with exit 0. The maps record the digest of the
+    model's files; compiled again to the same bytes, they are still its maps."""
+    import shutil
+
+    folder = photos(tmp_path / "photos", {"a.png": (40, 50)})
+    out, model = tmp_path / "maps", tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    [stored] = model.glob("*.npz")
+    with np.load(stored) as weights:
+        np.savez(tmp_path / "retrained.npz", **{key: value * 0.5 for key, value in weights.items()})
+    written = out / f"a.{output_format}"
+
+    def batch(*extra):
+        result = graphconv("run", model, "--images", folder, "--output-dir", out, "--output-format", output_format,
+                           "--skip-existing", *extra)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def compile_model(*extra):
+        assert graphconv("compile", model_dir, "-o", model, *extra).returncode == 0
+
+    compile_model()
+    assert "nothing to do" not in batch()
+    first = written.stat().st_mtime_ns
+    compile_model()  # the same bytes again: the same model
+    assert "nothing to do" in batch() and written.stat().st_mtime_ns == first
+    compile_model("--weights", tmp_path / "retrained.npz")
+    assert "nothing to do" not in batch() and written.stat().st_mtime_ns != first
+    assert "nothing to do" in batch()
+    compile_model()
+    before = written.stat().st_mtime_ns
+    assert "nothing to do" not in batch("--weights", tmp_path / "retrained.npz")
+    assert "nothing to do" in batch("--weights", tmp_path / "retrained.npz")
+    with np.load(tmp_path / "retrained.npz") as weights:
+        np.savez(tmp_path / "retrained.npz", **{key: value * 0.5 for key, value in weights.items()})
+    assert "nothing to do" not in batch("--weights", tmp_path / "retrained.npz")
+    assert written.stat().st_mtime_ns != before

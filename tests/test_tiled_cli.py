@@ -381,6 +381,25 @@ def test_a_tile_over_each_local_worker_s_share_is_refused_before_any_worker_star
     assert graphconv_in_process(*common, "--output", tmp_path / "one.npy").returncode == 0  # one at a time fits
 
 
+def test_a_map_records_the_graphconv_and_the_model_contents_that_made_it(model_dir, picture, tmp_path):
+    """For a run to be reproduced later, a .zarr or .tif map names graphconv's version and
+    the digest of the model's files, not only its path (a .tif said neither)."""
+    from graphconv import __version__
+    from graphconv.files import model_digest
+
+    digest = model_digest([model_dir])
+    for name in ("map.zarr", "map.tif"):
+        result = graphconv_in_process("run", model_dir, "--image", picture / "tiled.tif", "--tile", "64",
+                                      "--output", tmp_path / name)
+        assert result.returncode == 0, result.stderr
+    attributes = dict(zarr.open_array(str(tmp_path / "map.zarr")).attrs)["graphconv"]
+    assert attributes["written_by"] == f"graphconv {__version__}" and attributes["model_digest"] == digest
+    with tifffile.TiffFile(tmp_path / "map.tif") as tif:
+        page = tif.pages[0]
+        assert page.software == f"graphconv {__version__}"
+        assert json.loads(page.description.split("\n", 1)[1])["model_digest"] == digest
+
+
 def test_images_with_a_tile_too_small_for_the_network_is_one_error(model_dir, picture, tmp_path):
     """The tile's size is the network's matter, not an image's: a batch of 1000 slides
     said the same error 1000 times, each after opening its slide."""
