@@ -532,7 +532,7 @@ def _add_common_options(parser: argparse.ArgumentParser, defaults: bool) -> None
                         help="show the Python traceback of an error")
     parser.add_argument("--memory-limit", metavar="SIZE", default=default(None),
                         help="refuse inputs whose estimated memory exceeds SIZE (e.g. 4G; "
-                             "default 80%% of this machine's RAM)")
+                             "default 80%% of this machine's RAM, or of its container's or batch job's cgroup limit where less)")
 
 
 def _add_image_reading_options(parser: argparse.ArgumentParser) -> None:

@@ -11,7 +11,8 @@ A forward pass is the largest allocation of all: `run_estimate` works out what o
 needs from the shapes alone (weights, activations, kernel scratch), and
 `check_run_fits` refuses it before the Executor allocates anything.
 
-The limit defaults to DEFAULT_SHARE of the machine's physical memory; the CLI's
+The limit defaults to DEFAULT_SHARE of the machine's physical memory (or of its cgroup's
+limit, where lower: a container, a batch job); the CLI's
 `--memory-limit` (e.g. `--memory-limit 8G`) and `set_memory_limit()` change it.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Iterator
 
 from graphconv.errors import GraphconvError
@@ -32,11 +34,59 @@ _limit: int | None = None
 
 
 def physical_memory() -> int:
-    """Bytes of RAM on this machine (a generous 16 GiB where the OS will not say)."""
+    """Bytes of RAM this process may use: the machine's (a generous 16 GiB where the OS
+    will not say), or less where its cgroup is limited (`cgroup_memory_limit`: a
+    container's, a SLURM job's --mem). Sized to the node alone, a job given 8 GB of a
+    512 GB node tiled nothing and was killed by the kernel, not refused."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
-        return 16 << 30
+        machine = 16 << 30
+    limited = cgroup_memory_limit()
+    return min(machine, limited) if limited is not None else machine
+
+
+CGROUP_MOUNT = Path("/sys/fs/cgroup")
+UNLIMITED = 1 << 60  # cgroup v1 says "no limit" with the largest page multiple under 2^63
+
+
+def cgroup_memory_limit(membership: str | os.PathLike = "/proc/self/cgroup",
+                        mount: str | os.PathLike = CGROUP_MOUNT) -> int | None:
+    """The lowest memory limit over this process's cgroup and its ancestors, v2
+    (`memory.max`) or v1 (`memory/memory.limit_in_bytes`), or None where none is set
+    or none can be read (not Linux). A cgroup namespace (a container) mounts the
+    process's own cgroup as the root, where /proc/self/cgroup may still name the path
+    outside: each ancestor of the path, the root included, is looked at."""
+    try:
+        lines = Path(membership).read_text().splitlines()
+    except (OSError, UnicodeError):
+        return None
+    mount = Path(mount)
+    limits = []
+    for line in lines:
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
+        if controllers == "":
+            limits += _limits_along(mount, path, "memory.max")
+        elif "memory" in controllers.split(","):
+            limits += _limits_along(mount / "memory", path, "memory.limit_in_bytes")
+    return min(limits) if limits else None
+
+
+def _limits_along(mount: Path, path: str, name: str) -> list[int]:
+    """The limits `name` sets at the cgroup `path` and at each of its ancestors."""
+    here = PurePosixPath("/") / path
+    limits = []
+    for folder in (here, *here.parents):
+        try:
+            text = (mount / str(folder).lstrip("/") / name).read_text().strip()
+        except (OSError, UnicodeError):
+            continue
+        if text.isdigit() and int(text) < UNLIMITED:  # v2's "max" is no limit
+            limits.append(int(text))
+    return limits
 
 
 def memory_limit() -> int:

@@ -1289,12 +1289,29 @@ logging.getLogger("tifffile").addFilter(_quiet_about_gdal_nodata)
 
 
 def _nodata(page) -> float | None:
-    """The raster's no-data value (GDAL's tag: "0", "-9999", "nan"), or None."""
+    """The raster's no-data value (GDAL's tag: "0", "-9999", "nan"), or None (for a tag
+    that is no number too: `unread_nodata_note` says so)."""
     tag = page.tags.get(GDAL_NODATA)
     try:
-        return float(str(tag.value).strip().strip("\x00")) if tag is not None else None
+        return float(_nodata_text(tag)) if tag is not None else None
     except ValueError:
         return None
+
+
+def _nodata_text(tag) -> str:
+    return str(tag.value).strip().strip("\x00")
+
+
+def unread_nodata_note(source) -> str | None:
+    """What to say of a TIFF whose GDAL_NODATA tag is no number ("abc", "none"): the tag
+    is put aside and every pixel is data, which was said nowhere (tifffile's own warning
+    is filtered out: `_quiet_about_gdal_nodata`), so a swath's border went in as data."""
+    tif = getattr(source, "tiff", None)
+    tag = tif.pages[0].tags.get(GDAL_NODATA) if tif is not None else None
+    if tag is None or _nodata(tif.pages[0]) is not None or getattr(source, "nodata_given", False):
+        return None
+    return (f"its GDAL_NODATA tag {shown(_nodata_text(tag), 40)} is not a number, so it is put aside and every "
+            "pixel is read as data (give the no-data value with --nodata)")
 
 
 INCH, CENTIMETER = 2, 3  # TIFF's ResolutionUnits (1: none; inches are what screens' 72 dpi fill in)

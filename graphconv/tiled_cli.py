@@ -107,9 +107,10 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     _drop_a_skip_background_that_does_nothing(args, source)
     from graphconv.cluster import stored_orientation_note
     from graphconv.sources import channel_conversion
-    oriented = stored_orientation_note(source)
-    if oriented:
-        note(f"note: {oriented}")
+    from graphconv.sources import unread_nodata_note
+    for said in (stored_orientation_note(source), unread_nodata_note(source)):
+        if said:
+            note(f"note: {said}")
     note_how_the_image_is_read(args.image, channel_conversion(source))
     padding = model.padding_note(*image_hw) if isinstance(grid, DenseGrid) else None
     if padding:

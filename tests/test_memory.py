@@ -68,6 +68,47 @@ def test_the_limit_comes_back_to_the_default(limit):
     assert memory_limit() == default == int(memory.DEFAULT_SHARE * memory.physical_memory())
 
 
+def _cgroups(root, membership: str, limits: dict[str, str]):
+    """A /proc/self/cgroup and a /sys/fs/cgroup tree under `root`: `limits` maps a file
+    below the mount ("memory/job/memory.limit_in_bytes") to its contents."""
+    (root / "cgroup").write_text(membership)
+    for name, text in limits.items():
+        (root / "fs" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "fs" / name).write_text(text + "\n")
+    return memory.cgroup_memory_limit(root / "cgroup", root / "fs")
+
+
+@pytest.mark.parametrize("membership, limits, expected", [
+    # v2: the job's own limit, an ancestor's lower one, "max" for none
+    ("0::/slurm/job_7\n", {"slurm/job_7/memory.max": str(8 << 30), "slurm/memory.max": "max"}, 8 << 30),
+    ("0::/slurm/job_7\n", {"slurm/job_7/memory.max": "max", "slurm/memory.max": str(6 << 30)}, 6 << 30),
+    ("0::/\n", {"memory.max": "max"}, None),
+    # v1 (and a hybrid host, whose v2 line has no memory controller): the memory controller's
+    ("4:memory:/job_3\n0::/\n", {"memory/job_3/memory.limit_in_bytes": str(4 << 30)}, 4 << 30),
+    ("4:cpuacct,memory:/job_3\n", {"memory/job_3/memory.limit_in_bytes": "9223372036854771712"}, None),
+    # a container's namespaced mount: the path named is not there, its own limit is at the root
+    ("4:memory:/docker/abc\n", {"memory/memory.limit_in_bytes": str(2 << 30)}, 2 << 30),
+    ("", {}, None),
+])
+def test_the_default_limit_follows_a_container_s_or_a_batch_job_s_cgroup(tmp_path, membership, limits, expected):
+    """A SLURM job given 8 GB of a 512 GB node, its default budget sized to the node, tiled
+    nothing and was killed by the kernel."""
+    assert _cgroups(tmp_path, membership, limits) == expected
+
+
+def test_the_default_limit_is_a_share_of_the_cgroup_s_limit_where_lower(monkeypatch):
+    monkeypatch.setattr(memory, "cgroup_memory_limit", lambda: 3 << 30)
+    assert memory.physical_memory() == 3 << 30
+    set_memory_limit(None)
+    assert memory_limit() == int(memory.DEFAULT_SHARE * (3 << 30))
+    monkeypatch.setattr(memory, "cgroup_memory_limit", lambda: 1 << 62)  # over the machine's RAM: the RAM
+    assert memory.physical_memory() < 1 << 62
+
+
+def test_no_cgroup_file_is_no_limit(tmp_path):
+    assert memory.cgroup_memory_limit(tmp_path / "absent", tmp_path) is None
+
+
 def test_format_size():
     assert [format_size(v) for v in (12, 2048, 5 * MB, 3 << 30, 5 << 40)] == [
         "12 B", "2.0 KB", "5.0 MB", "3.0 GB", "5120.0 GB"]

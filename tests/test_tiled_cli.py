@@ -847,6 +847,23 @@ def test_cli_bands_of_a_scene_map_as_the_model_on_those_bands(scene_net, tmp_pat
     assert Image.open(tmp_path / "map.png").mode == "RGB"
 
 
+def test_a_gdal_nodata_tag_that_is_no_number_is_said_to_be_put_aside(scene_net, tmp_path):
+    """GDAL_NODATA "abc": every pixel was read as data and nothing said so (tifffile's own
+    warning is filtered out). One note, in a single run and in a batch; --nodata quiets it."""
+    folder, bands = scene_net
+    tifffile.imwrite(tmp_path / "odd.tif", bands.transpose(1, 2, 0), photometric="minisblack",
+                     planarconfig="contig", extratags=[(42113, 2, 4, "abc", True)])
+    common = ["run", folder / "fcn", "--bands", "4,3,2"]
+    single = graphconv_in_process(*common, "--image", tmp_path / "odd.tif", "--output", tmp_path / "odd.npy")
+    assert single.returncode == 0, single.stderr
+    assert single.stderr.count("GDAL_NODATA tag 'abc' is not a number") == 1, single.stderr
+    assert not np.isnan(np.load(tmp_path / "odd.npy")).any()
+    batch = graphconv_in_process(*common, "--images", tmp_path / "odd.tif", "--output-dir", tmp_path / "maps")
+    assert batch.returncode == 0 and "GDAL_NODATA tag 'abc' is not a number" in batch.stdout + batch.stderr
+    given = graphconv_in_process(*common, "--image", tmp_path / "odd.tif", "--nodata", "0")
+    assert given.returncode == 0 and "GDAL_NODATA" not in given.stderr
+
+
 def test_cli_many_scenes_take_bands_and_downsample_too(scene_net, tmp_path):
     folder, _ = scene_net
     single = tmp_path / "single.npy"
