@@ -252,6 +252,24 @@ def _with_a_bar(monkeypatch) -> list:
     return _Bar.made
 
 
+def test_a_log_gets_a_progress_line_a_minute_and_no_bar(model_dir, picture, monkeypatch):
+    """stderr a file (a batch job's log): no bar, whose carriage returns pile up on one
+    line, and for hours nothing at all; a plain line every LOG_EVERY seconds instead."""
+    import graphconv.tiled_cli
+    command = ["run", model_dir, "--image", picture / "tiled.tif", "--tile", "64"]
+    monkeypatch.setattr(graphconv.tiled_cli, "LOG_EVERY", 1e9)
+    within_the_interval = graphconv_in_process(*command)
+    assert within_the_interval.returncode == 0 and "progress:" not in within_the_interval.stderr
+    monkeypatch.setattr(graphconv.tiled_cli, "LOG_EVERY", 0.0)
+    result = graphconv_in_process(*command)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("progress: ")]
+    tiles = int(re.search(r"over (\d+) tile\(s\)", result.stdout).group(1))
+    assert len(lines) == tiles - 1 and "\r" not in result.stderr  # the last tile's line is the command's own
+    assert re.fullmatch(rf"progress: 1 of {tiles} tiles \(\d+%\), [0-9.]+ Mpx/s, 0:\d\d so far, about \d+:\d\d left",
+                        lines[0]), lines[0]
+    assert "progress:" not in graphconv_in_process(*command, "--quiet").stderr
+
+
 @pytest.mark.parametrize("workers", [[], ["--workers", "1"]])
 def test_skip_background_s_bar_counts_only_the_tiles_computed(model_dir, sparse_page, tmp_path, monkeypatch, capsys,
                                                               workers):
