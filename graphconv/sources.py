@@ -1314,6 +1314,27 @@ def unread_nodata_note(source) -> str | None:
             "pixel is read as data (give the no-data value with --nodata)")
 
 
+MASK_PAGES_LOOKED_AT = 64  # pages of a TIFF `internal_mask_note` looks through (a pyramid has a dozen)
+
+
+def internal_mask_note(source, mask_given: bool = False) -> str | None:
+    """What to say of a TIFF that holds an internal mask (a page of NewSubfileType 4, as
+    GDAL writes with GDAL_TIFF_INTERNAL_MASK, common in cloud-optimised GeoTIFFs): graphconv
+    does not read it, so the pixels it marks invalid went in as data, silently. Its no-data
+    is a declared value (--nodata), NaN or a --mask: the note says how to give the mask
+    (none where one is given: `mask_given`)."""
+    tif = getattr(source, "tiff", None)
+    if tif is None or mask_given:
+        return None
+    for index, page in enumerate(tif.pages[:MASK_PAGES_LOOKED_AT]):
+        if int(getattr(page, "subfiletype", 0) or 0) & 4:
+            return (f"its page {index} is an internal mask (GDAL's), which graphconv does not read: the pixels it "
+                    "marks invalid are read as data; give it as --mask (a picture of the mask's pixels: "
+                    f"tifffile.imwrite('mask.tif', tifffile.imread(IMAGE, key={index}), photometric='minisblack')), "
+                    "or their value as --nodata")
+    return None
+
+
 INCH, CENTIMETER = 2, 3  # TIFF's ResolutionUnits (1: none; inches are what screens' 72 dpi fill in)
 MICROSCOPE_MICRONS = 5.0  # an inch resolution finer than this a pixel (5080 dpi) is a microscope's, not a screen's
 

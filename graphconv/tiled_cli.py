@@ -107,8 +107,9 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     _drop_a_skip_background_that_does_nothing(args, source)
     from graphconv.cluster import stored_orientation_note
     from graphconv.sources import channel_conversion
-    from graphconv.sources import unread_nodata_note
-    for said in (stored_orientation_note(source), unread_nodata_note(source)):
+    from graphconv.sources import internal_mask_note, unread_nodata_note
+    for said in (stored_orientation_note(source), unread_nodata_note(source),
+                 internal_mask_note(source, bool(getattr(args, "mask", None)))):
         if said:
             note(f"note: {said}")
     note_how_the_image_is_read(args.image, channel_conversion(source))

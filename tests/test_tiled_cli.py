@@ -882,6 +882,31 @@ def test_a_gdal_nodata_tag_that_is_no_number_is_said_to_be_put_aside(scene_net, 
     assert given.returncode == 0 and "GDAL_NODATA" not in given.stderr
 
 
+def test_an_internal_mask_is_said_to_be_unread_and_the_way_the_note_gives_it_works(scene_net, tmp_path):
+    """A GDAL internal mask (a page of NewSubfileType 4, as cloud-optimised GeoTIFFs carry)
+    was passed over in silence, its masked pixels read as data. The note names the page
+    and how to give it as --mask; done so, the cells it masks are left out."""
+    folder, bands = scene_net
+    valid = np.full(bands.shape[1:], 255, np.uint8)
+    valid[:, :45] = 0  # the left half is no data
+    with tifffile.TiffWriter(tmp_path / "cog.tif") as tif:
+        tif.write(bands.transpose(1, 2, 0), photometric="minisblack", planarconfig="contig", tile=(32, 32))
+        tif.write(valid > 0, photometric="minisblack", subfiletype=4, tile=(32, 32), compression="zlib")
+    common = ["run", folder / "fcn", "--bands", "4,3,2", "--image", tmp_path / "cog.tif"]
+    result = graphconv_in_process(*common, "--output", tmp_path / "plain.npy")
+    assert result.returncode == 0, result.stderr
+    note = [line for line in result.stderr.splitlines() if "internal mask" in line]
+    assert len(note) == 1 and "its page 1 is an internal mask" in note[0], result.stderr
+    written = re.search(r"tifffile\.imwrite\('mask\.tif', tifffile\.imread\(IMAGE, key=1\), "
+                        r"photometric='minisblack'\)", note[0]).group(0)
+    exec(written.replace("IMAGE", repr(str(tmp_path / "cog.tif"))).replace("'mask.tif'", repr(str(tmp_path / "m.tif"))),
+         {"tifffile": tifffile})
+    masked = graphconv_in_process(*common, "--mask", tmp_path / "m.tif", "--output", tmp_path / "masked.npy")
+    assert masked.returncode == 0 and "internal mask" not in masked.stderr, masked.stderr
+    scores = np.load(tmp_path / "masked.npy")
+    assert np.isnan(scores[..., 0]).all() and not np.isnan(scores[..., -1]).any()
+
+
 def test_cli_many_scenes_take_bands_and_downsample_too(scene_net, tmp_path):
     folder, _ = scene_net
     single = tmp_path / "single.npy"
