@@ -531,8 +531,8 @@ def _add_common_options(parser: argparse.ArgumentParser, defaults: bool) -> None
     parser.add_argument("--traceback", action="store_true", default=default(False),
                         help="show the Python traceback of an error")
     parser.add_argument("--memory-limit", metavar="SIZE", default=default(None),
-                        help="refuse inputs whose estimated memory exceeds SIZE (e.g. 4G; "
-                             "default 80%% of this machine's RAM, or of its container's or batch job's cgroup limit where less)")
+                        help="refuse inputs whose estimated memory exceeds SIZE (e.g. 4G; default 80%% of this "
+                             "machine's RAM, or of its container's or batch job's cgroup limit where less)")
 
 
 def _add_image_reading_options(parser: argparse.ArgumentParser) -> None:

@@ -327,8 +327,8 @@ class VerifyReport:
                                                         "unless --tolerance)"),
                  self._conversion_line(),
                  f"(b) sliding evaluation vs {reference} on every crop: {self.cells_differing} of "
-                 f"{self.cells} cells differ by more than the tolerance, max abs {self.max_abs:.3g} ({self.max_rel:.2%} of the largest "
-                 f"score, {self.scale:.3g}; {self._sliding_tolerance_text()})"]
+                 f"{self.cells} cells differ by more than the tolerance, max abs {self.max_abs:.3g} "
+                 f"({self.max_rel:.2%} of the largest score, {self.scale:.3g}; {self._sliding_tolerance_text()})"]
         if self.exact_by_construction:
             lines.append("    no layer pads, so every cell equals its crop by construction"
                          + ("" if self.agrees else ", here to float32 rounding" if self.sliding_rounding

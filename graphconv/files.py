@@ -590,7 +590,7 @@ def model_digest(paths: Iterable[str | os.PathLike]) -> str:
     counts by its model.yaml, which names its weights and labels files by their
     contents' hash, so its files inside are not read again (a VGG-16 folder's 553 MB).
     Each file's digest is kept while its `file_stamp` holds."""
-    paths = [Path(p) for p in paths]
+    paths = [Path(p).resolve() for p in paths]  # a folder given as out/m names its files by absolute paths
     folders = [p for p in paths if p.is_dir()]
     files = [p / MODEL_SPEC if p.is_dir() else p for p in paths
              if p.is_dir() or not any(folder in p.parents for folder in folders)]

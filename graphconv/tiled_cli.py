@@ -106,8 +106,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     note_how_the_raster_is_read(args, source)
     _drop_a_skip_background_that_does_nothing(args, source)
     from graphconv.cluster import stored_orientation_note
-    from graphconv.sources import channel_conversion
-    from graphconv.sources import internal_mask_note, unread_nodata_note
+    from graphconv.sources import channel_conversion, internal_mask_note, unread_nodata_note
     for said in (stored_orientation_note(source), unread_nodata_note(source),
                  internal_mask_note(source, bool(getattr(args, "mask", None)))):
         if said:
@@ -231,8 +230,8 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
 def _out_of_memory_in_a_tile(args: argparse.Namespace, grid, plan, budget: int) -> Iterator[None]:
     """A MemoryError while the tiles run: the machine had less free than the budget the
     tiles were sized to (other processes, a ulimit, a container's limit), and "ran out of
-    memory" alone left the user to guess what to change. Say what a tile needed, and
-    a tile of half the side, and what it needs."""
+    memory" alone left the user to guess what to change. Say what the tile needed, and
+    the --tile of about half its side with what that one needs."""
     try:
         yield
     except MemoryError:

@@ -646,3 +646,31 @@ def test_the_free_space_a_map_is_checked_against_is_what_this_process_may_use_ev
     monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage(10 ** 12, 9 * 10 ** 11, 51 * 10 ** 9))
     monkeypatch.setattr(os, "geteuid", lambda: 0, raising=False)
     assert files._free_bytes(tmp_path) == 51 * 10 ** 9
+
+
+def test_a_model_s_digest_is_of_its_files_contents_wherever_they_are_and_however_named(tmp_path, monkeypatch):
+    """Maps record `model_digest` to tell a model compiled again or retrained in place
+    (`--skip-existing`); a folder named by a relative path, or copied elsewhere, is the same model."""
+    from graphconv.files import model_digest
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.yaml").write_text("a: 1\n")
+    (folder / "weights-0.npz").write_bytes(b"weights")
+    inside = [folder, folder / "weights-0.npz"]  # as graph.meta["read_from"] lists a compiled folder's
+    digest = model_digest(inside)
+    monkeypatch.chdir(tmp_path)
+    assert model_digest(["model", folder / "weights-0.npz"]) == digest
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("model.yaml", "weights-0.npz"):
+        (copy / name).write_bytes((folder / name).read_bytes())
+    assert model_digest([copy, copy / "weights-0.npz"]) == digest
+    (folder / "model.yaml").write_text("a: 2\n")
+    assert model_digest(inside) != digest
+    spec = tmp_path / "net.yaml"
+    spec.write_text("layers: []\n")
+    (tmp_path / "w.npz").write_bytes(b"1")
+    before = model_digest([spec, tmp_path / "w.npz"])
+    (tmp_path / "w.npz").write_bytes(b"2")  # retrained in place: a spec's weights file counts by its contents
+    assert model_digest([spec, tmp_path / "w.npz"]) != before
