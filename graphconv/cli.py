@@ -819,7 +819,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if model.returns_vectors:
         from graphconv.tiled_cli import check_the_network_takes
         check_the_network_takes(args, model, args.image or args.input, x.shape[2:])
-    with _naming_the_input(args.image or args.input):  # run's own check, naming the file
+    hint = "" if model.returns_vectors else SMALLER_THAN_A_CROP_HINT  # a classifier as written takes no --pad-image
+    with _naming_the_input(args.image or args.input, hint):  # run's own check, naming the file
         model.check_memory(x.shape[0], x.shape[2:], file=args.image or args.input,
                            hint=lambda: _whole_run_hint(args, model, x.shape[0]))
     profile: dict[str, float] | None = {} if args.profile else None
@@ -887,10 +888,14 @@ def _whole_run_hint(args: argparse.Namespace, model, images: int) -> str:
     return "; or ".join(hints)
 
 
+SMALLER_THAN_A_CROP_HINT = (": --pad-image reflect (or constant) pads its border, so that crops fit and the map "
+                            "reaches its edges")
+
+
 @contextmanager
-def _naming_the_input(file: str | None):
+def _naming_the_input(file: str | None, hint: str = ""):
     """A shape error that names no file (an input smaller than the classifier's crop)
-    names the input the user gave."""
+    names the input the user gave, and where it is smaller than a crop, says `hint`."""
     from graphconv.errors import Location, ShapeError
 
     try:
@@ -898,6 +903,8 @@ def _naming_the_input(file: str | None):
     except ShapeError as err:
         if err.loc is None and file:
             err.loc = Location(file)
+        if hint and "smaller than the classifier's" in err.message:
+            err.message += hint
         raise
 
 

@@ -117,8 +117,9 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
         note(padding)
     crop_hw = model.crop_shape[1:]
     if image_hw[0] < crop_hw[0] or image_hw[1] < crop_hw[1]:
+        from graphconv.cli import SMALLER_THAN_A_CROP_HINT
         raise GraphconvError(f"the image is {image_hw[0]}x{image_hw[1]}, smaller than the classifier's "
-                             f"{crop_hw[0]}x{crop_hw[1]} crop", file=args.image)
+                             f"{crop_hw[0]}x{crop_hw[1]} crop{SMALLER_THAN_A_CROP_HINT}", file=args.image)
     tile = args.tile
     resume = getattr(args, "resume", False)
     budget = _tile_budget(args, grid, image_hw)

@@ -1462,6 +1462,13 @@ def test_an_input_smaller_than_the_crop_is_named(tmp_path, capsys):
     assert capsys.readouterr().err.strip().endswith(
         "tiny.npy: the input is 5x5, smaller than the classifier's 28x28 crop")
     assert not (tmp_path / "o.npy").exists()
+    assert run_cli("compile", SPECS / "digits.yaml", "-o", tmp_path / "fcn") == 0
+    capsys.readouterr()
+    assert run_cli("run", tmp_path / "fcn", "--input", tmp_path / "tiny.npy") == 2  # a map: --pad-image makes one
+    assert capsys.readouterr().err.strip().endswith(
+        "smaller than the classifier's 28x28 crop: --pad-image reflect (or constant) pads its border, so that crops "
+        "fit and the map reaches its edges")
+    assert run_cli("run", tmp_path / "fcn", "--input", tmp_path / "tiny.npy", "--pad-image", "reflect") == 0
 
 
 def test_a_weights_array_not_named_layer_dot_param_says_so(tmp_path, capsys):
