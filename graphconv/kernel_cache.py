@@ -50,6 +50,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import tempfile
 from pathlib import Path
 
 import numba
@@ -80,8 +81,25 @@ def cache_root() -> Path:
 
 
 def kernel_cache_dir() -> Path:
-    """Where this version of graphconv's sources keeps its compiled kernels."""
-    return cache_root() / f"kernels-{sources_digest()}"
+    """Where this version of graphconv's sources keeps its compiled kernels: under
+    `cache_root()`, or where that cannot be written (a read-only home on a cluster's
+    node, a cache folder another user made) under this user's folder in the temporary
+    directory. numba cannot use a cache folder it cannot write, even a complete one, and
+    failed every run with its traceback ("no locator available")."""
+    preferred = cache_root() / f"kernels-{sources_digest()}"
+    if _writable(preferred):
+        return preferred
+    user = getattr(os, "getuid", lambda: "user")()
+    return Path(tempfile.gettempdir()) / f"graphconv-{user}" / preferred.name
+
+
+def _writable(folder: Path) -> bool:
+    """Whether `folder` can be written, or made where it is not there yet (its nearest
+    existing ancestor a folder that can be written), without making it."""
+    for there in (folder, *folder.parents):
+        if os.path.lexists(there):
+            return there.is_dir() and os.access(there, os.W_OK | os.X_OK)
+    return False
 
 
 def install_kernel_cache() -> bool:

@@ -38,12 +38,21 @@ def physical_memory() -> int:
     will not say), or less where its cgroup is limited (`cgroup_memory_limit`: a
     container's, a SLURM job's --mem). Sized to the node alone, a job given 8 GB of a
     512 GB node tiled nothing and was killed by the kernel, not refused."""
+    job = _cgroup_below_the_ram()
+    return job if job is not None else _machine_memory()
+
+
+def _machine_memory() -> int:
     try:
-        machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
-        machine = 16 << 30
-    limited = cgroup_memory_limit()
-    return min(machine, limited) if limited is not None else machine
+        return 16 << 30
+
+
+def _cgroup_below_the_ram() -> int | None:
+    """`cgroup_memory_limit` where it is less than the machine's RAM, else None."""
+    job = cgroup_memory_limit()
+    return job if job is not None and job < _machine_memory() else None
 
 
 CGROUP_MOUNT = Path("/sys/fs/cgroup")
@@ -89,9 +98,34 @@ def _limits_along(mount: Path, path: str, name: str) -> list[int]:
     return limits
 
 
+PROCESS_BYTES = 320 << 20
+"""What the process holds outside the budget (the interpreter, numba's compiler and the
+kernels, BLAS; measured 185-290 MB): under a cgroup's limit the default budget leaves
+it room, where DEFAULT_SHARE alone did not: AlexNet in a 600 or 700 MB job ran tiles
+sized to 480 or 560 MB and the kernel killed it."""
+
+
 def memory_limit() -> int:
-    """The current budget in bytes."""
-    return _limit if _limit is not None else int(DEFAULT_SHARE * physical_memory())
+    """The current budget in bytes: `set_memory_limit`'s, else `default_memory_limit`."""
+    return _limit if _limit is not None else default_memory_limit()
+
+
+def default_memory_limit() -> int:
+    """DEFAULT_SHARE of `physical_memory`; under a cgroup's limit also at most that limit
+    less PROCESS_BYTES (at least a quarter of it)."""
+    share = int(DEFAULT_SHARE * physical_memory())
+    job = _cgroup_below_the_ram()
+    return share if job is None else min(share, max(job - PROCESS_BYTES, job // 4))
+
+
+def _whose_limit() -> str:
+    """Where the limit comes from, for messages: a cgroup's (a batch job's, a container's)
+    limit is not raised by --memory-limit, which then only lets the kernel kill the run."""
+    job = _cgroup_below_the_ram() if _limit is None else None
+    if job is None:
+        return ""
+    return (f", this job's or container's share of the {format_size(job)} its cgroup allows (ask its scheduler "
+            "for more memory: past the cgroup's limit the kernel kills the run)")
 
 
 def set_memory_limit(limit: int | str | None) -> None:
@@ -145,8 +179,8 @@ def check_fits(nbytes: float, what: str, *, file: str | None = None, hint: str |
     limit = memory_limit()
     if nbytes > limit:
         raise GraphconvError(f"{what} needs about {format_size(nbytes)}, over the memory limit of "
-                             f"{format_size(limit)} (raise it with --memory-limit, or graphconv.set_memory_limit "
-                             f"from Python){'; ' + hint if hint else ''}", file=file)
+                             f"{format_size(limit)}{_whose_limit()} (raise it with --memory-limit, or "
+                             f"graphconv.set_memory_limit from Python){'; ' + hint if hint else ''}", file=file)
 
 
 # ---- what a forward pass needs -------------------------------------------------------------

@@ -112,6 +112,24 @@ def test_graphconv_kernels_go_to_the_versioned_cache_without_setting_the_environ
     assert list(expected.rglob("*.nbi")), "numba wrote graphconv's kernel index there"
 
 
+def test_a_cache_folder_that_cannot_be_written_falls_back_to_the_temporary_directory(tmp_path):
+    """A read-only home (a cluster node's), or a cache folder another user made: numba
+    cannot use a cache it cannot write and every run failed with "no locator available".
+    The kernels go to this user's folder in the temporary directory instead. (A path
+    below a file cannot be made a folder even by root, who may write read-only ones.)"""
+    (tmp_path / "home").write_text("a file, not a folder")
+    env = {**{k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"},
+           "XDG_CACHE_HOME": str(tmp_path / "home"), "TMPDIR": str(tmp_path)}
+    code = ("import numpy as np, graphconv; from graphconv.ops.elementwise import cpu; "
+            "from graphconv.kernel_cache import kernel_cache_dir; "
+            "x = np.ones((1, 1, 2, 2), np.float32); cpu.run_relu({}, {}, [x], np.empty_like(x)); "
+            "print(kernel_cache_dir())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    fallback = tmp_path / f"graphconv-{os.getuid()}" / f"kernels-{kernel_cache.sources_digest()}"
+    assert out.stdout.strip() == str(fallback) and list(fallback.rglob("*.nbi"))
+
+
 def test_an_explicit_cache_dir_wins(tmp_path):
     chosen = tmp_path / "mine"
     assert _cache_dir_in_fresh_process(tmp_path, NUMBA_CACHE_DIR=str(chosen)) == str(chosen)

@@ -65,7 +65,7 @@ def test_the_limit_comes_back_to_the_default(limit):
     limit("64M")
     assert memory_limit() == 64 * MB
     limit(None)
-    assert memory_limit() == default == int(memory.DEFAULT_SHARE * memory.physical_memory())
+    assert memory_limit() == default == memory.default_memory_limit()
 
 
 def _cgroups(root, membership: str, limits: dict[str, str]):
@@ -96,13 +96,28 @@ def test_the_default_limit_follows_a_container_s_or_a_batch_job_s_cgroup(tmp_pat
     assert _cgroups(tmp_path, membership, limits) == expected
 
 
-def test_the_default_limit_is_a_share_of_the_cgroup_s_limit_where_lower(monkeypatch):
+def test_the_default_limit_under_a_cgroup_leaves_the_process_its_room_and_says_whose_it_is(monkeypatch, limit):
+    """AlexNet in a 600 or 700 MB job ran tiles sized to 80% of it, and the process itself
+    (some 250 MB) on top was killed by the kernel; the refusal said "raise it with
+    --memory-limit", which leads straight to that."""
+    limit(None)
     monkeypatch.setattr(memory, "cgroup_memory_limit", lambda: 3 << 30)
     assert memory.physical_memory() == 3 << 30
-    set_memory_limit(None)
-    assert memory_limit() == int(memory.DEFAULT_SHARE * (3 << 30))
+    assert memory_limit() == int(memory.DEFAULT_SHARE * (3 << 30))  # 80% leaves more than the process's share
+    monkeypatch.setattr(memory, "cgroup_memory_limit", lambda: 700 * MB)
+    assert memory_limit() == 700 * MB - memory.PROCESS_BYTES
+    with pytest.raises(GraphconvError, match=r"over the memory limit of 380\.0 MB, this job's or container's share "
+                                             r"of the 700\.0 MB its cgroup allows \(ask its scheduler"):
+        check_fits(600 * MB, "a run")
+    monkeypatch.setattr(memory, "cgroup_memory_limit", lambda: 300 * MB)
+    assert memory_limit() == 75 * MB  # a quarter, not less than nothing
+    limit("200M")  # the user's own: no word of the cgroup
+    with pytest.raises(GraphconvError) as refused:
+        check_fits(600 * MB, "a run")
+    assert "cgroup" not in str(refused.value)
+    limit(None)
     monkeypatch.setattr(memory, "cgroup_memory_limit", lambda: 1 << 62)  # over the machine's RAM: the RAM
-    assert memory.physical_memory() < 1 << 62
+    assert memory.physical_memory() < 1 << 62 and memory_limit() == int(memory.DEFAULT_SHARE * memory.physical_memory())
 
 
 def test_no_cgroup_file_is_no_limit(tmp_path):
