@@ -896,14 +896,14 @@ SMALLER_THAN_A_CROP_HINT = (": --pad-image reflect (or constant) pads its border
 def _naming_the_input(file: str | None, hint: str = ""):
     """A shape error that names no file (an input smaller than the classifier's crop)
     names the input the user gave, and where it is smaller than a crop, says `hint`."""
-    from graphconv.errors import Location, ShapeError
+    from graphconv.errors import Location, ShapeError, SmallerThanTheCrop
 
     try:
         yield
     except ShapeError as err:
         if err.loc is None and file:
             err.loc = Location(file)
-        if hint and "smaller than the classifier's" in err.message:
+        if hint and isinstance(err, SmallerThanTheCrop):
             err.message += hint
         raise
 

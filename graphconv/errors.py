@@ -158,6 +158,11 @@ class ShapeError(GraphconvError):
     """A layer cannot be applied to the shapes that reach it."""
 
 
+class SmallerThanTheCrop(ShapeError):
+    """An input smaller than the classifier's crop: no cell of its map fits (the CLI
+    adds what pads it, --pad-image)."""
+
+
 class PassError(GraphconvError):
     """A pass failed, or left the IR broken (the message names the pass)."""
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from graphconv.errors import GraphconvError, ShapeError, shown
+from graphconv.errors import GraphconvError, ShapeError, SmallerThanTheCrop, shown
 from graphconv.ir import Graph, Node
 
 Shape = tuple[int, int, int]
@@ -232,7 +232,7 @@ def check_holds_a_crop(graph: Graph, image_hw: tuple[int, int]) -> None:
     _, hc, wc = graph.input_shape
     h, w = image_hw
     if graph.meta.get("task") != "segmentation" and (h < hc or w < wc):
-        raise ShapeError(f"the input is {h}x{w}, smaller than the classifier's {hc}x{wc} crop")
+        raise SmallerThanTheCrop(f"the input is {h}x{w}, smaller than the classifier's {hc}x{wc} crop")
 
 
 def dropped_layers_note(graph: Graph) -> str | None:
