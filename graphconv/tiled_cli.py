@@ -626,7 +626,7 @@ def _map_options(args: argparse.Namespace, grid):
                       skip_background=args.skip_background, bands=tuple(args.bands) if args.bands else None,
                       downsample=args.downsample, mpp=args.mpp, traceback=getattr(args, "traceback", False),
                       max_nodata=getattr(args, "max_nodata", DEFAULT_MAX_NODATA), nodata=getattr(args, "nodata", None),
-                      memory_limit=_budget_per_process(args), resume=getattr(args, "resume", False),
+                      memory_limit=_budget_per_process(args, grid.model), resume=getattr(args, "resume", False),
                       resize=tuple(args.resize) if args.resize else None, mask=getattr(args, "mask", None),
                       pad_image=getattr(args, "pad_image", None))
 
@@ -640,7 +640,22 @@ def _tile_budget(args: argparse.Namespace, grid, image_hw: tuple[int, int]) -> i
     if args.scheduler:
         return memory_limit()
     held = 0 if args.output else FLOAT_BYTES * grid.model.output_channels * math.prod(grid.map_hw(image_hw))
-    return max(memory_limit() - held, memory_limit() * 3 // 4) // max(1, args.workers or 1)
+    budget = max(memory_limit() - held, memory_limit() * 3 // 4)
+    return _each_local_worker_s_share(args, grid.model, budget) if args.workers else budget
+
+
+def _each_local_worker_s_share(args: argparse.Namespace, model, budget: int) -> int:
+    """What each of a local cluster's --workers may take for its tiles or images: the
+    budget, less what the cluster itself holds outside any tile (a process of Python,
+    numba and dask a worker, and the command's own copy of the model), in N parts. Each
+    worker's share counts its own copy of the weights, as a lone run's budget does. Split
+    without those, AlexNet with --workers 2 in a 1.5 GB batch job held three models and
+    three processes beside two half-budget tiles, and the kernel killed it."""
+    from graphconv.cluster import WORKER_PROCESS_BYTES
+    from graphconv.memory import weight_bytes
+
+    outside = args.workers * WORKER_PROCESS_BYTES + weight_bytes(model.graph)
+    return max(budget - outside, budget // 4) // args.workers
 
 
 def _check_each_worker_s_tile_fits(args: argparse.Namespace, grid, plan, budget: int) -> None:
@@ -648,7 +663,7 @@ def _check_each_worker_s_tile_fits(args: argparse.Namespace, grid, plan, budget:
     holding its own weights, so each must fit the limit's share, as automatic tiles are
     chosen to. Checked against the whole limit, `--tile 1200 --workers 2` under 1G was let
     through and took twice the limit."""
-    if not args.workers or args.scheduler or args.workers == 1:
+    if not args.workers or args.scheduler:
         return
     from graphconv.tiling import tile_bytes
     need = tile_bytes(grid, plan.tile_hw)
@@ -661,17 +676,19 @@ def _check_each_worker_s_tile_fits(args: argparse.Namespace, grid, plan, budget:
 
 def _what_the_budget_is(args: argparse.Namespace) -> str:
     if args.workers and not args.scheduler:
-        return f"each of the {args.workers} workers may take (the memory limit's share)"
+        return (f"each of the {args.workers} worker(s) may take (the memory limit less the workers' processes and "
+                "this command's copy of the model, shared)")
     return "budget"
 
 
-def _budget_per_process(args: argparse.Namespace) -> int | None:
+def _budget_per_process(args: argparse.Namespace, model) -> int | None:
     """The memory budget of each process mapping images: the command's own, shared among
-    a local cluster's workers (one machine); on a --scheduler's, each of which has its own
-    machine, --memory-limit where given (each worker's), else None: each worker's default."""
+    a local cluster's workers (one machine: `_each_local_worker_s_share`); on a
+    --scheduler's, each of which has its own machine, --memory-limit where given (each
+    worker's), else None: each worker's default."""
     if args.scheduler:
         return memory_limit() if getattr(args, "memory_limit", None) is not None else None
-    return memory_limit() // max(1, args.workers or 1)
+    return _each_local_worker_s_share(args, model, memory_limit()) if args.workers else memory_limit()
 
 
 def _model_ref(args: argparse.Namespace):
@@ -766,7 +783,7 @@ def run_images_command(args: argparse.Namespace) -> int:
         note(f"note: {turned} photo(s) turned upright per their EXIF orientation (their maps and cells are the "
              "upright picture's)")
     _note_npy_maps_replaced(args, results, replaceable)
-    _note_tiled_for_memory(args, [result for result in results if result.memory_tile])
+    _note_tiled_for_memory(args, model, [result for result in results if result.memory_tile])
     _note_resumed([result.resumed for result in results if result.resumed])
     if len(failed) == len(results):
         _remove_if_empty(created)  # made for maps of which none came: gone again, as after any failed command
@@ -794,7 +811,7 @@ def _error_line(result) -> str:
     return printable(f"graphconv: {result.error if named else f'{result.image}: {result.error}'}")
 
 
-def _note_tiled_for_memory(args: argparse.Namespace, results: list) -> None:
+def _note_tiled_for_memory(args: argparse.Namespace, model, results: list) -> None:
     """One note for the images of a batch mapped in tiles because the whole image's run
     was over the memory budget (`cluster.image_tile`), as a single --image's run says."""
     from graphconv.cli import note
@@ -802,7 +819,7 @@ def _note_tiled_for_memory(args: argparse.Namespace, results: list) -> None:
     if not results:
         return
     height, width = max(result.memory_tile for result in results)
-    budget = _budget_per_process(args)
+    budget = _budget_per_process(args, model)
     over = f"the {format_size(budget)} memory budget" if budget is not None else "their worker's memory budget"
     note(f"note: {len(results)} image(s) would need more than {over} whole: evaluated in exact tiles of up to "
          f"{height}x{width} pixels (--tile sets the size; --memory-limit the budget)")

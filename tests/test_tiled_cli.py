@@ -1629,34 +1629,44 @@ def test_memory_limit_given_with_a_scheduler_is_each_worker_s_budget():
     from graphconv.tiled_cli import _budget_per_process
 
     with memory_limit_set("300M"):
-        given = _budget_per_process(argparse.Namespace(scheduler="tcp://h:8786", workers=None, memory_limit="300M"))
-        local = _budget_per_process(argparse.Namespace(scheduler=None, workers=2, memory_limit="300M"))
-    assert given == 300 * 2 ** 20 and local == given // 2
-    assert _budget_per_process(argparse.Namespace(scheduler="tcp://h:8786", workers=None, memory_limit=None)) is None
+        given = _budget_per_process(argparse.Namespace(scheduler="tcp://h:8786", workers=None, memory_limit="300M"),
+                                    None)
+    assert given == 300 * 2 ** 20
+    assert _budget_per_process(argparse.Namespace(scheduler="tcp://h:8786", workers=None, memory_limit=None),
+                               None) is None
 
 
 def test_a_tile_s_budget_is_the_limit_shared_among_local_workers_less_a_map_held_in_memory(model_dir):
     """With --workers 2 each tile was chosen for the whole --memory-limit, and two ran at
-    once: 758 MB -> 2.1 GB under 1 GB. A map held in memory (no --output) is beside them."""
+    once: 758 MB -> 2.1 GB under 1 GB. A map held in memory (no --output) is beside them;
+    so are the workers' processes and the command's own copy of the model (AlexNet with
+    --workers 2 in a 1.5 GB job was killed), which come off before the budget is shared."""
     import argparse
 
-    from graphconv.memory import memory_limit_set
-    from graphconv.tiled_cli import _tile_budget
+    from graphconv.cluster import WORKER_PROCESS_BYTES
+    from graphconv.memory import memory_limit_set, weight_bytes
+    from graphconv.tiled_cli import _budget_per_process, _tile_budget
     from graphconv.tiling import DenseGrid
 
     grid = DenseGrid(Model.load(model_dir))
     cells = grid.model.output_channels * math.prod(grid.map_hw((4000, 4000)))
+    limit, weights = 2000 << 20, weight_bytes(grid.model.graph)
 
     def budget(**given):
-        args = dict(scheduler=None, workers=None, output="map.npy")
-        return _tile_budget(argparse.Namespace(**{**args, **given}), grid, (4000, 4000))
+        args = argparse.Namespace(**{**dict(scheduler=None, workers=None, output="map.npy"), **given})
+        return _tile_budget(args, grid, (4000, 4000))
 
-    with memory_limit_set("300M"):
-        assert budget() == 300 << 20
-        assert budget(workers=3) == (300 << 20) // 3
-        assert budget(output=None) == (300 << 20) - 4 * cells
-        assert budget(output=None, workers=2) == ((300 << 20) - 4 * cells) // 2
-        assert budget(scheduler="tcp://h:8786", workers=None) == 300 << 20  # each worker has its own machine
+    with memory_limit_set(limit):
+        assert budget() == limit
+        assert budget(workers=3) == (limit - 3 * WORKER_PROCESS_BYTES - weights) // 3
+        assert budget(workers=1) == limit - WORKER_PROCESS_BYTES - weights  # a worker process all the same
+        assert budget(output=None) == limit - 4 * cells
+        assert budget(output=None, workers=2) == (limit - 4 * cells - 2 * WORKER_PROCESS_BYTES - weights) // 2
+        assert budget(scheduler="tcp://h:8786", workers=None) == limit  # each worker has its own machine
+        batch = argparse.Namespace(scheduler=None, workers=2, memory_limit=str(limit))
+        assert _budget_per_process(batch, grid.model) == budget(workers=2)  # an --images batch's workers alike
+    with memory_limit_set("300M"):  # less than the workers' processes: a quarter of it, shared, not a negative
+        assert budget(workers=3) == (300 << 20) // 4 // 3
 
 
 def test_a_scheduler_address_dask_cannot_parse_is_one_line(model_dir, picture, tmp_path):
