@@ -73,6 +73,8 @@ class MapOptions:
     resize: tuple[int, ...] | None = None  # --resize H W, or S: each picture resized (sources.PillowSource)
     mask: str | None = None  # --mask MASK: the cells of one --image it marks computed (background.load_mask)
     pad_image: str | None = None  # --pad-image MODE: each image with a border, cells to its edges (sources.Bordered)
+    listed_in: str | None = None  # --images --skip-existing/--resume: the --output-dir whose list tells a map that
+    # another run made meanwhile, kept and not made again (`_made_meanwhile`)
 
     def grid(self, model):
         """What each task maps: the model's dense pass, or the classifier on every crop."""
@@ -470,6 +472,7 @@ class ImageResult:
     nodata_possible: bool = False  # whether any of its pixels can be no-data (`sources.nodata_can_occur`)
     memory_tile: tuple[int, int] | None = None  # the tiles planned from `image_tile`'s, the whole image over the budget
     resumed: tuple[int, int] | None = None  # --resume: (tiles an earlier run had done, tiles in all): one note
+    made_meanwhile: bool = False  # its map made by another run while this one ran, and kept (`_made_meanwhile`)
 
 
 def stored_orientation_note(source) -> str | None:
@@ -503,9 +506,12 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
     from graphconv.georef import map_contents
     from graphconv.tiling import WHOLE_IMAGE_PLAN, map_transform
 
+    asked_tile = tile
     try:
         _refuse_a_broken_link(image)
         model = worker_model(ref)
+        if _made_meanwhile(ref, model, image, output, options, tile, found):
+            return _kept_as_made_meanwhile(model, image, output, options, tile)
         stamp = image_stamp(image)  # before the read: an image edited while it is read is not this map's
         source = options.open_image(model, image, _raster_nodata(image, options))
         transform, _, _ = map_transform(options.reduce, options.classes, model.output_channels)
@@ -547,9 +553,41 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
                            scaled=value_scaling(source),
                            nodata_possible=nodata_can_occur(getattr(source, "inner", source)))
     except (GraphconvError, OSError, MemoryError, ValueError) as err:
+        if isinstance(err, WrittenMeanwhile) and _made_meanwhile(ref, model, image, output, options, asked_tile,
+                                                                  found):
+            return _kept_as_made_meanwhile(model, image, output, options, asked_tile)
         if options.traceback:
             raise
         return ImageResult(image, error=user_message(err))
+
+
+class WrittenMeanwhile(GraphconvError):
+    """A map's file written by another run after this batch found it (`_as_found`)."""
+
+
+def _made_meanwhile(ref: ModelRef, model, image: str, output: str, options: MapOptions, tile: int | None,
+                    found: list[int] | None) -> bool:
+    """Whether another run made `output` as this one would (`holds_its_map`) after this
+    --skip-existing or --resume batch found it missing or stale (`found`): two array
+    tasks given overlapping lists, or a batch started again before the first ended. Each
+    computed the images they shared, and all but the first to finish one then refused to
+    replace it and exited 2. An .npy counts once its row in the list records its
+    settings: another model with as many classes makes a map of the same shape."""
+    from graphconv.files import file_stamp
+    from graphconv.georef import is_tiff_output
+    from graphconv.manifest import Manifest
+
+    if options.listed_in is None or file_stamp(output) == found:
+        return False
+    made_with = Manifest(options.listed_in).made_with
+    if not is_tiff_output(output) and made_with(output) is None:
+        return False
+    return holds_its_map(ref, model, image, output, options, tile, made_with)
+
+
+def _kept_as_made_meanwhile(model, image: str, output: str, options: MapOptions, tile: int | None) -> ImageResult:
+    _, shape = image_map_shape(model, options.grid(model), image, options, tile)
+    return ImageResult(image, output, shape, made_meanwhile=True)
 
 
 def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, tile: int, options: MapOptions,
@@ -732,9 +770,10 @@ def _as_found(output: str, found: list[int] | None) -> Callable[[], None]:
 
     def unchanged() -> None:
         if file_stamp(output) != found:
-            raise GraphconvError("was written by another run while this one computed its map (two batches into one "
-                                 "--output-dir at once?): left as that run wrote it; map this batch into a separate "
-                                 "--output-dir", file=output)
+            raise WrittenMeanwhile("was written by another run while this one computed its map (two batches into "
+                                   "one --output-dir at once?): left as that run wrote it; map this batch into a "
+                                   "separate --output-dir (with --skip-existing, a map another run makes meanwhile "
+                                   "as this one would is kept)", file=output)
     return unchanged
 
 

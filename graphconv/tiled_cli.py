@@ -724,6 +724,8 @@ def run_images_command(args: argparse.Namespace) -> int:
     note_pixels_as_they_are(args, model)
     grid = grid_for(args, model)
     options = _map_options(args, grid)  # a bad model is one error here, not one per image
+    if args.skip_existing or args.resume:
+        options = replace(options, listed_in=os.path.abspath(args.output_dir))
     if args.tile:
         from graphconv.tiling import check_tile_holds_a_cell
         check_tile_holds_a_cell(grid, args.tile)  # and a --tile too small for it
@@ -785,6 +787,7 @@ def run_images_command(args: argparse.Namespace) -> int:
     _note_npy_maps_replaced(args, results, replaceable)
     _note_tiled_for_memory(args, model, [result for result in results if result.memory_tile])
     _note_resumed([result.resumed for result in results if result.resumed])
+    _note_made_meanwhile(args, [result for result in results if result.made_meanwhile])
     if len(failed) == len(results):
         _remove_if_empty(created)  # made for maps of which none came: gone again, as after any failed command
     print(f"{len(results) - len(failed)} of {len(results)} image(s) -> {args.output_dir} in "
@@ -823,6 +826,15 @@ def _note_tiled_for_memory(args: argparse.Namespace, model, results: list) -> No
     over = f"the {format_size(budget)} memory budget" if budget is not None else "their worker's memory budget"
     note(f"note: {len(results)} image(s) would need more than {over} whole: evaluated in exact tiles of up to "
          f"{height}x{width} pixels (--tile sets the size; --memory-limit the budget)")
+
+
+def _note_made_meanwhile(args: argparse.Namespace, results: list) -> None:
+    """One note for the maps another run made while this batch ran (`cluster._made_meanwhile`)."""
+    from graphconv.cli import note
+
+    if results:
+        note(f"note: {len(results)} image(s) had their map made meanwhile by another run into {args.output_dir}, as "
+             "this one would have made it (array tasks given overlapping lists?): kept, not made again")
 
 
 def _note_resumed(resumed: list[tuple[int, int]]) -> None:

@@ -2,6 +2,7 @@
 `--images`, through the CLI as users run them: the same map as the whole-image pass."""
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import math
@@ -656,6 +657,74 @@ def test_a_map_another_batch_wrote_while_this_one_ran_is_left_as_it_is(model_dir
     result = _one_image(ModelRef(str(model_dir)), str(picture / "page.png"), str(output), MapOptions(), tile,
                         found=file_stamp(output))  # as found before the work: this batch's to replace
     assert result.error is None and output.read_bytes() != b"the other batch's map"
+
+
+@pytest.mark.parametrize("tile", [None, 60])
+@pytest.mark.parametrize("suffix", [".tif", ".npy"])
+def test_a_skip_existing_batch_keeps_a_map_another_run_made_meanwhile_as_it_would(model_dir, picture, tmp_path,
+                                                                                   monkeypatch, tile, suffix):
+    """Two array tasks given overlapping lists (or a batch started again before the first
+    ended), both with --skip-existing: each found an image unmapped at its start, both
+    computed it, and the second to finish refused to replace the first's map and exited
+    2. A map another run made as this one would, before the image's turn or while it was
+    computed, is kept: not computed again, not an error. One of another model is not."""
+    from graphconv import cluster
+    from graphconv.cluster import _one_image, output_names
+    from graphconv.files import file_stamp
+
+    out, image = tmp_path / "maps", str(picture / "page.png")
+    [output] = output_names([image], str(out), suffix[1:])  # page_png: page.tif lies beside it
+    ref, listed = ModelRef(str(model_dir)), MapOptions(listed_in=str(out))
+
+    def another_run(options=MapOptions()):
+        [made] = run_images(ref, [image], str(out), options, tile, output_format=suffix[1:])
+        assert made.error is None
+
+    another_run()  # before this image's turn
+    before = file_stamp(output)
+    result = _one_image(ref, image, output, listed, tile, found=None)
+    assert result.error is None and result.made_meanwhile and file_stamp(output) == before
+    assert result.shape == np.load(output).shape if suffix == ".npy" else len(result.shape) == 4
+
+    os.remove(output)
+    stamp_image, runs = cluster.image_stamp, []
+
+    def stamp_while_another_run_maps_it(path):  # called as this run starts reading the image
+        if not runs:
+            runs.append(path)  # first: the other run stamps the image too
+            another_run()
+        return stamp_image(path)
+    monkeypatch.setattr(cluster, "image_stamp", stamp_while_another_run_maps_it)
+    result = _one_image(ref, image, output, listed, tile, found=None)
+    assert result.error is None and result.made_meanwhile and runs
+    assert _one_image(ref, image, output, MapOptions(), tile, found=None).error, "without --skip-existing: refused"
+
+    os.remove(output)
+    runs.clear()
+    another_run = functools.partial(another_run, MapOptions(classes=(1,)))  # a map this run would not make
+    result = _one_image(ref, image, output, listed, tile, found=None)
+    assert "was written by another run while this one computed its map" in result.error
+
+
+def test_cli_skip_existing_batch_says_which_maps_another_run_made_meanwhile(model_dir, picture, tmp_path,
+                                                                           monkeypatch):
+    from graphconv import cluster
+    from graphconv.manifest import Manifest
+
+    out, image = tmp_path / "maps", str(picture / "page.png")
+    stamp_image, runs = cluster.image_stamp, []
+
+    def stamp_while_another_run_maps_it(path):
+        if not runs:
+            runs.append(path)
+            run_images(ModelRef(str(model_dir)), [image], str(out), MapOptions())
+        return stamp_image(path)
+    monkeypatch.setattr(cluster, "image_stamp", stamp_while_another_run_maps_it)
+    result = graphconv_in_process("run", model_dir, "--images", image, "--output-dir", out, "--skip-existing")
+    assert result.returncode == 0, result.stderr
+    assert "note: 1 image(s) had their map made meanwhile by another run into" in result.stderr
+    assert "1 of 1 image(s) ->" in result.stdout
+    assert Manifest(out).image_of(str(out / "page_png.npy")) == os.path.abspath(image)
 
 
 def test_run_images_in_one_process_maps_with_the_weights_as_they_are_now(picture, tmp_path):
