@@ -273,8 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="an image file (needs Pillow: pip install 'graphconv[images]'); "
                              "TIFF/BigTIFF and .zarr arrays are read a tile at a time")
     source.add_argument("--images", type=_path, metavar="GLOB", action=_GivenOnce,
-                        help="many images ('photos/*.jpg', quoted; 'slides/**/*.svs' through subfolders, or a "
-                             "folder: every image in it): one map each, written to --output-dir")
+                        help="many images ('photos/*.jpg', quoted; 'slides/**/*.svs' through subfolders; a "
+                             "folder: every image in it; @LIST: the images a text file lists, one path a line): "
+                             "one map each, written to --output-dir")
     _add_image_reading_options(run)
     run.add_argument("--skip-background", type=_fraction, nargs="?", const=DEFAULT_THRESHOLD, metavar="S",
                      help="do not compute the tiles with no tissue in them (a slide's glass, a page's white): "
@@ -299,6 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--skip-existing", action="store_true",
                      help="with --images: leave out each image whose map (and heatmap, with --heatmap) is in "
                           "--output-dir already, so a stopped batch goes on where it stopped")
+    run.add_argument("--shard", type=_shard, metavar="K/N",
+                     help="with --images: map only part K of N (K from 0 to N-1) of the batch, every Nth image "
+                          "from the Kth: one job array task's share (--shard $SLURM_ARRAY_TASK_ID/N with "
+                          "--array=0-(N-1)); the N parts together are the whole batch, their maps in the same "
+                          "subfolders of one --output-dir")
     run.add_argument("--resume", action="store_true",
                      help="with --image and --output (.zarr, .npy or .tif): write the map into OUTPUT.partial, "
                           "kept if the run stops (Ctrl-C, a scheduler's SIGTERM, a crash), each finished tile "
@@ -713,6 +719,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise GraphconvError(f"--resize takes S (the shorter side) or H W, not {len(args.resize)} numbers")
     if args.downsample > 1 and (args.resize or args.scales):
         raise GraphconvError("--downsample and --resize/--scales both change the image's size: use one")
+    if args.shard and not args.images:
+        raise GraphconvError("--shard maps a part of an --images batch: give --images")
     if args.skip_existing and not args.images:
         raise GraphconvError("--skip-existing leaves out the images of an --images batch whose maps are there")
     if args.output_dir and not args.images:
@@ -1560,6 +1568,18 @@ def _path(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path")
     return text
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """--shard K/N: (K, N), K counting from 0, as job arrays number their tasks
+    (--array=0-9): a K of N or more is refused, not taken for an empty part."""
+    part, _, parts = text.partition("/")
+    if not (part.strip().isdigit() and parts.strip().isdigit() and int(parts) > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not K/N (part K of N, say 0/10)")
+    if int(part) >= int(parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: K counts from 0 to {int(parts) - 1} (with --array=1-{parts}, "
+                                         f"give $((SLURM_ARRAY_TASK_ID - 1))/{parts})")
+    return int(part), int(parts)
 
 
 def _comma_list(text: str, convert, what: str, valid) -> list:

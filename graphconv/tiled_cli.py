@@ -24,7 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
-from graphconv.errors import GraphconvError, printable
+from graphconv.errors import GraphconvError, Location, printable, shown
 from graphconv.memory import FLOAT_BYTES, check_fits, format_size, memory_limit
 
 
@@ -655,7 +655,11 @@ def _each_local_worker_s_share(args: argparse.Namespace, model, budget: int) -> 
     from graphconv.memory import weight_bytes
 
     outside = args.workers * WORKER_PROCESS_BYTES + weight_bytes(model.graph)
-    return max(budget - outside, budget // 4) // args.workers
+    if outside >= budget:
+        raise GraphconvError(f"--workers {args.workers}: their processes and this command's copy of the model hold "
+                             f"about {format_size(outside)}, leaving nothing of the {format_size(budget)} memory "
+                             "budget for tiles: give fewer --workers or a higher --memory-limit")
+    return (budget - outside) // args.workers
 
 
 def _check_each_worker_s_tile_fits(args: argparse.Namespace, grid, plan, budget: int) -> None:
@@ -712,7 +716,13 @@ def run_images_command(args: argparse.Namespace) -> int:
     images = _image_paths(args.images)
     if not images:
         _no_images(args.images)
-    base = pattern_base(args.images)
+    base = _list_base(images) if _is_a_list(args.images) else pattern_base(args.images)
+    if args.shard:
+        images = _shard_of(images, *args.shard)
+        if not images:
+            print(f"part {args.shard[0]} of {args.shard[1]} (--shard) holds none of the batch's images: nothing to "
+                  "do")
+            return 0
     _check_output_dir(args.output_dir)
     ref = _model_ref(args)
     model = worker_model(ref)  # loaded once: the images mapped in this process use it too
@@ -1026,6 +1036,11 @@ def _image_paths(pattern: str) -> list[str]:
     and heatmaps graphconv wrote (a rerun into the photos' folder read its own maps)."""
     from graphconv.cluster import leaving_out
 
+    if _is_a_list(pattern):
+        found = _listed_images(pattern[len(LIST_PREFIX):])
+        reasons = {p: leaving_out(p) for p in found}
+        _note_left_out(pattern, {p: reason for p, reason in reasons.items() if reason})
+        return [p for p, reason in reasons.items() if reason is None]  # in the list's order
     folder = Path(pattern)
     if folder.is_dir() and folder.suffix.lower() != ".zarr":
         found = [str(p) for p in folder.iterdir()]
@@ -1038,6 +1053,59 @@ def _image_paths(pattern: str) -> list[str]:
     reasons = {p: leaving_out(p) for p in found}
     _note_left_out(pattern, {p: reason for p, reason in reasons.items() if reason})
     return sorted(p for p, reason in reasons.items() if reason is None)
+
+
+LIST_PREFIX = "@"
+
+
+def _is_a_list(pattern: str) -> bool:
+    """--images @FILE: FILE lists the images (a file named '@x.jpg' is that image)."""
+    return pattern.startswith(LIST_PREFIX) and not os.path.exists(pattern)
+
+
+def _listed_images(list_file: str) -> list[str]:
+    """The images a list names, one path a line (`find slides -name '*.svs' > slides.txt`),
+    a relative one from the current folder, as the shell that made the list took it;
+    blank lines and '#' comments are skipped, a path listed again is mapped once. A path
+    that is not there is refused before any work, naming its line: a job array's task
+    failed it after hours of the others otherwise, exit 2 for a typo."""
+    try:
+        with open(list_file, encoding="utf-8", errors="surrogateescape") as lines:
+            listed = [(number, line.rstrip("\r\n")) for number, line in enumerate(lines, 1)]
+    except OSError as err:
+        raise GraphconvError(f"cannot read this list of --images: {err.strerror or err}", file=list_file) from None
+    images, missing = {}, []
+    for number, path in listed:
+        path = path if os.path.exists(path) else path.strip()  # spaces an editor left after the name
+        if not path or path.startswith("#"):
+            continue
+        if not os.path.exists(path) or os.path.isdir(path) and not path.rstrip("/").lower().endswith(".zarr"):
+            missing.append((number, path))
+        images.setdefault(os.path.abspath(path), path)  # ./a.jpg and a.jpg are one image
+    if missing:
+        (number, path), more = missing[0], len(missing) - 1
+        what = "is a folder, not an image" if os.path.isdir(path) else "is not there"
+        raise GraphconvError(f"{shown(path)} {what}{f' ({more} more listed path(s) too)' if more else ''}; relative "
+                             f"paths are read from the current folder, {os.getcwd()}",
+                             loc=Location(list_file, number))
+    return list(images.values())
+
+
+def _list_base(images: list[str]) -> str:
+    """The folder the maps of a listed batch mirror below --output-dir: the listed
+    images' nearest common folder (photos of 2023/01 and 2024/01 keep them apart), of the
+    whole list, so every --shard of it places each map alike."""
+    return os.path.commonpath([os.path.dirname(os.path.abspath(image)) for image in images])
+
+
+def _shard_of(images: list[str], part: int, parts: int) -> list[str]:
+    """--shard K/N: every Nth image from the Kth, so the N parts are the whole batch, and
+    the sizes of a sorted batch's images spread evenly over them."""
+    from graphconv.cli import note
+
+    mine = images[part::parts]
+    note(f"note: --shard {part}/{parts}: {len(mine)} of the batch's {len(images)} image(s)")
+    return mine
 
 
 def _note_subfolders_not_searched(pattern: str, subfolders: list[Path]) -> None:
@@ -1060,6 +1128,8 @@ def _no_images(pattern: str) -> None:
     from graphconv.cluster import image_suffixes
 
     kinds = ", ".join(image_suffixes())
+    if _is_a_list(pattern):
+        raise GraphconvError(f"lists no image graphconv reads ({kinds})", file=pattern[len(LIST_PREFIX):])
     if Path(pattern).is_dir():
         from graphconv.cluster import leaving_out
         below = [p for p in Path(pattern).rglob("*") if not p.is_dir() and leaving_out(str(p)) is None]
