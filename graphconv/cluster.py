@@ -1063,9 +1063,10 @@ def holds_its_map(ref: ModelRef, model, image: str, output: str, options: MapOpt
                   made_with: Callable[[str], dict | None] = lambda output: None) -> bool:
     """Whether `output` holds the map this run would write for `image` already
     (--skip-existing): an .npy of exactly its type and shape, made with this run's
-    `map_settings` where its --output-dir's list records them (`made_with`, the
+    `map_settings` as its --output-dir's list records them (`made_with`, the
     manifest's: another model of as many classes, or another --resize, gave a map of
-    that shape, kept as this run's), a .tif map graphconv wrote
+    that shape, kept as this run's; one no row records, an older graphconv's or one
+    whose row a kill cut off, kept the old weights' map after a retrain), a .tif map graphconv wrote
     of this image, model, classes and values, read at these --bands, --level and --downsample
     and leaving out the cells these --skip-background, --max-nodata and --nodata leave out,
     where it states them (`georef.read_as`; maps written before it did, do not). Maps are renamed into place only once whole, so
@@ -1100,9 +1101,9 @@ def holds_its_map(ref: ModelRef, model, image: str, output: str, options: MapOpt
         return False  # an image that cannot be read: its own task says why
     if not _holds_exactly(output, *expected):
         return False
-    recorded = made_with(output)
+    recorded = made_with(output)  # None: no row records what made it (an older graphconv's, a kill before its row)
     expected = json.loads(json.dumps(map_settings(ref, image, options)))
-    return recorded is None or all(recorded.get(key) == value for key, value in expected.items())
+    return recorded is not None and all(recorded.get(key) == value for key, value in expected.items())
 
 
 def _ref_settings(ref: ModelRef) -> dict:

@@ -46,6 +46,7 @@ class Manifest:
         self.folder = Path(output_dir)
         self.path = self.folder / MANIFEST_NAME
         self.rows = _read_rows(self.path)
+        self.found = dict(self.rows)  # the rows as this run began: another batch's since are told from them
         self.recorded: set[str] = set()  # the maps this run has a row for
         if self.path.exists() and _cut_short(self.path):  # a kill mid-append: later rows would join the cut one
             with self._locked():  # read again under the lock: another batch may have appended since
@@ -75,7 +76,8 @@ class Manifest:
         self.recorded.add(key)
         self.folder.mkdir(parents=True, exist_ok=True)  # where the first image failed, no map made it
         with self._locked():
-            if not written and self._keeps_another_batchs_row(key, image, output):
+            if not written and (self._keeps_another_batchs_row(key, image, output)
+                                or self._keeps_a_row_written_since(key, output)):
                 return
             if _written_before_made_with(self.path):  # its rows, and this one, under one header
                 _write_rows(self.path, _read_rows(self.path))
@@ -90,6 +92,17 @@ class Manifest:
         listed = _read_rows(self.path).get(key) if self.path.exists() else None
         if (listed is None or listed["image"] == os.path.abspath(image) or not listed["map_stamp"]
                 or listed["map_stamp"] != _stamp_text(output)):
+            return False
+        self.rows[key] = listed
+        return True
+
+    def _keeps_a_row_written_since(self, key: str, output: str) -> bool:
+        """Whether another batch running beside this one (the same array task run twice)
+        wrote the map at `output` and listed it since this one began: its row stays, and
+        this run's failure to write it ("written by another run") takes none. The loser's
+        "failed" rows replaced the winner's, and the maps on disk lost their record."""
+        listed = _read_rows(self.path).get(key) if self.path.exists() else None
+        if not _written_since(listed, self.found.get(key), output):
             return False
         self.rows[key] = listed
         return True
@@ -136,7 +149,11 @@ class Manifest:
             return
         with self._locked():
             rows = _read_rows(self.path)
-            rows.update({key: self.rows[key] for key in self.recorded})
+            for key in self.recorded:
+                mine = self.rows[key]
+                if not (mine["status"] == "failed" and _written_since(rows.get(key), self.found.get(key),
+                                                                      str(self.folder / key))):
+                    rows[key] = mine
             _write_rows(self.path, rows)
         self.recorded.clear()
 
@@ -147,6 +164,13 @@ class Manifest:
         """The folder locked (flock) against another batch's append or rewrite; unlocked
         where the file system refuses (the list is a record: the maps come first)."""
         return locked_if_possible(self.folder)
+
+
+def _written_since(listed: dict | None, found: dict | None, output: str) -> bool:
+    """Whether `listed`, a map's row as the list holds it now, is another batch's that
+    wrote the map now at `output` since this one found `found` there."""
+    return (listed is not None and listed != found and listed["status"] == "written"
+            and bool(listed["map_stamp"]) and listed["map_stamp"] == _stamp_text(output))
 
 
 def _stamp_text(path: str) -> str:

@@ -1219,7 +1219,7 @@ def _images_not_done(args: argparse.Namespace, ref, model, images: list[str], ba
     """--skip-existing: the images whose map as this run makes it (`cluster.holds_its_map`)
     and heatmap, with --heatmap, are not in --output-dir yet; and (image, map) of the rest."""
     from graphconv.cluster import holds_its_map, output_names
-    from graphconv.manifest import Manifest
+    from graphconv.manifest import MANIFEST_NAME, Manifest
 
     outputs = output_names(images, args.output_dir, args.output_format, base)
     made_with = Manifest(args.output_dir).made_with
@@ -1228,9 +1228,15 @@ def _images_not_done(args: argparse.Namespace, ref, model, images: list[str], ba
         done = (holds_its_map(ref, model, image, output, options, args.tile, made_with)
                 and (args.heatmap is None or _heatmap_name(args, output).exists()))
         (kept if done else todo).append((image, output))
+    from graphconv.cli import note
+    unrecorded = [output for _, output in todo if output.endswith(".npy") and os.path.isfile(output)
+                  and made_with(output) is None]
+    if unrecorded:
+        note(f"note: {len(unrecorded)} .npy map(s) in {args.output_dir} (such as {unrecorded[0]}) have no row in its "
+             f"{MANIFEST_NAME} saying what made them (an older graphconv's, or a run killed before listing them): "
+             "made again, as a map of other weights would not be told from this run's")
     todo = [image for image, _ in todo]
     if len(todo) < len(images):
-        from graphconv.cli import note
         note(f"note: {len(images) - len(todo)} of {len(images)} image(s) have their map in {args.output_dir} "
              f"already: left out ({'--skip-existing' if args.skip_existing else '--resume'})")
     return todo, kept

@@ -151,6 +151,33 @@ def test_a_batch_refused_a_map_another_batch_wrote_meanwhile_keeps_that_batch_s_
     assert Manifest(tmp_path).image_of(str(tmp_path / "img_0.npy")) == "/a/img_0.png"
 
 
+@pytest.mark.parametrize("their_row_first", [True, False])
+def test_the_same_batch_run_twice_at_once_keeps_the_winner_s_written_rows(tmp_path, their_row_first):
+    """An array task resubmitted while the first still ran: both mapped the same image,
+    and the loser's "failed" row ("written by another run"), appended after the winner's
+    row or before it, replaced it at the loser's final rewrite; the map on disk lost its
+    record (--skip-existing then took it for any model's). A failure of this run's own,
+    with no other batch's row since, is still recorded."""
+    loser = Manifest(tmp_path)
+    output = str(tmp_path / "img_0.npy")
+
+    def winner():
+        np.save(output, np.zeros((1, 2, 3, 3), np.float32))
+        Manifest(tmp_path).record("/a/img_0.png", output, (1, 2, 3, 3), None, True, {"model": "m"})
+    if their_row_first:
+        winner()
+    loser.record("/a/img_0.png", output, None, "was written by another run", False)
+    if not their_row_first:
+        winner()
+    loser.rewrite()
+    assert rows(tmp_path)["img_0.npy"]["status"] == "written"
+    assert Manifest(tmp_path).made_with(output) == {"model": "m"}
+    alone = Manifest(tmp_path)
+    alone.record("/a/img_0.png", output, None, "img_0.png: cut short", False)
+    alone.rewrite()
+    assert rows(tmp_path)["img_0.npy"]["status"] == "failed"
+
+
 def test_an_image_that_fails_after_its_map_keeps_its_earlier_map_s_stamp(tmp_path):
     """Its map, unchanged, is still graphconv's: a later run may replace it, whatever its shape."""
     np.save(tmp_path / "a.npy", np.zeros((1, 2, 3, 3), np.float32))
@@ -261,13 +288,15 @@ def test_a_list_written_before_made_with_is_read_and_written_anew_with_it(model_
         earlier = [row[:-1] for row in csv.reader(file)]
     with open(listed, "w", newline="", encoding="utf-8") as file:
         csv.writer(file).writerows(earlier)
-    assert "nothing to do" in graphconv("run", model_dir, "--images", folder, "--output-dir", out,
-                                        "--skip-existing").stdout  # read: its maps kept by their shape
+    again = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing")
+    assert "2 of 2 image(s) ->" in again.stdout, "read, and made again once: no row says what made its maps"
+    assert "2 .npy map(s) in" in again.stderr and "have no row in its graphconv-maps.csv saying" in again.stderr
     photos(folder, {"c.png": (40, 44)})
-    assert graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing").returncode == 0
+    result = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing")
+    assert "1 of 1 image(s) ->" in result.stdout and "no row" not in result.stderr
     now = rows(out)
-    assert sorted(now) == ["a.npy", "b.npy", "c.npy"] and now["a.npy"]["made_with"] == ""
-    assert now["c.npy"]["made_with"].startswith("{") and now["a.npy"]["map_stamp"]
+    assert sorted(now) == ["a.npy", "b.npy", "c.npy"]
+    assert all(row["made_with"].startswith("{") and row["map_stamp"] for row in now.values())
     with open(listed, "a", newline="", encoding="utf-8") as file:  # an earlier version's batch into the folder
         csv.writer(file).writerow(earlier[1][:1] + ["d.npy"] + earlier[1][2:])
     photos(folder, {"e.png": (40, 44)})
