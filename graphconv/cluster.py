@@ -981,8 +981,9 @@ def leaving_out(path: str | Path) -> str | None:
 
 
 def is_graphconv_output(path: str | Path) -> bool:
-    """Whether `path` is a .tif map or a heatmap an earlier run wrote (read from its
-    header): a rerun into the photos' own folder must not map them as photos."""
+    """Whether `path` is a .tif or .zarr map or a heatmap an earlier run wrote (read from
+    its header): a rerun into the photos' own folder must not map them as photos (a
+    .zarr map there failed every later batch: "an image array of shape (1, 11, 69, 94)")."""
     from graphconv.cli import PICTURE_SUFFIXES
     from graphconv.georef import is_graphconv_map
     from graphconv.images import is_graphconv_heatmap
@@ -990,7 +991,19 @@ def is_graphconv_output(path: str | Path) -> bool:
     suffix = Path(path).suffix.lower()
     if suffix in (".tif", ".tiff"):
         return is_graphconv_map(str(path))
+    if suffix == ".zarr":
+        return _is_graphconv_zarr_map(path)
     return suffix in PICTURE_SUFFIXES and is_graphconv_heatmap(path)
+
+
+def _is_graphconv_zarr_map(path: str | Path) -> bool:
+    from graphconv.tiling import ZARR_MAP_ATTRIBUTE
+
+    try:
+        import zarr
+        return ZARR_MAP_ATTRIBUTE in zarr.open(str(path), mode="r").attrs
+    except Exception:  # no zarr, not a zarr store, a damaged one: not a map of ours; its own task says the rest
+        return False
 
 
 def is_a_map_graphconv_wrote(path: str) -> bool:
@@ -1151,10 +1164,16 @@ def map_of_another_image(image: str, output: str) -> str | None:
 
     if not is_tiff_output(output) or not os.path.isfile(output):
         return None
-    recorded = (stated_placement(output) or {}).get("image")
+    return another_image((stated_placement(output) or {}).get("image"), image)
+
+
+def another_image(recorded: str | None, image: str) -> str | None:
+    """`recorded`, the image a map says it was made from, where that is not `image`; None
+    where it is, by another path too (a link, a folder of links a job array's task was
+    given, a mount reached through a symlink: these refused graphconv's own maps)."""
     if not recorded or os.path.abspath(recorded) == os.path.abspath(image):
         return None
-    with contextlib.suppress(OSError):  # the same file by another path (a link): this image's map
+    with contextlib.suppress(OSError):
         if os.path.samefile(recorded, image):
             return None
     return recorded
@@ -1208,7 +1227,7 @@ def spare_the_users_files(ref: ModelRef, images: Sequence[str], outputs: Sequenc
             continue
         listed = image_of(output) if output.lower().endswith(".npy") else None
         if listed is not None:
-            _refuse_another_images_map(image, output, listed if listed != os.path.abspath(image) else None)
+            _refuse_another_images_map(image, output, another_image(listed, image))
             continue
         check_replaceable(output, np.float32)
         _refuse_another_images_map(image, output, map_of_another_image(image, output))

@@ -760,7 +760,7 @@ def run_images_command(args: argparse.Namespace) -> int:
     replaceable = _npy_maps_there(args, images, base)
     start = time.perf_counter()
     done = {}
-    with _output_dir_made(args.output_dir) as created, _say_how_to_go_on(args, images, base):
+    with _output_dir_made(args.output_dir, images) as created, _say_how_to_go_on(args, images, base):
         with _progress(args, len(images), "images", None) as bar:
             def progress(result):
                 """Each image as it is done: its heatmap drawn now (a stopped batch keeps the
@@ -799,7 +799,7 @@ def run_images_command(args: argparse.Namespace) -> int:
     _note_resumed([result.resumed for result in results if result.resumed])
     _note_made_meanwhile(args, [result for result in results if result.made_meanwhile])
     if len(failed) == len(results):
-        _remove_if_empty(created)  # made for maps of which none came: gone again, as after any failed command
+        _remove_if_empty(created, images)  # made for maps of which none came: gone, as after any failed command
     print(f"{len(results) - len(failed)} of {len(results)} image(s) -> {args.output_dir} in "
           f"{time.perf_counter() - start:.1f} s")
     return 2 if failed else 0
@@ -991,7 +991,7 @@ def _partial_maps(args: argparse.Namespace, images: list[str], base: str) -> lis
 
 
 @contextmanager
-def _output_dir_made(folder: str) -> Iterator[list[Path]]:
+def _output_dir_made(folder: str, images: list[str]) -> Iterator[list[Path]]:
     """Make --output-dir (and the folders above it) for the run, yielding those it made;
     removed again, where empty, when the run is stopped (Ctrl-C, SIGTERM: a killed run
     left the empty folder it had made) or fails."""
@@ -1000,22 +1000,27 @@ def _output_dir_made(folder: str) -> Iterator[list[Path]]:
     try:
         yield created
     except BaseException:
-        _remove_if_empty(created)
+        _remove_if_empty(created, images)
         raise
 
 
-def _remove_if_empty(created: list[Path]) -> None:
+def _remove_if_empty(created: list[Path], images: list[str]) -> None:
     """Remove the folders a run made (innermost first) that hold nothing, or only empty
     folders (the subfolders mirroring the images'), as a failed command leaves nothing;
-    nor the list of maps (`manifest`) of none, which the run wrote there."""
-    from graphconv.manifest import MANIFEST_NAME
+    nor the list of maps (`manifest`) of none, which the run wrote there, unless it lists
+    another batch's images too: a job array's task stopped before its first map took
+    the folder, and the rows of the task beside it, with it."""
+    from graphconv.manifest import MANIFEST_NAME, Manifest
 
+    mine = {os.path.abspath(image) for image in images}
     for folder in created:
         if not folder.is_dir():
             continue
         files = [name for _, _, names in os.walk(folder) for name in names]
-        if files == [MANIFEST_NAME]:
-            (folder / MANIFEST_NAME).unlink()
+        listed = folder / MANIFEST_NAME
+        if (files == [MANIFEST_NAME] and listed.is_file()
+                and all(row["image"] in mine for row in Manifest(folder).rows.values())):
+            listed.unlink()
         for inner, _, _ in sorted(os.walk(folder), key=lambda entry: -len(entry[0])):
             with contextlib.suppress(OSError):  # not empty: kept
                 os.rmdir(inner)

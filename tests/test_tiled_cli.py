@@ -1901,6 +1901,49 @@ def test_shards_partition_the_batch(count, parts):
     assert max(map(len, shards)) - min(map(len, shards)) <= 1  # even shares
 
 
+def test_cli_images_leave_out_a_zarr_map_graphconv_wrote_into_the_photos_folder(model_dir, library, monkeypatch):
+    """A .zarr map kept beside the photos failed every later batch of that folder ("an
+    image array of shape (1, 10, ...)"), where .tif maps and heatmaps were left out."""
+    folder, _ = library
+    monkeypatch.chdir(folder)
+    made = graphconv_in_process("run", model_dir, "--image", "lib/2023/img1.png", "--output", "lib/2023/img1-map.zarr")
+    assert made.returncode == 0, made.stderr
+    result = graphconv_in_process("run", model_dir, "--images", "lib/2023", "--output-dir", "maps")
+    assert result.returncode == 0, result.stderr
+    assert "left out 1 file(s): 1 written by graphconv" in result.stderr and "3 of 3 image(s)" in result.stdout
+
+
+def test_cli_the_same_images_by_another_path_are_not_another_image_s(model_dir, library, monkeypatch):
+    """A job array's shards given as folders of links, then the images' own folder (or
+    the same files through a linked mount): graphconv's own maps were refused as "the map
+    of shA/0/img_000.png, another image than imgs/img_000.png", exit 2 before any work."""
+    folder, photos = library
+    monkeypatch.chdir(folder)
+    Path("shard").mkdir()
+    for photo in photos[:3]:  # lib/2023's
+        (Path("shard") / Path(photo).name).symlink_to(folder / photo)
+    for images in ("shard", "lib/2023"):  # their maps alike named: img1.npy
+        for fmt in ("npy", "tif"):
+            result = graphconv_in_process("run", model_dir, "--images", images, "--output-dir", f"maps-{fmt}",
+                                          "--output-format", fmt)
+            assert result.returncode == 0, result.stderr
+
+
+def test_a_batch_stopped_before_its_first_map_leaves_the_rows_of_a_batch_beside_it(tmp_path):
+    """The task that made --output-dir, stopped before it wrote a map, removed the folder
+    it had made, and the list in it of another task's images with it."""
+    from graphconv.manifest import Manifest
+    from graphconv.tiled_cli import _remove_if_empty
+
+    out = tmp_path / "a" / "maps"
+    out.mkdir(parents=True)
+    Manifest(out).record("/b/img_9.png", str(out / "img_9.npy"), None, "cannot be read", False)
+    _remove_if_empty([out, out.parent], ["/a/img_0.png"])
+    assert (out / "graphconv-maps.csv").exists()
+    _remove_if_empty([out, out.parent], ["/b/img_9.png"])  # its own rows alone: gone, as any failed command's
+    assert not (tmp_path / "a").exists()
+
+
 def test_cli_many_images_skip_existing_goes_on_where_a_stopped_batch_stopped(model_dir, picture, tmp_path):
     """A batch of slides killed half way was computed again whole; --skip-existing leaves
     out each image whose map (and, with --heatmap, heatmap) is there already."""
