@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Run MODEL (a spec file, an ONNX model or a compiled model "
                                      "directory) on an input array or image and save or summarise "
                                      "its output.")
-    run.add_argument("model", help="spec .yaml file, .onnx model or compiled model directory")
+    run.add_argument("model", type=_path, help="spec .yaml file, .onnx model or compiled model directory")
     source = run.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", type=_path, help="float32 .npy of shape (N, C, H, W) or (C, H, W)")
     source.add_argument("--image", type=_path, action=_GivenOnce,
@@ -369,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Run the pass pipeline on SPEC and write DIR: a self-contained "
                                       "model (model.yaml + the weights and labels files it names) that "
                                       "`run`, `inspect` and `export` take.")
-    comp.add_argument("spec", help="spec .yaml file or .onnx model")
+    comp.add_argument("spec", type=_path, help="spec .yaml file or .onnx model")
     comp.add_argument("--output", "-o", type=_path, required=True, help="compiled model directory to write")
     comp.add_argument("--passes", help="pipeline, e.g. 'shape-inference,fc-to-conv,my-pass{k=1}'; the word "
                                        "'default' stands for the default passes where it is written, so "
@@ -391,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     insp = sub.add_parser("inspect", help="layers, shapes, parameters, FLOPs and receptive fields",
                           description="Print a table of MODEL's layers for an input size.")
-    insp.add_argument("model", help="spec .yaml file, .onnx model or compiled model directory")
+    insp.add_argument("model", type=_path, help="spec .yaml file, .onnx model or compiled model directory")
     insp.add_argument("--input-size", type=_positive_int, nargs=2, metavar=("H", "W"),
                       help="image size (default: the spec's crop)")
     insp.add_argument("--image", type=_path, metavar="IMAGE",
@@ -420,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "is exact and (b) differs only where padding reaches; 1 otherwise; 2 "
                                      "for a network that cannot be compiled (a squeeze-and-excitation "
                                      "gate: check it with run --crops) or other bad input.")
-    ver.add_argument("spec", help="spec .yaml file or .onnx model (the classifier, before compiling), or a "
+    ver.add_argument("spec", type=_path, help="spec .yaml file or .onnx model (the classifier, before compiling), or a "
                                   "folder graphconv compile wrote (checked with the stride it was compiled to)")
     pixels = ver.add_mutually_exclusive_group(required=True)
     pixels.add_argument("--input-size", type=_positive_int, nargs=2, metavar=("H", "W"),
@@ -455,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "names from the model's PyTorch module paths) and NET.npz "
                                      "(its weights) beside it; the spec loads back to the same "
                                      "network.")
-    imp.add_argument("model", help=".onnx model")
+    imp.add_argument("model", type=_path, help=".onnx model")
     imp.add_argument("--output", "-o", type=_path, required=True, metavar="NET.yaml", help="spec file to write")
     imp.add_argument("--scale", type=float, metavar="S", help="preprocess: multiply pixels (0..255) by S first")
     imp.add_argument("--values", choices=("0..255", "stored"), default=None,
@@ -477,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Write MODEL (usually a compiled model directory) as an ONNX "
                                      "file whose input has dynamic batch, height and width, for "
                                      "onnxruntime, TensorRT and other ONNX runtimes.")
-    exp.add_argument("model", help="compiled model directory (or a spec / .onnx model)")
+    exp.add_argument("model", type=_path, help="compiled model directory (or a spec / .onnx model)")
     exp.add_argument("--output", "-o", type=_path, required=True, metavar="FCN.onnx", help="ONNX file to write")
     exp.set_defaults(handler=cmd_export)
 
@@ -1563,11 +1563,13 @@ class _GivenOnce(argparse.Action):
 
 
 def _path(text: str) -> str:
-    """A file or folder option's value: an empty one (`--image ''`, an unset shell
-    variable) was taken for the option left out, or crashed."""
+    """A file or folder argument's value: an empty one (`--image ''`, an unset shell
+    variable) was taken for the option left out, or crashed. A leading ~ is the home
+    folder, quoted too (`--output '~/maps/x.npy'`, a path from a config file): taken
+    literally, it made a folder named ~ in the current one, and said `-> ~/x.npy`."""
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path")
-    return text
+    return os.path.expanduser(text) if text.startswith("~") else text
 
 
 def _shard(text: str) -> tuple[int, int]:

@@ -1566,6 +1566,20 @@ def test_options_left_empty_or_without_their_mode_are_one_line(tmp_path, capsys,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
 
 
+def test_a_quoted_tilde_is_the_home_folder(tmp_path, monkeypatch, capsys):
+    """`--output '~/x.npy'` (quoted, or from a config file) made a folder named ~ in the
+    current one and said `-> ~/x.npy`; `--image '~/p.png'` was "not found"."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "home").mkdir()
+    np.save(tmp_path / "home" / "in.npy", np.zeros((1, 1, 32, 32), np.float32))
+    assert run_cli("run", SPECS / "lenet.yaml", "--input", "~/in.npy", "--output", "~/out.npy") == 0
+    assert (tmp_path / "home" / "out.npy").exists() and not (tmp_path / "~").exists()
+    assert run_cli("compile", SPECS / "lenet.yaml", "-o", "~/lenet-fcn") == 0
+    assert run_cli("run", "~/lenet-fcn", "--input", "~/in.npy") == 0
+    assert str(tmp_path / "home" / "out.npy") in capsys.readouterr().out
+
+
 def test_images_refuse_to_write_their_maps_into_the_model_being_run(tmp_path, capsys):
     """--output refused a path inside the compiled model's folder; --output-dir did not,
     and put the maps among the model's files."""
