@@ -928,11 +928,13 @@ def _check_outputs_spare_the_inputs(args: argparse.Namespace) -> None:
     as a picture (it holds scores: .npy, .zarr or .tif; pictures are --heatmap-out's)."""
     from pathlib import Path
 
+    from graphconv.files import check_name_fits
     inputs = {Path(p.rstrip("/")).resolve() for p in (args.image, args.input) if p}
     model = Path(args.model.rstrip("/")).resolve()
     outputs = [(flag, Path(path.rstrip("/")).resolve(), path)
                for flag, path in (("--output", args.output), ("--heatmap-out", args.heatmap_out)) if path]
     for flag, target, path in outputs:
+        check_name_fits(path, flag)
         if target in inputs:
             raise GraphconvError(f"{flag} is the input {'image' if args.image else 'array'}; write it somewhere "
                                  "else", file=path)

@@ -853,6 +853,16 @@ def missing_folders(path: str | os.PathLike) -> list[Path]:
     return missing
 
 
+def check_name_fits(path: str, flag: str) -> None:
+    """Refuse, before any work, an output whose name is longer than its file system takes:
+    it was refused when written, after the run."""
+    folder = next((p for p in Path(os.path.abspath(path)).parents if p.is_dir()), Path("/"))
+    length, limit = len(os.fsencode(Path(path.rstrip("/")).name)), name_max(folder)
+    if length > limit:
+        raise GraphconvError(f"{flag}'s name is {length} bytes, longer than the {limit} its file system takes: "
+                             "give a shorter one", file=path)
+
+
 @contextmanager
 def output_folders(path: str | os.PathLike) -> Iterator[None]:
     """Create the missing folders above `path` for a write (`-o build/model` works in a
@@ -892,7 +902,23 @@ def _locked(folder: Path) -> Iterator[None]:
 
 
 def _temporary(folder: Path, name: str) -> Path:
-    return folder / f"{TMP_PREFIX}{_owner()}-{os.urandom(4).hex()}-{name}"
+    """A temporary for `name` in `folder`, named for its owner (`_owner`). A name that
+    would not fit the file system's limit once the prefix is added (70 CJK characters
+    are 210 bytes of 255) is cut to a digest, its last suffix kept (np.save and Pillow
+    go by it): a map was computed, then refused "File name too long" for a legal name.
+    Room is kept for a scratch name made from it (a .tif map's `<temporary>.npy`)."""
+    prefix = f"{TMP_PREFIX}{_owner()}-{os.urandom(4).hex()}-"
+    if len(os.fsencode(prefix + name)) + len(".npy") > name_max(folder):
+        name = hashlib.sha256(os.fsencode(name)).hexdigest()[:16] + Path(name).suffix[:16]
+    return folder / (prefix + name)
+
+
+def name_max(folder: str | os.PathLike) -> int:
+    """The longest file name, in bytes, the file system holding `folder` takes."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
 
 
 def _owner() -> str:

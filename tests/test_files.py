@@ -674,3 +674,18 @@ def test_a_model_s_digest_is_of_its_files_contents_wherever_they_are_and_however
     before = model_digest([spec, tmp_path / "w.npz"])
     (tmp_path / "w.npz").write_bytes(b"2")  # retrained in place: a spec's weights file counts by its contents
     assert model_digest([spec, tmp_path / "w.npz"]) != before
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".tif"])
+def test_a_name_the_file_system_takes_is_written_however_long(tmp_path, suffix):
+    """70 CJK characters are 210 bytes, a legal name; its temporary, prefixed, was not,
+    and a whole map was computed, then refused "File name too long"."""
+    from graphconv.files import atomic_write, check_name_fits, name_max
+
+    target = tmp_path / ("样" * 70 + suffix)
+    atomic_write(str(target), lambda path: np.save(path, np.zeros(3, np.float32)), suffix=".npy")
+    assert target.exists() and [p.name for p in tmp_path.iterdir()] == [target.name]
+    check_name_fits(str(target), "--output")
+    too_long = tmp_path / ("样" * (name_max(tmp_path) // 3 + 1) + suffix)
+    with pytest.raises(GraphconvError, match="--output's name is .* bytes, longer than the 255 its file system takes"):
+        check_name_fits(str(too_long), "--output")
