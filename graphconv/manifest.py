@@ -76,33 +76,24 @@ class Manifest:
         self.recorded.add(key)
         self.folder.mkdir(parents=True, exist_ok=True)  # where the first image failed, no map made it
         with self._locked():
-            if not written and (self._keeps_another_batchs_row(key, image, output)
-                                or self._keeps_a_row_written_since(key, output)):
+            if not written and self._keeps_another_batchs_row(key, image, output):
                 return
             if _written_before_made_with(self.path):  # its rows, and this one, under one header
                 _write_rows(self.path, _read_rows(self.path))
             _append(self.path, row)
 
     def _keeps_another_batchs_row(self, key: str, image: str, output: str) -> bool:
-        """Whether the map at `output` is another image's that a batch running beside
-        this one wrote and listed (refused here: `cluster._as_found`): its row stays, and
-        this image's failure, said on stderr, takes no row of its own (the list is one row
-        per map: the row said a map of this image failed, and graphconv lost the record
-        that it wrote the other one)."""
+        """Whether the map at `output`, which this image failed to write, is listed by a
+        batch running beside this one: its row stays, and this failure, said on stderr,
+        takes no row of its own (the list is one row per map). Either the map is another
+        image's (refused here: `cluster._as_found`; the row said a map of this image
+        failed, and graphconv lost the record that it wrote the other one), or the other
+        batch wrote this image's map since this one began (the same array task run twice:
+        the loser's "failed" rows replaced the winner's written ones)."""
         listed = _read_rows(self.path).get(key) if self.path.exists() else None
-        if (listed is None or listed["image"] == os.path.abspath(image) or not listed["map_stamp"]
-                or listed["map_stamp"] != _stamp_text(output)):
-            return False
-        self.rows[key] = listed
-        return True
-
-    def _keeps_a_row_written_since(self, key: str, output: str) -> bool:
-        """Whether another batch running beside this one (the same array task run twice)
-        wrote the map at `output` and listed it since this one began: its row stays, and
-        this run's failure to write it ("written by another run") takes none. The loser's
-        "failed" rows replaced the winner's, and the maps on disk lost their record."""
-        listed = _read_rows(self.path).get(key) if self.path.exists() else None
-        if not _written_since(listed, self.found.get(key), output):
+        another_image_s = (listed is not None and listed["image"] != os.path.abspath(image)
+                           and bool(listed["map_stamp"]) and listed["map_stamp"] == _stamp_text(output))
+        if not (another_image_s or _written_since(listed, self.found.get(key), output)):
             return False
         self.rows[key] = listed
         return True
