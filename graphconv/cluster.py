@@ -645,19 +645,22 @@ def _unless_stopped(record: Callable, stopped: Callable[[], bool] | None) -> Cal
 def resume_job(ref: ModelRef, model, image: str, source, options: MapOptions, plan, shape, dtype) -> dict:
     """What a --resume run computes, stored in its partial map (`tiling.PartialMap`) and
     compared on the next: everything that changes the map's values or layout. The model
-    and image by path and by each file's `files.file_stamp` (a recompile, a
-    retrained weights file, a replaced image is another job), the options that change
+    and image by path and by their files (a recompile, a retrained weights file, a
+    replaced image is another job: the image by its `files.file_stamp`), the options that change
     what is read or kept, the tile plan (`partial_map_tile` reads its tile size back), the
-    map's shape and type, and graphconv's version (its kernels' rounding)."""
+    map's shape and type, and graphconv's version and kernels (their rounding: a partial
+    map of another build's kernels would mix two builds' tiles). The model's files count
+    by their contents (`files.model_file_digests`): a file added to its folder, or a
+    weights file copied back with a new time, is the same job."""
     from graphconv import __version__
-    from graphconv.files import MODEL_SPEC, file_stamp
+    from graphconv.files import file_stamp, model_file_digests
+    from graphconv.kernel_cache import sources_digest
 
-    model_files = [*model.graph.meta.get("read_from", ())] or [ref.path]
-    model_files += [str(Path(p) / MODEL_SPEC) for p in model_files if (Path(p) / MODEL_SPEC).is_file()]
     image = str(Path(image).resolve())
     return {
-        "graphconv": __version__,
-        "model": ref.path, "model files": {str(p): file_stamp(p) for p in model_files},
+        "graphconv": f"{__version__}, kernels {sources_digest()}",
+        "model": ref.path,
+        "model files": model_file_digests([ref.path, *model.graph.meta.get("read_from", ())]),
         "--crop-size": ref.crop_size, "--task": ref.task,
         "image": image, "image file": {image: file_stamp(image)},
         "image as read": f"{source.height}x{source.width}",

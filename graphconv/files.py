@@ -586,23 +586,29 @@ def model_digest(paths: Iterable[str | os.PathLike]) -> str:
     """16 hex digits of sha256 over the contents of the files a model was read from
     (`graph.meta["read_from"]` and the model's own path): what says two maps were made
     with the same network and weights, where a path says nothing of a model compiled
-    again to the same folder or of weights retrained into the same file. A model folder
-    counts by its model.yaml, which names its weights and labels files by their
-    contents' hash, so its files inside are not read again (a VGG-16 folder's 553 MB).
-    Each file's digest is kept while its `file_stamp` holds."""
+    again to the same folder or of weights retrained into the same file."""
+    digest = hashlib.sha256()
+    for file_sha256 in model_file_digests(paths).values():
+        digest.update(file_sha256.encode())
+    return digest.hexdigest()[:16]
+
+
+def model_file_digests(paths: Iterable[str | os.PathLike]) -> dict[str, str]:
+    """Each file that says what a model is, by absolute path: its sha256 ("" where it
+    cannot be read). A model folder counts by its model.yaml, which names its weights
+    and labels files by their contents' hash, so its files inside are not read again (a
+    VGG-16 folder's 553 MB), and a file added to the folder changes nothing. Each
+    file's digest is kept while its `file_stamp` holds."""
     paths = [Path(p).resolve() for p in paths]  # a folder given as out/m names its files by absolute paths
     folders = [p for p in paths if p.is_dir()]
     files = [p / MODEL_SPEC if p.is_dir() else p for p in paths
              if p.is_dir() or not any(folder in p.parents for folder in folders)]
-    digest = hashlib.sha256()
-    for file in dict.fromkeys(files):
-        digest.update(_file_digest(str(file), tuple(file_stamp(file) or ())).encode())
-    return digest.hexdigest()[:16]
+    return {str(file): _file_digest(str(file), tuple(file_stamp(file) or ())) for file in dict.fromkeys(files)}
 
 
 @functools.lru_cache(maxsize=64)
 def _file_digest(path: str, stamp: tuple) -> str:
-    """sha256 of a file's bytes ("" where it cannot be read), for `model_digest`; cached
+    """sha256 of a file's bytes ("" where it cannot be read), for `model_file_digests`; cached
     by path and `file_stamp`, so a file rewritten is read again."""
     digest = hashlib.sha256()
     try:

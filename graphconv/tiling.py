@@ -1084,7 +1084,7 @@ def job_differences(held: dict, job: dict) -> list[str]:
         old, new = held.get(key), job.get(key)
         if old == new:
             continue
-        if isinstance(old, dict) and isinstance(new, dict):  # files: name -> [size, mtime, inode] (files.file_stamp)
+        if isinstance(old, dict) and isinstance(new, dict):  # files: name -> their file_stamp or sha256
             owner = key.removesuffix(" files").removesuffix(" file")  # "model files": the model's
             if held.get(owner) != job.get(owner):
                 continue  # another model or image altogether, said once, not as every file of both

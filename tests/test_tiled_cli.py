@@ -2607,15 +2607,45 @@ def test_resume_refuses_another_run_s_partial_map_saying_what_differs(model_dir,
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "is the partial map of another run" in err and differs in err, err
         assert f"rm -r {tmp_path / 'map.zarr.partial'}" in err
-    weights = next(model_dir.glob("weights-*.npz"))  # retrained, say
-    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10 ** 9))
+    spec = model_dir / "model.yaml"  # compiled again into the same folder, say
+    compiled = spec.read_text()
+    spec.write_text(compiled + "# compiled again\n")
     try:
         assert main([*run, "--tile", "100"]) == 2
-        assert "model files changed" in capsys.readouterr().err
+        assert "model files changed since: model.yaml" in capsys.readouterr().err
     finally:
-        os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns - 10 ** 9))
+        spec.write_text(compiled)
+    monkeypatch.setattr("graphconv.kernel_cache.sources_digest", lambda: "0123456789abcdef")  # another build
+    assert main([*run, "--tile", "100"]) == 2
+    assert "kernels 0123456789abcdef here" in capsys.readouterr().err
+    monkeypatch.undo()
     assert sorted((p.relative_to(partial), p.stat().st_mtime_ns) for p in partial.rglob("*")) == before
     assert not (tmp_path / "map.zarr").exists()
+
+
+def test_resume_goes_on_after_a_file_is_added_to_the_model_s_folder(model_dir, big_page, tmp_path, monkeypatch,
+                                                                    capsys):
+    """The job recorded the model folder's time, so notes left beside a model (or a
+    weights file copied back with a new time) made every partial map "another run's"."""
+    from graphconv.cli import main
+
+    run = ["run", str(model_dir), "--image", str(big_page), "--output", str(tmp_path / "map.npy"), "--resume",
+           "--tile", "100"]
+    _stop_after(monkeypatch, 3)
+    assert main(run) == 130
+    monkeypatch.undo()
+    (model_dir / "NOTES.txt").write_text("trained on the March slides\n")
+    weights = next(model_dir.glob("weights-*.npz"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10 ** 9))
+    try:
+        capsys.readouterr()
+        assert main(run) == 0
+        assert "resume: 3 of 20 tile(s) were done" in capsys.readouterr().err
+    finally:
+        os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns - 10 ** 9))
+        (model_dir / "NOTES.txt").unlink()
+    assert main([*run[:-5], "--output", str(tmp_path / "straight.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "map.npy"), np.load(tmp_path / "straight.npy"))
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".tif"])
