@@ -473,6 +473,7 @@ class ImageResult:
     memory_tile: tuple[int, int] | None = None  # the tiles planned from `image_tile`'s, the whole image over the budget
     resumed: tuple[int, int] | None = None  # --resume: (tiles an earlier run had done, tiles in all): one note
     made_meanwhile: bool = False  # its map made by another run while this one ran, and kept (`_made_meanwhile`)
+    image_stamp: list[int] | None = None  # the image file's `image_stamp` before it was read: its map's row records it
 
 
 def stored_orientation_note(source) -> str | None:
@@ -551,7 +552,7 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
                            note="; ".join(filter(None, notes)) or None,
                            turned=turned_upright(image), converted=channel_conversion(source),
                            scaled=value_scaling(source),
-                           nodata_possible=nodata_can_occur(getattr(source, "inner", source)))
+                           nodata_possible=nodata_can_occur(getattr(source, "inner", source)), image_stamp=stamp)
     except (GraphconvError, OSError, MemoryError, ValueError) as err:
         if isinstance(err, WrittenMeanwhile) and _made_meanwhile(ref, model, image, output, options, asked_tile,
                                                                   found):
@@ -802,8 +803,10 @@ def run_images(ref: ModelRef, images: Sequence[str], output_dir: str, options: M
         shown = progress(result) if progress is not None else None
         result = shown or result  # the command's, its heatmap's error added
         written = result.output is not None and os.path.exists(result.output)
-        manifest.record(result.image, output_of[result.image], result.shape, result.error, written,
-                        map_settings(ref, result.image, options))
+        settings = map_settings(ref, result.image, options)
+        if result.image_stamp is not None:  # else the image's time against the map's tells an image edited since
+            settings[IMAGE_STAMP] = result.image_stamp
+        manifest.record(result.image, output_of[result.image], result.shape, result.error, written, settings)
     try:
         return _map_each(ref, images, outputs, before, options, tile, client, done)
     except BaseException:  # stopped: the maps finished whose rows the stop cut off are listed too
@@ -1065,7 +1068,7 @@ def image_map_shape(model, grid, image: str, options: MapOptions, tile: int | No
     return dtype, (1, channels, rows, cols)
 
 
-IMAGE_STAMP = "image_stamp"  # a .tif map's record of its image file's `files.file_stamp` when it was read
+IMAGE_STAMP = "image_stamp"  # a .tif map's (an .npy's row's) record of its image file's `files.file_stamp` when read
 
 
 def image_stamp(image: str) -> list[int] | None:
@@ -1087,18 +1090,20 @@ def holds_its_map(ref: ModelRef, model, image: str, output: str, options: MapOpt
     and leaving out the cells these --skip-background, --max-nodata and --nodata leave out,
     where it states them (`georef.read_as`; maps written before it did, do not). Maps are renamed into place only once whole, so
     such a file is a finished map; a stale one (another --classes, --reduce or model, an
-    image edited since: `_image_changed_since`), another image's of the same name
+    image edited since: `_image_changed`), another image's of the same name
     (`map_of_another_image`) or a user's own file of that name is not."""
     from graphconv.georef import is_tiff_output, map_contents, stated_placement
 
-    if not os.path.exists(output) or _image_changed_since(image, output) or map_of_another_image(image, output):
+    if not os.path.exists(output) or map_of_another_image(image, output):
         return False
     if is_tiff_output(output):
         stated = stated_placement(output) or {}
+        if _image_changed(image, output, stated.get(IMAGE_STAMP)):
+            return False
         expected = map_contents(image, ref.path, model, options.classes, options.reduce,
                                 left_out=left_out_record(options, image))
         read = {"bands": list(options.bands) if options.bands is not None else None,
-                "cells_left_out": expected["cells_left_out"], IMAGE_STAMP: image_stamp(image)}
+                "cells_left_out": expected["cells_left_out"]}
         if isinstance(stated.get("cells_left_out"), dict):  # a map of before --nodata was recorded: none given
             stated["cells_left_out"] = {"nodata": None, **stated["cells_left_out"]}
         if options.mpp is None:  # else the level and factor are the slide's to choose
@@ -1118,8 +1123,10 @@ def holds_its_map(ref: ModelRef, model, image: str, output: str, options: MapOpt
     if not _holds_exactly(output, *expected):
         return False
     recorded = made_with(output)  # None: no row records what made it (an older graphconv's, a kill before its row)
+    if recorded is None or _image_changed(image, output, recorded.get(IMAGE_STAMP)):
+        return False
     expected = json.loads(json.dumps(map_settings(ref, image, options)))
-    return recorded is not None and all(recorded.get(key) == value for key, value in expected.items())
+    return all(recorded.get(key) == value for key, value in expected.items())
 
 
 def _ref_settings(ref: ModelRef) -> dict:
@@ -1150,9 +1157,21 @@ def map_settings(ref: ModelRef, image: str, options: MapOptions) -> dict:
             "resize": list(options.resize) if options.resize else None, "pad_image": options.pad_image}
 
 
+def _image_changed(image: str, output: str, recorded_stamp: list[int] | None) -> bool:
+    """Whether the image file is not the one its map was made from: its `image_stamp`
+    is not the one the map's row recorded, or, where none was (a row of an older
+    graphconv's, a batch stopped before its row), it was modified after the map was
+    written. The stamp first: an image whose time is in the future (a camera's clock, a
+    copy from a host whose clock is ahead) was taken for edited by every later batch."""
+    if recorded_stamp is not None:
+        return recorded_stamp != image_stamp(image)
+    return _image_changed_since(image, output)
+
+
 def _image_changed_since(image: str, output: str) -> bool:
     """Whether the image file was modified after its map was written (a photo edited
-    since): then the map is stale, whatever it records. The one check an .npy allows."""
+    since): then the map is stale, whatever it records, for a map that records no
+    `image_stamp`."""
     try:
         return os.stat(image).st_mtime_ns > os.stat(output.rstrip("/")).st_mtime_ns
     except OSError:

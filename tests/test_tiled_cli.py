@@ -2,6 +2,7 @@
 `--images`, through the CLI as users run them: the same map as the whole-image pass."""
 from __future__ import annotations
 
+import csv
 import functools
 import importlib.util
 import json
@@ -11,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -2023,9 +2025,9 @@ def test_cli_a_tif_map_of_another_image_of_the_same_name_is_refused_not_replaced
 
 
 def test_cli_skip_existing_maps_an_image_edited_since_its_map_again(model_dir, picture, tmp_path):
-    """--skip-existing kept the map of a photo edited after it was made. A .tif map records
-    its image's file stamp (size, time, inode): another stamp is not done, even with the
-    old time put back; any map older than its image (.npy too) is not done either."""
+    """--skip-existing kept the map of a photo edited after it was made. A .tif map, and
+    an .npy's row in the list, record the image's file stamp (size, time, inode): another
+    stamp is not done, even with the old time put back."""
     folder = tmp_path / "edit"
     folder.mkdir()
     photo = folder / "IMG_1.png"
@@ -2036,18 +2038,69 @@ def test_cli_skip_existing_maps_an_image_edited_since_its_map_again(model_dir, p
                "--skip-existing")
         assert graphconv_in_process(*run).returncode == 0
         assert "nothing to do" in graphconv_in_process(*run).stdout
+        stamp = [photo.stat().st_size, photo.stat().st_mtime_ns, photo.stat().st_ino]
         if output_format == "tif":
             stated = json.loads(tifffile.TiffFile(out / "IMG_1.tif").pages[0].description.split("\n", 1)[1])
-            assert stated["image_stamp"] == [photo.stat().st_size, photo.stat().st_mtime_ns, photo.stat().st_ino]
-            times = photo.stat().st_atime_ns, photo.stat().st_mtime_ns
-            Image.open(picture / "page.png").rotate(180).save(tmp_path / "edited.png")
-            os.replace(tmp_path / "edited.png", photo)  # saved as editors save: a new file renamed into place
-            os.utime(photo, ns=times)  # the old time back (a copy keeping it): the stamp's inode still differs
+            assert stated["image_stamp"] == stamp
         else:
-            later = (out / "IMG_1.npy").stat().st_mtime_ns + 10**9
-            os.utime(photo, ns=(later, later))
+            assert _made_with(out, "IMG_1.npy")["image_stamp"] == stamp
+        times = photo.stat().st_atime_ns, photo.stat().st_mtime_ns
+        Image.open(picture / "page.png").rotate(180).save(tmp_path / "edited.png")
+        os.replace(tmp_path / "edited.png", photo)  # saved as editors save: a new file renamed into place
+        os.utime(photo, ns=times)  # the old time back (a copy keeping it): the stamp's inode still differs
         result = graphconv_in_process(*run)
         assert result.returncode == 0 and "1 of 1 image(s) ->" in result.stdout, result.stderr
+
+
+def _made_with(output_dir, map_name: str) -> dict:
+    """The settings graphconv-maps.csv records for `map_name`."""
+    rows = {row["map"]: row for row in csv.DictReader((output_dir / "graphconv-maps.csv").open())}
+    return json.loads(rows[map_name]["made_with"])
+
+
+@pytest.mark.parametrize("output_format", ["tif", "npy"])
+def test_cli_skip_existing_keeps_the_map_of_an_image_whose_time_is_in_the_future(model_dir, picture, tmp_path,
+                                                                                 output_format):
+    """A photo from a camera whose clock ran ahead (or copied from such a host) is newer
+    than any map of it: every --skip-existing made its map again, as of an image edited
+    since. Its recorded stamp says it is the same file."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photo = folder / "IMG_1.png"
+    shutil.copy(picture / "page.png", photo)
+    next_year = time.time_ns() + 365 * 24 * 3600 * 10**9
+    os.utime(photo, ns=(next_year, next_year))
+    run = ("run", model_dir, "--images", folder, "--output-dir", tmp_path / "maps", "--output-format", output_format,
+           "--skip-existing")
+    assert graphconv_in_process(*run).returncode == 0
+    result = graphconv_in_process(*run)
+    assert result.returncode == 0 and "nothing to do" in result.stdout, result.stdout + result.stderr
+
+
+def test_cli_skip_existing_without_a_recorded_stamp_maps_an_image_newer_than_its_map_again(model_dir, picture,
+                                                                                           tmp_path):
+    """A row of a graphconv from before the image's stamp was recorded: the image's time
+    against the map's still tells a photo edited since."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photo = folder / "IMG_1.png"
+    shutil.copy(picture / "page.png", photo)
+    out = tmp_path / "maps"
+    run = ("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing")
+    assert graphconv_in_process(*run).returncode == 0
+    listing = out / "graphconv-maps.csv"
+    rows = list(csv.DictReader(listing.open()))
+    for row in rows:
+        row["made_with"] = json.dumps({k: v for k, v in json.loads(row["made_with"]).items() if k != "image_stamp"})
+    with listing.open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert "image_stamp" not in _made_with(out, "IMG_1.npy") and "nothing to do" in graphconv_in_process(*run).stdout
+    later = (out / "IMG_1.npy").stat().st_mtime_ns + 10**9
+    os.utime(photo, ns=(later, later))
+    result = graphconv_in_process(*run)
+    assert result.returncode == 0 and "1 of 1 image(s) ->" in result.stdout, result.stderr
 
 
 def test_cli_many_images_through_an_uncompiled_classifier_are_one_error_before_any_image(picture, tmp_path):
