@@ -1390,16 +1390,18 @@ def draw_heatmap(args: argparse.Namespace, model, picture: np.ndarray, field, *,
         what = "the best class of each cell"
     else:
         extremes = sample.extremes if sample is not None else images.finite_range(one)
-        low, high, note = images.heatmap_range(one, args.heatmap_range, images.outputs_probabilities(model.graph),
-                                               extremes)
+        low, high, scale_note = images.heatmap_range(one, args.heatmap_range,
+                                                     images.outputs_probabilities(model.graph), extremes)
         what = images.heatmap_title(args.heatmap, labels)
         drawn = images.render_heatmap(picture, one, field, title=what, value_range=(low, high),
-                                      scale_note=note, display_hw=display_hw, sample=sample)
+                                      scale_note=scale_note, display_hw=display_hw, sample=sample)
         values = f"its values run {extremes[0]:.3g}..{extremes[1]:.3g}" if extremes else "no cell computed"
-        what += f" ({note}; {values})"
+        what += f" ({scale_note}; {values})"
     fmt = images.heatmap_format(args.heatmap_out)
     atomic_write(args.heatmap_out, lambda p: images.save_picture(drawn, p, fmt), suffix=Path(args.heatmap_out).suffix)
     print(f"heatmap of {what} -> {args.heatmap_out}")
+    if font_note := images.heatmap_font_note(drawn):  # said once, for a batch's heatmaps too
+        note(f"note: {font_note}")
 
 
 def _heatmap_class(text: str) -> int | str:

@@ -14,6 +14,7 @@ would block and /dev/zero never ends.
 """
 from __future__ import annotations
 
+import functools
 import numbers
 import struct
 import warnings
@@ -671,8 +672,14 @@ def render_class_map(image: np.ndarray, best: np.ndarray, classes: int, field: F
     panel = _panel(_blended(image, colours, TOP_BLEND), display_hw)
     sy, sx = panel.size[1] / image.shape[1], panel.size[0] / image.shape[2]
     from PIL import ImageDraw
+    counts = sample.counts if sample is not None else np.bincount(best[best != NOT_COMPUTED].ravel(),
+                                                                   minlength=classes)
+    shown_classes = [int(k) for k in np.argsort(-counts, kind="stable") if counts[k]]
+    legend = [(tuple(int(v) for v in palette[k]), f"{_class_name(k, labels)} ({counts[k]} cells)")
+              for k in shown_classes]
     draw = ImageDraw.Draw(panel)
-    font = _font()
+    lines = [title or "best class of each cell"]
+    font, _ = text_font([*lines, *(text for _, text in legend)])  # as `_compose`'s, which says what it cannot draw
     taken: list[tuple[float, float, float, float]] = []
     for klass, (row, col) in _regions(best):  # largest first; a label that would overlap one is left out
         if klass == NOT_COMPUTED:
@@ -687,12 +694,7 @@ def render_class_map(image: np.ndarray, best: np.ndarray, classes: int, field: F
             continue
         taken.append(box)
         draw.text((x, y), text, fill="white", font=font, anchor="mm", stroke_width=2, stroke_fill="black")
-    counts = sample.counts if sample is not None else np.bincount(best[best != NOT_COMPUTED].ravel(),
-                                                                   minlength=classes)
-    shown_classes = [int(k) for k in np.argsort(-counts, kind="stable") if counts[k]]
-    legend = [(tuple(int(v) for v in palette[k]), f"{_class_name(k, labels)} ({counts[k]} cells)")
-              for k in shown_classes]
-    return _compose(panel, [title or "best class of each cell"], legend=legend)
+    return _compose(panel, lines, legend=legend)
 
 
 def class_palette(classes: int) -> np.ndarray:
@@ -805,12 +807,78 @@ def _panel(rgb: np.ndarray, display_hw: tuple[int, int] | None):
     return panel
 
 
-def _font(size: int = 13):
+FONT_SIZE = 13
+FALLBACK_FONTS = (
+    "DejaVuSans.ttf", "NotoSans-Regular.ttf",  # Linux: Latin with accents, Greek, Cyrillic
+    "NotoSansCJK-Regular.ttc", "NotoSansCJKjp-Regular.otf", "NotoSansCJKsc-Regular.otf",  # Chinese, Japanese, Korean
+    "wqy-microhei.ttc", "wqy-zenhei.ttc", "DroidSansFallbackFull.ttf",
+    "Arial Unicode.ttf", "Hiragino Sans GB.ttc", "AppleSDGothicNeo.ttc",  # macOS
+    "arial.ttf", "msyh.ttc", "msgothic.ttc", "malgun.ttf",  # Windows
+)
+"""Fonts tried, in order, for text that Pillow's own font (Latin letters without accents
+only) cannot draw: class labels in German, Greek, Japanese... Pillow looks each name up
+in the system's font folders."""
+
+
+def text_font(texts: Sequence[str]) -> tuple[object, str]:
+    """The font to draw `texts` in: Pillow's own where it has every character, else the
+    first of FALLBACK_FONTS installed that has them all, else the one that lacks the
+    fewest; and the characters it lacks ("" mostly), which show as boxes
+    (`heatmap_font_note` says so)."""
+    characters = sorted(set("".join(texts)) - set(" \t\n"))
+    best = _default_font()
+    lacking = [c for c in characters if not _draws(best, c)]
+    for name in FALLBACK_FONTS if lacking else ():
+        font = _truetype(name)
+        missing = [c for c in characters if not _draws(font, c)] if font is not None else lacking
+        if len(missing) < len(lacking):
+            best, lacking = font, missing
+        if not lacking:
+            break
+    return best, "".join(lacking)
+
+
+def heatmap_font_note(picture) -> str | None:
+    """What to say of a heatmap whose text has characters no installed font draws."""
+    undrawn = picture.info.get("undrawn", "")
+    if not undrawn:
+        return None
+    return (f"no font found on this machine draws {undrawn[:20]!r}{'...' if len(undrawn) > 20 else ''}: the "
+            f"heatmap shows boxes for them (install one that does, e.g. Noto Sans CJK for Chinese or Japanese, and "
+            f"draw it again)")
+
+
+@functools.lru_cache(maxsize=None)
+def _default_font():
     from PIL import ImageFont
     try:
-        return ImageFont.load_default(size=size)
+        return ImageFont.load_default(size=FONT_SIZE)
     except (TypeError, ValueError, OSError):  # Pillow without FreeType: the bitmap font
         return ImageFont.load_default()
+
+
+@functools.lru_cache(maxsize=None)
+def _truetype(name: str):
+    from PIL import ImageFont
+    try:
+        return ImageFont.truetype(name, FONT_SIZE)
+    except OSError:  # not installed
+        return None
+
+
+@functools.lru_cache(maxsize=65536)
+def _draws(font, character: str) -> bool:
+    """Whether `font` has a glyph for `character`: it draws something else than the box
+    it draws for a character no font has (a private-use code point). A font without
+    FreeType (Pillow's bitmap one) draws ASCII only."""
+    if not hasattr(font, "getmetrics"):
+        return character.isascii()
+    return _glyph(font, character) != _glyph(font, "\U000F0000")
+
+
+def _glyph(font, character: str) -> tuple:
+    mask = font.getmask(character)
+    return mask.size, np.asarray(mask, dtype=np.uint8).tobytes() if mask.size[0] * mask.size[1] else b""
 
 
 def _number(value: float) -> str:
@@ -819,10 +887,11 @@ def _number(value: float) -> str:
 
 def _compose(panel, lines: list[str], bar=None, legend=None):
     """Title lines above the panel; the colour bar (array, [(position 0..1, value)]) or the
-    legend ([(rgb, text)]) to its right; white background."""
+    legend ([(rgb, text)]) to its right; white background. Its info["undrawn"]: the
+    characters no font found draws (`text_font`)."""
     image_mod = _pil()
     from PIL import ImageDraw
-    font = _font()
+    font, undrawn = text_font([*lines, *(text for _, text in legend or ())])
     measure = ImageDraw.Draw(image_mod.new("RGB", (1, 1)))
 
     def text_width(text):
@@ -849,6 +918,7 @@ def _compose(panel, lines: list[str], bar=None, legend=None):
         draw.text((MARGIN, MARGIN + index * line_h), text, fill="black", font=font)
     canvas.paste(panel, (MARGIN, title_h))
     canvas.info["panel_box"] = (MARGIN, title_h, MARGIN + panel.size[0], title_h + panel.size[1])
+    canvas.info["undrawn"] = undrawn
     x = MARGIN + panel.size[0] + MARGIN
     if bar is not None:
         colours, ticks = bar

@@ -631,6 +631,40 @@ def test_the_best_class_map_names_its_regions_and_has_a_legend(rng):
     assert len(images.class_palette(40)) == 40 and len({tuple(c) for c in images.class_palette(20)}) == 20
 
 
+LABELS_BEYOND_ASCII = ["Hintergrund", "Straße", "γάτα", "собака"]
+
+
+@pytest.mark.skipif(images._truetype("DejaVuSans.ttf") is None, reason="DejaVu Sans is not installed")
+def test_labels_beyond_ascii_are_drawn_in_a_font_that_has_them():
+    """Pillow's own font has no accented or Greek letters: 'Straße' was drawn 'Stra' and a
+    box. A system font that has them is taken, and every label is drawn."""
+    scores = np.stack([np.eye(4)[k % 4][:, None].repeat(5, 1) for k in range(4)], axis=1)  # four classes in rows
+    picture = images.render_top_map(np.full((3, 32, 40), 200, np.float32), scores, FIELD,
+                                     LABELS_BEYOND_ASCII)
+    assert picture.info["undrawn"] == "" and images.heatmap_font_note(picture) is None
+    font, undrawn = images.text_font(LABELS_BEYOND_ASCII)
+    assert undrawn == "" and all(images._draws(font, c) for c in "ßγάсо")
+    assert not images._draws(images._default_font(), "ß")  # why: the default font would draw boxes
+    assert images.text_font(["cat", "dog"])[0] is images._default_font()  # ASCII keeps the default look
+
+
+def test_characters_no_font_draws_are_said_once_in_a_note(tmp_path, capsys):
+    """Boxes in a figure should not be found by a reader: the run says which characters."""
+    from conftest import SPECS
+    from graphconv.cli import main
+    nowhere = "\U000F0041"  # private use: no font draws it
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join([f"class {nowhere}{k}" for k in range(10)]) + "\n", encoding="utf-8")
+    Image.fromarray(np.full((40, 44), 128, np.uint8)).save(tmp_path / "page.png")
+    assert main(["compile", str(SPECS / "lenet.yaml"), "-o", str(tmp_path / "m")]) == 0
+    capsys.readouterr()
+    assert main(["run", str(tmp_path / "m"), "--image", str(tmp_path / "page.png"), "--labels", str(labels),
+                 "--heatmap", "top", "--heatmap-out", str(tmp_path / "h.png")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("no font found on this machine draws") == 1 and repr(nowhere)[1:-1] in err, err
+    assert (tmp_path / "h.png").exists()
+
+
 def reference_regions(best: np.ndarray) -> list[tuple[int, tuple[int, int]]]:
     """`images._regions` by hand: a flood fill from each cell not yet seen, in row order."""
     rows, cols = best.shape
