@@ -224,16 +224,17 @@ def _remove(path: str) -> None:
 def cold_kernel_modules(graph, device: str = "cpu") -> list[str]:
     """The CPU kernel modules (e.g. 'graphconv.ops.conv.cpu') that running `graph` needs
     and that have nothing in this version's cache yet: their first use compiles them
-    (seconds each). A cheap look at the cache folder, nothing compiled or loaded: a
-    module with one kernel compiled counts as warm, and where graphconv cannot tell (another
-    device, an explicit NUMBA_CACHE_DIR, numba's cache machinery not installed) the
-    answer is [] ."""
-    if device != "cpu" or os.environ.get("NUMBA_CACHE_DIR") or not _installed():
+    (seconds each). A cheap look at the cache folder (an explicit NUMBA_CACHE_DIR's, where
+    numba's own locator puts them, a cluster's usual setting), nothing compiled or
+    loaded: a module with one kernel compiled counts as warm, and where graphconv cannot
+    tell (another device, numba's cache machinery not installed) the answer is [] ."""
+    chosen = os.environ.get("NUMBA_CACHE_DIR")
+    if device != "cpu" or not (chosen or _installed()):
         return []
     import importlib.util
     from numba.core.caching import _CacheLocator
 
-    directory = kernel_cache_dir()
+    directory = Path(chosen) if chosen else kernel_cache_dir()
     cold = []
     for package in sorted({node.opdef.package for node in graph.layers()}):
         module = f"{package}.cpu"

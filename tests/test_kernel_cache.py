@@ -77,6 +77,12 @@ def test_cold_kernel_modules_looks_at_this_versions_cache(tmp_path, monkeypatch,
     folder.mkdir(parents=True)
     (folder / "cpu._relu-8.py311.nbi").write_bytes(b"")
     assert kernel_cache.cold_kernel_modules(graph) == []
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "chosen"))  # numba's own locator: its folder is looked at
+    assert kernel_cache.cold_kernel_modules(graph) == ["graphconv.ops.elementwise.cpu"]
+    folder = tmp_path / "chosen" / _CacheLocator.get_suitable_cache_subpath(elementwise_cpu.__file__)
+    folder.mkdir(parents=True)
+    (folder / "cpu._relu-8.py311.nbi").write_bytes(b"")
+    assert kernel_cache.cold_kernel_modules(graph) == []
 
 
 def test_the_first_run_on_a_cold_cache_says_why_it_is_slow(tmp_path, write_spec):
