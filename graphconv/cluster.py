@@ -13,6 +13,7 @@ Dask (`dask[distributed]`) is the optional `scale` extra.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -800,13 +801,15 @@ def run_images(ref: ModelRef, images: Sequence[str], output_dir: str, options: M
     before = [file_stamp(output) for output in outputs]
 
     def done(result: ImageResult) -> None:
-        shown = progress(result) if progress is not None else None
-        result = shown or result  # the command's, its heatmap's error added
         written = result.output is not None and os.path.exists(result.output)
         settings = map_settings(ref, result.image, options)
         if result.image_stamp is not None:  # else the image's time against the map's tells an image edited since
             settings[IMAGE_STAMP] = result.image_stamp
-        manifest.record(result.image, output_of[result.image], result.shape, result.error, written, settings)
+        record = functools.partial(manifest.record, result.image, output_of[result.image], result.shape)
+        record(result.error, written, settings)  # before its heatmap is drawn: a stop then keeps the map as made
+        shown = progress(result) if progress is not None else None
+        if shown is not None and shown.error != result.error:  # the command's, its heatmap's error added
+            record(shown.error, written, settings)
     try:
         return _map_each(ref, images, outputs, before, options, tile, client, done)
     except BaseException:  # stopped: the maps finished whose rows the stop cut off are listed too

@@ -364,3 +364,27 @@ def test_skip_existing_redoes_the_maps_of_a_model_compiled_again_in_place_or_ret
         np.savez(tmp_path / "retrained.npz", **{key: value * 0.5 for key, value in weights.items()})
     assert "nothing to do" not in batch("--weights", tmp_path / "retrained.npz")
     assert written.stat().st_mtime_ns != before
+
+
+def test_a_map_is_listed_before_its_heatmap_is_drawn(model_dir, tmp_path):
+    """A batch killed while it drew a heatmap (seconds for a slide's) left a finished map
+    with no row saying what made it, made again by the next --skip-existing. The row is
+    written first, and a heatmap that fails then adds its error to it."""
+    from dataclasses import replace
+    from graphconv.cluster import MapOptions, ModelRef, run_images
+    folder = photos(tmp_path / "photos", {"a.png": (40, 50), "b.png": (40, 40)})
+    out = tmp_path / "maps"
+    listed_when_drawn = {}
+
+    def draw(result):
+        listed_when_drawn[result.image] = rows(out)[os.path.basename(result.output)]
+        return replace(result, error="its map was written, its heatmap not: no room") if "b.png" in result.image \
+            else None
+
+    images = [str(folder / "a.png"), str(folder / "b.png")]
+    run_images(ModelRef(str(model_dir)), images, str(out), MapOptions(), progress=draw)
+    assert [row["status"] for row in listed_when_drawn.values()] == ["written", "written"]
+    assert all(row["made_with"] and not row["error"] for row in listed_when_drawn.values())
+    assert rows(out)["b.npy"]["status"] == "written" and "heatmap not" in rows(out)["b.npy"]["error"]
+    assert rows(out)["a.npy"]["error"] == "" and rows(out)["b.npy"]["made_with"] == listed_when_drawn[images[1]][
+        "made_with"]
