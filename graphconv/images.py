@@ -479,10 +479,13 @@ def deep_scaling(kind: str) -> str | None:
 
 
 def cell_index_map(field: Field, rows: int, cols: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """For each image row/column, the score-map row/column whose field is centred nearest."""
+    """For each image row/column, the score-map row/column whose field is centred nearest;
+    a pixel half way between two centres goes to the later cell, so every cell but the
+    first and last gets `stride` pixels (rounding half to even gave an odd field on an
+    even stride cells of 1 and 3 pixels in turn)."""
     def nearest(n_cells, size, stride, offset, length):
         centre = offset + (size - 1) / 2
-        return np.clip(np.rint((np.arange(length) - centre) / stride), 0, n_cells - 1).astype(int)
+        return np.clip(np.floor((np.arange(length) - centre) / stride + 0.5), 0, n_cells - 1).astype(int)
 
     return (nearest(rows, field.size[0], field.stride[0], field.offset[0], height),
             nearest(cols, field.size[1], field.stride[1], field.offset[1], width))

@@ -631,6 +631,24 @@ def test_the_best_class_map_names_its_regions_and_has_a_legend(rng):
     assert len(images.class_palette(40)) == 40 and len({tuple(c) for c in images.class_palette(20)}) == 20
 
 
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 300), st.integers(1, 33), st.integers(-40, 40), st.integers(2, 30))
+def test_every_inner_cell_of_a_heatmap_covers_stride_pixels(size, stride, offset, cells):
+    """Each pixel shows the cell whose field is centred nearest; ties (an odd field on an
+    even stride: AlexNet's 227 on 32) drew cells 1 and 3 pixels wide in turn."""
+    field = Field(size=(size, size), stride=(stride, stride), offset=(offset, offset))
+    length = max(0, offset) + size + (cells - 1) * stride + 2 * stride
+    ys, xs = images.cell_index_map(field, cells, cells, length, length)
+    assert np.array_equal(ys, xs) and np.all(np.diff(ys) >= 0)
+    centres = offset + (size - 1) / 2 + stride * np.arange(cells)
+    inside = (centres - stride >= 0) & (centres + stride < length)  # neither cut by the image's edge
+    inside[[0, -1]] = False  # nor the first and last, which take the pixels beyond them
+    widths = np.bincount(ys, minlength=cells)
+    assert np.all(widths[inside] == stride), widths
+    distance = np.abs(np.arange(length)[:, None] - centres[None, :])
+    assert np.all(distance[np.arange(length), ys] <= distance.min(axis=1))  # still the nearest centre
+
+
 LABELS_BEYOND_ASCII = ["Hintergrund", "Straße", "γάτα", "собака"]
 
 
