@@ -501,7 +501,9 @@ def cell_index_map(field: Field, rows: int, cols: int, height: int, width: int) 
 # and the bar says so and shows the numbers. `render_top_map` draws the best class of
 # every cell instead, with a legend and each region named.
 
-HEATMAP_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF")  # RGB formats --heatmap-out may name
+HEATMAP_FORMATS = ("PNG", "JPEG", "TIFF", "WEBP", "GIF")
+"""The formats --heatmap-out may name: RGB, and able to carry HEATMAP_MARK (a BMP holds no
+text, and one graphconv drew could never be told from a user's picture to replace it)."""
 HEATMAP_MIN_SIDE = 320  # smaller pictures are enlarged (whole pixels) so the text fits
 BAR_WIDTH = 14
 TICK_LENGTH = 4  # the tick's pixels right of the colour bar
@@ -573,7 +575,8 @@ class MapSample:
     counts: np.ndarray | None = None
 
 
-HEATMAP_MARK = "graphconv heatmap"  # in a heatmap's PNG text or JPEG comment: how one is told from a photo
+HEATMAP_MARK = "graphconv heatmap"  # a heatmap's Software (PNG text, EXIF or TIFF tag), or comment: not a photo
+EXIF_SOFTWARE = 0x0131
 
 
 def save_picture(picture, path: str, fmt: str | None = None) -> None:
@@ -587,8 +590,13 @@ def save_picture(picture, path: str, fmt: str | None = None) -> None:
         info = PngImagePlugin.PngInfo()
         info.add_text("Software", HEATMAP_MARK)
         picture.save(path, format=fmt, pnginfo=info)
-    else:
+    elif fmt == "GIF":
         picture.save(path, format=fmt, comment=HEATMAP_MARK.encode())
+    else:  # JPEG, WebP, TIFF: the EXIF (TIFF's own) Software tag; a JPEG's comment too, as earlier ones had
+        exif = _pil().Exif()
+        exif[EXIF_SOFTWARE] = HEATMAP_MARK
+        extra = {"comment": HEATMAP_MARK.encode()} if fmt == "JPEG" else {}
+        picture.save(path, format=fmt, exif=exif if fmt == "TIFF" else exif.tobytes(), **extra)
 
 
 def is_graphconv_heatmap(path: str | Path) -> bool:
@@ -596,7 +604,8 @@ def is_graphconv_heatmap(path: str | Path) -> bool:
     Image = _pil()  # without Pillow, an --images batch of photos is one error, not a traceback
     try:
         with open_regular_file(path, "picture") as fp, Image.open(fp) as picture:  # a pipe would block Pillow
-            return HEATMAP_MARK in (picture.info.get("Software"), picture.info.get("comment", b"").decode("latin-1"))
+            return HEATMAP_MARK in (picture.info.get("Software"), picture.info.get("comment", b"").decode("latin-1"),
+                                    picture.getexif().get(EXIF_SOFTWARE))
     except Exception:  # not a picture Pillow reads: not a heatmap either
         return False
 

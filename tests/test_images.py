@@ -598,10 +598,14 @@ def test_a_resized_picture_is_shown_with_its_original_aspect_ratio(rng):
 
 def test_the_file_format_follows_the_extension(tmp_path, rng):
     image = rng.uniform(0, 255, (3, 20, 24)).astype(np.float32)
-    for name, fmt in (("h.png", "PNG"), ("h.jpg", "JPEG"), ("h.JPEG", "JPEG"), ("h.bmp", "BMP")):
+    for name, fmt in (("h.png", "PNG"), ("h.jpg", "JPEG"), ("h.JPEG", "JPEG"), ("h.webp", "WEBP"),
+                      ("h.tif", "TIFF"), ("h.tiff", "TIFF"), ("h.gif", "GIF")):
         save_heatmap(image, rng.uniform(0, 1, (3, 4)), FIELD, str(tmp_path / name))
         assert Image.open(tmp_path / name).format == fmt
-    for bad in ("h.xyz", "h", "h.pdf"):
+        assert images.is_graphconv_heatmap(tmp_path / name), name  # so a rerun may replace it
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / f"user.{name}")  # a user's picture
+        assert not images.is_graphconv_heatmap(tmp_path / f"user.{name}"), name
+    for bad in ("h.xyz", "h", "h.pdf", "h.bmp"):  # a BMP cannot say it is graphconv's heatmap
         with pytest.raises(GraphconvError, match="cannot tell the image format"):
             images.heatmap_format(str(tmp_path / bad))
 
