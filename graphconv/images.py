@@ -797,10 +797,26 @@ def _level(values: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.nan_to_num(np.clip(level, 0, 1), nan=0.0).astype(np.float32)
 
 
+VIRIDIS = np.array([
+    [68, 1, 84], [71, 13, 96], [72, 24, 106], [72, 35, 116], [71, 45, 123], [69, 55, 129], [66, 64, 134],
+    [62, 73, 137], [59, 82, 139], [55, 91, 141], [51, 99, 141], [47, 107, 142], [44, 114, 142], [41, 122, 142],
+    [38, 130, 142], [35, 137, 142], [33, 145, 140], [31, 151, 139], [31, 159, 136], [33, 166, 133], [39, 173, 129],
+    [49, 181, 123], [61, 188, 116], [76, 194, 108], [92, 200, 99], [110, 206, 88], [129, 211, 77], [149, 216, 64],
+    [170, 220, 50], [192, 223, 37], [213, 226, 26], [234, 229, 26], [253, 231, 37]], np.float32)
+"""matplotlib's viridis at 33 even steps (its entries 0, 8, ..., 255), linearly between
+(at most 1.7 of 255 off its 256 entries): dark violet -> blue -> green -> yellow, its
+lightness rising all the way, so an order of values is seen by colour-blind readers and
+in a grey print alike (a blue -> green -> red rainbow had neither: its middle was its
+lightest, and 0.7..1.0 one olive under deuteranopia)."""
+
+
 def _colours(level: np.ndarray) -> np.ndarray:
-    """(3, ...) RGB 0..255 for levels 0..1: blue -> green -> red."""
-    level = level.astype(np.float32)
-    return np.stack([level, 1 - np.abs(2 * level - 1), 1 - level]) * np.float32(255)
+    """(3, ...) RGB 0..255 for levels 0..1 (VIRIDIS)."""
+    position = np.clip(level.astype(np.float32), 0, 1) * np.float32(len(VIRIDIS) - 1)
+    below = np.minimum(position.astype(np.intp), len(VIRIDIS) - 2)
+    share = (position - below)[..., None]
+    rgb = VIRIDIS[below] * (1 - share) + VIRIDIS[below + 1] * share
+    return np.moveaxis(rgb, -1, 0)
 
 
 def _panel(rgb: np.ndarray, display_hw: tuple[int, int] | None):

@@ -517,16 +517,16 @@ def panel_of(picture: Image.Image) -> np.ndarray:
 
 
 def test_a_fixed_scale_keeps_noise_dim_and_the_bar_shows_the_real_values(rng):
-    """A probability map of small noise is drawn dark blue on 0..1, not stretched into
-    red-and-blue as if it were signal; stretched, the bar says so and names its values."""
+    """A probability map of small noise is drawn dark on 0..1, not stretched into
+    violet-and-yellow as if it were signal; stretched, the bar says so and names its values."""
     grey = np.full((1, 40, 48), 128, np.float32)
     noise = rng.uniform(0.01, 0.02, (9, 11))
     fixed_picture = images.render_heatmap(grey, noise, FIELD, title="class 3", value_range=(0, 1),
                                           scale_note="probability, fixed scale 0..1")
     panel_fixed = panel_of(fixed_picture)
     panel_stretched = panel_of(images.render_heatmap(grey, noise, FIELD, title="class 3"))
-    assert panel_fixed[..., 0].max() < 70  # no red anywhere: 0.02 of the way to red
-    assert panel_stretched[..., 0].max() > 180  # stretched, the largest noise value is red
+    assert panel_fixed[..., 1].max() < 80  # no green or yellow anywhere: 0.02 of the way up
+    assert panel_stretched[..., 1].max() > 170  # stretched, the largest noise value is yellow
     assert images.heatmap_range(noise, "auto", True)[:2] == (0.0, 1.0)
     low, high, note = images.heatmap_range(noise, "auto", False)
     assert (low, high) == (noise.min(), noise.max()) and "this map's min..max" in note
@@ -559,15 +559,44 @@ def test_a_heatmap_blended_a_band_of_rows_at_a_time_is_the_one_blended_whole(rng
     np.testing.assert_array_equal(panel[::factor, ::factor], shown.transpose(1, 2, 0).astype(np.uint8))
 
 
-def test_the_colour_bar_runs_red_to_blue_beside_the_picture(rng):
+def test_the_colour_bar_runs_yellow_to_violet_beside_the_picture(rng):
     picture = images.render_heatmap(np.zeros((3, 40, 40), np.float32), rng.uniform(0, 1, (9, 9)), FIELD,
                                     title="class 1: cat", value_range=(0, 1))
     pixels = np.asarray(picture).astype(int)
     _, y, right, bottom_y = picture.info["panel_box"]
     bar_x = right + images.MARGIN + images.BAR_WIDTH // 2
     top, bottom = pixels[y + 1, bar_x], pixels[bottom_y - 2, bar_x]
-    assert top[0] > 240 and top[2] < 15 and bottom[2] > 240 and bottom[0] < 15
+    assert np.abs(top - [253, 231, 37]).max() <= 3 and np.abs(bottom - [68, 1, 84]).max() <= 3
     assert picture.size[0] > bar_x + images.BAR_WIDTH + 10  # room for the numbers
+
+
+def lightness(rgb: np.ndarray) -> np.ndarray:
+    """CIE L* of sRGB colours 0..255 (..., 3)."""
+    linear = rgb / 255.0
+    linear = np.where(linear <= 0.04045, linear / 12.92, ((linear + 0.055) / 1.055) ** 2.4)
+    y = linear @ np.array([0.2126, 0.7152, 0.0722])
+    return np.where(y > (6 / 29) ** 3, 116 * np.cbrt(y) - 16, y * (29 / 3) ** 3)
+
+
+def deuteranopia(rgb: np.ndarray) -> np.ndarray:
+    """sRGB as a deuteranope sees it (Machado, Oliveira and Fernandes 2009, severity 1)."""
+    linear = rgb / 255.0
+    linear = np.where(linear <= 0.04045, linear / 12.92, ((linear + 0.055) / 1.055) ** 2.4)
+    seen = np.clip(linear @ np.array([[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413],
+                                      [-0.011820, 0.042940, 0.968881]]).T, 0, 1)
+    return 255 * np.where(seen <= 0.0031308, seen * 12.92, 1.055 * seen ** (1 / 2.4) - 0.055)
+
+
+def test_higher_scores_are_lighter_for_every_reader():
+    """The scale's order must survive a grey print and colour blindness: lightness rises
+    with the score, for normal and deuteranope vision (the rainbow's middle was its
+    lightest, and its top third one olive for a deuteranope)."""
+    levels = np.linspace(0, 1, 201, dtype=np.float32)
+    rgb = images._colours(levels).T
+    for seen in (rgb, deuteranopia(rgb)):
+        assert np.all(np.diff(lightness(seen)) > 0)
+    assert lightness(rgb[-1]) - lightness(rgb[0]) > 60
+    np.testing.assert_allclose(rgb[[0, -1]], images.VIRIDIS[[0, -1]])
 
 
 def test_the_title_is_drawn(rng):
