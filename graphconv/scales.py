@@ -28,10 +28,13 @@ def resize_bilinear(x: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def scaled_size(height: int, width: int, shorter_side: int) -> tuple[int, int]:
-    """The size whose shorter side is `shorter_side`, keeping the aspect ratio."""
-    if height <= width:
-        return shorter_side, max(1, round(width * shorter_side / height))
-    return max(1, round(height * shorter_side / width)), shorter_side
+    """The size whose shorter side is `shorter_side`, keeping the aspect ratio, the longer
+    side cut down to a whole pixel as torchvision's Resize(S) cuts it (`int(S * long /
+    short)`): rounded, a 300x428 photo at 224 was 224x320 where the pipeline the model
+    was trained with makes 224x319, and its map another shape."""
+    if width <= height:  # torchvision's test: a square's shorter side is its width
+        return max(1, int(shorter_side * height / width)), shorter_side
+    return shorter_side, max(1, int(shorter_side * width / height))
 
 
 @dataclass

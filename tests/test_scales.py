@@ -1,6 +1,8 @@
 """Multi-scale, flipped evaluation reduced to one class vector."""
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import graphconv
 from graphconv.cli import main
@@ -41,6 +43,7 @@ def test_scale_resizes_the_shorter_side(lenet, rng):
     _, fcn = lenet
     assert scaled_size(300, 400, 384) == (384, 512)
     assert scaled_size(400, 300, 384) == (512, 384)
+    assert scaled_size(300, 428, 224) == (224, 319)  # cut, as torchvision does: rounded, 320
     result = multiscale(fcn, random_input(rng, (1, 1, 40, 60)), [48])
     assert result.maps[(48, False)].shape == (1, 10, 5, 11)  # 48x72 image
     with pytest.raises(GraphconvError, match="smaller than the 32x32 crop"):
@@ -100,3 +103,17 @@ def test_cli_multiscale_prints_top_classes_and_saves_the_vector(tmp_path, capsys
     assert capsys.readouterr().err == ("graphconv: net.yaml: --scales slides the network "
                                        "over the image at each scale: compile the model first (graphconv compile), "
                                        "a classifier with fc layers sees one crop\n")
+
+
+def torchvision_resized_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """torchvision.transforms.functional._compute_resized_output_size for an int size
+    (no max_size), as torchvision 0.2x writes it."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = size, int(size * long / short)
+    return (new_long, new_short) if width <= height else (new_short, new_long)
+
+
+@given(st.integers(1, 20000), st.integers(1, 20000), st.integers(1, 4096))
+def test_the_scaled_size_is_torchvision_s_resize(height, width, side):
+    """--resize S and --scales S give the map of the picture the model was trained on."""
+    assert scaled_size(height, width, side) == torchvision_resized_size(height, width, side)
