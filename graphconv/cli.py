@@ -378,7 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--output-stride", type=int, metavar="S",
                       help="finer score map: S must divide the network's total stride")
     comp.add_argument("--stride-method", default="auto", choices=("auto", "dilate", "shift"),
-                      help="how to reach --output-stride (auto: the one with fewer FLOPs)")
+                      help="how to reach --output-stride (auto: dilate for a network whose layers pad, where it "
+                           "can be dilated, as shift would read zeros inside the image; else the one with fewer "
+                           "FLOPs)")
     comp.add_argument("--print-ir-before", action="append", default=[], metavar="PASS",
                       help="print the IR before PASS ('all' for every pass); repeatable")
     comp.add_argument("--print-ir-after", action="append", default=[], metavar="PASS",

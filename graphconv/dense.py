@@ -244,6 +244,7 @@ class VerifyReport:
     tolerance: float  # (b)'s: the sliding map against the crop loop
     conversion_max_abs: float = 0.0
     conversion_crops: int = 0
+    finer_stride: str = ""  # "output stride 2x2, dilated": what --output-stride compiled, to say which was checked
     layers: list[LayerPadding] = field(default_factory=list)
     strict: bool = False
     notes: list[str] = field(default_factory=list)
@@ -321,7 +322,8 @@ class VerifyReport:
     def __str__(self) -> str:
         n, k, rows, cols = self.shape
         reference = "the classifier as your passes left it" if self.changed_by_plugins else "the classifier"
-        lines = [f"score map {n}x{k}x{rows}x{cols} " + (f"(tolerance {self.tolerance:.3g}, from --tolerance)"
+        stride = f" at {self.finer_stride}" if self.finer_stride else ""
+        lines = [f"score map {n}x{k}x{rows}x{cols}{stride} " + (f"(tolerance {self.tolerance:.3g}, from --tolerance)"
                                                         if self.tolerance_given else
                                                         "(tolerances: 1e-4 of the largest score, "
                                                         "unless --tolerance)"),
@@ -435,7 +437,8 @@ class VerifyReport:
             return ("(a) conversion: not checked: the model given is already compiled, so the classifier verify "
                     "runs on each crop is the converted network itself; verify the spec it was compiled from "
                     "to check the conversion")
-        return (f"(a) conversion: the converted network vs the classifier on {self.conversion_crops} crop(s): max "
+        return (f"(a) conversion: the converted network vs the classifier on {self.conversion_crops} crop(s) (the "
+                f"first, middle and last rows and columns of the crop grid): max "
                 f"abs difference {self.conversion_max_abs:.3g} ({self._conversion_tolerance_text()}): "
                 + self._conversion_verdict())
 
@@ -662,7 +665,8 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
                           conversion_max_abs=conversion, conversion_crops=len(crops), strict=strict,
                           scale=scale, pass_changes=changes, conversion_tolerance=crop_tol,
                           conversion_scale=crop_scale, tolerance_given=tolerance is not None,
-                          padding_kinds=kinds, compiled_given=_compiled_to_slide(original))
+                          padding_kinds=kinds, compiled_given=_compiled_to_slide(original),
+                          finer_stride=_finer_stride(compiled))
     if left_out_why:
         report.notes.append(left_out_why)
     if where is not None:
@@ -687,6 +691,15 @@ def _compiled_to_slide(model: Model) -> bool:
     itself. A classifier compiled with passes that leave it returning vectors
     (CLASSIFIER_PIPELINE, --passes without fc-to-conv) is still converted, and (a) holds."""
     return "compiled" in model.graph.meta and not model.returns_vectors
+
+
+def _finer_stride(compiled: Model) -> str:
+    """What an output-stride pass made of `compiled` ("output stride 2x2, dilated"), or ""."""
+    method = compiled.graph.meta.get("compiled", {}).get("stride_method")
+    if method is None:
+        return ""
+    sy, sx = pair(compiled.output_stride)
+    return f"output stride {sy}x{sx}, {'shift-and-stitch' if method == 'shift' else 'dilated'}"
 
 
 def _sample_origins(n: int, rows: int, cols: int, stride) -> list[tuple[int, int, int]]:

@@ -219,6 +219,16 @@ def test_a_pass_after_default_with_a_finer_stride_strips_the_softmax_or_is_said_
             "decides what it sees, `--print-ir-before strip-softmax` shows the graph it got") in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("method, said", [("dilate", "dilated"), ("shift", "shift-and-stitch"),
+                                          ("auto", "dilated")])
+def test_verify_says_which_finer_stride_and_method_it_checked(capsys, method, said):
+    assert run_cli("verify", SPECS / "lenet.yaml", "--input-size", 48, 48, "--output-stride", 2,
+                   "--stride-method", method) == 0
+    out = capsys.readouterr().out
+    assert f"score map 1x10x9x9 at output stride 2x2, {said} (" in out
+    assert "the first, middle and last rows and columns of the crop grid" in out
+
+
 def test_compile_says_whether_the_result_slides(tmp_path, capsys):
     """A pipeline without fc-to-conv leaves a classifier that takes only its crop: compile
     said "output stride 4x4, each cell sees 32x32 pixels" all the same."""
