@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+import unicodedata
 import warnings
 from contextlib import contextmanager
 from typing import Sequence
@@ -1434,11 +1435,13 @@ def resolve_class_names(args: argparse.Namespace, labels: list[str] | None) -> N
                                  "class's index, or its labels with --labels FILE")
         if name in labels:
             return labels.index(name)
-        folded = [i for i, label in enumerate(labels) if label.casefold() == name.casefold()]
+        folded = [i for i, label in enumerate(labels) if _folded(label) == _folded(name)]
         if len(folded) == 1:
             return folded[0]
         close = nearest(name, labels)
-        hint = f": did you mean {', '.join(map(repr, close))}?" if close else ""
+        some = ", ".join(map(repr, labels[:CLASSES_LISTED])) + (f", ... ({len(labels)} in all)"
+                                                                 if len(labels) > CLASSES_LISTED else "")
+        hint = f": did you mean {', '.join(map(repr, close))}?" if close else f" (the model's classes: {some})"
         raise GraphconvError(f"{flag} {shown(name)}: no class of that name{hint}")
 
     if args.heatmap not in (None, "top"):
@@ -1447,6 +1450,15 @@ def resolve_class_names(args: argparse.Namespace, labels: list[str] | None) -> N
         args.classes = [index(name, "--classes") for name in args.classes]
         if len(set(args.classes)) != len(args.classes):
             raise GraphconvError(f"--classes names a class twice: {','.join(map(str, args.classes))}")
+
+
+CLASSES_LISTED = 12  # class names an unknown name's error lists, where none is close
+
+
+def _folded(name: str) -> str:
+    """A class name as compared but for case and Unicode form: a labels file written on a
+    Mac holds 'Ä' as A and a combining diaeresis, which a name typed elsewhere is not."""
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 def _heatmap_range(text: str) -> str | tuple[float, float]:

@@ -1075,6 +1075,21 @@ def test_a_dead_branch_is_noted_and_a_labels_count_names_the_labels_file(write_s
     assert "note: layer(s) dead of net reach no output and are dropped" in capsys.readouterr().err
 
 
+def test_a_class_name_matches_in_another_unicode_form(tmp_path, capsys):
+    """A labels file from a Mac holds 'Äpfel' decomposed (A + combining diaeresis): the
+    name typed was refused with "did you mean 'Äpfel'?", the two looking the same."""
+    import unicodedata
+    (tmp_path / "labels.txt").write_text("\n".join([unicodedata.normalize("NFD", "Äpfel"), *map(str, range(1, 10))]),
+                                          encoding="utf-8")
+    from PIL import Image
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "x.png")
+    assert run_cli("compile", SPECS / "lenet.yaml", "-o", tmp_path / "m") == 0
+    out = tmp_path / "o.npy"
+    assert run_cli("run", tmp_path / "m", "--image", tmp_path / "x.png", "--labels", tmp_path / "labels.txt",
+                   "--classes", unicodedata.normalize("NFC", "äpfel") + ",3", "--output", out) == 0
+    assert np.load(out).shape[:2] == (1, 2)
+
+
 def test_classes_are_named_as_the_labels_file_names_them(digits_fcn, tmp_path, capsys):
     """--heatmap tumour and --classes tumour,stroma were refused ('expected an integer')
     though the model's labels were loaded; a misspelt name is told the nearest."""
@@ -1089,6 +1104,8 @@ def test_classes_are_named_as_the_labels_file_names_them(digits_fcn, tmp_path, c
     capsys.readouterr()
     assert run_cli("run", digits_fcn, "--image", page, "--heatmap", "backgruond") == 2
     assert "--heatmap 'backgruond': no class of that name: did you mean 'background'?" in capsys.readouterr().err
+    assert run_cli("run", digits_fcn, "--image", page, "--heatmap", "seven") == 2
+    assert "no class of that name (the model's classes: '0', '1', '2'," in capsys.readouterr().err
     assert run_cli("run", digits_fcn, "--image", page, "--tile", "200", "--classes", "background,10") == 2
     assert "--classes names a class twice: 10,10" in capsys.readouterr().err
     assert run_cli("run", digits_fcn, "--image", page, "--tile", "200", "--classes", "7,3", "--heatmap",
