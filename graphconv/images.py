@@ -702,11 +702,18 @@ def render_class_map(image: np.ndarray, best: np.ndarray, classes: int, field: F
         x, y = (left + right) / 2 * sx, (top + bottom) / 2 * sy
         text = _class_name(klass, labels)
         box = draw.textbbox((x, y), text, font=font, anchor="mm", stroke_width=2)
+        x, y = x + _inside(box[0], box[2], panel.size[0]), y + _inside(box[1], box[3], panel.size[1])
+        box = draw.textbbox((x, y), text, font=font, anchor="mm", stroke_width=2)  # a region at the edge: not cut
         if any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in taken):
             continue
         taken.append(box)
         draw.text((x, y), text, fill="white", font=font, anchor="mm", stroke_width=2, stroke_fill="black")
     return _compose(panel, lines, legend=legend)
+
+
+def _inside(start: float, end: float, size: int) -> float:
+    """How far to move [start, end) to lie within [0, size) (its start, where it is wider)."""
+    return -start if start < 0 or end - start > size else min(0.0, size - end)
 
 
 def class_palette(classes: int) -> np.ndarray:

@@ -682,6 +682,29 @@ def test_every_inner_cell_of_a_heatmap_covers_stride_pixels(size, stride, offset
     assert np.all(distance[np.arange(length), ys] <= distance.min(axis=1))  # still the nearest centre
 
 
+def test_a_region_at_the_edge_has_its_name_drawn_whole(monkeypatch):
+    """A region in the picture's corner had its name centred on it, cut by the edge."""
+    drawn = []
+    from PIL import ImageDraw
+    text = ImageDraw.ImageDraw.text
+
+    def recording(self, xy, words, *args, **kwargs):
+        if kwargs.get("anchor") == "mm":
+            drawn.append(self.textbbox(xy, words, font=kwargs["font"], anchor="mm", stroke_width=2))
+        return text(self, xy, words, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", recording)
+    best = np.zeros((10, 12), int)
+    best[:2, :2] = 1  # a small region in the top-left corner
+    best[-2:, -2:] = 2  # and one in the bottom-right
+    picture = images.render_class_map(np.full((3, 48, 56), 200, np.float32), best, 3, FIELD,
+                                      ["background", "a very long class name", "another long class name"])
+    left, top, right, bottom = picture.info["panel_box"]
+    assert len(drawn) == 3
+    for box in drawn:
+        assert 0 <= box[0] and box[2] <= right - left and 0 <= box[1] and box[3] <= bottom - top, box
+
+
 LABELS_BEYOND_ASCII = ["Hintergrund", "Straße", "γάτα", "собака"]
 
 
