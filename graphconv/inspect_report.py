@@ -34,7 +34,7 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
     total_flops = sum(r.flops for r in costs)
     rows.append(["total", "", "", f"{total_params:,}", f"{total_flops / 1e6:.1f}"])
     lines = [head, *text_table(["layer", "op", "output", "params", "MFLOP", "field", "stride", "offset"], rows,
-                               left=2)]
+                               left=2), COLUMNS_NOTE]
     if whole:
         lines.append(_whole_crop_note(graph, whole))
     if mixed is not None:
@@ -118,6 +118,12 @@ def _whole_crop_note(graph, whole: set[str]) -> str:
     return (f"field 'crop': from layer '{first.name}' ({first.op}) on, values depend on statistics of a whole "
             "map (a group norm, or a gate pooled over the crop), so every cell sees the whole crop; such a "
             "network runs as the classifier, or on a larger image with `run --crops`")
+
+
+COLUMNS_NOTE = ("  (field: the input pixels one cell of the layer's output sees; stride: input pixels between "
+                "neighbouring cells; offset: the input row and column of the top-left pixel of cell (0,0)'s field, "
+                "negative where it reaches into padding; two numbers are rows,cols; MFLOP: 2 per multiply-add, "
+                "bias not counted)")
 
 
 def _pair(values) -> str:

@@ -172,6 +172,7 @@ def test_inspect_and_passes(capsys):
     assert run_cli("inspect", SPECS / "alexnet.yaml") == 0
     text = capsys.readouterr().out
     assert "fc6" in text and "37,752,832" in text and "total" in text
+    assert "offset: the input row and column of the top-left pixel of cell (0,0)'s field" in text  # says its terms
     assert run_cli("passes") == 0
     assert "fc-to-conv" in capsys.readouterr().out
 
