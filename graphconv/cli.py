@@ -1388,9 +1388,10 @@ def draw_heatmap(args: argparse.Namespace, model, picture: np.ndarray, field, *,
 
     labels = model.graph.meta.get("labels")
     if best is not None:
+        title = images.class_map_title(getattr(args, "classes", None), labels)
         drawn = images.render_class_map(picture, best, model.output_channels, field, labels, display_hw=display_hw,
-                                        sample=sample)
-        what = "the best class of each cell"
+                                        sample=sample, title=title)
+        what = f"the {title}"
     else:
         extremes = sample.extremes if sample is not None else images.finite_range(one)
         low, high, scale_note = images.heatmap_range(one, args.heatmap_range,

@@ -761,6 +761,14 @@ def _class_name(klass: int, labels: list[str] | None) -> str:
     return labels[klass] if labels and klass < len(labels) else str(klass)
 
 
+def class_map_title(classes: Sequence[int] | None, labels: list[str] | None) -> str:
+    """The best-class picture's title, naming the classes it chose among where --classes
+    kept some (every cell then shows one of them, however small its score)."""
+    if not classes:
+        return "best class of each cell"
+    return "best class of each cell among " + ", ".join(_class_name(k, labels) for k in classes)
+
+
 def heatmap_title(klass: int, labels: list[str] | None) -> str:
     """The heatmap's title: 'class 7', or 'class 10: background' when the label says
     more than the number."""

@@ -1091,6 +1091,17 @@ def test_a_class_name_matches_in_another_unicode_form(tmp_path, capsys):
     assert np.load(out).shape[:2] == (1, 2)
 
 
+def test_a_best_class_heatmap_of_some_classes_says_which(digits_fcn, tmp_path, capsys):
+    """With --classes 3,7 every cell shows 3 or 7, however small both scores: the title
+    said "best class of each cell" as if all had been compared."""
+    pytest.importorskip("PIL")
+    page = ROOT / "examples" / "digits_page.png"
+    for tile in ((), ("--tile", "200")):
+        assert run_cli("run", digits_fcn, "--image", page, *tile, "--classes", "3,7", "--heatmap", "top",
+                       "--heatmap-out", tmp_path / "top.png", "--output", tmp_path / f"m{len(tile)}.npy") == 0
+        assert "heatmap of the best class of each cell among 3, 7 ->" in capsys.readouterr().out
+
+
 def test_classes_are_named_as_the_labels_file_names_them(digits_fcn, tmp_path, capsys):
     """--heatmap tumour and --classes tumour,stroma were refused ('expected an integer')
     though the model's labels were loaded; a misspelt name is told the nearest."""
