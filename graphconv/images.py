@@ -687,7 +687,7 @@ def render_class_map(image: np.ndarray, best: np.ndarray, classes: int, field: F
     counts = sample.counts if sample is not None else np.bincount(best[best != NOT_COMPUTED].ravel(),
                                                                    minlength=classes)
     shown_classes = [int(k) for k in np.argsort(-counts, kind="stable") if counts[k]]
-    legend = [(tuple(int(v) for v in palette[k]), f"{_class_name(k, labels)} ({counts[k]} cells)")
+    legend = [(tuple(int(v) for v in palette[k]), f"{_class_name(k, labels)} ({counts[k]} cell{'s' if counts[k] != 1 else ''})")
               for k in shown_classes]
     draw = ImageDraw.Draw(panel)
     lines = [title or "best class of each cell"]
