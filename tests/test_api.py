@@ -252,11 +252,11 @@ def test_run_image_reads_and_preprocesses_a_picture(small, tmp_path):
         np.testing.assert_array_equal(fcn.run_image(image), expected)
     manual = (pixels.transpose(2, 0, 1) / 255 - np.array([0.5, 0.4, 0.3])[:, None, None]) / 0.25
     np.testing.assert_allclose(expected, fcn.run(manual.astype(np.float32)), rtol=1e-5, atol=1e-5)
-    resized = fcn.run(graphconv.images.preprocess(graphconv.load_image(tmp_path / "photo.png", (28, 24)),
+    resized = fcn.run(graphconv.images.preprocess(graphconv.load_image(tmp_path / "photo.png", (27, 24)),
                                                  fcn.preprocess))
-    for image in (tmp_path / "photo.png", pixels, Image.fromarray(pixels)):  # run --resize 24 (30x26: 28x24)
-        np.testing.assert_array_equal(fcn.run_image(image, resize=24), resized)
-        np.testing.assert_array_equal(fcn.run_image(image, resize=(28, 24)), resized)
+    for image in (tmp_path / "photo.png", pixels, Image.fromarray(pixels)):  # run --resize 24 (30x26: 27x24, cut
+        np.testing.assert_array_equal(fcn.run_image(image, resize=24), resized)  # as torchvision's Resize(24))
+        np.testing.assert_array_equal(fcn.run_image(image, resize=(27, 24)), resized)
     with pytest.raises(graphconv.GraphconvError, match="resize takes a height and a width in pixels"):
         fcn.run_image(pixels, resize=(24, 21, 3))
 
