@@ -687,8 +687,8 @@ def render_class_map(image: np.ndarray, best: np.ndarray, classes: int, field: F
     counts = sample.counts if sample is not None else np.bincount(best[best != NOT_COMPUTED].ravel(),
                                                                    minlength=classes)
     shown_classes = [int(k) for k in np.argsort(-counts, kind="stable") if counts[k]]
-    legend = [(tuple(int(v) for v in palette[k]), f"{_class_name(k, labels)} ({counts[k]} cell{'s' if counts[k] != 1 else ''})")
-              for k in shown_classes]
+    legend = [(tuple(int(v) for v in palette[k]),
+               f"{_class_name(k, labels)} ({counts[k]} cell{'s' if counts[k] != 1 else ''})") for k in shown_classes]
     draw = ImageDraw.Draw(panel)
     lines = [title or "best class of each cell"]
     font, _ = text_font([*lines, *(text for _, text in legend)])  # as `_compose`'s, which says what it cannot draw
