@@ -336,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--heatmap-range", type=_heatmap_range, default="auto", metavar="auto|map|LOW,HIGH",
                      help="the colour scale: 'map' stretches this map's min..max, LOW,HIGH is fixed; "
                           "'auto' (default) is 0..1 for probabilities (a softmax output), else 'map'")
+    run.add_argument("--heatmap-opacity", type=_opacity, metavar="A",
+                     help="how much of each pixel the map's colour takes, more than 0 up to 1 (default 0.5; "
+                          "0.45 for top); at 1 the picture is hidden and the colours are the bar's own")
     run.add_argument("--profile", action="store_true", help="print per-layer times of this run")
     run.add_argument("--scales", type=_int_list, metavar="S1,S2,...",
                      help="evaluate with the shorter image side resized to each scale (as --resize resizes: "
@@ -1336,8 +1339,8 @@ def _heatmap_path(args: argparse.Namespace) -> str | None:
     """Where --heatmap writes, checked before any work: --heatmap-out, else
     <image stem>-heatmap-<class>.png beside --output or in the current folder."""
     if args.heatmap is None:
-        if args.heatmap_out or args.heatmap_range != "auto":
-            raise GraphconvError("--heatmap-out and --heatmap-range go with --heatmap CLASS")
+        if args.heatmap_out or args.heatmap_range != "auto" or args.heatmap_opacity is not None:
+            raise GraphconvError("--heatmap-out, --heatmap-range and --heatmap-opacity go with --heatmap CLASS")
         return None
     if args.images:
         if args.heatmap_out:
@@ -1390,7 +1393,7 @@ def draw_heatmap(args: argparse.Namespace, model, picture: np.ndarray, field, *,
     if best is not None:
         title = images.class_map_title(getattr(args, "classes", None), labels)
         drawn = images.render_class_map(picture, best, model.output_channels, field, labels, display_hw=display_hw,
-                                        sample=sample, title=title)
+                                        sample=sample, title=title, opacity=args.heatmap_opacity or images.TOP_BLEND)
         what = f"the {title}"
     else:
         extremes = sample.extremes if sample is not None else images.finite_range(one)
@@ -1398,7 +1401,8 @@ def draw_heatmap(args: argparse.Namespace, model, picture: np.ndarray, field, *,
                                                      images.outputs_probabilities(model.graph), extremes)
         what = images.heatmap_title(args.heatmap, labels)
         drawn = images.render_heatmap(picture, one, field, title=what, value_range=(low, high),
-                                      scale_note=scale_note, display_hw=display_hw, sample=sample)
+                                      scale_note=scale_note, display_hw=display_hw, sample=sample,
+                                      opacity=args.heatmap_opacity or images.BLEND)
         values = f"its values run {extremes[0]:.3g}..{extremes[1]:.3g}" if extremes else "no cell computed"
         what += f" ({scale_note}; {values})"
     fmt = images.heatmap_format(args.heatmap_out)
@@ -1472,6 +1476,16 @@ def _heatmap_range(text: str) -> str | tuple[float, float]:
     if not (math.isfinite(low) and math.isfinite(high) and low < high):
         raise argparse.ArgumentTypeError(f"expected finite numbers LOW < HIGH, got {shown(text)}")
     return low, high
+
+
+def _opacity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number more than 0 and at most 1, got {shown(text)}")
+    return value
 
 
 def _run_scales(args: argparse.Namespace, model, x: np.ndarray) -> int:

@@ -509,8 +509,9 @@ BAR_WIDTH = 14
 TICK_LENGTH = 4  # the tick's pixels right of the colour bar
 TICK_GAP = 6  # between the tick and its number: nearer, the tick reads as a minus sign
 MARGIN = 6
-BLEND = 0.5  # the map's share of each pixel
+BLEND = 0.5  # the map's share of each pixel (--heatmap-opacity)
 TOP_BLEND = 0.45
+LEGEND_MOST = 30  # classes a best-class legend lists; the rest are summed on one line
 PROBABILITY_OPS = ("softmax", "sigmoid")
 VALUE_KEEPING_OPS = ("interleave", "identity", "dropout", "flatten")  # pass a softmax's values on
 
@@ -544,14 +545,27 @@ def heatmap_range(scores: np.ndarray, how: str | tuple[float, float], probabilit
     a map read a block at a time) or a fixed (low, high)."""
     if isinstance(how, tuple):
         low, high = how
-        return low, high, f"fixed scale {_number(low)}..{_number(high)}"
+        beyond = _clipped(extremes or finite_range(scores), low, high)
+        return low, high, f"fixed scale {_number(low)}..{_number(high)}{beyond}"
     if how == "auto" and probabilities:
         return 0.0, 1.0, "probability, fixed scale 0..1"
     if how not in ("auto", "map"):
         raise GraphconvError(f"a heatmap range is 'auto', 'map' or LOW,HIGH, got {shown(how)}")
     low, high = extremes or finite_range(scores) or (0.0, 1.0)
     what = "probability" if probabilities else "score"
+    if low == high:
+        return low, high, f"{what}: every cell {_number(low)}"
     return low, high, f"{what}, scale stretched to this map's min..max"
+
+
+def _clipped(extremes: tuple[float, float] | None, low: float, high: float) -> str:
+    """What a fixed scale does not show of a map whose finite values span `extremes`: cells
+    beyond it take the colour of its end, so the picture alone would not tell."""
+    if extremes is None:
+        return ""
+    beyond = [f"below {_number(low)} drawn as {_number(low)}"] if extremes[0] < low else []
+    beyond += [f"above {_number(high)} drawn as {_number(high)}"] if extremes[1] > high else []
+    return f" (values {' and '.join(beyond)})" if beyond else ""
 
 
 def finite_range(scores: np.ndarray) -> tuple[float, float] | None:
@@ -567,12 +581,14 @@ class MapSample:
     `sources.THUMBNAIL_SIDE` a side): `values[i, j]` (what is drawn) is cell (cells[0][i],
     cells[1][j]); the picture's pixel (y, x) shows values[at[0][y], at[1][x]]. Of the
     whole map: `extremes`, the finite range of the class drawn (None: none is finite),
-    or `counts`, how many cells each class is best in."""
+    or `counts`, how many cells each class is best in; and how many cells were
+    `not_computed` (--skip-background's)."""
     values: np.ndarray
     cells: tuple[np.ndarray, np.ndarray]
     at: tuple[np.ndarray, np.ndarray]
     extremes: tuple[float, float] | None = None
     counts: np.ndarray | None = None
+    not_computed: int = 0
 
 
 HEATMAP_MARK = "graphconv heatmap"  # a heatmap's Software (PNG text, EXIF or TIFF tag), or comment: not a photo
@@ -626,9 +642,11 @@ def save_heatmap(image: np.ndarray, scores: np.ndarray, field: Field, path: str,
 
 def render_heatmap(image: np.ndarray, scores: np.ndarray, field: Field, *, title: str | None = None,
                    value_range: tuple[float, float] | None = None, scale_note: str | None = None,
-                   display_hw: tuple[int, int] | None = None, sample: MapSample | None = None):
-    """The heatmap as a Pillow RGB image (see `save_heatmap`); `scores` may be a
-    `sample`'s values (the cells its pixels show, of a map too large to read whole)."""
+                   display_hw: tuple[int, int] | None = None, sample: MapSample | None = None,
+                   opacity: float = BLEND):
+    """The heatmap as a Pillow RGB image (see `save_heatmap`), the map's colour `opacity`
+    of each pixel; `scores` may be a `sample`'s values (the cells its pixels show, of a
+    map too large to read whole)."""
     _pil()
     if value_range is None:
         low, high, auto_note = heatmap_range(scores, "map", False)
@@ -640,13 +658,20 @@ def render_heatmap(image: np.ndarray, scores: np.ndarray, field: Field, *, title
         values = _per_pixel(scores, field, image.shape[1:], sample, rows)
         return _colours(_level(values, low, high)), np.isnan(values)
 
-    panel = _panel(_blended(image, colours, BLEND), display_hw)
-    bar = _colours(np.linspace(1, 0, max(panel.size[1], 96))[:, None].repeat(BAR_WIDTH, 1))
-    ticks = [(0.0, high), (0.5, (low + high) / 2), (1.0, low)]
+    panel = _panel(_blended(image, colours, opacity), display_hw)
+    bar = _colours(np.linspace(1, 0, max(panel.size[1], 96))[:, None])
+    ticks = [(0.0, high), (0.5, (low + high) / 2), (1.0, low)] if high > low else [(0.5, low)]
     lines = [title or "score map"]
     if scale_note:
         lines.append(scale_note)
+    missing = sample.not_computed if sample is not None else int(np.count_nonzero(np.isnan(scores)))
+    if missing:
+        lines.append(f"{_cells(missing)} not computed show the picture as it is")
     return _compose(panel, lines, bar=(bar, ticks))
+
+
+def _cells(count: int) -> str:
+    return f"{count} cell{'' if count == 1 else 's'}"
 
 
 NOT_COMPUTED = -1  # the best class of a cell with no score (a tile `--skip-background` did not compute)
@@ -660,17 +685,18 @@ def best_class(scores: np.ndarray) -> np.ndarray:
 
 
 def render_top_map(image: np.ndarray, scores: np.ndarray, field: Field, labels: list[str] | None = None,
-                   *, display_hw: tuple[int, int] | None = None, title: str | None = None):
+                   *, display_hw: tuple[int, int] | None = None, title: str | None = None,
+                   opacity: float = TOP_BLEND):
     """The best class of every cell of a (K, rows, cols) score map, as a Pillow RGB image:
     each class a colour blended over the picture, every region of one class named at
     its middle, and a legend of the classes shown (largest area first)."""
     return render_class_map(image, best_class(scores), scores.shape[0], field, labels, display_hw=display_hw,
-                            title=title)
+                            title=title, opacity=opacity)
 
 
 def render_class_map(image: np.ndarray, best: np.ndarray, classes: int, field: Field,
                      labels: list[str] | None = None, *, display_hw: tuple[int, int] | None = None,
-                     title: str | None = None, sample: MapSample | None = None):
+                     title: str | None = None, sample: MapSample | None = None, opacity: float = TOP_BLEND):
     """`render_top_map` of a (rows, cols) map of class indices below `classes` (or a
     `sample`'s, of a tiled run's map: the cells its pixels show, made a block of rows at
     a time, and the whole map's counts); cells NOT_COMPUTED leave the picture as it is."""
@@ -681,17 +707,18 @@ def render_class_map(image: np.ndarray, best: np.ndarray, classes: int, field: F
         cells = _per_pixel(best, field, image.shape[1:], sample, rows)
         return palette.astype(np.float32)[cells].transpose(2, 0, 1), cells == NOT_COMPUTED
 
-    panel = _panel(_blended(image, colours, TOP_BLEND), display_hw)
+    panel = _panel(_blended(image, colours, opacity), display_hw)
     sy, sx = panel.size[1] / image.shape[1], panel.size[0] / image.shape[2]
     from PIL import ImageDraw
     counts = sample.counts if sample is not None else np.bincount(best[best != NOT_COMPUTED].ravel(),
                                                                    minlength=classes)
-    shown_classes = [int(k) for k in np.argsort(-counts, kind="stable") if counts[k]]
-    legend = [(tuple(int(v) for v in palette[k]),
-               f"{_class_name(k, labels)} ({counts[k]} cell{'s' if counts[k] != 1 else ''})") for k in shown_classes]
+    missing = sample.not_computed if sample is not None else int(np.count_nonzero(best == NOT_COMPUTED))
+    legend = _class_legend(counts, palette, labels, missing)
     draw = ImageDraw.Draw(panel)
     lines = [title or "best class of each cell"]
-    font, _ = text_font([*lines, *(text for _, text in legend)])  # as `_compose`'s, which says what it cannot draw
+    size = text_size(panel.size)
+    font, _ = text_font([*lines, *(text for _, text in legend)], size)  # as `_compose`'s, which says what it lacks
+    stroke = max(2, size // 7)
     taken: list[tuple[float, float, float, float]] = []
     for klass, (row, col) in _regions(best):  # largest first; a label that would overlap one is left out
         if klass == NOT_COMPUTED:
@@ -701,14 +728,30 @@ def render_class_map(image: np.ndarray, best: np.ndarray, classes: int, field: F
         top, left, bottom, right = field.box(row, col)
         x, y = (left + right) / 2 * sx, (top + bottom) / 2 * sy
         text = _class_name(klass, labels)
-        box = draw.textbbox((x, y), text, font=font, anchor="mm", stroke_width=2)
+        box = draw.textbbox((x, y), text, font=font, anchor="mm", stroke_width=stroke)
         x, y = x + _inside(box[0], box[2], panel.size[0]), y + _inside(box[1], box[3], panel.size[1])
-        box = draw.textbbox((x, y), text, font=font, anchor="mm", stroke_width=2)  # a region at the edge: not cut
+        box = draw.textbbox((x, y), text, font=font, anchor="mm", stroke_width=stroke)  # at the edge: not cut
         if any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in taken):
             continue
         taken.append(box)
-        draw.text((x, y), text, fill="white", font=font, anchor="mm", stroke_width=2, stroke_fill="black")
+        draw.text((x, y), text, fill="white", font=font, anchor="mm", stroke_width=stroke, stroke_fill="black")
     return _compose(panel, lines, legend=legend)
+
+
+def _class_legend(counts: np.ndarray, palette: np.ndarray, labels: list[str] | None,
+                  not_computed: int) -> list[tuple[tuple[int, int, int] | None, str]]:
+    """(swatch colour, text) for each class best in some cell, most cells first: at most
+    LEGEND_MOST, the rest on one line (a 1000-class map's full legend stood 17,000 px
+    tall); then the cells not computed, which have no colour (None: no swatch)."""
+    shown = [int(k) for k in np.argsort(-counts, kind="stable") if counts[k]]
+    listed = shown if len(shown) <= LEGEND_MOST else shown[:LEGEND_MOST - 1]
+    legend = [(tuple(int(v) for v in palette[k]), f"{_class_name(k, labels)} ({_cells(int(counts[k]))})")
+              for k in listed]
+    if rest := shown[len(listed):]:
+        legend.append((None, f"{len(rest)} more classes ({_cells(int(counts[rest].sum()))})"))
+    if not_computed:
+        legend.append((None, f"not computed: the picture as it is ({_cells(not_computed)})"))
+    return legend
 
 
 def _inside(start: float, end: float, size: int) -> float:
@@ -806,9 +849,10 @@ def _blended(image: np.ndarray, colours: Callable[[slice], tuple[np.ndarray, np.
 
 
 def _level(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Values as 0..1 on the low..high scale (clipped; NaN at the bottom)."""
+    """Values as 0..1 on the low..high scale (clipped; NaN at the bottom; a scale of one
+    value, a constant map's, in the middle, where its one tick is)."""
     span = high - low
-    level = (values.astype(np.float64) - low) / span if span > 0 else np.zeros(values.shape)
+    level = (values.astype(np.float64) - low) / span if span > 0 else np.full(values.shape, 0.5)
     return np.nan_to_num(np.clip(level, 0, 1), nan=0.0).astype(np.float32)
 
 
@@ -851,6 +895,16 @@ def _panel(rgb: np.ndarray, display_hw: tuple[int, int] | None):
 
 
 FONT_SIZE = 13
+TEXT_SCALE_SIDE = 1000  # a picture longer than this a side gets text as many times larger
+
+
+def text_size(panel_size: tuple[int, int]) -> int:
+    """The font size for a heatmap of a `panel_size` picture: 13 px, larger on pictures over
+    TEXT_SCALE_SIDE a side, so the text keeps its share of a heatmap viewed fitted to a
+    screen (13 px on an 8000 px picture is a speck there)."""
+    return max(FONT_SIZE, round(FONT_SIZE * max(panel_size) / TEXT_SCALE_SIDE))
+
+
 FALLBACK_FONTS = (
     "DejaVuSans.ttf", "NotoSans-Regular.ttf",  # Linux: Latin with accents, Greek, Cyrillic
     "NotoSansCJK-Regular.ttc", "NotoSansCJKjp-Regular.otf", "NotoSansCJKsc-Regular.otf",  # Chinese, Japanese, Korean
@@ -863,16 +917,16 @@ only) cannot draw: class labels in German, Greek, Japanese... Pillow looks each 
 in the system's font folders."""
 
 
-def text_font(texts: Sequence[str]) -> tuple[object, str]:
+def text_font(texts: Sequence[str], size: int = FONT_SIZE) -> tuple[object, str]:
     """The font to draw `texts` in: Pillow's own where it has every character, else the
     first of FALLBACK_FONTS installed that has them all, else the one that lacks the
     fewest; and the characters it lacks ("" mostly), which show as boxes
     (`heatmap_font_note` says so)."""
     characters = sorted(set("".join(texts)) - set(" \t\n"))
-    best = _default_font()
+    best = _default_font(size)
     lacking = [c for c in characters if not _draws(best, c)]
     for name in FALLBACK_FONTS if lacking else ():
-        font = _truetype(name)
+        font = _truetype(name, size)
         missing = [c for c in characters if not _draws(font, c)] if font is not None else lacking
         if len(missing) < len(lacking):
             best, lacking = font, missing
@@ -892,19 +946,19 @@ def heatmap_font_note(picture) -> str | None:
 
 
 @functools.lru_cache(maxsize=None)
-def _default_font():
+def _default_font(size: int):
     from PIL import ImageFont
     try:
-        return ImageFont.load_default(size=FONT_SIZE)
+        return ImageFont.load_default(size=size)
     except (TypeError, ValueError, OSError):  # Pillow without FreeType: the bitmap font
         return ImageFont.load_default()
 
 
 @functools.lru_cache(maxsize=None)
-def _truetype(name: str):
+def _truetype(name: str, size: int):
     from PIL import ImageFont
     try:
-        return ImageFont.truetype(name, FONT_SIZE)
+        return ImageFont.truetype(name, size)
     except OSError:  # not installed
         return None
 
@@ -929,12 +983,16 @@ def _number(value: float) -> str:
 
 
 def _compose(panel, lines: list[str], bar=None, legend=None):
-    """Title lines above the panel; the colour bar (array, [(position 0..1, value)]) or the
-    legend ([(rgb, text)]) to its right; white background. Its info["undrawn"]: the
-    characters no font found draws (`text_font`)."""
+    """Title lines above the panel; the colour bar ((3, H, 1) array, [(position 0..1, value)]) or the
+    legend ([(rgb or None for no swatch, text)]) to its right; white background; text,
+    margins and bar as much larger as `text_size` makes the text. Its info["undrawn"]:
+    the characters no font found draws (`text_font`)."""
     image_mod = _pil()
     from PIL import ImageDraw
-    font, undrawn = text_font([*lines, *(text for _, text in legend or ())])
+    size = text_size(panel.size)
+    font, undrawn = text_font([*lines, *(text for _, text in legend or ())], size)
+    margin, bar_width, tick_length, tick_gap = (round(v * size / FONT_SIZE)
+                                                for v in (MARGIN, BAR_WIDTH, TICK_LENGTH, TICK_GAP))
     measure = ImageDraw.Draw(image_mod.new("RGB", (1, 1)))
 
     def text_width(text):
@@ -943,38 +1001,40 @@ def _compose(panel, lines: list[str], bar=None, legend=None):
 
     ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (11, 2)
     line_h = ascent + descent + 2
-    title_h = MARGIN + line_h * len(lines) + MARGIN
+    title_h = margin + line_h * len(lines) + margin
     side_w, side_h = 0, 0
     if bar is not None:
         colours, ticks = bar
-        side_w = BAR_WIDTH + TICK_LENGTH + TICK_GAP + max(text_width(_number(v)) for _, v in ticks)
+        colours = colours.repeat(bar_width, 2)
+        side_w = bar_width + tick_length + tick_gap + max(text_width(_number(v)) for _, v in ticks)
         side_h = colours.shape[1]
     if legend:
         side_w = line_h + 4 + max(text_width(t) for _, t in legend)
         side_h = line_h * len(legend)
-    width = max(MARGIN + panel.size[0] + (MARGIN + side_w if side_w else 0) + MARGIN,
-                MARGIN + max(text_width(t) for t in lines) + MARGIN)
-    height = title_h + max(panel.size[1], side_h) + MARGIN
+    width = max(margin + panel.size[0] + (margin + side_w if side_w else 0) + margin,
+                margin + max(text_width(t) for t in lines) + margin)
+    height = title_h + max(panel.size[1], side_h) + margin
     canvas = image_mod.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     for index, text in enumerate(lines):
-        draw.text((MARGIN, MARGIN + index * line_h), text, fill="black", font=font)
-    canvas.paste(panel, (MARGIN, title_h))
-    canvas.info["panel_box"] = (MARGIN, title_h, MARGIN + panel.size[0], title_h + panel.size[1])
+        draw.text((margin, margin + index * line_h), text, fill="black", font=font)
+    canvas.paste(panel, (margin, title_h))
+    canvas.info["panel_box"] = (margin, title_h, margin + panel.size[0], title_h + panel.size[1])
     canvas.info["undrawn"] = undrawn
-    x = MARGIN + panel.size[0] + MARGIN
+    x = margin + panel.size[0] + margin
     if bar is not None:
-        colours, ticks = bar
         strip = image_mod.fromarray(colours.clip(0, 255).astype(np.uint8).transpose(1, 2, 0))
         canvas.paste(strip, (x, title_h))
         for position, value in ticks:
             y = title_h + round(position * (strip.size[1] - 1))
-            draw.line([(x + BAR_WIDTH, y), (x + BAR_WIDTH + TICK_LENGTH - 1, y)], fill="black")
-            draw.text((x + BAR_WIDTH + TICK_LENGTH + TICK_GAP, y), _number(value), fill="black", font=font,
+            draw.line([(x + bar_width, y), (x + bar_width + tick_length - 1, y)], fill="black",
+                      width=max(1, size // FONT_SIZE))
+            draw.text((x + bar_width + tick_length + tick_gap, y), _number(value), fill="black", font=font,
                       anchor="lm")
     for index, (rgb, text) in enumerate(legend or ()):
         y = title_h + index * line_h
-        draw.rectangle([x, y + 1, x + line_h - 3, y + line_h - 2], fill=rgb, outline="black")
+        if rgb is not None:
+            draw.rectangle([x, y + 1, x + line_h - 3, y + line_h - 2], fill=rgb, outline="black")
         draw.text((x + line_h + 2, y), text, fill="black", font=font)
     return canvas
 

@@ -581,6 +581,7 @@ def _sample_map(args: argparse.Namespace, scores, field, picture_hw: tuple[int, 
     (cell_rows, at_y), (cell_cols, at_x) = (np.unique(ys, return_inverse=True), np.unique(xs, return_inverse=True))
     values = np.empty((len(cell_rows), len(cell_cols)), np.float32 if channel is not None else np.intp)
     counts = np.zeros(classes, np.int64)
+    not_computed = 0
     low, high = np.inf, -np.inf
     per_row = cols * (1 if channel is not None or args.reduce == "argmax" else kept_classes)
     step = max(1, BEST_CLASS_FLOATS // per_row)
@@ -590,13 +591,15 @@ def _sample_map(args: argparse.Namespace, scores, field, picture_hw: tuple[int, 
             extremes = images.finite_range(block)
             if extremes:
                 low, high = min(low, extremes[0]), max(high, extremes[1])
+            not_computed += int(np.count_nonzero(np.isnan(block)))
         else:
             block = _best_of(args, np.asarray(scores[0, :, top:top + step]))
             counts += np.bincount(block[block != images.NOT_COMPUTED], minlength=classes)[:classes]
+            not_computed += int(np.count_nonzero(block == images.NOT_COMPUTED))
         shown = (cell_rows >= top) & (cell_rows < top + step)
         values[shown] = block[cell_rows[shown] - top][:, cell_cols]
     return images.MapSample(values, (cell_rows, cell_cols), (at_y, at_x),
-                            extremes=(low, high) if low <= high else None, counts=counts)
+                            extremes=(low, high) if low <= high else None, counts=counts, not_computed=not_computed)
 
 
 def _best_of(args: argparse.Namespace, block: np.ndarray) -> np.ndarray:

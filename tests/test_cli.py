@@ -361,6 +361,10 @@ def graphconv_cli(*args, cwd=None):
      "--heatmap 'best': the model has no labels to name classes by"),
     (["run", SPECS / "lenet.yaml", "--image", "x.png", "--heatmap", 1, "--heatmap-range", "1,0"],
      "--heatmap-range: expected finite numbers LOW < HIGH"),
+    (["run", SPECS / "lenet.yaml", "--image", "x.png", "--heatmap", 1, "--heatmap-opacity", 0],
+     "--heatmap-opacity: expected a number more than 0 and at most 1, got '0'"),
+    (["run", SPECS / "lenet.yaml", "--image", "x.png", "--heatmap-opacity", 0.8],
+     "--heatmap-out, --heatmap-range and --heatmap-opacity go with --heatmap CLASS"),
     (["run", SPECS / "lenet.yaml", "--input", "x.npy", "--scales", 32, "--full-map"],
      "--full-map is for one image or array evaluated whole"),
 ])
@@ -502,6 +506,12 @@ def test_heatmaps_name_their_class_show_their_scale_and_take_the_format_of_their
     assert result.returncode == 0, result.stderr
     assert "stretched to this map's min..max" in result.stdout
     assert Image.open(tmp_path / "seven.jpg").format == "JPEG"
+    result = graphconv_cli("run", tmp_path / "m", "--image", page, "--heatmap", 7, "--heatmap-opacity", 1,
+                           "--heatmap-out", tmp_path / "opaque.png")
+    assert result.returncode == 0, result.stderr
+    opaque = np.asarray(Image.open(tmp_path / "opaque.png"))
+    bottom_colour = np.array([68, 1, 84])  # viridis at 0: at full opacity, the page no longer shows through
+    assert (np.abs(opaque.astype(int) - bottom_colour).max(axis=2) <= 2).mean() > 0.5
 
 
 def test_full_map_keeps_the_cells_whose_crop_would_run_off_the_image(tmp_path, write_spec):

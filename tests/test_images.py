@@ -708,7 +708,8 @@ def test_a_region_at_the_edge_has_its_name_drawn_whole(monkeypatch):
 LABELS_BEYOND_ASCII = ["Hintergrund", "Straße", "γάτα", "собака"]
 
 
-@pytest.mark.skipif(images._truetype("DejaVuSans.ttf") is None, reason="DejaVu Sans is not installed")
+@pytest.mark.skipif(images._truetype("DejaVuSans.ttf", images.FONT_SIZE) is None,
+                    reason="DejaVu Sans is not installed")
 def test_labels_beyond_ascii_are_drawn_in_a_font_that_has_them():
     """Pillow's own font has no accented or Greek letters: 'Straße' was drawn 'Stra' and a
     box. A system font that has them is taken, and every label is drawn."""
@@ -718,8 +719,9 @@ def test_labels_beyond_ascii_are_drawn_in_a_font_that_has_them():
     assert picture.info["undrawn"] == "" and images.heatmap_font_note(picture) is None
     font, undrawn = images.text_font(LABELS_BEYOND_ASCII)
     assert undrawn == "" and all(images._draws(font, c) for c in "ßγάсо")
-    assert not images._draws(images._default_font(), "ß")  # why: the default font would draw boxes
-    assert images.text_font(["cat", "dog"])[0] is images._default_font()  # ASCII keeps the default look
+    default = images._default_font(images.FONT_SIZE)
+    assert not images._draws(default, "ß")  # why: the default font would draw boxes
+    assert images.text_font(["cat", "dog"])[0] is default  # ASCII keeps the default look
 
 
 def test_characters_no_font_draws_are_said_once_in_a_note(tmp_path, capsys):
@@ -900,3 +902,75 @@ def test_resizing_a_wide_strip_is_budgeted_by_pillows_horizontal_pass(tmp_path, 
     assert need < 64 * 2 ** 20
     limit(need)
     assert load_image(str(path), (4, 20000)).shape == (3, 4, 20000)
+
+
+def test_a_thousand_class_legend_lists_the_most_common_and_sums_the_rest(rng):
+    """An ImageNet top map once had a 17,000 px tall legend: it lists LEGEND_MOST lines,
+    the classes best in most cells first, the rest summed on the last."""
+    best = rng.integers(0, 1000, (60, 80))
+    best[:20] = 7  # the most common class by far
+    best[0, :5] = images.NOT_COMPUTED
+    counts = np.bincount(best[best >= 0], minlength=1000)
+    legend = images._class_legend(counts, images.class_palette(1000), None, 5)
+    assert len(legend) == images.LEGEND_MOST + 1 and legend[0][1] == f"7 ({counts[7]} cells)"
+    classes_shown = (counts > 0).sum()
+    listed = images.LEGEND_MOST - 1
+    more = counts[np.argsort(-counts, kind="stable")[listed:]].sum()
+    assert legend[-2] == (None, f"{classes_shown - listed} more classes ({more} cells)")
+    assert legend[-1] == (None, "not computed: the picture as it is (5 cells)")
+    picture = images.render_class_map(np.zeros((3, 240, 320), np.float32), best, 1000, FIELD)
+    assert picture.size[1] < 1000  # the legend's 31 lines, not 1000
+
+
+def test_a_map_with_cells_not_computed_says_so_above_its_picture(rng):
+    scores = rng.uniform(0, 1, (9, 9))
+    scores[:2] = np.nan
+    image = np.zeros((3, 40, 40), np.float32)
+    with_gaps, whole = (images.render_heatmap(image, s, FIELD, title="t", value_range=(0, 1))
+                        for s in (scores, np.nan_to_num(scores)))
+    assert with_gaps.info["panel_box"][1] > whole.info["panel_box"][1]  # one more line of title
+
+
+def test_text_grows_with_large_pictures_so_it_reads_when_fitted_to_a_screen(rng):
+    assert images.text_size((320, 200)) == images.FONT_SIZE == images.text_size((1000, 1000))
+    assert images.text_size((8000, 6000)) == 8 * images.FONT_SIZE
+    small, large = (images.render_heatmap(np.zeros((3, side, side), np.float32), rng.uniform(0, 1, (9, 9)),
+                                          FIELD, title="class 1", value_range=(0, 1)) for side in (500, 3000))
+    assert large.info["panel_box"][1] >= 2.5 * small.info["panel_box"][1]  # the title band, 3x the text
+    assert large.size[0] - large.info["panel_box"][2] >= 2.5 * (small.size[0] - small.info["panel_box"][2])
+
+
+def test_a_constant_map_is_drawn_in_the_middle_colour_with_one_tick(rng):
+    constant = np.full((9, 9), 0.37)
+    low, high, note = images.heatmap_range(constant, "map", False)
+    assert (low, high) == (0.37, 0.37) and note == "score: every cell 0.37"
+    panel = panel_of(images.render_heatmap(np.zeros((3, 40, 40), np.float32), constant, FIELD,
+                                           value_range=(low, high), scale_note=note))
+    middle = images._colours(np.float32(0.5)) * images.BLEND  # over black
+    assert np.abs(panel - middle.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("extremes, says", [
+    ((0.1, 0.4), ""),
+    ((0.1, 0.9), " (values above 0.5 drawn as 0.5)"),
+    ((-0.3, 0.9), " (values below 0 drawn as 0 and above 0.5 drawn as 0.5)"),
+])
+def test_a_fixed_scale_says_what_it_clips(extremes, says):
+    """Cells beyond a fixed --heatmap-range take its end colours: the picture alone would
+    show a map of 0.9s as one of 0.5s."""
+    assert images.heatmap_range(np.zeros(1), (0.0, 0.5), True, extremes)[2] == f"fixed scale 0..0.5{says}"
+
+
+@pytest.mark.parametrize("renderer", ["one class", "best class"])
+def test_at_full_opacity_the_cells_have_the_colours_of_the_bar_or_legend(renderer, rng):
+    image = rng.uniform(0, 255, (3, 40, 40)).astype(np.float32)
+    if renderer == "one class":
+        scores = np.full((9, 9), 0.75)
+        panel = panel_of(images.render_heatmap(image, scores, FIELD, value_range=(0, 1), opacity=1.0))
+        expected = images._colours(np.float32(0.75))
+    else:
+        panel = panel_of(images.render_class_map(image, np.full((9, 9), 2), 3, FIELD, opacity=1.0))
+        expected = images.class_palette(3)[2]
+    colours = panel.reshape(-1, 3)
+    drawn = np.abs(colours - np.asarray(expected).astype(np.uint8)).max(axis=1) <= 0
+    assert drawn.mean() > 0.9  # all but the region's name

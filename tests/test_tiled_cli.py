@@ -2967,6 +2967,7 @@ def test_a_tiled_run_s_heatmap_reads_only_the_cells_its_pixels_show(monkeypatch,
                                   images._per_pixel(want, field, picture_hw))
     rows, cols = sample.cells
     np.testing.assert_array_equal(sample.values, want[rows][:, cols])
+    assert sample.not_computed == 10 * 20  # the whole map's, which the legend or a line above it counts
 
 
 # ---- run --pad-image: a cell on every block of the image -----------------------------------------
