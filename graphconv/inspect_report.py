@@ -20,6 +20,7 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
     head = f"{graph.name}: input {c}x{hw[0]}x{hw[1]} (trained crop {c}x{hc}x{wc})"
     if model.seeded_weights:
         head += "; seeded weights (the spec names no weights file)"
+    beyond_crop = _beyond_the_crop(graph, hw, whole, mixed)
     rows = []
     for row in costs:
         f = fields.get(row.name)
@@ -28,11 +29,17 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
         else:
             size, offset = ("crop", "-") if row.name in whole else (_pair(f.size), _pair(f.offset))
             stride = _pair(f.stride)
-        rows.append([row.name, row.op, "x".join(map(str, row.shape)), f"{row.params:,}", f"{row.flops / 1e6:.1f}",
-                     size, stride, offset])
+        shape, flops = ("n/a", "n/a") if row.name in beyond_crop else ("x".join(map(str, row.shape)),
+                                                                        f"{row.flops / 1e6:.1f}")
+        rows.append([row.name, row.op, shape, f"{row.params:,}", flops, size, stride, offset])
     total_params = sum(r.params for r in costs)
-    total_flops = sum(r.flops for r in costs)
+    total_flops = sum(r.flops for r in costs if r.name not in beyond_crop)
     rows.append(["total", "", "", f"{total_params:,}", f"{total_flops / 1e6:.1f}"])
+    if beyond_crop:
+        first = next(node for node in graph.layers() if node.name in beyond_crop)
+        head += (f"\nfc layers take only the trained {hc}x{wc} crop: from '{first.name}' on, outputs and MFLOP "
+                 f"at {hw[0]}x{hw[1]} are n/a (the total leaves them out); compile with fc-to-conv to slide the "
+                 "network over larger images")
     lines = [head, *text_table(["layer", "op", "output", "params", "MFLOP", "field", "stride", "offset"], rows,
                                left=2), COLUMNS_NOTE]
     if whole:
@@ -42,11 +49,7 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
     if model.stitch_copies > 1:
         lines.append(f"shift-and-stitch: {model.stitch_copies} shifted copies of each image in one pass "
                      "(counted in the FLOPs above)")
-    if graph.find("fc"):
-        if input_hw and tuple(input_hw) != (hc, wc) and not whole and mixed is None:  # else compile refuses it
-            lines.append("note: fc layers only accept the trained crop; compile with fc-to-conv "
-                         "to slide the network over larger images")
-    elif mixed is None and (input_hw or costs[-1].shape[1:] != (1, 1)):
+    if not graph.find("fc") and mixed is None and (input_hw or costs[-1].shape[1:] != (1, 1)):
         lines.append(f"score map: {model.map_size(*hw)} cells at output stride "
                      f"{_pair(model.output_stride)}")
         off_lattice = cells_off_the_lattice_note(graph)
@@ -57,6 +60,16 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
     if scales:
         lines.append(scales_report(model, input_hw or (max(hc, wc), max(hc, wc)), scales))
     return "\n".join(lines)
+
+
+def _beyond_the_crop(graph, hw: tuple[int, int], whole: set[str], mixed) -> set[str]:
+    """The layers whose output has no meaning at an input of `hw`: an fc and all after it,
+    where `hw` is not the trained crop (an fc's weights take the crop's map only, so what
+    it would see at another size is no layer of any network). None where the network
+    cannot slide at all (`whole`, `mixed`): compile refuses those at other sizes too."""
+    if tuple(hw) == tuple(graph.input_shape[1:]) or whole or mixed is not None:
+        return set()
+    return {node.name for fc in graph.find("fc") for node in [fc, *graph.downstream(fc)]}
 
 
 def stride_options(model: Model, image_hw: tuple[int, int]) -> list[str]:

@@ -184,7 +184,14 @@ def test_inspect_at_another_size_advises_fc_to_conv_only_for_a_network_that_can_
     cannot (compile refuses it, and inspect had just said to use run --crops)."""
     path = SPECS / "lenet.yaml" if spec == "lenet" else write_spec(GATED)
     assert run_cli("inspect", path, "--input-size", 40, 44) == 0
-    assert ("compile with fc-to-conv" in capsys.readouterr().out) == advised
+    text = capsys.readouterr().out
+    assert ("compile with fc-to-conv" in text) == advised
+    if spec == "lenet":  # fc3 over the 16x7x8 map a 40x44 input gives has no output: its weights take 16x5x5
+        rows = {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
+        assert rows["pool2"][2] == "16x7x8" and rows["fc3"][2:5] == ["n/a", "48,120", "n/a"]
+        assert rows["prob"][2] == "n/a" and "from 'fc3' on, outputs and MFLOP at 40x44 are n/a" in text
+        conv_part = sum(float(rows[name][4]) for name in ("conv1", "relu1", "pool1", "conv2", "relu2", "pool2"))
+        assert float(rows["total"][2]) == pytest.approx(conv_part, abs=0.2)
 
 
 def test_inspect_of_an_image_of_billions_of_pixels_counts_exactly(tmp_path, capsys):
