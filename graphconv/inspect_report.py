@@ -50,8 +50,9 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
         lines.append(f"shift-and-stitch: {model.stitch_copies} shifted copies of each image in one pass "
                      "(counted in the FLOPs above)")
     if not graph.find("fc") and mixed is None and (input_hw or costs[-1].shape[1:] != (1, 1)):
-        lines.append(f"score map: {model.map_size(*hw)} cells at output stride "
-                     f"{_pair(model.output_stride)}")
+        rows_stride, cols_stride = model.output_stride
+        rows, cols = model.map_size(*hw)
+        lines.append(f"score map: {rows}x{cols} cells at output stride {rows_stride}x{cols_stride}")
         off_lattice = cells_off_the_lattice_note(graph)
         if off_lattice:
             lines.append(off_lattice)
@@ -80,10 +81,10 @@ def stride_options(model: Model, image_hw: tuple[int, int]) -> list[str]:
     from graphconv.strides import as_sliding, cheaper_method, dilate_problem, method_flops
 
     total = total_stride(as_sliding(model.graph))
-    strides = [s for s in range(1, min(total)) if total[0] % s == 0 and total[1] % s == 0]
+    strides = [s for s in range(1, max(total)) if total[0] % s == 0 and total[1] % s == 0]
     if not strides:
         return []
-    lines = [f"finer output strides for a {image_hw[0]}x{image_hw[1]} image (GFLOP): "]
+    lines = [f"finer output strides for a {image_hw[0]}x{image_hw[1]} image (GFLOP):"]
     for stride in reversed(strides):
         flops = method_flops(model.graph, stride, image_hw)
         problem = dilate_problem(model.graph, stride) if math.isinf(flops["dilate"]) else None

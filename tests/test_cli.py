@@ -204,6 +204,20 @@ def test_inspect_of_an_image_of_billions_of_pixels_counts_exactly(tmp_path, caps
     assert "--output-stride 2: dilate" in out and "-" not in out.split("--output-stride 2: dilate")[1].split(",")[0]
 
 
+def test_inspect_offers_every_finer_stride_of_a_network_strided_more_in_rows(write_spec, capsys, tmp_path):
+    """A total stride of 4x2: --output-stride 2 makes the rows finer (2x2) and compiles;
+    inspect listed only 1."""
+    spec = write_spec("input: {shape: [1, 16, 16]}\nlayers:\n"
+                      "  - {name: c1, op: conv, out_channels: 3, kernel_size: 3, stride: [4, 2]}\n"
+                      "  - {name: c2, op: conv, out_channels: 2, kernel_size: 2}\n")
+    assert run_cli("inspect", spec, "--input-size", 40, 40) == 0
+    out = capsys.readouterr().out
+    assert "score map: 7x13 cells at output stride 4x2" in out
+    assert "--output-stride 2: dilate" in out and "--output-stride 1: dilate" in out
+    assert run_cli("compile", spec, "-o", tmp_path / "m", "--output-stride", 2) == 0
+    assert "output stride 2x2" in capsys.readouterr().out
+
+
 def test_compile_with_plugin_and_print_ir(tmp_path, capsys):
     assert run_cli("compile", SPECS / "lenet.yaml", "-o", tmp_path / "m", "--plugin", ROOT / "examples/my_passes.py",
                    "--passes", "fc-to-conv,strip-softmax,count-ops", "--print-ir-after", "strip-softmax") == 0

@@ -79,7 +79,7 @@ def test_receptive_field_and_inspect(write_spec, tmp_path, capsys):
     fcn.save(tmp_path / "m")
     assert main(["inspect", str(tmp_path / "m"), "--input-size", "54", "50"]) == 0
     text = capsys.readouterr().out
-    assert "gap" in text and "avgpool" in text and "score map: (9, 9) cells at output stride 4" in text
+    assert "gap" in text and "avgpool" in text and "score map: 9x9 cells at output stride 4x4" in text
 
 
 def test_a_finer_output_stride_dilates_the_window(write_spec, rng):
