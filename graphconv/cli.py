@@ -437,7 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "top class changes")
     ver.add_argument("--region", type=_natural_int, nargs=4, metavar=("TOP", "LEFT", "HEIGHT", "WIDTH"),
                      help="with --image: the region to check, in the image's level-0 pixels, grown to the whole "
-                          "cells of run's map that cover it (default: "
+                          "cells of run's map that cover it (a spot smaller than a crop: the cells whose crops hold "
+                          "it; default: "
                           f"{VERIFY_REGION_CELLS}x{VERIFY_REGION_CELLS} cells at the image's centre, or at the centre "
                           "of its data where it has no-data, since the crop loop runs the classifier once per cell)")
     _add_image_reading_options(ver)
@@ -2012,8 +2013,9 @@ def _verify_region(args: argparse.Namespace, source, crop: tuple[int, int], stri
                    data_centre: tuple[float, float] | None = None) -> tuple[tuple[int, int, int, int], str]:
     """(top, left, bottom, right) in the pixels read, and how the report names it: --region
     (level-0 pixels), grown to whole cells on `run`'s grid that cover it (its top and
-    left down to a multiple of the stride, its bottom and right out to a cell's edge
-    within the image), so that each cell is one of run's; or VERIFY_REGION_CELLS a side
+    left down to a multiple of the stride, no further than run's last cell, its bottom
+    and right out to a cell's edge within the image: a spot smaller than a crop gets the
+    cell or few whose crops hold it), so that each cell is one of run's; or VERIFY_REGION_CELLS a side
     at the image's centre, or at `data_centre` (the data cell nearest the centre of the
     data's bounding box, `_data_centre`: a scene's swath, which run's cells cover)."""
     from graphconv.sources import level0_span
@@ -2025,12 +2027,10 @@ def _verify_region(args: argparse.Namespace, source, crop: tuple[int, int], stri
                              f"{crop[0]}x{crop[1]} crop", file=args.image)
     if args.region:
         start, extent = _given_region(args, source, span)
-        if extent[0] < crop[0] or extent[1] < crop[1]:
-            raise GraphconvError(f"--region is {extent[0]}x{extent[1]} pixels as read, smaller than the "
-                                 f"classifier's {crop[0]}x{crop[1]} crop", file=args.image)
         end = [start[a] + extent[a] for a in (0, 1)]
-        start = [start[a] // stride[a] * stride[a] for a in (0, 1)]
-        wanted = [-(-(end[a] - start[a] - crop[a]) // stride[a]) + 1 for a in (0, 1)]  # cells that cover it
+        last = [(size[a] - crop[a]) // stride[a] * stride[a] for a in (0, 1)]  # where run's last cell starts
+        start = [min(start[a] // stride[a] * stride[a], last[a]) for a in (0, 1)]
+        wanted = [max(1, -(-(end[a] - start[a] - crop[a]) // stride[a]) + 1) for a in (0, 1)]  # cells that cover it
         how = "--region, grown to whole cells of run's map"
     else:
         extent = [min(size[a], crop[a] + (VERIFY_REGION_CELLS - 1) * stride[a]) for a in (0, 1)]

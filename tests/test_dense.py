@@ -535,6 +535,13 @@ def test_verify_on_a_region_of_a_tiff_sees_the_cells_as_run_computes_them_on_the
     dense_map, crops_map = np.load(tmp_path / "dense.npy")[block], np.load(tmp_path / "crops.npy")[block]
     assert _reported_change(out) == (_top_changed(dense_map, crops_map), 63)
     assert f"up to {np.abs(dense_map - crops_map).max():.3g}" in out
+    # a 3x3 spot in the bottom right corner, smaller than a crop: run's last cell, whose 16x16 crop holds it
+    assert _cli("verify", spec, "--image", tif, "--region", 60, 50, 3, 3) == 0
+    out = capsys.readouterr().out
+    assert "rows 54-70, columns 48-64 of level 0, 1x1 cells" in out
+    block = np.s_[:, :, 27:28, 24:25]
+    dense_map, crops_map = np.load(tmp_path / "dense.npy")[block], np.load(tmp_path / "crops.npy")[block]
+    assert f"up to {np.abs(dense_map - crops_map).max():.3g}" in out
 
 
 def test_verify_on_an_image_of_an_unpadded_network_is_exact(write_spec, tmp_path, rng, capsys):
@@ -578,7 +585,6 @@ def test_the_crop_loop_reports_its_progress(write_spec, rng):
 @pytest.mark.parametrize("args, message", [
     (["--image", "nowhere.png"], "nowhere.png"),
     (["--image", "IMG", "--region", 60, 0, 20, 20], "--region 60 0 20 20 reaches outside the image, which is 40x36"),
-    (["--image", "IMG", "--region", 0, 0, 10, 10], "--region is 10x10 pixels as read, smaller than the classifier's"),
     (["--image", "IMG", "--seed", 3], "--batch and --seed make random pixels"),
     (["--input-size", 40, 40, "--region", 0, 0, 20, 20], "say which pixels of an --image to check"),
 ])
