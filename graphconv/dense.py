@@ -494,6 +494,7 @@ class TopClasses:
     image_crops: int | None = None  # the crops of the whole image at this resolution (the cost of run --crops)
     command: str = "graphconv run MODEL --image IMAGE --crops"  # the crop loop's map of the whole image
     edge: str = "padding"  # what makes crops differ, as `VerifyReport.edge` names it
+    exact: bool = False  # nothing makes them differ (`VerifyReport.exact_by_construction`): no cell elsewhere can
 
     @property
     def share(self) -> float:
@@ -517,9 +518,10 @@ class TopClasses:
             cells = ("this region's cells" if self.image_crops else "the cells") if self.changed else \
                 ("cell of this region" if self.image_crops else "cell")
             share = f"{1 - self.share:.1%} of" if self.changed else "every"
-            lines.append(f"    the top class agrees in {share} {cells}"
-                         + (" (other parts of the image may differ: --region picks another)" if self.image_crops
-                            else ""))
+            elsewhere = ("" if not self.image_crops else " (and in the rest of the image: nothing in this network "
+                         "makes a crop differ from the dense pass)" if self.exact else
+                         " (other parts of the image may differ: --region picks another)")
+            lines.append(f"    the top class agrees in {share} {cells}{elsewhere}")
         return lines
 
     def _counts(self) -> str:
@@ -672,7 +674,7 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
     if where is not None:
         report.top = top_classes(dense, expected, where, seconds, original.graph.meta.get("labels"), image_crops,
                                  command)
-        report.top.edge = report.edge
+        report.top.edge, report.top.exact = report.edge, report.exact_by_construction
     if pads or not report.agrees:
         report.layers, notes = _padding_effects(original, x, device)
         report.notes.extend(notes)
