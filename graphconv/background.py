@@ -62,27 +62,26 @@ class Background:
 
     A raster with no-data (`source.missing_value`: a declared value, or NaN in floats)
     is judged by it, with or without --skip-background: a cell is left out when more
-    than `max_nodata` of its crop's pixels (`area`, the map's `cell_area`; the
-    receptive field where not given) are no-data, a pixel being no-data where every
+    than `max_nodata` of its crop's pixels (`cells`, the map's `cell_area`) are no-data, a pixel being no-data where every
     band the network is fed from holds the no-data value (`sources.ArrayLikeSource.
     read_masked`). Counted at the resolution read, once for the whole map, so the cells
     left out do not depend on the tiling. Other images with --skip-background: the
     tissue mask of `source` at thumbnail size, a cell left out when no pixel of it in
-    the square of one stride around the cell's centre is tissue. A user's `mask` (run
+    the square of one stride around the cell's centre (its crop's: where the map's
+    georeference, its heatmap and its `cells:` line put it) is tissue. A user's `mask` (run
     --mask: True where to compute, stretched over the whole image) stands for the
     tissue mask, and a raster's no-data cells are left out as well."""
 
-    def __init__(self, source, field, threshold: float | None = DEFAULT_THRESHOLD,
-                 max_nodata: float = DEFAULT_MAX_NODATA, area=None, mask: np.ndarray | None = None):
+    def __init__(self, source, cells, threshold: float | None = DEFAULT_THRESHOLD,
+                 max_nodata: float = DEFAULT_MAX_NODATA, mask: np.ndarray | None = None):
         from graphconv.sources import nodata_can_occur, on_image
 
         # a declared value no pixel can hold (-9999 in 8 bits): every pixel is data, so tissue is looked for
         self.nodata = getattr(source, "missing_value", None) if nodata_can_occur(source) else None
-        self.source, self.field, self.area, self.max_nodata = source, field, area or field, max_nodata
+        self.source, self.max_nodata = source, max_nodata
         # tissue and no-data are looked for in the image itself: a padded one's cells (--pad-image) stand
         # shifted on it, and a crop's share of no-data is of its image pixels (the border is neither)
-        self.image, self.image_field = on_image(source, field)
-        self.image_area = on_image(source, self.area)[1]
+        self.image, self.cells = on_image(source, cells)
         self._picture = self._blank = self._sums = None
         self.masked = mask is not None
         if self.masked:
@@ -214,7 +213,7 @@ class Background:
         (`sources.nodata_can_occur`: a declared value an integer raster cannot hold)."""
         if self._blank is not None:
             return self._blank
-        source, area = self.image, self.image_area
+        source, area = self.image, self.cells
         y0, y1 = _crop_spans(area, 0, source.height)
         x0, x1 = _crop_spans(area, 1, source.width)
         blank = CellBlocks((len(y0), len(x0)))
@@ -325,10 +324,10 @@ class Background:
     def _spans(self, cells: tuple[int, int], axis: int, scale: float, length: int) -> tuple[np.ndarray, np.ndarray]:
         """The thumbnail pixels [start, stop) that the square of one stride around the
         centre of each of cells [first, last) on `axis` overlaps (a thumbnail pixel spans
-        `scale` image pixels; one that only touches the square's edge is not counted)."""
-        field = self.image_field
-        size, stride, offset = field.size[axis], field.stride[axis], field.offset[axis]
-        centres = offset + np.arange(cells[0], cells[1]) * float(stride) + (size - 1) / 2
+        `scale` image pixels; one that only touches the square's edge is not counted).
+        Centres and squares in pixel-area coordinates: pixel k spans [k, k + 1)."""
+        size, stride, offset = self.cells.size[axis], self.cells.stride[axis], self.cells.offset[axis]
+        centres = offset + np.arange(cells[0], cells[1]) * float(stride) + size / 2
         starts = np.floor((centres - stride / 2) / scale).astype(np.int64)
         stops = np.ceil((centres + stride / 2) / scale).astype(np.int64)
         return np.clip(starts, 0, length), np.clip(np.maximum(stops, starts + 1), 0, length)
@@ -534,17 +533,17 @@ def cells_left_out(source, grid, skip_background: float | None, max_nodata: floa
     from graphconv.sources import nodata_can_occur
 
     if mask is not None:
-        return Background(source, grid.field, None, max_nodata, grid.cell_area, mask)
+        return Background(source, grid.cell_area, None, max_nodata, mask)
     if nodata_can_occur(source):
         if max_nodata >= 1 and skip_background is None:
             return None
-        background = Background(source, grid.field, skip_background, max_nodata, grid.cell_area)
+        background = Background(source, grid.cell_area, skip_background, max_nodata)
         if skip_background is None and not background.nodata_cells().any():
             return None
         return background
     if skip_background is None:
         return None
-    return Background(source, grid.field, skip_background)
+    return Background(source, grid.cell_area, skip_background)
 
 
 MASK_ASPECT_SLACK = 0.02  # how far a --mask's aspect ratio may be from the image's (a thumbnail's rounding)

@@ -855,11 +855,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(format_profile(executor.graph, profile, x.shape[2:], x.shape[0], executor.device))
         print("(the first run in a process also loads every compiled kernel; "
               "`graphconv inspect MODEL --profile` times a warmed-up run)")
-    # a segmentation network's cells are drawn where they stand (a label per pixel: on that pixel), and one
-    # whose branches meet at different strides (a whole-image branch) has cells but no receptive field
-    placed = model.cell_area if model.segmentation else model.field
-    return _deliver(args, model, out, picture if args.image else None, shifted_cells(placed, margin),
-                    shifted_cells(model.cell_area, margin))
+    # each cell is drawn where it stands (`cell_area`: a classifier's crop, a segmentation network's pixel),
+    # where the map's georeference and --skip-background put it too
+    return _deliver(args, model, out, picture if args.image else None, shifted_cells(model.cell_area, margin))
 
 
 def _note_overflow(out: np.ndarray, source: str) -> None:
@@ -1290,19 +1288,19 @@ def _run_crops(args: argparse.Namespace, model, grid, x: np.ndarray, picture: np
     out = grid.whole(x, args.device)
     print(f"output shape {tuple(out.shape)} in {(time.perf_counter() - start) * 1e3:.1f} ms"
           f" on {model.executor(args.device).device}")
-    return _deliver(args, model, out, picture, shifted_cells(grid.field, margin),
-                    shifted_cells(grid.cell_area, margin))
+    return _deliver(args, model, out, picture, shifted_cells(grid.cell_area, margin))
 
 
-def _deliver(args: argparse.Namespace, model, out: np.ndarray, picture: np.ndarray | None, field, cells) -> int:
+def _deliver(args: argparse.Namespace, model, out: np.ndarray, picture: np.ndarray | None, cells) -> int:
     """A run's map, as asked: heatmap, top classes, the array (a .tif with where its
-    `cells` stand); what cannot be written is refused before anything is."""
+    `cells` stand, as the heatmap draws them); what cannot be written is refused before
+    anything is."""
     map_file = args.output and (is_tiff_output(args.output) or args.output.rstrip("/").lower().endswith(".zarr"))
     if map_file and out.ndim != 4:
         raise GraphconvError(f"a .tif or .zarr output holds a map; this run gives a vector of shape "
                              f"{tuple(out.shape)}: write .npy", file=args.output)
     if args.heatmap is not None:
-        write_heatmap(args, model, picture, out, field)
+        write_heatmap(args, model, picture, out, cells)
     if args.top:
         print_top(reduce_map_or_vector(out), args.top, model.graph.meta.get("labels"))
     if map_file:
@@ -1363,18 +1361,18 @@ def _heatmap_path(args: argparse.Namespace) -> str | None:
     return path
 
 
-def write_heatmap(args: argparse.Namespace, model, picture: np.ndarray, out: np.ndarray, field) -> None:
+def write_heatmap(args: argparse.Namespace, model, picture: np.ndarray, out: np.ndarray, cells) -> None:
     """--heatmap: one class's map with a labelled colour bar, or the best class of each cell;
-    `field` places each cell on the picture."""
+    `cells` (`Model.cell_area`) places each cell on the picture."""
     from graphconv import images
 
     scores = out.reshape(*out.shape[:2], 1, 1) if out.ndim == 2 else out
     display_hw = images.image_size(args.image) if args.resize else None  # undo --resize's stretch
     if args.heatmap == "top":
-        draw_heatmap(args, model, picture, field, best=images.best_class(scores[0]), display_hw=display_hw)
+        draw_heatmap(args, model, picture, cells, best=images.best_class(scores[0]), display_hw=display_hw)
     else:
         check_heatmap_class(args.heatmap, scores.shape[1])
-        draw_heatmap(args, model, picture, field, one=scores[0, args.heatmap], display_hw=display_hw)
+        draw_heatmap(args, model, picture, cells, one=scores[0, args.heatmap], display_hw=display_hw)
 
 
 def check_heatmap_class(klass: int, classes: int) -> None:

@@ -494,7 +494,8 @@ def cell_index_map(field: Field, rows: int, cols: int, height: int, width: int) 
 # ---- heatmaps ---------------------------------------------------------------------------------
 #
 # A heatmap is the picture the network saw with one class's score map blended over it
-# (each pixel coloured by the cell whose field is centred nearest), a title naming the
+# (each pixel coloured by the cell centred nearest: a classifier's cell at its crop's
+# centre, `Model.cell_area`, where the map's georeference puts it), a title naming the
 # class, and a colour bar with the real values its colours stand for. The colour scale
 # is honest: fixed 0..1 for probabilities (a softmax or sigmoid output), so a map
 # with nothing in it looks empty; otherwise, or with range "map", the map's own min..max,

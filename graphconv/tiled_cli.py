@@ -547,7 +547,7 @@ def _draw_heatmap(args: argparse.Namespace, model, source, grid, scores, backgro
     from graphconv.cli import draw_heatmap
     from graphconv.sources import on_image, thumbnail
 
-    image, field = on_image(source, grid.field)
+    image, field = on_image(source, grid.cell_area)  # each cell where its crop stands, as the map's metadata says
     picture, (fy, fx) = (background.picture, background.scale) if background is not None else thumbnail(image)
     field = _shrunk(field, fy, fx)
     if args.heatmap == "top":

@@ -57,7 +57,7 @@ class PixelSource:
 def page_background(page, grid) -> Background:
     """The cells a page's tissue mask leaves out, as the page gives it (not a thumbnail):
     a --mask of the page's own size."""
-    return Background(PixelSource(page), grid.field, None, mask=tissue_mask(page[0]))
+    return Background(PixelSource(page), grid.cell_area, None, mask=tissue_mask(page[0]))
 
 
 def test_a_tile_is_blank_when_no_tissue_is_near_its_cells_centres(lenet, monkeypatch):
@@ -65,14 +65,14 @@ def test_a_tile_is_blank_when_no_tissue_is_near_its_cells_centres(lenet, monkeyp
     page = page_with_a_blot()
     monkeypatch.setattr(sources, "thumbnail", lambda source, **_: (source.pixels[0], (1.0, 1.0)))
     grid = DenseGrid(lenet)
-    background = Background(PixelSource(page), grid.field)
+    background = Background(PixelSource(page), grid.cell_area)
     plan = plan_tiles(grid, page.shape[2:], 48)
     blank = {t for t in plan.tiles if background.is_blank(t)}
-    tissue = np.argwhere(page[0, 0] < 128)
-    field = grid.field
+    tissue = np.argwhere(page[0, 0] < 128) + 0.5  # the pixels' centres
+    field = grid.cell_area
 
     def centres(cells, axis):  # from the first cell's centre less half a stride to the last's plus half
-        centre = lambda cell: field.offset[axis] + cell * field.stride[axis] + (field.size[axis] - 1) / 2
+        centre = lambda cell: field.offset[axis] + cell * field.stride[axis] + field.size[axis] / 2
         return centre(cells[0]) - field.stride[axis] / 2, centre(cells[1] - 1) + field.stride[axis] / 2
 
     def tissue_within(tile, margin):
@@ -122,20 +122,21 @@ def test_blank_cells_are_not_computed_whatever_the_tiling_and_the_others_are_exa
 
 def test_a_cell_is_blank_exactly_when_no_tissue_lies_within_half_a_stride_of_its_centre(lenet):
     """The pixels counted are those the square of one stride around the cell's centre
+    (its crop's, in pixel-area coordinates, where the map's georeference puts it)
     overlaps; the pixel just past its edge, which it only touches, is not (it was, so
     the rule kept a cell row more than it said)."""
     page = page_with_a_blot()
     grid = DenseGrid(lenet)
     background = page_background(page, grid)
     plan = plan_tiles(grid, page.shape[2:], 48)
-    field, tissue = grid.field, background.tissue
+    field, tissue = grid.cell_area, background.tissue
     for t in plan.tiles:
         mask = background.blank_cells(t)
         assert background.is_blank(t) == mask.all() and background.blank_count(t) == mask.sum()
         for i, row in enumerate(range(*t.rows)):
             for j, col in enumerate(range(*t.cols)):
-                cy = field.offset[0] + row * field.stride[0] + (field.size[0] - 1) / 2
-                cx = field.offset[1] + col * field.stride[1] + (field.size[1] - 1) / 2
+                cy = field.offset[0] + row * field.stride[0] + field.size[0] / 2
+                cx = field.offset[1] + col * field.stride[1] + field.size[1] / 2
                 near = tissue[max(0, int(np.floor(cy - field.stride[0] / 2))):int(np.ceil(cy + field.stride[0] / 2)),
                               max(0, int(np.floor(cx - field.stride[1] / 2))):int(np.ceil(cx + field.stride[1] / 2))]
                 assert mask[i, j] == (not near.any()), (row, col)
@@ -143,7 +144,7 @@ def test_a_cell_is_blank_exactly_when_no_tissue_lies_within_half_a_stride_of_its
 
 def test_a_threshold_outside_0_to_1_is_refused(lenet):
     with pytest.raises(GraphconvError, match="between 0 and 1"):
-        Background(PixelSource(page_with_a_blot()), DenseGrid(lenet).field, 1.5)
+        Background(PixelSource(page_with_a_blot()), DenseGrid(lenet).cell_area, 1.5)
 
 
 def test_the_default_tile_reads_the_fewest_pixels_with_tissue(lenet, monkeypatch):
@@ -159,7 +160,7 @@ def test_the_default_tile_reads_the_fewest_pixels_with_tissue(lenet, monkeypatch
     monkeypatch.setattr(background_module, "SMALLEST_TILE", 40)
     monkeypatch.setattr(background_module, "LARGEST_TILE", 500)
     grid = DenseGrid(lenet)
-    background = Background(PixelSource(page), grid.field)
+    background = Background(PixelSource(page), grid.cell_area)
     chosen = background.cheapest_tile(grid, (400, 500))
 
     def pixels_read(size):
@@ -195,7 +196,7 @@ def test_bands_that_are_no_picture_and_declare_no_no_data_are_refused(lenet, tmp
                                                  r"no-data value \(--nodata VALUE, or GDAL's no-data tag in a "
                                                  r"TIFF, a _FillValue attribute in a zarr array\) or run without "
                                                  r"--skip-background$"):
-            Background(source, DenseGrid(lenet).field)
+            Background(source, DenseGrid(lenet).cell_area)
 
 
 def write_zarr(path, bands, **attrs):
@@ -225,7 +226,7 @@ def test_a_zarr_s_fill_value_leaves_out_cells_whose_crop_is_mostly_no_data_not_c
     area = grid.cell_area
     plan = plan_tiles(grid, (60, 80), 40)
     for max_nodata in (0.0, 0.5, 0.9):
-        background = Background(source, grid.field, None, max_nodata, area)
+        background = Background(source, area, None, max_nodata)
         assert background.nodata == 0
         for t in plan.tiles:
             blank = background.blank_cells(t)
@@ -316,7 +317,7 @@ def test_the_no_data_cells_read_each_row_once_as_stored(tmp_path, monkeypatch, f
     monkeypatch.setattr(background, "MASK_PIXELS", 40 * 310)  # reads of a few rows
     for field in (Field((61, 61), (8, 8), (-30, -30)), Field((16, 16), (16, 16), (0, 0)), Field((5, 5), (9, 9), (2, 2))):
         read.clear()
-        cells = Background(source, field, None, 0.4, field)
+        cells = Background(source, field, None, 0.4)
         blank = cells.nodata_cells()
         blank = blank.box(0, blank.shape[0], 0, blank.shape[1])
         rows = [row for top, _, bottom, _ in read for row in range(top, bottom)]
@@ -448,8 +449,9 @@ def test_a_users_mask_leaves_out_the_cells_it_does_not_mark_and_keeps_the_rest_e
     scores, everything = np.load(tmp_path / "masked.npy"), np.load(tmp_path / "all.npy")
     kept = ~np.isnan(scores[0, 0])
     expected = np.zeros_like(kept)
-    expected[6:12, 4:10] = True  # the squares of 4 px around centres 15.5 + 4 r (as --skip-background's) that
-    # reach mask rows 20..29 and columns 15..24 (image rows 40..60, columns 30..50), in mask pixels
+    expected[6:12, 4:9] = True  # the squares [14 + 4 r, 18 + 4 r) around the crops' centres 16 + 4 r (where the
+    # map's georeference puts them) that overlap image rows [40, 60) and columns [30, 50), mask rows 20..29 and
+    # columns 15..24 stretched 2x: cell column 9's square [50, 54) only touches the mask's edge
     np.testing.assert_array_equal(kept, expected)
     np.testing.assert_allclose(scores[..., kept], everything[..., kept], rtol=1e-5, atol=1e-6)
     pil.fromarray(np.zeros((50, 90), np.uint8)).save(tmp_path / "wide.png")

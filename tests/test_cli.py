@@ -1768,3 +1768,47 @@ def test_a_batch_of_two_to_a_tif_map_is_refused_before_the_run_naming_the_tif(di
     assert "map.tif: a TIFF map holds one image's map, and batch.npy holds 2 images" in err
     assert "output shape" not in out and ".graphconv-tmp" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["batch.npy"]
+
+
+OFF_CENTRE = """name: off_centre
+input: {shape: [1, 16, 16]}
+layers:
+  - {name: c1, op: conv, out_channels: 3, kernel_size: 3, stride: 2, padding: 1}
+  - {name: r1, op: relu}
+  - {name: c2, op: conv, out_channels: 3, kernel_size: 3, stride: 2, padding: 1}
+  - {name: r2, op: relu}
+  - {name: fc, op: fc, out_features: 2}
+"""
+
+
+def test_a_heatmap_draws_each_cell_on_its_crop_where_the_map_s_georeference_puts_it(write_spec, tmp_path,
+                                                                                    monkeypatch):
+    """A padded network's receptive field (19 px from -3) sits 1.5 px up and left of its
+    16 px crop's centre: the heatmap drew cells around the field's centre while the .tif's
+    metadata, --skip-background and --mask put them at the crop's (up to half a cell
+    apart on a ResNet). Every pixel now takes the cell whose crop is centred nearest."""
+    pil = pytest.importorskip("PIL.Image")
+    from graphconv import images
+
+    rng = np.random.default_rng(3)
+    pil.fromarray(rng.integers(0, 256, (64, 80), dtype=np.uint8)).save(tmp_path / "pic.png")
+    assert run_cli("compile", write_spec(OFF_CENTRE), "-o", tmp_path / "m") == 0
+    drawn = []
+    save = images.save_picture
+    monkeypatch.setattr(images, "save_picture", lambda picture, path, fmt=None: save(picture, path, fmt)
+                        or drawn.append(picture))
+    assert run_cli("run", tmp_path / "m", "--image", tmp_path / "pic.png", "--output", tmp_path / "map.npy",
+                   "--heatmap", 0, "--heatmap-range", "map", "--heatmap-opacity", 1) == 0
+    scores = np.load(tmp_path / "map.npy")[0, 0]
+    assert scores.shape == (13, 17)  # crops at 4 r, 4 c: centres 8 + 4 r
+    left, top, right, bottom = drawn[0].info["panel_box"]
+    factor = (bottom - top) // 64
+    panel = np.asarray(drawn[0])[top:bottom:factor, left:right:factor].astype(int)  # one pixel of each image pixel
+
+    def cell(pixel, cells):  # the cell whose crop's centre 8 + 4 r is nearest the pixel's centre; a tie: the later
+        return np.clip(np.floor((pixel + 0.5 - 8) / 4 + 0.5), 0, cells - 1).astype(int)
+
+    level = (scores - scores.min()) / (scores.max() - scores.min())
+    colours = images._colours(level).transpose(1, 2, 0)
+    expected = colours[cell(np.arange(64), 13)[:, None], cell(np.arange(80), 17)[None, :]].astype(np.uint8)
+    assert np.abs(panel - expected).max() <= 1
