@@ -479,7 +479,8 @@ def deep_scaling(kind: str) -> str | None:
 
 
 def cell_index_map(field: Field, rows: int, cols: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """For each image row/column, the score-map row/column whose field is centred nearest;
+    """For each image row/column, the score-map row/column whose `field` (`Model.cell_area`)
+    is centred nearest;
     a pixel half way between two centres goes to the later cell, so every cell but the
     first and last gets `stride` pixels (rounding half to even gave an odd field on an
     even stride cells of 1 and 3 pixels in turn)."""
@@ -489,6 +490,20 @@ def cell_index_map(field: Field, rows: int, cols: int, height: int, width: int) 
 
     return (nearest(rows, field.size[0], field.stride[0], field.offset[0], height),
             nearest(cols, field.size[1], field.stride[1], field.offset[1], width))
+
+
+def outside_the_cells(field: Field, rows: int, cols: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each image row/column, whether it lies outside the squares of one stride around
+    the cells' centres (in pixel-area coordinates, as the map's georeference has them):
+    the image's edge, (crop - stride) / 2 pixels of a classifier's, where no cell is
+    centred; a heatmap leaves it as it is rather than stretch the edge cells over it."""
+    def outside(n_cells, size, stride, offset, length):
+        first = offset + size / 2 - stride / 2
+        centres = np.arange(length) + 0.5
+        return (centres < first) | (centres >= first + n_cells * stride)
+
+    return (outside(rows, field.size[0], field.stride[0], field.offset[0], height),
+            outside(cols, field.size[1], field.stride[1], field.offset[1], width))
 
 
 # ---- heatmaps ---------------------------------------------------------------------------------
@@ -583,10 +598,11 @@ class MapSample:
     cells[1][j]); the picture's pixel (y, x) shows values[at[0][y], at[1][x]]. Of the
     whole map: `extremes`, the finite range of the class drawn (None: none is finite),
     or `counts`, how many cells each class is best in; and how many cells were
-    `not_computed` (--skip-background's)."""
+    `not_computed` (--skip-background's); `map_hw`, the whole map's rows and columns."""
     values: np.ndarray
     cells: tuple[np.ndarray, np.ndarray]
     at: tuple[np.ndarray, np.ndarray]
+    map_hw: tuple[int, int]
     extremes: tuple[float, float] | None = None
     counts: np.ndarray | None = None
     not_computed: int = 0
@@ -655,9 +671,11 @@ def render_heatmap(image: np.ndarray, scores: np.ndarray, field: Field, *, title
     else:
         low, high = value_range
 
+    edge = _edge(field, scores, sample, image.shape[1:])
+
     def colours(rows: slice) -> tuple[np.ndarray, np.ndarray]:
         values = _per_pixel(scores, field, image.shape[1:], sample, rows)
-        return _colours(_level(values, low, high)), np.isnan(values)
+        return _colours(_level(values, low, high)), np.isnan(values) | edge[0][rows, None] | edge[1][None, :]
 
     panel = _panel(_blended(image, colours, opacity), display_hw)
     bar = _colours(np.linspace(1, 0, max(panel.size[1], 96))[:, None])
@@ -668,7 +686,7 @@ def render_heatmap(image: np.ndarray, scores: np.ndarray, field: Field, *, title
     missing = sample.not_computed if sample is not None else int(np.count_nonzero(np.isnan(scores)))
     if missing:
         lines.append(f"{_cells(missing)} not computed show the picture as it is")
-    return _compose(panel, lines, bar=(bar, ticks))
+    return _compose(panel, lines + _edge_note(edge), bar=(bar, ticks))
 
 
 def _cells(count: int) -> str:
@@ -704,9 +722,12 @@ def render_class_map(image: np.ndarray, best: np.ndarray, classes: int, field: F
     _pil()
     palette = class_palette(classes)
 
+    edge = _edge(field, best, sample, image.shape[1:])
+
     def colours(rows: slice) -> tuple[np.ndarray, np.ndarray]:
         cells = _per_pixel(best, field, image.shape[1:], sample, rows)
-        return palette.astype(np.float32)[cells].transpose(2, 0, 1), cells == NOT_COMPUTED
+        return (palette.astype(np.float32)[cells].transpose(2, 0, 1),
+                (cells == NOT_COMPUTED) | edge[0][rows, None] | edge[1][None, :])
 
     panel = _panel(_blended(image, colours, opacity), display_hw)
     sy, sx = panel.size[1] / image.shape[1], panel.size[0] / image.shape[2]
@@ -716,7 +737,7 @@ def render_class_map(image: np.ndarray, best: np.ndarray, classes: int, field: F
     missing = sample.not_computed if sample is not None else int(np.count_nonzero(best == NOT_COMPUTED))
     legend = _class_legend(counts, palette, labels, missing)
     draw = ImageDraw.Draw(panel)
-    lines = [title or "best class of each cell"]
+    lines = [title or "best class of each cell", *_edge_note(edge)]
     size = text_size(panel.size)
     font, _ = text_font([*lines, *(text for _, text in legend)], size)  # as `_compose`'s, which says what it lacks
     stroke = max(2, size // 7)
@@ -820,10 +841,23 @@ def heatmap_title(klass: int, labels: list[str] | None) -> str:
     return f"class {klass}" + (f": {label}" if label and label != str(klass) else "")
 
 
+def _edge(field: Field, cells: np.ndarray, sample: MapSample | None, image_hw) -> tuple[np.ndarray, np.ndarray]:
+    """`outside_the_cells` of the map drawn (a `sample`'s whole map's)."""
+    rows, cols = sample.map_hw if sample is not None else cells.shape
+    return outside_the_cells(field, rows, cols, *image_hw)
+
+
+EDGE_NOTE = "its edge, where no cell is centred, shows the picture as it is"
+
+
+def _edge_note(edge: tuple[np.ndarray, np.ndarray]) -> list[str]:
+    return [EDGE_NOTE] if edge[0].any() or edge[1].any() else []
+
+
 def _per_pixel(cells: np.ndarray, field: Field, image_hw, sample: MapSample | None = None,
                rows: slice = slice(None)) -> np.ndarray:
     """A (rows, cols) map spread over the image's `rows`: each pixel takes the cell whose
-    field is centred nearest (`cells` is a `sample`'s values, where given: it says which)."""
+    cell is centred nearest (`cells` is a `sample`'s values, where given: it says which)."""
     height, width = image_hw
     ys, xs = sample.at if sample is not None else cell_index_map(field, cells.shape[0], cells.shape[1], height, width)
     return cells[ys[rows, None], xs[None, :]]
@@ -986,8 +1020,8 @@ def _number(value: float) -> str:
 def _compose(panel, lines: list[str], bar=None, legend=None):
     """Title lines above the panel; the colour bar ((3, H, 1) array, [(position 0..1, value)]) or the
     legend ([(rgb or None for no swatch, text)]) to its right; white background; text,
-    margins and bar as much larger as `text_size` makes the text. Its info["undrawn"]:
-    the characters no font found draws (`text_font`)."""
+    margins and bar as much larger as `text_size` makes the text. Its info: "lines", the
+    title's; "undrawn", the characters no font found draws (`text_font`)."""
     image_mod = _pil()
     from PIL import ImageDraw
     size = text_size(panel.size)
@@ -1022,6 +1056,7 @@ def _compose(panel, lines: list[str], bar=None, legend=None):
     canvas.paste(panel, (margin, title_h))
     canvas.info["panel_box"] = (margin, title_h, margin + panel.size[0], title_h + panel.size[1])
     canvas.info["undrawn"] = undrawn
+    canvas.info["lines"] = lines
     x = margin + panel.size[0] + margin
     if bar is not None:
         strip = image_mod.fromarray(colours.clip(0, 255).astype(np.uint8).transpose(1, 2, 0))

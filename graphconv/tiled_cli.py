@@ -598,7 +598,7 @@ def _sample_map(args: argparse.Namespace, scores, field, picture_hw: tuple[int, 
             not_computed += int(np.count_nonzero(block == images.NOT_COMPUTED))
         shown = (cell_rows >= top) & (cell_rows < top + step)
         values[shown] = block[cell_rows[shown] - top][:, cell_cols]
-    return images.MapSample(values, (cell_rows, cell_cols), (at_y, at_x),
+    return images.MapSample(values, (cell_rows, cell_cols), (at_y, at_x), (rows, cols),
                             extremes=(low, high) if low <= high else None, counts=counts, not_computed=not_computed)
 
 

@@ -1811,4 +1811,8 @@ def test_a_heatmap_draws_each_cell_on_its_crop_where_the_map_s_georeference_puts
     level = (scores - scores.min()) / (scores.max() - scores.min())
     colours = images._colours(level).transpose(1, 2, 0)
     expected = colours[cell(np.arange(64), 13)[:, None], cell(np.arange(80), 17)[None, :]].astype(np.uint8)
+    grey = np.asarray(pil.open(tmp_path / "pic.png"))[..., None].repeat(3, 2)
+    rows, cols = np.arange(64)[:, None], np.arange(80)[None, :]
+    edge = (rows < 6) | (rows >= 6 + 13 * 4) | (cols < 6) | (cols >= 6 + 17 * 4)  # outside every cell's square
+    expected = np.where(edge[..., None], grey, expected)
     assert np.abs(panel - expected).max() <= 1

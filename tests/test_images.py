@@ -508,6 +508,7 @@ def test_heatmaps_over_images_of_every_channel_count(channels, tmp_path, rng):
 # ---- heatmaps: scale, colour bar, title, aspect, format, best class --------------------------------
 
 FIELD = Field((8, 8), (4, 4), (0, 0))
+TILING = Field((4, 4), (4, 4), (0, 0))  # cells of 4x4 pixels that tile the picture: no edge outside them
 
 
 def panel_of(picture: Image.Image) -> np.ndarray:
@@ -520,11 +521,11 @@ def test_a_fixed_scale_keeps_noise_dim_and_the_bar_shows_the_real_values(rng):
     """A probability map of small noise is drawn dark on 0..1, not stretched into
     violet-and-yellow as if it were signal; stretched, the bar says so and names its values."""
     grey = np.full((1, 40, 48), 128, np.float32)
-    noise = rng.uniform(0.01, 0.02, (9, 11))
-    fixed_picture = images.render_heatmap(grey, noise, FIELD, title="class 3", value_range=(0, 1),
+    noise = rng.uniform(0.01, 0.02, (10, 12))
+    fixed_picture = images.render_heatmap(grey, noise, TILING, title="class 3", value_range=(0, 1),
                                           scale_note="probability, fixed scale 0..1")
     panel_fixed = panel_of(fixed_picture)
-    panel_stretched = panel_of(images.render_heatmap(grey, noise, FIELD, title="class 3"))
+    panel_stretched = panel_of(images.render_heatmap(grey, noise, TILING, title="class 3"))
     assert panel_fixed[..., 1].max() < 80  # no green or yellow anywhere: 0.02 of the way up
     assert panel_stretched[..., 1].max() > 170  # stretched, the largest noise value is yellow
     assert images.heatmap_range(noise, "auto", True)[:2] == (0.0, 1.0)
@@ -941,10 +942,10 @@ def test_text_grows_with_large_pictures_so_it_reads_when_fitted_to_a_screen(rng)
 
 
 def test_a_constant_map_is_drawn_in_the_middle_colour_with_one_tick(rng):
-    constant = np.full((9, 9), 0.37)
+    constant = np.full((10, 10), 0.37)
     low, high, note = images.heatmap_range(constant, "map", False)
     assert (low, high) == (0.37, 0.37) and note == "score: every cell 0.37"
-    panel = panel_of(images.render_heatmap(np.zeros((3, 40, 40), np.float32), constant, FIELD,
+    panel = panel_of(images.render_heatmap(np.zeros((3, 40, 40), np.float32), constant, TILING,
                                            value_range=(low, high), scale_note=note))
     middle = images._colours(np.float32(0.5)) * images.BLEND  # over black
     assert np.abs(panel - middle.astype(int)).max() <= 1
@@ -965,12 +966,35 @@ def test_a_fixed_scale_says_what_it_clips(extremes, says):
 def test_at_full_opacity_the_cells_have_the_colours_of_the_bar_or_legend(renderer, rng):
     image = rng.uniform(0, 255, (3, 40, 40)).astype(np.float32)
     if renderer == "one class":
-        scores = np.full((9, 9), 0.75)
-        panel = panel_of(images.render_heatmap(image, scores, FIELD, value_range=(0, 1), opacity=1.0))
+        scores = np.full((10, 10), 0.75)
+        panel = panel_of(images.render_heatmap(image, scores, TILING, value_range=(0, 1), opacity=1.0))
         expected = images._colours(np.float32(0.75))
     else:
-        panel = panel_of(images.render_class_map(image, np.full((9, 9), 2), 3, FIELD, opacity=1.0))
+        panel = panel_of(images.render_class_map(image, np.full((10, 10), 2), 3, TILING, opacity=1.0))
         expected = images.class_palette(3)[2]
     colours = panel.reshape(-1, 3)
     drawn = np.abs(colours - np.asarray(expected).astype(np.uint8)).max(axis=1) <= 0
     assert drawn.mean() > 0.9  # all but the region's name
+
+
+@pytest.mark.parametrize("renderer", ["one class", "best class"])
+def test_the_edge_no_cell_is_centred_on_shows_the_picture_as_it_is(renderer, rng):
+    """8x8 crops at stride 4 centre their cells from pixel 4 on: the squares of one stride
+    around them cover rows and columns 2..37 of a 40x40 picture, and the 2 pixels beyond
+    (the map's georeference has no cell there) were painted with the edge cells' colour."""
+    image = rng.uniform(0, 255, (3, 40, 40)).astype(np.float32)
+    def drawn(field, cells):
+        if renderer == "one class":
+            return images.render_heatmap(image, np.full((cells, cells), 0.75), field, value_range=(0, 1), opacity=1)
+        return images.render_class_map(image, np.full((cells, cells), 1), 2, field, opacity=1)
+
+    picture = drawn(FIELD, 9)
+    panel = panel_of(picture)
+    factor = panel.shape[0] // 40
+    inside = np.zeros((40, 40), bool)
+    inside[2:38, 2:38] = True
+    as_is = (panel[::factor, ::factor] == image.transpose(1, 2, 0).astype(np.uint8)).all(axis=2)
+    np.testing.assert_array_equal(as_is, ~inside)
+    assert images.EDGE_NOTE in picture.info["lines"]
+    assert images.EDGE_NOTE not in drawn(TILING, 10).info["lines"]  # cells that tile the picture leave no edge
+    assert images.outside_the_cells(FIELD, 9, 9, 40, 40)[0].nonzero()[0].tolist() == [0, 1, 38, 39]
