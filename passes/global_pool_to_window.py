@@ -61,9 +61,12 @@ def global_pool_to_window(graph: Graph) -> bool:
 
 def _strided_whole_map_windows(graph: Graph) -> list[Node]:
     """The max and average pools of stride above 1 whose one unpadded, undilated window
-    covers their whole input at the crop (module docstring)."""
+    covers their whole input at the crop (module docstring). Not a 1x1 window, which
+    pools nothing: a subsample, as keep-crop-cells appends to a 1x1 map at the crop to
+    keep every k-th cell on a larger image (a compiled folder compiled again, by verify)."""
     return [pool for pool in graph.find("maxpool") + graph.find("avgpool")
-            if pool.params["stride"] != (1, 1) and pool.params["padding"] == (0, 0)
+            if pool.params["stride"] != (1, 1) and pool.params["kernel_size"] != (1, 1)
+            and pool.params["padding"] == (0, 0)
             and pool.params["dilation"] == (1, 1) and pool.params["kernel_size"] == pool.inputs[0].shape[1:]]
 
 

@@ -84,6 +84,23 @@ def test_shift_and_stitch_gives_the_finer_stride_exactly(write_spec, rng):
     np.testing.assert_allclose(fcn.run(image), crop_loop(classifier, image, 1), rtol=1e-5, atol=1e-5)
 
 
+def test_a_folder_compiled_to_a_finer_stride_verifies_and_compiles_again_to_itself(write_spec, rng, tmp_path,
+                                                                                    capsys):
+    """verify of such a folder compiles it again: global-pool-to-window took the appended
+    1x1 subsample, one window over the 1x1 map at the crop, for a global pool and gave it
+    stride 1, and verify stopped on a broken-IR error."""
+    from graphconv.cli import main
+
+    assert main(["compile", str(write_spec(NEAREST_AFTER_STRIDE)), "-o", str(tmp_path / "m"),
+                 "--output-stride", "1", "--stride-method", "shift"]) == 0
+    assert main(["verify", str(tmp_path / "m"), "--input-size", "27", "30"]) == 0
+    assert "PASS" in capsys.readouterr().out
+    compiled = graphconv.load(tmp_path / "m")
+    again = graphconv.compile_model(compiled.graph)
+    image = random_input(rng, (1, 3, 27, 30))
+    np.testing.assert_array_equal(again.run(image), compiled.run(image))
+
+
 def test_the_lattice_and_the_first_cell_are_worked_out_exactly(write_spec):
     classifier = graphconv.load(write_spec(NEAREST_AFTER_STRIDE))
     periods = sliding_periods(classifier.graph)
