@@ -423,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "and for a padded network which layers' padding makes which positions "
                                      "differ, and by how much; with --image, also in how many cells the top "
                                      "class changes. Exit 0 when the conversion "
-                                     "is exact and (b) differs only where padding reaches; 1 otherwise; 2 "
+                                     "is exact and (b) differs only where padding, a ceil_mode window's overhang "
+                                     "or an upsample's edge interpolation reaches; 1 otherwise; 2 "
                                      "for a network that cannot be compiled (a squeeze-and-excitation "
                                      "gate: check it with run --crops) or other bad input.")
     ver.add_argument("spec", type=_path, help="spec .yaml file or .onnx model (the classifier, before compiling), or a "

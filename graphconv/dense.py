@@ -292,16 +292,27 @@ class VerifyReport:
         return self.max_abs <= self.tolerance
 
     @property
+    def edge_kinds(self) -> set[str]:
+        """What reaches past the crop's maps, by `EDGE_EFFECTS`' names: "padding", or ceil_mode
+        pools' last windows or an upsample's clamped interpolation, which read no padding
+        (the report said "padding" of networks with none)."""
+        return {EDGE_EFFECTS.get(self.padding_kinds.get(name, "zeros"), "padding") for name in self.padded_layers}
+
+    @property
     def only_hanging_windows(self) -> bool:
-        """No layer pads: what reaches past the crop's maps is only ceil_mode pools' last
-        windows, which read no padding (the report said "padding" of a network with none)."""
-        return bool(self.padded_layers) and all(self.padding_kinds.get(name) == "ceil_mode"
-                                                for name in self.padded_layers)
+        return self.edge_kinds == {EDGE_EFFECTS["ceil_mode"]}
 
     @property
     def edge(self) -> str:
         """What makes a crop differ from the same pixels seen densely, as the report names it."""
-        return "the overhang of ceil_mode windows" if self.only_hanging_windows else "padding"
+        return " and ".join(sorted(self.edge_kinds, key=EDGE_ORDER.index)) or "padding"
+
+    def _at_the_image_border(self) -> str:
+        """Where the sliding network meets what each crop meets at its own border."""
+        if self.edge_kinds == {EDGE_EFFECTS["interpolation"]}:
+            return "it interpolates against copied edges only at the image's border"
+        return "its windows hang only at the image's border" if self.only_hanging_windows else \
+            "it pads only at the image's border"
 
     @property
     def padding_explains(self) -> bool:
@@ -337,8 +348,7 @@ class VerifyReport:
                             else ": this difference is a bug"))
         else:
             lines.append(f"    {self._padding_headline()}, where the sliding network sees the neighbouring "
-                         "pixels (" + ("its windows hang only at the image's border)" if self.only_hanging_windows
-                                       else "it pads only at the image's border)"))
+                         f"pixels ({self._at_the_image_border()})")
             listed, rest = self._listed_layers()
             lines.extend(f"    - {layer.line()}" for layer in listed)
             if rest:
@@ -349,9 +359,9 @@ class VerifyReport:
             if self.layers:
                 lines.append(f"    (per layer: {self.layers[0].crops} sampled crop(s), each layer's map on the "
                              "crop against the sliding network's at the same place)")
-            lines.append("    --stride-method dilate and shift disagreeing on such a network is this same "
-                         "effect: shifted copies " + ("hang their windows" if self.only_hanging_windows
-                                                      else "are padded") + " at their own borders")
+            if self.finer_stride and self.edge_kinds == {"padding"}:  # dilate takes no other edge effect
+                lines.append("    --stride-method dilate and shift disagreeing near the image's edges on such a "
+                             "network is this same effect: shifted copies are padded at their own borders")
         lines.extend(f"    {note}" for note in self.notes)
         if self.top is not None:
             lines.extend(self.top.lines())
@@ -903,6 +913,11 @@ def _padding_fill(node, in_shapes) -> str:
     if kind in ("ceil_mode", "ignored"):
         return "beyond the map's edge, which the pool ignores"
     return "zero padding" if kind == "zeros" else f"padding of {kind}"
+
+
+EDGE_EFFECTS = {"ceil_mode": "the overhang of ceil_mode windows", "interpolation": "interpolation at the edges"}
+"""What verify calls the edge effects that are not padding (`padding_kind`'s names)."""
+EDGE_ORDER = ["padding", *EDGE_EFFECTS.values()]
 
 
 def padding_kind(node, in_shapes) -> str:

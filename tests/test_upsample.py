@@ -11,6 +11,7 @@ from hypothesis import given, settings, strategies as st
 import graphconv
 from graphconv.dense import crop_loop, padding_reach, verify
 from graphconv.errors import GraphconvError
+from graphconv.ops import get_op
 from graphconv.receptive import receptive_fields, total_stride
 from graphconv.shapes import FittingSizes, fitting_sizes
 from graphconv.tiling import min_tile, run_tiled
@@ -189,3 +190,22 @@ def test_align_corners_runs_as_written_and_is_refused_where_it_would_slide_or_ti
     np.testing.assert_allclose(scores[:, :, 1, 2], classifier.run(image[:, :, 2:14, 4:16]), rtol=1e-5, atol=1e-6)
     with pytest.raises(GraphconvError, match="align_corners applies to bilinear interpolation, not nearest"):
         graphconv.load(write_spec(CORNERS.replace("mode: bilinear, ", ""), "nearest.yaml"))
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4, 5])
+@pytest.mark.parametrize("size", [3, 6])
+def test_the_positions_said_to_read_a_bilinear_upsample_s_edges_are_those_that_differ(write_spec, rng, factor,
+                                                                                     size):
+    """Of a 2x upsample's 12x12 map per 6x6 crop, verify said 80 positions (2 rows a side)
+    read the clamped edges; 44 do (1 a side): exactly those whose value differs between
+    the crop interpolated alone and inside a larger map."""
+    graph = graphconv.load(write_spec(f"input: {{shape: [1, {size}, {size}]}}\nlayers:\n"
+                                      f"  - {{name: up, op: upsample, factor: {factor}, mode: bilinear}}\n")).graph
+    rows, cols = padding_reach(graph)[0]["up"]
+    params = dict(graph.node("up").params)
+    big = rng.standard_normal((1, 1, size + 4, size + 4)).astype(np.float32)
+    reference = get_op("upsample").reference
+    inside = reference(params, {}, [big])[0, 0, 2 * factor:(size + 2) * factor, 2 * factor:(size + 2) * factor]
+    alone = reference(params, {}, [big[:, :, 2:size + 2, 2:size + 2]])[0, 0]
+    differs = np.abs(inside - alone) > 1e-6
+    np.testing.assert_array_equal(differs, rows[:, None] | cols[None, :])

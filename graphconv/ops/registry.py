@@ -83,7 +83,11 @@ class Window:
     window (an upsample, stride 1/f): output cell p's window starts at
     floor(p * stride) - padding, not at p * stride - padding. Receptive fields then widen
     each cell's box to cover the f cells that share a window (`graphconv.receptive`), and
-    padding analysis floors the taps (`graphconv.dense.padding_reach`)."""
+    padding analysis floors the taps (`graphconv.dense.padding_reach`). `half_pixel` is
+    for a bilinear upsample's (PyTorch's align_corners=False): the window covers every
+    phase's taps, but output cell p reads only the two cells around (p + 0.5) * stride
+    - 0.5 (one, where that is a cell), so only the outermost rows and columns of a 2x
+    upsample read past the map's edge, not the two the window would say."""
 
     kernel: tuple[int, int]
     stride: tuple[int, int]
@@ -91,6 +95,7 @@ class Window:
     dilation: tuple[int, int]
     padding_end: tuple[int, int] | None = None
     floored: bool = False
+    half_pixel: bool = False
 
     def __post_init__(self) -> None:
         if self.padding_end is None:
@@ -105,7 +110,11 @@ class Window:
         """The input cells output cell `position` reads on `axis` (0: rows, 1: columns);
         outside 0..size-1 they are padding. A stride of 1/f (an upsample's; shift-and-
         stitch's interleave, whose cell p is copy p mod f's cell p // f) reads cell
-        floor(p / f)."""
+        floor(p / f). A `half_pixel` window's: those its interpolation weighs."""
+        if self.half_pixel:
+            x = (position + Fraction(1, 2)) * Fraction(self.stride[axis]) - Fraction(1, 2)
+            first = math.floor(x)
+            return [first] if x == first else [first, first + 1]
         start = position * self.stride[axis]
         if self.floored or not isinstance(start, int):
             start = math.floor(start)

@@ -19,7 +19,8 @@ map's size, so a tile aligned to the input's stride sees the same values as the 
 image. For receptive fields it is a floored window of stride 1/factor (`Window.floored`):
 one cell for nearest, three (the nearest cell and its two neighbours, which cover both
 interpolation taps wherever p falls) for bilinear, whose clamped edges `verify` reports
-like padding.
+like padding (the two taps of each position, `Window.half_pixel`: a 2x upsample's first
+and last rows and columns read past the map, the others do not).
 """
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ def window(params: dict, shapes) -> Window:
     stride = (Fraction(1, fy), Fraction(1, fx))
     if params["mode"] == "nearest":
         return Window((1, 1), stride, (0, 0), (1, 1), floored=True)
-    return Window((3, 3), stride, (1, 1), (1, 1), floored=True)
+    return Window((3, 3), stride, (1, 1), (1, 1), floored=True, half_pixel=not params["align_corners"])
 
 
 def axis_weights(size: int, factor: int, sampled: int) -> np.ndarray:
