@@ -5,7 +5,8 @@ import math
 
 from graphconv.cost import layer_costs
 from graphconv.model import Model
-from graphconv.receptive import cells_off_the_lattice_note, partial_receptive_fields, whole_crop_layers
+from graphconv.receptive import (cells_off_the_lattice_note, first_cell_fields, partial_receptive_fields,
+                                 whole_crop_layers)
 from graphconv.text_table import text_table
 
 
@@ -15,20 +16,23 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
     c, hc, wc = model.crop_shape
     hw = input_hw or (hc, wc)
     costs = layer_costs(graph, hw)
-    fields, mixed = partial_receptive_fields(graph)
+    _, mixed = partial_receptive_fields(graph)
+    fields = first_cell_fields(graph)
     whole = whole_crop_layers(graph)
     head = f"{graph.name}: input {c}x{hw[0]}x{hw[1]} (trained crop {c}x{hc}x{wc})"
     if model.seeded_weights:
         head += "; seeded weights (the spec names no weights file)"
     beyond_crop = _beyond_the_crop(graph, hw, whole, mixed)
     rows = []
+    kinds = {}
     for row in costs:
-        f = fields.get(row.name)
+        f, kinds[row.name] = fields.get(row.name, (None, 1))
         if f is None:  # from a merge of mixed strides on: no field
             size, stride, offset = "-", "-", "-"
         else:
             size, offset = ("crop", "-") if row.name in whole else (_pair(f.size), _pair(f.offset))
             stride = _pair(f.stride)
+            size += "*" if kinds[row.name] > 1 and row.name not in whole else ""
         shape, flops = ("n/a", "n/a") if row.name in beyond_crop else ("x".join(map(str, row.shape)),
                                                                         f"{row.flops / 1e6:.1f}")
         rows.append([row.name, row.op, shape, f"{row.params:,}", flops, size, stride, offset])
@@ -42,6 +46,8 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
                  "network over larger images")
     lines = [head, *text_table(["layer", "op", "output", "params", "MFLOP", "field", "stride", "offset"], rows,
                                left=2), COLUMNS_NOTE]
+    if max(kinds.values(), default=1) > 1:
+        lines.append(SEVERAL_KINDS_NOTE)
     if whole:
         lines.append(_whole_crop_note(graph, whole))
     if mixed is not None:
@@ -138,6 +144,11 @@ COLUMNS_NOTE = ("  (field: the input pixels one cell of the layer's output sees;
                 "neighbouring cells; offset: the input row and column of the top-left pixel of cell (0,0)'s field, "
                 "negative where it reaches into padding; two numbers are rows,cols; MFLOP: 2 per multiply-add, "
                 "bias not counted)")
+
+
+SEVERAL_KINDS_NOTE = ("  *: the map's cells are of several kinds (made finer by an upsample after a stride, each "
+                      "repeats or interpolates a cell of a coarser map): field and offset of cell (0,0); its "
+                      "neighbours' fields are shifted by less than the stride, or differ in size")
 
 
 def _pair(values) -> str:

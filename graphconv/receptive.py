@@ -85,6 +85,24 @@ def partial_receptive_fields(graph: Graph) -> tuple[dict[str, Field], MixedStrid
     return fields, node.error(_mixed_strides_message(node, sources, crop_stride(graph, shapes)), MixedStridesError)
 
 
+def first_cell_fields(graph: Graph) -> dict[str, tuple[Field, int]]:
+    """For each node that has a field (`partial_receptive_fields`): cell (0, 0)'s own
+    field, with the map's stride, and how many kinds of cells its map has (1 but after an
+    upsample, whose cells repeat or interpolate a coarser map's: the `_Phases`). Where
+    there are several, one Field for all (`partial_receptive_fields`') holds every kind's
+    box, wider than any cell's own and reaching before the crop where nothing pads:
+    `inspect` shows cell (0, 0)'s instead, exact (a classifier's output, one cell at its
+    crop: the crop itself)."""
+    phases, _ = _phases_of_nodes(graph)
+    cells = {}
+    for name, (h, w) in phases.items():
+        (top, bottom), (left, right) = h.box(0), w.box(0)
+        field = Field((_whole(bottom - top), _whole(right - left)), (_whole(h.stride), _whole(w.stride)),
+                      (_whole(top), _whole(left)))
+        cells[name] = field, len(h.boxes) * len(w.boxes)
+    return cells
+
+
 @dataclass(frozen=True)
 class _Phases:
     """One axis of a node's map, cell by cell: cells `stride` input pixels apart, and
@@ -133,12 +151,12 @@ def _through_window(axis: _Phases, window, a: int) -> _Phases:
     """One axis of the map a window slides over `axis`'s map: output cell i's window
     starts at input cell i * stride - padding (floor(i * stride) for a floored window, an
     upsample's, whose output cells share windows) and its box holds every box the window
-    reads. A floored window keeps the input's period (a repeated value sits on its
+    reads (`Window.taps`: a bilinear upsample's cell, the two cells its interpolation
+    weighs, not the three its window holds for every phase). A floored window keeps the input's period (a repeated value sits on its
     lattice). Shift-and-stitch's interleave (stride 1/f, not floored) gives each cell its
     copy's cell's box; its shifted copies make a map of one phase slide at the finer
     stride, one of several (a segmentation network's) only at its period."""
-    kernel, step, padding, dilation = (window.kernel[a], Fraction(window.stride[a]), window.padding[a],
-                                       window.dilation[a])
+    step = Fraction(window.stride[a])
     stride = axis.stride * step
     if step < 1 and not window.floored:  # interleave: output cell i*f + c is copy c's cell i
         # copy c is the network on the image shifted by c * stride, so relative to its own
@@ -151,8 +169,7 @@ def _through_window(axis: _Phases, window, a: int) -> _Phases:
     period = axis.period if window.floored else _lcm(axis.period, stride)
     boxes = []
     for cell in range(_whole(period / stride)):
-        first = math.floor(cell * step) - padding
-        reads = [axis.box(first + tap * dilation) for tap in range(kernel)]
+        reads = [axis.box(tap) for tap in window.taps(a, cell)]  # a bilinear upsample's: the two it weighs
         origin = cell * stride
         boxes.append((min(lo for lo, _ in reads) - origin, max(hi for _, hi in reads) - origin))
     return _Phases(stride, tuple(boxes))

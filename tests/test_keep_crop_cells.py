@@ -206,6 +206,31 @@ def test_inspect_of_an_uncompiled_all_conv_classifier_says_which_cells_are_crops
         4 * method_flops(compiled.graph, 2, (40, 44))["shift"]
 
 
+@pytest.mark.parametrize("mode, fields", [("nearest", ["4*", "8*", "24*"]), ("bilinear", ["8*", "12*", "32*"])])
+def test_inspect_shows_the_first_cell_s_own_field_after_an_upsample(write_spec, capsys, mode, fields):
+    """After an upsample one Field for every kind of cell is wider than any cell's and
+    starts before the crop with nothing padded (nearest: 6 from -2; the classifier 28 from
+    -2, where it reads its 24x24 crop): inspect shows cell (0,0)'s own, and marks the rows.
+    Bilinear's reads the two cells its interpolation weighs (the window holds three)."""
+    from graphconv.cli import main
+
+    spec = write_spec(f"""
+input: {{shape: [1, 24, 24]}}
+layers:
+  - {{name: c1, op: conv, out_channels: 4, kernel_size: 2, stride: 2}}
+  - {{name: c2, op: conv, out_channels: 4, kernel_size: 2, stride: 2}}
+  - {{name: up, op: upsample, factor: 2, mode: {mode}}}
+  - {{name: c3, op: conv, out_channels: 4, kernel_size: 3}}
+  - {{name: fc, op: fc, out_features: 5}}
+""")
+    assert main(["inspect", str(spec)]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    assert [rows[name][5] for name in ("up", "c3", "fc")] == fields
+    assert rows["fc"][7] == ("0" if mode == "nearest" else "-4")  # bilinear: cell 0 reads the cell before it
+    assert "*: the map's cells are of several kinds" in out and rows["c2"][5] == "4"
+
+
 def test_a_segmentation_map_finer_than_its_period_still_takes_a_finer_stride(write_spec, rng):
     """Shift-and-stitch of a map of several phases: each copy's cells keep their own boxes
     (every phase's union made the first cell's box grow, and compile refused)."""
