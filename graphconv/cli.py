@@ -1734,7 +1734,9 @@ def note_padding(classifier) -> None:
 
         hanging = hanging_pools(classifier, padded)
         if len(hanging) == len(padded):
-            note(f"note: {_listed(padded)}, ceil_mode pool(s), hang a last window off the map: each crop's is cut "
+            pools = "ceil_mode pool " if len(padded) == 1 else "ceil_mode pools "
+            note(f"note: {pools}{_listed(padded)} hang{'s' if len(padded) == 1 else ''} a last window off the map: "
+                 "each crop's is cut "
                  "at its own border, the sliding network's only at the image's, so cells differ from the "
                  "classifier on their crop where those windows reach; `graphconv verify` shows where and by how much")
             return

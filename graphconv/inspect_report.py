@@ -71,12 +71,14 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
 
 def _beyond_the_crop(graph, hw: tuple[int, int], whole: set[str], mixed) -> set[str]:
     """The layers whose output has no meaning at an input of `hw`: an fc and all after it,
+    and a flatten that feeds fc layers only (its 960 features are no fc's 540 inputs),
     where `hw` is not the trained crop (an fc's weights take the crop's map only, so what
     it would see at another size is no layer of any network). None where the network
     cannot slide at all (`whole`, `mixed`): compile refuses those at other sizes too."""
     if tuple(hw) == tuple(graph.input_shape[1:]) or whole or mixed is not None:
         return set()
-    return {node.name for fc in graph.find("fc") for node in [fc, *graph.downstream(fc)]}
+    flattens = [node for node in graph.find("flatten") if all(user.op == "fc" for user in node.users)]
+    return {node.name for start in graph.find("fc") + flattens for node in [start, *graph.downstream(start)]}
 
 
 def stride_options(model: Model, image_hw: tuple[int, int]) -> list[str]:
@@ -95,8 +97,9 @@ def stride_options(model: Model, image_hw: tuple[int, int]) -> list[str]:
         flops = method_flops(model.graph, stride, image_hw)
         problem = dilate_problem(model.graph, stride) if math.isinf(flops["dilate"]) else None
         if problem is not None:
+            shift = {"shift": flops["shift"]}
             lines.append(f"  --output-stride {stride}: dilate not possible ({problem}), shift "
-                         f"{flops['shift'] / 1e9:.2f} (auto picks shift)")
+                         f"{flops['shift'] / 1e9:.{_digits(shift)}f} (auto picks shift)")
             continue
         best = cheaper_method(model.graph, stride)  # what compile's auto picks (it weighs a smaller image)
         lines.append(f"  --output-stride {stride}: dilate {flops['dilate'] / 1e9:.{_digits(flops)}f}, shift "

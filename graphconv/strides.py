@@ -250,9 +250,11 @@ def shift_cut_padding(graph: Graph, dilate_problem_then: str | None = None) -> s
     (fy, fx), (sy, sx) = pair(copies[0].params["factor"]), pair(copies[0].params["step"])
     reach = (fy - 1) * sy, (fx - 1) * sx
     named = ", ".join(padded[:3]) + (f" and {len(padded) - 3} more" if len(padded) > 3 else "")
+    near = " or ".join(f"{n} {what}{'' if n == 1 else 's'} of the image's {edge}"
+                       for n, what, edge in ((reach[0], "row", "top"), (reach[1], "column", "left edge")) if n)
     return (f"shift-and-stitch on a network that pads ({named}): each shifted copy is also padded where its "
-            f"shift cuts it, inside the image, so a cell whose field starts within {reach[0]} rows of the image's "
-            f"top or {reach[1]} columns of its left edge may read that padding in place of pixels, and one whose "
+            f"shift cuts it, inside the image, so a cell whose field starts within {near} may read that padding "
+            "in place of pixels, and one whose "
             "field reaches past the image's bottom or right edge reads the zeros a copy is filled with there "
             "as pixels (run through the layers before it, not the layers' own padding); "
             + (f"dilate, which pads only at the image's border, cannot make this network finer ({dilate_problem_then})"

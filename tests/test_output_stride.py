@@ -301,7 +301,8 @@ def test_shift_and_dilate_agree_on_a_padded_network_beyond_the_largest_shift(str
     dilated = graphconv.compile_model(classifier.graph, output_stride=stride, stride_method="dilate")
     a, b = shifted.run(x), dilated.run(x)
     reach = 8 - stride
-    assert f"within {reach} rows of the image's top or {reach} columns of its left edge" in \
+    plural = "" if reach == 1 else "s"
+    assert f"within {reach} row{plural} of the image's top or {reach} column{plural} of the image's left edge" in \
         shift_cut_padding(shifted.graph)
     assert "one whose field reaches past the image's bottom or right edge reads the zeros a copy is filled " \
            "with there as pixels" in shift_cut_padding(shifted.graph)
