@@ -1308,9 +1308,25 @@ def _deliver(args: argparse.Namespace, model, out: np.ndarray, picture: np.ndarr
         _write_map_file(args, model, out, cells)
     elif args.output:
         atomic_write(args.output, lambda p: np.save(p, out), suffix=".npy", size=out.nbytes)
+    if out.ndim == 4:  # where each cell stands, as a tiled run says it (an .npy keeps no metadata to say it)
+        print(f"cells: {_placement(args, cells).describe()}", file=sys.stderr)
     if args.output:
         print(f"-> {args.output}")
     return 0
+
+
+def _placement(args: argparse.Namespace, cells):
+    """Where a whole-image run's `cells` stand on the image as stored (`georef.CellPlacement`):
+    --resize's cells are in the resized image's pixels."""
+    from graphconv import images
+    from graphconv.georef import cells_on_pixels
+
+    span = (1.0, 1.0)
+    if args.image and args.resize:
+        height, width = images.image_size(args.image)
+        resized = images.resized_size(args.resize, args.image)
+        span = (height / resized[0], width / resized[1])
+    return cells_on_pixels(cells, span)
 
 
 def _write_map_file(args: argparse.Namespace, model, out: np.ndarray, cells) -> None:
@@ -1318,19 +1334,12 @@ def _write_map_file(args: argparse.Namespace, model, out: np.ndarray, cells) -> 
     what they hold, as a tiled run's (a .zarr was written as an .npy under that name)."""
     from dataclasses import replace
 
-    from graphconv import images
-    from graphconv.georef import cells_on_pixels, map_contents, read_settings
-    from graphconv.tiling import MapFile
+    from graphconv.georef import map_contents, read_settings
+    from graphconv.tiling import WHOLE_IMAGE_PLAN, MapFile
 
-    span = (1.0, 1.0)
-    if args.image and args.resize:  # the cells are in the resized image's pixels
-        height, width = images.image_size(args.image)
-        resized = images.resized_size(args.resize, args.image)
-        span = (height / resized[0], width / resized[1])
-    from graphconv.tiling import WHOLE_IMAGE_PLAN
     contents = {**map_contents(args.image or args.input, args.model, model), "tile_plan": WHOLE_IMAGE_PLAN}
     read = read_settings(resize=args.resize if args.image else None, pad_image=args.pad_image)
-    placement = replace(cells_on_pixels(cells, span), contents=contents, read=read)
+    placement = replace(_placement(args, cells), contents=contents, read=read)
     with MapFile(args.output, out.shape, out.dtype, chunk_hw=out.shape[2:], placement=placement) as written:
         written[:] = out
 

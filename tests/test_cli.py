@@ -1782,7 +1782,7 @@ layers:
 
 
 def test_a_heatmap_draws_each_cell_on_its_crop_where_the_map_s_georeference_puts_it(write_spec, tmp_path,
-                                                                                    monkeypatch):
+                                                                                    monkeypatch, capsys):
     """A padded network's receptive field (19 px from -3) sits 1.5 px up and left of its
     16 px crop's centre: the heatmap drew cells around the field's centre while the .tif's
     metadata, --skip-background and --mask put them at the crop's (up to half a cell
@@ -1800,7 +1800,8 @@ def test_a_heatmap_draws_each_cell_on_its_crop_where_the_map_s_georeference_puts
     assert run_cli("run", tmp_path / "m", "--image", tmp_path / "pic.png", "--output", tmp_path / "map.npy",
                    "--heatmap", 0, "--heatmap-range", "map", "--heatmap-opacity", 1) == 0
     scores = np.load(tmp_path / "map.npy")[0, 0]
-    assert scores.shape == (13, 17)  # crops at 4 r, 4 c: centres 8 + 4 r
+    assert scores.shape == (13, 17)  # crops at 4 r, 4 c: centres 8 + 4 r, as a whole-image run now says too
+    assert "cells: cell (r, c) of the map is centred at (y, x) = (8 + 4 r, 8 + 4 c)" in capsys.readouterr().err
     left, top, right, bottom = drawn[0].info["panel_box"]
     factor = (bottom - top) // 64
     panel = np.asarray(drawn[0])[top:bottom:factor, left:right:factor].astype(int)  # one pixel of each image pixel
