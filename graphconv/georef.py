@@ -476,6 +476,7 @@ class CellPlacement:
     microns_per_pixel: float | None  # level 0's, where the file says it
     contents: dict | None = None  # what the map's channels hold, and of what (`map_contents`)
     read: dict | None = None  # what the image was read at: its level, downsample and bands (`read_as`)
+    area: tuple[float, float] | None = None  # `Model.cell_area`'s size: a classifier's crop, centred on its cell
 
     def describe(self) -> str:
         """The console's "cells:" line, in the coordinates `as_dict` states (pixel k
@@ -489,7 +490,8 @@ class CellPlacement:
                 f"pixel coordinates where pixel k spans k..k+1 ({where}){apart}")
 
     def as_dict(self) -> dict:
-        return {"first_cell_centre_yx": list(self.first), "cell_step_yx": list(self.step),
+        area = {"cell_area_hw": list(self.area)} if self.area is not None else {}
+        return {"first_cell_centre_yx": list(self.first), "cell_step_yx": list(self.step), **area,
                 "units": "pixels of the image at full resolution (a pyramid's level 0), pixel k spanning k..k+1",
                 "microns_per_pixel": self.microns_per_pixel, **(self.read or {}), **(self.contents or {})}
 
@@ -637,7 +639,8 @@ def cells_on_pixels(cells: Field, span: tuple[float, float] = (1.0, 1.0),
     an image run whole (an .npy, a picture) is its own level 0."""
     first = tuple(span[a] * (cells.offset[a] + cells.size[a] / 2) for a in (0, 1))
     step = tuple(span[a] * cells.stride[a] for a in (0, 1))
-    return CellPlacement(first, step, microns_per_pixel)
+    area = tuple(span[a] * cells.size[a] for a in (0, 1))
+    return CellPlacement(first, step, microns_per_pixel, area=area)
 
 
 def cell_size(geo: GeoReference) -> tuple[float, float]:

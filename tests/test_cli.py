@@ -793,6 +793,7 @@ def test_a_whole_image_tif_map_says_where_its_cells_stand(tmp_path):
         assert run_cli("run", tmp_path / "m", "--image", page, *extra, "--output", tmp_path / "w.tif") == 0
         stated = json.loads(tifffile.TiffFile(tmp_path / "w.tif").pages[0].description.split("\n", 1)[1])
         assert stated["first_cell_centre_yx"] == [14.0 * span] * 2 and stated["cell_step_yx"] == [4.0 * span] * 2
+        assert stated["cell_area_hw"] == [28.0 * span] * 2  # each cell's crop, centred there: its pixels known
 
 
 MAP_OUTPUT = """name: maps
