@@ -62,9 +62,9 @@ class Background:
 
     A raster with no-data (`source.missing_value`: a declared value, or NaN in floats)
     is judged by it, with or without --skip-background: a cell is left out when more
-    than `max_nodata` of its crop's pixels (`cells`, the map's `cell_area`) are no-data, a pixel being no-data where every
-    band the network is fed from holds the no-data value (`sources.ArrayLikeSource.
-    read_masked`). Counted at the resolution read, once for the whole map, so the cells
+    than `max_nodata` of its crop's pixels (`cells`, the map's `cell_area`) are no-data,
+    a pixel being no-data where every band the network is fed from holds the no-data
+    value (`sources.ArrayLikeSource.read_masked`). Counted at the resolution read, once for the whole map, so the cells
     left out do not depend on the tiling. Other images with --skip-background: the
     tissue mask of `source` at thumbnail size, a cell left out when no pixel of it in
     the square of one stride around the cell's centre (its crop's: where the map's

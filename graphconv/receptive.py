@@ -152,8 +152,8 @@ def _through_window(axis: _Phases, window, a: int) -> _Phases:
     starts at input cell i * stride - padding (floor(i * stride) for a floored window, an
     upsample's, whose output cells share windows) and its box holds every box the window
     reads (`Window.taps`: a bilinear upsample's cell, the two cells its interpolation
-    weighs, not the three its window holds for every phase). A floored window keeps the input's period (a repeated value sits on its
-    lattice). Shift-and-stitch's interleave (stride 1/f, not floored) gives each cell its
+    weighs, not the three its window holds for every phase). A floored window keeps the
+    input's period (a repeated value sits on its lattice). Shift-and-stitch's interleave (stride 1/f, not floored) gives each cell its
     copy's cell's box; its shifted copies make a map of one phase slide at the finer
     stride, one of several (a segmentation network's) only at its period."""
     step = Fraction(window.stride[a])
