@@ -480,9 +480,8 @@ def deep_scaling(kind: str) -> str | None:
 
 def cell_index_map(field: Field, rows: int, cols: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """For each image row/column, the score-map row/column whose `field` (`Model.cell_area`)
-    is centred nearest;
-    a pixel half way between two centres goes to the later cell, so every cell but the
-    first and last gets `stride` pixels (rounding half to even gave an odd field on an
+    is centred nearest; a pixel half way between two centres goes to the later cell, so
+    every cell but the first and last gets `stride` pixels (rounding half to even gave an odd field on an
     even stride cells of 1 and 3 pixels in turn)."""
     def nearest(n_cells, size, stride, offset, length):
         centre = offset + (size - 1) / 2

@@ -153,9 +153,10 @@ def _through_window(axis: _Phases, window, a: int) -> _Phases:
     upsample's, whose output cells share windows) and its box holds every box the window
     reads (`Window.taps`: a bilinear upsample's cell, the two cells its interpolation
     weighs, not the three its window holds for every phase). A floored window keeps the
-    input's period (a repeated value sits on its lattice). Shift-and-stitch's interleave (stride 1/f, not floored) gives each cell its
-    copy's cell's box; its shifted copies make a map of one phase slide at the finer
-    stride, one of several (a segmentation network's) only at its period."""
+    input's period (a repeated value sits on its lattice). Shift-and-stitch's interleave
+    (stride 1/f, not floored) gives each cell its copy's cell's box; its shifted copies
+    make a map of one phase slide at the finer stride, one of several (a segmentation
+    network's) only at its period."""
     step = Fraction(window.stride[a])
     stride = axis.stride * step
     if step < 1 and not window.floored:  # interleave: output cell i*f + c is copy c's cell i
