@@ -930,6 +930,7 @@ def test_a_map_with_cells_not_computed_says_so_above_its_picture(rng):
     with_gaps, whole = (images.render_heatmap(image, s, FIELD, title="t", value_range=(0, 1))
                         for s in (scores, np.nan_to_num(scores)))
     assert with_gaps.info["panel_box"][1] > whole.info["panel_box"][1]  # one more line of title
+    assert "18 cells not computed show the picture as it is" in with_gaps.info["lines"]
 
 
 def test_text_grows_with_large_pictures_so_it_reads_when_fitted_to_a_screen(rng):
