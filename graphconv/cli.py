@@ -1972,8 +1972,7 @@ def _no_data_in_region(args: argparse.Namespace, source, where: str, blank, crop
     centre = _data_centre(blank, crop, stride)
     side = [min(crop[a] + (VERIFY_REGION_CELLS - 1) * stride[a], box[a][1] - box[a][0]) for a in (0, 1)]
     top, left = (max(0, round((centre[a] - side[a] / 2) * span[a])) for a in (0, 1))
-    return (f"{head}; the cells run computes lie in rows {level0[0][0]}-{level0[0][1]}, columns "
-            f"{level0[1][0]}-{level0[1][1]} of level 0: give a --region inside them, e.g. --region {top} {left} "
+    return (f"{head}; the cells run computes lie in {_rows_and_columns(level0)} of level 0: give a --region inside them, e.g. --region {top} {left} "
             f"{round(side[0] * span[0])} {round(side[1] * span[1])} (or leave out --region: its default avoids "
             "the no-data)")
 
@@ -2054,9 +2053,15 @@ def _verify_region(args: argparse.Namespace, source, crop: tuple[int, int], stri
     cells = [max(1, min(wanted[a], (size[a] - start[a] - crop[a]) // stride[a] + 1)) for a in (0, 1)]
     end = [start[a] + crop[a] + (cells[a] - 1) * stride[a] for a in (0, 1)]
     level0 = [(round(start[a] * span[a]), round(end[a] * span[a])) for a in (0, 1)]
-    where = (f"rows {level0[0][0]}-{level0[0][1]}, columns {level0[1][0]}-{level0[1][1]} of level 0, "
-             f"{cells[0]}x{cells[1]} cells: {how}")
+    where = f"{_rows_and_columns(level0)} of level 0, {cells[0]}x{cells[1]} cells: {how}"
     return (start[0], start[1], end[0], end[1]), where
+
+
+def _rows_and_columns(spans) -> str:
+    """'rows 10-41, columns 8-35' for the half-open spans [(10, 42), (8, 36)]: both ends
+    named are inside (a half-open "10-42" read as 33 rows)."""
+    (top, bottom), (left, right) = spans
+    return f"rows {top}-{bottom - 1}, columns {left}-{right - 1}"
 
 
 def _given_region(args: argparse.Namespace, source, span) -> tuple[list[int], list[int]]:
@@ -2065,7 +2070,7 @@ def _given_region(args: argparse.Namespace, source, span) -> tuple[list[int], li
     full = [round(n * s) for n, s in zip((source.height, source.width), span)]
     if top + height > full[0] or left + width > full[1]:
         raise GraphconvError(f"--region {top} {left} {height} {width} reaches outside the image, which is "
-                             f"{full[0]}x{full[1]} pixels at level 0 (rows 0-{full[0]}, columns 0-{full[1]})",
+                             f"{full[0]}x{full[1]} pixels at level 0 ({_rows_and_columns([(0, full[0]), (0, full[1])])})",
                              file=args.image)
     start = [int(top / span[0]), int(left / span[1])]
     return start, [int((top + height) / span[0]) - start[0], int((left + width) / span[1]) - start[1]]

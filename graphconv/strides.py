@@ -41,19 +41,26 @@ from graphconv.shapes import infer_shapes
 METHODS = ("auto", "dilate", "shift")
 
 
-def check_output_stride(stride: object, total: tuple[int, int]) -> None:
+def check_output_stride(stride: object, total: tuple[int, int], compiled_to: int | None = None) -> None:
+    """Refuse a stride that does not divide `total`; `compiled_to`: the output stride a
+    compiled model was made at already, which is then its total stride (it can only go
+    finer, and saying so beats "choose one of 1" to someone who asked for a coarser one)."""
     if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1 or total[0] % stride \
             or total[1] % stride:
         divisors = [d for d in range(1, min(total) + 1) if total[0] % d == 0 and total[1] % d == 0]
         what = ("does not divide" if is_int(stride) and stride >= 1 else "is no whole number of pixels from 1 to")
+        hint = ""
+        if compiled_to is not None and is_int(stride) and stride > compiled_to:
+            hint = (f" (this network was compiled to output stride {compiled_to} already, and a compiled "
+                    "network's stride can only be made finer: compile the original classifier for a coarser one)")
         raise GraphconvError(f"output stride {shown(stride)} {what} the network's total "
-                             f"stride {total[0]}x{total[1]}; choose one of {', '.join(map(str, divisors))}")
+                             f"stride {total[0]}x{total[1]}; choose one of {', '.join(map(str, divisors))}{hint}")
 
 
 def stitch_factor(graph: Graph, stride: int) -> tuple[int, int]:
     """How many shifted copies per axis reach output stride `stride` (checked)."""
     total = total_stride(graph)
-    check_output_stride(stride, total)
+    check_output_stride(stride, total, graph.meta.get("compiled", {}).get("output_stride"))
     return total[0] // stride, total[1] // stride
 
 

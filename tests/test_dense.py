@@ -531,9 +531,9 @@ def test_verify_on_a_region_of_a_tiff_sees_the_cells_as_run_computes_them_on_the
     assert _cli("compile", spec, "-o", tmp_path / "fcn") == 0
     assert _cli("run", tmp_path / "fcn", "--image", tif, "--output", tmp_path / "dense.npy") == 0
     assert _cli("run", spec, "--image", tif, "--crops", "--output", tmp_path / "crops.npy") == 0
-    # the region grows to whole cells of run's grid (stride 2) that cover rows 11-41, columns 9-35: rows 10-42,
-    # columns 8-36, 9x7 cells from cell (5, 4) (it moved to rows 10-40, leaving row 41 out)
-    assert "rows 10-42, columns 8-36 of level 0, 9x7 cells" in out
+    # the region (rows 11-40, columns 9-34) grows to whole cells of run's grid (stride 2) that cover it: rows 10-41,
+    # columns 8-35, 9x7 cells from cell (5, 4) (ranges name their last row and column)
+    assert "rows 10-41, columns 8-35 of level 0, 9x7 cells" in out
     assert "WARNING" in out or "other parts of the image may differ: --region picks another" in out  # it pads
     block = np.s_[:, :, 5:14, 4:11]
     dense_map, crops_map = np.load(tmp_path / "dense.npy")[block], np.load(tmp_path / "crops.npy")[block]
@@ -542,7 +542,7 @@ def test_verify_on_a_region_of_a_tiff_sees_the_cells_as_run_computes_them_on_the
     # a 3x3 spot in the bottom right corner, smaller than a crop: run's last cell, whose 16x16 crop holds it
     assert _cli("verify", spec, "--image", tif, "--region", 60, 50, 3, 3) == 0
     out = capsys.readouterr().out
-    assert "rows 54-70, columns 48-64 of level 0, 1x1 cells" in out
+    assert "rows 54-69, columns 48-63 of level 0, 1x1 cells" in out
     block = np.s_[:, :, 27:28, 24:25]
     dense_map, crops_map = np.load(tmp_path / "dense.npy")[block], np.load(tmp_path / "crops.npy")[block]
     assert f"up to {np.abs(dense_map - crops_map).max():.3g}" in out
@@ -630,9 +630,9 @@ def test_verify_on_an_image_leaves_out_the_cells_run_leaves_out_for_no_data(writ
     tif = _scene_with_no_data(tmp_path / "scene.tif", tifffile, rng)
     assert _cli("verify", spec, "--image", tif, "--region", 0, 0, 40, 40) == 2
     err = capsys.readouterr().err
-    assert "every cell of the region (rows 0-40, columns 0-40 of level 0, 13x13 cells) is left out by run for " \
+    assert "every cell of the region (rows 0-39, columns 0-39 of level 0, 13x13 cells) is left out by run for " \
            "no-data" in err and "the region holds no data to compare" in err
-    assert "the cells run computes lie in rows 0-60, columns 32-90 of level 0: give a --region inside them" in err
+    assert "the cells run computes lie in rows 0-59, columns 32-89 of level 0: give a --region inside them" in err
     assert _cli("verify", spec, "--image", tif, "--region", 0, 20, 40, 50) == 0
     out = capsys.readouterr().out
     # cells 0..17 across: crop j spans columns 20 + 2j .. 36 + 2j, no-data (columns < 40) in more than half of it

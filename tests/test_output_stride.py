@@ -97,6 +97,14 @@ def test_stride_that_does_not_divide_is_a_user_error():
         graphconv.compile_model(SPECS / "alexnet.yaml", output_stride=12)
 
 
+@pytest.mark.parametrize("coarser", [2, 4])
+def test_a_coarser_stride_for_a_model_compiled_finer_says_to_compile_the_classifier(coarser):
+    finer = graphconv.compile_model(SPECS / "lenet.yaml", output_stride=1)
+    with pytest.raises(GraphconvError, match="compiled to output stride 1 already.*compile the original classifier"):
+        graphconv.compile_model(finer, output_stride=coarser)
+    assert graphconv.compile_model(finer, output_stride=1).output_stride == (1, 1)
+
+
 def test_output_stride_before_fc_to_conv_is_refused():
     with pytest.raises(GraphconvError, match="run fc-to-conv first"):
         graphconv.compile_model(SPECS / "lenet.yaml", "shape-inference", output_stride=2)
