@@ -25,12 +25,15 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator, Sequence
 
 import numpy as np
 
 from graphconv.background import DEFAULT_MAX_NODATA
 from graphconv.errors import GraphconvError, GraphconvWarning
+
+if TYPE_CHECKING:
+    from graphconv.georef import CellPlacement
 
 
 @dataclass(frozen=True)
@@ -475,6 +478,7 @@ class ImageResult:
     resumed: tuple[int, int] | None = None  # --resume: (tiles an earlier run had done, tiles in all): one note
     made_meanwhile: bool = False  # its map made by another run while this one ran, and kept (`_made_meanwhile`)
     image_stamp: list[int] | None = None  # the image file's `image_stamp` before it was read: its map's row records it
+    placement: CellPlacement | None = None  # where its cells stand on the image: its map's row records it
 
 
 def stored_orientation_note(source) -> str | None:
@@ -505,7 +509,7 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
     the `file_stamp` `output` had when the batch checked it, before any work; a map
     there since is another run's, and is not replaced (`_as_found`)."""
     from graphconv.cli import user_message
-    from graphconv.georef import map_contents
+    from graphconv.georef import cell_placement, map_contents
     from graphconv.tiling import WHOLE_IMAGE_PLAN, map_transform
 
     asked_tile = tile
@@ -553,7 +557,8 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
                            note="; ".join(filter(None, notes)) or None,
                            turned=turned_upright(image), converted=channel_conversion(source),
                            scaled=value_scaling(source),
-                           nodata_possible=nodata_can_occur(getattr(source, "inner", source)), image_stamp=stamp)
+                           nodata_possible=nodata_can_occur(getattr(source, "inner", source)), image_stamp=stamp,
+                           placement=cell_placement(source, grid.cell_area))
     except (GraphconvError, OSError, MemoryError, ValueError) as err:
         if isinstance(err, WrittenMeanwhile) and _made_meanwhile(ref, model, image, output, options, asked_tile,
                                                                   found):
@@ -806,6 +811,7 @@ def run_images(ref: ModelRef, images: Sequence[str], output_dir: str, options: M
         if result.image_stamp is not None:  # else the image's time against the map's tells an image edited since
             settings[IMAGE_STAMP] = result.image_stamp
         record = functools.partial(manifest.record, result.image, output_of[result.image], result.shape)
+        record = functools.partial(record, placement=result.placement)
         record(result.error, written, settings)  # before its heatmap is drawn: a stop then keeps the map as made
         shown = progress(result) if progress is not None else None
         if shown is not None and shown.error != result.error:  # the command's, its heatmap's error added

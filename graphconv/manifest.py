@@ -1,6 +1,6 @@
 """The list of what an --images batch did (`graphconv-maps.csv` in its --output-dir): a
-row per image, with its map, whether it was written, the map's shape and the image's
-error. It is for the user's scripts (which photos failed, and why, without reading
+row per image, with its map, whether it was written, the map's shape, where its cells
+stand on the image and the image's error. It is for the user's scripts (which photos failed, and why, without reading
 stderr), and for graphconv itself: an .npy map records nothing of who wrote it, so a
 later run replaces an .npy of another shape (a photo cropped since, another --classes)
 only where this list says graphconv wrote exactly that file (its size, time and inode);
@@ -21,16 +21,22 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from graphconv.errors import GraphconvError, shown_path
+
+if TYPE_CHECKING:
+    from graphconv.georef import CellPlacement
 from graphconv.files import atomic_write, file_stamp, locked_if_possible
 
 MANIFEST_NAME = "graphconv-maps.csv"
-COLUMNS = ("image", "map", "status", "shape", "error", "map_stamp", "made_with")
-EARLIER_COLUMNS = COLUMNS[:-1]  # a list written before made_with: read, and written anew at the next row
+PLACEMENT_COLUMNS = ("first_cell_centre_y", "first_cell_centre_x", "cell_step_y", "cell_step_x", "cell_area_h",
+                     "cell_area_w")
+COLUMNS = ("image", "map", "status", "shape", "error", "map_stamp", "made_with", *PLACEMENT_COLUMNS)
+# Lists earlier versions wrote, with fewer of these columns: read, and written anew at the next row.
+EARLIER_HEADERS = (COLUMNS[:7], COLUMNS[:6])
 MANIFEST_LIMIT = 256 << 20  # bytes: a list of millions of maps; a larger file is not one graphconv wrote
 # File names are bytes on POSIX: one that is not UTF-8 (a Latin-1 'café.png') is kept as its
 # bytes, as Python's os functions keep it, rather than stopping the batch. A byte-order mark,
@@ -55,11 +61,12 @@ class Manifest:
                     _write_rows(self.path, self.rows)
 
     def record(self, image: str, output: str, shape: tuple[int, ...] | None, error: str | None,
-               written: bool, made_with: dict | None = None) -> None:
+               written: bool, made_with: dict | None = None, placement: CellPlacement | None = None) -> None:
         """Note what became of `image`, whose map goes to `output`, at once (appended):
         `written`, its map is there (an error then is what failed after it, its heatmap),
-        made with `made_with` (`cluster.map_settings`). A failed image's earlier map,
-        unchanged, keeps its stamp and settings: it is still graphconv's."""
+        made with `made_with` (`cluster.map_settings`), its cells placed on the image as
+        `placement` says (an .npy map has no room for it). A failed image's earlier map,
+        unchanged, keeps its stamp, settings and placement: it is still graphconv's."""
         key = self._key(output)
         earlier = self.rows.get(key) or {}
         stamp = _stamp_text(output) if written else earlier.get("map_stamp", "")
@@ -67,18 +74,20 @@ class Manifest:
             stamp = ""  # the earlier map is gone or changed since
         if written:
             settings = json.dumps(made_with, sort_keys=True) if made_with is not None else ""
+            cells = _placement_fields(placement)
         else:  # the earlier map's, while it is there unchanged
             settings = earlier.get("made_with", "") if stamp else ""
+            cells = {name: earlier.get(name, "") if stamp else "" for name in PLACEMENT_COLUMNS}
         row = {"image": os.path.abspath(image), "map": key, "status": "written" if written else "failed",
                "shape": "x".join(map(str, shape)) if shape and written else "", "error": _unnamed(error or "", image),
-               "map_stamp": stamp, "made_with": settings}
+               "map_stamp": stamp, "made_with": settings, **cells}
         self.rows[key] = row
         self.recorded.add(key)
         self.folder.mkdir(parents=True, exist_ok=True)  # where the first image failed, no map made it
         with self._locked():
             if not written and self._keeps_another_batchs_row(key, image, output):
                 return
-            if _written_before_made_with(self.path):  # its rows, and this one, under one header
+            if _written_with_fewer_columns(self.path):  # its rows, and this one, under one header
                 _write_rows(self.path, _read_rows(self.path))
             _append(self.path, row)
 
@@ -187,11 +196,22 @@ def _write_rows(path: Path, rows: dict[str, dict[str, str]]) -> None:
     atomic_write(path, lambda p: Path(p).write_text(text.getvalue(), newline="", **WRITING))
 
 
-def _written_before_made_with(path: Path) -> bool:
-    """Whether the list at `path` has the columns of a list written before `made_with`."""
+def _placement_fields(placement: CellPlacement | None) -> dict[str, str]:
+    """A map's row's placement columns: its first cell's centre, the step between cells
+    and the crop each is the classifier on, in the level-0 pixels `CellPlacement` counts
+    in; empty where unknown (a map another run made)."""
+    fields = dict.fromkeys(PLACEMENT_COLUMNS, "")
+    if placement is not None:
+        values = (*placement.first, *placement.step, *(placement.area or ()))
+        fields.update(zip(PLACEMENT_COLUMNS, (f"{value:.10g}" for value in values)))
+    return fields
+
+
+def _written_with_fewer_columns(path: Path) -> bool:
+    """Whether the list at `path` has the columns of an earlier version's list."""
     try:
         with open(path, newline="", **READING) as file:
-            return tuple(next(csv.reader(file), ())) == EARLIER_COLUMNS
+            return tuple(next(csv.reader(file), ())) in EARLIER_HEADERS
     except (OSError, csv.Error):
         return False
 
@@ -224,11 +244,12 @@ def _read_rows(path: Path) -> dict[str, dict[str, str]]:
         with open(path, newline="", **READING) as file:
             reader = csv.reader(file)
             header = tuple(next(reader, ()))
-            if header not in (COLUMNS, EARLIER_COLUMNS):
+            if header not in (COLUMNS, *EARLIER_HEADERS):
                 raise GraphconvError(f"is already there and is not graphconv's list of maps (its first line is not "
                                      f"{','.join(COLUMNS)}): choose another --output-dir, or move it", file=str(path))
-            return {row[1]: {"made_with": "", **dict(zip(header, row))} for row in reader
-                    if len(row) in (len(header), len(EARLIER_COLUMNS))}  # an earlier version's row appended
+            lengths = {len(header), *map(len, EARLIER_HEADERS)}  # an earlier version's row appended
+            return {row[1]: {**dict.fromkeys(COLUMNS, ""), **dict(zip(header, row))} for row in reader
+                    if len(row) in lengths}
     except (OSError, csv.Error) as err:
         raise GraphconvError(f"cannot be read as graphconv's list of maps: {err}", file=str(path)) from None
 

@@ -279,15 +279,58 @@ def test_skip_existing_redoes_an_npy_map_of_its_shape_made_with_another_model_or
     assert json.loads(rows(out)["a.npy"]["made_with"])["weights"] == str(tmp_path / "retrained.npz")
 
 
+@pytest.mark.parametrize("resize", [[], ["--resize", "52"]])
+def test_a_row_places_its_maps_cells_on_the_image_as_a_tif_map_states(model_dir, tmp_path, resize):
+    """An .npy map has no room for where its cells stand; a batch's row says it, in the
+    image's own pixels (not the resized picture's)."""
+    from graphconv.georef import stated_placement
+
+    folder = photos(tmp_path / "photos", {"a.png": (40, 50), "b.png": (70, 45)})
+    for fmt in ("npy", "tif"):
+        assert graphconv("run", model_dir, "--images", folder, "--output-dir", tmp_path / fmt, "--output-format", fmt,
+                         *resize).returncode == 0
+    for name in ("a", "b"):
+        row = rows(tmp_path / "npy")[f"{name}.npy"]
+        stated = stated_placement(str(tmp_path / "tif" / f"{name}.tif"))
+        for axis, (first, step, area) in enumerate(zip(("first_cell_centre_y", "first_cell_centre_x"),
+                                                       ("cell_step_y", "cell_step_x"), ("cell_area_h", "cell_area_w"))):
+            assert float(row[first]) == pytest.approx(stated["first_cell_centre_yx"][axis])
+            assert float(row[step]) == pytest.approx(stated["cell_step_yx"][axis])
+            assert float(row[area]) == pytest.approx(stated["cell_area_hw"][axis])
+    row = rows(tmp_path / "npy")["a.npy"]
+    scale = 40 / 52 if resize else 1  # a's shorter side, 40, read as 52: its cells 4 x 40/52 image pixels apart
+    assert [float(row[k]) for k in ("cell_step_x", "cell_area_w")] == pytest.approx([4 * scale, 32 * scale])
+
+
+def earlier_version_s_list(model_dir, folder, out, columns: int) -> list[list[str]]:
+    """A batch's list as a version that wrote its first `columns` columns left it."""
+    assert graphconv("run", model_dir, "--images", folder, "--output-dir", out).returncode == 0
+    with open(out / "graphconv-maps.csv", newline="", encoding="utf-8") as file:
+        earlier = [row[:columns] for row in csv.reader(file)]
+    with open(out / "graphconv-maps.csv", "w", newline="", encoding="utf-8") as file:
+        csv.writer(file).writerows(earlier)
+    return earlier
+
+
+def test_a_list_written_before_the_placement_columns_keeps_its_maps_and_rows(model_dir, tmp_path):
+    folder = photos(tmp_path / "photos", {"a.png": (40, 50), "b.png": (40, 40)})
+    out = tmp_path / "maps"
+    earlier_version_s_list(model_dir, folder, out, 7)
+    assert "nothing to do" in graphconv("run", model_dir, "--images", folder, "--output-dir", out,
+                                        "--skip-existing").stdout  # its rows say what made the maps
+    photos(folder, {"c.png": (40, 44)})
+    assert "1 of 1 image(s) ->" in graphconv("run", model_dir, "--images", folder, "--output-dir", out,
+                                             "--skip-existing").stdout
+    now = rows(out)
+    assert sorted(now) == ["a.npy", "b.npy", "c.npy"] and all(row["made_with"] for row in now.values())
+    assert now["c.npy"]["cell_step_y"] == "4" and now["a.npy"]["cell_step_y"] == ""  # unknown: not guessed
+
+
 def test_a_list_written_before_made_with_is_read_and_written_anew_with_it(model_dir, tmp_path):
     folder = photos(tmp_path / "photos", {"a.png": (40, 50), "b.png": (40, 40)})
     out = tmp_path / "maps"
-    assert graphconv("run", model_dir, "--images", folder, "--output-dir", out).returncode == 0
+    earlier = earlier_version_s_list(model_dir, folder, out, 6)
     listed = out / "graphconv-maps.csv"
-    with open(listed, newline="", encoding="utf-8") as file:
-        earlier = [row[:-1] for row in csv.reader(file)]
-    with open(listed, "w", newline="", encoding="utf-8") as file:
-        csv.writer(file).writerows(earlier)
     again = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing")
     assert "2 of 2 image(s) ->" in again.stdout, "read, and made again once: no row says what made its maps"
     assert "2 .npy map(s) in" in again.stderr and "have no row in its graphconv-maps.csv saying" in again.stderr
@@ -296,7 +339,7 @@ def test_a_list_written_before_made_with_is_read_and_written_anew_with_it(model_
     assert "1 of 1 image(s) ->" in result.stdout and "no row" not in result.stderr
     now = rows(out)
     assert sorted(now) == ["a.npy", "b.npy", "c.npy"]
-    assert all(row["made_with"].startswith("{") and row["map_stamp"] for row in now.values())
+    assert all(row["made_with"].startswith("{") and row["map_stamp"] and row["cell_step_y"] for row in now.values())
     with open(listed, "a", newline="", encoding="utf-8") as file:  # an earlier version's batch into the folder
         csv.writer(file).writerow(earlier[1][:1] + ["d.npy"] + earlier[1][2:])
     photos(folder, {"e.png": (40, 44)})
