@@ -240,33 +240,45 @@ def padded_at_the_start(graph: Graph) -> list[str]:
 
 def shift_cut_padding(graph: Graph, dilate_problem_then: str | None = None) -> str | None:
     """What a shift-and-stitch network (its `shift_copies` layer) whose layers pad at the
-    start reads in place of pixels, said once at compile; None for any other network.
-    Copy (a, b) is the image shifted up by a and left by b steps, so its layers pad where
-    that shift cuts it, rows and columns inside the image: cells whose field starts
-    within the largest shift of the image's top or left edge read zeros (or a
-    reflection) there, where the dilated network, like the whole image's pass, reads
-    the pixels. And a copy keeps the image's size, filled with zeros past its end: a
-    cell whose field reaches past the bottom or right edge reads those as pixels (their
-    conv's bias and activation applied) where dilate reads each layer's padding. Cells
-    whose field lies in the image further in agree. `dilate_problem_then`: why dilate
-    could not make the network finer (`dilate_problem`), where it could not."""
+    start, or whose ceil_mode pools hang a window off the map's end, reads in place of
+    pixels, said once at compile; None for any other network. Copy (a, b) is the image
+    shifted up by a and left by b steps, so its layers pad where that shift cuts it, rows
+    and columns inside the image: cells whose field starts within the largest shift of
+    the image's top or left edge read zeros (or a reflection) there, where the dilated
+    network, like the whole image's pass, reads the pixels. And a copy keeps the image's
+    size, filled with zeros past its end: a cell whose field reaches past the bottom or
+    right edge reads those as pixels (their conv's bias and activation applied) where
+    dilate reads each layer's padding, and a hanging ceil_mode window nothing at all.
+    Cells whose field lies in the image further in agree. `dilate_problem_then`: why
+    dilate could not make the network finer (`dilate_problem`), where it could not."""
     copies = graph.find("shift_copies")
-    padded = padded_at_the_start(graph) if copies else []
-    if not padded:
+    if not copies:
+        return None
+    padded = padded_at_the_start(graph)
+    hanging = [node.name for node in graph.layers() if node.params.get("ceil_mode") and node.name not in padded]
+    if not padded and not hanging:
         return None
     (fy, fx), (sy, sx) = pair(copies[0].params["factor"]), pair(copies[0].params["step"])
     reach = (fy - 1) * sy, (fx - 1) * sx
-    named = ", ".join(padded[:3]) + (f" and {len(padded) - 3} more" if len(padded) > 3 else "")
     near = " or ".join(f"{n} {what}{'' if n == 1 else 's'} of the image's {edge}"
                        for n, what, edge in ((reach[0], "row", "top"), (reach[1], "column", "left edge")) if n)
-    return (f"shift-and-stitch on a network that pads ({named}): each shifted copy is also padded where its "
-            f"shift cuts it, inside the image, so a cell whose field starts within {near} may read that padding "
-            "in place of pixels, and one whose "
-            "field reaches past the image's bottom or right edge reads the zeros a copy is filled with there "
-            "as pixels (run through the layers before it, not the layers' own padding); "
+    start = (f"each shifted copy is also padded where its shift cuts it, inside the image, so a cell whose field "
+             f"starts within {near} may read that padding in place of pixels, and " if padded else "")
+    instead = " or ".join((["the layers' own padding"] if padded else [])
+                          + (["the nothing a hanging ceil_mode window reads there"] if hanging else []))
+    what = " and ".join(([f"pads ({_first_names(padded)})"] if padded else [])
+                        + ([f"has ceil_mode pools ({_first_names(hanging)}), whose last window may hang off the map"]
+                           if hanging else []))
+    return (f"shift-and-stitch on a network that {what}: {start}a cell whose field reaches past the image's bottom "
+            "or right edge reads the zeros a copy is filled with there as pixels (run through the layers before it, "
+            f"not {instead}); "
             + (f"dilate, which pads only at the image's border, cannot make this network finer ({dilate_problem_then})"
                if dilate_problem_then else "--stride-method dilate (what auto picks for such a network where it "
                                            "can) pads only at the image's border"))
+
+
+def _first_names(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def method_flops(graph: Graph, stride: int, image_hw: tuple[int, int] | None = None) -> dict[str, float]:

@@ -347,6 +347,45 @@ def test_compile_notes_the_padding_a_shifted_copy_reads(write_spec):
     assert graphconv.load(spec.parent / "auto").graph.meta["compiled"]["stride_method"] == "dilate"
 
 
+CEIL_NET = """
+name: ceilnet
+input: {name: data, shape: [1, 22, 22]}
+layers:
+  - {name: c1, op: conv, out_channels: 6, kernel_size: 3}
+  - {name: r1, op: relu}
+  - {name: p1, op: maxpool, kernel_size: 3, stride: 2, ceil_mode: true}
+  - {name: c2, op: conv, out_channels: 8, kernel_size: 3}
+  - {name: p2, op: maxpool, kernel_size: 2, stride: 2}
+  - {name: fc, op: fc, out_features: 5}
+"""
+
+
+def test_shift_on_an_unpadded_ceil_mode_network_notes_the_zeros_its_copies_read_at_the_end(write_spec, rng):
+    """No layer pads, but each shifted copy is filled with zeros past the image's end, which
+    the last cells' hanging ceil_mode windows read as pixels: said, as it is."""
+    from conftest import graphconv_in_process
+
+    spec = write_spec(CEIL_NET)
+    done = graphconv_in_process("compile", spec, "-o", spec.parent / "fine", "--output-stride", 1)
+    assert done.returncode == 0, done.stderr
+    said = " ".join(done.stderr.split())
+    assert "note: shift-and-stitch on a network that has ceil_mode pools (p1), whose last window may hang off the " \
+           "map: a cell whose field reaches past the image's bottom or right edge reads the zeros a copy is filled " \
+           "with there as pixels" in said and "cannot make this network finer (layer 'p1'" in said
+    fine, natural = graphconv.load(spec.parent / "fine"), graphconv.compile_model(spec)
+    x = random_input(rng, (1, 1, 61, 61))
+    stitched = fine.run(x)
+    last = np.zeros(stitched.shape[2:], bool)
+    for a in range(4):
+        for b in range(4):  # copy (a, b) is the natural network on the image cut by a rows and b columns
+            cut = natural.run(np.ascontiguousarray(x[:, :, a:, b:]))
+            mine = stitched[:, :, a::4, b::4]
+            agree = np.isclose(mine, cut[:, :, :mine.shape[2], :mine.shape[3]], rtol=1e-4, atol=1e-5).all(axis=(0, 1))
+            np.testing.assert_array_equal(agree[:-1, :-1], True)  # away from the end, no zeros are read
+            last[a::4, b::4] |= ~agree
+    assert last.any() and not last[:-4, :-4].any()
+
+
 @pytest.mark.parametrize("pipeline,said", [
     ("default,output-stride{stride=2}", "(dilated, as auto chose)"),
     ("default,output-stride{stride=2,method=auto}", "(dilated, as auto chose)"),
