@@ -263,10 +263,14 @@ class Graph:
         return next(f"{base}_{i}" for i in itertools.count(2) if f"{base}_{i}" not in self.nx)
 
     def replace_all_uses(self, old: Node | str, new: Node | str) -> None:
-        """Make every user of `old` (and the graph output) read `new` instead."""
+        """Make every user of `old` (and the graph output) read `new` instead, except the
+        layers `new` is computed from: `new` built on `old` (a swish gate, `mul(old,
+        sigmoid(old))`) goes in `old`'s place in one call, where rewiring its own inputs
+        would make a cycle."""
         old, new = _name(old), _name(new)
+        computing_new = nx.ancestors(self.nx, new) | {new}
         for user in list(self.nx.successors(old)):
-            if user == new:
+            if user in computing_new:
                 continue
             index = self.nx.edges[old, user]["index"]
             self.nx.remove_edge(old, user)

@@ -162,6 +162,31 @@ def test_a_layer_may_read_one_value_twice(chain):
     np.testing.assert_allclose(run_reference(chain, x), 2 * np.maximum(c, 0) + c, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("built", ["swish", "twice"])
+def test_a_layer_built_on_a_value_takes_its_place_in_one_replace_all_uses(chain, built):
+    """`new = f(old)` then `replace_all_uses(old, new)`: new's own inputs keep reading old
+    (a sigmoid gate's, the identity a doubled input gets), where rewiring them made a cycle."""
+    from graphconv.runtime import run_reference
+
+    chain.set_weights("c", weight=np.random.default_rng(1).standard_normal((4, 3, 3, 3)), bias=np.zeros(4))
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    before = chain.copy()
+    before.output = "r"
+    r = run_reference(before, x)
+    if built == "swish":
+        gate = chain.add("sig", "sigmoid", ["r"])
+        chain.add("new", "mul", ["r", gate])
+        expected = r / (1 + np.exp(-r))
+    else:
+        chain.add("new", "add", ["r", "r"])
+        expected = 2 * r
+    chain.replace_all_uses("r", "new")
+    chain.verify()
+    assert [n.name for n in chain.node("p").inputs] == ["new"]
+    chain.output = "new"
+    np.testing.assert_allclose(run_reference(chain, x), expected, rtol=1e-6, atol=1e-6)
+
+
 def test_reconnecting_a_reader_to_a_value_it_already_reads_keeps_both_uses(chain):
     chain.add("side", "relu", ["c"])
     chain.add("sum", "add", ["r", "side"])
