@@ -106,15 +106,16 @@ _broken_entry_points: list[str] = []  # why each plugin package that failed to i
 def register_pass(name: str, description: str, *, requires: Sequence[str] = (),
                   provides: Sequence[str] = (), preserves: Sequence[str] = ()) -> Callable:
     """Decorator: register `fn(graph, **options)` as the pass `name`."""
+    by = f" ({_loading_origin[-1]})" if _loading_origin else ""
     if not re.fullmatch(r"[a-z][a-z0-9-]*", name):
-        raise PassError(f"pass name '{name}' must be lower-case letters, digits and '-'")
+        raise PassError(f"pass name '{name}'{by} must be lower-case letters, digits and '-'")
     if name == DEFAULT_WORD:
-        raise PassError(f"'{DEFAULT_WORD}' cannot be a pass name: in a pipeline it stands for the default passes")
+        raise PassError(f"'{DEFAULT_WORD}' cannot be a pass name{by}: in a pipeline it stands for the default passes")
 
     def decorator(fn: Callable) -> Callable:
         existing = _REGISTRY.get(name)
         origin = _loading_origin[-1] if _loading_origin else _origin_of(fn)
-        if existing is not None and existing.run.__module__ != fn.__module__:  # the same module: reloaded
+        if existing is not None and not _same_source(existing.run, fn):
             raise PassError(f"pass '{name}' is already registered by {existing.origin}; {origin} registers it "
                             "again (rename one)")
         catch_all = [p.name for p in inspect.signature(fn).parameters.values()
@@ -158,6 +159,15 @@ def _structure(graph: Graph) -> tuple:
 
 def _annotation_keys(graph: Graph) -> set[str]:
     return {key for _, data in graph.nx.nodes(data=True) for key in data.get("annotations") or ()}
+
+
+def _same_source(registered: Callable, again: Callable) -> bool:
+    """Whether `again` is `registered` loaded anew: the same module reloaded, or the same
+    file imported once as a module (`import my_passes`) and once by `load_plugin("my_passes.py")`."""
+    if registered.__module__ == again.__module__:
+        return True
+    files = [getattr(getattr(fn, "__code__", None), "co_filename", None) for fn in (registered, again)]
+    return None not in files and os.path.realpath(files[0]) == os.path.realpath(files[1])
 
 
 def _origin_of(fn: Callable) -> str:

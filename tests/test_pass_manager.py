@@ -532,7 +532,7 @@ def test_a_module_may_register_its_pass_again_another_may_not():
         return False
 
     assert pm.get_pass("notebook-pass").description == "second definition"
-    foreign = lambda graph: False  # noqa: E731
+    foreign = eval(compile("lambda graph: False", "someone_else.py", "eval"))  # defined in another file
     foreign.__module__ = "someone_else"
     with pytest.raises(PassError, match="pass 'notebook-pass' is already registered by module test_pass_manager"):
         register_pass("notebook-pass", "a third")(foreign)
@@ -861,6 +861,37 @@ def test_two_plugin_files_of_one_name_are_two_modules(tmp_path):
                                         r"plugin \S+b/my_passes.py registers it again"):  # b was not named
         pm.load_plugin(str(tmp_path / "b" / "my_passes.py"))
     assert pm.get_pass("clashing-pass").description == "from a"
+
+
+def test_a_plugin_file_imported_and_loaded_by_path_is_one_plugin(tmp_path, monkeypatch):
+    """`import team_passes` in a notebook, then `load_plugin("team_passes.py")` (or
+    --plugin of it): one file, whose passes were refused as registered twice."""
+    import importlib
+
+    (tmp_path / "team_passes.py").write_text(textwrap.dedent("""
+        from graphconv.pass_manager import register_pass
+
+        @register_pass("imported-twice-pass", "from team_passes")
+        def imported_twice(graph):
+            return False
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "team_passes", raising=False)
+    importlib.import_module("team_passes")
+    pm.load_plugin(str(tmp_path / "team_passes.py"))
+    assert pm.get_pass("imported-twice-pass").description == "from team_passes"
+
+
+def test_a_badly_named_pass_says_which_plugin_registers_it(tmp_path):
+    (tmp_path / "badname.py").write_text(textwrap.dedent("""
+        from graphconv.pass_manager import register_pass
+
+        @register_pass("Bad_Name", "upper case")
+        def bad(graph):
+            return False
+    """))
+    with pytest.raises(PassError, match=r"pass name 'Bad_Name' \(plugin \S+badname.py\) must be lower-case"):
+        pm.load_plugin(str(tmp_path / "badname.py"))
 
 
 def test_a_broken_installed_plugin_loses_its_own_passes_only(tmp_path, monkeypatch):
