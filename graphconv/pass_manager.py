@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, TextIO
 
 import numpy as np
 
-from graphconv.errors import GraphconvError, PassError, shown
+from graphconv.errors import GraphconvError, PassError, shown, shown_path
 from graphconv.ir import Graph
 from graphconv.shapes import infer_shapes
 
@@ -159,6 +159,21 @@ def _structure(graph: Graph) -> tuple:
 
 def _annotation_keys(graph: Graph) -> set[str]:
     return {key for _, data in graph.nx.nodes(data=True) for key in data.get("annotations") or ()}
+
+
+def _where_it_crashed(err: Exception, info: PassInfo) -> str:
+    """' at my_passes.py:41 in fold_scale': the last line of the user's own code the
+    exception went through (not graphconv's, numpy's or Python's), which a plugin's
+    author most needs and "crashed: KeyError: 'nope'" did not say."""
+    import traceback
+
+    library = [os.path.dirname(os.path.abspath(__file__)), *map(os.path.abspath, {sys.prefix, sys.base_prefix})]
+    theirs = [frame for frame in traceback.extract_tb(err.__traceback__)
+              if not any(os.path.abspath(frame.filename).startswith(root + os.sep) for root in library)]
+    if not theirs:
+        return ""
+    frame = theirs[-1]
+    return f" at {shown_path(frame.filename)}:{frame.lineno} in {frame.name}"
 
 
 def _same_source(registered: Callable, again: Callable) -> bool:
@@ -548,8 +563,9 @@ class PassManager:
                                                   "--no-verify, or from Python verify_each=True, to find which pass "
                                                   "broke it)")
                 raise
-            raise PassError(f"pass '{info.name}' ({info.origin}) crashed: "
-                            f"{type(err).__name__}: {err}{self._crash_hint(err, graph, info)}") from err
+            raise PassError(f"pass '{info.name}' ({info.origin}) crashed{_where_it_crashed(err, info)}: "
+                            f"{type(err).__name__}: {err}{self._crash_hint(err, graph, info)} (--traceback "
+                            "for the whole traceback)") from err
         if result is not None and not isinstance(result, (bool, np.bool_)):  # `return mask.any()` is a bool too
             raise PassError(f"pass '{info.name}' ({info.origin}) returned {shown(result)}; a pass edits the "
                             "graph it is given in place and returns True (or None) if it changed it, False if "
