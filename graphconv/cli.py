@@ -4,8 +4,8 @@ User errors print one line, `graphconv: file:line: layer 'x': ...`, and exit wit
 status 2; nothing is written unless the command succeeds (graphconv/files.py). Besides
 GraphconvError, what bad input makes the OS or Python raise (a file that cannot be
 read or written, memory that runs out) is reported the same way. `--traceback` shows
-the Python traceback instead (useful when debugging a plugin); any other exception is
-a bug in graphconv and keeps its traceback.
+the Python traceback above that line (useful when debugging a plugin), the status still
+2; any other exception is a bug in graphconv and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -89,8 +89,9 @@ def _run_command(args: argparse.Namespace) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except (GraphconvError, OSError, MemoryError, RecursionError, UnicodeError) as err:
-        if args.traceback:
-            raise
+        if args.traceback:  # the error's traceback, and the status a script tests for either way
+            import traceback
+            traceback.print_exc()
         print(f"graphconv: {printable(user_message(err))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

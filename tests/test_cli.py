@@ -402,7 +402,8 @@ def test_traceback_and_memory_limit_work_before_or_after_the_command(tmp_path, w
     flags = ["--traceback", "--memory-limit", "1G"]
     command = ["run", tmp_path / "missing.yaml", "--input", "x.npy"]
     result = graphconv_cli(*(flags + command if where == "before" else command + flags))
-    assert result.returncode != 0 and "Traceback (most recent call last)" in result.stderr
+    assert "Traceback (most recent call last)" in result.stderr
+    assert result.returncode == 2 and result.stderr.splitlines()[-1].startswith("graphconv: ")  # as without it
 
 
 def test_piping_into_head_is_quiet():
