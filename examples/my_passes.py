@@ -22,7 +22,7 @@ def strip_softmax(graph: Graph) -> bool:
     return True
 
 
-@register_pass("count-ops", "print how many layers of each op the network has")
+@register_pass("count-ops", "print how many layers of each op the network has", analysis=True)
 def count_ops(graph: Graph, prefix: str = "ops:") -> bool:
     counts: dict[str, int] = {}
     for node in graph.layers():

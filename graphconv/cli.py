@@ -1722,10 +1722,12 @@ def note_plugin_passes_that_changed_nothing(records) -> None:
     from graphconv.pass_manager import get_pass
 
     idle = [r.name for r in records if not r.modified and not r.automatic
-            and not get_pass(r.name).origin.startswith("built-in")]
+            and not get_pass(r.name).origin.startswith("built-in") and not get_pass(r.name).analysis
+            and not get_pass(r.name).provides]
     for name in dict.fromkeys(idle):
         note(f"note: pass '{name}' left the graph as it was (if it was to change it: where a pass stands "
-             f"decides what it sees, `--print-ir-before {name}` shows the graph it got; docs/writing-passes.md)")
+             f"decides what it sees, `--print-ir-before {name}` shows the graph it got; a pass that only reads "
+             "it, a report or a check, says so with @register_pass(..., analysis=True); docs/writing-passes.md)")
 
 
 def note_padding(classifier) -> None:
@@ -2259,7 +2261,7 @@ def cmd_passes(args: argparse.Namespace) -> int:
     infos = registered_passes()
     width = max(len(p.name) for p in infos)
     for info in infos:
-        extra = []
+        extra = ["analysis: changes nothing"] if info.analysis else []
         if info.requires:
             extra.append("needs " + ",".join(info.requires))
         if info.options:

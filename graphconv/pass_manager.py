@@ -73,6 +73,7 @@ class PassInfo:
     provides: tuple[str, ...] = ()
     preserves: tuple[str, ...] = ()
     origin: str = ""
+    analysis: bool = False  # it only reads the graph (a report, a check): it changes nothing, and is held to it
 
     @property
     def options(self) -> dict[str, Any]:
@@ -104,8 +105,10 @@ _broken_entry_points: list[str] = []  # why each plugin package that failed to i
 
 
 def register_pass(name: str, description: str, *, requires: Sequence[str] = (),
-                  provides: Sequence[str] = (), preserves: Sequence[str] = ()) -> Callable:
-    """Decorator: register `fn(graph, **options)` as the pass `name`."""
+                  provides: Sequence[str] = (), preserves: Sequence[str] = (), analysis: bool = False) -> Callable:
+    """Decorator: register `fn(graph, **options)` as the pass `name`. `analysis=True`: it
+    reads the graph and changes nothing (a report, a check, an annotation), so no note
+    says it changed nothing, and an edit it makes is refused."""
     by = f" ({_loading_origin[-1]})" if _loading_origin else ""
     if not re.fullmatch(r"[a-z][a-z0-9-]*", name):
         raise PassError(f"pass name '{name}'{by} must be lower-case letters, digits and '-'")
@@ -124,7 +127,7 @@ def register_pass(name: str, description: str, *, requires: Sequence[str] = (),
             raise PassError(f"pass '{name}': options are named parameters with defaults (`def {fn.__name__}(graph, "
                             f"k: int = 1)`), so a pipeline's options can be checked; not *{catch_all[0]}")
         _REGISTRY[name] = PassInfo(name, description, fn, tuple(requires), tuple(provides),
-                                   tuple(preserves), origin)
+                                   tuple(preserves), origin, bool(analysis))
         return fn
 
     return decorator
@@ -570,8 +573,13 @@ class PassManager:
             raise PassError(f"pass '{info.name}' ({info.origin}) returned {shown(result)}; a pass edits the "
                             "graph it is given in place and returns True (or None) if it changed it, False if "
                             "not")
-        modified = result is not False
-        if not modified and (graph.version != version or (plugin and _structure(graph) != structure_before)):
+        changed = graph.version != version or (plugin and _structure(graph) != structure_before)
+        if info.analysis and (changed or result is True):
+            raise PassError(f"pass '{info.name}' ({info.origin}) is registered as an analysis (analysis=True: it "
+                            "only reads the graph) but changed it; drop analysis=True from its @register_pass if it "
+                            "is to edit the graph")
+        modified = result is not False and not info.analysis
+        if not modified and changed:
             raise PassError(f"pass '{info.name}' ({info.origin}) changed the graph but returned False; "
                             "return True (or None) when a pass edits the graph, so the analyses it "
                             "invalidates are recomputed")

@@ -252,6 +252,23 @@ def test_user_pass_crash_is_reported_with_its_name(lenet):
         PassManager(["crashes"]).run(lenet)
 
 
+def test_an_analysis_pass_that_edits_the_graph_is_refused(lenet):
+    @register_pass("sneaky-report", "a report that edits", analysis=True)
+    def sneaky_report(graph):
+        graph.set_params("pool1", stride=1)
+
+    @register_pass("honest-report", "a report", analysis=True)
+    def honest_report(graph):
+        graph.annotate("conv1", "seen", True)
+
+    with pytest.raises(PassError, match=r"pass 'sneaky-report' \(module test_pass_manager\) is registered as an "
+                                        r"analysis \(analysis=True: it only reads the graph\) but changed it"):
+        pm.run_passes(lenet, "sneaky-report")
+    manager = PassManager(["honest-report"])
+    manager.run(lenet)
+    assert [r.modified for r in manager.records] == [False]  # None, from an analysis, changed nothing
+
+
 def test_duplicate_registration_is_refused():
     with pytest.raises(PassError, match="pass 'fc-to-conv' is already registered by built-in"):
         register_pass("fc-to-conv", "again")(lambda graph: False)
