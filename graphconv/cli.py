@@ -1893,7 +1893,10 @@ def _verify_on_image(args: argparse.Namespace, original, compiled) -> int:
     pixels = source.read(*context)[None]
     note_cold_kernels(compiled, args.device)
     i0, j0 = (box[0] - context[0]) // stride[0], (box[1] - context[1]) // stride[1]
-    dense = compiled.run(pixels, args.device)[:, :, i0:i0 + rows, j0:j0 + cols]
+    from graphconv.images import same_pixels
+
+    as_compiled_reads_them = same_pixels(pixels, original.preprocess, compiled.preprocess)  # read with the classifier's
+    dense = compiled.run(as_compiled_reads_them, args.device)[:, :, i0:i0 + rows, j0:j0 + cols]
     image = pixels[:, :, box[0] - context[0]:box[2] - context[0], box[1] - context[1]:box[3] - context[1]]
     whole = compiled.map_size(source.height, source.width)
     image_crops = whole[0] * whole[1] - (0 if blank is None else blank.count(0, whole[0], 0, whole[1]))

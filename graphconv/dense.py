@@ -605,12 +605,27 @@ def changing_passes(classifier: Model, pipeline: str, crops: np.ndarray, toleran
     graph, before = classifier.graph, _flat(classifier, crops, device)
     for name, options in parse_pipeline(pipeline):
         graph = PassManager([(name, options)]).run(graph)
-        after = _flat(Model(graph), crops, device)
+        model = Model(graph)
+        after = _flat(model, _as_its_input(model, classifier, crops), device)
         diff = float(_abs_difference(after, before).max()) if after.shape == before.shape else float("inf")
         if diff > tolerance:
             changes.append(PassChange(get_pass(name).name, get_pass(name).origin, diff))
         before = after
     return changes
+
+
+def _preprocess_words(block: dict | None) -> str:
+    """'scale 0.00392, mean [0.5, 0.4, 0.3]', or 'none'."""
+    return ", ".join(f"{key} {value:.6g}" if isinstance(value, float) else f"{key} {value}"
+                     for key, value in (block or {}).items()) or "none"
+
+
+def _as_its_input(model: Model, classifier: Model, x: np.ndarray) -> np.ndarray:
+    """`x`, the classifier's input, as `model` takes the same pixels: another array only
+    where a pass changed the preprocess (folded it into the first conv)."""
+    from graphconv.images import same_pixels
+
+    return same_pixels(x, classifier.preprocess, model.preprocess)
 
 
 def _flat(model: Model, crops: np.ndarray, device: str) -> np.ndarray:
@@ -642,14 +657,15 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
                              f"{compiled.graph.name}, returns one vector per image (its fc, flatten or global "
                              "pool still sees the whole input): give the compiled model (graphconv.compile_model)")
     x = as_batch(image, original.crop_shape[0])
-    dense = compiled._scores(x, device) if dense is None else dense
+    dense = compiled._scores(_as_its_input(compiled, original, x), device) if dense is None else dense
     rows, cols = dense.shape[2:]
     origins = _sample_origins(x.shape[0], rows, cols, compiled.output_stride)
     crops = _crops(original, x, origins)
     on_crops = _flat(original, crops, device)
     crop_scale = _finite_scale(on_crops)
     crop_tol = tolerance if tolerance is not None else TOLERANCE * crop_scale  # (a)'s, and the passes'
-    conversion = float(_abs_difference(_flat(compiled, crops, device), on_crops).max())
+    conversion = float(_abs_difference(_flat(compiled, _as_its_input(compiled, original, crops), device),
+                                       on_crops).max())
     changes = []
     if conversion > crop_tol and compiled.graph.meta.get("compiled", {}).get("passes"):
         changes = changing_passes(original, compiled.graph.meta["compiled"]["passes"], crops, crop_tol, device)
@@ -657,7 +673,8 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
     if changes and not any(change.builtin for change in changes):
         reference = compiled  # the user's passes changed the scores: the network as they left it, on each crop
     start = time.perf_counter()
-    expected = crop_loop(reference, x, compiled.output_stride, device, progress, skip=left_out)
+    expected = crop_loop(reference, _as_its_input(reference, original, x), compiled.output_stride, device, progress,
+                         skip=left_out)
     seconds = time.perf_counter() - start
     if dense.shape != expected.shape:
         raise AssertionError(f"score map shape {dense.shape} != crop grid {expected.shape}")
@@ -681,6 +698,10 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
                           finer_stride=_finer_stride(compiled))
     if left_out_why:
         report.notes.append(left_out_why)
+    if compiled.preprocess != original.preprocess:
+        report.notes.append(f"the compiled model's preprocess ({_preprocess_words(compiled.preprocess)}) is not "
+                            f"the classifier's ({_preprocess_words(original.preprocess)}): a pass moved it into the "
+                            "network, so each is given the same pixels as its own preprocess makes them")
     if where is not None:
         report.top = top_classes(dense, expected, where, seconds, original.graph.meta.get("labels"), image_crops,
                                  command)

@@ -428,6 +428,22 @@ def preprocess(image: np.ndarray, spec: dict | None) -> np.ndarray:
     return x.astype(np.float32)
 
 
+def same_pixels(x: np.ndarray, given: dict | None, wanted: dict | None) -> np.ndarray:
+    """`x` (..., C, H, W), a network input preprocess `given` made from some pixels, as
+    preprocess `wanted` makes those same pixels: what a model whose pass moved the
+    normalisation into its first conv (and dropped its `preprocess`) must be checked on
+    against the classifier, which still normalises outside."""
+    if (given or {}) == (wanted or {}):
+        return x
+
+    def channelwise(spec: dict | None, key: str, default: float) -> np.ndarray:
+        return np.asarray((spec or {}).get(key, default), np.float64).reshape(-1, 1, 1)
+
+    pixels = (x * channelwise(given, "std", 1.0) + channelwise(given, "mean", 0.0)) / channelwise(given, "scale", 1.0)
+    return ((pixels * channelwise(wanted, "scale", 1.0) - channelwise(wanted, "mean", 0.0))
+            / channelwise(wanted, "std", 1.0)).astype(np.float32)
+
+
 def preprocess_scale_note(spec: dict | None, deep: str | None = None) -> str | None:
     """What to say of a preprocess whose mean and std are on another scale than the
     pixels it gets (0..255 times `scale`): torchvision's mean 0.485 and std 0.229 on

@@ -726,3 +726,51 @@ def test_verify_from_python_refuses_a_segmentation_network_as_the_cli_does(write
                                     "  - {name: c1, op: conv, out_channels: 3, kernel_size: 3, padding: 1}\n"))
     with pytest.raises(graphconv.GraphconvError, match="a segmentation network is dense already"):
         verify(seg, seg, random_input(rng, (1, 2, 30, 26)))
+
+
+NORMALISED = """
+name: normalised
+input: {name: data, shape: [3, 12, 12]}
+preprocess: {scale: 0.00392157, mean: [0.5, 0.4, 0.3], std: [0.2, 0.25, 0.3]}
+layers:
+  - {name: c1, op: conv, out_channels: 4, kernel_size: 3}
+  - {name: r1, op: relu}
+  - {name: p1, op: maxpool, kernel_size: 2}
+  - {name: fc, op: fc, out_features: 3}
+"""
+
+
+def _fold_normalisation(graph, keep_preprocess: bool):
+    """What docs/writing-passes.md suggests a user write: the mean and std moved into the
+    first conv's weights (and, done right, out of the preprocess)."""
+    conv, pre = graph.input.users[0], graph.meta["preprocess"]
+    mean, std = (np.asarray(pre[key], np.float64)[None, :, None, None] for key in ("mean", "std"))
+    weight = conv.weights["weight"] / std
+    bias = conv.weights["bias"] - (weight * mean).sum(axis=(1, 2, 3))
+    graph.set_weights(conv, weight=weight.astype(np.float32), bias=bias.astype(np.float32))
+    if not keep_preprocess:
+        graph.meta["preprocess"] = {"scale": pre["scale"]}
+    return True
+
+
+@pytest.mark.parametrize("done_right", [True, False])
+def test_verify_gives_a_model_whose_pass_folded_the_normalisation_the_same_pixels(write_spec, rng, done_right):
+    """A pass folding the preprocess into the first conv failed verify (exit 1) when done
+    right: each model got the same tensor, not the same pixels. Done wrong (the
+    preprocess kept, so images are normalised twice) it still fails."""
+    from graphconv.pass_manager import register_pass
+
+    name = f"fold-normalisation-{'right' if done_right else 'twice'}"
+    register_pass(name, "test")(lambda graph: _fold_normalisation(graph, keep_preprocess=not done_right))
+    spec = write_spec(NORMALISED)
+    classifier = graphconv.load(spec)
+    compiled = graphconv.compile_model(spec, f"shape-inference,{name},default")
+    report = verify(classifier, compiled, random_input(rng, (1, 3, 30, 34)), where=None)
+    assert report.passed == done_right, str(report)
+    assert ("a pass moved it into the network, so each is given the same pixels" in str(report)) == done_right
+    if done_right:  # and a run on an image, where each reads it by its own preprocess, agrees
+        pixels = rng.integers(0, 256, (3, 30, 34)).astype(np.float32)
+        from graphconv.images import preprocess
+        np.testing.assert_allclose(compiled.run(preprocess(pixels, compiled.preprocess)[None]),
+                                   graphconv.compile_model(spec).run(preprocess(pixels, classifier.preprocess)[None]),
+                                   rtol=1e-4, atol=1e-5)
