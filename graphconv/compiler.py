@@ -53,7 +53,10 @@ def compile_graph(source: str | os.PathLike | Graph | Model, passes: str | Seque
                              "layers left: its output would be its input", loc=graph.input.loc)
     check_can_slide(graph, compiled)
     refuse_flatten_left(pipeline, graph, compiled)
-    compiled.meta.setdefault("compiled", {})["passes"] = format_pipeline(pipeline)
+    record = compiled.meta.setdefault("compiled", {})
+    if "passes" in record:  # compiled again: the passes that made it stay on record (a plugin's baked-in weights)
+        record["earlier_passes"] = [*record.get("earlier_passes", []), record["passes"]]
+    record["passes"] = format_pipeline(pipeline)
     record_onnx_source(compiled)
     return compiled, manager.records
 

@@ -193,6 +193,21 @@ def test_a_mixed_stride_classifier_is_run_crop_by_crop_at_its_finest_stride(writ
                                rtol=1e-5, atol=1e-6)
 
 
+def test_a_model_compiled_again_keeps_the_passes_that_made_it_on_record(tmp_path):
+    """A plugin's pass baked into the weights (a folded temperature) was dropped from the
+    record when the folder was compiled again, to a finer stride say."""
+    from conftest import ROOT
+
+    graphconv.load_plugin(str(ROOT / "examples" / "my_passes.py"))
+    first = graphconv.compile_model(SPECS / "lenet.yaml", "default,strip-softmax")
+    first.save(tmp_path / "logits")
+    again = graphconv.compile_model(tmp_path / "logits", output_stride=2)
+    again.save(tmp_path / "finer")
+    record = graphconv.load(tmp_path / "finer").graph.meta["compiled"]
+    assert record["earlier_passes"] == [first.graph.meta["compiled"]["passes"]]
+    assert record["earlier_passes"][0].endswith("strip-softmax") and "output-stride{stride=2" in record["passes"]
+
+
 def test_compile_model_names_its_own_misspelt_keywords_and_a_method_without_a_stride():
     """A misspelt keyword was a TypeError from PassManager's constructor; a stride
     method without a stride (or a method that is none) was silently ignored."""

@@ -58,7 +58,7 @@ TASKS = ("classification", "segmentation")  # `task`: see `graphconv.model.Model
 INPUT_KEYS = {"name", "shape"}
 PREPROCESS_KEYS = {"mean", "std", "scale", "values"}
 PIXEL_VALUES = ("0..255", "stored")  # preprocess `values`: the default, or as the file stores them
-COMPILED_KEYS = {"passes", "output_stride", "stride_method", "stitch", "source", "undilated"}
+COMPILED_KEYS = {"passes", "earlier_passes", "output_stride", "stride_method", "stitch", "source", "undilated"}
 UNDILATED_PARAMS = {"stride", "dilation", "padding", "ceil_mode"}  # what the dilate of output-stride changes
 STITCH_KEYS = {"factor", "step"}
 STRIDE_METHODS = ("auto", "dilate", "shift")
@@ -527,6 +527,11 @@ def _checked_compiled(block: Any, path: Path, loc: Location) -> dict:
         value, where = block[key], _loc(path, block, key)
         if key == "passes":
             checked[key] = _checked_passes(value, where)
+        elif key == "earlier_passes":  # a compiled model compiled again: what made the model it was compiled from
+            if not isinstance(value, list):
+                raise GraphconvError(f"compiled earlier_passes must be a list of pipelines, got {shown(value)}",
+                                     loc=where)
+            checked[key] = [_checked_passes(pipeline, where) for pipeline in value]
         elif key == "output_stride":
             checked[key] = _checked_int(value, "compiled output_stride", 1, MAX_INT, where)
         elif key == "stride_method":
