@@ -157,6 +157,19 @@ class Graph:
     def input_shape(self) -> tuple[int, int, int]:
         return self.nx.graph["input_shape"]
 
+    @input_shape.setter
+    def input_shape(self, shape: Sequence[int]) -> None:
+        """The crop the classifier is described as trained on, (C, H, W): what every fc's
+        weights and global pool's window are sized for, so a pass that changes it changes
+        those too (the verifier refuses the graph otherwise)."""
+        shape = tuple(shape)
+        if len(shape) != 3 or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1
+                                      for n in shape):
+            raise GraphconvError(f"the input shape is (C, H, W), three whole numbers from 1, got {shown(shape)}")
+        self.nx.graph["input_shape"] = tuple(int(n) for n in shape)
+        self.nx.nodes[self.nx.graph["input"]]["shape"] = self.nx.graph["input_shape"]
+        self._changed()
+
     @property
     def output(self) -> Node:
         return Node(self, self.nx.graph["output"])

@@ -108,15 +108,14 @@ def test_output_strides_stride_is_still_required():
 
 
 def test_the_documented_way_to_change_the_input_crop(write_spec):
-    """docs/writing-passes.md: set graph.input_shape and the input's shape; the verifier
-    re-infers shapes and names the pass when an fc no longer fits."""
+    """docs/writing-passes.md: set graph.input_shape (the input node's shape with it); the
+    verifier re-infers shapes and names the pass when an fc no longer fits."""
     convs = "input: {shape: [1, 12, 12]}\nlayers:\n  - {name: c, op: conv, out_channels: 2, kernel_size: 3}\n"
 
     @register_pass("crop-10", "the crop becomes 10x10", requires=("shapes",))
     def crop_10(graph):
         c, _, _ = graph.input_shape
-        graph.nx.graph["input_shape"] = (c, 10, 10)
-        graph.set_shape(graph.input, (c, 10, 10))
+        graph.input_shape = (c, 10, 10)
 
     out = graphconv.run_passes(graphconv.load_spec(write_spec(convs)), "crop-10,shape-inference")
     assert out.input_shape == (1, 10, 10) and out.node("c").shape == (2, 8, 8)
@@ -124,3 +123,5 @@ def test_the_documented_way_to_change_the_input_crop(write_spec):
     with_fc = write_spec(convs + "  - {name: f, op: fc, out_features: 3}\n", "fc.yaml")
     with pytest.raises(PassError, match="pass 'crop-10' broke the IR: .*layer 'f'"):
         graphconv.run_passes(graphconv.load_spec(with_fc), "crop-10")
+    with pytest.raises(graphconv.GraphconvError, match=r"the input shape is \(C, H, W\), three whole numbers"):
+        graphconv.load_spec(with_fc).input_shape = (10, 10)
