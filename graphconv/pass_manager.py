@@ -523,6 +523,7 @@ class PassManager:
         if self.verify_each:
             self._verify(graph, None)
         self._first_cell = _first_cell(graph)  # what the output's cells read, for the checks after the passes
+        self._first_output = graph.output.name
         for name, options in self.items:
             self._run_one(graph, get_pass(name), options, automatic=False)
         self._refuse_layers_left_dead(graph)
@@ -650,7 +651,7 @@ class PassManager:
                         raise node.error(f"annotated shape {node.shape} but its inputs give "
                                          f"{shapes[node.name]}{_shape_hint(node, pass_name)}")
             if self._first_cell is not None:
-                _check_cells_unchanged(graph, self._first_cell)
+                _check_cells_unchanged(graph, self._first_cell, self._first_output)
             _check_labels_match(graph, shapes[graph.output.name][0])
         except GraphconvError as err:
             who = who or (f"pass '{pass_name}' broke the IR" if pass_name else "the input IR is invalid")
@@ -705,7 +706,7 @@ def _first_cell(graph: Graph):
         return None
 
 
-def _check_cells_unchanged(graph: Graph, before) -> None:
+def _check_cells_unchanged(graph: Graph, before, output_before: str) -> None:
     """Every output cell must go on reading the pixels of its crop it read before the
     pipeline (for a classifier, cell (0, 0) is the classifier on the crop itself), and
     nothing outside the crop that it did not read before. The stride may become finer by
@@ -726,8 +727,11 @@ def _check_cells_unchanged(graph: Graph, before) -> None:
     stays_in_reach = new[0] >= reach[0] and new[1] >= reach[1] and new[2] <= reach[2] and new[3] <= reach[3]
     on_its_lattice = all(Fraction(p) % Fraction(s) == 0 for s, p in zip(after.stride, before.period))
     if not (keeps_its_pixels and stays_in_reach and on_its_lattice):
+        moved = "" if graph.output.name == output_before else (
+            f" (the output is layer {graph.output.name!r} now, {output_before!r} when the passes began: removing the "
+            "output layer makes its input the output)")
         raise graph.output.error(
-            f"the first output cell read {_cell_box(before, height, width)}, and now reads "
+            f"the first output cell{moved} read {_cell_box(before, height, width)}, and now reads "
             f"{_cell_box(after, height, width)}: a pass must keep every cell equal to what it was (a "
             "classifier's: the classifier on its crop); only the stride may change: finer by a whole factor, "
             "as output-stride makes it (compile --output-stride), or coarser up to the period the network "

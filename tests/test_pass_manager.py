@@ -450,6 +450,19 @@ def test_the_verifier_names_a_missing_parameter(lenet):
         PassManager("half-built-conv").run(lenet)
 
 
+def test_a_pass_removing_the_output_layer_is_told_the_output_moved(lenet):
+    @register_pass("drop-last", "removes the last layer")
+    def drop_last(graph):
+        graph.remove(graph.output)
+        return True
+
+    fc_layers_and_softmax = 5  # prob, fc5, relu4, fc4, relu3: each cell still reads the whole crop through fc3
+    PassManager("shape-inference" + ",drop-last" * fc_layers_and_softmax).run(lenet)
+    with pytest.raises(PassError, match=r"pass 'drop-last' broke the IR: .*layer 'pool2': the first output cell "
+                                        r"\(the output is layer 'pool2' now, 'prob' when the passes began"):
+        PassManager("shape-inference" + ",drop-last" * (fc_layers_and_softmax + 1)).run(lenet)
+
+
 def test_a_pass_that_changes_what_each_cell_sees_is_named(lenet):
     """Dropping a pooling's stride makes a finer map of wrong cells (each reads a smaller
     field than its crop); the verifier names the pass, where nothing used to notice."""
