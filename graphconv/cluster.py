@@ -696,7 +696,7 @@ def partial_map_tile(output: str | None, grid, image_hw: tuple[int, int], budget
     from graphconv.tiling import PartialMap, tile_fits
 
     job = PartialMap(output).job() if output else None
-    found = re.search(r"tiles of up to (\d+)x(\d+) pixels", str(job.get("tile plan", ""))) if job else None
+    found = re.search(r"tiles? of up to (\d+)x(\d+) pixels", str(job.get("tile plan", ""))) if job else None
     if found is None:
         return None
     tile_hw = (int(found.group(1)), int(found.group(2)))

@@ -92,14 +92,16 @@ class TilePlan:
         """The plan as a map (its "tile_plan") and a --resume job record it: the tiles'
         sums run in other orders than a whole image's or other tiles', so their bits
         differ in float32 rounding, and `--tile` of the larger side plans these tiles again."""
-        return (f"{len(self.tiles)} tiles of up to {self.tile_hw[0]}x{self.tile_hw[1]} pixels, "
+        return (f"{len(self.tiles)} tile{'' if len(self.tiles) == 1 else 's'} of up to {self.tile_hw[0]}x"
+                f"{self.tile_hw[1]} pixels, "
                 f"{self.cells_hw[0]}x{self.cells_hw[1]} cells")
 
     def describe(self) -> str:
         th, tw = self.tile_hw
         ch = max((t.rows[1] - t.rows[0] for t in self.tiles), default=0)  # what tiles write, not what they could
         cw = max((t.cols[1] - t.cols[0] for t in self.tiles), default=0)
-        return (f"{len(self.tiles)} tile(s) of up to {th}x{tw} pixels, up to {ch}x{cw} score cells each; "
+        return (f"{len(self.tiles)} tile{'' if len(self.tiles) == 1 else 's'} of up to {th}x{tw} pixels, up to "
+                f"{ch}x{cw} score cells each; "
                 f"halo {self.halo[0]}x{self.halo[1]} px, tiles aligned to {self.align[0]}x{self.align[1]} px; "
                 f"{self.overhead:.2f}x the image's pixels computed")
 
