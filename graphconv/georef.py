@@ -495,14 +495,18 @@ class CellPlacement:
                 "units": "pixels of the image at full resolution (a pyramid's level 0), pixel k spanning k..k+1",
                 "microns_per_pixel": self.microns_per_pixel, **(self.read or {}), **(self.contents or {})}
 
-    def on_pixels(self, scores: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    def on_pixels(self, scores: np.ndarray, image_hw: tuple[int, int],
+                  origin_yx: tuple[int, int] = (0, 0)) -> np.ndarray:
         """A (N, K, rows, cols) map placed so as (N, K, H, W), one value per pixel of the
         image at full resolution: each pixel the bilinear blend of the four cells whose
         centres surround its centre, and a pixel beyond the outermost centres the edge's
         cells, held (not extrapolated); a NaN cell (not computed) is NaN in every pixel
         it weighs in. The image-sized map sliding-window tools (MONAI's) return, where
-        graphconv's cells stand a stride apart (a slide's is far larger than memory: a
-        region of it, `map[..., r0:r1, c0:c1]` with `first` moved by r0 and c0 steps)."""
+        graphconv's cells stand a stride apart. A slide's is far larger than memory: a
+        region of the map, `map[..., r0:r1, c0:c1]`, placed with `first` moved by r0 and
+        c0 steps, gives the H x W pixels from `origin_yx` (their top-left pixel) on; pixels
+        past the region's outermost centres hold its edge cells, so take a cell more on
+        each side than the pixels need."""
         from graphconv.memory import check_fits
 
         scores = np.asarray(scores)
@@ -510,8 +514,8 @@ class CellPlacement:
             raise GraphconvError(f"on_pixels places a (N, K, rows, cols) map, got shape {scores.shape}")
         height, width = (int(v) for v in image_hw)
         check_fits(4 * scores.shape[0] * scores.shape[1] * height * width, f"a {height}x{width} map per pixel")
-        rows = _blend(scores, _taps(self.first[0], self.step[0], scores.shape[2], height), axis=2)
-        return _blend(rows, _taps(self.first[1], self.step[1], scores.shape[3], width), axis=3)
+        rows = _blend(scores, _taps(self.first[0] - origin_yx[0], self.step[0], scores.shape[2], height), axis=2)
+        return _blend(rows, _taps(self.first[1] - origin_yx[1], self.step[1], scores.shape[3], width), axis=3)
 
     def tiff_resolution(self) -> dict:
         """tifffile's resolution arguments: cells per centimetre, where the size is known."""

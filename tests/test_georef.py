@@ -553,6 +553,23 @@ def test_a_map_on_pixels_blends_the_cells_around_each_pixel_and_holds_the_edges(
     np.testing.assert_array_equal(nan, touched_y & touched_x)
 
 
+@pytest.mark.parametrize("cells,pixels", [((1, 1, 4, 3), (20, 20, 8, 4)), ((0, 0, 5, 4), (0, 0, 48, 44))])
+def test_a_region_of_a_map_on_pixels_is_the_whole_map_on_those_pixels(rng, cells, pixels):
+    """The README's recipe for a slide's map, a region at a time: the region's cells with
+    `first` moved, and its pixels' origin (cells 1-3 centred on pixel rows 20-28: the
+    pixels between them). Without an origin the region's pixels were the image's first
+    ones (off by up to a whole score)."""
+    from graphconv.georef import CellPlacement
+
+    scores = rng.random((1, 2, 5, 4)).astype(np.float32)
+    whole = CellPlacement((16.0, 16.0), (4.0, 4.0), None).on_pixels(scores, (48, 44))
+    r0, c0, r1, c1 = cells
+    y0, x0, h, w = pixels
+    region = CellPlacement((16.0 + 4 * r0, 16.0 + 4 * c0), (4.0, 4.0), None)
+    np.testing.assert_allclose(region.on_pixels(scores[..., r0:r1, c0:c1], (h, w), origin_yx=(y0, x0)),
+                               whole[..., y0:y0 + h, x0:x0 + w], rtol=1e-6)
+
+
 def test_a_model_s_scores_on_pixels_are_placed_by_its_cells_and_checked_against_the_image(rng):
     import graphconv
     from conftest import SPECS
