@@ -282,9 +282,10 @@ def _kept_labels(args: argparse.Namespace, labels: list[str] | None) -> list[str
 
 
 def describe_resolution(source, asked: float | None = None) -> None:
-    """Which pixels the map's cells count, on stderr, where that is not the file's own
-    (a pyramid's level, the image read coarser: --downsample, or --mpp's `asked`
-    micrometres) or the file says their size."""
+    """Which pixels the network reads, on stderr, where that is not the file's own (a
+    pyramid's level, the image read coarser: --downsample, or --mpp's `asked`
+    micrometres) or the file says their size. The cells' placement (`cells:`) is in
+    level-0 pixels whichever was read: said, where they differ."""
     levels, factor = getattr(source, "levels", 1), getattr(source, "factor", 1)
     microns = getattr(source, "microns_per_pixel", None)
     if levels == 1 and factor == 1 and microns is None:
@@ -301,7 +302,8 @@ def describe_resolution(source, asked: float | None = None) -> None:
         parts.append(f"{downsample:.4g}x coarser than level 0")
     if microns is not None:
         parts.append(f"{microns * downsample:.4g} µm per pixel" + (f" (--mpp {asked:g})" if asked else ""))
-    print(f"image: {source.height}x{source.width} pixels, {', '.join(parts)} (the map's cells are in these pixels)",
+    counted = "; cells are placed in level-0 pixels all the same" if downsample != 1 else ""
+    print(f"image: {source.height}x{source.width} pixels, {', '.join(parts)} (the network reads these{counted})",
           file=sys.stderr)
 
 

@@ -126,7 +126,7 @@ def test_cli_level_of_a_slide_maps_that_level(model_dir, tmp_path):
                        "--output", tmp_path / "level1.npy")
     assert result.returncode == 0, result.stderr
     assert (f"image: {levels[1].shape[0]}x{levels[1].shape[1]} pixels, level 1 of a 3-level pyramid, 2x coarser "
-            "than level 0 (the map's cells are in these pixels)") in result.stderr
+            "than level 0 (the network reads these; cells are placed in level-0 pixels all the same)") in result.stderr
     np.testing.assert_allclose(np.load(tmp_path / "level1.npy"), whole_map(model_dir, tmp_path / "level1.png",
                                                                            tmp_path), rtol=1e-4, atol=1e-6)
     refused = graphconv("run", model_dir, "--image", tmp_path / "level1.png", "--level", "1")
