@@ -102,6 +102,15 @@ class Background:
                                  "array) or run without --skip-background", file=source.path)
         self.tissue = tissue_mask(self.picture, threshold)
 
+    def nodata_record(self) -> dict:
+        """What a map states of its image's own no-data value (a GeoTIFF's tag, a zarr's
+        fill value, or --nodata), where one leaves cells out: its `cells_left_out` records
+        the options given, which said `"nodata": null` of a value the file declared."""
+        if self.nodata is None:
+            return {}
+        value = float(self.nodata)
+        return {"image_nodata": value if np.isfinite(value) else str(value)}
+
     @property
     def picture(self) -> np.ndarray:
         """The small copy of the image as stored (`sources.thumbnail`, `own_channels`): kept,

@@ -534,6 +534,7 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
         tile = tile or memory_tile
         contents = {**map_contents(image, ref.path, model, options.classes, options.reduce,
                                    left_out_record(options, image)),
+                    **(background.nodata_record() if background is not None else {}),
                     IMAGE_STAMP: stamp, **_loaded_with(ref)}
         resumed, planned = None, None
         if tile is not None:

@@ -174,7 +174,8 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     print(f"cells: {placement.describe()}", file=sys.stderr)
     from graphconv.cluster import IMAGE_STAMP, image_stamp, left_out_record
     left_out = left_out_record(_map_options(args, grid), args.image)
-    contents = map_contents(args.image, args.model, model, args.classes, args.reduce, left_out)
+    contents = {**map_contents(args.image, args.model, model, args.classes, args.reduce, left_out),
+                **(background.nodata_record() if background is not None else {})}
     placement = replace(placement, contents={**contents, IMAGE_STAMP: image_stamp(args.image),
                                              "tile_plan": plan.as_recorded()})
     blank_cells, blank_tiles = _skipper(args, background, plan)

@@ -939,6 +939,26 @@ def test_cli_bands_of_a_scene_map_as_the_model_on_those_bands(scene_net, tmp_pat
     assert Image.open(tmp_path / "map.png").mode == "RGB"
 
 
+def test_a_map_states_the_no_data_value_of_its_image_that_left_cells_out(scene_net, tmp_path):
+    """Its `cells_left_out` records the options given: a GeoTIFF's own no-data tag left
+    cells out while the map said `"nodata": null`."""
+    folder, bands = scene_net
+    scene = bands.copy()
+    scene[:, :, :50] = 0
+    (tmp_path / "scenes").mkdir()
+    tifffile.imwrite(tmp_path / "scenes" / "swath.tif", scene, photometric="minisblack", planarconfig="separate",
+                     extratags=[(42113, 2, 2, "0", True)])
+    common = ["run", folder / "fcn", "--bands", "4,3,2"]
+    assert graphconv(*common, "--image", tmp_path / "scenes" / "swath.tif", "--tile", "40",
+                     "--output", tmp_path / "tiled.zarr").returncode == 0
+    stated = zarr.open_array(str(tmp_path / "tiled.zarr"), mode="r").attrs["graphconv"]
+    assert stated["image_nodata"] == 0 and stated["cells_left_out"]["nodata"] is None
+    assert graphconv(*common, "--images", tmp_path / "scenes", "--output-dir", tmp_path / "maps",
+                     "--output-format", "tif").returncode == 0
+    with tifffile.TiffFile(tmp_path / "maps" / "swath.tif") as tif:
+        assert json.loads(tif.pages[0].description.split("\n", 1)[1])["image_nodata"] == 0
+
+
 def test_a_gdal_nodata_tag_that_is_no_number_is_said_to_be_put_aside(scene_net, tmp_path):
     """GDAL_NODATA "abc": every pixel was read as data and nothing said so (tifffile's own
     warning is filtered out). One note, in a single run and in a batch; --nodata quiets it."""
