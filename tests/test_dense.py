@@ -283,7 +283,7 @@ def test_verify_explains_a_network_padded_unevenly(write_spec, rng):
     pool_pad = report.layers[1]
     assert pool_pad.tolerance < 1 and pool_pad.differing > 0 and pool_pad.clear_agrees
     assert "pool1.pad (padding top 1, left 0, bottom 0, right 1 of -inf): of its 9x8 map per crop, 30 " \
-           "positions read padding of -inf (here or upstream: 1 row(s) at the top, 1 at the bottom" in str(report)
+           "positions read padding of -inf (here or upstream: 1 row at the top, 1 at the bottom" in str(report)
     assert np.isfinite(pool_pad.max_abs) and pool_pad.infinite > 0, "a -inf border is counted, not 'by up to inf'"
     assert f"where both are finite ({pool_pad.infinite} hold an infinity, the padding's, or NaN in one only)" in str(report)
     assert "inf;" not in str(report)
