@@ -1978,9 +1978,9 @@ def _no_data_in_region(args: argparse.Namespace, source, where: str, blank, crop
     centre = _data_centre(blank, crop, stride)
     side = [min(crop[a] + (VERIFY_REGION_CELLS - 1) * stride[a], box[a][1] - box[a][0]) for a in (0, 1)]
     top, left = (max(0, round((centre[a] - side[a] / 2) * span[a])) for a in (0, 1))
-    return (f"{head}; the cells run computes lie in {_rows_and_columns(level0)} of level 0: give a --region inside them, e.g. --region {top} {left} "
-            f"{round(side[0] * span[0])} {round(side[1] * span[1])} (or leave out --region: its default avoids "
-            "the no-data)")
+    return (f"{head}; the cells run computes lie in {_rows_and_columns(level0)} of level 0: give a --region "
+            f"inside them, e.g. --region {top} {left} {round(side[0] * span[0])} {round(side[1] * span[1])} (or "
+            "leave out --region: its default avoids the no-data)")
 
 
 def _crops_command(args: argparse.Namespace) -> str:
@@ -2075,9 +2075,9 @@ def _given_region(args: argparse.Namespace, source, span) -> tuple[list[int], li
     top, left, height, width = args.region
     full = [round(n * s) for n, s in zip((source.height, source.width), span)]
     if top + height > full[0] or left + width > full[1]:
+        inside = _rows_and_columns([(0, full[0]), (0, full[1])])
         raise GraphconvError(f"--region {top} {left} {height} {width} reaches outside the image, which is "
-                             f"{full[0]}x{full[1]} pixels at level 0 ({_rows_and_columns([(0, full[0]), (0, full[1])])})",
-                             file=args.image)
+                             f"{full[0]}x{full[1]} pixels at level 0 ({inside})", file=args.image)
     start = [int(top / span[0]), int(left / span[1])]
     return start, [int((top + height) / span[0]) - start[0], int((left + width) / span[1]) - start[1]]
 

@@ -1,7 +1,8 @@
 """The list of what an --images batch did (`graphconv-maps.csv` in its --output-dir): a
 row per image, with its map, whether it was written, the map's shape, where its cells
-stand on the image and the image's error. It is for the user's scripts (which photos failed, and why, without reading
-stderr), and for graphconv itself: an .npy map records nothing of who wrote it, so a
+stand on the image and the image's error. It is for the user's scripts (which photos
+failed, and why, without reading stderr; where an .npy map's cells lie), and for
+graphconv itself: an .npy map records nothing of who wrote it, so a
 later run replaces an .npy of another shape (a photo cropped since, another --classes)
 only where this list says graphconv wrote exactly that file (its size, time and inode);
 and its `made_with` (the model and settings, JSON, as a .tif map states them) tells
@@ -26,10 +27,10 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from graphconv.errors import GraphconvError, shown_path
+from graphconv.files import atomic_write, file_stamp, locked_if_possible
 
 if TYPE_CHECKING:
     from graphconv.georef import CellPlacement
-from graphconv.files import atomic_write, file_stamp, locked_if_possible
 
 MANIFEST_NAME = "graphconv-maps.csv"
 PLACEMENT_COLUMNS = ("first_cell_centre_y", "first_cell_centre_x", "cell_step_y", "cell_step_x", "cell_area_h",

@@ -164,7 +164,7 @@ def _annotation_keys(graph: Graph) -> set[str]:
     return {key for _, data in graph.nx.nodes(data=True) for key in data.get("annotations") or ()}
 
 
-def _where_it_crashed(err: Exception, info: PassInfo) -> str:
+def _where_it_crashed(err: Exception) -> str:
     """' at my_passes.py:41 in fold_scale': the last line of the user's own code the
     exception went through (not graphconv's, numpy's or Python's), which a plugin's
     author most needs and "crashed: KeyError: 'nope'" did not say."""
@@ -567,7 +567,7 @@ class PassManager:
                                                   "--no-verify, or from Python verify_each=True, to find which pass "
                                                   "broke it)")
                 raise
-            raise PassError(f"pass '{info.name}' ({info.origin}) crashed{_where_it_crashed(err, info)}: "
+            raise PassError(f"pass '{info.name}' ({info.origin}) crashed{_where_it_crashed(err)}: "
                             f"{type(err).__name__}: {err}{self._crash_hint(err, graph, info)} (--traceback "
                             "for the whole traceback)") from err
         if result is not None and not isinstance(result, (bool, np.bool_)):  # `return mask.any()` is a bool too
