@@ -312,7 +312,7 @@ def test_shift_and_dilate_agree_on_a_padded_network_beyond_the_largest_shift(str
     plural = "" if reach == 1 else "s"
     assert f"within {reach} row{plural} of the image's top or {reach} column{plural} of the image's left edge" in \
         shift_cut_padding(shifted.graph)
-    assert "one whose field reaches past the image's bottom or right edge reads the zeros a copy is filled " \
+    assert "and a cell whose field reaches past the image's bottom or right edge reads the zeros a copy is filled " \
            "with there as pixels" in shift_cut_padding(shifted.graph)
     assert shift_cut_padding(dilated.graph) is None
     field = shifted.field
