@@ -1721,9 +1721,10 @@ def note_plugin_passes_that_changed_nothing(records) -> None:
     done its work."""
     from graphconv.pass_manager import get_pass
 
-    idle = [r.name for r in records if not r.modified and not r.automatic
-            and not get_pass(r.name).origin.startswith("built-in") and not get_pass(r.name).analysis
-            and not get_pass(r.name).provides]
+    def may_have_missed(info) -> bool:  # a transform of the user's own (an analysis changes nothing by design)
+        return not info.origin.startswith("built-in") and not info.analysis and not info.provides
+
+    idle = [r.name for r in records if not r.modified and not r.automatic and may_have_missed(get_pass(r.name))]
     for name in dict.fromkeys(idle):
         note(f"note: pass '{name}' left the graph as it was (if it was to change it: where a pass stands "
              f"decides what it sees, `--print-ir-before {name}` shows the graph it got; a pass that only reads "
