@@ -89,14 +89,19 @@ def nearest(name: str, candidates: list[str], n: int = 3) -> list[str]:
 
 @dataclass(frozen=True)
 class Location:
-    """Where a layer was defined: kept on every IR node so late passes can point back."""
+    """Where a layer was defined: kept on every IR node so late passes can point back.
+    A layer a pass inserted has no line of its own: it takes its neighbour's, and
+    `added` says so ("a pass added it after 'fc4'"), or the user reads the error as
+    being about the layer written on that line."""
 
     file: str
     line: int | None = None
+    added: str | None = None
 
     def __str__(self) -> str:
         name = shown_path(self.file) if self.file else "<spec>"
-        return f"{name}:{self.line}" if self.line else name
+        where = f"{name}:{self.line}" if self.line else name
+        return f"{where} ({self.added})" if self.added else where
 
 
 def shown_path(path: str) -> str:

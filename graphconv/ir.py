@@ -352,7 +352,7 @@ class Graph:
         """Insert a layer that reads `node`; node's former users read the new layer."""
         anchor = self.node(_name(node))
         users = [(u, self.nx.edges[anchor.name, u]["index"]) for u in self.nx.successors(anchor.name)]
-        new = self.add(name, op, [anchor], params, weights, anchor.loc)
+        new = self.add(name, op, [anchor], params, weights, _beside(anchor, "after"))
         for user, index in users:
             self.nx.remove_edge(anchor.name, user)
             self._connect(new.name, user, index)
@@ -369,7 +369,7 @@ class Graph:
         sources = anchor.inputs
         if len(sources) != 1:
             raise ValueError(f"cannot insert before {anchor.name!r}: it has {len(sources)} inputs")
-        new = self.add(name, op, [sources[0]], params, weights, anchor.loc)
+        new = self.add(name, op, [sources[0]], params, weights, _beside(anchor, "before"))
         self.nx.remove_edge(sources[0].name, anchor.name)
         self._connect(new.name, anchor.name, 0)
         self._changed()
@@ -628,6 +628,15 @@ def _check_param_values(node: Node, opdef) -> None:
         if canonical != value or type(canonical) is not type(value) and isinstance(canonical, tuple):
             raise node.error(f"'{p.name}' is {shown(value)}, which the IR keeps as {shown(canonical)} (passes "
                              "that set parameters can put them in that form with graphconv.params.check_value)")
+
+
+def _beside(anchor: Node, side: str) -> Location | None:
+    """The location of a layer a pass inserts next to `anchor`: the anchor's line,
+    saying whose it is."""
+    loc = anchor.loc
+    if loc is None:
+        return None
+    return Location(loc.file, loc.line, f"a pass added it {side} {shown(anchor.name)}")
 
 
 def _name(node: Node | str) -> str:

@@ -68,6 +68,18 @@ def test_insert_after_and_before(chain):
     assert chain.output.name == "tail"
 
 
+def test_an_inserted_layer_says_whose_spec_line_it_takes():
+    """An error about a layer a pass inserted must not read as one about the layer
+    written on the line it points at."""
+    g = load_spec(SPECS / "tinydag.yaml")
+    line = g.node("b1").loc.line
+    after = g.insert_after("b1", "after_b1", "relu")
+    before = g.insert_before("b1", "before_b1", "relu")
+    assert str(after.loc).endswith(f"tinydag.yaml:{line} (a pass added it after 'b1')")
+    assert str(before.loc).endswith(f"tinydag.yaml:{line} (a pass added it before 'b1')")
+    assert str(g.node("b1").loc).endswith(f"tinydag.yaml:{line}")
+
+
 def test_replace_keeps_wiring_argument_order_and_location():
     g = load_spec(SPECS / "tinydag.yaml")
     line = g.node("b1").loc.line

@@ -445,7 +445,9 @@ def test_the_verifier_names_a_missing_parameter(lenet):
     def half_built_conv(graph):
         graph.insert_after("relu1", "extra", "conv", {"kernel_size": 1})
 
-    with pytest.raises(PassError, match=r"pass 'half-built-conv' broke the IR: .*layer 'extra': conv is "
+    relu1_line = lenet.node("relu1").loc.line
+    with pytest.raises(PassError, match=rf"pass 'half-built-conv' broke the IR: .*lenet.yaml:{relu1_line} \(a pass added "
+                                        r"it after 'relu1'\): layer 'extra': conv is "
                                         r"missing required parameter\(s\) \['out_channels'\]"):
         PassManager("half-built-conv").run(lenet)
 
