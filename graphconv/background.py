@@ -42,7 +42,7 @@ from typing import Callable
 
 import numpy as np
 
-from graphconv.errors import GraphconvError
+from graphconv.errors import GraphconvError, counted
 
 DEFAULT_THRESHOLD = 0.05  # HSV saturation (or darkness) of the palest tissue kept: above JPEG noise on glass
 NO_CLASS = np.iinfo(np.uint16).max  # what a --reduce argmax map holds for a cell not computed
@@ -95,7 +95,8 @@ class Background:
         if threshold is None or not 0 < threshold < 1:
             raise GraphconvError(f"--skip-background {threshold}: the threshold is a saturation between 0 and 1")
         if not getattr(source, "picture", True):
-            raise GraphconvError(f"--skip-background: a raster of {source.band_count} band(s) that is not a picture "
+            raise GraphconvError(f"--skip-background: a raster of {counted(source.band_count, 'band')} that is "
+                                 f"not a picture "
                                  "(grey, RGB or RGBA) and declares no no-data value: the tissue test reads colour "
                                  "on a bright background, which bands are not; give the raster a no-data value "
                                  "(--nodata VALUE, or GDAL's no-data tag in a TIFF, a _FillValue attribute in a zarr "

@@ -28,7 +28,7 @@ import numpy as np
 from graphconv.arrays import load_npy
 from graphconv.background import DEFAULT_MAX_NODATA, DEFAULT_THRESHOLD
 from graphconv.backends import device_choices
-from graphconv.errors import GraphconvError, GraphconvWarning, nearest, printable, shown
+from graphconv.errors import GraphconvError, GraphconvWarning, agreeing, counted, nearest, printable, shown
 from graphconv.files import atomic_write, check_model_target, check_writable, committed_outputs, forget_committed
 from graphconv.georef import is_tiff_output
 from graphconv.memory import check_run_fits
@@ -509,7 +509,8 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     if extra:
         hint = ""
         if getattr(args, "images", None) and not any(arg.startswith("-") for arg in extra):
-            hint = (f"; --images takes one pattern ({shown(args.images)}), and {len(extra)} more path(s) followed: "
+            hint = (f"; --images takes one pattern ({shown(args.images)}), and {len(extra)} more "
+                    f"{agreeing(len(extra), 'path', 'paths')} followed: "
                     "did the shell expand a glob? Quote it, as in --images 'photos/*.jpg'")
         parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     return args
@@ -868,7 +869,8 @@ def _note_overflow(out: np.ndarray, source: str) -> None:
     that blow up), and a map of NaN was written with exit 0 and no word."""
     bad = int(out.size - np.count_nonzero(np.isfinite(out)))
     if bad:
-        note(f"note: {bad} of {out.size} output value(s) are NaN or infinite: float32 overflowed inside the "
+        note(f"note: {bad} of {counted(out.size, 'output value')} {agreeing(bad, 'is', 'are')} NaN or infinite: "
+             f"float32 overflowed inside the "
              f"network on {source} (check its values' range, and the model's preprocess)")
 
 
@@ -1216,14 +1218,14 @@ def note_dense_padding(args: argparse.Namespace, model) -> None:
 
 
 def _pads_in(graph, padded: list[str]) -> str:
-    """'pads in 3 layer(s)', naming the ceil_mode pools among them whose last window hangs
+    """'pads in 3 layers', naming the ceil_mode pools among them whose last window hangs
     off the map (a network padding nowhere was said to pad)."""
     from graphconv.dense import hanging_pools
 
     hanging = hanging_pools(graph, padded)
     if len(hanging) == len(padded):
-        return f"hangs a ceil_mode pool's last window off the map in {len(padded)} layer(s)"
-    return f"pads in {len(padded)} layer(s){_hanging_words(hanging)}"
+        return f"hangs a ceil_mode pool's last window off the map in {counted(len(padded), 'layer')}"
+    return f"pads in {counted(len(padded), 'layer')}{_hanging_words(hanging)}"
 
 
 def _hanging_words(hanging: list[str]) -> str:
@@ -1514,7 +1516,7 @@ def _run_scales(args: argparse.Namespace, model, x: np.ndarray) -> int:
     for (scale, flipped), score_map in result.maps.items():
         print(f"scale {scale}{' flipped' if flipped else ''}: input resized to shorter side {scale}, "
               f"score map {score_map.shape[2]}x{score_map.shape[3]}")
-    print(f"reduced ({reduce}) over {len(result.maps)} evaluation(s) -> scores {result.scores.shape}")
+    print(f"reduced ({reduce}) over {counted(len(result.maps), 'evaluation')} -> scores {result.scores.shape}")
     print_top(result.scores, args.top or 5, model.graph.meta.get("labels"))
     if args.output:
         atomic_write(args.output, lambda p: np.save(p, result.scores), suffix=".npy", size=result.scores.nbytes)
@@ -2223,8 +2225,8 @@ def _preprocess_options(args: argparse.Namespace, channels: int) -> dict:
         if len(values) == 1:
             values = values * channels  # one number for every channel, as for a grey or multi-band input
         if len(values) != channels:
-            raise GraphconvError(f"--{key} gives {len(values)} number(s); the model's input has {channels} "
-                                 "channel(s): give one number per channel, or one for all")
+            raise GraphconvError(f"--{key} gives {counted(len(values), 'number')}; the model's input has "
+                                 f"{counted(channels, 'channel')}: give one number per channel, or one for all")
         if key == "std" and any(v == 0 for v in values):
             raise GraphconvError("--std must not contain 0")
         block[key] = values

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator, Sequence
 import numpy as np
 
 from graphconv.background import DEFAULT_MAX_NODATA
-from graphconv.errors import GraphconvError, GraphconvWarning
+from graphconv.errors import GraphconvError, GraphconvWarning, counted
 
 if TYPE_CHECKING:
     from graphconv.georef import CellPlacement
@@ -204,7 +204,7 @@ def client_for(workers: int | None, scheduler: str | None) -> Iterator[Any]:
     from graphconv.memory import check_fits
 
     check_fits(workers * WORKER_PROCESS_BYTES, f"--workers {workers} (a process each, before any model or tile)",
-               hint=f"give fewer: this machine has {os.cpu_count() or 1} core(s)")
+               hint=f"give fewer: this machine has {counted(os.cpu_count() or 1, 'core')}")
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     os.environ.setdefault("NUMBA_NUM_THREADS", str(threads))
     scratch = tempfile.mkdtemp(prefix="graphconv-dask-")

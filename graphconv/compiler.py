@@ -6,7 +6,7 @@ import dataclasses
 import os
 from typing import Any, Sequence
 
-from graphconv.errors import GraphconvError
+from graphconv.errors import GraphconvError, agreeing
 from graphconv.ir import Graph
 from graphconv.model import LOAD_OPTIONS, Model, load_graph
 from graphconv.pass_manager import (CONVERTING_PASSES, DEFAULT_PIPELINE, PassManager, PassRecord, PipelineItem,
@@ -83,7 +83,8 @@ def _check_options(options: dict, output_stride: int | None, stride_method: str)
     method without a stride, which would be ignored, is refused."""
     unknown = sorted(set(options) - set(MANAGER_OPTIONS))
     if unknown:
-        raise TypeError(f"compile_model got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; it takes "
+        raise TypeError(f"compile_model got unexpected keyword "
+                        f"{agreeing(len(unknown), 'argument', 'arguments')} {', '.join(map(repr, unknown))}; it takes "
                         f"passes, output_stride, stride_method, {', '.join(LOAD_OPTIONS)} and "
                         f"{', '.join(MANAGER_OPTIONS)}")
     if stride_method not in STRIDE_METHODS:

@@ -30,7 +30,7 @@ from typing import Callable
 import networkx as nx
 import numpy as np
 
-from graphconv.errors import GraphconvError
+from graphconv.errors import GraphconvError, agreeing, counted
 from graphconv.ir import Graph
 from graphconv.model import Model, as_batch
 from graphconv.ops import pair
@@ -220,8 +220,8 @@ class LayerPadding:
         h, w = self.map_hw
         top, bottom, left, right = self.border
         text = (f"{self.name} ({self.why}): of its {h}x{w} map per crop, {self.reached} positions read "
-                f"{self.fill} (here or upstream: {_counted(top, 'row')} at the top, {bottom} at the bottom, "
-                f"{_counted(left, 'column')} at the left, {right} at the right); {self.differing} of them differ "
+                f"{self.fill} (here or upstream: {counted(top, 'row')} at the top, {bottom} at the bottom, "
+                f"{counted(left, 'column')} at the left, {right} at the right); {self.differing} of them differ "
                 f"from the sliding network, by up to {self.max_abs:.3g}")
         if self.infinite:
             text += f" where both are finite ({self.infinite} hold an infinity, the padding's, or NaN in one only)"
@@ -230,11 +230,6 @@ class LayerPadding:
             text += (f"; the {clear} others agree (max {self.clear_max_abs:.2g})" if self.clear_agrees
                      else f"; the {clear} others DIFFER by up to {self.clear_max_abs:.3g} (a bug)")
         return text
-
-
-def _counted(n: int, noun: str) -> str:
-    """'1 row', '3 rows'."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 @dataclass
@@ -358,11 +353,12 @@ class VerifyReport:
             lines.extend(f"    - {layer.line()}" for layer in listed)
             if rest:
                 kind = "ceil_mode" if self.only_hanging_windows else "padded"
-                lines.append(f"    - and {len(rest)} more {kind} layer(s) between them, whose positions that read "
+                lines.append(f"    - and {len(rest)} more {kind} {agreeing(len(rest), 'layer', 'layers')} "
+                             f"between them, whose positions that read "
                              f"{self.edge} differ by up to {max(layer.max_abs for layer in rest):.3g} and whose "
                              "positions clear of it, if any, agree")
             if self.layers:
-                lines.append(f"    (per layer: {_counted(self.layers[0].crops, 'sampled crop')}, each layer's map "
+                lines.append(f"    (per layer: {counted(self.layers[0].crops, 'sampled crop')}, each layer's map "
                              "on the crop against the sliding network's at the same place)")
             if self.finer_stride and self.edge_kinds == {"padding"}:  # dilate takes no other edge effect
                 lines.append("    --stride-method dilate and shift disagreeing near the image's edges on such a "
@@ -453,7 +449,7 @@ class VerifyReport:
                     "runs on each crop is the converted network itself; verify the spec it was compiled from "
                     "to check the conversion")
         return (f"(a) conversion: the converted network vs the classifier on "
-                f"{_counted(self.conversion_crops, 'crop')} (the first, middle and last rows and columns of the crop "
+                f"{counted(self.conversion_crops, 'crop')} (the first, middle and last rows and columns of the crop "
                 f"grid): max abs difference {self.conversion_max_abs:.3g} ({self._conversion_tolerance_text()}): "
                 + self._conversion_verdict())
 

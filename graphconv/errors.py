@@ -75,6 +75,17 @@ def _shown_container(value: Any, limit: int, depth: int) -> str:
     return opening + ", ".join(parts) + closing
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """'1 image', '3 images' ('1 copy', '2 copies' with `plural`): what messages say
+    where they used to say '3 image(s)'."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+def agreeing(n: int, singular: str, plural: str) -> str:
+    """The word that agrees with a count: `agreeing(1, "is", "are")` is "is"."""
+    return singular if n == 1 else plural
+
+
 def nearest(name: str, candidates: list[str], n: int = 3) -> list[str]:
     """The candidates closest to a name the user gave (difflib's near misses, else one
     that differs only in case): what a "did you mean" offers."""

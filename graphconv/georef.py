@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from graphconv.errors import GraphconvError
+from graphconv.errors import GraphconvError, agreeing
 from graphconv.receptive import Field
 
 # TIFF tag codes (GeoTIFF 1.1, and GDAL's for no-data)
@@ -329,12 +329,13 @@ def zarr_georeference_note(path: str) -> str | None:
     names = ", ".join(unread[:6]) + (f" and {len(unread) - 6} more" if len(unread) > 6 else "")
     reads = ("graphconv reads GeoTransform or spatial:transform, with proj:code, proj:epsg, _CRS or a WKT's EPSG "
              "code, as its own .zarr maps carry them")
+    attributes = (f"the zarr array's {agreeing(len(unread), 'attribute', 'attributes')} {names} "
+                  f"{agreeing(len(unread), 'looks', 'look')} like")
     if geo is None:
-        return f"note: the zarr array's attribute(s) {names} look like a georeference graphconv does not read " \
-               f"({reads}): the map is not georeferenced"
+        return f"note: {attributes} a georeference graphconv does not read ({reads}): the map is not georeferenced"
     if not geo.keys:
-        return f"note: the zarr array's attribute(s) {names} look like a projection graphconv does not read " \
-               f"({reads}): the map is placed by its GeoTransform but names no projection"
+        return (f"note: {attributes} a projection graphconv does not read ({reads}): the map is placed by its "
+                "GeoTransform but names no projection")
     return None
 
 

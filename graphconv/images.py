@@ -26,7 +26,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from graphconv.arrays import open_regular_file
-from graphconv.errors import GraphconvError, shown
+from graphconv.errors import GraphconvError, counted, shown
 from graphconv.memory import check_fits, format_size, memory_limit
 from graphconv.receptive import Field
 
@@ -420,7 +420,7 @@ def preprocess(image: np.ndarray, spec: dict | None) -> np.ndarray:
     for key in ("mean", "std"):
         if key in spec and len(spec[key]) != image.shape[0]:
             raise GraphconvError(f"preprocess {key} lists {len(spec[key])} numbers for an image of "
-                                 f"{image.shape[0]} channel(s)")
+                                 f"{counted(image.shape[0], 'channel')}")
     if "mean" in spec:
         x = x - np.asarray(spec["mean"], np.float32)[:, None, None]
     if "std" in spec:

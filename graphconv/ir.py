@@ -33,7 +33,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import networkx as nx
 import numpy as np
 
-from graphconv.errors import GraphconvError, Location, nearest, shown
+from graphconv.errors import GraphconvError, Location, agreeing, nearest, shown
 from graphconv.ops import get_op
 
 INPUT_OP = "input"
@@ -513,11 +513,14 @@ class Graph:
                 raise node.error(problem)
             unknown = set(node.params) - {p.name for p in opdef.params}
             if unknown:
-                raise node.error(f"unknown parameter(s) {sorted(unknown)} for op {node.op}")
+                raise node.error(f"unknown {agreeing(len(unknown), 'parameter', 'parameters')} "
+                                 f"{sorted(unknown)} for op {node.op}")
             missing = [p.name for p in opdef.params if p.name not in node.params
                        and (p.default_from is None or p.default_from in node.params)]
             if missing:  # one that defaults to another (a pool's stride) is named when that one is there
-                raise node.error(f"{node.op} is missing required parameter(s) {missing}, which have no default")
+                raise node.error(f"{node.op} is missing required "
+                                 f"{agreeing(len(missing), 'parameter', 'parameters')} {missing}, "
+                                 f"which {agreeing(len(missing), 'has', 'have')} no default")
             _check_param_values(node, opdef)
             for key, array in node.weights.items():
                 if not isinstance(array, np.ndarray) or array.dtype != np.float32:

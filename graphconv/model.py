@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from graphconv.errors import GraphconvError, shown, warn_caller
+from graphconv.errors import GraphconvError, counted, shown, warn_caller
 from graphconv.ir import Graph
 from graphconv.receptive import Field, MixedStridesError, crop_stride, receptive_fields
 from graphconv.runtime import Executor
@@ -428,7 +428,8 @@ class Model:
         hw = self.padded_hw(*hw) or hw  # the size a segmentation network runs the image at
         estimate = self.derived(f"run estimate {images}x{hw}", lambda: run_estimate(self.graph, images, hw))
         if estimate > memory_limit():
-            check_fits(estimate, f"running {self.graph.name} on {images} image(s) of {hw[0]}x{hw[1]}", file=file,
+            check_fits(estimate, f"running {self.graph.name} on {counted(images, 'image')} of "
+                                 f"{hw[0]}x{hw[1]}", file=file,
                        hint=hint() if callable(hint) else hint)
 
     def _memory_hint(self, images: int, image_hw: tuple[int, int]) -> str:

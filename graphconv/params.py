@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from graphconv.errors import GraphconvError, shown
+from graphconv.errors import GraphconvError, agreeing, shown
 from graphconv.ops.registry import REQUIRED, OpDef
 
 MAX_INT = 2**31 - 1  # for sizes, strides and counts: anything larger is a mistake or an attack
@@ -54,7 +54,8 @@ def normalize_params(opdef: OpDef, raw: Mapping[str, Any]) -> dict:
     if unknown:
         names = sorted(unknown, key=str)
         hints = [hint for hint in (suggestion(name, known) for name in names) if hint]
-        raise ParamError(f"unknown parameter(s) {shown(names)} for op {opdef.name}"
+        raise ParamError(f"unknown {agreeing(len(names), 'parameter', 'parameters')} {shown(names)} for op "
+                         f"{opdef.name}"
                          + (f": {'; '.join(hints)}" if hints else "")
                          + f" (it takes: {', '.join(known) or 'none'})", param=names[0])
     params = {}

@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, TextIO
 
 import numpy as np
 
-from graphconv.errors import GraphconvError, PassError, shown, shown_path
+from graphconv.errors import GraphconvError, PassError, agreeing, shown, shown_path
 from graphconv.ir import Graph
 from graphconv.shapes import infer_shapes
 
@@ -541,7 +541,9 @@ class PassManager:
                                     f"'{provider.name}' before it")
                 if provider.required_options:
                     raise PassError(f"pass '{info.name}' requires '{analysis}', which pass '{provider.name}' "
-                                    f"provides, but it needs option(s) {', '.join(provider.required_options)}: "
+                                    f"provides, but it needs "
+                                    f"{agreeing(len(provider.required_options), 'option', 'options')} "
+                                    f"{', '.join(provider.required_options)}: "
                                     f"list {provider.name}{{{provider.required_options[0]}=...}} before "
                                     f"'{info.name}'")
                 self._run_one(graph, provider, {}, automatic=True)
@@ -621,8 +623,10 @@ class PassManager:
         except Exception:  # a graph the final check refuses (a cycle): that error says more
             return
         if dead:
-            raise PassError(f"{self._left_dead[dead[0]]} left layer(s) {', '.join(repr(d) for d in dead[:3])} that "
-                            "reach no output: erase them (graph.erase), or run dead-node-elimination after it")
+            raise PassError(f"{self._left_dead[dead[0]]} left {agreeing(len(dead), 'layer', 'layers')} "
+                            f"{', '.join(repr(d) for d in dead[:3])} "
+                            f"that {agreeing(len(dead), 'reaches', 'reach')} no output: erase them "
+                            f"(graph.erase), or run dead-node-elimination after it")
 
     def _crash_hint(self, err: Exception, graph: Graph, info: PassInfo) -> str:
         """What a plugin pass's crash most likely means, where it is one of two slips: a
@@ -788,7 +792,8 @@ def _check_options(info: PassInfo, options: dict) -> None:
                             "',', '{', '}', '[', ']' or spaces at the ends of an option's text")
     missing = [k for k in info.required_options if k not in options]
     if missing:
-        raise PassError(f"pass '{info.name}' needs option(s) {', '.join(missing)}: "
+        raise PassError(f"pass '{info.name}' needs {agreeing(len(missing), 'option', 'options')} "
+                        f"{', '.join(missing)}: "
                         f"write {info.name}{{{missing[0]}=...}}")
 
 

@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
-from graphconv.errors import GraphconvError
+from graphconv.errors import GraphconvError, counted
 from graphconv.ir import Graph
 from graphconv.shapes import batch_scales, infer_shapes
 
@@ -228,7 +228,8 @@ def _mixed_strides_message(node, sources: list[Field], crops: tuple[int, int]) -
     stride = min(crops)
     return (f"merges maps of different strides ({arriving}); their cells do not line up on an image larger "
             "than the crop (at the crop the maps may be the same size, so the classifier runs), so the network "
-            f"cannot slide: run it on every crop with `run --crops {stride}` instead (crops {stride} pixel(s) "
+            f"cannot slide: run it on every crop with `run --crops {stride}` instead (crops "
+            f"{counted(stride, 'pixel')} "
             "apart: the finest stride its branches sample the image at)")
 
 

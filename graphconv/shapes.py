@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from graphconv.errors import GraphconvError, ShapeError, SmallerThanTheCrop, shown
+from graphconv.errors import GraphconvError, ShapeError, SmallerThanTheCrop, agreeing, shown
 from graphconv.ir import Graph, Node
 
 Shape = tuple[int, int, int]
@@ -242,7 +242,9 @@ def dropped_layers_note(graph: Graph) -> str | None:
     if not dropped:
         return None
     named = ", ".join(dropped[:5]) + (f" and {len(dropped) - 5} more" if len(dropped) > 5 else "")
-    return (f"note: layer(s) {named} of {graph.name} reach no output and are dropped (their weights are neither "
+    return (f"note: {agreeing(len(dropped), 'layer', 'layers')} {named} of {graph.name} "
+            f"{agreeing(len(dropped), 'reaches no output and is', 'reach no output and are')} dropped (their "
+            f"weights are neither "
             "needed nor used)")
 
 

@@ -49,7 +49,7 @@ from typing import Sequence
 
 import numpy as np
 
-from graphconv.errors import GraphconvError, shown
+from graphconv.errors import GraphconvError, counted, shown
 from graphconv.images import stores_values
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf8")
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, what Pillow's "L" uses
@@ -317,7 +317,8 @@ def _layout(shape, channels: int, path: str, axes: str | None = None) -> str:
     if shape[2] < min(shape[:2]):
         return "hwc"
     raise GraphconvError(f"an image array of shape {tuple(shape)}: cannot tell its band axis (the network takes "
-                         f"{channels} channel(s)); name its dimensions (zarr's dimension_names, xarray's dims: "
+                         f"{counted(channels, 'channel')}); name its dimensions (zarr's dimension_names, "
+                         f"xarray's dims: "
                          "band, y, x)", file=path)
 
 
@@ -332,14 +333,14 @@ def _checked_bands(bands: Sequence[int] | None, have: int, channels: int, path: 
     first three need not be red, green and blue (PlanetScope's are blue, green, red)."""
     if bands is None:
         if have < channels and not (have == 1 and channels == 3):
-            raise GraphconvError(f"has {have} band(s); the model takes {channels}", file=path)
+            raise GraphconvError(f"has {counted(have, 'band')}; the model takes {channels}", file=path)
         if have > channels and not (picture and (channels == 1 and have in (3, 4) or channels == 3 and have == 4)):
             raise GraphconvError(f"has {have} bands; the model takes {channels}: pick them with --bands "
                                  f"(numbered from 1, as GDAL numbers them; e.g. --bands "
                                  f"{','.join(str(b) for b in range(1, channels + 1))})", file=path)
         return None
     if len(bands) != channels:
-        raise GraphconvError(f"--bands lists {len(bands)} band(s); the model takes {channels}", file=path)
+        raise GraphconvError(f"--bands lists {counted(len(bands), 'band')}; the model takes {channels}", file=path)
     outside = [b for b in bands if not 1 <= b <= have]
     if outside:
         raise GraphconvError(f"--bands {','.join(map(str, bands))}: the image has bands 1 to {have}, "
@@ -967,7 +968,7 @@ def _read_ome_zarr(path: str) -> _OmeZarr:
         raise GraphconvError(f"cannot read as an OME-Zarr image: {type(err).__name__}: {shown(str(err))}",
                              file=path) from None
     if not arrays or not {"y", "x"} <= set(axes):
-        raise GraphconvError(f"an OME-Zarr image with axes {', '.join(axes)} and {len(arrays)} level(s): "
+        raise GraphconvError(f"an OME-Zarr image with axes {', '.join(axes)} and {counted(len(arrays), 'level')}: "
                              "expected y and x among its axes, and a level", file=path)
     for level, array in enumerate(arrays):
         if len(array.shape) != len(axes):
@@ -1417,7 +1418,7 @@ def _axis_sizes(level) -> tuple[int, int]:
 
 def _level_list(level_hw: list[tuple[int, int]]) -> str:
     sizes = ", ".join(f"{i}: {h}x{w}" for i, (h, w) in enumerate(level_hw))
-    return f"{len(level_hw)} level(s) ({sizes})"
+    return f"{counted(len(level_hw), 'level')} ({sizes})"
 
 
 def _decodable_array(path: str, series, level: int, pages):

@@ -24,7 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
-from graphconv.errors import GraphconvError, Location, printable, shown
+from graphconv.errors import GraphconvError, Location, agreeing, counted, printable, shown
 from graphconv.memory import FLOAT_BYTES, check_fits, format_size, memory_limit
 
 
@@ -215,8 +215,9 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
         _draw_heatmap(args, model, source, grid, out, background)
         means = _class_means(args, out)
     seconds = time.perf_counter() - start
-    of_all = f" of {len(plan.tiles)}" if computed < len(plan.tiles) else ""  # '9 tile(s) (3 ...)' read as 3 of the 9
-    print(f"output shape {shape} ({dtype}) in {seconds:.2f} s over {computed}{of_all} tile(s)"
+    of_all = f" of {len(plan.tiles)}" if computed < len(plan.tiles) else ""  # '9 tiles (3 ...)' read as 3 of the 9
+    tiles = agreeing(len(plan.tiles), "tile", "tiles")
+    print(f"output shape {shape} ({dtype}) in {seconds:.2f} s over {computed}{of_all} {tiles}"
           f"{_not_computed(len(plan.tiles) - computed, len(blank_tiles), _left_out_over(background))}")
     if means is not None and np.isnan(means).all():
         print("--top: no cell was computed (every one is over background or no-data), so there is no class to rank")
@@ -387,12 +388,16 @@ def _say_resumed(map_file, plan, blank_tiles: frozenset = frozenset(), over: str
     done = len(map_file.done - blank_tiles)
     where = map_file.partial.shown
     if map_file.damaged:
-        print(f"resume: {len(map_file.damaged)} tile(s) listed as done in {where} have blocks missing or unreadable "
-              "there (the partial map was damaged since): computing them again", file=sys.stderr)
+        damaged = len(map_file.damaged)
+        print(f"resume: {counted(damaged, 'tile')} listed as done in {where} {agreeing(damaged, 'has', 'have')} "
+              "blocks missing or unreadable there (the partial map was damaged since): computing "
+              f"{agreeing(damaged, 'it', 'them')} again", file=sys.stderr)
     if done:
         background = len(blank_tiles)
-        also = f" ({background} more hold only {over} and are not computed)" if background else ""
-        print(f"resume: {done} of {total} tile(s) were done by an earlier run ({where}) and are skipped; "
+        also = (f" ({background} more {agreeing(background, 'holds', 'hold')} only {over} and "
+                f"{agreeing(background, 'is', 'are')} not computed)" if background else "")
+        print(f"resume: {done} of {counted(total, 'tile')} {agreeing(done, 'was', 'were')} done by an earlier run "
+              f"({where}) and {agreeing(done, 'is', 'are')} skipped; "
               f"computing {total - done - background}{also}", file=sys.stderr)
     else:
         print(f"resume: writing into {where} (kept if the run stops; the same command with --resume continues "
@@ -415,7 +420,8 @@ def _partial_map_beside(output: str, job: dict):
     differences = job_differences(held, job)
     if not differences:
         return partial
-    note(f"note: {partial.shown} holds {partial.count_done()} tile(s) of a stopped --resume run of another job "
+    note(f"note: {partial.shown} holds {counted(partial.count_done(), 'tile')} of a stopped --resume run of "
+         f"another job "
          f"({'; '.join(differences)}); left as it is: that run's command with --resume continues it (and replaces "
          "this map), or delete it")
     return None
@@ -436,7 +442,8 @@ def _remove_a_partial_map_written_over(partial) -> None:
         note(f"note: {partial.shown}, a stopped --resume run's partial map of this same map, is left as it is: "
              "another run is writing it now")
         return
-    note(f"note: removed {partial.shown}, the {done} tile(s) a stopped --resume run of this same map had done: this "
+    note(f"note: removed {partial.shown}, the {counted(done, 'tile')} a stopped --resume run of this same map "
+         f"had done: this "
          "run computed the whole map without --resume (with --resume it goes on from such a partial map)")
 
 
@@ -492,13 +499,17 @@ def _skipper(args: argparse.Namespace, background, plan):
     tiles, cells = len(blank), sum(background.blank_count(t) for t in plan.tiles)
     total = plan.map_hw[0] * plan.map_hw[1]
     filler = "NaN" if args.reduce != "argmax" else "65535"
-    skipped = f"{tiles} of {len(plan.tiles)} tile(s) hold only such cells and are skipped"
+    skipped = (f"{tiles} of {counted(len(plan.tiles), 'tile')} {agreeing(tiles, 'holds', 'hold')} only such cells "
+               f"and {agreeing(tiles, 'is', 'are')} skipped")
+    not_computed = f"{agreeing(cells, 'is', 'are')} not computed ({filler})"
     if background.masked:
-        print(f"mask: {cells} cell(s) lie outside {args.mask} (no marked pixel near their centre"
-              f"{', or over no-data' if background.nodata is not None else ''}) and are not computed ({filler}); "
+        print(f"mask: {counted(cells, 'cell')} {agreeing(cells, 'lies', 'lie')} outside {args.mask} (no marked "
+              f"pixel near {agreeing(cells, 'its', 'their')} centre"
+              f"{', or over no-data' if background.nodata is not None else ''}) and {not_computed}; "
               f"{skipped}", file=sys.stderr)
     elif background.nodata is None:
-        print(f"background: {cells} cell(s) show no tissue near their centre and are not computed ({filler}); "
+        print(f"background: {counted(cells, 'cell')} {agreeing(cells, 'shows', 'show')} no tissue near "
+              f"{agreeing(cells, 'its', 'their')} centre and {not_computed}; "
               f"{skipped}", file=sys.stderr)
         if cells and cells == total:
             from graphconv.cli import note
@@ -509,7 +520,8 @@ def _skipper(args: argparse.Namespace, background, plan):
     elif cells:
         from graphconv.cli import note
         value = f"no-data value {background.nodata:g}" if background.declared else "NaN, its no-data"
-        note(f"note: {cells} of {total} cell(s) ({cells / total:.0%}) are not computed ({filler} in the map): more "
+        note(f"note: {cells} of {counted(total, 'cell')} ({cells / total:.0%}) {agreeing(cells, 'is', 'are')} not "
+             f"computed ({filler} in the map): more "
              f"than {background.max_nodata:.0%} of each one's crop is no-data (the image's {value}); "
              f"{skipped}. --max-nodata FRACTION sets that share, --compute-nodata computes every cell "
              "(no-data pixels go into the network as 0 after the preprocess)")
@@ -686,7 +698,8 @@ def _check_each_worker_s_tile_fits(args: argparse.Namespace, grid, plan, budget:
 
 def _what_the_budget_is(args: argparse.Namespace) -> str:
     if args.workers and not args.scheduler:
-        return (f"each of the {args.workers} worker(s) may take (the memory limit less the workers' processes and "
+        return (f"{'the worker' if args.workers == 1 else f'each of the {args.workers} workers'} may take (the "
+                f"memory limit less the workers' processes and "
                 "this command's copy of the model, shared)")
     return "budget"
 
@@ -798,7 +811,8 @@ def run_images_command(args: argparse.Namespace) -> int:
     _note_batch_reading(args, model, [result for result in results if not result.error])
     turned = sum(result.turned for result in results if not result.error)
     if turned:  # one line for the batch, not one per photo
-        note(f"note: {turned} photo(s) turned upright per their EXIF orientation (their maps and cells are the "
+        note(f"note: {counted(turned, 'photo')} turned upright per their EXIF orientation (their maps and cells "
+             f"are the "
              "upright picture's)")
     _note_npy_maps_replaced(args, results, replaceable)
     _note_tiled_for_memory(args, model, [result for result in results if result.memory_tile])
@@ -806,7 +820,7 @@ def run_images_command(args: argparse.Namespace) -> int:
     _note_made_meanwhile(args, [result for result in results if result.made_meanwhile])
     if len(failed) == len(results):
         _remove_if_empty(created, images)  # made for maps of which none came: gone, as after any failed command
-    print(f"{len(results) - len(failed)} of {len(results)} image(s) -> {args.output_dir} in "
+    print(f"{len(results) - len(failed)} of {counted(len(results), 'image')} -> {args.output_dir} in "
           f"{time.perf_counter() - start:.1f} s")
     return 2 if failed else 0
 
@@ -840,7 +854,8 @@ def _note_tiled_for_memory(args: argparse.Namespace, model, results: list) -> No
     height, width = max(result.memory_tile for result in results)
     budget = _budget_per_process(args, model)
     over = f"the {format_size(budget)} memory budget" if budget is not None else "their worker's memory budget"
-    note(f"note: {len(results)} image(s) would need more than {over} whole: evaluated in exact tiles of up to "
+    note(f"note: {counted(len(results), 'image')} would need more than {over} whole: evaluated in exact tiles "
+         f"of up to "
          f"{height}x{width} pixels (--tile sets the size; --memory-limit the budget)")
 
 
@@ -849,7 +864,8 @@ def _note_made_meanwhile(args: argparse.Namespace, results: list) -> None:
     from graphconv.cli import note
 
     if results:
-        note(f"note: {len(results)} image(s) had their map made meanwhile by another run into {args.output_dir}, as "
+        note(f"note: {counted(len(results), 'image')} had {agreeing(len(results), 'its', 'their')} map made "
+             f"meanwhile by another run into {args.output_dir}, as "
              "this one would have made it (array tasks given overlapping lists?): kept, not made again")
 
 
@@ -858,7 +874,7 @@ def _note_resumed(resumed: list[tuple[int, int]]) -> None:
     from graphconv.cli import note
 
     if resumed:
-        note(f"note: --resume: {len(resumed)} map(s) went on from the tiles an earlier run had done "
+        note(f"note: --resume: {counted(len(resumed), 'map')} went on from the tiles an earlier run had done "
              f"({sum(done for done, _ in resumed)} of {sum(total for _, total in resumed)} tiles)")
 
 
@@ -870,7 +886,8 @@ def _note_batch_conversions(results: list) -> None:
 
     kinds = [result.converted for result in results if result.converted]
     for kind in dict.fromkeys(kinds):
-        note(f"note: {kinds.count(kind)} of {len(results)} image(s) are {kind}")
+        count = kinds.count(kind)
+        note(f"note: {count} of {counted(len(results), 'image')} {agreeing(count, 'is', 'are')} {kind}")
 
 
 def _note_batch_reading(args: argparse.Namespace, model, results: list) -> None:
@@ -884,15 +901,18 @@ def _note_batch_reading(args: argparse.Namespace, model, results: list) -> None:
     kinds = [result.scaled for result in results if result.scaled]
     for kind in dict.fromkeys(kinds):
         note_value_scaling(model.graph.meta.get("preprocess"), kind,
-                           whose=f"{kinds.count(kind)} of {len(results)} image(s)'")
+                           whose=f"{kinds.count(kind)} of {len(results)} "
+                                 f"images'" if len(results) > 1 else "the image's")
     if any(result.nodata_possible for result in results):
         return
     if getattr(args, "nodata", None) is not None:
-        note(f"note: --nodata {args.nodata:g} has nothing to act on: none of the {len(results)} image(s) has pixels "
+        note(f"note: --nodata {args.nodata:g} has nothing to act on: none of the "
+             f"{counted(len(results), 'image')} has pixels "
              "that can hold it (or they are pictures, all of whose pixels are data), so every cell is computed, "
              "any no-data value their files declare put aside by --nodata")
     elif getattr(args, "nodata_options_given", False):
-        note(f"note: {nodata_flag(args)} has nothing to act on: none of the {len(results)} image(s) can hold no-data (none "
+        note(f"note: {nodata_flag(args)} has nothing to act on: none of the {counted(len(results), 'image')} "
+             f"can hold no-data (none "
              "declares a no-data value its pixels can hold, or they are pictures, all of whose pixels are data): "
              "give the value their no-data pixels hold with --nodata VALUE (--nodata 0 for a swath border of 0)")
 
@@ -958,7 +978,7 @@ def _say_how_to_go_on(args: argparse.Namespace, images: list[str], base: str) ->
     """A batch stopped (Ctrl-C, SIGTERM) keeps the maps it finished, and with --resume the
     tiles done of those it was computing in tiles: the command's "interrupted" line
     (`cli._what_is_left`, through `args.stopped_batch`) says how many, and how the same
-    command goes on; nothing where nothing is kept (it said "0 of 3 map(s) ... are kept
+    command goes on; nothing where nothing is kept (it said "0 of 3 maps ... are kept
     in DIR" of a DIR `_output_dir_made` then removed). The maps kept are those written
     since the batch began (their file stamps changed), counted on disk: a worker's map
     finished as the stop came, or one renamed into place just before it, counts too."""
@@ -974,7 +994,8 @@ def _say_how_to_go_on(args: argparse.Namespace, images: list[str], base: str) ->
         finished = sum(1 for output, stamp in zip(outputs, before) if file_stamp(output) not in (None, stamp))
         if not (finished or partial):
             raise
-        kept = f"{finished} of {len(images)} map(s) were finished and are kept in {args.output_dir}"
+        kept = (f"{finished} of {counted(len(images), 'map')} {agreeing(finished, 'was', 'were')} finished and "
+                f"{agreeing(finished, 'is', 'are')} kept in {args.output_dir}")
         if partial:
             args.stopped_batch = (f"{kept}, and the tiles done of {len(partial)} more in {partial[0]}"
                                   f"{' and others' if len(partial) > 1 else ''}; the same command goes on from them")
@@ -1096,7 +1117,8 @@ def _listed_images(list_file: str) -> list[str]:
     if missing:
         (number, path), more = missing[0], len(missing) - 1
         what = "is a folder, not an image" if os.path.isdir(path) else "is not there"
-        raise GraphconvError(f"{shown(path)} {what}{f' ({more} more listed path(s) too)' if more else ''}; relative "
+        also = f" ({more} more listed {agreeing(more, 'path', 'paths')} too)" if more else ""
+        raise GraphconvError(f"{shown(path)} {what}{also}; relative "
                              f"paths are read from the current folder, {os.getcwd()}",
                              loc=Location(list_file, number))
     return list(images.values())
@@ -1115,7 +1137,7 @@ def _shard_of(images: list[str], part: int, parts: int) -> list[str]:
     from graphconv.cli import note
 
     mine = images[part::parts]
-    note(f"note: --shard {part}/{parts}: {len(mine)} of the batch's {len(images)} image(s)")
+    note(f"note: --shard {part}/{parts}: {len(mine)} of the batch's {counted(len(images), 'image')}")
     return mine
 
 
@@ -1130,7 +1152,9 @@ def _note_subfolders_not_searched(pattern: str, subfolders: list[Path]) -> None:
                and any(is_image_to_map(Path(inner) / name) for inner, _, names in os.walk(folder) for name in names)]
     if holding:
         below = os.path.join(glob.escape(pattern.rstrip("/")), "**", "*")  # 'Wed [2023]' is a folder, not a class
-        note(f"note: --images {pattern}: {len(holding)} subfolder(s) with images in them were not searched (a folder "
+        note(f"note: --images {pattern}: {counted(len(holding), 'subfolder')} with images in "
+             f"{agreeing(len(holding), 'it', 'them')} "
+             f"{agreeing(len(holding), 'was', 'were')} not searched (a folder "
              f"is searched itself only); --images '{below}' maps them too")
 
 
@@ -1146,7 +1170,8 @@ def _no_images(pattern: str) -> None:
         below = [p for p in Path(pattern).rglob("*") if not p.is_dir() and leaving_out(str(p)) is None]
         if below:
             pattern_below = os.path.join(glob.escape(pattern.rstrip("/")), "**", f"*{glob.escape(below[0].suffix)}")
-            raise GraphconvError(f"holds no image graphconv reads ({kinds}) itself; {len(below)} image(s) are in "
+            raise GraphconvError(f"holds no image graphconv reads ({kinds}) itself; "
+                                 f"{counted(len(below), 'image')} {agreeing(len(below), 'is', 'are')} in "
                                  f"its subfolders, which a folder does not take in: give --images '{pattern_below}' "
                                  "(quoted; ** reaches into every subfolder)", file=pattern)
         raise GraphconvError(f"holds no image graphconv reads ({kinds})", file=pattern)
@@ -1194,7 +1219,7 @@ def _note_left_out(pattern: str, reasons: dict[str, str]) -> None:
         paths = [path for path, given in reasons.items() if given == reason]
         why.append(f"{len(paths)} {reason}{_suffix_counts(paths) if reason == NOT_AN_IMAGE_FORMAT else ''}")
     from graphconv.cli import note
-    note(f"note: --images {pattern}: left out {len(reasons)} file(s): {', '.join(why)}")
+    note(f"note: --images {pattern}: left out {counted(len(reasons), 'file')}: {', '.join(why)}")
 
 
 def _suffix_counts(paths: list[str]) -> str:
@@ -1243,12 +1268,15 @@ def _images_not_done(args: argparse.Namespace, ref, model, images: list[str], ba
     unrecorded = [output for _, output in todo if output.endswith(".npy") and os.path.isfile(output)
                   and made_with(output) is None]
     if unrecorded:
-        note(f"note: {len(unrecorded)} .npy map(s) in {args.output_dir} (such as {unrecorded[0]}) have no row in its "
+        note(f"note: {counted(len(unrecorded), '.npy map')} in {args.output_dir} (such as {unrecorded[0]}) "
+             f"{agreeing(len(unrecorded), 'has', 'have')} no row in its "
              f"{MANIFEST_NAME} saying what made them (an older graphconv's, or a run killed before listing them): "
              "made again, as a map of other weights would not be told from this run's")
     todo = [image for image, _ in todo]
     if len(todo) < len(images):
-        note(f"note: {len(images) - len(todo)} of {len(images)} image(s) have their map in {args.output_dir} "
+        done = len(images) - len(todo)
+        note(f"note: {done} of {counted(len(images), 'image')} {agreeing(done, 'has its', 'have their')} map in "
+             f"{args.output_dir} "
              f"already: left out ({'--skip-existing' if args.skip_existing else '--resume'})")
     return todo, kept
 
@@ -1276,7 +1304,9 @@ def _note_npy_maps_replaced(args: argparse.Namespace, results: list, there: set[
 
     replaced = sum(1 for result in results if result.output is not None and result.output in there)  # map written
     if replaced:
-        note(f"note: {replaced} .npy map(s) in {args.output_dir} were there and are replaced; an .npy does not record "
+        note(f"note: {counted(replaced, '.npy map')} in {args.output_dir} {agreeing(replaced, 'was', 'were')} "
+             f"there and "
+             f"{agreeing(replaced, 'is', 'are')} replaced; an .npy does not record "
              "which image it was made from, so one of another image of the same name would be replaced too "
              "(--output-format tif maps record their image, and another image's is refused)")
 

@@ -191,7 +191,7 @@ def test_bands_that_are_no_picture_and_declare_no_no_data_are_refused(lenet, tmp
     write_zarr(tmp_path / "scene.zarr", bands)
     for name in ("scene.tif", "scene.zarr"):
         source = open_source(tmp_path / name, 3, {"values": "stored"}, bands=(3, 2, 1))
-        with pytest.raises(GraphconvError, match=rf"^{name}: --skip-background: a raster of 4 band\(s\) that is not a "
+        with pytest.raises(GraphconvError, match=rf"^{name}: --skip-background: a raster of 4 bands that is not a "
                                                  r"picture .* declares no no-data value: .*give the raster a "
                                                  r"no-data value \(--nodata VALUE, or GDAL's no-data tag in a "
                                                  r"TIFF, a _FillValue attribute in a zarr array\) or run without "

@@ -965,7 +965,7 @@ def test_one_picture_says_what_its_bands_become_and_that_it_was_turned_upright(d
 def test_a_heatmap_of_a_classifier_as_written_is_refused_before_any_work(tmp_path, capsys, images, heatmap):
     """An uncompiled classifier gives one vector per image: --heatmap drew a fake 1-cell map
     over the picture (--image), or failed after the run with an internal ValueError and
-    "0 of 1 image(s)" though a map was written (--images)."""
+    "0 of 1 image" though a map was written (--images)."""
     pytest.importorskip("PIL")
     page = ROOT / "examples" / "digits_page.png"
     source = ["--images", page, "--output-dir", tmp_path / "maps"] if images else ["--image", page]
@@ -1015,7 +1015,7 @@ def test_an_unquoted_glob_is_told_to_be_quoted(tmp_path, capsys, digits_fcn):
                 "--output-dir", tmp_path / "maps")
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert "--images takes one pattern" in err and "2 more path(s) followed" in err
+    assert "--images takes one pattern" in err and "2 more paths followed" in err
     assert "Quote it, as in --images 'photos/*.jpg'" in err and err.count("\n") == 1
     folder = tmp_path / "lib"
     folder.mkdir()
@@ -1029,7 +1029,7 @@ def test_an_unquoted_glob_is_told_to_be_quoted(tmp_path, capsys, digits_fcn):
     ([], "empty", "maps", "empty: holds no image graphconv reads (.png, .jpg, .jpeg,"),
     (["empty/2023/a.png", "empty/2023/b.png"], "empty", "maps",  # images in subfolders only: say so and how
      "empty: holds no image graphconv reads (.png, .jpg, .jpeg, .bmp, .gif, .webp, .tif, .tiff, .svs, .ndpi, "
-     ".btf, .tf8, .zarr) itself; 2 image(s) are in its subfolders, which a folder does not take in: give --images 'empty/**/*.png'"),
+     ".btf, .tf8, .zarr) itself; 2 images are in its subfolders, which a folder does not take in: give --images 'empty/**/*.png'"),
     (["empty/notes.txt"], "empty/*", "maps", "--images 'empty/*' matches no image graphconv reads (.png,"),
     ([], "nothing/*.png", "maps", "--images 'nothing/*.png' matches no file"),
     (["br/a.png", "afile"], "br/a.png", "afile", "afile: is a file, not a folder: --output-dir names the folder"),
@@ -1107,7 +1107,7 @@ def test_a_dead_branch_is_noted_and_a_labels_count_names_the_labels_file(write_s
     assert "three.txt: the labels file has 3 names (one per line), but the model has 2 classes" in capsys.readouterr().err
     (tmp_path / "three.txt").write_text("cat\ndog\n")
     assert run_cli("run", spec, "--input", tmp_path / "x.npy") == 0
-    assert "note: layer(s) dead of net reach no output and are dropped" in capsys.readouterr().err
+    assert "note: layer dead of net reaches no output and is dropped" in capsys.readouterr().err
 
 
 def test_a_class_name_matches_in_another_unicode_form(tmp_path, capsys):
@@ -1246,7 +1246,7 @@ def test_a_dense_run_of_a_padded_network_says_once_how_to_measure_what_padding_d
         pil.fromarray(np.random.default_rng(0).integers(0, 256, (40, 36), dtype=np.uint8)).save(tmp_path / "pages" / name)
     capsys.readouterr()
     page = tmp_path / "pages" / "a.png"
-    note = "note: padded pads in 1 layer(s), so its cells can differ from the classifier on each crop"
+    note = "note: padded pads in 1 layer, so its cells can differ from the classifier on each crop"
     assert run_cli("run", tmp_path / "fcn", "--image", page, "--output", tmp_path / "m.npy") == 0
     err = capsys.readouterr().err
     assert err.count(note) == 1 and f"`graphconv verify {tmp_path / 'fcn'} --image {page}` measures" in err
@@ -1286,7 +1286,7 @@ layers:
         capsys.readouterr().err
     np.save(tmp_path / "in.npy", np.zeros((1, 3, 40, 40), np.float32))
     assert run_cli("run", tmp_path / "fcn", "--input", tmp_path / "in.npy") == 0
-    assert ("note: ceilnet hangs a ceil_mode pool's last window off the map in 1 layer(s), so its cells can differ "
+    assert ("note: ceilnet hangs a ceil_mode pool's last window off the map in 1 layer, so its cells can differ "
             "from the classifier on each crop (each crop is cut at its own border") in capsys.readouterr().err
     (tmp_path / "both.yaml").write_text((tmp_path / "ceil.yaml").read_text().replace(
         "kernel_size: 3}\n  - {name: fc", "kernel_size: 3, padding: 1}\n  - {name: fc"))
@@ -1671,7 +1671,7 @@ def test_scores_that_overflowed_are_said_to_have(tmp_path, capsys):
     np.save(tmp_path / "big.npy", np.full((1, 1, 32, 32), 3e38, np.float32))
     np.save(tmp_path / "fine.npy", np.ones((1, 1, 32, 32), np.float32))
     assert run_cli("run", SPECS / "lenet.yaml", "--input", tmp_path / "big.npy", "--output", tmp_path / "o.npy") == 0
-    assert "output value(s) are NaN or infinite: float32 overflowed inside the network on" in capsys.readouterr().err
+    assert "output values are NaN or infinite: float32 overflowed inside the network on" in capsys.readouterr().err
     assert run_cli("run", SPECS / "lenet.yaml", "--input", tmp_path / "fine.npy", "--output", tmp_path / "p.npy") == 0
     assert "overflowed" not in capsys.readouterr().err
 

@@ -182,7 +182,7 @@ def test_a_mixed_stride_classifier_is_run_crop_by_crop_at_its_finest_stride(writ
     assert classifier.map_size(64, 64) == ((64 - 16) // stride + 1,) * 2
     with pytest.raises(graphconv.GraphconvError) as err:
         graphconv.compile_model(classifier.graph)
-    assert f"run it on every crop with `run --crops {stride}` instead (crops {stride} pixel(s) apart" in str(err.value)
+    assert f"run it on every crop with `run --crops {stride}` instead (crops {stride} pixel{'s' if stride > 1 else ''} apart" in str(err.value)
     image = random_input(rng, (1, 3, 24, 24))
     grid = CropGrid(classifier, classifier.output_stride)
     assert grid.map_hw((64, 64)) == classifier.map_size(64, 64)

@@ -63,7 +63,7 @@ def test_seeded_weights_are_remembered_by_a_compiled_model(tmp_path):
 @pytest.mark.parametrize("body,line,expected", [
     ("  - {name: a, op: convolution}\n", 3, "layer 'a': unknown op 'convolution'"),
     ("  - {name: a, op: conv, kernel_size: 3}\n", 3, "layer 'a': conv needs parameter 'out_channels'"),
-    ("  - {name: a, op: conv, out_channels: 2, kernel_size: 3, kernal: 1}\n", 3, "unknown parameter(s) ['kernal']"),
+    ("  - {name: a, op: conv, out_channels: 2, kernel_size: 3, kernal: 1}\n", 3, "unknown parameter ['kernal']"),
     ("  - {name: a, op: relu}\n  - {name: a, op: relu}\n", 4,
      "layer 'a': duplicate layer name: 'a' is a layer name used before"),
     ("  - {name: data, op: relu}\n", 3, "layer 'data': duplicate layer name: 'data' is the input's name"),
@@ -73,7 +73,7 @@ def test_seeded_weights_are_remembered_by_a_compiled_model(tmp_path):
     ("  - {name: a, op: conv, out_channels: 2, kernel_size: 3, bias: 1}\n", 3, "'bias' must be true or false"),
     ("  - {name: a, op: conv, out_channels: 2, kernel_size: 30}\n", 3, "layer 'a': kernel of 30x30"),
     ("  - {name: a, op: conv, out_channels: 3, kernel_size: 3, groups: 2}\n", 3, "groups=2 must divide"),
-    ("  - {name: a, op: add}\n", 3, "add takes at least 2 input(s), got 1"),
+    ("  - {name: a, op: add}\n", 3, "add takes at least 2 inputs, got 1"),
     ("  - {name: a, op: maxpool, kernel_size: 2}\n  - {name: b, op: concat, inputs: [a, data]}\n", 4,
      "concat needs inputs of one spatial size"),
     ("  - {name: a, op: relu\n", 4, "invalid YAML"),
@@ -187,7 +187,7 @@ def test_batchnorm_statistics_without_a_square_root_are_refused_at_load(write_sp
         assert np.isfinite(graphconv_run(graph)).all()
         return
     with pytest.raises(GraphconvError, match=rf"^net.yaml:6: layer 'bn': running_var \+ eps must be positive "
-                                             rf".* not in {bad} of 4 channel\(s\) \(the first: channel 1, "
+                                             rf".* not in {bad} of 4 channels \(the first: channel 1, "
                                              r"running_var -1, eps 0.001\).*\(weights from w.npz\)$"):
         load_spec(spec)
 
@@ -388,7 +388,7 @@ def test_names_are_short_printable_strings(write_spec, layer, match):
 @pytest.mark.parametrize("spec_input,match", [
     ('{name: "da\\rta", shape: [2, 8, 8]}', "the input name 'da\\rta' has a control"),
     ("{name: 7, shape: [2, 8, 8]}", "the input name must be a string, got 7"),
-    ("{shape: [2, 8, 8], size: 3}", "unknown key(s) in 'input' ['size']"),
+    ("{shape: [2, 8, 8], size: 3}", "unknown key in 'input' ['size']"),
     ("{shape: [2, 8, true]}", "input shape must be [C, H, W] of positive ints, got [2, 8, True]"),
     ("{shape: [2, 8, 100000000000]}", "input shape must be [C, H, W] of positive ints"),
 ])
@@ -434,11 +434,11 @@ def test_yaml_values_python_cannot_build_are_located(write_spec):
     ("{scale: .inf}", "got inf"),
     ("{scale: true}", "got True"),
     ("{scale: '1/255'}", "got '1/255'"),
-    ("{mean: [0.5, .nan]}", "preprocess mean must list 2 finite number(s), one per channel, got [0.5, nan]"),
+    ("{mean: [0.5, .nan]}", "preprocess mean must list 2 finite numbers, one per channel, got [0.5, nan]"),
     ("{mean: [0.5]}", "preprocess mean must list 2"),
     ("{mean: [true, false]}", "got [True, False]"),
     ("{std: [1, 0]}", "preprocess std must not be 0 (it divides)"),
-    ("{std: [1, -.inf]}", "preprocess std must list 2 finite number(s)"),
+    ("{std: [1, -.inf]}", "preprocess std must list 2 finite numbers"),
     ("{scale: 1, shift: 2}", "'preprocess' takes mean, std (one number per channel), scale and values, "
                              "not ['shift']"),
     ("{values: raw}", "preprocess values must be 0..255 or stored (pixels on 0..255, 16-bit ones divided by 257; "
@@ -485,7 +485,7 @@ def test_a_stitch_plan_that_splits_the_total_stride_loads_as_layers(write_spec):
     ("{stitch: {factor: [2, 2], step: 2.0}}", "got 2.0"),
     ("{stitch: {factor: [2, 2], step: 1}}", "compiled stitch factor [2, 2] x step 1 does not make the "
                                             "network's total stride 4x4"),
-    ("{optimised: true}", "unknown key(s) in 'compiled' ['optimised']"),
+    ("{optimised: true}", "unknown key in 'compiled' ['optimised']"),
     ("{undilated: [conv2]}", "compiled undilated must be {layer: {before: {stride: [sy, sx], ...}, after: {...}}}"),
     ("{undilated: {conv2: {before: {stride: 2}}}}", "compiled undilated 'conv2' must be {before: ..., after: ...}"),
     ("{undilated: {conv2: {before: {stride: 2}, after: {dilation: 2}}}}",
@@ -738,7 +738,7 @@ def test_layers_that_reach_no_output_are_dropped_and_owe_no_weights(write_spec, 
     spec = write_spec(DEAD_BRANCH)
     live = load_spec(spec)
     assert "b1" not in live and "b1c" not in live and live.meta["dropped_layers"] == ["b1", "b1c"]
-    assert "layer(s) b1, b1c of deadbranch reach no output and are dropped" in dropped_layers_note(live)
+    assert "layers b1, b1c of deadbranch reach no output and are dropped" in dropped_layers_note(live)
     np.savez(tmp_path / "w.npz", **{"c1.weight": np.ones((3, 2, 3, 3), np.float32), "c1.bias": np.zeros(3, np.float32),
                                     "fc.weight": np.ones((2, 3 * 10 * 10), np.float32),
                                     "fc.bias": np.zeros(2, np.float32)})

@@ -377,7 +377,7 @@ def test_a_zarr_scene_s_map_is_georeferenced_like_the_geotiff_s(digits, tmp_path
     odd = zarr_scene(tmp_path / "odd.zarr", tifffile.imread(image), crs="+proj=utm +zone=33", transform=[1, 2, 3])
     result = _cli("run", digits, "--image", odd, "--tile", "64", "--output", tmp_path / "odd.tif")
     assert result.returncode == 0, result.stderr
-    assert result.stderr.count("note: the zarr array's attribute(s) crs, transform look like a georeference "
+    assert result.stderr.count("note: the zarr array's attributes crs, transform look like a georeference "
                                "graphconv does not read") == 1
     assert 33922 not in tifffile.TiffFile(tmp_path / "odd.tif").pages[0].tags
     plain = zarr_scene(tmp_path / "plain.zarr", tifffile.imread(image))

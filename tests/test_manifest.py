@@ -62,7 +62,7 @@ def test_a_rerun_replaces_graphconv_s_own_map_of_another_shape_and_lists_each_ma
     Image.open(folder / "a.png").crop((0, 0, 36, 36)).save(folder / "a.png")  # edited after its map
     result = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing")
     assert result.returncode == 0, result.stderr
-    assert "1 of 2 image(s) have their map" in result.stderr
+    assert "1 of 2 images has its map" in result.stderr
     assert np.load(out / "a.npy").shape[2:] == (2, 2) != before[2:]  # lenet: crop 32, stride 4
     text = (out / "graphconv-maps.csv").read_text()
     assert text.count("a.npy") == 1 and text.count("b.npy") == 1  # the list written again, one row each
@@ -109,7 +109,7 @@ def test_a_file_name_that_is_not_utf8_is_listed_as_its_bytes(model_dir, tmp_path
     out = tmp_path / "maps"
     result = graphconv("run", model_dir, "--images", folder, "--output-dir", out)
     assert result.returncode == 0, result.stderr
-    assert "2 of 2 image(s)" in result.stdout
+    assert "2 of 2 images" in result.stdout
     assert os.fsencode(latin) in (out / "graphconv-maps.csv").read_bytes()
     assert Manifest(out).wrote(os.fsdecode(bytes(out) + b"/caf\xe9.npy"))
 
@@ -124,7 +124,7 @@ def test_a_map_whose_row_a_stop_cut_off_is_listed_and_counted(model_dir, tmp_pat
     monkeypatch.setattr(tiled_cli, "_with_heatmap", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt()))
     result = graphconv("run", model_dir, "--images", folder, "--output-dir", out)
     assert result.returncode == 130
-    assert "1 of 2 map(s) were finished and are kept" in result.stderr
+    assert "1 of 2 maps was finished and is kept" in result.stderr
     assert rows(out)["a.npy"]["status"] == "written" and Manifest(out).wrote(str(out / "a.npy"))
 
 
@@ -265,17 +265,17 @@ def test_skip_existing_redoes_an_npy_map_of_its_shape_made_with_another_model_or
 
     assert batch(model_dir, "--resize", "40").returncode == 0
     assert "nothing to do" in batch(model_dir, "--resize", "40").stdout
-    assert "1 of 1 image(s)" in batch(model_dir, "--resize", "41").stdout  # 41x51: 3x5 cells, as 40x50
+    assert "1 of 1 image" in batch(model_dir, "--resize", "41").stdout  # 41x51: 3x5 cells, as 40x50
     twin = tmp_path / "twin"
     shutil.copytree(model_dir, twin)
-    assert "1 of 1 image(s)" in batch(twin, "--resize", "41").stdout
+    assert "1 of 1 image" in batch(twin, "--resize", "41").stdout
     made_with = json.loads(rows(out)["a.npy"]["made_with"])
     assert made_with["model"] == str(twin) and made_with["resize"] == [41] and made_with["classes"] is None
     assert "nothing to do" in batch(twin, "--resize", "41").stdout
     [stored] = twin.glob("*.npz")
     with np.load(stored) as weights:
         np.savez(tmp_path / "retrained.npz", **{key: value * 0.5 for key, value in weights.items()})
-    assert "1 of 1 image(s)" in batch(twin, "--resize", "41", "--weights", tmp_path / "retrained.npz").stdout
+    assert "1 of 1 image" in batch(twin, "--resize", "41", "--weights", tmp_path / "retrained.npz").stdout
     assert json.loads(rows(out)["a.npy"]["made_with"])["weights"] == str(tmp_path / "retrained.npz")
 
 
@@ -319,7 +319,7 @@ def test_a_list_written_before_the_placement_columns_keeps_its_maps_and_rows(mod
     assert "nothing to do" in graphconv("run", model_dir, "--images", folder, "--output-dir", out,
                                         "--skip-existing").stdout  # its rows say what made the maps
     photos(folder, {"c.png": (40, 44)})
-    assert "1 of 1 image(s) ->" in graphconv("run", model_dir, "--images", folder, "--output-dir", out,
+    assert "1 of 1 image ->" in graphconv("run", model_dir, "--images", folder, "--output-dir", out,
                                              "--skip-existing").stdout
     now = rows(out)
     assert sorted(now) == ["a.npy", "b.npy", "c.npy"] and all(row["made_with"] for row in now.values())
@@ -332,11 +332,11 @@ def test_a_list_written_before_made_with_is_read_and_written_anew_with_it(model_
     earlier = earlier_version_s_list(model_dir, folder, out, 6)
     listed = out / "graphconv-maps.csv"
     again = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing")
-    assert "2 of 2 image(s) ->" in again.stdout, "read, and made again once: no row says what made its maps"
-    assert "2 .npy map(s) in" in again.stderr and "have no row in its graphconv-maps.csv saying" in again.stderr
+    assert "2 of 2 images ->" in again.stdout, "read, and made again once: no row says what made its maps"
+    assert "2 .npy maps in" in again.stderr and "have no row in its graphconv-maps.csv saying" in again.stderr
     photos(folder, {"c.png": (40, 44)})
     result = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing")
-    assert "1 of 1 image(s) ->" in result.stdout and "no row" not in result.stderr
+    assert "1 of 1 image ->" in result.stdout and "no row" not in result.stderr
     now = rows(out)
     assert sorted(now) == ["a.npy", "b.npy", "c.npy"]
     assert all(row["made_with"].startswith("{") and row["map_stamp"] and row["cell_step_y"] for row in now.values())
@@ -357,11 +357,11 @@ def test_skip_existing_redoes_a_tif_map_made_with_other_weights(model_dir, tmp_p
         return graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--output-format", "tif",
                          "--skip-existing", *extra).stdout
 
-    assert "1 of 1 image(s)" in batch()
+    assert "1 of 1 image" in batch()
     [stored] = model_dir.glob("*.npz")
     with np.load(stored) as weights:
         np.savez(tmp_path / "retrained.npz", **{key: value * 0.5 for key, value in weights.items()})
-    assert "1 of 1 image(s)" in batch("--weights", tmp_path / "retrained.npz")
+    assert "1 of 1 image" in batch("--weights", tmp_path / "retrained.npz")
     assert "nothing to do" in batch("--weights", tmp_path / "retrained.npz")
 
 

@@ -315,7 +315,7 @@ def test_run_refuses_an_image_over_the_memory_limit_before_allocating(floor_mode
     with pytest.raises(GraphconvError) as err:
         fcn.run(slide)
     message = str(err.value)
-    assert message.startswith("running floor on 1 image(s) of 6000x6000 needs about ") and "\n" not in message
+    assert message.startswith("running floor on 1 image of 6000x6000 needs about ") and "\n" not in message
     assert "over the memory limit of 64.0 MB (raise it with --memory-limit, or graphconv.set_memory_limit" in message
     tile = int(re.search(r"Model.run_tiled\(x, tile\) computes the same map tile by tile in bounded memory "
                          r"\(tile=(\d+) fits\)$", message).group(1))
@@ -323,7 +323,7 @@ def test_run_refuses_an_image_over_the_memory_limit_before_allocating(floor_mode
                                              rf"MB .*; a smaller tile: tile={tile} fits"):
         fcn.run_tiled(slide, 2000)  # run_tiled checked nothing: the hint sent users into any tile's run
     crops = np.broadcast_to(np.float32(0), (20000, 1, 37, 37))
-    with pytest.raises(GraphconvError, match=r"running floor on 20000 image\(s\) of 37x37 .*; run fewer images at "
+    with pytest.raises(GraphconvError, match=r"running floor on 20000 images of 37x37 .*; run fewer images at "
                                              "a time$"):
         classifier.run(crops)
 

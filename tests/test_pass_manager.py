@@ -229,7 +229,7 @@ def test_slips_a_plugin_pass_makes_are_named_as_its_own(lenet):
 
     with pytest.raises(PassError, match=r"pass 'edits-nx-quietly' \(.*\) changed the graph but returned False"):
         PassManager(["edits-nx-quietly"]).run(lenet)
-    with pytest.raises(PassError, match=r"pass 'leaves-an-orphan' \(.*\) left layer\(s\) 'orphan' that reach no "
+    with pytest.raises(PassError, match=r"pass 'leaves-an-orphan' \(.*\) left layer 'orphan' that reaches no "
                                         r"output: erase them"):
         PassManager(["leaves-an-orphan"]).run(lenet)
     cleaned = PassManager(["leaves-an-orphan", "dead-node-elimination"]).run(lenet)
@@ -448,7 +448,7 @@ def test_the_verifier_names_a_missing_parameter(lenet):
     relu1_line = lenet.node("relu1").loc.line
     with pytest.raises(PassError, match=rf"pass 'half-built-conv' broke the IR: .*lenet.yaml:{relu1_line} \(a pass added "
                                         r"it after 'relu1'\): layer 'extra': conv is "
-                                        r"missing required parameter\(s\) \['out_channels'\]"):
+                                        r"missing required parameter \['out_channels'\]"):
         PassManager("half-built-conv").run(lenet)
 
 
@@ -841,7 +841,7 @@ def test_a_provider_that_needs_options_is_named_not_run_without_them(lenet):
         return False
 
     with pytest.raises(PassError, match=r"pass 'needs-bounds' requires 'bounds', which pass 'bounds-with-option' "
-                                        r"provides, but it needs option\(s\) k: list bounds-with-option\{k=...\} "
+                                        r"provides, but it needs option k: list bounds-with-option\{k=...\} "
                                         r"before 'needs-bounds'"):
         PassManager(["needs-bounds"]).run(lenet)
     PassManager(["bounds-with-option{k=3}", "needs-bounds"]).run(lenet)

@@ -186,7 +186,7 @@ def test_cli_skip_background_computes_the_tissue_tiles_exactly(model_dir, sparse
         result = graphconv("run", model_dir, "--image", sparse_page, "--tile", "60", *extra,
                            "--output", tmp_path / f"{name}.npy")
         assert result.returncode == 0, result.stderr
-        assert "cell(s) show no tissue near their centre and are not computed (NaN)" in result.stderr
+        assert "cells show no tissue near their centre and are not computed (NaN)" in result.stderr
         got = np.load(tmp_path / f"{name}.npy")
         computed = np.isfinite(got).all(axis=(0, 1))
         assert 0.1 < computed.mean() < 0.6, computed.mean()  # the picture's quarter, with its tiles' margins
@@ -226,7 +226,7 @@ def test_a_grey_model_on_an_rgb_image_says_once_it_feeds_luma_and_how_to_pick_a_
     Image.fromarray(rgb[..., 0]).save(tmp_path / "photos" / "g.png")
     batch = graphconv_in_process("run", model_dir, "--images", tmp_path / "photos", "--output-dir", tmp_path / "maps")
     assert batch.returncode == 0, batch.stderr
-    assert batch.stderr.count("note: 1 of 2 image(s) are RGB: converted to grey for the 1-channel model") == 1
+    assert batch.stderr.count("note: 1 of 2 images is RGB: converted to grey for the 1-channel model") == 1
 
 
 class _Bar:
@@ -268,7 +268,7 @@ def test_a_log_gets_a_progress_line_a_minute_and_no_bar(model_dir, picture, monk
     monkeypatch.setattr(graphconv.tiled_cli, "LOG_EVERY", 0.0)
     result = graphconv_in_process(*command)
     lines = [line for line in result.stderr.splitlines() if line.startswith("progress: ")]
-    tiles = int(re.search(r"over (\d+) tile\(s\)", result.stdout).group(1))
+    tiles = int(re.search(r"over (\d+) tiles?", result.stdout).group(1))
     assert len(lines) == tiles - 1 and "\r" not in result.stderr  # the last tile's line is the command's own
     assert re.fullmatch(rf"progress: 1 of {tiles} tiles \(\d+%\), [0-9.]+ Mpx/s, 0:\d\d so far, about \d+:\d\d left",
                         lines[0]), lines[0]
@@ -290,11 +290,11 @@ def test_skip_background_s_bar_counts_only_the_tiles_computed(model_dir, sparse_
     assert main(["run", str(model_dir), "--image", str(sparse_page), "--tile", "60", "--skip-background", *workers,
                  "--output", str(tmp_path / "map.npy")]) == 0
     captured = capsys.readouterr()
-    blank, total = map(int, re.search(r"(\d+) of (\d+) tile\(s\) hold only such cells", captured.err).groups())
+    blank, total = map(int, re.search(r"(\d+) of (\d+) tiles? holds? only such cells", captured.err).groups())
     assert 0 < blank < total
     [bar] = bars
     assert bar.total == total - blank and bar.closed_at == bar.total
-    assert f"over {total - blank} of {total} tile(s) ({blank} over background only, not computed)" in captured.out
+    assert f"over {total - blank} of {total} tiles ({blank} over background only, not computed)" in captured.out
 
 
 def test_resume_with_skip_background_counts_only_the_tiles_to_compute(model_dir, sparse_page, tmp_path, monkeypatch,
@@ -307,14 +307,14 @@ def test_resume_with_skip_background_counts_only_the_tiles_to_compute(model_dir,
            "--output", str(tmp_path / "map.zarr"), "--resume"]
     _stop_after(monkeypatch, 3)
     assert main(run) == 130
-    blank, total = map(int, re.search(r"(\d+) of (\d+) tile\(s\) hold only such cells",
+    blank, total = map(int, re.search(r"(\d+) of (\d+) tiles? holds? only such cells",
                                       capsys.readouterr().err).groups())
     monkeypatch.undo()
     bars = _with_a_bar(monkeypatch)
     assert main(run) == 0
     err = capsys.readouterr().err
     left = total - 3 - blank
-    assert (f"resume: 3 of {total} tile(s) were done by an earlier run" in err
+    assert (f"resume: 3 of {total} tiles were done by an earlier run" in err
             and f"computing {left} ({blank} more hold only background and are not computed)" in err), err
     assert bars[0].total == left and bars[0].closed_at == left
 
@@ -323,8 +323,8 @@ def test_resume_with_skip_background_counts_only_the_tiles_to_compute(model_dir,
 def test_resume_counts_the_tiles_over_background_once_whatever_was_listed_as_done(model_dir, sparse_page, tmp_path,
                                                                                   monkeypatch, capsys, workers):
     """Tiles over background alone are listed as done when written (a --workers run writes
-    them first): the resume line counted them as done ('65 of 81 tile(s) were done ...
-    computing 16') while the final line counted them as background ('over 16 tile(s) (10
+    them first): the resume line counted them as done ('65 of 81 tiles were done ...
+    computing 16') while the final line counted them as background ('over 16 tiles (10
     over background only, 55 done before ...)'). Both count them apart, once, and the
     counts add up to the plan's tiles; the map is a straight run's."""
     if workers:
@@ -333,7 +333,7 @@ def test_resume_counts_the_tiles_over_background_once_whatever_was_listed_as_don
 
     run = ["run", str(model_dir), "--image", str(sparse_page), "--tile", "60", "--skip-background", *workers]
     assert main([*run, "--output", str(tmp_path / "straight.zarr")]) == 0
-    blank, total = map(int, re.search(r"(\d+) of (\d+) tile\(s\) hold only such cells",
+    blank, total = map(int, re.search(r"(\d+) of (\d+) tiles? holds? only such cells",
                                       capsys.readouterr().err).groups())
     stop = blank + 3 if workers else total - blank + 2  # some tiles over background among those written
     _stop_after(monkeypatch, stop)
@@ -342,11 +342,11 @@ def test_resume_counts_the_tiles_over_background_once_whatever_was_listed_as_don
     capsys.readouterr()
     assert main([*run, "--output", str(tmp_path / "map.zarr"), "--resume"]) == 0
     captured = capsys.readouterr()
-    done, said_total, computing = map(int, re.search(r"resume: (\d+) of (\d+) tile\(s\) were done by an earlier run "
+    done, said_total, computing = map(int, re.search(r"resume: (\d+) of (\d+) tiles? (?:was|were) done by an earlier run "
                                                      r".* computing (\d+)", captured.err).groups())
     assert said_total == total and done == (3 if workers else total - blank)
     assert f"computing {computing} ({blank} more hold only background and are not computed)" in captured.err
-    assert (f"over {computing} of {total} tile(s) ({blank} over background only, {done} done before, not computed)"
+    assert (f"over {computing} of {total} tiles ({blank} over background only, {done} done before, not computed)"
             in captured.out)
     assert done + computing + blank == total
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "map.zarr"))[:],
@@ -400,7 +400,7 @@ def test_a_tile_over_each_local_worker_s_share_is_refused_before_any_worker_star
     common = ["run", model_dir, "--image", picture / "tiled.tif", "--tile", "120", "--memory-limit", "450M"]
     result = graphconv_in_process(*common, "--workers", "2", "--output", tmp_path / "map.npy")
     assert result.returncode == 2, result.stderr
-    assert "a 120x120 tile needs about 33.5 MB, over the 24.8 MB each of the 2 worker(s) may take" in result.stderr
+    assert "a 120x120 tile needs about 33.5 MB, over the 24.8 MB each of the 2 workers may take" in result.stderr
     assert "fewer --workers" in result.stderr and os.listdir(tmp_path) == []
     assert graphconv_in_process(*common, "--output", tmp_path / "one.npy").returncode == 0  # one at a time fits
 
@@ -454,7 +454,7 @@ def test_images_over_the_memory_budget_are_mapped_in_exact_tiles(model_dir, tmp_
     result = graphconv_in_process("run", model_dir, "--images", folder, "--output-dir", tmp_path / "maps",
                                   "--memory-limit", budget)
     assert result.returncode == 0, result.stderr
-    assert "note: 1 image(s) would need more than the" in result.stderr and "exact tiles of up to" in result.stderr
+    assert "note: 1 image would need more than the" in result.stderr and "exact tiles of up to" in result.stderr
     np.testing.assert_allclose(np.load(tmp_path / "maps" / "s.npy"), whole, rtol=1e-5, atol=1e-6)
     alone = graphconv_in_process("run", model_dir, "--image", folder / "s.png", "--memory-limit", budget,
                                  "--output", tmp_path / "alone.npy")
@@ -472,7 +472,7 @@ def test_many_images_with_one_corrupt(model_dir, picture, tmp_path):
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     result = graphconv("run", model_dir, "--images", folder / "*.png", "--output-dir", tmp_path / "maps")
     assert result.returncode == 2
-    assert "broken.png" in result.stderr and "3 of 4 image(s)" in result.stdout
+    assert "broken.png" in result.stderr and "3 of 4 images" in result.stdout
     written = sorted(p.name for p in (tmp_path / "maps").iterdir())
     assert written == ["graphconv-maps.csv", "p0.npy", "p1.npy", "p2.npy"]
     model = Model.load(model_dir)
@@ -506,7 +506,7 @@ def test_many_images_top_ranks_each_image_s_classes_by_their_mean_over_its_map(m
         assert f"{folder / f'p{i}.png'}: {ranked}" in lines
     again = graphconv("run", digits, "--images", folder, "--output-dir", out, "--top", "2", "--classes", "1,3,10",
                       "--skip-existing")  # said nothing of the images it left out as mapped
-    assert "2 of 3 image(s) have their map" in again.stderr
+    assert "2 of 3 images have their map" in again.stderr
     assert sorted(line for line in again.stdout.splitlines() if line.startswith(str(folder))) == sorted(lines)
 
 
@@ -525,7 +525,7 @@ def test_many_images_resize_each_picture_as_one_image_s_resize_does(model_dir, t
     tifffile.imwrite(folder / "scan.tif", rng.integers(0, 256, (60, 60), dtype=np.uint8))
     out = tmp_path / "maps"
     result = run("run", model_dir, "--images", folder, "--output-dir", out, "--resize", "48")
-    assert result.returncode == 2 and "3 of 4 image(s)" in result.stdout
+    assert result.returncode == 2 and "3 of 4 images" in result.stdout
     assert "scan.tif: --resize resizes a picture (JPEG, PNG, ...) read whole" in result.stderr
     for name in sizes:
         alone = tmp_path / f"{Path(name).stem}.npy"
@@ -551,13 +551,13 @@ def test_many_images_resize_each_picture_as_one_image_s_resize_does(model_dir, t
     assert again.returncode == 0 and "every image has its map" in again.stdout
     other = run("run", model_dir, "--images", folder, "--output-dir", tifs, "--resize", "64", "--output-format",
                 "tif", "--skip-existing")
-    assert other.returncode == 0 and "3 of 3 image(s)" in other.stdout
+    assert other.returncode == 0 and "3 of 3 images" in other.stdout
     unresized = tmp_path / "unresized"
-    assert "2 of 3 image(s)" in run("run", model_dir, "--images", folder, "--output-dir", unresized, "--output-format",
+    assert "2 of 3 images" in run("run", model_dir, "--images", folder, "--output-dir", unresized, "--output-format",
                                      "tif").stdout  # small.png is smaller than the crop
     resized = run("run", model_dir, "--images", folder, "--output-dir", unresized, "--resize", "64", "--output-format",
                   "tif", "--skip-existing")  # a map made without --resize was kept as this run's
-    assert resized.returncode == 0 and "3 of 3 image(s)" in resized.stdout
+    assert resized.returncode == 0 and "3 of 3 images" in resized.stdout
     assert tifffile.imread(tifs / "small.tif").shape[-2:] == ((64 - 32) // 4 + 1, (77 - 32) // 4 + 1)
 
 
@@ -618,7 +618,7 @@ def test_images_on_a_cluster_go_to_the_paths_the_client_sees_and_a_map_it_cannot
         model_dir, picture, tmp_path, monkeypatch):
     """On a scheduler the workers run in their own folders: relative image and output
     paths were resolved there (images "not found"; maps written into each worker's
-    folder while the command said "5 of 5 image(s) -> maps"), and a map written where
+    folder while the command said "5 of 5 images -> maps"), and a map written where
     the client cannot see it (an output folder the worker does not share) was a success."""
     from graphconv.cluster import _one_image_at, _seen_here
 
@@ -727,8 +727,8 @@ def test_cli_skip_existing_batch_says_which_maps_another_run_made_meanwhile(mode
     monkeypatch.setattr(cluster, "image_stamp", stamp_while_another_run_maps_it)
     result = graphconv_in_process("run", model_dir, "--images", image, "--output-dir", out, "--skip-existing")
     assert result.returncode == 0, result.stderr
-    assert "note: 1 image(s) had their map made meanwhile by another run into" in result.stderr
-    assert "1 of 1 image(s) ->" in result.stdout
+    assert "note: 1 image had its map made meanwhile by another run into" in result.stderr
+    assert "1 of 1 image ->" in result.stdout
     assert Manifest(out).image_of(str(out / "page_png.npy")) == os.path.abspath(image)
 
 
@@ -1138,7 +1138,7 @@ def test_cli_a_scene_s_no_data_is_left_out_by_default_and_other_cells_are_exact(
         assert result.returncode == 0, result.stderr
         maps[name] = np.load(tmp_path / f"{name}.npy")
         if name in ("tiled", "whole"):
-            assert re.search(r"note: \d+ of \d+ cell\(s\) \(\d+%\) are not computed \(NaN in the map\): more "
+            assert re.search(r"note: \d+ of \d+ cells? \(\d+%\) (?:is|are) not computed \(NaN in the map\): more "
                              r"than 50% of each one's crop is no-data \(the image's no-data value 0\)",
                              result.stderr), result.stderr
         if name in ("plain", "all"):
@@ -1185,7 +1185,7 @@ def test_skip_background_on_a_scene_with_no_data_says_it_does_nothing_and_is_not
     assert main([*common, "--output", str(tmp_path / "map.zarr"), "--resume"]) == 0  # was refused: another job
     captured = capsys.readouterr()
     assert "resume: 2 of" in captured.err
-    blank = int(re.search(r"(\d+) of \d+ tile\(s\) hold only such cells", captured.err).group(1))
+    blank = int(re.search(r"(\d+) of \d+ tiles? holds? only such cells", captured.err).group(1))
     assert blank and f"{blank} over no-data only" in captured.out and "background only" not in captured.out
     assert main([*common, "--skip-background", "--output", str(tmp_path / "skip.zarr")]) == 0
     err = capsys.readouterr().err
@@ -1451,7 +1451,7 @@ def test_cli_many_images_spare_pictures_that_are_not_their_heatmaps(model_dir, p
     for _ in range(2):
         result = graphconv("run", model_dir, "--images", folder, "--output-dir", folder, "--heatmap", "3")
         assert result.returncode == 0, result.stderr
-        assert "1 of 1 image(s)" in result.stdout
+        assert "1 of 1 image" in result.stdout
     assert sorted(p.name for p in folder.iterdir()) == ["a-heatmap-3.png", "a.npy", "a.png", "graphconv-maps.csv"]
 
 
@@ -1808,9 +1808,9 @@ def test_cli_many_images_leave_out_graphconv_s_own_files_hidden_files_and_other_
         result = graphconv("run", model_dir, "--images", pattern.format(folder=folder), "--output-dir", folder,
                            "--output-format", output_format)
         assert result.returncode == 0, result.stderr
-        assert "2 of 2 image(s)" in result.stdout
+        assert "2 of 2 images" in result.stdout
     hidden = ", 2 hidden (a name starting with '.')" if pattern == "{folder}" else ""  # a shell's * leaves them out
-    assert (f"left out {6 + bool(hidden) * 2} file(s): 3 not of an image format graphconv reads (.npy x2, .txt x1), "
+    assert (f"left out {6 + bool(hidden) * 2} files: 3 not of an image format graphconv reads (.npy x2, .txt x1), "
             f"3 written by graphconv (its maps, heatmaps and lists of maps){hidden}\n") in result.stderr, result.stderr
     assert sorted(p.name for p in folder.iterdir()) == ["._a.png", ".hidden.png", "a.npy", "a.png", "a.tif",
                                                         "b.npy", "b.png", "b.tif", "graphconv-maps.csv", "notes.txt"]
@@ -1856,8 +1856,8 @@ def test_cli_images_from_a_list_file_map_each_listed_image_once(model_dir, libra
     Path("photos.txt").write_text("# the 2023-24 photos\n\n" + "\n".join(photos) + f"\n./{photos[0]}  \nnotes.txt\n")
     result = graphconv_in_process("run", model_dir, "--images", "@photos.txt", "--output-dir", "maps")
     assert result.returncode == 0, result.stderr
-    assert "6 of 6 image(s) -> maps" in result.stdout
-    assert "--images @photos.txt: left out 1 file(s): 1 not of an image format graphconv reads (.txt x1)" in result.stderr
+    assert "6 of 6 images -> maps" in result.stdout
+    assert "--images @photos.txt: left out 1 file: 1 not of an image format graphconv reads (.txt x1)" in result.stderr
     made = sorted(str(p.relative_to(folder / "maps")) for p in (folder / "maps").rglob("*.npy"))
     assert made == sorted(str(Path(p).relative_to("lib").with_suffix(".npy")) for p in photos)
 
@@ -1868,7 +1868,7 @@ def test_cli_a_list_naming_a_missing_image_is_refused_before_any_work(model_dir,
     Path("photos.txt").write_text("\n".join([photos[0], "lib/2023/gone.png", photos[1], "lib/2024"]) + "\n")
     result = graphconv_in_process("run", model_dir, "--images", "@photos.txt", "--output-dir", "maps")
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert ("photos.txt:2: 'lib/2023/gone.png' is not there (1 more listed path(s) too); relative paths are read "
+    assert ("photos.txt:2: 'lib/2023/gone.png' is not there (1 more listed path too); relative paths are read "
             f"from the current folder, {folder}") in result.stderr
     assert not (folder / "maps").exists()
     missing = graphconv_in_process("run", model_dir, "--images", "@nowhere.txt", "--output-dir", "maps")
@@ -1895,7 +1895,7 @@ def test_cli_shards_of_a_batch_together_map_each_image_once(model_dir, library, 
                                       "--output-dir", "maps")
         assert result.returncode == 0, result.stderr
         mine = len(photos[part::parts])
-        assert (f"{mine} of {mine} image(s) -> maps" if mine else "holds none of the batch's images") in result.stdout
+        assert (f"{mine} of {mine} image{'s' if mine > 1 else ''} -> maps" if mine else "holds none of the batch's images") in result.stdout
     made = sorted(str(p.relative_to(folder / "maps")) for p in (folder / "maps").rglob("*.npy"))
     assert made == sorted(str(Path(p).relative_to("lib").with_suffix(".npy")) for p in photos)
     manifest = Manifest(folder / "maps")
@@ -1932,7 +1932,7 @@ def test_cli_images_leave_out_a_zarr_map_graphconv_wrote_into_the_photos_folder(
     assert made.returncode == 0, made.stderr
     result = graphconv_in_process("run", model_dir, "--images", "lib/2023", "--output-dir", "maps")
     assert result.returncode == 0, result.stderr
-    assert "left out 1 file(s): 1 written by graphconv" in result.stderr and "3 of 3 image(s)" in result.stdout
+    assert "left out 1 file: 1 written by graphconv" in result.stderr and "3 of 3 images" in result.stdout
 
 
 def test_cli_the_same_images_by_another_path_are_not_another_image_s(model_dir, library, monkeypatch):
@@ -1979,22 +1979,22 @@ def test_cli_many_images_skip_existing_goes_on_where_a_stopped_batch_stopped(mod
     first = (out / "a.npy").stat().st_mtime_ns
     result = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing")
     assert result.returncode == 0, result.stderr
-    assert "1 of 3 image(s) have their map in" in result.stderr and "2 of 2 image(s)" in result.stdout
+    assert "1 of 3 images has its map in" in result.stderr and "2 of 2 images" in result.stdout
     assert (out / "a.npy").stat().st_mtime_ns == first and (out / "c.npy").exists()
     result = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing", "--heatmap", "3")
     assert result.returncode == 0, result.stderr
-    assert "3 of 3 image(s)" in result.stdout, "a map without its heatmap is not done"
+    assert "3 of 3 images" in result.stdout, "a map without its heatmap is not done"
     result = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing", "--heatmap", "3")
     assert "nothing to do" in result.stdout
     result = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing", "--classes", "1")
     assert "have their map" not in result.stderr, "a map of all classes is not this run's: it is done again"
     assert result.returncode == 0, result.stderr  # graphconv's own map (graphconv-maps.csv says so) is replaced
-    assert np.load(out / "a.npy").shape[:2] == (1, 1) and "3 of 3 image(s)" in result.stdout
+    assert np.load(out / "a.npy").shape[:2] == (1, 1) and "3 of 3 images" in result.stdout
     for output_format in ("tif", "tif"):  # written, then each found done
         result = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing",
                            "--output-format", output_format)
         assert result.returncode == 0, result.stderr
-    assert "3 of 3 image(s) have their map" in result.stderr
+    assert "3 of 3 images have their map" in result.stderr
     result = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing",
                        "--output-format", "tif", "--compute-nodata")
     assert result.returncode == 0 and "have their map" not in result.stderr, "other cells left out: not done"
@@ -2035,12 +2035,12 @@ def test_cli_a_tif_map_of_another_image_of_the_same_name_is_refused_not_replaced
     result = graphconv_in_process("run", model_dir, "--images", card_a, "--output-dir", out, "--output-format", "tif")
     assert result.returncode == 0, "the image's own map is replaced as before"
     result = graphconv_in_process("run", model_dir, "--images", card_a, "--output-dir", out)
-    assert result.returncode == 0 and ".npy map(s)" not in result.stderr
+    assert result.returncode == 0 and ".npy map" not in result.stderr
     result = graphconv_in_process("run", model_dir, "--images", card_b, "--output-dir", out)
     assert result.returncode == 2 and "is the map of" in result.stderr and "cardA" in result.stderr
     (out / "graphconv-maps.csv").unlink()
     result = graphconv_in_process("run", model_dir, "--images", card_b, "--output-dir", out)
-    assert result.returncode == 0 and "1 .npy map(s) in" in result.stderr
+    assert result.returncode == 0 and "1 .npy map in" in result.stderr
     assert "does not record which image" in result.stderr
 
 
@@ -2069,7 +2069,7 @@ def test_cli_skip_existing_maps_an_image_edited_since_its_map_again(model_dir, p
         os.replace(tmp_path / "edited.png", photo)  # saved as editors save: a new file renamed into place
         os.utime(photo, ns=times)  # the old time back (a copy keeping it): the stamp's inode still differs
         result = graphconv_in_process(*run)
-        assert result.returncode == 0 and "1 of 1 image(s) ->" in result.stdout, result.stderr
+        assert result.returncode == 0 and "1 of 1 image ->" in result.stdout, result.stderr
 
 
 def _made_with(output_dir, map_name: str) -> dict:
@@ -2120,7 +2120,7 @@ def test_cli_skip_existing_without_a_recorded_stamp_maps_an_image_newer_than_its
     later = (out / "IMG_1.npy").stat().st_mtime_ns + 10**9
     os.utime(photo, ns=(later, later))
     result = graphconv_in_process(*run)
-    assert result.returncode == 0 and "1 of 1 image(s) ->" in result.stdout, result.stderr
+    assert result.returncode == 0 and "1 of 1 image ->" in result.stdout, result.stderr
 
 
 def test_cli_many_images_through_an_uncompiled_classifier_are_one_error_before_any_image(picture, tmp_path):
@@ -2230,8 +2230,8 @@ def test_cli_many_images_from_a_messy_folder_say_what_they_leave_out_and_why(mod
     (folder / "broken.png").symlink_to(folder / "gone.png")
     assert main(["run", str(model_dir), "--images", str(folder), "--output-dir", str(tmp_path / "maps")]) == 2
     err = capsys.readouterr().err
-    assert "left out 3 file(s): 3 not of an image format graphconv reads (.heic x2, .nef x1)" in err
-    assert "2 subfolder(s) with images in them were not searched" in err and f"'{folder}/**/*' maps them too" in err
+    assert "left out 3 files: 3 not of an image format graphconv reads (.heic x2, .nef x1)" in err
+    assert "2 subfolders with images in them were not searched" in err and f"'{folder}/**/*' maps them too" in err
     assert "anim.gif: it has 2 frames, and its map is of the first only" in err
     assert "broken.png: is a broken link: what it points to, " in err and "image not found" not in err
     assert main(["run", str(model_dir), "--images", str(folder / "2024"), "--output-dir", str(tmp_path / "m2")]) == 0
@@ -2315,8 +2315,8 @@ def test_cli_a_stopped_batch_keeps_the_heatmaps_of_its_maps_and_has_said_its_bad
     monkeypatch.setattr(cluster, "_one_image", one_image)
     assert main([*run, "--skip-existing"]) == 2  # b.png is still broken
     captured = capsys.readouterr()
-    assert "1 of 3 image(s) have their map in" in captured.err and "replaced" not in captured.err
-    assert "1 of 2 image(s) -> " in captured.out
+    assert "1 of 3 images has its map in" in captured.err and "replaced" not in captured.err
+    assert "1 of 2 images -> " in captured.out
 
 
 def test_cli_a_batch_stopped_by_ctrl_c_says_how_many_maps_it_kept_and_how_to_go_on(model_dir, picture, tmp_path,
@@ -2334,11 +2334,11 @@ def test_cli_a_batch_stopped_by_ctrl_c_says_how_many_maps_it_kept_and_how_to_go_
     run = ["run", str(model_dir), "--images", str(folder), "--output-dir", str(tmp_path / "maps")]
     assert main(run) == 130
     err = capsys.readouterr().err
-    assert "interrupted (what it was writing is removed; 1 of 3 map(s) were finished and are kept in " in err
+    assert "interrupted (what it was writing is removed; 1 of 3 maps was finished and is kept in " in err
     assert "the same command with --skip-existing continues the batch)" in err
     assert main([*run, "--skip-existing"]) == 130
     err = capsys.readouterr().err
-    assert "interrupted (what it was writing is removed)" in err and "map(s) were finished" not in err
+    assert "interrupted (what it was writing is removed)" in err and "finished and" not in err
     shutil.rmtree(tmp_path / "maps")
     monkeypatch.setattr(cluster, "_one_image", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt()))
     assert main(run) == 130  # nothing finished: the folder it made is gone, and not said to keep maps
@@ -2366,7 +2366,7 @@ def test_cli_a_batch_counts_the_npy_maps_it_replaced_and_says_its_notes_after_th
     (tmp_path / "maps" / "graphconv-maps.csv").unlink()  # maps it does not list: their replacement is noted
     result = graphconv(*run)
     assert result.returncode == 2, result.stderr
-    assert "note: 1 .npy map(s) in" in result.stderr, result.stderr  # a's; b's is kept as it was
+    assert "note: 1 .npy map in" in result.stderr, result.stderr  # a's; b's is kept as it was
     assert (tmp_path / "maps" / "b.npy").read_bytes() == kept
     lines = result.stderr.splitlines()
     error = next(i for i, line in enumerate(lines) if line.startswith("graphconv:") and "b.png" in line)
@@ -2388,7 +2388,7 @@ def test_cli_many_photos_turned_upright_per_their_exif_orientation_are_counted_i
     result = graphconv("run", model_dir, "--images", folder, "--output-dir", tmp_path / "maps")
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("turned upright") == 1
-    assert "note: 2 photo(s) turned upright per their EXIF orientation" in result.stderr
+    assert "note: 2 photos turned upright per their EXIF orientation" in result.stderr
 
 
 def test_cli_a_tile_whose_halo_is_most_of_the_work_is_noted(model_dir, picture, tmp_path):
@@ -2502,7 +2502,7 @@ def test_resume_after_ctrl_c_computes_only_the_tiles_not_done_and_equals_a_strai
     capsys.readouterr()
     assert main([*run, "--output", str(out), "--resume"]) == 0
     err = capsys.readouterr().err
-    assert "resume: 7 of 20 tile(s) were done by an earlier run" in err and "computing 13" in err
+    assert "resume: 7 of 20 tiles were done by an earlier run" in err and "computing 13" in err
     assert len(written) == 13
     assert not partial.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".graphconv")]
     np.testing.assert_array_equal(_read_any_map(out), _read_any_map(straight))
@@ -2535,7 +2535,7 @@ def test_images_resume_goes_on_from_the_tiles_done_of_the_map_in_progress(model_
     assert main([*run, "--output-dir", str(out), "--resume"]) == 130
     err = capsys.readouterr().err
     partial = f"{out}/b.{output_format}.partial"
-    assert (f"graphconv: interrupted (1 of 2 map(s) were finished and are kept in {out}, and the tiles done of 1 "
+    assert (f"graphconv: interrupted (1 of 2 maps was finished and is kept in {out}, and the tiles done of 1 "
             f"more in {partial}; the same command goes on from them)") in err, err
     assert len(Path(partial, "tiles-done.txt").read_text().splitlines()) == 7
     monkeypatch.undo()
@@ -2543,8 +2543,8 @@ def test_images_resume_goes_on_from_the_tiles_done_of_the_map_in_progress(model_
     capsys.readouterr()
     assert main([*run, "--output-dir", str(out), "--resume"]) == 0
     err = capsys.readouterr().err
-    assert "1 of 2 image(s) have their map in" in err and "left out (--resume)" in err
-    assert "note: --resume: 1 map(s) went on from the tiles an earlier run had done (7 of 20 tiles)" in err, err
+    assert "1 of 2 images has its map in" in err and "left out (--resume)" in err
+    assert "note: --resume: 1 map went on from the tiles an earlier run had done (7 of 20 tiles)" in err, err
     assert len(written) == 13
     assert sorted(p.name for p in out.iterdir()) == [f"a.{output_format}", f"b.{output_format}", "graphconv-maps.csv"]
     for name in ("a", "b"):
@@ -2588,7 +2588,7 @@ def test_resume_without_tile_keeps_the_stopped_run_s_tiles_under_another_memory_
     err = capsys.readouterr().err
     tiles = len(written) + 2
     assert tiles > 3 and ("went on from the tiles an earlier run had done (2 of" in err if batch
-                          else f"resume: 2 of {tiles} tile(s) were done by an earlier run" in err), err
+                          else f"resume: 2 of {tiles} tiles were done by an earlier run" in err), err
     np.testing.assert_array_equal(np.load(maps[0]), np.load(maps[1]))
 
 
@@ -2604,7 +2604,7 @@ def test_resume_with_another_tile_of_the_same_plan_goes_on(model_dir, big_page, 
     monkeypatch.undo()
     capsys.readouterr()
     assert main([*run, "--tile", "100"]) == 0
-    assert "resume: 5 of 20 tile(s) were done by an earlier run" in capsys.readouterr().err
+    assert "resume: 5 of 20 tiles were done by an earlier run" in capsys.readouterr().err
     assert main(["run", str(model_dir), "--image", str(big_page), "--tile", "100", "--output",
                  str(tmp_path / "straight.npy")]) == 0
     np.testing.assert_array_equal(np.load(tmp_path / "m.npy"), np.load(tmp_path / "straight.npy"))
@@ -2637,7 +2637,7 @@ def test_resume_after_a_real_signal_equals_a_straight_run(model_dir, big_page, t
     assert 40 <= done < 598
     resumed = graphconv(*run[3:], "--output", out, "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resume: {done} of 598 tile(s) were done by an earlier run" in resumed.stderr
+    assert f"resume: {done} of 598 tiles were done by an earlier run" in resumed.stderr
     assert not (tmp_path / "map.zarr.partial").exists()
     straight = graphconv(*run[3:], "--output", tmp_path / "straight.zarr")
     assert straight.returncode == 0, straight.stderr
@@ -2657,7 +2657,7 @@ def test_resume_with_dask_workers_records_tiles_on_the_client(model_dir, big_pag
     written = _stop_after(monkeypatch, 10 ** 6)
     capsys.readouterr()
     assert main([*run, "--output", str(out), "--resume"]) == 0
-    assert "resume: 5 of 20 tile(s) were done" in capsys.readouterr().err and len(written) == 15
+    assert "resume: 5 of 20 tiles were done" in capsys.readouterr().err and len(written) == 15
     assert main([*run[:-2], "--output", str(tmp_path / "straight.zarr")]) == 0
     np.testing.assert_array_equal(zarr.open_array(str(out))[:], zarr.open_array(str(tmp_path / "straight.zarr"))[:])
 
@@ -2713,7 +2713,7 @@ def test_resume_goes_on_after_a_file_is_added_to_the_model_s_folder(model_dir, b
     try:
         capsys.readouterr()
         assert main(run) == 0
-        assert "resume: 3 of 20 tile(s) were done" in capsys.readouterr().err
+        assert "resume: 3 of 20 tiles were done" in capsys.readouterr().err
     finally:
         os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns - 10 ** 9))
         (model_dir / "NOTES.txt").unlink()
@@ -2768,8 +2768,8 @@ def test_resume_computes_again_the_tiles_whose_zarr_chunks_were_damaged(model_di
     capsys.readouterr()
     assert main([*run, "--output", str(out), "--resume"]) == 0
     err = capsys.readouterr().err
-    assert ("resume: 1 tile(s) listed as done in" in err and "have blocks missing or unreadable" in err
-            and "resume: 6 of 20 tile(s) were done by an earlier run" in err and "computing 14" in err), err
+    assert ("resume: 1 tile listed as done in" in err and "has blocks missing or unreadable" in err
+            and "resume: 6 of 20 tiles were done by an earlier run" in err and "computing 14" in err), err
     assert len(written) == 14
     np.testing.assert_array_equal(zarr.open_array(str(out))[:], zarr.open_array(str(tmp_path / "straight.zarr"))[:])
 
@@ -2801,13 +2801,13 @@ def test_without_resume_a_stopped_run_leaves_nothing_and_a_partial_map_is_kept_u
     capsys.readouterr()
     assert main([*run, "--classes", "1,2"]) == 0  # another job's: left as it is
     err = capsys.readouterr().err
-    assert err.count("map.zarr.partial holds 3 tile(s) of a stopped --resume run of another job "
+    assert err.count("map.zarr.partial holds 3 tiles of a stopped --resume run of another job "
                      "(--classes not given there, 1,2 here;") == 1 and "); left as it is: " in err, err
     assert "the same command with --resume" not in err
     assert sorted((p.relative_to(partial), p.stat().st_mtime_ns) for p in partial.rglob("*")) == before
     assert main(run) == 0
     err = capsys.readouterr().err
-    assert err.count("note: removed") == 1 and "map.zarr.partial, the 3 tile(s) a stopped --resume run of this same " \
+    assert err.count("note: removed") == 1 and "map.zarr.partial, the 3 tiles a stopped --resume run of this same " \
         "map had done" in err, err
     assert "resume:" not in err and "--resume continues it" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map.zarr"]
@@ -2840,9 +2840,9 @@ def test_images_say_once_for_the_batch_how_their_pixels_are_read(model_dir, tmp_
     assert main(["run", str(model_dir), "--images", str(folder / "*"), "--output-dir", str(tmp_path / "maps"),
                  "--max-nodata", "0.3"]) == 0
     err = capsys.readouterr().err
-    assert err.count("16-bit pixels") == 1 and "note: 2 of 3 image(s)' 16-bit pixels" in err, err
+    assert err.count("16-bit pixels") == 1 and "note: 2 of 3 images' 16-bit pixels" in err, err
     assert err.count("has nothing to act on") == 1, err
-    assert "note: --max-nodata 0.3 has nothing to act on: none of the 3 image(s) can hold no-data" in err, err
+    assert "note: --max-nodata 0.3 has nothing to act on: none of the 3 images can hold no-data" in err, err
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".zarr"])
@@ -2932,18 +2932,18 @@ def test_cli_skip_existing_maps_a_raster_again_for_another_nodata(model_dir, pic
     for nodata, recorded in (("0", 0.0), ("nan", "NaN")):
         result = graphconv_in_process(*run, "--nodata", nodata)
         assert result.returncode == 0, result.stderr
-        assert "1 of 2 image(s) have their map in" in result.stderr, "the scene's is made again, not the photo's"
+        assert "1 of 2 images has its map in" in result.stderr, "the scene's is made again, not the photo's"
         assert stated("scene.tif")["nodata"] == recorded and stated("photo.tif")["nodata"] is None
         assert "nothing to do" in graphconv_in_process(*run, "--nodata", nodata).stdout
     result = graphconv_in_process(*run)
-    assert result.returncode == 0 and "1 of 2 image(s) have their map in" in result.stderr
+    assert result.returncode == 0 and "1 of 2 images has its map in" in result.stderr
     with tifffile.TiffFile(out / "scene.tif") as tif:
         first, placement = tif.pages[0].description.split("\n", 1)
     placement = json.loads(placement)
     del placement["cells_left_out"]["nodata"]
     tifffile.tiffcomment(out / "scene.tif", first + "\n" + json.dumps(placement))  # as an older version wrote it
     assert "nothing to do" in graphconv_in_process(*run).stdout
-    assert "1 of 2 image(s) have their map in" in graphconv_in_process(*run, "--nodata", "0").stderr
+    assert "1 of 2 images has its map in" in graphconv_in_process(*run, "--nodata", "0").stderr
 
 
 @pytest.mark.parametrize("heatmap, reduce, classes", [(1, None, None), (2, None, (4, 2)), ("top", None, None),

@@ -44,7 +44,7 @@ import numpy as np
 import yaml
 
 from graphconv.arrays import file_kind, open_regular_file
-from graphconv.errors import GraphconvError, Location, shown
+from graphconv.errors import GraphconvError, Location, agreeing, counted, shown
 from graphconv.ir import Graph
 from graphconv.ops import get_op
 from graphconv.ops.registry import OpDef
@@ -329,14 +329,16 @@ def _user_keys(mapping: dict) -> list[str]:
 
 
 def _refuse_unknown_keys(mapping: dict, allowed: set[str], what: str, loc: Location) -> None:
+    """`what` names the keys, with {} where 'key' or 'keys' goes ("top-level {}")."""
     unknown = sorted(set(_user_keys(mapping)) - allowed)
     if unknown:
-        raise GraphconvError(f"unknown {what} {shown(unknown)}; expected {sorted(allowed)}", loc=loc)
+        raise GraphconvError(f"unknown {what.format(agreeing(len(unknown), 'key', 'keys'))} {shown(unknown)}; "
+                             f"expected {sorted(allowed)}", loc=loc)
 
 
 def _build_graph(doc: dict, path: Path, labels: str | os.PathLike | None = None) -> Graph:
     where = _loc(path, doc)
-    _refuse_unknown_keys(doc, TOP_LEVEL_KEYS, "top-level key(s)", where)
+    _refuse_unknown_keys(doc, TOP_LEVEL_KEYS, "top-level {}", where)
     input_name, shape, input_loc = _spec_input(doc, path)
     meta: dict[str, Any] = {}
     if "preprocess" in doc:
@@ -375,7 +377,7 @@ def _spec_input(doc: dict, path: Path) -> tuple[str, list[int], Location]:
         raise GraphconvError("'input' must be a mapping {name: ..., shape: [C, H, W]}",
                              loc=_loc(path, doc, "input"))
     loc = _loc(path, spec_input)
-    _refuse_unknown_keys(spec_input, INPUT_KEYS, "key(s) in 'input'", loc)
+    _refuse_unknown_keys(spec_input, INPUT_KEYS, "{} in 'input'", loc)
     shape = spec_input.get("shape")
     if (not isinstance(shape, list) or len(shape) != 3
             or not all(is_int(v) and 0 < v <= MAX_INT for v in shape)):
@@ -506,7 +508,7 @@ def checked_preprocess(pre: Any, channels: int, path: Path, loc: Location) -> di
                                      loc=_loc(path, pre, key))
         elif (not isinstance(value, list) or len(value) != channels
               or any(finite_number(v) is None for v in value)):
-            raise GraphconvError(f"preprocess {key} must list {channels} finite number(s), one per "
+            raise GraphconvError(f"preprocess {key} must list {counted(channels, 'finite number')}, one per "
                                  f"channel, got {shown(value)}", loc=_loc(path, pre, key))
         elif key == "std" and any(v == 0 for v in value):
             raise GraphconvError(f"preprocess std must not be 0 (it divides), got {shown(value)}",
@@ -521,7 +523,7 @@ def _checked_compiled(block: Any, path: Path, loc: Location) -> dict:
     if not isinstance(block, dict):
         raise GraphconvError(f"'compiled' must be a mapping of {sorted(COMPILED_KEYS)}, got {shown(block)}",
                              loc=loc)
-    _refuse_unknown_keys(block, COMPILED_KEYS, "key(s) in 'compiled'", _loc(path, block))
+    _refuse_unknown_keys(block, COMPILED_KEYS, "{} in 'compiled'", _loc(path, block))
     checked: dict[str, Any] = {}
     for key in _user_keys(block):
         value, where = block[key], _loc(path, block, key)

@@ -286,7 +286,7 @@ class OpDef:
         if low <= count and (high is None or count <= high):
             return None
         expected = str(low) if low == high else f"at least {low}"
-        return f"{self.name} takes {expected} input(s), got {count}"
+        return f"{self.name} takes {expected} {'input' if expected == '1' else 'inputs'}, got {count}"
 
     @property
     def has_weights(self) -> bool:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from graphconv.errors import counted
 from graphconv.ops.activations import FUSED, fused_flops, fused_onnx, fused_reference, fused_torch
 from graphconv.ops.registry import Example, OpDef, Param, normalization_shape, numel, register, same_spatial
 
@@ -59,7 +60,7 @@ def weights_problem(params: dict, weights: dict) -> str | None:
         return None
     first = int(bad[0])
     return (f"running_var + eps must be positive (it is square-rooted), but is not in {bad.size} of "
-            f"{total.size} channel(s) (the first: channel {first}, running_var "
+            f"{counted(total.size, 'channel')} (the first: channel {first}, running_var "
             f"{float(weights['running_var'][first]):g}, eps {params['eps']:g}); their outputs would be NaN")
 
 
