@@ -2567,3 +2567,77 @@ def test_eca_views_that_split_the_channels_are_refused_and_a_spatial_gate_writte
     graph = load_network(path, task="segmentation")
     assert [n.op for n in graph.layers()] == ["channel_max", "sigmoid", "mul"]
     np.testing.assert_allclose(Model(graph).run(x), onnxruntime_scores(path, x), rtol=1e-6)
+
+
+class Funnel(torch.nn.Module):
+    """A stride-2 conv, then FReLU's funnel activation, max(x, bn(depthwise_conv(x)))
+    (torch.max of two maps: ONNX Max), then the usual head. The depthwise conv is 1x1
+    here (FReLU's is 3x3, padded) so that the map slides exactly, crop by crop."""
+    crop = 12
+    stride = 2
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 6, 3, stride=2)
+        self.funnel = torch.nn.Conv2d(6, 6, 1, groups=6)
+        self.bn = torch.nn.BatchNorm2d(6)
+        self.fc = torch.nn.Linear(6, 4)
+
+    def forward(self, x):
+        x = self.conv(x)
+        x = torch.max(x, self.bn(self.funnel(x)))
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_frelu_s_max_of_two_maps_imports_as_one_maximum_layer_and_slides(tmp_path, dynamo, rng):
+    torch.manual_seed(0)
+    model = onnx_zoo.randomize_batchnorm(Funnel())
+    path = tmp_path / "funnel.onnx"
+    export_at(model, path, dynamo=dynamo, opset=17)
+    graph = check_imported_head(path, model, rng)
+    assert len(graph.find("maximum")) == 1
+
+
+@pytest.mark.parametrize("onnx_op,constants,op", [("Max", (0.0,), "relu"), ("Max", (-0.5,), "clip"),
+                                                  ("Max", (-0.5, 0.25), "clip"), ("Min", (0.5,), "clip"),
+                                                  ("Min", (0.5, -0.25), "clip")])
+def test_max_or_min_of_a_map_and_numbers_is_a_clip(tmp_path, onnx_op, constants, op, rng):
+    names = [f"c{i}" for i in range(len(constants))]
+    nodes = [onnx.helper.make_node(onnx_op, ["x", *names], ["y"])]
+    path = onnx_file(tmp_path / "max.onnx", nodes, {n: np.array(c, np.float32) for n, c in zip(names, constants)},
+                     input_shape=(1, 3, 5, 7))
+    graph = load_network(path, task="segmentation")
+    assert [n.op for n in graph.layers()] == [op]
+    x = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
+    np.testing.assert_allclose(Model(graph).run(x), onnxruntime_scores(path, x), rtol=1e-6)
+
+
+def test_max_of_three_maps_equals_onnxruntime_and_of_maps_of_different_shapes_is_refused(tmp_path, rng):
+    helper = onnx.helper
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Neg", ["x"], ["n"]),
+             helper.make_node("Max", ["x", "s", "n"], ["y"])]
+    path = onnx_file(tmp_path / "max3.onnx", nodes, {}, input_shape=(1, 3, 5, 7))
+    graph = load_network(path, task="segmentation")
+    assert graph.find("maximum")
+    x = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
+    np.testing.assert_allclose(Model(graph).run(x), onnxruntime_scores(path, x), rtol=1e-6)
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Max", ["x", "p"], ["y"], name="m")]
+    path = onnx_file(tmp_path / "max_broadcast.onnx", nodes, {}, input_shape=(1, 3, 5, 7))
+    with pytest.raises(GraphconvError, match=r"node 'm': Max of maps of different shapes 3x5x7, 3x1x1"):
+        load_network(path, task="segmentation")
+
+
+def test_keras_relu6_as_tf2onnx_writes_it_max_then_min_is_a_clip_to_0_6(tmp_path, rng):
+    helper = onnx.helper
+    nodes = [helper.make_node("Max", ["x", "zero"], ["m"]), helper.make_node("Min", ["m", "six"], ["y"])]
+    path = onnx_file(tmp_path / "relu6.onnx", nodes, {"zero": np.array(0, np.float32), "six": np.array(6, np.float32)},
+                     input_shape=(1, 3, 5, 7))
+    graph = load_network(path, task="segmentation")
+    x = 4 * rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
+    np.testing.assert_array_equal(Model(graph).run(x), np.clip(x, 0, 6))
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Min", ["x", "s"], ["y"], name="m")]
+    path = onnx_file(tmp_path / "min_of_maps.onnx", nodes, {}, input_shape=(1, 3, 5, 7))
+    with pytest.raises(GraphconvError, match=r"node 'm': Min of feature maps; graphconv takes the minimum of one map "
+                                             r"and numbers"):
+        load_network(path, task="segmentation")

@@ -2562,6 +2562,52 @@ def _sub(imp: _Importer, node) -> None:
     imp.add_layer(node, "sub", [imp.tensor(name) for name in node.input])
 
 
+@converts("Max")
+def _max(imp: _Importer, node) -> None:
+    """The elementwise maximum of maps of one shape (FReLU's max(x, bn(dwconv(x))),
+    maxout): a maximum layer; of one map and numbers (torch.maximum(x, torch.tensor(c)),
+    Keras's tf.maximum(x, 0)): a clip from below (a relu for 0)."""
+    _extremum(imp, node, largest=True)
+
+
+@converts("Min")
+def _min(imp: _Importer, node) -> None:
+    """Min of one map and numbers: a clip from above (tf2onnx writes Keras's
+    ReLU(max_value=6) as Max with 0, then Min with 6)."""
+    _extremum(imp, node, largest=False)
+
+
+def _extremum(imp: _Importer, node, largest: bool) -> None:
+    tensors, constants = _operands(imp, node)
+    if len(tensors) == 1 and not constants:  # of one input: itself
+        imp.alias(node, tensors[0])
+        return
+    if not constants and largest:
+        if len({(t.shape, t.layout) for t in tensors}) != 1:
+            raise imp.error("Max of maps of different shapes "
+                            + ", ".join("x".join(map(str, t.shape)) for t in tensors)
+                            + "; graphconv takes the maximum of maps of one shape (no broadcasting)")
+        imp.add_layer(node, "maximum", tensors)
+        return
+    if not constants:
+        raise imp.error("Min of feature maps; graphconv takes the minimum of one map and numbers (a clip "
+                        "from above), and the maximum of maps (Max)")
+    if len(tensors) == 1 and all(c.size == 1 for c in constants):
+        numbers = [float(c.ravel()[0]) for c in constants]
+        if not largest:
+            imp.add_layer(node, "clip", [tensors[0]], {"min": -FLOAT32_MAX, "max": min(min(numbers), FLOAT32_MAX)})
+        elif max(numbers) == 0.0:
+            imp.add_layer(node, "relu", [tensors[0]])
+        else:
+            imp.add_layer(node, "clip", [tensors[0]], {"min": max(max(numbers), -FLOAT32_MAX), "max": FLOAT32_MAX})
+        return
+    shapes = ", ".join(str(list(c.shape)) for c in constants if c.size != 1)
+    what = (f"{len(tensors)} feature maps and constants" if len(tensors) > 1
+            else f"a feature map and a constant of shape {shapes}")
+    raise imp.error(f"{node.op_type} of {what}; graphconv takes the {'maximum' if largest else 'minimum'} of one "
+                    "map and numbers, or the maximum of maps of one shape")
+
+
 @converts("Neg")
 def _neg(imp: _Importer, node) -> None:
     """-x (a constant's is folded before): a scale by -1, which fold-batchnorm merges into
