@@ -476,6 +476,7 @@ class ImageResult:
     nodata_possible: bool = False  # whether any of its pixels can be no-data (`sources.nodata_can_occur`)
     memory_tile: tuple[int, int] | None = None  # the tiles planned from `image_tile`'s, the whole image over the budget
     resumed: tuple[int, int] | None = None  # --resume: (tiles an earlier run had done, tiles in all): one note
+    partial_map: "PartialMapLeft | None" = None  # without --resume: a stopped --resume run's beside its map: one note
     made_meanwhile: bool = False  # its map made by another run while this one ran, and kept (`_made_meanwhile`)
     image_stamp: list[int] | None = None  # the image file's `image_stamp` before it was read: its map's row records it
     placement: CellPlacement | None = None  # where its cells stand on the image: its map's row records it
@@ -536,11 +537,13 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
                                    left_out_record(options, image)),
                     **(background.nodata_record() if background is not None else {}),
                     IMAGE_STAMP: stamp, **_loaded_with(ref)}
-        resumed, planned = None, None
+        resumed, planned, partial_map = None, None, None
         if tile is not None:
-            shape, resumed, planned = _map_in_tiles(ref, model, image, output, source, grid, tile, options,
-                                                    blank_cells, contents, stopped, _as_found(output, found))
+            shape, resumed, planned, partial_map = _map_in_tiles(ref, model, image, output, source, grid, tile,
+                                                                 options, blank_cells, contents, stopped,
+                                                                 _as_found(output, found))
         else:
+            partial_map = _partial_map_beside_a_whole_map(output) if not options.resume else None
             x = source.read(0, 0, source.height, source.width)
             result = grid.whole(x[None] if x.ndim == 3 else x, options.device)
             result = result if transform is None else transform(result)
@@ -555,6 +558,7 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
         from graphconv.images import turned_upright
         from graphconv.sources import channel_conversion, nodata_can_occur, value_scaling
         return ImageResult(image, output, shape, memory_tile=planned if memory_tile else None, resumed=resumed,
+                           partial_map=partial_map,
                            note="; ".join(filter(None, notes)) or None,
                            turned=turned_upright(image), converted=channel_conversion(source),
                            scaled=value_scaling(source),
@@ -601,37 +605,72 @@ def _kept_as_made_meanwhile(model, image: str, output: str, options: MapOptions,
 def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, tile: int, options: MapOptions,
                   blank_cells, contents: dict, stopped: Callable[[], bool] | None = None,
                   unchanged: Callable[[], None] | None = None
-                  ) -> tuple[tuple[int, ...], tuple[int, int] | None, tuple[int, int]]:
+                  ) -> tuple[tuple[int, ...], tuple[int, int] | None, tuple[int, int], PartialMapLeft | None]:
     """One image's map computed in tiles into `output` as a single --image's run writes
     one (`tiling.MapFile`): memory-mapped tile by tile, not held in memory (a slide's map
     of many classes can be larger than the budget), and renamed into place once complete.
     With --resume (`options.resume`) into its partial map beside `output`, kept when the
     batch stops and continued from the tiles it lists when the same command runs again.
     Returns the map's shape, (tiles an earlier run had done, tiles in all) where it went
-    on from them (None: a new map), and the largest tile planned, (H, W) input pixels.
+    on from them (None: a new map), the largest tile planned, (H, W) input pixels, and
+    what became of a stopped --resume run's partial map beside `output` (without
+    --resume: removed once the whole map is written where it is of this same job, as a
+    single --image's run does; else left, said).
     `stopped()` is asked before each tile is recorded: true, the map stops there as at a
     Ctrl-C (`StoppedByTheCommand`), its tiles done kept with --resume, else removed."""
     from graphconv.background import blank_tiles
     from graphconv.georef import cell_placement, georeference_of_map, is_tiff_output
-    from graphconv.tiling import MapFile, map_transform, plan_tiles, run_tiled
+    from graphconv.tiling import MapFile, PartialMap, map_transform, plan_tiles, run_tiled, stopped_partial_map
 
     plan = plan_tiles(grid, (source.height, source.width), tile)
     transform, channels, dtype = map_transform(options.reduce, options.classes, model.output_channels)
     shape = (1, channels, *plan.map_hw)
     blank = frozenset(blank_tiles(plan.tiles, blank_cells))
+    partial_beside = not options.resume and PartialMap(output).exists()
+    job = resume_job(ref, model, image, source, options, plan, shape, dtype) if options.resume or partial_beside else None
+    stale, left = stopped_partial_map(output, job) if partial_beside else (None, None)
     map_file = MapFile(output, shape, dtype, chunk_hw=plan.cells_hw,
                        georeference=georeference_of_map(source, grid.cell_area) if is_tiff_output(output) else None,
                        placement=replace(cell_placement(source, grid.cell_area),
                                          contents={**contents, "tile_plan": plan.as_recorded()}),
-                       resume=resume_job(ref, model, image, source, options, plan, shape, dtype) if options.resume
-                       else None, tiles=plan.tiles, blank=blank, unchanged=unchanged)
+                       resume=job if options.resume else None, tiles=plan.tiles, blank=blank, unchanged=unchanged)
     with map_file as out:
         resumed = (len(map_file.done), len(plan.tiles)) if map_file.done else None
         if len(map_file.done) < len(plan.tiles):
             run_tiled(grid, source, tile, out=out, device=options.device, transform=transform,
                       progress=_unless_stopped(map_file.record, stopped), blank_cells=blank_cells,
                       done=map_file.done)
-    return shape, resumed, plan.tile_hw
+    return shape, resumed, plan.tile_hw, _partial_map_written_over(stale) if stale else _another_job_s(output, left)
+
+
+@dataclass(frozen=True)
+class PartialMapLeft:
+    """A stopped --resume run's partial map beside a map a batch without --resume wrote:
+    `fate` "removed" (of this same map: written over, it held nothing more), "in use"
+    (another run is resuming it), or how its job differs from this run's (left as it is)."""
+    shown: str
+    tiles: int
+    fate: str
+
+
+def _partial_map_written_over(partial) -> PartialMapLeft:
+    tiles = partial.count_done()
+    return PartialMapLeft(partial.shown, tiles, "removed" if partial.remove_unless_in_use() else "in use")
+
+
+def _another_job_s(output: str, differences: list[str] | None) -> PartialMapLeft | None:
+    from graphconv.tiling import PartialMap
+    if not differences:
+        return None
+    partial = PartialMap(output)
+    return PartialMapLeft(partial.shown, partial.count_done(), "; ".join(differences))
+
+
+def _partial_map_beside_a_whole_map(output: str) -> PartialMapLeft | None:
+    """A stopped --resume run's partial map beside a map computed whole, in no tiles: of
+    another job, as a --resume run computes in tiles."""
+    from graphconv.tiling import stopped_partial_map
+    return _another_job_s(output, stopped_partial_map(output, None)[1])
 
 
 class StoppedByTheCommand(Exception):

@@ -582,6 +582,18 @@ def file_stamp(path: str | os.PathLike) -> list[int] | None:
     return [status.st_size, status.st_mtime_ns, status.st_ino]
 
 
+def same_file(recorded: list[int] | None, now: list[int] | None) -> bool:
+    """Whether two `file_stamp`s are of one file left as it was: the same size and
+    modification time to the second. Not the inode, nor the time's fraction: a folder
+    copied with its times (cp -a, rsync -a, a backup restored, a node's scratch copied to
+    shared storage) gets new inodes, and a file system of whole seconds (Lustre) keeps
+    only those. (Batches writing one folder at once compare whole stamps: a map renamed
+    into place in the same tick is a new inode.)"""
+    if not recorded or not now or len(recorded) < 2:
+        return False
+    return recorded[0] == now[0] and recorded[1] // 10**9 == now[1] // 10**9
+
+
 def model_digest(paths: Iterable[str | os.PathLike]) -> str:
     """16 hex digits of sha256 over the contents of the files a model was read from
     (`graph.meta["read_from"]` and the model's own path): what says two maps were made

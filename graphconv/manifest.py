@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from graphconv.errors import GraphconvError, shown_path
-from graphconv.files import atomic_write, file_stamp, locked_if_possible
+from graphconv.files import atomic_write, file_stamp, locked_if_possible, same_file
 
 if TYPE_CHECKING:
     from graphconv.georef import CellPlacement
@@ -71,7 +71,7 @@ class Manifest:
         key = self._key(output)
         earlier = self.rows.get(key) or {}
         stamp = _stamp_text(output) if written else earlier.get("map_stamp", "")
-        if not written and stamp and stamp != _stamp_text(output):
+        if not written and stamp and not _still_there(stamp, output):
             stamp = ""  # the earlier map is gone or changed since
         if written:
             settings = json.dumps(made_with, sort_keys=True) if made_with is not None else ""
@@ -141,7 +141,12 @@ class Manifest:
     def image_of(self, output: str) -> str | None:
         """The image graphconv made the file now at `output` from, where it wrote it as it is now."""
         row = self.rows.get(self._key(output))
-        return row["image"] if row and row["map_stamp"] and row["map_stamp"] == _stamp_text(output) else None
+        return row["image"] if row and _still_there(row["map_stamp"], output) else None
+
+    def lists(self, output: str) -> bool:
+        """Whether the list has a row for the map at `output` (a row whose file changed since
+        included: `image_of` tells those apart)."""
+        return self._key(output) in self.rows
 
     def rewrite(self) -> None:
         """The list again, one row per map: what the appends of reruns repeated, once.
@@ -172,6 +177,17 @@ def _written_since(listed: dict | None, found: dict | None, output: str) -> bool
     wrote the map now at `output` since this one found `found` there."""
     return (listed is not None and listed != found and listed["status"] == "written"
             and bool(listed["map_stamp"]) and listed["map_stamp"] == _stamp_text(output))
+
+
+def _still_there(stamp_text: str, output: str) -> bool:
+    """Whether the file at `output` is the one a row's `map_stamp` recorded, or a copy of
+    it that kept its time (`files.same_file`: an --output-dir rsynced from a node's
+    scratch to shared storage is still graphconv's, for --skip-existing)."""
+    try:
+        recorded = [int(part) for part in stamp_text.split(":")] if stamp_text else None
+    except ValueError:
+        return False
+    return same_file(recorded, file_stamp(output))
 
 
 def _stamp_text(path: str) -> str:

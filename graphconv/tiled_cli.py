@@ -411,20 +411,15 @@ def _partial_map_beside(output: str, job: dict):
     still said --resume continued it); if this run stops, it is kept as it was. Of
     another job: left as it is, and said once; None."""
     from graphconv.cli import note
-    from graphconv.tiling import PartialMap, job_differences
+    from graphconv.tiling import PartialMap, stopped_partial_map
 
-    partial = PartialMap(output)
-    held = partial.job() if partial.exists() else None
-    if held is None:
-        return None
-    differences = job_differences(held, job)
-    if not differences:
-        return partial
-    note(f"note: {partial.shown} holds {counted(partial.count_done(), 'tile')} of a stopped --resume run of "
-         f"another job "
-         f"({'; '.join(differences)}); left as it is: that run's command with --resume continues it (and replaces "
-         "this map), or delete it")
-    return None
+    partial, differences = stopped_partial_map(output, job)
+    if differences:
+        other = PartialMap(output)
+        note(f"note: {other.shown} holds {counted(other.count_done(), 'tile')} of a stopped --resume run of "
+             f"another job ({'; '.join(differences)}); left as it is: that run's command with --resume continues it "
+             "(and replaces this map), or delete it")
+    return partial
 
 
 def _remove_a_partial_map_written_over(partial) -> None:
@@ -432,13 +427,9 @@ def _remove_a_partial_map_written_over(partial) -> None:
     job had begun in `partial`: that partial map holds nothing more, so it goes, said
     once (not while another run is resuming it)."""
     from graphconv.cli import note
-    from graphconv.files import held_exclusively
 
     done = partial.count_done()
-    try:
-        with held_exclusively(partial.folder, partial.shown):
-            partial.remove()
-    except (GraphconvError, OSError):
+    if not partial.remove_unless_in_use():
         note(f"note: {partial.shown}, a stopped --resume run's partial map of this same map, is left as it is: "
              "another run is writing it now")
         return
@@ -812,11 +803,11 @@ def run_images_command(args: argparse.Namespace) -> int:
     turned = sum(result.turned for result in results if not result.error)
     if turned:  # one line for the batch, not one per photo
         note(f"note: {counted(turned, 'photo')} turned upright per their EXIF orientation (their maps and cells "
-             f"are the "
-             "upright picture's)")
+             "are the upright picture's)")
     _note_npy_maps_replaced(args, results, replaceable)
     _note_tiled_for_memory(args, model, [result for result in results if result.memory_tile])
     _note_resumed([result.resumed for result in results if result.resumed])
+    _note_partial_maps_left([result.partial_map for result in results if result.partial_map])
     _note_made_meanwhile(args, [result for result in results if result.made_meanwhile])
     if len(failed) == len(results):
         _remove_if_empty(created, images)  # made for maps of which none came: gone, as after any failed command
@@ -867,6 +858,32 @@ def _note_made_meanwhile(args: argparse.Namespace, results: list) -> None:
         note(f"note: {counted(len(results), 'image')} had {agreeing(len(results), 'its', 'their')} map made "
              f"meanwhile by another run into {args.output_dir}, as "
              "this one would have made it (array tasks given overlapping lists?): kept, not made again")
+
+
+def _note_partial_maps_left(partial_maps: list) -> None:
+    """What became of stopped --resume runs' partial maps beside the maps this batch,
+    without --resume, wrote (`cluster.PartialMapLeft`): one note for each fate, as a
+    single --image's run says of its one."""
+    from graphconv.cli import note
+
+    removed = [p for p in partial_maps if p.fate == "removed"]
+    in_use = [p for p in partial_maps if p.fate == "in use"]
+    another = [p for p in partial_maps if p.fate not in ("removed", "in use")]
+    if removed:
+        note(f"note: removed {counted(len(removed), 'partial map')} of a stopped --resume run of the same "
+             f"{agreeing(len(removed), 'map', 'maps')} (such as {removed[0].shown}, "
+             f"{counted(removed[0].tiles, 'tile')} done): this run computed the whole "
+             f"{agreeing(len(removed), 'map', 'maps')} without --resume (with --resume a run goes on from them)")
+    if in_use:
+        note(f"note: {counted(len(in_use), 'partial map')} of a stopped --resume run of the same "
+             f"{agreeing(len(in_use), 'map', 'maps')} (such as {in_use[0].shown}) "
+             f"{agreeing(len(in_use), 'is left as it is', 'are left as they are')}: another run is writing "
+             f"{agreeing(len(in_use), 'it', 'them')} now")
+    if another:
+        note(f"note: {counted(len(another), 'partial map')} of a stopped --resume run of another job "
+             f"{agreeing(len(another), 'is left as it is', 'are left as they are')} (such as {another[0].shown}, "
+             f"{counted(another[0].tiles, 'tile')} done: {another[0].fate}): that run's command with --resume "
+             "continues it (and replaces its map), or delete it")
 
 
 def _note_resumed(resumed: list[tuple[int, int]]) -> None:
@@ -1258,7 +1275,8 @@ def _images_not_done(args: argparse.Namespace, ref, model, images: list[str], ba
     from graphconv.manifest import MANIFEST_NAME, Manifest
 
     outputs = output_names(images, args.output_dir, args.output_format, base)
-    made_with = Manifest(args.output_dir).made_with
+    manifest = Manifest(args.output_dir)
+    made_with = manifest.made_with
     todo, kept = [], []
     for image, output in zip(images, outputs):
         done = (holds_its_map(ref, model, image, output, options, args.tile, made_with)
@@ -1267,11 +1285,18 @@ def _images_not_done(args: argparse.Namespace, ref, model, images: list[str], ba
     from graphconv.cli import note
     unrecorded = [output for _, output in todo if output.endswith(".npy") and os.path.isfile(output)
                   and made_with(output) is None]
-    if unrecorded:
-        note(f"note: {counted(len(unrecorded), '.npy map')} in {args.output_dir} (such as {unrecorded[0]}) "
-             f"{agreeing(len(unrecorded), 'has', 'have')} no row in its "
+    changed = [output for output in unrecorded if manifest.lists(output)]
+    unlisted = [output for output in unrecorded if not manifest.lists(output)]
+    if unlisted:
+        note(f"note: {counted(len(unlisted), '.npy map')} in {args.output_dir} (such as {unlisted[0]}) "
+             f"{agreeing(len(unlisted), 'has', 'have')} no row in its "
              f"{MANIFEST_NAME} saying what made them (an older graphconv's, or a run killed before listing them): "
              "made again, as a map of other weights would not be told from this run's")
+    if changed:
+        note(f"note: {counted(len(changed), '.npy map')} in {args.output_dir} (such as {changed[0]}) "
+             f"{agreeing(len(changed), 'is', 'are')} not as {MANIFEST_NAME} recorded "
+             f"{agreeing(len(changed), 'it', 'them')} (another size or modification time: changed since, or "
+             "copied without their times; cp -a and rsync -a keep them): made again")
     todo = [image for image, _ in todo]
     if len(todo) < len(images):
         done = len(images) - len(todo)

@@ -1029,6 +1029,32 @@ class PartialMap:
         from graphconv.files import remove_temporary
         remove_temporary(self.folder)
 
+    def remove_unless_in_use(self) -> bool:
+        """Remove the folder unless a --resume run is writing it now (its lock held):
+        whether it was removed."""
+        from graphconv.files import held_exclusively
+        try:
+            with held_exclusively(self.folder, self.shown):
+                self.remove()
+        except (GraphconvError, OSError):
+            return False
+        return True
+
+
+def stopped_partial_map(output: str, job: dict | None) -> tuple[PartialMap | None, list[str]]:
+    """A stopped --resume run's partial map beside `output`, which a run without --resume
+    is about to write whole: (it, []) where it is of this same `job`, to be removed once
+    the whole map is written over it (left behind, it was stale, and a later --resume
+    refused it once the image changed); (None, how the two jobs differ) where it is
+    another's, to be left as it is; (None, []) where there is none. `job` None: this run
+    computes the image whole, in no tiles, which a --resume run never does."""
+    partial = PartialMap(output)
+    held = partial.job() if partial.exists() else None
+    if held is None:
+        return None, []
+    differences = job_differences(held, job) if job is not None else ["this run computes the image whole"]
+    return (None, differences) if differences else (partial, [])
+
 
 def _npy_damage(path: str, shape: tuple[int, ...], dtype: np.dtype) -> str | None:
     """What is wrong with the .npy at `path` as a (shape, dtype) map, or None."""

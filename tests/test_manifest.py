@@ -431,3 +431,24 @@ def test_a_map_is_listed_before_its_heatmap_is_drawn(model_dir, tmp_path):
     assert rows(out)["b.npy"]["status"] == "written" and "heatmap not" in rows(out)["b.npy"]["error"]
     assert rows(out)["a.npy"]["error"] == "" and rows(out)["b.npy"]["made_with"] == listed_when_drawn[images[1]][
         "made_with"]
+
+
+def test_an_output_folder_copied_with_its_times_keeps_its_maps_for_skip_existing(model_dir, tmp_path):
+    """Maps written to a node's scratch, copied to shared storage (cp -a, rsync -a: new
+    inodes, times kept; Lustre keeps whole seconds), then a requeued batch with
+    --skip-existing: every map was made again, said to have no row in the list."""
+    import shutil
+
+    folder = photos(tmp_path / "photos", {"a.png": (40, 50), "b.png": (40, 40)})
+    scratch, shared = tmp_path / "scratch", tmp_path / "shared"
+    assert graphconv("run", model_dir, "--images", folder, "--output-dir", scratch).returncode == 0
+    shutil.copytree(scratch, shared)  # copy2: times kept, to the nanosecond where the file system has them
+    a = shared / "a.npy"
+    seconds = a.stat().st_mtime_ns // 10**9
+    os.utime(a, ns=(seconds * 10**9, seconds * 10**9))  # a file system of whole seconds
+    result = graphconv("run", model_dir, "--images", folder, "--output-dir", shared, "--skip-existing")
+    assert result.returncode == 0 and "2 of 2 images have their map in" in result.stderr, result.stderr
+    os.utime(a, ns=((seconds + 5) * 10**9,) * 2)  # copied without its time: not known to be the same map
+    result = graphconv("run", model_dir, "--images", folder, "--output-dir", shared, "--skip-existing")
+    assert "1 .npy map in" in result.stderr and "is not as graphconv-maps.csv recorded it" in result.stderr
+    assert "no row" not in result.stderr and "1 of 1 image ->" in result.stdout

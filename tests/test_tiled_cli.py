@@ -2555,6 +2555,40 @@ def test_images_resume_goes_on_from_the_tiles_done_of_the_map_in_progress(model_
             assert done.pages[0].description == straight.pages[0].description
 
 
+def test_images_without_resume_removes_the_stopped_run_s_partial_map_of_a_map_it_wrote_whole(model_dir, big_page,
+                                                                                          tmp_path, monkeypatch,
+                                                                                          capsys):
+    """An --images --resume batch stopped mid-slide, then run again without --resume: the
+    slide's map was written whole and its partial map stayed beside it, unsaid (a single
+    --image run removes it), and a later --resume refused it once the image changed. A
+    partial map of another job (other tiles) is left, and said."""
+    from graphconv.cli import main
+
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    shutil.copy(big_page, folder / "a.png")
+    shutil.copy(big_page, folder / "b.png")
+    out = tmp_path / "maps"
+    run = ["run", str(model_dir), "--images", str(folder), "--output-dir", str(out)]
+    _stop_after(monkeypatch, 27)  # a's 20 tiles, 7 of b's
+    assert main([*run, "--tile", "100", "--resume"]) == 130
+    partial = out / "b.npy.partial"
+    assert partial.is_dir()
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main([*run, "--tile", "120"]) == 0  # another tile plan: another job's partial map
+    err = capsys.readouterr().err
+    assert partial.is_dir() and "note: 2 partial maps" not in err
+    assert (f"note: 1 partial map of a stopped --resume run of another job is left as it is (such as {partial}, "
+            "7 tiles done: tile plan") in err, err
+    assert main([*run, "--tile", "100"]) == 0
+    err = capsys.readouterr().err
+    assert not partial.exists()
+    assert (f"note: removed 1 partial map of a stopped --resume run of the same map (such as {partial}, 7 tiles "
+            "done): this run computed the whole map without --resume") in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["a.npy", "b.npy", "graphconv-maps.csv"]
+
+
 @pytest.mark.parametrize("batch", [False, True], ids=["image", "images"])
 def test_resume_without_tile_keeps_the_stopped_run_s_tiles_under_another_memory_budget(model_dir, tmp_path,
                                                                                      monkeypatch, capsys, batch):
