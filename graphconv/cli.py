@@ -505,7 +505,7 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     """The command line, with a hint where --images was given an unquoted glob: the shell
     hands it over as many files, and argparse said only "unrecognized arguments:
     photos/b.jpg ...". (--images taking them all would swallow a MODEL given after it.)"""
-    args, extra = parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args(_negative_values_joined(sys.argv[1:] if argv is None else argv))
     if extra:
         hint = ""
         if getattr(args, "images", None) and not any(arg.startswith("-") for arg in extra):
@@ -514,6 +514,25 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
                     "did the shell expand a glob? Quote it, as in --images 'photos/*.jpg'")
         parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     return args
+
+
+NEGATIVE_VALUE = re.compile(r"-\.?\d")
+PLAIN_NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")  # argparse's own: it takes these as values
+
+
+def _negative_values_joined(argv: Sequence[str]) -> list[str]:
+    """`--nodata -1e30`, `--shard -1/3`, `--mean -0.5,0.1` as `--nodata=-1e30`: argparse
+    takes a value starting with '-' for an option unless it is a plain negative number,
+    and said "--nodata: expected one argument" of a value the option's own check would
+    take (or name the mistake in: a shard counted from 0 is 0/3, not -1/3)."""
+    joined: list[str] = []
+    for arg in map(str, argv):
+        if (joined and NEGATIVE_VALUE.match(arg) and not PLAIN_NEGATIVE_NUMBER.match(arg)
+                and joined[-1].startswith("--") and "=" not in joined[-1] and joined[-1] != "--"):
+            joined[-1] = f"{joined[-1]}={arg}"
+        else:
+            joined.append(arg)
+    return joined
 
 
 def _version() -> str:

@@ -1820,3 +1820,16 @@ def test_a_heatmap_draws_each_cell_on_its_crop_where_the_map_s_georeference_puts
     edge = (rows < 6) | (rows >= 6 + 13 * 4) | (cols < 6) | (cols >= 6 + 17 * 4)  # outside every cell's square
     expected = np.where(edge[..., None], grey, expected)
     assert np.abs(panel - expected).max() <= 1
+
+
+@pytest.mark.parametrize("given,parsed", [
+    (["--nodata", "-1e30"], ["--nodata=-1e30"]),  # argparse: "--nodata: expected one argument"
+    (["--mean", "-0.5,0.1", "--std", "-.5"], ["--mean=-0.5,0.1", "--std", "-.5"]),  # -.5: argparse's own
+    (["--nodata", "-9999"], ["--nodata", "-9999"]),
+    (["--nodata=-1e3", "-2/3"], ["--nodata=-1e3", "-2/3"]),
+    (["--", "-1e3"], ["--", "-1e3"]), (["-h"], ["-h"]),
+])
+def test_option_values_starting_with_a_minus_reach_the_option(given, parsed):
+    from graphconv.cli import _negative_values_joined
+
+    assert _negative_values_joined(given) == parsed
