@@ -577,6 +577,9 @@ class WrittenMeanwhile(GraphconvError):
     """A map's file written by another run after this batch found it (`_as_found`)."""
 
 
+WRITTEN_MEANWHILE = "was written by another run while this one computed its map"
+
+
 def _made_meanwhile(ref: ModelRef, model, image: str, output: str, options: MapOptions, tile: int | None,
                     found: list[int] | None) -> bool:
     """Whether another run made `output` as this one would (`holds_its_map`) after this
@@ -820,7 +823,7 @@ def _as_found(output: str, found: list[int] | None) -> Callable[[], None]:
 
     def unchanged() -> None:
         if file_stamp(output) != found:
-            raise WrittenMeanwhile("was written by another run while this one computed its map (two batches into "
+            raise WrittenMeanwhile(f"{WRITTEN_MEANWHILE} (two batches into "
                                    "one --output-dir at once?): left as that run wrote it; map this batch into a "
                                    "separate --output-dir (with --skip-existing, a map another run makes meanwhile "
                                    "as this one would is kept)", file=output)

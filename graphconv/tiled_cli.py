@@ -769,7 +769,7 @@ def run_images_command(args: argparse.Namespace) -> int:
     _check_heatmap_names(args, images, base)
     replaceable = _npy_maps_there(args, images, base)
     start = time.perf_counter()
-    done = {}
+    done, explained = {}, set()
     with _output_dir_made(args.output_dir, images) as created, _say_how_to_go_on(args, images, base):
         with _progress(args, len(images), "images", None) as bar:
             def progress(result):
@@ -778,7 +778,7 @@ def run_images_command(args: argparse.Namespace) -> int:
                 and its error said now, not after the last of 10,000 photos."""
                 result = done[result.image] = _with_heatmap(args, model, grid, result)
                 if result.error:
-                    bar.say(_error_line(result))
+                    bar.say(_error_line(result, explained))
                 else:
                     _say_top(args, model, result.image, result.output, lambda text: bar.say(text, sys.stdout))
                 bar.advance(1, 0)
@@ -829,10 +829,19 @@ def _say_top(args: argparse.Namespace, model, image: str, output: str | None, sa
     say(printable(f"{image}: {ranked}"))
 
 
-def _error_line(result) -> str:
-    """A failed image's line: its error, led by the image's name unless it names it."""
-    named = result.error.startswith(_as_messages_name(result.image))
-    return printable(f"graphconv: {result.error if named else f'{result.image}: {result.error}'}")
+def _error_line(result, explained: set[str] | None = None) -> str:
+    """A failed image's line: its error, led by the image's name unless it names it. A
+    map another run wrote meanwhile (two whole batches into one folder: every image) is
+    explained once in `explained`'s batch, and said briefly after."""
+    from graphconv.cluster import WRITTEN_MEANWHILE
+
+    error = result.error
+    if explained is not None and WRITTEN_MEANWHILE in error:
+        if WRITTEN_MEANWHILE in explained:
+            error = error[:error.index(WRITTEN_MEANWHILE)] + f"{WRITTEN_MEANWHILE}: left as that run wrote it (see above)"
+        explained.add(WRITTEN_MEANWHILE)
+    named = error.startswith(_as_messages_name(result.image))
+    return printable(f"graphconv: {error if named else f'{result.image}: {error}'}")
 
 
 def _note_tiled_for_memory(args: argparse.Namespace, model, results: list) -> None:

@@ -664,6 +664,22 @@ def test_a_map_another_batch_wrote_while_this_one_ran_is_left_as_it_is(model_dir
     assert result.error is None and output.read_bytes() != b"the other batch's map"
 
 
+def test_maps_another_batch_wrote_meanwhile_are_explained_once_a_batch():
+    """Two whole batches into one folder at once: the losing one printed the same
+    300-character explanation for every image."""
+    from graphconv.cluster import WRITTEN_MEANWHILE, ImageResult
+    from graphconv.tiled_cli import _error_line
+
+    error = f"maps/{{}}.npy: {WRITTEN_MEANWHILE} (two batches into one --output-dir at once?): left as that run wrote it"
+    explained = set()
+    lines = [_error_line(ImageResult(f"photos/{name}.jpg", error=error.format(name)), explained) for name in "abc"]
+    assert lines[0] == f"graphconv: photos/a.jpg: {error.format('a')}"
+    assert lines[1] == f"graphconv: photos/b.jpg: maps/b.npy: {WRITTEN_MEANWHILE}: left as that run wrote it (see above)"
+    assert len(lines[2]) < len(lines[0]) - 30 and "c.npy" in lines[2]
+    other = _error_line(ImageResult("photos/d.jpg", error="cannot identify image file"), explained)
+    assert other == "graphconv: photos/d.jpg: cannot identify image file"
+
+
 @pytest.mark.parametrize("tile", [None, 60])
 @pytest.mark.parametrize("suffix", [".tif", ".npy"])
 def test_a_skip_existing_batch_keeps_a_map_another_run_made_meanwhile_as_it_would(model_dir, picture, tmp_path,
@@ -1907,8 +1923,8 @@ def test_cli_shards_of_a_batch_together_map_each_image_once(model_dir, library, 
 def test_cli_a_shard_that_is_not_part_k_of_n_is_refused(model_dir, library, monkeypatch, shard, said):
     folder, _ = library
     monkeypatch.chdir(folder)
-    for given in ([f"--shard={shard}"], ["--shard", shard]):  # '--shard -1/3' was argparse's "expected one argument"
-        result = graphconv_in_process("run", model_dir, "--images", "lib", *given, "--output-dir", "maps")
+    for shard_option in ([f"--shard={shard}"], ["--shard", shard]):  # '--shard -1/3' was argparse's "expected one argument"
+        result = graphconv_in_process("run", model_dir, "--images", "lib", *shard_option, "--output-dir", "maps")
         assert result.returncode == 2 and said in result.stderr and not (folder / "maps").exists()
     alone = graphconv_in_process("run", model_dir, "--image", "lib/2023/img1.png", "--shard", "0/2")
     assert alone.returncode == 2 and "--shard maps a part of an --images batch" in alone.stderr
