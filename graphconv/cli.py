@@ -889,8 +889,8 @@ def _note_overflow(out: np.ndarray, source: str) -> None:
     bad = int(out.size - np.count_nonzero(np.isfinite(out)))
     if bad:
         note(f"note: {bad} of {counted(out.size, 'output value')} {agreeing(bad, 'is', 'are')} NaN or infinite: "
-             f"float32 overflowed inside the "
-             f"network on {source} (check its values' range, and the model's preprocess)")
+             f"float32 overflowed inside the network on {source} (check its values' range, and the model's "
+             "preprocess)")
 
 
 def _auto_chose_the_stride_method(model) -> bool:

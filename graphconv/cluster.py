@@ -630,7 +630,8 @@ def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, t
     shape = (1, channels, *plan.map_hw)
     blank = frozenset(blank_tiles(plan.tiles, blank_cells))
     partial_beside = not options.resume and PartialMap(output).exists()
-    job = resume_job(ref, model, image, source, options, plan, shape, dtype) if options.resume or partial_beside else None
+    job = (resume_job(ref, model, image, source, options, plan, shape, dtype) if options.resume or partial_beside
+           else None)
     stale, left = stopped_partial_map(output, job) if partial_beside else (None, None)
     map_file = MapFile(output, shape, dtype, chunk_hw=plan.cells_hw,
                        georeference=georeference_of_map(source, grid.cell_area) if is_tiff_output(output) else None,

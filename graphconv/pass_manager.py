@@ -793,8 +793,7 @@ def _check_options(info: PassInfo, options: dict) -> None:
     missing = [k for k in info.required_options if k not in options]
     if missing:
         raise PassError(f"pass '{info.name}' needs {agreeing(len(missing), 'option', 'options')} "
-                        f"{', '.join(missing)}: "
-                        f"write {info.name}{{{missing[0]}=...}}")
+                        f"{', '.join(missing)}: write {info.name}{{{missing[0]}=...}}")
 
 
 def describe_options(info: PassInfo, separator: str = ", ") -> str:

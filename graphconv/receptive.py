@@ -229,8 +229,7 @@ def _mixed_strides_message(node, sources: list[Field], crops: tuple[int, int]) -
     return (f"merges maps of different strides ({arriving}); their cells do not line up on an image larger "
             "than the crop (at the crop the maps may be the same size, so the classifier runs), so the network "
             f"cannot slide: run it on every crop with `run --crops {stride}` instead (crops "
-            f"{counted(stride, 'pixel')} "
-            "apart: the finest stride its branches sample the image at)")
+            f"{counted(stride, 'pixel')} apart: the finest stride its branches sample the image at)")
 
 
 def _stride_text(stride) -> str:

@@ -244,8 +244,7 @@ def dropped_layers_note(graph: Graph) -> str | None:
     named = ", ".join(dropped[:5]) + (f" and {len(dropped) - 5} more" if len(dropped) > 5 else "")
     return (f"note: {agreeing(len(dropped), 'layer', 'layers')} {named} of {graph.name} "
             f"{agreeing(len(dropped), 'reaches no output and is', 'reach no output and are')} dropped (their "
-            f"weights are neither "
-            "needed nor used)")
+            f"weights are neither needed nor used)")
 
 
 def map_output_note(graph: Graph) -> str | None:

@@ -318,8 +318,7 @@ def _layout(shape, channels: int, path: str, axes: str | None = None) -> str:
         return "hwc"
     raise GraphconvError(f"an image array of shape {tuple(shape)}: cannot tell its band axis (the network takes "
                          f"{counted(channels, 'channel')}); name its dimensions (zarr's dimension_names, "
-                         f"xarray's dims: "
-                         "band, y, x)", file=path)
+                         f"xarray's dims: band, y, x)", file=path)
 
 
 def _checked_bands(bands: Sequence[int] | None, have: int, channels: int, path: str,

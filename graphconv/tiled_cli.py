@@ -434,8 +434,7 @@ def _remove_a_partial_map_written_over(partial) -> None:
              "another run is writing it now")
         return
     note(f"note: removed {partial.shown}, the {counted(done, 'tile')} a stopped --resume run of this same map "
-         f"had done: this "
-         "run computed the whole map without --resume (with --resume it goes on from such a partial map)")
+         "had done: this run computed the whole map without --resume (with --resume it goes on from such a partial map)")
 
 
 def _left_out_over(background) -> str:
@@ -838,7 +837,8 @@ def _error_line(result, explained: set[str] | None = None) -> str:
     error = result.error
     if explained is not None and WRITTEN_MEANWHILE in error:
         if WRITTEN_MEANWHILE in explained:
-            error = error[:error.index(WRITTEN_MEANWHILE)] + f"{WRITTEN_MEANWHILE}: left as that run wrote it (see above)"
+            start = error.index(WRITTEN_MEANWHILE)
+            error = f"{error[:start]}{WRITTEN_MEANWHILE}: left as that run wrote it (see above)"
         explained.add(WRITTEN_MEANWHILE)
     named = error.startswith(_as_messages_name(result.image))
     return printable(f"graphconv: {error if named else f'{result.image}: {error}'}")
@@ -855,8 +855,7 @@ def _note_tiled_for_memory(args: argparse.Namespace, model, results: list) -> No
     budget = _budget_per_process(args, model)
     over = f"the {format_size(budget)} memory budget" if budget is not None else "their worker's memory budget"
     note(f"note: {counted(len(results), 'image')} would need more than {over} whole: evaluated in exact tiles "
-         f"of up to "
-         f"{height}x{width} pixels (--tile sets the size; --memory-limit the budget)")
+         f"of up to {height}x{width} pixels (--tile sets the size; --memory-limit the budget)")
 
 
 def _note_made_meanwhile(args: argparse.Namespace, results: list) -> None:
@@ -938,8 +937,8 @@ def _note_batch_reading(args: argparse.Namespace, model, results: list) -> None:
              "any no-data value their files declare put aside by --nodata")
     elif getattr(args, "nodata_options_given", False):
         note(f"note: {nodata_flag(args)} has nothing to act on: none of the {counted(len(results), 'image')} "
-             f"can hold no-data (none "
-             "declares a no-data value its pixels can hold, or they are pictures, all of whose pixels are data): "
+             "can hold no-data (none declares a no-data value its pixels can hold, or they are pictures, all of "
+             "whose pixels are data): "
              "give the value their no-data pixels hold with --nodata VALUE (--nodata 0 for a swath border of 0)")
 
 
@@ -1310,8 +1309,7 @@ def _images_not_done(args: argparse.Namespace, ref, model, images: list[str], ba
     if len(todo) < len(images):
         done = len(images) - len(todo)
         note(f"note: {done} of {counted(len(images), 'image')} {agreeing(done, 'has its', 'have their')} map in "
-             f"{args.output_dir} "
-             f"already: left out ({'--skip-existing' if args.skip_existing else '--resume'})")
+             f"{args.output_dir} already: left out ({'--skip-existing' if args.skip_existing else '--resume'})")
     return todo, kept
 
 
@@ -1339,8 +1337,7 @@ def _note_npy_maps_replaced(args: argparse.Namespace, results: list, there: set[
     replaced = sum(1 for result in results if result.output is not None and result.output in there)  # map written
     if replaced:
         note(f"note: {counted(replaced, '.npy map')} in {args.output_dir} {agreeing(replaced, 'was', 'were')} "
-             f"there and "
-             f"{agreeing(replaced, 'is', 'are')} replaced; an .npy does not record "
+             f"there and {agreeing(replaced, 'is', 'are')} replaced; an .npy does not record "
              "which image it was made from, so one of another image of the same name would be replaced too "
              "(--output-format tif maps record their image, and another image's is refused)")
 
