@@ -1293,8 +1293,8 @@ def _images_not_done(args: argparse.Namespace, ref, model, images: list[str], ba
     from graphconv.cli import note
     unrecorded = [output for _, output in todo if output.endswith(".npy") and os.path.isfile(output)
                   and made_with(output) is None]
-    changed = [output for output in unrecorded if manifest.lists(output)]
-    unlisted = [output for output in unrecorded if not manifest.lists(output)]
+    changed = [output for output in unrecorded if manifest.lists(output) and manifest.image_of(output) is None]
+    unlisted = [output for output in unrecorded if output not in changed]  # or listed by an older graphconv
     if unlisted:
         note(f"note: {counted(len(unlisted), '.npy map')} in {args.output_dir} (such as {unlisted[0]}) "
              f"{agreeing(len(unlisted), 'has', 'have')} no row in its "
