@@ -2626,6 +2626,10 @@ def test_max_of_three_maps_equals_onnxruntime_and_of_maps_of_different_shapes_is
     path = onnx_file(tmp_path / "max_broadcast.onnx", nodes, {}, input_shape=(1, 3, 5, 7))
     with pytest.raises(GraphconvError, match=r"node 'm': Max of maps of different shapes 3x5x7, 3x1x1"):
         load_network(path, task="segmentation")
+    nodes[1] = helper.make_node("Sum", ["x", "p"], ["y"], name="m")
+    path = onnx_file(tmp_path / "sum_broadcast.onnx", nodes, {}, input_shape=(1, 3, 5, 7))
+    with pytest.raises(GraphconvError, match=r"node 'm': Sum of maps of different shapes 3x5x7, 3x1x1; graphconv adds"):
+        load_network(path, task="segmentation")
 
 
 def test_keras_relu6_as_tf2onnx_writes_it_max_then_min_is_a_clip_to_0_6(tmp_path, rng):

@@ -2477,10 +2477,7 @@ def _add(imp: _Importer, node) -> None:
         imp.alias(node, tensors[0])
         return
     if not constants:
-        if len({(t.shape, t.layout) for t in tensors}) != 1:
-            raise imp.error("Add of maps of different shapes "
-                            + ", ".join("x".join(map(str, t.shape)) for t in tensors)
-                            + "; graphconv adds maps of one shape (no broadcasting)")
+        _refuse_maps_of_different_shapes(imp, tensors, "adds")
         imp.add_layer(node, "add", tensors)
         return
     if len(tensors) == 1 and len(constants) == 1:
@@ -2496,6 +2493,16 @@ def _operands(imp: _Importer, node, layouts: Sequence[str] = ANY_LAYOUT) -> tupl
     tensors = [imp.tensor(name, layouts) for name, v in zip(node.input, operands)
                if not isinstance(v, np.ndarray)]
     return tensors, constants
+
+
+def _refuse_maps_of_different_shapes(imp: _Importer, tensors: list[Tensor], verb: str) -> None:
+    """An elementwise op of several maps needs them of one shape and layout: graphconv
+    does not broadcast ("Add of maps of different shapes 3x5x7, 3x1x1; graphconv adds
+    maps of one shape")."""
+    if len({(t.shape, t.layout) for t in tensors}) != 1:
+        raise imp.error(f"{imp.onnx_node.op_type} of maps of different shapes "
+                        + ", ".join("x".join(map(str, t.shape)) for t in tensors)
+                        + f"; graphconv {verb} maps of one shape (no broadcasting)")
 
 
 def _add_constant(imp: _Importer, node, x: Tensor, constant: np.ndarray) -> None:
@@ -2583,10 +2590,7 @@ def _extremum(imp: _Importer, node, largest: bool) -> None:
         imp.alias(node, tensors[0])
         return
     if not constants and largest:
-        if len({(t.shape, t.layout) for t in tensors}) != 1:
-            raise imp.error("Max of maps of different shapes "
-                            + ", ".join("x".join(map(str, t.shape)) for t in tensors)
-                            + "; graphconv takes the maximum of maps of one shape (no broadcasting)")
+        _refuse_maps_of_different_shapes(imp, tensors, "takes the maximum of")
         imp.add_layer(node, "maximum", tensors)
         return
     if not constants:
