@@ -21,8 +21,6 @@ from pathlib import Path
 
 from common import ROOT, machine, pin_threads, threads_text, write_section
 
-from graphconv.errors import counted  # noqa: E402  (common puts the checkout on the path)
-
 PY = sys.executable
 
 
@@ -174,7 +172,7 @@ def many_images(work: Path, model_dir: Path, np) -> list[str]:
         extra = ["--workers", str(workers)] if workers else []
         seconds, _ = graphconv("run", str(model_dir), "--images", str(folder / "*.jpg"), "--output-dir",
                                str(work / f"maps{workers}"), "--quiet", *extra)
-        what = counted(workers, "Dask worker") if workers else "in process"
+        what = f"{workers} Dask worker{'s' if workers > 1 else ''}" if workers else "in process"
         lines.append(f"- {what}: {seconds:.1f} s, {200 / seconds:.1f} images/s")
     return lines
 
