@@ -100,17 +100,59 @@ def test_a_thumbnail_comes_from_the_coarsest_level_large_enough(slide):
     assert picture.shape == (3, 75, 100) and scale == (2.0, 2.0)  # from level 1, 150x200: level 2 is 2x coarser
 
 
-def test_a_thumbnail_of_an_image_without_levels_takes_the_nearest_pixels(tmp_path, monkeypatch):
+def _block_means(pixels: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """The plain reference of an area shrink: pixel (i, j) the mean of rows
+    i*H//h..(i+1)*H//h and the columns alike, NaN left out (0 where all are)."""
+    rows = np.arange(out_hw[0] + 1) * pixels.shape[0] // out_hw[0]
+    cols = np.arange(out_hw[1] + 1) * pixels.shape[1] // out_hw[1]
+    out = np.zeros(out_hw, np.float64)
+    for i in range(out_hw[0]):
+        for j in range(out_hw[1]):
+            block = pixels[rows[i]:rows[i + 1], cols[j]:cols[j + 1]].astype(np.float64)
+            out[i, j] = block[np.isfinite(block)].mean() if np.isfinite(block).any() else 0
+    return out
+
+
+def test_a_thumbnail_of_an_image_without_levels_averages_the_pixels_each_one_covers(tmp_path, monkeypatch):
     import graphconv.sources as sources
 
     pixels = (np.random.default_rng(2).random((70, 45)) * 255).astype(np.uint8)
     tifffile.imwrite(tmp_path / "flat.tif", pixels, tile=(16, 16))
-    monkeypatch.setattr(sources, "THUMBNAIL_BOX", 32)  # boxes cut across the sampled rows and columns
+    monkeypatch.setattr(sources, "THUMBNAIL_BOX", 32)  # boxes cut across the blocks a pixel averages
     picture, scale = sources.thumbnail(open_source(tmp_path / "flat.tif", 1, None), longest=20)
     assert picture.shape == (1, 18, 12) and scale == (70 / 18, 45 / 12)
-    rows = np.minimum(((np.arange(18) + 0.5) * 70 / 18).astype(int), 69)
-    cols = np.minimum(((np.arange(12) + 0.5) * 45 / 12).astype(int), 44)
-    np.testing.assert_array_equal(picture[0], pixels[rows[:, None], cols[None, :]])
+    np.testing.assert_allclose(picture[0], _block_means(pixels, (18, 12)), rtol=1e-5)
+
+
+def test_a_thumbnail_leaves_no_data_out_of_its_means(tmp_path, monkeypatch):
+    import graphconv.images
+    import graphconv.sources as sources
+
+    values = np.random.default_rng(3).random((40, 40)).astype(np.float32) * 100
+    values[:9, :13] = np.nan  # three whole blocks of 4x4 and parts of others
+    values[20:22, 30] = -9999
+    tifffile.imwrite(tmp_path / "scene.tif", values, tile=(16, 16), extratags=[(42113, "s", 0, "-9999", True)])
+    monkeypatch.setattr(sources, "THUMBNAIL_BOX", 16)
+    monkeypatch.setattr(graphconv.images, "stretched", lambda picture: picture)  # the means as they are
+    picture, _ = sources.thumbnail(open_source(tmp_path / "scene.tif", 1, {"values": "stored"}), longest=10)
+    expected = _block_means(np.where(values == -9999, np.nan, values), (10, 10))
+    np.testing.assert_allclose(picture[0], expected, rtol=1e-5)
+    assert picture[0, 1, 2] == 0 and 0 < picture[0, 2, 2]  # all of a block no-data, and a row of one
+
+
+def test_a_level_rounded_below_the_thumbnail_size_is_stretched_not_averaged():
+    from graphconv.sources import _averaged
+
+    class Level:
+        channels, height, width = 1, 5, 4
+        values = np.arange(20, dtype=np.float32).reshape(1, 5, 4)
+
+        def read(self, top, left, bottom, right):
+            return self.values[:, top:bottom, left:right]
+
+    picture = _averaged(Level(), (6, 2))
+    np.testing.assert_array_equal(picture[0], [[0.5, 2.5], [4.5, 6.5], [8.5, 10.5], [8.5, 10.5],
+                                               [12.5, 14.5], [16.5, 18.5]])
 
 
 # ---- rasters of any number of bands (satellite scenes) --------------------------------------------
@@ -202,7 +244,7 @@ def test_a_thumbnail_of_stored_values_is_stretched_and_of_many_bands_shows_the_f
     folder, raw = scene
     picture, scale = thumbnail(open_source(folder / "separate.tif", 13, {"values": "stored"}), longest=60)
     assert picture.shape == (1, 45, 60) and scale == (2.0, 2.0)
-    first = raw[0, 1::2, 1::2].astype(np.float32)  # the pixels nearest the centres of 2x2 blocks
+    first = raw[0].astype(np.float32).reshape(45, 2, 60, 2).mean(axis=(1, 3))  # each pixel a 2x2 block's mean
     low, high = np.percentile(first, (2, 98))
     np.testing.assert_allclose(picture[0], np.clip((first - low) * 255 / (high - low), 0, 255), rtol=1e-5,
                                atol=1e-3)
