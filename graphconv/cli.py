@@ -28,7 +28,7 @@ import numpy as np
 from graphconv.arrays import load_npy
 from graphconv.background import DEFAULT_MAX_NODATA, DEFAULT_THRESHOLD
 from graphconv.backends import device_choices
-from graphconv.errors import GraphconvError, GraphconvWarning, agreeing, counted, nearest, printable, shown
+from graphconv.errors import GraphconvError, GraphconvWarning, PassError, agreeing, counted, nearest, printable, shown
 from graphconv.files import atomic_write, check_model_target, check_writable, committed_outputs, forget_committed
 from graphconv.georef import is_tiff_output
 from graphconv.memory import check_run_fits
@@ -233,7 +233,9 @@ def _leave_now(status: int) -> None:
 def user_message(err: BaseException) -> str:
     """One line for an error that bad input (not a bug) can cause."""
     if isinstance(err, GraphconvError):
-        return str(err)
+        crashed_pass = isinstance(err, PassError) and err.__cause__ is not None \
+            and not isinstance(err.__cause__, GraphconvError)
+        return f"{err} (--traceback for the whole traceback)" if crashed_pass else str(err)
     if isinstance(err, OSError):
         where = f"{err.filename}: " if err.filename else ""
         return f"{where}{err.strerror or err}"

@@ -144,9 +144,14 @@ def _weight_sums(graph: Graph) -> dict[tuple[str, str], tuple[int, int]]:
             for key, array in (data.get("weights") or {}).items()}
 
 
-def _refuse_weights_written_in_place(graph: Graph, before: dict, info: PassInfo) -> None:
+def _refuse_weights_written_in_place(graph: Graph, before: dict, info: PassInfo, given: Graph) -> None:
+    """Refuse a pass that wrote into a weight array. The graph the pipeline was given
+    holds the same array, written too: its version is bumped, so what was derived from
+    it (a loaded Model's executors) is derived afresh from the weights it now holds, as
+    a compile or a pickle of it reads them, not run on a packed copy of the old ones."""
     for (name, key), (identity, crc) in _weight_sums(graph).items():
         if before.get((name, key), (None, None))[0] == identity and before[name, key][1] != crc:
+            given._changed()
             raise PassError(f"pass '{info.name}' ({info.origin}) wrote into layer '{name}'s {key} in place: weight "
                             "arrays are shared with the graph the pipeline was given, which then changes too; give "
                             f"the layer a new array instead (graph.set_weights('{name}', {key}=...))")
@@ -514,6 +519,7 @@ class PassManager:
     def run(self, graph: Graph) -> Graph:
         """Run every pass on a copy of `graph` and return it; `graph` itself is untouched,
         so a failing pipeline loses nothing."""
+        self._given = graph
         graph = graph.copy()
         self.records = []  # this run's; a manager run twice does not list its passes twice
         self._valid: set[str] = set()
@@ -570,8 +576,7 @@ class PassManager:
                                                   "broke it)")
                 raise
             raise PassError(f"pass '{info.name}' ({info.origin}) crashed{_where_it_crashed(err)}: "
-                            f"{type(err).__name__}: {err}{self._crash_hint(err, graph, info)} (--traceback "
-                            "for the whole traceback)") from err
+                            f"{type(err).__name__}: {err}{self._crash_hint(err, graph, info)}") from err
         if result is not None and not isinstance(result, (bool, np.bool_)):  # `return mask.any()` is a bool too
             raise PassError(f"pass '{info.name}' ({info.origin}) returned {shown(result)}; a pass edits the "
                             "graph it is given in place and returns True (or None) if it changed it, False if "
@@ -588,7 +593,7 @@ class PassManager:
                             "invalidates are recomputed")
         self.records.append(PassRecord(info.name, time.perf_counter() - start, modified, automatic))
         if plugin:
-            _refuse_weights_written_in_place(graph, weights_before, info)
+            _refuse_weights_written_in_place(graph, weights_before, info, self._given)
             self._note_layers_left_dead(graph, info)
         if modified:
             for analysis in self._valid - set(info.preserves):  # stale: their annotations go with them

@@ -227,6 +227,17 @@ def test_compile_with_plugin_and_print_ir(tmp_path, capsys):
     assert "left the graph as it was" not in capsys.readouterr().err  # count-ops is an analysis: it changes nothing
 
 
+def test_a_crashing_plugin_pass_is_one_line_that_names_the_option_for_its_traceback(tmp_path, capsys):
+    plugin = tmp_path / "crashing.py"
+    plugin.write_text("from graphconv import register_pass\n\n\n@register_pass('crashes', 'divides by zero')\n"
+                      "def crashes(graph):\n    return 1 / 0\n")
+    assert run_cli("compile", SPECS / "lenet.yaml", "-o", tmp_path / "m", "--plugin", plugin, "--passes",
+                   "crashes") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "crashing.py:6 in crashes: ZeroDivisionError: division by zero" in err
+    assert err.rstrip().endswith("(--traceback for the whole traceback)") and not (tmp_path / "m").exists()
+
+
 @pytest.mark.parametrize("method", ["dilate", "shift"])
 def test_a_pass_after_default_with_a_finer_stride_strips_the_softmax_or_is_said_idle(tmp_path, capsys, method):
     """With shift-and-stitch the output after `default` is the interleave: the docs'

@@ -1,5 +1,6 @@
 """The pass API: registry, pipelines, requirements, the verifier, IR printing, plugins."""
 import io
+import pickle
 import sys
 import textwrap
 from pathlib import Path
@@ -188,6 +189,28 @@ def test_a_plugin_pass_writing_into_weights_in_place_is_named():
         PassManager(["doubles-in-place"]).run(graph)
 
 
+def test_a_model_whose_weights_a_pass_wrote_into_runs_what_its_graph_then_holds():
+    """The refused pass's write reached the loaded model's graph (the arrays are shared),
+    but the model ran on, from weights it had packed before, while a compile of it or a
+    pickle read the written ones: one model, two answers."""
+    model = graphconv.load(SPECS / "lenet.yaml")
+    crop = np.random.default_rng(0).random((1, *model.crop_shape), dtype=np.float32)
+    before = model.run(crop)
+
+    @register_pass("doubles-first-conv", "writes into a weight array")
+    def doubles(graph):
+        weight = graph.node("conv1").weights["weight"]
+        weight.setflags(write=True)
+        weight *= 2
+        return True
+
+    with pytest.raises(PassError, match="wrote into layer 'conv1's weight in place"):
+        graphconv.run_passes(model, ["doubles-first-conv"])
+    after = model.run(crop)
+    assert not np.allclose(after, before)
+    np.testing.assert_array_equal(after, pickle.loads(pickle.dumps(model)).run(crop))
+
+
 def test_annotations_of_an_analysis_a_pass_made_stale_are_forgotten(lenet):
     """A pass reading receptive fields without requiring them read the stride before
     output-stride dilated the network, (4, 4) for (2, 2): shapes were forgotten when
@@ -247,9 +270,8 @@ def test_user_pass_crash_is_reported_with_its_name(lenet):
 
     line = crashes.__code__.co_firstlineno + 2  # its body (the first line is the decorator's): where to look
     with pytest.raises(PassError, match=rf"pass 'crashes' \(module test_pass_manager\) crashed at \S*"
-                                        rf"test_pass_manager.py:{line} in crashes: ZeroDivisionError: .* "
-                                        r"\(--traceback for the whole traceback\)"):
-        PassManager(["crashes"]).run(lenet)
+                                        rf"test_pass_manager.py:{line} in crashes: ZeroDivisionError: division by zero$"):
+        PassManager(["crashes"]).run(lenet)  # the cause is chained: no CLI option to name
 
 
 def test_an_analysis_pass_that_edits_the_graph_is_refused(lenet):
