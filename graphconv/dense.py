@@ -330,6 +330,11 @@ class VerifyReport:
             return True
         return not self.exact_by_construction and not self.strict and self.padding_explains
 
+    def __repr__(self) -> str:
+        """What a notebook shows: the verdict and the report's text (the fields are its
+        attributes), not a dump of every field."""
+        return f"<VerifyReport: {'passed' if self.passed else 'FAILED'}\n{self}>"
+
     def __str__(self) -> str:
         n, k, rows, cols = self.shape
         reference = "the classifier as your passes left it" if self.changed_by_plugins else "the classifier"

@@ -125,7 +125,8 @@ class Node:
         return hash(self.name)
 
     def __repr__(self) -> str:
-        return f"Node({self.name!r}, op={self.op!r})"
+        shape = f", shape={_fmt_shape(self.shape)}" if self.shape is not None else ""
+        return f"Node({self.name!r}, op={self.op!r}{shape})"
 
 
 class Graph:
@@ -538,6 +539,14 @@ class Graph:
                 raise GraphconvError(f"a node with no {', '.join(lacking)}, made by networkx directly{made_by} "
                                      "rather than by a graph verb: add layers with graph.add, rewire them with "
                                      "graph.set_inputs", layer=name)
+
+    def __repr__(self) -> str:
+        """One line a notebook shows for a graph left at the end of a cell (`print(graph)`
+        gives the whole IR)."""
+        output = self.output
+        shape = f" {_fmt_shape(output.shape)}" if output.shape is not None else ""
+        return (f"<graphconv.Graph {self.name!r}: input {_fmt_shape(self.input_shape)}, "
+                f"{len(self.layers())} layers, output %{output.name}{shape}; print() it for the IR>")
 
     def __str__(self) -> str:
         """A readable dump: one line per node, `%name = op(inputs) {params} -> shape`."""

@@ -36,16 +36,25 @@ class Model:
 
     def __repr__(self) -> str:
         """One line a notebook shows: name, input crop, output channels, layers, and whether
-        compiled (fully convolutional) or a classifier as loaded."""
+        compiled, sliding without being compiled, or a classifier as loaded (`_state`)."""
         c, h, w = self.crop_shape
         try:
             channels = f"{self.output_channels} output channels"
         except Exception:  # noqa: BLE001 - a repr must not fail on a graph being edited
             channels = "output channels unknown"
-        compiled = "compiled" if self.graph.meta.get("compiled") else "not compiled"
         task = ", segmentation" if self.segmentation else ""
         return (f"<graphconv.Model {self.graph.name!r}: input {c}x{h}x{w}, {channels}, "
-                f"{len(self.graph.layers())} layers, {compiled}{task}>")
+                f"{len(self.graph.layers())} layers, {self._state()}{task}>")
+
+    def _state(self) -> str:
+        """What `run` of this model returns, in the repr's words: compiled, maps without
+        being compiled (passes run by hand: fc-to-conv alone slides), or class vectors."""
+        if self.graph.meta.get("compiled"):
+            return "compiled"
+        try:
+            return "a classifier (returns class vectors)" if self.returns_vectors else "returns maps, not compiled"
+        except Exception:  # noqa: BLE001 - a repr must not fail on a graph being edited
+            return "not compiled"
 
     def __getstate__(self) -> dict:
         """Pickled and deep-copied as its graph alone: what it derived (executors bound to
@@ -198,6 +207,20 @@ class Model:
         """Channels of the output: the number of classes of a classifier's score map."""
         from graphconv.shapes import infer_shapes
         return infer_shapes(self.graph, check_weights=False)[self.graph.output.name][0]
+
+    @property
+    def labels(self) -> list[str] | None:
+        """The class names, one per output channel (a spec's `labels:` file, `load(...,
+        labels=)`, an ONNX file's metadata), or None. Read from `graph.meta["labels"]`
+        and checked against the output each time: names set there by hand that do not
+        count the classes (or a pass that changed the classes left) are refused here, not
+        taken as "class 10" by `classify`. `load` checked the labels file."""
+        labels = self.graph.meta.get("labels")
+        if labels is not None and len(labels) != self.output_channels:
+            raise GraphconvError(f"graph.meta['labels'] has {len(labels)} names, but the model has "
+                                 f"{self.output_channels} classes (output {self.graph.output.name!r}): give one name "
+                                 "per class")
+        return None if labels is None else list(labels)
 
     @property
     def segmentation(self) -> bool:

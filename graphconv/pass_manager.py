@@ -75,6 +75,9 @@ class PassInfo:
     origin: str = ""
     analysis: bool = False  # it only reads the graph (a report, a check): it changes nothing, and is held to it
 
+    def __repr__(self) -> str:
+        return f"PassInfo({self.name!r}, {self.description!r}, origin={self.origin!r})"
+
     @property
     def options(self) -> dict[str, Any]:
         """The pass's options and their defaults, read from its signature (None for an

@@ -141,7 +141,7 @@ def classify(model: Model, image, *, scales: int | Sequence[int] | None = None, 
             scales = [int(np.ceil(min(height, width) * factor))]
         scores = multiscale(model, x, scales, flip, reduce, device).scores[0]
     k = len(scores) if top is None else top
-    return [Prediction(*entry) for entry in top_classes(scores, k, model.graph.meta.get("labels"))]
+    return [Prediction(*entry) for entry in top_classes(scores, k, model.labels)]
 
 
 def centre_crop(x: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -69,6 +69,18 @@ def test_compile_model_takes_loads_options(small, tmp_path):
     assert fcn.graph.meta["labels"] == ["a", "b", "c"] and fcn.preprocess == {"scale": 0.5}
 
 
+def test_a_model_s_labels_are_its_class_names_checked_against_its_classes(small, tmp_path):
+    (tmp_path / "names.txt").write_text("a\nb\nc\n")
+    fcn = graphconv.compile_model(small, labels=tmp_path / "names.txt")
+    assert fcn.labels == ["a", "b", "c"] and graphconv.load(small).labels is None
+    assert fcn.classify(np.zeros((12, 12, 3), np.uint8), top=1)[0].label in ("a", "b", "c")
+    fcn.graph.meta["labels"] = ["a", "b"]  # set by hand in a notebook: classify said "class 2" for the third
+    for use in (lambda: fcn.labels, lambda: fcn.classify(np.zeros((12, 12, 3), np.uint8))):
+        with pytest.raises(GraphconvError, match=r"graph.meta\['labels'\] has 2 names, but the model has 3 "
+                                                 "classes \\(output 'fc'\\): give one name per class"):
+            use()
+
+
 def test_a_dynamic_onnx_model_takes_its_crop_from_python(dynamic_onnx):
     with pytest.raises(GraphconvError, match=r"--crop-size H W \(from Python, crop_size=\(H, W\)\)"):
         graphconv.load(dynamic_onnx)
@@ -263,11 +275,26 @@ def test_run_image_reads_and_preprocesses_a_picture(small, tmp_path):
 
 # ---- 8. a Model says what it is -----------------------------------------------------------------------
 
-def test_a_model_has_a_short_repr(small):
+def test_a_model_has_a_short_repr_that_says_what_run_returns(small):
     assert repr(graphconv.load(small)) == ("<graphconv.Model 'small': input 3x12x12, 3 output channels, 4 layers, "
-                                           "not compiled>")
+                                           "a classifier (returns class vectors)>")
     assert repr(graphconv.compile_model(small)) == ("<graphconv.Model 'small': input 3x12x12, 3 output channels, "
                                                     "3 layers, compiled>")
+    slides = graphconv.run_passes(graphconv.load(small), "fc-to-conv")  # a map on any size, not compiled
+    assert repr(slides).endswith("3 output channels, 4 layers, returns maps, not compiled>")
+
+
+def test_a_notebook_cell_ending_in_a_graph_a_node_a_pass_or_a_report_shows_what_it_is(small):
+    from graphconv.pass_manager import get_pass
+
+    compiled = graphconv.compile_model(small)
+    assert repr(compiled.graph) == ("<graphconv.Graph 'small': input 3x12x12, 3 layers, output %fc 3x1x1; "
+                                    "print() it for the IR>")
+    assert repr(compiled.graph.node("fc")) == "Node('fc', op='conv', shape=3x1x1)"
+    assert repr(get_pass("fc-to-conv")) == ("PassInfo('fc-to-conv', 'rewrite every fc layer as the equivalent "
+                                            "convolution', origin='built-in (passes/fc_to_conv.py)')")
+    report = graphconv.verify(graphconv.load(small), compiled, np.zeros((1, 3, 16, 16), np.float32))
+    assert repr(report) == f"<VerifyReport: passed\n{report}>"
 
 
 
