@@ -325,8 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep only these score channels: class indices, or names as the labels file has them")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--device", default="cpu", choices=device_choices())
-    run.add_argument("--resize", type=_positive_int, nargs="+", metavar="S | H W",
-                     help="resize the image first, or each of --images: to H x W, or its shorter side to S "
+    run.add_argument("--resize", type=_positive_int, nargs="+", metavar="PIXELS",
+                     help="resize the image first, or each of --images: to H x W (two numbers), or its shorter "
+                          "side to S (one) "
                           "with the aspect kept (Pillow's bilinear on the float pixels, antialiased when "
                           "shrinking, as torchvision's Resize; --scales resizes the same way); the map's cells "
                           "stand on the image as stored")
@@ -441,8 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "top class changes")
     ver.add_argument("--region", type=_natural_int, nargs=4, metavar=("TOP", "LEFT", "HEIGHT", "WIDTH"),
                      help="with --image: the region to check, in the image's level-0 pixels, grown to the whole "
-                          "cells of run's map that cover it (a spot smaller than a crop: the cells whose crops hold "
-                          "it; default: "
+                          "cells of run's map that cover it (a spot smaller than a crop grows to the crop, or few, "
+                          "starting at or just before it; default: "
                           f"{VERIFY_REGION_CELLS}x{VERIFY_REGION_CELLS} cells at the image's centre, or at the centre "
                           "of its data where it has no-data, since the crop loop runs the classifier once per cell)")
     _add_image_reading_options(ver)
@@ -1271,12 +1272,14 @@ def _note_cells_off_the_lattice(model) -> None:
 
 def note_run_as_written(args: argparse.Namespace, model) -> None:
     """--images with a classifier as written: each image gives one vector, pooled over
-    all of it (as the single-image note says, `_note_whole_image_vector`)."""
+    all of it (as the single-image note says, `_note_whole_image_vector`), or, without a
+    global pool, of images --resize brought to the crop's size."""
     if args.crops is not None or not model.returns_vectors:
         return
     _, height, width = model.crop_shape
-    note(f"note: {model.graph.name} is run as written: one vector per image, pooled over the whole image. For "
-         f"its scores on every {height}x{width} crop: {ways_to_map(args, model)}")
+    how = "pooled over the whole image" if model.graph.find("globalavgpool") else "each image the crop's size"
+    note(f"note: {model.graph.name} is run as written: one vector per image, {how}. For its scores on every "
+         f"{height}x{width} crop: {ways_to_map(args, model)}")
 
 
 def _note_whole_image_vector(args: argparse.Namespace, model, x: np.ndarray, out: np.ndarray) -> None:
@@ -2053,8 +2056,8 @@ def _verify_region(args: argparse.Namespace, source, crop: tuple[int, int], stri
     """(top, left, bottom, right) in the pixels read, and how the report names it: --region
     (level-0 pixels), grown to whole cells on `run`'s grid that cover it (its top and
     left down to a multiple of the stride, no further than run's last cell, its bottom
-    and right out to a cell's edge within the image: a spot smaller than a crop gets the
-    cell or few whose crops hold it), so that each cell is one of run's; or VERIFY_REGION_CELLS a side
+    and right out to a cell's edge within the image: a spot smaller than a crop grows to
+    the crop, or few, starting at or just before it), so that each cell is one of run's; or VERIFY_REGION_CELLS a side
     at the image's centre, or at `data_centre` (the data cell nearest the centre of the
     data's bounding box, `_data_centre`: a scene's swath, which run's cells cover)."""
     from graphconv.sources import level0_span

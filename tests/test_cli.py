@@ -997,6 +997,10 @@ def test_many_images_through_a_classifier_as_written_say_so(tmp_path, capsys):
     assert "note: pooled is run as written: one vector per image, pooled over the whole image. For its scores on " \
            "every 32x32 crop: compile it" in capsys.readouterr().err
     assert np.load(tmp_path / "v" / "page.npy").shape == (1, 3)
+    assert run_cli("run", SPECS / "digits.yaml", "--images", tmp_path / "page.png", "--resize", 28, 28,
+                   "--output-dir", tmp_path / "d") == 0  # no pool: each image is resized to the crop
+    assert "note: digits is run as written: one vector per image, each image the crop's size. For its scores on " \
+           "every 28x28 crop: compile it" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args,message", [

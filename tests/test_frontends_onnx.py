@@ -1621,14 +1621,26 @@ def test_a_constant_crop_before_space_to_depth_in_a_file_of_any_size_is_refused(
         load_network(path, crop_size=(33, 33))
 
 
-def test_an_attention_blocks_reshape_is_refused_naming_what_is_followed(tmp_path):
-    """(N, C, H*W) read by a Transpose (an attention block's tokens), not by the
-    InstanceNormalization that would make it GroupNorm's view."""
+@pytest.mark.parametrize("shape", [[1, 3, -1], [0, 3, 256], [1, 3, 256]])
+def test_a_map_made_tokens_is_refused_saying_a_transformer_does_not_slide(tmp_path, shape):
+    """(N, C, H*W) read by a Transpose (a vision transformer's patch embedding, an
+    attention block's tokens), not by the InstanceNormalization that would make it
+    GroupNorm's view: timm's ViT and LeViT were told only which reshapes graphconv
+    knows."""
     helper = onnx.helper
     nodes = [helper.make_node("Reshape", ["x", "shape"], ["t"], name="tokens"),
              helper.make_node("Transpose", ["t"], ["y"], perm=[0, 2, 1])]
-    path = onnx_file(tmp_path / "attention.onnx", nodes, {"shape": np.array([1, 3, -1], np.int64)})
-    with pytest.raises(GraphconvError, match=r"node 'tokens': Reshape of a 1x3x16x16 value to \[1, 3, -1\]; "
+    path = onnx_file(tmp_path / "attention.onnx", nodes, {"shape": np.array(shape, np.int64)})
+    with pytest.raises(GraphconvError, match=rf"node 'tokens': Reshape of a 1x3x16x16 map to \[{shape[0]}, 3, "
+                                             rf"{shape[2]}\]: its pixels made a sequence of tokens, as a vision "
+                                             r"transformer's patch embedding \(ViT, LeViT\) .* does not slide"):
+        load_network(path)
+
+
+def test_a_reshape_graphconv_does_not_know_says_which_it_does(tmp_path):
+    path = onnx_file(tmp_path / "odd.onnx", [onnx.helper.make_node("Reshape", ["x", "shape"], ["y"], name="odd")],
+                     {"shape": np.array([1, 48, -1], np.int64)})
+    with pytest.raises(GraphconvError, match=r"node 'odd': Reshape of a 1x3x16x16 value to \[1, 48, -1\]; "
                                              r"graphconv recognises .* GroupNorm, space-to-depth and split attention"):
         load_network(path)
 

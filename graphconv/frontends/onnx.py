@@ -2183,6 +2183,12 @@ def _reshape(imp: _Importer, node) -> None:
     if x.rank == 4 and len(target) == 4 and _reshaped(target, current) == [1, features, 1, 1]:
         imp.add_layer(node, "flatten", [x])  # graphconv's flatten as its export writes it: (N, C*H*W, 1, 1)
         return
+    if x.rank == 4 and _reshaped(target, current) == [1, x.shape[0], x.shape[1] * x.shape[2]]:
+        raise imp.error(f"Reshape of a {'x'.join(map(str, current))} map to {target}: its pixels made a sequence "
+                        "of tokens, as a vision transformer's patch embedding (ViT, LeViT) or an attention block "
+                        "makes them; attention reads every token at once where a convolution reads a window, so "
+                        "such a network does not slide (graphconv reads convolutional networks; onnxruntime runs "
+                        "this one as it is, on its crop)")
     raise imp.error(f"Reshape of a {'x'.join(map(str, current))} value to {target}; graphconv "
                     "recognises the flatten before a classifier's fully connected layer and the views of a "
                     "channel shuffle, GroupNorm, space-to-depth and split attention (an attention block's "
