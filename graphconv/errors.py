@@ -103,16 +103,21 @@ class Location:
     """Where a layer was defined: kept on every IR node so late passes can point back.
     A layer a pass inserted has no line of its own: it takes its neighbour's, and
     `added` says so ("a pass added it after 'fc4'"), or the user reads the error as
-    being about the layer written on that line."""
+    being about the layer written on that line. A layer read from an ONNX file has no
+    line either; where the dynamo exporter recorded the PyTorch line that made it,
+    `code` says it ("from squeeze_excite.py line 55: x_se = x.mean((2, 3), ...)"): its
+    name, 'node_mean', says little."""
 
     file: str
     line: int | None = None
     added: str | None = None
+    code: str | None = None  # an ONNX node's line of PyTorch source, as the dynamo exporter recorded it
 
     def __str__(self) -> str:
         name = shown_path(self.file) if self.file else "<spec>"
         where = f"{name}:{self.line}" if self.line else name
-        return f"{where} ({self.added})" if self.added else where
+        notes = "; ".join(note for note in (self.added, self.code) if note)
+        return f"{where} ({notes})" if notes else where
 
 
 def shown_path(path: str) -> str:

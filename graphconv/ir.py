@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -648,7 +649,7 @@ def _beside(anchor: Node, side: str) -> Location | None:
     loc = anchor.loc
     if loc is None:
         return None
-    return Location(loc.file, loc.line, f"a pass added it {side} {shown(anchor.name)}")
+    return replace(loc, added=f"a pass added it {side} {shown(anchor.name)}")
 
 
 def _name(node: Node | str) -> str:

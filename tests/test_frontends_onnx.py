@@ -5,6 +5,7 @@ the same network, and bad files are one clean line."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import warnings
 from pathlib import Path
 
@@ -2312,6 +2313,29 @@ def test_a_dynamo_node_is_named_with_its_output_and_the_line_of_python_that_made
                                              r"return self.conv\(x\).amin\(\(2, 3\)\)\): op ReduceMin is not "
                                              r"supported"):
         load_network(path)
+
+
+class Gated(torch.nn.Module):
+    crop = 8
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        c = self.conv(x)
+        return c * torch.sigmoid(c.mean((2, 3), keepdim=True))
+
+
+def test_a_dynamo_layer_a_pass_refuses_is_placed_by_the_line_of_python_that_made_it(tmp_path):
+    """timm's SE-ResNet exported by dynamo was refused at "layer 'node_mean'": the pass
+    refusing it has no ONNX node to hand, so the layer keeps the line the exporter recorded."""
+    path = tmp_path / "gated.onnx"
+    onnx_zoo.export(Gated().eval(), path, dynamo=True)
+    with pytest.raises(GraphconvError) as refused:
+        compile_model(load_network(path, crop_size=(8, 8)))
+    assert re.search(r"gated.onnx \(from test_frontends_onnx.py line \d+: return c \* torch.sigmoid\(c.mean\("
+                     r"\(2, 3\), keepdim=True\)\)\): layer '[^']+': this global average pool", str(refused.value))
 
 
 def test_a_scale_another_layer_already_reads_is_not_merged_into(tmp_path, rng):

@@ -583,7 +583,8 @@ class _Importer:
         except GraphconvError as err:
             raise self.error(err.message) from None
         layer = self.graph.fresh_name(name or self._layer_name(node, weights))
-        self.graph.add(layer, op, [t.node for t in inputs], params, loc=Location(self.source))
+        code = _python_line(node) if node is not None else None
+        self.graph.add(layer, op, [t.node for t in inputs], params, loc=Location(self.source, code=code))
         for key, array in (weights or {}).items():
             stored = np.ascontiguousarray(array, dtype=np.float32)
             if not np.isfinite(stored).all():
@@ -691,11 +692,22 @@ def _whereabouts(node) -> str:
     if node.name and not any(key.startswith("pkg.torch.onnx") for key in props):
         return ""
     parts = [f"output {shown(node.output[0])}"] if node.output and node.output[0] else []
-    lines = [line.strip() for line in props.get("pkg.torch.onnx.stack_trace", "").splitlines() if line.strip()]
-    found = re.match(r'File "(.*)", line (\d+)', lines[-2]) if len(lines) >= 2 else None
-    if found:
-        parts.append(f"from {Path(found.group(1)).name} line {found.group(2)}: {shown(lines[-1], 60)[1:-1]}")
+    code = _python_line(node)
+    if code:
+        parts.append(code)
     return f" ({', '.join(parts)})" if parts else ""
+
+
+def _python_line(node) -> str | None:
+    """'from model.py line 12: x = x.amax((2, 3))': the line of the model's Python
+    source that made `node`, where the dynamo exporter recorded its stack trace; else
+    None (TorchScript's exporter and others record none)."""
+    trace = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.stack_trace"), "")
+    lines = [line.strip() for line in trace.splitlines() if line.strip()]
+    found = re.match(r'File "(.*)", line (\d+)', lines[-2]) if len(lines) >= 2 else None
+    if not found:
+        return None
+    return f"from {Path(found.group(1)).name} line {found.group(2)}: {shown(lines[-1], 60)[1:-1]}"
 
 
 def _array(onnx, tensor) -> np.ndarray:
