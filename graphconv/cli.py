@@ -2057,9 +2057,10 @@ def _verify_region(args: argparse.Namespace, source, crop: tuple[int, int], stri
     (level-0 pixels), grown to whole cells on `run`'s grid that cover it (its top and
     left down to a multiple of the stride, no further than run's last cell, its bottom
     and right out to a cell's edge within the image: a spot smaller than a crop grows to
-    the crop, or few, starting at or just before it), so that each cell is one of run's; or VERIFY_REGION_CELLS a side
-    at the image's centre, or at `data_centre` (the data cell nearest the centre of the
-    data's bounding box, `_data_centre`: a scene's swath, which run's cells cover)."""
+    the crop, or few, starting at or just before it), so that each cell is one of run's;
+    or VERIFY_REGION_CELLS a side at the image's centre, or at `data_centre` (the data
+    cell nearest the centre of the data's bounding box, `_data_centre`: a scene's swath,
+    which run's cells cover)."""
     from graphconv.sources import level0_span
 
     span = level0_span(source)

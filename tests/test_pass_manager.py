@@ -255,7 +255,8 @@ def test_user_pass_crash_is_reported_with_its_name(lenet):
 
     line = crashes.__code__.co_firstlineno + 2  # its body (the first line is the decorator's): where to look
     with pytest.raises(PassError, match=rf"pass 'crashes' \(module test_pass_manager\) crashed at \S*"
-                                        rf"test_pass_manager.py:{line} in crashes: ZeroDivisionError: division by zero$"):
+                                        rf"test_pass_manager.py:{line} in crashes: ZeroDivisionError: division "
+                                        r"by zero$"):
         PassManager(["crashes"]).run(lenet)  # the cause is chained: no CLI option to name
 
 
