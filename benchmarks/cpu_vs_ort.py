@@ -326,7 +326,8 @@ def layer_table(case, model, ours, ort_t, torch_t, peak) -> list[str]:
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     medians = {name: ours.ms(name) / 1e3 for name in ours.layers}
     fmt = (lambda v: "-" if v is None else f"{v:.2f}")
-    for row in layer_timings(model.graph, medians, (case.size, case.size), 1):
+    # the executor's graph: its channels-last marks decide the strategy each layer ran
+    for row in layer_timings(model.executor("cpu").graph, medians, (case.size, case.size), 1):
         ms, o_ms = row.seconds * 1e3, ort_t.ms(row.name)
         t_ms = torch_t.ms(row.name) if torch_t else None
         big = row.op in ("conv", "fc")

@@ -122,7 +122,8 @@ def layer_table(case, model, x, ours, theirs, ceiling) -> list[str]:
              "| layer | op (strategy) | output | GFLOP | ms | GFLOP/s | of ceiling | PyTorch ms | PyTorch / graphconv |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     medians = {name: ours.ms(name) / 1e3 for name in ours.layers}
-    for row in layer_timings(model.graph, medians, (case.size, case.size), x.shape[0]):
+    # the executor's graph: its channels-last marks decide the strategy each layer ran
+    for row in layer_timings(model.executor("cpu").graph, medians, (case.size, case.size), x.shape[0]):
         op = f"{row.op} ({row.strategy})" if row.strategy else row.op
         ms = row.seconds * 1e3
         rate = row.gflops_per_second
