@@ -528,6 +528,36 @@ def test_an_unsupported_op_names_the_supported_ones_of_similar_names(tmp_path):
         load_network(path)
 
 
+@pytest.mark.parametrize("node, why", [
+    (("ArgMax", ["x"], {"axis": 1}), r"op ArgMax is not supported: the network ends in its decision; export it up "
+                                     r"to its class scores"),
+    (("QuantizeLinear", ["x", "scale"], {}), r"QDQ model's quantized activations; graphconv dequantizes constant "
+                                             r"weights only and computes in float32: import the float model"),
+    (("ConvInteger", ["x", "w"], {}), r"quantized in operator form \(QOperator\)"),
+    (("Sin", ["x"], {}), r"op Sin is not supported; the ONNX ops"),  # no "similar ones": Min is no relative
+    (("Exp", ["x"], {}), r"op Exp is not supported; the ONNX ops"),  # nor is Expand
+])
+def test_an_unsupported_op_says_what_kind_of_model_it_marks(tmp_path, node, why):
+    """A decision, a quantized model, an op whose name is only by chance like a supported
+    one: the refusal says what to give graphconv, not a list of lookalikes."""
+    op, inputs, attributes = node
+    nodes = [onnx.helper.make_node(op, inputs, ["y"], name="n", **attributes)]
+    inits = {"scale": np.float32(0.1), "w": np.zeros((4, 3, 3, 3), np.uint8)}
+    path = onnx_file(tmp_path / "model.onnx", nodes, {k: v for k, v in inits.items() if k in inputs})
+    with pytest.raises(GraphconvError, match=why):
+        load_network(path)
+
+
+def test_onnxruntime_s_own_ops_say_where_they_come_from(tmp_path):
+    nodes = [onnx.helper.make_node("FusedConv", ["x", "w"], ["y"], name="c", domain="com.microsoft",
+                                   activation="Relu")]
+    path = onnx_file(tmp_path / "optimized.onnx", nodes, {"w": np.zeros((4, 3, 3, 3), np.float32)})
+    with pytest.raises(GraphconvError, match=r"node 'c': op com.microsoft.FusedConv is from a custom domain; "
+                                             r"graphconv reads the standard ONNX ops \(com.microsoft ops are "
+                                             r"onnxruntime's own: .* import the model as it was exported"):
+        load_network(path)
+
+
 @pytest.mark.parametrize("opset", [6, 30])
 def test_opsets_outside_the_supported_range_are_refused(tmp_path, opset):
     nodes = [onnx.helper.make_node("Relu", ["x"], ["y"])]

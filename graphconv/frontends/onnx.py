@@ -305,7 +305,7 @@ class _Importer:
             self.onnx_node = node
             if node.domain not in ("", "ai.onnx"):
                 raise self.error(f"op {node.domain}.{node.op_type} is from a custom domain; "
-                                 f"graphconv reads the standard ONNX ops")
+                                 f"graphconv reads the standard ONNX ops{_CUSTOM_DOMAINS.get(node.domain, '')}")
             converter = CONVERTERS.get(node.op_type)
             if converter is None and not self._all_constant(node):  # on constants alone, any op is folded
                 raise self.error(unsupported(node.op_type, self.model.producer_name))
@@ -662,11 +662,35 @@ int8 model of op set 13 to 18 (PyTorch's and onnxruntime's quantizers write thos
 folded as op set 19 (onnx 1.23 implements 19 on; op set 17 was refused)."""
 
 
+_CUSTOM_DOMAINS = {"com.microsoft": " (com.microsoft ops are onnxruntime's own: its graph optimizer and "
+                                     "quantizer write them; import the model as it was exported, before those)"}
+_FLOAT_MODEL = "graphconv computes in float32: import the float model"
+NOT_READ_BECAUSE = {
+    **dict.fromkeys(("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"),
+                    "the model is quantized in operator form (QOperator), which computes in integers; " + _FLOAT_MODEL),
+    **dict.fromkeys(("QuantizeLinear", "DequantizeLinear"),
+                    "on a feature map, it is a QDQ model's quantized activations; graphconv dequantizes constant "
+                    "weights only and " + _FLOAT_MODEL.removeprefix("graphconv ")),
+    **dict.fromkeys(("ArgMax", "ArgMin", "TopK"),
+                    "the network ends in its decision; export it up to its class scores (graphconv's maps give "
+                    "each cell's best class: `run --heatmap top`)"),
+    **dict.fromkeys(("NonMaxSuppression", "RoiAlign", "MaxRoiPool"),
+                    "it is a detector's post-processing; export the convolutional part without it"),
+    **dict.fromkeys(("LSTM", "GRU", "RNN", "Attention", "Loop", "Scan", "If"),
+                    "it is no convolutional network's op (recurrence, attention or control flow); graphconv slides "
+                    "convolutional networks"),
+}
+"""Unsupported ops that say more about the model than a missing converter does: what the
+model is, and what to give graphconv instead."""
+
+
 def unsupported(op_type: str, producer: str = "") -> str:
-    """The refusal of an ONNX op graphconv does not read: short, with the supported ops
-    whose names are close, and where the whole list is. An op ONNX does not define at all
-    is the exporter's leftover (tf2onnx writes a TensorFlow op it cannot convert as it
-    is, StatefulPartitionedCall or Erfc, and exits 0), and is said to be so."""
+    """The refusal of an ONNX op graphconv does not read: short, with why where the op says
+    what kind of model this is (`NOT_READ_BECAUSE`), else the supported ops whose names are
+    close (ReduceMin: ReduceMax, ReduceMean, ...), and where the whole list is. An op ONNX
+    does not define at all is the exporter's leftover (tf2onnx writes a TensorFlow op it
+    cannot convert as it is, StatefulPartitionedCall or Erfc, and exits 0), and is said to
+    be so."""
     import difflib
 
     onnx = require_onnx()
@@ -676,8 +700,11 @@ def unsupported(op_type: str, producer: str = "") -> str:
         return (f"op {op_type} is no ONNX op: {producer or 'the exporter'} left it unconverted (an exporter may "
                 "write an op it cannot convert as it is: tf2onnx does, and exits 0); rewrite that layer with "
                 "ops the exporter converts, or export again with another op set")
+    if op_type in NOT_READ_BECAUSE:
+        return f"op {op_type} is not supported: {NOT_READ_BECAUSE[op_type]}"
+    # a high cutoff: names of one family (ReduceMin ~ ReduceMax, 0.78), not chance likeness (Sin ~ Min, Exp ~ Expand)
     close = difflib.get_close_matches(op_type, sorted(name for name in CONVERTERS if "." not in name), n=4,
-                                      cutoff=0.6)
+                                      cutoff=0.76)
     hint = f" (similar ones it reads: {', '.join(close)})" if close else ""
     return (f"op {op_type} is not supported{hint}; the ONNX ops graphconv reads are listed in its README, "
             "'Bring your own model (ONNX)'")
