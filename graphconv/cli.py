@@ -14,6 +14,7 @@ import hashlib
 import math
 import os
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -92,7 +93,7 @@ def _run_command(args: argparse.Namespace) -> int:
         if args.traceback:  # the error's traceback, and the status a script tests for either way
             import traceback
             traceback.print_exc()
-        print(f"graphconv: {printable(user_message(err))}", file=sys.stderr)
+        print(f"graphconv: {printable(user_message(err, args.traceback))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(printable(f"graphconv: interrupted ({_what_is_left(args)})"), file=sys.stderr)
@@ -230,12 +231,13 @@ def _leave_now(status: int) -> None:
     os._exit(status)
 
 
-def user_message(err: BaseException) -> str:
-    """One line for an error that bad input (not a bug) can cause."""
+def user_message(err: BaseException, traceback_shown: bool = False) -> str:
+    """One line for an error that bad input (not a bug) can cause; a crashed plugin pass's
+    says where its whole traceback is, where it was not printed above it."""
     if isinstance(err, GraphconvError):
         crashed_pass = isinstance(err, PassError) and err.__cause__ is not None \
             and not isinstance(err.__cause__, GraphconvError)
-        return f"{err} (--traceback for the whole traceback)" if crashed_pass else str(err)
+        return f"{err} (--traceback for the whole traceback)" if crashed_pass and not traceback_shown else str(err)
     if isinstance(err, OSError):
         where = f"{err.filename}: " if err.filename else ""
         return f"{where}{err.strerror or err}"
@@ -370,7 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "sliding window pads; MODE fills the border: constant (0 after the preprocess, "
                           "what a first conv's zero padding holds), reflect (mirrored about the edge pixel) or "
                           "replicate (the edge pixel repeated)")
-    _add_plugin_option(run)
+    _add_plugin_option(run, "load passes from a .py file or an importable module (repeatable); run compiles a "
+                            "spec with the default passes: to run yours, compile with them first")
+    run.add_argument("--passes", help=argparse.SUPPRESS)  # refused with the way to run one's passes
     run.set_defaults(handler=cmd_run)
 
     comp = sub.add_parser("compile", help="run the pass pipeline and write a compiled model",
@@ -515,8 +519,14 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
             hint = (f"; --images takes one pattern ({shown(args.images)}), and {len(extra)} more "
                     f"{agreeing(len(extra), 'path', 'paths')} followed: "
                     "did the shell expand a glob? Quote it, as in --images 'photos/*.jpg'")
-        parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+        _command_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     return args
+
+
+def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of one command (`run`), whose error names it and points at its own --help."""
+    commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    return commands.choices.get(command, parser)
 
 
 NEGATIVE_VALUE = re.compile(r"-\.?\d")
@@ -626,9 +636,9 @@ def check_image_reading_options(args: argparse.Namespace) -> None:
         raise GraphconvError("--mpp picks the level and the downsampling itself: drop --level and --downsample")
 
 
-def _add_plugin_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
-                        help="load passes from a .py file or an importable module; repeatable")
+def _add_plugin_option(parser: argparse.ArgumentParser,
+                       text: str = "load passes from a .py file or an importable module; repeatable") -> None:
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE", help=text)
 
 
 # ---- commands -----------------------------------------------------------------------------
@@ -715,6 +725,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from graphconv.model import as_batch
 
     args.heatmap_out = _heatmap_path(args)
+    if args.passes is not None:
+        plugins = "".join(f" --plugin {shlex.quote(p)}" for p in args.plugin)
+        raise GraphconvError(f"run takes no --passes: compile runs them (graphconv compile {shlex.quote(args.model)}"
+                             f"{plugins} --passes {shlex.quote(args.passes)} -o DIR), then run DIR")
     if args.workers and args.scheduler:  # --workers was ignored
         raise GraphconvError("--workers starts a Dask cluster on this machine and --scheduler uses a running one: "
                              "give one of them (a running cluster's workers are those it has)")

@@ -571,17 +571,19 @@ class Graph:
 
 
 def _canonical_params(opdef, params: Mapping[str, Any], layer: str, loc: Location | None) -> dict:
-    """`params` with each value the op knows in canonical form (`graphconv.params`);
-    unknown names are left for `Graph.verify` to report."""
-    from graphconv.params import check_value
+    """`params` with each value in canonical form (`graphconv.params`); a name the op does
+    not take (`strid=1`) is refused with the one it likely meant, as in a spec: left for
+    `Graph.verify`, it was named only at the end of the pipeline, and on a loaded model's
+    graph, never (its run ignored it)."""
+    from graphconv.params import check_value, refuse_unknown_params
     known = {p.name: p for p in opdef.params}
     out = dict(params)
-    for key, value in params.items():
-        if key in known:
-            try:
-                out[key] = check_value(known[key], value)
-            except GraphconvError as err:
-                raise GraphconvError(err.message, loc=loc, layer=layer) from None
+    try:
+        refuse_unknown_params(opdef, params)
+        for key, value in params.items():
+            out[key] = check_value(known[key], value)
+    except GraphconvError as err:
+        raise GraphconvError(err.message, loc=loc, layer=layer) from None
     return out
 
 
@@ -618,13 +620,33 @@ def _stored_weight(key: str, value: Any, loc: Location | None, layer: str) -> An
 
 
 def _read_only(array: Any) -> Any:
-    """A read-only view of a weight array (the array itself if it is one already); what
-    is not an array is left for `Graph.verify` to refuse."""
-    if not isinstance(array, np.ndarray) or not array.flags.writeable:
+    """A view of a weight array that cannot be made writeable again (the array itself if
+    it is one already); what is not an array is left for `Graph.verify` to refuse.
+
+    The view reads the array's memory through a read-only memoryview, so
+    `setflags(write=True)` on it raises: a plain read-only view of a writeable array
+    could be flipped back, and a pass that did so and wrote into it changed the numbers
+    of every graph sharing the array (the one a pipeline was given, verify's reference
+    classifier) where no check could restore them."""
+    if not isinstance(array, np.ndarray) or _locked(array):
         return array
-    view = array.view()
-    view.flags.writeable = False
-    return view
+    try:
+        if array.ndim == 0:  # numpy lets a 0-d array over a read-only memoryview be made writeable
+            return np.asarray(memoryview(array.reshape(1)).toreadonly()).reshape(())
+        return np.asarray(memoryview(array).toreadonly())
+    except (TypeError, ValueError, NotImplementedError):  # a dtype the buffer protocol does not carry
+        view = array.view()
+        view.flags.writeable = False
+        return view
+
+
+def _locked(array: np.ndarray) -> bool:
+    """Whether `_read_only` made this view, or a view of one: its memory is seen through
+    a read-only memoryview."""
+    base = array.base
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return not array.flags.writeable and isinstance(base, memoryview) and base.readonly
 
 
 def _check_param_values(node: Node, opdef) -> None:

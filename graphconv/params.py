@@ -48,16 +48,8 @@ def normalize_params(opdef: OpDef, raw: Mapping[str, Any]) -> dict:
     """Check a layer's parameters against its op's schema, fill in the defaults, and
     store pairs as (h, w) tuples. Raises GraphconvError (without a location: the
     caller knows the layer) naming the parameter."""
-    known = {p.name: p for p in opdef.params}
     raw = resolve_aliases(opdef, raw)
-    unknown = set(raw) - set(known)
-    if unknown:
-        names = sorted(unknown, key=str)
-        hints = [hint for hint in (suggestion(name, known) for name in names) if hint]
-        raise ParamError(f"unknown {agreeing(len(names), 'parameter', 'parameters')} {shown(names)} for op "
-                         f"{opdef.name}"
-                         + (f": {'; '.join(hints)}" if hints else "")
-                         + f" (it takes: {', '.join(known) or 'none'})", param=names[0])
+    refuse_unknown_params(opdef, raw)
     params = {}
     for p in opdef.params:
         if p.name in raw:
@@ -69,6 +61,20 @@ def normalize_params(opdef: OpDef, raw: Mapping[str, Any]) -> dict:
         else:
             params[p.name] = check_value(p, p.default)
     return params
+
+
+def refuse_unknown_params(opdef: OpDef, params: Mapping[str, Any]) -> None:
+    """A ParamError for names the op does not take, with the near misses' right names
+    (`strid`: did you mean 'stride'?) and every name it takes."""
+    known = {p.name: p for p in opdef.params}
+    unknown = set(params) - set(known)
+    if unknown:
+        names = sorted(unknown, key=str)
+        hints = [hint for hint in (suggestion(name, known) for name in names) if hint]
+        raise ParamError(f"unknown {agreeing(len(names), 'parameter', 'parameters')} {shown(names)} for op "
+                         f"{opdef.name}"
+                         + (f": {'; '.join(hints)}" if hints else "")
+                         + f" (it takes: {', '.join(known) or 'none'})", param=names[0])
 
 
 def resolve_aliases(opdef: OpDef, raw: Mapping[str, Any]) -> dict:

@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, TextIO
 
 import numpy as np
 
-from graphconv.errors import GraphconvError, PassError, agreeing, shown, shown_path
+from graphconv.errors import GraphconvError, PassError, agreeing, nearest, shown, shown_path
 from graphconv.ir import Graph
 from graphconv.shapes import infer_shapes
 
@@ -139,8 +139,8 @@ def register_pass(name: str, description: str, *, requires: Sequence[str] = (),
 def _weight_sums(graph: Graph) -> dict[tuple[str, str], tuple[int, int]]:
     """Each weight array's identity and CRC-32: what a plugin pass must leave as it found
     it. Arrays are shared with the graph the pipeline was given (and with verify's
-    reference classifier): one written in place after `setflags(write=True)` changed that
-    reference too, and verify passed a wrong model."""
+    reference classifier): one written in place (through the memory behind its read-only
+    view) changed that reference too, and verify passed a wrong model."""
     import zlib
     return {(name, key): (id(array), zlib.crc32(np.ascontiguousarray(array).view(np.uint8)))
             for name, data in graph.nx.nodes(data=True)  # in no order: a pass may have left a cycle
@@ -148,16 +148,20 @@ def _weight_sums(graph: Graph) -> dict[tuple[str, str], tuple[int, int]]:
 
 
 def _refuse_weights_written_in_place(graph: Graph, before: dict, info: PassInfo, given: Graph) -> None:
-    """Refuse a pass that wrote into a weight array. The graph the pipeline was given
-    holds the same array, written too: its version is bumped, so what was derived from
-    it (a loaded Model's executors) is derived afresh from the weights it now holds, as
-    a compile or a pickle of it reads them, not run on a packed copy of the old ones."""
+    """Refuse a pass that wrote into a weight array, which it can only do by reaching past
+    the read-only view to the memory behind it (`ir._read_only`), so the numbers it
+    overwrote are gone: the caller is told to load the graph again. The graph the
+    pipeline was given holds the same array, written too: its version is bumped, so what
+    was derived from it (a loaded Model's executors) is derived afresh from the weights
+    it now holds, as a compile or a pickle of it reads them, not run on a packed copy of
+    the old ones."""
     for (name, key), (identity, crc) in _weight_sums(graph).items():
         if before.get((name, key), (None, None))[0] == identity and before[name, key][1] != crc:
             given._changed()
-            raise PassError(f"pass '{info.name}' ({info.origin}) wrote into layer '{name}'s {key} in place: weight "
-                            "arrays are shared with the graph the pipeline was given, which then changes too; give "
-                            f"the layer a new array instead (graph.set_weights('{name}', {key}=...))")
+            raise PassError(f"pass '{info.name}' ({info.origin}) wrote into layer '{name}'s {key} in place, "
+                            "through the memory behind the read-only array: weight arrays are shared with the "
+                            "graph the pipeline was given, which now holds the written numbers (load it again); "
+                            f"give the layer a new array instead (graph.set_weights('{name}', {key}=...))")
 
 
 def _structure(graph: Graph) -> tuple:
@@ -170,6 +174,12 @@ def _structure(graph: Graph) -> tuple:
 
 def _annotation_keys(graph: Graph) -> set[str]:
     return {key for _, data in graph.nx.nodes(data=True) for key in data.get("annotations") or ()}
+
+
+def _plugin_origin(name: str) -> str:
+    """" (plugin my_passes.py)" for a pass a plugin registered; "" for a built-in one."""
+    info = _REGISTRY.get(name)
+    return "" if info is None or info.origin.startswith("built-in") else f" ({info.origin})"
 
 
 def _where_it_crashed(err: Exception) -> str:
@@ -338,7 +348,9 @@ def get_pass(name: str) -> PassInfo:
     name = RENAMED.get(name, name)
     if name not in _REGISTRY:
         broken = "".join(f"; {why}" for why in _broken_entry_points)
-        raise PassError(f"unknown pass '{name}' (registered: {', '.join(sorted(_REGISTRY))}) (a pass of your "
+        close = nearest(name, sorted(_REGISTRY), n=1)
+        meant = f": did you mean '{close[0]}'?" if close else ""
+        raise PassError(f"unknown pass '{name}'{meant} (registered: {', '.join(sorted(_REGISTRY))}) (a pass of your "
                         f"own? load it with --plugin FILE_OR_MODULE; from Python, graphconv.load_plugin){broken}")
     return _REGISTRY[name]
 
@@ -566,7 +578,7 @@ class PassManager:
         try:
             result = info.run(graph, **options)
         except GraphconvError as err:
-            where = "" if info.origin.startswith("built-in") else f", {info.origin}"
+            where = "" if info.origin.startswith("built-in") else _where_it_crashed(err) or f", {info.origin}"
             unchecked = "" if self.verify_each else ("; an earlier pass, unchecked, may have made this: drop "
                                                      "--no-verify (verify_each=True) to find which")
             raise PassError(f"{err.message} (in pass '{info.name}'{where}{unchecked})", loc=err.loc,
@@ -581,7 +593,8 @@ class PassManager:
             raise PassError(f"pass '{info.name}' ({info.origin}) crashed{_where_it_crashed(err)}: "
                             f"{type(err).__name__}: {err}{self._crash_hint(err, graph, info)}") from err
         if result is not None and not isinstance(result, (bool, np.bool_)):  # `return mask.any()` is a bool too
-            raise PassError(f"pass '{info.name}' ({info.origin}) returned {shown(result)}; a pass edits the "
+            what = "a Graph" if isinstance(result, Graph) else shown(result)  # a copy it edited: lost
+            raise PassError(f"pass '{info.name}' ({info.origin}) returned {what}; a pass edits the "
                             "graph it is given in place and returns True (or None) if it changed it, False if "
                             "not")
         changed = graph.version != version or (plugin and _structure(graph) != structure_before)
@@ -641,8 +654,9 @@ class PassManager:
         write into a weight array (read-only: `set_weights` is the way), or reading
         `node.shape`, None until shape-inference runs, which runs before a pass only when
         it declares `requires=("shapes",)`."""
-        if isinstance(err, ValueError) and "read-only" in str(err):
-            return " (weight arrays are read-only: give a layer new ones with graph.set_weights(node, weight=...))"
+        if isinstance(err, ValueError) and ("read-only" in str(err) or "WRITEABLE" in str(err)):
+            return (" (weight arrays are read-only, and stay so: give a layer new ones with "
+                    "graph.set_weights(node, weight=...))")
         if "NoneType" not in str(err) or "shapes" in info.requires or "shapes" in self._valid:
             return ""
         if all(node.shape is not None for node in graph.layers()):
@@ -666,7 +680,8 @@ class PassManager:
                 _check_cells_unchanged(graph, self._first_cell, self._first_output)
             _check_labels_match(graph, shapes[graph.output.name][0])
         except GraphconvError as err:
-            who = who or (f"pass '{pass_name}' broke the IR" if pass_name else "the input IR is invalid")
+            who = who or (f"pass '{pass_name}'{_plugin_origin(pass_name)} broke the IR" if pass_name
+                          else "the input IR is invalid")
             raise PassError(f"{who}: {err}") from None
 
     def _print(self, when: str, name: str, graph: Graph) -> None:

@@ -236,6 +236,11 @@ def test_a_crashing_plugin_pass_is_one_line_that_names_the_option_for_its_traceb
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "crashing.py:6 in crashes: ZeroDivisionError: division by zero" in err
     assert err.rstrip().endswith("(--traceback for the whole traceback)") and not (tmp_path / "m").exists()
+    assert run_cli("compile", SPECS / "lenet.yaml", "-o", tmp_path / "m", "--plugin", plugin, "--passes",
+                   "crashes", "--traceback") == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "return 1 / 0" in err
+    assert err.rstrip().endswith("ZeroDivisionError: division by zero")  # not pointing at the option just given
 
 
 @pytest.mark.parametrize("method", ["dilate", "shift"])
@@ -386,7 +391,10 @@ def graphconv_cli(*args, cwd=None):
     (["run", SPECS / "lenet.yaml", "--input", "x.npy", "--memory-limit", "lots"], "--memory-limit: expected a size"),
     (["compile", SPECS / "lenet.yaml", "-o", "{tmp}/m", "--passes", "conv-to-fc{max_elements=abc}"],
      "option 'max_elements' of pass 'conv-to-fc' must be an integer, got 'abc'"),
-    (["compile", SPECS / "lenet.yaml", "-o", "{tmp}/m", "--bogus"], "unrecognized arguments: --bogus"),
+    (["compile", SPECS / "lenet.yaml", "-o", "{tmp}/m", "--bogus"],
+     "compile: unrecognized arguments: --bogus (see graphconv compile --help)"),
+    (["run", SPECS / "lenet.yaml", "--input", "x.npy", "--plugin", ROOT / "examples/my_passes.py", "--passes",
+      "default,strip-softmax"], "run takes no --passes: compile runs them (graphconv compile "),
     (["run", SPECS / "lenet.yaml", "--image", "x.png", "--heatmap", 1, "--heatmap-out", "{tmp}/h.xyz"],
      "h.xyz: cannot tell the image format from '.xyz'; name the heatmap"),
     (["run", SPECS / "lenet.yaml", "--input", "x.npy", "--heatmap", 1], "--heatmap draws over an image"),

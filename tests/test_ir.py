@@ -108,9 +108,24 @@ def test_verify_catches_arity_and_unknown_params(chain):
     with pytest.raises(GraphconvError, match="layer 'a': add takes at least 2"):
         chain.verify()
     chain.remove("a")
-    chain.set_params("r", bogus=1)
+    chain.nx.nodes["r"]["params"]["bogus"] = 1  # past the verbs, which refuse it (below)
     with pytest.raises(GraphconvError, match=r"unknown parameter \['bogus'\]"):
         chain.verify()
+
+
+@pytest.mark.parametrize("edit", [
+    lambda g: g.set_params("p", strid=1),
+    lambda g: g.add("p2", "maxpool", ["p"], {"kernel_size": 2, "strid": 1}),
+    lambda g: g.replace("p", "maxpool", {"kernel_size": 2, "strid": 1}),
+])
+def test_the_editing_verbs_refuse_a_misspelt_param_at_once(chain, edit):
+    """A typo left for verify was named only at a pipeline's end, and on a loaded model's
+    graph never: its run ignored it."""
+    before = chain.version
+    with pytest.raises(GraphconvError, match=r"layer 'p2?': unknown parameter \['strid'\] for op maxpool: "
+                                             r"'strid': did you mean 'stride'\? \(it takes: kernel_size, stride"):
+        edit(chain)
+    assert chain.version == before and "p2" not in chain
 
 
 def test_copy_is_independent(chain):
