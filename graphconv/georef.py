@@ -132,6 +132,44 @@ class GeoReference:
         return stated
 
 
+def mask_misplaced(mask_path: str, mask_hw: tuple[int, int], image: GeoReference | None,
+                   image_hw: tuple[int, int]) -> str | None:
+    """Why a georeferenced --mask cannot be stretched over a georeferenced image by its
+    pixels (another CRS, or another area: a mask of a quarter of the scene put its marks
+    over the whole scene, silently), or None where it can (either has no affine
+    georeference, or both cover one area to within a pixel of either). `image_hw` counts
+    the pixels of the image's level 0, whose georeference `image` is."""
+    mask = image_georeference(mask_path)
+    if mask is None or image is None or mask.corner_affine() is None or image.corner_affine() is None:
+        return None
+    if mask.epsg != image.epsg:
+        crs = (lambda geo: f"EPSG:{geo.epsg}" if geo.epsg else "a CRS of its own")
+        return (f"the mask is in {crs(mask)} and the image in {crs(image)}: warp the mask to the image's grid "
+                "first (gdalwarp -t_srs, -te and -ts with the image's CRS, bounds and size)")
+    mask_corners, image_corners = _corners(mask, mask_hw), _corners(image, image_hw)
+    slack = max(_pixel_diagonal(mask), _pixel_diagonal(image))
+    if np.abs(mask_corners - image_corners).max() <= slack:
+        return None
+    (x0, y0), (x1, y1) = image_corners.min(axis=0), image_corners.max(axis=0)
+    (mx0, my0), (mx1, my1) = mask_corners.min(axis=0), mask_corners.max(axis=0)
+    return (f"the mask is georeferenced over another area than the image (mask x {mx0:.6g}..{mx1:.6g}, "
+            f"y {my0:.6g}..{my1:.6g}; image x {x0:.6g}..{x1:.6g}, y {y0:.6g}..{y1:.6g}), and a mask is stretched "
+            f"over the whole image by its pixels: cut it to the image's area first (gdalwarp -te {x0:.10g} "
+            f"{y0:.10g} {x1:.10g} {y1:.10g})")
+
+
+def _corners(geo: GeoReference, hw: tuple[int, int]) -> np.ndarray:
+    """(4, 2): the model (x, y) of a raster's four outer corners."""
+    h, w = hw
+    raster = np.array([[0, 0, 1], [w, 0, 1], [0, h, 1], [w, h, 1]], np.float64)
+    return raster @ geo.corner_affine().T
+
+
+def _pixel_diagonal(geo: GeoReference) -> float:
+    (a, b, _), (c, d, _) = geo.corner_affine()
+    return float(np.hypot(a + b, c + d))
+
+
 def read_georeference(path: str) -> GeoReference | None:
     """The georeference of a TIFF's first page (its full resolution), or None."""
     with _tifffile().TiffFile(path) as tif:

@@ -1329,9 +1329,11 @@ def internal_mask_note(source, mask_given: bool = False) -> str | None:
     for index, page in enumerate(tif.pages[:MASK_PAGES_LOOKED_AT]):
         if int(getattr(page, "subfiletype", 0) or 0) & 4:
             return (f"its page {index} is an internal mask (GDAL's), which graphconv does not read: the pixels it "
-                    "marks invalid are read as data; give it as --mask (a picture of the mask's pixels: "
-                    f"tifffile.imwrite('mask.tif', tifffile.imread(IMAGE, key={index}), photometric='minisblack')), "
-                    "or their value as --nodata")
+                    "marks invalid are read as data. Where they hold one value, give it as --nodata (they then go "
+                    "in as 0 after the preprocess, and cells mostly over them are left out); else give the mask "
+                    "as --mask (tifffile.imwrite('mask.tif', tifffile.imread(IMAGE, "
+                    f"key={index}), photometric='minisblack')), which only chooses the cells computed: masked "
+                    "pixels in a computed cell's crop still go in as data")
     return None
 
 

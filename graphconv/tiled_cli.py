@@ -471,12 +471,28 @@ def _drop_a_skip_background_that_does_nothing(args: argparse.Namespace, source) 
 def _background(args: argparse.Namespace, source, grid):
     """The cells the run leaves out (graphconv/background.py): a raster's no-data, by
     default; --skip-background's glass; or None."""
-    from graphconv.background import DEFAULT_MAX_NODATA, cells_left_out, load_mask
+    from graphconv.background import DEFAULT_MAX_NODATA, cells_left_out
     from graphconv.sources import on_image
 
     image, _ = on_image(source, grid.field)  # a mask spans the image itself, not --pad-image's border
-    mask = load_mask(args.mask, (image.height, image.width)) if args.mask else None
+    mask = _placed_mask(args, image) if args.mask else None
     return cells_left_out(source, grid, args.skip_background, getattr(args, "max_nodata", DEFAULT_MAX_NODATA), mask)
+
+
+def _placed_mask(args: argparse.Namespace, image) -> np.ndarray:
+    """--mask, stretched over the image by its pixels (`background.load_mask`); refused
+    where both are georeferenced over other areas or in other CRSs (a GeoTIFF mask of a
+    quarter of the scene put its marks over the whole scene)."""
+    from graphconv.background import load_mask
+    from graphconv.georef import image_georeference, mask_misplaced
+
+    mask = load_mask(args.mask, (image.height, image.width))
+    raster = getattr(image, "inner", image)
+    level0_hw = getattr(raster, "full_hw", (raster.height, raster.width))
+    problem = mask_misplaced(args.mask, mask.shape, image_georeference(args.image), level0_hw)
+    if problem:
+        raise GraphconvError(problem, file=args.mask)
+    return mask
 
 
 def _skipper(args: argparse.Namespace, background, plan):

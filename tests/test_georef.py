@@ -4,6 +4,7 @@ whatever rotation the image's georeference has."""
 from __future__ import annotations
 
 import json
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -586,3 +587,37 @@ def test_a_model_s_scores_on_pixels_are_placed_by_its_cells_and_checked_against_
                                (scores[0, :, 0, 0] + scores[0, :, 1, 0]) / 2, rtol=1e-5, atol=1e-6)
     with pytest.raises(graphconv.GraphconvError, match=r"a 60x37 image's map has 8x2 cells, got 3x2"):
         fcn.scores_on_pixels(scores, (60, 37))
+
+
+def mask_geotiff(path, shape, pixel_metres, directory=UTM_33N_AREA):
+    """A --mask as GIS tools write one: its left half marked, georeferenced from the corner
+    grey_geotiff's image starts at."""
+    marked = np.zeros(shape, np.uint8)
+    marked[:, :shape[1] // 2] = 255
+    tifffile.imwrite(path, marked, extratags=[(33550, 12, 3, (pixel_metres, pixel_metres, 0.0), True),
+                                              (33922, 12, 6, (0, 0, 0, 500000.0, 4600000.0, 0), True),
+                                              (GEO_KEY_DIRECTORY, 3, len(directory), directory, True)])
+    return path
+
+
+@pytest.mark.parametrize("mask, refusal", [
+    ((60, 75, 20.0, UTM_33N_AREA), None),  # the image's area, coarser: stretched over it
+    ((60, 75, 10.0, UTM_33N_AREA), r"the mask is georeferenced over another area than the image \(mask x "
+                                   r"500000..500750, y 4.5994e\+06..4.6e\+06; image x 500000..501500, y "
+                                   r"4.5988e\+06..4.6e\+06\), .*gdalwarp -te 500000 4598800 501500 4600000\)"),
+    ((60, 75, 20.0, UTM_33N_AREA[:-1] + (32632,)), r"the mask is in EPSG:32632 and the image in EPSG:32633"),
+])
+def test_a_georeferenced_mask_of_another_area_or_crs_is_refused(digits, tmp_path, mask, refusal):
+    """A GeoTIFF mask of a quarter of a scene (the same aspect ratio) was stretched over the
+    whole scene by its pixels, its marks put over ground it does not cover, silently."""
+    image = grey_geotiff(tmp_path / "scene.tif")
+    *shape, metres, directory = mask
+    mask_file = mask_geotiff(tmp_path / "mask.tif", tuple(shape), metres, directory)
+    result = _cli("run", digits, "--image", image, "--mask", mask_file, "--output", tmp_path / "map.npy")
+    if refusal is None:
+        assert result.returncode == 0, result.stderr
+        scores = np.load(tmp_path / "map.npy")
+        assert not np.isnan(scores[0, 0, :, 0]).any() and np.isnan(scores[0, 0, :, -1]).all()
+        return
+    assert result.returncode == 2 and re.search(rf"mask.tif: {refusal}", result.stderr), result.stderr
+    assert not (tmp_path / "map.npy").exists()
