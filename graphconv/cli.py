@@ -1163,15 +1163,17 @@ def note_how_the_raster_is_read(args: argparse.Namespace, source) -> None:
     """The notes on how a raster's pixels are read that a single --image's run (and
     verify --image) gives: --max-nodata with nothing to act on, pixels of more than 8
     bits scaled onto 0..255 (`note_value_scaling`), and for a .tif or .zarr map a zarr
-    array's attributes that look like a georeference graphconv cannot read."""
+    array's attributes that look like a georeference graphconv cannot read, or a TIFF's
+    world file or RPCs."""
     from graphconv.sources import value_scaling
 
     note_nodata_acts_on_nothing(args, source)
     note_value_scaling(getattr(source, "preprocess", None), value_scaling(source))
     output = getattr(args, "output", None)
     if is_tiff_output(output) or (output or "").rstrip("/").lower().endswith(".zarr"):
-        from graphconv.georef import zarr_georeference_note
-        unread = zarr_georeference_note(getattr(getattr(source, "inner", source), "path", ""))
+        from graphconv.georef import tiff_georeference_note, zarr_georeference_note
+        path = getattr(getattr(source, "inner", source), "path", "")
+        unread = zarr_georeference_note(path) or tiff_georeference_note(path)
         if unread:
             note(unread)
 

@@ -377,6 +377,33 @@ def zarr_georeference_note(path: str) -> str | None:
     return None
 
 
+RPC_COEFFICIENTS = 50844  # RPCCoefficientTag: a satellite scene's sensor model, not yet on the ground
+WORLD_FILE_SUFFIXES = (".tfw", ".tifw", ".tiffw", ".wld")
+
+
+def tiff_georeference_note(path: str) -> str | None:
+    """What to say where a TIFF without GeoTIFF tags has its map written as .tif or .zarr
+    but is placed another way GIS tools read: by a world file beside it (QGIS shows the
+    scene in place, and its map came out with no georeference, silently), or by RPCs."""
+    from graphconv.sources import is_tiff
+
+    if not is_tiff(path) or not os.path.isfile(path) or image_georeference(path) is not None:
+        return None
+    stem = os.path.splitext(path)[0]
+    beside = [name for suffix in WORLD_FILE_SUFFIXES for name in (stem + suffix, stem + suffix.upper())
+              if os.path.isfile(name)]
+    if beside:
+        return (f"note: the image is placed by a world file ({os.path.basename(beside[0])}), which graphconv does "
+                "not read: the map is not georeferenced; make the image a GeoTIFF first (gdal_translate -of GTiff "
+                "writes the world file's placement, and a .prj's CRS, as tags)")
+    with _tifffile().TiffFile(path) as tif:
+        rpcs = RPC_COEFFICIENTS in tif.pages[0].tags
+    if rpcs:
+        return ("note: the image carries RPCs (a sensor model, TIFF tag 50844) and no georeference, and graphconv "
+                "does not read RPCs: the map is not georeferenced; orthorectify the scene first (gdalwarp -rpc)")
+    return None
+
+
 def _own_georeference(own: dict) -> GeoReference | None:
     """graphconv's `GeoReference.as_dict` read back: its GeoKeys whole, its affine in the
     raster type's convention; None where it does not fit."""

@@ -621,3 +621,24 @@ def test_a_georeferenced_mask_of_another_area_or_crs_is_refused(digits, tmp_path
         return
     assert result.returncode == 2 and re.search(rf"mask.tif: {refusal}", result.stderr), result.stderr
     assert not (tmp_path / "map.npy").exists()
+
+
+@pytest.mark.parametrize("placement, said", [
+    ("world file", r"note: the image is placed by a world file \(scene.tfw\), which graphconv does not read: the map "
+                   r"is not georeferenced; make the image a GeoTIFF first"),
+    ("rpcs", r"note: the image carries RPCs .* the map is not georeferenced; orthorectify the scene first"),
+    ("none", None),
+])
+def test_a_tif_placed_by_a_world_file_or_rpcs_is_said_to_give_a_map_without_georeference(digits, tmp_path,
+                                                                                         placement, said):
+    """QGIS places both, so a map with no georeference came as a surprise: nothing said so."""
+    pixels = (np.random.default_rng(7).random((60, 80)) * 255).astype(np.uint8)
+    rpcs = [(50844, 12, 92, tuple(np.linspace(0.0, 1.0, 92)), True)] if placement == "rpcs" else []
+    tifffile.imwrite(tmp_path / "scene.tif", pixels, extratags=rpcs)
+    if placement == "world file":
+        (tmp_path / "scene.tfw").write_text("10.0\n0.0\n0.0\n-10.0\n500005.0\n4599995.0\n")
+    result = _cli("run", digits, "--image", tmp_path / "scene.tif", "--output", tmp_path / "map.tif")
+    assert result.returncode == 0, result.stderr
+    assert read_georeference(str(tmp_path / "map.tif")) is None
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note: the image")]
+    assert (re.match(said, notes[0]) is not None if said else notes == []), result.stderr
