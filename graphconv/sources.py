@@ -765,7 +765,7 @@ def _pixel_size_and_level_heights(path: str) -> tuple[PixelSize, list[int]]:
                              "OME-TIFF) or an OME-Zarr, or pick --level and --downsample", file=path)
     tifffile = require("tifffile")
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _tifffile_warnings(), tifffile.TiffFile(path) as tif:  # a damaged file's warnings: said by the opener
             series = tif.series[0]
             return _stated_pixel_size(tif), [_axis_sizes(level)[0] for level in (series.levels or [series])]
     except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as err:
@@ -1085,6 +1085,7 @@ def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
         raise GraphconvError(f"--level {level}: the image has {_level_list([_axis_sizes(each) for each in levels])}"
                              f"{damage}", file=path)
     page = getattr(levels[level], "keyframe", None) or tif.pages[0]
+    _refuse_pixels_past_the_end(path, page, level, warned)
     stored = _decodable_array(path, series, level, levels[level])
     array, axes, nodata = _as_shown(path, page, stored, levels[level].axes, _nodata(tif.pages[0]))
     source = ArrayLikeSource(path, array, channels, preprocess, axes=axes, bands=bands, picture=_is_picture(page))
@@ -1092,6 +1093,22 @@ def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
     source.microns_per_pixel = square_microns(_stated_pixel_size(tif))  # at level 0
     source.tiff = tif  # keep the file open as long as the source lives
     return _as_level(source, level, [_axis_sizes(each) for each in levels])
+
+
+def _refuse_pixels_past_the_end(path: str, page, level: int, warned: list[str]) -> None:
+    """Refuse a level whose strips or tiles the file does not hold: a slide cut short in
+    copying kept its first page's tags but lost its tile table, and tifffile reads such a
+    level as zeros, so the map was the network on a black image, exit 0. (A tile of
+    offset and length 0 is a sparse TIFF's empty tile, GDAL's SPARSE_OK: kept.)"""
+    with _tifffile_warnings() as more:  # what it says of the missing tags, kept from stderr
+        offsets, counts = tuple(page.dataoffsets), tuple(page.databytecounts)
+    warned = warned + more
+    size = os.path.getsize(path)
+    if offsets and len(offsets) == len(counts) and all(o + c <= size for o, c in zip(offsets, counts) if c):
+        return
+    damage = f" (tifffile warned: {shown(warned[0], 120)})" if warned else ""
+    raise GraphconvError(f"is truncated or damaged: level {level}'s pixels are not in the file (its strip or tile "
+                         f"table is missing or points past its {size}-byte end){damage}", file=path)
 
 
 def _unreadable_tiff(err: Exception, tifffile) -> str:

@@ -757,13 +757,24 @@ def test_downsampling_averages_only_valid_pixels(tmp_path):
     assert source.read(5, 2, 6, 3)[0, 0, 0] == np.mean(scene[0, 10:12, 4:6][scene[0, 10:12, 4:6] != -9999])
 
 
+def garble_tiles(path, first: int) -> None:
+    """Overwrite the bytes of the first page's tiles from `first` on with noise, in place
+    (a damaged file of the right length: a truncated one is refused on opening)."""
+    with tifffile.TiffFile(path) as tif:
+        spans = list(zip(tif.pages[0].dataoffsets, tif.pages[0].databytecounts))[first:]
+    data = bytearray(path.read_bytes())
+    noise = np.random.default_rng(0).integers(0, 255, len(data), np.uint8).tobytes()
+    for offset, count in spans:
+        data[offset:offset + count] = noise[offset:offset + count]
+    path.write_bytes(bytes(data))
+
+
 def test_a_damaged_tile_is_one_error_naming_the_file_and_the_box(tmp_path):
     """_decodable_array decodes one pixel up front; a tile damaged further in failed with
     tifffile's traceback at the first read that met it."""
     pixels = np.random.default_rng(5).integers(0, 255, (128, 128), dtype=np.uint8)
-    tifffile.imwrite(tmp_path / "page.tif", pixels, tile=(64, 64))
-    data = (tmp_path / "page.tif").read_bytes()
-    (tmp_path / "cut.tif").write_bytes(data[:len(data) * 3 // 5])
+    tifffile.imwrite(tmp_path / "cut.tif", pixels, tile=(64, 64), compression="zlib")
+    garble_tiles(tmp_path / "cut.tif", 2)  # the second row of tiles
     source = open_source(tmp_path / "cut.tif", 1, None)
     np.testing.assert_array_equal(source.read(0, 0, 64, 64), pixels[None, :64, :64])
     with pytest.raises(GraphconvError, match=r"cut.tif: cannot decode its pixels in rows 64..127, columns 0..127"):
@@ -1047,6 +1058,32 @@ def test_a_truncated_pyramid_s_missing_levels_are_blamed_on_the_file(slide, tmp_
         open_source(cut, 3, None, level=1)
 
 
+@pytest.mark.parametrize("kept", [3000, 20000])
+def test_a_slide_cut_short_before_its_tiles_is_refused_not_read_as_black(slide, tmp_path, kept):
+    """A slide cut short in copying kept its first page's tags but lost its tile table (or
+    its tiles): tifffile reads such a level as zeros, and the map was the network on a
+    black image, exit 0, tifffile's warnings printed above it."""
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(slide.read_bytes()[:kept])
+    with pytest.raises(GraphconvError, match=rf"^cut.tif: is truncated or damaged: level 0's pixels are not in "
+                                             rf"the file \(its strip or tile table is missing or points past its "
+                                             rf"{kept}-byte end\)"):
+        open_source(cut, 3, None)
+
+
+def test_a_sparse_tiff_s_empty_tiles_are_not_taken_for_missing_ones(tmp_path):
+    """GDAL's SPARSE_OK writes a tile that is all no-data as offset 0, length 0: no damage."""
+    from types import SimpleNamespace
+
+    from graphconv.sources import _refuse_pixels_past_the_end
+
+    path = tmp_path / "sparse.tif"
+    path.write_bytes(bytes(1000))
+    _refuse_pixels_past_the_end(str(path), SimpleNamespace(dataoffsets=(0, 500), databytecounts=(0, 500)), 0, [])
+    with pytest.raises(GraphconvError, match="points past its 1000-byte end"):
+        _refuse_pixels_past_the_end(str(path), SimpleNamespace(dataoffsets=(0, 600), databytecounts=(0, 500)), 0, [])
+
+
 def test_the_other_chunks_of_a_tile_that_failed_to_decode_are_not_logged(tmp_path, monkeypatch):
     """zarr decodes a tile's chunks as concurrent tasks and raises the first failure,
     which graphconv reports in one line; asyncio logged every other failed or unfinished
@@ -1058,7 +1095,7 @@ def test_the_other_chunks_of_a_tile_that_failed_to_decode_are_not_logged(tmp_pat
     path = tmp_path / "cut.tif"
     tifffile.imwrite(path, np.random.default_rng(0).integers(0, 255, (256, 256, 3), np.uint8), photometric="rgb",
                      tile=(32, 32), compression="jpeg")
-    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    garble_tiles(path, 32)
     with pytest.raises(GraphconvError, match="cannot decode its pixels"):
         open_source(path, 3, None).read(0, 0, 256, 256)
 
