@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import re
 import shutil
@@ -178,6 +179,7 @@ def client_for(workers: int | None, scheduler: str | None) -> Iterator[Any]:
     from distributed.comm.core import CommClosedError
     if scheduler:
         _check_a_scheduler_answers(scheduler)
+        _quiet_lost_result_logs()
         try:
             client = distributed.Client(scheduler, timeout=f"{SCHEDULER_ANSWER_S}s")
         except (OSError, ValueError, TypeError) as err:  # ValueError: an address dask cannot parse ("host", no
@@ -225,6 +227,29 @@ def client_for(workers: int | None, scheduler: str | None) -> Iterator[Any]:
             cluster.close()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+class _LostResultLogs(logging.Filter):
+    """dask's logs of a result lost with its worker: "Couldn't gather 1 keys, rescheduling"
+    (the tile is computed again, or `results_with_workers` says every worker left), and,
+    once the run has stopped waiting for it, asyncio's "Task exception was never retrieved"
+    with an AllExit traceback from inside dask's gather. Both came after the command's
+    own line, and said nothing the user can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        raised = record.exc_info[1] if record.exc_info else None
+        if type(raised).__name__ == "AllExit":
+            return False
+        return not str(record.msg).startswith("Couldn't gather")
+
+
+def _quiet_lost_result_logs() -> None:
+    """For the rest of the process: the garbage collector reports the abandoned gather,
+    whenever it runs, so the filter cannot be taken off when the client closes."""
+    for name in ("asyncio", "distributed.client"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _LostResultLogs) for f in logger.filters):
+            logger.addFilter(_LostResultLogs())
 
 
 def _why_lost(err: Exception) -> str:
@@ -329,10 +354,12 @@ def _paused_workers(client) -> str | None:
 WORKER_CHECK_S = 5  # while waiting for tasks, how often to ask whether the cluster still has workers
 
 
-def as_completed_with_workers(client, futures) -> Iterator[Any]:
-    """The futures as they complete, as distributed's as_completed gives them; but a
-    cluster left without workers for WORKER_WAIT_S (its only worker killed: the tasks
-    wait for a new one for ever, the command silent) is an error that says so."""
+def results_with_workers(client, futures) -> Iterator[tuple[Any, Any]]:
+    """Each future with its result, as they complete (distributed's as_completed, with
+    the results); but a cluster left without workers for WORKER_WAIT_S is an error that
+    says so, not a command silent for ever. Its only worker killed, the tasks wait for a
+    new one; and a result finished on a worker that then left is computed again, so
+    fetching it waits the same way (every worker stopped mid-run: a review's run hung)."""
     import distributed
 
     remaining, alone_since = set(futures), None
@@ -342,8 +369,17 @@ def as_completed_with_workers(client, futures) -> Iterator[Any]:
         except TimeoutError:
             alone_since = _workers_left(client, alone_since)
             continue
-        alone_since = None
-        yield from finished
+        for future in finished:
+            try:
+                result = future.result(timeout=WORKER_CHECK_S)
+            except TimeoutError:
+                if future.status == "error":  # the task's own TimeoutError
+                    raise
+                remaining.add(future)  # its worker left with it: it waits to be computed again
+                alone_since = _workers_left(client, alone_since)
+                continue
+            alone_since = None
+            yield future, result
 
 
 def _workers_left(client, alone_since: float | None) -> float | None:
@@ -456,10 +492,10 @@ def run_tiles_on_cluster(client, ref: ModelRef, image: str, plan, out, options: 
                for t in plan.tiles if t not in skipped}
     for tile in blank:
         write_block(out, tile, fill_value(out.dtype), progress)
-    for future in as_completed_with_workers(client, futures):
+    for future, block in results_with_workers(client, futures):
         tile = futures[future]
         mask = blank_cells(tile) if blank_cells is not None else None
-        write_block(out, tile, without_blank_cells(future.result(), mask), progress)
+        write_block(out, tile, without_blank_cells(block, mask), progress)
     return out
 
 
@@ -887,8 +923,8 @@ def _map_each(ref: ModelRef, images: Sequence[str], outputs: Sequence[str], foun
                              options, tile, stop.name, stamp, pure=False)
                for image, output, stamp in zip(images, outputs, found)]
     try:
-        for future in as_completed_with_workers(client, futures):
-            results.append(_seen_here(future.result()))
+        for _, result in results_with_workers(client, futures):
+            results.append(_seen_here(result))
             done(results[-1])
     except BaseException:  # Ctrl-C, a scheduler's SIGTERM, a lost scheduler: stop the tasks too
         _stop_tasks(client, stop, futures)

@@ -1558,15 +1558,63 @@ def test_a_cluster_whose_every_worker_left_is_said_not_waited_on_for_ever(monkey
     with distributed.LocalCluster(n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None) as one, \
             distributed.Client(one) as client:
         quick = client.submit(lambda: 1, pure=False)
-        assert [f.result() for f in cluster.as_completed_with_workers(client, [quick])] == [1]
+        assert [r for _, r in cluster.results_with_workers(client, [quick])] == [1]
         slow = client.submit(time.sleep, 60, pure=False)
         [worker] = one.workers.values()
         one.sync(worker.close)  # as a worker killed: its task not handed on
         started = time.monotonic()
         with pytest.raises(GraphconvError, match=r"every worker of the Dask scheduler at \S+ left during the run, "
                                                  r"and none joined in 0.5 s: start `dask worker` again"):
-            list(cluster.as_completed_with_workers(client, [slow]))
+            list(cluster.results_with_workers(client, [slow]))
         assert time.monotonic() - started < 30
+
+
+def test_a_result_lost_with_the_last_worker_is_said_not_waited_on_for_ever(monkeypatch):
+    """Every worker stopped after some tiles finished: a finished tile's result, held by a
+    worker that left, is computed again, and fetching it waited for ever (a review's
+    pathology run, two workers stopped mid-slide: still running minutes later)."""
+    distributed = pytest.importorskip("distributed")
+    import threading
+
+    from graphconv import cluster
+
+    monkeypatch.setattr(cluster, "WORKER_WAIT_S", 0.5)
+    monkeypatch.setattr(cluster, "WORKER_CHECK_S", 0.2)
+    with distributed.LocalCluster(n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None) as one, \
+            distributed.Client(one) as client:
+        finished = [client.submit(lambda: 1, pure=False) for _ in range(2)]
+        distributed.wait(finished)
+        results = cluster.results_with_workers(client, finished)
+        assert next(results)[1] == 1  # the other one seen finished too, its result not fetched yet
+        [worker] = one.workers.values()
+        one.sync(worker.close)  # that result leaves with it
+        raised = []
+
+        def fetch():
+            try:
+                list(results)
+            except GraphconvError as err:
+                raised.append(str(err))
+
+        fetching = threading.Thread(target=fetch, daemon=True)
+        fetching.start()
+        fetching.join(timeout=30)
+        assert not fetching.is_alive(), "still waiting for a result no worker holds"
+        assert re.search(r"every worker of the Dask scheduler at \S+ left during the run", raised[0])
+
+
+def test_a_task_s_own_timeout_error_is_raised_not_waited_on():
+    distributed = pytest.importorskip("distributed")
+
+    from graphconv import cluster
+
+    def timing_out():
+        raise TimeoutError("the tile's own")
+
+    with distributed.LocalCluster(n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None) as one, \
+            distributed.Client(one) as client:
+        with pytest.raises(TimeoutError, match="the tile's own"):
+            list(cluster.results_with_workers(client, [client.submit(timing_out, pure=False)]))
 
 
 
@@ -1594,12 +1642,12 @@ def test_a_cluster_whose_every_worker_is_paused_for_memory_is_said_not_waited_on
         with pytest.raises(GraphconvError, match=r"every worker of the Dask scheduler at \S+ \(1 paused\) has been "
                                                  r"paused for memory for 0.5 s, so no tile could run: Dask pauses a "
                                                  r"worker whose process passes 80% of its memory limit"):
-            list(cluster.as_completed_with_workers(client, [waiting]))
+            list(cluster.results_with_workers(client, [waiting]))
         with pytest.raises(GraphconvError, match=r"every worker of the Dask scheduler at \S+ \(1 paused\) is paused "
                                                  r"for memory \(waited 0.5 s\)"):
             cluster._wait_for_a_worker(client, one.scheduler_address)
         worker.status = Status.running
-        assert [f.result() for f in cluster.as_completed_with_workers(client, [waiting])] == [1]
+        assert [r for _, r in cluster.results_with_workers(client, [waiting])] == [1]
 
     monkeypatch.setattr(cluster, "WORKER_WAIT_S", 3)
     with distributed.LocalCluster(n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None,
@@ -1611,7 +1659,7 @@ def test_a_cluster_whose_every_worker_is_paused_for_memory_is_said_not_waited_on
             return 2
 
         busy = client.submit(pausing_its_worker, pure=False)
-        assert [f.result() for f in cluster.as_completed_with_workers(client, [busy])] == [2]
+        assert [r for _, r in cluster.results_with_workers(client, [busy])] == [2]
 
 
 def test_an_address_where_no_scheduler_speaks_is_refused_not_waited_on(monkeypatch):
