@@ -1603,6 +1603,27 @@ def test_a_result_lost_with_the_last_worker_is_said_not_waited_on_for_ever(monke
         assert re.search(r"every worker of the Dask scheduler at \S+ left during the run", raised[0])
 
 
+def test_dask_s_lost_result_logs_are_kept_off_stderr_and_others_are_not():
+    """After the command's one line, dask logged "Couldn't gather 1 keys, rescheduling" and
+    asyncio an AllExit traceback from the gather the run stopped waiting for."""
+    import logging
+
+    from graphconv import cluster
+
+    class AllExit(Exception):  # distributed.client's, matched by name
+        pass
+
+    def record(message, raised=None):
+        exc_info = (type(raised), raised, None) if raised else None
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, (), exc_info)
+
+    keeps = cluster._LostResultLogs().filter
+    assert not keeps(record("Task exception was never retrieved", AllExit()))
+    assert not keeps(record("Couldn't gather 1 keys, rescheduling (%s,)"))
+    assert keeps(record("Task exception was never retrieved", ValueError("a real one")))
+    assert keeps(record("Removing worker caused the cluster to lose computed tasks"))
+
+
 def test_a_task_s_own_timeout_error_is_raised_not_waited_on():
     distributed = pytest.importorskip("distributed")
 
