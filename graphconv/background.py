@@ -77,7 +77,8 @@ class Background:
         from graphconv.sources import nodata_can_occur, on_image
 
         # a declared value no pixel can hold (-9999 in 8 bits): every pixel is data, so tissue is looked for
-        self.nodata = getattr(source, "missing_value", None) if nodata_can_occur(source) else None
+        self.has_nodata = nodata_can_occur(source)  # a value, NaN or a TIFF's internal mask marks some pixels
+        self.nodata = getattr(source, "missing_value", None) if self.has_nodata else None
         self.source, self.max_nodata = source, max_nodata
         # tissue and no-data are looked for in the image itself: a padded one's cells (--pad-image) stand
         # shifted on it, and a crop's share of no-data is of its image pixels (the border is neither)
@@ -87,8 +88,7 @@ class Background:
         if self.masked:
             self.tissue = mask
             self.fy, self.fx = self.image.height / mask.shape[0], self.image.width / mask.shape[1]
-        if self.nodata is not None:
-            self.declared = getattr(source, "nodata", None) is not None
+        if self.has_nodata:
             return
         if self.masked:
             return
@@ -104,13 +104,17 @@ class Background:
         self.tissue = tissue_mask(self.picture, threshold)
 
     def nodata_record(self) -> dict:
-        """What a map states of its image's own no-data value (a GeoTIFF's tag, a zarr's
-        fill value, or --nodata), where one leaves cells out: its `cells_left_out` records
-        the options given, which said `"nodata": null` of a value the file declared."""
-        if self.nodata is None:
-            return {}
-        value = float(self.nodata)
-        return {"image_nodata": value if np.isfinite(value) else str(value)}
+        """What a map states of its image's own no-data (a GeoTIFF's tag, a zarr's fill
+        value, or --nodata; a TIFF's internal mask), where it leaves cells out: its
+        `cells_left_out` records the options given, which said `"nodata": null` of a value
+        the file declared."""
+        record = {}
+        if self.nodata is not None:
+            value = float(self.nodata)
+            record["image_nodata"] = value if np.isfinite(value) else str(value)
+        if getattr(self.image, "valid_pixels", None) is not None:
+            record["image_nodata_mask"] = "internal"  # GDAL's per-dataset mask, read at the level read
+        return record
 
     @property
     def picture(self) -> np.ndarray:
@@ -156,7 +160,7 @@ class Background:
         """Whether every one of the tile's cells is left out: without building its cells'
         mask where the no-data blocks' states or the tissue around the whole tile tell
         (`cheapest_tile` asks this of every tile of ~24 plans)."""
-        if self.nodata is None:
+        if not self.has_nodata:
             return self._tissue_in_tile(tile) == 0
         (r0, r1), (c0, c1) = tile.rows, tile.cols
         if self.nodata_cells().all_set(r0, r1, c0, c1):
@@ -166,7 +170,7 @@ class Background:
     def blank_count(self, tile) -> int:
         """How many of the tile's cells are left out."""
         (r0, r1), (c0, c1) = tile.rows, tile.cols
-        if self.nodata is None:
+        if not self.has_nodata:
             small, rows, cols = self._tissue_spans(tile)
             return int(np.bincount(rows) @ small.astype(np.int64) @ np.bincount(cols))
         if not self.masked:
@@ -179,7 +183,7 @@ class Background:
         on where tiles fall (a cell of glass or of no-data in a tile that also holds
         tissue used to get scores, and the same cell in a tile of glass alone none).
         Made when asked, a tile at a time: a run keeps no mask of the whole map."""
-        if self.nodata is not None:
+        if self.has_nodata:
             (r0, r1), (c0, c1) = tile.rows, tile.cols
             cells = self.nodata_cells().box(r0, r1, c0, c1)  # a cell past those counted starts past the image
             return (cells | self._without_tissue(tile)) if self.masked else cells

@@ -1128,7 +1128,7 @@ def note_nodata_acts_on_nothing(args: argparse.Namespace, source) -> None:
         return
     from graphconv.sources import nodata_can_occur
 
-    if raster is not None and getattr(raster, "missing_value", None) is not None and nodata_can_occur(raster):
+    if raster is not None and nodata_can_occur(raster):
         return
     if given:
         _note_unheld_nodata(raster)
@@ -1974,17 +1974,19 @@ def _cells_run_leaves_out(args: argparse.Namespace, source, compiled):
     """The `background.Background` of the cells `run` leaves out of this image for no-data
     (the same rule, --nodata and --max-nodata as run's), or None where it leaves none out."""
     from graphconv.background import cells_left_out
+    from graphconv.sources import nodata_can_occur
     from graphconv.tiling import DenseGrid
 
     settle_nodata_options(args)
-    if getattr(source, "missing_value", None) is None:
+    if not nodata_can_occur(source):
         return None
     return cells_left_out(source, DenseGrid(compiled), None, args.max_nodata)
 
 
 def _nodata_rule(left_out) -> str:
     """Why run leaves a cell out, as its note says it."""
-    value = f"no-data value {left_out.nodata:g}" if left_out.declared else "NaN, its no-data"
+    from graphconv.sources import nodata_named
+    value = nodata_named(left_out.image)
     return (f"more than {left_out.max_nodata:.0%} of each one's crop is no-data, the image's {value} "
             "(--max-nodata sets the share, --compute-nodata computes them all)")
 

@@ -802,7 +802,7 @@ def _no_tissue_note(background, grid, image_hw: tuple[int, int], options: MapOpt
     every cell, for one image of a batch (its map all "not computed", said nowhere)."""
     from graphconv.tiling import Tile
 
-    if background is None or background.nodata is not None:
+    if background is None or background.has_nodata:
         return None
     rows, cols = grid.map_hw(image_hw)
     if not background.is_blank(Tile((0, rows), (0, cols), (0, 0, *image_hw))):

@@ -143,6 +143,7 @@ class ArrayLikeSource(_Preprocessed):
 
     nodata = None  # the no-data value the file declares (GDAL's tag, a zarr _FillValue); set by the openers
     nodata_given = False  # whether `nodata` is run --nodata's (`open_source`), not the file's
+    valid_pixels = None  # a TIFF's internal mask at the level read, (H, W), 0 or False where no data (`_internal_mask`)
 
     @property
     def missing_value(self) -> float | None:
@@ -154,9 +155,14 @@ class ArrayLikeSource(_Preprocessed):
 
     @property
     def nodata_can_occur(self) -> bool:
-        """Whether any pixel can be no-data: not without a missing value, nor in an integer
-        raster whose declared value its type cannot hold (300 or -9999 in 8 bits, 0.5,
-        inf: GDAL writes such tags), where every pixel is data."""
+        """Whether any pixel can be no-data: where the TIFF has an internal mask; else not
+        without a missing value, nor in an integer raster whose declared value its type
+        cannot hold (300 or -9999 in 8 bits, 0.5, inf: GDAL writes such tags)."""
+        return self.valid_pixels is not None or self._missing_value_held
+
+    @property
+    def _missing_value_held(self) -> bool:
+        """Whether some pixel can hold the missing value (`nodata_can_occur`)."""
         value = self.missing_value
         if value is None:
             return False
@@ -179,7 +185,7 @@ class ArrayLikeSource(_Preprocessed):
         (`background.Background.nodata_cells`). A NaN sample of a pixel that is data is
         no value either: it too goes in as 0 after the preprocess, the pixel still data."""
         raw = self._decoded(top, left, bottom, right)
-        nodata = self._nodata_pixels(raw)
+        nodata = self._nodata_pixels(raw, (top, left, bottom, right))
         floating = np.issubdtype(raw.dtype, np.floating)
         nan = np.isnan(raw) if floating else None
         if nan is not None and not nan.any():
@@ -210,7 +216,8 @@ class ArrayLikeSource(_Preprocessed):
         stored, without the preprocess; None where no pixel can be (`nodata_can_occur`)."""
         if not self.nodata_can_occur:
             return None
-        return self._nodata_pixels(self._decoded(top, left, bottom, right))
+        box = (top, left, bottom, right)
+        return self._nodata_pixels(self._decoded(*box) if self._missing_value_held else None, box)
 
     def _decoded(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
         """`_stored`, a damaged tile one error naming the file and the box."""
@@ -222,11 +229,24 @@ class ArrayLikeSource(_Preprocessed):
             raise GraphconvError(f"cannot decode its pixels in rows {top}..{bottom - 1}, columns {left}..{right - 1}: "
                                  f"{type(err).__name__}: {shown(str(err), 200)}", file=self.path) from None
 
-    def _nodata_pixels(self, raw: np.ndarray) -> np.ndarray | None:
+    def _nodata_pixels(self, raw: np.ndarray | None, box: tuple[int, int, int, int]) -> np.ndarray | None:
+        """(h, w) bool: the no-data pixels of the box (top, left, bottom, right), `raw` its
+        values as stored, (C, h, w): those the internal mask marks, and those every band
+        of which that the network is fed from holds the missing value (`_pixels_missing`);
+        None where none can be. (`raw` None: the mask alone, where no pixel can hold a
+        missing value, so that counting a JPEG scene's no-data decodes no JPEG.)"""
+        missing = None if raw is None else self._pixels_missing(raw)
+        if self.valid_pixels is None:
+            return missing
+        top, left, bottom, right = box
+        masked = np.asarray(self.valid_pixels[top:bottom, left:right]) == 0
+        return masked if missing is None else missing | masked
+
+    def _pixels_missing(self, raw: np.ndarray) -> np.ndarray | None:
         """(h, w) bool: the pixels of `raw` (as stored, (C, h, w)) every band of which that
         the network is fed from (the first three for grey from RGB, else the first
         `channels`) holds the missing value, or NaN; None where none can."""
-        if not self.nodata_can_occur:
+        if not self._missing_value_held:
             return None
         value = self.missing_value
         floating = np.issubdtype(raw.dtype, np.floating)
@@ -629,10 +649,25 @@ def read_masked(source, top: int, left: int, bottom: int, right: int) -> tuple[n
 
 def nodata_can_occur(source) -> bool:
     """Whether any pixel `source` reads can be no-data (`ArrayLikeSource.nodata_can_occur`;
-    a reader of your own: where it has a `missing_value`)."""
-    if getattr(source, "missing_value", None) is None:
-        return False
-    return bool(getattr(source, "nodata_can_occur", True))
+    a reader of your own: its own `nodata_can_occur`, else where it has a `missing_value`)."""
+    can_occur = getattr(source, "nodata_can_occur", None)
+    if can_occur is not None:
+        return bool(can_occur)
+    return getattr(source, "missing_value", None) is not None
+
+
+def nodata_named(source) -> str:
+    """What marks the image's no-data pixels, completing "the image's ...": "no-data value
+    0", "NaN, its no-data", "GDAL internal mask", or a value and the mask. For the notes
+    that say why cells are left out (`nodata_can_occur` true)."""
+    source = getattr(source, "inner", getattr(source, "unpadded", source))
+    named = []
+    if getattr(source, "_missing_value_held", getattr(source, "missing_value", None) is not None):
+        value = source.missing_value
+        named.append(f"no-data value {value:g}" if getattr(source, "nodata", None) is not None else "NaN, its no-data")
+    if getattr(source, "valid_pixels", None) is not None:
+        named.append("GDAL internal mask")
+    return " and ".join(named) or "no-data"
 
 
 def nodata_mask(source, top: int, left: int, bottom: int, right: int) -> np.ndarray | None:
@@ -1090,9 +1125,30 @@ def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
     array, axes, nodata = _as_shown(path, page, stored, levels[level].axes, _nodata(tif.pages[0]))
     source = ArrayLikeSource(path, array, channels, preprocess, axes=axes, bands=bands, picture=_is_picture(page))
     source.nodata = nodata
+    source.valid_pixels = _internal_mask(path, tif, _axis_sizes(levels[level]))
     source.microns_per_pixel = square_microns(_stated_pixel_size(tif))  # at level 0
     source.tiff = tif  # keep the file open as long as the source lives
     return _as_level(source, level, [_axis_sizes(each) for each in levels])
+
+
+def _internal_mask(path: str, tif, level_hw: tuple[int, int]):
+    """The TIFF's internal mask at the size of the level read, as a lazily read (H, W)
+    array, 0 (or False) where a pixel is no data; None where it has none. GDAL writes one
+    (GDAL_TIFF_INTERNAL_MASK, what cloud-optimised GeoTIFFs of JPEG carry, whose no-data
+    cannot be a value: JPEG changes it) as pages of NewSubfileType 4, and one for each
+    overview (5), which tifffile gives as a series of their own, with levels. Unread, the
+    masked pixels, JPEG's noise around a scene's edge, went in as data."""
+    for series in tif.series[1:]:
+        if not int(getattr(series.keyframe, "subfiletype", 0) or 0) & FILETYPE_MASK:
+            continue
+        levels = list(series.levels) if getattr(series, "levels", None) else [series]
+        for index, each in enumerate(levels):
+            if _axis_sizes(each) == level_hw and len(each.shape) == 2:
+                return _decodable_array(path, series, index, each)
+    return None
+
+
+FILETYPE_MASK = 4  # TIFF's NewSubfileType bit of a transparency mask
 
 
 def _refuse_pixels_past_the_end(path: str, page, level: int, warned: list[str]) -> None:
@@ -1336,16 +1392,17 @@ MASK_PAGES_LOOKED_AT = 64  # pages of a TIFF `internal_mask_note` looks through 
 
 def internal_mask_note(source, mask_given: bool = False) -> str | None:
     """What to say of a TIFF that holds an internal mask (a page of NewSubfileType 4, as
-    GDAL writes with GDAL_TIFF_INTERNAL_MASK, common in cloud-optimised GeoTIFFs): graphconv
-    does not read it, so the pixels it marks invalid went in as data, silently. Its no-data
-    is a declared value (--nodata), NaN or a --mask: the note says how to give the mask
-    (none where one is given: `mask_given`)."""
+    GDAL writes with GDAL_TIFF_INTERNAL_MASK, common in cloud-optimised GeoTIFFs) that is
+    not read (`_internal_mask` finds none of the size of the level read, or of one plane):
+    the pixels it marks invalid go in as data. The note says how to give it (none where a
+    --mask is given: `mask_given`)."""
     tif = getattr(source, "tiff", None)
-    if tif is None or mask_given:
+    if tif is None or mask_given or getattr(source, "valid_pixels", None) is not None:
         return None
     for index, page in enumerate(tif.pages[:MASK_PAGES_LOOKED_AT]):
-        if int(getattr(page, "subfiletype", 0) or 0) & 4:
-            return (f"its page {index} is an internal mask (GDAL's), which graphconv does not read: the pixels it "
+        if int(getattr(page, "subfiletype", 0) or 0) & FILETYPE_MASK:
+            return (f"its page {index} is an internal mask (GDAL's) not of the size of the level read, which "
+                    "graphconv does not read: the pixels it "
                     "marks invalid are read as data. Where they hold one value, give it as --nodata (they then go "
                     "in as 0 after the preprocess, and cells mostly over them are left out); else give the mask "
                     "as --mask (tifffile.imwrite('mask.tif', tifffile.imread(IMAGE, "

@@ -442,7 +442,7 @@ def _left_out_over(background) -> str:
     `Background` judges by that alone), or --skip-background's background."""
     if background is not None and background.masked:
         return "the mask's outside"
-    return "no-data" if background is not None and background.nodata is not None else "background"
+    return "no-data" if background is not None and background.has_nodata else "background"
 
 
 def _drop_a_skip_background_that_does_nothing(args: argparse.Namespace, source) -> None:
@@ -453,16 +453,15 @@ def _drop_a_skip_background_that_does_nothing(args: argparse.Namespace, source) 
     refused). Say so once, and run as without it."""
     if args.skip_background is None:
         return
-    from graphconv.sources import nodata_can_occur
+    from graphconv.sources import nodata_can_occur, nodata_named
 
     raster = getattr(source, "inner", source)
     if not nodata_can_occur(raster):  # no pixel can be no-data: the tissue test applies
         return
-    value = raster.missing_value
     from graphconv.cli import note
-    what = f"its no-data value {value:g}" if getattr(raster, "nodata", None) is not None else "NaN, a float raster's"
     args.skip_background = None
-    note(f"note: --skip-background does nothing here: {args.image} is a raster with no-data ({what}), whose cells "
+    note(f"note: --skip-background does nothing here: {args.image} is a raster with no-data (the image's "
+         f"{nodata_named(raster)}), whose cells "
          "are left out by their no-data (--max-nodata) with or without it, and the tissue test (colour on a bright "
          "background) is not applied to it; the run is the one without the flag (its map and --resume's job do "
          "not record it)")
@@ -511,9 +510,9 @@ def _skipper(args: argparse.Namespace, background, plan):
     if background.masked:
         print(f"mask: {counted(cells, 'cell')} {agreeing(cells, 'lies', 'lie')} outside {args.mask} (no marked "
               f"pixel near {agreeing(cells, 'its', 'their')} centre"
-              f"{', or over no-data' if background.nodata is not None else ''}) and {not_computed}; "
+              f"{', or over no-data' if background.has_nodata else ''}) and {not_computed}; "
               f"{skipped}", file=sys.stderr)
-    elif background.nodata is None:
+    elif not background.has_nodata:
         print(f"background: {counted(cells, 'cell')} {agreeing(cells, 'shows', 'show')} no tissue near "
               f"{agreeing(cells, 'its', 'their')} centre and {not_computed}; "
               f"{skipped}", file=sys.stderr)
@@ -525,7 +524,8 @@ def _skipper(args: argparse.Namespace, background, plan):
                  "background (fluorescence) run without --skip-background")
     elif cells:
         from graphconv.cli import note
-        value = f"no-data value {background.nodata:g}" if background.declared else "NaN, its no-data"
+        from graphconv.sources import nodata_named
+        value = nodata_named(background.image)
         note(f"note: {cells} of {counted(total, 'cell')} ({cells / total:.0%}) {agreeing(cells, 'is', 'are')} not "
              f"computed ({filler} in the map): more "
              f"than {background.max_nodata:.0%} of each one's crop is no-data (the image's {value}); "

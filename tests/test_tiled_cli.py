@@ -992,21 +992,61 @@ def test_a_gdal_nodata_tag_that_is_no_number_is_said_to_be_put_aside(scene_net, 
     assert given.returncode == 0 and "GDAL_NODATA" not in given.stderr
 
 
-def test_an_internal_mask_is_said_to_be_unread_and_the_way_the_note_gives_it_works(scene_net, tmp_path):
-    """A GDAL internal mask (a page of NewSubfileType 4, as cloud-optimised GeoTIFFs carry)
-    was passed over in silence, its masked pixels read as data. The note names the page
-    and how to give it as --mask; done so, the cells it masks are left out."""
+def test_an_internal_mask_marks_no_data_as_a_nan_would(scene_net, tmp_path):
+    """A GDAL internal mask (a page of NewSubfileType 4, one a level, as cloud-optimised
+    GeoTIFFs of JPEG carry) was passed over, its masked pixels read as data. They are
+    no-data now: the map equals that of the same pixels with NaN where the mask is 0, at
+    level 0 and at a coarser level, tiled or whole, and records the mask."""
     folder, bands = scene_net
-    valid = np.full(bands.shape[1:], 255, np.uint8)
+    pixels = bands.transpose(1, 2, 0)[..., :3]  # (H, W, 3) uint16
+    valid = np.ones(pixels.shape[:2], bool)
+    valid[:, :45] = False  # the left half is no data
+    valid[60:, 50:70] = False
+    coarse, coarse_valid = pixels[::2, ::2], valid[::2, ::2]
+    with tifffile.TiffWriter(tmp_path / "cog.tif") as tif:  # GDAL's order: image, mask, overview, overview's mask
+        tif.write(pixels, photometric="minisblack", planarconfig="contig", tile=(32, 32))
+        tif.write(valid, photometric="minisblack", subfiletype=4, tile=(32, 32), compression="zlib")
+        tif.write(coarse, photometric="minisblack", planarconfig="contig", subfiletype=1, tile=(32, 32))
+        tif.write(coarse_valid, photometric="minisblack", subfiletype=5, tile=(32, 32), compression="zlib")
+    for name, stored, kept in (("nan.tif", pixels, valid), ("nan_l1.tif", coarse, coarse_valid)):
+        floats = stored.astype(np.float32)  # the model reads values as stored
+        floats[~kept] = np.nan
+        tifffile.imwrite(tmp_path / name, floats, photometric="minisblack", planarconfig="contig")
+    common = ["run", folder / "fcn", "--bands", "1,2,3"]
+    for masked, level, tile in ((("--image", tmp_path / "cog.tif"), (), ()),
+                                (("--image", tmp_path / "cog.tif"), ("--level", "1"), ()),
+                                (("--image", tmp_path / "cog.tif"), (), ("--tile", "40"))):
+        result = graphconv_in_process(*common, *masked, *level, *tile, "--output", tmp_path / "masked.zarr")
+        assert result.returncode == 0, result.stderr
+        assert "the image's GDAL internal mask" in result.stderr and "is an internal mask" not in result.stderr
+        nan = tmp_path / ("nan_l1.tif" if level else "nan.tif")
+        assert graphconv_in_process(*common, "--image", nan, *tile, "--output", tmp_path / "nan.npy").returncode == 0
+        scores = zarr.open_array(str(tmp_path / "masked.zarr"), mode="r")
+        np.testing.assert_array_equal(scores[...], np.load(tmp_path / "nan.npy"))
+        assert np.isnan(scores[..., 0]).all() and not np.isnan(scores[..., -1]).any()
+        assert scores.attrs["graphconv"]["image_nodata_mask"] == "internal"
+        shutil.rmtree(tmp_path / "masked.zarr")
+        (tmp_path / "nan.npy").unlink()
+
+
+def test_an_internal_mask_of_no_level_s_size_is_said_to_be_unread_and_the_way_the_note_gives_it_works(
+        scene_net, tmp_path):
+    """A mask page of another size than the level read (a mask of level 0 alone, read at
+    level 1) is not read: the note names the page and how to give it as --mask; done so,
+    the cells it masks are left out."""
+    folder, bands = scene_net
+    pixels = bands.transpose(1, 2, 0)
+    valid = np.full(pixels.shape[:2], 255, np.uint8)
     valid[:, :45] = 0  # the left half is no data
     with tifffile.TiffWriter(tmp_path / "cog.tif") as tif:
-        tif.write(bands.transpose(1, 2, 0), photometric="minisblack", planarconfig="contig", tile=(32, 32))
+        tif.write(pixels, photometric="minisblack", planarconfig="contig", tile=(32, 32))
         tif.write(valid > 0, photometric="minisblack", subfiletype=4, tile=(32, 32), compression="zlib")
-    common = ["run", folder / "fcn", "--bands", "4,3,2", "--image", tmp_path / "cog.tif"]
+        tif.write(pixels[::2, ::2], photometric="minisblack", planarconfig="contig", subfiletype=1, tile=(32, 32))
+    common = ["run", folder / "fcn", "--bands", "4,3,2", "--image", tmp_path / "cog.tif", "--level", "1"]
     result = graphconv_in_process(*common, "--output", tmp_path / "plain.npy")
     assert result.returncode == 0, result.stderr
     note = [line for line in result.stderr.splitlines() if "internal mask" in line]
-    assert len(note) == 1 and "its page 1 is an internal mask" in note[0], result.stderr
+    assert len(note) == 1 and "its page 1 is an internal mask (GDAL's) not of the size of the level read" in note[0]
     written = re.search(r"tifffile\.imwrite\('mask\.tif', tifffile\.imread\(IMAGE, key=1\), "
                         r"photometric='minisblack'\)", note[0]).group(0)
     exec(written.replace("IMAGE", repr(str(tmp_path / "cog.tif"))).replace("'mask.tif'", repr(str(tmp_path / "m.tif"))),
@@ -1206,7 +1246,7 @@ def test_skip_background_on_a_scene_with_no_data_says_it_does_nothing_and_is_not
     assert main([*common, "--skip-background", "--output", str(tmp_path / "skip.zarr")]) == 0
     err = capsys.readouterr().err
     assert err.count("note: --skip-background does nothing here") == 1, err
-    assert "its no-data value 0" in err
+    assert "(the image's no-data value 0)" in err
     plain, skip = zarr.open_array(str(tmp_path / "plain.zarr")), zarr.open_array(str(tmp_path / "skip.zarr"))
     np.testing.assert_array_equal(skip[:], plain[:])
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "map.zarr"))[:], plain[:])
