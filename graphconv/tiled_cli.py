@@ -772,16 +772,18 @@ def run_images_command(args: argparse.Namespace) -> int:
         raise GraphconvError(f"--output-format tif writes maps; {model.graph.name} as written gives one class vector "
                              "per image: --output-format npy")
     _check_the_network_takes_the_images(args, model, images, options)
+    _check_heatmap(args, model.output_channels, model.graph.meta.get("labels"))
+    _check_heatmap_names(args, images, base)
     if args.skip_existing or args.resume:
         images, kept = _images_not_done(args, ref, model, images, base, options)
+        images += _heatmaps_drawn_from_kept_maps(args, model, grid, kept)
         for image, output in kept:  # their maps are this run's: --top reads them as it would have made them
-            _say_top(args, model, image, output, print)
+            if image not in images:
+                _say_top(args, model, image, output, print)
         if not images:
             flag = "--skip-existing" if args.skip_existing else "--resume"
             print(f"every image has its map in {args.output_dir} already ({flag}): nothing to do")
             return 0
-    _check_heatmap(args, model.output_channels, model.graph.meta.get("labels"))
-    _check_heatmap_names(args, images, base)
     replaceable = _npy_maps_there(args, images, base)
     start = time.perf_counter()
     done, explained = {}, set()
@@ -1294,7 +1296,8 @@ def pattern_base(pattern: str) -> str:
 def _images_not_done(args: argparse.Namespace, ref, model, images: list[str], base: str,
                      options) -> tuple[list[str], list[tuple[str, str]]]:
     """--skip-existing: the images whose map as this run makes it (`cluster.holds_its_map`)
-    and heatmap, with --heatmap, are not in --output-dir yet; and (image, map) of the rest."""
+    is not in --output-dir yet; and (image, map) of the rest (whose --heatmap may still be
+    missing: `_heatmaps_drawn_from_kept_maps`)."""
     from graphconv.cluster import holds_its_map, output_names
     from graphconv.manifest import MANIFEST_NAME, Manifest
 
@@ -1303,8 +1306,7 @@ def _images_not_done(args: argparse.Namespace, ref, model, images: list[str], ba
     made_with = manifest.made_with
     todo, kept = [], []
     for image, output in zip(images, outputs):
-        done = (holds_its_map(ref, model, image, output, options, args.tile, made_with)
-                and (args.heatmap is None or _heatmap_name(args, output).exists()))
+        done = holds_its_map(ref, model, image, output, options, args.tile, made_with)
         (kept if done else todo).append((image, output))
     from graphconv.cli import note
     unrecorded = [output for _, output in todo if output.endswith(".npy") and os.path.isfile(output)
@@ -1327,6 +1329,36 @@ def _images_not_done(args: argparse.Namespace, ref, model, images: list[str], ba
         note(f"note: {done} of {counted(len(images), 'image')} {agreeing(done, 'has its', 'have their')} map in "
              f"{args.output_dir} already: left out ({'--skip-existing' if args.skip_existing else '--resume'})")
     return todo, kept
+
+
+def _heatmaps_drawn_from_kept_maps(args: argparse.Namespace, model, grid, kept: list[tuple[str, str]]) -> list[str]:
+    """--skip-existing --heatmap: the heatmap of each map kept that has none, or one older
+    than its map, drawn from the map. A heatmap was counted done by its name alone, so
+    after a photo was edited and its map made again without --heatmap, the old picture's
+    heatmap stayed, taken as done; and a batch stopped with maps whose heatmaps were not
+    drawn yet made those maps again. The images whose heatmap could not be drawn so are
+    returned, to be mapped again (and their error said then, if it comes again)."""
+    if args.heatmap is None:
+        return []
+    from graphconv.cli import note
+    from graphconv.cluster import ImageResult
+
+    undrawn = [(image, output) for image, output in kept if not _heatmap_is_current(args, output)]
+    redo = [image for image, output in undrawn
+            if _with_heatmap(args, model, grid, ImageResult(image, output)).error]
+    if len(undrawn) > len(redo):
+        drawn = len(undrawn) - len(redo)
+        note(f"note: {counted(drawn, 'heatmap')} drawn from {agreeing(drawn, 'its map', 'their maps')} in "
+             f"{args.output_dir} (none there, or older than the map)")
+    return redo
+
+
+def _heatmap_is_current(args: argparse.Namespace, output: str) -> bool:
+    """Whether the map's --heatmap is there and no older than the map (drawn after it)."""
+    try:
+        return _heatmap_name(args, output).stat().st_mtime_ns >= os.stat(output).st_mtime_ns
+    except OSError:
+        return False
 
 
 def _npy_maps_there(args: argparse.Namespace, images: list[str], base: str) -> set[str]:

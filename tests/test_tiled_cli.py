@@ -2109,9 +2109,24 @@ def test_cli_many_images_skip_existing_goes_on_where_a_stopped_batch_stopped(mod
     assert (out / "a.npy").stat().st_mtime_ns == first and (out / "c.npy").exists()
     result = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing", "--heatmap", "3")
     assert result.returncode == 0, result.stderr
-    assert "3 of 3 images" in result.stdout, "a map without its heatmap is not done"
+    assert "3 heatmaps drawn from their maps in" in result.stderr, "a map without its heatmap gets it, not remade"
+    assert (out / "a.npy").stat().st_mtime_ns == first and "nothing to do" in result.stdout
+    fresh = tmp_path / "fresh"
+    assert graphconv("run", model_dir, "--images", folder, "--output-dir", fresh, "--heatmap", "3").returncode == 0
+    for name in ("a", "b", "c"):
+        np.testing.assert_array_equal(np.asarray(Image.open(out / f"{name}-heatmap-3.png")),
+                                      np.asarray(Image.open(fresh / f"{name}-heatmap-3.png")))
     result = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing", "--heatmap", "3")
-    assert "nothing to do" in result.stdout
+    assert "nothing to do" in result.stdout and "drawn from" not in result.stderr
+    edited = np.asarray(Image.open(folder / "b.png")).copy()  # a photo edited, its map made again without --heatmap:
+    edited[: edited.shape[0] // 2] = 255  # its heatmap, the old picture's, was counted done
+    Image.fromarray(edited).save(folder / "b.png")
+    assert graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing").returncode == 0
+    result = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing", "--heatmap", "3")
+    assert result.returncode == 0 and "1 heatmap drawn from its map in" in result.stderr, result.stderr
+    assert graphconv("run", model_dir, "--images", folder, "--output-dir", fresh, "--heatmap", "3").returncode == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "b-heatmap-3.png")),
+                                  np.asarray(Image.open(fresh / "b-heatmap-3.png")))
     result = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing", "--classes", "1")
     assert "have their map" not in result.stderr, "a map of all classes is not this run's: it is done again"
     assert result.returncode == 0, result.stderr  # graphconv's own map (graphconv-maps.csv says so) is replaced
@@ -2439,9 +2454,11 @@ def test_cli_a_stopped_batch_keeps_the_heatmaps_of_its_maps_and_has_said_its_bad
     assert err.index("b.png") < err.index("interrupted (")
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["a-heatmap-1.png", "a.npy", "graphconv-maps.csv"]
     monkeypatch.setattr(cluster, "_one_image", one_image)
+    (tmp_path / "maps" / "a-heatmap-1.png").unlink()  # as a batch of --workers stopped before drawing it
     assert main([*run, "--skip-existing"]) == 2  # b.png is still broken
     captured = capsys.readouterr()
     assert "1 of 3 images has its map in" in captured.err and "replaced" not in captured.err
+    assert "1 heatmap drawn from its map" in captured.err and (tmp_path / "maps" / "a-heatmap-1.png").exists()
     assert "1 of 2 images -> " in captured.out
 
 
