@@ -1212,7 +1212,9 @@ def _no_images(pattern: str) -> None:
         from graphconv.cluster import leaving_out
         below = [p for p in Path(pattern).rglob("*") if not p.is_dir() and leaving_out(str(p)) is None]
         if below:
-            pattern_below = os.path.join(glob.escape(pattern.rstrip("/")), "**", f"*{glob.escape(below[0].suffix)}")
+            suffixes = {p.suffix for p in below}  # one kind: say it; '**/*.jpg' of a camera's .JPG and .jpg missed most
+            names = f"*{glob.escape(below[0].suffix)}" if len(suffixes) == 1 else "*"
+            pattern_below = os.path.join(glob.escape(pattern.rstrip("/")), "**", names)
             raise GraphconvError(f"holds no image graphconv reads ({kinds}) itself; "
                                  f"{counted(len(below), 'image')} {agreeing(len(below), 'is', 'are')} in "
                                  f"its subfolders, which a folder does not take in: give --images '{pattern_below}' "

@@ -1053,6 +1053,9 @@ def test_an_unquoted_glob_is_told_to_be_quoted(tmp_path, capsys, digits_fcn):
     (["empty/2023/a.png", "empty/2023/b.png"], "empty", "maps",  # images in subfolders only: say so and how
      "empty: holds no image graphconv reads (.png, .jpg, .jpeg, .bmp, .gif, .webp, .tif, .tiff, .svs, .ndpi, "
      ".btf, .tf8, .zarr) itself; 2 images are in its subfolders, which a folder does not take in: give --images 'empty/**/*.png'"),
+    (["empty/2023/a.png", "empty/cam/b.JPG"], "empty", "maps",  # of several kinds: '**/*.png' would miss the .JPG
+     "empty: holds no image graphconv reads (.png, .jpg, .jpeg, .bmp, .gif, .webp, .tif, .tiff, .svs, .ndpi, "
+     ".btf, .tf8, .zarr) itself; 2 images are in its subfolders, which a folder does not take in: give --images 'empty/**/*' (quoted;"),
     (["empty/notes.txt"], "empty/*", "maps", "--images 'empty/*' matches no image graphconv reads (.png,"),
     ([], "nothing/*.png", "maps", "--images 'nothing/*.png' matches no file"),
     (["br/a.png", "afile"], "br/a.png", "afile", "afile: is a file, not a folder: --output-dir names the folder"),
@@ -1063,8 +1066,9 @@ def test_many_images_messages_say_what_is_wrong(tmp_path, capsys, make, images, 
     (tmp_path / "empty").mkdir()
     for name in make:
         (tmp_path / name).parent.mkdir(exist_ok=True)
-        if name.endswith(".png"):
-            Image.fromarray(np.zeros((30, 30), np.uint8)).save(tmp_path / name)
+        if name.endswith((".png", ".JPG")):
+            Image.fromarray(np.zeros((30, 30), np.uint8)).save(tmp_path / name, format=name.rsplit(".")[-1].upper()
+                                                                .replace("JPG", "JPEG"))
         else:
             (tmp_path / name).write_text("a file")
     code = run_cli("run", SPECS / "digits.yaml", "--images", images, "--output-dir", output_dir)
