@@ -10,6 +10,7 @@ the Python traceback above that line (useful when debugging a plugin), the statu
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import math
 import os
@@ -802,6 +803,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.images:
         from graphconv.tiled_cli import run_images_command
         return run_images_command(args)
+    if args.image:
+        _refuse_a_batch_given_as_one_image(args.image)
     _check_outputs_spare_the_inputs(args)
     for path in filter(None, (args.output, args.heatmap_out)):
         if path.rstrip("/").lower().endswith(".zarr"):
@@ -1981,6 +1984,20 @@ def _cells_run_leaves_out(args: argparse.Namespace, source, compiled):
     if not nodata_can_occur(source):
         return None
     return cells_left_out(source, DenseGrid(compiled), None, args.max_nodata)
+
+
+def _refuse_a_batch_given_as_one_image(image: str) -> None:
+    """--image of a folder of photos, or of a pattern, said only "it is a folder" or
+    "image not found": name --images, which maps each of them. (A zarr array is a folder
+    too, and a file's name may hold * or ?: those that are images are left alone.)"""
+    batch = ("--images maps each image of a folder or a quoted pattern, a map each in --output-dir: "
+             f"--images {shlex.quote(image)} --output-dir MAPS")
+    zarr_marks = (".zarray", ".zgroup", "zarr.json")
+    if os.path.isdir(image) and not image.rstrip("/").lower().endswith(".zarr") and \
+            not any(os.path.exists(os.path.join(image, mark)) for mark in zarr_marks):
+        raise GraphconvError(f"cannot read image: it is a folder; {batch}", file=image)
+    if not os.path.lexists(image) and any(char in image for char in "*?[") and glob.glob(image):
+        raise GraphconvError(f"image not found: --image takes one image, and no pattern; {batch}", file=image)
 
 
 def _nodata_rule(left_out) -> str:

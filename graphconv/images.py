@@ -329,6 +329,7 @@ def _pillow_errors(image_mod, path: str) -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", image_mod.DecompressionBombWarning)
+            _leave_exif_damage_unsaid()
             yield
     except image_mod.UnidentifiedImageError:
         raise GraphconvError(_unidentified(path), file=path) from None
@@ -344,6 +345,13 @@ def _pillow_errors(image_mod, path: str) -> Iterator[None]:
                              f"({type(err).__name__}: {shown(str(err))})", file=path) from None
     finally:
         image_mod.MAX_IMAGE_PIXELS = saved_limit
+
+
+def _leave_exif_damage_unsaid() -> None:
+    """Within a `warnings.catch_warnings()`: Pillow's "Corrupt EXIF data" UserWarning,
+    which it gave at each open of a photo with a damaged EXIF block (three times a photo,
+    naming none, on stderr), left out; the orientation is read as viewers read it."""
+    warnings.filterwarnings("ignore", message="Corrupt EXIF data", category=UserWarning)
 
 
 def _unidentified(path: str) -> str:
@@ -651,9 +659,12 @@ def is_graphconv_heatmap(path: str | Path) -> bool:
     """Whether `path` is a picture `save_picture` wrote (read from its header alone)."""
     Image = _pil()  # without Pillow, an --images batch of photos is one error, not a traceback
     try:
-        with open_regular_file(path, "picture") as fp, Image.open(fp) as picture:  # a pipe would block Pillow
-            return HEATMAP_MARK in (picture.info.get("Software"), picture.info.get("comment", b"").decode("latin-1"),
-                                    picture.getexif().get(EXIF_SOFTWARE))
+        with warnings.catch_warnings(), open_regular_file(path, "picture") as fp:  # a pipe would block Pillow
+            _leave_exif_damage_unsaid()
+            with Image.open(fp) as picture:
+                return HEATMAP_MARK in (picture.info.get("Software"),
+                                        picture.info.get("comment", b"").decode("latin-1"),
+                                        picture.getexif().get(EXIF_SOFTWARE))
     except Exception:  # not a picture Pillow reads: not a heatmap either
         return False
 
@@ -1141,8 +1152,10 @@ def _picture_header(path: str, fact, default):
     if is_tiff(path) or path.rstrip("/").lower().endswith(".zarr"):
         return default
     try:
-        with _pil().open(path) as img:
-            return fact(img)
+        with warnings.catch_warnings():
+            _leave_exif_damage_unsaid()
+            with _pil().open(path) as img:
+                return fact(img)
     except Exception:  # whatever is wrong with it, its own read reports
         return default
 
@@ -1229,19 +1242,19 @@ def channel_conversion(stored: int, channels: int, bands_flag: bool) -> str | No
         return None
     alpha = stored in (2, 4)
     colour = "RGBA" if stored == 4 else "RGB" if stored == 3 else "grey with alpha" if alpha else "grey"
-    dropped = ", its alpha left out" if alpha and channels != 4 else ""
+    dropped = ", the alpha left out" if alpha and channels != 4 else ""
     if channels == 1 and stored >= 3:
         pick = ("give --bands N (1 red, 2 green, 3 blue)" if bands_flag
                 else "save that band as a grey image (--bands picks bands of TIFF and zarr images)")
         return (f"{colour}: converted to grey for the 1-channel model, each pixel its luma 0.299 R + 0.587 G + "
                 f"0.114 B (ITU-R 601, as Pillow's \"L\"){dropped}; to feed one band as it is instead, {pick}")
     if channels == 3 and stored <= 2:
-        return f"{colour}: its grey goes into all three channels of the RGB model{dropped}"
+        return f"{colour}: the grey goes into all three channels of the RGB model{dropped}"
     if channels == 3:
-        return ("RGBA: its alpha (4th band) is left out for the RGB model, which gets the colours stored under "
+        return ("RGBA: the alpha (4th band) is left out for the RGB model, which gets the colours stored under "
                 "transparent pixels as they are (flatten the image onto your background first if that matters)")
     if channels == 4:
-        grey = "its grey goes into R, G and B, and " if stored <= 2 else ""
-        kept = "its own alpha is kept" if alpha else "alpha is 255 (opaque) everywhere"
+        grey = "the grey goes into R, G and B, and " if stored <= 2 else ""
+        kept = "the image's own alpha is kept" if alpha else "alpha is 255 (opaque) everywhere"
         return f"{colour}: for the 4-channel (RGBA) model, {grey}{kept}"
     return f"{colour}: converted to grey for the 1-channel model{dropped}"  # grey with alpha

@@ -819,8 +819,9 @@ def run_images_command(args: argparse.Namespace) -> int:
     _note_batch_reading(args, model, [result for result in results if not result.error])
     turned = sum(result.turned for result in results if not result.error)
     if turned:  # one line for the batch, not one per photo
-        note(f"note: {counted(turned, 'photo')} turned upright per their EXIF orientation (their maps and cells "
-             "are the upright picture's)")
+        note(f"note: {counted(turned, 'photo')} turned upright per {agreeing(turned, 'its', 'their')} EXIF "
+             f"orientation ({agreeing(turned, 'its map and cells are', 'their maps and cells are')} the upright "
+             f"{agreeing(turned, 'picture', 'pictures')}')")
     _note_npy_maps_replaced(args, results, replaceable)
     _note_tiled_for_memory(args, model, [result for result in results if result.memory_tile])
     _note_resumed([result.resumed for result in results if result.resumed])
@@ -1143,7 +1144,8 @@ def _listed_images(list_file: str) -> list[str]:
     a relative one from the current folder, as the shell that made the list took it;
     blank lines and '#' comments are skipped, a path listed again is mapped once. A path
     that is not there is refused before any work, naming its line: a job array's task
-    failed it after hours of the others otherwise, exit 2 for a typo."""
+    failed it after hours of the others otherwise, exit 2 for a typo. A broken link is
+    there, named as the list names it: it is that image's error, as in a folder's batch."""
     try:
         with open(list_file, encoding="utf-8", errors="surrogateescape") as lines:
             listed = [(number, line.rstrip("\r\n")) for number, line in enumerate(lines, 1)]
@@ -1151,10 +1153,10 @@ def _listed_images(list_file: str) -> list[str]:
         raise GraphconvError(f"cannot read this list of --images: {err.strerror or err}", file=list_file) from None
     images, missing = {}, []
     for number, path in listed:
-        path = path if os.path.exists(path) else path.strip()  # spaces an editor left after the name
+        path = path if os.path.lexists(path) else path.strip()  # spaces an editor left after the name
         if not path or path.startswith("#"):
             continue
-        if not os.path.exists(path) or os.path.isdir(path) and not path.rstrip("/").lower().endswith(".zarr"):
+        if not os.path.lexists(path) or os.path.isdir(path) and not path.rstrip("/").lower().endswith(".zarr"):
             missing.append((number, path))
         images.setdefault(os.path.abspath(path), path)  # ./a.jpg and a.jpg are one image
     if missing:

@@ -1047,6 +1047,25 @@ def test_an_unquoted_glob_is_told_to_be_quoted(tmp_path, capsys, digits_fcn):
         "a quoted pattern, then the model: the order argparse takes"
 
 
+@pytest.mark.parametrize("image,message", [
+    ("photos", "photos: cannot read image: it is a folder; --images maps each image of a folder or a quoted "
+               "pattern, a map each in --output-dir: --images photos --output-dir MAPS"),
+    ("photos/*.png", "photos/*.png: image not found: --image takes one image, and no pattern; --images maps each "
+                     "image of a folder or a quoted pattern, a map each in --output-dir: --images 'photos/*.png' "
+                     "--output-dir MAPS"),
+    ("photos/none.png", "photos/none.png: image not found"),
+])
+def test_a_folder_or_a_pattern_given_to_image_points_at_images(tmp_path, capsys, monkeypatch, image, message):
+    """A user with a folder of photos tried --image FOLDER and --image 'FOLDER/*.jpg' and
+    was told "it is a folder" and "image not found", nothing of --images."""
+    Image = pytest.importorskip("PIL.Image")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(np.zeros((30, 30), np.uint8)).save(tmp_path / "photos" / "a.png")
+    assert run_cli("run", SPECS / "digits.yaml", "--image", image, "--top", "2") == 2
+    assert capsys.readouterr().err == f"graphconv: {message}\n"
+
+
 @pytest.mark.parametrize("make,images,output_dir,message", [
     (["br/img[1].png"], "br/img[1].png", "maps", None),  # an existing file is taken literally, not as a glob class
     ([], "empty", "maps", "empty: holds no image graphconv reads (.png, .jpg, .jpeg,"),

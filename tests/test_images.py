@@ -796,6 +796,26 @@ def stored_with_orientation(upright: Image.Image, orientation: int, path: Path) 
     return path
 
 
+def test_a_photo_whose_exif_is_damaged_loads_without_pillow_s_warnings(tmp_path):
+    """Pillow warned "Corrupt EXIF data" on stderr three times for such a photo in a batch,
+    naming none; it is read as stored, as viewers show it, without them."""
+    Image = pytest.importorskip("PIL.Image")
+    pixels = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[images.EXIF_ORIENTATION] = 6
+    Image.fromarray(pixels).save(tmp_path / "ok.jpg", exif=exif.tobytes())
+    data = (tmp_path / "ok.jpg").read_bytes()
+    start = data.find(b"Exif")
+    (tmp_path / "bad.jpg").write_bytes(data[:start + 10] + b"\xff" * 20 + data[start + 30:])
+    with pytest.warns(UserWarning, match="Corrupt EXIF data"):  # as Pillow opens it
+        Image.open(tmp_path / "bad.jpg").getexif()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = load_image(tmp_path / "bad.jpg", channels=3)
+        assert loaded.shape == (3, 30, 40) and images.image_size(tmp_path / "bad.jpg") == (30, 40)
+        assert not images.is_graphconv_heatmap(tmp_path / "bad.jpg")
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 @pytest.mark.parametrize("suffix", [".png", ".webp", ".tif"])
 def test_a_picture_is_loaded_upright_whatever_its_orientation(orientation, suffix, tmp_path, rng):

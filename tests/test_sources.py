@@ -1178,8 +1178,8 @@ def test_what_an_image_s_bands_become_for_the_network_is_said_where_they_are_con
     assert said("rgb.tif", 1, bands=[2]) is None and said("rgb.tif", 3) is None
     assert said("rgb.tif", 1, downsample=2) == luma
     assert "save that band as a grey image" in said("rgb.png", 1)
-    assert said("grey.tif", 3) == said("grey.png", 3) == "grey: its grey goes into all three channels of the RGB model"
-    assert said("rgba.png", 3).startswith("RGBA: its alpha (4th band) is left out for the RGB model")
+    assert said("grey.tif", 3) == said("grey.png", 3) == "grey: the grey goes into all three channels of the RGB model"
+    assert said("rgba.png", 3).startswith("RGBA: the alpha (4th band) is left out for the RGB model")
     assert said("rgb.png", 4) == "RGB: for the 4-channel (RGBA) model, alpha is 255 (opaque) everywhere"
     assert said("grey.png", 1) is None and said("grey.tif", 1) is None  # the quick start's digits: no note
 

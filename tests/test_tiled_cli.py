@@ -2003,6 +2003,22 @@ def test_cli_a_list_naming_a_missing_image_is_refused_before_any_work(model_dir,
     assert empty.returncode == 2 and "empty.txt: lists no image graphconv reads" in empty.stderr
 
 
+def test_cli_a_listed_broken_link_is_that_image_s_error_as_in_a_folder_s_batch(model_dir, library, monkeypatch):
+    """`find photos -type f -o -type l` lists a broken link: the whole batch was refused
+    ("is not there"), while a folder's batch says it is a broken link and maps the rest."""
+    folder, photos = library
+    monkeypatch.chdir(folder)
+    os.symlink("moved.png", "lib/2023/link.png")
+    Path("photos.txt").write_text("\n".join([photos[0], "lib/2023/link.png", photos[1]]) + "\n")
+    for batch in ("@photos.txt", "lib/2023"):
+        result = graphconv_in_process("run", model_dir, "--images", batch, "--output-dir", "maps")
+        assert result.returncode != 0 and "is a broken link: what it points to, moved.png, is not there" in \
+            result.stderr, result.stderr
+        assert "is not there;" not in result.stderr  # the list's refusal of a path it cannot find
+        assert list((folder / "maps").rglob(Path(photos[1]).stem + ".npy")), "the other images are mapped"
+        shutil.rmtree(folder / "maps")
+
+
 @pytest.mark.parametrize("parts", [1, 2, 4, 7])
 @pytest.mark.parametrize("listed", [True, False])
 def test_cli_shards_of_a_batch_together_map_each_image_once(model_dir, library, monkeypatch, parts, listed):
