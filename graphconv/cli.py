@@ -357,8 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "argmax (on an image, tiled): write the winning class per cell (uint16) instead of "
                           "the scores")
     run.add_argument("--top", type=_positive_int, metavar="K",
-                     help="print the K best classes (of a map, by their mean over its cells; with --images, a line "
-                          "per image as it is done)")
+                     help="print the K best classes (of a map, by their mean over its cells, or --top-by max; with "
+                          "--images, a line per image as it is done)")
+    run.add_argument("--top-by", choices=("mean", "max"), default=None,
+                     help="how --top ranks a map's classes: by their mean over its computed cells (the default: "
+                          "what the whole image shows), or by their best cell (max: what shows anywhere in it, a "
+                          "small animal in a camera-trap photo)")
     run.add_argument("--crops", type=_positive_int, nargs="?", const=0, metavar="STRIDE",
                      help="run the classifier itself on every crop of its input size, STRIDE pixels apart "
                           "(default: the network's stride): the map a dense pass stands for, exact for any "
@@ -740,6 +744,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise GraphconvError("--scales reduces every map to one class vector: write it as .npy", file=args.output)
     if args.scales and args.reduce == "argmax":
         raise GraphconvError("--reduce argmax writes a class map; with --scales use mean or max")
+    if args.top_by and not args.top:
+        raise GraphconvError("--top-by says how --top ranks the classes: give --top K too")
+    if args.top_by and args.scales:
+        raise GraphconvError("--scales ranks the classes by its one class vector (--reduce mean|max over the "
+                             "scales): leave out --top-by")
     if args.top and args.reduce == "argmax":  # it printed nothing
         raise GraphconvError("--top ranks the classes by their mean score over the map, and --reduce argmax keeps "
                              "no scores (only each cell's winning class): leave one of them out")
@@ -1349,7 +1358,7 @@ def _deliver(args: argparse.Namespace, model, out: np.ndarray, picture: np.ndarr
     if args.heatmap is not None:
         write_heatmap(args, model, picture, out, cells)
     if args.top:
-        print_top(reduce_map_or_vector(out), args.top, model.graph.meta.get("labels"))
+        print_top(class_scores(out, args.top_by), args.top, model.graph.meta.get("labels"))
     if map_file:
         _write_map_file(args, model, out, cells)
     elif args.output:
@@ -1567,8 +1576,20 @@ def _run_scales(args: argparse.Namespace, model, x: np.ndarray) -> int:
     return 0
 
 
-def reduce_map_or_vector(out: np.ndarray) -> np.ndarray:
-    return out.mean(axis=(2, 3)) if out.ndim == 4 else out
+def class_scores(scores, how: str | None = "mean") -> np.ndarray:
+    """--top's ranking, (N, K): each class's mean score over the map's computed cells, or
+    with `how` "max" (--top-by max) its best cell's; NaN for a map of no computed cell. A
+    classifier's (N, K) vectors are one cell each (a map's axes raised numpy's AxisError)."""
+    scores = np.asarray(scores)
+    if scores.ndim == 2:
+        scores = scores[:, :, None, None]
+    computed = ~np.isnan(scores).all(axis=1, keepdims=True)
+    counts = computed.sum(axis=(2, 3))
+    if how == "max":
+        summary = np.where(computed, scores, -np.inf).max(axis=(2, 3))
+    else:
+        summary = np.where(computed, scores, 0).sum(axis=(2, 3), dtype=np.float64) / np.maximum(counts, 1)
+    return np.where(counts > 0, summary, np.nan)  # NaN for a map of no computed cell
 
 
 def print_top(scores: np.ndarray, k: int, labels: list[str] | None) -> None:

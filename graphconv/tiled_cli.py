@@ -201,7 +201,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
                 with _out_of_memory_in_a_tile(args, grid, plan, budget):
                     _compute(args, grid, source, plan, tile, out, transform, on_tile, blank_cells, map_file.done)
             _draw_heatmap(args, model, source, grid, out, background)  # before the map is renamed into place
-            means = _class_means(args, out)
+            means = _top_scores(args, out)
         if not resume and written_over is not None:
             _remove_a_partial_map_written_over(written_over)
     else:
@@ -213,7 +213,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
                 _compute(args, grid, source, plan, tile, out, transform,
                          lambda t: _advance_if_computed(bar.advance, t, blank_tiles), blank_cells)
         _draw_heatmap(args, model, source, grid, out, background)
-        means = _class_means(args, out)
+        means = _top_scores(args, out)
     seconds = time.perf_counter() - start
     of_all = f" of {len(plan.tiles)}" if computed < len(plan.tiles) else ""  # '9 tiles (3 ...)' read as 3 of the 9
     tiles = agreeing(len(plan.tiles), "tile", "tiles")
@@ -309,18 +309,12 @@ def describe_resolution(source, asked: float | None = None) -> None:
           file=sys.stderr)
 
 
-def _class_means(args: argparse.Namespace, scores) -> np.ndarray | None:
-    """--top's input: each class's mean score over the map's computed cells (a
-    classifier's (N, K) vectors are one cell each: they raised numpy's AxisError)."""
+def _top_scores(args: argparse.Namespace, scores) -> np.ndarray | None:
+    """--top's input (`cli.class_scores`, by --top-by), or None without --top."""
     if not args.top or args.reduce == "argmax":
         return None
-    scores = np.asarray(scores)
-    if scores.ndim == 2:
-        scores = scores[:, :, None, None]
-    computed = ~np.isnan(scores).all(axis=1, keepdims=True)
-    counts = computed.sum(axis=(2, 3))
-    sums = np.where(computed, scores, 0).sum(axis=(2, 3), dtype=np.float64)
-    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)  # NaN for a map of no computed cell
+    from graphconv.cli import class_scores
+    return class_scores(scores, getattr(args, "top_by", None))
 
 
 def _map_georeference(args: argparse.Namespace, source, grid):
@@ -837,7 +831,7 @@ def run_images_command(args: argparse.Namespace) -> int:
 def _say_top(args: argparse.Namespace, model, image: str, output: str | None, say) -> None:
     """--top of --images: the image's K best classes by their mean over its map's
     computed cells, one line on stdout (`say`) as each image is done, or found done."""
-    means = _class_means(args, _read_map(output)) if output else None
+    means = _top_scores(args, _read_map(output)) if output else None
     if means is None:
         return
     from graphconv.cli import top_text

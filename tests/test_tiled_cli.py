@@ -508,6 +508,30 @@ def test_many_images_top_ranks_each_image_s_classes_by_their_mean_over_its_map(m
                       "--skip-existing")  # said nothing of the images it left out as mapped
     assert "2 of 3 images have their map" in again.stderr
     assert sorted(line for line in again.stdout.splitlines() if line.startswith(str(folder))) == sorted(lines)
+    by_max = graphconv("run", digits, "--images", folder, "--output-dir", out, "--top", "2", "--top-by", "max",
+                       "--classes", "1,3,10", "--skip-existing")  # a camera trap's animal in a corner: its best cell, not the frame's mean
+    for i in range(2):
+        scores = np.nanmax(np.load(out / f"p{i}.npy")[0], axis=(1, 2))
+        ranked = ", ".join(f"{label} {score:.4g}" for _, label, score in top_classes(scores, 2, labels))
+        assert f"{folder / f'p{i}.png'}: {ranked}" in by_max.stdout.splitlines()
+
+
+@pytest.mark.parametrize("tile", [(), ("--tile", "48")])
+def test_top_by_max_ranks_a_map_s_classes_by_their_best_cell(model_dir, picture, tmp_path, tile):
+    """One --image, whole or tiled: --top-by max ranks by each class's best cell; the mean
+    (the default) and max differ, and --top-by asks for --top."""
+    from graphconv.scales import top_classes
+
+    run = ["run", model_dir, "--image", picture / "page.png", *tile, "--output", tmp_path / "map.npy", "--top", "3"]
+    for how, reduce in (("mean", np.mean), ("max", np.max)):
+        result = graphconv(*run, "--top-by", how)
+        assert result.returncode == 0, result.stderr
+        scores = reduce(np.load(tmp_path / "map.npy")[0], axis=(1, 2))
+        ranked = ", ".join(f"{label} {score:.4g}" for _, label, score in top_classes(scores, 3, None))
+        assert f"image 0: {ranked}" in result.stdout.splitlines(), (ranked, result.stdout)
+        (tmp_path / "map.npy").unlink()
+    alone = graphconv("run", model_dir, "--image", picture / "page.png", "--top-by", "max")
+    assert alone.returncode == 2 and "--top-by says how --top ranks the classes: give --top K too" in alone.stderr
 
 
 def test_many_images_resize_each_picture_as_one_image_s_resize_does(model_dir, tmp_path):
