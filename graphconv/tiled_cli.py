@@ -813,9 +813,10 @@ def run_images_command(args: argparse.Namespace) -> int:
     _note_batch_reading(args, model, [result for result in results if not result.error])
     turned = sum(result.turned for result in results if not result.error)
     if turned:  # one line for the batch, not one per photo
+        theirs = agreeing(turned, "its map and cells are the upright picture's",
+                          "their maps and cells are the upright pictures'")
         note(f"note: {counted(turned, 'photo')} turned upright per {agreeing(turned, 'its', 'their')} EXIF "
-             f"orientation ({agreeing(turned, 'its map and cells are', 'their maps and cells are')} the upright "
-             f"{agreeing(turned, 'picture', 'pictures')}')")
+             f"orientation ({theirs})")
     _note_npy_maps_replaced(args, results, replaceable)
     _note_tiled_for_memory(args, model, [result for result in results if result.memory_tile])
     _note_resumed([result.resumed for result in results if result.resumed])

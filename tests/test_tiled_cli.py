@@ -2571,7 +2571,8 @@ def test_cli_many_photos_turned_upright_per_their_exif_orientation_are_counted_i
     result = graphconv("run", model_dir, "--images", folder, "--output-dir", tmp_path / "maps")
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("turned upright") == 1
-    assert "note: 2 photos turned upright per their EXIF orientation" in result.stderr
+    assert "note: 2 photos turned upright per their EXIF orientation (their maps and cells are the upright " \
+           "pictures')" in result.stderr
 
 
 def test_cli_a_tile_whose_halo_is_most_of_the_work_is_noted(model_dir, picture, tmp_path):
