@@ -23,7 +23,7 @@ import time
 import unicodedata
 import warnings
 from contextlib import contextmanager
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -1601,7 +1601,12 @@ def top_text(vector: np.ndarray, k: int, labels: list[str] | None) -> str:
     """The K best classes of one score vector, 'cat 0.81, dog 0.1' (best first)."""
     from graphconv.scales import top_classes
 
-    return ", ".join(f"{label} {score:.4g}" for _, label, score in top_classes(vector, k, labels))
+    return ranked_text((label, score) for _, label, score in top_classes(vector, k, labels))
+
+
+def ranked_text(ranked: Iterable[tuple[str, float]]) -> str:
+    """Classes and their scores as --top says them, 'cat 0.81, dog 0.1'."""
+    return ", ".join(f"{label} {score:.4g}" for label, score in ranked)
 
 
 def _positive_int(text: str) -> int:

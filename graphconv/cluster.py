@@ -80,6 +80,8 @@ class MapOptions:
     pad_image: str | None = None  # --pad-image MODE: each image with a border, cells to its edges (sources.Bordered)
     listed_in: str | None = None  # --images --skip-existing/--resume: the --output-dir whose list tells a map that
     # another run made meanwhile, kept and not made again (`_made_meanwhile`)
+    top: int | None = None  # --images --top K: each map's K best classes, ranked where it was made (`ranked_classes`)
+    top_by: str | None = None  # --top-by: by their mean over the map's computed cells (None), or their best cell's
 
     def grid(self, model):
         """What each task maps: the model's dense pass, or the classifier on every crop."""
@@ -499,6 +501,9 @@ def run_tiles_on_cluster(client, ref: ModelRef, image: str, plan, out, options: 
     return out
 
 
+RankedClasses = tuple[tuple[str, float], ...]  # (label, score), best first
+
+
 @dataclass
 class ImageResult:
     image: str
@@ -516,6 +521,7 @@ class ImageResult:
     made_meanwhile: bool = False  # its map made by another run while this one ran, and kept (`_made_meanwhile`)
     image_stamp: list[int] | None = None  # the image file's `image_stamp` before it was read: its map's row records it
     placement: CellPlacement | None = None  # where its cells stand on the image: its map's row records it
+    top: RankedClasses | None = None  # --top: its map's best classes (`ranked_classes`): said, and its row records them
 
 
 def stored_orientation_note(source) -> str | None:
@@ -541,10 +547,50 @@ def stored_orientation_note(source) -> str | None:
 
 def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile: int | None,
                stopped: Callable[[], bool] | None = None, found: list[int] | None = None) -> ImageResult:
-    """On a worker (or here): one image's map, written atomically to `output`; any user
-    error is returned, not raised, so one bad image does not stop the others. `found`:
-    the `file_stamp` `output` had when the batch checked it, before any work; a map
-    there since is another run's, and is not replaced (`_as_found`)."""
+    """On a worker (or here): one image's map, written atomically to `output`, and with
+    --top its best classes, read from it there (the map is on that machine's disk, and
+    ranking 10,000 photos' maps is then shared among the workers); any user error is
+    returned, not raised, so one bad image does not stop the others. `found`: the
+    `file_stamp` `output` had when the batch checked it, before any work; a map there
+    since is another run's, and is not replaced (`_as_found`)."""
+    result = _image_mapped(ref, image, output, options, tile, stopped, found)
+    if result.error or result.output is None or options.top is None:
+        return result
+    try:
+        return replace(result, top=ranked_classes(result.output, options, worker_model(ref).graph.meta.get("labels")))
+    except (GraphconvError, OSError, MemoryError, ValueError) as err:
+        from graphconv.cli import user_message
+        return replace(result, error=user_message(err))
+
+
+def ranked_classes(path: str, options: MapOptions, labels: list[str] | None) -> RankedClasses:
+    """The `options.top` best classes of the map at `path` by `options.top_by`
+    (`cli.class_scores`), best first; none for a map of no computed cell (all
+    background or no-data). `labels`: the model's, of every class."""
+    from graphconv.cli import class_scores
+    from graphconv.scales import kept_labels, top_classes
+
+    scores = class_scores(read_map(path), options.top_by)[0]
+    if np.isnan(scores).all():
+        return ()
+    return tuple((label, score) for _, label, score in top_classes(scores, options.top,
+                                                                    kept_labels(labels, options.classes)))
+
+
+def read_map(path: str) -> np.ndarray:
+    """A map --images wrote, as (1, K, rows, cols): an .npy memory-mapped, or a .tif."""
+    from graphconv.georef import is_tiff_output
+
+    if not is_tiff_output(path):
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    from graphconv.sources import require
+    bands = require("tifffile").imread(path)
+    return bands.reshape(1, -1, *bands.shape[-2:])
+
+
+def _image_mapped(ref: ModelRef, image: str, output: str, options: MapOptions, tile: int | None,
+                  stopped: Callable[[], bool] | None = None, found: list[int] | None = None) -> ImageResult:
+    """`_one_image`'s map."""
     from graphconv.cli import user_message
     from graphconv.georef import cell_placement, map_contents
     from graphconv.tiling import WHOLE_IMAGE_PLAN, map_transform
@@ -891,7 +937,7 @@ def run_images(ref: ModelRef, images: Sequence[str], output_dir: str, options: M
         if result.image_stamp is not None:  # else the image's time against the map's tells an image edited since
             settings[IMAGE_STAMP] = result.image_stamp
         record = functools.partial(manifest.record, result.image, output_of[result.image], result.shape)
-        record = functools.partial(record, placement=result.placement)
+        record = functools.partial(record, placement=result.placement, top=result.top, top_by=options.top_by)
         record(result.error, written, settings)  # before its heatmap is drawn: a stop then keeps the map as made
         shown = progress(result) if progress is not None else None
         if shown is not None and shown.error != result.error:  # the command's, its heatmap's error added

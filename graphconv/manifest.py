@@ -1,7 +1,8 @@
 """The list of what an --images batch did (`graphconv-maps.csv` in its --output-dir): a
 row per image, with its map, whether it was written, the map's shape, where its cells
-stand on the image and the image's error. It is for the user's scripts (which photos
-failed, and why, without reading stderr; where an .npy map's cells lie), and for
+stand on the image, with --top its best classes, and the image's error. It is for the
+user's scripts (which photos failed, and why, without reading stderr; where an .npy
+map's cells lie; which photos show a deer, whatever order the workers finished in), and for
 graphconv itself: an .npy map records nothing of who wrote it, so a
 later run replaces an .npy of another shape (a photo cropped since, another --classes)
 only where this list says graphconv wrote exactly that file (its size, time and inode);
@@ -30,14 +31,16 @@ from graphconv.errors import GraphconvError, shown_path
 from graphconv.files import atomic_write, file_stamp, locked_if_possible, same_file
 
 if TYPE_CHECKING:
+    from graphconv.cluster import RankedClasses
     from graphconv.georef import CellPlacement
 
 MANIFEST_NAME = "graphconv-maps.csv"
 PLACEMENT_COLUMNS = ("first_cell_centre_y", "first_cell_centre_x", "cell_step_y", "cell_step_x", "cell_area_h",
                      "cell_area_w")
-COLUMNS = ("image", "map", "status", "shape", "error", "map_stamp", "made_with", *PLACEMENT_COLUMNS)
+TOP_COLUMNS = ("top", "top_by")
+COLUMNS = ("image", "map", "status", "shape", "error", "map_stamp", "made_with", *PLACEMENT_COLUMNS, *TOP_COLUMNS)
 # Lists earlier versions wrote, with fewer of these columns: read, and written anew at the next row.
-EARLIER_HEADERS = (COLUMNS[:7], COLUMNS[:6])
+EARLIER_HEADERS = (COLUMNS[:13], COLUMNS[:7], COLUMNS[:6])
 MANIFEST_LIMIT = 256 << 20  # bytes: a list of millions of maps; a larger file is not one graphconv wrote
 # File names are bytes on POSIX: one that is not UTF-8 (a Latin-1 'café.png') is kept as its
 # bytes, as Python's os functions keep it, rather than stopping the batch. A byte-order mark,
@@ -62,12 +65,14 @@ class Manifest:
                     _write_rows(self.path, self.rows)
 
     def record(self, image: str, output: str, shape: tuple[int, ...] | None, error: str | None,
-               written: bool, made_with: dict | None = None, placement: CellPlacement | None = None) -> None:
+               written: bool, made_with: dict | None = None, placement: CellPlacement | None = None,
+               top: RankedClasses | None = None, top_by: str | None = None) -> None:
         """Note what became of `image`, whose map goes to `output`, at once (appended):
         `written`, its map is there (an error then is what failed after it, its heatmap),
         made with `made_with` (`cluster.map_settings`), its cells placed on the image as
-        `placement` says (an .npy map has no room for it). A failed image's earlier map,
-        unchanged, keeps its stamp, settings and placement: it is still graphconv's."""
+        `placement` says (an .npy map has no room for it), its best classes `top` (--top,
+        ranked by --top-by's `top_by`). A failed image's earlier map, unchanged, keeps its
+        stamp, settings, placement and classes: it is still graphconv's."""
         key = self._key(output)
         earlier = self.rows.get(key) or {}
         stamp = _stamp_text(output) if written else earlier.get("map_stamp", "")
@@ -75,10 +80,10 @@ class Manifest:
             stamp = ""  # the earlier map is gone or changed since
         if written:
             settings = json.dumps(made_with, sort_keys=True) if made_with is not None else ""
-            cells = _placement_fields(placement)
+            cells = {**_placement_fields(placement), **_top_fields(top, top_by)}
         else:  # the earlier map's, while it is there unchanged
             settings = earlier.get("made_with", "") if stamp else ""
-            cells = {name: earlier.get(name, "") if stamp else "" for name in PLACEMENT_COLUMNS}
+            cells = {name: earlier.get(name, "") if stamp else "" for name in (*PLACEMENT_COLUMNS, *TOP_COLUMNS)}
         row = {"image": os.path.abspath(image), "map": key, "status": "written" if written else "failed",
                "shape": "x".join(map(str, shape)) if shape and written else "", "error": _unnamed(error or "", image),
                "map_stamp": stamp, "made_with": settings, **cells}
@@ -123,6 +128,15 @@ class Manifest:
         except (OSError, ValueError):
             return
         self.record(image, output, shape, None, True, made_with() if made_with is not None else None)
+
+    def record_top(self, output: str, top: RankedClasses, top_by: str | None) -> None:
+        """The best classes of a map an earlier run made and this one keeps (--top with
+        --skip-existing), in its row at the `rewrite`: the list then ranks every map the
+        same way, as the run's lines on stdout do."""
+        key = self._key(output)
+        if self.image_of(output) is not None:
+            self.rows[key] = {**self.rows[key], **_top_fields(top, top_by)}
+            self.recorded.add(key)
 
     def made_with(self, output: str) -> dict | None:
         """The model and settings graphconv made the file now at `output` with, as its row
@@ -222,6 +236,16 @@ def _placement_fields(placement: CellPlacement | None) -> dict[str, str]:
         values = (*placement.first, *placement.step, *(placement.area or ()))
         fields.update(zip(PLACEMENT_COLUMNS, (f"{value:.10g}" for value in values)))
     return fields
+
+
+def _top_fields(top: RankedClasses | None, top_by: str | None) -> dict[str, str]:
+    """A map's row's --top columns: its best classes as JSON, [["cat", 0.81], ["dog",
+    0.1]] (a class name may hold any character; [] where no cell was computed), and what
+    ranked them, "mean" or "max"; empty without --top."""
+    if top is None:
+        return dict.fromkeys(TOP_COLUMNS, "")
+    ranked = [[label, float(f"{score:.6g}")] for label, score in top]
+    return {"top": json.dumps(ranked, ensure_ascii=False), "top_by": top_by or "mean"}
 
 
 def _written_with_fewer_columns(path: Path) -> bool:

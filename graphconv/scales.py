@@ -92,6 +92,13 @@ def top_classes(scores: np.ndarray, k: int, labels: list[str] | None = None) -> 
     return [(int(i), labels[i] if labels and i < len(labels) else f"class {i}", float(scores[i])) for i in order]
 
 
+def kept_labels(labels: list[str] | None, classes: Sequence[int] | None) -> list[str] | None:
+    """The names of a map's channels: with --classes, of the classes it kept, in order."""
+    if not classes:
+        return labels
+    return [labels[c] if labels else f"class {c}" for c in classes]
+
+
 class Prediction(NamedTuple):
     """One class of `classify`'s answer."""
 

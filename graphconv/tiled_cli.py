@@ -223,7 +223,8 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
         print("--top: no cell was computed (every one is over background or no-data), so there is no class to rank")
     elif means is not None:
         from graphconv.cli import print_top
-        print_top(means, args.top, _kept_labels(args, model.graph.meta.get("labels")))
+        from graphconv.scales import kept_labels
+        print_top(means, args.top, kept_labels(model.graph.meta.get("labels"), args.classes))
     if args.output:
         print(f"-> {args.output}")
     return 0
@@ -274,13 +275,6 @@ def _note_a_wasteful_tile(grid, image_hw: tuple[int, int], plan, budget: int) ->
                    "the whole image fits in one tile (leave out --tile)")  # not a tile larger than the image
         print(f"note: tiles of {plan.tile_hw[0]}x{plan.tile_hw[1]} compute {plan.overhead:.2f}x the image's pixels "
               f"(each tile's halo again); {instead}, within the memory budget", file=sys.stderr)
-
-
-def _kept_labels(args: argparse.Namespace, labels: list[str] | None) -> list[str] | None:
-    """The names of the map's channels: with --classes, of the classes it kept, in order."""
-    if not args.classes:
-        return labels
-    return [labels[c] if labels else f"class {c}" for c in args.classes]
 
 
 def describe_resolution(source, asked: float | None = None) -> None:
@@ -646,7 +640,8 @@ def _map_options(args: argparse.Namespace, grid):
                       max_nodata=getattr(args, "max_nodata", DEFAULT_MAX_NODATA), nodata=getattr(args, "nodata", None),
                       memory_limit=_budget_per_process(args, grid.model), resume=getattr(args, "resume", False),
                       resize=tuple(args.resize) if args.resize else None, mask=getattr(args, "mask", None),
-                      pad_image=getattr(args, "pad_image", None))
+                      pad_image=getattr(args, "pad_image", None), top=getattr(args, "top", None),
+                      top_by=getattr(args, "top_by", None))
 
 
 def _tile_budget(args: argparse.Namespace, grid, image_hw: tuple[int, int]) -> int:
@@ -771,9 +766,7 @@ def run_images_command(args: argparse.Namespace) -> int:
     if args.skip_existing or args.resume:
         images, kept = _images_not_done(args, ref, model, images, base, options)
         images += _heatmaps_drawn_from_kept_maps(args, model, grid, kept)
-        for image, output in kept:  # their maps are this run's: --top reads them as it would have made them
-            if image not in images:
-                _say_top(args, model, image, output, print)
+        _rank_kept_maps(args, model, options, [(image, output) for image, output in kept if image not in images])
         if not images:
             flag = "--skip-existing" if args.skip_existing else "--resume"
             print(f"every image has its map in {args.output_dir} already ({flag}): nothing to do")
@@ -790,8 +783,8 @@ def run_images_command(args: argparse.Namespace) -> int:
                 result = done[result.image] = _with_heatmap(args, model, grid, result)
                 if result.error:
                     bar.say(_error_line(result, explained))
-                else:
-                    _say_top(args, model, result.image, result.output, lambda text: bar.say(text, sys.stdout))
+                elif result.top is not None:
+                    bar.say(_top_line(args, result.image, result.top), sys.stdout)
                 bar.advance(1, 0)
                 return result
             if args.workers or args.scheduler:
@@ -829,17 +822,29 @@ def run_images_command(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
-def _say_top(args: argparse.Namespace, model, image: str, output: str | None, say) -> None:
-    """--top of --images: the image's K best classes by their mean over its map's
-    computed cells, one line on stdout (`say`) as each image is done, or found done."""
-    means = _top_scores(args, _read_map(output)) if output else None
-    if means is None:
+def _rank_kept_maps(args: argparse.Namespace, model, options, kept: list[tuple[str, str]]) -> None:
+    """--top with --skip-existing or --resume: the best classes of the maps kept (not made
+    again), said as a made map's are and recorded in their rows of the batch's list, as
+    this run ranks them (an earlier run's may have had no --top, or another K)."""
+    if options.top is None or not kept:
         return
-    from graphconv.cli import top_text
+    from graphconv.cluster import ranked_classes
+    from graphconv.manifest import Manifest
 
-    ranked = "no cell computed" if np.isnan(means).all() else \
-        top_text(means[0], args.top, _kept_labels(args, model.graph.meta.get("labels")))
-    say(printable(f"{image}: {ranked}"))
+    manifest = Manifest(args.output_dir)
+    for image, output in kept:
+        top = ranked_classes(output, options, model.graph.meta.get("labels"))
+        print(_top_line(args, image, top))
+        manifest.record_top(output, top, options.top_by)
+    manifest.rewrite()
+
+
+def _top_line(args: argparse.Namespace, image: str, top) -> str:
+    """--top of --images: one image's line on stdout, 'IMAGE: cat 0.81, dog 0.1' (best
+    first; graphconv-maps.csv's `top` column holds them too, for scripts)."""
+    from graphconv.cli import ranked_text
+    ranked = ranked_text(top) or "no cell computed"
+    return printable(f"{image}: {ranked}")
 
 
 def _error_line(result, explained: set[str] | None = None) -> str:
@@ -1414,6 +1419,7 @@ def _with_heatmap(args: argparse.Namespace, model, grid, result):
     """--heatmap of --images: one image's map, read back from its file, drawn over the
     image beside it (<name>-heatmap-K.png); a failure is that image's error."""
     from graphconv.cli import user_message
+    from graphconv.cluster import read_map
 
     if args.heatmap is None or result.error:
         return result
@@ -1421,21 +1427,10 @@ def _with_heatmap(args: argparse.Namespace, model, grid, result):
     one.heatmap_out = str(_heatmap_name(args, result.output))
     try:
         source = _map_options(args, grid).open_image(model, result.image, getattr(args, "nodata", None))
-        _draw_heatmap(one, model, source, grid, _read_map(result.output), None)
+        _draw_heatmap(one, model, source, grid, read_map(result.output), None)
     except (GraphconvError, OSError, ValueError) as err:
         return replace(result, error=f"its map was written, its heatmap not: {user_message(err)}")
     return result
-
-
-def _read_map(path: str):
-    """A map --images wrote, as (1, K, rows, cols): an .npy memory-mapped, or a .tif."""
-    from graphconv.georef import is_tiff_output
-
-    if not is_tiff_output(path):
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    from graphconv.sources import require
-    bands = require("tifffile").imread(path)
-    return bands.reshape(1, -1, *bands.shape[-2:])
 
 
 LOG_EVERY = 60.0  # seconds between two progress lines in a log (stderr not a terminal)

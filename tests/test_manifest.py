@@ -4,6 +4,7 @@ shape (a photo cropped since, another --classes) but never a user's file."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 
 import numpy as np
@@ -452,3 +453,82 @@ def test_an_output_folder_copied_with_its_times_keeps_its_maps_for_skip_existing
     result = graphconv("run", model_dir, "--images", folder, "--output-dir", shared, "--skip-existing")
     assert "1 .npy map in" in result.stderr and "is not as graphconv-maps.csv recorded it" in result.stderr
     assert "no row" not in result.stderr and "1 of 1 image ->" in result.stdout
+
+
+def test_a_list_written_before_the_top_columns_keeps_its_maps_and_gets_them(model_dir, tmp_path):
+    folder = photos(tmp_path / "photos", {"a.png": (40, 50), "b.png": (40, 40)})
+    out = tmp_path / "maps"
+    earlier_version_s_list(model_dir, folder, out, 13)
+    again = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing", "--top", "1")
+    assert "nothing to do" in again.stdout  # its rows say what made the maps
+    assert all(json.loads(row["top"]) and row["top_by"] == "mean" for row in rows(out).values())
+
+
+def ranking(row: dict[str, str]) -> list[tuple[str, float]]:
+    return [(label, score) for label, score in json.loads(row["top"])]
+
+
+@pytest.mark.parametrize("workers", [(), ("--workers", "2")])
+def test_top_ranks_each_map_s_classes_in_its_row(model_dir, tmp_path, workers):
+    """--top's lines on stdout come in the workers' order, named as the files are: a
+    photo library's script wants them in the list, one row per photo, in any order."""
+    from graphconv.cli import class_scores
+    from graphconv.scales import top_classes
+
+    folder = photos(tmp_path / "photos", {"a.png": (40, 50), "b.png": (44, 40), "c.png": (36, 36)})
+    out = tmp_path / "maps"
+    result = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--top", "3", "--top-by", "max",
+                       "--classes", "7,2,4,9", *workers)
+    assert result.returncode == 0, result.stderr
+    listed = rows(out)
+    for name in "abc":
+        scores = class_scores(np.load(out / f"{name}.npy"), "max")[0]
+        expected = top_classes(scores, 3, ["class 7", "class 2", "class 4", "class 9"])
+        assert [label for label, _ in ranking(listed[f"{name}.npy"])] == [label for _, label, _ in expected]
+        assert [score for _, score in ranking(listed[f"{name}.npy"])] == pytest.approx(
+            [score for _, _, score in expected], rel=1e-5)
+        assert listed[f"{name}.npy"]["top_by"] == "max"
+    plain = graphconv("run", model_dir, "--images", folder, "--output-dir", tmp_path / "plain")
+    assert plain.returncode == 0 and not any(row["top"] or row["top_by"] for row in rows(tmp_path / "plain").values())
+
+
+def test_top_with_skip_existing_ranks_the_kept_maps_in_their_rows_too(model_dir, tmp_path):
+    """A batch made without --top, ranked later: the maps kept get their classes as the
+    maps made do (and a map failed since keeps its earlier row's)."""
+    folder = photos(tmp_path / "photos", {"a.png": (40, 50), "b.png": (44, 40)})
+    out = tmp_path / "maps"
+    assert graphconv("run", model_dir, "--images", folder, "--output-dir", out).returncode == 0
+    assert not rows(out)["a.npy"]["top"]
+    photos(folder, {"c.png": (36, 36)})
+    result = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing", "--top", "2")
+    assert result.returncode == 0 and "1 of 1 image ->" in result.stdout
+    listed = rows(out)
+    for name in "abc":
+        scores = class_scores_of(out / f"{name}.npy")
+        assert [score for _, score in ranking(listed[f"{name}.npy"])] == pytest.approx(
+            sorted(scores, reverse=True)[:2], rel=1e-5)
+        line = f"{folder / f'{name}.png'}: " + ", ".join(f"{label} {score:.4g}" for label, score in
+                                                         ranking(listed[f"{name}.npy"]))
+        assert line in result.stdout.splitlines()
+    (folder / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")  # edited since, and broken: its map stays
+    failed = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing", "--top", "2")
+    assert failed.returncode == 2 and rows(out)["a.npy"]["status"] == "failed"
+    assert rows(out)["a.npy"]["top"] == listed["a.npy"]["top"], "the earlier map's classes, as its stamp"
+
+
+def class_scores_of(path) -> list[float]:
+    return np.load(path)[0].mean(axis=(1, 2)).tolist()
+
+
+def test_top_columns_hold_any_class_name_and_no_class_where_no_cell_was_computed(tmp_path):
+    """Labels with ', ' or ': ' (the stdout line's separators) or quotes read back as
+    they are; a map of no computed cell ranks no class."""
+    manifest = Manifest(tmp_path)
+    for name, top in (("a", (('dog, "good" boy', 0.75), ("héron: grey", 0.125))), ("b", ())):
+        (tmp_path / f"{name}.npy").write_bytes(b"x")
+        manifest.record(str(tmp_path / f"{name}.png"), str(tmp_path / f"{name}.npy"), (1, 2, 3, 4), None, True,
+                        top=top, top_by=None)
+    manifest.rewrite()
+    listed = rows(tmp_path)
+    assert ranking(listed["a.npy"]) == [('dog, "good" boy', 0.75), ("héron: grey", 0.125)]
+    assert listed["a.npy"]["top_by"] == "mean" and listed["b.npy"]["top"] == "[]"
