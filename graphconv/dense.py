@@ -634,6 +634,27 @@ def _as_its_input(model: Model, classifier: Model, x: np.ndarray) -> np.ndarray:
     return same_pixels(x, classifier.preprocess, model.preprocess)
 
 
+def _as_given(model: Model, classifier: Model, x: np.ndarray) -> np.ndarray:
+    """`x` as it is: `_as_its_input` where the preprocess blocks differ but no pass moved
+    one into the network (`_preprocess_moved`)."""
+    return x
+
+
+def _preprocess_moved(classifier: Model, compiled: Model, x: np.ndarray, device: str) -> bool:
+    """Whether `compiled`'s preprocess differs from the classifier's because a pass moved
+    the normalisation into its network: then it agrees with the classifier on the same
+    pixels (`_as_its_input`), not on the same tensor. A preprocess set on one model alone
+    (`compiled.preprocess = {...}` in a notebook) changes no network: given the same
+    pixels, verify called a correct conversion 'wrong (a bug)'. Told on the first crop."""
+    if compiled.preprocess == classifier.preprocess:
+        return False
+    crop = _crops(classifier, x, [(0, 0, 0)])
+    on_crop = _flat(classifier, crop, device)
+    tensor = float(_abs_difference(_flat(compiled, crop, device), on_crop).max())
+    pixels = float(_abs_difference(_flat(compiled, _as_its_input(compiled, classifier, crop), device), on_crop).max())
+    return not tensor < pixels
+
+
 def _flat(model: Model, crops: np.ndarray, device: str) -> np.ndarray:
     """The model's outputs on a batch of crops, one row per crop."""
     return model._scores(crops, device).reshape(len(crops), -1)
@@ -663,15 +684,15 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
                              f"{compiled.graph.name}, returns one vector per image (its fc, flatten or global "
                              "pool still sees the whole input): give the compiled model (graphconv.compile_model)")
     x = as_batch(image, original.crop_shape[0])
-    dense = compiled._scores(_as_its_input(compiled, original, x), device) if dense is None else dense
+    feed = _as_its_input if _preprocess_moved(original, compiled, x, device) else _as_given
+    dense = compiled._scores(feed(compiled, original, x), device) if dense is None else dense
     rows, cols = dense.shape[2:]
     origins = _sample_origins(x.shape[0], rows, cols, compiled.output_stride)
     crops = _crops(original, x, origins)
     on_crops = _flat(original, crops, device)
     crop_scale = _finite_scale(on_crops)
     crop_tol = tolerance if tolerance is not None else TOLERANCE * crop_scale  # (a)'s, and the passes'
-    conversion = float(_abs_difference(_flat(compiled, _as_its_input(compiled, original, crops), device),
-                                       on_crops).max())
+    conversion = float(_abs_difference(_flat(compiled, feed(compiled, original, crops), device), on_crops).max())
     changes = []
     if conversion > crop_tol and compiled.graph.meta.get("compiled", {}).get("passes"):
         changes = changing_passes(original, compiled.graph.meta["compiled"]["passes"], crops, crop_tol, device)
@@ -679,7 +700,7 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
     if changes and not any(change.builtin for change in changes):
         reference = compiled  # the user's passes changed the scores: the network as they left it, on each crop
     start = time.perf_counter()
-    expected = crop_loop(reference, _as_its_input(reference, original, x), compiled.output_stride, device, progress,
+    expected = crop_loop(reference, feed(reference, original, x), compiled.output_stride, device, progress,
                          skip=left_out)
     seconds = time.perf_counter() - start
     if dense.shape != expected.shape:
@@ -705,9 +726,14 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
     if left_out_why:
         report.notes.append(left_out_why)
     if compiled.preprocess != original.preprocess:
-        report.notes.append(f"the compiled model's preprocess ({_preprocess_words(compiled.preprocess)}) is not "
-                            f"the classifier's ({_preprocess_words(original.preprocess)}): a pass moved it into the "
-                            "network, so each is given the same pixels as its own preprocess makes them")
+        differ = (f"the compiled model's preprocess ({_preprocess_words(compiled.preprocess)}) is not the "
+                  f"classifier's ({_preprocess_words(original.preprocess)})")
+        report.notes.append(f"{differ}: a pass moved it into the network, so each is given the same pixels as its "
+                            "own preprocess makes them" if feed is _as_its_input else
+                            f"{differ}, though their networks take the same input (no pass moved it into the "
+                            "network): each is given the same input, as the networks are what is checked; an image "
+                            "run through each is normalised differently: give both the same preprocess "
+                            "(classifier.preprocess = compiled.preprocess) unless that is meant")
     if where is not None:
         report.top = top_classes(dense, expected, where, seconds, original.graph.meta.get("labels"), image_crops,
                                  command)

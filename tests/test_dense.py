@@ -774,3 +774,21 @@ def test_verify_gives_a_model_whose_pass_folded_the_normalisation_the_same_pixel
         np.testing.assert_allclose(compiled.run(preprocess(pixels, compiled.preprocess)[None]),
                                    graphconv.compile_model(spec).run(preprocess(pixels, classifier.preprocess)[None]),
                                    rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("set_on", ["compiled", "classifier"])
+def test_verify_of_a_preprocess_set_on_one_model_alone_checks_the_networks(write_spec, rng, set_on):
+    """In a notebook, `fcn.preprocess = {...}` (for run_image) on the compiled model and
+    not the classifier loaded beside it: verify gave each the same pixels and called a
+    correct conversion 'wrong (a bug)', blaming a pass that never ran."""
+    spec = write_spec(NORMALISED.replace("preprocess: {scale: 0.00392157, mean: [0.5, 0.4, 0.3], "
+                                         "std: [0.2, 0.25, 0.3]}\n", ""))
+    classifier, compiled = graphconv.load(spec), graphconv.compile_model(spec)
+    block = {"scale": 1 / 255, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
+    if set_on == "compiled":
+        compiled.preprocess = block
+    else:
+        classifier.preprocess = block
+    report = verify(classifier, compiled, random_input(rng, (1, 3, 30, 34)), where=None)
+    assert report.passed and report.conversion_exact, str(report)
+    assert "no pass moved it into the network" in str(report) and "(classifier.preprocess = " in str(report)
