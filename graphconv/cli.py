@@ -1453,22 +1453,9 @@ def draw_heatmap(args: argparse.Namespace, model, picture: np.ndarray, field, *,
     from pathlib import Path
     from graphconv import images
 
-    labels = model.graph.meta.get("labels")
-    if best is not None:
-        title = images.class_map_title(getattr(args, "classes", None), labels)
-        drawn = images.render_class_map(picture, best, model.output_channels, field, labels, display_hw=display_hw,
-                                        sample=sample, title=title, opacity=args.heatmap_opacity or images.TOP_BLEND)
-        what = f"the {title}"
-    else:
-        extremes = sample.extremes if sample is not None else images.finite_range(one)
-        low, high, scale_note = images.heatmap_range(one, args.heatmap_range,
-                                                     images.outputs_probabilities(model.graph), extremes)
-        what = images.heatmap_title(args.heatmap, labels)
-        drawn = images.render_heatmap(picture, one, field, title=what, value_range=(low, high),
-                                      scale_note=scale_note, display_hw=display_hw, sample=sample,
-                                      opacity=args.heatmap_opacity or images.BLEND)
-        values = f"its values run {extremes[0]:.3g}..{extremes[1]:.3g}" if extremes else "no cell computed"
-        what += f" ({scale_note}; {values})"
+    drawn, what = images.drawn_heatmap(model, picture, field, args.heatmap, one=one, best=best,
+                                       classes=getattr(args, "classes", None), value_range=args.heatmap_range,
+                                       opacity=args.heatmap_opacity, display_hw=display_hw, sample=sample)
     fmt = images.heatmap_format(args.heatmap_out)
     atomic_write(args.heatmap_out, lambda p: images.save_picture(drawn, p, fmt), suffix=Path(args.heatmap_out).suffix)
     print(f"heatmap of {what} -> {args.heatmap_out}")
@@ -1496,32 +1483,36 @@ def resolve_class_names(args: argparse.Namespace, labels: list[str] | None) -> N
     """--heatmap and --classes as class indices, where the user named classes as the
     model's labels file does (`--heatmap tumour`): an exact name, else one that matches
     but for case. Done once the model is loaded, before any work."""
-    def index(name: int | str, flag: str) -> int:
-        if isinstance(name, int):
-            return name
-        if not labels:
-            raise GraphconvError(f"{flag} {shown(name)}: the model has no labels to name classes by; give the "
-                                 "class's index, or its labels with --labels FILE")
-        if name in labels:
-            return labels.index(name)
-        folded = [i for i, label in enumerate(labels) if _folded(label) == _folded(name)]
-        if len(folded) == 1:
-            return folded[0]
-        close = nearest(name, labels)
-        some = ", ".join(map(repr, labels[:CLASSES_LISTED])) + (f", ... ({len(labels)} in all)"
-                                                                 if len(labels) > CLASSES_LISTED else "")
-        hint = f": did you mean {', '.join(map(repr, close))}?" if close else f" (the model's classes: {some})"
-        raise GraphconvError(f"{flag} {shown(name)}: no class of that name{hint}")
-
     if args.heatmap not in (None, "top"):
-        args.heatmap = index(args.heatmap, "--heatmap")
+        args.heatmap = class_index(args.heatmap, labels, "--heatmap")
     if args.classes:
-        args.classes = [index(name, "--classes") for name in args.classes]
+        args.classes = [class_index(name, labels, "--classes") for name in args.classes]
         if len(set(args.classes)) != len(args.classes):
             raise GraphconvError(f"--classes names a class twice: {','.join(map(str, args.classes))}")
 
 
 CLASSES_LISTED = 12  # class names an unknown name's error lists, where none is close
+
+
+def class_index(name: int | str, labels: list[str] | None, flag: str,
+                how_to_name: str = "or its labels with --labels FILE") -> int:
+    """A class named as the model's labels name it (`name` an index stays one): an exact
+    name, else one that matches but for case; `flag` and `how_to_name` for the error."""
+    if isinstance(name, (int, np.integer)) and not isinstance(name, bool):
+        return int(name)
+    if not labels:
+        raise GraphconvError(f"{flag} {shown(name)}: the model has no labels to name classes by; give the "
+                             f"class's index, {how_to_name}")
+    if name in labels:
+        return labels.index(name)
+    folded = [i for i, label in enumerate(labels) if _folded(label) == _folded(name)]
+    if len(folded) == 1:
+        return folded[0]
+    close = nearest(name, labels)
+    some = ", ".join(map(repr, labels[:CLASSES_LISTED])) + (f", ... ({len(labels)} in all)"
+                                                             if len(labels) > CLASSES_LISTED else "")
+    hint = f": did you mean {', '.join(map(repr, close))}?" if close else f" (the model's classes: {some})"
+    raise GraphconvError(f"{flag} {shown(name)}: no class of that name{hint}")
 
 
 def _folded(name: str) -> str:

@@ -683,6 +683,31 @@ def save_heatmap(image: np.ndarray, scores: np.ndarray, field: Field, path: str,
     save_picture(picture, path, fmt)
 
 
+def drawn_heatmap(model, picture: np.ndarray, field: Field, klass: int | str, *, one: np.ndarray | None = None,
+                  best: np.ndarray | None = None, classes: Sequence[int] | None = None,
+                  value_range: str | tuple[float, float] = "auto", opacity: float | None = None,
+                  display_hw: tuple[int, int] | None = None, sample: MapSample | None = None):
+    """`run --heatmap`'s picture of `model`'s map (named by its labels, coloured 0..1 where
+    it gives probabilities) over `picture`, and what it shows, 'class 7 (probability, fixed
+    scale 0..1; its values run 0..0.93)': class `klass`'s (rows, cols) scores `one`, or
+    (`klass` "top") `best`, the best class of each cell among `classes` (--classes); of
+    a map too large to read whole, the cells `sample` says. `value_range`: "auto", "map"
+    or (low, high), as --heatmap-range; `opacity` as --heatmap-opacity."""
+    labels = model.graph.meta.get("labels")
+    if klass == "top":
+        title = class_map_title(classes, labels)
+        drawn = render_class_map(picture, best, model.output_channels, field, labels, display_hw=display_hw,
+                                 sample=sample, title=title, opacity=opacity or TOP_BLEND)
+        return drawn, f"the {title}"
+    extremes = sample.extremes if sample is not None else finite_range(one)
+    low, high, scale_note = heatmap_range(one, value_range, outputs_probabilities(model.graph), extremes)
+    what = heatmap_title(klass, labels)
+    drawn = render_heatmap(picture, one, field, title=what, value_range=(low, high), scale_note=scale_note,
+                           display_hw=display_hw, sample=sample, opacity=opacity or BLEND)
+    values = f"its values run {extremes[0]:.3g}..{extremes[1]:.3g}" if extremes else "no cell computed"
+    return drawn, f"{what} ({scale_note}; {values})"
+
+
 def render_heatmap(image: np.ndarray, scores: np.ndarray, field: Field, *, title: str | None = None,
                    value_range: tuple[float, float] | None = None, scale_note: str | None = None,
                    display_hw: tuple[int, int] | None = None, sample: MapSample | None = None,

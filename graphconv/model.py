@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -81,11 +81,12 @@ class Model:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, weights: str | os.PathLike | None = None,
-             labels: str | os.PathLike | None = None, crop_size: int | tuple[int, int] | None = None,
-             task: str | None = None, preprocess: dict | None = None) -> "Model":
+             labels: str | os.PathLike | Sequence[str] | None = None,
+             crop_size: int | tuple[int, int] | None = None, task: str | None = None,
+             preprocess: dict | None = None) -> "Model":
         """Load a spec file, a compiled model directory or an ONNX model; `weights` /
         `labels` replace the files the spec names (see graphconv/frontends/yaml.py on which
-        paths are trusted); `crop_size` is the training crop, (H, W) or one number for a
+        paths are trusted; `labels` may also be the list of class names itself); `crop_size` is the training crop, (H, W) or one number for a
         square, of an ONNX model whose input size is dynamic; `task` ("segmentation" or
         "classification") replaces the file's (`segmentation`); `preprocess` replaces the
         file's preprocess block whole (see `Model.preprocess`)."""
@@ -222,6 +223,10 @@ class Model:
                                  "per class")
         return None if labels is None else list(labels)
 
+    @labels.setter
+    def labels(self, names: Sequence[str] | None) -> None:
+        set_labels(self.graph, names)
+
     @property
     def segmentation(self) -> bool:
         """Whether the network is a dense predictor (`task: segmentation` in its spec): its
@@ -308,20 +313,30 @@ class Model:
                 f"{padded[0]}x{padded[1]} at the bottom and right, and the map cut back to {height}x{width}; labels "
                 "near those edges see the padding")
 
-    def scores_on_pixels(self, scores: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
-        """`run`'s map of an image of `image_size` (H, W) as (N, K, H, W), one value per
-        pixel, each the bilinear blend of the cells whose centres (`cell_area`) surround
-        it, the edge cells held out to the border (`georef.CellPlacement.on_pixels`): the
-        image-sized map MONAI's sliding-window inference returns, from graphconv's exact
-        cells a stride apart."""
+    def scores_on_pixels(self, scores: np.ndarray, image_size: int | tuple[int, int]) -> np.ndarray:
+        """`run`'s map of an image of `image_size` (H, W; one number for a square) as (N,
+        K, H, W), one value per pixel, each the bilinear blend of the cells whose centres
+        (`cell_area`) surround it, the edge cells held out to the border
+        (`georef.CellPlacement.on_pixels`): the image-sized map MONAI's sliding-window
+        inference returns, from graphconv's exact cells a stride apart. One image's map,
+        (K, rows, cols), gives (K, H, W)."""
         from graphconv.georef import cells_on_pixels
+        from graphconv.params import size_pair
 
-        scores = as_map(np.asarray(scores))
+        image_size = size_pair(image_size, "scores_on_pixels: image_size is the image's (H, W) in pixels, or one "
+                                           "whole number for a square")
+        scores = np.asarray(scores)
+        one_image = scores.ndim == 3
+        if scores.ndim not in (2, 3, 4):
+            raise GraphconvError(f"scores_on_pixels: scores are run's map, (N, K, rows, cols), or one image's (K, "
+                                 f"rows, cols); got shape {scores.shape}")
+        scores = as_map(scores[None] if one_image else scores)
         expected = self.map_size(*image_size)
         if tuple(scores.shape[2:]) != tuple(expected):
             raise GraphconvError(f"scores_on_pixels: a {image_size[0]}x{image_size[1]} image's map has "
                                  f"{expected[0]}x{expected[1]} cells, got {scores.shape[2]}x{scores.shape[3]}")
-        return cells_on_pixels(self.cell_area).on_pixels(scores, image_size)
+        on_pixels = cells_on_pixels(self.cell_area).on_pixels(scores, image_size)
+        return on_pixels[0] if one_image else on_pixels
 
     def map_size(self, height: int, width: int) -> tuple[int, int]:
         """Rows and columns of the score map for an image of height x width: one cell per
@@ -487,6 +502,54 @@ class Model:
         picture = images.as_picture(image, self.crop_shape[0], images.stores_values(spec), resize)
         return self.run(images.preprocess(picture, spec), device, full=full)
 
+    def heatmap(self, image, klass: int | str = "top", *, scores: np.ndarray | None = None,
+                resize: int | tuple[int, int] | None = None, value_range: str | tuple[float, float] = "auto",
+                opacity: float | None = None, device: str = "cpu"):
+        """`graphconv run --heatmap`'s picture, as a Pillow RGB image (a notebook shows it;
+        `.save("x.png")` writes it): class `klass`'s scores (its index, or its name in the
+        model's labels) coloured over `image` with a labelled colour bar, or with "top" each
+        cell's best class, every region named. `image` is what `run_image` takes, read and
+        resized as it reads it; `scores`, `run_image`'s map of that same picture where you
+        have it already (else it is computed here). `value_range`: "auto" (0..1 for
+        probabilities, else the map's own min..max), "map" or (low, high); `opacity`, the
+        map's share of each pixel (0.5; 0.45 for "top")."""
+        from graphconv import images
+        from graphconv.cli import class_index
+
+        if self.returns_vectors:
+            raise GraphconvError(f"{self.graph.name} as written gives one class vector per image, not a map to "
+                                 "draw: graphconv.compile_model(...) makes the network that slides")
+        if opacity is not None and not 0 < opacity <= 1:
+            raise GraphconvError(f"heatmap: opacity is more than 0 and at most 1, got {opacity!r}")
+        if klass != "top":
+            klass = class_index(klass, self.graph.meta.get("labels"), "heatmap: class",
+                                "or set model.labels")
+            if not 0 <= klass < self.output_channels:
+                raise GraphconvError(f"heatmap: class {klass}: the model has {self.output_channels} classes (0 to "
+                                     f"{self.output_channels - 1})")
+        spec = self.graph.meta.get("preprocess")
+        picture = images.as_picture(image, self.crop_shape[0], images.stores_values(spec), resize)
+        if scores is None:
+            self.warn_if_pixels_unscaled()
+            scores = self.run(images.preprocess(picture, spec), device)
+        scores = self._map_of(picture, scores)
+        one, best = (None, images.best_class(scores)) if klass == "top" else (scores[klass], None)
+        drawn, _ = images.drawn_heatmap(self, picture, self.cell_area, klass, one=one, best=best,
+                                        value_range=value_range, opacity=opacity)
+        return drawn
+
+    def _map_of(self, picture: np.ndarray, scores) -> np.ndarray:
+        """`heatmap`'s `scores` as (K, rows, cols), checked against the picture's map."""
+        scores = np.asarray(scores)
+        expected = (self.output_channels, *self.map_size(*picture.shape[1:]))
+        if scores.ndim == 4 and scores.shape[0] == 1:
+            scores = scores[0]
+        if scores.shape != expected:
+            raise GraphconvError(f"heatmap: scores of shape {scores.shape} are not this picture's map: "
+                                 f"run_image gives (1, {', '.join(map(str, expected))}) for its "
+                                 f"{picture.shape[1]}x{picture.shape[2]} pixels")
+        return scores
+
     def warn_if_pixels_unscaled(self) -> None:
         """A GraphconvWarning where `classify` and `run_image` feed an ONNX model's pixels
         as they are (`onnx_origin`): the right input for few PyTorch models, whose maps
@@ -540,15 +603,20 @@ LOAD_OPTIONS = ("weights", "labels", "crop_size", "task", "preprocess")  # load_
 
 
 def load_graph(source: str | os.PathLike, *, weights: str | os.PathLike | None = None,
-               labels: str | os.PathLike | None = None, crop_size: int | tuple[int, int] | None = None,
-               task: str | None = None, preprocess: dict | None = None) -> Graph:
+               labels: str | os.PathLike | Sequence[str] | None = None,
+               crop_size: int | tuple[int, int] | None = None, task: str | None = None,
+               preprocess: dict | None = None) -> Graph:
     """The graph of a spec file, a model folder or an ONNX model, with `Model.load`'s
     options applied: what `graphconv.load` and `graphconv.compile_model` read."""
     if not isinstance(source, (str, os.PathLike)):
         raise GraphconvError(f"a model to load is a path (a spec, a model folder or an .onnx file), not "
                              f"{type(source).__name__}")
+    names = None if labels is None or isinstance(labels, (str, os.PathLike)) else labels
+    labels = None if names is not None else labels
     graph = load_spec(source, weights=weights, labels=labels, crop_size=checked_crop_size(crop_size), task=task)
     check_labels(graph, labels or source)
+    if names is not None:
+        set_labels(graph, names)
     if preprocess is not None:
         set_preprocess(graph, preprocess)
     if graph.meta.get("seeded_weights"):
@@ -579,6 +647,28 @@ def check_labels(graph: Graph, source: str | os.PathLike) -> None:
     error = labels_mismatch(graph, infer_shapes(graph, check_weights=False)[graph.output.name][0])
     if error is not None:
         raise error if error.loc is not None else GraphconvError(error.message, file=str(source))
+
+
+def set_labels(graph: Graph, names: Sequence[str] | None) -> None:
+    """Give `graph` the class names `names`, one per output channel (checked as a labels
+    file's lines are); None drops them."""
+    if names is None:
+        graph.meta.pop("labels", None)
+        return
+    if isinstance(names, (str, bytes, os.PathLike)):
+        raise GraphconvError("labels are a list of class names, one per class; a labels file is read by "
+                             "graphconv.load(..., labels='labels.txt')")
+    try:
+        names = list(names)
+    except TypeError:
+        raise GraphconvError(f"labels are a list of class names, one per class, not {type(names).__name__}") from None
+    _check_label_names(names)
+    from graphconv.shapes import infer_shapes
+    classes = infer_shapes(graph, check_weights=False)[graph.output.name][0]
+    if len(names) != classes:  # labels_mismatch's message names a labels file, which a list is not
+        raise GraphconvError(f"{len(names)} class names for {classes} classes (output {graph.output.name!r}): "
+                             "give one name per class")
+    graph.meta["labels"] = names
 
 
 def set_preprocess(graph: Graph, block: dict) -> None:
@@ -622,19 +712,25 @@ def check_meta(graph: Graph, prefix: str = "") -> None:
         task = graph.meta.get("task")
         if task is not None and task not in yaml_frontend.TASKS:
             raise GraphconvError(f"the task is one of {list(yaml_frontend.TASKS)}, not {shown(task)}")
-        labels = graph.meta.get("labels")
-        if labels is not None:
-            if not isinstance(labels, (list, tuple)) or not all(isinstance(name, str) for name in labels):
-                raise GraphconvError(f"labels must be a list of class names (strings), got {shown(labels)}")
-            problem = next(filter(None, map(yaml_frontend.label_problem, labels)), None)
-            if problem:
-                raise GraphconvError(problem)
+        if graph.meta.get("labels") is not None:
+            _check_label_names(graph.meta["labels"])
             from graphconv.shapes import infer_shapes
             mismatch = yaml_frontend.labels_mismatch(graph, infer_shapes(graph, check_weights=False)[graph.output.name][0])
             if mismatch is not None:
                 raise mismatch
     except GraphconvError as err:
         raise GraphconvError(prefix + err.message, loc=err.loc) from None
+
+
+def _check_label_names(labels) -> None:
+    """Class names as a labels file's lines must be: strings, each fit to be a line."""
+    from graphconv.frontends import yaml as yaml_frontend
+
+    if not isinstance(labels, (list, tuple)) or not all(isinstance(name, str) for name in labels):
+        raise GraphconvError(f"labels must be a list of class names (strings), got {shown(labels)}")
+    problem = next(filter(None, map(yaml_frontend.label_problem, labels)), None)
+    if problem:
+        raise GraphconvError(problem)
 
 
 def checked_crop_size(crop_size) -> tuple[int, int] | None:
@@ -683,7 +779,9 @@ def as_batch(x, channels: int, *, file: str | None = None, convert: bool = True)
         raise GraphconvError(f"input must be a floating-point array (float32; float16 and float64 are converted), "
                              f"got {x.dtype}"
                              + ("; pixels of a picture are preprocessed first (Model.run_image reads and "
-                                "preprocesses an image file)" if np.issubdtype(x.dtype, np.integer) else ""),
+                                "preprocesses an image file)" if np.issubdtype(x.dtype, np.integer) else "")
+                             + ("; for an image file, Model.run_image(path) reads and preprocesses it"
+                                if x.dtype.kind in "US" else ""),
                              file=file)
     given = tuple(x.shape)
     if x.ndim == 3:
@@ -694,7 +792,9 @@ def as_batch(x, channels: int, *, file: str | None = None, convert: bool = True)
         raise GraphconvError(f"input must be (N, {channels}, H, W) or ({channels}, H, W), got shape {given}"
                              + ("; for an (H, W, C) image, x.transpose(2, 0, 1)" if hwc else "")
                              + ("; for an (N, H, W, C) batch (Keras' layout), x.transpose(0, 3, 1, 2)" if nhwc
-                                else ""), file=file)
+                                else "")
+                             + ("; for an (H, W) grey image, x[None]" if len(given) == 2 and channels == 1 else ""),
+                             file=file)
     if x.size == 0:
         what = "no images (a batch of 0)" if x.shape[0] == 0 else "an image of no pixels"
         raise GraphconvError(f"the input of shape {tuple(x.shape)} is empty: {what}", file=file)

@@ -339,6 +339,9 @@ def _working_folder_importable() -> Iterator[None]:
 
 
 def registered_passes() -> list[PassInfo]:
+    """Every pass a pipeline can name, graphconv's and those registered (`register_pass`,
+    plugins), by name: each with its description, origin, and what it requires and
+    provides."""
     load_builtin_passes()
     return sorted(_REGISTRY.values(), key=lambda p: p.name)
 

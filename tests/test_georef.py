@@ -587,6 +587,15 @@ def test_a_model_s_scores_on_pixels_are_placed_by_its_cells_and_checked_against_
                                (scores[0, :, 0, 0] + scores[0, :, 1, 0]) / 2, rtol=1e-5, atol=1e-6)
     with pytest.raises(graphconv.GraphconvError, match=r"a 60x37 image's map has 8x2 cells, got 3x2"):
         fcn.scores_on_pixels(scores, (60, 37))
+    np.testing.assert_array_equal(fcn.scores_on_pixels(scores[0], (41, 37)), pixels[0])  # one image's (K, rows, cols)
+    square = fcn.run(x[..., :37, :])
+    np.testing.assert_array_equal(fcn.scores_on_pixels(square, 37), fcn.scores_on_pixels(square, (37, 37)))
+    for size, message in (((41,), r"image_size is the image's \(H, W\) in pixels"), ((41.0, 37), r"got \(41.0, 37\)")):
+        with pytest.raises(graphconv.GraphconvError, match=message):
+            fcn.scores_on_pixels(scores, size)
+    with pytest.raises(graphconv.GraphconvError, match=r"\(N, K, rows, cols\), or one image's \(K, rows, cols\); "
+                                                       r"got shape \(10,\)"):
+        fcn.scores_on_pixels(scores[0, :, 0, 0], (41, 37))
 
 
 def mask_geotiff(path, shape, pixel_metres, directory=UTM_33N_AREA):

@@ -112,6 +112,14 @@ def test_a_channels_last_input_is_told_how_to_transpose_it(shape, hint):
         as_batch(np.zeros(shape, np.float32), 3)
 
 
+@pytest.mark.parametrize("x, hint", [(np.zeros((32, 40), np.float32), r"for an \(H, W\) grey image, x\[None\]$"),
+                                     (np.array("photo.png"), r"got <U9; for an image file, Model.run_image\(path\)")])
+def test_a_grey_image_or_a_file_name_given_to_run_is_told_what_to_do(x, hint):
+    from graphconv.model import as_batch
+    with pytest.raises(graphconv.GraphconvError, match=hint):
+        as_batch(x, 1)
+
+
 def test_as_batch_names_the_file_it_is_given():
     from graphconv.model import as_batch
     with pytest.raises(graphconv.GraphconvError, match=r"^/data/n0.npy: the input of shape \(0, 3, 8, 8\) is empty"):
@@ -348,3 +356,64 @@ def test_map_size_takes_whole_numbers_and_run_a_tensor_that_requires_grad(floor_
         fcn.map_size(50.5, 60)
     x = random_input(rng, (1, 1, 40, 41))
     np.testing.assert_array_equal(fcn.run(torch.from_numpy(x).requires_grad_()), fcn.run(x))
+
+
+@pytest.mark.parametrize("load", [graphconv.load, graphconv.compile_model], ids=["load", "compile_model"])
+def test_labels_given_as_a_list_of_names_or_set_on_the_model(load):
+    """A notebook's labels are a list: load(..., labels=[...]) raised os.fspath's
+    TypeError, and `model.labels = [...]` had no setter."""
+    names = [f"digit {i}" for i in range(10)]
+    model = load(SPECS / "lenet.yaml", labels=names)
+    assert model.labels == names
+    model.labels = tuple(reversed(names))
+    assert model.labels == names[::-1] and model.graph.meta["labels"] == names[::-1]
+    model.labels = None
+    assert model.labels is None
+    for bad, message in ((names[:9], r"9 class names for 10 classes"), ("labels.txt", r"a labels file is read by"),
+                         ([1, 2], r"labels must be a list of class names \(strings\)"), (3, r"not int")):
+        with pytest.raises(GraphconvError, match=message):
+            model.labels = bad
+    with pytest.raises(GraphconvError, match=r"9 class names for 10 classes"):
+        load(SPECS / "lenet.yaml", labels=names[:9])
+
+
+@pytest.fixture(scope="module")
+def digits_fcn():
+    return graphconv.compile_model(SPECS / "digits.yaml")
+
+
+@pytest.mark.parametrize("klass", ["7", "top", "background"])
+def test_heatmap_from_python_is_the_picture_the_command_draws(digits_fcn, tmp_path, klass):
+    """A notebook had no way to draw a map but the CLI (or images.render_heatmap, given
+    the cells' geometry by hand)."""
+    from PIL import Image
+    from conftest import ROOT, graphconv_in_process
+
+    page = ROOT / "examples" / "digits_page.png"
+    model_dir = tmp_path / "fcn"
+    digits_fcn.save(model_dir)
+    drawn = tmp_path / "cli.png"
+    result = graphconv_in_process("run", model_dir, "--image", page, "--heatmap", klass, "--heatmap-out", drawn)
+    assert result.returncode == 0, result.stderr
+    index = int(klass) if klass.isdigit() else klass
+    computed = digits_fcn.heatmap(str(page), index)
+    given = digits_fcn.heatmap(Image.open(page), index, scores=digits_fcn.run_image(page))
+    for picture in (computed, given):
+        assert picture.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(picture), np.asarray(Image.open(drawn).convert("RGB")))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m, page: m.heatmap(page, "seven"), r"heatmap: class 'seven': no class of that name"),
+    (lambda m, page: m.heatmap(page, 11), r"heatmap: class 11: the model has 11 classes \(0 to 10\)"),
+    (lambda m, page: m.heatmap(page, 3, opacity=0), r"opacity is more than 0 and at most 1, got 0"),
+    (lambda m, page: m.heatmap(page, 3, scores=np.zeros((1, 11, 68, 94), np.float32)),
+     r"scores of shape \(11, 68, 94\) are not this picture's map: run_image gives \(1, 11, 69, 94\) for its "
+     r"300x400 pixels"),
+    (lambda m, page: graphconv.load(SPECS / "digits.yaml").heatmap(page, 3),
+     r"digits as written gives one class vector per image, not a map to draw"),
+])
+def test_heatmap_from_python_refuses_what_it_cannot_draw(digits_fcn, call, message):
+    from conftest import ROOT
+    with pytest.raises(GraphconvError, match=message):
+        call(digits_fcn, ROOT / "examples" / "digits_page.png")
