@@ -433,12 +433,14 @@ class Downsampled:
     per-channel affine and the weights sum to one, averaging after it is the same as
     before. Everything else (path, level, bands, no-data) is `inner`'s."""
 
-    def __init__(self, inner, factor: float):
+    def __init__(self, inner, factor: float, asked: str | None = None):
+        """`asked`: the flag that chose `factor` where it is not --downsample (--mpp's)."""
         self.inner, self.factor = inner, factor
         self.height, self.width = int(inner.height / factor), int(inner.width / factor)
         if not (self.height and self.width):
-            raise GraphconvError(f"--downsample {factor:g}: the image is {inner.height}x{inner.width}, smaller than "
-                                 "one block", file=inner.path)
+            flag = f"{asked} reads it {factor:.4g} times coarser" if asked else f"--downsample {factor:g}"
+            raise GraphconvError(f"{flag}: the image is {inner.height}x{inner.width}, smaller than one block of "
+                                 f"{factor:.4g}x{factor:.4g} pixels", file=inner.path)
         self.downsample = getattr(inner, "downsample", 1.0) * factor  # how much coarser than level 0
 
     def __getattr__(self, name: str):
@@ -722,7 +724,7 @@ def open_source(path: str | os.PathLike, channels: int, preprocess: dict | None,
             raise GraphconvError(NODATA_OF_A_PICTURE, file=str(path))
         source.declared_nodata, source.nodata = source.nodata, float(nodata)
         source.nodata_given = True
-    return Downsampled(source, downsample) if downsample > 1 else source
+    return Downsampled(source, downsample, f"--mpp {mpp:g}" if mpp is not None else None) if downsample > 1 else source
 
 
 def channel_conversion(source) -> str | None:

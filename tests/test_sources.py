@@ -305,6 +305,12 @@ def test_mpp_finer_than_the_scan_is_refused(aperio):
         open_source(aperio, 3, None, mpp=0.2)
 
 
+def test_mpp_coarser_than_the_whole_slide_names_mpp_not_downsample(aperio):
+    with pytest.raises(GraphconvError, match=r"--mpp 1e\+09 reads it [0-9.e+]+ times coarser: the image is \d+x\d+, "
+                                             r"smaller than one block"):
+        open_source(aperio, 3, None, mpp=1e9)
+
+
 def test_mpp_of_a_scan_at_no_whole_multiple_reads_it_at_that_size(tmp_path):
     """A Hamamatsu-like 0.2265 µm/px scan for a 0.5 µm/px classifier: the nearest whole
     factor, 2, would read it at 0.453 (9% finer); read 2.2075x coarser it is 0.5."""
