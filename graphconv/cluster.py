@@ -81,6 +81,9 @@ class MapOptions:
     listed_in: str | None = None  # --images --skip-existing/--resume: the --output-dir whose list tells a map that
     # another run made meanwhile, kept and not made again (`_made_meanwhile`)
     top: int | None = None  # --images --top K: each map's K best classes, ranked where it was made (`ranked_classes`)
+    scales: tuple[int, ...] | None = None  # --scales: each picture's class vector over these shorter sides (`_at_scales`)
+    flip: bool = False  # --flip: with --scales, the mirror images too
+    scales_reduce: str = "mean"  # --reduce mean|max with --scales: over each map's positions, then over the maps
     top_by: str | None = None  # --top-by: by their mean over the map's computed cells (None), or their best cell's
 
     def grid(self, model):
@@ -603,6 +606,8 @@ def _image_mapped(ref: ModelRef, image: str, output: str, options: MapOptions, t
             return _kept_as_made_meanwhile(model, image, output, options, tile)
         stamp = image_stamp(image)  # before the read: an image edited while it is read is not this map's
         source = options.open_image(model, image, _raster_nodata(image, options))
+        if options.scales:
+            return _at_scales(model, image, output, source, options, _as_found(output, found), stamp)
         transform, _, _ = map_transform(options.reduce, options.classes, model.output_channels)
         grid = options.grid(model)
         blank_cells = None
@@ -653,6 +658,30 @@ def _image_mapped(ref: ModelRef, image: str, output: str, options: MapOptions, t
         if options.traceback:
             raise
         return ImageResult(image, error=user_message(err))
+
+
+def _at_scales(model, image: str, output: str, source, options: MapOptions, unchanged: Callable[[], None],
+               stamp: list[int] | None) -> ImageResult:
+    """--images --scales: the picture's class vector as `run --image --scales` gives it
+    (`scales.multiscale`: its map at each shorter side, and mirrored with --flip, reduced
+    over positions, then over the maps), written as a (1, K) .npy."""
+    from graphconv.files import atomic_write
+    from graphconv.images import turned_upright
+    from graphconv.memory import check_run_fits
+    from graphconv.scales import multiscale, scaled_size
+    from graphconv.sources import PillowSource, channel_conversion
+
+    if not isinstance(source, PillowSource):
+        raise GraphconvError("--scales resizes a picture (JPEG, PNG, ...) read whole; a TIFF or zarr image is read "
+                             "in tiles: map it without --scales", file=image)
+    largest = scaled_size(source.height, source.width, max(options.scales))
+    check_run_fits(model.graph, 1, largest, f"scale {max(options.scales)} ({largest[0]}x{largest[1]})", file=image)
+    x = source.read(0, 0, source.height, source.width)[None]
+    scores = multiscale(model, x, options.scales, options.flip, options.scales_reduce, options.device).scores
+    scores = np.ascontiguousarray(scores, np.float32)
+    atomic_write(output, lambda p: np.save(p, scores), suffix=".npy", unchanged=unchanged)
+    return ImageResult(image, output, scores.shape, note=_first_frame_note(image), turned=turned_upright(image),
+                       converted=channel_conversion(source), image_stamp=stamp)
 
 
 class WrittenMeanwhile(GraphconvError):
@@ -1196,6 +1225,8 @@ def image_map_shape(model, grid, image: str, options: MapOptions, tile: int | No
     from graphconv.tiling import map_transform
 
     _, channels, dtype = map_transform(options.reduce, options.classes, model.output_channels)
+    if options.scales:
+        return np.dtype(np.float32), (1, channels)  # one class vector (`_at_scales`)
     rows, cols = grid.map_hw(size_as_read(model, image, options))
     whole = tile is None and options.skip_background is None and options.crops is None
     if whole and model.returns_vectors and (rows, cols) == (1, 1):
@@ -1289,7 +1320,9 @@ def map_settings(ref: ModelRef, image: str, options: MapOptions) -> dict:
             "cells_left_out": left_out_record(options, image), "level": options.level,
             "downsample": float(options.downsample), "mpp": options.mpp,
             "bands": list(options.bands) if options.bands else None,
-            "resize": list(options.resize) if options.resize else None, "pad_image": options.pad_image}
+            "resize": list(options.resize) if options.resize else None, "pad_image": options.pad_image,
+            "scales": {"sizes": list(options.scales), "flip": options.flip, "reduce": options.scales_reduce}
+            if options.scales else None}
 
 
 def _image_changed(image: str, output: str, recorded_stamp: list[int] | None) -> bool:

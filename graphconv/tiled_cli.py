@@ -641,7 +641,14 @@ def _map_options(args: argparse.Namespace, grid):
                       memory_limit=_budget_per_process(args, grid.model), resume=getattr(args, "resume", False),
                       resize=tuple(args.resize) if args.resize else None, mask=getattr(args, "mask", None),
                       pad_image=getattr(args, "pad_image", None), top=getattr(args, "top", None),
-                      top_by=getattr(args, "top_by", None))
+                      top_by=getattr(args, "top_by", None), **_scales_options(args))
+
+
+def _scales_options(args: argparse.Namespace) -> dict:
+    """--images --scales' MapOptions: the shorter sides, --flip and --reduce mean|max."""
+    if not getattr(args, "scales", None):
+        return {}
+    return {"scales": tuple(args.scales), "flip": args.flip, "scales_reduce": args.reduce or "mean"}
 
 
 def _tile_budget(args: argparse.Namespace, grid, image_hw: tuple[int, int]) -> int:
@@ -724,9 +731,14 @@ def run_images_command(args: argparse.Namespace) -> int:
 
     if not args.output_dir:
         raise GraphconvError("--images needs --output-dir")
-    if args.output or args.scales or args.profile:
-        raise GraphconvError("--images writes one map per image into --output-dir; --output, --scales "
-                             "and --profile take one --image")
+    if args.output or args.profile:
+        raise GraphconvError("--images writes one map per image into --output-dir; --output and --profile take "
+                             "one --image")
+    if args.scales and (args.heatmap is not None or args.tile or args.classes or args.skip_background is not None
+                        or args.resume or args.output_format == "tif" or args.mpp is not None or args.level):
+        raise GraphconvError("--scales gives each picture one class vector (an .npy of (1, K)), read whole: not "
+                             "with --heatmap, --tile, --classes, --skip-background, --resume, --output-format tif, "
+                             "--mpp or --level")
     images = _image_paths(args.images)
     if not images:
         _no_images(args.images)
@@ -754,6 +766,9 @@ def run_images_command(args: argparse.Namespace) -> int:
         from graphconv.tiling import check_tile_holds_a_cell
         check_tile_holds_a_cell(grid, args.tile)  # and a --tile too small for it
     check_heatmap_has_a_map(args, model)  # the more telling error for a classifier as written
+    if args.scales and model.returns_vectors:
+        raise GraphconvError("--scales slides the network over each picture at each scale: compile the model first "
+                             "(graphconv compile), a classifier with fc layers sees one crop", file=args.model)
     if args.output_format == "tif":  # one error, not one an image
         from graphconv.sources import require
         require("tifffile")

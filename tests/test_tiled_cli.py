@@ -480,6 +480,71 @@ def test_many_images_with_one_corrupt(model_dir, picture, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "maps" / "p1.npy"), model.run(x[None]), rtol=1e-4, atol=1e-6)
 
 
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory):
+    """The trained digit classifier, compiled: labels, and scores that mean something."""
+    folder = tmp_path_factory.mktemp("digits") / "digits-fcn"
+    assert graphconv("compile", SPECS / "digits.yaml", "-o", folder).returncode == 0
+    return folder
+
+
+def test_many_images_with_scales_give_each_picture_the_class_vector_one_image_s_run_gives(digits_dir, tmp_path):
+    """--scales was refused with --images: a photo collection's multi-scale class
+    vectors took a process per photo. Each .npy holds what `run --image --scales`
+    writes, bit for bit; --skip-existing keeps them until the scales change."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    page = Image.open(ROOT / "examples" / "digits_page.png")
+    page.crop((0, 0, 200, 150)).save(folder / "a.png")
+    page.crop((100, 50, 300, 300)).convert("RGB").save(folder / "b.jpg")
+    out = tmp_path / "vectors"
+    run = ["run", digits_dir, "--images", folder, "--output-dir", out, "--scales", "60,80", "--flip",
+           "--reduce", "max", "--top", "2"]
+    result = graphconv(*run)
+    assert result.returncode == 0, result.stderr
+    with open(out / "graphconv-maps.csv", newline="", encoding="utf-8") as file:
+        rows = {row["map"]: row for row in csv.DictReader(file)}
+    for name in ("a.png", "b.jpg"):
+        alone = graphconv("run", digits_dir, "--image", folder / name, "--scales", "60,80", "--flip", "--reduce",
+                          "max", "--output", tmp_path / "alone.npy")
+        assert alone.returncode == 0, alone.stderr
+        vector = np.load(out / f"{Path(name).stem}.npy")
+        np.testing.assert_array_equal(vector, np.load(tmp_path / "alone.npy"))
+        row = rows[f"{Path(name).stem}.npy"]
+        assert row["shape"] == "1x11" and json.loads(row["made_with"])["scales"] == {
+            "sizes": [60, 80], "flip": True, "reduce": "max"}
+        best = [label for label, _ in json.loads(row["top"])]
+        assert best == [str(i) if i < 10 else "background" for i in np.argsort(-vector[0], kind="stable")[:2]]
+    assert "nothing to do" in graphconv(*run, "--skip-existing").stdout
+    other = graphconv(*[arg if arg != "60,80" else "60,90" for arg in run], "--skip-existing")
+    assert "2 of 2 images ->" in other.stdout, "made with other scales: made again"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--heatmap", "3"], "--scales gives each picture one class vector"),
+    (["--tile", "64"], "--scales gives each picture one class vector"),
+    (["--classes", "1,2"], "--scales gives each picture one class vector"),
+])
+def test_many_images_with_scales_refuse_what_a_vector_cannot_have(digits_dir, picture, tmp_path, extra, message):
+    result = graphconv("run", digits_dir, "--images", picture / "page.png", "--output-dir", tmp_path / "out",
+                       "--scales", "60", *extra)
+    assert result.returncode == 2 and message in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_many_images_with_scales_refuse_a_classifier_as_written_and_name_a_tiff_image(digits_dir, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    page = Image.open(ROOT / "examples" / "digits_page.png")
+    page.crop((0, 0, 90, 80)).save(folder / "a.png")
+    page.crop((0, 0, 90, 80)).save(folder / "scan.tif")
+    unconverted = graphconv("run", SPECS / "digits.yaml", "--images", folder, "--output-dir", tmp_path / "o1",
+                            "--scales", "60")
+    assert unconverted.returncode == 2 and "compile the model first" in unconverted.stderr
+    result = graphconv("run", digits_dir, "--images", folder, "--output-dir", tmp_path / "o2", "--scales", "60")
+    assert result.returncode == 2 and "1 of 2 images ->" in result.stdout
+    assert "scan.tif: --scales resizes a picture (JPEG, PNG, ...) read whole" in result.stderr
+
+
 def test_many_images_top_ranks_each_image_s_classes_by_their_mean_over_its_map(model_dir, picture, tmp_path):
     """--top was refused with --images: a photo collection's per-image classes took a
     process per photo (1.35 s of start-up each)."""
