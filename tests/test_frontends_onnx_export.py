@@ -678,3 +678,86 @@ def test_seeded_weights_are_stated_and_running_the_export_says_so(tmp_path, caps
     trained = Model.load(SPECS / "lenet.yaml")
     trained.graph.meta.pop("seeded_weights")
     assert "graphconv.seeded_weights" not in stated(to_onnx_model(trained.graph))
+
+
+def _logits_onnx(path, rng):
+    """A PyTorch-like export: conv -> relu -> flatten -> Gemm, its output named 'logits'."""
+    helper = onnx.helper
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    fc = rng.standard_normal((5, 4 * 10 * 10)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["input", "conv.weight"], ["c"], name="/conv/Conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="/relu/Relu"),
+             helper.make_node("Flatten", ["r"], ["f"], axis=1, name="/Flatten"),
+             helper.make_node("Gemm", ["f", "fc.weight"], ["logits"], transB=1, name="/fc/Gemm")]
+    graph = helper.make_graph(nodes, "logits", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT,
+                                                                              ["N", 3, 12, 12])],
+                              [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 5])],
+                              [onnx.numpy_helper.from_array(w, "conv.weight"),
+                               onnx.numpy_helper.from_array(fc, "fc.weight")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_an_imported_network_s_output_keeps_its_name_through_compile_and_export(tmp_path, rng):
+    """A deployment's sess.run(["logits"], ...) failed on the export: its output was named
+    after graphconv's last layer ('fc', 'h.3', 'h.1_crop_cells')."""
+    from conftest import graphconv_in_process
+
+    source = _logits_onnx(tmp_path / "m.onnx", rng)
+    assert graphconv_in_process("compile", source, "-o", tmp_path / "fcn").returncode == 0
+    assert "output_name: logits" in (tmp_path / "fcn" / "model.yaml").read_text()
+    result = graphconv_in_process("export", tmp_path / "fcn", "-o", tmp_path / "fcn.onnx")
+    assert result.returncode == 0, result.stderr
+    session = ort.InferenceSession(str(tmp_path / "fcn.onnx"), providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((1, 3, 30, 21)).astype(np.float32)
+    (scores,) = session.run(["logits"], {"input": x})
+    np.testing.assert_allclose(scores, full_map(Model.load(tmp_path / "fcn"), x), **TOLERANCE)
+    spec = to_onnx_model(compile_model(SPECS / "lenet.yaml").graph)  # a spec's network: its last layer's name
+    assert [o.name for o in spec.graph.output] == [compile_model(SPECS / "lenet.yaml").graph.output.name]
+
+
+def test_the_export_s_ir_version_is_the_least_its_opset_needs():
+    """It was whatever the installed onnx package stamps (IR 14 with onnx 1.23), which
+    onnxruntime 1.20 refuses, though op set 19 needs only IR 9."""
+    model = to_onnx_model(compile_model(SPECS / "lenet.yaml").graph)
+    opsets = [onnx.helper.make_opsetid("", EXPORT_OPSET)]
+    assert model.ir_version == onnx.helper.find_min_ir_version_for(opsets) <= 9
+
+
+FIELD_SHORT_OF_THE_CROP = """
+name: floor
+input: {shape: [1, 37, 37]}
+layers:
+  - {name: conv1, op: conv, out_channels: 3, kernel_size: 5}
+  - {name: pool1, op: maxpool, kernel_size: 2}
+  - {name: fc1, op: fc, out_features: 4}
+"""  # its pool drops the crop's last row and column: each cell reads 36x36 of its 37x37 crop
+
+
+def test_an_export_states_where_its_cells_stand_and_which_graphconv_keeps(write_spec, rng):
+    """A deployment could not place the exported map's cells on the image, nor tell why it
+    had a row or column more than graphconv's map: the file says both."""
+    fcn = compile_model(write_spec(FIELD_SHORT_OF_THE_CROP))
+    model = to_onnx_model(fcn.graph)
+    cells = json.loads({p.key: p.value for p in model.metadata_props}["graphconv.cells"])
+    (_, hc, wc), (sy, sx) = fcn.crop_shape, fcn.output_stride
+    assert cells["cell_step_yx"] == [sy, sx] and cells["cell_area_hw"] == [hc, wc]
+    assert cells["first_cell_centre_yx"] == [hc / 2, wc / 2]
+    assert f"rows 0 .. (H - {hc}) // {sy} and columns 0 .. (W - {wc}) // {sx}" in cells["map_kept"]
+    x = rng.standard_normal((1, 1, 38, 41)).astype(np.float32)
+    exported = onnxruntime_run(model, x)
+    rows, cols = (38 - hc) // sy + 1, (41 - wc) // sx + 1
+    assert exported.shape[2:] != (rows, cols)  # the export computes past the last whole crop here
+    np.testing.assert_allclose(exported[:, :, :rows, :cols], fcn.run(x), **TOLERANCE)
+
+
+def test_a_model_over_onnx_s_file_limit_is_refused_in_one_line_before_it_is_built(tmp_path, monkeypatch):
+    """A 2.2 GB model died in protobuf's EncodeError, a traceback, after 30 s and 8.5 GB."""
+    from conftest import graphconv_in_process
+    from graphconv.frontends import onnx_export
+
+    monkeypatch.setattr(onnx_export, "ONNX_FILE_LIMIT", 1000)
+    monkeypatch.setattr(onnx_export, "to_onnx_model", lambda graph: pytest.fail("built before the size check"))
+    result = graphconv_in_process("export", SPECS / "lenet.yaml", "-o", tmp_path / "m.onnx")
+    assert result.returncode == 2 and "over ONNX's 2 GiB limit for one file" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "m.onnx").exists()

@@ -2656,10 +2656,11 @@ def test_a_wasteful_tile_s_note_names_a_roomier_tile_where_the_image_needs_sever
     """...and not a tile larger than the image (--tile 4015 for a 4000x4000 one) where
     one tile holds it all."""
     import graphconv.tiled_cli as tiled_cli
-    from graphconv.tiling import DenseGrid, plan_tiles
+    from graphconv.tiling import DenseGrid, plan_tiles, tile_bytes
 
     grid = DenseGrid(Model.load(model_dir))
-    tiled_cli._note_a_wasteful_tile(grid, (600, 700), plan_tiles(grid, (600, 700), 48), 64 << 20)
+    budget = tile_bytes(grid, (240, 240))  # room for a tile of about 240, not the whole image (the estimate is this machine's)
+    tiled_cli._note_a_wasteful_tile(grid, (600, 700), plan_tiles(grid, (600, 700), 48), budget)
     note = re.search(r"--tile (\d+) would compute ([\d.]+)x, within the memory budget", capsys.readouterr().err)
     assert note and int(note.group(1)) < 700 and len(plan_tiles(grid, (600, 700), int(note.group(1))).tiles) > 1
 

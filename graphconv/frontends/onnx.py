@@ -502,6 +502,7 @@ class _Importer:
                                  "C) order; graphconv flattens in (C, H, W) order, and reorders such features "
                                  "only for a fully connected layer (Gemm, MatMul) reading them", file=self.source)
         self.graph.output = value.node
+        self.graph.meta["output_name"] = outputs[0].name  # what a deployment calls it: export names it so
 
     # -- helpers for converters --
     def error(self, message: str) -> GraphconvError:

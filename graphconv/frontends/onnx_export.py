@@ -156,11 +156,13 @@ def to_onnx_model(graph: Graph):
     in_dims, out_dims = declared_dims(graph)
     if len(out_dims) == 2:
         _flatten_the_output(writer, graph.output.name)
+    output = _output_named(writer, graph)
     inputs = [helper.make_tensor_value_info(graph.input.name, onnx.TensorProto.FLOAT, in_dims)]
-    outputs = [helper.make_tensor_value_info(graph.output.name, onnx.TensorProto.FLOAT, out_dims)]
+    outputs = [helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, out_dims)]
     body = helper.make_graph(writer.nodes, graph.name, inputs, outputs, writer.initializers)
-    model = helper.make_model(body, opset_imports=[helper.make_opsetid("", EXPORT_OPSET)],
-                              producer_name="graphconv", producer_version=__version__)
+    opsets = [helper.make_opsetid("", EXPORT_OPSET)]
+    model = helper.make_model(body, opset_imports=opsets, producer_name="graphconv", producer_version=__version__,
+                              ir_version=helper.find_min_ir_version_for(opsets))
     sizes = input_sizes(graph)
     model.doc_string = _doc(graph, sizes)
     helper.set_model_props(model, stated_metadata(graph, sizes))
@@ -169,6 +171,20 @@ def to_onnx_model(graph: Graph):
     except Exception as err:  # a bug in an op's writer, not bad input
         raise AssertionError(f"graphconv wrote an invalid ONNX model: {err}") from err
     return model
+
+
+def _output_named(writer: OnnxWriter, graph: Graph) -> str:
+    """The export's output, named as the ONNX file the network came from named its own
+    (`output_name`: a deployment's `sess.run(["logits"], ...)` keeps working), where no
+    other value of the export has that name; else its last layer's name."""
+    wanted, written = graph.meta.get("output_name"), graph.output.name
+    taken = {graph.input.name, *(t.name for t in writer.initializers),
+             *(name for node in writer.nodes for name in node.output)}
+    if not wanted or wanted == written or wanted in taken:
+        return written
+    for node in writer.nodes:
+        node.output[:] = [wanted if name == written else name for name in node.output]
+    return wanted
 
 
 def declared_dims(graph: Graph) -> tuple[list, list]:
@@ -236,7 +252,32 @@ def stated_metadata(graph: Graph, sizes: dict | None = None) -> dict[str, str]:
     sizes = input_sizes(graph) if sizes is None else sizes
     if sizes:
         stated["input_sizes"] = json.dumps(sizes)
+    if _takes_other_sizes(graph):
+        stated["cells"] = json.dumps(cells_stated(graph))
     return {METADATA_PREFIX + key: value for key, value in stated.items()}
+
+
+def cells_stated(graph: Graph) -> dict:
+    """Where the exported map's cells stand on the input, which the file cannot
+    otherwise say: as a .tif or .zarr map states them (`georef.CellPlacement`), and which
+    of them graphconv's own map keeps (`graphconv run`'s: a classifier's cells whose crop
+    lies on the image; the export computes past them where the input's sides are not a
+    whole number of strides past the crop)."""
+    from graphconv.georef import cells_on_pixels
+    from graphconv.model import Model
+
+    model = Model(graph)
+    placement = cells_on_pixels(model.cell_area)
+    stated = {"first_cell_centre_yx": list(placement.first), "cell_step_yx": list(placement.step),
+              "cell_area_hw": list(placement.area), "units": "input pixels, pixel k spanning k..k+1: cell (r, c) "
+              "is centred on (first_cell_centre_yx[0] + cell_step_yx[0] r, first_cell_centre_yx[1] + "
+              "cell_step_yx[1] c)"}
+    if not model.segmentation:
+        (_, hc, wc), (sy, sx) = graph.input_shape, model.output_stride
+        stated["map_kept"] = (f"rows 0 .. (H - {hc}) // {sy} and columns 0 .. (W - {wc}) // {sx}: cell (r, c) is "
+                              f"the classifier on the {hc}x{wc} crop at ({sy} r, {sx} c); rows and columns past "
+                              "them read past the image's last whole crop")
+    return stated
 
 
 def _doc(graph: Graph, sizes: dict) -> str:
@@ -374,15 +415,22 @@ def is_graphconv_export(path: str | os.PathLike) -> bool:
             or model.doc_string.startswith("exported by graphconv"))
 
 
+ONNX_FILE_LIMIT = 2**31  # bytes: a protobuf message's limit, and so one .onnx file's
+
+
 def save_onnx(graph: Graph, path: str | os.PathLike):
     """Write `graph` as ONNX at `path`, atomically (graphconv.files); returns the model
     written (`export_notes` reads it)."""
     from graphconv.files import atomic_write
 
+    weights = sum(array.nbytes for node in graph.layers() for array in node.weights.values())
+    if weights >= ONNX_FILE_LIMIT:  # protobuf's: serialising raised EncodeError, a traceback
+        raise GraphconvError(f"the model's weights take {weights / 2**30:.2f} GiB, over ONNX's 2 GiB limit for one "
+                             "file (graphconv does not write ONNX's external data)", file=str(path))
     model = to_onnx_model(graph)
     data = model.SerializeToString()
-    if len(data) >= 2**31:
-        raise GraphconvError("the model is over ONNX's 2 GB limit for one file", file=str(path))
+    if len(data) >= ONNX_FILE_LIMIT:
+        raise GraphconvError("the model is over ONNX's 2 GiB limit for one file", file=str(path))
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as fp:
