@@ -1,6 +1,18 @@
 """Small unpadded networks for the dense-evaluation tests: every cell of their score maps
 must equal the classifier on its crop. Each stresses something different."""
 
+# a 37x37 crop whose pool drops the crop's last row and column (33 -> 16): each cell's
+# field is 36x36, so the network computes cells whose field fits the image but whose
+# 37x37 crop would not
+FLOOR_SPEC = """
+name: floor
+input: {shape: [1, 37, 37]}
+layers:
+  - {name: conv1, op: conv, out_channels: 3, kernel_size: 5}
+  - {name: pool1, op: maxpool, kernel_size: 2}
+  - {name: fc1, op: fc, out_features: 4}
+"""
+
 STRIDED = """
 name: strided
 input: {name: data, shape: [2, 19, 23]}

@@ -21,7 +21,7 @@ from graphconv.ops import all_ops, get_op  # noqa: E402
 from graphconv.params import normalize_params  # noqa: E402
 
 from conftest import SPECS  # noqa: E402
-from nets import UNPADDED, UNPADDED_BEFORE_UPSAMPLE  # noqa: E402
+from nets import FLOOR_SPEC, UNPADDED, UNPADDED_BEFORE_UPSAMPLE  # noqa: E402
 
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)
 
@@ -724,20 +724,10 @@ def test_the_export_s_ir_version_is_the_least_its_opset_needs():
     assert model.ir_version == onnx.helper.find_min_ir_version_for(opsets) <= 9
 
 
-FIELD_SHORT_OF_THE_CROP = """
-name: floor
-input: {shape: [1, 37, 37]}
-layers:
-  - {name: conv1, op: conv, out_channels: 3, kernel_size: 5}
-  - {name: pool1, op: maxpool, kernel_size: 2}
-  - {name: fc1, op: fc, out_features: 4}
-"""  # its pool drops the crop's last row and column: each cell reads 36x36 of its 37x37 crop
-
-
 def test_an_export_states_where_its_cells_stand_and_which_graphconv_keeps(write_spec, rng):
     """A deployment could not place the exported map's cells on the image, nor tell why it
     had a row or column more than graphconv's map: the file says both."""
-    fcn = compile_model(write_spec(FIELD_SHORT_OF_THE_CROP))
+    fcn = compile_model(write_spec(FLOOR_SPEC))  # each cell reads 36x36 of its 37x37 crop
     model = to_onnx_model(fcn.graph)
     cells = json.loads({p.key: p.value for p in model.metadata_props}["graphconv.cells"])
     (_, hc, wc), (sy, sx) = fcn.crop_shape, fcn.output_stride

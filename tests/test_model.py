@@ -9,18 +9,7 @@ import graphconv
 from graphconv import GraphconvError
 from graphconv.dense import crop_loop
 from conftest import SPECS, random_input
-
-# a 37x37 crop whose pool drops the crop's last row and column (33 -> 16): each cell's
-# field is 36x36, so the network computes cells whose field fits the image but whose
-# 37x37 crop would not
-FLOOR_SPEC = """
-name: floor
-input: {shape: [1, 37, 37]}
-layers:
-  - {name: conv1, op: conv, out_channels: 3, kernel_size: 5}
-  - {name: pool1, op: maxpool, kernel_size: 2}
-  - {name: fc1, op: fc, out_features: 4}
-"""
+from nets import FLOOR_SPEC
 
 
 @pytest.fixture
