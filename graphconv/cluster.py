@@ -81,10 +81,10 @@ class MapOptions:
     listed_in: str | None = None  # --images --skip-existing/--resume: the --output-dir whose list tells a map that
     # another run made meanwhile, kept and not made again (`_made_meanwhile`)
     top: int | None = None  # --images --top K: each map's K best classes, ranked where it was made (`ranked_classes`)
+    top_by: str | None = None  # --top-by: by their mean over the map's computed cells (None), or their best cell's
     scales: tuple[int, ...] | None = None  # --scales: each picture's class vector over these shorter sides (`_at_scales`)
     flip: bool = False  # --flip: with --scales, the mirror images too
     scales_reduce: str = "mean"  # --reduce mean|max with --scales: over each map's positions, then over the maps
-    top_by: str | None = None  # --top-by: by their mean over the map's computed cells (None), or their best cell's
 
     def grid(self, model):
         """What each task maps: the model's dense pass, or the classifier on every crop."""
@@ -213,7 +213,9 @@ def client_for(workers: int | None, scheduler: str | None) -> Iterator[Any]:
     check_fits(workers * WORKER_PROCESS_BYTES, f"--workers {workers} (a process each, before any model or tile)",
                hint=f"give fewer: this machine has {counted(os.cpu_count() or 1, 'core')}")
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
-    os.environ.setdefault("NUMBA_NUM_THREADS", str(threads))
+    # The workers' share of the cores, in their environment only (the user's own setting, inherited, wins):
+    # set in this process's, it outlived the cluster, and a library caller's next numba run refused it.
+    env = {} if "NUMBA_NUM_THREADS" in os.environ else {"NUMBA_NUM_THREADS": str(threads)}
     scratch = tempfile.mkdtemp(prefix="graphconv-dask-")
     try:
         with warnings.catch_warnings(), _sigint_ignored(), dask.config.set({"temporary-directory": scratch}):
@@ -224,7 +226,8 @@ def client_for(workers: int | None, scheduler: str | None) -> Iterator[Any]:
             # logs "Failed to communicate with scheduler during heartbeat" as an ERROR, with a
             # traceback; a task's own error reaches the client as its exception anyway.
             cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                               dashboard_address=None, silence_logs=50, local_directory=scratch)
+                                               dashboard_address=None, silence_logs=50, local_directory=scratch,
+                                               env=env)
         try:
             with distributed.Client(cluster) as client:
                 yield client

@@ -86,8 +86,9 @@ class Model:
              preprocess: dict | None = None) -> "Model":
         """Load a spec file, a compiled model directory or an ONNX model; `weights` /
         `labels` replace the files the spec names (see graphconv/frontends/yaml.py on which
-        paths are trusted; `labels` may also be the list of class names itself); `crop_size` is the training crop, (H, W) or one number for a
-        square, of an ONNX model whose input size is dynamic; `task` ("segmentation" or
+        paths are trusted; `labels` may also be the list of class names itself);
+        `crop_size` is the training crop, (H, W) or one number for a square, of an ONNX
+        model whose input size is dynamic; `task` ("segmentation" or
         "classification") replaces the file's (`segmentation`); `preprocess` replaces the
         file's preprocess block whole (see `Model.preprocess`)."""
         return cls(load_graph(path, weights=weights, labels=labels, crop_size=crop_size, task=task,

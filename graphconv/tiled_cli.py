@@ -799,7 +799,7 @@ def run_images_command(args: argparse.Namespace) -> int:
                 if result.error:
                     bar.say(_error_line(result, explained))
                 elif result.top is not None:
-                    bar.say(_top_line(args, result.image, result.top), sys.stdout)
+                    bar.say(_top_line(result.image, result.top), sys.stdout)
                 bar.advance(1, 0)
                 return result
             if args.workers or args.scheduler:
@@ -849,12 +849,12 @@ def _rank_kept_maps(args: argparse.Namespace, model, options, kept: list[tuple[s
     manifest = Manifest(args.output_dir)
     for image, output in kept:
         top = ranked_classes(output, options, model.graph.meta.get("labels"))
-        print(_top_line(args, image, top))
+        print(_top_line(image, top))
         manifest.record_top(output, top, options.top_by)
     manifest.rewrite()
 
 
-def _top_line(args: argparse.Namespace, image: str, top) -> str:
+def _top_line(image: str, top) -> str:
     """--top of --images: one image's line on stdout, 'IMAGE: cat 0.81, dog 0.1' (best
     first; graphconv-maps.csv's `top` column holds them too, for scripts)."""
     from graphconv.cli import ranked_text

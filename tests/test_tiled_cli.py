@@ -1631,6 +1631,23 @@ def test_a_tiled_run_replaces_its_own_map_but_not_a_users_raster(model_dir, pict
         assert result.returncode == 0, result.stderr
 
 
+def test_local_workers_get_their_share_of_the_cores_and_this_process_keeps_its_environment(monkeypatch):
+    """--workers set NUMBA_NUM_THREADS in the calling process for its workers to inherit,
+    and left it there: a library caller's (a test session's) next numba run then refused
+    it ('Cannot set NUMBA_NUM_THREADS to a different value once the threads have been
+    launched'), 379 tests after one in-process --workers run."""
+    from graphconv.cluster import client_for
+
+    monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    with client_for(2, None) as client:
+        assert set(client.run(lambda: os.environ.get("NUMBA_NUM_THREADS")).values()) == {"2"}
+    assert "NUMBA_NUM_THREADS" not in os.environ
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "1")  # the user's own setting wins, as before
+    with client_for(1, None) as client:
+        assert set(client.run(lambda: os.environ.get("NUMBA_NUM_THREADS")).values()) == {"1"}
+
+
 def test_a_scheduler_without_workers_is_said_not_waited_on_for_ever(monkeypatch):
     """Its bar sat at 0 with no word until the user killed the run."""
     distributed = pytest.importorskip("distributed")
