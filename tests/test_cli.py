@@ -1012,7 +1012,7 @@ def test_many_images_through_a_classifier_as_written_say_so(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--images", "{page}", "--output-dir", "maps", "--profile"], "--scales and --profile take one --image"),
+    (["--images", "{page}", "--output-dir", "maps", "--profile"], "--output and --profile take one --image"),
     (["--image", "{page}", "--resize", "10", "20", "30"], "--resize takes S (the shorter side) or H W, not 3 numbers"),
     (["--image", "{page}", "--heatmap", "11"], "--heatmap 11: the model has 11 classes (0 to 10)"),
     (["--images", "{page}", "--output-dir", "maps", "--top", "3", "--reduce", "argmax"],
