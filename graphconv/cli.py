@@ -1500,6 +1500,8 @@ def class_index(name: int | str, labels: list[str] | None, flag: str,
     name, else one that matches but for case; `flag` and `how_to_name` for the error."""
     if isinstance(name, (int, np.integer)) and not isinstance(name, bool):
         return int(name)
+    if not isinstance(name, str):
+        raise GraphconvError(f"{flag} {name!r}: a class is its index (a whole number) or its name")
     if not labels:
         raise GraphconvError(f"{flag} {shown(name)}: the model has no labels to name classes by; give the "
                              f"class's index, {how_to_name}")

@@ -395,6 +395,7 @@ def test_heatmap_from_python_is_the_picture_the_command_draws(digits_fcn, tmp_pa
 @pytest.mark.parametrize("call, message", [
     (lambda m, page: m.heatmap(page, "seven"), r"heatmap: class 'seven': no class of that name"),
     (lambda m, page: m.heatmap(page, 11), r"heatmap: class 11: the model has 11 classes \(0 to 10\)"),
+    (lambda m, page: m.heatmap(page, 3.0), r"heatmap: class 3.0: a class is its index \(a whole number\) or its name"),
     (lambda m, page: m.heatmap(page, 3, opacity=0), r"opacity is more than 0 and at most 1, got 0"),
     (lambda m, page: m.heatmap(page, 3, scores=np.zeros((1, 11, 68, 94), np.float32)),
      r"scores of shape \(11, 68, 94\) are not this picture's map: run_image gives \(1, 11, 69, 94\) for its "
