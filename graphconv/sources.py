@@ -35,6 +35,7 @@ tifffile, imagecodecs and zarr are the optional `scale` extra (`pip install 'gra
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -226,8 +227,8 @@ class ArrayLikeSource(_Preprocessed):
         except (GraphconvError, MemoryError):
             raise
         except Exception as err:  # tifffile, zarr and the codecs raise many types for a damaged tile
-            raise GraphconvError(f"cannot decode its pixels in rows {top}..{bottom - 1}, columns {left}..{right - 1}: "
-                                 f"{type(err).__name__}: {shown(str(err), 200)}", file=self.path) from None
+            raise GraphconvError(f"cannot decode its pixels in rows {top}..{bottom - 1}, columns {left}..{right - 1}"
+                                 f"{_chunk_failure(err)}", file=self.path) from None
 
     def _nodata_pixels(self, raw: np.ndarray | None, box: tuple[int, int, int, int]) -> np.ndarray | None:
         """(h, w) bool: the no-data pixels of the box (top, left, bottom, right), `raw` its
@@ -1520,7 +1521,7 @@ def _decodable_array(path: str, series, level: int, pages):
     except GraphconvError:
         raise
     except Exception as err:  # tifffile, zarr and the codecs raise many types for what they cannot decode
-        raise GraphconvError(f"cannot decode its pixels: {err}{_codec_hint(pages)}", file=path) from None
+        raise GraphconvError(f"cannot decode its pixels{_chunk_failure(err)}{_codec_hint(pages)}", file=path) from None
     return array
 
 
@@ -1583,6 +1584,7 @@ def _unraisable_hook_without_sibling_reads(previous):
 
 
 CHUNK_ERROR_MARK = "_graphconv_chunk_error"  # set on an exception raised while reading a chunk
+CHUNK_NAME_MARK = "_graphconv_chunk_name"  # and which chunk it was ("TIFF tile 5 (page 0, at byte 3414)")
 _CHUNK_FAILED = False  # whether a chunk of any slide failed to decode in this process
 
 
@@ -1609,11 +1611,14 @@ def _kept_chunks_class(wrapper):
                         return self.chunks[key]
             try:
                 value = await self._store.get(key, prototype, byte_range)
+                if value is not None:
+                    _refuse_jpeg_cut_short(self._store, key)
             except Exception as err:
                 global _CHUNK_FAILED
                 _CHUNK_FAILED = True
                 with contextlib.suppress(AttributeError):  # an exception type without a __dict__
                     setattr(err, CHUNK_ERROR_MARK, True)
+                    setattr(err, CHUNK_NAME_MARK, _chunk_named(self._store, key))
                 raise
             if byte_range is None and value is not None and len(value) <= self.budget:
                 with self.lock:
@@ -1625,6 +1630,54 @@ def _kept_chunks_class(wrapper):
             return value
 
     return KeptChunks
+
+
+class DamagedChunk(ValueError):
+    """A tile or strip whose bytes graphconv's own check found damaged (its message says how)."""
+
+
+JPEG_END = b"\xff\xd9"  # the EOI marker, the last two bytes of every JPEG stream
+
+
+def _refuse_jpeg_cut_short(store, key: str) -> None:
+    """Raise where the chunk `key` is a JPEG tile or strip whose bytes do not end in the
+    end-of-image marker (zero bytes after it aside): the tail of a file that was copied
+    or downloaded in part and padded with zeros. libjpeg decodes such a tile without a
+    word, the lost part as grey and smeared colour (pixels 212 off), and the run would
+    score it as tissue. (A hole inside a tile leaves nothing a reader can check: JPEG has
+    no checksum.) NDPI's chunks are runs between restart markers, not whole streams,
+    and are not checked; neither is a store this tifffile lays out differently."""
+    try:
+        keyframe, page, _, offset, count = store._parse_key(key)
+        if (keyframe.compression != 7 or keyframe.jpegheader is not None or page is None
+                or not offset or not count or count < 4):
+            return
+        read = functools.partial(store._filecache.read, page.parent.filehandle)
+    except Exception:  # tifffile's private layout changed: the check is a courtesy, not a condition
+        return
+    if read(offset + count - 2, 2) == JPEG_END or read(offset, count).rstrip(b"\0").endswith(JPEG_END):
+        return
+    raise DamagedChunk("its JPEG data has no end marker: the file was cut short or damaged there "
+                     "(copied or downloaded in part?); a JPEG decoder would fill the rest of the tile with grey")
+
+
+def _chunk_failure(err: Exception) -> str:
+    """The end of a decode error's message: which tile or strip failed, where the read
+    that failed was a chunk's, and why."""
+    chunk = getattr(err, CHUNK_NAME_MARK, "")
+    why = str(err) if isinstance(err, DamagedChunk) else f"{type(err).__name__}: {shown(str(err), 200)}"
+    return f"{f' ({chunk})' if chunk else ''}: {why}"
+
+
+def _chunk_named(store, key: str) -> str:
+    """Which TIFF tile or strip the zarr chunk `key` is, for an error ("TIFF tile 5 of
+    page 0, at byte 3414"), or "" where tifffile's store does not say."""
+    try:
+        keyframe, page, index, offset, _ = store._parse_key(key)
+        kind = "tile" if keyframe.is_tiled else "strip"
+        return f"TIFF {kind} {index} of page {page.index}, at byte {offset}"
+    except Exception:  # tifffile's private layout changed
+        return ""
 
 
 def _codec_hint(pages) -> str:

@@ -783,8 +783,64 @@ def test_a_damaged_tile_is_one_error_naming_the_file_and_the_box(tmp_path):
     garble_tiles(tmp_path / "cut.tif", 2)  # the second row of tiles
     source = open_source(tmp_path / "cut.tif", 1, None)
     np.testing.assert_array_equal(source.read(0, 0, 64, 64), pixels[None, :64, :64])
-    with pytest.raises(GraphconvError, match=r"cut.tif: cannot decode its pixels in rows 64..127, columns 0..127"):
+    with pytest.raises(GraphconvError, match=r"cut.tif: cannot decode its pixels in rows 64..127, columns 0..127 "
+                                             r"\(TIFF tile 2 of page 0, at byte \d+\): "):
         source.read(64, 0, 128, 128)
+
+
+def zero_bytes(path, tile: int, start: float, end: float) -> None:
+    """Overwrite with zeros the part `start`..`end` (fractions) of the first page's tile
+    `tile`, in place: what a partial copy into a preallocated file leaves."""
+    with tifffile.TiffFile(path) as tif:
+        offset, count = tif.pages[0].dataoffsets[tile], tif.pages[0].databytecounts[tile]
+    data = bytearray(path.read_bytes())
+    data[offset + int(start * count):offset + int(end * count)] = bytes(int(end * count) - int(start * count))
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def jpeg_tiles(tmp_path):
+    """A 256x256 RGB TIFF of four 128x128 JPEG tiles, smooth enough that a lost tail decodes
+    to visibly wrong pixels, and its pixels as tifffile decodes them."""
+    y, x = np.mgrid[0:256, 0:256]
+    pixels = np.stack([(x + y) % 256, (2 * x) % 256, (3 * y) % 256], -1).astype(np.uint8)
+    path = tmp_path / "scan.tif"
+    tifffile.imwrite(path, pixels, tile=(128, 128), compression="jpeg", photometric="rgb")
+    return path, tifffile.imread(path).transpose(2, 0, 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("start", [0.4, 0.7, 0.99])
+def test_a_jpeg_tile_whose_tail_is_zeros_is_refused_naming_the_tile(jpeg_tiles, start):
+    """libjpeg decodes a JPEG tile whose end was lost (zeros, as a partial copy into a
+    preallocated file leaves) without a word, the rest of the tile grey and smeared
+    (pixels 212 off): the run scored it. The tile lacks the end-of-image marker."""
+    path, _ = jpeg_tiles
+    zero_bytes(path, 1, start, 1.0)
+    tifffile.imread(path)  # libjpeg's word on it: none
+    source = open_source(path, 3, None)
+    np.testing.assert_array_equal(source.read(128, 0, 256, 128), jpeg_tiles[1][:, 128:, :128])  # other tiles read
+    with pytest.raises(GraphconvError, match=r"scan.tif: cannot decode its pixels in rows 0..127, columns 100..199 "
+                                             r"\(TIFF tile 1 of page 0, at byte \d+\): its JPEG data has no end "
+                                             r"marker: the file was cut short or damaged there"):
+        source.read(0, 100, 128, 200)
+
+
+def test_intact_jpeg_tiles_and_strips_read_as_tifffile_decodes_them(jpeg_tiles, tmp_path):
+    path, pixels = jpeg_tiles
+    np.testing.assert_array_equal(open_source(path, 3, None).read(0, 0, 256, 256), pixels)
+    tifffile.imwrite(tmp_path / "strips.tif", pixels.transpose(1, 2, 0).astype(np.uint8), rowsperstrip=64,
+                     compression="jpeg", photometric="rgb")
+    np.testing.assert_array_equal(open_source(tmp_path / "strips.tif", 3, None).read(0, 0, 256, 256),
+                                  tifffile.imread(tmp_path / "strips.tif").transpose(2, 0, 1))
+
+
+def test_a_damaged_first_tile_is_named_when_the_image_is_opened(jpeg_tiles):
+    """`_decodable_array` decodes one pixel of the first tile up front."""
+    path, _ = jpeg_tiles
+    zero_bytes(path, 0, 0.5, 1.0)
+    with pytest.raises(GraphconvError, match=r"scan.tif: cannot decode its pixels \(TIFF tile 0 of page 0, at byte "
+                                             r"\d+\): its JPEG data has no end marker"):
+        open_source(path, 3, None)
 
 
 def test_a_pipe_named_like_an_image_is_refused_not_waited_on(tmp_path):
