@@ -3,6 +3,7 @@ in onnxruntime, the map `graphconv run` gives, on images of any size."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from graphconv.compiler import compile_model  # noqa: E402
 from graphconv.errors import GraphconvError  # noqa: E402
+from graphconv.frontends import load_network  # noqa: E402
 from graphconv.frontends.onnx_export import EXPORT_OPSET, OnnxWriter, save_onnx, to_onnx_model  # noqa: E402
 from graphconv.ir import Graph  # noqa: E402
 from graphconv.model import Model  # noqa: E402
@@ -747,7 +749,39 @@ def test_a_model_over_onnx_s_file_limit_is_refused_in_one_line_before_it_is_buil
     from graphconv.frontends import onnx_export
 
     monkeypatch.setattr(onnx_export, "ONNX_FILE_LIMIT", 1000)
-    monkeypatch.setattr(onnx_export, "to_onnx_model", lambda graph: pytest.fail("built before the size check"))
+    monkeypatch.setattr(onnx_export, "to_onnx_model", lambda graph, checked=True: pytest.fail("built before the size check"))
     result = graphconv_in_process("export", SPECS / "lenet.yaml", "-o", tmp_path / "m.onnx")
     assert result.returncode == 2 and "over ONNX's 2 GiB limit for one file" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "m.onnx").exists()
+
+
+def test_an_export_that_would_pass_the_memory_limit_is_refused_before_it_is_built(tmp_path, monkeypatch):
+    """A 0.92 GB model peaked at 7.4 GB exporting (the weights as TensorProtos, copied into
+    the graph, copied into the model, serialised twice, parsed by the checker), whatever
+    --memory-limit said: it now holds EXPORT_COPIES copies and is refused where those
+    do not fit."""
+    from conftest import graphconv_in_process
+    from graphconv.frontends import onnx_export
+
+    monkeypatch.setattr(onnx_export, "to_onnx_model", lambda graph, checked=True: pytest.fail("built"))
+    weights = sum(a.nbytes for node in load_network(SPECS / "lenet.yaml").layers() for a in node.weights.values())
+    limit = (onnx_export.EXPORT_COPIES * weights) // 1024 - 1
+    result = graphconv_in_process("export", SPECS / "lenet.yaml", "-o", tmp_path / "m.onnx", "--memory-limit",
+                                  f"{limit}K")
+    assert result.returncode == 2, result.stderr
+    assert re.search(r"m.onnx: exporting [0-9.]+ KB of weights \(held 4 times at once: .*\) needs about [0-9.]+ KB, "
+                     r"over the memory limit", result.stderr), result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "m.onnx").exists()
+
+
+def test_the_export_s_initializers_are_the_weights_each_once(tmp_path):
+    """`OnnxWriter` writes each weight into the model once, from the graph's own array."""
+    onnx = pytest.importorskip("onnx")
+    model = compile_model(SPECS / "tinydag.yaml")
+    save_onnx(model.graph, tmp_path / "m.onnx")
+    tensors = onnx.load(tmp_path / "m.onnx").graph.initializer
+    written = {t.name: onnx.numpy_helper.to_array(t) for t in tensors}
+    expected = {f"{node.name}.{key}": array for node in model.graph.layers() for key, array in node.weights.items()}
+    assert set(expected) <= set(written) and len(written) == len(tensors)
+    for name, array in expected.items():
+        np.testing.assert_array_equal(written[name].reshape(array.shape), array)
