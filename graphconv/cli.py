@@ -496,8 +496,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp = sub.add_parser("export", help="write a (compiled) model as ONNX, dynamic in N, H and W",
                          description="Write MODEL (usually a compiled model directory) as an ONNX "
-                                     "file whose input has dynamic batch, height and width, for "
-                                     "onnxruntime, TensorRT and other ONNX runtimes.")
+                                     "file (op set 19, one file, no external data) whose input has dynamic "
+                                     "batch, height and width, for onnxruntime, TensorRT and other ONNX "
+                                     "runtimes. Its output is the full map, every cell computed (graphconv "
+                                     "run's map, plus a last row/column where the crops would run off the "
+                                     "image). Metadata states the crop, preprocess, labels, input size rule "
+                                     "and where each cell stands (graphconv.* keys), so the file imports "
+                                     "back or runs with graphconv run as it is. An existing file is replaced "
+                                     "only if graphconv exported it.")
     exp.add_argument("model", type=_path, help="compiled model directory (or a spec / .onnx model)")
     exp.add_argument("--output", "-o", type=_path, required=True, metavar="FCN.onnx", help="ONNX file to write")
     exp.set_defaults(handler=cmd_export)
@@ -2321,6 +2327,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from graphconv.frontends.onnx_export import declared_dims, export_notes, is_graphconv_export, save_onnx
 
+    if args.output == "-":
+        raise GraphconvError("-o -: export writes a file, not standard output; give its name (FCN.onnx)")
     if Path(args.output).resolve() == Path(args.model.rstrip("/")).resolve():
         raise GraphconvError("-o is the model being exported; write the export somewhere else", file=args.output)
     check_writable(args.output)

@@ -785,3 +785,12 @@ def test_the_export_s_initializers_are_the_weights_each_once(tmp_path):
     assert set(expected) <= set(written) and len(written) == len(tensors)
     for name, array in expected.items():
         np.testing.assert_array_equal(written[name].reshape(array.shape), array)
+
+
+def test_export_to_a_dash_is_refused_not_written_as_a_file_named_dash(tmp_path, monkeypatch):
+    from conftest import graphconv_in_process
+
+    monkeypatch.chdir(tmp_path)
+    result = graphconv_in_process("export", SPECS / "lenet.yaml", "-o", "-")
+    assert result.returncode == 2 and "-o -: export writes a file, not standard output" in result.stderr
+    assert not (tmp_path / "-").exists()
