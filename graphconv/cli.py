@@ -31,7 +31,8 @@ from graphconv.arrays import load_npy
 from graphconv.background import DEFAULT_MAX_NODATA, DEFAULT_THRESHOLD
 from graphconv.backends import device_choices
 from graphconv.errors import GraphconvError, GraphconvWarning, PassError, agreeing, counted, nearest, printable, shown
-from graphconv.files import atomic_write, check_model_target, check_writable, committed_outputs, forget_committed
+from graphconv.files import (atomic_write, check_model_target, check_writable, committed_outputs, forget_committed,
+                             spare_the_model)
 from graphconv.georef import is_tiff_output
 from graphconv.memory import check_run_fits
 from graphconv.pass_manager import DEFAULT_PIPELINE
@@ -1056,24 +1057,6 @@ def _output_shape(args: argparse.Namespace, model, grid, x: np.ndarray) -> tuple
         return (n, *infer_shapes(model.graph, (height, width), check_weights=False)[model.graph.output.name])
     rows, cols = model.output_hw(height, width)
     return (n, classes) if model.returns_vectors and (rows, cols) == (1, 1) else (n, classes, rows, cols)
-
-
-def spare_the_model(model, outputs: list[tuple[str, str | None]]) -> None:
-    """Refuse, before any work, an output (flag, path) that would write over a file the
-    model was read from (`graph.meta["read_from"]`: its spec, weights and labels files,
-    an ONNX model's external data) or into the folder of a compiled one: `run digits.yaml
-    --output digits.npz` would replace the trained weights with a score map."""
-    from pathlib import Path
-
-    read_from = [Path(p) for p in model.graph.meta.get("read_from", ())]
-    for flag, path in outputs:
-        if not path:
-            continue
-        target = Path(path.rstrip("/")).resolve()
-        for source in read_from:
-            if target == source or source in target.parents:
-                raise GraphconvError(f"{flag} would write over {source.name}, which the model is read from; write "
-                                     "it somewhere else", file=path)
 
 
 def check_heatmap_has_a_map(args: argparse.Namespace, model) -> None:
@@ -2325,7 +2308,7 @@ def _float_list(text: str) -> list[float]:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from graphconv.frontends.onnx_export import declared_dims, export_notes, is_graphconv_export, save_onnx
+    from graphconv.frontends.onnx_export import declared_dims, export_model
 
     if args.output == "-":
         raise GraphconvError("-o -: export writes a file, not standard output; give its name (FCN.onnx)")
@@ -2333,11 +2316,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise GraphconvError("-o is the model being exported; write the export somewhere else", file=args.output)
     check_writable(args.output)
     model = load_model(args, args.model)
-    spare_the_model(model, [("-o", args.output)])
-    if Path(args.output).exists() and not is_graphconv_export(args.output):
-        raise GraphconvError("is already there and is not an ONNX file graphconv exported (a model of yours?): "
-                             "graphconv replaces only its own exports; choose another name", file=args.output)
-    for text in export_notes(save_onnx(model.graph, args.output), args.output):
+    for text in export_model(model, args.output, flag="-o"):
         note(text)
     if "compiled" not in model.graph.meta and not model.segmentation:  # a segmentation network is dense as written
         note(f"note: {args.model} is not compiled; exported the network as written (graphconv "

@@ -163,6 +163,22 @@ def forget_committed() -> None:
 
 # ---- single files ---------------------------------------------------------------------------
 
+def spare_the_model(model, outputs: list[tuple[str, str | None]]) -> None:
+    """Refuse, before any work, an output (flag, path) that would write over a file the
+    model was read from (`graph.meta["read_from"]`: its spec, weights and labels files,
+    an ONNX model's external data) or into the folder of a compiled one: `run digits.yaml
+    --output digits.npz` would replace the trained weights with a score map."""
+    read_from = [Path(p) for p in model.graph.meta.get("read_from", ())]
+    for flag, path in outputs:
+        if not path:
+            continue
+        target = Path(path.rstrip("/")).resolve()
+        for source in read_from:
+            if target == source or source in target.parents:
+                raise GraphconvError(f"{flag} would write over {source.name}, which the model is read from; write "
+                                     "it somewhere else", file=path)
+
+
 def check_writable(path: str | os.PathLike, shown: str | None = None) -> None:
     """Fail before any work is done if `path` could never be written: it is a folder, an
     empty name, or its folder (or the nearest one that exists) refuses new files. The

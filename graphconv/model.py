@@ -101,6 +101,16 @@ class Model:
         here, before anything is written (`graphconv.save_model`)."""
         return save_model(self.graph, directory)
 
+    def export(self, path: str | os.PathLike) -> list[str]:
+        """Write the model as an ONNX file for onnxruntime, TensorRT and other runtimes,
+        as `graphconv export` does: dynamic N, H and W, op set 19, the crop, preprocess,
+        labels and cell placement in its metadata. Returns the notes the CLI prints
+        (a size rule other runtimes do not check; pools TensorRT refuses). Refuses to
+        replace a file the model was read from or an ONNX file graphconv did not export."""
+        from graphconv.frontends.onnx_export import export_model
+
+        return export_model(self, path)
+
     @property
     def preprocess(self) -> dict | None:
         """How pixels (0..255) become the network's input, `(x * scale - mean) / std` per

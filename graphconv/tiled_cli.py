@@ -753,7 +753,7 @@ def run_images_command(args: argparse.Namespace) -> int:
     ref = _model_ref(args)
     model = worker_model(ref)  # loaded once: the images mapped in this process use it too
     from graphconv.cli import check_heatmap_has_a_map, note_pixels_as_they_are, note_run_as_written, resolve_class_names
-    from graphconv.cli import spare_the_model
+    from graphconv.files import spare_the_model
     spare_the_model(model, [("--output-dir", args.output_dir)])  # a compiled model's folder holds no maps
     from graphconv.cli import note, note_dense_padding
     resolve_class_names(args, model.graph.meta.get("labels"))

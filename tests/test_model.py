@@ -407,3 +407,26 @@ def test_heatmap_from_python_refuses_what_it_cannot_draw(digits_fcn, call, messa
     from conftest import ROOT
     with pytest.raises(GraphconvError, match=message):
         call(digits_fcn, ROOT / "examples" / "digits_page.png")
+
+
+def test_export_writes_the_file_graphconv_export_writes_and_refuses_a_model_of_yours(tmp_path, rng):
+    """A notebook user had no Python function for `graphconv export`."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from conftest import graphconv_in_process
+
+    fcn = graphconv.compile_model(SPECS / "lenet.yaml")
+    fcn.save(tmp_path / "fcn")
+    assert fcn.export(tmp_path / "py.onnx") == []
+    assert graphconv_in_process("export", tmp_path / "fcn", "-o", tmp_path / "cli.onnx").returncode == 0
+    assert (tmp_path / "py.onnx").read_bytes() == (tmp_path / "cli.onnx").read_bytes()
+    session = ort.InferenceSession(str(tmp_path / "py.onnx"), providers=["CPUExecutionProvider"])
+    x = random_input(rng, (2, *fcn.crop_shape[:1], 40, 44))
+    np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x})[0],
+                               fcn.executor("cpu").run(x), rtol=1e-4, atol=1e-5)
+    (tmp_path / "trained.onnx").write_bytes(b"a model of the user's")
+    with pytest.raises(GraphconvError, match="trained.onnx: is already there and is not an ONNX file graphconv"):
+        fcn.export(tmp_path / "trained.onnx")
+    assert (tmp_path / "trained.onnx").read_bytes() == b"a model of the user's"
+    with pytest.raises(GraphconvError, match="path would write over"):
+        graphconv.load(tmp_path / "fcn").export(tmp_path / "fcn" / "model.yaml")

@@ -437,6 +437,22 @@ def is_graphconv_export(path: str | os.PathLike) -> bool:
             or model.doc_string.startswith("exported by graphconv"))
 
 
+def export_model(model, path: str | os.PathLike, *, flag: str = "path") -> list[str]:
+    """Write the graphconv.Model `model` as ONNX at `path`, as `graphconv export` does
+    (`Model.export`); returns the notes for the deployer (`export_notes`). Refused where
+    `path` is a file the model was read from, or an existing file that is not an ONNX
+    file graphconv exported (a trained model of the user's: it must not be replaced);
+    `flag` names `path` in those messages."""
+    from graphconv.files import spare_the_model
+
+    path = os.fspath(path)
+    spare_the_model(model, [(flag, path)])
+    if os.path.exists(path) and not is_graphconv_export(path):
+        raise GraphconvError("is already there and is not an ONNX file graphconv exported (a model of yours?): "
+                             "graphconv replaces only its own exports; choose another name", file=path)
+    return export_notes(save_onnx(model.graph, path), path)
+
+
 ONNX_FILE_LIMIT = 2**31  # bytes: a protobuf message's limit, and so one .onnx file's
 EXPORT_COPIES = 4  # the weights held at once by an export: the graph's, the ModelProto's, and its serialisation,
 # twice while protobuf makes it (measured: a 0.54 GB model peaked 1.95 GB over the process's 0.8 GB before the export)
