@@ -112,8 +112,8 @@ class Background:
         if self.nodata is not None:
             value = float(self.nodata)
             record["image_nodata"] = value if np.isfinite(value) else str(value)
-        if getattr(self.image, "valid_pixels", None) is not None:
-            record["image_nodata_mask"] = "internal"  # GDAL's per-dataset mask, read at the level read
+        if getattr(self.image, "valid_pixels", None) is not None:  # GDAL's per-dataset mask, read at the level read,
+            record["image_nodata_mask"] = getattr(self.image, "valid_pixels_from", None) or "internal"  # or alpha
         return record
 
     @property

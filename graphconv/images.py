@@ -1256,13 +1256,14 @@ def _bands_of_mode(img) -> int:
     return 1 if len(img.getbands()) == 1 and img.mode != "P" else 3
 
 
-def channel_conversion(stored: int, channels: int, bands_flag: bool) -> str | None:
+def channel_conversion(stored: int, channels: int, bands_flag: bool, alpha_is_nodata: bool = False) -> str | None:
     """What an image of `stored` bands (`picture_bands`: 1 grey, 2 grey and alpha, 3 RGB,
     4 RGBA) becomes for a network of `channels`, said where they differ: a grey model
     on an RGB slide was fed ITU-601 luma without a word, where the user may have wanted
     one band. `bands_flag`: whether --bands can pick a band of this image (TIFF, zarr),
     else the way to one band is a grey file. Completes "the image is ..."; None where
-    nothing is converted (a grey model on a grey picture: the quick start's digits)."""
+    nothing is converted (a grey model on a grey picture: the quick start's digits).
+    `alpha_is_nodata`: the alpha is the image's no-data mask (a GeoTIFF's, `sources._alpha_plane`)."""
     if stored == channels:
         return None
     alpha = stored in (2, 4)
@@ -1275,6 +1276,9 @@ def channel_conversion(stored: int, channels: int, bands_flag: bool) -> str | No
                 f"0.114 B (ITU-R 601, as Pillow's \"L\"){dropped}; to feed one band as it is instead, {pick}")
     if channels == 3 and stored <= 2:
         return f"{colour}: the grey goes into all three channels of the RGB model{dropped}"
+    if channels == 3 and alpha_is_nodata:
+        return ("RGBA: the alpha (4th band) is left out for the RGB model; it marks the no-data pixels, alpha 0 "
+                "(as GDAL's mask)")
     if channels == 3:
         return ("RGBA: the alpha (4th band) is left out for the RGB model, which gets the colours stored under "
                 "transparent pixels as they are (flatten the image onto your background first if that matters)")

@@ -145,6 +145,8 @@ class ArrayLikeSource(_Preprocessed):
     nodata = None  # the no-data value the file declares (GDAL's tag, a zarr _FillValue); set by the openers
     nodata_given = False  # whether `nodata` is run --nodata's (`open_source`), not the file's
     valid_pixels = None  # a TIFF's internal mask at the level read, (H, W), 0 or False where no data (`_internal_mask`)
+    valid_pixels_from = None  # "internal" (that mask) or "alpha" (its alpha band, `_alpha_plane`)
+    alpha_band = None  # the TIFF's alpha band, numbered from 1 as GDAL numbers it, where it is the mask
 
     @property
     def missing_value(self) -> float | None:
@@ -669,7 +671,8 @@ def nodata_named(source) -> str:
         value = source.missing_value
         named.append(f"no-data value {value:g}" if getattr(source, "nodata", None) is not None else "NaN, its no-data")
     if getattr(source, "valid_pixels", None) is not None:
-        named.append("GDAL internal mask")
+        alpha = getattr(source, "alpha_band", None)
+        named.append("GDAL internal mask" if alpha is None else f"alpha band {alpha} (0: no data, as GDAL masks it)")
     return " and ".join(named) or "no-data"
 
 
@@ -741,7 +744,8 @@ def channel_conversion(source) -> str | None:
         return None if stored is None else conversion(stored, source.channels, bands_flag=False)
     if getattr(source, "bands", None) is not None or not hasattr(source, "band_count"):
         return None
-    return conversion(source.band_count, source.channels, bands_flag=True)
+    return conversion(source.band_count, source.channels, bands_flag=True,
+                      alpha_is_nodata=getattr(source, "alpha_band", None) is not None)
 
 
 def value_scaling(source) -> str | None:
@@ -1129,6 +1133,10 @@ def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
     source = ArrayLikeSource(path, array, channels, preprocess, axes=axes, bands=bands, picture=_is_picture(page))
     source.nodata = nodata
     source.valid_pixels = _internal_mask(path, tif, _axis_sizes(levels[level]))
+    source.valid_pixels_from = None if source.valid_pixels is None else "internal"
+    if source.valid_pixels is None and array is stored:
+        source.valid_pixels, source.alpha_band = _alpha_plane(page, array, axes)
+        source.valid_pixels_from = None if source.valid_pixels is None else "alpha"
     source.microns_per_pixel = square_microns(_stated_pixel_size(tif))  # at level 0
     source.tiff = tif  # keep the file open as long as the source lives
     return _as_level(source, level, [_axis_sizes(each) for each in levels])
@@ -1152,6 +1160,36 @@ def _internal_mask(path: str, tif, level_hw: tuple[int, int]):
 
 
 FILETYPE_MASK = 4  # TIFF's NewSubfileType bit of a transparency mask
+ALPHA_SAMPLES = (1, 2)  # TIFF ExtraSamples: associated and unassociated alpha (0 is a band of no stated meaning)
+
+
+def _alpha_plane(page, array, axes: str):
+    """(the TIFF's alpha band as a lazily read (H, W) array, its number from 1), or
+    (None, None) where it has none: GDAL masks a dataset without an internal mask by its
+    alpha band, a pixel of alpha 0 no data (gdalwarp -dstalpha, gdal_translate -b mask
+    write such scenes, the swath outside transparent). Read as data, the area outside a
+    warped scene's swath was scored as whatever colours it held. Of a TIFF's samples
+    held in one plane of pixels only (axes YXS or SYX)."""
+    extras = tuple(int(e) for e in getattr(page, "extrasamples", ()) or ())
+    upper = axes.upper()
+    if not any(e in ALPHA_SAMPLES for e in extras) or sorted(upper) != ["S", "X", "Y"]:
+        return None, None
+    index = getattr(page, "samplesperpixel", 1) - len(extras) + next(i for i, e in enumerate(extras) if e in ALPHA_SAMPLES)
+    return _SamplePlane(array, upper.index("S"), index), index + 1
+
+
+class _SamplePlane:
+    """One sample (band) of a (Y, X, S) or (S, Y, X) array as a lazily read (H, W) array:
+    slicing it reads that band of the box only."""
+
+    def __init__(self, array, sample_axis: int, index: int):
+        self.array, self.sample_axis, self.index = array, sample_axis, index
+        self.shape = tuple(n for i, n in enumerate(array.shape) if i != sample_axis)
+
+    def __getitem__(self, box: tuple[slice, slice]) -> np.ndarray:
+        key = list(box)
+        key.insert(self.sample_axis, self.index)
+        return np.asarray(self.array[tuple(key)])
 
 
 def _refuse_pixels_past_the_end(path: str, page, level: int, warned: list[str]) -> None:

@@ -1118,6 +1118,61 @@ def test_an_internal_mask_marks_no_data_as_a_nan_would(scene_net, tmp_path):
         (tmp_path / "nan.npy").unlink()
 
 
+@pytest.mark.parametrize("planar, extra", [("contig", 2), ("separate", 1)])
+def test_a_tiff_s_alpha_band_marks_its_no_data_as_gdal_s_mask_does(scene_net, tmp_path, planar, extra):
+    """A GeoTIFF whose alpha band marks the swath (gdalwarp -dstalpha) had the area outside
+    it scored as data (4900 cells of a review's scene): GDAL masks a dataset without an
+    internal mask by its alpha band, 0 no data. The map equals that of the same pixels
+    with NaN where alpha is 0, whole or tiled, and says what masked them; a fourth band
+    of no stated meaning (ExtraSamples 0) masks nothing."""
+    folder, bands = scene_net
+    pixels = bands[:3]  # (3, H, W) uint16, read as stored
+    alpha = np.full(pixels.shape[1:], 65535, np.uint16)
+    alpha[:, :40] = 0
+    alpha[50:, 60:] = 0
+    alpha[10:20, 50:52] = 1  # any other alpha is data
+    rgba = np.concatenate([pixels, alpha[None]])
+    layout = {"planarconfig": planar, "photometric": "rgb", "tile": (32, 32)}
+    tifffile.imwrite(tmp_path / "alpha.tif", rgba if planar == "separate" else rgba.transpose(1, 2, 0),
+                     extrasamples=[extra], **layout)
+    tifffile.imwrite(tmp_path / "fourth.tif", rgba if planar == "separate" else rgba.transpose(1, 2, 0),
+                     extrasamples=[0], **layout)
+    floats = pixels.astype(np.float32)
+    floats[:, alpha == 0] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", floats.transpose(1, 2, 0), photometric="minisblack", planarconfig="contig")
+    common = ["run", folder / "fcn", "--bands", "1,2,3"]
+    for tile in ((), ("--tile", "40")):
+        result = graphconv_in_process(*common, "--image", tmp_path / "alpha.tif", *tile, "--output",
+                                      tmp_path / "alpha.zarr")
+        assert result.returncode == 0, result.stderr
+        assert "the image's alpha band 4 (0: no data, as GDAL masks it)" in result.stderr
+        assert graphconv_in_process(*common, "--image", tmp_path / "nan.tif", *tile, "--output",
+                                    tmp_path / "nan.npy").returncode == 0
+        scores = zarr.open_array(str(tmp_path / "alpha.zarr"), mode="r")
+        np.testing.assert_array_equal(scores[...], np.load(tmp_path / "nan.npy"))
+        assert np.isnan(scores[..., 0]).all() and not np.isnan(scores[..., :5, -1]).any()
+        assert scores.attrs["graphconv"]["image_nodata_mask"] == "alpha"
+        shutil.rmtree(tmp_path / "alpha.zarr")
+        (tmp_path / "nan.npy").unlink()
+    result = graphconv_in_process(*common, "--image", tmp_path / "fourth.tif", "--output", tmp_path / "fourth.npy")
+    assert result.returncode == 0 and "alpha band" not in result.stderr
+    assert not np.isnan(np.load(tmp_path / "fourth.npy")).any()
+
+
+def test_an_rgba_tiff_s_note_says_its_alpha_marks_no_data(tmp_path):
+    from graphconv.sources import channel_conversion, open_source
+
+    rgba = np.random.default_rng(0).integers(1, 255, (40, 50, 4), np.uint8)
+    tifffile.imwrite(tmp_path / "rgba.tif", rgba, photometric="rgb", extrasamples=[2])
+    source = open_source(tmp_path / "rgba.tif", 3, None)
+    assert channel_conversion(source) == ("RGBA: the alpha (4th band) is left out for the RGB model; it marks the "
+                                          "no-data pixels, alpha 0 (as GDAL's mask)")
+    rgba[:10, :, 3] = 0
+    tifffile.imwrite(tmp_path / "rgba.tif", rgba, photometric="rgb", extrasamples=[2])
+    _, mask = open_source(tmp_path / "rgba.tif", 3, None).read_masked(0, 0, 40, 50)
+    np.testing.assert_array_equal(mask, np.broadcast_to(rgba[..., 3] == 0, (3, 40, 50)))
+
+
 def test_an_internal_mask_of_no_level_s_size_is_said_to_be_unread_and_the_way_the_note_gives_it_works(
         scene_net, tmp_path):
     """A mask page of another size than the level read (a mask of level 0 alone, read at
