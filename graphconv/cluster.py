@@ -640,9 +640,8 @@ def _image_mapped(ref: ModelRef, image: str, output: str, options: MapOptions, t
             _write_map(output, result, source, grid, {**contents, "tile_plan": WHOLE_IMAGE_PLAN},
                        _as_found(output, found))
             shape = tuple(result.shape)
-        from graphconv.sources import internal_mask_note, unread_nodata_note
-        notes = (stored_orientation_note(source), unread_nodata_note(source),
-                 internal_mask_note(source, bool(options.mask)),
+        from graphconv.sources import tiff_notes
+        notes = (stored_orientation_note(source), *tiff_notes(source, bool(options.mask)),
                  _first_frame_note(image),
                  _no_tissue_note(background, grid, (source.height, source.width), options))
         from graphconv.images import turned_upright

@@ -1387,6 +1387,7 @@ class _Shaped:
 
 
 GDAL_NODATA = 42113  # the TIFF tag GDAL writes a raster's no-data value in, as text
+GDAL_METADATA = 42112  # and its other metadata, as XML (band scales and offsets: `stated_scaling`)
 
 
 def _quiet_about_gdal_nodata(record: logging.LogRecord) -> bool:
@@ -1426,6 +1427,67 @@ def unread_nodata_note(source) -> str | None:
         return None
     return (f"its GDAL_NODATA tag {shown(_nodata_text(tag), 40)} is not a number, so it is put aside and every "
             "pixel is read as data (give the no-data value with --nodata)")
+
+
+def tiff_notes(source, mask_given: bool = False) -> list[str]:
+    """What to say of the TIFF `source` reads before its run (each completing "note: "):
+    a no-data tag put aside, an internal mask not read (none where --mask is given:
+    `mask_given`), a scale and offset GDAL states and no reader applies."""
+    return [said for said in (unread_nodata_note(source), internal_mask_note(source, mask_given),
+                              scale_offset_note(source)) if said]
+
+
+GDAL_SCALING_ITEM = re.compile(r'<Item\s+name="(SCALE|OFFSET)"\s+sample="(\d+)"\s+role="(?:scale|offset)"\s*>'
+                               r"\s*([^<]*?)\s*</Item>")
+
+
+def stated_scaling(tif) -> dict[str, dict[int, float]]:
+    """The per-band scale and offset GDAL's metadata tag states ({"SCALE": {band from 0:
+    value}, "OFFSET": {...}}), the numbers only: read with a pattern, not an XML parser,
+    as the tag is the file's text."""
+    tag = tif.pages[0].tags.get(GDAL_METADATA) if tif is not None and tif.pages else None
+    stated: dict[str, dict[int, float]] = {"SCALE": {}, "OFFSET": {}}
+    for name, band, value in GDAL_SCALING_ITEM.findall(str(tag.value) if tag is not None else ""):
+        with contextlib.suppress(ValueError):
+            stated[name][int(band)] = float(value)
+    return stated
+
+
+def scale_offset_note(source) -> str | None:
+    """What to say of a TIFF whose GDAL metadata states a scale or offset for its bands
+    (physical value = stored x scale + offset: a reflectance product stored as integers):
+    graphconv feeds the values as stored, as GDAL and rasterio read them (neither applies
+    them), which is right for a model trained on the stored numbers and wrong, without a
+    word, for one trained on the physical ones (scores 0.997 off in a review). None where
+    the file states none, or no offset and the spec already takes the values as stored at
+    that scale (an offset may or may not be in the spec's mean: said)."""
+    stated = stated_scaling(getattr(source, "tiff", None))
+    scales = {band: v for band, v in stated["SCALE"].items() if v != 1}
+    offsets = {band: v for band, v in stated["OFFSET"].items() if v != 0}
+    if not scales and not offsets:
+        return None
+    preprocess = getattr(source, "preprocess", None) or {}
+    file_scales = set(stated["SCALE"].values()) or {1.0}
+    if not offsets and stores_values(preprocess) and len(file_scales) == 1 \
+            and math.isclose(float(preprocess.get("scale", 1)), file_scales.pop()):
+        return None
+    bands = sorted(set(scales) | set(offsets))
+    rules = {band: (stated["SCALE"].get(band, 1.0), stated["OFFSET"].get(band, 0.0)) for band in bands}
+    if len(set(rules.values())) == 1 and len(bands) == len(set(stated["SCALE"]) | set(stated["OFFSET"])):
+        said = f"every band: {_scaling_rule(*rules[bands[0]])}"
+    else:
+        said = "; ".join(f"band {band + 1}: {_scaling_rule(*rules[band])}" for band in bands[:4])
+        said += " ..." if len(bands) > 4 else ""
+    offset = rules[bands[0]][1]
+    fold = f" (so {'-' if offset > 0 else '+'} {abs(offset):g} for band {bands[0] + 1})" if offset else ""
+    return (f"its GDAL metadata states a scale and offset ({said}), which graphconv does not apply, as GDAL and "
+            "rasterio do not: the network gets the values as stored. For a model trained on the scaled values, "
+            f"give them in the spec's preprocess: values: stored, scale: the file's, and each mean less the "
+            f"offset{fold}")
+
+
+def _scaling_rule(scale: float, offset: float) -> str:
+    return f"stored x {scale:g}" + (f" {'-' if offset < 0 else '+'} {abs(offset):g}" if offset else "")
 
 
 MASK_PAGES_LOOKED_AT = 64  # pages of a TIFF `internal_mask_note` looks through (a pyramid has a dozen)

@@ -106,11 +106,9 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     note_how_the_raster_is_read(args, source)
     _drop_a_skip_background_that_does_nothing(args, source)
     from graphconv.cluster import stored_orientation_note
-    from graphconv.sources import channel_conversion, internal_mask_note, unread_nodata_note
-    for said in (stored_orientation_note(source), unread_nodata_note(source),
-                 internal_mask_note(source, bool(getattr(args, "mask", None)))):
-        if said:
-            note(f"note: {said}")
+    from graphconv.sources import channel_conversion, tiff_notes
+    for said in filter(None, [stored_orientation_note(source), *tiff_notes(source, bool(getattr(args, "mask", None)))]):
+        note(f"note: {said}")
     note_how_the_image_is_read(args.image, channel_conversion(source))
     padding = model.padding_note(*image_hw) if isinstance(grid, DenseGrid) else None
     if padding:

@@ -1661,3 +1661,46 @@ def test_the_border_gives_a_cell_centred_on_every_block(crop, stride, length):
     if crop >= stride:
         centre = -top + crop / 2  # cell 0's, on the image
         assert abs(centre - stride / 2) <= stride / 2
+
+
+def gdal_scaled_tiff(path, scales, offsets):
+    """A 3-band uint16 TIFF whose GDAL metadata states each band's scale and offset."""
+    items = "".join(f'<Item name="{name}" sample="{band}" role="{name.lower()}">{value!r}</Item>'
+                    for band, (s, o) in enumerate(zip(scales, offsets)) for name, value in (("OFFSET", o), ("SCALE", s)))
+    tifffile.imwrite(path, np.zeros((40, 40, 3), np.uint16), photometric="minisblack", planarconfig="contig",
+                     extratags=[(42112, "s", 0, f"<GDALMetadata>{items}</GDALMetadata>", True)])
+    return path
+
+
+@pytest.mark.parametrize("scales, offsets, preprocess, said", [
+    ((1e-4,) * 3, (-0.1,) * 3, None, "(every band: stored x 0.0001 - 0.1), which graphconv does not apply, as GDAL "
+                                     "and rasterio do not: the network gets the values as stored. For a model trained "
+                                     "on the scaled values, give them in the spec's preprocess: values: stored, scale: "
+                                     "the file's, and each mean less the offset (so + 0.1 for band 1)"),
+    ((1e-4, 2e-4, 1e-4), (0, 0, 0), None, "(band 1: stored x 0.0001; band 2: stored x 0.0002; band 3: stored x "
+                                          "0.0001), which"),
+    ((1e-4,) * 3, (-0.1,) * 3, {"values": "stored", "scale": 1e-4}, "(every band: stored x 0.0001 - 0.1)"),
+    ((1e-4,) * 3, (0,) * 3, {"values": "stored", "scale": 1e-4}, None),  # the spec takes them so already
+    ((1,) * 3, (0,) * 3, None, None),
+])
+def test_a_gdal_scale_and_offset_is_said_not_applied(tmp_path, scales, offsets, preprocess, said):
+    """A reflectance product stored as integers with GDAL's scale/offset went in as stored
+    without a word (scores 0.997 off for a model trained on the scaled values)."""
+    from graphconv.sources import scale_offset_note
+
+    source = open_source(gdal_scaled_tiff(tmp_path / "scene.tif", scales, offsets), 3, preprocess)
+    note = scale_offset_note(source)
+    assert (note is None) if said is None else said in note
+    if said:
+        np.testing.assert_array_equal(source.read(0, 0, 40, 40), 0)  # read as stored: nothing applied
+
+
+def test_a_tiff_without_gdal_metadata_or_with_other_items_says_nothing_of_scaling(tmp_path):
+    from graphconv.sources import scale_offset_note
+
+    tifffile.imwrite(tmp_path / "plain.tif", np.zeros((40, 40, 3), np.uint8), photometric="rgb")
+    tifffile.imwrite(tmp_path / "other.tif", np.zeros((40, 40, 3), np.uint8), photometric="rgb", extratags=[
+        (42112, "s", 0, '<GDALMetadata><Item name="DESCRIPTION" sample="0" role="description">red</Item>'
+                        '<Item name="SCALE" sample="1" role="scale">not a number</Item></GDALMetadata>', True)])
+    assert scale_offset_note(open_source(tmp_path / "plain.tif", 3, None)) is None
+    assert scale_offset_note(open_source(tmp_path / "other.tif", 3, None)) is None

@@ -1159,6 +1159,21 @@ def test_a_tiff_s_alpha_band_marks_its_no_data_as_gdal_s_mask_does(scene_net, tm
     assert not np.isnan(np.load(tmp_path / "fourth.npy")).any()
 
 
+def test_a_scene_s_gdal_scale_and_offset_are_noted_by_a_run_and_a_batch(scene_net, tmp_path):
+    from test_sources import gdal_scaled_tiff
+
+    folder, _ = scene_net
+    (tmp_path / "photos").mkdir()
+    gdal_scaled_tiff(tmp_path / "photos" / "scene.tif", (1e-4,) * 3, (-0.1,) * 3)
+    said = "note: its GDAL metadata states a scale and offset (every band: stored x 0.0001 - 0.1)"
+    result = graphconv_in_process("run", folder / "fcn", "--image", tmp_path / "photos" / "scene.tif", "--output",
+                                  tmp_path / "map.npy")
+    assert result.returncode == 0 and said in result.stderr, result.stderr
+    result = graphconv_in_process("run", folder / "fcn", "--images", tmp_path / "photos", "--output-dir",
+                                  tmp_path / "maps")
+    assert result.returncode == 0 and "states a scale and offset (every band" in result.stderr, result.stderr
+
+
 def test_an_rgba_tiff_s_note_says_its_alpha_marks_no_data(tmp_path):
     from graphconv.sources import channel_conversion, open_source
 
