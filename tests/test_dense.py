@@ -678,7 +678,7 @@ def test_the_readme_names_ceil_mode_pools_beside_padding_as_what_breaks_exactnes
     but a ceil_mode pool with no padding anywhere differs too (verify reports it)."""
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert "Equal exactly for a network that does not pad" not in readme
-    assert "Equal exactly for a network that neither pads nor pools in ceil_mode" in readme
+    assert "**Exact** for a network that neither pads nor pools in `ceil_mode`." in readme
     assert "equal without padding and ceil_mode pools" in readme
     assert "a tiled run (and an `--images`\n  batch) says" not in readme
     classifier, fcn = models(write_spec, CEIL)
