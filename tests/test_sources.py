@@ -419,6 +419,7 @@ def test_a_raster_of_bands_is_not_a_picture_but_an_rgba_tiff_is(tmp_path):
     """Four bands stored as bands (PlanetScope's blue, green, red, near infrared) do not
     silently feed their first three to an RGB network; an RGBA picture drops its alpha."""
     pixels = np.random.default_rng(2).integers(0, 255, (20, 30, 4), dtype=np.uint8)
+    pixels[..., 3] |= 1  # alpha 0 would mark no-data (test_tiled_cli's alpha tests)
     tifffile.imwrite(tmp_path / "bands.tif", pixels, photometric="minisblack", planarconfig="contig")
     tifffile.imwrite(tmp_path / "rgba.tif", pixels, photometric="rgb", extrasamples=["unassalpha"])
     with pytest.raises(GraphconvError, match="has 4 bands; the model takes 3: pick them with --bands"):
