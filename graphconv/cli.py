@@ -1208,10 +1208,10 @@ def note_pixels_as_they_are(args: argparse.Namespace, model) -> None:
     to state it, for the file and for a model compiled from it (`compiled: {source}`);
     a spec or an import that states a preprocess, or graphconv's own export (whose
     metadata keeps it), is not noted."""
-    from graphconv.model import onnx_origin
+    from graphconv.model import onnx_origin, own_input_scaling
 
     source = onnx_origin(model.graph)
-    if model.graph.meta.get("preprocess") is not None or source is None:
+    if model.graph.meta.get("preprocess") is not None or source is None or own_input_scaling(model.graph):
         return
     if str(args.model).lower().endswith(".onnx"):
         whose, then = f"{args.model} states", "run NET.yaml"
@@ -2207,6 +2207,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     _check_import_replaces_only_its_own(spec_path, [weights_path, labels_path], given=args.labels)
     graph.name = spec_path.stem
     preprocess = _preprocess_options(args, graph.input_shape[0])
+    _note_own_input_scaling(graph, preprocess)
     if preprocess:
         graph.meta["preprocess"] = preprocess
     from graphconv.model import check_labels
@@ -2273,6 +2274,27 @@ def _write_all(files: list) -> None:
     from graphconv.files import atomic_write_all
 
     atomic_write_all(files)
+
+
+def _note_own_input_scaling(graph, preprocess: dict) -> None:
+    """Where the network scales its own pixels first (`own_input_scaling`: a Keras
+    Rescaling layer), say so: without --scale the spec states `scale: 1` (so no run asks
+    for a preprocess again); with one, that the pixels are scaled twice."""
+    from graphconv.model import own_input_scaling
+
+    own = own_input_scaling(graph)
+    if own is None:
+        return
+    layer, factor = own
+    said = f"the network scales its pixels itself: its first layer, {layer}, multiplies them by {factor:.6g}"
+    scale = float(preprocess.get("scale", 1.0))
+    if scale != 1.0 and preprocess.get("values") != "stored":
+        note(f"note: {said}, and --scale {scale:g} scales them before it: twice, onto 0..{255 * scale * factor:.3g}; "
+             "leave out --scale if it was trained on pixels in 0..255, as such a layer says it was")
+    elif not preprocess:
+        preprocess["scale"] = 1.0
+        note(f"note: {said}, so it takes pixels in 0..255 as they are; the spec states preprocess "
+             "{scale: 1} (give --mean/--std only if training normalised them further)")
 
 
 def _preprocess_options(args: argparse.Namespace, channels: int) -> dict:

@@ -645,6 +645,26 @@ def onnx_origin(graph: Graph) -> str | None:
     return next((path for path in paths if str(path).lower().endswith(".onnx")), None)
 
 
+OWN_SCALING_RANGE = 2.5  # the widest a first layer may map 0..255 onto and count as the network scaling its pixels
+
+
+def own_input_scaling(graph: Graph) -> tuple[str, float] | None:
+    """(layer, its largest per-channel factor) where the network's only first layer is a
+    per-channel affine map (a `batchnorm`: Keras's Rescaling(1/255) or (1/127.5, -1)
+    imports so) that takes 0..255 onto at most OWN_SCALING_RANGE: the network takes
+    pixels in 0..255 and scales them itself; import's usual advice, --scale 0.00392157,
+    would scale them twice (a review's map 0.115 off, without a word). None otherwise."""
+    from graphconv.ops.batchnorm import scale_and_shift
+
+    users = graph.input.users
+    if len(users) != 1 or users[0].op != "batchnorm" or not users[0].weights:
+        return None
+    factors = np.abs(scale_and_shift(dict(users[0].params), dict(users[0].weights))[0])
+    if factors.size == 0 or not factors.min() > 0 or 255 * factors.max() > OWN_SCALING_RANGE:
+        return None
+    return users[0].name, float(factors.max())
+
+
 def check_labels(graph: Graph, source: str | os.PathLike) -> None:
     """A labels file must name every class: one line per output channel (the error
     names the labels file where the graph knows it, else `source`). Checked as a model

@@ -1879,3 +1879,32 @@ def test_option_values_starting_with_a_minus_reach_the_option(given, parsed):
     from graphconv.cli import _negative_values_joined
 
     assert _negative_values_joined(given) == parsed
+
+
+@pytest.mark.parametrize("factor, shift, own", [(1 / 255, 0.0, True), (1 / 127.5, -1.0, True), (1.0, 0.0, False),
+                                                (1 / 58.0, -2.0, False)])
+def test_import_of_a_network_that_scales_its_own_pixels_says_so_and_warns_of_scaling_twice(
+        tmp_path, capsys, factor, shift, own):
+    """A Keras model with Rescaling(1/255) inside imports as a first batchnorm; import said
+    "add a preprocess block ... --scale", and doing so scaled the pixels twice (a review's
+    map 0.115 off, silently). Such a network takes 0..255: its spec says `scale: 1`, and
+    --scale on top is noted. A first layer that does not bring 0..255 near 0..1 (a
+    Normalization adapted on 0..255 pixels: / 58) is not taken for one."""
+    onnx = pytest.importorskip("onnx")
+    from test_frontends_onnx import onnx_file
+    from graphconv.frontends import load_network
+
+    weights = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    nodes = [onnx.helper.make_node("Mul", ["x", "factor"], ["scaled"]),
+             onnx.helper.make_node("Add", ["scaled", "shift"], ["shifted"]),
+             onnx.helper.make_node("Conv", ["shifted", "w"], ["y"])]
+    path = onnx_file(tmp_path / "keras.onnx", nodes, {"factor": np.float32(factor), "shift": np.float32(shift),
+                                                      "w": weights})
+    assert run_cli("import", path, "-o", tmp_path / "net.yaml") == 0
+    err = capsys.readouterr().err
+    said = "note: the network scales its pixels itself: its first layer"
+    assert (said in err) == own and ("ONNX files do not say how images were normalised" in err) == (not own)
+    assert load_network(tmp_path / "net.yaml").meta.get("preprocess") == ({"scale": 1.0} if own else None)
+    assert run_cli("import", path, "-o", tmp_path / "twice.yaml", "--scale", "0.00392157") == 0
+    err = capsys.readouterr().err
+    assert ("and --scale 0.00392157 scales them before it: twice" in err) == own
