@@ -2194,6 +2194,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     from graphconv.frontends.yaml import spec_text, weight_arrays
 
     if not is_onnx_file(args.model):
+        from graphconv.frontends import refuse_foreign_model
+        refuse_foreign_model(args.model)
         raise GraphconvError("import reads ONNX models (.onnx); a spec is already a spec", file=args.model)
     spec_path = Path(args.output)
     if spec_path.suffix.lower() not in (".yaml", ".yml"):

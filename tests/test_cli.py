@@ -1908,3 +1908,32 @@ def test_import_of_a_network_that_scales_its_own_pixels_says_so_and_warns_of_sca
     assert run_cli("import", path, "-o", tmp_path / "twice.yaml", "--scale", "0.00392157") == 0
     err = capsys.readouterr().err
     assert ("and --scale 0.00392157 scales them before it: twice" in err) == own
+
+
+@pytest.mark.parametrize("name, said", [
+    ("model.h5", "is a Keras model (HDF5): graphconv reads ONNX models and its own specs; convert it first: "
+                 "python -m tf2onnx.convert --keras MODEL.h5"),
+    ("model.keras", "is a Keras 3 model: graphconv reads ONNX"),
+    ("model.tflite", "is a TensorFlow Lite model"),
+    ("resnet.pth", "is a PyTorch file: graphconv reads ONNX models and its own specs; convert it first: "
+                   "torch.onnx.export("),
+    ("saved", "is a TensorFlow SavedModel: graphconv reads ONNX models and its own specs; convert it first: "
+              "python -m tf2onnx.convert --saved-model"),
+])
+@pytest.mark.parametrize("command", ["import", "compile", "run", "inspect"])
+def test_a_model_of_another_framework_is_refused_with_the_way_to_onnx(tmp_path, capsys, name, said, command):
+    """A Keras .h5 given to import was "a spec is already a spec", to run "not a YAML text
+    file", a SavedModel folder "a folder without a model.yaml"."""
+    path = tmp_path / name
+    if name == "saved":
+        path.mkdir()
+        (path / "saved_model.pb").write_bytes(b"\x08\x01")
+    else:
+        path.write_bytes(b"\x89HDF\r\n\x1a\n")
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 8, 8), np.float32))
+    args = {"import": ("-o", tmp_path / "net.yaml"), "compile": ("-o", tmp_path / "fcn"),
+            "run": ("--input", tmp_path / "x.npy"), "inspect": ()}[command]
+    assert run_cli(command, path, *args) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err
+    assert not (tmp_path / "net.yaml").exists() and not (tmp_path / "fcn").exists()

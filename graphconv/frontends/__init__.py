@@ -58,10 +58,38 @@ def set_task(graph: Graph, task: str) -> None:
         graph.meta["task"] = task
 
 
+TF2ONNX = "python -m tf2onnx.convert"
+FOREIGN_MODELS = {  # a model file of another framework, by its suffix: what it is, and how to make it ONNX
+    ".h5": ("a Keras model (HDF5)", f"{TF2ONNX} --keras MODEL.h5 --output model.onnx"),
+    ".hdf5": ("a Keras model (HDF5)", f"{TF2ONNX} --keras MODEL.h5 --output model.onnx"),
+    ".keras": ("a Keras 3 model", f"model.export('saved') in Keras, then {TF2ONNX} --saved-model saved "
+                                  "--output model.onnx"),
+    ".pb": ("a TensorFlow graph", f"{TF2ONNX} --saved-model DIR (its folder) --output model.onnx"),
+    ".tflite": ("a TensorFlow Lite model", f"{TF2ONNX} --tflite MODEL.tflite --output model.onnx"),
+    ".pt": ("a PyTorch file", "torch.onnx.export(model.eval(), torch.zeros(1, C, H, W), 'model.onnx')"),
+    ".pth": ("a PyTorch file", "torch.onnx.export(model.eval(), torch.zeros(1, C, H, W), 'model.onnx')"),
+}
+
+
+def refuse_foreign_model(path: str | os.PathLike) -> None:
+    """Refuse a model file of another framework (a Keras .h5, a TensorFlow SavedModel
+    folder, a PyTorch .pt) naming it and the command that makes it ONNX, which graphconv
+    reads: it was read as a spec ("not a YAML text file", "a folder without a
+    model.yaml"), which said nothing of the way in."""
+    path = Path(path)
+    kind = FOREIGN_MODELS.get(path.suffix.lower())
+    if kind is None and path.is_dir() and (path / "saved_model.pb").is_file():
+        kind = ("a TensorFlow SavedModel", f"{TF2ONNX} --saved-model {path} --output model.onnx")
+    if kind is not None:
+        raise GraphconvError(f"is {kind[0]}: graphconv reads ONNX models and its own specs; convert it first: "
+                             f"{kind[1]}", file=str(path))
+
+
 def _read_network(path, weights, labels, init_missing_weights: bool, crop_size) -> Graph:
     from graphconv.frontends import onnx as onnx_frontend
     from graphconv.frontends import yaml as yaml_frontend
 
+    refuse_foreign_model(path)
     if onnx_frontend.is_onnx_file(path):
         graph, arrays = onnx_frontend.read_onnx(path, crop_size=crop_size)
         if labels is not None:
