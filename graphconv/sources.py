@@ -1174,7 +1174,8 @@ def _alpha_plane(page, array, axes: str):
     upper = axes.upper()
     if not any(e in ALPHA_SAMPLES for e in extras) or sorted(upper) != ["S", "X", "Y"]:
         return None, None
-    index = getattr(page, "samplesperpixel", 1) - len(extras) + next(i for i, e in enumerate(extras) if e in ALPHA_SAMPLES)
+    first_alpha = next(i for i, e in enumerate(extras) if e in ALPHA_SAMPLES)
+    index = getattr(page, "samplesperpixel", 1) - len(extras) + first_alpha
     return _SamplePlane(array, upper.index("S"), index), index + 1
 
 
@@ -1684,7 +1685,7 @@ def _unraisable_hook_without_sibling_reads(previous):
 
 
 CHUNK_ERROR_MARK = "_graphconv_chunk_error"  # set on an exception raised while reading a chunk
-CHUNK_NAME_MARK = "_graphconv_chunk_name"  # and which chunk it was ("TIFF tile 5 (page 0, at byte 3414)")
+CHUNK_NAME_MARK = "_graphconv_chunk_name"  # and which chunk it was ("TIFF tile 5 of page 0, at byte 3414")
 _CHUNK_FAILED = False  # whether a chunk of any slide failed to decode in this process
 
 
@@ -1758,7 +1759,7 @@ def _refuse_jpeg_cut_short(store, key: str) -> None:
     if read(offset + count - 2, 2) == JPEG_END or read(offset, count).rstrip(b"\0").endswith(JPEG_END):
         return
     raise DamagedChunk("its JPEG data has no end marker: the file was cut short or damaged there "
-                     "(copied or downloaded in part?); a JPEG decoder would fill the rest of the tile with grey")
+                       "(copied or downloaded in part?); a JPEG decoder would fill the rest of the tile with grey")
 
 
 def _chunk_failure(err: Exception) -> str:

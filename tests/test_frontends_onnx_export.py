@@ -749,7 +749,8 @@ def test_a_model_over_onnx_s_file_limit_is_refused_in_one_line_before_it_is_buil
     from graphconv.frontends import onnx_export
 
     monkeypatch.setattr(onnx_export, "ONNX_FILE_LIMIT", 1000)
-    monkeypatch.setattr(onnx_export, "to_onnx_model", lambda graph, checked=True: pytest.fail("built before the size check"))
+    monkeypatch.setattr(onnx_export, "to_onnx_model",
+                        lambda graph, checked=True: pytest.fail("built before the size check"))
     result = graphconv_in_process("export", SPECS / "lenet.yaml", "-o", tmp_path / "m.onnx")
     assert result.returncode == 2 and "over ONNX's 2 GiB limit for one file" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "m.onnx").exists()

@@ -1667,7 +1667,8 @@ def test_the_border_gives_a_cell_centred_on_every_block(crop, stride, length):
 def gdal_scaled_tiff(path, scales, offsets):
     """A 3-band uint16 TIFF whose GDAL metadata states each band's scale and offset."""
     items = "".join(f'<Item name="{name}" sample="{band}" role="{name.lower()}">{value!r}</Item>'
-                    for band, (s, o) in enumerate(zip(scales, offsets)) for name, value in (("OFFSET", o), ("SCALE", s)))
+                    for band, (s, o) in enumerate(zip(scales, offsets))
+                    for name, value in (("OFFSET", o), ("SCALE", s)))
     tifffile.imwrite(path, np.zeros((40, 40, 3), np.uint16), photometric="minisblack", planarconfig="contig",
                      extratags=[(42112, "s", 0, f"<GDALMetadata>{items}</GDALMetadata>", True)])
     return path
