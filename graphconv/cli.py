@@ -2208,8 +2208,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     labels_path = spec_path.with_suffix(".labels.txt") if "labels" in graph.meta else None
     _check_import_replaces_only_its_own(spec_path, [weights_path, labels_path], given=args.labels)
     graph.name = spec_path.stem
-    preprocess = _preprocess_options(args, graph.input_shape[0])
-    _note_own_input_scaling(graph, preprocess)
+    preprocess = _with_own_input_scaling(graph, _preprocess_options(args, graph.input_shape[0]))
     if preprocess:
         graph.meta["preprocess"] = preprocess
     from graphconv.model import check_labels
@@ -2278,15 +2277,16 @@ def _write_all(files: list) -> None:
     atomic_write_all(files)
 
 
-def _note_own_input_scaling(graph, preprocess: dict) -> None:
-    """Where the network scales its own pixels first (`own_input_scaling`: a Keras
-    Rescaling layer), say so: without --scale the spec states `scale: 1` (so no run asks
-    for a preprocess again); with one, that the pixels are scaled twice."""
+def _with_own_input_scaling(graph, preprocess: dict) -> dict:
+    """import's preprocess block, where the network scales its own pixels first
+    (`own_input_scaling`: a Keras Rescaling layer) said so: without options it is
+    `scale: 1` (so no run asks for a preprocess again); with --scale, a note that the
+    pixels are scaled twice."""
     from graphconv.model import own_input_scaling
 
     own = own_input_scaling(graph)
     if own is None:
-        return
+        return preprocess
     layer, factor = own
     said = f"the network scales its pixels itself: its first layer, {layer}, multiplies them by {factor:.6g}"
     scale = float(preprocess.get("scale", 1.0))
@@ -2294,9 +2294,10 @@ def _note_own_input_scaling(graph, preprocess: dict) -> None:
         note(f"note: {said}, and --scale {scale:g} scales them before it: twice, onto 0..{255 * scale * factor:.3g}; "
              "leave out --scale if it was trained on pixels in 0..255, as such a layer says it was")
     elif not preprocess:
-        preprocess["scale"] = 1.0
         note(f"note: {said}, so it takes pixels in 0..255 as they are; the spec states preprocess "
              "{scale: 1} (give --mean/--std only if training normalised them further)")
+        return {"scale": 1.0}
+    return preprocess
 
 
 def _preprocess_options(args: argparse.Namespace, channels: int) -> dict:
