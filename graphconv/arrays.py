@@ -93,6 +93,11 @@ def file_kind(head: bytes) -> str | None:
 
 # ---- .npy ----------------------------------------------------------------------------------
 
+INPUT_VALUES_HINT = ("; --input takes the network's input values, after any preprocess: save "
+                     "x.astype(np.float32) scaled as the network expects, or save the pixels as an image "
+                     "(PNG, TIFF) for --image, which applies the spec's preprocess")
+
+
 def load_npy(path: str | os.PathLike, *, what: str = "input") -> np.ndarray:
     """A float `.npy` array as float32; `what` names it in messages ("input file not found")."""
     path = Path(path)
@@ -104,7 +109,7 @@ def load_npy(path: str | os.PathLike, *, what: str = "input") -> np.ndarray:
             raise GraphconvError(f"{what} is not a .npy array file{detail}", file=str(path))
         try:
             dtype, shape, fortran = npy_header(fp, f"{what} array", path)
-            _check_float_dtype(dtype, f"{what} array", path)
+            _check_float_dtype(dtype, f"{what} array", path, INPUT_VALUES_HINT if what == "input" else "")
             if 0 in shape:  # nothing to run on; a batch of 0 would reach the kernels (a division by zero)
                 raise GraphconvError(f"{what} array of shape {_fmt_shape(shape)} is empty (an axis of size 0)",
                                      file=str(path))
@@ -266,12 +271,14 @@ def _check_claim(claimed: int, real: int, what: str, path: Path) -> None:
                              f"(its header claims {claimed})", file=str(path))
 
 
-def _check_float_dtype(dtype: np.dtype, what: str, path: Path) -> None:
+def _check_float_dtype(dtype: np.dtype, what: str, path: Path, hint: str = "") -> None:
+    """Refuse all but float arrays; `hint` follows the refusal of integers (pixels saved as read)."""
     if dtype.hasobject:
         raise GraphconvError(f"cannot read {what}: it holds Python objects (pickled data is never loaded)",
                              file=str(path))
     if dtype.kind != "f":
-        raise GraphconvError(f"{what} must be a float array, not {dtype}", file=str(path))
+        raise GraphconvError(f"{what} must be a float array, not {dtype}{hint if dtype.kind in 'ui' else ''}",
+                             file=str(path))
 
 
 def _finite_float32(array: np.ndarray, what: str, path: Path) -> np.ndarray:

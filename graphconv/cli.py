@@ -2288,7 +2288,8 @@ def _with_own_input_scaling(graph, preprocess: dict) -> dict:
     if own is None:
         return preprocess
     layer, factor = own
-    said = f"the network scales its pixels itself: its first layer, {layer}, multiplies them by {factor:.6g}"
+    first = "its first layer" if graph.input.users[0].name == layer else "after reordering its channels, its layer"
+    said = f"the network scales its pixels itself: {first} {layer} multiplies them by {factor:.6g}"
     scale = float(preprocess.get("scale", 1.0))
     if scale != 1.0 and preprocess.get("values") != "stored":
         note(f"note: {said}, and --scale {scale:g} scales them before it: twice, onto 0..{255 * scale * factor:.3g}; "

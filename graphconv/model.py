@@ -657,12 +657,29 @@ def own_input_scaling(graph: Graph) -> tuple[str, float] | None:
     from graphconv.ops.batchnorm import scale_and_shift
 
     users = graph.input.users
+    while len(users) == 1 and _picks_channels(users[0]):  # an RGB -> BGR flip before the scaling (Keras' caffe mode)
+        users = users[0].users
     if len(users) != 1 or users[0].op != "batchnorm" or not users[0].weights:
         return None
     factors = np.abs(scale_and_shift(dict(users[0].params), dict(users[0].weights))[0])
     if factors.size == 0 or not factors.min() > 0 or 255 * factors.max() > OWN_SCALING_RANGE:
         return None
     return users[0].name, float(factors.max())
+
+
+def _picks_channels(layer) -> bool:
+    """Whether `layer` only copies channels: a slice of them, or a 1x1 conv whose weights
+    pick one input channel per output (how import writes a reversal or a gather)."""
+    if layer.op == "slice_channels":
+        return True
+    from graphconv.ops.registry import pair
+
+    if layer.op != "conv" or layer.params.get("bias") or "weight" not in layer.weights:
+        return False
+    weight = np.asarray(layer.weights["weight"])
+    plain = all(pair(layer.params[key]) == value for key, value in (("stride", (1, 1)), ("padding", (0, 0))))
+    return (plain and layer.params["groups"] == 1 and weight.shape[2:] == (1, 1)
+            and bool(np.isin(weight, (0.0, 1.0)).all()) and bool((weight.sum(axis=(1, 2, 3)) == 1).all()))
 
 
 def check_labels(graph: Graph, source: str | os.PathLike) -> None:

@@ -165,6 +165,8 @@ def test_memory_error_while_reading_is_a_clean_message(tmp_path, monkeypatch):
     (lambda p: p.write_bytes(npy_header_only((1, 1, 100000, 100000), data=bytes(10000))),
      "input array of shape 1x1x100000x100000 needs about 37.3 GB, over the memory limit"),
     (lambda p: p.write_bytes(npy_bytes(np.zeros(3, np.int32))), "input array must be a float array, not int32"),
+    (lambda p: p.write_bytes(npy_bytes(np.zeros(3, np.uint8))),  # pixels saved as read: the way on, said
+     "not uint8; --input takes the network's input values, after any preprocess: save x.astype(np.float32)"),
     (lambda p: p.write_bytes(npy_bytes(np.zeros(3, np.complex64))), "must be a float array, not complex64"),
     (lambda p: p.write_bytes(npy_bytes(np.zeros(3, [("a", "<f4")]))), "must be a float array"),
     (lambda p: p.write_bytes(npy_bytes(np.array([0, np.nan], np.float32))), "input array has NaN values"),

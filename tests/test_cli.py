@@ -1910,6 +1910,27 @@ def test_import_of_a_network_that_scales_its_own_pixels_says_so_and_warns_of_sca
     assert ("and --scale 0.00392157 scales them before it: twice" in err) == own
 
 
+def test_a_network_that_reverses_its_channels_before_scaling_its_pixels_still_takes_them_as_they_are(
+        tmp_path, capsys):
+    """Caffe-style preprocessing inside a Keras model (x[..., ::-1] / 255): the flip, a 1x1
+    conv picking channels, comes before the scaling; import advised --scale again."""
+    onnx = pytest.importorskip("onnx")
+    from test_frontends_onnx import onnx_file
+    from graphconv.frontends import load_network
+
+    inits = {"starts": np.array([-1]), "ends": np.array([-2 ** 63]), "axes": np.array([1]), "steps": np.array([-1]),
+             "factor": np.float32(1 / 255),
+             "w": np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)}
+    nodes = [onnx.helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["bgr"]),
+             onnx.helper.make_node("Mul", ["bgr", "factor"], ["scaled"]),
+             onnx.helper.make_node("Conv", ["scaled", "w"], ["y"])]
+    path = onnx_file(tmp_path / "keras.onnx", nodes, inits)
+    assert run_cli("import", path, "-o", tmp_path / "net.yaml") == 0
+    err = capsys.readouterr().err
+    assert "note: the network scales its pixels itself: after reordering its channels, its layer" in err
+    assert load_network(tmp_path / "net.yaml").meta.get("preprocess") == {"scale": 1.0}
+
+
 @pytest.mark.parametrize("name, said", [
     ("model.h5", "is a Keras model (HDF5): graphconv reads ONNX models and its own specs; convert it first: "
                  "python -m tf2onnx.convert --keras MODEL.h5"),

@@ -289,15 +289,53 @@ def test_neg_of_a_map_is_a_scale_by_minus_one(tmp_path, rng):
     assert [n.op for n in compile_model(graph).graph.layers()] == ["conv"]  # the scale and relu fold into it
 
 
-def test_a_flip_of_the_channels_is_refused_for_its_step_not_its_axis(tmp_path):
-    """x.flip(1) is a Slice of axis 1, step -1: the error said 'Slice along axes [1];
-    graphconv slices channels only (axis 1, step 1)', refusing the axis it allows."""
-    inits = {"starts": np.array([-1]), "ends": np.array([-2**63]), "axes": np.array([1]), "steps": np.array([-1])}
-    nodes = [onnx.helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["y"], name="flip")]
+@pytest.mark.parametrize("starts, ends, steps", [
+    ([-1], [-2 ** 63], [-1]),  # x.flip(1): RGB to BGR
+    ([0], [2 ** 63 - 1], [2]),  # x[:, ::2]
+    ([2], [0], [-1]),  # x[:, 2:0:-1]
+    ([1], [3], [1]),  # x[:, 1:3]
+])
+def test_a_slice_of_the_channels_with_any_step_picks_them(tmp_path, rng, starts, ends, steps):
+    """x.flip(1) is a Slice of the channels with step -1 (a model's own RGB to BGR): it
+    was refused for its step; every step now picks the channels it names."""
+    inits = {"starts": np.array(starts), "ends": np.array(ends), "axes": np.array([1]), "steps": np.array(steps),
+             "w": rng.standard_normal((5, 4, 3, 3)).astype(np.float32)}
+    picked = len(range(4)[slice(*starts, *ends, *steps)])
+    inits["w"] = inits["w"][:, :picked].copy()
+    nodes = [onnx.helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["s"], name="flip"),
+             onnx.helper.make_node("Conv", ["s", "w"], ["y"], pads=[1, 1, 1, 1])]
     path = onnx_file(tmp_path / "flip.onnx", nodes, inits, input_shape=(1, 4, 6, 6))
-    with pytest.raises(GraphconvError, match=r"node 'flip': Slice of the channels with step -1 \(a flip: x.flip\(1\)\);"
-                                             " graphconv slices a range of channels in order"):
-        load_network(path, task="segmentation")
+    x = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(Model(load_network(path, task="segmentation")).run(x), onnxruntime_scores(path, x),
+                               **TOLERANCE)
+
+
+def test_a_channel_reversal_of_a_channels_last_input_is_read_and_other_cuts_are_refused(tmp_path, rng):
+    """Keras' x[..., ::-1] (caffe-style preprocessing inside the model) as tf2onnx writes
+    it: a Slice of the NHWC input's axes 0 (whole: 0 to 1e9) and 3 (step -1), then the
+    Transpose to NCHW. It was refused as 'Slice along axes [0, 3]; graphconv slices
+    channels only (axis 1)', though axis 3 is the channels there. A cut of the height is
+    refused naming it."""
+    helper = onnx.helper
+    inits = {"starts": np.array([0, 10 ** 9]), "ends": np.array([10 ** 9, -10 ** 9]), "axes": np.array([0, 3]),
+             "steps": np.array([1, -1]), "mean": np.array([-103.9, -116.8, -123.7], np.float32),
+             "w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32)}
+    nodes = [helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["s"], name="bgr"),
+             helper.make_node("Add", ["s", "mean"], ["m"]),
+             helper.make_node("Transpose", ["m"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "w"], ["y"])]
+    path = onnx_file(tmp_path / "bgr.onnx", nodes, inits, input_shape=(1, 8, 9, 3))
+    graph = load_network(path, task="segmentation")
+    assert graph.input_shape == (3, 8, 9)
+    x = (rng.random((2, 3, 8, 9)) * 255).astype(np.float32)
+    np.testing.assert_allclose(Model(graph).run(x), onnxruntime_scores(path, x.transpose(0, 2, 3, 1).copy()),
+                               **TOLERANCE)
+    cut = onnx_file(tmp_path / "cut.onnx", nodes, {**inits, "axes": np.array([0, 1]), "steps": np.array([1, 1]),
+                                                    "starts": np.array([0, 1]), "ends": np.array([10 ** 9, 7])},
+                    input_shape=(1, 8, 9, 3))
+    with pytest.raises(GraphconvError, match=r"node 'bgr': Slice along axes \[1\] of a channels-last \(NHWC\) "
+                                             r"map; graphconv slices the channels \(axis 3\)"):
+        load_network(cut, task="segmentation")
 
 
 def test_prelu_slopes_follow_onnx_broadcasting(tmp_path, rng):
@@ -1221,7 +1259,9 @@ def test_reflect_and_edge_pads_equal_onnxruntime(tmp_path, rng, opset):
     ("crop", r"node 'pad_r': Pad with negative pads \[0, 0, -1, 0, 0, 0, 0, 0\] crops the map"),
     ("nan", r"node 'pad_r': Pad with a NaN constant_value"),
     ("avg-exclude", r"node 'avg': AveragePool pads \[0, 0, 1, 1\] differ between the two sides of an axis and "
-                    r"count_include_pad=0"),
+                    r"count_include_pad=0.*\(export with symmetric padding or count_include_pad=1\)"),
+    ("avg-exclude-keras", r"node 'avg': AveragePool pads \[0, 0, 1, 1\] .*\(in Keras, padding=\"valid\", or a crop "
+                          r"size on which \"same\" pads both sides alike\)"),
     ("ceil", r"node 'avg': MaxPool pads \[0, 0, 1, 1\] differ between the two sides of an axis and ceil_mode=1"),
     ("negative-conv", r"node 'avg': Conv pads \[0, -1, 0, 0\] are negative"),
 ])
@@ -1237,10 +1277,14 @@ def test_refused_paddings_are_one_line_naming_the_file_and_node(tmp_path, capsys
         inits["w"] = np.ones((2, 3, 3, 3), np.float32)
         nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[0, -1, 0, 0], name="avg")]
     else:
-        op_type, extra = ("AveragePool", {}) if case == "avg-exclude" else ("MaxPool", {"ceil_mode": 1})
+        op_type, extra = ("AveragePool", {}) if case.startswith("avg-exclude") else ("MaxPool", {"ceil_mode": 1})
         nodes = [helper.make_node(op_type, ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[0, 0, 1, 1],
                                   name="avg", **extra)]
     path = onnx_file(tmp_path / "refused.onnx", nodes, inits)
+    if case.endswith("keras"):
+        proto = onnx.load(str(path))
+        proto.producer_name = "tf2onnx"  # the advice is Keras' own
+        onnx.save(proto, str(path))
     with pytest.raises(GraphconvError, match=f"refused.onnx: {message}"):
         load_network(path)
     out = tmp_path / "net.yaml"
@@ -1411,6 +1455,66 @@ def test_an_identity_or_dropout_between_a_channels_last_flatten_and_its_dense_ch
                      input_shape=(1, 3, 5, 7))
     x = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
     np.testing.assert_allclose(Model(load_network(path)).run(x), onnxruntime_scores(path, x), **TOLERANCE)
+
+
+@pytest.mark.parametrize("rows", [35, 5])
+def test_keras_layer_normalization_as_tf2onnx_writes_it_is_one_layernorm(tmp_path, rng, rows):
+    """tf2onnx writes Keras' LayerNormalization(axis=-1) as the channels-last map
+    Reshaped to (1, N*H*W, C, 1), a BatchNormalization (scale 1, bias 0) given that
+    view's own mean and variance over axes 0, 2, 3, the Reshape back, and gamma and beta
+    (Mul, Add). It was refused at the Reshape; it is one layernorm. A view that puts more
+    than one position's channels together ((1, H, W*C, 1)) is refused saying so."""
+    helper = onnx.helper
+    per_row = 4 * 35 // rows
+    inits = {"into": np.array([1, rows, per_row, 1], np.int64), "back": np.array([1, 5, 7, 4], np.int64),
+             "ones": np.ones(rows, np.float32), "zeros": np.zeros(rows, np.float32),
+             "count": np.float32(per_row), "axes": np.array([0, 2, 3], np.int64),
+             "gamma": rng.uniform(0.5, 1.5, 4).astype(np.float32), "beta": rng.standard_normal(4).astype(np.float32)}
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("Reshape", ["t", "into"], ["r"]),
+             helper.make_node("ReduceMean", ["r"], ["m"], axes=[0, 2, 3], keepdims=1),
+             helper.make_node("Sub", ["r", "m"], ["d"]),
+             helper.make_node("ReduceSumSquare", ["d"], ["ss"], axes=[0, 2, 3], keepdims=0),
+             helper.make_node("Div", ["ss", "count"], ["var"]), helper.make_node("Squeeze", ["m", "axes"], ["ms"]),
+             helper.make_node("BatchNormalization", ["r", "ones", "zeros", "ms", "var"], ["bn"],
+                              name="ln/FusedBatchNormV3", epsilon=1e-3),
+             helper.make_node("Reshape", ["bn", "back"], ["k"]), helper.make_node("Mul", ["k", "gamma"], ["g"]),
+             helper.make_node("Add", ["g", "beta"], ["a"]),
+             helper.make_node("Transpose", ["a"], ["y"], perm=[0, 3, 1, 2])]
+    path = onnx_file(tmp_path / "ln.onnx", nodes, inits, input_shape=(1, 4, 5, 7))
+    if rows != 35:
+        with pytest.raises(GraphconvError, match=r"node 'ln': a LayerNorm written as a BatchNormalization of a "
+                                                 r"channels-last 4x5x7 map viewed as \[1, 5, 28, 1\]"):
+            load_network(path, task="segmentation")
+        return
+    graph = load_network(path, task="segmentation")
+    assert [(n.name, n.op) for n in graph.layers()] == [("ln", "layernorm")]
+    x = rng.standard_normal((1, 4, 5, 7)).astype(np.float32)  # batch 1: ONNX's statistics span the batch
+    np.testing.assert_allclose(Model(graph).run(x), onnxruntime_scores(path, x), **TOLERANCE)
+
+
+@pytest.mark.parametrize("back", [[-1, 5, 7, 6], [-1, 7, 5, 6]])
+def test_a_dense_on_each_position_of_a_channels_last_map_is_a_1x1_conv(tmp_path, rng, back):
+    """Keras' Dense on a 4-D map as tf2onnx writes it (a Tensordot): the channels-last map
+    Reshaped to (N*H*W, C) rows, a MatMul and an Add, the Reshape back to (N, H, W, K).
+    It was refused at the first Reshape; a Reshape back to another shape is refused."""
+    helper = onnx.helper
+    inits = {"rows": np.array([-1, 4], np.int64), "back": np.array(back, np.int64),
+             "w": rng.standard_normal((4, 6)).astype(np.float32), "b": rng.standard_normal(6).astype(np.float32)}
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("Reshape", ["t", "rows"], ["r"]), helper.make_node("MatMul", ["r", "w"], ["m"]),
+             helper.make_node("Add", ["m", "b"], ["a"]), helper.make_node("Reshape", ["a", "back"], ["k"], name="back"),
+             helper.make_node("Transpose", ["k"], ["y"], perm=[0, 3, 1, 2])]
+    path = onnx_file(tmp_path / "dense.onnx", nodes, inits, input_shape=(1, 4, 5, 7))
+    if back[1] != 5:
+        with pytest.raises(GraphconvError, match=r"node 'back': Reshape of the 35x6 per-position rows of a "
+                                                 r"channels-last map to \[-1, 7, 5, 6\]; graphconv reads them back"):
+            load_network(path, task="segmentation")
+        return
+    graph = load_network(path, task="segmentation")
+    assert [n.op for n in graph.layers()] == ["conv"]
+    x = rng.standard_normal((2, 4, 5, 7)).astype(np.float32)
+    np.testing.assert_allclose(Model(graph).run(x), onnxruntime_scores(path, x), **TOLERANCE)
 
 
 @pytest.mark.parametrize("channel_axis", ["unsqueeze-last", "reshape-last", "unsqueeze-first", "reshape-first"])

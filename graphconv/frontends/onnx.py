@@ -217,17 +217,18 @@ def _load_external_data(model, path: Path) -> set[Path]:
 
 # ---- the conversion -------------------------------------------------------------------------------
 
-NCHW, NHWC, GROUPED, FLAT, GROUP_RUNS, PATCHES, RADIX, SQUEEZED, CNHW, NWHC, ONE_CHANNEL, HWC_FEATURES = (
+NCHW, NHWC, GROUPED, FLAT, GROUP_RUNS, PATCHES, RADIX, SQUEEZED, CNHW, NWHC, ONE_CHANNEL, HWC_FEATURES, POSITIONS = (
     "NCHW", "NHWC", "grouped", "flat", "group runs", "patches", "radix", "squeezed", "CNHW", "NWHC", "one channel",
-    "HWC features")
+    "HWC features", "positions")
 GREY_PLANE = "grey plane"  # a grey (N, H, W) input, its channel axis to come (an Unsqueeze or Reshape)
 # a patch view's Transposes that space_to_depth follows, and the channel order each gives
 PATCH_ORDERS = {(0, 3, 5, 1, 2, 4): "blocks", (0, 1, 3, 5, 2, 4): "channels"}
 ANY_LAYOUT = (NCHW, NHWC)
 # ops tf2onnx may put between an (N, H, W, C) input and its Transpose to (N, C, H, W), each
 # converted on the channels-last view as it comes (`_Importer._read_channels_last`)
-BEFORE_THE_TRANSPOSE = ("Cast", "Mul", "Div", "Add", "Sub", "Pad", "Identity")
-SCALED_LAYOUTS = (*ANY_LAYOUT, ONE_CHANNEL, GREY_PLANE)  # what a converter scaling or shifting by a constant takes
+BEFORE_THE_TRANSPOSE = ("Cast", "Mul", "Div", "Add", "Sub", "Pad", "Identity", "Slice")
+# what a converter scaling or shifting by a constant takes
+SCALED_LAYOUTS = (*ANY_LAYOUT, ONE_CHANNEL, GREY_PLANE, HWC_FEATURES, POSITIONS)
 
 
 @dataclass(frozen=True)
@@ -249,8 +250,11 @@ class Tensor:
     then unsqueeze and concatenate them), or as (N, H*W*C) features of a channels-last
     map flattened in that order (HWC_FEATURES: a Keras Flatten before Dense, as tf2onnx
     writes it; graphconv's flatten keeps C*H*W order, and the fc reading it takes its
-    weights' columns in that order: `_add_fc`). Those views move no data: they change
-    only how the next ONNX op's axes map onto graphconv's channels."""
+    weights' columns in that order: `_add_fc`), or as (N*H*W, C) rows, one per position,
+    of a channels-last map (POSITIONS: a Keras Dense on a 4-D map, which tf2onnx writes
+    as a Tensordot: that Reshape, a MatMul, and the Reshape back to (N, H, W, K)). Those
+    views move no data: they change only how the next ONNX op's axes map onto
+    graphconv's channels."""
 
     node: str
     shape: tuple[int, int, int]
@@ -281,6 +285,8 @@ class _Importer:
         self.nodes = _with_lrns_fused(self.nodes, self._initializer_or_constant, self._refuse, self.opset,
                                       [out.name for out in model.graph.output])
         self.nodes = _with_layer_norms_fused(self.nodes, self._initializer_or_constant)
+        self.nodes = _with_batch_norm_layer_norms_fused(self.nodes, self._initializer_or_constant,
+                                                        [out.name for out in model.graph.output])
         self.nodes = _with_channel_convs_fused(self.nodes, self._initializer_or_constant)
         self.values: dict[str, Tensor | np.ndarray] = {}
         self.weights: dict[str, np.ndarray] = {}
@@ -592,7 +598,8 @@ class _Importer:
                 raise self.error(f"its {key} holds NaN or infinite values (after conversion to float32); "
                                  "they would turn every score into NaN")
             self.weights[f"{layer}.{key}"] = stored
-        tensor = Tensor(layer, tuple(shape), rank if rank is not None else inputs[0].rank, inputs[0].layout)
+        tensor = Tensor(layer, tuple(shape), rank if rank is not None else inputs[0].rank, inputs[0].layout,
+                        hwc=inputs[0].hwc)
         self.values[output or node.output[0]] = tensor
         return tensor
 
@@ -1099,19 +1106,124 @@ def _with_layer_norms_fused(nodes: list, constant: Callable[[str], np.ndarray | 
         if divide is None or list(divide.input) != [d, root.output[0]] or len({id(n) for n in readers[d]}) != 2 \
                 or scalar(eps_name) is None:  # d read by the square (Pow, or Mul(d, d): listed twice) and the Div
             continue
-        group, last, weight, bias = [mean, sub, square, variance, plus_eps, root, divide], divide, "", ""
-        times = sole_reader(last.output[0], "Mul")
-        if constant_operand(times, last.output[0]):
-            weight, last = constant_operand(times, last.output[0]), times
-            group.append(times)
-            plus = sole_reader(last.output[0], "Add")
-            if constant_operand(plus, last.output[0]):
-                bias, last = constant_operand(plus, last.output[0]), plus
-                group.append(plus)
+        weight, bias, tail = _scale_and_shift_after(divide, readers, constant)
+        last = (tail or [divide])[-1]
         replaced[id(last)] = helper.make_node(CHANNEL_NORM, [x, weight, bias], [last.output[0]], name=mean.name,
                                               axis=axes[0], epsilon=scalar(eps_name))
-        dropped |= {id(n) for n in group}
+        dropped |= {id(n) for n in [mean, sub, square, variance, plus_eps, root, divide, *tail]}
     return [replaced.get(id(n), n) for n in nodes if id(n) not in dropped or id(n) in replaced]
+
+
+def _scale_and_shift_after(node, readers: dict, constant: Callable[[str], np.ndarray | None]) -> tuple[str, str, list]:
+    """(weight, bias, their nodes): the constant Mul, then constant Add, that alone read
+    `node`'s output, as a LayerNorm written out ends; "" for one it lacks."""
+    weight, bias, tail, last = "", "", [], node
+
+    def constant_operand(reader, value: str) -> str:
+        """The other input of a two-input `reader` of `value`, if a constant; else ""."""
+        if reader is None or len(reader.input) != 2 or value not in reader.input:
+            return ""
+        other = reader.input[1] if reader.input[0] == value else reader.input[0]
+        return other if constant(other) is not None else ""
+
+    times = _sole_reader(readers, last.output[0], "Mul")
+    if constant_operand(times, last.output[0]):
+        weight, last = constant_operand(times, last.output[0]), times
+        tail.append(times)
+        plus = _sole_reader(readers, last.output[0], "Add")
+        if constant_operand(plus, last.output[0]):
+            bias = constant_operand(plus, last.output[0])
+            tail.append(plus)
+    return weight, bias, tail
+
+
+def _with_batch_norm_layer_norms_fused(nodes: list, constant: Callable[[str], np.ndarray | None],
+                                       outputs: Sequence[str] = ()) -> list:
+    """The node list with each LayerNorm that tf2onnx writes for Keras'
+    LayerNormalization(axis=-1) replaced by one CHANNEL_NORM node: the channels-last map
+    x Reshaped to (1, N*H*W, C, 1), a BatchNormalization (scale 1, bias 0) with the
+    statistics of its own axes 0, 2, 3 (ReduceMean, and ReduceSumSquare of x - mean over
+    their count), the Reshape back, then the layer's gamma (Mul) and beta (Add). The
+    two Reshapes' targets go with it, for `_channel_layer_norm` to check that they are
+    those views; the nodes that only measured the reshaped value (Shape, Gather,
+    ReduceProd, Cast of the count) go too."""
+    from onnx import helper
+
+    readers = _readers_of(nodes)
+    producer = {out: n for n in nodes for out in n.output}
+
+    def made_by(name: str, op_type: str):
+        found = producer.get(name)
+        return found if found is not None and found.op_type == op_type else None
+
+    def reduce_axes(node) -> list[int] | None:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        axes = attrs.get("axes")
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            axes = constant(node.input[1])
+        return None if axes is None else sorted(int(a) for a in np.ravel(axes))
+
+    def filled_with(name: str, value: float) -> bool:
+        """Whether `name` is all `value`: a constant, or an Expand of a constant (tf2onnx's ones/zeros)."""
+        expand = made_by(name, "Expand")
+        array = constant(expand.input[0] if expand is not None else name)
+        return array is not None and array.size > 0 and bool((np.asarray(array) == value).all())
+
+    replaced: dict[int, Any] = {}
+    dropped: set[int] = set()
+    for norm in nodes:
+        if norm.op_type != "BatchNormalization" or len(norm.input) != 5 or len([o for o in norm.output if o]) != 1:
+            continue
+        viewed, scale, shift, mean_name, var_name = norm.input
+        into = made_by(viewed, "Reshape")
+        squeeze = made_by(mean_name, "Squeeze")
+        mean = made_by(squeeze.input[0] if squeeze is not None else mean_name, "ReduceMean")
+        divide = made_by(var_name, "Div")
+        squares = made_by(divide.input[0], "ReduceSumSquare") if divide is not None else None
+        sub = made_by(squares.input[0], "Sub") if squares is not None else None
+        back = _sole_reader(readers, norm.output[0], "Reshape")
+        if (into is None or mean is None or sub is None or back is None or mean.input[0] != viewed
+                or list(sub.input) != [viewed, mean.output[0]] or reduce_axes(mean) != [0, 2, 3]
+                or reduce_axes(squares) != [0, 2, 3] or not filled_with(scale, 1.0) or not filled_with(shift, 0.0)):
+            continue
+        weight, bias, tail = _scale_and_shift_after(back, readers, constant)
+        last = (tail or [back])[-1]
+        epsilon = next((helper.get_attribute_value(a) for a in norm.attribute if a.name == "epsilon"), 1e-5)
+        layer = norm.name.rpartition("/FusedBatchNorm")[0] or norm.name  # Keras' layer, as tf2onnx names its nodes
+        fused = helper.make_node(CHANNEL_NORM, [into.input[0], weight, bias, into.input[1], back.input[1]],
+                                 [last.output[0]], name=layer, axis=-1, epsilon=float(epsilon))
+        group = [into, mean, sub, squares, divide, norm, back, *tail] + ([squeeze] if squeeze is not None else [])
+        measuring = _measuring(group, last.output[0], fused.input, nodes, readers, outputs)
+        if measuring is None:
+            continue
+        replaced[id(last)] = fused
+        dropped |= {id(n) for n in group + measuring}
+    return [replaced.get(id(n), n) for n in nodes if id(n) not in dropped or id(n) in replaced]
+
+
+def _measuring(group: list, result: str, needed: Sequence[str], nodes: list, readers: dict,
+               outputs: Sequence[str]) -> list | None:
+    """The nodes outside `group` that read the values it makes on the way to `result`,
+    and those that read theirs, in turn (tf2onnx measures a value with Shape to compute
+    a count): they go with the group. None where one of them is read by anything else,
+    makes a graph output, or makes a value the fused node still reads (`needed`)."""
+    gone = {out for n in group for out in n.output} - {result}
+    inside = {id(n) for n in group}
+    found: list = []
+    changed = True
+    while changed:
+        changed = False
+        for node in nodes:
+            if id(node) not in inside and any(name in gone for name in node.input):
+                found.append(node)
+                inside.add(id(node))
+                gone |= set(node.output)
+                changed = True
+    for node in found:
+        for out in node.output:
+            if out in outputs or out in needed or any(id(reader) not in inside for reader in readers.get(out, [])):
+                return None
+    return found
 
 
 TORCH_LRN = "graphconv.LocalResponseNorm"  # the node `_with_lrns_fused` writes; no file has it
@@ -1383,8 +1495,13 @@ _VIEWS = {  # what a view is called, and the ONNX ops that read it (NCHW: the ma
                                          "(N, C, L), is no image classifier)"),
     HWC_FEATURES: ("(N, H*W*C) features of a channels-last map", "Gemm and MatMul (a fully connected layer, "
                                                                  "whose weights graphconv reorders to its "
-                                                                 "channels-first features), after an Identity or "
-                                                                 "Dropout"),
+                                                                 "channels-first features), after an Identity, "
+                                                                 "Dropout, or a scale and shift per feature (a "
+                                                                 "BatchNormalization)"),
+    POSITIONS: ("(N*H*W, C) per-position rows of a channels-last map", "MatMul (a Dense on each position: a 1x1 "
+                                                                       "convolution), Add and Mul of a constant "
+                                                                       "per channel, and the Reshape back to "
+                                                                       "(N, H, W, C)"),
 }
 
 
@@ -1492,9 +1609,12 @@ def _pool(imp: _Importer, node) -> None:
     if any(rest):
         pads = _onnx_pads(params["padding"], rest)
         if op == "avgpool" and not params["count_include_pad"]:
+            fix = ("in Keras, padding=\"valid\", or a crop size on which \"same\" pads both sides alike"
+                   if imp.model.producer_name == "tf2onnx"
+                   else "export with symmetric padding or count_include_pad=1")
             raise imp.error(f"AveragePool pads {pads} differ between the two sides of an axis and "
                             "count_include_pad=0: graphconv pads one side with a pad layer, whose zeros the "
-                            "average would count (export with symmetric padding or count_include_pad=1)")
+                            f"average would count ({fix})")
         if params["ceil_mode"]:
             raise imp.error(f"{node.op_type} pads {pads} differ between the two sides of an axis and ceil_mode=1: "
                             "graphconv cannot place ceil mode's last window as ONNX does then (export with "
@@ -2184,7 +2304,7 @@ def _reshape(imp: _Importer, node) -> None:
     (N, groups, -1) and back; space-to-depth's patch view and, after its Transpose, its
     end; a batch-1 map flattened to [-1] (see `_gather`); and graphconv's own flatten as
     its export writes it, (N, C*H*W, 1, 1)."""
-    x = imp.tensor(node.input[0], (NCHW, GROUPED, GROUP_RUNS, PATCHES, RADIX, NHWC, GREY_PLANE))
+    x = imp.tensor(node.input[0], (NCHW, GROUPED, GROUP_RUNS, PATCHES, RADIX, NHWC, GREY_PLANE, POSITIONS))
     target = imp.shape_target(node.input[1], "target shape")
     if x.layout == GREY_PLANE:
         _, h, w = x.shape
@@ -2197,7 +2317,7 @@ def _reshape(imp: _Importer, node) -> None:
                             f"(N, {h}, {w}, 1) or (N, 1, {h}, {w}), or flattens it, (N, {h * w})")
         imp.alias(node, replace(x, layout=NHWC if given[-1] == 1 and given != [1, 1, h, w] else NCHW, rank=4))
         return
-    if x.layout == NHWC:
+    if x.layout in (NHWC, POSITIONS):
         _channels_last_reshape(imp, node, x, target)
         return
     if x.layout == GROUPED or len(target) == 5:
@@ -2237,20 +2357,29 @@ def _reshape(imp: _Importer, node) -> None:
 
 def _channels_last_reshape(imp: _Importer, node, x: Tensor, target: list[int]) -> None:
     """A Reshape of a channels-last view: to (N, -1) (or (N, H*W*C)), Keras' Flatten
-    before its Dense as tf2onnx writes it (`_features`); to its own (N, H, W, C), nothing
-    (a 1x1 map's [-1, 1, 1, C] in Keras' MobileNet head)."""
+    before its Dense as tf2onnx writes it (`_features`); to (N*H*W, C), one row per
+    position, and (after the MatMul) back to (N, H, W, K), Keras' Dense on a 4-D map as
+    tf2onnx writes it (POSITIONS); to its own (N, H, W, C), nothing (a 1x1 map's
+    [-1, 1, 1, C] in Keras' MobileNet head)."""
     c, h, w = x.shape
     current = [1, h, w, c]
-    if _reshaped(target, current) == [1, h * w * c] and target[0] in (0, 1, -1):
+    if x.layout == POSITIONS:
+        if _reshaped(target, [h * w, c]) not in ([1, h, w, c], [h * w, c]):
+            raise imp.error(f"Reshape of the {h * w}x{c} per-position rows of a channels-last map to {target}; "
+                            f"graphconv reads them back as the (N, {h}, {w}, {c}) map they came from")
+        imp.alias(node, replace(x, layout=NHWC if len(target) == 4 else POSITIONS, rank=len(target)))
+    elif _reshaped(target, current) == [1, h * w * c] and target[0] in (0, 1, -1):
         _features(imp, node, x)
+    elif _reshaped(target, current) == [h * w, c] and (h, w) != (1, 1):
+        imp.alias(node, replace(x, layout=POSITIONS, rank=2))
     elif c == 1 and _reshaped(target, current) == [1, 1, h, w] and target[0] in (0, 1, -1):
         imp.alias(node, replace(x, layout=NCHW))  # a grey map's Transpose to channels-first, as tf2onnx writes it
     elif _reshaped(target, current) == current and target[0] in (0, 1, -1):
         imp.alias(node, x)
     else:
         raise imp.error(f"Reshape of a channels-last (NHWC) {'x'.join(map(str, current))} view to {target}; "
-                        "graphconv reads the flatten before a fully connected layer (N, -1), and a reshape to "
-                        "the same shape")
+                        "graphconv reads the flatten before a fully connected layer (N, -1), the rows of a Dense "
+                        "on each position (N*H*W, C), and a reshape to the same shape")
 
 
 def _channel_groups(imp: _Importer, node, x: Tensor, target: list[int]) -> None:
@@ -2448,8 +2577,8 @@ def _pick_channels(imp: _Importer, node, x: Tensor, picked: np.ndarray) -> None:
     weight[np.arange(picked.size), picked, 0, 0] = 1.0
     imp.add_layer(node, "conv", [replace(x, layout=NCHW)], dict(out_channels=int(picked.size), kernel_size=1,
                                                                 bias=False), {"weight": weight})
-    if x.layout == SQUEEZED:
-        imp.alias(node, replace(imp.values[node.output[0]], layout=SQUEEZED))
+    if x.layout in (SQUEEZED, NHWC):
+        imp.alias(node, replace(imp.values[node.output[0]], layout=x.layout))
 
 
 @converts("Gemm")
@@ -2479,10 +2608,10 @@ def _gemm(imp: _Importer, node) -> None:
 @converts("MatMul")
 def _matmul(imp: _Importer, node) -> None:
     """A @ B with a constant (F, K) B: an fc layer without bias (the Add after it, if
-    any, becomes its bias); on a channels-last map (ConvNeXt's pointwise Linears), a
-    1x1 convolution."""
-    x = imp.tensor(node.input[0], (*ANY_LAYOUT, HWC_FEATURES))
-    if x.layout == NHWC:
+    any, becomes its bias); on a channels-last map (ConvNeXt's pointwise Linears) or its
+    per-position rows (Keras' Dense on a map), a 1x1 convolution."""
+    x = imp.tensor(node.input[0], (*ANY_LAYOUT, HWC_FEATURES, POSITIONS))
+    if x.layout in (NHWC, POSITIONS):
         weight = imp.constant(node.input[1], "weight")
         if weight.ndim != 2 or weight.shape[0] != x.shape[0]:
             raise imp.error(f"MatMul weight of shape {list(weight.shape)} for {x.shape[0]} channels")
@@ -2719,8 +2848,13 @@ def _per_channel(constant: np.ndarray, x: Tensor) -> np.ndarray | None:
     shape = list(c.shape)
     while shape and shape[0] == 1:
         shape.pop(0)
+    if shape != [channels] and (x.rank == 2 or x.layout == NHWC):
+        return None
+    if x.layout == HWC_FEATURES:  # one value per feature in (H, W, C) order; graphconv's flatten is (C, H, W)
+        depth, h, w = x.hwc
+        return c.reshape(h, w, depth).transpose(2, 0, 1).reshape(channels)
     if x.rank == 2 or x.layout == NHWC:
-        return c.reshape(channels) if shape == [channels] else None
+        return c.reshape(channels)
     return c.reshape(channels) if shape == [channels, 1, 1] else None
 
 
@@ -2884,6 +3018,8 @@ def _channel_layer_norm(imp: _Importer, node) -> None:
     x = imp.tensor(node.input[0], ANY_LAYOUT)
     attrs = imp.attributes(node)
     axis = int(attrs["axis"]) % (4 if x.layout == NHWC else x.rank)
+    if len(node.input) > 3:
+        _check_batch_norm_views(imp, x, *(imp.shape_target(name, "shape") for name in node.input[3:5]))
     if not ((x.layout == NHWC and axis == 3) or (x.layout == NCHW and axis == 1)):
         raise imp.error(f"a LayerNorm written out (x - mean, over the root of the mean square plus eps) over axis "
                         f"{attrs['axis']} of a rank-{x.rank} {x.layout} value; graphconv's layernorm normalises "
@@ -2898,6 +3034,19 @@ def _channel_layer_norm(imp: _Importer, node) -> None:
         weights[key] = value
     name = _clean_name(node.input[1][: -len(".weight")]) if node.input[1].endswith(".weight") else None
     imp.add_layer(node, "layernorm", [x], {"eps": float(attrs["epsilon"])}, weights, name=name or None)
+
+
+def _check_batch_norm_views(imp: _Importer, x: Tensor, into: list[int], back: list[int]) -> None:
+    """tf2onnx's LayerNormalization (`_with_batch_norm_layer_norms_fused`) normalises each
+    position's channels only where it reshapes the channels-last map (1, H, W, C) to
+    (1, H*W, C, 1), one BatchNormalization channel per position, and back."""
+    c, h, w = x.shape
+    if x.layout != NHWC or _reshaped(into, [1, h, w, c]) != [1, h * w, c, 1] \
+            or _reshaped(back, [1, h * w, c, 1]) != [1, h, w, c]:
+        layout = "channels-last" if x.layout == NHWC else "channels-first"
+        raise imp.error(f"a LayerNorm written as a BatchNormalization of a {layout} {c}x{h}x{w} map viewed as "
+                        f"{into} and back as {back}; graphconv reads Keras' LayerNormalization over the channels, "
+                        f"a channels-last map viewed as (1, H*W, C, 1) and back")
 
 
 @converts("InstanceNormalization")
@@ -3037,8 +3186,11 @@ def _transpose_taps(weight: np.ndarray, block: int, pads: Sequence[int]) -> tupl
 
 @converts("Slice")
 def _slice(imp: _Importer, node) -> None:
-    """A range of channels (ShuffleNet's chunk, written as two Slices)."""
-    x = imp.tensor(node.input[0])
+    """Channels picked by a slice: a range of them (ShuffleNet's chunk, written as two
+    Slices), every other one, or all reversed (RGB to BGR: x.flip(1), or Keras'
+    x[..., ::-1] on a channels-last input, as caffe-style preprocessing does). Axes
+    sliced whole (the batch, a full height or width) change nothing."""
+    x = imp.tensor(node.input[0], ANY_LAYOUT)
     if imp.opset < 10:  # starts, ends and axes were attributes then, and there were no steps
         attrs = imp.attributes(node)
         starts, ends = np.asarray(attrs["starts"]), np.asarray(attrs["ends"])
@@ -3048,17 +3200,37 @@ def _slice(imp: _Importer, node) -> None:
         axes = imp.optional_constant(node, 3, "axes")
         steps = imp.optional_constant(node, 4, "steps")
     axes = list(range(len(starts))) if axes is None else [int(a) % x.rank for a in axes.ravel()]
+    steps = [1] * len(axes) if steps is None else [int(v) for v in steps.ravel()]
     if _trims_to_blocks(imp, node, x, axes, starts, ends, steps):
         return
-    if axes != [1]:
-        raise imp.error(f"Slice along axes {axes}; graphconv slices channels only (axis 1, step 1)")
-    if steps is not None and int(steps.ravel()[0]) != 1:  # x.flip(1) is a Slice of step -1
-        raise imp.error(f"Slice of the channels with step {int(steps.ravel()[0])}"
-                        f"{' (a flip: x.flip(1))' if int(steps.ravel()[0]) < 0 else ''}; graphconv slices a range "
-                        "of channels in order (step 1)")
-    c = x.shape[0]
-    start, stop = (int(np.clip(v + c if v < 0 else v, 0, c)) for v in (starts[0], ends[0]))
-    _slice_channels(imp, node, x, start, stop, node.output[0])
+    channel_axis = 3 if x.layout == NHWC else 1
+    cuts = [(axis, int(start), int(end), step) for axis, start, end, step in zip(axes, starts, ends, steps)
+            if not _whole(x.shape[0] if axis == channel_axis else None, int(start), int(end), step)]
+    if any(axis != channel_axis for axis, *_ in cuts):
+        view = "channels-last (NHWC) " if x.layout == NHWC else ""
+        raise imp.error(f"Slice along axes {sorted({axis for axis, *_ in cuts})} of a {view}map; graphconv slices "
+                        f"the channels (axis {channel_axis}), and any axis from its start to its end")
+    if not cuts:
+        imp.alias(node, x)
+        return
+    _, start, end, step = cuts[0]
+    picked = np.arange(x.shape[0])[start:end:step]
+    if picked.size == 0:
+        raise imp.error(f"Slice of channels {start}:{end}:{step} of {x.shape[0]} keeps none")
+    if step == 1:
+        _slice_channels(imp, node, x, int(picked[0]), int(picked[-1]) + 1, node.output[0])
+    else:
+        _pick_channels(imp, node, x, picked)
+
+
+def _whole(size: int | None, start: int, end: int, step: int) -> bool:
+    """Whether a Slice of one axis keeps all of it in order: of the channels (`size`),
+    up to their count; of the batch, height or width (size None: they change with the
+    image), only up to an end past any size (tf2onnx's 1e9, PyTorch's INT64_MAX); a
+    height's end of the crop's own size would crop a larger image."""
+    if step != 1 or start != 0:
+        return False
+    return end >= (10 ** 9 if size is None else size)
 
 
 @converts("Split")
@@ -3102,7 +3274,7 @@ def _trims_to_blocks(imp: _Importer, node, x: Tensor, axes: list[int], starts, e
         return False
     b = blocks.pop()
     if (b < 1 or x.layout != NCHW or x.rank != 4 or sorted(axes) != [2, 3] or any(int(v) for v in starts)
-            or (steps is not None and any(int(v) != 1 for v in steps.ravel()))):
+            or any(step != 1 for step in steps)):
         return False
     sides = {2: x.shape[1], 3: x.shape[2]}
     if any(min(int(end), sides[axis]) != sides[axis] // b * b for axis, end in zip(axes, ends)):
@@ -3256,15 +3428,17 @@ def _shape(imp: _Importer, node) -> None:
     from it still means 'keep the batch'), then C, H, W (H, W, C of a channels-last view:
     tf2onnx's Flatten computes its target so; g, C/g, H, W of a channel shuffle's grouped
     view: TorchScript's `.flatten(1, 2)` back computes its target so)."""
-    x = imp.tensor(node.input[0], (*ANY_LAYOUT, GREY_PLANE, GROUPED))
+    x = imp.tensor(node.input[0], (*ANY_LAYOUT, GREY_PLANE, GROUPED, POSITIONS))
     c, h, w = x.shape
     if x.layout == GROUPED:
         dims = [*[x.groups, c // x.groups][::-1 if x.swapped else 1], h, w]
+    elif x.layout == POSITIONS:
+        dims = [c]  # after the rows' count, which is H*W for a batch of one
     elif x.rank >= 3:
         dims = [h, w] if x.layout == GREY_PLANE else [c, h, w] if x.layout == NCHW else [h, w, c]
     else:
         dims = [math.prod(x.shape)]
-    full = np.array([1, *dims], dtype=np.int64)
+    full = np.array([h * w if x.layout == POSITIONS else 1, *dims], dtype=np.int64)
     attrs = imp.attributes(node)
     start, end = attrs.get("start", 0), attrs.get("end", len(full))
     imp.values[node.output[0]] = full[start:end]

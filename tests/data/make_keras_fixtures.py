@@ -11,6 +11,9 @@ against the Keras model itself.
 
 Not run by the tests (TensorFlow is not a test dependency): the .onnx files it wrote are
 committed beside it, with the versions that made them in each file's doc string.
+The last two are Keras layers tf2onnx writes on the channels-last map (caffe-style
+RGB -> BGR and mean inside the model, LayerNormalization, Dense on a 4-D map, a
+BatchNormalization between Flatten and Dense), with tf2onnx's default NHWC input.
 Keras' padding="same" with stride 2 on an even size pads only the bottom and right, and
 ZeroPadding2D(((0, 1), (0, 1))) before a "valid" stride-2 depthwise conv is MobileNet's
 and EfficientNet's way to write it; tf2onnx turns these into Conv/MaxPool pads like
@@ -84,6 +87,40 @@ def efficientnet_like() -> keras.Model:
     return keras.Model(inputs, x, name="efficientnet_like")
 
 
+def channels_last_blocks() -> keras.Model:
+    """Layers tf2onnx writes on the channels-last map itself: caffe-style preprocessing
+    inside the model (x[..., ::-1], RGB to BGR, then a mean per channel off: a Slice of
+    step -1 on the NHWC input), LayerNormalization (a Reshape to (1, N*H*W, C, 1), a
+    BatchNormalization and the Reshape back) and a Dense on a 4-D map (a Tensordot: a
+    Reshape to (N*H*W, C), a MatMul and the Reshape back)."""
+    mean = tf.constant([103.939, 116.779, 123.68])
+    x = inputs = keras.Input((CROP, CROP, 3), name="image")
+    x = layers.Lambda(lambda image: image[..., ::-1] - mean, name="caffe_preprocess")(x)
+    x = layers.Conv2D(8, 3, strides=2, padding="same", name="conv1")(x)
+    x = layers.LayerNormalization(name="conv1_ln")(x)
+    x = layers.Dense(6, activation="relu", name="pointwise_dense")(x)
+    x = layers.MaxPooling2D(2, name="pool")(x)
+    x = layers.GlobalAveragePooling2D(name="global_pool")(x)
+    x = layers.Dense(4, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, x, name="channels_last_blocks")
+
+
+def flatten_batchnorm_dense() -> keras.Model:
+    """A BatchNormalization between Flatten and Dense, on features in Keras' (H, W, C)
+    order (tf2onnx writes it as a Mul and an Add of one value per feature), and another
+    after the Dense."""
+    x = inputs = keras.Input((CROP, CROP, 3), name="image")
+    x = layers.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="conv1")(x)
+    x = layers.MaxPooling2D(4, name="pool")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.BatchNormalization(name="flatten_bn")(x)
+    x = layers.Dense(8, name="fc1")(x)
+    x = layers.BatchNormalization(name="fc1_bn")(x)
+    x = layers.ReLU(name="fc1_relu")(x)
+    x = layers.Dense(3, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, x, name="flatten_batchnorm_dense")
+
+
 def seeded(model: keras.Model, seed: int) -> keras.Model:
     """Every weight drawn from one seed; batch norms given statistics that do something."""
     rng = np.random.default_rng(seed)
@@ -132,6 +169,8 @@ def main() -> int:
     convert(mobilenet, HERE / "keras_mobilenet_like.onnx")
     convert(mobilenet, HERE / "keras_mobilenet_like_nhwc.onnx", nchw=False)
     convert(seeded(efficientnet_like(), 2), HERE / "keras_efficientnet_like.onnx")
+    convert(seeded(channels_last_blocks(), 3), HERE / "keras_channels_last_blocks.onnx", nchw=False)
+    convert(seeded(flatten_batchnorm_dense(), 4), HERE / "keras_flatten_batchnorm_dense.onnx", nchw=False)
     return 0
 
 
