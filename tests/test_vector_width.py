@@ -80,6 +80,30 @@ def test_configure_process_widens_numbas_vectors_and_results_stay():
     assert wide["out"] == pytest.approx(narrow["out"], rel=1e-5, abs=1e-6)
 
 
+COMPILE_THEN_CONFIGURE = """
+    import json, warnings
+    import numba
+    import graphconv
+
+    numba.njit(lambda x: x + 1)(1)  # a notebook that ran a model, or numba code of its own, first
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        graphconv.configure_process()
+    from numba.core import config
+    print(json.dumps({"warned": [str(w.message) for w in caught], "features": config.CPU_FEATURES}))
+"""
+
+
+@pytest.mark.skipif(not HAS_AVX512, reason="the CPU has no AVX-512: nothing to widen, nothing to miss")
+def test_configure_process_after_numba_compiled_says_it_came_too_late():
+    """Called after a first run, configure_process widened nothing, silently (numba had
+    fixed its compiler's features): it now says so and how to get the speed."""
+    late = run_python(COMPILE_THEN_CONFIGURE)
+    assert late["features"] is None
+    assert len(late["warned"]) == 1 and late["warned"][0].startswith("configure_process() came after numba compiled")
+    assert "call graphconv.configure_process() first, before any model runs" in late["warned"][0]
+
+
 @pytest.mark.skipif(HAS_AVX512, reason="the CPU has AVX-512")
 def test_configure_process_leaves_other_cpus_alone():
     assert "prefer-256-bit" not in run_python(CONFIGURE_THEN_COMPILE)["features"]
