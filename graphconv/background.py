@@ -11,7 +11,8 @@ whole image's pass gives.
 
 A pixel is tissue where its colour is saturated (HSV saturation, (max - min) / max, at
 least the threshold: stained tissue is coloured, glass is grey or white), or, in a grey
-image, where it is darker than white by at least the threshold. The image is judged as
+image, where it is darker than the glass by at least the threshold (the glass: the
+image's own bright level, white or an off-white 240). The image is judged as
 stored, whatever the network is fed (`sources.own_channels`: a grey slide repeated into
 an RGB model's channels has no saturation, and every cell of it was left out), and an RGB
 image whose three bands are equal but for a few levels is grey too, its colour still
@@ -582,14 +583,30 @@ def tissue_mask(picture: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np
     module); an RGB picture whose bands are equal but for JPEG's or a scanner's few
     levels (`GREY_SPREAD`) is grey (a grey slide saved as RGB)."""
     if picture.shape[0] < 3:
-        return picture[0] <= 255 * (1 - threshold)
+        return _darker_than_glass(picture[0].astype(np.float32), threshold)
     rgb = picture[:3].astype(np.float32)
     brightest, dullest = rgb.max(axis=0), rgb.min(axis=0)
     coloured = np.where(brightest > 0, (brightest - dullest) / np.maximum(brightest, 1e-6), 0.0) >= threshold
     if not _grey(picture[:3]):
         return coloured
     # grey but for a few pixels: darkness, and any colour there is (a small stained biopsy is under 0.1%)
-    return coloured | (rgb.mean(axis=0) <= 255 * (1 - threshold))
+    return coloured | _darker_than_glass(rgb.mean(axis=0), threshold)
+
+
+GLASS_QUANTILE = 0.99  # the brightness of a grey picture's glass: all but its brightest 1% (dust, glare) is no brighter
+
+
+def _darker_than_glass(brightness: np.ndarray, threshold: float) -> np.ndarray:
+    """Where a grey picture is darker than its glass by `threshold` of it. The glass is
+    the picture's own bright level (`GLASS_QUANTILE`), not white: off-white glass (242, or
+    a tint of 238-242) was more than 0.05 darker than white, so a blank slide, and a
+    small biopsy's slide, had every cell computed as tissue. A picture with no bright
+    background at all (tissue edge to edge) is measured against 1 - 2 x threshold of
+    white at least, so its tissue stays tissue."""
+    if not brightness.size:
+        return brightness > 0
+    glass = max(float(np.quantile(brightness, GLASS_QUANTILE)), 255 * (1 - 2 * threshold))
+    return brightness <= glass * (1 - threshold)
 
 
 GREY_SPREAD = 4  # levels of 255 an RGB picture's bands may differ by in 99.9% of its pixels and it be grey

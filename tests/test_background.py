@@ -31,6 +31,24 @@ def test_tissue_is_colour_on_rgb_and_darkness_on_grey():
     assert tissue_mask(biopsy, 0.1).sum() == 900
 
 
+@pytest.mark.parametrize("glass", [(242, 242, 242), (238, 239, 242), (250, 250, 250)])
+@pytest.mark.parametrize("biopsy_side", [0, 20, 200])
+def test_off_white_glass_is_glass_around_any_size_of_biopsy(glass, biopsy_side):
+    """Glass of 242 (or tinted 238-242) was more than 0.05 darker than white: a blank
+    slide, or one with a biopsy under 0.1% of it (so judged grey), had all its glass
+    counted as tissue (a review: 0 cells left out, no "no tissue" note). Darkness is
+    measured against the picture's own glass."""
+    slide = np.empty((3, 1000, 1000), np.float32)
+    slide[:] = np.array(glass, np.float32)[:, None, None]
+    slide[:, 400:400 + biopsy_side, 400:400 + biopsy_side] = np.array([180, 80, 160], np.float32)[:, None, None]
+    assert tissue_mask(slide).sum() == biopsy_side ** 2
+    grey = slide.mean(axis=0, keepdims=True)
+    grey[:, 400:400 + biopsy_side, 400:400 + biopsy_side] = 140  # a grey slide's dark tissue
+    assert tissue_mask(grey).sum() == biopsy_side ** 2
+    edge_to_edge = np.full((1, 100, 100), 200, np.float32)  # tissue everywhere, no glass to measure by
+    assert tissue_mask(edge_to_edge).all()
+
+
 @pytest.fixture(scope="module")
 def lenet():
     return graphconv.compile_model(SPECS / "lenet.yaml")
