@@ -1246,7 +1246,8 @@ def note_dense_padding(args: argparse.Namespace, model) -> None:
 
     spec = shlex.quote(str(args.model))  # a compiled folder too: verify checks it as it was compiled
     image = shlex.quote(str(args.image)) if getattr(args, "image", None) else "IMAGE"
-    verify = " ".join(["graphconv verify", spec, "--image", image, *_model_files_given(args)])
+    verify = " ".join(["graphconv verify", spec, "--image", image, *_image_reading_given(args),
+                       *_model_files_given(args)])
     edges = "cut" if len(hanging_pools(graph, padded)) == len(padded) else "padded"
     where_this_pass_pads = ("at the image's and where each shifted copy is cut" if model.stitch_copies > 1
                             else "only at the image's")
@@ -2068,6 +2069,21 @@ def _crops_command(args: argparse.Namespace) -> str:
         reading.append("--bands " + ",".join(map(str, args.bands)))
     return " ".join(["graphconv run", shlex.quote(str(args.spec)), "--image", shlex.quote(str(args.image)),
                      *reading, *_model_files_given(args), "--crops"])
+
+
+def _image_reading_given(args: argparse.Namespace) -> list[str]:
+    """How the user had the image read (`_add_image_reading_options`, --nodata, --max-nodata),
+    for a command graphconv suggests: verify without them checks another level (level 0
+    at 0.25 um where the map was made at --mpp 0.5)."""
+    given = []
+    for option, value, default in (("--level", "level", 0), ("--downsample", "downsample", 1), ("--mpp", "mpp", None),
+                                   ("--nodata", "nodata", None), ("--max-nodata", "max_nodata", DEFAULT_MAX_NODATA)):
+        value = getattr(args, value, default)
+        if value not in (default, None):
+            given += [option, f"{value:g}"]
+    if getattr(args, "bands", None):
+        given += ["--bands", ",".join(map(str, args.bands))]
+    return given
 
 
 def _model_files_given(args: argparse.Namespace) -> list[str]:

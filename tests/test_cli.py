@@ -1297,6 +1297,9 @@ def test_a_dense_run_of_a_padded_network_says_once_how_to_measure_what_padding_d
     err = capsys.readouterr().err
     assert err.count(note) == 1 and f"`graphconv verify {tmp_path / 'fcn'} --image {page}` measures" in err
     assert "--crops gives the exact crop loop" in err
+    assert run_cli("run", tmp_path / "fcn", "--image", page, "--downsample", "1.5", "--output", tmp_path / "d.npy") == 0
+    # the image read as the map was made (verify read the full resolution, another map, without it)
+    assert f"`graphconv verify {tmp_path / 'fcn'} --image {page} --downsample 1.5` measures" in capsys.readouterr().err
     for method in ("shift", "dilate"):  # a finer map pads as much (a shift model was left unsaid)
         assert run_cli("compile", tmp_path / "padded.yaml", "-o", tmp_path / method, "--output-stride", "1",
                        "--stride-method", method) == 0
