@@ -662,6 +662,11 @@ def _image_mapped(ref: ModelRef, image: str, output: str, options: MapOptions, t
         return ImageResult(image, error=user_message(err))
 
 
+SCALES_NOT_IN_TILES = ("--scales resizes a picture (JPEG, PNG, ...) read whole; a TIFF or zarr image is read in "
+                       "tiles at one resolution: map a slide without --scales, once per resolution wanted (--mpp, "
+                       "or --level and --downsample), and compare the maps")
+
+
 def _at_scales(model, image: str, output: str, source, options: MapOptions, unchanged: Callable[[], None],
                stamp: list[int] | None) -> ImageResult:
     """--images --scales: the picture's class vector as `run --image --scales` gives it
@@ -674,8 +679,7 @@ def _at_scales(model, image: str, output: str, source, options: MapOptions, unch
     from graphconv.sources import PillowSource, channel_conversion
 
     if not isinstance(source, PillowSource):
-        raise GraphconvError("--scales resizes a picture (JPEG, PNG, ...) read whole; a TIFF or zarr image is read "
-                             "in tiles: map it without --scales", file=image)
+        raise GraphconvError(SCALES_NOT_IN_TILES, file=image)
     largest = scaled_size(source.height, source.width, max(options.scales))
     check_run_fits(model.graph, 1, largest, f"scale {max(options.scales)} ({largest[0]}x{largest[1]})", file=image)
     x = source.read(0, 0, source.height, source.width)[None]

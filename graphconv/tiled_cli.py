@@ -95,8 +95,11 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     from graphconv.sources import on_image
     from graphconv.tiling import CropGrid, DenseGrid, MapFile, choose_tile, map_transform, plan_tiles, tile_bytes
 
-    if args.scales or args.profile or args.full_map:
-        raise GraphconvError("--scales, --profile and --full-map take a whole-image run (a TIFF, a zarr "
+    if args.scales:
+        from graphconv.cluster import SCALES_NOT_IN_TILES
+        raise GraphconvError(SCALES_NOT_IN_TILES, file=args.image)
+    if args.profile or args.full_map:
+        raise GraphconvError("--profile and --full-map take a whole-image run (a TIFF, a zarr "
                              "array, --tile, --workers, --reduce argmax, --classes, --downsample, --mpp, "
                              "--skip-background and .zarr outputs run in tiles)")
     source = _map_options(args, grid).open_image(model, args.image, getattr(args, "nodata", None))

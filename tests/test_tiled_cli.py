@@ -543,6 +543,10 @@ def test_many_images_with_scales_refuse_a_classifier_as_written_and_name_a_tiff_
     result = graphconv("run", digits_dir, "--images", folder, "--output-dir", tmp_path / "o2", "--scales", "60")
     assert result.returncode == 2 and "1 of 2 images ->" in result.stdout
     assert "scan.tif: --scales resizes a picture (JPEG, PNG, ...) read whole" in result.stderr
+    one = graphconv("run", digits_dir, "--image", folder / "scan.tif", "--scales", "60")
+    assert one.returncode == 2 and one.stderr.count("\n") == 1  # said as for a batch, with what to do instead
+    assert "scan.tif: --scales resizes a picture (JPEG, PNG, ...) read whole; a TIFF or zarr image is read in " \
+           "tiles at one resolution: map a slide without --scales, once per resolution wanted (--mpp" in one.stderr
 
 
 def test_many_images_top_ranks_each_image_s_classes_by_their_mean_over_its_map(model_dir, picture, tmp_path):
