@@ -102,6 +102,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
         raise GraphconvError("--profile and --full-map take a whole-image run (a TIFF, a zarr "
                              "array, --tile, --workers, --reduce argmax, --classes, --downsample, --mpp, "
                              "--skip-background and .zarr outputs run in tiles)")
+    map_transform(args.reduce, args.classes, model.output_channels)  # a wrong --classes refused before the image: line
     source = _map_options(args, grid).open_image(model, args.image, getattr(args, "nodata", None))
     image_hw = (source.height, source.width)
     describe_resolution(on_image(source, grid.field)[0], args.mpp)  # the image's size, not --pad-image's

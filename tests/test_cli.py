@@ -1018,6 +1018,7 @@ def test_many_images_through_a_classifier_as_written_say_so(tmp_path, capsys):
     (["--images", "{page}", "--output-dir", "maps", "--top", "3", "--reduce", "argmax"],
      "--top ranks the classes by their mean score over the map, and --reduce argmax keeps no scores"),  # said nothing
     (["--image", "{page}", "--heatmap", "1000", "--output", "m.npy"], "--heatmap 1000: the model has 11 classes"),
+    (["--image", "{page}", "--classes", "12", "--output", "m.npy"], "--classes 12: the model has 11 classes"),
 ])
 def test_options_a_run_cannot_honour_are_refused_before_it_runs(digits_fcn, tmp_path, capsys, args, message):
     """--profile with --images (it times one run) is refused, as --top was before a batch
@@ -1027,6 +1028,7 @@ def test_options_a_run_cannot_honour_are_refused_before_it_runs(digits_fcn, tmp_
     assert run_cli("run", digits_fcn, *(a.format(page=page) for a in args)) == 2
     captured = capsys.readouterr()
     assert message in captured.err and "output shape" not in captured.out, captured
+    assert captured.err.count("\n") == 1, captured.err  # the one line (--classes came after the image: line)
     assert not list(tmp_path.iterdir())
 
 
