@@ -2074,7 +2074,7 @@ def _crops_command(args: argparse.Namespace) -> str:
 def _image_reading_given(args: argparse.Namespace) -> list[str]:
     """How the user had the image read (`_add_image_reading_options`, --nodata, --max-nodata),
     for a command graphconv suggests: verify without them checks another level (level 0
-    at 0.25 um where the map was made at --mpp 0.5)."""
+    at 0.25 µm where the map was made at --mpp 0.5)."""
     given = []
     for option, value, default in (("--level", "level", 0), ("--downsample", "downsample", 1), ("--mpp", "mpp", None),
                                    ("--nodata", "nodata", None), ("--max-nodata", "max_nodata", DEFAULT_MAX_NODATA)):

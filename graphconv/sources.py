@@ -1421,13 +1421,22 @@ def _nodata_text(tag) -> str:
 def unread_nodata_note(source) -> str | None:
     """What to say of a TIFF whose GDAL_NODATA tag is no number ("abc", "none"): the tag
     is put aside and every pixel is data, which was said nowhere (tifffile's own warning
-    is filtered out: `_quiet_about_gdal_nodata`), so a swath's border went in as data."""
+    is filtered out: `_quiet_about_gdal_nodata`), so a swath's border went in as data.
+    Likewise of a no-data value (the tag's, a zarr's fill value or --nodata) that the
+    pixels' type cannot hold (-9999 in 8 bits: GDAL writes such tags)."""
+    source = getattr(source, "inner", getattr(source, "unpadded", source))
     tif = getattr(source, "tiff", None)
     tag = tif.pages[0].tags.get(GDAL_NODATA) if tif is not None else None
-    if tag is None or _nodata(tif.pages[0]) is not None or getattr(source, "nodata_given", False):
+    given = getattr(source, "nodata_given", False)
+    if tag is not None and _nodata(tif.pages[0]) is None and not given:
+        return (f"its GDAL_NODATA tag {shown(_nodata_text(tag), 40)} is not a number, so it is put aside and every "
+                "pixel is read as data (give the no-data value with --nodata)")
+    value = getattr(source, "missing_value", None)
+    if value is None or getattr(source, "_missing_value_held", True):
         return None
-    return (f"its GDAL_NODATA tag {shown(_nodata_text(tag), 40)} is not a number, so it is put aside and every "
-            "pixel is read as data (give the no-data value with --nodata)")
+    said = f"--nodata {value:g}" if given else f"its no-data value {value:g}"
+    return (f"{said} is no value its {np.dtype(source.array.dtype)} pixels can hold, so no pixel is no-data and "
+            "every cell is computed (GDAL reads it so too)")
 
 
 def tiff_notes(source, mask_given: bool = False) -> list[str]:

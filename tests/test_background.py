@@ -382,7 +382,7 @@ def test_skip_background_on_a_raster_whose_no_data_value_its_pixels_cannot_hold_
     its bright empty glass are left out."""
     tifffile = pytest.importorskip("tifffile")
     from graphconv.background import cells_left_out
-    from graphconv.sources import open_source
+    from graphconv.sources import open_source, tiff_notes
 
     model = rgb_lenet(write_spec)
     picture = np.full((96, 96, 3), 245, np.uint8)  # bright glass
@@ -390,6 +390,8 @@ def test_skip_background_on_a_raster_whose_no_data_value_its_pixels_cannot_hold_
     tifffile.imwrite(tmp_path / "slide.tif", picture, photometric="rgb", extratags=[(42113, 2, 6, "-9999", True)])
     source = open_source(tmp_path / "slide.tif", 3, model.graph.meta.get("preprocess"))
     assert source.missing_value == -9999
+    assert tiff_notes(source) == ["its no-data value -9999 is no value its uint8 pixels can hold, so no pixel is "
+                                  "no-data and every cell is computed (GDAL reads it so too)"]  # it was said nowhere
     background = cells_left_out(source, DenseGrid(model), 0.1)
     assert background is not None
     tiles = plan_tiles(DenseGrid(model), (96, 96), 96).tiles
