@@ -645,15 +645,19 @@ def onnx_origin(graph: Graph) -> str | None:
     return next((path for path in paths if str(path).lower().endswith(".onnx")), None)
 
 
-OWN_SCALING_RANGE = 2.5  # the widest a first layer may map 0..255 onto and count as the network scaling its pixels
+# the widest a first layer may map 0..255 onto and count as the network scaling its pixels: Rescaling(1/255) gives 1,
+# an ImageNet Normalization of 0..255 (EfficientNetV2's Rescaling then Normalization, ConvNeXt's PreStem) 4.4-4.6
+OWN_SCALING_RANGE = 6.0
 
 
 def own_input_scaling(graph: Graph) -> tuple[str, float] | None:
     """(layer, its largest per-channel factor) where the network's only first layer is a
-    per-channel affine map (a `batchnorm`: Keras's Rescaling(1/255) or (1/127.5, -1)
-    imports so) that takes 0..255 onto at most OWN_SCALING_RANGE: the network takes
-    pixels in 0..255 and scales them itself; import's usual advice, --scale 0.00392157,
-    would scale them twice (a review's map 0.115 off, without a word). None otherwise."""
+    per-channel affine map (a `batchnorm`: Keras's Rescaling(1/255) or (1/127.5, -1), or a
+    Normalization of 0..255 pixels, imports so) that takes 0..255 onto at most
+    OWN_SCALING_RANGE: the network takes pixels in 0..255 and scales them itself;
+    import's usual advice, --scale 0.00392157, would scale them twice (a review's map
+    0.115 off, without a word). None otherwise. A model trained on 0..1 pixels cannot
+    start so: its first layer would squeeze them into 0.02 of a unit."""
     from graphconv.ops.batchnorm import scale_and_shift
 
     users = graph.input.users

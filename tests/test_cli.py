@@ -1887,14 +1887,16 @@ def test_option_values_starting_with_a_minus_reach_the_option(given, parsed):
 
 
 @pytest.mark.parametrize("factor, shift, own", [(1 / 255, 0.0, True), (1 / 127.5, -1.0, True), (1.0, 0.0, False),
-                                                (1 / 58.0, -2.0, False)])
+                                                (1 / 58.0, -2.0, True), (1 / 40.0, -3.0, False)])
 def test_import_of_a_network_that_scales_its_own_pixels_says_so_and_warns_of_scaling_twice(
         tmp_path, capsys, factor, shift, own):
     """A Keras model with Rescaling(1/255) inside imports as a first batchnorm; import said
     "add a preprocess block ... --scale", and doing so scaled the pixels twice (a review's
     map 0.115 off, silently). Such a network takes 0..255: its spec says `scale: 1`, and
-    --scale on top is noted. A first layer that does not bring 0..255 near 0..1 (a
-    Normalization adapted on 0..255 pixels: / 58) is not taken for one."""
+    --scale on top is noted. So does one that normalises 0..255 as ImageNet's mean and
+    std do (/ 58 - 2: EfficientNetV2's Rescaling and Normalization, folded into one;
+    a review found it advised --scale/--mean/--std). A first layer spreading 0..255 over
+    6.4 units is not taken for one."""
     onnx = pytest.importorskip("onnx")
     from test_frontends_onnx import onnx_file
     from graphconv.frontends import load_network
