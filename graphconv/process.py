@@ -34,7 +34,7 @@ def configure_process() -> None:
     OpenBLAS/OpenMP workers sleep rather than spin, freed memory is kept for reuse, and
     numba vectorises 16 floats wide on AVX-512 (see graphconv.process). Call it once,
     first, before any model runs: numba sets its compiler up once per process, so a call
-    after the first run keeps the vector width that run compiled with. Settings made in
+    after the first run keeps the vector width that run compiled with (and warns). Settings made in
     the environment win; calling it again does nothing more."""
     quiet_idle_workers()
     keep_freed_memory()
