@@ -1074,13 +1074,6 @@ def _with_layer_norms_fused(nodes: list, constant: Callable[[str], np.ndarray | 
         value = constant(name)
         return float(value.ravel()[0]) if value is not None and value.size == 1 else None
 
-    def constant_operand(node, value: str) -> str | None:
-        """The other input of a two-input node one of whose inputs is `value`, if a constant."""
-        if node is None or len(node.input) != 2 or value not in node.input:
-            return None
-        other = node.input[1] if node.input[0] == value else node.input[0]
-        return other if constant(other) is not None else None
-
     from onnx import helper
 
     replaced: dict[int, Any] = {}
@@ -1100,7 +1093,7 @@ def _with_layer_norms_fused(nodes: list, constant: Callable[[str], np.ndarray | 
         if variance is None or mean_axes(variance) != axes:
             continue
         plus_eps = sole_reader(variance.output[0], "Add")
-        eps_name = constant_operand(plus_eps, variance.output[0])
+        eps_name = _constant_operand(plus_eps, variance.output[0], constant)
         root = sole_reader(plus_eps.output[0], "Sqrt") if eps_name else None
         divide = sole_reader(root.output[0], "Div") if root is not None else None
         if divide is None or list(divide.input) != [d, root.output[0]] or len({id(n) for n in readers[d]}) != 2 \
@@ -1117,24 +1110,25 @@ def _with_layer_norms_fused(nodes: list, constant: Callable[[str], np.ndarray | 
 def _scale_and_shift_after(node, readers: dict, constant: Callable[[str], np.ndarray | None]) -> tuple[str, str, list]:
     """(weight, bias, their nodes): the constant Mul, then constant Add, that alone read
     `node`'s output, as a LayerNorm written out ends; "" for one it lacks."""
-    weight, bias, tail, last = "", "", [], node
-
-    def constant_operand(reader, value: str) -> str:
-        """The other input of a two-input `reader` of `value`, if a constant; else ""."""
-        if reader is None or len(reader.input) != 2 or value not in reader.input:
-            return ""
-        other = reader.input[1] if reader.input[0] == value else reader.input[0]
-        return other if constant(other) is not None else ""
-
-    times = _sole_reader(readers, last.output[0], "Mul")
-    if constant_operand(times, last.output[0]):
-        weight, last = constant_operand(times, last.output[0]), times
+    weight, bias, tail = "", "", []
+    times = _sole_reader(readers, node.output[0], "Mul")
+    weight = _constant_operand(times, node.output[0], constant)
+    if weight:
         tail.append(times)
-        plus = _sole_reader(readers, last.output[0], "Add")
-        if constant_operand(plus, last.output[0]):
-            bias = constant_operand(plus, last.output[0])
+        plus = _sole_reader(readers, times.output[0], "Add")
+        bias = _constant_operand(plus, times.output[0], constant)
+        if bias:
             tail.append(plus)
     return weight, bias, tail
+
+
+def _constant_operand(node, value: str, constant: Callable[[str], np.ndarray | None]) -> str:
+    """The other input of a two-input `node` one of whose inputs is `value`, if a
+    constant; else "" (no node, another arity, or a run-time value)."""
+    if node is None or len(node.input) != 2 or value not in node.input:
+        return ""
+    other = node.input[1] if node.input[0] == value else node.input[0]
+    return other if constant(other) is not None else ""
 
 
 def _with_batch_norm_layer_norms_fused(nodes: list, constant: Callable[[str], np.ndarray | None],
