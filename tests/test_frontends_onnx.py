@@ -1294,15 +1294,18 @@ def test_refused_paddings_are_one_line_naming_the_file_and_node(tmp_path, capsys
 
 
 KERAS_FIXTURES = sorted((Path(__file__).parent / "data").glob("keras_*.onnx"))
+KERAS_FIXTURE_LAYERS = {"keras_moments_layer_norms": ("layernorm", 4)}  # what a fixture is about; the rest pad
 
 
 @pytest.mark.parametrize("path", KERAS_FIXTURES, ids=lambda p: p.stem)
 def test_keras_models_converted_by_tf2onnx_import_and_slide(path, rng):
-    """Two tiny Keras classifiers (tests/data/make_keras_fixtures.py: MobileNet's and
+    """Tiny Keras classifiers (tests/data/make_keras_fixtures.py: MobileNet's and
     EfficientNet's padding, ReLU6, swish, GlobalAveragePooling2D's Squeeze, Dense as
     MatMul + Add; one also with tf2onnx's default NHWC input, which graphconv reads as
-    NCHW) equal onnxruntime on their crop, compile to a dense network, and that
-    network's map tiles exactly and verifies on a larger image."""
+    NCHW; caffe preprocessing, LayerNormalization in both of tf2onnx's forms, Dense on a
+    map, Flatten -> BatchNormalization -> Dense) equal onnxruntime on their crop, compile
+    to a dense network, and that network's map tiles exactly and verifies on a larger
+    image."""
     from graphconv.dense import verify
     from graphconv.tiling import min_tile, run_tiled
 
@@ -1310,7 +1313,9 @@ def test_keras_models_converted_by_tf2onnx_import_and_slide(path, rng):
     assert "tf2onnx" in proto.doc_string
     nhwc = proto.graph.input[0].type.tensor_type.shape.dim[3].dim_value == 3  # tf2onnx's default input
     classifier = Model(load_network(path))
-    assert classifier.graph.find("pad") and classifier.crop_shape == (3, 32, 32)
+    kind, count = KERAS_FIXTURE_LAYERS.get(path.stem, ("pad", None))
+    assert classifier.graph.find(kind) and classifier.crop_shape == (3, 32, 32)
+    assert count is None or len(classifier.graph.find(kind)) == count
     x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
     expected = onnxruntime_scores_named(path, x.transpose(0, 2, 3, 1).copy() if nhwc else x)
     np.testing.assert_allclose(classifier.run(x), expected, **TOLERANCE)
@@ -1490,6 +1495,59 @@ def test_keras_layer_normalization_as_tf2onnx_writes_it_is_one_layernorm(tmp_pat
     graph = load_network(path, task="segmentation")
     assert [(n.name, n.op) for n in graph.layers()] == [("ln", "layernorm")]
     x = rng.standard_normal((1, 4, 5, 7)).astype(np.float32)  # batch 1: ONNX's statistics span the batch
+    np.testing.assert_allclose(Model(graph).run(x), onnxruntime_scores(path, x), **TOLERANCE)
+
+
+@pytest.mark.parametrize("shift", ["beta", "zero beta", "no center"])
+@pytest.mark.parametrize("gamma", [True, False])
+@pytest.mark.parametrize("layout", ["channels-first", "channels-last"])
+@pytest.mark.parametrize("view", [None, "keeps", "changes"])
+def test_keras_layer_normalization_written_as_its_moments_is_one_layernorm(tmp_path, rng, shift, gamma, layout,
+                                                                            view):
+    """tf2onnx writes Keras' LayerNormalization with epsilon below 1.001e-5 (ConvNeXt's
+    1e-6) as tf.nn.moments and tf.nn.batch_normalization: inv = 1 / sqrt(mean((x -
+    mean)^2) + eps) [* gamma]; x * inv + (beta - mean * inv), or -(mean * inv) where
+    beta was zeros, or (-mean) * inv with center=False; its optimiser may leave the mean
+    Reshaped to the shape it has at the crop. It was refused ("sub needs inputs of one
+    shape"); it is one layernorm, and a Reshape of the mean to another shape is refused."""
+    helper = onnx.helper
+    axis, mean_shape = (1, [-1, 1, 5, 7]) if layout == "channels-first" else (3, [-1, 5, 7, 1])
+    if view == "changes":
+        mean_shape = [mean_shape[0], *mean_shape[1:][::-1]]
+    inits = {"eps": np.full((1, 1, 1, 1), 1e-6, np.float32), "view": np.array(mean_shape, np.int64),
+             "gamma": rng.uniform(0.5, 1.5, 4).astype(np.float32), "beta": rng.standard_normal(4).astype(np.float32)}
+    if layout == "channels-first":
+        inits["gamma"], inits["beta"] = inits["gamma"].reshape(1, 4, 1, 1), inits["beta"].reshape(1, 4, 1, 1)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]) if axis == 3 else
+             helper.make_node("Identity", ["x"], ["t"]),
+             helper.make_node("ReduceMean", ["t"], ["m"], axes=[axis], keepdims=1, name="model/ln/moments/mean"),
+             *([helper.make_node("Reshape", ["m", "view"], ["mv"])] if view else []),
+             helper.make_node("Sub", ["t", "mv" if view else "m"], ["d"]), helper.make_node("Mul", ["d", "d"], ["sq"]),
+             helper.make_node("ReduceMean", ["sq"], ["var"], axes=[axis], keepdims=1),
+             helper.make_node("Add", ["var", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["root"]),
+             helper.make_node("Reciprocal", ["root"], ["inv"]),
+             *([helper.make_node("Mul", ["inv", "gamma"], ["s"])] if gamma else []),
+             helper.make_node("Mul", ["t", "s" if gamma else "inv"], ["xs"])]
+    scale = "s" if gamma else "inv"
+    if shift == "no center":
+        nodes += [helper.make_node("Neg", ["m"], ["nm"]), helper.make_node("Mul", ["nm", scale], ["shift"])]
+    else:
+        nodes += [helper.make_node("Mul", ["m", scale], ["ms"]),
+                  helper.make_node("Sub", ["beta", "ms"], ["shift"]) if shift == "beta" else
+                  helper.make_node("Neg", ["ms"], ["shift"])]
+    nodes += [helper.make_node("Add", ["xs", "shift"], ["a"]),
+              helper.make_node("Transpose", ["a"], ["y"], perm=[0, 3, 1, 2]) if axis == 3 else
+              helper.make_node("Identity", ["a"], ["y"])]
+    path = onnx_file(tmp_path / "ln.onnx", nodes, inits, input_shape=(1, 4, 5, 7))
+    if view == "changes":
+        crop_shape = [1, 1, 5, 7] if axis == 1 else [1, 5, 7, 1]
+        with pytest.raises(GraphconvError, match=re.escape(f"node 'model/ln': a LayerNorm's mean, of shape "
+                                                           f"{crop_shape} at the crop, reshaped to {mean_shape}; ")):
+            load_network(path, task="segmentation")
+        return
+    graph = load_network(path, task="segmentation")
+    assert [(n.name, n.op) for n in graph.layers()] == [("model_ln", "layernorm")]
+    x = rng.standard_normal((2, 4, 5, 7)).astype(np.float32)
     np.testing.assert_allclose(Model(graph).run(x), onnxruntime_scores(path, x), **TOLERANCE)
 
 
@@ -2799,6 +2857,13 @@ def test_max_of_three_maps_equals_onnxruntime_and_of_maps_of_different_shapes_is
     nodes[1] = helper.make_node("Sum", ["x", "p"], ["y"], name="m")
     path = onnx_file(tmp_path / "sum_broadcast.onnx", nodes, {}, input_shape=(1, 3, 5, 7))
     with pytest.raises(GraphconvError, match=r"node 'm': Sum of maps of different shapes 3x5x7, 3x1x1; graphconv adds"):
+        load_network(path, task="segmentation")
+    nodes = [helper.make_node("ReduceMean", ["x"], ["p"], axes=[1]), helper.make_node("Sub", ["x", "p"], ["y"], name="m")]
+    path = onnx_file(tmp_path / "sub_broadcast.onnx", nodes, {}, input_shape=(1, 3, 5, 7))
+    with pytest.raises(GraphconvError, match=r"node 'm': Sub of maps of different shapes 3x5x7, 1x5x7; graphconv "
+                                             r"subtracts maps of one shape \(no broadcasting\); one value per "
+                                             r"position across the channels is a statistic over them, such as a "
+                                             r"LayerNorm's mean"):
         load_network(path, task="segmentation")
 
 

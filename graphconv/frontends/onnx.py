@@ -285,6 +285,7 @@ class _Importer:
         self.nodes = _with_lrns_fused(self.nodes, self._initializer_or_constant, self._refuse, self.opset,
                                       [out.name for out in model.graph.output])
         self.nodes = _with_layer_norms_fused(self.nodes, self._initializer_or_constant)
+        self.nodes = _with_moment_layer_norms_fused(self.nodes, self._initializer_or_constant)
         self.nodes = _with_batch_norm_layer_norms_fused(self.nodes, self._initializer_or_constant,
                                                         [out.name for out in model.graph.output])
         self.nodes = _with_channel_convs_fused(self.nodes, self._initializer_or_constant)
@@ -1053,57 +1054,133 @@ def _with_layer_norms_fused(nodes: list, constant: Callable[[str], np.ndarray | 
     exporter writes nn.LayerNorm so before op set 17 (ConvNeXt's channels-last norm), and
     ConvNeXt's own LayerNorm(data_format="channels_first") is this in Python over axis 1,
     at any op set. Only groups whose inner values nothing else reads are fused."""
+    from onnx import helper
+
+    readers = _readers_of(nodes)
+    replaced: dict[int, Any] = {}
+    dropped: set[int] = set()
+    for mean in nodes:
+        axes = _kept_mean_axes(mean, constant)
+        if axes is None or len(axes) != 1:
+            continue
+        x = mean.input[0]
+        sub = _sole_reader(readers, mean.output[0], "Sub")
+        if sub is None or list(sub.input) != [x, mean.output[0]]:
+            continue
+        d = sub.output[0]
+        found = _root_of_variance(d, axes, readers, constant)
+        root = found[-1] if found else None
+        divide = _sole_reader(readers, root.output[0], "Div") if root is not None else None
+        if divide is None or list(divide.input) != [d, root.output[0]] or len({id(n) for n in readers[d]}) != 2:
+            continue  # d read by the square (Pow, or Mul(d, d): listed twice) and the Div
+        weight, bias, tail = _scale_and_shift_after(divide, readers, constant)
+        last = (tail or [divide])[-1]
+        replaced[id(last)] = helper.make_node(CHANNEL_NORM, [x, weight, bias], [last.output[0]], name=mean.name,
+                                              axis=axes[0], epsilon=_scalar(found[2].input, constant))
+        dropped |= {id(n) for n in [mean, sub, *found, divide, *tail]}
+    return [replaced.get(id(n), n) for n in nodes if id(n) not in dropped or id(n) in replaced]
+
+
+def _kept_mean_axes(node, constant: Callable[[str], np.ndarray | None]) -> list[int] | None:
+    """The axes of a ReduceMean keeping its dims, from its attribute or (op set 18) input;
+    None for any other node."""
+    if node is None or node.op_type != "ReduceMean":
+        return None
+    attrs = {a.name: a for a in node.attribute}
+    if "keepdims" in attrs and attrs["keepdims"].i == 0:
+        return None
+    if "axes" in attrs:
+        return list(attrs["axes"].ints)
+    axes = constant(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+    return None if axes is None else [int(a) for a in np.ravel(axes)]
+
+
+def _scalar(names: Sequence[str], constant: Callable[[str], np.ndarray | None]) -> float | None:
+    """The one constant single value among `names` (an eps added to a variance)."""
+    values = [constant(name) for name in names]
+    found = [float(v.ravel()[0]) for v in values if v is not None and v.size == 1]
+    return found[0] if len(found) == 1 else None
+
+
+def _root_of_variance(d: str, axes: list[int], readers: dict,
+                      constant: Callable[[str], np.ndarray | None]) -> list | None:
+    """[square, variance, plus eps, root]: the nodes taking sqrt(mean(d ** 2) + eps) of a
+    written-out LayerNorm's d = x - mean(x), over the mean's `axes`, each the sole
+    reader of the last (the square Pow(d, 2) or Mul(d, d)); None where they are not."""
+    def is_square(n) -> bool:
+        return (n.op_type == "Pow" and n.input[0] == d and _scalar(n.input[1:], constant) == 2.0
+                or n.op_type == "Mul" and list(n.input) == [d, d])
+
+    square = next((n for n in readers.get(d, []) if is_square(n)), None)
+    variance = _sole_reader(readers, square.output[0], "ReduceMean") if square is not None else None
+    if variance is None or _kept_mean_axes(variance, constant) != axes:
+        return None
+    plus_eps = _sole_reader(readers, variance.output[0], "Add")
+    if not _constant_operand(plus_eps, variance.output[0], constant) or _scalar(plus_eps.input, constant) is None:
+        return None
+    root = _sole_reader(readers, plus_eps.output[0], "Sqrt")
+    return None if root is None else [square, variance, plus_eps, root]
+
+
+def _with_moment_layer_norms_fused(nodes: list, constant: Callable[[str], np.ndarray | None]) -> list:
+    """The node list with each LayerNorm that tf2onnx writes as its moments replaced by
+    one CHANNEL_NORM node. Keras' LayerNormalization with epsilon below 1.001e-5
+    (ConvNeXt's 1e-6) is not TensorFlow's fused kernel but tf.nn.moments and
+    tf.nn.batch_normalization: mean = ReduceMean(x); d = x - mean (the mean maybe through
+    a Reshape that keeps its shape: a Transpose tf2onnx's optimiser rewrote);
+    inv = Reciprocal(Sqrt(ReduceMean(d * d) + eps)), times gamma where it has one; then
+    x * inv + (beta - mean * inv), with -(mean * inv) or (-mean) * inv where it has no
+    beta. The mean's view goes with it as the node's sixth input, for
+    `_channel_layer_norm` to check that it keeps the shape."""
+    from onnx import helper
+
     readers = _readers_of(nodes)
 
-    def sole_reader(name: str, op_type: str):
+    def sole(name: str, op_type: str):
         return _sole_reader(readers, name, op_type)
-
-    def mean_axes(node) -> list[int] | None:
-        """The axes of a ReduceMean keeping its dims, from its attribute or (op set 18) input."""
-        if node is None or node.op_type != "ReduceMean":
-            return None
-        attrs = {a.name: a for a in node.attribute}
-        if "keepdims" in attrs and attrs["keepdims"].i == 0:
-            return None
-        if "axes" in attrs:
-            return list(attrs["axes"].ints)
-        axes = constant(node.input[1]) if len(node.input) > 1 and node.input[1] else None
-        return None if axes is None else [int(a) for a in np.ravel(axes)]
-
-    def scalar(name: str) -> float | None:
-        value = constant(name)
-        return float(value.ravel()[0]) if value is not None and value.size == 1 else None
-
-    from onnx import helper
 
     replaced: dict[int, Any] = {}
     dropped: set[int] = set()
     for mean in nodes:
-        axes = mean_axes(mean)
+        axes = _kept_mean_axes(mean, constant)
         if axes is None or len(axes) != 1:
             continue
-        x = mean.input[0]
-        sub = sole_reader(mean.output[0], "Sub")
-        if sub is None or list(sub.input) != [x, mean.output[0]]:
+        x, m = mean.input[0], mean.output[0]
+        view = next((n for n in readers.get(m, []) if n.op_type == "Reshape" and constant(n.input[1]) is not None), None)
+        centred = view.output[0] if view is not None else m
+        sub = next((n for n in readers.get(centred, []) if n.op_type == "Sub" and list(n.input) == [x, centred]), None)
+        found = _root_of_variance(sub.output[0], axes, readers, constant) if sub is not None else None
+        inv = sole(found[-1].output[0], "Reciprocal") if found else None
+        if inv is None:
             continue
-        d = sub.output[0]
-        square = next((n for n in readers.get(d, []) if n.op_type == "Pow" and n.input[0] == d
-                       and scalar(n.input[1]) == 2.0 or n.op_type == "Mul" and list(n.input) == [d, d]), None)
-        variance = sole_reader(square.output[0], "ReduceMean") if square is not None else None
-        if variance is None or mean_axes(variance) != axes:
+        times_gamma = sole(inv.output[0], "Mul")
+        gamma = _constant_operand(times_gamma, inv.output[0], constant)
+        scale = times_gamma.output[0] if gamma else inv.output[0]
+        negated = next((n for n in readers.get(m, []) if n.op_type == "Neg"), None)
+        scaled_mean = next((n for n in readers.get(scale, []) if n.op_type == "Mul"
+                            and set(n.input) == {scale, negated.output[0] if negated is not None else m}), None)
+        scaled_x = next((n for n in readers.get(scale, []) if n.op_type == "Mul" and set(n.input) == {scale, x}), None)
+        if scaled_mean is None or scaled_x is None:
             continue
-        plus_eps = sole_reader(variance.output[0], "Add")
-        eps_name = _constant_operand(plus_eps, variance.output[0], constant)
-        root = sole_reader(plus_eps.output[0], "Sqrt") if eps_name else None
-        divide = sole_reader(root.output[0], "Div") if root is not None else None
-        if divide is None or list(divide.input) != [d, root.output[0]] or len({id(n) for n in readers[d]}) != 2 \
-                or scalar(eps_name) is None:  # d read by the square (Pow, or Mul(d, d): listed twice) and the Div
+        beta, shift = "", []
+        if negated is None:
+            shift = [sole(scaled_mean.output[0], "Sub") or sole(scaled_mean.output[0], "Neg")]
+            beta = _constant_operand(shift[0], scaled_mean.output[0], constant)
+            if shift[0] is None or shift[0].op_type == "Sub" and list(shift[0].input) != [beta, scaled_mean.output[0]]:
+                continue
+        plus = sole(scaled_x.output[0], "Add")
+        if plus is None or set(plus.input) != {scaled_x.output[0], (shift or [scaled_mean])[-1].output[0]}:
             continue
-        weight, bias, tail = _scale_and_shift_after(divide, readers, constant)
-        last = (tail or [divide])[-1]
-        replaced[id(last)] = helper.make_node(CHANNEL_NORM, [x, weight, bias], [last.output[0]], name=mean.name,
-                                              axis=axes[0], epsilon=scalar(eps_name))
-        dropped |= {id(n) for n in [mean, sub, square, variance, plus_eps, root, divide, *tail]}
+        group = [mean, sub, *found, inv, scaled_mean, scaled_x, plus, *shift]
+        group += [n for n in (view, times_gamma if gamma else None, negated) if n is not None]
+        inside = {id(n) for n in group}
+        if any(id(r) not in inside for n in group if n is not plus for out in n.output for r in readers.get(out, [])):
+            continue
+        layer = mean.name.rpartition("/moments/")[0] or mean.name  # Keras' layer, as tf2onnx names its nodes
+        replaced[id(plus)] = helper.make_node(
+            CHANNEL_NORM, [x, gamma, beta, "", "", view.input[1] if view is not None else ""], [plus.output[0]],
+            name=layer, axis=axes[0], epsilon=_scalar(found[2].input, constant))
+        dropped |= inside
     return [replaced.get(id(n), n) for n in nodes if id(n) not in dropped or id(n) in replaced]
 
 
@@ -2669,9 +2746,12 @@ def _refuse_maps_of_different_shapes(imp: _Importer, tensors: list[Tensor], verb
     does not broadcast ("Add of maps of different shapes 3x5x7, 3x1x1; graphconv adds
     maps of one shape")."""
     if len({(t.shape, t.layout) for t in tensors}) != 1:
+        per_position = any(t.shape[0] == 1 and t.shape[1:] != (1, 1) for t in tensors) and len(tensors) == 2
         raise imp.error(f"{imp.onnx_node.op_type} of maps of different shapes "
                         + ", ".join("x".join(map(str, t.shape)) for t in tensors)
-                        + f"; graphconv {verb} maps of one shape (no broadcasting)")
+                        + f"; graphconv {verb} maps of one shape (no broadcasting)"
+                        + ("; one value per position across the channels is a statistic over them, such as a "
+                           "LayerNorm's mean, in a form graphconv does not recognise" if per_position else ""))
 
 
 def _add_constant(imp: _Importer, node, x: Tensor, constant: np.ndarray) -> None:
@@ -2735,7 +2815,9 @@ def _sub(imp: _Importer, node) -> None:
                             "subtracts one number, or one per channel")
         _affine(imp, node, x, -np.ones(x.shape[0]), shift)
         return
-    imp.add_layer(node, "sub", [imp.tensor(name) for name in node.input])
+    tensors = [imp.tensor(name) for name in node.input]
+    _refuse_maps_of_different_shapes(imp, tensors, "subtracts")
+    imp.add_layer(node, "sub", tensors)
 
 
 @converts("Max")
@@ -3012,8 +3094,10 @@ def _channel_layer_norm(imp: _Importer, node) -> None:
     x = imp.tensor(node.input[0], ANY_LAYOUT)
     attrs = imp.attributes(node)
     axis = int(attrs["axis"]) % (4 if x.layout == NHWC else x.rank)
-    if len(node.input) > 3:
+    if len(node.input) > 3 and node.input[3]:
         _check_batch_norm_views(imp, x, *(imp.shape_target(name, "shape") for name in node.input[3:5]))
+    if len(node.input) > 5 and node.input[5]:
+        _check_mean_view(imp, x, axis, imp.shape_target(node.input[5], "shape"))
     if not ((x.layout == NHWC and axis == 3) or (x.layout == NCHW and axis == 1)):
         raise imp.error(f"a LayerNorm written out (x - mean, over the root of the mean square plus eps) over axis "
                         f"{attrs['axis']} of a rank-{x.rank} {x.layout} value; graphconv's layernorm normalises "
@@ -3041,6 +3125,17 @@ def _check_batch_norm_views(imp: _Importer, x: Tensor, into: list[int], back: li
         raise imp.error(f"a LayerNorm written as a BatchNormalization of a {layout} {c}x{h}x{w} map viewed as "
                         f"{into} and back as {back}; graphconv reads Keras' LayerNormalization over the channels, "
                         f"a channels-last map viewed as (1, H*W, C, 1) and back")
+
+
+def _check_mean_view(imp: _Importer, x: Tensor, axis: int, view: list[int]) -> None:
+    """tf2onnx's moments (`_with_moment_layer_norms_fused`) reshape the mean, one value per
+    position, to a target written for the crop it was exported at: it is the mean itself
+    only where that target keeps the mean's shape there."""
+    dims = ([1, *x.shape] if x.layout == NCHW else [1, x.shape[1], x.shape[2], x.shape[0]])[:x.rank]
+    dims[axis] = 1
+    if _reshaped(view, dims) != dims:
+        raise imp.error(f"a LayerNorm's mean, of shape {dims} at the crop, reshaped to {view}; graphconv reads "
+                        "a LayerNorm whose mean keeps its shape")
 
 
 @converts("InstanceNormalization")

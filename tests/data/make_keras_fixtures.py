@@ -11,9 +11,10 @@ against the Keras model itself.
 
 Not run by the tests (TensorFlow is not a test dependency): the .onnx files it wrote are
 committed beside it, with the versions that made them in each file's doc string.
-The last two are Keras layers tf2onnx writes on the channels-last map (caffe-style
+The last three are Keras layers tf2onnx writes on the channels-last map (caffe-style
 RGB -> BGR and mean inside the model, LayerNormalization, Dense on a 4-D map, a
-BatchNormalization between Flatten and Dense), with tf2onnx's default NHWC input.
+BatchNormalization between Flatten and Dense, ConvNeXt's LayerNormalization with
+epsilon 1e-6), with tf2onnx's default NHWC input.
 Keras' padding="same" with stride 2 on an even size pads only the bottom and right, and
 ZeroPadding2D(((0, 1), (0, 1))) before a "valid" stride-2 depthwise conv is MobileNet's
 and EfficientNet's way to write it; tf2onnx turns these into Conv/MaxPool pads like
@@ -121,6 +122,28 @@ def flatten_batchnorm_dense() -> keras.Model:
     return keras.Model(inputs, x, name="flatten_batchnorm_dense")
 
 
+def moments_layer_norms() -> keras.Model:
+    """ConvNeXt's LayerNormalization(epsilon=1e-6): below 1.001e-5 TensorFlow does not use
+    its fused kernel, and tf2onnx writes the moments out (ReduceMean, the squared
+    difference, Sqrt, Reciprocal, gamma, beta - mean * inv; the mean maybe through a
+    Reshape at the crop's size); with and without center and scale, on the map and on
+    the pooled features."""
+    x = inputs = keras.Input((CROP, CROP, 3), name="image")
+    x = layers.Conv2D(16, 4, strides=4, name="stem")(x)
+    x = layers.LayerNormalization(epsilon=1e-6, name="stem_ln")(x)
+    y = layers.DepthwiseConv2D(7, padding="same", name="block_dwconv")(x)
+    y = layers.LayerNormalization(epsilon=1e-6, center=False, name="block_ln")(y)
+    y = layers.Dense(32, activation="relu", name="block_pw1")(y)
+    y = layers.Dense(16, name="block_pw2")(y)
+    x = layers.Add(name="block_add")([x, y])
+    x = layers.LayerNormalization(epsilon=1e-6, scale=False, name="down_ln")(x)
+    x = layers.Conv2D(24, 2, strides=2, name="down_conv")(x)
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = layers.LayerNormalization(epsilon=1e-6, name="head_ln")(x)
+    x = layers.Dense(4, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, x, name="moments_layer_norms")
+
+
 def seeded(model: keras.Model, seed: int) -> keras.Model:
     """Every weight drawn from one seed; batch norms given statistics that do something."""
     rng = np.random.default_rng(seed)
@@ -171,6 +194,7 @@ def main() -> int:
     convert(seeded(efficientnet_like(), 2), HERE / "keras_efficientnet_like.onnx")
     convert(seeded(channels_last_blocks(), 3), HERE / "keras_channels_last_blocks.onnx", nchw=False)
     convert(seeded(flatten_batchnorm_dense(), 4), HERE / "keras_flatten_batchnorm_dense.onnx", nchw=False)
+    convert(seeded(moments_layer_norms(), 5), HERE / "keras_moments_layer_norms.onnx", nchw=False)
     return 0
 
 
