@@ -2295,20 +2295,25 @@ def _write_all(files: list) -> None:
 
 def _with_own_input_scaling(graph, preprocess: dict) -> dict:
     """import's preprocess block, where the network scales its own pixels first
-    (`own_input_scaling`: a Keras Rescaling layer) said so: without options it is
-    `scale: 1` (so no run asks for a preprocess again); with --scale, a note that the
-    pixels are scaled twice."""
+    (`own_input_scaling`: a Keras Rescaling layer, or caffe mode's mean) said so: without
+    options it is `scale: 1` (so no run asks for a preprocess again); with --scale, a
+    note that the pixels are scaled twice."""
     from graphconv.model import own_input_scaling
 
     own = own_input_scaling(graph)
     if own is None:
         return preprocess
-    layer, factor = own
-    first = "its first layer" if graph.input.users[0].name == layer else "after reordering its channels, its layer"
-    said = f"the network scales its pixels itself: {first} {layer} multiplies them by {factor:.6g}"
+    first = "its first layer" if graph.input.users[0].name == own.layer else "after reordering its channels, its layer"
+    if own.mean:
+        said = (f"the network normalises its pixels itself: {first} {own.layer} subtracts a mean of "
+                f"{', '.join(f'{v:.6g}' for v in own.mean)} (pixel units, 0..255)")
+    else:
+        said = f"the network scales its pixels itself: {first} {own.layer} multiplies them by {own.factor:.6g}"
     scale = float(preprocess.get("scale", 1.0))
     if scale != 1.0 and preprocess.get("values") != "stored":
-        note(f"note: {said}, and --scale {scale:g} scales them before it: twice, onto 0..{255 * scale * factor:.3g}; "
+        done = (f"scales them onto 0..{255 * scale:.3g} before it takes that mean off" if own.mean else
+                f"scales them before it: twice, onto 0..{255 * scale * own.factor:.3g}")
+        note(f"note: {said}, and --scale {scale:g} {done}; "
              "leave out --scale if it was trained on pixels in 0..255, as such a layer says it was")
     elif not preprocess:
         note(f"note: {said}, so it takes pixels in 0..255 as they are; the spec states preprocess "

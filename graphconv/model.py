@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -648,37 +648,68 @@ def onnx_origin(graph: Graph) -> str | None:
 # the widest a first layer may map 0..255 onto and count as the network scaling its pixels: Rescaling(1/255) gives 1,
 # an ImageNet Normalization of 0..255 (EfficientNetV2's Rescaling then Normalization, ConvNeXt's PreStem) 4.4-4.6
 OWN_SCALING_RANGE = 6.0
+# the smallest mean a first layer that only subtracts one may take off and count as a mean of 0..255 pixels (Keras'
+# caffe mode takes 103.9, 116.8, 123.7): pixels in 0..1 or -1..1 have means of at most 1
+PIXEL_UNIT_MEAN = 2.0
 
 
-def own_input_scaling(graph: Graph) -> tuple[str, float] | None:
-    """(layer, its largest per-channel factor) where the network's only first layer is a
-    per-channel affine map (a `batchnorm`: Keras's Rescaling(1/255) or (1/127.5, -1), or a
-    Normalization of 0..255 pixels, imports so) that takes 0..255 onto at most
-    OWN_SCALING_RANGE: the network takes pixels in 0..255 and scales them itself;
-    import's usual advice, --scale 0.00392157, would scale them twice (a review's map
-    0.115 off, without a word). None otherwise. A model trained on 0..1 pixels cannot
-    start so: its first layer would squeeze them into 0.02 of a unit."""
-    from graphconv.ops.batchnorm import scale_and_shift
+class OwnInputScaling(NamedTuple):
+    """A network's first layer that takes pixels in 0..255 and scales them itself (see
+    `own_input_scaling`)."""
 
+    layer: str
+    factor: float  # the largest it multiplies a channel by
+    mean: tuple[float, ...] = ()  # where it only subtracts one, in pixel units (Keras' caffe mode): per channel
+
+
+def own_input_scaling(graph: Graph) -> OwnInputScaling | None:
+    """The network's only first layer where it is a per-channel affine map that shows
+    the network takes pixels in 0..255 and normalises them itself: import's usual
+    advice, --scale 0.00392157, would scale them twice (a review's map 0.115 off,
+    without a word). Either it takes 0..255 onto at most OWN_SCALING_RANGE (a
+    `batchnorm`: Keras's Rescaling(1/255) or (1/127.5, -1), or a Normalization of 0..255
+    pixels, imports so; a model trained on 0..1 pixels cannot start so: its first layer
+    would squeeze them into 0.02 of a unit), or it only subtracts a mean of at least
+    PIXEL_UNIT_MEAN, one of 0..255 pixels (Keras' caffe mode: the RGB -> BGR flip and the
+    mean, which tf2onnx folds into one 1x1 conv of 0s and 1s with a bias). A reordering
+    of the channels before it is looked through. None otherwise."""
     users = graph.input.users
     while len(users) == 1 and _picks_channels(users[0]):  # an RGB -> BGR flip before the scaling (Keras' caffe mode)
         users = users[0].users
-    if len(users) != 1 or users[0].op != "batchnorm" or not users[0].weights:
+    affine = _scale_and_shift(users[0]) if len(users) == 1 else None
+    if affine is None:
         return None
-    factors = np.abs(scale_and_shift(dict(users[0].params), dict(users[0].weights))[0])
-    if factors.size == 0 or not factors.min() > 0 or 255 * factors.max() > OWN_SCALING_RANGE:
-        return None
-    return users[0].name, float(factors.max())
+    factors, shifts = affine
+    if factors.size and factors.min() > 0 and 255 * factors.max() <= OWN_SCALING_RANGE:
+        return OwnInputScaling(users[0].name, float(factors.max()))
+    if np.allclose(factors, 1.0, rtol=1e-6, atol=0) and ((-shifts >= PIXEL_UNIT_MEAN) & (-shifts <= 255)).all():
+        return OwnInputScaling(users[0].name, 1.0, tuple(float(v) for v in -shifts))
+    return None
 
 
-def _picks_channels(layer) -> bool:
+def _scale_and_shift(layer) -> tuple[np.ndarray, np.ndarray] | None:
+    """(|factor|, shift) per channel of a layer that is a per-channel affine map: a
+    `batchnorm`, or a channel pick with a bias (a pick's factors are 1); None for others."""
+    from graphconv.ops.batchnorm import scale_and_shift
+
+    if layer.op == "batchnorm" and layer.weights:
+        factors, shifts = scale_and_shift(dict(layer.params), dict(layer.weights))
+        return np.abs(np.asarray(factors, np.float64)), np.asarray(shifts, np.float64)
+    if _picks_channels(layer, with_bias=True) and "bias" in layer.weights:
+        bias = np.asarray(layer.weights["bias"], np.float64)
+        return np.ones_like(bias), bias
+    return None
+
+
+def _picks_channels(layer, with_bias: bool = False) -> bool:
     """Whether `layer` only copies channels: a slice of them, or a 1x1 conv whose weights
-    pick one input channel per output (how import writes a reversal or a gather)."""
+    pick one input channel per output (how import writes a reversal or a gather), with
+    a bias where `with_bias`."""
     if layer.op == "slice_channels":
         return True
     from graphconv.ops.registry import pair
 
-    if layer.op != "conv" or layer.params.get("bias") or "weight" not in layer.weights:
+    if layer.op != "conv" or (layer.params.get("bias") and not with_bias) or "weight" not in layer.weights:
         return False
     weight = np.asarray(layer.weights["weight"])
     plain = all(pair(layer.params[key]) == value for key, value in (("stride", (1, 1)), ("padding", (0, 0))))

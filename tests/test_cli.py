@@ -1938,6 +1938,45 @@ def test_a_network_that_reverses_its_channels_before_scaling_its_pixels_still_ta
     assert load_network(tmp_path / "net.yaml").meta.get("preprocess") == {"scale": 1.0}
 
 
+CAFFE_MEAN = [103.939, 116.779, 123.68]
+
+
+@pytest.mark.parametrize("form, mean, own", [("conv", CAFFE_MEAN, True), ("slice-sub", CAFFE_MEAN, True),
+                                             ("sub", CAFFE_MEAN, True), ("conv", [0.485, 0.456, 0.406], False),
+                                             ("conv", [300.0, 116.779, 123.68], False)])
+def test_a_network_that_takes_off_a_mean_of_0_to_255_pixels_takes_them_as_they_are(tmp_path, capsys, form, mean,
+                                                                                     own):
+    """Keras' caffe mode inside the model (resnet50.preprocess_input as a Lambda: RGB to
+    BGR and the mean in pixel units off, no scaling), which tf2onnx folds into one 1x1
+    conv of 0s and 1s with a bias: import advised --scale/--mean/--std, and following it
+    squeezed the pixels into 0..1 before a mean of 100 came off. A mean of 0..255 pixels
+    says the network takes them as they are; one of 0..1 pixels (0.485) does not, nor
+    one no 8-bit pixel has (300)."""
+    onnx = pytest.importorskip("onnx")
+    from test_frontends_onnx import onnx_file
+    from graphconv.frontends import load_network
+
+    inits = {"w": np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32),
+             "flip": np.eye(3, dtype=np.float32)[::-1].reshape(3, 3, 1, 1).copy(),
+             "minus_mean": -np.array(mean, np.float32), "mean": np.array(mean, np.float32).reshape(1, 3, 1, 1),
+             "starts": np.array([-1]), "ends": np.array([-2 ** 63]), "axes": np.array([1]), "steps": np.array([-1])}
+    nodes = {"conv": [onnx.helper.make_node("Conv", ["x", "flip", "minus_mean"], ["bgr"])],
+             "slice-sub": [onnx.helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["flipped"]),
+                           onnx.helper.make_node("Sub", ["flipped", "mean"], ["bgr"])],
+             "sub": [onnx.helper.make_node("Sub", ["x", "mean"], ["bgr"])]}[form]
+    path = onnx_file(tmp_path / "keras.onnx", nodes + [onnx.helper.make_node("Conv", ["bgr", "w"], ["y"])], inits)
+    assert run_cli("import", path, "-o", tmp_path / "net.yaml") == 0
+    err = capsys.readouterr().err
+    said = "note: the network normalises its pixels itself: "
+    assert (said in err) == own and ("ONNX files do not say how images were normalised" in err) == (not own)
+    if own:
+        assert "subtracts a mean of 103.939, 116.779, 123.68 (pixel units, 0..255), so it takes pixels in 0..255" in err
+    assert load_network(tmp_path / "net.yaml").meta.get("preprocess") == ({"scale": 1.0} if own else None)
+    assert run_cli("import", path, "-o", tmp_path / "scaled.yaml", "--scale", "0.00392157") == 0
+    err = capsys.readouterr().err
+    assert ("and --scale 0.00392157 scales them onto 0..1 before it takes that mean off" in err) == own
+
+
 @pytest.mark.parametrize("name, said", [
     ("model.h5", "is a Keras model (HDF5): graphconv reads ONNX models and its own specs; convert it first: "
                  "python -m tf2onnx.convert --keras MODEL.h5"),
