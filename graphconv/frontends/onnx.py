@@ -1855,7 +1855,7 @@ def _map_the_size_follows(imp: _Importer, size: str, x: Tensor, hw: tuple[int, i
             continue
     if not elsewhere or any(shapes[x.node][1:] != (1, 1) for shapes in elsewhere.values()):
         return None
-    sizes = {other: _input_sized_value(imp, size, other) for other in elsewhere}
+    sizes = {other: _input_sized_value(imp, size, shapes) for other, shapes in elsewhere.items()}
     if any(value is None for value in sizes.values()):
         return None
     computed = any(not np.array_equal(value, imp.values[size]) for value in sizes.values())
@@ -1880,15 +1880,16 @@ def _nearest_first(graph: Graph, name: str) -> list[str]:
     return order
 
 
-def _input_sized_value(imp: _Importer, name: str, input_hw: tuple[int, int]) -> np.ndarray | None:
-    """The constant `name` as it would be on an input of `input_hw`: the shape arithmetic
-    it comes from, re-evaluated from the input's Shape (ONNX's reference implementation,
-    as `_fold_constant`); None where it depends on anything else but constants."""
+def _input_sized_value(imp: _Importer, name: str, elsewhere: dict) -> np.ndarray | None:
+    """The constant `name` as it would be on another input size, where each layer's
+    shape is `elsewhere` (`infer_shapes` there): the shape arithmetic it comes from,
+    re-evaluated from the Shapes of the maps it reads (the input's; TorchScript takes N
+    and C from the resized map's own) with ONNX's reference implementation, as
+    `_fold_constant`; None where it depends on anything else but constants."""
     from onnx.reference import ReferenceEvaluator
     onnx = require_onnx()
 
     producer = {out: n for n in imp.nodes for out in n.output}
-    image = next(n for n, v in imp.values.items() if isinstance(v, Tensor) and v.node == imp.graph.input.name)
     nodes, shapes, constants, stack = {}, {}, {}, [name]
     while stack:
         value = stack.pop()
@@ -1900,10 +1901,12 @@ def _input_sized_value(imp: _Importer, name: str, input_hw: tuple[int, int]) -> 
                 return None
             constants[value] = imp.values[value]
         elif node.op_type == "Shape":
-            if node.input[0] != image or imp.values[image].layout != NCHW:
+            source = imp.values.get(node.input[0])
+            if not isinstance(source, Tensor) or source.layout != NCHW or source.rank != 4 \
+                    or len(elsewhere.get(source.node, ())) != 3:
                 return None
             attrs = imp.attributes(node)
-            full = np.array([1, imp.graph.input_shape[0], *input_hw], np.int64)
+            full = np.array([1, *elsewhere[source.node]], np.int64)
             shapes[value] = full[attrs.get("start", 0):attrs.get("end", 4)]
         else:
             nodes[value] = node
