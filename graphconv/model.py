@@ -322,7 +322,48 @@ class Model:
         return (f"note: {self.graph.name} gives one label per pixel on images of some sizes only (its strides "
                 f"divide them evenly): the {height}x{width} image was padded with zeros (after the preprocess) to "
                 f"{padded[0]}x{padded[1]} at the bottom and right, and the map cut back to {height}x{width}; labels "
-                "near those edges see the padding")
+                "near those edges see the padding" + self._stretch_note(height, width))
+
+    def _stretch_note(self, height: int, width: int) -> str:
+        """Where the network ends by resizing its map by a whole factor (an FCN or DeepLab
+        head's F.interpolate(size=x.shape[-2:]), imported with the crop's factor), the
+        model run on an image of another size resizes by another factor, stretching its
+        cells over the image: its scores differ from the padded run's a little everywhere,
+        not only near the padding (a review measured 48% of a 333x517 map's pixels off by
+        more than 1e-3, where the note named the edges alone). "" otherwise."""
+        from graphconv.ops.registry import pair
+        from graphconv.shapes import infer_shapes
+
+        resize = self._resize_at_the_end()
+        if resize is None:
+            return ""
+        try:
+            _, rows, cols = infer_shapes(self.graph, (height, width), check_weights=False)[resize.inputs[0].name]
+        except GraphconvError:
+            return ""
+        factor = pair(resize.params["factor"])
+        if (rows * factor[0], cols * factor[1]) == (height, width):
+            return ""
+        apart = str(factor[0]) if factor[0] == factor[1] else f"{factor[0]}x{factor[1]}"
+        multiples = (f"sides are multiples of {factor[0]}" if factor[0] == factor[1] else
+                     f"height is a multiple of {factor[0]} and width of {factor[1]}")
+        return (f"; where the model itself, on the {height}x{width} image as it is, resizes its {rows}x{cols} map to "
+                f"the image (layer {resize.name}), it enlarges it by {height / rows:.4g}x{width / cols:.4g}, not "
+                f"{apart}, so its scores differ from these a little everywhere (these keep the cells {apart} pixels "
+                f"apart, where the network computed them); for its own numbers, give an image whose {multiples}")
+
+    def _resize_at_the_end(self):
+        """The `upsample` layer the network's output is, or is read from through layers of
+        one input that keep its size (a softmax); None where there is none."""
+        from graphconv.shapes import infer_shapes
+
+        shapes = infer_shapes(self.graph, check_weights=False)
+        layer = self.graph.output
+        while layer.op != "upsample":
+            if len(layer.inputs) != 1 or shapes[layer.inputs[0].name] != shapes[layer.name]:
+                return None
+            layer = layer.inputs[0]
+        return layer
 
     def scores_on_pixels(self, scores: np.ndarray, image_size: int | tuple[int, int]) -> np.ndarray:
         """`run`'s map of an image of `image_size` (H, W; one number for a square) as (N,

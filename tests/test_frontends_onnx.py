@@ -1967,6 +1967,14 @@ def test_an_fcn_head_resized_to_the_input_is_a_segmentation_network(tmp_path, rn
     x = rng.standard_normal((1, 3, 100, 100)).astype(np.float32)
     padded = np.pad(x, ((0, 0), (0, 0), (0, 4), (0, 4)))
     assert net.padded_hw(100, 100) == (104, 104) and net.map_size(100, 100) == (100, 100)
+    # PyTorch on the 100x100 image as it is resizes 13x13 cells by 100/13: other values
+    # everywhere, not only near the padding, as the note says
+    assert net.padding_note(100, 100).endswith(
+        "labels near those edges see the padding; where the model itself, on the 100x100 image as it is, resizes "
+        "its 13x13 map to the image (layer Resize), it enlarges it by 7.692x7.692, not 8, so its scores differ from "
+        "these a little everywhere (these keep the cells 8 pixels apart, where the network computed them); for its "
+        "own numbers, give an image whose sides are multiples of 8")
+    assert net.padding_note(96, 128) is None
     np.testing.assert_allclose(net.run(x), torch_scores(model, padded)[:, :, :100, :100], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(net.run_tiled(x, 64), net.run(x), rtol=1e-5, atol=1e-6)
 
