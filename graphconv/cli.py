@@ -898,9 +898,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                            hint=lambda: _whole_run_hint(args, model, x.shape[0]))
     profile: dict[str, float] | None = {} if args.profile else None
     note_cold_kernels(model, args.device)
-    padding = None if args.full_map else model.padding_note(*x.shape[2:])
-    if padding:
-        note(padding)
+    for said in [] if args.full_map else model.size_notes(*x.shape[2:]):
+        note(said)
     start = time.perf_counter()
     out = model.run(x, args.device, profile, full=args.full_map)
     seconds = time.perf_counter() - start

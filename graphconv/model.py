@@ -324,6 +324,62 @@ class Model:
                 f"{padded[0]}x{padded[1]} at the bottom and right, and the map cut back to {height}x{width}; labels "
                 "near those edges see the padding" + self._stretch_note(height, width))
 
+    def size_notes(self, height: int, width: int) -> list[str]:
+        """What a run of an image of height x width should say about how the network's
+        map there relates to the model's own: the padding (`padding_note`) and pooling
+        bins fixed at the crop (`fixed_bins_note`)."""
+        return [note for note in (self.padding_note(height, width), self.fixed_bins_note(height, width)) if note]
+
+    def fixed_bins_note(self, height: int, width: int) -> str | None:
+        """A segmentation network that pools its map at the crop into a few bins and
+        enlarges them back (PSPNet's pyramid: AdaptiveAvgPool2d(2), (3), (6) exported are
+        pools of fixed windows, a whole number of them over the crop's map, even with a
+        dynamic input size, and resizes by their size) keeps those windows on an image of
+        another size, where the model itself would cut its map into the same number of
+        bins: the note that says so; None where the image is the crop's size or there are
+        no such bins."""
+        _, hc, wc = self.crop_shape
+        if not self.segmentation or (height, width) == (hc, wc):
+            return None
+        found = self._bins_at_the_crop()
+        if not found:
+            return None
+        pool, upsample, (bh, bw), (kh, kw) = found[0]
+        more = f" (and {len(found) - 1} more such)" if len(found) > 1 else ""
+        return (f"note: {self.graph.name}'s {pool.name} averages its map at the {hc}x{wc} crop in {bh}x{bw} bins, "
+                f"windows of {kh}x{kw} that {upsample.name} enlarges back{more}: PyTorch's AdaptiveAvgPool2d as an "
+                f"exporter writes it; on this {height}x{width} image the windows stay {kh}x{kw}, "
+                f"where the model itself would cut its map into {bh}x{bw} bins, so its pyramid pooling differs from "
+                f"the model's own on any size but {hc}x{wc} (ONNX has no adaptive pooling: exporters write the "
+                f"windows of the size they export at, with a dynamic input size too)")
+
+    def _bins_at_the_crop(self) -> list:
+        """(pool, upsample, bins, window) for each pool of windows of its own stride that
+        cuts its map at the crop into at most 8x8 bins, whole, which layers of one input
+        keeping their size lead to an upsample by the window's size."""
+        from graphconv.ops.pool import window
+        from graphconv.ops.registry import pair
+        from graphconv.shapes import infer_shapes
+
+        shapes = infer_shapes(self.graph, check_weights=False)
+        found = []
+        for pool in self.graph.layers():
+            if pool.op not in ("avgpool", "maxpool") or len(shapes[pool.inputs[0].name]) != 3:
+                continue
+            win = window(pool.params, None)
+            _, h, w = shapes[pool.inputs[0].name]
+            if win.stride != win.kernel or win.padding != (0, 0) or h % win.kernel[0] or w % win.kernel[1] \
+                    or max(h // win.kernel[0], w // win.kernel[1]) > 8:
+                continue
+            layer = pool
+            while len(layer.users) == 1 and layer.users[0].op != "upsample" and len(layer.users[0].inputs) == 1 \
+                    and shapes[layer.users[0].name][1:] == shapes[layer.name][1:]:  # a 1x1 conv, a norm, a ReLU
+                layer = layer.users[0]
+            upsample = layer.users[0] if len(layer.users) == 1 else None
+            if upsample is not None and upsample.op == "upsample" and pair(upsample.params["factor"]) == win.kernel:
+                found.append((pool, upsample, (h // win.kernel[0], w // win.kernel[1]), win.kernel))
+        return found
+
     def _stretch_note(self, height: int, width: int) -> str:
         """Where the network ends by resizing its map by a whole factor (an FCN or DeepLab
         head's F.interpolate(size=x.shape[-2:]), imported with the crop's factor), the

@@ -114,9 +114,8 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     for said in filter(None, [stored_orientation_note(source), *tiff_notes(source, bool(getattr(args, "mask", None)))]):
         note(f"note: {said}")
     note_how_the_image_is_read(args.image, channel_conversion(source))
-    padding = model.padding_note(*image_hw) if isinstance(grid, DenseGrid) else None
-    if padding:
-        note(padding)
+    for said in model.size_notes(*image_hw) if isinstance(grid, DenseGrid) else []:
+        note(said)
     crop_hw = model.crop_shape[1:]
     if image_hw[0] < crop_hw[0] or image_hw[1] < crop_hw[1]:
         from graphconv.cli import SMALLER_THAN_A_CROP_HINT

@@ -2042,6 +2042,58 @@ def test_deeplab_s_image_pooling_runs_whole_on_every_size(tmp_path, rng, opset, 
     assert np.load(tmp_path / "y.npy").shape == (1, 4, 64, 64)
 
 
+class _PSPNet(torch.nn.Module):
+    """PSPNet's pyramid pooling in small: the stride-4 map average-pooled into 1x1, 2x2
+    and 4x4 bins (AdaptiveAvgPool2d), each 1x1-convolved and resized back to the map's
+    size, concatenated with it, projected, resized to the input's size."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1), nn.ReLU())
+        self.stages = nn.ModuleList([nn.Sequential(nn.AdaptiveAvgPool2d(bins), nn.Conv2d(8, 2, 1), nn.ReLU())
+                                     for bins in (1, 2, 4)])
+        self.head = nn.Conv2d(14, 3, 1)
+
+    def forward(self, x):
+        import torch.nn.functional as F
+
+        features = self.backbone(x)
+        pyramid = [F.interpolate(stage(features), size=features.shape[-2:], mode="bilinear", align_corners=False)
+                   for stage in self.stages]
+        y = self.head(torch.cat([features, *pyramid], dim=1))
+        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def test_pspnet_s_pyramid_exported_runs_at_its_size_and_says_its_bins_are_fixed_windows_elsewhere(tmp_path, rng):
+    """AdaptiveAvgPool2d exported is an AveragePool of the windows it has at the export's
+    size (ONNX has no adaptive pooling), the resize back a fixed factor. At its size the
+    network equals PyTorch; on a larger image the windows stay (4x4 bins on a map twice
+    the size, where PyTorch cuts 2x2), so the run says so, naming the pool. It was
+    refused at the Concat ("compile it or run --crops", neither of which a segmentation
+    network takes) until the bin-1 branch became a broadcast."""
+    torch.manual_seed(7)
+    model = _PSPNet().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 3, 64, 64),), str(tmp_path / "psp.onnx"), dynamo=False,
+                          opset_version=17, input_names=["x"])
+    net = Model.load(tmp_path / "psp.onnx", task="segmentation")
+    x = rng.standard_normal((1, 3, 64, 64)).astype(np.float32)
+    np.testing.assert_allclose(net.run(x), torch_scores(model, x), rtol=1e-4, atol=1e-6)
+    assert net.size_notes(64, 64) == []
+    said = net.fixed_bins_note(128, 128)
+    assert said.startswith("note: psp's stages.1.0 averages its map at the 64x64 crop in 2x2 bins, windows of 8x8 "
+                           "that Resize_1 enlarges back (and 1 more such): PyTorch's AdaptiveAvgPool2d as an exporter "
+                           "writes it; on this 128x128 image the windows stay 8x8, where the model itself would cut "
+                           "its map into 2x2 bins"), said
+    assert net.run(rng.standard_normal((1, 3, 128, 128)).astype(np.float32)).shape == (1, 3, 128, 128)
+    np.save(tmp_path / "x.npy", rng.standard_normal((1, 3, 128, 128)).astype(np.float32))
+    result = graphconv("run", tmp_path / "psp.onnx", "--task", "segmentation", "--input", tmp_path / "x.npy",
+                       "--output", tmp_path / "y.npy")
+    assert result.returncode == 0 and "windows of 8x8 that Resize_1 enlarges back" in result.stderr, result.stderr
+
+
 def test_a_constant_size_in_a_file_of_any_size_stays_fixed(tmp_path, rng):
     """A 1x1 pooled map resized to a constant size where the file's input takes any size
     is that size on every image (onnxruntime: 8x8 at 32 and at 64): the crop's factor,
