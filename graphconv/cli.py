@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import math
 import os
 import re
@@ -1204,22 +1203,30 @@ def note_pixels_as_they_are(args: argparse.Namespace, model) -> None:
     """An ONNX file run straight on images says nothing of how its pixels were
     normalised (ONNX has no place for it), so they go in as 0..255: the right input for
     few PyTorch models, and the maps are then nonsense without a word. Say so, and how
-    to state it, for the file and for a model compiled from it (`compiled: {source}`);
-    a spec or an import that states a preprocess, or graphconv's own export (whose
-    metadata keeps it), is not noted."""
+    to state it, for the file, for a spec imported from it without a preprocess block
+    (import notes it once; a review's runs of the spec said nothing after), and for a
+    model compiled from either (`compiled: {source}`); a spec or an import that states a
+    preprocess, or graphconv's own export (whose metadata keeps it), is not noted."""
+    from graphconv.frontends.yaml import IMPORTED_FROM
     from graphconv.model import onnx_origin, own_input_scaling
 
     source = onnx_origin(model.graph)
     if model.graph.meta.get("preprocess") is not None or source is None or own_input_scaling(model.graph):
         return
+    import_it = ("import it with them (graphconv import MODEL.onnx -o NET.yaml --scale 0.00392157 --mean ... --std "
+                 "..., and --values stored with the scale its training used for a raster stored in more than 8 bits, "
+                 "such as 16-bit reflectances)")
     if str(args.model).lower().endswith(".onnx"):
-        whose, then = f"{args.model} states", "run NET.yaml"
+        said = f"{args.model} states no preprocess (an ONNX file has no place for one)"
+        then = f"{import_it} and run NET.yaml"
+    elif model.graph.meta.get("compiled"):
+        said = f"{args.model} was compiled from {source}, which states no preprocess (an ONNX file has no place for one)"
+        then = f"{import_it}, compile NET.yaml and run that"
     else:
-        whose, then = f"{args.model} was compiled from {source}, which states", "compile NET.yaml and run that"
-    note(f"note: {whose} no preprocess (an ONNX file has no place for one), so the pixels go in as "
-         "they are, 0..255: if the model was trained on normalised pixels, import it with them (graphconv "
-         "import MODEL.onnx -o NET.yaml --scale 0.00392157 --mean ... --std ..., and --values stored with the "
-         f"scale its training used for a raster stored in more than 8 bits, such as 16-bit reflectances) and {then}")
+        said = f"{args.model} was imported from {model.graph.meta[IMPORTED_FROM]} without a preprocess block"
+        then = ("write one into the spec (preprocess: {scale: 0.00392157, mean: [...], std: [...]}) or " + import_it)
+    note(f"note: {said}, so the pixels go in as they are, 0..255: if the model was trained on normalised pixels, "
+         f"{then}")
 
 
 def note_dense_padding(args: argparse.Namespace, model) -> None:
@@ -2206,7 +2213,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     from graphconv.frontends import load_network
     from graphconv.frontends.onnx import is_onnx_file
-    from graphconv.frontends.yaml import spec_text, weight_arrays
+    from graphconv.frontends.yaml import imported_spec_text, spec_text, weight_arrays
 
     if not is_onnx_file(args.model):
         from graphconv.frontends import refuse_foreign_model
@@ -2231,7 +2238,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     note_what_the_network_is(graph)
     body = spec_text(graph, weights_file=weights_path.name,
                      labels_file=labels_path.name if labels_path else "labels.txt").split("\n", 1)[1]
-    text = f"# imported by graphconv from {Path(args.model).name}; content {_digest(body)}\n{body}"
+    text = imported_spec_text(Path(args.model).name, body)
     arrays = weight_arrays(graph)
     files = [(weights_path, lambda p: np.savez(p, **arrays), ".npz")]
     if labels_path:
@@ -2247,13 +2254,6 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
-IMPORTED = re.compile(r"# imported by graphconv from .*; content ([0-9a-f]{16})\n")
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def _check_import_replaces_only_its_own(spec_path, others: list, given: str | None = None) -> None:
     """An import may replace a spec only where an earlier import wrote it and nobody
     edited it since (its first line holds the digest of the rest: a spec is meant to be
@@ -2263,13 +2263,15 @@ def _check_import_replaces_only_its_own(spec_path, others: list, given: str | No
     (`--labels net.labels.txt`: rewritten with what it holds)."""
     from pathlib import Path
 
+    from graphconv.frontends.yaml import IMPORTED, imported_unedited
+
     import yaml
 
     named: set[str] = set()
     if spec_path.exists():
         text = spec_path.read_text(errors="replace")
         header = IMPORTED.match(text)
-        if not header or header.group(1) != _digest(text[header.end():]):
+        if not header or not imported_unedited(text):
             raise GraphconvError("exists, and is not a spec graphconv imported and nobody edited since: import to "
                                  "another name, or move it away first", file=str(spec_path))
         doc = yaml.safe_load(text[header.end():])

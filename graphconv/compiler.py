@@ -65,12 +65,17 @@ def record_onnx_source(compiled: Graph) -> None:
     """Name the ONNX file a compiled graph was read from in its `compiled` block, so a
     run of the compiled folder knows its pixels' preprocess was never stated (ONNX has
     no place for one: `cli.note_pixels_as_they_are`). The file is where the graph's input
-    was read (an ONNX path, or a Graph loaded from one); a recompiled folder keeps the
-    name it has. Other sources are not named: a folder graphconv wrote is then readable
-    by versions that do not know the key."""
+    was read (an ONNX path, or a Graph loaded from one), or the one the spec it was read
+    from was imported from (its first line); a recompiled folder keeps the name it has.
+    Other sources are not named: a folder graphconv wrote is then readable by versions
+    that do not know the key."""
+    from graphconv.frontends.yaml import IMPORTED_FROM
+
     where = compiled.input.loc.file if compiled.input.loc is not None else ""
     if str(where).lower().endswith(".onnx"):
         compiled.meta["compiled"].setdefault("source", os.path.basename(os.path.abspath(where)))
+    elif str(compiled.meta.get(IMPORTED_FROM, "")).lower().endswith(".onnx") and "preprocess" not in compiled.meta:
+        compiled.meta["compiled"].setdefault("source", compiled.meta[IMPORTED_FROM])
 
 
 STRIDE_METHODS = ("auto", "dilate", "shift")

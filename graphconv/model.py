@@ -734,11 +734,13 @@ def load_graph(source: str | os.PathLike, *, weights: str | os.PathLike | None =
 
 
 def onnx_origin(graph: Graph) -> str | None:
-    """The ONNX file a network was read from or compiled from, or None: such a file
-    states no preprocess (ONNX has no place for one), so without one set here its pixels
-    go in as they are, 0..255."""
+    """The ONNX file a network was read from, imported from (a spec's first line) or
+    compiled from, or None: such a file states no preprocess (ONNX has no place for one),
+    so without one set here its pixels go in as they are, 0..255."""
+    from graphconv.frontends.yaml import IMPORTED_FROM
+
     compiled_from = graph.meta.get("compiled", {}).get("source", "")
-    paths = [compiled_from, *graph.meta.get("read_from", [])]
+    paths = [compiled_from, graph.meta.get(IMPORTED_FROM, ""), *graph.meta.get("read_from", [])]
     return next((path for path in paths if str(path).lower().endswith(".onnx")), None)
 
 

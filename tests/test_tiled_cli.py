@@ -2530,6 +2530,37 @@ def test_compiling_an_onnx_file_that_states_no_preprocess_says_its_pixels_go_in_
     assert compile_model(load(tmp_path / "lenet.onnx")).graph.meta["compiled"]["source"] == "lenet.onnx"
 
 
+def test_a_spec_imported_without_a_preprocess_says_its_pixels_go_in_as_they_are_at_each_run(tmp_path, picture):
+    """import notes once that the ONNX file states no preprocess; a review then ran the
+    imported spec, and the folder compiled from it, on photos (raw 0..255 pixels, scores
+    in the hundreds) without a word. Each run says it now, and how to state it; a spec
+    imported with --scale, or given a preprocess block by hand, does not."""
+    pytest.importorskip("onnx")
+    from graphconv.frontends import load_network
+    from graphconv.frontends.onnx_export import save_onnx
+    graph = load_network(SPECS / "lenet.yaml")
+    graph.meta.pop("preprocess", None)
+    save_onnx(graph, tmp_path / "lenet.onnx")
+    image = ["--image", picture / "page.png"]
+    resized = [*image, "--resize", "32", "32"]  # the classifier itself, on the picture resized to its crop
+    assert graphconv_in_process("import", tmp_path / "lenet.onnx", "-o", tmp_path / "net.yaml").returncode == 0
+    result = graphconv_in_process("run", tmp_path / "net.yaml", *resized)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("net.yaml was imported from lenet.onnx without a preprocess block, so the pixels go in "
+                               "as they are, 0..255: if the model was trained on normalised pixels, write one into "
+                               "the spec (preprocess: {scale: 0.00392157") == 1, result.stderr
+    assert graphconv_in_process("compile", tmp_path / "net.yaml", "-o", tmp_path / "fcn").returncode == 0
+    result = graphconv_in_process("run", tmp_path / "fcn", *image, "--output", tmp_path / "map.npy")
+    assert result.returncode == 0 and "fcn was compiled from lenet.onnx, which states no preprocess" in result.stderr
+    assert graphconv_in_process("import", tmp_path / "lenet.onnx", "-o", tmp_path / "scaled.yaml",
+                                "--scale", "0.00392157").returncode == 0
+    text = (tmp_path / "net.yaml").read_text().replace("\nlayers:", "\npreprocess: {scale: 0.00392157}\nlayers:", 1)
+    (tmp_path / "edited.yaml").write_text(text)
+    for spec in ("scaled.yaml", "edited.yaml"):
+        result = graphconv_in_process("run", tmp_path / spec, *resized)
+        assert result.returncode == 0 and "go in as they are" not in result.stderr, result.stderr
+
+
 def test_cli_images_with_control_characters_in_their_names_are_named_once_and_escaped(model_dir, picture, tmp_path,
                                                                                        capsys):
     """A downloaded folder's file names can hold a terminal's escape sequences: each

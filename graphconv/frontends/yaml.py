@@ -33,6 +33,7 @@ directly: they are trusted wherever they are, and replace the spec's entries.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -58,6 +59,9 @@ TOP_LEVEL_KEYS = {"name", "input", "weights", "layers", "preprocess", "labels", 
 TASKS = ("classification", "segmentation")  # `task`: see `graphconv.model.Model.segmentation`
 INPUT_KEYS = {"name", "shape"}
 PREPROCESS_KEYS = {"mean", "std", "scale", "values"}
+# the first line `graphconv import` writes: the model it read, and the digest of the rest (edited since, or not)
+IMPORTED = re.compile(r"# imported by graphconv from (.*); content ([0-9a-f]{16})\n")
+IMPORTED_FROM = "imported_from"  # graph.meta: the file named in an imported spec's first line (an .onnx)
 PIXEL_VALUES = ("0..255", "stored")  # preprocess `values`: the default, or as the file stores them
 COMPILED_KEYS = {"passes", "earlier_passes", "output_stride", "stride_method", "stitch", "source", "undilated"}
 UNDILATED_PARAMS = {"stride", "dilation", "padding", "ceil_mode"}  # what the dilate of output-stride changes
@@ -233,14 +237,33 @@ def read_spec(path: Path, *, weights: str | os.PathLike | None = None,
     must lie beside it; None when there is none). `labels` replaces the spec's labels.
     `graphconv.frontends.finalize` does the rest."""
     path = _spec_file(path)
-    doc = _read_yaml(path)
+    doc, text = _read_yaml(path)
     graph = _build_graph(doc, path, labels)
+    header = IMPORTED.match(text)
+    if header:
+        graph.meta[IMPORTED_FROM] = header.group(1)
     _check_stitch_matches(graph, doc, path)
     _stitch_as_layers(graph)
     weights_file = Path(weights) if weights is not None else _spec_relative_file(doc, "weights", path)
     if weights_file is not None:
         graph.meta[WEIGHTS_FILE] = str(weights_file)  # for messages about the weights (shapes.py)
     return graph, weights_file
+
+
+def imported_spec_text(model_name: str, body: str) -> str:
+    """The spec `graphconv import` writes of the model file `model_name`: a first line
+    naming it, with the digest of the rest (`imported_unedited`), then `body`."""
+    return f"# imported by graphconv from {model_name}; content {_digest(body)}\n{body}"
+
+
+def imported_unedited(text: str) -> bool:
+    """Whether a spec's text is one `graphconv import` wrote and nobody edited since."""
+    header = IMPORTED.match(text)
+    return bool(header) and header.group(2) == _digest(text[header.end():])
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _spec_file(path: Path) -> Path:
@@ -258,7 +281,8 @@ def _spec_file(path: Path) -> Path:
     return spec
 
 
-def _read_yaml(path: Path) -> dict:
+def _read_yaml(path: Path) -> tuple[dict, str]:
+    """The spec's mapping, and its text."""
     text = _read_text(path, "spec", MAX_SPEC_BYTES, "not a YAML text file",
                       not_found="cannot read spec: No such file or directory")
     loader = None
@@ -281,7 +305,7 @@ def _read_yaml(path: Path) -> dict:
     if not isinstance(doc, dict):
         raise GraphconvError("a spec must be a YAML mapping with 'input' and 'layers'",
                              loc=Location(str(path), 1))
-    return doc
+    return doc, text
 
 
 def _yaml_problem(err: yaml.YAMLError) -> str:
