@@ -2591,6 +2591,41 @@ def test_a_dynamo_layer_a_pass_refuses_is_placed_by_the_line_of_python_that_made
                      r"\(2, 3\), keepdim=True\)\)\): layer '[^']+': this global average pool", str(refused.value))
 
 
+class _Excite(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.fc(x.mean((2, 3), keepdim=True)))
+
+
+class Excited(torch.nn.Module):
+    crop = 8
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.se = _Excite()
+
+    def forward(self, x):
+        return self.se(self.conv(x))
+
+
+def test_a_dynamo_layer_is_named_by_its_module_path(tmp_path):
+    """A timm user's compile refusal named 'node_mean', 'node_mul' and 'node_Sigmoid_26'
+    (dynamo's node names), where TorchScript's export named 'blocks.0.0.se': the module
+    path the dynamo exporter records (name_scopes) names the layers now."""
+    path = tmp_path / "excited.onnx"
+    onnx_zoo.export(Excited().eval(), path, dynamo=True)
+    graph = load_network(path, crop_size=(8, 8))
+    assert [n.name for n in graph.layers()] == [  # onnx_zoo.export wraps the model as `model`
+        "model.conv", "model.se.mean", "model.se.fc", "model.se.sigmoid", "model.se.mul"]
+    with pytest.raises(GraphconvError, match=r"layer 'model.se.mean': this global average pool feeds layer "
+                                             r"'model.se.mul'"):
+        compile_model(graph)
+
+
 def test_a_scale_another_layer_already_reads_is_not_merged_into(tmp_path, rng):
     """y = relu(conv) * c2; sigmoid(y) + y * 3: the Mul by 3 merged into y's scale layer,
     which the Sigmoid, converted before it, reads too (0.22 off onnxruntime)."""

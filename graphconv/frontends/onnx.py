@@ -620,7 +620,8 @@ class _Importer:
             candidate = _clean_name(_module_path(node.name))
             if candidate:
                 return candidate
-        return _clean_name(node.name) or _clean_name(node.op_type.lower()) or "layer"
+        return _clean_name(_scoped_name(node)) or _clean_name(node.name) or _clean_name(node.op_type.lower()) \
+            or "layer"
 
     def _all_constant(self, node) -> bool:
         return bool(node.input) and all(not name or isinstance(self.values.get(name), np.ndarray)
@@ -1533,6 +1534,24 @@ def _module_path(node_name: str) -> str:
         else:
             path.append(scope)
     return ".".join(path)
+
+
+def _scoped_name(node) -> str:
+    """"blocks.0.0.se.mean": the module path the dynamo exporter records for a node
+    (`pkg.torch.onnx.name_scopes`: ['', 'blocks.0.0', 'blocks.0.0.se', 'mean'], each
+    module's full path, then the call), where the node's own name says nothing of where
+    it is ('node_mean'); "" for a node outside every module, or without the record."""
+    import ast
+
+    record = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
+    try:
+        scopes = ast.literal_eval(record) if record else []
+    except (ValueError, SyntaxError):
+        return ""
+    if not isinstance(scopes, list) or len(scopes) < 2 or not all(isinstance(v, str) for v in scopes) \
+            or not scopes[-2]:
+        return ""
+    return f"{scopes[-2]}.{scopes[-1]}"
 
 
 _NAME_OK = re.compile(r"[^A-Za-z0-9_.\-]+")
