@@ -1897,22 +1897,27 @@ def test_a_segmentation_network_tiles_exactly_and_draws_its_heatmap(unet, up_ker
     assert refused.returncode == 2 and "segmentation network is dense already" in refused.stderr
 
 
-@pytest.mark.parametrize("kernel,stride,pad,extra", [(2, 2, 0, 0), (4, 2, 1, 0), (3, 2, 1, 1), (5, 3, 1, 0),
-                                                     (6, 3, 2, 1), (4, 4, 0, 0), (3, 1, 1, 0), (2, 3, 0, 1)])
-def test_conv_transposes_that_enlarge_by_their_stride_equal_pytorch(kernel, stride, pad, extra, tmp_path, rng):
+@pytest.mark.parametrize("kernel,stride,pad,extra,groups", [
+    (2, 2, 0, 0, 1), (4, 2, 1, 0, 1), (3, 2, 1, 1, 1), (5, 3, 1, 0, 1), (6, 3, 2, 1, 1), (4, 4, 0, 0, 1),
+    (3, 1, 1, 0, 1), (2, 3, 0, 1, 1), (2, 2, 0, 0, 2), (4, 2, 1, 0, 6)])
+def test_conv_transposes_that_enlarge_by_their_stride_equal_pytorch(kernel, stride, pad, extra, groups, tmp_path,
+                                                                    rng):
     """Each phase of the output pixels gathers the same input offsets: kernels equal to,
-    larger than (overlapping) or smaller than the stride, padded, with output padding."""
+    larger than (overlapping) or smaller than the stride, padded, with output padding,
+    grouped (FCN's bilinear upsampling is one group per class; a review's U-Net decoder
+    had groups=2: refused, naming no value)."""
     import warnings
 
     torch.manual_seed(kernel * 7 + stride)
-    up = torch.nn.ConvTranspose2d(3, 4, kernel, stride=stride, padding=pad, output_padding=extra).eval()
-    x = torch.randn(1, 3, 10, 10)
+    up = torch.nn.ConvTranspose2d(6, 6, kernel, stride=stride, padding=pad, output_padding=extra,
+                                  groups=groups).eval()
+    x = torch.randn(1, 6, 10, 10)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(up, (x,), str(tmp_path / "up.onnx"), dynamo=False, opset_version=17, input_names=["x"],
                           dynamic_axes={"x": {2: "h", 3: "w"}})
     net = Model.load(tmp_path / "up.onnx", crop_size=(10, 10))
-    image = rng.standard_normal((2, 3, 7, 9)).astype(np.float32)
+    image = rng.standard_normal((2, 6, 7, 9)).astype(np.float32)
     with torch.no_grad():
         want = up(torch.from_numpy(image)).numpy()
     np.testing.assert_allclose(net.run(image, full=True), want, rtol=1e-5, atol=1e-5)
@@ -1920,12 +1925,12 @@ def test_conv_transposes_that_enlarge_by_their_stride_equal_pytorch(kernel, stri
 
 @pytest.mark.parametrize("attributes,named", [
     (dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]), "pads \\[1, 1, 1, 1\\]"),  # 2H - 1 rows
-    (dict(kernel_shape=[2, 2], strides=[2, 2], group=3), "'group'"),
+    (dict(kernel_shape=[2, 2], strides=[2, 2], dilations=[2, 2]), "output_padding \\[0, 0\\], dilations \\[2, 2\\]"),
 ])
 def test_conv_transposes_of_other_sizes_are_refused_by_name(attributes, named, tmp_path):
     from onnx import helper
     nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="up", **attributes)]
-    weight = np.ones((3, 1 if "group" in attributes else 2, *attributes["kernel_shape"]), np.float32)
+    weight = np.ones((3, 2, *attributes["kernel_shape"]), np.float32)
     save(tiny_model(nodes, {"w": weight}), tmp_path / "up.onnx")
     with pytest.raises(GraphconvError, match=f"node 'up'.*ConvTranspose.*{named}.*upsampling kind"):
         Model.load(tmp_path / "up.onnx")

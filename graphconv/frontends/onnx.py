@@ -3228,7 +3228,7 @@ def _conv_transpose(imp: _Importer, node) -> None:
     the network still slides and tiles exactly. This holds where the output is exactly s
     times the input (kernel - 2 * pad + output_padding == stride: U-Net's kernel 2 stride
     2, and kernel 4 stride 2 pad 1, kernel 3 stride 2 pad 1 output_padding 1); other
-    sizes, groups and dilations are refused by name."""
+    sizes and dilations are refused by name; groups are one conv (`_ungrouped_transpose_weight`)."""
     x = imp.tensor(node.input[0])
     weight = imp.constant(node.input[1], "weight")  # (C_in, C_out, kh, kw)
     bias = imp.optional_constant(node, 2, "bias")
@@ -3238,12 +3238,14 @@ def _conv_transpose(imp: _Importer, node) -> None:
     pads = [int(v) for v in attrs.get("pads", [0, 0, 0, 0])]
     extra = [int(v) for v in attrs.get("output_padding", [0, 0])]
     if not _enlarges_by_its_stride(attrs, weight, kernel, strides, pads, extra):
-        others = sorted(set(attrs) - {"kernel_shape", "strides", "pads", "output_padding"})
+        others = {k: v.decode() if isinstance(v, bytes) else v for k, v in sorted(attrs.items())
+                  if k not in ("kernel_shape", "strides", "pads", "output_padding", "group")}
         raise imp.error(f"ConvTranspose with kernel {kernel}, strides {strides}, pads {pads}, output_padding "
-                        f"{extra} and attributes {others}; graphconv takes the upsampling kind, whose output "
-                        "is stride times its input: kernel - 2 * pad + output_padding == stride, symmetric "
-                        "pads, no groups or dilation (ConvTranspose2d(kernel_size=2, stride=2), or kernel 4, "
-                        "stride 2, padding 1)")
+                        f"{extra}" + "".join(f", {k} {v}" for k, v in others.items())
+                        + "; graphconv takes the upsampling kind, whose output is stride times its input: "
+                        "kernel - 2 * pad + output_padding == stride, symmetric pads, no dilation "
+                        "(ConvTranspose2d(kernel_size=2, stride=2), or kernel 4, stride 2, padding 1)")
+    weight = _ungrouped_transpose_weight(weight, int(attrs.get("group", 1)))
     block = strides[0]
     conv_weight, before, after = _transpose_taps(weight, block, pads[:2])
     weights = {"weight": conv_weight}
@@ -3259,14 +3261,29 @@ def _conv_transpose(imp: _Importer, node) -> None:
     imp.add_layer(node, "depth_to_space", [patches], dict(block=block, order="blocks"), name=f"{name}.to_pixels")
 
 
+def _ungrouped_transpose_weight(weight: np.ndarray, groups: int) -> np.ndarray:
+    """A grouped ConvTranspose's (C_in, C_out / groups, kh, kw) weight as one group's
+    (C_in, C_out, kh, kw), zero between groups (FCN's bilinear upsampling is one group per
+    class): the same output, computed as one conv."""
+    if groups == 1:
+        return weight
+    c_in, per_group = weight.shape[:2]
+    dense = np.zeros((c_in, per_group * groups, *weight.shape[2:]), weight.dtype)
+    per_input = c_in // groups
+    for g in range(groups):
+        rows = slice(g * per_input, (g + 1) * per_input)
+        dense[rows, g * per_group:(g + 1) * per_group] = weight[rows]
+    return dense
+
+
 def _enlarges_by_its_stride(attrs: dict, weight: np.ndarray, kernel: list[int], strides: list[int],
                             pads: list[int], extra: list[int]) -> bool:
-    """Whether a ConvTranspose is the kind `_conv_transpose` takes: 2-D, one group, no
-    dilation, no explicit output shape, the same stride on both axes, symmetric pads,
-    and an output exactly stride times its input."""
+    """Whether a ConvTranspose is the kind `_conv_transpose` takes: 2-D, no dilation, no
+    explicit output shape, the same stride on both axes, symmetric pads, and an output
+    exactly stride times its input."""
     auto_pad = attrs.get("auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    return (weight.ndim == 4 and len(kernel) == 2 and int(attrs.get("group", 1)) == 1
+    return (weight.ndim == 4 and len(kernel) == 2
             and list(attrs.get("dilations", [1, 1])) == [1, 1] and "output_shape" not in attrs
             and auto_pad in ("NOTSET", "VALID") and strides[0] == strides[1] and pads[:2] == pads[2:]
             and all(k - 2 * p + e == strides[0] for k, p, e in zip(kernel, pads[:2], extra)))
