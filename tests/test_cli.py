@@ -1,6 +1,7 @@
 """The command line as a user drives it: outputs, exit codes, and nothing written on error."""
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -1141,6 +1142,20 @@ def test_a_segmentation_network_without_a_field_writes_its_map_at_its_crop(write
     np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((1, 1, 16, 16)).astype(np.float32))
     assert run_cli("run", spec, "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy") == 0
     assert np.load(tmp_path / "y.npy").shape == (1, 4, 16, 16)
+
+
+def test_inspect_shows_a_segmentation_network_on_a_size_it_pads_as_run_runs_it(write_spec, capsys):
+    """A U-Net of one 2x2 pool takes even sides: run pads a 17x20 image to 18x20, but
+    inspect --input-size 17 20 refused it at the concat, advising a crop or resize."""
+    spec = write_spec("name: unet\ntask: segmentation\ninput: {shape: [1, 16, 16]}\nlayers:\n"
+                      "  - {name: c, op: conv, out_channels: 2, kernel_size: 3, padding: 1}\n"
+                      "  - {name: p, op: maxpool, kernel_size: 2}\n"
+                      "  - {name: up, op: upsample, factor: 2}\n"
+                      "  - {name: cat, op: concat, inputs: [c, up]}\n")
+    assert run_cli("inspect", spec, "--input-size", 17, 20, "--tile", 12) == 0
+    out, err = capsys.readouterr()
+    assert "unet: input 1x18x20" in out and re.search(r"\ncat +concat +4x18x20 ", out) and "tile" in out, out
+    assert "the 17x20 image was padded with zeros (after the preprocess) to 18x20" in err
 
 
 def test_a_dead_branch_is_noted_and_a_labels_count_names_the_labels_file(write_spec, tmp_path, capsys):
