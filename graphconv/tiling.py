@@ -39,7 +39,7 @@ from typing import Any, Callable, Collection, Iterator, Protocol, Sequence
 import numpy as np
 
 from graphconv.background import NO_CLASS
-from graphconv.errors import GraphconvError
+from graphconv.errors import GraphconvError, shown
 from graphconv.memory import FLOAT_BYTES, check_fits, format_size
 from graphconv.receptive import Field, receptive_fields
 from graphconv.shapes import FittingSizes, fitting_sizes
@@ -1253,11 +1253,17 @@ def choose_tile(model, image_hw: tuple[int, int], budget: int) -> int:
 
 
 def _whole_image_tile(grid: DenseGrid, image_hw: tuple[int, int], budget: int) -> int:
-    """The image's side, where its one tile fits the budget; else why not."""
+    """The image's side, where its one tile fits the budget; else why not, naming the
+    layer that makes it so, as --tile does (`_check_slides`)."""
     if not tile_fits(grid, tuple(image_hw), budget):
         need = tile_bytes(grid, tuple(image_hw))
+        try:
+            _check_slides(grid.model.graph)
+            why = "a layer sees its whole input"
+        except GraphconvError as err:
+            why = f"layer {shown(str(err.layer))}: {err.message.split(', so ')[0]}" if err.layer else err.message
         raise GraphconvError(f"{grid.model.graph.name} needs the whole {image_hw[0]}x{image_hw[1]} image in one "
-                             f"pass (a layer sees its whole input), which needs {format_size(need)}, over the "
+                             f"pass ({why}), which needs {format_size(need)}, over the "
                              f"{format_size(budget)} a tile may take: raise --memory-limit, or run a smaller image")
     return max(image_hw)
 

@@ -348,7 +348,8 @@ def test_a_network_that_needs_the_whole_image_runs_as_one_tile_when_memory_holds
     assert len(plan_tiles(seg, (90, 70), (90, 70)).tiles) == 1
     np.testing.assert_array_equal(run_tiled(seg, x, 100), seg.run(x))
     assert choose_tile(seg, (90, 70), 2 ** 30) == 90
-    with pytest.raises(GraphconvError, match=r"seg needs the whole 90x70 image in one pass .* raise --memory-limit"):
+    with pytest.raises(GraphconvError, match=r"seg needs the whole 90x70 image in one pass \(layer 'gp': "
+                                             r"globalavgpool sees its whole input\), .* raise --memory-limit"):
         choose_tile(seg, (90, 70), 10_000)
     tifffile.imwrite(tmp_path / "page.tif", rng.integers(0, 255, (300, 200), np.uint8), tile=(64, 64))
     for extra in ([], ["--tile", "300"], ["--skip-background"]):  # background: the one tile's cheapest
