@@ -54,6 +54,8 @@ from graphconv.params import normalize_params
 MIN_OPSET, MAX_OPSET = 7, 23  # the main domain's versions whose op semantics are handled here
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 MAX_LAYER_NAME = 120
+TRAINED_SIZE = ("the size it was trained on (a classifier's crop, a segmentation network's patch) with --crop-size H W "
+                "(from Python, crop_size=(H, W))")
 ONNX_LOAD_FACTOR = 3  # the protobuf bytes, the parsed message, and the numpy copies
 
 
@@ -432,8 +434,7 @@ class _Importer:
         if bad and self.crop_size is None:
             sizes = " and ".join(f"{axis} {value}" for axis, value in bad)
             raise GraphconvError(f"input {shown(onnx_input.name)} has an invalid {sizes} (0 or negative); "
-                                 "give the classifier's training crop with --crop-size H W (from Python, crop_size=(H, W))",
-                                 file=self.source)
+                                 f"give {TRAINED_SIZE}", file=self.source)
         height, width = self._crop(rows, cols, onnx_input.name)
         name = _clean_name(onnx_input.name) or "data"
         # the input's location is the file, so a crop over the memory budget names it (finalize)
@@ -472,8 +473,7 @@ class _Importer:
             return tuple(self.stated_crop)
         if self.crop_size is None:
             if height is None or width is None:
-                raise GraphconvError(f"input {shown(input_name)} has a dynamic height or width: give "
-                                     "the classifier's training crop with --crop-size H W (from Python, crop_size=(H, W))",
+                raise GraphconvError(f"input {shown(input_name)} has a dynamic height or width: give {TRAINED_SIZE}",
                                      file=self.source)
             return height, width
         crop_h, crop_w = self.crop_size
