@@ -1060,10 +1060,7 @@ def _with_layer_norms_fused(nodes: list, constant: Callable[[str], np.ndarray | 
     readers = _readers_of(nodes)
     replaced: dict[int, Any] = {}
     dropped: set[int] = set()
-    for mean in nodes:
-        axes = _kept_mean_axes(mean, constant)
-        if axes is None or len(axes) != 1:
-            continue
+    for mean, axes in _single_axis_means(nodes, constant):
         x = mean.input[0]
         sub = _sole_reader(readers, mean.output[0], "Sub")
         if sub is None or list(sub.input) != [x, mean.output[0]]:
@@ -1080,6 +1077,15 @@ def _with_layer_norms_fused(nodes: list, constant: Callable[[str], np.ndarray | 
                                               axis=axes[0], epsilon=_scalar(found[2].input, constant))
         dropped |= {id(n) for n in [mean, sub, *found, divide, *tail]}
     return [replaced.get(id(n), n) for n in nodes if id(n) not in dropped or id(n) in replaced]
+
+
+def _single_axis_means(nodes: list, constant: Callable[[str], np.ndarray | None]):
+    """(node, [axis]) for each ReduceMean over one axis keeping its dims: where a
+    written-out LayerNorm starts."""
+    for node in nodes:
+        axes = _kept_mean_axes(node, constant)
+        if axes is not None and len(axes) == 1:
+            yield node, axes
 
 
 def _kept_mean_axes(node, constant: Callable[[str], np.ndarray | None]) -> list[int] | None:
@@ -1142,10 +1148,7 @@ def _with_moment_layer_norms_fused(nodes: list, constant: Callable[[str], np.nda
 
     replaced: dict[int, Any] = {}
     dropped: set[int] = set()
-    for mean in nodes:
-        axes = _kept_mean_axes(mean, constant)
-        if axes is None or len(axes) != 1:
-            continue
+    for mean, axes in _single_axis_means(nodes, constant):
         x, m = mean.input[0], mean.output[0]
         view = next((n for n in readers.get(m, []) if n.op_type == "Reshape" and constant(n.input[1]) is not None), None)
         centred = view.output[0] if view is not None else m
