@@ -2302,7 +2302,7 @@ def _with_own_input_scaling(graph, preprocess: dict) -> dict:
     """import's preprocess block, where the network scales its own pixels first
     (`own_input_scaling`: a Keras Rescaling layer, or caffe mode's mean) said so: without
     options it is `scale: 1` (so no run asks for a preprocess again); with --scale, a
-    note that the pixels are scaled twice."""
+    note of what scaling them first does."""
     from graphconv.model import own_input_scaling
 
     own = own_input_scaling(graph)

@@ -346,17 +346,18 @@ class Model:
             return None
         pool, upsample, (bh, bw), (kh, kw) = found[0]
         more = f" (and {len(found) - 1} more such)" if len(found) > 1 else ""
-        return (f"note: {self.graph.name}'s {pool.name} averages its map at the {hc}x{wc} crop in {bh}x{bw} bins, "
-                f"windows of {kh}x{kw} that {upsample.name} enlarges back{more}: PyTorch's AdaptiveAvgPool2d as an "
+        does, adaptive = ("averages", "AdaptiveAvgPool2d") if pool.op == "avgpool" else ("pools", "AdaptiveMaxPool2d")
+        return (f"note: {self.graph.name}'s {pool.name} {does} its map at the {hc}x{wc} crop in {bh}x{bw} bins, "
+                f"windows of {kh}x{kw} that {upsample.name} enlarges back{more}: PyTorch's {adaptive} as an "
                 f"exporter writes it; on this {height}x{width} image the windows stay {kh}x{kw}, "
                 f"where the model itself would cut its map into {bh}x{bw} bins, so its pyramid pooling differs from "
                 f"the model's own on any size but {hc}x{wc} (ONNX has no adaptive pooling: exporters write the "
                 f"windows of the size they export at, with a dynamic input size too)")
 
     def _bins_at_the_crop(self) -> list:
-        """(pool, upsample, bins, window) for each pool of windows of its own stride that
-        cuts its map at the crop into at most 8x8 bins, whole, which layers of one input
-        keeping their size lead to an upsample by the window's size."""
+        """(pool, upsample, bins, window) for each average or max pool of windows of its
+        own stride that cuts its map at the crop into at most 8x8 bins, whole, which
+        layers of one input keeping their size lead to an upsample by the window's size."""
         from graphconv.ops.pool import window
         from graphconv.ops.registry import pair
         from graphconv.shapes import infer_shapes
