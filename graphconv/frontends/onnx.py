@@ -898,8 +898,7 @@ def _with_softplus_thresholds_fused(nodes: list, constant: Callable[[str], np.nd
     readers = _readers_of(nodes)
 
     def scalar(name: str) -> float | None:
-        known = constant(name)
-        return float(known.ravel()[0]) if known is not None and known.size == 1 else None
+        return _scalar([name], constant)
 
     def only_reader(name: str, node) -> bool:
         return [id(n) for n in readers.get(name, [])] == [id(node)]
@@ -1103,7 +1102,8 @@ def _kept_mean_axes(node, constant: Callable[[str], np.ndarray | None]) -> list[
 
 
 def _scalar(names: Sequence[str], constant: Callable[[str], np.ndarray | None]) -> float | None:
-    """The one constant single value among `names` (an eps added to a variance)."""
+    """The one constant single value among `names` (an eps added to a variance, a
+    power's exponent), or None where there is none or more than one."""
     values = [constant(name) for name in names]
     found = [float(v.ravel()[0]) for v in values if v is not None and v.size == 1]
     return found[0] if len(found) == 1 else None
@@ -1497,8 +1497,7 @@ def _lrn_scaling(divide, x: str, producer: dict, known, chain):
     """(alpha, beta, k as params, the nodes) where `divide` is x / ((view * alpha + k) **
     beta) and `chain` leads from view back to the pool; else None."""
     def scalar(name: str) -> float | None:
-        value = known(name)
-        return float(value.ravel()[0]) if value is not None and value.size == 1 else None
+        return _scalar([name], known)
 
     def split(node, op_type: str):  # (the other input, the scalar) of a binary node of a scalar
         if node is None or node.op_type != op_type or len(node.input) != 2:
