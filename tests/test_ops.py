@@ -330,7 +330,7 @@ def test_conv_depthwise_hypothesis(c, multiplier, kh, kw, sh, sw, ph, pw, dh, dw
                                             (5, 1, "hardswish")])
 def test_depthwise_channels_last_over_tiles_of_pixels_and_vectors(c, w, k, s, activation, rng):
     """The channels-last depthwise kernel where a row's inner pixels take several tiles of
-    DEPTHWISE_PIXELS (a row of taps at a time at stride 1: 3, 5 and 7 wide) and leave a
+    DEPTHWISE_PIXELS (a row of taps at a time: 3, 5 and 7 wide at stride 1, 3 and 5 at 2) and leave a
     few over, or none fit (6 inner pixels: a 7x7 window on 12), besides its border pixels
     (64 channels at a time where there are so many: 88 = 64 + 16 + 8); channels as 16-lane
     vectors, an 8-lane one (24, 40) and single ones (37: 16 + 16 + 5); a smooth activation

@@ -762,21 +762,24 @@ def depthwise_tile(pixels, lanes, out, o0, o_step, taps, t_step, tap_ids, offset
         _depthwise_1_8(out, o0, o_step, taps, t_step, tap_ids, offsets, count, x, x0, x_step, bias, c0, relu)
 
 
-DEPTHWISE_ROW_WIDTHS = (3, 5, 7)  # kernel widths `depthwise_row_tile` is compiled for
+DEPTHWISE_ROW_WIDTHS = (3, 5, 7)  # kernel widths `depthwise_row_tile` is compiled for at stride 1
+STRIDE_2_ROW_WIDTHS = (3, 5)  # and at stride 2 (MobileNet's and EfficientNet's downsampling convs)
 
 
-def _make_depthwise_row_tile(pixels: int, lanes: int, kw: int):
+def _make_depthwise_row_tile(pixels: int, lanes: int, kw: int, stride: int = 1):
     """`_make_depthwise_tile` (one channel a group) for a kernel `kw` taps wide that steps
-    one pixel along the row, undilated there, a row of taps at a time:
+    `stride` pixels along the row, undilated there, a row of taps at a time:
 
         out[o0 + p * o_step + j] = act(bias[c0 + j] + sum_{r < count} sum_{q < kw}
-            taps[(row_ids[r] * kw + q) * t_step + c0 + j] * x[x0 + row_offsets[r] + (p + q) * x_step + j])
+            taps[(row_ids[r] * kw + q) * t_step + c0 + j] * x[x0 + row_offsets[r] + (p * stride + q) * x_step + j])
 
-    Pixel p's tap q reads the input pixel that pixel p + 1's tap q - 1 reads, so each row
-    of taps loads the pixels + kw - 1 input vectors it spans once and meets them with its
-    kw weight vectors: pixels * kw multiply-adds for (pixels + kw - 1) + kw loads, where
-    the tap-by-tap tile loads (pixels + 1) * kw and is bound by its loads."""
+    (x_step: one input pixel). Pixel p's tap q reads the input pixel that pixel p + 1's
+    tap q - stride reads, so each row of taps loads the (pixels - 1) * stride + kw input
+    vectors it spans once and meets them with its kw weight vectors: pixels * kw
+    multiply-adds for that many loads plus kw, where the tap-by-tap tile loads
+    (pixels + 1) * kw and is bound by its loads."""
     i = types.intp
+    spanned = (pixels - 1) * stride + kw
 
     @intrinsic
     def depthwise_row_tile(typingctx, out, o0, o_step, taps, t_step, row_ids, row_offsets, count, x, x0, x_step, bias,
@@ -795,11 +798,11 @@ def _make_depthwise_row_tile(pixels: int, lanes: int, kw: int):
             first_weight = emit.mul(emit.mul(builder.load(builder.gep(ids_ptr, [r])), emit.const(kw)), t_step)
             row_start = emit.add(x0, builder.load(builder.gep(offsets_ptr, [r])))
             values = [emit.load_vector(x_ptr, emit.add(row_start, emit.mul(emit.const(q), x_step)))
-                      for q in range(pixels + kw - 1)]
+                      for q in range(spanned)]
             sums = list(sums_in)
             for q in range(kw):
                 weight = emit.load_vector(taps_ptr, emit.add(emit.add(first_weight, emit.mul(emit.const(q), t_step)), c0))
-                sums = [emit.fmuladd(weight, values[p + q], sums[p]) for p in range(pixels)]
+                sums = [emit.fmuladd(weight, values[p * stride + q], sums[p]) for p in range(pixels)]
             for p in range(pixels):
                 sums_in[p].add_incoming(start, before)
                 sums_in[p].add_incoming(sums[p], loop)
@@ -812,23 +815,42 @@ def _make_depthwise_row_tile(pixels: int, lanes: int, kw: int):
                                   builder.select(relu, clamped, value))
             return context.get_dummy_value()
         return types.void(out, i, i, taps, i, row_ids, row_offsets, i, x, i, i, bias, i, types.boolean), codegen
-    depthwise_row_tile.__name__ = f"depthwise_row_tile_{pixels}x{lanes}lanes_{kw}wide"
+    depthwise_row_tile.__name__ = (f"depthwise_row_tile_{pixels}x{lanes}lanes_{kw}wide"
+                                   + (f"_stride_{stride}" if stride > 1 else ""))
     return depthwise_row_tile
 
 
-# _depthwise_rows_L_K: DEPTHWISE_PIXELS pixels, L lanes, K taps wide
+# _depthwise_rows_L_K: DEPTHWISE_PIXELS pixels, L lanes, K taps wide; _sS: at stride S
 _depthwise_rows_16_3, _depthwise_rows_16_5, _depthwise_rows_16_7 = (
     _make_depthwise_row_tile(DEPTHWISE_PIXELS, 16, kw) for kw in DEPTHWISE_ROW_WIDTHS)
 _depthwise_rows_8_3, _depthwise_rows_8_5, _depthwise_rows_8_7 = (
     _make_depthwise_row_tile(DEPTHWISE_PIXELS, 8, kw) for kw in DEPTHWISE_ROW_WIDTHS)
+_depthwise_rows_16_3_s2, _depthwise_rows_16_5_s2 = (
+    _make_depthwise_row_tile(DEPTHWISE_PIXELS, 16, kw, 2) for kw in STRIDE_2_ROW_WIDTHS)
+_depthwise_rows_8_3_s2, _depthwise_rows_8_5_s2 = (
+    _make_depthwise_row_tile(DEPTHWISE_PIXELS, 8, kw, 2) for kw in STRIDE_2_ROW_WIDTHS)
 
 
 @njit(cache=True, inline="always")
-def depthwise_row_tile(kw, lanes, out, o0, o_step, taps, t_step, row_ids, row_offsets, count, x, x0, x_step, bias,
+def depthwise_row_tile(kw, sw, lanes, out, o0, o_step, taps, t_step, row_ids, row_offsets, count, x, x0, x_step, bias,
                        c0, relu):
-    """`_make_depthwise_row_tile`'s intrinsic for DEPTHWISE_PIXELS pixels, `kw` (one of
-    DEPTHWISE_ROW_WIDTHS) taps wide, of 16 lanes or 8."""
-    if lanes == 16:
+    """`_make_depthwise_row_tile`'s intrinsic for DEPTHWISE_PIXELS pixels, `kw` taps wide
+    at stride `sw` (DEPTHWISE_ROW_WIDTHS at 1, STRIDE_2_ROW_WIDTHS at 2), of 16 lanes or 8; x_step is one input pixel."""
+    if sw == 2:
+        if lanes == 16:
+            if kw == 3:
+                _depthwise_rows_16_3_s2(out, o0, o_step, taps, t_step, row_ids, row_offsets, count, x, x0, x_step,
+                                        bias, c0, relu)
+            else:
+                _depthwise_rows_16_5_s2(out, o0, o_step, taps, t_step, row_ids, row_offsets, count, x, x0, x_step,
+                                        bias, c0, relu)
+        elif kw == 3:
+            _depthwise_rows_8_3_s2(out, o0, o_step, taps, t_step, row_ids, row_offsets, count, x, x0, x_step, bias,
+                                   c0, relu)
+        else:
+            _depthwise_rows_8_5_s2(out, o0, o_step, taps, t_step, row_ids, row_offsets, count, x, x0, x_step, bias,
+                                   c0, relu)
+    elif lanes == 16:
         if kw == 3:
             _depthwise_rows_16_3(out, o0, o_step, taps, t_step, row_ids, row_offsets, count, x, x0, x_step, bias,
                                  c0, relu)

@@ -150,7 +150,8 @@ def depthwise_channels_last(xh, taps, bias, sh, sw, ph, pw, dh, dw, activation, 
     reach = width - 1 - (kw - 1) * dw + pw
     inside = max(first, min(wo, reach // sw + 1) if reach >= 0 else 0)
     tiled = first + (inside - first) // DEPTHWISE_PIXELS * DEPTHWISE_PIXELS
-    by_rows = sw == 1 and dw == 1 and (kw == 3 or kw == 5 or kw == 7)  # vector_tile.DEPTHWISE_ROW_WIDTHS
+    # vector_tile.DEPTHWISE_ROW_WIDTHS at stride 1, STRIDE_2_ROW_WIDTHS at 2
+    by_rows = dw == 1 and ((sw == 1 and (kw == 3 or kw == 5 or kw == 7)) or (sw == 2 and (kw == 3 or kw == 5)))
     for job in prange(n * ho):
         b, oy = job // ho, job % ho
         top = oy * sh - ph
@@ -164,7 +165,7 @@ def depthwise_channels_last(xh, taps, bias, sh, sw, ph, pw, dh, dw, activation, 
         count = _taps_inside(top, first * sw - pw, kh, kw, dh, dw, height, width, c, tap_ids, offsets)
         rows = _rows_inside(top, kh, dh, height, width, c, row_ids, row_offsets)
         for ox in range(first, tiled, DEPTHWISE_PIXELS):
-            _inner_pixels(by_rows, kw, flat_out, row_out + ox * c, flat_taps, row_ids, row_offsets, rows, tap_ids,
+            _inner_pixels(by_rows, kw, sw, flat_out, row_out + ox * c, flat_taps, row_ids, row_offsets, rows, tap_ids,
                           offsets, count, flat_x, row_x + ox * sw * c, sw * c, bias, c, relu)
         for ox in range(wo):
             if first <= ox < tiled:
@@ -206,43 +207,43 @@ def _rows_inside(top, kh, dh, height, width, c, row_ids, row_offsets):
 
 
 @njit(cache=True, inline="always")
-def _inner_pixels(by_rows, kw, flat_out, o0, flat_taps, row_ids, row_offsets, rows, tap_ids, offsets, count, flat_x,
-                  x0, x_step, bias, c, relu):
+def _inner_pixels(by_rows, kw, sw, flat_out, o0, flat_taps, row_ids, row_offsets, rows, tap_ids, offsets, count,
+                  flat_x, x0, x_step, bias, c, relu):
     """DEPTHWISE_PIXELS pixels with every tap column inside the row: a row of taps at a
     time where `by_rows` (`_pixels_by_rows`), else tap by tap (`_pixels`)."""
     if by_rows:
-        _pixels_by_rows(kw, flat_out, o0, flat_taps, row_ids, row_offsets, rows, tap_ids, offsets, count, flat_x, x0,
-                        x_step, bias, c, relu)
+        _pixels_by_rows(kw, sw, flat_out, o0, flat_taps, row_ids, row_offsets, rows, tap_ids, offsets, count, flat_x,
+                        x0, x_step, bias, c, relu)
     else:
         _pixels(DEPTHWISE_PIXELS, flat_out, o0, flat_taps, tap_ids, offsets, count, flat_x, x0, x_step, bias, c, relu)
 
 
 @njit(cache=True, inline="always")
-def _inner_pixels_tap_by_tap(by_rows, kw, flat_out, o0, flat_taps, row_ids, row_offsets, rows, tap_ids, offsets,
-                             count, flat_x, x0, x_step, bias, c, relu):
+def _inner_pixels_tap_by_tap(by_rows, kw, sw, flat_out, o0, flat_taps, row_ids, row_offsets, rows, tap_ids,
+                             offsets, count, flat_x, x0, x_step, bias, c, relu):
     """`_inner_pixels` of the grouped kernels, which have no row tiles (`by_rows` is for
     one channel a group): tap by tap, and their kernels never compile the row tiles."""
     _pixels(DEPTHWISE_PIXELS, flat_out, o0, flat_taps, tap_ids, offsets, count, flat_x, x0, x_step, bias, c, relu)
 
 
 @njit(cache=True, inline="always")
-def _pixels_by_rows(kw, flat_out, o0, flat_taps, row_ids, row_offsets, rows, tap_ids, offsets, count, flat_x, x0,
-                    x_step, bias, c, relu):
-    """`_pixels` for DEPTHWISE_PIXELS pixels of a depthwise conv that steps one pixel
-    along the row, undilated there, `kw` taps wide (one of DEPTHWISE_ROW_WIDTHS), every
-    tap column inside: the vectors of channels through `depthwise_row_tile`, a row of
+def _pixels_by_rows(kw, sw, flat_out, o0, flat_taps, row_ids, row_offsets, rows, tap_ids, offsets, count, flat_x,
+                    x0, x_step, bias, c, relu):
+    """`_pixels` for DEPTHWISE_PIXELS pixels of a depthwise conv that steps `sw` pixels
+    along the row, undilated there, `kw` taps wide (one of DEPTHWISE_ROW_WIDTHS at stride
+    1, STRIDE_2_ROW_WIDTHS at 2), every tap column inside: the vectors of channels through `depthwise_row_tile`, a row of
     taps at a time. 1 thread, pw -> depthwise -> pw on 96 channels at 112 (with the border
     pixels' four chains, `_pixels`), the depthwise layer's median: 7x7 1.78 -> 1.35 ms,
     5x5 0.98 -> 0.78, 3x3 0.51 -> 0.44; the 7x7 block against onnxruntime 1.42x -> 1.34x
     (its 1x1 convs are most of the rest)."""
     ch = 0
     while ch + 16 <= c:
-        depthwise_row_tile(kw, 16, flat_out, o0 + ch, c, flat_taps, c, row_ids, row_offsets, rows, flat_x, x0 + ch,
-                           x_step, bias, ch, relu)
+        depthwise_row_tile(kw, sw, 16, flat_out, o0 + ch, c, flat_taps, c, row_ids, row_offsets, rows, flat_x,
+                           x0 + ch, c, bias, ch, relu)
         ch += 16
     if ch + 8 <= c:
-        depthwise_row_tile(kw, 8, flat_out, o0 + ch, c, flat_taps, c, row_ids, row_offsets, rows, flat_x, x0 + ch,
-                           x_step, bias, ch, relu)
+        depthwise_row_tile(kw, sw, 8, flat_out, o0 + ch, c, flat_taps, c, row_ids, row_offsets, rows, flat_x,
+                           x0 + ch, c, bias, ch, relu)
         ch += 8
     _channels_one_by_one(DEPTHWISE_PIXELS, ch, flat_out, o0, flat_taps, tap_ids, offsets, count, flat_x, x0, x_step,
                          bias, c, relu)
