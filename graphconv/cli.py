@@ -1823,7 +1823,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from graphconv.inspect_report import inspect_report
 
     model = load_model(args, args.model) if args.profile else load_model_for_table(args)
-    hw = _size_as_run_reads(args, model) or (tuple(args.input_size) if args.input_size else None)
+    hw = image_hw = _size_as_run_reads(args, model) or (tuple(args.input_size) if args.input_size else None)
     if hw is not None:  # a segmentation network runs a size its strides do not divide padded, and so is it shown
         for said in model.size_notes(*hw):
             note(said)
@@ -1835,7 +1835,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.tile:  # first: a tile too small is one error, not an error below the whole table
         from graphconv.tiling import plan_report
         plan = plan_report(model, size, args.tile)
-    print(inspect_report(model, hw, args.scales))
+    print(inspect_report(model, hw, args.scales, image_hw))
     if plan:
         print(plan)
     if args.ir:

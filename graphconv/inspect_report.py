@@ -11,7 +11,9 @@ from graphconv.text_table import text_table
 
 
 def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
-                   scales: list[int] | None = None) -> str:
+                   scales: list[int] | None = None, image_hw: tuple[int, int] | None = None) -> str:
+    """The table at `input_hw`; `image_hw` the image's own size where a segmentation
+    network runs it padded to `input_hw` (`Model.padded_hw`): its map is cut back to it."""
     graph = model.graph
     c, hc, wc = model.crop_shape
     hw = input_hw or (hc, wc)
@@ -58,7 +60,11 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
     if not graph.find("fc") and mixed is None and (input_hw or costs[-1].shape[1:] != (1, 1)):
         rows_stride, cols_stride = model.output_stride
         rows, cols = model.map_size(*hw)
-        lines.append(f"score map: {rows}x{cols} cells at output stride {rows_stride}x{cols_stride}")
+        line = f"score map: {rows}x{cols} cells at output stride {rows_stride}x{cols_stride}"
+        if image_hw is not None and tuple(image_hw) != tuple(hw):
+            line = (f"score map: {image_hw[0]}x{image_hw[1]} cells at output stride {rows_stride}x{cols_stride} "
+                    f"(of the {rows}x{cols} computed on the padded input, cut back to the image)")
+        lines.append(line)
         off_lattice = cells_off_the_lattice_note(graph)
         if off_lattice:
             lines.append(off_lattice)

@@ -341,7 +341,7 @@ class Model:
         _, hc, wc = self.crop_shape
         if not self.segmentation or (height, width) == (hc, wc):
             return None
-        found = self._bins_at_the_crop()
+        found = self.derived("pyramid pooling bins", self._bins_at_the_crop)
         if not found:
             return None
         pool, upsample, (bh, bw), (kh, kw) = found[0]
@@ -391,7 +391,7 @@ class Model:
         from graphconv.ops.registry import pair
         from graphconv.shapes import infer_shapes
 
-        resize = self._resize_at_the_end()
+        resize = self.derived("resize at the end", self._resize_at_the_end)
         if resize is None:
             return ""
         try:

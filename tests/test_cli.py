@@ -1156,6 +1156,8 @@ def test_inspect_shows_a_segmentation_network_on_a_size_it_pads_as_run_runs_it(w
     out, err = capsys.readouterr()
     assert "unet: input 1x18x20" in out and re.search(r"\ncat +concat +4x18x20 ", out) and "tile" in out, out
     assert "the 17x20 image was padded with zeros (after the preprocess) to 18x20" in err
+    assert re.search(r"score map: 17x20 cells at output stride 1x1 \(of the 18x20 computed on the padded input, cut "
+                     r"back to the image\)", out), out
 
 
 def test_a_dead_branch_is_noted_and_a_labels_count_names_the_labels_file(write_spec, tmp_path, capsys):
