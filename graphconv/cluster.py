@@ -1129,31 +1129,46 @@ def image_suffixes() -> tuple[str, ...]:
 
 
 def is_image_to_map(path: str | Path) -> bool:
-    """Whether --images takes `path` for an image (`leaving_out` finds no reason not to)."""
-    return leaving_out(path) is None
+    """Whether --images takes `path` for an image (`leaving_out` finds no reason not to;
+    a name of another format needs no reason, nor its folder's list of maps read)."""
+    return Path(path).suffix.lower() in image_suffixes() and leaving_out(path) is None
 
 
 NOT_AN_IMAGE_FORMAT = "not of an image format graphconv reads"  # why --images leaves out a .heic, a .nef
 WRITTEN_BY_GRAPHCONV = "written by graphconv (its maps, heatmaps and lists of maps)"
 
 
-def leaving_out(path: str | Path) -> str | None:
+def leaving_out(path: str | Path, lists: dict | None = None) -> str | None:
     """Why --images does not take `path` for an image, or None: a name of a format
     graphconv does not read, a hidden name (starting with '.': macOS's ._photo.jpg
     AppleDouble files, which shells leave out of a * too), or a file graphconv wrote (a
-    .tif map, a heatmap)."""
+    .tif map, a heatmap, a .npy map its folder's list of maps names). `lists` keeps
+    each folder's list as read, for a call per file of one folder."""
     from graphconv.manifest import MANIFEST_NAME
 
     path = Path(path)
     if path.name == MANIFEST_NAME:
         return WRITTEN_BY_GRAPHCONV
     if path.suffix.lower() not in image_suffixes():
-        return NOT_AN_IMAGE_FORMAT
+        return WRITTEN_BY_GRAPHCONV if _listed_map(path, {} if lists is None else lists) else NOT_AN_IMAGE_FORMAT
     if path.name.startswith("."):
         return "hidden (a name starting with '.')"
     if is_graphconv_output(path):
         return WRITTEN_BY_GRAPHCONV
     return None
+
+
+def _listed_map(path: Path, lists: dict) -> bool:
+    """Whether `path` is a .npy or .npz map the list of maps in its folder names (a .npy
+    file says nothing of who wrote it: a 'dir/*' rerun counted an earlier run's maps as
+    files of an unread format)."""
+    from graphconv.manifest import MANIFEST_NAME, Manifest
+
+    if path.suffix.lower() not in (".npy", ".npz"):
+        return False
+    if path.parent not in lists:
+        lists[path.parent] = Manifest(path.parent) if (path.parent / MANIFEST_NAME).is_file() else None
+    return lists[path.parent] is not None and lists[path.parent].lists(str(path))
 
 
 def is_graphconv_output(path: str | Path) -> bool:

@@ -1124,13 +1124,14 @@ def _image_paths(pattern: str) -> list[str]:
     """--images: a glob ('photos/*.jpg'; 'slides/**/*.svs' reaches into subfolders), or a
     folder, standing for every picture, TIFF and zarr image in it. Left out, with one
     note saying how many and why: files of other formats (a 'dir/*' also matches the
-    .npy maps of an earlier run), hidden files (macOS's ._photo.jpg), and the .tif maps
-    and heatmaps graphconv wrote (a rerun into the photos' folder read its own maps)."""
+    .npy maps of an earlier run), hidden files (macOS's ._photo.jpg), and the maps and
+    heatmaps graphconv wrote (a rerun into the photos' folder read its own maps)."""
     from graphconv.cluster import leaving_out
 
+    lists: dict = {}  # each folder's list of maps, read once
     if _is_a_list(pattern):
         found = _listed_images(pattern[len(LIST_PREFIX):])
-        reasons = {p: leaving_out(p) for p in found}
+        reasons = {p: leaving_out(p, lists) for p in found}
         _note_left_out(pattern, {p: reason for p, reason in reasons.items() if reason})
         return [p for p, reason in reasons.items() if reason is None]  # in the list's order
     folder = Path(pattern)
@@ -1142,7 +1143,7 @@ def _image_paths(pattern: str) -> list[str]:
     else:
         found = glob.glob(pattern, recursive=True)
     found = [p for p in found if not Path(p).is_dir() or p.rstrip("/").lower().endswith(".zarr")]
-    reasons = {p: leaving_out(p) for p in found}
+    reasons = {p: leaving_out(p, lists) for p in found}
     _note_left_out(pattern, {p: reason for p, reason in reasons.items() if reason})
     return sorted(p for p, reason in reasons.items() if reason is None)
 
@@ -1278,8 +1279,9 @@ def _note_left_out(pattern: str, reasons: dict[str, str]) -> None:
     if not reasons:
         return
     why = []
-    for reason in dict.fromkeys(reasons.values()):
-        paths = [path for path, given in reasons.items() if given == reason]
+    given = list(reasons.values())
+    for reason in sorted(set(given), key=lambda one: (-given.count(one), one)):  # the commonest first
+        paths = [path for path, why_left in reasons.items() if why_left == reason]
         why.append(f"{len(paths)} {reason}{_suffix_counts(paths) if reason == NOT_AN_IMAGE_FORMAT else ''}")
     from graphconv.cli import note
     note(f"note: --images {pattern}: left out {counted(len(reasons), 'file')}: {', '.join(why)}")
