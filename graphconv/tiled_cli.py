@@ -743,6 +743,8 @@ def run_images_command(args: argparse.Namespace) -> int:
     images = _image_paths(args.images)
     if not images:
         _no_images(args.images)
+    if args.scales:
+        _refuse_scales_of_rasters_only(args.images, images)
     base = _list_base(images) if _is_a_list(args.images) else pattern_base(args.images)
     if args.shard:
         images = _shard_of(images, *args.shard)
@@ -1146,6 +1148,20 @@ def _image_paths(pattern: str) -> list[str]:
     reasons = {p: leaving_out(p, lists) for p in found}
     _note_left_out(pattern, {p: reason for p, reason in reasons.items() if reason})
     return sorted(p for p, reason in reasons.items() if reason is None)
+
+
+def _refuse_scales_of_rasters_only(pattern: str, images: list[str]) -> None:
+    """--scales over a batch of TIFF or zarr images only: one error before any work,
+    where each image failed in turn with the same one (a batch that mixes pictures and
+    TIFF scans maps the pictures, and says so of each of the others)."""
+    from graphconv.cluster import SCALES_NOT_IN_TILES
+    from graphconv.sources import is_ome_zarr, is_tiff
+
+    def read_in_tiles(image: str) -> bool:
+        return is_tiff(image) or is_ome_zarr(image) or os.path.isdir(image)  # a folder here is a zarr store
+    if all(read_in_tiles(image) for image in images):
+        every = "its image is" if len(images) == 1 else f"all {len(images)} of its images are"
+        raise GraphconvError(f"--images {pattern}: {every} TIFF or zarr: {SCALES_NOT_IN_TILES}")
 
 
 LIST_PREFIX = "@"

@@ -547,6 +547,11 @@ def test_many_images_with_scales_refuse_a_classifier_as_written_and_name_a_tiff_
     assert one.returncode == 2 and one.stderr.count("\n") == 1  # said as for a batch, with what to do instead
     assert "scan.tif: --scales resizes a picture (JPEG, PNG, ...) read whole; a TIFF or zarr image is read in " \
            "tiles at one resolution: map a slide without --scales, once per resolution wanted (--mpp" in one.stderr
+    (folder / "a.png").unlink()  # TIFFs only: one error before any work, not the same one for each image
+    (folder / "scan2.tif").write_bytes((folder / "scan.tif").read_bytes())
+    slides = graphconv("run", digits_dir, "--images", folder, "--output-dir", tmp_path / "o3", "--scales", "60")
+    assert slides.returncode == 2 and slides.stderr.count("\n") == 1 and not (tmp_path / "o3").exists()
+    assert f"--images {folder}: all 2 of its images are TIFF or zarr: --scales resizes a picture" in slides.stderr
 
 
 def test_many_images_top_ranks_each_image_s_classes_by_their_mean_over_its_map(model_dir, picture, tmp_path):
