@@ -53,7 +53,7 @@ import pickle
 import tempfile
 from pathlib import Path
 
-import numba
+from graphconv.threads import start_numba_threads
 
 SOURCE_ROOT = Path(__file__).resolve().parent
 KERNEL_SOURCES = ("ops", "errors.py")  # under SOURCE_ROOT: what compiled kernels are made of
@@ -172,6 +172,8 @@ def _patch_cache_files(caching) -> bool:
         return str(cache_file._cache_path).startswith(str(cache_root()))
 
     def _load_index(self):
+        if ours(self):  # the lookup before a kernel is loaded or compiled: the pool starts as graphconv starts it
+            start_numba_threads()
         try:
             return load_index(self)
         except Exception as err:
@@ -189,7 +191,7 @@ def _patch_cache_files(caching) -> bool:
             _remove(self._data_path(name))
             raise OSError(f"damaged kernel cache file removed: {err}") from None
         if ours(self):
-            numba.get_num_threads()  # starts the thread pool, as numba's `_reload_parfors` would
+            start_numba_threads()  # as numba's `_reload_parfors` would, keeping PyTorch's thread count
         return data
 
     def save_by_key(self, key, data):

@@ -33,7 +33,7 @@ from graphconv.ir import Graph, Node
 from graphconv.ops import layout
 from graphconv.ops.layout import stored_channels_last
 from graphconv.pass_manager import get_pass
-from graphconv.threads import check_not_forked_after_openmp
+from graphconv.threads import check_not_forked_after_openmp, start_numba_threads
 from graphconv.shapes import batch_scales, infer_shapes
 
 # resolve_device is graphconv.backends', here too for callers that import it from here
@@ -181,6 +181,7 @@ class Executor:
         error instead (graphconv/threads.py)."""
         if self.backend.name == "cpu":
             check_not_forked_after_openmp()
+            start_numba_threads()  # keeping the caller's OpenMP thread count (PyTorch's)
 
     def _layers(self) -> list[Node]:
         layers = self.graph.layers()

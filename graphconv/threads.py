@@ -86,6 +86,58 @@ def _loaded_libraries(name_part: str) -> list[str]:
     return sorted(p for p in paths if name_part in Path(p).name and ".so" in Path(p).name)
 
 
+# ---- the caller's OpenMP thread count ---------------------------------------------------
+#
+# numba's omp layer, as it starts its thread pool (once per process), sets OpenMP's
+# thread count (omp_set_num_threads) to numba's on the calling thread. PyTorch's CPU
+# wheel loads its libgomp.so.1 under the same name, so the two share it, and PyTorch
+# reads its thread count from that setting: a notebook's torch.get_num_threads() went
+# from 2 to 1 at its first graphconv run with NUMBA_NUM_THREADS=1 (a review), its
+# PyTorch code single-threaded from then on, and a torch imported after the run started
+# with 1. graphconv starts the pool itself (`start_numba_threads`, before it loads or
+# runs a kernel) and puts the setting back. numba's parallel loops later leave it alone.
+
+OPENMP_LIBRARY = "libgomp.so.1"
+
+
+def start_numba_threads() -> None:
+    """Start numba's thread pool, where it has not started, leaving the calling thread's
+    OpenMP thread count as it was (OpenMP's default, where starting it loaded OpenMP)."""
+    import numba
+    from numba.np.ufunc import parallel
+
+    if getattr(parallel, "_is_initialized", False):
+        return
+    lib = _loaded_openmp()
+    before = lib.omp_get_max_threads() if lib is not None else None
+    numba.get_num_threads()  # starts the pool
+    lib = lib or _loaded_openmp()
+    if lib is None:
+        return
+    before = before if before is not None else _openmp_default_threads()
+    if lib.omp_get_max_threads() != before:
+        lib.omp_set_num_threads(before)
+
+
+def _loaded_openmp():
+    """The GNU OpenMP library this process has loaded, or None (not loaded yet, or
+    another OpenMP): looked up without loading it."""
+    try:
+        lib = ctypes.CDLL(OPENMP_LIBRARY, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        return lib if hasattr(lib, "omp_get_max_threads") and hasattr(lib, "omp_set_num_threads") else None
+    except (OSError, AttributeError):  # not loaded; no RTLD_NOLOAD off Linux
+        return None
+
+
+def _openmp_default_threads() -> int:
+    """The thread count OpenMP gives a thread it has not been told one: OMP_NUM_THREADS's
+    first number, else the cores this process may run on."""
+    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if first.isdigit() and int(first) > 0:
+        return int(first)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 # ---- fork() after GNU OpenMP -------------------------------------------------------------
 #
 # numba's CPU kernels run their parallel loops on its "omp" threading layer here (GNU

@@ -116,3 +116,39 @@ def test_a_child_is_marked_only_when_its_parent_had_started_gnu_openmp(monkeypat
     threads._after_fork_in_child()
     with pytest.raises(threads.ForkedAfterOpenMPError, match="forkserver"):
         threads.check_not_forked_after_openmp()
+
+
+TORCH_THREADS_SCRIPT = """
+import sys
+import numpy as np
+if sys.argv[2] == "before":
+    import torch
+    torch.set_num_threads(3)
+import graphconv
+model = graphconv.compile_model(sys.argv[1])
+model.run(np.zeros((1, 1, 40, 40), np.float32))  # numba's thread pool starts here
+if sys.argv[2] == "after":
+    import torch
+print(torch.get_num_threads())
+"""
+
+
+@pytest.mark.parametrize("torch_imported", ["before", "after"])
+def test_a_run_leaves_pytorch_s_thread_count_alone(tmp_path, torch_imported):
+    """numba's omp layer sets OpenMP's thread count to its own as its pool starts, and
+    PyTorch shares that libgomp: after one run with NUMBA_NUM_THREADS=1, a notebook's
+    torch.get_num_threads() was 1 (set to 3 before it; a torch imported later had 1 from
+    the start), its PyTorch code single-threaded from then on."""
+    import subprocess
+    import sys
+    from conftest import SPECS
+    pytest.importorskip("torch")
+    script = tmp_path / "torch_threads.py"
+    script.write_text(TORCH_THREADS_SCRIPT)
+    env = {**os.environ, "NUMBA_NUM_THREADS": "1"}
+    env.pop("OMP_NUM_THREADS", None)
+    done = subprocess.run([sys.executable, str(script), str(SPECS / "lenet.yaml"), torch_imported],
+                          capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = 3 if torch_imported == "before" else len(os.sched_getaffinity(0))
+    assert int(done.stdout.split()[-1]) == expected, done.stdout
