@@ -582,16 +582,12 @@ class Model:
     def _memory_hint(self, images: int, image_hw: tuple[int, int]) -> str:
         """What to do instead of a whole run that does not fit, from Python: the tile
         `run_tiled` can take under the limit (`tiling.choose_tile`)."""
-        from graphconv.memory import memory_limit
-        from graphconv.tiling import choose_tile
+        from graphconv.tiling import fitting_tile
 
         fewer = "run fewer images at a time" if images > 1 else ""
         if self.returns_vectors:
             return fewer
-        try:
-            example = f"tile={choose_tile(self, tuple(image_hw), memory_limit())} fits"
-        except GraphconvError:
-            example = "no tile fits the limit either"
+        example = fitting_tile(self, tuple(image_hw), images)
         return (f"Model.run_tiled(x, tile) computes the same map tile by tile in bounded memory ({example})"
                 + (f", or {fewer}" if fewer else ""))
 

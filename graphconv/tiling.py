@@ -577,15 +577,38 @@ def _check_tiles_fit(grid, plan: TilePlan, images: int, out: Any) -> None:
     th, tw = plan.tile_hw
     peak = grid.peak_bytes(plan.tile_hw)
     if peak > memory_limit():
-        try:
-            fitting = f"tile={choose_tile(grid, plan.image_hw, memory_limit())} fits"
-        except GraphconvError as err:
-            fitting = err.message
-        check_fits(peak, f"a tile of {th}x{tw} pixels", hint=f"a smaller tile: {fitting}")
+        check_fits(peak, f"a tile of {th}x{tw} pixels",
+                   hint=f"a smaller tile: {fitting_tile(grid, plan.image_hw, images, map_held=out is None)}")
     if out is None:
-        held = 4 * images * grid.model.output_channels * plan.map_hw[0] * plan.map_hw[1]
+        held = FLOAT_BYTES * images * grid.model.output_channels * plan.map_hw[0] * plan.map_hw[1]
         check_fits(peak + held, f"the {plan.map_hw[0]}x{plan.map_hw[1]} map held in memory (out=None) beside a "
                                 f"tile's run", hint="pass out= a np.memmap or zarr array to write it to")
+
+
+def held_map_bytes(model, image_hw: tuple[int, int], images: int = 1) -> int:
+    """Bytes of the float32 map of `images` images of `image_hw` held in memory (run_tiled
+    with out=None). `model` may be a grid."""
+    grid = as_grid(model)
+    rows, cols = grid.map_hw(tuple(image_hw))
+    return FLOAT_BYTES * images * grid.model.output_channels * rows * cols
+
+
+def fitting_tile(model, image_hw: tuple[int, int], images: int = 1, *, map_held: bool = True) -> str:
+    """'tile=400 fits': the tile `run_tiled` takes under the memory limit, beside the map
+    it holds in memory where `map_held` (out=None; `run`'s hint suggested the tile that
+    fit alone, which run_tiled then refused beside its map), or why none does."""
+    from graphconv.memory import memory_limit
+
+    budget, held = memory_limit(), held_map_bytes(model, image_hw, images) if map_held else 0
+    if held >= budget:
+        rows, cols = as_grid(model).map_hw(tuple(image_hw))
+        return (f"its {rows}x{cols} map alone takes {format_size(held)} in memory: pass out= a np.memmap or zarr "
+                f"array to write it to")
+    try:
+        tile = choose_tile(model, image_hw, budget - held)
+    except GraphconvError as err:
+        return err.message
+    return f"tile={tile} fits" + (" beside the map it holds in memory (out=None)" if held else "")
 
 
 def read_box(source: Source, box: tuple[int, int, int, int], channels: int) -> np.ndarray:

@@ -305,20 +305,29 @@ def memory_limit():
 
 
 def test_run_refuses_an_image_over_the_memory_limit_before_allocating(floor_models, memory_limit, monkeypatch):
+    """The refusal names the tile run_tiled takes, with the map it holds in memory beside
+    it (the tile that fit alone was then refused by run_tiled), or, where the map alone
+    is over the limit, says to write it to a file."""
     classifier, fcn = floor_models
-    memory_limit("64M")
+    memory_limit("256M")
     slide = np.broadcast_to(np.float64(0), (1, 1, 6000, 6000))  # no memory of its own; float32 would be 137 MB
     monkeypatch.setattr(type(fcn), "executor", lambda *a, **k: pytest.fail("the run started"))
     with pytest.raises(GraphconvError) as err:
         fcn.run(slide)
     message = str(err.value)
     assert message.startswith("running floor on 1 image of 6000x6000 needs about ") and "\n" not in message
-    assert "over the memory limit of 64.0 MB (raise it with --memory-limit, or graphconv.set_memory_limit" in message
+    assert "over the memory limit of 256.0 MB (raise it with --memory-limit, or graphconv.set_memory_limit" in message
     tile = int(re.search(r"Model.run_tiled\(x, tile\) computes the same map tile by tile in bounded memory "
-                         r"\(tile=(\d+) fits\)$", message).group(1))
-    with pytest.raises(GraphconvError, match=r"a tile of 2000x2000 pixels needs about .* over the memory limit of 64.0 "
-                                             rf"MB .*; a smaller tile: tile={tile} fits"):
-        fcn.run_tiled(slide, 2000)  # run_tiled checked nothing: the hint sent users into any tile's run
+                         r"\(tile=(\d+) fits beside the map it holds in memory \(out=None\)\)$", message).group(1))
+    with pytest.raises(GraphconvError, match=r"a tile of 4000x4000 pixels needs about .* over the memory limit of "
+                                             rf"256.0 MB .*; a smaller tile: tile={tile} fits beside the map"):
+        fcn.run_tiled(slide, 4000)  # run_tiled checked nothing: the hint sent users into any tile's run
+    with pytest.raises(pytest.fail.Exception, match="the run started"):  # the tile named is taken, map and all
+        fcn.run_tiled(slide, tile)
+    memory_limit("64M")  # less than the 2982x2982 map of 4 classes
+    with pytest.raises(GraphconvError, match=r"in bounded memory \(its 2982x2982 map alone takes 135.7 MB in memory: "
+                                             r"pass out= a np.memmap or zarr array to write it to\)$"):
+        fcn.run(slide)
     crops = np.broadcast_to(np.float32(0), (20000, 1, 37, 37))
     with pytest.raises(GraphconvError, match=r"running floor on 20000 images of 37x37 .*; run fewer images at "
                                              "a time$"):
