@@ -60,6 +60,19 @@ def test_seeded_weights_are_remembered_by_a_compiled_model(tmp_path):
     assert load_spec(tmp_path / "m").meta["seeded_weights"]
 
 
+def test_save_model_takes_a_model_as_compile_model_does(tmp_path):
+    """graphconv.save_model(model, dir) failed with an AttributeError ('Model' object has
+    no attribute 'meta') where compile_model, run_passes and verify take a Model."""
+    import graphconv
+    model = graphconv.compile_model(SPECS / "lenet.yaml")
+    graphconv.save_model(model, tmp_path / "m")
+    x = np.random.default_rng(0).random((1, 1, 40, 36), dtype=np.float32)
+    np.testing.assert_array_equal(graphconv.load(tmp_path / "m").run(x), model.run(x))
+    with pytest.raises(GraphconvError, match="save_model saves a Model or a Graph, not str"):
+        graphconv.save_model(str(SPECS / "lenet.yaml"), tmp_path / "n")
+    assert not (tmp_path / "n").exists()
+
+
 @pytest.mark.parametrize("body,line,expected", [
     ("  - {name: a, op: convolution}\n", 3, "layer 'a': unknown op 'convolution'"),
     ("  - {name: a, op: conv, kernel_size: 3}\n", 3, "layer 'a': conv needs parameter 'out_channels'"),

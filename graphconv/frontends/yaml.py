@@ -39,7 +39,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
@@ -51,6 +51,9 @@ from graphconv.ops import get_op
 from graphconv.ops.registry import OpDef
 from graphconv.params import ALIASES, MAX_INT, compact_params, finite_number, is_int, normalize_params
 from graphconv.shapes import WEIGHTS_FILE
+
+if TYPE_CHECKING:
+    from graphconv.model import Model
 
 LINE = "__line__"
 KEY_LINES = "__key_lines__"
@@ -804,14 +807,19 @@ def weight_arrays(graph: Graph) -> dict[str, np.ndarray]:
     return {f"{node.name}.{key}": array for node in graph.layers() for key, array in node.weights.items()}
 
 
-def save_model(graph: Graph, directory: str | os.PathLike) -> Path:
-    """Write a model folder (model.yaml + weights + labels) that loads back to `graph`;
-    all or nothing, never touching files graphconv did not write (graphconv.files). What
-    the graph's meta says (preprocess, task, labels) is checked first, as loading will
-    check it: a block that `load` would refuse is refused here, before anything is written."""
+def save_model(graph: Graph | Model, directory: str | os.PathLike) -> Path:
+    """Write a model folder (model.yaml + weights + labels) that loads back to `graph` (a
+    Graph, or a Model: its graph, as `Model.save`); all or nothing, never touching files
+    graphconv did not write (graphconv.files). What the graph's meta says (preprocess,
+    task, labels) is checked first, as loading will check it: a block that `load` would
+    refuse is refused here, before anything is written."""
     from graphconv.files import save_model_folder
-    from graphconv.model import check_meta
+    from graphconv.model import Model, check_meta
 
+    if isinstance(graph, Model):  # compile_model, run_passes and verify take either
+        graph = graph.graph
+    if not isinstance(graph, Graph):
+        raise GraphconvError(f"save_model saves a Model or a Graph, not {type(graph).__name__}")
     check_meta(graph, "cannot save the model: ")
     spec_text(graph)  # raises what rendering can raise, before the first byte is written
     text = lambda weights_file, labels_file: spec_text(graph, weights_file, labels_file)
