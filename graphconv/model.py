@@ -470,6 +470,7 @@ class Model:
         executors = self._cache().setdefault("executors", {})
         if device not in executors:
             executors[device] = Executor(self.graph.copy(), device)
+            _warn_of_cold_kernels(self.graph, executors[device].device)
         return executors[device]
 
     @property
@@ -878,6 +879,16 @@ def checked_preprocess(block, channels: int) -> dict:
         return yaml_frontend.checked_preprocess(block, channels, Path("preprocess"), None)
     except GraphconvError as err:
         raise GraphconvError(err.message) from None
+
+
+def _warn_of_cold_kernels(graph: Graph, device: str) -> None:
+    """A GraphconvWarning before a first run that compiles kernels (10-40 s, once per kind
+    of layer and installation): a notebook's cell otherwise hung that long without a
+    word. The command says it on stderr itself (`cli.note_cold_kernels`)."""
+    from graphconv.kernel_cache import COLD_NOTE, cold_kernel_modules
+
+    if cold_kernel_modules(graph, device):
+        warn_caller(COLD_NOTE.removeprefix("note: "))
 
 
 def check_meta(graph: Graph, prefix: str = "") -> None:

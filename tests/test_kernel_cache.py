@@ -101,6 +101,23 @@ def test_the_first_run_on_a_cold_cache_says_why_it_is_slow(tmp_path, write_spec)
     assert kernel_cache.COLD_NOTE not in second.stderr
 
 
+def test_the_first_python_run_on_a_cold_cache_warns_why_it_is_slow(tmp_path, write_spec):
+    """The Python API compiled quietly: a notebook's first cell hung 35 s without a word."""
+    spec = write_spec("input: {shape: [1, 4, 4]}\nlayers:\n  - {name: r, op: relu}\n")
+    env = {**{k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    code = "import sys, numpy as np, graphconv; graphconv.load(sys.argv[1]).run(np.ones((1, 1, 4, 4), np.float32))"
+
+    def run():
+        return subprocess.run([sys.executable, "-c", code, str(spec)], env=env, capture_output=True, text=True,
+                              timeout=300)
+
+    first, second = run(), run()
+    assert first.returncode == 0 and second.returncode == 0, first.stderr
+    said = "GraphconvWarning: " + kernel_cache.COLD_NOTE.removeprefix("note: ")
+    assert first.stderr.count(said) == 1 and "<string>:1: " in first.stderr, first.stderr  # at the caller's line
+    assert said not in second.stderr
+
+
 def _cache_dir_in_fresh_process(tmp_path, **env):
     env = {**{k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}, **env,
            "XDG_CACHE_HOME": str(tmp_path)}
