@@ -17,9 +17,9 @@ networkx) and check the environment numba reads as it is imported. Kernels find 
 cache because graphconv.ops (and graphconv.sources) install it before defining any
 (graphconv/kernel_cache.py).
 """
-import importlib
-import importlib.util
-from typing import TYPE_CHECKING
+import importlib as _importlib
+import importlib.util as _importlib_util
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -52,7 +52,7 @@ _EXPORTS = {
     "load_image": ("graphconv.images", "load_image"),
 }
 
-if TYPE_CHECKING:  # for type checkers and IDEs; at run time, __getattr__ below
+if _TYPE_CHECKING:  # for type checkers and IDEs; at run time, __getattr__ below
     from graphconv.compiler import compile_graph, compile_model
     from graphconv.dense import verify
     from graphconv.errors import GraphconvError, GraphconvWarning, Location, PassError, ShapeError
@@ -80,16 +80,17 @@ def __getattr__(name: str):
     sub-module not imported yet (as the eager import of earlier versions left them all)."""
     if name in _EXPORTS:
         module, attribute = _EXPORTS[name]
-        value = getattr(importlib.import_module(module), attribute)
+        value = getattr(_importlib.import_module(module), attribute)
         globals()[name] = value
         return value
-    if name.isidentifier() and not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}"):
-        return importlib.import_module(f"{__name__}.{name}")
+    if name.isidentifier() and not name.startswith("_") and _importlib_util.find_spec(f"{__name__}.{name}"):
+        return _importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    """The public names (a notebook's tab completion), with those imported so far."""
+    return sorted(name for name in set(globals()) | set(_EXPORTS) if not name.startswith("_"))
 
 
 __all__ = [

@@ -253,6 +253,13 @@ def test_verify_and_load_image_are_at_the_top_level(small, rng):
     assert report.passed and report.conversion_exact
 
 
+def test_dir_lists_the_public_names_only():
+    """A notebook's tab completion offered `importlib` and `TYPE_CHECKING` among them."""
+    names = dir(graphconv)
+    assert set(graphconv.__all__) <= set(names)
+    assert not {"importlib", "TYPE_CHECKING"} & set(names) and not any(name.startswith("_") for name in names)
+
+
 def test_run_image_reads_and_preprocesses_a_picture(small, tmp_path):
     Image = pytest.importorskip("PIL.Image")
     pixels = (np.random.default_rng(0).random((30, 26, 3)) * 255).astype(np.uint8)
