@@ -385,9 +385,11 @@ class Model:
         """Where the network ends by resizing its map by a whole factor (an FCN or DeepLab
         head's F.interpolate(size=x.shape[-2:]), imported with the crop's factor), the
         model run on an image of another size resizes by another factor, stretching its
-        cells over the image: its scores differ from the padded run's a little everywhere,
-        not only near the padding (a review measured 48% of a 333x517 map's pixels off by
-        more than 1e-3, where the note named the edges alone). "" otherwise."""
+        cells over the image: its scores differ from the padded run's everywhere, not only
+        near the padding (reviews measured 48% of a 333x517 map's pixels off by more than
+        1e-3, where the note named the edges alone, and a torchvision FCN's labels changed
+        on 3% of the pixels far from the padding, where the note said "a little"). ""
+        otherwise."""
         from graphconv.ops.registry import pair
         from graphconv.shapes import infer_shapes
 
@@ -406,8 +408,9 @@ class Model:
                      f"height is a multiple of {factor[0]} and width of {factor[1]}")
         return (f"; where the model itself, on the {height}x{width} image as it is, resizes its {rows}x{cols} map to "
                 f"the image (layer {resize.name}), it enlarges it by {height / rows:.4g}x{width / cols:.4g}, not "
-                f"{apart}, so its scores differ from these a little everywhere (these keep the cells {apart} pixels "
-                f"apart, where the network computed them); for its own numbers, give an image whose {multiples}")
+                f"{apart}, so its scores differ from these everywhere, by enough to change some labels (these keep the "
+                f"cells {apart} pixels apart, where the network computed them); for its own numbers, give an image "
+                f"whose {multiples}")
 
     def _resize_at_the_end(self):
         """The `upsample` layer the network's output is, or is read from through layers of

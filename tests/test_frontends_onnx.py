@@ -1977,7 +1977,8 @@ def test_an_fcn_head_resized_to_the_input_is_a_segmentation_network(tmp_path, rn
     assert net.padding_note(100, 100).endswith(
         "labels near those edges see the padding; where the model itself, on the 100x100 image as it is, resizes "
         "its 13x13 map to the image (layer Resize), it enlarges it by 7.692x7.692, not 8, so its scores differ from "
-        "these a little everywhere (these keep the cells 8 pixels apart, where the network computed them); for its "
+        "these everywhere, by enough to change some labels (these keep the cells 8 pixels apart, where the network "
+        "computed them); for its "
         "own numbers, give an image whose sides are multiples of 8")
     assert net.padding_note(96, 128) is None
     np.testing.assert_allclose(net.run(x), torch_scores(model, padded)[:, :, :100, :100], rtol=1e-4, atol=1e-5)
