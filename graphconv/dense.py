@@ -88,6 +88,28 @@ def crop_loop(classifier: Model, image: np.ndarray, stride: int | tuple[int, int
     return out
 
 
+def _timed_crop_loop(classifier: Model, image: np.ndarray, stride, device: str,
+                     progress: Callable[[int, int], None] | None, skip: np.ndarray | None) -> tuple[np.ndarray, float]:
+    """`crop_loop`'s map, and the seconds it takes for all its crops at the pace of its
+    batches after the first: the first may compile kernels (a review: "39 ms a crop here"
+    after 20 s for the first 8 crops of a fresh install). One batch: its own time."""
+    first: list[tuple[float, int]] = []
+
+    def heard(done: int, total: int) -> None:
+        if not first:
+            first.append((time.perf_counter(), done))
+        if progress is not None:
+            progress(done, total)
+    start = time.perf_counter()
+    expected = crop_loop(classifier, image, stride, device, heard, skip)
+    end = time.perf_counter()
+    crops = expected.shape[0] * (expected[0, 0].size - (0 if skip is None else int(np.count_nonzero(skip))))
+    if not first or first[0][1] >= crops:
+        return expected, end - start
+    at, done = first[0]
+    return expected, (end - at) / (crops - done) * crops
+
+
 def crops_per_batch(classifier: Model, crops: int) -> int:
     """How many crops the crop loop runs at once, out of `crops` in all.
 
@@ -504,7 +526,7 @@ class TopClasses:
     dense_counts: np.ndarray   # the same in the dense map
     max_abs: float
     mean_abs: float
-    crop_seconds: float        # the crop loop's time over the region
+    crop_seconds: float        # the crop loop's time over the region (`_timed_crop_loop`: at its steady pace)
     crops: int                 # its crops
     labels: list[str] | None = None
     image_crops: int | None = None  # the crops of the whole image at this resolution (the cost of run --crops)
@@ -699,10 +721,8 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
     reference = original
     if changes and not any(change.builtin for change in changes):
         reference = compiled  # the user's passes changed the scores: the network as they left it, on each crop
-    start = time.perf_counter()
-    expected = crop_loop(reference, feed(reference, original, x), compiled.output_stride, device, progress,
-                         skip=left_out)
-    seconds = time.perf_counter() - start
+    expected, seconds = _timed_crop_loop(reference, feed(reference, original, x), compiled.output_stride, device,
+                                         progress, left_out)
     if dense.shape != expected.shape:
         raise AssertionError(f"score map shape {dense.shape} != crop grid {expected.shape}")
     shape = dense.shape
