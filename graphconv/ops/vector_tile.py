@@ -835,7 +835,8 @@ _depthwise_rows_8_3_s2, _depthwise_rows_8_5_s2 = (
 def depthwise_row_tile(kw, sw, lanes, out, o0, o_step, taps, t_step, row_ids, row_offsets, count, x, x0, x_step, bias,
                        c0, relu):
     """`_make_depthwise_row_tile`'s intrinsic for DEPTHWISE_PIXELS pixels, `kw` taps wide
-    at stride `sw` (DEPTHWISE_ROW_WIDTHS at 1, STRIDE_2_ROW_WIDTHS at 2), of 16 lanes or 8; x_step is one input pixel."""
+    at stride `sw` (DEPTHWISE_ROW_WIDTHS at 1, STRIDE_2_ROW_WIDTHS at 2), of 16 lanes or
+    8; x_step is one input pixel. (numba calls an intrinsic by name: one branch each.)"""
     if sw == 2:
         if lanes == 16:
             if kw == 3:
