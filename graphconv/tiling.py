@@ -587,10 +587,15 @@ def _check_tiles_fit(grid, plan: TilePlan, images: int, out: Any) -> None:
 
 def held_map_bytes(model, image_hw: tuple[int, int], images: int = 1) -> int:
     """Bytes of the float32 map of `images` images of `image_hw` held in memory (run_tiled
-    with out=None). `model` may be a grid."""
+    with out=None; a padded segmentation image's map as computed, before it is cut back).
+    `model` may be a grid."""
     grid = as_grid(model)
-    rows, cols = grid.map_hw(tuple(image_hw))
+    rows, cols = _held_map_hw(grid, image_hw)
     return FLOAT_BYTES * images * grid.model.output_channels * rows * cols
+
+
+def _held_map_hw(grid, image_hw: tuple[int, int]) -> tuple[int, int]:
+    return grid.map_hw(grid.padded_hw(tuple(image_hw)) or tuple(image_hw))
 
 
 def fitting_tile(model, image_hw: tuple[int, int], images: int = 1, *, map_held: bool = True) -> str:
@@ -601,7 +606,7 @@ def fitting_tile(model, image_hw: tuple[int, int], images: int = 1, *, map_held:
 
     budget, held = memory_limit(), held_map_bytes(model, image_hw, images) if map_held else 0
     if held >= budget:
-        rows, cols = as_grid(model).map_hw(tuple(image_hw))
+        rows, cols = _held_map_hw(as_grid(model), image_hw)
         return (f"its {rows}x{cols} map alone takes {format_size(held)} in memory: pass out= a np.memmap or zarr "
                 f"array to write it to")
     try:
