@@ -231,8 +231,8 @@ def _pixels_by_rows(kw, sw, flat_out, o0, flat_taps, row_ids, row_offsets, rows,
                     x0, x_step, bias, c, relu):
     """`_pixels` for DEPTHWISE_PIXELS pixels of a depthwise conv that steps `sw` pixels
     along the row, undilated there, `kw` taps wide (one of DEPTHWISE_ROW_WIDTHS at stride
-    1, STRIDE_2_ROW_WIDTHS at 2), every tap column inside: the vectors of channels through `depthwise_row_tile`, a row of
-    taps at a time. 1 thread, pw -> depthwise -> pw on 96 channels at 112 (with the border
+    1, STRIDE_2_ROW_WIDTHS at 2), every tap column inside: the vectors of channels
+    through `depthwise_row_tile`, a row of taps at a time. 1 thread, pw -> depthwise -> pw on 96 channels at 112 (with the border
     pixels' four chains, `_pixels`), the depthwise layer's median: 7x7 1.78 -> 1.35 ms,
     5x5 0.98 -> 0.78, 3x3 0.51 -> 0.44; the 7x7 block against onnxruntime 1.42x -> 1.34x
     (its 1x1 convs are most of the rest)."""
