@@ -1125,9 +1125,9 @@ def _as_messages_name(image: str) -> tuple[str, ...]:
 def _image_paths(pattern: str) -> list[str]:
     """--images: a glob ('photos/*.jpg'; 'slides/**/*.svs' reaches into subfolders), or a
     folder, standing for every picture, TIFF and zarr image in it. Left out, with one
-    note saying how many and why: files of other formats (a 'dir/*' also matches the
-    .npy maps of an earlier run), hidden files (macOS's ._photo.jpg), and the maps and
-    heatmaps graphconv wrote (a rerun into the photos' folder read its own maps)."""
+    note saying how many and why: files of other formats, hidden files (macOS's
+    ._photo.jpg), and the maps and heatmaps graphconv wrote (a rerun into the photos'
+    folder read its own .tif maps; a 'dir/*' matches an earlier run's .npy maps too)."""
     from graphconv.cluster import leaving_out
 
     lists: dict = {}  # each folder's list of maps, read once
