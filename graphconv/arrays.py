@@ -35,7 +35,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from graphconv.errors import GraphconvError, shown
+from graphconv.errors import GraphconvError, MissingFile, shown
 from graphconv.memory import check_fits
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -67,7 +67,7 @@ def open_regular_file(path: str | os.PathLike, what: str, not_found: str | None 
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
-        raise GraphconvError(not_found or f"{what} not found", file=str(path)) from None
+        raise MissingFile(not_found or f"{what} not found", file=str(path)) from None
     except OSError as err:
         raise GraphconvError(f"cannot read {what}: {err.strerror}", file=str(path)) from None
     except ValueError:  # an embedded NUL byte

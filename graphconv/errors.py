@@ -11,6 +11,7 @@ a 600-byte spec into a value of many megabytes. So every echoed value goes throu
 """
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import unicodedata
@@ -173,6 +174,16 @@ class GraphconvError(Exception):
         parts.append(self.message)
         text = printable(": ".join(parts))
         return text if len(text) <= MESSAGE_CHARS else text[:MESSAGE_CHARS] + "..."
+
+
+class MissingFile(GraphconvError, FileNotFoundError):
+    """A file the user named is not there. The command prints it as any GraphconvError;
+    a Python caller's `except FileNotFoundError:` (or `OSError`) around
+    `graphconv.load(path)` catches it as it catches open()'s."""
+
+    def __init__(self, message: str, *, file: str | None = None):
+        super().__init__(message, file=file)
+        self.errno, self.strerror, self.filename = errno.ENOENT, message, file
 
 
 class ShapeError(GraphconvError):

@@ -103,6 +103,19 @@ def test_load_refuses_what_is_not_a_path():
 
 # ---- 5. preprocessing from Python, and a save that loads back ---------------------------------------
 
+@pytest.mark.parametrize("load, name", [(graphconv.load, "net.yaml"), (graphconv.load, "net.onnx"),
+                                        (graphconv.load_image, "page.png")])
+def test_a_missing_file_is_a_file_not_found_error_too(tmp_path, load, name):
+    """A notebook's `except FileNotFoundError:` around a load catches graphconv's as it
+    catches open()'s; the command still prints it as one line."""
+    missing = tmp_path / name
+    with pytest.raises(FileNotFoundError) as caught:
+        load(missing)
+    assert isinstance(caught.value, GraphconvError)
+    assert caught.value.filename == str(missing) and caught.value.errno == 2
+    assert str(caught.value).startswith(f"{name}: ") and "\n" not in str(caught.value)  # run in tmp_path
+
+
 def test_preprocess_is_set_from_python_checked_as_a_specs_block(small):
     model = graphconv.load(small, preprocess={"scale": np.float32(0.5), "mean": 0.5, "std": (1, 2, 4)})
     assert model.preprocess == {"scale": 0.5, "mean": [0.5, 0.5, 0.5], "std": [1, 2, 4]}
