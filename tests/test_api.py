@@ -121,7 +121,7 @@ def test_preprocess_is_set_from_python_checked_as_a_specs_block(small):
     assert model.preprocess == {"scale": 0.5, "mean": [0.5, 0.5, 0.5], "std": [1, 2, 4]}
     model.preprocess = {"std": np.array([1.0, 1.0, 2.0])}
     assert model.graph.meta["preprocess"] == {"std": [1.0, 1.0, 2.0]}
-    for bad, message in (({"mean": [0.5, 0.5]}, "preprocess mean must list 3 finite number"),
+    for bad, message in (({"mean": [0.5, 0.5]}, "preprocess mean must be one finite number or list 3 finite number"),
                          ({"std": [1, 0, 1]}, "std must not be 0"),
                          ({"sclae": 2}, "'preprocess' takes mean, std"),
                          ([0.5], "'preprocess' must be a mapping")):
@@ -137,7 +137,7 @@ def test_preprocess_is_set_from_python_checked_as_a_specs_block(small):
 def test_save_refuses_what_load_would_refuse_before_writing(small, tmp_path):
     model = graphconv.load(small)
     model.graph.meta["preprocess"] = {"scale": 1 / 255, "mean": [0.5, 0.5], "std": [0.25]}  # edited by hand
-    with pytest.raises(GraphconvError, match="cannot save the model: preprocess mean must list 3"):
+    with pytest.raises(GraphconvError, match="cannot save the model: preprocess mean must be one finite number or list 3"):
         model.save(tmp_path / "out")
     assert not (tmp_path / "out").exists()
     model.graph.meta["preprocess"] = {"scale": 1 / 255}

@@ -447,18 +447,27 @@ def test_yaml_values_python_cannot_build_are_located(write_spec):
     ("{scale: .inf}", "got inf"),
     ("{scale: true}", "got True"),
     ("{scale: '1/255'}", "got '1/255'"),
-    ("{mean: [0.5, .nan]}", "preprocess mean must list 2 finite numbers, one per channel, got [0.5, nan]"),
-    ("{mean: [0.5]}", "preprocess mean must list 2"),
+    ("{mean: [0.5, .nan]}", "preprocess mean must be one finite number or list 2 finite numbers, one per channel, "
+                            "got [0.5, nan]"),
+    ("{mean: [0.5]}", "preprocess mean must be one finite number or list 2"),
     ("{mean: [true, false]}", "got [True, False]"),
     ("{std: [1, 0]}", "preprocess std must not be 0 (it divides)"),
-    ("{std: [1, -.inf]}", "preprocess std must list 2 finite numbers"),
-    ("{scale: 1, shift: 2}", "'preprocess' takes mean, std (one number per channel), scale and values, "
+    ("{std: 0}", "preprocess std must not be 0 (it divides), got [0, 0]"),
+    ("{mean: .nan}", "preprocess mean must be one finite number or list 2"),
+    ("{std: [1, -.inf]}", "preprocess std must be one finite number or list 2 finite numbers"),
+    ("{scale: 1, shift: 2}", "'preprocess' takes mean, std (one number, or one per channel), scale and values, "
                              "not ['shift']"),
     ("{values: raw}", "preprocess values must be 0..255 or stored (pixels on 0..255, 16-bit ones divided by 257; "
                       "or the numbers the file stores), got 'raw'"),
 ])
 def test_preprocess_is_checked_at_load(write_spec, pre, match):
     refused(write_spec(f"preprocess: {pre}\n" + BASE), match, 1)
+
+
+def test_one_mean_and_std_are_every_channels(write_spec):
+    """The README's "one number for all", as import's --mean 0.5 writes it out."""
+    graph = load_spec(write_spec("preprocess: {scale: 0.00392157, mean: 0.5, std: 0.25}\n" + BASE))
+    assert graph.meta["preprocess"] == {"scale": 0.00392157, "mean": [0.5, 0.5], "std": [0.25, 0.25]}
 
 
 def test_preprocess_and_compiled_load_as_plain_values(write_spec):

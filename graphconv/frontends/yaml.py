@@ -525,7 +525,7 @@ def checked_preprocess(pre: Any, channels: int, path: Path, loc: Location) -> di
     loc = _loc(path, pre)
     unknown = sorted(set(_user_keys(pre)) - PREPROCESS_KEYS)
     if unknown:
-        raise GraphconvError("'preprocess' takes mean, std (one number per channel), scale and values, "
+        raise GraphconvError("'preprocess' takes mean, std (one number, or one per channel), scale and values, "
                              f"not {shown(unknown)}", loc=loc)
     checked = {}
     for key in _user_keys(pre):
@@ -539,15 +539,23 @@ def checked_preprocess(pre: Any, channels: int, path: Path, loc: Location) -> di
             if finite_number(value) is None:
                 raise GraphconvError(f"preprocess scale must be a finite number, got {shown(value)}",
                                      loc=_loc(path, pre, key))
-        elif (not isinstance(value, list) or len(value) != channels
-              or any(finite_number(v) is None for v in value)):
-            raise GraphconvError(f"preprocess {key} must list {counted(channels, 'finite number')}, one per "
-                                 f"channel, got {shown(value)}", loc=_loc(path, pre, key))
-        elif key == "std" and any(v == 0 for v in value):
-            raise GraphconvError(f"preprocess std must not be 0 (it divides), got {shown(value)}",
-                                 loc=_loc(path, pre, key))
+        else:
+            value = _per_channel(key, value, channels, _loc(path, pre, key))
         checked[key] = list(value) if isinstance(value, list) else value
     return checked
+
+
+def _per_channel(key: str, value: Any, channels: int, loc: Location) -> list:
+    """A preprocess mean or std as one number per channel: one number is every channel's
+    (as import's `--mean 0.5`)."""
+    if finite_number(value) is not None:
+        value = [value] * channels
+    if not isinstance(value, list) or len(value) != channels or any(finite_number(v) is None for v in value):
+        raise GraphconvError(f"preprocess {key} must be one finite number or list "
+                             f"{counted(channels, 'finite number')}, one per channel, got {shown(value)}", loc=loc)
+    if key == "std" and any(v == 0 for v in value):
+        raise GraphconvError(f"preprocess std must not be 0 (it divides), got {shown(value)}", loc=loc)
+    return value
 
 
 def _checked_compiled(block: Any, path: Path, loc: Location) -> dict:
