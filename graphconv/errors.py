@@ -181,8 +181,8 @@ class MissingFile(GraphconvError, FileNotFoundError):
     a Python caller's `except FileNotFoundError:` (or `OSError`) around
     `graphconv.load(path)` catches it as it catches open()'s."""
 
-    def __init__(self, message: str, *, file: str | None = None):
-        super().__init__(message, file=file)
+    def __init__(self, message: str, *, file: str | None = None, loc: Location | None = None):
+        super().__init__(message, file=file, loc=loc)
         self.errno, self.strerror, self.filename = errno.ENOENT, message, file
 
 

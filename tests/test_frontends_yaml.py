@@ -90,6 +90,8 @@ def test_save_model_takes_a_model_as_compile_model_does(tmp_path):
     ("  - {name: a, op: maxpool, kernel_size: 2}\n  - {name: b, op: concat, inputs: [a, data]}\n", 4,
      "concat needs inputs of one spatial size"),
     ("  - {name: a, op: relu\n", 4, "invalid YAML"),
+    ("\t- {name: a, op: relu}\n", 3, "found character '\\t' that cannot start any token (YAML indents with "
+                                    "spaces, not tabs)"),
     ("  - just a string\n", 1, "each layer must be a mapping"),
 ])
 def test_errors_name_file_line_and_layer(write_spec, body, line, expected):
@@ -99,6 +101,16 @@ def test_errors_name_file_line_and_layer(write_spec, body, line, expected):
     message = str(err.value)
     assert expected in message
     assert message.startswith(f"net.yaml:{line}:")
+
+
+def test_an_input_shape_written_height_width_channels_is_told_so_where_it_fails(write_spec):
+    """[32, 32, 3], a picture's shape as numpy holds it, is 32 channels of 32x3 to a spec."""
+    path = write_spec("input: {name: data, shape: [32, 32, 3]}\nlayers:\n"
+                      "  - {name: c1, op: conv, out_channels: 8, kernel_size: 5}\n", "hwc.yaml")
+    with pytest.raises(GraphconvError, match=r"hwc.yaml:3: layer 'c1': kernel of 5x5 .* \(the input shape is "
+                                             r"\[C, H, W\]: \[32, 32, 3\] is 32 channels of 32x3; for 3-channel "
+                                             r"32x32 pictures write \[3, 32, 32\]\)"):
+        load_spec(path)
 
 
 def test_yaml_is_loaded_safely(write_spec):
@@ -121,7 +133,8 @@ def test_weights_are_checked_against_shapes(write_spec, tmp_path):
 
 def test_weights_missing_unknown_or_pickled(write_spec, tmp_path):
     spec = TINY.replace("layers:", "weights: w.npz\nlayers:")
-    with pytest.raises(GraphconvError, match="weights file not found"):
+    with pytest.raises(GraphconvError, match=r"net.yaml:\d+: weights file 'w.npz' not found: a spec's files are read "
+                                             r"from its own folder .*--weights FILE"):
         load_spec(write_spec(spec))
     np.savez(tmp_path / "w.npz", **{"ghost.weight": np.zeros(3, np.float32)})
     with pytest.raises(GraphconvError, match="no layer 'ghost'"):
@@ -409,6 +422,18 @@ def test_the_input_is_checked_like_a_layer(write_spec, spec_input, match):
     refused(write_spec(f"input: {spec_input}\nlayers:\n  - {{name: a, op: relu}}\n"), match, 1)
 
 
+@pytest.mark.parametrize("key,match", [
+    ("preprocessing: {scale: 1}", "unknown top-level key ['preprocessing']; did you mean 'preprocess'? expected "
+                                  "['input', 'labels', 'layers', 'name', 'output_name', 'preprocess', 'task', "
+                                  "'weights']"),
+    ("colours: 3", "unknown top-level key ['colours']; expected ['input',"),
+])
+def test_an_unknown_top_level_key_offers_the_near_miss_of_the_keys_users_write(write_spec, key, match):
+    """The keys compile writes into a model.yaml (compiled, seeded_weights) are still read,
+    but a user writing a spec is not offered them."""
+    refused(write_spec(f"{key}\n" + BASE), match, 1)
+
+
 @pytest.mark.parametrize("param,match", [
     ("out_channels: true", "'out_channels' must be an integer >= 1 and <= 2147483647, got True"),
     ("out_channels: 4.0", "'out_channels' must be an integer >= 1 and <= 2147483647, got 4.0"),
@@ -578,7 +603,6 @@ def test_files_passed_explicitly_are_trusted_wherever_they_are(tmp_path, write_s
     (lambda p: p.write_text("cat\u2028dog\n"), "got 'cat\\u2028dog'"),
     (lambda p: sparse_file(p, (16 << 20) + 1), "the labels file is over 16 MB"),
     (lambda p: os.mkfifo(p), "not a regular file"),
-    (lambda p: None, "labels file not found"),
 ])
 def test_bad_labels_files_are_refused(write_spec, tmp_path, make, match):
     labels = tmp_path / "labels.txt"
@@ -587,6 +611,12 @@ def test_bad_labels_files_are_refused(write_spec, tmp_path, make, match):
         load_spec(write_spec("labels: labels.txt\n" + BASE))
     message = str(err.value)
     assert match in message and message.startswith("labels.txt:") and "\n" not in message
+
+
+def test_a_missing_labels_file_is_named_at_the_line_of_the_spec_naming_it(write_spec):
+    with pytest.raises(FileNotFoundError) as err:
+        load_spec(write_spec("labels: labels.txt\n" + BASE))
+    assert str(err.value).startswith("net.yaml:1: labels file 'labels.txt' not found: a spec's files are read from")
 
 
 def test_dev_zero_as_labels_is_never_read(write_spec):

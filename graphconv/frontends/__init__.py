@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from graphconv.arrays import load_npz
-from graphconv.errors import GraphconvError, Location, nearest, shown
+from graphconv.errors import GraphconvError, Location, ShapeError, nearest, shown
 from graphconv.ir import Graph
 from graphconv.memory import check_fits
 from graphconv.shapes import WEIGHTS_FILE, infer_shapes, init_weights
@@ -106,7 +106,21 @@ def _read_network(path, weights, labels, init_missing_weights: bool, crop_size) 
     graph, weights_file = yaml_frontend.read_spec(Path(path), weights=weights, labels=labels)
     arrays = load_npz(weights_file) if weights_file is not None else None
     _note_read_from(graph, path, weights_file, labels)
-    return finalize(graph, arrays, str(weights_file or path), init_missing_weights)
+    try:
+        return finalize(graph, arrays, str(weights_file or path), init_missing_weights)
+    except ShapeError as err:
+        _hint_at_channels_last(err, graph.input_shape)
+        raise
+
+
+def _hint_at_channels_last(err: ShapeError, shape: tuple[int, int, int]) -> None:
+    """Add to a shape error of a spec whose input shape reads as [H, W, C] (a picture's
+    height, width and colours, as numpy and PIL give them) what a spec states: [C, H, W]."""
+    channels, height, width = shape
+    if width in (1, 3, 4) and channels > 4 and height > 4:
+        err.message += (f" (the input shape is [C, H, W]: {list(shape)} is {channels} channels of {height}x{width}; "
+                        f"for {width}-channel {channels}x{height} pictures write [{width}, {channels}, {height}])")
+        err.args = (err.message,)
 
 
 def _note_read_from(graph: Graph, *paths) -> None:

@@ -45,7 +45,7 @@ import numpy as np
 import yaml
 
 from graphconv.arrays import file_kind, open_regular_file
-from graphconv.errors import GraphconvError, Location, agreeing, counted, shown
+from graphconv.errors import GraphconvError, Location, MissingFile, agreeing, counted, nearest, shown, shown_path
 from graphconv.ir import Graph
 from graphconv.ops import get_op
 from graphconv.ops.registry import OpDef
@@ -59,6 +59,7 @@ LINE = "__line__"
 KEY_LINES = "__key_lines__"
 TOP_LEVEL_KEYS = {"name", "input", "weights", "layers", "preprocess", "labels", "compiled", "seeded_weights", "task",
                   "output_name"}
+WRITTEN_BY_GRAPHCONV = {"compiled", "seeded_weights"}  # what compile writes into a model.yaml, not a user's keys
 TASKS = ("classification", "segmentation")  # `task`: see `graphconv.model.Model.segmentation`
 INPUT_KEYS = {"name", "shape"}
 PREPROCESS_KEYS = {"mean", "std", "scale", "values"}
@@ -315,7 +316,9 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
     problem = getattr(err, "problem", None) or str(err)
     context = getattr(err, "context", None)
     text = f"{context}: {problem}" if context else problem
-    return repr(text[:200])[1:-1]
+    if "'\\t'" in text:
+        text += " (YAML indents with spaces, not tabs)"
+    return text[:250]  # its control characters are escaped as the error prints (errors.printable)
 
 
 def _yaml_line(err: yaml.YAMLError) -> int | None:
@@ -360,8 +363,11 @@ def _refuse_unknown_keys(mapping: dict, allowed: set[str], what: str, loc: Locat
     """`what` names the keys, with {} where 'key' or 'keys' goes ("top-level {}")."""
     unknown = sorted(set(_user_keys(mapping)) - allowed)
     if unknown:
+        offered = sorted(allowed - WRITTEN_BY_GRAPHCONV) if allowed is TOP_LEVEL_KEYS else sorted(allowed)
+        close = nearest(str(unknown[0]), offered, n=1)
+        guess = f"did you mean {shown(close[0])}? " if close else ""
         raise GraphconvError(f"unknown {what.format(agreeing(len(unknown), 'key', 'keys'))} {shown(unknown)}; "
-                             f"expected {sorted(allowed)}", loc=loc)
+                             f"{guess}expected {offered}", loc=loc)
 
 
 def _build_graph(doc: dict, path: Path, labels: str | os.PathLike | None = None) -> Graph:
@@ -709,6 +715,9 @@ def _spec_relative_file(doc: dict, key: str, path: Path) -> Path | None:
     if not target.is_relative_to(folder):
         raise GraphconvError(f"'{key}' leads outside the spec's folder ({shown(name)}); a spec may only "
                              f"name files beside it; {elsewhere}", loc=loc)
+    if not target.exists():
+        raise MissingFile(f"{key} file {shown(name)} not found: a spec's files are read from its own folder "
+                          f"({shown_path(str(folder))}); {elsewhere}", file=str(target), loc=loc)
     return target
 
 
