@@ -694,11 +694,15 @@ def test_verify_on_an_image_gives_run_s_notes_on_how_it_is_read(write_spec, tmp_
 def test_the_readme_names_ceil_mode_pools_beside_padding_as_what_breaks_exactness(write_spec, rng):
     """The intro said the dense map was 'Equal exactly for a network that does not pad',
     but a ceil_mode pool with no padding anywhere differs too (verify reports it)."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    assert "Equal exactly for a network that does not pad" not in readme
+    root = Path(__file__).resolve().parent.parent  # the README's sections moved to docs/
+    readme, exactness, cli = (root / "README.md").read_text(), (root / "docs" / "exactness.md").read_text(), \
+        (root / "docs" / "cli.md").read_text()
+    every_page = "\n".join([readme] + [page.read_text() for page in sorted((root / "docs").glob("*.md"))])
+    assert "Equal exactly for a network that does not pad" not in every_page
     assert "**Exact** for a network that neither pads nor pools in `ceil_mode`." in readme
-    assert "equal without padding and ceil_mode pools" in readme
-    assert "a tiled run (and an `--images`\n  batch) says" not in readme
+    assert "**Exact** for a network that neither pads nor pools in `ceil_mode`." in exactness
+    assert "equal without padding and ceil_mode pools" in cli
+    assert "a tiled run (and an `--images`\n  batch) says" not in every_page
     classifier, fcn = models(write_spec, CEIL)
     report = verify(classifier, fcn, random_input(rng, (1, 1, 27, 27)))
     assert not report.exact_by_construction and report.padded_layers == ["pool1"]
