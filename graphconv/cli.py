@@ -1354,7 +1354,7 @@ def _deliver(args: argparse.Namespace, model, out: np.ndarray, picture: np.ndarr
     if args.heatmap is not None:
         write_heatmap(args, model, picture, out, cells)
     if args.top:
-        print_top(class_scores(out, args.top_by), args.top, model.graph.meta.get("labels"))
+        print_top(class_scores(out, args.top_by), args.top, model.graph.meta.get("labels"), top_basis(out, args.top_by))
     if map_file:
         _write_map_file(args, model, out, cells)
     elif args.output:
@@ -1558,7 +1558,7 @@ def _run_scales(args: argparse.Namespace, model, x: np.ndarray) -> int:
         print(f"scale {scale}{' flipped' if flipped else ''}: input resized to shorter side {scale}, "
               f"score map {score_map.shape[2]}x{score_map.shape[3]}")
     print(f"reduced ({reduce}) over {counted(len(result.maps), 'evaluation')} -> scores {result.scores.shape}")
-    print_top(result.scores, args.top or 5, model.graph.meta.get("labels"))
+    print_top(result.scores, args.top or 5, model.graph.meta.get("labels"), f" classes by the {reduce} score")
     if args.output:
         atomic_write(args.output, lambda p: np.save(p, result.scores), suffix=".npy", size=result.scores.nbytes)
         print(f"-> {args.output}")
@@ -1581,9 +1581,26 @@ def class_scores(scores, how: str | None = "mean") -> np.ndarray:
     return np.where(counts > 0, summary, np.nan)  # NaN for a map of no computed cell
 
 
-def print_top(scores: np.ndarray, k: int, labels: list[str] | None) -> None:
+def print_top(scores: np.ndarray, k: int, labels: list[str] | None, basis: str = "") -> None:
+    """--top's lines: one image's classes on the line that says how they are ranked
+    (`basis`, "by their mean score over its 22x31 cells"); a batch's one line an image
+    after it. A bare 'image 0: fat 0.14' read as probabilities for a model that gives
+    logits, and as one of several images where there was one."""
+    if len(scores) == 1:
+        print(f"top {k}{basis}: {top_text(scores[0], k, labels)}")
+        return
+    print(f"top {k}{basis}, image by image:")
     for index, vector in enumerate(scores):
         print(f"image {index}: {top_text(vector, k, labels)}")
+
+
+def top_basis(scores: np.ndarray, how: str | None) -> str:
+    """How `class_scores` ranked a run's output, as --top's line says it."""
+    if scores.ndim != 4:
+        return " classes by score"
+    cells = f"{scores.shape[2]}x{scores.shape[3]} cells"
+    return f" classes by their best score in its {cells}" if how == "max" else \
+        f" classes by their mean score over its {cells}"
 
 
 def top_text(vector: np.ndarray, k: int, labels: list[str] | None) -> str:

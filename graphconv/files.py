@@ -1,6 +1,6 @@
 """Every file graphconv writes goes through here: nothing lost, nothing half-written.
 
-The promises (README, "Safety"):
+The promises (docs/cli.md, "Safety"):
 
 * Nothing is written unless the command succeeds: single files are written to a
   temporary name beside the target and renamed into place when complete.

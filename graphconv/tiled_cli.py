@@ -223,9 +223,10 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     if means is not None and np.isnan(means).all():
         print("--top: no cell was computed (every one is over background or no-data), so there is no class to rank")
     elif means is not None:
-        from graphconv.cli import print_top
+        from graphconv.cli import print_top, top_basis
         from graphconv.scales import kept_labels
-        print_top(means, args.top, kept_labels(model.graph.meta.get("labels"), args.classes))
+        print_top(means, args.top, kept_labels(model.graph.meta.get("labels"), args.classes),
+                  top_basis(out, getattr(args, "top_by", None)) + " (the computed ones)")
     if args.output:
         print(f"-> {args.output}")
     return 0

@@ -140,9 +140,9 @@ def test_many_images_spare_a_user_s_own_npy_beside_them(tmp_path, capsys):
 
 
 def top_line(out: str) -> dict[str, str]:
-    """--top's "image 0: 7 0.006866, 3 0.005145" as {label: score}."""
-    line = next(line for line in out.splitlines() if line.startswith("image 0: "))
-    return dict(pair.rsplit(" ", 1) for pair in line[len("image 0: "):].split(", "))
+    """One image's --top, "top 2 classes by ...: 7 0.006866, 3 0.005145", as {label: score}."""
+    line = next(line for line in out.splitlines() if line.startswith("top "))
+    return dict(pair.rsplit(" ", 1) for pair in line.split(": ", 1)[1].split(", "))
 
 
 def test_top_classes_of_a_map_kept_to_some_classes_are_named_as_those(tmp_path, capsys):

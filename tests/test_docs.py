@@ -72,8 +72,8 @@ def test_the_docs_name_every_onnx_op_graphconv_imports():
 
 
 def test_the_readme_points_at_the_onnx_op_list():
-    """The importer's refusal of an op says the ops it reads "are listed in its README": the
-    list moved to docs/onnx.md, so the README must lead there."""
+    """The importer's refusal of an op sends the user to docs/onnx.md; a README reader must
+    find the list too."""
     readme = (ROOT / "README.md").read_text()
     assert "The ONNX ops graphconv reads" in readme and "](docs/onnx.md)" in readme
 

@@ -553,7 +553,7 @@ def test_unsupported_op_names_the_node_and_the_op(tmp_path):
     model = tiny_model(nodes, {})
     path = save(model, tmp_path / "model.onnx")
     with pytest.raises(GraphconvError, match=r"model.onnx: node 'Einsum_12': op Einsum is not supported; the ONNX "
-                                             r"ops graphconv reads are listed in its README") as refused:
+                                             r"ops graphconv reads are listed in its docs/onnx.md") as refused:
         load_network(path)
     assert "Conv" not in str(refused.value)  # one short line, not the ~70 supported ops
 

@@ -716,8 +716,8 @@ def unsupported(op_type: str, producer: str = "") -> str:
     close = difflib.get_close_matches(op_type, sorted(name for name in CONVERTERS if "." not in name), n=4,
                                       cutoff=0.76)
     hint = f" (similar ones it reads: {', '.join(close)})" if close else ""
-    return (f"op {op_type} is not supported{hint}; the ONNX ops graphconv reads are listed in its README, "
-            "'Bring your own model (ONNX)'")
+    return (f"op {op_type} is not supported{hint}; the ONNX ops graphconv reads are listed in its "
+            "docs/onnx.md")
 
 
 def _whereabouts(node) -> str:
