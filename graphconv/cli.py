@@ -260,6 +260,11 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"graphconv: {where}{message} (see {self.prog} --help)\n")
 
 
+DEVICE_HELP = ("where the kernels run: cpu (the default: every core, NUMBA_NUM_THREADS=N for fewer), cuda (an "
+               "NVIDIA GPU, through numba-cuda: pip install 'graphconv[cuda]') or auto (cuda where a GPU is usable, "
+               "else cpu)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="graphconv",
@@ -327,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--classes", type=_class_list, metavar="K1,K2,...",
                      help="keep only these score channels: class indices, or names as the labels file has them")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
-    run.add_argument("--device", default="cpu", choices=device_choices())
+    run.add_argument("--device", default="cpu", choices=device_choices(), help=DEVICE_HELP)
     run.add_argument("--resize", type=_positive_int, nargs="+", metavar="PIXELS",
                      help="resize the image first, or each of --images: to H x W (two numbers), or its shorter "
                           "side to S (one) "
@@ -377,8 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "sliding window pads; MODE fills the border: constant (0 after the preprocess, "
                           "what a first conv's zero padding holds), reflect (mirrored about the edge pixel) or "
                           "replicate (the edge pixel repeated)")
-    _add_plugin_option(run, "load passes from a .py file or an importable module (repeatable); run compiles a "
-                            "spec with the default passes: to run yours, compile with them first")
+    _add_plugin_option(run, "load passes from a .py file or an importable module (repeatable); run itself runs "
+                            "no passes (a spec runs as written): to run yours, compile with them first "
+                            "(compile SPEC --plugin FILE --passes default,NAME -o DIR), then run DIR")
     run.add_argument("--passes", help=argparse.SUPPRESS)  # refused with the way to run one's passes
     run.set_defaults(handler=cmd_run)
 
@@ -425,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the tile plan for an image of --input-size: halo, tiles, extra FLOPs, peak memory")
     insp.add_argument("--profile", action="store_true",
                       help="run once on random input and add measured per-layer times")
-    insp.add_argument("--device", default="cpu", choices=device_choices())
+    insp.add_argument("--device", default="cpu", choices=device_choices(), help=DEVICE_HELP)
     insp.set_defaults(handler=cmd_inspect)
 
     ver = sub.add_parser("verify", help="check the conversion, and the dense pass against every crop",
@@ -467,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--seed", type=_natural_int, help="the random image's seed (default 0)")
     ver.add_argument("--strict", action="store_true",
                      help="also exit 1 when padding makes the dense pass differ from the crop loop")
-    ver.add_argument("--device", default="cpu", choices=device_choices())
+    ver.add_argument("--device", default="cpu", choices=device_choices(), help=DEVICE_HELP)
     _add_plugin_option(ver)
     ver.set_defaults(handler=cmd_verify)
 
@@ -514,9 +520,45 @@ def build_parser() -> argparse.ArgumentParser:
     lst.set_defaults(handler=cmd_passes)
     for command in (run, comp, insp, ver, exp):
         _add_model_files_options(command)
-    for command in (run, comp, insp, ver, imp, exp, lst):
+    for name, command in (("run", run), ("compile", comp), ("inspect", insp), ("verify", ver), ("import", imp),
+                          ("export", exp), ("passes", lst)):
         _add_common_options(command, defaults=False)
+        command.epilog = "examples (in graphconv's checkout):\n" + "\n".join(f"  {line}" for line in EXAMPLES[name])
+        command.formatter_class = _ExamplesKeptFormatter
     return parser
+
+
+# What each command's --help ends with: lines a newcomer can paste in graphconv's checkout
+# (the quick start's out/digits-fcn first); test_cli parses every one.
+EXAMPLES = {
+    "run": ("graphconv run out/digits-fcn --image examples/digits_page.png --output out/scores.npy --heatmap 7",
+            "graphconv run out/digits-fcn --image examples/digits_page.png --heatmap top --top 3",
+            "graphconv run out/digits-fcn --images examples --output-dir out/maps --top 3",
+            "graphconv run specs/digits.yaml --image examples/digits_page.png --crops --output out/crops.npy"),
+    "compile": ("graphconv compile specs/digits.yaml -o out/digits-fcn",
+                "graphconv compile specs/alexnet.yaml -o out/alexnet-s16 --output-stride 16",
+                "graphconv compile specs/digits.yaml -o out/digits-raw --plugin examples/my_passes.py "
+                "--passes default,strip-softmax"),
+    "inspect": ("graphconv inspect specs/digits.yaml",
+                "graphconv inspect out/digits-fcn --input-size 300 400",
+                "graphconv inspect out/digits-fcn --image examples/digits_page.png --ir"),
+    "verify": ("graphconv verify specs/digits.yaml --input-size 64 64",
+               "graphconv verify specs/digits.yaml --image examples/digits_page.png"),
+    "import": ("graphconv import resnet18.onnx -o resnet18.yaml --scale 0.00392157 --mean 0.485,0.456,0.406 "
+               "--std 0.229,0.224,0.225 --labels classes.txt",),
+    "export": ("graphconv export out/digits-fcn -o out/digits-fcn.onnx",),
+    "passes": ("graphconv passes", "graphconv passes --plugin examples/my_passes.py"),
+}
+
+
+class _ExamplesKeptFormatter(argparse.HelpFormatter):
+    """argparse's formatter, except that the examples keep their lines (the description is
+    still filled to the terminal's width)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("examples"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
 
 def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -718,13 +760,19 @@ def note_seeded_weights(graph) -> None:
 _NOTES: list[str] = []  # printed on stderr, each once, when the command succeeds
 
 
-def note_cold_kernels(model, device: str) -> None:
+def note_cold_kernels(model, device: str, *more_models) -> bool:
     """Before a first run on a cold kernel cache: say, now and on stderr, why it takes a
-    while (graphconv/kernel_cache.py)."""
+    while (graphconv/kernel_cache.py); whether it did. `more_models` run in the same
+    command (verify's classifier on its crops, beside the compiled network)."""
     from graphconv.kernel_cache import COLD_NOTE, cold_kernel_modules
 
-    if cold_kernel_modules(model.graph, model.executor(device).device):
+    cold = any(cold_kernel_modules(m.graph, m.executor(device).device) for m in (model, *more_models))
+    if cold:
         print(COLD_NOTE, file=sys.stderr, flush=True)
+    return cold
+
+
+COMPILING = " (compiling the kernels included: a first run's time)"
 
 
 def note(text: str) -> None:
@@ -896,13 +944,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         model.check_memory(x.shape[0], x.shape[2:], file=args.image or args.input,
                            hint=lambda: _whole_run_hint(args, model, x.shape[0]))
     profile: dict[str, float] | None = {} if args.profile else None
-    note_cold_kernels(model, args.device)
+    compiling = note_cold_kernels(model, args.device)
     for said in [] if args.full_map else model.size_notes(*x.shape[2:]):
         note(said)
     start = time.perf_counter()
     out = model.run(x, args.device, profile, full=args.full_map)
     seconds = time.perf_counter() - start
-    print(f"output shape {tuple(out.shape)} in {seconds * 1e3:.1f} ms"
+    print(f"output shape {tuple(out.shape)} in {seconds * 1e3:.1f} ms{COMPILING if compiling else ''}"
           f" on {model.executor(args.device).device}")
     _note_whole_image_vector(args, model, x, out)
     _note_overflow(out, args.image or args.input)
@@ -1335,11 +1383,11 @@ def _run_crops(args: argparse.Namespace, model, grid, x: np.ndarray, picture: np
     check_run_fits(classifier.graph, batch, grid.field.size,
                    f"running {model.graph.name} on batches of {batch} crops", file=args.image or args.input)
     print(grid.describe((height, width), n))
-    note_cold_kernels(classifier, args.device)
+    compiling = note_cold_kernels(classifier, args.device)
     start = time.perf_counter()
     out = grid.whole(x, args.device)
     print(f"output shape {tuple(out.shape)} in {(time.perf_counter() - start) * 1e3:.1f} ms"
-          f" on {model.executor(args.device).device}")
+          f"{COMPILING if compiling else ''} on {model.executor(args.device).device}")
     return _deliver(args, model, out, picture, shifted_cells(grid.cell_area, margin))
 
 
@@ -1907,7 +1955,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     batch, seed = args.batch or 1, args.seed or 0
     _check_verify_fits(original, compiled, batch, tuple(args.input_size))
     image = np.random.default_rng(seed).standard_normal((batch, c, *args.input_size), dtype=np.float32)
-    note_cold_kernels(compiled, args.device)
+    note_cold_kernels(compiled, args.device, original)
     report = verify(original, compiled, image, args.tolerance, args.device, strict=args.strict, where=None)
     print(report)
     return 0 if report.passed else 1
@@ -1973,7 +2021,7 @@ def _verify_on_image(args: argparse.Namespace, original, compiled) -> int:
     context = _with_context(box, compiled.field, crop, stride, (source.height, source.width))
     _check_verify_fits(original, compiled, 1, (context[2] - context[0], context[3] - context[1]))
     pixels = source.read(*context)[None]
-    note_cold_kernels(compiled, args.device)
+    note_cold_kernels(compiled, args.device, original)
     i0, j0 = (box[0] - context[0]) // stride[0], (box[1] - context[1]) // stride[1]
     from graphconv.images import same_pixels
 

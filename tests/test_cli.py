@@ -2021,3 +2021,23 @@ def test_a_model_of_another_framework_is_refused_with_the_way_to_onnx(tmp_path, 
     err = capsys.readouterr().err
     assert said in err and "Traceback" not in err
     assert not (tmp_path / "net.yaml").exists() and not (tmp_path / "fcn").exists()
+
+
+def test_every_help_example_parses_and_names_files_the_checkout_has(capsys):
+    """Each command's --help ends with examples a newcomer pastes; they ran when written
+    (all exit 0 in a checkout after the quick start), and a renamed flag or file must
+    not leave one behind."""
+    import shlex
+    from graphconv.cli import EXAMPLES, build_parser
+
+    parser = build_parser()
+    for command, lines in EXAMPLES.items():
+        for line in lines:
+            words = shlex.split(line)
+            assert words[:2] == ["graphconv", command], line
+            parser.parse_args(words[1:])
+            named = [w for w in words if w.startswith(("specs/", "examples"))]
+            assert all((ROOT / w).exists() for w in named), line
+    with pytest.raises(SystemExit):
+        parser.parse_args(["run", "--help"])
+    assert EXAMPLES["run"][0] in capsys.readouterr().out

@@ -99,6 +99,27 @@ def test_the_first_run_on_a_cold_cache_says_why_it_is_slow(tmp_path, write_spec)
     assert first.returncode == 0 and second.returncode == 0, first.stderr
     assert first.stderr.count(kernel_cache.COLD_NOTE) == 1
     assert kernel_cache.COLD_NOTE not in second.stderr
+    from graphconv.cli import COMPILING
+    assert COMPILING in first.stdout and COMPILING not in second.stdout  # the time said is not the run's own
+
+
+def test_verify_says_so_where_only_its_classifier_s_kernels_are_cold(monkeypatch, capsys):
+    """verify runs the classifier on crops beside the compiled network: a warm dense pass
+    and a cold crop loop sat 18 s without a word."""
+    from graphconv import cli
+
+    class Model:
+        def __init__(self, cold):
+            self.graph = cold
+
+        def executor(self, device):
+            return type("Executor", (), {"device": device})()
+
+    monkeypatch.setattr(kernel_cache, "cold_kernel_modules", lambda graph, device: graph)
+    assert not cli.note_cold_kernels(Model([]), "cpu", Model([]))
+    assert kernel_cache.COLD_NOTE not in capsys.readouterr().err
+    assert cli.note_cold_kernels(Model([]), "cpu", Model(["graphconv.ops.fc.cpu"]))
+    assert capsys.readouterr().err.count(kernel_cache.COLD_NOTE) == 1
 
 
 def test_the_first_python_run_on_a_cold_cache_warns_why_it_is_slow(tmp_path, write_spec):
