@@ -15,6 +15,7 @@ import glob
 import math
 import os
 import re
+import shlex
 import sys
 import time
 from contextlib import contextmanager
@@ -791,14 +792,17 @@ def run_images_command(args: argparse.Namespace) -> int:
             print(f"every image has its map in {args.output_dir} already ({flag}): nothing to do")
             return 0
     replaceable = _npy_maps_there(args, images, base)
+    _note_maps_elsewhere(args, images, base)
     start = time.perf_counter()
-    done, explained = {}, set()
+    done, explained, stale_heatmaps = {}, set(), []
     with _output_dir_made(args.output_dir, images) as created, _say_how_to_go_on(args, images, base):
         with _progress(args, len(images), "images", None) as bar:
             def progress(result):
                 """Each image as it is done: its heatmap drawn now (a stopped batch keeps the
                 heatmaps of the maps it kept, and drawing overlaps the workers' next maps),
                 and its error said now, not after the last of 10,000 photos."""
+                if not result.error:
+                    stale_heatmaps.extend(_remove_heatmaps_of_earlier_maps(result.output))
                 result = done[result.image] = _with_heatmap(args, model, grid, result)
                 if result.error:
                     bar.say(_error_line(result, explained))
@@ -834,6 +838,8 @@ def run_images_command(args: argparse.Namespace) -> int:
     _note_resumed([result.resumed for result in results if result.resumed])
     _note_partial_maps_left([result.partial_map for result in results if result.partial_map])
     _note_made_meanwhile(args, [result for result in results if result.made_meanwhile])
+    _note_stale_heatmaps_removed(args, stale_heatmaps)
+    _note_maps_of_images_gone(args)
     if len(failed) == len(results):
         _remove_if_empty(created, images)  # made for maps of which none came: gone, as after any failed command
     print(f"{len(results) - len(failed)} of {counted(len(results), 'image')} -> {args.output_dir} in "
@@ -894,6 +900,96 @@ def _note_tiled_for_memory(args: argparse.Namespace, model, results: list) -> No
     over = f"the {format_size(budget)} memory budget" if budget is not None else "their worker's memory budget"
     note(f"note: {counted(len(results), 'image')} would need more than {over} whole: evaluated in exact tiles "
          f"of up to {height}x{width} pixels (--tile sets the size; --memory-limit the budget)")
+
+
+def _note_maps_elsewhere(args: argparse.Namespace, images: list[str], base: str) -> None:
+    """Before the work: the images of this run that --output-dir's list says have a map at
+    another place in it, from a run whose pattern started elsewhere (photos/** into out,
+    then photos/2023/Italy into out: 2023/Italy/IMG_0001.npy, now IMG_0001.npy too). Each
+    map goes below the folder its pattern starts from, so the second run writes copies
+    beside the first's and the list has every photo twice; said, with the --output-dir
+    that replaces the earlier maps instead."""
+    from graphconv.cluster import output_names
+    from graphconv.manifest import MANIFEST_NAME, Manifest
+
+    manifest = Manifest(args.output_dir)
+    if not manifest.rows:
+        return
+    listed = {}
+    for key, row in manifest.rows.items():
+        if row["status"] == "written" and os.path.isfile(os.path.join(args.output_dir, key)):
+            listed.setdefault(row["image"], key)
+    elsewhere = []  # (the earlier map's place, this run's), relative to --output-dir
+    for image, output in zip(images, output_names(images, args.output_dir, args.output_format, base)):
+        new = Path(os.path.relpath(output, args.output_dir)).as_posix()
+        old = listed.get(os.path.abspath(image))
+        if old is not None and old != new and Path(old).suffix == Path(new).suffix:
+            elsewhere.append((old, new))
+    if not elsewhere:
+        return
+    old, new = elsewhere[0]
+    prefixes = {o[:-len(n)] if o.endswith("/" + n) else None for o, n in elsewhere}
+    instead = ""
+    if len(prefixes) == 1 and None not in prefixes:
+        folder = shlex.quote(os.path.join(args.output_dir, prefixes.pop().rstrip("/")))
+        instead = f"; to replace those instead, give --output-dir {folder}"
+    print(f"note: {counted(len(elsewhere), 'image')} of this run {agreeing(len(elsewhere), 'has a map', 'have maps')} "
+          f"in {args.output_dir} already at another place ({MANIFEST_NAME} lists {old}; this run writes {new}: a "
+          f"map's place below --output-dir follows the folder the --images pattern starts from){instead}",
+          file=sys.stderr, flush=True)  # now, not after the batch: a batch of thousands can still be stopped
+
+
+def _remove_heatmaps_of_earlier_maps(output: str) -> list[str]:
+    """The heatmaps graphconv drew beside the map at `output` before this run made the map
+    again (older than it: <stem>-heatmap-<class or top>.png), removed: a picture of the
+    earlier map (another --resize, the photo before an edit) beside the new map read as
+    the new one's. This run's own heatmap is drawn after this. Their names are returned."""
+    from graphconv.images import is_graphconv_heatmap
+
+    map_path = Path(output)
+    try:
+        made = map_path.stat().st_mtime_ns
+        names = os.listdir(map_path.parent)
+    except OSError:
+        return []
+    drawn = re.compile(re.escape(map_path.stem) + r"-heatmap-(top|\d+)\.png")
+    removed = []
+    for name in sorted(names):
+        path = map_path.parent / name
+        if not drawn.fullmatch(name):
+            continue
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime_ns < made and is_graphconv_heatmap(path):
+                path.unlink()
+                removed.append(str(path))
+    return removed
+
+
+def _note_stale_heatmaps_removed(args: argparse.Namespace, removed: list[str]) -> None:
+    from graphconv.cli import note
+
+    if removed:
+        note(f"note: {counted(len(removed), 'heatmap')} of the maps this run replaced "
+             f"{agreeing(len(removed), 'was', 'were')} removed (such as {removed[0]}): drawn from the earlier maps, "
+             f"{agreeing(len(removed), 'it', 'they')} no longer showed what the maps hold")
+
+
+def _note_maps_of_images_gone(args: argparse.Namespace) -> None:
+    """After the run: the maps --output-dir's list keeps of images no longer there (deleted
+    or moved since they were mapped). Rows of images not in this run are kept, as a run
+    over part of a collection must not forget the rest, so such a row read as a photo
+    of the collection; said, for the user to clear."""
+    from graphconv.cli import note
+    from graphconv.manifest import MANIFEST_NAME, Manifest
+
+    gone = [row for key, row in Manifest(args.output_dir).rows.items()
+            if row["status"] == "written" and not os.path.lexists(row["image"])
+            and os.path.isfile(os.path.join(args.output_dir, key))]
+    if gone:
+        note(f"note: {counted(len(gone), 'map')} in {args.output_dir} {agreeing(len(gone), 'is', 'are')} of "
+             f"{agreeing(len(gone), 'an image', 'images')} no longer there (deleted or moved since; such as "
+             f"{gone[0]['map']}, of {gone[0]['image']}): {agreeing(len(gone), 'its row', 'their rows')} in "
+             f"{MANIFEST_NAME} and {agreeing(len(gone), 'its map', 'their maps')} are kept")
 
 
 def _note_made_meanwhile(args: argparse.Namespace, results: list) -> None:

@@ -3541,3 +3541,32 @@ def test_pad_image_counts_a_cell_s_no_data_over_its_image_pixels_whatever_the_bo
     np.testing.assert_array_equal(left_out["constant"], left_out["reflect"])
     np.testing.assert_array_equal(left_out["replicate"], left_out["reflect"])
     assert left_out["reflect"][0, 0] == (frame == 30) and left_out["reflect"].any() == (frame == 30)
+
+
+def test_cli_a_collection_mapped_again_says_what_its_folder_keeps_from_earlier_runs(model_dir, library, monkeypatch):
+    """A photo collection's user, re-running into one --output-dir: a sub-folder's run
+    wrote every map a second time at another place without a word; heatmaps of a map
+    made again (another --resize, no --heatmap now) stayed beside the new map; and maps of
+    photos deleted since stayed listed as written."""
+    folder, photos = library
+    monkeypatch.chdir(folder)
+    first = graphconv_in_process("run", model_dir, "--images", "lib/**/*.png", "--output-dir", "maps", "--heatmap", "top",
+                                 "--resize", "40")
+    assert first.returncode == 0, first.stderr
+    assert len(list(Path("maps").rglob("*-heatmap-top.png"))) == 6
+
+    part = graphconv_in_process("run", model_dir, "--images", "lib/2023", "--output-dir", "maps")
+    assert part.returncode == 0, part.stderr
+    assert ("note: 3 images of this run have maps in maps already at another place (graphconv-maps.csv lists "
+            "2023/img1.npy; this run writes img1.npy: a map's place below --output-dir follows the folder the --images "
+            "pattern starts from); to replace those instead, give --output-dir maps/2023") in part.stderr
+
+    Path("lib/2024/img0.png").unlink()
+    again = graphconv_in_process("run", model_dir, "--images", "lib/**/*.png", "--output-dir", "maps")
+    assert again.returncode == 0, again.stderr
+    # drawn from the 40-pixel maps, replaced; the deleted photo's map keeps its own
+    assert [str(p) for p in Path("maps").rglob("*-heatmap-top.png")] == ["maps/2024/img0-heatmap-top.png"]
+    assert ("note: 5 heatmaps of the maps this run replaced were removed (such as maps/2023/img1-heatmap-top.png): "
+            "drawn from the earlier maps, they no longer showed what the maps hold") in again.stderr
+    assert ("note: 1 map in maps is of an image no longer there (deleted or moved since; such as 2024/img0.npy, of "
+            f"{folder / 'lib/2024/img0.png'}): its row in graphconv-maps.csv and its map are kept") in again.stderr
