@@ -67,6 +67,9 @@ def open_regular_file(path: str | os.PathLike, what: str, not_found: str | None 
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
+        if os.path.islink(path):  # the name is there to see: "not found" read as a typo
+            raise MissingFile(f"is a broken link: what it points to, {os.readlink(path)}, is not there",
+                              file=str(path)) from None
         raise MissingFile(not_found or f"{what} not found", file=str(path)) from None
     except OSError as err:
         raise GraphconvError(f"cannot read {what}: {err.strerror}", file=str(path)) from None

@@ -940,6 +940,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from graphconv.tiled_cli import check_the_network_takes
         check_the_network_takes(args, model, args.image or args.input, x.shape[2:])
     hint = "" if model.returns_vectors else SMALLER_THAN_A_CROP_HINT  # a classifier as written takes no --pad-image
+    hint += RESIZE_HINT if hint and args.image else ""
     with _naming_the_input(args.image or args.input, hint):  # run's own check, naming the file
         model.check_memory(x.shape[0], x.shape[2:], file=args.image or args.input,
                            hint=lambda: _whole_run_hint(args, model, x.shape[0]))
@@ -1008,6 +1009,7 @@ def _whole_run_hint(args: argparse.Namespace, model, images: int) -> str:
 
 SMALLER_THAN_A_CROP_HINT = (": --pad-image reflect (or constant) pads its border, so that crops fit and the map "
                             "reaches its edges")
+RESIZE_HINT = "; or --resize S brings a picture's shorter side to S pixels"
 
 
 @contextmanager

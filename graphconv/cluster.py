@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator, Sequence
 import numpy as np
 
 from graphconv.background import DEFAULT_MAX_NODATA
-from graphconv.errors import GraphconvError, GraphconvWarning, counted
+from graphconv.errors import GraphconvError, GraphconvWarning, SmallerThanTheCrop, counted
 
 if TYPE_CHECKING:
     from graphconv.georef import CellPlacement
@@ -659,7 +659,10 @@ def _image_mapped(ref: ModelRef, image: str, output: str, options: MapOptions, t
             return _kept_as_made_meanwhile(model, image, output, options, asked_tile)
         if options.traceback:
             raise
-        return ImageResult(image, error=user_message(err))
+        from graphconv.cli import PICTURE_SUFFIXES, RESIZE_HINT, SMALLER_THAN_A_CROP_HINT
+        hint = SMALLER_THAN_A_CROP_HINT if isinstance(err, SmallerThanTheCrop) else ""
+        hint += RESIZE_HINT if hint and image.lower().endswith(PICTURE_SUFFIXES) else ""
+        return ImageResult(image, error=user_message(err) + hint)
 
 
 SCALES_NOT_IN_TILES = ("--scales resizes a picture (JPEG, PNG, ...) read whole; a TIFF or zarr image is read in "

@@ -103,6 +103,13 @@ def test_load_refuses_what_is_not_a_path():
 
 # ---- 5. preprocessing from Python, and a save that loads back ---------------------------------------
 
+def test_a_broken_link_is_said_to_be_one(tmp_path):
+    (tmp_path / "page.png").symlink_to("moved/page.png")
+    with pytest.raises(FileNotFoundError, match="page.png: is a broken link: what it points to, moved/page.png, is "
+                                                "not there"):
+        graphconv.load_image(tmp_path / "page.png")
+
+
 @pytest.mark.parametrize("load, name", [(graphconv.load, "net.yaml"), (graphconv.load, "net.onnx"),
                                         (graphconv.load_image, "page.png")])
 def test_a_missing_file_is_a_file_not_found_error_too(tmp_path, load, name):

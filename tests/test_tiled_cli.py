@@ -2505,6 +2505,8 @@ layers:
     result = graphconv("run", tmp_path / "gap.yaml", "--images", folder, "--output-dir", tmp_path / "maps")
     assert result.returncode == 2 and result.stderr.count("graphconv:") == 1, result.stderr
     assert "tiny.png" in result.stderr and "smaller than the classifier's 8x8 crop" in result.stderr
+    assert ("--pad-image reflect (or constant) pads its border, so that crops fit and the map reaches its edges; or "
+            "--resize S brings a picture's shorter side to S pixels") in result.stderr  # as --image says it
     assert "fc or flatten" not in result.stderr
     assert np.load(tmp_path / "maps" / "big.npy").shape[:2] == (1, 3)
 
