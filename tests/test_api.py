@@ -144,7 +144,8 @@ def test_preprocess_is_set_from_python_checked_as_a_specs_block(small):
 def test_save_refuses_what_load_would_refuse_before_writing(small, tmp_path):
     model = graphconv.load(small)
     model.graph.meta["preprocess"] = {"scale": 1 / 255, "mean": [0.5, 0.5], "std": [0.25]}  # edited by hand
-    with pytest.raises(GraphconvError, match="cannot save the model: preprocess mean must be one finite number or list 3"):
+    with pytest.raises(GraphconvError, match="cannot save the model: preprocess mean must be one finite number or "
+                                             "list 3"):
         model.save(tmp_path / "out")
     assert not (tmp_path / "out").exists()
     model.graph.meta["preprocess"] = {"scale": 1 / 255}

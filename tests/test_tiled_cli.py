@@ -3552,8 +3552,8 @@ def test_cli_a_collection_mapped_again_says_what_its_folder_keeps_from_earlier_r
     photos deleted since stayed listed as written."""
     folder, photos = library
     monkeypatch.chdir(folder)
-    first = graphconv_in_process("run", model_dir, "--images", "lib/**/*.png", "--output-dir", "maps", "--heatmap", "top",
-                                 "--resize", "40")
+    first = graphconv_in_process("run", model_dir, "--images", "lib/**/*.png", "--output-dir", "maps",
+                                 "--heatmap", "top", "--resize", "40")
     assert first.returncode == 0, first.stderr
     assert len(list(Path("maps").rglob("*-heatmap-top.png"))) == 6
 

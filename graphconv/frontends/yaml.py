@@ -316,9 +316,8 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
     problem = getattr(err, "problem", None) or str(err)
     context = getattr(err, "context", None)
     text = f"{context}: {problem}" if context else problem
-    if "'\\t'" in text:
-        text += " (YAML indents with spaces, not tabs)"
-    return text[:250]  # its control characters are escaped as the error prints (errors.printable)
+    hint = " (YAML indents with spaces, not tabs)" if "'\\t'" in text else ""
+    return text[:200] + hint  # its control characters are escaped as the error prints (errors.printable)
 
 
 def _yaml_line(err: yaml.YAMLError) -> int | None:
