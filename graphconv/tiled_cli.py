@@ -838,7 +838,7 @@ def run_images_command(args: argparse.Namespace) -> int:
     _note_resumed([result.resumed for result in results if result.resumed])
     _note_partial_maps_left([result.partial_map for result in results if result.partial_map])
     _note_made_meanwhile(args, [result for result in results if result.made_meanwhile])
-    _note_stale_heatmaps_removed(args, stale_heatmaps)
+    _note_stale_heatmaps_removed(stale_heatmaps)
     _note_maps_of_images_gone(args)
     if len(failed) == len(results):
         _remove_if_empty(created, images)  # made for maps of which none came: gone, as after any failed command
@@ -965,7 +965,7 @@ def _remove_heatmaps_of_earlier_maps(output: str) -> list[str]:
     return removed
 
 
-def _note_stale_heatmaps_removed(args: argparse.Namespace, removed: list[str]) -> None:
+def _note_stale_heatmaps_removed(removed: list[str]) -> None:
     from graphconv.cli import note
 
     if removed:
