@@ -789,7 +789,7 @@ def run_images_command(args: argparse.Namespace) -> int:
         _rank_kept_maps(args, model, options, [(image, output) for image, output in kept if image not in images])
         if not images:
             flag = "--skip-existing" if args.skip_existing else "--resume"
-            print(f"every image has its map in {args.output_dir} already ({flag}): nothing to do")
+            print(f"every image has its map in {args.output_dir} already ({flag}): no map to make")
             return 0
     replaceable = _npy_maps_there(args, images, base)
     _note_maps_elsewhere(args, images, base)

@@ -265,14 +265,14 @@ def test_skip_existing_redoes_an_npy_map_of_its_shape_made_with_another_model_or
         return graphconv("run", model, "--images", folder, "--output-dir", out, "--skip-existing", *extra)
 
     assert batch(model_dir, "--resize", "40").returncode == 0
-    assert "nothing to do" in batch(model_dir, "--resize", "40").stdout
+    assert "no map to make" in batch(model_dir, "--resize", "40").stdout
     assert "1 of 1 image" in batch(model_dir, "--resize", "41").stdout  # 41x51: 3x5 cells, as 40x50
     twin = tmp_path / "twin"
     shutil.copytree(model_dir, twin)
     assert "1 of 1 image" in batch(twin, "--resize", "41").stdout
     made_with = json.loads(rows(out)["a.npy"]["made_with"])
     assert made_with["model"] == str(twin) and made_with["resize"] == [41] and made_with["classes"] is None
-    assert "nothing to do" in batch(twin, "--resize", "41").stdout
+    assert "no map to make" in batch(twin, "--resize", "41").stdout
     [stored] = twin.glob("*.npz")
     with np.load(stored) as weights:
         np.savez(tmp_path / "retrained.npz", **{key: value * 0.5 for key, value in weights.items()})
@@ -317,7 +317,7 @@ def test_a_list_written_before_the_placement_columns_keeps_its_maps_and_rows(mod
     folder = photos(tmp_path / "photos", {"a.png": (40, 50), "b.png": (40, 40)})
     out = tmp_path / "maps"
     earlier_version_s_list(model_dir, folder, out, 7)
-    assert "nothing to do" in graphconv("run", model_dir, "--images", folder, "--output-dir", out,
+    assert "no map to make" in graphconv("run", model_dir, "--images", folder, "--output-dir", out,
                                         "--skip-existing").stdout  # its rows say what made the maps
     photos(folder, {"c.png": (40, 44)})
     assert "1 of 1 image ->" in graphconv("run", model_dir, "--images", folder, "--output-dir", out,
@@ -363,7 +363,7 @@ def test_skip_existing_redoes_a_tif_map_made_with_other_weights(model_dir, tmp_p
     with np.load(stored) as weights:
         np.savez(tmp_path / "retrained.npz", **{key: value * 0.5 for key, value in weights.items()})
     assert "1 of 1 image" in batch("--weights", tmp_path / "retrained.npz")
-    assert "nothing to do" in batch("--weights", tmp_path / "retrained.npz")
+    assert "no map to make" in batch("--weights", tmp_path / "retrained.npz")
 
 
 @pytest.mark.parametrize("output_format", ["npy", "tif"])
@@ -393,20 +393,20 @@ def test_skip_existing_redoes_the_maps_of_a_model_compiled_again_in_place_or_ret
         assert graphconv("compile", model_dir, "-o", model, *extra).returncode == 0
 
     compile_model()
-    assert "nothing to do" not in batch()
+    assert "no map to make" not in batch()
     first = written.stat().st_mtime_ns
     compile_model()  # the same bytes again: the same model
-    assert "nothing to do" in batch() and written.stat().st_mtime_ns == first
+    assert "no map to make" in batch() and written.stat().st_mtime_ns == first
     compile_model("--weights", tmp_path / "retrained.npz")
-    assert "nothing to do" not in batch() and written.stat().st_mtime_ns != first
-    assert "nothing to do" in batch()
+    assert "no map to make" not in batch() and written.stat().st_mtime_ns != first
+    assert "no map to make" in batch()
     compile_model()
     before = written.stat().st_mtime_ns
-    assert "nothing to do" not in batch("--weights", tmp_path / "retrained.npz")
-    assert "nothing to do" in batch("--weights", tmp_path / "retrained.npz")
+    assert "no map to make" not in batch("--weights", tmp_path / "retrained.npz")
+    assert "no map to make" in batch("--weights", tmp_path / "retrained.npz")
     with np.load(tmp_path / "retrained.npz") as weights:
         np.savez(tmp_path / "retrained.npz", **{key: value * 0.5 for key, value in weights.items()})
-    assert "nothing to do" not in batch("--weights", tmp_path / "retrained.npz")
+    assert "no map to make" not in batch("--weights", tmp_path / "retrained.npz")
     assert written.stat().st_mtime_ns != before
 
 
@@ -460,7 +460,7 @@ def test_a_list_written_before_the_top_columns_keeps_its_maps_and_gets_them(mode
     out = tmp_path / "maps"
     earlier_version_s_list(model_dir, folder, out, 13)
     again = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing", "--top", "1")
-    assert "nothing to do" in again.stdout  # its rows say what made the maps
+    assert "no map to make" in again.stdout  # its rows say what made the maps
     assert all(json.loads(row["top"]) and row["top_by"] == "mean" for row in rows(out).values())
 
 

@@ -515,7 +515,7 @@ def test_many_images_with_scales_give_each_picture_the_class_vector_one_image_s_
             "sizes": [60, 80], "flip": True, "reduce": "max"}
         best = [label for label, _ in json.loads(row["top"])]
         assert best == [str(i) if i < 10 else "background" for i in np.argsort(-vector[0], kind="stable")[:2]]
-    assert "nothing to do" in graphconv(*run, "--skip-existing").stdout
+    assert "no map to make" in graphconv(*run, "--skip-existing").stdout
     other = graphconv(*[arg if arg != "60,80" else "60,90" for arg in run], "--skip-existing")
     assert "2 of 2 images ->" in other.stdout, "made with other scales: made again"
 
@@ -2315,14 +2315,14 @@ def test_cli_many_images_skip_existing_goes_on_where_a_stopped_batch_stopped(mod
     result = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing", "--heatmap", "3")
     assert result.returncode == 0, result.stderr
     assert "3 heatmaps drawn from their maps in" in result.stderr, "a map without its heatmap gets it, not remade"
-    assert (out / "a.npy").stat().st_mtime_ns == first and "nothing to do" in result.stdout
+    assert (out / "a.npy").stat().st_mtime_ns == first and "no map to make" in result.stdout
     fresh = tmp_path / "fresh"
     assert graphconv("run", model_dir, "--images", folder, "--output-dir", fresh, "--heatmap", "3").returncode == 0
     for name in ("a", "b", "c"):
         np.testing.assert_array_equal(np.asarray(Image.open(out / f"{name}-heatmap-3.png")),
                                       np.asarray(Image.open(fresh / f"{name}-heatmap-3.png")))
     result = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing", "--heatmap", "3")
-    assert "nothing to do" in result.stdout and "drawn from" not in result.stderr
+    assert "no map to make" in result.stdout and "drawn from" not in result.stderr
     edited = np.asarray(Image.open(folder / "b.png")).copy()  # a photo edited, its map made again without --heatmap:
     edited[: edited.shape[0] // 2] = 255  # its heatmap, the old picture's, was counted done
     Image.fromarray(edited).save(folder / "b.png")
@@ -2374,7 +2374,7 @@ def test_cli_a_tif_map_of_another_image_of_the_same_name_is_refused_not_replaced
     for extra in ([], ["--skip-existing"]):
         result = graphconv_in_process("run", model_dir, "--images", card_b, "--output-dir", out,
                                       "--output-format", "tif", *extra)
-        assert result.returncode == 2 and "nothing to do" not in result.stdout
+        assert result.returncode == 2 and "no map to make" not in result.stdout
         assert "is the map of" in result.stderr and "cardA" in result.stderr and "cardB" in result.stderr
         assert "separate --output-dir" in result.stderr and "Traceback" not in result.stderr
         assert (out / "IMG_0001.tif").read_bytes() == before
@@ -2403,7 +2403,7 @@ def test_cli_skip_existing_maps_an_image_edited_since_its_map_again(model_dir, p
         run = ("run", model_dir, "--images", folder, "--output-dir", out, "--output-format", output_format,
                "--skip-existing")
         assert graphconv_in_process(*run).returncode == 0
-        assert "nothing to do" in graphconv_in_process(*run).stdout
+        assert "no map to make" in graphconv_in_process(*run).stdout
         stamp = [photo.stat().st_size, photo.stat().st_mtime_ns, photo.stat().st_ino]
         if output_format == "tif":
             stated = json.loads(tifffile.TiffFile(out / "IMG_1.tif").pages[0].description.split("\n", 1)[1])
@@ -2440,7 +2440,7 @@ def test_cli_skip_existing_keeps_the_map_of_an_image_whose_time_is_in_the_future
            "--skip-existing")
     assert graphconv_in_process(*run).returncode == 0
     result = graphconv_in_process(*run)
-    assert result.returncode == 0 and "nothing to do" in result.stdout, result.stdout + result.stderr
+    assert result.returncode == 0 and "no map to make" in result.stdout, result.stdout + result.stderr
 
 
 def test_cli_skip_existing_without_a_recorded_stamp_maps_an_image_newer_than_its_map_again(model_dir, picture,
@@ -2462,7 +2462,7 @@ def test_cli_skip_existing_without_a_recorded_stamp_maps_an_image_newer_than_its
         writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    assert "image_stamp" not in _made_with(out, "IMG_1.npy") and "nothing to do" in graphconv_in_process(*run).stdout
+    assert "image_stamp" not in _made_with(out, "IMG_1.npy") and "no map to make" in graphconv_in_process(*run).stdout
     later = (out / "IMG_1.npy").stat().st_mtime_ns + 10**9
     os.utime(photo, ns=(later, later))
     result = graphconv_in_process(*run)
@@ -3351,7 +3351,7 @@ def test_cli_skip_existing_maps_a_raster_again_for_another_nodata(model_dir, pic
         assert result.returncode == 0, result.stderr
         assert "1 of 2 images has its map in" in result.stderr, "the scene's is made again, not the photo's"
         assert stated("scene.tif")["nodata"] == recorded and stated("photo.tif")["nodata"] is None
-        assert "nothing to do" in graphconv_in_process(*run, "--nodata", nodata).stdout
+        assert "no map to make" in graphconv_in_process(*run, "--nodata", nodata).stdout
     result = graphconv_in_process(*run)
     assert result.returncode == 0 and "1 of 2 images has its map in" in result.stderr
     with tifffile.TiffFile(out / "scene.tif") as tif:
@@ -3359,7 +3359,7 @@ def test_cli_skip_existing_maps_a_raster_again_for_another_nodata(model_dir, pic
     placement = json.loads(placement)
     del placement["cells_left_out"]["nodata"]
     tifffile.tiffcomment(out / "scene.tif", first + "\n" + json.dumps(placement))  # as an older version wrote it
-    assert "nothing to do" in graphconv_in_process(*run).stdout
+    assert "no map to make" in graphconv_in_process(*run).stdout
     assert "1 of 2 images has its map in" in graphconv_in_process(*run, "--nodata", "0").stderr
 
 
