@@ -21,12 +21,15 @@ import time
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
 from graphconv.errors import GraphconvError, Location, agreeing, counted, printable, shown
 from graphconv.memory import FLOAT_BYTES, check_fits, format_size, memory_limit
+
+if TYPE_CHECKING:
+    from graphconv.manifest import Manifest
 
 
 def grid_for(args: argparse.Namespace, model):
@@ -791,8 +794,10 @@ def run_images_command(args: argparse.Namespace) -> int:
             flag = "--skip-existing" if args.skip_existing else "--resume"
             print(f"every image has its map in {args.output_dir} already ({flag}): no map to make")
             return 0
-    replaceable = _npy_maps_there(args, images, base)
-    _note_maps_elsewhere(args, images, base)
+    from graphconv.manifest import Manifest
+    earlier = Manifest(args.output_dir)  # the folder's list as this run finds it: read once, for both
+    replaceable = _npy_maps_there(args, images, base, earlier)
+    _note_maps_elsewhere(args, images, base, earlier)
     start = time.perf_counter()
     done, explained, stale_heatmaps = {}, set(), []
     with _output_dir_made(args.output_dir, images) as created, _say_how_to_go_on(args, images, base):
@@ -902,7 +907,7 @@ def _note_tiled_for_memory(args: argparse.Namespace, model, results: list) -> No
          f"of up to {height}x{width} pixels (--tile sets the size; --memory-limit the budget)")
 
 
-def _note_maps_elsewhere(args: argparse.Namespace, images: list[str], base: str) -> None:
+def _note_maps_elsewhere(args: argparse.Namespace, images: list[str], base: str, manifest: Manifest) -> None:
     """Before the work: the images of this run that --output-dir's list says have a map at
     another place in it, from a run whose pattern started elsewhere (photos/** into out,
     then photos/2023/Italy into out: 2023/Italy/IMG_0001.npy, now IMG_0001.npy too). Each
@@ -910,9 +915,8 @@ def _note_maps_elsewhere(args: argparse.Namespace, images: list[str], base: str)
     beside the first's and the list has every photo twice; said, with the --output-dir
     that replaces the earlier maps instead."""
     from graphconv.cluster import output_names
-    from graphconv.manifest import MANIFEST_NAME, Manifest
+    from graphconv.manifest import MANIFEST_NAME
 
-    manifest = Manifest(args.output_dir)
     if not manifest.rows:
         return
     listed = {}
@@ -1496,15 +1500,14 @@ def _heatmap_is_current(args: argparse.Namespace, output: str) -> bool:
         return False
 
 
-def _npy_maps_there(args: argparse.Namespace, images: list[str], base: str) -> set[str]:
+def _npy_maps_there(args: argparse.Namespace, images: list[str], base: str, manifest: Manifest) -> set[str]:
     """The .npy maps already in --output-dir that this run would replace (said after it,
     of the images that then got their map: `_note_npy_maps_replaced`)."""
     from graphconv.cluster import output_names
-    from graphconv.manifest import Manifest
 
     if args.output_format != "npy":
         return set()
-    listed = Manifest(args.output_dir).wrote  # graphconv-maps.csv records their images: no other image's, unsaid
+    listed = manifest.wrote  # graphconv-maps.csv records their images: no other image's, unsaid
     return {output for output in output_names(images, args.output_dir, "npy", base)
             if os.path.isfile(output) and not listed(output)}
 
