@@ -877,7 +877,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             check_writable(path)
     model = load_model(args, args.model)
     resolve_class_names(args, model.graph.meta.get("labels"))
-    if args.heatmap is not None and args.heatmap_out is None:  # a class named: its file is named by its index
+    if args.heatmap is not None and args.heatmap_out is None:  # a class named: its file is named by its label
         args.heatmap_out = _heatmap_path(args)
         _check_outputs_spare_the_inputs(args)
         check_writable(args.heatmap_out)
@@ -1454,7 +1454,7 @@ def _heatmap_path(args: argparse.Namespace) -> str | None:
         return None
     if args.images:
         if args.heatmap_out:
-            raise GraphconvError("--images draws each image's heatmap beside its map (<name>-heatmap-K.png in "
+            raise GraphconvError("--images draws each image's heatmap beside its map (<name>-heatmap-<class>.png in "
                                  "--output-dir): drop --heatmap-out")
         return None
     if args.image is None:
@@ -1465,9 +1465,9 @@ def _heatmap_path(args: argparse.Namespace) -> str | None:
     path = args.heatmap_out
     if not path:
         if isinstance(args.heatmap, str) and args.heatmap != "top":
-            return None  # a class's name: the file is named by its index, once the labels have it (cmd_run)
+            return None  # a class's name: the file is named once the labels have it (cmd_run)
         folder = Path(args.output).parent if args.output else Path(".")
-        path = str(folder / f"{Path(args.image).stem}-heatmap-{args.heatmap}.png")
+        path = str(folder / f"{Path(args.image).stem}-heatmap-{heatmap_tag(args)}.png")
     images.heatmap_format(path)
     return path
 
@@ -1530,11 +1530,27 @@ def resolve_class_names(args: argparse.Namespace, labels: list[str] | None) -> N
     model's labels file does (`--heatmap tumour`): an exact name, else one that matches
     but for case. Done once the model is loaded, before any work."""
     if args.heatmap not in (None, "top"):
+        typed = args.heatmap
         args.heatmap = class_index(args.heatmap, labels, "--heatmap")
+        if isinstance(typed, str):
+            args.heatmap_tag = file_name_part(labels[args.heatmap]) or str(args.heatmap)
     if args.classes:
         args.classes = [class_index(name, labels, "--classes") for name in args.classes]
         if len(set(args.classes)) != len(args.classes):
             raise GraphconvError(f"--classes names a class twice: {','.join(map(str, args.classes))}")
+
+
+def heatmap_tag(args: argparse.Namespace) -> str:
+    """What a heatmap's file name says of its class: as --heatmap named it, 'top', the
+    index, or the label (`--heatmap dog` draws photo-heatmap-dog.png, spelt as the labels
+    file spells it)."""
+    return getattr(args, "heatmap_tag", None) or str(args.heatmap)
+
+
+def file_name_part(text: str, longest: int = 64) -> str:
+    """`text` as part of a file name: runs of anything but letters, digits, '.', '-' and
+    '_' become one '_' ('tabby, tabby cat' -> 'tabby_tabby_cat'), cut to `longest`."""
+    return re.sub(r"[^\w.-]+", "_", text).strip("._")[:longest].strip("._")
 
 
 CLASSES_LISTED = 12  # class names an unknown name's error lists, where none is close

@@ -945,7 +945,7 @@ def _note_maps_elsewhere(args: argparse.Namespace, images: list[str], base: str,
 
 def _remove_heatmaps_of_earlier_maps(output: str) -> list[str]:
     """The heatmaps graphconv drew beside the map at `output` before this run made the map
-    again (older than it: <stem>-heatmap-<class or top>.png), removed: a picture of the
+    again (older than it: <stem>-heatmap-<class>.png), removed: a picture of the
     earlier map (another --resize, the photo before an edit) beside the new map read as
     the new one's. This run's own heatmap is drawn after this. Their names are returned."""
     from graphconv.images import is_graphconv_heatmap
@@ -956,7 +956,7 @@ def _remove_heatmaps_of_earlier_maps(output: str) -> list[str]:
         names = os.listdir(map_path.parent)
     except OSError:
         return []
-    drawn = re.compile(re.escape(map_path.stem) + r"-heatmap-(top|\d+)\.png")
+    drawn = re.compile(re.escape(map_path.stem) + r"-heatmap-((?!.*-heatmap-)[\w.-]+)\.png")  # not another map's
     removed = []
     for name in sorted(names):
         path = map_path.parent / name
@@ -1530,7 +1530,8 @@ def _note_npy_maps_replaced(args: argparse.Namespace, results: list, there: set[
 
 def _heatmap_name(args: argparse.Namespace, output: str) -> Path:
     output = Path(output)
-    return output.with_name(f"{output.stem}-heatmap-{args.heatmap}.png")
+    from graphconv.cli import heatmap_tag
+    return output.with_name(f"{output.stem}-heatmap-{heatmap_tag(args)}.png")
 
 
 def _check_heatmap_names(args: argparse.Namespace, images: list[str], base: str) -> None:
@@ -1551,7 +1552,7 @@ def _check_heatmap_names(args: argparse.Namespace, images: list[str], base: str)
 
 def _with_heatmap(args: argparse.Namespace, model, grid, result):
     """--heatmap of --images: one image's map, read back from its file, drawn over the
-    image beside it (<name>-heatmap-K.png); a failure is that image's error."""
+    image beside it (<name>-heatmap-<class>.png); a failure is that image's error."""
     from graphconv.cli import user_message
     from graphconv.cluster import read_map
 

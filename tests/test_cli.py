@@ -1211,7 +1211,8 @@ def test_classes_are_named_as_the_labels_file_names_them(digits_fcn, tmp_path, c
                        "--heatmap", heatmap, "--output", tmp_path / f"{heatmap}.npy") == 0
     assert np.array_equal(np.load(tmp_path / "10.npy"), np.load(tmp_path / "Background.npy"))
     assert run_cli("run", digits_fcn, "--image", page, "--heatmap", "background", "--output", tmp_path / "m.npy") == 0
-    assert (tmp_path / "digits_page-heatmap-10.png").exists(), "named by the class's index, as --heatmap 10 names it"
+    assert (tmp_path / "digits_page-heatmap-background.png").exists(), "named by the label, as the labels file spells it"
+    assert not (tmp_path / "digits_page-heatmap-10.png").exists()
     capsys.readouterr()
     assert run_cli("run", digits_fcn, "--image", page, "--heatmap", "backgruond") == 2
     assert "--heatmap 'backgruond': no class of that name: did you mean 'background'?" in capsys.readouterr().err

@@ -3545,6 +3545,26 @@ def test_pad_image_counts_a_cell_s_no_data_over_its_image_pixels_whatever_the_bo
     assert left_out["reflect"][0, 0] == (frame == 30) and left_out["reflect"].any() == (frame == 30)
 
 
+def test_a_map_made_again_removes_its_own_older_heatmaps_named_by_label_not_another_maps(tmp_path):
+    """--heatmap dog names the file by the label (a-heatmap-dog.png); when a's map is made
+    again, its older heatmaps go whatever class they name, but not those of a map whose own
+    name starts with a's (a-heatmap-1.npy's a-heatmap-1-heatmap-3.png), nor a user's picture."""
+    from PIL import Image
+
+    from graphconv.images import save_picture
+    from graphconv.tiled_cli import _remove_heatmaps_of_earlier_maps
+
+    picture = Image.new("RGB", (4, 4))
+    for name in ("a-heatmap-dog.png", "a-heatmap-7.png", "a-heatmap-top.png", "a-heatmap-1-heatmap-3.png"):
+        save_picture(picture, str(tmp_path / name))
+    picture.save(tmp_path / "a-heatmap-cat.png")  # the user's, not drawn by graphconv
+    time.sleep(0.01)
+    np.save(tmp_path / "a.npy", np.zeros((1, 1, 1, 1), np.float32))
+    removed = _remove_heatmaps_of_earlier_maps(str(tmp_path / "a.npy"))
+    assert sorted(Path(p).name for p in removed) == ["a-heatmap-7.png", "a-heatmap-dog.png", "a-heatmap-top.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-heatmap-1-heatmap-3.png", "a-heatmap-cat.png", "a.npy"]
+
+
 def test_cli_a_collection_mapped_again_says_what_its_folder_keeps_from_earlier_runs(model_dir, library, monkeypatch):
     """A photo collection's user, re-running into one --output-dir: a sub-folder's run
     wrote every map a second time at another place without a word; heatmaps of a map
