@@ -1139,6 +1139,7 @@ def is_image_to_map(path: str | Path) -> bool:
 
 NOT_AN_IMAGE_FORMAT = "not of an image format graphconv reads"  # why --images leaves out a .heic, a .nef
 WRITTEN_BY_GRAPHCONV = "written by graphconv (its maps, heatmaps and lists of maps)"
+HIDDEN = "hidden (a name starting with '.')"
 
 
 def leaving_out(path: str | Path, lists: dict | None = None) -> str | None:
@@ -1152,10 +1153,10 @@ def leaving_out(path: str | Path, lists: dict | None = None) -> str | None:
     path = Path(path)
     if path.name == MANIFEST_NAME:
         return WRITTEN_BY_GRAPHCONV
+    if path.name.startswith("."):  # before the format: a .DS_Store was counted as a file of no suffix
+        return HIDDEN
     if path.suffix.lower() not in image_suffixes():
         return WRITTEN_BY_GRAPHCONV if _listed_map(path, {} if lists is None else lists) else NOT_AN_IMAGE_FORMAT
-    if path.name.startswith("."):
-        return "hidden (a name starting with '.')"
     if is_graphconv_output(path):
         return WRITTEN_BY_GRAPHCONV
     return None

@@ -2117,16 +2117,17 @@ def test_cli_many_images_leave_out_graphconv_s_own_files_hidden_files_and_other_
     for name in ("a.png", "b.png", ".hidden.png"):
         (folder / name).write_bytes((picture / "page.png").read_bytes())
     (folder / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
+    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")  # hidden, not a file of 'no suffix'
     (folder / "notes.txt").write_text("not an image")
     for output_format in ("tif", "tif", "npy", "npy"):
         result = graphconv("run", model_dir, "--images", pattern.format(folder=folder), "--output-dir", folder,
                            "--output-format", output_format)
         assert result.returncode == 0, result.stderr
         assert "2 of 2 images" in result.stdout
-    hidden = ", 2 hidden (a name starting with '.')" if pattern == "{folder}" else ""  # a shell's * leaves them out
-    assert (f"left out {6 + bool(hidden) * 2} files: 5 written by graphconv (its maps, heatmaps and lists of maps)"
+    hidden = ", 3 hidden (a name starting with '.')" if pattern == "{folder}" else ""  # a shell's * leaves them out
+    assert (f"left out {6 + bool(hidden) * 3} files: 5 written by graphconv (its maps, heatmaps and lists of maps)"
             f"{hidden}, 1 not of an image format graphconv reads (.txt x1)\n") in result.stderr, result.stderr
-    assert sorted(p.name for p in folder.iterdir()) == ["._a.png", ".hidden.png", "a.npy", "a.png", "a.tif",
+    assert sorted(p.name for p in folder.iterdir()) == [".DS_Store", "._a.png", ".hidden.png", "a.npy", "a.png", "a.tif",
                                                         "b.npy", "b.png", "b.tif", "graphconv-maps.csv", "notes.txt"]
 
 
