@@ -130,6 +130,7 @@ def _read_pixels(image_mod, path: str, mode: str, channels: int,
     """Decode within the budget: 8-bit images as `mode`, upright (`upright`), resized,
     with None; deep ones upright as they are, with their Pillow mode. Pillow's image is
     released on return."""
+    refuse_camera_raw(path)
     with open_regular_file(path, "image", not_found="image not found") as fp, _pillow_errors(image_mod, path):
         image_mod.MAX_IMAGE_PIXELS = None  # any header may be read: the next line judges its size
         with image_mod.open(fp) as img:
@@ -354,15 +355,37 @@ def _leave_exif_damage_unsaid() -> None:
     warnings.filterwarnings("ignore", message="Corrupt EXIF data", category=UserWarning)
 
 
+HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")  # an ftyp box's brands
+CAMERA_RAW_SUFFIXES = (".nef", ".nrw", ".cr2", ".cr3", ".crw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf",
+                       ".pef", ".srw", ".x3f", ".3fr", ".iiq", ".erf", ".mrw", ".kdc", ".dcr", ".dng")
+
+
 def _unidentified(path: str) -> str:
-    """What to say of a file Pillow does not recognise: that it is empty, where it is (a
-    0-byte file, an interrupted copy or download, is no image of an unknown format)."""
-    import os
+    """What to say of a file Pillow does not recognise: that it is empty (a 0-byte file,
+    an interrupted copy or download, is no image of an unknown format), a phone's HEIC
+    photo (with the conversion that makes it one), or else that Pillow cannot read it."""
     try:
-        empty = os.path.getsize(path) == 0
+        with open(path, "rb") as fp:
+            head = fp.read(16)
     except OSError:
-        empty = False
-    return "is empty (0 bytes), not an image" if empty else "not an image file Pillow can read"
+        head = None
+    if head == b"":
+        return "is empty (0 bytes), not an image"
+    if head is not None and head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS:
+        return ("a HEIC/HEIF photo (an iPhone's own format), which Pillow does not read: convert it to JPEG first "
+                "(macOS: sips -s format jpeg IN.heic --out OUT.jpg; elsewhere: heif-convert IN.heic OUT.jpg)")
+    return "not an image file Pillow can read"
+
+
+def refuse_camera_raw(path: str) -> None:
+    """A camera's raw file is refused by its name, before it is opened: many (NEF, ARW,
+    CR2, DNG) are TIFFs whose first image is a small preview, which Pillow or the TIFF
+    reader would read and map."""
+    import os
+    if os.path.splitext(path)[1].lower() in CAMERA_RAW_SUFFIXES:
+        raise GraphconvError("a camera's raw file: graphconv reads its sensor data no more than Pillow does (a "
+                             "raw TIFF's first image is a small preview); develop it into a JPEG, PNG or 16-bit TIFF "
+                             "first (darktable-cli, dcraw, rawpy)", file=path)
 
 
 def _converted(image_mod, img, mode: str, out_hw: tuple[int, int] | None):

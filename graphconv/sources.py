@@ -816,6 +816,9 @@ def _pixel_size_and_level_heights(path: str) -> tuple[PixelSize, list[int]]:
 
 def _open(path: str, channels: int, preprocess: dict | None, level: int, bands: Sequence[int] | None,
           resize: Sequence[int] | None = None):
+    from graphconv.images import refuse_camera_raw
+
+    refuse_camera_raw(path)
     suffix = Path(path).suffix.lower()
     folder = Path(path)
     if resize is not None and (is_tiff(path) or is_ome_zarr(path) or suffix == ".zarr" or folder.is_dir()):

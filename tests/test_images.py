@@ -1,6 +1,7 @@
 """Loading images: channel counts, 16-bit and float pixels, resizing, the memory budget
 (decompression bombs), and one clean error for every kind of bad file."""
 import os
+import re
 import struct
 import time
 import warnings
@@ -896,6 +897,29 @@ def test_an_empty_file_is_called_empty(tmp_path, name):
         load_image(str(tmp_path / name))
     from graphconv.sources import open_source
     with pytest.raises(GraphconvError, match=r"is empty \(0 bytes\), not an image"):
+        open_source(tmp_path / name, 3, None)
+
+
+@pytest.mark.parametrize("name, head, said", [
+    ("IMG_0001.HEIC", b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "a HEIC/HEIF photo"),
+    ("photo.jpg", b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1heic", "a HEIC/HEIF photo"),  # misnamed
+    ("DSC_0001.NEF", None, "a camera's raw file"),
+    ("mystery.png", b"not a picture at all", "not an image file Pillow can read"),
+])
+def test_a_phone_s_heic_photo_or_a_camera_s_raw_file_is_named_with_its_conversion(tmp_path, name, head, said):
+    """A .HEIC --image said only "not an image file Pillow can read": a phone user was
+    left to guess that the format, not the file, is the trouble. A camera's raw file is
+    a TIFF whose first image is a small preview, which was mapped as the photo."""
+    from graphconv.sources import open_source
+
+    if head is None:  # a raw file: a TIFF, its first image a preview Pillow and tifffile read
+        pytest.importorskip("tifffile").imwrite(tmp_path / name, np.zeros((120, 160, 3), np.uint8), photometric="rgb")
+    else:
+        (tmp_path / name).write_bytes(head)
+    with pytest.raises(GraphconvError, match=re.escape(said)) as err:
+        load_image(str(tmp_path / name))
+    assert ("convert it to JPEG" in str(err.value)) == (said == "a HEIC/HEIF photo")
+    with pytest.raises(GraphconvError, match=re.escape(said)):
         open_source(tmp_path / name, 3, None)
 
 
