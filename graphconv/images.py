@@ -33,6 +33,7 @@ from graphconv.receptive import Field
 CHANNEL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # channels an image can provide -> Pillow mode
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
 DEEP_MODES = SIXTEEN_BIT_MODES | {"I", "F"}  # one channel, more than 8 bits: scaled, never clipped
+COLOUR_16 = "RGB;16"  # `_read_pixels`' mode for a 16-bit colour PNG imagecodecs decodes: (H, W, 2|3|4) uint16
 SIXTEEN_BIT_SCALE = 257.0  # 65535 / 255: 16-bit 0..65535 lands exactly on 0..255
 FLOAT_SCALE = 255.0  # float images hold 0..1
 SIXTEEN_BIT_MAX = 65535
@@ -73,13 +74,14 @@ def load_image(path: str, resize: int | Sequence[int] | None = None, channels: i
       an I image with values outside 0..65535 is refused, as it is not 16-bit data;
     - 32-bit float (mode F) is taken to hold 0..1 and multiplied by 255; values
       outside 0..1, NaN or infinity are refused;
-    - 16-bit colour files: Pillow itself reduces them to 8 bits per channel (keeping
-      the high byte), so they arrive on 0..255, within 1 of value / 257.
+    - 16-bit colour PNGs divided by 257 as well, decoded by imagecodecs (the `scale`
+      extra); without it Pillow reduces them to 8 bits a channel (keeping the high
+      byte), within 1 of value / 257, and `value_scaling` says so.
     The picture is the one viewers show: stored pixels turned as the file's EXIF (or
     TIFF) Orientation says (`upright`), so its map and heatmap are of that picture.
     With `stored_values` (the spec's `values: stored`) deep files keep the values they
-    store, unscaled (NaN and infinity are still refused), and 16-bit colour files, whose
-    stored values Pillow does not give, are refused.
+    store, unscaled (NaN and infinity are still refused); a 16-bit colour PNG without
+    imagecodecs, whose stored values Pillow does not give, is refused.
 
     With `keep_8_bits`, an 8-bit file not resized comes back as uint8, the same values
     in a quarter of the memory (a slide held whole while it is cut into tiles).
@@ -91,6 +93,10 @@ def load_image(path: str, resize: int | Sequence[int] | None = None, channels: i
     out_hw = _checked_resize(resized_size(resize, path), channels, path)
     image_mod = _pil()
     pixels, deep_mode = _read_pixels(image_mod, path, mode, channels, out_hw, stored_values)
+    if deep_mode == COLOUR_16:
+        picture = _colour_16_as_channels(pixels, channels, stored_values)
+        del pixels
+        return picture if out_hw is None else resize_planes(picture, *out_hw)
     if deep_mode is None:
         dtype = np.uint8 if keep_8_bits and out_hw is None else np.float32
         picture = np.ascontiguousarray(np.atleast_3d(pixels).transpose(2, 0, 1), dtype=dtype)
@@ -125,6 +131,68 @@ def _sixteen_bit_colour(img) -> bool:
                                               for tile in getattr(img, "tile", ()) or ())
 
 
+def _png_codec():
+    """imagecodecs (the `scale` extra) where it can decode PNG, else None: it gives a
+    16-bit colour PNG's 16 bits, which Pillow cuts to their high byte."""
+    try:
+        import imagecodecs
+    except ImportError:
+        return None
+    return imagecodecs if imagecodecs.PNG.available else None
+
+
+def _sixteen_bit_png(img) -> bool:
+    """Whether `img` is a 16-bit colour PNG that imagecodecs is there to decode whole."""
+    return img.format == "PNG" and _sixteen_bit_colour(img) and _png_codec() is not None
+
+
+def _decode_sixteen_bit_png(fp, turn: int, path: str) -> np.ndarray:
+    """A 16-bit colour PNG's stored pixels, (H, W, 2|3|4) uint16, upright (`turned`)."""
+    fp.seek(0)
+    try:
+        pixels = _png_codec().png_decode(fp.read())
+    except Exception as err:  # imagecodecs' PngError, or a MemoryError of a lying header
+        raise GraphconvError(f"cannot decode this 16-bit PNG: {shown(str(err), 200)}", file=path) from None
+    if pixels.dtype != np.uint16 or pixels.ndim != 3:
+        raise GraphconvError(f"a 16-bit colour PNG decoded as {pixels.dtype} {pixels.shape}: not what its header "
+                             "says", file=path)
+    return stored_as_shown(pixels, turn)
+
+
+def stored_as_shown(pixels: np.ndarray, orientation_tag: int) -> np.ndarray:
+    """(H, W, ...) stored pixels as an Orientation tag of 1..8 says to show them, as
+    Pillow's `ImageOps.exif_transpose` turns an image (a view, not a copy)."""
+    mirrored = {2: pixels[:, ::-1], 3: pixels[::-1, ::-1], 4: pixels[::-1]}
+    swapped = pixels.swapaxes(0, 1)
+    mirrored.update({5: swapped, 6: swapped[:, ::-1], 7: swapped[::-1, ::-1], 8: swapped[::-1]})
+    return mirrored.get(orientation_tag, pixels)
+
+
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as Pillow's RGB -> L
+
+
+def _colour_16_as_channels(pixels: np.ndarray, channels: int, stored_values: bool) -> np.ndarray:
+    """(H, W, 2|3|4) 16-bit grey+alpha, RGB or RGBA as (channels, H, W) float32, divided
+    by 257 onto 0..255 (as stored with `stored_values`), converted as Pillow converts 8-bit
+    files (`load_image`): luma for 1 channel, alpha left out for 3, opaque alpha added."""
+    scale = 1.0 if stored_values else 1.0 / SIXTEEN_BIT_SCALE
+    colour = pixels.shape[2] >= 3
+    alpha = pixels[..., -1] if pixels.shape[2] in (2, 4) else None
+    out = np.empty((channels, *pixels.shape[:2]), np.float32)
+    if channels == 1:
+        if colour:
+            out[0] = sum(np.float32(weight) * pixels[..., band] for band, weight in enumerate(LUMA))
+        else:
+            out[0] = pixels[..., 0]
+    else:
+        for band in range(3):
+            out[band] = pixels[..., band if colour else 0]
+    if channels == 4:
+        out[3] = SIXTEEN_BIT_MAX if alpha is None else alpha
+    out *= np.float32(scale)
+    return out
+
+
 def _read_pixels(image_mod, path: str, mode: str, channels: int,
                  out_hw: tuple[int, int] | None, stored_values: bool = False) -> tuple[np.ndarray, str | None]:
     """Decode within the budget: 8-bit images as `mode`, upright (`upright`), resized,
@@ -134,10 +202,14 @@ def _read_pixels(image_mod, path: str, mode: str, channels: int,
     with open_regular_file(path, "image", not_found="image not found") as fp, _pillow_errors(image_mod, path):
         image_mod.MAX_IMAGE_PIXELS = None  # any header may be read: the next line judges its size
         with image_mod.open(fp) as img:
-            _check_decode_fits(img, channels, out_hw, path)
-            if stored_values and _sixteen_bit_colour(img):  # before decoding, which forgets the raw mode
+            sixteen_bit_png = _sixteen_bit_png(img)  # before decoding, which forgets the raw mode
+            _check_decode_fits(img, channels, out_hw, path, COLOUR_16 if sixteen_bit_png else img.mode)
+            if sixteen_bit_png:
+                return _decode_sixteen_bit_png(fp, orientation(img), path), COLOUR_16
+            if stored_values and _sixteen_bit_colour(img):
                 raise GraphconvError("16-bit colour: Pillow reads it as 8 bits, so its stored values are lost "
-                                     "(`values: stored`); save it as a TIFF, which is read as stored", file=path)
+                                     "(`values: stored`); pip install imagecodecs, which reads all 16, or save "
+                                     "it as a TIFF, which is read as stored", file=path)
             _decode(image_mod, img)
             white_top = _miniswhite_top(img, path)
             img = upright(img)
@@ -251,7 +323,10 @@ def _output_bytes(pixels: int, channels: int) -> int:
 
 
 def _pillow_pixel_bytes(mode: str) -> int:
-    """Bytes per pixel of Pillow's in-memory image (it stores 2 and 3 bands in 4 bytes)."""
+    """Bytes per pixel of Pillow's in-memory image (it stores 2 and 3 bands in 4 bytes), or
+    of imagecodecs' decoded 16-bit colour PNG (up to 4 bands of 2 bytes)."""
+    if mode == COLOUR_16:
+        return 8
     if mode in ("1", "L", "P"):
         return 1
     if mode in SIXTEEN_BIT_MODES:
@@ -300,7 +375,7 @@ def _checked_resize(resize, channels: int, path: str) -> tuple[int, int] | None:
     return height, width
 
 
-def _check_decode_fits(img, channels: int, out_hw: tuple[int, int] | None, path: str) -> None:
+def _check_decode_fits(img, channels: int, out_hw: tuple[int, int] | None, path: str, mode: str) -> None:
     width, height = img.size
     if width < 1 or height < 1:
         raise GraphconvError(f"the image has no pixels ({height}x{width})", file=path)
@@ -308,7 +383,7 @@ def _check_decode_fits(img, channels: int, out_hw: tuple[int, int] | None, path:
     if out_hw is not None:
         what += f" resized to {out_hw[0]}x{out_hw[1]}"
     turned = orientation(img) != 1
-    check_fits(decode_bytes((height, width), img.mode, channels, out_hw, turned), what, file=path)
+    check_fits(decode_bytes((height, width), mode, channels, out_hw, turned), what, file=path)
 
 
 def _decode(image_mod, img) -> None:
@@ -509,7 +584,18 @@ def value_scaling(path: str) -> str | None:
     brought onto 0..255 (`deep_scaling`): a 16-bit PNG divided by 257; None
     for 8-bit pictures (the quick start's digits) and for TIFFs and zarr arrays, which
     `sources.value_scaling` says of."""
-    return _picture_header(path, lambda img: deep_scaling(img.mode), None)
+    return _picture_header(path, lambda img: _sixteen_bit_colour_scaling(img) or deep_scaling(img.mode), None)
+
+
+def _sixteen_bit_colour_scaling(img) -> str | None:
+    """How a 16-bit colour picture's pixels came onto 0..255: divided by 257 (a PNG that
+    imagecodecs decodes), or cut to their high byte by Pillow; None for other pictures."""
+    if not _sixteen_bit_colour(img):
+        return None
+    if _sixteen_bit_png(img):
+        return deep_scaling("uint16")
+    how = "; pip install imagecodecs reads a PNG's 16 bits" if img.format == "PNG" else ""
+    return f"16-bit colour pixels were cut to 8 bits by Pillow (their high byte, within 1 of value / 257{how})"
 
 
 def deep_scaling(kind: str) -> str | None:

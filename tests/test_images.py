@@ -176,7 +176,11 @@ def test_16_bit_grey_keeps_its_stored_values_when_the_spec_says_so(kind, tmp_pat
 
 
 @pytest.mark.parametrize("colour_type, samples", [(2, 3), (6, 4)])
-def test_16_bit_colour_arrives_on_the_0_255_scale(colour_type, samples, tmp_path, rng):
+def test_16_bit_colour_without_imagecodecs_arrives_within_1_of_value_over_257(colour_type, samples, tmp_path, rng,
+                                                                             monkeypatch):
+    """Pillow cuts a 16-bit colour PNG to its high byte; without imagecodecs that is what
+    arrives, said so, and a spec wanting the stored values is refused."""
+    monkeypatch.setattr(images, "_png_codec", lambda: None)
     values = rng.integers(0, 65536, (3, 5, samples), dtype=np.uint16)
     values[0, 0] = 65535
     path = write(tmp_path, "colour16.png", sixteen_bit_png(values, colour_type))
@@ -185,8 +189,44 @@ def test_16_bit_colour_arrives_on_the_0_255_scale(colour_type, samples, tmp_path
     np.testing.assert_allclose(got, values.transpose(2, 0, 1) / 257.0, atol=1.0)
     assert got[:, 0, 0].tolist() == [255.0] * samples
     with pytest.raises(GraphconvError, match="16-bit colour: Pillow reads it as 8 bits, so its stored values are "
-                                             "lost"):  # a spec that wants them is not given the high bytes
+                                             "lost .*pip install imagecodecs"):  # not the high bytes for them
         load_image(str(path), channels=samples, stored_values=True)
+    assert "cut to 8 bits by Pillow" in images.value_scaling(str(path))
+
+
+@pytest.mark.parametrize("colour_type, samples", [(2, 3), (6, 4), (4, 2)])
+@pytest.mark.parametrize("channels", CHANNEL_COUNTS)
+def test_16_bit_colour_png_is_read_whole_by_imagecodecs_and_divided_by_257(colour_type, samples, channels, tmp_path,
+                                                                           rng):
+    """A 16-bit colour PNG arrived cut to its high byte by Pillow (up to 1 off value / 257,
+    and no stored values); read by imagecodecs, it is divided by 257 like 16-bit grey,
+    converted to the network's channels as Pillow converts 8-bit files."""
+    pytest.importorskip("imagecodecs")
+    values = rng.integers(0, 65536, (4, 6, samples), dtype=np.uint16)
+    path = write(tmp_path, "colour16.png", sixteen_bit_png(values, colour_type))
+    stored = values.transpose(2, 0, 1).astype(np.float64)
+    grey = stored[:1] if samples == 2 else np.tensordot([0.299, 0.587, 0.114], stored[:3], 1)[None]
+    colour = np.repeat(stored[:1], 3, 0) if samples == 2 else stored[:3]
+    alpha = stored[-1:] if samples in (2, 4) else np.full((1, 4, 6), 65535.0)
+    want = {1: grey, 3: colour, 4: np.concatenate([colour, alpha])}[channels]
+    np.testing.assert_allclose(load_image(str(path), channels=channels), want / 257, rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(load_image(str(path), channels=channels, stored_values=True), want, rtol=1e-6)
+    assert images.value_scaling(str(path)) == "16-bit pixels were divided by 257 onto 0..255"
+
+
+@pytest.mark.parametrize("tag", range(1, 9))
+def test_stored_pixels_are_turned_as_pillow_turns_an_image_by_its_orientation(tag, rng):
+    from PIL import ImageOps
+
+    stored = rng.integers(0, 256, (3, 5, 3), dtype=np.uint8)
+    img = Image.fromarray(stored)
+    exif = img.getexif()
+    exif[images.EXIF_ORIENTATION] = tag
+    img.info["exif"] = exif.tobytes()
+    img._exif = None
+    shown_by_pillow = np.asarray(ImageOps.exif_transpose(img))
+    assert shown_by_pillow.shape[:2] == ((5, 3) if tag in images.TURNED_ORIENTATIONS else (3, 5))
+    np.testing.assert_array_equal(images.stored_as_shown(stored, tag), shown_by_pillow)
 
 
 def test_classify_reads_stored_values_when_the_spec_says_so(tmp_path):
