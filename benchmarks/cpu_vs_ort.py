@@ -8,10 +8,10 @@ PyTorch and onnxruntime (intra_op_num_threads, CPU execution provider, default g
 optimisations: onnxruntime fuses Conv+Relu and switches convs to its NCHWc blocked
 layout with MLAS kernels). All three evaluate the same network: onnxruntime runs the
 ONNX file `graphconv.frontends.onnx_export.to_onnx_model` writes from the compiled
-graph, except for the ResNet-50 classifier, where it runs the file PyTorch exported,
-as a user would (onnxruntime ran that one 2.5-3% faster than graphconv's re-export of
-it, alternating on a quiet machine; the dense ResNet-50 is graphconv's conversion, so
-onnxruntime gets that as graphconv exports it). PyTorch runs the compiled graph op by op
+graph, except for the classifiers PyTorch exported (ResNet-50, MobileNetV2), where it
+runs the file PyTorch wrote, as a user would (onnxruntime ran ResNet-50's 2.5-3% faster
+than graphconv's re-export of it, alternating on a quiet machine; their dense networks
+are graphconv's conversion, so onnxruntime gets those as graphconv exports them). PyTorch runs the compiled graph op by op
 (`graphconv.torch_bridge`). Runs alternate graphconv,
 onnxruntime, onnxruntime with profiling, PyTorch, round after round, so a noisy
 neighbour slows all of them; each timed run follows a rest and one untimed run of the
@@ -52,7 +52,7 @@ from common import PAUSE, ROOT, load_torch, machine, pin_threads, rested_run, ru
 @dataclass
 class Case:
     title: str
-    source: str  # a spec under specs/, or "resnet50"
+    source: str  # a spec under specs/, or a network of onnx_models.NETWORKS ("resnet50"), exported by PyTorch
     size: int
     target: float  # graphconv / onnxruntime time ratio the issue asks for
     classifier: bool = False  # the classifier (CLASSIFIER_PIPELINE), else the fully convolutional network
@@ -65,6 +65,8 @@ CASES = [
     Case("VGG-16 FCN", "vgg16.yaml", 384, 0.9),
     Case("ResNet-50 classifier", "resnet50", 224, 1.0, classifier=True),
     Case("ResNet-50 dense", "resnet50", 448, 1.0),
+    Case("MobileNetV2 classifier", "mobilenet_v2", 224, 1.0, classifier=True),
+    Case("MobileNetV2 dense", "mobilenet_v2", 448, 1.0),
 ]
 
 
@@ -163,15 +165,16 @@ def build(case: Case, torch, folder: Path):
     from graphconv.frontends import load_network
     from graphconv.pass_manager import CLASSIFIER_PIPELINE
 
+    from onnx_models import NETWORKS
+
     passes = CLASSIFIER_PIPELINE if case.classifier else None
-    if case.source != "resnet50":
+    if case.source not in NETWORKS:
         return graphconv.compile_model(ROOT / "specs" / case.source, passes), None
-    path = folder / "resnet50.onnx"
+    path = folder / f"{case.source}.onnx"
     if not path.exists():
-        from onnx_models import resnet50
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(resnet50(torch), (torch.randn(1, 3, 224, 224),), str(path), dynamo=False,
+            torch.onnx.export(NETWORKS[case.source][1](torch), (torch.randn(1, 3, 224, 224),), str(path), dynamo=False,
                               opset_version=17, input_names=["x"], do_constant_folding=False,
                               training=torch.onnx.TrainingMode.EVAL)
     if case.classifier:  # at the size PyTorch exported it for
