@@ -427,11 +427,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="score-map size and FLOPs with the image's shorter side at each scale "
                            "(of an image of --input-size, default square)")
     insp.add_argument("--ir", action="store_true", help="also print the IR as text")
+    insp.add_argument("--dot", type=_path, metavar="FILE.dot",
+                      help="also write the graph as Graphviz DOT, a box per layer (dot -Tsvg FILE.dot -o graph.svg)")
     insp.add_argument("--tile", type=_positive_int, metavar="N",
                       help="the tile plan for an image of --input-size: halo, tiles, extra FLOPs, peak memory")
     insp.add_argument("--profile", action="store_true",
                       help="run once on random input and add measured per-layer times")
     insp.add_argument("--device", default="cpu", choices=device_choices(), help=DEVICE_HELP)
+    _add_plugin_option(insp, PLUGIN_OPS_HELP)
     insp.set_defaults(handler=cmd_inspect)
 
     ver = sub.add_parser("verify", help="check the conversion, and the dense pass against every crop",
@@ -512,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "only if graphconv exported it.")
     exp.add_argument("model", type=_path, help="compiled model directory (or a spec / .onnx model)")
     exp.add_argument("--output", "-o", type=_path, required=True, metavar="FCN.onnx", help="ONNX file to write")
+    _add_plugin_option(exp, PLUGIN_OPS_HELP)
     exp.set_defaults(handler=cmd_export)
 
     lst = sub.add_parser("passes", help="list the registered passes",
@@ -687,6 +691,10 @@ def check_image_reading_options(args: argparse.Namespace) -> None:
     """--mpp picks the level and the factor itself, so it takes neither beside it."""
     if args.mpp is not None and (args.level or args.downsample > 1):
         raise GraphconvError("--mpp picks the level and the downsampling itself: drop --level and --downsample")
+
+
+PLUGIN_OPS_HELP = ("load a plugin (.py file or importable module; repeatable): a model compiled with ops a plugin "
+                   "registers needs it on every command")
 
 
 def _add_plugin_option(parser: argparse.ArgumentParser,
@@ -1905,6 +1913,8 @@ def note_padding(classifier) -> None:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from graphconv.inspect_report import inspect_report
 
+    if args.dot:
+        check_writable(args.dot)
     model = load_model(args, args.model) if args.profile else load_model_for_table(args)
     hw = image_hw = _size_as_run_reads(args, model) or (tuple(args.input_size) if args.input_size else None)
     if hw is not None:  # a segmentation network runs a size its strides do not divide padded, and so is it shown
@@ -1923,6 +1933,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(plan)
     if args.ir:
         print(model.graph)
+    if args.dot:
+        from graphconv.shapes import infer_shapes
+        dot = model.graph.to_dot(infer_shapes(model.graph, check_weights=False))  # at the crop, as its input says
+        from pathlib import Path
+        atomic_write(args.dot, lambda path: Path(path).write_text(dot, encoding="utf-8"), suffix=".dot")
+        print(f"graph -> {args.dot} (dot -Tsvg {shlex.quote(args.dot)} -o graph.svg draws it)")
     if args.profile:
         c = model.crop_shape[0]
         x = np.random.default_rng(0).standard_normal((1, c, *size), dtype=np.float32)

@@ -10,7 +10,7 @@ from graphconv.errors import GraphconvError, agreeing
 from graphconv.ir import Graph
 from graphconv.model import LOAD_OPTIONS, Model, load_graph
 from graphconv.pass_manager import (CONVERTING_PASSES, DEFAULT_PIPELINE, PassManager, PassRecord, PipelineItem,
-                                    format_pipeline, pipeline_items)
+                                    format_pipeline, pipeline_items, plugins_of_ops)
 
 
 def build_pipeline(passes: str | Sequence[str | PipelineItem] | None = None, output_stride: int | None = None,
@@ -57,6 +57,10 @@ def compile_graph(source: str | os.PathLike | Graph | Model, passes: str | Seque
     if "passes" in record:  # compiled again: the passes that made it stay on record (a plugin's baked-in weights)
         record["earlier_passes"] = [*record.get("earlier_passes", []), record["passes"]]
     record["passes"] = format_pipeline(pipeline)
+    if plugins := plugins_of_ops(compiled):  # its ops are not graphconv's: a later command needs them loaded
+        record["plugins"] = plugins
+    else:
+        record.pop("plugins", None)
     record_onnx_source(compiled)
     return compiled, manager.records
 

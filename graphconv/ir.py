@@ -50,6 +50,10 @@ def _nearest_names(name: str, names: list[str]) -> str:
     return f" (did you mean {' or '.join(repr(n) for n in close)}?)" if close else ""
 
 
+class RemovedLayerError(GraphconvError, LookupError):
+    """A Node used after a rewrite removed its layer from the graph."""
+
+
 class Node:
     """A named value of the graph: a layer or the input."""
 
@@ -61,7 +65,12 @@ class Node:
 
     @property
     def _data(self) -> dict:
-        return self.graph.nx.nodes[self.name]
+        try:
+            return self.graph.nx.nodes[self.name]
+        except KeyError:  # networkx's bare KeyError named the layer and nothing else
+            raise RemovedLayerError(f"layer {self.name!r} is no longer in the graph: a rewrite removed it after this "
+                                    "Node was taken (match_chain and find return lists made before any rewrite: "
+                                    "skip a match whose layers are gone, `if node.name in graph`)") from None
 
     @property
     def op(self) -> str:
@@ -451,7 +460,9 @@ class Graph:
 
     def match_chain(self, ops: Sequence[str]) -> list[tuple[Node, ...]]:
         """Every chain of layers whose ops are `ops` in order, where each layer but the
-        last feeds only the next one (so the chain can be rewritten as a unit)."""
+        last feeds only the next one (so the chain can be rewritten as a unit). The list
+        is made before any rewrite and chains may overlap (conv, conv, conv gives two for
+        ["conv", "conv"]): a pass that removes layers skips the matches they were in."""
         matches = []
         for head in self.find(ops[0]):
             chain = [head]
@@ -568,6 +579,44 @@ class Graph:
             lines.append(line)
         lines.append(f"  return %{self.output.name}")
         return "\n".join(lines)
+
+
+    def to_dot(self, shapes: Mapping[str, tuple[int, int, int]] | None = None) -> str:
+        """The graph in Graphviz's DOT language, a box per layer (its name, op, params
+        other than their defaults, and its shape: from `shapes` where given, else as the
+        graph holds it) and an arrow per input, numbered where a layer takes several:
+        for `dot -Tsvg graph.dot -o graph.svg`, or any viewer of .dot files."""
+        input_label = _dot_text([self.input.name, f"input {_fmt_shape(self.input_shape)}"])
+        lines = [f"digraph {_dot_text([self.name])} {{", "  rankdir=TB;", '  node [shape=box, fontname="monospace"];',
+                 f"  {_dot_text([self.input.name])} [label={input_label}, shape=ellipse];"]
+        for node in self.layers():
+            label = [node.name, node.op]
+            defaults = {param.name: _fmt_value(param.default) for param in node.opdef.params}
+            shown_params = [f"{k}={_fmt_value(v)}" for k, v in node.params.items()
+                            if k in DOT_PARAMS and _fmt_value(v) != defaults.get(k)]
+            if shown_params:
+                label.append(" ".join(shown_params))
+            shape = shapes.get(node.name) if shapes is not None else node.shape
+            if shape is not None:
+                label.append(_fmt_shape(shape))
+            style = ", peripheries=2" if node.name == self.output.name else ""  # the output: a double box
+            lines.append(f"  {_dot_text([node.name])} [label={_dot_text(label)}{style}];")
+            several = len(node.inputs) > 1
+            for index, source in enumerate(node.inputs):
+                edge_label = f" [label={index}]" if several else ""
+                lines.append(f"  {_dot_text([source.name])} -> {_dot_text([node.name])}{edge_label};")
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+
+def _dot_text(lines: list[str]) -> str:
+    """A DOT string of `lines`, quoted, one line each (DOT's own \\n between them)."""
+    escaped = [line.replace("\\", "\\\\").replace('"', '\\"') for line in lines]
+    return '"' + "\\n".join(escaped) + '"'
+
+
+# the params a DOT box shows where not their defaults: the width and the window, what tells one conv from the next
+DOT_PARAMS = ("out_channels", "out_features", "kernel_size", "stride", "dilation", "groups", "activation")
 
 
 def _canonical_params(opdef, params: Mapping[str, Any], layer: str, loc: Location | None) -> dict:

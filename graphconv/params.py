@@ -181,6 +181,8 @@ def _checked_value(p, value):
             raise GraphconvError(f"'{p.name}' must be a finite number"
                                  f"{' or -inf or inf (YAML: -.inf, .inf)' if p.infinite else ''}, "
                                  f"got {shown(value)}")
+        if p.at_least is not None and number < p.at_least:
+            raise GraphconvError(f"'{p.name}' must be at least {p.at_least:g}, got {shown(value)}")
         return number
     if p.kind == "bool":
         if not isinstance(value, bool):

@@ -124,11 +124,16 @@ def register_pass(name: str, description: str, *, requires: Sequence[str] = (),
         if existing is not None and not _same_source(existing.run, fn):
             raise PassError(f"pass '{name}' is already registered by {existing.origin}; {origin} registers it "
                             "again (rename one)")
-        catch_all = [p.name for p in inspect.signature(fn).parameters.values()
+        parameters = list(inspect.signature(fn).parameters.values())
+        catch_all = [p.name for p in parameters
                      if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
         if catch_all:
             raise PassError(f"pass '{name}': options are named parameters with defaults (`def {fn.__name__}(graph, "
                             f"k: int = 1)`), so a pipeline's options can be checked; not *{catch_all[0]}")
+        if not parameters or parameters[0].kind not in (inspect.Parameter.POSITIONAL_ONLY,
+                                                        inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            raise PassError(f"pass '{name}'{by}: its function takes the graph first (`def {fn.__name__}(graph)`), "
+                            f"then its options; {fn.__name__}{inspect.signature(fn)} has no place for it")
         _REGISTRY[name] = PassInfo(name, description, fn, tuple(requires), tuple(provides),
                                    tuple(preserves), origin, bool(analysis))
         return fn
@@ -291,12 +296,21 @@ def broken_entry_points() -> list[str]:
     return list(_broken_entry_points)
 
 
+# the ops each --plugin registered (op name -> the plugin as given): a model compiled with
+# them records the plugins it needs (`plugins_of_ops`), for a later command's unknown op to name
+PLUGIN_OPS: dict[str, str] = {}
+
+
 def load_plugin(spec: str) -> None:
-    """Import a file (`path/to/passes.py`) or a module (`my.passes`) that registers passes."""
+    """Import a file (`path/to/passes.py`) or a module (`my.passes`) that registers passes
+    (and ops of its own: noted in PLUGIN_OPS)."""
+    from graphconv.ops.registry import all_ops
+
     load_builtin_passes()
     is_file = spec.endswith(".py") or "/" in spec or Path(spec).is_file()
     label = f"plugin {spec}"
-    with _origin(label):
+    ops_before = {op.name for op in all_ops()}
+    with _origin(label), _noting_new_ops(ops_before, spec):
         try:
             if is_file:
                 path = Path(spec)
@@ -320,6 +334,21 @@ def load_plugin(spec: str) -> None:
             raise
         except Exception as err:
             raise PassError(f"plugin '{spec}' failed to import: {type(err).__name__}: {err}") from err
+
+
+@contextlib.contextmanager
+def _noting_new_ops(ops_before: set[str], spec: str) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        from graphconv.ops.registry import all_ops
+        PLUGIN_OPS.update({op.name: spec for op in all_ops() if op.name not in ops_before})
+
+
+def plugins_of_ops(graph: Graph) -> list[str]:
+    """The --plugins (as given) that registered ops `graph` uses, in the order loaded."""
+    used = {node.op for node in graph.layers()}
+    return list(dict.fromkeys(spec for op, spec in PLUGIN_OPS.items() if op in used))
 
 
 @contextlib.contextmanager

@@ -194,7 +194,8 @@ def _unused_weight(node: Node, key: str) -> str:
         return (f"{given}, but a {node.op} layer takes no weights (is the layer's op the one the "
                 "weights were trained for?)")
     if key == "bias" and node.params.get("bias") is False:
-        return f"{given}, which the layer does not use: it says bias: false (drop that, or the file's bias)"
+        return (f"{given}, which the layer does not use: it says bias: false (drop that, or the file's bias; a "
+                "pass that sets bias: false removes the weight too: graph.set_weights(node, bias=None))")
     return f"{given}, which {node.op} does not use"
 
 

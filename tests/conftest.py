@@ -48,10 +48,13 @@ def graphconv_in_process(*args) -> subprocess.CompletedProcess:
 
 @pytest.fixture(autouse=True)
 def isolated_pass_registry(monkeypatch):
-    """Tests (and CLI runs with --plugin) may register passes; none leaks into the next test."""
+    """Tests (and CLI runs with --plugin) may register passes and ops; none leaks into the next test."""
     from graphconv import pass_manager
+    from graphconv.ops import registry
     pass_manager.load_builtin_passes()
     monkeypatch.setattr(pass_manager, "_REGISTRY", dict(pass_manager._REGISTRY))
+    monkeypatch.setattr(pass_manager, "PLUGIN_OPS", dict(pass_manager.PLUGIN_OPS))
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from graphconv.errors import GraphconvError
-from graphconv.ir import Graph
+from graphconv.ir import Graph, RemovedLayerError
 from graphconv.frontends import load_network as load_spec
 from conftest import SPECS
 
@@ -94,6 +94,39 @@ def test_match_chain_requires_single_use(chain):
     assert [tuple(n.name for n in m) for m in chain.match_chain(["conv", "relu", "maxpool"])] == [("c", "r", "p")]
     chain.add("side", "relu", ["c"])
     assert chain.match_chain(["conv", "relu"]) == []
+
+
+def test_a_node_of_a_removed_layer_says_so_and_overlapping_matches_are_listed(chain):
+    """Overlapping matches (two in relu, relu, relu) left a pass holding a removed layer's
+    Node, whose use was networkx's bare KeyError: 'r2'."""
+    chain.insert_after(chain.node("r"), "r2", "relu")
+    chain.insert_after(chain.node("r2"), "r3", "relu")
+    matches = chain.match_chain(["relu", "relu"])
+    assert [tuple(n.name for n in m) for m in matches] == [("r", "r2"), ("r2", "r3")]
+    chain.remove(matches[0][1])
+    with pytest.raises(RemovedLayerError, match="layer 'r2' is no longer in the graph: a rewrite removed it"):
+        matches[1][0].op
+    assert isinstance(RemovedLayerError("x"), (GraphconvError, LookupError)) and "r2" not in chain
+
+
+def test_the_dot_drawing_has_a_box_per_layer_an_arrow_per_input_and_marks_the_output():
+    import re
+
+    from graphconv.ir import _dot_text
+
+    graph = load_spec(SPECS / "tinydag.yaml")
+    dot = graph.to_dot()
+    assert dot.startswith('digraph "tinydag" {') and dot.rstrip().endswith("}")
+    boxes = re.findall(r'^  "([^"]+)" \[label=', dot, re.M)
+    assert boxes == [graph.input.name, *(node.name for node in graph.layers())]
+    edges = re.findall(r'^  "([^"]+)" -> "([^"]+)"', dot, re.M)
+    assert edges == [(source.name, node.name) for node in graph.layers() for source in node.inputs]
+    assert '"b1" -> "join" [label=0];' in dot and '"b2_relu" -> "join" [label=1];' in dot  # a concat's order
+    assert re.search(r'^  "prob" \[label="prob\\nsoftmax.*peripheries=2\];$', dot, re.M)
+    assert '"stem" [label="stem\\nconv\\nout_channels=8 kernel_size=3 stride=2' in dot  # defaults left out
+    shaped = graph.to_dot({node.name: (7, 6, 5) for node in graph.layers()})
+    assert shaped.count("\\n7x6x5\"") == len(graph.layers())
+    assert _dot_text(['say "hi"', "a\\b"]) == '"say \\"hi\\"\\na\\\\b"'
 
 
 def test_verify_names_the_problem(chain):

@@ -33,6 +33,20 @@ def test_a_name_far_from_any_gets_the_list_only():
         normalize_params(get_op("conv"), {"out_channels": 2, "kernel_size": 3, "colour": 1})
 
 
+def test_a_float_param_with_a_least_value_refuses_a_smaller_one():
+    """An op of one's own had no way to say a float param's range (softshrink's lambd: -1
+    compiled, and verify said PASS)."""
+    from dataclasses import replace
+
+    from graphconv.ops.registry import Param
+
+    op = get_op("clip")
+    bounded = replace(op, params=(Param("min", "float", 0.0, at_least=0.0), op.params[1]))
+    assert normalize_params(bounded, {"min": 0, "max": 1})["min"] == 0.0
+    with pytest.raises(GraphconvError, match=r"'min' must be at least 0, got -1"):
+        normalize_params(bounded, {"min": -1, "max": 1})
+
+
 def test_caffes_names_are_accepted_and_stored_as_graphconvs():
     conv = normalize_params(get_op("conv"), {"num_output": 8, "kernel_size": 3, "pad": 1})
     assert conv["out_channels"] == 8 and conv["padding"] == (1, 1) and "pad" not in conv

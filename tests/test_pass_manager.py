@@ -611,6 +611,20 @@ def test_a_pass_taking_any_options_is_refused_at_registration():
             return False
 
 
+def test_a_pass_with_no_place_for_the_graph_is_refused_at_registration():
+    """It was accepted, then failed when run with only "TypeError: q() takes 0 positional
+    arguments but 1 was given", no file or line."""
+    def q():
+        return False
+
+    def r(*, k: int = 1):
+        return False
+    for fn in (q, r):
+        with pytest.raises(PassError, match=rf"pass 'no-graph': its function takes the graph first \(`def "
+                                            rf"{fn.__name__}\(graph\)`\)"):
+            register_pass("no-graph", "takes no graph")(fn)
+
+
 def test_a_manager_run_twice_records_each_run_alone(lenet):
     manager = PassManager("shape-inference,fc-to-conv")
     manager.run(lenet)

@@ -37,6 +37,7 @@ import hashlib
 import io
 import os
 import re
+import shlex
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,7 +68,8 @@ PREPROCESS_KEYS = {"mean", "std", "scale", "values"}
 IMPORTED = re.compile(r"# imported by graphconv from (.*); content ([0-9a-f]{16})\n")
 IMPORTED_FROM = "imported_from"  # graph.meta: the file named in an imported spec's first line (an .onnx)
 PIXEL_VALUES = ("0..255", "stored")  # preprocess `values`: the default, or as the file stores them
-COMPILED_KEYS = {"passes", "earlier_passes", "output_stride", "stride_method", "stitch", "source", "undilated"}
+COMPILED_KEYS = {"passes", "earlier_passes", "output_stride", "stride_method", "stitch", "source", "undilated",
+                 "plugins"}
 UNDILATED_PARAMS = {"stride", "dilation", "padding", "ceil_mode"}  # what the dilate of output-stride changes
 STITCH_KEYS = {"factor", "step"}
 STRIDE_METHODS = ("auto", "dilate", "shift")
@@ -465,7 +467,7 @@ def _add_layer(graph: Graph, layer: Any, previous: str, path: Path, where: Locat
     try:
         opdef = get_op(op_name)
     except GraphconvError as err:
-        raise GraphconvError(err.message, loc=loc, layer=name) from None
+        raise GraphconvError(_plugins_needed(graph, op_name) or err.message, loc=loc, layer=name) from None
     inputs = _layer_inputs(graph, layer, previous, opdef, loc, name)
     raw = {key: layer[key] for key in _user_keys(layer) if key not in ("name", "op", "inputs")}
     lines = _param_lines(opdef, layer)
@@ -594,9 +596,24 @@ def _checked_compiled(block: Any, path: Path, loc: Location) -> dict:
             checked[key] = value
         elif key == "undilated":
             checked[key] = _checked_undilated(value, path, where)
+        elif key == "plugins":  # the --plugins whose ops the model uses (`pass_manager.plugins_of_ops`)
+            if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+                raise GraphconvError(f"compiled plugins must be a list of the plugins it was compiled with, got "
+                                     f"{shown(value)}", loc=where)
+            checked[key] = value
         else:
             checked[key] = _checked_stitch(value, path, where)
     return checked
+
+
+def _plugins_needed(graph: Graph, op_name: str) -> str | None:
+    """For an unknown op of a model compiled with plugins that register ops: which to load."""
+    plugins = graph.meta.get("compiled", {}).get("plugins")
+    if not plugins:
+        return None
+    given = " ".join(f"--plugin {shlex.quote(plugin)}" for plugin in plugins)
+    return (f"unknown op {shown(op_name)}: this model was compiled with ops a plugin registers, so every command "
+            f"that reads it needs the same {given}")
 
 
 def _checked_undilated(block: Any, path: Path, loc: Location) -> dict:

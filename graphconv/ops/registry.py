@@ -53,8 +53,8 @@ class Param:
 
     Kinds: "int" (>= minimum), "pair" (an int or [h, w], each >= minimum), "sides" (an
     int or [top, left, bottom, right], each >= minimum: a pad's four amounts), "float"
-    (finite, or also -inf and inf where `infinite`: a max pool's padding is -inf),
-    "bool", "choice" (one of `choices`).
+    (finite, or also -inf and inf where `infinite`: a max pool's padding is -inf; at
+    least `at_least` where given), "bool", "choice" (one of `choices`).
     """
 
     name: str
@@ -65,6 +65,7 @@ class Param:
     doc: str = ""
     default_from: str | None = None  # e.g. a pool's stride defaults to its kernel_size
     infinite: bool = False  # a "float" that may be -inf or inf (never NaN)
+    at_least: float | None = None  # the least a "float" may be (a shrink's lambd: 0)
 
 
 @dataclass(frozen=True)
@@ -371,7 +372,10 @@ def unknown_op_message(name: Any) -> str:
     frameworks' names (OP_ALIASES: linear, max_pool, BatchNorm2d...) and near misses."""
     known = user_ops()
     hint = _op_suggestion(name, known)
-    return f"unknown op {shown(name)}{f': did you mean {hint!r}?' if hint else ''} (known: {', '.join(known)})"
+    if hint:
+        return f"unknown op {shown(name)}: did you mean {hint!r}? (known: {', '.join(known)})"
+    return (f"unknown op {shown(name)} (known: {', '.join(known)}; an op a plugin registers needs that plugin: "
+            "--plugin FILE)")
 
 
 def _op_suggestion(name: Any, known: list[str]) -> str | None:
