@@ -35,7 +35,6 @@ tifffile, imagecodecs and zarr are the optional `scale` extra (`pip install 'gra
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import math
@@ -1725,7 +1724,7 @@ def _kept_chunks_class(wrapper):
             try:
                 value = await self._store.get(key, prototype, byte_range)
                 if value is not None:
-                    _refuse_jpeg_cut_short(self._store, key)
+                    _refuse_damaged_jpeg(self._store, key)
             except Exception as err:
                 global _CHUNK_FAILED
                 _CHUNK_FAILED = True
@@ -1750,28 +1749,81 @@ class DamagedChunk(ValueError):
 
 
 JPEG_END = b"\xff\xd9"  # the EOI marker, the last two bytes of every JPEG stream
+JPEG_SEQUENTIAL_FRAMES = (0xC0, 0xC1)  # SOF0, SOF1: baseline and extended sequential (whole-slide scanners' tiles)
+JPEG_RESTARTS = range(0xD0, 0xD8)  # RST0..RST7, in turn, the only markers inside a single scan's data
 
 
-def _refuse_jpeg_cut_short(store, key: str) -> None:
-    """Raise where the chunk `key` is a JPEG tile or strip whose bytes do not end in the
-    end-of-image marker (zero bytes after it aside): the tail of a file that was copied
-    or downloaded in part and padded with zeros. libjpeg decodes such a tile without a
-    word, the lost part as grey and smeared colour (pixels 212 off), and the run would
-    score it as tissue. (A hole inside a tile leaves nothing a reader can check: JPEG has
-    no checksum.) NDPI's chunks are runs between restart markers, not whole streams,
-    and are not checked; neither is a store this tifffile lays out differently."""
+def _refuse_damaged_jpeg(store, key: str) -> None:
+    """Raise where the chunk `key` is a JPEG tile or strip whose bytes are damaged in
+    either way a reader can see, which libjpeg decodes without a word (graphconv's
+    decoder, imagecodecs, keeps its warnings unsaid), scored as tissue otherwise:
+    - its end lost (zeros after it aside, no end-of-image marker): the tail of a file
+      copied or downloaded in part and padded with zeros, decoded as grey and smeared
+      colour (pixels 212 off);
+    - a marker inside its one scan's coded data other than the restart markers in turn
+      (`_misplaced_jpeg_marker`): bytes overwritten, by a bad sector or a broken copy,
+      decoded as a stripe of garbage to the tile's end. Random bytes hold such a marker
+      with near certainty past a few hundred; a run of zeros holds none (JPEG has no
+      checksum, so a hole of zeros stays unseen).
+    NDPI's chunks are runs between restart markers, not whole streams, and are not
+    checked; neither is a store this tifffile lays out differently."""
     try:
         keyframe, page, _, offset, count = store._parse_key(key)
         if (keyframe.compression != 7 or keyframe.jpegheader is not None or page is None
                 or not offset or not count or count < 4):
             return
-        read = functools.partial(store._filecache.read, page.parent.filehandle)
+        data = store._filecache.read(page.parent.filehandle, offset, count)
     except Exception:  # tifffile's private layout changed: the check is a courtesy, not a condition
         return
-    if read(offset + count - 2, 2) == JPEG_END or read(offset, count).rstrip(b"\0").endswith(JPEG_END):
-        return
-    raise DamagedChunk("its JPEG data has no end marker: the file was cut short or damaged there "
-                       "(copied or downloaded in part?); a JPEG decoder would fill the rest of the tile with grey")
+    data = data.rstrip(b"\0")
+    if not data.endswith(JPEG_END):
+        raise DamagedChunk("its JPEG data has no end marker: the file was cut short or damaged there "
+                           "(copied or downloaded in part?); a JPEG decoder would fill the rest of the tile with grey")
+    if (misplaced := _misplaced_jpeg_marker(data)) is not None:
+        marker, at = misplaced
+        raise DamagedChunk(f"its JPEG data holds marker 0x{marker:02X} at byte {at} of {len(data)}, inside its coded "
+                           "pixels: the bytes there were overwritten (a bad disk sector, a broken copy?); a JPEG "
+                           "decoder would decode garbage from there to the tile's end")
+
+
+def _misplaced_jpeg_marker(data: bytes) -> tuple[int, int] | None:
+    """(marker, byte offset) of the first marker in the coded data of a sequential JPEG
+    whose one scan holds every component (a scanner's tile) that is not the next restart
+    marker, or None. Progressive JPEG and scans of some components may hold tables
+    between scans, and are not checked; nor is a stream not laid out as JPEG's segments."""
+    scan = _single_scan_start(data)
+    if scan is None:
+        return None
+    coded = np.frombuffer(data, np.uint8)[:len(data) - len(JPEG_END)]
+    prefixes = np.flatnonzero(coded[scan:-1] == 0xFF) + scan
+    markers = prefixes[(coded[prefixes + 1] != 0) & (coded[prefixes + 1] != 0xFF)]  # FF00: a stuffed FF; FFFF: fill
+    expected = 0
+    for at in markers.tolist():
+        marker = data[at + 1]
+        if marker != JPEG_RESTARTS[expected]:
+            return marker, at
+        expected = (expected + 1) % len(JPEG_RESTARTS)
+    return None
+
+
+def _single_scan_start(data: bytes) -> int | None:
+    """Where the coded data of a sequential JPEG's first scan starts, where that scan holds
+    every component of the frame (nothing but restart markers can then come before the
+    end); None for any other stream (an abbreviated one whose frame is in JPEGTables too)."""
+    at, frame_components, sequential = 2, None, False
+    while at + 4 <= len(data) and data[at] == 0xFF:
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill before a marker
+            at += 1
+            continue
+        length = data[at + 2] << 8 | data[at + 3]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and at + 9 < len(data):  # a frame header
+            sequential, frame_components = marker in JPEG_SEQUENTIAL_FRAMES, data[at + 9]
+        if marker == 0xDA:
+            whole = sequential and at + 4 < len(data) and data[at + 4] == frame_components
+            return at + 2 + length if whole else None
+        at += 2 + length
+    return None
 
 
 def _chunk_failure(err: Exception) -> str:

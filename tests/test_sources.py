@@ -826,6 +826,48 @@ def test_a_jpeg_tile_whose_tail_is_zeros_is_refused_naming_the_tile(jpeg_tiles, 
         source.read(0, 100, 128, 200)
 
 
+@pytest.mark.parametrize("seed", [1, 2, 4])  # garbage libjpeg decodes without a word (other seeds' it refuses)
+def test_a_jpeg_tile_with_bytes_overwritten_inside_is_refused_naming_the_tile(jpeg_tiles, seed):
+    """Half a tile's coded bytes overwritten with garbage (end marker intact) decoded
+    without a word into a stripe of garbage pixels: 1380 cells of a slide's map wrong,
+    exit 0. Random bytes hold a marker that cannot stand inside a scan's coded data."""
+    path, pixels = jpeg_tiles
+    with tifffile.TiffFile(path) as tif:
+        offset, count = tif.pages[0].dataoffsets[2], tif.pages[0].databytecounts[2]
+    data = bytearray(path.read_bytes())
+    garbage = np.random.default_rng(seed).integers(0, 256, count // 4, dtype=np.uint8).tobytes()
+    data[offset + count // 2:offset + count // 2 + len(garbage)] = garbage
+    path.write_bytes(bytes(data))
+    tifffile.imread(path)  # libjpeg's word on it: none
+    source = open_source(path, 3, None)
+    np.testing.assert_array_equal(source.read(0, 0, 128, 256), pixels[:, :128])  # the intact tiles read
+    with pytest.raises(GraphconvError, match=r"scan.tif: cannot decode its pixels in rows 128..255, columns 0..127 "
+                                             r"\(TIFF tile 2 of page 0, at byte \d+\): its JPEG data holds marker "
+                                             r"0x[0-9A-F]{2} at byte \d+ of \d+, inside its coded pixels"):
+        source.read(128, 0, 256, 128)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2 ** 16), side=st.sampled_from([8, 16, 24, 40, 64]), quality=st.integers(5, 100),
+       subsampling=st.sampled_from([0, 1, 2]), restart=st.sampled_from([None, 1, 2, 5]), grey=st.booleans())
+def test_no_intact_jpeg_is_taken_for_a_damaged_one(seed, side, quality, subsampling, restart, grey):
+    """The marker check on every sequential JPEG Pillow (libjpeg) writes, restart markers
+    included: a false alarm would refuse a whole intact slide."""
+    import io
+
+    from PIL import Image
+
+    from graphconv.sources import _misplaced_jpeg_marker, _single_scan_start
+
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(0, 256, (side, side) if grey else (side, side, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(noise).save(out, "JPEG", quality=quality, subsampling=subsampling,
+                                **({"restart_marker_blocks": restart} if restart else {}))
+    assert _single_scan_start(out.getvalue()) is not None
+    assert _misplaced_jpeg_marker(out.getvalue()) is None
+
+
 def test_intact_jpeg_tiles_and_strips_read_as_tifffile_decodes_them(jpeg_tiles, tmp_path):
     path, pixels = jpeg_tiles
     np.testing.assert_array_equal(open_source(path, 3, None).read(0, 0, 256, 256), pixels)
