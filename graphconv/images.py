@@ -147,7 +147,7 @@ def _sixteen_bit_png(img) -> bool:
 
 
 def _decode_sixteen_bit_png(fp, turn: int, path: str) -> np.ndarray:
-    """A 16-bit colour PNG's stored pixels, (H, W, 2|3|4) uint16, upright (`turned`)."""
+    """A 16-bit colour PNG's stored pixels, (H, W, 2|3|4) uint16, upright (`stored_as_shown`)."""
     fp.seek(0)
     try:
         pixels = _png_codec().png_decode(fp.read())

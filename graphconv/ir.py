@@ -580,7 +580,6 @@ class Graph:
         lines.append(f"  return %{self.output.name}")
         return "\n".join(lines)
 
-
     def to_dot(self, shapes: Mapping[str, tuple[int, int, int]] | None = None) -> str:
         """The graph in Graphviz's DOT language, a box per layer (its name, op, params
         other than their defaults, and its shape: from `shapes` where given, else as the
