@@ -2127,8 +2127,9 @@ def test_cli_many_images_leave_out_graphconv_s_own_files_hidden_files_and_other_
     hidden = ", 3 hidden (a name starting with '.')" if pattern == "{folder}" else ""  # a shell's * leaves them out
     assert (f"left out {6 + bool(hidden) * 3} files: 5 written by graphconv (its maps, heatmaps and lists of maps)"
             f"{hidden}, 1 not of an image format graphconv reads (.txt x1)\n") in result.stderr, result.stderr
-    assert sorted(p.name for p in folder.iterdir()) == [".DS_Store", "._a.png", ".hidden.png", "a.npy", "a.png", "a.tif",
-                                                        "b.npy", "b.png", "b.tif", "graphconv-maps.csv", "notes.txt"]
+    assert sorted(p.name for p in folder.iterdir()) == [".DS_Store", "._a.png", ".hidden.png", "a.npy", "a.png",
+                                                        "a.tif", "b.npy", "b.png", "b.tif", "graphconv-maps.csv",
+                                                        "notes.txt"]
 
 
 @pytest.mark.parametrize("output, options, classes, values", [
