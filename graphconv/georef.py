@@ -557,9 +557,11 @@ class CellPlacement:
 
     def as_dict(self) -> dict:
         area = {"cell_area_hw": list(self.area)} if self.area is not None else {}
+        microns = ({"cell_step_microns_yx": [step * self.microns_per_pixel for step in self.step]}
+                   if self.microns_per_pixel else {})  # what a lab asks of a map: its cells' size on the tissue
         return {"first_cell_centre_yx": list(self.first), "cell_step_yx": list(self.step), **area,
                 "units": "pixels of the image at full resolution (a pyramid's level 0), pixel k spanning k..k+1",
-                "microns_per_pixel": self.microns_per_pixel, **(self.read or {}), **(self.contents or {})}
+                "microns_per_pixel": self.microns_per_pixel, **microns, **(self.read or {}), **(self.contents or {})}
 
     def on_pixels(self, scores: np.ndarray, image_hw: tuple[int, int],
                   origin_yx: tuple[int, int] = (0, 0)) -> np.ndarray:

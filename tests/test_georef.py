@@ -148,6 +148,7 @@ def test_a_slide_s_map_says_where_its_cells_are_and_how_large(tmp_path):
         first_line, stated = tif.pages[0].description.split("\n", 1)
         tags = tif.pages[0].tags
         assert first_line == "graphconv score map" and json.loads(stated) == placement.as_dict()
+        assert json.loads(stated)["cell_step_microns_yx"] == [2.0, 2.0]
         assert tags["XResolution"].value == (5000, 1) and tags["ResolutionUnit"].value == 3  # centimetres
 
 
