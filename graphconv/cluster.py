@@ -21,6 +21,7 @@ import re
 import shutil
 import signal
 import tempfile
+import sys
 import threading
 import warnings
 from contextlib import contextmanager
@@ -236,6 +237,51 @@ def client_for(workers: int | None, scheduler: str | None) -> Iterator[Any]:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
+
+
+def scheduler_capacity(scheduler: str, weights: int) -> tuple[int, int | None]:
+    """How many tasks a --scheduler's workers run at once (their threads), and what each
+    task of a model of `weights` bytes may take on the tightest of them
+    (`worker_task_budget`; None where no worker states a memory limit). A slide's tiles
+    were chosen for the client's memory, and 1 GB workers were sent 7.8 GB tiles and died."""
+    with client_for(None, scheduler) as client:
+        workers = list(_workers_info(client).values())
+    threads = sum(max(1, int(w.get("nthreads") or 1)) for w in workers)
+    budgets = [worker_task_budget(w.get("memory_limit"), w.get("nthreads") or 1, weights) for w in workers]
+    stated = [b for b in budgets if b is not None]
+    return max(1, threads), (min(stated) if stated else None)
+
+
+def worker_task_budget(limit: int | None, threads: int, weights: int) -> int | None:
+    """What one task of a model of `weights` bytes may take on a Dask worker of `limit`
+    bytes (dask's own, `dask worker --memory-limit`; 0 or None: no limit) running
+    `threads` tasks at once: the limit below the share where dask pauses the worker (its
+    tasks then wait) or, without pausing, kills it, less the worker's own process, shared
+    among its threads, each share with the weights they all use (a task's estimate counts
+    them, as a lone run's does)."""
+    if not limit:
+        return None
+    import dask
+    share = (dask.config.get("distributed.worker.memory.pause", None)
+             or dask.config.get("distributed.worker.memory.terminate", None) or 1.0)
+    usable = int(limit * share) - WORKER_PROCESS_BYTES - weights
+    return max(0, usable) // max(1, int(threads)) + weights
+
+
+def this_worker_s_budget(weights: int) -> int | None:
+    """On a Dask worker, what one task of a model of `weights` bytes may take there
+    (`worker_task_budget`), at most this process's budget; None elsewhere. An --images batch on a --scheduler without
+    --memory-limit planned each slide for its machine's memory, not its worker's."""
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return None
+    try:
+        worker = distributed.get_worker()
+    except ValueError:  # not in a worker's task
+        return None
+    from graphconv.memory import memory_limit
+    share = worker_task_budget(worker.memory_manager.memory_limit, worker.state.nthreads, weights)
+    return None if share is None else min(share, memory_limit())
 
 class _LostResultLogs(logging.Filter):
     """dask's logs of a result lost with its worker: "Couldn't gather 1 keys, rescheduling"
@@ -616,12 +662,16 @@ def _image_mapped(ref: ModelRef, image: str, output: str, options: MapOptions, t
         blank_cells = None
         from graphconv.background import cells_left_out
         background = cells_left_out(source, grid, options.skip_background, options.max_nodata)
+        budget = options.memory_limit
+        if budget is None:
+            from graphconv.memory import weight_bytes
+            budget = this_worker_s_budget(weight_bytes(model.graph))
         if tile is None and options.resume:
-            tile = partial_map_tile(output, grid, (source.height, source.width), options.memory_limit)
+            tile = partial_map_tile(output, grid, (source.height, source.width), budget)
         if background is not None:  # no tissue near their centres, or over a raster's no-data
             blank_cells = background.blank_cells
-            tile = tile or background.cheapest_tile(grid, (source.height, source.width), options.memory_limit)
-        memory_tile = None if tile else image_tile(grid, (source.height, source.width), options.memory_limit)
+            tile = tile or background.cheapest_tile(grid, (source.height, source.width), budget)
+        memory_tile = None if tile else image_tile(grid, (source.height, source.width), budget)
         tile = tile or memory_tile
         contents = {**map_contents(image, ref.path, model, options.classes, options.reduce,
                                    left_out_record(options, image)),

@@ -97,7 +97,8 @@ def _image_size(path: str) -> tuple[int, int] | None:
 def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     from graphconv.georef import cell_placement, map_contents
     from graphconv.sources import on_image
-    from graphconv.tiling import CropGrid, DenseGrid, MapFile, choose_tile, map_transform, plan_tiles, tile_bytes
+    from graphconv.tiling import (CropGrid, DenseGrid, MapFile, choose_tile, map_transform, plan_tiles, spread_tile,
+                                  tile_bytes)
 
     if args.scales:
         from graphconv.cluster import SCALES_NOT_IN_TILES
@@ -127,7 +128,8 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
                              f"{crop_hw[0]}x{crop_hw[1]} crop{SMALLER_THAN_A_CROP_HINT}", file=args.image)
     tile = args.tile
     resume = getattr(args, "resume", False)
-    budget = _tile_budget(args, grid, image_hw)
+    at_once, worker_share = _tiles_at_once(args, model)
+    budget = _tile_budget(args, grid, image_hw, worker_share)
     if tile is None and resume:
         from graphconv.cluster import partial_map_tile
         tile = partial_map_tile(args.output, grid, image_hw, budget)
@@ -137,11 +139,15 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     whole = tile_bytes(grid, image_hw) if tile is None else None
     if tile is None:
         tile = choose_tile(grid, image_hw, budget)
+        fitted, tile = tile, spread_tile(grid, image_hw, tile, at_once)
     plan = plan_tiles(grid, image_hw, tile)
     if whole is not None and whole > budget:  # the tiles as planned (whole cells: a few pixels under)
         print(f"note: the whole {image_hw[0]}x{image_hw[1]} image would need {format_size(whole)}, "
-              f"over the {format_size(budget)} {_what_the_budget_is(args)}: evaluating it in exact tiles of up to "
-              f"{plan.tile_hw[0]}x{plan.tile_hw[1]} pixels", file=sys.stderr)
+              f"over the {format_size(budget)} {_what_the_budget_is(args, worker_share)}: evaluating it in exact "
+              f"tiles of up to {plan.tile_hw[0]}x{plan.tile_hw[1]} pixels", file=sys.stderr)
+    if whole is not None and tile != fitted:
+        print(f"note: {len(plan.tiles)} tiles, smaller than the memory budget allows, for the workers to run "
+              f"{at_once} at once", file=sys.stderr)
     check_fits(grid.peak_bytes(plan.tile_hw), f"a {plan.tile_hw[0]}x{plan.tile_hw[1]} tile (use a smaller --tile)",
                file=args.image)
     _check_each_worker_s_tile_fits(args, grid, plan, budget)
@@ -657,14 +663,27 @@ def _scales_options(args: argparse.Namespace) -> dict:
     return {"scales": tuple(args.scales), "flip": args.flip, "scales_reduce": args.reduce or "mean"}
 
 
-def _tile_budget(args: argparse.Namespace, grid, image_hw: tuple[int, int]) -> int:
+def _tiles_at_once(args: argparse.Namespace, model) -> tuple[int, int | None]:
+    """How many tiles the run's workers take at once, and what each may take where the
+    workers say it: a --scheduler's, from its workers' memory limits and threads
+    (`cluster.scheduler_capacity`; asked of the scheduler, which must answer anyway)."""
+    if args.scheduler:
+        from graphconv.cluster import scheduler_capacity
+        from graphconv.memory import weight_bytes
+        return scheduler_capacity(args.scheduler, weight_bytes(model.graph))
+    return args.workers or 1, None
+
+
+def _tile_budget(args: argparse.Namespace, grid, image_hw: tuple[int, int], worker_share: int | None = None) -> int:
     """What one tile's run may take: the command's budget, less the score map where it
     is held in memory (no --output), shared among a local cluster's workers, each of which
     runs a tile at a time beside the others (with --workers 2 each tile was chosen for the
-    whole budget: 758 MB -> 2.1 GB under a 1 GB limit). A --scheduler's workers have their
-    machines' memory; the tile is chosen for the command's budget, as before."""
+    whole budget: 758 MB -> 2.1 GB under a 1 GB limit). On a --scheduler's workers, which
+    have their own machines, --memory-limit where given, else `worker_share` (the tightest
+    worker's, `_tiles_at_once`), else the command's budget."""
     if args.scheduler:
-        return memory_limit()
+        explicit = getattr(args, "memory_limit", None) is not None
+        return memory_limit() if explicit or worker_share is None else worker_share
     held = 0 if args.output else FLOAT_BYTES * grid.model.output_channels * math.prod(grid.map_hw(image_hw))
     budget = max(memory_limit() - held, memory_limit() * 3 // 4)
     return _each_local_worker_s_share(args, grid.model, budget) if args.workers else budget
@@ -704,7 +723,10 @@ def _check_each_worker_s_tile_fits(args: argparse.Namespace, grid, plan, budget:
                              "--memory-limit", file=args.image)
 
 
-def _what_the_budget_is(args: argparse.Namespace) -> str:
+def _what_the_budget_is(args: argparse.Namespace, worker_share: int | None = None) -> str:
+    if args.scheduler and worker_share is not None and getattr(args, "memory_limit", None) is None:
+        return ("a task may take on the Dask workers (the smallest worker's memory limit below where dask pauses "
+                "it, less its process, shared among its threads)")
     if args.workers and not args.scheduler:
         return (f"{'the worker' if args.workers == 1 else f'each of the {args.workers} workers'} may take (the "
                 f"memory limit less the workers' processes and "

@@ -1280,6 +1280,64 @@ def choose_tile(model, image_hw: tuple[int, int], budget: int) -> int:
     return low
 
 
+def spread_tile(model, image_hw: tuple[int, int], tile: int | Sequence[int], parts: int) -> int | tuple[int, int]:
+    """`tile` (the budget's, `choose_tile`'s), or smaller tiles where it gives fewer than
+    `parts` workers running at once a tile each, if that ends sooner: a slide the budget
+    fits in one tile ran on one of two --workers while the other idled. The tiles split
+    each axis into at least as many pieces as `tile` does (so each still fits the budget),
+    as many as make the fewest rounds of the largest box: a square image for 3 workers is
+    cut in 3 strips, not 4 squares of which one waits for a second round. `model` may be
+    a grid."""
+    grid = as_grid(model)
+    planned = plan_tiles(grid, image_hw, tile)
+    if parts <= len(planned.tiles) or (isinstance(grid, DenseGrid) and grid.whole_image_only):
+        return tile
+
+    def rounds_by_box(plan: TilePlan) -> int:
+        return -(-len(plan.tiles) // parts) * math.prod(plan.tile_hw)
+
+    pieces_now = tuple(len({(t.rows, t.cols)[a] for t in planned.tiles}) for a in (0, 1))
+    best_tile, best_cost = tile, rounds_by_box(planned)
+    tried = set()
+    for down in range(pieces_now[0], parts + 1):
+        across = max(pieces_now[1], -(-parts // down))
+        if across in tried:  # more pieces down for as many across: more tiles, no sooner
+            continue
+        tried.add(across)
+        sides = _side_in_pieces(grid, image_hw, planned.tile_hw, (down, across))
+        plan = plan_tiles(grid, image_hw, sides)
+        if rounds_by_box(plan) < best_cost:
+            best_tile, best_cost = sides, rounds_by_box(plan)
+    return best_tile
+
+
+def _side_in_pieces(grid, image_hw: tuple[int, int], largest: tuple[int, int],
+                    pieces: tuple[int, int]) -> tuple[int, int]:
+    """The smallest tile, each side at most `largest`'s, that holds as many cells along
+    each axis as the map cut in `pieces` equal parts has: the largest tile that cuts the
+    axis in two gave a 20-cell piece and a 5-cell one, the first worker's four times the
+    second's."""
+    map_hw = grid.map_hw(image_hw)
+    sides = list(largest)
+    for axis in (0, 1):
+        wanted = -(-map_hw[axis] // pieces[axis])
+
+        def cells_along(side: int) -> int:
+            trial = list(sides)
+            trial[axis] = side
+            return plan_tiles(grid, image_hw, tuple(trial)).cells_hw[axis]
+
+        low, high = max(grid.smallest_tile()[axis], 1), sides[axis]
+        if cells_along(low) >= wanted:
+            sides[axis] = low
+            continue
+        while high - low > 1:  # cells_along(low) < wanted <= cells_along(high)
+            mid = (low + high) // 2
+            low, high = (low, mid) if cells_along(mid) >= wanted else (mid, high)
+        sides[axis] = high
+    return sides[0], sides[1]
+
+
 def _whole_image_tile(grid: DenseGrid, image_hw: tuple[int, int], budget: int) -> int:
     """The image's side, where its one tile fits the budget; else why not, naming the
     layer that makes it so, as --tile does (`_check_slides`)."""

@@ -2074,6 +2074,51 @@ def test_a_tile_s_budget_is_the_limit_shared_among_local_workers_less_a_map_held
         assert _budget_per_process(batch, grid.model) == budget(workers=2)  # an --images batch's workers alike
     with memory_limit_set("300M"), pytest.raises(GraphconvError, match="leaving nothing of the 300.0 MB memory budget"):
         budget(workers=3)  # less than the workers' processes: said, not a negative share
+    with memory_limit_set(limit):
+        assert _tile_budget(argparse.Namespace(scheduler="tcp://h:8786", workers=None, output="m.npy"), grid,
+                            (4000, 4000), worker_share=300 << 20) == 300 << 20  # the tightest worker's share
+        given = argparse.Namespace(scheduler="tcp://h:8786", workers=None, output="m.npy", memory_limit="2000M")
+        assert _tile_budget(given, grid, (4000, 4000), worker_share=300 << 20) == limit  # --memory-limit: the user's
+
+
+def test_a_scheduler_s_tiles_fit_its_workers_memory_and_its_threads_each_get_one(model_dir, big_page, tmp_path):
+    """Tiles on a --scheduler were chosen for the client's memory: workers of 1 GB were
+    sent a 7998x7998 tile (7.8 GB) and died. And a slide that fits one tile ran on one
+    thread of the cluster while the others idled. The budget is the tightest worker's
+    share of its memory limit below where dask pauses it, less its process, with the
+    weights its threads share; the tiles at least as many as the workers' threads."""
+    distributed = pytest.importorskip("distributed")
+    from graphconv import cluster
+    from graphconv.memory import weight_bytes
+
+    weights = weight_bytes(Model.load(model_dir).graph)
+    pause = 0.8  # dask's default
+    assert cluster.worker_task_budget(1_000_000_000, 2, weights) == (
+        (int(1e9 * pause) - cluster.WORKER_PROCESS_BYTES - weights) // 2 + weights)
+    assert cluster.worker_task_budget(0, 2, weights) is None  # no limit: the command's budget
+    assert cluster.this_worker_s_budget(weights) is None  # not on a worker
+    with distributed.LocalCluster(n_workers=1, processes=False, threads_per_worker=2, memory_limit="1GB",
+                                  dashboard_address=None) as one, distributed.Client(one) as client:
+        share = cluster.worker_task_budget(1_000_000_000, 2, weights)
+        assert cluster.scheduler_capacity(one.scheduler_address, weights) == (2, share)
+        assert client.submit(cluster.this_worker_s_budget, weights).result() == share  # an --images task's
+        result = graphconv_in_process("run", model_dir, "--image", big_page, "--scheduler", one.scheduler_address,
+                                      "--output", tmp_path / "m.npy")
+    assert result.returncode == 0, result.stderr
+    assert "note: 2 tiles, smaller than the memory budget allows, for the workers to run 2 at once" in result.stderr
+    assert "tiles: 2 tiles of up to" in result.stderr
+    lone = graphconv_in_process("run", model_dir, "--image", big_page, "--output", tmp_path / "lone.npy")
+    assert lone.returncode == 0 and "tiles" not in lone.stderr, lone.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "m.npy"), np.load(tmp_path / "lone.npy"), rtol=1e-5, atol=1e-6)
+
+
+def test_local_workers_each_get_a_tile_of_an_image_that_fits_one(model_dir, big_page, tmp_path):
+    result = graphconv_in_process("run", model_dir, "--image", big_page, "--workers", "2", "--output",
+                                  tmp_path / "m.npy")
+    assert result.returncode == 0, result.stderr
+    assert "for the workers to run 2 at once" in result.stderr and "tiles: 2 tiles of up to 300x" in result.stderr
+    lone = graphconv_in_process("run", model_dir, "--image", big_page, "--output", tmp_path / "lone.npy")
+    np.testing.assert_allclose(np.load(tmp_path / "m.npy"), np.load(tmp_path / "lone.npy"), rtol=1e-5, atol=1e-6)
 
 
 def test_a_scheduler_address_dask_cannot_parse_is_one_line(model_dir, picture, tmp_path):

@@ -506,6 +506,48 @@ def test_without_tile_memory_is_estimated_for_the_box_a_tile_reads(compiled):
     assert len(smaller.tiles) > 1
 
 
+
+@pytest.mark.parametrize("name", ["padded", "strided", "uneven", "mirrored-shift", "padded-dilated", "dag"])
+@pytest.mark.parametrize("image_hw, parts", [((300, 260), 2), ((300, 260), 3), ((90, 400), 4), ((260, 300), 8)])
+def test_workers_that_run_at_once_get_a_tile_each_of_even_size_and_the_map_is_the_same(compiled, name, image_hw,
+                                                                                      parts, rng):
+    """An image memory holds in one tile ran on one of the workers while the others idled:
+    `spread_tile` cuts it for `parts` workers into tiles no larger than the budget's (so
+    each fits), and ends sooner, rounds of the largest box counted; pieces of equal cells,
+    not the largest that fits and a sliver."""
+    from graphconv.tiling import spread_tile
+
+    model = compiled(name)
+    fitted = choose_tile(model, image_hw, 8 << 30)
+    whole = plan_tiles(model, image_hw, fitted)
+    spread = spread_tile(model, image_hw, fitted, parts)
+    plan = plan_tiles(model, image_hw, spread)
+    assert plan.tile_hw[0] <= whole.tile_hw[0] and plan.tile_hw[1] <= whole.tile_hw[1]
+
+    def rounds_by_box(p):
+        return -(-len(p.tiles) // parts) * p.tile_hw[0] * p.tile_hw[1]
+    assert rounds_by_box(plan) <= rounds_by_box(whole)
+    if spread != fitted:
+        assert 1 < len(plan.tiles) <= 2 * parts
+        for axis in (0, 1):
+            pieces = sorted({(t.rows, t.cols)[axis] for t in plan.tiles})
+            cells = [end - start for start, end in pieces]
+            assert max(cells) - min(cells) <= max(cells) // 2 + 1, pieces  # no sliver beside a whole tile
+    x = rng.standard_normal((1, model.crop_shape[0], *image_hw)).astype(np.float32)
+    np.testing.assert_allclose(run_tiled(model, x, spread), model.run(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_large_image_for_two_workers_is_cut_in_two_and_more_tiles_than_workers_are_left(compiled):
+    from graphconv.tiling import spread_tile
+
+    model = compiled("strided")
+    fitted = choose_tile(model, (300, 260), 8 << 30)
+    halves = plan_tiles(model, (300, 260), spread_tile(model, (300, 260), fitted, 2))
+    assert len(halves.tiles) == 2
+    assert spread_tile(model, (300, 260), fitted, 1) == fitted
+    small = max(min_tile(model)) + 8
+    assert spread_tile(model, (300, 260), small, 2) == small  # as many tiles as workers already
+
 # ---- map files: nothing lost, nothing left behind ------------------------------------------------
 
 def _write_map_and_die(path, value, fault=None, die_inside=False):
