@@ -902,19 +902,24 @@ def partial_map_tile(output: str | None, grid, image_hw: tuple[int, int], budget
     for a --resume without --tile: where the tile came from the memory budget, another
     --workers count or a machine with more or less memory would choose another, a job
     the partial map is not, and its tiles done would be refused. Read from the job's
-    tile plan ("... tiles of up to HxW pixels ..."), which planning again with that size
-    reproduces. None where there is no such partial map, or its tiles no longer fit the
-    budget as `tiling.choose_tile` fits them (then the run goes on as it would, and says
-    why the partial map is not this job's)."""
+    tile plan ("... tiles of up to HxW pixels, CxD cells"): the tile that holds as many
+    cells (`tiling.tile_for_cells`) plans its tiles again (a plan recorded without its
+    cells, the largest box's size). None where there is no such partial map, or its
+    tiles no longer fit the budget as `tiling.choose_tile` fits them (then the run goes
+    on as it would, and says why the partial map is not this job's)."""
     from graphconv.memory import memory_limit
-    from graphconv.tiling import PartialMap, tile_fits
+    from graphconv.tiling import PartialMap, plan_tiles, tile_fits, tile_for_cells
 
     job = PartialMap(output).job() if output else None
-    found = re.search(r"tiles? of up to (\d+)x(\d+) pixels", str(job.get("tile plan", ""))) if job else None
+    recorded = str(job.get("tile plan", "")) if job else ""
+    found = re.search(r"tiles? of up to (\d+)x(\d+) pixels", recorded)
     if found is None:
         return None
-    tile_hw = (int(found.group(1)), int(found.group(2)))
-    return tile_hw if tile_fits(grid, tile_hw, memory_limit() if budget is None else budget) else None
+    cells = re.search(r"pixels, (\d+)x(\d+) cells", recorded)
+    tile_hw = ((int(found.group(1)), int(found.group(2))) if cells is None
+               else tile_for_cells(grid, image_hw, (int(cells.group(1)), int(cells.group(2)))))
+    largest = plan_tiles(grid, image_hw, tile_hw).tile_hw
+    return tile_hw if tile_fits(grid, largest, memory_limit() if budget is None else budget) else None
 
 
 def image_tile(grid, image_hw: tuple[int, int], budget: int | None) -> int | None:

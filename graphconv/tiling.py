@@ -1304,36 +1304,36 @@ def spread_tile(model, image_hw: tuple[int, int], tile: int | Sequence[int], par
         if across in tried:  # more pieces down for as many across: more tiles, no sooner
             continue
         tried.add(across)
-        sides = _side_in_pieces(grid, image_hw, planned.tile_hw, (down, across))
+        sides = tile_for_cells(grid, image_hw, (-(-planned.map_hw[0] // down), -(-planned.map_hw[1] // across)))
         plan = plan_tiles(grid, image_hw, sides)
         if rounds_by_box(plan) < best_cost:
             best_tile, best_cost = sides, rounds_by_box(plan)
     return best_tile
 
 
-def _side_in_pieces(grid, image_hw: tuple[int, int], largest: tuple[int, int],
-                    pieces: tuple[int, int]) -> tuple[int, int]:
-    """The smallest tile, each side at most `largest`'s, that holds as many cells along
-    each axis as the map cut in `pieces` equal parts has: the largest tile that cuts the
-    axis in two gave a 20-cell piece and a 5-cell one, the first worker's four times the
-    second's."""
-    map_hw = grid.map_hw(image_hw)
-    sides = list(largest)
+def tile_for_cells(model, image_hw: tuple[int, int], cells_hw: tuple[int, int]) -> tuple[int, int]:
+    """The smallest tile whose tiles hold `cells_hw` cells of the map each (the whole axis
+    where the map has fewer): the tile that plans a recorded plan's tiles again, which a
+    --resume run must find. Its largest box does not: tiles at the image's border read
+    less, so where every tile meets one (2x2 tiles of a padded network) planning again
+    from the box gave smaller tiles, and the stopped run's tiles done were not this run's.
+    `model` may be a grid."""
+    grid = as_grid(model)
+    reach = grid.padded_hw(tuple(image_hw)) or tuple(image_hw)
+    sides = [max(reach[0], grid.smallest_tile()[0]), max(reach[1], grid.smallest_tile()[1])]
     for axis in (0, 1):
-        wanted = -(-map_hw[axis] // pieces[axis])
-
         def cells_along(side: int) -> int:
             trial = list(sides)
             trial[axis] = side
             return plan_tiles(grid, image_hw, tuple(trial)).cells_hw[axis]
 
-        low, high = max(grid.smallest_tile()[axis], 1), sides[axis]
-        if cells_along(low) >= wanted:
+        low, high = grid.smallest_tile()[axis], sides[axis]
+        if cells_along(low) >= cells_hw[axis]:
             sides[axis] = low
             continue
         while high - low > 1:  # cells_along(low) < wanted <= cells_along(high)
             mid = (low + high) // 2
-            low, high = (low, mid) if cells_along(mid) >= wanted else (mid, high)
+            low, high = (low, mid) if cells_along(mid) >= cells_hw[axis] else (mid, high)
         sides[axis] = high
     return sides[0], sides[1]
 

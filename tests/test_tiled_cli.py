@@ -3056,6 +3056,24 @@ def test_resume_without_tile_keeps_the_stopped_run_s_tiles_under_another_memory_
     np.testing.assert_array_equal(np.load(maps[0]), np.load(maps[1]))
 
 
+def test_resume_of_a_run_whose_workers_each_had_a_tile_goes_on_from_its_tiles(model_dir, big_page, tmp_path,
+                                                                              monkeypatch, capsys):
+    """A slide cut for --workers 2 into 2 tiles that each meet the image's border reads
+    boxes smaller than its tile: --resume planned again from the box, other tiles, and the
+    stopped run's tile done was not this run's. It plans from the cells a tile holds."""
+    from graphconv.cli import main
+
+    run = ["run", str(model_dir), "--image", str(big_page), "--output", str(tmp_path / "m.npy"), "--resume",
+           "--workers", "2"]
+    _stop_after(monkeypatch, 1)
+    assert main(run) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(run) == 0
+    assert "resume: 1 of 2 tiles was done by an earlier run" in capsys.readouterr().err
+    assert main(["run", str(model_dir), "--image", str(big_page), "--output", str(tmp_path / "lone.npy")]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "m.npy"), np.load(tmp_path / "lone.npy"), rtol=1e-5, atol=1e-6)
+
 def test_resume_with_another_tile_of_the_same_plan_goes_on(model_dir, big_page, tmp_path, monkeypatch, capsys):
     """The job compares the tile plan, not the --tile number: --tile 101 and 100 plan the
     same 20 tiles of 100x100 (the tiles line and the memory note show that size, which a

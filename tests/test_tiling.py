@@ -548,6 +548,21 @@ def test_a_large_image_for_two_workers_is_cut_in_two_and_more_tiles_than_workers
     small = max(min_tile(model)) + 8
     assert spread_tile(model, (300, 260), small, 2) == small  # as many tiles as workers already
 
+
+@pytest.mark.parametrize("name", ["padded", "strided", "mirrored-shift", "padded-dilated", "padded-shift"])
+@pytest.mark.parametrize("side", [60, 150, 200, 250, 400])
+def test_the_cells_a_plan_s_tiles_hold_plan_its_tiles_again(compiled, name, side):
+    """--resume without --tile plans the stopped run's tiles again from its record. From
+    the largest box a tile reads it planned other tiles where every tile meets the
+    image's border (2x2 tiles of a padded network read less than their tile there)."""
+    from graphconv.tiling import tile_for_cells
+
+    model = compiled(name)
+    image_hw = (300, 260)
+    planned = plan_tiles(model, image_hw, max(side, max(min_tile(model))))
+    again = plan_tiles(model, image_hw, tile_for_cells(model, image_hw, planned.cells_hw))
+    assert again.tiles == planned.tiles and again.as_recorded() == planned.as_recorded()
+
 # ---- map files: nothing lost, nothing left behind ------------------------------------------------
 
 def _write_map_and_die(path, value, fault=None, die_inside=False):
