@@ -295,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
                           f"S or more, or greys darker than white by S (default {DEFAULT_THRESHOLD}); in a raster "
                           "with no-data (GDAL's tag, --nodata, NaN in floats), no-data cells are left out anyway: "
                           "see --max-nodata")
+    run.add_argument("--skip-damaged", action="store_true",
+                     help="map a TIFF with tiles or strips that cannot be decoded (damaged, cut short): the cells "
+                          "whose crops reach them are left out (NaN; 65535 with --reduce argmax), the rest "
+                          "computed, and a note names them (without it such a tile stops the run)")
     run.add_argument("--mask", type=_path, metavar="MASK",
                      help="compute only the cells this image marks (its non-zero pixels: a tissue mask from "
                           "QuPath or HistoQC, any size, stretched over the whole --image); the others are NaN, as "

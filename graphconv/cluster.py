@@ -86,6 +86,7 @@ class MapOptions:
     scales: tuple[int, ...] | None = None  # --scales: each picture's class vector over these shorter sides (`_at_scales`)
     flip: bool = False  # --flip: with --scales, the mirror images too
     scales_reduce: str = "mean"  # --reduce mean|max with --scales: over each map's positions, then over the maps
+    skip_damaged: bool = False  # --skip-damaged: cells whose crops reach an undecodable TIFF tile left out (DamagedCells)
 
     def grid(self, model):
         """What each task maps: the model's dense pass, or the classifier on every crop."""
@@ -509,9 +510,10 @@ def _sigint_ignored() -> Iterator[None]:
 
 
 def _tile_block(ref: ModelRef, image: str, box: tuple[int, int, int, int], rows, cols,
-                options: MapOptions) -> np.ndarray:
-    """On a worker: one tile's block of the map, transformed."""
-    from graphconv.tiling import Tile, _cells_of, map_transform, read_box
+                options: MapOptions) -> tuple[np.ndarray, Any]:
+    """On a worker: one tile's block of the map, transformed, and with --skip-damaged
+    what it left out (`tiling.DamagedCells`; else None)."""
+    from graphconv.tiling import DamagedCells, Tile, map_transform, tile_block
 
     model, key = _model_and_source_key(ref, image, options)
     source = _WORKER_SOURCES.get(key)
@@ -519,18 +521,18 @@ def _tile_block(ref: ModelRef, image: str, box: tuple[int, int, int, int], rows,
         source = options.open_image(model, image, options.nodata)
         _WORKER_SOURCES.clear()
         _WORKER_SOURCES[key] = source
-    x = read_box(source, box, model.crop_shape[0])  # zeros past a padded image's end
-    grid = options.grid(model)
-    full = grid.run(x, options.device)
-    block = _cells_of(full, Tile(rows, cols, box), grid.field)
     transform, _, _ = map_transform(options.reduce, options.classes, model.output_channels)
-    return np.ascontiguousarray(block if transform is None else transform(block))
+    damaged = DamagedCells() if options.skip_damaged else None
+    block = tile_block(options.grid(model), source, Tile(rows, cols, box), options.device, transform, damaged)
+    return np.ascontiguousarray(block), damaged
 
 
 def run_tiles_on_cluster(client, ref: ModelRef, image: str, plan, out, options: MapOptions,
                          progress: Callable[[Any], None] | None = None,
-                         blank_cells: Callable[[Any], np.ndarray] | None = None, done: Collection[Any] = ()):
-    """Every tile of `plan` as a task; blocks written into `out` as they arrive. The cells
+                         blank_cells: Callable[[Any], np.ndarray] | None = None, done: Collection[Any] = (),
+                         damaged: Any = None):
+    """Every tile of `plan` as a task; blocks written into `out` as they arrive (what
+    --skip-damaged left out of them added to `damaged`, `tiling.DamagedCells`). The cells
     `blank_cells(tile)` marks are written here as not computed, and a tile of such cells
     alone is not sent (as `tiling.run_tiled` does). The tiles in `done` (a resumed run's)
     are in `out` already: neither sent nor written. `progress(tile)` is called here, on
@@ -546,8 +548,10 @@ def run_tiles_on_cluster(client, ref: ModelRef, image: str, plan, out, options: 
                for t in plan.tiles if t not in skipped}
     for tile in blank:
         write_block(out, tile, fill_value(out.dtype), progress)
-    for future, block in results_with_workers(client, futures):
+    for future, (block, damaged_there) in results_with_workers(client, futures):
         tile = futures[future]
+        if damaged is not None and damaged_there is not None:
+            damaged.add(damaged_there)
         mask = blank_cells(tile) if blank_cells is not None else None
         write_block(out, tile, without_blank_cells(block, mask), progress)
     return out
@@ -673,13 +677,15 @@ def _image_mapped(ref: ModelRef, image: str, output: str, options: MapOptions, t
             tile = tile or background.cheapest_tile(grid, (source.height, source.width), budget)
         memory_tile = None if tile else image_tile(grid, (source.height, source.width), budget)
         tile = tile or memory_tile
+        if tile is None and options.skip_damaged:  # one tile, the image, mapped around what cannot be decoded
+            tile = max(source.height, source.width)
         contents = {**map_contents(image, ref.path, model, options.classes, options.reduce,
                                    left_out_record(options, image)),
                     **(background.nodata_record() if background is not None else {}),
                     IMAGE_STAMP: stamp, **_loaded_with(ref)}
-        resumed, planned, partial_map = None, None, None
+        resumed, planned, partial_map, damaged = None, None, None, None
         if tile is not None:
-            shape, resumed, planned, partial_map = _map_in_tiles(ref, model, image, output, source, grid, tile,
+            shape, resumed, planned, partial_map, damaged = _map_in_tiles(ref, model, image, output, source, grid, tile,
                                                                  options, blank_cells, contents, stopped,
                                                                  _as_found(output, found))
         else:
@@ -693,7 +699,8 @@ def _image_mapped(ref: ModelRef, image: str, output: str, options: MapOptions, t
         from graphconv.sources import tiff_notes
         notes = (stored_orientation_note(source), *tiff_notes(source, bool(options.mask)),
                  _first_frame_note(image),
-                 _no_tissue_note(background, grid, (source.height, source.width), options))
+                 _no_tissue_note(background, grid, (source.height, source.width), options),
+                 damaged.describe() if damaged is not None and damaged.cells else None)
         from graphconv.images import turned_upright
         from graphconv.sources import channel_conversion, nodata_can_occur, value_scaling
         return ImageResult(image, output, shape, memory_tile=planned if memory_tile else None, resumed=resumed,
@@ -793,7 +800,8 @@ def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, t
     Ctrl-C (`StoppedByTheCommand`), its tiles done kept with --resume, else removed."""
     from graphconv.background import blank_tiles
     from graphconv.georef import cell_placement, georeference_of_map, is_tiff_output
-    from graphconv.tiling import MapFile, PartialMap, map_transform, plan_tiles, run_tiled, stopped_partial_map
+    from graphconv.tiling import (DamagedCells, MapFile, PartialMap, map_transform, plan_tiles, run_tiled,
+                                  stopped_partial_map)
 
     plan = plan_tiles(grid, (source.height, source.width), tile)
     transform, channels, dtype = map_transform(options.reduce, options.classes, model.output_channels)
@@ -808,13 +816,15 @@ def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, t
                        placement=replace(cell_placement(source, grid.cell_area),
                                          contents={**contents, "tile_plan": plan.as_recorded()}),
                        resume=job if options.resume else None, tiles=plan.tiles, blank=blank, unchanged=unchanged)
+    damaged = DamagedCells() if options.skip_damaged else None
     with map_file as out:
         resumed = (len(map_file.done), len(plan.tiles)) if map_file.done else None
         if len(map_file.done) < len(plan.tiles):
             run_tiled(grid, source, tile, out=out, device=options.device, transform=transform,
                       progress=_unless_stopped(map_file.record, stopped), blank_cells=blank_cells,
-                      done=map_file.done)
-    return shape, resumed, plan.tile_hw, _partial_map_written_over(stale) if stale else _another_job_s(output, left)
+                      done=map_file.done, damaged=damaged)
+    return (shape, resumed, plan.tile_hw, _partial_map_written_over(stale) if stale else _another_job_s(output, left),
+            damaged)
 
 
 @dataclass(frozen=True)

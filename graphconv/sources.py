@@ -228,8 +228,12 @@ class ArrayLikeSource(_Preprocessed):
         except (GraphconvError, MemoryError):
             raise
         except Exception as err:  # tifffile, zarr and the codecs raise many types for a damaged tile
-            raise GraphconvError(f"cannot decode its pixels in rows {top}..{bottom - 1}, columns {left}..{right - 1}"
-                                 f"{_chunk_failure(err)}", file=self.path) from None
+            message = (f"cannot decode its pixels in rows {top}..{bottom - 1}, columns {left}..{right - 1}"
+                       f"{_chunk_failure(err)}")
+            if getattr(err, CHUNK_ERROR_MARK, False):
+                raise DamagedPixels(message + DAMAGED_HINT, file=self.path,
+                                    chunk=getattr(err, CHUNK_NAME_MARK, "")) from None
+            raise GraphconvError(message, file=self.path) from None
 
     def _nodata_pixels(self, raw: np.ndarray | None, box: tuple[int, int, int, int]) -> np.ndarray | None:
         """(h, w) bool: the no-data pixels of the box (top, left, bottom, right), `raw` its
@@ -1748,6 +1752,19 @@ class DamagedChunk(ValueError):
     """A tile or strip whose bytes graphconv's own check found damaged (its message says how)."""
 
 
+DAMAGED_HINT = ("; --skip-damaged maps the rest of the image, leaving out the cells whose crops reach the "
+                "damage")
+
+
+class DamagedPixels(GraphconvError):
+    """A read that met a TIFF tile or strip that cannot be decoded (damaged, cut short):
+    what --skip-damaged maps around (`tiling.run_tiled`'s `damaged`)."""
+
+    def __init__(self, message: str, *, file: str | None = None, chunk: str = ""):
+        super().__init__(message, file=file)
+        self.chunk = chunk or "a tile or strip"  # which, and where (`_chunk_named`)
+
+
 JPEG_END = b"\xff\xd9"  # the EOI marker, the last two bytes of every JPEG stream
 JPEG_SEQUENTIAL_FRAMES = (0xC0, 0xC1)  # SOF0, SOF1: baseline and extended sequential (whole-slide scanners' tiles)
 JPEG_RESTARTS = range(0xD0, 0xD8)  # RST0..RST7, in turn, the only markers inside a single scan's data
@@ -1840,9 +1857,26 @@ def _chunk_named(store, key: str) -> str:
     try:
         keyframe, page, index, offset, _ = store._parse_key(key)
         kind = "tile" if keyframe.is_tiled else "strip"
-        return f"TIFF {kind} {index} of page {page.index}, at byte {offset}"
+        return f"TIFF {kind} {index} of page {page.index}{_chunk_pixels(keyframe, index)}, at byte {offset}"
     except Exception:  # tifffile's private layout changed
         return ""
+
+
+def _chunk_pixels(keyframe, index: int) -> str:
+    """Where TIFF tile or strip `index` lies on its page (" (rows 256..511, columns
+    0..255)"), for a page of interleaved samples; "" otherwise. The read that failed
+    names a box graphconv asked for, a tile and its halo, not the damaged tile's."""
+    if keyframe.planarconfig != 1:  # separate planes: the index runs over the samples too
+        return ""
+    height, width = keyframe.imagelength, keyframe.imagewidth
+    if keyframe.is_tiled:
+        across = -(-width // keyframe.tilewidth)
+        top, left = index // across * keyframe.tilelength, index % across * keyframe.tilewidth
+        bottom, right = min(height, top + keyframe.tilelength), min(width, left + keyframe.tilewidth)
+    else:
+        top, left = index * keyframe.rowsperstrip, 0
+        bottom, right = min(height, top + keyframe.rowsperstrip), width
+    return f" (rows {top}..{bottom - 1}, columns {left}..{right - 1})"
 
 
 def _codec_hint(pages) -> str:

@@ -97,8 +97,8 @@ def _image_size(path: str) -> tuple[int, int] | None:
 def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     from graphconv.georef import cell_placement, map_contents
     from graphconv.sources import on_image
-    from graphconv.tiling import (CropGrid, DenseGrid, MapFile, choose_tile, map_transform, plan_tiles, spread_tile,
-                                  tile_bytes)
+    from graphconv.tiling import (CropGrid, DamagedCells, DenseGrid, MapFile, choose_tile, map_transform, plan_tiles,
+                                  spread_tile, tile_bytes)
 
     if args.scales:
         from graphconv.cluster import SCALES_NOT_IN_TILES
@@ -196,6 +196,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     if args.output and not resume:
         written_over = _partial_map_beside(args.output, job)
     start = time.perf_counter()
+    damaged = DamagedCells() if getattr(args, "skip_damaged", False) else None
     if args.output:
         map_file = MapFile(args.output, shape, dtype, chunk_hw=plan.cells_hw,
                            georeference=_map_georeference(args, source, grid), placement=placement,
@@ -210,7 +211,8 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
                     map_file.record(t)  # --resume: listed as done once its block is on disk
                     _advance_if_computed(bar.advance, t, blank_tiles)
                 with _out_of_memory_in_a_tile(args, grid, plan, budget):
-                    _compute(args, grid, source, plan, tile, out, transform, on_tile, blank_cells, map_file.done)
+                    _compute(args, grid, source, plan, tile, out, transform, on_tile, blank_cells, map_file.done,
+                             damaged)
             _draw_heatmap(args, model, source, grid, out, background)  # before the map is renamed into place
             means = _top_scores(args, out)
         if not resume and written_over is not None:
@@ -222,10 +224,12 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
             out = np.empty(shape, dtype)
             with _out_of_memory_in_a_tile(args, grid, plan, budget):
                 _compute(args, grid, source, plan, tile, out, transform,
-                         lambda t: _advance_if_computed(bar.advance, t, blank_tiles), blank_cells)
+                         lambda t: _advance_if_computed(bar.advance, t, blank_tiles), blank_cells, damaged=damaged)
         _draw_heatmap(args, model, source, grid, out, background)
         means = _top_scores(args, out)
     seconds = time.perf_counter() - start
+    if damaged is not None and damaged.cells:
+        print(f"note: --skip-damaged: {damaged.describe()}", file=sys.stderr)
     of_all = f" of {len(plan.tiles)}" if computed < len(plan.tiles) else ""  # '9 tiles (3 ...)' read as 3 of the 9
     tiles = agreeing(len(plan.tiles), "tile", "tiles")
     print(f"output shape {shape} ({dtype}) in {seconds:.2f} s over {computed}{of_all} {tiles}"
@@ -340,7 +344,8 @@ def _map_georeference(args: argparse.Namespace, source, grid):
     return geo
 
 
-def _compute(args, grid, source, plan, tile, out, transform, on_tile, blank_cells, done=frozenset()) -> None:
+def _compute(args, grid, source, plan, tile, out, transform, on_tile, blank_cells, done=frozenset(),
+             damaged=None) -> None:
     from graphconv.tiling import run_tiled
 
     if len(done) == len(plan.tiles):
@@ -349,10 +354,10 @@ def _compute(args, grid, source, plan, tile, out, transform, on_tile, blank_cell
         from graphconv.cluster import client_for, run_tiles_on_cluster
         with client_for(args.workers or 1, args.scheduler) as client:
             run_tiles_on_cluster(client, _model_ref(args), str(Path(args.image).resolve()), plan, out,
-                                 _map_options(args, grid), on_tile, blank_cells, done)
+                                 _map_options(args, grid), on_tile, blank_cells, done, damaged)
     else:
         run_tiled(grid, source, tile, out=out, device=args.device, transform=transform, progress=on_tile,
-                  blank_cells=blank_cells, done=done)
+                  blank_cells=blank_cells, done=done, damaged=damaged)
 
 
 def _job(args: argparse.Namespace, model, grid, source, plan, shape, dtype) -> dict:
@@ -653,7 +658,8 @@ def _map_options(args: argparse.Namespace, grid):
                       memory_limit=_budget_per_process(args, grid.model), resume=getattr(args, "resume", False),
                       resize=tuple(args.resize) if args.resize else None, mask=getattr(args, "mask", None),
                       pad_image=getattr(args, "pad_image", None), top=getattr(args, "top", None),
-                      top_by=getattr(args, "top_by", None), **_scales_options(args))
+                      top_by=getattr(args, "top_by", None), skip_damaged=getattr(args, "skip_damaged", False),
+                      **_scales_options(args))
 
 
 def _scales_options(args: argparse.Namespace) -> dict:

@@ -39,7 +39,7 @@ from typing import Any, Callable, Collection, Iterator, Protocol, Sequence
 import numpy as np
 
 from graphconv.background import NO_CLASS
-from graphconv.errors import GraphconvError, shown
+from graphconv.errors import GraphconvError, counted, shown
 from graphconv.memory import FLOAT_BYTES, check_fits, format_size
 from graphconv.receptive import Field, receptive_fields
 from graphconv.shapes import FittingSizes, fitting_sizes
@@ -468,7 +468,7 @@ def run_tiled(model, source: Source | np.ndarray, tile: int | Sequence[int], *, 
               device: str = "cpu", transform: Callable[[np.ndarray], np.ndarray] | None = None,
               progress: Callable[[Tile], None] | None = None,
               blank_cells: Callable[[Tile], np.ndarray] | None = None,
-              done: Collection[Tile] = ()) -> Any:
+              done: Collection[Tile] = (), damaged: "DamagedCells | None" = None) -> Any:
     """The map `model.run` gives for the whole image (or a grid's map: `CropGrid`),
     computed tile by tile.
 
@@ -479,7 +479,10 @@ def run_tiled(model, source: Source | np.ndarray, tile: int | Sequence[int], *, 
     after each tile. The cells `blank_cells(tile)` marks (`Background.blank_cells`: no
     tissue near their centres) are written as `background.fill_value` (NaN in a score
     map), and a tile of such cells alone is not computed. The tiles in `done` (a resumed
-    run's: `MapFile.done`) are in `out` already, and are neither computed nor written."""
+    run's: `MapFile.done`) are in `out` already, and are neither computed nor written.
+    With `damaged` (--skip-damaged), the cells whose crops reach a TIFF tile or strip
+    that cannot be decoded are left out as blank cells are, and listed there
+    (`_around_damage`); without it such a tile stops the run."""
     from graphconv.background import blank_tiles, fill_value, without_blank_cells
 
     grid = as_grid(model)
@@ -500,7 +503,7 @@ def run_tiled(model, source: Source | np.ndarray, tile: int | Sequence[int], *, 
     for tile_ in plan.tiles:
         if tile_ in skipped:
             continue
-        block = _tile_block(grid, source, tile_, plan.field, device, transform)
+        block = tile_block(grid, source, tile_, device, transform, damaged)
         block = without_blank_cells(block, blank_cells(tile_) if blank_cells is not None else None)
         if out is None:
             out = np.empty((block.shape[0], block.shape[1], *plan.map_hw), block.dtype)
@@ -514,13 +517,76 @@ def run_tiled(model, source: Source | np.ndarray, tile: int | Sequence[int], *, 
     return out
 
 
-def _tile_block(grid, source: Source, tile: Tile, field: Field, device: str,
-                transform: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
-    """One tile's cells of the map: its box read, run, cut to its own cells, transformed."""
-    x = read_box(source, tile.box, grid.model.crop_shape[0])
+def tile_block(grid, source: Source, tile: Tile, device: str, transform: Callable[[np.ndarray], np.ndarray] | None,
+               damaged: "DamagedCells | None" = None) -> np.ndarray:
+    """One tile's cells of the map: its box read, run, cut to its own cells, transformed
+    (a box that meets undecodable pixels, with `damaged`: `_around_damage`)."""
+    from graphconv.sources import DamagedPixels
+
+    try:
+        x = read_box(source, tile.box, grid.model.crop_shape[0])
+    except DamagedPixels as err:
+        if damaged is None:
+            raise
+        return _around_damage(grid, source, tile, device, transform, damaged, err)
     full = grid.run(x, device)
-    block = _cells_of(full, tile, field)
+    block = _cells_of(full, tile, grid.field)
     return block if transform is None else transform(block)
+
+
+class DamagedCells:
+    """What --skip-damaged left out of a map: the TIFF tiles or strips that could not be
+    decoded (`sources.DamagedPixels.chunk`) and the cells whose crops reach them."""
+
+    def __init__(self) -> None:
+        self.chunks: set[str] = set()
+        self.cells = 0
+
+    def add(self, other: "DamagedCells") -> None:
+        """`other`'s too (a worker's, sent back with its block)."""
+        self.chunks |= other.chunks
+        self.cells += other.cells
+
+    def describe(self) -> str:
+        listed = "; ".join(sorted(self.chunks)[:3]) + ("; ..." if len(self.chunks) > 3 else "")
+        return (f"{counted(self.cells, 'cell')} of the map left out (not computed), their crops reaching "
+                f"{counted(len(self.chunks), 'TIFF tile or strip', 'TIFF tiles or strips')} that cannot be "
+                f"decoded: {listed}")
+
+
+def _around_damage(grid, source: Source, tile: Tile, device: str, transform, damaged: DamagedCells,
+                   err) -> np.ndarray:
+    """A tile whose box meets pixels the file cannot give (`err`), computed in halves,
+    each a tile of its own cells read on its own box, down to single cells: a cell whose
+    crop reaches the damage is left out (`background.fill_value`: NaN in a score map),
+    every other one is what the whole image's map has there, as any tile's are. A slide
+    with one damaged tile could not be mapped at all."""
+    rows, cols = tile.rows[1] - tile.rows[0], tile.cols[1] - tile.cols[0]
+    if rows == cols == 1:
+        damaged.chunks.add(err.chunk)
+        damaged.cells += 1
+        return _left_out_cell(grid, source, transform)
+    axis = 0 if rows >= cols else 1
+    start, stop = (tile.rows, tile.cols)[axis]
+    middle = (start + stop) // 2
+    image_hw = grid.padded_hw((source.height, source.width)) or (source.height, source.width)
+    halves = []
+    for part in ((start, middle), (middle, stop)):
+        cells = (part, tile.cols) if axis == 0 else (tile.rows, part)
+        box = _box(grid.field, grid.align, *cells, image_hw, grid.stitch, grid.sizes)
+        halves.append(tile_block(grid, source, Tile(*cells, box), device, transform, damaged))
+    return np.concatenate(halves, axis=2 + axis)
+
+
+def _left_out_cell(grid, source: Source, transform) -> np.ndarray:
+    """A (N, K, 1, 1) block of the map as written, of `background.fill_value`: K and the
+    type a transform gives (argmax: one channel of classes) found on a block of zeros."""
+    from graphconv.background import fill_value
+
+    images = getattr(source, "images", 1)
+    probe = np.zeros((images, grid.model.output_channels, 1, 1), np.float32)
+    probe = probe if transform is None else transform(probe)
+    return np.full(probe.shape, fill_value(probe.dtype), probe.dtype)
 
 
 def write_block(out: Any, tile: Tile, block, progress: Callable[[Tile], None] | None = None) -> None:

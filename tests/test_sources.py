@@ -785,7 +785,8 @@ def test_a_damaged_tile_is_one_error_naming_the_file_and_the_box(tmp_path):
     source = open_source(tmp_path / "cut.tif", 1, None)
     np.testing.assert_array_equal(source.read(0, 0, 64, 64), pixels[None, :64, :64])
     with pytest.raises(GraphconvError, match=r"cut.tif: cannot decode its pixels in rows 64..127, columns 0..127 "
-                                             r"\(TIFF tile 2 of page 0, at byte \d+\): "):
+                                             r"\(TIFF tile 2 of page 0 \(rows 64..127, columns 0..63\), at byte "
+                                             r"\d+\): "):
         source.read(64, 0, 128, 128)
 
 
@@ -821,7 +822,8 @@ def test_a_jpeg_tile_whose_tail_is_zeros_is_refused_naming_the_tile(jpeg_tiles, 
     source = open_source(path, 3, None)
     np.testing.assert_array_equal(source.read(128, 0, 256, 128), jpeg_tiles[1][:, 128:, :128])  # other tiles read
     with pytest.raises(GraphconvError, match=r"scan.tif: cannot decode its pixels in rows 0..127, columns 100..199 "
-                                             r"\(TIFF tile 1 of page 0, at byte \d+\): its JPEG data has no end "
+                                             r"\(TIFF tile 1 of page 0 \(rows 0..127, columns 128..255\), at "
+                                             r"byte \d+\): its JPEG data has no end "
                                              r"marker: the file was cut short or damaged there"):
         source.read(0, 100, 128, 200)
 
@@ -842,7 +844,8 @@ def test_a_jpeg_tile_with_bytes_overwritten_inside_is_refused_naming_the_tile(jp
     source = open_source(path, 3, None)
     np.testing.assert_array_equal(source.read(0, 0, 128, 256), pixels[:, :128])  # the intact tiles read
     with pytest.raises(GraphconvError, match=r"scan.tif: cannot decode its pixels in rows 128..255, columns 0..127 "
-                                             r"\(TIFF tile 2 of page 0, at byte \d+\): its JPEG data holds marker "
+                                             r"\(TIFF tile 2 of page 0 \(rows 128..255, columns 0..127\), at "
+                                             r"byte \d+\): its JPEG data holds marker "
                                              r"0x[0-9A-F]{2} at byte \d+ of \d+, inside its coded pixels"):
         source.read(128, 0, 256, 128)
 
@@ -881,8 +884,9 @@ def test_a_damaged_first_tile_is_named_when_the_image_is_opened(jpeg_tiles):
     """`_decodable_array` decodes one pixel of the first tile up front."""
     path, _ = jpeg_tiles
     zero_bytes(path, 0, 0.5, 1.0)
-    with pytest.raises(GraphconvError, match=r"scan.tif: cannot decode its pixels \(TIFF tile 0 of page 0, at byte "
-                                             r"\d+\): its JPEG data has no end marker"):
+    with pytest.raises(GraphconvError, match=r"scan.tif: cannot decode its pixels \(TIFF tile 0 of page 0 "
+                                             r"\(rows 0..127, columns 0..127\), at byte \d+\): its JPEG data has "
+                                             r"no end marker"):
         open_source(path, 3, None)
 
 

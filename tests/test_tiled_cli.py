@@ -1957,7 +1957,7 @@ def test_a_worker_keeps_an_image_open_only_for_the_same_file_and_read_options(mo
     ref, box = ModelRef(str(tmp_path / "digits")), (0, 0, 36, 36)
 
     def block(**options):
-        return cluster._tile_block(ref, str(path), box, (0, 2), (0, 2), MapOptions(**options))
+        return cluster._tile_block(ref, str(path), box, (0, 2), (0, 2), MapOptions(**options))[0]
 
     first, green = block(bands=(1,)), block(bands=(2,))
     assert not np.array_equal(first, green)
@@ -2118,6 +2118,7 @@ def test_local_workers_each_get_a_tile_of_an_image_that_fits_one(model_dir, big_
     assert result.returncode == 0, result.stderr
     assert "for the workers to run 2 at once" in result.stderr and "tiles: 2 tiles of up to 300x" in result.stderr
     lone = graphconv_in_process("run", model_dir, "--image", big_page, "--output", tmp_path / "lone.npy")
+    assert lone.returncode == 0, lone.stderr
     np.testing.assert_allclose(np.load(tmp_path / "m.npy"), np.load(tmp_path / "lone.npy"), rtol=1e-5, atol=1e-6)
 
 
@@ -3073,6 +3074,58 @@ def test_resume_of_a_run_whose_workers_each_had_a_tile_goes_on_from_its_tiles(mo
     assert "resume: 1 of 2 tiles was done by an earlier run" in capsys.readouterr().err
     assert main(["run", str(model_dir), "--image", str(big_page), "--output", str(tmp_path / "lone.npy")]) == 0
     np.testing.assert_allclose(np.load(tmp_path / "m.npy"), np.load(tmp_path / "lone.npy"), rtol=1e-5, atol=1e-6)
+
+@pytest.fixture(scope="module")
+def damaged_slide(tmp_path_factory):
+    """A 400x420 zlib-tiled TIFF (tiles of 64) whose tile 9 (rows 64..127, columns
+    128..191) is noise, its intact twin, and the cells of lenet's map (a 32-pixel crop
+    every 4) whose crops reach that tile."""
+    folder = tmp_path_factory.mktemp("damaged")
+    pixels = (np.random.default_rng(1).random((400, 420)) * 255).astype(np.uint8)
+    for name in ("intact.tif", "damaged.tif"):
+        tifffile.imwrite(folder / name, pixels, tile=(64, 64), compression="zlib")
+    with tifffile.TiffFile(folder / "damaged.tif") as tif:
+        offset, count = tif.pages[0].dataoffsets[9], tif.pages[0].databytecounts[9]
+    data = bytearray((folder / "damaged.tif").read_bytes())
+    data[offset:offset + count] = np.random.default_rng(0).integers(0, 255, count, np.uint8).tobytes()
+    (folder / "damaged.tif").write_bytes(bytes(data))
+    reach = np.zeros((93, 98), bool)
+    rows, cols = np.arange(93) * 4, np.arange(98) * 4
+    reach[np.ix_((rows < 128) & (rows + 32 > 64), (cols < 192) & (cols + 32 > 128))] = True
+    return folder, reach
+
+
+@pytest.mark.parametrize("how", [[], ["--reduce", "argmax"], ["--workers", "2"], ["--tile", "100"], ["--images"]])
+def test_skip_damaged_leaves_out_the_cells_whose_crops_reach_an_undecodable_tile_and_maps_the_rest(
+        model_dir, damaged_slide, tmp_path, how):
+    """A slide with one tile that cannot be decoded could not be mapped at all (and the
+    error named the tile graphconv read, not the TIFF's). With --skip-damaged the cells
+    whose crops reach it are left out, every other cell is the intact slide's, and a
+    note names the tile."""
+    folder, reach = damaged_slide
+    images = how == ["--images"]
+    options = [] if images else how
+
+    def mapped(name: str, *more: str):
+        where = (["--images", str(folder / name), "--output-dir", str(tmp_path / name)] if images
+                 else ["--image", str(folder / name), "--output", str(tmp_path / f"{name}.npy")])
+        result = graphconv_in_process("run", model_dir, *where, *options, *more)
+        return result, (tmp_path / name / Path(name).with_suffix(".npy").name if images else tmp_path / f"{name}.npy")
+
+    refused, _ = mapped("damaged.tif")
+    assert refused.returncode == 2
+    assert ("(TIFF tile 9 of page 0 (rows 64..127, columns 128..191), at byte" in refused.stderr
+            and "--skip-damaged maps the rest of the image" in refused.stderr), refused.stderr
+    result, damaged_map = mapped("damaged.tif", "--skip-damaged")
+    assert result.returncode == 0, result.stderr
+    assert ("529 cells of the map left out (not computed), their crops reaching 1 TIFF tile or strip that cannot be "
+            "decoded: TIFF tile 9 of page 0 (rows 64..127, columns 128..191)") in result.stderr + result.stdout
+    intact, intact_map = mapped("intact.tif")
+    assert intact.returncode == 0, intact.stderr
+    got, want = np.load(damaged_map), np.load(intact_map)
+    left_out = got[0, 0] == 65535 if "argmax" in how else np.isnan(got[0, 0])
+    np.testing.assert_array_equal(left_out, reach)
+    np.testing.assert_allclose(got[..., ~reach], want[..., ~reach], rtol=1e-5, atol=1e-6)
 
 def test_resume_with_another_tile_of_the_same_plan_goes_on(model_dir, big_page, tmp_path, monkeypatch, capsys):
     """The job compares the tile plan, not the --tile number: --tile 101 and 100 plan the
