@@ -20,8 +20,8 @@ import os
 import re
 import shutil
 import signal
-import tempfile
 import sys
+import tempfile
 import threading
 import warnings
 from contextlib import contextmanager
@@ -86,7 +86,7 @@ class MapOptions:
     scales: tuple[int, ...] | None = None  # --scales: each picture's class vector over these shorter sides (`_at_scales`)
     flip: bool = False  # --flip: with --scales, the mirror images too
     scales_reduce: str = "mean"  # --reduce mean|max with --scales: over each map's positions, then over the maps
-    skip_damaged: bool = False  # --skip-damaged: cells whose crops reach an undecodable TIFF tile left out (DamagedCells)
+    skip_damaged: bool = False  # --skip-damaged: cells whose crops reach an undecodable TIFF tile left out
 
     def grid(self, model):
         """What each task maps: the model's dense pass, or the classifier on every crop."""
@@ -239,7 +239,6 @@ def client_for(workers: int | None, scheduler: str | None) -> Iterator[Any]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-
 def scheduler_capacity(scheduler: str, weights: int) -> tuple[int, int | None]:
     """How many tasks a --scheduler's workers run at once (their threads), and what each
     task of a model of `weights` bytes may take on the tightest of them
@@ -271,8 +270,9 @@ def worker_task_budget(limit: int | None, threads: int, weights: int) -> int | N
 
 def this_worker_s_budget(weights: int) -> int | None:
     """On a Dask worker, what one task of a model of `weights` bytes may take there
-    (`worker_task_budget`), at most this process's budget; None elsewhere. An --images batch on a --scheduler without
-    --memory-limit planned each slide for its machine's memory, not its worker's."""
+    (`worker_task_budget`), at most this process's budget; None elsewhere. An --images
+    batch on a --scheduler without --memory-limit planned each slide for its machine's
+    memory, not its worker's."""
     distributed = sys.modules.get("distributed")
     if distributed is None:
         return None
@@ -283,6 +283,7 @@ def this_worker_s_budget(weights: int) -> int | None:
     from graphconv.memory import memory_limit
     share = worker_task_budget(worker.memory_manager.memory_limit, worker.state.nthreads, weights)
     return None if share is None else min(share, memory_limit())
+
 
 class _LostResultLogs(logging.Filter):
     """dask's logs of a result lost with its worker: "Couldn't gather 1 keys, rescheduling"
@@ -685,9 +686,9 @@ def _image_mapped(ref: ModelRef, image: str, output: str, options: MapOptions, t
                     IMAGE_STAMP: stamp, **_loaded_with(ref)}
         resumed, planned, partial_map, damaged = None, None, None, None
         if tile is not None:
-            shape, resumed, planned, partial_map, damaged = _map_in_tiles(ref, model, image, output, source, grid, tile,
-                                                                 options, blank_cells, contents, stopped,
-                                                                 _as_found(output, found))
+            shape, resumed, planned, partial_map, damaged = _map_in_tiles(
+                ref, model, image, output, source, grid, tile, options, blank_cells, contents, stopped,
+                _as_found(output, found))
         else:
             partial_map = _partial_map_beside_a_whole_map(output) if not options.resume else None
             x = source.read(0, 0, source.height, source.width)
