@@ -247,24 +247,29 @@ def scheduler_capacity(scheduler: str, weights: int) -> tuple[int, int | None]:
     with client_for(None, scheduler) as client:
         workers = list(_workers_info(client).values())
     threads = sum(max(1, int(w.get("nthreads") or 1)) for w in workers)
-    budgets = [worker_task_budget(w.get("memory_limit"), w.get("nthreads") or 1, weights) for w in workers]
+    budgets = [worker_task_budget(w.get("memory_limit"), w.get("nthreads") or 1, weights,
+                                  (w.get("metrics") or {}).get("memory") or 0) for w in workers]
     stated = [b for b in budgets if b is not None]
     return max(1, threads), (min(stated) if stated else None)
 
 
-def worker_task_budget(limit: int | None, threads: int, weights: int) -> int | None:
+def worker_task_budget(limit: int | None, threads: int, weights: int, held: int = 0) -> int | None:
     """What one task of a model of `weights` bytes may take on a Dask worker of `limit`
     bytes (dask's own, `dask worker --memory-limit`; 0 or None: no limit) running
-    `threads` tasks at once: the limit below the share where dask pauses the worker (its
-    tasks then wait) or, without pausing, kills it, less the worker's own process, shared
-    among its threads, each share with the weights they all use (a task's estimate counts
-    them, as a lone run's does)."""
+    `threads` tasks at once, its process holding `held` bytes now: the limit below the
+    share where dask starts spilling (0.7; its pause, 0.8, or kill, where those alone are
+    set), less the process (what it holds, at least WORKER_PROCESS_BYTES), shared among
+    its threads, each share with the weights they all use (a task's estimate counts them,
+    as a lone run's does). Below the pause share alone, a fresh 1 GB worker peaked 40 MB
+    under it, and one holding the models of earlier runs (480 MB idle) was paused and
+    killed."""
     if not limit:
         return None
     import dask
-    share = (dask.config.get("distributed.worker.memory.pause", None)
+    share = (dask.config.get("distributed.worker.memory.spill", None)
+             or dask.config.get("distributed.worker.memory.pause", None)
              or dask.config.get("distributed.worker.memory.terminate", None) or 1.0)
-    usable = int(limit * share) - WORKER_PROCESS_BYTES - weights
+    usable = int(limit * share) - max(WORKER_PROCESS_BYTES, int(held)) - weights
     return max(0, usable) // max(1, int(threads)) + weights
 
 
@@ -281,7 +286,8 @@ def this_worker_s_budget(weights: int) -> int | None:
     except ValueError:  # not in a worker's task
         return None
     from graphconv.memory import memory_limit
-    share = worker_task_budget(worker.memory_manager.memory_limit, worker.state.nthreads, weights)
+    held = worker.monitor.get_process_memory() if hasattr(worker, "monitor") else 0
+    share = worker_task_budget(worker.memory_manager.memory_limit, worker.state.nthreads, weights, held)
     return None if share is None else min(share, memory_limit())
 
 

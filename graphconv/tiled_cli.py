@@ -731,8 +731,8 @@ def _check_each_worker_s_tile_fits(args: argparse.Namespace, grid, plan, budget:
 
 def _what_the_budget_is(args: argparse.Namespace, worker_share: int | None = None) -> str:
     if args.scheduler and worker_share is not None and getattr(args, "memory_limit", None) is None:
-        return ("a task may take on the Dask workers (the smallest worker's memory limit below where dask pauses "
-                "it, less its process, shared among its threads)")
+        return ("a task may take on the Dask workers (the tightest worker's memory limit below where dask starts "
+                "spilling, less what its process holds, shared among its threads; --memory-limit sets it)")
     if args.workers and not args.scheduler:
         return (f"{'the worker' if args.workers == 1 else f'each of the {args.workers} workers'} may take (the "
                 f"memory limit less the workers' processes and "

@@ -2085,23 +2085,26 @@ def test_a_scheduler_s_tiles_fit_its_workers_memory_and_its_threads_each_get_one
     """Tiles on a --scheduler were chosen for the client's memory: workers of 1 GB were
     sent a 7998x7998 tile (7.8 GB) and died. And a slide that fits one tile ran on one
     thread of the cluster while the others idled. The budget is the tightest worker's
-    share of its memory limit below where dask pauses it, less its process, with the
+    share of its memory limit below where dask spills, less what its process holds, with the
     weights its threads share; the tiles at least as many as the workers' threads."""
     distributed = pytest.importorskip("distributed")
     from graphconv import cluster
     from graphconv.memory import weight_bytes
 
     weights = weight_bytes(Model.load(model_dir).graph)
-    pause = 0.8  # dask's default
-    assert cluster.worker_task_budget(1_000_000_000, 2, weights) == (
-        (int(1e9 * pause) - cluster.WORKER_PROCESS_BYTES - weights) // 2 + weights)
+    spill = 0.7  # dask's default share where it starts spilling (pausing at 0.8)
+    fresh = (int(1e9 * spill) - cluster.WORKER_PROCESS_BYTES - weights) // 2 + weights
+    assert cluster.worker_task_budget(1_000_000_000, 2, weights) == fresh
+    assert cluster.worker_task_budget(1_000_000_000, 2, weights, held=480 << 20) == (
+        (int(1e9 * spill) - (480 << 20) - weights) // 2 + weights)  # a worker holding earlier runs' models
     assert cluster.worker_task_budget(0, 2, weights) is None  # no limit: the command's budget
     assert cluster.this_worker_s_budget(weights) is None  # not on a worker
-    with distributed.LocalCluster(n_workers=1, processes=False, threads_per_worker=2, memory_limit="1GB",
+    with distributed.LocalCluster(n_workers=1, processes=False, threads_per_worker=2, memory_limit="4GB",
                                   dashboard_address=None) as one, distributed.Client(one) as client:
-        share = cluster.worker_task_budget(1_000_000_000, 2, weights)
-        assert cluster.scheduler_capacity(one.scheduler_address, weights) == (2, share)
-        assert client.submit(cluster.this_worker_s_budget, weights).result() == share  # an --images task's
+        roomy = cluster.worker_task_budget(4_000_000_000, 2, weights)
+        threads, share = cluster.scheduler_capacity(one.scheduler_address, weights)
+        assert threads == 2 and weights < share <= roomy  # less what this process holds
+        assert weights < client.submit(cluster.this_worker_s_budget, weights).result() <= roomy  # an --images task's
         result = graphconv_in_process("run", model_dir, "--image", big_page, "--scheduler", one.scheduler_address,
                                       "--output", tmp_path / "m.npy")
     assert result.returncode == 0, result.stderr
