@@ -2099,9 +2099,10 @@ def test_a_scheduler_s_tiles_fit_its_workers_memory_and_its_threads_each_get_one
         (int(1e9 * spill) - (480 << 20) - weights) // 2 + weights)  # a worker holding earlier runs' models
     assert cluster.worker_task_budget(0, 2, weights) is None  # no limit: the command's budget
     assert cluster.this_worker_s_budget(weights) is None  # not on a worker
-    with distributed.LocalCluster(n_workers=1, processes=False, threads_per_worker=2, memory_limit="4GB",
+    # In process, the worker's memory is the whole test process's: a limit it never nears (at 1 GB dask paused it)
+    with distributed.LocalCluster(n_workers=1, processes=False, threads_per_worker=2, memory_limit="64GB",
                                   dashboard_address=None) as one, distributed.Client(one) as client:
-        roomy = cluster.worker_task_budget(4_000_000_000, 2, weights)
+        roomy = cluster.worker_task_budget(64_000_000_000, 2, weights)
         threads, share = cluster.scheduler_capacity(one.scheduler_address, weights)
         assert threads == 2 and weights < share <= roomy  # less what this process holds
         assert weights < client.submit(cluster.this_worker_s_budget, weights).result() <= roomy  # an --images task's
