@@ -137,15 +137,17 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     if tile is None and background is not None:
         tile = background.cheapest_tile(grid, image_hw, budget)
     whole = tile_bytes(grid, image_hw) if tile is None else None
+    cut_for_workers = False
     if tile is None:
-        tile = choose_tile(grid, image_hw, budget)
-        fitted, tile = tile, spread_tile(grid, image_hw, tile, at_once)
+        fitted = choose_tile(grid, image_hw, budget)
+        tile = spread_tile(grid, image_hw, fitted, at_once)
+        cut_for_workers = tile != fitted
     plan = plan_tiles(grid, image_hw, tile)
     if whole is not None and whole > budget:  # the tiles as planned (whole cells: a few pixels under)
         print(f"note: the whole {image_hw[0]}x{image_hw[1]} image would need {format_size(whole)}, "
               f"over the {format_size(budget)} {_what_the_budget_is(args, worker_share)}: evaluating it in exact "
               f"tiles of up to {plan.tile_hw[0]}x{plan.tile_hw[1]} pixels", file=sys.stderr)
-    if whole is not None and tile != fitted:
+    if cut_for_workers:
         print(f"note: {len(plan.tiles)} tiles, smaller than the memory budget allows, for the workers to run "
               f"{at_once} at once", file=sys.stderr)
     check_fits(grid.peak_bytes(plan.tile_hw), f"a {plan.tile_hw[0]}x{plan.tile_hw[1]} tile (use a smaller --tile)",
