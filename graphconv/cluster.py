@@ -700,6 +700,8 @@ def _image_mapped(ref: ModelRef, image: str, output: str, options: MapOptions, t
             x = source.read(0, 0, source.height, source.width)
             result = grid.whole(x[None] if x.ndim == 3 else x, options.device)
             result = result if transform is None else transform(result)
+            if stopped is not None and stopped():  # not written: nobody is waiting for it
+                raise StoppedByTheCommand("stopped by the command that sent it, before its map was written")
             _write_map(output, result, source, grid, {**contents, "tile_plan": WHOLE_IMAGE_PLAN},
                        _as_found(output, found))
             shape = tuple(result.shape)
@@ -1108,11 +1110,7 @@ def _one_image_at(ref: ModelRef, image: str, output: str, image_path: str, outpu
     images "not found", maps written where the user never looks), the result under the
     names the user gave. `stop` names the distributed Event the command sets when it is
     stopped (`_stop_tasks`)."""
-    stopped = None
-    if stop is not None:
-        import distributed
-        stopped = distributed.Event(stop).is_set
-    result = _one_image(ref, image_path, output_path, options, tile, stopped, found)
+    result = _one_image(ref, image_path, output_path, options, tile, _stopped_on_this_worker(stop), found)
     # lexists: a broken link is seen here, broken for the command too, and its error says so already
     unseen = [path for path in (ref.path, image_path) if not os.path.lexists(path)] if result.error else []
     if unseen:  # the message read as if this machine lacked the file
@@ -1121,6 +1119,28 @@ def _one_image_at(ref: ModelRef, image: str, output: str, image_path: str, outpu
                                        f"see {unseen[0]}: the workers must reach the model, the images and the output "
                                        "folder at the same paths as the machine running the command)")
     return replace(result, image=image, output=output if result.output is not None else None)
+
+
+def _stopped_on_this_worker(stop: str | None) -> Callable[[], bool] | None:
+    """Whether the image task running in this thread is to stop at its next tile: the
+    command set the Event named `stop` (Ctrl-C), or the scheduler no longer wants the
+    task's result: the client that sent it is gone (killed with -9, it set nothing: its
+    tasks went on writing maps no graphconv-maps.csv listed, and a resumed batch called
+    an image failed while an orphan finished its map) or cancelled it. A worker cannot
+    stop a running thread, so the task asks. None off a Dask worker (nothing to ask)."""
+    try:
+        import distributed
+        worker = distributed.get_worker()
+    except (ImportError, ValueError):
+        return None
+    key = worker.get_current_task()
+    event = distributed.Event(stop) if stop is not None else None
+
+    def stopped() -> bool:
+        task = worker.state.tasks.get(key)
+        return (task is None or task.state in ("cancelled", "released")
+                or (event is not None and event.is_set()))
+    return stopped
 
 
 def _seen_here(result: ImageResult) -> ImageResult:

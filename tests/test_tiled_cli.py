@@ -2027,6 +2027,42 @@ def test_ctrl_c_of_images_on_a_cluster_stops_the_maps_in_progress_too(model_dir,
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["a.npy", "graphconv-maps.csv"]  # b: no map
 
 
+@pytest.mark.parametrize("resume", [False, True])
+def test_images_sent_by_a_client_that_went_away_stop_at_their_next_tile(model_dir, tmp_path, resume):
+    """A client killed with -9 sets no stop Event: its --images tasks went on computing
+    and renamed their maps into the output folder, which no graphconv-maps.csv listed,
+    and a resumed batch called the image failed while the orphan finished it. The
+    scheduler releases a gone client's tasks; each notices at its next tile and stops
+    (with --resume leaving its partial map to go on from)."""
+    distributed = pytest.importorskip("distributed")
+    from graphconv.cluster import _one_image_at
+    from graphconv.tiling import PartialMap
+
+    Image.fromarray((np.random.default_rng(1).random((1600, 1600)) * 255).astype(np.uint8)).save(tmp_path / "a.png")
+    output = tmp_path / "maps" / "a.npy"
+    output.parent.mkdir()
+    with distributed.LocalCluster(n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None) as one:
+        sender = distributed.Client(one)
+        task = sender.submit(_one_image_at, ModelRef(str(model_dir)), "a.png", "maps/a.npy", str(tmp_path / "a.png"),
+                             str(output), MapOptions(resume=resume), 48, None, None, pure=False)
+        worker = next(iter(one.workers.values()))
+        deadline = time.monotonic() + 60
+        while worker.state.tasks.get(task.key) is None or worker.state.tasks[task.key].state != "executing":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)  # some tiles recorded
+        sender.close()  # the command gone, with no word to its tasks
+        deadline = time.monotonic() + 60
+        while worker.state.executing_count and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not worker.state.executing_count, "the orphan task still running"
+    assert not output.exists()
+    if resume:
+        assert PartialMap(str(output)).count_done() > 0  # its tiles kept for the next run
+    else:
+        assert sorted(p.name for p in output.parent.iterdir()) == []
+
+
 def test_memory_limit_given_with_a_scheduler_is_each_worker_s_budget():
     """--images on a --scheduler ignored --memory-limit: each worker took its own
     machine's default, and a worker with less memory was killed."""
