@@ -537,17 +537,20 @@ def _tile_block(ref: ModelRef, image: str, box: tuple[int, int, int, int], rows,
 def run_tiles_on_cluster(client, ref: ModelRef, image: str, plan, out, options: MapOptions,
                          progress: Callable[[Any], None] | None = None,
                          blank_cells: Callable[[Any], np.ndarray] | None = None, done: Collection[Any] = (),
-                         damaged: Any = None):
+                         damaged: Any = None, piece_cells: tuple[int, int] | None = None):
     """Every tile of `plan` as a task; blocks written into `out` as they arrive (what
     --skip-damaged left out of them added to `damaged`, `tiling.DamagedCells`). The cells
     `blank_cells(tile)` marks are written here as not computed, and a tile of such cells
     alone is not sent (as `tiling.run_tiled` does). The tiles in `done` (a resumed run's)
     are in `out` already: neither sent nor written. `progress(tile)` is called here, on
-    the client, after each block is written (`MapFile.record` lists it then)."""
+    the client, after each block is written (`MapFile.record` lists it then). With
+    `piece_cells`, each tile is sent as pieces of at most that many cells
+    (`tiling.in_pieces`), `progress` still called once per tile."""
     from graphconv.background import blank_tiles, fill_value, without_blank_cells
-    from graphconv.tiling import write_block
+    from graphconv.tiling import in_pieces, write_block
 
-    done = frozenset(done)
+    pieces = in_pieces(options.grid(worker_model(ref)) if piece_cells else None, plan, piece_cells)
+    plan, progress, done = pieces.plan, pieces.per_tile(progress), pieces.done(done)
     blank = blank_tiles(plan.tiles, blank_cells)
     blank = [t for t in blank if t not in done]
     skipped = set(blank) | done
@@ -677,8 +680,12 @@ def _image_mapped(ref: ModelRef, image: str, output: str, options: MapOptions, t
         if budget is None:
             from graphconv.memory import weight_bytes
             budget = this_worker_s_budget(weight_bytes(model.graph))
-        if tile is None and options.resume:
-            tile = partial_map_tile(output, grid, (source.height, source.width), budget)
+        if budget is None:
+            from graphconv.memory import memory_limit
+            budget = memory_limit()
+        resumed_tile = partial_map_tile(output, grid, (source.height, source.width)) if (
+            tile is None and options.resume) else None
+        tile = tile or resumed_tile
         if background is not None:  # no tissue near their centres, or over a raster's no-data
             blank_cells = background.blank_cells
             tile = tile or background.cheapest_tile(grid, (source.height, source.width), budget)
@@ -690,11 +697,11 @@ def _image_mapped(ref: ModelRef, image: str, output: str, options: MapOptions, t
                                    left_out_record(options, image)),
                     **(background.nodata_record() if background is not None else {}),
                     IMAGE_STAMP: stamp, **_loaded_with(ref)}
-        resumed, planned, partial_map, damaged = None, None, None, None
+        resumed, planned, partial_map, damaged, pieces = None, None, None, None, None
         if tile is not None:
-            shape, resumed, planned, partial_map, damaged = _map_in_tiles(
+            shape, resumed, planned, partial_map, damaged, pieces = _map_in_tiles(
                 ref, model, image, output, source, grid, tile, options, blank_cells, contents, stopped,
-                _as_found(output, found))
+                _as_found(output, found), budget if resumed_tile else None)
         else:
             partial_map = _partial_map_beside_a_whole_map(output) if not options.resume else None
             x = source.read(0, 0, source.height, source.width)
@@ -706,7 +713,7 @@ def _image_mapped(ref: ModelRef, image: str, output: str, options: MapOptions, t
                        _as_found(output, found))
             shape = tuple(result.shape)
         from graphconv.sources import tiff_notes
-        notes = (stored_orientation_note(source), *tiff_notes(source, bool(options.mask)),
+        notes = (pieces, stored_orientation_note(source), *tiff_notes(source, bool(options.mask)),
                  _first_frame_note(image),
                  _no_tissue_note(background, grid, (source.height, source.width), options),
                  damaged.describe() if damaged is not None and damaged.cells else None)
@@ -793,8 +800,9 @@ def _kept_as_made_meanwhile(model, image: str, output: str, options: MapOptions,
 
 def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, tile: int, options: MapOptions,
                   blank_cells, contents: dict, stopped: Callable[[], bool] | None = None,
-                  unchanged: Callable[[], None] | None = None
-                  ) -> tuple[tuple[int, ...], tuple[int, int] | None, tuple[int, int], PartialMapLeft | None]:
+                  unchanged: Callable[[], None] | None = None, cut_to: int | None = None
+                  ) -> tuple[tuple[int, ...], tuple[int, int] | None, tuple[int, int], PartialMapLeft | None,
+                             Any, str | None]:
     """One image's map computed in tiles into `output` as a single --image's run writes
     one (`tiling.MapFile`): memory-mapped tile by tile, not held in memory (a slide's map
     of many classes can be larger than the budget), and renamed into place once complete.
@@ -804,15 +812,19 @@ def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, t
     on from them (None: a new map), the largest tile planned, (H, W) input pixels, and
     what became of a stopped --resume run's partial map beside `output` (without
     --resume: removed once the whole map is written where it is of this same job, as a
-    single --image's run does; else left, said).
+    single --image's run does; else left, said), what --skip-damaged left out
+    (`tiling.DamagedCells`, or None), and a note where the tiles were computed in pieces.
     `stopped()` is asked before each tile is recorded: true, the map stops there as at a
-    Ctrl-C (`StoppedByTheCommand`), its tiles done kept with --resume, else removed."""
+    Ctrl-C (`StoppedByTheCommand`), its tiles done kept with --resume, else removed.
+    `cut_to`: the budget a stopped run's tiles, resumed, are computed in pieces to fit
+    (`tiling.piece_cells_within`)."""
     from graphconv.background import blank_tiles
     from graphconv.georef import cell_placement, georeference_of_map, is_tiff_output
-    from graphconv.tiling import (DamagedCells, MapFile, PartialMap, map_transform, plan_tiles, run_tiled,
-                                  stopped_partial_map)
+    from graphconv.tiling import (DamagedCells, MapFile, PartialMap, map_transform, piece_cells_within, pieces_note,
+                                  plan_tiles, run_tiled, stopped_partial_map)
 
     plan = plan_tiles(grid, (source.height, source.width), tile)
+    piece_cells = piece_cells_within(grid, plan, cut_to) if cut_to is not None else None
     transform, channels, dtype = map_transform(options.reduce, options.classes, model.output_channels)
     shape = (1, channels, *plan.map_hw)
     blank = frozenset(blank_tiles(plan.tiles, blank_cells))
@@ -831,9 +843,9 @@ def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, t
         if len(map_file.done) < len(plan.tiles):
             run_tiled(grid, source, tile, out=out, device=options.device, transform=transform,
                       progress=_unless_stopped(map_file.record, stopped), blank_cells=blank_cells,
-                      done=map_file.done, damaged=damaged)
+                      done=map_file.done, damaged=damaged, piece_cells=piece_cells)
     return (shape, resumed, plan.tile_hw, _partial_map_written_over(stale) if stale else _another_job_s(output, left),
-            damaged)
+            damaged, pieces_note(grid, plan, piece_cells, cut_to) if piece_cells else None)
 
 
 @dataclass(frozen=True)
@@ -916,18 +928,17 @@ def resume_job(ref: ModelRef, model, image: str, source, options: MapOptions, pl
     }
 
 
-def partial_map_tile(output: str | None, grid, image_hw: tuple[int, int], budget: int | None):
+def partial_map_tile(output: str | None, grid, image_hw: tuple[int, int]) -> tuple[int, int] | None:
     """The tiles of a stopped --resume run's partial map of `output`, (H, W) input pixels,
     for a --resume without --tile: where the tile came from the memory budget, another
     --workers count or a machine with more or less memory would choose another, a job
     the partial map is not, and its tiles done would be refused. Read from the job's
     tile plan ("... tiles of up to HxW pixels, CxD cells"): the tile that holds as many
     cells (`tiling.tile_for_cells`) plans its tiles again (a plan recorded without its
-    cells, the largest box's size). None where there is no such partial map, or its
-    tiles no longer fit the budget as `tiling.choose_tile` fits them (then the run goes
-    on as it would, and says why the partial map is not this job's)."""
-    from graphconv.memory import memory_limit
-    from graphconv.tiling import PartialMap, plan_tiles, tile_fits, tile_for_cells
+    cells, the largest box's size). None where there is no such partial map. Tiles over
+    this run's budget are computed in pieces (`tiling.piece_cells_within`): refused, a
+    smaller Dask worker could never resume what a larger one began."""
+    from graphconv.tiling import PartialMap, tile_for_cells
 
     job = PartialMap(output).job() if output else None
     recorded = str(job.get("tile plan", "")) if job else ""
@@ -935,10 +946,8 @@ def partial_map_tile(output: str | None, grid, image_hw: tuple[int, int], budget
     if found is None:
         return None
     cells = re.search(r"pixels, (\d+)x(\d+) cells", recorded)
-    tile_hw = ((int(found.group(1)), int(found.group(2))) if cells is None
-               else tile_for_cells(grid, image_hw, (int(cells.group(1)), int(cells.group(2)))))
-    largest = plan_tiles(grid, image_hw, tile_hw).tile_hw
-    return tile_hw if tile_fits(grid, largest, memory_limit() if budget is None else budget) else None
+    return ((int(found.group(1)), int(found.group(2))) if cells is None
+            else tile_for_cells(grid, image_hw, (int(cells.group(1)), int(cells.group(2)))))
 
 
 def image_tile(grid, image_hw: tuple[int, int], budget: int | None) -> int | None:

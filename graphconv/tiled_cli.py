@@ -97,8 +97,8 @@ def _image_size(path: str) -> tuple[int, int] | None:
 def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     from graphconv.georef import cell_placement, map_contents
     from graphconv.sources import on_image
-    from graphconv.tiling import (CropGrid, DamagedCells, DenseGrid, MapFile, choose_tile, map_transform, plan_tiles,
-                                  spread_tile, tile_bytes)
+    from graphconv.tiling import (CropGrid, DamagedCells, DenseGrid, MapFile, choose_tile, in_pieces, map_transform,
+                                  piece_cells_within, pieces_note, plan_tiles, spread_tile, tile_bytes)
 
     if args.scales:
         from graphconv.cluster import SCALES_NOT_IN_TILES
@@ -130,9 +130,10 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     resume = getattr(args, "resume", False)
     at_once, worker_share = _tiles_at_once(args, model)
     budget = _tile_budget(args, grid, image_hw, worker_share)
+    resumed_tile = None
     if tile is None and resume:
         from graphconv.cluster import partial_map_tile
-        tile = partial_map_tile(args.output, grid, image_hw, budget)
+        tile = resumed_tile = partial_map_tile(args.output, grid, image_hw)
     background = _background(args, source, grid)
     if tile is None and background is not None:
         tile = background.cheapest_tile(grid, image_hw, budget)
@@ -143,6 +144,10 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
         tile = spread_tile(grid, image_hw, fitted, at_once)
         cut_for_workers = tile != fitted
     plan = plan_tiles(grid, image_hw, tile)
+    piece_cells = piece_cells_within(grid, plan, budget) if resumed_tile is not None else None
+    computed_plan = in_pieces(grid, plan, piece_cells).plan  # what each run reads and holds
+    if piece_cells is not None:
+        print(f"note: {pieces_note(grid, plan, piece_cells, budget)}", file=sys.stderr)
     if whole is not None and whole > budget:  # the tiles as planned (whole cells: a few pixels under)
         print(f"note: the whole {image_hw[0]}x{image_hw[1]} image would need {format_size(whole)}, "
               f"over the {format_size(budget)} {_what_the_budget_is(args, worker_share)}: evaluating it in exact "
@@ -150,9 +155,9 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     if cut_for_workers:
         print(f"note: {len(plan.tiles)} tiles, smaller than the memory budget allows, for the workers to run "
               f"{at_once} at once", file=sys.stderr)
-    check_fits(grid.peak_bytes(plan.tile_hw), f"a {plan.tile_hw[0]}x{plan.tile_hw[1]} tile (use a smaller --tile)",
-               file=args.image)
-    _check_each_worker_s_tile_fits(args, grid, plan, budget)
+    check_fits(grid.peak_bytes(computed_plan.tile_hw),
+               f"a {computed_plan.tile_hw[0]}x{computed_plan.tile_hw[1]} tile (use a smaller --tile)", file=args.image)
+    _check_each_worker_s_tile_fits(args, grid, computed_plan, budget)
     classes = model.output_channels
     transform, channels, dtype = map_transform(args.reduce, args.classes, classes)
     if args.reduce == "argmax" and (len(args.classes) if args.classes else classes) == 1:
@@ -212,9 +217,9 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
                 def on_tile(t):
                     map_file.record(t)  # --resume: listed as done once its block is on disk
                     _advance_if_computed(bar.advance, t, blank_tiles)
-                with _out_of_memory_in_a_tile(args, grid, plan, budget):
+                with _out_of_memory_in_a_tile(args, grid, computed_plan, budget):
                     _compute(args, grid, source, plan, tile, out, transform, on_tile, blank_cells, map_file.done,
-                             damaged)
+                             damaged, piece_cells)
             _draw_heatmap(args, model, source, grid, out, background)  # before the map is renamed into place
             means = _top_scores(args, out)
         if not resume and written_over is not None:
@@ -347,7 +352,7 @@ def _map_georeference(args: argparse.Namespace, source, grid):
 
 
 def _compute(args, grid, source, plan, tile, out, transform, on_tile, blank_cells, done=frozenset(),
-             damaged=None) -> None:
+             damaged=None, piece_cells=None) -> None:
     from graphconv.tiling import run_tiled
 
     if len(done) == len(plan.tiles):
@@ -356,10 +361,10 @@ def _compute(args, grid, source, plan, tile, out, transform, on_tile, blank_cell
         from graphconv.cluster import client_for, run_tiles_on_cluster
         with client_for(args.workers or 1, args.scheduler) as client:
             run_tiles_on_cluster(client, _model_ref(args), str(Path(args.image).resolve()), plan, out,
-                                 _map_options(args, grid), on_tile, blank_cells, done, damaged)
+                                 _map_options(args, grid), on_tile, blank_cells, done, damaged, piece_cells)
     else:
         run_tiled(grid, source, tile, out=out, device=args.device, transform=transform, progress=on_tile,
-                  blank_cells=blank_cells, done=done, damaged=damaged)
+                  blank_cells=blank_cells, done=done, damaged=damaged, piece_cells=piece_cells)
 
 
 def _job(args: argparse.Namespace, model, grid, source, plan, shape, dtype) -> dict:

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import shlex
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -435,8 +436,8 @@ def _fit_slack(sizes: FittingSizes | None, axis: int) -> int:
     return 0 if sizes is None else sizes.slack(axis)
 
 
-def _spans(total: int, step: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, total, step):
+def _spans(total: int, step: int, first: int = 0) -> Iterator[tuple[int, int]]:
+    for start in range(first, total, step):
         yield start, min(total, start + step)
 
 
@@ -468,7 +469,8 @@ def run_tiled(model, source: Source | np.ndarray, tile: int | Sequence[int], *, 
               device: str = "cpu", transform: Callable[[np.ndarray], np.ndarray] | None = None,
               progress: Callable[[Tile], None] | None = None,
               blank_cells: Callable[[Tile], np.ndarray] | None = None,
-              done: Collection[Tile] = (), damaged: "DamagedCells | None" = None) -> Any:
+              done: Collection[Tile] = (), damaged: "DamagedCells | None" = None,
+              piece_cells: tuple[int, int] | None = None) -> Any:
     """The map `model.run` gives for the whole image (or a grid's map: `CropGrid`),
     computed tile by tile.
 
@@ -482,18 +484,21 @@ def run_tiled(model, source: Source | np.ndarray, tile: int | Sequence[int], *, 
     run's: `MapFile.done`) are in `out` already, and are neither computed nor written.
     With `damaged` (--skip-damaged), the cells whose crops reach a TIFF tile or strip
     that cannot be decoded are left out as blank cells are, and listed there
-    (`_around_damage`); without it such a tile stops the run."""
+    (`_around_damage`); without it such a tile stops the run. With `piece_cells`, each
+    tile is computed in pieces of at most that many cells (`in_pieces`), `progress`
+    still called once per tile."""
     from graphconv.background import blank_tiles, fill_value, without_blank_cells
 
     grid = as_grid(model)
     channels = grid.model.crop_shape[0]
     source = as_source(source, channels)
-    plan = plan_tiles(grid, (source.height, source.width), tile)
+    pieces = in_pieces(grid, plan_tiles(grid, (source.height, source.width), tile), piece_cells)
+    plan, progress = pieces.plan, pieces.per_tile(progress)
     _check_tiles_fit(grid, plan, getattr(source, "images", 1), out)
     if out is not None:
         check_out(out, (getattr(source, "images", 1), None if transform else grid.model.output_channels, *plan.map_hw),
                   float_scores=transform is None)
-    done = frozenset(done) if out is not None else frozenset()
+    done = pieces.done(done) if out is not None else frozenset()
     blank = blank_tiles(plan.tiles, blank_cells)
     if out is None and len(blank) == len(plan.tiles):
         blank = blank[1:]  # one tile computed, for the map's channels and type
@@ -515,6 +520,81 @@ def run_tiled(model, source: Source | np.ndarray, tile: int | Sequence[int], *, 
     for tile_ in blank:
         write_block(out, tile_, fill_value(out.dtype), progress)
     return out
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """A plan's tiles each computed as one or more pieces, a piece a tile of its own
+    cells read on its own box: a stopped --resume run's tiles, planned for more memory
+    than this run has (a larger machine, a Dask worker of more memory), done here in
+    pieces that fit, the partial map's tiles kept as they are (`in_pieces`). Every piece
+    is exact as any tile is, so a tile made of pieces holds what the tile would have."""
+
+    plan: TilePlan  # the pieces, as a plan: what is read, run and checked against memory
+    tile_of: dict[Tile, Tile]  # each piece's tile in the plan cut
+
+    def done(self, tiles_done: Collection[Tile]) -> frozenset[Tile]:
+        """The pieces of tiles done (a resumed run's), neither computed nor written."""
+        return frozenset(piece for piece, tile in self.tile_of.items() if tile in tiles_done)
+
+    def per_tile(self, progress: Callable[[Tile], None] | None) -> Callable[[Tile], None] | None:
+        """`progress` called once per tile of the plan cut, when the last of its pieces is
+        written (`MapFile.record` lists a tile once all its cells are on disk)."""
+        if progress is None or all(piece == tile for piece, tile in self.tile_of.items()):
+            return progress
+        left = Counter(self.tile_of.values())
+
+        def written(piece: Tile) -> None:
+            tile = self.tile_of[piece]
+            left[tile] -= 1
+            if not left[tile]:
+                progress(tile)
+        return written
+
+
+def in_pieces(model, plan: TilePlan, piece_cells: tuple[int, int] | None = None) -> Pieces:
+    """`plan`'s tiles cut into pieces of at most `piece_cells` cells (None: each tile one
+    piece, itself), each on the box its cells need (`_box`, as `_around_damage`'s halves).
+    `model` may be a grid."""
+    if piece_cells is None:
+        return Pieces(plan, {tile: tile for tile in plan.tiles})
+    grid = as_grid(model)
+    image_hw = grid.padded_hw(plan.image_hw) or plan.image_hw
+    tile_of = {}
+    for tile in plan.tiles:
+        for rows in _spans(tile.rows[1], piece_cells[0], tile.rows[0]):
+            for cols in _spans(tile.cols[1], piece_cells[1], tile.cols[0]):
+                box = tile.box if (rows, cols) == (tile.rows, tile.cols) else _box(
+                    grid.field, grid.align, rows, cols, image_hw, grid.stitch, grid.sizes)
+                tile_of[Tile(rows, cols, box)] = tile
+    largest = (max(p.box[2] - p.box[0] for p in tile_of), max(p.box[3] - p.box[1] for p in tile_of))
+    cells = tuple(min(plan.cells_hw[a], piece_cells[a]) for a in (0, 1))
+    return Pieces(replace(plan, tile_hw=largest, cells_hw=cells, tiles=tuple(tile_of)), tile_of)
+
+
+def piece_cells_within(model, plan: TilePlan, budget: int) -> tuple[int, int] | None:
+    """Cells per piece (`in_pieces`) whose runs fit `budget`, for a plan whose tiles do
+    not (a stopped run's, planned for more memory); None where they fit, or cannot be cut
+    (a network that needs the whole image). Started from the tiles `choose_tile` fits,
+    smaller while a piece's box, starting on another cell than a plan's tile, is over."""
+    grid = as_grid(model)
+    if tile_fits(grid, plan.tile_hw, budget) or (isinstance(grid, DenseGrid) and grid.whole_image_only):
+        return None
+    cells = plan_tiles(grid, plan.image_hw, choose_tile(grid, plan.image_hw, budget)).cells_hw
+    while not tile_fits(grid, in_pieces(grid, plan, cells).plan.tile_hw, budget) and cells != (1, 1):
+        cells = (max(1, cells[0] * 7 // 8), max(1, cells[1] * 7 // 8))
+    return cells
+
+
+def pieces_note(model, plan: TilePlan, piece_cells: tuple[int, int] | None, budget: int) -> str | None:
+    """What a resumed run says where it computes the stopped run's tiles in pieces."""
+    if piece_cells is None:
+        return None
+    grid = as_grid(model)
+    (th, tw), (ph, pw) = plan.tile_hw, in_pieces(grid, plan, piece_cells).plan.tile_hw
+    return (f"the stopped run's tiles of up to {th}x{tw} pixels need {format_size(tile_bytes(grid, plan.tile_hw))}, "
+            f"over the {format_size(budget)} a tile may take here (it was begun with more memory): each is "
+            f"computed in pieces of up to {ph}x{pw} pixels, and its tiles done are kept")
 
 
 def tile_block(grid, source: Source, tile: Tile, device: str, transform: Callable[[np.ndarray], np.ndarray] | None,

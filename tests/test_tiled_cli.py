@@ -2,6 +2,7 @@
 `--images`, through the CLI as users run them: the same map as the whole-image pass."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import importlib.util
@@ -3095,6 +3096,62 @@ def test_resume_without_tile_keeps_the_stopped_run_s_tiles_under_another_memory_
     assert tiles > 3 and ("went on from the tiles an earlier run had done (2 of" in err if batch
                           else f"resume: 2 of {tiles} tiles were done by an earlier run" in err), err
     np.testing.assert_array_equal(np.load(maps[0]), np.load(maps[1]))
+
+
+@pytest.mark.parametrize("how", ["image", "images", "scheduler"])
+def test_resume_with_less_memory_computes_the_stopped_run_s_tiles_in_pieces(model_dir, tmp_path, monkeypatch, capsys,
+                                                                            how):
+    """A run begun with more memory (a larger Dask worker picked the slide up, then a
+    smaller one resumed it) planned tiles this run's budget does not fit: the partial map
+    was refused as another job's (its tile plan). Now its tiles are computed here in
+    pieces that fit, and its tiles done are kept."""
+    from graphconv.tiling import DenseGrid, tile_bytes
+
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    big_page = folder / "big.png"
+    Image.fromarray((np.random.default_rng(8).random((900, 900)) * 255).astype(np.uint8)).save(big_page)
+    whole = tile_bytes(DenseGrid(Model.load(model_dir)), (900, 900))
+    roomy, tight = whole // 2, whole // 3  # 4 tiles; their boxes over the tight budget
+    batch = how == "images"
+    if batch:
+        run = ["run", str(model_dir), "--images", str(folder), "--resume"]
+        out, straight = ["--output-dir", str(tmp_path / "maps")], ["--output-dir", str(tmp_path / "straight")]
+        maps = (tmp_path / "maps" / "big.npy", tmp_path / "straight" / "big.npy")
+    else:
+        run = ["run", str(model_dir), "--image", str(big_page), "--resume"]
+        out, straight = ["--output", str(tmp_path / "map.npy")], ["--output", str(tmp_path / "straight.npy")]
+        maps = (tmp_path / "map.npy", tmp_path / "straight.npy")
+    with contextlib.ExitStack() as stack:
+        if how == "scheduler":  # the tiles sent as tasks: in process, the worker's memory is the test's (far under)
+            distributed = pytest.importorskip("distributed")
+            one = stack.enter_context(distributed.LocalCluster(n_workers=1, processes=False, threads_per_worker=1,
+                                                               memory_limit="64GB", dashboard_address=None))
+            run += ["--scheduler", one.scheduler_address]
+        _resume_with_less_memory(run, out, straight, roomy, tight, monkeypatch, capsys, batch, model_dir)
+    np.testing.assert_allclose(np.load(maps[0]), np.load(maps[1]), rtol=1e-5, atol=1e-6)
+
+
+def _resume_with_less_memory(run, out, straight, roomy, tight, monkeypatch, capsys, batch, model_dir):
+    from graphconv.cli import main
+    from graphconv.tiling import DenseGrid, tile_bytes
+
+    assert main([*run, *straight, "--memory-limit", str(roomy)]) == 0
+    _stop_after(monkeypatch, 1)
+    assert main([*run, *out, "--memory-limit", str(roomy)]) == 130
+    monkeypatch.undo()
+    import graphconv.tiling
+    boxes, read = [], graphconv.tiling.read_box
+    monkeypatch.setattr(graphconv.tiling, "read_box", lambda source, box, channels: boxes.append(box) or read(
+        source, box, channels))
+    capsys.readouterr()
+    assert main([*run, *out, "--memory-limit", str(tight)]) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "the stopped run's tiles of up to" in err and "computed in pieces of up to" in err, err
+    assert ("went on from the tiles an earlier run had done (1 of 4 tiles)" in err if batch
+            else "resume: 1 of 4 tiles was done by an earlier run" in err), err
+    assert len(boxes) > 3 and all(tile_bytes(DenseGrid(Model.load(model_dir)),
+                                             (b[2] - b[0], b[3] - b[1])) <= tight for b in boxes)
 
 
 def test_resume_of_a_run_whose_workers_each_had_a_tile_goes_on_from_its_tiles(model_dir, big_page, tmp_path,

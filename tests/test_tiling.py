@@ -562,6 +562,46 @@ def test_the_cells_a_plan_s_tiles_hold_plan_its_tiles_again(compiled, name, side
     again = plan_tiles(model, image_hw, tile_for_cells(model, image_hw, planned.cells_hw))
     assert again.tiles == planned.tiles and again.as_recorded() == planned.as_recorded()
 
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+@pytest.mark.parametrize("piece_cells", [(1, 1), (2, 3), (5, 4), (7, 100)])
+def test_tiles_computed_in_pieces_hold_what_the_tiles_do(compiled, name, piece_cells, rng):
+    """A stopped run's tiles resumed on less memory are computed in pieces, each a tile of
+    its own cells on its own box (`in_pieces`): the map is the whole image's; `progress`
+    hears of each tile of the plan once, after its last piece; the tiles done are left."""
+    from graphconv.tiling import in_pieces
+
+    model = compiled(name)
+    image_hw = (model.crop_shape[1] + 45, model.crop_shape[2] + 38)
+    tile = 2 * max(min_tile(model)) + 5
+    plan = plan_tiles(model, image_hw, tile)
+    x = rng.standard_normal((1, model.crop_shape[0], *image_hw)).astype(np.float32)
+    heard = []
+    tiled = run_tiled(model, x, tile, piece_cells=piece_cells, progress=heard.append)
+    np.testing.assert_allclose(tiled, model.run(x), rtol=1e-4, atol=1e-5)
+    assert sorted(heard, key=plan.tiles.index) == list(plan.tiles)
+    pieces = in_pieces(model, plan, piece_cells)
+    assert all(p.rows[1] - p.rows[0] <= piece_cells[0] and p.cols[1] - p.cols[0] <= piece_cells[1]
+               for p in pieces.plan.tiles)
+    first = plan.tiles[0]
+    kept = np.full_like(tiled, 7.0)
+    run_tiled(model, x, tile, out=kept, piece_cells=piece_cells, done=[first])
+    assert (kept[:, :, first.rows[0]:first.rows[1], first.cols[0]:first.cols[1]] == 7.0).all()
+    assert (kept != 7.0).sum() == tiled.size - kept[:, :, first.rows[0]:first.rows[1], first.cols[0]:first.cols[1]].size
+
+
+def test_pieces_fit_the_budget_the_stopped_run_s_tiles_are_over(compiled):
+    from graphconv.tiling import DenseGrid, in_pieces, piece_cells_within, tile_bytes
+
+    model = DenseGrid(compiled("padded"))
+    image_hw = (300, 260)
+    plan = plan_tiles(model, image_hw, 200)
+    assert piece_cells_within(model, plan, tile_bytes(model, plan.tile_hw)) is None  # they fit: no pieces
+    tight = (tile_bytes(model, plan.tile_hw) + tile_bytes(model, min_tile(model.model))) // 2
+    cells = piece_cells_within(model, plan, tight)
+    assert tile_bytes(model, in_pieces(model, plan, cells).plan.tile_hw) <= tight
+    assert cells[0] < plan.cells_hw[0]
+
+
 # ---- map files: nothing lost, nothing left behind ------------------------------------------------
 
 def _write_map_and_die(path, value, fault=None, die_inside=False):
