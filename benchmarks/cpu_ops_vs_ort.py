@@ -39,9 +39,10 @@ def blocks(nn) -> dict:
         layers = [nn.Conv2d(3, channels, 1), layer] + ([then] if then is not None else [])
         return nn.Sequential(*layers)
 
-    def depthwise(k):
-        return nn.Sequential(nn.Conv2d(3, 96, 1), nn.ReLU(), nn.Conv2d(96, 96, 1), nn.ReLU(),
-                             nn.Conv2d(96, 96, k, padding=k // 2, groups=96), nn.ReLU(), nn.Conv2d(96, 96, 1))
+    def depthwise(k, stride=1, inner=96, outer=96):
+        return nn.Sequential(nn.Conv2d(3, outer, 1), nn.ReLU(), nn.Conv2d(outer, inner, 1), nn.ReLU(),
+                             nn.Conv2d(inner, inner, k, stride, padding=k // 2, groups=inner), nn.ReLU(),
+                             nn.Conv2d(inner, outer, 1))
 
     bilinear = dict(scale_factor=2, mode="bilinear", align_corners=False)
     return {
@@ -61,6 +62,10 @@ def blocks(nn) -> dict:
         "dw3": ("1x1, depthwise 3x3, 1x1 (96 ch)", depthwise(3)),
         "dw5": ("1x1, depthwise 5x5, 1x1 (96 ch)", depthwise(5)),
         "dw7": ("1x1, depthwise 7x7, 1x1 (96 ch)", depthwise(7)),
+        "dw3s2": ("1x1 24->96, depthwise 3x3 stride 2, 1x1 96->24 (MobileNetV2's features.2)",
+                  depthwise(3, 2, 96, 24)),
+        "dw3_144": ("1x1 24->144, depthwise 3x3, 1x1 144->24 (MobileNetV2's features.3, at 224)",
+                    depthwise(3, 1, 144, 24)),
     }
 
 

@@ -559,14 +559,12 @@ def in_pieces(model, plan: TilePlan, piece_cells: tuple[int, int] | None = None)
     if piece_cells is None:
         return Pieces(plan, {tile: tile for tile in plan.tiles})
     grid = as_grid(model)
-    image_hw = grid.padded_hw(plan.image_hw) or plan.image_hw
     tile_of = {}
     for tile in plan.tiles:
         for rows in _spans(tile.rows[1], piece_cells[0], tile.rows[0]):
             for cols in _spans(tile.cols[1], piece_cells[1], tile.cols[0]):
-                box = tile.box if (rows, cols) == (tile.rows, tile.cols) else _box(
-                    grid.field, grid.align, rows, cols, image_hw, grid.stitch, grid.sizes)
-                tile_of[Tile(rows, cols, box)] = tile
+                whole = (rows, cols) == (tile.rows, tile.cols)
+                tile_of[tile if whole else _tile_of_cells(grid, rows, cols, plan.image_hw)] = tile
     largest = (max(p.box[2] - p.box[0] for p in tile_of), max(p.box[3] - p.box[1] for p in tile_of))
     cells = tuple(min(plan.cells_hw[a], piece_cells[a]) for a in (0, 1))
     return Pieces(replace(plan, tile_hw=largest, cells_hw=cells, tiles=tuple(tile_of)), tile_of)
@@ -649,13 +647,18 @@ def _around_damage(grid, source: Source, tile: Tile, device: str, transform, dam
     axis = 0 if rows >= cols else 1
     start, stop = (tile.rows, tile.cols)[axis]
     middle = (start + stop) // 2
-    image_hw = grid.padded_hw((source.height, source.width)) or (source.height, source.width)
     halves = []
     for part in ((start, middle), (middle, stop)):
         cells = (part, tile.cols) if axis == 0 else (tile.rows, part)
-        box = _box(grid.field, grid.align, *cells, image_hw, grid.stitch, grid.sizes)
-        halves.append(tile_block(grid, source, Tile(*cells, box), device, transform, damaged))
+        half = _tile_of_cells(grid, *cells, (source.height, source.width))
+        halves.append(tile_block(grid, source, half, device, transform, damaged))
     return np.concatenate(halves, axis=2 + axis)
+
+
+def _tile_of_cells(grid, rows: tuple[int, int], cols: tuple[int, int], image_hw: tuple[int, int]) -> Tile:
+    """A tile of these cells of the map, on the box they need (`_box`; a padded image's)."""
+    image_hw = grid.padded_hw(tuple(image_hw)) or tuple(image_hw)
+    return Tile(rows, cols, _box(grid.field, grid.align, rows, cols, image_hw, grid.stitch, grid.sizes))
 
 
 def _left_out_cell(grid, source: Source, transform) -> np.ndarray:
