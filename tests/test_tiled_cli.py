@@ -3061,6 +3061,23 @@ def test_images_without_resume_removes_the_stopped_run_s_partial_map_of_a_map_it
     assert sorted(p.name for p in out.iterdir()) == ["a.npy", "b.npy", "graphconv-maps.csv"]
 
 
+def _resumed_page_runs(model_dir, tmp_path, batch: bool, seed: int) -> tuple[list, list, list, tuple]:
+    """A 900x900 page in a folder, and the --resume command mapping it (--images over the
+    folder, or --image), the arguments of its output and of a straight run's, and the two
+    maps' paths."""
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    big_page = folder / "big.png"
+    Image.fromarray((np.random.default_rng(seed).random((900, 900)) * 255).astype(np.uint8)).save(big_page)
+    if batch:
+        return (["run", str(model_dir), "--images", str(folder), "--resume"],
+                ["--output-dir", str(tmp_path / "maps")], ["--output-dir", str(tmp_path / "straight")],
+                (tmp_path / "maps" / "big.npy", tmp_path / "straight" / "big.npy"))
+    return (["run", str(model_dir), "--image", str(big_page), "--resume"],
+            ["--output", str(tmp_path / "map.npy")], ["--output", str(tmp_path / "straight.npy")],
+            (tmp_path / "map.npy", tmp_path / "straight.npy"))
+
+
 @pytest.mark.parametrize("batch", [False, True], ids=["image", "images"])
 def test_resume_without_tile_keeps_the_stopped_run_s_tiles_under_another_memory_budget(model_dir, tmp_path,
                                                                                      monkeypatch, capsys, batch):
@@ -3071,19 +3088,8 @@ def test_resume_without_tile_keeps_the_stopped_run_s_tiles_under_another_memory_
     from graphconv.cli import main
     from graphconv.tiling import DenseGrid
 
-    folder = tmp_path / "slides"
-    folder.mkdir()
-    big_page = folder / "big.png"
-    Image.fromarray((np.random.default_rng(7).random((900, 900)) * 255).astype(np.uint8)).save(big_page)
+    run, out, straight, maps = _resumed_page_runs(model_dir, tmp_path, batch, seed=7)
     small = DenseGrid(Model.load(model_dir)).peak_bytes((900, 900)) * 3 // 4  # 16 tiles; 4x: the whole image
-    if batch:
-        run = ["run", str(model_dir), "--images", str(folder), "--resume"]
-        out, straight = ["--output-dir", str(tmp_path / "maps")], ["--output-dir", str(tmp_path / "straight")]
-        maps = (tmp_path / "maps" / "big.npy", tmp_path / "straight" / "big.npy")
-    else:
-        run = ["run", str(model_dir), "--image", str(big_page), "--resume"]
-        out, straight = ["--output", str(tmp_path / "map.npy")], ["--output", str(tmp_path / "straight.npy")]
-        maps = (tmp_path / "map.npy", tmp_path / "straight.npy")
     assert main([*run, *straight, "--memory-limit", str(small)]) == 0
     _stop_after(monkeypatch, 2)
     assert main([*run, *out, "--memory-limit", str(small)]) == 130
@@ -3107,21 +3113,10 @@ def test_resume_with_less_memory_computes_the_stopped_run_s_tiles_in_pieces(mode
     pieces that fit, and its tiles done are kept."""
     from graphconv.tiling import DenseGrid, tile_bytes
 
-    folder = tmp_path / "slides"
-    folder.mkdir()
-    big_page = folder / "big.png"
-    Image.fromarray((np.random.default_rng(8).random((900, 900)) * 255).astype(np.uint8)).save(big_page)
+    batch = how == "images"
+    run, out, straight, maps = _resumed_page_runs(model_dir, tmp_path, batch, seed=8)
     whole = tile_bytes(DenseGrid(Model.load(model_dir)), (900, 900))
     roomy, tight = whole // 2, whole // 3  # 4 tiles; their boxes over the tight budget
-    batch = how == "images"
-    if batch:
-        run = ["run", str(model_dir), "--images", str(folder), "--resume"]
-        out, straight = ["--output-dir", str(tmp_path / "maps")], ["--output-dir", str(tmp_path / "straight")]
-        maps = (tmp_path / "maps" / "big.npy", tmp_path / "straight" / "big.npy")
-    else:
-        run = ["run", str(model_dir), "--image", str(big_page), "--resume"]
-        out, straight = ["--output", str(tmp_path / "map.npy")], ["--output", str(tmp_path / "straight.npy")]
-        maps = (tmp_path / "map.npy", tmp_path / "straight.npy")
     with contextlib.ExitStack() as stack:
         if how == "scheduler":  # the tiles sent as tasks: in process, the worker's memory is the test's (far under)
             distributed = pytest.importorskip("distributed")
