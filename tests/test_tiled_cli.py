@@ -3118,16 +3118,17 @@ def test_resume_with_less_memory_computes_the_stopped_run_s_tiles_in_pieces(mode
     whole = tile_bytes(DenseGrid(Model.load(model_dir)), (900, 900))
     roomy, tight = whole // 2, whole // 3  # 4 tiles; their boxes over the tight budget
     with contextlib.ExitStack() as stack:
+        one = None
         if how == "scheduler":  # the tiles sent as tasks: in process, the worker's memory is the test's (far under)
             distributed = pytest.importorskip("distributed")
             one = stack.enter_context(distributed.LocalCluster(n_workers=1, processes=False, threads_per_worker=1,
                                                                memory_limit="64GB", dashboard_address=None))
             run += ["--scheduler", one.scheduler_address]
-        _resume_with_less_memory(run, out, straight, roomy, tight, monkeypatch, capsys, batch, model_dir)
+        _resume_with_less_memory(run, out, straight, roomy, tight, monkeypatch, capsys, batch, model_dir, one)
     np.testing.assert_allclose(np.load(maps[0]), np.load(maps[1]), rtol=1e-5, atol=1e-6)
 
 
-def _resume_with_less_memory(run, out, straight, roomy, tight, monkeypatch, capsys, batch, model_dir):
+def _resume_with_less_memory(run, out, straight, roomy, tight, monkeypatch, capsys, batch, model_dir, cluster):
     from graphconv.cli import main
     from graphconv.tiling import DenseGrid, tile_bytes
 
@@ -3135,6 +3136,10 @@ def _resume_with_less_memory(run, out, straight, roomy, tight, monkeypatch, caps
     _stop_after(monkeypatch, 1)
     assert main([*run, *out, "--memory-limit", str(roomy)]) == 130
     monkeypatch.undo()
+    deadline = time.monotonic() + 60  # the stopped run's tile tasks running finish their tile (a thread runs on)
+    while cluster is not None and any(w.state.executing_count for w in cluster.workers.values()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     import graphconv.tiling
     boxes, read = [], graphconv.tiling.read_box
     monkeypatch.setattr(graphconv.tiling, "read_box", lambda source, box, channels: boxes.append(box) or read(
