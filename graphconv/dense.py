@@ -36,6 +36,7 @@ from graphconv.model import Model, as_batch
 from graphconv.ops import pair
 from graphconv.ops.pad import describe_fill
 from graphconv.ops.registry import describe_padding
+from graphconv.runtime import Executor
 from graphconv.receptive import partial_receptive_fields, partial_sliding_periods
 from graphconv.shapes import infer_shapes
 
@@ -854,7 +855,8 @@ def _measure_group(context: _PaddingContext, last: str, group: list[str], notes:
     """`LayerPadding` of each layer of `group`, from the prefix ending at `last`; a group
     whose prefix cannot run on the whole image is measured a layer at a time, so that
     only the layers that cannot are left out (with a note)."""
-    executor = Model(_prefix(context.classifier.graph, last)).executor(context.device)
+    # every layer a step of its own, fused blocks' inner layers too: each is tapped
+    executor = Executor(_prefix(context.classifier.graph, last), context.device, fuse_blocks=False)
     whole = dict.fromkeys(group)
     try:
         executor.run(context.x, taps=whole)

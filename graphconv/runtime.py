@@ -157,13 +157,13 @@ class Executor:
     It owns the activation buffers its plans share, so one Executor runs one batch at a
     time: a lock makes concurrent calls wait rather than share them."""
 
-    def __init__(self, graph: Graph, device: str = "cpu"):
-        self.graph = graph
+    def __init__(self, graph: Graph, device: str = "cpu", fuse_blocks: bool = True):
+        """`fuse_blocks`: let the CPU backend run chains of layers as one
+        (`passes/fuse_inverted_residual.py`), on a copy of `graph`; their inner layers
+        are then no steps of their own, which a run's `taps` cannot name."""
         self.backend: Backend = resolve_backend(device)
         self._check_process()
-        if self.backend.stores_channels_last:
-            # annotations only, on the graph given (Model gives its own copy): values stay what they were
-            get_pass("channels-last").run(graph)
+        self.graph = self._bound_graph(graph, fuse_blocks)
         self.steps = [self._bind(node) for node in self._layers()]
         self._plans: OrderedDict[tuple[int, int, int], Plan] = OrderedDict()
         self._buffers: list[Any] = []
@@ -171,6 +171,20 @@ class Executor:
         self._bound: dict[tuple[int, int, int], tuple[Any, dict[str, Any], list]] = {}  # see `_bound_calls`
         self._run_values: dict[tuple[int, int, int], tuple[Any, Any]] = {}  # see `_input_and_output`
         self._lock = threading.RLock()  # run holds it while it asks plan
+
+    def _bound_graph(self, graph: Graph, fuse_blocks: bool) -> Graph:
+        """The graph this backend runs: on the CPU, fused where `fuse-inverted-residual`
+        fuses (a copy: the caller's graph keeps its layers) and annotated by `channels-last`
+        (annotations only, on the graph given where nothing was fused: values stay what
+        they were; Model gives its own copy)."""
+        if not self.backend.stores_channels_last:
+            return graph
+        if fuse_blocks:
+            fused = graph.copy()
+            if get_pass("fuse-inverted-residual").run(fused):
+                graph = fused
+        get_pass("channels-last").run(graph)
+        return graph
 
     @property
     def device(self) -> str:
@@ -235,6 +249,7 @@ class Executor:
         run, and `verify` compares many layers' maps at once (`dense._padding_effects`)."""
         x = self._checked_input(x)
         self._check_process()
+        self._check_taps(taps)
         with self._lock:
             key = (x.shape[0], x.shape[2], x.shape[3])
             plan = self.plan(*key)
@@ -271,6 +286,13 @@ class Executor:
             self._run_values[key] = (self.backend.empty(x.shape), self.backend.empty(plan.output_shape))
         staged_input, staged_output = self._run_values[key]
         return self.backend.to_device(x, into=staged_input), out if direct else staged_output
+
+    def _check_taps(self, taps: dict | None) -> None:
+        """A tapped layer must be a step: not one that runs inside a fused block."""
+        missing = sorted(set(taps or ()) - {step.name for step in self.steps})
+        if missing:
+            raise ValueError(f"no layer {missing[0]!r} runs in this Executor (a layer fused into a block is no step "
+                             "of its own: make it with fuse_blocks=False to tap it)")
 
     def _checked_input(self, x: np.ndarray) -> np.ndarray:
         """The input as contiguous float32, or a GraphconvError for arrays of the wrong rank

@@ -1102,7 +1102,7 @@ def _outer_thread(xp, wp, og, bias, activation, kh, kw, sh, sw, dh, dw, o_offset
         if direct:
             _activate_job(flat_out, q0, count, blk0 * block, min(og, blk1 * block), 0, out_channels, activation)
         else:
-            _store_outer_job(sums, block, block_pixels, q0, count, blk0 * block, min(og, blk1 * block), plane,
+            store_outer_job(sums, block, block_pixels, q0, count, blk0 * block, min(og, blk1 * block), plane,
                              bias, activation, o_offset, flat_res, flat_out, out_channels, channels_last)
 
 
@@ -1154,7 +1154,7 @@ def _patch_starts(q0, count, ho, wo, rows_in, cols_in, cg, sh, sw, patch):
 
 
 @njit(cache=True, inline="always")
-def _store_outer_job(sums, block, block_pixels, q0, count, o_lo, o_hi, plane, bias, activation, o_offset,
+def store_outer_job(sums, block, block_pixels, q0, count, o_lo, o_hi, plane, bias, activation, o_offset,
                      flat_res, flat_out, out_channels, channels_last):
     """Output channels o_lo..o_hi of a job's `count` pixels from its sums (`block` channels
     a block), with the bias, the residual input and the activation."""

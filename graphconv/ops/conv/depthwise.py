@@ -143,7 +143,24 @@ def depthwise_channels_last(xh, taps, bias, sh, sw, ph, pw, dh, dw, activation, 
     _, ho, wo, _ = out_h.shape
     kh, kw = taps.shape[0], taps.shape[1]
     flat_x, flat_taps, flat_out = xh.reshape(-1), taps.reshape(-1), out_h.reshape(-1)
-    relu = activation == RELU
+    first, tiled, by_rows = row_geometry(width, wo, kw, sw, pw, dw)
+    for job in prange(n * ho):
+        b, oy = job // ho, job % ho
+        top = oy * sh - ph
+        row_starts = np.empty(kh, np.int64)
+        for i in range(kh):
+            row = top + i * dh
+            row_starts[i] = (b * height + row) * width * c if 0 <= row < height else -1
+        scratch = np.empty(2 * kh * kw + 2 * kh, np.int64)
+        channels_last_row(flat_x, row_starts, kh, kw, dw, sw, pw, width, c, wo, first, tiled, by_rows, flat_taps,
+                          bias, activation, flat_out, (b * ho + oy) * wo * c, scratch)
+
+
+@njit(cache=True, inline="always")
+def row_geometry(width, wo, kw, sw, pw, dw):
+    """(first, tiled, by_rows) of a channels-last depthwise conv's rows, for
+    `channels_last_row`: its pixels from `first` to `tiled` have every tap column inside
+    the row and go DEPTHWISE_PIXELS at a time, a row of taps at a time where `by_rows`."""
     # the pixels from `first` to `inside` have every tap column in the row: ox * sw - pw >= 0
     # and ox * sw <= reach; the wide tiles take them up to `tiled`
     first = min(wo, -(-pw // sw))
@@ -152,57 +169,55 @@ def depthwise_channels_last(xh, taps, bias, sh, sw, ph, pw, dh, dw, activation, 
     tiled = first + (inside - first) // DEPTHWISE_PIXELS * DEPTHWISE_PIXELS
     # vector_tile.DEPTHWISE_ROW_WIDTHS at stride 1, STRIDE_2_ROW_WIDTHS at 2
     by_rows = dw == 1 and ((sw == 1 and (kw == 3 or kw == 5 or kw == 7)) or (sw == 2 and (kw == 3 or kw == 5)))
-    for job in prange(n * ho):
-        b, oy = job // ho, job % ho
-        top = oy * sh - ph
-        tap_ids = np.empty(kh * kw, np.int64)
-        offsets = np.empty(kh * kw, np.int64)
-        row_ids = np.empty(kh, np.int64)
-        row_offsets = np.empty(kh, np.int64)
-        row_x = ((b * height + top) * width - pw) * c  # + ox * sw * c: pixel ox's first tap, inside or not
-        row_out = (b * ho + oy) * wo * c
-        # the tiled pixels' taps: those of pixel `first`, every column of which is inside, as of the others
-        count = _taps_inside(top, first * sw - pw, kh, kw, dh, dw, height, width, c, tap_ids, offsets)
-        rows = _rows_inside(top, kh, dh, height, width, c, row_ids, row_offsets)
-        for ox in range(first, tiled, DEPTHWISE_PIXELS):
-            _inner_pixels(by_rows, kw, sw, flat_out, row_out + ox * c, flat_taps, row_ids, row_offsets, rows, tap_ids,
-                          offsets, count, flat_x, row_x + ox * sw * c, sw * c, bias, c, relu)
-        for ox in range(wo):
-            if first <= ox < tiled:
-                continue
-            count = _taps_inside(top, ox * sw - pw, kh, kw, dh, dw, height, width, c, tap_ids, offsets)
-            _pixels(1, flat_out, row_out + ox * c, flat_taps, tap_ids, offsets, count, flat_x, row_x + ox * sw * c,
-                    sw * c, bias, c, relu)
-        activate_run(flat_out, row_out, wo * c, activation)
+    return first, tiled, by_rows
 
 
 @njit(cache=True, inline="always")
-def _taps_inside(top, left, kh, kw, dh, dw, height, width, c, tap_ids, offsets):
-    """How many taps of the window whose first tap is at input row `top`, column `left`
-    lie inside the input; their numbers and their offsets from that first tap
-    (channels-last) into tap_ids and offsets."""
-    count = 0
+def channels_last_row(flat_x, row_starts, kh, kw, dw, sw, pw, width, c, wo, first, tiled, by_rows, flat_taps, bias,
+                      activation, flat_out, row_out, scratch):
+    """One output row of a channels-last depthwise conv into flat_out from row_out on:
+    row_starts[i] is where the input row under tap row i starts in flat_x (its pixel 0),
+    -1 where that row is padding, so the rows may lie anywhere (the fused inverted
+    residual keeps a few expanded rows in a buffer of its own); (first, tiled, by_rows)
+    from `row_geometry`; scratch holds 2 * (kh * kw + kh) int64s."""
+    kk = kh * kw
+    tap_ids, offsets = scratch[:kk], scratch[kk:2 * kk]
+    row_ids, row_offsets = scratch[2 * kk:2 * kk + kh], scratch[2 * kk + kh:2 * kk + 2 * kh]
+    relu = activation == RELU
+    rows = 0
     for i in range(kh):
-        if 0 <= top + i * dh < height:
-            for j in range(kw):
-                if 0 <= left + j * dw < width:
-                    tap_ids[count] = i * kw + j
-                    offsets[count] = (i * dh * width + j * dw) * c
-                    count += 1
-    return count
+        if row_starts[i] >= 0:
+            row_ids[rows] = i
+            row_offsets[rows] = row_starts[i]
+            rows += 1
+    # x0 + offsets[t] is pixel ox's tap t, with x0 = (ox * sw - pw) * c: the tiled pixels' taps
+    # are those of pixel `first`, every column of which is inside, as of the others
+    count = _taps_inside(row_ids, row_offsets, rows, first * sw - pw, kw, dw, width, c, tap_ids, offsets)
+    for ox in range(first, tiled, DEPTHWISE_PIXELS):
+        _inner_pixels(by_rows, kw, sw, flat_out, row_out + ox * c, flat_taps, row_ids, row_offsets, rows, tap_ids,
+                      offsets, count, flat_x, (ox * sw - pw) * c, sw * c, bias, c, relu)
+    for ox in range(wo):
+        if first <= ox < tiled:
+            continue
+        count = _taps_inside(row_ids, row_offsets, rows, ox * sw - pw, kw, dw, width, c, tap_ids, offsets)
+        _pixels(1, flat_out, row_out + ox * c, flat_taps, tap_ids, offsets, count, flat_x, (ox * sw - pw) * c,
+                sw * c, bias, c, relu)
+    activate_run(flat_out, row_out, wo * c, activation)
 
 
 @njit(cache=True, inline="always")
-def _rows_inside(top, kh, dh, height, width, c, row_ids, row_offsets):
-    """How many rows of taps of the window whose first tap is at input row `top` lie
-    inside the input; their numbers and their offsets from that first tap into row_ids
-    and row_offsets (`_taps_inside` by whole rows, for `_pixels_by_rows`)."""
+def _taps_inside(row_ids, row_offsets, rows, left, kw, dw, width, c, tap_ids, offsets):
+    """How many taps of the window whose first tap column is input column `left` lie
+    inside the input, on the `rows` tap rows inside it (row_ids, and row_offsets: where
+    each one's input row starts); their numbers and their offsets from that column's
+    place in a row (channels-last) into tap_ids and offsets."""
     count = 0
-    for i in range(kh):
-        if 0 <= top + i * dh < height:
-            row_ids[count] = i
-            row_offsets[count] = i * dh * width * c
-            count += 1
+    for r in range(rows):
+        for j in range(kw):
+            if 0 <= left + j * dw < width:
+                tap_ids[count] = row_ids[r] * kw + j
+                offsets[count] = row_offsets[r] + j * dw * c
+                count += 1
     return count
 
 
@@ -296,8 +311,8 @@ def _grouped_channels_last(group: int):
     pixels = specialised(_pixels, f"_groups_of_{group}", inline, depthwise_tile=DEPTHWISE_TILES[group],
                          _channels_one_by_one=one_by_one)
     inner = specialised(_inner_pixels_tap_by_tap, f"_groups_of_{group}", inline, _pixels=pixels)
-    return specialised(depthwise_channels_last, f"_groups_of_{group}", CHANNELS_LAST_OPTIONS, _pixels=pixels,
-                       _inner_pixels=inner)
+    row = specialised(channels_last_row, f"_groups_of_{group}", inline, _pixels=pixels, _inner_pixels=inner)
+    return specialised(depthwise_channels_last, f"_groups_of_{group}", CHANNELS_LAST_OPTIONS, channels_last_row=row)
 
 
 CHANNELS_LAST_TAPS = {1: depthwise_channels_last, **{group: _grouped_channels_last(group) for group in GROUP_WIDTHS}}
