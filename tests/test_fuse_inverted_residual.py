@@ -6,7 +6,7 @@ import graphconv
 from graphconv.ops.inverted_residual import cpu
 from graphconv.pass_manager import get_pass
 from graphconv.runtime import Executor, run_reference
-from passes.fuse_inverted_residual import FUSED_LAYERS
+from graphconv.passes.fuse_inverted_residual import FUSED_LAYERS
 
 # two of MobileNetV2's blocks (expand 1x1, depthwise 3x3, project 1x1; the second adds
 # its input), with the ReLU6s and the add as layers of their own, as an ONNX file has them
