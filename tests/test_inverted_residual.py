@@ -18,12 +18,17 @@ def channels_last(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
 
 
+STORAGES = ("nchw", "channels-last", "channels-last-in")  # what is stored channels-last: nothing, all, the inputs
+
+
 def run(params, weights, inputs, strategy, stored):
-    """The kernel's output on `inputs` (stored channels-last where `stored`), NCHW."""
+    """The kernel's output on `inputs` (stored as `stored` says, one of STORAGES), NCHW."""
     shape = OP.shape(params, [x.shape[1:] for x in inputs])
     out = np.full((inputs[0].shape[0], *shape), np.nan, np.float32)
-    if stored:
+    if stored == "channels-last":
         inputs, out = [channels_last(x) for x in inputs], channels_last(out)
+    elif stored == "channels-last-in":  # an added second input is stored as the output
+        inputs = [channels_last(inputs[0])] + inputs[1:]
     cpu.run_inverted_residual(params, cpu.prepare_inverted_residual(params, weights), inputs, out, strategy)
     return np.ascontiguousarray(out)
 
@@ -40,7 +45,7 @@ def assert_matches_reference(params, weights, inputs, strategy, stored):
        stride=st.sampled_from([(1, 1), (2, 2), (1, 2)]), padding=st.sampled_from([(0, 0), (1, 1), (2, 1), (3, 3)]),
        dilation=st.sampled_from([(1, 1), (2, 2), (1, 2)]), size=st.tuples(st.integers(7, 17), st.integers(7, 17)),
        batch=st.integers(1, 3), activations=st.tuples(*[st.sampled_from(ACTIVATIONS)] * 3),
-       added=st.sampled_from(["none", "input", "second"]), stored=st.booleans(),
+       added=st.sampled_from(["none", "input", "second"]), stored=st.sampled_from(STORAGES),
        step_pixels=st.sampled_from([1, 10, 96]), threads=st.sampled_from([1, 2]))
 def test_fused_rows_match_the_reference(in_channels, hidden, out_channels, kernel, stride, padding, dilation, size,
                                         batch, activations, added, stored, step_pixels, threads, monkeypatch):
@@ -76,7 +81,7 @@ def test_fused_rows_match_the_reference(in_channels, hidden, out_channels, kerne
 
 
 @pytest.mark.parametrize("strategy", cpu.STRATEGIES)
-@pytest.mark.parametrize("stored", [False, True], ids=["nchw", "channels-last"])
+@pytest.mark.parametrize("stored", STORAGES)
 @pytest.mark.parametrize("hidden,out_channels", [(600, 24), (144, 24), (96, 32), (40, 7)],
                          ids=["two-chunks", "mobilenet", "whole-vectors", "few"])
 def test_both_strategies_match_the_reference(strategy, stored, hidden, out_channels):
@@ -102,16 +107,20 @@ def test_fused_rows_run_on_large_channels_last_maps_only():
     assert cpu.describe_inverted_residual(params, (8, 24, 7, 7), channels_last=True) == "layers"
 
 
-def test_an_nchw_output_runs_as_layers_into_it(rng, monkeypatch):
-    """A block whose output is the network's (stored NCHW) runs its three convs, even on
-    a map that would run fused."""
+def test_an_nchw_input_runs_as_layers_and_an_nchw_output_fused(rng, monkeypatch):
+    """A block reading the network's input (stored NCHW) runs its three convs, even on a
+    map that would run fused; one writing the network's output (NCHW) runs fused."""
     params = normalize_params(OP, dict(out_channels=8, hidden_channels=64, kernel_size=3, padding=1))
     weights = OP.seeded_weights(params, [(8, 70, 70)], rng)
     x = rng.standard_normal((1, 8, 70, 70)).astype(np.float32)
-    out = np.empty((1, 8, 70, 70), np.float32)
     bound = cpu.bind_inverted_residual(params, cpu.prepare_inverted_residual(params, weights))
     assert cpu.describe_inverted_residual(params, x.shape, channels_last=True) == "fused rows"
-    monkeypatch.setattr(cpu._BoundBlock, "_fused_call", lambda *args: pytest.fail("ran fused"))
-    bound([channels_last(x)], out)
-    assert not is_channels_last(out)
-    np.testing.assert_allclose(out, OP.reference(params, weights, [x]), rtol=1e-4, atol=1e-4)
+    fused_call = cpu._BoundBlock._fused_call
+    ran_fused = []
+    monkeypatch.setattr(cpu._BoundBlock, "_fused_call", lambda *args: ran_fused.append(1) or fused_call(*args))
+    for stored_x, fused in ((x, False), (channels_last(x), True)):
+        ran_fused.clear()
+        out = np.empty((1, 8, 70, 70), np.float32)
+        bound([stored_x], out)
+        assert bool(ran_fused) == fused and not is_channels_last(out)
+        np.testing.assert_allclose(out, OP.reference(params, weights, [x]), rtol=1e-4, atol=1e-4)

@@ -21,22 +21,24 @@ pixels make short GEMMs). So a block runs fused where its expanded map per image
 FUSED_MIN_HIDDEN_BYTES or more, on channels-last values (what the CPU backend stores
 between convs), else as the three layers.
 
-Both take the values stored either way (`channels_last` "any"); "fused rows" reads and
-writes channels-last ones only, so a block whose input or output is NCHW (the network's
-output) runs as layers.
+Both take the values stored either way (`channels_last` "any"). "fused rows" reads a
+channels-last input (a block's is, but the network's own input) and writes either
+storage: an NCHW output (the network's) through a step's rows staged channels-last; a
+block reading the network's input runs as layers.
 """
 from __future__ import annotations
 
 from typing import Callable
 
 import numpy as np
-from numba import get_num_threads, prange
+from numba import get_num_threads, njit, prange
 
 from graphconv.ops.conv.cpu import bind_conv, kxo_weights, prepare_conv, store_outer_job
 from graphconv.ops.conv.depthwise import channels_last_row, channels_last_taps, row_geometry
-from graphconv.ops.fast_math import CONTRACT, RELU, activate_run
+from graphconv.ops.fast_math import CONTRACT, NONE, RELU, activate_run
 from graphconv.ops.activations import fused_code
 from graphconv.ops.inverted_residual import STAGES, added_input, stage_weights, stages
+from graphconv.ops.channels_last import as_channels_last
 from graphconv.ops.layout import nhwc
 from graphconv.ops.registry import pair
 from graphconv.ops.specialise import per_lane_width
@@ -102,14 +104,13 @@ class _BoundBlock:
 
     def bind_values(self, inputs: list[np.ndarray], out: np.ndarray) -> Callable[[], None]:
         added = added_input(self.params, inputs)
-        stored = [nhwc(value) for value in (inputs[0], out, *([added] if added is not None else []))]
-        all_channels_last = all(value is not None for value in stored)
-        strategy = self.strategy or describe_inverted_residual(self.params, inputs[0].shape, all_channels_last)
+        x, readable = nhwc(inputs[0]), _fused_rows_read(inputs[0], added, out)
+        strategy = self.strategy or describe_inverted_residual(self.params, inputs[0].shape, readable)
         if strategy == "layers":
             return lambda: self._layers(inputs, out)
-        if not all_channels_last:  # forced: on channels-last copies, the output copied back
+        if not readable:  # forced: on channels-last copies, the output copied back
             return lambda: self._fused_on_copies(inputs, out)
-        return self._fused_call(stored[0], stored[2] if added is not None else None, stored[1])
+        return self._fused_call(x, added, out)
 
     def _layers(self, inputs: list[np.ndarray], out: np.ndarray) -> None:
         """The three convs, their two maps in channels-last scratch of this call's (the
@@ -125,27 +126,44 @@ class _BoundBlock:
         project([depthwise] + ([added] if added is not None else []), out)
 
     def _fused_on_copies(self, inputs: list[np.ndarray], out: np.ndarray) -> None:
-        def copy(value: np.ndarray) -> np.ndarray:
-            return np.ascontiguousarray(value.transpose(0, 2, 3, 1))
+        """Forced "fused rows" on values it does not read as they are: on channels-last
+        copies, the output copied back."""
         added = added_input(self.params, inputs)
-        result = np.empty((out.shape[0], out.shape[2], out.shape[3], out.shape[1]), np.float32)
-        self._fused_call(copy(inputs[0]), copy(added) if added is not None else None, result)()
-        out[...] = result.transpose(0, 3, 1, 2)
+        result = np.empty((out.shape[0], *out.shape[2:], out.shape[1]), np.float32).transpose(0, 3, 1, 2)
+        self._fused_call(as_channels_last(inputs[0]), as_channels_last(added).transpose(0, 3, 1, 2)
+                         if added is not None else None, result)()
+        out[...] = result
 
     def _fused_call(self, x: np.ndarray, added: np.ndarray | None, out: np.ndarray) -> Callable[[], None]:
-        """The fused kernel's call on channels-last (N, H, W, C) arrays."""
+        """The fused kernel's call on a channels-last (N, H, W, C) x into `out` (N, O, Ho,
+        Wo), stored channels-last or NCHW, `added` stored as `out` is (or None)."""
         params, weights = self.params, self.weights
         kh, kw = pair(params["kernel_size"])
         (sh, sw), (ph, pw), (dh, dw) = (pair(params[key]) for key in ("stride", "padding", "dilation"))
-        n, ho = out.shape[:2]
-        step_rows = _step_rows(x.shape[2], out.shape[2], params["hidden_channels"], kh, sh, dh)
+        n, _, ho, wo = out.shape
+        stored = nhwc(out)
+        out_channels_last = stored is not None
+        out = stored if out_channels_last else out
+        if added is not None:
+            added = nhwc(added) if out_channels_last else added
+        step_rows = _step_rows(x.shape[2], wo, params["hidden_channels"], kh, sh, dh)
         band = -(-ho // max(1, min(-(-ho // step_rows), -(-get_num_threads() // n))))
         lanes = vector_tile.OUTER_LANES
         codes = [fused_code(params[key]) for key in ("expand_activation", "depthwise_activation", "activation")]
         return lambda: FUSED_ROWS[lanes](
             x, weights["expand_packed"], weights["expand_bias"], codes[0], weights["depthwise_taps"],
             weights["depthwise_bias"], codes[1], kh, kw, sh, sw, ph, pw, dh, dw, weights["project_packed"],
-            weights["project_bias"], codes[2], _flat(added), out, band, step_rows, lanes, vector_tile.OUTER_VECTORS)
+            weights["project_bias"], codes[2], _flat(added), out, out_channels_last, band, step_rows, lanes,
+            vector_tile.OUTER_VECTORS)
+
+
+def _fused_rows_read(x: np.ndarray, added: np.ndarray | None, out: np.ndarray) -> bool:
+    """Whether the fused kernel takes these values as they are: x channels-last, `out`
+    channels-last or C-contiguous NCHW (a network's output), `added` stored as `out` is."""
+    out_channels_last = nhwc(out) is not None
+    if not (nhwc(x) is not None and (out_channels_last or out.flags.c_contiguous)):
+        return False
+    return added is None or (nhwc(added) is not None if out_channels_last else added.flags.c_contiguous)
 
 
 def _conv_weights(weights: dict, stage: str) -> dict:
@@ -173,14 +191,19 @@ def _expanded_rows(rows: int, kh: int, sh: int, dh: int) -> int:
 
 
 def _fused_rows(x, expand_w, expand_b, expand_act, taps, dw_b, dw_act, kh, kw, sh, sw, ph, pw, dh, dw, project_w,
-                project_b, project_act, flat_added, out, band, step_rows, lanes, block_vectors):
-    """"fused rows" on channels-last x (N, H, W, C) into out (N, Ho, Wo, O), flat_added
-    stored as out (empty: nothing added): `band` output rows a job, `step_rows` a step.
+                project_b, project_act, flat_added, out, out_channels_last, band, step_rows, lanes, block_vectors):
+    """"fused rows" on channels-last x (N, H, W, C) into out (N, Ho, Wo, O) where
+    `out_channels_last`, else (N, O, Ho, Wo) (through a step's rows staged channels-last,
+    `_store_in_planes`), flat_added stored as out (empty: nothing added): `band` output
+    rows a job, `step_rows` a step.
     `expanded` holds the last `most_rows` input rows' expanded rows, input row r's in
     slot r % most_rows: a step expands the rows its taps read that the steps before did
     not, and the rows it reads again stay where they are."""
     n, height, width, cin = x.shape
-    _, ho, wo, cout = out.shape
+    if out_channels_last:
+        _, ho, wo, cout = out.shape
+    else:
+        _, cout, ho, wo = out.shape
     hidden = expand_b.size
     flat_x, flat_taps, flat_out = x.reshape(-1), taps.reshape(-1), out.reshape(-1)
     no_added = np.empty(0, np.float32)
@@ -199,6 +222,7 @@ def _fused_rows(x, expand_w, expand_b, expand_act, taps, dw_b, dw_act, kh, kw, s
         patch = np.empty(max(most_rows * width, step_rows * wo), np.int64)
         row_starts = np.empty(kh, np.int64)
         scratch = np.empty(2 * kh * kw + 2 * kh, np.int64)
+        staged = np.empty(0 if out_channels_last else step_rows * wo * cout, np.float32)
         expanded_to = 0  # the input rows before which `expanded` holds the band's expanded rows
         for oy0 in range(r0, r1, step_rows):
             rows = min(step_rows, r1 - oy0)
@@ -220,8 +244,30 @@ def _fused_rows(x, expand_w, expand_b, expand_act, taps, dw_b, dw_act, kh, kw, s
                     row_starts[i] = (row % most_rows) * width * hidden if 0 <= row < height else -1
                 channels_last_row(expanded, row_starts, kh, kw, dw, sw, pw, width, hidden, wo, first, tiled, by_rows,
                                   flat_taps, dw_b, dw_act, spatial, r * wo * hidden, scratch)
-            pointwise(spatial, 0, rows * wo, hidden, project_w, cout, project_b, project_act, flat_out,
-                      (b * ho + oy0) * wo * cout, flat_added, sums, patch, lanes, block_vectors)
+            if out_channels_last:
+                pointwise(spatial, 0, rows * wo, hidden, project_w, cout, project_b, project_act, flat_out,
+                          (b * ho + oy0) * wo * cout, flat_added, sums, patch, lanes, block_vectors)
+            else:
+                pointwise(spatial, 0, rows * wo, hidden, project_w, cout, project_b, NONE, staged, 0, no_added, sums,
+                          patch, lanes, block_vectors)
+                _store_in_planes(staged, rows * wo, cout, flat_out, b * cout * ho * wo + oy0 * wo, ho * wo,
+                                 flat_added, project_act)
+
+
+@njit(cache=True, inline="always")
+def _store_in_planes(staged, pixels, cout, flat_out, at, plane, flat_added, activation):
+    """A step's `pixels` outputs, staged channels-last with the bias, into an NCHW output
+    from flat_out[at] on (channel 0's first pixel of the step; `plane` values a channel),
+    with the values added (stored as the output) and the activation."""
+    added = flat_added.size > 0
+    for o in range(cout):
+        dst = at + o * plane
+        for p in range(pixels):
+            v = staged[p * cout + o]
+            if added:
+                v += flat_added[dst + p]
+            flat_out[dst + p] = max(v, np.float32(0.0)) if activation == RELU else v
+        activate_run(flat_out, dst, pixels, activation)
 
 
 def pointwise(flat_x, x_at, pixels, cin, packed, og, bias, activation, flat_out, out_at, flat_added, sums, patch,
