@@ -13,6 +13,8 @@ The output is the project conv's, plus, where `add_input` is set, the block's ow
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from graphconv.errors import ShapeError
@@ -101,21 +103,21 @@ def added_input(params: dict, inputs: list):
 
 def reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarray:
     """The three convs' references one after another, the added input with the last."""
-    conv, y = _conv(), inputs[0]
-    expand, depthwise, project = stages(params, y.shape[1])
-    y = conv.reference(expand, stage_weights(weights, "expand"), [y])
-    y = conv.reference(depthwise, stage_weights(weights, "depthwise"), [y])
-    added = added_input(params, inputs)
-    return conv.reference(project, stage_weights(weights, "project"), [y] + ([added] if added is not None else []))
+    return _through_stages(_conv().reference, params, weights, inputs)
 
 
 def torch_equivalent(params: dict, weights: dict, inputs: list):
-    conv, y = _conv(), inputs[0]
+    return _through_stages(_conv().torch, params, weights, inputs)
+
+
+def _through_stages(conv_form: Callable, params: dict, weights: dict, inputs: list):
+    """`inputs` through the three convs in `conv_form` (the conv's reference, or its PyTorch form)."""
+    y = inputs[0]
     expand, depthwise, project = stages(params, y.shape[1])
-    y = conv.torch(expand, stage_weights(weights, "expand"), [y])
-    y = conv.torch(depthwise, stage_weights(weights, "depthwise"), [y])
+    y = conv_form(expand, stage_weights(weights, "expand"), [y])
+    y = conv_form(depthwise, stage_weights(weights, "depthwise"), [y])
     added = added_input(params, inputs)
-    return conv.torch(project, stage_weights(weights, "project"), [y] + ([added] if added is not None else []))
+    return conv_form(project, stage_weights(weights, "project"), [y] + ([added] if added is not None else []))
 
 
 register(OpDef(
