@@ -59,8 +59,9 @@ def prepare_inverted_residual(params: dict, weights: dict) -> dict:
     for name, stage in zip(STAGES, stages(params, weights["expand_weight"].shape[1])):
         for key, value in prepare_conv(stage, stage_weights(weights, name)).items():
             prepared[f"{name}_conv.{key}"] = value
-    prepared["expand_packed"] = kxo_weights(weights["expand_weight"], 1).reshape(-1)
-    prepared["project_packed"] = kxo_weights(weights["project_weight"], 1).reshape(-1)
+    for name in ("expand", "project"):  # the 1x1 convs' packing for "outer" is the GEMM tiles' too
+        packed = prepared.get(f"{name}_conv.weight_kxo")
+        prepared[f"{name}_packed"] = (kxo_weights(weights[f"{name}_weight"], 1) if packed is None else packed).reshape(-1)
     prepared["depthwise_taps"] = channels_last_taps(weights["depthwise_weight"])
     return prepared
 
