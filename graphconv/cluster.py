@@ -21,7 +21,6 @@ import re
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import warnings
 from contextlib import contextmanager
@@ -210,6 +209,7 @@ def client_for(workers: int | None, scheduler: str | None) -> Iterator[Any]:
                                      "from") from None
         return
     import dask
+    from graphconv.files import scratch_folder
     from graphconv.memory import check_fits
 
     check_fits(workers * WORKER_PROCESS_BYTES, f"--workers {workers} (a process each, before any model or tile)",
@@ -218,7 +218,7 @@ def client_for(workers: int | None, scheduler: str | None) -> Iterator[Any]:
     # The workers' share of the cores, in their environment only (the user's own setting, inherited, wins):
     # set in this process's, it outlived the cluster, and a library caller's next numba run refused it.
     env = {} if "NUMBA_NUM_THREADS" in os.environ else {"NUMBA_NUM_THREADS": str(threads)}
-    scratch = tempfile.mkdtemp(prefix="graphconv-dask-")
+    scratch = str(scratch_folder("dask"))
     try:
         with warnings.catch_warnings(), _sigint_ignored(), dask.config.set({"temporary-directory": scratch}):
             # Without a dashboard the scheduler still serves its HTTP routes, on 8787 by default,

@@ -438,6 +438,16 @@ def put_in_place(tmp: str | os.PathLike, target: str | os.PathLike) -> Path | No
         return as_temporary(aside)
 
 
+def scratch_folder(purpose: str) -> Path:
+    """A new folder of this process's in the system's temporary directory
+    (`<TMP_PREFIX><pid>@<machine>-<purpose>-...`), after removing those of runs that are
+    gone (`_remove_stale_temporaries`): a run killed with -9 never removes its own, and a
+    local Dask cluster's folder, where its workers spill tiles, stayed in /tmp."""
+    parent = Path(tempfile.gettempdir())
+    _remove_stale_temporaries(parent)
+    return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{_owner()}-{purpose}-", dir=parent))
+
+
 def remove_temporary(path: str | os.PathLike) -> None:
     """Remove a temporary file or folder, if it is there. Its name goes at once, with
     Ctrl-C and SIGTERM held back (`signals_deferred`): a file is unlinked; a folder is

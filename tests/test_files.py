@@ -689,3 +689,31 @@ def test_a_name_the_file_system_takes_is_written_however_long(tmp_path, suffix):
     too_long = tmp_path / ("样" * (name_max(tmp_path) // 3 + 1) + suffix)
     with pytest.raises(GraphconvError, match="--output's name is .* bytes, longer than the 255 its file system takes"):
         check_name_fits(str(too_long), "--output")
+
+
+def test_a_scratch_folder_sweeps_those_of_runs_that_are_gone(tmp_path, monkeypatch):
+    """A --workers run's local Dask cluster spills tiles into its scratch folder in /tmp,
+    which it removes when it ends; a run killed with -9 left it there (GBs of spilled
+    tiles) for good. The next scratch folder asked for removes those whose process is
+    gone and keeps live ones."""
+    import tempfile
+
+    from graphconv import files
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    dead = tmp_path / f"{TMP_PREFIX}{gone}@{files._machine()}-dask-1a2b"
+    (dead / "worker-x").mkdir(parents=True)
+    (dead / "worker-x" / "spilled.bin").write_bytes(b"tile")
+    live = tmp_path / f"{TMP_PREFIX}{os.getpid()}@{files._machine()}-dask-3c4d"
+    live.mkdir()
+    elsewhere = tmp_path / f"{TMP_PREFIX}{gone}@0123abcd-dask-5e6f"  # another machine's, on a shared /tmp
+    elsewhere.mkdir()
+    users = tmp_path / "dask-scratch-space"
+    users.mkdir()
+
+    made = files.scratch_folder("dask")
+    assert made.parent == tmp_path and made.is_dir()
+    assert made.name.startswith(f"{TMP_PREFIX}{os.getpid()}@{files._machine()}-dask-")
+    assert not dead.exists() and live.is_dir() and elsewhere.is_dir() and users.is_dir()
