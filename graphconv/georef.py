@@ -180,9 +180,12 @@ def read_georeference(path: str) -> GeoReference | None:
     try:
         affine = _affine(values)
         gcps = _gcps(values) if affine is None else None
+        _check_key_directory(values.get(GEO_KEY_DIRECTORY, ()))
     except (ValueError, TypeError) as err:
         raise GraphconvError(f"its GeoTIFF tags do not make a georeference ({err}): ModelPixelScale takes 3 "
-                             "numbers, ModelTiepoint 6 per point, ModelTransformation 16", file=path) from None
+                             "numbers, ModelTiepoint 6 per point, ModelTransformation 16, GeoKeyDirectory 4 "
+                             "per key after its 4-number header; remove the broken tags (gdal_edit.py -unsetgt "
+                             "-unsetsrs) to map the image without one", file=path) from None
     if affine is None and gcps is None:
         return None
     keys = tuple((code, ASCII if code == GEO_ASCII_PARAMS else SHORT if code == GEO_KEY_DIRECTORY else DOUBLE,
@@ -202,15 +205,39 @@ def _gcps(values: dict) -> tuple | None:
     return tuple((i, j, x, y, z) for i, j, _, x, y, z in (points[k:k + 6] for k in range(0, len(points), 6)))
 
 
+def _check_key_directory(directory) -> None:
+    """A GeoKeyDirectory's header (version, revision, minor revision, number of keys)
+    and as many keys of 4 numbers each as it states: one cut short was read key by key
+    and failed with a traceback."""
+    if not directory:
+        return
+    stated = int(directory[3]) if len(directory) >= 4 else None
+    if stated is None or len(directory) < 4 + 4 * stated:
+        raise ValueError(f"a GeoKeyDirectory of {len(directory)} numbers"
+                         + (f" states {stated} keys" if stated is not None else ""))
+
+
 def _affine(values: dict) -> np.ndarray | None:
+    """Raster (col, row) -> model (x, y) from a ModelTransformation, or from a
+    ModelPixelScale and the first ModelTiepoint; None without either. One that maps the
+    raster to a line or a point (a pixel scale of 0, which GDAL ignores) is refused: a
+    map would carry it on as a georeference of cells of no size."""
     if MODEL_TRANSFORMATION in values:
-        m = np.asarray(values[MODEL_TRANSFORMATION], np.float64).reshape(4, 4)
-        return m[:2, [0, 1, 3]]
-    if MODEL_PIXEL_SCALE in values and MODEL_TIEPOINT in values:
-        sx, sy = values[MODEL_PIXEL_SCALE][:2]
-        i, j, _, x, y, _ = values[MODEL_TIEPOINT][:6]  # the first tiepoint; more are a warp GIS tools fit
-        return np.array([[sx, 0.0, x - sx * i], [0.0, -sy, y + sy * j]])
-    return None
+        affine = np.asarray(values[MODEL_TRANSFORMATION], np.float64).reshape(4, 4)[:2, [0, 1, 3]]
+    elif MODEL_PIXEL_SCALE in values and MODEL_TIEPOINT in values:
+        scale, tiepoints = values[MODEL_PIXEL_SCALE], values[MODEL_TIEPOINT]
+        if len(scale) < 2 or len(tiepoints) < 6:
+            raise ValueError(f"a ModelPixelScale of {len(scale)} numbers, a ModelTiepoint of {len(tiepoints)}")
+        sx, sy = scale[:2]
+        i, j, _, x, y, _ = tiepoints[:6]  # the first tiepoint; more are a warp GIS tools fit
+        affine = np.array([[sx, 0.0, x - sx * i], [0.0, -sy, y + sy * j]], np.float64)
+    else:
+        return None
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:, :2])) == 0.0:
+        raise ValueError("a raster-to-model transform with pixels of no size"
+                         if MODEL_TRANSFORMATION in values else
+                         f"a ModelPixelScale of {float(sx):g} x {float(sy):g}")
+    return affine
 
 
 def map_georeference(image: GeoReference, cells: Field, pixel_size: tuple[float, float] = (1.0, 1.0)) -> GeoReference:

@@ -105,16 +105,26 @@ def test_a_segmentation_map_lies_on_its_image_s_pixels(tmp_path):
         np.testing.assert_allclose(cells.affine, image.affine)
 
 
-@pytest.mark.parametrize("tag, values", [(33922, (0.0, 0.0, 500000.0)), (34264, tuple(range(12)))])
-def test_malformed_geotiff_tags_are_one_error_naming_the_file(tmp_path, tag, values):
+SCALE, TIEPOINT = (33550, 12, 3, (10.0, 10.0, 0.0), True), (33922, 12, 6, (0, 0, 0, 5e5, 4.2e6, 0), True)
+
+
+@pytest.mark.parametrize("tags, why", [
+    ([SCALE, (33922, 12, 3, (0.0, 0.0, 500000.0), True)], "a ModelTiepoint of 3"),
+    ([(34264, 12, 12, tuple(range(12)), True)], "12"),
+    ([SCALE, TIEPOINT, (34735, 3, 10, (1, 1, 0, 4, 1024, 0, 1, 1, 1025, 0), True)],  # 4 keys stated, 1.5 there
+     "a GeoKeyDirectory of 10 numbers states 4 keys"),
+    ([(33550, 12, 3, (0.0, 0.0, 0.0), True), TIEPOINT], "a ModelPixelScale of 0 x 0"),  # GDAL ignores it
+    ([(34264, 12, 16, (10.0, 0, 0, 5e5, 20.0, 0, 0, 4e6) + (0,) * 8, True)], "pixels of no size"),
+])
+def test_malformed_geotiff_tags_are_one_error_naming_the_file(tmp_path, tags, why):
+    """A GeoKeyDirectory cut short failed reading its keys with a traceback; a pixel scale
+    of 0 went on into the map as cells of 0 x 0 map units."""
     from graphconv.errors import GraphconvError
 
-    extra = [(33550, 12, 3, (10.0, 10.0, 0.0), True)] if tag == 33922 else []
-    tifffile.imwrite(tmp_path / "bad.tif", np.zeros((8, 8), np.uint8),
-                     extratags=extra + [(tag, 12, len(values), values, True)])
+    tifffile.imwrite(tmp_path / "bad.tif", np.zeros((8, 8), np.uint8), extratags=tags)
     with pytest.raises(GraphconvError, match="its GeoTIFF tags do not make a georeference") as err:
         read_georeference(str(tmp_path / "bad.tif"))
-    assert str(err.value).startswith("bad.tif: ")
+    assert str(err.value).startswith("bad.tif: ") and why in str(err.value)
 
 
 @pytest.mark.parametrize("cells, level_size", [(Field((16, 16), (4, 4), (0, 0)), (10, 15)),
