@@ -74,13 +74,14 @@ class Background:
     tissue mask, and a raster's no-data cells are left out as well."""
 
     def __init__(self, source, cells, threshold: float | None = DEFAULT_THRESHOLD,
-                 max_nodata: float = DEFAULT_MAX_NODATA, mask: np.ndarray | None = None):
+                 max_nodata: float = DEFAULT_MAX_NODATA, mask: np.ndarray | None = None, skip_damaged: bool = False):
         from graphconv.sources import nodata_can_occur, on_image
 
         # a declared value no pixel can hold (-9999 in 8 bits): every pixel is data, so tissue is looked for
         self.has_nodata = nodata_can_occur(source)  # a value, NaN or a TIFF's internal mask marks some pixels
         self.nodata = getattr(source, "missing_value", None) if self.has_nodata else None
         self.source, self.max_nodata = source, max_nodata
+        self.skip_damaged = skip_damaged  # --skip-damaged: no-data counted around undecodable tiles (`_nodata_counts`)
         # tissue and no-data are looked for in the image itself: a padded one's cells (--pad-image) stand
         # shifted on it, and a crop's share of no-data is of its image pixels (the border is neither)
         self.image, self.cells = on_image(source, cells)
@@ -304,7 +305,7 @@ class Background:
             for top in range(int(row_edges[first]), int(row_edges[last]), rows_per_read):
                 bottom = min(int(row_edges[last]), top + rows_per_read)
                 reach(top)
-                mask = nodata_mask(source, top, 0, bottom, width)
+                mask = nodata_mask(source, top, 0, bottom, width, self.skip_damaged)
                 if mask is None or not mask.any():
                     continue
                 cuts = row_edges[(row_edges > top) & (row_edges < bottom)]
@@ -536,7 +537,7 @@ def _overlaps(blocks: np.ndarray, start: int, stop: int) -> np.ndarray:
 
 
 def cells_left_out(source, grid, skip_background: float | None, max_nodata: float = DEFAULT_MAX_NODATA,
-                   mask: np.ndarray | None = None):
+                   mask: np.ndarray | None = None, skip_damaged: bool = False):
     """The `Background` of a run: for a raster with no-data, where some cell is left out
     or --skip-background is given; with --skip-background for other images; None where
     no cell is left out (`max_nodata` 1; a float raster without NaN, found in one read
@@ -544,15 +545,17 @@ def cells_left_out(source, grid, skip_background: float | None, max_nodata: floa
     so such a run picks its tiles as any other does. A raster whose declared no-data
     value none of its pixels can hold (-9999 in 8 bits) is an image like any other:
     --skip-background's tissue test applies to it. A user's `mask` (`load_mask`) leaves
-    out what it does not cover, and a raster's no-data as well."""
+    out what it does not cover, and a raster's no-data as well. `skip_damaged`
+    (--skip-damaged): the no-data is counted around tiles that cannot be decoded (the
+    count stopped a run that was to map around them)."""
     from graphconv.sources import nodata_can_occur
 
     if mask is not None:
-        return Background(source, grid.cell_area, None, max_nodata, mask)
+        return Background(source, grid.cell_area, None, max_nodata, mask, skip_damaged)
     if nodata_can_occur(source):
         if max_nodata >= 1 and skip_background is None:
             return None
-        background = Background(source, grid.cell_area, skip_background, max_nodata)
+        background = Background(source, grid.cell_area, skip_background, max_nodata, skip_damaged=skip_damaged)
         if skip_background is None and not background.nodata_cells().any():
             return None
         return background

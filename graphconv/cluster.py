@@ -675,7 +675,8 @@ def _image_mapped(ref: ModelRef, image: str, output: str, options: MapOptions, t
         grid = options.grid(model)
         blank_cells = None
         from graphconv.background import cells_left_out
-        background = cells_left_out(source, grid, options.skip_background, options.max_nodata)
+        background = cells_left_out(source, grid, options.skip_background, options.max_nodata,
+                                    skip_damaged=options.skip_damaged)
         budget = options.memory_limit
         if budget is None:
             from graphconv.memory import weight_bytes

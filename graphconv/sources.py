@@ -213,13 +213,37 @@ class ArrayLikeSource(_Preprocessed):
             out[replaced] = 0  # the network's zero padding, after the preprocess
         return out, None if nodata is None else np.broadcast_to(nodata, out.shape)
 
-    def nodata_mask(self, top: int, left: int, bottom: int, right: int) -> np.ndarray | None:
+    def nodata_mask(self, top: int, left: int, bottom: int, right: int,
+                    around_damage: bool = False) -> np.ndarray | None:
         """(h, w) bool: the box's no-data pixels (see `read_masked`), from the values as
-        stored, without the preprocess; None where no pixel can be (`nodata_can_occur`)."""
+        stored, without the preprocess; None where no pixel can be (`nodata_can_occur`).
+        `around_damage` (--skip-damaged): the pixels of a TIFF tile or strip that cannot
+        be decoded count as data (the cells whose crops reach them are left out as
+        damaged), the rest read around them."""
         if not self.nodata_can_occur:
             return None
         box = (top, left, bottom, right)
-        return self._nodata_pixels(self._decoded(*box) if self._missing_value_held else None, box)
+        try:
+            return self._nodata_pixels(self._decoded(*box) if self._missing_value_held else None, box)
+        except DamagedPixels as err:
+            damage = _overlap(box, err.box) if around_damage and err.box is not None else None
+            if damage is None:
+                raise
+            return self._nodata_around(box, damage)
+
+    def _nodata_around(self, box: tuple[int, int, int, int], damage: tuple[int, int, int, int]) -> np.ndarray:
+        """`nodata_mask` of `box` with the pixels of `damage` (inside it) counted as data:
+        the four parts of the box around them read on their own (each may meet more)."""
+        top, left, bottom, right = box
+        d_top, d_left, d_bottom, d_right = damage
+        mask = np.zeros((bottom - top, right - left), np.bool_)
+        for part in ((top, left, d_top, right), (d_bottom, left, bottom, right),
+                     (d_top, left, d_bottom, d_left), (d_top, d_right, d_bottom, right)):
+            if part[2] > part[0] and part[3] > part[1]:
+                got = self.nodata_mask(*part, around_damage=True)
+                if got is not None:
+                    mask[part[0] - top:part[2] - top, part[1] - left:part[3] - left] = got
+        return mask
 
     def _decoded(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
         """`_stored`, a damaged tile one error naming the file and the box."""
@@ -231,8 +255,8 @@ class ArrayLikeSource(_Preprocessed):
             message = (f"cannot decode its pixels in rows {top}..{bottom - 1}, columns {left}..{right - 1}"
                        f"{_chunk_failure(err)}")
             if getattr(err, CHUNK_ERROR_MARK, False):
-                raise DamagedPixels(message + DAMAGED_HINT, file=self.path,
-                                    chunk=getattr(err, CHUNK_NAME_MARK, "")) from None
+                raise DamagedPixels(message + DAMAGED_HINT, file=self.path, chunk=getattr(err, CHUNK_NAME_MARK, ""),
+                                    box=getattr(err, CHUNK_BOX_MARK, None)) from None
             raise GraphconvError(message, file=self.path) from None
 
     def _nodata_pixels(self, raw: np.ndarray | None, box: tuple[int, int, int, int]) -> np.ndarray | None:
@@ -486,21 +510,22 @@ class Downsampled:
         valid_area_means(box, np.ascontiguousarray(missing[0]), *taps, out, out_missing)
         return out, np.broadcast_to(out_missing, out.shape)
 
-    def nodata_mask(self, top: int, left: int, bottom: int, right: int) -> np.ndarray | None:
+    def nodata_mask(self, top: int, left: int, bottom: int, right: int,
+                    around_damage: bool = False) -> np.ndarray | None:
         """(h, w) bool: the box's no-data pixels, those whose square covers no valid pixel
         of `inner` (`read_masked`), from `inner`'s stored values alone; None where no
-        pixel can be no-data."""
+        pixel can be no-data. `around_damage` as `ArrayLikeSource.nodata_mask`'s."""
         if not nodata_can_occur(self.inner):
             return None
         rows_at_once = self._rows_at_once(left, right)
         if bottom - top > rows_at_once:
-            parts = [self.nodata_mask(row, left, min(bottom, row + rows_at_once), right)
+            parts = [self.nodata_mask(row, left, min(bottom, row + rows_at_once), right, around_damage)
                      for row in range(top, bottom, rows_at_once)]
             return np.concatenate(parts, axis=0)
         (rows, row_weights), (cols, col_weights) = _area_taps(top, bottom, self.factor), \
             _area_taps(left, right, self.factor)
         fine = nodata_mask(self.inner, rows[0, 0], cols[0, 0], min(self.inner.height, rows[-1, -1] + 1),
-                           min(self.inner.width, cols[-1, -1] + 1))
+                           min(self.inner.width, cols[-1, -1] + 1), around_damage)
         rows, cols = np.minimum(rows - rows[0, 0], fine.shape[0] - 1), np.minimum(cols - cols[0, 0], fine.shape[1] - 1)
         across = np.ones((bottom - top, fine.shape[1]), bool)  # every tap with a share of the square missing
         for tap, weight in zip(rows, row_weights):
@@ -591,9 +616,10 @@ class Bordered:
                 missing[:, :, col_border] = False
         return values, missing
 
-    def nodata_mask(self, top: int, left: int, bottom: int, right: int) -> np.ndarray | None:
+    def nodata_mask(self, top: int, left: int, bottom: int, right: int,
+                    around_damage: bool = False) -> np.ndarray | None:
         (rows, row_border), (cols, col_border), box = self._taps(top, left, bottom, right)
-        mask = nodata_mask(self.unpadded, *box)
+        mask = nodata_mask(self.unpadded, *box, around_damage=around_damage)
         if mask is None:
             return None
         mask = np.asarray(mask)[np.ix_(rows - box[0], cols - box[1])]
@@ -679,14 +705,17 @@ def nodata_named(source) -> str:
     return " and ".join(named) or "no-data"
 
 
-def nodata_mask(source, top: int, left: int, bottom: int, right: int) -> np.ndarray | None:
+def nodata_mask(source, top: int, left: int, bottom: int, right: int,
+                around_damage: bool = False) -> np.ndarray | None:
     """(h, w) bool: the box's no-data pixels, read without the preprocess where the
-    source can (`ArrayLikeSource.nodata_mask`); for a reader of your own, the pixels its
-    `read_masked` marks in every channel. None where no pixel can be no-data."""
+    source can (`ArrayLikeSource.nodata_mask`, `around_damage` as there); for a reader of
+    your own, the pixels its `read_masked` marks in every channel. None where no pixel
+    can be no-data."""
     if not nodata_can_occur(source):
         return None
     if hasattr(source, "nodata_mask"):
-        return source.nodata_mask(top, left, bottom, right)
+        box = (top, left, bottom, right)
+        return source.nodata_mask(*box, around_damage=True) if around_damage else source.nodata_mask(*box)
     _, mask = read_masked(source, top, left, bottom, right)
     return None if mask is None else np.asarray(mask).all(axis=0)
 
@@ -1701,6 +1730,7 @@ def _unraisable_hook_without_sibling_reads(previous):
 
 CHUNK_ERROR_MARK = "_graphconv_chunk_error"  # set on an exception raised while reading a chunk
 CHUNK_NAME_MARK = "_graphconv_chunk_name"  # and which chunk it was ("TIFF tile 5 of page 0, at byte 3414")
+CHUNK_BOX_MARK = "_graphconv_chunk_box"  # and its pixels on its page, (top, left, bottom, right), or None
 _CHUNK_FAILED = False  # whether a chunk of any slide failed to decode in this process
 
 
@@ -1734,7 +1764,9 @@ def _kept_chunks_class(wrapper):
                 _CHUNK_FAILED = True
                 with contextlib.suppress(AttributeError):  # an exception type without a __dict__
                     setattr(err, CHUNK_ERROR_MARK, True)
-                    setattr(err, CHUNK_NAME_MARK, _chunk_named(self._store, key))
+                    name, box = _chunk_where(self._store, key)
+                    setattr(err, CHUNK_NAME_MARK, name)
+                    setattr(err, CHUNK_BOX_MARK, box)
                 raise
             if byte_range is None and value is not None and len(value) <= self.budget:
                 with self.lock:
@@ -1760,9 +1792,11 @@ class DamagedPixels(GraphconvError):
     """A read that met a TIFF tile or strip that cannot be decoded (damaged, cut short):
     what --skip-damaged maps around (`tiling.run_tiled`'s `damaged`)."""
 
-    def __init__(self, message: str, *, file: str | None = None, chunk: str = ""):
+    def __init__(self, message: str, *, file: str | None = None, chunk: str = "",
+                 box: tuple[int, int, int, int] | None = None):
         super().__init__(message, file=file)
-        self.chunk = chunk or "a tile or strip"  # which, and where (`_chunk_named`)
+        self.chunk = chunk or "a tile or strip"  # which, and where (`_chunk_where`)
+        self.box = box  # its pixels (top, left, bottom, right) on its page, where the file says
 
 
 JPEG_END = b"\xff\xd9"  # the EOI marker, the last two bytes of every JPEG stream
@@ -1851,32 +1885,49 @@ def _chunk_failure(err: Exception) -> str:
     return f"{f' ({chunk})' if chunk else ''}: {why}"
 
 
-def _chunk_named(store, key: str) -> str:
+def _overlap(box: tuple[int, int, int, int], other: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
+    """The part of `box` (top, left, bottom, right) that `other` covers, or None."""
+    top, left = max(box[0], other[0]), max(box[1], other[1])
+    bottom, right = min(box[2], other[2]), min(box[3], other[3])
+    return (top, left, bottom, right) if bottom > top and right > left else None
+
+
+def _chunk_where(store, key: str) -> tuple[str, tuple[int, int, int, int] | None]:
     """Which TIFF tile or strip the zarr chunk `key` is, for an error ("TIFF tile 5 of
-    page 0, at byte 3414"), or "" where tifffile's store does not say."""
+    page 0 (band 2, rows 256..511, columns 0..255), at byte 3414"), and its pixels on its
+    page, (top, left, bottom, right); ("", None) where tifffile's store does not say.
+    The read that failed names a box graphconv asked for, a tile and its halo, not the
+    damaged tile's."""
     try:
         keyframe, page, index, offset, _ = store._parse_key(key)
         kind = "tile" if keyframe.is_tiled else "strip"
-        return f"TIFF {kind} {index} of page {page.index}{_chunk_pixels(keyframe, index)}, at byte {offset}"
+        band, box = _chunk_box(keyframe, index)
     except Exception:  # tifffile's private layout changed
-        return ""
+        return "", None
+    top, left, bottom, right = box
+    where = f"{'' if band is None else f'band {band + 1}, '}rows {top}..{bottom - 1}, columns {left}..{right - 1}"
+    return f"TIFF {kind} {index} of page {page.index} ({where}), at byte {offset}", box
 
 
-def _chunk_pixels(keyframe, index: int) -> str:
-    """Where TIFF tile or strip `index` lies on its page (" (rows 256..511, columns
-    0..255)"), for a page of interleaved samples; "" otherwise. The read that failed
-    names a box graphconv asked for, a tile and its halo, not the damaged tile's."""
-    if keyframe.planarconfig != 1:  # separate planes: the index runs over the samples too
-        return ""
+def _chunk_box(keyframe, index: int) -> tuple[int | None, tuple[int, int, int, int]]:
+    """Where TIFF tile or strip `index` lies on its page: the band (from 0) it holds
+    where the bands are stored as separate planes (None where interleaved), whose tiles
+    come one plane after another, and its pixels (top, left, bottom, right)."""
     height, width = keyframe.imagelength, keyframe.imagewidth
     if keyframe.is_tiled:
         across = -(-width // keyframe.tilewidth)
+        per_plane = across * -(-height // keyframe.tilelength)
+    else:
+        per_plane = -(-height // keyframe.rowsperstrip)
+    band = index // per_plane if keyframe.planarconfig != 1 else None
+    index %= per_plane
+    if keyframe.is_tiled:
         top, left = index // across * keyframe.tilelength, index % across * keyframe.tilewidth
         bottom, right = min(height, top + keyframe.tilelength), min(width, left + keyframe.tilewidth)
     else:
         top, left = index * keyframe.rowsperstrip, 0
         bottom, right = min(height, top + keyframe.rowsperstrip), width
-    return f" (rows {top}..{bottom - 1}, columns {left}..{right - 1})"
+    return band, (top, left, bottom, right)
 
 
 def _codec_hint(pages) -> str:

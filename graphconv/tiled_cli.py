@@ -487,7 +487,8 @@ def _background(args: argparse.Namespace, source, grid):
 
     image, _ = on_image(source, grid.field)  # a mask spans the image itself, not --pad-image's border
     mask = _placed_mask(args, image) if args.mask else None
-    return cells_left_out(source, grid, args.skip_background, getattr(args, "max_nodata", DEFAULT_MAX_NODATA), mask)
+    return cells_left_out(source, grid, args.skip_background, getattr(args, "max_nodata", DEFAULT_MAX_NODATA), mask,
+                          getattr(args, "skip_damaged", False))
 
 
 def _placed_mask(args: argparse.Namespace, image) -> np.ndarray:

@@ -3227,6 +3227,44 @@ def test_skip_damaged_leaves_out_the_cells_whose_crops_reach_an_undecodable_tile
     np.testing.assert_array_equal(left_out, reach)
     np.testing.assert_allclose(got[..., ~reach], want[..., ~reach], rtol=1e-5, atol=1e-6)
 
+def test_skip_damaged_counts_the_no_data_around_an_undecodable_tile_of_a_band(model_dir, tmp_path):
+    """Satellite products declare a no-data value, whose cells are counted over the whole
+    raster before the first tile: that count read the damaged tile and stopped the run
+    --skip-damaged was to map around it. The damage is now named by its band and
+    pixels (a separate-planes TIFF's tile index runs over every band's tiles)."""
+    pixels = (np.random.default_rng(1).random((2, 400, 420)) * 254 + 1).astype(np.uint8)
+    pixels[:, 300:, :100] = 0  # no data
+    nodata = [(42113, 2, 2, "0", True)]  # GDAL_NODATA
+    for name in ("intact.tif", "damaged.tif"):
+        tifffile.imwrite(tmp_path / name, pixels, tile=(64, 64), compression="zlib", planarconfig="separate",
+                         photometric="minisblack", extratags=nodata)
+    with tifffile.TiffFile(tmp_path / "damaged.tif") as tif:
+        offset, count = tif.pages[0].dataoffsets[49 + 9], tif.pages[0].databytecounts[49 + 9]  # band 2's tile 9
+    data = bytearray((tmp_path / "damaged.tif").read_bytes())
+    data[offset:offset + count] = np.random.default_rng(0).integers(0, 255, count, np.uint8).tobytes()
+    (tmp_path / "damaged.tif").write_bytes(bytes(data))
+
+    def mapped(name: str, *more: str):
+        result = graphconv_in_process("run", model_dir, "--image", tmp_path / name, "--bands", "2", "--output",
+                                      tmp_path / f"{name}.npy", *more)
+        assert result.returncode == 0, result.stderr
+        return result, np.load(tmp_path / f"{name}.npy")[0, 0]
+
+    refused = graphconv_in_process("run", model_dir, "--image", tmp_path / "damaged.tif", "--bands", "2")
+    assert refused.returncode == 2 and "(TIFF tile 58 of page 0 (band 2, rows 64..127, columns 128..191), at byte" \
+        in refused.stderr, refused.stderr
+    result, got = mapped("damaged.tif", "--skip-damaged")
+    assert "crops reaching 1 TIFF tile or strip that cannot be decoded: TIFF tile 58 of page 0 (band 2, " in (
+        result.stderr), result.stderr
+    _, want = mapped("intact.tif")
+    rows, cols = np.arange(93) * 4, np.arange(98) * 4
+    reach = np.zeros((93, 98), bool)
+    reach[np.ix_((rows < 128) & (rows + 32 > 64), (cols < 192) & (cols + 32 > 128))] = True
+    assert np.isnan(want).any() and not np.isnan(want[reach]).any()  # no-data cells, none where the damage is
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want) | reach)
+    np.testing.assert_allclose(got[~reach], want[~reach], rtol=1e-5, atol=1e-6)
+
+
 def test_resume_with_another_tile_of_the_same_plan_goes_on(model_dir, big_page, tmp_path, monkeypatch, capsys):
     """The job compares the tile plan, not the --tile number: --tile 101 and 100 plan the
     same 20 tiles of 100x100 (the tiles line and the memory note show that size, which a
