@@ -99,7 +99,7 @@ class MapOptions:
         from graphconv.sources import open_source, padded_image
 
         source = open_source(image, model.crop_shape[0], model.graph.meta.get("preprocess"), self.level, self.bands,
-                             self.downsample, self.mpp, nodata, self.resize)
+                             self.downsample, self.mpp, nodata, self.resize, self.skip_damaged)
         return padded_image(source, self.pad_image, self.grid(model).cell_area)
 
 

@@ -255,8 +255,10 @@ class ArrayLikeSource(_Preprocessed):
             message = (f"cannot decode its pixels in rows {top}..{bottom - 1}, columns {left}..{right - 1}"
                        f"{_chunk_failure(err)}")
             if getattr(err, CHUNK_ERROR_MARK, False):
-                raise DamagedPixels(message + DAMAGED_HINT, file=self.path, chunk=getattr(err, CHUNK_NAME_MARK, ""),
-                                    box=getattr(err, CHUNK_BOX_MARK, None)) from None
+                damaged = DamagedPixels(message + DAMAGED_HINT, file=self.path, chunk=getattr(err, CHUNK_NAME_MARK, ""),
+                                        box=getattr(err, CHUNK_BOX_MARK, None))
+                damaged.reader = id(self)
+                raise damaged from None
             raise GraphconvError(message, file=self.path) from None
 
     def _nodata_pixels(self, raw: np.ndarray | None, box: tuple[int, int, int, int]) -> np.ndarray | None:
@@ -743,7 +745,7 @@ NODATA_OF_A_PICTURE = ("--nodata marks the no-data pixels of a raster read tile 
 
 def open_source(path: str | os.PathLike, channels: int, preprocess: dict | None, level: int = 0,
                 bands: Sequence[int] | None = None, downsample: float = 1, mpp: float | None = None,
-                nodata: float | None = None, resize: Sequence[int] | None = None):
+                nodata: float | None = None, resize: Sequence[int] | None = None, skip_damaged: bool = False):
     """The right source for `path`: TIFF and zarr lazily, other images through Pillow;
     `level` is a pyramid TIFF's level (0: full resolution), `bands` a raster's bands to
     read (1-based, in order; see the module), `downsample` the factor (whole or not) it is
@@ -751,10 +753,11 @@ def open_source(path: str | os.PathLike, channels: int, preprocess: dict | None,
     at, which picks both (`resolution_for`). `nodata` (run --nodata) is the raster's
     no-data value, in place of the one its file declares, if any (a scene whose swath
     border is 0 with no GDAL no-data tag). `resize` (run --resize: H W, or the shorter
-    side S) resizes a picture read whole (`PillowSource`)."""
+    side S) resizes a picture read whole (`PillowSource`). `skip_damaged` (run
+    --skip-damaged) opens a TIFF cut short whose tiles past its end it will map around."""
     if mpp is not None:
         level, downsample = resolution_for(str(path), mpp)
-    source = _open(str(path), channels, preprocess, level, bands, resize)
+    source = _open(str(path), channels, preprocess, level, bands, resize, skip_damaged)
     if nodata is not None:
         if not isinstance(source, ArrayLikeSource):
             raise GraphconvError(NODATA_OF_A_PICTURE, file=str(path))
@@ -847,7 +850,7 @@ def _pixel_size_and_level_heights(path: str) -> tuple[PixelSize, list[int]]:
 
 
 def _open(path: str, channels: int, preprocess: dict | None, level: int, bands: Sequence[int] | None,
-          resize: Sequence[int] | None = None):
+          resize: Sequence[int] | None = None, skip_damaged: bool = False):
     from graphconv.images import refuse_camera_raw
 
     refuse_camera_raw(path)
@@ -856,7 +859,7 @@ def _open(path: str, channels: int, preprocess: dict | None, level: int, bands: 
     if resize is not None and (is_tiff(path) or is_ome_zarr(path) or suffix == ".zarr" or folder.is_dir()):
         raise GraphconvError(RESIZE_OF_A_RASTER, file=path)
     if is_tiff(path):
-        return _tiff_source(path, channels, preprocess, level, bands)
+        return _tiff_source(path, channels, preprocess, level, bands, skip_damaged)
     if is_ome_zarr(path):
         return _ome_zarr_source(path, channels, preprocess, level, bands)
     if level:
@@ -1145,7 +1148,7 @@ PLANE_AXES = ("c", "y", "x")  # the axes a map is of; any other must hold one po
 
 
 def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
-                 bands: Sequence[int] | None) -> ArrayLikeSource:
+                 bands: Sequence[int] | None, skip_damaged: bool = False) -> ArrayLikeSource:
     from graphconv.arrays import open_regular_file
 
     tifffile = require("tifffile")
@@ -1162,7 +1165,7 @@ def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
         raise GraphconvError(f"--level {level}: the image has {_level_list([_axis_sizes(each) for each in levels])}"
                              f"{damage}", file=path)
     page = getattr(levels[level], "keyframe", None) or tif.pages[0]
-    _refuse_pixels_past_the_end(path, page, level, warned)
+    _refuse_pixels_past_the_end(path, page, level, warned, skip_damaged)
     stored = _decodable_array(path, series, level, levels[level])
     array, axes, nodata = _as_shown(path, page, stored, levels[level].axes, _nodata(tif.pages[0]))
     source = ArrayLikeSource(path, array, channels, preprocess, axes=axes, bands=bands, picture=_is_picture(page))
@@ -1228,20 +1231,29 @@ class _SamplePlane:
         return np.asarray(self.array[tuple(key)])
 
 
-def _refuse_pixels_past_the_end(path: str, page, level: int, warned: list[str]) -> None:
+def _refuse_pixels_past_the_end(path: str, page, level: int, warned: list[str], skip_damaged: bool = False) -> None:
     """Refuse a level whose strips or tiles the file does not hold: a slide cut short in
     copying kept its first page's tags but lost its tile table, and tifffile reads such a
     level as zeros, so the map was the network on a black image, exit 0. (A tile of
-    offset and length 0 is a sparse TIFF's empty tile, GDAL's SPARSE_OK: kept.)"""
+    offset and length 0 is a sparse TIFF's empty tile, GDAL's SPARSE_OK: kept.) Where the
+    table is whole but some of its tiles lie past the file's end (the file's tail lost),
+    `skip_damaged` maps the rest: each such tile fails to decode as it is read (tifffile
+    reads it short), as a damaged one does."""
     with _tifffile_warnings() as more:  # what it says of the missing tags, kept from stderr
         offsets, counts = tuple(page.dataoffsets), tuple(page.databytecounts)
     warned = warned + more
     size = os.path.getsize(path)
-    if offsets and len(offsets) == len(counts) and all(o + c <= size for o, c in zip(offsets, counts) if c):
-        return
-    damage = f" (tifffile warned: {shown(warned[0], 120)})" if warned else ""
-    raise GraphconvError(f"is truncated or damaged: level {level}'s pixels are not in the file (its strip or tile "
-                         f"table is missing or points past its {size}-byte end){damage}", file=path)
+    if not offsets or len(offsets) != len(counts):
+        damage = f" (tifffile warned: {shown(warned[0], 120)})" if warned else ""
+        raise GraphconvError(f"is truncated or damaged: level {level}'s pixels are not in the file (its strip or "
+                             f"tile table is missing){damage}", file=path)
+    past = sum(1 for o, c in zip(offsets, counts) if c and o + c > size)
+    some_left = past < sum(1 for c in counts if c)
+    if past and not (skip_damaged and some_left):
+        kind = "tiles" if getattr(page, "is_tiled", True) else "strips"
+        raise GraphconvError(f"is truncated or damaged: {past} of level {level}'s {len(offsets)} {kind} lie past its "
+                             f"{size}-byte end (cut short in copying or downloading?)"
+                             f"{DAMAGED_HINT if some_left else ''}", file=path)
 
 
 def _unreadable_tiff(err: Exception, tifffile) -> str:
@@ -1797,6 +1809,7 @@ class DamagedPixels(GraphconvError):
         super().__init__(message, file=file)
         self.chunk = chunk or "a tile or strip"  # which, and where (`_chunk_where`)
         self.box = box  # its pixels (top, left, bottom, right) on its page, where the file says
+        self.reader = 0  # id() of the source whose pixels `box` counts (the one that read the page)
 
 
 JPEG_END = b"\xff\xd9"  # the EOI marker, the last two bytes of every JPEG stream

@@ -3265,6 +3265,45 @@ def test_skip_damaged_counts_the_no_data_around_an_undecodable_tile_of_a_band(mo
     np.testing.assert_allclose(got[~reach], want[~reach], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("compression", ["zlib", None])
+def test_skip_damaged_maps_the_tiles_a_file_cut_short_still_holds(model_dir, tmp_path, compression):
+    """A TIFF that lost its tail (a copy cut short) whose tile table is whole was refused
+    even with --skip-damaged, whose help says it maps such files; its tiles past the end
+    are now what the cells left out reach (uncompressed ones too, read short), found a
+    tile at a time, not a cell at a time."""
+    pixels = (np.random.default_rng(1).random((400, 420)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "intact.tif", pixels, tile=(64, 64), compression=compression)
+    with tifffile.TiffFile(tmp_path / "intact.tif") as tif:
+        offsets, counts = tif.pages[0].dataoffsets, tif.pages[0].databytecounts
+    kept = offsets[40] + counts[40] // 2  # tile 40 cut in the middle, 41.. gone
+    (tmp_path / "cut.tif").write_bytes((tmp_path / "intact.tif").read_bytes()[:kept])
+    lost = [k for k in range(len(offsets)) if offsets[k] + counts[k] > kept]
+
+    def cells_reaching(tiles):
+        starts = np.arange(93) * 4, np.arange(98) * 4  # lenet's 32-pixel crops, every 4 pixels
+        reach = np.zeros((93, 98), bool)
+        for k in tiles:
+            top, left = k // 7 * 64, k % 7 * 64
+            reach |= np.outer((starts[0] < top + 64) & (starts[0] + 32 > top),
+                              (starts[1] < left + 64) & (starts[1] + 32 > left))
+        return reach
+    refused = graphconv_in_process("run", model_dir, "--image", tmp_path / "cut.tif", "--output", tmp_path / "x.npy")
+    assert refused.returncode == 2 and f"{len(lost)} of level 0's 49 tiles lie past its {kept}-byte end" in (
+        refused.stderr) and "--skip-damaged maps the rest" in refused.stderr, refused.stderr
+
+    result = graphconv_in_process("run", model_dir, "--image", tmp_path / "cut.tif", "--output", tmp_path / "cut.npy",
+                                  "--skip-damaged")
+    assert result.returncode == 0, result.stderr
+    reach = cells_reaching(lost)
+    assert f"{reach.sum()} cells of the map left out (not computed), their crops reaching" in result.stderr, (
+        result.stderr)
+    assert graphconv_in_process("run", model_dir, "--image", tmp_path / "intact.tif", "--output",
+                                tmp_path / "intact.npy").returncode == 0
+    got, want = np.load(tmp_path / "cut.npy")[0], np.load(tmp_path / "intact.npy")[0]
+    np.testing.assert_array_equal(np.isnan(got[0]), reach)
+    np.testing.assert_allclose(got[:, ~reach], want[:, ~reach], rtol=1e-5, atol=1e-6)
+
+
 def test_resume_with_another_tile_of_the_same_plan_goes_on(model_dir, big_page, tmp_path, monkeypatch, capsys):
     """The job compares the tile plan, not the --tile number: --tile 101 and 100 plan the
     same 20 tiles of 100x100 (the tiles line and the memory note show that size, which a
