@@ -2877,6 +2877,25 @@ def test_cli_a_tile_whose_halo_is_most_of_the_work_is_noted(model_dir, picture, 
     np.testing.assert_allclose(np.load(tmp_path / "s.npy"), np.load(tmp_path / "w.npy"), rtol=1e-5, atol=1e-7)
 
 
+def test_a_raster_with_no_data_gets_the_tile_notes_too(model_dir, tmp_path):
+    """Where a raster declares a no-data value (most satellite products), neither the
+    wasteful --tile note nor the memory budget's was given: --tile 64 over a scene
+    started 540,225 one-cell tiles, 230x the work, unsaid."""
+    pixels = (np.random.default_rng(1).random((1000, 1000)) * 254 + 1).astype(np.uint8)
+    pixels[700:, :300] = 0
+    tifffile.imwrite(tmp_path / "scene.tif", pixels, tile=(64, 64), extratags=[(42113, 2, 2, "0", True)])
+    small = graphconv("run", model_dir, "--image", tmp_path / "scene.tif", "--tile", "48", "--output",
+                      tmp_path / "s.npy")
+    assert small.returncode == 0, small.stderr
+    assert re.search(r"note: tiles of 48x48 compute [\d.]+x the image's pixels \(each tile's halo again, less the "
+                     r"tiles of cells left out alone\); the whole image fits in one tile", small.stderr), small.stderr
+    tight = graphconv("run", model_dir, "--image", tmp_path / "scene.tif", "--memory-limit", "40M", "--output",
+                      tmp_path / "t.npy")
+    assert tight.returncode == 0, tight.stderr
+    assert re.search(r"note: the whole 1000x1000 image would need [\d.]+ MB, over the 40.0 MB budget: evaluating it "
+                     r"in exact tiles", tight.stderr), tight.stderr
+
+
 def test_a_wasteful_tile_s_note_names_a_roomier_tile_where_the_image_needs_several(model_dir, capsys):
     """...and not a tile larger than the image (--tile 4015 for a 4000x4000 one) where
     one tile holds it all."""
