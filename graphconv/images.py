@@ -1365,16 +1365,21 @@ def _bands_of_mode(img) -> int:
     return 1 if len(img.getbands()) == 1 and img.mode != "P" else 3
 
 
-def channel_conversion(stored: int, channels: int, bands_flag: bool, alpha_is_nodata: bool = False) -> str | None:
+def channel_conversion(stored: int, channels: int, bands_flag: bool, alpha_is_nodata: bool = False,
+                       fourth_is_alpha: bool = True) -> str | None:
     """What an image of `stored` bands (`picture_bands`: 1 grey, 2 grey and alpha, 3 RGB,
     4 RGBA) becomes for a network of `channels`, said where they differ: a grey model
     on an RGB slide was fed ITU-601 luma without a word, where the user may have wanted
     one band. `bands_flag`: whether --bands can pick a band of this image (TIFF, zarr),
     else the way to one band is a grey file. Completes "the image is ..."; None where
     nothing is converted (a grey model on a grey picture: the quick start's digits).
-    `alpha_is_nodata`: the alpha is the image's no-data mask (a GeoTIFF's, `sources._alpha_plane`)."""
+    `alpha_is_nodata`: the alpha is the image's no-data mask (a GeoTIFF's, `sources._alpha_plane`).
+    `fourth_is_alpha` False: a 4th band the file does not call an alpha (a TIFF's
+    ExtraSamples 0: RGB and near infrared), left out as such, not as transparency."""
     if stored == channels:
         return None
+    if stored == 4 and not fourth_is_alpha and channels in (1, 3):
+        return _fourth_band_left_out(channels, bands_flag)
     alpha = stored in (2, 4)
     colour = "RGBA" if stored == 4 else "RGB" if stored == 3 else "grey with alpha" if alpha else "grey"
     dropped = ", the alpha left out" if alpha and channels != 4 else ""
@@ -1396,3 +1401,14 @@ def channel_conversion(stored: int, channels: int, bands_flag: bool, alpha_is_no
         kept = "the image's own alpha is kept" if alpha else "alpha is 255 (opaque) everywhere"
         return f"{colour}: for the 4-channel (RGBA) model, {grey}{kept}"
     return f"{colour}: converted to grey for the 1-channel model{dropped}"  # grey with alpha
+
+
+def _fourth_band_left_out(channels: int, bands_flag: bool) -> str:
+    """`channel_conversion` of RGB and a 4th band that is no alpha (its TIFF's ExtraSamples
+    says unspecified: a near-infrared band), which the note called "the alpha"."""
+    picked = "--bands picks others (e.g. --bands 4,1,2)" if bands_flag else "save the bands to feed as an image"
+    if channels == 3:
+        return f"RGB and a 4th band (not an alpha: its meaning unstated): the 4th is left out for the RGB model; {picked}"
+    return ("RGB and a 4th band (not an alpha: its meaning unstated): R, G and B converted to grey for the 1-channel "
+            "model, each pixel its luma 0.299 R + 0.587 G + 0.114 B (ITU-R 601), the 4th left out; "
+            + ("--bands N feeds one band as it is" if bands_flag else "save one band as a grey image to feed it"))

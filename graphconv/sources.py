@@ -146,6 +146,7 @@ class ArrayLikeSource(_Preprocessed):
     valid_pixels = None  # a TIFF's internal mask at the level read, (H, W), 0 or False where no data (`_internal_mask`)
     valid_pixels_from = None  # "internal" (that mask) or "alpha" (its alpha band, `_alpha_plane`)
     alpha_band = None  # the TIFF's alpha band, numbered from 1 as GDAL numbers it, where it is the mask
+    fourth_is_alpha = True  # False: a TIFF's 4th band of unstated meaning (`_fourth_is_alpha`)
 
     @property
     def missing_value(self) -> float | None:
@@ -780,7 +781,8 @@ def channel_conversion(source) -> str | None:
     if getattr(source, "bands", None) is not None or not hasattr(source, "band_count"):
         return None
     return conversion(source.band_count, source.channels, bands_flag=True,
-                      alpha_is_nodata=getattr(source, "alpha_band", None) is not None)
+                      alpha_is_nodata=getattr(source, "alpha_band", None) is not None,
+                      fourth_is_alpha=source.fourth_is_alpha)
 
 
 def value_scaling(source) -> str | None:
@@ -1175,6 +1177,7 @@ def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
     if source.valid_pixels is None and array is stored:
         source.valid_pixels, source.alpha_band = _alpha_plane(page, array, axes)
         source.valid_pixels_from = None if source.valid_pixels is None else "alpha"
+    source.fourth_is_alpha = _fourth_is_alpha(page)
     source.microns_per_pixel = square_microns(_stated_pixel_size(tif))  # at level 0
     source.tiff = tif  # keep the file open as long as the source lives
     return _as_level(source, level, [_axis_sizes(each) for each in levels])
@@ -1215,6 +1218,13 @@ def _alpha_plane(page, array, axes: str):
     first_alpha = next(i for i, e in enumerate(extras) if e in ALPHA_SAMPLES)
     index = getattr(page, "samplesperpixel", 1) - len(extras) + first_alpha
     return _SamplePlane(array, upper.index("S"), index), index + 1
+
+
+def _fourth_is_alpha(page) -> bool:
+    """Whether a TIFF of four samples stores an alpha as its 4th (ExtraSamples 1 or 2), not
+    a band of unstated meaning (0: RGB and near infrared, as GDAL writes a 4-band scene)."""
+    extras = tuple(int(e) for e in getattr(page, "extrasamples", ()) or ())
+    return getattr(page, "samplesperpixel", 1) != 4 or (len(extras) == 1 and extras[0] in ALPHA_SAMPLES)
 
 
 class _SamplePlane:

@@ -1295,6 +1295,13 @@ def test_what_an_image_s_bands_become_for_the_network_is_said_where_they_are_con
     assert "save that band as a grey image" in said("rgb.png", 1)
     assert said("grey.tif", 3) == said("grey.png", 3) == "grey: the grey goes into all three channels of the RGB model"
     assert said("rgba.png", 3).startswith("RGBA: the alpha (4th band) is left out for the RGB model")
+    for extra, alpha in ((0, False), (2, True)):  # ExtraSamples: unspecified (RGB + near infrared), alpha
+        tifffile.imwrite(tmp_path / "four.tif", np.zeros((40, 40, 4), np.uint8), photometric="rgb",
+                         extrasamples=[extra])
+        assert said("four.tif", 3).startswith("RGBA: the alpha" if alpha else
+                                              "RGB and a 4th band (not an alpha: its meaning unstated): the 4th is "
+                                              "left out for the RGB model; --bands picks others")
+        assert ("the 4th left out" in said("four.tif", 1)) is not alpha
     assert said("rgb.png", 4) == "RGB: for the 4-channel (RGBA) model, alpha is 255 (opaque) everywhere"
     assert said("grey.png", 1) is None and said("grey.tif", 1) is None  # the quick start's digits: no note
 
