@@ -32,6 +32,7 @@ GEO_KEY_DIRECTORY, GEO_DOUBLE_PARAMS, GEO_ASCII_PARAMS = 34735, 34736, 34737
 GDAL_METADATA, GDAL_NODATA = 42112, 42113
 MODEL_TYPE_KEY, RASTER_TYPE_KEY, CITATION_KEY, PIXEL_IS_POINT = 1024, 1025, 1026, 2
 GEOGRAPHIC_TYPE_KEY, PROJECTED_CS_TYPE_KEY, USER_DEFINED = 2048, 3072, 32767
+PROJECTED_MODEL, GEOGRAPHIC_MODEL = 1, 2  # GTModelTypeGeoKey's values
 GEO_KEY_NAMES = {GEO_KEY_DIRECTORY: "GeoKeyDirectoryTag", GEO_DOUBLE_PARAMS: "GeoDoubleParamsTag",
                  GEO_ASCII_PARAMS: "GeoAsciiParamsTag"}
 GEOTRANSFORM_ORDER = ("GDAL GeoTransform: (x0, x per column, x per row, y0, y per column, y per row); the "
@@ -73,8 +74,13 @@ class GeoReference:
         """The EPSG code of the projection, or of the geographic system where the raster
         is not projected, where the GeoKeys give one (not 32767, user-defined); or, with
         no model type at all, the code a citation "EPSG:NNNN" names (`_geokeys_of`, for a
-        code not known to be geographic or projected)."""
-        for key in (PROJECTED_CS_TYPE_KEY, GEOGRAPHIC_TYPE_KEY):
+        code not known to be geographic or projected). A user-defined projection has none:
+        its geographic system's code (a Lambert azimuthal scene on ETRS89) was taken for
+        the map's CRS."""
+        model_type = self.geokey(MODEL_TYPE_KEY)
+        keys = {PROJECTED_MODEL: (PROJECTED_CS_TYPE_KEY,), GEOGRAPHIC_MODEL: (GEOGRAPHIC_TYPE_KEY,)}.get(
+            model_type, (PROJECTED_CS_TYPE_KEY, GEOGRAPHIC_TYPE_KEY))
+        for key in keys:
             code = self.geokey(key)
             if code is not None and 1 <= code < USER_DEFINED:
                 return code

@@ -357,8 +357,20 @@ def _map_georeference(args: argparse.Namespace, source, grid):
         how = (f"by its {len(geo.gcps)} ground control points moved onto the map's cells (GIS tools fit the "
                "warp): cells of about" if geo.gcps is not None else "cells of")
         print(f"map georeferenced as the image, {how} {width:.6g} x {height:.6g} in the image's map units, "
-              "in its projection", file=sys.stderr)
+              f"{_coordinate_system(geo)}", file=sys.stderr)
     return geo
+
+
+def _coordinate_system(geo) -> str:
+    """Which coordinate system a map's georeference is in, as its line says it: a scene
+    with a transform but no GeoKeys was said to be "in its projection"."""
+    from graphconv.georef import GEO_KEY_DIRECTORY
+
+    if geo.epsg:
+        return f"in EPSG:{geo.epsg}"
+    if any(code == GEO_KEY_DIRECTORY for code, _, _ in geo.keys):
+        return "in its coordinate system (no EPSG code: as the image's GeoKeys define it)"
+    return "with no coordinate system (the image names none: a GIS places it only by its numbers)"
 
 
 def _compute(args, grid, source, plan, tile, out, transform, on_tile, blank_cells, done=frozenset(),

@@ -662,3 +662,22 @@ def test_a_tif_placed_by_a_world_file_or_rpcs_is_said_to_give_a_map_without_geor
     assert read_georeference(str(tmp_path / "map.tif")) is None
     notes = [line for line in result.stderr.splitlines() if line.startswith("note: the image")]
     assert (re.match(said, notes[0]) is not None if said else notes == []), result.stderr
+
+
+@pytest.mark.parametrize("model_type, geographic, projected, epsg", [
+    (1, 4258, 32767, None),  # a user-defined projection (Lambert azimuthal) on ETRS89: not EPSG:4258
+    (1, 4326, 32633, 32633), (2, 4326, None, 4326), (None, 4326, None, 4326)])
+def test_a_user_defined_projection_has_no_epsg_code(model_type, geographic, projected, epsg):
+    """A scene in a user-defined projection had its geographic system's code taken for
+    its CRS: a .zarr map's attributes said "crs": "EPSG:4258" for a LAEA grid; and the
+    run's line says which system the map is in, or that it names none."""
+    from graphconv.tiled_cli import _coordinate_system
+
+    keys = [(k, 0, 1, v) for k, v in ((1024, model_type), (2048, geographic), (3072, projected)) if v is not None]
+    directory = (1, 1, 0, len(keys), *(n for key in keys for n in key))
+    geo = GeoReference(np.eye(3)[:2], ((34735, 3, directory),))
+    assert geo.epsg == epsg
+    assert geo.as_dict()["crs"] == (f"EPSG:{epsg}" if epsg else None)
+    assert _coordinate_system(geo) == (f"in EPSG:{epsg}" if epsg else
+                                       "in its coordinate system (no EPSG code: as the image's GeoKeys define it)")
+    assert _coordinate_system(GeoReference(np.eye(3)[:2], ())).startswith("with no coordinate system")
