@@ -236,14 +236,11 @@ class ArrayLikeSource(_Preprocessed):
         """`nodata_mask` of `box` with the pixels of `damage` (inside it) counted as data:
         the four parts of the box around them read on their own (each may meet more)."""
         top, left, bottom, right = box
-        d_top, d_left, d_bottom, d_right = damage
         mask = np.zeros((bottom - top, right - left), np.bool_)
-        for part in ((top, left, d_top, right), (d_bottom, left, bottom, right),
-                     (d_top, left, d_bottom, d_left), (d_top, d_right, d_bottom, right)):
-            if part[2] > part[0] and part[3] > part[1]:
-                got = self.nodata_mask(*part, around_damage=True)
-                if got is not None:
-                    mask[part[0] - top:part[2] - top, part[1] - left:part[3] - left] = got
+        for part in parts_around(box, damage):
+            got = self.nodata_mask(*part, around_damage=True)
+            if got is not None:
+                mask[part[0] - top:part[2] - top, part[1] - left:part[3] - left] = got
         return mask
 
     def _decoded(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
@@ -1913,6 +1910,16 @@ def _overlap(box: tuple[int, int, int, int], other: tuple[int, int, int, int]) -
     top, left = max(box[0], other[0]), max(box[1], other[1])
     bottom, right = min(box[2], other[2]), min(box[3], other[3])
     return (top, left, bottom, right) if bottom > top and right > left else None
+
+
+def parts_around(box: tuple[int, int, int, int], inner: tuple[int, int, int, int]) -> list[tuple[int, int, int, int]]:
+    """The non-empty parts of `box` (top, left, bottom, right) outside `inner`, a box
+    inside it: the rows above and below it whole, then the columns either side of it."""
+    top, left, bottom, right = box
+    i_top, i_left, i_bottom, i_right = inner
+    parts = ((top, left, i_top, right), (i_bottom, left, bottom, right),
+             (i_top, left, i_bottom, i_left), (i_top, i_right, i_bottom, right))
+    return [part for part in parts if part[2] > part[0] and part[3] > part[1]]
 
 
 def _chunk_where(store, key: str) -> tuple[str, tuple[int, int, int, int] | None]:
