@@ -1338,7 +1338,7 @@ def onnxruntime_scores_named(path, x: np.ndarray) -> np.ndarray:
 def test_a_squeeze_of_anything_but_a_pooled_map_is_refused(tmp_path):
     nodes = [onnx.helper.make_node("Squeeze", ["x", "axes"], ["y"], name="sq")]
     path = onnx_file(tmp_path / "squeeze.onnx", nodes, {"axes": np.array([2, 3], np.int64)})
-    with pytest.raises(GraphconvError, match=r"node 'sq': Squeeze of axes \[2, 3\] of a rank-4 3x16x16 value; "
+    with pytest.raises(GraphconvError, match=r"node 'sq': Squeeze of axes \[2, 3\] of a rank-4 3x16x16 map; "
                                              r"graphconv squeezes only the 1x1 height and width"):
         load_network(path)
 
@@ -2290,6 +2290,61 @@ def test_heads_pytorch_users_write_import_and_slide_crop_by_crop(tmp_path, how, 
     graph = check_imported_head(path, model, rng)
     ops = [n.op for n in graph.layers()]
     assert ops[-len(HEADS[how]) - 1:-1] == HEADS[how] if how != "bgr" else ops[:2] == ["conv", "conv"]
+
+
+class OneClassHead(torch.nn.Module):
+    """A binary classifier's head as people write it for BCEWithLogitsLoss: one score per
+    image, its class axis dropped (`how`), sometimes scaled or squashed after."""
+    crop = 12
+    stride = 2
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.conv = torch.nn.Conv2d(3, 6, 3, stride=2)
+        self.fc = torch.nn.Linear(6, 1)
+
+    def forward(self, x):
+        score = self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(self.conv(x), 1), 1))
+        if self.how == "squeeze":
+            return score.squeeze(1)
+        if self.how == "sigmoid-view":
+            return torch.sigmoid(score).view(-1)
+        if self.how == "flatten":
+            return score.flatten()
+        if self.how == "scaled-squeeze-unsqueeze":
+            return torch.tanh(score.squeeze(-1) / 1.5 + 0.25).unsqueeze(1)
+        return torch.softmax(score.squeeze(1), dim=0)  # "softmax-over-the-batch"
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+@pytest.mark.parametrize("how", ["squeeze", "sigmoid-view", "flatten", "scaled-squeeze-unsqueeze"])
+def test_one_class_heads_that_drop_their_class_axis_import_and_slide(tmp_path, how, dynamo, rng):
+    """fc(x).squeeze(1), .view(-1), .flatten(): a binary classifier's (N,) scores were
+    refused ("Squeeze of axes [1] of a rank-2 1x1x1 value"). graphconv keeps the class
+    axis: its classifier gives (N, 1), its map (N, 1, rows, cols), each cell the score
+    PyTorch gives that cell's crop."""
+    torch.manual_seed(0)
+    model = OneClassHead(how).eval()
+    path = tmp_path / f"{how}.onnx"
+    onnx_zoo.export(model, path, dynamo=dynamo)
+    x = rng.standard_normal((2, 3, model.crop, model.crop)).astype(np.float32)
+    out = Model(load_network(path)).run(x)
+    assert out.shape == (2, 1)
+    np.testing.assert_allclose(out, torch_scores(model, x).reshape(2, 1), **TOLERANCE)
+    image = rng.standard_normal((1, 3, 19, 22)).astype(np.float32)
+    dense = compile_model(path).run(image)
+    expected = per_crop_scores(model, image, 4, 6) if how == "scaled-squeeze-unsqueeze" else \
+        per_crop_scores(model, image, 4, 6).reshape(1, 1, 4, 6)
+    np.testing.assert_allclose(dense, expected, **TOLERANCE)
+
+
+def test_an_op_across_the_batch_of_one_class_scores_is_refused(tmp_path):
+    """softmax(fc(x).squeeze(1), dim=0) mixes the images of a batch: not a classifier of each crop."""
+    path = tmp_path / "softmax.onnx"
+    onnx_zoo.export(OneClassHead("softmax-over-the-batch").eval(), path)
+    with pytest.raises(GraphconvError, match=r"Softmax on a \(N,\) scores .* view of the feature map"):
+        load_network(path)
 
 
 ACTIVATIONS = {"tanh": "tanh", "elu": "elu", "selu": "selu", "celu": "celu", "softplus": "softplus", "mish": "mish",

@@ -223,14 +223,16 @@ NCHW, NHWC, GROUPED, FLAT, GROUP_RUNS, PATCHES, RADIX, SQUEEZED, CNHW, NWHC, ONE
     "NCHW", "NHWC", "grouped", "flat", "group runs", "patches", "radix", "squeezed", "CNHW", "NWHC", "one channel",
     "HWC features", "positions")
 GREY_PLANE = "grey plane"  # a grey (N, H, W) input, its channel axis to come (an Unsqueeze or Reshape)
+ONE_SCORE = "one score"  # (N,): a one-class head's (N, 1) with its class axis dropped (`_drop_the_class_axis`)
 # a patch view's Transposes that space_to_depth follows, and the channel order each gives
 PATCH_ORDERS = {(0, 3, 5, 1, 2, 4): "blocks", (0, 1, 3, 5, 2, 4): "channels"}
 ANY_LAYOUT = (NCHW, NHWC)
+POINTWISE_LAYOUTS = (*ANY_LAYOUT, ONE_SCORE)  # what an elementwise activation reads
 # ops tf2onnx may put between an (N, H, W, C) input and its Transpose to (N, C, H, W), each
 # converted on the channels-last view as it comes (`_Importer._read_channels_last`)
 BEFORE_THE_TRANSPOSE = ("Cast", "Mul", "Div", "Add", "Sub", "Pad", "Identity", "Slice")
 # what a converter scaling or shifting by a constant takes
-SCALED_LAYOUTS = (*ANY_LAYOUT, ONE_CHANNEL, GREY_PLANE, HWC_FEATURES, POSITIONS)
+SCALED_LAYOUTS = (*ANY_LAYOUT, ONE_CHANNEL, GREY_PLANE, HWC_FEATURES, POSITIONS, ONE_SCORE)
 
 
 @dataclass(frozen=True)
@@ -1590,6 +1592,9 @@ _VIEWS = {  # what a view is called, and the ONNX ops that read it (NCHW: the ma
                                                                  "channels-first features), after an Identity, "
                                                                  "Dropout, or a scale and shift per feature (a "
                                                                  "BatchNormalization)"),
+    ONE_SCORE: ("(N,) scores (a one-class head's (N, 1) with its class axis dropped)", "elementwise "
+                "activations, Add, Sub, Mul and Div of one number, Identity, Cast, and an Unsqueeze of axis 1 back "
+                "to (N, 1)"),
     POSITIONS: ("(N*H*W, C) per-position rows of a channels-last map", "MatMul (a Dense on each position: a 1x1 "
                                                                        "convolution), Add and Mul of a constant "
                                                                        "per channel, and the Reshape back to "
@@ -2146,20 +2151,20 @@ def _reduce_sum(imp: _Importer, node) -> None:
 
 @converts("Relu")
 def _relu(imp: _Importer, node) -> None:
-    imp.add_layer(node, "relu", [imp.tensor(node.input[0], ANY_LAYOUT)])
+    imp.add_layer(node, "relu", [imp.tensor(node.input[0], POINTWISE_LAYOUTS)])
 
 
 @converts("LeakyRelu")
 def _leaky_relu(imp: _Importer, node) -> None:
     alpha = float(imp.attributes(node).get("alpha", 0.01))
-    imp.add_layer(node, "leaky_relu", [imp.tensor(node.input[0], ANY_LAYOUT)], dict(alpha=alpha))
+    imp.add_layer(node, "leaky_relu", [imp.tensor(node.input[0], POINTWISE_LAYOUTS)], dict(alpha=alpha))
 
 
 @converts("PRelu")
 def _prelu(imp: _Importer, node) -> None:
     """A slope per channel ((C, 1, 1) from PyTorch's nn.PReLU(C), (C,) after a flatten) or
     one for all (nn.PReLU()'s (1,)), stored as graphconv's one per channel."""
-    x = imp.tensor(node.input[0], ANY_LAYOUT)
+    x = imp.tensor(node.input[0], POINTWISE_LAYOUTS)
     slope = np.asarray(imp.constant(node.input[1], "slope"), np.float32)
     channels = x.shape[0]
     per_channel = _per_channel(slope, x)  # ONNX broadcasts from the last axis: (C,) on NCHW is per column
@@ -2171,14 +2176,14 @@ def _prelu(imp: _Importer, node) -> None:
 
 @converts("Sigmoid")
 def _sigmoid(imp: _Importer, node) -> None:
-    imp.add_layer(node, "sigmoid", [imp.tensor(node.input[0], ANY_LAYOUT)])
+    imp.add_layer(node, "sigmoid", [imp.tensor(node.input[0], POINTWISE_LAYOUTS)])
 
 
 @converts("Tanh", "Softplus", "Softsign", "Mish", "Abs")
 def _pointwise(imp: _Importer, node) -> None:
     """Elementwise ops of no attributes, each graphconv's op of the same name."""
     op = {"Tanh": "tanh", "Softplus": "softplus", "Softsign": "softsign", "Mish": "mish", "Abs": "abs"}[node.op_type]
-    imp.add_layer(node, op, [imp.tensor(node.input[0], ANY_LAYOUT)])
+    imp.add_layer(node, op, [imp.tensor(node.input[0], POINTWISE_LAYOUTS)])
 
 
 @converts("Pow", "Sqrt", "Reciprocal")
@@ -2187,7 +2192,7 @@ def _power(imp: _Importer, node) -> None:
     an average pool, .pow(1 / p); p learnt or fixed, 1 / p folded from it as a constant);
     Sqrt and Reciprocal of a map as the powers 0.5 and -1. A power per channel, or a
     constant to the map's power, is refused."""
-    x = imp.tensor(node.input[0], ANY_LAYOUT)
+    x = imp.tensor(node.input[0], POINTWISE_LAYOUTS)
     if node.op_type == "Pow":
         exponent = imp.values.get(node.input[1])
         if not isinstance(exponent, np.ndarray) or exponent.size != 1:
@@ -2204,7 +2209,7 @@ def _exponential_linear(imp: _Importer, node) -> None:
     """elu, celu (alpha 1.0 by default) and selu (ONNX's defaults are PyTorch's
     constants rounded to float32)."""
     attrs = imp.attributes(node)
-    x = imp.tensor(node.input[0], ANY_LAYOUT)
+    x = imp.tensor(node.input[0], POINTWISE_LAYOUTS)
     if node.op_type == "Selu":
         from graphconv.ops.activations import SELU
         params = dict(alpha=float(attrs.get("alpha", SELU[0])), gamma=float(attrs.get("gamma", SELU[1])))
@@ -2220,20 +2225,20 @@ def _exponential_linear(imp: _Importer, node) -> None:
 @converts("HardSigmoid")
 def _hard_sigmoid(imp: _Importer, node) -> None:
     attrs = imp.attributes(node)
-    imp.add_layer(node, "hardsigmoid", [imp.tensor(node.input[0], ANY_LAYOUT)],
+    imp.add_layer(node, "hardsigmoid", [imp.tensor(node.input[0], POINTWISE_LAYOUTS)],
                   dict(alpha=float(attrs.get("alpha", 0.2)), beta=float(attrs.get("beta", 0.5))))
 
 
 @converts("HardSwish")
 def _hard_swish(imp: _Importer, node) -> None:
-    imp.add_layer(node, "hardswish", [imp.tensor(node.input[0], ANY_LAYOUT)])
+    imp.add_layer(node, "hardswish", [imp.tensor(node.input[0], POINTWISE_LAYOUTS)])
 
 
 @converts("Gelu")
 def _gelu(imp: _Importer, node) -> None:
     approximate = imp.attributes(node).get("approximate", b"none")
     approximate = approximate.decode() if isinstance(approximate, bytes) else approximate
-    imp.add_layer(node, "gelu", [imp.tensor(node.input[0], ANY_LAYOUT)], dict(approximate=approximate))
+    imp.add_layer(node, "gelu", [imp.tensor(node.input[0], POINTWISE_LAYOUTS)], dict(approximate=approximate))
 
 
 @converts("Erf")
@@ -2245,7 +2250,7 @@ def _erf(imp: _Importer, node) -> None:
 
 @converts("Clip")
 def _clip(imp: _Importer, node) -> None:
-    x = imp.tensor(node.input[0], ANY_LAYOUT)
+    x = imp.tensor(node.input[0], POINTWISE_LAYOUTS)
     if imp.opset < 11:
         attrs = imp.attributes(node)
         low, high = attrs.get("min", -FLOAT32_MAX), attrs.get("max", FLOAT32_MAX)
@@ -2309,7 +2314,7 @@ def _identity(imp: _Importer, node) -> None:
         if training is not None and bool(np.ravel(training)[0]) and (ratio is None or float(np.ravel(ratio)[0]) > 0):
             raise imp.error("Dropout in training mode (training_mode=True) drops values at random; export the "
                             "model in eval() mode")
-    imp.alias(node, imp.tensor(node.input[0], (NCHW, NHWC, GROUPED, HWC_FEATURES, GREY_PLANE)))  # constants folded
+    imp.alias(node, imp.tensor(node.input[0], (NCHW, NHWC, GROUPED, HWC_FEATURES, GREY_PLANE, ONE_SCORE)))
 
 
 FLOAT_TYPES = {"FLOAT", "FLOAT16", "BFLOAT16", "DOUBLE"}
@@ -2326,7 +2331,7 @@ def _cast(imp: _Importer, node) -> None:
     if to not in FLOAT_TYPES:
         raise imp.error(f"Cast of the image's feature map to {to}; graphconv computes in float32 and casts "
                         "only between float types")
-    imp.alias(node, imp.tensor(node.input[0], (NCHW, NHWC, GROUPED, GREY_PLANE)))
+    imp.alias(node, imp.tensor(node.input[0], (NCHW, NHWC, GROUPED, GREY_PLANE, ONE_SCORE)))
 
 
 @converts("CastLike")
@@ -2342,7 +2347,7 @@ def _cast_like(imp: _Importer, node) -> None:
     if isinstance(value, np.ndarray):
         imp.values[node.output[0]] = value.astype(np.float32)
         return
-    imp.alias(node, imp.tensor(node.input[0], (NCHW, NHWC, GROUPED, GREY_PLANE)))
+    imp.alias(node, imp.tensor(node.input[0], (NCHW, NHWC, GROUPED, GREY_PLANE, ONE_SCORE)))
 
 
 @converts("Flatten")
@@ -2380,15 +2385,32 @@ def _squeeze(imp: _Importer, node) -> None:
         axes = imp.attributes(node).get("axes")
     spatial = [2] if x.layout == SQUEEZED else [2, 3]
     squeezed = None if axes is None else sorted({int(a) % x.rank for a in axes})
+    if _drop_the_class_axis(imp, node, x, squeezed in (None, [1])):
+        return
     if x.rank in (3, 4) and x.shape[1:] == (1, 1) and squeezed == spatial:
         _features(imp, node, x)
     elif x.rank == 4 and x.shape[1:] == (1, 1) and squeezed in ([2], [3]):
         imp.alias(node, replace(x, layout=SQUEEZED, rank=3))
     else:
         shape = "x".join(map(str, x.shape))
-        raise imp.error(f"Squeeze of {'every axis of size 1' if axes is None else f'axes {axes}'} of a rank-{x.rank} "
-                        f"{shape} value; graphconv squeezes only the "
-                        "1x1 height and width after a global pooling (axes [2, 3], together or one at a time)")
+        value = f"(N, {x.shape[0]}) features" if x.rank == 2 else f"rank-{x.rank} {shape} map"
+        every = x.rank == 4 and axes is None and x.shape[1:] == (1, 1)  # x.mean((2, 3), keepdim=True).squeeze()
+        raise imp.error(f"Squeeze of {'every axis of size 1' if axes is None else f'axes {axes}'} of a {value}; "
+                        "graphconv squeezes only the 1x1 height and width after a global pooling (axes [2, 3], "
+                        "together or one at a time), and the class axis of a one-class head"
+                        + ("; a squeeze of every axis drops the batch axis of a batch of one too: write "
+                           "x.flatten(1) or x.squeeze((2, 3))" if every else ""))
+
+
+def _drop_the_class_axis(imp: _Importer, node, x: Tensor, drops_axis_1: bool) -> bool:
+    """A one-class head's (N, 1) scores made (N,): the binary classifier's
+    `fc(x).squeeze(1)`, `.view(-1)` or `.flatten()` before BCEWithLogitsLoss. graphconv's
+    map keeps its class axis, (N, 1, rows, cols), so the value is only seen as ONE_SCORE,
+    which elementwise ops read and an Unsqueeze of axis 1 makes (N, 1) again."""
+    if not (drops_axis_1 and x.layout == NCHW and x.rank == 2 and x.shape == (1, 1, 1)):
+        return False
+    imp.alias(node, replace(x, layout=ONE_SCORE, rank=1))
+    return True
 
 
 @converts("Reshape")
@@ -2419,6 +2441,8 @@ def _reshape(imp: _Importer, node) -> None:
         _channel_groups(imp, node, x, target)
         return
     if _group_runs(imp, node, x, target) or _patches(imp, node, x, target) or _radix(imp, node, x, target):
+        return
+    if _drop_the_class_axis(imp, node, x, len(target) == 1 and _reshaped(target, [1, 1]) == [1]):
         return
     if len(target) == 1 and x.rank == 4 and _reshaped(target, [1, *x.shape]) == [math.prod(x.shape)]:
         imp.alias(node, replace(x, layout=FLAT, rank=1))
@@ -3433,9 +3457,15 @@ def _unsqueeze(imp: _Importer, node) -> None:
     y.unsqueeze(-1).unsqueeze(-1), as a squeeze-and-excitation gate is written): the
     first leaves a SQUEEZED (N, K, 1) view, the second makes the map.
     (On constants, shape arithmetic, it is folded before this is called.)"""
-    x = imp.tensor(node.input[0], (NCHW, SQUEEZED, ONE_CHANNEL, GREY_PLANE))
+    x = imp.tensor(node.input[0], (NCHW, SQUEEZED, ONE_CHANNEL, GREY_PLANE, ONE_SCORE))
     axes = imp.optional_constant(node, 1, "axes") if imp.opset >= 13 else imp.attributes(node).get("axes")
     axes = [] if axes is None else [int(a) for a in np.ravel(axes)]
+    if x.layout == ONE_SCORE:
+        if [a % 2 for a in axes] != [1]:
+            raise imp.error(f"Unsqueeze of axes {axes} of a one-class head's (N,) scores; graphconv gives them "
+                            "their class axis again (axis 1)")
+        imp.alias(node, replace(x, layout=NCHW, rank=2))
+        return
     if x.layout == GREY_PLANE:
         if [a % 4 for a in axes] not in ([1], [3]):
             raise imp.error(f"Unsqueeze of axes {axes} of a grey (N, H, W) input; graphconv gives it its channel "
