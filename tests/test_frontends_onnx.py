@@ -436,6 +436,70 @@ def test_a_file_exported_without_its_weights_says_so(tmp_path):
         load_network(path, task="segmentation")
 
 
+def _conv_model(path, inputs: list, divisor: str | None = None):
+    """A 3x3 conv on input x among `inputs` (ValueInfos), its map divided by input `divisor` if given."""
+    helper = onnx.helper
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c" if divisor else "y"])]
+    if divisor:
+        nodes.append(helper.make_node("Div", ["c", divisor], ["y"]))
+    graph = helper.make_graph(nodes, "inputs", inputs, [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+                              [onnx.numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+IMAGE = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 8, 8])
+
+
+def test_a_second_input_read_at_run_time_is_named_not_taken_for_missing_weights(tmp_path):
+    """An image and a temperature (logits / t): the file holds its weights, and the
+    message said they were missing (export_params=False?)."""
+    temperature = onnx.helper.make_tensor_value_info("temperature", onnx.TensorProto.FLOAT, [])
+    path = _conv_model(tmp_path / "two.onnx", [IMAGE, temperature], divisor="temperature")
+    with pytest.raises(GraphconvError) as err:
+        load_network(path, task="segmentation")
+    assert str(err.value) == ("two.onnx: has 2 inputs ('x', 'temperature'); graphconv reads classifiers with one image "
+                              "input; 'temperature' (a scalar) is read at run time besides the image: fix the value "
+                              "in the model (export a wrapper whose forward(x) passes it as a constant), or make it "
+                              "an initializer of the file")
+
+
+def test_an_input_nothing_reads_is_left_out(tmp_path, rng):
+    """An input no node reads, listed before the image: graphconv maps the image alone."""
+    flag = onnx.helper.make_tensor_value_info("unused_flag", onnx.TensorProto.FLOAT, [1])
+    path = _conv_model(tmp_path / "unused.onnx", [flag, IMAGE])
+    graph = load_network(path, task="segmentation")
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    ort = pytest.importorskip("onnxruntime")
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x, "unused_flag": np.zeros(1, np.float32)})[0]
+    np.testing.assert_allclose(Model(graph).run(x), expected, **TOLERANCE)
+
+
+def test_a_model_calling_its_own_functions_is_read_with_them_inlined(tmp_path, rng):
+    """torch.onnx.export(..., export_modules_as_functions={nn.Conv2d}) makes each conv a
+    call of a function the file defines: it was refused as an op "from a custom domain"."""
+    helper = onnx.helper
+    block = helper.make_function(
+        "torch.nn.modules.conv", "Conv2d", ["input", "weight", "bias"], ["output"],
+        [helper.make_node("Conv", ["input", "weight", "bias"], ["c"]), helper.make_node("Relu", ["c"], ["output"])],
+        [helper.make_opsetid("", 17)])
+    nodes = [helper.make_node("Conv2d", ["x", "w1", "b1"], ["h"], domain="torch.nn.modules.conv", name="c1"),
+             helper.make_node("Conv2d", ["h", "w2", "b2"], ["y"], domain="torch.nn.modules.conv", name="c2")]
+    weights = {"w1": rng.standard_normal((4, 3, 3, 3)), "b1": rng.standard_normal(4),
+               "w2": rng.standard_normal((5, 4, 3, 3)), "b2": rng.standard_normal(5)}
+    graph = helper.make_graph(nodes, "functions", [IMAGE], [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+                              [onnx.numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    path = tmp_path / "functions.onnx"
+    onnx.save(helper.make_model(graph, functions=[block], opset_imports=[
+        helper.make_opsetid("", 17), helper.make_opsetid("torch.nn.modules.conv", 1)]), str(path))
+    graph = load_network(path, task="segmentation")
+    assert [n.op for n in graph.layers()] == ["conv", "relu", "conv", "relu"]
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(Model(graph).run(x), onnxruntime_scores(path, x), **TOLERANCE)
+
+
 class _GatedConv(torch.nn.Module):
     """A conv whose map a squeeze-and-excitation gate scales, the gate made a map in one
     of the ways PyTorch code writes it."""
@@ -574,6 +638,9 @@ def test_an_unsupported_op_names_the_supported_ones_of_similar_names(tmp_path):
     (("ConvInteger", ["x", "w"], {}), r"quantized in operator form \(QOperator\)"),
     (("Sin", ["x"], {}), r"op Sin is not supported; the ONNX ops"),  # no "similar ones": Min is no relative
     (("Exp", ["x"], {}), r"op Exp is not supported; the ONNX ops"),  # nor is Expand
+    (("Greater", ["x", "scale"], {}), r"op Greater is not supported; the ONNX ops"),  # nor is Gather
+    (("DynamicQuantizeLinear", ["x"], {}), r"quantized dynamically \(onnxruntime's quantize_dynamic: .*import the "
+                                           r"float model"),
 ])
 def test_an_unsupported_op_says_what_kind_of_model_it_marks(tmp_path, node, why):
     """A decision, a quantized model, an op whose name is only by chance like a supported

@@ -181,7 +181,24 @@ def _load_model(path: Path):
                              file=str(path)) from None
     if not model.HasField("graph") or not model.graph.node:
         raise GraphconvError("is not an ONNX model with a graph (damaged or truncated?)", file=str(path))
-    return model, _load_external_data(model, path)
+    files = _load_external_data(model, path)
+    return _with_local_functions_inlined(model, path), files
+
+
+def _with_local_functions_inlined(model, path: Path):
+    """A model whose nodes call functions it defines (torch.onnx.export's
+    export_modules_as_functions: each Conv2d a call of 'torch.nn.modules.conv.Conv2d')
+    as the same model with each call replaced by the function's nodes, which are standard
+    ops: onnx's own inliner, as onnxruntime runs it."""
+    if not model.functions:
+        return model
+    import onnx.inliner
+
+    try:
+        return onnx.inliner.inline_local_functions(model)
+    except (RuntimeError, ValueError) as err:
+        raise GraphconvError(f"its functions ({', '.join(shown(f.name) for f in model.functions[:3])}) cannot be "
+                             f"inlined: {shown(str(err), 100)}", file=str(path)) from None
 
 
 def _load_external_data(model, path: Path) -> set[Path]:
@@ -375,16 +392,32 @@ class _Importer:
                                  f"{shown(str(err), 100)[1:-1]} (a damaged or truncated file?)",
                                  file=self.source) from None
 
-    def _weights_as_inputs(self, inputs: list) -> str:
-        """Why a file has inputs besides the image, where it is because it holds no weights:
-        PyTorch's export_params=False makes every parameter an input, read by the layers as
-        their weights (a node's input past its first) and never as the map they work on."""
+    def _why_other_inputs(self, inputs: list) -> str:
+        """Why a file has inputs besides the image. Where it holds no weights, PyTorch's
+        export_params=False made every parameter an input, read by the layers as their
+        weights (a node's input past its first) and never as the map they work on. Where
+        it holds them, the others are real inputs read at run time (a temperature, a
+        flag): graphconv's network maps an image alone, so their values must be fixed."""
         read_as_map = {node.input[0] for node in self.nodes if node.input}
         parameters = [i for i in inputs if i.name not in read_as_map]
-        if len(parameters) != len(inputs) - 1 or not parameters:
+        if not parameters:
             return ""
-        return ("; the others are read as weights: the file holds none (exported with export_params=False?), "
-                "export it again with its weights (torch.onnx.export's export_params=True, the default)")
+        if len(parameters) == len(inputs) - 1 and not self._holds_weights():
+            return ("; the others are read as weights: the file holds none (exported with export_params=False?), "
+                    "export it again with its weights (torch.onnx.export's export_params=True, the default)")
+        others = ", ".join(f"{shown(i.name)} ({_described_input(i)})" for i in parameters)
+        return (f"; {others} {'is' if len(parameters) == 1 else 'are'} read at run time besides the image: fix "
+                "the value in the model (export a wrapper whose forward(x) passes it as a constant), or make it "
+                "an initializer of the file")
+
+    def _holds_weights(self) -> bool:
+        """Whether the file holds any float array of more than one number (an initializer
+        or a Constant node): a network's weights, which export_params=False leaves out."""
+        onnx = require_onnx()
+        arrays = [*self.model.graph.initializer,
+                  *(a.t for node in self.nodes if node.op_type == "Constant" for a in node.attribute if a.name == "value")]
+        floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+        return any(t.data_type in floats and math.prod(t.dims) > 1 for t in arrays)
 
     def _count_uses(self) -> dict[str, int]:
         uses: dict[str, int] = {}
@@ -396,9 +429,13 @@ class _Importer:
         return uses
 
     def _graph_inputs(self) -> list:
-        """The graph's inputs that no initializer gives (keep_initializers_as_inputs lists those too)."""
+        """The graph's inputs that no initializer gives (keep_initializers_as_inputs lists
+        those too) and something reads: an input no node reads changes nothing graphconv
+        computes, and is left out (onnxruntime still asks for a value)."""
         initialized = {init.name for init in self.model.graph.initializer}
-        return [i for i in self.model.graph.input if i.name not in initialized]
+        inputs = [i for i in self.model.graph.input if i.name not in initialized]
+        read = [i for i in inputs if self.uses.get(i.name)]
+        return read or inputs
 
     def _image_input_name(self) -> str:
         inputs = self._graph_inputs()
@@ -408,7 +445,7 @@ class _Importer:
         inputs = self._graph_inputs()
         if len(inputs) != 1:
             raise GraphconvError(f"has {len(inputs)} inputs ({', '.join(shown(i.name) for i in inputs)}); "
-                                 f"graphconv reads classifiers with one image input{self._weights_as_inputs(inputs)}",
+                                 f"graphconv reads classifiers with one image input{self._why_other_inputs(inputs)}",
                                  file=self.source)
         onnx_input = inputs[0]
         dims = list(onnx_input.type.tensor_type.shape.dim)
@@ -683,6 +720,8 @@ NOT_READ_BECAUSE = {
     **dict.fromkeys(("QuantizeLinear", "DequantizeLinear"),
                     "on a feature map, it is a QDQ model's quantized activations; graphconv dequantizes constant "
                     "weights only and " + _FLOAT_MODEL.removeprefix("graphconv ")),
+    "DynamicQuantizeLinear": "the model is quantized dynamically (onnxruntime's quantize_dynamic: its activations "
+                             "are quantized as it runs, its weights stored in integers); " + _FLOAT_MODEL,
     **dict.fromkeys(("ArgMax", "ArgMin", "TopK"),
                     "the network ends in its decision; export it up to its class scores (graphconv's maps give "
                     "each cell's best class: `run --heatmap top`)"),
@@ -714,12 +753,23 @@ def unsupported(op_type: str, producer: str = "") -> str:
                 "ops the exporter converts, or export again with another op set")
     if op_type in NOT_READ_BECAUSE:
         return f"op {op_type} is not supported: {NOT_READ_BECAUSE[op_type]}"
-    # a high cutoff: names of one family (ReduceMin ~ ReduceMax, 0.78), not chance likeness (Sin ~ Min, Exp ~ Expand)
-    close = difflib.get_close_matches(op_type, sorted(name for name in CONVERTERS if "." not in name), n=4,
-                                      cutoff=0.76)
+    # names of one family (ReduceMin ~ ReduceMax, 0.78: a high cutoff and one first syllable), not chance
+    # likeness (Sin ~ Min, Exp ~ Expand, Greater ~ Gather)
+    close = [name for name in difflib.get_close_matches(op_type, sorted(n for n in CONVERTERS if "." not in n), n=4,
+                                                        cutoff=0.76)
+             if name[:3].lower() == op_type[:3].lower()]
     hint = f" (similar ones it reads: {', '.join(close)})" if close else ""
     return (f"op {op_type} is not supported{hint}; the ONNX ops graphconv reads are listed in its "
             "docs/onnx.md")
+
+
+def _described_input(value_info) -> str:
+    """An input's shape as a user would say it: "a scalar", "shape [1, 8]" ("?" where not fixed)."""
+    tensor_type = value_info.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        return "shape unstated"
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor_type.shape.dim]
+    return "a scalar" if not dims else f"shape {dims}".replace("'", "")
 
 
 def _whereabouts(node) -> str:
