@@ -443,7 +443,8 @@ def _conv_model(path, inputs: list, divisor: str | None = None):
     nodes = [helper.make_node("Conv", ["x", "w"], ["c" if divisor else "y"])]
     if divisor:
         nodes.append(helper.make_node("Div", ["c", divisor], ["y"]))
-    graph = helper.make_graph(nodes, "inputs", inputs, [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+    output = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, "inputs", inputs, [output],
                               [onnx.numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
@@ -489,7 +490,8 @@ def test_a_model_calling_its_own_functions_is_read_with_them_inlined(tmp_path, r
              helper.make_node("Conv2d", ["h", "w2", "b2"], ["y"], domain="torch.nn.modules.conv", name="c2")]
     weights = {"w1": rng.standard_normal((4, 3, 3, 3)), "b1": rng.standard_normal(4),
                "w2": rng.standard_normal((5, 4, 3, 3)), "b2": rng.standard_normal(5)}
-    graph = helper.make_graph(nodes, "functions", [IMAGE], [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+    output = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, "functions", [IMAGE], [output],
                               [onnx.numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
     path = tmp_path / "functions.onnx"
     onnx.save(helper.make_model(graph, functions=[block], opset_imports=[

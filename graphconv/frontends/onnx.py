@@ -415,7 +415,8 @@ class _Importer:
         or a Constant node): a network's weights, which export_params=False leaves out."""
         onnx = require_onnx()
         arrays = [*self.model.graph.initializer,
-                  *(a.t for node in self.nodes if node.op_type == "Constant" for a in node.attribute if a.name == "value")]
+                  *(a.t for node in self.nodes if node.op_type == "Constant"
+                    for a in node.attribute if a.name == "value")]
         floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
         return any(t.data_type in floats and math.prod(t.dims) > 1 for t in arrays)
 
