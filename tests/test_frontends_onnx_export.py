@@ -682,18 +682,19 @@ def test_seeded_weights_are_stated_and_running_the_export_says_so(tmp_path, caps
     assert "graphconv.seeded_weights" not in stated(to_onnx_model(trained.graph))
 
 
-def _logits_onnx(path, rng):
-    """A PyTorch-like export: conv -> relu -> flatten -> Gemm, its output named 'logits'."""
+def _logits_onnx(path, rng, names: tuple[str, str] = ("input", "logits")):
+    """A PyTorch-like export: conv -> relu -> flatten -> Gemm, its input and output named `names`."""
     helper = onnx.helper
+    image, logits = names
     w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
     fc = rng.standard_normal((5, 4 * 10 * 10)).astype(np.float32)
-    nodes = [helper.make_node("Conv", ["input", "conv.weight"], ["c"], name="/conv/Conv"),
+    nodes = [helper.make_node("Conv", [image, "conv.weight"], ["c"], name="/conv/Conv"),
              helper.make_node("Relu", ["c"], ["r"], name="/relu/Relu"),
              helper.make_node("Flatten", ["r"], ["f"], axis=1, name="/Flatten"),
-             helper.make_node("Gemm", ["f", "fc.weight"], ["logits"], transB=1, name="/fc/Gemm")]
-    graph = helper.make_graph(nodes, "logits", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT,
+             helper.make_node("Gemm", ["f", "fc.weight"], [logits], transB=1, name="/fc/Gemm")]
+    graph = helper.make_graph(nodes, "logits", [helper.make_tensor_value_info(image, onnx.TensorProto.FLOAT,
                                                                               ["N", 3, 12, 12])],
-                              [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 5])],
+                              [helper.make_tensor_value_info(logits, onnx.TensorProto.FLOAT, ["N", 5])],
                               [onnx.numpy_helper.from_array(w, "conv.weight"),
                                onnx.numpy_helper.from_array(fc, "fc.weight")])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
@@ -716,6 +717,22 @@ def test_an_imported_network_s_output_keeps_its_name_through_compile_and_export(
     np.testing.assert_allclose(scores, full_map(Model.load(tmp_path / "fcn"), x), **TOLERANCE)
     spec = to_onnx_model(compile_model(SPECS / "lenet.yaml").graph)  # a spec's network: its last layer's name
     assert [o.name for o in spec.graph.output] == [compile_model(SPECS / "lenet.yaml").graph.output.name]
+
+
+def test_an_input_named_as_tf2onnx_names_it_keeps_its_name_through_compile_and_export(tmp_path, rng):
+    """'input:0' is no layer name graphconv keeps ('input_0'); the export fed {"input_0": x}
+    though the model it came from, and the docs, said {"input:0": x}."""
+    from conftest import graphconv_in_process
+
+    source = _logits_onnx(tmp_path / "m.onnx", rng, names=("input:0", "probs:0"))
+    assert graphconv_in_process("compile", source, "-o", tmp_path / "fcn").returncode == 0
+    assert "input_name: input:0" in (tmp_path / "fcn" / "model.yaml").read_text()
+    result = graphconv_in_process("export", tmp_path / "fcn", "-o", tmp_path / "fcn.onnx")
+    assert result.returncode == 0, result.stderr
+    session = ort.InferenceSession(str(tmp_path / "fcn.onnx"), providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((1, 3, 30, 21)).astype(np.float32)
+    (scores,) = session.run(["probs:0"], {"input:0": x})
+    np.testing.assert_allclose(scores, full_map(Model.load(tmp_path / "fcn"), x), **TOLERANCE)
 
 
 def test_the_export_s_ir_version_is_the_least_its_opset_needs():

@@ -424,8 +424,8 @@ def test_the_input_is_checked_like_a_layer(write_spec, spec_input, match):
 
 @pytest.mark.parametrize("key,match", [
     ("preprocessing: {scale: 1}", "unknown top-level key ['preprocessing']; did you mean 'preprocess'? expected "
-                                  "['input', 'labels', 'layers', 'name', 'output_name', 'preprocess', 'task', "
-                                  "'weights']"),
+                                  "['input', 'input_name', 'labels', 'layers', 'name', 'output_name', 'preprocess', "
+                                  "'task', 'weights']"),
     ("colours: 3", "unknown top-level key ['colours']; expected ['input',"),
 ])
 def test_an_unknown_top_level_key_offers_the_near_miss_of_the_keys_users_write(write_spec, key, match):

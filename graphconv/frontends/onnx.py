@@ -480,6 +480,8 @@ class _Importer:
         # the input's location is the file, so a crop over the memory budget names it (finalize)
         self.graph = Graph(Path(self.source).stem, name, (channels, height, width),
                            input_loc=Location(self.source))
+        if name != onnx_input.name:  # tf2onnx's 'input:0': what a deployment feeds, which export names again
+            self.graph.meta["input_name"] = onnx_input.name
         self.values[onnx_input.name] = Tensor(name, (channels, height, width), 3 if layout == GREY_PLANE else 4,
                                               layout)
 

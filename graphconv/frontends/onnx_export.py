@@ -172,7 +172,7 @@ def to_onnx_model(graph: Graph, checked: bool = True):
     if len(out_dims) == 2:
         _flatten_the_output(writer, graph.output.name)
     output = _output_named(writer, graph)
-    inputs = [helper.make_tensor_value_info(graph.input.name, onnx.TensorProto.FLOAT, in_dims)]
+    inputs = [helper.make_tensor_value_info(_input_named(writer, graph), onnx.TensorProto.FLOAT, in_dims)]
     outputs = [helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, out_dims)]
     body = helper.make_graph(writer.nodes, graph.name, inputs, outputs)
     opsets = [helper.make_opsetid("", EXPORT_OPSET)]
@@ -199,12 +199,24 @@ def _output_named(writer: OnnxWriter, graph: Graph) -> str:
     """The export's output, named as the ONNX file the network came from named its own
     (`output_name`: a deployment's `sess.run(["logits"], ...)` keeps working), where no
     other value of the export has that name; else its last layer's name."""
-    wanted, written = graph.meta.get("output_name"), graph.output.name
-    taken = {graph.input.name, *writer.arrays,
-             *(name for node in writer.nodes for name in node.output)}
+    return _named_as_imported(writer, graph, graph.meta.get("output_name"), graph.output.name)
+
+
+def _input_named(writer: OnnxWriter, graph: Graph) -> str:
+    """The export's input, named as the imported file named its own where graphconv's
+    layer names could not keep it (`input_name`: tf2onnx's 'input:0' is graphconv's
+    input_0, and a deployment feeds {"input:0": x})."""
+    return _named_as_imported(writer, graph, graph.meta.get("input_name"), graph.input.name)
+
+
+def _named_as_imported(writer: OnnxWriter, graph: Graph, wanted: str | None, written: str) -> str:
+    """Value `written` of the export renamed `wanted` wherever the nodes read or make it,
+    unless another value has that name."""
+    taken = {graph.input.name, *writer.arrays, *(name for node in writer.nodes for name in node.output)}
     if not wanted or wanted == written or wanted in taken:
         return written
     for node in writer.nodes:
+        node.input[:] = [wanted if name == written else name for name in node.input]
         node.output[:] = [wanted if name == written else name for name in node.output]
     return wanted
 

@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 LINE = "__line__"
 KEY_LINES = "__key_lines__"
 TOP_LEVEL_KEYS = {"name", "input", "weights", "layers", "preprocess", "labels", "compiled", "seeded_weights", "task",
-                  "output_name"}
+                  "input_name", "output_name"}
 WRITTEN_BY_GRAPHCONV = {"compiled", "seeded_weights"}  # what compile writes into a model.yaml, not a user's keys
 TASKS = ("classification", "segmentation")  # `task`: see `graphconv.model.Model.segmentation`
 INPUT_KEYS = {"name", "shape"}
@@ -390,11 +390,11 @@ def _build_graph(doc: dict, path: Path, labels: str | os.PathLike | None = None)
         if not isinstance(doc["seeded_weights"], bool):
             raise GraphconvError("'seeded_weights' must be true or false", loc=_loc(path, doc, "seeded_weights"))
         meta["seeded_weights"] = doc["seeded_weights"]
-    if "output_name" in doc:  # an ONNX file's name for the output, which export gives it again
-        if not isinstance(doc["output_name"], str) or not doc["output_name"]:
-            raise GraphconvError(f"'output_name' must be a name, got {shown(doc['output_name'])}",
-                                 loc=_loc(path, doc, "output_name"))
-        meta["output_name"] = doc["output_name"]
+    for key in ("input_name", "output_name"):  # an ONNX file's names for them, which export gives them again
+        if key in doc:
+            if not isinstance(doc[key], str) or not doc[key]:
+                raise GraphconvError(f"{shown(key)} must be a name, got {shown(doc[key])}", loc=_loc(path, doc, key))
+            meta[key] = doc[key]
     labels_file = Path(labels) if labels is not None else _spec_relative_file(doc, "labels", path)
     if labels_file is not None:
         meta["labels"] = read_labels(labels_file)
@@ -798,7 +798,7 @@ def spec_text(graph: Graph, weights_file: str | None = MODEL_WEIGHTS,
                               "input": {"name": graph.input.name, "shape": list(graph.input_shape)}}
     if weights_file:
         header["weights"] = weights_file
-    for key in ("task", "preprocess", "compiled", "output_name"):
+    for key in ("task", "preprocess", "compiled", "input_name", "output_name"):
         if key in graph.meta:
             header[key] = graph.meta[key]
     if "labels" in graph.meta:
