@@ -478,6 +478,44 @@ def test_an_input_nothing_reads_is_left_out(tmp_path, rng):
     np.testing.assert_allclose(Model(graph).run(x), expected, **TOLERANCE)
 
 
+@pytest.mark.parametrize("shape", [None, ["N", "C", "H", "W"]], ids=["no-shape", "symbolic-channels"])
+def test_an_input_of_unstated_channels_takes_those_its_first_conv_reads(tmp_path, rng, shape):
+    """An input with no shape at all was said to have "0 dimensions", and one of a
+    symbolic channel count was refused with no way forward; the first conv's weights say
+    how many channels it reads, and --crop-size the rest."""
+    path = _conv_model(tmp_path / "m.onnx", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)])
+    graph = load_network(path, crop_size=(8, 8), task="segmentation")
+    assert graph.input_shape == (3, 8, 8)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(Model(graph).run(x), onnxruntime_scores(path, x), **TOLERANCE)
+
+
+def test_an_input_of_unstated_shape_read_by_no_conv_says_how_to_state_it(tmp_path):
+    helper = onnx.helper
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "m",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    with pytest.raises(GraphconvError) as err:
+        load_network(tmp_path / "m.onnx", crop_size=(8, 8), task="segmentation")
+    assert str(err.value) == (
+        "m.onnx: input 'x' states no shape, and no conv reading it says how many channels it has; state its shape "
+        "in the file, with your channel count: model.graph.input[0].CopyFrom(onnx.helper.make_tensor_value_info("
+        "'x', onnx.TensorProto.FLOAT, ['N', 3, 'H', 'W']))")
+
+
+def test_circular_padding_as_torchscript_writes_it_is_named(tmp_path):
+    """Conv2d(padding_mode="circular") exported by TorchScript is Slices of the map's edges
+    and Concats: it was refused as "Slice along axes [2] of a map", which said nothing."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 8 * 8, 2)).eval()
+    model.crop = 8
+    onnx_zoo.export(model, tmp_path / "circular.onnx")
+    with pytest.raises(GraphconvError, match=r"node '[^']*Slice[^']*': circular padding \(padding_mode='circular', "
+                                             r".*graphconv has no wrapping pad"):
+        load_network(tmp_path / "circular.onnx")
+
+
 def test_a_model_calling_its_own_functions_is_read_with_them_inlined(tmp_path, rng):
     """torch.onnx.export(..., export_modules_as_functions={nn.Conv2d}) makes each conv a
     call of a function the file defines: it was refused as an op "from a custom domain"."""
@@ -1323,7 +1361,7 @@ def test_reflect_and_edge_pads_equal_onnxruntime(tmp_path, rng, opset):
 
 @pytest.mark.parametrize("case,message", [
     ("wrap", r"node 'pad_r': Pad mode 'wrap' is not supported; graphconv pads with a constant, a reflection "
-             r"or the edge repeated"),
+             r"or the edge repeated .*; 'wrap' is circular padding: graphconv has no wrapping pad"),
     ("channels", r"node 'pad_r': Pad of the batch or channel axis \(pads \[0, 1, 0, 0, 0, 0, 0, 0\]\)"),
     ("crop", r"node 'pad_r': Pad with negative pads \[0, 0, -1, 0, 0, 0, 0, 0\] crops the map"),
     ("nan", r"node 'pad_r': Pad with a NaN constant_value"),

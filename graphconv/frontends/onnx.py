@@ -449,13 +449,16 @@ class _Importer:
                                  f"graphconv reads classifiers with one image input{self._why_other_inputs(inputs)}",
                                  file=self.source)
         onnx_input = inputs[0]
+        stated = onnx_input.type.tensor_type.HasField("shape")
         dims = list(onnx_input.type.tensor_type.shape.dim)
-        if len(dims) not in (3, 4):
+        if stated and len(dims) not in (3, 4):
             raise GraphconvError(f"input {shown(onnx_input.name)} has {len(dims)} dimensions; graphconv "
                                  "reads image classifiers with an (N, C, H, W) input (or a grey (N, H, W) one)",
                                  file=self.source)
         fixed = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
         invalid = [d.dim_value if d.HasField("dim_value") and d.dim_value <= 0 else None for d in dims]
+        if not stated:  # read as (N, C, H, W): C what the first conv reads, H and W from --crop-size
+            dims, fixed, invalid = [None] * 4, [None] * 4, [None] * 4
         if len(dims) == 3:  # Keras' MNIST input, grey without a channel axis: graphconv's (N, 1, H, W)
             fixed, invalid = [fixed[0], 1, *fixed[1:]], [invalid[0], None, *invalid[1:]]
         self.exported_batch = fixed[0] or 1
@@ -467,9 +470,15 @@ class _Importer:
         if invalid[order[0]] is not None:
             raise GraphconvError(f"input {shown(onnx_input.name)} has an invalid channel count of "
                                  f"{invalid[order[0]]} (0 or negative)", file=self.source)
+        if channels is None and layout == NCHW:
+            channels = self._channels_the_first_conv_reads(onnx_input.name)
         if channels is None:
-            raise GraphconvError(f"input {shown(onnx_input.name)} has no fixed channel count",
-                                 file=self.source)
+            shape = "states no shape" if not stated else "has no fixed channel count"
+            raise GraphconvError(f"input {shown(onnx_input.name)} {shape}, and no conv reading it says how many "
+                                 "channels it has; state its shape in the file, with your channel count: "
+                                 f"model.graph.input[{list(self.model.graph.input).index(onnx_input)}].CopyFrom("
+                                 f"onnx.helper.make_tensor_value_info({shown(onnx_input.name)}, "
+                                 "onnx.TensorProto.FLOAT, ['N', 3, 'H', 'W']))", file=self.source)
         bad = [(axis, invalid[i]) for axis, i in zip(("height", "width"), order[1:]) if invalid[i] is not None]
         if bad and self.crop_size is None:
             sizes = " and ".join(f"{axis} {value}" for axis, value in bad)
@@ -484,6 +493,21 @@ class _Importer:
             self.graph.meta["input_name"] = onnx_input.name
         self.values[onnx_input.name] = Tensor(name, (channels, height, width), 3 if layout == GREY_PLANE else 4,
                                               layout)
+
+    def _channels_the_first_conv_reads(self, name: str) -> int | None:
+        """The channel count of input `name` where the file leaves it unstated (a symbolic
+        'C', or no shape at all): that of the Conv reading it, maybe after an input
+        normalisation (Sub, Div, Mul, Add, Cast, Identity), whose weights fix it."""
+        for node in self.nodes:
+            if not node.input or node.input[0] != name:
+                continue
+            if node.op_type == "Conv" and len(node.input) > 1:
+                weight = self._initializer_or_constant(node.input[1])
+                groups = int(self.attributes(node).get("group", 1))
+                return int(weight.shape[1]) * groups if weight is not None and weight.ndim == 4 else None
+            if node.op_type in ("Sub", "Div", "Mul", "Add", "Cast", "Identity"):
+                return self._channels_the_first_conv_reads(node.output[0])
+        return None
 
     def _read_channels_last(self, name: str, grey_hw: tuple[int, int] | None = None, depth: int = 0) -> bool:
         """Whether the input `name` is an (N, H, W, C) image that every reader first
@@ -1789,6 +1813,10 @@ def _onnx_pads(symmetric: Sequence[int], rest: Sequence[int]) -> list[int]:
     return [symmetric[i % 2] + rest[i] for i in range(4)]
 
 
+NO_WRAP = ("graphconv has no wrapping pad: a crop's far edge is not what lies beyond it in a larger image, so "
+           "such a network could not slide")
+
+
 @converts("Pad")
 def _pad(imp: _Importer, node) -> None:
     """A border around the map's rows and columns, constant, reflected or repeated: a
@@ -1804,7 +1832,8 @@ def _pad(imp: _Importer, node) -> None:
     mode = mode.decode() if isinstance(mode, bytes) else mode
     if mode not in PAD_MODES:
         raise imp.error(f"Pad mode {shown(mode)} is not supported; graphconv pads with a constant, a "
-                        "reflection or the edge repeated (modes 'constant', 'reflect', 'edge')")
+                        "reflection or the edge repeated (modes 'constant', 'reflect', 'edge')"
+                        + (f"; 'wrap' is circular padding: {NO_WRAP}" if mode == "wrap" else ""))
     begin, end, value = _pad_amounts(imp, node, attrs)
     if x.layout == NHWC:  # (N, H, W, C) amounts, as graphconv's (N, C, H, W)
         begin, end = ([amounts[0], amounts[3], amounts[1], amounts[2]] for amounts in (begin, end))
@@ -3414,6 +3443,9 @@ def _slice(imp: _Importer, node) -> None:
     cuts = [(axis, int(start), int(end), step) for axis, start, end, step in zip(axes, starts, ends, steps)
             if not _whole(x.shape[0] if axis == channel_axis else None, int(start), int(end), step)]
     if any(axis != channel_axis for axis, *_ in cuts):
+        if _wraps_around(imp, node, [axis for axis, *_ in cuts]):
+            raise imp.error("circular padding (padding_mode='circular', F.pad(mode='circular'): as TorchScript's "
+                            f"export writes it, Slices of the map's edges concatenated to its other side); {NO_WRAP}")
         view = "channels-last (NHWC) " if x.layout == NHWC else ""
         raise imp.error(f"Slice along axes {sorted({axis for axis, *_ in cuts})} of a {view}map; graphconv slices "
                         f"the channels (axis {channel_axis}), and any axis from its start to its end")
@@ -3428,6 +3460,15 @@ def _slice(imp: _Importer, node) -> None:
         _slice_channels(imp, node, x, int(picked[0]), int(picked[-1]) + 1, node.output[0])
     else:
         _pick_channels(imp, node, x, picked)
+
+
+def _wraps_around(imp: _Importer, node, axes: list[int]) -> bool:
+    """Whether Slice `node` of a map's height or width is the start of circular padding:
+    a Concat along that axis reads both the slice and the map it was cut from."""
+    for reader in imp.nodes[imp.position + 1:]:
+        if reader.op_type == "Concat" and node.output[0] in reader.input and node.input[0] in reader.input:
+            return int(imp.attributes(reader).get("axis", 0)) % 4 in axes
+    return False
 
 
 def _whole(size: int | None, start: int, end: int, step: int) -> bool:
