@@ -557,7 +557,7 @@ class _Importer:
         if len(names) > 1:
             raise GraphconvError(f"has {len(names)} outputs ({', '.join(shown(n) for n in names)}); graphconv reads "
                                  f"networks with one: keep the one you want with onnx.utils.extract_model("
-                                 f"{shown(os.path.basename(self.source))}, 'one.onnx', "
+                                 f"{shown(self.source)}, 'one.onnx', "
                                  f"[{shown(self._image_input_name())}], [{shown(names[0])}])", file=self.source)
 
     def _set_output(self) -> None:

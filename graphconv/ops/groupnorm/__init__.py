@@ -55,6 +55,13 @@ def to_onnx(writer, params: dict, inputs: list[str], output: str) -> None:
     writer.node("Add", [scaled, writer.node("Unsqueeze", [writer.weight("bias"), axes])], output)
 
 
+def whole_map(params: dict) -> str:
+    """Why no groupnorm slides, naming the PyTorch layer it came from (ONNX's
+    InstanceNormalization is a groupnorm of one channel a group)."""
+    return ("(a GroupNorm or InstanceNorm) takes statistics of its whole map, so on a larger image they are the "
+            "image's, not each crop's")
+
+
 register(OpDef(
     name="groupnorm", doc="normalise each group of channels over the whole map, then scale and shift per "
                           "channel (GroupNorm; InstanceNorm with groups = channels)",
@@ -63,7 +70,7 @@ register(OpDef(
     shape=shape, reference=reference,
     flops=lambda params, shapes, out: 7 * numel(out),  # two sums, a difference, a square, a scale and shift
     package=__name__, weight_shapes=affine_weight_shapes, init_weights=seeded_affine, torch=torch_equivalent,
-    onnx=to_onnx, whole_map=True, channels_last="like-input",
+    onnx=to_onnx, whole_map=whole_map, channels_last="like-input",
     examples=(
         Example({"groups": 2}, [(4, 3, 5)]),
         Example({"groups": 1, "eps": 1e-6}, [(3, 2, 2)]),  # PoolFormer's GroupNorm(1)
