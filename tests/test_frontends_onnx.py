@@ -2401,6 +2401,41 @@ def test_heads_pytorch_users_write_import_and_slide_crop_by_crop(tmp_path, how, 
     assert ops[-len(HEADS[how]) - 1:-1] == HEADS[how] if how != "bgr" else ops[:2] == ["conv", "conv"]
 
 
+class ViewThenFlatten(torch.nn.Module):
+    """A channel shuffle or pixel_unshuffle right before flatten(1) and the fc: the dynamo
+    exporter writes the view back and the flatten as one Reshape of the 5-D or 6-D view."""
+    crop = 8
+    stride = 2
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.conv = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.fc = torch.nn.Linear(8 * 4 * 4, 3)
+
+    def forward(self, x):
+        x = self.conv(x)
+        n, c, h, w = x.shape
+        if self.how == "shuffle":
+            x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        else:
+            x = torch.nn.functional.pixel_unshuffle(x, 2)
+        return self.fc(torch.flatten(x, 1))
+
+
+@pytest.mark.parametrize("how", ["shuffle", "pixel_unshuffle"])
+def test_a_view_the_dynamo_exporter_merges_with_the_flatten_is_read(tmp_path, how, rng):
+    """It was refused: "Reshape of a 2-group view of 8x4x4 value to [-1, 128]"."""
+    torch.manual_seed(0)
+    model = ViewThenFlatten(how).eval()
+    onnx_zoo.export(model, tmp_path / "m.onnx", dynamo=True)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    graph = load_network(tmp_path / "m.onnx")
+    assert [n.op for n in graph.layers()][1:3] == ["channel_shuffle" if how == "shuffle" else "space_to_depth",
+                                                   "flatten"]
+    np.testing.assert_allclose(Model(graph).run(x), torch_scores(model, x), **TOLERANCE)
+
+
 class OneClassHead(torch.nn.Module):
     """A binary classifier's head as people write it for BCEWithLogitsLoss: one score per
     image, its class axis dropped (`how`), sometimes scaled or squashed after."""

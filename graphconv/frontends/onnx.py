@@ -2593,14 +2593,17 @@ def _channel_groups(imp: _Importer, node, x: Tensor, target: list[int]) -> None:
         if groups > 0 and dims == [1, groups, c // groups, h, w] and c % groups == 0:
             imp.alias(node, replace(x, layout=GROUPED, groups=groups, swapped=False))
             return
-    if x.layout == GROUPED and len(target) == 4:
+    if x.layout == GROUPED and len(target) in (2, 4):
         inner = [x.groups, c // x.groups][::-1 if x.swapped else 1]
-        if _reshaped(target, [1, *inner, h, w]) == [1, c, h, w]:
+        flattened = len(target) == 2 and _reshaped(target, [1, c * h * w]) == [1, c * h * w]
+        if flattened or _reshaped(target, [1, *inner, h, w]) == [1, c, h, w]:
             back = replace(x, layout=NCHW, groups=0, swapped=False)
             if x.swapped:
-                imp.add_layer(node, "channel_shuffle", [back], dict(groups=x.groups))
+                back = imp.add_layer(node, "channel_shuffle", [back], dict(groups=x.groups))
             else:
                 imp.alias(node, back)
+            if flattened:  # the dynamo exporter's one Reshape for the view back and a flatten(1) after it
+                imp.add_layer(node, "flatten", [back], rank=2)
             return
     view = "x".join(map(str, [1, c, h, w])) if x.layout == NCHW else f"{x.groups}-group view of {c}x{h}x{w}"
     raise imp.error(f"Reshape of a {view} value to {target}; graphconv recognises the flatten before a "
@@ -2637,9 +2640,13 @@ def _patches(imp: _Importer, node, x: Tensor, target: list[int]) -> bool:
             return True
     if x.layout == PATCHES and x.perm in PATCH_ORDERS:
         b = x.groups
-        if _reshaped(target, [1, c * b * b, h // b, w // b]) == [1, c * b * b, h // b, w // b]:
+        flattened = len(target) == 2 and _reshaped(target, [1, c * h * w]) == [1, c * h * w]
+        if flattened or _reshaped(target, [1, c * b * b, h // b, w // b]) == [1, c * b * b, h // b, w // b]:
             params = dict(block=b, order=PATCH_ORDERS[x.perm])
-            imp.add_layer(node, "space_to_depth", [replace(x, layout=NCHW, rank=4, groups=0, perm=())], params)
+            patches = imp.add_layer(node, "space_to_depth", [replace(x, layout=NCHW, rank=4, groups=0, perm=())],
+                                    params)
+            if flattened:  # the dynamo exporter's one Reshape for the patches and a flatten(1) after them
+                imp.add_layer(node, "flatten", [patches], rank=2)
             return True
     if x.layout == PATCHES:
         raise imp.error(f"Reshape of a {x.groups}x{x.groups} patch view to {target}; graphconv follows "
