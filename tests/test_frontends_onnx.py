@@ -2436,16 +2436,12 @@ def test_a_view_the_dynamo_exporter_merges_with_the_flatten_is_read(tmp_path, ho
     np.testing.assert_allclose(Model(graph).run(x), torch_scores(model, x), **TOLERANCE)
 
 
-class OneClassHead(torch.nn.Module):
+class OneClassHead(Headed):
     """A binary classifier's head as people write it for BCEWithLogitsLoss: one score per
     image, its class axis dropped (`how`), sometimes scaled or squashed after."""
-    crop = 12
-    stride = 2
 
     def __init__(self, how: str):
-        super().__init__()
-        self.how = how
-        self.conv = torch.nn.Conv2d(3, 6, 3, stride=2)
+        super().__init__(how)
         self.fc = torch.nn.Linear(6, 1)
 
     def forward(self, x):

@@ -701,38 +701,31 @@ def _logits_onnx(path, rng, names: tuple[str, str] = ("input", "logits")):
     return path
 
 
-def test_an_imported_network_s_output_keeps_its_name_through_compile_and_export(tmp_path, rng):
+@pytest.mark.parametrize("names,recorded", [(("input", "logits"), "output_name: logits"),
+                                            (("input:0", "probs:0"), "input_name: input:0")])
+def test_an_imported_network_s_input_and_output_keep_their_names_through_compile_and_export(tmp_path, rng, names,
+                                                                                          recorded):
     """A deployment's sess.run(["logits"], ...) failed on the export: its output was named
-    after graphconv's last layer ('fc', 'h.3', 'h.1_crop_cells')."""
+    after graphconv's last layer ('fc', 'h.3', 'h.1_crop_cells'). tf2onnx's 'input:0' is
+    no layer name graphconv keeps ('input_0'): the export was fed {"input_0": x}, though
+    the model it came from, and the docs, said {"input:0": x}."""
     from conftest import graphconv_in_process
 
-    source = _logits_onnx(tmp_path / "m.onnx", rng)
+    source = _logits_onnx(tmp_path / "m.onnx", rng, names=names)
     assert graphconv_in_process("compile", source, "-o", tmp_path / "fcn").returncode == 0
-    assert "output_name: logits" in (tmp_path / "fcn" / "model.yaml").read_text()
+    assert recorded in (tmp_path / "fcn" / "model.yaml").read_text()
     result = graphconv_in_process("export", tmp_path / "fcn", "-o", tmp_path / "fcn.onnx")
     assert result.returncode == 0, result.stderr
     session = ort.InferenceSession(str(tmp_path / "fcn.onnx"), providers=["CPUExecutionProvider"])
     x = rng.standard_normal((1, 3, 30, 21)).astype(np.float32)
-    (scores,) = session.run(["logits"], {"input": x})
+    image, output = names
+    (scores,) = session.run([output], {image: x})
     np.testing.assert_allclose(scores, full_map(Model.load(tmp_path / "fcn"), x), **TOLERANCE)
-    spec = to_onnx_model(compile_model(SPECS / "lenet.yaml").graph)  # a spec's network: its last layer's name
+
+
+def test_a_spec_s_export_names_its_output_after_its_last_layer():
+    spec = to_onnx_model(compile_model(SPECS / "lenet.yaml").graph)
     assert [o.name for o in spec.graph.output] == [compile_model(SPECS / "lenet.yaml").graph.output.name]
-
-
-def test_an_input_named_as_tf2onnx_names_it_keeps_its_name_through_compile_and_export(tmp_path, rng):
-    """'input:0' is no layer name graphconv keeps ('input_0'); the export fed {"input_0": x}
-    though the model it came from, and the docs, said {"input:0": x}."""
-    from conftest import graphconv_in_process
-
-    source = _logits_onnx(tmp_path / "m.onnx", rng, names=("input:0", "probs:0"))
-    assert graphconv_in_process("compile", source, "-o", tmp_path / "fcn").returncode == 0
-    assert "input_name: input:0" in (tmp_path / "fcn" / "model.yaml").read_text()
-    result = graphconv_in_process("export", tmp_path / "fcn", "-o", tmp_path / "fcn.onnx")
-    assert result.returncode == 0, result.stderr
-    session = ort.InferenceSession(str(tmp_path / "fcn.onnx"), providers=["CPUExecutionProvider"])
-    x = rng.standard_normal((1, 3, 30, 21)).astype(np.float32)
-    (scores,) = session.run(["probs:0"], {"input:0": x})
-    np.testing.assert_allclose(scores, full_map(Model.load(tmp_path / "fcn"), x), **TOLERANCE)
 
 
 def test_the_export_s_ir_version_is_the_least_its_opset_needs():
