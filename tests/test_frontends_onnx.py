@@ -409,14 +409,16 @@ def test_a_file_of_two_outputs_is_told_how_to_keep_one(tmp_path, rng):
          helper.make_tensor_value_info("p", onnx.TensorProto.FLOAT, ["N", 4, 6, 6]),
          helper.make_tensor_value_info("z", onnx.TensorProto.INT64, ["N", 1, 6, 6])],
         [onnx.numpy_helper.from_array(v, k) for k, v in inits.items()])
-    path = tmp_path / "two.onnx"
+    path = tmp_path / "models" / "two.onnx"  # in a folder: the hint's path works from where graphconv ran
+    path.parent.mkdir()
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     with pytest.raises(GraphconvError) as err:
         load_network(path, task="segmentation")
-    assert str(err.value) == ("two.onnx: has 3 outputs ('y', 'p', 'z'); graphconv reads networks with one: keep the "
-                              f"one you want with onnx.utils.extract_model({str(path)!r}, 'one.onnx', ['x'], ['y'])")
-    onnx.utils.extract_model(str(path), str(tmp_path / "one.onnx"), ["x"], ["p"])
-    assert [n.op for n in load_network(tmp_path / "one.onnx", task="segmentation").layers()] == ["conv", "softmax"]
+    assert str(err.value) == ("models/two.onnx: has 3 outputs ('y', 'p', 'z'); graphconv reads networks with one: "
+                              "keep the one you want with onnx.utils.extract_model('models/two.onnx', 'one.onnx', "
+                              "['x'], ['y'])")
+    onnx.utils.extract_model("models/two.onnx", "one.onnx", ["x"], ["p"])  # as the hint says, from the same folder
+    assert [n.op for n in load_network("one.onnx", task="segmentation").layers()] == ["conv", "softmax"]
 
 
 def test_a_file_exported_without_its_weights_says_so(tmp_path):

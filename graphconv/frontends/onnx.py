@@ -44,7 +44,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from graphconv.arrays import open_regular_file
-from graphconv.errors import GraphconvError, Location, shown
+from graphconv.errors import GraphconvError, Location, shown, shown_path
 from graphconv.ir import Graph
 from graphconv.memory import check_fits
 from graphconv.ops import get_op
@@ -557,7 +557,7 @@ class _Importer:
         if len(names) > 1:
             raise GraphconvError(f"has {len(names)} outputs ({', '.join(shown(n) for n in names)}); graphconv reads "
                                  f"networks with one: keep the one you want with onnx.utils.extract_model("
-                                 f"{shown(self.source)}, 'one.onnx', "
+                                 f"{shown_path(self.source)!r}, 'one.onnx', "
                                  f"[{shown(self._image_input_name())}], [{shown(names[0])}])", file=self.source)
 
     def _set_output(self) -> None:
