@@ -352,10 +352,9 @@ class Background:
 def _crop_spans(area, axis: int, length: int) -> tuple[np.ndarray, np.ndarray]:
     """[start, stop) of the crop of every cell along `axis` whose crop starts in the
     image, cut to the image (a padded field reaching past it reads no pixel there)."""
-    size, stride, offset = area.size[axis], float(area.stride[axis]), area.offset[axis]
-    count = max(1, int(math.ceil((length - offset) / stride)))
-    starts = np.floor(offset + np.arange(count) * stride).astype(np.int64)
-    stops = starts + int(size)
+    count = max(1, int(math.ceil((length - area.offset[axis]) / float(area.stride[axis]))))
+    starts = area.starts(axis, 0, count)
+    stops = starts + int(area.size[axis])
     return np.clip(starts, 0, length), np.clip(stops, 0, length)
 
 

@@ -21,6 +21,8 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
+import numpy as np
+
 from graphconv.errors import GraphconvError, counted
 from graphconv.ir import Graph
 from graphconv.shapes import batch_scales, infer_shapes
@@ -37,6 +39,12 @@ class Field:
         top = self.offset[0] + i * self.stride[0]
         left = self.offset[1] + j * self.stride[1]
         return top, left, top + self.size[0], left + self.size[1]
+
+    def starts(self, axis: int, first: int, stop: int) -> np.ndarray:
+        """The first pixel row (axis 0) or column (1) of the fields of cells first..stop - 1
+        on that axis, as int64: a stride of a fraction of a pixel (an upsampling
+        network's) puts a cell's field at the pixel its start falls in."""
+        return np.floor(self.offset[axis] + np.arange(first, stop) * float(self.stride[axis])).astype(np.int64)
 
 
 @dataclass(frozen=True)

@@ -663,7 +663,7 @@ def _cells_reaching(grid, tile: Tile, box: tuple[int, int, int, int]) -> tuple[t
     bottom, right) of the image: a (rows, cols) rectangle of them, or None where none does."""
     area, spans = grid.cell_area, []
     for axis, (first, stop) in enumerate((tile.rows, tile.cols)):
-        starts = np.floor(area.offset[axis] + np.arange(first, stop) * float(area.stride[axis]))
+        starts = area.starts(axis, first, stop)
         hit = np.nonzero((starts < box[axis + 2]) & (starts + area.size[axis] > box[axis]))[0]
         if not len(hit):
             return None
