@@ -492,6 +492,36 @@ def test_an_input_of_unstated_channels_takes_those_its_first_conv_reads(tmp_path
     np.testing.assert_allclose(Model(graph).run(x), onnxruntime_scores(path, x), **TOLERANCE)
 
 
+@pytest.mark.parametrize("shape", [None, ["N", "H", "W", "C"]], ids=["no-shape", "symbolic-channels"])
+def test_a_channels_last_input_of_unstated_channels_takes_those_its_conv_reads_after_the_transpose(
+        tmp_path, rng, shape):
+    """tf2onnx's (N, H, W, C) input, rescaled and padded before its Transpose to NCHW:
+    the conv after the Transpose says how many channels; refused with the NHWC shape to
+    state where no conv says."""
+    helper = onnx.helper
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Mul", ["x", "scale"], ["scaled"]),
+             helper.make_node("Pad", ["scaled", "pads"], ["padded"]),
+             helper.make_node("Transpose", ["padded"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "w"], ["y"])]
+    weights = [onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(np.float32(1 / 255), "scale"),
+               onnx.numpy_helper.from_array(np.array([0, 1, 1, 0, 0, 1, 1, 0], np.int64), "pads")]
+    graph = helper.make_graph(nodes, "nhwc", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    network = load_network(tmp_path / "m.onnx", crop_size=(8, 8), task="segmentation")
+    assert network.input_shape == (3, 8, 8)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    expected = onnxruntime_scores(tmp_path / "m.onnx", x.transpose(0, 2, 3, 1).copy())
+    np.testing.assert_allclose(Model(network).run(x), expected, **TOLERANCE)
+    graph.node[3].op_type = "Relu"
+    del graph.node[3].input[1:]
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    with pytest.raises(GraphconvError, match=re.escape("make_tensor_value_info('x', onnx.TensorProto.FLOAT, "
+                                                       "['N', 'H', 'W', 3]))")):
+        load_network(tmp_path / "m.onnx", crop_size=(8, 8), task="segmentation")
+
+
 def test_an_input_of_unstated_shape_read_by_no_conv_says_how_to_state_it(tmp_path):
     helper = onnx.helper
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "m",

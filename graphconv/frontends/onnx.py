@@ -470,15 +470,16 @@ class _Importer:
         if invalid[order[0]] is not None:
             raise GraphconvError(f"input {shown(onnx_input.name)} has an invalid channel count of "
                                  f"{invalid[order[0]]} (0 or negative)", file=self.source)
-        if channels is None and layout == NCHW:
-            channels = self._channels_the_first_conv_reads(onnx_input.name)
+        if channels is None and layout != GREY_PLANE:
+            channels = self._channels_the_first_conv_reads(onnx_input.name, layout == NHWC)
         if channels is None:
             shape = "states no shape" if not stated else "has no fixed channel count"
+            stated_dims = "['N', 'H', 'W', 3]" if layout == NHWC else "['N', 3, 'H', 'W']"
             raise GraphconvError(f"input {shown(onnx_input.name)} {shape}, and no conv reading it says how many "
                                  "channels it has; state its shape in the file, with your channel count: "
                                  f"model.graph.input[{list(self.model.graph.input).index(onnx_input)}].CopyFrom("
                                  f"onnx.helper.make_tensor_value_info({shown(onnx_input.name)}, "
-                                 "onnx.TensorProto.FLOAT, ['N', 3, 'H', 'W']))", file=self.source)
+                                 f"onnx.TensorProto.FLOAT, {stated_dims}))", file=self.source)
         bad = [(axis, invalid[i]) for axis, i in zip(("height", "width"), order[1:]) if invalid[i] is not None]
         if bad and self.crop_size is None:
             sizes = " and ".join(f"{axis} {value}" for axis, value in bad)
@@ -494,18 +495,23 @@ class _Importer:
         self.values[onnx_input.name] = Tensor(name, (channels, height, width), 3 if layout == GREY_PLANE else 4,
                                               layout)
 
-    def _channels_the_first_conv_reads(self, name: str) -> int | None:
+    def _channels_the_first_conv_reads(self, name: str, channels_last: bool = False) -> int | None:
         """The channel count of input `name` where the file leaves it unstated (a symbolic
         'C', or no shape at all): that of the Conv reading it, maybe after an input
-        normalisation (Sub, Div, Mul, Add, Cast, Identity), whose weights fix it."""
+        normalisation (Sub, Div, Mul, Add, Cast, Identity), whose weights fix it. A
+        `channels_last` input is followed through its Transpose to (N, C, H, W) and what
+        tf2onnx puts before it (a Pad of the sides)."""
         for node in self.nodes:
             if not node.input or node.input[0] != name:
                 continue
-            if node.op_type == "Conv" and len(node.input) > 1:
+            if node.op_type == "Conv" and len(node.input) > 1 and not channels_last:
                 weight = self._initializer_or_constant(node.input[1])
                 groups = int(self.attributes(node).get("group", 1))
                 return int(weight.shape[1]) * groups if weight is not None and weight.ndim == 4 else None
-            if node.op_type in ("Sub", "Div", "Mul", "Add", "Cast", "Identity"):
+            if node.op_type in ("Sub", "Div", "Mul", "Add", "Cast", "Identity", *(("Pad",) if channels_last else ())):
+                return self._channels_the_first_conv_reads(node.output[0], channels_last)
+            if channels_last and node.op_type == "Transpose" and list(self.attributes(node).get("perm", [])) == [
+                    0, 3, 1, 2]:
                 return self._channels_the_first_conv_reads(node.output[0])
         return None
 
