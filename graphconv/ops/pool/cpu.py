@@ -29,7 +29,10 @@ def _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad, out):
     Taps outside the image (in the padding, or past it in ceil mode) are left out of a
     max and count as zero in an average, whose divisor is rows[oy] * columns[ox]: the
     taps that count along each axis (`_inverse_tap_counts`), kh*kw unless ceil mode or
-    count_include_pad=False makes it smaller near the edges."""
+    count_include_pad=False makes it smaller near the edges. A window of 3 rows all inside
+    the image reduces them into the strip in one pass (`_reduce_runs`), not a copy and two
+    passes over it: 64x112x112 3x3/2 0.18 -> 0.12 ms, 192x56x56 0.12 -> 0.10 (2 threads,
+    the two kernels alternating in one process)."""
     n, c, height, width = x.shape
     ho, wo = out.shape[2], out.shape[3]
     row_scale, col_scale, start, reduce, strip_width = _walk(kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad,
@@ -39,15 +42,8 @@ def _pool(x, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad, out):
         strip = np.empty(strip_width, np.float32)
         fill(strip, 0, strip_width, start)
         for oy in range(ho):
-            rows = 0
-            for i in range(kh):
-                iy = oy * sh - ph + i * dh
-                if 0 <= iy < height:
-                    _combine_strided(strip, pw, flat_x, (plane * height + iy) * width, 1, width,
-                                     reduce if rows else COPY)
-                    rows += 1
-            if rows == 0:
-                fill(strip, pw, pw + width, start)
+            _window_rows_into_strip(strip, pw, flat_x, plane * height * width, width, oy * sh - ph, kh, dh, height,
+                                    is_max, reduce, start)
             row = (plane * ho + oy) * wo
             if kw == 3 and sw == 2 and dw == 1:  # the stems' and GoogLeNet's 3x3/2 pools: one loop
                 _row_of_three_strided(flat_out, row, strip, wo, is_max)
@@ -85,22 +81,10 @@ def _pool_channels_last(xh, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad,
         else:
             flat_out, row_at = out.reshape(-1), job * wo * c
         strip = np.empty(strip_width, np.float32)
-        first, last = oy * sh - ph, oy * sh - ph + (kh - 1) * dh
         fill(strip, 0, pw * c, start)  # the padding on either side (the image's part is written below): a
         fill(strip, (pw + width) * c, strip_width, start)  # fill of the whole strip cost 5-15% of the pool
-        if kh == 3 and first >= 0 and last < height:  # every row inside: one pass
-            _reduce_runs(strip, pw * c, flat_x, (b * height + first) * width * c, dh * width * c, width * c, 3,
-                         is_max, np.float32(1.0))
-        else:
-            rows = 0
-            for i in range(kh):
-                iy = first + i * dh
-                if 0 <= iy < height:
-                    _combine_strided(strip, pw * c, flat_x, (b * height + iy) * width * c, 1, width * c,
-                                     reduce if rows else COPY)
-                    rows += 1
-            if rows == 0:
-                fill(strip, pw * c, (pw + width) * c, start)
+        _window_rows_into_strip(strip, pw * c, flat_x, b * height * width * c, width * c, oy * sh - ph, kh, dh, height,
+                                is_max, reduce, start)
         for ox in range(wo):
             at = row_at + ox * c
             scale = np.float32(1.0) if is_max else row_scale[oy] * col_scale[ox]
@@ -115,6 +99,26 @@ def _pool_channels_last(xh, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad,
                     flat_out[unsigned(at + t)] *= scale
         if into_planes:
             store_row_in_planes(row, out, b, oy)
+
+
+@njit(cache=True, inline="always")
+def _window_rows_into_strip(strip, at, flat_x, image_at, row_length, first, kh, dh, height, is_max, reduce, start):
+    """strip[at:at + row_length] = the max or sum of a window's kh input rows, row
+    `first + i * dh` of the image at flat_x[image_at:] (rows of row_length values), those
+    inside the image; the start value where none is. Three rows all inside are reduced
+    in one pass (`_reduce_runs`), not copied and reduced into twice."""
+    if kh == 3 and first >= 0 and first + 2 * dh < height:
+        _reduce_runs(strip, at, flat_x, image_at + first * row_length, dh * row_length, row_length, 3, is_max,
+                     np.float32(1.0))
+        return
+    rows = 0
+    for i in range(kh):
+        iy = first + i * dh
+        if 0 <= iy < height:
+            _combine_strided(strip, at, flat_x, image_at + iy * row_length, 1, row_length, reduce if rows else COPY)
+            rows += 1
+    if rows == 0:
+        fill(strip, at, at + row_length, start)
 
 
 @njit(cache=True, inline="always")
