@@ -121,9 +121,15 @@ def check_can_slide(source: Graph, compiled: Graph) -> None:
     """Refuse a compiled network that slides (returns maps) where maps of different
     strides meet: it would fail, or be wrong, on any image larger than the crop. The
     error names the layer of the network as written (the add, not the conv a fusing pass
-    merged it into), worked out on `source`, which runs at its crop."""
+    merged it into), worked out on `source`, which runs at its crop. A classifier that
+    returns maps with no pass to run (no fc, no global pool) is refused here for a layer
+    of whole-map statistics (an InstanceNorm), as the passes refuse it: its dense map
+    would be the whole image's normalisation, not each crop's."""
     from graphconv.receptive import MixedStridesError, partial_receptive_fields, receptive_fields
+    from graphconv.strides import PREDICTS_A_MAP, refuse_whole_map_layers
 
+    if compiled.meta.get("task") != "segmentation" and not Model(compiled).returns_vectors:
+        refuse_whole_map_layers(compiled, PREDICTS_A_MAP)
     try:
         receptive_fields(compiled)
     except MixedStridesError as compiled_error:

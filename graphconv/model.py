@@ -326,9 +326,29 @@ class Model:
 
     def size_notes(self, height: int, width: int) -> list[str]:
         """What a run of an image of height x width should say about how the network's
-        map there relates to the model's own: the padding (`padding_note`) and pooling
-        bins fixed at the crop (`fixed_bins_note`)."""
-        return [note for note in (self.padding_note(height, width), self.fixed_bins_note(height, width)) if note]
+        map there relates to the model's own: the padding (`padding_note`), pooling
+        bins fixed at the crop (`fixed_bins_note`) and statistics of the whole image
+        (`whole_image_statistics_note`)."""
+        return [note for note in (self.padding_note(height, width), self.fixed_bins_note(height, width),
+                                  self.whole_image_statistics_note(height, width)) if note]
+
+    def whole_image_statistics_note(self, height: int, width: int) -> str | None:
+        """A network taken for a classifier whose output is a map (one that needs no pass
+        to slide, so compiling refused nothing) with a layer of whole-map statistics (an
+        InstanceNorm, `OpDef.whole_map`): on an image larger than its crop those are the
+        image's, so its map is the network on the whole image, not the classifier on each
+        crop the cells are placed as. None where that does not arise."""
+        _, hc, wc = self.crop_shape
+        if self.segmentation or self.returns_vectors or (height, width) == (hc, wc):
+            return None
+        reasons = ((node, node.opdef.whole_map_reason(node.params)) for node in self.graph.layers())
+        node, reason = next(((node, reason) for node, reason in reasons if reason), (None, None))
+        if node is None:
+            return None
+        from graphconv.strides import PREDICTS_A_MAP
+        return (f"note: {self.graph.name}'s {node.op} '{node.name}' {reason}: its map of this {height}x{width} image "
+                f"is the network run on the whole image, not the classifier on each {hc}x{wc} crop its cells are "
+                f"placed at; --crops computes that map (exact){PREDICTS_A_MAP}")
 
     def fixed_bins_note(self, height: int, width: int) -> str | None:
         """A segmentation network that pools its map at the crop into a few bins and
@@ -513,6 +533,8 @@ class Model:
         out = self._scores(x, device, profile, full=full)
         self._cache()["last_map"] = tuple(out.shape[2:]) if out.ndim == 4 else (1, 1)
         self._warn_if_cells_off_the_lattice()
+        for said in [] if full else self.size_notes(*np.shape(x)[-2:]):  # `run` on the command line notes them
+            warn_caller(said.removeprefix("note: "))
         return out
 
     def cells_off_the_lattice_note(self) -> str | None:

@@ -187,16 +187,21 @@ CROPS_INSTEAD = ("`graphconv run MODEL --image IMAGE --crops` computes the same 
                  "stride), x, tile))")
 
 
-def refuse_whole_map_layers(graph: Graph) -> None:
+def refuse_whole_map_layers(graph: Graph, instead: str = "") -> None:
     """Raise, naming the first, for a layer whose every value depends on statistics of its
     whole input map (`OpDef.whole_map`: groupnorm, global_l2norm, an align_corners
     upsample): on a larger image they are the whole image's, not each crop's, so no dense
-    pass equals the classifier on every crop."""
+    pass equals the classifier on every crop. `instead`: another way out, said last."""
     for node in graph.layers():
         reason = node.opdef.whole_map_reason(node.params)
         if reason:
             raise node.error(f"{node.op} {reason}: no single dense pass equals the classifier on every "
-                             f"crop, and the network cannot be compiled to slide; {CROPS_INSTEAD}")
+                             f"crop, and the network cannot be compiled to slide; {CROPS_INSTEAD}{instead}")
+
+
+# For a network taken for a classifier whose output on its crop is a map (`shapes.map_output_note`).
+PREDICTS_A_MAP = ("; if the network predicts a map itself (a U-Net, an FCN), import it with --task segmentation "
+                  "(`task: segmentation` in a spec): it then runs on the whole image, as PyTorch runs it")
 
 
 # Ops that see their whole input, and the pass that makes each slide over larger images.

@@ -3,6 +3,7 @@ global pool made a window, the flatten dropped, the fc made a conv; at the crop 
 output is the classifier's, and on a larger image the map is what PyTorch computes for
 the same converted network, built from the classifier's own (unfolded) weights."""
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -140,6 +141,40 @@ def test_a_classifier_whose_branches_meet_at_mixed_strides_runs_on_its_crop_but_
                                                           r"\('a' at stride 2x2.*cannot slide"):
         graphconv.compile_model(classifier.graph)
     graphconv.compile_model(classifier.graph, "shape-inference")  # still a classifier: nothing slides
+
+
+GROUPED = """
+name: grouped
+input: {shape: [3, 12, 12]}
+layers:
+  - {name: c1, op: conv, out_channels: 4, kernel_size: 3, stride: 2}
+  - {name: gn, op: groupnorm, groups: 2}
+  - {name: c2, op: conv, out_channels: 3, kernel_size: 5}
+"""
+
+
+def test_a_map_classifier_normalising_its_whole_map_is_refused_compiling_and_noted_running_larger(write_spec, rng):
+    """A classifier that needs no pass to slide (no fc, no global pool) with an InstanceNorm
+    compiled, and its map (the whole image's normalisation) was placed as crops': every
+    cell differed from the classifier on its crop (MONAI's UNet imported without --task
+    segmentation, 21% of top classes). Compiling is refused naming the norm, as for a
+    classifier with a head; run on a larger image says what the map is; as a segmentation
+    network it compiles and runs on the whole image."""
+    classifier = graphconv.load(write_spec(GROUPED))
+    with pytest.raises(graphconv.GraphconvError, match=r"net.yaml:5: layer 'gn': groupnorm \(a GroupNorm or "
+                                                          r"InstanceNorm\).*--crops.*--task segmentation"):
+        graphconv.compile_model(classifier.graph)
+    crop = random_input(rng, (1, 3, 12, 12))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        classifier.run(crop)  # its own crop: the classifier, nothing to say
+    with pytest.warns(graphconv.GraphconvWarning, match=r"grouped's groupnorm 'gn' .*its map of this 20x24 image is "
+                                                        r"the network run on the whole image, not the classifier"):
+        classifier.run(random_input(rng, (1, 3, 20, 24)))
+    segmenter = graphconv.load(write_spec(GROUPED + "task: segmentation\n"))
+    assert not segmenter.size_notes(20, 24)
+    x = random_input(rng, (1, 3, 21, 25))
+    np.testing.assert_array_equal(graphconv.compile_model(segmenter.graph).run(x), segmenter.run(x))
 
 
 @pytest.mark.parametrize("stride", [1, 2])
