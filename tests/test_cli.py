@@ -1229,6 +1229,9 @@ def test_inspect_shows_a_segmentation_network_on_a_size_it_pads_as_run_runs_it(w
     assert "the 17x20 image was padded with zeros (after the preprocess) to 18x20" in err
     assert re.search(r"score map: 17x20 cells at output stride 1x1 \(of the 18x20 computed on the padded input, cut "
                      r"back to the image\)", out), out
+    from graphconv import GraphconvWarning, load
+    with pytest.warns(GraphconvWarning, match=r"the 17x20 image was padded with zeros"):  # Python's run too
+        assert load(spec).run(np.zeros((1, 17, 20), np.float32)).shape == (1, 4, 17, 20)
 
 
 def test_a_dead_branch_is_noted_and_a_labels_count_names_the_labels_file(write_spec, tmp_path, capsys):
