@@ -736,6 +736,28 @@ def test_the_export_s_ir_version_is_the_least_its_opset_needs():
     assert model.ir_version == onnx.helper.find_min_ir_version_for(opsets) <= 9
 
 
+def test_an_export_with_a_global_pool_converts_down_to_op_set_17_and_runs_the_same(write_spec, rng):
+    """Older TensorRT takes op set 17: onnx's version converter refused every export with
+    a global pool (its window AveragePool carried dilations [1, 1], which AveragePool has
+    from op set 19 only)."""
+    spec = write_spec("""
+    name: pooled
+    input: {shape: [3, 12, 12]}
+    layers:
+      - {name: c1, op: conv, out_channels: 4, kernel_size: 3, padding: 1}
+      - {name: mp, op: maxpool, kernel_size: 2}
+      - {name: gap, op: globalavgpool}
+      - {name: flat, op: flatten}
+      - {name: fc, op: fc, out_features: 3}
+    """)
+    exported = to_onnx_model(compile_model(spec).graph)
+    older = onnx.version_converter.convert_version(exported, 17)
+    onnx.checker.check_model(older, full_check=True)
+    assert [o.version for o in older.opset_import if o.domain in ("", "ai.onnx")] == [17]
+    x = rng.standard_normal((2, 3, 30, 26)).astype(np.float32)
+    np.testing.assert_allclose(onnxruntime_run(older, x), onnxruntime_run(exported, x), rtol=1e-6, atol=1e-6)
+
+
 def test_an_export_states_where_its_cells_stand_and_which_graphconv_keeps(write_spec, rng):
     """A deployment could not place the exported map's cells on the image, nor tell why it
     had a row or column more than graphconv's map: the file says both."""

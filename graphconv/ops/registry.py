@@ -413,10 +413,13 @@ def onnx_as(op_type: str, **attrs) -> Callable:
 
 def onnx_window_attrs(params: dict) -> dict:
     """kernel_shape, strides, pads and dilations of a conv or pooling layer, as ONNX
-    writes them (pads: top, left, bottom, right)."""
+    writes them (pads: top, left, bottom, right). Dilations of 1, the default, are left
+    out: AveragePool has the attribute from op set 19 only, and onnx's version converter
+    (the way to an older TensorRT's op set 17) refused every file with a global pool."""
     (ph, pw) = pair(params["padding"])
+    dilation = list(pair(params["dilation"]))
     return dict(kernel_shape=list(pair(params["kernel_size"])), strides=list(pair(params["stride"])),
-                pads=[ph, pw, ph, pw], dilations=list(pair(params["dilation"])))
+                pads=[ph, pw, ph, pw], **({"dilations": dilation} if dilation != [1, 1] else {}))
 
 
 def pair(value: int | Sequence[int]) -> tuple[int, int]:
