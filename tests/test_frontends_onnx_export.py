@@ -723,6 +723,25 @@ def test_an_imported_network_s_input_and_output_keep_their_names_through_compile
     np.testing.assert_allclose(scores, full_map(Model.load(tmp_path / "fcn"), x), **TOLERANCE)
 
 
+def test_a_layer_added_after_the_imported_output_keeps_its_own_name_in_the_export(tmp_path, rng):
+    """The imported spec edited as the docs invite, a softmax appended after 'logits': the
+    export named the softmax's probabilities 'logits'. The name stays with the layer that
+    gave it; the softmax's output is named after the softmax."""
+    from conftest import graphconv_in_process
+
+    source = _logits_onnx(tmp_path / "m.onnx", rng, names=("input", "logits"))
+    assert graphconv_in_process("import", source, "-o", tmp_path / "net.yaml").returncode == 0
+    spec = (tmp_path / "net.yaml").read_text()
+    assert "output_name: logits" in spec and "output_layer: " in spec
+    (tmp_path / "net.yaml").write_text(spec + "  - {name: prob, op: softmax}\n")
+    assert graphconv_in_process("compile", tmp_path / "net.yaml", "-o", tmp_path / "fcn").returncode == 0
+    assert graphconv_in_process("export", tmp_path / "fcn", "-o", tmp_path / "fcn.onnx").returncode == 0
+    exported = onnx.load(str(tmp_path / "fcn.onnx"))
+    assert [o.name for o in exported.graph.output] == ["prob"]
+    probabilities = onnxruntime_run(exported, rng.standard_normal((1, 3, 30, 21)).astype(np.float32))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
 def test_a_spec_s_export_names_its_output_after_its_last_layer():
     spec = to_onnx_model(compile_model(SPECS / "lenet.yaml").graph)
     assert [o.name for o in spec.graph.output] == [compile_model(SPECS / "lenet.yaml").graph.output.name]

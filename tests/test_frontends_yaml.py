@@ -424,7 +424,7 @@ def test_the_input_is_checked_like_a_layer(write_spec, spec_input, match):
 
 @pytest.mark.parametrize("key,match", [
     ("preprocessing: {scale: 1}", "unknown top-level key ['preprocessing']; did you mean 'preprocess'? expected "
-                                  "['input', 'input_name', 'labels', 'layers', 'name', 'output_name', 'preprocess', "
+                                  "['input', 'input_name', 'labels', 'layers', 'name', 'output_layer', 'output_name', 'preprocess', "
                                   "'task', 'weights']"),
     ("colours: 3", "unknown top-level key ['colours']; expected ['input',"),
 ])

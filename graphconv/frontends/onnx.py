@@ -582,6 +582,7 @@ class _Importer:
                                  "only for a fully connected layer (Gemm, MatMul) reading them", file=self.source)
         self.graph.output = value.node
         self.graph.meta["output_name"] = outputs[0].name  # what a deployment calls it: export names it so
+        self.graph.meta["output_layer"] = value.node  # while this layer gives the output (`onnx_export._output_named`)
 
     # -- helpers for converters --
     def error(self, message: str) -> GraphconvError:

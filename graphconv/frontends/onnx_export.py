@@ -198,7 +198,13 @@ def _check(model) -> None:
 def _output_named(writer: OnnxWriter, graph: Graph) -> str:
     """The export's output, named as the ONNX file the network came from named its own
     (`output_name`: a deployment's `sess.run(["logits"], ...)` keeps working), where no
-    other value of the export has that name; else its last layer's name."""
+    other value of the export has that name; else its last layer's name. Not where the
+    layer that gave it (`output_layer`) is in the network but no longer its output: a
+    softmax added to the imported spec after 'logits' gave probabilities named logits.
+    (A pass that merged that layer into the one before leaves the name to the output.)"""
+    imported_layer = graph.meta.get("output_layer")
+    if imported_layer is not None and imported_layer in graph and imported_layer != graph.output.name:
+        return graph.output.name
     return _named_as_imported(writer, graph, graph.meta.get("output_name"), graph.output.name)
 
 

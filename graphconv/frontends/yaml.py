@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 LINE = "__line__"
 KEY_LINES = "__key_lines__"
 TOP_LEVEL_KEYS = {"name", "input", "weights", "layers", "preprocess", "labels", "compiled", "seeded_weights", "task",
-                  "input_name", "output_name"}
+                  "input_name", "output_name", "output_layer"}
 WRITTEN_BY_GRAPHCONV = {"compiled", "seeded_weights"}  # what compile writes into a model.yaml, not a user's keys
 TASKS = ("classification", "segmentation")  # `task`: see `graphconv.model.Model.segmentation`
 INPUT_KEYS = {"name", "shape"}
@@ -390,7 +390,7 @@ def _build_graph(doc: dict, path: Path, labels: str | os.PathLike | None = None)
         if not isinstance(doc["seeded_weights"], bool):
             raise GraphconvError("'seeded_weights' must be true or false", loc=_loc(path, doc, "seeded_weights"))
         meta["seeded_weights"] = doc["seeded_weights"]
-    for key in ("input_name", "output_name"):  # an ONNX file's names for them, which export gives them again
+    for key in ("input_name", "output_name", "output_layer"):  # an ONNX file's names, which export gives again
         if key in doc:
             if not isinstance(doc[key], str) or not doc[key]:
                 raise GraphconvError(f"{shown(key)} must be a name, got {shown(doc[key])}", loc=_loc(path, doc, key))
@@ -798,7 +798,7 @@ def spec_text(graph: Graph, weights_file: str | None = MODEL_WEIGHTS,
                               "input": {"name": graph.input.name, "shape": list(graph.input_shape)}}
     if weights_file:
         header["weights"] = weights_file
-    for key in ("task", "preprocess", "compiled", "input_name", "output_name"):
+    for key in ("task", "preprocess", "compiled", "input_name", "output_name", "output_layer"):
         if key in graph.meta:
             header[key] = graph.meta[key]
     if "labels" in graph.meta:
