@@ -175,6 +175,10 @@ def test_cli_export_then_onnxruntime(tmp_path, rng):
     result = subprocess.run([sys.executable, "-m", "graphconv", "export", folder, "-o", out],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+    assert f"note: {out} states no preprocess (the model has none" in result.stderr  # lenet states none
+    stated = subprocess.run([sys.executable, "-m", "graphconv", "export", SPECS / "digits.yaml", "-o",
+                             tmp_path / "digits.onnx"], capture_output=True, text=True)
+    assert stated.returncode == 0 and "states no preprocess" not in stated.stderr, stated.stderr
     model = Model.load(folder)
     x = rng.standard_normal((1, model.crop_shape[0], 64, 80)).astype(np.float32)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -207,6 +211,28 @@ def test_an_uncompiled_classifier_exports_as_it_runs_taking_its_crop_and_returni
     save_onnx(fcn.graph, tmp_path / "fcn.onnx")
     assert ort.InferenceSession(str(tmp_path / "fcn.onnx"), providers=["CPUExecutionProvider"]).get_inputs()[0].shape \
         == ["N", c, "H", "W"]
+
+
+def test_an_uncompiled_pooled_classifier_exports_taking_any_size_and_states_no_cells(write_spec, tmp_path, rng):
+    """A global pool takes any size (one vector pooled over it, as graphconv runs it), so
+    the input is dynamic; the export stated a map's cells (`graphconv.cells`) for its
+    (N, K) output, which has none."""
+    spec = write_spec("""
+    name: pooled
+    input: {shape: [3, 12, 12]}
+    layers:
+      - {name: c1, op: conv, out_channels: 4, kernel_size: 3}
+      - {name: gap, op: globalavgpool}
+      - {name: flat, op: flatten}
+      - {name: fc, op: fc, out_features: 3}
+    """)
+    classifier = Model(load_network(spec))
+    save_onnx(classifier.graph, tmp_path / "pooled.onnx")
+    exported = onnx.load(str(tmp_path / "pooled.onnx"))
+    assert "graphconv.cells" not in {p.key for p in exported.metadata_props}
+    x = rng.standard_normal((2, 3, 20, 17)).astype(np.float32)
+    np.testing.assert_allclose(onnxruntime_run(exported, x), classifier.run(x), **TOLERANCE)
+    assert "graphconv.cells" in {p.key for p in to_onnx_model(compile_model(spec).graph).metadata_props}
 
 
 SE_SEGMENTATION = """

@@ -292,7 +292,7 @@ def stated_metadata(graph: Graph, sizes: dict | None = None) -> dict[str, str]:
     sizes = input_sizes(graph) if sizes is None else sizes
     if sizes:
         stated["input_sizes"] = json.dumps(sizes)
-    if _takes_other_sizes(graph):
+    if _takes_other_sizes(graph) and not _returns_vectors(graph):  # a pooled classifier's vector has no cells
         stated["cells"] = json.dumps(cells_stated(graph))
     return {METADATA_PREFIX + key: value for key, value in stated.items()}
 
@@ -419,8 +419,14 @@ def _lined_up_sides(graph: Graph) -> FittingSizes | None:
 def export_notes(model, path: str) -> list[str]:
     """What `graphconv export` tells the deployer of the ONNX `model` it wrote at `path`:
     the size rule it states, where it is more than "at least the crop" (a padding or a
-    fitting rule another runtime does not apply), and pools TensorRT refuses."""
+    fitting rule another runtime does not apply), pools TensorRT refuses, and a preprocess
+    it cannot state because the model has none (a deployment then guesses the pixels')."""
     notes = []
+    if not any(prop.key == METADATA_PREFIX + "preprocess" for prop in model.metadata_props):
+        notes.append(f"note: {path} states no preprocess (the model has none: graphconv feeds it pixels as stored, "
+                     "0..255 for 8-bit pictures); if it was trained on normalised pixels, state them (a spec's "
+                     "`preprocess: {scale, mean, std}`; an ONNX model's: graphconv import MODEL.onnx -o NET.yaml "
+                     "--scale ... --mean ... --std ...), compile and export again, so the file says how to feed it")
     sizes = stated_input_sizes(model)
     if sizes.get("sides"):
         rule = sizes["rules"][-1]  # the sides' rule, after the crop's
