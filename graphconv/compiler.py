@@ -52,6 +52,7 @@ def compile_graph(source: str | os.PathLike | Graph | Model, passes: str | Seque
         raise GraphconvError(f"after the passes ({format_pipeline(pipeline)}) the network has no "
                              "layers left: its output would be its input", loc=graph.input.loc)
     check_can_slide(graph, compiled)
+    refuse_whole_map_statistics(pipeline, compiled)
     refuse_flatten_left(pipeline, graph, compiled)
     record = compiled.meta.setdefault("compiled", {})
     if "passes" in record:  # compiled again: the passes that made it stay on record (a plugin's baked-in weights)
@@ -121,15 +122,9 @@ def check_can_slide(source: Graph, compiled: Graph) -> None:
     """Refuse a compiled network that slides (returns maps) where maps of different
     strides meet: it would fail, or be wrong, on any image larger than the crop. The
     error names the layer of the network as written (the add, not the conv a fusing pass
-    merged it into), worked out on `source`, which runs at its crop. A classifier that
-    returns maps with no pass to run (no fc, no global pool) is refused here for a layer
-    of whole-map statistics (an InstanceNorm), as the passes refuse it: its dense map
-    would be the whole image's normalisation, not each crop's."""
+    merged it into), worked out on `source`, which runs at its crop."""
     from graphconv.receptive import MixedStridesError, partial_receptive_fields, receptive_fields
-    from graphconv.strides import PREDICTS_A_MAP, refuse_whole_map_layers
 
-    if compiled.meta.get("task") != "segmentation" and not Model(compiled).returns_vectors:
-        refuse_whole_map_layers(compiled, PREDICTS_A_MAP)
     try:
         receptive_fields(compiled)
     except MixedStridesError as compiled_error:
@@ -137,6 +132,20 @@ def check_can_slide(source: Graph, compiled: Graph) -> None:
             return  # still a classifier on its crop (no fc-to-conv): it never slides
         _, mixed = partial_receptive_fields(source)
         raise (mixed or compiled_error) from None
+
+
+def refuse_whole_map_statistics(pipeline: Sequence[PipelineItem], compiled: Graph) -> None:
+    """A pipeline that converts, on a classifier that returns maps with nothing for it to
+    convert (no fc, no global pool): a layer of whole-map statistics (an InstanceNorm) is
+    refused as the converting passes refuse it, since the dense map would be normalised
+    over the whole image, not each crop. (`run --crops` compiles without converting, and
+    runs each crop alone.)"""
+    from graphconv.pass_manager import CONVERTING_PASSES
+    from graphconv.strides import PREDICTS_A_MAP, refuse_whole_map_layers
+
+    converts = bool({name for name, _ in pipeline} & set(CONVERTING_PASSES))
+    if converts and compiled.meta.get("task") != "segmentation" and not Model(compiled).returns_vectors:
+        refuse_whole_map_layers(compiled, PREDICTS_A_MAP)
 
 
 def refuse_flatten_left(pipeline: Sequence[PipelineItem], source: Graph, compiled: Graph) -> None:
