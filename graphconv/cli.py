@@ -382,8 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pad-image", choices=PAD_MODES, metavar="MODE",
                      help="pad the image so the map reaches its edges: a cell for every stride x stride block, "
                           "ceil(H/stride) x ceil(W/stride) of them, each cell's crop centred on its block (to within "
-                          "half a stride; the unpadded map's cells are among them, at the same places), as MONAI's "
-                          "sliding window pads; MODE fills the border: constant (0 after the preprocess, "
+                          "half a stride; the unpadded map's cells are among them, at the same places); MODE fills "
+                          "the border: constant (0 after the preprocess, "
                           "what a first conv's zero padding holds), reflect (mirrored about the edge pixel) or "
                           "replicate (the edge pixel repeated)")
     _add_plugin_option(run, "load passes from a .py file or an importable module (repeatable); run itself runs "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Sequence
 
 import numpy as np
@@ -597,26 +598,37 @@ class CellPlacement:
                 "microns_per_pixel": self.microns_per_pixel, **microns, **(self.read or {}), **(self.contents or {})}
 
     def on_pixels(self, scores: np.ndarray, image_hw: tuple[int, int],
-                  origin_yx: tuple[int, int] = (0, 0)) -> np.ndarray:
+                  origin_yx: tuple[int, int] = (0, 0), blend: str = "bilinear") -> np.ndarray:
         """A (N, K, rows, cols) map placed so as (N, K, H, W), one value per pixel of the
-        image at full resolution: each pixel the bilinear blend of the four cells whose
-        centres surround its centre, and a pixel beyond the outermost centres the edge's
-        cells, held (not extrapolated); a NaN cell (not computed) is NaN in every pixel
-        it weighs in. The image-sized map sliding-window tools (MONAI's) return, where
-        graphconv's cells stand a stride apart. A slide's is far larger than memory: a
-        region of the map, `map[..., r0:r1, c0:c1]`, placed with `first` moved by r0 and
-        c0 steps, gives the H x W pixels from `origin_yx` (their top-left pixel) on; pixels
-        past the region's outermost centres hold its edge cells, so take a cell more on
-        each side than the pixels need."""
+        image at full resolution. `blend` "bilinear": each pixel the bilinear blend of the
+        four cells whose centres surround its centre, a smooth picture of the cells a
+        stride apart. "mean": each pixel the mean of the cells whose crops (`area`) cover
+        it, what MONAI's sliding_window_inference(mode="constant") returns for the same
+        windows (its last window moved flush with the image's edge where the crops' grid
+        stops short of it; graphconv keeps the grid). Either way a pixel beyond the
+        outermost centres (crops) holds the edge's cells (not extrapolated), and a NaN cell
+        (not computed) is NaN in every pixel it weighs in. A slide's is far larger than
+        memory: a region of the map, `map[..., r0:r1, c0:c1]`, placed with `first` moved by
+        r0 and c0 steps, gives the H x W pixels from `origin_yx` (their top-left pixel)
+        on; pixels past the region's outermost cells hold its edge cells, so take the cells
+        of every crop covering the pixels (a crop's worth more on each side)."""
         from graphconv.memory import check_fits
 
         scores = np.asarray(scores)
         if scores.ndim != 4:
             raise GraphconvError(f"on_pixels places a (N, K, rows, cols) map, got shape {scores.shape}")
+        if blend not in BLENDS:
+            raise GraphconvError(f"blend is one of {', '.join(map(repr, BLENDS))}, got {blend!r}")
+        if blend == "mean" and self.area is None:
+            raise GraphconvError("blend 'mean' averages the cells whose crops cover a pixel: this placement states "
+                                 "no crop (area)")
         height, width = (int(v) for v in image_hw)
         check_fits(4 * scores.shape[0] * scores.shape[1] * height * width, f"a {height}x{width} map per pixel")
-        rows = _blend(scores, _taps(self.first[0] - origin_yx[0], self.step[0], scores.shape[2], height), axis=2)
-        return _blend(rows, _taps(self.first[1] - origin_yx[1], self.step[1], scores.shape[3], width), axis=3)
+        along = _taps if blend == "bilinear" else partial(_covering, area=self.area)
+        first = [self.first[a] - origin_yx[a] for a in (0, 1)]
+        placed = _blend if blend == "bilinear" else _mean_of_covering
+        rows = placed(scores, along(first[0], self.step[0], scores.shape[2], height, axis=0), axis=2)
+        return placed(rows, along(first[1], self.step[1], scores.shape[3], width, axis=1), axis=3)
 
     def tiff_resolution(self) -> dict:
         """tifffile's resolution arguments: cells per centimetre, where the size is known."""
@@ -626,7 +638,11 @@ class CellPlacement:
         return {"resolution": per_cm, "resolutionunit": "CENTIMETER"}
 
 
-def _taps(first: float, step: float, cells: int, pixels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+BLENDS = ("bilinear", "mean")  # how `CellPlacement.on_pixels` puts cells on the pixels
+
+
+def _taps(first: float, step: float, cells: int, pixels: int, axis: int = 0) -> tuple[np.ndarray, np.ndarray,
+                                                                                     np.ndarray]:
     """For each of `pixels` pixel centres (k + 0.5) along one axis, the two cells whose
     centres (first + step * i) surround it and the second one's weight, held at the ends."""
     at = np.clip((np.arange(pixels) + 0.5 - first) / step, 0, cells - 1)
@@ -641,6 +657,33 @@ def _blend(scores: np.ndarray, taps, axis: int) -> np.ndarray:
     weight = weight.reshape(shape)
     a, b = np.take(scores, before, axis=axis), np.take(scores, after, axis=axis)
     return np.where(weight == 0, a, a * (1 - weight) + b * weight).astype(np.float32)
+
+
+def _covering(first: float, step: float, cells: int, pixels: int, axis: int, area) -> np.ndarray:
+    """(pixels, cells) weights along one axis: for each pixel, 1 / n for each of the n
+    cells whose crop (area[axis] wide, centred first + step * i) holds its centre, or 1
+    for the nearest cell where none does (the edge held). Crops cover a box of pixels
+    when they cover its rows and its columns, so the mean over a box is these weights
+    applied along each axis in turn."""
+    centres = np.arange(pixels) + 0.5
+    starts = first + step * np.arange(cells) - area[axis] / 2
+    covers = (starts[None, :] <= centres[:, None]) & (centres[:, None] < starts[None, :] + area[axis])
+    nearest = np.clip(np.round((centres - first) / step), 0, cells - 1).astype(np.int64)
+    uncovered = ~covers.any(axis=1)
+    covers[uncovered, nearest[uncovered]] = True
+    return covers / covers.sum(axis=1, keepdims=True)
+
+
+def _mean_of_covering(scores: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
+    """`scores` (N, K, rows, cols) averaged along `axis` (2 or 3) by `_covering` weights;
+    a NaN cell NaN wherever it weighs in, not in every pixel of its row (0 x NaN)."""
+    missing = np.isnan(scores)
+    values = np.where(missing, 0.0, scores).astype(np.float64)
+    if axis == 2:
+        out, spread = weights @ values, weights @ missing
+    else:
+        out, spread = values @ weights.T, missing @ weights.T
+    return np.where(spread > 0, np.nan, out).astype(np.float32)
 
 
 def _on_the_pixels(coordinate: float) -> str:

@@ -445,15 +445,20 @@ class Model:
             layer = layer.inputs[0]
         return layer
 
-    def scores_on_pixels(self, scores: np.ndarray, image_size: int | tuple[int, int]) -> np.ndarray:
+    def scores_on_pixels(self, scores: np.ndarray, image_size: int | tuple[int, int], *, blend: str = "bilinear",
+                         padded: bool = False) -> np.ndarray:
         """`run`'s map of an image of `image_size` (H, W; one number for a square) as (N,
-        K, H, W), one value per pixel, each the bilinear blend of the cells whose centres
-        (`cell_area`) surround it, the edge cells held out to the border
-        (`georef.CellPlacement.on_pixels`): the image-sized map MONAI's sliding-window
-        inference returns, from graphconv's exact cells a stride apart. One image's map,
+        K, H, W), one value per pixel (`georef.CellPlacement.on_pixels`). `blend`
+        "bilinear": each pixel the bilinear blend of the cells whose centres (`cell_area`)
+        surround it; "mean": the mean of the cells whose crops cover it, what MONAI's
+        sliding_window_inference(mode="constant") returns with these crops as its windows
+        (roi_size the crop, its step the stride). Pixels past the outermost cells hold the
+        edge's. `padded`: the map is of the image padded as `run --pad-image` and
+        `sources.pad_batch` pad it, placed back on the image itself. One image's map,
         (K, rows, cols), gives (K, H, W)."""
         from graphconv.georef import cells_on_pixels
         from graphconv.params import size_pair
+        from graphconv.sources import border_margins, shifted_cells
 
         image_size = size_pair(image_size, "scores_on_pixels: image_size is the image's (H, W) in pixels, or one "
                                            "whole number for a square")
@@ -463,11 +468,22 @@ class Model:
             raise GraphconvError(f"scores_on_pixels: scores are run's map, (N, K, rows, cols), or one image's (K, "
                                  f"rows, cols); got shape {scores.shape}")
         scores = as_map(scores[None] if one_image else scores)
-        expected = self.map_size(*image_size)
+        top, left, bottom, right = border_margins(self.cell_area, image_size) if padded else (0, 0, 0, 0)
+        expected = self.map_size(image_size[0] + top + bottom, image_size[1] + left + right)
         if tuple(scores.shape[2:]) != tuple(expected):
-            raise GraphconvError(f"scores_on_pixels: a {image_size[0]}x{image_size[1]} image's map has "
-                                 f"{expected[0]}x{expected[1]} cells, got {scores.shape[2]}x{scores.shape[3]}")
-        on_pixels = cells_on_pixels(self.cell_area).on_pixels(scores, image_size)
+            unpadded = self.map_size(*image_size) if padded else None
+            bordered = border_margins(self.cell_area, image_size)
+            padded_map = None if padded else self.map_size(image_size[0] + bordered[0] + bordered[2],
+                                                           image_size[1] + bordered[1] + bordered[3])
+            hint = ("; that is the padded image's map (run --pad-image, sources.pad_batch): give padded=True"
+                    if tuple(scores.shape[2:]) == padded_map else
+                    "; that is the unpadded image's map: leave out padded=True"
+                    if tuple(scores.shape[2:]) == unpadded else "")
+            what = " padded as run --pad-image pads it" if padded else ""
+            raise GraphconvError(f"scores_on_pixels: a {image_size[0]}x{image_size[1]} image's map{what} has "
+                                 f"{expected[0]}x{expected[1]} cells, got {scores.shape[2]}x{scores.shape[3]}{hint}")
+        placement = cells_on_pixels(shifted_cells(self.cell_area, (top, left)))
+        on_pixels = placement.on_pixels(scores, image_size, blend=blend)
         return on_pixels[0] if one_image else on_pixels
 
     def map_size(self, height: int, width: int) -> tuple[int, int]:

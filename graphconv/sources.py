@@ -582,7 +582,7 @@ def border_taps(start: int, stop: int, lead: int, length: int, mode: str) -> tup
 class Bordered:
     """`unpadded` with a border of `margins` (top, left, bottom, right) around it, filled
     as `mode` says (`PAD_MODES`): what `run --pad-image` maps, so that the cells reach
-    the image's edges (MONAI's sliding window pads so). A box is read as the image pixels
+    the image's edges. A box is read as the image pixels
     its rows and columns stand for (`border_taps`). A border pixel is no-data where the
     pixel it repeats is (reflect, replicate), never in "constant", so a cell at the edge
     is computed, not left out for its border. Everything else is `unpadded`'s;

@@ -53,6 +53,12 @@ def check_output_stride(stride: object, total: tuple[int, int], compiled_to: int
         if compiled_to is not None and is_int(stride) and stride > compiled_to:
             hint = (f" (this network was compiled to output stride {compiled_to} already, and a compiled "
                     "network's stride can only be made finer: compile the original classifier for a coarser one)")
+        elif is_int(stride) and stride > max(total) and stride % total[0] == 0 and stride % total[1] == 0:
+            k = stride // total[0], stride // total[1]
+            hint = (f"; the map at stride {stride} is the network's own with rows and columns left out: "
+                    f"map[..., ::{k[0]}, ::{k[1]}]")
+        elif is_int(stride) and stride > max(total):
+            hint = f"; cells at any other step: run --crops {stride} (the classifier on each crop)"
         raise GraphconvError(f"output stride {shown(stride)} {what} the network's total "
                              f"stride {total[0]}x{total[1]}; choose one of {', '.join(map(str, divisors))}{hint}")
 

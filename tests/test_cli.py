@@ -368,6 +368,11 @@ def test_a_classifier_as_written_on_a_larger_picture_says_how_to_map_it_or_class
     (["compile", SPECS / "lenet.yaml", "-o", "{tmp}/out", "--passes", "nope"], "unknown pass 'nope'"),
     (["compile", SPECS / "lenet.yaml", "-o", "{tmp}/out", "--output-stride", "3"],
      "output stride 3 does not divide the network's total stride 4x4; choose one of 1, 2, 4"),
+    (["compile", SPECS / "lenet.yaml", "-o", "{tmp}/out", "--output-stride", "8"],  # MONAI's overlap 0.75
+     "does not divide the network's total stride 4x4; choose one of 1, 2, 4; the map at stride 8 is the network's "
+     "own with rows and columns left out: map[..., ::2, ::2]"),
+    (["compile", SPECS / "lenet.yaml", "-o", "{tmp}/out", "--output-stride", "6"],
+     "choose one of 1, 2, 4; cells at any other step: run --crops 6 (the classifier on each crop)"),
     (["compile", SPECS / "lenet.yaml", "-o", "{tmp}/out", "--output-stride=-4"],  # "-4 does not divide 4" it said
      "output stride -4 is no whole number of pixels from 1 to the network's total stride 4x4; choose one of 1, 2, 4"),
     (["compile", SPECS / "lenet.yaml", "-o", "{tmp}/out", "--plugin", "{tmp}/nothere.py"], "plugin file not found"),

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 tifffile = pytest.importorskip("tifffile")
 
@@ -607,6 +608,78 @@ def test_a_model_s_scores_on_pixels_are_placed_by_its_cells_and_checked_against_
     with pytest.raises(graphconv.GraphconvError, match=r"\(N, K, rows, cols\), or one image's \(K, rows, cols\); "
                                                        r"got shape \(10,\)"):
         fcn.scores_on_pixels(scores[0, :, 0, 0], (41, 37))
+
+
+def mean_of_covering_crops(scores: np.ndarray, first, step, area, image_hw) -> np.ndarray:
+    """MONAI's mode="constant", written out: every cell's score added over its crop's
+    pixels, divided by how many crops cover each; a pixel no crop covers takes the cell
+    whose centre is nearest along each uncovered axis."""
+    n, k, rows, cols = scores.shape
+    total, count = np.zeros((n, k, *image_hw)), np.zeros(image_hw)
+    for r in range(rows):
+        for c in range(cols):
+            top, left = first[0] + step[0] * r - area[0] / 2, first[1] + step[1] * c - area[1] / 2
+            ys = [y for y in range(image_hw[0]) if top <= y + 0.5 < top + area[0]]
+            xs = [x for x in range(image_hw[1]) if left <= x + 0.5 < left + area[1]]
+            total[:, :, ys[0]:ys[-1] + 1 if ys else 0, xs[0]:xs[-1] + 1 if xs else 0] += scores[:, :, r:r + 1, c:c + 1]
+            count[ys[0]:ys[-1] + 1 if ys else 0, xs[0]:xs[-1] + 1 if xs else 0] += 1
+    return total / np.where(count, count, np.nan)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 5), cols=st.integers(1, 5), step=st.integers(1, 6), crop=st.integers(1, 14),
+       offset=st.integers(0, 3), seed=st.integers(0, 99))
+def test_the_mean_blend_is_the_mean_of_the_crops_covering_each_pixel(rows, cols, step, crop, offset, seed):
+    """Crops of any size against the step (gaps between them where the crop is smaller,
+    many covering a pixel where larger): each covered pixel the mean of the crops' cells,
+    as MONAI's constant mode blends its windows."""
+    from graphconv.georef import CellPlacement
+
+    rng = np.random.default_rng(seed)
+    scores = rng.random((2, 3, rows, cols)).astype(np.float32)
+    first = (offset + crop / 2, offset + 1 + crop / 2)
+    image_hw = (offset + crop + step * (rows - 1), offset + 1 + crop + step * (cols - 1))
+    placed = CellPlacement(first, (step, step), None, area=(crop, crop)).on_pixels(scores, image_hw, blend="mean")
+    expected = mean_of_covering_crops(scores, first, (step, step), (crop, crop), image_hw)
+    covered = ~np.isnan(expected)
+    np.testing.assert_allclose(placed[covered], expected[covered], rtol=1e-5, atol=1e-6)
+    assert not np.isnan(placed).any()  # uncovered pixels (gaps, the border) hold a cell
+
+
+def test_a_not_computed_cell_is_nan_in_the_mean_only_where_its_crop_covers():
+    from graphconv.georef import CellPlacement
+
+    scores = np.ones((1, 1, 4, 4), np.float32)
+    scores[0, 0, 1, 2] = np.nan
+    placed = CellPlacement((4.0, 4.0), (4.0, 4.0), None, area=(8.0, 8.0)).on_pixels(scores, (20, 20), blend="mean")
+    nan = np.isnan(placed[0, 0])
+    assert nan[4:12, 8:16].all() and nan.sum() == 64
+    np.testing.assert_array_equal(placed[0, 0][~nan], 1.0)
+
+
+def test_scores_on_pixels_blends_as_monai_and_places_a_padded_image_s_map(rng):
+    """blend="mean" on lenet (crop 32, stride 4) is the mean of the classifier's scores on
+    every crop covering a pixel, MONAI's constant mode; a --pad-image map was refused as
+    the wrong size, with no word of how to place it (padded=True)."""
+    import graphconv
+    from conftest import SPECS
+    from graphconv.sources import pad_batch
+
+    fcn = graphconv.compile_model(SPECS / "lenet.yaml")
+    x = rng.standard_normal((1, 1, 44, 40)).astype(np.float32)  # (44 - 32) and (40 - 32) whole strides
+    scores = fcn.run(x)
+    expected = mean_of_covering_crops(scores, (16, 16), (4, 4), (32, 32), (44, 40))
+    np.testing.assert_allclose(fcn.scores_on_pixels(scores, (44, 40), blend="mean"), expected, rtol=1e-5, atol=1e-6)
+    padded_x, (top, left) = pad_batch(x, "reflect", fcn.cell_area)
+    bordered = fcn.run(padded_x)
+    with pytest.raises(graphconv.GraphconvError, match=r"a 44x40 image's map has 4x3 cells, got 11x10; that is the "
+                                                       r"padded image's map .*: give padded=True"):
+        fcn.scores_on_pixels(bordered, (44, 40))
+    on_image = fcn.scores_on_pixels(bordered, (44, 40), padded=True, blend="mean")
+    whole = fcn.scores_on_pixels(bordered, padded_x.shape[2:], blend="mean")
+    np.testing.assert_array_equal(on_image, whole[..., top:top + 44, left:left + 40])
+    with pytest.raises(graphconv.GraphconvError, match=r"blend is one of 'bilinear', 'mean', got 'gaussian'"):
+        fcn.scores_on_pixels(scores, (44, 40), blend="gaussian")
 
 
 def mask_geotiff(path, shape, pixel_metres, directory=UTM_33N_AREA):
