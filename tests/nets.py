@@ -73,6 +73,17 @@ layers:
   - {name: fc, op: fc, out_features: 3}
 """
 
+# not a sliding network either: a groupnorm normalises its whole map, and nothing after it
+# (no fc, no global pool) gives the converting passes a reason to refuse it
+GROUP_NORMED = """
+name: grouped
+input: {shape: [3, 12, 12]}
+layers:
+  - {name: c1, op: conv, out_channels: 4, kernel_size: 3, stride: 2}
+  - {name: gn, op: groupnorm, groups: 2}
+  - {name: c2, op: conv, out_channels: 3, kernel_size: 5}
+"""
+
 UNPADDED = {"strided": STRIDED, "grouped_lrn": GROUPED_LRN, "dag": DAG}
 
 # an unpadded conv takes one pixel off before a stride-2 branch that is enlarged back:

@@ -16,6 +16,7 @@ from graphconv.receptive import receptive_fields
 from graphconv.shapes import infer_shapes
 from graphconv.torch_bridge import torch
 from conftest import SPECS, random_input
+from nets import GROUP_NORMED
 
 # A stem (conv, batchnorm, ReLU, max pool), a basic block and a downsampling block with
 # a projection shortcut, a ReLU6 (clip), then global pool, flatten and fc: ResNet-18's
@@ -143,16 +144,6 @@ def test_a_classifier_whose_branches_meet_at_mixed_strides_runs_on_its_crop_but_
     graphconv.compile_model(classifier.graph, "shape-inference")  # still a classifier: nothing slides
 
 
-GROUPED = """
-name: grouped
-input: {shape: [3, 12, 12]}
-layers:
-  - {name: c1, op: conv, out_channels: 4, kernel_size: 3, stride: 2}
-  - {name: gn, op: groupnorm, groups: 2}
-  - {name: c2, op: conv, out_channels: 3, kernel_size: 5}
-"""
-
-
 def test_a_map_classifier_normalising_its_whole_map_is_refused_compiling_and_noted_running_larger(write_spec, rng):
     """A classifier that needs no pass to slide (no fc, no global pool) with an InstanceNorm
     compiled, and its map (the whole image's normalisation) was placed as crops': every
@@ -160,7 +151,7 @@ def test_a_map_classifier_normalising_its_whole_map_is_refused_compiling_and_not
     segmentation, 21% of top classes). Compiling is refused naming the norm, as for a
     classifier with a head; run on a larger image says what the map is; as a segmentation
     network it compiles and runs on the whole image."""
-    classifier = graphconv.load(write_spec(GROUPED))
+    classifier = graphconv.load(write_spec(GROUP_NORMED))
     with pytest.raises(graphconv.GraphconvError, match=r"net.yaml:5: layer 'gn': groupnorm \(a GroupNorm or "
                                                           r"InstanceNorm\).*--crops.*--task segmentation"):
         graphconv.compile_model(classifier.graph)
@@ -171,7 +162,7 @@ def test_a_map_classifier_normalising_its_whole_map_is_refused_compiling_and_not
     with pytest.warns(graphconv.GraphconvWarning, match=r"grouped's groupnorm 'gn' .*its map of this 20x24 image is "
                                                         r"the network run on the whole image, not the classifier"):
         classifier.run(random_input(rng, (1, 3, 20, 24)))
-    segmenter = graphconv.load(write_spec(GROUPED + "task: segmentation\n"))
+    segmenter = graphconv.load(write_spec(GROUP_NORMED + "task: segmentation\n"))
     assert not segmenter.size_notes(20, 24)
     x = random_input(rng, (1, 3, 21, 25))
     np.testing.assert_array_equal(graphconv.compile_model(segmenter.graph).run(x), segmenter.run(x))

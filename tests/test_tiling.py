@@ -19,7 +19,7 @@ from graphconv.tiling import (CropGrid, MapFile, as_grid, choose_tile, map_trans
                               run_tiled, tile_bytes)
 
 from conftest import SPECS, random_input
-from nets import GATED, UNPADDED
+from nets import GATED, GROUP_NORMED, UNPADDED
 
 PADDED = """
 name: padded
@@ -465,15 +465,7 @@ def test_a_network_that_normalises_whole_maps_is_not_tiled_but_its_crops_are(wri
     """A groupnorm's statistics are its whole input's: tiles of the dense pass would each
     normalise by their own, so tiling refuses it; the crop grid runs the classifier on
     each crop and tiles exactly."""
-    spec = write_spec("""
-    name: grouped
-    input: {shape: [3, 12, 12]}
-    layers:
-      - {name: c1, op: conv, out_channels: 4, kernel_size: 3, stride: 2}
-      - {name: gn, op: groupnorm, groups: 2}
-      - {name: c2, op: conv, out_channels: 3, kernel_size: 5}
-    """)
-    model = graphconv.load(spec)
+    model = graphconv.load(write_spec(GROUP_NORMED))
     with pytest.raises(GraphconvError, match=r"layer 'gn': groupnorm \(a GroupNorm or InstanceNorm\) takes "
                                              r"statistics"):
         min_tile(model)
