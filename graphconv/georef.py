@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import Sequence
 
 import numpy as np
@@ -624,11 +623,12 @@ class CellPlacement:
                                  "no crop (area)")
         height, width = (int(v) for v in image_hw)
         check_fits(4 * scores.shape[0] * scores.shape[1] * height * width, f"a {height}x{width} map per pixel")
-        along = _taps if blend == "bilinear" else partial(_covering, area=self.area)
         first = [self.first[a] - origin_yx[a] for a in (0, 1)]
-        placed = _blend if blend == "bilinear" else _mean_of_covering
-        rows = placed(scores, along(first[0], self.step[0], scores.shape[2], height, axis=0), axis=2)
-        return placed(rows, along(first[1], self.step[1], scores.shape[3], width, axis=1), axis=3)
+        if blend == "bilinear":
+            rows = _blend(scores, _taps(first[0], self.step[0], scores.shape[2], height), axis=2)
+            return _blend(rows, _taps(first[1], self.step[1], scores.shape[3], width), axis=3)
+        rows = _mean_of_covering(scores, _covering(first[0], self.step[0], self.area[0], scores.shape[2], height), 2)
+        return _mean_of_covering(rows, _covering(first[1], self.step[1], self.area[1], scores.shape[3], width), 3)
 
     def tiff_resolution(self) -> dict:
         """tifffile's resolution arguments: cells per centimetre, where the size is known."""
@@ -641,8 +641,7 @@ class CellPlacement:
 BLENDS = ("bilinear", "mean")  # how `CellPlacement.on_pixels` puts cells on the pixels
 
 
-def _taps(first: float, step: float, cells: int, pixels: int, axis: int = 0) -> tuple[np.ndarray, np.ndarray,
-                                                                                     np.ndarray]:
+def _taps(first: float, step: float, cells: int, pixels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each of `pixels` pixel centres (k + 0.5) along one axis, the two cells whose
     centres (first + step * i) surround it and the second one's weight, held at the ends."""
     at = np.clip((np.arange(pixels) + 0.5 - first) / step, 0, cells - 1)
@@ -659,15 +658,15 @@ def _blend(scores: np.ndarray, taps, axis: int) -> np.ndarray:
     return np.where(weight == 0, a, a * (1 - weight) + b * weight).astype(np.float32)
 
 
-def _covering(first: float, step: float, cells: int, pixels: int, axis: int, area) -> np.ndarray:
+def _covering(first: float, step: float, area: float, cells: int, pixels: int) -> np.ndarray:
     """(pixels, cells) weights along one axis: for each pixel, 1 / n for each of the n
-    cells whose crop (area[axis] wide, centred first + step * i) holds its centre, or 1
+    cells whose crop (`area` wide, centred first + step * i) holds its centre, or 1
     for the nearest cell where none does (the edge held). Crops cover a box of pixels
     when they cover its rows and its columns, so the mean over a box is these weights
     applied along each axis in turn."""
     centres = np.arange(pixels) + 0.5
-    starts = first + step * np.arange(cells) - area[axis] / 2
-    covers = (starts[None, :] <= centres[:, None]) & (centres[:, None] < starts[None, :] + area[axis])
+    starts = first + step * np.arange(cells) - area / 2
+    covers = (starts[None, :] <= centres[:, None]) & (centres[:, None] < starts[None, :] + area)
     nearest = np.clip(np.round((centres - first) / step), 0, cells - 1).astype(np.int64)
     uncovered = ~covers.any(axis=1)
     covers[uncovered, nearest[uncovered]] = True

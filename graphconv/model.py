@@ -341,11 +341,12 @@ class Model:
         _, hc, wc = self.crop_shape
         if self.segmentation or self.returns_vectors or (height, width) == (hc, wc):
             return None
-        reasons = ((node, node.opdef.whole_map_reason(node.params)) for node in self.graph.layers())
-        node, reason = next(((node, reason) for node, reason in reasons if reason), (None, None))
-        if node is None:
+        from graphconv.strides import PREDICTS_A_MAP, first_whole_map_layer
+
+        found = first_whole_map_layer(self.graph)
+        if found is None:
             return None
-        from graphconv.strides import PREDICTS_A_MAP
+        node, reason = found
         return (f"note: {self.graph.name}'s {node.op} '{node.name}' {reason}: its map of this {height}x{width} image "
                 f"is the network run on the whole image, not the classifier on each {hc}x{wc} crop its cells are "
                 f"placed at; --crops computes that map (exact){PREDICTS_A_MAP}")
@@ -468,21 +469,19 @@ class Model:
             raise GraphconvError(f"scores_on_pixels: scores are run's map, (N, K, rows, cols), or one image's (K, "
                                  f"rows, cols); got shape {scores.shape}")
         scores = as_map(scores[None] if one_image else scores)
-        top, left, bottom, right = border_margins(self.cell_area, image_size) if padded else (0, 0, 0, 0)
-        expected = self.map_size(image_size[0] + top + bottom, image_size[1] + left + right)
+        top, left, bottom, right = border_margins(self.cell_area, image_size)
+        padded_map = self.map_size(image_size[0] + top + bottom, image_size[1] + left + right)
+        unpadded_map = self.map_size(*image_size)
+        expected = padded_map if padded else unpadded_map
         if tuple(scores.shape[2:]) != tuple(expected):
-            unpadded = self.map_size(*image_size) if padded else None
-            bordered = border_margins(self.cell_area, image_size)
-            padded_map = None if padded else self.map_size(image_size[0] + bordered[0] + bordered[2],
-                                                           image_size[1] + bordered[1] + bordered[3])
             hint = ("; that is the padded image's map (run --pad-image, sources.pad_batch): give padded=True"
-                    if tuple(scores.shape[2:]) == padded_map else
+                    if not padded and tuple(scores.shape[2:]) == padded_map else
                     "; that is the unpadded image's map: leave out padded=True"
-                    if tuple(scores.shape[2:]) == unpadded else "")
+                    if padded and tuple(scores.shape[2:]) == unpadded_map else "")
             what = " padded as run --pad-image pads it" if padded else ""
             raise GraphconvError(f"scores_on_pixels: a {image_size[0]}x{image_size[1]} image's map{what} has "
                                  f"{expected[0]}x{expected[1]} cells, got {scores.shape[2]}x{scores.shape[3]}{hint}")
-        placement = cells_on_pixels(shifted_cells(self.cell_area, (top, left)))
+        placement = cells_on_pixels(shifted_cells(self.cell_area, (top, left) if padded else (0, 0)))
         on_pixels = placement.on_pixels(scores, image_size, blend=blend)
         return on_pixels[0] if one_image else on_pixels
 

@@ -198,11 +198,18 @@ def refuse_whole_map_layers(graph: Graph, instead: str = "") -> None:
     whole input map (`OpDef.whole_map`: groupnorm, global_l2norm, an align_corners
     upsample): on a larger image they are the whole image's, not each crop's, so no dense
     pass equals the classifier on every crop. `instead`: another way out, said last."""
-    for node in graph.layers():
-        reason = node.opdef.whole_map_reason(node.params)
-        if reason:
-            raise node.error(f"{node.op} {reason}: no single dense pass equals the classifier on every "
-                             f"crop, and the network cannot be compiled to slide; {CROPS_INSTEAD}{instead}")
+    found = first_whole_map_layer(graph)
+    if found:
+        node, reason = found
+        raise node.error(f"{node.op} {reason}: no single dense pass equals the classifier on every "
+                         f"crop, and the network cannot be compiled to slide; {CROPS_INSTEAD}{instead}")
+
+
+def first_whole_map_layer(graph: Graph):
+    """(node, why) for the first layer whose values depend on statistics of its whole
+    input map (`OpDef.whole_map_reason`), or None."""
+    reasons = ((node, node.opdef.whole_map_reason(node.params)) for node in graph.layers())
+    return next(((node, reason) for node, reason in reasons if reason), None)
 
 
 # For a network taken for a classifier whose output on its crop is a map (`shapes.map_output_note`).
