@@ -1167,7 +1167,8 @@ def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
     _refuse_pixels_past_the_end(path, page, level, warned, skip_damaged)
     stored = _decodable_array(path, series, level, levels[level])
     array, axes, nodata = _as_shown(path, page, stored, levels[level].axes, _nodata(tif.pages[0]))
-    source = ArrayLikeSource(path, array, channels, preprocess, axes=axes, bands=bands, picture=_is_picture(page))
+    source = ArrayLikeSource(path, array, channels, preprocess, axes=axes, bands=bands,
+                             picture=_is_picture(page) and _bands_are_samples(axes))
     source.nodata = nodata
     source.valid_pixels = _internal_mask(path, tif, _axis_sizes(levels[level]))
     source.valid_pixels_from = None if source.valid_pixels is None else "internal"
@@ -1309,6 +1310,13 @@ def _is_picture(page) -> bool:
     if photometric == "SEPARATED":
         return _is_cmyk(page)
     return photometric in ("RGB", "YCBCR", "PALETTE") or samples == 1 and photometric in GREY_PHOTOMETRICS
+
+
+def _bands_are_samples(axes: str) -> bool:
+    """Whether a TIFF's bands are the samples of its pixels (axes YXS or SYX, or one band):
+    a picture's colours are. Three grey pages in one series (axes QYX, ZYX: a z-stack or
+    a time series) were read as red, green and blue and fed as luma without a word."""
+    return all(axis in "SYX" for axis in axes.upper())
 
 
 GREY_PHOTOMETRICS = ("MINISBLACK", "MINISWHITE")
@@ -1498,7 +1506,27 @@ def tiff_notes(source, mask_given: bool = False) -> list[str]:
     a no-data tag put aside, an internal mask not read (none where --mask is given:
     `mask_given`), a scale and offset GDAL states and no reader applies."""
     return [said for said in (unread_nodata_note(source), internal_mask_note(source, mask_given),
-                              scale_offset_note(source)) if said]
+                              scale_offset_note(source), unread_images_note(source)) if said]
+
+
+def unread_images_note(source) -> str | None:
+    """What to say of a TIFF holding more images of the first one's size than the first
+    (pages written one by one: a z-stack, a time series, bands as separate images), which
+    tifffile gives as series of their own and graphconv does not read: the map was of
+    the first alone, without a word. A slide's label, macro and thumbnail are of other
+    sizes, and a mask (NewSubfileType 4) is read as one: not counted."""
+    tif = getattr(source, "tiff", None)
+    if tif is None or len(tif.series) < 2:
+        return None
+    size = _axis_sizes(tif.series[0])
+    more = [index for index, series in enumerate(tif.series) if index and _axis_sizes(series) == size
+            and not int(getattr(series.keyframe, "subfiletype", 0) or 0) & FILETYPE_MASK]
+    if not more:
+        return None
+    return (f"the file holds {counted(len(more) + 1, 'image')} of {size[0]}x{size[1]} pixels (pages written one by "
+            "one: a z-stack, a time series, or bands as separate images?); only the first is read. To feed them as "
+            "one image's bands, write them as one (tifffile.imwrite(path, stack) with the stack's axes, or "
+            "gdal_merge.py -separate)")
 
 
 GDAL_SCALING_ITEM = re.compile(r'<Item\s+name="(SCALE|OFFSET)"\s+sample="(\d+)"\s+role="(?:scale|offset)"\s*>'

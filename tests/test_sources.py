@@ -431,6 +431,37 @@ def test_a_raster_of_bands_is_not_a_picture_but_an_rgba_tiff_is(tmp_path):
                                   pixels[..., [2, 1, 0]].transpose(2, 0, 1))
 
 
+def test_grey_pages_of_one_series_are_bands_not_a_picture_s_colours(tmp_path):
+    """Three grey pages (a z-stack: tifffile's axes QYX) were read as red, green and blue
+    and fed to a grey network as luma without a word; they are bands to pick from. Three
+    samples of one page stay an RGB picture."""
+    stack = np.random.default_rng(3).integers(0, 255, (3, 20, 30), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "rgb.tif", stack, photometric="rgb")
+    with pytest.raises(GraphconvError, match="has 3 bands; the model takes 1: pick them with --bands"):
+        open_source(tmp_path / "stack.tif", 1, None)
+    np.testing.assert_array_equal(open_source(tmp_path / "stack.tif", 1, None, bands=(2,)).read(0, 0, 20, 30),
+                                  stack[1:2])
+    assert open_source(tmp_path / "rgb.tif", 1, None).read(0, 0, 20, 30).shape == (1, 20, 30)  # luma
+
+
+def test_images_written_one_by_one_are_noted_as_unread(tmp_path):
+    """Pages written one by one are series of their own and only the first is read: said,
+    counting those of the first's size only (a slide's label and thumbnail are not)."""
+    from graphconv.sources import unread_images_note
+
+    with tifffile.TiffWriter(tmp_path / "pages.tif") as tif:
+        for z in range(3):
+            tif.write(np.full((20, 30), z, np.uint8), photometric="minisblack", contiguous=False)
+        tif.write(np.zeros((8, 8), np.uint8), photometric="minisblack", contiguous=False)  # a thumbnail
+    tifffile.imwrite(tmp_path / "one.tif", np.zeros((20, 30), np.uint8), photometric="minisblack")
+    source = open_source(tmp_path / "pages.tif", 1, None)
+    np.testing.assert_array_equal(source.read(0, 0, 20, 30), 0)
+    assert unread_images_note(source).startswith("the file holds 3 images of 20x30 pixels (pages written one by one")
+    assert "only the first is read" in unread_images_note(source)
+    assert unread_images_note(open_source(tmp_path / "one.tif", 1, None)) is None
+
+
 def test_a_downsampled_source_spans_exact_level_0_pixels(scene):
     """A 90x120 scene read 7x coarser is 12x17 pixels (the last rows and columns fill no
     block): each still spans exactly 7x7 of the file's, which its size cannot say."""
