@@ -519,6 +519,16 @@ def build_parser() -> argparse.ArgumentParser:
                                      "only if graphconv exported it.")
     exp.add_argument("model", type=_path, help="compiled model directory (or a spec / .onnx model)")
     exp.add_argument("--output", "-o", type=_path, required=True, metavar="FCN.onnx", help="ONNX file to write")
+    exp.add_argument("--input-size", type=_positive_int, nargs=2, metavar=("H", "W"),
+                     help="fix the input's height and width (the output's rows and columns follow): for TensorRT "
+                          "engines and other runtimes that build for one shape (default: dynamic)")
+    exp.add_argument("--batch", type=_positive_int, metavar="N", help="fix the batch (default: dynamic)")
+    exp.add_argument("--pixels", action="store_true",
+                     help="the input is uint8 (N, H, W, C) pixels as an image library decodes them, and the graph "
+                          "applies the model's preprocess (scale, mean, std) itself (default: float32 (N, C, H, W) "
+                          "already preprocessed)")
+    exp.add_argument("--argmax", action="store_true",
+                     help="add an output 'classes': each cell's top class (int64, (N, rows, cols)), beside the scores")
     _add_plugin_option(exp, PLUGIN_OPS_HELP)
     exp.set_defaults(handler=cmd_export)
 
@@ -2463,7 +2473,7 @@ def _float_list(text: str) -> list[float]:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from graphconv.frontends.onnx_export import declared_dims, export_model
+    from graphconv.frontends.onnx_export import ExportOptions, declared_dims, export_model
 
     if args.output == "-":
         raise GraphconvError("-o -: export writes a file, not standard output; give its name (FCN.onnx)")
@@ -2471,14 +2481,18 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise GraphconvError("-o is the model being exported; write the export somewhere else", file=args.output)
     check_writable(args.output)
     model = load_model(args, args.model)
-    for text in export_model(model, args.output, flag="-o"):
+    options = ExportOptions(input_size=tuple(args.input_size) if args.input_size else None, batch=args.batch,
+                            pixels=args.pixels, argmax=args.argmax)
+    for text in export_model(model, args.output, flag="-o", options=options):
         note(text)
     if "compiled" not in model.graph.meta and not model.segmentation:  # a segmentation network is dense as written
         note(f"note: {args.model} is not compiled; exported the network as written (graphconv "
              "compile it first for the fully convolutional network)")
-    in_dims, out_dims = declared_dims(model.graph)
-    print(printable(f"exported {args.model} -> {args.output} (ONNX op set 19; input {' x '.join(map(str, in_dims))}, "
-                    f"output {' x '.join(map(str, out_dims))})"))
+    in_dims, out_dims = declared_dims(model.graph, options)
+    pixels = " uint8 pixels" if options.pixels else ""
+    classes = f", and top classes {' x '.join(map(str, [out_dims[0], *out_dims[2:]]))}" if options.argmax else ""
+    print(printable(f"exported {args.model} -> {args.output} (ONNX op set 19; input{pixels} "
+                    f"{' x '.join(map(str, in_dims))}, output {' x '.join(map(str, out_dims))}{classes})"))
     return 0
 
 

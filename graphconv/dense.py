@@ -704,7 +704,8 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
 
     `where` names the real image or its region (verify --image names the region): the
     report also says what the difference does to each cell's top class (`TopClasses`;
-    `image_crops`, the whole image's crops, prices `run --crops`). None for random pixels
+    `image_crops`, the whole image's crops, prices `run --crops`), and fails where it
+    changes that of more than TOP_CLASS_SHARE of the cells. None for random pixels
     (verify --input-size), whose top classes say nothing of a user's images. `dense` is
     the sliding map of `image`'s cells when computed with the image around the region, as
     `run` sees them; `progress` hears

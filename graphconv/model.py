@@ -101,15 +101,21 @@ class Model:
         here, before anything is written (`graphconv.save_model`)."""
         return save_model(self.graph, directory)
 
-    def export(self, path: str | os.PathLike) -> list[str]:
+    def export(self, path: str | os.PathLike, *, input_size: tuple[int, int] | None = None,
+               batch: int | None = None, pixels: bool = False, argmax: bool = False) -> list[str]:
         """Write the model as an ONNX file for onnxruntime, TensorRT and other runtimes,
-        as `graphconv export` does: dynamic N, H and W, op set 19, the crop, preprocess,
-        labels and cell placement in its metadata. Returns the notes the CLI prints
-        (a size rule other runtimes do not check; pools TensorRT refuses). Refuses to
-        replace a file the model was read from or an ONNX file graphconv did not export."""
-        from graphconv.frontends.onnx_export import export_model
+        as `graphconv export` does: dynamic N, H and W (`input_size` (H, W) and `batch` fix
+        them), op set 19, the crop, preprocess, labels and cell placement in its metadata;
+        `pixels`: the input is uint8 (N, H, W, C) pixels and the graph applies the
+        preprocess; `argmax`: an output 'classes' of each cell's top class besides the
+        scores. Returns the notes the CLI prints (a size rule other runtimes do not check;
+        pools TensorRT refuses). Refuses to replace a file the model was read from or an
+        ONNX file graphconv did not export."""
+        from graphconv.frontends.onnx_export import ExportOptions, export_model
 
-        return export_model(self, path)
+        options = ExportOptions(input_size=None if input_size is None else tuple(input_size), batch=batch,
+                                pixels=pixels, argmax=argmax)
+        return export_model(self, path, options=options)
 
     @property
     def preprocess(self) -> dict | None:

@@ -1466,7 +1466,7 @@ def test_keras_models_converted_by_tf2onnx_import_and_slide(path, rng):
     whole = dense.run(big)
     assert whole.shape[2:] == dense.map_size(72, 59)
     np.testing.assert_allclose(run_tiled(dense, big, max(min_tile(dense))), whole, rtol=1e-4, atol=1e-6)
-    report = verify(classifier, dense, big)
+    report = verify(classifier, dense, big, where=None)  # random pixels: whether padding changes top classes is moot
     assert report.conversion_exact and report.passed, str(report)
 
 

@@ -389,9 +389,12 @@ def test_metadata_that_graphconv_did_not_write_is_refused(tmp_path, key, value):
         load_network(tmp_path / "odd.onnx")
 
 
-def test_a_stated_crop_stands_in_only_for_a_dynamic_input_size(tmp_path):
-    """A file whose input is fixed keeps its size, whatever its metadata says (it was
-    passed on as if --crop-size had been given, and refused as a conflict with it)."""
+def test_a_graphconv_export_s_stated_crop_is_its_crop_whatever_size_its_input_is_fixed_at(tmp_path):
+    """An export fixed at one size (export --input-size, or a static-shape tool's edit)
+    holds the network compiled from the crop it states: read with the fixed size as its
+    crop, its cells were placed and kept as 40x44 crops'. It was once passed on as if
+    --crop-size had been given, and refused as a conflict with the fixed size; a
+    --crop-size given still wins."""
     from graphconv.frontends import load_network
 
     model = to_onnx_model(compile_model(SPECS / "digits.yaml").graph)
@@ -399,7 +402,8 @@ def test_a_stated_crop_stands_in_only_for_a_dynamic_input_size(tmp_path):
         dim.ClearField("dim_param")
         dim.dim_value = size
     onnx.save(model, str(tmp_path / "fixed.onnx"))
-    assert load_network(tmp_path / "fixed.onnx").input_shape == (1, 40, 44)
+    assert load_network(tmp_path / "fixed.onnx").input_shape == (1, 28, 28)
+    assert load_network(tmp_path / "fixed.onnx", crop_size=(40, 44)).input_shape == (1, 40, 44)
 
 
 def test_export_replaces_only_an_onnx_file_graphconv_exported(tmp_path):
@@ -872,3 +876,70 @@ def test_export_to_a_dash_is_refused_not_written_as_a_file_named_dash(tmp_path, 
     result = graphconv_in_process("export", SPECS / "lenet.yaml", "-o", "-")
     assert result.returncode == 2 and "-o -: export writes a file, not standard output" in result.stderr
     assert not (tmp_path / "-").exists()
+
+
+def test_export_for_deployment_takes_uint8_pixels_at_a_fixed_shape_and_gives_the_top_classes(tmp_path, capsys, rng):
+    """--pixels --input-size --batch --argmax: a TensorRT-style file of one shape that takes
+    the decoded image (uint8 (N, H, W, C)) and normalises it itself, giving graphconv's
+    scores on the preprocessed pixels and each cell's top class; it imports back (the
+    classes output dropped, the fixed size read as the crop it states) and maps as the
+    model does on other sizes."""
+    from graphconv.cli import main
+    from graphconv.images import preprocess
+
+    folder, out = tmp_path / "fcn", tmp_path / "deploy.onnx"
+    model = compile_model(SPECS / "digits.yaml")
+    model.preprocess = {"scale": -1 / 255, "mean": [-1.0], "std": [0.5]}  # the order and signs matter
+    model.save(folder)
+    assert main(["export", str(folder), "-o", str(out), "--pixels", "--input-size", "60", "52", "--batch", "2",
+                 "--argmax"]) == 0
+    said = capsys.readouterr()
+    assert "input uint8 pixels 2 x 60 x 52 x 1, output 2 x 11 x 9 x 7, and top classes 2 x 9 x 7" in said.out
+    assert "states no preprocess" not in said.err
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (given,), outputs = session.get_inputs(), session.get_outputs()
+    assert (given.shape, given.type) == ([2, 60, 52, 1], "tensor(uint8)")
+    assert [(o.name, o.shape, o.type) for o in outputs] == [("prob", [2, 11, 9, 7], "tensor(float)"),
+                                                            ("classes", [2, 9, 7], "tensor(int64)")]
+    pixels = rng.integers(0, 256, (2, 60, 52, 1), dtype=np.uint8)
+    scores, classes = session.run(None, {given.name: pixels})
+    x = np.stack([preprocess(image.transpose(2, 0, 1).astype(np.float32), model.preprocess) for image in pixels])
+    np.testing.assert_allclose(scores, full_map(model, x), **TOLERANCE)
+    np.testing.assert_array_equal(classes, scores.argmax(axis=1))
+    metadata = stated(onnx.load(str(out)))
+    assert "graphconv.preprocess" not in metadata  # applied in the graph: an import must not apply it again
+    assert json.loads(metadata["graphconv.pixels"])["preprocess_in_graph"] == model.preprocess
+    assert json.loads(metadata["graphconv.classes_output"]) == "classes"
+    back = Model.load(out)
+    assert back.crop_shape == model.crop_shape and back.preprocess in (None, {"scale": 1.0})
+    image = rng.integers(0, 256, (1, 1, 75, 90)).astype(np.float32)  # another size than the export's
+    np.testing.assert_allclose(back.run(image), model.run(preprocess(image[0], model.preprocess)[None]), **TOLERANCE)
+
+
+@pytest.mark.parametrize("spec, options, refusal", [
+    ("lenet", ["--input-size", "20", "28"], "--input-size 20 28: smaller than lenet's 32x32 crop"),
+    ("lenet-uncompiled", ["--input-size", "40", "40"], "--input-size 40 40: lenet takes its 32x32 crop alone "
+                                                      "(compile it first"),
+    ("branches", ["--input-size", "30", "31"], "--input-size 30 31: unpadded's branches meet only on images of "
+                                               "height 2k+1 and width 2k+1 pixels"),
+    ("stored", ["--pixels"], "--pixels: the file would take 8-bit pixels (uint8), but the model's preprocess takes "
+                             "the values an image stores"),
+])
+def test_export_refuses_a_fixed_size_or_pixels_the_network_cannot_take_and_writes_nothing(
+        write_spec, tmp_path, capsys, spec, options, refusal):
+    from graphconv.cli import main
+
+    folder = tmp_path / "m"
+    if spec == "lenet":
+        compile_model(SPECS / "lenet.yaml").save(folder)
+    elif spec == "lenet-uncompiled":
+        folder = SPECS / "lenet.yaml"
+    elif spec == "branches":
+        compile_model(write_spec(UNPADDED_BEFORE_UPSAMPLE, "branches.yaml")).save(folder)
+    else:
+        model = compile_model(SPECS / "lenet.yaml")
+        model.preprocess = {"values": "stored", "scale": 0.0001}
+        model.save(folder)
+    assert main(["export", str(folder), "-o", str(tmp_path / "x.onnx"), *options]) == 2
+    assert refusal in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()

@@ -234,7 +234,7 @@ def test_a_mirroring_pad_after_the_cut_is_not_dilated_and_auto_shifts(mode, writ
         graphconv.compile_model(spec, output_stride=2, stride_method="dilate")
     fine = graphconv.compile_model(spec, output_stride=2)
     assert fine.graph.meta["compiled"]["stride_method"] == "shift"
-    report = verify(graphconv.load(spec), fine, random_input(rng, (1, 2, 37, 30)))
+    report = verify(graphconv.load(spec), fine, random_input(rng, (1, 2, 37, 30)), where=None)  # random pixels
     assert report.passed, str(report)
 
 
@@ -247,7 +247,7 @@ def test_an_uneven_pad_at_a_finer_stride_differs_from_the_crop_loop_only_where_p
     fine = graphconv.compile_model(classifier.graph, output_stride=2, stride_method=method)
     if method == "dilate":
         assert fine.graph.node("c2.pad").params["padding"] == (0, 4, 2, 2)
-    report = verify(classifier, fine, random_input(rng, (1, 2, 37, 30)))
+    report = verify(classifier, fine, random_input(rng, (1, 2, 37, 30)), where=None)  # random pixels
     assert report.conversion_exact and report.padding_explains and report.passed, str(report)
 
 

@@ -97,6 +97,7 @@ def read_onnx(path: str | os.PathLike, *, crop_size: Sequence[int] | None = None
     `crop_size` (H, W) is the size the classifier was trained on; it is needed only when
     the model's input has dynamic height or width, and must agree with fixed ones."""
     model, external = _load_model(Path(path))
+    _drop_the_classes_output(model)
     stated = _stated_metadata(model, str(path))
     graph, weights = _Importer(model, str(path), crop_size, stated.pop("crop", None)).run()
     if "preprocess" in stated:
@@ -106,6 +107,21 @@ def read_onnx(path: str | os.PathLike, *, crop_size: Sequence[int] | None = None
     graph.meta.update(stated)
     graph.meta["read_from"] = [str(file) for file in external]  # what no command may write over
     return graph, weights
+
+
+def _drop_the_classes_output(model) -> None:
+    """Leave out the top-class output graphconv's `export --argmax` adds beside the scores
+    (its metadata `classes_output` names it; the ArgMax that makes it goes too): graphconv
+    computes the scores and takes the top class itself."""
+    from graphconv.frontends.onnx_export import METADATA_PREFIX
+
+    stated = next((prop.value for prop in model.metadata_props if prop.key == METADATA_PREFIX + "classes_output"), None)
+    name = json.loads(stated) if stated and stated.startswith('"') else None
+    makers = [node for node in model.graph.node if node.op_type == "ArgMax" and list(node.output) == [name]]
+    if len(model.graph.output) < 2 or len(makers) != 1:
+        return
+    model.graph.node.remove(makers[0])
+    model.graph.output.remove(next(out for out in model.graph.output if out.name == name))
 
 
 def _stated_metadata(model, path: str) -> dict:
@@ -296,7 +312,7 @@ class _Importer:
         self.model = model
         self.source = source
         self.crop_size = tuple(crop_size) if crop_size is not None else None
-        self.stated_crop = stated_crop  # what graphconv's export stated, for a dynamic input
+        self.stated_crop = stated_crop  # what graphconv's export stated (its crop, whatever size its input is fixed at)
         self.exported_batch = 1  # the input's fixed batch, where the exporter fixed one (_add_input)
         self.fixed_size = False  # whether the file fixes the input's height and width (_add_input)
         self.opset = self._opset()
@@ -541,8 +557,8 @@ class _Importer:
         return target is not None and target.size == 4 and [int(t) for t in target.ravel()[1:]] == [1, *grey_hw]
 
     def _crop(self, height: int | None, width: int | None, input_name: str) -> tuple[int, int]:
-        if self.crop_size is None and self.stated_crop is not None and (height is None or width is None):
-            return tuple(self.stated_crop)
+        if self.crop_size is None and self.stated_crop is not None:  # graphconv's export, maybe of a fixed size
+            return tuple(self.stated_crop)                              # (export --input-size): its crop
         if self.crop_size is None:
             if height is None or width is None:
                 raise GraphconvError(f"input {shown(input_name)} has a dynamic height or width: give {TRAINED_SIZE}",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -23,6 +24,28 @@ from graphconv.ir import Graph, Node
 from graphconv.shapes import FittingSizes, fitting_sizes, infer_shapes
 
 EXPORT_OPSET = 19  # AveragePool takes dilations from 19 on (the dilated stride rewrite makes them)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What `graphconv export`'s options change in the file's interface; by default the
+    network's own: float32 (N, C, H, W) input of dynamic N, H and W, the scores alone.
+
+    `input_size` (H, W) and `batch` fix those dims (TensorRT engines and other static
+    runtimes build for one shape); `pixels` makes the input uint8 (N, H, W, C) pixels as
+    an image library decodes them, the model's preprocess applied inside the graph (a
+    deployment then needs no normalisation code to get wrong); `argmax` adds an int64
+    output of each cell's top class (CLASSES_OUTPUT)."""
+
+    input_size: tuple[int, int] | None = None
+    batch: int | None = None
+    pixels: bool = False
+    argmax: bool = False
+
+
+CLASSES_OUTPUT = "classes"  # --argmax's output, unless the network has a value of that name
+PIXELS_INPUT = ("uint8 (N, H, W, C) pixels as an image library decodes them (0..255, the channels in the model's "
+                "order: RGB for an RGB model)")
 
 
 class OnnxWriter:
@@ -40,6 +63,7 @@ class OnnxWriter:
         self.arrays: dict[str, np.ndarray] = {}
         self._layer, self._weights = "graph", {}
         self._counter = 0
+        self.read_as: dict[str, str] = {}  # a value the layers read under another name (--pixels' input)
 
     def node(self, op_type: str, inputs: list[str], output: str | None = None, **attrs) -> str:
         """Add one node; returns its output's name (a fresh one when not given). The node
@@ -85,7 +109,7 @@ class OnnxWriter:
             raise node.error(_no_onnx_form(node.op))
         try:
             self.write(node.name, node.opdef, dict(node.params), dict(node.weights),
-                       [i.name for i in node.inputs])
+                       [self.read_as.get(i.name, i.name) for i in node.inputs])
         except GraphconvError as err:
             raise node.error(err.message) from None
 
@@ -157,31 +181,39 @@ def _unstitched(graph: Graph) -> tuple[Graph, int]:
     return base, step
 
 
-def to_onnx_model(graph: Graph, checked: bool = True):
-    """The graph as an onnx.ModelProto with dynamic N, H and W, checked by onnx's checker
-    (`checked` False: the caller checks the file it writes, `save_onnx`)."""
+def to_onnx_model(graph: Graph, checked: bool = True, options: ExportOptions = ExportOptions()):
+    """The graph as an onnx.ModelProto, with dynamic N, H and W unless `options` fix them,
+    checked by onnx's checker (`checked` False: the caller checks the file it writes,
+    `save_onnx`)."""
     from graphconv import __version__
 
     onnx = require_onnx()
     helper = onnx.helper
     refuse_shift_and_stitch(graph)
+    in_dims, out_dims = declared_dims(graph, options)
     writer = OnnxWriter()
+    if options.pixels:
+        _read_pixels(writer, graph)
     for node in graph.layers():
         writer.write_layer(node)
-    in_dims, out_dims = declared_dims(graph)
     if len(out_dims) == 2:
         _flatten_the_output(writer, graph.output.name)
     output = _output_named(writer, graph)
-    inputs = [helper.make_tensor_value_info(_input_named(writer, graph), onnx.TensorProto.FLOAT, in_dims)]
+    pixel_type = onnx.TensorProto.UINT8 if options.pixels else onnx.TensorProto.FLOAT
+    inputs = [helper.make_tensor_value_info(_input_named(writer, graph), pixel_type, in_dims)]
     outputs = [helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, out_dims)]
+    classes = _classes_named(writer, graph)
+    if options.argmax:
+        writer.node("ArgMax", [output], classes, axis=1, keepdims=0)
+        outputs.append(helper.make_tensor_value_info(classes, onnx.TensorProto.INT64, [out_dims[0], *out_dims[2:]]))
     body = helper.make_graph(writer.nodes, graph.name, inputs, outputs)
     opsets = [helper.make_opsetid("", EXPORT_OPSET)]
     model = helper.make_model(body, opset_imports=opsets, producer_name="graphconv", producer_version=__version__,
                               ir_version=helper.find_min_ir_version_for(opsets))
     writer.add_initializers(model.graph)  # after make_model, which copies the graph it is given
     sizes = input_sizes(graph)
-    model.doc_string = _doc(graph, sizes)
-    helper.set_model_props(model, stated_metadata(graph, sizes))
+    model.doc_string = _doc(graph, sizes, options)
+    helper.set_model_props(model, stated_metadata(graph, sizes, options, classes))
     if checked:
         _check(model)
     return model
@@ -193,6 +225,38 @@ def _check(model) -> None:
         require_onnx().checker.check_model(model, full_check=True)
     except Exception as err:  # a bug in an op's writer, not bad input
         raise AssertionError(f"graphconv wrote an invalid ONNX model: {err}") from err
+
+
+def _read_pixels(writer: OnnxWriter, graph: Graph) -> None:
+    """--pixels: the nodes that make the network's input from uint8 (N, H, W, C) pixels,
+    Cast, Transpose to (N, C, H, W), then the preprocess, (x * scale - mean) / std per
+    channel, as graphconv applies it to the 0..255 pixels it reads (`images.preprocess`).
+    Written before the layers, which read the network's input by its name: the pixels
+    take that name and the layers read the normalised value (`OnnxWriter.read_as`)."""
+    from graphconv.images import stores_values
+
+    preprocess = graph.meta.get("preprocess") or {}
+    if stores_values(preprocess):
+        raise GraphconvError("--pixels: the file would take 8-bit pixels (uint8), but the model's preprocess takes "
+                             "the values an image stores (values: stored: 16-bit or float rasters); export it "
+                             "without --pixels and apply the preprocess before the runtime")
+    writer._layer = "pixels"  # its nodes' names, as an import shows them
+    value = writer.node("Cast", [graph.input.name], to=require_onnx().TensorProto.FLOAT)
+    value = writer.node("Transpose", [value], perm=[0, 3, 1, 2])
+    if float(preprocess.get("scale", 1.0)) != 1.0:
+        value = writer.node("Mul", [value, writer.constant(np.float32(preprocess["scale"]))])
+    for key, op in (("mean", "Sub"), ("std", "Div")):
+        if key in preprocess:
+            value = writer.node(op, [value, writer.constant(np.asarray(preprocess[key], np.float32).reshape(
+                1, -1, 1, 1))])
+    writer.read_as[graph.input.name] = value
+    writer._layer = "graph"
+
+
+def _classes_named(writer: OnnxWriter, graph: Graph) -> str:
+    """--argmax's output: CLASSES_OUTPUT unless a value of the network is so named."""
+    taken = {graph.input.name, *writer.arrays, *(name for node in writer.nodes for name in node.output)}
+    return CLASSES_OUTPUT if CLASSES_OUTPUT not in taken else f"{graph.output.name}_{CLASSES_OUTPUT}"
 
 
 def _output_named(writer: OnnxWriter, graph: Graph) -> str:
@@ -227,15 +291,47 @@ def _named_as_imported(writer: OnnxWriter, graph: Graph, wanted: str | None, wri
     return wanted
 
 
-def declared_dims(graph: Graph) -> tuple[list, list]:
+def declared_dims(graph: Graph, options: ExportOptions = ExportOptions()) -> tuple[list, list]:
     """The export's input and output dims: (N, C, H, W) -> (N, K, rows, cols) for a network
     that slides; the crop's fixed H and W for one that runs on its crop alone, and (N, K)
-    for one whose `run` returns class vectors."""
+    for one whose `run` returns class vectors. `options` may fix N, H and W (the output's
+    rows and columns follow) and make the input (N, H, W, C) pixels."""
     c, hc, wc = graph.input_shape
+    batch = options.batch or "N"
     out_c, *out_hw = infer_shapes(graph, check_weights=False)[graph.output.name]
-    in_dims = ["N", c, "H", "W"] if _takes_other_sizes(graph) else ["N", c, hc, wc]
-    out_dims = ["N", out_c] if _returns_vectors(graph) and out_hw == [1, 1] else ["N", out_c, "rows", "cols"]
-    return in_dims, out_dims
+    vectors = _returns_vectors(graph) and out_hw == [1, 1]
+    if options.input_size is not None:
+        check_fixed_size(graph, options.input_size)
+        (h, w), rows_cols = options.input_size, infer_shapes(graph, options.input_size,
+                                                              check_weights=False)[graph.output.name][1:]
+    else:
+        (h, w), rows_cols = ("H", "W") if _takes_other_sizes(graph) else (hc, wc), ["rows", "cols"]
+    in_dims = [batch, h, w, c] if options.pixels else [batch, c, h, w]
+    return in_dims, [batch, out_c] if vectors else [batch, out_c, *rows_cols]
+
+
+def check_fixed_size(graph: Graph, size: tuple[int, int]) -> None:
+    """Refuse an --input-size the network cannot take: another than the crop for one that
+    runs on its crop alone, one smaller than a classifier's crop, one outside its sides'
+    rule (`input_sizes`), or one its layers' shapes refuse."""
+    _, hc, wc = graph.input_shape
+    h, w = size
+    given = f"--input-size {h} {w}"
+    if not _takes_other_sizes(graph) and (h, w) != (hc, wc):
+        raise GraphconvError(f"{given}: {graph.name} takes its {hc}x{wc} crop alone (compile it first: graphconv "
+                             "compile makes it slide over larger images)")
+    sizes = input_sizes(graph)
+    if "at_least" in sizes and (h < hc or w < wc):
+        raise GraphconvError(f"{given}: smaller than {graph.name}'s {hc}x{wc} crop (a classifier's cells are its "
+                             "crops)")
+    sides = sizes.get("sides")
+    if sides and not all(n % period in remainders for n, period, remainders in
+                         zip((h, w), sides["period"], sides["remainders"])):
+        raise GraphconvError(f"{given}: {sizes['rules'][-1]}")
+    try:
+        infer_shapes(graph, (h, w), check_weights=False)
+    except GraphconvError as err:
+        raise GraphconvError(f"{given}: {graph.name} cannot take it: {err.message}") from None
 
 
 def _returns_vectors(graph: Graph) -> bool:
@@ -274,17 +370,24 @@ def _flatten_the_output(writer: OnnxWriter, output: str) -> None:
 METADATA_PREFIX = "graphconv."  # metadata_props keys graphconv writes, and reads back on import
 
 
-def stated_metadata(graph: Graph, sizes: dict | None = None) -> dict[str, str]:
+def stated_metadata(graph: Graph, sizes: dict | None = None, options: ExportOptions = ExportOptions(),
+                    classes_output: str = CLASSES_OUTPUT) -> dict[str, str]:
     """What an ONNX file cannot otherwise say, as metadata_props strings: the training
     crop (its input's H and W are dynamic), the preprocess, the class names, the task,
     the passes that compiled it and whether its weights are seeded, so `graphconv import`
     (and `run` on the .onnx) gets the model back as it was; and the sizes its input must
     have (`input_sizes`, worked out when not given), which another runtime does not
-    check. Other runtimes ignore them."""
+    check. Other runtimes ignore them. With --pixels the preprocess is the graph's own
+    (`pixels` says what it applies: stated as `preprocess`, an import would apply it
+    twice); with --argmax, `classes_output` names the extra output (an import drops it)."""
     stated = {"crop": json.dumps(list(graph.input_shape[1:]))}
-    for key in ("preprocess", "labels", "task"):
+    for key in ("labels", "task") if options.pixels else ("preprocess", "labels", "task"):
         if key in graph.meta:
             stated[key] = json.dumps(graph.meta[key])
+    if options.pixels:
+        stated["pixels"] = json.dumps({"input": PIXELS_INPUT, "preprocess_in_graph": graph.meta.get("preprocess")})
+    if options.argmax:
+        stated["classes_output"] = json.dumps(classes_output)
     if graph.meta.get("compiled", {}).get("passes"):  # a compiled map may have extra cells at the crop
         stated["compiled"] = json.dumps({"passes": graph.meta["compiled"]["passes"]})
     if graph.meta.get("seeded_weights"):  # so `graphconv run FCN.onnx` says so, as for the model exported
@@ -320,15 +423,20 @@ def cells_stated(graph: Graph) -> dict:
     return stated
 
 
-def _doc(graph: Graph, sizes: dict) -> str:
+def _doc(graph: Graph, sizes: dict, options: ExportOptions = ExportOptions()) -> str:
     compiled = graph.meta.get("compiled", {})
     lines = [f"exported by graphconv from {graph.name}"]
     if compiled.get("passes"):
         lines.append(f"passes: {compiled['passes']}")
     if graph.meta.get("seeded_weights"):
         lines.append("weights: deterministic seeded (random) weights, not trained ones")
-    if "preprocess" in graph.meta:
+    if options.pixels:
+        lines.append(f"input: {PIXELS_INPUT}; the graph applies the preprocess "
+                     f"{graph.meta.get('preprocess') or '(none: pixels go in as they are)'}")
+    elif "preprocess" in graph.meta:
         lines.append(f"preprocess: {graph.meta['preprocess']}")
+    if options.argmax:
+        lines.append("output classes: each cell's top class (int64), beside the scores")
     lines += [f"input sizes: {rule}" for rule in sizes.get("rules", [])]
     return "\n".join(lines)
 
@@ -422,7 +530,8 @@ def export_notes(model, path: str) -> list[str]:
     fitting rule another runtime does not apply), pools TensorRT refuses, and a preprocess
     it cannot state because the model has none (a deployment then guesses the pixels')."""
     notes = []
-    if not any(prop.key == METADATA_PREFIX + "preprocess" for prop in model.metadata_props):
+    stated = {prop.key[len(METADATA_PREFIX):] for prop in model.metadata_props}
+    if "preprocess" not in stated and "pixels" not in stated:
         notes.append(f"note: {path} states no preprocess (the model has none: graphconv feeds it pixels as stored, "
                      "0..255 for 8-bit pictures); if it was trained on normalised pixels, state them (a spec's "
                      "`preprocess: {scale, mean, std}`; an ONNX model's: graphconv import MODEL.onnx -o NET.yaml "
@@ -461,9 +570,11 @@ def is_graphconv_export(path: str | os.PathLike) -> bool:
             or model.doc_string.startswith("exported by graphconv"))
 
 
-def export_model(model, path: str | os.PathLike, *, flag: str = "path") -> list[str]:
+def export_model(model, path: str | os.PathLike, *, flag: str = "path",
+                 options: ExportOptions = ExportOptions()) -> list[str]:
     """Write the graphconv.Model `model` as ONNX at `path`, as `graphconv export` does
-    (`Model.export`); returns the notes for the deployer (`export_notes`). Refused where
+    (`Model.export`), its interface as `options` say; returns the notes for the deployer
+    (`export_notes`). Refused where
     `path` is a file the model was read from, or an existing file that is not an ONNX
     file graphconv exported (a trained model of the user's: it must not be replaced);
     `flag` names `path` in those messages."""
@@ -474,7 +585,8 @@ def export_model(model, path: str | os.PathLike, *, flag: str = "path") -> list[
     if os.path.exists(path) and not is_graphconv_export(path):
         raise GraphconvError("is already there and is not an ONNX file graphconv exported (a model of yours?): "
                              "graphconv replaces only its own exports; choose another name", file=path)
-    return export_notes(save_onnx(model.graph, path), path)
+    declared_dims(model.graph, options)  # an --input-size it cannot take: refused before anything is built
+    return export_notes(save_onnx(model.graph, path, options), path)
 
 
 ONNX_FILE_LIMIT = 2**31  # bytes: a protobuf message's limit, and so one .onnx file's
@@ -482,7 +594,7 @@ EXPORT_COPIES = 4  # the weights held at once by an export: the graph's, the Mod
 # twice while protobuf makes it (measured: a 0.54 GB model peaked 1.95 GB over the process's 0.8 GB before the export)
 
 
-def save_onnx(graph: Graph, path: str | os.PathLike):
+def save_onnx(graph: Graph, path: str | os.PathLike, options: ExportOptions = ExportOptions()):
     """Write `graph` as ONNX at `path`, atomically (graphconv.files), and check the file
     written; returns the model written (`export_notes` reads it). Refused before
     building anything where the weights pass ONNX's 2 GiB limit for one file or the
@@ -497,7 +609,7 @@ def save_onnx(graph: Graph, path: str | os.PathLike):
     check_fits(EXPORT_COPIES * weights, f"exporting {format_size(weights)} of weights (held {EXPORT_COPIES} times "
                "at once: the model's, the ONNX model's, and the file's bytes twice while protobuf makes them)",
                file=str(path))
-    model = to_onnx_model(graph, checked=False)
+    model = to_onnx_model(graph, checked=False, options=options)
 
     def write(tmp: str) -> None:
         data = model.SerializeToString()
