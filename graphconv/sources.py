@@ -146,6 +146,7 @@ class ArrayLikeSource(_Preprocessed):
     valid_pixels = None  # a TIFF's internal mask at the level read, (H, W), 0 or False where no data (`_internal_mask`)
     valid_pixels_from = None  # "internal" (that mask) or "alpha" (its alpha band, `_alpha_plane`)
     alpha_band = None  # the TIFF's alpha band, numbered from 1 as GDAL numbers it, where it is the mask
+    alpha_fed = None  # that band where the network reads it as a channel, and so it is no mask (`alpha_fed_note`)
     fourth_is_alpha = True  # False: a TIFF's 4th band of unstated meaning (`_fourth_is_alpha`)
 
     @property
@@ -1174,6 +1175,8 @@ def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
     source.valid_pixels_from = None if source.valid_pixels is None else "internal"
     if source.valid_pixels is None and array is stored:
         source.valid_pixels, source.alpha_band = _alpha_plane(page, array, axes)
+        if source.alpha_band is not None and _feeds_band(source, source.alpha_band):
+            source.valid_pixels, source.alpha_fed, source.alpha_band = None, source.alpha_band, None
         source.valid_pixels_from = None if source.valid_pixels is None else "alpha"
     source.fourth_is_alpha = _fourth_is_alpha(page)
     source.microns_per_pixel = square_microns(_stated_pixel_size(tif))  # at level 0
@@ -1216,6 +1219,28 @@ def _alpha_plane(page, array, axes: str):
     first_alpha = next(i for i, e in enumerate(extras) if e in ALPHA_SAMPLES)
     index = getattr(page, "samplesperpixel", 1) - len(extras) + first_alpha
     return _SamplePlane(array, upper.index("S"), index), index + 1
+
+
+def _feeds_band(source, band: int) -> bool:
+    """Whether the network reads band `band` (from 1) of `source` as one of its channels:
+    one --bands picks, or, without --bands, one of a raster of as many bands as channels
+    (an RGBA picture fed to an RGB network drops its alpha)."""
+    if source._band_index is not None:
+        return band - 1 in source._band_index
+    return source.band_count == source.channels and band <= source.band_count
+
+
+def alpha_fed_note(source) -> str | None:
+    """What to say of a TIFF whose band stored as alpha (ExtraSamples) the network reads as
+    a channel: tifffile's default for a 4-band uint16 array (RGB and near infrared) is
+    RGB plus alpha, and that band, also taken as GDAL's mask, made every pixel where the
+    near infrared was 0 no-data (18% of a scene's cells left out, and others changed)."""
+    band = getattr(source, "alpha_fed", None)
+    if band is None:
+        return None
+    return (f"band {band} is stored as an alpha band (the file's ExtraSamples), but the model reads it as a "
+            "channel: it is fed as data and not taken as a no-data mask (to mask with it, feed the other bands: "
+            "--bands)")
 
 
 def _fourth_is_alpha(page) -> bool:
@@ -1506,7 +1531,8 @@ def tiff_notes(source, mask_given: bool = False) -> list[str]:
     a no-data tag put aside, an internal mask not read (none where --mask is given:
     `mask_given`), a scale and offset GDAL states and no reader applies."""
     return [said for said in (unread_nodata_note(source), internal_mask_note(source, mask_given),
-                              scale_offset_note(source), unread_images_note(source)) if said]
+                              scale_offset_note(source), unread_images_note(source), alpha_fed_note(source))
+            if said]
 
 
 def unread_images_note(source) -> str | None:

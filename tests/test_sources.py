@@ -445,6 +445,26 @@ def test_grey_pages_of_one_series_are_bands_not_a_picture_s_colours(tmp_path):
     assert open_source(tmp_path / "rgb.tif", 1, None).read(0, 0, 20, 30).shape == (1, 20, 30)  # luma
 
 
+def test_an_alpha_band_the_network_reads_as_a_channel_is_data_not_a_mask(tmp_path):
+    """tifffile writes a 4-band uint16 array (RGB and near infrared) as RGB plus alpha: that
+    band, fed to a 4-channel network, was also GDAL's mask, and every pixel where it was
+    0 (dark water) became no-data. Fed, it is data (noted); not fed, it masks."""
+    from graphconv.sources import alpha_fed_note
+
+    scene = np.random.default_rng(4).integers(1, 10000, (4, 20, 30), dtype=np.uint16)
+    scene[3, :5, :5] = 0
+    tifffile.imwrite(tmp_path / "rgbn.tif", scene)
+    assert tifffile.TiffFile(tmp_path / "rgbn.tif").pages[0].extrasamples  # stored as alpha
+    fed = open_source(tmp_path / "rgbn.tif", 4, None)
+    assert fed.valid_pixels is None and fed.alpha_band is None
+    assert alpha_fed_note(fed).startswith("band 4 is stored as an alpha band (the file's ExtraSamples), but the "
+                                          "model reads it as a channel: it is fed as data")
+    assert alpha_fed_note(open_source(tmp_path / "rgbn.tif", 4, None, bands=(4, 3, 2, 1))) is not None
+    masked = open_source(tmp_path / "rgbn.tif", 3, None, bands=(1, 2, 3))
+    assert masked.alpha_band == 4 and alpha_fed_note(masked) is None
+    np.testing.assert_array_equal(np.asarray(masked.valid_pixels[0:20, 0:30]) != 0, scene[3] != 0)
+
+
 def test_images_written_one_by_one_are_noted_as_unread(tmp_path):
     """Pages written one by one are series of their own and only the first is read: said,
     counting those of the first's size only (a slide's label and thumbnail are not)."""
