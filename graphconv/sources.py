@@ -1536,20 +1536,29 @@ def tiff_notes(source, mask_given: bool = False) -> list[str]:
 
 
 def unread_images_note(source) -> str | None:
-    """What to say of a TIFF holding more images of the first one's size than the first
-    (pages written one by one: a z-stack, a time series, bands as separate images), which
-    tifffile gives as series of their own and graphconv does not read: the map was of
-    the first alone, without a word. A slide's label, macro and thumbnail are of other
-    sizes, and a mask (NewSubfileType 4) is read as one: not counted."""
+    """What to say of a TIFF holding other images than the first that are not smaller
+    than it, which tifffile gives as series of their own and graphconv does not read: pages
+    written one by one (a z-stack, a time series) of the first one's size, or a larger
+    image (an OME-TIFF converted from VSI, CZI or SCN may hold the overview first and the
+    slide second: the overview was mapped without a word). A slide's label, macro and
+    thumbnail, smaller than its first image, and a mask (NewSubfileType 4) are not counted."""
     tif = getattr(source, "tiff", None)
     if tif is None or len(tif.series) < 2:
         return None
-    size = _axis_sizes(tif.series[0])
-    more = [index for index, series in enumerate(tif.series) if index and _axis_sizes(series) == size
-            and not int(getattr(series.keyframe, "subfiletype", 0) or 0) & FILETYPE_MASK]
-    if not more:
+    first = _axis_sizes(tif.series[0])
+    others = [(index, _axis_sizes(series)) for index, series in enumerate(tif.series) if index
+              and not int(getattr(series.keyframe, "subfiletype", 0) or 0) & FILETYPE_MASK]
+    larger = [(index, hw) for index, hw in others if hw[0] * hw[1] > first[0] * first[1]]
+    if larger:
+        index, (h, w) = max(larger, key=lambda each: each[1][0] * each[1][1])
+        return (f"the file holds {counted(len(tif.series), 'image')}; graphconv reads the first, of {first[0]}x"
+                f"{first[1]} pixels, but image {index} is larger, {h}x{w} (an overview stored before the slide?). "
+                f"To map it, write it as a file of its own (bfconvert -series {index}, or tifffile.imread(path, "
+                f"series={index}) for one that fits in memory)")
+    same = [index for index, hw in others if hw == first]
+    if not same:
         return None
-    return (f"the file holds {counted(len(more) + 1, 'image')} of {size[0]}x{size[1]} pixels (pages written one by "
+    return (f"the file holds {counted(len(same) + 1, 'image')} of {first[0]}x{first[1]} pixels (pages written one by "
             "one: a z-stack, a time series, or bands as separate images?); only the first is read. To feed them as "
             "one image's bands, write them as one (tifffile.imwrite(path, stack) with the stack's axes, or "
             "gdal_merge.py -separate)")

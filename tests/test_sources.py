@@ -480,6 +480,12 @@ def test_images_written_one_by_one_are_noted_as_unread(tmp_path):
     assert unread_images_note(source).startswith("the file holds 3 images of 20x30 pixels (pages written one by one")
     assert "only the first is read" in unread_images_note(source)
     assert unread_images_note(open_source(tmp_path / "one.tif", 1, None)) is None
+    with tifffile.TiffWriter(tmp_path / "overview_first.tif") as tif:  # a slide converted from VSI or CZI
+        tif.write(np.zeros((20, 30), np.uint8), photometric="minisblack", contiguous=False)
+        tif.write(np.zeros((60, 90), np.uint8), photometric="minisblack", contiguous=False)
+    said = unread_images_note(open_source(tmp_path / "overview_first.tif", 1, None))
+    assert said.startswith("the file holds 2 images; graphconv reads the first, of 20x30 pixels, but image 1 is "
+                           "larger, 60x90") and "bfconvert -series 1" in said
 
 
 def test_a_downsampled_source_spans_exact_level_0_pixels(scene):
