@@ -658,6 +658,8 @@ TICK_LENGTH = 4  # the tick's pixels right of the colour bar
 TICK_GAP = 6  # between the tick and its number: nearer, the tick reads as a minus sign
 MARGIN = 6
 BLEND = 0.5  # the map's share of each pixel (--heatmap-opacity)
+ONE_SCORE_TOP = ("gives one score per cell (a sigmoid's probability?), so every cell's best class is that one "
+                 "class, whatever its score")  # why "top" of such a map is refused: it drew every cell "tumour"
 TOP_BLEND = 0.45
 LEGEND_MOST = 30  # classes a best-class legend lists; the rest are summed on one line
 PROBABILITY_OPS = ("softmax", "sigmoid")
@@ -902,7 +904,8 @@ def render_class_map(image: np.ndarray, best: np.ndarray, classes: int, field: F
     font, _ = text_font([*lines, *(text for _, text in legend)], size)  # as `_compose`'s, which says what it lacks
     stroke = max(2, size // 7)
     taken: list[tuple[float, float, float, float]] = []
-    for klass, (row, col) in _regions(best):  # largest first; a label that would overlap one is left out
+    labelled = _regions(best, min_cells=max(1, int(np.count_nonzero(best != NOT_COMPUTED) * LABELLED_SHARE)))
+    for klass, (row, col) in labelled:  # largest first; a label that would overlap one is left out
         if klass == NOT_COMPUTED:
             continue
         if sample is not None:
@@ -959,6 +962,10 @@ def class_palette(classes: int) -> np.ndarray:
 def _hue_rgb(hue: float) -> np.ndarray:
     """A saturated colour of `hue` (0..1), each channel 0..1."""
     return np.clip(np.abs((hue * 6 + np.array([0, 4, 2])) % 6 - 3) - 1, 0, 1) * 0.8 + 0.1
+
+
+LABELLED_SHARE = 0.001  # of the computed cells: a region smaller is coloured but not named (133 of a slide's 200
+# names were of one-cell tumour specks, and the picture read as tumour everywhere)
 
 
 def _regions(best: np.ndarray, min_cells: int = 1, most: int = 200) -> list[tuple[int, tuple[int, int]]]:

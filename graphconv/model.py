@@ -673,6 +673,9 @@ class Model:
                                  "draw: graphconv.compile_model(...) makes the network that slides")
         if opacity is not None and not 0 < opacity <= 1:
             raise GraphconvError(f"heatmap: opacity is more than 0 and at most 1, got {opacity!r}")
+        if klass == "top" and self.output_channels == 1:
+            raise GraphconvError(f"heatmap: 'top' of {self.graph.name}, which {images.ONE_SCORE_TOP}: draw its "
+                                 "scores, heatmap(image, 0)")
         if klass != "top":
             klass = class_index(klass, self.graph.meta.get("labels"), "heatmap: class",
                                 "or set model.labels")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from graphconv.cli import main
-from conftest import ROOT, SPECS
+from conftest import ROOT, SPECS, graphconv_in_process
 from nets import GATED
 
 
@@ -2121,3 +2121,36 @@ def test_every_help_example_parses_and_names_files_the_checkout_has(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["run", "--help"])
     assert EXAMPLES["run"][0] in capsys.readouterr().out
+
+
+ONE_SCORE_NET = """
+name: bin
+input: {shape: [1, 16, 16]}
+layers:
+  - {name: c1, op: conv, out_channels: 4, kernel_size: 5, stride: 2}
+  - {name: r1, op: relu}
+  - {name: c2, op: conv, out_channels: 1, kernel_size: 6}
+  - {name: p, op: sigmoid}
+"""
+
+
+def test_heatmap_top_of_one_score_is_refused_for_its_scores(write_spec, tmp_path, rng):
+    """A one-sigmoid tumour model's --heatmap top labelled every cell 'tumour', glass
+    included (one class is every cell's best, whatever its score), without the note
+    --reduce argmax gives; CLI and Python refuse it, naming the scores' heatmap."""
+    from PIL import Image
+
+    from graphconv import load
+    from graphconv.errors import GraphconvError
+
+    spec = write_spec(ONE_SCORE_NET)
+    Image.fromarray(rng.integers(0, 256, (40, 48), dtype=np.uint8)).save(tmp_path / "page.png")
+    refused = graphconv_in_process("run", spec, "--image", tmp_path / "page.png", "--heatmap", "top",
+                                   "--heatmap-out", tmp_path / "h.png")
+    assert refused.returncode == 2 and not (tmp_path / "h.png").exists()
+    assert "--heatmap top: bin gives one score per cell (a sigmoid's probability?), so every cell's best class is " \
+           "that one class, whatever its score: draw its scores, --heatmap 0" in refused.stderr
+    assert graphconv_in_process("run", spec, "--image", tmp_path / "page.png", "--heatmap", "0",
+                                "--heatmap-out", tmp_path / "h.png").returncode == 0
+    with pytest.raises(GraphconvError, match="heatmap: 'top' of bin, which gives one score per cell"):
+        load(spec).heatmap(tmp_path / "page.png")

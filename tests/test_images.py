@@ -747,6 +747,28 @@ def test_a_region_at_the_edge_has_its_name_drawn_whole(monkeypatch):
         assert 0 <= box[0] and box[2] <= right - left and 0 <= box[1] and box[3] <= bottom - top, box
 
 
+def test_specks_smaller_than_a_thousandth_of_the_cells_are_coloured_but_not_named(monkeypatch):
+    """133 of a slide's 200 region names were one-cell tumour specks: the picture read as
+    tumour everywhere. A region under 0.1% of the computed cells is not named."""
+    from PIL import ImageDraw
+    named, text = [], ImageDraw.ImageDraw.text
+
+    def recording(self, xy, words, *args, **kwargs):
+        if kwargs.get("anchor") == "mm":
+            named.append(words)
+        return text(self, xy, words, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", recording)
+    best = np.zeros((60, 60), int)  # 3600 cells: regions of 3 cells or less go unnamed
+    best[10, 10] = best[30, 40] = best[50, 5] = 1  # specks
+    best[40:43, 20:22] = 2  # 6 cells
+    picture = images.render_class_map(np.full((3, 248, 248), 200, np.float32), best, 3, FIELD,
+                                      ["glass", "tumour", "normal"])
+    assert sorted(named) == ["glass", "normal"]
+    pixels = np.asarray(picture).astype(int)
+    assert (np.abs(pixels - images.class_palette(3)[1]).sum(axis=2) < 60).any()  # the specks still coloured
+
+
 LABELS_BEYOND_ASCII = ["Hintergrund", "Straße", "γάτα", "собака"]
 
 
