@@ -49,7 +49,7 @@ from typing import Sequence
 
 import numpy as np
 
-from graphconv.errors import GraphconvError, counted, shown
+from graphconv.errors import GraphconvError, counted, shown, shown_path
 from graphconv.images import stores_values
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf8")
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, what Pillow's "L" uses
@@ -881,6 +881,21 @@ SPATIAL_NAMES = {"y": "Y", "x": "X", "lat": "Y", "lon": "X", "latitude": "Y", "l
                  "col": "X", "rows": "Y", "cols": "X", "column": "X", "columns": "X", "height": "Y", "width": "X"}
 
 
+def _arrays_in_group(zarr, path: str) -> str | None:
+    """Where `path` is a zarr group (xarray's Dataset.to_zarr writes one, its image an array
+    in it), which of its arrays of two dimensions or more to give instead; None where it
+    is no group or holds none."""
+    try:
+        group = zarr.open_group(path, mode="r")
+        arrays = [(name, array.shape) for name, array in group.arrays() if len(array.shape) >= 2]
+    except Exception:  # not a group either: zarr's own message says what it is
+        return None
+    if not arrays:
+        return None
+    listed = ", ".join(f"{shown_path(os.path.join(path, name))} {'x'.join(map(str, shape))}" for name, shape in arrays)
+    return f"it is a zarr group (as xarray writes a Dataset); give one of its arrays: {listed}"
+
+
 def _zarr_source(path: str, channels: int, preprocess: dict | None, bands: Sequence[int] | None) -> ArrayLikeSource:
     """A zarr array, its axes as its dimension names place them (`_named_view`), a
     picture only where it looks like one (`_looks_like_picture`: zarr says nothing of
@@ -889,7 +904,8 @@ def _zarr_source(path: str, channels: int, preprocess: dict | None, bands: Seque
     try:
         array = zarr.open_array(path, mode="r")
     except Exception as err:  # zarr raises several types for a folder that is not an array
-        raise GraphconvError(f"cannot open as a zarr array: {err}", file=path) from None
+        raise GraphconvError(f"cannot open as a zarr array: {_arrays_in_group(zarr, path) or err}",
+                             file=path) from None
     view, axes = _named_view(array, path)
     source = ArrayLikeSource(path, view, channels, preprocess, axes=axes, bands=bands, picture=None)
     source.nodata = _zarr_nodata(array)

@@ -465,6 +465,18 @@ def test_an_alpha_band_the_network_reads_as_a_channel_is_data_not_a_mask(tmp_pat
     np.testing.assert_array_equal(np.asarray(masked.valid_pixels[0:20, 0:30]) != 0, scene[3] != 0)
 
 
+def test_a_zarr_group_is_refused_naming_its_image_arrays(tmp_path):
+    """A Dataset written by xarray is a group: "No array found in store" said nothing of
+    the path that works, the image array in it."""
+    zarr = pytest.importorskip("zarr")
+    group = zarr.open_group(str(tmp_path / "scene.zarr"), mode="w")
+    group.create_array("reflectance", shape=(4, 20, 30), dtype="uint16")
+    group.create_array("x", shape=(30,), dtype="float64")  # coordinates: no image
+    with pytest.raises(GraphconvError, match="it is a zarr group \\(as xarray writes a Dataset\\); give one of its "
+                                             "arrays: .*scene.zarr/reflectance 4x20x30$"):
+        open_source(tmp_path / "scene.zarr", 4, None)
+
+
 def test_images_written_one_by_one_are_noted_as_unread(tmp_path):
     """Pages written one by one are series of their own and only the first is read: said,
     counting those of the first's size only (a slide's label and thumbnail are not)."""
