@@ -121,6 +121,9 @@ def main() -> int:
     options.inter_op_num_threads = 1
     cases = blocks(torch.nn)
     wanted = args.cases.split(",") if args.cases else list(cases)
+    unknown = [key for key in wanted if key not in cases]
+    if unknown:
+        parser.error(f"--cases {','.join(unknown)}: no such case; the cases are {','.join(cases)}")
     folder = Path(tempfile.mkdtemp())
     rows = []
     for key in wanted:
