@@ -453,7 +453,8 @@ def test_an_alpha_band_the_network_reads_as_a_channel_is_data_not_a_mask(tmp_pat
 
     scene = np.random.default_rng(4).integers(1, 10000, (4, 20, 30), dtype=np.uint16)
     scene[3, :5, :5] = 0
-    tifffile.imwrite(tmp_path / "rgbn.tif", scene)
+    tifffile.imwrite(tmp_path / "rgbn.tif", scene, photometric="rgb", planarconfig="separate",
+                     extrasamples=["unassalpha"])  # what tifffile's defaults write (until a later version)
     assert tifffile.TiffFile(tmp_path / "rgbn.tif").pages[0].extrasamples  # stored as alpha
     fed = open_source(tmp_path / "rgbn.tif", 4, None)
     assert fed.valid_pixels is None and fed.alpha_band is None
