@@ -2479,6 +2479,7 @@ def _float_list(text: str) -> list[float]:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from graphconv.errors import Location
     from graphconv.frontends.onnx_export import ExportOptions, declared_dims, export_model
 
     if args.output == "-":
@@ -2489,7 +2490,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     model = load_model(args, args.model)
     options = ExportOptions(input_size=tuple(args.input_size) if args.input_size else None, batch=args.batch,
                             pixels=args.pixels, argmax=args.argmax)
-    for text in export_model(model, args.output, flag="-o", options=options):
+    try:
+        notes = export_model(model, args.output, flag="-o", options=options)
+    except GraphconvError as err:  # an option the model cannot take (--input-size, --pixels): named by the model
+        err.loc = err.loc or Location(str(args.model))
+        raise
+    for text in notes:
         note(text)
     if "compiled" not in model.graph.meta and not model.segmentation:  # a segmentation network is dense as written
         note(f"note: {args.model} is not compiled; exported the network as written (graphconv "

@@ -941,5 +941,5 @@ def test_export_refuses_a_fixed_size_or_pixels_the_network_cannot_take_and_write
         model.preprocess = {"values": "stored", "scale": 0.0001}
         model.save(folder)
     assert main(["export", str(folder), "-o", str(tmp_path / "x.onnx"), *options]) == 2
-    assert refusal in capsys.readouterr().err
+    assert f"{folder.name}: {refusal}" in capsys.readouterr().err  # named by the model (relative to the cwd)
     assert not (tmp_path / "x.onnx").exists()

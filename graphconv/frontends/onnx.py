@@ -116,7 +116,10 @@ def _drop_the_classes_output(model) -> None:
     from graphconv.frontends.onnx_export import METADATA_PREFIX
 
     stated = next((prop.value for prop in model.metadata_props if prop.key == METADATA_PREFIX + "classes_output"), None)
-    name = json.loads(stated) if stated and stated.startswith('"') else None
+    try:
+        name = json.loads(stated) if stated else None
+    except ValueError:  # not what graphconv's export writes: nothing is dropped, and the outputs are refused
+        name = None
     makers = [node for node in model.graph.node if node.op_type == "ArgMax" and list(node.output) == [name]]
     if len(model.graph.output) < 2 or len(makers) != 1:
         return
