@@ -29,7 +29,8 @@ import numpy as np
 from graphconv.arrays import load_npy
 from graphconv.background import DEFAULT_MAX_NODATA, DEFAULT_THRESHOLD
 from graphconv.backends import device_choices
-from graphconv.errors import GraphconvError, GraphconvWarning, PassError, agreeing, counted, nearest, printable, shown
+from graphconv.errors import (GraphconvError, GraphconvWarning, PassError, agreeing, counted, nearest, printable,
+                              shown, shown_path)
 from graphconv.files import (atomic_write, check_model_target, check_writable, committed_outputs, forget_committed,
                              spare_the_model)
 from graphconv.georef import is_tiff_output
@@ -532,6 +533,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plugin_option(exp, PLUGIN_OPS_HELP)
     exp.set_defaults(handler=cmd_export)
 
+    cells = sub.add_parser("cells", help="write a map's cells as GeoJSON (QuPath, QGIS) or CSV",
+                           description="Write the cells of MAP (a .tif or .zarr map graphconv run wrote: it "
+                                       "states where its cells stand) as GeoJSON or CSV, as the output's name "
+                                       "says: each cell the square a stride wide around its centre, with its best "
+                                       "class and every class's score. Over an image with no georeference (a "
+                                       "slide) the coordinates are its full-resolution pixels, each cell a QuPath "
+                                       "tile classified by its best class with its scores as measurements (drag "
+                                       "the .geojson onto the slide in QuPath); over a georeferenced image they "
+                                       "are its CRS, each cell's scores flat attributes (QGIS, geopandas). Cells "
+                                       "not computed are left out. An existing file is replaced only if "
+                                       "graphconv wrote it.")
+    cells.add_argument("map", type=_path, help=".tif or .zarr map written by graphconv run")
+    cells.add_argument("--output", "-o", type=_path, required=True, metavar="CELLS.geojson|CELLS.csv",
+                       help="the file to write: .geojson or .csv")
+    cells.add_argument("--top-class", type=_class_list, metavar="K1,K2,...",
+                       help="only the cells whose best class is one of these (class indices, or names as the "
+                            "model's labels have them): the tumour tiles of a slide")
+    cells.add_argument("--min-score", type=_finite_float, metavar="S",
+                       help="only the cells whose best score is at least S (a confident call; not of a "
+                            "--reduce argmax map, which holds no scores)")
+    cells.set_defaults(handler=cmd_cells)
+
     lst = sub.add_parser("passes", help="list the registered passes",
                          description="List built-in and plugin passes, one line each.")
     _add_plugin_option(lst)
@@ -539,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (run, comp, insp, ver, exp):
         _add_model_files_options(command)
     for name, command in (("run", run), ("compile", comp), ("inspect", insp), ("verify", ver), ("import", imp),
-                          ("export", exp), ("passes", lst)):
+                          ("export", exp), ("cells", cells), ("passes", lst)):
         _add_common_options(command, defaults=False)
         command.epilog = "examples (in graphconv's checkout):\n" + "\n".join(f"  {line}" for line in EXAMPLES[name])
         command.formatter_class = _ExamplesKeptFormatter
@@ -552,7 +575,8 @@ EXAMPLES = {
     "run": ("graphconv run out/digits-fcn --image examples/digits_page.png --output out/scores.npy --heatmap 7",
             "graphconv run out/digits-fcn --image examples/digits_page.png --heatmap top --top 3",
             "graphconv run out/digits-fcn --images examples --output-dir out/maps --top 3",
-            "graphconv run specs/digits.yaml --image examples/digits_page.png --crops --output out/crops.npy"),
+            "graphconv run specs/digits.yaml --image examples/digits_page.png --crops --output out/crops.npy",
+            "graphconv run out/digits-fcn --image examples/digits_page.png --tile 256 --output out/map.tif"),
     "compile": ("graphconv compile specs/digits.yaml -o out/digits-fcn",
                 "graphconv compile specs/alexnet.yaml -o out/alexnet-s16 --output-stride 16",
                 "graphconv compile specs/digits.yaml -o out/digits-raw --plugin examples/my_passes.py "
@@ -565,6 +589,8 @@ EXAMPLES = {
     "import": ("graphconv import resnet18.onnx -o resnet18.yaml --scale 0.00392157 --mean 0.485,0.456,0.406 "
                "--std 0.229,0.224,0.225 --labels classes.txt",),
     "export": ("graphconv export out/digits-fcn -o out/digits-fcn.onnx",),
+    "cells": ("graphconv cells out/map.tif -o out/cells.geojson",
+              "graphconv cells out/map.tif -o out/sevens.csv --top-class 7 --min-score 0.9"),
     "passes": ("graphconv passes", "graphconv passes --plugin examples/my_passes.py"),
 }
 
@@ -1079,6 +1105,10 @@ def _check_outputs_spare_the_inputs(args: argparse.Namespace) -> None:
     if args.output and Path(args.output).suffix.lower() in PICTURE_SUFFIXES:
         raise GraphconvError("--output writes the scores (.npy, .zarr, or .tif); a picture of them is "
                              "--heatmap CLASS --heatmap-out FILE", file=args.output)
+    if args.output and Path(args.output).suffix.lower() in (".geojson", ".csv"):
+        raise GraphconvError("--output writes the scores (.npy, .zarr, or .tif); for the cells as GeoJSON or "
+                             "CSV write the map as .tif or .zarr, then: graphconv cells MAP.tif -o "
+                             f"{shlex.quote(shown_path(args.output))}", file=args.output)
     if args.output and Path(args.output.rstrip("/")).suffix.lower() not in MAP_SUFFIXES:
         raise GraphconvError("--output writes the scores as .npy, .zarr or .tif: name it so (the name says "
                              "the format)", file=args.output)
@@ -2472,6 +2502,16 @@ def _preprocess_options(args: argparse.Namespace, channels: int) -> dict:
     return block
 
 
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {shown(text)}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got '{text}'")
+    return value
+
+
 def _float_list(text: str) -> list[float]:
     return _comma_list(text, float, "finite numbers", lambda values: all(math.isfinite(v) for v in values))
 
@@ -2505,6 +2545,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     classes = f", and top classes {' x '.join(map(str, [out_dims[0], *out_dims[2:]]))}" if options.argmax else ""
     print(printable(f"exported {args.model} -> {args.output} (ONNX op set 19; input{pixels} "
                     f"{' x '.join(map(str, in_dims))}, output {' x '.join(map(str, out_dims))}{classes})"))
+    return 0
+
+
+def cmd_cells(args: argparse.Namespace) -> int:
+    from graphconv.cells import write_cells
+    from graphconv.errors import Location
+
+    if args.output == "-":
+        raise GraphconvError("-o -: cells writes a file, not standard output; give its name (cells.geojson)")
+    try:
+        result = write_cells(args.map, args.output, top_classes=args.top_class, min_score=args.min_score)
+    except GraphconvError as err:  # a class the map does not have: named by the map
+        err.loc = err.loc or Location(str(args.map))
+        raise
+    for text in result.notes:
+        note(text)
+    if not result.written and result.computed:
+        note(f"note: none of the {result.computed} computed cells has a best class and score as asked "
+             "(--top-class, --min-score): the file holds no cells")
+    print(printable(f"{result.written} of {result.computed} computed cells of {args.map} -> {args.output} "
+                    f"(coordinates: {result.coordinates})"))
     return 0
 
 

@@ -1,0 +1,483 @@
+"""A finished map's cells as vector data, for the tools that show, count or join them:
+GeoJSON (QuPath's tiles over a slide, or polygons in a GeoTIFF's CRS for QGIS and
+geopandas) and CSV (a row per cell). `graphconv cells MAP -o CELLS.geojson`.
+
+It reads the .tif and .zarr maps `graphconv run` writes, because they say what a viewer
+needs and an .npy cannot: where their cells stand on the image at full resolution
+(`georef.CellPlacement.as_dict`), what their channels hold (classes, labels, a
+`--reduce argmax` map's class values) and, over a georeferenced image, the map's own
+georeference. Each cell becomes the square a stride wide centred on its centre, so the
+squares tile the image as the map's pixels do (its crop, `cell_area_hw`, is wider: crops
+overlap); cells not computed (NaN, 65535 in a class map: glass, no-data, outside a
+--mask) are left out.
+
+The coordinates follow the tool that reads them. Over an image with no georeference
+(a slide, a photo): pixels of the image at full resolution, x right and y down, pixel k
+spanning k..k+1, as QuPath's GeoJSON import reads them, each cell a QuPath "tile" with
+its best class as its classification and its scores as measurements. Over a
+georeferenced image: the image's CRS through the map's affine (named in the "crs" member
+GDAL reads where the GeoKeys give an EPSG code), each cell's properties flat (row, col,
+top_class, top_score, a score per class) as QGIS and geopandas list attributes.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence, TextIO
+
+import numpy as np
+
+from graphconv.errors import GraphconvError
+
+CELL_FORMATS = (".geojson", ".csv")
+BLOCK_BYTES = 32 << 20  # of a map read at once: a slide's map of 1000 classes is far larger than memory
+NOT_COMPUTED_CLASS = 65535  # a --reduce argmax map's cells not computed (its no-data)
+COORDINATE_DIGITS = 10  # significant digits of a coordinate: 0.1 mm in UTM metres, ~1 mm in degrees
+SCORE_DIGITS = 9  # what float32 needs to come back bit for bit
+PIXEL_UNITS = "pixels of the image at full resolution (a pyramid's level 0), x right, y down, pixel k spanning k..k+1"
+CSV_LEAD = ("row", "col", "x", "y", "top_class")  # how a CSV of cells graphconv wrote begins
+
+
+@dataclass(frozen=True)
+class StoredMap:
+    """A map graphconv wrote, opened for reading: `bands` (K, rows, cols) read as sliced,
+    `placement` what it says of its cells (`CellPlacement.as_dict`, its contents
+    included), `geo` its own georeference (raster (col, row) of its cells -> the image's
+    CRS), or None."""
+
+    path: str
+    bands: Any
+    placement: dict
+    geo: Any
+
+    @property
+    def is_class_map(self) -> bool:
+        """A --reduce argmax map: one band of class values, no scores."""
+        return np.dtype(self.bands.dtype) == np.uint16 and self.bands.shape[0] == 1
+
+    @property
+    def classes(self) -> list[int]:
+        """The model's class index of each band (of each candidate, in a class map)."""
+        stated = self.placement.get("classes")
+        return [int(c) for c in stated] if stated else list(range(self.bands.shape[0]))
+
+    @property
+    def names(self) -> list[str]:
+        """Each class's name: its label, or "class K" (made distinct, a measurement's key)."""
+        labels = self.placement.get("labels") or []
+        names = [str(labels[i]) if i < len(labels) else f"class {c}" for i, c in enumerate(self.classes)]
+        return _distinct(names)
+
+
+def _distinct(names: list[str], taken: Sequence[str] = ()) -> list[str]:
+    """`names`, a repeated or `taken` one given its position ("tumour (2)"): two columns or
+    measurements of one name would lose one."""
+    seen, out = set(taken), []
+    for i, name in enumerate(names):
+        unique = name if name not in seen else f"{name} ({i})"
+        seen.add(unique)
+        out.append(unique)
+    return out
+
+
+@contextmanager
+def opened_map(path: str) -> Iterator[StoredMap]:
+    """The .tif or .zarr map at `path`, refused unless graphconv wrote it with a placement
+    (an .npy, a user's raster, a map of an --input array, a batch of several images)."""
+    path = str(path)
+    if path.rstrip("/").lower().endswith(".zarr"):
+        yield _zarr_map(path)
+        return
+    from graphconv.georef import is_tiff_output
+    if not is_tiff_output(path):
+        hint = (" (an .npy holds no word of where its cells stand: write the map with --output MAP.tif or "
+                "MAP.zarr, or --output-format tif with --images)" if path.lower().endswith(".npy") else "")
+        raise GraphconvError(f"cells reads a .tif or .zarr map graphconv run wrote{hint}", file=path)
+    with _tiff_map(path) as stored:
+        yield stored
+
+
+@contextmanager
+def _tiff_map(path: str) -> Iterator[StoredMap]:
+    from graphconv.georef import _tifffile, read_georeference, stated_placement
+
+    if not os.path.isfile(path):
+        raise GraphconvError("no such file", file=path)
+    placement = stated_placement(path)
+    if placement is None:
+        raise GraphconvError("is not a map graphconv wrote (its description does not say so): cells reads the "
+                             ".tif and .zarr maps of graphconv run", file=path)
+    _check_placed(placement, path)
+    with _tifffile().TiffFile(path) as tif:
+        series = tif.series[0]
+        bands = _lazy_bands(series)
+        yield StoredMap(path, bands, placement, read_georeference(path))
+
+
+def _lazy_bands(series) -> Any:
+    """A TIFF map's bands as (K, rows, cols), read a slice at a time through zarr where it
+    is installed (the `scale` extra), else whole (within the memory budget)."""
+    try:
+        import zarr
+        bands = zarr.open(series.aszarr(), mode="r")
+    except ImportError:
+        from graphconv.memory import check_fits
+        check_fits(int(np.prod(series.shape)) * np.dtype(series.dtype).itemsize, "the map, read whole "
+                   "(pip install zarr reads it a slice at a time)")
+        bands = series.asarray()
+    return bands if bands.ndim == 3 else _OneBand(bands)
+
+
+class _OneBand:
+    """A one-band TIFF map (rows, cols) seen as (1, rows, cols)."""
+
+    def __init__(self, band):
+        self.band, self.dtype, self.shape = band, band.dtype, (1, *band.shape)
+
+    def __getitem__(self, index):
+        _, rows, cols = index
+        return np.asarray(self.band[rows, cols])[None]
+
+
+def _zarr_map(path: str) -> StoredMap:
+    from graphconv.georef import read_zarr_georeference
+    from graphconv.sources import require
+    from graphconv.tiling import ZARR_MAP_ATTRIBUTE
+
+    if not os.path.isdir(path):
+        raise GraphconvError("no such zarr map (a folder)", file=path)
+    try:
+        array = require("zarr").open_array(path, mode="r")
+    except Exception as err:  # noqa: BLE001 - zarr's own errors for a group, a damaged store
+        raise GraphconvError(f"is not a zarr array graphconv wrote: {err}", file=path) from None
+    placement = dict(array.attrs).get(ZARR_MAP_ATTRIBUTE)
+    if not isinstance(placement, dict):
+        raise GraphconvError("is not a map graphconv wrote (no 'graphconv' attribute): cells reads the .tif "
+                             "and .zarr maps of graphconv run", file=path)
+    _check_placed(placement, path)
+    if array.ndim != 4 or array.shape[0] != 1:
+        raise GraphconvError(f"holds a {tuple(array.shape)} array; cells reads the map of one image "
+                             "(1, classes, rows, cols)", file=path)
+    return StoredMap(path, _FirstImage(array), placement, read_zarr_georeference(path)[0])
+
+
+class _FirstImage:
+    """A zarr map's one image, (1, K, rows, cols) seen as (K, rows, cols)."""
+
+    def __init__(self, array):
+        self.array, self.dtype, self.shape = array, array.dtype, tuple(array.shape[1:])
+
+    def __getitem__(self, index):
+        return self.array[(0, *index)]
+
+
+def _check_placed(placement: dict, path: str) -> None:
+    if not all(isinstance(placement.get(key), list) and len(placement[key]) == 2
+               for key in ("first_cell_centre_yx", "cell_step_yx")):
+        raise GraphconvError("states no placement for its cells (a map of an --input array stands on no "
+                             "image): cells places them on the image it was made of", file=path)
+
+
+@dataclass(frozen=True)
+class CellsWritten:
+    """What `write_cells` wrote: how many cells of how many computed, and in which coordinates."""
+
+    written: int
+    computed: int
+    coordinates: str
+    notes: tuple[str, ...] = ()
+
+
+def write_cells(map_path: str, output: str, top_classes: Sequence[int | str] | None = None,
+                min_score: float | None = None) -> CellsWritten:
+    """Write the cells of the map at `map_path` (a .tif or .zarr `graphconv run` wrote)
+    to `output`, GeoJSON (.geojson) or CSV (.csv) as its name says, replacing only a file
+    graphconv wrote. `top_classes` (indices of the model's classes, or their labels)
+    keeps the cells whose best class is one of them; `min_score` the cells whose best
+    score is at least it (not of a class map, which holds no scores). The file appears
+    only once complete."""
+    from graphconv.files import atomic_write
+
+    output = str(output)
+    kind = _format_of(output)
+    if os.path.abspath(output.rstrip("/")) == os.path.abspath(str(map_path).rstrip("/")):
+        raise GraphconvError("the output is the map itself; write the cells somewhere else", file=output)
+    _check_replaceable(output, kind)
+    with opened_map(map_path) as stored:
+        keep = _Selection.of(stored, top_classes, min_score)
+        frame = _Frame.of(stored)
+        counts: list[int] = []
+        writer = _write_geojson if kind == ".geojson" else _write_csv
+
+        def write(path: str) -> None:
+            with open(path, "w", encoding="utf-8", newline="") as fp:
+                counts[:] = writer(fp, stored, frame, keep)
+
+        atomic_write(output, write, suffix=kind)
+    written, computed = counts
+    return CellsWritten(written, computed, frame.describe(), frame.notes)
+
+
+def _format_of(output: str) -> str:
+    suffix = os.path.splitext(output.rstrip("/"))[1].lower()
+    if suffix not in CELL_FORMATS:
+        raise GraphconvError("cells writes GeoJSON (.geojson) or CSV (.csv): name the output so (the name says "
+                             "the format)", file=output)
+    return suffix
+
+
+def _check_replaceable(output: str, kind: str) -> None:
+    """An existing output is replaced only where graphconv wrote it (its first bytes say so)."""
+    if not os.path.lexists(output):
+        return
+    if os.path.isdir(output):
+        raise GraphconvError("is a folder; give a file name", file=output)
+    try:
+        with open(output, encoding="utf-8", errors="replace") as fp:
+            head = fp.read(256)
+    except OSError:
+        head = ""
+    ours = head.startswith(_GEOJSON_HEAD) if kind == ".geojson" else head.startswith(",".join(CSV_LEAD))
+    if not ours:
+        raise GraphconvError("is already there and is not a file of cells graphconv wrote: choose another name",
+                             file=output)
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """Which computed cells are written: by their best class (band positions) and score."""
+
+    bands: frozenset[int] | None
+    min_score: float | None
+
+    @classmethod
+    def of(cls, stored: StoredMap, top_classes, min_score) -> _Selection:
+        if min_score is not None and stored.is_class_map:
+            raise GraphconvError("--min-score keeps cells by their best score: this map holds each cell's class "
+                                 "alone (--reduce argmax); map the scores to choose by them", file=stored.path)
+        if top_classes is None:
+            return cls(None, min_score)
+        from graphconv.cli import class_index
+
+        labels = stored.placement.get("labels")
+        positions = set()
+        for name in top_classes:
+            index = class_index(name, labels, "--top-class", "or write the map with a labelled model")
+            if index not in stored.classes:
+                raise GraphconvError(f"--top-class {name}: class {index} is not in this map (its classes: "
+                                     f"{', '.join(map(str, stored.classes))})", file=stored.path)
+            positions.add(stored.classes.index(index))
+        return cls(frozenset(positions), min_score)
+
+    def cells(self, block: np.ndarray, class_map: bool, classes: list[int]
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, int]:
+        """Of a (K, h, w) block: the kept cells' (rows, cols) in the block, their best
+        band, their best score (None for a class map), and how many cells were computed."""
+        if class_map:
+            values = block[0].astype(np.int64)
+            computed = values != NOT_COMPUTED_CLASS
+            best = _band_of_class(values, classes, computed)
+            score = None
+        else:
+            computed = ~np.isnan(block).all(axis=0)
+            filled = np.where(np.isnan(block), -np.inf, block)
+            best = filled.argmax(axis=0)
+            score = np.take_along_axis(filled, best[None], axis=0)[0]
+        keep = computed.copy()
+        if self.bands is not None:
+            keep &= np.isin(best, list(self.bands))
+        if self.min_score is not None:
+            keep &= score >= self.min_score
+        rows, cols = np.nonzero(keep)
+        return rows, cols, best[rows, cols], (None if score is None else score[rows, cols]), int(computed.sum())
+
+
+def _band_of_class(values: np.ndarray, classes: list[int], computed: np.ndarray) -> np.ndarray:
+    """A class map's values (the model's class indices) as positions in its `classes`."""
+    lookup = np.full(max(classes) + 1, -1, np.int64)
+    lookup[classes] = np.arange(len(classes))
+    best = np.where(computed & (values < len(lookup)), lookup[np.clip(values, 0, len(lookup) - 1)], -1)
+    stray = computed & (best < 0)
+    if stray.any():
+        raise GraphconvError(f"a class map holding class {int(values[stray][0])}, which is not among the classes "
+                             f"it states ({', '.join(map(str, classes))}): damaged, or not graphconv's")
+    return best
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """Where cell (r, c)'s square lies in the output's coordinates: `corners(rows, cols)`,
+    (n, 5, 2) closed rings of x, y counter-clockwise as RFC 7946 asks, and `centres`."""
+
+    affine: np.ndarray  # 2x3: (col, row, 1) of the map's cell grid, corners at whole numbers -> (x, y)
+    crs: str | None  # the GeoJSON "crs" name, where the coordinates are a georeference's
+    georeferenced: bool
+    notes: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, stored: StoredMap) -> _Frame:
+        geo = stored.geo
+        if geo is None:
+            (fy, fx), (sy, sx) = stored.placement["first_cell_centre_yx"], stored.placement["cell_step_yx"]
+            affine = np.array([[sx, 0.0, fx - sx / 2], [0.0, sy, fy - sy / 2]], np.float64)
+            return cls(affine, None, False)
+        corner = geo.corner_affine()
+        if corner is None:
+            raise GraphconvError("is placed by ground control points, which no affine fits exactly: GeoJSON "
+                                 "polygons need one (warp the .tif map with gdalwarp, then gdal_polygonize)",
+                                 file=stored.path)
+        epsg = geo.epsg
+        if epsg is None:
+            return cls(np.asarray(corner, np.float64), None, True,
+                       ("note: the map's georeference names no EPSG code: the coordinates are in its CRS, which "
+                        "the file does not name (set it when you open it in QGIS)",))
+        name = "urn:ogc:def:crs:OGC:1.3:CRS84" if epsg == 4326 else f"urn:ogc:def:crs:EPSG::{epsg}"
+        return cls(np.asarray(corner, np.float64), name, True)
+
+    def describe(self) -> str:
+        if not self.georeferenced:
+            return PIXEL_UNITS
+        return f"the image's CRS ({self.crs.rsplit(':', 1)[-1] if self.crs else 'not named'})"
+
+    def _place(self, cols: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        (a, b, c), (d, e, f) = self.affine
+        return np.stack([a * cols + b * rows + c, d * cols + e * rows + f], axis=-1)
+
+    def _ring_steps(self) -> tuple[np.ndarray, np.ndarray]:
+        """The corners of a cell's square, as (column, row) steps from its first, in
+        the order that turns counter-clockwise in the output's x, y."""
+        dc = np.array([0, 1, 1, 0, 0])
+        dr = np.array([0, 0, 1, 1, 0])
+        if np.linalg.det(self.affine[:, :2]) < 0:  # north-up: rows run south, the ring would turn clockwise
+            return dc[::-1].copy(), dr[::-1].copy()
+        return dc, dr
+
+    def corners(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        dc, dr = self._ring_steps()
+        return self._place(cols[:, None] + dc, rows[:, None] + dr)
+
+    def rings(self, rows: np.ndarray, cols: np.ndarray) -> list[str]:
+        """Each cell's square as GeoJSON's ring, `[x, y], ...`. Where x follows the
+        column alone and y the row (a slide's pixels, a north-up GeoTIFF), each edge's
+        number is formatted once, not for each of the four cells that share it: half of
+        the GeoJSON's time."""
+        (a, b, c), (d, e, f) = self.affine
+        if b != 0 or d != 0 or not len(rows):
+            return [", ".join(f"[{_number(x, COORDINATE_DIGITS)}, {_number(y, COORDINATE_DIGITS)}]" for x, y in ring)
+                    for ring in self.corners(rows, cols).tolist()]
+        first_col, first_row = int(cols.min()), int(rows.min())
+        xs = [_number(a * k + c, COORDINATE_DIGITS) for k in range(first_col, int(cols.max()) + 2)]
+        ys = [_number(e * k + f, COORDINATE_DIGITS) for k in range(first_row, int(rows.max()) + 2)]
+        steps = list(zip(*self._ring_steps()))
+        return [", ".join(f"[{xs[col + dc]}, {ys[row + dr]}]" for dc, dr in steps)
+                for row, col in zip((rows - first_row).tolist(), (cols - first_col).tolist())]
+
+    def centres(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return self._place(cols + 0.5, rows + 0.5)
+
+
+def _blocks(stored: StoredMap) -> Iterator[tuple[int, np.ndarray]]:
+    """The map in blocks of whole rows, each (first row, (K, h, w) array) within BLOCK_BYTES."""
+    classes, rows, cols = stored.bands.shape
+    per_row = max(1, classes * cols * np.dtype(stored.bands.dtype).itemsize)
+    step = max(1, BLOCK_BYTES // per_row)
+    for first in range(0, rows, step):
+        yield first, np.asarray(stored.bands[:, first:first + step, :])
+
+
+def _number(value: float, digits: int, missing: str = "null") -> str:
+    """A number as JSON and CSV write it; a score the network made infinite or NaN is
+    `missing` (JSON has no word for them)."""
+    return f"{value:.{digits}g}" if math.isfinite(value) else missing
+
+
+_GEOJSON_HEAD = '{"type": "FeatureCollection", "graphconv": '
+
+
+def _write_geojson(fp: TextIO, stored: StoredMap, frame: _Frame, keep: _Selection) -> tuple[int, int]:
+    """A FeatureCollection written a block of rows at a time: its header (what it is of,
+    in which coordinates, the CRS), then one Feature per kept cell."""
+    from graphconv import __version__
+    from graphconv.images import class_palette
+
+    names = stored.names
+    colours = class_palette(len(names)).round().astype(int).tolist()
+    about = {"written_by": f"graphconv {__version__}", "map": os.path.abspath(stored.path),
+             "image": stored.placement.get("image"), "model": stored.placement.get("model"),
+             "coordinates": frame.describe(), "cells": "each the square a stride wide centred on its cell's centre"}
+    fp.write(_GEOJSON_HEAD + json.dumps(about))
+    if frame.crs:
+        fp.write(', "crs": ' + json.dumps({"type": "name", "properties": {"name": frame.crs}}))
+    fp.write(', "features": [')
+    quoted = [json.dumps(name) for name in names]
+    score_keys = [json.dumps(name) for name in _distinct(names, _FLAT_KEYS)]  # a class named "row" keeps its row
+    written = computed = 0
+    for first, block in _blocks(stored):
+        rows, cols, best, scores, counted = keep.cells(block, stored.is_class_map, stored.classes)
+        computed += counted
+        rings = frame.rings(rows + first, cols)
+        cell_scores = None if scores is None else block[:, rows, cols].T.tolist()  # Python floats format faster
+        for i, (row, col, top) in enumerate(zip((rows + first).tolist(), cols.tolist(), best.tolist())):
+            ring = rings[i]
+            values = None if cell_scores is None else cell_scores[i]
+            properties = (_flat_properties(row, col, top, values, quoted, score_keys)
+                          if frame.georeferenced else _qupath_properties(top, values, quoted, colours))
+            fp.write(("," if written else "") + '\n{"type": "Feature", "geometry": {"type": "Polygon", '
+                     f'"coordinates": [[{ring}]]}}, "properties": {properties}}}')
+            written += 1
+    fp.write("\n]}\n")
+    return written, computed
+
+
+def _qupath_properties(best: int, values: np.ndarray | None, quoted: list[str], colours: list) -> str:
+    """A QuPath tile: its classification (name and colour, the class picture's) and, for
+    a map of scores, every class's score as a measurement."""
+    colour = colours[best]
+    text = (f'{{"objectType": "tile", "classification": {{"name": {quoted[best]}, '
+            f'"color": [{colour[0]}, {colour[1]}, {colour[2]}]}}')
+    if values is not None:
+        text += ', "measurements": {' + ", ".join(
+            f"{name}: {_number(v, SCORE_DIGITS)}" for name, v in zip(quoted, values)) + "}"
+    return text + "}"
+
+
+def _flat_properties(row: int, col: int, best: int, values: np.ndarray | None, quoted: list[str],
+                     score_keys: list[str]) -> str:
+    """A GIS feature's attributes, one column each: the cell's row and column in the map,
+    its best class and score, and every class's score."""
+    text = f'{{"row": {row}, "col": {col}, "top_class": {quoted[best]}'
+    if values is not None:
+        text += f', "top_score": {_number(values[best], SCORE_DIGITS)}, ' + ", ".join(
+            f"{key}: {_number(v, SCORE_DIGITS)}" for key, v in zip(score_keys, values))
+    return text + "}"
+
+
+_FLAT_KEYS = ("row", "col", "top_class", "top_score")
+
+
+def _write_csv(fp: TextIO, stored: StoredMap, frame: _Frame, keep: _Selection) -> tuple[int, int]:
+    """A row per kept cell: its row and column in the map, its centre (x, y) in the
+    GeoJSON's coordinates, its best class and score, and every class's score."""
+    names = stored.names
+    scored = not stored.is_class_map
+    out = csv.writer(fp, lineterminator="\n")
+    out.writerow([*CSV_LEAD, *(["top_score", *_distinct(names, (*CSV_LEAD, "top_score"))] if scored else [])])
+    written = computed = 0
+    for first, block in _blocks(stored):
+        rows, cols, best, scores, counted = keep.cells(block, stored.is_class_map, stored.classes)
+        computed += counted
+        centres = frame.centres(rows + first, cols).tolist()
+        cell_scores = block[:, rows, cols].T.tolist() if scored else None
+        for i, (row, col, top) in enumerate(zip((rows + first).tolist(), cols.tolist(), best.tolist())):
+            line = [row, col, _number(centres[i][0], COORDINATE_DIGITS, ""),
+                    _number(centres[i][1], COORDINATE_DIGITS, ""), names[top]]
+            if scored:
+                line += [_number(cell_scores[i][top], SCORE_DIGITS, ""),
+                         *(_number(v, SCORE_DIGITS, "") for v in cell_scores[i])]
+            out.writerow(line)
+            written += 1
+    return written, computed

@@ -1,0 +1,268 @@
+"""A map's cells as GeoJSON and CSV (graphconv.cells, `graphconv cells`): each cell's
+square where the map says its cell stands (a slide's pixels for QuPath, a GeoTIFF's CRS
+for QGIS), its best class and every score as the map holds them, bit for bit."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+tifffile = pytest.importorskip("tifffile")
+
+from conftest import SPECS, graphconv_in_process  # noqa: E402
+from graphconv.cells import write_cells  # noqa: E402
+from graphconv.errors import GraphconvError  # noqa: E402
+from graphconv.georef import CellPlacement, read_georeference, write_map_tiff  # noqa: E402
+from test_georef import UTM_33N_AREA, UTM_33N_POINT, gcp_geotiff, grey_geotiff  # noqa: E402
+
+LABELS = ["stroma", "tumour", "necrosis"]
+
+
+def slide_map(path, scores, first=(112.0, 112.0), step=(32.0, 32.0), classes=None, labels=LABELS):
+    """A .tif map as a tiled run over a slide writes one: `scores` (K, rows, cols)."""
+    classes = list(range(scores.shape[0])) if classes is None else classes
+    contents = {"classes": classes, **({"labels": labels} if labels else {}), "image": "/slides/a.svs"}
+    write_map_tiff(str(path), scores[None], None, CellPlacement(first, step, 0.25, contents=contents,
+                                                                 area=(224.0, 224.0)))
+    return str(path)
+
+
+def random_scores(rng, shape=(3, 7, 9), holes=0.2):
+    """Scores with some cells not computed (NaN in every channel: glass)."""
+    scores = rng.random(shape, dtype=np.float32)
+    scores[:, rng.random(shape[1:]) < holes] = np.nan
+    return scores
+
+
+def features(path):
+    with open(path, encoding="utf-8") as fp:
+        return json.load(fp)["features"]
+
+
+def square_of(feature) -> tuple[float, float, float, float]:
+    """(centre x, centre y, width, height) of a feature's axis-aligned square."""
+    ring = np.array(feature["geometry"]["coordinates"][0])
+    assert ring.shape == (5, 2) and (ring[0] == ring[-1]).all()
+    lo, hi = ring.min(axis=0), ring.max(axis=0)
+    return (*((lo + hi) / 2), *(hi - lo))
+
+
+def signed_area(ring) -> float:
+    x, y = np.array(ring).T
+    return 0.5 * float(np.sum(x[:-1] * y[1:] - x[1:] * y[:-1]))
+
+
+@pytest.mark.parametrize("first, step", [((112.0, 112.0), (32.0, 32.0)), ((14.5, 20.0), (4.0, 8.0))])
+def test_each_computed_cell_is_a_qupath_tile_on_its_square_with_its_scores(tmp_path, rng, first, step):
+    """What the 20 lines a pathologist wrote from the .tif's attributes did: a tile per
+    cell centred where the map says, a stride wide, classified by its best class, its
+    scores as measurements exactly as the map holds them; glass (NaN) left out."""
+    scores = random_scores(rng)
+    result = write_cells(slide_map(tmp_path / "map.tif", scores, first, step), tmp_path / "cells.geojson")
+    computed = ~np.isnan(scores[0])
+    assert result.written == result.computed == computed.sum()
+    found = features(tmp_path / "cells.geojson")
+    assert len(found) == computed.sum()
+    for feature, (r, c) in zip(found, zip(*np.nonzero(computed))):
+        cx, cy, width, height = square_of(feature)
+        assert (cx, cy) == (first[1] + step[1] * c, first[0] + step[0] * r)
+        assert (width, height) == (step[1], step[0])
+        assert signed_area(feature["geometry"]["coordinates"][0]) > 0  # counter-clockwise (RFC 7946)
+        props = feature["properties"]
+        assert props["objectType"] == "tile"
+        assert props["classification"]["name"] == LABELS[int(np.argmax(scores[:, r, c]))]
+        assert len(props["classification"]["color"]) == 3
+        measured = np.array([props["measurements"][name] for name in LABELS], np.float32)
+        assert measured.tobytes() == scores[:, r, c].tobytes()
+
+
+def test_the_csv_holds_the_geojson_s_cells_centre_class_and_scores(tmp_path, rng):
+    scores = random_scores(rng)
+    stored = slide_map(tmp_path / "map.tif", scores)
+    write_cells(stored, tmp_path / "cells.geojson")
+    write_cells(stored, tmp_path / "cells.csv")
+    with open(tmp_path / "cells.csv", newline="") as fp:
+        rows = list(csv.DictReader(fp))
+    assert list(rows[0]) == ["row", "col", "x", "y", "top_class", "top_score", *LABELS]
+    for row, feature in zip(rows, features(tmp_path / "cells.geojson"), strict=True):
+        cx, cy, _, _ = square_of(feature)
+        assert (float(row["x"]), float(row["y"])) == (cx, cy)
+        assert row["top_class"] == feature["properties"]["classification"]["name"]
+        r, c = int(row["row"]), int(row["col"])
+        assert np.array([row[name] for name in LABELS], np.float32).tobytes() == scores[:, r, c].tobytes()
+        assert np.float32(row["top_score"]) == scores[:, r, c].max()
+
+
+@pytest.mark.parametrize("top_classes, min_score", [(["tumour"], None), ([0, "necrosis"], None), (None, 0.7),
+                                                    (["TUMOUR"], 0.5)])
+def test_top_class_and_min_score_keep_exactly_the_cells_asked_for(tmp_path, rng, top_classes, min_score):
+    scores = random_scores(rng, (3, 12, 15))
+    result = write_cells(slide_map(tmp_path / "map.tif", scores), tmp_path / "cells.csv", top_classes, min_score)
+    best, top = np.nanargmax(np.nan_to_num(scores, nan=-1), axis=0), scores.max(axis=0)
+    wanted = ~np.isnan(scores[0])
+    if top_classes is not None:
+        indices = [c if isinstance(c, int) else [x.lower() for x in LABELS].index(c.lower()) for c in top_classes]
+        wanted &= np.isin(best, indices)
+    if min_score is not None:
+        wanted &= top >= min_score
+    with open(tmp_path / "cells.csv", newline="") as fp:
+        kept = {(int(row["row"]), int(row["col"])) for row in csv.DictReader(fp)}
+    assert kept == set(zip(*map(lambda a: a.tolist(), np.nonzero(wanted))))
+    assert result.written == wanted.sum() and result.computed == (~np.isnan(scores[0])).sum()
+
+
+def test_a_map_of_some_classes_names_them_by_the_model_s_indices(tmp_path, rng):
+    """After --classes 2,0 the bands are classes 2 and 0: --top-class names the model's
+    class, and a map without labels names each "class K"."""
+    scores = random_scores(rng, (2, 5, 6))
+    stored = slide_map(tmp_path / "map.tif", scores, classes=[2, 0], labels=None)
+    write_cells(stored, tmp_path / "cells.csv", top_classes=[2])
+    with open(tmp_path / "cells.csv", newline="") as fp:
+        rows = list(csv.DictReader(fp))
+    assert list(rows[0])[6:] == ["class 2", "class 0"]
+    assert rows and {row["top_class"] for row in rows} == {"class 2"}
+    with pytest.raises(GraphconvError, match="class 1 is not in this map"):
+        write_cells(stored, tmp_path / "other.csv", top_classes=[1])
+
+
+def test_a_class_map_gives_each_cell_its_class_and_no_scores(tmp_path, rng):
+    values = rng.choice(np.array([4, 9, 65535], np.uint16), size=(6, 8))
+    contents = {"classes": [9, 4], "labels": ["water", "forest"]}
+    write_map_tiff(str(tmp_path / "classes.tif"), values[None, None],
+                   None, CellPlacement((16.0, 16.0), (32.0, 32.0), None, contents=contents))
+    result = write_cells(str(tmp_path / "classes.tif"), tmp_path / "cells.geojson")
+    assert result.written == (values != 65535).sum()
+    for feature in features(tmp_path / "cells.geojson"):
+        cx, cy, _, _ = square_of(feature)
+        value = values[int((cy - 16) // 32), int((cx - 16) // 32)]
+        assert feature["properties"]["classification"]["name"] == {9: "water", 4: "forest"}[int(value)]
+        assert "measurements" not in feature["properties"]
+    with pytest.raises(GraphconvError, match="--min-score keeps cells by their best score"):
+        write_cells(str(tmp_path / "classes.tif"), tmp_path / "cells.csv", min_score=0.5)
+    assert not (tmp_path / "cells.csv").exists()
+
+
+# ---- maps of real runs, through the command ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("m") / "digits-fcn"
+    assert graphconv_in_process("compile", SPECS / "digits.yaml", "-o", folder).returncode == 0
+    return folder
+
+
+@pytest.mark.parametrize("directory", [UTM_33N_AREA, UTM_33N_POINT])
+def test_a_geotiff_s_cells_are_polygons_on_the_ground_its_crops_cover(digits, tmp_path, directory):
+    """Over a GeoTIFF: coordinates in its CRS, named for GDAL; each polygon centred on
+    the ground where the image's georeference puts the cell's crop centre, a stride of
+    10 m pixels wide; attributes flat, as QGIS lists them."""
+    image = grey_geotiff(tmp_path / "scene.tif", directory)
+    assert graphconv_in_process("run", digits, "--image", image, "--tile", "64", "--output", "map.tif",
+                                "--quiet").returncode == 0
+    result = graphconv_in_process("cells", "map.tif", "-o", "cells.geojson")
+    assert result.returncode == 0, result.stderr
+    assert "coordinates: the image's CRS (32633)" in result.stdout
+    with open(tmp_path / "cells.geojson") as fp:
+        collection = json.load(fp)
+    assert collection["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32633"
+    image_geo = read_georeference(str(image))
+    corner = image_geo.corner_affine()
+    found = collection["features"]
+    assert found
+    for feature in found[::7]:
+        props = feature["properties"]
+        r, c = props["row"], props["col"]
+        # the digits net: crops 28 wide, 4 apart, the first centred 14 pixels in
+        centre = corner @ np.array([14.0 + 4 * c, 14.0 + 4 * r, 1.0])
+        cx, cy, width, height = square_of(feature)
+        np.testing.assert_allclose((cx, cy), centre, rtol=0, atol=1e-6)
+        assert (width, height) == pytest.approx((40.0, 40.0))
+        assert signed_area(feature["geometry"]["coordinates"][0]) > 0
+        assert props["top_class"] in [str(d) for d in range(10)] + ["background"]
+        assert props["top_score"] == max(props[name] for name in [str(d) for d in range(10)] + ["background"])
+
+
+def test_a_zarr_map_gives_the_cells_its_tif_map_gives(digits, tmp_path):
+    pytest.importorskip("zarr")
+    image = grey_geotiff(tmp_path / "scene.tif")
+    for output in ("map.tif", "map.zarr"):
+        assert graphconv_in_process("run", digits, "--image", image, "--tile", "64", "--output", output,
+                                    "--quiet").returncode == 0
+        assert graphconv_in_process("cells", output, "-o", f"{output}.csv").returncode == 0
+    assert (tmp_path / "map.tif.csv").read_text() == (tmp_path / "map.zarr.csv").read_text()
+
+
+def test_a_slide_map_of_the_command_places_cells_on_level_0_pixels(digits, tmp_path):
+    """The picture run with --tile: the map states cells 4 pixels apart from 14; the
+    GeoJSON's squares are there, and the command says how many cells it wrote."""
+    from conftest import ROOT
+    assert graphconv_in_process("run", digits, "--image", ROOT / "examples/digits_page.png", "--tile", "256",
+                                "--output", "map.tif", "--quiet").returncode == 0
+    result = graphconv_in_process("cells", "map.tif", "-o", "cells.geojson", "--top-class", "7", "--min-score",
+                                  "0.9")
+    assert result.returncode == 0, result.stderr
+    found = features(tmp_path / "cells.geojson")
+    assert found and f"{len(found)} of 6486 computed cells of map.tif -> cells.geojson" in result.stdout
+    scores = tifffile.imread(tmp_path / "map.tif")
+    for feature in found:
+        cx, cy, width, _ = square_of(feature)
+        r, c = int((cy - 14) / 4), int((cx - 14) / 4)
+        assert (cx, cy, width) == (14 + 4 * c, 14 + 4 * r, 4)
+        assert feature["properties"]["classification"]["name"] == "7"
+        assert np.argmax(scores[:, r, c]) == 7 and scores[7, r, c] >= 0.9
+
+
+# ---- what is refused, and nothing written --------------------------------------------------------------
+
+def test_an_npy_map_is_refused_with_the_way_to_a_placed_map(tmp_path):
+    np.save(tmp_path / "map.npy", np.zeros((1, 3, 4, 4), np.float32))
+    result = graphconv_in_process("cells", "map.npy", "-o", "cells.geojson")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "map.npy: cells reads a .tif or .zarr map" in result.stderr and "--output MAP.tif" in result.stderr
+    assert not (tmp_path / "cells.geojson").exists()
+
+
+def test_a_user_s_file_is_not_replaced_but_its_own_output_is(tmp_path, rng):
+    stored = slide_map(tmp_path / "map.tif", random_scores(rng))
+    (tmp_path / "cells.csv").write_text("patient,grade\n1,3\n")
+    result = graphconv_in_process("cells", stored, "-o", "cells.csv")
+    assert result.returncode == 2 and "is not a file of cells graphconv wrote" in result.stderr
+    assert (tmp_path / "cells.csv").read_text() == "patient,grade\n1,3\n"
+    for output in ("mine.csv", "mine.geojson"):
+        for _ in range(2):  # written, then replaced
+            assert graphconv_in_process("cells", stored, "-o", output).returncode == 0
+
+
+@pytest.mark.parametrize("args, said", [
+    (["-o", "cells.txt"], "cells writes GeoJSON (.geojson) or CSV (.csv)"),
+    (["-o", "cells.csv", "--top-class", "lymph"], "map.tif: --top-class 'lymph': no class of that name"),
+    (["-o", "cells.csv", "--min-score", "nan"], "expected a finite number"),
+    (["-o", "-"], "cells writes a file, not standard output"),
+])
+def test_bad_options_are_one_message_and_write_nothing(tmp_path, rng, args, said):
+    stored = slide_map(tmp_path / "map.tif", random_scores(rng))
+    result = graphconv_in_process("cells", stored, *args)
+    assert result.returncode == 2 and said in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.tif"]
+
+
+def test_a_user_s_image_and_a_gcp_map_are_refused(digits, tmp_path):
+    image = grey_geotiff(tmp_path / "scene.tif")
+    result = graphconv_in_process("cells", image, "-o", "cells.geojson")
+    assert result.returncode == 2 and "is not a map graphconv wrote" in result.stderr
+    gcps = gcp_geotiff(tmp_path / "gcps.tif", shape=(120, 150),
+                       gcps=((0, 0, 0, 500000.0, 4600000.0, 0), (149, 119, 0, 501490.0, 4598810.0, 0)))
+    assert graphconv_in_process("run", digits, "--image", gcps, "--tile", "64", "--output", "map.tif",
+                                "--quiet").returncode == 0
+    result = graphconv_in_process("cells", "map.tif", "-o", "cells.geojson")
+    assert result.returncode == 2 and "ground control points" in result.stderr
+    assert not (tmp_path / "cells.geojson").exists()
+
+
+def test_run_says_how_to_get_cells_where_output_names_geojson(digits, tmp_path):
+    from conftest import ROOT
+    result = graphconv_in_process("run", digits, "--image", ROOT / "examples/digits_page.png", "--output",
+                                  "cells.geojson")
+    assert result.returncode == 2 and "graphconv cells MAP.tif -o cells.geojson" in result.stderr
