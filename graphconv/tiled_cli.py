@@ -330,10 +330,24 @@ def describe_resolution(source, asked: float | None = None) -> None:
     if downsample != 1:
         parts.append(f"{downsample:.4g}x coarser than level 0")
     if microns is not None:
-        parts.append(f"{microns * downsample:.4g} µm per pixel" + (f" (--mpp {asked:g})" if asked else ""))
+        parts.append(f"{microns * downsample:.4g} µm per pixel" + _as_asked(microns * downsample, asked))
     counted = "; cells are placed in level-0 pixels all the same" if downsample != 1 else ""
     print(f"image: {source.height}x{source.width} pixels, {', '.join(parts)} (the network reads these{counted})",
           file=sys.stderr)
+
+
+def _as_asked(microns: float, asked: float | None) -> str:
+    """What --mpp asked, beside the pixel size read: and how much coarser that is where
+    the slide has no pixels as fine (a 0.55 µm scan read for --mpp 0.5: 10% coarser
+    than the classifier's training resolution, which a user checking the map should know)."""
+    if not asked:
+        return ""
+    from graphconv.sources import MPP_EQUAL
+
+    if microns <= asked * MPP_EQUAL:
+        return f" (--mpp {asked:g})"
+    return (f" (--mpp {asked:g}: {microns / asked - 1:.0%} coarser, the slide's finest pixels; graphconv does not "
+            "enlarge images)")
 
 
 def _top_scores(args: argparse.Namespace, scores) -> np.ndarray | None:

@@ -1559,6 +1559,10 @@ def test_cli_mpp_reads_the_slide_at_the_classifier_s_pixel_size(model_dir, tmp_p
         np.testing.assert_array_equal(np.load(tmp_path / f"mpp{mpp}.npy"), np.load(same_map))
     refused = graphconv("run", model_dir, "--image", slide, "--mpp", "0.5", "--level", "1")
     assert refused.returncode == 2 and "--mpp picks the level and the downsampling itself" in refused.stderr
+    finer = graphconv("run", model_dir, "--image", slide, "--mpp", "0.23", "--output", tmp_path / "finer.npy")
+    assert finer.returncode == 0, finer.stderr  # read as level 0 is: within 15% of its 0.25 µm pixels
+    assert ("0.25 µm per pixel (--mpp 0.23: 9% coarser, the slide's finest pixels; graphconv does not enlarge "
+            "images)") in finer.stderr
 
 
 @pytest.mark.parametrize("args, message", [
