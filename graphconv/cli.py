@@ -917,6 +917,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.image:
         _refuse_a_batch_given_as_one_image(args.image)
     _check_outputs_spare_the_inputs(args)
+    _note_a_plain_map_named_ome(args.output)
     for path in filter(None, (args.output, args.heatmap_out)):
         if path.rstrip("/").lower().endswith(".zarr"):
             from graphconv.tiling import check_zarr_target
@@ -1112,6 +1113,19 @@ def _check_outputs_spare_the_inputs(args: argparse.Namespace) -> None:
     if args.output and Path(args.output.rstrip("/")).suffix.lower() not in MAP_SUFFIXES:
         raise GraphconvError("--output writes the scores as .npy, .zarr or .tif: name it so (the name says "
                              "the format)", file=args.output)
+
+
+def _note_a_plain_map_named_ome(output: str | None) -> None:
+    """An --output named .ome.tif or .ome.zarr is written as any .tif or .zarr map, not
+    as OME: a viewer reading the name for OME metadata (physical sizes, a pyramid) finds
+    none, and the placement is where graphconv's maps keep it."""
+    name = (output or "").rstrip("/").lower()
+    if not name.endswith((".ome.tif", ".ome.tiff", ".ome.zarr")):
+        return
+    kind, where = ("zarr array", "attributes") if name.endswith(".zarr") else ("TIFF", "description")
+    note(f"note: {shown_path(output)} is written as graphconv's maps are, a plain {kind} with its cells' placement "
+         f"in its {where}, not as OME (no OME metadata, no pyramid); for QuPath, `graphconv cells` writes the "
+         "cells in the slide's pixels as GeoJSON")
 
 
 def _spare_the_users_files(args: argparse.Namespace, model) -> None:

@@ -2154,3 +2154,18 @@ def test_heatmap_top_of_one_score_is_refused_for_its_scores(write_spec, tmp_path
                                 "--heatmap-out", tmp_path / "h.png").returncode == 0
     with pytest.raises(GraphconvError, match="heatmap: 'top' of bin, which gives one score per cell"):
         load(spec).heatmap(tmp_path / "page.png")
+
+
+@pytest.mark.parametrize("output, kind", [("map.ome.tif", "plain TIFF"), ("map.ome.zarr", "plain zarr array")])
+def test_a_map_named_ome_says_it_is_written_plain(digits_fcn, tmp_path, output, kind):
+    """`--output map.ome.tif` was written as graphconv's plain TIFF without a word: a
+    viewer expecting OME metadata (physical size, pyramid) found none."""
+    if output.endswith(".zarr"):
+        pytest.importorskip("zarr")
+    result = graphconv_in_process("run", digits_fcn, "--image", ROOT / "examples/digits_page.png", "--tile", "256",
+                                  "--output", output, "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert f"{output} is written as graphconv's maps are, a {kind}" in result.stderr and "not as OME" in result.stderr
+    plain = graphconv_in_process("run", digits_fcn, "--image", ROOT / "examples/digits_page.png", "--tile", "256",
+                                 "--output", output.replace(".ome", ""), "--quiet")
+    assert plain.returncode == 0 and "not as OME" not in plain.stderr
