@@ -1292,9 +1292,9 @@ def note_how_the_raster_is_read(args: argparse.Namespace, source) -> None:
     note_value_scaling(getattr(source, "preprocess", None), value_scaling(source))
     output = getattr(args, "output", None)
     if is_tiff_output(output) or (output or "").rstrip("/").lower().endswith(".zarr"):
-        from graphconv.georef import tiff_georeference_note, zarr_georeference_note
+        from graphconv.georef import unread_georeference_note, zarr_georeference_note
         path = getattr(getattr(source, "inner", source), "path", "")
-        unread = zarr_georeference_note(path) or tiff_georeference_note(path)
+        unread = zarr_georeference_note(path) or unread_georeference_note(path)
         if unread:
             note(unread)
 
@@ -1479,6 +1479,11 @@ def _deliver(args: argparse.Namespace, model, out: np.ndarray, picture: np.ndarr
         print_top(class_scores(out, args.top_by), args.top, model.graph.meta.get("labels"), top_basis(out, args.top_by))
     if map_file:
         _write_map_file(args, model, out, cells)
+        if args.image:  # a picture (a TIFF's map is tiled, and noted there): its world file, a JP2's boxes
+            from graphconv.georef import unread_georeference_note
+            unread = unread_georeference_note(args.image)
+            if unread:
+                note(unread)
     elif args.output:
         atomic_write(args.output, lambda p: np.save(p, out), suffix=".npy", size=out.nbytes)
     if out.ndim == 4:  # where each cell stands, as a tiled run says it (an .npy keeps no metadata to say it)

@@ -411,30 +411,54 @@ def zarr_georeference_note(path: str) -> str | None:
 
 
 RPC_COEFFICIENTS = 50844  # RPCCoefficientTag: a satellite scene's sensor model, not yet on the ground
-WORLD_FILE_SUFFIXES = (".tfw", ".tifw", ".tiffw", ".wld")
+GEOJP2_UUID = bytes.fromhex("b14bf8bd083d4b43a5ae8cd7d5a6ce03")  # the uuid box of a GeoJP2 (GeoTIFF tags)
+GMLJP2_LABELS = (b"gml.root-instance", b"gml.data")  # the labels of a GMLJP2's association boxes
+JP2_SUFFIXES = (".jp2", ".j2k", ".jpx", ".jpf")
+JP2_HEAD = 4 << 20  # bytes of a JPEG 2000 file looked through for its georeference boxes (they precede the code)
 
 
-def tiff_georeference_note(path: str) -> str | None:
-    """What to say where a TIFF without GeoTIFF tags has its map written as .tif or .zarr
-    but is placed another way GIS tools read: by a world file beside it (QGIS shows the
-    scene in place, and its map came out with no georeference, silently), or by RPCs."""
+def unread_georeference_note(path: str) -> str | None:
+    """What to say where an image without a georeference graphconv reads has its map
+    written as .tif or .zarr but is placed another way GIS tools read: a world file
+    beside it (QGIS shows the scene in place, and its map came out with no georeference,
+    silently), a TIFF's RPCs, or a JPEG 2000's GeoJP2 or GMLJP2 boxes (a Sentinel-2 band)."""
     from graphconv.sources import is_tiff
 
-    if not is_tiff(path) or not os.path.isfile(path) or image_georeference(path) is not None:
+    if not os.path.isfile(path) or (is_tiff(path) and image_georeference(path) is not None):
         return None
-    stem = os.path.splitext(path)[0]
-    beside = [name for suffix in WORLD_FILE_SUFFIXES for name in (stem + suffix, stem + suffix.upper())
-              if os.path.isfile(name)]
-    if beside:
-        return (f"note: the image is placed by a world file ({os.path.basename(beside[0])}), which graphconv does "
+    world = _world_file(path)
+    if world:
+        return (f"note: the image is placed by a world file ({os.path.basename(world)}), which graphconv does "
                 "not read: the map is not georeferenced; make the image a GeoTIFF first (gdal_translate -of GTiff "
                 "writes the world file's placement, and a .prj's CRS, as tags)")
-    with _tifffile().TiffFile(path) as tif:
-        rpcs = RPC_COEFFICIENTS in tif.pages[0].tags
-    if rpcs:
-        return ("note: the image carries RPCs (a sensor model, TIFF tag 50844) and no georeference, and graphconv "
-                "does not read RPCs: the map is not georeferenced; orthorectify the scene first (gdalwarp -rpc)")
+    if is_tiff(path):
+        with _tifffile().TiffFile(path) as tif:
+            rpcs = RPC_COEFFICIENTS in tif.pages[0].tags
+        if rpcs:
+            return ("note: the image carries RPCs (a sensor model, TIFF tag 50844) and no georeference, and "
+                    "graphconv does not read RPCs: the map is not georeferenced; orthorectify the scene first "
+                    "(gdalwarp -rpc)")
+    elif path.lower().endswith(JP2_SUFFIXES) and _jp2_georeferenced(path):
+        return ("note: the JPEG 2000 image is georeferenced (GeoJP2 or GMLJP2), which graphconv does not read: the "
+                "map is not georeferenced; make the image a GeoTIFF first (gdal_translate -of GTiff)")
     return None
+
+
+def _world_file(path: str) -> str | None:
+    """The world file GDAL would find beside `path`: the extension's first and last
+    letters and a w (scene.tfw, photo.jgw, band.j2w), the extension and a w (.tifw), or .wld."""
+    stem, extension = os.path.splitext(path)
+    extension = extension[1:]
+    suffixes = dict.fromkeys(s for s in ((extension[:1] + extension[-1:] + "w") if extension else "",
+                                         extension + "w" if extension else "", "wld") if s)
+    return next((name for suffix in suffixes for name in (f"{stem}.{suffix}", f"{stem}.{suffix.upper()}")
+                 if os.path.isfile(name)), None)
+
+
+def _jp2_georeferenced(path: str) -> bool:
+    with open(path, "rb") as fp:
+        head = fp.read(JP2_HEAD)
+    return GEOJP2_UUID in head or any(label in head for label in GMLJP2_LABELS)
 
 
 def _own_georeference(own: dict) -> GeoReference | None:

@@ -754,3 +754,45 @@ def test_a_user_defined_projection_has_no_epsg_code(model_type, geographic, proj
     assert _coordinate_system(geo) == (f"in EPSG:{epsg}" if epsg else
                                        "in its coordinate system (no EPSG code: as the image's GeoKeys define it)")
     assert _coordinate_system(GeoReference(np.eye(3)[:2], ())).startswith("with no coordinate system")
+
+
+def _with_box(jp2: bytes, box_type: bytes, payload: bytes) -> bytes:
+    """A JPEG 2000 file with a box inserted before its codestream, as GDAL writes GeoJP2 and GMLJP2."""
+    at = 0
+    while at < len(jp2):
+        length, kind = int.from_bytes(jp2[at:at + 4], "big"), jp2[at + 4:at + 8]
+        if kind == b"jp2c":
+            box = (8 + len(payload)).to_bytes(4, "big") + box_type + payload
+            return jp2[:at] + box + jp2[at:]
+        at += length
+    raise AssertionError("no codestream box")
+
+
+@pytest.mark.parametrize("picture, said", [
+    ("png world file", r"note: the image is placed by a world file \(scene.pgw\), which graphconv does not read"),
+    ("geojp2", r"note: the JPEG 2000 image is georeferenced \(GeoJP2 or GMLJP2\), which graphconv does not read: "
+               r"the map is not georeferenced"),
+    ("gmljp2", r"note: the JPEG 2000 image is georeferenced"),
+    ("plain jp2", None),
+])
+def test_a_picture_placed_by_a_world_file_or_jp2_boxes_is_said_to_give_a_map_without_georeference(
+        digits, tmp_path, picture, said):
+    """A Sentinel-2 band (.jp2 with GMLJP2 and GeoJP2 boxes) mapped to .tif lost its place
+    on the ground without a word."""
+    from PIL import Image
+
+    from graphconv.georef import GEOJP2_UUID
+
+    pixels = (np.random.default_rng(7).random((60, 80)) * 255).astype(np.uint8)
+    name = "scene.png" if picture.startswith("png") else "scene.jp2"
+    Image.fromarray(pixels).save(tmp_path / name)
+    if picture == "png world file":
+        (tmp_path / "scene.pgw").write_text("10.0\n0.0\n0.0\n-10.0\n500005.0\n4599995.0\n")
+    elif picture != "plain jp2":
+        box = ((b"uuid", GEOJP2_UUID + b"II*\x00") if picture == "geojp2"
+               else (b"asoc", b"\x00\x00\x00\x19lbl gml.root-instance"))
+        (tmp_path / name).write_bytes(_with_box((tmp_path / name).read_bytes(), *box))
+    result = _cli("run", digits, "--image", tmp_path / name, "--output", tmp_path / "map.tif")
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note: the")]
+    assert (re.match(said, notes[0]) is not None if said else notes == []), result.stderr
