@@ -783,11 +783,12 @@ def load_model_for_table(args: argparse.Namespace):
 def note_what_the_network_is(graph) -> None:
     """The notes every command that reads a network gives about it, once, on stderr."""
     from graphconv.images import preprocess_scale_note
-    from graphconv.shapes import dropped_layers_note, map_output_note
+    from graphconv.shapes import dropped_layers_note, map_output_note, narrow_weights_note
 
     note_seeded_weights(graph)
     preprocess = graph.meta.get("preprocess")
-    for text in (map_output_note(graph), dropped_layers_note(graph), preprocess_scale_note(preprocess)):
+    for text in (map_output_note(graph), dropped_layers_note(graph), preprocess_scale_note(preprocess),
+                 narrow_weights_note(graph)):
         if text:
             note(text)
 

@@ -248,6 +248,19 @@ def dropped_layers_note(graph: Graph) -> str | None:
             f"weights are neither needed nor used)")
 
 
+def narrow_weights_note(graph: Graph) -> str | None:
+    """A float16 (or bfloat16) model's note: its weights are widened to float32 exactly,
+    and its maps computed in float32 throughout, so they are the float32 network's on
+    those weights, not what a float16 runtime returns (onnxruntime on a float16 model
+    rounds every layer's output to float16's 11 significant bits: the two differ by about that)."""
+    narrow = graph.meta.get("narrow_weights")
+    if not narrow:
+        return None
+    return (f"note: {graph.name}'s weights are stored as {' and '.join(narrow)}; graphconv widens them to float32 "
+            "(exactly) and computes in float32, so its scores differ from a half-precision runtime's by that "
+            "runtime's rounding (about 1e-3 of each value)")
+
+
 def map_output_note(graph: Graph) -> str | None:
     """What to tell the user of a network taken for a classifier whose output on its own
     crop is a map, not one cell: a network that predicts a map itself (a U-Net, an FCN

@@ -2328,8 +2328,12 @@ def test_a_float16_model_runs_in_float32_on_its_weights(exported, tmp_path, rng,
     _half_precision(path, tmp_path / "half.onnx", keep_io_types)
     _half_precision(path, tmp_path / "rounded.onnx", keep_io_types, rounded_only=True)
     x = rng.standard_normal((1, 3, 64, 64)).astype(np.float32)
-    np.testing.assert_allclose(Model(load_network(tmp_path / "half.onnx")).run(x),
-                               Model(load_network(tmp_path / "rounded.onnx")).run(x), rtol=1e-6, atol=1e-6)
+    half, rounded = load_network(tmp_path / "half.onnx"), load_network(tmp_path / "rounded.onnx")
+    np.testing.assert_allclose(Model(half).run(x), Model(rounded).run(x), rtol=1e-6, atol=1e-6)
+    # widened without a word before: the import says so (the float32 file with the same values says nothing)
+    assert half.meta["narrow_weights"] == ["float16"] and "narrow_weights" not in rounded.meta
+    said = graphconv_process("import", tmp_path / "half.onnx", "-o", tmp_path / "half.yaml").stderr
+    assert "weights are stored as float16; graphconv widens them to float32 (exactly)" in said
 
 
 def test_a_cast_of_the_feature_map_to_integers_is_refused(exported, tmp_path):

@@ -106,7 +106,21 @@ def read_onnx(path: str | os.PathLike, *, crop_size: Sequence[int] | None = None
                                                    Location(str(path)))
     graph.meta.update(stated)
     graph.meta["read_from"] = [str(file) for file in external]  # what no command may write over
+    narrow = _narrow_weight_types(model)
+    if narrow:
+        graph.meta["narrow_weights"] = narrow
     return graph, weights
+
+
+def _narrow_weight_types(model) -> list[str]:
+    """The float types narrower than float32 that the model's weights are stored in
+    (a model converted to float16 for deployment), for the note that says graphconv
+    computes it in float32 (`narrow_weights_note`)."""
+    onnx = require_onnx()
+    arrays = [*model.graph.initializer, *(a.t for node in model.graph.node if node.op_type == "Constant"
+                                           for a in node.attribute if a.name == "value")]
+    narrow = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "bfloat16"}
+    return sorted({narrow[t.data_type] for t in arrays if t.data_type in narrow and math.prod(t.dims) > 1})
 
 
 def _drop_the_classes_output(model) -> None:
