@@ -31,7 +31,7 @@ from typing import Any, Iterator, Sequence, TextIO
 
 import numpy as np
 
-from graphconv.errors import GraphconvError
+from graphconv.errors import GraphconvError, warn_caller
 
 CELL_FORMATS = (".geojson", ".csv")
 BLOCK_BYTES = 32 << 20  # of a map read at once: a slide's map of 1000 classes is far larger than memory
@@ -199,7 +199,8 @@ def write_cells(map_path: str, output: str, top_classes: Sequence[int | str] | N
     graphconv wrote. `top_classes` (indices of the model's classes, or their labels)
     keeps the cells whose best class is one of them; `min_score` the cells whose best
     score is at least it (not of a class map, which holds no scores). The file appears
-    only once complete."""
+    only once complete. What the command notes (a georeference that names no CRS) is a
+    GraphconvWarning here, and in `notes`."""
     from graphconv.files import atomic_write
 
     output = str(output)
@@ -219,6 +220,8 @@ def write_cells(map_path: str, output: str, top_classes: Sequence[int | str] | N
 
         atomic_write(output, write, suffix=kind)
     written, computed = counts
+    for text in frame.notes:  # a Python caller's warning; the command says it as a note
+        warn_caller(text.removeprefix("note: "))
     return CellsWritten(written, computed, frame.describe(), frame.notes)
 
 

@@ -184,6 +184,23 @@ def test_a_geotiff_s_cells_are_polygons_on_the_ground_its_crops_cover(digits, tm
         assert props["top_score"] == max(props[name] for name in [str(d) for d in range(10)] + ["background"])
 
 
+def test_a_georeference_naming_no_epsg_code_is_said_and_no_crs_is_named(digits, tmp_path):
+    """A user-defined projection (ProjectedCSTypeGeoKey 32767): the coordinates are in it,
+    and the file cannot name it; the command notes it, Python warns."""
+    from graphconv.errors import GraphconvWarning
+
+    user_defined = UTM_33N_AREA[:-1] + (32767,)
+    image = grey_geotiff(tmp_path / "scene.tif", user_defined)
+    assert graphconv_in_process("run", digits, "--image", image, "--tile", "64", "--output", "map.tif",
+                                "--quiet").returncode == 0
+    result = graphconv_in_process("cells", "map.tif", "-o", "cells.geojson")
+    assert result.returncode == 0 and "names no EPSG code: the coordinates are in its CRS" in result.stderr
+    with open(tmp_path / "cells.geojson") as fp:
+        assert "crs" not in json.load(fp)
+    with pytest.warns(GraphconvWarning, match="names no EPSG code"):
+        write_cells("map.tif", "again.csv")
+
+
 def test_a_zarr_map_gives_the_cells_its_tif_map_gives(digits, tmp_path):
     pytest.importorskip("zarr")
     image = grey_geotiff(tmp_path / "scene.tif")
