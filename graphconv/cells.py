@@ -438,13 +438,14 @@ def _write_geojson(fp: TextIO, stored: StoredMap, frame: _Frame, keep: _Selectio
 
 def _qupath_properties(best: int, values: np.ndarray | None, quoted: list[str], colours: list) -> str:
     """A QuPath tile: its classification (name and colour, the class picture's) and, for
-    a map of scores, every class's score as a measurement."""
+    a map of scores, every class's score as a measurement (QuPath reads them as a map of
+    numbers: an infinite or NaN score, which JSON cannot write, is left out, not null)."""
     colour = colours[best]
     text = (f'{{"objectType": "tile", "classification": {{"name": {quoted[best]}, '
             f'"color": [{colour[0]}, {colour[1]}, {colour[2]}]}}')
     if values is not None:
         text += ', "measurements": {' + ", ".join(
-            f"{name}: {_number(v, SCORE_DIGITS)}" for name, v in zip(quoted, values)) + "}"
+            f"{name}: {_number(v, SCORE_DIGITS)}" for name, v in zip(quoted, values) if math.isfinite(v)) + "}"
     return text + "}"
 
 

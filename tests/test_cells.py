@@ -283,3 +283,21 @@ def test_run_says_how_to_get_cells_where_output_names_geojson(digits, tmp_path):
     result = graphconv_in_process("run", digits, "--image", ROOT / "examples/digits_page.png", "--output",
                                   "cells.geojson")
     assert result.returncode == 2 and "graphconv cells MAP.tif -o cells.geojson" in result.stderr
+
+
+def test_a_score_json_cannot_write_is_left_out_of_qupath_s_measurements(tmp_path, rng):
+    """A network can make a score infinite or NaN in a computed cell; JSON has no word for
+    either and QuPath reads measurements as numbers: left out there, null for GIS, empty in CSV."""
+    scores = rng.random((3, 2, 2), dtype=np.float32)
+    scores[1, 0, 0], scores[2, 0, 0] = np.inf, np.nan
+    stored = slide_map(tmp_path / "map.tif", scores)
+    write_cells(stored, tmp_path / "cells.geojson")
+    write_cells(stored, tmp_path / "cells.csv")
+    with open(tmp_path / "cells.geojson") as fp:
+        first = json.load(fp)["features"][0]["properties"]  # strict JSON: no Infinity, no NaN
+    assert first["classification"]["name"] == "tumour"
+    assert list(first["measurements"]) == ["stroma"]
+    assert np.float32(first["measurements"]["stroma"]) == scores[0, 0, 0]
+    with open(tmp_path / "cells.csv", newline="") as fp:
+        row = next(csv.DictReader(fp))
+    assert (row["top_score"], row["tumour"], row["necrosis"]) == ("", "", "")
