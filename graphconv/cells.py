@@ -31,7 +31,7 @@ from typing import Any, Iterator, Sequence, TextIO
 
 import numpy as np
 
-from graphconv.errors import GraphconvError, warn_caller
+from graphconv.errors import GraphconvError, shown, warn_caller
 
 CELL_FORMATS = (".geojson", ".csv")
 BLOCK_BYTES = 32 << 20  # of a map read at once: a slide's map of 1000 classes is far larger than memory
@@ -277,9 +277,9 @@ class _Selection:
         return cls(frozenset(positions), min_score)
 
     def cells(self, block: np.ndarray, class_map: bool, classes: list[int]
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, int]:
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """Of a (K, h, w) block: the kept cells' (rows, cols) in the block, their best
-        band, their best score (None for a class map), and how many cells were computed."""
+        band, and how many cells were computed."""
         if class_map:
             values = block[0].astype(np.int64)
             computed = values != NOT_COMPUTED_CLASS
@@ -296,7 +296,7 @@ class _Selection:
         if self.min_score is not None:
             keep &= score >= self.min_score
         rows, cols = np.nonzero(keep)
-        return rows, cols, best[rows, cols], (None if score is None else score[rows, cols]), int(computed.sum())
+        return rows, cols, best[rows, cols], int(computed.sum())
 
 
 def _band_of_class(values: np.ndarray, classes: list[int], computed: np.ndarray) -> np.ndarray:
@@ -389,7 +389,13 @@ def _blocks(stored: StoredMap) -> Iterator[tuple[int, np.ndarray]]:
     per_row = max(1, classes * cols * np.dtype(stored.bands.dtype).itemsize)
     step = max(1, BLOCK_BYTES // per_row)
     for first in range(0, rows, step):
-        yield first, np.asarray(stored.bands[:, first:first + step, :])
+        try:
+            block = np.asarray(stored.bands[:, first:first + step, :])
+        except Exception as err:  # noqa: BLE001 - a codec's or zarr's error for a chunk damaged since
+            last = min(rows, first + step) - 1
+            raise GraphconvError(f"cannot read rows {first}..{last} of the map (damaged since it was written?): "
+                                 f"{type(err).__name__}: {shown(str(err), 120)}", file=stored.path) from None
+        yield first, block
 
 
 def _number(value: float, digits: int, missing: str = "null") -> str:
@@ -420,10 +426,10 @@ def _write_geojson(fp: TextIO, stored: StoredMap, frame: _Frame, keep: _Selectio
     score_keys = [json.dumps(name) for name in _distinct(names, _FLAT_KEYS)]  # a class named "row" keeps its row
     written = computed = 0
     for first, block in _blocks(stored):
-        rows, cols, best, scores, counted = keep.cells(block, stored.is_class_map, stored.classes)
+        rows, cols, best, counted = keep.cells(block, stored.is_class_map, stored.classes)
         computed += counted
         rings = frame.rings(rows + first, cols)
-        cell_scores = None if scores is None else block[:, rows, cols].T.tolist()  # Python floats format faster
+        cell_scores = None if stored.is_class_map else block[:, rows, cols].T.tolist()  # Python floats: faster
         for i, (row, col, top) in enumerate(zip((rows + first).tolist(), cols.tolist(), best.tolist())):
             ring = rings[i]
             values = None if cell_scores is None else cell_scores[i]
@@ -472,7 +478,7 @@ def _write_csv(fp: TextIO, stored: StoredMap, frame: _Frame, keep: _Selection) -
     out.writerow([*CSV_LEAD, *(["top_score", *_distinct(names, (*CSV_LEAD, "top_score"))] if scored else [])])
     written = computed = 0
     for first, block in _blocks(stored):
-        rows, cols, best, scores, counted = keep.cells(block, stored.is_class_map, stored.classes)
+        rows, cols, best, counted = keep.cells(block, stored.is_class_map, stored.classes)
         computed += counted
         centres = frame.centres(rows + first, cols).tolist()
         cell_scores = block[:, rows, cols].T.tolist() if scored else None

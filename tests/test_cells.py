@@ -301,3 +301,17 @@ def test_a_score_json_cannot_write_is_left_out_of_qupath_s_measurements(tmp_path
     with open(tmp_path / "cells.csv", newline="") as fp:
         row = next(csv.DictReader(fp))
     assert (row["top_score"], row["tumour"], row["necrosis"]) == ("", "", "")
+
+
+def test_a_map_damaged_since_it_was_written_is_one_message_and_writes_nothing(tmp_path, rng):
+    """A tile of the map that no longer decodes stopped `cells` with the codec's traceback."""
+    stored = slide_map(tmp_path / "map.tif", rng.random((3, 40, 40), dtype=np.float32))
+    with tifffile.TiffFile(stored) as tif:
+        offset, count = tif.pages[0].dataoffsets[0], tif.pages[0].databytecounts[0]
+    with open(stored, "r+b") as fp:
+        fp.seek(offset)
+        fp.write(b"\xff" * count)  # the first tile's deflate stream garbled
+    result = graphconv_in_process("cells", stored, "-o", "cells.geojson")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "map.tif: cannot read rows 0..39 of the map (damaged since it was written?)" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.tif"]
