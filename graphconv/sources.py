@@ -843,7 +843,7 @@ def _pixel_size_and_level_heights(path: str) -> tuple[PixelSize, list[int]]:
     tifffile = require("tifffile")
     try:
         with _tifffile_warnings(), tifffile.TiffFile(path) as tif:  # a damaged file's warnings: said by the opener
-            series = tif.series[0]
+            series = tif.series[main_series(tif)]
             return _stated_pixel_size(tif), [_axis_sizes(level)[0] for level in (series.levels or [series])]
     except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as err:
         raise GraphconvError(_unreadable_tiff(err, tifffile), file=path) from None
@@ -1003,13 +1003,39 @@ def is_ome_zarr(path: str | os.PathLike) -> bool:
 
 
 def _ngff_image(folder: Path) -> Path | None:
-    """The group folder of the image at `folder` (itself, or bioformats2raw's "0"), or None."""
-    attrs = _ngff_attrs(folder)
-    if "multiscales" in attrs:
+    """The group folder of the image at `folder` (itself, or the largest of
+    bioformats2raw's numbered images: `bioformats2raw_images`), or None."""
+    if "multiscales" in _ngff_attrs(folder):
         return folder
-    if "bioformats2raw.layout" in attrs and "multiscales" in _ngff_attrs(folder / "0"):
-        return folder / "0"
-    return None
+    images = bioformats2raw_images(folder)
+    return folder / str(max(images, key=lambda each: (each[1][0] * each[1][1], -each[0]))[0]) if images else None
+
+
+def bioformats2raw_images(folder: Path) -> list[tuple[int, tuple[int, int]]]:
+    """(number, level 0's (H, W)) of each image of bioformats2raw's layout at `folder`
+    (its groups "0", "1", ... in turn; [] where it is none). A slide converted from VSI,
+    CZI or SCN may hold its overview as image 0: graphconv reads the largest, as of a
+    TIFF (`main_series`)."""
+    if "bioformats2raw.layout" not in _group_attributes(folder):
+        return []
+    images: list[tuple[int, tuple[int, int]]] = []
+    while "multiscales" in _ngff_attrs(image := folder / str(len(images))):
+        images.append((len(images), _ngff_level0_hw(image)))
+    return images
+
+
+def _ngff_level0_hw(folder: Path) -> tuple[int, int]:
+    """Level 0's (H, W) of the OME-Zarr image group at `folder`, from its metadata files
+    alone; (0, 0) where they do not say (reading it says what is wrong)."""
+    try:
+        multiscale = _ngff_attrs(folder)["multiscales"][0]
+        axes = [_axis_role(axis) for axis in multiscale.get("axes", "tczyx")]
+        level0 = folder / str(multiscale["datasets"][0]["path"])
+        meta = next(json.loads((level0 / name).read_text()) for name in (".zarray", "zarr.json")
+                    if (level0 / name).is_file())
+        return int(meta["shape"][axes.index("y")]), int(meta["shape"][axes.index("x")])
+    except (OSError, ValueError, KeyError, IndexError, TypeError, StopIteration):
+        return 0, 0
 
 
 def _ngff_attrs(folder: Path) -> dict:
@@ -1172,7 +1198,7 @@ def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
     try:
         with _tifffile_warnings() as warned:
             tif = tifffile.TiffFile(path)
-            series = tif.series[0]
+            series = tif.series[main_series(tif)]
             levels = list(series.levels) if getattr(series, "levels", None) else [series]
     except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as err:
         raise GraphconvError(_unreadable_tiff(err, tifffile), file=path) from None
@@ -1180,10 +1206,10 @@ def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
         damage = f" (tifffile warned: {shown(warned[0], 120)}: is the file complete?)" if warned else ""
         raise GraphconvError(f"--level {level}: the image has {_level_list([_axis_sizes(each) for each in levels])}"
                              f"{damage}", file=path)
-    page = getattr(levels[level], "keyframe", None) or tif.pages[0]
+    page = getattr(levels[level], "keyframe", None) or main_page(tif)
     _refuse_pixels_past_the_end(path, page, level, warned, skip_damaged)
     stored = _decodable_array(path, series, level, levels[level])
-    array, axes, nodata = _as_shown(path, page, stored, levels[level].axes, _nodata(tif.pages[0]))
+    array, axes, nodata = _as_shown(path, page, stored, levels[level].axes, _nodata(main_page(tif)))
     source = ArrayLikeSource(path, array, channels, preprocess, axes=axes, bands=bands,
                              picture=_is_picture(page) and _bands_are_samples(axes))
     source.nodata = nodata
@@ -1207,8 +1233,8 @@ def _internal_mask(path: str, tif, level_hw: tuple[int, int]):
     cannot be a value: JPEG changes it) as pages of NewSubfileType 4, and one for each
     overview (5), which tifffile gives as a series of their own, with levels. Unread, the
     masked pixels, JPEG's noise around a scene's edge, went in as data."""
-    for series in tif.series[1:]:
-        if not int(getattr(series.keyframe, "subfiletype", 0) or 0) & FILETYPE_MASK:
+    for series in tif.series:
+        if not _is_mask(series):
             continue
         levels = list(series.levels) if getattr(series, "levels", None) else [series]
         for index, each in enumerate(levels):
@@ -1218,6 +1244,31 @@ def _internal_mask(path: str, tif, level_hw: tuple[int, int]):
 
 
 FILETYPE_MASK = 4  # TIFF's NewSubfileType bit of a transparency mask
+
+
+def _is_mask(series) -> bool:
+    return bool(int(getattr(series.keyframe, "subfiletype", 0) or 0) & FILETYPE_MASK)
+
+
+def main_series(tif) -> int:
+    """The index of the TIFF's image graphconv reads: the largest (height x width at full
+    resolution) of its images that is no mask, the first of equal ones. A slide's label,
+    macro and thumbnail are smaller than it and a z-stack's pages equal, so this is the
+    first image of most files; but an OME-TIFF converted from VSI, CZI or SCN may hold
+    the overview first and the slide after it, and reading the first mapped the overview
+    (a few hundred pixels of a whole glass slide) without a word."""
+    sizes = [(index, _axis_sizes(series)) for index, series in enumerate(tif.series)
+             if not _is_mask(series) and {"Y", "X"} <= set(series.axes.upper())]
+    if not sizes:
+        return 0
+    return max(sizes, key=lambda each: (each[1][0] * each[1][1], -each[0]))[0]
+
+
+def main_page(tif):
+    """The first page of the image `main_series` picks: the one whose tags (no-data
+    value, pixel size, GDAL's scale and offset) describe it."""
+    series = tif.series[main_series(tif)] if tif.series else None
+    return getattr(series, "keyframe", None) or tif.pages[0]
 ALPHA_SAMPLES = (1, 2)  # TIFF ExtraSamples: associated and unassociated alpha (0 is a band of no stated meaning)
 
 
@@ -1529,9 +1580,9 @@ def unread_nodata_note(source) -> str | None:
     pixels' type cannot hold (-9999 in 8 bits: GDAL writes such tags)."""
     source = getattr(source, "inner", getattr(source, "unpadded", source))
     tif = getattr(source, "tiff", None)
-    tag = tif.pages[0].tags.get(GDAL_NODATA) if tif is not None else None
+    tag = main_page(tif).tags.get(GDAL_NODATA) if tif is not None else None
     given = getattr(source, "nodata_given", False)
-    if tag is not None and _nodata(tif.pages[0]) is None and not given:
+    if tag is not None and _nodata(main_page(tif)) is None and not given:
         return (f"its GDAL_NODATA tag {shown(_nodata_text(tag), 40)} is not a number, so it is put aside and every "
                 "pixel is read as data (give the no-data value with --nodata)")
     value = getattr(source, "missing_value", None)
@@ -1553,32 +1604,47 @@ def tiff_notes(source, mask_given: bool = False) -> list[str]:
 
 
 def unread_images_note(source) -> str | None:
-    """What to say of a TIFF holding other images than the first that are not smaller
-    than it, which tifffile gives as series of their own and graphconv does not read: pages
-    written one by one (a z-stack, a time series) of the first one's size, or a larger
-    image (an OME-TIFF converted from VSI, CZI or SCN may hold the overview first and the
-    slide second: the overview was mapped without a word). A slide's label, macro and
-    thumbnail, smaller than its first image, and a mask (NewSubfileType 4) are not counted."""
+    """What to say of a TIFF holding other images than the one read (`main_series`, the
+    largest), which tifffile gives as series of their own: a larger one read past the
+    first (an OME-TIFF converted from VSI, CZI or SCN holding the overview first: it is
+    said which is read, so that a user who meant the overview knows), or pages of its
+    size written one by one (a z-stack, a time series), of which only the first is read.
+    A slide's label, macro and thumbnail, smaller than it, and a mask (NewSubfileType 4)
+    are not counted."""
+    source = getattr(source, "inner", getattr(source, "unpadded", source))
     tif = getattr(source, "tiff", None)
-    if tif is None or len(tif.series) < 2:
+    if tif is None:
+        return _unread_bioformats2raw_images_note(getattr(source, "path", None))
+    if len(tif.series) < 2:
         return None
-    first = _axis_sizes(tif.series[0])
-    others = [(index, _axis_sizes(series)) for index, series in enumerate(tif.series) if index
-              and not int(getattr(series.keyframe, "subfiletype", 0) or 0) & FILETYPE_MASK]
-    larger = [(index, hw) for index, hw in others if hw[0] * hw[1] > first[0] * first[1]]
-    if larger:
-        index, (h, w) = max(larger, key=lambda each: each[1][0] * each[1][1])
-        return (f"the file holds {counted(len(tif.series), 'image')}; graphconv reads the first, of {first[0]}x"
-                f"{first[1]} pixels, but image {index} is larger, {h}x{w} (an overview stored before the slide?). "
-                f"To map it, write it as a file of its own (bfconvert -series {index}, or tifffile.imread(path, "
-                f"series={index}) for one that fits in memory)")
-    same = [index for index, hw in others if hw == first]
+    read = main_series(tif)
+    h, w = _axis_sizes(tif.series[read])
+    if read:
+        first = _axis_sizes(tif.series[0])
+        return (f"the file holds {counted(len(tif.series), 'image')}; graphconv reads the largest, image {read} "
+                f"(counting from 0), of {h}x{w} pixels, not the first, of {first[0]}x{first[1]} (an overview "
+                "stored before the slide?). To map another, write it as a file of its own (bfconvert -series N)")
+    same = [index for index, series in enumerate(tif.series) if index and not _is_mask(series)
+            and {"Y", "X"} <= set(series.axes.upper()) and _axis_sizes(series) == (h, w)]
     if not same:
         return None
-    return (f"the file holds {counted(len(same) + 1, 'image')} of {first[0]}x{first[1]} pixels (pages written one by "
+    return (f"the file holds {counted(len(same) + 1, 'image')} of {h}x{w} pixels (pages written one by "
             "one: a z-stack, a time series, or bands as separate images?); only the first is read. To feed them as "
             "one image's bands, write them as one (tifffile.imwrite(path, stack) with the stack's axes, or "
             "gdal_merge.py -separate)")
+
+
+def _unread_bioformats2raw_images_note(path) -> str | None:
+    """What to say of bioformats2raw's folder whose largest image, the one read, is not
+    its first; each image is an OME-Zarr of its own, so another is read by its folder."""
+    images = bioformats2raw_images(Path(path)) if isinstance(path, (str, os.PathLike)) else []
+    read = Path(_ngff_image(Path(path))).name if images else "0"
+    if read == "0":
+        return None
+    (h, w), first = images[int(read)][1], images[0][1]
+    return (f"the folder holds {counted(len(images), 'image')} (bioformats2raw's layout); graphconv reads the "
+            f"largest, image {read}, of {h}x{w} pixels, not the first, of {first[0]}x{first[1]} (an overview "
+            f"stored before the slide?). To map another, give its folder: {shown_path(os.path.join(path, '0'))}")
 
 
 GDAL_SCALING_ITEM = re.compile(r'<Item\s+name="(SCALE|OFFSET)"\s+sample="(\d+)"\s+role="(?:scale|offset)"\s*>'
@@ -1589,7 +1655,7 @@ def stated_scaling(tif) -> dict[str, dict[int, float]]:
     """The per-band scale and offset GDAL's metadata tag states ({"SCALE": {band from 0:
     value}, "OFFSET": {...}}), the numbers only: read with a pattern, not an XML parser,
     as the tag is the file's text."""
-    tag = tif.pages[0].tags.get(GDAL_METADATA) if tif is not None and tif.pages else None
+    tag = main_page(tif).tags.get(GDAL_METADATA) if tif is not None and tif.pages else None
     stated: dict[str, dict[int, float]] = {"SCALE": {}, "OFFSET": {}}
     for name, band, value in GDAL_SCALING_ITEM.findall(str(tag.value) if tag is not None else ""):
         with contextlib.suppress(ValueError):
@@ -1685,11 +1751,12 @@ def _stated_pixel_size(tif) -> PixelSize:
     centimetre (Hamamatsu's NDPI) or per inch where that is a microscope's (101600 dpi:
     0.25 µm); a coarser inch resolution is a screen's (72 dpi) or a scanner's, no
     pixel size of the scene."""
-    page = tif.pages[0]
+    page = main_page(tif)
     aperio = re.search(r"\bMPP\s*=\s*([0-9]*\.?[0-9]+)", page.description or "")
     if aperio:
         return float(aperio.group(1)), float(aperio.group(1))
-    ome = _ome_pixel_size(tif.ome_metadata or "") if page.is_ome else NO_PIXEL_SIZE
+    ome = _ome_pixel_size(tif.ome_metadata or "", _axis_sizes(tif.series[main_series(tif)])) if tif.is_ome \
+        else NO_PIXEL_SIZE
     if not (ome == NO_PIXEL_SIZE and page.tags.get("XResolution") is not None):
         return ome
     unit = int(page.tags["ResolutionUnit"].value) if "ResolutionUnit" in page.tags else INCH  # TIFF's default
@@ -1709,11 +1776,16 @@ def _length_per_pixel(tag) -> float | None:
     return per / pixels if pixels and per else None
 
 
-def _ome_pixel_size(xml: str) -> PixelSize:
-    """OME-XML's first Pixels element's PhysicalSizeY/X, in micrometres (a missing Y is
-    X's, as square pixels have it)."""
-    pixels = re.search(r"<(?:\w+:)?Pixels\b[^>]*>", xml)
-    attributes = dict(re.findall(r'(\w+)="([^"]*)"', pixels.group(0))) if pixels else {}
+def _ome_pixel_size(xml: str, hw: tuple[int, int] | None = None) -> PixelSize:
+    """The PhysicalSizeY/X of OME-XML's first Pixels element of `hw` (height, width; the
+    first element where none is of it or `hw` is None), in micrometres (a missing Y is
+    X's, as square pixels have it). Its size picks the element: the image read may not
+    be the first (`main_series`), and tifffile skips images it cannot read, so the
+    image's number is no element's."""
+    elements = [dict(re.findall(r'(\w+)="([^"]*)"', each)) for each in re.findall(r"<(?:\w+:)?Pixels\b[^>]*>", xml)]
+    sized = [each for each in elements if hw is not None and (each.get("SizeY"), each.get("SizeX")) == tuple(
+        str(n) for n in hw)]
+    attributes = (sized or elements or [{}])[0]
     if "PhysicalSizeX" not in attributes:
         return NO_PIXEL_SIZE
     sizes = []

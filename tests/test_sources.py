@@ -15,7 +15,7 @@ pytest.importorskip("zarr")
 pytest.importorskip("imagecodecs")  # writes (and decodes) the JPEG tiles slides hold
 
 from graphconv.errors import GraphconvError  # noqa: E402
-from graphconv.sources import open_source  # noqa: E402
+from graphconv.sources import open_source, unread_images_note  # noqa: E402
 
 LEVEL_SIZES = [(300, 400), (150, 200), (75, 100)]
 
@@ -481,8 +481,6 @@ def test_a_zarr_group_is_refused_naming_its_image_arrays(tmp_path):
 def test_images_written_one_by_one_are_noted_as_unread(tmp_path):
     """Pages written one by one are series of their own and only the first is read: said,
     counting those of the first's size only (a slide's label and thumbnail are not)."""
-    from graphconv.sources import unread_images_note
-
     with tifffile.TiffWriter(tmp_path / "pages.tif") as tif:
         for z in range(3):
             tif.write(np.full((20, 30), z, np.uint8), photometric="minisblack", contiguous=False)
@@ -493,12 +491,25 @@ def test_images_written_one_by_one_are_noted_as_unread(tmp_path):
     assert unread_images_note(source).startswith("the file holds 3 images of 20x30 pixels (pages written one by one")
     assert "only the first is read" in unread_images_note(source)
     assert unread_images_note(open_source(tmp_path / "one.tif", 1, None)) is None
-    with tifffile.TiffWriter(tmp_path / "overview_first.tif") as tif:  # a slide converted from VSI or CZI
-        tif.write(np.zeros((20, 30), np.uint8), photometric="minisblack", contiguous=False)
-        tif.write(np.zeros((60, 90), np.uint8), photometric="minisblack", contiguous=False)
-    said = unread_images_note(open_source(tmp_path / "overview_first.tif", 1, None))
-    assert said.startswith("the file holds 2 images; graphconv reads the first, of 20x30 pixels, but image 1 is "
-                           "larger, 60x90") and "bfconvert -series 1" in said
+
+
+def test_the_largest_image_of_a_tiff_is_read_not_an_overview_stored_first(tmp_path):
+    """An OME-TIFF converted from VSI, CZI or SCN may hold the overview first: the slide,
+    the largest image, is read, at its own pixel size, and the note says which."""
+    from graphconv.sources import _pixel_size_and_level_heights
+
+    slide = np.random.default_rng(0).integers(0, 255, (60, 90), dtype=np.uint8)
+    with tifffile.TiffWriter(tmp_path / "overview_first.ome.tif", ome=True) as tif:
+        tif.write(np.full((20, 30), 7, np.uint8), photometric="minisblack",
+                  metadata={"PhysicalSizeX": 40.0, "PhysicalSizeY": 40.0})
+        tif.write(slide, photometric="minisblack", metadata={"PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+    source = open_source(tmp_path / "overview_first.ome.tif", 1, None)
+    np.testing.assert_array_equal(source.read(0, 0, 60, 90)[0], slide)
+    assert source.microns_per_pixel == 0.5
+    assert _pixel_size_and_level_heights(str(tmp_path / "overview_first.ome.tif")) == ((0.5, 0.5), [60])
+    said = unread_images_note(source)
+    assert said.startswith("the file holds 2 images; graphconv reads the largest, image 1 (counting from 0), of "
+                           "60x90 pixels, not the first, of 20x30") and "bfconvert -series N" in said
 
 
 def test_a_downsampled_source_spans_exact_level_0_pixels(scene):
@@ -985,6 +996,29 @@ def test_a_bioformats2raw_folder_reads_its_first_image(tmp_path):
     source = open_source(tmp_path / "slide.zarr", 3, None, 1)
     assert source.levels == 3 and source.microns_per_pixel == 0.25
     np.testing.assert_array_equal(source.read(0, 0, 150, 200), levels[1])
+    assert unread_images_note(source) is None
+
+
+def test_a_bioformats2raw_folder_reads_its_largest_image_not_an_overview_stored_first(tmp_path):
+    """bioformats2raw writes each image of a VSI or CZI as a numbered group; the overview
+    may be "0". The slide, the largest, is read, the note says so and how to read another."""
+    import zarr
+
+    (tmp_path / "slide.zarr").mkdir()
+    overview = tmp_path / "slide.zarr" / "0"
+    zarr.open_group(str(overview), mode="w", zarr_format=2).create_array("0", data=np.full((1, 3, 1, 30, 40), 9,
+                                                                                             np.uint8))
+    zarr.open_group(str(overview), mode="a").attrs["multiscales"] = [{"version": "0.4", "datasets": [{"path": "0"}]}]
+    levels = write_ome_zarr(tmp_path / "slide.zarr" / "1", microns=0.5)
+    zarr.open_group(str(tmp_path / "slide.zarr"), mode="a", zarr_format=2).attrs["bioformats2raw.layout"] = 3
+    source = open_source(tmp_path / "slide.zarr", 3, None)
+    assert source.microns_per_pixel == 0.5
+    np.testing.assert_array_equal(source.read(0, 0, *LEVEL_SIZES[0]), levels[0])
+    assert unread_images_note(source) == (
+        "the folder holds 2 images (bioformats2raw's layout); graphconv reads the largest, image 1, of 300x400 "
+        "pixels, not the first, of 30x40 (an overview stored before the slide?). To map another, give its folder: "
+        "slide.zarr/0")  # the path as given, relative to the working folder
+    assert (open_source(overview, 3, None).read(0, 0, 30, 40) == 9).all()
 
 
 @pytest.mark.parametrize("change, message", [
