@@ -883,7 +883,9 @@ def write_map_tiff(path: str, scores: np.ndarray, geo: GeoReference | None,
     metadata = gdal_metadata(band_descriptions(bands.shape[0], bands.dtype, contents),
                              class_names(bands.dtype, contents))
     extratags = tiff_tags(geo, nodata) + [(GDAL_METADATA, ASCII, len(metadata) + 1, metadata, True)]
-    tifffile.imwrite(path, data, photometric="minisblack", planarconfig="separate" if data.ndim == 3 else None,
+    colours = class_colour_table(bands.dtype, contents) if data.ndim == 2 else None
+    tifffile.imwrite(path, data, photometric="minisblack" if colours is None else "palette", colormap=colours,
+                     planarconfig="separate" if data.ndim == 3 else None,
                      tile=map_tile(bands.shape[1:]), **map_compression(bands.dtype),
                      extratags=extratags, bigtiff=data.nbytes > 2 ** 31, description=description,
                      metadata=None, software=f"graphconv {__version__}", **resolution)
@@ -909,6 +911,22 @@ def class_names(dtype: np.dtype, contents: dict | None) -> dict[int, str]:
         return {}
     classes, labels = contents.get("classes") or [], contents.get("labels")
     return {int(c): labels[i] if labels and i < len(labels) else f"class {c}" for i, c in enumerate(classes)}
+
+
+def class_colour_table(dtype: np.dtype, contents: dict | None) -> np.ndarray | None:
+    """A class map's TIFF colour map, (3, 65536) 16-bit red, green and blue: each
+    candidate class the colour the class picture and `graphconv cells` give it, any
+    other value (65535: not computed) black. GDAL reads it as the band's colour table,
+    so QGIS and ArcGIS show the classes in colour unasked; the values stay the classes.
+    None for a score map."""
+    if np.dtype(dtype) != np.uint16 or not contents or not contents.get("classes"):
+        return None
+    from graphconv.images import class_palette
+
+    classes = [int(c) for c in contents["classes"]]
+    table = np.zeros((3, 2 ** 16), np.uint16)
+    table[:, classes] = (class_palette(len(classes)).round().astype(np.uint16) * 257).T
+    return table
 
 
 def gdal_metadata(descriptions: Sequence[str], legend: dict[int, str]) -> str:

@@ -328,7 +328,12 @@ def test_a_tif_map_names_its_bands_for_gdal_and_says_what_it_was_read_at(digits,
     assert result.returncode == 0, result.stderr
     with tifffile.TiffFile(tmp_path / "classes.tif") as tif:
         xml = tif.pages[0].tags[42112].value
+        colours, values = tif.pages[0].colormap, tif.asarray()
     assert '<Item name="CLASS_10" sample="0">background</Item>' in xml
+    # a colour table GDAL and QGIS show the classes by, each class the colour its picture and cells give it
+    from graphconv.images import class_palette
+    np.testing.assert_array_equal(colours[:, :11].T, class_palette(11).round() * 257)
+    assert colours[:, 11:].max() == 0 and values.dtype == np.uint16 and set(np.unique(values)) <= set(range(11))
     assert '<Item name="CLASS_3" sample="0">3</Item>' in xml
     assert 'sample="0" role="description">class (the best class' in xml
 
