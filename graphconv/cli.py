@@ -1389,26 +1389,12 @@ def note_dense_padding(args: argparse.Namespace, model) -> None:
 def _pads_in(graph, padded: list[str]) -> str:
     """'pads in 3 layers', naming the ceil_mode pools among them whose last window hangs
     off the map (a network padding nowhere was said to pad)."""
-    from graphconv.dense import hanging_pools
+    from graphconv.dense import hanging_pools, hanging_words
 
     hanging = hanging_pools(graph, padded)
     if len(hanging) == len(padded):
         return f"hangs a ceil_mode pool's last window off the map in {counted(len(padded), 'layer')}"
-    return f"pads in {counted(len(padded), 'layer')}{_hanging_words(hanging)}"
-
-
-def _hanging_words(hanging: list[str]) -> str:
-    """' (p1: a ceil_mode pool's last window hanging off the map)', or nothing."""
-    if not hanging:
-        return ""
-    return f" ({_listed(hanging)}: a ceil_mode pool's last window hanging off the map)"
-
-
-def _listed(names: list[str]) -> str:
-    """The first layer names and how many more; a number (PyTorch Sequential's "0") in
-    quotes, which "note: 0 pad" read as no layer at all."""
-    shown = [f"'{name}'" if name.replace(".", "").isdigit() else name for name in names[:3]]
-    return ", ".join(shown) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f"pads in {counted(len(padded), 'layer')}{hanging_words(hanging)}"
 
 
 def _note_cells_off_the_lattice(model) -> None:
@@ -1883,7 +1869,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     """Every check runs before the first byte is written: the output folder is checked
     before the pipeline runs, and the compiled model's receptive field (which rejects
     maps of different strides meeting) is worked out before it is saved."""
-    from graphconv.compiler import compile_graph
+    from graphconv.compiler import compile_graph, compile_notes
     from graphconv.model import Model
     from graphconv.pass_manager import timings_table
     from graphconv.frontends import load_network as load_spec
@@ -1916,23 +1902,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
            f"{', as auto chose' if _auto_chose_the_stride_method(model) else ''})") if method else ""
     print(done + f"output stride {field.stride[0]}x{field.stride[1]}{how}, each cell sees "
                  f"{field.size[0]}x{field.size[1]} pixels")
-    note_padding(source)
-    note_shift_cut_padding(source, model.graph, args.output_stride)
+    for said in compile_notes(source, model.graph, args.output_stride):
+        note(f"note: {said}")
     return 0
-
-
-def note_shift_cut_padding(classifier, compiled, output_stride: int | None) -> None:
-    """Shift-and-stitch on a network that pads: where its shifted copies read padding
-    inside the image (`strides.shift_cut_padding`), and why dilate was not taken where
-    it could not be. A compiled model compiled again (no --output-stride) said it the
-    first time."""
-    from graphconv.strides import dilate_problem, shift_cut_padding
-
-    if output_stride is None or not compiled.find("shift_copies"):
-        return
-    note_text = shift_cut_padding(compiled, dilate_problem(classifier, output_stride))
-    if note_text:
-        note(f"note: {note_text}")
 
 
 def note_plugin_passes_that_changed_nothing(records) -> None:
@@ -1950,34 +1922,6 @@ def note_plugin_passes_that_changed_nothing(records) -> None:
         note(f"note: pass '{name}' left the graph as it was (if it was to change it: where a pass stands "
              f"decides what it sees, `--print-ir-before {name}` shows the graph it got; a pass that only reads "
              "it, a report or a check, says so with @register_pass(..., analysis=True); docs/writing-passes.md)")
-
-
-def note_padding(classifier) -> None:
-    """Why a compiled classifier's map can differ from the classifier on each crop, said
-    once at compile: each crop is padded at its own border, the sliding network only at
-    the image's (`graphconv verify` shows where, and by how much). Read from the network
-    as written: compiling changes no padding (fold-pad only moves it into the conv), and
-    a shift-and-stitch graph's finer strides are no grid to trace it on."""
-    from graphconv.dense import padded_layers
-
-    if classifier.meta.get("task") == "segmentation":
-        return
-    padded = padded_layers(classifier)
-    if padded:
-        from graphconv.dense import hanging_pools
-
-        hanging = hanging_pools(classifier, padded)
-        if len(hanging) == len(padded):
-            pools = "ceil_mode pool " if len(padded) == 1 else "ceil_mode pools "
-            note(f"note: {pools}{_listed(padded)} hang{'s' if len(padded) == 1 else ''} a last window off the map: "
-                 "each crop's is cut "
-                 "at its own border, the sliding network's only at the image's, so cells differ from the "
-                 "classifier on their crop where those windows reach; `graphconv verify` shows where and by how much")
-            return
-        note(f"note: {_listed(padded)} pad{_hanging_words(hanging)}: each crop is padded at its own border, "
-             "the sliding network only at the "
-             "image's, so cells differ from the classifier on their crop where that padding reaches (as in "
-             "any fully convolutional use of such a network); `graphconv verify` shows where and by how much")
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

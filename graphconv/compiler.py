@@ -6,7 +6,7 @@ import dataclasses
 import os
 from typing import Any, Sequence
 
-from graphconv.errors import GraphconvError, agreeing
+from graphconv.errors import GraphconvError, agreeing, warn_caller
 from graphconv.ir import Graph
 from graphconv.model import LOAD_OPTIONS, Model, load_graph
 from graphconv.pass_manager import (CONVERTING_PASSES, DEFAULT_PIPELINE, PassManager, PassRecord, PipelineItem,
@@ -42,6 +42,13 @@ def compile_graph(source: str | os.PathLike | Graph | Model, passes: str | Seque
     `--timings`). `source` itself is never changed. `options`: `graphconv.load`'s
     (weights, labels, crop_size, task, preprocess), for a path; the rest go to
     `PassManager` (print_ir_before/after, verify_each, out...)."""
+    _, compiled, records = _compiled(source, passes, output_stride, stride_method, options)
+    return compiled, records
+
+
+def _compiled(source: str | os.PathLike | Graph | Model, passes: str | Sequence[str | PipelineItem] | None,
+              output_stride: int | None, stride_method: str, options: dict) -> tuple[Graph, Graph, list[PassRecord]]:
+    """`compile_graph`'s work: (the graph as loaded, the compiled graph, the records)."""
     load_options = {key: options.pop(key) for key in LOAD_OPTIONS if key in options}
     _check_options(options, output_stride, stride_method)
     pipeline = build_pipeline(passes, output_stride, stride_method)  # a bad pipeline before a slow load
@@ -63,7 +70,23 @@ def compile_graph(source: str | os.PathLike | Graph | Model, passes: str | Seque
     else:
         record.pop("plugins", None)
     record_onnx_source(compiled)
-    return compiled, manager.records
+    return graph, compiled, manager.records
+
+
+def compile_notes(classifier: Graph, compiled: Graph, output_stride: int | None) -> list[str]:
+    """What to know of a compiled classifier's map that compiling cannot mend (the
+    command's notes, Python's GraphconvWarnings): where its padding makes cells differ
+    from the classifier on their crop (`dense.padding_note`) and, of shift-and-stitch,
+    where its shifted copies read padding inside the image and why dilation was not
+    taken (`strides.shift_cut_padding`). A model compiled again (no `output_stride`)
+    said the second the first time."""
+    from graphconv.dense import padding_note
+    from graphconv.strides import dilate_problem, shift_cut_padding
+
+    notes = [padding_note(classifier)]
+    if output_stride is not None and compiled.find("shift_copies"):
+        notes.append(shift_cut_padding(compiled, dilate_problem(classifier, output_stride)))
+    return [said for said in notes if said]
 
 
 def record_onnx_source(compiled: Graph) -> None:
@@ -191,5 +214,7 @@ def compile_model(source: str | os.PathLike | Graph | Model, passes: str | Seque
                   *, output_stride: int | None = None, stride_method: str = "auto", **options: Any) -> Model:
     """`compile_graph`, as a runnable Model: `source` is a path (read with `graphconv.load`'s
     options: weights, labels, crop_size, task, preprocess), a Model or a Graph."""
-    compiled, _ = compile_graph(source, passes, output_stride=output_stride, stride_method=stride_method, **options)
+    classifier, compiled, _ = _compiled(source, passes, output_stride, stride_method, options)
+    for said in compile_notes(classifier, compiled, output_stride):
+        warn_caller(said)
     return Model(compiled)

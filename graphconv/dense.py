@@ -167,6 +167,46 @@ def hanging_pools(graph: Graph, names: list[str]) -> list[str]:
     return hanging
 
 
+def padding_note(classifier: Graph) -> str | None:
+    """Why a compiled classifier's map can differ from the classifier on each crop, said
+    once at compile (the command's note, Python's GraphconvWarning): each crop is padded
+    at its own border, the sliding network only at the image's (`graphconv verify` shows
+    where, and by how much). Read from the network as written: compiling changes no
+    padding (fold-pad only moves it into the conv), and a shift-and-stitch graph's finer
+    strides are no grid to trace it on. None for a network that pads nowhere, and for a
+    segmentation network, whose map is per pixel, no crops."""
+    if classifier.meta.get("task") == "segmentation":
+        return None
+    padded = padded_layers(classifier)
+    if not padded:
+        return None
+    hanging = hanging_pools(classifier, padded)
+    if len(hanging) == len(padded):
+        pools = "ceil_mode pool " if len(padded) == 1 else "ceil_mode pools "
+        return (f"{pools}{listed_layers(padded)} hang{'s' if len(padded) == 1 else ''} a last window off the map: "
+                "each crop's is cut at its own border, the sliding network's only at the image's, so cells differ "
+                "from the classifier on their crop where those windows reach; `graphconv verify` shows where and "
+                "by how much")
+    return (f"{listed_layers(padded)} pad{hanging_words(hanging)}: each crop is padded at its own border, the "
+            "sliding network only at the image's, so cells differ from the classifier on their crop where that "
+            "padding reaches (as in any fully convolutional use of such a network); `graphconv verify` shows "
+            "where and by how much")
+
+
+def hanging_words(hanging: list[str]) -> str:
+    """' (p1: a ceil_mode pool's last window hanging off the map)', or nothing."""
+    if not hanging:
+        return ""
+    return f" ({listed_layers(hanging)}: a ceil_mode pool's last window hanging off the map)"
+
+
+def listed_layers(names: list[str]) -> str:
+    """The first layer names and how many more; a number (PyTorch Sequential's "0") in
+    quotes, which "note: 0 pad" read as no layer at all."""
+    shown = [f"'{name}'" if name.replace(".", "").isdigit() else name for name in names[:3]]
+    return ", ".join(shown) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
 # ---- where a crop's padding reaches ---------------------------------------------------------
 
 def padding_reach(graph: Graph) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
@@ -279,6 +319,9 @@ class VerifyReport:
     padding_kinds: dict[str, str] = field(default_factory=dict)  # padded layer -> `padding_kind` (absent: zeros)
     top: TopClasses | None = None  # on a real image (verify --image): what the padding does to the answer
     compiled_given: bool = False  # the classifier given was compiled to slide: (a) compares it with itself
+    # (N, rows, cols): each cell's largest difference over its classes, dense map vs crop loop (NaN: left out),
+    # to draw where the two differ (a padded network's border, a ceil_mode pool's edge)
+    cell_differences: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.conversion_tolerance is None:
@@ -300,6 +343,12 @@ class VerifyReport:
     def sliding_rounding(self) -> bool:
         """(b) differs over the tolerance asked, by rounding only."""
         return not self.agrees and self.max_abs <= ROUNDING * self.scale
+
+    @property
+    def converted_by_plugins(self) -> list[str]:
+        """The user's passes that rewrote fc or flatten layers and changed the scores on
+        the crop: a conversion of their own, which must keep them."""
+        return [change.name for change in self.pass_changes if change.converts and not change.builtin]
 
     @property
     def changed_by_plugins(self) -> bool:
@@ -434,7 +483,9 @@ class VerifyReport:
         elif self.strict:
             verdict = f"FAIL (--strict): {converted}, but {self.edge} makes the sliding evaluation differ"
         else:
-            verdict = (f"PASS: {converted}; the sliding evaluation differs from the crop loop "
+            top = (f", the top class in {self.top.changed} of {self.top.cells}" if self.top is not None else "")
+            verdict = (f"PASS: {converted}; the sliding evaluation differs from the crop loop in "
+                       f"{self.cells_differing} of {counted(self.cells, 'cell')} (by up to {self.max_abs:.3g}{top}), "
                        f"only where {self.edge} reaches (--strict demands equality)")
         lines.append("result: " + verdict)
         return "\n".join(lines)
@@ -500,6 +551,8 @@ class VerifyReport:
         if not self.pass_changes:
             return "DIFFERENT: the conversion is wrong (a bug)"
         changes = "; ".join(change.line() for change in self.pass_changes)
+        if self.converted_by_plugins:
+            return f"DIFFERENT: {changes}: the conversion is wrong (a bug in your pass, which rewrote fc layers)"
         if self.changed_by_plugins:
             return f"{changes} (the pipeline's own doing, not the conversion's)"
         return f"DIFFERENT: {changes}: the conversion is wrong (a graphconv bug in a built-in pass)"
@@ -510,6 +563,11 @@ class VerifyReport:
         saying whose change it is and whether the sliding evaluation is right for the
         network as changed."""
         named = ", ".join(f"'{change.name}'" for change in self.pass_changes)
+        if self.converted_by_plugins:
+            converting = ", ".join(f"'{name}'" for name in self.converted_by_plugins)
+            return (f"FAIL: the conversion is wrong: {converting} rewrote fc or flatten layers and changed what the "
+                    "classifier computes on its crop, which a conversion must keep (an fc over a CxHxW map becomes "
+                    "a conv of HxW kernel, its weight (K, C*H*W) reshaped to (K, C, H, W) in the flatten's order)")
         head = (f"FAIL: {named} changed what the classifier computes (graphconv's own passes keep it); "
                 "if that is what your pass is for, the sliding evaluation ")
         if self.agrees:
@@ -622,6 +680,7 @@ class PassChange:
     name: str
     origin: str
     max_abs: float
+    converts: bool = False  # it rewrote fc or flatten layers: it is (a part of) the conversion
 
     @property
     def builtin(self) -> bool:
@@ -643,14 +702,23 @@ def changing_passes(classifier: Model, pipeline: str, crops: np.ndarray, toleran
     changes: list[PassChange] = []
     graph, before = classifier.graph, _flat(classifier, crops, device)
     for name, options in parse_pipeline(pipeline):
+        whole_input_layers = _whole_input_layers(graph)
         graph = PassManager([(name, options)]).run(graph)
         model = Model(graph)
         after = _flat(model, _as_its_input(model, classifier, crops), device)
         diff = float(_abs_difference(after, before).max()) if after.shape == before.shape else float("inf")
         if diff > tolerance:
-            changes.append(PassChange(get_pass(name).name, get_pass(name).origin, diff))
+            changes.append(PassChange(get_pass(name).name, get_pass(name).origin, diff,
+                                      converts=_whole_input_layers(graph) < whole_input_layers))
         before = after
     return changes
+
+
+def _whole_input_layers(graph: Graph) -> int:
+    """The fc and flatten layers: what the conversion rewrites, so that a user's pass
+    leaving fewer is the user's own conversion (a lab's fc-to-conv), whose change of the
+    scores is its bug, not a change meant."""
+    return len(graph.find("fc")) + len(graph.find("flatten"))
 
 
 def _preprocess_words(block: dict | None) -> str:
@@ -738,7 +806,9 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
     if dense.shape != expected.shape:
         raise AssertionError(f"score map shape {dense.shape} != crop grid {expected.shape}")
     shape = dense.shape
+    cell_differences = _abs_difference(dense, expected).max(axis=1)
     if left_out is not None:  # the cells compared, as (N, K, cells, 1)
+        cell_differences[:, left_out] = np.nan
         dense, expected = dense[:, :, ~left_out][..., None], expected[:, :, ~left_out][..., None]
     scale = _finite_scale(expected)
     tol = tolerance if tolerance is not None else max(crop_tol, TOLERANCE * scale)  # (b)'s
@@ -754,7 +824,7 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
                           scale=scale, pass_changes=changes, conversion_tolerance=crop_tol,
                           conversion_scale=crop_scale, tolerance_given=tolerance is not None,
                           padding_kinds=kinds, compiled_given=_compiled_to_slide(original),
-                          finer_stride=_finer_stride(compiled))
+                          finer_stride=_finer_stride(compiled), cell_differences=cell_differences)
     if left_out_why:
         report.notes.append(left_out_why)
     if compiled.preprocess != original.preprocess:

@@ -397,3 +397,23 @@ def test_a_random_padded_classifier_converts_exactly_and_its_tiles_equal_the_who
     for model in (fcn, fine):
         np.testing.assert_allclose(run_tiled(model, image, _random_tile(data, model, stride)), model.run(image),
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_compiling_from_python_warns_where_padding_makes_cells_differ_from_the_crops():
+    """The command notes a padded classifier's cells differing from the classifier on
+    their crop; from Python (a notebook) the same words come as GraphconvWarnings, else
+    the map read as exact: the lecturer's padded model differed from the crop loop by 3.3."""
+    def warned(**options) -> list[warnings.WarningMessage]:
+        with pytest.warns(graphconv.GraphconvWarning) as said:
+            graphconv.compile_model(**options)
+        return [w for w in said if "no trained weights" not in str(w.message)]  # the specs' weights are seeded
+
+    padded = warned(source=SPECS / "alexnet.yaml")
+    assert [str(w.message) for w in padded] == [
+        "conv1, conv2, conv3 and 2 more pad: each crop is padded at its own border, the sliding network only at the "
+        "image's, so cells differ from the classifier on their crop where that padding reaches (as in any fully "
+        "convolutional use of such a network); `graphconv verify` shows where and by how much"]
+    assert padded[0].filename == __file__  # the user's line
+    shifted = warned(source=SPECS / "alexnet.yaml", output_stride=16, stride_method="shift")
+    assert len(shifted) == 2 and "shifted cop" in str(shifted[1].message)
+    assert warned(source=SPECS / "lenet.yaml") == []  # pads nowhere: nothing to say

@@ -89,6 +89,9 @@ def test_a_padded_network_passes_and_says_where_padding_reaches(write_spec, rng)
     assert "the 196 others agree" in text
     assert "every cell depends on positions padding reaches" in text
     assert "dilate and shift" not in text  # said only of a finer stride, where both can be asked for
+    per_cell = report.cell_differences  # what a notebook draws: where the dense map and the crop loop differ
+    assert per_cell.shape == (2, *report.shape[2:]) and per_cell.max() == report.max_abs
+    assert int((per_cell > report.tolerance).sum()) == report.cells_differing
     finer = graphconv.compile_model(classifier.graph, output_stride=1, stride_method="dilate")
     assert "--stride-method dilate and shift disagreeing near the image's edges on such a network is this same " \
            "effect" in str(verify(classifier, finer, random_input(rng, (1, 2, 20, 20))))
@@ -372,6 +375,35 @@ def test_a_plugin_pass_that_changes_the_scores_is_named_and_is_no_conversion_bug
     assert "pass 'strip-softmax' (plugin " in text and "changed what the classifier computes on its crop" in text
     assert "a bug" not in text and "(b) sliding evaluation vs the classifier as your passes left it" in text
     assert "the sliding evaluation is right: it equals the crop loop of the network as changed" in text
+
+
+def test_a_plugin_pass_that_converts_the_fc_layers_wrongly_is_named_as_the_wrong_conversion(write_spec, rng):
+    """A lab's own fc-to-conv with H and W swapped in the weight's reshape was reported
+    as 'the pipeline's own doing, not the conversion's' and 'if that is what your pass is
+    for, the sliding evaluation is right': a pass that rewrites the fc layers is the
+    conversion, and changing the crop's scores is its bug."""
+    from graphconv.ops import get_op
+    from graphconv.params import normalize_params
+    from graphconv.pass_manager import register_pass
+
+    @register_pass("swapped-fc-to-conv", "fc-to-conv with the kernel's H and W swapped", requires=("shapes",))
+    def swapped_fc_to_conv(graph):
+        for fc in graph.find("fc"):
+            c, h, w = fc.inputs[0].shape
+            weight = fc.weights["weight"].reshape(-1, c, w, h).transpose(0, 1, 3, 2)  # the bug
+            params = normalize_params(get_op("conv"), {"out_channels": fc.params["out_features"],
+                                                       "kernel_size": (h, w), "bias": fc.params["bias"]})
+            graph.replace(fc, "conv", params, {**fc.weights, "weight": np.ascontiguousarray(weight)})
+        return True
+
+    classifier = graphconv.load(write_spec(SOFTMAX))
+    fcn = graphconv.compile_model(classifier.graph, "shape-inference,remove-flatten,swapped-fc-to-conv")
+    report = verify(classifier, fcn, random_input(rng, (1, 2, 30, 26)))
+    assert [(c.name, c.converts) for c in report.pass_changes] == [("swapped-fc-to-conv", True)]
+    text = str(report)
+    assert "the conversion is wrong (a bug in your pass, which rewrote fc layers)" in text
+    assert "FAIL: the conversion is wrong: 'swapped-fc-to-conv' rewrote fc or flatten layers" in text
+    assert "own doing" not in text and "is right" not in text and not report.passed
 
 
 def test_a_built_in_pass_that_changes_the_scores_is_named_as_a_graphconv_bug(write_spec, rng, monkeypatch):
