@@ -647,12 +647,19 @@ class Model:
         preprocessed by the model's `preprocess`: the map `graphconv run MODEL --image
         FILE` computes for a picture run whole, (1, K, rows, cols) (or (1, K), see `run`).
         For an image too big to hold, `run_tiled` on a reader (graphconv.sources) instead."""
+        return self.run(self.prepare_image(image, resize=resize), device, full=full)
+
+    def prepare_image(self, image, *, resize: int | tuple[int, int] | None = None) -> np.ndarray:
+        """The (1, C, H, W) float32 array `run_image` feeds `run` for a picture (read,
+        upright, the network's channels, resized, preprocessed): what `run`, `verify` and
+        `dense.crop_loop` take, so that a notebook's crop loop sees the pixels the dense
+        map saw without writing the preprocess by hand."""
         from graphconv import images
 
         spec = self.graph.meta.get("preprocess")
         self.warn_if_pixels_unscaled()
         picture = images.as_picture(image, self.crop_shape[0], images.stores_values(spec), resize)
-        return self.run(images.preprocess(picture, spec), device, full=full)
+        return images.preprocess(picture, spec)[None].astype(np.float32, copy=False)
 
     def heatmap(self, image, klass: int | str = "top", *, scores: np.ndarray | None = None,
                 resize: int | tuple[int, int] | None = None, value_range: str | tuple[float, float] = "auto",

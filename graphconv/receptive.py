@@ -18,6 +18,7 @@ whose box reaches past the image.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -35,10 +36,18 @@ class Field:
     offset: tuple[int, int]
 
     def box(self, i: int, j: int) -> tuple[int, int, int, int]:
-        """(top, left, bottom, right), bottom/right exclusive, of cell (i, j) in input pixels."""
+        """(top, left, bottom, right), bottom/right exclusive, of cell (i, j) in input pixels
+        (numpy's integers taken as Python's: a cell found by `np.argmax` gave np.int64s)."""
+        i, j = operator.index(i), operator.index(j)
         top = self.offset[0] + i * self.stride[0]
         left = self.offset[1] + j * self.stride[1]
         return top, left, top + self.size[0], left + self.size[1]
+
+    def centre(self, i: int, j: int) -> tuple[float, float]:
+        """(y, x) of the centre of cell (i, j)'s box, in pixel coordinates where pixel k
+        spans k..k+1 (the `cells:` line of `run` states the same centres)."""
+        top, left, bottom, right = self.box(i, j)
+        return float(top + bottom) / 2, float(left + right) / 2
 
     def starts(self, axis: int, first: int, stop: int) -> np.ndarray:
         """The first pixel row (axis 0) or column (1) of the fields of cells first..stop - 1

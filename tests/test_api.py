@@ -292,6 +292,10 @@ def test_run_image_reads_and_preprocesses_a_picture(small, tmp_path):
         np.testing.assert_array_equal(fcn.run_image(image), expected)
     manual = (pixels.transpose(2, 0, 1) / 255 - np.array([0.5, 0.4, 0.3])[:, None, None]) / 0.25
     np.testing.assert_allclose(expected, fcn.run(manual.astype(np.float32)), rtol=1e-5, atol=1e-5)
+    prepared = fcn.prepare_image(pixels)  # what a notebook's own crop loop and verify take
+    assert prepared.shape == (1, 3, 30, 26) and prepared.dtype == np.float32
+    np.testing.assert_allclose(prepared[0], manual, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(fcn.run(prepared), expected)
     resized = fcn.run(graphconv.images.preprocess(graphconv.load_image(tmp_path / "photo.png", (27, 24)),
                                                  fcn.preprocess))
     for image in (tmp_path / "photo.png", pixels, Image.fromarray(pixels)):  # run --resize 24 (30x26: 27x24, cut

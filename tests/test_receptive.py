@@ -171,3 +171,17 @@ def test_the_finest_stride_takes_the_finer_branch_where_maps_of_different_stride
     assert finest_strides(mixed) == (2, 8) and crop_stride(mixed) == (2, 8)
     strided = graphconv.load(write_spec(STRIDED)).graph
     assert crop_stride(strided) == total_stride(strided)
+
+
+def test_a_cell_found_by_numpy_has_a_box_of_python_ints_and_a_centre():
+    """A notebook finds its cell with np.argmax: the box came back as np.int64s, and the
+    cell's centre (what `run`'s `cells:` line states) had to be worked out by hand."""
+    from graphconv.receptive import Field
+
+    field = Field((227, 227), (32, 32), (0, 0))
+    row, col = np.unravel_index(np.argmax(np.arange(12).reshape(3, 4)), (3, 4))
+    box = field.box(row, col)
+    assert box == (64, 96, 291, 323) and all(type(v) is int for v in box)
+    assert field.centre(row, col) == (177.5, 209.5)
+    with pytest.raises(TypeError):
+        field.box(1.5, 0)  # no cell between cells
