@@ -215,6 +215,8 @@ def compile_model(source: str | os.PathLike | Graph | Model, passes: str | Seque
     """`compile_graph`, as a runnable Model: `source` is a path (read with `graphconv.load`'s
     options: weights, labels, crop_size, task, preprocess), a Model or a Graph."""
     classifier, compiled, _ = _compiled(source, passes, output_stride, stride_method, options)
-    for said in compile_notes(classifier, compiled, output_stride):
-        warn_caller(said)
-    return Model(compiled)
+    model = Model(compiled)
+    if not model.returns_vectors:  # a network that slides: what its map is, as `graphconv compile` notes
+        for said in compile_notes(classifier, compiled, output_stride):
+            warn_caller(said)
+    return model

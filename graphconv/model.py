@@ -46,6 +46,15 @@ class Model:
         return (f"<graphconv.Model {self.graph.name!r}: input {c}x{h}x{w}, {channels}, "
                 f"{len(self.graph.layers())} layers, {self._state()}{task}>")
 
+    def summary(self, input_size: tuple[int, int] | None = None) -> str:
+        """`graphconv inspect`'s table, as text a notebook prints: each layer's output shape,
+        receptive field, stride, parameters and FLOPs at `input_size` (H, W; the crop
+        where None), then the map's size and where its cells stand (`print(model.graph)`
+        gives the IR itself)."""
+        from graphconv.inspect_report import inspect_report
+
+        return inspect_report(self, tuple(input_size) if input_size is not None else None)
+
     def _state(self) -> str:
         """What `run` of this model returns, in the repr's words: compiled, maps without
         being compiled (passes run by hand: fc-to-conv alone slides), or class vectors."""

@@ -218,14 +218,15 @@ class CropGrid:
     CELLS_PER_TILE = 32  # a tile of 32x32 crops: a progress step every ~1000 crops
 
     def __init__(self, classifier, stride: int | tuple[int, int]):
-        from graphconv.compiler import compile_model
+        from graphconv.compiler import compile_graph
+        from graphconv.model import Model
         from graphconv.ops import pair
         from graphconv.pass_manager import CLASSIFIER_PIPELINE
         from graphconv.strides import at_its_own_stride
 
         # the same function in fewer passes, made once per model (a cluster's worker makes a grid per tile)
-        self.model = classifier.derived("crop classifier", lambda: compile_model(at_its_own_stride(classifier.graph),
-                                                                                 CLASSIFIER_PIPELINE))
+        self.model = classifier.derived("crop classifier", lambda: Model(compile_graph(
+            at_its_own_stride(classifier.graph), CLASSIFIER_PIPELINE)[0]))
         _, crop_h, crop_w = classifier.crop_shape
         self.stride = pair(stride)
         self.field = Field((crop_h, crop_w), self.stride, (0, 0))

@@ -307,6 +307,16 @@ def test_run_image_reads_and_preprocesses_a_picture(small, tmp_path):
 
 # ---- 8. a Model says what it is -----------------------------------------------------------------------
 
+def test_a_model_s_summary_is_inspect_s_table(small):
+    """print(model) in a notebook gave the one-line repr only; the layer table was the
+    command's (`graphconv inspect`)."""
+    from graphconv.inspect_report import inspect_report
+
+    fcn = graphconv.compile_model(small)
+    assert fcn.summary() == inspect_report(fcn) and fcn.summary((24, 30)) == inspect_report(fcn, (24, 30))
+    assert fcn.summary((24, 30)).startswith("small: input 3x24x30 (trained crop 3x12x12)")
+
+
 def test_a_model_has_a_short_repr_that_says_what_run_returns(small):
     assert repr(graphconv.load(small)) == ("<graphconv.Model 'small': input 3x12x12, 3 output channels, 4 layers, "
                                            "a classifier (returns class vectors)>")
@@ -354,8 +364,9 @@ def test_a_network_on_seeded_weights_warns_at_the_callers_line(small, tmp_path):
 
 def test_an_onnx_model_fed_unscaled_pixels_warns(dynamic_onnx, tmp_path):
     pixels = (np.random.default_rng(0).random((40, 36, 3)) * 255).astype(np.uint8)
-    with no_graphconv_warning():  # its weights are in the file
+    with pytest.warns(graphconv.GraphconvWarning) as caught:
         fcn = graphconv.compile_model(dynamic_onnx, crop_size=32)
+    assert [" pad: each crop is padded" in str(w.message) for w in caught] == [True]  # its weights are in the file
     for feed in (fcn.run_image, fcn.classify, graphconv.load(dynamic_onnx, crop_size=32).classify):
         with pytest.warns(graphconv.GraphconvWarning, match="dyn.onnx states no preprocess.*0..255") as caught:
             feed(pixels)
