@@ -670,7 +670,7 @@ def _image_mapped(ref: ModelRef, image: str, output: str, options: MapOptions, t
         stamp = image_stamp(image)  # before the read: an image edited while it is read is not this map's
         source = options.open_image(model, image, _raster_nodata(image, options))
         if options.scales:
-            return _at_scales(model, image, output, source, options, _as_found(output, found), stamp)
+            return _at_scales(model, image, output, source, options, _as_found(output, found, image, stamp), stamp)
         transform, _, _ = map_transform(options.reduce, options.classes, model.output_channels)
         grid = options.grid(model)
         blank_cells = None
@@ -702,7 +702,7 @@ def _image_mapped(ref: ModelRef, image: str, output: str, options: MapOptions, t
         if tile is not None:
             shape, resumed, planned, partial_map, damaged, pieces = _map_in_tiles(
                 ref, model, image, output, source, grid, tile, options, blank_cells, contents, stopped,
-                _as_found(output, found), budget if resumed_tile else None)
+                _as_found(output, found, image, stamp), budget if resumed_tile else None)
         else:
             partial_map = _partial_map_beside_a_whole_map(output) if not options.resume else None
             x = source.read(0, 0, source.height, source.width)
@@ -711,7 +711,7 @@ def _image_mapped(ref: ModelRef, image: str, output: str, options: MapOptions, t
             if stopped is not None and stopped():  # not written: nobody is waiting for it
                 raise StoppedByTheCommand("stopped by the command that sent it, before its map was written")
             _write_map(output, result, source, grid, {**contents, "tile_plan": WHOLE_IMAGE_PLAN},
-                       _as_found(output, found))
+                       _as_found(output, found, image, stamp))
             shape = tuple(result.shape)
         from graphconv.sources import tiff_notes
         notes = (pieces, stored_orientation_note(source), *tiff_notes(source, bool(options.mask)),
@@ -1019,19 +1019,39 @@ def _write_map(output: str, scores: np.ndarray, source, grid, contents: dict,
         atomic_write(output, lambda p: np.save(p, scores), suffix=".npy", unchanged=unchanged)
 
 
-def _as_found(output: str, found: list[int] | None) -> Callable[[], None]:
+def _as_found(output: str, found: list[int] | None, image: str | None = None,
+              stamp: list[int] | None = None) -> Callable[[], None]:
     """A check, run just before `output` is renamed into place, that it is as the batch
     found it before any work (`found`, its `file_stamp`, None: not there): two batches
     of like-named images (two cameras' IMG_0001.JPG) into one --output-dir each found
-    the names free, then replaced each other's maps, both saying all were written."""
+    the names free, then replaced each other's maps, both saying all were written. And
+    that `image` is still the file read (`image_unchanged`)."""
     from graphconv.files import file_stamp
 
     def unchanged() -> None:
+        if image is not None:
+            image_unchanged(image, stamp)()
         if file_stamp(output) != found:
             raise WrittenMeanwhile(f"{WRITTEN_MEANWHILE} (two batches into "
                                    "one --output-dir at once?): left as that run wrote it; map this batch into a "
                                    "separate --output-dir (with --skip-existing, a map another run makes meanwhile "
                                    "as this one would is kept)", file=output)
+    return unchanged
+
+
+def image_unchanged(image: str, stamp: list[int] | None) -> Callable[[], None]:
+    """A check, run just before a map is renamed into place, that `image` is the file its
+    pixels were read from (`stamp`, its `image_stamp` before the read; None: no check): a
+    slide copied over in place while it was mapped gave a map half of one slide and half
+    of the other, which the run called written."""
+    from graphconv.files import file_stamp
+
+    def unchanged() -> None:
+        if stamp is not None and file_stamp(image) != stamp:
+            raise GraphconvError("the image file changed while it was mapped (rewritten or replaced during the "
+                                 "run: its size, time or inode differ from when it was first read), so its map "
+                                 "would mix two images; none was written: map it again once it is complete",
+                                 file=image)
     return unchanged
 
 

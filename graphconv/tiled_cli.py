@@ -190,12 +190,12 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     print(f"tiles: {plan.describe()}", file=sys.stderr)
     placement = cell_placement(source, grid.cell_area)
     print(f"cells: {placement.describe()}", file=sys.stderr)
-    from graphconv.cluster import IMAGE_STAMP, image_stamp, left_out_record
+    from graphconv.cluster import IMAGE_STAMP, image_stamp, image_unchanged, left_out_record
     left_out = left_out_record(_map_options(args, grid), args.image)
     contents = {**map_contents(args.image, args.model, model, args.classes, args.reduce, left_out),
                 **(background.nodata_record() if background is not None else {})}
-    placement = replace(placement, contents={**contents, IMAGE_STAMP: image_stamp(args.image),
-                                             "tile_plan": plan.as_recorded()})
+    stamp = image_stamp(args.image)
+    placement = replace(placement, contents={**contents, IMAGE_STAMP: stamp, "tile_plan": plan.as_recorded()})
     blank_cells, blank_tiles = _skipper(args, background, plan)
     if not (args.workers or args.scheduler):
         from graphconv.cli import note_cold_kernels
@@ -207,7 +207,8 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     if args.output:
         map_file = MapFile(args.output, shape, dtype, chunk_hw=plan.cells_hw,
                            georeference=_map_georeference(args, source, grid), placement=placement,
-                           resume=job if resume else None, tiles=plan.tiles, blank=blank_tiles)
+                           resume=job if resume else None, tiles=plan.tiles, blank=blank_tiles,
+                           unchanged=image_unchanged(args.image, stamp))
         with map_file as out:
             if resume:
                 _say_resumed(map_file, plan, blank_tiles, _left_out_over(background))

@@ -3910,3 +3910,31 @@ def test_cli_a_collection_mapped_again_says_what_its_folder_keeps_from_earlier_r
             "drawn from the earlier maps, they no longer showed what the maps hold") in again.stderr
     assert ("note: 1 map in maps is of an image no longer there (deleted or moved since; such as 2024/img0.npy, of "
             f"{folder / 'lib/2024/img0.png'}): its row in graphconv-maps.csv and its map are kept") in again.stderr
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_an_image_replaced_while_it_is_mapped_leaves_no_mixed_map(model_dir, picture, tmp_path, monkeypatch, batch):
+    """A slide copied over in place during its mapping gave a map half of one slide and
+    half of the other, exit 0 and recorded as written: the image's stamp is checked again
+    before the map is renamed into place."""
+    import graphconv.tiling
+
+    (tmp_path / "slides").mkdir()
+    image = tmp_path / "slides" / "slide.tif"
+    shutil.copy(picture / "tiled.tif", image)
+    write = graphconv.tiling.write_block
+
+    def replacing_the_image(out, tile, block, progress=None):
+        if not (tmp_path / "other.tif").exists():  # the first tile: another slide is copied over this one
+            tifffile.imwrite(tmp_path / "other.tif", np.zeros((150, 170), np.uint8), tile=(64, 64))
+            os.replace(tmp_path / "other.tif", image)
+            (tmp_path / "other.tif").touch()
+        write(out, tile, block, progress)
+    monkeypatch.setattr(graphconv.tiling, "write_block", replacing_the_image)
+    where = ["--images", tmp_path / "slides", "--output-dir", tmp_path / "maps"] if batch else [
+        "--image", image, "--output", tmp_path / "maps" / "slide.npy"]
+    result = graphconv_in_process("run", model_dir, *where, "--tile", "64")
+    assert result.returncode != 0
+    assert "slide.tif: the image file changed while it was mapped" in result.stderr and "none was written" in \
+        result.stderr
+    assert not (tmp_path / "maps" / "slide.npy").exists()
