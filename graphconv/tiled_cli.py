@@ -282,6 +282,12 @@ WASTEFUL = 1.5  # computing this many times the image's pixels, and a larger til
 
 
 def _note_a_wasteful_tile(grid, image_hw: tuple[int, int], plan, budget: int, background=None) -> None:
+    said = wasteful_tile_note(grid, image_hw, plan, budget, background)
+    if said:
+        print(f"note: {said}", file=sys.stderr)
+
+
+def wasteful_tile_note(grid, image_hw: tuple[int, int], plan, budget: int, background=None) -> str | None:
     """A --tile so small that each tile's halo, computed again by its neighbours, is most
     of the work (a 200 px tile over a slide: 15.9x the image's pixels) while the memory
     budget allows a tile that computes much less: say so, with that tile. Where cells
@@ -291,12 +297,12 @@ def _note_a_wasteful_tile(grid, image_hw: tuple[int, int], plan, budget: int, ba
     from graphconv.tiling import choose_tile, plan_tiles
 
     if plan.overhead < WASTEFUL:
-        return
+        return None
     try:
         roomy = choose_tile(grid, image_hw, budget) if background is None else (
             background.cheapest_tile(grid, image_hw, budget))
     except GraphconvError:
-        return
+        return None
     better = plan_tiles(grid, image_hw, roomy)
     pixels = image_hw[0] * image_hw[1]
     computed, better_computed = (
@@ -307,8 +313,9 @@ def _note_a_wasteful_tile(grid, image_hw: tuple[int, int], plan, budget: int, ba
                    f"--tile {roomy} would compute {better_computed:.2f}x" if background is None else
                    f"without --tile, tiles of {roomy} would compute {better_computed:.2f}x")
         skipped = ", less the tiles of cells left out alone" if background is not None else ""
-        print(f"note: tiles of {plan.tile_hw[0]}x{plan.tile_hw[1]} compute {computed:.2f}x the image's pixels "
-              f"(each tile's halo again{skipped}); {instead}, within the memory budget", file=sys.stderr)
+        return (f"tiles of {plan.tile_hw[0]}x{plan.tile_hw[1]} compute {computed:.2f}x the image's pixels "
+                f"(each tile's halo again{skipped}); {instead}, within the memory budget")
+    return None
 
 
 def describe_resolution(source, asked: float | None = None) -> None:

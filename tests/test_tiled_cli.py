@@ -2878,6 +2878,13 @@ def test_cli_a_tile_whose_halo_is_most_of_the_work_is_noted(model_dir, picture, 
                      r"whole image fits in one tile \(leave out --tile\)", small.stderr), small.stderr
     whole = graphconv("run", model_dir, "--image", picture / "tiled.tif", "--output", tmp_path / "w.npy")
     assert whole.returncode == 0 and "each tile's halo again" not in whole.stderr
+    (tmp_path / "slides").mkdir()  # a batch said nothing: 7 slides at --tile 400 took 575 s, at 512 31 s
+    shutil.copy(picture / "tiled.tif", tmp_path / "slides")
+    batch = graphconv_in_process("run", model_dir, "--images", tmp_path / "slides", "--output-dir", tmp_path / "maps",
+                                 "--tile", "48")
+    assert batch.returncode == 0, batch.stderr
+    assert re.search(r"note: \S*tiled.tif: tiles of 48x48 compute [\d.]+x the image's pixels \(each tile's halo again\); the "
+                     r"whole image fits in one tile \(leave out --tile\)", batch.stderr + batch.stdout), batch.stderr
     np.testing.assert_allclose(np.load(tmp_path / "s.npy"), np.load(tmp_path / "w.npy"), rtol=1e-5, atol=1e-7)
 
 
