@@ -1356,10 +1356,15 @@ def _is_a_list(pattern: str) -> bool:
 def _listed_images(list_file: str) -> list[str]:
     """The images a list names, one path a line (`find slides -name '*.svs' > slides.txt`),
     a relative one from the current folder, as the shell that made the list took it;
-    blank lines and '#' comments are skipped, a path listed again is mapped once. A path
-    that is not there is refused before any work, naming its line: a job array's task
-    failed it after hours of the others otherwise, exit 2 for a typo. A broken link is
-    there, named as the list names it: it is that image's error, as in a folder's batch."""
+    blank lines and '#' comments are skipped, a path listed again is mapped once. A list
+    none of whose paths is there (run from another folder, a typo'd prefix) is refused
+    before any work, naming the first's line. Some missing among others are noted before
+    any work, naming their lines, and each is that image's error, recorded in the batch's
+    list as a file deleted during the run is: one slide lost from a 300-slide list
+    refused the whole night's batch. A broken link is there, named as the list names it:
+    it is that image's error, as in a folder's batch."""
+    from graphconv.cli import note
+
     try:
         with open(list_file, encoding="utf-8", errors="surrogateescape") as lines:
             listed = [(number, line.rstrip("\r\n")) for number, line in enumerate(lines, 1)]
@@ -1376,10 +1381,17 @@ def _listed_images(list_file: str) -> list[str]:
     if missing:
         (number, path), more = missing[0], len(missing) - 1
         what = "is a folder, not an image" if os.path.isdir(path) else "is not there"
-        also = f" ({more} more listed {agreeing(more, 'path', 'paths')} too)" if more else ""
-        raise GraphconvError(f"{shown(path)} {what}{also}; relative "
-                             f"paths are read from the current folder, {os.getcwd()}",
-                             loc=Location(list_file, number))
+        where = f"relative paths are read from the current folder, {os.getcwd()}"
+        if len(missing) == len(images):
+            also = f" (nor is any other listed path: {more} more)" if more else ""
+            raise GraphconvError(f"{shown(path)} {what}{also}; {where}", loc=Location(list_file, number))
+        from graphconv.manifest import MANIFEST_NAME
+
+        lines = ", ".join(str(n) for n, _ in missing[1:4]) + (", ..." if len(missing) > 4 else "")
+        also = f" (and {more} more listed {agreeing(more, 'path', 'paths')}: {agreeing(more, 'line', 'lines')} " \
+               f"{lines})" if more else ""
+        note(f"note: {list_file}:{number}: {shown(path)} {what}{also}; the other images are mapped, and a missing "
+             f"image's row in {MANIFEST_NAME} records its error ({where})")
     return list(images.values())
 
 
