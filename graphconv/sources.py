@@ -1250,6 +1250,11 @@ def _is_mask(series) -> bool:
     return bool(int(getattr(series.keyframe, "subfiletype", 0) or 0) & FILETYPE_MASK)
 
 
+def _is_plane(series) -> bool:
+    """Whether a TIFF series is an image of rows and columns (tifffile gives others too)."""
+    return {"Y", "X"} <= set(series.axes.upper())
+
+
 def main_series(tif) -> int:
     """The index of the TIFF's image graphconv reads: the largest (height x width at full
     resolution) of its images that is no mask, the first of equal ones. A slide's label,
@@ -1258,7 +1263,7 @@ def main_series(tif) -> int:
     the overview first and the slide after it, and reading the first mapped the overview
     (a few hundred pixels of a whole glass slide) without a word."""
     sizes = [(index, _axis_sizes(series)) for index, series in enumerate(tif.series)
-             if not _is_mask(series) and {"Y", "X"} <= set(series.axes.upper())]
+             if not _is_mask(series) and _is_plane(series)]
     if not sizes:
         return 0
     return max(sizes, key=lambda each: (each[1][0] * each[1][1], -each[0]))[0]
@@ -1619,13 +1624,13 @@ def unread_images_note(source) -> str | None:
         return None
     read = main_series(tif)
     h, w = _axis_sizes(tif.series[read])
-    if read:
+    if read and _is_plane(tif.series[0]):
         first = _axis_sizes(tif.series[0])
         return (f"the file holds {counted(len(tif.series), 'image')}; graphconv reads the largest, image {read} "
                 f"(counting from 0), of {h}x{w} pixels, not the first, of {first[0]}x{first[1]} (an overview "
                 "stored before the slide?). To map another, write it as a file of its own (bfconvert -series N)")
     same = [index for index, series in enumerate(tif.series) if index and not _is_mask(series)
-            and {"Y", "X"} <= set(series.axes.upper()) and _axis_sizes(series) == (h, w)]
+            and _is_plane(series) and _axis_sizes(series) == (h, w)]
     if not same:
         return None
     return (f"the file holds {counted(len(same) + 1, 'image')} of {h}x{w} pixels (pages written one by "
