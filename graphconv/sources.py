@@ -1008,7 +1008,7 @@ def _ngff_image(folder: Path) -> Path | None:
     if "multiscales" in _ngff_attrs(folder):
         return folder
     images = bioformats2raw_images(folder)
-    return folder / str(max(images, key=lambda each: (each[1][0] * each[1][1], -each[0]))[0]) if images else None
+    return folder / str(_largest(images)) if images else None
 
 
 def bioformats2raw_images(folder: Path) -> list[tuple[int, tuple[int, int]]]:
@@ -1264,9 +1264,12 @@ def main_series(tif) -> int:
     (a few hundred pixels of a whole glass slide) without a word."""
     sizes = [(index, _axis_sizes(series)) for index, series in enumerate(tif.series)
              if not _is_mask(series) and _is_plane(series)]
-    if not sizes:
-        return 0
-    return max(sizes, key=lambda each: (each[1][0] * each[1][1], -each[0]))[0]
+    return _largest(sizes) if sizes else 0
+
+
+def _largest(images: list[tuple[int, tuple[int, int]]]) -> int:
+    """The number of the largest of (number, (H, W)) images by pixels, the first of equal ones."""
+    return max(images, key=lambda each: (each[1][0] * each[1][1], -each[0]))[0]
 
 
 def main_page(tif):
@@ -1643,10 +1646,10 @@ def _unread_bioformats2raw_images_note(path) -> str | None:
     """What to say of bioformats2raw's folder whose largest image, the one read, is not
     its first; each image is an OME-Zarr of its own, so another is read by its folder."""
     images = bioformats2raw_images(Path(path)) if isinstance(path, (str, os.PathLike)) else []
-    read = Path(_ngff_image(Path(path))).name if images else "0"
-    if read == "0":
+    read = _largest(images) if images else 0
+    if not read:
         return None
-    (h, w), first = images[int(read)][1], images[0][1]
+    (h, w), first = images[read][1], images[0][1]
     return (f"the folder holds {counted(len(images), 'image')} (bioformats2raw's layout); graphconv reads the "
             f"largest, image {read}, of {h}x{w} pixels, not the first, of {first[0]}x{first[1]} (an overview "
             f"stored before the slide?). To map another, give its folder: {shown_path(os.path.join(path, '0'))}")
@@ -1756,12 +1759,12 @@ def _stated_pixel_size(tif) -> PixelSize:
     centimetre (Hamamatsu's NDPI) or per inch where that is a microscope's (101600 dpi:
     0.25 µm); a coarser inch resolution is a screen's (72 dpi) or a scanner's, no
     pixel size of the scene."""
-    page = main_page(tif)
+    series = tif.series[main_series(tif)]
+    page = getattr(series, "keyframe", None) or tif.pages[0]
     aperio = re.search(r"\bMPP\s*=\s*([0-9]*\.?[0-9]+)", page.description or "")
     if aperio:
         return float(aperio.group(1)), float(aperio.group(1))
-    ome = _ome_pixel_size(tif.ome_metadata or "", _axis_sizes(tif.series[main_series(tif)])) if tif.is_ome \
-        else NO_PIXEL_SIZE
+    ome = _ome_pixel_size(tif.ome_metadata or "", _axis_sizes(series)) if tif.is_ome else NO_PIXEL_SIZE
     if not (ome == NO_PIXEL_SIZE and page.tags.get("XResolution") is not None):
         return ome
     unit = int(page.tags["ResolutionUnit"].value) if "ResolutionUnit" in page.tags else INCH  # TIFF's default
