@@ -35,6 +35,7 @@ from graphconv.errors import GraphconvError, GraphconvWarning, SmallerThanTheCro
 
 if TYPE_CHECKING:
     from graphconv.georef import CellPlacement
+    from graphconv.tiling import DamagedCells
 
 
 @dataclass(frozen=True)
@@ -588,6 +589,7 @@ class ImageResult:
     image_stamp: list[int] | None = None  # the image file's `image_stamp` before it was read: its map's row records it
     placement: CellPlacement | None = None  # where its cells stand on the image: its map's row records it
     top: RankedClasses | None = None  # --top: its map's best classes (`ranked_classes`): said, and its row records them
+    damaged: DamagedCells | None = None  # --skip-damaged: what was left out (said, and its row records it)
 
 
 def stored_orientation_note(source) -> str | None:
@@ -659,7 +661,7 @@ def _image_mapped(ref: ModelRef, image: str, output: str, options: MapOptions, t
     """`_one_image`'s map."""
     from graphconv.cli import user_message
     from graphconv.georef import cell_placement, map_contents
-    from graphconv.tiling import WHOLE_IMAGE_PLAN, map_transform
+    from graphconv.tiling import WHOLE_IMAGE_PLAN, DamagedCells, map_transform
 
     asked_tile = tile
     try:
@@ -728,7 +730,8 @@ def _image_mapped(ref: ModelRef, image: str, output: str, options: MapOptions, t
                            turned=turned_upright(image), converted=channel_conversion(source),
                            scaled=value_scaling(source),
                            nodata_possible=nodata_can_occur(getattr(source, "inner", source)), image_stamp=stamp,
-                           placement=cell_placement(source, grid.cell_area))
+                           placement=cell_placement(source, grid.cell_area),
+                           damaged=damaged if damaged is not None else DamagedCells() if options.skip_damaged else None)
     except (GraphconvError, OSError, MemoryError, ValueError) as err:
         if isinstance(err, WrittenMeanwhile) and _made_meanwhile(ref, model, image, output, options, asked_tile,
                                                                   found):
@@ -1090,7 +1093,8 @@ def run_images(ref: ModelRef, images: Sequence[str], output_dir: str, options: M
         if result.image_stamp is not None:  # else the image's time against the map's tells an image edited since
             settings[IMAGE_STAMP] = result.image_stamp
         record = functools.partial(manifest.record, result.image, output_of[result.image], result.shape)
-        record = functools.partial(record, placement=result.placement, top=result.top, top_by=options.top_by)
+        record = functools.partial(record, placement=result.placement, top=result.top, top_by=options.top_by,
+                                   damaged=result.damaged)
         record(result.error, written, settings)  # before its heatmap is drawn: a stop then keeps the map as made
         shown = progress(result) if progress is not None else None
         if shown is not None and shown.error != result.error:  # the command's, its heatmap's error added

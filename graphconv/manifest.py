@@ -1,13 +1,15 @@
 """The list of what an --images batch did (`graphconv-maps.csv` in its --output-dir): a
 row per image, with its map, whether it was written, the map's shape, where its cells
-stand on the image, with --top its best classes, and the image's error. It is for the
-user's scripts (which photos failed, and why, without reading stderr; where an .npy
-map's cells lie; which photos show a deer, whatever order the workers finished in), and for
-graphconv itself: an .npy map records nothing of who wrote it, so a
-later run replaces an .npy of another shape (a photo cropped since, another --classes)
-only where this list says graphconv wrote exactly that file (its size, time and inode);
-and its `made_with` (the model and settings, JSON, as a .tif map states them) tells
---skip-existing a map of another model or --resize of the same shape from this run's.
+stand on the image, with --top its best classes, the image's error, and with
+--skip-damaged how many cells were left out around TIFF tiles that cannot be decoded.
+It is for the user's scripts (which photos failed, and why, without reading stderr;
+where an .npy map's cells lie; which photos show a deer, whatever order the workers
+finished in; which slides' maps have holes), and for graphconv itself: an .npy map
+records nothing of who wrote it, so a later run replaces an .npy of another shape (a
+photo cropped since, another --classes) only where this list says graphconv wrote
+exactly that file (its size, time and inode); and its `made_with` (the model and
+settings, JSON, as a .tif map states them) tells --skip-existing a map of another model
+or --resize of the same shape from this run's.
 
 Each image's row is appended as the image is done, so a batch stopped at any moment
 leaves the rows of the maps it kept; at the end the list is written again with one row
@@ -33,14 +35,17 @@ from graphconv.files import atomic_write, file_stamp, locked_if_possible, same_f
 if TYPE_CHECKING:
     from graphconv.cluster import RankedClasses
     from graphconv.georef import CellPlacement
+    from graphconv.tiling import DamagedCells
 
 MANIFEST_NAME = "graphconv-maps.csv"
 PLACEMENT_COLUMNS = ("first_cell_centre_y", "first_cell_centre_x", "cell_step_y", "cell_step_x", "cell_area_h",
                      "cell_area_w")
 TOP_COLUMNS = ("top", "top_by")
-COLUMNS = ("image", "map", "status", "shape", "error", "map_stamp", "made_with", *PLACEMENT_COLUMNS, *TOP_COLUMNS)
+DAMAGE_COLUMNS = ("damaged_cells", "damaged_tiff_tiles")
+COLUMNS = ("image", "map", "status", "shape", "error", "map_stamp", "made_with", *PLACEMENT_COLUMNS, *TOP_COLUMNS,
+           *DAMAGE_COLUMNS)
 # Lists earlier versions wrote, with fewer of these columns: read, and written anew at the next row.
-EARLIER_HEADERS = (COLUMNS[:13], COLUMNS[:7], COLUMNS[:6])
+EARLIER_HEADERS = (COLUMNS[:15], COLUMNS[:13], COLUMNS[:7], COLUMNS[:6])
 MANIFEST_LIMIT = 256 << 20  # bytes: a list of millions of maps; a larger file is not one graphconv wrote
 # File names are bytes on POSIX: one that is not UTF-8 (a Latin-1 'café.png') is kept as its
 # bytes, as Python's os functions keep it, rather than stopping the batch. A byte-order mark,
@@ -66,13 +71,15 @@ class Manifest:
 
     def record(self, image: str, output: str, shape: tuple[int, ...] | None, error: str | None,
                written: bool, made_with: dict | None = None, placement: CellPlacement | None = None,
-               top: RankedClasses | None = None, top_by: str | None = None) -> None:
+               top: RankedClasses | None = None, top_by: str | None = None,
+               damaged: DamagedCells | None = None) -> None:
         """Note what became of `image`, whose map goes to `output`, at once (appended):
         `written`, its map is there (an error then is what failed after it, its heatmap),
         made with `made_with` (`cluster.map_settings`), its cells placed on the image as
         `placement` says (an .npy map has no room for it), its best classes `top` (--top,
-        ranked by --top-by's `top_by`). A failed image's earlier map, unchanged, keeps its
-        stamp, settings, placement and classes: it is still graphconv's."""
+        ranked by --top-by's `top_by`), `damaged` the cells --skip-damaged left out of it.
+        A failed image's earlier map, unchanged, keeps its stamp, settings, placement,
+        classes and damage count: it is still graphconv's."""
         key = self._key(output)
         earlier = self.rows.get(key) or {}
         stamp = _stamp_text(output) if written else earlier.get("map_stamp", "")
@@ -80,10 +87,11 @@ class Manifest:
             stamp = ""  # the earlier map is gone or changed since
         if written:
             settings = json.dumps(made_with, sort_keys=True) if made_with is not None else ""
-            cells = {**_placement_fields(placement), **_top_fields(top, top_by)}
+            cells = {**_placement_fields(placement), **_top_fields(top, top_by), **_damage_fields(damaged)}
         else:  # the earlier map's, while it is there unchanged
             settings = earlier.get("made_with", "") if stamp else ""
-            cells = {name: earlier.get(name, "") if stamp else "" for name in (*PLACEMENT_COLUMNS, *TOP_COLUMNS)}
+            cells = {name: earlier.get(name, "") if stamp else ""
+                     for name in (*PLACEMENT_COLUMNS, *TOP_COLUMNS, *DAMAGE_COLUMNS)}
         row = {"image": os.path.abspath(image), "map": key, "status": "written" if written else "failed",
                "shape": "x".join(map(str, shape)) if shape and written else "", "error": _unnamed(error or "", image),
                "map_stamp": stamp, "made_with": settings, **cells}
@@ -246,6 +254,16 @@ def _top_fields(top: RankedClasses | None, top_by: str | None) -> dict[str, str]
         return dict.fromkeys(TOP_COLUMNS, "")
     ranked = [[label, float(f"{score:.6g}")] for label, score in top]
     return {"top": json.dumps(ranked, ensure_ascii=False), "top_by": top_by or "mean"}
+
+
+def _damage_fields(damaged: DamagedCells | None) -> dict[str, str]:
+    """A map's row's --skip-damaged columns: the cells left out (NaN, or the argmax map's
+    65535) because their crops reach TIFF tiles or strips that cannot be decoded, and how
+    many such tiles they reach (0 and 0 for an intact slide); empty without --skip-damaged,
+    where a damaged slide fails."""
+    if damaged is None:
+        return dict.fromkeys(DAMAGE_COLUMNS, "")
+    return dict(zip(DAMAGE_COLUMNS, (str(damaged.cells), str(len(damaged.chunks)))))
 
 
 def _written_with_fewer_columns(path: Path) -> bool:

@@ -455,10 +455,11 @@ def test_an_output_folder_copied_with_its_times_keeps_its_maps_for_skip_existing
     assert "no row" not in result.stderr and "1 of 1 image ->" in result.stdout
 
 
-def test_a_list_written_before_the_top_columns_keeps_its_maps_and_gets_them(model_dir, tmp_path):
+@pytest.mark.parametrize("columns", [13, 15], ids=["before-top", "before-damage"])
+def test_a_list_written_before_the_later_columns_keeps_its_maps_and_gets_them(model_dir, tmp_path, columns):
     folder = photos(tmp_path / "photos", {"a.png": (40, 50), "b.png": (40, 40)})
     out = tmp_path / "maps"
-    earlier_version_s_list(model_dir, folder, out, 13)
+    earlier_version_s_list(model_dir, folder, out, columns)
     again = graphconv("run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing", "--top", "1")
     assert "no map to make" in again.stdout  # its rows say what made the maps
     assert all(json.loads(row["top"]) and row["top_by"] == "mean" for row in rows(out).values())

@@ -3270,6 +3270,17 @@ def test_skip_damaged_leaves_out_the_cells_whose_crops_reach_an_undecodable_tile
     left_out = got[0, 0] == 65535 if "argmax" in how else np.isnan(got[0, 0])
     np.testing.assert_array_equal(left_out, reach)
     np.testing.assert_allclose(got[..., ~reach], want[..., ~reach], rtol=1e-5, atol=1e-6)
+    if images:  # the batch's list records the holes, which the stderr note alone said
+        import csv
+
+        def row(name: str) -> dict:
+            with open(tmp_path / name / "graphconv-maps.csv", newline="") as file:
+                return next(csv.DictReader(file))
+        assert (row("damaged.tif")["damaged_cells"], row("damaged.tif")["damaged_tiff_tiles"]) == ("529", "1")
+        assert (row("intact.tif")["damaged_cells"], row("intact.tif")["damaged_tiff_tiles"]) == ("", "")
+        assert mapped("intact.tif", "--skip-damaged")[0].returncode == 0
+        assert (row("intact.tif")["damaged_cells"], row("intact.tif")["damaged_tiff_tiles"]) == ("0", "0")
+
 
 def test_skip_damaged_counts_the_no_data_around_an_undecodable_tile_of_a_band(model_dir, tmp_path):
     """Satellite products declare a no-data value, whose cells are counted over the whole
