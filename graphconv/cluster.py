@@ -87,6 +87,7 @@ class MapOptions:
     flip: bool = False  # --flip: with --scales, the mirror images too
     scales_reduce: str = "mean"  # --reduce mean|max with --scales: over each map's positions, then over the maps
     skip_damaged: bool = False  # --skip-damaged: cells whose crops reach an undecodable TIFF tile left out
+    wait_for_other_runs: bool = False  # --images --resume: a partial map another run is writing waited for (`_map_each`)
 
     def grid(self, model):
         """What each task maps: the model's dense pass, or the classifier on every crop."""
@@ -590,6 +591,7 @@ class ImageResult:
     placement: CellPlacement | None = None  # where its cells stand on the image: its map's row records it
     top: RankedClasses | None = None  # --top: its map's best classes (`ranked_classes`): said, and its row records them
     damaged: DamagedCells | None = None  # --skip-damaged: what was left out (said, and its row records it)
+    held_elsewhere: bool = False  # its partial map was another run's to write: tried again after the rest (`_map_each`)
 
 
 def stored_orientation_note(source) -> str | None:
@@ -660,6 +662,7 @@ def _image_mapped(ref: ModelRef, image: str, output: str, options: MapOptions, t
                   stopped: Callable[[], bool] | None = None, found: list[int] | None = None) -> ImageResult:
     """`_one_image`'s map."""
     from graphconv.cli import user_message
+    from graphconv.files import FinishedByAnotherRun, HeldByAnotherRun
     from graphconv.georef import cell_placement, map_contents
     from graphconv.tiling import WHOLE_IMAGE_PLAN, DamagedCells, map_transform
 
@@ -733,9 +736,11 @@ def _image_mapped(ref: ModelRef, image: str, output: str, options: MapOptions, t
                            placement=cell_placement(source, grid.cell_area),
                            damaged=damaged if damaged is not None else DamagedCells() if options.skip_damaged else None)
     except (GraphconvError, OSError, MemoryError, ValueError) as err:
-        if isinstance(err, WrittenMeanwhile) and _made_meanwhile(ref, model, image, output, options, asked_tile,
-                                                                  found):
+        if isinstance(err, (WrittenMeanwhile, FinishedByAnotherRun)) and _made_meanwhile(
+                ref, model, image, output, options, asked_tile, found):
             return _kept_as_made_meanwhile(model, image, output, options, asked_tile)
+        if isinstance(err, HeldByAnotherRun) and options.listed_in is not None and not options.wait_for_other_runs:
+            return ImageResult(image, held_elsewhere=True)
         if options.traceback:
             raise
         from graphconv.cli import PICTURE_SUFFIXES, RESIZE_HINT, SMALLER_THAN_A_CROP_HINT
@@ -842,7 +847,8 @@ def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, t
                        georeference=georeference_of_map(source, grid.cell_area) if is_tiff_output(output) else None,
                        placement=replace(cell_placement(source, grid.cell_area),
                                          contents={**contents, "tile_plan": plan.as_recorded()}),
-                       resume=job if options.resume else None, tiles=plan.tiles, blank=blank, unchanged=unchanged)
+                       resume=job if options.resume else None, tiles=plan.tiles, blank=blank, unchanged=unchanged,
+                       waiting=functools.partial(_waiting_note, image) if options.wait_for_other_runs else None)
     damaged = DamagedCells() if options.skip_damaged else None
     with map_file as out:
         resumed = (len(map_file.done), len(plan.tiles)) if map_file.done else None
@@ -852,6 +858,13 @@ def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, t
                       done=map_file.done, damaged=damaged, piece_cells=piece_cells)
     return (shape, resumed, plan.tile_hw, _partial_map_written_over(stale) if stale else _another_job_s(output, left),
             damaged, pieces_note(grid, plan, piece_cells, cut_to) if piece_cells else None)
+
+
+def _waiting_note(image: str) -> None:
+    """Said at once, not with the batch's notes at its end: the run may wait long."""
+    print(f"note: {image}: another graphconv run is writing its map (its partial map's lock is held): waiting for it; "
+          "its map is kept once it is done, and if that run stops this one goes on from its tiles", file=sys.stderr,
+          flush=True)
 
 
 @dataclass(frozen=True)
@@ -1112,27 +1125,54 @@ def run_images(ref: ModelRef, images: Sequence[str], output_dir: str, options: M
 def _map_each(ref: ModelRef, images: Sequence[str], outputs: Sequence[str], found: Sequence[list[int] | None],
               options: MapOptions, tile: int | None, client, done: Callable[[ImageResult], None]) -> list[ImageResult]:
     """`run_images`' maps, here or on the cluster, `done` called with each as it comes;
-    `found`: each output's `file_stamp` before any work."""
+    `found`: each output's `file_stamp` before any work. An image whose partial map
+    another --resume batch is writing now (a requeued array task beside its
+    predecessor, two tasks given overlapping lists) is tried again once the others are
+    done or sent, then waiting for that run (`MapOptions.wait_for_other_runs`): its map
+    kept when that run finishes it, or gone on from its tiles if it stopped. Both
+    batches failed those images and exited 2, though every map ended written."""
+    order = {image: i for i, image in enumerate(images)}
+    stamps = dict(zip(images, found))
+    output_of = dict(zip(images, outputs))
+    waiting = replace(options, wait_for_other_runs=True)
     results = []
     if client is None:
-        for image, output, stamp in zip(images, outputs, found):
-            results.append(_one_image(ref, image, output, options, tile, None, stamp))
+        later = []
+        for image in images:
+            result = _one_image(ref, image, output_of[image], options, tile, None, stamps[image])
+            if result.held_elsewhere:
+                later.append(image)
+                continue
+            results.append(result)
+            done(result)
+        for image in later:
+            results.append(_one_image(ref, image, output_of[image], waiting, tile, None, stamps[image]))
             done(results[-1])
-        return results
+        return sorted(results, key=lambda r: order[r.image])
     import distributed
 
     stop = distributed.Event(f"graphconv-stop-{os.getpid()}-{os.urandom(6).hex()}", client=client)
-    futures = [client.submit(_one_image_at, ref, image, output, os.path.abspath(image), os.path.abspath(output),
-                             options, tile, stop.name, stamp, pure=False)
-               for image, output, stamp in zip(images, outputs, found)]
+
+    def sent(image: str, with_options: MapOptions):
+        output = output_of[image]
+        return client.submit(_one_image_at, ref, image, output, os.path.abspath(image), os.path.abspath(output),
+                             with_options, tile, stop.name, stamps[image], pure=False)
+    futures = [sent(image, options) for image in images]
+    pending = list(futures)
     try:
-        for _, result in results_with_workers(client, futures):
-            results.append(_seen_here(result))
-            done(results[-1])
+        while pending:
+            later = []
+            for _, result in results_with_workers(client, pending):
+                if result.held_elsewhere:  # sent again now, behind the images queued
+                    later.append(sent(result.image, waiting))
+                    futures.append(later[-1])
+                    continue
+                results.append(_seen_here(result))
+                done(results[-1])
+            pending = later
     except BaseException:  # Ctrl-C, a scheduler's SIGTERM, a lost scheduler: stop the tasks too
         _stop_tasks(client, stop, futures)
         raise
-    order = {image: i for i, image in enumerate(images)}
     return sorted(results, key=lambda r: order[r.image])
 
 

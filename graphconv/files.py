@@ -48,6 +48,7 @@ import socket
 import stat
 import tempfile
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -556,23 +557,62 @@ def _is_under(filename, paths) -> bool:
     return any(name == os.path.abspath(p) or name.startswith(os.path.abspath(p) + os.sep) for p in paths)
 
 
+class HeldByAnotherRun(GraphconvError):
+    """A partial map another graphconv run is writing now (`held_exclusively`)."""
+
+
+class FinishedByAnotherRun(GraphconvError):
+    """A partial map whose run, waited for, finished it: its map is in place (`held_exclusively`)."""
+
+
+LOCK_POLL_S = 0.5  # how often a run waiting for another's partial map tries its lock
+
+
 @contextmanager
-def held_exclusively(folder: str | os.PathLike, shown_path: str) -> Iterator[None]:
-    """An exclusive lock on `folder` for the block, refused at once (not waited for) when
-    another process holds it: two runs resuming one partial map would write it in turns."""
+def held_exclusively(folder: str | os.PathLike, shown_path: str,
+                     waiting: Callable[[], None] | None = None) -> Iterator[None]:
+    """An exclusive lock on `folder` for the block: two runs resuming one partial map
+    would write it in turns. Where another process holds it, refused at once
+    (`HeldByAnotherRun`), or with `waiting` (a batch's image whose map another batch is
+    writing: a requeued array task beside its predecessor) `waiting()` is called and the
+    lock waited for; if that run finished the map meanwhile (it moves the folder away
+    before it lets go), `FinishedByAnotherRun`; if it stopped, the block goes on from its
+    tiles."""
     if fcntl is None:
         yield
         return
     fd = os.open(folder, os.O_RDONLY)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise GraphconvError("another graphconv run is writing it now (wait for it, or stop it)",
-                                 file=shown_path) from None
+        if not _locked_now(fd):
+            if waiting is None:
+                raise HeldByAnotherRun("another graphconv run is writing it now (wait for it, or stop it)",
+                                       file=shown_path)
+            waiting()
+            while not _locked_now(fd):
+                time.sleep(LOCK_POLL_S)  # polled, not blocked on: Ctrl-C stops a wait at once
+            if not _same_folder(fd, folder):
+                raise FinishedByAnotherRun("another graphconv run finished it while this one waited",
+                                           file=shown_path)
         yield
     finally:
         os.close(fd)
+
+
+def _locked_now(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def _same_folder(fd: int, folder: str | os.PathLike) -> bool:
+    """Whether `folder` is still the folder open as `fd` (not moved away, or made anew)."""
+    try:
+        now, held = os.stat(folder), os.fstat(fd)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
 
 
 def append_synced(path: str | os.PathLike, text: str) -> None:

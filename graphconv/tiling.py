@@ -919,15 +919,18 @@ class MapFile:
     kept in `damaged`; `blank` names the tiles written as not computed alone (no block of
     theirs need be stored: zarr stores no chunk of fill values). `unchanged` is called
     just before the map is renamed into place, and may refuse it (`files.replacing_checked`:
-    another batch wrote that name meanwhile)."""
+    another batch wrote that name meanwhile). A partial map another run is writing now is
+    refused (`files.HeldByAnotherRun`), or with `waiting` waited for
+    (`files.held_exclusively`)."""
 
     def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype, chunk_hw: tuple[int, int],
                  georeference=None, placement=None, resume: dict | None = None, tiles: Sequence[Tile] = (),
-                 blank: Collection[Tile] = (), unchanged: Callable[[], None] | None = None):
+                 blank: Collection[Tile] = (), unchanged: Callable[[], None] | None = None,
+                 waiting: Callable[[], None] | None = None):
         from graphconv.files import check_writable
         from graphconv.georef import is_tiff_output
         self.path, self.shape, self.dtype, self.chunk_hw = str(path), tuple(shape), np.dtype(dtype), chunk_hw
-        self.georeference, self.placement, self.unchanged = georeference, placement, unchanged
+        self.georeference, self.placement, self.unchanged, self.waiting = georeference, placement, unchanged, waiting
         self.is_zarr = self.path.rstrip("/").lower().endswith(".zarr")
         self.is_tiff = is_tiff_output(self.path)
         if self.is_zarr:
@@ -999,7 +1002,7 @@ class MapFile:
         with output_folders(target), write_errors_named(self.path, partial.folder), \
                 _removed_if_failed_empty(partial, new, lambda: self._holding and not self._recorded):
             partial.make_or_check(self.job, self._create)
-            with held_exclusively(partial.folder, partial.shown):
+            with held_exclusively(partial.folder, partial.shown, self.waiting):
                 self._holding = True
                 partial.check(self.job)  # again, now that no other run can change it
                 self._index = {tile: i for i, tile in enumerate(self.tiles)}

@@ -3074,6 +3074,59 @@ def test_images_resume_goes_on_from_the_tiles_done_of_the_map_in_progress(model_
             assert done.pages[0].description == straight.pages[0].description
 
 
+@pytest.mark.parametrize("on_a_cluster", [False, True], ids=["here", "cluster"])
+@pytest.mark.parametrize("other_run", ["stops", "finishes"])
+def test_a_resume_batch_waits_for_the_map_another_batch_is_writing(model_dir, big_page, tmp_path, monkeypatch,
+                                                                   other_run, on_a_cluster):
+    """Two --resume batches over one --output-dir (a requeued array task beside its
+    predecessor): an image whose partial map the other is writing failed in both ("another
+    graphconv run is writing it now"), both exited 2, and every map ended written. Now it
+    waits until the rest are done, then for the other run: the map that run finishes is
+    kept, one it stops goes on from its tiles; both equal a straight run's."""
+    import fcntl
+
+    from graphconv import cluster
+    from graphconv.cli import main
+
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    shutil.copy(big_page, folder / "a.png")
+    Image.fromarray((np.random.default_rng(9).random((300, 340)) * 255).astype(np.uint8)).save(folder / "b.png")
+    run = ["run", str(model_dir), "--images", str(folder), "--tile", "100"]
+    assert main([*run, "--output-dir", str(tmp_path / "straight")]) == 0
+    out = tmp_path / "maps"
+    _stop_after(monkeypatch, 27)  # a's 20 tiles, 7 of b's
+    assert main([*run, "--output-dir", str(out), "--resume"]) == 130
+    monkeypatch.undo()
+    os.remove(out / "a.npy")  # for this batch to map while b's partial map is held
+    held = os.open(out / "b.npy.partial", os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # the other batch, writing b
+    ref, options = ModelRef(str(model_dir)), MapOptions(resume=True, listed_in=str(out))
+    waited = []
+
+    def the_other_run_ends(image):
+        waited.append((Path(image).name, (out / "a.npy").exists()))
+        os.close(held)
+        if other_run == "finishes":
+            [made] = run_images(ref, [str(folder / "b.png")], str(out), options, 100)
+            assert made.error is None and made.resumed == (7, 20)
+    monkeypatch.setattr(cluster, "_waiting_note", the_other_run_ends)
+    with contextlib.ExitStack() as stack:
+        client = None
+        if on_a_cluster:
+            distributed = pytest.importorskip("distributed")
+            one = stack.enter_context(distributed.LocalCluster(n_workers=1, processes=False, threads_per_worker=1,
+                                                               dashboard_address=None, memory_limit="64GB"))
+            client = stack.enter_context(distributed.Client(one))
+        a, b = run_images(ref, [str(folder / "a.png"), str(folder / "b.png")], str(out), options, 100, client=client)
+    assert waited == [("b.png", True)], "b waited for after a was mapped"
+    assert a.error is None and b.error is None, (a.error, b.error)
+    assert b.made_meanwhile if other_run == "finishes" else b.resumed == (7, 20)
+    for name in ("a.npy", "b.npy"):
+        np.testing.assert_array_equal(np.load(out / name), np.load(tmp_path / "straight" / name))
+    assert not (out / "b.npy.partial").exists()
+
+
 def test_images_without_resume_removes_the_stopped_run_s_partial_map_of_a_map_it_wrote_whole(model_dir, big_page,
                                                                                           tmp_path, monkeypatch,
                                                                                           capsys):
