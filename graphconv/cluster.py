@@ -297,14 +297,16 @@ class _LostResultLogs(logging.Filter):
     """dask's logs of a result lost with its worker: "Couldn't gather 1 keys, rescheduling"
     (the tile is computed again, or `results_with_workers` says every worker left), and,
     once the run has stopped waiting for it, asyncio's "Task exception was never retrieved"
-    with an AllExit traceback from inside dask's gather. Both came after the command's
-    own line, and said nothing the user can act on."""
+    with an AllExit traceback from inside dask's gather; and of a lost scheduler: "Failed
+    to reconnect to scheduler", then two tracebacks of the CancelledError its client's
+    closing raised inside dask (30 lines before graphconv's own "lost the Dask
+    scheduler"). They said nothing the user can act on, or that graphconv's line does not."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         raised = record.exc_info[1] if record.exc_info else None
-        if type(raised).__name__ == "AllExit":
+        if type(raised).__name__ in ("AllExit", "CancelledError"):
             return False
-        return not str(record.msg).startswith("Couldn't gather")
+        return not str(record.msg).startswith(("Couldn't gather", "Failed to reconnect to scheduler"))
 
 
 def _quiet_lost_result_logs() -> None:

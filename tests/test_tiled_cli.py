@@ -2003,6 +2003,44 @@ def test_a_worker_killed_on_every_try_or_a_lost_scheduler_is_one_line_saying_wha
                 raise distributed.client.FuturesCancelledError([cancelled])
 
 
+def test_a_scheduler_killed_mid_run_is_one_line_without_dask_s_tracebacks(model_dir, big_page, tmp_path):
+    """A scheduler killed with -9 mid-run: dask's client logged "Failed to reconnect" and
+    two tracebacks of a CancelledError from its own closing, 30 lines before graphconv's
+    one line saying what happened and what to do."""
+    pytest.importorskip("distributed")
+    import time
+
+    address_file = tmp_path / "scheduler.json"
+    dask = [sys.executable, "-m"]
+    scheduler = subprocess.Popen([*dask, "distributed.cli.dask_scheduler", "--scheduler-file", address_file, "--port",
+                                  "0", "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen([*dask, "distributed.cli.dask_worker", "--scheduler-file", address_file, "--nthreads",
+                               "1", "--no-dashboard", "--memory-limit", "0"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not address_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        address = json.loads(address_file.read_text())["address"]
+        folder = tmp_path / "slides"
+        folder.mkdir()
+        for k in range(4):
+            shutil.copy(big_page, folder / f"{k}.png")
+        run = subprocess.Popen([sys.executable, "-m", "graphconv", "run", str(model_dir), "--images", str(folder),
+                                "--output-dir", str(tmp_path / "maps"), "--tile", "40", "--resume", "--scheduler",
+                                address], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while time.monotonic() < deadline and not list(tmp_path.glob("maps/*.partial/tiles-done.txt")):
+            time.sleep(0.05)
+        scheduler.kill()
+        _, err = run.communicate(timeout=120)
+        assert run.returncode == 2, err
+        assert "lost the Dask scheduler at" in err and "Traceback" not in err and "Failed to reconnect" not in err, err
+    finally:
+        for process in (scheduler, worker):
+            process.kill()
+            process.wait()
+
+
 def test_ctrl_c_of_images_on_a_cluster_stops_the_maps_in_progress_too(model_dir, tmp_path):
     """On a cluster of the user's own (the command does not close its workers), Ctrl-C
     left the images in progress running: their maps landed in the output folder after
