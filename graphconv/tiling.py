@@ -24,6 +24,7 @@ gates), and it streams through the same plans, files and Dask workers.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -1134,9 +1135,26 @@ PARTIAL_JOB = "job.json"
 PARTIAL_LOG = "tiles-done.txt"
 
 
+def _partial_name(output: str) -> str:
+    """`<output>.partial`; where the file system would refuse that name (a map named after
+    a slide of 250 characters: the map was refused only with --resume, "File name too
+    long"), the output's name cut to fit, with a digest of the whole name so that two
+    outputs cut alike keep apart: `<start of the name>-<digest>.partial`."""
+    from graphconv.files import name_max
+
+    folder, name = os.path.split(output)
+    limit = name_max(os.path.dirname(os.path.abspath(output)))
+    if len(os.fsencode(name + PARTIAL_SUFFIX)) <= limit:
+        return output + PARTIAL_SUFFIX
+    digest = "-" + hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+    while len(os.fsencode(name + digest + PARTIAL_SUFFIX)) > limit:
+        name = name[:-1]
+    return os.path.join(folder, name + digest + PARTIAL_SUFFIX)
+
+
 class PartialMap:
-    """`run --resume`'s map in progress: the folder `<output>.partial` beside the output,
-    holding the map as it is written (`map.zarr` or `map.npy`; a .tif output's scores as
+    """`run --resume`'s map in progress: the folder `<output>.partial` beside the output
+    (`_partial_name`), holding the map as it is written (`map.zarr` or `map.npy`; a .tif output's scores as
     `map.npy`, the TIFF written from them at the end), `job.json` (what the run computes,
     written before the folder appears under its name) and `tiles-done.txt`, one line
     `index rows cols` per tile, appended and synced after the tile's block is on disk.
@@ -1144,8 +1162,8 @@ class PartialMap:
 
     def __init__(self, output: str):
         self.output = output
-        self.folder = os.path.abspath(output.rstrip("/")) + PARTIAL_SUFFIX
-        self.shown = output.rstrip("/") + PARTIAL_SUFFIX
+        self.shown = _partial_name(output.rstrip("/"))
+        self.folder = os.path.abspath(self.shown)
         self.map_name = "map.zarr" if output.rstrip("/").lower().endswith(".zarr") else "map.npy"
         self.map_path = os.path.join(self.folder, self.map_name)
 

@@ -3112,6 +3112,32 @@ def test_images_resume_goes_on_from_the_tiles_done_of_the_map_in_progress(model_
             assert done.pages[0].description == straight.pages[0].description
 
 
+def test_resume_takes_an_image_whose_name_fills_the_file_system_s_limit(model_dir, big_page, tmp_path, monkeypatch,
+                                                                       capsys):
+    """A slide named in 247 characters mapped without --resume, and was refused with it
+    ("File name too long": `<name>.npy.partial` is 259); its partial map's name is now cut
+    to fit, with a digest, and the stopped batch goes on from it."""
+    from graphconv.cli import main
+
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    long_name = "s" * 247
+    shutil.copy(big_page, folder / f"{long_name}.png")
+    run = ["run", str(model_dir), "--images", str(folder), "--tile", "100"]
+    assert main([*run, "--output-dir", str(tmp_path / "straight")]) == 0
+    out = tmp_path / "maps"
+    _stop_after(monkeypatch, 7)
+    assert main([*run, "--output-dir", str(out), "--resume"]) == 130
+    [partial] = [path for path in out.iterdir() if path.name.endswith(".partial")]
+    assert partial.name.startswith("s" * 200) and len(partial.name) == 255
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main([*run, "--output-dir", str(out), "--resume"]) == 0
+    assert "went on from the tiles an earlier run had done (7 of 20 tiles)" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.load(out / f"{long_name}.npy"), np.load(tmp_path / "straight" / f"{long_name}.npy"))
+    assert not partial.exists()
+
+
 @pytest.mark.parametrize("on_a_cluster", [False, True], ids=["here", "cluster"])
 @pytest.mark.parametrize("other_run", ["stops", "finishes"])
 def test_a_resume_batch_waits_for_the_map_another_batch_is_writing(model_dir, big_page, tmp_path, monkeypatch,
