@@ -880,7 +880,7 @@ def run_images_command(args: argparse.Namespace) -> int:
     _note_maps_elsewhere(args, images, base, earlier)
     start = time.perf_counter()
     done, explained, stale_heatmaps = {}, set(), []
-    with _output_dir_made(args.output_dir, images) as created, _say_how_to_go_on(args, images, base):
+    with _output_dir_made(args.output_dir, images), _say_how_to_go_on(args, images, base):
         with _progress(args, len(images), "images", None) as bar:
             def progress(result):
                 """Each image as it is done: its heatmap drawn now (a stopped batch keeps the
@@ -925,8 +925,6 @@ def run_images_command(args: argparse.Namespace) -> int:
     _note_made_meanwhile(args, [result for result in results if result.made_meanwhile])
     _note_stale_heatmaps_removed(stale_heatmaps)
     _note_maps_of_images_gone(args)
-    if len(failed) == len(results):
-        _remove_if_empty(created, images)  # made for maps of which none came: gone, as after any failed command
     print(f"{len(results) - len(failed)} of {counted(len(results), 'image')} -> {args.output_dir} in "
           f"{time.perf_counter() - start:.1f} s")
     return 2 if failed else 0
@@ -1261,14 +1259,15 @@ def _partial_maps(args: argparse.Namespace, images: list[str], base: str) -> lis
 
 
 @contextmanager
-def _output_dir_made(folder: str, images: list[str]) -> Iterator[list[Path]]:
-    """Make --output-dir (and the folders above it) for the run, yielding those it made;
-    removed again, where empty, when the run is stopped (Ctrl-C, SIGTERM: a killed run
-    left the empty folder it had made) or fails."""
+def _output_dir_made(folder: str, images: list[str]) -> Iterator[None]:
+    """Make --output-dir (and the folders above it) for the run; removed again, where
+    empty, when the run is stopped (Ctrl-C, SIGTERM: a killed run left the empty folder
+    it had made) or fails as a whole. A batch whose every image failed on its own keeps
+    the folder and its list, which says why each failed."""
     created = [p for p in (Path(folder), *Path(folder).parents) if not p.exists()]
     Path(folder).mkdir(parents=True, exist_ok=True)
     try:
-        yield created
+        yield
     except BaseException:
         _remove_if_empty(created, images)
         raise

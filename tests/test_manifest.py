@@ -92,12 +92,19 @@ def test_a_file_of_the_list_s_name_that_is_not_graphconv_s_is_refused_before_any
     assert (out / "graphconv-maps.csv").read_text() == "name,score\nmine,1\n"
 
 
-def test_a_batch_of_which_no_image_was_mapped_leaves_no_folder_and_no_list(model_dir, tmp_path):
+def test_a_batch_of_which_no_image_was_mapped_keeps_the_list_saying_why(model_dir, tmp_path):
+    """A shard of an array job whose every slide failed (a corrupt transfer) removed the
+    folder it made, list and all: the script gathering the shards' lists found none, and
+    the "0 of 1 image -> maps" line named a folder that was not there. Refusals before
+    any image's work (a tile too small, a classifier as written) still leave nothing."""
     folder = tmp_path / "photos"
     folder.mkdir()
     (folder / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
     result = graphconv("run", model_dir, "--images", folder, "--output-dir", tmp_path / "maps")
-    assert result.returncode == 2 and not (tmp_path / "maps").exists()
+    assert result.returncode == 2 and "0 of 1 image -> " in result.stdout
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["graphconv-maps.csv"]
+    [row] = rows(tmp_path / "maps").values()
+    assert row["status"] == "failed" and row["error"] and row["image"] == str(folder / "c.png")
 
 
 def test_a_file_name_that_is_not_utf8_is_listed_as_its_bytes(model_dir, tmp_path):
