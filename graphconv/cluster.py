@@ -707,9 +707,9 @@ def _image_mapped(ref: ModelRef, image: str, output: str, options: MapOptions, t
                                    left_out_record(options, image)),
                     **(background.nodata_record() if background is not None else {}),
                     IMAGE_STAMP: stamp, **_loaded_with(ref)}
-        resumed, planned, partial_map, damaged, pieces = None, None, None, None, None
+        resumed, planned, partial_map, damaged, tiles_note = None, None, None, None, None
         if tile is not None:
-            shape, resumed, planned, partial_map, damaged, pieces = _map_in_tiles(
+            shape, resumed, planned, partial_map, damaged, tiles_note = _map_in_tiles(
                 ref, model, image, output, source, grid, tile, options, blank_cells, contents, stopped,
                 _as_found(output, found, image, stamp), budget if resumed_tile else None)
         else:
@@ -723,7 +723,7 @@ def _image_mapped(ref: ModelRef, image: str, output: str, options: MapOptions, t
                        _as_found(output, found, image, stamp))
             shape = tuple(result.shape)
         from graphconv.sources import tiff_notes
-        notes = (pieces, wasteful, stored_orientation_note(source), *tiff_notes(source, bool(options.mask)),
+        notes = (tiles_note, wasteful, stored_orientation_note(source), *tiff_notes(source, bool(options.mask)),
                  _first_frame_note(image),
                  _no_tissue_note(background, grid, (source.height, source.width), options),
                  damaged.describe() if damaged is not None and damaged.cells else None)
@@ -826,7 +826,8 @@ def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, t
     what became of a stopped --resume run's partial map beside `output` (without
     --resume: removed once the whole map is written where it is of this same job, as a
     single --image's run does; else left, said), what --skip-damaged left out
-    (`tiling.DamagedCells`, or None), and a note where the tiles were computed in pieces.
+    (`tiling.DamagedCells`, or None), and a note where the tiles were computed in pieces
+    or a stale partial map was removed (`tiling.PartialMap.stale_tiles_note`).
     `stopped()` is asked before each tile is recorded: true, the map stops there as at a
     Ctrl-C (`StoppedByTheCommand`), its tiles done kept with --resume, else removed.
     `cut_to`: the budget a stopped run's tiles, resumed, are computed in pieces to fit
@@ -858,8 +859,10 @@ def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, t
             run_tiled(grid, source, tile, out=out, device=options.device, transform=transform,
                       progress=_unless_stopped(map_file.record, stopped), blank_cells=blank_cells,
                       done=map_file.done, damaged=damaged, piece_cells=piece_cells)
+    notes = (map_file.partial and map_file.partial.stale_tiles_note(image), pieces_note(grid, plan, piece_cells, cut_to) if piece_cells
+             else None)
     return (shape, resumed, plan.tile_hw, _partial_map_written_over(stale) if stale else _another_job_s(output, left),
-            damaged, pieces_note(grid, plan, piece_cells, cut_to) if piece_cells else None)
+            damaged, "; ".join(filter(None, notes)) or None)
 
 
 def _waiting_note(image: str) -> None:

@@ -172,7 +172,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     if resume:
         from graphconv.tiling import PartialMap
         partial = PartialMap(args.output)
-        if partial.exists():
+        if partial.exists() and not partial.of_the_image_before_it_changed(job):  # that one is removed (MapFile)
             partial.check(job)  # another run's partial map: refused before any work (and again when opened)
             partial.check_intact(shape, dtype)  # and one damaged since (an .npy cut short)
         elif os.path.lexists(args.output):  # a finished run's command again (a job script rerun): say why it works
@@ -211,6 +211,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
                            unchanged=image_unchanged(args.image, stamp))
         with map_file as out:
             if resume:
+                _say_stale_tiles_removed(map_file.partial, args.image)
                 _say_resumed(map_file, plan, blank_tiles, _left_out_over(background))
             todo = [t for t in plan.tiles if t not in map_file.done and t not in blank_tiles]
             computed = len(todo)
@@ -476,6 +477,12 @@ def _partial_map_beside(output: str, job: dict):
              f"another job ({'; '.join(differences)}); left as it is: that run's command with --resume continues it "
              "(and replaces this map), or delete it")
     return partial
+
+
+def _say_stale_tiles_removed(partial, image: str) -> None:
+    text = partial.stale_tiles_note(image)
+    if text:
+        print(f"note: {text}", file=sys.stderr, flush=True)
 
 
 def _remove_a_partial_map_written_over(partial) -> None:

@@ -1166,6 +1166,7 @@ class PartialMap:
         self.folder = os.path.abspath(self.shown)
         self.map_name = "map.zarr" if output.rstrip("/").lower().endswith(".zarr") else "map.npy"
         self.map_path = os.path.join(self.folder, self.map_name)
+        self.stale_tiles_removed: int | None = None  # tiles of an image changed since, removed (`make_or_check`)
 
     def exists(self) -> bool:
         return os.path.lexists(self.folder)
@@ -1186,6 +1187,10 @@ class PartialMap:
         job's. One whose map is gone was renamed into place by a run killed before it
         removed the folder: removed, and made anew."""
         from graphconv.files import remove_temporary, temporary_beside, write_synced_text
+        if self.exists() and self.of_the_image_before_it_changed(job):
+            tiles = self.count_done()
+            if self.remove_unless_in_use():
+                self.stale_tiles_removed = tiles
         if self.exists():
             self.check(job)
             if os.path.lexists(self.map_path):
@@ -1206,16 +1211,40 @@ class PartialMap:
 
     def check(self, job: dict) -> None:
         """Refuse a folder that is not a partial map graphconv made, or is another job's,
-        saying what differs and how to start over."""
+        saying what differs and how to start over (or, where only the tile plan does,
+        how to go on)."""
         held = self.job()
         if not os.path.isdir(self.folder) or held is None:
             raise GraphconvError("is there and is not a partial map graphconv wrote (--resume writes the map there "
                                  "until it is complete): delete it or choose another --output", file=self.shown)
         differences = job_differences(held, job)
-        if differences:
-            raise GraphconvError(f"is the partial map of another run ({'; '.join(differences)}): --resume continues "
-                                 f"only the same run; delete it to start over (rm -r {shlex.quote(self.shown)})",
-                                 file=self.shown)
+        if not differences:
+            return
+        start_over = f"delete it to start over (rm -r {shlex.quote(self.shown)})"
+        job = _as_json(job)
+        if [key for key in {*held, *job} if held.get(key) != job.get(key)] == ["tile plan"]:
+            start_over = (f"leave out --tile to go on from its {counted(self.count_done(), 'tile')} done (--resume "
+                          f"without --tile takes the partial map's tiles), or {start_over}")
+        raise GraphconvError(f"is the partial map of another run ({'; '.join(differences)}): --resume continues "
+                             f"only the same run; {start_over}", file=self.shown)
+
+    def stale_tiles_note(self, image: str) -> str | None:
+        """What became of a stopped --resume run's partial map of `image` as it was before
+        its file changed (`of_the_image_before_it_changed`), where there was one."""
+        if self.stale_tiles_removed is None:
+            return None
+        return (f"{self.shown} held {counted(self.stale_tiles_removed, 'tile')} a stopped --resume run computed of "
+                f"{image} before the file changed (its size, time or inode differ): removed, as no run can go on "
+                "from them, and the map computed from the start")
+
+    def of_the_image_before_it_changed(self, job: dict) -> bool:
+        """Whether the folder is a partial map of this job's image path whose file has
+        changed since (rescanned, rewritten, copied over): its tiles are of the image as
+        it was, which no run can go on from (`make_or_check` removes it, and says so
+        through `stale_tiles_removed`; the user had to `rm -r` it by hand)."""
+        held = self.job()
+        return (held is not None and held.get("image") == job.get("image")
+                and held.get("image file") != _as_json(job).get("image file"))
 
     def check_intact(self, shape: tuple[int, ...], dtype) -> None:
         """Refuse a partial map whose map file cannot be this run's as it stands: an .npy

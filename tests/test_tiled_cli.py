@@ -3546,6 +3546,37 @@ def test_resume_with_dask_workers_records_tiles_on_the_client(model_dir, big_pag
     np.testing.assert_array_equal(zarr.open_array(str(out))[:], zarr.open_array(str(tmp_path / "straight.zarr"))[:])
 
 
+@pytest.mark.parametrize("images", [False, True], ids=["image", "images"])
+def test_resume_starts_over_where_the_image_changed_since_the_run_stopped(model_dir, big_page, tmp_path, monkeypatch,
+                                                                          capsys, images):
+    """A slide rescanned (or copied over) after its --resume run stopped: its partial map
+    was refused as another job's, which only `rm -r` by hand got past, though its tiles
+    are of the image as it was and nothing can go on from them. It is removed, said, and
+    the map computed from the start: the new image's, as a straight run gives it."""
+    from graphconv.cli import main
+
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    image = folder / "slide.png"
+    shutil.copy(big_page, image)
+    out = tmp_path / "maps"
+    where = ["--images", str(folder), "--output-dir", str(out)] if images else ["--image", str(image), "--output",
+                                                                                str(out / "slide.npy")]
+    run = ["run", str(model_dir), *where, "--tile", "100", "--resume"]
+    _stop_after(monkeypatch, 5)
+    assert main(run) == 130
+    monkeypatch.undo()
+    Image.fromarray((np.random.default_rng(9).random((300, 340)) * 255).astype(np.uint8)).save(image)  # rescanned
+    capsys.readouterr()
+    assert main(run) == 0
+    err = capsys.readouterr().err
+    assert (f"slide.npy.partial held 5 tiles a stopped --resume run computed of {image} before the file changed"
+            in err and "resume: 5 of 20" not in err), err
+    assert not (out / "slide.npy.partial").exists()
+    assert main(["run", str(model_dir), "--image", str(image), "--output", str(tmp_path / "straight.npy")]) == 0
+    np.testing.assert_array_equal(np.load(out / "slide.npy"), np.load(tmp_path / "straight.npy"))
+
+
 def test_resume_refuses_another_run_s_partial_map_saying_what_differs(model_dir, big_page, tmp_path, monkeypatch,
                                                                      capsys):
     from graphconv.cli import main
@@ -3564,6 +3595,7 @@ def test_resume_refuses_another_run_s_partial_map_saying_what_differs(model_dir,
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "is the partial map of another run" in err and differs in err, err
         assert f"rm -r {tmp_path / 'map.zarr.partial'}" in err
+        assert ("leave out --tile to go on from its 3 tiles done" in err) == (extra == ["--tile", "120"]), err
     spec = model_dir / "model.yaml"  # compiled again into the same folder, say
     compiled = spec.read_text()
     spec.write_text(compiled + "# compiled again\n")
