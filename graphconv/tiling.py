@@ -1104,9 +1104,9 @@ class MapFile:
             from graphconv.sources import require
             zarr = require("zarr")
             chunks = (1, min(self.shape[1], 64), *self.chunk_hw)
-            named = {"dimension_names": MAP_DIMENSIONS} if _writes_zarr_3(zarr) else {}
+            zarr_3 = {"dimension_names": MAP_DIMENSIONS, "codecs": _checksummed_codecs()} if _writes_zarr_3(zarr) else {}
             array = zarr.open_array(path, mode="w", shape=self.shape, chunks=chunks, dtype=self.dtype,
-                                    fill_value=fill_value(self.dtype), **named)
+                                    fill_value=fill_value(self.dtype), **zarr_3)
             geo = self.georeference if self.georeference is not None else georeference_of_placement(self.placement)
             array.attrs.update(zarr_map_attributes(self.placement, geo, self.dtype))
             return array
@@ -1447,6 +1447,15 @@ def zarr_map_attributes(placement, geo, dtype) -> dict:
             attributes["spatial:transform"] = [a, b, x0, c, d, y0]
             attributes["spatial:registration"] = "pixel"
     return {ZARR_MAP_ATTRIBUTE: own, **attributes}
+
+
+def _checksummed_codecs() -> list:
+    """zarr 3's default codecs for a map (bytes, then zstd), with zstd's checksum of each
+    chunk on: a bit flipped on disk made a chunk decode into other scores without a word
+    (a resumed partial map kept the tile as done), where the checksum fails its read. Any
+    zstd reader checks it, or reads past it (4 bytes a chunk)."""
+    from zarr.codecs import BytesCodec, ZstdCodec
+    return [BytesCodec(), ZstdCodec(level=0, checksum=True)]
 
 
 def _writes_zarr_3(zarr) -> bool:

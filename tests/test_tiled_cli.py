@@ -3663,12 +3663,13 @@ def test_resume_refuses_a_partial_npy_cut_short_since(model_dir, big_page, tmp_p
     assert written == [] and scores.stat().st_size == 1000 and not (tmp_path / f"map{suffix}").exists()
 
 
-@pytest.mark.parametrize("damage", ["emptied", "removed"])
+@pytest.mark.parametrize("damage", ["emptied", "removed", "bit flipped"])
 def test_resume_computes_again_the_tiles_whose_zarr_chunks_were_damaged(model_dir, big_page, tmp_path, monkeypatch,
                                                                         capsys, damage):
-    """A done tile's chunk emptied (the finished map failed to read: a Zstd error) or
-    removed (read back as NaN) since the run stopped: that tile is computed again, said
-    so, and the map is the straight run's."""
+    """A done tile's chunk emptied (the finished map failed to read: a Zstd error),
+    removed (read back as NaN) or with one bit flipped on disk (decoded into other scores
+    without a word before the chunks carried zstd's checksum) since the run stopped: that
+    tile is computed again, said so, and the map is the straight run's."""
     from graphconv.cli import main
 
     run = ["run", str(model_dir), "--image", str(big_page), "--tile", "100"]
@@ -3679,7 +3680,12 @@ def test_resume_computes_again_the_tiles_whose_zarr_chunks_were_damaged(model_di
     monkeypatch.undo()
     chunk = tmp_path / "map.zarr.partial" / "map.zarr" / "c" / "0" / "0" / "0" / "0"  # the first tile's
     assert chunk.is_file()
-    chunk.write_bytes(b"") if damage == "emptied" else chunk.unlink()
+    if damage == "bit flipped":
+        data = bytearray(chunk.read_bytes())
+        data[len(data) // 2] ^= 0x10
+        chunk.write_bytes(bytes(data))
+    else:
+        chunk.write_bytes(b"") if damage == "emptied" else chunk.unlink()
     written = _stop_after(monkeypatch, 10 ** 6)
     capsys.readouterr()
     assert main([*run, "--output", str(out), "--resume"]) == 0
