@@ -927,7 +927,7 @@ def run_images_command(args: argparse.Namespace) -> int:
              f"orientation ({theirs})")
     _note_npy_maps_replaced(args, results, replaceable)
     _note_tiled_for_memory(args, model, [result for result in results if result.memory_tile])
-    _note_resumed([result.resumed for result in results if result.resumed])
+    _note_resumed([result.resumed for result in results if result.resumed], bool(args.workers or args.scheduler))
     _note_partial_maps_left([result.partial_map for result in results if result.partial_map])
     _note_made_meanwhile(args, [result for result in results if result.made_meanwhile])
     _note_stale_heatmaps_removed(stale_heatmaps)
@@ -1117,12 +1117,15 @@ def _note_partial_maps_left(partial_maps: list) -> None:
              "continues it (and replaces its map), or delete it")
 
 
-def _note_resumed(resumed: list[tuple[int, int]]) -> None:
-    """--images --resume: one note for the maps that went on from an earlier run's tiles."""
+def _note_resumed(resumed: list[tuple[int, int]], on_a_cluster: bool) -> None:
+    """--images --resume: one note for the maps that went on from an earlier run's tiles
+    (on a cluster, also from a task of this run whose worker died: dask ran the image
+    again elsewhere, and the note spoke of an earlier run the user never started)."""
     from graphconv.cli import note
 
     if resumed:
-        note(f"note: --resume: {counted(len(resumed), 'map')} went on from the tiles an earlier run had done "
+        whose = "an earlier run (or a worker of this run that died)" if on_a_cluster else "an earlier run"
+        note(f"note: --resume: {counted(len(resumed), 'map')} went on from the tiles {whose} had done "
              f"({sum(done for done, _ in resumed)} of {sum(total for _, total in resumed)} tiles)")
 
 

@@ -3312,7 +3312,8 @@ def _resume_with_less_memory(run, out, straight, roomy, tight, monkeypatch, caps
     assert main([*run, *out, "--memory-limit", str(tight)]) == 0, capsys.readouterr().err
     err = capsys.readouterr().err
     assert "the stopped run's tiles of up to" in err and "computed in pieces of up to" in err, err
-    assert ("went on from the tiles an earlier run had done (1 of 4 tiles)" in err if batch
+    whose = "an earlier run (or a worker of this run that died)" if cluster is not None else "an earlier run"
+    assert (f"went on from the tiles {whose} had done (1 of 4 tiles)" in err if batch
             else "resume: 1 of 4 tiles was done by an earlier run" in err), err
     assert len(boxes) > 3 and all(tile_bytes(DenseGrid(Model.load(model_dir)),
                                              (b[2] - b[0], b[3] - b[1])) <= tight for b in boxes)
