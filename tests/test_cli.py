@@ -804,13 +804,13 @@ def test_a_pipe_given_as_the_image_is_refused_not_waited_on(tmp_path):
     assert proc.returncode == 2 and "page.png: cannot read image: not a regular file" in proc.stderr
 
 
-def test_many_images_that_all_fail_leave_no_output_folder_and_name_each_image_once(tmp_path, capsys):
+def test_images_that_all_fail_are_named_once_and_listed_with_their_errors(tmp_path, capsys):
     (tmp_path / "a.png").write_bytes(b"not a picture")
     assert run_cli("compile", SPECS / "digits.yaml", "-o", tmp_path / "m") == 0
     assert run_cli("run", tmp_path / "m", "--images", tmp_path / "*.png", "--output-dir", tmp_path / "x" / "maps") == 2
     err = capsys.readouterr().err
     assert "graphconv: a.png: " in err and err.count("a.png") == 1
-    assert not (tmp_path / "x").exists()
+    assert [p.name for p in (tmp_path / "x" / "maps").iterdir()] == ["graphconv-maps.csv"]  # each image's error
 
 
 def test_a_stop_drops_what_llvmlite_raises_as_its_half_built_objects_are_freed(monkeypatch, capsys):
