@@ -66,6 +66,51 @@ class StoredMap:
         return [int(c) for c in stated] if stated else list(range(self.bands.shape[0]))
 
     @property
+    def class_rule(self) -> str:
+        """How a cell's class is told from the scores the map keeps:
+        - "best": the map holds every class of the model (or is a --reduce argmax map, or
+          an older map that does not say): its best score;
+        - "threshold": the model gives one score (a sigmoid's probability, or its logit):
+          its class where the probability is at least one half (the logit at least 0);
+        - "majority": some classes of a softmax model (--classes): a kept class whose
+          probability is over one half, which no other class can beat;
+        - "unknown": some classes of a model whose scores do not tell whether another
+          class, not kept, beats them.
+        The best of the kept scores alone called every tissue tile of a one-score tumour
+        model "Tumour" (6e-06 included), and QuPath showed the slide as tumour."""
+        model_classes = self.placement.get("model_classes")
+        if self.is_class_map or not isinstance(model_classes, int):
+            return "best"
+        if model_classes == 1:
+            return "threshold"
+        if len(self.classes) == model_classes:
+            return "best"
+        return "majority" if self.placement.get("output_activation") == "softmax" else "unknown"
+
+    @property
+    def threshold(self) -> float:
+        """A one-score model's: 0.5 of a probability, 0 of a logit (sigmoid(0) = 0.5)."""
+        return 0.0 if self.placement.get("output_activation") is None else 0.5
+
+    def class_rule_note(self) -> str | None:
+        """What `graphconv cells` says of a map whose cells are not all classified by
+        their best score."""
+        rule, names = self.class_rule, self.names
+        if rule == "threshold":
+            what = "probability" if self.threshold else "score (a logit: the probability 0.5)"
+            return (f"note: the model gives one score: a cell is classified {names[0]} where its {what} is at least "
+                    f"{self.threshold:g}, and written unclassified, with its score, elsewhere")
+        if rule == "majority":
+            return (f"note: the map holds {len(self.classes)} of the model's {self.placement['model_classes']} "
+                    "classes (--classes): a cell is classified by a kept class only where its probability is over "
+                    "0.5 (then no other class beats it), and written unclassified, with its scores, elsewhere")
+        if rule == "unknown":
+            return (f"note: the map holds {len(self.classes)} of the model's {self.placement['model_classes']} "
+                    "classes (--classes), whose scores do not say whether a class not kept beats them: its cells "
+                    "are written unclassified, with their scores (map every class to classify them)")
+        return None
+
+    @property
     def names(self) -> list[str]:
         """Each class's name: its label, or "class K" (made distinct, a measurement's key)."""
         labels = self.placement.get("labels") or []
@@ -211,6 +256,7 @@ def write_cells(map_path: str, output: str, top_classes: Sequence[int | str] | N
     with opened_map(map_path) as stored:
         keep = _Selection.of(stored, top_classes, min_score)
         frame = _Frame.of(stored)
+        notes = (*frame.notes, *filter(None, [stored.class_rule_note()]))
         counts: list[int] = []
         writer = _write_geojson if kind == ".geojson" else _write_csv
 
@@ -220,9 +266,9 @@ def write_cells(map_path: str, output: str, top_classes: Sequence[int | str] | N
 
         atomic_write(output, write, suffix=kind)
     written, computed = counts
-    for text in frame.notes:  # a Python caller's warning; the command says it as a note
+    for text in notes:  # a Python caller's warning; the command says it as a note
         warn_caller(text.removeprefix("note: "))
-    return CellsWritten(written, computed, frame.describe(), frame.notes)
+    return CellsWritten(written, computed, frame.describe(), notes)
 
 
 def _format_of(output: str) -> str:
@@ -266,37 +312,51 @@ class _Selection:
             return cls(None, min_score)
         from graphconv.cli import class_index
 
-        labels = stored.placement.get("labels")
+        labels = stored.placement.get("labels")  # the kept classes' own, band by band
         positions = set()
         for name in top_classes:
             index = class_index(name, labels, "--top-class", "or write the map with a labelled model")
+            if isinstance(name, str):  # a label: `index` is its band
+                positions.add(index)
+                continue
             if index not in stored.classes:
                 raise GraphconvError(f"--top-class {name}: class {index} is not in this map (its classes: "
                                      f"{', '.join(map(str, stored.classes))})", file=stored.path)
             positions.add(stored.classes.index(index))
         return cls(frozenset(positions), min_score)
 
-    def cells(self, block: np.ndarray, class_map: bool, classes: list[int]
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """Of a (K, h, w) block: the kept cells' (rows, cols) in the block, their best
-        band, and how many cells were computed."""
-        if class_map:
+    def cells(self, block: np.ndarray, stored: StoredMap) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """Of a (K, h, w) block: the kept cells' (rows, cols) in the block, their class's
+        band (-1: not known, `StoredMap.class_rule`), and how many cells were computed.
+        --top-class and --min-score keep only classified cells."""
+        if stored.is_class_map:
             values = block[0].astype(np.int64)
             computed = values != NOT_COMPUTED_CLASS
-            best = _band_of_class(values, classes, computed)
+            best = _band_of_class(values, stored.classes, computed)
             score = None
         else:
             computed = ~np.isnan(block).all(axis=0)
             filled = np.where(np.isnan(block), -np.inf, block)
             best = filled.argmax(axis=0)
             score = np.take_along_axis(filled, best[None], axis=0)[0]
+            best = np.where(_classified(stored, score), best, -1)
         keep = computed.copy()
         if self.bands is not None:
             keep &= np.isin(best, list(self.bands))
         if self.min_score is not None:
-            keep &= score >= self.min_score
+            keep &= (best >= 0) & (score >= self.min_score)
         rows, cols = np.nonzero(keep)
         return rows, cols, best[rows, cols], int(computed.sum())
+
+
+def _classified(stored: StoredMap, best_score: np.ndarray) -> np.ndarray | bool:
+    """Which cells the best of their kept scores classifies (`StoredMap.class_rule`)."""
+    rule = stored.class_rule
+    if rule == "threshold":
+        return best_score >= stored.threshold
+    if rule == "majority":
+        return best_score > 0.5
+    return rule == "best"
 
 
 def _band_of_class(values: np.ndarray, classes: list[int], computed: np.ndarray) -> np.ndarray:
@@ -411,10 +471,10 @@ def _write_geojson(fp: TextIO, stored: StoredMap, frame: _Frame, keep: _Selectio
     """A FeatureCollection written a block of rows at a time: its header (what it is of,
     in which coordinates, the CRS), then one Feature per kept cell."""
     from graphconv import __version__
-    from graphconv.images import class_palette
+    from graphconv.images import class_colours
 
     names = stored.names
-    colours = class_palette(len(names)).round().astype(int).tolist()
+    colours = class_colours(stored.classes).round().astype(int).tolist()
     about = {"written_by": f"graphconv {__version__}", "map": os.path.abspath(stored.path),
              "image": stored.placement.get("image"), "model": stored.placement.get("model"),
              "coordinates": frame.describe(), "cells": "each the square a stride wide centred on its cell's centre"}
@@ -426,7 +486,7 @@ def _write_geojson(fp: TextIO, stored: StoredMap, frame: _Frame, keep: _Selectio
     score_keys = [json.dumps(name) for name in _distinct(names, _FLAT_KEYS)]  # a class named "row" keeps its row
     written = computed = 0
     for first, block in _blocks(stored):
-        rows, cols, best, counted = keep.cells(block, stored.is_class_map, stored.classes)
+        rows, cols, best, counted = keep.cells(block, stored)
         computed += counted
         rings = frame.rings(rows + first, cols)
         cell_scores = None if stored.is_class_map else block[:, rows, cols].T.tolist()  # Python floats: faster
@@ -443,12 +503,15 @@ def _write_geojson(fp: TextIO, stored: StoredMap, frame: _Frame, keep: _Selectio
 
 
 def _qupath_properties(best: int, values: np.ndarray | None, quoted: list[str], colours: list) -> str:
-    """A QuPath tile: its classification (name and colour, the class picture's) and, for
-    a map of scores, every class's score as a measurement (QuPath reads them as a map of
-    numbers: an infinite or NaN score, which JSON cannot write, is left out, not null)."""
-    colour = colours[best]
-    text = (f'{{"objectType": "tile", "classification": {{"name": {quoted[best]}, '
-            f'"color": [{colour[0]}, {colour[1]}, {colour[2]}]}}')
+    """A QuPath tile: its classification (name and colour, the class picture's; none
+    where its class is not known, `StoredMap.class_rule`) and, for a map of scores, every
+    class's score as a measurement (QuPath reads them as a map of numbers: an infinite or
+    NaN score, which JSON cannot write, is left out, not null)."""
+    text = '{"objectType": "tile"'
+    if best >= 0:
+        colour = colours[best]
+        text += (f', "classification": {{"name": {quoted[best]}, '
+                 f'"color": [{colour[0]}, {colour[1]}, {colour[2]}]}}')
     if values is not None:
         text += ', "measurements": {' + ", ".join(
             f"{name}: {_number(v, SCORE_DIGITS)}" for name, v in zip(quoted, values) if math.isfinite(v)) + "}"
@@ -458,10 +521,11 @@ def _qupath_properties(best: int, values: np.ndarray | None, quoted: list[str], 
 def _flat_properties(row: int, col: int, best: int, values: np.ndarray | None, quoted: list[str],
                      score_keys: list[str]) -> str:
     """A GIS feature's attributes, one column each: the cell's row and column in the map,
-    its best class and score, and every class's score."""
-    text = f'{{"row": {row}, "col": {col}, "top_class": {quoted[best]}'
+    its best class and score (null where not known), and every class's score."""
+    text = f'{{"row": {row}, "col": {col}, "top_class": {quoted[best] if best >= 0 else "null"}'
     if values is not None:
-        text += f', "top_score": {_number(values[best], SCORE_DIGITS)}, ' + ", ".join(
+        top = _number(values[best], SCORE_DIGITS) if best >= 0 else "null"
+        text += f', "top_score": {top}, ' + ", ".join(
             f"{key}: {_number(v, SCORE_DIGITS)}" for key, v in zip(score_keys, values))
     return text + "}"
 
@@ -471,22 +535,23 @@ _FLAT_KEYS = ("row", "col", "top_class", "top_score")
 
 def _write_csv(fp: TextIO, stored: StoredMap, frame: _Frame, keep: _Selection) -> tuple[int, int]:
     """A row per kept cell: its row and column in the map, its centre (x, y) in the
-    GeoJSON's coordinates, its best class and score, and every class's score."""
+    GeoJSON's coordinates, its best class and score (empty where not known), and every
+    class's score."""
     names = stored.names
     scored = not stored.is_class_map
     out = csv.writer(fp, lineterminator="\n")
     out.writerow([*CSV_LEAD, *(["top_score", *_distinct(names, (*CSV_LEAD, "top_score"))] if scored else [])])
     written = computed = 0
     for first, block in _blocks(stored):
-        rows, cols, best, counted = keep.cells(block, stored.is_class_map, stored.classes)
+        rows, cols, best, counted = keep.cells(block, stored)
         computed += counted
         centres = frame.centres(rows + first, cols).tolist()
         cell_scores = block[:, rows, cols].T.tolist() if scored else None
         for i, (row, col, top) in enumerate(zip((rows + first).tolist(), cols.tolist(), best.tolist())):
             line = [row, col, _number(centres[i][0], COORDINATE_DIGITS, ""),
-                    _number(centres[i][1], COORDINATE_DIGITS, ""), names[top]]
+                    _number(centres[i][1], COORDINATE_DIGITS, ""), names[top] if top >= 0 else ""]
             if scored:
-                line += [_number(cell_scores[i][top], SCORE_DIGITS, ""),
+                line += [_number(cell_scores[i][top], SCORE_DIGITS, "") if top >= 0 else "",
                          *(_number(v, SCORE_DIGITS, "") for v in cell_scores[i])]
             out.writerow(line)
             written += 1

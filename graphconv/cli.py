@@ -541,17 +541,20 @@ def build_parser() -> argparse.ArgumentParser:
                                        "slide) the coordinates are its full-resolution pixels, each cell a QuPath "
                                        "tile classified by its best class with its scores as measurements (drag "
                                        "the .geojson onto the slide in QuPath); over a georeferenced image they "
-                                       "are its CRS, each cell's scores flat attributes (QGIS, geopandas). Cells "
-                                       "not computed are left out. An existing file is replaced only if "
-                                       "graphconv wrote it.")
+                                       "are its CRS, each cell's scores flat attributes (QGIS, geopandas). A "
+                                       "one-score model's cell is its class where the probability is at least "
+                                       "0.5; in a map of some classes (run --classes) a cell is classified only "
+                                       "where its scores prove that class the model's best, and written "
+                                       "unclassified elsewhere. Cells not computed are left out. An existing "
+                                       "file is replaced only if graphconv wrote it.")
     cells.add_argument("map", type=_path, help=".tif or .zarr map written by graphconv run")
     cells.add_argument("--output", "-o", type=_path, required=True, metavar="CELLS.geojson|CELLS.csv",
                        help="the file to write: .geojson or .csv")
     cells.add_argument("--top-class", type=_class_list, metavar="K1,K2,...",
-                       help="only the cells whose best class is one of these (class indices, or names as the "
+                       help="only the cells classified as one of these (class indices, or names as the "
                             "model's labels have them): the tumour tiles of a slide")
     cells.add_argument("--min-score", type=_finite_float, metavar="S",
-                       help="only the cells whose best score is at least S (a confident call; not of a "
+                       help="only the cells whose class's score is at least S (a confident call; not of a "
                             "--reduce argmax map, which holds no scores)")
     cells.set_defaults(handler=cmd_cells)
 

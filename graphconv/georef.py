@@ -734,13 +734,18 @@ def map_contents(image: str, model_path: str, model, classes: Sequence[int] | No
     that made it. The model (`model_path`, as loaded into `model`) by its path and by the
     digest of its files' contents (`files.model_digest`): a path alone does not tell a
     model compiled again, or retrained, in place. `left_out`: which cells the run did not
-    compute (`left_out_settings`)."""
+    compute (`left_out_settings`). `model_classes` and `output_activation` ("softmax",
+    "sigmoid" or None) tell `graphconv cells` which class a cell's kept scores make the
+    model's best (`cells.StoredMap.class_rule`)."""
     kept = list(classes) if classes is not None else list(range(model.output_channels))
     values = ("the class of each cell: the best of `classes` (65535 where not computed)" if reduce == "argmax"
               else "class scores, one channel per class of `classes` (NaN where not computed)")
+    from graphconv.images import output_activation
+
     contents = {"image": os.path.abspath(image), "model": os.path.abspath(model_path),
                 "model_digest": digest_of_model(model_path, model),
-                "values": values, "classes": kept}
+                "values": values, "classes": kept, "model_classes": model.output_channels,
+                "output_activation": output_activation(model.graph)}
     labels = model.graph.meta.get("labels")
     if labels:
         contents["labels"] = [labels[c] for c in kept]
@@ -921,11 +926,11 @@ def class_colour_table(dtype: np.dtype, contents: dict | None) -> np.ndarray | N
     None for a score map."""
     if np.dtype(dtype) != np.uint16 or not contents or not contents.get("classes"):
         return None
-    from graphconv.images import class_palette
+    from graphconv.images import class_colours
 
     classes = [int(c) for c in contents["classes"]]
     table = np.zeros((3, 2 ** 16), np.uint16)
-    table[:, classes] = (class_palette(len(classes)).round().astype(np.uint16) * 257).T
+    table[:, classes] = (class_colours(classes).round().astype(np.uint16) * 257).T
     return table
 
 

@@ -682,10 +682,24 @@ def heatmap_format(path: str) -> str:
 def outputs_probabilities(graph) -> bool:
     """Whether the network's output values are probabilities (0..1): it ends in a
     softmax or sigmoid, possibly followed by layers that only move values around."""
+    return output_activation(graph) is not None
+
+
+def output_activation(graph) -> str | None:
+    """"softmax" or "sigmoid" where the network ends in one (possibly followed by layers
+    that only move values around), else None: its scores are raw (logits)."""
     node = graph.output
     while node.op in VALUE_KEEPING_OPS and len(node.inputs) == 1:
         node = node.inputs[0]
-    return node.op in PROBABILITY_OPS
+    return node.op if node.op in PROBABILITY_OPS else None
+
+
+def class_colours(classes: Sequence[int]) -> np.ndarray:
+    """(len(classes), 3) colours of these classes of a model (its indices), each the
+    colour its index has in `class_palette`: a class keeps its colour in a map of
+    some classes (--classes) and in the model's full map alike."""
+    classes = [int(c) for c in classes]
+    return class_palette(max(classes) + 1)[classes] if classes else np.zeros((0, 3))
 
 
 def heatmap_range(scores: np.ndarray, how: str | tuple[float, float], probabilities: bool,

@@ -13,17 +13,18 @@ tifffile = pytest.importorskip("tifffile")
 
 from conftest import SPECS, graphconv_in_process  # noqa: E402
 from graphconv.cells import write_cells  # noqa: E402
-from graphconv.errors import GraphconvError  # noqa: E402
+from graphconv.errors import GraphconvError, GraphconvWarning  # noqa: E402
 from graphconv.georef import CellPlacement, read_georeference, write_map_tiff  # noqa: E402
 from test_georef import UTM_33N_AREA, UTM_33N_POINT, gcp_geotiff, grey_geotiff  # noqa: E402
 
 LABELS = ["stroma", "tumour", "necrosis"]
 
 
-def slide_map(path, scores, first=(112.0, 112.0), step=(32.0, 32.0), classes=None, labels=LABELS):
-    """A .tif map as a tiled run over a slide writes one: `scores` (K, rows, cols)."""
+def slide_map(path, scores, first=(112.0, 112.0), step=(32.0, 32.0), classes=None, labels=LABELS, **model):
+    """A .tif map as a tiled run over a slide writes one: `scores` (K, rows, cols);
+    `model`: what it says of its model (model_classes, output_activation)."""
     classes = list(range(scores.shape[0])) if classes is None else classes
-    contents = {"classes": classes, **({"labels": labels} if labels else {}), "image": "/slides/a.svs"}
+    contents = {"classes": classes, **({"labels": labels} if labels else {}), "image": "/slides/a.svs", **model}
     write_map_tiff(str(path), scores[None], None, CellPlacement(first, step, 0.25, contents=contents,
                                                                  area=(224.0, 224.0)))
     return str(path)
@@ -125,6 +126,74 @@ def test_a_map_of_some_classes_names_them_by_the_model_s_indices(tmp_path, rng):
     assert rows and {row["top_class"] for row in rows} == {"class 2"}
     with pytest.raises(GraphconvError, match="class 1 is not in this map"):
         write_cells(stored, tmp_path / "other.csv", top_classes=[1])
+
+
+def csv_rows(path) -> list[dict]:
+    with open(path, newline="") as fp:
+        return list(csv.DictReader(fp))
+
+
+@pytest.mark.parametrize("activation, threshold", [("sigmoid", 0.5), (None, 0.0)])
+def test_a_one_score_model_s_cells_are_its_class_only_past_its_threshold(tmp_path, rng, activation, threshold):
+    """A tumour model of one sigmoid output: the best of one score is that score, so every
+    tissue tile was "tumour" (6e-06 included) and QuPath showed the slide as tumour. A
+    cell is the class where its probability is at least 0.5 (a logit at least 0), else
+    unclassified with its score; --top-class and --min-score keep classified cells."""
+    scores = random_scores(rng, (1, 12, 15)) - (0 if activation else 0.5)
+    stored = slide_map(tmp_path / "map.tif", scores, labels=["tumour"], model_classes=1,
+                       output_activation=activation)
+    with pytest.warns(GraphconvWarning, match="the model gives one score: a cell is classified tumour where"):
+        result = write_cells(stored, tmp_path / "cells.geojson")
+    computed = ~np.isnan(scores[0])
+    assert result.written == computed.sum()
+    for feature, (r, c) in zip(features(tmp_path / "cells.geojson"), zip(*np.nonzero(computed)), strict=True):
+        props = feature["properties"]
+        assert ("classification" in props) == (scores[0, r, c] >= threshold)
+        assert props["measurements"]["tumour"] == pytest.approx(float(scores[0, r, c]))
+    write_cells(stored, tmp_path / "cells.csv")
+    for row in csv_rows(tmp_path / "cells.csv"):
+        tumour = scores[0, int(row["row"]), int(row["col"])] >= threshold
+        assert (row["top_class"], bool(row["top_score"])) == (("tumour", True) if tumour else ("", False))
+    write_cells(stored, tmp_path / "tumour.csv", top_classes=["tumour"])
+    assert len(csv_rows(tmp_path / "tumour.csv")) == (scores[0] >= threshold).sum()
+
+
+def test_a_map_of_some_softmax_classes_classifies_a_cell_only_where_its_class_must_be_best(tmp_path, rng):
+    """--classes tumour of a softmax model: a kept probability over 0.5 is the model's
+    best class whatever the others are; below, the cell is written unclassified. A
+    model of raw scores tells nothing: every cell unclassified, said."""
+    probabilities = random_scores(rng, (1, 12, 15))
+    stored = slide_map(tmp_path / "map.tif", probabilities, classes=[1], labels=["tumour"], model_classes=3,
+                       output_activation="softmax")
+    with pytest.warns(GraphconvWarning, match="holds 1 of the model's 3 classes"):
+        write_cells(stored, tmp_path / "cells.csv")
+    rows = csv_rows(tmp_path / "cells.csv")
+    assert len(rows) == (~np.isnan(probabilities[0])).sum()
+    assert {(int(r["row"]), int(r["col"])) for r in rows if r["top_class"] == "tumour"} == set(
+        zip(*map(lambda a: a.tolist(), np.nonzero(probabilities[0] > 0.5))))
+    raw = slide_map(tmp_path / "raw.tif", probabilities, classes=[1], labels=["tumour"], model_classes=3,
+                    output_activation=None)
+    with pytest.warns(GraphconvWarning, match="written unclassified, with their scores"):
+        write_cells(raw, tmp_path / "raw.csv")
+    assert {r["top_class"] for r in csv_rows(tmp_path / "raw.csv")} == {""}
+
+
+def test_top_class_by_name_and_class_colours_follow_the_model_s_classes_in_a_map_of_some(tmp_path, rng):
+    """--top-class tumour on a --classes tumour map looked the name up as class 0 ("class
+    0 is not in this map"); and a class's colour was its band's, so tumour was blue in that
+    map and orange in the full one."""
+    scores = random_scores(rng, (3, 6, 7))
+    full = slide_map(tmp_path / "full.tif", scores, model_classes=3, output_activation="softmax")
+    some = slide_map(tmp_path / "some.tif", scores[[2, 1]], classes=[2, 1], labels=["necrosis", "tumour"],
+                     model_classes=3, output_activation="softmax")
+    write_cells(full, tmp_path / "full.geojson")
+    with pytest.warns(GraphconvWarning):
+        write_cells(some, tmp_path / "some.geojson", top_classes=["tumour"])
+    colour = {f["properties"]["classification"]["name"]: f["properties"]["classification"]["color"]
+              for f in features(tmp_path / "full.geojson")}
+    kept = features(tmp_path / "some.geojson")
+    assert kept and {f["properties"]["classification"]["name"] for f in kept} == {"tumour"}
+    assert all(f["properties"]["classification"]["color"] == colour["tumour"] for f in kept)
 
 
 def test_a_class_map_gives_each_cell_its_class_and_no_scores(tmp_path, rng):
@@ -229,6 +298,24 @@ def test_a_slide_map_of_the_command_places_cells_on_level_0_pixels(digits, tmp_p
         assert (cx, cy, width) == (14 + 4 * c, 14 + 4 * r, 4)
         assert feature["properties"]["classification"]["name"] == "7"
         assert np.argmax(scores[:, r, c]) == 7 and scores[7, r, c] >= 0.9
+
+
+def test_the_command_s_map_of_some_classes_says_what_its_model_gives(digits, tmp_path):
+    """`run --classes 7` records the model's class count (11: digits and background) and
+    its softmax, so `cells` classifies a cell 7 only where its probability is over 0.5,
+    and --top-class 7 keeps exactly those: the cells the full map's best class calls 7
+    with that probability."""
+    from conftest import ROOT
+    page = ROOT / "examples/digits_page.png"
+    for name, more in (("some.tif", ["--classes", "7"]), ("full.tif", [])):
+        assert graphconv_in_process("run", digits, "--image", page, "--output", name, "--quiet",
+                                    *more).returncode == 0
+    result = graphconv_in_process("cells", "some.tif", "-o", "sevens.csv", "--top-class", "7")
+    assert result.returncode == 0 and "holds 1 of the model's 11 classes" in result.stderr, result.stderr
+    full = tifffile.imread(tmp_path / "full.tif")
+    sure = (full.argmax(axis=0) == 7) & (full[7] > 0.5)
+    assert sure.any() and {(int(r["row"]), int(r["col"])) for r in csv_rows(tmp_path / "sevens.csv")} == set(
+        zip(*map(lambda a: a.tolist(), np.nonzero(sure))))
 
 
 # ---- what is refused, and nothing written --------------------------------------------------------------
