@@ -33,7 +33,7 @@ import numpy as np
 
 from graphconv.errors import GraphconvError, shown, warn_caller
 
-CELL_FORMATS = (".geojson", ".csv")
+CELL_FORMATS = {".geojson": ".geojson", ".json": ".geojson", ".csv": ".csv"}  # a name's suffix -> what is written
 BLOCK_BYTES = 32 << 20  # of a map read at once: a slide's map of 1000 classes is far larger than memory
 NOT_COMPUTED_CLASS = 65535  # a --reduce argmax map's cells not computed (its no-data)
 COORDINATE_DIGITS = 10  # significant digits of a coordinate: 0.1 mm in UTM metres, ~1 mm in degrees
@@ -152,6 +152,7 @@ def _tiff_map(path: str) -> Iterator[StoredMap]:
 
     if not os.path.isfile(path):
         raise GraphconvError("no such file", file=path)
+    _tifffile()  # without it, every map read as "not a map graphconv wrote"
     placement = stated_placement(path)
     if placement is None:
         raise GraphconvError("is not a map graphconv wrote (its description does not say so): cells reads the "
@@ -264,7 +265,7 @@ def write_cells(map_path: str, output: str, top_classes: Sequence[int | str] | N
             with open(path, "w", encoding="utf-8", newline="") as fp:
                 counts[:] = writer(fp, stored, frame, keep)
 
-        atomic_write(output, write, suffix=kind)
+        atomic_write(output, write, suffix=os.path.splitext(output.rstrip("/"))[1])
     written, computed = counts
     for text in notes:  # a Python caller's warning; the command says it as a note
         warn_caller(text.removeprefix("note: "))
@@ -272,11 +273,12 @@ def write_cells(map_path: str, output: str, top_classes: Sequence[int | str] | N
 
 
 def _format_of(output: str) -> str:
+    """".geojson" or ".csv", as the output's name says (QuPath imports GeoJSON named .json too)."""
     suffix = os.path.splitext(output.rstrip("/"))[1].lower()
     if suffix not in CELL_FORMATS:
-        raise GraphconvError("cells writes GeoJSON (.geojson) or CSV (.csv): name the output so (the name says "
-                             "the format)", file=output)
-    return suffix
+        raise GraphconvError("cells writes GeoJSON (.geojson or .json) or CSV (.csv): name the output so (the name "
+                             "says the format)", file=output)
+    return CELL_FORMATS[suffix]
 
 
 def _check_replaceable(output: str, kind: str) -> None:

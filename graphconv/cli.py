@@ -549,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "file is replaced only if graphconv wrote it.")
     cells.add_argument("map", type=_path, help=".tif or .zarr map written by graphconv run")
     cells.add_argument("--output", "-o", type=_path, required=True, metavar="CELLS.geojson|CELLS.csv",
-                       help="the file to write: .geojson or .csv")
+                       help="the file to write: .geojson (or .json, as QuPath also names GeoJSON) or .csv")
     cells.add_argument("--top-class", type=_class_list, metavar="K1,K2,...",
                        help="only the cells classified as one of these (class indices, or names as the "
                             "model's labels have them): the tumour tiles of a slide")

@@ -79,6 +79,15 @@ def test_each_computed_cell_is_a_qupath_tile_on_its_square_with_its_scores(tmp_p
         assert measured.tobytes() == scores[:, r, c].tobytes()
 
 
+def test_a_json_name_is_geojson_as_qupath_imports_it(tmp_path, rng):
+    stored = slide_map(tmp_path / "map.tif", random_scores(rng))
+    write_cells(stored, tmp_path / "cells.geojson")
+    write_cells(stored, tmp_path / "cells.json")
+    assert (tmp_path / "cells.json").read_text().replace(str(tmp_path / "cells.json"), "") == (
+        tmp_path / "cells.geojson").read_text().replace(str(tmp_path / "cells.geojson"), "")
+    write_cells(stored, tmp_path / "cells.json")  # its own output: replaced
+
+
 def test_the_csv_holds_the_geojson_s_cells_centre_class_and_scores(tmp_path, rng):
     scores = random_scores(rng)
     stored = slide_map(tmp_path / "map.tif", scores)
@@ -320,6 +329,15 @@ def test_the_command_s_map_of_some_classes_says_what_its_model_gives(digits, tmp
 
 # ---- what is refused, and nothing written --------------------------------------------------------------
 
+def test_without_tifffile_a_tif_map_is_refused_naming_the_extra(tmp_path, rng, monkeypatch):
+    """It was "is not a map graphconv wrote", which sent the user looking at the map."""
+    import sys
+    stored = slide_map(tmp_path / "map.tif", random_scores(rng))
+    monkeypatch.setitem(sys.modules, "tifffile", None)
+    with pytest.raises(GraphconvError, match=r"needs the tifffile package: pip install 'graphconv\[scale\]'"):
+        write_cells(stored, tmp_path / "cells.csv")
+
+
 def test_an_npy_map_is_refused_with_the_way_to_a_placed_map(tmp_path):
     np.save(tmp_path / "map.npy", np.zeros((1, 3, 4, 4), np.float32))
     result = graphconv_in_process("cells", "map.npy", "-o", "cells.geojson")
@@ -340,7 +358,7 @@ def test_a_user_s_file_is_not_replaced_but_its_own_output_is(tmp_path, rng):
 
 
 @pytest.mark.parametrize("args, said", [
-    (["-o", "cells.txt"], "cells writes GeoJSON (.geojson) or CSV (.csv)"),
+    (["-o", "cells.txt"], "cells writes GeoJSON (.geojson or .json) or CSV (.csv)"),
     (["-o", "cells.csv", "--top-class", "lymph"], "map.tif: --top-class 'lymph': no class of that name"),
     (["-o", "cells.csv", "--min-score", "nan"], "expected a finite number"),
     (["-o", "-"], "cells writes a file, not standard output"),
