@@ -87,7 +87,7 @@ class MapOptions:
     flip: bool = False  # --flip: with --scales, the mirror images too
     scales_reduce: str = "mean"  # --reduce mean|max with --scales: over each map's positions, then over the maps
     skip_damaged: bool = False  # --skip-damaged: cells whose crops reach an undecodable TIFF tile left out
-    wait_for_other_runs: bool = False  # --images --resume: a partial map another run is writing waited for (`_map_each`)
+    wait_for_other_runs: bool = False  # --images --resume: a partial map another run writes waited for (`_map_each`)
 
     def grid(self, model):
         """What each task maps: the model's dense pass, or the classifier on every crop."""
@@ -859,8 +859,8 @@ def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, t
             run_tiled(grid, source, tile, out=out, device=options.device, transform=transform,
                       progress=_unless_stopped(map_file.record, stopped), blank_cells=blank_cells,
                       done=map_file.done, damaged=damaged, piece_cells=piece_cells)
-    notes = (map_file.partial and map_file.partial.stale_tiles_note(image), pieces_note(grid, plan, piece_cells, cut_to) if piece_cells
-             else None)
+    stale_tiles = map_file.partial.stale_tiles_note(image) if map_file.partial is not None else None
+    notes = (stale_tiles, pieces_note(grid, plan, piece_cells, cut_to) if piece_cells else None)
     return (shape, resumed, plan.tile_hw, _partial_map_written_over(stale) if stale else _another_job_s(output, left),
             damaged, "; ".join(filter(None, notes)) or None)
 

@@ -737,11 +737,11 @@ def map_contents(image: str, model_path: str, model, classes: Sequence[int] | No
     compute (`left_out_settings`). `model_classes` and `output_activation` ("softmax",
     "sigmoid" or None) tell `graphconv cells` which class a cell's kept scores make the
     model's best (`cells.StoredMap.class_rule`)."""
+    from graphconv.images import output_activation
+
     kept = list(classes) if classes is not None else list(range(model.output_channels))
     values = ("the class of each cell: the best of `classes` (65535 where not computed)" if reduce == "argmax"
               else "class scores, one channel per class of `classes` (NaN where not computed)")
-    from graphconv.images import output_activation
-
     contents = {"image": os.path.abspath(image), "model": os.path.abspath(model_path),
                 "model_digest": digest_of_model(model_path, model),
                 "values": values, "classes": kept, "model_classes": model.output_channels,

@@ -1104,7 +1104,8 @@ class MapFile:
             from graphconv.sources import require
             zarr = require("zarr")
             chunks = (1, min(self.shape[1], 64), *self.chunk_hw)
-            zarr_3 = {"dimension_names": MAP_DIMENSIONS, "codecs": _checksummed_codecs()} if _writes_zarr_3(zarr) else {}
+            zarr_3 = ({"dimension_names": MAP_DIMENSIONS, "codecs": _checksummed_codecs()} if _writes_zarr_3(zarr)
+                      else {})
             array = zarr.open_array(path, mode="w", shape=self.shape, chunks=chunks, dtype=self.dtype,
                                     fill_value=fill_value(self.dtype), **zarr_3)
             geo = self.georeference if self.georeference is not None else georeference_of_placement(self.placement)

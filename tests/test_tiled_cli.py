@@ -3134,7 +3134,8 @@ def test_resume_takes_an_image_whose_name_fills_the_file_system_s_limit(model_di
     capsys.readouterr()
     assert main([*run, "--output-dir", str(out), "--resume"]) == 0
     assert "went on from the tiles an earlier run had done (7 of 20 tiles)" in capsys.readouterr().err
-    np.testing.assert_array_equal(np.load(out / f"{long_name}.npy"), np.load(tmp_path / "straight" / f"{long_name}.npy"))
+    np.testing.assert_array_equal(np.load(out / f"{long_name}.npy"),
+                                  np.load(tmp_path / "straight" / f"{long_name}.npy"))
     assert not partial.exists()
 
 
