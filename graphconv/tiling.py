@@ -1155,11 +1155,12 @@ def _partial_name(output: str) -> str:
 
 class PartialMap:
     """`run --resume`'s map in progress: the folder `<output>.partial` beside the output
-    (`_partial_name`), holding the map as it is written (`map.zarr` or `map.npy`; a .tif output's scores as
-    `map.npy`, the TIFF written from them at the end), `job.json` (what the run computes,
-    written before the folder appears under its name) and `tiles-done.txt`, one line
-    `index rows cols` per tile, appended and synced after the tile's block is on disk.
-    A line cut short by a kill, or naming no tile of the plan, counts for nothing."""
+    (`_partial_name`), holding the map as it is written (`map.zarr` or `map.npy`; a .tif
+    output's scores as `map.npy`, the TIFF written from them at the end), `job.json` (what
+    the run computes, written before the folder appears under its name) and
+    `tiles-done.txt`, one line `index rows cols` per tile, appended and synced after the
+    tile's block is on disk. A line cut short by a kill, or naming no tile of the plan,
+    counts for nothing."""
 
     def __init__(self, output: str):
         self.output = output
