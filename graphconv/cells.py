@@ -6,7 +6,8 @@ It reads the .tif and .zarr maps `graphconv run` writes, because they say what a
 needs and an .npy cannot: where their cells stand on the image at full resolution
 (`georef.CellPlacement.as_dict`), what their channels hold (classes, labels, a
 `--reduce argmax` map's class values) and, over a georeferenced image, the map's own
-georeference. Each cell becomes the square a stride wide centred on its centre, so the
+georeference. An --images batch's .npy maps too: the batch's graphconv-maps.csv records
+the same of each (`manifest.listed_map`). Each cell becomes the square a stride wide centred on its centre, so the
 squares tile the image as the map's pixels do (its crop, `cell_area_hw`, is wider: crops
 overlap); cells not computed (NaN, 65535 in a class map: glass, no-data, outside a
 --mask) are left out.
@@ -26,12 +27,12 @@ import json
 import math
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator, Sequence, TextIO
 
 import numpy as np
 
-from graphconv.errors import GraphconvError, shown, warn_caller
+from graphconv.errors import GraphconvError, shown, shown_path, warn_caller
 
 CELL_FORMATS = {".geojson": ".geojson", ".json": ".geojson", ".csv": ".csv"}  # a name's suffix -> what is written
 BLOCK_BYTES = 32 << 20  # of a map read at once: a slide's map of 1000 classes is far larger than memory
@@ -131,17 +132,20 @@ def _distinct(names: list[str], taken: Sequence[str] = ()) -> list[str]:
 
 @contextmanager
 def opened_map(path: str) -> Iterator[StoredMap]:
-    """The .tif or .zarr map at `path`, refused unless graphconv wrote it with a placement
-    (an .npy, a user's raster, a map of an --input array, a batch of several images)."""
+    """The .tif or .zarr map at `path`, or an .npy an --images batch lists, refused
+    unless graphconv wrote it with a placement (a lone .npy, a user's raster, a map of an
+    --input array, a batch of several images)."""
     path = str(path)
     if path.rstrip("/").lower().endswith(".zarr"):
         yield _zarr_map(path)
         return
     from graphconv.georef import is_tiff_output
+    if path.lower().endswith(".npy"):
+        yield _listed_npy_map(path)
+        return
     if not is_tiff_output(path):
-        hint = (" (an .npy holds no word of where its cells stand: write the map with --output MAP.tif or "
-                "MAP.zarr, or --output-format tif with --images)" if path.lower().endswith(".npy") else "")
-        raise GraphconvError(f"cells reads a .tif or .zarr map graphconv run wrote{hint}", file=path)
+        raise GraphconvError("cells reads a .tif or .zarr map graphconv run wrote, or an .npy map of an --images "
+                             "batch", file=path)
     with _tiff_map(path) as stored:
         yield stored
 
@@ -209,6 +213,59 @@ def _zarr_map(path: str) -> StoredMap:
         raise GraphconvError(f"holds a {tuple(array.shape)} array; cells reads the map of one image "
                              "(1, classes, rows, cols)", file=path)
     return StoredMap(path, _FirstImage(array), placement, read_zarr_georeference(path)[0])
+
+
+def _listed_npy_map(path: str) -> StoredMap:
+    """An --images batch's .npy map, placed and described by its row of the batch's
+    graphconv-maps.csv (`manifest.listed_map`): an .npy holds nothing but the scores."""
+    from graphconv.georef import _own_georeference, georeference_of_placement
+    from graphconv.manifest import MANIFEST_NAME, listed_map, placement_of
+
+    if not os.path.isfile(path):
+        raise GraphconvError("no such file", file=path)
+    listed = listed_map(path)
+    if listed is None:
+        raise GraphconvError(f"an .npy holds no word of where its cells stand, and no {MANIFEST_NAME} of an "
+                             "--images batch beside it or above it lists it: write the map with --output MAP.tif "
+                             "or MAP.zarr (or --output-format tif with --images)", file=path)
+    listing, row = listed
+    placement = placement_of(row)
+    if placement is None:
+        raise GraphconvError(f"its row in {shown_path(str(listing))} states no placement for its cells (a --scales "
+                             "vector, or a map an earlier graphconv listed): write the map as .tif to place its "
+                             "cells", file=path)
+    try:
+        scores = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise GraphconvError(f"cannot be read as an .npy map: {err}", file=path) from None
+    if scores.ndim != 4 or scores.shape[0] != 1:
+        raise GraphconvError(f"holds a {tuple(scores.shape)} array; cells reads the map of one image "
+                             "(1, classes, rows, cols)", file=path)
+    made_with = _made_with(row)
+    contents = {key: made_with[key] for key in ("model", "model_digest", "classes", "labels", "model_classes",
+                                                "output_activation") if made_with.get(key) is not None}
+    contents["image"] = row["image"]
+    if made_with.get("classes") is None and isinstance(made_with.get("model_classes"), int):
+        contents["classes"] = list(range(made_with["model_classes"]))  # all: a class map's values are among them
+    elif made_with.get("classes") is None and made_with.get("reduce") == "argmax":
+        raise GraphconvError(f"its row in {shown_path(str(listing))}, of an earlier graphconv, does not say the "
+                             "model's classes, which the map's values are: map the image again", file=path)
+    placement = replace(placement, contents=contents)
+    stated = made_with.get("map_georeference")
+    if "model_classes" in made_with:  # this version's row: it records the map's georeference, where it has one
+        geo = _own_georeference(stated) if isinstance(stated, dict) else None
+    else:  # an earlier version's: the image's own, where it is still there
+        geo = georeference_of_placement(placement)
+    return StoredMap(path, _FirstImage(scores), placement.as_dict(), geo)
+
+
+def _made_with(row: dict[str, str]) -> dict:
+    """A list's row's `made_with` (`cluster.map_settings`, and `cluster._what_an_npy_holds`)."""
+    try:
+        made_with = json.loads(row.get("made_with") or "{}")
+    except ValueError:
+        return {}
+    return made_with if isinstance(made_with, dict) else {}
 
 
 class _FirstImage:

@@ -535,7 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cells = sub.add_parser("cells", help="write a map's cells as GeoJSON (QuPath, QGIS) or CSV",
                            description="Write the cells of MAP (a .tif or .zarr map graphconv run wrote: it "
-                                       "states where its cells stand) as GeoJSON or CSV, as the output's name "
+                                       "states where its cells stand; or an .npy map of an --images batch, "
+                                       "whose graphconv-maps.csv states it) as GeoJSON or CSV, as the output's name "
                                        "says: each cell the square a stride wide around its centre, with its best "
                                        "class and every class's score. Over an image with no georeference (a "
                                        "slide) the coordinates are its full-resolution pixels, each cell a QuPath "
@@ -547,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "where its scores prove that class the model's best, and written "
                                        "unclassified elsewhere. Cells not computed are left out. An existing "
                                        "file is replaced only if graphconv wrote it.")
-    cells.add_argument("map", type=_path, help=".tif or .zarr map written by graphconv run")
+    cells.add_argument("map", type=_path, help=".tif or .zarr map written by graphconv run, or an .npy map an --images batch listed")
     cells.add_argument("--output", "-o", type=_path, required=True, metavar="CELLS.geojson|CELLS.csv",
                        help="the file to write: .geojson (or .json, as QuPath also names GeoJSON) or .csv")
     cells.add_argument("--top-class", type=_class_list, metavar="K1,K2,...",

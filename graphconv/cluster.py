@@ -735,7 +735,7 @@ def _image_mapped(ref: ModelRef, image: str, output: str, options: MapOptions, t
                            turned=turned_upright(image), converted=channel_conversion(source),
                            scaled=value_scaling(source),
                            nodata_possible=nodata_can_occur(getattr(source, "inner", source)), image_stamp=stamp,
-                           placement=cell_placement(source, grid.cell_area),
+                           placement=replace(cell_placement(source, grid.cell_area), contents=contents),
                            damaged=damaged if damaged is not None else DamagedCells() if options.skip_damaged else None)
     except (GraphconvError, OSError, MemoryError, ValueError) as err:
         if isinstance(err, (WrittenMeanwhile, FinishedByAnotherRun)) and _made_meanwhile(
@@ -1110,6 +1110,7 @@ def run_images(ref: ModelRef, images: Sequence[str], output_dir: str, options: M
         settings = map_settings(ref, result.image, options)
         if result.image_stamp is not None:  # else the image's time against the map's tells an image edited since
             settings[IMAGE_STAMP] = result.image_stamp
+        settings.update(_what_an_npy_holds(result))
         record = functools.partial(manifest.record, result.image, output_of[result.image], result.shape)
         record = functools.partial(record, placement=result.placement, top=result.top, top_by=options.top_by,
                                    damaged=result.damaged)
@@ -1530,6 +1531,26 @@ def map_settings(ref: ModelRef, image: str, options: MapOptions) -> dict:
             "resize": list(options.resize) if options.resize else None, "pad_image": options.pad_image,
             "scales": {"sizes": list(options.scales), "flip": options.flip, "reduce": options.scales_reduce}
             if options.scales else None}
+
+
+NPY_CONTENTS = ("model_classes", "output_activation", "labels")  # of `map_contents`, beyond `map_settings`
+
+
+def _what_an_npy_holds(result: ImageResult) -> dict:
+    """What an .npy map's row records beside `map_settings` (which --skip-existing
+    compares), for `graphconv cells` to read the map as a .tif map's own statement: the
+    model's number of classes and output activation (whether its kept scores make a class
+    the best: `cells.StoredMap.class_rule`), the kept classes' labels and, over a
+    georeferenced image, the map's georeference (the cells' polygons in its CRS)."""
+    from graphconv.georef import georeference_of_placement, is_tiff_output
+
+    placement = result.placement
+    if placement is None or result.output is None or is_tiff_output(result.output):
+        return {}
+    contents = placement.contents or {}
+    held = {key: contents[key] for key in NPY_CONTENTS if key in contents}
+    geo = georeference_of_placement(placement)
+    return {**held, "map_georeference": geo.as_dict()} if geo is not None else held
 
 
 def _image_changed(image: str, output: str, recorded_stamp: list[int] | None) -> bool:

@@ -194,6 +194,44 @@ class Manifest:
         return locked_if_possible(self.folder)
 
 
+def listed_map(map_path: str) -> tuple[Path, dict[str, str]] | None:
+    """The list (graphconv-maps.csv) that lists the map at `map_path` as written, and its
+    row: an --images batch's .npy, whose placement and contents only that row records
+    (`graphconv cells` reads them). The list is looked for in the map's folder and the
+    folders above it (an image in a subfolder has its map in a subfolder of --output-dir);
+    None where none lists it. Refused where the row's map is not the file there now
+    (replaced or changed since): the row would place another map's cells."""
+    folder = Path(os.path.abspath(map_path)).parent
+    for listing in (folder, *folder.parents):
+        path = listing / MANIFEST_NAME
+        if not path.is_file():
+            continue
+        key = Path(os.path.relpath(os.path.abspath(map_path), listing)).as_posix()
+        row = _read_rows(path).get(key)
+        if row is None or row["status"] != "written":
+            continue
+        if not _still_there(row["map_stamp"], map_path):
+            raise GraphconvError(f"{shown_path(str(path))} lists this map, but the file changed since graphconv "
+                                 "wrote it (its size or time differ): map the image again, or give the map that "
+                                 "run wrote", file=map_path)
+        return path, row
+    return None
+
+
+def placement_of(row: dict[str, str]) -> CellPlacement | None:
+    """The `CellPlacement` a row's placement columns record (`_placement_fields`), with
+    no contents; None where they are empty (a --scales vector, a map another run made)."""
+    from graphconv.georef import CellPlacement
+
+    try:
+        values = [float(row[name]) for name in PLACEMENT_COLUMNS[:4]]
+    except (KeyError, ValueError):
+        return None
+    area = tuple(float(row[name]) for name in PLACEMENT_COLUMNS[4:]) if all(
+        row.get(name) for name in PLACEMENT_COLUMNS[4:]) else None
+    return CellPlacement(tuple(values[:2]), tuple(values[2:]), None, area=area)
+
+
 def _written_since(listed: dict | None, found: dict | None, output: str) -> bool:
     """Whether `listed`, a map's row as the list holds it now, is another batch's that
     wrote the map now at `output` since this one found `found` there."""

@@ -327,6 +327,77 @@ def test_the_command_s_map_of_some_classes_says_what_its_model_gives(digits, tmp
         zip(*map(lambda a: a.tolist(), np.nonzero(sure))))
 
 
+# ---- an --images batch's .npy maps, placed by its graphconv-maps.csv -------------------------------------
+
+def batch_maps(model, images, output_format, *more):
+    """The maps of a batch over `images` into out-<format>/, as --output-format writes them."""
+    out = f"out-{output_format}"
+    result = graphconv_in_process("run", model, "--images", *images, "--output-dir", out, "--output-format",
+                                  output_format, "--quiet", *more)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.mark.parametrize("more", [[], ["--classes", "7"], ["--reduce", "argmax"]])
+def test_a_batch_s_npy_map_gives_the_cells_its_tif_map_gives(digits, tmp_path, more):
+    """An .npy of an --images batch says nothing of its cells; the batch's list does:
+    their placement, the model's classes, labels and activation. Its cells are the .tif
+    map's, and so is the note on which cells are classified."""
+    from conftest import ROOT
+    page = ROOT / "examples/digits_page.png"
+    said = {}
+    for output_format in ("tif", "npy"):
+        out = batch_maps(digits, [page], output_format, "--tile", "256", *more)
+        result = graphconv_in_process("cells", f"{out}/digits_page.{output_format}", "-o", f"{output_format}.csv")
+        assert result.returncode == 0, result.stderr
+        said[output_format] = result.stderr
+    assert (tmp_path / "npy.csv").read_text() == (tmp_path / "tif.csv").read_text()
+    assert said["npy"] == said["tif"] and ("holds 1 of the model's 11 classes" in said["npy"]) == bool(
+        "--classes" in more)
+
+
+def test_a_batch_s_npy_map_of_a_geotiff_gives_polygons_in_its_crs(digits, tmp_path):
+    """Over a GeoTIFF: the list records the map's georeference, as the .tif map states
+    its own. A list of before that (no such record, nor labels) places them by the
+    image's own, while it is there."""
+    from test_georef import grey_geotiff
+    scene = grey_geotiff(tmp_path / "scene.tif")
+    for output_format in ("tif", "npy"):
+        out = batch_maps(digits, [scene], output_format, "--tile", "64")
+        result = graphconv_in_process("cells", f"{out}/scene.{output_format}", "-o", f"{output_format}.csv")
+        assert result.returncode == 0 and "the image's CRS (32633)" in result.stdout, result.stderr
+    expected = (tmp_path / "tif.csv").read_text()
+    assert (tmp_path / "npy.csv").read_text() == expected
+    listing = tmp_path / "out-npy" / "graphconv-maps.csv"
+    with open(listing, newline="") as fp:
+        rows = list(csv.DictReader(fp))
+    made_with = json.loads(rows[0]["made_with"])
+    assert made_with["map_georeference"]["crs"] == "EPSG:32633"
+    for key in ("map_georeference", "model_classes", "output_activation", "labels"):
+        del made_with[key]
+    rows[0]["made_with"] = json.dumps(made_with)
+    with open(listing, "w", newline="") as fp:
+        writer = csv.DictWriter(fp, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert graphconv_in_process("cells", "out-npy/scene.npy", "-o", "earlier.csv").returncode == 0
+    placed = [[row[:4] for row in csv.reader(open(tmp_path / name))] for name in ("earlier.csv", "tif.csv")]
+    assert len(placed[0]) > 1 and placed[0] == placed[1]  # the same squares (the classes then unnamed)
+
+
+def test_a_batch_s_npy_map_changed_since_its_row_is_refused(digits, tmp_path):
+    """A map replaced since the batch listed it (another array of that name) would be
+    placed by another map's row."""
+    from conftest import ROOT
+    out = batch_maps(digits, [ROOT / "examples/digits_page.png"], "npy")
+    assert graphconv_in_process("cells", f"{out}/digits_page.npy", "-o", "cells.csv").returncode == 0
+    np.save(tmp_path / out / "digits_page.npy", np.zeros((1, 11, 5, 5), np.float32))
+    result = graphconv_in_process("cells", f"{out}/digits_page.npy", "-o", "again.csv")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "graphconv-maps.csv lists this map, but the file changed since graphconv wrote it" in result.stderr
+    assert not (tmp_path / "again.csv").exists()
+
+
 # ---- what is refused, and nothing written --------------------------------------------------------------
 
 def test_without_tifffile_a_tif_map_is_refused_naming_the_extra(tmp_path, rng, monkeypatch):
@@ -338,12 +409,12 @@ def test_without_tifffile_a_tif_map_is_refused_naming_the_extra(tmp_path, rng, m
         write_cells(stored, tmp_path / "cells.csv")
 
 
-def test_an_npy_map_is_refused_with_the_way_to_a_placed_map(tmp_path):
+def test_an_npy_map_no_batch_lists_is_refused_with_the_way_to_a_placed_map(tmp_path):
     np.save(tmp_path / "map.npy", np.zeros((1, 3, 4, 4), np.float32))
     result = graphconv_in_process("cells", "map.npy", "-o", "cells.geojson")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "map.npy: cells reads a .tif or .zarr map" in result.stderr and "--output MAP.tif" in result.stderr
-    assert not (tmp_path / "cells.geojson").exists()
+    assert "map.npy: an .npy holds no word of where its cells stand" in result.stderr
+    assert "--output MAP.tif" in result.stderr and not (tmp_path / "cells.geojson").exists()
 
 
 def test_a_user_s_file_is_not_replaced_but_its_own_output_is(tmp_path, rng):
