@@ -367,6 +367,11 @@ class _Selection:
         if min_score is not None and stored.is_class_map:
             raise GraphconvError("--min-score keeps cells by their best score: this map holds each cell's class "
                                  "alone (--reduce argmax); map the scores to choose by them", file=stored.path)
+        activation = stored.placement.get("output_activation")
+        if min_score is not None and activation in ("softmax", "sigmoid") and not 0 <= min_score <= 1:
+            raise GraphconvError(f"--min-score {min_score:g}: this map's scores are probabilities (its model ends "
+                                 f"in {activation}), 0 to 1, so no cell would be kept: give one in 0..1",
+                                 file=stored.path)
         if top_classes is None:
             return cls(None, min_score)
         from graphconv.cli import class_index

@@ -441,6 +441,17 @@ def test_bad_options_are_one_message_and_write_nothing(tmp_path, rng, args, said
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map.tif"]
 
 
+@pytest.mark.parametrize("activation, min_score, refused", [
+    ("softmax", "2", True), ("sigmoid", "-0.5", True), ("softmax", "1", False), (None, "2", False)])
+def test_a_min_score_no_probability_reaches_is_refused(tmp_path, rng, activation, min_score, refused):
+    """--min-score 2 on probabilities kept no cell, silently; raw scores (logits) reach it."""
+    stored = slide_map(tmp_path / "map.tif", random_scores(rng), model_classes=3, output_activation=activation)
+    result = graphconv_in_process("cells", stored, "-o", "cells.csv", "--min-score", min_score)
+    assert result.returncode == (2 if refused else 0), result.stderr
+    assert ("this map's scores are probabilities" in result.stderr) == refused
+    assert (tmp_path / "cells.csv").exists() != refused
+
+
 def test_a_user_s_image_and_a_gcp_map_are_refused(digits, tmp_path):
     image = grey_geotiff(tmp_path / "scene.tif")
     result = graphconv_in_process("cells", image, "-o", "cells.geojson")
