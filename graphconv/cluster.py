@@ -851,7 +851,7 @@ def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, t
                        placement=replace(cell_placement(source, grid.cell_area),
                                          contents={**contents, "tile_plan": plan.as_recorded()}),
                        resume=job if options.resume else None, tiles=plan.tiles, blank=blank, unchanged=unchanged,
-                       waiting=functools.partial(_waiting_note, image) if options.wait_for_other_runs else None)
+                       waiting=functools.partial(waiting_note, image) if options.wait_for_other_runs else None)
     damaged = DamagedCells() if options.skip_damaged else None
     with map_file as out:
         resumed = (len(map_file.done), len(plan.tiles)) if map_file.done else None
@@ -865,7 +865,7 @@ def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, t
             damaged, "; ".join(filter(None, notes)) or None)
 
 
-def _waiting_note(image: str) -> None:
+def waiting_note(image: str) -> None:
     """Said at once, not with the batch's notes at its end: the run may wait long."""
     print(f"note: {image}: another graphconv run is writing its map (its partial map's lock is held): waiting for it; "
           "its map is kept once it is done, and if that run stops this one goes on from its tiles", file=sys.stderr,

@@ -169,12 +169,14 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
         from graphconv.cluster import check_replaceable
         check_replaceable(args.output, dtype, shape)
     job = _job(args, model, grid, source, plan, shape, dtype) if resume or args.output else None
+    same_job = False  # a partial map of this very job is there: its run, if running, is waited for
     if resume:
         from graphconv.tiling import PartialMap
         partial = PartialMap(args.output)
         if partial.exists() and not partial.of_the_image_before_it_changed(job):  # that one is removed (MapFile)
             partial.check(job)  # another run's partial map: refused before any work (and again when opened)
             partial.check_intact(shape, dtype)  # and one damaged since (an .npy cut short)
+            same_job = True
         elif os.path.lexists(args.output):  # a finished run's command again (a job script rerun): say why it works
             from graphconv.cli import note
             note(f"note: {args.output} is there and no stopped run's {partial.shown} is: --resume has nothing to go "
@@ -205,11 +207,18 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     start = time.perf_counter()
     damaged = DamagedCells() if getattr(args, "skip_damaged", False) else None
     if args.output:
+        from graphconv.cluster import waiting_note
+        from graphconv.files import FinishedByAnotherRun
         map_file = MapFile(args.output, shape, dtype, chunk_hw=plan.cells_hw,
                            georeference=_map_georeference(args, source, grid), placement=placement,
                            resume=job if resume else None, tiles=plan.tiles, blank=blank_tiles,
-                           unchanged=image_unchanged(args.image, stamp))
-        with map_file as out:
+                           unchanged=image_unchanged(args.image, stamp),
+                           waiting=(lambda: waiting_note(args.image)) if same_job else None)
+        with contextlib.ExitStack() as stack:
+            try:
+                out = stack.enter_context(map_file)
+            except FinishedByAnotherRun:
+                return _kept_as_another_run_finished_it(args.output)
             if resume:
                 _say_stale_tiles_removed(map_file.partial, args.image)
                 _say_resumed(map_file, plan, blank_tiles, _left_out_over(background))
@@ -252,6 +261,17 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
                   top_basis(out, getattr(args, "top_by", None)) + " (the computed ones)")
     if args.output:
         print(f"-> {args.output}")
+    return 0
+
+
+def _kept_as_another_run_finished_it(output: str) -> int:
+    """--resume beside another run resuming the same partial map (a requeued job beside
+    its predecessor): this run waited for it (`cluster.waiting_note`), and it finished the
+    map, which is this run's to the bit (`PartialMap.check` found the same job)."""
+    print(f"note: another graphconv run finished {output} while this one waited (it was resuming the same "
+          "partial map: the same image, model and settings): its map is kept as it is (and --top and --heatmap "
+          "are that run's)", file=sys.stderr)
+    print(f"-> {output}")
     return 0
 
 

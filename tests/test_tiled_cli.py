@@ -3175,7 +3175,7 @@ def test_a_resume_batch_waits_for_the_map_another_batch_is_writing(model_dir, bi
         if other_run == "finishes":
             [made] = run_images(ref, [str(folder / "b.png")], str(out), options, 100)
             assert made.error is None and made.resumed == (7, 20)
-    monkeypatch.setattr(cluster, "_waiting_note", the_other_run_ends)
+    monkeypatch.setattr(cluster, "waiting_note", the_other_run_ends)
     with contextlib.ExitStack() as stack:
         client = None
         if on_a_cluster:
@@ -3190,6 +3190,47 @@ def test_a_resume_batch_waits_for_the_map_another_batch_is_writing(model_dir, bi
     for name in ("a.npy", "b.npy"):
         np.testing.assert_array_equal(np.load(out / name), np.load(tmp_path / "straight" / name))
     assert not (out / "b.npy.partial").exists()
+
+
+@pytest.mark.parametrize("other_run", ["stops", "finishes"])
+def test_a_resumed_image_waits_for_the_run_resuming_its_partial_map(model_dir, big_page, tmp_path, monkeypatch,
+                                                                    capsys, other_run):
+    """`run --image --resume` beside another run resuming the same partial map (a
+    requeued job beside its predecessor) was refused at once (exit 2), though that run
+    was making this very map. Now it waits: a map that run finishes is kept (exit 0),
+    one it stops goes on from its tiles; either equals a straight run's."""
+    import fcntl
+
+    from graphconv import cluster
+    from graphconv.cli import main
+
+    run = ["run", str(model_dir), "--image", str(big_page), "--tile", "100"]
+    assert main([*run, "--output", str(tmp_path / "straight.npy")]) == 0
+    output, partial = tmp_path / "map.npy", tmp_path / "map.npy.partial"
+    _stop_after(monkeypatch, 7)
+    assert main([*run, "--output", str(output), "--resume"]) == 130
+    monkeypatch.undo()
+    held = os.open(partial, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # the other run, resuming it
+    waited = []
+
+    def the_other_run_ends(image):
+        waited.append(image)
+        if other_run == "finishes":  # its map renamed into place, its partial map gone, then its lock let go
+            shutil.copy(tmp_path / "straight.npy", output)
+            shutil.rmtree(partial)
+        os.close(held)
+    monkeypatch.setattr(cluster, "waiting_note", the_other_run_ends)
+    capsys.readouterr()
+    assert main([*run, "--output", str(output), "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert waited == [str(big_page)]
+    if other_run == "finishes":
+        assert "another graphconv run finished" in captured.err and f"-> {output}" in captured.out
+    else:
+        assert "over 13 of 20 tiles (7 done before, not computed)" in captured.out
+    np.testing.assert_array_equal(np.load(output), np.load(tmp_path / "straight.npy"))
+    assert not partial.exists()
 
 
 def test_images_without_resume_removes_the_stopped_run_s_partial_map_of_a_map_it_wrote_whole(model_dir, big_page,
