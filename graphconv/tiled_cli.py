@@ -467,7 +467,7 @@ def _say_resumed(map_file, plan, blank_tiles: frozenset = frozenset(), over: str
     if map_file.damaged:
         damaged = len(map_file.damaged)
         print(f"resume: {counted(damaged, 'tile')} listed as done in {where} {agreeing(damaged, 'has', 'have')} "
-              "blocks missing or unreadable there (the partial map was damaged since): computing "
+              "blocks missing, unreadable or changed there (the partial map was damaged since): computing "
               f"{agreeing(damaged, 'it', 'them')} again", file=sys.stderr)
     if done:
         background = len(blank_tiles)

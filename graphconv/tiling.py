@@ -30,6 +30,7 @@ import json
 import math
 import os
 import shlex
+import zlib
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -1032,8 +1033,16 @@ class MapFile:
         if self.partial is None or tile not in self._index:
             return
         self._sync_block(tile)
-        self.partial.record(self._index[tile], tile)
+        self.partial.record(self._index[tile], tile, None if self.is_zarr else self._block_checksum(tile))
         self._recorded = True
+
+    def _block_checksum(self, tile: Tile) -> int:
+        """The CRC-32 of `tile`'s block of an .npy map: a bit flipped on the disk, or a
+        block another program wrote over, since the tile was listed as done decoded into
+        other scores silently, and the tile stayed done (a zarr map's chunks carry zstd's
+        checksum: `_checksummed_codecs`)."""
+        block = self.array[:, :, tile.rows[0]:tile.rows[1], tile.cols[0]:tile.cols[1]]
+        return zlib.crc32(np.ascontiguousarray(block).data)
 
     def _sync_block(self, tile: Tile) -> None:
         """`tile`'s block on disk, not only in this machine's memory: a memory map
@@ -1063,10 +1072,14 @@ class MapFile:
         all there and readable: a chunk file missing (but for a tile of cells not computed
         alone, whose chunk holds fill values only and is not stored), or one that does not
         decode (emptied, cut short: it would make the finished map unreadable). Each tile's
-        block is read once, a tile at a time. An .npy is checked as a whole
-        (`PartialMap.check_intact`)."""
-        if not self.is_zarr or not tiles:
+        block is read once, a tile at a time. An .npy's blocks are those whose CRC-32 is
+        not the one the log lists (its size is checked as a whole: `PartialMap.check_intact`)."""
+        if not tiles:
             return frozenset()
+        if not self.is_zarr:
+            listed = self.partial.checksums(self.tiles)
+            return frozenset(tile for tile in tiles
+                             if listed.get(tile) is not None and self._block_checksum(tile) != listed[tile])
         damaged = set()
         for tile in tiles:
             files = self._chunk_files(tile) or []  # a zarr without zarr 3's metadata: its blocks are only read
@@ -1266,20 +1279,30 @@ class PartialMap:
 
     def done(self, tiles: Sequence[Tile]) -> frozenset[Tile]:
         """The tiles of `tiles` (the plan's, in order) the log lists as written."""
+        return frozenset(self.checksums(tiles))
+
+    def checksums(self, tiles: Sequence[Tile]) -> dict[Tile, int | None]:
+        """The tiles of `tiles` the log lists as written, each with the CRC-32 of its
+        block as written (an .npy map's; None for a zarr's, whose chunks carry zstd's, and
+        in a log of an earlier version). A tile listed again (computed again) counts by
+        its last line."""
         try:
             with open(os.path.join(self.folder, PARTIAL_LOG), encoding="utf-8", errors="replace") as fp:
                 text = fp.read()
         except OSError:
-            return frozenset()
-        written = set()
+            return {}
+        written: dict[Tile, int | None] = {}
         for line in text.split("\n")[:-1]:  # the part after the last newline was cut short
+            fields = line.split()
             try:
-                index, r0, r1, c0, c1 = (int(v) for v in line.split())
+                index, r0, r1, c0, c1 = (int(v) for v in fields[:5])
+                checksum = int(fields[5], 16) if len(fields) == 6 else None
             except ValueError:
                 continue
-            if 0 <= index < len(tiles) and tiles[index].rows == (r0, r1) and tiles[index].cols == (c0, c1):
-                written.add(tiles[index])
-        return frozenset(written)
+            if len(fields) in (5, 6) and 0 <= index < len(tiles) and tiles[index].rows == (r0, r1) \
+                    and tiles[index].cols == (c0, c1):
+                written[tiles[index]] = checksum
+        return written
 
     def count_done(self) -> int:
         """How many tiles the log lists (for a note; `done` checks them against a plan)."""
@@ -1289,10 +1312,11 @@ class PartialMap:
         except OSError:
             return 0
 
-    def record(self, index: int, tile: Tile) -> None:
+    def record(self, index: int, tile: Tile, checksum: int | None = None) -> None:
         from graphconv.files import append_synced
+        summed = f" {checksum:08x}" if checksum is not None else ""
         append_synced(os.path.join(self.folder, PARTIAL_LOG),
-                      f"{index} {tile.rows[0]} {tile.rows[1]} {tile.cols[0]} {tile.cols[1]}\n")
+                      f"{index} {tile.rows[0]} {tile.rows[1]} {tile.cols[0]} {tile.cols[1]}{summed}\n")
 
     def remove(self) -> None:
         from graphconv.files import remove_temporary

@@ -3733,10 +3733,39 @@ def test_resume_computes_again_the_tiles_whose_zarr_chunks_were_damaged(model_di
     capsys.readouterr()
     assert main([*run, "--output", str(out), "--resume"]) == 0
     err = capsys.readouterr().err
-    assert ("resume: 1 tile listed as done in" in err and "has blocks missing or unreadable" in err
+    assert ("resume: 1 tile listed as done in" in err and "has blocks missing, unreadable or changed" in err
             and "resume: 6 of 20 tiles were done by an earlier run" in err and "computing 14" in err), err
     assert len(written) == 14
     np.testing.assert_array_equal(zarr.open_array(str(out))[:], zarr.open_array(str(tmp_path / "straight.zarr"))[:])
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".tif"])
+def test_resume_computes_again_a_tile_whose_npy_block_changed(model_dir, big_page, tmp_path, monkeypatch, capsys,
+                                                              suffix):
+    """An .npy partial map (a .tif output's scores too) with one bit flipped in a done
+    tile's block since the run stopped: the finished map kept the other score, without a
+    word. The log lists each block's CRC-32: that tile is computed again, said so."""
+    from graphconv.cli import main
+
+    run = ["run", str(model_dir), "--image", str(big_page), "--tile", "100"]
+    out = tmp_path / f"map{suffix}"
+    assert main([*run, "--output", str(tmp_path / f"straight{suffix}")]) == 0
+    _stop_after(monkeypatch, 7)
+    assert main([*run, "--output", str(out), "--resume"]) == 130
+    monkeypatch.undo()
+    scores = np.lib.format.open_memmap(tmp_path / f"map{suffix}.partial" / "map.npy", mode="r+")
+    scores.view(np.uint32)[0, 3, 2, 1] ^= 0x10  # a cell of the first tile's block
+    scores.flush()
+    del scores
+    written = _stop_after(monkeypatch, 10 ** 6)
+    capsys.readouterr()
+    assert main([*run, "--output", str(out), "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert ("resume: 1 tile listed as done in" in err and "has blocks missing, unreadable or changed" in err
+            and "resume: 6 of 20 tiles were done by an earlier run" in err), err
+    assert len(written) == 14
+    read = np.load if suffix == ".npy" else tifffile.imread
+    np.testing.assert_array_equal(read(out), read(tmp_path / f"straight{suffix}"))
 
 
 def test_without_resume_a_stopped_run_leaves_nothing_and_a_partial_map_is_kept_until_written_over(
