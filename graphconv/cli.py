@@ -1904,11 +1904,24 @@ def cmd_compile(args: argparse.Namespace) -> int:
     method = model.graph.meta["compiled"].get("stride_method")  # which one auto took was not said
     how = (f" ({'shift-and-stitch' if method == 'shift' else 'dilated'}"
            f"{', as auto chose' if _auto_chose_the_stride_method(model) else ''})") if method else ""
-    print(done + f"output stride {field.stride[0]}x{field.stride[1]}{how}, each cell sees "
-                 f"{field.size[0]}x{field.size[1]} pixels")
+    print(done + f"output stride {field.stride[0]}x{field.stride[1]}{how}, {_what_each_cell_is(model)}")
     for said in compile_notes(source, model.graph, args.output_stride):
         note(f"note: {said}")
     return 0
+
+
+def _what_each_cell_is(model: Model) -> str:
+    """compile's words for a cell: a classifier's is the classifier on its crop (its
+    receptive field, what `field` measures, is narrower where the edge pixels reach no
+    output, wider where the network pads, and was read as the crop); a segmentation
+    network's is the pixels its output pixel reads."""
+    field = model.field
+    reads = f"{field.size[0]}x{field.size[1]} pixels"
+    if model.segmentation:
+        return f"each cell reads {reads} (its receptive field)"
+    crop = f"{model.cell_area.size[0]}x{model.cell_area.size[1]}"
+    same = tuple(field.size) == tuple(model.cell_area.size)
+    return f"each cell the classifier on a {crop} crop" + ("" if same else f" (its receptive field: {reads})")
 
 
 def note_plugin_passes_that_changed_nothing(records) -> None:

@@ -340,11 +340,27 @@ def test_verify_says_which_finer_stride_and_method_it_checked(capsys, method, sa
     assert "the first, middle and last rows and columns of the crop grid" in out
 
 
+def test_compile_names_the_crop_each_cell_is_and_a_receptive_field_that_differs(write_spec, tmp_path, capsys):
+    """"each cell sees 18x18 pixels" (the receptive field of a padded net) was read as
+    its crop, 16x16."""
+    spec = write_spec("""
+        name: padded
+        input: {name: data, shape: [1, 16, 16]}
+        layers:
+          - {name: conv1, op: conv, out_channels: 4, kernel_size: 3, padding: 1}
+          - {name: pool1, op: maxpool, kernel_size: 2}
+          - {name: fc2, op: fc, out_features: 3}
+    """)
+    assert run_cli("compile", spec, "-o", tmp_path / "padded") == 0
+    assert ("output stride 2x2, each cell the classifier on a 16x16 crop (its receptive field: 18x18 pixels)"
+            in capsys.readouterr().out)
+
+
 def test_compile_says_whether_the_result_slides(tmp_path, capsys):
     """A pipeline without fc-to-conv leaves a classifier that takes only its crop: compile
     said "output stride 4x4, each cell sees 32x32 pixels" all the same."""
     assert run_cli("compile", SPECS / "lenet.yaml", "-o", tmp_path / "dense") == 0
-    assert "output stride 4x4, each cell sees 32x32 pixels" in capsys.readouterr().out
+    assert "output stride 4x4, each cell the classifier on a 32x32 crop\n" in capsys.readouterr().out
     assert run_cli("compile", SPECS / "lenet.yaml", "-o", tmp_path / "as-is", "--passes", "shape-inference") == 0
     assert "it still returns one class vector per 32x32 crop" in capsys.readouterr().out
 

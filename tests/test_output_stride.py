@@ -333,12 +333,12 @@ def test_compile_notes_the_padding_a_shifted_copy_reads(write_spec):
     done = graphconv_in_process("compile", spec, "-o", spec.parent / "fine", "--output-stride", 2,
                                 "--stride-method", "shift")
     assert done.returncode == 0, done.stderr
-    assert "output stride 2x2 (shift-and-stitch), each cell sees" in done.stdout
+    assert "output stride 2x2 (shift-and-stitch), each cell the classifier on" in done.stdout
     assert "note: shift-and-stitch on a network that pads (c2): each shifted copy is also padded where its " \
            "shift cuts it, inside the image, so a cell whose field starts within 6 rows" in " ".join(done.stderr.split())
     done = graphconv_in_process("compile", spec, "-o", spec.parent / "auto", "--output-stride", 2)
     assert done.returncode == 0 and "shift-and-stitch" not in done.stderr
-    assert "output stride 2x2 (dilated, as auto chose), each cell sees" in done.stdout
+    assert "output stride 2x2 (dilated, as auto chose), each cell the classifier on" in done.stdout
     mirrored = write_spec(padded_by("layer").replace("padding: 1}", "padding: 1, mode: reflect}"), "mirrored.yaml")
     done = graphconv_in_process("compile", mirrored, "-o", spec.parent / "mirrored", "--output-stride", 2)
     assert done.returncode == 0, done.stderr
