@@ -86,7 +86,20 @@ def compile_notes(classifier: Graph, compiled: Graph, output_stride: int | None)
     notes = [padding_note(classifier)]
     if output_stride is not None and compiled.find("shift_copies"):
         notes.append(shift_cut_padding(compiled, dilate_problem(classifier, output_stride)))
+    if output_stride is not None and classifier.find("shift_copies"):
+        notes.append(_shifted_again_note(classifier, compiled))
     return [said for said in notes if said]
+
+
+def _shifted_again_note(classifier: Graph, compiled: Graph) -> str:
+    """A model made finer by shift-and-stitch, compiled finer again: its shifted copies
+    are shifted again (the earlier copies' work times the new ones', 33x dilation's on a
+    VGG-like net at output stride 2), where the original model compiled once at the
+    stride wanted may take dilation."""
+    copies = len(compiled.find("shift_copies"))
+    return (f"this model was made finer by shift-and-stitch already; compiled finer again it computes shifted "
+            f"copies of its shifted copies ({copies} layers of copies): compiling the original model (its spec "
+            "or ONNX file) with this --output-stride costs less, often far less (dilation, where it applies)")
 
 
 def record_onnx_source(compiled: Graph) -> None:

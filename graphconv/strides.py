@@ -107,6 +107,10 @@ def dilate(graph: Graph, stride: int) -> dict[str, dict[str, dict]]:
                                  "own); use --stride-method shift")
             changed[node.name] = _change(graph, node, padding=dilated_pad(node.params["padding"], rate))
             continue
+        if node.op in ("shift_copies", "interleave"):
+            raise node.error("this model's map was made finer by shift-and-stitch already (compiled "
+                             "with --output-stride), which dilation cannot undo: compile the original model (its "
+                             "spec or ONNX file) with the --output-stride wanted, or keep --stride-method shift")
         if not {"stride", "dilation", "padding"} <= set(node.params):
             raise node.error(f"{node.op} covers its whole input and cannot be dilated: compile with "
                              f"{SLIDING_PASS.get(node.op, 'a pass that makes it slide')} first")
