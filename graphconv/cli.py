@@ -1910,7 +1910,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _what_each_cell_is(model: Model) -> str:
+def _what_each_cell_is(model) -> str:
     """compile's words for a cell: a classifier's is the classifier on its crop (its
     receptive field, what `field` measures, is narrower where the edge pixels reach no
     output, wider where the network pads, and was read as the crop); a segmentation

@@ -25,6 +25,7 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
     if model.seeded_weights:
         head += "; seeded weights (the spec names no weights file)"
     beyond_crop = _beyond_the_crop(graph, hw, whole, mixed)
+    dilated = any(_dilation(graph, node.name) not in ("-", "1") for node in graph.layers())
     rows = []
     kinds = {}
     for row in costs:
@@ -37,7 +38,8 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
             size += "*" if kinds[row.name] > 1 and row.name not in whole else ""
         shape, flops = ("n/a", "n/a") if row.name in beyond_crop else ("x".join(map(str, row.shape)),
                                                                         f"{row.flops / 1e6:.1f}")
-        rows.append([row.name, row.op, shape, f"{row.params:,}", flops, size, stride, offset])
+        rows.append([row.name, row.op, shape, f"{row.params:,}", flops, size, stride, offset,
+                     *([_dilation(graph, row.name)] if dilated else [])])
     total_params = sum(r.params for r in costs)
     total_flops = sum(r.flops for r in costs if r.name not in beyond_crop)
     rows.append(["total", "", "", f"{total_params:,}", f"{total_flops / 1e6:.1f}"])
@@ -46,8 +48,11 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
         head += (f"\nfc layers take only the trained {hc}x{wc} crop: from '{first.name}' on, outputs and MFLOP "
                  f"at {hw[0]}x{hw[1]} are n/a (the total leaves them out); compile with fc-to-conv to slide the "
                  "network over larger images")
-    lines = [head, *text_table(["layer", "op", "output", "params", "MFLOP", "field", "stride", "offset"], rows,
-                               left=2), COLUMNS_NOTE]
+    columns = ["layer", "op", "output", "params", "MFLOP", "field", "stride", "offset",
+               *(["dilation"] if dilated else [])]
+    lines = [head, *text_table(columns, rows, left=2), COLUMNS_NOTE]
+    if dilated:
+        lines.append(DILATION_NOTE)
     if max(kinds.values(), default=1) > 1:
         lines.append(SEVERAL_KINDS_NOTE)
     if whole:
@@ -56,7 +61,7 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
         lines.append(f"field '-': {mixed}")
     if model.stitch_copies > 1:
         lines.append(f"shift-and-stitch: {model.stitch_copies} shifted copies of each image in one pass "
-                     "(counted in the FLOPs above)")
+                     "(counted in the FLOPs above; the outputs are one copy's)")
     if not graph.find("fc") and mixed is None and (input_hw or costs[-1].shape[1:] != (1, 1)):
         rows_stride, cols_stride = model.output_stride
         rows, cols = model.map_size(*hw)
@@ -68,7 +73,11 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
         off_lattice = cells_off_the_lattice_note(graph)
         if off_lattice:
             lines.append(off_lattice)
-    if not graph.find("fc") and model.stitch_copies == 1 and mixed is None:
+    refined = graph.meta.get("compiled", {}).get("stride_method")
+    if refined and not graph.find("fc") and mixed is None:
+        lines.append(f"finer output strides: this model was made finer already ({refined}); inspect the original "
+                     "model (its spec or ONNX file) for what each output stride costs from there")
+    elif not graph.find("fc") and model.stitch_copies == 1 and mixed is None:
         lines.extend(stride_options(model, hw))
     if scales:
         lines.append(scales_report(model, input_hw or (max(hc, wc), max(hc, wc)), scales))
@@ -155,9 +164,18 @@ COLUMNS_NOTE = ("  (field: the input pixels one cell of the layer's output sees;
                 "bias not counted)")
 
 
+DILATION_NOTE = ("  (dilation: the spacing of a kernel's taps, in its input's cells; --output-stride's dilation "
+                 "multiplies it, with the padding, where it cuts a stride above)")
 SEVERAL_KINDS_NOTE = ("  *: the map's cells are of several kinds (made finer by an upsample after a stride, each "
                       "repeats or interpolates a cell of a coarser map): field and offset of cell (0,0); its "
                       "neighbours' fields are shifted by less than the stride, or differ in size")
+
+
+def _dilation(graph, name: str) -> str:
+    """A layer's dilation (what `--output-stride` dilate changes), "-" for a layer with none."""
+    from graphconv.ops.registry import pair
+    dilation = graph.node(name).params.get("dilation")
+    return "-" if dilation is None else _pair(pair(dilation))
 
 
 def _pair(values) -> str:

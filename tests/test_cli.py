@@ -219,6 +219,24 @@ def test_inspect_offers_every_finer_stride_of_a_network_strided_more_in_rows(wri
     assert "output stride 2x2" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("method", ["dilate", "shift"])
+def test_inspect_of_a_finer_model_shows_its_dilations_and_sends_to_the_original_for_finer_strides(
+        tmp_path, capsys, method):
+    """A dilated model's table showed no dilation (only --print-ir-after did), and its
+    "finer output strides" were the costs of refining it again, not of the original."""
+    assert run_cli("compile", SPECS / "lenet.yaml", "-o", tmp_path / "m", "--output-stride", 2,
+                   "--stride-method", method) == 0
+    capsys.readouterr()
+    assert run_cli("inspect", tmp_path / "m", "--input-size", 64, 64) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("layer "))
+    assert header.split()[-1] == ("dilation" if method == "dilate" else "offset")
+    if method == "dilate":
+        assert [line.split()[-1] for line in out.splitlines() if line.startswith("fc")] == ["2", "2", "2"]
+    assert f"this model was made finer already ({method}); inspect the original model" in out
+    assert "--output-stride 1:" not in out
+
+
 def test_compile_with_plugin_and_print_ir(tmp_path, capsys):
     assert run_cli("compile", SPECS / "lenet.yaml", "-o", tmp_path / "m", "--plugin", ROOT / "examples/my_passes.py",
                    "--passes", "fc-to-conv,strip-softmax,count-ops", "--print-ir-after", "strip-softmax") == 0
