@@ -7,9 +7,9 @@ needs and an .npy cannot: where their cells stand on the image at full resolutio
 (`georef.CellPlacement.as_dict`), what their channels hold (classes, labels, a
 `--reduce argmax` map's class values) and, over a georeferenced image, the map's own
 georeference. An --images batch's .npy maps too: the batch's graphconv-maps.csv records
-the same of each (`manifest.listed_map`). Each cell becomes the square a stride wide centred on its centre, so the
-squares tile the image as the map's pixels do (its crop, `cell_area_hw`, is wider: crops
-overlap); cells not computed (NaN, 65535 in a class map: glass, no-data, outside a
+the same of each (`manifest.listed_map`). Each cell becomes the square a stride wide
+centred on its centre, so the squares tile the image as the map's pixels do (its crop,
+`cell_area_hw`, is wider: crops overlap); cells not computed (NaN, 65535 in a class map: glass, no-data, outside a
 --mask) are left out.
 
 The coordinates follow the tool that reads them. Over an image with no georeference

@@ -548,7 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "where its scores prove that class the model's best, and written "
                                        "unclassified elsewhere. Cells not computed are left out. An existing "
                                        "file is replaced only if graphconv wrote it.")
-    cells.add_argument("map", type=_path, help=".tif or .zarr map written by graphconv run, or an .npy map an --images batch listed")
+    cells.add_argument("map", type=_path,
+                       help=".tif or .zarr map written by graphconv run, or an .npy map an --images batch listed")
     cells.add_argument("--output", "-o", type=_path, required=True, metavar="CELLS.geojson|CELLS.csv",
                        help="the file to write: .geojson (or .json, as QuPath also names GeoJSON) or .csv")
     cells.add_argument("--top-class", type=_class_list, metavar="K1,K2,...",

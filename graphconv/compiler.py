@@ -87,11 +87,11 @@ def compile_notes(classifier: Graph, compiled: Graph, output_stride: int | None)
     if output_stride is not None and compiled.find("shift_copies"):
         notes.append(shift_cut_padding(compiled, dilate_problem(classifier, output_stride)))
     if output_stride is not None and classifier.find("shift_copies"):
-        notes.append(_shifted_again_note(classifier, compiled))
+        notes.append(_shifted_again_note(compiled))
     return [said for said in notes if said]
 
 
-def _shifted_again_note(classifier: Graph, compiled: Graph) -> str:
+def _shifted_again_note(compiled: Graph) -> str:
     """A model made finer by shift-and-stitch, compiled finer again: its shifted copies
     are shifted again (the earlier copies' work times the new ones', 33x dilation's on a
     VGG-like net at output stride 2), where the original model compiled once at the
