@@ -218,7 +218,7 @@ def _zarr_map(path: str) -> StoredMap:
 def _listed_npy_map(path: str) -> StoredMap:
     """An --images batch's .npy map, placed and described by its row of the batch's
     graphconv-maps.csv (`manifest.listed_map`): an .npy holds nothing but the scores."""
-    from graphconv.georef import _own_georeference, georeference_of_placement
+    from graphconv.georef import georeference_from_dict, georeference_of_placement
     from graphconv.manifest import MANIFEST_NAME, listed_map, placement_of
 
     if not os.path.isfile(path):
@@ -253,7 +253,7 @@ def _listed_npy_map(path: str) -> StoredMap:
     placement = replace(placement, contents=contents)
     stated = made_with.get("map_georeference")
     if "model_classes" in made_with:  # this version's row: it records the map's georeference, where it has one
-        geo = _own_georeference(stated) if isinstance(stated, dict) else None
+        geo = georeference_from_dict(stated) if isinstance(stated, dict) else None
     else:  # an earlier version's: the image's own, where it is still there
         geo = georeference_of_placement(placement)
     return StoredMap(path, _FirstImage(scores), placement.as_dict(), geo)

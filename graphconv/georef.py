@@ -371,7 +371,7 @@ def read_zarr_georeference(path: str) -> tuple[GeoReference | None, list[str]]:
     if isinstance(mapping, str) and mapping and "/" not in mapping and ".." not in mapping:
         attrs = {**_group_attributes(Path(path).parent / mapping), **attrs}
     own = attrs.get("graphconv", {}).get("georeference") if isinstance(attrs.get("graphconv"), dict) else None
-    geo = _own_georeference(own) if isinstance(own, dict) else None
+    geo = georeference_from_dict(own) if isinstance(own, dict) else None
     used = {"graphconv"} if geo is not None else set()
     if geo is None:
         corner, used = _stated_affine(attrs)
@@ -461,7 +461,7 @@ def _jp2_georeferenced(path: str) -> bool:
     return GEOJP2_UUID in head or any(label in head for label in GMLJP2_LABELS)
 
 
-def _own_georeference(own: dict) -> GeoReference | None:
+def georeference_from_dict(own: dict) -> GeoReference | None:
     """graphconv's `GeoReference.as_dict` read back: its GeoKeys whole, its affine in the
     raster type's convention; None where it does not fit."""
     codes = {name: code for code, name in GEO_KEY_NAMES.items()}

@@ -480,8 +480,8 @@ def test_a_zarr_scene_s_epsg_code_is_written_as_its_kind_or_as_a_code_alone(tmp_
     back = read_georeference(str(tmp_path / "map.tif"))
     assert back.epsg == code and back.geokey(MODEL_TYPE_KEY) == model_type and not back.pixel_is_point
     np.testing.assert_allclose(back.corner_affine(), geo.corner_affine())
-    from graphconv.georef import _own_georeference
-    assert _own_georeference(back.as_dict()).epsg == code, "a .zarr map's own georeference reads it back"
+    from graphconv.georef import georeference_from_dict
+    assert georeference_from_dict(back.as_dict()).epsg == code, "a .zarr map's own georeference reads it back"
     note = zarr_georeference_note(str(scene))
     if model_type is None:
         assert f"EPSG:{code}, is not one graphconv can tell geographic or projected without pyproj" in note
