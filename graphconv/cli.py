@@ -1327,14 +1327,16 @@ def note_value_scaling(preprocess: dict | None, scaled: str | None, whose: str =
          "stored, or put `values: stored` in the spec's preprocess")
 
 
-def note_pixels_as_they_are(args: argparse.Namespace, model) -> None:
+def note_pixels_as_they_are(args: argparse.Namespace, model, compiling: bool = False) -> None:
     """An ONNX file run straight on images says nothing of how its pixels were
     normalised (ONNX has no place for it), so they go in as 0..255: the right input for
     few PyTorch models, and the maps are then nonsense without a word. Say so, and how
     to state it, for the file, for a spec imported from it without a preprocess block
     (import notes it once; a review's runs of the spec said nothing after), and for a
     model compiled from either (`compiled: {source}`); a spec or an import that states a
-    preprocess, or graphconv's own export (whose metadata keeps it), is not noted."""
+    preprocess, or graphconv's own export (whose metadata keeps it), is not noted.
+    `compiling`: compile cannot know how the model will be fed, so it says that it is
+    images (--image) that go in as they are, not an --input array (given as it is)."""
     from graphconv.frontends.yaml import IMPORTED_FROM
     from graphconv.model import onnx_origin, own_input_scaling
 
@@ -1353,8 +1355,9 @@ def note_pixels_as_they_are(args: argparse.Namespace, model) -> None:
     else:
         said = f"{args.model} was imported from {model.graph.meta[IMPORTED_FROM]} without a preprocess block"
         then = ("write one into the spec (preprocess: {scale: 0.00392157, mean: [...], std: [...]}) or " + import_it)
-    note(f"note: {said}, so the pixels go in as they are, 0..255: if the model was trained on normalised pixels, "
-         f"{then}")
+    fed = ("so images it runs on (--image) go in as they are, pixels 0..255 (an --input array goes in as given)"
+           if compiling else "so the pixels go in as they are, 0..255")
+    note(f"note: {said}, {fed}: if the model was trained on normalised pixels, {then}")
 
 
 def note_dense_padding(args: argparse.Namespace, model) -> None:
@@ -1890,7 +1893,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
                                    print_ir_before=set(args.print_ir_before),
                                    print_ir_after=set(args.print_ir_after))
     model = Model(graph)
-    note_pixels_as_they_are(argparse.Namespace(model=args.spec), model)
+    note_pixels_as_they_are(argparse.Namespace(model=args.spec), model, compiling=True)
     note_plugin_passes_that_changed_nothing(records)
     field = model.field
     model.save(args.output)

@@ -2673,6 +2673,8 @@ def test_compiling_an_onnx_file_that_states_no_preprocess_says_its_pixels_go_in_
     result = graphconv_in_process("compile", tmp_path / "lenet.onnx", "-o", tmp_path / "fcn")
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("lenet.onnx states no preprocess (an ONNX file has no place for one)") == 1
+    assert ("so images it runs on (--image) go in as they are, pixels 0..255 (an --input array goes in as given)"
+            in result.stderr)  # compile cannot tell how it will be fed: an --input user was told of pixels
     assert graphconv_in_process("compile", tmp_path / "fcn", "-o", tmp_path / "again").returncode == 0
     said = "was compiled from lenet.onnx, which states no preprocess (an ONNX file has no place for one)"
     for runs in (["--image", picture / "page.png", "--output", tmp_path / "map.npy"],
