@@ -35,4 +35,6 @@ def test_a_cpu_run_keeps_its_activations_and_output_aligned():
     executor = model.executor("cpu")
     out = executor.run(np.zeros((1, 1, 32, 32), np.float32))
     assert aligned.is_aligned(out)
-    assert executor._buffers and all(aligned.is_aligned(buffer) for buffer in executor._buffers)
+    plan = executor.plan(1, 32, 32)
+    views, _ = executor._bound_calls((1, 32, 32), plan)
+    assert views and all(aligned.is_aligned(view) for view in views.values())
