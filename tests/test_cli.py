@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -176,6 +177,34 @@ def test_inspect_and_passes(capsys):
     assert "offset: the input row and column of the top-left pixel of cell (0,0)'s field" in text  # says its terms
     assert run_cli("passes") == 0
     assert "fc-to-conv" in capsys.readouterr().out
+
+
+def test_inspect_profile_shows_each_layer_s_median_over_several_runs(monkeypatch, capsys):
+    """inspect --profile timed one run, whose times at small sizes are noise (a layer at
+    13 ms in it, 1.4 ms its median): it times several after the warm-up and shows each
+    layer's median, saying how many."""
+    from graphconv import cli
+
+    clock = [0.0]
+    monkeypatch.setattr(cli, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    class Model:  # each run takes the seconds its layers are given, on the clock above
+        def __init__(self, conv1_times):
+            self.times = iter(conv1_times)
+
+        def run(self, x, device, profile):
+            profile["conv1"], profile["fc"] = next(self.times), 0.001
+            clock[0] += profile["conv1"] + profile["fc"]
+
+    profile, runs = cli.median_profile(Model([0.4, 0.001, 0.002, 0.4, 0.3]), None, "cpu")
+    assert runs == 5 and profile == {"conv1": 0.3, "fc": 0.001}  # past a second after the fifth, past 3 runs
+    assert cli.median_profile(Model([0.0001] * 30), None, "cpu")[1] == 25  # at most 25
+    assert cli.median_profile(Model([6.0] * 3), None, "cpu")[1] == 2  # past 10 s, fewer than 3 runs
+    monkeypatch.undo()
+    assert run_cli("inspect", SPECS / "lenet.yaml", "--profile") == 0
+    out = capsys.readouterr().out
+    runs = int(re.search(r"per-layer times on random input of 32x32: medians of (\d+) runs after a warm-up", out)[1])
+    assert 3 <= runs <= 25 and "GFLOP/s" in out
 
 
 @pytest.mark.parametrize("spec, advised", [("lenet", True), ("gated", False)])
@@ -851,8 +880,6 @@ def test_a_stop_drops_what_llvmlite_raises_as_its_half_built_objects_are_freed(m
     """A SIGTERM while numba compiled a kernel (a cold cache's first run) left LLVM objects
     whose __del__ printed a traceback below "graphconv: terminated (...)" (seen once in
     CI): from the stop on, llvmlite's are dropped and every other one is still said."""
-    from types import SimpleNamespace
-
     from graphconv import cli
 
     said = []
