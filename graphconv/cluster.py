@@ -214,9 +214,12 @@ def client_for(workers: int | None, scheduler: str | None) -> Iterator[Any]:
     from graphconv.files import scratch_folder
     from graphconv.memory import check_fits
 
+    from graphconv.threads import usable_cores
+
+    cores = usable_cores()
     check_fits(workers * WORKER_PROCESS_BYTES, f"--workers {workers} (a process each, before any model or tile)",
-               hint=f"give fewer: this machine has {counted(os.cpu_count() or 1, 'core')}")
-    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+               hint=f"give fewer: this run may use {counted(cores, 'core')}")
+    threads = max(1, cores // max(1, workers))
     # The workers' share of the cores, in their environment only (the user's own setting, inherited, wins):
     # set in this process's, it outlived the cluster, and a library caller's next numba run refused it.
     env = {} if "NUMBA_NUM_THREADS" in os.environ else {"NUMBA_NUM_THREADS": str(threads)}

@@ -360,7 +360,5 @@ def _product(values) -> int:
 
 def _threads() -> int:
     """Threads numba may run a conv on (each keeps a row panel): the usable CPUs."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    from graphconv.threads import usable_cores
+    return usable_cores()

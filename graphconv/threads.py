@@ -135,7 +135,16 @@ def _openmp_default_threads() -> int:
     first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     if first.isdigit() and int(first) > 0:
         return int(first)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return usable_cores()
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (taskset, Slurm's and
+    cgroups' CPU sets), not the machine's count, which oversubscribes such a job."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no sched_getaffinity off Linux
+        return os.cpu_count() or 1
 
 
 # ---- fork() after GNU OpenMP -------------------------------------------------------------

@@ -1722,11 +1722,13 @@ def test_local_workers_get_their_share_of_the_cores_and_this_process_keeps_its_e
     """--workers set NUMBA_NUM_THREADS in the calling process for its workers to inherit,
     and left it there: a library caller's (a test session's) next numba run then refused
     it ('Cannot set NUMBA_NUM_THREADS to a different value once the threads have been
-    launched'), 379 tests after one in-process --workers run."""
+    launched'), 379 tests after one in-process --workers run. The share is of the cores
+    this process may use (its affinity: taskset, Slurm's CPU sets), not the machine's."""
     from graphconv.cluster import client_for
 
     monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
-    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     with client_for(2, None) as client:
         assert set(client.run(lambda: os.environ.get("NUMBA_NUM_THREADS")).values()) == {"2"}
     assert "NUMBA_NUM_THREADS" not in os.environ
