@@ -57,7 +57,7 @@ from graphconv.threads import start_numba_threads
 
 SOURCE_ROOT = Path(__file__).resolve().parent
 KERNEL_SOURCES = ("ops", "errors.py")  # under SOURCE_ROOT: what compiled kernels are made of
-COLD_NOTE = "note: compiling kernels for the kinds of layer this installation has not run before (once each): 10-40 s"
+COLD_NOTE = "note: compiling kernels for the kinds of layer this installation has not run before (once each): 10-60 s"
 
 
 def sources_digest(root: Path = SOURCE_ROOT) -> str:

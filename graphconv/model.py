@@ -947,7 +947,7 @@ def checked_preprocess(block, channels: int) -> dict:
 
 
 def _warn_of_cold_kernels(graph: Graph, device: str) -> None:
-    """A GraphconvWarning before a first run that compiles kernels (10-40 s, once per kind
+    """A GraphconvWarning before a first run that compiles kernels (10-60 s, once per kind
     of layer and installation): a notebook's cell otherwise hung that long without a
     word. The command says it on stderr itself (`cli.note_cold_kernels`)."""
     from graphconv.kernel_cache import COLD_NOTE, cold_kernel_modules
