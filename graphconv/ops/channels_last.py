@@ -14,7 +14,7 @@ on channels-last it reads and writes one contiguous run per block of pixels. The
 strategies that copy their input into channels-last order (`outer`, `winograd`) skip the
 transposing copy and the transposing write.
 
-A kernel whose `OpDef` declares `channels_last` ("any" or "like-input") accepts inputs
+A kernel whose `OpDef` declares `channels_last` ("any", "like-input" or "into-planes") accepts inputs
 stored either way and writes `out` as it is stored; other kernels only ever see NCHW
 values (the pass stores a value channels-last only when its producer and all its users
 are such ops).

@@ -173,7 +173,7 @@ def _onnx_padded(writer, params: dict, source: str, pad_value: float | None) -> 
 register(OpDef(
     name="maxpool", doc="max over each window (torch.nn.MaxPool2d)",
     params=_params(""), shape=shape, reference=reference_max, flops=flops,
-    package=__name__, window=window, torch=torch_max, onnx=onnx_max, examples=EXAMPLES, channels_last="like-input",
+    package=__name__, window=window, torch=torch_max, onnx=onnx_max, examples=EXAMPLES, channels_last="into-planes",
 ))
 register(OpDef(
     name="avgpool", doc="mean over each window (torch.nn.AvgPool2d)",
@@ -181,5 +181,5 @@ register(OpDef(
                    Param("count_include_pad", "bool", True,
                          doc="divide by the taps in the image and its padding (else: in the image)")),
     shape=shape, reference=reference_avg, flops=flops, package=__name__, window=window,
-    torch=torch_avg, onnx=onnx_avg, examples=EXAMPLES + AVG_EXAMPLES, channels_last="like-input",
+    torch=torch_avg, onnx=onnx_avg, examples=EXAMPLES + AVG_EXAMPLES, channels_last="into-planes",
 ))
