@@ -123,7 +123,7 @@ def _place_values(layers: list[Node], shapes: dict[str, Shape4], last_use: dict[
     already placed whose lives meet its own, or above them all. The buffers this
     replaced, each reused whole by the next value that fitted, let DenseNet's 32-channel
     outputs each hold a freed map several times their size until their block ended:
-    its plan at 2048x2048 took 2692 MB where 576 MB are live at once (now 576)."""
+    its plan at 2048x2048 took 2692 MB where 576 MB are live at once (now 608)."""
     values = sorted(((index, node.name) for index, node in enumerate(layers) if node.name != output),
                     key=lambda value: (-_size(shapes[value[1]]), value[0]))
     first, last, offset, size = (np.zeros(len(values), np.int64) for _ in range(4))

@@ -201,10 +201,11 @@ class OpDef:
         either way out, no extra pass: conv), "like-input" (a channels-last output from
         an NCHW input, or the reverse, costs a transposing copy: the activations),
         "into-planes" (a channels-last input into an NCHW output costs nothing extra, its
-        rows stored down the planes, the reverse a transposing copy: the pools). The `channels-last` pass stores a value that way only between such
-        ops, the output of a "like-input" or "into-planes" op only where its input is,
-        and a value an op reads in its own output's storage (a "like-input" op's input,
-        a conv's residual) only where that output is.
+        rows stored down the planes, the reverse a transposing copy: the pools). The
+        `channels-last` pass stores a value that way only between such ops, the output
+        of a "like-input" or "into-planes" op only where its input is, and a value an op
+        reads in its own output's storage (a "like-input" op's input, a conv's residual)
+        only where that output is.
     weights_problem(params, weights) -> str | None: what makes weights of the right shapes
         unusable (a batchnorm's running_var + eps <= 0), checked when weights are attached;
         None: any finite values will do.
