@@ -36,7 +36,7 @@ from graphconv.files import (atomic_write, check_model_target, check_writable, c
 from graphconv.georef import is_tiff_output
 from graphconv.memory import check_run_fits
 from graphconv.pass_manager import DEFAULT_PIPELINE
-from graphconv.profiling import format_profile
+from graphconv.profiling import format_profile, median_profile
 from graphconv.sources import PAD_MODES, shifted_cells
 
 EXIT_USER_ERROR = 2
@@ -1986,26 +1986,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
               "warm-up")
         print(format_profile(executor.graph, profile, size, 1, executor.device))
     return 0
-
-
-PROFILE_RUNS = (3, 25)  # the fewest and the most runs `median_profile` times
-PROFILE_SECONDS = (1.0, 10.0)  # it stops past the first once it has the fewest runs, past the second in any case
-
-
-def median_profile(model, x: np.ndarray, device: str) -> tuple[dict[str, float], int]:
-    """Each layer's median seconds over several timed runs, and how many: a single run's
-    times are noise at small sizes (a review: MobileNetV2's first conv at 768x768 showed
-    13.0 ms, 34% of the run, where its median over 9 runs was 1.4)."""
-    runs: list[dict[str, float]] = []
-    spent = 0.0
-    while len(runs) < PROFILE_RUNS[1] and spent < PROFILE_SECONDS[1] and (
-            len(runs) < PROFILE_RUNS[0] or spent < PROFILE_SECONDS[0]):
-        profile: dict[str, float] = {}
-        start = time.perf_counter()
-        model.run(x, device, profile)
-        spent += time.perf_counter() - start
-        runs.append(profile)
-    return {name: float(np.median([run[name] for run in runs])) for name in runs[0]}, len(runs)
 
 
 def _size_as_run_reads(args: argparse.Namespace, model) -> tuple[int, int] | None:

@@ -1,8 +1,12 @@
 """Per-layer timings joined with what each layer computes: one place for the rows that
-`graphconv run --profile`, `graphconv inspect --profile` and the benchmarks print."""
+`graphconv run --profile`, `graphconv inspect --profile` and the benchmarks print, and
+for the medians `inspect --profile` takes of several runs."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+
+import numpy as np
 
 from graphconv.backends import get_backend
 from graphconv.cost import layer_costs
@@ -52,3 +56,23 @@ def format_profile(graph: Graph, profile: dict[str, float], input_hw: tuple[int,
     cells.append(["total", "", "", f"{total * 1e3:.2f}"])
     lines = text_table(["layer", "op", "strategy", "ms", "share", "GFLOP/s"], cells, left=3)
     return "\n".join(lines)
+
+
+PROFILE_RUNS = (3, 25)  # the fewest and the most runs `median_profile` times
+PROFILE_SECONDS = (1.0, 10.0)  # it stops past the first once it has the fewest runs, past the second in any case
+
+
+def median_profile(model, x: np.ndarray, device: str) -> tuple[dict[str, float], int]:
+    """Each layer's median seconds over several timed runs, and how many: a single run's
+    times are noise at small sizes (a review: MobileNetV2's first conv at 768x768 showed
+    13.0 ms, 34% of the run, where its median over 9 runs was 1.4)."""
+    runs: list[dict[str, float]] = []
+    spent = 0.0
+    while len(runs) < PROFILE_RUNS[1] and spent < PROFILE_SECONDS[1] and (
+            len(runs) < PROFILE_RUNS[0] or spent < PROFILE_SECONDS[0]):
+        profile: dict[str, float] = {}
+        start = time.perf_counter()
+        model.run(x, device, profile)
+        spent += time.perf_counter() - start
+        runs.append(profile)
+    return {name: float(np.median([run[name] for run in runs])) for name in runs[0]}, len(runs)

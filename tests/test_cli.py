@@ -183,10 +183,10 @@ def test_inspect_profile_shows_each_layer_s_median_over_several_runs(monkeypatch
     """inspect --profile timed one run, whose times at small sizes are noise (a layer at
     13 ms in it, 1.4 ms its median): it times several after the warm-up and shows each
     layer's median, saying how many."""
-    from graphconv import cli
+    from graphconv import profiling
 
     clock = [0.0]
-    monkeypatch.setattr(cli, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(profiling, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
 
     class Model:  # each run takes the seconds its layers are given, on the clock above
         def __init__(self, conv1_times):
@@ -196,10 +196,10 @@ def test_inspect_profile_shows_each_layer_s_median_over_several_runs(monkeypatch
             profile["conv1"], profile["fc"] = next(self.times), 0.001
             clock[0] += profile["conv1"] + profile["fc"]
 
-    profile, runs = cli.median_profile(Model([0.4, 0.001, 0.002, 0.4, 0.3]), None, "cpu")
+    profile, runs = profiling.median_profile(Model([0.4, 0.001, 0.002, 0.4, 0.3]), None, "cpu")
     assert runs == 5 and profile == {"conv1": 0.3, "fc": 0.001}  # past a second after the fifth, past 3 runs
-    assert cli.median_profile(Model([0.0001] * 30), None, "cpu")[1] == 25  # at most 25
-    assert cli.median_profile(Model([6.0] * 3), None, "cpu")[1] == 2  # past 10 s, fewer than 3 runs
+    assert profiling.median_profile(Model([0.0001] * 30), None, "cpu")[1] == 25  # at most 25
+    assert profiling.median_profile(Model([6.0] * 3), None, "cpu")[1] == 2  # past 10 s, fewer than 3 runs
     monkeypatch.undo()
     assert run_cli("inspect", SPECS / "lenet.yaml", "--profile") == 0
     out = capsys.readouterr().out
