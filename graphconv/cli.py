@@ -87,7 +87,7 @@ def _run_command(args: argparse.Namespace) -> int:
             warnings.simplefilter("ignore", GraphconvWarning)  # said as notes (note_what_the_network_is)
             status = _handle(args)
             sys.stdout.flush()  # here a full disk under `> report.txt` is an error that names standard output
-            return status
+            return after_lost_output(status)
     except BrokenPipeError:  # `graphconv inspect ... | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
@@ -105,6 +105,27 @@ def _run_command(args: argparse.Namespace) -> int:
         print(printable(f"graphconv: terminated ({_what_is_left(args)})"), file=sys.stderr)
         _quiet_shutdown()
         return 128 + signal.SIGTERM
+
+
+def after_lost_output(status: int) -> int:
+    """The command's status where standard output failed while it ran (the `graphconv`
+    command keeps going, `console._StandardOutput`): a command that wrote its outputs
+    succeeded, and a note says what was lost; one whose product was what it printed
+    failed (exit 2, or 141 for a reader that left: `inspect ... | head`)."""
+    from graphconv.console import standard_output_lost
+
+    lost = standard_output_lost()
+    if lost is None or status != 0:
+        return status
+    written = committed_outputs()
+    if written:
+        print(printable(f"graphconv: note: standard output could not be written ({lost.strerror}), so what the "
+                        f"command printed is lost; its outputs are written, complete: {', '.join(written)}"),
+              file=sys.stderr)
+        return status
+    if isinstance(lost, BrokenPipeError):
+        return EXIT_BROKEN_PIPE
+    raise lost
 
 
 def _quiet_shutdown() -> None:
@@ -1951,6 +1972,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     if args.dot:
         check_writable(args.dot)
+        _check_dot_replaceable(args.dot)
     model = load_model(args, args.model) if args.profile else load_model_for_table(args)
     hw = image_hw = _size_as_run_reads(args, model) or (tuple(args.input_size) if args.input_size else None)
     if hw is not None:  # a segmentation network runs a size its strides do not divide padded, and so is it shown
@@ -1973,7 +1995,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         from graphconv.shapes import infer_shapes
         dot = model.graph.to_dot(infer_shapes(model.graph, check_weights=False))  # at the crop, as its input says
         from pathlib import Path
-        atomic_write(args.dot, lambda path: Path(path).write_text(dot, encoding="utf-8"), suffix=".dot")
+        atomic_write(args.dot, lambda path: Path(path).write_text(DOT_HEAD + dot, encoding="utf-8"), suffix=".dot")
         print(f"graph -> {args.dot} (dot -Tsvg {shlex.quote(args.dot)} -o graph.svg draws it)")
     if args.profile:
         c = model.crop_shape[0]
@@ -1986,6 +2008,23 @@ def cmd_inspect(args: argparse.Namespace) -> int:
               "warm-up")
         print(format_profile(executor.graph, profile, size, 1, executor.device))
     return 0
+
+
+DOT_HEAD = "// the layers of a model, drawn by graphconv inspect --dot\n"
+
+
+def _check_dot_replaceable(path: str) -> None:
+    """An existing --dot file is replaced only where graphconv drew it (its first line
+    says so): `--dot net.yaml` replaced the spec being inspected with the drawing."""
+    if not os.path.lexists(path):
+        return
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fp:
+            ours = fp.read(len(DOT_HEAD)) == DOT_HEAD
+    except OSError:
+        ours = False
+    if not ours:
+        raise GraphconvError("is already there and is not a graph graphconv drew: choose another name", file=path)
 
 
 def _size_as_run_reads(args: argparse.Namespace, model) -> tuple[int, int] | None:

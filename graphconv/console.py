@@ -59,21 +59,37 @@ def _closed_streams_to_devnull() -> None:
     """A stream the command was started without (`2>&-`: Python then has sys.stderr None)
     goes to os.devnull: print(file=None) wrote the notes into standard output, among the
     data, and the first write to sys.stderr ended the command with a traceback no one saw,
-    exit 1."""
+    exit 1. Its descriptor (the stream's own: the lowest free) stays open when the stream
+    object is dropped (`_name_standard_output` replaces it): closed, the next file the
+    command opened took descriptor 1, and what it printed went into that file."""
     for name in ("stdout", "stderr"):
         if getattr(sys, name) is None:
-            setattr(sys, name, open(os.devnull, "w"))
+            setattr(sys, name, open(os.open(os.devnull, os.O_WRONLY), "w", closefd=False))
+
+
+_LOST: list[OSError] = []  # the first error writing standard output
+
+
+def standard_output_lost() -> OSError | None:
+    """The error that stopped standard output (`_StandardOutput`), or None."""
+    return _LOST[0] if _LOST else None
 
 
 class _StandardOutput(io.FileIO):
-    """File descriptor 1, whose write errors name it: `> /dev/full` (or a full disk under a
-    redirect) said only "No space left on device", read as the map's disk."""
+    """File descriptor 1, whose first write error is kept, naming it, and not raised:
+    what the command prints after it is dropped and its work goes on, so that what it
+    writes to files is all or nothing. Raised, `> /dev/full` (or `| true`) stopped `run`
+    after its map was in place, exit 2 with the map written; and with `--heatmap-out`
+    after it, with the heatmap not written. `cli.after_lost_output` says at the end what
+    was lost. The name: "No space left on device" alone was read as the map's disk."""
 
     def write(self, data):
-        try:
-            return super().write(data)
-        except OSError as err:  # OSError(errno, ...) is the errno's own class: BrokenPipeError stays one
-            raise OSError(err.errno, err.strerror, "standard output") from None
+        if not _LOST:
+            try:
+                return super().write(data)
+            except OSError as err:  # OSError(errno, ...) is the errno's own class: BrokenPipeError stays one
+                _LOST.append(OSError(err.errno, err.strerror, "standard output"))
+        return len(data)
 
 
 def _name_standard_output() -> None:

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from graphconv.cli import main
+from graphconv.cli import DOT_HEAD, main
 from conftest import ROOT, SPECS, graphconv_in_process
 from nets import GATED
 
@@ -333,10 +333,24 @@ def test_inspect_draws_the_graph_as_dot_with_each_layer_s_shape(tmp_path, capsys
     assert run_cli("inspect", SPECS / "tinydag.yaml", "--dot", tmp_path / "g.dot") == 0
     assert f"graph -> {tmp_path / 'g.dot'} (dot -Tsvg" in capsys.readouterr().out
     dot = (tmp_path / "g.dot").read_text()
-    assert dot.startswith('digraph "tinydag"') and '"stem" [label="stem\\nconv\\nout_channels=8 kernel_size=3 ' \
+    assert dot.startswith(DOT_HEAD + 'digraph "tinydag"') and '"stem" [label="stem\\nconv\\nout_channels=8 kernel_size=3 ' \
         'stride=2\\n8x13x11"];' in dot  # shapes at the crop, though a spec's graph holds none
     assert run_cli("inspect", SPECS / "tinydag.yaml", "--dot", tmp_path) == 2  # a folder: refused before the work
     assert "graph ->" not in capsys.readouterr().out
+
+
+def test_inspect_dot_replaces_only_a_graph_it_drew(tmp_path, capsys):
+    spec = tmp_path / "tinydag.yaml"
+    spec.write_text((SPECS / "tinydag.yaml").read_text())
+    for users_file in (spec, tmp_path / "notes.dot"):  # the spec inspected; someone's own drawing
+        if not users_file.exists():
+            users_file.write_text("digraph mine { a -> b; }\n")
+        before = users_file.read_bytes()
+        assert run_cli("inspect", spec, "--dot", users_file) == 2
+        assert "is already there and is not a graph graphconv drew" in capsys.readouterr().err
+        assert users_file.read_bytes() == before
+    assert run_cli("inspect", spec, "--dot", tmp_path / "g.dot") == 0
+    assert run_cli("inspect", spec, "--dot", tmp_path / "g.dot") == 0  # its own drawing, drawn again
 
 
 def test_an_unknown_op_of_no_near_name_says_a_plugin_may_register_it(write_spec, tmp_path, capsys):
@@ -1966,6 +1980,43 @@ def test_standard_output_that_cannot_be_written_is_named(tmp_path):
                                 stdout=full, stderr=subprocess.PIPE, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == "graphconv: standard output: No space left on device"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("stdout", ["full", "closed pipe"])
+def test_a_run_whose_standard_output_fails_still_writes_all_its_outputs(digits_fcn, tmp_path, stdout):
+    """Standard output that fails mid-command (`> /dev/full`, `| true`) stopped `run` after
+    its map was in place: exit 2 (or 141) with the map written and the heatmap not,
+    though nothing is written unless a command succeeds. The run now finishes, writes
+    both, exits 0 and says on stderr what was lost."""
+    pytest.importorskip("PIL")
+    page = ROOT / "examples/digits_page.png"
+    command = [sys.executable, "-m", "graphconv", "run", str(digits_fcn), "--image", str(page), "--output",
+               str(tmp_path / "o.npy"), "--heatmap", "3", "--heatmap-out", str(tmp_path / "h.png")]
+    if stdout == "full":
+        with open("/dev/full", "w") as full:
+            result = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True)
+    else:
+        read, write = os.pipe()
+        os.close(read)  # no reader: the first write fails with EPIPE
+        result = subprocess.run(command, stdout=write, stderr=subprocess.PIPE, text=True)
+        os.close(write)
+    assert result.returncode == 0, result.stderr
+    assert np.load(tmp_path / "o.npy").shape[:2] == (1, 11) and (tmp_path / "h.png").stat().st_size > 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("graphconv: note: standard output could not be written (") and "o.npy" in last \
+        and "h.png" in last
+
+
+def test_inspect_into_a_pipe_its_reader_left_exits_as_a_unix_tool_does(tmp_path):
+    """`graphconv inspect ... | head`: what it printed is its whole product, so a reader
+    that left ends it with 141, as SIGPIPE ends a Unix tool, and nothing on stderr."""
+    read, write = os.pipe()
+    os.close(read)
+    result = subprocess.run([sys.executable, "-m", "graphconv", "inspect", str(SPECS / "lenet.yaml")], stdout=write,
+                            stderr=subprocess.PIPE, text=True)
+    os.close(write)
+    assert result.returncode == 141 and "graphconv:" not in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("crops", [False, True])
