@@ -235,11 +235,24 @@ def client_for(workers: int | None, scheduler: str | None) -> Iterator[Any]:
             cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                                dashboard_address=None, silence_logs=50, local_directory=scratch,
                                                env=env)
+        logging_before = logging.root.manager.disable
         try:
             with distributed.Client(cluster) as client:
-                yield client
+                try:
+                    yield client
+                except BaseException:
+                    # Stopped (Ctrl-C, SIGTERM, an error) with tasks in flight, the scheduler, closing, logged
+                    # "Closed comm <BatchedSend: closed> while trying to write" at CRITICAL with a 40 KB list
+                    # of its tasks and CommClosedError tracebacks (3 stops in 8, a review), from its own
+                    # thread, before the command's one line. This cluster is the run's own and stopping:
+                    # nothing it says now is for the user, so logging is off until it is closed.
+                    logging.disable(logging.CRITICAL)
+                    raise
         finally:
-            cluster.close()
+            try:
+                cluster.close()
+            finally:
+                logging.disable(logging_before)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -781,6 +781,33 @@ def test_more_local_workers_than_memory_holds_are_refused_before_any_starts():
             pytest.fail("no cluster may start")
 
 
+def test_a_local_cluster_stopped_mid_run_closes_without_a_word(monkeypatch, caplog):
+    """Ctrl-C in a --workers run: the scheduler, closing with tasks in flight, logged
+    "Closed comm ... while trying to write" at CRITICAL with tracebacks (3 stops in 8)
+    before the command's one line. Its close says nothing now after a stop, and logging
+    is on again afterwards: a close after a finished run still says what it says."""
+    import logging
+
+    distributed = pytest.importorskip("distributed")
+    from graphconv.cluster import client_for
+
+    close = distributed.LocalCluster.close
+
+    def loud_close(self, *args, **kwargs):
+        logging.getLogger("distributed.scheduler").critical("Closed comm <BatchedSend: closed> while trying to write")
+        return close(self, *args, **kwargs)
+
+    monkeypatch.setattr(distributed.LocalCluster, "close", loud_close)
+    with pytest.raises(KeyboardInterrupt):
+        with client_for(1, None):
+            raise KeyboardInterrupt
+    assert "Closed comm" not in caplog.text
+    assert logging.root.manager.disable == logging.NOTSET
+    with client_for(1, None):
+        pass
+    assert "Closed comm" in caplog.text
+
+
 def _graphconv_cli(*args, env=None, **popen):
     import subprocess
     import sys
