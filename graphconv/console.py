@@ -104,7 +104,14 @@ def _name_standard_output() -> None:
 
 
 def environment_problem(environ) -> str | None:
-    """What is wrong with the environment variables read as numba is imported, or None."""
+    """What is wrong with the environment variables read as numba is imported, or None:
+    a thread count it refuses with a traceback, or one so large that OpenMP failed to
+    start the threads (40000: a libgomp error, exit 1) or crashed (65536: a segfault);
+    its JIT turned off, where graphconv's kernels are only ever run compiled (a
+    traceback from the first kernel)."""
+    if environ.get("NUMBA_DISABLE_JIT", "0").strip() not in ("", "0"):
+        return (f"NUMBA_DISABLE_JIT={environ['NUMBA_DISABLE_JIT']!r}: graphconv's kernels run only compiled by "
+                "numba; unset it")
     value = environ.get("NUMBA_NUM_THREADS")
     if value is None:
         return None
@@ -115,7 +122,15 @@ def environment_problem(environ) -> str | None:
     if threads < 1:
         return (f"NUMBA_NUM_THREADS={value!r}: it must be a whole number of threads, 1 or more "
                 "(unset it for one per core)")
+    cores = os.cpu_count() or 1
+    most = max(MOST_THREADS, 8 * cores)
+    if threads > most:
+        return (f"NUMBA_NUM_THREADS={value!r}: more threads than this machine can use ({cores} cores: give at "
+                f"most {most}, or unset it for one per core)")
     return None
+
+
+MOST_THREADS = 256  # NUMBA_NUM_THREADS allowed on any machine (on one of many cores, 8 a core)
 
 
 def _leave_at_once(signum, frame):

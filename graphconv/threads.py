@@ -110,7 +110,12 @@ def start_numba_threads() -> None:
         return
     lib = _loaded_openmp()
     before = lib.omp_get_max_threads() if lib is not None else None
-    numba.get_num_threads()  # starts the pool
+    try:
+        numba.get_num_threads()  # starts the pool
+    except ValueError as err:  # NUMBA_THREADING_LAYER names one not installed (tbb) or unknown
+        layer = os.environ.get("NUMBA_THREADING_LAYER")
+        said = f"NUMBA_THREADING_LAYER={layer!r}: " if layer else ""
+        raise GraphconvError(f"{said}numba could not start its threads: {' '.join(str(err).split())}") from None
     lib = lib or _loaded_openmp()
     if lib is None:
         return

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import glob
+import io
 import math
 import os
 import re
@@ -1382,6 +1383,25 @@ def _is_a_list(pattern: str) -> bool:
     return pattern.startswith(LIST_PREFIX) and not os.path.exists(pattern)
 
 
+def _list_lines(list_file: str) -> list[str]:
+    """The lines of a list of --images, from a regular file of text only: /dev/zero grew
+    to 6 GB in 15 s, a FIFO waited for ever, and an .npz given by mistake (`@weights.npz`)
+    was read as missing paths of binary bytes."""
+    from graphconv.arrays import file_kind, open_regular_file
+
+    what = "this list of --images"
+    try:
+        with open_regular_file(list_file, what, not_found=f"cannot read {what}: it is not there") as fp:
+            data = fp.read()
+    except OSError as err:
+        raise GraphconvError(f"cannot read {what}: {err.strerror or err}", file=list_file) from None
+    kind = file_kind(data[:16]) or ("binary data" if b"\0" in data else None)
+    if kind:
+        raise GraphconvError(f"is {kind}, not a list of images (UTF-8 text, one path a line)", file=list_file)
+    lines = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="surrogateescape")  # as open() splits them
+    return [line.rstrip("\r\n") for line in lines]
+
+
 def _listed_images(list_file: str) -> list[str]:
     """The images a list names, one path a line (`find slides -name '*.svs' > slides.txt`),
     a relative one from the current folder, as the shell that made the list took it;
@@ -1394,11 +1414,7 @@ def _listed_images(list_file: str) -> list[str]:
     it is that image's error, as in a folder's batch."""
     from graphconv.cli import note
 
-    try:
-        with open(list_file, encoding="utf-8", errors="surrogateescape") as lines:
-            listed = [(number, line.rstrip("\r\n")) for number, line in enumerate(lines, 1)]
-    except OSError as err:
-        raise GraphconvError(f"cannot read this list of --images: {err.strerror or err}", file=list_file) from None
+    listed = list(enumerate(_list_lines(list_file), 1))
     images, missing = {}, []
     for number, path in listed:
         path = path if os.path.lexists(path) else path.strip()  # spaces an editor left after the name

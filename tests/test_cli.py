@@ -1614,6 +1614,21 @@ def test_a_bad_numba_num_threads_is_one_line_before_numba_loads(value):
                            "more (unset it for one per core)\n")
 
 
+@pytest.mark.parametrize("env, said", [
+    ({"NUMBA_DISABLE_JIT": "1"}, "graphconv: NUMBA_DISABLE_JIT='1': graphconv's kernels run only compiled by numba"),
+    ({"NUMBA_NUM_THREADS": "100000"}, "graphconv: NUMBA_NUM_THREADS='100000': more threads than this machine can use"),
+    ({"NUMBA_THREADING_LAYER": "bogus"}, "graphconv: NUMBA_THREADING_LAYER='bogus': numba could not start its threads: "
+                                         "The threading layer requested 'bogus' is unknown to Numba."),
+])
+def test_numba_settings_it_cannot_run_under_are_one_line(tmp_path, env, said):
+    """A JIT turned off was a traceback from the first kernel; 40000 threads a libgomp
+    error, 65536 a segfault; a threading layer not installed (tbb) a traceback."""
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 28, 28), np.float32))
+    done = console("run", SPECS / "digits.yaml", "--input", tmp_path / "x.npy", env=env)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.splitlines()[-1].startswith(said) and "Traceback" not in done.stderr
+
+
 INTERRUPT_ON_IMPORT = """
 import signal, sys
 class CtrlC:

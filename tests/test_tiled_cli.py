@@ -2337,6 +2337,16 @@ def test_cli_a_list_naming_missing_images_maps_the_others_and_records_them(model
     assert not (folder / "lost").exists()
     missing = graphconv_in_process("run", model_dir, "--images", "@nowhere.txt", "--output-dir", "maps")
     assert missing.returncode == 2 and "nowhere.txt: cannot read this list of --images" in missing.stderr
+    os.symlink("/dev/zero", "zeros.txt")  # read without end: 6 GB in 15 s
+    os.mkfifo("fifo.txt")  # read: waited for ever
+    for special in ("zeros.txt", "fifo.txt"):
+        refused = graphconv_in_process("run", model_dir, "--images", f"@{special}", "--output-dir", "maps")
+        assert refused.returncode == 2 and f"{special}: cannot read this list of --images: not a regular file" \
+            in refused.stderr
+    np.savez("weights.npz", w=np.zeros(3))
+    binary = graphconv_in_process("run", model_dir, "--images", "@weights.npz", "--output-dir", "maps")
+    assert binary.returncode == 2 and "weights.npz: is a zip archive such as an .npz, not a list of images" \
+        in binary.stderr
     Path("empty.txt").write_text("# none yet\n")
     empty = graphconv_in_process("run", model_dir, "--images", "@empty.txt", "--output-dir", "maps")
     assert empty.returncode == 2 and "empty.txt: lists no image graphconv reads" in empty.stderr
