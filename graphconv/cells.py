@@ -153,10 +153,11 @@ def opened_map(path: str) -> Iterator[StoredMap]:
 @contextmanager
 def _tiff_map(path: str) -> Iterator[StoredMap]:
     from graphconv.georef import _tifffile, read_georeference, stated_placement
+    from graphconv.sources import check_tiff_opens
 
     if not os.path.isfile(path):
         raise GraphconvError("no such file", file=path)
-    _tifffile()  # without it, every map read as "not a map graphconv wrote"
+    check_tiff_opens(path)  # a damaged file said as such, not as "not a map graphconv wrote"
     placement = stated_placement(path)
     if placement is None:
         raise GraphconvError("is not a map graphconv wrote (its description does not say so): cells reads the "

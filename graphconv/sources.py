@@ -1364,6 +1364,18 @@ def _refuse_pixels_past_the_end(path: str, page, level: int, warned: list[str], 
                              f"{DAMAGED_HINT if some_left else ''}", file=path)
 
 
+def check_tiff_opens(path: str) -> None:
+    """Refuse a TIFF tifffile cannot open, in its words (`_unreadable_tiff`), its log lines
+    kept from stderr: `cells` on a damaged map printed tifffile's "invalid offset to first
+    page" and called the file "not a map graphconv wrote"."""
+    tifffile = require("tifffile")
+    try:
+        with _tifffile_warnings(), tifffile.TiffFile(path) as tif:
+            tif.pages[0]
+    except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as err:
+        raise GraphconvError(_unreadable_tiff(err, tifffile), file=path) from None
+
+
 def _unreadable_tiff(err: Exception, tifffile) -> str:
     """What to say of a file tifffile cannot open: its own message where it says what is
     wrong with the file ("not a TIFF file"), else that the file is no readable TIFF (an

@@ -452,6 +452,17 @@ def test_a_min_score_no_probability_reaches_is_refused(tmp_path, rng, activation
     assert (tmp_path / "cells.csv").exists() != refused
 
 
+def test_a_damaged_tiff_is_said_damaged_in_one_line(tmp_path):
+    """tifffile's own log line ("invalid offset to first page") came first, then "is not a
+    map graphconv wrote", which sent the user asking where the map came from."""
+    pytest.importorskip("tifffile")
+    damaged = tmp_path / "map.tif"
+    damaged.write_bytes(b"II*\x00\xff\xff\xff\x7f" + bytes(100))
+    result = graphconv_in_process("cells", damaged, "-o", "cells.csv")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "map.tif: is not a readable TIFF image" in result.stderr and not (tmp_path / "cells.csv").exists()
+
+
 def test_a_user_s_image_and_a_gcp_map_are_refused(digits, tmp_path):
     image = grey_geotiff(tmp_path / "scene.tif")
     result = graphconv_in_process("cells", image, "-o", "cells.geojson")
