@@ -250,6 +250,9 @@ def npy_header(fp: BinaryIO, what: str, path: Path) -> tuple[np.dtype, tuple[int
     except (tokenize.TokenError, SyntaxError) as err:  # numpy's header parser lets these through
         raise GraphconvError(f"cannot read {what}: its .npy header is damaged ({_reason(err)})",
                              file=str(path)) from None
+    if any(int(v) < 0 for v in shape):  # else "claims -640 bytes of data"
+        raise GraphconvError(f"cannot read {what}: its .npy header is damaged (a shape of {tuple(shape)})",
+                             file=str(path))
     return dtype, tuple(int(v) for v in shape), bool(fortran)
 
 

@@ -1661,11 +1661,13 @@ def class_index(name: int | str, labels: list[str] | None, flag: str,
     if not labels:
         raise GraphconvError(f"{flag} {shown(name)}: the model has no labels to name classes by; give the "
                              f"class's index, {how_to_name}")
-    if name in labels:
-        return labels.index(name)
-    folded = [i for i, label in enumerate(labels) if _folded(label) == _folded(name)]
+    exact = [i for i, label in enumerate(labels) if label == name]
+    folded = exact or [i for i, label in enumerate(labels) if _folded(label) == _folded(name)]
     if len(folded) == 1:
         return folded[0]
+    if folded:  # ImageNet's labels name two classes 'crane' (the bird, the machine): the first was taken
+        raise GraphconvError(f"{flag} {shown(name)}: {len(folded)} classes have that name (indices "
+                             f"{', '.join(map(str, folded))}): give the index")
     close = nearest(name, labels)
     some = ", ".join(map(repr, labels[:CLASSES_LISTED])) + (f", ... ({len(labels)} in all)"
                                                              if len(labels) > CLASSES_LISTED else "")

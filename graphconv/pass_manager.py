@@ -334,6 +334,9 @@ def load_plugin(spec: str) -> None:
             raise
         except Exception as err:
             raise PassError(f"plugin '{spec}' failed to import: {type(err).__name__}: {err}") from err
+        except SystemExit as err:  # exit 0 with nothing written and nothing said, the command never run
+            raise PassError(f"plugin '{spec}' called sys.exit({err.code!r}) as it was imported: a plugin registers "
+                            "passes and ops, and the command runs them") from None
 
 
 @contextlib.contextmanager

@@ -173,6 +173,8 @@ def test_memory_error_while_reading_is_a_clean_message(tmp_path, monkeypatch):
     (lambda p: p.write_bytes(npz_bytes(x=np.zeros(3))), "not a .npy array file (a zip archive such as an .npz"),
     (lambda p: p.write_bytes(b"\x93NUMPY\x09\x00garbage"), "unsupported .npy format version 9.0"),
     (lambda p: p.write_bytes(b"\x93NUMPY\x01\x00\x10\x00{'descr': 'xx'}  \n"), "cannot read the input array"),
+    (lambda p: p.write_bytes(npy_header_only((1, -1, 40, 16), data=bytes(2560))),  # said "claims -2560 bytes"
+     "its .npy header is damaged (a shape of (1, -1, 40, 16))"),
     (lambda p: p.mkdir(), "it is a folder"),
     (lambda p: os.mkfifo(p), "not a regular file"),
     (lambda p: p.symlink_to("/dev/zero"), "not a regular file"),

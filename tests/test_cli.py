@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from graphconv.cli import DOT_HEAD, main
+from graphconv.errors import GraphconvError
 from conftest import ROOT, SPECS, graphconv_in_process
 from nets import GATED
 
@@ -1353,6 +1354,21 @@ def test_a_best_class_heatmap_of_some_classes_says_which(digits_fcn, tmp_path, c
         assert run_cli("run", digits_fcn, "--image", page, *tile, "--classes", "3,7", "--heatmap", "top",
                        "--heatmap-out", tmp_path / "top.png", "--output", tmp_path / f"m{len(tile)}.npy") == 0
         assert "heatmap of the best class of each cell among 3, 7 ->" in capsys.readouterr().out
+
+
+def test_a_class_name_two_labels_share_is_refused_naming_both():
+    """ImageNet's labels name two classes 'crane' (the bird, the machine): `--heatmap crane`
+    took the first without a word."""
+    from graphconv.cli import class_index
+
+    labels = ["bird", "crane", "dog", "Crane", "crane"]
+    assert class_index("dog", labels, "--heatmap") == 2 and class_index(4, labels, "--heatmap") == 4
+    with pytest.raises(GraphconvError, match=r"^--heatmap 'crane': 2 classes have that name \(indices 1, 4\): "
+                                             r"give the index$"):
+        class_index("crane", labels, "--heatmap")
+    assert class_index("Crane", labels, "--heatmap") == 3  # an exact name, though another differs only by case
+    with pytest.raises(GraphconvError, match=r"'CRANE': 3 classes have that name \(indices 1, 3, 4\)"):
+        class_index("CRANE", labels, "--heatmap")
 
 
 def test_classes_are_named_as_the_labels_file_names_them(digits_fcn, tmp_path, capsys):

@@ -92,7 +92,7 @@ def test_save_model_takes_a_model_as_compile_model_does(tmp_path):
     ("  - {name: a, op: relu\n", 4, "invalid YAML"),
     ("\t- {name: a, op: relu}\n", 3, "found character '\\t' that cannot start any token (YAML indents with "
                                     "spaces, not tabs)"),
-    ("  - just a string\n", 1, "each layer must be a mapping"),
+    ("  - just a string\n", 3, "each layer must be a mapping"),  # its own line, not the spec's first
 ])
 def test_errors_name_file_line_and_layer(write_spec, body, line, expected):
     path = write_spec("input: {name: data, shape: [2, 8, 8]}\nlayers:\n" + body)
@@ -281,7 +281,13 @@ def small_budget():
 
 def test_billion_laughs_is_refused_while_parsing(write_spec):
     assert len(LAUGHS) < 700
-    refused(write_spec(LAUGHS + BASE), "more than 50000 values, each alias counted as all it stands for", line=5)
+    refused(write_spec(LAUGHS + BASE), "more than 500000 values, each alias counted as all it stands for", line=6)
+
+
+def test_a_spec_of_thousands_of_plain_layers_is_no_alias_bomb(write_spec):
+    """12,000 layers were refused as "more than 50000 values ... (an alias bomb?)"."""
+    layers = "".join(f"  - {{name: r{i}, op: relu}}\n" for i in range(12_000))
+    assert len(load_spec(write_spec("input: {name: data, shape: [1, 4, 4]}\nlayers:\n" + layers)).layers()) == 12_000
 
 
 @pytest.mark.parametrize("text,match,line", [

@@ -452,6 +452,10 @@ def test_broken_plugins_are_user_errors(tmp_path):
     broken.write_text("import does_not_exist\n")
     with pytest.raises(PassError, match=r"plugin '.*broken.py' failed to import: ModuleNotFoundError"):
         pm.load_plugin(str(broken))
+    leaving = tmp_path / "leaving.py"
+    leaving.write_text("import sys\nsys.exit(0)\n")  # the command exited 0, nothing written, nothing said
+    with pytest.raises(PassError, match=r"plugin '.*leaving.py' called sys.exit\(0\) as it was imported"):
+        pm.load_plugin(str(leaving))
     dup = tmp_path / "dup.py"
     dup.write_text("from graphconv.pass_manager import register_pass\n"
                    "register_pass('fc-to-conv', 'mine')(lambda graph: False)\n")

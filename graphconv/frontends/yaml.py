@@ -15,7 +15,8 @@ GraphconvError naming the file and line, quickly and in little memory.
   walks the document (copying `preprocess`, showing a value) expands them, so a
   600-byte "billion laughs" spec would become gigabytes. The composer therefore counts
   every node an alias stands for as if it were expanded, and refuses a document over
-  MAX_YAML_NODES (a 1000-layer network is about 10,000) or nested deeper than
+  MAX_YAML_NODES (a 1000-layer network is about 10,000; 4 MB of plain layers,
+  MAX_SPEC_BYTES, about 500,000: a spec of 12,000 layers was refused) or nested deeper than
   MAX_YAML_DEPTH (a spec needs five levels; an alias counts at its full depth), and an
   alias inside the node it names (a recursive structure). Aliases within those bounds
   stay allowed: they are handy for parameters repeated across layers.
@@ -78,7 +79,7 @@ MODEL_WEIGHTS = "weights.npz"
 
 MAX_SPEC_BYTES = 4 << 20  # PyYAML reads about 1 MB/s of layers: a bound in time as well
 MAX_LABELS_BYTES = 16 << 20  # ImageNet-21k's labels are about 1 MB
-MAX_YAML_NODES = 50_000
+MAX_YAML_NODES = 500_000
 MAX_YAML_DEPTH = 32
 MAX_INT_BITS = 1000  # beyond this an int cannot even become a float or be printed in full
 MAX_NAME_CHARS = 256
@@ -210,6 +211,15 @@ class _LineLoader(yaml.SafeLoader):
             value = shown(node.value, 40) if isinstance(node, yaml.ScalarNode) else "a value"
             self._refuse(f"cannot read {value}: {shown(str(err), 120)[1:-1]}", node.start_mark)
 
+    def construct_lined_sequence(self, node):
+        """A list that knows each item's line (`LinedList`), for the errors about an
+        item with no line of its own: `- conv` where a layer's mapping should be was
+        said to be on the spec's first line."""
+        items = LinedList()
+        items.lines = [child.start_mark.line + 1 for child in node.value]
+        yield items
+        items.extend(self.construct_sequence(node))
+
     def construct_yaml_int(self, node):
         value = super().construct_yaml_int(node)
         if value.bit_length() > MAX_INT_BITS:
@@ -218,7 +228,14 @@ class _LineLoader(yaml.SafeLoader):
         return value
 
 
+class LinedList(list):
+    """A YAML sequence, with `lines`: the 1-based line each item starts on."""
+
+    lines: list[int]
+
+
 _LineLoader.add_constructor("tag:yaml.org,2002:int", _LineLoader.construct_yaml_int)
+_LineLoader.add_constructor("tag:yaml.org,2002:seq", _LineLoader.construct_lined_sequence)
 # YAML 1.1 (PyYAML) reads a float only with a dot and a signed exponent: 1e-5, as PyTorch
 # prints a batchnorm's eps, and 1.0e38 were text, refused as "not a finite number". As
 # YAML 1.2 does, a number with an exponent is a float, dot or not, sign or not; and the
@@ -405,8 +422,9 @@ def _build_graph(doc: dict, path: Path, labels: str | os.PathLike | None = None)
     if not isinstance(layers, list) or not layers:
         raise GraphconvError("'layers' must be a non-empty list", loc=_loc(path, doc, "layers"))
     previous = input_name
-    for layer in layers:
-        previous = _add_layer(graph, layer, previous, path, where)
+    lines = getattr(layers, "lines", None)
+    for index, layer in enumerate(layers):
+        previous = _add_layer(graph, layer, previous, path, Location(path, lines[index]) if lines else where)
     graph.output = previous
     return graph
 
@@ -452,6 +470,7 @@ def _checked_name(value: Any, what: str, loc: Location, layer: str | None = None
 
 
 def _add_layer(graph: Graph, layer: Any, previous: str, path: Path, where: Location) -> str:
+    """Add one layer of the spec (`where`: its line, for a layer that is no mapping)."""
     if not isinstance(layer, dict):
         raise GraphconvError(f"each layer must be a mapping, got {shown(layer)}", loc=where)
     loc = _loc(path, layer)
