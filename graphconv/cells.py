@@ -32,7 +32,7 @@ from typing import Any, Iterator, Sequence, TextIO
 
 import numpy as np
 
-from graphconv.errors import GraphconvError, shown, shown_path, warn_caller
+from graphconv.errors import GraphconvError, agreeing, shown, shown_path, warn_caller
 
 CELL_FORMATS = {".geojson": ".geojson", ".json": ".geojson", ".csv": ".csv"}  # a name's suffix -> what is written
 BLOCK_BYTES = 32 << 20  # of a map read at once: a slide's map of 1000 classes is far larger than memory
@@ -197,7 +197,7 @@ class _OneBand:
 def _zarr_map(path: str) -> StoredMap:
     from graphconv.georef import read_zarr_georeference
     from graphconv.sources import require
-    from graphconv.tiling import ZARR_MAP_ATTRIBUTE
+    from graphconv.tiling import ZARR_MAP_ATTRIBUTE, missing_zarr_chunks
 
     if not os.path.isdir(path):
         raise GraphconvError("no such zarr map (a folder)", file=path)
@@ -213,6 +213,11 @@ def _zarr_map(path: str) -> StoredMap:
     if array.ndim != 4 or array.shape[0] != 1:
         raise GraphconvError(f"holds a {tuple(array.shape)} array; cells reads the map of one image "
                              "(1, classes, rows, cols)", file=path)
+    missing, stated = missing_zarr_chunks(array)
+    if missing:
+        raise GraphconvError(f"is damaged: {missing} of the {stated} chunks it was written with "
+                             f"{agreeing(missing, 'is', 'are')} missing "
+                             "(deleted, or lost in copying), and their cells would read as not computed", file=path)
     return StoredMap(path, _FirstImage(array), placement, read_zarr_georeference(path)[0])
 
 

@@ -49,7 +49,7 @@ from typing import Sequence
 
 import numpy as np
 
-from graphconv.errors import GraphconvError, counted, shown, shown_path
+from graphconv.errors import GraphconvError, agreeing, counted, shown, shown_path
 from graphconv.images import stores_values
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf8")
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, what Pillow's "L" uses
@@ -909,6 +909,7 @@ def _zarr_source(path: str, channels: int, preprocess: dict | None, bands: Seque
     view, axes = _named_view(array, path)
     source = ArrayLikeSource(path, view, channels, preprocess, axes=axes, bands=bands, picture=None)
     source.nodata = _zarr_nodata(array)
+    source.zarr_array = array  # for `unstored_chunks_note`
     return source
 
 
@@ -1619,8 +1620,30 @@ def tiff_notes(source, mask_given: bool = False) -> list[str]:
     `mask_given`), a scale and offset GDAL states and no reader applies, images of the
     file it does not read, an alpha band fed as data."""
     return [said for said in (unread_nodata_note(source), internal_mask_note(source, mask_given),
-                              scale_offset_note(source), unread_images_note(source), alpha_fed_note(source))
+                              scale_offset_note(source), unread_images_note(source), alpha_fed_note(source),
+                              unstored_chunks_note(source))
             if said]
+
+
+def unstored_chunks_note(source) -> str | None:
+    """What to say of a zarr image some of whose chunks are not stored: zarr reads each as
+    the array's fill value, as it should for a sparse array, and as it does for chunks
+    lost (a copy cut short, a chunk deleted), which the run mapped as pixels of that value
+    without a word (a review: 9806 cells of a black square)."""
+    source = getattr(source, "inner", getattr(source, "unpadded", source))
+    array = getattr(source, "zarr_array", None)
+    if array is None:
+        return None
+    try:
+        stored, chunks = array.nchunks_initialized, array.nchunks
+    except Exception:  # noqa: BLE001 - a store that cannot list its keys: nothing to say
+        return None
+    if stored >= chunks:
+        return None
+    fill = getattr(array.fill_value, "item", lambda: array.fill_value)()
+    missing = chunks - stored
+    return (f"{missing} of the zarr array's {chunks} chunks {agreeing(missing, 'is', 'are')} not stored, and read "
+            f"as its fill value {fill}, as zarr reads a sparse array (or lost in copying?)")
 
 
 def unread_images_note(source) -> str | None:

@@ -287,6 +287,12 @@ def test_a_zarr_map_gives_the_cells_its_tif_map_gives(digits, tmp_path):
                                     "--quiet").returncode == 0
         assert graphconv_in_process("cells", output, "-o", f"{output}.csv").returncode == 0
     assert (tmp_path / "map.tif.csv").read_text() == (tmp_path / "map.zarr.csv").read_text()
+    chunks = [path for path in (tmp_path / "map.zarr").rglob("*") if path.is_file() and not path.name.startswith(
+        (".", "zarr.json"))]  # a map copied in part read as fewer cells, without a word
+    chunks[0].unlink()
+    damaged = graphconv_in_process("cells", "map.zarr", "-o", "part.csv")
+    assert damaged.returncode == 2 and f"map.zarr: is damaged: 1 of the {len(chunks)} chunks it was written with is " \
+        "missing (deleted, or lost in copying)" in damaged.stderr
 
 
 def test_a_slide_map_of_the_command_places_cells_on_level_0_pixels(digits, tmp_path):

@@ -15,7 +15,7 @@ pytest.importorskip("zarr")
 pytest.importorskip("imagecodecs")  # writes (and decodes) the JPEG tiles slides hold
 
 from graphconv.errors import GraphconvError  # noqa: E402
-from graphconv.sources import open_source, unread_images_note  # noqa: E402
+from graphconv.sources import open_source, unread_images_note, unstored_chunks_note  # noqa: E402
 
 LEVEL_SIZES = [(300, 400), (150, 200), (75, 100)]
 
@@ -207,6 +207,22 @@ def test_a_zarr_array_s_band_axis_is_the_one_of_the_network_s_channel_count(tmp_
     zarr_array(tmp_path / "a.zarr", array)
     assert open_source(tmp_path / "a.zarr", 6, None).layout == "chw"
     assert open_source(tmp_path / "a.zarr", 40, None).layout == "hwc"
+
+
+def test_a_zarr_image_s_chunks_not_stored_are_noted(tmp_path):
+    """zarr reads a chunk not stored as the fill value (a sparse array, or one lost in
+    copying): a run mapped a lost chunk as a black square without a word."""
+    zarr = pytest.importorskip("zarr")
+
+    image = zarr.open_array(str(tmp_path / "a.zarr"), mode="w", shape=(1, 40, 60), chunks=(1, 20, 20), dtype="u1",
+                            fill_value=0)
+    image[:] = 7
+    assert unstored_chunks_note(open_source(tmp_path / "a.zarr", 1, None)) is None
+    chunk = tmp_path / "a.zarr" / "c" / "0" / "1" / "2"  # chunk (0, 1, 2) as zarr 3 stores it; zarr 2: 0.1.2
+    (chunk if chunk.exists() else tmp_path / "a.zarr" / "0.1.2").unlink()
+    assert unstored_chunks_note(open_source(tmp_path / "a.zarr", 1, None)) == (
+        "1 of the zarr array's 6 chunks is not stored, and read as its fill value 0, as zarr reads a sparse array "
+        "(or lost in copying?)")
 
 
 @pytest.mark.parametrize("channels, bands, message", [
