@@ -1618,7 +1618,7 @@ def tiff_notes(source, mask_given: bool = False) -> list[str]:
     """What to say of the TIFF `source` reads before its run (each completing "note: "):
     a no-data tag put aside, an internal mask not read (none where --mask is given:
     `mask_given`), a scale and offset GDAL states and no reader applies, images of the
-    file it does not read, an alpha band fed as data."""
+    file it does not read, an alpha band fed as data, a zarr array's chunks not stored."""
     return [said for said in (unread_nodata_note(source), internal_mask_note(source, mask_given),
                               scale_offset_note(source), unread_images_note(source), alpha_fed_note(source),
                               unstored_chunks_note(source))

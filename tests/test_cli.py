@@ -334,7 +334,8 @@ def test_inspect_draws_the_graph_as_dot_with_each_layer_s_shape(tmp_path, capsys
     assert run_cli("inspect", SPECS / "tinydag.yaml", "--dot", tmp_path / "g.dot") == 0
     assert f"graph -> {tmp_path / 'g.dot'} (dot -Tsvg" in capsys.readouterr().out
     dot = (tmp_path / "g.dot").read_text()
-    assert dot.startswith(DOT_HEAD + 'digraph "tinydag"') and '"stem" [label="stem\\nconv\\nout_channels=8 kernel_size=3 ' \
+    assert dot.startswith(DOT_HEAD + 'digraph "tinydag"')
+    assert '"stem" [label="stem\\nconv\\nout_channels=8 kernel_size=3 ' \
         'stride=2\\n8x13x11"];' in dot  # shapes at the crop, though a spec's graph holds none
     assert run_cli("inspect", SPECS / "tinydag.yaml", "--dot", tmp_path) == 2  # a folder: refused before the work
     assert "graph ->" not in capsys.readouterr().out
