@@ -1224,6 +1224,7 @@ def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
     source.fourth_is_alpha = _fourth_is_alpha(page)
     source.microns_per_pixel = square_microns(_stated_pixel_size(tif))  # at level 0
     source.tiff = tif  # keep the file open as long as the source lives
+    source.tiff_page = page  # the level's, for `unstored_chunks_note`
     return _as_level(source, level, [_axis_sizes(each) for each in levels])
 
 
@@ -1618,7 +1619,7 @@ def tiff_notes(source, mask_given: bool = False) -> list[str]:
     """What to say of the TIFF `source` reads before its run (each completing "note: "):
     a no-data tag put aside, an internal mask not read (none where --mask is given:
     `mask_given`), a scale and offset GDAL states and no reader applies, images of the
-    file it does not read, an alpha band fed as data, a zarr array's chunks not stored."""
+    file it does not read, an alpha band fed as data, tiles or chunks not stored."""
     return [said for said in (unread_nodata_note(source), internal_mask_note(source, mask_given),
                               scale_offset_note(source), unread_images_note(source), alpha_fed_note(source),
                               unstored_chunks_note(source))
@@ -1626,24 +1627,31 @@ def tiff_notes(source, mask_given: bool = False) -> list[str]:
 
 
 def unstored_chunks_note(source) -> str | None:
-    """What to say of a zarr image some of whose chunks are not stored: zarr reads each as
-    the array's fill value, as it should for a sparse array, and as it does for chunks
-    lost (a copy cut short, a chunk deleted), which the run mapped as pixels of that value
+    """What to say of a zarr image some of whose chunks are not stored, or a TIFF some of
+    whose tiles are (offset and length 0, GDAL's SPARSE_OK): each is read as the fill
+    value (a TIFF's 0), as it should be for a sparse image, and as it is for chunks lost
+    (a copy cut short, a chunk deleted), which the run mapped as pixels of that value
     without a word (a review: 9806 cells of a black square)."""
     source = getattr(source, "inner", getattr(source, "unpadded", source))
-    array = getattr(source, "zarr_array", None)
-    if array is None:
-        return None
-    try:
-        stored, chunks = array.nchunks_initialized, array.nchunks
-    except Exception:  # noqa: BLE001 - a store that cannot list its keys: nothing to say
+    page, array = getattr(source, "tiff_page", None), getattr(source, "zarr_array", None)
+    if page is not None:  # a sparse TIFF's tile (GDAL's SPARSE_OK): offset and length 0, read as 0
+        chunks, fill = len(page.dataoffsets), 0
+        stored = sum(1 for offset, count in zip(page.dataoffsets, page.databytecounts) if offset or count)
+        kind, what = ("tiles" if page.is_tiled else "strips"), "TIFF's"
+    elif array is not None:
+        try:
+            stored, chunks = array.nchunks_initialized, array.nchunks
+        except Exception:  # noqa: BLE001 - a store that cannot list its keys: nothing to say
+            return None
+        fill = getattr(array.fill_value, "item", lambda: array.fill_value)()
+        kind, what = "chunks", "zarr array's"
+    else:
         return None
     if stored >= chunks:
         return None
-    fill = getattr(array.fill_value, "item", lambda: array.fill_value)()
     missing = chunks - stored
-    return (f"{missing} of the zarr array's {chunks} chunks {agreeing(missing, 'is', 'are')} not stored, and read "
-            f"as its fill value {fill}, as zarr reads a sparse array (or lost in copying?)")
+    return (f"{missing} of the {what} {chunks} {kind} {agreeing(missing, 'is', 'are')} not stored, and read as "
+            f"{fill}, as a sparse image is read (or lost in copying?)")
 
 
 def unread_images_note(source) -> str | None:

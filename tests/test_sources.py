@@ -221,8 +221,23 @@ def test_a_zarr_image_s_chunks_not_stored_are_noted(tmp_path):
     chunk = tmp_path / "a.zarr" / "c" / "0" / "1" / "2"  # chunk (0, 1, 2) as zarr 3 stores it; zarr 2: 0.1.2
     (chunk if chunk.exists() else tmp_path / "a.zarr" / "0.1.2").unlink()
     assert unstored_chunks_note(open_source(tmp_path / "a.zarr", 1, None)) == (
-        "1 of the zarr array's 6 chunks is not stored, and read as its fill value 0, as zarr reads a sparse array "
-        "(or lost in copying?)")
+        "1 of the zarr array's 6 chunks is not stored, and read as 0, as a sparse image is read (or lost in copying?)")
+
+
+def test_a_sparse_tiff_s_tiles_not_stored_are_noted(tmp_path):
+    """A TIFF's tiles of offset and length 0 (GDAL's SPARSE_OK) read as 0, said nowhere."""
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(tmp_path / "a.tif", np.full((64, 96), 7, np.uint8), tile=(32, 32))
+    assert unstored_chunks_note(open_source(tmp_path / "a.tif", 1, None)) is None
+    with tifffile.TiffFile(tmp_path / "a.tif", mode="r+b") as tif:  # tiles 1 and 4 emptied, as GDAL leaves them
+        page = tif.pages[0]
+        offsets, counts = list(page.dataoffsets), list(page.databytecounts)
+        for tile in (1, 4):
+            offsets[tile] = counts[tile] = 0
+        page.tags["TileOffsets"].overwrite(offsets)
+        page.tags["TileByteCounts"].overwrite(counts)
+    assert unstored_chunks_note(open_source(tmp_path / "a.tif", 1, None)) == (
+        "2 of the TIFF's 6 tiles are not stored, and read as 0, as a sparse image is read (or lost in copying?)")
 
 
 @pytest.mark.parametrize("channels, bands, message", [
