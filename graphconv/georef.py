@@ -973,9 +973,9 @@ def is_graphconv_map(path: str) -> bool:
 
 def _map_description(path: str) -> str | None:
     """The description of a TIFF map graphconv wrote; None for any other file."""
-    from graphconv.sources import _tifffile_warnings
+    from graphconv.sources import tifffile_warnings_kept
     try:
-        with _tifffile_warnings(), _tifffile().TiffFile(path) as tif:
+        with tifffile_warnings_kept(), _tifffile().TiffFile(path) as tif:
             description = tif.pages[0].description or ""
     except Exception:  # not a TIFF at all, unreadable: not ours either
         return None

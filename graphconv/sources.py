@@ -842,7 +842,7 @@ def _pixel_size_and_level_heights(path: str) -> tuple[PixelSize, list[int]]:
                              "OME-TIFF) or an OME-Zarr, or pick --level and --downsample", file=path)
     tifffile = require("tifffile")
     try:
-        with _tifffile_warnings(), tifffile.TiffFile(path) as tif:  # a damaged file's warnings: said by the opener
+        with tifffile_warnings_kept(), tifffile.TiffFile(path) as tif:  # a damaged file's warnings: said by the opener
             series = tif.series[main_series(tif)]
             return _stated_pixel_size(tif), [_axis_sizes(level)[0] for level in (series.levels or [series])]
     except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as err:
@@ -1197,7 +1197,7 @@ def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
     tifffile = require("tifffile")
     open_regular_file(path, "image", "image not found").close()  # not a pipe, a folder or a device
     try:
-        with _tifffile_warnings() as warned:
+        with tifffile_warnings_kept() as warned:
             tif = tifffile.TiffFile(path)
             series = tif.series[main_series(tif)]
             levels = list(series.levels) if getattr(series, "levels", None) else [series]
@@ -1349,7 +1349,7 @@ def _refuse_pixels_past_the_end(path: str, page, level: int, warned: list[str], 
     table is whole but some of its tiles lie past the file's end (the file's tail lost),
     `skip_damaged` maps the rest: each such tile fails to decode as it is read (tifffile
     reads it short), as a damaged one does."""
-    with _tifffile_warnings() as more:  # what it says of the missing tags, kept from stderr
+    with tifffile_warnings_kept() as more:  # what it says of the missing tags, kept from stderr
         offsets, counts = tuple(page.dataoffsets), tuple(page.databytecounts)
     warned = warned + more
     size = os.path.getsize(path)
@@ -1372,7 +1372,7 @@ def check_tiff_opens(path: str) -> None:
     page" and called the file "not a map graphconv wrote"."""
     tifffile = require("tifffile")
     try:
-        with _tifffile_warnings(), tifffile.TiffFile(path) as tif:
+        with tifffile_warnings_kept(), tifffile.TiffFile(path) as tif:
             tif.pages[0]
     except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as err:
         raise GraphconvError(_unreadable_tiff(err, tifffile), file=path) from None
@@ -1388,7 +1388,7 @@ def _unreadable_tiff(err: Exception, tifffile) -> str:
 
 
 @contextlib.contextmanager
-def _tifffile_warnings():
+def tifffile_warnings_kept():
     """The messages tifffile logs meanwhile, kept instead of printed (Python prints a
     logger's warnings only where it has no handler): what it says of a truncated slide
     ("invalid page offset") goes into the error a pyramid with levels missing makes."""
