@@ -2554,6 +2554,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise GraphconvError("-o -: export writes a file, not standard output; give its name (FCN.onnx)")
     if Path(args.output).resolve() == Path(args.model.rstrip("/")).resolve():
         raise GraphconvError("-o is the model being exported; write the export somewhere else", file=args.output)
+    if Path(args.output).suffix.lower() != ".onnx":
+        raise GraphconvError("export writes ONNX: name the file .onnx (the name says the format; "
+                             "`graphconv compile` writes the model as a spec)", file=args.output)
     check_writable(args.output)
     model = load_model(args, args.model)
     options = ExportOptions(input_size=tuple(args.input_size) if args.input_size else None, batch=args.batch,

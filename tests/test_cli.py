@@ -107,7 +107,8 @@ def test_outputs_that_would_replace_the_model_s_own_files_are_refused(tmp_path, 
         assert run_cli(*command) == 2
         err = capsys.readouterr().err
         assert any(reason in err for reason in ("which the model is read from; write it somewhere else",
-                                                "would write into the model", "writes the scores as .npy"))
+                                                "would write into the model", "writes the scores as .npy",
+                                                "export writes ONNX: name the file .onnx"))
     after = {p.name: p.read_bytes() for p in [*tmp_path.iterdir(), *(tmp_path / "m").iterdir()] if p.is_file()}
     assert after == before
 

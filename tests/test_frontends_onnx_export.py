@@ -878,6 +878,19 @@ def test_export_to_a_dash_is_refused_not_written_as_a_file_named_dash(tmp_path, 
     assert not (tmp_path / "-").exists()
 
 
+
+@pytest.mark.parametrize("name", ["model.txt", "model.npz", "model"])
+def test_export_to_a_name_that_is_not_onnx_is_refused(tmp_path, monkeypatch, name):
+    """`export -o scores.txt` wrote ONNX under a text file's name, exit 0: the name says the
+    format everywhere else (run's --output, cells -o), so a name that is not .onnx is refused."""
+    from conftest import graphconv_in_process
+
+    monkeypatch.chdir(tmp_path)
+    result = graphconv_in_process("export", SPECS / "lenet.yaml", "-o", name)
+    assert result.returncode == 2 and "export writes ONNX: name the file .onnx" in result.stderr
+    assert name in result.stderr and list(tmp_path.iterdir()) == []
+    assert graphconv_in_process("export", SPECS / "lenet.yaml", "-o", "lenet.ONNX").returncode == 0
+
 def test_export_for_deployment_takes_uint8_pixels_at_a_fixed_shape_and_gives_the_top_classes(tmp_path, capsys, rng):
     """--pixels --input-size --batch --argmax: a TensorRT-style file of one shape that takes
     the decoded image (uint8 (N, H, W, C)) and normalises it itself, giving graphconv's
