@@ -358,7 +358,18 @@ def _layout(shape, channels: int, path: str, axes: str | None = None) -> str:
         return "chw"
     if axes and len(axes) == 3 and axes[:2].upper() == "YX":
         return "hwc"
-    for counts in ((channels,), PICTURE_CHANNELS):
+    layout = _guessed_layout(shape, ((channels,), PICTURE_CHANNELS))
+    if layout:
+        return layout
+    raise GraphconvError(f"an image array of shape {tuple(shape)}: cannot tell its band axis (the network takes "
+                         f"{counted(channels, 'channel')}); name its dimensions (zarr's dimension_names, "
+                         f"xarray's dims: band, y, x)", file=path)
+
+
+def _guessed_layout(shape, band_counts: Sequence[tuple[int, ...]]) -> str | None:
+    """"hwc" or "chw" for a 3-axis array no name places: the end axis of a band count
+    (tried in the order given), else the axis shorter than both others; None if none tells."""
+    for counts in band_counts:
         if shape[2] in counts and shape[0] not in counts:
             return "hwc"
         if shape[0] in counts:
@@ -367,9 +378,7 @@ def _layout(shape, channels: int, path: str, axes: str | None = None) -> str:
         return "chw"
     if shape[2] < min(shape[:2]):
         return "hwc"
-    raise GraphconvError(f"an image array of shape {tuple(shape)}: cannot tell its band axis (the network takes "
-                         f"{counted(channels, 'channel')}); name its dimensions (zarr's dimension_names, "
-                         f"xarray's dims: band, y, x)", file=path)
+    return None
 
 
 def _checked_bands(bands: Sequence[int] | None, have: int, channels: int, path: str,
@@ -1210,7 +1219,7 @@ def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
     page = getattr(levels[level], "keyframe", None) or main_page(tif)
     _refuse_pixels_past_the_end(path, page, level, warned, skip_damaged)
     stored = _decodable_array(path, series, level, levels[level])
-    array, axes, nodata = _as_shown(path, page, stored, levels[level].axes, _nodata(main_page(tif)))
+    array, axes, nodata = _as_shown(path, page, stored, _tiff_axes(levels[level]), _nodata(main_page(tif)))
     source = ArrayLikeSource(path, array, channels, preprocess, axes=axes, bands=bands,
                              picture=_is_picture(page) and _bands_are_samples(axes))
     source.nodata = nodata
@@ -1857,8 +1866,20 @@ def _ome_pixel_size(xml: str, hw: tuple[int, int] | None = None) -> PixelSize:
 
 def _axis_sizes(level) -> tuple[int, int]:
     """(H, W) of a TIFF series or pyramid level."""
-    axes = level.axes.upper()
+    axes = _tiff_axes(level)
     return level.shape[axes.index("Y")], level.shape[axes.index("X")]
+
+
+def _tiff_axes(level) -> str:
+    """A TIFF series' or level's axes as tifffile names them, but where it names one Q (no
+    name: an array given to tifffile bare, `imwrite('x.tif', hwc)`, its shape kept in the
+    description and its first axis stored as pages), as a bare array's are told: a
+    (60, 80, 5) scene had been read as 60 bands of 80x5 pixels. Its bands are channels (C),
+    not a picture's samples (S): grey pages, or grey values, are no colours."""
+    axes = level.axes.upper()
+    if "Q" not in axes or len(level.shape) != 3:
+        return axes
+    return {"hwc": "YXC", "chw": "CYX", None: axes}[_guessed_layout(level.shape, (PICTURE_CHANNELS,))]
 
 
 def _level_list(level_hw: list[tuple[int, int]]) -> str:

@@ -476,6 +476,20 @@ def test_grey_pages_of_one_series_are_bands_not_a_picture_s_colours(tmp_path):
     assert open_source(tmp_path / "rgb.tif", 1, None).read(0, 0, 20, 30).shape == (1, 20, 30)  # luma
 
 
+
+@pytest.mark.parametrize("shape, bands_first", [((60, 80, 5), False), ((5, 60, 80), True), ((60, 80, 2), False)])
+def test_an_array_tifffile_was_given_bare_is_read_in_the_order_its_shape_tells(tmp_path, shape, bands_first):
+    """`tifffile.imwrite('x.tif', scene)` of a (60, 80, 5) scene stores 60 pages of 80x5
+    pixels and names its axes QYX (Q: unknown): it was read as 60 bands of 80x5. Its axes
+    are told as a bare array's are: (H, W, bands) here, as an .npy of that shape is."""
+    scene = np.random.default_rng(5).random(shape, dtype=np.float32)
+    tifffile.imwrite(tmp_path / "scene.tif", scene)
+    assert tifffile.TiffFile(tmp_path / "scene.tif").series[0].axes == "QYX"  # tifffile's guess, kept in the file
+    source = open_source(tmp_path / "scene.tif", 1, {"values": "stored"}, bands=(2,))
+    chw = scene if bands_first else scene.transpose(2, 0, 1)
+    assert (source.height, source.width, source.band_count) == (60, 80, chw.shape[0])
+    np.testing.assert_array_equal(source.read(10, 20, 50, 70), chw[1:2, 10:50, 20:70])
+
 def test_an_alpha_band_the_network_reads_as_a_channel_is_data_not_a_mask(tmp_path):
     """tifffile writes a 4-band uint16 array (RGB and near infrared) as RGB plus alpha: that
     band, fed to a 4-channel network, was also GDAL's mask, and every pixel where it was
