@@ -627,6 +627,9 @@ class PassManager:
                 raise
             raise PassError(f"pass '{info.name}' ({info.origin}) crashed{_where_it_crashed(err)}: "
                             f"{type(err).__name__}: {err}{self._crash_hint(err, graph, info)}") from err
+        except SystemExit as err:  # the command exited with nothing written and, for exit 0, nothing said
+            raise PassError(f"pass '{info.name}' ({info.origin}) called sys.exit({err.code!r}){_where_it_crashed(err)}"
+                            ": a pass edits the graph and returns; to refuse a graph, raise GraphconvError") from None
         if result is not None and not isinstance(result, (bool, np.bool_)):  # `return mask.any()` is a bool too
             what = "a Graph" if isinstance(result, Graph) else shown(result)  # a copy it edited: lost
             raise PassError(f"pass '{info.name}' ({info.origin}) returned {what}; a pass edits the "

@@ -283,6 +283,21 @@ def test_user_pass_crash_is_reported_with_its_name(lenet):
         PassManager(["crashes"]).run(lenet)  # the cause is chained: no CLI option to name
 
 
+
+def test_a_pass_that_calls_sys_exit_is_refused_naming_where(lenet):
+    """A pass's sys.exit(0) ended `graphconv compile` with exit 0, nothing written and
+    nothing said."""
+    import sys
+
+    @register_pass("leaves", "exits instead of raising")
+    def leaves(graph):
+        sys.exit(0)
+
+    line = leaves.__code__.co_firstlineno + 2
+    with pytest.raises(PassError, match=rf"pass 'leaves' \(module test_pass_manager\) called sys.exit\(0\) at \S*"
+                                        rf"test_pass_manager.py:{line} in leaves: a pass edits the graph and returns"):
+        PassManager(["leaves"]).run(lenet)
+
 def test_an_analysis_pass_that_edits_the_graph_is_refused(lenet):
     @register_pass("sneaky-report", "a report that edits", analysis=True)
     def sneaky_report(graph):
