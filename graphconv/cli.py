@@ -82,8 +82,9 @@ def _parse_and_run(argv: Sequence[str] | None) -> int:
 def _run_command(args: argparse.Namespace) -> int:
     try:
         from graphconv.memory import memory_limit_set, parse_size
+        from graphconv.threads import threads_set
         limit = None if args.memory_limit is None else parse_size(args.memory_limit)  # errors name the flag
-        with memory_limit_set(limit), warnings.catch_warnings():
+        with memory_limit_set(limit), threads_set(_threads_here(args)), warnings.catch_warnings():
             warnings.simplefilter("ignore", GraphconvWarning)  # said as notes (note_what_the_network_is)
             status = _handle(args)
             sys.stdout.flush()  # here a full disk under `> report.txt` is an error that names standard output
@@ -105,6 +106,20 @@ def _run_command(args: argparse.Namespace) -> int:
         print(printable(f"graphconv: terminated ({_what_is_left(args)})"), file=sys.stderr)
         _quiet_shutdown()
         return 128 + signal.SIGTERM
+
+
+def _threads_here(args: argparse.Namespace) -> int | None:
+    """--threads for the CPU kernels this process runs; None where it chose none, or where
+    the kernels run in --workers' processes (each worker gets that many: `client_for`)."""
+    threads = getattr(args, "threads", None)
+    if threads is None:
+        return None
+    if getattr(args, "scheduler", None):
+        raise GraphconvError("--threads sets the threads of the CPU kernels graphconv starts; a running cluster's "
+                             "workers keep their own (start them with NUMBA_NUM_THREADS=N)")
+    if args.device == "cuda":
+        raise GraphconvError("--threads sets the threads of the CPU kernels; --device cuda runs them on the GPU")
+    return None if getattr(args, "workers", None) else threads
 
 
 def after_lost_output(status: int) -> int:
@@ -282,7 +297,8 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"graphconv: {where}{message} (see {self.prog} --help)\n")
 
 
-DEVICE_HELP = ("where the kernels run: cpu (the default: every core, NUMBA_NUM_THREADS=N for fewer), cuda (an "
+DEVICE_HELP = ("where the kernels run: cpu (the default: every core this process may use; --threads N for "
+               "fewer), cuda (an "
                "NVIDIA GPU, through numba-cuda: pip install 'graphconv[cuda]') or auto (cuda where a GPU is usable, "
                "else cpu)")
 
@@ -359,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep only these score channels: class indices, or names as the labels file has them")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--device", default="cpu", choices=device_choices(), help=DEVICE_HELP)
+    _add_threads_option(run)
     run.add_argument("--resize", type=_positive_int, nargs="+", metavar="PIXELS",
                      help="resize the image first, or each of --images: to H x W (two numbers), or its shorter "
                           "side to S (one) "
@@ -461,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="time runs on random input (a warm-up, then 3 to 25, about a second's worth) and "
                            "show each layer's median time")
     insp.add_argument("--device", default="cpu", choices=device_choices(), help=DEVICE_HELP)
+    _add_threads_option(insp)
     _add_plugin_option(insp, PLUGIN_OPS_HELP)
     insp.set_defaults(handler=cmd_inspect)
 
@@ -504,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--strict", action="store_true",
                      help="also exit 1 when padding makes the dense pass differ from the crop loop")
     ver.add_argument("--device", default="cpu", choices=device_choices(), help=DEVICE_HELP)
+    _add_threads_option(ver)
     _add_plugin_option(ver)
     ver.set_defaults(handler=cmd_verify)
 
@@ -762,6 +781,12 @@ def check_image_reading_options(args: argparse.Namespace) -> None:
 
 PLUGIN_OPS_HELP = ("load a plugin (.py file or importable module; repeatable): a model compiled with ops a plugin "
                    "registers needs it on every command")
+
+
+def _add_threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=_positive_int, metavar="N",
+                        help="run the CPU kernels on N threads (default: one per core this process may use: its CPU "
+                             "affinity and its container's or batch job's CPU quota); with --workers, N each")
 
 
 def _add_plugin_option(parser: argparse.ArgumentParser,

@@ -168,10 +168,11 @@ WORKER_PROCESS_BYTES = 200 << 20  # a worker process's Python, numba and LLVM, a
 
 
 @contextmanager
-def client_for(workers: int | None, scheduler: str | None) -> Iterator[Any]:
+def client_for(workers: int | None, scheduler: str | None, threads: int | None = None) -> Iterator[Any]:
     """A dask.distributed Client, as a context manager: a running cluster at `scheduler`,
     or a LocalCluster of `workers` processes sharing this machine's cores (numba threads
-    split between them), closed on the way out with its scratch folder.
+    split between them, or `threads` each: --threads), closed on the way out with its
+    scratch folder.
 
     The local workers ignore SIGINT (set while they are spawned, so they inherit it from
     their first instruction on): Ctrl-C at a terminal reaches the whole process group,
@@ -214,15 +215,16 @@ def client_for(workers: int | None, scheduler: str | None) -> Iterator[Any]:
     from graphconv.files import scratch_folder
     from graphconv.memory import check_fits
 
-    from graphconv.threads import usable_cores
+    from graphconv.threads import threads_chosen_by_user, usable_cores
 
     cores = usable_cores()
     check_fits(workers * WORKER_PROCESS_BYTES, f"--workers {workers} (a process each, before any model or tile)",
                hint=f"give fewer: this run may use {counted(cores, 'core')}")
-    threads = max(1, cores // max(1, workers))
-    # The workers' share of the cores, in their environment only (the user's own setting, inherited, wins):
-    # set in this process's, it outlived the cluster, and a library caller's next numba run refused it.
-    env = {} if "NUMBA_NUM_THREADS" in os.environ else {"NUMBA_NUM_THREADS": str(threads)}
+    # The workers' share of the cores, in their environment only (--threads, then the user's own setting,
+    # inherited, win): set in this process's, it outlived the cluster, and a library caller's next numba run
+    # refused it.
+    share = threads or (None if threads_chosen_by_user() else max(1, cores // max(1, workers)))
+    env = {} if share is None else {"NUMBA_NUM_THREADS": str(share)}
     scratch = str(scratch_folder("dask"))
     try:
         with warnings.catch_warnings(), _sigint_ignored(), dask.config.set({"temporary-directory": scratch}):

@@ -34,6 +34,8 @@ def main() -> int:
         return EXIT_USER_ERROR
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _leave_at_once)
+    from graphconv.threads import fit_pool_to_quota
+    fit_pool_to_quota()  # before numba is imported, which sizes its pool then
     from graphconv.cli import console_main
     _leave(console_main())  # its first line puts its own handlers in place of these
 

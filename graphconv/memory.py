@@ -21,9 +21,10 @@ import functools
 import os
 import re
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from graphconv.cgroups import CGROUP_MOUNT, lowest_limit
 from graphconv.errors import GraphconvError
 
 if TYPE_CHECKING:  # memory is imported everywhere; the IR only for annotations
@@ -56,7 +57,6 @@ def _cgroup_below_the_ram() -> int | None:
     return job if job is not None and job < _machine_memory() else None
 
 
-CGROUP_MOUNT = Path("/sys/fs/cgroup")
 UNLIMITED = 1 << 60  # cgroup v1 says "no limit" with the largest page multiple under 2^63
 
 
@@ -65,40 +65,19 @@ def cgroup_memory_limit(membership: str | os.PathLike = "/proc/self/cgroup",
                         mount: str | os.PathLike = CGROUP_MOUNT) -> int | None:
     """The lowest memory limit over this process's cgroup and its ancestors, v2
     (`memory.max`) or v1 (`memory/memory.limit_in_bytes`), or None where none is set
-    or none can be read (not Linux). A cgroup namespace (a container) mounts the
-    process's own cgroup as the root, where /proc/self/cgroup may still name the path
-    outside: each ancestor of the path, the root included, is looked at. Read once per
-    process (a job's limit holds for its life; reading it took 0.35 ms a budget check)."""
-    try:
-        lines = Path(membership).read_text().splitlines()
-    except (OSError, UnicodeError):
-        return None
-    mount = Path(mount)
-    limits = []
-    for line in lines:
-        fields = line.split(":", 2)
-        if len(fields) != 3:
-            continue
-        _, controllers, path = fields
-        if controllers == "":
-            limits += _limits_along(mount, path, "memory.max")
-        elif "memory" in controllers.split(","):
-            limits += _limits_along(mount / "memory", path, "memory.limit_in_bytes")
-    return min(limits) if limits else None
+    (`cgroups.lowest_limit`). Read once per process (a job's limit holds for its life;
+    reading it took 0.35 ms a budget check)."""
+    limit = lowest_limit(_bytes_in("memory.max"), "memory", _bytes_in("memory.limit_in_bytes"), membership, mount)
+    return None if limit is None else int(limit)
 
 
-def _limits_along(mount: Path, path: str, name: str) -> list[int]:
-    """The limits `name` sets at the cgroup `path` and at each of its ancestors."""
-    here = PurePosixPath("/") / path
-    limits = []
-    for folder in (here, *here.parents):
-        try:
-            text = (mount / str(folder).lstrip("/") / name).read_text().strip()
-        except (OSError, UnicodeError):
-            continue
-        if text.isdigit() and int(text) < UNLIMITED:  # v2's "max" is no limit
-            limits.append(int(text))
-    return limits
+def _bytes_in(name: str):
+    """A cgroup folder -> the byte count its file `name` holds, or None for no limit (v2's
+    "max", v1's largest page multiple)."""
+    def read(folder: Path) -> int | None:
+        text = (folder / name).read_text().strip()
+        return int(text) if text.isdigit() and int(text) < UNLIMITED else None
+    return read
 
 
 PROCESS_BYTES = 320 << 20
@@ -359,6 +338,6 @@ def _product(values) -> int:
 
 
 def _threads() -> int:
-    """Threads numba may run a conv on (each keeps a row panel): the usable CPUs."""
-    from graphconv.threads import usable_cores
-    return usable_cores()
+    """Threads numba runs a conv on (each keeps a row panel)."""
+    from graphconv.threads import kernel_threads
+    return kernel_threads()

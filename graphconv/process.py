@@ -13,6 +13,9 @@ What it does, and why (measured in the modules named):
 * idle OpenBLAS and OpenMP workers sleep instead of spinning, so numba's parallel
   loops and OpenBLAS's SGEMM do not steal each other's cores (graphconv/threads.py:
   AlexNet-FCN at 384, 200 ms -> 87 ms on 2 cores);
+* numba's thread pool is sized to the CPU time a container's or a batch job's cgroup
+  allows (docker --cpus 2 on a 16-core machine: 2 threads, not 16 sharing 2 cores'
+  time), where numba is not imported yet (graphconv/threads.py);
 * glibc keeps freed memory, so each run's activations reuse pages instead of
   faulting in fresh ones (graphconv/allocator.py: a fresh 38 MB array 13.6 -> 2.0 ms);
 * numba vectorises its loops 16 floats wide where the CPU has AVX-512, which LLVM
@@ -25,7 +28,7 @@ Settings the user made in the environment always win.
 from __future__ import annotations
 
 from graphconv.allocator import keep_freed_memory
-from graphconv.threads import quiet_idle_workers
+from graphconv.threads import fit_pool_to_quota, quiet_idle_workers
 from graphconv.vector_width import prefer_wide_vectors
 
 
@@ -37,5 +40,6 @@ def configure_process() -> None:
     after the first run keeps the vector width that run compiled with (and warns). Settings made in
     the environment win; calling it again does nothing more."""
     quiet_idle_workers()
+    fit_pool_to_quota()
     keep_freed_memory()
     prefer_wide_vectors()

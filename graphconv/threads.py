@@ -30,11 +30,16 @@ it restarts, with the new setting, on its next call.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import functools
+import math
 import os
 import sys
 from pathlib import Path
+from typing import Iterator
 
+from graphconv.cgroups import CGROUP_MOUNT, lowest_limit
 from graphconv.errors import GraphconvError
 
 QUIET_WORKERS = {
@@ -145,11 +150,115 @@ def _openmp_default_threads() -> int:
 
 def usable_cores() -> int:
     """The cores this process may run on: its CPU affinity (taskset, Slurm's and
-    cgroups' CPU sets), not the machine's count, which oversubscribes such a job."""
+    cgroups' CPU sets) and its cgroup's CPU quota (`cpu_quota_cores`), not the machine's
+    count, which oversubscribes such a job."""
+    quota = cpu_quota_cores()
+    return min(_affinity_cores(), quota) if quota else _affinity_cores()
+
+
+def _affinity_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # no sched_getaffinity off Linux
         return os.cpu_count() or 1
+
+
+@functools.lru_cache(maxsize=8)
+def cpu_quota_cores(membership: str | os.PathLike = "/proc/self/cgroup",
+                    mount: str | os.PathLike = CGROUP_MOUNT) -> int | None:
+    """The cores' worth of CPU time this process's cgroups allow, rounded up (`docker
+    --cpus 2`, a Kubernetes pod's CPU limit: cgroup v2's `cpu.max`, v1's
+    `cpu.cfs_quota_us` over `cpu.cfs_period_us`), or None where none is set. numba sizes
+    its pool by the cores the process may be scheduled on, all 16 of such a container's
+    machine: 16 threads then share 2 cores' time, and the kernel stops them all for the
+    rest of each 100 ms period once it is spent. Read once per process."""
+    quota = lowest_limit(_v2_cpu_quota, "cpu", _v1_cpu_quota, membership, mount)
+    return None if quota is None else max(1, math.ceil(quota - 1e-6))
+
+
+def _v2_cpu_quota(folder: Path) -> float | None:
+    quota, _, period = (folder / "cpu.max").read_text().strip().partition(" ")  # "200000 100000", "max 100000"
+    return int(quota) / int(period) if quota.isdigit() and period.isdigit() and int(period) > 0 else None
+
+
+def _v1_cpu_quota(folder: Path) -> float | None:
+    quota = int((folder / "cpu.cfs_quota_us").read_text())  # -1: none
+    period = int((folder / "cpu.cfs_period_us").read_text())
+    return quota / period if quota > 0 and period > 0 else None
+
+
+# ---- how many threads the kernels run on ------------------------------------------------
+#
+# numba starts its pool once per process, of NUMBA_NUM_THREADS threads (default: the
+# cores the process may be scheduled on, blind to a cgroup's quota), and a kernel splits
+# its work over `numba.get_num_threads()`, which `numba.set_num_threads` lowers for the
+# calling thread. The `graphconv` command sizes the pool to `usable_cores` before numba is
+# imported (`fit_pool_to_quota`), and its --threads lowers the count for its run.
+
+_POOL_SIZED_BY_GRAPHCONV = False
+
+
+def fit_pool_to_quota() -> None:
+    """Where the cgroup's CPU quota leaves fewer cores than the process may be scheduled
+    on, and the user chose no NUMBA_NUM_THREADS, set it to the quota's cores: before numba
+    is imported (numba reads it then), else nothing. `configure_process` calls it, and the
+    command's entry point before it imports anything else."""
+    global _POOL_SIZED_BY_GRAPHCONV
+    if "NUMBA_NUM_THREADS" in os.environ or "numba" in sys.modules:
+        return
+    if usable_cores() < _affinity_cores():
+        os.environ["NUMBA_NUM_THREADS"] = str(usable_cores())
+        _POOL_SIZED_BY_GRAPHCONV = True
+
+
+def threads_chosen_by_user() -> int | None:
+    """NUMBA_NUM_THREADS where the user set it (not `fit_pool_to_quota`), else None."""
+    value = os.environ.get("NUMBA_NUM_THREADS")
+    return int(value) if value and value.strip().isdigit() and not _POOL_SIZED_BY_GRAPHCONV else None
+
+
+def pool_threads() -> int:
+    """The threads numba's pool has, or will start with."""
+    from numba.core import config
+    return int(config.NUMBA_NUM_THREADS)
+
+
+def kernel_threads() -> int:
+    """The threads a CPU kernel run now on this thread splits its work over (each keeps
+    its own scratch): numba's count once its pool runs, else the pool it will start."""
+    parallel = sys.modules.get("numba.np.ufunc.parallel")
+    if parallel is not None and getattr(parallel, "_is_initialized", False):
+        import numba
+        return numba.get_num_threads()
+    return pool_threads() if "numba" in sys.modules else usable_cores()
+
+
+@contextlib.contextmanager
+def threads_set(threads: int | None, flag: str = "--threads") -> Iterator[None]:
+    """The CPU kernels run on `threads` of numba's pool on this thread for the block (None:
+    all of them), the count before restored after it (a command run from a notebook left
+    its --threads to everything after it). More threads than the pool has are refused."""
+    if threads is None:
+        yield
+        return
+    import numba
+    pool = pool_threads()
+    if threads > pool:
+        why = ("NUMBA_NUM_THREADS" if threads_chosen_by_user() else
+               f"the cores this process may use{_quota_said()}; NUMBA_NUM_THREADS={threads} starts a larger pool")
+        raise GraphconvError(f"{flag} {threads}: the CPU kernels have {pool} threads here ({why})")
+    start_numba_threads()
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
+def _quota_said() -> str:
+    quota = cpu_quota_cores()
+    return f": its cgroup allows {quota} cores' time" if quota and quota < _affinity_cores() else ""
 
 
 # ---- fork() after GNU OpenMP -------------------------------------------------------------

@@ -425,7 +425,7 @@ def _compute(args, grid, source, plan, tile, out, transform, on_tile, blank_cell
         return  # a resumed run whose tiles were all in: only the map's finish is left
     if args.workers or args.scheduler:
         from graphconv.cluster import client_for, run_tiles_on_cluster
-        with client_for(args.workers or 1, args.scheduler) as client:
+        with client_for(args.workers or 1, args.scheduler, args.threads) as client:
             run_tiles_on_cluster(client, _model_ref(args), str(Path(args.image).resolve()), plan, out,
                                  _map_options(args, grid), on_tile, blank_cells, done, damaged, piece_cells)
     else:
@@ -924,7 +924,7 @@ def run_images_command(args: argparse.Namespace) -> int:
                 bar.advance(1, 0)
                 return result
             if args.workers or args.scheduler:
-                with client_for(args.workers or 1, args.scheduler) as client:
+                with client_for(args.workers or 1, args.scheduler, args.threads) as client:
                     results = run_images(ref, images, args.output_dir, options, args.tile, client, progress,
                                          args.output_format, base)
             else:

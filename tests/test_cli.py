@@ -2314,3 +2314,59 @@ def test_a_map_named_ome_says_it_is_written_plain(digits_fcn, tmp_path, output, 
     plain = graphconv_in_process("run", digits_fcn, "--image", ROOT / "examples/digits_page.png", "--tile", "256",
                                  "--output", output.replace(".ome", ""), "--quiet")
     assert plain.returncode == 0 and "not as OME" not in plain.stderr
+
+
+def test_threads_runs_the_cpu_kernels_on_that_many_and_gives_the_same_map(tmp_path, capsys, monkeypatch, digits_fcn):
+    """--threads N: numba's pool was sized by the cores alone, NUMBA_NUM_THREADS (set before
+    the command started) the only way to fewer, which a benchmark against onnxruntime's
+    intra_op_num_threads needs."""
+    import numba
+
+    from graphconv import threads
+    np.save(tmp_path / "x.npy", np.random.default_rng(1).standard_normal((1, 1, 60, 72)).astype(np.float32))
+    assert run_cli("run", digits_fcn, "--input", tmp_path / "x.npy", "--output", tmp_path / "all.npy") == 0
+    seen = []
+    counted = threads.kernel_threads
+    monkeypatch.setattr(threads, "kernel_threads", lambda: seen.append(counted()) or seen[-1])
+    assert run_cli("run", digits_fcn, "--input", tmp_path / "x.npy", "--output", tmp_path / "one.npy",
+                   "--threads", 1) == 0
+    assert seen and set(seen) == {1}  # the run's memory estimate, sized for the threads the kernels run on
+    np.testing.assert_allclose(np.load(tmp_path / "one.npy"), np.load(tmp_path / "all.npy"), rtol=1e-5, atol=1e-5)
+    assert numba.get_num_threads() == threads.pool_threads()  # the notebook's next run has them all again
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--threads", "1", "--scheduler", "tcp://127.0.0.1:1"), "a running cluster's workers keep their own"),
+    (("--threads", "1", "--device", "cuda"), "--device cuda runs them on the GPU"),
+    (("--threads", "0"), "argument --threads: expected an integer >= 1"),
+])
+def test_threads_where_it_cannot_apply_is_refused(tmp_path, digits_fcn, extra, message):
+    from conftest import graphconv_in_process
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 40, 40), np.float32))
+    result = graphconv_in_process("run", digits_fcn, "--input", tmp_path / "x.npy", "--output", tmp_path / "o.npy",
+                                  *extra)
+    assert result.returncode == 2 and message in result.stderr and not (tmp_path / "o.npy").exists()
+
+
+def test_threads_with_workers_is_each_worker_s(monkeypatch):
+    """--workers 2 --threads 3: each worker process's numba pool has 3 (their environment;
+    without --threads the cores are split between them)."""
+    distributed = pytest.importorskip("distributed")
+    from graphconv import cluster
+
+    made = []
+
+    class Refused(Exception):
+        pass
+
+    def local_cluster(**options):
+        made.append(options["env"])
+        raise Refused
+
+    monkeypatch.setattr(distributed, "LocalCluster", local_cluster)
+    monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    for threads in (3, None):
+        with pytest.raises(Refused), cluster.client_for(2, None, threads):
+            pass
+    from graphconv.threads import usable_cores
+    assert made == [{"NUMBA_NUM_THREADS": "3"}, {"NUMBA_NUM_THREADS": str(max(1, usable_cores() // 2))}]

@@ -162,3 +162,66 @@ def _torch_default_threads(env: dict) -> int:
     done = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
                           capture_output=True, text=True, timeout=240, env=env, check=True)
     return int(done.stdout.split()[-1])
+
+
+def _cgroup_tree(root, membership: str, files: dict[str, str]):
+    """A /proc/self/cgroup and a /sys/fs/cgroup tree under `root`: `files` maps a file
+    below the mount ("cpu/job/cpu.cfs_quota_us") to its contents."""
+    (root / "cgroup").write_text(membership)
+    for name, text in files.items():
+        (root / "fs" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "fs" / name).write_text(text + "\n")
+    return threads.cpu_quota_cores(root / "cgroup", root / "fs")
+
+
+@pytest.mark.parametrize("membership, files, cores", [
+    # v2: docker --cpus 2, --cpus 1.5 (rounded up: 1.5 cores' time keeps 2 threads busier than 1), none,
+    # an ancestor's lower quota (a Kubernetes pod's limit above its container's)
+    ("0::/\n", {"cpu.max": "200000 100000"}, 2),
+    ("0::/\n", {"cpu.max": "150000 100000"}, 2),
+    ("0::/\n", {"cpu.max": "max 100000"}, None),
+    ("0::/kubepods/pod1/c1\n", {"kubepods/pod1/c1/cpu.max": "max 100000", "kubepods/pod1/cpu.max": "50000 100000"}, 1),
+    # v1's cpu controller (often mounted as cpu,cpuacct): quota over period, -1 for none
+    ("3:cpu,cpuacct:/job_4\n", {"cpu/job_4/cpu.cfs_quota_us": "400000", "cpu/job_4/cpu.cfs_period_us": "100000"}, 4),
+    ("3:cpu,cpuacct:/job_4\n", {"cpu/job_4/cpu.cfs_quota_us": "-1", "cpu/job_4/cpu.cfs_period_us": "100000"}, None),
+    ("", {}, None),
+])
+def test_a_container_s_cpu_quota_is_read_as_cores(tmp_path, membership, files, cores):
+    """numba sized its pool by the cores the process may be scheduled on: 16 threads in a
+    container allowed 2 cores' time, all stopped for the rest of each period once it was spent."""
+    assert _cgroup_tree(tmp_path, membership, files) == cores
+
+
+QUOTA_SCRIPT = """
+import os, sys
+from graphconv import threads
+threads.cpu_quota_cores = lambda: 1  # a container allowed one core's time
+threads.fit_pool_to_quota()
+import numba
+print(os.environ.get("NUMBA_NUM_THREADS"), numba.config.NUMBA_NUM_THREADS, threads.threads_chosen_by_user())
+"""
+
+
+@pytest.mark.skipif(threads._affinity_cores() < 2, reason="one core: no quota can leave fewer")
+def test_numba_s_pool_is_sized_to_the_quota_before_numba_is_imported_unless_the_user_chose():
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"}
+    sized = subprocess.run([sys.executable, "-c", QUOTA_SCRIPT], env=env, capture_output=True, text=True, check=True)
+    assert sized.stdout.split() == ["1", "1", "None"]  # graphconv's sizing, not the user's choice
+    chosen = subprocess.run([sys.executable, "-c", QUOTA_SCRIPT], env={**env, "NUMBA_NUM_THREADS": "2"},
+                            capture_output=True, text=True, check=True)
+    assert chosen.stdout.split() == ["2", "2", "2"]
+
+
+def test_threads_set_lowers_the_kernels_threads_for_a_block_and_refuses_more_than_the_pool():
+    import numba
+    threads.start_numba_threads()
+    before = numba.get_num_threads()
+    with threads.threads_set(1):
+        assert threads.kernel_threads() == numba.get_num_threads() == 1
+    assert numba.get_num_threads() == before
+    with pytest.raises(threads.GraphconvError, match=rf"^--threads {threads.pool_threads() + 1}: the CPU kernels "
+                                                     rf"have {threads.pool_threads()} threads here"):
+        with threads.threads_set(threads.pool_threads() + 1):
+            pass
