@@ -99,3 +99,13 @@ def write_spec(tmp_path):
 
 def random_input(rng, shape):
     return rng.standard_normal(shape).astype(np.float32)
+
+
+def cgroup_tree(root: Path, membership: str, files: dict[str, str]) -> tuple[Path, Path]:
+    """A /proc/self/cgroup and a /sys/fs/cgroup tree under `root` (their paths returned):
+    `files` maps a file below the mount ("memory/job/memory.limit_in_bytes") to its contents."""
+    (root / "cgroup").write_text(membership)
+    for name, text in files.items():
+        (root / "fs" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "fs" / name).write_text(text + "\n")
+    return root / "cgroup", root / "fs"

@@ -69,13 +69,8 @@ def test_the_limit_comes_back_to_the_default(limit):
 
 
 def _cgroups(root, membership: str, limits: dict[str, str]):
-    """A /proc/self/cgroup and a /sys/fs/cgroup tree under `root`: `limits` maps a file
-    below the mount ("memory/job/memory.limit_in_bytes") to its contents."""
-    (root / "cgroup").write_text(membership)
-    for name, text in limits.items():
-        (root / "fs" / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / "fs" / name).write_text(text + "\n")
-    return memory.cgroup_memory_limit(root / "cgroup", root / "fs")
+    from conftest import cgroup_tree
+    return memory.cgroup_memory_limit(*cgroup_tree(root, membership, limits))
 
 
 @pytest.mark.parametrize("membership, limits, expected", [

@@ -165,13 +165,8 @@ def _torch_default_threads(env: dict) -> int:
 
 
 def _cgroup_tree(root, membership: str, files: dict[str, str]):
-    """A /proc/self/cgroup and a /sys/fs/cgroup tree under `root`: `files` maps a file
-    below the mount ("cpu/job/cpu.cfs_quota_us") to its contents."""
-    (root / "cgroup").write_text(membership)
-    for name, text in files.items():
-        (root / "fs" / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / "fs" / name).write_text(text + "\n")
-    return threads.cpu_quota_cores(root / "cgroup", root / "fs")
+    from conftest import cgroup_tree
+    return threads.cpu_quota_cores(*cgroup_tree(root, membership, files))
 
 
 @pytest.mark.parametrize("membership, files, cores", [
