@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -109,3 +110,22 @@ def cgroup_tree(root: Path, membership: str, files: dict[str, str]) -> tuple[Pat
         (root / "fs" / name).parent.mkdir(parents=True, exist_ok=True)
         (root / "fs" / name).write_text(text + "\n")
     return root / "cgroup", root / "fs"
+
+
+HANG_SECONDS = 120
+
+
+@pytest.fixture
+def fails_if_it_hangs():
+    """Fail the test after HANG_SECONDS rather than hang the suite: for the tests of a FIFO
+    or /dev/zero, which a regression waits on, or reads, for ever (pytest.fail's exception
+    is no Exception, so no `except Exception` in graphconv swallows it)."""
+    def stop(signum, frame):
+        pytest.fail(f"still running after {HANG_SECONDS} s: waiting on a pipe or reading a device?")
+    before = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(HANG_SECONDS)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)

@@ -179,6 +179,7 @@ def test_memory_error_while_reading_is_a_clean_message(tmp_path, monkeypatch):
     (lambda p: os.mkfifo(p), "not a regular file"),
     (lambda p: p.symlink_to("/dev/zero"), "not a regular file"),
 ])
+@pytest.mark.usefixtures("fails_if_it_hangs")
 def test_bad_npy_is_one_clean_line(tmp_path, small_budget, make, match):
     path = tmp_path / "x.npy"
     make(path)
@@ -197,6 +198,7 @@ def test_npy_what_names_the_array(tmp_path):
     refused(lambda p: load_npy(p, what="image"), tmp_path / "x.npy", "image file not found")
 
 
+@pytest.mark.usefixtures("fails_if_it_hangs")
 def test_npz_fifo_and_device_are_not_read(tmp_path):
     os.mkfifo(tmp_path / "w.npz")
     refused(load_npz, tmp_path / "w.npz", "not a regular file (a pipe or a device?)")

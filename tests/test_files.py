@@ -206,6 +206,7 @@ def test_atomic_write_leaves_nothing_when_the_write_fails(tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+@pytest.mark.usefixtures("fails_if_it_hangs")
 def test_an_output_named_like_a_pipe_is_refused_before_anything_opens_it(tmp_path):
     """run --output pipe.npy waited for ever: the check of what the name held opened the
     FIFO to read an .npy header."""

@@ -341,6 +341,7 @@ def test_binary_files_are_not_specs(tmp_path, data, name, match):
     refused(tmp_path / name, match)
 
 
+@pytest.mark.usefixtures("fails_if_it_hangs")
 def test_specs_that_are_not_regular_files_are_never_read(tmp_path):
     (tmp_path / "folder").mkdir()
     refused(tmp_path / "folder", "a folder without a model.yaml")
@@ -610,6 +611,7 @@ def test_files_passed_explicitly_are_trusted_wherever_they_are(tmp_path, write_s
     (lambda p: sparse_file(p, (16 << 20) + 1), "the labels file is over 16 MB"),
     (lambda p: os.mkfifo(p), "not a regular file"),
 ])
+@pytest.mark.usefixtures("fails_if_it_hangs")
 def test_bad_labels_files_are_refused(write_spec, tmp_path, make, match):
     labels = tmp_path / "labels.txt"
     make(labels)

@@ -2312,6 +2312,7 @@ def test_cli_images_from_a_list_file_map_each_listed_image_once(model_dir, libra
     assert made == sorted(str(Path(p).relative_to("lib").with_suffix(".npy")) for p in photos)
 
 
+@pytest.mark.usefixtures("fails_if_it_hangs")
 def test_cli_a_list_naming_missing_images_maps_the_others_and_records_them(model_dir, library, monkeypatch):
     """One slide lost from a 300-slide list refused the whole night's batch: the missing
     are noted before any work, by line, and each is its own row's error; a list none of
