@@ -4,14 +4,18 @@ A backend is all the runtime knows about a device: whether it can run here (and 
 not), moving arrays to and from it, waiting for it, allocating on it, storing a layer's
 weights the way its kernels want them, and finding an op's kernel for it. An `Executor`
 resolves its backend once and never asks which device it is on; the CLI offers
-`device_choices()`. Adding a device is adding a `Backend` subclass to `_BACKENDS` and a
-`<device>.py` kernel module to each op folder.
+`device_choices()`. Adding a device is a `Backend` subclass given to `register_backend`
+(from a plugin too: `--plugin my_device.py --device mydev`), whose kernels are found by
+`kernel_function`: by default `run_<op>` (and `bind_`, `prepare_`, `describe_`) in a
+`<device>.py` module in each op's folder; a backend whose kernels live elsewhere (one
+made of each op's numpy `reference`) overrides that one method (docs/architecture.md).
 
 numba.cuda is imported only when the CUDA backend is asked something, so a CPU-only
 machine (or one without numba-cuda) never loads it.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable
 
 import numba
@@ -19,19 +23,21 @@ import numpy as np
 
 from graphconv.errors import GraphconvError, shown
 from graphconv.ops import OpDef, aligned
+from graphconv.threads import check_not_forked_after_openmp, start_numba_threads
 
 AUTO = "auto"
 AUTO_PREFERENCE = ("cuda", "cpu")  # what "auto" picks: the first usable one
 
 
 class Backend:
-    """One device. Subclasses provide the array verbs; weights and kernels are found
-    the same way everywhere (through the op's `OpDef`)."""
+    """One device. Subclasses provide the array verbs; an op's kernel functions are found
+    by `kernel_function`, the one method a backend with kernels of its own kind overrides."""
 
     name: str
-    # Whether the runtime stores the values the `channels-last` pass marks that way on this
-    # device (its kernels for the ops that declare `channels_last` take them): the CPU's do.
-    stores_channels_last: bool = False
+    # The passes run on a network before it runs here (`runtime.Executor`), on its copy:
+    # the CPU's fuse inverted-residual blocks into one op its kernels have, and mark the
+    # values its channels-last kernels store that way.
+    binding_passes: tuple[str, ...] = ()
     # Whether a run's input and result are copies, made on the way in and out (a GPU's
     # memory is not the host's): the Executor then keeps one input and one output array
     # per plan instead of allocating them on every run.
@@ -65,19 +71,65 @@ class Backend:
         float32, C-contiguous and writable. Anything else is written by copying."""
         raise NotImplementedError
 
+    @property
+    def stores_channels_last(self) -> bool:
+        """Whether the runtime stores the values the `channels-last` pass marks that way on
+        this device (its kernels for the ops that declare `channels_last` take them)."""
+        return "channels-last" in self.binding_passes
+
+    def check_process(self) -> None:
+        """Raise a GraphconvError where this process cannot run this device's kernels; start
+        what they need. Called as a network is bound to the device."""
+
+    def kernel_function(self, opdef: OpDef, verb: str) -> Callable | None:
+        """The op's `<verb>_<name>` for this device (verb: "run", the kernel itself,
+        `run(params, weights, inputs, out)`; or its optional hooks "bind", "prepare",
+        "describe"), or None where it has none: by default found in the op's
+        `<package>.<device>` module (`OpDef.kernel_function`)."""
+        return opdef.kernel_function(self.name, verb)
+
+    def kernel(self, opdef: OpDef) -> Callable:
+        """The op's `run` function for this device; GraphconvError "op 'x' has no <device>
+        kernel (...)" when it has none."""
+        run = self.kernel_function(opdef, "run")
+        if run is None:
+            raise opdef.no_kernel(self.name)
+        return run
+
+    def bind(self, opdef: OpDef, params: dict, weights: dict) -> Callable[[list, Any], None]:
+        """A layer's call on this device, a function of (inputs, out), made once when a
+        network is bound to it: a kernel module may define `bind_<name>(params, weights)` to
+        work out per layer, not per run, what its `run` function would on every call (the
+        conv's strategy and geometry: 18 us a call, 1-2 ms of a ResNet-50 run); else the
+        `run` function with `params` and `weights` fixed."""
+        bind = self.kernel_function(opdef, "bind")
+        if bind is not None:
+            return bind(params, weights)
+        return partial(self.kernel(opdef), params, weights)
+
+    def variant(self, opdef: OpDef, params: dict, in_shape: tuple[int, ...], channels_last: bool = False) -> str:
+        """Which of its strategies the kernel picks for an (N, C, H, W) input ("" when it
+        has one), `channels_last` when its input or output is stored that way: a kernel
+        module may define `describe_<name>(params, in_shape, channels_last=False) -> str`."""
+        describe = self.kernel_function(opdef, "describe")
+        if describe is None:
+            return ""
+        return describe(params, in_shape, channels_last=True) if channels_last else describe(params, in_shape)
+
+    def prepare(self, opdef: OpDef, params: dict, weights: dict[str, np.ndarray]) -> dict:
+        """The weights as the op's kernel here wants them stored, on the host, computed once
+        when a network is bound (a conv's taps reordered for the direct strategy): a kernel
+        module may define `prepare_<name>(params, weights) -> dict`. The kernel must still
+        accept the weights as the spec gives them."""
+        prepare = self.kernel_function(opdef, "prepare")
+        return prepare(params, weights) if prepare else weights
+
     def prepare_weights(self, opdef: OpDef, params: dict, weights: dict[str, np.ndarray]) -> dict:
         """A layer's weights as this device's kernel keeps them, made once per Executor:
         contiguous float32 (kernels reshape them; a contiguous array makes that free on
-        every run), then the op's `prepare_<name>` hook for this device (e.g. a conv's
-        taps reordered), then moved to the device."""
+        every run), then `prepare`d, then moved to the device."""
         arrays = {key: np.ascontiguousarray(value, np.float32) for key, value in weights.items()}
-        prepared = opdef.prepare(self.name, params, arrays)
-        return {key: self.to_device(value) for key, value in prepared.items()}
-
-    def kernel(self, opdef: OpDef) -> Callable:
-        """The op's `run_<name>` for this device; GraphconvError "op 'x' has no <device>
-        kernel" when it has none."""
-        return opdef.kernel(self.name)
+        return {key: self.to_device(value) for key, value in self.prepare(opdef, params, arrays).items()}
 
     def binding_state(self) -> Any:
         """What a layer's call bound to its arrays (`bind_values`) depends on besides
@@ -89,10 +141,17 @@ class CpuBackend(Backend):
     """The host: numba's CPU kernels on numpy arrays."""
 
     name = "cpu"
-    stores_channels_last = True
+    binding_passes = ("fuse-inverted-residual", "channels-last")
 
     def status(self) -> str | None:
         return None
+
+    def check_process(self) -> None:
+        """A CPU run in a child forked after GNU OpenMP started would kill it: a clear
+        error instead (graphconv/threads.py); numba's threads started, keeping the
+        caller's OpenMP thread count (PyTorch's)."""
+        check_not_forked_after_openmp()
+        start_numba_threads()
 
     def to_device(self, x: np.ndarray, into: Any = None) -> np.ndarray:
         return np.ascontiguousarray(x, dtype=np.float32)
@@ -180,6 +239,27 @@ class CudaBackend(Backend):
 
 
 _BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (CpuBackend(), CudaBackend())}
+
+
+def register_backend(backend: Backend) -> Backend:
+    """Make `backend` a device graphconv runs on, by its `name` (`--device NAME`,
+    `Model.run(device=NAME)`); returns it. A plugin registers its device as it is
+    imported, as it does its passes and ops (imported again, it replaces it)."""
+    name = getattr(backend, "name", None)
+    if not isinstance(backend, Backend) or not isinstance(name, str) or not name.isidentifier():
+        raise GraphconvError(f"register_backend takes a Backend whose name is a word, got {shown(backend)}")
+    if name == AUTO or (name in _BACKENDS and not _same_class(_BACKENDS[name], backend)):
+        raise GraphconvError(f"device {name!r} is {'a choice of its own' if name == AUTO else 'registered already'}: "
+                             "name the backend otherwise")
+    _BACKENDS[name] = backend
+    return backend
+
+
+def _same_class(registered: Backend, again: Backend) -> bool:
+    """Whether `again` is of the class `registered` is: the same plugin imported again
+    (a second command in one process), which registers its device again."""
+    return (type(registered).__module__, type(registered).__qualname__) == \
+        (type(again).__module__, type(again).__qualname__)
 
 
 def backend_names() -> tuple[str, ...]:

@@ -28,7 +28,7 @@ import numpy as np
 
 from graphconv.arrays import load_npy
 from graphconv.background import DEFAULT_MAX_NODATA, DEFAULT_THRESHOLD
-from graphconv.backends import device_choices
+from graphconv.backends import AUTO, get_backend
 from graphconv.errors import (GraphconvError, GraphconvWarning, PassError, agreeing, counted, nearest, printable,
                               shown, shown_path)
 from graphconv.files import (atomic_write, check_model_target, check_writable, committed_outputs, forget_committed,
@@ -177,10 +177,13 @@ def _silence_asyncio() -> None:
 
 
 def _handle(args: argparse.Namespace) -> int:
-    """The command itself, its plugins loaded first and its notes printed after."""
+    """The command itself, its plugins loaded first (they may register devices: --device
+    is checked after them) and its notes printed after."""
     for plugin in getattr(args, "plugin", None) or ():
         from graphconv.pass_manager import load_plugin
         load_plugin(plugin)
+    if getattr(args, "device", AUTO) != AUTO:
+        get_backend(args.device)  # "unknown device 'x' (choose from cpu, cuda, auto)", before any work
     _NOTES.clear()
     forget_committed()
     code = args.handler(args)
@@ -298,9 +301,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 DEVICE_HELP = ("where the kernels run: cpu (the default: every core this process may use; --threads N for "
-               "fewer), cuda (an "
-               "NVIDIA GPU, through numba-cuda: pip install 'graphconv[cuda]') or auto (cuda where a GPU is usable, "
-               "else cpu)")
+               "fewer), cuda (an NVIDIA GPU, through numba-cuda: pip install 'graphconv[cuda]'), auto (cuda where a "
+               "GPU is usable, else cpu), or a device a --plugin registers")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -374,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--classes", type=_class_list, metavar="K1,K2,...",
                      help="keep only these score channels: class indices, or names as the labels file has them")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
-    run.add_argument("--device", default="cpu", choices=device_choices(), help=DEVICE_HELP)
+    run.add_argument("--device", default="cpu", metavar="DEVICE", help=DEVICE_HELP)
     _add_threads_option(run)
     run.add_argument("--resize", type=_positive_int, nargs="+", metavar="PIXELS",
                      help="resize the image first, or each of --images: to H x W (two numbers), or its shorter "
@@ -477,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("--profile", action="store_true",
                       help="time runs on random input (a warm-up, then 3 to 25, about a second's worth) and "
                            "show each layer's median time")
-    insp.add_argument("--device", default="cpu", choices=device_choices(), help=DEVICE_HELP)
+    insp.add_argument("--device", default="cpu", metavar="DEVICE", help=DEVICE_HELP)
     _add_threads_option(insp)
     _add_plugin_option(insp, PLUGIN_OPS_HELP)
     insp.set_defaults(handler=cmd_inspect)
@@ -521,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--seed", type=_natural_int, help="the random image's seed (default 0)")
     ver.add_argument("--strict", action="store_true",
                      help="also exit 1 when padding makes the dense pass differ from the crop loop")
-    ver.add_argument("--device", default="cpu", choices=device_choices(), help=DEVICE_HELP)
+    ver.add_argument("--device", default="cpu", metavar="DEVICE", help=DEVICE_HELP)
     _add_threads_option(ver)
     _add_plugin_option(ver)
     ver.set_defaults(handler=cmd_verify)

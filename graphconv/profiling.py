@@ -35,13 +35,14 @@ def layer_timings(graph: Graph, profile: dict[str, float], input_hw: tuple[int, 
     """One row per layer of `graph` that `profile` (seconds per layer) timed, in run order."""
     costs = {row.name: row for row in layer_costs(graph, tuple(input_hw))}
     shapes = infer_shapes(graph, tuple(input_hw), check_weights=False)
-    stored = stored_channels_last(graph) if get_backend(device).stores_channels_last else frozenset()
+    backend = get_backend(device)
+    stored = stored_channels_last(graph) if backend.stores_channels_last else frozenset()
     rows = []
     for name, seconds in profile.items():
         node = graph.node(name)
         in_shape = (batch, *shapes[node.inputs[0].name])
         channels_last = name in stored or any(src.name in stored for src in node.inputs)
-        rows.append(LayerTiming(name, node.op, node.opdef.variant(device, node.params, in_shape, channels_last),
+        rows.append(LayerTiming(name, node.op, backend.variant(node.opdef, node.params, in_shape, channels_last),
                                 costs[name].shape, costs[name].flops * batch, seconds))
     return rows
 

@@ -33,7 +33,6 @@ from graphconv.ir import Graph, Node
 from graphconv.ops import layout
 from graphconv.ops.layout import stored_channels_last
 from graphconv.pass_manager import get_pass
-from graphconv.threads import check_not_forked_after_openmp, start_numba_threads
 from graphconv.shapes import batch_scales, infer_shapes
 
 # resolve_device is graphconv.backends', here too for callers that import it from here
@@ -150,7 +149,7 @@ def _smallest_gap(offsets: np.ndarray, sizes: np.ndarray, need: int) -> int:
 
 @dataclass
 class Step:
-    """One layer bound to the backend: its call (`OpDef.bind`: the kernel with the layer's
+    """One layer bound to the backend: its call (`Backend.bind`: the kernel with the layer's
     params and its weights as the kernel keeps them) and the values it reads."""
 
     name: str
@@ -170,7 +169,7 @@ class Executor:
         (`passes/fuse_inverted_residual.py`), on a copy of `graph`; their inner layers
         are then no steps of their own, which a run's `taps` cannot name."""
         self.backend: Backend = resolve_backend(device)
-        self._check_process()
+        self.backend.check_process()
         self.graph = self._bound_graph(graph, fuse_blocks)
         self.steps = [self._bind(node) for node in self._layers()]
         self._plans: OrderedDict[tuple[int, int, int], Plan] = OrderedDict()
@@ -181,29 +180,21 @@ class Executor:
         self._lock = threading.RLock()  # run holds it while it asks plan
 
     def _bound_graph(self, graph: Graph, fuse_blocks: bool) -> Graph:
-        """The graph this backend runs: on the CPU, fused where `fuse-inverted-residual`
-        fuses (a copy: the caller's graph keeps its layers) and annotated by `channels-last`
-        (annotations only, on the graph given where nothing was fused: values stay what
-        they were; Model gives its own copy)."""
-        if not self.backend.stores_channels_last:
+        """The graph this backend runs: its `binding_passes` run on a copy (the caller's
+        graph keeps its layers and annotations; weights are shared), on the CPU fusing
+        inverted-residual blocks and marking the values stored channels-last. Without
+        `fuse_blocks`, no blocks are fused: a run's `taps` name their inner layers."""
+        passes = [name for name in self.backend.binding_passes if fuse_blocks or name != "fuse-inverted-residual"]
+        if not passes:
             return graph
-        if fuse_blocks:
-            fused = graph.copy()
-            if get_pass("fuse-inverted-residual").run(fused):
-                graph = fused
-        get_pass("channels-last").run(graph)
-        return graph
+        bound = graph.copy()
+        for name in passes:
+            get_pass(name).run(bound)
+        return bound
 
     @property
     def device(self) -> str:
         return self.backend.name
-
-    def _check_process(self) -> None:
-        """A CPU run in a child forked after GNU OpenMP started would kill it: a clear
-        error instead (graphconv/threads.py)."""
-        if self.backend.name == "cpu":
-            check_not_forked_after_openmp()
-            start_numba_threads()  # keeping the caller's OpenMP thread count (PyTorch's)
 
     def _layers(self) -> list[Node]:
         layers = self.graph.layers()
@@ -214,10 +205,10 @@ class Executor:
     def _bind(self, node: Node) -> Step:
         try:
             self.backend.kernel(node.opdef)  # an op with no kernel here is the user's error, named at the layer
+            weights = self.backend.prepare_weights(node.opdef, node.params, node.weights)
+            call = self.backend.bind(node.opdef, node.params, weights)
         except GraphconvError as err:
             raise node.error(err.message) from None
-        weights = self.backend.prepare_weights(node.opdef, node.params, node.weights)
-        call = node.opdef.bind(self.backend.name, node.params, weights)
         return Step(node.name, call, weights, [src.name for src in node.inputs])
 
     def plan(self, batch: int, height: int, width: int) -> Plan:
@@ -256,7 +247,7 @@ class Executor:
         it, as host NCHW copies: their memory in the arena is overwritten later in the
         run, and `verify` compares many layers' maps at once (`dense._padding_effects`)."""
         x = self._checked_input(x)
-        self._check_process()
+        self.backend.check_process()
         self._check_taps(taps)
         with self._lock:
             key = (x.shape[0], x.shape[2], x.shape[3])

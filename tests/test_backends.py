@@ -140,3 +140,76 @@ def test_cuda_without_numba_cuda_says_to_install_it(monkeypatch):
     assert get_backend("cuda").status() == NO_NUMBA_CUDA
     with pytest.raises(GraphconvError, match=r"device 'cuda': numba-cuda is not installed \(pip install "):
         resolve_backend("cuda")
+
+
+REFERENCE_BACKEND = '''
+import numpy as np
+from graphconv.backends import CpuBackend, register_backend
+
+
+class Reference(CpuBackend):
+    """Every op's numpy reference as its kernel: a device whose kernels are no modules."""
+    name = "reference"
+    binding_passes = ()
+
+    def kernel_function(self, opdef, verb):
+        if verb != "run":
+            return None
+
+        def run(params, weights, inputs, out):
+            out[...] = opdef.reference(params, weights, [np.asarray(x) for x in inputs])
+        return run
+
+
+register_backend(Reference())
+'''
+
+
+@pytest.fixture
+def own_backends(monkeypatch):
+    """The backends a test registers are forgotten after it."""
+    monkeypatch.setattr(backends, "_BACKENDS", dict(backends._BACKENDS))
+
+
+def test_a_plugin_s_device_runs_from_the_command_and_from_python(tmp_path, rng, own_backends):
+    """A backend overriding `kernel_function` alone (its kernels are each op's numpy
+    reference, in no `<device>.py` module) registers from a --plugin and runs as
+    --device NAME; the device named before the plugin loads is not refused."""
+    from conftest import graphconv_in_process, random_input
+    (tmp_path / "reference_device.py").write_text(REFERENCE_BACKEND)
+    np.save(tmp_path / "x.npy", random_input(rng, (2, 1, 40, 44)))
+    assert graphconv_in_process("compile", SPECS / "digits.yaml", "-o", tmp_path / "m").returncode == 0
+    maps = {}
+    for device in ("cpu", "reference"):
+        result = graphconv_in_process("run", tmp_path / "m", "--input", tmp_path / "x.npy", "--plugin",
+                                      tmp_path / "reference_device.py", "--device", device, "--output",
+                                      tmp_path / f"{device}.npy")
+        assert result.returncode == 0, result.stderr
+        maps[device] = np.load(tmp_path / f"{device}.npy")
+    np.testing.assert_allclose(maps["reference"], maps["cpu"], rtol=1e-4, atol=1e-5)
+    assert "reference" in backend_names()
+    model = graphconv.load(tmp_path / "m")
+    np.testing.assert_allclose(model.run(np.load(tmp_path / "x.npy"), device="reference"), maps["cpu"],
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_an_unknown_device_is_refused_after_the_plugins_load(tmp_path):
+    from conftest import graphconv_in_process
+    result = graphconv_in_process("run", SPECS / "digits.yaml", "--input", tmp_path / "x.npy", "--device", "tpu",
+                                  "--output", tmp_path / "o.npy")
+    assert result.returncode == 2 and "unknown device 'tpu' (choose from cpu, cuda, auto)" in result.stderr
+
+
+@pytest.mark.parametrize("backend, message", [
+    ("cpu", "device 'cpu' is registered already"),
+    ("auto", "device 'auto' is a choice of its own"),
+    ("not a backend", "register_backend takes a Backend whose name is a word"),
+])
+def test_register_backend_refuses_a_name_taken_or_no_backend(own_backends, backend, message):
+    from graphconv.backends import CpuBackend, register_backend
+
+    class Named(CpuBackend):
+        name = backend
+
+    with pytest.raises(GraphconvError, match=message):
+        register_backend(Named() if backend != "not a backend" else backend)

@@ -220,7 +220,7 @@ def test_layers_bound_before_either_runs_keep_their_own_launches(rng):
     for shape in [(1, 3, 40, 40), (1, 2, 4, 4)]:  # the small one bound last
         x = random_input(rng, shape)
         out = CUDA.to_device(np.full((1, shape[1], shape[2] // 2, shape[3] // 2), np.nan, np.float32))
-        layer = opdef.bind("cuda", params, {})
+        layer = CUDA.bind(opdef, params, {})
         bound.append((layer.bind_values([CUDA.to_device(x)], out), x, out))
     for launch, x, out in bound:
         launch()

@@ -55,7 +55,7 @@ def run_with(monkeypatch, tile: Tile, splits: int, opdef, params, weights, input
     monkeypatch.setattr(gemm_cuda, "plan_launch",
                         lambda rows, positions, k_total, groups, processors:
                         launch_for(tile, splits, rows, positions, k_total, groups))
-    layer = opdef.bind("cuda", params, CUDA.prepare_weights(opdef, params, weights))
+    layer = CUDA.bind(opdef, params, CUDA.prepare_weights(opdef, params, weights))
     layer.narrow = narrow
     out = CUDA.to_device(np.full(out_shape, np.nan, np.float32))
     layer([CUDA.to_device(x) for x in inputs], out)
@@ -110,7 +110,7 @@ def test_offsets_in_32_or_64_bits_give_the_same_layer(layer, narrow, monkeypatch
 @needs_cuda
 def test_offsets_are_32_bit_only_where_the_arrays_are_under_2_to_the_31(rng):
     opdef, params, weights, _, _ = conv_case("whole-steps", rng)
-    layer = opdef.bind("cuda", params, CUDA.prepare_weights(opdef, params, weights))
+    layer = CUDA.bind(opdef, params, CUDA.prepare_weights(opdef, params, weights))
     assert layer._narrow(2 ** 31 - 1) and not layer._narrow(2 ** 31)
     layer.narrow = True
     assert not layer._narrow(2 ** 31)
@@ -122,7 +122,7 @@ def test_a_bound_layer_plans_each_input_size(rng, monkeypatch):
     them (each holds device memory), and gets each size right."""
     monkeypatch.setattr(gemm_cuda, "LAUNCHES_KEPT", 2)
     opdef, params, weights, _, _ = conv_case("padded-strided", rng)
-    layer = opdef.bind("cuda", params, CUDA.prepare_weights(opdef, params, weights))
+    layer = CUDA.bind(opdef, params, CUDA.prepare_weights(opdef, params, weights))
     for in_shape in [(1, 3, 7, 6), (1, 3, 9, 5), (1, 3, 7, 6), (1, 3, 5, 5), (1, 3, 9, 5)]:
         x = random_input(rng, in_shape)
         out = CUDA.to_device(np.zeros((1, *opdef.shape(params, [in_shape[1:]])), np.float32))

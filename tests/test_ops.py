@@ -131,21 +131,29 @@ def test_an_op_named_as_another_op_s_alias_is_refused_at_registration(monkeypatc
 
 
 def test_a_missing_kernel_is_a_clear_error_but_a_broken_one_is_not(tmp_path, monkeypatch):
-    """No cuda.py, or no run_<op> in it: a GraphconvError naming the op and the device.
-    An import failing inside an existing kernel module is a bug and stays one."""
+    """No cuda.py, or no run_<op> in it: a GraphconvError naming the op, the device and
+    what was looked for. An import failing inside an existing kernel module is a bug and
+    stays one."""
     package = tmp_path / "graphconv_test_cpu_only"
     package.mkdir()
     (package / "__init__.py").write_text("")
     (package / "cpu.py").write_text("import graphconv_test_no_such_module\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     cpu_only = replace(get_op("relu"), package="graphconv_test_cpu_only")
-    with pytest.raises(GraphconvError, match="op 'relu' has no cuda kernel"):
-        cpu_only.kernel("cuda")
+    with pytest.raises(GraphconvError,
+                       match=r"^op 'relu' has no cuda kernel \(no module graphconv_test_cpu_only.cuda\)$"):
+        get_backend("cuda").kernel(cpu_only)
     with pytest.raises(ModuleNotFoundError, match="graphconv_test_no_such_module"):
-        cpu_only.kernel("cpu")
+        CPU.kernel(cpu_only)
     unnamed = replace(get_op("relu"), kernel_name="no_such_kernel")
-    with pytest.raises(GraphconvError, match="op 'relu' has no cpu kernel"):
-        unnamed.kernel("cpu")
+    with pytest.raises(GraphconvError, match=r"^op 'relu' has no cpu kernel \(graphconv.ops.elementwise.cpu has no "
+                                             r"run_no_such_kernel\)$"):
+        CPU.kernel(unnamed)
+    (tmp_path / "graphconv_test_one_file.py").write_text("")  # a plugin op registered from one file
+    one_file = replace(get_op("relu"), package="graphconv_test_one_file")
+    with pytest.raises(GraphconvError, match=r"\(no module graphconv_test_one_file.cpu \(graphconv_test_one_file is a "
+                                             r"module, not a package: kernels live in graphconv_test_one_file/cpu.py\)\)"):
+        CPU.kernel(one_file)
 
 
 # ---- the ops whose kernels have several paths, over many more cases -------------------------
@@ -263,8 +271,8 @@ def test_conv_strategy_follows_the_layer_shape(params, in_shape, expected, monke
     opdef = get_op("conv")
     normalized = normalize_params(opdef, params)
     assert conv_cpu.choose_strategy(normalized, in_shape) == expected
-    assert opdef.variant("cpu", normalized, in_shape) == expected
-    assert get_op("maxpool").variant("cpu", {}, in_shape) == ""  # one strategy: nothing to show
+    assert CPU.variant(opdef, normalized, in_shape) == expected
+    assert CPU.variant(get_op("maxpool"), {}, in_shape) == ""  # one strategy: nothing to show
 
 
 @pytest.mark.parametrize("params,in_shape,expected", [
@@ -507,7 +515,7 @@ def test_a_bound_conv_matches_run_conv_on_every_geometry_it_meets(params, in_sha
     opdef = get_op("conv")
     params = normalize_params(opdef, dict(params, activation="relu"))
     weights = CPU.prepare_weights(opdef, params, make_weights(opdef, params, [in_shape], rng))
-    bound = opdef.bind("cpu", params, weights)
+    bound = CPU.bind(opdef, params, weights)
     for batch, grow, storage in [(1, 0, (True, True)), (2, 3, (False, False)), (1, 0, (True, True)),
                                  (1, 0, (False, True)), (2, 3, (False, False))]:
         c, h, w = in_shape
@@ -535,7 +543,7 @@ def test_an_op_without_a_bind_hook_is_its_run_function_with_params_and_weights_f
     opdef = get_op("relu")
     x = random_input(rng, (1, 3, 4, 5))
     out = np.empty_like(x)
-    opdef.bind("cpu", {}, {})([x], out)
+    CPU.bind(opdef, {}, {})([x], out)
     np.testing.assert_array_equal(out, np.maximum(x, 0))
 
 

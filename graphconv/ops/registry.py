@@ -26,12 +26,11 @@ naming the op and the device, never a ModuleNotFoundError.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
-from functools import partial
-from types import ModuleType
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -194,7 +193,8 @@ class OpDef:
     and `<package>.cuda`, writing into `out` (a float32 array of the shape `shape` gives,
     batch first, C-contiguous unless the op is `channels_last`, never one of the inputs),
     optionally with `prepare_<name>`, `describe_<name>` and `bind_<name>` beside them; `kernel_name`
-    replaces `<name>` there when ops share one kernel.
+    replaces `<name>` there when ops share one kernel. A `graphconv.backends.Backend` finds
+    them (`kernel_function`) and calls them (`kernel`, `bind`, `prepare`, `variant`).
     channels_last: "" when the CPU kernel takes NCHW values only; else it takes inputs
         stored channels-last as well as NCHW and writes `out` however it is stored
         (`graphconv.ops.channels_last`), and says at what cost: "any" (either way in,
@@ -237,7 +237,6 @@ class OpDef:
     whole_map: bool | Callable[[dict], str | None] = False
     internal: bool = False  # made by passes only (shift-and-stitch's halves): not offered to spec writers
     weights_problem: Callable[[dict, dict], str | None] | None = None
-    _kernels: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def whole_map_reason(self, params: dict) -> str | None:
         """Why a layer of these params cannot slide (a verb phrase after the op's name), or None."""
@@ -246,42 +245,41 @@ class OpDef:
         return ("takes statistics of its whole map, so on a larger image they are the image's, not each crop's"
                 if self.whole_map else None)
 
-    def kernel(self, device: str) -> Callable:
-        """The `run` function of this op's kernel for `device` ("cpu" or "cuda")."""
-        if device not in self._kernels:
-            run = getattr(self._kernel_module(device), f"run_{self._kernel_stem}", None)
-            if run is None:
-                raise self._no_kernel(device)
-            self._kernels[device] = run
-        return self._kernels[device]
+    def kernel_function(self, device: str, verb: str) -> Callable | None:
+        """`<verb>_<name>` (verb: run, bind, prepare, describe; `kernel_name` for `<name>`
+        where ops share a kernel) in this op's `<package>.<device>` module, or None where
+        the module or the function is not there. An ImportError raised inside an existing
+        kernel module (a typo, a missing dependency) is a bug and keeps its traceback."""
+        module_name = f"{self.package}.{device}"
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name != module_name:
+                raise
+            return None
+        return getattr(module, f"{verb}_{self.kernel_stem}", None)
 
-    def bind(self, device: str, params: dict, weights: dict) -> Callable[[list, Any], None]:
-        """The layer's call on `device`, a function of (inputs, out), made once when a
-        network is bound to the device: a kernel module may define `bind_<name>(params,
-        weights)` to work out per layer, not per run, what its `run` function would on
-        every call (the conv's strategy and geometry: 18 us a call, 1-2 ms of a ResNet-50
-        run); else the `run` function with `params` and `weights` fixed."""
-        bind = getattr(self._kernel_module(device), f"bind_{self._kernel_stem}", None)
-        if bind is not None:
-            return bind(params, weights)
-        return partial(self.kernel(device), params, weights)
+    def no_kernel(self, device: str) -> GraphconvError:
+        """"op 'x' has no <device> kernel", saying where it was looked for: the function
+        a kernel module lacks, or the module that is not there (a plugin op registered
+        from one file, whose kernels have no package to live in, told so)."""
+        module_name = f"{self.package}.{device}"
+        try:
+            importlib.import_module(module_name)
+            where = f"{module_name} has no run_{self.kernel_stem}"
+        except ModuleNotFoundError:
+            where = f"no module {module_name}"
+            try:
+                package = importlib.util.find_spec(self.package)
+            except (ImportError, ValueError):  # its parent not importable; a module without a spec
+                package = None
+            if package is not None and package.submodule_search_locations is None:
+                where += f" ({self.package} is a module, not a package: kernels live in {self.package}/{device}.py)"
+        return GraphconvError(f"op '{self.name}' has no {device} kernel ({where})")
 
-    def variant(self, device: str, params: dict, in_shape: tuple[int, ...], channels_last: bool = False) -> str:
-        """Which of its strategies the kernel picks for an (N, C, H, W) input ("" when it
-        has one), `channels_last` when its input or output is stored that way: a kernel
-        module may define `describe_<name>(params, in_shape, channels_last=False) -> str`."""
-        describe = getattr(self._kernel_module(device), f"describe_{self._kernel_stem}", None)
-        if describe is None:
-            return ""
-        return describe(params, in_shape, channels_last=True) if channels_last else describe(params, in_shape)
-
-    def prepare(self, device: str, params: dict, weights: dict[str, np.ndarray]) -> dict:
-        """The weights as this op's `device` kernel wants them stored, computed once when a
-        network is bound to a device (e.g. a conv's taps reordered for the direct
-        strategy): a kernel module may define `prepare_<name>(params, weights) -> dict`.
-        The kernel must still accept the weights as the spec gives them."""
-        prepare = getattr(self._kernel_module(device), f"prepare_{self._kernel_stem}", None)
-        return prepare(params, weights) if prepare else weights
+    @property
+    def kernel_stem(self) -> str:
+        return self.kernel_name or self.name
 
     def arity_problem(self, count: int) -> str | None:
         """What is wrong with `count` inputs for this op, or None: one message for the
@@ -305,24 +303,6 @@ class OpDef:
         arrays = self.init_weights(params, self.weight_shapes(params, in_shapes), rng)
         return {key: np.asarray(value, dtype=np.float32) for key, value in arrays.items()}
 
-    @property
-    def _kernel_stem(self) -> str:
-        return self.kernel_name or self.name
-
-    def _kernel_module(self, device: str) -> ModuleType:
-        """`<package>.<device>`; a missing module is a user-facing error naming the op,
-        but an ImportError raised inside an existing kernel module (a typo, a missing
-        dependency) is a bug and keeps its traceback."""
-        module_name = f"{self.package}.{device}"
-        try:
-            return importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name != module_name:
-                raise
-            raise self._no_kernel(device) from None
-
-    def _no_kernel(self, device: str) -> GraphconvError:
-        return GraphconvError(f"op '{self.name}' has no {device} kernel")
 
 
 _REGISTRY: dict[str, OpDef] = {}
