@@ -865,3 +865,18 @@ def test_old_mac_line_endings_separate_labels(write_spec, tmp_path):
     graph = load_spec(write_spec("labels: labels.txt\ninput: {shape: [2, 4, 4]}\n"
                                  "layers: [{name: c, op: conv, out_channels: 3, kernel_size: 1}]\n"))
     assert graph.meta["labels"] == ["cat", "dog", "fish"]
+
+
+def test_a_front_end_that_never_sets_the_output_is_told_at_finalize():
+    """A new front end that forgot `graph.output = ...` had every layer dropped as dead and
+    failed only when run: "the network has no layers"."""
+    from graphconv.frontends import finalize
+    from graphconv.ir import Graph
+
+    graph = Graph("mine", "data", (1, 8, 8))
+    graph.add("conv1", "conv", ["data"], params={"out_channels": 2, "kernel_size": 3})
+    with pytest.raises(GraphconvError, match=r"^mine: its output is its input, 'data', so none of its 1 layer would "
+                                             r"run: a front end sets graph.output"):
+        finalize(graph, None, "mine")
+    graph.output = "conv1"
+    assert [n.name for n in finalize(graph, None, "mine").layers()] == ["conv1"]

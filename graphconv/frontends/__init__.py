@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from graphconv.arrays import load_npz
-from graphconv.errors import GraphconvError, Location, ShapeError, nearest, shown
+from graphconv.errors import GraphconvError, Location, ShapeError, counted, nearest, shown
 from graphconv.ir import Graph
 from graphconv.memory import check_fits
 from graphconv.shapes import WEIGHTS_FILE, infer_shapes, init_weights
@@ -136,6 +136,7 @@ def finalize(graph: Graph, weights: dict[str, np.ndarray] | None, source: str,
     """What every front end does last: shapes checked against the memory budget, then
     `weights` ("<layer>.<name>" -> array) attached and checked against the shapes, or,
     when there are none, seeded weights. `source` names the weights' file in errors."""
+    _check_output_set(graph)
     shapes = _checked_shapes(graph)
     if weights is not None:
         _attach_weights(graph, weights, source)
@@ -148,6 +149,16 @@ def finalize(graph: Graph, weights: dict[str, np.ndarray] | None, source: str,
         init_weights(graph)
         graph.meta["seeded_weights"] = True
     return graph
+
+
+def _check_output_set(graph: Graph) -> None:
+    """A graph whose output is still its input (a new `Graph`'s) but that has layers: a
+    front end that never set `graph.output`, whose every layer was then dropped as dead
+    and whose network failed only when run ("the network has no layers")."""
+    if graph.output.name == graph.input.name and graph.layers():
+        raise GraphconvError(f"{graph.name}: its output is its input, {graph.input.name!r}, so none of its "
+                             f"{counted(len(graph.layers()), 'layer')} would run: a front end sets graph.output "
+                             "to the layer the network returns")
 
 
 def _drop_dead_layers(graph: Graph) -> None:
