@@ -229,8 +229,9 @@ def _origin(label: str) -> Iterator[None]:
 
 
 def load_builtin_passes() -> None:
-    """Import the built-in passes (package `passes`) and those of installed plugins that
-    declare a `graphconv.passes` entry point. Done once, on first use of the registry.
+    """Import the built-in passes (the top-level `passes/`, installed as `graphconv.passes`)
+    and those of installed plugins that declare a `graphconv.passes` entry point (which
+    may register ops and devices too). Done once, on first use of the registry.
     Under a lock: two threads running their first models at once (a Dask worker's
     threads) had one see the registry empty while the other was still importing it
     ("unknown pass 'channels-last' (registered: )"). The importing thread re-entering

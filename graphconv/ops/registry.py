@@ -13,7 +13,7 @@ new op is usable and tested the moment its folder exists (`docs/adding-an-op.md`
 
 A folder may register several ops when they share kernel code: `pool` holds maxpool and
 avgpool (one separable window walk), `elementwise` the pointwise ops that need no window
-(relu, dropout, add, mul, concat) and their shared flat-array launch, `activations` the
+(relu, dropout, add, sub, mul, div, concat) and their shared flat-array launch, `activations` the
 smooth and piecewise activations, `channels` the ops that move whole channels. An op with
 kernels of its own gets its own folder, like `sigmoid`. Plain modules beside the folders
 (`gemm_cpu`, `vector_tile`, `unsigned_index`, `fast_math`, `cuda_launch`) are kernel
@@ -64,7 +64,7 @@ class Param:
     doc: str = ""
     default_from: str | None = None  # e.g. a pool's stride defaults to its kernel_size
     infinite: bool = False  # a "float" that may be -inf or inf (never NaN)
-    at_least: float | None = None  # the least a "float" may be (a shrink's lambd: 0)
+    at_least: float | None = None  # the least a "float" may be (a threshold: 0)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ pow (GeM pooling's x.pow(p) before its average pool and .pow(1 / p) after; x.sqr
 (one formula, one kernel: scale * (x where x > 0, else alpha * (exp(x / beta) - 1))).
 
 They share a folder because each kernel is the same one pass over memory with a
-different formula; relu, clip and sigmoid came earlier and keep their own folders.
+different formula; relu (in `elementwise`), clip and sigmoid came earlier and live elsewhere.
 All are pointwise, so a converted network slides over a larger image as before,
 and their CPU kernels are one pass over a value's memory however it is stored: between
 ConvNeXt's or MobileNetV3's 1x1 convs, values stay channels-last.
