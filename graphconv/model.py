@@ -543,7 +543,8 @@ class Model:
             import networkx as nx
             output = self.graph.output.name
             upstream = nx.ancestors(self.graph.nx, output) | {output}
-            cache["returns_vectors"] = any(self.graph.node(name).op in VECTOR_OPS for name in upstream)
+            cache["returns_vectors"] = any(node.opdef.fixes_input_size for node in self.graph.layers()
+                                           if node.name in upstream)
         return cache["returns_vectors"]
 
     def run(self, x: np.ndarray, device: str = "cpu", profile: dict | None = None, *,
@@ -999,9 +1000,6 @@ def checked_crop_size(crop_size) -> tuple[int, int] | None:
 
 class CellIndexError(GraphconvError, IndexError):
     """A score-map cell that does not exist (Model.cell_box)."""
-
-
-VECTOR_OPS = ("fc", "flatten")  # layers after which a network returns (N, K), see Model.returns_vectors
 
 
 def as_map(scores: np.ndarray) -> np.ndarray:

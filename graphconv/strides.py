@@ -113,7 +113,7 @@ def dilate(graph: Graph, stride: int) -> dict[str, dict[str, dict]]:
                              "spec or ONNX file) with the --output-stride wanted, or keep --stride-method shift")
         if not {"stride", "dilation", "padding"} <= set(node.params):
             raise node.error(f"{node.op} covers its whole input and cannot be dilated: compile with "
-                             f"{SLIDING_PASS.get(node.op, 'a pass that makes it slide')} first")
+                             f"{sliding_pass(node) or 'a pass that makes it slide'} first")
         changes = {}
         if node.params.get("ceil_mode"):
             if _ceil_adds_window(node, in_shapes):
@@ -221,8 +221,10 @@ PREDICTS_A_MAP = ("; if the network predicts a map itself (a U-Net, an FCN), imp
                   "(`task: segmentation` in a spec): it then runs on the whole image, as PyTorch runs it")
 
 
-# Ops that see their whole input, and the pass that makes each slide over larger images.
-SLIDING_PASS = {"fc": "fc-to-conv", "globalavgpool": "global-pool-to-window", "flatten": "remove-flatten"}
+def sliding_pass(node) -> str | None:
+    """The pass that makes `node` slide over larger images, where it sees its whole input
+    (`OpDef.sees_whole_input`: fc-to-conv for an fc), else None."""
+    return node.opdef.sees_whole_input[0] if node.opdef.sees_whole_input else None
 
 
 def _ceil_adds_window(node, in_shapes) -> bool:
@@ -337,11 +339,11 @@ def dilate_problem(graph: Graph, stride: int) -> str | None:
 
 def as_sliding(graph: Graph) -> Graph:
     """`graph` as output-stride sees it in a compile: a layer that covers its whole input
-    (globalavgpool, flatten, fc) made to slide by its pass (SLIDING_PASS) first, and a
+    (globalavgpool, flatten, fc) made to slide by its pass (`sliding_pass`) first, and a
     classifier's map made finer than it slides cut to its crops (keep-crop-cells). Dilating
     a network that still had its global pool refused it, and `inspect` said dilation
     costs infinitely many FLOPs where compile dilates it."""
-    if not any(node.op in SLIDING_PASS for node in graph.layers()) and not _slides_coarser_than_its_map(graph):
+    if not any(sliding_pass(node) for node in graph.layers()) and not _slides_coarser_than_its_map(graph):
         return graph
     from graphconv.pass_manager import CONVERTING_PASSES, PassManager
 

@@ -1225,7 +1225,7 @@ def check_the_network_takes(args: argparse.Namespace, model, image: str, size: t
         infer_shapes(model.graph, tuple(size))
     except ShapeError as err:
         height, width = model.crop_shape[1:]
-        if _layer_op(model.graph, err.layer) not in SIZE_FIXING_OPS or size[0] < height or size[1] < width:
+        if not _fixes_input_size(model.graph, err.layer) or size[0] < height or size[1] < width:
             return
         whole = (f"; or classify {'each' if args.images else 'the'} picture resized to the crop: --resize {height} "
                  f"{width}" if args.image or args.images else "")
@@ -1234,15 +1234,15 @@ def check_the_network_takes(args: argparse.Namespace, model, image: str, size: t
                              f"{ways_to_map(args, model)}{whole}", file=args.model) from None
 
 
-SIZE_FIXING_OPS = ("fc", "flatten")  # layers whose input's size is fixed as written (an uncompiled classifier)
 
 
-def _layer_op(graph, name: str | None) -> str | None:
-    """The op of the layer `name` (a ShapeError's), or None."""
+def _fixes_input_size(graph, name: str | None) -> bool:
+    """Whether the layer `name` (a ShapeError's) takes only the size it was built for (an
+    fc or a flatten: `OpDef.fixes_input_size`)."""
     try:
-        return graph.node(name).op if name is not None else None
+        return name is not None and graph.node(name).opdef.fixes_input_size
     except (KeyError, GraphconvError):
-        return None
+        return False
 
 
 @contextmanager

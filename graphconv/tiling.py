@@ -391,7 +391,7 @@ _RUN_IT_WHOLE = ("needs the whole image in one pass and cannot be evaluated in t
 def _check_slides(graph) -> None:
     """Tiles need a network that slides: a layer that sees its whole input (an fc, a
     global pool) gives one answer per image, which no tile could compute alone."""
-    from graphconv.strides import SLIDING_PASS, refuse_whole_map_layers
+    from graphconv.strides import refuse_whole_map_layers, sliding_pass
 
     segmentation = graph.meta.get("task") == "segmentation"
     for node in graph.layers():
@@ -400,14 +400,14 @@ def _check_slides(graph) -> None:
             raise node.error(f"{node.op} {reason}, so this segmentation network {_RUN_IT_WHOLE}")
     refuse_whole_map_layers(graph)
     for node in graph.layers():
-        if node.op in SLIDING_PASS and segmentation:
+        cure = sliding_pass(node)
+        if cure and segmentation:
             # compiling would make a classifier's pool slide; a segmentation network's (an
             # LR-ASPP gate) is over the whole image by design
             raise node.error(f"{node.op} sees its whole input, so this segmentation network {_RUN_IT_WHOLE}")
-        if node.op in SLIDING_PASS:
+        if cure:
             raise node.error(f"{node.op} sees its whole input, so the network cannot be evaluated in tiles: "
-                             f"compile it first (graphconv compile; the {SLIDING_PASS[node.op]} pass makes "
-                             "it slide)")
+                             f"compile it first (graphconv compile; the {cure} pass makes it slide)")
 
 
 def _cells_per_tile(tile: int, field: Field, align, axis: int, stitch=(1, 1)) -> int:

@@ -15,7 +15,7 @@ per crop, is left alone.
 from graphconv.ir import Graph
 from graphconv.pass_manager import register_pass
 from graphconv.receptive import crop_cell_step
-from graphconv.strides import SLIDING_PASS
+from graphconv.strides import sliding_pass
 
 
 @register_pass("keep-crop-cells", "subsample a map made finer than the network's strides let it slide "
@@ -24,7 +24,7 @@ def keep_crop_cells(graph: Graph) -> bool:
     """Append the subsample where the output's period is a multiple of its stride; nothing
     for a segmentation network (per pixel of the whole image) or a classifier whose fc,
     flatten or global pool still sees the whole crop (it does not slide yet)."""
-    if graph.meta.get("task") == "segmentation" or any(graph.find(op) for op in SLIDING_PASS):
+    if graph.meta.get("task") == "segmentation" or any(sliding_pass(node) for node in graph.layers()):
         return False
     step = crop_cell_step(graph)
     if step == (1, 1):

@@ -8,23 +8,16 @@ from graphconv.pass_manager import register_pass
 from graphconv.strides import METHODS, cheaper_method, dilate, insert_stitch, merged_changes, stitch_factor
 
 
-# Layers that see their whole input, whatever its size: a finer stride has no meaning for
-# them, and the pass that makes each one slide must run first.
-_WHOLE_INPUT_OPS = (
-    ("fc", "fc-to-conv", "an fc layer only ever sees one crop"),
-    ("globalavgpool", "global-pool-to-window", "a global pool averages the whole image into one cell"),
-    ("flatten", "remove-flatten", "a flatten folds the map's positions into channels"),
-)
-
 
 @register_pass("output-stride", "finer score map at output stride S, by dilation or shift-and-stitch",
                requires=("shapes",))
 def output_stride(graph: Graph, stride: int = None, method: str = "auto") -> bool:
     if method not in METHODS:
         raise GraphconvError(f"method must be one of {', '.join(METHODS)}, got {shown(method)}")
-    for op, cure, why in _WHOLE_INPUT_OPS:
-        if graph.find(op):
-            raise GraphconvError(f"layer '{graph.find(op)[0].name}' is still {op}: run {cure} first, {why}")
+    for node in graph.layers():  # it sees its whole input: a finer stride means nothing to it yet
+        if node.opdef.sees_whole_input:
+            cure, why = node.opdef.sees_whole_input
+            raise GraphconvError(f"layer '{node.name}' is still {node.op}: run {cure} first, {why}")
     factor = stitch_factor(graph, stride)
     if factor == (1, 1):
         return False

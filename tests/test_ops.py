@@ -1230,3 +1230,14 @@ def test_depth_to_space_undoes_space_to_depth_and_is_pixel_shuffle(block, order,
         torch = pytest.importorskip("torch")
         shuffled = torch.nn.functional.pixel_shuffle(torch.from_numpy(depth), block).numpy()
         np.testing.assert_array_equal(run_kernel(to_space, params, {}, [depth]), shuffled)
+
+
+def test_an_op_that_sees_its_whole_input_names_a_pass_that_makes_it_slide():
+    """`sees_whole_input`'s pass is what the messages refusing such a layer tell the user to
+    run: it must exist, and each op it makes slide is one of those ops."""
+    from graphconv.pass_manager import get_pass
+    whole = {op.name: op.sees_whole_input for op in all_ops() if op.sees_whole_input}
+    assert set(whole) == {"fc", "flatten", "globalavgpool"}
+    for cure, why in whole.values():
+        assert get_pass(cure).name == cure and why
+    assert {op.name for op in all_ops() if op.fixes_input_size} == {"fc", "flatten"}

@@ -214,6 +214,13 @@ class OpDef:
         slide, and the passes that would make it slide refuse it. Or a function of the
         params saying why a layer of those params is such a layer (None where it is not:
         upsample's align_corners); `whole_map_reason` asks either.
+    sees_whole_input: (pass, why) for an op whose every output value sees its whole input
+        (fc, flatten, globalavgpool), so that a classifier with such a layer gives one
+        answer per image, not a map: the pass that makes a layer of it slide over a larger
+        image (fc-to-conv), and why a finer stride or a tile means nothing to it unconverted.
+    fixes_input_size: a layer of it takes only the size it was built for (fc's weights are
+        of the crop's C x H x W; flatten's output length is), and a network through it
+        returns (N, K) vectors.
     """
 
     name: str
@@ -236,6 +243,8 @@ class OpDef:
     channels_last: str = ""
     whole_map: bool | Callable[[dict], str | None] = False
     internal: bool = False  # made by passes only (shift-and-stitch's halves): not offered to spec writers
+    sees_whole_input: tuple[str, str] | None = None
+    fixes_input_size: bool = False
     weights_problem: Callable[[dict, dict], str | None] | None = None
 
     def whole_map_reason(self, params: dict) -> str | None:

@@ -49,7 +49,7 @@ register(OpDef(
     reference=reference,
     flops=lambda params, shapes, out: 2 * numel(shapes[0]) * params["out_features"],
     package=__name__, weight_shapes=weight_shapes, window=window, torch=torch_equivalent,
-    onnx=to_onnx,
+    onnx=to_onnx, sees_whole_input=("fc-to-conv", "an fc layer only ever sees one crop"), fixes_input_size=True,
     examples=(
         Example(dict(out_features=5), [(3, 2, 3)]),
         Example(dict(out_features=7, bias=False), [(10, 1, 1)]),

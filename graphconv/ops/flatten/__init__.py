@@ -37,6 +37,7 @@ register(OpDef(
     name="flatten", doc="the map as one C*H*W vector in C, H, W order, shaped C*H*W x 1 x 1",
     params=(), shape=lambda params, shapes: (numel(shapes[0]), 1, 1), reference=reference,
     flops=lambda params, shapes, out: 0, package=__name__, window=window, torch=torch_equivalent,
-    onnx=to_onnx,
+    onnx=to_onnx, sees_whole_input=("remove-flatten", "a flatten folds the map's positions into channels"),
+    fixes_input_size=True,
     examples=(Example({}, [(3, 2, 4)]), Example({}, [(5, 1, 1)]), Example({}, [(1, 3, 1)], batch=3)),
 ))

@@ -33,6 +33,7 @@ register(OpDef(
     params=(), shape=lambda params, shapes: (shapes[0][0], 1, 1), reference=reference,
     flops=lambda params, shapes, out: numel(shapes[0]) + numel(out),  # the sums, one divide each
     package=__name__, window=window, torch=torch_equivalent, onnx=onnx_as("GlobalAveragePool"),
+    sees_whole_input=("global-pool-to-window", "a global pool averages the whole image into one cell"),
     channels_last="any",  # its C x 1 x 1 output is the same memory either way
     examples=(
         Example({}, [(3, 4, 5)]),
