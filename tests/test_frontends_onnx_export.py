@@ -956,3 +956,41 @@ def test_export_refuses_a_fixed_size_or_pixels_the_network_cannot_take_and_write
     assert main(["export", str(folder), "-o", str(tmp_path / "x.onnx"), *options]) == 2
     assert f"{folder.name}: {refusal}" in capsys.readouterr().err  # named by the model (relative to the cwd)
     assert not (tmp_path / "x.onnx").exists()
+
+
+CEIL_POOL = """
+name: ceil_pool
+input: {shape: [3, 12, 11]}
+layers:
+  - {name: conv1, op: conv, out_channels: 4, kernel_size: 3}
+  - {name: pool1, op: POOL, kernel_size: 2, stride: 2, padding: 1, ceil_mode: true}
+  - {name: fc1, op: fc, out_features: 5}
+"""
+
+
+@pytest.mark.parametrize("pool", ["avgpool", "maxpool"])
+def test_a_ceil_mode_pool_whose_last_window_pytorch_drops_exports_at_fixed_sizes(write_spec, rng, pool):
+    """PyTorch drops a ceil-mode window that would start in the padding (10x9 -> 6x5 here);
+    ONNX's shape inference keeps it (6x6): the export of a classifier, or of any model at an
+    --input-size, failed with an AssertionError and a traceback (exit 1). Written as floor
+    mode there (the same windows), it runs in onnxruntime as graphconv does."""
+    spec = write_spec(CEIL_POOL.replace("POOL", pool))
+    classifier = Model.load(spec)
+    x = rng.standard_normal((2, 3, 12, 11)).astype(np.float32)
+    np.testing.assert_allclose(onnxruntime_run(to_onnx_model(classifier.graph), x).reshape(2, 5), classifier.run(x),
+                               **TOLERANCE)
+    fcn = compile_model(spec)
+    from graphconv.frontends.onnx_export import ExportOptions
+    big = rng.standard_normal((1, 3, 30, 29)).astype(np.float32)
+    fixed = to_onnx_model(fcn.graph, options=ExportOptions(input_size=(30, 29)))
+    np.testing.assert_allclose(onnxruntime_run(fixed, big), full_map(fcn, big), **TOLERANCE)
+
+
+def test_a_ceil_mode_pool_dropping_a_window_on_one_axis_and_keeping_one_on_the_other_is_refused(write_spec):
+    """A 3x2 window on a 10x9 map keeps ceil's extra window down the rows and drops it across
+    the columns: no ONNX pool does both, said at the layer, not an AssertionError."""
+    spec = write_spec(CEIL_POOL.replace("POOL", "maxpool").replace("kernel_size: 2, stride: 2",
+                                                                    "kernel_size: [3, 2], stride: 2"))
+    with pytest.raises(GraphconvError, match=r"layer 'pool1': a ceil_mode pool of a 10x9 map whose last window "
+                                             r"PyTorch drops on one axis .* has no ONNX form"):
+        to_onnx_model(Model.load(spec).graph)

@@ -64,6 +64,8 @@ class OnnxWriter:
         self._layer, self._weights = "graph", {}
         self._counter = 0
         self.read_as: dict[str, str] = {}  # a value the layers read under another name (--pixels' input)
+        self.shapes: dict[str, tuple] | None = None  # each value's (C, H, W) where the export's sizes are fixed
+        self.input_shapes: list[tuple] | None = None  # the layer being written's inputs', from `shapes`
 
     def node(self, op_type: str, inputs: list[str], output: str | None = None, **attrs) -> str:
         """Add one node; returns its output's name (a fresh one when not given). The node
@@ -107,11 +109,14 @@ class OnnxWriter:
     def write_layer(self, node: Node) -> None:
         if node.opdef.onnx is None:
             raise node.error(_no_onnx_form(node.op))
+        self.input_shapes = [self.shapes[i.name] for i in node.inputs] if self.shapes else None
         try:
             self.write(node.name, node.opdef, dict(node.params), dict(node.weights),
                        [self.read_as.get(i.name, i.name) for i in node.inputs])
         except GraphconvError as err:
             raise node.error(err.message) from None
+        finally:
+            self.input_shapes = None
 
     def write(self, layer: str, opdef, params: dict, weights: dict, inputs: list[str]) -> None:
         """One layer's nodes: its output value is named `layer`."""
@@ -192,6 +197,9 @@ def to_onnx_model(graph: Graph, checked: bool = True, options: ExportOptions = E
     refuse_shift_and_stitch(graph)
     in_dims, out_dims = declared_dims(graph, options)
     writer = OnnxWriter()
+    if all(isinstance(dim, int) for dim in in_dims[1:]):  # sizes fixed: the layers' shapes are known
+        height, width = (in_dims[1:3] if options.pixels else in_dims[2:])
+        writer.shapes = infer_shapes(graph, (height, width), check_weights=False)
     if options.pixels:
         _read_pixels(writer, graph)
     for node in graph.layers():

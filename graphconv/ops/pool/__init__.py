@@ -145,13 +145,37 @@ def _params(dilation_doc: str, *extra: Param) -> tuple[Param, ...]:
 
 def onnx_max(writer, params: dict, inputs: list[str], output: str) -> None:
     source, attrs = _onnx_padded(writer, params, inputs[0], -np.finfo(np.float32).max)
-    writer.node("MaxPool", [source], output, ceil_mode=int(params["ceil_mode"]), **attrs)
+    writer.node("MaxPool", [source], output, ceil_mode=_onnx_ceil_mode(writer, params), **attrs)
 
 
 def onnx_avg(writer, params: dict, inputs: list[str], output: str) -> None:
     source, attrs = _onnx_padded(writer, params, inputs[0], 0.0 if params["count_include_pad"] else None)
-    writer.node("AveragePool", [source], output, ceil_mode=int(params["ceil_mode"]),
+    writer.node("AveragePool", [source], output, ceil_mode=_onnx_ceil_mode(writer, params),
                 count_include_pad=int(params["count_include_pad"]), **attrs)
+
+
+def _onnx_ceil_mode(writer, params: dict) -> int:
+    """ONNX's ceil_mode for the pool. PyTorch's ceil mode drops a last window that would
+    start in the end padding (`ceil_output`); ONNX's shape inference keeps it, so at fixed
+    sizes (--input-size, an uncompiled classifier) such a pool's ONNX output had a column
+    more than the layer after it takes, and the export failed onnx's check. There PyTorch's
+    count is floor mode's, so it is written as floor mode, the same windows; ceil mode
+    where each axis keeps ceil's extra window. An axis dropping one beside an axis
+    keeping one has no ONNX pool. Sizes not fixed: ceil mode (onnxruntime drops it too)."""
+    if not params["ceil_mode"] or writer.input_shapes is None:
+        return int(params["ceil_mode"])
+    (_, h, w), = writer.input_shapes
+    win = window(params, [(0, h, w)])
+    pytorch = output_hw(params, (0, h, w))
+    if pytorch == output_hw({**params, "ceil_mode": False}, (0, h, w)):
+        return 0
+    kept = tuple(-(-(size + 2 * pad - extent) // stride) + 1
+                 for size, pad, extent, stride in zip((h, w), win.padding, win.extent, win.stride))
+    if pytorch == kept:
+        return 1
+    raise GraphconvError(f"a ceil_mode pool of a {h}x{w} map whose last window PyTorch drops on one axis (it would "
+                         "start in the padding) and keeps on the other has no ONNX form; export it at another "
+                         "--input-size, or compiled, at sizes not fixed")
 
 
 def _onnx_padded(writer, params: dict, source: str, pad_value: float | None) -> tuple[str, dict]:
