@@ -151,8 +151,9 @@ def test_a_missing_kernel_is_a_clear_error_but_a_broken_one_is_not(tmp_path, mon
         CPU.kernel(unnamed)
     (tmp_path / "graphconv_test_one_file.py").write_text("")  # a plugin op registered from one file
     one_file = replace(get_op("relu"), package="graphconv_test_one_file")
-    with pytest.raises(GraphconvError, match=r"\(no module graphconv_test_one_file.cpu \(graphconv_test_one_file is a "
-                                             r"module, not a package: kernels live in graphconv_test_one_file/cpu.py\)\)"):
+    with pytest.raises(GraphconvError, match=r"\(no module graphconv_test_one_file.cpu \(graphconv_test_one_file is "
+                                             r"a module, not a package: kernels live in "
+                                             r"graphconv_test_one_file/cpu.py\)\)"):
         CPU.kernel(one_file)
 
 
