@@ -517,12 +517,12 @@ class Model:
     # ---- running ------------------------------------------------------------------------
     def executor(self, device: str = "cpu") -> Executor:
         """The Executor for `device` ("cpu", "cuda" or "auto"), made once per graph
-        version; it resolves the device itself, once. It binds a copy of the graph (the
-        weights shared, not copied): what it marks on the graph it binds (the CPU's
-        `layout: channels-last`) is its own, and the caller's graph stays as they left it."""
+        version; it resolves the device itself, once. It binds its own copy of the graph
+        (the weights shared, not copied): what it marks on it (the CPU's `layout:
+        channels-last`) is its own, and the model's graph stays as the user left it."""
         executors = self._cache().setdefault("executors", {})
         if device not in executors:
-            executors[device] = Executor(self.graph.copy(), device)
+            executors[device] = Executor(self.graph, device)
             _warn_of_cold_kernels(self.graph, executors[device].device)
         return executors[device]
 
