@@ -78,12 +78,15 @@ def compile_notes(classifier: Graph, compiled: Graph, output_stride: int | None)
     command's notes, Python's GraphconvWarnings): where its padding makes cells differ
     from the classifier on their crop (`dense.padding_note`) and, of shift-and-stitch,
     where its shifted copies read padding inside the image and why dilation was not
-    taken (`strides.shift_cut_padding`). A model compiled again (no `output_stride`)
+    taken (`strides.shift_cut_padding`), and of dilation, what its ceil_mode pools leave
+    out (`strides.dilated_ceil_note`). A model compiled again (no `output_stride`)
     said the second the first time."""
     from graphconv.dense import padding_note
-    from graphconv.strides import dilate_problem, shift_cut_padding
+    from graphconv.strides import dilate_problem, dilated_ceil_note, shift_cut_padding
 
     notes = [padding_note(classifier)]
+    if output_stride is not None:
+        notes.append(dilated_ceil_note(compiled))
     if output_stride is not None and compiled.find("shift_copies"):
         notes.append(shift_cut_padding(compiled, dilate_problem(classifier, output_stride)))
     if output_stride is not None and classifier.find("shift_copies"):

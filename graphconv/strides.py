@@ -8,7 +8,12 @@ inside the image, so cells within the largest shift (T - S pixels) of the top an
 edges also read zeros where the image has pixels, and cells whose field passes the bottom
 or right edge read a copy's zero fill as pixels (`shift_cut_padding`). Their two maps
 differ there, each by about as much as it differs from the crop loop (`verify` measures it
-per layer), and `auto` picks dilate for a network that pads wherever it can:
+per layer), and `auto` picks dilate for a network that pads wherever it can. One more
+place they differ: dilate makes a ceil_mode pool floor mode (it adds no window at the crop
+size, or dilate refuses it), so where an image's size gives the whole-image pass a last
+window hanging off such a pool's map, the dilated map has none, and a later layer's
+padding is read in its place (`dilated_ceil_note`): cells at the bottom and right edges,
+whose crops read padding there in the crop loop too.
 
 * shift (shift-and-stitch): run the converted net on f x f copies of the image shifted
   by k*S pixels (f = T/S, k = 0..f-1 on each axis) and interleave the maps. The layers do
@@ -82,7 +87,9 @@ def dilate(graph: Graph, stride: int) -> dict[str, dict[str, dict]]:
     than the crop's (the IR check fails) and the cells at the image's right edge would
     be missing. A ceil-mode pool that adds no window at the crop is a floor-mode pool
     for every cell of the crop grid (a crop inside the image never reads a window
-    hanging off it), so it is rewritten as one."""
+    hanging off it), so it is rewritten as one. A larger image can give the whole-image
+    pass such a window at the map's end, which the dilated map then lacks
+    (`dilated_ceil_note`)."""
     fields = receptive_fields(graph)
     crop = infer_shapes(graph, check_weights=False)  # the graph's as it was: annotations may be absent
     changed = {}
@@ -299,6 +306,30 @@ def shift_cut_padding(graph: Graph, dilate_problem_then: str | None = None) -> s
             + (f"dilate, which pads only at the image's border, cannot make this network finer ({dilate_problem_then})"
                if dilate_problem_then else "--stride-method dilate (what auto picks for such a network where it "
                                            "can) pads only at the image's border"))
+
+
+def dilated_ceil_note(compiled: Graph) -> str | None:
+    """What a dilated network's ceil_mode pools, made floor mode, leave out, said once at
+    compile; None where no such pool has a padded layer after it. On an image whose size
+    leaves a pool's last window hanging off its map, the whole-image pass at the
+    network's own stride computes that window and the padded layers after it read it;
+    the dilated map has none (one fine grid has no per-shift last window), so they read
+    their padding there: the map's bottom and right edge cells differ from the
+    whole-image pass. The crop loop reads padding at those places as well (a crop's own
+    pass has no hanging window), so no cell that the crop loop gets exactly changes."""
+    undilated = compiled.meta.get("compiled", {}).get("undilated", {})
+    floored = [name for name, change in undilated.items()
+               if change["before"].get("ceil_mode") and change["after"].get("ceil_mode") is False]
+    padded = set(padded_at_the_start(compiled))
+    later = list(dict.fromkeys(node.name for name in floored if name in compiled
+                               for node in compiled.downstream(name) if node.name in padded))
+    if not later:
+        return None
+    return (f"dilated, the ceil_mode pools ({_first_names(floored)}) compute no window hanging off the map's end "
+            "(a crop gives them none), where the whole-image pass at the network's own stride computes one if "
+            f"the image's size leaves it: there the padding of later layers ({_first_names(later)}) "
+            "is read in its place, so cells at the map's bottom and right edges differ from that pass (the crop "
+            "loop reads padding there too); --stride-method shift computes the window in its copy at phase 0")
 
 
 def _first_names(names: list[str]) -> str:

@@ -10,7 +10,7 @@ from conftest import SPECS, random_input
 from nets import UNPADDED
 
 from graphconv.cost import total_flops
-from graphconv.strides import method_flops
+from graphconv.strides import dilated_ceil_note, method_flops
 
 
 def nets(write_spec):
@@ -168,9 +168,47 @@ def test_ceil_mode_pools_that_add_no_window_at_the_crop_equal_the_crop_loop(meth
     fine = graphconv.compile_model(classifier.graph, output_stride=stride, stride_method=method)
     if method == "dilate":
         assert fine.graph.node("p2").params["ceil_mode"] is False and fine.graph.node("p2").params["stride"] == (1, 1)
+        assert dilated_ceil_note(fine.graph) is None  # no layer pads after it: nothing reads a hanging window
     for extra in [(0, 0), (1, 2), (5, 7), (8, 3)]:
         image = random_input(rng, (1, 2, 13 + extra[0], 13 + extra[1]))
         np.testing.assert_allclose(fine.run(image), crop_loop(classifier, image, stride), rtol=1e-4, atol=1e-5)
+
+
+CEIL_THEN_PADDED = """
+name: ceilpad
+input: {shape: [1, 17, 17]}
+layers:
+  - {name: c1, op: conv, out_channels: 4, kernel_size: 3, padding: 1}
+  - {name: r1, op: relu}
+  - {name: p1, op: maxpool, kernel_size: 3, stride: 2, ceil_mode: true}
+  - {name: c2, op: conv, out_channels: 4, kernel_size: 3, padding: 1}
+  - {name: p2, op: maxpool, kernel_size: 2, stride: 2}
+  - {name: fc, op: fc, out_features: 3}
+"""
+
+
+def test_dilated_ceil_mode_pool_leaves_out_a_window_hanging_off_a_larger_image_and_compile_says_so(write_spec, rng):
+    """p1 adds no window at the crop (17 -> 8 either way), so dilate makes it floor mode. An
+    image whose size hangs a last window off p1's map (an even side) gives the whole-image
+    pass that window, which c2's padding then reads; the dilated map has none: its cells
+    on the network's own grid equal the whole-image pass's except at the bottom and right
+    edges, and only where the image hangs a window there. Compile says so."""
+    from conftest import graphconv_in_process
+
+    spec = write_spec(CEIL_THEN_PADDED)
+    done = graphconv_in_process("compile", spec, "-o", spec.parent / "fine", "--output-stride", 1,
+                                "--stride-method", "dilate")
+    assert done.returncode == 0, done.stderr
+    assert "dilated, the ceil_mode pools (p1) compute no window hanging off the map's end (a crop gives them none)" \
+           in " ".join(done.stderr.split()) and "later layers (c2)" in " ".join(done.stderr.split())
+    fine, natural = graphconv.load(spec.parent / "fine"), graphconv.compile_model(spec)
+    for rows, cols in [(29, 33), (30, 33), (41, 26)]:
+        image = random_input(rng, (1, 1, rows, cols))
+        whole, own_grid = natural.run(image), fine.run(image)[:, :, ::4, ::4]
+        assert own_grid.shape == whole.shape
+        agree = np.isclose(own_grid, whole, rtol=1e-4, atol=1e-5).all(axis=(0, 1))
+        np.testing.assert_array_equal(agree[:-1, :-1], True)
+        assert agree[-1, :-1].all() == (rows % 2 == 1) and agree[:-1, -1].all() == (cols % 2 == 1)
 
 
 def test_ceil_mode_pool_hanging_off_the_crop_is_not_dilated(write_spec, rng):
