@@ -203,27 +203,29 @@ def refuse_flatten_left(pipeline: Sequence[PipelineItem], source: Graph, compile
 
     flatten = source.node(left[0])
     c, h, w = infer_shapes(source, check_weights=False)[flatten.inputs[0].name]
-    reader = _first_reader_not_folded(flatten)
+    blocking = _first_reader_not_per_element(compiled.node(left[0]))
+    reader = source.node(blocking) if blocking in source else flatten
     what = (f"this {reader.op} reads the {c * h * w} features of flatten '{flatten.name}' (its {c}x{h}x{w} map) "
-            "before any fc" if reader is not flatten else
+            "before any fc" if reader != flatten else
             f"this flatten's {c * h * w} features (its {c}x{h}x{w} map) are the network's output")
     raise (reader.error(f"{what}: on a larger image they would be each cell's channels, not those features, so "
                         "the flatten cannot be removed and the network cannot be compiled to slide (only an fc may "
-                        "read a flatten, after a per-feature scale and shift at most, which folds into it); "
-                        f"{CROPS_INSTEAD}"))
+                        "read a flatten, after per-element layers such as a relu, or a per-feature scale and shift "
+                        f"that folds into it); {CROPS_INSTEAD}"))
 
 
-def _first_reader_not_folded(flatten):
-    """The first layer after `flatten` that is neither an fc nor what the default passes
-    remove before one (batchnorm, dropout, identity), or `flatten` when there is none."""
+def _first_reader_not_per_element(flatten) -> str:
+    """The name of the first layer after `flatten` (in the compiled graph, where a
+    batchnorm before an fc has folded into it) that is neither an fc nor per-element
+    (`OpDef.per_element`), or the flatten's own where there is none."""
     queue = list(flatten.users)
     while queue:
         node = queue.pop(0)
-        if node.op not in ("fc", "batchnorm", "dropout", "identity"):
-            return node
+        if node.op != "fc" and not node.opdef.per_element:
+            return node.name
         if node.op != "fc":
             queue.extend(node.users)
-    return flatten
+    return flatten.name
 
 
 def compile_model(source: str | os.PathLike | Graph | Model, passes: str | Sequence[str | PipelineItem] | None = None,

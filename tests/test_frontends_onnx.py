@@ -2910,21 +2910,23 @@ def test_a_scale_and_shift_of_the_flattened_features_folds_into_the_fc_and_slide
 
 
 def test_what_stops_a_flattened_head_sliding_is_named_by_compile_and_verify(tmp_path):
-    """A ReLU between the BatchNorm1d and the Linear: the batchnorm cannot fold, the
-    flatten cannot go, and compile and verify say which layer stops the network sliding
+    """A ReLU between the BatchNorm1d and the Linear: the batchnorm (a scale and shift per
+    feature, not per channel) cannot fold into it, the flatten cannot go, and compile and
+    verify say which layer stops the network sliding
     (exit 2, one line) instead of failing inside on the batchnorm's weight shape."""
     torch.manual_seed(0)
     model = onnx_zoo.FlatNormSmall(relu_before_fc=True).eval()
     path = tmp_path / "relu-head.onnx"
     onnx_zoo.export(model, path, fold=False)
-    message = (r"layer 'head\.2': this relu reads the 96 features of flatten 'head\.0' \(its 6x4x4 map\) before "
+    message = (r"layer 'head\.1': this batchnorm reads the 96 features of flatten 'head\.0' \(its 6x4x4 map\) "
+               r"before "
                r"any fc: .* cannot be compiled to slide .*--crops")
     with pytest.raises(GraphconvError, match=message):
         compile_model(path)
     for args in (["compile", path, "-o", tmp_path / "out"], ["verify", path, "--input-size", "20", "20"]):
         result = graphconv_process(*args)
         assert result.returncode == 2 and "Traceback" not in result.stderr
-        assert "this relu reads the 96 features" in result.stderr and "expects weight" not in result.stderr
+        assert "this batchnorm reads the 96 features" in result.stderr and "expects weight" not in result.stderr
     assert not (tmp_path / "out").exists()
 
 

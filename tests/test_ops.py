@@ -105,6 +105,22 @@ def test_cpu_kernel_matches_reference_on_every_example(opdef, example, rng):
                                    rtol=1e-4, atol=1e-5)
 
 
+PER_ELEMENT_EXAMPLES = [example for example in EXAMPLES if example.values[0].per_element]
+
+
+@pytest.mark.parametrize("opdef,example", PER_ELEMENT_EXAMPLES)
+def test_a_per_element_op_gives_the_same_values_however_its_input_is_shaped(opdef, example, rng):
+    """What `OpDef.per_element` promises remove-flatten: the op on a flattened map (C*H*W
+    channels of one cell) is the op on the map, flattened; reference and kernel alike."""
+    assert opdef.arity == (1, 1) and not opdef.has_weights
+    params = normalize_params(opdef, example.params)
+    x = random_input(rng, (example.batch, *example.inputs[0]))
+    flat = x.reshape(x.shape[0], -1, 1, 1)
+    on_map = opdef.reference(params, {}, [x])
+    np.testing.assert_array_equal(opdef.reference(params, {}, [flat]), on_map.reshape(flat.shape))
+    np.testing.assert_allclose(run_kernel(opdef, params, {}, [flat]), on_map.reshape(flat.shape), rtol=1e-4, atol=1e-5)
+
+
 CHANNELS_LAST_EXAMPLES = [example for example in EXAMPLES if example.values[0].channels_last]
 
 

@@ -221,6 +221,11 @@ class OpDef:
     fixes_input_size: a layer of it takes only the size it was built for (fc's weights are
         of the crop's C x H x W; flatten's output length is), and a network through it
         returns (N, K) vectors.
+    per_element: each output value is a function of the input value at its place alone
+        (relu, sigmoid, clip; not prelu, whose slope is per channel, nor softmax): such a
+        layer gives the same values whatever shape its input is read as, so a flatten
+        before it and an fc after it can go (remove-flatten), and it slides. The registry
+        test checks the reference does not care.
     """
 
     name: str
@@ -245,6 +250,7 @@ class OpDef:
     internal: bool = False  # made by passes only (shift-and-stitch's halves): not offered to spec writers
     sees_whole_input: tuple[str, str] | None = None
     fixes_input_size: bool = False
+    per_element: bool = False
     weights_problem: Callable[[dict, dict], str | None] | None = None
 
     def whole_map_reason(self, params: dict) -> str | None:

@@ -275,7 +275,7 @@ def _activation(name: str, doc: str, reference, torch, onnx, cost: int, params=(
                    flops=lambda params, shapes, out: cost * numel(out), package=__name__,
                    torch=torch, onnx=onnx, examples=examples,
                    channels_last="like-input",  # one flat pass over memory stored either way
-                   **weights))
+                   per_element=not weights, **weights))
 
 
 _activation("hardsigmoid", "clamp(alpha * x + beta, 0, 1) elementwise (MobileNetV3's gate)",

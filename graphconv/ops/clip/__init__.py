@@ -46,7 +46,7 @@ register(OpDef(
             Param("max", "float", FLOAT32_MAX, doc="upper bound (default: none)")),
     shape=shape, reference=reference,
     flops=lambda params, shapes, out: 2 * numel(out),  # two compares
-    package=__name__, torch=torch_equivalent, onnx=to_onnx, channels_last="like-input",
+    package=__name__, torch=torch_equivalent, onnx=to_onnx, channels_last="like-input", per_element=True,
     examples=(
         Example(dict(min=0.0, max=6.0), [(3, 2, 4)]),  # ReLU6 (inputs are standard normal)
         Example(dict(min=-0.5, max=0.25), [(2, 3, 3)]),

@@ -24,4 +24,5 @@ register(OpDef(
     package=__name__, torch=torch_equivalent, onnx=onnx_as("Softsign"),
     examples=(Example({}, [(3, 2, 4)]), Example({}, [(1, 1, 1)], batch=3)),
     channels_last="like-input",  # one flat pass over memory stored either way
+    per_element=True,
 ))
