@@ -533,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "names from the model's PyTorch module paths) and NET.npz "
                                      "(its weights) beside it; the spec loads back to the same "
                                      "network.")
-    imp.add_argument("model", type=_path, help=".onnx model")
+    imp.add_argument("model", type=_path, help=".onnx model (or a plugin front end's file)")
     imp.add_argument("--output", "-o", type=_path, required=True, metavar="NET.yaml", help="spec file to write")
     imp.add_argument("--scale", type=float, metavar="S", help="preprocess: multiply pixels (0..255) by S first")
     imp.add_argument("--values", choices=("0..255", "stored"), default=None,
@@ -549,6 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--task", choices=("classification", "segmentation"), default="classification",
                      help="segmentation: the network predicts a map already (a U-Net), and every cell it "
                           "computes on an image is kept (default: a classifier, one cell per crop)")
+    _add_plugin_option(imp, "load a plugin (.py file or importable module; repeatable): one that registers a front "
+                            "end (graphconv.frontends.register_frontend) imports its format")
     imp.set_defaults(handler=cmd_import)
 
     exp = sub.add_parser("export", help="write a (compiled) model as ONNX, dynamic in N, H and W",
@@ -1387,19 +1389,22 @@ def note_pixels_as_they_are(args: argparse.Namespace, model, compiling: bool = F
     `compiling`: compile cannot know how the model will be fed, so it says that it is
     images (--image) that go in as they are, not an --input array (given as it is)."""
     from graphconv.frontends.yaml import IMPORTED_FROM
-    from graphconv.model import onnx_origin, own_input_scaling
+    from graphconv.frontends import frontend_named
+    from graphconv.model import own_input_scaling, unstated_preprocess_origin
 
-    source = onnx_origin(model.graph)
+    source = unstated_preprocess_origin(model.graph)
     if model.graph.meta.get("preprocess") is not None or source is None or own_input_scaling(model.graph):
         return
-    import_it = ("import it with them (graphconv import MODEL.onnx -o NET.yaml --scale 0.00392157 --mean ... --std "
-                 "..., and --values stored with the scale its training used for a raster stored in more than 8 bits, "
+    kind = frontend_named(source)
+    import_it = (f"import it with them (graphconv import MODEL{kind.suffixes[0]} -o NET.yaml --scale 0.00392157 --mean "
+                 "... --std ..., and --values stored with the scale its training used for a raster stored in more than 8 bits, "
                  "such as 16-bit reflectances)")
-    if str(args.model).lower().endswith(".onnx"):
-        said = f"{args.model} states no preprocess (an ONNX file has no place for one)"
+    no_place = f"({kind.what} has no place for one)"
+    if frontend_named(args.model) is not None:
+        said = f"{args.model} states no preprocess {no_place}"
         then = f"{import_it} and run NET.yaml"
     elif model.graph.meta.get("compiled"):
-        said = f"{args.model} was compiled from {source}, which states no preprocess (an ONNX file has no place for one)"
+        said = f"{args.model} was compiled from {source}, which states no preprocess {no_place}"
         then = f"{import_it}, compile NET.yaml and run that"
     else:
         said = f"{args.model} was imported from {model.graph.meta[IMPORTED_FROM]} without a preprocess block"
@@ -2419,14 +2424,15 @@ def cmd_import(args: argparse.Namespace) -> int:
     preprocess, labels, task: `onnx_export.stated_metadata`) comes back; the options win."""
     from pathlib import Path
 
-    from graphconv.frontends import load_network
-    from graphconv.frontends.onnx import is_onnx_file
+    from graphconv.frontends import frontend_for, frontends, load_network, refuse_foreign_model
     from graphconv.frontends.yaml import imported_spec_text, spec_text, weight_arrays
 
-    if not is_onnx_file(args.model):
-        from graphconv.frontends import refuse_foreign_model
+    frontend = frontend_for(args.model)
+    if frontend is None:
         refuse_foreign_model(args.model)
-        raise GraphconvError("import reads ONNX models (.onnx); a spec is already a spec", file=args.model)
+        formats = "; ".join(f"{each.name}: {', '.join(each.suffixes)}" for each in frontends())
+        raise GraphconvError(f"import reads models of other formats ({formats}); a spec is already a spec",
+                             file=args.model)
     spec_path = Path(args.output)
     if spec_path.suffix.lower() not in (".yaml", ".yml"):
         raise GraphconvError("the spec to write must be named .yaml or .yml", file=args.output)
@@ -2435,6 +2441,9 @@ def cmd_import(args: argparse.Namespace) -> int:
         check_writable(path)
     graph = load_network(args.model, crop_size=args.crop_size, labels=args.labels, init_missing_weights=False,
                          task=args.task)
+    arrays = weight_arrays(graph)
+    if not arrays:  # a front end whose file has none: the spec gets seeded ones on each load, as one written so
+        weights_path = None
     labels_path = spec_path.with_suffix(".labels.txt") if "labels" in graph.meta else None
     _check_import_replaces_only_its_own(spec_path, [weights_path, labels_path], given=args.labels)
     graph.name = spec_path.stem
@@ -2444,19 +2453,19 @@ def cmd_import(args: argparse.Namespace) -> int:
     from graphconv.model import check_labels
     check_labels(graph, args.labels or args.model)
     note_what_the_network_is(graph)
-    body = spec_text(graph, weights_file=weights_path.name,
+    body = spec_text(graph, weights_file=weights_path.name if weights_path else None,
                      labels_file=labels_path.name if labels_path else "labels.txt").split("\n", 1)[1]
     text = imported_spec_text(Path(args.model).name, body)
-    arrays = weight_arrays(graph)
-    files = [(weights_path, lambda p: np.savez(p, **arrays), ".npz")]
+    files = [(weights_path, lambda p: np.savez(p, **arrays), ".npz")] if weights_path else []
     if labels_path:
         labels_text = "\n".join(graph.meta["labels"]) + "\n"
         files.append((labels_path, lambda p: Path(p).write_text(labels_text), ".txt"))
     # the spec, which names the rest, is renamed into place last
     _write_all([(spec_path, lambda p: Path(p).write_text(text), ".yaml")] + files)
-    print(f"imported {args.model} -> {spec_path} ({len(graph.layers())} layers) + {weights_path}")
+    print(f"imported {args.model} -> {spec_path} ({len(graph.layers())} layers)"
+          + (f" + {weights_path}" if weights_path else ", no weights: they are seeded (random) on every load"))
     if "preprocess" not in graph.meta:
-        print("note: ONNX files do not say how images were normalised; add a preprocess block to the spec "
+        print(f"note: {frontend.name} files do not say how images were normalised; add a preprocess block to the spec "
               "(or pass --scale/--mean/--std, and --values stored for a raster stored in more than 8 bits, such as "
               "16-bit reflectances) before running it on images", file=sys.stderr)
     return 0

@@ -69,7 +69,7 @@ def _compiled(source: str | os.PathLike | Graph | Model, passes: str | Sequence[
         record["plugins"] = plugins
     else:
         record.pop("plugins", None)
-    record_onnx_source(compiled)
+    record_unstated_preprocess_source(compiled)
     return graph, compiled, manager.records
 
 
@@ -105,20 +105,22 @@ def _shifted_again_note(compiled: Graph) -> str:
             "or ONNX file) with this --output-stride costs less, often far less (dilation, where it applies)")
 
 
-def record_onnx_source(compiled: Graph) -> None:
-    """Name the ONNX file a compiled graph was read from in its `compiled` block, so a
-    run of the compiled folder knows its pixels' preprocess was never stated (ONNX has
-    no place for one: `cli.note_pixels_as_they_are`). The file is where the graph's input
-    was read (an ONNX path, or a Graph loaded from one), or the one the spec it was read
-    from was imported from (its first line); a recompiled folder keeps the name it has.
-    Other sources are not named: a folder graphconv wrote is then readable by versions
-    that do not know the key."""
+def record_unstated_preprocess_source(compiled: Graph) -> None:
+    """Name the file a compiled graph was read from in its `compiled` block where its
+    format has no place for a preprocess (ONNX: `FrontEnd.states_preprocess`), so a run
+    of the compiled folder knows its pixels' preprocess was never stated
+    (`cli.note_pixels_as_they_are`). The file is where the graph's input was read (an
+    ONNX path, or a Graph loaded from one), or the one the spec it was read from was
+    imported from (its first line); a recompiled folder keeps the name it has. Other
+    sources are not named: a folder graphconv wrote is then readable by versions that do
+    not know the key."""
+    from graphconv.frontends import states_no_preprocess
     from graphconv.frontends.yaml import IMPORTED_FROM
 
     where = compiled.input.loc.file if compiled.input.loc is not None else ""
-    if str(where).lower().endswith(".onnx"):
+    if states_no_preprocess(where):
         compiled.meta["compiled"].setdefault("source", os.path.basename(os.path.abspath(where)))
-    elif str(compiled.meta.get(IMPORTED_FROM, "")).lower().endswith(".onnx") and "preprocess" not in compiled.meta:
+    elif states_no_preprocess(compiled.meta.get(IMPORTED_FROM, "")) and "preprocess" not in compiled.meta:
         compiled.meta["compiled"].setdefault("source", compiled.meta[IMPORTED_FROM])
 
 

@@ -724,11 +724,14 @@ class Model:
 
     def warn_if_pixels_unscaled(self) -> None:
         """A GraphconvWarning where `classify` and `run_image` feed an ONNX model's pixels
-        as they are (`onnx_origin`): the right input for few PyTorch models, whose maps
-        are then nonsense without a word (the command says so in a note)."""
-        source = onnx_origin(self.graph)
+        as they are (`unstated_preprocess_origin`): the right input for few PyTorch models,
+        whose maps are then nonsense without a word (the command says so in a note)."""
+        from graphconv.frontends import frontend_named
+
+        source = unstated_preprocess_origin(self.graph)
         if source is not None and self.graph.meta.get("preprocess") is None:
-            warn_caller(f"{Path(source).name} states no preprocess (an ONNX file has no place for one), so the "
+            no_place = f"({frontend_named(source).what} has no place for one)"
+            warn_caller(f"{Path(source).name} states no preprocess {no_place}, so the "
                         "pixels go in as they are, 0..255: if the model was trained on normalised pixels, set "
                         "model.preprocess = {'scale': 1/255, 'mean': [...], 'std': [...]} (or load it with "
                         "preprocess=...)")
@@ -797,15 +800,16 @@ def load_graph(source: str | os.PathLike, *, weights: str | os.PathLike | None =
     return graph
 
 
-def onnx_origin(graph: Graph) -> str | None:
-    """The ONNX file a network was read from, imported from (a spec's first line) or
-    compiled from, or None: such a file states no preprocess (ONNX has no place for one),
-    so without one set here its pixels go in as they are, 0..255."""
+def unstated_preprocess_origin(graph: Graph) -> str | None:
+    """The file a network was read from, imported from (a spec's first line) or compiled
+    from whose format has no place for a preprocess (ONNX: `FrontEnd.states_preprocess`),
+    or None: without one set here its pixels go in as they are, 0..255."""
+    from graphconv.frontends import states_no_preprocess
     from graphconv.frontends.yaml import IMPORTED_FROM
 
     compiled_from = graph.meta.get("compiled", {}).get("source", "")
     paths = [compiled_from, graph.meta.get(IMPORTED_FROM, ""), *graph.meta.get("read_from", [])]
-    return next((path for path in paths if str(path).lower().endswith(".onnx")), None)
+    return next((path for path in paths if states_no_preprocess(path)), None)
 
 
 # the widest a first layer may map 0..255 onto and count as the network scaling its pixels: Rescaling(1/255) gives 1,

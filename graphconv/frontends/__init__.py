@@ -1,10 +1,13 @@
 """Front ends: where networks come from, behind one seam.
 
-A front end reads one kind of file into an IR graph plus its weights; `finalize`, the
-one step every front end shares, then attaches the weights (every name must match a
-layer), seeds the ones a network lacks (deterministic, and recorded as
-`graph.meta["seeded_weights"]` so every tool, and the compiled model, can say so),
-and infers and checks every shape, all within the memory budget.
+graphconv's own format is YAML: network specs and compiled model folders (yaml.py), which
+any file no front end claims is read as. Every other kind of model file has a `FrontEnd`
+(registered with `register_frontend`: ONNX here, more from a plugin), which reads a file
+into an IR graph and its weights and nothing else; `finalize`, the one step every front
+end shares, then attaches the weights (every name must match a layer), seeds the ones a
+network lacks (deterministic, and recorded as `graph.meta["seeded_weights"]` so every
+tool, and the compiled model, can say so), and infers and checks every shape, all within
+the memory budget.
 
     yaml.py   network specs written as YAML (and compiled model folders)
     onnx.py   ONNX models exported from PyTorch, TensorFlow and other frameworks
@@ -15,7 +18,9 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -72,10 +77,10 @@ FOREIGN_MODELS = {  # a model file of another framework, by its suffix: what it 
 
 
 def refuse_foreign_model(path: str | os.PathLike) -> None:
-    """Refuse a model file of another framework (a Keras .h5, a TensorFlow SavedModel
-    folder, a PyTorch .pt) naming it and the command that makes it ONNX, which graphconv
-    reads: it was read as a spec ("not a YAML text file", "a folder without a
-    model.yaml"), which said nothing of the way in."""
+    """Refuse a model file of another framework that no front end reads (a Keras .h5, a
+    TensorFlow SavedModel folder, a PyTorch .pt) naming it and the command that makes it
+    ONNX, which graphconv reads: it was read as a spec ("not a YAML text file", "a folder
+    without a model.yaml"), which said nothing of the way in."""
     path = Path(path)
     kind = FOREIGN_MODELS.get(path.suffix.lower())
     if kind is None and path.is_dir() and (path / "saved_model.pb").is_file():
@@ -85,13 +90,120 @@ def refuse_foreign_model(path: str | os.PathLike) -> None:
                              f"{kind[1]}", file=str(path))
 
 
+@dataclass(frozen=True)
+class FrontEnd:
+    """One kind of model file graphconv reads besides its own YAML.
+
+    name: the format, as messages name it ("ONNX").
+    suffixes: the file names it claims, lower case (".onnx"); `import` and the notes on
+        a model's preprocess know its files by them.
+    read(path, crop_size) -> (graph, weights): the network as an IR graph (layers added
+        with their params and locations, its output set; shapes need not be inferred,
+        no weights attached) and its weights by "<layer>.<name>" (None: the file has
+        none, and graphconv seeds them). `crop_size` is the user's --crop-size (H, W), or
+        None: the training crop, for a format whose input size may be left open; refuse
+        it where it means nothing. Raise GraphconvError naming the file (and line, layer)
+        for what cannot be read. graphconv does the rest: --weights and --labels, the
+        shapes, the weights attached and checked (`finalize`).
+    sniff(head) -> whether a file's first 16 bytes are of its kind, for a file named
+        otherwise; None: it knows its files by name only.
+    states_preprocess: whether its files can say how pixels were normalised; where they
+        cannot (ONNX), commands say that images go in as they are, 0..255.
+    what: its file in a sentence ("an ONNX file"), for those notes.
+    """
+
+    name: str
+    suffixes: tuple[str, ...]
+    read: Callable[[Path, tuple[int, int] | None], tuple[Graph, dict[str, np.ndarray] | None]]
+    sniff: Callable[[bytes], bool] | None = None
+    states_preprocess: bool = True
+    what: str = ""
+
+    def claims_name(self, path: str | os.PathLike) -> bool:
+        return Path(path).suffix.lower() in self.suffixes
+
+
+_FRONTENDS: dict[str, FrontEnd] = {}
+
+
+def register_frontend(frontend: FrontEnd) -> FrontEnd:
+    """Make `frontend`'s files readable wherever a network is read (`graphconv.load`,
+    compile, run, import: a plugin calls this when --plugin loads it, an installed one
+    from its `graphconv.passes` entry point). Registering a name again replaces its front
+    end (a plugin loaded twice)."""
+    if not isinstance(frontend, FrontEnd):
+        raise GraphconvError(f"register_frontend takes a graphconv.frontends.FrontEnd, not {shown(frontend)}")
+    if not frontend.suffixes or any(not isinstance(s, str) or not s.startswith(".") or s != s.lower()
+                                    for s in frontend.suffixes):
+        raise GraphconvError(f"front end {frontend.name!r}: suffixes are lower-case file name endings such as "
+                             f"'.onnx', got {shown(frontend.suffixes)}")
+    for other in _FRONTENDS.values():
+        taken = set(other.suffixes) & set(frontend.suffixes)
+        if other.name != frontend.name and taken:
+            raise GraphconvError(f"front end {frontend.name!r}: {', '.join(sorted(taken))} files are read by the "
+                                 f"{other.name} front end already")
+    _FRONTENDS[frontend.name] = frontend
+    return frontend
+
+
+def frontends() -> list[FrontEnd]:
+    return list(_FRONTENDS.values())
+
+
+def frontend_for(path: str | os.PathLike) -> FrontEnd | None:
+    """The front end that reads `path`: by its name, else by its first bytes; None for a
+    file none claims (a spec, a model folder: graphconv's YAML). Installed plugins are
+    loaded first: their front ends may claim it."""
+    from graphconv.pass_manager import load_builtin_passes
+
+    load_builtin_passes()
+    named = frontend_named(path)
+    if named is not None:
+        return named
+    sniffing = [frontend for frontend in _FRONTENDS.values() if frontend.sniff is not None]
+    if not sniffing or not Path(path).is_file():
+        return None
+    try:
+        with open(path, "rb") as fp:
+            head = fp.read(16)
+    except OSError:
+        return None
+    return next((frontend for frontend in sniffing if frontend.sniff(head)), None)
+
+
+def frontend_named(path: str | os.PathLike) -> FrontEnd | None:
+    """The front end whose files are named as `path` is (a name recorded in a model, whose
+    file may be gone), or None."""
+    return next((frontend for frontend in _FRONTENDS.values() if frontend.claims_name(path)), None)
+
+
+def states_no_preprocess(path: str | os.PathLike) -> bool:
+    """Whether a file named as `path` is of a format with no place for a preprocess
+    (`FrontEnd.states_preprocess` False: ONNX), so its pixels go in as they are."""
+    frontend = frontend_named(path) if path else None
+    return frontend is not None and not frontend.states_preprocess
+
+
+def _read_onnx(path: Path, crop_size: tuple[int, int] | None):
+    from graphconv.frontends.onnx import read_onnx
+    return read_onnx(path, crop_size=crop_size)
+
+
+def _sniff_onnx(head: bytes) -> bool:
+    from graphconv.frontends.onnx import looks_like_protobuf_model
+    return looks_like_protobuf_model(head)
+
+
+register_frontend(FrontEnd("ONNX", (".onnx",), _read_onnx, sniff=_sniff_onnx, states_preprocess=False,
+                           what="an ONNX file"))
+
+
 def _read_network(path, weights, labels, init_missing_weights: bool, crop_size) -> Graph:
-    from graphconv.frontends import onnx as onnx_frontend
     from graphconv.frontends import yaml as yaml_frontend
 
-    refuse_foreign_model(path)
-    if onnx_frontend.is_onnx_file(path):
-        graph, arrays = onnx_frontend.read_onnx(path, crop_size=crop_size)
+    frontend = frontend_for(path)
+    if frontend is not None:
+        graph, arrays = frontend.read(Path(path), crop_size)
         if labels is not None:
             graph.meta["labels"] = yaml_frontend.read_labels(Path(labels))
             graph.meta[yaml_frontend.LABELS_FILE] = str(labels)
@@ -100,6 +212,7 @@ def _read_network(path, weights, labels, init_missing_weights: bool, crop_size) 
             graph.meta[WEIGHTS_FILE] = str(weights)  # for messages about the weights (shapes.py)
         _note_read_from(graph, path, weights, labels)
         return finalize(graph, arrays, str(weights or path), init_missing_weights)
+    refuse_foreign_model(path)
     if crop_size is not None:
         raise GraphconvError("--crop-size (crop_size=) is for ONNX models with a dynamic input size; a spec "
                              "states its crop in 'input: {shape: [C, H, W]}'", file=str(path))

@@ -66,27 +66,17 @@ def require_onnx():
                                    "'graphconv[onnx]' (from a checkout: pip install '.[onnx]')")
 
 
-def is_onnx_file(path: str | os.PathLike) -> bool:
-    """True for a `.onnx` name or the bytes an ONNX ModelProto starts with (field 1,
-    ir_version, as a varint: 0x08 then a small number). A spec is text and never starts
-    with byte 0x08."""
-    path = Path(path)
-    if path.suffix.lower() == ".onnx":
-        return True
-    if not path.is_file():
-        return False
-    try:
-        with open(path, "rb") as fp:
-            return looks_like_onnx(path, fp.read(3))
-    except OSError:
-        return False
-
-
 def looks_like_onnx(path: Path, head: bytes) -> bool:
     """ONNX files have no magic number: a `.onnx` name, or the protobuf bytes a ModelProto
-    starts with (field 1, ir_version, a small varint, then another field)."""
-    return path.suffix.lower() == ".onnx" or (
-        len(head) == 3 and head[0] == 0x08 and head[1] < 0x20 and head[2] in (0x12, 0x1A, 0x22, 0x2A, 0x3A))
+    starts with (`looks_like_protobuf_model`)."""
+    return path.suffix.lower() == ".onnx" or looks_like_protobuf_model(head)
+
+
+def looks_like_protobuf_model(head: bytes) -> bool:
+    """The bytes an ONNX ModelProto starts with: field 1, ir_version, as a small varint
+    (0x08 then a small number), then another field. A spec is text and never starts with
+    byte 0x08."""
+    return len(head) >= 3 and head[0] == 0x08 and head[1] < 0x20 and head[2] in (0x12, 0x1A, 0x22, 0x2A, 0x3A)
 
 
 def read_onnx(path: str | os.PathLike, *, crop_size: Sequence[int] | None = None,
