@@ -735,6 +735,87 @@ def test_onnxruntime_s_own_ops_say_where_they_come_from(tmp_path):
         load_network(path)
 
 
+SHRINK_OPS = {  # a plugin op as its own package: the OpDef, its CPU kernel and its ONNX converters
+    "__init__.py": """
+import numpy as np
+from graphconv.ops.registry import OpDef, Param, numel, register
+
+register(OpDef(name="hardshrink", doc="x where |x| > lambd, else 0", params=(Param("lambd", "float", 0.5),),
+               shape=lambda p, s: s[0], flops=lambda p, s, o: numel(o), package=__name__,
+               reference=lambda p, w, i: np.where(np.abs(i[0]) > p["lambd"], i[0], 0).astype(np.float32)))
+""",
+    "cpu.py": """
+import numpy as np
+
+def run_hardshrink(params, weights, inputs, out):
+    out[...] = np.where(np.abs(inputs[0]) > params["lambd"], inputs[0], 0)
+""",
+    "onnx_import.py": """
+from graphconv.frontends.onnx import POINTWISE_LAYOUTS, converts
+
+
+@converts("HardShrink", domain="mydomain")
+def hard_shrink(imp, node):
+    lambd = imp.attributes(node).get("lambd", 0.5)
+    imp.add_layer(node, "hardshrink", [imp.tensor(node.input[0], POINTWISE_LAYOUTS)], {"lambd": lambd})
+
+
+@converts("Shrink")
+def shrink(imp, node):
+    attrs = imp.attributes(node)
+    if attrs.get("bias", 0.0) != 0.0:
+        raise imp.error("only a Shrink of bias 0 is a hardshrink")
+    imp.add_layer(node, "hardshrink", [imp.tensor(node.input[0], POINTWISE_LAYOUTS)], {"lambd": attrs.get("lambd")})
+""",
+}
+
+
+@pytest.mark.parametrize("op_type, domain, attributes", [("HardShrink", "mydomain", {"lambd": 0.3}),
+                                                          ("Shrink", "", {"lambd": 0.3}),
+                                                          ("Shrink", "", {"lambd": 0.3, "bias": 0.1})])
+def test_a_plugin_op_s_converters_in_its_own_package_read_it_from_onnx(tmp_path, monkeypatch, rng, op_type, domain,
+                                                                         attributes):
+    """A plugin op's `onnx_import` module beside its kernels registers converters, for a
+    standard ONNX op type graphconv lacks (Shrink) or one of a custom domain (what
+    PyTorch's register_custom_op_symbolic writes): compile --plugin reads the op, and the
+    converter's own refusal names the node."""
+    from conftest import graphconv_in_process
+    from graphconv.frontends import onnx as onnx_frontend
+    from graphconv.ops import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(onnx_frontend, "CONVERTERS", dict(onnx_frontend.CONVERTERS))
+    monkeypatch.setattr(onnx_frontend, "CUSTOM_CONVERTERS", dict(onnx_frontend.CUSTOM_CONVERTERS))
+    monkeypatch.setattr(onnx_frontend, "_OP_MODULES_TRIED", set(onnx_frontend._OP_MODULES_TRIED))
+    package = tmp_path / f"shrink_ops_{op_type.lower()}_{len(attributes)}"
+    package.mkdir()
+    for name, text in SHRINK_OPS.items():
+        (package / name).write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    helper = onnx.helper
+    weight = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+         helper.make_node(op_type, ["c"], ["y"], name="shrink", domain=domain, **attributes)],
+        "shrunk", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], [onnx.numpy_helper.from_array(weight, "w")])
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    path = save(helper.make_model(graph, opset_imports=opsets), tmp_path / "shrunk.onnx")
+    done = graphconv_in_process("compile", path, "-o", tmp_path / "m", "--plugin", package.name, "--task",
+                                "segmentation")
+    if "bias" in attributes:
+        assert done.returncode == 2 and "node 'shrink'" in done.stderr and "only a Shrink of bias 0" in done.stderr
+        return
+    assert done.returncode == 0, done.stderr
+    model = Model.load(tmp_path / "m")
+    assert [node.op for node in model.graph.layers()] == ["conv", "hardshrink"]
+    assert model.graph.layers()[1].params["lambd"] == pytest.approx(0.3)  # ONNX's float32 attribute
+    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    conv = sum(np.stack([np.tensordot(weight[:, :, i, j], x[0, :, i:i + 6, j:j + 6], axes=(1, 0))
+                         for i in range(3) for j in range(3)]))
+    np.testing.assert_allclose(model.run(x)[0], np.where(np.abs(conv) > 0.3, conv, 0), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("opset", [6, 30])
 def test_opsets_outside_the_supported_range_are_refused(tmp_path, opset):
     nodes = [onnx.helper.make_node("Relu", ["x"], ["y"])]

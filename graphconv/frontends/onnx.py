@@ -33,6 +33,7 @@ The `onnx` package is an optional extra (`pip install 'graphconv[onnx]'`).
 """
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -89,7 +90,8 @@ def read_onnx(path: str | os.PathLike, *, crop_size: Sequence[int] | None = None
     model, external = _load_model(Path(path))
     _drop_the_classes_output(model)
     stated = _stated_metadata(model, str(path))
-    graph, weights = _Importer(model, str(path), crop_size, stated.pop("crop", None)).run()
+    _import_op_converters()
+    graph, weights = Importer(model, str(path), crop_size, stated.pop("crop", None)).run()
     if "preprocess" in stated:
         from graphconv.frontends.yaml import checked_preprocess
         stated["preprocess"] = checked_preprocess(stated["preprocess"], graph.input_shape[0], Path(path),
@@ -269,7 +271,7 @@ PATCH_ORDERS = {(0, 3, 5, 1, 2, 4): "blocks", (0, 1, 3, 5, 2, 4): "channels"}
 ANY_LAYOUT = (NCHW, NHWC)
 POINTWISE_LAYOUTS = (*ANY_LAYOUT, ONE_SCORE)  # what an elementwise activation reads
 # ops tf2onnx may put between an (N, H, W, C) input and its Transpose to (N, C, H, W), each
-# converted on the channels-last view as it comes (`_Importer._read_channels_last`)
+# converted on the channels-last view as it comes (`Importer._read_channels_last`)
 BEFORE_THE_TRANSPOSE = ("Cast", "Mul", "Div", "Add", "Sub", "Pad", "Identity", "Slice")
 # what a converter scaling or shifting by a constant takes
 SCALED_LAYOUTS = (*ANY_LAYOUT, ONE_CHANNEL, GREY_PLANE, HWC_FEATURES, POSITIONS, ONE_SCORE)
@@ -310,9 +312,18 @@ class Tensor:
     hwc: tuple[int, int, int] = ()  # the (C, H, W) map a HWC_FEATURES view flattened
 
 
-class _Importer:
+class Importer:
     """One conversion: walks the ONNX nodes in order, keeping `values` (ONNX name ->
-    Tensor or constant array) and the graph being built."""
+    Tensor or constant array) and the graph being built.
+
+    What a converter (`converts`) uses of it: `tensor(name, layouts)` (an input map, as
+    ONNX may see it there: POINTWISE_LAYOUTS for an op that does the same to every
+    value, the default NCHW for one that needs the channels), `constant(name, what)` and
+    `optional_constant(node, index, what)` (initializers and folded values),
+    `attributes(node)` (a missing required attribute is refused as a malformed node),
+    `add_layer(node, op, inputs, params, weights)` (one graphconv layer for the node),
+    `alias(node, value)` (none: the node changes nothing graphconv stores) and
+    `error(message)` (the refusal, naming the file and node)."""
 
     def __init__(self, model, source: str, crop_size: Sequence[int] | None,
                  stated_crop: Sequence[int] | None = None):
@@ -354,10 +365,7 @@ class _Importer:
         self._add_input()
         for self.position, node in enumerate(self.nodes):
             self.onnx_node = node
-            if node.domain not in ("", "ai.onnx"):
-                raise self.error(f"op {node.domain}.{node.op_type} is from a custom domain; "
-                                 f"graphconv reads the standard ONNX ops{_CUSTOM_DOMAINS.get(node.domain, '')}")
-            converter = CONVERTERS.get(node.op_type)
+            converter = self._converter(node)
             if converter is None and not self._all_constant(node):  # on constants alone, any op is folded
                 raise self.error(unsupported(node.op_type, self.model.producer_name))
             try:
@@ -377,6 +385,18 @@ class _Importer:
         self.onnx_node = None
         self._set_output()
         return self.graph, self.weights
+
+    def _converter(self, node) -> Converter | None:
+        """The converter of `node`'s op type: a standard one's, or one registered for its
+        custom domain (a plugin op's); a custom op without one is refused here."""
+        if node.domain in STANDARD_DOMAINS:
+            return CONVERTERS.get(node.op_type)
+        converter = CUSTOM_CONVERTERS.get((node.domain, node.op_type))
+        if converter is None:
+            raise self.error(f"op {node.domain}.{node.op_type} is from a custom domain; "
+                             f"graphconv reads the standard ONNX ops{_CUSTOM_DOMAINS.get(node.domain, '')} (a plugin "
+                             f"op's own: @converts({node.op_type!r}, domain={node.domain!r}) in graphconv.frontends.onnx)")
+        return converter
 
     def _opset(self) -> int:
         versions = [o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")]
@@ -1711,19 +1731,55 @@ _VIEWS = {  # what a view is called, and the ONNX ops that read it (NCHW: the ma
 
 # ---- converters: one function per ONNX op type -------------------------------------------------------
 
-Converter = Callable[[_Importer, Any], None]
-CONVERTERS: dict[str, Converter] = {}
+Converter = Callable[[Importer, Any], None]
+CONVERTERS: dict[str, Converter] = {}  # standard ONNX op type -> its converter
+CUSTOM_CONVERTERS: dict[tuple[str, str], Converter] = {}  # (custom domain, op type) -> its converter
+STANDARD_DOMAINS = ("", "ai.onnx")
+_OP_MODULES_TRIED: set[str] = set()  # the op packages whose onnx_import module was looked for
 
 
-def converts(*op_types: str):
+def converts(*op_types: str, domain: str = ""):
+    """Register a function of `(imp: Importer, node)` as the converter of ONNX `op_types`:
+    graphconv's own below, an op's own in its folder (`<package>.onnx_import`, which the
+    importer imports for every registered op before it reads a file: `graphconv/ops/
+    sigmoid/onnx_import.py`), a plugin op's the same way. `domain`: a custom op set's
+    name, for an op a framework exported outside the standard one (PyTorch's
+    `register_custom_op_symbolic("mydomain::op", ...)`: domain "mydomain"). A converter
+    registered for an op type already converted replaces it."""
     def register(function: Converter) -> Converter:
         for op_type in op_types:
-            CONVERTERS[op_type] = function
+            if domain in STANDARD_DOMAINS:
+                CONVERTERS[op_type] = function
+            else:
+                CUSTOM_CONVERTERS[(domain, op_type)] = function
         return function
     return register
 
 
-def _spatial_attrs(imp: _Importer, node, x: Tensor, kernel: Sequence[int]) -> tuple[dict, list[int]]:
+def converters() -> dict[str, Converter]:
+    """Every standard op type's converter, the ops' own (`<package>.onnx_import`) loaded."""
+    _import_op_converters()
+    return dict(CONVERTERS)
+
+
+def _import_op_converters() -> None:
+    """Import each registered op's `<package>.onnx_import` module where it has one (its
+    converters register themselves), once per op package."""
+    from graphconv.ops import all_ops
+
+    for opdef in all_ops():
+        if opdef.package in _OP_MODULES_TRIED:
+            continue
+        _OP_MODULES_TRIED.add(opdef.package)
+        module_name = f"{opdef.package}.onnx_import"
+        try:
+            importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name != module_name:  # the module is there and imports something missing: a bug
+                raise
+
+
+def _spatial_attrs(imp: Importer, node, x: Tensor, kernel: Sequence[int]) -> tuple[dict, list[int]]:
     """kernel, stride, padding and dilation of a Conv or pooling node, with ONNX's
     `pads` (top, left, bottom, right) or `auto_pad` split into graphconv's symmetric
     padding (the smaller side of each axis) and what is left over on the other side,
@@ -1754,7 +1810,7 @@ def _spatial_attrs(imp: _Importer, node, x: Tensor, kernel: Sequence[int]) -> tu
     return params, rest
 
 
-def _padded_input(imp: _Importer, node, x: Tensor, rest: list[int], value: float, layer: str) -> Tensor:
+def _padded_input(imp: Importer, node, x: Tensor, rest: list[int], value: float, layer: str) -> Tensor:
     """`x` itself, or, where `rest` pads one side of an axis more than the other, a `pad`
     layer of `value` adding that, named `<layer>.pad` after the conv or pool it feeds
     (so PyTorch-style weight names stay `<layer>.weight`)."""
@@ -1775,7 +1831,7 @@ def _same_pads(size: Sequence[int], kernel, strides, dilations, mode: str) -> li
 
 
 @converts("Conv")
-def _conv(imp: _Importer, node) -> None:
+def _conv(imp: Importer, node) -> None:
     x = imp.tensor(node.input[0])
     weight = imp.constant(node.input[1], "weight")
     bias = imp.optional_constant(node, 2, "bias")
@@ -1792,7 +1848,7 @@ def _conv(imp: _Importer, node) -> None:
 
 
 @converts("MaxPool", "AveragePool")
-def _pool(imp: _Importer, node) -> None:
+def _pool(imp: Importer, node) -> None:
     """A pool padded more on one side of an axis than the other reads the extra padding
     from a `pad` layer before it: -inf before a MaxPool (no max picks it), 0 before an
     AveragePool that counts its padding (count_include_pad=1). Where it does not count
@@ -1848,7 +1904,7 @@ NO_WRAP = ("graphconv has no wrapping pad: a crop's far edge is not what lies be
 
 
 @converts("Pad")
-def _pad(imp: _Importer, node) -> None:
+def _pad(imp: Importer, node) -> None:
     """A border around the map's rows and columns, constant, reflected or repeated: a
     `pad` layer. The amounts are the `pads` attribute before op set 11 and the `pads`
     input (and the optional constant_value and, from op set 18, axes inputs) after;
@@ -1880,7 +1936,7 @@ def _pad(imp: _Importer, node) -> None:
     imp.add_layer(node, "pad", [x], dict(params, mode=mode))
 
 
-def _pad_amounts(imp: _Importer, node, attrs: dict) -> tuple[list[int], list[int], float]:
+def _pad_amounts(imp: Importer, node, attrs: dict) -> tuple[list[int], list[int], float]:
     """(amounts before, amounts after, one per axis of N, C, H, W; the constant) of a Pad
     node in the form its op set writes."""
     if imp.opset < 11:
@@ -1900,7 +1956,7 @@ def _pad_amounts(imp: _Importer, node, attrs: dict) -> tuple[list[int], list[int
 
 
 @converts("Resize", "Upsample")
-def _resize(imp: _Importer, node) -> None:
+def _resize(imp: Importer, node) -> None:
     """A whole-number enlargement of the rows and columns: an `upsample` layer. The
     scales come from the `scales` input (or attribute, Upsample before op set 9), or
     from constant `sizes` that are whole multiples of the map's. Nearest modes that pick
@@ -1951,7 +2007,7 @@ def _resize(imp: _Importer, node) -> None:
                                               align_corners=mode == "bilinear" and coordinates == "align_corners"))
 
 
-def _broadcast_to_a_map(imp: _Importer, node, x: Tensor, size: str) -> bool:
+def _broadcast_to_a_map(imp: Importer, node, x: Tensor, size: str) -> bool:
     """A 1 x 1 map resized or expanded to the size of another feature map (DeepLabV3's
     image pooling: `F.interpolate(pooled, size=feature.shape[-2:])`; `pooled.expand_as(
     feature)`): a `broadcast` layer over that map, so the branch fits every image size,
@@ -1973,7 +2029,7 @@ def _broadcast_to_a_map(imp: _Importer, node, x: Tensor, size: str) -> bool:
     return True
 
 
-def _map_the_size_follows(imp: _Importer, size: str, x: Tensor, hw: tuple[int, int]) -> Tensor | None:
+def _map_the_size_follows(imp: Importer, size: str, x: Tensor, hw: tuple[int, int]) -> Tensor | None:
     """The map a 1 x 1 map is resized or expanded to the size of where that size is not
     taken from the map's own Shape: the dynamo exporter computes DeepLabV3's image-pooling
     size from the input's (`(H + 7) // 8` at stride 8), a static export writes the crop's
@@ -2018,7 +2074,7 @@ def _nearest_first(graph: Graph, name: str) -> list[str]:
     return order
 
 
-def _input_sized_value(imp: _Importer, name: str, elsewhere: dict) -> np.ndarray | None:
+def _input_sized_value(imp: Importer, name: str, elsewhere: dict) -> np.ndarray | None:
     """The constant `name` as it would be on another input size, where each layer's
     shape is `elsewhere` (`infer_shapes` there): the shape arithmetic it comes from,
     re-evaluated from the Shapes of the maps it reads (the input's; TorchScript takes N
@@ -2063,7 +2119,7 @@ def _input_sized_value(imp: _Importer, name: str, elsewhere: dict) -> np.ndarray
         return None
 
 
-def _shapes_read_by(imp: _Importer, name: str) -> set[str]:
+def _shapes_read_by(imp: Importer, name: str) -> set[str]:
     """The values whose Shape the value `name` is computed from (Shape, then Slice,
     Gather, Cast, Concat, arithmetic), a dozen nodes back at most."""
     producer = {out: n for n in imp.nodes for out in n.output}
@@ -2081,7 +2137,7 @@ def _shapes_read_by(imp: _Importer, name: str) -> set[str]:
     return found
 
 
-def _shape_source(imp: _Importer, name: str, resized: str) -> Tensor | None:
+def _shape_source(imp: Importer, name: str, resized: str) -> Tensor | None:
     """The one rank-4 feature map other than `resized` whose Shape the value `name` is
     computed from (TorchScript takes N and C from the resized value's own Shape); None
     where there is no such map, or more than one."""
@@ -2093,7 +2149,7 @@ def _shape_source(imp: _Importer, name: str, resized: str) -> Tensor | None:
     return source if isinstance(source, Tensor) and source.rank == 4 and source.layout == NCHW else None
 
 
-def _on_every_axis(imp: _Importer, node, values: np.ndarray, unchanged: np.ndarray, axes) -> np.ndarray:
+def _on_every_axis(imp: Importer, node, values: np.ndarray, unchanged: np.ndarray, axes) -> np.ndarray:
     """A Resize's scales or sizes for all four axes: as given, or (op set 18's `axes`)
     those of the axes named, the others `unchanged`."""
     if axes is None:
@@ -2106,7 +2162,7 @@ def _on_every_axis(imp: _Importer, node, values: np.ndarray, unchanged: np.ndarr
     return full
 
 
-def _resize_factor(imp: _Importer, node, x: Tensor, attrs: dict) -> tuple[int, int]:
+def _resize_factor(imp: Importer, node, x: Tensor, attrs: dict) -> tuple[int, int]:
     """(fy, fx) of a Resize or Upsample node, checked to leave N and C alone and to be
     whole numbers. From op set 18 the scales or sizes may name some axes only (`axes`):
     the others keep their size."""
@@ -2137,19 +2193,19 @@ def _resize_factor(imp: _Importer, node, x: Tensor, attrs: dict) -> tuple[int, i
 
 
 @converts("GlobalAveragePool")
-def _global_average_pool(imp: _Importer, node) -> None:
+def _global_average_pool(imp: Importer, node) -> None:
     imp.add_layer(node, "globalavgpool", [imp.tensor(node.input[0])])
 
 
 @converts("GlobalMaxPool")
-def _global_max_pool(imp: _Importer, node) -> None:
+def _global_max_pool(imp: Importer, node) -> None:
     """A max over the whole crop's map is a max pool with that map's size as its window:
     the same numbers at the crop, and a dense map on larger images."""
     x = imp.tensor(node.input[0])
     imp.add_layer(node, "maxpool", [x], dict(kernel_size=list(x.shape[1:]), stride=1))
 
 
-def _reduced_axes(imp: _Importer, node, x: Tensor, input_since: int) -> tuple[list[int] | None, bool]:
+def _reduced_axes(imp: Importer, node, x: Tensor, input_since: int) -> tuple[list[int] | None, bool]:
     """A Reduce node's axes (None: all of them, ONNX's default) and keepdims; the axes are
     an input from op set `input_since` (13 for ReduceSum, 18 for the others), an
     attribute before."""
@@ -2174,7 +2230,7 @@ OVER_CHANNELS = {"ReduceMean": "channel_mean", "ReduceL2": "channel_l2norm", "Re
 
 
 @converts("ReduceMean", "ReduceL2", "ReduceMax")
-def _reduce(imp: _Importer, node) -> None:
+def _reduce(imp: Importer, node) -> None:
     """ReduceMean over H and W is global average pooling (the dynamo exporter writes
     adaptive_avg_pool2d(1) and x.mean((2, 3)) this way); over the channels, with the
     channel axis kept, it is a channel_mean; ReduceL2 over H and W is global_l2norm
@@ -2204,7 +2260,7 @@ def _reduce(imp: _Importer, node) -> None:
 
 
 @converts("Expand")
-def _expand(imp: _Importer, node) -> None:
+def _expand(imp: Importer, node) -> None:
     """A feature map expanded to a shape it broadcasts to anyway. F.normalize(x, dim=1)
     expands its 1 x H x W norm to x's shape before its Div, and graphconv's div takes
     one value per position as it is; so the map goes on unexpanded, and its reader's
@@ -2234,7 +2290,7 @@ def _expand(imp: _Importer, node) -> None:
 
 
 @converts("ReduceSum")
-def _reduce_sum(imp: _Importer, node) -> None:
+def _reduce_sum(imp: Importer, node) -> None:
     """The sum over H and W (x.sum((2, 3))): a global average pooling scaled by the crop's
     map size, H * W. On a larger image the pooling becomes a window of that size (the
     global-pool-to-window pass), so each cell is the sum over its crop's map, as the
@@ -2262,18 +2318,18 @@ def _reduce_sum(imp: _Importer, node) -> None:
 
 
 @converts("Relu")
-def _relu(imp: _Importer, node) -> None:
+def _relu(imp: Importer, node) -> None:
     imp.add_layer(node, "relu", [imp.tensor(node.input[0], POINTWISE_LAYOUTS)])
 
 
 @converts("LeakyRelu")
-def _leaky_relu(imp: _Importer, node) -> None:
+def _leaky_relu(imp: Importer, node) -> None:
     alpha = float(imp.attributes(node).get("alpha", 0.01))
     imp.add_layer(node, "leaky_relu", [imp.tensor(node.input[0], POINTWISE_LAYOUTS)], dict(alpha=alpha))
 
 
 @converts("PRelu")
-def _prelu(imp: _Importer, node) -> None:
+def _prelu(imp: Importer, node) -> None:
     """A slope per channel ((C, 1, 1) from PyTorch's nn.PReLU(C), (C,) after a flatten) or
     one for all (nn.PReLU()'s (1,)), stored as graphconv's one per channel."""
     x = imp.tensor(node.input[0], POINTWISE_LAYOUTS)
@@ -2286,20 +2342,15 @@ def _prelu(imp: _Importer, node) -> None:
     imp.add_layer(node, "prelu", [x], weights={"weight": per_channel.astype(np.float32)})
 
 
-@converts("Sigmoid")
-def _sigmoid(imp: _Importer, node) -> None:
-    imp.add_layer(node, "sigmoid", [imp.tensor(node.input[0], POINTWISE_LAYOUTS)])
-
-
 @converts("Tanh", "Softplus", "Softsign", "Mish", "Abs")
-def _pointwise(imp: _Importer, node) -> None:
+def _pointwise(imp: Importer, node) -> None:
     """Elementwise ops of no attributes, each graphconv's op of the same name."""
     op = {"Tanh": "tanh", "Softplus": "softplus", "Softsign": "softsign", "Mish": "mish", "Abs": "abs"}[node.op_type]
     imp.add_layer(node, op, [imp.tensor(node.input[0], POINTWISE_LAYOUTS)])
 
 
 @converts("Pow", "Sqrt", "Reciprocal")
-def _power(imp: _Importer, node) -> None:
+def _power(imp: Importer, node) -> None:
     """A map to one constant power, a `pow` layer: GeM pooling (x.clamp(min=eps).pow(p),
     an average pool, .pow(1 / p); p learnt or fixed, 1 / p folded from it as a constant);
     Sqrt and Reciprocal of a map as the powers 0.5 and -1. A power per channel, or a
@@ -2317,7 +2368,7 @@ def _power(imp: _Importer, node) -> None:
 
 
 @converts("Elu", "Celu", "Selu")
-def _exponential_linear(imp: _Importer, node) -> None:
+def _exponential_linear(imp: Importer, node) -> None:
     """elu, celu (alpha 1.0 by default) and selu (ONNX's defaults are PyTorch's
     constants rounded to float32)."""
     attrs = imp.attributes(node)
@@ -2335,33 +2386,33 @@ def _exponential_linear(imp: _Importer, node) -> None:
 
 
 @converts("HardSigmoid")
-def _hard_sigmoid(imp: _Importer, node) -> None:
+def _hard_sigmoid(imp: Importer, node) -> None:
     attrs = imp.attributes(node)
     imp.add_layer(node, "hardsigmoid", [imp.tensor(node.input[0], POINTWISE_LAYOUTS)],
                   dict(alpha=float(attrs.get("alpha", 0.2)), beta=float(attrs.get("beta", 0.5))))
 
 
 @converts("HardSwish")
-def _hard_swish(imp: _Importer, node) -> None:
+def _hard_swish(imp: Importer, node) -> None:
     imp.add_layer(node, "hardswish", [imp.tensor(node.input[0], POINTWISE_LAYOUTS)])
 
 
 @converts("Gelu")
-def _gelu(imp: _Importer, node) -> None:
+def _gelu(imp: Importer, node) -> None:
     approximate = imp.attributes(node).get("approximate", b"none")
     approximate = approximate.decode() if isinstance(approximate, bytes) else approximate
     imp.add_layer(node, "gelu", [imp.tensor(node.input[0], POINTWISE_LAYOUTS)], dict(approximate=approximate))
 
 
 @converts("Erf")
-def _erf(imp: _Importer, node) -> None:
+def _erf(imp: Importer, node) -> None:
     raise imp.error("Erf on the feature map outside a GELU graphconv recognises (x * 0.5 * (1 + erf(x / "
                     "sqrt(2))), as op sets before 20 write it); re-export with opset_version=20 or later, "
                     "which writes GELU as one Gelu node")
 
 
 @converts("Clip")
-def _clip(imp: _Importer, node) -> None:
+def _clip(imp: Importer, node) -> None:
     x = imp.tensor(node.input[0], POINTWISE_LAYOUTS)
     if imp.opset < 11:
         attrs = imp.attributes(node)
@@ -2379,7 +2430,7 @@ def _clip(imp: _Importer, node) -> None:
 
 
 @converts("BatchNormalization")
-def _batch_norm(imp: _Importer, node) -> None:
+def _batch_norm(imp: Importer, node) -> None:
     x = imp.tensor(node.input[0])
     attrs = imp.attributes(node)
     if attrs.get("training_mode", 0) or any(imp.uses.get(o) for o in node.output[1:] if o):
@@ -2394,7 +2445,7 @@ def _batch_norm(imp: _Importer, node) -> None:
 
 
 @converts("LRN")
-def _lrn(imp: _Importer, node) -> None:
+def _lrn(imp: Importer, node) -> None:
     attrs = imp.attributes(node)
     if attrs["size"] % 2 == 0:
         raise imp.error(f"LRN of even size {attrs['size']}: ONNX centres an even window one channel "
@@ -2405,7 +2456,7 @@ def _lrn(imp: _Importer, node) -> None:
 
 
 @converts(TORCH_LRN)
-def _torch_lrn(imp: _Importer, node) -> None:
+def _torch_lrn(imp: Importer, node) -> None:
     """nn.LocalResponseNorm as PyTorch's exporters write it (`_with_lrns_fused`): graphconv's
     lrn, whose window and alpha / size are PyTorch's, for any size."""
     attrs = imp.attributes(node)
@@ -2415,7 +2466,7 @@ def _torch_lrn(imp: _Importer, node) -> None:
 
 
 @converts("Identity", "Dropout")
-def _identity(imp: _Importer, node) -> None:
+def _identity(imp: Importer, node) -> None:
     """Nothing, as a Dropout is at inference; one exported in training mode (a model left
     in train()) drops values at random and is refused, as such a BatchNormalization is."""
     if node.op_type == "Dropout":
@@ -2433,7 +2484,7 @@ FLOAT_TYPES = {"FLOAT", "FLOAT16", "BFLOAT16", "DOUBLE"}
 
 
 @converts("Cast")
-def _cast(imp: _Importer, node) -> None:
+def _cast(imp: Importer, node) -> None:
     """A Cast of the feature map between float types, as a model converted to float16
     with float32 inputs and outputs writes at its ends (onnxconverter-common's
     keep_io_types): graphconv computes in float32 throughout, so both are no-ops. A cast
@@ -2447,7 +2498,7 @@ def _cast(imp: _Importer, node) -> None:
 
 
 @converts("CastLike")
-def _cast_like(imp: _Importer, node) -> None:
+def _cast_like(imp: Importer, node) -> None:
     """CastLike(value, like): `value` cast to `like`'s type. PyTorch's dynamo exporter
     (optimize=False) casts constants like the feature map: a bias-free conv's zero bias,
     ReLU6's bounds. graphconv's maps are float32, so such a constant becomes float32; a
@@ -2463,7 +2514,7 @@ def _cast_like(imp: _Importer, node) -> None:
 
 
 @converts("Flatten")
-def _flatten(imp: _Importer, node) -> None:
+def _flatten(imp: Importer, node) -> None:
     x = imp.tensor(node.input[0], (NCHW, SQUEEZED, NHWC, GREY_PLANE))
     axis = imp.attributes(node).get("axis", 1)
     if axis % x.rank != 1:
@@ -2474,7 +2525,7 @@ def _flatten(imp: _Importer, node) -> None:
         _features(imp, node, x)
 
 
-def _features(imp: _Importer, node, x: Tensor) -> None:
+def _features(imp: Importer, node, x: Tensor) -> None:
     """The map `x` (or its SQUEEZED view) as (N, C*H*W) features: a flatten layer. Of a
     channels-last view, ONNX's features run in (H, W, C) order: the flatten's output is
     then seen as HWC_FEATURES (1x1 maps aside, whose features are one order)."""
@@ -2484,7 +2535,7 @@ def _features(imp: _Importer, node, x: Tensor) -> None:
 
 
 @converts("Squeeze")
-def _squeeze(imp: _Importer, node) -> None:
+def _squeeze(imp: Importer, node) -> None:
     """The Squeeze of H and W after a global pooling (tf2onnx writes Keras'
     GlobalAveragePooling2D as GlobalAveragePool then Squeeze): a map of C x 1 x 1 becomes
     (N, C) features, as a Flatten would make them. The two axes may go one Squeeze at a
@@ -2514,7 +2565,7 @@ def _squeeze(imp: _Importer, node) -> None:
                            "x.flatten(1) or x.squeeze((2, 3))" if every else ""))
 
 
-def _drop_the_class_axis(imp: _Importer, node, x: Tensor, drops_axis_1: bool) -> bool:
+def _drop_the_class_axis(imp: Importer, node, x: Tensor, drops_axis_1: bool) -> bool:
     """A one-class head's (N, 1) scores made (N,): the binary classifier's
     `fc(x).squeeze(1)`, `.view(-1)` or `.flatten()` before BCEWithLogitsLoss. graphconv's
     map keeps its class axis, (N, 1, rows, cols), so the value is only seen as ONE_SCORE,
@@ -2526,7 +2577,7 @@ def _drop_the_class_axis(imp: _Importer, node, x: Tensor, drops_axis_1: bool) ->
 
 
 @converts("Reshape")
-def _reshape(imp: _Importer, node) -> None:
+def _reshape(imp: Importer, node) -> None:
     """The Reshapes exporters write before a classifier's fc: (N, -1), (N, C*H*W), or
     (-1, C*H*W); a reshape to the same shape changes nothing; the channel shuffle's
     pair: (N, C, H, W) -> (N, g, C/g, H, W) and, after its Transpose, back; GroupNorm's
@@ -2586,7 +2637,7 @@ def _reshape(imp: _Importer, node) -> None:
                     "reshapes are not among them)")
 
 
-def _channels_last_reshape(imp: _Importer, node, x: Tensor, target: list[int]) -> None:
+def _channels_last_reshape(imp: Importer, node, x: Tensor, target: list[int]) -> None:
     """A Reshape of a channels-last view: to (N, -1) (or (N, H*W*C)), Keras' Flatten
     before its Dense as tf2onnx writes it (`_features`); to (N*H*W, C), one row per
     position, and (after the MatMul) back to (N, H, W, K), Keras' Dense on a 4-D map as
@@ -2613,7 +2664,7 @@ def _channels_last_reshape(imp: _Importer, node, x: Tensor, target: list[int]) -
                         "on each position (N*H*W, C), and a reshape to the same shape")
 
 
-def _channel_groups(imp: _Importer, node, x: Tensor, target: list[int]) -> None:
+def _channel_groups(imp: Importer, node, x: Tensor, target: list[int]) -> None:
     """(N, C, H, W) viewed as (N, g, C/g, H, W), or such a view back to (N, C, H, W):
     unchanged if its group axes were not swapped, a channel_shuffle layer if they were."""
     c, h, w = x.shape
@@ -2640,7 +2691,7 @@ def _channel_groups(imp: _Importer, node, x: Tensor, target: list[int]) -> None:
                     "classifier's fully connected layer and the channel shuffle's (N, g, C/g, H, W) views")
 
 
-def _group_runs(imp: _Importer, node, x: Tensor, target: list[int]) -> bool:
+def _group_runs(imp: Importer, node, x: Tensor, target: list[int]) -> bool:
     """(N, C, H, W) viewed as (N, groups, C/groups * H * W), the form in which exporters
     write GroupNorm (an InstanceNormalization of each run, which must be what reads it),
     or such a view back; False when the Reshape is neither."""
@@ -2657,7 +2708,7 @@ def _group_runs(imp: _Importer, node, x: Tensor, target: list[int]) -> bool:
     return False
 
 
-def _patches(imp: _Importer, node, x: Tensor, target: list[int]) -> bool:
+def _patches(imp: Importer, node, x: Tensor, target: list[int]) -> bool:
     """Space-to-depth as exporters write it (TResNet): (N, C, H, W) viewed as (N, C, H/b,
     b, W/b, b), a Transpose of the patch axes (PATCH_ORDERS), and a Reshape to (N, C*b*b,
     H/b, W/b), which is the space_to_depth layer; False when the Reshape is no step of it."""
@@ -2684,7 +2735,7 @@ def _patches(imp: _Importer, node, x: Tensor, target: list[int]) -> bool:
     return False
 
 
-def _radix(imp: _Importer, node, x: Tensor, target: list[int]) -> bool:
+def _radix(imp: Importer, node, x: Tensor, target: list[int]) -> bool:
     """ResNeSt's split-attention gate (rSoftMax): a C x 1 x 1 value viewed as (N,
     cardinality, radix, -1), its two middle axes swapped, a Softmax over the radix, and
     flattened back; then (N, -1) seen as (N, C, 1, 1) again. With a cardinality of 1 the
@@ -2726,7 +2777,7 @@ def _reshaped(target: list[int], current: list[int]) -> list[int] | None:
 
 
 @converts("Gather")
-def _gather(imp: _Importer, node) -> None:
+def _gather(imp: Importer, node) -> None:
     """Constant indices into the feature map:
 
     * along the channels (axis 1), a list of them (x[:, [2, 1, 0]], RGB to BGR at the
@@ -2783,7 +2834,7 @@ def _gather(imp: _Importer, node) -> None:
 
 
 @converts("GatherND")
-def _gather_nd(imp: _Importer, node) -> None:
+def _gather_nd(imp: Importer, node) -> None:
     """Channels picked from a (C, N, H, W) view by constant (k, 1) indices: the dynamo
     exporter's x[:, [2, 1, 0]] (a Transpose [1, 0, 2, 3] before it and after). The same
     1x1 conv as a Gather of channels."""
@@ -2804,7 +2855,7 @@ def _listed(indices: np.ndarray) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _pick_channels(imp: _Importer, node, x: Tensor, picked: np.ndarray) -> None:
+def _pick_channels(imp: Importer, node, x: Tensor, picked: np.ndarray) -> None:
     """Output channel i is input channel picked[i]: nothing, where that is every channel
     in order; else a 1x1 conv of 0s and 1s, no bias (a map's layout and rank kept)."""
     channels = x.shape[0]
@@ -2820,7 +2871,7 @@ def _pick_channels(imp: _Importer, node, x: Tensor, picked: np.ndarray) -> None:
 
 
 @converts("Gemm")
-def _gemm(imp: _Importer, node) -> None:
+def _gemm(imp: Importer, node) -> None:
     """Y = alpha * A @ op(B) + beta * C with A the (N, F) features: an fc layer."""
     x = imp.tensor(node.input[0], (NCHW, HWC_FEATURES))
     attrs = imp.attributes(node)
@@ -2844,7 +2895,7 @@ def _gemm(imp: _Importer, node) -> None:
 
 
 @converts("MatMul")
-def _matmul(imp: _Importer, node) -> None:
+def _matmul(imp: Importer, node) -> None:
     """A @ B with a constant (F, K) B: an fc layer without bias (the Add after it, if
     any, becomes its bias); on a channels-last map (ConvNeXt's pointwise Linears) or its
     per-position rows (Keras' Dense on a map), a 1x1 convolution."""
@@ -2865,7 +2916,7 @@ def _matmul(imp: _Importer, node) -> None:
     _add_fc(imp, node, x, b.T, None)
 
 
-def _add_fc(imp: _Importer, node, x: Tensor, weight: np.ndarray, bias: np.ndarray | None) -> None:
+def _add_fc(imp: Importer, node, x: Tensor, weight: np.ndarray, bias: np.ndarray | None) -> None:
     """An fc layer of (K, F) `weight` on `x`'s features; of HWC_FEATURES, its columns
     reordered from (H, W, C) to the (C, H, W) order graphconv's flatten gives."""
     features = math.prod(x.shape)
@@ -2884,7 +2935,7 @@ def _add_fc(imp: _Importer, node, x: Tensor, weight: np.ndarray, bias: np.ndarra
 
 
 @converts("Add", "Sum")
-def _add(imp: _Importer, node) -> None:
+def _add(imp: Importer, node) -> None:
     tensors, constants = _operands(imp, node, SCALED_LAYOUTS)
     if len(tensors) == 1 and not constants:  # Sum of one input: itself
         imp.alias(node, tensors[0])
@@ -2899,7 +2950,7 @@ def _add(imp: _Importer, node) -> None:
     raise imp.error("Add with several constants")
 
 
-def _operands(imp: _Importer, node, layouts: Sequence[str] = ANY_LAYOUT) -> tuple[list[Tensor], list[np.ndarray]]:
+def _operands(imp: Importer, node, layouts: Sequence[str] = ANY_LAYOUT) -> tuple[list[Tensor], list[np.ndarray]]:
     """The node's feature-map inputs (in `layouts`) and its constant ones."""
     operands = [imp.values.get(name) for name in node.input]
     constants = [v for v in operands if isinstance(v, np.ndarray)]
@@ -2908,7 +2959,7 @@ def _operands(imp: _Importer, node, layouts: Sequence[str] = ANY_LAYOUT) -> tupl
     return tensors, constants
 
 
-def _refuse_maps_of_different_shapes(imp: _Importer, tensors: list[Tensor], verb: str) -> None:
+def _refuse_maps_of_different_shapes(imp: Importer, tensors: list[Tensor], verb: str) -> None:
     """An elementwise op of several maps needs them of one shape and layout: graphconv
     does not broadcast ("Add of maps of different shapes 3x5x7, 3x1x1; graphconv adds
     maps of one shape")."""
@@ -2921,7 +2972,7 @@ def _refuse_maps_of_different_shapes(imp: _Importer, tensors: list[Tensor], verb
                            "LayerNorm's mean, in a form graphconv does not recognise" if per_position else ""))
 
 
-def _add_constant(imp: _Importer, node, x: Tensor, constant: np.ndarray) -> None:
+def _add_constant(imp: Importer, node, x: Tensor, constant: np.ndarray) -> None:
     """x + constant. Where x comes from an fc or conv read by nothing else, the constant
     joins that layer's bias (MatMul + Add is how some exporters write Linear); anywhere
     else (input normalisation written into the model) it is a per-channel shift layer."""
@@ -2940,7 +2991,7 @@ def _add_constant(imp: _Importer, node, x: Tensor, constant: np.ndarray) -> None
         _affine(imp, node, x, np.ones(x.shape[0]), shift)
 
 
-def _affine(imp: _Importer, node, x: Tensor, scale: np.ndarray, shift: np.ndarray) -> None:
+def _affine(imp: Importer, node, x: Tensor, scale: np.ndarray, shift: np.ndarray) -> None:
     """x * scale + shift per channel: a batchnorm with the identity's statistics (mean 0,
     variance 1, eps 0), which fold-batchnorm merges into a conv right before it."""
     c = x.shape[0]
@@ -2958,7 +3009,7 @@ def _affine(imp: _Importer, node, x: Tensor, scale: np.ndarray, shift: np.ndarra
     imp.add_layer(node, "batchnorm", [x], {"eps": 0.0}, weights)
 
 
-def _is_affine(imp: _Importer, layer: str, params) -> bool:
+def _is_affine(imp: Importer, layer: str, params) -> bool:
     """Whether batchnorm `layer` is x * weight + bias: eps 0 and the identity's statistics."""
     if params.get("eps") != 0.0 or params.get("activation", "none") != "none":
         return False
@@ -2967,7 +3018,7 @@ def _is_affine(imp: _Importer, layer: str, params) -> bool:
 
 
 @converts("Sub")
-def _sub(imp: _Importer, node) -> None:
+def _sub(imp: Importer, node) -> None:
     """x - constant, or constant - x (input normalisation written into the model), or one
     map minus another of its shape (PoolFormer's pool(x) - x)."""
     first, second = (imp.values.get(name) for name in node.input)
@@ -2988,7 +3039,7 @@ def _sub(imp: _Importer, node) -> None:
 
 
 @converts("Max")
-def _max(imp: _Importer, node) -> None:
+def _max(imp: Importer, node) -> None:
     """The elementwise maximum of maps of one shape (FReLU's max(x, bn(dwconv(x))),
     maxout): a maximum layer; of one map and numbers (torch.maximum(x, torch.tensor(c)),
     Keras's tf.maximum(x, 0)): a clip from below (a relu for 0)."""
@@ -2996,13 +3047,13 @@ def _max(imp: _Importer, node) -> None:
 
 
 @converts("Min")
-def _min(imp: _Importer, node) -> None:
+def _min(imp: Importer, node) -> None:
     """Min of one map and numbers: a clip from above (tf2onnx writes Keras's
     ReLU(max_value=6) as Max with 0, then Min with 6)."""
     _extremum(imp, node, largest=False)
 
 
-def _extremum(imp: _Importer, node, largest: bool) -> None:
+def _extremum(imp: Importer, node, largest: bool) -> None:
     tensors, constants = _operands(imp, node)
     if len(tensors) == 1 and not constants:  # of one input: itself
         imp.alias(node, tensors[0])
@@ -3031,7 +3082,7 @@ def _extremum(imp: _Importer, node, largest: bool) -> None:
 
 
 @converts("Neg")
-def _neg(imp: _Importer, node) -> None:
+def _neg(imp: Importer, node) -> None:
     """-x (a constant's is folded before): a scale by -1, which fold-batchnorm merges into
     a conv before it."""
     x = imp.tensor(node.input[0], SCALED_LAYOUTS)
@@ -3039,7 +3090,7 @@ def _neg(imp: _Importer, node) -> None:
 
 
 @converts("Div")
-def _div(imp: _Importer, node) -> None:
+def _div(imp: Importer, node) -> None:
     """x / constant: a per-channel scale by its reciprocal; x / (|x| + 1) (nn.Softsign as
     exporters write it): one softsign layer; x / map, of x's shape or one value per
     position (ConvNeXt V2's norms over their channel mean)."""
@@ -3065,7 +3116,7 @@ def _div(imp: _Importer, node) -> None:
     _affine(imp, node, x, 1.0 / factors, np.zeros(x.shape[0]))
 
 
-def _softsign_abs(imp: _Importer, x: Tensor, divisor: Tensor) -> Tensor | None:
+def _softsign_abs(imp: Importer, x: Tensor, divisor: Tensor) -> Tensor | None:
     """The abs(x) in `divisor` = abs(x) + 1 (nn.Softsign as PyTorch's exporters write it,
     x / (1 + |x|), the + 1 a shift layer `_affine` made), when nothing but this Div reads
     either."""
@@ -3102,7 +3153,7 @@ def _per_channel(constant: np.ndarray, x: Tensor) -> np.ndarray | None:
 
 
 @converts("Mul")
-def _mul(imp: _Importer, node) -> None:
+def _mul(imp: Importer, node) -> None:
     """x * sigmoid(x) (swish, as exporters write SiLU): one silu layer; map * map of one
     shape, map * a per-channel gate (squeeze-and-excitation) or a per-position one (CBAM's
     spatial attention), either written first: a mul layer; map * a
@@ -3139,7 +3190,7 @@ def _mul(imp: _Importer, node) -> None:
     imp.add_layer(node, "mul", [a, b])  # both views alike: an (N, 1, 1, C) gate is per channel in NHWC too
 
 
-def _swish_input(imp: _Importer, x: Tensor, gate: Tensor) -> Tensor | None:
+def _swish_input(imp: Importer, x: Tensor, gate: Tensor) -> Tensor | None:
     """`gate` itself when it is sigmoid(x) and this Mul is its only reader."""
     layer = imp.graph.node(gate.node)
     if layer.op == "sigmoid" and layer.inputs[0].name == x.node and imp.readers(gate) == 1:
@@ -3147,7 +3198,7 @@ def _swish_input(imp: _Importer, x: Tensor, gate: Tensor) -> Tensor | None:
     return None
 
 
-def _mish_softplus(imp: _Importer, x: Tensor, gate: Tensor) -> Tensor | None:
+def _mish_softplus(imp: Importer, x: Tensor, gate: Tensor) -> Tensor | None:
     """The softplus(x) in `gate` = tanh(softplus(x)) (nn.Mish as exporters before op set 18
     write it), when nothing but this Mul reads either."""
     tanh = imp.graph.node(gate.node)
@@ -3160,7 +3211,7 @@ def _mish_softplus(imp: _Importer, x: Tensor, gate: Tensor) -> Tensor | None:
     return found[0] if found and imp.readers(found[0]) == 1 else None
 
 
-def _scale(imp: _Importer, node, x: Tensor, constant: np.ndarray) -> None:
+def _scale(imp: Importer, node, x: Tensor, constant: np.ndarray) -> None:
     factors = _per_channel(constant, x)
     if factors is None:
         raise imp.error(f"Mul of a feature map by a constant of shape {list(constant.shape)}; graphconv "
@@ -3169,7 +3220,7 @@ def _scale(imp: _Importer, node, x: Tensor, constant: np.ndarray) -> None:
 
 
 @converts("Transpose")
-def _transpose(imp: _Importer, node) -> None:
+def _transpose(imp: Importer, node) -> None:
     """The permutations that only change how ONNX sees the channels: to and from
     channels-last, the swap of a grouped view's two group axes, and the patch axes of a
     space-to-depth's view (which its Reshape then makes a layer)."""
@@ -3196,7 +3247,7 @@ def _transpose(imp: _Importer, node) -> None:
 
 
 @converts("LayerNormalization")
-def _layer_norm(imp: _Importer, node) -> None:
+def _layer_norm(imp: Importer, node) -> None:
     """A LayerNorm over the channels alone, at each position: over the last axis of a
     channels-last map (ConvNeXt), or of (N, C) features."""
     x = imp.tensor(node.input[0], ANY_LAYOUT)
@@ -3217,7 +3268,7 @@ def _layer_norm(imp: _Importer, node) -> None:
 
 
 @converts(CHANNEL_CONV)
-def _channel_conv(imp: _Importer, node) -> None:
+def _channel_conv(imp: Importer, node) -> None:
     """A 1-D convolution across the channels (`_with_channel_convs_fused`): of a vector
     of channels, (N, C) or a 1x1 map, in ECA's views (on a larger map they would
     flatten its positions into the channels), or of every position of a map in
@@ -3253,7 +3304,7 @@ def _channel_conv(imp: _Importer, node) -> None:
 
 
 @converts(CHANNEL_NORM)
-def _channel_layer_norm(imp: _Importer, node) -> None:
+def _channel_layer_norm(imp: Importer, node) -> None:
     """A LayerNorm written out (`_with_layer_norms_fused`) over the channels alone: the
     last axis of a channels-last map, axis 1 of an (N, C, H, W) one (ConvNeXt's
     channels_first LayerNorm), or (N, C) features; a weight and bias of one value per
@@ -3281,7 +3332,7 @@ def _channel_layer_norm(imp: _Importer, node) -> None:
     imp.add_layer(node, "layernorm", [x], {"eps": float(attrs["epsilon"])}, weights, name=name or None)
 
 
-def _check_batch_norm_views(imp: _Importer, x: Tensor, into: list[int], back: list[int]) -> None:
+def _check_batch_norm_views(imp: Importer, x: Tensor, into: list[int], back: list[int]) -> None:
     """tf2onnx's LayerNormalization (`_with_batch_norm_layer_norms_fused`) normalises each
     position's channels only where it reshapes the channels-last map (1, H, W, C) to
     (1, H*W, C, 1), one BatchNormalization channel per position, and back."""
@@ -3294,7 +3345,7 @@ def _check_batch_norm_views(imp: _Importer, x: Tensor, into: list[int], back: li
                         f"a channels-last map viewed as (1, H*W, C, 1) and back")
 
 
-def _check_mean_view(imp: _Importer, x: Tensor, axis: int, view: list[int]) -> None:
+def _check_mean_view(imp: Importer, x: Tensor, axis: int, view: list[int]) -> None:
     """tf2onnx's moments (`_with_moment_layer_norms_fused`) reshape the mean, one value per
     position, to a target written for the crop it was exported at: it is the mean itself
     only where that target keeps the mean's shape there."""
@@ -3306,7 +3357,7 @@ def _check_mean_view(imp: _Importer, x: Tensor, axis: int, view: list[int]) -> N
 
 
 @converts("InstanceNormalization")
-def _instance_norm(imp: _Importer, node) -> None:
+def _instance_norm(imp: Importer, node) -> None:
     """Each channel normalised over its map (InstanceNorm2d), or each run of a (N, groups,
     -1) view (GroupNorm as exporters write it): a groupnorm layer, its per-group scale and
     bias given to each channel of the group. The view stays until the Reshape back."""
@@ -3323,7 +3374,7 @@ def _instance_norm(imp: _Importer, node) -> None:
 
 
 @converts("GroupNormalization")
-def _group_norm(imp: _Importer, node) -> None:
+def _group_norm(imp: Importer, node) -> None:
     """ONNX's own GroupNorm (op set 18 on): its scale and bias are per group before op
     set 21 and per channel from it."""
     x = imp.tensor(node.input[0])
@@ -3341,7 +3392,7 @@ def _group_norm(imp: _Importer, node) -> None:
 
 
 @converts("SpaceToDepth")
-def _space_to_depth(imp: _Importer, node) -> None:
+def _space_to_depth(imp: Importer, node) -> None:
     x = imp.tensor(node.input[0])
     block = int(imp.attributes(node)["blocksize"])
     if any(side % block for side in x.shape[1:]) and imp.trimmed_to_blocks.get(node.input[0]) != block:
@@ -3351,7 +3402,7 @@ def _space_to_depth(imp: _Importer, node) -> None:
 
 
 @converts("DepthToSpace")
-def _depth_to_space(imp: _Importer, node) -> None:
+def _depth_to_space(imp: Importer, node) -> None:
     attrs = imp.attributes(node)
     mode = attrs.get("mode", b"DCR")
     mode = mode.decode() if isinstance(mode, bytes) else mode
@@ -3362,7 +3413,7 @@ def _depth_to_space(imp: _Importer, node) -> None:
 
 
 @converts("ConvTranspose")
-def _conv_transpose(imp: _Importer, node) -> None:
+def _conv_transpose(imp: Importer, node) -> None:
     """A transposed convolution of stride s is a conv and `depth_to_space`: each output
     pixel of phase (a, b) (its position modulo s) gathers the taps of a few neighbouring
     input pixels, the same few for every pixel of that phase. So a conv computes all s²
@@ -3458,7 +3509,7 @@ def _transpose_taps(weight: np.ndarray, block: int, pads: Sequence[int]) -> tupl
 
 
 @converts("Slice")
-def _slice(imp: _Importer, node) -> None:
+def _slice(imp: Importer, node) -> None:
     """Channels picked by a slice: a range of them (ShuffleNet's chunk, written as two
     Slices), every other one, or all reversed (RGB to BGR: x.flip(1), or Keras'
     x[..., ::-1] on a channels-last input, as caffe-style preprocessing does). Axes
@@ -3499,7 +3550,7 @@ def _slice(imp: _Importer, node) -> None:
         _pick_channels(imp, node, x, picked)
 
 
-def _wraps_around(imp: _Importer, node, axes: list[int]) -> bool:
+def _wraps_around(imp: Importer, node, axes: list[int]) -> bool:
     """Whether Slice `node` of a map's height or width is the start of circular padding:
     a Concat along that axis reads both the slice and the map it was cut from."""
     for reader in imp.nodes[imp.position + 1:]:
@@ -3519,7 +3570,7 @@ def _whole(size: int | None, start: int, end: int, step: int) -> bool:
 
 
 @converts("Split")
-def _split(imp: _Importer, node) -> None:
+def _split(imp: Importer, node) -> None:
     """Channels split into consecutive ranges: one slice_channels layer per output."""
     x = imp.tensor(node.input[0])
     attrs = imp.attributes(node)
@@ -3546,7 +3597,7 @@ def _split(imp: _Importer, node) -> None:
         start += size
 
 
-def _trims_to_blocks(imp: _Importer, node, x: Tensor, axes: list[int], starts, ends, steps) -> bool:
+def _trims_to_blocks(imp: Importer, node, x: Tensor, axes: list[int], starts, ends, steps) -> bool:
     """A Slice that cuts H and W down to multiples of the block of the SpaceToDepth (or
     SpaceToDepths) alone reading it, as graphconv's export writes a space_to_depth layer
     (ONNX's SpaceToDepth refuses other sides; the layer leaves those rows and columns
@@ -3572,7 +3623,7 @@ def _trims_to_blocks(imp: _Importer, node, x: Tensor, axes: list[int], starts, e
     return True
 
 
-def _slice_channels(imp: _Importer, node, x: Tensor, start: int, stop: int, output: str) -> None:
+def _slice_channels(imp: Importer, node, x: Tensor, start: int, stop: int, output: str) -> None:
     if (start, stop) == (0, x.shape[0]):
         imp.values[output] = x
     else:
@@ -3580,7 +3631,7 @@ def _slice_channels(imp: _Importer, node, x: Tensor, start: int, stop: int, outp
 
 
 @converts("Unsqueeze")
-def _unsqueeze(imp: _Importer, node) -> None:
+def _unsqueeze(imp: Importer, node) -> None:
     """A map made (N, 1, C, H, W): one branch of SKNet's stack, a grouped view of one
     group, which a Concat along axis 1 joins to the others; or an fc's (N, K) made the
     (N, K, 1, 1) map graphconv holds anyway, as graphconv's export writes an fc layer.
@@ -3622,7 +3673,7 @@ def _unsqueeze(imp: _Importer, node) -> None:
 
 
 @converts("Concat")
-def _concat(imp: _Importer, node) -> None:
+def _concat(imp: Importer, node) -> None:
     """Channels (axis 1) of maps; or grouped views of one group size along their group
     axis (SKNet's stacked branches), which is the same concatenation of channels."""
     axis = imp.attributes(node).get("axis", 1)
@@ -3642,7 +3693,7 @@ def _concat(imp: _Importer, node) -> None:
 
 
 @converts("Softmax")
-def _softmax(imp: _Importer, node) -> None:
+def _softmax(imp: Importer, node) -> None:
     x = imp.tensor(node.input[0], (NCHW, RADIX, GROUPED, NWHC))
     axis = imp.attributes(node).get("axis", 1 if imp.opset < 13 else -1)
     if x.layout == NWHC:
@@ -3666,7 +3717,7 @@ def _softmax(imp: _Importer, node) -> None:
 
 
 @converts("LogSoftmax")
-def _log_softmax(imp: _Importer, node) -> None:
+def _log_softmax(imp: Importer, node) -> None:
     """The log of a softmax over the channels (nn.LogSoftmax(dim=1), which classifiers
     trained with NLLLoss end in): a log_softmax layer."""
     x = imp.tensor(node.input[0], (NCHW, NWHC))
@@ -3678,7 +3729,7 @@ def _log_softmax(imp: _Importer, node) -> None:
     imp.add_layer(node, "log_softmax", [x])
 
 
-def _over_swapped_channels(imp: _Importer, node, x: Tensor, axis: int, op: str) -> None:
+def _over_swapped_channels(imp: Importer, node, x: Tensor, axis: int, op: str) -> None:
     """A Softmax or LogSoftmax over the last axis of an NWHC view, which is the channels
     at each position in every op set (before 13, from the last axis on is that axis
     alone); the result keeps the view, for the Transpose back."""
@@ -3688,7 +3739,7 @@ def _over_swapped_channels(imp: _Importer, node, x: Tensor, axis: int, op: str) 
     imp.alias(node, replace(imp.add_layer(node, op, [replace(x, layout=NCHW)]), layout=NWHC))
 
 
-def _check_over_channels(imp: _Importer, x: Tensor, axis: int) -> None:
+def _check_over_channels(imp: Importer, x: Tensor, axis: int) -> None:
     """Refuse a Softmax or LogSoftmax node that is not over the channels at each
     position: axis 1 (or -1 of an (N, F) value). Before op set 13 these ops flatten
     their input from `axis` on, so axis 1 of an (N, C, H, W) map is over C * H * W
@@ -3705,7 +3756,7 @@ def _check_over_channels(imp: _Importer, x: Tensor, axis: int) -> None:
 
 
 @converts("Constant")
-def _constant(imp: _Importer, node) -> None:
+def _constant(imp: Importer, node) -> None:
     onnx = require_onnx()
     attribute = node.attribute[0]
     value = onnx.helper.get_attribute_value(attribute)
@@ -3714,7 +3765,7 @@ def _constant(imp: _Importer, node) -> None:
 
 
 @converts("Shape")
-def _shape(imp: _Importer, node) -> None:
+def _shape(imp: Importer, node) -> None:
     """The input's shape is known once the crop is: batch 1 (a Reshape target computed
     from it still means 'keep the batch'), then C, H, W (H, W, C of a channels-last view:
     tf2onnx's Flatten computes its target so; g, C/g, H, W of a channel shuffle's grouped
@@ -3737,7 +3788,7 @@ def _shape(imp: _Importer, node) -> None:
 
 # Ops that only ever compute on constants (shape arithmetic, weight preparation): they are
 # evaluated by `_fold_constant` before their converter would be called.
-def _constant_only(imp: _Importer, node) -> None:
+def _constant_only(imp: Importer, node) -> None:
     raise imp.error(f"{node.op_type} on the image's feature map is not supported; graphconv "
                     "evaluates it only on constants (shape arithmetic)")
 
