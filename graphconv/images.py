@@ -662,8 +662,6 @@ ONE_SCORE_TOP = ("gives one score per cell (a sigmoid's probability?), so every 
                  "class, whatever its score")  # why "top" of such a map is refused: it drew every cell "tumour"
 TOP_BLEND = 0.45
 LEGEND_MOST = 30  # classes a best-class legend lists; the rest are summed on one line
-PROBABILITY_OPS = ("softmax", "sigmoid")
-VALUE_KEEPING_OPS = ("interleave", "identity", "dropout", "flatten")  # pass a softmax's values on
 
 
 def heatmap_format(path: str) -> str:
@@ -689,9 +687,9 @@ def output_activation(graph) -> str | None:
     """"softmax" or "sigmoid" where the network ends in one (possibly followed by layers
     that only move values around), else None: its scores are raw (logits)."""
     node = graph.output
-    while node.op in VALUE_KEEPING_OPS and len(node.inputs) == 1:
+    while node.opdef.keeps_values and len(node.inputs) == 1:
         node = node.inputs[0]
-    return node.op if node.op in PROBABILITY_OPS else None
+    return node.op if node.opdef.gives_probabilities else None
 
 
 def class_colours(classes: Sequence[int]) -> np.ndarray:

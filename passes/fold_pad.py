@@ -17,6 +17,8 @@ and the padding starts; a pad moves that). A pool whose padding would then be mo
 half its window is left as it is too: graphconv's pools refuse that. A pad of zeros on
 every side is the identity and is removed wherever it is.
 
+Which ops take a pad, and of what value, their OpDefs say (`padding_value`).
+
 What is left (an uneven remainder, a pad read twice, a nonzero pad before a conv, a
 reflect or edge pad) stays a `pad` layer and its own kernel runs it: the result is the
 same either way, only slower.
@@ -24,9 +26,6 @@ same either way, only slower.
 from graphconv.errors import ShapeError
 from graphconv.ir import Graph, Node
 from graphconv.pass_manager import register_pass
-
-# The pad value each op's own padding stands for (avgpool's only with count_include_pad).
-ABSORBS = {"conv": 0.0, "maxpool": float("-inf"), "avgpool": 0.0}
 
 
 @register_pass("fold-pad", "fold a pad layer into the conv or pool after it where the sum pads "
@@ -50,19 +49,17 @@ def _sole_reader(graph: Graph, pad: Node) -> Node | None:
     """The conv or pool that alone reads `pad`, as its only input (a conv's residual
     input is added, not padded); None otherwise, or when the pad is the output."""
     users = pad.users
-    if len(users) != 1 or graph.output == pad or users[0].op not in ABSORBS or len(users[0].inputs) != 1:
+    if len(users) != 1 or graph.output == pad or users[0].opdef.padding_value is None or len(users[0].inputs) != 1:
         return None
     return users[0]
 
 
 def _absorbs(layer: Node, pad: Node) -> bool:
     """Whether `layer`, with the pad's amounts added to its padding, computes exactly
-    what it computes on the padded map."""
-    if pad.params["mode"] != "constant" or pad.params["value"] != ABSORBS[layer.op]:
-        return False
-    if layer.op == "avgpool" and not layer.params["count_include_pad"]:
-        return False
-    if layer.op != "conv" and layer.params["ceil_mode"]:
+    what it computes on the padded map (`OpDef.padding_value`: the pad's value is what
+    the layer's own padding stands for)."""
+    value = layer.opdef.padding_value(layer.params)
+    if pad.params["mode"] != "constant" or value is None or pad.params["value"] != value:
         return False
     top, left, bottom, right = pad.params["padding"]
     if (top, left) != (bottom, right):

@@ -121,6 +121,43 @@ def test_a_per_element_op_gives_the_same_values_however_its_input_is_shaped(opde
     np.testing.assert_allclose(run_kernel(opdef, params, {}, [flat]), on_map.reshape(flat.shape), rtol=1e-4, atol=1e-5)
 
 
+def _padded_by_a_value(opdef, example) -> bool:
+    """A one-input example whose padding a pad of `padding_value` stands for."""
+    params = normalize_params(opdef, example.params)
+    return (opdef.padding_value is not None and len(example.inputs) == 1 and any(pair(params["padding"]))
+            and opdef.padding_value(params) is not None)
+
+
+PADDED_EXAMPLES = [example for example in EXAMPLES if _padded_by_a_value(*example.values)]
+
+
+@pytest.mark.parametrize("opdef,example", PADDED_EXAMPLES)
+def test_an_op_s_padding_is_a_pad_of_its_padding_value_in_front(opdef, example, rng):
+    """What `OpDef.padding_value` promises fold-pad: the layer padding p equals the layer
+    unpadded on its input padded by p with that value."""
+    params = normalize_params(opdef, example.params)
+    xs = [random_input(rng, (example.batch, *s)) for s in example.inputs]
+    weights = opdef.seeded_weights(params, example.inputs, rng)
+    ph, pw = pair(params["padding"])
+    padded = np.pad(xs[0], ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=opdef.padding_value(params))
+    unpadded = opdef.reference({**params, "padding": (0, 0)}, weights, [padded])
+    np.testing.assert_allclose(unpadded, opdef.reference(params, weights, xs), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("opdef,example", [example for example in EXAMPLES if example.values[0].keeps_values
+                                           or example.values[0].gives_probabilities])
+def test_ops_said_to_keep_values_or_give_probabilities_do(opdef, example, rng):
+    """`keeps_values`: the output holds the input's values, moved at most; `gives_
+    probabilities`: every output is in 0..1 (what heatmaps' fixed scale relies on)."""
+    params = normalize_params(opdef, example.params)
+    xs = [random_input(rng, (example.batch, *s)) * 5 for s in example.inputs]
+    out = opdef.reference(params, opdef.seeded_weights(params, example.inputs, rng), xs)
+    if opdef.keeps_values:
+        np.testing.assert_array_equal(np.sort(out, axis=None), np.sort(xs[0], axis=None))
+    if opdef.gives_probabilities:
+        assert out.min() >= 0 and out.max() <= 1
+
+
 CHANNELS_LAST_EXAMPLES = [example for example in EXAMPLES if example.values[0].channels_last]
 
 

@@ -226,6 +226,16 @@ class OpDef:
         layer gives the same values whatever shape its input is read as, so a flatten
         before it and an fc after it can go (remove-flatten), and it slides. The registry
         test checks the reference does not care.
+    padding_value(params) -> float | None: the value a layer's own padding stands for, so
+        that a constant pad layer of it in front is the same as the layer padding more
+        (fold-pad folds it in): 0 for a conv, -inf for a maxpool, 0 for an avgpool that
+        counts its padding; None where no value is (an avgpool that does not count it; a
+        ceil_mode pool, whose last window's place depends on where the padding starts).
+        The registry test checks it on every padded example.
+    gives_probabilities: its outputs are probabilities, 0..1 (softmax, sigmoid): a
+        network ending in it draws heatmaps on a fixed 0..1 scale.
+    keeps_values: its output holds its input's values, moved at most (identity, dropout,
+        flatten, interleave): a network's probabilities stay probabilities through it.
     """
 
     name: str
@@ -251,6 +261,9 @@ class OpDef:
     sees_whole_input: tuple[str, str] | None = None
     fixes_input_size: bool = False
     per_element: bool = False
+    padding_value: Callable[[dict], float | None] | None = None
+    gives_probabilities: bool = False
+    keeps_values: bool = False
     weights_problem: Callable[[dict, dict], str | None] | None = None
 
     def whole_map_reason(self, params: dict) -> str | None:

@@ -125,6 +125,7 @@ register(OpDef(
     ),
     shape=shape, reference=reference, flops=flops, package=__name__, arity=(1, 2),
     weight_shapes=weight_shapes, window=window, torch=torch_equivalent, onnx=to_onnx, channels_last="any",
+    padding_value=lambda params: 0.0,
     examples=(
         Example(dict(out_channels=3, kernel_size=3), [(2, 6, 5)]),
         Example(dict(out_channels=4, kernel_size=[2, 3], stride=2, padding=1, dilation=[2, 1],

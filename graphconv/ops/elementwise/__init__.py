@@ -65,11 +65,12 @@ ONE_INPUT = (Example({}, [(3, 2, 4)]),)
 
 
 def _pointwise(name: str, doc: str, reference, torch, onnx, examples=ONE_INPUT,
-               shape=lambda p, s: s[0], arity=(1, 1), cost=1, params=(), channels_last="", per_element=False):
+               shape=lambda p, s: s[0], arity=(1, 1), cost=1, params=(), channels_last="", per_element=False,
+               keeps_values=False):
     register(OpDef(name=name, doc=doc, params=params, shape=shape, reference=reference,
                    flops=lambda params, shapes, out: cost * numel(out) * len(shapes),
                    package=__name__, arity=arity, torch=torch, examples=examples, onnx=onnx,
-                   channels_last=channels_last, per_element=per_element))
+                   channels_last=channels_last, per_element=per_element, keeps_values=keeps_values))
 
 
 _pointwise("relu", "max(x, 0)", lambda p, w, xs: np.maximum(xs[0], 0), torch=_torch_relu,
@@ -79,7 +80,7 @@ _pointwise("dropout", "identity at inference", lambda p, w, xs: xs[0].copy(),
            params=(Param("p", "float", 0.5, doc="the drop probability in training (PyTorch's p, Caffe's "
                                                   "dropout_ratio); accepted and ignored at inference"),),
            examples=(Example({}, [(3, 2, 4)]), Example({"p": 0.2}, [(3, 2, 4)])), channels_last="like-input",
-           per_element=True)
+           per_element=True, keeps_values=True)
 _pointwise("add", "elementwise sum of its inputs",
            lambda p, w, xs: np.sum(np.stack(xs), axis=0, dtype=np.float64).astype(np.float32),
            torch=lambda p, w, xs: sum(xs[1:], xs[0]), onnx=onnx_as("Sum"),

@@ -38,6 +38,6 @@ register(OpDef(
     params=(), shape=lambda params, shapes: (numel(shapes[0]), 1, 1), reference=reference,
     flops=lambda params, shapes, out: 0, package=__name__, window=window, torch=torch_equivalent,
     onnx=to_onnx, sees_whole_input=("remove-flatten", "a flatten folds the map's positions into channels"),
-    fixes_input_size=True,
+    fixes_input_size=True, keeps_values=True,
     examples=(Example({}, [(3, 2, 4)]), Example({}, [(5, 1, 1)]), Example({}, [(1, 3, 1)], batch=3)),
 ))

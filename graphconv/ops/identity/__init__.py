@@ -11,6 +11,6 @@ register(OpDef(
     reference=lambda params, weights, inputs: inputs[0].copy(),
     flops=lambda params, shapes, out: 0,
     package=__name__, torch=lambda params, weights, inputs: inputs[0], onnx=onnx_as("Identity"),
-    per_element=True,
+    per_element=True, keeps_values=True,
     examples=(Example({}, [(2, 3, 2)]),),
 ))

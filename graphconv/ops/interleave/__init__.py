@@ -50,7 +50,7 @@ register(OpDef(
     name="interleave", internal=True, doc="fy x fx maps per image (along the batch) interleaved into one finer map",
     params=(Param("factor", "pair", doc="copies per axis (fy, fx)"),),
     shape=shape, reference=reference, window=window,
-    flops=lambda params, shapes, out: 0, package=__name__, torch=torch_equivalent,
+    flops=lambda params, shapes, out: 0, package=__name__, torch=torch_equivalent, keeps_values=True,
     batch_scale=lambda params: Fraction(1, params["factor"][0] * params["factor"][1]),
     examples=(Example({"factor": 2}, [(3, 2, 3)], batch=8), Example({"factor": [3, 2]}, [(2, 1, 2)], batch=6)),
 ))

@@ -198,6 +198,7 @@ register(OpDef(
     name="maxpool", doc="max over each window (torch.nn.MaxPool2d)",
     params=_params(""), shape=shape, reference=reference_max, flops=flops,
     package=__name__, window=window, torch=torch_max, onnx=onnx_max, examples=EXAMPLES, channels_last="into-planes",
+    padding_value=lambda params: None if params["ceil_mode"] else float("-inf"),
 ))
 register(OpDef(
     name="avgpool", doc="mean over each window (torch.nn.AvgPool2d)",
@@ -206,4 +207,5 @@ register(OpDef(
                          doc="divide by the taps in the image and its padding (else: in the image)")),
     shape=shape, reference=reference_avg, flops=flops, package=__name__, window=window,
     torch=torch_avg, onnx=onnx_avg, examples=EXAMPLES + AVG_EXAMPLES, channels_last="into-planes",
+    padding_value=lambda params: 0.0 if params["count_include_pad"] and not params["ceil_mode"] else None,
 ))

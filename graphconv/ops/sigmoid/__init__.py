@@ -24,5 +24,6 @@ register(OpDef(
     params=(), shape=lambda params, shapes: shapes[0], reference=reference,
     flops=lambda params, shapes, out: 4 * numel(out),  # negate, exp, add, divide
     package=__name__, torch=torch_equivalent, onnx=onnx_as("Sigmoid"), per_element=True,
+    gives_probabilities=True,
     examples=(Example({}, [(3, 2, 4)]), Example({}, [(1, 1, 1)])),
 ))

@@ -75,7 +75,7 @@ register(OpDef(
                       "(ResNeSt's radix softmax)"),),
     shape=shape, reference=reference,
     flops=lambda params, shapes, out: 4 * numel(out), package=__name__, torch=torch_equivalent,
-    onnx=to_onnx,
+    onnx=to_onnx, gives_probabilities=True,
     examples=(Example({}, [(4, 2, 3)]), Example({}, [(1, 2, 2)]), Example({"groups": 2}, [(6, 1, 1)], batch=3),
               Example({"groups": 3}, [(6, 2, 3)])),
 ))
