@@ -393,9 +393,9 @@ class Importer:
             return CONVERTERS.get(node.op_type)
         converter = CUSTOM_CONVERTERS.get((node.domain, node.op_type))
         if converter is None:
-            raise self.error(f"op {node.domain}.{node.op_type} is from a custom domain; "
-                             f"graphconv reads the standard ONNX ops{_CUSTOM_DOMAINS.get(node.domain, '')} (a plugin "
-                             f"op's own: @converts({node.op_type!r}, domain={node.domain!r}) in graphconv.frontends.onnx)")
+            raise self.error(f"op {node.domain}.{node.op_type} is from a custom domain; graphconv reads the standard "
+                             f"ONNX ops{_CUSTOM_DOMAINS.get(node.domain, '')} (a plugin op's own: "
+                             f"@converts({node.op_type!r}, domain={node.domain!r}) in graphconv.frontends.onnx)")
         return converter
 
     def _opset(self) -> int:
