@@ -41,7 +41,8 @@ _EXPORTS = {
     "register_pass": ("graphconv.pass_manager", "register_pass"),
     "registered_passes": ("graphconv.pass_manager", "registered_passes"),
     "run_passes": ("graphconv.pass_manager", "run_passes"),
-    "load_spec": ("graphconv.frontends", "load_network"),
+    "load_network": ("graphconv.frontends", "load_network"),  # a spec, a model folder, an ONNX or plugin format
+    "load_spec": ("graphconv.frontends", "load_network"),  # its older name, kept working
     "save_model": ("graphconv.frontends.yaml", "save_model"),
     "Model": ("graphconv.model", "Model"),
     "compile_graph": ("graphconv.compiler", "compile_graph"),
@@ -56,6 +57,7 @@ if _TYPE_CHECKING:  # for type checkers and IDEs; at run time, __getattr__ below
     from graphconv.compiler import compile_graph, compile_model
     from graphconv.dense import verify
     from graphconv.errors import GraphconvError, GraphconvWarning, Location, PassError, ShapeError
+    from graphconv.frontends import load_network
     from graphconv.frontends import load_network as load_spec
     from graphconv.frontends.yaml import save_model
     from graphconv.images import load_image
@@ -96,6 +98,6 @@ def __dir__() -> list[str]:
 __all__ = [
     "DEFAULT_PIPELINE", "Field", "Graph", "GraphconvError", "GraphconvWarning", "Location", "Model", "Node",
     "PassError", "PassManager", "ShapeError", "compile_graph", "compile_model", "configure_process", "load",
-    "load_image", "load_plugin", "load_spec", "receptive_fields", "register_pass", "registered_passes", "run_passes",
-    "save_model", "set_memory_limit", "verify",
+    "load_image", "load_network", "load_plugin", "load_spec", "receptive_fields", "register_pass", "registered_passes",
+    "run_passes", "save_model", "set_memory_limit", "verify",
 ]
