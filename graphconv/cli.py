@@ -1399,7 +1399,7 @@ def note_pixels_as_they_are(args: argparse.Namespace, model, compiling: bool = F
     import_it = (f"import it with them (graphconv import MODEL{kind.suffixes[0]} -o NET.yaml --scale 0.00392157 --mean "
                  "... --std ..., and --values stored with the scale its training used for a raster stored in more than "
                  "8 bits, such as 16-bit reflectances)")
-    no_place = f"({kind.what} has no place for one)"
+    no_place = f"({kind.a_file} has no place for one)"
     if frontend_named(args.model) is not None:
         said = f"{args.model} states no preprocess {no_place}"
         then = f"{import_it} and run NET.yaml"

@@ -730,7 +730,7 @@ class Model:
 
         source = unstated_preprocess_origin(self.graph)
         if source is not None and self.graph.meta.get("preprocess") is None:
-            no_place = f"({frontend_named(source).what} has no place for one)"
+            no_place = f"({frontend_named(source).a_file} has no place for one)"
             warn_caller(f"{Path(source).name} states no preprocess {no_place}, so the "
                         "pixels go in as they are, 0..255: if the model was trained on normalised pixels, set "
                         "model.preprocess = {'scale': 1/255, 'mean': [...], 'std': [...]} (or load it with "

@@ -41,7 +41,7 @@ def read_tiny(path: Path, crop_size):
 
 
 register_frontend(FrontEnd("TinyNet", (".tiny", ".h5"), read_tiny, sniff=lambda head: head.startswith(b"input "),
-                           states_preprocess=False, what="a TinyNet file"))
+                           states_preprocess=False))  # its notes say "a TinyNet file"
 '''
 
 TINY_NET = "input 1 12 12\nconv 4 3\nrelu\nmaxpool 2\nconv 6 3\nfc 3\n"

@@ -109,7 +109,7 @@ class FrontEnd:
         otherwise; None: it knows its files by name only.
     states_preprocess: whether its files can say how pixels were normalised; where they
         cannot (ONNX), commands say that images go in as they are, 0..255.
-    what: its file in a sentence ("an ONNX file"), for those notes.
+    what: its file in a sentence ("an ONNX file"), for those notes (default "a NAME file").
     """
 
     name: str
@@ -121,6 +121,11 @@ class FrontEnd:
 
     def claims_name(self, path: str | os.PathLike) -> bool:
         return Path(path).suffix.lower() in self.suffixes
+
+    @property
+    def a_file(self) -> str:
+        """Its file in a sentence: "an ONNX file"."""
+        return self.what or f"a {self.name} file"
 
 
 _FRONTENDS: dict[str, FrontEnd] = {}

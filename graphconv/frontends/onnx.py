@@ -1774,9 +1774,9 @@ def _import_op_converters() -> None:
         module_name = f"{opdef.package}.onnx_import"
         try:
             importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name != module_name:  # the module is there and imports something missing: a bug
-                raise
+        except ModuleNotFoundError as err:  # no such module, or its package is not importable here
+            if err.name is None or not (module_name == err.name or module_name.startswith(f"{err.name}.")):
+                raise  # the module is there and imports something missing: a bug
 
 
 def _spatial_attrs(imp: Importer, node, x: Tensor, kernel: Sequence[int]) -> tuple[dict, list[int]]:
