@@ -25,11 +25,15 @@ def test_digest_changes_with_any_kernel_source_and_nothing_else(tmp_path):
 def test_kernel_sources_import_nothing_else_of_graphconvs():
     """The digest covers ops/ and errors.py only: that is sound while no module under
     ops/ takes code or constants from anywhere else in graphconv. (ops/__init__.py installs
-    the kernel cache before any kernel is defined: no kernel's code comes from there.)"""
+    the kernel cache before any kernel is defined: no kernel's code comes from there. An
+    op's `onnx_import.py` holds its ONNX converter, for the importer, and no kernel.)"""
     import re
     allowed = {"graphconv.errors"}
     ops = kernel_cache.SOURCE_ROOT / "ops"
     for path in ops.rglob("*.py"):
+        if path.name == "onnx_import.py":
+            assert "cache=True" not in path.read_text() and "numba" not in path.read_text(), path
+            continue
         for module in re.findall(r"^\s*(?:from|import)\s+(graphconv[\w.]*)", path.read_text(), re.M):
             if path == ops / "__init__.py" and module == "graphconv.kernel_cache":
                 continue
