@@ -206,7 +206,9 @@ def refuse_flatten_left(pipeline: Sequence[PipelineItem], source: Graph, compile
     flatten = source.node(left[0])
     c, h, w = infer_shapes(source, check_weights=False)[flatten.inputs[0].name]
     blocking = _first_reader_not_per_element(compiled.node(left[0]))
-    reader = source.node(blocking) if blocking in source else flatten
+    reader = source.node(blocking) if blocking in source else compiled.node(blocking)  # a pass's new layer
+    if reader.name == flatten.name:
+        reader = flatten
     what = (f"this {reader.op} reads the {c * h * w} features of flatten '{flatten.name}' (its {c}x{h}x{w} map) "
             "before any fc" if reader != flatten else
             f"this flatten's {c * h * w} features (its {c}x{h}x{w} map) are the network's output")
