@@ -29,8 +29,8 @@ import numpy as np
 from graphconv.arrays import load_npy
 from graphconv.background import DEFAULT_MAX_NODATA, DEFAULT_THRESHOLD
 from graphconv.backends import AUTO, get_backend
-from graphconv.errors import (GraphconvError, GraphconvWarning, PassError, agreeing, counted, nearest, printable,
-                              shown, shown_path)
+from graphconv.errors import (FrontEndError, GraphconvError, GraphconvWarning, PassError, agreeing, counted, nearest,
+                              printable, shown, shown_path)
 from graphconv.files import (atomic_write, check_model_target, check_writable, committed_outputs, forget_committed,
                              spare_the_model)
 from graphconv.georef import is_tiff_output
@@ -274,11 +274,11 @@ def _leave_now(status: int) -> None:
 
 def user_message(err: BaseException, traceback_shown: bool = False) -> str:
     """One line for an error that bad input (not a bug) can cause; a crashed plugin pass's
-    says where its whole traceback is, where it was not printed above it."""
+    or front end's says where its whole traceback is, where it was not printed above it."""
     if isinstance(err, GraphconvError):
-        crashed_pass = isinstance(err, PassError) and err.__cause__ is not None \
+        crashed_plugin = isinstance(err, (PassError, FrontEndError)) and err.__cause__ is not None \
             and not isinstance(err.__cause__, GraphconvError)
-        return f"{err} (--traceback for the whole traceback)" if crashed_pass and not traceback_shown else str(err)
+        return f"{err} (--traceback for the whole traceback)" if crashed_plugin and not traceback_shown else str(err)
     if isinstance(err, OSError):
         where = f"{err.filename}: " if err.filename else ""
         return f"{where}{err.strerror or err}"

@@ -152,6 +152,21 @@ def warn_caller(message: str) -> None:
     warnings.warn(message, GraphconvWarning, stacklevel=level)
 
 
+def where_it_crashed(err: BaseException) -> str:
+    """' at my_passes.py:41 in fold_scale': the last line of the user's own code the
+    exception went through (not graphconv's, numpy's or Python's), which a plugin's
+    author most needs and "crashed: KeyError: 'nope'" did not say."""
+    import traceback
+
+    library = [os.path.dirname(os.path.abspath(__file__)), *map(os.path.abspath, {sys.prefix, sys.base_prefix})]
+    theirs = [frame for frame in traceback.extract_tb(err.__traceback__)
+              if not any(os.path.abspath(frame.filename).startswith(root + os.sep) for root in library)]
+    if not theirs:
+        return ""
+    frame = theirs[-1]
+    return f" at {shown_path(frame.filename)}:{frame.lineno} in {frame.name}"
+
+
 class GraphconvError(Exception):
     """An error in the user's input, reported as `file:line: layer 'x': message`. `param`
     names the layer parameter it is about, if one, so that a front end can point at the
@@ -197,6 +212,11 @@ class SmallerThanTheCrop(ShapeError):
 
 class PassError(GraphconvError):
     """A pass failed, or left the IR broken (the message names the pass)."""
+
+
+class FrontEndError(GraphconvError):
+    """A plugin's front end crashed reading a file (its own bug, not the file's): said in
+    one line naming the front end and its line, as a crashed plugin pass is."""
 
 
 def import_optional(module: str, needs: str):

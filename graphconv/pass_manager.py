@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, TextIO
 
 import numpy as np
 
-from graphconv.errors import GraphconvError, PassError, agreeing, nearest, shown, shown_path
+from graphconv.errors import GraphconvError, PassError, agreeing, nearest, shown, where_it_crashed
 from graphconv.ir import Graph
 from graphconv.shapes import infer_shapes
 
@@ -185,21 +185,6 @@ def _plugin_origin(name: str) -> str:
     """" (plugin my_passes.py)" for a pass a plugin registered; "" for a built-in one."""
     info = _REGISTRY.get(name)
     return "" if info is None or info.origin.startswith("built-in") else f" ({info.origin})"
-
-
-def _where_it_crashed(err: Exception) -> str:
-    """' at my_passes.py:41 in fold_scale': the last line of the user's own code the
-    exception went through (not graphconv's, numpy's or Python's), which a plugin's
-    author most needs and "crashed: KeyError: 'nope'" did not say."""
-    import traceback
-
-    library = [os.path.dirname(os.path.abspath(__file__)), *map(os.path.abspath, {sys.prefix, sys.base_prefix})]
-    theirs = [frame for frame in traceback.extract_tb(err.__traceback__)
-              if not any(os.path.abspath(frame.filename).startswith(root + os.sep) for root in library)]
-    if not theirs:
-        return ""
-    frame = theirs[-1]
-    return f" at {shown_path(frame.filename)}:{frame.lineno} in {frame.name}"
 
 
 def _same_source(registered: Callable, again: Callable) -> bool:
@@ -614,7 +599,7 @@ class PassManager:
         try:
             result = info.run(graph, **options)
         except GraphconvError as err:
-            where = "" if info.origin.startswith("built-in") else _where_it_crashed(err) or f", {info.origin}"
+            where = "" if info.origin.startswith("built-in") else where_it_crashed(err) or f", {info.origin}"
             unchecked = "" if self.verify_each else ("; an earlier pass, unchecked, may have made this: drop "
                                                      "--no-verify (verify_each=True) to find which")
             raise PassError(f"{err.message} (in pass '{info.name}'{where}{unchecked})", loc=err.loc,
@@ -626,10 +611,10 @@ class PassManager:
                                                   "--no-verify, or from Python verify_each=True, to find which pass "
                                                   "broke it)")
                 raise
-            raise PassError(f"pass '{info.name}' ({info.origin}) crashed{_where_it_crashed(err)}: "
+            raise PassError(f"pass '{info.name}' ({info.origin}) crashed{where_it_crashed(err)}: "
                             f"{type(err).__name__}: {err}{self._crash_hint(err, graph, info)}") from err
         except SystemExit as err:  # the command exited with nothing written and, for exit 0, nothing said
-            raise PassError(f"pass '{info.name}' ({info.origin}) called sys.exit({err.code!r}){_where_it_crashed(err)}"
+            raise PassError(f"pass '{info.name}' ({info.origin}) called sys.exit({err.code!r}){where_it_crashed(err)}"
                             ": a pass edits the graph and returns; to refuse a graph, raise GraphconvError") from None
         if result is not None and not isinstance(result, (bool, np.bool_)):  # `return mask.any()` is a bool too
             what = "a Graph" if isinstance(result, Graph) else shown(result)  # a copy it edited: lost

@@ -117,6 +117,35 @@ def test_a_front_end_claims_files_by_their_first_bytes_and_before_other_framewor
         graphconv.load(bad)
 
 
+def test_a_plugin_front_end_that_crashes_is_one_line_naming_it_and_its_line(tiny, tmp_path):
+    """A front end's own bug (int('four') on a value it did not check) is said in one
+    line, status 2, naming the file read, the front end and the line of its code, as a
+    crashed plugin pass is; --traceback shows the whole traceback."""
+    plugin, _ = tiny
+    bad = tmp_path / "bad.tiny"
+    bad.write_text("input 1 8 8\nconv four 3\n")
+    line = next(number for number, text in enumerate(TINY_FRONTEND.splitlines(), start=1)
+                if "for v in values" in text)
+    done = graphconv_in_process("compile", bad, "-o", tmp_path / "fcn", "--plugin", plugin)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"graphconv: bad.tiny: the TinyNet front end crashed in its read at tiny_frontend.py:{line} in <genexpr>: ValueError: "
+        "invalid literal for int() with base 10: 'four' (--traceback for the whole traceback)"]
+    assert not (tmp_path / "fcn").exists()
+    shown = graphconv_in_process("compile", bad, "-o", tmp_path / "fcn", "--plugin", plugin, "--traceback")
+    assert shown.returncode == 2 and "Traceback" in shown.stderr and "--traceback for" not in shown.stderr
+
+
+def test_a_front_end_whose_sniff_crashes_is_named_when_a_file_is_read(own_frontends, tmp_path):
+    spec = tmp_path / "net.yaml"
+    spec.write_text("input: {shape: [1, 4, 4]}\nlayers:\n  - {name: fc, op: fc, out_features: 2}\n")
+    frontends.register_frontend(frontends.FrontEnd("Picky", (".picky",), lambda path, crop: None,
+                                                   sniff=lambda head: head.decode("ascii")[20]))
+    with pytest.raises(frontends.FrontEndError, match=r"net.yaml: the Picky front end crashed in its sniff at "
+                                                      r".*test_frontends.py:\d+ in <lambda>: IndexError"):
+        graphconv.load(spec)
+
+
 def test_import_names_the_formats_it_reads_for_a_file_no_front_end_claims(tmp_path):
     spec = tmp_path / "net.yaml"
     spec.write_text("input: {shape: [1, 4, 4]}\nlayers:\n  - {name: fc, op: fc, out_features: 2}\n")

@@ -25,7 +25,8 @@ from typing import Callable
 import numpy as np
 
 from graphconv.arrays import load_npz
-from graphconv.errors import GraphconvError, Location, ShapeError, counted, nearest, shown
+from graphconv.errors import (FrontEndError, GraphconvError, Location, ShapeError, counted, nearest, shown,
+                              where_it_crashed)
 from graphconv.ir import Graph
 from graphconv.memory import check_fits
 from graphconv.shapes import WEIGHTS_FILE, infer_shapes, init_weights
@@ -103,7 +104,8 @@ class FrontEnd:
         none, and graphconv seeds them). `crop_size` is the user's --crop-size (H, W), or
         None: the training crop, for a format whose input size may be left open; refuse
         it where it means nothing. Raise GraphconvError naming the file (and line, layer)
-        for what cannot be read. graphconv does the rest: --weights and --labels, the
+        for what cannot be read (anything else it raises is taken for its own bug and
+        said as one line naming its code's line). graphconv does the rest: --weights and --labels, the
         shapes, the weights attached and checked (`finalize`).
     sniff(head) -> whether a file's first 16 bytes are of its kind, for a file named
         otherwise; None: it knows its files by name only.
@@ -173,7 +175,7 @@ def frontend_for(path: str | os.PathLike) -> FrontEnd | None:
             head = fp.read(16)
     except OSError:
         return None
-    return next((frontend for frontend in sniffing if frontend.sniff(head)), None)
+    return next((frontend for frontend in sniffing if _calling(frontend, "sniff", frontend.sniff, path, head)), None)
 
 
 def frontend_named(path: str | os.PathLike) -> FrontEnd | None:
@@ -187,6 +189,24 @@ def states_no_preprocess(path: str | os.PathLike) -> bool:
     (`FrontEnd.states_preprocess` False: ONNX), so its pixels go in as they are."""
     frontend = frontend_named(path) if path else None
     return frontend is not None and not frontend.states_preprocess
+
+
+def _calling(frontend: FrontEnd, what: str, function: Callable, path, *args):
+    """`function(*args)`, where a plugin front end's crash (its bug: an IndexError, a
+    KeyError) is one line naming the front end, the line of its code and the file
+    (`FrontEndError`), as a crashed plugin pass's is, not a traceback. Errors that bad
+    input causes (GraphconvError, a file that cannot be opened) pass as they are, and so
+    does every exception of graphconv's own front ends (a bug in graphconv keeps its
+    traceback)."""
+    try:
+        return function(*args)
+    except (GraphconvError, OSError, MemoryError, RecursionError):
+        raise
+    except Exception as err:
+        if getattr(function, "__module__", "").startswith("graphconv."):
+            raise
+        raise FrontEndError(f"the {frontend.name} front end crashed in its {what}{where_it_crashed(err)}: "
+                            f"{type(err).__name__}: {err}", file=str(path)) from err
 
 
 def _read_onnx(path: Path, crop_size: tuple[int, int] | None):
@@ -208,7 +228,7 @@ def _read_network(path, weights, labels, init_missing_weights: bool, crop_size) 
 
     frontend = frontend_for(path)
     if frontend is not None:
-        graph, arrays = frontend.read(Path(path), crop_size)
+        graph, arrays = _calling(frontend, "read", frontend.read, path, Path(path), crop_size)
         if labels is not None:
             graph.meta["labels"] = yaml_frontend.read_labels(Path(labels))
             graph.meta[yaml_frontend.LABELS_FILE] = str(labels)
