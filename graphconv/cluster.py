@@ -853,7 +853,7 @@ def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, t
     from graphconv.background import blank_tiles
     from graphconv.georef import cell_placement, georeference_of_map, is_tiff_output
     from graphconv.tiling import (DamagedCells, MapFile, PartialMap, map_transform, piece_cells_within, pieces_note,
-                                  plan_tiles, run_tiled, stopped_partial_map)
+                                  plan_tiles, recorded_plan, run_tiled, stopped_partial_map)
 
     plan = plan_tiles(grid, (source.height, source.width), tile)
     piece_cells = piece_cells_within(grid, plan, cut_to) if cut_to is not None else None
@@ -867,7 +867,7 @@ def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, t
     map_file = MapFile(output, shape, dtype, chunk_hw=plan.cells_hw,
                        georeference=georeference_of_map(source, grid.cell_area) if is_tiff_output(output) else None,
                        placement=replace(cell_placement(source, grid.cell_area),
-                                         contents={**contents, "tile_plan": plan.as_recorded()}),
+                                         contents={**contents, "tile_plan": recorded_plan(plan, tile)}),
                        resume=job if options.resume else None, tiles=plan.tiles, blank=blank, unchanged=unchanged,
                        waiting=functools.partial(waiting_note, image) if options.wait_for_other_runs else None)
     damaged = DamagedCells() if options.skip_damaged else None

@@ -99,7 +99,8 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     from graphconv.georef import cell_placement, map_contents
     from graphconv.sources import on_image
     from graphconv.tiling import (CropGrid, DamagedCells, DenseGrid, MapFile, choose_tile, in_pieces, map_transform,
-                                  piece_cells_within, pieces_note, plan_tiles, spread_tile, tile_bytes)
+                                  piece_cells_within, pieces_note, plan_tiles, recorded_plan, spread_tile,
+                                  tile_bytes)
 
     if args.scales:
         from graphconv.cluster import SCALES_NOT_IN_TILES
@@ -198,7 +199,7 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
     contents = {**map_contents(args.image, args.model, model, args.classes, args.reduce, left_out),
                 **(background.nodata_record() if background is not None else {})}
     stamp = image_stamp(args.image)
-    placement = replace(placement, contents={**contents, IMAGE_STAMP: stamp, "tile_plan": plan.as_recorded()})
+    placement = replace(placement, contents={**contents, IMAGE_STAMP: stamp, "tile_plan": recorded_plan(plan, tile)})
     blank_cells, blank_tiles = _skipper(args, background, plan)
     if not (args.workers or args.scheduler):
         from graphconv.cli import note_cold_kernels

@@ -92,9 +92,9 @@ class TilePlan:
         return sum(t.pixels for t in self.tiles) / (self.image_hw[0] * self.image_hw[1])
 
     def as_recorded(self) -> str:
-        """The plan as a map (its "tile_plan") and a --resume job record it: the tiles'
-        sums run in other orders than a whole image's or other tiles', so their bits
-        differ in float32 rounding, and `--tile` of the larger side plans these tiles again."""
+        """The plan as a --resume job records it (and a map, with the tile that plans it:
+        `recorded_plan`): the tiles' sums run in other orders than a whole image's or
+        other tiles', so their bits differ in float32 rounding."""
         return (f"{len(self.tiles)} tile{'' if len(self.tiles) == 1 else 's'} of up to {self.tile_hw[0]}x"
                 f"{self.tile_hw[1]} pixels, "
                 f"{self.cells_hw[0]}x{self.cells_hw[1]} cells")
@@ -1420,6 +1420,16 @@ def job_differences(held: dict, job: dict) -> list[str]:
 
 
 WHOLE_IMAGE_PLAN = "the whole image in one pass"  # a map's "tile_plan" when it was not tiled
+
+
+def recorded_plan(plan: TilePlan, tile: int | Sequence[int]) -> str:
+    """A tiled map's "tile_plan": its tiles, and the `--tile` that plans them again, the
+    one asked for or chosen for the memory budget. The largest box a tile reads does not
+    (`--tile 1024` planned tiles of up to 992 pixels, whose `--tile 992` made fewer cells
+    a tile: other tiles, other bits)."""
+    height, width = checked_tile(tile)
+    again = f"--tile {height}" if height == width else f"tiles of {height}x{width} pixels asked for"
+    return f"{plan.as_recorded()} ({again} plans them again)"
 
 ZARR_MAP_ATTRIBUTE = "graphconv"
 """The attribute every zarr map carries: who wrote it (so a later run may replace it,

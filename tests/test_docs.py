@@ -55,6 +55,19 @@ def test_the_docs_list_every_op_a_spec_can_name():
     assert [name for name in user_ops() if f"`{name}`" not in section] == []
 
 
+def test_the_worked_example_of_adding_an_op_is_sigmoid_s_own_opdef():
+    """The page's OpDef is the file it says it is (comments and type hints aside): it
+    lacked the op's later flags, which a reader copying it as a template would miss."""
+    def opdef(text: str) -> str:
+        call = text[text.index("register(OpDef("):]
+        call = call[:call.index("\n))") + 4]
+        return " ".join(re.sub(r"#.*", "", call).split())
+
+    doc_page("adding-an-op.md", "Adding an op")
+    block = next(code for _, code in python_blocks(ROOT / "docs" / "adding-an-op.md") if "register(OpDef(" in code)
+    assert opdef(block) == opdef((ROOT / "graphconv" / "ops" / "sigmoid" / "__init__.py").read_text())
+
+
 # Imported yet not named as such: ops on constants alone (shape arithmetic, said as that),
 # graphconv's own export domain (read back), and one written with its sibling.
 NOT_NAMED_IN_THE_DOCS = {"Ceil", "Constant", "ConstantOfShape", "Equal", "Floor", "Range", "ReduceProd",

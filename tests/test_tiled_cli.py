@@ -425,6 +425,40 @@ def test_a_map_records_the_graphconv_and_the_model_contents_that_made_it(model_d
         assert json.loads(page.description.split("\n", 1)[1])["model_digest"] == digest
 
 
+PADDED_NET = """name: padded
+input: {name: data, shape: [3, 30, 26]}
+layers:
+  - {name: c1, op: conv, out_channels: 6, kernel_size: 5, stride: 2, padding: 2}
+  - {name: r1, op: relu}
+  - {name: p1, op: maxpool, kernel_size: 3, stride: 2, padding: 1, ceil_mode: true}
+  - {name: c2, op: conv, out_channels: 8, kernel_size: 3, padding: [1, 2], dilation: [1, 2]}
+  - {name: fc1, op: fc, out_features: 5}
+"""
+
+
+def test_a_tiled_map_records_the_tile_that_plans_its_tiles_again(tmp_path, rng):
+    """The map's tile_plan names the --tile that makes the same map again, bit for bit:
+    the largest box a tile reads (which it also says) planned other tiles for a padded
+    network, and the exactness page told users to give that."""
+    (tmp_path / "net.yaml").write_text(PADDED_NET)
+    assert graphconv_in_process("compile", tmp_path / "net.yaml", "-o", tmp_path / "fcn").returncode == 0
+    Image.fromarray(rng.integers(0, 256, (300, 260, 3), dtype=np.uint8)).save(tmp_path / "scene.png")
+
+    def tiled(tile: int, name: str) -> tuple[str, np.ndarray]:
+        done = graphconv_in_process("run", tmp_path / "fcn", "--image", tmp_path / "scene.png", "--tile", tile,
+                                    "--output", tmp_path / name)
+        assert done.returncode == 0, done.stderr
+        array = zarr.open_array(str(tmp_path / name), mode="r")
+        return array.attrs["graphconv"]["tile_plan"], array[:]
+
+    plan, scores = tiled(167, "first.zarr")
+    assert plan.endswith("(--tile 167 plans them again)"), plan
+    again_plan, again = tiled(int(re.search(r"--tile (\d+) plans", plan).group(1)), "again.zarr")
+    assert again_plan == plan and np.array_equal(again, scores)
+    box = int(re.search(r"tiles of up to (\d+)x", plan).group(1))
+    assert box != 167 and tiled(box, "box.zarr")[0] != plan  # why the record names the tile
+
+
 def test_images_with_a_tile_too_small_for_the_network_is_one_error(model_dir, picture, tmp_path):
     """The tile's size is the network's matter, not an image's: a batch of 1000 slides
     said the same error 1000 times, each after opening its slide."""
