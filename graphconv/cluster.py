@@ -684,7 +684,7 @@ def _image_mapped(ref: ModelRef, image: str, output: str, options: MapOptions, t
     from graphconv.cli import user_message
     from graphconv.files import FinishedByAnotherRun, HeldByAnotherRun
     from graphconv.georef import cell_placement, map_contents
-    from graphconv.tiling import WHOLE_IMAGE_PLAN, DamagedCells, map_transform
+    from graphconv.tiling import WHOLE_IMAGE_PLAN, DamagedCells, map_transform, plan_tiles, recorded_plan
 
     asked_tile = tile
     try:
@@ -724,7 +724,9 @@ def _image_mapped(ref: ModelRef, image: str, output: str, options: MapOptions, t
         contents = {**map_contents(image, ref.path, model, options.classes, options.reduce,
                                    left_out_record(options, image)),
                     **(background.nodata_record() if background is not None else {}),
-                    IMAGE_STAMP: stamp, **_loaded_with(ref)}
+                    IMAGE_STAMP: stamp, **_loaded_with(ref),
+                    "tile_plan": recorded_plan(plan_tiles(grid, (source.height, source.width), tile), tile)
+                    if tile is not None else WHOLE_IMAGE_PLAN}
         resumed, planned, partial_map, damaged, tiles_note = None, None, None, None, None
         if tile is not None:
             shape, resumed, planned, partial_map, damaged, tiles_note = _map_in_tiles(
@@ -737,8 +739,7 @@ def _image_mapped(ref: ModelRef, image: str, output: str, options: MapOptions, t
             result = result if transform is None else transform(result)
             if stopped is not None and stopped():  # not written: nobody is waiting for it
                 raise StoppedByTheCommand("stopped by the command that sent it, before its map was written")
-            _write_map(output, result, source, grid, {**contents, "tile_plan": WHOLE_IMAGE_PLAN},
-                       _as_found(output, found, image, stamp))
+            _write_map(output, result, source, grid, contents, _as_found(output, found, image, stamp))
             shape = tuple(result.shape)
         from graphconv.sources import tiff_notes
         notes = (tiles_note, wasteful, stored_orientation_note(source), *tiff_notes(source, bool(options.mask)),
@@ -853,7 +854,7 @@ def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, t
     from graphconv.background import blank_tiles
     from graphconv.georef import cell_placement, georeference_of_map, is_tiff_output
     from graphconv.tiling import (DamagedCells, MapFile, PartialMap, map_transform, piece_cells_within, pieces_note,
-                                  plan_tiles, recorded_plan, run_tiled, stopped_partial_map)
+                                  plan_tiles, run_tiled, stopped_partial_map)
 
     plan = plan_tiles(grid, (source.height, source.width), tile)
     piece_cells = piece_cells_within(grid, plan, cut_to) if cut_to is not None else None
@@ -867,7 +868,7 @@ def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, t
     map_file = MapFile(output, shape, dtype, chunk_hw=plan.cells_hw,
                        georeference=georeference_of_map(source, grid.cell_area) if is_tiff_output(output) else None,
                        placement=replace(cell_placement(source, grid.cell_area),
-                                         contents={**contents, "tile_plan": recorded_plan(plan, tile)}),
+                                         contents=contents),
                        resume=job if options.resume else None, tiles=plan.tiles, blank=blank, unchanged=unchanged,
                        waiting=functools.partial(waiting_note, image) if options.wait_for_other_runs else None)
     damaged = DamagedCells() if options.skip_damaged else None
@@ -1551,7 +1552,7 @@ def map_settings(ref: ModelRef, image: str, options: MapOptions) -> dict:
             if options.scales else None}
 
 
-NPY_CONTENTS = ("model_classes", "output_activation", "labels")  # of `map_contents`, beyond `map_settings`
+NPY_CONTENTS = ("model_classes", "output_activation", "labels", "tile_plan")  # `map_contents` beyond `map_settings`
 
 
 def _what_an_npy_holds(result: ImageResult) -> dict:

@@ -457,6 +457,11 @@ def test_a_tiled_map_records_the_tile_that_plans_its_tiles_again(tmp_path, rng):
     assert again_plan == plan and np.array_equal(again, scores)
     box = int(re.search(r"tiles of up to (\d+)x", plan).group(1))
     assert box != 167 and tiled(box, "box.zarr")[0] != plan  # why the record names the tile
+    batch = ["run", tmp_path / "fcn", "--images", tmp_path / "scene.png", "--output-dir", tmp_path / "maps"]
+    assert graphconv_in_process(*batch, "--tile", 167).returncode == 0
+    assert _made_with(tmp_path / "maps", "scene.npy")["tile_plan"] == plan  # an .npy's row records it
+    again = graphconv_in_process(*batch, "--tile", 200, "--skip-existing")
+    assert again.returncode == 0 and "no map to make" in again.stdout  # provenance: another tile, the same map
 
 
 def test_images_with_a_tile_too_small_for_the_network_is_one_error(model_dir, picture, tmp_path):
