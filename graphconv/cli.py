@@ -1485,8 +1485,24 @@ def _note_whole_image_vector(args: argparse.Namespace, model, x: np.ndarray, out
     if out.ndim != 2 or tuple(x.shape[2:]) == crop_hw:
         return
     note(f"note: {model.graph.name} is run as written: one vector per image, pooled over the whole "
-         f"{x.shape[2]}x{x.shape[3]} input. For its scores on every {crop_hw[0]}x{crop_hw[1]} crop: "
-         f"{ways_to_map(args, model)}")
+         f"{x.shape[2]}x{x.shape[3]} input.{_same_padding_differs(model, x.shape[2:])} For its scores on every "
+         f"{crop_hw[0]}x{crop_hw[1]} crop: {ways_to_map(args, model)}")
+
+
+def _same_padding_differs(model, input_hw) -> str:
+    """What an ONNX file's strided SAME padding means for a classifier run as written on
+    another size: graphconv pads as for the crop, onnxruntime as for the input, so their
+    vectors differ (13% on a 17x17 input of a 16x16 Keras classifier)."""
+    from graphconv.frontends.onnx import SAME_PADDED_BY_SIZE
+
+    layers = model.graph.meta.get(SAME_PADDED_BY_SIZE)
+    if not layers:
+        return ""
+    named = ", ".join(layers[:3]) + (", ..." if len(layers) > 3 else "")
+    return (f" Its {counted(len(layers), 'strided layer')} with SAME padding ({named}) are padded as for the "
+            f"{model.crop_shape[1]}x{model.crop_shape[2]} crop, where ONNX pads for each input size: onnxruntime's "
+            f"vector of this input can differ (for its own, read the file with --crop-size {input_hw[0]} "
+            f"{input_hw[1]}).")
 
 
 def _run_crops(args: argparse.Namespace, model, grid, x: np.ndarray, picture: np.ndarray | None,

@@ -22,7 +22,7 @@ from graphconv.frontends import load_network  # noqa: E402
 from graphconv.model import Model  # noqa: E402
 
 import onnx_zoo  # noqa: E402
-from conftest import SPECS, graphconv_process  # noqa: E402
+from conftest import SPECS, graphconv_in_process, graphconv_process  # noqa: E402
 
 ARCHITECTURES = list(onnx_zoo.ZOO)
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)
@@ -779,7 +779,6 @@ def test_a_plugin_op_s_converters_in_its_own_package_read_it_from_onnx(tmp_path,
     standard ONNX op type graphconv lacks (Shrink) or one of a custom domain (what
     PyTorch's register_custom_op_symbolic writes): compile --plugin reads the op, and the
     converter's own refusal names the node."""
-    from conftest import graphconv_in_process
     from graphconv.frontends import onnx as onnx_frontend
     from graphconv.ops import registry
 
@@ -1283,6 +1282,28 @@ def test_a_keras_style_classifier_with_same_padding_matches_onnxruntime(tmp_path
                         "model_pool_MaxPool.pad": {"padding": (0, 0, 1, 1), "value": -np.inf, **constant},
                         "model_avg_AvgPool.pad": {"padding": (0, 1, 1, 0), "value": 0.0, **constant}}
         assert [user.name for user in graph.node("stem.pad").users] == ["stem"]
+
+
+def test_a_classifier_run_as_written_on_another_size_says_its_same_padding_is_the_crop_s(tmp_path, rng):
+    """ONNX works SAME padding out for each input size, graphconv once, for the crop: run
+    as written on a 17x17 input, a 16x16 classifier's vector is not onnxruntime's (the note
+    says so, naming the layers, and --crop-size 17 17 gives onnxruntime's own)."""
+    path = keras_style(tmp_path / "keras.onnx", (16, 16), rng)
+    model = onnx.load(str(path))
+    for dim, name in zip(model.graph.input[0].type.tensor_type.shape.dim[2:], ("H", "W")):
+        dim.dim_param = name  # a dynamic input size, as a Keras model saved without one
+    onnx.save(model, str(path))
+    x = rng.standard_normal((1, 3, 17, 17)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    common = ["run", path, "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy", "--crop-size"]
+    done = graphconv_in_process(*common, 16, 16)
+    assert done.returncode == 0, done.stderr
+    assert ("Its 2 strided layers with SAME padding (model/stem/Conv2D, model/pool/MaxPool) are padded as for the "
+            "16x16 crop, where ONNX pads for each input size") in " ".join(done.stderr.split())
+    assert not np.allclose(np.load(tmp_path / "y.npy"), onnxruntime_scores(path, x), **TOLERANCE)
+    own = graphconv_in_process(*common, 17, 17)
+    assert own.returncode == 0 and "SAME padding" not in own.stderr, own.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), onnxruntime_scores(path, x), **TOLERANCE)
 
 
 def test_a_keras_style_classifier_compiles_to_a_dense_map_that_tiles_exactly_and_verifies(tmp_path, rng):

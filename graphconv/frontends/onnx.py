@@ -1797,6 +1797,8 @@ def _spatial_attrs(imp: Importer, node, x: Tensor, kernel: Sequence[int]) -> tup
         pads = list(attrs.get("pads", [0, 0, 0, 0])) if auto_pad == "NOTSET" else [0, 0, 0, 0]
     elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         pads = _same_pads(x.shape[1:], kernel, strides, dilations, auto_pad)
+        if any(int(stride) > 1 for stride in strides):  # then its pads depend on the input's size
+            imp.graph.meta.setdefault(SAME_PADDED_BY_SIZE, []).append(node.name or node.output[0])
     else:
         raise imp.error(f"unknown auto_pad {shown(auto_pad)}")
     top, left, bottom, right = (int(p) for p in pads)
@@ -1818,6 +1820,11 @@ def _padded_input(imp: Importer, node, x: Tensor, rest: list[int], value: float,
         return x
     return imp.add_layer(node, "pad", [x], dict(padding=rest, value=value), name=f"{layer}.pad",
                          output=f"{node.output[0]}/pad")
+
+
+# graph.meta key: the strided layers whose SAME padding was worked out for the crop, where
+# ONNX works it out for each input size (a classifier run as written on another size says so)
+SAME_PADDED_BY_SIZE = "same_padded_for_the_crop"
 
 
 def _same_pads(size: Sequence[int], kernel, strides, dilations, mode: str) -> list[int]:
