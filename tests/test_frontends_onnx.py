@@ -1306,6 +1306,47 @@ def test_a_classifier_run_as_written_on_another_size_says_its_same_padding_is_th
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), onnxruntime_scores(path, x), **TOLERANCE)
 
 
+@pytest.mark.parametrize("softmax_axis", [-1, 3])
+def test_channels_last_concat_and_softmax_as_unoptimised_tf2onnx_writes_them(tmp_path, rng, softmax_axis):
+    """Keras' Concatenate and its last softmax on channels-last maps (Transposes tf2onnx's
+    optimizer did not move away): a channels-last view's axis 3 is the channels, and the
+    classifier slides, each cell its crop's onnxruntime scores."""
+    helper = onnx.helper
+    nhwc, nchw = dict(perm=[0, 2, 3, 1]), dict(perm=[0, 3, 1, 2])
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"], kernel_shape=[3, 3]),
+             helper.make_node("Conv", ["x", "wb"], ["b"], kernel_shape=[3, 3]),
+             helper.make_node("Transpose", ["a"], ["a_last"], **nhwc),
+             helper.make_node("Transpose", ["b"], ["b_last"], **nhwc),
+             helper.make_node("Concat", ["a_last", "b_last"], ["ab_last"], name="concatenate", axis=3),
+             helper.make_node("Relu", ["ab_last"], ["r_last"]),
+             helper.make_node("Transpose", ["r_last"], ["r"], **nchw),
+             helper.make_node("Conv", ["r", "wc"], ["c"], kernel_shape=[6, 6]),
+             helper.make_node("Transpose", ["c"], ["c_last"], **nhwc),
+             helper.make_node("Softmax", ["c_last"], ["y"], name="predictions", axis=softmax_axis)]
+    weights = {"wa": rng.standard_normal((4, 3, 3, 3)), "wb": rng.standard_normal((2, 3, 3, 3)),
+               "wc": rng.standard_normal((5, 6, 6, 6)) * 0.3}
+    path = save(tiny_model(nodes, weights), tmp_path / "keras.onnx")
+    crop = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    classifier = Model(load_network(path))
+    np.testing.assert_allclose(classifier.run(crop).reshape(1, 5), onnxruntime_scores(path, crop).reshape(1, 5),
+                               **TOLERANCE)
+    image = rng.standard_normal((1, 3, 11, 10)).astype(np.float32)
+    scores = compile_model(path).run(image)
+    assert scores.shape == (1, 5, 4, 3)
+    for row, col in ((0, 0), (3, 2), (2, 1)):
+        window = image[:, :, row:row + 8, col:col + 8]
+        np.testing.assert_allclose(scores[0, :, row, col], onnxruntime_scores(path, window).reshape(5), **TOLERANCE)
+
+
+def test_channels_last_concat_along_another_axis_is_refused_naming_the_channels(tmp_path, rng):
+    nodes = [onnx.helper.make_node("Transpose", ["x"], ["x_last"], perm=[0, 2, 3, 1]),
+             onnx.helper.make_node("Concat", ["x_last", "x_last"], ["y"], name="stack_rows", axis=1)]
+    path = save(tiny_model(nodes, {}), tmp_path / "rows.onnx")
+    with pytest.raises(GraphconvError, match=r"node 'stack_rows'.*: Concat along axis 1 of channels-last \(NHWC\) "
+                                             r"maps; graphconv concatenates channels \(axis 3 there\)"):
+        load_network(path)
+
+
 def test_a_keras_style_classifier_compiles_to_a_dense_map_that_tiles_exactly_and_verifies(tmp_path, rng):
     from graphconv.dense import verify
     from graphconv.tiling import min_tile, run_tiled
@@ -2621,7 +2662,7 @@ def test_an_op_across_the_batch_of_one_class_scores_is_refused(tmp_path):
     """softmax(fc(x).squeeze(1), dim=0) mixes the images of a batch: not a classifier of each crop."""
     path = tmp_path / "softmax.onnx"
     onnx_zoo.export(OneClassHead("softmax-over-the-batch").eval(), path)
-    with pytest.raises(GraphconvError, match=r"Softmax on a \(N,\) scores .* view of the feature map"):
+    with pytest.raises(GraphconvError, match=r"Softmax on the feature map seen as \(N,\) scores .*; graphconv reads it so only in"):
         load_network(path)
 
 

@@ -645,8 +645,8 @@ class Importer:
             op = self.onnx_node.op_type
             if value.layout in _VIEWS:
                 seen, readers = _VIEWS[value.layout]
-                raise self.error(f"{op} on a {seen} view of the feature map; graphconv reads that view "
-                                 f"only in {readers}")
+                raise self.error(f"{op} on the feature map seen as {seen}; graphconv reads it so only in "
+                                 f"{readers}")
             wanted = " or ".join(_VIEWS[layout][0] for layout in layouts if layout in _VIEWS) or "other"
             raise self.error(f"{op} on the rank-{value.rank} {value.layout} feature map; graphconv reads {op} "
                              f"only on {wanted} views of it")
@@ -1695,7 +1695,10 @@ def _clean_name(name: str) -> str:
 
 
 _VIEWS = {  # what a view is called, and the ONNX ops that read it (NCHW: the map itself, every op)
-    NHWC: ("channels-last (NHWC)", "Transpose back, LayerNormalization, MatMul, Add, Mul and pointwise activations"),
+    NHWC: ("channels-last (NHWC)", "Transpose back, Reshape and Flatten (Keras' Flatten before a Dense), "
+                                   "ReduceMean, ReduceMax and ReduceL2 over H and W, Concat, Softmax and "
+                                   "LogSoftmax over the channels, LayerNormalization, MatMul, Add, Mul, a Slice of "
+                                   "the channels and pointwise activations"),
     GROUPED: ("grouped 5-D (N, g, C/g, H, W)", "the channel shuffle's Transpose and Reshape back, and split "
                                                "attention's and selective kernels' Concat, Mul, Softmax and "
                                                "ReduceSum over the groups"),
@@ -3681,10 +3684,14 @@ def _unsqueeze(imp: Importer, node) -> None:
 
 @converts("Concat")
 def _concat(imp: Importer, node) -> None:
-    """Channels (axis 1) of maps; or grouped views of one group size along their group
-    axis (SKNet's stacked branches), which is the same concatenation of channels."""
+    """Channels (axis 1) of maps, or of channels-last views (axis 3: tf2onnx's Keras
+    Concatenate, its Transposes not moved away); or grouped views of one group size along
+    their group axis (SKNet's stacked branches), which is the same concatenation of channels."""
     axis = imp.attributes(node).get("axis", 1)
-    tensors = [imp.tensor(name, (NCHW, GROUPED)) for name in node.input]
+    tensors = [imp.tensor(name, (NCHW, GROUPED, NHWC)) for name in node.input]
+    if any(t.layout == NHWC for t in tensors):
+        _concat_channels_last(imp, node, tensors, axis)
+        return
     grouped = tensors[0].layout == GROUPED
     if grouped and any(t.layout != GROUPED or t.swapped or t.shape[0] // t.groups != tensors[0].shape[0] //
                        tensors[0].groups for t in tensors):
@@ -3699,11 +3706,22 @@ def _concat(imp: Importer, node) -> None:
         imp.alias(node, replace(joined, groups=sum(t.groups for t in tensors)))
 
 
+def _concat_channels_last(imp: Importer, node, tensors: list[Tensor], axis: int) -> None:
+    if any(t.layout != NHWC for t in tensors):
+        raise imp.error("Concat of a channels-last (NHWC) map with a channels-first one; graphconv concatenates "
+                        "maps seen alike")
+    if axis % 4 != 3:
+        raise imp.error(f"Concat along axis {axis} of channels-last (NHWC) maps; graphconv concatenates channels "
+                        "(axis 3 there)")
+    maps = [replace(t, layout=NCHW) for t in tensors]
+    imp.alias(node, replace(imp.add_layer(node, "concat", maps) if len(maps) > 1 else maps[0], layout=NHWC))
+
+
 @converts("Softmax")
 def _softmax(imp: Importer, node) -> None:
-    x = imp.tensor(node.input[0], (NCHW, RADIX, GROUPED, NWHC))
+    x = imp.tensor(node.input[0], (NCHW, RADIX, GROUPED, NWHC, NHWC))
     axis = imp.attributes(node).get("axis", 1 if imp.opset < 13 else -1)
-    if x.layout == NWHC:
+    if x.layout in (NWHC, NHWC):
         _over_swapped_channels(imp, node, x, axis, "softmax")
         return
     if x.layout == GROUPED:  # SKNet: across the stacked branches
@@ -3727,9 +3745,9 @@ def _softmax(imp: Importer, node) -> None:
 def _log_softmax(imp: Importer, node) -> None:
     """The log of a softmax over the channels (nn.LogSoftmax(dim=1), which classifiers
     trained with NLLLoss end in): a log_softmax layer."""
-    x = imp.tensor(node.input[0], (NCHW, NWHC))
+    x = imp.tensor(node.input[0], (NCHW, NWHC, NHWC))
     axis = imp.attributes(node).get("axis", 1 if imp.opset < 13 else -1)
-    if x.layout == NWHC:
+    if x.layout in (NWHC, NHWC):
         _over_swapped_channels(imp, node, x, axis, "log_softmax")
         return
     _check_over_channels(imp, x, axis)
@@ -3737,13 +3755,15 @@ def _log_softmax(imp: Importer, node) -> None:
 
 
 def _over_swapped_channels(imp: Importer, node, x: Tensor, axis: int, op: str) -> None:
-    """A Softmax or LogSoftmax over the last axis of an NWHC view, which is the channels
-    at each position in every op set (before 13, from the last axis on is that axis
-    alone); the result keeps the view, for the Transpose back."""
+    """A Softmax or LogSoftmax over the last axis of an NWHC or NHWC view (a Keras
+    classifier's softmax on its channels-last map), which is the channels at each position
+    in every op set (before 13, from the last axis on is that axis alone); the result
+    keeps the view, for the Transpose back."""
     if axis % 4 != 3:
-        raise imp.error(f"{node.op_type} over axis {axis} of a map with its channel and width axes swapped; "
-                        "graphconv takes it over the channels (the last axis there)")
-    imp.alias(node, replace(imp.add_layer(node, op, [replace(x, layout=NCHW)]), layout=NWHC))
+        seen = "its channel and width axes swapped" if x.layout == NWHC else "its channels last (NHWC)"
+        raise imp.error(f"{node.op_type} over axis {axis} of a map with {seen}; graphconv takes it over the "
+                        "channels (the last axis there)")
+    imp.alias(node, replace(imp.add_layer(node, op, [replace(x, layout=NCHW)]), layout=x.layout))
 
 
 def _check_over_channels(imp: Importer, x: Tensor, axis: int) -> None:
