@@ -78,7 +78,7 @@ from graphconv.ops.channels_last import (as_channels_last, as_nchw, as_stored_li
                                          stored_memory)
 from graphconv.ops.layout import nhwc
 from graphconv.ops.registry import pair
-from graphconv.ops.job_queue import next_job
+from graphconv.ops.job_queue import job_counters, next_job
 from graphconv.ops.specialise import per_lane_width
 from graphconv.ops.unsigned_index import fill, unsigned
 from graphconv.ops import vector_tile
@@ -692,7 +692,7 @@ def _direct_group(xp, wk, bias, relu, kh, kw, sh, sw, dh, dw, o_offset, ho, wo, 
     count = padded_positions(wo)
     size = max(width * kh * cg, (count - 1) * step + k) if overlap else count * k
     jobs = n * ho
-    queue = np.zeros(1, np.int64)  # the next job to take (`next_job`)
+    queue = job_counters(1)  # the next job to take (`next_job`)
     for t in prange(threads):
         panel = np.zeros(size, np.float32)  # the tail past the last real patch stays zero
         while True:
@@ -766,7 +766,7 @@ def _pointwise_group(x3, w, bias, relu, o_offset, c_offset, chunk, out3, flat_re
     flat_w, flat_x = w.reshape(-1), x3.reshape(-1)
     flat_out = out3.reshape(-1)
     channels, out_channels = x3.shape[1], out3.shape[1]
-    queue = np.zeros(1, np.int64)  # the next job to take (`next_job`)
+    queue = job_counters(1)  # the next job to take (`next_job`)
     for t in prange(threads):
         sums = np.empty(tiles * o_pad * POINTWISE_TILE, np.float32)
         tail = np.empty(cg * 8, np.float32)
@@ -1020,7 +1020,7 @@ def _outer_group(xp, wp, og, bias, activation, kh, kw, sh, sw, dh, dw, o_offset,
     network 8.7-8.8 -> 7.9-8.0 ms; ResNet-50 0.98x. The same layers alone, on NCHW input
     copied first, took the same time either way: the gain is in the network, where the
     next layer reads this one's output."""
-    queue = np.zeros(1, np.int64)  # the next job to take (`next_job`)
+    queue = job_counters(1)  # the next job to take (`next_job`)
     for _ in prange(threads):
         _outer_thread(xp, wp, og, bias, activation, kh, kw, sh, sw, dh, dw, o_offset, ho, wo, chunk, job_pixels, parts,
                       flat_out, flat_res, out_channels, channels_last, threads, lanes, block_vectors, queue)
@@ -1033,7 +1033,7 @@ def _outer_groups(xps, wps, og, bias, activation, kh, kw, sh, sw, dh, dw, o_offs
     goes through the groups in order and takes each one's jobs from that group's own
     queue, so no thread waits for the others between groups."""
     groups = xps.shape[0]
-    queues = np.zeros(groups, np.int64)  # group g's next job (`next_job`)
+    queues = job_counters(groups)  # group g's next job (`next_job`)
     for _ in prange(threads):
         for g in range(groups):
             _outer_thread(xps[g], wps[g], og, bias, activation, kh, kw, sh, sw, dh, dw, o_offset + g * og, ho, wo,

@@ -52,7 +52,7 @@ from graphconv.ops.cache_size import WEIGHT_BYTE_COST, l2_bytes
 from graphconv.ops.channels_last import store_channels
 from graphconv.ops.fast_math import activate32
 from graphconv.ops.registry import pair
-from graphconv.ops.job_queue import next_job
+from graphconv.ops.job_queue import job_counters, next_job
 from graphconv.ops.unsigned_index import fill, unsigned
 from graphconv.ops import vector_tile
 from graphconv.ops.specialise import per_lane_width
@@ -226,7 +226,7 @@ def winograd_conv(xp, top, left, wu, og, bias, activation, ho, wo, runs, parts, 
     height times wo) per image and channel, stored NCHW or `channels_last`; flat_res,
     when not empty, is a residual input stored as the output, added before the
     activation."""
-    queue = np.zeros(1, np.int64)  # the next job to take (`next_job`)
+    queue = job_counters(1)  # the next job to take (`next_job`)
     for _ in prange(threads):
         _winograd_thread(xp, top, left, wu, og, bias, activation, ho, wo, runs, parts, chunk, flat_out,
                          flat_res, image_pixels, channels_last, threads, image0, row0, lanes, block_vectors, queue)

@@ -68,10 +68,11 @@ def _global_mean_pixel_parts(xh, parts, out):
     n, height, width, c = xh.shape
     plane = height * width
     flat_x, flat_out = xh.reshape(-1), out.reshape(-1)
-    totals = np.zeros((n * parts, c), np.float64)
+    totals = np.empty((n * parts, c), np.float64)  # np.zeros here would be a parallel loop of its own
     per_part = -(-plane // parts)
     for job in prange(n * parts):
         b, part = job // parts, job % parts
+        totals[job, :] = 0.0
         end = min(plane, (part + 1) * per_part)
         block = np.empty(c, np.float32)
         for p0 in range(part * per_part, end, PIXEL_BLOCK):
