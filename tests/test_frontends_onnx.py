@@ -725,13 +725,27 @@ def test_an_unsupported_op_says_what_kind_of_model_it_marks(tmp_path, node, why)
         load_network(path)
 
 
-def test_onnxruntime_s_own_ops_say_where_they_come_from(tmp_path):
-    nodes = [onnx.helper.make_node("FusedConv", ["x", "w"], ["y"], name="c", domain="com.microsoft",
-                                   activation="Relu")]
+@pytest.mark.parametrize("domain, op", [("com.microsoft", "FusedConv"), ("com.microsoft.nchwc", "Conv")])
+def test_onnxruntime_s_own_ops_say_where_they_come_from(tmp_path, domain, op):
+    nodes = [onnx.helper.make_node(op, ["x", "w"], ["y"], name="c", domain=domain, activation="Relu")]
     path = onnx_file(tmp_path / "optimized.onnx", nodes, {"w": np.zeros((4, 3, 3, 3), np.float32)})
-    with pytest.raises(GraphconvError, match=r"node 'c': op com.microsoft.FusedConv is from a custom domain; "
-                                             r"graphconv reads the standard ONNX ops \(com.microsoft ops are "
+    with pytest.raises(GraphconvError, match=rf"node 'c': op {domain}.{op} is from a custom domain; "
+                                             rf"graphconv reads the standard ONNX ops \({domain} ops are "
                                              r"onnxruntime's own: .* import the model as it was exported"):
+        load_network(path)
+
+
+def test_a_model_quantized_in_operator_form_is_said_so_at_its_first_quantize(tmp_path):
+    """quantize_static's QOperator form begins with a QuantizeLinear of the input: it was
+    refused as a QDQ model's quantized activations."""
+    helper = onnx.helper
+    nodes = [helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["q"], name="input_quantize"),
+             helper.make_node("QLinearConv", ["q", "scale", "zero", "w", "scale", "zero", "scale", "zero"], ["c"]),
+             helper.make_node("DequantizeLinear", ["c", "scale", "zero"], ["y"])]
+    inits = {"scale": np.float32(0.1), "zero": np.uint8(0), "w": np.zeros((4, 3, 3, 3), np.uint8)}
+    path = onnx_file(tmp_path / "qoperator.onnx", nodes, inits)
+    with pytest.raises(GraphconvError, match=r"node 'input_quantize'.*op QuantizeLinear, for QLinearConv, is not supported: the model is "
+                                             r"quantized in operator form \(QOperator\)"):
         load_network(path)
 
 

@@ -367,7 +367,8 @@ class Importer:
             self.onnx_node = node
             converter = self._converter(node)
             if converter is None and not self._all_constant(node):  # on constants alone, any op is folded
-                raise self.error(unsupported(node.op_type, self.model.producer_name))
+                raise self.error(self._integer_model(node.op_type) or unsupported(node.op_type,
+                                                                                  self.model.producer_name))
             try:
                 if converter is not _constant and self._all_constant(node):
                     self._fold_constant(node)
@@ -385,6 +386,15 @@ class Importer:
         self.onnx_node = None
         self._set_output()
         return self.graph, self.weights
+
+    def _integer_model(self, op_type: str) -> str | None:
+        """The refusal of a QuantizeLinear or DequantizeLinear in a model that computes in
+        integers (a QLinearConv after it), which was said to be a QDQ model's; else None."""
+        if op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            return None
+        integer_op = next((node.op_type for node in self.model.graph.node
+                           if node.op_type in QUANTIZED_OPERATORS and node.domain in STANDARD_DOMAINS), None)
+        return integer_op and f"op {op_type}, for {integer_op}, is not supported: {NOT_READ_BECAUSE[integer_op]}"
 
     def _converter(self, node) -> Converter | None:
         """The converter of `node`'s op type: a standard one's, or one registered for its
@@ -788,11 +798,15 @@ int8 model of op set 13 to 18 (PyTorch's and onnxruntime's quantizers write thos
 folded as op set 19 (onnx 1.23 implements 19 on; op set 17 was refused)."""
 
 
-_CUSTOM_DOMAINS = {"com.microsoft": " (com.microsoft ops are onnxruntime's own: its graph optimizer and "
-                                     "quantizer write them; import the model as it was exported, before those)"}
+_ONNXRUNTIME_S_OWN = ("ops are onnxruntime's own: its graph optimizer and quantizer write them; import the model as "
+                      "it was exported, before those")
+_CUSTOM_DOMAINS = {"com.microsoft": f" (com.microsoft {_ONNXRUNTIME_S_OWN})",
+                   "com.microsoft.nchwc": f" (com.microsoft.nchwc {_ONNXRUNTIME_S_OWN}: its 'all' level's "
+                                          "layout for its own CPU kernels)"}
+QUANTIZED_OPERATORS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger")
 _FLOAT_MODEL = "graphconv computes in float32: import the float model"
 NOT_READ_BECAUSE = {
-    **dict.fromkeys(("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"),
+    **dict.fromkeys(QUANTIZED_OPERATORS,
                     "the model is quantized in operator form (QOperator), which computes in integers; " + _FLOAT_MODEL),
     **dict.fromkeys(("QuantizeLinear", "DequantizeLinear"),
                     "on a feature map, it is a QDQ model's quantized activations; graphconv dequantizes constant "
@@ -2001,8 +2015,9 @@ def _resize(imp: Importer, node) -> None:
     elif mode == "linear":
         if node.op_type == "Upsample" or imp.opset < 11:
             raise imp.error(f"linear {node.op_type} in op set {imp.opset}, which samples with asymmetric "
-                            "coordinates (neither of PyTorch's align_corners): re-export with opset_version=11 "
-                            "or later, where F.interpolate(align_corners=False) is half-pixel Resize")
+                            "coordinates (neither of PyTorch's align_corners): re-export with op set 11 or later "
+                            "(PyTorch's opset_version=11, where F.interpolate(align_corners=False) is half-pixel "
+                            "Resize; tf2onnx's --opset 11, with Keras' UpSampling2D(interpolation='bilinear'))")
         if coordinates not in ("half_pixel", "pytorch_half_pixel", "align_corners"):
             raise imp.error(f"linear {node.op_type} with coordinate_transformation_mode {shown(coordinates)}: "
                             "graphconv interpolates with half-pixel coordinates (PyTorch's align_corners=False) "
