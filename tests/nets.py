@@ -1,5 +1,6 @@
-"""Small unpadded networks for the dense-evaluation tests: every cell of their score maps
-must equal the classifier on its crop. Each stresses something different."""
+"""Small networks for the dense-evaluation tests: every cell of their score maps must
+equal the classifier on its crop. Each stresses something different; all but PADDED
+are unpadded."""
 
 # a 37x37 crop whose pool drops the crop's last row and column (33 -> 16): each cell's
 # field is 36x36, so the network computes cells whose field fits the image but whose
@@ -99,4 +100,18 @@ layers:
   - {name: a4, op: add, inputs: [c1, u3]}
   - {name: c5, op: conv, out_channels: 4, kernel_size: 3}
   - {name: fc, op: fc, out_features: 3}
+"""
+
+# padded convs and pools, a ceil-mode pool, uneven dilation: tiles whose largest box differs
+# from the --tile that planned them
+PADDED = """
+name: padded
+input: {name: data, shape: [3, 30, 26]}
+layers:
+  - {name: c1, op: conv, out_channels: 6, kernel_size: 5, stride: 2, padding: 2}
+  - {name: r1, op: relu}
+  - {name: p1, op: maxpool, kernel_size: 3, stride: 2, padding: 1, ceil_mode: true}
+  - {name: c2, op: conv, out_channels: 8, kernel_size: 3, padding: [1, 2], dilation: [1, 2]}
+  - {name: a1, op: avgpool, kernel_size: 2, count_include_pad: false, padding: 1}
+  - {name: fc1, op: fc, out_features: 5}
 """

@@ -27,6 +27,7 @@ zarr = pytest.importorskip("zarr")
 Image = pytest.importorskip("PIL.Image")
 
 from conftest import ROOT, SPECS, graphconv_in_process, graphconv_process  # noqa: E402
+from nets import PADDED  # noqa: E402
 from graphconv.cluster import MapOptions, ModelRef, run_images  # noqa: E402
 from graphconv.errors import GraphconvError  # noqa: E402
 from graphconv.model import Model  # noqa: E402
@@ -425,22 +426,11 @@ def test_a_map_records_the_graphconv_and_the_model_contents_that_made_it(model_d
         assert json.loads(page.description.split("\n", 1)[1])["model_digest"] == digest
 
 
-PADDED_NET = """name: padded
-input: {name: data, shape: [3, 30, 26]}
-layers:
-  - {name: c1, op: conv, out_channels: 6, kernel_size: 5, stride: 2, padding: 2}
-  - {name: r1, op: relu}
-  - {name: p1, op: maxpool, kernel_size: 3, stride: 2, padding: 1, ceil_mode: true}
-  - {name: c2, op: conv, out_channels: 8, kernel_size: 3, padding: [1, 2], dilation: [1, 2]}
-  - {name: fc1, op: fc, out_features: 5}
-"""
-
-
 def test_a_tiled_map_records_the_tile_that_plans_its_tiles_again(tmp_path, rng):
     """The map's tile_plan names the --tile that makes the same map again, bit for bit:
     the largest box a tile reads (which it also says) planned other tiles for a padded
     network, and the exactness page told users to give that."""
-    (tmp_path / "net.yaml").write_text(PADDED_NET)
+    (tmp_path / "net.yaml").write_text(PADDED)
     assert graphconv_in_process("compile", tmp_path / "net.yaml", "-o", tmp_path / "fcn").returncode == 0
     Image.fromarray(rng.integers(0, 256, (300, 260, 3), dtype=np.uint8)).save(tmp_path / "scene.png")
 

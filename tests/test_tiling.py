@@ -19,19 +19,7 @@ from graphconv.tiling import (CropGrid, MapFile, as_grid, choose_tile, map_trans
                               run_tiled, tile_bytes)
 
 from conftest import SPECS, random_input
-from nets import GATED, GROUP_NORMED, UNPADDED
-
-PADDED = """
-name: padded
-input: {name: data, shape: [3, 30, 26]}
-layers:
-  - {name: c1, op: conv, out_channels: 6, kernel_size: 5, stride: 2, padding: 2}
-  - {name: r1, op: relu}
-  - {name: p1, op: maxpool, kernel_size: 3, stride: 2, padding: 1, ceil_mode: true}
-  - {name: c2, op: conv, out_channels: 8, kernel_size: 3, padding: [1, 2], dilation: [1, 2]}
-  - {name: a1, op: avgpool, kernel_size: 2, count_include_pad: false, padding: 1}
-  - {name: fc1, op: fc, out_features: 5}
-"""
+from nets import GATED, GROUP_NORMED, PADDED, UNPADDED
 
 RESNETISH = """
 name: resnetish
