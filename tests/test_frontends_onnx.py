@@ -1990,6 +1990,14 @@ RESIZE_FORMS = {
                                ["", "scales"], {"scales": [1, 1, 2, 3]}),  # runs as written, cannot slide
     "linear-negative-axes": (19, "Resize", dict(mode="linear", axes=[-1, -2]), ["", "scales"], {"scales": [3, 2]}),
     "upsample-opset9": (9, "Upsample", dict(mode="nearest"), ["scales"], {"scales": [1, 1, 2, 3]}),
+    # linear with asymmetric coordinates: TF1's resize_bilinear through tf2onnx, and what linear meant before
+    # op set 11 (Upsample, Resize 10)
+    "linear-asymmetric": (13, "Resize", dict(mode="linear", coordinate_transformation_mode="asymmetric"),
+                          ["", "scales"], {"scales": [1, 1, 2, 3]}),
+    "linear-asymmetric-sizes": (13, "Resize", dict(mode="linear", coordinate_transformation_mode="asymmetric"),
+                                ["", "", "sizes"], {"sizes": [1, 3, 20, 14]}),
+    "linear-resize-opset10": (10, "Resize", dict(mode="linear"), ["scales"], {"scales": [1, 1, 3, 2]}),
+    "linear-upsample-opset9": (9, "Upsample", dict(mode="linear"), ["scales"], {"scales": [1, 1, 2, 4]}),
     "upsample-opset7": (7, "Upsample", dict(mode="nearest", scales=[1.0, 1.0, 3.0, 2.0]), [], {}),
 }
 
@@ -2009,10 +2017,10 @@ def test_resize_and_upsample_in_every_form_match_onnxruntime(tmp_path, form, rng
 
 
 @pytest.mark.parametrize("case,message", [
-    ("asymmetric-linear", r"linear Resize with coordinate_transformation_mode 'asymmetric': graphconv interpolates "
-                          r"with half-pixel coordinates \(PyTorch's align_corners=False\) or align_corners"),
+    ("tf-crop-and-resize", r"linear Resize with coordinate_transformation_mode 'tf_crop_and_resize': graphconv "
+                           r"interpolates with half-pixel coordinates \(PyTorch's align_corners=False\), "
+                           r"align_corners \(align_corners=True\) or asymmetric ones"),
     ("cubic", r"Resize mode 'cubic' is not supported"),
-    ("linear-opset-10", r"linear Resize in op set 10, which samples with asymmetric coordinates .*opset_version=11"),
     ("fraction", r"Resize by 1.5 x 2: graphconv enlarges by whole numbers"),
     ("channels", r"Resize with scales \[1.0, 2.0, 2.0, 2.0\]: graphconv enlarges rows and columns only"),
     ("round-asymmetric", r"nearest Resize with coordinate_transformation_mode 'asymmetric' and nearest_mode "
@@ -2023,16 +2031,14 @@ def test_resize_and_upsample_in_every_form_match_onnxruntime(tmp_path, form, rng
                                 r"nearest_mode 'ceil'"),
 ])
 def test_resizes_that_cannot_slide_are_refused_naming_the_node(tmp_path, case, message):
-    attrs = {"asymmetric-linear": dict(mode="linear", coordinate_transformation_mode="asymmetric"),
+    attrs = {"tf-crop-and-resize": dict(mode="linear", coordinate_transformation_mode="tf_crop_and_resize"),
              "cubic": dict(mode="cubic"), "round-asymmetric": dict(coordinate_transformation_mode="asymmetric"),
-             "linear-opset-10": dict(mode="linear"),
              "floor-half-pixel": dict(coordinate_transformation_mode="half_pixel", nearest_mode="floor"),
              "ceil-pytorch-half-pixel": dict(coordinate_transformation_mode="pytorch_half_pixel", nearest_mode="ceil"),
              }.get(case, dict(mode="nearest"))
     scales = {"fraction": [1, 1, 1.5, 2], "channels": [1, 2, 2, 2]}.get(case, [1, 1, 2, 2])
-    inputs, opset = (["x", "scales"], 10) if case == "linear-opset-10" else (["x", "", "scales"], 13)
-    nodes = [onnx.helper.make_node("Resize", inputs, ["y"], name="up", **attrs)]
-    path = onnx_file(tmp_path / "resize.onnx", nodes, {"scales": np.array(scales, np.float32)}, opset=opset)
+    nodes = [onnx.helper.make_node("Resize", ["x", "", "scales"], ["y"], name="up", **attrs)]
+    path = onnx_file(tmp_path / "resize.onnx", nodes, {"scales": np.array(scales, np.float32)}, opset=13)
     with pytest.raises(GraphconvError, match=f"resize.onnx: node 'up': {message}"):
         load_network(path)
 

@@ -77,7 +77,7 @@ def test_tiles_of_an_upsampling_network_equal_its_whole_map(write_spec, rng):
     np.testing.assert_array_equal(tiled, whole)
 
 
-@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+@pytest.mark.parametrize("mode", ["nearest", "bilinear", "bilinear, asymmetric: true"])
 @pytest.mark.parametrize("factor", [2, 3])
 def test_every_cell_field_holds_every_pixel_it_depends_on(write_spec, rng, mode, factor):
     """Change one pixel: exactly the cells whose receptive field holds it may change. A
@@ -142,15 +142,16 @@ def test_an_image_the_branches_cannot_meet_on_says_which_sizes_work(write_spec, 
 
 
 @settings(max_examples=60, deadline=None)
-@given(fy=st.integers(1, 4), fx=st.integers(1, 4), mode=st.sampled_from(["nearest", "bilinear", "align_corners"]),
+@given(fy=st.integers(1, 4), fx=st.integers(1, 4),
+       mode=st.sampled_from(["nearest", "bilinear", "align_corners", "asymmetric"]),
        c=st.integers(1, 9), h=st.integers(1, 6), w=st.integers(1, 6), batch=st.integers(1, 3),
        storage=st.sampled_from(STORAGE_CHOICES))
 def test_upsample_kernel_hypothesis(fy, fx, mode, c, h, w, batch, storage):
     """Every factor pair, one-pixel maps, channel counts that are and are not a vector's,
     with the input and output stored each way (a channels-last map into an NCHW output:
     an FCN head's last resize, stored down the planes a cache line of columns at a time)."""
-    params = dict(factor=[fy, fx], mode="bilinear", align_corners=True) if mode == "align_corners" else \
-        dict(factor=[fy, fx], mode=mode)
+    params = dict(factor=[fy, fx], mode="bilinear", **{mode: True}) if mode in ("align_corners", "asymmetric") \
+        else dict(factor=[fy, fx], mode=mode)
     check_op("upsample", params, [(c, h, w)], np.random.default_rng(h * 7 + w), batch=batch, storage=storage)
 
 
@@ -192,15 +193,18 @@ def test_align_corners_runs_as_written_and_is_refused_where_it_would_slide_or_ti
         graphconv.load(write_spec(CORNERS.replace("mode: bilinear, ", ""), "nearest.yaml"))
 
 
+@pytest.mark.parametrize("asymmetric", [False, True])
 @pytest.mark.parametrize("factor", [2, 3, 4, 5])
 @pytest.mark.parametrize("size", [3, 6])
 def test_the_positions_said_to_read_a_bilinear_upsample_s_edges_are_those_that_differ(write_spec, rng, factor,
-                                                                                     size):
+                                                                                     size, asymmetric):
     """Of a 2x upsample's 12x12 map per 6x6 crop, verify said 80 positions (2 rows a side)
     read the clamped edges; 44 do (1 a side): exactly those whose value differs between
-    the crop interpolated alone and inside a larger map."""
+    the crop interpolated alone and inside a larger map. An asymmetric one's are its last
+    factor - 1 rows and columns alone."""
     graph = graphconv.load(write_spec(f"input: {{shape: [1, {size}, {size}]}}\nlayers:\n"
-                                      f"  - {{name: up, op: upsample, factor: {factor}, mode: bilinear}}\n")).graph
+                                      f"  - {{name: up, op: upsample, factor: {factor}, mode: bilinear, "
+                                      f"asymmetric: {str(asymmetric).lower()}}}\n")).graph
     rows, cols = padding_reach(graph)[0]["up"]
     params = dict(graph.node("up").params)
     big = rng.standard_normal((1, 1, size + 4, size + 4)).astype(np.float32)
@@ -209,3 +213,32 @@ def test_the_positions_said_to_read_a_bilinear_upsample_s_edges_are_those_that_d
     alone = reference(params, {}, [big[:, :, 2:size + 2, 2:size + 2]])[0, 0]
     differs = np.abs(inside - alone) > 1e-6
     np.testing.assert_array_equal(differs, rows[:, None] | cols[None, :])
+
+
+# TF1's resize_bilinear (ONNX asymmetric coordinates) in a network that slides: its
+# taps are floor(p / 2) and the next, so only the bottom and right edges are clamped
+ASYMMETRIC = BRANCHES.replace("{name: mid_up, op: upsample, factor: 2, mode: bilinear}",
+                              "{name: mid_up, op: upsample, factor: 2, mode: bilinear, asymmetric: true}")
+
+
+def test_an_asymmetric_bilinear_network_tiles_and_verifies(write_spec, rng):
+    """Its clamped far edges are reported like padding (which positions: the test above)."""
+    classifier, fcn = models(write_spec, ASYMMETRIC)
+    assert "mid_up" in padding_reach(classifier.graph)[1]
+    image = random_input(rng, (1, 3, 96, 120))
+    whole = fcn.run(image)
+    np.testing.assert_array_equal(run_tiled(fcn, image, max(min_tile(fcn))), whole)
+    report = verify(classifier, fcn, random_input(rng, (1, 3, 64, 64)))
+    assert report.conversion_exact and report.passed
+    [line] = [layer for layer in report.layers if layer.name == "mid_up"]
+    assert line.why == "interpolation at the edges"
+
+
+def test_asymmetric_is_for_bilinear_alone_and_not_with_align_corners(write_spec):
+    up = "  - {name: up, op: upsample, factor: 2, %s}\n"
+    with pytest.raises(GraphconvError, match="layer 'up'.*asymmetric applies to bilinear interpolation, not nearest"):
+        graphconv.load(write_spec("input: {shape: [1, 4, 4]}\nlayers:\n" + up % "asymmetric: true"))
+    with pytest.raises(GraphconvError, match="layer 'up'.*align_corners and asymmetric are two ways to place the "
+                                             "samples: give one"):
+        graphconv.load(write_spec("input: {shape: [1, 4, 4]}\nlayers:\n"
+                                  + up % "mode: bilinear, asymmetric: true, align_corners: true", "both.yaml"))

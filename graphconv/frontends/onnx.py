@@ -1986,9 +1986,10 @@ def _resize(imp: Importer, node) -> None:
     from constant `sizes` that are whole multiples of the map's. Nearest modes that pick
     cell p // factor (asymmetric with floor, as PyTorch's "nearest" writes it, or half-pixel
     with a round_prefer_* rounding: half-pixel with floor or ceil picks other cells) and
-    linear with half-pixel coordinates (align_corners=False) are what slides; linear
-    with align_corners coordinates runs as written but cannot slide (`upsample`); the
-    rest are refused, naming the node."""
+    linear with half-pixel coordinates (align_corners=False) or asymmetric ones (TF1's
+    resize_bilinear; every linear Upsample, and Resize before op set 11) are what
+    slides; linear with align_corners coordinates runs as written but cannot slide
+    (`upsample`); the rest are refused, naming the node."""
     x = imp.tensor(node.input[0])
     if x.rank != 4:
         raise imp.error(f"{node.op_type} of a rank-{x.rank} value; graphconv resizes (N, C, H, W) maps")
@@ -2014,14 +2015,11 @@ def _resize(imp: Importer, node) -> None:
                             "round_prefer_floor or round_prefer_ceil)")
     elif mode == "linear":
         if node.op_type == "Upsample" or imp.opset < 11:
-            raise imp.error(f"linear {node.op_type} in op set {imp.opset}, which samples with asymmetric "
-                            "coordinates (neither of PyTorch's align_corners): re-export with op set 11 or later "
-                            "(PyTorch's opset_version=11, where F.interpolate(align_corners=False) is half-pixel "
-                            "Resize; tf2onnx's --opset 11, with Keras' UpSampling2D(interpolation='bilinear'))")
-        if coordinates not in ("half_pixel", "pytorch_half_pixel", "align_corners"):
+            coordinates = "asymmetric"  # what linear meant before op set 11 gave Resize its coordinate modes
+        if coordinates not in ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"):
             raise imp.error(f"linear {node.op_type} with coordinate_transformation_mode {shown(coordinates)}: "
-                            "graphconv interpolates with half-pixel coordinates (PyTorch's align_corners=False) "
-                            "or align_corners (align_corners=True)")
+                            "graphconv interpolates with half-pixel coordinates (PyTorch's align_corners=False), "
+                            "align_corners (align_corners=True) or asymmetric ones (TF1's resize_bilinear)")
         mode = "bilinear"
     else:
         raise imp.error(f"{node.op_type} mode {shown(mode)} is not supported (graphconv has nearest and linear)")
@@ -2029,7 +2027,8 @@ def _resize(imp: Importer, node) -> None:
         imp.alias(node, x)
         return
     imp.add_layer(node, "upsample", [x], dict(factor=list(factor), mode=mode,
-                                              align_corners=mode == "bilinear" and coordinates == "align_corners"))
+                                              align_corners=mode == "bilinear" and coordinates == "align_corners",
+                                              asymmetric=mode == "bilinear" and coordinates == "asymmetric"))
 
 
 def _broadcast_to_a_map(imp: Importer, node, x: Tensor, size: str) -> bool:

@@ -87,7 +87,10 @@ class Window:
     for a bilinear upsample's (PyTorch's align_corners=False): the window covers every
     phase's taps, but output cell p reads only the two cells around (p + 0.5) * stride
     - 0.5 (one, where that is a cell), so only the outermost rows and columns of a 2x
-    upsample read past the map's edge, not the two the window would say."""
+    upsample read past the map's edge, not the two the window would say. `asymmetric` is
+    for a bilinear upsample that samples at p * stride (TF1's resize_bilinear, ONNX's
+    asymmetric coordinates): cell floor(p * stride) and the next, or that cell alone
+    where p * stride is one, so only its last rows and columns read past the map."""
 
     kernel: tuple[int, int]
     stride: tuple[int, int]
@@ -96,6 +99,7 @@ class Window:
     padding_end: tuple[int, int] | None = None
     floored: bool = False
     half_pixel: bool = False
+    asymmetric: bool = False
 
     def __post_init__(self) -> None:
         if self.padding_end is None:
@@ -110,9 +114,10 @@ class Window:
         """The input cells output cell `position` reads on `axis` (0: rows, 1: columns);
         outside 0..size-1 they are padding. A stride of 1/f (an upsample's; shift-and-
         stitch's interleave, whose cell p is copy p mod f's cell p // f) reads cell
-        floor(p / f). A `half_pixel` window's: those its interpolation weighs."""
-        if self.half_pixel:
-            x = (position + Fraction(1, 2)) * Fraction(self.stride[axis]) - Fraction(1, 2)
+        floor(p / f). A `half_pixel` or `asymmetric` window's: those its interpolation weighs."""
+        if self.half_pixel or self.asymmetric:
+            shift = Fraction(1, 2) if self.half_pixel else Fraction(0)
+            x = (position + shift) * Fraction(self.stride[axis]) - shift
             first = math.floor(x)
             return [first] if x == first else [first, first + 1]
         start = position * self.stride[axis]

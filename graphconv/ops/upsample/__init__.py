@@ -10,7 +10,10 @@ so the first and last rows and columns are repeated past its edges. `align_corne
 (bilinear only; PyTorch's `align_corners=True`, ONNX's `align_corners` coordinates)
 puts output p at p * (size - 1) / (size * factor - 1), the corner cells on the corner
 cells: its sampling points depend on the map's size, so a larger image moves every one
-of them. Such a layer is `whole_map`: the network runs as written (a classifier on its
+of them. `asymmetric` (bilinear only; TF1's `resize_bilinear` and `UpSampling2D` before
+half-pixel centres, ONNX's `asymmetric` coordinates and linear Upsample before op set 11)
+samples output position p at p / factor: the first row and column sit on the map's, the
+last factor - 1 repeat its last one. Such a layer is `whole_map`: the network runs as written (a classifier on its
 crop, a segmentation network on the whole image, `run --crops`), but cannot slide or be
 tiled, and the passes that would make it slide refuse it, saying why.
 
@@ -20,7 +23,9 @@ image. For receptive fields it is a floored window of stride 1/factor (`Window.f
 one cell for nearest, three (the nearest cell and its two neighbours, which cover both
 interpolation taps wherever p falls) for bilinear, whose clamped edges `verify` reports
 like padding (the two taps of each position, `Window.half_pixel`: a 2x upsample's first
-and last rows and columns read past the map, the others do not).
+and last rows and columns read past the map, the others do not); two (floor(p / factor)
+and the next) for asymmetric, whose last rows and columns alone read past the map
+(`Window.asymmetric`).
 """
 from __future__ import annotations
 
@@ -32,13 +37,15 @@ from graphconv.errors import ShapeError
 from graphconv.ops.registry import Example, OpDef, Param, Window, numel, register
 
 MODES = ("nearest", "bilinear")
-NEAREST, HALF_PIXEL, ALIGN_CORNERS = 0, 1, 2  # how output positions sample the input: `sampling`
+NEAREST, HALF_PIXEL, ALIGN_CORNERS, ASYMMETRIC = 0, 1, 2, 3  # how output positions sample the input: `sampling`
 
 
 def sampling(params: dict) -> int:
-    """The number the kernels take for a layer's mode and align_corners."""
+    """The number the kernels take for a layer's mode, align_corners and asymmetric."""
     if params["mode"] == "nearest":
         return NEAREST
+    if params["asymmetric"]:
+        return ASYMMETRIC
     return ALIGN_CORNERS if params["align_corners"] else HALF_PIXEL
 
 
@@ -52,6 +59,8 @@ def source(p: int, factor: int, size: int, sampled: int) -> tuple[int, int, floa
         return cell, cell, 0.0
     if sampled == ALIGN_CORNERS:
         x = p * (size - 1) / (size * factor - 1) if size * factor > 1 else 0.0
+    elif sampled == ASYMMETRIC:
+        x = p / factor
     else:
         x = max((p + 0.5) / factor - 0.5, 0.0)
     first = int(x)
@@ -61,8 +70,12 @@ def source(p: int, factor: int, size: int, sampled: int) -> tuple[int, int, floa
 
 def shape(params: dict, shapes) -> tuple[int, int, int]:
     (c, h, w), = shapes
-    if params["align_corners"] and params["mode"] == "nearest":
-        raise ShapeError("align_corners applies to bilinear interpolation, not nearest (as in PyTorch)")
+    for flag in ("align_corners", "asymmetric"):
+        if params[flag] and params["mode"] == "nearest":
+            raise ShapeError(f"{flag} applies to bilinear interpolation, not nearest"
+                             + (" (as in PyTorch)" if flag == "align_corners" else ""))
+    if params["align_corners"] and params["asymmetric"]:
+        raise ShapeError("align_corners and asymmetric are two ways to place the samples: give one")
     fy, fx = params["factor"]
     return c, h * fy, w * fx
 
@@ -72,6 +85,8 @@ def window(params: dict, shapes) -> Window:
     stride = (Fraction(1, fy), Fraction(1, fx))
     if params["mode"] == "nearest":
         return Window((1, 1), stride, (0, 0), (1, 1), floored=True)
+    if params["asymmetric"]:
+        return Window((2, 2), stride, (0, 0), (1, 1), padding_end=(1, 1), floored=True, asymmetric=True)
     return Window((3, 3), stride, (1, 1), (1, 1), floored=True, half_pixel=not params["align_corners"])
 
 
@@ -96,10 +111,18 @@ def reference(params: dict, weights: dict, inputs: list[np.ndarray]) -> np.ndarr
 
 
 def torch_equivalent(params: dict, weights: dict, inputs: list):
+    """PyTorch has no asymmetric bilinear: it is align_corners on the map with its last
+    row and column repeated once more, which puts output p of the (size * factor + 1)
+    samples at p / factor, then cut back to size * factor."""
     import torch.nn.functional as F
     fy, fx = params["factor"]
     if params["mode"] == "nearest":
         return F.interpolate(inputs[0], scale_factor=(fy, fx), mode="nearest")
+    if params["asymmetric"]:
+        h, w = inputs[0].shape[2:]
+        edged = F.pad(inputs[0], (0, 1, 0, 1), mode="replicate")
+        return F.interpolate(edged, size=(h * fy + 1, w * fx + 1), mode="bilinear",
+                             align_corners=True)[:, :, :h * fy, :w * fx]
     return F.interpolate(inputs[0], scale_factor=(fy, fx), mode="bilinear", align_corners=params["align_corners"])
 
 
@@ -111,8 +134,10 @@ def onnx_resize(writer, params: dict, inputs: list[str], output: str) -> None:
         writer.node("Resize", [inputs[0], "", scales], output, mode="nearest",
                     coordinate_transformation_mode="asymmetric", nearest_mode="floor")
     else:
+        coordinates = "asymmetric" if params["asymmetric"] else (
+            "align_corners" if params["align_corners"] else "half_pixel")
         writer.node("Resize", [inputs[0], "", scales], output, mode="linear",
-                    coordinate_transformation_mode="align_corners" if params["align_corners"] else "half_pixel")
+                    coordinate_transformation_mode=coordinates)
 
 
 def flops(params: dict, shapes, out) -> int:
@@ -130,12 +155,15 @@ def moves_with_the_map(params: dict) -> str | None:
 
 register(OpDef(
     name="upsample", doc="each map `factor` times larger: cells repeated (nearest) or interpolated "
-                         "(bilinear, half-pixel) (nn.Upsample, ONNX Resize)",
+                         "(bilinear: half-pixel, or asymmetric) (nn.Upsample, ONNX Resize)",
     params=(Param("factor", "pair", doc="how many times larger, per axis (fy, fx)"),
             Param("mode", "choice", "nearest", choices=MODES,
                   doc="nearest: each cell repeated; bilinear: interpolated, half-pixel (align_corners=False)"),
             Param("align_corners", "bool", False,
-                  doc="bilinear with PyTorch's align_corners=True: runs as written, cannot slide")),
+                  doc="bilinear with PyTorch's align_corners=True: runs as written, cannot slide"),
+            Param("asymmetric", "bool", False,
+                  doc="bilinear sampling output p at p / factor (TF1's resize_bilinear, ONNX's asymmetric "
+                      "coordinates): the last factor - 1 rows and columns repeat the map's last")),
     shape=shape, reference=reference, window=window, flops=flops, package=__name__, whole_map=moves_with_the_map,
     torch=torch_equivalent, onnx=onnx_resize,
     # stored as its input is: where its output must be NCHW (an FCN head's last resize),
@@ -152,5 +180,8 @@ register(OpDef(
         Example({"factor": 2, "mode": "bilinear", "align_corners": True}, [(2, 3, 4)]),
         Example({"factor": [3, 2], "mode": "bilinear", "align_corners": True}, [(1, 5, 2)], batch=3),
         Example({"factor": 2, "mode": "bilinear", "align_corners": True}, [(2, 1, 1)], batch=1),
+        Example({"factor": 2, "mode": "bilinear", "asymmetric": True}, [(2, 3, 4)]),
+        Example({"factor": [3, 4], "mode": "bilinear", "asymmetric": True}, [(1, 4, 2)], batch=3),
+        Example({"factor": 2, "mode": "bilinear", "asymmetric": True}, [(3, 1, 1)], batch=1),
     ),
 ))
