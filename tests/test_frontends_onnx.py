@@ -725,13 +725,87 @@ def test_an_unsupported_op_says_what_kind_of_model_it_marks(tmp_path, node, why)
         load_network(path)
 
 
-@pytest.mark.parametrize("domain, op", [("com.microsoft", "FusedConv"), ("com.microsoft.nchwc", "Conv")])
-def test_onnxruntime_s_own_ops_say_where_they_come_from(tmp_path, domain, op):
+@pytest.mark.parametrize("domain, op, reads", [
+    ("com.microsoft", "NhwcConv", "and onnxruntime's fused FusedConv, FusedGemm, Gelu and QuickGelu "),
+    ("com.microsoft.nchwc", "Conv", "")])
+def test_onnxruntime_s_own_ops_say_where_they_come_from(tmp_path, domain, op, reads):
     nodes = [onnx.helper.make_node(op, ["x", "w"], ["y"], name="c", domain=domain, activation="Relu")]
     path = onnx_file(tmp_path / "optimized.onnx", nodes, {"w": np.zeros((4, 3, 3, 3), np.float32)})
     with pytest.raises(GraphconvError, match=rf"node 'c': op {domain}.{op} is from a custom domain; "
-                                             rf"graphconv reads the standard ONNX ops \({domain} ops are "
+                                             rf"graphconv reads the standard ONNX ops {reads}\({domain} ops are "
                                              r"onnxruntime's own: .* import the model as it was exported"):
+        load_network(path)
+
+
+def test_a_model_onnxruntime_optimised_and_saved_imports_and_matches_the_original(tmp_path, rng):
+    """onnxruntime's "extended" level (optimized_model_filepath) fuses each conv and Gemm
+    with its activation (com.microsoft FusedConv, FusedGemm), GELU into Gelu and SiLU
+    into QuickGelu: read back as the ops they fuse, the scores are the original's."""
+    ort = pytest.importorskip("onnxruntime")
+    nn = torch.nn
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3),
+                          nn.LeakyReLU(0.1), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3), nn.Sigmoid(), nn.Conv2d(8, 8, 1),
+                          nn.Tanh(), nn.Conv2d(8, 8, 1), nn.Hardsigmoid(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU6(),
+                          nn.Conv2d(8, 8, 1), nn.SiLU(), nn.Conv2d(8, 8, 1), nn.GELU(), nn.Flatten(),
+                          nn.Linear(8 * 5 * 5, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    original = tmp_path / "net.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 3, 16, 16),), str(original), dynamo=False, opset_version=17,
+                          input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(original), options, providers=["CPUExecutionProvider"])
+    fused = {node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node
+             if node.domain == "com.microsoft"}
+    assert fused == {"FusedConv", "FusedGemm", "Gelu", "QuickGelu"}
+    x = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
+    scores = Model(load_network(options.optimized_model_filepath)).run(x)
+    np.testing.assert_allclose(scores, onnxruntime_scores(original, x), **TOLERANCE)
+
+
+def _onnxruntime_model(path, nodes, initializers: dict):
+    """`onnx_file` that imports onnxruntime's com.microsoft op set too."""
+    helper = onnx.helper
+    graph = helper.make_graph(
+        nodes, "fused", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in initializers.items()])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    onnx.save(helper.make_model(graph, opset_imports=opsets), str(path))
+    return path
+
+
+@pytest.mark.parametrize("activation, params", [
+    ("Relu", None), ("LeakyRelu", [0.2]), ("Clip", [-1.0, 0.5]), ("Clip", [0.0, 6.0]), ("HardSigmoid", [0.3, 0.4]),
+    ("Sigmoid", None), ("Tanh", None), (None, None)])
+@pytest.mark.parametrize("residual", [False, True])
+def test_fused_conv_with_each_activation_and_a_residual_z_matches_onnxruntime(tmp_path, rng, activation, params,
+                                                                             residual):
+    attrs = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    attrs.update({} if activation is None else dict(activation=activation))
+    attrs.update({} if params is None else dict(activation_params=params))
+    nodes = [onnx.helper.make_node("Conv", ["x", "w0"], ["z"], kernel_shape=[1, 1]),
+             onnx.helper.make_node("FusedConv", ["x", "w", "b"] + (["z"] if residual else []), ["y"],
+                                   domain="com.microsoft", **attrs)]
+    path = _onnxruntime_model(tmp_path / "fused.onnx", nodes, {"w0": rng.standard_normal((4, 3, 1, 1)),
+                                                               "w": rng.standard_normal((4, 3, 3, 3)),
+                                                               "b": rng.standard_normal(4)})
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(Model(load_network(path)).run(x, full=True), onnxruntime_scores(path, x), **TOLERANCE)
+
+
+@pytest.mark.parametrize("node, message", [
+    (onnx.helper.make_node("FusedConv", ["x", "w"], ["y"], name="c", domain="com.microsoft", activation="Selu"),
+     r"node 'c': FusedConv with activation 'Selu'; graphconv reads Relu, Tanh, Sigmoid"),
+    (onnx.helper.make_node("QuickGelu", ["x"], ["y"], name="q", domain="com.microsoft"),
+     r"node 'q': QuickGelu with alpha 1.702: graphconv reads it as SiLU, x \* sigmoid\(x\) \(alpha 1\)"),
+])
+def test_onnxruntime_s_fused_ops_it_cannot_read_are_refused_naming_them(tmp_path, node, message):
+    path = _onnxruntime_model(tmp_path / "fused.onnx", [node], {"w": np.zeros((4, 3, 3, 3))})
+    with pytest.raises(GraphconvError, match=message):
         load_network(path)
 
 

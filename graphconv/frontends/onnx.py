@@ -800,7 +800,8 @@ folded as op set 19 (onnx 1.23 implements 19 on; op set 17 was refused)."""
 
 _ONNXRUNTIME_S_OWN = ("ops are onnxruntime's own: its graph optimizer and quantizer write them; import the model as "
                       "it was exported, before those")
-_CUSTOM_DOMAINS = {"com.microsoft": f" (com.microsoft {_ONNXRUNTIME_S_OWN})",
+_CUSTOM_DOMAINS = {"com.microsoft": f" and onnxruntime's fused FusedConv, FusedGemm, Gelu and QuickGelu (com.microsoft "
+                                     f"{_ONNXRUNTIME_S_OWN})",
                    "com.microsoft.nchwc": f" (com.microsoft.nchwc {_ONNXRUNTIME_S_OWN}: its 'all' level's "
                                           "layout for its own CPU kernels)"}
 QUANTIZED_OPERATORS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger")
@@ -2956,6 +2957,70 @@ def _add_fc(imp: Importer, node, x: Tensor, weight: np.ndarray, bias: np.ndarray
     weights = {"weight": weight} if bias is None else {"weight": weight, "bias": bias}
     imp.add_layer(node, "fc", [x], dict(out_features=int(weight.shape[0]), bias=bias is not None),
                   weights, rank=2)
+
+
+# ---- onnxruntime's fused ops ---------------------------------------------------------------
+# What its "extended" optimisation level (a session's optimized_model_filepath) writes in
+# place of a conv or Gemm and its activation, and of GELU and SiLU: read back as the
+# standard ops they fuse. Its "all" level's com.microsoft.nchwc layout is refused.
+
+ORT = "com.microsoft"
+
+
+@converts("FusedConv", domain=ORT)
+def _fused_conv(imp: Importer, node) -> None:
+    """activation(Conv(X, W, B) + Z): the conv, an add of the optional Z (a residual
+    onnxruntime fused in), the activation its attributes name."""
+    _conv(imp, node)
+    out = imp.values[node.output[0]]
+    if len(node.input) > 3 and node.input[3]:
+        out = imp.add_layer(node, "add", [out, imp.tensor(node.input[3])])
+    attrs = imp.attributes(node)
+    _fused_activation(imp, node, out, attrs, [float(v) for v in attrs.get("activation_params", [])])
+
+
+@converts("FusedGemm", domain=ORT)
+def _fused_gemm(imp: Importer, node) -> None:
+    """activation(Gemm(A, B, C)): the fc layer, then the activation (its parameters in
+    activation_alpha and activation_beta)."""
+    _gemm(imp, node)
+    attrs = imp.attributes(node)
+    params = [float(attrs[key]) for key in ("activation_alpha", "activation_beta") if key in attrs]
+    _fused_activation(imp, node, imp.values[node.output[0]], attrs, params)
+
+
+def _fused_activation(imp: Importer, node, x: Tensor, attrs: dict, params: list[float]) -> None:
+    """The layer of a fused op's `activation` attribute (none where it has none), its
+    parameters as onnxruntime orders them: LeakyRelu's alpha, Clip's min and max,
+    HardSigmoid's alpha and beta."""
+    activation = attrs.get("activation", b"")
+    activation = activation.decode() if isinstance(activation, bytes) else activation
+    if not activation:
+        return
+    layers = {"Relu": ("relu", {}), "Tanh": ("tanh", {}), "Sigmoid": ("sigmoid", {}), "HardSwish": ("hardswish", {}),
+              "LeakyRelu": ("leaky_relu", dict(zip(["alpha"], params or [0.01]))),
+              "HardSigmoid": ("hardsigmoid", dict(zip(["alpha", "beta"], params or [0.2, 0.5]))),
+              "Clip": ("clip", dict(zip(["min", "max"], params or [-FLOAT32_MAX, FLOAT32_MAX])))}
+    if activation not in layers:
+        raise imp.error(f"{node.op_type} with activation {shown(activation)}; graphconv reads {', '.join(layers)}")
+    op, layer_params = layers[activation]
+    if op == "clip" and layer_params == {"min": 0.0, "max": FLOAT32_MAX}:
+        op, layer_params = "relu", {}
+    imp.add_layer(node, op, [x], layer_params)
+
+
+@converts("Gelu", domain=ORT)
+def _ort_gelu(imp: Importer, node) -> None:
+    imp.add_layer(node, "gelu", [imp.tensor(node.input[0], POINTWISE_LAYOUTS)], dict(approximate="none"))
+
+
+@converts("QuickGelu", domain=ORT)
+def _quick_gelu(imp: Importer, node) -> None:
+    """x * sigmoid(alpha * x): onnxruntime writes SiLU (x * sigmoid(x)) as one of alpha 1."""
+    alpha = float(imp.attributes(node).get("alpha", 1.702))
+    if alpha != 1.0:
+        raise imp.error(f"QuickGelu with alpha {alpha:g}: graphconv reads it as SiLU, x * sigmoid(x) (alpha 1)")
+    imp.add_layer(node, "silu", [imp.tensor(node.input[0], POINTWISE_LAYOUTS)])
 
 
 @converts("Add", "Sum")
