@@ -2542,13 +2542,24 @@ def _with_own_input_scaling(graph, preprocess: dict) -> dict:
         said = (f"the network normalises its pixels itself: {first} {own.layer} subtracts a mean of "
                 f"{', '.join(f'{v:.6g}' for v in own.mean)} (pixel units, 0..255)")
     else:
-        said = f"the network scales its pixels itself: {first} {own.layer} multiplies them by {own.factor:.6g}"
+        low, high = min(own.factors), max(own.factors)
+        factors = f"{low:.6g}" if math.isclose(low, high, rel_tol=1e-6) else f"{low:.3g} to {high:.3g} (per channel)"
+        shifted = any(own.shifts)
+        said = (f"the network scales its pixels itself: {first} {own.layer} multiplies them by {factors}"
+                + (f" and shifts them, taking 0..255 onto {own.onto[0]:.3g}..{own.onto[1]:.3g}" if shifted else ""))
     scale = float(preprocess.get("scale", 1.0))
-    if scale != 1.0 and preprocess.get("values") != "stored":
-        done = (f"scales them onto 0..{255 * scale:.3g} before it takes that mean off" if own.mean else
-                f"scales them before it: twice, onto 0..{255 * scale * own.factor:.3g}")
-        note(f"note: {said}, and --scale {scale:g} {done}; "
-             "leave out --scale if it was trained on pixels in 0..255, as such a layer says it was")
+    normalised = [f"--{key}" for key in ("mean", "std") if key in preprocess]
+    if (scale != 1.0 or normalised) and preprocess.get("values") != "stored":
+        if normalised:
+            given = (["--scale"] if scale != 1.0 else []) + normalised
+            done = (f"{' and '.join(given) if len(given) < 3 else '--scale, --mean and --std'} "
+                    f"{'normalises' if len(given) == 1 else 'normalise'} them before it does: twice")
+        elif own.mean:
+            done = f"--scale {scale:g} scales them onto 0..{255 * scale:.3g} before it takes that mean off"
+        else:
+            done = f"--scale {scale:g} scales them before it: twice, onto 0..{255 * scale * own.factor:.3g}"
+        note(f"note: {said}, and {done}; leave out --scale, --mean and --std if it was trained on pixels in "
+             "0..255, as such a layer says it was")
     elif not preprocess:
         note(f"note: {said}, so it takes pixels in 0..255 as they are; the spec states preprocess "
              "{scale: 1} (give --mean/--std only if training normalised them further)")

@@ -825,8 +825,19 @@ class OwnInputScaling(NamedTuple):
     `own_input_scaling`)."""
 
     layer: str
-    factor: float  # the largest it multiplies a channel by
+    factors: tuple[float, ...]  # what it multiplies each channel by (their sizes)
+    shifts: tuple[float, ...]  # and adds to each after
     mean: tuple[float, ...] = ()  # where it only subtracts one, in pixel units (Keras' caffe mode): per channel
+
+    @property
+    def factor(self) -> float:
+        """The largest it multiplies a channel by."""
+        return max(self.factors)
+
+    @property
+    def onto(self) -> tuple[float, float]:
+        """The range it takes pixels of 0..255 onto, over every channel."""
+        return (min(self.shifts), max(255 * f + s for f, s in zip(self.factors, self.shifts)))
 
 
 def own_input_scaling(graph: Graph) -> OwnInputScaling | None:
@@ -847,10 +858,11 @@ def own_input_scaling(graph: Graph) -> OwnInputScaling | None:
     if affine is None:
         return None
     factors, shifts = affine
+    own = OwnInputScaling(users[0].name, tuple(float(v) for v in factors), tuple(float(v) for v in shifts))
     if factors.size and factors.min() > 0 and 255 * factors.max() <= OWN_SCALING_RANGE:
-        return OwnInputScaling(users[0].name, float(factors.max()))
+        return own
     if np.allclose(factors, 1.0, rtol=1e-6, atol=0) and ((-shifts >= PIXEL_UNIT_MEAN) & (-shifts <= 255)).all():
-        return OwnInputScaling(users[0].name, 1.0, tuple(float(v) for v in -shifts))
+        return own._replace(mean=tuple(-v for v in own.shifts))
     return None
 
 

@@ -2157,6 +2157,29 @@ def test_import_of_a_network_that_scales_its_own_pixels_says_so_and_warns_of_sca
     assert run_cli("import", path, "-o", tmp_path / "twice.yaml", "--scale", "0.00392157") == 0
     err = capsys.readouterr().err
     assert ("and --scale 0.00392157 scales them before it: twice" in err) == own
+    assert run_cli("import", path, "-o", tmp_path / "normalised.yaml", "--mean", "0.5", "--std", "0.2") == 0
+    err = capsys.readouterr().err
+    assert ("and --mean and --std normalise them before it does: twice" in err) == own
+
+
+def test_the_note_on_a_network_s_own_normalisation_gives_its_factor_per_channel_and_the_range_it_maps_onto(
+        tmp_path, capsys):
+    """ImageNet's mean and std over 0..255 pixels, in the model: the note said "multiplies
+    them by 0.0175", one of its three factors, and nothing of the shift."""
+    onnx = pytest.importorskip("onnx")
+    from test_frontends_onnx import onnx_file
+
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    inits = {"mean": (255 * mean).reshape(1, 3, 1, 1).astype(np.float32),
+             "std": (255 * std).reshape(1, 3, 1, 1).astype(np.float32),
+             "w": np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)}
+    nodes = [onnx.helper.make_node("Sub", ["x", "mean"], ["centred"]),
+             onnx.helper.make_node("Div", ["centred", "std"], ["normalised"]),
+             onnx.helper.make_node("Conv", ["normalised", "w"], ["y"])]
+    path = onnx_file(tmp_path / "normalising.onnx", nodes, inits)
+    assert run_cli("import", path, "-o", tmp_path / "net.yaml") == 0
+    err = capsys.readouterr().err
+    assert "multiplies them by 0.0171 to 0.0175 (per channel) and shifts them, taking 0..255 onto -2.12..2.64" in err
 
 
 def test_a_network_that_reverses_its_channels_before_scaling_its_pixels_still_takes_them_as_they_are(
