@@ -726,7 +726,7 @@ def test_an_unsupported_op_says_what_kind_of_model_it_marks(tmp_path, node, why)
 
 
 @pytest.mark.parametrize("domain, op, reads", [
-    ("com.microsoft", "NhwcConv", "and onnxruntime's fused FusedConv, FusedGemm, Gelu and QuickGelu "),
+    ("com.microsoft", "NhwcConv", "and com.microsoft's FusedConv, FusedGemm, Gelu and QuickGelu "),
     ("com.microsoft.nchwc", "Conv", "")])
 def test_onnxruntime_s_own_ops_say_where_they_come_from(tmp_path, domain, op, reads):
     nodes = [onnx.helper.make_node(op, ["x", "w"], ["y"], name="c", domain=domain, activation="Relu")]
@@ -1666,7 +1666,8 @@ def test_refused_paddings_are_one_line_naming_the_file_and_node(tmp_path, capsys
 
 
 KERAS_FIXTURES = sorted((Path(__file__).parent / "data").glob("keras_*.onnx"))
-KERAS_FIXTURE_LAYERS = {"keras_moments_layer_norms": ("layernorm", 4)}  # what a fixture is about; the rest pad
+KERAS_FIXTURE_LAYERS = {"keras_moments_layer_norms": ("layernorm", 4),  # what a fixture is about; the rest pad
+                        "keras_tf1_resize_bilinear": ("upsample", 1)}
 
 
 @pytest.mark.parametrize("path", KERAS_FIXTURES, ids=lambda p: p.stem)
@@ -1675,7 +1676,8 @@ def test_keras_models_converted_by_tf2onnx_import_and_slide(path, rng):
     EfficientNet's padding, ReLU6, swish, GlobalAveragePooling2D's Squeeze, Dense as
     MatMul + Add; one also with tf2onnx's default NHWC input, which graphconv reads as
     NCHW; caffe preprocessing, LayerNormalization in both of tf2onnx's forms, Dense on a
-    map, Flatten -> BatchNormalization -> Dense) equal onnxruntime on their crop, compile
+    map, Flatten -> BatchNormalization -> Dense; TF1's resize_bilinear, an asymmetric
+    linear Resize) equal onnxruntime on their crop, compile
     to a dense network, and that network's map tiles exactly and verifies on a larger
     image."""
     from graphconv.dense import verify
@@ -1693,9 +1695,9 @@ def test_keras_models_converted_by_tf2onnx_import_and_slide(path, rng):
     np.testing.assert_allclose(classifier.run(x), expected, **TOLERANCE)
     dense = compile_model(path)
     assert not dense.graph.find("fc") and not dense.graph.find("globalavgpool")
-    big = rng.standard_normal((1, 3, 32 + 40, 32 + 27)).astype(np.float32)
+    big = rng.standard_normal((1, 3, 32 + 40, 32 + 25)).astype(np.float32)  # sides the TF1 merge takes: 4k, 4k + 1
     whole = dense.run(big)
-    assert whole.shape[2:] == dense.map_size(72, 59)
+    assert whole.shape[2:] == dense.map_size(72, 57)
     np.testing.assert_allclose(run_tiled(dense, big, max(min_tile(dense))), whole, rtol=1e-4, atol=1e-6)
     report = verify(classifier, dense, big, where=None)  # random pixels: whether padding changes top classes is moot
     assert report.conversion_exact and report.passed, str(report)
@@ -1705,6 +1707,18 @@ def onnxruntime_scores_named(path, x: np.ndarray) -> np.ndarray:
     ort = pytest.importorskip("onnxruntime")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+@pytest.mark.parametrize("shape", [(16, 16, 3), (1, 3, 16, 16)])
+def test_a_constant_per_position_is_refused_as_what_cannot_slide(tmp_path, rng, shape):
+    """Keras' PReLU without shared_axes learns an alpha per position of its crop's map
+    (tf2onnx: a Mul by an (H, W, C) constant): refused as a scale the rest of its kind were."""
+    nodes = [onnx.helper.make_node("Mul", ["x", "alpha"], ["y"], name="prelu/mul")]
+    path = onnx_file(tmp_path / "prelu.onnx", nodes, {"alpha": rng.standard_normal(shape).astype(np.float32)})
+    with pytest.raises(GraphconvError, match=rf"node 'prelu/mul': Mul of a feature map by a constant of shape "
+                                             rf"\[{', '.join(map(str, shape))}\], a number for each position of "
+                                             r"the crop's map: .*PReLU\(shared_axes=\[1, 2\]\)"):
+        load_network(path)
 
 
 def test_a_squeeze_of_anything_but_a_pooled_map_is_refused(tmp_path):

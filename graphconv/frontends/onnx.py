@@ -404,7 +404,7 @@ class Importer:
         converter = CUSTOM_CONVERTERS.get((node.domain, node.op_type))
         if converter is None:
             raise self.error(f"op {node.domain}.{node.op_type} is from a custom domain; graphconv reads the standard "
-                             f"ONNX ops{_CUSTOM_DOMAINS.get(node.domain, '')} (a plugin op's own: "
+                             f"ONNX ops{_custom_domain_words(node.domain)} (a plugin op's own: "
                              f"@converts({node.op_type!r}, domain={node.domain!r}) in graphconv.frontends.onnx)")
         return converter
 
@@ -800,10 +800,22 @@ folded as op set 19 (onnx 1.23 implements 19 on; op set 17 was refused)."""
 
 _ONNXRUNTIME_S_OWN = ("ops are onnxruntime's own: its graph optimizer and quantizer write them; import the model as "
                       "it was exported, before those")
-_CUSTOM_DOMAINS = {"com.microsoft": f" and onnxruntime's fused FusedConv, FusedGemm, Gelu and QuickGelu (com.microsoft "
-                                     f"{_ONNXRUNTIME_S_OWN})",
-                   "com.microsoft.nchwc": f" (com.microsoft.nchwc {_ONNXRUNTIME_S_OWN}: its 'all' level's "
-                                          "layout for its own CPU kernels)"}
+ORT = "com.microsoft"  # onnxruntime's op set: its optimizer's fused ops, some of which graphconv reads
+_ONNXRUNTIME_DOMAINS = {ORT: "", f"{ORT}.nchwc": ": its 'all' level's layout for its own CPU kernels"}
+
+
+def _custom_domain_words(domain: str) -> str:
+    """What a refusal of an op from custom `domain` adds to "graphconv reads the standard
+    ONNX ops": the domain's ops it does read (onnxruntime's fused ones, a plugin's), and
+    where an onnxruntime domain's come from."""
+    read = [op_type for op_domain, op_type in CUSTOM_CONVERTERS if op_domain == domain]
+    words = ""
+    if read:
+        listed = read[0] if len(read) == 1 else ", ".join(read[:-1]) + " and " + read[-1]
+        words = f" and {domain}'s {listed}"
+    if domain in _ONNXRUNTIME_DOMAINS:
+        words += f" ({domain} {_ONNXRUNTIME_S_OWN}{_ONNXRUNTIME_DOMAINS[domain]})"
+    return words
 QUANTIZED_OPERATORS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger")
 _FLOAT_MODEL = "graphconv computes in float32: import the float model"
 NOT_READ_BECAUSE = {
@@ -2964,9 +2976,6 @@ def _add_fc(imp: Importer, node, x: Tensor, weight: np.ndarray, bias: np.ndarray
 # place of a conv or Gemm and its activation, and of GELU and SiLU: read back as the
 # standard ops they fuse. Its "all" level's com.microsoft.nchwc layout is refused.
 
-ORT = "com.microsoft"
-
-
 @converts("FusedConv", domain=ORT)
 def _fused_conv(imp: Importer, node) -> None:
     """activation(Conv(X, W, B) + Z): the conv, an add of the optional Z (a residual
@@ -3302,6 +3311,11 @@ def _mish_softplus(imp: Importer, x: Tensor, gate: Tensor) -> Tensor | None:
 
 def _scale(imp: Importer, node, x: Tensor, constant: np.ndarray) -> None:
     factors = _per_channel(constant, x)
+    if factors is None and constant.size == math.prod(x.shape) > x.shape[0] and constant.ndim >= 3:
+        raise imp.error(f"Mul of a feature map by a constant of shape {list(constant.shape)}, a number for each "
+                        "position of the crop's map: weights tied to positions cannot slide over a larger image "
+                        "(Keras' PReLU learns its alpha so; PReLU(shared_axes=[1, 2]) learns one per channel, "
+                        "which graphconv reads)")
     if factors is None:
         raise imp.error(f"Mul of a feature map by a constant of shape {list(constant.shape)}; graphconv "
                         "multiplies by one number, or by one per channel")

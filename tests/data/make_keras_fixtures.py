@@ -11,7 +11,8 @@ against the Keras model itself.
 
 Not run by the tests (TensorFlow is not a test dependency): the .onnx files it wrote are
 committed beside it, with the versions that made them in each file's doc string.
-The last three are Keras layers tf2onnx writes on the channels-last map (caffe-style
+The TF1 one is a bilinear resize with asymmetric coordinates, TF1's default. The three
+before it are Keras layers tf2onnx writes on the channels-last map (caffe-style
 RGB -> BGR and mean inside the model, LayerNormalization, Dense on a 4-D map, a
 BatchNormalization between Flatten and Dense, ConvNeXt's LayerNormalization with
 epsilon 1e-6), with tf2onnx's default NHWC input.
@@ -144,6 +145,24 @@ def moments_layer_norms() -> keras.Model:
     return keras.Model(inputs, x, name="moments_layer_norms")
 
 
+def tf1_resize_bilinear() -> keras.Model:
+    """A feature-pyramid merge as TF1 code writes it: tf.compat.v1.image.resize_bilinear
+    (align_corners=False without half-pixel centres: ONNX's asymmetric linear Resize) of
+    a stride-4 map onto the stride-2 one, added, then a classifier's head."""
+    def enlarge(t):
+        return tf.compat.v1.image.resize_bilinear(t, (CROP // 2, CROP // 2), align_corners=False,
+                                                   half_pixel_centers=False)
+
+    x = inputs = keras.Input((CROP, CROP, 3), name="image")
+    x = layers.Conv2D(8, 3, strides=2, padding="same", name="conv1")(x)
+    low = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="conv2")(x)
+    x = layers.Add(name="merge")([x, layers.Lambda(enlarge, name="resize")(low)])
+    x = layers.Conv2D(12, 3, strides=2, padding="same", name="head")(x)
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = layers.Dense(4, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, x, name="tf1_resize_bilinear")
+
+
 def seeded(model: keras.Model, seed: int) -> keras.Model:
     """Every weight drawn from one seed; batch norms given statistics that do something."""
     rng = np.random.default_rng(seed)
@@ -195,6 +214,7 @@ def main() -> int:
     convert(seeded(channels_last_blocks(), 3), HERE / "keras_channels_last_blocks.onnx", nchw=False)
     convert(seeded(flatten_batchnorm_dense(), 4), HERE / "keras_flatten_batchnorm_dense.onnx", nchw=False)
     convert(seeded(moments_layer_norms(), 5), HERE / "keras_moments_layer_norms.onnx", nchw=False)
+    convert(seeded(tf1_resize_bilinear(), 6), HERE / "keras_tf1_resize_bilinear.onnx")
     return 0
 
 

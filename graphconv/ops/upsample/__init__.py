@@ -10,12 +10,13 @@ so the first and last rows and columns are repeated past its edges. `align_corne
 (bilinear only; PyTorch's `align_corners=True`, ONNX's `align_corners` coordinates)
 puts output p at p * (size - 1) / (size * factor - 1), the corner cells on the corner
 cells: its sampling points depend on the map's size, so a larger image moves every one
-of them. `asymmetric` (bilinear only; TF1's `resize_bilinear` and `UpSampling2D` before
-half-pixel centres, ONNX's `asymmetric` coordinates and linear Upsample before op set 11)
-samples output position p at p / factor: the first row and column sit on the map's, the
-last factor - 1 repeat its last one. Such a layer is `whole_map`: the network runs as written (a classifier on its
+of them. Such a layer is `whole_map`: the network runs as written (a classifier on its
 crop, a segmentation network on the whole image, `run --crops`), but cannot slide or be
-tiled, and the passes that would make it slide refuse it, saying why.
+tiled, and the passes that would make it slide refuse it, saying why. `asymmetric`
+(bilinear only; TF1's `resize_bilinear` and `UpSampling2D` before half-pixel centres,
+ONNX's `asymmetric` coordinates and linear Upsample before op set 11) samples output
+position p at p / factor: the first row and column sit on the map's, the last factor - 1
+repeat its last one. It slides, as half-pixel does.
 
 Why it slides: output cell p reads input cells near floor(p / factor), whatever the
 map's size, so a tile aligned to the input's stride sees the same values as the whole
