@@ -33,6 +33,7 @@ from typing import Any, Iterator, Sequence, TextIO
 import numpy as np
 
 from graphconv.errors import GraphconvError, agreeing, shown, shown_path, warn_caller
+from graphconv.georef import is_zarr_path
 
 CELL_FORMATS = {".geojson": ".geojson", ".json": ".geojson", ".csv": ".csv"}  # a name's suffix -> what is written
 BLOCK_BYTES = 32 << 20  # of a map read at once: a slide's map of 1000 classes is far larger than memory
@@ -136,7 +137,7 @@ def opened_map(path: str) -> Iterator[StoredMap]:
     unless graphconv wrote it with a placement (a lone .npy, a user's raster, a map of an
     --input array, a batch of several images)."""
     path = str(path)
-    if path.rstrip("/").lower().endswith(".zarr"):
+    if is_zarr_path(path):
         yield _zarr_map(path)
         return
     from graphconv.georef import is_tiff_output

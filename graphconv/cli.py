@@ -33,11 +33,13 @@ from graphconv.errors import (FrontEndError, GraphconvError, GraphconvWarning, P
                               printable, shown, shown_path)
 from graphconv.files import (atomic_write, check_model_target, check_writable, committed_outputs, forget_committed,
                              spare_the_model)
-from graphconv.georef import is_tiff_output
+from graphconv.georef import is_tiff_output, is_zarr_path
 from graphconv.memory import check_run_fits
 from graphconv.pass_manager import DEFAULT_PIPELINE
 from graphconv.profiling import format_profile, median_profile
+from graphconv.frontends.yaml import PIXEL_VALUES, TASKS
 from graphconv.sources import PAD_MODES, shifted_cells
+from graphconv.strides import METHODS as STRIDE_METHODS
 
 EXIT_USER_ERROR = 2
 EXIT_BROKEN_PIPE = 128 + 13  # what a Unix tool killed by SIGPIPE returns
@@ -445,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        f"(default: {','.join(DEFAULT_PIPELINE)})")
     comp.add_argument("--output-stride", type=int, metavar="S",
                       help="finer score map: S must divide the network's total stride")
-    comp.add_argument("--stride-method", default="auto", choices=("auto", "dilate", "shift"),
+    comp.add_argument("--stride-method", default="auto", choices=STRIDE_METHODS,
                       help="how to reach --output-stride (auto: dilate for a network whose layers pad, where it "
                            "can be dilated, as shift would read zeros inside the image; else the one with fewer "
                            "FLOPs)")
@@ -516,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--passes", help="the pipeline to check, as compile takes it, 'default' included (default: "
                                       "compile's; your own passes with --plugin)")
     ver.add_argument("--output-stride", type=int, metavar="S", help="compile for this finer stride, as compile does")
-    ver.add_argument("--stride-method", default="auto", choices=("auto", "dilate", "shift"),
+    ver.add_argument("--stride-method", default="auto", choices=STRIDE_METHODS,
                      help="how to reach --output-stride, as compile's")
     ver.add_argument("--batch", type=_positive_int, help="images in the random batch (default 1)")
     ver.add_argument("--tolerance", type=_tolerance, help="max abs difference (default 1e-4 x max score)")
@@ -536,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("model", type=_path, help=".onnx model (or a plugin front end's file)")
     imp.add_argument("--output", "-o", type=_path, required=True, metavar="NET.yaml", help="spec file to write")
     imp.add_argument("--scale", type=float, metavar="S", help="preprocess: multiply pixels (0..255) by S first")
-    imp.add_argument("--values", choices=("0..255", "stored"), default=None,
+    imp.add_argument("--values", choices=PIXEL_VALUES, default=None,
                      help="preprocess: the pixels --scale multiplies: on 0..255 (default; 16-bit data divided by "
                           "257) or as the file stores them (satellite reflectances, elevations)")
     imp.add_argument("--mean", type=_float_list, metavar="M1,M2,M3",
@@ -546,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--labels", type=_path, metavar="TXT", help="class names, one per line (copied beside the spec)")
     imp.add_argument("--crop-size", type=_positive_int, nargs=2, metavar=("H", "W"),
                      help="the training crop, for a model whose input size is dynamic")
-    imp.add_argument("--task", choices=("classification", "segmentation"), default="classification",
+    imp.add_argument("--task", choices=TASKS, default="classification",
                      help="segmentation: the network predicts a map already (a U-Net), and every cell it "
                           "computes on an image is kept (default: a classifier, one cell per crop)")
     _add_plugin_option(imp, "load a plugin (.py file or importable module; repeatable): one that registers a front "
@@ -713,7 +715,7 @@ def _add_model_files_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", type=_path, metavar="TXT", help="class names, one per line, instead of the spec's")
     parser.add_argument("--crop-size", type=_positive_int, nargs=2, metavar=("H", "W"),
                         help="the training crop of an ONNX model whose input size is dynamic")
-    parser.add_argument("--task", choices=("classification", "segmentation"),
+    parser.add_argument("--task", choices=TASKS,
                         help="segmentation: the network predicts a map itself (a U-Net), and every cell it "
                              "computes is kept (default: what the spec says; an ONNX file: a classifier)")
 
@@ -976,7 +978,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_outputs_spare_the_inputs(args)
     _note_a_plain_map_named_ome(args.output)
     for path in filter(None, (args.output, args.heatmap_out)):
-        if path.rstrip("/").lower().endswith(".zarr"):
+        if is_zarr_path(path):
             from graphconv.tiling import check_zarr_target
             check_zarr_target(path)
         else:
@@ -1348,7 +1350,7 @@ def note_how_the_raster_is_read(args: argparse.Namespace, source) -> None:
     note_nodata_acts_on_nothing(args, source)
     note_value_scaling(getattr(source, "preprocess", None), value_scaling(source))
     output = getattr(args, "output", None)
-    if is_tiff_output(output) or (output or "").rstrip("/").lower().endswith(".zarr"):
+    if is_tiff_output(output) or is_zarr_path(output):
         from graphconv.georef import unread_georeference_note, zarr_georeference_note
         path = getattr(getattr(source, "inner", source), "path", "")
         unread = zarr_georeference_note(path) or unread_georeference_note(path)
@@ -1534,7 +1536,7 @@ def _deliver(args: argparse.Namespace, model, out: np.ndarray, picture: np.ndarr
     """A run's map, as asked: heatmap, top classes, the array (a .tif with where its
     `cells` stand, as the heatmap draws them); what cannot be written is refused before
     anything is."""
-    map_file = args.output and (is_tiff_output(args.output) or args.output.rstrip("/").lower().endswith(".zarr"))
+    map_file = args.output and (is_tiff_output(args.output) or is_zarr_path(args.output))
     if map_file and out.ndim != 4:
         raise GraphconvError(f"a .tif or .zarr output holds a map; this run gives a vector of shape "
                              f"{tuple(out.shape)}: write .npy", file=args.output)
@@ -2237,7 +2239,7 @@ def _refuse_a_batch_given_as_one_image(image: str) -> None:
     batch = ("--images maps each image of a folder or a quoted pattern, a map each in --output-dir: "
              f"--images {shlex.quote(image)} --output-dir MAPS")
     zarr_marks = (".zarray", ".zgroup", "zarr.json")
-    if os.path.isdir(image) and not image.rstrip("/").lower().endswith(".zarr") and \
+    if os.path.isdir(image) and not is_zarr_path(image) and \
             not any(os.path.exists(os.path.join(image, mark)) for mark in zarr_marks):
         raise GraphconvError(f"cannot read image: it is a folder; {batch}", file=image)
     if not os.path.lexists(image) and any(char in image for char in "*?[") and glob.glob(image):

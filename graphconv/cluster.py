@@ -32,6 +32,7 @@ import numpy as np
 
 from graphconv.background import DEFAULT_MAX_NODATA
 from graphconv.errors import GraphconvError, GraphconvWarning, SmallerThanTheCrop, counted
+from graphconv.georef import is_zarr_path
 
 if TYPE_CHECKING:
     from graphconv.georef import CellPlacement
@@ -1026,7 +1027,7 @@ def _raster_nodata(image: str, options: MapOptions) -> float | None:
     whose pixels are data (a batch may hold both)."""
     from graphconv.sources import is_ome_zarr, is_tiff
 
-    raster = is_tiff(image) or is_ome_zarr(image) or image.rstrip("/").lower().endswith(".zarr")
+    raster = is_tiff(image) or is_ome_zarr(image) or is_zarr_path(image)
     return options.nodata if raster else None
 
 
@@ -1411,7 +1412,7 @@ def is_a_map_graphconv_wrote(path: str) -> bool:
     if path.lower().endswith((".tif", ".tiff")):
         from graphconv.georef import is_graphconv_map
         return is_graphconv_map(path)
-    if path.rstrip("/").lower().endswith(".zarr"):
+    if is_zarr_path(path):
         return _stored_array_header(path) is not None
     return False
 
@@ -1636,7 +1637,7 @@ def size_as_read(model, image: str, options: MapOptions) -> tuple[int, int]:
     --pad-image's border."""
     from graphconv.sources import Downsampled, is_ome_zarr, is_tiff, padded_image
 
-    if is_tiff(image) or is_ome_zarr(image) or image.rstrip("/").lower().endswith(".zarr"):
+    if is_tiff(image) or is_ome_zarr(image) or is_zarr_path(image):
         source = options.open_image(model, image)
         return source.height, source.width
     from types import SimpleNamespace
@@ -1693,7 +1694,7 @@ def _refuse_another_images_map(image: str, output: str, recorded: str | None) ->
 def _stored_array_header(path: str) -> tuple[np.dtype, tuple[int, ...]] | None:
     """(dtype, shape) of an .npy file or a zarr map, read from its header; None when it
     is neither (a zarr array graphconv did not write included), or unreadable."""
-    if path.rstrip("/").lower().endswith(".zarr"):
+    if is_zarr_path(path):
         try:
             import zarr
             from graphconv.tiling import ZARR_MAP_ATTRIBUTE

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 from graphconv.errors import GraphconvError, agreeing, warn_caller
 from graphconv.ir import Graph
 from graphconv.model import LOAD_OPTIONS, Model, load_graph
+from graphconv.strides import METHODS as STRIDE_METHODS
 from graphconv.pass_manager import (CONVERTING_PASSES, DEFAULT_PIPELINE, PassManager, PassRecord, PipelineItem,
                                     format_pipeline, pipeline_items, plugins_of_ops)
 
@@ -124,7 +125,6 @@ def record_unstated_preprocess_source(compiled: Graph) -> None:
         compiled.meta["compiled"].setdefault("source", compiled.meta[IMPORTED_FROM])
 
 
-STRIDE_METHODS = ("auto", "dilate", "shift")
 MANAGER_OPTIONS = tuple(f.name for f in dataclasses.fields(PassManager) if f.name not in ("pipeline", "records"))
 
 

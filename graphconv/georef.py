@@ -321,11 +321,9 @@ def is_zarr_array(path: str) -> bool:
 
 # ---- a zarr array's georeference, from the attributes graphconv's own .zarr maps carry -----------------
 
-ZARR_GEO_ATTRIBUTES = ("GeoTransform", "spatial:transform", "proj:code", "proj:epsg", "_CRS", "crs_wkt",
-                       "spatial_ref", "grid_mapping", "spatial:dimensions", "spatial:registration")
 LOOKS_GEOREFERENTIAL = ("crs", "proj", "spatial", "geo", "transform", "grid_mapping", "epsg", "srs", "wkt",
                         "affine", "bounds", "bbox")
-EPSG_URL = "http://www.opengis.net/def/crs/EPSG/0/"
+EPSG_URL = "http://www.opengis.net/def/crs/EPSG/0/"  # GDAL's `_CRS` url, with the code after it
 # Whether an EPSG code is a geographic or a projected CRS, where pyproj (not a dependency) is not there to
 # say: the common ones only. No range of codes tells: 4000-4999 holds 4326 WGS 84 but also over 200
 # projected systems (4087 World Equidistant Cylindrical, 4491-4554 CGCS2000 Gauss-Kruger, 4647 ETRS89 UTM
@@ -1001,3 +999,8 @@ def _tifffile():
 
 def is_tiff_output(path: str | None) -> bool:
     return bool(path) and path.lower().endswith((".tif", ".tiff"))
+
+
+def is_zarr_path(path: str | None) -> bool:
+    """Whether `path` names a zarr store (a folder called *.zarr, with or without its slash)."""
+    return bool(path) and path.rstrip("/").lower().endswith(".zarr")

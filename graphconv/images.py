@@ -27,6 +27,7 @@ import numpy as np
 
 from graphconv.arrays import open_regular_file
 from graphconv.errors import GraphconvError, counted, shown
+from graphconv.georef import is_zarr_path
 from graphconv.memory import check_fits, format_size, memory_limit
 from graphconv.receptive import Field
 
@@ -1302,7 +1303,7 @@ def _picture_header(path: str, fact, default):
     (its own read reports that)."""
     from graphconv.sources import is_tiff
 
-    if is_tiff(path) or path.rstrip("/").lower().endswith(".zarr"):
+    if is_tiff(path) or is_zarr_path(path):
         return default
     try:
         with warnings.catch_warnings():

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from graphconv.errors import GraphconvError, Location, agreeing, counted, printable, shown
+from graphconv.georef import is_zarr_path
 from graphconv.memory import FLOAT_BYTES, check_fits, format_size, memory_limit
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ def wants_tiles(args: argparse.Namespace, model, grid) -> bool:
         return True
     if args.skip_background is not None or args.mask:
         return True
-    if args.output and args.output.rstrip("/").lower().endswith(".zarr"):
+    if is_zarr_path(args.output):
         return True
     from graphconv.sources import is_tiff
     if is_tiff(args.image) or Path(args.image).suffix.lower() == ".zarr" or Path(args.image).is_dir():
@@ -395,7 +396,7 @@ def _map_georeference(args: argparse.Namespace, source, grid):
     images."""
     from graphconv.georef import cell_size, georeference_of_map, is_tiff_output
 
-    zarr = bool(args.output) and args.output.rstrip("/").lower().endswith(".zarr")
+    zarr = is_zarr_path(args.output)
     geo = georeference_of_map(source, grid.cell_area) if is_tiff_output(args.output) or zarr else None
     if geo is not None:
         width, height = cell_size(geo)
@@ -1356,7 +1357,7 @@ def _image_paths(pattern: str) -> list[str]:
         return [pattern]
     else:
         found = glob.glob(pattern, recursive=True)
-    found = [p for p in found if not Path(p).is_dir() or p.rstrip("/").lower().endswith(".zarr")]
+    found = [p for p in found if not Path(p).is_dir() or is_zarr_path(p)]
     reasons = {p: leaving_out(p, lists) for p in found}
     _note_left_out(pattern, {p: reason for p, reason in reasons.items() if reason})
     return sorted(p for p, reason in reasons.items() if reason is None)
@@ -1421,7 +1422,7 @@ def _listed_images(list_file: str) -> list[str]:
         path = path if os.path.lexists(path) else path.strip()  # spaces an editor left after the name
         if not path or path.startswith("#"):
             continue
-        if not os.path.lexists(path) or os.path.isdir(path) and not path.rstrip("/").lower().endswith(".zarr"):
+        if not os.path.lexists(path) or os.path.isdir(path) and not is_zarr_path(path):
             missing.append((number, path))
         images.setdefault(os.path.abspath(path), path)  # ./a.jpg and a.jpg are one image
     if missing:

@@ -43,6 +43,7 @@ import numpy as np
 
 from graphconv.background import NO_CLASS
 from graphconv.errors import GraphconvError, counted, shown
+from graphconv.georef import EPSG_URL, is_zarr_path
 from graphconv.memory import FLOAT_BYTES, check_fits, format_size
 from graphconv.receptive import Field, receptive_fields
 from graphconv.shapes import FittingSizes, fitting_sizes
@@ -933,7 +934,7 @@ class MapFile:
         from graphconv.georef import is_tiff_output
         self.path, self.shape, self.dtype, self.chunk_hw = str(path), tuple(shape), np.dtype(dtype), chunk_hw
         self.georeference, self.placement, self.unchanged, self.waiting = georeference, placement, unchanged, waiting
-        self.is_zarr = self.path.rstrip("/").lower().endswith(".zarr")
+        self.is_zarr = is_zarr_path(self.path)
         self.is_tiff = is_tiff_output(self.path)
         if self.is_zarr:
             check_zarr_target(self.path)
@@ -1182,7 +1183,7 @@ class PartialMap:
         self.output = output
         self.shown = _partial_name(output.rstrip("/"))
         self.folder = os.path.abspath(self.shown)
-        self.map_name = "map.zarr" if output.rstrip("/").lower().endswith(".zarr") else "map.npy"
+        self.map_name = "map.zarr" if is_zarr_path(output) else "map.npy"
         self.map_path = os.path.join(self.folder, self.map_name)
         self.stale_tiles_removed: int | None = None  # tiles of an image changed since, removed (`make_or_check`)
 
@@ -1491,7 +1492,7 @@ def zarr_map_attributes(placement, geo, dtype) -> dict:
     if geo is not None:
         own["georeference"] = geo.as_dict()
         if geo.epsg:
-            attributes["_CRS"] = {"url": f"http://www.opengis.net/def/crs/EPSG/0/{geo.epsg}"}
+            attributes["_CRS"] = {"url": f"{EPSG_URL}{geo.epsg}"}
             attributes["proj:code"] = f"EPSG:{geo.epsg}"
         transform = geo.geotransform()
         if transform is not None:

@@ -46,6 +46,7 @@ import numpy as np
 
 from graphconv.arrays import open_regular_file
 from graphconv.errors import GraphconvError, Location, shown, shown_path
+from graphconv.frontends.yaml import TASKS
 from graphconv.ir import Graph
 from graphconv.memory import check_fits
 from graphconv.ops import get_op
@@ -155,7 +156,7 @@ def _stated_metadata(model, path: str) -> dict:
                  "preprocess": lambda v: isinstance(v, dict),
                  "labels": lambda v: isinstance(v, list) and all(isinstance(n, str) and not label_problem(n)
                                                                  for n in v),
-                 "task": lambda v: v in ("classification", "segmentation"),
+                 "task": lambda v: v in TASKS,
                  "compiled": lambda v: isinstance(v, dict) and list(v) == ["passes"] and isinstance(v["passes"], str),
                  "seeded_weights": lambda v: v is True,
                  "input_sizes": _is_input_sizes}[key]

@@ -53,6 +53,7 @@ from graphconv.ops import get_op
 from graphconv.ops.registry import OpDef
 from graphconv.params import ALIASES, MAX_INT, compact_params, finite_number, is_int, normalize_params
 from graphconv.shapes import WEIGHTS_FILE
+from graphconv.strides import METHODS as STRIDE_METHODS
 
 if TYPE_CHECKING:
     from graphconv.model import Model
@@ -73,7 +74,6 @@ COMPILED_KEYS = {"passes", "earlier_passes", "output_stride", "stride_method", "
                  "plugins"}
 UNDILATED_PARAMS = {"stride", "dilation", "padding", "ceil_mode"}  # what the dilate of output-stride changes
 STITCH_KEYS = {"factor", "step"}
-STRIDE_METHODS = ("auto", "dilate", "shift")
 MODEL_SPEC = "model.yaml"
 MODEL_WEIGHTS = "weights.npz"
 
