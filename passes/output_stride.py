@@ -11,7 +11,7 @@ from graphconv.strides import METHODS, cheaper_method, dilate, insert_stitch, me
 
 @register_pass("output-stride", "finer score map at output stride S, by dilation or shift-and-stitch",
                requires=("shapes",))
-def output_stride(graph: Graph, stride: int = None, method: str = "auto") -> bool:
+def output_stride(graph: Graph, stride: int, method: str = "auto") -> bool:
     if method not in METHODS:
         raise GraphconvError(f"method must be one of {', '.join(METHODS)}, got {shown(method)}")
     for node in graph.layers():  # it sees its whole input: a finer stride means nothing to it yet
