@@ -43,7 +43,7 @@ from graphconv.params import is_int
 from graphconv.receptive import cells_off_the_lattice_note, receptive_fields, total_stride
 from graphconv.shapes import infer_shapes
 
-METHODS = ("auto", "dilate", "shift")  # how a finer output stride is made: `choose_method` picks for "auto"
+METHODS = ("auto", "dilate", "shift")  # how a finer output stride is made: `cheaper_method` picks for "auto"
 
 
 def check_output_stride(stride: object, total: tuple[int, int], compiled_to: int | None = None) -> None:
