@@ -4,7 +4,8 @@ sweep of ops and shapes found (session 41), kept measured.
     python benchmarks/cpu_ops_vs_ort.py [--threads 2] [--repeats 15] [--cases pad,elu,...] [--write]
 
 Each case is a small PyTorch block (a 1x1 conv from 3 to C channels at 224x224, then the
-layer, sometimes a 1x1 conv after it), exported with dynamic sides and imported by
+layer, sometimes a 1x1 conv after it; a classifier's late depthwise layers on their 7x7
+or 14x14 maps), exported with dynamic sides and imported by
 graphconv as a segmentation network (every cell kept, as onnxruntime computes it). A layer
 that ends the network writes the NCHW output callers get from a map the conv stored
 channels-last: the edge where pad, upsample and depth_to_space read a cache line per
@@ -34,7 +35,9 @@ RUNS_IN_A_ROW = 20  # each runtime's runs of a round, one after another
 
 
 def blocks(nn) -> dict:
-    """name -> (what it is, the module): the layer after conv1x1 3 -> C, last or not."""
+    """name -> (what it is, the module, its input's side): the layer after conv1x1 3 -> C,
+    last or not, on 224x224 but for the late layers of a classifier (on 7x7 and 14x14
+    maps, after a 3x3 conv: a 1x1 one would be fused with the depthwise layer)."""
     def after_conv(layer, channels=64, then=None):
         layers = [nn.Conv2d(3, channels, 1), layer] + ([then] if then is not None else [])
         return nn.Sequential(*layers)
@@ -44,8 +47,13 @@ def blocks(nn) -> dict:
                              nn.Conv2d(inner, inner, k, stride, padding=k // 2, groups=inner), nn.ReLU(),
                              nn.Conv2d(inner, outer, 1))
 
+    def small_map_depthwise(k, channels, out):
+        return nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.SiLU(),
+                             nn.Conv2d(channels, channels, k, padding=k // 2, groups=channels), nn.SiLU(),
+                             nn.Conv2d(channels, out, 1))
+
     bilinear = dict(scale_factor=2, mode="bilinear", align_corners=False)
-    return {
+    cases = {
         "pad": ("zero pad 3, last (64 ch)", after_conv(nn.ZeroPad2d(3))),
         "reflect": ("reflection pad 3, last (64 ch)", after_conv(nn.ReflectionPad2d(3))),
         "nearest": ("upsample x2 nearest, last (64 ch)", after_conv(nn.Upsample(scale_factor=2))),
@@ -67,9 +75,15 @@ def blocks(nn) -> dict:
         "dw3_144": ("1x1 24->144, depthwise 3x3, 1x1 144->24 (MobileNetV2's features.3, at 224)",
                     depthwise(3, 1, 144, 24)),
     }
+    cases = {key: (title, model, SIZE) for key, (title, model) in cases.items()}
+    cases["dw5_7x7"] = ("3x3 3->1152, depthwise 5x5, 1x1 1152->192, SiLUs, at 7x7 (EfficientNet-B0's features.13)",
+                        small_map_depthwise(5, 1152, 192), 7)
+    cases["dw7_14x14"] = ("3x3 3->384, depthwise 7x7, 1x1 384->384, SiLUs, at 14x14 (ConvNeXt-tiny's stage 3)",
+                          small_map_depthwise(7, 384, 384), 14)
+    return cases
 
 
-def compare(title: str, model, folder: Path, torch, ort, options, repeats: int) -> str:
+def compare(title: str, model, size: int, folder: Path, torch, ort, options, repeats: int) -> str:
     """One table row: graphconv and onnxruntime on the same input, checked to agree, then
     timed alternating."""
     import numpy as np
@@ -80,11 +94,11 @@ def compare(title: str, model, folder: Path, torch, ort, options, repeats: int) 
     path = folder / "block.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (torch.randn(1, 3, SIZE, SIZE),), str(path), dynamo=False, opset_version=17,
+        torch.onnx.export(model.eval(), (torch.randn(1, 3, size, size),), str(path), dynamo=False, opset_version=17,
                           input_names=["x"], dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}})
-    network = compile_model(load_network(path, crop_size=(64, 64), task="segmentation"))
+    network = compile_model(load_network(path, crop_size=(min(size, 64),) * 2, task="segmentation"))
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).standard_normal((1, 3, SIZE, SIZE), dtype=np.float32)
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
 
     def run_graphconv():
         return network.executor("cpu").run(x)
@@ -127,13 +141,14 @@ def main() -> int:
     folder = Path(tempfile.mkdtemp())
     rows = []
     for key in wanted:
-        title, model = cases[key]
-        rows.append(compare(title, model, folder, torch, ort, options, args.repeats))
+        title, model, size = cases[key]
+        rows.append(compare(title, model, size, folder, torch, ort, options, args.repeats))
         print(rows[-1], flush=True)
     text = "\n".join([
         "## Single layers vs onnxruntime on the CPU (`cpu_ops_vs_ort.py`)",
         "",
-        f"{threads_text(threads)} everywhere, {machine()}, batch 1, float32, input 3x{SIZE}x{SIZE}, medians of "
+        f"{threads_text(threads)} everywhere, {machine()}, batch 1, float32, input 3x{SIZE}x{SIZE} unless the block "
+        f"says otherwise, medians of "
         f"{args.repeats} alternating rounds of {RUNS_IN_A_ROW} runs in a row each; onnxruntime {ort.__version__}. "
         "Each block is a 1x1 conv from 3 channels, then the layer; 'last' layers write the NCHW output from the "
         "channels-last map the conv stored. Outputs agree (checked first).",

@@ -27,7 +27,7 @@ from conftest import random_input
 from graphconv.ops import vector_tile
 from graphconv.ops.gemm_cpu import GROUP_ROWS
 from graphconv.ops.activations import FUSED
-from graphconv.ops.conv import cpu as conv_cpu
+from graphconv.ops.conv import cpu as conv_cpu, depthwise
 from graphconv.ops.layout import nhwc
 
 TILE_SHAPES = [(8, 3), (8, 4), (16, 3), (16, 4)]  # (lanes, vectors) of the conv's register tile
@@ -399,6 +399,69 @@ def test_depthwise_channels_last_over_tiles_of_pixels_and_vectors(c, w, k, s, ac
     over each row as it is written."""
     params = dict(out_channels=c, kernel_size=k, stride=s, padding=k // 2, groups=c, activation=activation)
     check_op("conv", params, [(c, 5, w)], rng, batch=1, strategy="depthwise", storage=(True, True))
+
+
+@settings(max_examples=60, deadline=None)
+@given(c=st.integers(1, 100), kh=st.integers(1, 7), kw=st.integers(1, 7), s=st.integers(1, 2), p=st.integers(0, 3),
+       d=st.integers(1, 2), h=st.integers(1, 15), w=st.integers(1, 15), batch=st.integers(1, 2),
+       vectors=st.integers(1, 4), activation=st.sampled_from(FUSED))
+def test_depthwise_small_map_hypothesis(c, kh, kw, s, p, d, h, w, batch, vectors, activation):
+    """The small-map depthwise kernel, whichever layers it would be chosen for: tiles of
+    DEPTHWISE_PIXELS pixels running past a row's end into the next rows (rows of 1 to 15
+    pixels), the map's last pixels one at a time, jobs of 1 to 4 vectors of channels
+    leaving an 8-lane vector or single channels over, a row of taps at a time (widths 3, 5
+    and 7, strides 1 and 2, undilated) or tap by tap, any activation."""
+    if d * (kh - 1) + 1 > h + 2 * p or d * (kw - 1) + 1 > w + 2 * p:
+        return
+    rng = np.random.default_rng(c * 1000 + h * 16 + w)
+    params = normalize_params(get_op("conv"), dict(out_channels=c, kernel_size=[kh, kw], stride=s, padding=p,
+                                                   dilation=d, groups=c, activation=activation))
+    x = random_input(rng, (batch, c, h, w))
+    weights = {"weight": rng.standard_normal((c, 1, kh, kw), dtype=np.float32),
+               "bias": rng.standard_normal(c, dtype=np.float32)}
+    want = get_op("conv").reference(params, weights, [x])
+    out = np.full(want.shape, np.nan, np.float32).transpose(0, 2, 3, 1).copy()
+    depthwise.depthwise_small_map(x.transpose(0, 2, 3, 1).copy(), depthwise.channels_last_taps(weights["weight"]),
+                                  weights["bias"], s, s, p, p, d, d, conv_cpu.fused_code(activation), out, 16 * vectors)
+    np.testing.assert_allclose(out.transpose(0, 3, 1, 2), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("c,h,k,s,activation,residual", [
+    (1152, 7, 5, 1, "silu", False),  # EfficientNet-B0's features.13-15
+    (672, 14, 5, 2, "silu", False),  # its features.12: 14x14 -> 7x7
+    (392, 14, 7, 1, "none", True),  # ConvNeXt's 14x14 stage (384 there), with the block's residual added
+    (400, 9, 5, 1, "relu", False),  # 400 = 6 jobs of 64 and one of 16 on 2 threads
+])
+def test_depthwise_small_map_in_the_layer(c, h, k, s, activation, residual, rng):
+    """Depthwise layers on small maps run the small-map kernel, channels-last as the
+    compiled networks store them, and equal the reference."""
+    params = dict(out_channels=c, kernel_size=k, stride=s, padding=k // 2, groups=c, activation=activation)
+    out_shape = get_op("conv").shape(normalize_params(get_op("conv"), params), [(c, h, h)])
+    assert depthwise.small_map_pays((1, *out_shape), h, k, k, s, k // 2, 1)
+    in_shapes = [(c, h, h), out_shape] if residual else [(c, h, h)]
+    with mock.patch.object(depthwise, "depthwise_small_map", wraps=depthwise.depthwise_small_map) as small_map:
+        check_op("conv", params, in_shapes, rng, batch=1, strategy="depthwise", storage=(True, True))
+    assert small_map.called
+
+
+@pytest.mark.parametrize("shape,width,k,s,pays", [
+    ((1, 1152, 7, 7), 7, 5, 1, True),
+    ((4, 768, 7, 7), 7, 7, 1, True),
+    ((1, 192, 28, 28), 28, 7, 1, True),
+    ((1, 1152, 7, 7), 7, 3, 1, False),  # 3x3 windows: the row kernel's border pixels cost little more
+    ((1, 240, 14, 14), 14, 5, 1, False),  # too few channels to share
+    ((1, 192, 56, 56), 56, 7, 1, False),  # rows long enough for the row kernel's tiles
+])
+def test_depthwise_small_map_is_chosen_where_it_pays(shape, width, k, s, pays):
+    assert depthwise.small_map_pays(shape, width, k, k, s, k // 2, 1) is pays
+
+
+@pytest.mark.parametrize("c,threads,lanes", [(1152, 2, 64), (672, 2, 48), (480, 2, 48), (384, 2, 64), (100, 2, 64),
+                                             (1152, 4, 48), (672, 3, 32)])
+def test_small_map_jobs_share_the_channels_evenly(c, threads, lanes):
+    """Jobs of 4, 3 or 2 vectors, whichever leaves the busiest thread (threads take equal
+    runs of jobs) the fewest vectors: 672 channels are 11 jobs of 64 or 14 of 48."""
+    assert depthwise.small_map_job_lanes(c, threads) == lanes
 
 
 @settings(max_examples=40, deadline=None)

@@ -433,11 +433,17 @@ def _channels_last_taps_binder(params: dict, weights: dict) -> Binder:
     bias = np.zeros(params["out_channels"], np.float32) if bias is None else np.ascontiguousarray(bias, np.float32)
     geometry = tuple(v for k in ("stride", "padding", "dilation") for v in pair(params[k]))
     relu = params["activation"] == "relu"
+    _, sw, _, pw, _, dw = geometry
 
     def binder(inputs: list[np.ndarray], out: np.ndarray) -> Callable[[], None]:
         residual = len(inputs) == 2  # added after, then the ReLU, as every strategy outside ADDS_RESIDUAL does
-        plain = partial(kernel, _channels_last_memory(inputs[0]), taps, bias, *geometry,
-                        fused_code("none" if residual else params["activation"]), _channels_last_memory(out))
+        arguments = (_channels_last_memory(inputs[0]), taps, bias, *geometry,
+                     fused_code("none" if residual else params["activation"]), _channels_last_memory(out))
+        if taps.shape[2] == 1 and depthwise.small_map_pays(out.shape, inputs[0].shape[3], kh, kw, sw, pw, dw):
+            plain = partial(depthwise.depthwise_small_map, *arguments,
+                            depthwise.small_map_job_lanes(out.shape[1], get_num_threads()))
+        else:
+            plain = partial(kernel, *arguments)
         return partial(_then_add_residual, plain, relu, inputs, out) if residual else plain
     return binder
 

@@ -5,7 +5,9 @@ depthwise layers, with any channel multiplier): `conv_depthwise` on NCHW values,
 theirs, see `graphconv/ops/channels_last.py`). Compiled for groups of 2, 4, 8 or 16 channels
 in and out (`CHANNELS_LAST_TAPS`), the channels-last kernel is also the "grouped"
 strategy's (ResNeXt's 3x3 layers): each input vector is rotated within its groups of
-lanes to meet each tap's weights (`vector_tile._make_depthwise_tile`).
+lanes to meet each tap's weights (`vector_tile._make_depthwise_tile`). On a classifier's
+small late maps, whose short rows leave the channels-last kernel's tiles few pixels,
+`depthwise_small_map` runs instead (`small_map_pays`).
 
 The other strategies are built around a GEMM's reuse: every input value meets many
 output channels. A depthwise conv has none (each output channel reads one input plane),
@@ -154,6 +156,160 @@ def depthwise_channels_last(xh, taps, bias, sh, sw, ph, pw, dh, dw, activation, 
         scratch = np.empty(2 * kh * kw + 2 * kh, np.int64)
         channels_last_row(flat_x, row_starts, kh, kw, dw, sw, pw, width, c, wo, first, tiled, by_rows, flat_taps,
                           bias, activation, flat_out, (b * ho + oy) * wo * c, scratch)
+
+
+@njit(**CHANNELS_LAST_OPTIONS)
+def depthwise_small_map(xh, taps, bias, sh, sw, ph, pw, dh, dw, activation, out_h, job_lanes):
+    """`depthwise_channels_last` (one channel a group) for maps whose rows are too short
+    for its tiles of DEPTHWISE_PIXELS pixels to cover them: a job is `job_lanes` channels
+    (`small_map_job_lanes`) of every row. It copies them, zero-padded, into a buffer of its own (a few
+    tens of KB: it stays in L2), where every pixel has every tap inside, so each row goes
+    through the tiles of DEPTHWISE_PIXELS pixels whole (a row of taps at a time where the
+    width and stride have a row tile). A row's last tile may run past its end: the pixels
+    past it are the next rows' first, written again when those rows come (a job takes the
+    rows in order); only the last few pixels of the map go one at a time.
+
+    On a 7x7 map a 5x5 window leaves no pixel for the row kernel's tiles (they need 8
+    with every tap inside), so each was computed alone, loading a weight vector per
+    multiply-add; and 7 rows are 7 jobs, 4 for one thread and 3 for the other."""
+    n, height, width, c = xh.shape
+    _, ho, wo, _ = out_h.shape
+    kh, kw = taps.shape[0], taps.shape[1]
+    hp, wp = height + 2 * ph, width + 2 * pw
+    flat_x, flat_taps, flat_out = xh.reshape(-1), taps.reshape(-1), out_h.reshape(-1)
+    by_rows = row_geometry(width, wo, kw, sw, pw, dw)[2]
+    relu = activation == RELU
+    for job in prange(-(-c // job_lanes)):
+        c0 = job * job_lanes
+        lanes = min(job_lanes, c - c0)
+        # the last row's last tile reads up to DEPTHWISE_PIXELS pixels past the buffer's end
+        padded = np.zeros(n * hp * wp * lanes + (DEPTHWISE_PIXELS * sw + (kw - 1) * dw) * lanes, np.float32)
+        _copy_padded(flat_x, n, height, width, c, c0, lanes, ph, pw, wp, hp, padded)
+        row_ids, row_offsets = np.arange(kh), np.arange(kh) * dh * wp * lanes
+        tap_ids, offsets = np.arange(kh * kw), np.empty(kh * kw, np.int64)
+        for t in range(kh * kw):
+            offsets[t] = ((t // kw) * dh * wp + (t % kw) * dw) * lanes
+        for row in range(n * ho):
+            b, oy = row // ho, row % ho
+            x_row, o_row = (b * hp + oy * sh) * wp * lanes, row * wo * c + c0
+            ox = 0
+            while ox < wo:
+                if row * wo + ox + DEPTHWISE_PIXELS <= n * ho * wo:
+                    if by_rows:
+                        _small_map_pixels_by_rows(kw, sw, flat_out, o_row + ox * c, c, flat_taps, row_ids,
+                                                  row_offsets, kh, tap_ids, offsets, padded, x_row + ox * sw * lanes,
+                                                  lanes, bias, c0, relu)
+                    else:
+                        _small_map_pixels(DEPTHWISE_PIXELS, flat_out, o_row + ox * c, c, flat_taps, tap_ids, offsets,
+                                          kh * kw, padded, x_row + ox * sw * lanes, sw * lanes, bias, c0, lanes, relu)
+                    ox += DEPTHWISE_PIXELS
+                else:
+                    _small_map_pixels(1, flat_out, o_row + ox * c, c, flat_taps, tap_ids, offsets, kh * kw, padded,
+                                      x_row + ox * sw * lanes, sw * lanes, bias, c0, lanes, relu)
+                    ox += 1
+            if lanes == c:
+                activate_run(flat_out, o_row, wo * c, activation)
+            else:
+                for ox in range(wo):
+                    activate_run(flat_out, o_row + ox * c, lanes, activation)
+
+
+def small_map_pays(out_shape: tuple[int, int, int, int], width: int, kh: int, kw: int, sw: int, pw: int,
+                   dw: int) -> bool:
+    """Whether `depthwise_small_map` beats `depthwise_channels_last` on a depthwise layer
+    writing out_shape (N, C, Ho, Wo) from rows `width` wide: windows 5x5 or wider on rows
+    whose tiles leave 40% of the pixels or more to go one at a time, and channels enough
+    to share among the threads (384, or a map of 128K values). 2 threads, AMD AVX-512,
+    with SiLU, medians alternating in one process (rows -> small map): 7x7 maps, 1152
+    channels 5x5 44-55 -> 25-35 us, 768 7x7 48-58 -> 24-36; 14x14, 480 5x5 46-55 -> 33-46,
+    384 7x7 61-74 -> 46-56; 192 at 28x28 7x7 135-142 -> 76-93. 3x3 windows only drew
+    (7x7 maps) or lost (14x14: 1.2-1.5x; every pixel's input is copied for 9 taps), and
+    so did fewer channels (240 at 14x14 5x5: 0.9-1.4x; 96 at 7x7: 1.3-1.9x)."""
+    n, c, _, wo = out_shape
+    first, tiled, _ = row_geometry.py_func(width, wo, kw, sw, pw, dw)
+    alone = wo - (tiled - first)
+    return min(kh, kw) >= 5 and 10 * alone >= 4 * wo and (c >= 384 or n * c * out_shape[2] * wo >= 1 << 17)
+
+
+def small_map_job_lanes(c: int, threads: int) -> int:
+    """Channels a job of `depthwise_small_map`: 4, 3 or 2 vectors of 16, whichever gives
+    the busiest thread the fewest (the threads take equal runs of jobs): 672 channels
+    are 11 jobs of 64 on 2 threads, 6 for one; 14 of 48 are 7 each."""
+    vectors = -(-c // 16)
+    best, best_load = 4, vectors * 4
+    for per_job in (4, 3, 2):
+        load = -(-(-(-vectors // per_job)) // threads) * per_job
+        if load < best_load:
+            best, best_load = per_job, load
+    return best * 16
+
+
+@njit(cache=True, inline="always")
+def _copy_padded(flat_x, n, height, width, c, c0, lanes, ph, pw, wp, hp, padded):
+    """Channels c0..c0 + lanes of every pixel of xh (flat_x: n x height x width x c)
+    into `padded` (n x hp x wp x lanes, zeros around), ph rows and pw columns in."""
+    for b in range(n):
+        for y in range(height):
+            source = ((b * height + y) * width) * c + c0
+            target = ((b * hp + y + ph) * wp + pw) * lanes
+            for x in range(width):
+                for j in range(lanes):
+                    padded[unsigned(target + x * lanes + j)] = flat_x[unsigned(source + x * c + j)]
+
+
+@njit(cache=True, inline="always")
+def _small_map_pixels_by_rows(kw, sw, flat_out, o0, c, flat_taps, row_ids, row_offsets, rows, tap_ids, offsets,
+                              padded, x0, lanes, bias, c0, relu):
+    """DEPTHWISE_PIXELS pixels' `lanes` channels from c0 on, from the padded buffer of
+    `depthwise_small_map`, a row of taps at a time (`depthwise_row_tile`); the few
+    channels past the last vector tap by tap (tap_ids and offsets: every tap's)."""
+    ch = 0
+    while ch + 16 <= lanes:
+        depthwise_row_tile(kw, sw, 16, flat_out, o0 + ch, c, flat_taps, c, row_ids, row_offsets, rows, padded,
+                           x0 + ch, lanes, bias, c0 + ch, relu)
+        ch += 16
+    if ch + 8 <= lanes:
+        depthwise_row_tile(kw, sw, 8, flat_out, o0 + ch, c, flat_taps, c, row_ids, row_offsets, rows, padded,
+                           x0 + ch, lanes, bias, c0 + ch, relu)
+        ch += 8
+    _small_map_one_by_one(DEPTHWISE_PIXELS, ch, flat_out, o0, c, flat_taps, tap_ids, offsets, rows * kw, padded,
+                              x0, sw * lanes, bias, c0, lanes, relu)
+
+
+@njit(cache=True, inline="always")
+def _small_map_pixels(pixels, flat_out, o0, c, flat_taps, tap_ids, offsets, count, padded, x0, x_step, bias, c0,
+                      lanes, relu):
+    """`pixels` pixels' `lanes` channels from c0 on, from the padded buffer of
+    `depthwise_small_map`, tap by tap (`depthwise_tile`): one pixel's four vectors side
+    by side where the job has 64 channels."""
+    ch = 0
+    if pixels == 1 and lanes == 64:
+        depthwise_tile(1, 64, flat_out, o0, c, flat_taps, c, tap_ids, offsets, count, padded, x0, x_step, bias, c0,
+                       relu)
+        ch = 64
+    while ch + 16 <= lanes:
+        depthwise_tile(pixels, 16, flat_out, o0 + ch, c, flat_taps, c, tap_ids, offsets, count, padded, x0 + ch,
+                       x_step, bias, c0 + ch, relu)
+        ch += 16
+    if ch + 8 <= lanes:
+        depthwise_tile(pixels, 8, flat_out, o0 + ch, c, flat_taps, c, tap_ids, offsets, count, padded, x0 + ch,
+                       x_step, bias, c0 + ch, relu)
+        ch += 8
+    _small_map_one_by_one(pixels, ch, flat_out, o0, c, flat_taps, tap_ids, offsets, count, padded, x0, x_step, bias,
+                          c0, lanes, relu)
+
+
+@njit(cache=True, inline="always")
+def _small_map_one_by_one(pixels, ch, flat_out, o0, c, flat_taps, tap_ids, offsets, count, padded, x0, x_step, bias,
+                          c0, lanes, relu):
+    """Channels c0 + ch.. c0 + lanes of `pixels` pixels, one at a time: those past the
+    job's last whole vector."""
+    for p in range(pixels):
+        for j in range(ch, lanes):
+            total = bias[c0 + j]
+            for t in range(count):
+                total += flat_taps[unsigned(tap_ids[t] * c + c0 + j)] * padded[unsigned(x0 + p * x_step + offsets[t] + j)]
+            flat_out[unsigned(o0 + p * c + j)] = max(total, np.float32(0.0)) if relu else total
 
 
 @njit(cache=True, inline="always")
