@@ -316,12 +316,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"graphconv {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run a spec or compiled model on an array or image",
-                         description="Run MODEL (a spec file, an ONNX model or a compiled model "
-                                     "directory) on an input array or image and save or summarise "
-                                     "its output.")
-    run.add_argument("model", type=_path, help="spec .yaml file, .onnx model or compiled model directory")
-    source = run.add_mutually_exclusive_group(required=True)
+    model_files = ("run", "compile", "inspect", "verify", "export")
+    for name, add_command in COMMANDS.items():
+        command = add_command(sub)
+        if name in model_files:
+            _add_model_files_options(command.add_argument_group("the model (what its spec or file does not say)"))
+        _add_common_options(command, defaults=False)
+        command.epilog = "examples (in graphconv's checkout):\n" + "\n".join(f"  {line}" for line in EXAMPLES[name])
+        command.formatter_class = _ExamplesKeptFormatter
+    return parser
+
+
+def _add_run_command(sub) -> argparse.ArgumentParser:
+    """The `run` command's arguments, in sections of its --help."""
+    parser = sub.add_parser("run", help="run a spec or compiled model on an array or image",
+                            description="Run MODEL (a spec file, an ONNX model or a compiled model "
+                                        "directory) on an input array or image and save or summarise "
+                                        "its output.")
+    parser.add_argument("model", type=_path, help="spec .yaml file, .onnx model or compiled model directory")
+    _add_run_input_options(parser.add_argument_group("input (one of --input, --image, --images)"))
+    _add_run_cells_options(parser.add_argument_group("cells"))
+    _add_run_output_options(parser.add_argument_group("output"))
+    _add_run_heatmap_options(parser.add_argument_group("heatmap"))
+    _add_run_scales_options(parser.add_argument_group("one class vector per image"))
+    _add_run_execution_options(parser.add_argument_group("execution"))
+    parser.set_defaults(handler=cmd_run)
+    return parser
+
+
+def _add_run_input_options(group) -> None:
+    """`run`'s options of its --help section "input (one of --input, --image, --images)":
+    the array or images to map, and how an image is read."""
+    source = group.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", type=_path, help="float32 .npy of shape (N, C, H, W) or (C, H, W)")
     source.add_argument("--image", type=_path, action=_GivenOnce,
                         help="an image file (needs Pillow: pip install 'graphconv[images]'); "
@@ -330,295 +356,347 @@ def build_parser() -> argparse.ArgumentParser:
                         help="many images ('photos/*.jpg', quoted; 'slides/**/*.svs' through subfolders; a "
                              "folder: every image in it; @LIST: the images a text file lists, one path a line): "
                              "one map each, written to --output-dir")
-    _add_image_reading_options(run)
-    run.add_argument("--skip-background", type=_fraction, nargs="?", const=DEFAULT_THRESHOLD, metavar="S",
-                     help="do not compute the tiles with no tissue in them (a slide's glass, a page's white): "
-                          "their cells are NaN (65535 with --reduce argmax); tissue is colour of HSV saturation "
-                          f"S or more, or greys darker than white by S (default {DEFAULT_THRESHOLD}); in a raster "
-                          "with no-data (GDAL's tag, --nodata, NaN in floats), no-data cells are left out anyway: "
-                          "see --max-nodata")
-    run.add_argument("--skip-damaged", action="store_true",
-                     help="map a TIFF with tiles or strips that cannot be decoded (damaged, cut short): the cells "
-                          "whose crops reach them are left out (NaN; 65535 with --reduce argmax), the rest "
-                          "computed, and a note names them (without it such a tile stops the run)")
-    run.add_argument("--mask", type=_path, metavar="MASK",
-                     help="compute only the cells this image marks (its non-zero pixels: a tissue mask from "
-                          "QuPath or HistoQC, any size, stretched over the whole --image); the others are NaN, as "
-                          "--skip-background leaves them")
-    _add_nodata_options(run)
-    run.add_argument("--output", type=_path,
-                     help="write the output array here (.npy; .zarr for maps too big for memory; .tif: "
-                          "a map of K bands, georeferenced like a GeoTIFF image)")
-    run.add_argument("--output-dir", type=_path, metavar="DIR",
-                     help="with --images: where each image's <stem>.npy goes, in the subfolders the images "
-                          "have below the folder the pattern starts from, and graphconv-maps.csv, what became of "
-                          "each image")
-    run.add_argument("--output-format", choices=("npy", "tif"), default="npy",
-                     help="with --images: each map as .npy (default) or as .tif (georeferenced over GeoTIFFs)")
-    run.add_argument("--skip-existing", action="store_true",
-                     help="with --images: leave out each image whose map (and heatmap, with --heatmap) is in "
-                          "--output-dir already, so a stopped batch goes on where it stopped")
-    run.add_argument("--shard", type=_shard, metavar="K/N",
-                     help="with --images: map only part K of N (K from 0 to N-1) of the batch, every Nth image "
-                          "from the Kth: one job array task's share (--shard $SLURM_ARRAY_TASK_ID/N with "
-                          "--array=0-(N-1)); the N parts together are the whole batch, their maps in the same "
-                          "subfolders of one --output-dir")
-    run.add_argument("--resume", action="store_true",
-                     help="with --image and --output (.zarr, .npy or .tif): write the map into OUTPUT.partial, "
-                          "kept if the run stops (Ctrl-C, a scheduler's SIGTERM, a crash), each finished tile "
-                          "listed; the same command with --resume computes only the tiles not done, and the "
-                          "map is renamed into place when complete. With --images: so for each map computed in "
-                          "tiles, and the images whose maps are finished are left out (as --skip-existing)")
-    run.add_argument("--tile", type=_positive_int, metavar="N",
-                     help="evaluate in exact tiles of at most N x N input pixels (bounded memory; "
-                          "the whole-image pass's map to float32 rounding; the same --tile, the same bits)")
-    run.add_argument("--workers", type=_positive_int, metavar="N",
-                     help="run tiles (or --images) on a local Dask cluster of N worker processes")
-    run.add_argument("--scheduler", metavar="ADDRESS", help="use a running Dask cluster (tcp://host:port)")
-    run.add_argument("--classes", type=_class_list, metavar="K1,K2,...",
-                     help="keep only these score channels: class indices, or names as the labels file has them")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
-    run.add_argument("--device", default="cpu", metavar="DEVICE", help=DEVICE_HELP)
-    _add_threads_option(run)
-    run.add_argument("--resize", type=_positive_int, nargs="+", metavar="PIXELS",
-                     help="resize the image first, or each of --images: to H x W (two numbers), or its shorter "
-                          "side to S (one) "
-                          "with the aspect kept (Pillow's bilinear on the float pixels, antialiased when "
-                          "shrinking, as torchvision's Resize; --scales resizes the same way); the map's cells "
-                          "stand on the image as stored")
-    run.add_argument("--heatmap", type=_heatmap_class, metavar="CLASS|top",
-                     help="draw this class's score map over the image (its index, or its name as the labels "
-                          "file has it), or 'top': the best class of each cell")
-    run.add_argument("--heatmap-out", type=_path, metavar="FILE",
-                     help="the heatmap image, in the format its extension names (.png, .jpg, ...; default: "
-                          "<image name>-heatmap-<class>.png beside --output, else in the current folder)")
-    run.add_argument("--heatmap-range", type=_heatmap_range, default="auto", metavar="auto|map|LOW,HIGH",
-                     help="the colour scale: 'map' stretches this map's min..max, LOW,HIGH is fixed; "
-                          "'auto' (default) is 0..1 for probabilities (a softmax output), else 'map'")
-    run.add_argument("--heatmap-opacity", type=_opacity, metavar="A",
-                     help="how much of each pixel the map's colour takes, more than 0 up to 1 (default 0.5; "
-                          "0.45 for top); at 1 the picture is hidden and the colours are the bar's own")
-    run.add_argument("--profile", action="store_true", help="print per-layer times of this run")
-    run.add_argument("--scales", type=_int_list, metavar="S1,S2,...",
-                     help="evaluate with the shorter image side resized to each scale (as --resize resizes: "
-                          "Pillow's antialiased bilinear) and reduce every score map to one class vector (saved "
-                          "by --output)")
-    run.add_argument("--flip", action="store_true", help="with --scales: also the mirror images")
-    run.add_argument("--reduce", choices=("mean", "max", "argmax"),
-                     help="with --scales: mean (default) or max over positions, then scales and flips; "
-                          "argmax (on an image, tiled): write the winning class per cell (uint16) instead of "
-                          "the scores")
-    run.add_argument("--top", type=_positive_int, metavar="K",
-                     help="print the K best classes (of a map, by their mean over its cells, or --top-by max; with "
-                          "--images, a line per image as it is done)")
-    run.add_argument("--top-by", choices=("mean", "max"), default=None,
-                     help="how --top ranks a map's classes: by their mean over its computed cells (the default: "
-                          "what the whole image shows), or by their best cell (max: what shows anywhere in it, a "
-                          "small animal in a camera-trap photo)")
-    run.add_argument("--crops", type=_positive_int, nargs="?", const=0, metavar="STRIDE",
-                     help="run the classifier itself on every crop of its input size, STRIDE pixels apart "
-                          "(default: the network's stride): the map a dense pass stands for, exact for any "
-                          "network (squeeze-and-excitation ones too), without the dense pass's shared work")
-    run.add_argument("--full-map", action="store_true",
-                     help="keep every cell the network computes, also those whose crop would run off "
-                          "the image (dropped by default)")
-    run.add_argument("--pad-image", choices=PAD_MODES, metavar="MODE",
-                     help="pad the image so the map reaches its edges: a cell for every stride x stride block, "
-                          "ceil(H/stride) x ceil(W/stride) of them, each cell's crop centred on its block (to within "
-                          "half a stride; the unpadded map's cells are among them, at the same places); MODE fills "
-                          "the border: constant (0 after the preprocess, "
-                          "what a first conv's zero padding holds), reflect (mirrored about the edge pixel) or "
-                          "replicate (the edge pixel repeated)")
-    _add_plugin_option(run, "load passes from a .py file or an importable module (repeatable); run itself runs "
+    _add_image_reading_options(group)
+    group.add_argument("--resize", type=_positive_int, nargs="+", metavar="PIXELS",
+                       help="resize the image first, or each of --images: to H x W (two numbers), or its shorter "
+                            "side to S (one) "
+                            "with the aspect kept (Pillow's bilinear on the float pixels, antialiased when "
+                            "shrinking, as torchvision's Resize; --scales resizes the same way); the map's cells "
+                            "stand on the image as stored")
+    group.add_argument("--pad-image", choices=PAD_MODES, metavar="MODE",
+                       help="pad the image so the map reaches its edges: a cell for every stride x stride block, "
+                            "ceil(H/stride) x ceil(W/stride) of them, each cell's crop centred on its block (to within "
+                            "half a stride; the unpadded map's cells are among them, at the same places); MODE fills "
+                            "the border: constant (0 after the preprocess, "
+                            "what a first conv's zero padding holds), reflect (mirrored about the edge pixel) or "
+                            "replicate (the edge pixel repeated)")
+
+
+def _add_run_cells_options(group) -> None:
+    """`run`'s options of its --help section "cells": which cells of the map are computed,
+    and which channels kept."""
+    group.add_argument("--crops", type=_positive_int, nargs="?", const=0, metavar="STRIDE",
+                       help="run the classifier itself on every crop of its input size, STRIDE pixels apart "
+                            "(default: the network's stride): the map a dense pass stands for, exact for any "
+                            "network (squeeze-and-excitation ones too), without the dense pass's shared work")
+    group.add_argument("--full-map", action="store_true",
+                       help="keep every cell the network computes, also those whose crop would run off "
+                            "the image (dropped by default)")
+    group.add_argument("--skip-background", type=_fraction, nargs="?", const=DEFAULT_THRESHOLD, metavar="S",
+                       help="do not compute the tiles with no tissue in them (a slide's glass, a page's white): "
+                            "their cells are NaN (65535 with --reduce argmax); tissue is colour of HSV saturation "
+                            f"S or more, or greys darker than white by S (default {DEFAULT_THRESHOLD}); in a raster "
+                            "with no-data (GDAL's tag, --nodata, NaN in floats), no-data cells are left out anyway: "
+                            "see --max-nodata")
+    group.add_argument("--skip-damaged", action="store_true",
+                       help="map a TIFF with tiles or strips that cannot be decoded (damaged, cut short): the cells "
+                            "whose crops reach them are left out (NaN; 65535 with --reduce argmax), the rest "
+                            "computed, and a note names them (without it such a tile stops the run)")
+    group.add_argument("--mask", type=_path, metavar="MASK",
+                       help="compute only the cells this image marks (its non-zero pixels: a tissue mask from "
+                            "QuPath or HistoQC, any size, stretched over the whole --image); the others are NaN, as "
+                            "--skip-background leaves them")
+    _add_nodata_options(group)
+    group.add_argument("--classes", type=_class_list, metavar="K1,K2,...",
+                       help="keep only these score channels: class indices, or names as the labels file has them")
+
+
+def _add_run_output_options(group) -> None:
+    """`run`'s options of its --help section "output": what is written and printed."""
+    group.add_argument("--output", type=_path,
+                       help="write the output array here (.npy; .zarr for maps too big for memory; .tif: "
+                            "a map of K bands, georeferenced like a GeoTIFF image)")
+    group.add_argument("--output-dir", type=_path, metavar="DIR",
+                       help="with --images: where each image's <stem>.npy goes, in the subfolders the images "
+                            "have below the folder the pattern starts from, and graphconv-maps.csv, what became of "
+                            "each image")
+    group.add_argument("--output-format", choices=("npy", "tif"), default="npy",
+                       help="with --images: each map as .npy (default) or as .tif (georeferenced over GeoTIFFs)")
+    group.add_argument("--skip-existing", action="store_true",
+                       help="with --images: leave out each image whose map (and heatmap, with --heatmap) is in "
+                            "--output-dir already, so a stopped batch goes on where it stopped")
+    group.add_argument("--shard", type=_shard, metavar="K/N",
+                       help="with --images: map only part K of N (K from 0 to N-1) of the batch, every Nth image "
+                            "from the Kth: one job array task's share (--shard $SLURM_ARRAY_TASK_ID/N with "
+                            "--array=0-(N-1)); the N parts together are the whole batch, their maps in the same "
+                            "subfolders of one --output-dir")
+    group.add_argument("--resume", action="store_true",
+                       help="with --image and --output (.zarr, .npy or .tif): write the map into OUTPUT.partial, "
+                            "kept if the run stops (Ctrl-C, a scheduler's SIGTERM, a crash), each finished tile "
+                            "listed; the same command with --resume computes only the tiles not done, and the "
+                            "map is renamed into place when complete. With --images: so for each map computed in "
+                            "tiles, and the images whose maps are finished are left out (as --skip-existing)")
+    group.add_argument("--top", type=_positive_int, metavar="K",
+                       help="print the K best classes (of a map, by their mean over its cells, or --top-by max; with "
+                            "--images, a line per image as it is done)")
+    group.add_argument("--top-by", choices=("mean", "max"), default=None,
+                       help="how --top ranks a map's classes: by their mean over its computed cells (the default: "
+                            "what the whole image shows), or by their best cell (max: what shows anywhere in it, a "
+                            "small animal in a camera-trap photo)")
+    group.add_argument("--quiet", action="store_true", help="no progress bar")
+    group.add_argument("--profile", action="store_true", help="print per-layer times of this run")
+
+
+def _add_run_heatmap_options(group) -> None:
+    """`run`'s options of its --help section "heatmap": a class's scores drawn over the
+    image."""
+    group.add_argument("--heatmap", type=_heatmap_class, metavar="CLASS|top",
+                       help="draw this class's score map over the image (its index, or its name as the labels "
+                            "file has it), or 'top': the best class of each cell")
+    group.add_argument("--heatmap-out", type=_path, metavar="FILE",
+                       help="the heatmap image, in the format its extension names (.png, .jpg, ...; default: "
+                            "<image name>-heatmap-<class>.png beside --output, else in the current folder)")
+    group.add_argument("--heatmap-range", type=_heatmap_range, default="auto", metavar="auto|map|LOW,HIGH",
+                       help="the colour scale: 'map' stretches this map's min..max, LOW,HIGH is fixed; "
+                            "'auto' (default) is 0..1 for probabilities (a softmax output), else 'map'")
+    group.add_argument("--heatmap-opacity", type=_opacity, metavar="A",
+                       help="how much of each pixel the map's colour takes, more than 0 up to 1 (default 0.5; "
+                            "0.45 for top); at 1 the picture is hidden and the colours are the bar's own")
+
+
+def _add_run_scales_options(group) -> None:
+    """`run`'s options of its --help section "one class vector per image": multi-scale
+    evaluation, each image's maps reduced to a vector."""
+    group.add_argument("--scales", type=_int_list, metavar="S1,S2,...",
+                       help="evaluate with the shorter image side resized to each scale (as --resize resizes: "
+                            "Pillow's antialiased bilinear) and reduce every score map to one class vector (saved "
+                            "by --output)")
+    group.add_argument("--flip", action="store_true", help="with --scales: also the mirror images")
+    group.add_argument("--reduce", choices=("mean", "max", "argmax"),
+                       help="with --scales: mean (default) or max over positions, then scales and flips; "
+                            "argmax (on an image, tiled): write the winning class per cell (uint16) instead of "
+                            "the scores")
+
+
+def _add_run_execution_options(group) -> None:
+    """`run`'s options of its --help section "execution": where and how the network runs."""
+    group.add_argument("--tile", type=_positive_int, metavar="N",
+                       help="evaluate in exact tiles of at most N x N input pixels (bounded memory; "
+                            "the whole-image pass's map to float32 rounding; the same --tile, the same bits)")
+    group.add_argument("--workers", type=_positive_int, metavar="N",
+                       help="run tiles (or --images) on a local Dask cluster of N worker processes")
+    group.add_argument("--scheduler", metavar="ADDRESS", help="use a running Dask cluster (tcp://host:port)")
+    group.add_argument("--device", default="cpu", metavar="DEVICE", help=DEVICE_HELP)
+    _add_threads_option(group)
+    _add_plugin_option(group, "load passes from a .py file or an importable module (repeatable); run itself runs "
                             "no passes (a spec runs as written): to run yours, compile with them first "
                             "(compile SPEC --plugin FILE --passes default,NAME -o DIR), then run DIR")
-    run.add_argument("--passes", help=argparse.SUPPRESS)  # refused with the way to run one's passes
-    run.set_defaults(handler=cmd_run)
+    group.add_argument("--passes", help=argparse.SUPPRESS)  # refused with the way to run one's passes
 
-    comp = sub.add_parser("compile", help="run the pass pipeline and write a compiled model",
-                          description="Run the pass pipeline on SPEC and write DIR: a self-contained "
-                                      "model (model.yaml + the weights and labels files it names) that "
-                                      "`run`, `inspect` and `export` take.")
-    comp.add_argument("spec", type=_path, help="spec .yaml file or .onnx model")
-    comp.add_argument("--output", "-o", type=_path, required=True, help="compiled model directory to write")
-    comp.add_argument("--passes", help="pipeline, e.g. 'shape-inference,fc-to-conv,my-pass{k=1}'; the word "
-                                       "'default' stands for the default passes where it is written, so "
-                                       "'default,my-pass' runs your pass after them "
-                                       f"(default: {','.join(DEFAULT_PIPELINE)})")
-    comp.add_argument("--output-stride", type=int, metavar="S",
-                      help="finer score map: S must divide the network's total stride")
-    comp.add_argument("--stride-method", default="auto", choices=STRIDE_METHODS,
-                      help="how to reach --output-stride (auto: dilate for a network whose layers pad, where it "
-                           "can be dilated, as shift would read zeros inside the image; else the one with fewer "
-                           "FLOPs)")
-    comp.add_argument("--print-ir-before", action="append", default=[], metavar="PASS",
-                      help="print the IR before PASS ('all' for every pass); repeatable")
-    comp.add_argument("--print-ir-after", action="append", default=[], metavar="PASS",
-                      help="print the IR after PASS ('all' for every pass); repeatable")
-    comp.add_argument("--timings", action="store_true", help="print the time each pass took")
-    comp.add_argument("--no-verify", action="store_true", help="skip the IR verifier between passes (the "
-                      "result is still verified before it is written)")
-    _add_plugin_option(comp)
-    comp.set_defaults(handler=cmd_compile)
 
-    insp = sub.add_parser("inspect", help="layers, shapes, parameters, FLOPs and receptive fields",
-                          description="Print a table of MODEL's layers for an input size.")
-    insp.add_argument("model", type=_path, help="spec .yaml file, .onnx model or compiled model directory")
-    insp.add_argument("--input-size", type=_positive_int, nargs=2, metavar=("H", "W"),
-                      help="image size (default: the spec's crop)")
-    insp.add_argument("--image", type=_path, metavar="IMAGE",
-                      help="the image size as run reads IMAGE (with --level, --downsample, --mpp, --bands): a "
-                           "slide's tile plan with --tile, without working out its level's size")
-    _add_image_reading_options(insp)
-    insp.add_argument("--scales", type=_int_list, metavar="S1,S2,...",
-                      help="score-map size and FLOPs with the image's shorter side at each scale "
-                           "(of an image of --input-size, default square)")
-    insp.add_argument("--ir", action="store_true", help="also print the IR as text")
-    insp.add_argument("--dot", type=_path, metavar="FILE.dot",
-                      help="also write the graph as Graphviz DOT, a box per layer (dot -Tsvg FILE.dot -o graph.svg)")
-    insp.add_argument("--tile", type=_positive_int, metavar="N",
-                      help="the tile plan for an image of --input-size: halo, tiles, extra FLOPs, peak memory")
-    insp.add_argument("--profile", action="store_true",
-                      help="time runs on random input (a warm-up, then 3 to 25, about a second's worth) and "
-                           "show each layer's median time")
-    insp.add_argument("--device", default="cpu", metavar="DEVICE", help=DEVICE_HELP)
-    _add_threads_option(insp)
-    _add_plugin_option(insp, PLUGIN_OPS_HELP)
-    insp.set_defaults(handler=cmd_inspect)
+def _add_compile_command(sub) -> argparse.ArgumentParser:
+    """The `compile` command's arguments."""
+    parser = sub.add_parser("compile", help="run the pass pipeline and write a compiled model",
+                            description="Run the pass pipeline on SPEC and write DIR: a self-contained "
+                                        "model (model.yaml + the weights and labels files it names) that "
+                                        "`run`, `inspect` and `export` take.")
+    parser.add_argument("spec", type=_path, help="spec .yaml file or .onnx model")
+    parser.add_argument("--output", "-o", type=_path, required=True, help="compiled model directory to write")
+    parser.add_argument("--passes", help="pipeline, e.g. 'shape-inference,fc-to-conv,my-pass{k=1}'; the word "
+                                         "'default' stands for the default passes where it is written, so "
+                                         "'default,my-pass' runs your pass after them "
+                                         f"(default: {','.join(DEFAULT_PIPELINE)})")
+    parser.add_argument("--output-stride", type=int, metavar="S",
+                        help="finer score map: S must divide the network's total stride")
+    parser.add_argument("--stride-method", default="auto", choices=STRIDE_METHODS,
+                        help="how to reach --output-stride (auto: dilate for a network whose layers pad, where it "
+                             "can be dilated, as shift would read zeros inside the image; else the one with fewer "
+                             "FLOPs)")
+    parser.add_argument("--print-ir-before", action="append", default=[], metavar="PASS",
+                        help="print the IR before PASS ('all' for every pass); repeatable")
+    parser.add_argument("--print-ir-after", action="append", default=[], metavar="PASS",
+                        help="print the IR after PASS ('all' for every pass); repeatable")
+    parser.add_argument("--timings", action="store_true", help="print the time each pass took")
+    parser.add_argument("--no-verify", action="store_true", help="skip the IR verifier between passes (the "
+                        "result is still verified before it is written)")
+    _add_plugin_option(parser)
+    parser.set_defaults(handler=cmd_compile)
+    return parser
 
-    ver = sub.add_parser("verify", help="check the conversion, and the dense pass against every crop",
-                         description="Compile SPEC and check (a) the conversion: the converted network "
-                                     "on the classifier's crop gives the classifier's output; (b) the "
-                                     "converted network slid over a random image (or a region of your "
-                                     "--image, read as run reads it) against the classifier on every crop, "
-                                     "and for a padded network which layers' padding makes which positions "
-                                     "differ, and by how much; with --image, also in how many cells the top "
-                                     "class changes. Exit 0 when the conversion "
-                                     "is exact and (b) differs only where padding, a ceil_mode window's overhang "
-                                     "or an upsample's edge interpolation reaches; 1 otherwise; 2 "
-                                     "for a network that cannot be compiled (a squeeze-and-excitation "
-                                     "gate: check it with run --crops) or other bad input.")
-    ver.add_argument("spec", type=_path, help="spec .yaml file or .onnx model (the classifier, before compiling), or a "
-                                  "folder graphconv compile wrote (checked with the stride it was compiled to)")
-    pixels = ver.add_mutually_exclusive_group(required=True)
+
+def _add_inspect_command(sub) -> argparse.ArgumentParser:
+    """The `inspect` command's arguments."""
+    parser = sub.add_parser("inspect", help="layers, shapes, parameters, FLOPs and receptive fields",
+                            description="Print a table of MODEL's layers for an input size.")
+    parser.add_argument("model", type=_path, help="spec .yaml file, .onnx model or compiled model directory")
+    parser.add_argument("--input-size", type=_positive_int, nargs=2, metavar=("H", "W"),
+                        help="image size (default: the spec's crop)")
+    parser.add_argument("--image", type=_path, metavar="IMAGE",
+                        help="the image size as run reads IMAGE (with --level, --downsample, --mpp, --bands): a "
+                             "slide's tile plan with --tile, without working out its level's size")
+    _add_image_reading_options(parser)
+    parser.add_argument("--scales", type=_int_list, metavar="S1,S2,...",
+                        help="score-map size and FLOPs with the image's shorter side at each scale "
+                             "(of an image of --input-size, default square)")
+    parser.add_argument("--ir", action="store_true", help="also print the IR as text")
+    parser.add_argument("--dot", type=_path, metavar="FILE.dot",
+                        help="also write the graph as Graphviz DOT, a box per layer (dot -Tsvg FILE.dot -o graph.svg)")
+    parser.add_argument("--tile", type=_positive_int, metavar="N",
+                        help="the tile plan for an image of --input-size: halo, tiles, extra FLOPs, peak memory")
+    parser.add_argument("--profile", action="store_true",
+                        help="time runs on random input (a warm-up, then 3 to 25, about a second's worth) and "
+                             "show each layer's median time")
+    parser.add_argument("--device", default="cpu", metavar="DEVICE", help=DEVICE_HELP)
+    _add_threads_option(parser)
+    _add_plugin_option(parser, PLUGIN_OPS_HELP)
+    parser.set_defaults(handler=cmd_inspect)
+    return parser
+
+
+def _add_verify_command(sub) -> argparse.ArgumentParser:
+    """The `verify` command's arguments."""
+    parser = sub.add_parser("verify", help="check the conversion, and the dense pass against every crop",
+                            description="Compile SPEC and check (a) the conversion: the converted network "
+                                        "on the classifier's crop gives the classifier's output; (b) the "
+                                        "converted network slid over a random image (or a region of your "
+                                        "--image, read as run reads it) against the classifier on every crop, "
+                                        "and for a padded network which layers' padding makes which positions "
+                                        "differ, and by how much; with --image, also in how many cells the top "
+                                        "class changes. Exit 0 when the conversion "
+                                        "is exact and (b) differs only where padding, a ceil_mode window's overhang "
+                                        "or an upsample's edge interpolation reaches; 1 otherwise; 2 "
+                                        "for a network that cannot be compiled (a squeeze-and-excitation "
+                                        "gate: check it with run --crops) or other bad input.")
+    parser.add_argument("spec", type=_path,
+                        help="spec .yaml file or .onnx model (the classifier, before compiling), or a "
+                                     "folder graphconv compile wrote (checked with the stride it was compiled to)")
+    pixels = parser.add_mutually_exclusive_group(required=True)
     pixels.add_argument("--input-size", type=_positive_int, nargs=2, metavar=("H", "W"),
                         help="the random image's size, larger than the crop")
     pixels.add_argument("--image", type=_path, metavar="IMAGE",
                         help="check on a region of this image, read and preprocessed as run reads it (random "
                              "pixels can hide what padding does to real ones); also says in how many cells the "
                              "top class changes")
-    ver.add_argument("--region", type=_natural_int, nargs=4, metavar=("TOP", "LEFT", "HEIGHT", "WIDTH"),
-                     help="with --image: the region to check, in the image's level-0 pixels, grown to the whole "
-                          "cells of run's map that cover it (a spot smaller than a crop grows to the crop, or few, "
-                          "starting at or just before it; default: "
-                          f"{VERIFY_REGION_CELLS}x{VERIFY_REGION_CELLS} cells at the image's centre, or at the centre "
-                          "of its data where it has no-data, since the crop loop runs the classifier once per cell)")
-    _add_image_reading_options(ver)
-    _add_nodata_options(ver)
-    ver.add_argument("--passes", help="the pipeline to check, as compile takes it, 'default' included (default: "
-                                      "compile's; your own passes with --plugin)")
-    ver.add_argument("--output-stride", type=int, metavar="S", help="compile for this finer stride, as compile does")
-    ver.add_argument("--stride-method", default="auto", choices=STRIDE_METHODS,
-                     help="how to reach --output-stride, as compile's")
-    ver.add_argument("--batch", type=_positive_int, help="images in the random batch (default 1)")
-    ver.add_argument("--tolerance", type=_tolerance, help="max abs difference (default 1e-4 x max score)")
-    ver.add_argument("--seed", type=_natural_int, help="the random image's seed (default 0)")
-    ver.add_argument("--strict", action="store_true",
-                     help="also exit 1 when padding makes the dense pass differ from the crop loop")
-    ver.add_argument("--device", default="cpu", metavar="DEVICE", help=DEVICE_HELP)
-    _add_threads_option(ver)
-    _add_plugin_option(ver)
-    ver.set_defaults(handler=cmd_verify)
-
-    imp = sub.add_parser("import", help="turn an ONNX model into an editable spec and weights",
-                         description="Read MODEL.onnx and write NET.yaml (a readable spec, layer "
-                                     "names from the model's PyTorch module paths) and NET.npz "
-                                     "(its weights) beside it; the spec loads back to the same "
-                                     "network.")
-    imp.add_argument("model", type=_path, help=".onnx model (or a plugin front end's file)")
-    imp.add_argument("--output", "-o", type=_path, required=True, metavar="NET.yaml", help="spec file to write")
-    imp.add_argument("--scale", type=float, metavar="S", help="preprocess: multiply pixels (0..255) by S first")
-    imp.add_argument("--values", choices=PIXEL_VALUES, default=None,
-                     help="preprocess: the pixels --scale multiplies: on 0..255 (default; 16-bit data divided by "
-                          "257) or as the file stores them (satellite reflectances, elevations)")
-    imp.add_argument("--mean", type=_float_list, metavar="M1,M2,M3",
-                     help="preprocess: then subtract per channel (one number: the same for every channel)")
-    imp.add_argument("--std", type=_float_list, metavar="S1,S2,S3",
-                     help="preprocess: then divide per channel (one number: the same for every channel)")
-    imp.add_argument("--labels", type=_path, metavar="TXT", help="class names, one per line (copied beside the spec)")
-    imp.add_argument("--crop-size", type=_positive_int, nargs=2, metavar=("H", "W"),
-                     help="the training crop, for a model whose input size is dynamic")
-    imp.add_argument("--task", choices=TASKS, default="classification",
-                     help="segmentation: the network predicts a map already (a U-Net), and every cell it "
-                          "computes on an image is kept (default: a classifier, one cell per crop)")
-    _add_plugin_option(imp, "load a plugin (.py file or importable module; repeatable): one that registers a front "
-                            "end (graphconv.frontends.register_frontend) imports its format")
-    imp.set_defaults(handler=cmd_import)
-
-    exp = sub.add_parser("export", help="write a (compiled) model as ONNX, dynamic in N, H and W",
-                         description="Write MODEL (usually a compiled model directory) as an ONNX "
-                                     "file (op set 19, one file, no external data) whose input has dynamic "
-                                     "batch, height and width, for onnxruntime, TensorRT and other ONNX "
-                                     "runtimes. Its output is the full map, every cell computed (graphconv "
-                                     "run's map, plus a last row/column where the crops would run off the "
-                                     "image). Metadata states the crop, preprocess, labels, input size rule "
-                                     "and where each cell stands (graphconv.* keys), so the file imports "
-                                     "back or runs with graphconv run as it is. An existing file is replaced "
-                                     "only if graphconv exported it.")
-    exp.add_argument("model", type=_path, help="compiled model directory (or a spec / .onnx model)")
-    exp.add_argument("--output", "-o", type=_path, required=True, metavar="FCN.onnx", help="ONNX file to write")
-    exp.add_argument("--input-size", type=_positive_int, nargs=2, metavar=("H", "W"),
-                     help="fix the input's height and width (the output's rows and columns follow): for TensorRT "
-                          "engines and other runtimes that build for one shape (default: dynamic)")
-    exp.add_argument("--batch", type=_positive_int, metavar="N", help="fix the batch (default: dynamic)")
-    exp.add_argument("--pixels", action="store_true",
-                     help="the input is uint8 (N, H, W, C) pixels as an image library decodes them, and the graph "
-                          "applies the model's preprocess (scale, mean, std) itself (default: float32 (N, C, H, W) "
-                          "already preprocessed)")
-    exp.add_argument("--argmax", action="store_true",
-                     help="add an output 'classes': each cell's top class (int64, (N, rows, cols)), beside the scores")
-    _add_plugin_option(exp, PLUGIN_OPS_HELP)
-    exp.set_defaults(handler=cmd_export)
-
-    cells = sub.add_parser("cells", help="write a map's cells as GeoJSON (QuPath, QGIS) or CSV",
-                           description="Write the cells of MAP (a .tif or .zarr map graphconv run wrote: it "
-                                       "states where its cells stand; or an .npy map of an --images batch, "
-                                       "whose graphconv-maps.csv states it) as GeoJSON or CSV, as the output's name "
-                                       "says: each cell the square a stride wide around its centre, with its best "
-                                       "class and every class's score. Over an image with no georeference (a "
-                                       "slide) the coordinates are its full-resolution pixels, each cell a QuPath "
-                                       "tile classified by its best class with its scores as measurements (drag "
-                                       "the .geojson onto the slide in QuPath); over a georeferenced image they "
-                                       "are its CRS, each cell's scores flat attributes (QGIS, geopandas). A "
-                                       "one-score model's cell is its class where the probability is at least "
-                                       "0.5; in a map of some classes (run --classes) a cell is classified only "
-                                       "where its scores prove that class the model's best, and written "
-                                       "unclassified elsewhere. Cells not computed are left out. An existing "
-                                       "file is replaced only if graphconv wrote it.")
-    cells.add_argument("map", type=_path,
-                       help=".tif or .zarr map written by graphconv run, or an .npy map an --images batch listed")
-    cells.add_argument("--output", "-o", type=_path, required=True, metavar="CELLS.geojson|CELLS.csv",
-                       help="the file to write: .geojson (or .json, as QuPath also names GeoJSON) or .csv")
-    cells.add_argument("--top-class", type=_class_list, metavar="K1,K2,...",
-                       help="only the cells classified as one of these (class indices, or names as the "
-                            "model's labels have them): the tumour tiles of a slide")
-    cells.add_argument("--min-score", type=_finite_float, metavar="S",
-                       help="only the cells whose class's score is at least S (a confident call; not of a "
-                            "--reduce argmax map, which holds no scores)")
-    cells.set_defaults(handler=cmd_cells)
-
-    lst = sub.add_parser("passes", help="list the registered passes",
-                         description="List built-in and plugin passes, one line each.")
-    _add_plugin_option(lst)
-    lst.set_defaults(handler=cmd_passes)
-    for command in (run, comp, insp, ver, exp):
-        _add_model_files_options(command)
-    for name, command in (("run", run), ("compile", comp), ("inspect", insp), ("verify", ver), ("import", imp),
-                          ("export", exp), ("cells", cells), ("passes", lst)):
-        _add_common_options(command, defaults=False)
-        command.epilog = "examples (in graphconv's checkout):\n" + "\n".join(f"  {line}" for line in EXAMPLES[name])
-        command.formatter_class = _ExamplesKeptFormatter
+    parser.add_argument("--region", type=_natural_int, nargs=4, metavar=("TOP", "LEFT", "HEIGHT", "WIDTH"),
+                        help="with --image: the region to check, in the image's level-0 pixels, grown to the whole "
+                             "cells of run's map that cover it (a spot smaller than a crop grows to the crop, or few, "
+                             "starting at or just before it; default: "
+                             f"{VERIFY_REGION_CELLS}x{VERIFY_REGION_CELLS} cells at the image's centre, or at the "
+                             "centre of its data where it has no-data, since the crop loop runs the classifier once "
+                             "per cell)")
+    _add_image_reading_options(parser)
+    _add_nodata_options(parser)
+    parser.add_argument("--passes", help="the pipeline to check, as compile takes it, 'default' included (default: "
+                                         "compile's; your own passes with --plugin)")
+    parser.add_argument("--output-stride", type=int, metavar="S", help="compile for this finer stride, as compile does")
+    parser.add_argument("--stride-method", default="auto", choices=STRIDE_METHODS,
+                        help="how to reach --output-stride, as compile's")
+    parser.add_argument("--batch", type=_positive_int, help="images in the random batch (default 1)")
+    parser.add_argument("--tolerance", type=_tolerance, help="max abs difference (default 1e-4 x max score)")
+    parser.add_argument("--seed", type=_natural_int, help="the random image's seed (default 0)")
+    parser.add_argument("--strict", action="store_true",
+                        help="also exit 1 when padding makes the dense pass differ from the crop loop")
+    parser.add_argument("--device", default="cpu", metavar="DEVICE", help=DEVICE_HELP)
+    _add_threads_option(parser)
+    _add_plugin_option(parser)
+    parser.set_defaults(handler=cmd_verify)
     return parser
+
+
+def _add_import_command(sub) -> argparse.ArgumentParser:
+    """The `import` command's arguments."""
+    parser = sub.add_parser("import", help="turn an ONNX model into an editable spec and weights",
+                            description="Read MODEL.onnx and write NET.yaml (a readable spec, layer "
+                                        "names from the model's PyTorch module paths) and NET.npz "
+                                        "(its weights) beside it; the spec loads back to the same "
+                                        "network.")
+    parser.add_argument("model", type=_path, help=".onnx model (or a plugin front end's file)")
+    parser.add_argument("--output", "-o", type=_path, required=True, metavar="NET.yaml", help="spec file to write")
+    parser.add_argument("--scale", type=float, metavar="S", help="preprocess: multiply pixels (0..255) by S first")
+    parser.add_argument("--values", choices=PIXEL_VALUES, default=None,
+                        help="preprocess: the pixels --scale multiplies: on 0..255 (default; 16-bit data divided by "
+                             "257) or as the file stores them (satellite reflectances, elevations)")
+    parser.add_argument("--mean", type=_float_list, metavar="M1,M2,M3",
+                        help="preprocess: then subtract per channel (one number: the same for every channel)")
+    parser.add_argument("--std", type=_float_list, metavar="S1,S2,S3",
+                        help="preprocess: then divide per channel (one number: the same for every channel)")
+    parser.add_argument("--labels", type=_path, metavar="TXT",
+                        help="class names, one per line (copied beside the spec)")
+    parser.add_argument("--crop-size", type=_positive_int, nargs=2, metavar=("H", "W"),
+                        help="the training crop, for a model whose input size is dynamic")
+    parser.add_argument("--task", choices=TASKS, default="classification",
+                        help="segmentation: the network predicts a map already (a U-Net), and every cell it "
+                             "computes on an image is kept (default: a classifier, one cell per crop)")
+    _add_plugin_option(parser, "load a plugin (.py file or importable module; repeatable): one that registers a front "
+                            "end (graphconv.frontends.register_frontend) imports its format")
+    parser.set_defaults(handler=cmd_import)
+    return parser
+
+
+def _add_export_command(sub) -> argparse.ArgumentParser:
+    """The `export` command's arguments."""
+    parser = sub.add_parser("export", help="write a (compiled) model as ONNX, dynamic in N, H and W",
+                            description="Write MODEL (usually a compiled model directory) as an ONNX "
+                                        "file (op set 19, one file, no external data) whose input has dynamic "
+                                        "batch, height and width, for onnxruntime, TensorRT and other ONNX "
+                                        "runtimes. Its output is the full map, every cell computed (graphconv "
+                                        "run's map, plus a last row/column where the crops would run off the "
+                                        "image). Metadata states the crop, preprocess, labels, input size rule "
+                                        "and where each cell stands (graphconv.* keys), so the file imports "
+                                        "back or runs with graphconv run as it is. An existing file is replaced "
+                                        "only if graphconv exported it.")
+    parser.add_argument("model", type=_path, help="compiled model directory (or a spec / .onnx model)")
+    parser.add_argument("--output", "-o", type=_path, required=True, metavar="FCN.onnx", help="ONNX file to write")
+    parser.add_argument("--input-size", type=_positive_int, nargs=2, metavar=("H", "W"),
+                        help="fix the input's height and width (the output's rows and columns follow): for TensorRT "
+                             "engines and other runtimes that build for one shape (default: dynamic)")
+    parser.add_argument("--batch", type=_positive_int, metavar="N", help="fix the batch (default: dynamic)")
+    parser.add_argument("--pixels", action="store_true",
+                        help="the input is uint8 (N, H, W, C) pixels as an image library decodes them, and the graph "
+                             "applies the model's preprocess (scale, mean, std) itself (default: float32 (N, C, H, W) "
+                             "already preprocessed)")
+    parser.add_argument("--argmax", action="store_true",
+                        help="add an output 'classes': each cell's top class (int64, (N, rows, cols)), beside the "
+                             "scores")
+    _add_plugin_option(parser, PLUGIN_OPS_HELP)
+    parser.set_defaults(handler=cmd_export)
+    return parser
+
+
+def _add_cells_command(sub) -> argparse.ArgumentParser:
+    """The `cells` command's arguments."""
+    parser = sub.add_parser("cells", help="write a map's cells as GeoJSON (QuPath, QGIS) or CSV",
+                            description="Write the cells of MAP (a .tif or .zarr map graphconv run wrote: it "
+                                        "states where its cells stand; or an .npy map of an --images batch, "
+                                        "whose graphconv-maps.csv states it) as GeoJSON or CSV, as the output's name "
+                                        "says: each cell the square a stride wide around its centre, with its best "
+                                        "class and every class's score. Over an image with no georeference (a "
+                                        "slide) the coordinates are its full-resolution pixels, each cell a QuPath "
+                                        "tile classified by its best class with its scores as measurements (drag "
+                                        "the .geojson onto the slide in QuPath); over a georeferenced image they "
+                                        "are its CRS, each cell's scores flat attributes (QGIS, geopandas). A "
+                                        "one-score model's cell is its class where the probability is at least "
+                                        "0.5; in a map of some classes (run --classes) a cell is classified only "
+                                        "where its scores prove that class the model's best, and written "
+                                        "unclassified elsewhere. Cells not computed are left out. An existing "
+                                        "file is replaced only if graphconv wrote it.")
+    parser.add_argument("map", type=_path,
+                        help=".tif or .zarr map written by graphconv run, or an .npy map an --images batch listed")
+    parser.add_argument("--output", "-o", type=_path, required=True, metavar="CELLS.geojson|CELLS.csv",
+                        help="the file to write: .geojson (or .json, as QuPath also names GeoJSON) or .csv")
+    parser.add_argument("--top-class", type=_class_list, metavar="K1,K2,...",
+                        help="only the cells classified as one of these (class indices, or names as the "
+                             "model's labels have them): the tumour tiles of a slide")
+    parser.add_argument("--min-score", type=_finite_float, metavar="S",
+                        help="only the cells whose class's score is at least S (a confident call; not of a "
+                             "--reduce argmax map, which holds no scores)")
+    parser.set_defaults(handler=cmd_cells)
+    return parser
+
+
+def _add_passes_command(sub) -> argparse.ArgumentParser:
+    """The `passes` command's arguments."""
+    parser = sub.add_parser("passes", help="list the registered passes",
+                            description="List built-in and plugin passes, one line each.")
+    _add_plugin_option(parser)
+    parser.set_defaults(handler=cmd_passes)
+    return parser
+
+
+COMMANDS = {"run": _add_run_command, "compile": _add_compile_command, "inspect": _add_inspect_command,
+            "verify": _add_verify_command, "import": _add_import_command, "export": _add_export_command,
+            "cells": _add_cells_command, "passes": _add_passes_command}
+"""Each command's name and the function adding its parser, in the order `graphconv --help` lists them."""
 
 
 # What each command's --help ends with: lines a newcomer can paste in graphconv's checkout
@@ -891,6 +969,49 @@ def cmd_run(args: argparse.Namespace) -> int:
     from graphconv.model import as_batch
 
     args.heatmap_out = _heatmap_path(args)
+    _refuse_run_option_clashes(args)
+    _refuse_image_options_without_an_image(args)
+    _refuse_batch_options_without_a_batch(args)
+    _refuse_cell_options_without_an_image(args)
+    settle_nodata_options(args)
+    if args.images:
+        from graphconv.tiled_cli import run_images_command
+        return run_images_command(args)
+    if args.image:
+        _refuse_a_batch_given_as_one_image(args.image)
+    _check_output_paths(args)
+    model = load_model(args, args.model)
+    _check_outputs_for(args, model)
+    if args.image:
+        note_pixels_as_they_are(args, model)
+    from graphconv.tiled_cli import grid_for, run_tiled_command, wants_tiles
+    grid = grid_for(args, model)
+    note_dense_padding(args, model)
+    if args.image:
+        if wants_tiles(args, model, grid):
+            return run_tiled_command(args, model, grid)
+    elif args.tile or args.workers or args.scheduler or args.reduce == "argmax" or args.classes:
+        raise GraphconvError("--tile, --workers, --scheduler, --reduce argmax and --classes apply to --image and "
+                             "--images runs")
+    x, picture = _read_image(args, model) if args.image else (_read_array(args), None)
+    x = as_batch(x, model.crop_shape[0], file=args.image or args.input)
+    if x.shape[0] != 1 and is_tiff_output(args.output):  # before the run, naming the file asked for
+        raise GraphconvError(f"a TIFF map holds one image's map, and {os.path.basename(args.input)} holds {x.shape[0]} "
+                             f"images: write .npy{'' if model.returns_vectors else ' or .zarr'}", file=args.output)
+    margin = (0, 0)
+    if args.pad_image:
+        from graphconv.sources import pad_batch
+        x, margin = pad_batch(x, args.pad_image, grid.cell_area)
+    _spare_the_users_npy(args, model, grid, x)
+    if args.crops is not None:
+        return _run_crops(args, model, grid, x, picture, margin)
+    if args.scales:
+        return _run_scales(args, model, x)
+    return _run_whole(args, model, x, picture, margin)
+
+
+def _refuse_run_option_clashes(args: argparse.Namespace) -> None:
+    """run's options that contradict each other, or ask for what another already does."""
     if args.passes is not None:
         plugins = "".join(f" --plugin {shlex.quote(p)}" for p in args.plugin)
         raise GraphconvError(f"run takes no --passes: compile runs them (graphconv compile {shlex.quote(args.model)}"
@@ -921,7 +1042,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.pad_image and (args.scales or args.full_map):
         raise GraphconvError("--pad-image pads an image for its map to reach the edges (not with --scales, which "
                              "reduces the maps to one vector, or --full-map, which keeps the cells past them)")
-    from graphconv.images import stores_values
+
+
+def _refuse_image_options_without_an_image(args: argparse.Namespace) -> None:
+    """The options for reading an image (a level, a pixel size, bands, a resize) refused
+    without --image or --images, or with others that change its size too."""
     from graphconv.sources import is_ome_zarr, is_tiff
     if args.level and not (args.images or args.image and (is_tiff(args.image) or is_ome_zarr(args.image))):
         raise GraphconvError("--level picks a level of a pyramid (a TIFF such as .svs, .ndpi, OME-TIFF, or an "
@@ -936,6 +1061,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise GraphconvError(f"--resize takes S (the shorter side) or H W, not {len(args.resize)} numbers")
     if args.downsample > 1 and (args.resize or args.scales):
         raise GraphconvError("--downsample and --resize/--scales both change the image's size: use one")
+    if args.bands and not (args.image or args.images):
+        raise GraphconvError("--bands picks bands of an image: give --image or --images", file=args.input)
+
+
+def _refuse_batch_options_without_a_batch(args: argparse.Namespace) -> None:
+    """The options of an --images batch (and --resume, which also continues one image's
+    tiled map) refused where there is none."""
     if args.shard and not args.images:
         raise GraphconvError("--shard maps a part of an --images batch: give --images")
     if args.skip_existing and not args.images:
@@ -952,8 +1084,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                              "or MAP.tif")
     if args.output_format != "npy" and not args.images:
         raise GraphconvError("--output-format names the maps --images writes; for one image, name --output map.tif")
-    if args.bands and not (args.image or args.images):
-        raise GraphconvError("--bands picks bands of an image: give --image or --images", file=args.input)
+
+
+def _refuse_cell_options_without_an_image(args: argparse.Namespace) -> None:
+    """The options choosing which cells to compute (tissue, a mask, no-data) refused
+    without an image to look at, or given two ways."""
     if args.skip_background is not None and not (args.image or args.images):
         raise GraphconvError("--skip-background looks for tissue in an image: give --image or --images")
     if args.mask and not args.image:
@@ -969,12 +1104,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                                                                                              args.images):
         raise GraphconvError("--nodata, --max-nodata and --compute-nodata say which pixels of an image are no-data "
                              "and which cells over them to compute: give --image or --images")
-    settle_nodata_options(args)
-    if args.images:
-        from graphconv.tiled_cli import run_images_command
-        return run_images_command(args)
-    if args.image:
-        _refuse_a_batch_given_as_one_image(args.image)
+
+
+def _check_output_paths(args: argparse.Namespace) -> None:
+    """Before the model loads: the files run writes can be written and overwrite none of
+    its inputs."""
     _check_outputs_spare_the_inputs(args)
     _note_a_plain_map_named_ome(args.output)
     for path in filter(None, (args.output, args.heatmap_out)):
@@ -983,7 +1117,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             check_zarr_target(path)
         else:
             check_writable(path)
-    model = load_model(args, args.model)
+
+
+def _check_outputs_for(args: argparse.Namespace, model) -> None:
+    """With the model loaded: class names resolved, the heatmap's file named by its label,
+    and nothing the run writes in the model's files or the user's that it would spoil."""
     resolve_class_names(args, model.graph.meta.get("labels"))
     if args.heatmap is not None and args.heatmap_out is None:  # a class named: its file is named by its label
         args.heatmap_out = _heatmap_path(args)
@@ -997,53 +1135,45 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_heatmap_has_a_map(args, model)
     if args.heatmap not in (None, "top"):  # before the network runs, not after
         check_heatmap_class(args.heatmap, model.output_channels)
-    if args.image:
-        note_pixels_as_they_are(args, model)
-    from graphconv.tiled_cli import grid_for, run_tiled_command, wants_tiles
-    grid = grid_for(args, model)
-    note_dense_padding(args, model)
-    if args.image:
-        if wants_tiles(args, model, grid):
-            return run_tiled_command(args, model, grid)
-    elif args.tile or args.workers or args.scheduler or args.reduce == "argmax" or args.classes:
-        raise GraphconvError("--tile, --workers, --scheduler, --reduce argmax and --classes apply to --image and "
-                             "--images runs")
-    if args.image:
-        from graphconv import images
-        if args.bands:
-            raise GraphconvError("--bands picks bands of a raster (a TIFF or a zarr array); this image is read "
-                                 "as a picture (grey, RGB or RGBA)", file=args.image)
-        if args.nodata is not None:
-            from graphconv.sources import NODATA_OF_A_PICTURE
-            raise GraphconvError(NODATA_OF_A_PICTURE, file=args.image)
-        note_nodata_acts_on_nothing(args, None)
-        stored = stores_values(model.graph.meta.get("preprocess"))
-        picture = images.load_image(args.image, args.resize, channels=model.crop_shape[0], stored_values=stored)
-        # after the read, which refuses what is no regular file (Pillow waits on a pipe for ever)
-        note_value_scaling(model.graph.meta.get("preprocess"), None if stored else images.value_scaling(args.image))
-        stored_bands = images.picture_bands(args.image)
-        note_how_the_image_is_read(args.image, None if stored_bands is None else
-                                   images.channel_conversion(stored_bands, model.crop_shape[0], bands_flag=False))
-        x = images.preprocess(picture, model.graph.meta.get("preprocess"))[None]
-        if stored:
-            picture = images.stretched(picture)  # what a heatmap is drawn over
-    else:
-        x = load_npy(args.input)
-        if args.resize:
-            raise GraphconvError("--resize applies to --image only")
-    x = as_batch(x, model.crop_shape[0], file=args.image or args.input)
-    if x.shape[0] != 1 and is_tiff_output(args.output):  # before the run, naming the file asked for
-        raise GraphconvError(f"a TIFF map holds one image's map, and {os.path.basename(args.input)} holds {x.shape[0]} "
-                             f"images: write .npy{'' if model.returns_vectors else ' or .zarr'}", file=args.output)
-    margin = (0, 0)
-    if args.pad_image:
-        from graphconv.sources import pad_batch
-        x, margin = pad_batch(x, args.pad_image, grid.cell_area)
-    _spare_the_users_npy(args, model, grid, x)
-    if args.crops is not None:
-        return _run_crops(args, model, grid, x, picture if args.image else None, margin)
-    if args.scales:
-        return _run_scales(args, model, x)
+
+
+def _read_image(args: argparse.Namespace, model) -> tuple[np.ndarray, np.ndarray]:
+    """--image read whole as a picture (not tiled): (the network's input, preprocessed;
+    the picture a heatmap is drawn over)."""
+    from graphconv import images
+    from graphconv.images import stores_values
+    if args.bands:
+        raise GraphconvError("--bands picks bands of a raster (a TIFF or a zarr array); this image is read "
+                             "as a picture (grey, RGB or RGBA)", file=args.image)
+    if args.nodata is not None:
+        from graphconv.sources import NODATA_OF_A_PICTURE
+        raise GraphconvError(NODATA_OF_A_PICTURE, file=args.image)
+    note_nodata_acts_on_nothing(args, None)
+    stored = stores_values(model.graph.meta.get("preprocess"))
+    picture = images.load_image(args.image, args.resize, channels=model.crop_shape[0], stored_values=stored)
+    # after the read, which refuses what is no regular file (Pillow waits on a pipe for ever)
+    note_value_scaling(model.graph.meta.get("preprocess"), None if stored else images.value_scaling(args.image))
+    stored_bands = images.picture_bands(args.image)
+    note_how_the_image_is_read(args.image, None if stored_bands is None else
+                               images.channel_conversion(stored_bands, model.crop_shape[0], bands_flag=False))
+    x = images.preprocess(picture, model.graph.meta.get("preprocess"))[None]
+    if stored:
+        picture = images.stretched(picture)  # what a heatmap is drawn over
+    return x, picture
+
+
+def _read_array(args: argparse.Namespace) -> np.ndarray:
+    """--input's array, as the .npy holds it."""
+    x = load_npy(args.input)
+    if args.resize:
+        raise GraphconvError("--resize applies to --image only")
+    return x
+
+
+def _run_whole(args: argparse.Namespace, model, x: np.ndarray, picture: np.ndarray | None,
+               margin: tuple[int, int]) -> int:
+    """The network on the whole input at once (an array, or an image small enough), its
+    map delivered as the options ask."""
     if model.returns_vectors:
         from graphconv.tiled_cli import check_the_network_takes
         check_the_network_takes(args, model, args.image or args.input, x.shape[2:])
@@ -1070,7 +1200,7 @@ def cmd_run(args: argparse.Namespace) -> int:
               "`graphconv inspect MODEL --profile` gives medians of warmed-up runs)")
     # each cell is drawn where it stands (`cell_area`: a classifier's crop, a segmentation network's pixel),
     # where the map's georeference and --skip-background put it too
-    return _deliver(args, model, out, picture if args.image else None, shifted_cells(model.cell_area, margin))
+    return _deliver(args, model, out, picture, shifted_cells(model.cell_area, margin))
 
 
 def _note_overflow(out: np.ndarray, source: str) -> None:
@@ -2273,8 +2403,8 @@ def _no_data_in_region(args: argparse.Namespace, source, where: str, blank, crop
     with a region inside the data to check instead, where there is one."""
     from graphconv.sources import level0_span
 
-    head = (f"every cell of the region ({where.split(':')[0]}) is left out by run for no-data ({_nodata_rule(left_out)}): "
-            "the region holds no data to compare")
+    head = (f"every cell of the region ({where.split(':')[0]}) is left out by run for no-data "
+            f"({_nodata_rule(left_out)}): the region holds no data to compare")
     bounds = blank.clear_bounds()
     if bounds is None:
         return head + "; nor does the rest of the image"
