@@ -984,12 +984,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_outputs_for(args, model)
     if args.image:
         note_pixels_as_they_are(args, model)
-    from graphconv.tiled_cli import grid_for, run_tiled_command, wants_tiles
+    from graphconv.tiled_cli import grid_for, run_tiled_command, tiling_reason
     grid = grid_for(args, model)
     note_dense_padding(args, model)
     if args.image:
-        if wants_tiles(args, model, grid):
-            return run_tiled_command(args, model, grid)
+        reason = tiling_reason(args, model, grid)
+        if reason is not None:
+            return run_tiled_command(args, model, grid, reason)
     elif args.tile or args.workers or args.scheduler or args.reduce == "argmax" or args.classes:
         raise GraphconvError("--tile, --workers, --scheduler, --reduce argmax and --classes apply to --image and "
                              "--images runs")

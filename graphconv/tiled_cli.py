@@ -20,9 +20,9 @@ import shlex
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -32,6 +32,7 @@ from graphconv.memory import FLOAT_BYTES, check_fits, format_size, memory_limit
 
 if TYPE_CHECKING:
     from graphconv.manifest import Manifest
+    from graphconv.tiling import TilePlan
 
 
 def grid_for(args: argparse.Namespace, model):
@@ -65,24 +66,35 @@ def _check_pad_image(args: argparse.Namespace, model) -> None:
                              "vector per image: compile it, or add --crops")
 
 
-def wants_tiles(args: argparse.Namespace, model, grid) -> bool:
-    if (args.tile or args.workers or args.scheduler or args.reduce == "argmax" or args.classes or args.downsample > 1
-            or args.mpp is not None or getattr(args, "resume", False)):
-        return True
-    if args.skip_background is not None or args.mask:
-        return True
+def tiling_reason(args: argparse.Namespace, model, grid) -> str | None:
+    """Why an --image run goes in tiles, in the words a refusal of a whole-image option
+    gives it (an option given, the image's or the map's file kind, its size), or None for
+    a run on the whole image at once."""
+    given = [flag for flag, on in (("--tile", args.tile), ("--workers", args.workers), ("--scheduler", args.scheduler),
+                                   ("--reduce argmax", args.reduce == "argmax"), ("--classes", args.classes),
+                                   ("--downsample", args.downsample > 1), ("--mpp", args.mpp is not None),
+                                   ("--resume", getattr(args, "resume", False)),
+                                   ("--skip-background", args.skip_background is not None), ("--mask", args.mask))
+             if on]
+    if given:
+        return f"{given[0]} runs it in tiles"
     if is_zarr_path(args.output):
-        return True
+        return "a .zarr map is written tile by tile"
     from graphconv.sources import is_tiff
-    if is_tiff(args.image) or Path(args.image).suffix.lower() == ".zarr" or Path(args.image).is_dir():
-        return True
+    if is_tiff(args.image):
+        return "a TIFF is read a tile at a time"
+    if Path(args.image).suffix.lower() == ".zarr" or Path(args.image).is_dir():
+        return "a zarr array is read a tile at a time"
     if args.resize or getattr(args, "full_map", False):
-        return False  # a whole-image run (refused by the memory check when over the budget)
+        return None  # a whole-image run (refused by the memory check when over the budget)
     size = _image_size(args.image)
     if size is None or size[0] < model.crop_shape[1] or size[1] < model.crop_shape[2]:
-        return False  # the whole-image path reports what is wrong with the file or its size
+        return None  # the whole-image path reports what is wrong with the file or its size
     from graphconv.tiling import tile_bytes
-    return tile_bytes(grid, size) > _tile_budget(args, grid, size)
+    need, budget = tile_bytes(grid, size), _tile_budget(args, grid, size)
+    if need <= budget:
+        return None
+    return f"the whole image would need {format_size(need)}, over the {format_size(budget)} budget"
 
 
 def _image_size(path: str) -> tuple[int, int] | None:
@@ -96,71 +108,24 @@ def _image_size(path: str) -> tuple[int, int] | None:
         return None
 
 
-def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
+def run_tiled_command(args: argparse.Namespace, model, grid, reason: str) -> int:
+    """An --image run in exact tiles, for `reason` (`tiling_reason`)."""
     from graphconv.georef import cell_placement, map_contents
-    from graphconv.sources import on_image
-    from graphconv.tiling import (CropGrid, DamagedCells, DenseGrid, MapFile, choose_tile, in_pieces, map_transform,
-                                  piece_cells_within, pieces_note, plan_tiles, recorded_plan, spread_tile,
-                                  tile_bytes)
+    from graphconv.tiling import CropGrid, DamagedCells, MapFile, map_transform, recorded_plan
 
     if args.scales:
         from graphconv.cluster import SCALES_NOT_IN_TILES
         raise GraphconvError(SCALES_NOT_IN_TILES, file=args.image)
     if args.profile or args.full_map:
-        raise GraphconvError("--profile and --full-map take a whole-image run (a TIFF, a zarr "
-                             "array, --tile, --workers, --reduce argmax, --classes, --downsample, --mpp, "
-                             "--skip-background and .zarr outputs run in tiles)")
+        flag = "--profile" if args.profile else "--full-map"
+        raise GraphconvError(f"{flag} takes a whole-image run, and this one goes in tiles: {reason}")
     map_transform(args.reduce, args.classes, model.output_channels)  # a wrong --classes refused before the image: line
-    source = _map_options(args, grid).open_image(model, args.image, getattr(args, "nodata", None))
+    source = _opened_image(args, model, grid)
     image_hw = (source.height, source.width)
-    describe_resolution(on_image(source, grid.field)[0], args.mpp)  # the image's size, not --pad-image's
-    from graphconv.cli import note, note_how_the_image_is_read, note_how_the_raster_is_read
-    note_how_the_raster_is_read(args, source)
-    _drop_a_skip_background_that_does_nothing(args, source)
-    from graphconv.cluster import stored_orientation_note
-    from graphconv.sources import channel_conversion, tiff_notes
-    for said in filter(None, [stored_orientation_note(source), *tiff_notes(source, bool(getattr(args, "mask", None)))]):
-        note(f"note: {said}")
-    note_how_the_image_is_read(args.image, channel_conversion(source))
-    for said in model.size_notes(*image_hw) if isinstance(grid, DenseGrid) else []:
-        note(said)
-    crop_hw = model.crop_shape[1:]
-    if image_hw[0] < crop_hw[0] or image_hw[1] < crop_hw[1]:
-        from graphconv.cli import SMALLER_THAN_A_CROP_HINT
-        raise GraphconvError(f"the image is {image_hw[0]}x{image_hw[1]}, smaller than the classifier's "
-                             f"{crop_hw[0]}x{crop_hw[1]} crop{SMALLER_THAN_A_CROP_HINT}", file=args.image)
-    tile = args.tile
+    planned = _plan_the_tiles(args, model, grid, image_hw, source)
+    tile, plan, computed_plan = planned.tile, planned.plan, planned.computed_plan
+    budget, background, piece_cells = planned.budget, planned.background, planned.piece_cells
     resume = getattr(args, "resume", False)
-    at_once, worker_share = _tiles_at_once(args, model)
-    budget = _tile_budget(args, grid, image_hw, worker_share)
-    resumed_tile = None
-    if tile is None and resume:
-        from graphconv.cluster import partial_map_tile
-        tile = resumed_tile = partial_map_tile(args.output, grid, image_hw)
-    background = _background(args, source, grid)
-    whole = tile_bytes(grid, image_hw) if tile is None else None
-    if tile is None and background is not None:
-        tile = background.cheapest_tile(grid, image_hw, budget)
-    cut_for_workers = False
-    if tile is None:
-        fitted = choose_tile(grid, image_hw, budget)
-        tile = spread_tile(grid, image_hw, fitted, at_once)
-        cut_for_workers = tile != fitted
-    plan = plan_tiles(grid, image_hw, tile)
-    piece_cells = piece_cells_within(grid, plan, budget) if resumed_tile is not None else None
-    computed_plan = in_pieces(grid, plan, piece_cells).plan  # what each run reads and holds
-    if piece_cells is not None:
-        print(f"note: {pieces_note(grid, plan, piece_cells, budget)}", file=sys.stderr)
-    if whole is not None and whole > budget:  # the tiles as planned (whole cells: a few pixels under)
-        print(f"note: the whole {image_hw[0]}x{image_hw[1]} image would need {format_size(whole)}, "
-              f"over the {format_size(budget)} {_what_the_budget_is(args, worker_share)}: evaluating it in exact "
-              f"tiles of up to {plan.tile_hw[0]}x{plan.tile_hw[1]} pixels", file=sys.stderr)
-    if cut_for_workers:
-        print(f"note: {len(plan.tiles)} tiles, smaller than the memory budget allows, for the workers to run "
-              f"{at_once} at once", file=sys.stderr)
-    check_fits(grid.peak_bytes(computed_plan.tile_hw),
-               f"a {computed_plan.tile_hw[0]}x{computed_plan.tile_hw[1]} tile (use a smaller --tile)", file=args.image)
-    _check_each_worker_s_tile_fits(args, grid, computed_plan, budget)
     classes = model.output_channels
     transform, channels, dtype = map_transform(args.reduce, args.classes, classes)
     if args.reduce == "argmax" and (len(args.classes) if args.classes else classes) == 1:
@@ -249,12 +214,104 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
         _draw_heatmap(args, model, source, grid, out, background)
         means = _top_scores(args, out)
     seconds = time.perf_counter() - start
+    _print_what_was_done(args, model, out, shape, dtype, seconds, computed, plan, len(blank_tiles), background,
+                         damaged, means)
+    return 0
+
+
+def _opened_image(args: argparse.Namespace, model, grid):
+    """--image opened for reading in tiles (`sources`), with the notes on how it is read
+    (its resolution, bands, orientation, a TIFF's quirks), and refused where it is
+    smaller than the crop."""
+    from graphconv.sources import on_image
+    from graphconv.tiling import DenseGrid
+
+    source = _map_options(args, grid).open_image(model, args.image, getattr(args, "nodata", None))
+    image_hw = (source.height, source.width)
+    describe_resolution(on_image(source, grid.field)[0], args.mpp)  # the image's size, not --pad-image's
+    from graphconv.cli import note, note_how_the_image_is_read, note_how_the_raster_is_read
+    note_how_the_raster_is_read(args, source)
+    _drop_a_skip_background_that_does_nothing(args, source)
+    from graphconv.cluster import stored_orientation_note
+    from graphconv.sources import channel_conversion, tiff_notes
+    for said in filter(None, [stored_orientation_note(source), *tiff_notes(source, bool(getattr(args, "mask", None)))]):
+        note(f"note: {said}")
+    note_how_the_image_is_read(args.image, channel_conversion(source))
+    for said in model.size_notes(*image_hw) if isinstance(grid, DenseGrid) else []:
+        note(said)
+    crop_hw = model.crop_shape[1:]
+    if image_hw[0] < crop_hw[0] or image_hw[1] < crop_hw[1]:
+        from graphconv.cli import SMALLER_THAN_A_CROP_HINT
+        raise GraphconvError(f"the image is {image_hw[0]}x{image_hw[1]}, smaller than the classifier's "
+                             f"{crop_hw[0]}x{crop_hw[1]} crop{SMALLER_THAN_A_CROP_HINT}", file=args.image)
+    return source
+
+
+@dataclass(frozen=True)
+class _PlannedTiles:
+    """How an --image run's tiles are laid out (`_plan_the_tiles`): `plan` as the map is
+    written, `computed_plan` as each run reads and holds it (smaller pieces where a resumed
+    map's tiles are larger than the budget now allows), the tile's side and the budget it
+    was chosen for, and the tissue or no-data finder (--skip-background, --mask, no-data)."""
+    tile: int
+    plan: TilePlan
+    computed_plan: TilePlan
+    piece_cells: tuple[int, int] | None
+    budget: int
+    background: Any
+
+
+def _plan_the_tiles(args: argparse.Namespace, model, grid, image_hw: tuple[int, int], source) -> _PlannedTiles:
+    """The tiles of an --image run: --tile's, a resumed partial map's, the cheapest over
+    the tissue, or the largest the memory budget allows (spread over the workers); each
+    choice said in a note, and refused where a tile cannot fit."""
+    from graphconv.tiling import (choose_tile, in_pieces, piece_cells_within, pieces_note, plan_tiles, spread_tile,
+                                  tile_bytes)
+
+    tile = args.tile
+    at_once, worker_share = _tiles_at_once(args, model)
+    budget = _tile_budget(args, grid, image_hw, worker_share)
+    resumed_tile = None
+    if tile is None and getattr(args, "resume", False):
+        from graphconv.cluster import partial_map_tile
+        tile = resumed_tile = partial_map_tile(args.output, grid, image_hw)
+    background = _background(args, source, grid)
+    whole = tile_bytes(grid, image_hw) if tile is None else None
+    if tile is None and background is not None:
+        tile = background.cheapest_tile(grid, image_hw, budget)
+    cut_for_workers = False
+    if tile is None:
+        fitted = choose_tile(grid, image_hw, budget)
+        tile = spread_tile(grid, image_hw, fitted, at_once)
+        cut_for_workers = tile != fitted
+    plan = plan_tiles(grid, image_hw, tile)
+    piece_cells = piece_cells_within(grid, plan, budget) if resumed_tile is not None else None
+    computed_plan = in_pieces(grid, plan, piece_cells).plan  # what each run reads and holds
+    if piece_cells is not None:
+        print(f"note: {pieces_note(grid, plan, piece_cells, budget)}", file=sys.stderr)
+    if whole is not None and whole > budget:  # the tiles as planned (whole cells: a few pixels under)
+        print(f"note: the whole {image_hw[0]}x{image_hw[1]} image would need {format_size(whole)}, "
+              f"over the {format_size(budget)} {_what_the_budget_is(args, worker_share)}: evaluating it in exact "
+              f"tiles of up to {plan.tile_hw[0]}x{plan.tile_hw[1]} pixels", file=sys.stderr)
+    if cut_for_workers:
+        print(f"note: {len(plan.tiles)} tiles, smaller than the memory budget allows, for the workers to run "
+              f"{at_once} at once", file=sys.stderr)
+    check_fits(grid.peak_bytes(computed_plan.tile_hw),
+               f"a {computed_plan.tile_hw[0]}x{computed_plan.tile_hw[1]} tile (use a smaller --tile)", file=args.image)
+    _check_each_worker_s_tile_fits(args, grid, computed_plan, budget)
+    return _PlannedTiles(tile, plan, computed_plan, piece_cells, budget, background)
+
+
+def _print_what_was_done(args: argparse.Namespace, model, out, shape: tuple[int, ...], dtype, seconds: float,
+                         computed: int, plan, blank: int, background, damaged, means) -> None:
+    """The end of an --image run in tiles: damaged cells left out, the map's shape and
+    time, the tiles computed of all (and why the others were not), --top's classes."""
     if damaged is not None and damaged.cells:
         print(f"note: --skip-damaged: {damaged.describe()}", file=sys.stderr)
     of_all = f" of {len(plan.tiles)}" if computed < len(plan.tiles) else ""  # '9 tiles (3 ...)' read as 3 of the 9
     tiles = agreeing(len(plan.tiles), "tile", "tiles")
     print(f"output shape {shape} ({dtype}) in {seconds:.2f} s over {computed}{of_all} {tiles}"
-          f"{_not_computed(len(plan.tiles) - computed, len(blank_tiles), _left_out_over(background))}")
+          f"{_not_computed(len(plan.tiles) - computed, blank, _left_out_over(background))}")
     if means is not None and np.isnan(means).all():
         print("--top: no cell was computed (every one is over background or no-data), so there is no class to rank")
     elif means is not None:
@@ -264,7 +321,6 @@ def run_tiled_command(args: argparse.Namespace, model, grid) -> int:
                   top_basis(out, getattr(args, "top_by", None)) + " (the computed ones)")
     if args.output:
         print(f"-> {args.output}")
-    return 0
 
 
 def _kept_as_another_run_finished_it(output: str) -> int:

@@ -1595,7 +1595,12 @@ def test_cli_mpp_reads_the_slide_at_the_classifier_s_pixel_size(model_dir, tmp_p
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--image", "page.png", "--full-map", "--downsample", "2"], "--full-map take a whole-image run"),
+    (["--image", "page.png", "--full-map", "--downsample", "2"],
+     "--full-map takes a whole-image run, and this one goes in tiles: --downsample runs it in tiles"),
+    (["--image", "page.png", "--profile", "--scheduler", "tcp://127.0.0.1:1"],
+     "--profile takes a whole-image run, and this one goes in tiles: --scheduler runs it in tiles"),
+    (["--image", "page.png", "--profile", "--output", "map.zarr"],
+     "--profile takes a whole-image run, and this one goes in tiles: a .zarr map is written tile by tile"),
     (["--image", "page.png", "--output", "same.tif", "--heatmap", "1", "--heatmap-out", "same.tif"],
      "--output and --heatmap-out name the same file"),
     (["--image", "page.png", "--output", "{model}/model.yaml"], "--output would write into the model being run"),
