@@ -162,8 +162,8 @@ def depthwise_channels_last(xh, taps, bias, sh, sw, ph, pw, dh, dw, activation, 
 def depthwise_small_map(xh, taps, bias, sh, sw, ph, pw, dh, dw, activation, out_h, job_lanes):
     """`depthwise_channels_last` (one channel a group) for maps whose rows are too short
     for its tiles of DEPTHWISE_PIXELS pixels to cover them: a job is `job_lanes` channels
-    (`small_map_job_lanes`) of every row. It copies them, zero-padded, into a buffer of its own (a few
-    tens of KB: it stays in L2), where every pixel has every tap inside, so each row goes
+    (`small_map_job_lanes`) of every row. It copies them, zero-padded, into a buffer of
+    its own (a few tens of KB: it stays in L2), where every pixel has every tap inside, so each row goes
     through the tiles of DEPTHWISE_PIXELS pixels whole (a row of taps at a time where the
     width and stride have a row tile). A row's last tile may run past its end: the pixels
     past it are the next rows' first, written again when those rows come (a job takes the
@@ -238,7 +238,8 @@ def small_map_job_lanes(c: int, threads: int) -> int:
     vectors = -(-c // 16)
     best, best_load = 4, vectors * 4
     for per_job in (4, 3, 2):
-        load = -(-(-(-vectors // per_job)) // threads) * per_job
+        jobs = -(-vectors // per_job)
+        load = -(-jobs // threads) * per_job  # the busiest thread's vectors
         if load < best_load:
             best, best_load = per_job, load
     return best * 16
@@ -273,7 +274,7 @@ def _small_map_pixels_by_rows(kw, sw, flat_out, o0, c, flat_taps, row_ids, row_o
                            x0 + ch, lanes, bias, c0 + ch, relu)
         ch += 8
     _small_map_one_by_one(DEPTHWISE_PIXELS, ch, flat_out, o0, c, flat_taps, tap_ids, offsets, rows * kw, padded,
-                              x0, sw * lanes, bias, c0, lanes, relu)
+                          x0, sw * lanes, bias, c0, lanes, relu)
 
 
 @njit(cache=True, inline="always")
@@ -308,7 +309,8 @@ def _small_map_one_by_one(pixels, ch, flat_out, o0, c, flat_taps, tap_ids, offse
         for j in range(ch, lanes):
             total = bias[c0 + j]
             for t in range(count):
-                total += flat_taps[unsigned(tap_ids[t] * c + c0 + j)] * padded[unsigned(x0 + p * x_step + offsets[t] + j)]
+                total += (flat_taps[unsigned(tap_ids[t] * c + c0 + j)]
+                          * padded[unsigned(x0 + p * x_step + offsets[t] + j)])
             flat_out[unsigned(o0 + p * c + j)] = max(total, np.float32(0.0)) if relu else total
 
 
