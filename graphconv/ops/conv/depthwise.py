@@ -179,14 +179,14 @@ def depthwise_small_map(xh, taps, bias, sh, sw, ph, pw, dh, dw, activation, out_
     flat_x, flat_taps, flat_out = xh.reshape(-1), taps.reshape(-1), out_h.reshape(-1)
     by_rows = row_geometry(width, wo, kw, sw, pw, dw)[2]
     relu = activation == RELU
+    row_ids, tap_ids = np.arange(kh), np.arange(kh * kw)
     for job in prange(-(-c // job_lanes)):
         c0 = job * job_lanes
         lanes = min(job_lanes, c - c0)
         # the last row's last tile reads up to DEPTHWISE_PIXELS pixels past the buffer's end
         padded = np.zeros(n * hp * wp * lanes + (DEPTHWISE_PIXELS * sw + (kw - 1) * dw) * lanes, np.float32)
-        _copy_padded(flat_x, n, height, width, c, c0, lanes, ph, pw, wp, hp, padded)
-        row_ids, row_offsets = np.arange(kh), np.arange(kh) * dh * wp * lanes
-        tap_ids, offsets = np.arange(kh * kw), np.empty(kh * kw, np.int64)
+        _copy_job_channels_padded(flat_x, n, height, width, c, c0, lanes, ph, pw, wp, hp, padded)
+        row_offsets, offsets = row_ids * dh * wp * lanes, np.empty(kh * kw, np.int64)
         for t in range(kh * kw):
             offsets[t] = ((t // kw) * dh * wp + (t % kw) * dw) * lanes
         for row in range(n * ho):
@@ -225,10 +225,10 @@ def small_map_pays(out_shape: tuple[int, int, int, int], width: int, kh: int, kw
     384 7x7 61-74 -> 46-56; 192 at 28x28 7x7 135-142 -> 76-93. 3x3 windows only drew
     (7x7 maps) or lost (14x14: 1.2-1.5x; every pixel's input is copied for 9 taps), and
     so did fewer channels (240 at 14x14 5x5: 0.9-1.4x; 96 at 7x7: 1.3-1.9x)."""
-    n, c, _, wo = out_shape
+    n, c, ho, wo = out_shape
     first, tiled, _ = row_geometry.py_func(width, wo, kw, sw, pw, dw)
     alone = wo - (tiled - first)
-    return min(kh, kw) >= 5 and 10 * alone >= 4 * wo and (c >= 384 or n * c * out_shape[2] * wo >= 1 << 17)
+    return min(kh, kw) >= 5 and 10 * alone >= 4 * wo and (c >= 384 or n * c * ho * wo >= 1 << 17)
 
 
 def small_map_job_lanes(c: int, threads: int) -> int:
@@ -246,9 +246,12 @@ def small_map_job_lanes(c: int, threads: int) -> int:
 
 
 @njit(cache=True, inline="always")
-def _copy_padded(flat_x, n, height, width, c, c0, lanes, ph, pw, wp, hp, padded):
+def _copy_job_channels_padded(flat_x, n, height, width, c, c0, lanes, ph, pw, wp, hp, padded):
     """Channels c0..c0 + lanes of every pixel of xh (flat_x: n x height x width x c)
-    into `padded` (n x hp x wp x lanes, zeros around), ph rows and pw columns in."""
+    into `padded` (n x hp x wp x lanes, zeroed before), ph rows and pw columns in. Not
+    `channels_last.padded_copy`: that is a parallel pass of its own over equal groups of
+    channels into one shared copy; here each job copies its own channels, in its loop,
+    into a buffer that stays in its core's cache."""
     for b in range(n):
         for y in range(height):
             source = ((b * height + y) * width) * c + c0
