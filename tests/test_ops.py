@@ -563,13 +563,31 @@ def test_outer_writes_a_residual_layer_from_its_tiles(out_c, kernel, chunk, acti
 @pytest.mark.parametrize("out_c,hw,batch", [(200, (3, 3), 1), (40, (30, 20), 2)])
 def test_outer_activates_a_job_written_in_parts_of_its_channels_or_whole(activation, out_c, hw, batch, rng):
     """A channels-last "outer" job covering every output channel activates its pixels as
-    one run; one split into parts by blocks of channels (a small map, many channels: 2
+    one run; one split into parts by vectors of channels (a small map, many channels: 2
     threads, one job) activates each pixel's part of the channels."""
     parts = conv_cpu.outer_jobs(batch, *hw, out_c, 2)[1]
     assert parts == (2 if out_c == 200 else 1)
     with mock.patch.object(conv_cpu, "get_num_threads", lambda: 2):
         check_op("conv", dict(out_channels=out_c, kernel_size=1, activation=activation), [(24, *hw)], rng,
                  batch=batch, strategy="outer", storage=(True, True))
+
+
+@pytest.mark.parametrize("tile", TILE_SHAPES)
+@pytest.mark.parametrize("out_c", [192, 200])
+@pytest.mark.parametrize("chunk", [8, 512])
+@pytest.mark.parametrize("storage", STORAGE_CHOICES)
+def test_outer_splits_a_small_map_by_vectors_across_blocks(tile, out_c, chunk, storage, rng):
+    """One 7x7 image on 2 threads is one job split into parts by vectors of output
+    channels, whose boundary falls inside a block of the packed weights (192 channels:
+    96 + 96 where blocks hold 64 or 24; 200: 104 + 96 or 112 + 88); each part's pieces of those blocks are summed
+    in their own columns, in several chunks of taps or one, stored or written from the
+    tiles, channels-last or NCHW."""
+    with tile_shape(*tile):
+        assert conv_cpu.outer_jobs(1, 7, 7, out_c, 2) == (49, 2)
+        with mock.patch.object(conv_cpu, "OUTER_CHUNK", chunk), \
+                mock.patch.object(conv_cpu, "get_num_threads", lambda: 2):
+            check_op("conv", dict(out_channels=out_c, kernel_size=1, activation="silu"), [(40, 7, 7)], rng,
+                     batch=1, strategy="outer", storage=storage)
 
 
 @pytest.mark.parametrize("tile", TILE_SHAPES)
@@ -668,16 +686,19 @@ def test_an_op_without_a_bind_hook_is_its_run_function_with_params_and_weights_f
     (1, 56, 56, 256, 2, (8, 3), (112, 1)),   # ResNet-50's layer1: jobs of 2 rows, 28 of them
     (1, 28, 28, 512, 2, (16, 4), (196, 1)),  # its layer2: 4 jobs of 196, where 10 of 3 rows left 420 + 364
     (1, 95, 95, 96, 2, (8, 3), (96, 1)),     # AlexNet's conv1 at 384: 95 jobs, the last 1 pixel
-    (1, 14, 14, 256, 2, (8, 3), (100, 1)),   # one job of 256 channels would split 144 + 112: the pixels 100 + 96
+    (1, 14, 14, 256, 2, (8, 3), (196, 2)),   # 128 + 128 channels across blocks of 24, not 100 + 96 pixels
     (1, 14, 14, 256, 2, (8, 4), (196, 2)),   # blocks of 32 split 256 channels 128 + 128
     (1, 14, 14, 256, 2, (16, 4), (196, 2)),  # and blocks of 64 too
-    (1, 14, 14, 1024, 2, (8, 3), (100, 1)),  # 528 + 496 channels (51.6%) against 100 + 96 pixels (51.0%)
+    (1, 14, 14, 1024, 2, (8, 3), (196, 2)),  # 512 + 512 channels (50%) against 100 + 96 pixels (51.0%)
     (1, 14, 14, 1024, 2, (16, 4), (196, 2)),  # 512 + 512
-    (1, 7, 7, 512, 2, (8, 3), (49, 2)),      # 7 + 6 tiles of 4 pixels would be less even than 264 + 248 channels
+    (1, 7, 7, 512, 2, (8, 3), (49, 2)),      # 7 + 6 tiles of 4 pixels would be less even than 256 + 256 channels
+    (1, 7, 7, 192, 2, (16, 4), (49, 2)),     # 96 + 96 channels (6 vectors), not blocks 128 + 64 or pixels 28 + 21
+    (1, 7, 7, 80, 2, (16, 4), (28, 1)),      # 3 + 2 vectors (60%) against 28 + 21 pixels (57%)
     (2, 14, 14, 256, 2, (8, 3), (196, 1)),   # one image a thread
     (3, 7, 7, 64, 2, (8, 3), (49, 2)),       # 3 images on 2 threads: each split by channels
     (3, 7, 7, 48, 2, (8, 4), (49, 2)),       # a block of 32 and one of 16
-    (3, 7, 7, 48, 2, (16, 4), (49, 1)),      # one block of 64: nothing to split
+    (3, 7, 7, 48, 2, (16, 4), (49, 2)),      # one block of 64, split 2 + 1 vectors
+    (3, 7, 7, 16, 2, (16, 4), (49, 1)),      # one vector: nothing to split
     (1, 5, 5, 16, 1, (8, 3), (25, 1)),       # one thread: one job
     (3, 5, 5, 16, 1, (8, 3), (75, 1)),       # one thread: one job for the batch, which reads the weights once
     (16, 7, 7, 512, 2, (16, 4), (196, 1)),   # ResNet layer4 at batch 16: 4 images a job, not 16 jobs

@@ -1003,11 +1003,13 @@ def _winograd_bands(kernel, x: np.ndarray, padded_shape: tuple[int, ...], paddin
 def _outer_group(xp, wp, og, bias, activation, kh, kw, sh, sw, dh, dw, o_offset, ho, wo, chunk, job_pixels, parts,
                  flat_out, flat_res, out_channels, channels_last, threads, lanes, block_vectors):
     """Every output pixel of one group, `job_pixels` consecutive pixels (counted over the
-    batch) per job, each job split into `parts` parts by blocks of output channels
-    (`outer_jobs`). The patches are read straight from the channels-last input: for each
-    tap row i (and, when dilated along w, each tap column j) the taps of a pixel are one
-    contiguous run of xp, which starts `patch[q]` + the tap's shift for the job's pixel
-    q, so no patch is ever copied; where a run is short (conv1's 7 taps of 3 channels),
+    batch) per job, each job split into `parts` parts by vectors of output channels
+    (`outer_jobs`): a part's boundary may fall inside a block of the packed weights, whose
+    columns on either side two parts' tiles then cover, each summing into those columns.
+    The patches are read straight from the channels-last input: for each tap row i (and,
+    when dilated along w, each tap column j) the taps of a pixel are one contiguous run
+    of xp, which starts `patch[q]` + the tap's shift for the job's pixel q, so no patch
+    is ever copied; where a run is short (conv1's 7 taps of 3 channels),
     one chunk takes several tap rows' runs. For each chunk and each block of
     `block_vectors` x `lanes` output channels (24 or 64), the outer-product tile runs
     over every pixel of the job: 4 pixels' input values broadcast, times 3 vectors of 8
@@ -1065,7 +1067,7 @@ def _outer_thread(xp, wp, og, bias, activation, kh, kw, sh, sw, dh, dw, o_offset
     plane = ho * wo
     pixels = n * plane
     jobs = -(-pixels // job_pixels) * parts
-    per_part = -(-blocks // parts)
+    per_part = -(-(o_pad // lanes) // parts)  # vectors of output channels a part
     block_pixels = padded_tile_rows(job_pixels)  # sums rows a block: the last tile's clamped pixels land in the slack
     flat_x = xp.reshape(-1)
     # the last chunk's tiles write the outputs themselves (`vector_tile.gathered_tile`'s
@@ -1082,8 +1084,8 @@ def _outer_thread(xp, wp, og, bias, activation, kh, kw, sh, sw, dh, dw, o_offset
             break
         q0 = (job // parts) * job_pixels
         count = min(job_pixels, pixels - q0)
-        blk0 = (job % parts) * per_part
-        blk1 = min(blocks, blk0 + per_part)
+        o_lo = (job % parts) * per_part * lanes
+        o_hi = min(o_pad, o_lo + per_part * lanes)
         _patch_starts(q0, count, ho, wo, rows_in, cols_in, cg, sh, sw, patch)
         for i in range(0, kh, rows_per_chunk):
             segments = min(rows_per_chunk, kh - i)  # tap rows i, i + 1, ... in one tile call
@@ -1094,21 +1096,25 @@ def _outer_thread(xp, wp, og, bias, activation, kh, kw, sh, sw, dh, dw, o_offset
                     span = (shift, dh * cols_in * cg, segments, kw * cg, min(chunk, run - k0))
                     first_chunk = i == 0 and j == 0 and k0 == 0  # stores its products: no zeroing
                     last_chunk = i + rows_per_chunk >= kh and j == segments_per_row - 1 and k0 + chunk >= run
-                    for blk in range(blk0, blk1):
-                        c0 = blk * block
-                        vectors = min(block_vectors, (o_pad - c0) // lanes)
-                        bw = vectors * lanes
-                        panel = k * c0 + (tap + k0) * bw  # the chunk's weights in the block's (K x bw) panel
+                    c0 = o_lo
+                    while c0 < o_hi:  # the part's channels, a piece of one packed block at a time
+                        blk = c0 // block
+                        within = c0 - blk * block
+                        bw = min(block, o_pad - blk * block)  # the block's (K x bw) panel
+                        vectors = min(bw - within, o_hi - c0) // lanes
+                        panel = k * blk * block + (tap + k0) * bw + within  # the chunk's weights in it
+                        piece_sums = sums[within:]
                         for p0 in range(0, count, outer_rows(lanes, vectors)):
                             outputs = (1 if direct and last_chunk else 0, (q0 + p0) * out_channels + c0,
                                        out_channels, c0, relu, residual)
                             gathered_tile(lanes, vectors, first_chunk, flat_x, patch, p0, count - 1, span, wp,
-                                          panel, bw, sums, blk * block_pixels + p0, block, outputs, flat_out,
-                                          bias, flat_res)
+                                          panel, bw, piece_sums, blk * block_pixels + p0, block, outputs,
+                                          flat_out, bias, flat_res)
+                        c0 += vectors * lanes
         if direct:
-            _activate_job(flat_out, q0, count, blk0 * block, min(og, blk1 * block), 0, out_channels, activation)
+            _activate_job(flat_out, q0, count, o_lo, min(og, o_hi), 0, out_channels, activation)
         else:
-            store_outer_job(sums, block, block_pixels, q0, count, blk0 * block, min(og, blk1 * block), plane,
+            store_outer_job(sums, block, block_pixels, q0, count, o_lo, min(og, o_hi), plane,
                              bias, activation, o_offset, flat_res, flat_out, out_channels, channels_last)
 
 
@@ -1169,9 +1175,13 @@ def store_outer_job(sums, block, block_pixels, q0, count, o_lo, o_hi, plane, bia
         relu_only = RELU if activation == RELU else NONE
         for q in range(count):
             dst = (q0 + q) * out_channels + o_offset
-            for lo in range(o_lo, o_hi, block):
-                store_channels(sums, ((lo // block) * block_pixels + q) * block, bias, o_offset + lo, flat_res,
-                               flat_out, dst + lo, min(o_hi, lo + block) - lo, residual, relu_only)
+            lo = o_lo
+            while lo < o_hi:  # the channels of one block's sums at a time
+                blk = lo // block
+                hi = min(o_hi, (blk + 1) * block)
+                store_channels(sums, (blk * block_pixels + q) * block + lo - blk * block, bias, o_offset + lo,
+                               flat_res, flat_out, dst + lo, hi - lo, residual, relu_only)
+                lo = hi
         _activate_job(flat_out, q0, count, o_lo, o_hi, o_offset, out_channels, activation)
         return
     q = 0
@@ -1320,24 +1330,27 @@ def outer_jobs(n: int, ho: int, wo: int, out_channels: int, threads: int, weight
     reads the layer's weights once instead of once per job; larger ones are cut into
     jobs of whole tiles of 4 pixels, OUTER_POSITIONS or more, that share out between the
     threads as evenly as any such size (`_even_job_pixels`). Too few jobs to share out
-    evenly (3 on 2 threads) are each split into `threads` parts by blocks of output
+    evenly (3 on 2 threads) are each split into `threads` parts by vectors of output
     channels, or, for one image, its pixels into `threads` jobs, whichever leaves the
-    busiest thread less work: ResNet-50's 256 channels split 144 + 112 (blocks of 24), its
-    196 pixels 100 + 96. That work counts, where the packed weights (`weight_bytes`)
-    are more than L2 holds, the weights each job reads: all of them for a share of the
-    pixels, its share for a part (`cache_size.WEIGHT_BYTE_COST`). ResNet-50's fc at
-    448, 2048 -> 1000 channels on 8x8 pixels (8 MB of weights), took 1.9 ms split by
-    pixels (onnxruntime 1.0)."""
+    busiest thread less work: EfficientNet-B0's 192 channels at 7x7 split 96 + 96 (blocks
+    of 64 split 128 + 64, the pixels 28 + 21), its 80 channels at 14x14 by pixels, 100 + 96
+    (5 vectors of 16 split 3 + 2). Split by vectors rather than blocks: 1152 -> 320 at 7x7
+    99 -> 88 us, 960 -> 160 and 160 -> 960 0.95x, 18 other layers of those networks'
+    last stages level (2 threads, AMD EPYC, per-layer profiles, alternating processes).
+    That work counts, where the packed weights (`weight_bytes`) are more than L2 holds,
+    the weights each job reads: all of them for a share of the pixels, its share for a
+    part (`cache_size.WEIGHT_BYTE_COST`). ResNet-50's fc at 448, 2048 -> 1000 channels on
+    8x8 pixels (8 MB of weights), took 1.9 ms split by pixels (onnxruntime 1.0)."""
     plane = ho * wo
     job_pixels = _whole_images_a_job(n, plane, threads) * plane if plane <= WHOLE_MAP_POSITIONS \
         else _even_job_pixels(n * plane, threads)
     jobs = -(-n * plane // job_pixels)
     if jobs >= 4 * threads or jobs % threads == 0:
         return job_pixels, 1
-    block = vector_tile.OUTER_VECTORS * vector_tile.OUTER_LANES
-    blocks = -(-out_channels // block)
-    parts = min(blocks, threads)
-    busiest_part = min(out_channels, -(-blocks // parts) * block) / out_channels
+    lanes = vector_tile.OUTER_LANES
+    vectors = -(-out_channels // lanes)
+    parts = min(vectors, threads)
+    busiest_part = min(out_channels, -(-vectors // parts) * lanes) / out_channels
     even_pixels = -(-(-(-plane // threads)) // 4) * 4  # whole tiles of 4 pixels
     # reading the weights, in pixels' worth of multiply-adds (a pixel takes k x out_channels;
     # the weights are 4 k x o_pad bytes)
