@@ -122,6 +122,19 @@ def test_cuda_pow_gives_cs_nan_and_infinities_like_the_cpu(exponent):
     np.testing.assert_array_equal(CUDA.to_host(out), opdef.reference(params, {}, [x]))
 
 
+def test_cuda_fake_quantize_rounds_ties_to_even_and_clamps_like_the_cpu():
+    """The GPU's rounding is spelled out (floor, then the tie to the even side): halfway
+    values must land where np.rint puts them on the CPU."""
+    from graphconv.ops import get_op
+    from test_ops import FAKE_QUANTIZE_TIES
+    opdef = get_op("fake_quantize")
+    params = normalize_params(opdef, dict(scale=0.5))
+    x, want = (a.reshape(1, -1, 1, 1) for a in FAKE_QUANTIZE_TIES)
+    out = CUDA.to_device(np.zeros(x.shape, np.float32))
+    CUDA.kernel(opdef)(params, {}, [CUDA.to_device(x)], out)
+    np.testing.assert_array_equal(CUDA.to_host(out), want)
+
+
 TINY_FCN = """
     name: tiny-fcn
     input: {name: data, shape: [2, 6, 6]}

@@ -372,6 +372,94 @@ def test_an_op_graphconv_has_no_converter_for_is_folded_when_its_inputs_are_cons
     np.testing.assert_allclose(Model(graph).run(x), onnxruntime_scores(path, x), **TOLERANCE)
 
 
+class _Calibration:
+    """Four random images for onnxruntime's quantize_static to choose its scales from."""
+
+    def __init__(self, rng):
+        self.images = iter([{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(4)])
+
+    def get_next(self):
+        return next(self.images, None)
+
+
+@pytest.mark.parametrize("activations", ["QInt8", "QUInt8"])
+def test_a_qdq_model_from_onnxruntimes_quantizer_maps_its_scores_exactly(tmp_path, rng, activations):
+    """A PyTorch network quantized by onnxruntime's quantize_static in QDQ form: its weights
+    are dequantized constants, each activation a QuantizeLinear-DequantizeLinear pair (the
+    quantizer drops the ReLUs, which the pair's range clamps), refused as "a QDQ model's
+    quantized activations" before. Each pair is one fake_quantize layer, and the map on an
+    image larger than the crop is onnxruntime's, value for value: the rounding to the
+    quantization grid is the same on both (ties half to even)."""
+    quantization = pytest.importorskip("onnxruntime.quantization")
+    ort = pytest.importorskip("onnxruntime")
+    nn = torch.nn
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3), nn.ReLU(),
+                          nn.Conv2d(16, 5, 1)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 3, 16, 16),), str(tmp_path / "float.onnx"), dynamo=False,
+                          opset_version=17, input_names=["x"], dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}})
+        quantization.quantize_static(str(tmp_path / "float.onnx"), str(tmp_path / "qdq.onnx"), _Calibration(rng),
+                                     quant_format=quantization.QuantFormat.QDQ,
+                                     activation_type=getattr(quantization.QuantType, activations),
+                                     weight_type=quantization.QuantType.QInt8)
+    graph = load_network(tmp_path / "qdq.onnx", task="segmentation", crop_size=(16, 16))
+    assert [n.op for n in graph.layers()].count("fake_quantize") == 5  # the input and four activations
+    x = rng.standard_normal((2, 3, 40, 36)).astype(np.float32)
+    session = ort.InferenceSession(str(tmp_path / "qdq.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(Model(graph).run(x), session.run(None, {"x": x})[0])
+
+
+@pytest.mark.parametrize("zero, opset, attributes", [
+    (np.int8(3), 13, {}),
+    (None, 13, {}),  # no zero point: uint8, from 0
+    (np.uint8(200), 19, {}),
+    (np.int16(-5), 21, {}),
+    (None, 21, {"output_dtype": onnx.TensorProto.INT8}),
+])
+def test_a_quantize_dequantize_pair_on_a_map_is_one_fake_quantize_layer(tmp_path, rng, zero, opset, attributes):
+    """The pair's integer type (its zero point's, its output_dtype's, or uint8) is the
+    range the map clamps to; values far outside it clamp, as onnxruntime's do."""
+    helper = onnx.helper
+    inits = {"scale": np.float32(0.037), **({"zero": zero} if zero is not None else {})}
+    pair = ["scale", "zero"] if zero is not None else ["scale"]
+    nodes = [helper.make_node("QuantizeLinear", ["x", *pair], ["q"], **attributes),
+             helper.make_node("DequantizeLinear", ["q", *pair], ["y"])]
+    path = onnx_file(tmp_path / "pair.onnx", nodes, inits, opset=opset, input_shape=(1, 3, 8, 8))
+    graph = load_network(path, task="segmentation")
+    assert [n.op for n in graph.layers()] == ["fake_quantize"]
+    x = (rng.standard_normal((2, 3, 8, 8)) * 3).astype(np.float32)
+    x[0, 0, 0, :4] = [1000.0, -1000.0, 0.0185, 0.0555]  # past every range; ties of 0.037 steps (to even: 0, 2)
+    np.testing.assert_array_equal(Model(graph).run(x), onnxruntime_scores(path, x))
+
+
+@pytest.mark.parametrize("nodes, inits, message", [
+    ([("QuantizeLinear", ["x", "scale", "zero"], ["q"]), ("DequantizeLinear", ["q", "other", "zero"], ["y"])],
+     {"other": np.float32(0.5)}, r"node 'n1'.*dequantizes with scale 0\.5 and zero point 3 the integers "
+                                 r"QuantizeLinear 'n0' made with scale 0\.1[0-9]* and zero point 3; graphconv reads a "
+                                 r"pair of the same"),
+    ([("QuantizeLinear", ["x", "scales", "zero"], ["q"]), ("DequantizeLinear", ["q", "scales", "zero"], ["y"])],
+     {"scales": np.full(3, 0.1, np.float32)}, r"node 'n0'.*QuantizeLinear with 3 scales \(one per channel or per "
+                                               r"block\); graphconv reads one scale"),
+    ([("QuantizeLinear", ["x", "scale", "zero"], ["y"])], {},
+     r"node 'n0'.*its integers are the network's output; graphconv's maps are float32: export the model up to the "
+     r"DequantizeLinear after it"),
+    ([("QuantizeLinear", ["x", "scale", "zero"], ["q"]), ("Relu", ["q"], ["y"])], {},
+     r"node 'n0'.*op QuantizeLinear, for Relu, is not supported: graphconv computes in float32, and reads a "
+     r"quantized map only through the DequantizeLinear"),
+    ([("DequantizeLinear", ["x", "scale", "zero"], ["y"])], {},
+     r"node 'n0'.*DequantizeLinear of 'x', which no QuantizeLinear made"),
+])
+def test_quantized_activations_graphconv_cannot_read_are_refused_saying_why(tmp_path, nodes, inits, message):
+    nodes = [onnx.helper.make_node(op, inputs, outputs, name=f"n{i}") for i, (op, inputs, outputs) in enumerate(nodes)]
+    inits = {"scale": np.float32(0.1), "zero": np.int8(3), **inits}
+    used = {name for node in nodes for name in node.input}
+    path = onnx_file(tmp_path / "model.onnx", nodes, {k: v for k, v in inits.items() if k in used})
+    with pytest.raises(GraphconvError, match=message):
+        load_network(path, task="segmentation")
+
+
 def test_constants_cast_like_the_feature_map_are_float32_constants(tmp_path, rng):
     """PyTorch's dynamo exporter with optimize=False writes CastLike(constant, map) for a
     bias-free conv's bias and ReLU6's bounds: refused as an unsupported op."""
@@ -705,8 +793,6 @@ def test_an_unsupported_op_names_the_supported_ones_of_similar_names(tmp_path):
 @pytest.mark.parametrize("node, why", [
     (("ArgMax", ["x"], {"axis": 1}), r"op ArgMax is not supported: the network ends in its decision; export it up "
                                      r"to its class scores"),
-    (("QuantizeLinear", ["x", "scale"], {}), r"QDQ model's quantized activations; graphconv dequantizes constant "
-                                             r"weights only and computes in float32: import the float model"),
     (("ConvInteger", ["x", "w"], {}), r"quantized in operator form \(QOperator\)"),
     (("Sin", ["x"], {}), r"op Sin is not supported; the ONNX ops"),  # no "similar ones": Min is no relative
     (("Exp", ["x"], {}), r"op Exp is not supported; the ONNX ops"),  # nor is Expand

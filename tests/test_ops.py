@@ -1183,6 +1183,24 @@ def test_clip_passes_nan_through_like_torch():
         np.testing.assert_array_equal(op_forward(opdef, params, {}, [x]), want)
 
 
+FAKE_QUANTIZE_TIES = (  # scale 0.5, int8: x / 0.5 is a tie at +-0.5, 1.5, 2.5 and 127.5; 200 and inf clamp to 127
+    np.array([0.25, 0.75, 1.25, -0.25, -0.75, 100.0, -100.0, np.inf, -np.inf, np.nan, 63.5, 63.75], np.float32),
+    np.array([0.0, 1.0, 1.0, -0.0, -1.0, 63.5, -64.0, 63.5, -64.0, np.nan, 63.5, 63.5], np.float32))
+
+
+def test_fake_quantize_rounds_ties_to_even_and_clamps_like_torch():
+    """Halfway values round to the even integer, as ONNX's QuantizeLinear and torch.round
+    do (not away from zero); values past the range, infinities included, clamp to its
+    ends; NaN stays NaN."""
+    opdef = get_op("fake_quantize")
+    params = normalize_params(opdef, dict(scale=0.5))
+    x, want = (a.reshape(1, -1, 1, 1) for a in FAKE_QUANTIZE_TIES)
+    np.testing.assert_array_equal(run_kernel(opdef, params, {}, [x]), want)
+    np.testing.assert_array_equal(opdef.reference(params, {}, [x]), want)
+    if torch is not None:
+        np.testing.assert_array_equal(op_forward(opdef, params, {}, [x]), want)
+
+
 def test_maxpool_propagates_nan_like_torch():
     """A window holding a NaN pools to NaN wherever the NaN sits in it (first tap, later
     tap, first row, later row), as torch.nn.MaxPool2d and the numpy reference do; the

@@ -368,8 +368,7 @@ class Importer:
             self.onnx_node = node
             converter = self._converter(node)
             if converter is None and not self._all_constant(node):  # on constants alone, any op is folded
-                raise self.error(self._integer_model(node.op_type) or unsupported(node.op_type,
-                                                                                  self.model.producer_name))
+                raise self.error(unsupported(node.op_type, self.model.producer_name))
             try:
                 if converter is not _constant and self._all_constant(node):
                     self._fold_constant(node)
@@ -387,15 +386,6 @@ class Importer:
         self.onnx_node = None
         self._set_output()
         return self.graph, self.weights
-
-    def _integer_model(self, op_type: str) -> str | None:
-        """The refusal of a QuantizeLinear or DequantizeLinear in a model that computes in
-        integers (a QLinearConv after it), which was said to be a QDQ model's; else None."""
-        if op_type not in ("QuantizeLinear", "DequantizeLinear"):
-            return None
-        integer_op = next((node.op_type for node in self.model.graph.node
-                           if node.op_type in QUANTIZED_OPERATORS and node.domain in STANDARD_DOMAINS), None)
-        return integer_op and f"op {op_type}, for {integer_op}, is not supported: {NOT_READ_BECAUSE[integer_op]}"
 
     def _converter(self, node) -> Converter | None:
         """The converter of `node`'s op type: a standard one's, or one registered for its
@@ -822,9 +812,6 @@ _FLOAT_MODEL = "graphconv computes in float32: import the float model"
 NOT_READ_BECAUSE = {
     **dict.fromkeys(QUANTIZED_OPERATORS,
                     "the model is quantized in operator form (QOperator), which computes in integers; " + _FLOAT_MODEL),
-    **dict.fromkeys(("QuantizeLinear", "DequantizeLinear"),
-                    "on a feature map, it is a QDQ model's quantized activations; graphconv dequantizes constant "
-                    "weights only and " + _FLOAT_MODEL.removeprefix("graphconv ")),
     "DynamicQuantizeLinear": "the model is quantized dynamically (onnxruntime's quantize_dynamic: its activations "
                              "are quantized as it runs, its weights stored in integers); " + _FLOAT_MODEL,
     **dict.fromkeys(("ArgMax", "ArgMin", "TopK"),
