@@ -56,8 +56,9 @@ def _grid(imp: Importer, node, dtype: np.dtype | None) -> tuple[float, int, np.d
     QuantizeLinear's output_dtype, or uint8)."""
     scale = np.asarray(imp.constant(node.input[1], "scale"))
     zero = imp.optional_constant(node, 2, "zero point")
-    if scale.size != 1 or (zero is not None and np.asarray(zero).size != 1):
-        raise imp.error(f"{node.op_type} with {scale.size} scales (one per channel or per block); graphconv reads "
+    count = max(scale.size, 1 if zero is None else np.asarray(zero).size)
+    if count != 1:
+        raise imp.error(f"{node.op_type} with {count} scales (one per channel or per block); graphconv reads "
                         "one scale and zero point for the whole map, as quantizers write for activations")
     if zero is None:
         zero = np.zeros((), dtype if dtype is not None else _output_type(imp, node))
