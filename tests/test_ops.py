@@ -579,9 +579,9 @@ def test_outer_activates_a_job_written_in_parts_of_its_channels_or_whole(activat
 def test_outer_splits_a_small_map_by_vectors_across_blocks(tile, out_c, chunk, storage, rng):
     """One 7x7 image on 2 threads is one job split into parts by vectors of output
     channels, whose boundary falls inside a block of the packed weights (192 channels:
-    96 + 96 where blocks hold 64 or 24; 200: 104 + 96 or 112 + 88); each part's pieces of those blocks are summed
-    in their own columns, in several chunks of taps or one, stored or written from the
-    tiles, channels-last or NCHW."""
+    96 + 96 where blocks hold 64 or 24; 200: 104 + 96 or 112 + 88); each part's pieces
+    of those blocks are summed in their own columns, in several chunks of taps or one,
+    stored or written from the tiles, channels-last or NCHW."""
     with tile_shape(*tile):
         assert conv_cpu.outer_jobs(1, 7, 7, out_c, 2) == (49, 2)
         with mock.patch.object(conv_cpu, "OUTER_CHUNK", chunk), \
