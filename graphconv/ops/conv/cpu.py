@@ -1335,7 +1335,7 @@ def outer_jobs(n: int, ho: int, wo: int, out_channels: int, threads: int, weight
     busiest thread less work: EfficientNet-B0's 192 channels at 7x7 split 96 + 96 (blocks
     of 64 split 128 + 64, the pixels 28 + 21), its 80 channels at 14x14 by pixels, 100 + 96
     (5 vectors of 16 split 3 + 2). Split by vectors rather than blocks: 1152 -> 320 at 7x7
-    99 -> 88 us, 960 -> 160 and 160 -> 960 0.95x, 18 other layers of those networks'
+    99 -> 88 us, 960 -> 160 and 160 -> 960 0.95x, 17 other layers of those networks'
     last stages level (2 threads, AMD EPYC, per-layer profiles, alternating processes).
     That work counts, where the packed weights (`weight_bytes`) are more than L2 holds,
     the weights each job reads: all of them for a share of the pixels, its share for a
