@@ -47,10 +47,10 @@ def blocks(nn) -> dict:
                              nn.Conv2d(inner, inner, k, stride, padding=k // 2, groups=inner), nn.ReLU(),
                              nn.Conv2d(inner, outer, 1))
 
-    def small_map_depthwise(k, channels, out):
-        return nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.SiLU(),
-                             nn.Conv2d(channels, channels, k, padding=k // 2, groups=channels), nn.SiLU(),
-                             nn.Conv2d(channels, out, 1))
+    def small_map_depthwise(k, channels, out=None):
+        layers = [nn.Conv2d(3, channels, 3, padding=1), nn.SiLU(),
+                  nn.Conv2d(channels, channels, k, padding=k // 2, groups=channels)]
+        return nn.Sequential(*layers, *([nn.SiLU(), nn.Conv2d(channels, out, 1)] if out else []))
 
     bilinear = dict(scale_factor=2, mode="bilinear", align_corners=False)
     cases = {
@@ -80,6 +80,8 @@ def blocks(nn) -> dict:
                         small_map_depthwise(5, 1152, 192), 7)
     cases["dw7_14x14"] = ("3x3 3->384, depthwise 7x7, 1x1 384->384, SiLUs, at 14x14 (ConvNeXt-tiny's stage 3)",
                           small_map_depthwise(7, 384, 384), 14)
+    cases["dw5_7x7_last"] = ("3x3 3->1152, SiLU, depthwise 5x5, last, at 7x7", small_map_depthwise(5, 1152), 7)
+    cases["dw3_56_last"] = ("3x3 3->144, SiLU, depthwise 3x3, last, at 56x56", small_map_depthwise(3, 144), 56)
     return cases
 
 

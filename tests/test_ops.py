@@ -432,15 +432,18 @@ def test_depthwise_small_map_hypothesis(c, kh, kw, s, p, d, h, w, batch, vectors
     (392, 14, 7, 1, "none", True),  # ConvNeXt's 14x14 stage (384 there), with the block's residual added
     (400, 9, 5, 1, "relu", False),  # 400 = 6 jobs of 64 and one of 16 on 2 threads
 ])
-def test_depthwise_small_map_in_the_layer(c, h, k, s, activation, residual, rng):
+@pytest.mark.parametrize("storage", [(True, True), (True, False)], ids=["channels-last", "into-nchw-output"])
+def test_depthwise_small_map_in_the_layer(c, h, k, s, activation, residual, storage, rng):
     """Depthwise layers on small maps run the small-map kernel, channels-last as the
-    compiled networks store them, and equal the reference."""
+    compiled networks store them, and equal the reference; so does a network's last
+    layer, which reads a channels-last map into the NCHW output (through a channels-last
+    buffer of its own: the NCHW kernel on copies took 8x onnxruntime's time)."""
     params = dict(out_channels=c, kernel_size=k, stride=s, padding=k // 2, groups=c, activation=activation)
     out_shape = get_op("conv").shape(normalize_params(get_op("conv"), params), [(c, h, h)])
     assert depthwise.small_map_pays((1, *out_shape), h, k, k, s, k // 2, 1)
     in_shapes = [(c, h, h), out_shape] if residual else [(c, h, h)]
     with mock.patch.object(depthwise, "depthwise_small_map", wraps=depthwise.depthwise_small_map) as small_map:
-        check_op("conv", params, in_shapes, rng, batch=1, strategy="depthwise", storage=(True, True))
+        check_op("conv", params, in_shapes, rng, batch=1, strategy="depthwise", storage=storage)
     assert small_map.called
 
 

@@ -44,6 +44,15 @@ def as_nchw(a: np.ndarray) -> np.ndarray:
     return out
 
 
+def copy_into_planes(xh: np.ndarray, out: np.ndarray) -> None:
+    """out (N, C, H, W) = xh (N, H, W, C), out stored NCHW: where a kernel that writes
+    channels-last only computes a value the network keeps NCHW (its output)."""
+    if out.flags.c_contiguous:
+        _channels_first(xh, out)
+    else:
+        out[...] = xh.transpose(0, 3, 1, 2)
+
+
 def as_channels_last(a: np.ndarray) -> np.ndarray:
     """`a`'s (N, H, W, C) channels-last storage: itself when it is stored so, else a copy."""
     stored = nhwc(a)
