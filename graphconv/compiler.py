@@ -17,8 +17,8 @@ from graphconv.pass_manager import (CONVERTING_PASSES, DEFAULT_PIPELINE, PassMan
 def build_pipeline(passes: str | Sequence[str | PipelineItem] | None = None, output_stride: int | None = None,
                    stride_method: str = "auto") -> list[PipelineItem]:
     """The pipeline to run, with an output-stride step added right after the passes that
-    make the classifier slide (`CONVERTING_PASSES`: global-pool-to-window, remove-flatten,
-    fc-to-conv, keep-crop-cells) when a
+    make the classifier slide (`CONVERTING_PASSES`: global-pool-to-window,
+    split-fc-over-concat, remove-flatten, fc-to-conv, keep-crop-cells) when a
     finer stride is asked for. `passes`: None for the standard one, a string as --passes
     takes it, or a list of pass names, "name{option=value}" strings or (name, options)
     pairs."""

@@ -48,10 +48,10 @@ from graphconv.shapes import infer_shapes
 
 ENTRY_POINT_GROUP = "graphconv.passes"
 DEFAULT_PIPELINE = ("shape-inference", "remove-dropout", "dead-node-elimination", "fold-pad", "fold-batchnorm",
-                    "global-pool-to-window", "remove-flatten", "fc-to-conv", "keep-crop-cells", "fuse-conv-activation",
-                    "fuse-conv-add", "fuse-concat-batchnorm", "fuse-batchnorm-activation")
+                    "global-pool-to-window", "split-fc-over-concat", "remove-flatten", "fc-to-conv", "keep-crop-cells",
+                    "fuse-conv-activation", "fuse-conv-add", "fuse-concat-batchnorm", "fuse-batchnorm-activation")
 # what makes a classifier slide
-CONVERTING_PASSES = ("global-pool-to-window", "remove-flatten", "fc-to-conv", "keep-crop-cells")
+CONVERTING_PASSES = ("global-pool-to-window", "split-fc-over-concat", "remove-flatten", "fc-to-conv", "keep-crop-cells")
 CLASSIFIER_PIPELINE = tuple(name for name in DEFAULT_PIPELINE if name not in CONVERTING_PASSES)
 """The default passes that leave a network the classifier it was (batch norm folded,
 activations and residual adds fused), without the conversion to a sliding network: what
