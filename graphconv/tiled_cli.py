@@ -31,8 +31,9 @@ from graphconv.georef import is_zarr_path
 from graphconv.memory import FLOAT_BYTES, check_fits, format_size, memory_limit
 
 if TYPE_CHECKING:
+    from graphconv.georef import CellPlacement
     from graphconv.manifest import Manifest
-    from graphconv.tiling import TilePlan
+    from graphconv.tiling import DamagedCells, MapFile, PartialMap, TilePlan
 
 
 def grid_for(args: argparse.Namespace, model):
@@ -109,9 +110,35 @@ def _image_size(path: str) -> tuple[int, int] | None:
 
 
 def run_tiled_command(args: argparse.Namespace, model, grid, reason: str) -> int:
-    """An --image run in exact tiles, for `reason` (`tiling_reason`)."""
-    from graphconv.georef import cell_placement, map_contents
-    from graphconv.tiling import CropGrid, DamagedCells, MapFile, map_transform, recorded_plan
+    """An --image run in exact tiles, for `reason` (`tiling_reason`): every check first (a
+    refused run writes nothing), then what the run will do said, the tiles computed into
+    the map (its file, or memory), and what was done said."""
+    from graphconv.tiling import DamagedCells
+
+    _refuse_what_a_tiled_run_cannot_do(args, model, reason)
+    run = _checked_tiled_run(args, model, grid, _opened_image(args, model, grid))
+    work = _tile_work_said(run)
+    if not (args.workers or args.scheduler):
+        from graphconv.cli import note_cold_kernels
+        note_cold_kernels(model, args.device)
+    written_over = _partial_map_beside(args.output, run.job) if args.output and not run.resume else None
+    start = time.perf_counter()
+    damaged = DamagedCells() if getattr(args, "skip_damaged", False) else None
+    if args.output:
+        done = _tiles_computed_into_the_map_file(run, work, damaged, written_over)
+        if done is None:
+            return _kept_as_another_run_finished_it(args.output)
+    else:
+        done = _tiles_computed_in_memory(run, work, damaged)
+    _print_what_was_done(run, work, done, time.perf_counter() - start, damaged)
+    return 0
+
+
+def _refuse_what_a_tiled_run_cannot_do(args: argparse.Namespace, model, reason: str) -> None:
+    """Refuse, before the image is even opened, the options only a whole-image run takes
+    (--scales, --profile, --full-map), saying why this one goes in tiles, and a wrong
+    --classes (before the image's notes, which would bury the error)."""
+    from graphconv.tiling import map_transform
 
     if args.scales:
         from graphconv.cluster import SCALES_NOT_IN_TILES
@@ -120,11 +147,35 @@ def run_tiled_command(args: argparse.Namespace, model, grid, reason: str) -> int
         flag = "--profile" if args.profile else "--full-map"
         raise GraphconvError(f"{flag} takes a whole-image run, and this one goes in tiles: {reason}")
     map_transform(args.reduce, args.classes, model.output_channels)  # a wrong --classes refused before the image: line
-    source = _opened_image(args, model, grid)
-    image_hw = (source.height, source.width)
-    planned = _plan_the_tiles(args, model, grid, image_hw, source)
-    tile, plan, computed_plan = planned.tile, planned.plan, planned.computed_plan
-    budget, background, piece_cells = planned.budget, planned.background, planned.piece_cells
+
+
+@dataclass(frozen=True)
+class _TiledRun:
+    """An --image run in tiles as `_checked_tiled_run` settled it, every check passed:
+    the image opened (`source`), its tiles, the map as written (each cell's `transform`
+    of the scores, the map's `shape` and `dtype`), and where a partial map may be kept
+    (--output, --resume) the `job` it records; `same_job` where --resume found this
+    very job's partial map (whose run, if running, is waited for)."""
+    args: argparse.Namespace
+    model: Any
+    grid: Any
+    source: Any
+    tiles: _PlannedTiles
+    transform: Any
+    shape: tuple[int, ...]
+    dtype: Any
+    resume: bool
+    job: dict | None
+    same_job: bool
+
+
+def _checked_tiled_run(args: argparse.Namespace, model, grid, source) -> _TiledRun:
+    """The tiles planned and the map they make settled, with every refusal that needs
+    them (a --heatmap the map cannot draw, an output not this run's to replace, another
+    job's partial map, a map too large for memory) made before any tile is computed."""
+    from graphconv.tiling import map_transform
+
+    planned = _plan_the_tiles(args, model, grid, (source.height, source.width), source)
     resume = getattr(args, "resume", False)
     classes = model.output_channels
     transform, channels, dtype = map_transform(args.reduce, args.classes, classes)
@@ -132,91 +183,169 @@ def run_tiled_command(args: argparse.Namespace, model, grid, reason: str) -> int
         print("note: --reduce argmax over one score channel gives its class in every cell: a one-channel output (a "
               "sigmoid's probability) wants its scores written (drop --reduce) and thresholded", file=sys.stderr)
     _check_heatmap(args, classes, model.graph.meta.get("labels"))
-    shape = (1, channels, *plan.map_hw)
+    shape = (1, channels, *planned.plan.map_hw)
     if args.output:
         from graphconv.cluster import check_replaceable
         check_replaceable(args.output, dtype, shape)
-    job = _job(args, model, grid, source, plan, shape, dtype) if resume or args.output else None
-    same_job = False  # a partial map of this very job is there: its run, if running, is waited for
-    if resume:
-        from graphconv.tiling import PartialMap
-        partial = PartialMap(args.output)
-        if partial.exists() and not partial.of_the_image_before_it_changed(job):  # that one is removed (MapFile)
-            partial.check(job)  # another run's partial map: refused before any work (and again when opened)
-            partial.check_intact(shape, dtype)  # and one damaged since (an .npy cut short)
-            same_job = True
-        elif os.path.lexists(args.output):  # a finished run's command again (a job script rerun): say why it works
-            from graphconv.cli import note
-            note(f"note: {args.output} is there and no stopped run's {partial.shown} is: --resume has nothing to go "
-                 "on from, so the whole map is computed again and replaces it")
+    job = _job(args, model, grid, source, planned.plan, shape, dtype) if resume or args.output else None
+    same_job = _check_the_partial_map_to_resume(args, job, shape, dtype) if resume else False
+    _refuse_a_map_too_large_for_memory(args, shape, dtype)
+    return _TiledRun(args, model, grid, source, planned, transform, shape, dtype, resume, job, same_job)
+
+
+def _check_the_partial_map_to_resume(args: argparse.Namespace, job: dict, shape: tuple[int, ...], dtype) -> bool:
+    """--resume: whether a partial map of this very job is there to go on from (its run,
+    if running, is then waited for); another job's, or one damaged since, refused before
+    any work. Where none is there but the map is (a finished run's job script rerun),
+    say why the run computes it all again."""
+    from graphconv.tiling import PartialMap
+
+    partial = PartialMap(args.output)
+    if partial.exists() and not partial.of_the_image_before_it_changed(job):  # that one is removed (MapFile)
+        partial.check(job)  # another run's partial map: refused before any work (and again when opened)
+        partial.check_intact(shape, dtype)  # and one damaged since (an .npy cut short)
+        return True
+    if os.path.lexists(args.output):  # a finished run's command again (a job script rerun): say why it works
+        from graphconv.cli import note
+        note(f"note: {args.output} is there and no stopped run's {partial.shown} is: --resume has nothing to go "
+             "on from, so the whole map is computed again and replaces it")
+    return False
+
+
+def _refuse_a_map_too_large_for_memory(args: argparse.Namespace, shape: tuple[int, ...], dtype) -> None:
+    """Without --output the map is held in memory for --top and --heatmap: refused, before
+    any tile, where it would take more than a quarter of the budget."""
     nbytes = int(np.prod(shape)) * dtype.itemsize
     if not args.output and nbytes > memory_limit() // 4:
         raise GraphconvError(f"the score map is {format_size(nbytes)}: give --output MAP.npy or MAP.zarr "
                              "(written tile by tile), or make it smaller with --reduce argmax or --classes")
+
+
+@dataclass(frozen=True)
+class _TileWork:
+    """What a checked run's tiles are to do (`_tile_work_said`): the map's placement on
+    the image, with what it records (the image's `stamp` among it), and the cells left
+    out with the tiles of such cells alone, which are not computed (`_skipper`)."""
+    placement: CellPlacement
+    stamp: list[int] | None
+    blank_cells: Any
+    blank_tiles: frozenset
+
+
+def _tile_work_said(run: _TiledRun) -> _TileWork:
+    """Say, before the work, how the image goes in tiles, where the map's cells lie and
+    which cells are left out, so a user can stop a long run that is not what they meant;
+    and settle what the map records of them."""
+    _say_the_tiles(run)
+    placement, stamp = _recorded_placement(run)
+    blank_cells, blank_tiles = _skipper(run.args, run.tiles.background, run.tiles.plan)
+    return _TileWork(placement, stamp, blank_cells, blank_tiles)
+
+
+def _say_the_tiles(run: _TiledRun) -> None:
+    """The tiles as planned: a --tile that wastes work (with a better one), what --crops
+    maps, and the plan's line."""
+    from graphconv.tiling import CropGrid
+
+    args, grid, tiles = run.args, run.grid, run.tiles
+    image_hw = (run.source.height, run.source.width)
     if args.tile is not None:
-        _note_a_wasteful_tile(grid, image_hw, plan, budget, background)
+        _note_a_wasteful_tile(grid, image_hw, tiles.plan, tiles.budget, tiles.background)
     if isinstance(grid, CropGrid):
         print(grid.describe(image_hw))
-    print(f"tiles: {plan.describe()}", file=sys.stderr)
-    placement = cell_placement(source, grid.cell_area)
+    print(f"tiles: {tiles.plan.describe()}", file=sys.stderr)
+
+
+def _recorded_placement(run: _TiledRun) -> tuple[CellPlacement, list[int] | None]:
+    """Where the map's cells lie on the image (said), with what the map records beside it:
+    the image, model and settings that made it, its no-data, the image's stamp (checked
+    before the map goes into place: `cluster.image_unchanged`) and the tile plan (which
+    --resume goes on with); and that stamp."""
+    from graphconv.cluster import IMAGE_STAMP, image_stamp, left_out_record
+    from graphconv.georef import cell_placement, map_contents
+    from graphconv.tiling import recorded_plan
+
+    args, background = run.args, run.tiles.background
+    placement = cell_placement(run.source, run.grid.cell_area)
     print(f"cells: {placement.describe()}", file=sys.stderr)
-    from graphconv.cluster import IMAGE_STAMP, image_stamp, image_unchanged, left_out_record
-    left_out = left_out_record(_map_options(args, grid), args.image)
-    contents = {**map_contents(args.image, args.model, model, args.classes, args.reduce, left_out),
+    left_out = left_out_record(_map_options(args, run.grid), args.image)
+    contents = {**map_contents(args.image, args.model, run.model, args.classes, args.reduce, left_out),
                 **(background.nodata_record() if background is not None else {})}
     stamp = image_stamp(args.image)
-    placement = replace(placement, contents={**contents, IMAGE_STAMP: stamp, "tile_plan": recorded_plan(plan, tile)})
-    blank_cells, blank_tiles = _skipper(args, background, plan)
-    if not (args.workers or args.scheduler):
-        from graphconv.cli import note_cold_kernels
-        note_cold_kernels(model, args.device)
-    if args.output and not resume:
-        written_over = _partial_map_beside(args.output, job)
-    start = time.perf_counter()
-    damaged = DamagedCells() if getattr(args, "skip_damaged", False) else None
-    if args.output:
-        from graphconv.cluster import waiting_note
-        from graphconv.files import FinishedByAnotherRun
-        map_file = MapFile(args.output, shape, dtype, chunk_hw=plan.cells_hw,
-                           georeference=_map_georeference(args, source, grid), placement=placement,
-                           resume=job if resume else None, tiles=plan.tiles, blank=blank_tiles,
-                           unchanged=image_unchanged(args.image, stamp),
-                           waiting=(lambda: waiting_note(args.image)) if same_job else None)
-        with contextlib.ExitStack() as stack:
-            try:
-                out = stack.enter_context(map_file)
-            except FinishedByAnotherRun:
-                return _kept_as_another_run_finished_it(args.output)
-            if resume:
-                _say_stale_tiles_removed(map_file.partial, args.image)
-                _say_resumed(map_file, plan, blank_tiles, _left_out_over(background))
-            todo = [t for t in plan.tiles if t not in map_file.done and t not in blank_tiles]
-            computed = len(todo)
-            with _progress(args, len(todo), "tiles", sum(t.pixels for t in todo)) as bar:
-                def on_tile(t):
-                    map_file.record(t)  # --resume: listed as done once its block is on disk
-                    _advance_if_computed(bar.advance, t, blank_tiles)
-                with _out_of_memory_in_a_tile(args, grid, computed_plan, budget):
-                    _compute(args, grid, source, plan, tile, out, transform, on_tile, blank_cells, map_file.done,
-                             damaged, piece_cells)
-            _draw_heatmap(args, model, source, grid, out, background)  # before the map is renamed into place
-            means = _top_scores(args, out)
-        if not resume and written_over is not None:
-            _remove_a_partial_map_written_over(written_over)
-    else:
-        todo = [t for t in plan.tiles if t not in blank_tiles]
-        computed = len(todo)
+    recorded = {**contents, IMAGE_STAMP: stamp, "tile_plan": recorded_plan(run.tiles.plan, run.tiles.tile)}
+    return replace(placement, contents=recorded), stamp
+
+
+@dataclass(frozen=True)
+class _TilesComputed:
+    """What a run's tiles made: the map (`out`: its open file, or the array in memory),
+    how many tiles were computed, and --top's scores (None without --top)."""
+    out: Any
+    computed: int
+    means: np.ndarray | None
+
+
+def _tiles_computed_into_the_map_file(run: _TiledRun, work: _TileWork, damaged: DamagedCells | None,
+                                      written_over: PartialMap | None) -> _TilesComputed | None:
+    """--output: the tiles written into the map's file as they are done (with --resume,
+    those an earlier run did skipped), its --heatmap drawn before the map is renamed into
+    place, and a partial map of this job it replaced removed; None where another run
+    resuming the same partial map finished it while this one waited."""
+    from graphconv.files import FinishedByAnotherRun
+
+    args, tiles = run.args, run.tiles
+    map_file = _map_file(run, work)
+    with contextlib.ExitStack() as stack:
+        try:
+            out = stack.enter_context(map_file)
+        except FinishedByAnotherRun:
+            return None
+        if run.resume:
+            _say_stale_tiles_removed(map_file.partial, args.image)
+            _say_resumed(map_file, tiles.plan, work.blank_tiles, _left_out_over(tiles.background))
+        todo = [t for t in tiles.plan.tiles if t not in map_file.done and t not in work.blank_tiles]
         with _progress(args, len(todo), "tiles", sum(t.pixels for t in todo)) as bar:
-            out = np.empty(shape, dtype)
-            with _out_of_memory_in_a_tile(args, grid, plan, budget):
-                _compute(args, grid, source, plan, tile, out, transform,
-                         lambda t: _advance_if_computed(bar.advance, t, blank_tiles), blank_cells, damaged=damaged)
-        _draw_heatmap(args, model, source, grid, out, background)
+            def on_tile(t):
+                map_file.record(t)  # --resume: listed as done once its block is on disk
+                _advance_if_computed(bar.advance, t, work.blank_tiles)
+            with _out_of_memory_in_a_tile(args, run.grid, tiles.computed_plan, tiles.budget):
+                _compute(args, run.grid, run.source, tiles.plan, tiles.tile, out, run.transform, on_tile,
+                         work.blank_cells, map_file.done, damaged, tiles.piece_cells)
+        _draw_heatmap(args, run.model, run.source, run.grid, out, tiles.background)  # before the map is renamed
         means = _top_scores(args, out)
-    seconds = time.perf_counter() - start
-    _print_what_was_done(args, model, out, shape, dtype, seconds, computed, plan, len(blank_tiles), background,
-                         damaged, means)
-    return 0
+    if not run.resume and written_over is not None:
+        _remove_a_partial_map_written_over(written_over)
+    return _TilesComputed(out, len(todo), means)
+
+
+def _map_file(run: _TiledRun, work: _TileWork) -> MapFile:
+    """The map's file (`tiling.MapFile`), written tile by tile and renamed into place when
+    complete: georeferenced as the image (said), and with --resume a partial map kept
+    if the run stops, which the same command goes on from."""
+    from graphconv.cluster import image_unchanged, waiting_note
+    from graphconv.tiling import MapFile
+
+    args, plan = run.args, run.tiles.plan
+    return MapFile(args.output, run.shape, run.dtype, chunk_hw=plan.cells_hw,
+                   georeference=_map_georeference(args, run.source, run.grid), placement=work.placement,
+                   resume=run.job if run.resume else None, tiles=plan.tiles, blank=work.blank_tiles,
+                   unchanged=image_unchanged(args.image, work.stamp),
+                   waiting=(lambda: waiting_note(args.image)) if run.same_job else None)
+
+
+def _tiles_computed_in_memory(run: _TiledRun, work: _TileWork, damaged: DamagedCells | None) -> _TilesComputed:
+    """No --output: the map held in memory (`_refuse_a_map_too_large_for_memory` saw it
+    fits) for --top and --heatmap."""
+    args, tiles = run.args, run.tiles
+    todo = [t for t in tiles.plan.tiles if t not in work.blank_tiles]
+    with _progress(args, len(todo), "tiles", sum(t.pixels for t in todo)) as bar:
+        out = np.empty(run.shape, run.dtype)
+        with _out_of_memory_in_a_tile(args, run.grid, tiles.plan, tiles.budget):
+            _compute(args, run.grid, run.source, tiles.plan, tiles.tile, out, run.transform,
+                     lambda t: _advance_if_computed(bar.advance, t, work.blank_tiles), work.blank_cells,
+                     damaged=damaged)
+    _draw_heatmap(args, run.model, run.source, run.grid, out, tiles.background)
+    return _TilesComputed(out, len(todo), _top_scores(args, out))
 
 
 def _opened_image(args: argparse.Namespace, model, grid):
@@ -302,23 +431,25 @@ def _plan_the_tiles(args: argparse.Namespace, model, grid, image_hw: tuple[int, 
     return _PlannedTiles(tile, plan, computed_plan, piece_cells, budget, background)
 
 
-def _print_what_was_done(args: argparse.Namespace, model, out, shape: tuple[int, ...], dtype, seconds: float,
-                         computed: int, plan, blank: int, background, damaged, means) -> None:
+def _print_what_was_done(run: _TiledRun, work: _TileWork, done: _TilesComputed, seconds: float,
+                         damaged: DamagedCells | None) -> None:
     """The end of an --image run in tiles: damaged cells left out, the map's shape and
     time, the tiles computed of all (and why the others were not), --top's classes."""
+    args, plan, computed, means = run.args, run.tiles.plan, done.computed, done.means
     if damaged is not None and damaged.cells:
         print(f"note: --skip-damaged: {damaged.describe()}", file=sys.stderr)
     of_all = f" of {len(plan.tiles)}" if computed < len(plan.tiles) else ""  # '9 tiles (3 ...)' read as 3 of the 9
     tiles = agreeing(len(plan.tiles), "tile", "tiles")
-    print(f"output shape {shape} ({dtype}) in {seconds:.2f} s over {computed}{of_all} {tiles}"
-          f"{_not_computed(len(plan.tiles) - computed, blank, _left_out_over(background))}")
+    skipped, blank = len(plan.tiles) - computed, len(work.blank_tiles)
+    not_computed = _not_computed(skipped, blank, _left_out_over(run.tiles.background))
+    print(f"output shape {run.shape} ({run.dtype}) in {seconds:.2f} s over {computed}{of_all} {tiles}{not_computed}")
     if means is not None and np.isnan(means).all():
         print("--top: no cell was computed (every one is over background or no-data), so there is no class to rank")
     elif means is not None:
         from graphconv.cli import print_top, top_basis
         from graphconv.scales import kept_labels
-        print_top(means, args.top, kept_labels(model.graph.meta.get("labels"), args.classes),
-                  top_basis(out, getattr(args, "top_by", None)) + " (the computed ones)")
+        print_top(means, args.top, kept_labels(run.model.graph.meta.get("labels"), args.classes),
+                  top_basis(done.out, getattr(args, "top_by", None)) + " (the computed ones)")
     if args.output:
         print(f"-> {args.output}")
 
@@ -898,9 +1029,35 @@ def _model_ref(args: argparse.Namespace):
 
 def run_images_command(args: argparse.Namespace) -> int:
     """One map per image; a bad image is reported on stderr, the others are written.
-    Exit status 2 when any image failed."""
-    from graphconv.cluster import worker_model, client_for, run_images
+    Exit status 2 when any image failed. What concerns the whole batch is refused
+    before any image is read (one error, not one an image) and before anything is
+    written."""
+    from graphconv.manifest import Manifest
 
+    _refuse_what_a_batch_cannot_take(args)
+    images, base = _the_batch_s_images(args)
+    if not images:
+        return 0  # its --shard holds none of the batch's images (said)
+    _check_output_dir(args.output_dir)
+    batch = _checked_batch(args, images, base)
+    images = _images_left_to_map(batch, images)
+    if not images:
+        return 0  # every one has its map already (said)
+    earlier = Manifest(args.output_dir)  # the folder's list as this run finds it: read once, for both
+    replaceable = _npy_maps_there(args, images, base, earlier)
+    _note_maps_elsewhere(args, images, base, earlier)
+    start = time.perf_counter()
+    results, stale_heatmaps = _images_mapped(batch, images)
+    failed = _say_what_the_batch_did(batch, results, replaceable, stale_heatmaps)
+    print(f"{len(results) - len(failed)} of {counted(len(results), 'image')} -> {args.output_dir} in "
+          f"{time.perf_counter() - start:.1f} s")
+    return 2 if failed else 0
+
+
+def _refuse_what_a_batch_cannot_take(args: argparse.Namespace) -> None:
+    """Refuse, before the images are even looked for, the options a batch has no use for:
+    its maps go into --output-dir, one an image, and --scales' vectors are made of
+    pictures read whole."""
     if not args.output_dir:
         raise GraphconvError("--images needs --output-dir")
     if args.output or args.profile:
@@ -911,6 +1068,13 @@ def run_images_command(args: argparse.Namespace) -> int:
         raise GraphconvError("--scales gives each picture one class vector (an .npy of (1, K)), read whole: not "
                              "with --heatmap, --tile, --classes, --skip-background, --resume, --output-format tif, "
                              "--mpp or --level")
+
+
+def _the_batch_s_images(args: argparse.Namespace) -> tuple[list[str], str]:
+    """The images --images names (refused where none is one graphconv reads), --shard's
+    part of them, and the folder their maps' folders mirror below --output-dir (of the
+    whole batch, so every --shard places each map alike). No images where the --shard
+    holds none, said: that task has nothing to do."""
     images = _image_paths(args.images)
     if not images:
         _no_images(args.images)
@@ -922,14 +1086,34 @@ def run_images_command(args: argparse.Namespace) -> int:
         if not images:
             print(f"part {args.shard[0]} of {args.shard[1]} (--shard) holds none of the batch's images: nothing to "
                   "do")
-            return 0
-    _check_output_dir(args.output_dir)
+    return images, base
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """An --images run as `_checked_batch` settled it, every check passed: the model as
+    the workers load it (`ref`) and as loaded here once (the images mapped in this
+    process use it too), its grid, the `options` every image is mapped with, and the
+    folder the maps' folders mirror below --output-dir (`base`)."""
+    args: argparse.Namespace
+    ref: Any
+    model: Any
+    grid: Any
+    options: Any
+    base: str
+
+
+def _checked_batch(args: argparse.Namespace, images: list[str], base: str) -> _Batch:
+    """The model loaded once, and every check of the batch as a whole made before any
+    image is read: a bad model, --tile, --heatmap or --output-format is one error here,
+    not one per image."""
+    from graphconv.cli import check_heatmap_has_a_map, note_pixels_as_they_are, resolve_class_names
+    from graphconv.cluster import worker_model
+    from graphconv.files import spare_the_model
+
     ref = _model_ref(args)
     model = worker_model(ref)  # loaded once: the images mapped in this process use it too
-    from graphconv.cli import check_heatmap_has_a_map, note_pixels_as_they_are, note_run_as_written, resolve_class_names
-    from graphconv.files import spare_the_model
     spare_the_model(model, [("--output-dir", args.output_dir)])  # a compiled model's folder holds no maps
-    from graphconv.cli import note, note_dense_padding
     resolve_class_names(args, model.graph.meta.get("labels"))
     note_pixels_as_they_are(args, model)
     grid = grid_for(args, model)
@@ -940,6 +1124,17 @@ def run_images_command(args: argparse.Namespace) -> int:
         from graphconv.tiling import check_tile_holds_a_cell
         check_tile_holds_a_cell(grid, args.tile)  # and a --tile too small for it
     check_heatmap_has_a_map(args, model)  # the more telling error for a classifier as written
+    _check_the_model_makes_the_maps_asked(args, model)
+    _check_the_network_takes_the_images(args, model, images, options)
+    _check_heatmap(args, model.output_channels, model.graph.meta.get("labels"))
+    _check_heatmap_names(args, images, base)
+    return _Batch(args, ref, model, grid, options, base)
+
+
+def _check_the_model_makes_the_maps_asked(args: argparse.Namespace, model) -> None:
+    """Refuse what the model cannot give the batch: --scales of a classifier as written
+    (it sees one crop), or .tif maps of one that gives one class vector per image
+    (tifffile's IndexError, one an image); and .tif maps without tifffile."""
     if args.scales and model.returns_vectors:
         raise GraphconvError("--scales slides the network over each picture at each scale: compile the model first "
                              "(graphconv compile), a classifier with fc layers sees one crop", file=args.model)
@@ -949,24 +1144,36 @@ def run_images_command(args: argparse.Namespace) -> int:
     if args.output_format == "tif" and model.returns_vectors and args.crops is None:  # tifffile's IndexError
         raise GraphconvError(f"--output-format tif writes maps; {model.graph.name} as written gives one class vector "
                              "per image: --output-format npy")
-    _check_the_network_takes_the_images(args, model, images, options)
-    _check_heatmap(args, model.output_channels, model.graph.meta.get("labels"))
-    _check_heatmap_names(args, images, base)
-    if args.skip_existing or args.resume:
-        images, kept = _images_not_done(args, ref, model, images, base, options)
-        images += _heatmaps_drawn_from_kept_maps(args, model, grid, kept)
-        _rank_kept_maps(args, model, options, [(image, output) for image, output in kept if image not in images])
-        if not images:
-            flag = "--skip-existing" if args.skip_existing else "--resume"
-            print(f"every image has its map in {args.output_dir} already ({flag}): no map to make")
-            return 0
-    from graphconv.manifest import Manifest
-    earlier = Manifest(args.output_dir)  # the folder's list as this run finds it: read once, for both
-    replaceable = _npy_maps_there(args, images, base, earlier)
-    _note_maps_elsewhere(args, images, base, earlier)
-    start = time.perf_counter()
+
+
+def _images_left_to_map(batch: _Batch, images: list[str]) -> list[str]:
+    """--skip-existing or --resume: the images whose map is not in --output-dir yet (or
+    whose heatmap could not be drawn from it), the maps kept ranked for --top; none, said,
+    where every image has its map. Without them, every image."""
+    args = batch.args
+    if not (args.skip_existing or args.resume):
+        return images
+    images, kept = _images_not_done(args, batch.ref, batch.model, images, batch.base, batch.options)
+    images += _heatmaps_drawn_from_kept_maps(args, batch.model, batch.grid, kept)
+    _rank_kept_maps(args, batch.model, batch.options,
+                    [(image, output) for image, output in kept if image not in images])
+    if not images:
+        flag = "--skip-existing" if args.skip_existing else "--resume"
+        print(f"every image has its map in {args.output_dir} already ({flag}): no map to make")
+    return images
+
+
+def _images_mapped(batch: _Batch, images: list[str]) -> tuple[list, list[str]]:
+    """Each image mapped (by --workers or a --scheduler's cluster, or here), into an
+    --output-dir made for the run (removed where a stopped run leaves it empty; a
+    stopped batch says how to go on), each image's heatmap drawn and its error or --top
+    said as it is done. The results, with their heatmaps' errors, and the heatmaps of
+    earlier maps removed."""
+    from graphconv.cluster import client_for, run_images
+
+    args = batch.args
     done, explained, stale_heatmaps = {}, set(), []
-    with _output_dir_made(args.output_dir, images), _say_how_to_go_on(args, images, base):
+    with _output_dir_made(args.output_dir, images), _say_how_to_go_on(args, images, batch.base):
         with _progress(args, len(images), "images", None) as bar:
             def progress(result):
                 """Each image as it is done: its heatmap drawn now (a stopped batch keeps the
@@ -974,7 +1181,7 @@ def run_images_command(args: argparse.Namespace) -> int:
                 and its error said now, not after the last of 10,000 photos."""
                 if not result.error:
                     stale_heatmaps.extend(_remove_heatmaps_of_earlier_maps(result.output))
-                result = done[result.image] = _with_heatmap(args, model, grid, result)
+                result = done[result.image] = _with_heatmap(args, batch.model, batch.grid, result)
                 if result.error:
                     bar.say(_error_line(result, explained))
                 elif result.top is not None:
@@ -983,12 +1190,22 @@ def run_images_command(args: argparse.Namespace) -> int:
                 return result
             if args.workers or args.scheduler:
                 with client_for(args.workers or 1, args.scheduler, args.threads) as client:
-                    results = run_images(ref, images, args.output_dir, options, args.tile, client, progress,
-                                         args.output_format, base)
+                    results = run_images(batch.ref, images, args.output_dir, batch.options, args.tile, client,
+                                         progress, args.output_format, batch.base)
             else:
-                results = run_images(ref, images, args.output_dir, options, args.tile, None, progress,
-                                     args.output_format, base)
-    results = [done.get(result.image, result) for result in results]
+                results = run_images(batch.ref, images, args.output_dir, batch.options, args.tile, None, progress,
+                                     args.output_format, batch.base)
+    return [done.get(result.image, result) for result in results], stale_heatmaps
+
+
+def _say_what_the_batch_did(batch: _Batch, results: list, replaceable: set[str], stale_heatmaps: list[str]) -> list:
+    """After the batch, one note for each thing its images have in common (a line per
+    photo would bury the errors said as they came): how the model ran, how the images
+    were read, what became of the maps and partial maps there before. The images that
+    failed are returned."""
+    from graphconv.cli import note, note_dense_padding, note_run_as_written
+
+    args, model = batch.args, batch.model
     failed = [r for r in results if r.error]
     if len(failed) < len(results):
         note_run_as_written(args, model)
@@ -998,12 +1215,7 @@ def run_images_command(args: argparse.Namespace) -> int:
             note(f"note: {result.image}: {result.note}")
     _note_batch_conversions([result for result in results if not result.error])
     _note_batch_reading(args, model, [result for result in results if not result.error])
-    turned = sum(result.turned for result in results if not result.error)
-    if turned:  # one line for the batch, not one per photo
-        theirs = agreeing(turned, "its map and cells are the upright picture's",
-                          "their maps and cells are the upright pictures'")
-        note(f"note: {counted(turned, 'photo')} turned upright per {agreeing(turned, 'its', 'their')} EXIF "
-             f"orientation ({theirs})")
+    _note_photos_turned(results)
     _note_npy_maps_replaced(args, results, replaceable)
     _note_tiled_for_memory(args, model, [result for result in results if result.memory_tile])
     _note_resumed([result.resumed for result in results if result.resumed], bool(args.workers or args.scheduler))
@@ -1011,9 +1223,20 @@ def run_images_command(args: argparse.Namespace) -> int:
     _note_made_meanwhile(args, [result for result in results if result.made_meanwhile])
     _note_stale_heatmaps_removed(stale_heatmaps)
     _note_maps_of_images_gone(args)
-    print(f"{len(results) - len(failed)} of {counted(len(results), 'image')} -> {args.output_dir} in "
-          f"{time.perf_counter() - start:.1f} s")
-    return 2 if failed else 0
+    return failed
+
+
+def _note_photos_turned(results: list) -> None:
+    """One line for the batch's photos turned upright by their EXIF orientation, not one
+    per photo: their maps and cells are the upright picture's."""
+    from graphconv.cli import note
+
+    turned = sum(result.turned for result in results if not result.error)
+    if turned:  # one line for the batch, not one per photo
+        theirs = agreeing(turned, "its map and cells are the upright picture's",
+                          "their maps and cells are the upright pictures'")
+        note(f"note: {counted(turned, 'photo')} turned upright per {agreeing(turned, 'its', 'their')} EXIF "
+             f"orientation ({theirs})")
 
 
 def _rank_kept_maps(args: argparse.Namespace, model, options, kept: list[tuple[str, str]]) -> None:

@@ -402,7 +402,8 @@ def test_a_tile_over_each_local_worker_s_share_is_refused_before_any_worker_star
     common = ["run", model_dir, "--image", picture / "tiled.tif", "--tile", "120", "--memory-limit", "450M"]
     result = graphconv_in_process(*common, "--workers", "2", "--output", tmp_path / "map.npy")
     assert result.returncode == 2, result.stderr
-    assert "a 120x120 tile needs about 33.5 MB, over the 24.8 MB each of the 2 workers may take" in result.stderr
+    assert re.search(r"a 120x120 tile needs about 3\d\.\d MB, over the 24\.8 MB each of the 2 workers may take",
+                     result.stderr), result.stderr  # the tile's scratch grows with numba's thread count
     assert "fewer --workers" in result.stderr and os.listdir(tmp_path) == []
     assert graphconv_in_process(*common, "--output", tmp_path / "one.npy").returncode == 0  # one at a time fits
 
