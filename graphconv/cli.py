@@ -1555,7 +1555,7 @@ def note_dense_padding(args: argparse.Namespace, model) -> None:
     traced on the compiled graph at its own stride (milliseconds, cached): a
     shift-and-stitch graph's copies trace no single grid, and the network without them
     pads where each copy does."""
-    from graphconv.dense import hanging_pools, padded_layers
+    from graphconv.dense import crop_edge, edge_kinds, padded_layers
     from graphconv.strides import at_its_own_stride
 
     if args.crops is not None or model.segmentation or model.returns_vectors:
@@ -1572,24 +1572,29 @@ def note_dense_padding(args: argparse.Namespace, model) -> None:
     image = shlex.quote(str(args.image)) if getattr(args, "image", None) else "IMAGE"
     verify = " ".join(["graphconv verify", spec, "--image", image, *_image_reading_given(args),
                        *_model_files_given(args)])
-    edges = "cut" if len(hanging_pools(graph, padded)) == len(padded) else "padded"
+    kinds = edge_kinds(graph, padded)
+    edges = crop_edge(kinds)
     where_this_pass_pads = ("at the image's and where each shifted copy is cut" if model.stitch_copies > 1
                             else "only at the image's")
-    note(f"note: {model.graph.name} {_pads_in(graph, padded)}, so its "
+    note(f"note: {model.graph.name} {_pads_in(kinds)}, so its "
          f"cells can differ from the classifier on each crop (each crop is {edges} at its own border, this pass "
          f"{where_this_pass_pads}): `{verify}` measures by how much on your image; --crops gives the exact crop "
          "loop (the classifier once per cell, far slower)")
 
 
-def _pads_in(graph, padded: list[str]) -> str:
+def _pads_in(kinds: dict[str, str]) -> str:
     """'pads in 3 layers', naming the ceil_mode pools among them whose last window hangs
-    off the map (a network padding nowhere was said to pad)."""
-    from graphconv.dense import hanging_pools, hanging_words
+    off the map and the upsamples interpolating against its edge (`dense.edge_kinds`: a
+    network padding nowhere was said to pad)."""
+    from graphconv.dense import crop_edge, edge_asides
 
-    hanging = hanging_pools(graph, padded)
-    if len(hanging) == len(padded):
-        return f"hangs a ceil_mode pool's last window off the map in {counted(len(padded), 'layer')}"
-    return f"pads in {counted(len(padded), 'layer')}{hanging_words(hanging)}"
+    layers = counted(len(kinds), "layer")
+    edge = crop_edge(kinds)
+    if edge == "cut":
+        return f"hangs a ceil_mode pool's last window off the map in {layers}"
+    if edge != "padded":
+        return f"interpolates against the map's edge in {layers}"
+    return f"pads in {layers}{edge_asides(kinds)}"
 
 
 def _note_cells_off_the_lattice(model) -> None:

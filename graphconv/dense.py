@@ -153,18 +153,35 @@ def padded_layers(graph: Graph) -> list[str]:
     return padding_reach(graph)[1]
 
 
-def hanging_pools(graph: Graph, names: list[str]) -> list[str]:
-    """Those of `padded_layers` that pad nothing but reach outside their input through a
-    ceil_mode window hanging off the map's end: named apart in the notes, which called
-    them padding (a network with no padding anywhere was said to pad)."""
-    from graphconv.ops.registry import pair
+def edge_kinds(graph: Graph, names: list[str]) -> dict[str, str]:
+    """`padding_kind` of each of `padded_layers` (at the crop's size): the notes name
+    apart the pools that pad nothing but hang a ceil_mode window off the map's end and
+    the upsamples that interpolate against its edge, which they called padding (a
+    network with no padding anywhere was said to pad)."""
+    shapes = infer_shapes(graph, check_weights=False)
+    return {name: padding_kind(node, [shapes[s.name] for s in node.inputs])
+            for name in names for node in [graph.node(name)]}
 
-    hanging = []
-    for name in names:
-        params = graph.node(name).params
-        if params.get("ceil_mode") and not any(pair(params.get("padding", 0))):
-            hanging.append(name)
-    return hanging
+
+def edge_asides(kinds: dict[str, str]) -> str:
+    """' (p1: a ceil_mode pool's last window hanging off the map; up: interpolating
+    against the map's edge)' for the layers of `edge_kinds` that do not pad, or nothing."""
+    hanging = [name for name, kind in kinds.items() if kind == "ceil_mode"]
+    interpolating = [name for name, kind in kinds.items() if kind == "interpolation"]
+    asides = [f"{listed_layers(hanging)}: a ceil_mode pool's last window hanging off the map"] if hanging else []
+    asides += [f"{listed_layers(interpolating)}: interpolating against the map's edge"] if interpolating else []
+    return f" ({'; '.join(asides)})" if asides else ""
+
+
+def crop_edge(kinds: dict[str, str]) -> str:
+    """What the layers of `edge_kinds` do at each crop's border: 'cut' (ceil_mode pools
+    alone), 'interpolated' (upsamples alone, against copies of the crop's edge), else
+    'padded'."""
+    if all(kind == "ceil_mode" for kind in kinds.values()):
+        return "cut"
+    if all(kind == "interpolation" for kind in kinds.values()):
+        return "interpolated"
+    return "padded"
 
 
 def padding_note(classifier: Graph) -> str | None:
@@ -180,24 +197,23 @@ def padding_note(classifier: Graph) -> str | None:
     padded = padded_layers(classifier)
     if not padded:
         return None
-    hanging = hanging_pools(classifier, padded)
-    if len(hanging) == len(padded):
-        pools = "ceil_mode pool " if len(padded) == 1 else "ceil_mode pools "
-        return (f"{pools}{listed_layers(padded)} hang{'s' if len(padded) == 1 else ''} a last window off the map: "
+    kinds = edge_kinds(classifier, padded)
+    one = len(padded) == 1
+    if crop_edge(kinds) == "cut":
+        pools = "ceil_mode pool " if one else "ceil_mode pools "
+        return (f"{pools}{listed_layers(padded)} hang{'s' if one else ''} a last window off the map: "
                 "each crop's is cut at its own border, the sliding network's only at the image's, so cells differ "
                 "from the classifier on their crop where those windows reach; `graphconv verify` shows where and "
                 "by how much")
-    return (f"{listed_layers(padded)} pad{hanging_words(hanging)}: each crop is padded at its own border, the "
+    if crop_edge(kinds) != "padded":
+        return (f"{listed_layers(padded)} interpolate{'s' if one else ''} against the map's edge: each crop's map is "
+                "interpolated against copies of its own edge rows and columns, the sliding network's only at the "
+                "image's, so cells differ from the classifier on their crop where that reaches; `graphconv verify` "
+                "shows where and by how much")
+    return (f"{listed_layers(padded)} pad{edge_asides(kinds)}: each crop is padded at its own border, the "
             "sliding network only at the image's, so cells differ from the classifier on their crop where that "
             "padding reaches (as in any fully convolutional use of such a network); `graphconv verify` shows "
             "where and by how much")
-
-
-def hanging_words(hanging: list[str]) -> str:
-    """' (p1: a ceil_mode pool's last window hanging off the map)', or nothing."""
-    if not hanging:
-        return ""
-    return f" ({listed_layers(hanging)}: a ceil_mode pool's last window hanging off the map)"
 
 
 def listed_layers(names: list[str]) -> str:
@@ -815,9 +831,7 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
     diff = _abs_difference(dense, expected)
     differing = int((diff > tol).any(axis=1).sum())
     pads = padded_layers(original.graph)
-    shapes = infer_shapes(original.graph, check_weights=False)
-    kinds = {name: padding_kind(node, [shapes[s.name] for s in node.inputs])
-             for name in pads for node in [original.graph.node(name)]}
+    kinds = edge_kinds(original.graph, pads)
     report = VerifyReport(shape, float(diff.max()), float(diff.max()) / scale, not pads, pads, differing,
                           int(np.prod(dense.shape[:1] + dense.shape[2:])), tol,
                           conversion_max_abs=conversion, conversion_crops=len(crops), strict=strict,

@@ -1538,6 +1538,33 @@ layers:
     assert "note: p1" not in capsys.readouterr().err  # 29 - 3 is even: no window hangs
 
 
+def test_an_upsample_interpolating_against_the_edge_is_named_as_such_in_the_padding_notes(tmp_path, capsys):
+    """A bilinear upsample reads copies of its map's edge rows and columns: the notes said
+    it padded, which no layer of its spec does."""
+    (tmp_path / "up.yaml").write_text("""
+name: upnet
+input: {shape: [3, 32, 32]}
+layers:
+  - {name: c1, op: conv, out_channels: 4, kernel_size: 3, stride: 2}
+  - {name: up, op: upsample, factor: 2, mode: bilinear}
+  - {name: c2, op: conv, out_channels: 4, kernel_size: 3, stride: 2}
+  - {name: fc, op: fc, out_features: 3}
+""")
+    assert run_cli("compile", tmp_path / "up.yaml", "-o", tmp_path / "fcn") == 0
+    assert ("note: up interpolates against the map's edge: each crop's map is interpolated against copies of its "
+            "own edge rows and columns, the sliding network's only at the image's") in capsys.readouterr().err
+    np.save(tmp_path / "in.npy", np.zeros((1, 3, 40, 40), np.float32))
+    assert run_cli("run", tmp_path / "fcn", "--input", tmp_path / "in.npy") == 0
+    assert ("note: upnet interpolates against the map's edge in 1 layer, so its cells can differ from the "
+            "classifier on each crop (each crop is interpolated at its own border") in capsys.readouterr().err
+    (tmp_path / "padded.yaml").write_text((tmp_path / "up.yaml").read_text().replace("stride: 2}", "stride: 2, "
+                                                                                                  "padding: 1}"))
+    assert run_cli("compile", tmp_path / "padded.yaml", "-o", tmp_path / "fcn2") == 0
+    assert "note: c1, up, c2 pad (up: interpolating against the map's edge): each crop" in capsys.readouterr().err
+    assert run_cli("run", tmp_path / "fcn2", "--input", tmp_path / "in.npy") == 0
+    assert "note: upnet pads in 3 layers (up: interpolating against the map's edge), so" in capsys.readouterr().err
+
+
 def test_padded_layers_named_by_numbers_are_quoted_in_the_padding_note(tmp_path, capsys):
     """PyTorch Sequential names its layers "0", "1": the note read "note: 0 pad"."""
     (tmp_path / "seq.yaml").write_text("""
