@@ -326,10 +326,7 @@ def _takes_views(inputs: list[np.ndarray], out: np.ndarray) -> bool:
     return all(np.may_share_memory(array, value) for array, value in zip(taken, inputs))
 
 
-def _bind_and_run(binder: Binder, inputs: list[np.ndarray], out: np.ndarray,
-                  as_channels_last_copies: bool = False) -> None:
-    if as_channels_last_copies:
-        inputs = [as_channels_last(x).transpose(0, 3, 1, 2) for x in inputs]
+def _bind_and_run(binder: Binder, inputs: list[np.ndarray], out: np.ndarray) -> None:
     binder(inputs, out)()
 
 
@@ -516,9 +513,13 @@ def _channels_last_copies_binder(params: dict, weights: dict) -> Binder:
         if all(_channels_last_memory(x) is not None for x in inputs):
             conv = in_place(inputs, written)
         else:
-            conv = partial(_bind_and_run, in_place, inputs, written, as_channels_last_copies=True)
+            conv = partial(_bind_and_run_on_channels_last_copies, in_place, inputs, written)
         return conv if stored_out is not None else partial(_then_into_planes, conv, buffer, out)
     return binder
+
+
+def _bind_and_run_on_channels_last_copies(binder: Binder, inputs: list[np.ndarray], out: np.ndarray) -> None:
+    binder([as_channels_last(x).transpose(0, 3, 1, 2) for x in inputs], out)()
 
 
 def _then_into_planes(conv: Callable[[], None], buffer: np.ndarray, out: np.ndarray) -> None:
