@@ -182,62 +182,68 @@ def client_for(workers: int | None, scheduler: str | None, threads: int | None =
     interrupted; leaving this block closes the cluster, which stops its workers. Their
     scratch space (dask's dask-scratch-space, in the system's temporary folder unless
     told) goes in a temporary folder of this run's, removed when the cluster is closed."""
-    import concurrent.futures
-
     from graphconv.sources import require
     distributed = require("distributed")
-    from distributed.comm.core import CommClosedError
     if scheduler:
-        _check_a_scheduler_answers(scheduler)
-        _quiet_lost_result_logs()
-        try:
-            client = distributed.Client(scheduler, timeout=f"{SCHEDULER_ANSWER_S}s")
-        except (OSError, ValueError, TypeError) as err:  # ValueError: an address dask cannot parse ("host", no
-            # port); TypeError: tls:// without the TLS settings dask's config must give it
-            raise GraphconvError(f"cannot reach the Dask scheduler at {scheduler}: {err}") from None
-        with client:
-            _wait_for_a_worker(client, scheduler)
-            _check_worker_versions(client, scheduler)
-            try:
-                yield client
-            except distributed.KilledWorker as err:
-                raise GraphconvError(f"a Dask worker of {scheduler} died running this run's tasks, and so did "
-                                     f"those that took them over ({err.task!r}): most often a worker killed for "
-                                     "memory; give the workers more, or tiles that need less (--memory-limit, the "
-                                     "budget each tile is chosen for, or a smaller --tile)") from None
-            except (CommClosedError, concurrent.futures.CancelledError) as err:
-                # "in <TCP (closed) ConnectionPool.gather ...>: Stream is closed", or the tasks cancelled
-                # with reason "scheduler-connection-lost" where the scheduler was killed
-                raise GraphconvError(f"lost the Dask scheduler at {scheduler} during the run ({_why_lost(err)}): a "
-                                     "map written with --resume keeps its tiles done for the same command to go on "
-                                     "from") from None
+        with _running_cluster_client(distributed, scheduler) as client:
+            yield client
         return
-    import dask
+    with _local_cluster_client(distributed, workers, threads) as client:
+        yield client
+
+
+@contextmanager
+def _running_cluster_client(distributed, scheduler: str) -> Iterator[Any]:
+    """`client_for` a --scheduler: the cluster checked before any task is sent (it answers,
+    it has a worker, its workers run the same code), so a wrong address or an empty
+    cluster is one line, not a hang, as are workers of another graphconv, numpy or numba;
+    and a worker killed or the scheduler lost during the run said as one line that says
+    what to do, not as dask's tracebacks."""
+    import concurrent.futures
+
+    from distributed.comm.core import CommClosedError
+
+    _check_a_scheduler_answers(scheduler)
+    _quiet_lost_result_logs()
+    client = _scheduler_s_client(distributed, scheduler)
+    with client:
+        _wait_for_a_worker(client, scheduler)
+        _check_worker_versions(client, scheduler)
+        try:
+            yield client
+        except distributed.KilledWorker as err:
+            raise GraphconvError(f"a Dask worker of {scheduler} died running this run's tasks, and so did "
+                                 f"those that took them over ({err.task!r}): most often a worker killed for "
+                                 "memory; give the workers more, or tiles that need less (--memory-limit, the "
+                                 "budget each tile is chosen for, or a smaller --tile)") from None
+        except (CommClosedError, concurrent.futures.CancelledError) as err:
+            # "in <TCP (closed) ConnectionPool.gather ...>: Stream is closed", or the tasks cancelled
+            # with reason "scheduler-connection-lost" where the scheduler was killed
+            raise GraphconvError(f"lost the Dask scheduler at {scheduler} during the run ({_why_lost(err)}): a "
+                                 "map written with --resume keeps its tiles done for the same command to go on "
+                                 "from") from None
+
+
+def _scheduler_s_client(distributed, scheduler: str):
+    """A client connected to `scheduler`; an address dask cannot use said as one line."""
+    try:
+        return distributed.Client(scheduler, timeout=f"{SCHEDULER_ANSWER_S}s")
+    except (OSError, ValueError, TypeError) as err:  # ValueError: an address dask cannot parse ("host", no
+        # port); TypeError: tls:// without the TLS settings dask's config must give it
+        raise GraphconvError(f"cannot reach the Dask scheduler at {scheduler}: {err}") from None
+
+
+@contextmanager
+def _local_cluster_client(distributed, workers: int, threads: int | None) -> Iterator[Any]:
+    """`client_for` --workers: a LocalCluster of this run's own, its scratch folder removed
+    and the cluster closed on the way out, and silent while it closes after a stop (what
+    it says then is dask's shutdown, not anything for the user)."""
     from graphconv.files import scratch_folder
-    from graphconv.memory import check_fits
 
-    from graphconv.threads import threads_chosen_by_user, usable_cores
-
-    cores = usable_cores()
-    check_fits(workers * WORKER_PROCESS_BYTES, f"--workers {workers} (a process each, before any model or tile)",
-               hint=f"give fewer: this run may use {counted(cores, 'core')}")
-    # The workers' share of the cores, in their environment only (--threads, then the user's own setting,
-    # inherited, win): set in this process's, it outlived the cluster, and a library caller's next numba run
-    # refused it.
-    share = threads or (None if threads_chosen_by_user() else max(1, cores // max(1, workers)))
-    env = {} if share is None else {"NUMBA_NUM_THREADS": str(share)}
+    env = _workers_environment(workers, threads)
     scratch = str(scratch_folder("dask"))
     try:
-        with warnings.catch_warnings(), _sigint_ignored(), dask.config.set({"temporary-directory": scratch}):
-            # Without a dashboard the scheduler still serves its HTTP routes, on 8787 by default,
-            # and says "Port 8787 is already in use" (a UserWarning) where another cluster has it.
-            warnings.filterwarnings("ignore", message=r"Port \d+ is already in use", category=UserWarning)
-            # Logs CRITICAL only: a worker still beating its heart as the cluster closes after Ctrl-C
-            # logs "Failed to communicate with scheduler during heartbeat" as an ERROR, with a
-            # traceback; a task's own error reaches the client as its exception anyway.
-            cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                               dashboard_address=None, silence_logs=50, local_directory=scratch,
-                                               env=env)
+        cluster = _started_local_cluster(distributed, workers, env, scratch)
         logging_before = logging.root.manager.disable
         try:
             with distributed.Client(cluster) as client:
@@ -258,6 +264,39 @@ def client_for(workers: int | None, scheduler: str | None, threads: int | None =
                 logging.disable(logging_before)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _workers_environment(workers: int, threads: int | None) -> dict[str, str]:
+    """The local workers' environment: their share of the cores as NUMBA_NUM_THREADS, once
+    --workers is checked to fit in memory before any process starts."""
+    from graphconv.memory import check_fits
+    from graphconv.threads import threads_chosen_by_user, usable_cores
+
+    cores = usable_cores()
+    check_fits(workers * WORKER_PROCESS_BYTES, f"--workers {workers} (a process each, before any model or tile)",
+               hint=f"give fewer: this run may use {counted(cores, 'core')}")
+    # The workers' share of the cores, in their environment only (--threads, then the user's own setting,
+    # inherited, win): set in this process's, it outlived the cluster, and a library caller's next numba run
+    # refused it.
+    share = threads or (None if threads_chosen_by_user() else max(1, cores // max(1, workers)))
+    return {} if share is None else {"NUMBA_NUM_THREADS": str(share)}
+
+
+def _started_local_cluster(distributed, workers: int, env: dict[str, str], scratch: str):
+    """The LocalCluster's worker processes, spawned ignoring SIGINT (a Ctrl-C is the
+    command's alone), with their scratch space in `scratch`, and without dask's words
+    that are no concern of the user's."""
+    import dask
+
+    with warnings.catch_warnings(), _sigint_ignored(), dask.config.set({"temporary-directory": scratch}):
+        # Without a dashboard the scheduler still serves its HTTP routes, on 8787 by default,
+        # and says "Port 8787 is already in use" (a UserWarning) where another cluster has it.
+        warnings.filterwarnings("ignore", message=r"Port \d+ is already in use", category=UserWarning)
+        # Logs CRITICAL only: a worker still beating its heart as the cluster closes after Ctrl-C
+        # logs "Failed to communicate with scheduler during heartbeat" as an ERROR, with a
+        # traceback; a task's own error reaches the client as its exception anyway.
+        return distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                        dashboard_address=None, silence_logs=50, local_directory=scratch, env=env)
 
 
 def scheduler_capacity(scheduler: str, weights: int) -> tuple[int, int | None]:
@@ -681,94 +720,230 @@ def read_map(path: str) -> np.ndarray:
 
 def _image_mapped(ref: ModelRef, image: str, output: str, options: MapOptions, tile: int | None,
                   stopped: Callable[[], bool] | None = None, found: list[int] | None = None) -> ImageResult:
-    """`_one_image`'s map."""
+    """`_one_image`'s map (`_map_made`). A failure is this image's alone: the map kept
+    where another run made it meanwhile, the image left for later where another run
+    holds its partial map (`_settled_by_another_run`), else the error returned as its one
+    line, not raised (raised with --traceback), so the batch goes on."""
     from graphconv.cli import user_message
-    from graphconv.files import FinishedByAnotherRun, HeldByAnotherRun
-    from graphconv.georef import cell_placement, map_contents
-    from graphconv.tiling import WHOLE_IMAGE_PLAN, DamagedCells, map_transform, plan_tiles, recorded_plan
 
-    asked_tile = tile
+    job = _ImageJob(ref, image, output, options, tile, stopped, found)
     try:
-        _refuse_a_broken_link(image)
-        model = worker_model(ref)
-        if _made_meanwhile(ref, model, image, output, options, tile, found):
-            return _kept_as_made_meanwhile(model, image, output, options, tile)
-        stamp = image_stamp(image)  # before the read: an image edited while it is read is not this map's
-        source = options.open_image(model, image, _raster_nodata(image, options))
-        if options.scales:
-            return _at_scales(model, image, output, source, options, _as_found(output, found, image, stamp), stamp)
-        transform, _, _ = map_transform(options.reduce, options.classes, model.output_channels)
-        grid = options.grid(model)
-        blank_cells = None
-        from graphconv.background import cells_left_out
-        background = cells_left_out(source, grid, options.skip_background, options.max_nodata,
-                                    skip_damaged=options.skip_damaged)
-        budget = options.memory_limit
-        if budget is None:
-            from graphconv.memory import weight_bytes
-            budget = this_worker_s_budget(weight_bytes(model.graph))
-        if budget is None:
-            from graphconv.memory import memory_limit
-            budget = memory_limit()
-        resumed_tile = partial_map_tile(output, grid, (source.height, source.width)) if (
-            tile is None and options.resume) else None
-        tile = tile or resumed_tile
-        if background is not None:  # no tissue near their centres, or over a raster's no-data
-            blank_cells = background.blank_cells
-            tile = tile or background.cheapest_tile(grid, (source.height, source.width), budget)
-        memory_tile = None if tile else image_tile(grid, (source.height, source.width), budget)
-        tile = tile or memory_tile
-        wasteful = _wasteful_tile_note(grid, (source.height, source.width), tile, budget, background) if (
-            tile is not None and tile == asked_tile) else None
-        if tile is None and options.skip_damaged:  # one tile, the image, mapped around what cannot be decoded
-            tile = max(source.height, source.width)
-        contents = {**map_contents(image, ref.path, model, options.classes, options.reduce,
-                                   left_out_record(options, image)),
-                    **(background.nodata_record() if background is not None else {}),
-                    IMAGE_STAMP: stamp, **_loaded_with(ref),
-                    "tile_plan": recorded_plan(plan_tiles(grid, (source.height, source.width), tile), tile)
-                    if tile is not None else WHOLE_IMAGE_PLAN}
-        resumed, planned, partial_map, damaged, tiles_note = None, None, None, None, None
-        if tile is not None:
-            shape, resumed, planned, partial_map, damaged, tiles_note = _map_in_tiles(
-                ref, model, image, output, source, grid, tile, options, blank_cells, contents, stopped,
-                _as_found(output, found, image, stamp), budget if resumed_tile else None)
-        else:
-            partial_map = _partial_map_beside_a_whole_map(output) if not options.resume else None
-            x = source.read(0, 0, source.height, source.width)
-            result = grid.whole(x[None] if x.ndim == 3 else x, options.device)
-            result = result if transform is None else transform(result)
-            if stopped is not None and stopped():  # not written: nobody is waiting for it
-                raise StoppedByTheCommand("stopped by the command that sent it, before its map was written")
-            _write_map(output, result, source, grid, contents, _as_found(output, found, image, stamp))
-            shape = tuple(result.shape)
-        from graphconv.sources import tiff_notes
-        notes = (tiles_note, wasteful, stored_orientation_note(source), *tiff_notes(source, bool(options.mask)),
-                 _first_frame_note(image),
-                 _no_tissue_note(background, grid, (source.height, source.width), options),
-                 damaged.describe() if damaged is not None and damaged.cells else None)
-        from graphconv.images import turned_upright
-        from graphconv.sources import channel_conversion, nodata_can_occur, value_scaling
-        return ImageResult(image, output, shape, memory_tile=planned if memory_tile else None, resumed=resumed,
-                           partial_map=partial_map,
-                           note="; ".join(filter(None, notes)) or None,
-                           turned=turned_upright(image), converted=channel_conversion(source),
-                           scaled=value_scaling(source),
-                           nodata_possible=nodata_can_occur(getattr(source, "inner", source)), image_stamp=stamp,
-                           placement=replace(cell_placement(source, grid.cell_area), contents=contents),
-                           damaged=damaged if damaged is not None else DamagedCells() if options.skip_damaged else None)
+        return _map_made(job)
     except (GraphconvError, OSError, MemoryError, ValueError) as err:
-        if isinstance(err, (WrittenMeanwhile, FinishedByAnotherRun)) and _made_meanwhile(
-                ref, model, image, output, options, asked_tile, found):
-            return _kept_as_made_meanwhile(model, image, output, options, asked_tile)
-        if isinstance(err, HeldByAnotherRun) and options.listed_in is not None and not options.wait_for_other_runs:
-            return ImageResult(image, held_elsewhere=True)
+        settled = _settled_by_another_run(job, err)
+        if settled is not None:
+            return settled
         if options.traceback:
             raise
-        from graphconv.cli import PICTURE_SUFFIXES, RESIZE_HINT, SMALLER_THAN_A_CROP_HINT
-        hint = SMALLER_THAN_A_CROP_HINT if isinstance(err, SmallerThanTheCrop) else ""
-        hint += RESIZE_HINT if hint and image.lower().endswith(PICTURE_SUFFIXES) else ""
-        return ImageResult(image, error=user_message(err) + hint)
+        return ImageResult(image, error=user_message(err) + _smaller_than_a_crop_hint(image, err))
+
+
+@dataclass
+class _ImageJob:
+    """One image's map as `_one_image` was asked for it (`tile`: the --tile asked, None to
+    choose one here), and the model once loaded, which a failure is judged with."""
+    ref: ModelRef
+    image: str
+    output: str
+    options: MapOptions
+    tile: int | None
+    stopped: Callable[[], bool] | None
+    found: list[int] | None
+    model: Any = None
+
+    def as_found(self, stamp: list[int] | None) -> Callable[[], None]:
+        """`_as_found` for this map, with the image's `stamp` before it was read."""
+        return _as_found(self.output, self.found, self.image, stamp)
+
+
+@dataclass(frozen=True)
+class _ReadImage:
+    """The image as this task opened it: its `source`, and the file's `stamp` taken just
+    before (an image edited while it is read is not its map's)."""
+    source: Any
+    stamp: list[int] | None
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return (self.source.height, self.source.width)
+
+
+def _map_made(job: _ImageJob) -> ImageResult:
+    """An image's map, made and written: refused at once where the image is a broken link,
+    kept where another run made it meanwhile; else the image read, its tiles chosen for
+    the memory, the map computed in them (or whole) and written, and what the batch is
+    to say of it returned."""
+    from graphconv.tiling import map_transform
+
+    _refuse_a_broken_link(job.image)
+    job.model = model = worker_model(job.ref)
+    if _made_meanwhile(job.ref, model, job.image, job.output, job.options, job.tile, job.found):
+        return _kept_as_made_meanwhile(model, job.image, job.output, job.options, job.tile)
+    stamp = image_stamp(job.image)  # before the read: an image edited while it is read is not this map's
+    read = _ReadImage(job.options.open_image(model, job.image, _raster_nodata(job.image, job.options)), stamp)
+    if job.options.scales:
+        return _at_scales(model, job.image, job.output, read.source, job.options, job.as_found(stamp), stamp)
+    transform, _, _ = map_transform(job.options.reduce, job.options.classes, model.output_channels)
+    plan = _image_plan(job, read)
+    if plan.tile is not None:
+        written = _MapWritten(*_map_in_tiles(
+            job.ref, model, job.image, job.output, read.source, plan.grid, plan.tile, job.options, plan.blank_cells,
+            plan.contents, job.stopped, job.as_found(stamp), plan.budget if plan.resumed_tile else None))
+    else:
+        written = _whole_map_written(job, read, plan, transform)
+    return _image_result(job, read, plan, written)
+
+
+@dataclass(frozen=True)
+class _ImagePlan:
+    """How an image's map is made (`_image_plan`): its `grid`, the cells left out
+    (`background`, and its `blank_cells`), the memory `budget`, the `tile` it is mapped in
+    (None: whole, in one pass) and where that tile came from, a note on a wasteful
+    --tile, and what the map records (`contents`)."""
+    grid: Any
+    background: Any
+    blank_cells: Any
+    budget: int
+    tile: int | tuple[int, int] | None
+    resumed_tile: tuple[int, int] | None
+    memory_tile: int | None
+    wasteful: str | None
+    contents: dict
+
+
+def _image_plan(job: _ImageJob, read: _ReadImage) -> _ImagePlan:
+    """The tile an image is mapped in: the --tile asked, else a stopped --resume run's (its
+    partial map goes on with the same tiles), else the cheapest around the cells left out,
+    else the largest the memory takes (None: the whole image fits); and what the map
+    records of how it was made, the tile plan among it."""
+    from graphconv.background import cells_left_out
+
+    options, grid = job.options, job.options.grid(job.model)
+    background = cells_left_out(read.source, grid, options.skip_background, options.max_nodata,
+                                skip_damaged=options.skip_damaged)
+    budget = _image_budget(options, job.model)
+    resumed_tile = partial_map_tile(job.output, grid, read.hw) if job.tile is None and options.resume else None
+    tile, blank_cells = job.tile or resumed_tile, None
+    if background is not None:  # no tissue near their centres, or over a raster's no-data
+        blank_cells = background.blank_cells
+        tile = tile or background.cheapest_tile(grid, read.hw, budget)
+    memory_tile = None if tile else image_tile(grid, read.hw, budget)
+    tile = tile or memory_tile
+    wasteful = _wasteful_tile_note(grid, read.hw, tile, budget, background) if (
+        tile is not None and tile == job.tile) else None
+    if tile is None and options.skip_damaged:  # one tile, the image, mapped around what cannot be decoded
+        tile = max(read.source.height, read.source.width)
+    return _ImagePlan(grid, background, blank_cells, budget, tile, resumed_tile, memory_tile, wasteful,
+                      _map_contents(job, read, grid, background, tile))
+
+
+def _image_budget(options: MapOptions, model) -> int:
+    """The memory an image's run may take: --memory-limit, else this Dask worker's share
+    (an --images batch on a --scheduler planned each slide for its worker, not its
+    machine), else this process's budget."""
+    budget = options.memory_limit
+    if budget is None:
+        from graphconv.memory import weight_bytes
+        budget = this_worker_s_budget(weight_bytes(model.graph))
+    if budget is None:
+        from graphconv.memory import memory_limit
+        budget = memory_limit()
+    return budget
+
+
+def _map_contents(job: _ImageJob, read: _ReadImage, grid, background, tile) -> dict:
+    """What the map records of how it was made: the image, model and settings, its no-data,
+    the image's stamp (a map of an image changed since is not kept), and the tile plan
+    (which --resume goes on with)."""
+    from graphconv.georef import map_contents
+    from graphconv.tiling import WHOLE_IMAGE_PLAN, plan_tiles, recorded_plan
+
+    ref, image, options = job.ref, job.image, job.options
+    return {**map_contents(image, ref.path, job.model, options.classes, options.reduce,
+                           left_out_record(options, image)),
+            **(background.nodata_record() if background is not None else {}),
+            IMAGE_STAMP: read.stamp, **_loaded_with(ref),
+            "tile_plan": recorded_plan(plan_tiles(grid, read.hw, tile), tile) if tile is not None
+            else WHOLE_IMAGE_PLAN}
+
+
+@dataclass(frozen=True)
+class _MapWritten:
+    """What writing an image's map left to say: its `shape`, and of a map in tiles
+    `_map_in_tiles`'s tiles resumed, tiles planned, partial map beside it, cells
+    --skip-damaged left out and note on its tiles (a map computed whole: its partial map
+    beside it alone)."""
+    shape: tuple[int, ...]
+    resumed: tuple[int, int] | None = None
+    planned: tuple[int, int] | None = None
+    partial_map: PartialMapLeft | None = None
+    damaged: DamagedCells | None = None
+    tiles_note: str | None = None
+
+
+def _whole_map_written(job: _ImageJob, read: _ReadImage, plan: _ImagePlan, transform) -> _MapWritten:
+    """The map of an image that fits the memory, computed in one pass and written, unless
+    the command that sent it was stopped meanwhile (nobody is waiting for it)."""
+    options, source = job.options, read.source
+    partial_map = _partial_map_beside_a_whole_map(job.output) if not options.resume else None
+    x = source.read(0, 0, source.height, source.width)
+    result = plan.grid.whole(x[None] if x.ndim == 3 else x, options.device)
+    result = result if transform is None else transform(result)
+    if job.stopped is not None and job.stopped():  # not written: nobody is waiting for it
+        raise StoppedByTheCommand("stopped by the command that sent it, before its map was written")
+    _write_map(job.output, result, source, plan.grid, plan.contents, job.as_found(read.stamp))
+    return _MapWritten(tuple(result.shape), partial_map=partial_map)
+
+
+def _image_result(job: _ImageJob, read: _ReadImage, plan: _ImagePlan, written: _MapWritten) -> ImageResult:
+    """What the batch says and records of an image's map: its notes (how its tiles went,
+    its TIFF, its frames, no tissue found, cells left out damaged) as one line, and what
+    became of its pixels on the way (turned, converted, scaled, no-data) for the
+    batch's notes, with its cells' placement."""
+    from graphconv.georef import cell_placement
+    from graphconv.images import turned_upright
+    from graphconv.sources import channel_conversion, nodata_can_occur, tiff_notes, value_scaling
+    from graphconv.tiling import DamagedCells
+
+    image, options, source, damaged = job.image, job.options, read.source, written.damaged
+    notes = (written.tiles_note, plan.wasteful, stored_orientation_note(source),
+             *tiff_notes(source, bool(options.mask)), _first_frame_note(image),
+             _no_tissue_note(plan.background, plan.grid, read.hw, options),
+             damaged.describe() if damaged is not None and damaged.cells else None)
+    return ImageResult(image, job.output, written.shape, memory_tile=written.planned if plan.memory_tile else None,
+                       resumed=written.resumed, partial_map=written.partial_map,
+                       note="; ".join(filter(None, notes)) or None,
+                       turned=turned_upright(image), converted=channel_conversion(source),
+                       scaled=value_scaling(source),
+                       nodata_possible=nodata_can_occur(getattr(source, "inner", source)), image_stamp=read.stamp,
+                       placement=replace(cell_placement(source, plan.grid.cell_area), contents=plan.contents),
+                       damaged=damaged if damaged is not None else DamagedCells() if options.skip_damaged else None)
+
+
+def _settled_by_another_run(job: _ImageJob, err: Exception) -> ImageResult | None:
+    """What became of an image whose map another run settled while this one failed: made
+    there as this run would make it (kept, not an error), or its partial map held by
+    another run of a listed batch that does not wait for it (tried again after the
+    rest: `_map_each`); None otherwise."""
+    from graphconv.files import FinishedByAnotherRun, HeldByAnotherRun
+
+    options = job.options
+    if isinstance(err, (WrittenMeanwhile, FinishedByAnotherRun)) and _made_meanwhile(
+            job.ref, job.model, job.image, job.output, options, job.tile, job.found):
+        return _kept_as_made_meanwhile(job.model, job.image, job.output, options, job.tile)
+    if isinstance(err, HeldByAnotherRun) and options.listed_in is not None and not options.wait_for_other_runs:
+        return ImageResult(job.image, held_elsewhere=True)
+    return None
+
+
+def _smaller_than_a_crop_hint(image: str, err: Exception) -> str:
+    """What to add to the error of an image smaller than a crop: how to map it anyway
+    (and, for a picture, to resize it); "" for any other error."""
+    from graphconv.cli import PICTURE_SUFFIXES, RESIZE_HINT, SMALLER_THAN_A_CROP_HINT
+
+    hint = SMALLER_THAN_A_CROP_HINT if isinstance(err, SmallerThanTheCrop) else ""
+    hint += RESIZE_HINT if hint and image.lower().endswith(PICTURE_SUFFIXES) else ""
+    return hint
 
 
 SCALES_NOT_IN_TILES = ("--scales resizes a picture (JPEG, PNG, ...) read whole; a TIFF or zarr image is read in "

@@ -797,28 +797,115 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
     neither computed by the crop loop nor compared, and said (`left_out_why`). Each model
     may be given as `compile_model` takes one: a path, a Graph or a Model."""
     original, compiled = _same_network(original, compiled)
+    _refuse_a_model_returning_vectors(compiled)
+    x = as_batch(image, original.crop_shape[0])
+    feed = _as_its_input if _preprocess_moved(original, compiled, x, device) else _as_given
+    compared = _Compared(original, compiled, x, feed, device)
+    dense = compiled._scores(feed(compiled, original, x), device) if dense is None else dense
+    conversion = _conversion_checked(compared, dense.shape[2:], tolerance)  # (a)
+    expected, seconds = _timed_reference_crop_loop(compared, conversion.changes, progress, left_out)
+    sliding = _sliding_compared(dense, expected, left_out, tolerance, conversion.tolerance)  # (b)
+    report = _verify_report(compared, conversion, sliding, tolerance, strict)
+    _note_the_cells_left_out_and_the_preprocess(report, compared, left_out_why)
+    if where is not None:
+        report.top = top_classes(sliding.dense, sliding.expected, where, seconds, original.graph.meta.get("labels"),
+                                 image_crops, command)
+        report.top.edge, report.top.exact = report.edge, report.exact_by_construction
+    if report.padded_layers or not report.agrees:
+        _say_where_padding_makes_them_differ(report, original, x, device)
+    return report
+
+
+def _refuse_a_model_returning_vectors(compiled: Model) -> None:
+    """A second model that still returns one vector per image is no dense form to check:
+    most often the classifier given twice, or the compiled model's path mistaken."""
     if compiled.returns_vectors:
         raise GraphconvError(f"verify compares a classifier with its dense form, but the second model, "
                              f"{compiled.graph.name}, returns one vector per image (its fc, flatten or global "
                              "pool still sees the whole input): give the compiled model (graphconv.compile_model)")
-    x = as_batch(image, original.crop_shape[0])
-    feed = _as_its_input if _preprocess_moved(original, compiled, x, device) else _as_given
-    dense = compiled._scores(feed(compiled, original, x), device) if dense is None else dense
-    rows, cols = dense.shape[2:]
-    origins = _sample_origins(x.shape[0], rows, cols, compiled.output_stride)
-    crops = _crops(original, x, origins)
+
+
+@dataclass(frozen=True)
+class _Compared:
+    """The two networks verify compares, on `device`, and the image `x` as a batch; `feed`
+    gives each the classifier's input as it takes it (the same pixels where a pass moved
+    the preprocess into the network, else the same tensor: `_preprocess_moved`)."""
+    original: Model
+    compiled: Model
+    x: np.ndarray
+    feed: Callable[[Model, Model, np.ndarray], np.ndarray]
+    device: str
+
+    def given(self, model: Model, x: np.ndarray) -> np.ndarray:
+        """`x`, the classifier's input, as `model` is given it."""
+        return self.feed(model, self.original, x)
+
+
+@dataclass(frozen=True)
+class _ConversionCheck:
+    """(a) as `_conversion_checked` measured it: on `crops` crops, the classifier's largest
+    score (`scale`), the `tolerance` it is relative to, the converted network's largest
+    difference (`max_abs`), and the passes that changed the scores (`changes`)."""
+    crops: int
+    scale: float
+    tolerance: float
+    max_abs: float
+    changes: list[PassChange]
+
+
+def _conversion_checked(compared: _Compared, map_hw: tuple[int, ...], tolerance: float | None) -> _ConversionCheck:
+    """(a): the converted network against the classifier on a few crops of the grid (its
+    first, middle and last rows and columns), where the two must agree to rounding for
+    any network. Over (a)'s tolerance, the compile's passes are run again one at a time
+    to name those that changed the scores: a bug of graphconv's, or a user's pass."""
+    original, compiled, device = compared.original, compared.compiled, compared.device
+    rows, cols = map_hw
+    origins = _sample_origins(compared.x.shape[0], rows, cols, compiled.output_stride)
+    crops = _crops(original, compared.x, origins)
     on_crops = _flat(original, crops, device)
     crop_scale = _finite_scale(on_crops)
     crop_tol = tolerance if tolerance is not None else TOLERANCE * crop_scale  # (a)'s, and the passes'
-    conversion = float(_abs_difference(_flat(compiled, feed(compiled, original, crops), device), on_crops).max())
+    conversion = float(_abs_difference(_flat(compiled, compared.given(compiled, crops), device), on_crops).max())
     changes = []
     if conversion > crop_tol and compiled.graph.meta.get("compiled", {}).get("passes"):
         changes = changing_passes(original, compiled.graph.meta["compiled"]["passes"], crops, crop_tol, device)
-    reference = original
+    return _ConversionCheck(len(crops), crop_scale, crop_tol, conversion, changes)
+
+
+def _timed_reference_crop_loop(compared: _Compared, changes: list[PassChange],
+                               progress: Callable[[int, int], None] | None,
+                               left_out: np.ndarray | None) -> tuple[np.ndarray, float]:
+    """The crop loop (b) is checked against, and its time: the classifier's, or, where only
+    the user's own passes changed the scores (meant: strip-softmax), the network as they
+    left it, on each crop, so that (b) checks the sliding alone."""
+    reference = compared.original
     if changes and not any(change.builtin for change in changes):
-        reference = compiled  # the user's passes changed the scores: the network as they left it, on each crop
-    expected, seconds = _timed_crop_loop(reference, feed(reference, original, x), compiled.output_stride, device,
-                                         progress, left_out)
+        reference = compared.compiled  # the user's passes changed the scores: the network as they left it, on each crop
+    return _timed_crop_loop(reference, compared.given(reference, compared.x), compared.compiled.output_stride,
+                            compared.device, progress, left_out)
+
+
+@dataclass(frozen=True)
+class _SlidingCheck:
+    """(b) as `_sliding_compared` measured it: the map's `shape`, the cells compared of the
+    sliding map (`dense`) and the crop loop (`expected`), each cell's largest difference
+    (`cell_differences`), the largest score (`scale`), (b)'s `tolerance`, the largest
+    difference (`max_abs`) and the cells differing by more."""
+    shape: tuple[int, ...]
+    dense: np.ndarray
+    expected: np.ndarray
+    cell_differences: np.ndarray
+    scale: float
+    tolerance: float
+    max_abs: float
+    differing: int
+
+
+def _sliding_compared(dense: np.ndarray, expected: np.ndarray, left_out: np.ndarray | None,
+                      tolerance: float | None, crop_tol: float) -> _SlidingCheck:
+    """(b): the sliding map against the crop loop, cell by cell, on the cells `run`
+    computes (those it leaves out are neither compared nor counted), within float32
+    rounding of the largest score, and never tighter than (a)'s tolerance (or --tolerance)."""
     if dense.shape != expected.shape:
         raise AssertionError(f"score map shape {dense.shape} != crop grid {expected.shape}")
     shape = dense.shape
@@ -830,40 +917,59 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
     tol = tolerance if tolerance is not None else max(crop_tol, TOLERANCE * scale)  # (b)'s
     diff = _abs_difference(dense, expected)
     differing = int((diff > tol).any(axis=1).sum())
+    return _SlidingCheck(shape, dense, expected, cell_differences, scale, tol, float(diff.max()), differing)
+
+
+def _verify_report(compared: _Compared, conversion: _ConversionCheck, sliding: _SlidingCheck,
+                   tolerance: float | None, strict: bool) -> VerifyReport:
+    """(a) and (b) as one report, with the classifier's padded layers (none: (b) is exact by
+    construction) and what each pads with, which say why (b) may differ."""
+    original, compiled = compared.original, compared.compiled
     pads = padded_layers(original.graph)
     kinds = edge_kinds(original.graph, pads)
-    report = VerifyReport(shape, float(diff.max()), float(diff.max()) / scale, not pads, pads, differing,
-                          int(np.prod(dense.shape[:1] + dense.shape[2:])), tol,
-                          conversion_max_abs=conversion, conversion_crops=len(crops), strict=strict,
-                          scale=scale, pass_changes=changes, conversion_tolerance=crop_tol,
-                          conversion_scale=crop_scale, tolerance_given=tolerance is not None,
-                          padding_kinds=kinds, compiled_given=_compiled_to_slide(original),
-                          finer_stride=_finer_stride(compiled), cell_differences=cell_differences)
+    return VerifyReport(sliding.shape, sliding.max_abs, sliding.max_abs / sliding.scale, not pads, pads,
+                        sliding.differing, int(np.prod(sliding.dense.shape[:1] + sliding.dense.shape[2:])),
+                        sliding.tolerance, conversion_max_abs=conversion.max_abs, conversion_crops=conversion.crops,
+                        strict=strict, scale=sliding.scale, pass_changes=conversion.changes,
+                        conversion_tolerance=conversion.tolerance, conversion_scale=conversion.scale,
+                        tolerance_given=tolerance is not None, padding_kinds=kinds,
+                        compiled_given=_compiled_to_slide(original), finer_stride=_finer_stride(compiled),
+                        cell_differences=sliding.cell_differences)
+
+
+def _note_the_cells_left_out_and_the_preprocess(report: VerifyReport, compared: _Compared,
+                                                left_out_why: str | None) -> None:
+    """Say what the check was not given as the user may think: the cells left out
+    (`left_out_why`), and, where the two models' preprocess blocks differ, what each
+    network was given, and whether that is a pass's doing or a setting to fix."""
+    original, compiled = compared.original, compared.compiled
     if left_out_why:
         report.notes.append(left_out_why)
     if compiled.preprocess != original.preprocess:
         differ = (f"the compiled model's preprocess ({_preprocess_words(compiled.preprocess)}) is not the "
                   f"classifier's ({_preprocess_words(original.preprocess)})")
         report.notes.append(f"{differ}: a pass moved it into the network, so each is given the same pixels as its "
-                            "own preprocess makes them" if feed is _as_its_input else
+                            "own preprocess makes them" if compared.feed is _as_its_input else
                             f"{differ}, though their networks take the same input (no pass moved it into the "
                             "network): each is given the same input, as the networks are what is checked; an image "
                             "run through each is normalised differently: give both the same preprocess "
                             "(classifier.preprocess = compiled.preprocess) unless that is meant")
-    if where is not None:
-        report.top = top_classes(dense, expected, where, seconds, original.graph.meta.get("labels"), image_crops,
-                                 command)
-        report.top.edge, report.top.exact = report.edge, report.exact_by_construction
-    if pads or not report.agrees:
-        report.layers, notes = _padding_effects(original, x, device)
-        report.notes.extend(notes)
-        rows, cols = padding_reach(original.graph)[0][original.graph.output.name]
-        if rows.all() and cols.all() and report.layers:
-            report.notes.append(f"the score: every cell depends on positions {report.edge} reaches (the layers after "
-                                f"{report.layers[-1].name} read its whole map), so any cell may differ; "
-                                f"{report.cells - report.cells_differing} of {report.cells} agree within the "
-                                "tolerance")
-    return report
+
+
+def _say_where_padding_makes_them_differ(report: VerifyReport, classifier: Model, x: np.ndarray,
+                                         device: str) -> None:
+    """For a padded network, or one whose map differs: each padded layer's effect on the
+    crops against the sliding map (`_padding_effects`), which shows whether the padding
+    alone explains (b); and where every cell of the score depends on padding, that any
+    cell may differ, and how many still agree."""
+    report.layers, notes = _padding_effects(classifier, x, device)
+    report.notes.extend(notes)
+    rows, cols = padding_reach(classifier.graph)[0][classifier.graph.output.name]
+    if rows.all() and cols.all() and report.layers:
+        report.notes.append(f"the score: every cell depends on positions {report.edge} reaches (the layers after "
+                            f"{report.layers[-1].name} read its whole map), so any cell may differ; "
+                            f"{report.cells - report.cells_differing} of {report.cells} agree within the "
+                            "tolerance")
 
 
 def _compiled_to_slide(model: Model) -> bool:
