@@ -264,6 +264,11 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
       (PACK_MAX_WEIGHTS and more, or a Winograd layer's) their packed copy, made on the
       first such run;
     - winograd: see `winograd.scratch_floats`;
+    - depthwise and grouped into an NCHW output (the network's last layer, or every layer
+      with GRAPHCONV_CHANNELS_LAST=0): the output's size, for the channels-last buffer the
+      kernel writes before the copy into the planes, and for grouped, the input's, for its
+      channels-last copy of an NCHW input (shape arithmetic cannot tell how the input is
+      stored, so both are counted whenever the output is NCHW);
     - im2col: column and result buffers for one band of output rows (SCRATCH_FLOATS of
       columns, at least one row), plus those of a shorter last band, which gets its own.
     A strategy this does not know gets the largest of these."""
@@ -296,6 +301,8 @@ def conv_scratch_bytes(params: dict, in_shape, out_shape, batch: int, strategy: 
         + (packed_weight_elements(params, weights) if weights >= PACK_MAX_WEIGHTS or suits_winograd(params, c)
            else 0),  # packed by the first run that needs them (see prepare_conv)
         "winograd": winograd.scratch_floats((batch, c, h, w), params["out_channels"], (ho, wo), _threads()),
+        "depthwise": 0 if out_channels_last else batch * params["out_channels"] * ho * wo,
+        "grouped": 0 if out_channels_last else batch * (params["out_channels"] * ho * wo + c * h * w),
         "small": 0,
     }
     strategy = strategy or choose_strategy(params, (batch, c, h, w))

@@ -337,3 +337,36 @@ def test_a_command_run_in_process_leaves_the_memory_limit_as_it_was(limit, capsy
     assert memory_limit() == 3 << 30
     assert main(["passes", "--memory-limit", "lots"]) == 2
     assert memory_limit() == 3 << 30
+
+
+def _stored(a: np.ndarray, channels_last: bool) -> np.ndarray:
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2) if channels_last else a
+
+
+@pytest.mark.parametrize("strategy, groups", [("depthwise", 96), ("grouped", 24)])
+@pytest.mark.parametrize("in_last, out_last", [(True, True), (True, False), (False, False)])
+def test_the_depthwise_and_grouped_kernels_allocate_no_more_than_their_counted_scratch(strategy, groups, in_last,
+                                                                                         out_last, rng):
+    """The arrays binding the layer to its values and running it allocate (traced:
+    numpy's; a kernel's own per-job buffers are numba's and a few KB; the weights' taps
+    are prepared before, as an Executor does once) fit in `conv_scratch_bytes`: a
+    network ending in a depthwise conv writes a channels-last buffer of the output's
+    size before its planes, "grouped" on NCHW values copies the input channels-last too."""
+    from graphconv.ops.conv.cpu import _conv_binder
+    params = {"out_channels": 96, "kernel_size": [3, 3], "stride": [1, 1], "padding": [1, 1], "dilation": [1, 1],
+              "groups": groups, "activation": "none", "bias": True}
+    x = _stored(rng.standard_normal((1, 96, 40, 40), dtype=np.float32), in_last)
+    weights = {"weight": rng.standard_normal((96, 96 // groups, 3, 3), dtype=np.float32),
+               "bias": rng.standard_normal(96, dtype=np.float32)}
+    out = _stored(np.empty((1, 96, 40, 40), np.float32), out_last)
+    binder = _conv_binder(params, weights, [x], out, strategy)
+    binder([x], out)()  # compiles the kernels outside the trace
+    tracemalloc.start()
+    try:
+        binder([x], out)()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    python_objects = 16 << 10  # the calls and argument tuples binding makes
+    assert peak <= python_objects + memory.conv_scratch_bytes(params, (96, 40, 40), (96, 40, 40), 1, strategy,
+                                                              out_channels_last=out_last)
