@@ -32,6 +32,7 @@ from typing import Any, Iterator, Sequence, TextIO
 
 import numpy as np
 
+from graphconv.classes import class_index
 from graphconv.errors import GraphconvError, agreeing, shown, shown_path, warn_caller
 from graphconv.georef import is_zarr_path
 
@@ -381,7 +382,6 @@ class _Selection:
                                  file=stored.path)
         if top_classes is None:
             return cls(None, min_score)
-        from graphconv.cli import class_index
 
         labels = stored.placement.get("labels")  # the kept classes' own, band by band
         positions = set()

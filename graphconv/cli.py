@@ -19,21 +19,22 @@ import signal
 import sys
 import threading
 import time
-import unicodedata
 import warnings
 from contextlib import contextmanager
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from graphconv.arrays import load_npy
 from graphconv.background import DEFAULT_MAX_NODATA, DEFAULT_THRESHOLD
 from graphconv.backends import AUTO, get_backend
-from graphconv.errors import (FrontEndError, GraphconvError, GraphconvWarning, PassError, agreeing, counted, nearest,
-                              printable, shown, shown_path)
+from graphconv.classes import class_index, class_scores, print_top, top_basis
+from graphconv.errors import (GraphconvError, GraphconvWarning, agreeing, counted, printable, shown, shown_path,
+                              user_message)
 from graphconv.files import (atomic_write, check_model_target, check_writable, committed_outputs, forget_committed,
                              spare_the_model)
 from graphconv.georef import is_tiff_output, is_zarr_path
+from graphconv.images import PICTURE_SUFFIXES, RESIZE_HINT, SMALLER_THAN_A_CROP_HINT
 from graphconv.memory import check_run_fits
 from graphconv.pass_manager import DEFAULT_PIPELINE
 from graphconv.profiling import format_profile, median_profile
@@ -272,24 +273,6 @@ def _leave_now(status: int) -> None:
         except (OSError, ValueError):  # a closed pipe, a closed stream: nothing more can go out
             pass
     os._exit(status)
-
-
-def user_message(err: BaseException, traceback_shown: bool = False) -> str:
-    """One line for an error that bad input (not a bug) can cause; a crashed plugin pass's
-    or front end's says where its whole traceback is, where it was not printed above it."""
-    if isinstance(err, GraphconvError):
-        crashed_plugin = isinstance(err, (PassError, FrontEndError)) and err.__cause__ is not None \
-            and not isinstance(err.__cause__, GraphconvError)
-        return f"{err} (--traceback for the whole traceback)" if crashed_plugin and not traceback_shown else str(err)
-    if isinstance(err, OSError):
-        where = f"{err.filename}: " if err.filename else ""
-        return f"{where}{err.strerror or err}"
-    if isinstance(err, MemoryError):
-        return ("ran out of memory; use a smaller input, or a lower --memory-limit so graphconv "
-                "refuses such inputs up front")
-    if isinstance(err, RecursionError):
-        return "the input is nested too deeply"
-    return f"{type(err).__name__}: {shown(str(err))} (--traceback for details)"
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -1246,11 +1229,6 @@ def _whole_run_hint(args: argparse.Namespace, model, images: int) -> str:
     return "; or ".join(hints)
 
 
-SMALLER_THAN_A_CROP_HINT = (": --pad-image reflect (or constant) pads its border, so that crops fit and the map "
-                            "reaches its edges")
-RESIZE_HINT = "; or --resize S brings a picture's shorter side to S pixels"
-
-
 @contextmanager
 def _naming_the_input(file: str | None, hint: str = ""):
     """A shape error that names no file (an input smaller than the classifier's crop)
@@ -1265,9 +1243,6 @@ def _naming_the_input(file: str | None, hint: str = ""):
         if hint and isinstance(err, SmallerThanTheCrop):
             err.message += hint
         raise
-
-
-PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
 MAP_SUFFIXES = (".npy", ".zarr", ".tif", ".tiff")
@@ -1833,40 +1808,6 @@ def file_name_part(text: str, longest: int = 64) -> str:
     return re.sub(r"[^\w.-]+", "_", text).strip("._")[:longest].strip("._")
 
 
-CLASSES_LISTED = 12  # class names an unknown name's error lists, where none is close
-
-
-def class_index(name: int | str, labels: list[str] | None, flag: str,
-                how_to_name: str = "or its labels with --labels FILE") -> int:
-    """A class named as the model's labels name it (`name` an index stays one): an exact
-    name, else one that matches but for case; `flag` and `how_to_name` for the error."""
-    if isinstance(name, (int, np.integer)) and not isinstance(name, bool):
-        return int(name)
-    if not isinstance(name, str):
-        raise GraphconvError(f"{flag} {name!r}: a class is its index (a whole number) or its name")
-    if not labels:
-        raise GraphconvError(f"{flag} {shown(name)}: the model has no labels to name classes by; give the "
-                             f"class's index, {how_to_name}")
-    exact = [i for i, label in enumerate(labels) if label == name]
-    folded = exact or [i for i, label in enumerate(labels) if _folded(label) == _folded(name)]
-    if len(folded) == 1:
-        return folded[0]
-    if folded:  # ImageNet's labels name two classes 'crane' (the bird, the machine): the first was taken
-        raise GraphconvError(f"{flag} {shown(name)}: {len(folded)} classes have that name (indices "
-                             f"{', '.join(map(str, folded))}): give the index")
-    close = nearest(name, labels)
-    some = ", ".join(map(repr, labels[:CLASSES_LISTED])) + (f", ... ({len(labels)} in all)"
-                                                             if len(labels) > CLASSES_LISTED else "")
-    hint = f": did you mean {', '.join(map(repr, close))}?" if close else f" (the model's classes: {some})"
-    raise GraphconvError(f"{flag} {shown(name)}: no class of that name{hint}")
-
-
-def _folded(name: str) -> str:
-    """A class name as compared but for case and Unicode form: a labels file written on a
-    Mac holds 'Ä' as A and a combining diaeresis, which a name typed elsewhere is not."""
-    return unicodedata.normalize("NFC", name).casefold()
-
-
 def _heatmap_range(text: str) -> str | tuple[float, float]:
     if text in ("auto", "map"):
         return text
@@ -1911,56 +1852,6 @@ def _run_scales(args: argparse.Namespace, model, x: np.ndarray) -> int:
         atomic_write(args.output, lambda p: np.save(p, result.scores), suffix=".npy", size=result.scores.nbytes)
         print(f"-> {args.output}")
     return 0
-
-
-def class_scores(scores, how: str | None = "mean") -> np.ndarray:
-    """--top's ranking, (N, K): each class's mean score over the map's computed cells, or
-    with `how` "max" (--top-by max) its best cell's; NaN for a map of no computed cell. A
-    classifier's (N, K) vectors are one cell each (a map's axes raised numpy's AxisError)."""
-    scores = np.asarray(scores)
-    if scores.ndim == 2:
-        scores = scores[:, :, None, None]
-    computed = ~np.isnan(scores).all(axis=1, keepdims=True)
-    counts = computed.sum(axis=(2, 3))
-    if how == "max":
-        summary = np.where(computed, scores, -np.inf).max(axis=(2, 3))
-    else:
-        summary = np.where(computed, scores, 0).sum(axis=(2, 3), dtype=np.float64) / np.maximum(counts, 1)
-    return np.where(counts > 0, summary, np.nan)  # NaN for a map of no computed cell
-
-
-def print_top(scores: np.ndarray, k: int, labels: list[str] | None, basis: str = "") -> None:
-    """--top's lines: one image's classes on the line that says how they are ranked
-    (`basis`, "by their mean score over its 22x31 cells"); a batch's one line an image
-    after it. A bare 'image 0: fat 0.14' read as probabilities for a model that gives
-    logits, and as one of several images where there was one."""
-    if len(scores) == 1:
-        print(f"top {k}{basis}: {top_text(scores[0], k, labels)}")
-        return
-    print(f"top {k}{basis}, image by image:")
-    for index, vector in enumerate(scores):
-        print(f"image {index}: {top_text(vector, k, labels)}")
-
-
-def top_basis(scores: np.ndarray, how: str | None) -> str:
-    """How `class_scores` ranked a run's output, as --top's line says it."""
-    if scores.ndim != 4:
-        return " classes by score"
-    cells = f"{scores.shape[2]}x{scores.shape[3]} cells"
-    return f" classes by their best score in its {cells}" if how == "max" else \
-        f" classes by their mean score over its {cells}"
-
-
-def top_text(vector: np.ndarray, k: int, labels: list[str] | None) -> str:
-    """The K best classes of one score vector, 'cat 0.81, dog 0.1' (best first)."""
-    from graphconv.scales import top_classes
-
-    return ranked_text((label, score) for _, label, score in top_classes(vector, k, labels))
-
-
-def ranked_text(ranked: Iterable[tuple[str, float]]) -> str:
-    """Classes and their scores as --top says them, 'cat 0.81, dog 0.1'."""
-    return ", ".join(f"{label} {score:.4g}" for label, score in ranked)
 
 
 def _positive_int(text: str) -> int:

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator, Sequence
 import numpy as np
 
 from graphconv.background import DEFAULT_MAX_NODATA
-from graphconv.errors import GraphconvError, GraphconvWarning, SmallerThanTheCrop, counted
+from graphconv.classes import class_scores
+from graphconv.errors import GraphconvError, GraphconvWarning, SmallerThanTheCrop, counted, user_message
 from graphconv.georef import is_zarr_path
 
 if TYPE_CHECKING:
@@ -689,15 +690,13 @@ def _one_image(ref: ModelRef, image: str, output: str, options: MapOptions, tile
     try:
         return replace(result, top=ranked_classes(result.output, options, worker_model(ref).graph.meta.get("labels")))
     except (GraphconvError, OSError, MemoryError, ValueError) as err:
-        from graphconv.cli import user_message
         return replace(result, error=user_message(err))
 
 
 def ranked_classes(path: str, options: MapOptions, labels: list[str] | None) -> RankedClasses:
     """The `options.top` best classes of the map at `path` by `options.top_by`
-    (`cli.class_scores`), best first; none for a map of no computed cell (all
+    (`classes.class_scores`), best first; none for a map of no computed cell (all
     background or no-data). `labels`: the model's, of every class."""
-    from graphconv.cli import class_scores
     from graphconv.scales import kept_labels, top_classes
 
     scores = class_scores(read_map(path), options.top_by)[0]
@@ -724,8 +723,6 @@ def _image_mapped(ref: ModelRef, image: str, output: str, options: MapOptions, t
     where another run made it meanwhile, the image left for later where another run
     holds its partial map (`_settled_by_another_run`), else the error returned as its one
     line, not raised (raised with --traceback), so the batch goes on."""
-    from graphconv.cli import user_message
-
     job = _ImageJob(ref, image, output, options, tile, stopped, found)
     try:
         return _map_made(job)
@@ -939,7 +936,7 @@ def _settled_by_another_run(job: _ImageJob, err: Exception) -> ImageResult | Non
 def _smaller_than_a_crop_hint(image: str, err: Exception) -> str:
     """What to add to the error of an image smaller than a crop: how to map it anyway
     (and, for a picture, to resize it); "" for any other error."""
-    from graphconv.cli import PICTURE_SUFFIXES, RESIZE_HINT, SMALLER_THAN_A_CROP_HINT
+    from graphconv.images import PICTURE_SUFFIXES, RESIZE_HINT, SMALLER_THAN_A_CROP_HINT
 
     hint = SMALLER_THAN_A_CROP_HINT if isinstance(err, SmallerThanTheCrop) else ""
     hint += RESIZE_HINT if hint and image.lower().endswith(PICTURE_SUFFIXES) else ""
@@ -1504,7 +1501,7 @@ def _check_distinct(images: Sequence[str], names: Sequence[str]) -> None:
 
 def image_suffixes() -> tuple[str, ...]:
     """The names of images --images reads: pictures (Pillow), TIFFs and zarr arrays."""
-    from graphconv.cli import PICTURE_SUFFIXES
+    from graphconv.images import PICTURE_SUFFIXES
     from graphconv.sources import TIFF_SUFFIXES
     return PICTURE_SUFFIXES + TIFF_SUFFIXES + (".zarr",)
 
@@ -1557,9 +1554,8 @@ def is_graphconv_output(path: str | Path) -> bool:
     """Whether `path` is a .tif or .zarr map or a heatmap an earlier run wrote (read from
     its header): a rerun into the photos' own folder must not map them as photos (a
     .zarr map there failed every later batch: "an image array of shape (1, 11, 69, 94)")."""
-    from graphconv.cli import PICTURE_SUFFIXES
     from graphconv.georef import is_graphconv_map
-    from graphconv.images import is_graphconv_heatmap
+    from graphconv.images import PICTURE_SUFFIXES, is_graphconv_heatmap
 
     suffix = Path(path).suffix.lower()
     if suffix in (".tif", ".tiff"):

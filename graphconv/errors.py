@@ -219,6 +219,24 @@ class FrontEndError(GraphconvError):
     one line naming the front end and its line, as a crashed plugin pass is."""
 
 
+def user_message(err: BaseException, traceback_shown: bool = False) -> str:
+    """One line for an error that bad input (not a bug) can cause; a crashed plugin pass's
+    or front end's says where its whole traceback is, where it was not printed above it."""
+    if isinstance(err, GraphconvError):
+        crashed_plugin = isinstance(err, (PassError, FrontEndError)) and err.__cause__ is not None \
+            and not isinstance(err.__cause__, GraphconvError)
+        return f"{err} (--traceback for the whole traceback)" if crashed_plugin and not traceback_shown else str(err)
+    if isinstance(err, OSError):
+        where = f"{err.filename}: " if err.filename else ""
+        return f"{where}{err.strerror or err}"
+    if isinstance(err, MemoryError):
+        return ("ran out of memory; use a smaller input, or a lower --memory-limit so graphconv "
+                "refuses such inputs up front")
+    if isinstance(err, RecursionError):
+        return "the input is nested too deeply"
+    return f"{type(err).__name__}: {shown(str(err))} (--traceback for details)"
+
+
 def import_optional(module: str, needs: str):
     """`module`, an optional dependency (Pillow, onnx, zarr, ...), imported; or one
     GraphconvError: `needs` (what needs it, and how to install it) where it is not

@@ -49,6 +49,13 @@ MIN_BYTES_PER_SOURCE_PIXEL = 1 + SOURCE_PIXEL_OVERHEAD
 BAND_BYTES = 1 << 20  # pixel_array's copies out of Pillow
 MAX_PIXEL_BYTES = 16  # 4 channels of 4 bytes: the widest pixel Pillow's modes hold
 BAND_ALLOWANCE = 4 * BAND_BYTES  # a band, its bytes twice over (tobytes), and its numpy copy
+# the names of pictures, the images Pillow reads whole (--images takes them beside TIFFs and zarr arrays)
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+# what the commands add to the error of an image smaller than the crop (`errors.SmallerThanTheCrop`):
+# how reading it padded makes crops fit, and, for a picture, reading it resized
+SMALLER_THAN_A_CROP_HINT = (": --pad-image reflect (or constant) pads its border, so that crops fit and the map "
+                            "reaches its edges")
+RESIZE_HINT = "; or --resize S brings a picture's shorter side to S pixels"
 
 
 def _pil():

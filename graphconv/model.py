@@ -14,6 +14,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
+from graphconv.classes import class_index
 from graphconv.errors import GraphconvError, counted, shown, warn_caller
 from graphconv.ir import Graph
 from graphconv.receptive import Field, MixedStridesError, crop_stride, receptive_fields
@@ -683,7 +684,6 @@ class Model:
         probabilities, else the map's own min..max), "map" or (low, high); `opacity`, the
         map's share of each pixel (0.5; 0.45 for "top")."""
         from graphconv import images
-        from graphconv.cli import class_index
 
         if self.returns_vectors:
             raise GraphconvError(f"{self.graph.name} as written gives one class vector per image, not a map to "

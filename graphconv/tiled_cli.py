@@ -26,8 +26,14 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from graphconv.errors import GraphconvError, Location, agreeing, counted, printable, shown
+from graphconv.classes import class_scores, print_top, ranked_text, top_basis
+from graphconv.cli import (check_heatmap_class, check_heatmap_has_a_map, draw_heatmap, heatmap_tag, nodata_flag, note,
+                           note_cold_kernels, note_dense_padding, note_how_the_image_is_read,
+                           note_how_the_raster_is_read, note_pixels_as_they_are, note_run_as_written,
+                           note_value_scaling, resolve_class_names, ways_to_map)
+from graphconv.errors import GraphconvError, Location, agreeing, counted, printable, shown, user_message
 from graphconv.georef import is_zarr_path
+from graphconv.images import SMALLER_THAN_A_CROP_HINT
 from graphconv.memory import FLOAT_BYTES, check_fits, format_size, memory_limit
 
 if TYPE_CHECKING:
@@ -119,7 +125,6 @@ def run_tiled_command(args: argparse.Namespace, model, grid, reason: str) -> int
     run = _checked_tiled_run(args, model, grid, _opened_image(args, model, grid))
     work = _tile_work_said(run)
     if not (args.workers or args.scheduler):
-        from graphconv.cli import note_cold_kernels
         note_cold_kernels(model, args.device)
     written_over = _partial_map_beside(args.output, run.job) if args.output and not run.resume else None
     start = time.perf_counter()
@@ -206,7 +211,6 @@ def _check_the_partial_map_to_resume(args: argparse.Namespace, job: dict, shape:
         partial.check_intact(shape, dtype)  # and one damaged since (an .npy cut short)
         return True
     if os.path.lexists(args.output):  # a finished run's command again (a job script rerun): say why it works
-        from graphconv.cli import note
         note(f"note: {args.output} is there and no stopped run's {partial.shown} is: --resume has nothing to go "
              "on from, so the whole map is computed again and replaces it")
     return False
@@ -358,7 +362,6 @@ def _opened_image(args: argparse.Namespace, model, grid):
     source = _map_options(args, grid).open_image(model, args.image, getattr(args, "nodata", None))
     image_hw = (source.height, source.width)
     describe_resolution(on_image(source, grid.field)[0], args.mpp)  # the image's size, not --pad-image's
-    from graphconv.cli import note, note_how_the_image_is_read, note_how_the_raster_is_read
     note_how_the_raster_is_read(args, source)
     _drop_a_skip_background_that_does_nothing(args, source)
     from graphconv.cluster import stored_orientation_note
@@ -370,7 +373,6 @@ def _opened_image(args: argparse.Namespace, model, grid):
         note(said)
     crop_hw = model.crop_shape[1:]
     if image_hw[0] < crop_hw[0] or image_hw[1] < crop_hw[1]:
-        from graphconv.cli import SMALLER_THAN_A_CROP_HINT
         raise GraphconvError(f"the image is {image_hw[0]}x{image_hw[1]}, smaller than the classifier's "
                              f"{crop_hw[0]}x{crop_hw[1]} crop{SMALLER_THAN_A_CROP_HINT}", file=args.image)
     return source
@@ -446,7 +448,6 @@ def _print_what_was_done(run: _TiledRun, work: _TileWork, done: _TilesComputed, 
     if means is not None and np.isnan(means).all():
         print("--top: no cell was computed (every one is over background or no-data), so there is no class to rank")
     elif means is not None:
-        from graphconv.cli import print_top, top_basis
         from graphconv.scales import kept_labels
         print_top(means, args.top, kept_labels(run.model.graph.meta.get("labels"), args.classes),
                   top_basis(done.out, getattr(args, "top_by", None)) + " (the computed ones)")
@@ -570,10 +571,9 @@ def _as_asked(microns: float, asked: float | None) -> str:
 
 
 def _top_scores(args: argparse.Namespace, scores) -> np.ndarray | None:
-    """--top's input (`cli.class_scores`, by --top-by), or None without --top."""
+    """--top's input (`classes.class_scores`, by --top-by), or None without --top."""
     if not args.top or args.reduce == "argmax":
         return None
-    from graphconv.cli import class_scores
     return class_scores(scores, getattr(args, "top_by", None))
 
 
@@ -677,7 +677,6 @@ def _partial_map_beside(output: str, job: dict):
     (`_remove_a_partial_map_written_over`: it was left behind, stale, while the note
     still said --resume continued it); if this run stops, it is kept as it was. Of
     another job: left as it is, and said once; None."""
-    from graphconv.cli import note
     from graphconv.tiling import PartialMap, stopped_partial_map
 
     partial, differences = stopped_partial_map(output, job)
@@ -699,8 +698,6 @@ def _remove_a_partial_map_written_over(partial) -> None:
     """This run (without --resume) wrote the whole map a stopped --resume run of the same
     job had begun in `partial`: that partial map holds nothing more, so it goes, said
     once (not while another run is resuming it)."""
-    from graphconv.cli import note
-
     done = partial.count_done()
     if not partial.remove_unless_in_use():
         note(f"note: {partial.shown}, a stopped --resume run's partial map of this same map, is left as it is: "
@@ -731,7 +728,6 @@ def _drop_a_skip_background_that_does_nothing(args: argparse.Namespace, source) 
     raster = getattr(source, "inner", source)
     if not nodata_can_occur(raster):  # no pixel can be no-data: the tissue test applies
         return
-    from graphconv.cli import note
     args.skip_background = None
     note(f"note: --skip-background does nothing here: {args.image} is a raster with no-data (the image's "
          f"{nodata_named(raster)}), whose cells "
@@ -791,13 +787,11 @@ def _skipper(args: argparse.Namespace, background, plan):
               f"{agreeing(cells, 'its', 'their')} centre and {not_computed}; "
               f"{skipped}", file=sys.stderr)
         if cells and cells == total:
-            from graphconv.cli import note
             note(f"note: --skip-background {args.skip_background:g} found no tissue anywhere: the map holds no "
                  "computed cell. The test looks for colour, or in a grey image darkness, on a bright background "
                  "(brightfield slides, scanned pages): for a fainter stain give a smaller threshold, for a dark "
                  "background (fluorescence) run without --skip-background")
     elif cells:
-        from graphconv.cli import note
         from graphconv.sources import nodata_named
         value = nodata_named(background.image)
         note(f"note: {cells} of {counted(total, 'cell')} ({cells / total:.0%}) {agreeing(cells, 'is', 'are')} not "
@@ -813,7 +807,6 @@ def _check_heatmap(args: argparse.Namespace, classes: int, labels: list[str] | N
     names too, where the model has labels: the user may have named them)."""
     if args.heatmap is None or args.heatmap == "top":
         return
-    from graphconv.cli import check_heatmap_class
     check_heatmap_class(args.heatmap, classes)
     if args.reduce == "argmax":
         raise GraphconvError(f"--heatmap {args.heatmap} draws that class's scores, which --reduce argmax does "
@@ -839,7 +832,6 @@ def _draw_heatmap(args: argparse.Namespace, model, source, grid, scores, backgro
     is drawn over the image itself, its cells shifted back by the border."""
     if args.heatmap is None:
         return
-    from graphconv.cli import draw_heatmap
     from graphconv.sources import on_image, thumbnail
 
     image, field = on_image(source, grid.cell_area)  # each cell where its crop stands, as the map's metadata says
@@ -1107,7 +1099,6 @@ def _checked_batch(args: argparse.Namespace, images: list[str], base: str) -> _B
     """The model loaded once, and every check of the batch as a whole made before any
     image is read: a bad model, --tile, --heatmap or --output-format is one error here,
     not one per image."""
-    from graphconv.cli import check_heatmap_has_a_map, note_pixels_as_they_are, resolve_class_names
     from graphconv.cluster import worker_model
     from graphconv.files import spare_the_model
 
@@ -1203,8 +1194,6 @@ def _say_what_the_batch_did(batch: _Batch, results: list, replaceable: set[str],
     photo would bury the errors said as they came): how the model ran, how the images
     were read, what became of the maps and partial maps there before. The images that
     failed are returned."""
-    from graphconv.cli import note, note_dense_padding, note_run_as_written
-
     args, model = batch.args, batch.model
     failed = [r for r in results if r.error]
     if len(failed) < len(results):
@@ -1229,8 +1218,6 @@ def _say_what_the_batch_did(batch: _Batch, results: list, replaceable: set[str],
 def _note_photos_turned(results: list) -> None:
     """One line for the batch's photos turned upright by their EXIF orientation, not one
     per photo: their maps and cells are the upright picture's."""
-    from graphconv.cli import note
-
     turned = sum(result.turned for result in results if not result.error)
     if turned:  # one line for the batch, not one per photo
         theirs = agreeing(turned, "its map and cells are the upright picture's",
@@ -1259,7 +1246,6 @@ def _rank_kept_maps(args: argparse.Namespace, model, options, kept: list[tuple[s
 def _top_line(image: str, top) -> str:
     """--top of --images: one image's line on stdout, 'IMAGE: cat 0.81, dog 0.1' (best
     first; graphconv-maps.csv's `top` column holds them too, for scripts)."""
-    from graphconv.cli import ranked_text
     ranked = ranked_text(top) or "no cell computed"
     return printable(f"{image}: {ranked}")
 
@@ -1283,8 +1269,6 @@ def _error_line(result, explained: set[str] | None = None) -> str:
 def _note_tiled_for_memory(args: argparse.Namespace, model, results: list) -> None:
     """One note for the images of a batch mapped in tiles because the whole image's run
     was over the memory budget (`cluster.image_tile`), as a single --image's run says."""
-    from graphconv.cli import note
-
     if not results:
         return
     height, width = max(result.memory_tile for result in results)
@@ -1357,8 +1341,6 @@ def _remove_heatmaps_of_earlier_maps(output: str) -> list[str]:
 
 
 def _note_stale_heatmaps_removed(removed: list[str]) -> None:
-    from graphconv.cli import note
-
     if removed:
         note(f"note: {counted(len(removed), 'heatmap')} of the maps this run replaced "
              f"{agreeing(len(removed), 'was', 'were')} removed (such as {removed[0]}): drawn from the earlier maps, "
@@ -1370,7 +1352,6 @@ def _note_maps_of_images_gone(args: argparse.Namespace) -> None:
     or moved since they were mapped). Rows of images not in this run are kept, as a run
     over part of a collection must not forget the rest, so such a row read as a photo
     of the collection; said, for the user to clear."""
-    from graphconv.cli import note
     from graphconv.manifest import MANIFEST_NAME, Manifest
 
     gone = [row for key, row in Manifest(args.output_dir).rows.items()
@@ -1385,8 +1366,6 @@ def _note_maps_of_images_gone(args: argparse.Namespace) -> None:
 
 def _note_made_meanwhile(args: argparse.Namespace, results: list) -> None:
     """One note for the maps another run made while this batch ran (`cluster._made_meanwhile`)."""
-    from graphconv.cli import note
-
     if results:
         note(f"note: {counted(len(results), 'image')} had {agreeing(len(results), 'its', 'their')} map made "
              f"meanwhile by another run into {args.output_dir}, as "
@@ -1397,8 +1376,6 @@ def _note_partial_maps_left(partial_maps: list) -> None:
     """What became of stopped --resume runs' partial maps beside the maps this batch,
     without --resume, wrote (`cluster.PartialMapLeft`): one note for each fate, as a
     single --image's run says of its one."""
-    from graphconv.cli import note
-
     removed = [p for p in partial_maps if p.fate == "removed"]
     in_use = [p for p in partial_maps if p.fate == "in use"]
     another = [p for p in partial_maps if p.fate not in ("removed", "in use")]
@@ -1423,8 +1400,6 @@ def _note_resumed(resumed: list[tuple[int, int]], on_a_cluster: bool) -> None:
     """--images --resume: one note for the maps that went on from an earlier run's tiles
     (on a cluster, also from a task of this run whose worker died: dask ran the image
     again elsewhere, and the note spoke of an earlier run the user never started)."""
-    from graphconv.cli import note
-
     if resumed:
         whose = "an earlier run (or a worker of this run that died)" if on_a_cluster else "an earlier run"
         note(f"note: --resume: {counted(len(resumed), 'map')} went on from the tiles {whose} had done "
@@ -1435,8 +1410,6 @@ def _note_batch_conversions(results: list) -> None:
     """One note per kind of conversion in an --images batch (`ImageResult.converted`:
     RGB photos to luma for a grey model, ...), with how many images it concerns, rather
     than a line per photo."""
-    from graphconv.cli import note
-
     kinds = [result.converted for result in results if result.converted]
     for kind in dict.fromkeys(kinds):
         count = kinds.count(kind)
@@ -1447,8 +1420,6 @@ def _note_batch_reading(args: argparse.Namespace, model, results: list) -> None:
     """What a single --image's run says of how a raster is read (`cli.note_how_the_raster_is_read`),
     once for the batch: its pixels of more than 8 bits scaled onto 0..255 (with how many
     images), and --max-nodata or --compute-nodata with nothing to act on in any image."""
-    from graphconv.cli import nodata_flag, note, note_value_scaling
-
     if not results:
         return
     kinds = [result.scaled for result in results if result.scaled]
@@ -1498,7 +1469,6 @@ def check_the_network_takes(args: argparse.Namespace, model, image: str, size: t
     or flatten layer fixes its size, saying how to map it, and for a picture how to
     classify it whole (--resize to the crop). An input too small for a window, or smaller
     than the crop, is left to the run, which says so."""
-    from graphconv.cli import ways_to_map
     from graphconv.errors import ShapeError
     from graphconv.shapes import infer_shapes
 
@@ -1693,8 +1663,6 @@ def _listed_images(list_file: str) -> list[str]:
     list as a file deleted during the run is: one slide lost from a 300-slide list
     refused the whole night's batch. A broken link is there, named as the list names it:
     it is that image's error, as in a folder's batch."""
-    from graphconv.cli import note
-
     listed = list(enumerate(_list_lines(list_file), 1))
     images, missing = {}, []
     for number, path in listed:
@@ -1731,8 +1699,6 @@ def _list_base(images: list[str]) -> str:
 def _shard_of(images: list[str], part: int, parts: int) -> list[str]:
     """--shard K/N: every Nth image from the Kth, so the N parts are the whole batch, and
     the sizes of a sorted batch's images spread evenly over them."""
-    from graphconv.cli import note
-
     mine = images[part::parts]
     note(f"note: --shard {part}/{parts}: {len(mine)} of the batch's {counted(len(images), 'image')}")
     return mine
@@ -1742,7 +1708,6 @@ def _note_subfolders_not_searched(pattern: str, subfolders: list[Path]) -> None:
     """A folder given to --images is searched itself, not its subfolders: where some hold
     images, say how many, and the pattern that maps them too (they were left out without
     a word)."""
-    from graphconv.cli import note
     from graphconv.cluster import is_image_to_map
 
     holding = [folder for folder in subfolders if folder.suffix.lower() != ".zarr" and not folder.name.startswith(".")
@@ -1818,7 +1783,6 @@ def _note_left_out(pattern: str, reasons: dict[str, str]) -> None:
     for reason in sorted(set(given), key=lambda one: (-given.count(one), one)):  # the commonest first
         paths = [path for path, why_left in reasons.items() if why_left == reason]
         why.append(f"{len(paths)} {reason}{_suffix_counts(paths) if reason == NOT_AN_IMAGE_FORMAT else ''}")
-    from graphconv.cli import note
     note(f"note: --images {pattern}: left out {counted(len(reasons), 'file')}: {', '.join(why)}")
 
 
@@ -1865,7 +1829,6 @@ def _images_not_done(args: argparse.Namespace, ref, model, images: list[str], ba
     for image, output in zip(images, outputs):
         done = holds_its_map(ref, model, image, output, options, args.tile, made_with)
         (kept if done else todo).append((image, output))
-    from graphconv.cli import note
     unrecorded = [output for _, output in todo if output.endswith(".npy") and os.path.isfile(output)
                   and made_with(output) is None]
     changed = [output for output in unrecorded if manifest.lists(output) and manifest.image_of(output) is None]
@@ -1897,7 +1860,6 @@ def _heatmaps_drawn_from_kept_maps(args: argparse.Namespace, model, grid, kept: 
     returned, to be mapped again (and their error said then, if it comes again)."""
     if args.heatmap is None:
         return []
-    from graphconv.cli import note
     from graphconv.cluster import ImageResult
 
     undrawn = [(image, output) for image, output in kept if not _heatmap_is_current(args, output)]
@@ -1936,8 +1898,6 @@ def _note_npy_maps_replaced(args: argparse.Namespace, results: list, there: set[
     .npy records not which image it was made from, so another image's of the same name
     (cameras reuse IMG_0001.JPG) cannot be told from this one's and is replaced too, where
     a .tif map of another image is refused (`cluster.map_of_another_image`)."""
-    from graphconv.cli import note
-
     replaced = sum(1 for result in results if result.output is not None and result.output in there)  # map written
     if replaced:
         note(f"note: {counted(replaced, '.npy map')} in {args.output_dir} {agreeing(replaced, 'was', 'were')} "
@@ -1948,7 +1908,6 @@ def _note_npy_maps_replaced(args: argparse.Namespace, results: list, there: set[
 
 def _heatmap_name(args: argparse.Namespace, output: str) -> Path:
     output = Path(output)
-    from graphconv.cli import heatmap_tag
     return output.with_name(f"{output.stem}-heatmap-{heatmap_tag(args)}.png")
 
 
@@ -1971,7 +1930,6 @@ def _check_heatmap_names(args: argparse.Namespace, images: list[str], base: str)
 def _with_heatmap(args: argparse.Namespace, model, grid, result):
     """--heatmap of --images: one image's map, read back from its file, drawn over the
     image beside it (<name>-heatmap-<class>.png); a failure is that image's error."""
-    from graphconv.cli import user_message
     from graphconv.cluster import read_map
 
     if args.heatmap is None or result.error:

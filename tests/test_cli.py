@@ -1361,7 +1361,7 @@ def test_a_best_class_heatmap_of_some_classes_says_which(digits_fcn, tmp_path, c
 def test_a_class_name_two_labels_share_is_refused_naming_both():
     """ImageNet's labels name two classes 'crane' (the bird, the machine): `--heatmap crane`
     took the first without a word."""
-    from graphconv.cli import class_index
+    from graphconv.classes import class_index
 
     labels = ["bird", "crane", "dog", "Crane", "crane"]
     assert class_index("dog", labels, "--heatmap") == 2 and class_index(4, labels, "--heatmap") == 4

@@ -480,7 +480,7 @@ def ranking(row: dict[str, str]) -> list[tuple[str, float]]:
 def test_top_ranks_each_map_s_classes_in_its_row(model_dir, tmp_path, workers):
     """--top's lines on stdout come in the workers' order, named as the files are: a
     photo library's script wants them in the list, one row per photo, in any order."""
-    from graphconv.cli import class_scores
+    from graphconv.classes import class_scores
     from graphconv.scales import top_classes
 
     folder = photos(tmp_path / "photos", {"a.png": (40, 50), "b.png": (44, 40), "c.png": (36, 36)})
