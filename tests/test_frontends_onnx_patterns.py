@@ -137,7 +137,7 @@ def test_the_fused_prelu_writes_the_group_s_output_and_takes_alpha_as_its_slope(
     alpha = np.array([0.25, 0.5, 0.125, 1.0], np.float32).reshape(CHANNELS, 1, 1)
     model = keras_prelu(alpha, sub=sub, mul_first=False)
     values = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
-    nodes = fused(model.graph.node, values.get, lambda node, message: pytest.fail(message), 17, ["y"])
+    nodes, _ = fused(model.graph.node, values.get, lambda node, message: pytest.fail(message), 17, ["y"])
     assert [n.op_type for n in nodes] == ["Conv"] + ([] if sub else ["Constant"]) + ["PRelu"]
     prelu = nodes[-1]
     assert list(prelu.output) == ["y"] and prelu.input[0] == "c" and prelu.name == "model/p_re_lu"
@@ -145,3 +145,87 @@ def test_the_fused_prelu_writes_the_group_s_output_and_takes_alpha_as_its_slope(
     if not sub:
         assert prelu.input[1] == nodes[1].output[0] != "alpha"
     np.testing.assert_array_equal(slope, alpha)
+
+
+# ---- adaptive average pooling whose output size does not divide the map -------------------
+
+torch = pytest.importorskip("torch")
+
+
+class AdaptiveHead(torch.nn.Module):
+    """A classifier of no padding (its dense map is exactly its crops' scores) whose head
+    is torchvision VGG's: AdaptiveAvgPool2d(out), flatten, two Linears; crop 40 leaves an
+    8x8 map, 24 a 4x4, 28 a 5x5; stride 4."""
+
+    def __init__(self, out: tuple[int, int], pool: type = torch.nn.AdaptiveAvgPool2d, then_conv: bool = False):
+        super().__init__()
+        nn = torch.nn
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 6, 3), nn.ReLU(),
+                                      nn.MaxPool2d(2))
+        self.avgpool = pool(out)
+        self.after = nn.Conv2d(6, 6, 1) if then_conv else nn.Identity()
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(6 * out[0] * out[1], 16), nn.ReLU(), nn.Linear(16, 5))
+
+    def forward(self, x):
+        return self.classifier(self.after(self.avgpool(self.features(x))))
+
+
+def dynamo_export(model, crop: int, path):
+    """What torch.onnx.export writes by default (the dynamo exporter): the TorchScript
+    exporter refuses an adaptive pool whose output size does not divide the map."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (torch.randn(1, 3, crop, crop),), str(path), dynamo=True, verbose=False)
+    return path
+
+
+@pytest.mark.parametrize("crop, out, op, stride", [
+    (40, (7, 7), "avgpool", (4, 4)),  # 8 -> 7 (VGG-16 at a 256 crop): bins of 2 at every pixel, one pool layer
+    (40, (7, 4), "avgpool", (4, 8)),  # and 8 -> 4 across: bins of 2 every 2 pixels, a map of twice the stride
+    (24, (7, 7), None, (4, 4)),       # 4 -> 7 (VGG at a 128 crop): bins of 1 and 2, folded into the Linear
+    (28, (3, 3), None, (4, 4)),       # 5 -> 3 (VGG at 288: 9 -> 7): bins of 2 and 3
+    (24, (8, 8), None, (4, 4)),       # 4 -> 8 (AlexNet's (6, 6) over a 3x3 map): each pixel repeated
+])
+def test_an_adaptive_average_pool_that_does_not_divide_the_map_slides_exactly(tmp_path, rng, crop, out, op, stride):
+    """torchvision's VGG and AlexNet heads on a model trained at another crop than 224:
+    imported (a pool layer where the bins are of one size, else the Linear's weight taking
+    the pool in), compiled, and the dense map equal to PyTorch on every crop."""
+    import graphconv
+    torch.manual_seed(0)
+    model = AdaptiveHead(out).eval()
+    path = dynamo_export(model, crop, tmp_path / "head.onnx")
+    compiled = graphconv.compile_model(path)
+    ops = [n.op for n in compiled.graph.layers()]
+    assert ("avgpool" in ops) == (op == "avgpool")
+    (sy, sx), rows, cols = stride, 4, 3
+    image = rng.standard_normal((1, 3, crop + sy * (rows - 1), crop + sx * (cols - 1))).astype(np.float32)
+    dense = compiled.run(image)
+    with torch.no_grad():
+        crops = [[model(torch.from_numpy(image[:, :, sy * i:sy * i + crop, sx * j:sx * j + crop])).numpy()[0]
+                  for j in range(cols)] for i in range(rows)]
+    expected = np.array(crops).transpose(2, 0, 1)[None]
+    np.testing.assert_allclose(dense, expected, rtol=0, atol=2e-5 * np.abs(expected).max())
+
+
+def test_an_adaptive_pool_of_two_bin_sizes_not_before_a_linear_is_refused_saying_why(tmp_path):
+    """4 -> 7 then a conv: no Linear to take the pool in, and no window slides it."""
+    import graphconv
+    path = dynamo_export(AdaptiveHead((7, 7), then_conv=True), 24, tmp_path / "conv_after.onnx")
+    with pytest.raises(GraphconvError, match=r"adaptive average pooling to 7x7 over a 4x4 map .* its bins are of "
+                                             r"two sizes, which no sliding window computes; .* here none follows"):
+        graphconv.load(path)
+
+
+def test_gathered_windows_whose_maximum_is_taken_are_not_taken_for_the_average_pool(tmp_path):
+    """The dynamo exporter's gathered bins (8 -> 7), then ReduceMax in place of ReduceMean
+    (an adaptive max pool; PyTorch's exporter writes none): not the average, so left to
+    the converters, which refuse its Transpose."""
+    import graphconv
+    path = dynamo_export(AdaptiveHead((7, 7)), 40, tmp_path / "mean.onnx")
+    model = onnx.load(str(path))
+    (mean,) = [node for node in model.graph.node if node.op_type == "ReduceMean"]
+    mean.op_type = "ReduceMax"
+    onnx.save(model, str(tmp_path / "max.onnx"))
+    with pytest.raises(GraphconvError, match=r"Transpose \[2, 3, 0, 1\] of a feature map"):
+        graphconv.load(tmp_path / "max.onnx")

@@ -341,8 +341,10 @@ class Importer:
         self.exported_batch = 1  # the input's fixed batch, where the exporter fixed one (_add_input)
         self.fixed_size = False  # whether the file fixes the input's height and width (_add_input)
         self.opset = self._opset()
-        self.nodes = onnx_patterns.fused(model.graph.node, self._initializer_or_constant, self._refuse, self.opset,
-                                         [out.name for out in model.graph.output])
+        self.replaced: dict[str, np.ndarray] = {}  # constants a pattern gave new values (onnx_patterns.fused)
+        self.nodes, self.replaced = onnx_patterns.fused(model.graph.node, self._initializer_or_constant,
+                                                        self._refuse, self.opset,
+                                                        [out.name for out in model.graph.output])
         self.values: dict[str, Tensor | np.ndarray] = {}
         self.weights: dict[str, np.ndarray] = {}
         self.uses = self._count_uses()
@@ -361,6 +363,7 @@ class Importer:
         self._check_one_output()
         for init in self.model.graph.initializer:
             self.values[init.name] = self.read_tensor(init, f"initializer {shown(init.name)}")
+        self.values.update(self.replaced)
         self._add_input()
         for self.position, node in enumerate(self.nodes):
             self.onnx_node = node
@@ -409,7 +412,10 @@ class Importer:
         return version
 
     def _initializer_or_constant(self, name: str) -> np.ndarray | None:
-        """A value known before the walk: an initializer or a Constant node's output."""
+        """A value known before the walk: an initializer or a Constant node's output (as a
+        node pattern replaced it, once they have run)."""
+        if name in self.replaced:
+            return self.replaced[name]
         onnx = require_onnx()
         for init in self.model.graph.initializer:
             if init.name == name:

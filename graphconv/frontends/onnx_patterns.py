@@ -32,9 +32,14 @@ The patterns, in the order `fused` applies them:
 * `_with_channel_convs_fused`: ECA's Conv1d across the pooled channels, with its views
   -> CHANNEL_CONV.
 * `_with_keras_prelus_fused`: tf2onnx's Keras PReLU, relu(x) - alpha * relu(-x) -> PRelu.
+* `_with_adaptive_pools_fused`: the dynamo exporter's F.adaptive_avg_pool2d whose output
+  size does not divide the map (a Transpose, a GatherND of the bins' windows, their means)
+  -> AveragePool where the bins are of one size, else folded into the Linear after it.
 
 Each takes the node list and `constant(name)` (an initializer's or Constant node's
-value, or None) and returns a new list; the nodes it does not touch stay as they were.
+value, or None) and returns a new list; the nodes it does not touch stay as they were. A
+pattern that changes a constant's value (the Linear absorbing a pool) puts it in the
+`replaced` that `fused` returns with the list.
 """
 from __future__ import annotations
 
@@ -48,20 +53,23 @@ from graphconv.errors import shown
 
 
 def fused(nodes: list, constant: Callable[[str], np.ndarray | None], refuse: Callable[[Any, str], None],
-          opset: int, graph_outputs: Sequence[str]) -> list:
+          opset: int, graph_outputs: Sequence[str]) -> tuple[list, dict[str, np.ndarray]]:
     """`nodes` (an ONNX graph's, in order) with every pattern of this module fused, in the
-    order the module's docstring lists them. `constant(name)` is a value known before
-    conversion (an initializer's or Constant node's) or None; `refuse(node, message)`
-    raises the refusal of a group that looks like a pattern but is not one; `opset` is
-    the model's, for constants folded on the way; `graph_outputs` are the graph's output
-    names, values a group must not drop."""
+    order the module's docstring lists them, and the constants a pattern gave new values
+    (a Linear's weight that absorbed a pool), by name. `constant(name)` is a value known
+    before conversion (an initializer's or Constant node's) or None; `refuse(node,
+    message)` raises the refusal of a group that looks like a pattern but is not one;
+    `opset` is the model's, for constants folded on the way; `graph_outputs` are the
+    graph's output names, values a group must not drop."""
+    replaced: dict[str, np.ndarray] = {}
     nodes = _with_softplus_thresholds_fused(_with_gelus_fused(list(nodes), constant), constant, refuse)
     nodes = _with_lrns_fused(nodes, constant, refuse, opset, graph_outputs)
     nodes = _with_layer_norms_fused(nodes, constant)
     nodes = _with_moment_layer_norms_fused(nodes, constant)
     nodes = _with_batch_norm_layer_norms_fused(nodes, constant, graph_outputs)
     nodes = _with_channel_convs_fused(nodes, constant)
-    return _with_keras_prelus_fused(nodes, constant, graph_outputs)
+    nodes = _with_keras_prelus_fused(nodes, constant, graph_outputs)
+    return _with_adaptive_pools_fused(nodes, constant, refuse, opset, graph_outputs, replaced), replaced
 
 
 def _onnx():
@@ -1022,3 +1030,216 @@ def _fresh_name(name: str, taken: set[str]) -> str:
         fresh = f"{name}_{number}"
     taken.add(fresh)
     return fresh
+
+
+# Ops the dynamo exporter writes F.adaptive_avg_pool2d with, where the output size does not
+# divide the map: the windows gathered, then their mean (bins of one size) or a masked sum
+# divided by each bin's count (bins of two sizes)
+ADAPTIVE_POOL_OPS = ("GatherND", "Transpose", "ReduceMean", "ReduceSum", "Where", "Gather", "Add", "Sub", "Mul",
+                     "Div", "Cast", "Unsqueeze", "Squeeze", "Slice", "Concat", "Expand")
+MAX_ADAPTIVE_POOL_NODES = 400  # a 7x7 bin grid of two sizes is some 60 nodes
+
+
+@dataclass(frozen=True)
+class _AdaptivePool:
+    """A group of nodes computing F.adaptive_avg_pool2d(x, (oh, ow)) on x's (h, w) map."""
+
+    x: str
+    out: str
+    nodes: list
+    in_hw: tuple[int, int]
+    out_hw: tuple[int, int]
+
+
+def _with_adaptive_pools_fused(nodes: list, constant: Callable[[str], np.ndarray | None],
+                               refuse: Callable[[Any, str], None], opset: int, outputs: Sequence[str],
+                               replaced: dict[str, np.ndarray]) -> list:
+    """The node list with each adaptive average pool whose output size does not divide
+    the map (torchvision's VGG and AlexNet heads, AdaptiveAvgPool2d((7, 7)) or ((6, 6)),
+    on a model trained at another crop than 224: 8x8 -> 7x7 at 256), which the dynamo
+    exporter writes as a Transpose, a GatherND of every bin's window and their means
+    (TorchScript's exporter refuses such a pool), replaced by what slides:
+
+    - bins all of one size and step along each axis (8 -> 7: windows of 2 at every
+      pixel): one AveragePool of that window and stride;
+    - bins of two sizes (4 -> 7, 9 -> 7), which no sliding window computes: where a
+      flatten and a Linear follow, the pool is a fixed linear map of the crop's map that
+      the Linear's weight absorbs (`_folded_into_linear`): the Flatten of the map itself
+      and the Linear over it, whose weight `replaced` gives (fc-to-conv then slides it
+      like any classifier's); anywhere else, refused, saying why.
+
+    The group is found from its Transpose [2, 3, 0, 1] and GatherND of constant windows,
+    and it is taken for the pool only where it computes it: run by ONNX's reference
+    implementation on every one-pixel image and a random one, it must give
+    `adaptive_average_matrix`'s values."""
+    wiring = _Wiring.of(nodes, constant)
+    replacements: dict[int, list] = {}
+    dropped: set[int] = set()
+    for start in nodes:
+        pool = _adaptive_pool_at(wiring, nodes, start, opset, set(outputs))
+        if pool is None:
+            continue
+        uniform = [_uniform_bins(size, out) for size, out in zip(pool.in_hw, pool.out_hw)]
+        if all(uniform):
+            written = [_average_pool_node(pool, uniform, start)]
+            last = pool.nodes[-1]
+        else:
+            folded = _folded_into_linear(wiring, pool, start, replaced)
+            if folded is None:
+                h, w = pool.in_hw
+                oh, ow = pool.out_hw
+                refuse(start, f"adaptive average pooling to {oh}x{ow} over a {h}x{w} map (F.adaptive_avg_pool2d, "
+                              "as the dynamo exporter writes it where the output size does not divide the map): "
+                              "its bins are of two sizes, which no sliding window computes; graphconv folds such "
+                              "a pool into a Linear after its flatten (torchvision's VGG and AlexNet heads), and "
+                              "here none follows. A crop whose map the output size divides, or whose map is one "
+                              "pixel larger, imports as a plain average pool")
+            written, last = folded
+        replacements[id(last)] = written
+        dropped |= {id(n) for n in pool.nodes} | {id(last)}
+    return [new for n in nodes if id(n) not in dropped or id(n) in replacements for new in replacements.get(id(n), [n])]
+
+
+def _adaptive_pool_at(wiring: _Wiring, nodes: list, start, opset: int, outputs: set[str]) -> _AdaptivePool | None:
+    """The adaptive average pool whose Transpose [2, 3, 0, 1] is `start`, if that is one."""
+    if start.op_type != "Transpose" or _attribute(start, "perm") != [2, 3, 0, 1]:
+        return None
+    gather = wiring.sole_reader(start.output[0], "GatherND")
+    windows = wiring.constant(gather.input[1]) if gather is not None and len(gather.input) == 2 else None
+    if windows is None or windows.ndim != 5 or windows.shape[4] != 2 or windows.min() < 0:
+        return None
+    group, out = _closed_group(wiring, nodes, start, outputs)
+    if out is None:
+        return None
+    in_hw = (int(windows[..., 0].max()) + 1, int(windows[..., 1].max()) + 1)
+    pool = _AdaptivePool(start.input[0], out, group, in_hw, (windows.shape[0], windows.shape[2]))
+    return pool if _computes_the_average(pool, wiring.constant, opset) else None
+
+
+def _attribute(node, name: str):
+    from onnx import helper
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), None)
+
+
+def _closed_group(wiring: _Wiring, nodes: list, start, outputs: set[str]) -> tuple[list, str | None]:
+    """The nodes computing from `start`'s output alone (and constants), in order, and the
+    one value of theirs that other nodes read; (nodes, None) where that is not so."""
+    values, group = set(start.output), [start]
+    for node in nodes[nodes.index(start) + 1:]:
+        inputs = [name for name in node.input if name]
+        if node.op_type in ADAPTIVE_POOL_OPS and any(name in values for name in inputs) \
+                and all(name in values or wiring.constant(name) is not None for name in inputs):
+            group.append(node)
+            values.update(node.output)
+            if len(group) > MAX_ADAPTIVE_POOL_NODES:
+                return group, None
+    members = {id(node) for node in group}
+    read_outside = {name for name in values if name in outputs
+                    or any(id(reader) not in members for reader in wiring.readers.get(name, []))}
+    if len(read_outside) != 1:
+        return group, None
+    out = read_outside.pop()
+    return (group, out) if group[-1].output[0] == out else (group, None)
+
+
+def adaptive_average_matrix(in_hw: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:
+    """(oh * ow, h * w): each output of F.adaptive_avg_pool2d as a weighted sum of the
+    map's pixels. PyTorch's bins: output i of n over a side of s averages pixels
+    floor(i * s / n) to ceil((i + 1) * s / n) - 1."""
+    sides = []
+    for size, out in zip(in_hw, out_hw):
+        side = np.zeros((out, size))
+        for i in range(out):
+            first, end = i * size // out, -(-(i + 1) * size // out)
+            side[i, first:end] = 1.0 / (end - first)
+        sides.append(side)
+    return np.kron(sides[0], sides[1])
+
+
+def _computes_the_average(pool: _AdaptivePool, constant: Callable[[str], np.ndarray | None], opset: int) -> bool:
+    """Whether the group gives `adaptive_average_matrix`'s values, run by ONNX's reference
+    implementation on every one-pixel image (a batch of h * w) and on a random batch of
+    three channels."""
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    h, w = pool.in_hw
+    made = {out for node in pool.nodes for out in node.output}
+    needed = {name for node in pool.nodes for name in node.input if name and name not in made and name != pool.x}
+    graph = helper.make_graph(pool.nodes, "adaptive_pool", [helper.make_tensor_value_info(pool.x, TensorProto.FLOAT,
+                                                                                           None)],
+                              [helper.make_tensor_value_info(pool.out, TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.asarray(constant(name)), name) for name in sorted(needed)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    matrix = adaptive_average_matrix(pool.in_hw, pool.out_hw)
+    pixels = np.eye(h * w, dtype=np.float32).reshape(h * w, 1, h, w)
+    values = np.random.default_rng(0).standard_normal((2, 3, h, w)).astype(np.float32)
+    try:
+        evaluator = ReferenceEvaluator(model)
+        each_pixel = evaluator.run(None, {pool.x: pixels})[0]
+        random = evaluator.run(None, {pool.x: values})[0]
+    except Exception:  # not a group the reference runs on these shapes: not the pool
+        return False
+    expected = (values.reshape(2, 3, h * w) @ matrix.T).reshape(random.shape) if random.size == 6 * matrix.shape[0] \
+        else None
+    return each_pixel.size == matrix.size and expected is not None \
+        and np.allclose(each_pixel.reshape(h * w, -1).T, matrix, atol=1e-6) \
+        and np.allclose(random, expected, atol=1e-5)
+
+
+def _uniform_bins(size: int, out: int) -> tuple[int, int] | None:
+    """(window, stride) where every one of `out` bins over `size` pixels is that many
+    pixels, each `stride` after the last (8 over 7: (2, 1); 6 over 6: (1, 1)); else None."""
+    starts = [i * size // out for i in range(out)]
+    ends = [-(-(i + 1) * size // out) for i in range(out)]
+    windows = {end - first for first, end in zip(starts, ends)}
+    steps = {b - a for a, b in zip(starts, starts[1:])} or {1}
+    return (windows.pop(), steps.pop()) if len(windows) == 1 and len(steps) == 1 else None
+
+
+def _average_pool_node(pool: _AdaptivePool, bins: list, start):
+    """The AveragePool of bins of one size: no padding, so nothing to count or not."""
+    from onnx import helper
+    (kh, sh), (kw, sw) = bins
+    node = helper.make_node("AveragePool", [pool.x], [pool.out], name=start.name, kernel_shape=[kh, kw],
+                            strides=[sh, sw])
+    node.metadata_props.extend(start.metadata_props)  # the module the exporter recorded, which names the layer
+    return node
+
+
+def _folded_into_linear(wiring: _Wiring, pool: _AdaptivePool, start,
+                        replaced: dict[str, np.ndarray]) -> tuple[list, Any] | None:
+    """([Flatten of the pooled map], the flatten it replaces) where the pool's output is
+    flattened (Flatten, or a Reshape to (N, features)) straight into a Linear (Gemm or
+    MatMul of a constant weight nothing else reads); the Linear's weight, each of its
+    rows a (C, oh, ow) map, becomes the (C, h, w) map that gives the same dot products
+    with the unpooled features (rows @ adaptive_average_matrix), in `replaced`."""
+    from onnx import helper
+    flatten = wiring.sole_reader(pool.out, "Flatten", "Reshape")
+    if flatten is None or (flatten.op_type == "Flatten" and (_attribute(flatten, "axis") or 1) != 1) \
+            or (flatten.op_type == "Reshape" and not _to_features(wiring, flatten)):
+        return None
+    linear = wiring.sole_reader(flatten.output[0], "Gemm", "MatMul")
+    weight = wiring.constant(linear.input[1]) if linear is not None and len(linear.input) > 1 else None
+    if weight is None or weight.ndim != 2 or not wiring.single(linear.input[1]) or linear.input[0] != flatten.output[0] \
+            or _attribute(linear, "transA"):
+        return None
+    rows_are_outputs = linear.op_type == "Gemm" and bool(_attribute(linear, "transB"))
+    matrix = adaptive_average_matrix(pool.in_hw, pool.out_hw)
+    features = weight.shape[1] if rows_are_outputs else weight.shape[0]
+    if features % matrix.shape[0]:
+        return None
+    rows = (weight if rows_are_outputs else weight.T).astype(np.float64)
+    channels = features // matrix.shape[0]
+    unpooled = (rows.reshape(-1, channels, matrix.shape[0]) @ matrix).reshape(rows.shape[0], -1)
+    replaced[linear.input[1]] = (unpooled if rows_are_outputs else unpooled.T).astype(weight.dtype)
+    node = helper.make_node("Flatten", [pool.x], [flatten.output[0]], name=flatten.name, axis=1)
+    node.metadata_props.extend(flatten.metadata_props)
+    return [node], flatten
+
+
+def _to_features(wiring: _Wiring, reshape) -> bool:
+    """Whether a Reshape's constant target makes (N, features) of a batch: [1 or -1 or 0,
+    -1 or a number]."""
+    target = wiring.constant(reshape.input[1]) if len(reshape.input) > 1 else None
+    return target is not None and target.size == 2
