@@ -1180,9 +1180,8 @@ def _computes_the_average(pool: _AdaptivePool, constant: Callable[[str], np.ndar
         random = evaluator.run(None, {pool.x: values})[0]
     except Exception:  # not a group the reference runs on these shapes: not the pool
         return False
-    expected = (values.reshape(2, 3, h * w) @ matrix.T).reshape(random.shape) if random.size == 6 * matrix.shape[0] \
-        else None
-    return each_pixel.size == matrix.size and expected is not None \
+    expected = (values.reshape(2, 3, h * w) @ matrix.T).reshape(2, 3, *pool.out_hw)
+    return each_pixel.shape == (h * w, 1, *pool.out_hw) and random.shape == expected.shape \
         and np.allclose(each_pixel.reshape(h * w, -1).T, matrix, atol=1e-6) \
         and np.allclose(random, expected, atol=1e-5)
 
