@@ -14,7 +14,7 @@ from graphconv.frontends import load_network  # noqa: E402
 from graphconv.frontends.onnx_patterns import fused  # noqa: E402
 from graphconv.model import Model  # noqa: E402
 
-from test_frontends_onnx import onnxruntime_scores, save, tiny_model  # noqa: E402
+from test_frontends_onnx import onnxruntime_scores, onnxruntime_scores_named, save, tiny_model  # noqa: E402
 
 SCOPE = "model/p_re_lu/"  # tf2onnx names a Keras layer's nodes so
 CHANNELS = 4
@@ -206,6 +206,34 @@ def test_an_adaptive_average_pool_that_does_not_divide_the_map_slides_exactly(tm
                   for j in range(cols)] for i in range(rows)]
     expected = np.array(crops).transpose(2, 0, 1)[None]
     np.testing.assert_allclose(dense, expected, rtol=0, atol=2e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("linear", ["Gemm transB=0", "MatMul and Add"])
+def test_an_adaptive_pool_folds_into_a_linear_written_either_way(tmp_path, rng, linear):
+    """The Linear after a 4 -> 7 pool as other exporters write it, its weight (features,
+    outputs): Gemm of transB=0, or MatMul then the bias's Add; the classifier equals
+    onnxruntime's on its crop."""
+    import graphconv
+    torch.manual_seed(0)
+    model = onnx.load(str(dynamo_export(AdaptiveHead((7, 7)), 24, tmp_path / "gemm.onnx")))
+    gemm = next(node for node in model.graph.node if node.op_type == "Gemm")
+    weights = {init.name: init for init in model.graph.initializer}
+    transposed = onnx.numpy_helper.to_array(weights[gemm.input[1]]).T.copy()
+    weights[gemm.input[1]].CopyFrom(onnx.numpy_helper.from_array(transposed, gemm.input[1]))
+    if linear == "Gemm transB=0":
+        next(a for a in gemm.attribute if a.name == "transB").i = 0
+    else:
+        position = list(model.graph.node).index(gemm)
+        product = gemm.output[0] + "_product"
+        nodes = [onnx.helper.make_node("MatMul", gemm.input[:2], [product], name=gemm.name),
+                 onnx.helper.make_node("Add", [product, gemm.input[2]], list(gemm.output), name=gemm.name + "_bias")]
+        model.graph.node.remove(gemm)
+        for offset, node in enumerate(nodes):
+            model.graph.node.insert(position + offset, node)
+    path = save(model, tmp_path / "linear.onnx")
+    x = rng.standard_normal((1, 3, 24, 24)).astype(np.float32)
+    expected = onnxruntime_scores_named(path, x)
+    np.testing.assert_allclose(graphconv.load(path).run(x), expected, rtol=0, atol=2e-5 * np.abs(expected).max())
 
 
 def test_an_adaptive_pool_of_two_bin_sizes_not_before_a_linear_is_refused_saying_why(tmp_path):
