@@ -17,11 +17,13 @@ without them gives a plain TIFF map.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
+from numba import njit, prange
 
 from graphconv.errors import GraphconvError, agreeing
 from graphconv.receptive import Field
@@ -42,6 +44,9 @@ SHORT, ASCII, DOUBLE = 3, 2, 12  # TIFF data types
 MAP_TILE = 256  # the written map's TIFF tiles, at most (less for a smaller map)
 TIFF_TILE_MULTIPLE = 16  # what the TIFF standard requires of a tile's sides
 MAP_DESCRIPTION = "graphconv score map"  # how a map this module wrote is told from a user's image
+BLENDS = ("bilinear", "mean", "gaussian")  # how `CellPlacement.on_pixels` puts cells on the pixels
+MONAI_SIGMA_SCALE = 0.125  # sliding_window_inference's default: a window's Gaussian has sigma 0.125 x its side
+MONAI_LEAST_WEIGHT = 1e-3  # where MONAI clamps a window's Gaussian weights from below
 
 
 @dataclass(frozen=True)
@@ -618,15 +623,17 @@ class CellPlacement:
                 "units": "pixels of the image at full resolution (a pyramid's level 0), pixel k spanning k..k+1",
                 "microns_per_pixel": self.microns_per_pixel, **microns, **(self.read or {}), **(self.contents or {})}
 
-    def on_pixels(self, scores: np.ndarray, image_hw: tuple[int, int],
-                  origin_yx: tuple[int, int] = (0, 0), blend: str = "bilinear") -> np.ndarray:
+    def on_pixels(self, scores: np.ndarray, image_hw: tuple[int, int], origin_yx: tuple[int, int] = (0, 0),
+                  blend: str = "bilinear", sigma_scale: float = MONAI_SIGMA_SCALE) -> np.ndarray:
         """A (N, K, rows, cols) map placed so as (N, K, H, W), one value per pixel of the
         image at full resolution. `blend` "bilinear": each pixel the bilinear blend of the
         four cells whose centres surround its centre, a smooth picture of the cells a
         stride apart. "mean": each pixel the mean of the cells whose crops (`area`) cover
         it, what MONAI's sliding_window_inference(mode="constant") returns for the same
         windows (its last window moved flush with the image's edge where the crops' grid
-        stops short of it; graphconv keeps the grid). Either way a pixel beyond the
+        stops short of it; graphconv keeps the grid). "gaussian": their mean weighted as
+        MONAI's mode="gaussian" weights its windows' pixels (`_gaussian_of_covering`),
+        `sigma_scale` its argument of that name. Any way a pixel beyond the
         outermost centres (crops) holds the edge's cells (not extrapolated), and a NaN cell
         (not computed) is NaN in every pixel it weighs in. A slide's is far larger than
         memory: a region of the map, `map[..., r0:r1, c0:c1]`, placed with `first` moved by
@@ -640,15 +647,22 @@ class CellPlacement:
             raise GraphconvError(f"on_pixels places a (N, K, rows, cols) map, got shape {scores.shape}")
         if blend not in BLENDS:
             raise GraphconvError(f"blend is one of {', '.join(map(repr, BLENDS))}, got {blend!r}")
-        if blend == "mean" and self.area is None:
-            raise GraphconvError("blend 'mean' averages the cells whose crops cover a pixel: this placement states "
-                                 "no crop (area)")
+        if blend in ("mean", "gaussian") and self.area is None:
+            raise GraphconvError(f"blend {blend!r} averages the cells whose crops cover a pixel: this placement "
+                                 "states no crop (area)")
+        if isinstance(sigma_scale, bool) or not isinstance(sigma_scale, numbers.Real) or not 0 < sigma_scale < np.inf:
+            raise GraphconvError(f"sigma_scale is a positive number (MONAI's default 0.125: each window's "
+                                 f"weights a Gaussian of sigma 0.125 x its side), got {sigma_scale!r}")
         height, width = (int(v) for v in image_hw)
         check_fits(4 * scores.shape[0] * scores.shape[1] * height * width, f"a {height}x{width} map per pixel")
         first = [self.first[a] - origin_yx[a] for a in (0, 1)]
         if blend == "bilinear":
             rows = _blend(scores, _taps(first[0], self.step[0], scores.shape[2], height), axis=2)
             return _blend(rows, _taps(first[1], self.step[1], scores.shape[3], width), axis=3)
+        if blend == "gaussian":
+            return _gaussian_of_covering(scores, *(_gaussian_taps(first[a], self.step[a], self.area[a], sigma_scale,
+                                                                  scores.shape[2 + a], (height, width)[a])
+                                                   for a in (0, 1)))
         rows = _mean_of_covering(scores, _covering(first[0], self.step[0], self.area[0], scores.shape[2], height), 2)
         return _mean_of_covering(rows, _covering(first[1], self.step[1], self.area[1], scores.shape[3], width), 3)
 
@@ -658,9 +672,6 @@ class CellPlacement:
             return {}
         per_cm = tuple(1e4 / (self.step[a] * self.microns_per_pixel) for a in (1, 0))
         return {"resolution": per_cm, "resolutionunit": "CENTIMETER"}
-
-
-BLENDS = ("bilinear", "mean")  # how `CellPlacement.on_pixels` puts cells on the pixels
 
 
 def _taps(first: float, step: float, cells: int, pixels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -705,6 +716,57 @@ def _mean_of_covering(scores: np.ndarray, weights: np.ndarray, axis: int) -> np.
     else:
         out, spread = values @ weights.T, missing @ weights.T
     return np.where(spread > 0, np.nan, out).astype(np.float32)
+
+
+def _gaussian_taps(first: float, step: float, area: float, sigma_scale: float, cells: int,
+                   pixels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Along one axis, for each pixel: how many cells' crops hold its centre (`_covering`),
+    which cells (the first `count` columns of `cell`, in order) and each one's weight
+    along this axis, MONAI's: exp(-d^2 / (2 sigma^2)) at d from the crop's centre to
+    the pixel's, sigma = sigma_scale x the crop's side. A pixel no crop holds (past the
+    outermost ones, in a gap between them) takes its nearest cell, weighted 1 (the edge held)."""
+    holding = _covering(first, step, area, cells, pixels) > 0
+    count = holding.sum(axis=1)
+    cell = np.argsort(~holding, axis=1, kind="stable")[:, :int(count.max())]  # the holding cells first, in order
+    distance = np.arange(pixels)[:, None] + 0.5 - (first + step * cell)
+    covered = (-area / 2 <= distance) & (distance < area / 2)
+    weight = np.where(covered, np.exp(-distance ** 2 / (2 * (sigma_scale * area) ** 2)), 1.0)
+    return count, cell, weight
+
+
+def _gaussian_of_covering(scores: np.ndarray, rows: tuple, cols: tuple) -> np.ndarray:
+    """Each pixel the weighted mean of the cells whose crops cover it, a cell's weight its
+    row weight times its column weight (`_gaussian_taps`), clamped from below at
+    MONAI_LEAST_WEIGHT as MONAI clamps its importance map: MONAI's mode="gaussian" over
+    these crops. Not two matrix products along the axes as "mean" is: the clamp of the
+    product (at a crop's corners, and along the image's edges where every crop covering
+    a pixel has it near its own edge) does not factor into the axes."""
+    out = np.empty((*scores.shape[:2], rows[0].size, cols[0].size), np.float32)
+    _weighted_means(np.ascontiguousarray(scores, np.float32), *rows, *cols, MONAI_LEAST_WEIGHT, out)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _weighted_means(scores, row_count, row_cell, row_weight, col_count, col_cell, col_weight, least, out):
+    """`_gaussian_of_covering`'s sums, a pixel row a job, in float64; a NaN cell (not
+    computed) NaN wherever it weighs in."""
+    images, classes = scores.shape[0], scores.shape[1]
+    for y in prange(out.shape[2]):
+        sums = np.empty((images, classes))
+        for x in range(out.shape[3]):
+            sums[:] = 0.0
+            total = 0.0
+            for a in range(row_count[y]):
+                for b in range(col_count[x]):
+                    weight = max(row_weight[y, a] * col_weight[x, b], least)
+                    total += weight
+                    r, c = row_cell[y, a], col_cell[x, b]
+                    for image in range(images):
+                        for k in range(classes):
+                            sums[image, k] += weight * scores[image, k, r, c]
+            for image in range(images):
+                for k in range(classes):
+                    out[image, k, y, x] = sums[image, k] / total
 
 
 def _on_the_pixels(coordinate: float) -> str:

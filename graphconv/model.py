@@ -16,6 +16,7 @@ import numpy as np
 
 from graphconv.classes import class_index
 from graphconv.errors import GraphconvError, counted, shown, warn_caller
+from graphconv.georef import MONAI_SIGMA_SCALE
 from graphconv.ir import Graph
 from graphconv.receptive import Field, MixedStridesError, crop_stride, receptive_fields
 from graphconv.runtime import Executor
@@ -463,13 +464,14 @@ class Model:
         return layer
 
     def scores_on_pixels(self, scores: np.ndarray, image_size: int | tuple[int, int], *, blend: str = "bilinear",
-                         padded: bool = False) -> np.ndarray:
+                         padded: bool = False, sigma_scale: float = MONAI_SIGMA_SCALE) -> np.ndarray:
         """`run`'s map of an image of `image_size` (H, W; one number for a square) as (N,
         K, H, W), one value per pixel (`georef.CellPlacement.on_pixels`). `blend`
         "bilinear": each pixel the bilinear blend of the cells whose centres (`cell_area`)
         surround it; "mean": the mean of the cells whose crops cover it, what MONAI's
         sliding_window_inference(mode="constant") returns with these crops as its windows
-        (roi_size the crop, its step the stride). Pixels past the outermost cells hold the
+        (roi_size the crop, its step the stride); "gaussian": that mean weighted as its
+        mode="gaussian" weights them, with its `sigma_scale`. Pixels past the outermost cells hold the
         edge's. `padded`: the map is of the image padded as `run --pad-image` and
         `sources.pad_batch` pad it, placed back on the image itself. One image's map,
         (K, rows, cols), gives (K, H, W)."""
@@ -498,7 +500,7 @@ class Model:
             raise GraphconvError(f"scores_on_pixels: a {image_size[0]}x{image_size[1]} image's map{what} has "
                                  f"{expected[0]}x{expected[1]} cells, got {scores.shape[2]}x{scores.shape[3]}{hint}")
         placement = cells_on_pixels(shifted_cells(self.cell_area, (top, left) if padded else (0, 0)))
-        on_pixels = placement.on_pixels(scores, image_size, blend=blend)
+        on_pixels = placement.on_pixels(scores, image_size, blend=blend, sigma_scale=sigma_scale)
         return on_pixels[0] if one_image else on_pixels
 
     def map_size(self, height: int, width: int) -> tuple[int, int]:
