@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-# name: (module, attribute there)
+# name: (module, attribute there). The TYPE_CHECKING block and __all__ below repeat these names as the literal
+# imports and list that type checkers, IDEs and linters read (no dict); tests/test_api.py checks all three agree
 _EXPORTS = {
-    "install_kernel_cache": ("graphconv.kernel_cache", "install_kernel_cache"),  # not in __all__; kept working
+    "install_kernel_cache": ("graphconv.kernel_cache", "install_kernel_cache"),  # kept working, not in __all__
     "configure_process": ("graphconv.process", "configure_process"),
     "set_memory_limit": ("graphconv.memory", "set_memory_limit"),
     "GraphconvError": ("graphconv.errors", "GraphconvError"),

@@ -3,7 +3,9 @@ and `run_passes` take (paths, Models, Graphs, the load options), `Model.run` and
 `run_tiled` on what users hand them, preprocessing set from Python and saved, and the
 names exported at the top level."""
 import contextlib
+import importlib
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -279,6 +281,22 @@ def test_dir_lists_the_public_names_only():
     names = dir(graphconv)
     assert set(graphconv.__all__) <= set(names)
     assert not {"importlib", "TYPE_CHECKING"} & set(names) and not any(name.startswith("_") for name in names)
+
+
+def test_the_names_type_checkers_see_are_the_names_graphconv_exports():
+    """Each name `graphconv.<name>` gives (`_EXPORTS`, imported on first use) is the one
+    the TYPE_CHECKING block imports for type checkers and IDEs, from the same module:
+    a name added to one and not the other was an error only an IDE would show."""
+    import ast
+
+    tree = ast.parse(Path(graphconv.__file__).read_text())
+    block = next(node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "_TYPE_CHECKING")
+    imported = {alias.asname or alias.name: (node.module, alias.name)
+                for node in block.body for alias in node.names}
+    assert imported == {name: where for name, where in graphconv._EXPORTS.items() if name != "install_kernel_cache"}
+    assert graphconv.__all__ == sorted({*imported, "load"})
+    for name, (module, attribute) in graphconv._EXPORTS.items():
+        assert getattr(graphconv, name) is getattr(importlib.import_module(module), attribute)
 
 
 def test_run_image_reads_and_preprocesses_a_picture(small, tmp_path):
