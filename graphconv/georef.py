@@ -23,7 +23,6 @@ from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
-from numba import njit, prange
 
 from graphconv.errors import GraphconvError, agreeing
 from graphconv.receptive import Field
@@ -741,32 +740,11 @@ def _gaussian_of_covering(scores: np.ndarray, rows: tuple, cols: tuple) -> np.nd
     these crops. Not two matrix products along the axes as "mean" is: the clamp of the
     product (at a crop's corners, and along the image's edges where every crop covering
     a pixel has it near its own edge) does not factor into the axes."""
+    from graphconv.ops.pixel_blends import weighted_means
+
     out = np.empty((*scores.shape[:2], rows[0].size, cols[0].size), np.float32)
-    _weighted_means(np.ascontiguousarray(scores, np.float32), *rows, *cols, MONAI_LEAST_WEIGHT, out)
+    weighted_means(np.ascontiguousarray(scores, np.float32), *rows, *cols, MONAI_LEAST_WEIGHT, out)
     return out
-
-
-@njit(cache=True, parallel=True)
-def _weighted_means(scores, row_count, row_cell, row_weight, col_count, col_cell, col_weight, least, out):
-    """`_gaussian_of_covering`'s sums, a pixel row a job, in float64; a NaN cell (not
-    computed) NaN wherever it weighs in."""
-    images, classes = scores.shape[0], scores.shape[1]
-    for y in prange(out.shape[2]):
-        sums = np.empty((images, classes))
-        for x in range(out.shape[3]):
-            sums[:] = 0.0
-            total = 0.0
-            for a in range(row_count[y]):
-                for b in range(col_count[x]):
-                    weight = max(row_weight[y, a] * col_weight[x, b], least)
-                    total += weight
-                    r, c = row_cell[y, a], col_cell[x, b]
-                    for image in range(images):
-                        for k in range(classes):
-                            sums[image, k] += weight * scores[image, k, r, c]
-            for image in range(images):
-                for k in range(classes):
-                    out[image, k, y, x] = sums[image, k] / total
 
 
 def _on_the_pixels(coordinate: float) -> str:

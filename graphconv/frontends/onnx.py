@@ -44,7 +44,7 @@ import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -58,6 +58,9 @@ from graphconv.memory import check_fits
 from graphconv.ops import get_op
 from graphconv.ops.pad import MODES as PAD_MODES
 from graphconv.params import normalize_params
+
+if TYPE_CHECKING:  # onnx is an optional extra, imported when a model is read
+    from onnx import NodeProto
 
 MIN_OPSET, MAX_OPSET = 7, 23  # the main domain's versions whose op semantics are handled here
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -353,7 +356,7 @@ class Importer:
         self.position = 0  # of the node being converted, in self.nodes
         self.trimmed_to_blocks: dict[str, int] = {}  # value -> block: a Slice's rows and columns that fill patches
 
-    def _refuse(self, node, message: str) -> None:
+    def _refuse(self, node: NodeProto, message: str) -> None:
         """Raise the refusal of ONNX `node`, named as converters name theirs."""
         self.onnx_node = node
         raise self.error(message)
@@ -692,12 +695,12 @@ class Importer:
             target[0] = 1
         return target
 
-    def optional_constant(self, node, index: int, what: str) -> np.ndarray | None:
+    def optional_constant(self, node: NodeProto, index: int, what: str) -> np.ndarray | None:
         if len(node.input) <= index or not node.input[index]:
             return None
         return self.constant(node.input[index], what)
 
-    def add_layer(self, node, op: str, inputs: Sequence[Tensor], params: dict | None = None,
+    def add_layer(self, node: NodeProto, op: str, inputs: Sequence[Tensor], params: dict | None = None,
                   weights: dict[str, np.ndarray] | None = None, rank: int | None = None,
                   name: str | None = None, output: str | None = None) -> Tensor:
         """Add one graphconv layer for ONNX `node`, bind its `output` (by default its
@@ -725,12 +728,12 @@ class Importer:
         self.values[output or node.output[0]] = tensor
         return tensor
 
-    def alias(self, node, value: Tensor | np.ndarray) -> None:
+    def alias(self, node: NodeProto, value: Tensor | np.ndarray) -> None:
         """Bind the node's output to an existing value (ops that change nothing graphconv
         stores: Identity, inference Dropout, a Reshape to the same shape)."""
         self.values[node.output[0]] = value
 
-    def _layer_name(self, node, weights: dict | None) -> str:
+    def _layer_name(self, node: NodeProto, weights: dict | None) -> str:
         """The PyTorch module path where the file has one, else a cleaned node name."""
         for name in node.input[1:2]:
             if weights and name.endswith(".weight"):
@@ -744,11 +747,11 @@ class Importer:
         return _clean_name(_scoped_name(node)) or _clean_name(node.name) or _clean_name(node.op_type.lower()) \
             or "layer"
 
-    def _all_constant(self, node) -> bool:
+    def _all_constant(self, node: NodeProto) -> bool:
         return bool(node.input) and all(not name or isinstance(self.values.get(name), np.ndarray)
                                         for name in node.input)
 
-    def _fold_constant(self, node) -> None:
+    def _fold_constant(self, node: NodeProto) -> None:
         """Evaluate a node whose inputs are all constants (shape arithmetic, weight
         transposes) with ONNX's own reference implementation."""
         from onnx.reference import ReferenceEvaluator
@@ -769,7 +772,7 @@ class Importer:
         for name, value in zip([o for o in node.output if o], results):
             self.values[name] = np.asarray(value)
 
-    def attributes(self, node) -> dict[str, Any]:
+    def attributes(self, node: NodeProto) -> dict[str, Any]:
         """The node's attributes by name; a required one that is missing (attrs["size"])
         is reported as a malformed node naming it."""
         onnx = require_onnx()
@@ -989,7 +992,7 @@ _VIEWS = {  # what a view is called, and the ONNX ops that read it (NCHW: the ma
 
 # ---- converters: one function per ONNX op type -------------------------------------------------------
 
-Converter = Callable[[Importer, Any], None]
+Converter = Callable[[Importer, "NodeProto"], None]
 CONVERTERS: dict[str, Converter] = {}  # standard ONNX op type -> its converter
 CUSTOM_CONVERTERS: dict[tuple[str, str], Converter] = {}  # (custom domain, op type) -> its converter
 STANDARD_DOMAINS = ("", "ai.onnx")

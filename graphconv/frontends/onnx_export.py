@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +23,11 @@ from graphconv.errors import GraphconvError
 from graphconv.frontends.onnx import require_onnx
 from graphconv.ir import Graph, Node
 from graphconv.shapes import FittingSizes, fitting_sizes, infer_shapes
+
+if TYPE_CHECKING:  # onnx is an optional extra
+    from onnx import GraphProto, TensorProto
+
+    from graphconv.ops.registry import OpDef
 
 EXPORT_OPSET = 19  # AveragePool takes dilations from 19 on (the dilated stride rewrite makes them)
 
@@ -92,11 +98,11 @@ class OnnxWriter:
         return name
 
     @property
-    def initializers(self) -> list:
+    def initializers(self) -> list[TensorProto]:
         """The initializers as TensorProtos (a copy of every weight: for small graphs)."""
         return [self.numpy_helper.from_array(array, name) for name, array in self.arrays.items()]
 
-    def add_initializers(self, graph) -> None:
+    def add_initializers(self, graph: GraphProto) -> None:
         """Write the initializers into the GraphProto `graph`, holding one extra copy of
         one weight at a time."""
         for name, array in self.arrays.items():
@@ -118,7 +124,7 @@ class OnnxWriter:
         finally:
             self.input_shapes = None
 
-    def write(self, layer: str, opdef, params: dict, weights: dict, inputs: list[str]) -> None:
+    def write(self, layer: str, opdef: OpDef, params: dict, weights: dict, inputs: list[str]) -> None:
         """One layer's nodes: its output value is named `layer`."""
         self._layer, self._weights = layer, weights
         opdef.onnx(self, params, inputs, layer)

@@ -3,7 +3,8 @@
 Every sub-package of this folder is imported here, which registers its ops: adding an op
 is adding a folder, with no list to edit. Plain modules (gemm_cpu, vector_tile,
 unsigned_index, cuda_launch) are kernel helpers and are left for the kernels that use
-them to import; area_means holds the image reader's kernels (graphconv/sources.py).
+them to import; area_means holds the image reader's kernels (graphconv/sources.py), pixel_blends
+the kernel of a map placed on pixels with Gaussian weights (graphconv/georef.py).
 
 The kernel cache is installed first (graphconv/kernel_cache.py): numba picks a kernel's
 cache folder as the kernel is defined, and every op folder and kernel helper is imported
