@@ -493,13 +493,17 @@ class VerifyReport:
         elif not self.padding_explains:
             verdict = f"FAIL: positions that {self.edge} does not reach differ"
         elif self.changes_answers:
-            verdict = (f"FAIL (top class): {converted}, but on this image {self.edge} changes the top class of "
-                       f"{self.top.share:.1%} of the cells (more than {TOP_CLASS_SHARE:.0%}): the dense map is not "
-                       "the classifier's answer here; see the WARNING above")
+            changes = ("the top class of" if self.top.cut is None else
+                       f"{self.top.answer.replace('a class', 'some class', 1)} in")
+            verdict = (f"FAIL ({'top class' if self.top.cut is None else 'calls'}): {converted}, but on this image "
+                       f"{self.edge} changes {changes} {self.top.share:.1%} of the cells (more than "
+                       f"{TOP_CLASS_SHARE:.0%}): the dense map is not the classifier's answer here; see the WARNING "
+                       "above")
         elif self.strict:
             verdict = f"FAIL (--strict): {converted}, but {self.edge} makes the sliding evaluation differ"
         else:
-            top = (f", the top class in {self.top.changed} of {self.top.cells}" if self.top is not None else "")
+            top = "" if self.top is None else (f", {'the top class' if self.top.cut is None else 'a call'} in "
+                                               f"{self.top.changed} of {self.top.cells}")
             verdict = (f"PASS: {converted}; the sliding evaluation differs from the crop loop in "
                        f"{self.cells_differing} of {counted(self.cells, 'cell')} (by up to {self.max_abs:.3g}{top}), "
                        f"only where {self.edge} reaches (--strict demands equality)")
@@ -602,7 +606,13 @@ class TopClasses:
     how many cells the dense map's top class differs from the crop loop's, and how many
     cells each class gets from each. On random pixels a padded ResNet-18's cells agreed
     within tolerance 63 times in 64, while on a slide every tissue cell flipped to
-    background: only real pixels say whether the padding changes the answer."""
+    background: only real pixels say whether the padding changes the answer.
+
+    With `cut` (`decision_cut`: a model ending in a sigmoid, each class a finding of its
+    own, or giving one score) the answer is each class's call, its score at least `cut`:
+    `changed` counts the cells where any class's call differs, and the counts are the
+    cells calling each class. The top class of 14 independent findings said "differs in 0
+    of 192 cells, PASS" where one finding's call at 0.5 flipped in 126 of 228."""
 
     where: str                 # the region, as the user reads it
     changed: int               # cells whose top class differs
@@ -618,6 +628,14 @@ class TopClasses:
     command: str = "graphconv run MODEL --image IMAGE --crops"  # the crop loop's map of the whole image
     edge: str = "padding"  # what makes crops differ, as `VerifyReport.edge` names it
     exact: bool = False  # nothing makes them differ (`VerifyReport.exact_by_construction`): no cell elsewhere can
+    cut: float | None = None  # each class called where its score is at least this (`decision_cut`), or the top class
+
+    @property
+    def answer(self) -> str:
+        """What the user reads off a cell, as the report names it."""
+        if self.cut is None:
+            return "the top class"
+        return f"a class's call (its {'probability' if self.cut else 'score, a logit'} >= {self.cut:g})"
 
     @property
     def share(self) -> float:
@@ -628,12 +646,14 @@ class TopClasses:
         return self.share > TOP_CLASS_SHARE
 
     def lines(self) -> list[str]:
-        lines = [f"on your image ({self.where}): the top class differs between the dense map and the crop loop "
+        counted_as = "per top class" if self.cut is None else "calling each class"
+        lines = [f"on your image ({self.where}): {self.answer} differs between the dense map and the crop loop "
                  f"in {self.changed} of {self.cells} cells ({self.share:.1%}); scores differ by up to "
                  f"{self.max_abs:.3g}, {self.mean_abs:.3g} on average",
-                 "    cells per top class, crop loop vs dense map: " + self._counts()]
+                 f"    cells {counted_as}, crop loop vs dense map: " + (self._counts() or "none")]
         if self.changes_answers:
-            lines.append(f"WARNING: on this image the dense map's top class is not the classifier's in "
+            answers = "top class is" if self.cut is None else "calls are"
+            lines.append(f"WARNING: on this image the dense map's {answers} not the classifier's in "
                          f"{self.share:.1%} of the cells: {self.edge} changes the answer, not only the scores. "
                          f"For the classifier's own map, run it on every crop: `{self.command}` ({self._cost()}); or "
                          f"use a network without {self.edge}")
@@ -644,7 +664,8 @@ class TopClasses:
             elsewhere = ("" if not self.image_crops else " (and in the rest of the image: nothing in this network "
                          "makes a crop differ from the dense pass)" if self.exact else
                          " (other parts of the image may differ: --region picks another)")
-            lines.append(f"    the top class agrees in {share} {cells}{elsewhere}")
+            agrees = "the top class agrees" if self.cut is None else "every class's call agrees"
+            lines.append(f"    {agrees} in {share} {cells}{elsewhere}")
         return lines
 
     def _counts(self) -> str:
@@ -677,16 +698,39 @@ def _duration(seconds: float) -> str:
 
 
 def top_classes(dense: np.ndarray, expected: np.ndarray, where: str, seconds: float,
-                labels: list[str] | None = None, image_crops: int | None = None, command: str | None = None
-                ) -> TopClasses:
-    """`TopClasses` of a dense map against the crop loop's (both (N, K, rows, cols))."""
+                labels: list[str] | None = None, image_crops: int | None = None, command: str | None = None,
+                cut: float | None = None) -> TopClasses:
+    """`TopClasses` of a dense map against the crop loop's (both (N, K, rows, cols)): by
+    each cell's top class, or with `cut` by each class's call (score >= cut)."""
     k = dense.shape[1]
-    dense_top, crop_top = dense.argmax(axis=1), expected.argmax(axis=1)
     diff = _abs_difference(dense, expected)
-    return TopClasses(where, int((dense_top != crop_top).sum()), int(dense_top.size),
-                      np.bincount(crop_top.ravel(), minlength=k), np.bincount(dense_top.ravel(), minlength=k),
-                      float(diff.max()), float(diff.mean()), seconds, int(crop_top.size), labels, image_crops,
-                      *([command] if command else []))
+    if cut is None:
+        dense_top, crop_top = dense.argmax(axis=1), expected.argmax(axis=1)
+        changed = dense_top != crop_top
+        crop_counts, dense_counts = (np.bincount(top.ravel(), minlength=k) for top in (crop_top, dense_top))
+    else:
+        dense_calls, crop_calls = dense >= cut, expected >= cut
+        changed = (dense_calls != crop_calls).any(axis=1)
+        crop_counts, dense_counts = (calls.sum(axis=(0, 2, 3)) for calls in (crop_calls, dense_calls))
+    return TopClasses(where, int(changed.sum()), int(changed.size), crop_counts, dense_counts, float(diff.max()),
+                      float(diff.mean()), seconds, int(changed.size), labels, image_crops,
+                      **({"command": command} if command else {}), cut=cut)
+
+
+def decision_cut(graph: Graph, classes: int) -> float | None:
+    """Where a class is called, for a model whose classes are not picked one per cell: a
+    model ending in a sigmoid gives each class a probability of its own (findings on an
+    X-ray, labels of a satellite tile: several can hold, or none), called at 0.5; a model
+    giving one score (a sigmoid's probability, or the logit before it) is called at 0.5
+    or 0. None for the rest: a softmax's, or logits', top class is the answer."""
+    from graphconv.images import output_activation
+
+    activation = output_activation(graph)
+    if activation == "sigmoid":
+        return 0.5
+    if classes == 1 and activation is None:
+        return 0.0
+    return None
 
 
 @dataclass
@@ -809,7 +853,7 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
     _note_the_cells_left_out_and_the_preprocess(report, compared, left_out_why)
     if where is not None:
         report.top = top_classes(sliding.dense, sliding.expected, where, seconds, original.graph.meta.get("labels"),
-                                 image_crops, command)
+                                 image_crops, command, decision_cut(original.graph, dense.shape[1]))
         report.top.edge, report.top.exact = report.edge, report.exact_by_construction
     if report.padded_layers or not report.agrees:
         _say_where_padding_makes_them_differ(report, original, x, device)

@@ -644,6 +644,41 @@ def test_a_top_class_changing_in_many_cells_fails_with_a_warning_pointing_at_cro
     assert "--region" not in given
 
 
+@pytest.mark.parametrize("head, cut, called", [
+    ("  - {name: fc, op: fc, out_features: 3}\n  - {name: p, op: sigmoid}\n", 0.5, "its probability >= 0.5"),
+    ("  - {name: fc, op: fc, out_features: 1}\n", 0.0, "its score, a logit >= 0"),
+])
+def test_a_class_call_flipping_in_many_cells_fails_a_model_of_independent_findings(write_spec, rng, head, cut,
+                                                                                    called):
+    """A model ending in a sigmoid (findings on an X-ray: several can hold, or none) or
+    giving one score is answered by each class's call, not by its top class: the top
+    class of independent findings said 'differs in 0 cells, PASS' where one finding's
+    call at 0.5 flipped in most cells, and a one-score model's top class cannot change."""
+    from graphconv.dense import decision_cut
+
+    classifier, fcn = models(write_spec, GREY_PADDED.replace("  - {name: fc, op: fc, out_features: 3}\n", head))
+    x = random_input(rng, (1, 1, 30, 30))
+    expected = crop_loop(classifier, x, fcn.output_stride)
+    assert decision_cut(classifier.graph, expected.shape[1]) == cut
+    last = expected.shape[1] - 1
+    flipped = expected.copy()
+    flipped[:, last] = np.where(expected[:, last] >= cut, cut - 1e-3, cut + 1e-3)  # called the other way, by a hair
+    report = verify(classifier, fcn, x, dense=flipped, where="here")
+    text = str(report)
+    assert report.top.cut == cut and report.top.changes_answers and report.top.share == 1.0
+    assert f"on your image (here): a class's call ({called}) differs between the dense map and the crop loop in " \
+           "64 of 64 cells" in text
+    assert "WARNING: on this image the dense map's calls are not the classifier's in 100.0% of the cells" in text
+    assert not report.passed and text.splitlines()[-1].startswith("result: FAIL (calls): the conversion is exact, "
+                                                                  f"but on this image padding changes some class's "
+                                                                  f"call ({called}) in 100.0% of the cells")
+    crop_calls, dense_calls = (int((m[:, last] >= cut).sum()) for m in (expected, flipped))
+    assert f"class {last} {crop_calls} vs {dense_calls}" in text and crop_calls + dense_calls == 64
+    kept = verify(classifier, fcn, x, dense=np.where(expected >= cut, np.maximum(expected, cut) + 1e-4,
+                                                     np.minimum(expected, cut) - 1e-4).astype(np.float32), where="here")
+    assert kept.top.changed == 0 and "every class's call agrees in every cell" in str(kept)
+
+
 def test_the_crop_loop_reports_its_progress(write_spec, rng):
     classifier, fcn = models(write_spec, GREY_PADDED)
     heard = []
