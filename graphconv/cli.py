@@ -1137,6 +1137,8 @@ def _read_image(args: argparse.Namespace, model) -> tuple[np.ndarray, np.ndarray
     picture = images.load_image(args.image, args.resize, channels=model.crop_shape[0], stored_values=stored)
     # after the read, which refuses what is no regular file (Pillow waits on a pipe for ever)
     note_value_scaling(model.graph.meta.get("preprocess"), None if stored else images.value_scaling(args.image))
+    if images.eight_bit_picture(args.image):
+        note_shallow_pixels(model.graph.meta.get("preprocess"))
     stored_bands = images.picture_bands(args.image)
     note_how_the_image_is_read(args.image, None if stored_bands is None else
                                images.channel_conversion(stored_bands, model.crop_shape[0], bands_flag=False))
@@ -1451,10 +1453,12 @@ def note_how_the_raster_is_read(args: argparse.Namespace, source) -> None:
     bits scaled onto 0..255 (`note_value_scaling`), and for a .tif or .zarr map a zarr
     array's attributes that look like a georeference graphconv cannot read, or a TIFF's
     world file or RPCs."""
-    from graphconv.sources import value_scaling
+    from graphconv.sources import eight_bit, value_scaling
 
     note_nodata_acts_on_nothing(args, source)
     note_value_scaling(getattr(source, "preprocess", None), value_scaling(source))
+    if eight_bit(source):
+        note_shallow_pixels(getattr(source, "preprocess", None))
     output = getattr(args, "output", None)
     if is_tiff_output(output) or is_zarr_path(output):
         from graphconv.georef import unread_georeference_note, zarr_georeference_note
@@ -1471,7 +1475,7 @@ def note_value_scaling(preprocess: dict | None, scaled: str | None, whose: str =
     the stored values; where the spec's mean and std already look wrong for 0..255 pixels
     (`images.preprocess_scale_note`), that note, said of this image, instead. `whose`:
     whose pixels they were ("3 of 5 images'" for an --images batch)."""
-    from graphconv.images import preprocess_scale_note
+    from graphconv.images import deep_scaling, preprocess_scale_note
 
     if not scaled:
         return
@@ -1481,9 +1485,25 @@ def note_value_scaling(preprocess: dict | None, scaled: str | None, whose: str =
             _NOTES.remove(plain)
         note(deep)
         return
+    scale = float((preprocess or {}).get("scale", 1.0))
+    if scaled == deep_scaling("uint16") and abs(scale * 255 - 1) < 1e-4:  # /257, then /255: value / 65535
+        note(f"note: {whose} {scaled}, as the spec's preprocess does not say `values: stored`, and its scale "
+             f"{scale:.6g} (1/255) then makes them value / 65535, 0..1: right for a model trained on 16-bit images "
+             "scaled to 0..1 (an X-ray's); for one trained on the values the file stores (reflectances, elevations), "
+             "import the model with --values stored, or put `values: stored` in the spec's preprocess")
+        return
     note(f"note: {whose} {scaled}, as the spec's preprocess does not say `values: stored` (the default for "
          "photos): to feed the values the file stores (reflectances, elevations), import the model with --values "
          "stored, or put `values: stored` in the spec's preprocess")
+
+
+def note_shallow_pixels(preprocess: dict | None, whose: str = "the image's") -> None:
+    """8-bit pixels taken as stored by a spec scaled for deeper values (`images.shallow_pixels_note`)."""
+    from graphconv.images import shallow_pixels_note
+
+    said = shallow_pixels_note(preprocess, whose)
+    if said:
+        note(said)
 
 
 def note_pixels_as_they_are(args: argparse.Namespace, model, compiling: bool = False) -> None:

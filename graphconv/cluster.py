@@ -643,6 +643,7 @@ class ImageResult:
     turned: bool = False  # mapped upright per its EXIF orientation (`images.turned_upright`): counted in one note
     converted: str | None = None  # what its bands became for the network (`sources.channel_conversion`): one note
     scaled: str | None = None  # how its pixels of more than 8 bits came onto 0..255 (`sources.value_scaling`): one note
+    eight_bit: bool = False  # it holds 8 bits a channel (`sources.eight_bit`): a spec scaled for deeper values notes it
     nodata_possible: bool = False  # whether any of its pixels can be no-data (`sources.nodata_can_occur`)
     memory_tile: tuple[int, int] | None = None  # the tiles planned from `image_tile`'s, the whole image over the budget
     resumed: tuple[int, int] | None = None  # --resume: (tiles an earlier run had done, tiles in all): one note
@@ -899,7 +900,7 @@ def _image_result(job: _ImageJob, read: _ReadImage, plan: _ImagePlan, written: _
     batch's notes, with its cells' placement."""
     from graphconv.georef import cell_placement
     from graphconv.images import turned_upright
-    from graphconv.sources import channel_conversion, nodata_can_occur, tiff_notes, value_scaling
+    from graphconv.sources import channel_conversion, eight_bit, nodata_can_occur, tiff_notes, value_scaling
     from graphconv.tiling import DamagedCells
 
     image, options, source, damaged = job.image, job.options, read.source, written.damaged
@@ -911,7 +912,7 @@ def _image_result(job: _ImageJob, read: _ReadImage, plan: _ImagePlan, written: _
                        resumed=written.resumed, partial_map=written.partial_map,
                        note="; ".join(filter(None, notes)) or None,
                        turned=turned_upright(image), converted=channel_conversion(source),
-                       scaled=value_scaling(source),
+                       scaled=value_scaling(source), eight_bit=eight_bit(source),
                        nodata_possible=nodata_can_occur(getattr(source, "inner", source)), image_stamp=read.stamp,
                        placement=replace(cell_placement(source, plan.grid.cell_area), contents=plan.contents),
                        damaged=damaged if damaged is not None else DamagedCells() if options.skip_damaged else None)

@@ -587,6 +587,33 @@ def preprocess_scale_note(spec: dict | None, deep: str | None = None) -> str | N
     return None
 
 
+EIGHT_BIT_MODES = frozenset({"L", "LA", "P", "RGB", "RGBA"})  # Pillow's modes of 8 bits a channel
+SHALLOW_TOP = 0.1  # 8-bit pixels taken as stored that a spec's scale brings under this are read as nearly black
+
+
+def eight_bit_picture(path: str) -> bool:
+    """Whether a picture Pillow decodes (not a TIFF or zarr, `sources.eight_bit`) holds 8
+    bits a channel as the file stores it (not a 16-bit colour PNG Pillow cuts to 8)."""
+    return _picture_header(path, lambda img: img.mode in EIGHT_BIT_MODES and not _sixteen_bit_colour(img), False)
+
+
+def shallow_pixels_note(spec: dict | None, whose: str = "the image's") -> str | None:
+    """What to say of 8-bit pixels taken as stored (`values: stored`) by a spec whose scale
+    is for values far deeper (a 16-bit X-ray model's 1/65535, a reflectance model's
+    0.0001): they go in as 0..0.004, nearly black, and the map is nearly flat, silently
+    (an 8-bit copy of a 16-bit X-ray). None where the spec's scale suits 8-bit values."""
+    if not stores_values(spec):
+        return None
+    scale = float(spec.get("scale", 1.0))
+    top = 255.0 * abs(scale)
+    if top >= SHALLOW_TOP:
+        return None
+    return (f"note: {whose} pixels are 8-bit (0..255), but the spec's preprocess takes the values a file stores "
+            f"(`values: stored`) times {scale:.6g}, a scale for values up to about {1 / abs(scale):.0f}: they go in "
+            f"as 0..{top:.2g}, nearly black, and the map means little; give the image at the depth the model was "
+            "trained on (the 16-bit file, not an 8-bit copy)")
+
+
 def value_scaling(path: str) -> str | None:
     """How a picture Pillow decodes (`load_image`) of more than 8 bits a channel is
     brought onto 0..255 (`deep_scaling`): a 16-bit PNG divided by 257; None

@@ -807,6 +807,18 @@ def value_scaling(source) -> str | None:
     return None if array is None else deep_scaling(np.dtype(array.dtype).name)
 
 
+def eight_bit(source) -> bool:
+    """Whether the image read holds 8 bits a channel: a picture of 8-bit mode
+    (`images.eight_bit_picture`), a TIFF or zarr array of uint8."""
+    from graphconv.images import eight_bit_picture
+
+    source = getattr(source, "inner", source)
+    if isinstance(source, PillowSource):
+        return eight_bit_picture(source.path)
+    array = getattr(source, "array", None)
+    return array is not None and np.dtype(array.dtype) == np.uint8
+
+
 MPP_TOLERANCE = 1.15  # how much finer than the slide's own pixels (as a ratio) --mpp may ask for
 MPP_EQUAL = 1.02  # pixel sizes this close (as a ratio) count as the same: levels are seldom exact multiples
 

@@ -30,7 +30,7 @@ from graphconv.classes import class_scores, print_top, ranked_text, top_basis
 from graphconv.cli import (check_heatmap_class, check_heatmap_has_a_map, draw_heatmap, heatmap_tag, nodata_flag, note,
                            note_cold_kernels, note_dense_padding, note_how_the_image_is_read,
                            note_how_the_raster_is_read, note_pixels_as_they_are, note_run_as_written,
-                           note_value_scaling, resolve_class_names, ways_to_map)
+                           note_shallow_pixels, note_value_scaling, resolve_class_names, ways_to_map)
 from graphconv.errors import GraphconvError, Location, agreeing, counted, printable, shown, user_message
 from graphconv.georef import is_zarr_path
 from graphconv.images import SMALLER_THAN_A_CROP_HINT
@@ -1419,7 +1419,7 @@ def _note_batch_conversions(results: list) -> None:
 def _note_batch_reading(args: argparse.Namespace, model, results: list) -> None:
     """What a single --image's run says of how a raster is read (`cli.note_how_the_raster_is_read`),
     once for the batch: its pixels of more than 8 bits scaled onto 0..255 (with how many
-    images), and --max-nodata or --compute-nodata with nothing to act on in any image."""
+    images), 8-bit images for a spec scaled for deeper values, and --max-nodata or --compute-nodata with nothing to act on in any image."""
     if not results:
         return
     kinds = [result.scaled for result in results if result.scaled]
@@ -1427,6 +1427,10 @@ def _note_batch_reading(args: argparse.Namespace, model, results: list) -> None:
         note_value_scaling(model.graph.meta.get("preprocess"), kind,
                            whose=f"{kinds.count(kind)} of {len(results)} "
                                  f"images'" if len(results) > 1 else "the image's")
+    shallow = sum(result.eight_bit for result in results)
+    if shallow:
+        note_shallow_pixels(model.graph.meta.get("preprocess"),
+                            whose=f"{shallow} of {len(results)} images'" if len(results) > 1 else "the image's")
     if any(result.nodata_possible for result in results):
         return
     if getattr(args, "nodata", None) is not None:

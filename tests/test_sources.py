@@ -1608,6 +1608,46 @@ def test_a_16_bit_raster_read_onto_0_to_255_says_so_and_names_values_stored(tmp_
         assert "divided by 257" not in capsys.readouterr().err
 
 
+def test_8_bit_pixels_taken_as_stored_by_a_spec_scaled_for_16_bits_are_said_to_go_in_nearly_black(tmp_path, capsys):
+    """An 8-bit copy of a 16-bit X-ray run through a model imported with --values stored
+    --scale 1/65535 went in as 0..0.0039 and gave a nearly flat map without a word: one
+    note now, for a picture, a raster and a batch (with its count); none where the
+    spec's scale suits 8 bits. And a 16-bit picture through the photo route with scale
+    1/255 (value / 257 / 255 = value / 65535, an X-ray model's input) was told to import
+    --values stored, as if wrong: the note now says what it amounts to."""
+    from PIL import Image
+
+    grey = np.random.default_rng(5).integers(0, 256, (20, 24), dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / "x8.png")
+    tifffile.imwrite(tmp_path / "x8.tif", grey)
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "x16.png")
+    deep = TINY_STORED.replace("[2, 8, 8]", "[1, 8, 8]").replace("scale: 0.001", "scale: 1.5259022e-05")
+    (tmp_path / "deep.yaml").write_text(deep)
+    (tmp_path / "bytes.yaml").write_text(deep.replace("1.5259022e-05", "0.00392157"))
+    (tmp_path / "photo.yaml").write_text(deep.replace("values: stored, scale: 1.5259022e-05", "scale: 0.00392157"))
+    for name in ("deep", "bytes", "photo"):
+        assert _main("compile", tmp_path / f"{name}.yaml", "-o", tmp_path / name) == 0
+    capsys.readouterr()
+    said = ("pixels are 8-bit (0..255), but the spec's preprocess takes the values a file stores (`values: stored`) "
+            "times 1.5259e-05, a scale for values up to about 65535: they go in as 0..0.0039, nearly black")
+    for image in ("x8.png", "x8.tif"):
+        assert _main("run", tmp_path / "deep", "--image", tmp_path / image, "--output",
+                     tmp_path / f"{image}.npy") == 0
+        assert capsys.readouterr().err.count("note: the image's " + said) == 1
+        assert _main("run", tmp_path / "bytes", "--image", tmp_path / image, "--output",
+                     tmp_path / f"{image}-bytes.npy") == 0
+        assert "nearly black" not in capsys.readouterr().err
+    assert _main("run", tmp_path / "deep", "--images", tmp_path / "x*.*", "--output-dir", tmp_path / "maps") == 0
+    assert capsys.readouterr().err.count("note: 2 of 3 images' " + said) == 1
+    assert _main("run", tmp_path / "deep", "--image", tmp_path / "x16.png", "--output", tmp_path / "d.npy") == 0
+    assert "nearly black" not in capsys.readouterr().err
+    assert _main("run", tmp_path / "photo", "--image", tmp_path / "x16.png", "--output", tmp_path / "p.npy") == 0
+    assert "as the spec's preprocess does not say `values: stored`, and its scale 0.00392157 (1/255) then makes " \
+           "them value / 65535, 0..1: right for a model trained on 16-bit images scaled to 0..1" in \
+           capsys.readouterr().err
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), np.load(tmp_path / "d.npy"), rtol=1e-5, atol=1e-6)
+
+
 def test_an_8_bit_picture_is_held_in_8_bits_and_read_as_load_image_reads_it(tmp_path):
     """Held as float32 while cut into tiles, an 8000x8000 RGB PNG took 768 MB beside
     them: 1 GB over --memory-limit 2000M, where the same pixels as a TIFF kept within it."""
