@@ -75,6 +75,10 @@ class StoredMap:
           an older map that does not say): its best score;
         - "threshold": the model gives one score (a sigmoid's probability, or its logit):
           its class where the probability is at least one half (the logit at least 0);
+          or it ends in a sigmoid, each class a finding of its own (an X-ray's findings,
+          a satellite tile's labels): its best class where that is at least one half
+          (no finding called: unclassified), and --top-class keeps the cells calling a
+          class, whichever scores highest (`independent`);
         - "majority": some classes of a softmax model (--classes): a kept class whose
           probability is over one half, which no other class can beat;
         - "unknown": some classes of a model whose scores do not tell whether another
@@ -84,11 +88,18 @@ class StoredMap:
         model_classes = self.placement.get("model_classes")
         if self.is_class_map or not isinstance(model_classes, int):
             return "best"
-        if model_classes == 1:
+        if model_classes == 1 or self.independent:
             return "threshold"
         if len(self.classes) == model_classes:
             return "best"
         return "majority" if self.placement.get("output_activation") == "softmax" else "unknown"
+
+    @property
+    def independent(self) -> bool:
+        """Whether each class is called on its own (a model of several classes ending in a
+        sigmoid: multi-label), not picked as the best of them."""
+        return (not self.is_class_map and self.placement.get("output_activation") == "sigmoid"
+                and self.placement.get("model_classes", 1) != 1)
 
     @property
     def threshold(self) -> float:
@@ -99,6 +110,11 @@ class StoredMap:
         """What `graphconv cells` says of a map whose cells are not all classified by
         their best score."""
         rule, names = self.class_rule, self.names
+        if rule == "threshold" and self.independent:
+            return ("note: the model ends in a sigmoid, each class a finding of its own: a cell is classified by its "
+                    "best class where that one's probability is at least 0.5 (written unclassified, with its scores, "
+                    "where no class is), and --top-class keeps the cells whose own probability of a class named is "
+                    "at least --min-score (0.5 unless given), whichever class scores highest")
         if rule == "threshold":
             what = "probability" if self.threshold else "score (a logit: the probability 0.5)"
             return (f"note: the model gives one score: a cell is classified {names[0]} where its {what} is at least "
@@ -308,8 +324,9 @@ def write_cells(map_path: str, output: str, top_classes: Sequence[int | str] | N
     """Write the cells of the map at `map_path` (a .tif or .zarr `graphconv run` wrote)
     to `output`, GeoJSON (.geojson) or CSV (.csv) as its name says, replacing only a file
     graphconv wrote. `top_classes` (indices of the model's classes, or their labels)
-    keeps the cells whose best class is one of them; `min_score` the cells whose best
-    score is at least it (not of a class map, which holds no scores). The file appears
+    keeps the cells whose best class is one of them (of a multi-label model, those
+    calling one: its own score at least `min_score`, 0.5 unless given, `StoredMap.independent`);
+    `min_score` the cells whose best score is at least it (not of a class map, which holds no scores). The file appears
     only once complete. What the command notes (a georeference that names no CRS) is a
     GraphconvWarning here, and in `notes`."""
     from graphconv.files import atomic_write
@@ -412,12 +429,27 @@ class _Selection:
             score = np.take_along_axis(filled, best[None], axis=0)[0]
             best = np.where(_classified(stored, score), best, -1)
         keep = computed.copy()
+        if self.bands is not None and stored.independent:
+            return self._calling(filled, computed, stored)
         if self.bands is not None:
             keep &= np.isin(best, list(self.bands))
         if self.min_score is not None:
             keep &= (best >= 0) & (score >= self.min_score)
         rows, cols = np.nonzero(keep)
         return rows, cols, best[rows, cols], int(computed.sum())
+
+
+    def _calling(self, filled: np.ndarray, computed: np.ndarray,
+                 stored: StoredMap) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """`cells` of a map of independent classes (`StoredMap.independent`) with --top-class:
+        the cells whose own score of a class named is at least --min-score (0.5 unless
+        given), each classified by the best of the named classes it calls."""
+        named = np.array(sorted(self.bands))
+        scores = filled[named]
+        calls = scores >= (stored.threshold if self.min_score is None else self.min_score)
+        rows, cols = np.nonzero(computed & calls.any(axis=0))
+        called = np.where(calls, scores, -np.inf)[:, rows, cols]
+        return rows, cols, named[called.argmax(axis=0)], int(computed.sum())
 
 
 def _classified(stored: StoredMap, best_score: np.ndarray) -> np.ndarray | bool:

@@ -649,7 +649,9 @@ def _add_cells_command(sub) -> argparse.ArgumentParser:
                                         "the .geojson onto the slide in QuPath); over a georeferenced image they "
                                         "are its CRS, each cell's scores flat attributes (QGIS, geopandas). A "
                                         "one-score model's cell is its class where the probability is at least "
-                                        "0.5; in a map of some classes (run --classes) a cell is classified only "
+                                        "0.5, a multi-label (sigmoid) model's its best class where that one's is, "
+                                        "and --top-class keeps its cells calling a class named (its own score at "
+                                        "least --min-score, 0.5 unless given); in a map of some classes (run --classes) a cell is classified only "
                                         "where its scores prove that class the model's best, and written "
                                         "unclassified elsewhere. Cells not computed are left out. An existing "
                                         "file is replaced only if graphconv wrote it.")

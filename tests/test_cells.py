@@ -167,6 +167,39 @@ def test_a_one_score_model_s_cells_are_its_class_only_past_its_threshold(tmp_pat
     assert len(csv_rows(tmp_path / "tumour.csv")) == (scores[0] >= threshold).sum()
 
 
+@pytest.mark.parametrize("top_classes, min_score", [(None, None), (["necrosis"], None), (["necrosis"], 0.8),
+                                                    (["tumour", "necrosis"], None), (None, 0.7)])
+def test_a_multi_label_model_s_cells_call_each_class_on_its_own_score(tmp_path, rng, top_classes, min_score):
+    """A model ending in a sigmoid over several classes (an X-ray's findings, a satellite
+    tile's labels) calls each on its own: `--top-class Effusion --min-score 0.5` kept 0
+    of 228 cells where Effusion was at least 0.5 in 200, as the best of 14 findings was
+    another one. A named class is kept where its own probability is at least --min-score
+    (0.5 unless given) and is the cell's classification (the best named one it calls);
+    without --top-class a cell is its best class where that is at least 0.5, else
+    unclassified, with its scores."""
+    scores = random_scores(rng, (3, 12, 15))
+    stored = slide_map(tmp_path / "map.tif", scores, model_classes=3, output_activation="sigmoid")
+    with pytest.warns(GraphconvWarning, match="the model ends in a sigmoid, each class a finding of its own"):
+        result = write_cells(stored, tmp_path / "cells.csv", top_classes, min_score)
+    computed = ~np.isnan(scores[0])
+    cut = 0.5 if min_score is None else min_score
+    expected = {}
+    for r, c in zip(*np.nonzero(computed)):
+        if top_classes is None:
+            best = int(scores[:, r, c].argmax())
+            if min_score is None or scores[best, r, c] >= min_score:
+                expected[(r, c)] = LABELS[best] if scores[best, r, c] >= 0.5 else ""
+            continue
+        called = [(scores[LABELS.index(name), r, c], name) for name in top_classes
+                  if scores[LABELS.index(name), r, c] >= cut]
+        if called:
+            expected[(r, c)] = max(called)[1]
+    got = {(int(row["row"]), int(row["col"])): row["top_class"] for row in csv_rows(tmp_path / "cells.csv")}
+    assert got == expected and result.written == len(expected) and result.computed == computed.sum()
+    if top_classes == ["necrosis"] and min_score is None:
+        assert sum(label == "necrosis" for label in got.values()) > (scores.argmax(axis=0)[computed] == 2).sum()
+
+
 def test_a_map_of_some_softmax_classes_classifies_a_cell_only_where_its_class_must_be_best(tmp_path, rng):
     """--classes tumour of a softmax model: a kept probability over 0.5 is the model's
     best class whatever the others are; below, the cell is written unclassified. A
