@@ -1347,16 +1347,19 @@ def check_heatmap_has_a_map(args: argparse.Namespace, model) -> None:
     image (a classifier as written, not compiled): it has no map to draw, and a 1-cell
     "map" of the pooled vector was drawn over the whole picture (or, with --images, the
     vector failed to draw after the run). --crops maps the classifier crop by crop."""
-    from graphconv.images import ONE_SCORE_TOP
+    from graphconv.images import ONE_SCORE_TOP, output_activation
 
     scored = len(args.classes) if getattr(args, "classes", None) else model.output_channels
     if args.heatmap == "top" and scored == 1 and getattr(args, "reduce", None) != "argmax":
         raise GraphconvError(f"--heatmap top: {model.graph.name} {ONE_SCORE_TOP}: draw its scores, --heatmap "
                              f"{args.classes[0] if getattr(args, 'classes', None) else 0}", file=args.model)
-    if args.heatmap is None or args.crops is not None or not model.returns_vectors:
-        return
-    raise GraphconvError(f"--heatmap draws a map, and {model.graph.name} gives one class vector per image (a "
-                         f"classifier as written): {ways_to_map(args, model, ' --heatmap ...')}", file=args.model)
+    if args.heatmap is not None and args.crops is None and model.returns_vectors:
+        raise GraphconvError(f"--heatmap draws a map, and {model.graph.name} gives one class vector per image (a "
+                             f"classifier as written): {ways_to_map(args, model, ' --heatmap ...')}", file=args.model)
+    if args.heatmap == "top" and scored > 1 and output_activation(model.graph) == "sigmoid":
+        note(f"note: {model.graph.name} ends in a sigmoid, each class a finding of its own: --heatmap top colours "
+             "each cell by its highest-scoring class whatever its probability, where a cell may call none of them, "
+             "or several; --heatmap CLASS draws one finding's probability")
 
 
 def ways_to_map(args: argparse.Namespace, model, run_options: str = "") -> str:

@@ -1356,34 +1356,41 @@ def as_picture(image, channels: int = 3, stored_values: bool = False,
     `image` is a path (loaded by `load_image`, within the memory budget), a Pillow image
     (any mode `load_image` reads; converted to the channels the network takes), or a
     uint8 numpy array of pixels: (H, W) grey or (H, W, C) with C = 1, 3 or 4, as Pillow,
-    imageio and OpenCV (after cv2.cvtColor(..., COLOR_BGR2RGB)) give them. Arrays of
-    other types are refused: a float array is ambiguous (0..1 or 0..255? already
-    preprocessed?); give it to `Model.run` preprocessed instead."""
+    imageio and OpenCV (after cv2.cvtColor(..., COLOR_BGR2RGB)) give them; or such a
+    uint16 array (an X-ray, a microscope's camera), read as a 16-bit file of it is:
+    divided by 257 onto 0..255, or as stored with `stored_values`. Arrays of other types
+    are refused: a float array is ambiguous (0..1 or 0..255? already preprocessed?);
+    give it to `Model.run` preprocessed instead."""
     import os
     _mode_for(channels, "<image>")
     if isinstance(image, (str, os.PathLike)):
         return load_image(os.fspath(image), resize, channels=channels, stored_values=stored_values)
     if isinstance(image, np.ndarray):
-        picture = _array_picture(image, channels)
+        picture = _array_picture(image, channels, stored_values)
     elif isinstance(image, _pil().Image):
         picture = _pil_picture(_pil(), upright(image), channels, stored_values)
     else:
-        raise GraphconvError(f"an image is a file path, a Pillow image or a uint8 (H, W, C) array, "
+        raise GraphconvError(f"an image is a file path, a Pillow image or a uint8 or uint16 (H, W, C) array, "
                              f"not {type(image).__name__}")
     if resize is None:
         return picture
     return resize_planes(picture, *_checked_resize(resized_size(resize, picture.shape[1:]), channels, "<image>"))
 
 
-def _array_picture(pixels: np.ndarray, channels: int) -> np.ndarray:
-    if pixels.dtype != np.uint8:
-        raise GraphconvError(f"an image array must hold uint8 pixels (H, W) or (H, W, C), got {pixels.dtype}; "
-                             "for float input already preprocessed, use Model.run")
+def _array_picture(pixels: np.ndarray, channels: int, stored_values: bool = False) -> np.ndarray:
+    if pixels.dtype not in (np.uint8, np.uint16):
+        raise GraphconvError(f"an image array must hold uint8 or uint16 pixels (H, W) or (H, W, C), got "
+                             f"{pixels.dtype}; for float input already preprocessed, use Model.run")
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     if pixels.ndim != 3 or pixels.shape[2] not in CHANNEL_MODES or min(pixels.shape[:2]) < 1:
         raise GraphconvError(f"an image array is (H, W) or (H, W, C) with C = 1, 3 or 4, got shape "
                              f"{tuple(pixels.shape)}")
+    if pixels.dtype == np.uint16 and pixels.shape[2] == 1:  # as a 16-bit PNG of it reads
+        deep = _deep_as_stored if stored_values else _deep_to_255
+        return _grey_as_channels(deep(pixels[:, :, 0], "I;16", "<image>"), channels)
+    if pixels.dtype == np.uint16:
+        return _colour_16_as_channels(pixels, channels, stored_values)
     if pixels.shape[2] == channels:
         return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
     image_mod = _pil()  # another channel count: converted as a file of that mode would be

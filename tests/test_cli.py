@@ -2351,6 +2351,24 @@ def test_heatmap_top_of_one_score_is_refused_for_its_scores(write_spec, tmp_path
         load(spec).heatmap(tmp_path / "page.png")
 
 
+def test_heatmap_top_of_a_multi_label_model_says_what_it_colours(write_spec, tmp_path, rng):
+    """Three findings ending in a sigmoid: the top map colours each cell by its best
+    finding whatever its probability (a cell may call none, or several), which read as
+    'the best class of each cell' of a model that picks one; a note says so, once."""
+    from PIL import Image
+
+    spec = write_spec(ONE_SCORE_NET.replace("out_channels: 1, kernel_size: 6", "out_channels: 3, kernel_size: 6"))
+    Image.fromarray(rng.integers(0, 256, (40, 48), dtype=np.uint8)).save(tmp_path / "page.png")
+    drawn = graphconv_in_process("run", spec, "--image", tmp_path / "page.png", "--heatmap", "top",
+                                 "--heatmap-out", tmp_path / "h.png")
+    assert drawn.returncode == 0 and (tmp_path / "h.png").exists()
+    assert drawn.stderr.count("note: bin ends in a sigmoid, each class a finding of its own: --heatmap top colours "
+                              "each cell by its highest-scoring class whatever its probability") == 1
+    one = graphconv_in_process("run", spec, "--image", tmp_path / "page.png", "--heatmap", "1",
+                               "--heatmap-out", tmp_path / "h1.png")
+    assert one.returncode == 0 and "each class a finding of its own" not in one.stderr
+
+
 @pytest.mark.parametrize("output, kind", [("map.ome.tif", "plain TIFF"), ("map.ome.zarr", "plain zarr array")])
 def test_a_map_named_ome_says_it_is_written_plain(digits_fcn, tmp_path, output, kind):
     """`--output map.ome.tif` was written as graphconv's plain TIFF without a word: a

@@ -1105,3 +1105,22 @@ def test_the_edge_no_cell_is_centred_on_shows_the_picture_as_it_is(renderer, rng
     assert images.EDGE_NOTE in picture.info["lines"]
     assert images.EDGE_NOTE not in drawn(TILING, 10).info["lines"]  # cells that tile the picture leave no edge
     assert images.outside_the_cells(FIELD, 9, 9, 40, 40)[0].nonzero()[0].tolist() == [0, 1, 38, 39]
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("stored_values", [False, True])
+def test_a_16_bit_array_is_read_as_a_16_bit_picture_of_it_is(tmp_path, rng, channels, stored_values):
+    """An X-ray held as a uint16 array (from pydicom, tifffile, a camera's SDK) was refused
+    by run_image and heatmap ("must hold uint8 pixels"), where the same pixels saved as a
+    16-bit PNG were read: now the array reads as that file does, divided by 257 onto
+    0..255, or as stored with `values: stored`; grey and colour alike."""
+    grey = rng.integers(0, 65536, (9, 11), dtype=np.uint16)
+    Image.fromarray(grey).save(tmp_path / "x.png")
+    from_file = images.load_image(str(tmp_path / "x.png"), None, channels, stored_values=stored_values)
+    for pixels in (grey, grey[:, :, None]):
+        np.testing.assert_array_equal(images.as_picture(pixels, channels, stored_values), from_file)
+    colour = rng.integers(0, 65536, (9, 11, 3), dtype=np.uint16)
+    expected = colour.transpose(2, 0, 1).astype(np.float32) / (1 if stored_values else np.float32(257))
+    got = images.as_picture(colour, 3, stored_values)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+

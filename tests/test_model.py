@@ -210,7 +210,8 @@ def test_classify_with_scales_and_flips_on_a_compiled_model(rng):
 
 
 @pytest.mark.parametrize("image,message", [
-    (np.zeros((28, 28), np.float32), "must hold uint8 pixels"),
+    (np.zeros((28, 28), np.float32), "must hold uint8 or uint16 pixels"),
+    (np.zeros((28, 28), np.int16), "must hold uint8 or uint16 pixels"),
     (np.zeros((28, 28, 2), np.uint8), "with C = 1, 3 or 4"),
     ([[0, 1]], "a file path, a Pillow image or a uint8"),
 ])
