@@ -731,8 +731,36 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
             hint = (f"; --images takes one pattern ({shown(args.images)}), and {len(extra)} more "
                     f"{agreeing(len(extra), 'path', 'paths')} followed: "
                     "did the shell expand a glob? Quote it, as in --images 'photos/*.jpg'")
+        hint = hint or _unknown_option_hint(parser, args.command, extra)
         _command_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     return args
+
+
+OPTIONS_MEANT = {"--stride": "--output-stride", "--out-stride": "--output-stride"}  # what users type for an option
+
+
+def _unknown_option_hint(parser: argparse.ArgumentParser, command: str, extra: Sequence[str]) -> str:
+    """Where the first option the command does not know belongs: another command's
+    (`run --output-stride 16`: the stride is compiled in), one of its own spelt nearly so,
+    or nothing. argparse said only "unrecognized arguments: --stride 16"."""
+    import difflib
+
+    flag = next((arg.split("=")[0] for arg in extra if arg.startswith("--")), None)
+    if flag is None:
+        return ""
+    commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    meant = OPTIONS_MEANT.get(flag, flag)
+    own = commands.choices[command]._option_string_actions if command in commands.choices else {}
+    if meant != flag and meant in own:
+        return f"; did you mean {meant}?"
+    elsewhere = [name for name, sub in commands.choices.items() if name != command and meant in sub._option_string_actions]
+    if elsewhere:
+        said = f"{meant} (for {flag}?)" if meant != flag else meant
+        how = (": the map's stride is compiled in (graphconv compile MODEL -o DIR --output-stride S, then run DIR)"
+               if meant == "--output-stride" else "")
+        return f"; {said} is an option of graphconv {' and '.join(elsewhere)}, not of {command}{how}"
+    close = difflib.get_close_matches(flag, [name for name in own if name.startswith("--")], n=1, cutoff=0.8)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:

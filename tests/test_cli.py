@@ -550,6 +550,14 @@ def graphconv_cli(*args, cwd=None):
      "option 'max_elements' of pass 'conv-to-fc' must be an integer, got 'abc'"),
     (["compile", SPECS / "lenet.yaml", "-o", "{tmp}/m", "--bogus"],
      "compile: unrecognized arguments: --bogus (see graphconv compile --help)"),
+    (["run", SPECS / "lenet.yaml", "--input", "x.npy", "--stride", 16],  # said only "unrecognized arguments"
+     "unrecognized arguments: --stride 16; --output-stride (for --stride?) is an option of graphconv compile and "
+     "verify, not of run: the map's stride is compiled in (graphconv compile MODEL -o DIR --output-stride S, then "
+     "run DIR)"),
+    (["run", SPECS / "lenet.yaml", "--image", "x.png", "--heatmap", 1, "--heatmap-opactiy", 0.5],
+     "unrecognized arguments: --heatmap-opactiy 0.5; did you mean --heatmap-opacity?"),
+    (["compile", SPECS / "lenet.yaml", "-o", "{tmp}/m", "--tile", 256],
+     "unrecognized arguments: --tile 256; --tile is an option of graphconv run and inspect, not of compile"),
     (["run", SPECS / "lenet.yaml", "--input", "x.npy", "--plugin", ROOT / "examples/my_passes.py", "--passes",
       "default,strip-softmax"], "run takes no --passes: compile runs them (graphconv compile "),
     (["run", SPECS / "lenet.yaml", "--image", "x.png", "--heatmap", 1, "--heatmap-out", "{tmp}/h.xyz"],
