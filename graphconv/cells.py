@@ -325,9 +325,9 @@ def write_cells(map_path: str, output: str, top_classes: Sequence[int | str] | N
     to `output`, GeoJSON (.geojson) or CSV (.csv) as its name says, replacing only a file
     graphconv wrote. `top_classes` (indices of the model's classes, or their labels)
     keeps the cells whose best class is one of them (of a multi-label model, those
-    calling one: its own score at least `min_score`, 0.5 unless given, `StoredMap.independent`);
-    `min_score` the cells whose best score is at least it (not of a class map, which holds no scores). The file appears
-    only once complete. What the command notes (a georeference that names no CRS) is a
+    calling one: its own score at least `min_score`, 0.5 unless given,
+    `StoredMap.independent`); `min_score` the cells whose best score is at least it (not
+    of a class map, which holds no scores). The file appears only once complete. What the command notes (a georeference that names no CRS) is a
     GraphconvWarning here, and in `notes`."""
     from graphconv.files import atomic_write
 
@@ -437,7 +437,6 @@ class _Selection:
             keep &= (best >= 0) & (score >= self.min_score)
         rows, cols = np.nonzero(keep)
         return rows, cols, best[rows, cols], int(computed.sum())
-
 
     def _calling(self, filled: np.ndarray, computed: np.ndarray,
                  stored: StoredMap) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:

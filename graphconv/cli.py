@@ -651,8 +651,8 @@ def _add_cells_command(sub) -> argparse.ArgumentParser:
                                         "one-score model's cell is its class where the probability is at least "
                                         "0.5, a multi-label (sigmoid) model's its best class where that one's is, "
                                         "and --top-class keeps its cells calling a class named (its own score at "
-                                        "least --min-score, 0.5 unless given); in a map of some classes (run --classes) a cell is classified only "
-                                        "where its scores prove that class the model's best, and written "
+                                        "least --min-score, 0.5 unless given); in a map of some classes (run "
+                                        "--classes) a cell is classified only where its scores prove that class the model's best, and written "
                                         "unclassified elsewhere. Cells not computed are left out. An existing "
                                         "file is replaced only if graphconv wrote it.")
     parser.add_argument("map", type=_path,
@@ -753,7 +753,8 @@ def _unknown_option_hint(parser: argparse.ArgumentParser, command: str, extra: S
     own = commands.choices[command]._option_string_actions if command in commands.choices else {}
     if meant != flag and meant in own:
         return f"; did you mean {meant}?"
-    elsewhere = [name for name, sub in commands.choices.items() if name != command and meant in sub._option_string_actions]
+    elsewhere = [name for name, sub in commands.choices.items()
+                 if name != command and meant in sub._option_string_actions]
     if elsewhere:
         said = f"{meant} (for {flag}?)" if meant != flag else meant
         how = (": the map's stride is compiled in (graphconv compile MODEL -o DIR --output-stride S, then run DIR)"

@@ -1419,7 +1419,8 @@ def _note_batch_conversions(results: list) -> None:
 def _note_batch_reading(args: argparse.Namespace, model, results: list) -> None:
     """What a single --image's run says of how a raster is read (`cli.note_how_the_raster_is_read`),
     once for the batch: its pixels of more than 8 bits scaled onto 0..255 (with how many
-    images), 8-bit images for a spec scaled for deeper values, and --max-nodata or --compute-nodata with nothing to act on in any image."""
+    images), 8-bit images for a spec scaled for deeper values, and --max-nodata or
+    --compute-nodata with nothing to act on in any image."""
     if not results:
         return
     kinds = [result.scaled for result in results if result.scaled]
