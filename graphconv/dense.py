@@ -493,8 +493,7 @@ class VerifyReport:
         elif not self.padding_explains:
             verdict = f"FAIL: positions that {self.edge} does not reach differ"
         elif self.changes_answers:
-            changes = ("the top class of" if self.top.cut is None else
-                       f"{self.top.answer.replace('a class', 'some class', 1)} in")
+            changes = "the top class of" if self.top.cut is None else f"some class's {self.top.call} in"
             verdict = (f"FAIL ({'top class' if self.top.cut is None else 'calls'}): {converted}, but on this image "
                        f"{self.edge} changes {changes} {self.top.share:.1%} of the cells (more than "
                        f"{TOP_CLASS_SHARE:.0%}): the dense map is not the classifier's answer here; see the WARNING "
@@ -633,9 +632,12 @@ class TopClasses:
     @property
     def answer(self) -> str:
         """What the user reads off a cell, as the report names it."""
-        if self.cut is None:
-            return "the top class"
-        return f"a class's call (its {'probability' if self.cut else 'score, a logit'} >= {self.cut:g})"
+        return "the top class" if self.cut is None else f"a class's {self.call}"
+
+    @property
+    def call(self) -> str:
+        """How a class is called, "call (its probability >= 0.5)": with `cut` only."""
+        return f"call (its {'probability' if self.cut else 'score, a logit'} >= {self.cut:g})"
 
     @property
     def share(self) -> float:
