@@ -277,7 +277,13 @@ def _leave_now(status: int) -> None:
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse, with a usage error printed as one `graphconv:` line (exit 2) like
-    every other user error, instead of the usage block and the message."""
+    every other user error, instead of the usage block and the message. Options are
+    never abbreviated: argparse took `compile --stride 8` as --stride-method 8, and a
+    prefix that names one option today names two when an option is added."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         command = self.prog.partition(" ")[2]

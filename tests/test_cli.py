@@ -554,6 +554,10 @@ def graphconv_cli(*args, cwd=None):
      "unrecognized arguments: --stride 16; --output-stride (for --stride?) is an option of graphconv compile and "
      "verify, not of run: the map's stride is compiled in (graphconv compile MODEL -o DIR --output-stride S, then "
      "run DIR)"),
+    (["compile", SPECS / "lenet.yaml", "-o", "{tmp}/m", "--stride", 8],  # argparse took it for --stride-method 8
+     "unrecognized arguments: --stride 8; did you mean --output-stride?"),
+    (["run", SPECS / "lenet.yaml", "--input", "x.npy", "--thread", 1],  # no option is abbreviated
+     "unrecognized arguments: --thread 1; did you mean --threads?"),
     (["run", SPECS / "lenet.yaml", "--image", "x.png", "--heatmap", 1, "--heatmap-opactiy", 0.5],
      "unrecognized arguments: --heatmap-opactiy 0.5; did you mean --heatmap-opacity?"),
     (["compile", SPECS / "lenet.yaml", "-o", "{tmp}/m", "--tile", 256],
