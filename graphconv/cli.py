@@ -392,7 +392,7 @@ def _add_run_cells_options(group) -> None:
 
 def _add_run_output_options(group) -> None:
     """`run`'s options of its --help section "output": what is written and printed."""
-    group.add_argument("--output", type=_path,
+    group.add_argument("--output", "-o", type=_path,
                        help="write the output array here (.npy; .zarr for maps too big for memory; .tif: "
                             "a map of K bands, georeferenced like a GeoTIFF image)")
     group.add_argument("--output-dir", type=_path, metavar="DIR",
