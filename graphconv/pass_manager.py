@@ -152,6 +152,28 @@ def _weight_sums(graph: Graph) -> dict[tuple[str, str], tuple[int, int]]:
             for key, array in (data.get("weights") or {}).items()}
 
 
+def _checked_result(info: PassInfo, result, changed: bool) -> bool:
+    """Whether the pass modified the graph, from what it returned (True/None: it did,
+    False: it did not) held against what it did; a pass that returned anything else, or
+    said False (or is an analysis) and changed the graph, is refused: the analyses it
+    invalidated would be taken as current."""
+    if result is not None and not isinstance(result, (bool, np.bool_)):  # `return mask.any()` is a bool too
+        what = "a Graph" if isinstance(result, Graph) else shown(result)  # a copy it edited: lost
+        raise PassError(f"pass '{info.name}' ({info.origin}) returned {what}; a pass edits the "
+                        "graph it is given in place and returns True (or None) if it changed it, False if "
+                        "not")
+    if info.analysis and (changed or result is True):
+        raise PassError(f"pass '{info.name}' ({info.origin}) is registered as an analysis (analysis=True: it "
+                        "only reads the graph) but changed it; drop analysis=True from its @register_pass if it "
+                        "is to edit the graph")
+    modified = result is not False and not info.analysis
+    if not modified and changed:
+        raise PassError(f"pass '{info.name}' ({info.origin}) changed the graph but returned False; "
+                        "return True (or None) when a pass edits the graph, so the analyses it "
+                        "invalidates are recomputed")
+    return modified
+
+
 def _refuse_weights_written_in_place(graph: Graph, before: dict, info: PassInfo, given: Graph) -> None:
     """Refuse a pass that wrote into a weight array, which it can only do by reaching past
     the read-only view to the memory behind it (`ir._read_only`), so the numbers it
@@ -575,20 +597,10 @@ class PassManager:
         return graph
 
     def _run_one(self, graph: Graph, info: PassInfo, options: dict, automatic: bool) -> None:
-        for analysis in info.requires:
-            if analysis not in self._valid:
-                provider = _provider_of(analysis, info)
-                if not self.auto_requirements:
-                    raise PassError(f"pass '{info.name}' requires '{analysis}'; run "
-                                    f"'{provider.name}' before it")
-                if provider.required_options:
-                    raise PassError(f"pass '{info.name}' requires '{analysis}', which pass '{provider.name}' "
-                                    f"provides, but it needs "
-                                    f"{agreeing(len(provider.required_options), 'option', 'options')} "
-                                    f"{', '.join(provider.required_options)}: "
-                                    f"list {provider.name}{{{provider.required_options[0]}=...}} before "
-                                    f"'{info.name}'")
-                self._run_one(graph, provider, {}, automatic=True)
+        """Run one pass: its required analyses first, then the pass, then the checks a
+        plugin pass must pass (result, weights, dead layers) and the analyses it leaves
+        valid; with verify_each, the IR is verified after every pass that changed it."""
+        self._run_requirements(graph, info)
         self._print("before", info.name, graph)
         version = graph.version
         plugin = not info.origin.startswith("built-in")
@@ -596,8 +608,47 @@ class PassManager:
         structure_before = _structure(graph) if plugin else None
         keys_before = _annotation_keys(graph) if info.provides else None
         start = time.perf_counter()
+        result = self._call(graph, info, options)
+        changed = graph.version != version or (plugin and _structure(graph) != structure_before)
+        modified = _checked_result(info, result, changed)
+        self.records.append(PassRecord(info.name, time.perf_counter() - start, modified, automatic))
+        if plugin:
+            _refuse_weights_written_in_place(graph, weights_before, info, self._given)
+            self._note_layers_left_dead(graph, info)
+        self._update_analyses(graph, info, modified, keys_before)
+        if modified and self.verify_each:
+            try:
+                self._verify(graph, info.name)
+            except PassError:  # the IR the check refused is what --print-ir-after was asked for
+                with contextlib.suppress(Exception):  # a cycle cannot be printed in order
+                    self._print("after", info.name, graph)
+                raise
+        self._print("after", info.name, graph)
+
+    def _run_requirements(self, graph: Graph, info: PassInfo) -> None:
+        """Run the providers of the analyses `info` requires that are not valid now
+        (shape-inference, most often), or refuse where that cannot be done automatically."""
+        for analysis in info.requires:
+            if analysis in self._valid:
+                continue
+            provider = _provider_of(analysis, info)
+            if not self.auto_requirements:
+                raise PassError(f"pass '{info.name}' requires '{analysis}'; run '{provider.name}' before it")
+            if provider.required_options:
+                raise PassError(f"pass '{info.name}' requires '{analysis}', which pass '{provider.name}' "
+                                f"provides, but it needs "
+                                f"{agreeing(len(provider.required_options), 'option', 'options')} "
+                                f"{', '.join(provider.required_options)}: "
+                                f"list {provider.name}{{{provider.required_options[0]}=...}} before "
+                                f"'{info.name}'")
+            self._run_one(graph, provider, {}, automatic=True)
+
+    def _call(self, graph: Graph, info: PassInfo, options: dict):
+        """The pass's own run, its failures said as a PassError naming the pass (and, for a
+        plugin, where in its file it crashed); a built-in pass's crash is a bug, raised as is
+        unless the IR it was given is invalid."""
         try:
-            result = info.run(graph, **options)
+            return info.run(graph, **options)
         except GraphconvError as err:
             where = "" if info.origin.startswith("built-in") else where_it_crashed(err) or f", {info.origin}"
             unchecked = "" if self.verify_each else ("; an earlier pass, unchecked, may have made this: drop "
@@ -616,25 +667,10 @@ class PassManager:
         except SystemExit as err:  # the command exited with nothing written and, for exit 0, nothing said
             raise PassError(f"pass '{info.name}' ({info.origin}) called sys.exit({err.code!r}){where_it_crashed(err)}"
                             ": a pass edits the graph and returns; to refuse a graph, raise GraphconvError") from None
-        if result is not None and not isinstance(result, (bool, np.bool_)):  # `return mask.any()` is a bool too
-            what = "a Graph" if isinstance(result, Graph) else shown(result)  # a copy it edited: lost
-            raise PassError(f"pass '{info.name}' ({info.origin}) returned {what}; a pass edits the "
-                            "graph it is given in place and returns True (or None) if it changed it, False if "
-                            "not")
-        changed = graph.version != version or (plugin and _structure(graph) != structure_before)
-        if info.analysis and (changed or result is True):
-            raise PassError(f"pass '{info.name}' ({info.origin}) is registered as an analysis (analysis=True: it "
-                            "only reads the graph) but changed it; drop analysis=True from its @register_pass if it "
-                            "is to edit the graph")
-        modified = result is not False and not info.analysis
-        if not modified and changed:
-            raise PassError(f"pass '{info.name}' ({info.origin}) changed the graph but returned False; "
-                            "return True (or None) when a pass edits the graph, so the analyses it "
-                            "invalidates are recomputed")
-        self.records.append(PassRecord(info.name, time.perf_counter() - start, modified, automatic))
-        if plugin:
-            _refuse_weights_written_in_place(graph, weights_before, info, self._given)
-            self._note_layers_left_dead(graph, info)
+
+    def _update_analyses(self, graph: Graph, info: PassInfo, modified: bool, keys_before: set[str] | None) -> None:
+        """After a pass: the analyses it does not preserve are dropped with their annotations
+        (and the shapes, read by later passes as current), the ones it provides are valid."""
         if modified:
             for analysis in self._valid - set(info.preserves):  # stale: their annotations go with them
                 graph.forget_annotations(self._annotation_keys.pop(analysis, ()))
@@ -644,14 +680,6 @@ class PassManager:
         self._valid |= set(info.provides)
         if modified and "shapes" not in self._valid:  # stale, they were printed and read by later passes as current
             graph.forget_shapes()
-        if modified and self.verify_each:
-            try:
-                self._verify(graph, info.name)
-            except PassError:  # the IR the check refused is what --print-ir-after was asked for
-                with contextlib.suppress(Exception):  # a cycle cannot be printed in order
-                    self._print("after", info.name, graph)
-                raise
-        self._print("after", info.name, graph)
 
     def _note_layers_left_dead(self, graph: Graph, info: PassInfo) -> None:
         """Remember the layers a plugin pass leaves reaching no output: a later pass
