@@ -34,7 +34,6 @@ from graphconv.errors import GraphconvError, agreeing, counted
 from graphconv.ir import Graph
 from graphconv.model import Model, as_batch
 from graphconv.ops import pair
-from graphconv.ops.pad import describe_fill
 from graphconv.ops.registry import describe_padding
 from graphconv.runtime import Executor
 from graphconv.receptive import partial_receptive_fields, partial_sliding_periods
@@ -1221,9 +1220,7 @@ def _why_padded(node, in_shapes) -> str:
     if kind == "ceil_mode":
         return "ceil_mode"
     window = node.opdef.window(node.params, in_shapes)
-    if _fills_nonzero(node):
-        return f"{describe_padding(window)} of {describe_fill(node.params)}"
-    return describe_padding(window)
+    return describe_padding(window) if kind in ("zeros", "ignored") else f"{describe_padding(window)} of {kind}"
 
 
 def _padding_fill(node, in_shapes) -> str:
@@ -1247,17 +1244,13 @@ def padding_kind(node, in_shapes) -> str:
     average pool that counts it), a pad layer's fill ("reflection", "edge copies", "-inf",
     "the value 0.5"), "ignored" (a max pool's padding, an average pool's that it does not
     count), "ceil_mode" (a pool's last windows hanging off an unpadded map, which it
-    ignores too) or "interpolation" (an upsample clamping its samples to the map)."""
+    ignores too) or "interpolation" (an upsample clamping its samples to the map): the
+    op's window says which (`Window.beyond`)."""
     window = node.opdef.window(node.params, in_shapes)
-    if window.floored:
-        return "interpolation"
-    if node.op == "pad":
-        return describe_fill(node.params)
-    if node.op not in ("maxpool", "avgpool"):
-        return "zeros"
-    if not any(window.padding) and not any(window.padding_end):
+    unpadded = not any(window.padding) and not any(window.padding_end)
+    if unpadded and window.beyond in ("zeros", "ignored"):  # padded all the same: ceil_mode's overhang
         return "ceil_mode"
-    return "zeros" if node.op == "avgpool" and node.params["count_include_pad"] else "ignored"
+    return window.beyond
 
 
 def padding_words(kind: str) -> tuple[str, str]:
@@ -1274,11 +1267,6 @@ def padding_words(kind: str) -> tuple[str, str]:
         "interpolation": ("interpolation at the edges", "each crop's map is interpolated against copies of its own "
                                                         "edge rows and columns")}
     return fixed.get(kind, (f"padding of {kind}", f"each crop is padded with {kind} at its own border"))
-
-
-def _fills_nonzero(node) -> bool:
-    """Whether `node` is a pad layer whose border holds something else than zeros."""
-    return node.op == "pad" and (node.params["mode"] != "constant" or node.params["value"] != 0.0)
 
 
 def _run_length(flags: np.ndarray) -> int:

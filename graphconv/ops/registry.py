@@ -90,7 +90,12 @@ class Window:
     upsample read past the map's edge, not the two the window would say. `asymmetric` is
     for a bilinear upsample that samples at p * stride (TF1's resize_bilinear, ONNX's
     asymmetric coordinates): cell floor(p * stride) and the next, or that cell alone
-    where p * stride is one, so only its last rows and columns read past the map."""
+    where p * stride is one, so only its last rows and columns read past the map.
+
+    `beyond` is what the taps past the input's edge read, as verify says it of a crop's
+    border: "zeros" (a conv's padding, an average pool counting it), "ignored" (left out
+    of a max, or of an average's count), a pad layer's fill ("reflection", "edge copies",
+    "-inf", "the value 0.5"), or "interpolation" (an upsample clamping its samples)."""
 
     kernel: tuple[int, int]
     stride: tuple[int, int]
@@ -100,6 +105,7 @@ class Window:
     floored: bool = False
     half_pixel: bool = False
     asymmetric: bool = False
+    beyond: str = "zeros"
 
     def __post_init__(self) -> None:
         if self.padding_end is None:

@@ -47,7 +47,7 @@ def source_index(i: int, size: int, mode: int) -> int:
 
 def window(params: dict, shapes) -> Window:
     top, left, bottom, right = params["padding"]
-    return Window((1, 1), (1, 1), (top, left), (1, 1), padding_end=(bottom, right))
+    return Window((1, 1), (1, 1), (top, left), (1, 1), padding_end=(bottom, right), beyond=describe_fill(params))
 
 
 def shape(params: dict, shapes) -> tuple[int, int, int]:

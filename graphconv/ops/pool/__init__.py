@@ -23,8 +23,11 @@ from graphconv.ops.registry import (
 
 
 def window(params: dict, shapes) -> Window:
+    """The window of either pool: the taps past the edge are left out of a max, and of an
+    average's count unless it counts the padding (`count_include_pad`, zeros)."""
+    counted = params.get("count_include_pad", False)
     return Window(pair(params["kernel_size"]), pair(params["stride"]), pair(params["padding"]),
-                  pair(params["dilation"]))
+                  pair(params["dilation"]), beyond="zeros" if counted else "ignored")
 
 
 def ceil_output(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:

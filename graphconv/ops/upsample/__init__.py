@@ -87,8 +87,10 @@ def window(params: dict, shapes) -> Window:
     if params["mode"] == "nearest":
         return Window((1, 1), stride, (0, 0), (1, 1), floored=True)
     if params["asymmetric"]:
-        return Window((2, 2), stride, (0, 0), (1, 1), padding_end=(1, 1), floored=True, asymmetric=True)
-    return Window((3, 3), stride, (1, 1), (1, 1), floored=True, half_pixel=not params["align_corners"])
+        return Window((2, 2), stride, (0, 0), (1, 1), padding_end=(1, 1), floored=True, asymmetric=True,
+                      beyond="interpolation")
+    return Window((3, 3), stride, (1, 1), (1, 1), floored=True, half_pixel=not params["align_corners"],
+                  beyond="interpolation")
 
 
 def axis_weights(size: int, factor: int, sampled: int) -> np.ndarray:
