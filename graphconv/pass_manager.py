@@ -119,6 +119,7 @@ def register_pass(name: str, description: str, *, requires: Sequence[str] = (),
         raise PassError(f"'{DEFAULT_WORD}' cannot be a pass name{by}: in a pipeline it stands for the default passes")
 
     def decorator(fn: Callable) -> Callable:
+        load_builtin_passes()  # a name clashing with a built-in refused here, not at every later compile
         existing = _REGISTRY.get(name)
         origin = _loading_origin[-1] if _loading_origin else _origin_of(fn)
         if existing is not None and not _same_source(existing.run, fn):

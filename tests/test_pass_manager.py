@@ -2,6 +2,7 @@
 import io
 import pickle
 import re
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -318,6 +319,22 @@ def test_an_analysis_pass_that_edits_the_graph_is_refused(lenet):
 def test_duplicate_registration_is_refused():
     with pytest.raises(PassError, match="pass 'fc-to-conv' is already registered by built-in"):
         register_pass("fc-to-conv", "again")(lambda graph: False)
+
+
+def test_a_built_in_name_is_refused_at_registration_in_a_fresh_process(tmp_path):
+    """The built-ins load on first use of the registry: registered before that from a
+    notebook, the clash was refused only later, by every compile of the process."""
+    code = ("import graphconv\n"
+            "try:\n"
+            "    graphconv.register_pass('fold-pad', 'mine')(lambda graph: False)\n"
+            "except graphconv.GraphconvError as err:\n"
+            "    print('refused:', err)\n"
+            "graphconv.compile_model(graphconv.load_spec(%r))\n"
+            "print('compiled')\n" % str(SPECS / "lenet.yaml"))
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "refused: pass 'fold-pad' is already registered by built-in (passes/fold_pad.py)" in result.stdout
+    assert result.stdout.endswith("compiled\n")
 
 
 def test_print_ir_before_and_after(lenet):
