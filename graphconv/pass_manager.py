@@ -600,7 +600,8 @@ class PassManager:
     def _run_one(self, graph: Graph, info: PassInfo, options: dict, automatic: bool) -> None:
         """Run one pass: its required analyses first, then the pass, then the checks a
         plugin pass must pass (result, weights, dead layers) and the analyses it leaves
-        valid; with verify_each, the IR is verified after every pass that changed it."""
+        valid; with verify_each, the IR is verified after every pass that changed it, and
+        after every plugin pass (whose shapes, set by hand, may be wrong)."""
         self._run_requirements(graph, info)
         self._print("before", info.name, graph)
         version = graph.version
@@ -617,7 +618,7 @@ class PassManager:
             _refuse_weights_written_in_place(graph, weights_before, info, self._given)
             self._note_layers_left_dead(graph, info)
         self._update_analyses(graph, info, modified, keys_before)
-        if modified and self.verify_each:
+        if (modified or plugin) and self.verify_each:  # a plugin's set_shape changes no version: checked all the same
             try:
                 self._verify(graph, info.name)
             except PassError:  # the IR the check refused is what --print-ir-after was asked for

@@ -299,6 +299,23 @@ def test_a_pass_that_calls_sys_exit_is_refused_naming_where(lenet):
                                         rf"test_pass_manager.py:{line} in leaves: a pass edits the graph and returns"):
         PassManager(["leaves"]).run(lenet)
 
+
+@pytest.mark.parametrize("name, declared", [("shape-report", dict(analysis=True)),
+                                           ("shape-keeper", dict(preserves=("shapes",)))])
+def test_a_shape_a_plugin_pass_sets_wrong_is_refused_by_the_pass_name(lenet, name, declared):
+    """set_shape changes no version: a wrong shape from a pass that changed nothing else
+    passed unchecked, and fc-to-conv after it crashed in a reshape with a traceback."""
+    @register_pass(name, "sets a shape", requires=("shapes",), **declared)
+    def wrong_shape(graph):
+        c, h, w = graph.node("pool2").shape
+        graph.set_shape("pool2", (c, h - 1, w - 1))
+        return False
+
+    with pytest.raises(PassError, match=rf"pass '{name}' \(module test_pass_manager\) broke the IR: .*layer "
+                                        r"'pool2': annotated shape \(16, 4, 4\) but its inputs give \(16, 5, 5\)"):
+        PassManager([name, "fc-to-conv"]).run(lenet)
+
+
 def test_an_analysis_pass_that_edits_the_graph_is_refused(lenet):
     @register_pass("sneaky-report", "a report that edits", analysis=True)
     def sneaky_report(graph):
