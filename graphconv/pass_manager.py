@@ -305,8 +305,9 @@ def broken_entry_points() -> list[str]:
     return list(_broken_entry_points)
 
 
-# the ops each --plugin registered (op name -> the plugin as given): a model compiled with
-# them records the plugins it needs (`plugins_of_ops`), for a later command's unknown op to name
+# the ops each --plugin registered (op name -> the plugin: a module's name, a file's absolute
+# path): a model compiled with them records the plugins it needs (`plugins_of_ops`), for a
+# later command's unknown op to name, from whichever folder it runs
 PLUGIN_OPS: dict[str, str] = {}
 
 
@@ -319,7 +320,7 @@ def load_plugin(spec: str) -> None:
     is_file = spec.endswith(".py") or "/" in spec or Path(spec).is_file()
     label = f"plugin {spec}"
     ops_before = {op.name for op in all_ops()}
-    with _origin(label), _noting_new_ops(ops_before, spec):
+    with _origin(label), _noting_new_ops(ops_before, str(Path(spec).resolve()) if is_file else spec):
         try:
             if is_file:
                 path = Path(spec)
@@ -335,9 +336,10 @@ def load_plugin(spec: str) -> None:
                 module_spec = importlib.util.spec_from_file_location(module_name, path)
                 module = importlib.util.module_from_spec(module_spec)
                 sys.modules[module_name] = module
-                module_spec.loader.exec_module(module)
+                with _importable_from(str(path.resolve().parent)):  # as `python file.py`: its packages beside it
+                    module_spec.loader.exec_module(module)
             else:
-                with _working_folder_importable():
+                with _importable_from(os.getcwd()):
                     importlib.import_module(spec)
         except GraphconvError:
             raise
@@ -358,25 +360,33 @@ def _noting_new_ops(ops_before: set[str], spec: str) -> Iterator[None]:
 
 
 def plugins_of_ops(graph: Graph) -> list[str]:
-    """The --plugins (as given) that registered ops `graph` uses, in the order loaded."""
+    """The plugins that registered ops `graph` uses, in the order loaded: each --plugin (a
+    file by its absolute path), and the module of an op a script imported itself (which no
+    --plugin loaded; not one defined in `__main__`, which no other process can import)."""
+    from graphconv.ops.registry import get_op
+
     used = {node.op for node in graph.layers()}
-    return list(dict.fromkeys(spec for op, spec in PLUGIN_OPS.items() if op in used))
+    loaded = [spec for op, spec in PLUGIN_OPS.items() if op in used]
+    imported = [get_op(op).package for op in sorted(used - set(PLUGIN_OPS))]
+    imported = [package for package in imported if package.partition(".")[0] not in ("graphconv", "__main__")]
+    return list(dict.fromkeys(loaded + imported))
 
 
 @contextlib.contextmanager
-def _working_folder_importable() -> Iterator[None]:
-    """A module named by --plugin imports from the working folder too, as under `python -m
-    graphconv` (whose sys.path starts with it): the `graphconv` script's starts with its
-    own folder instead, and found no module beside the user."""
-    here = os.getcwd()
-    added = here not in sys.path and "" not in sys.path
+def _importable_from(folder: str) -> Iterator[None]:
+    """Imports find modules in `folder` while a plugin loads: a module named by --plugin
+    imports from the working folder, as under `python -m graphconv` (whose sys.path
+    starts with it; the `graphconv` script's starts with its own folder instead, and
+    found no module beside the user), and a plugin file's `import my_ops.shrink` finds
+    the package beside it, as `python plugin.py` would."""
+    added = folder not in sys.path and not (folder == os.getcwd() and "" in sys.path)
     if added:
-        sys.path.insert(0, here)
+        sys.path.insert(0, folder)
     try:
         yield
     finally:
-        if added and here in sys.path:
-            sys.path.remove(here)
+        if added and folder in sys.path:
+            sys.path.remove(folder)
 
 
 def registered_passes() -> list[PassInfo]:

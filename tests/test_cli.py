@@ -331,6 +331,76 @@ def test_a_model_compiled_with_a_plugin_s_op_names_the_plugin_every_command_need
     assert "hardshrink" in capsys.readouterr().err and not (tmp_path / "m.onnx").exists()  # no ONNX form: said
 
 
+SHRINK_OP_PACKAGE = """
+import numpy as np
+from graphconv.ops.registry import OpDef, Param, numel, register
+
+register(OpDef(name="{name}", doc="x where |x| > lambd, else 0", params=(Param("lambd", "float", 0.5),),
+               shape=lambda p, s: s[0], flops=lambda p, s, o: numel(o), package=__name__,
+               reference=lambda p, w, i: np.where(np.abs(i[0]) > p["lambd"], i[0], 0).astype(np.float32)))
+"""
+SHRINK_KERNEL = ("import numpy as np\n\n\ndef run_{name}(params, weights, inputs, out):\n"
+                 "    out[...] = np.where(np.abs(inputs[0]) > params['lambd'], inputs[0], 0)\n")
+
+
+def _op_package(folder, package: str, op: str) -> None:
+    """An op of one's own as adding-an-op.md lays it out outside graphconv: a package
+    `outer.inner` (`inner/__init__.py` registering it, `inner/cpu.py` its kernel)."""
+    outer, inner = package.split(".")
+    (folder / outer / inner).mkdir(parents=True)
+    (folder / outer / "__init__.py").touch()
+    (folder / outer / inner / "__init__.py").write_text(SHRINK_OP_PACKAGE.format(name=op))
+    (folder / outer / inner / "cpu.py").write_text(SHRINK_KERNEL.format(name=op))
+
+
+def test_a_plugin_file_imports_the_op_package_beside_it_and_the_model_names_it_from_anywhere(tmp_path, capsys,
+                                                                                             monkeypatch):
+    """`--plugin proj/ops_plugin.py` whose `import beside_ops.shrink` failed (ModuleNotFoundError) unless
+    PYTHONPATH named its folder, as `python proj/ops_plugin.py` would not; and the model
+    recorded the plugin relative to where it was compiled, so the hint of a command run
+    from another folder named a file not found there."""
+    from graphconv.ops import registry
+
+    project = tmp_path / "proj"
+    _op_package(project, "beside_ops.shrink", "shrink_beside")
+    (project / "ops_plugin.py").write_text(
+        "import beside_ops.shrink\n\nfrom graphconv import register_pass\n\n\n"
+        "@register_pass('relu1-to-shrink', 'relu1 becomes shrink_beside')\n"
+        "def relu1_to_shrink(graph):\n"
+        "    graph.replace('relu1', 'shrink_beside', {'lambd': 0.25})\n"
+        "    return True\n")
+    assert run_cli("compile", SPECS / "digits.yaml", "-o", "m", "--plugin", "proj/ops_plugin.py", "--passes",
+                   "relu1-to-shrink,default") == 0, capsys.readouterr().err
+    assert "beside_ops" not in " ".join(sys.path)  # the folder was importable while the plugin loaded, not after
+    np.save("x.npy", np.random.default_rng(0).random((1, 1, 40, 40), dtype=np.float32))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    registry._REGISTRY.pop("shrink_beside")  # as a new process, which has not loaded the plugin
+    for module in ("beside_ops", "beside_ops.shrink", "beside_ops.shrink.cpu"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    capsys.readouterr()
+    assert run_cli("run", tmp_path / "m", "--input", tmp_path / "x.npy") == 2
+    assert f"needs the same --plugin {project / 'ops_plugin.py'}" in capsys.readouterr().err
+    status = run_cli("run", tmp_path / "m", "--input", tmp_path / "x.npy", "--plugin", project / "ops_plugin.py")
+    assert status == 0, capsys.readouterr().err
+
+
+def test_a_model_of_an_op_a_script_imported_itself_names_its_module(tmp_path, monkeypatch):
+    """An op package the user imported (no load_plugin) was recorded nowhere: a later
+    command said only "unknown op" of the compiled folder."""
+    import importlib
+
+    _op_package(tmp_path, "own_ops.shrink", "shrink_own")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("own_ops.shrink")
+    import graphconv
+
+    graph = graphconv.load_network(SPECS / "digits.yaml")
+    graph.replace("relu1", "shrink_own", {"lambd": 0.25})
+    graphconv.compile_model(graph).save(tmp_path / "m")
+    assert "plugins: [own_ops.shrink]" in (tmp_path / "m" / "model.yaml").read_text()
+
+
 def test_inspect_draws_the_graph_as_dot_with_each_layer_s_shape(tmp_path, capsys):
     assert run_cli("inspect", SPECS / "tinydag.yaml", "--dot", tmp_path / "g.dot") == 0
     assert f"graph -> {tmp_path / 'g.dot'} (dot -Tsvg" in capsys.readouterr().out
