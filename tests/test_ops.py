@@ -178,9 +178,22 @@ def test_an_op_named_as_another_op_s_alias_is_refused_at_registration(monkeypatc
     from graphconv.ops import registry
 
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    with pytest.raises(ValueError, match=r"op 'hardtanh' is listed in OP_ALIASES .* another name for 'clip'"):
+    with pytest.raises(GraphconvError, match=r"op 'hardtanh' is listed in OP_ALIASES .* another name for 'clip'"):
         registry.register(replace(get_op("clip"), name="hardtanh"))
     registry.register(replace(get_op("clip"), name="clip_again"))  # a name no alias takes
+
+
+def test_an_op_s_package_registers_it_again_another_package_may_not():
+    """importlib.reload of an op being edited in a notebook raised "op registered twice"
+    (a ValueError); another package's op of the same name must still be refused."""
+    from graphconv.ops import registry
+
+    mine = registry.register(replace(get_op("clip"), name="my_clip", package="my_ops.clip"))
+    edited = registry.register(replace(mine, doc="edited"))
+    assert get_op("my_clip") is edited
+    with pytest.raises(GraphconvError, match="op 'my_clip' is already registered by my_ops.clip; their_ops.clip "
+                                             r"registers it again \(rename one\)"):
+        registry.register(replace(mine, package="their_ops.clip"))
 
 
 def test_a_missing_kernel_is_a_clear_error_but_a_broken_one_is_not(tmp_path, monkeypatch):

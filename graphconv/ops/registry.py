@@ -348,11 +348,15 @@ _REGISTRY: dict[str, OpDef] = {}
 
 
 def register(op: OpDef) -> OpDef:
-    if op.name in _REGISTRY:
-        raise ValueError(f"op {op.name!r} registered twice")
+    """Add `op` to the registry. Its own package registering it again replaces it (a
+    module reloaded in a notebook, importlib.reload, as it is edited); another's is refused."""
+    existing = _REGISTRY.get(op.name)
+    if existing is not None and existing.package != op.package:
+        raise GraphconvError(f"op {op.name!r} is already registered by {existing.package}; {op.package} registers "
+                             "it again (rename one)")
     alias = OP_ALIASES.get(re.sub(r"[_\-\s]", "", op.name.lower()))
     if alias is not None and alias != op.name:  # its spec name would be read as the other op's
-        raise ValueError(f"op {op.name!r} is listed in OP_ALIASES (graphconv/ops/registry.py) as another name for "
+        raise GraphconvError(f"op {op.name!r} is listed in OP_ALIASES (graphconv/ops/registry.py) as another name for "
                          f"{alias!r}: take that entry out, or name the op otherwise")
     _REGISTRY[op.name] = op
     return op
