@@ -684,9 +684,21 @@ def _add_passes_command(sub) -> argparse.ArgumentParser:
     return parser
 
 
+def _add_ops_command(sub) -> argparse.ArgumentParser:
+    """The `ops` command's arguments."""
+    parser = sub.add_parser("ops", help="list the ops a spec may use, or one op's params",
+                            description="List the ops a spec file may name, one line each; with an op's name, its "
+                                        "inputs, params (kind, default, meaning), weights, and the kernels, PyTorch "
+                                        "equivalent and ONNX export it has.")
+    parser.add_argument("op", nargs="?", metavar="OP", help="the op to describe")
+    _add_plugin_option(parser)
+    parser.set_defaults(handler=cmd_ops)
+    return parser
+
+
 COMMANDS = {"run": _add_run_command, "compile": _add_compile_command, "inspect": _add_inspect_command,
             "verify": _add_verify_command, "import": _add_import_command, "export": _add_export_command,
-            "cells": _add_cells_command, "passes": _add_passes_command}
+            "cells": _add_cells_command, "passes": _add_passes_command, "ops": _add_ops_command}
 """Each command's name and the function adding its parser, in the order `graphconv --help` lists them."""
 
 
@@ -713,6 +725,7 @@ EXAMPLES = {
     "cells": ("graphconv cells out/map.tif -o out/cells.geojson",
               "graphconv cells out/map.tif -o out/sevens.csv --top-class 7 --min-score 0.9"),
     "passes": ("graphconv passes", "graphconv passes --plugin examples/my_passes.py"),
+    "ops": ("graphconv ops", "graphconv ops maxpool"),
 }
 
 
@@ -2767,6 +2780,20 @@ def cmd_passes(args: argparse.Namespace) -> int:
         print(f"{info.name:<{width}}  {info.description}{suffix}  -- {info.origin}")
     print(f"(passes of installed packages that declare a '{ENTRY_POINT_GROUP}' entry point are "
           "imported on every graphconv run, like --plugin: install only packages you trust)")
+    return 0
+
+
+def cmd_ops(args: argparse.Namespace) -> int:
+    from graphconv.ops.listing import describe_op, op_line
+    from graphconv.ops.registry import get_op, user_ops
+
+    if args.op is not None:
+        print(describe_op(get_op(args.op)))
+        return 0
+    names = user_ops()
+    for name in names:
+        print(op_line(get_op(name), max(map(len, names))))
+    print("(graphconv ops OP: an op's params, weights and kernels; docs/spec-files.md has examples)")
     return 0
 
 

@@ -672,6 +672,30 @@ def test_piping_into_head_is_quiet():
     assert result.stderr in ("", "note: vgg16 has no weights file; using deterministic seeded (random) weights\n")
 
 
+def test_ops_lists_every_op_a_spec_may_name_and_describes_one(tmp_path, capsys):
+    """A user adding a layer to a spec had no command naming the ops or their params."""
+    from graphconv.ops.registry import user_ops
+
+    assert run_cli("ops") == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()[:-1]]
+    assert listed == user_ops()
+    assert run_cli("ops", "maxpool") == 0
+    text = capsys.readouterr().out
+    assert text.startswith("maxpool: max over each window")
+    assert "    stride       int or [h, w], each at least 1; default: as kernel_size" in text
+    assert "    ceil_mode    true or false; default false: round the output size up" in text
+    assert "  weights: none\n  kernels: cpu, cuda\n" in text
+    assert run_cli("ops", "conv") == 0
+    assert "  weights: weight (3, 2, 3, 3), bias (3,) (of a 2x6x5 input" in capsys.readouterr().out
+    assert run_cli("ops", "Conv2d") == 2
+    assert "unknown op 'Conv2d': did you mean 'conv'?" in capsys.readouterr().err
+    plugin = tmp_path / "shrink_plugin.py"
+    plugin.write_text(OP_PLUGIN)
+    assert run_cli("ops", "hardshrink", "--plugin", plugin) == 0
+    text = capsys.readouterr().out
+    assert "    lambd  float; default 0.5\n" in text and "defined in: shrink_kernels" in text
+
+
 def test_passes_lists_where_entry_points_come_from():
     result = graphconv_cli("passes")
     assert result.returncode == 0 and "'graphconv.passes' entry point are imported on every" in result.stdout
@@ -1980,7 +2004,7 @@ def test_verify_s_default_region_over_no_data_is_centred_on_a_cell_with_data():
 @pytest.mark.parametrize("args, said", [
     (["--image", ""], "argument --image: an empty path"),
     (["--images", "", "--output-dir", "maps"], "argument --images: an empty path"),
-    (["--input", "IN", "--output", ""], "argument --output: an empty path"),
+    (["--input", "IN", "--output", ""], "argument --output/-o: an empty path"),
     (["--input", "IN", "--heatmap-out", " "], "argument --heatmap-out: an empty path"),
     (["--input", "IN", "--output-dir", "maps"], "--output-dir is where --images writes its maps"),
     (["--input", "IN", "--classes", "1,,2"], "argument --classes: expected a class index or name"),
