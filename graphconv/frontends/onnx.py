@@ -859,7 +859,7 @@ def unsupported(op_type: str, producer: str = "") -> str:
              if name[:3].lower() == op_type[:3].lower()]
     hint = f" (similar ones it reads: {', '.join(close)})" if close else ""
     return (f"op {op_type} is not supported{hint}; the ONNX ops graphconv reads are listed in its "
-            "docs/onnx.md")
+            "docs/onnx.md (an op a plugin reads needs that plugin: --plugin FILE)")
 
 
 def _described_input(value_info) -> str:
