@@ -443,71 +443,77 @@ class VerifyReport:
                  f"(b) sliding evaluation vs {reference} on every crop: {self.cells_differing} of "
                  f"{self.cells} cells differ by more than the tolerance, max abs {self.max_abs:.3g} "
                  f"({self.max_rel:.2%} of the largest score, {self.scale:.3g}; {self._sliding_tolerance_text()})"]
-        if self.exact_by_construction:
-            lines.append("    no layer pads, so every cell equals its crop by construction"
-                         + ("" if self.agrees else ", here to float32 rounding" if self.sliding_rounding
-                            else ": this difference is a bug"))
-        else:
-            lines.append(f"    {self._padding_headline()}, where the sliding network sees the neighbouring "
-                         f"pixels ({self._at_the_image_border()})")
-            listed, rest = self._listed_layers()
-            lines.extend(f"    - {layer.line()}" for layer in listed)
-            if rest:
-                kind = "ceil_mode" if self.only_hanging_windows else "padded"
-                lines.append(f"    - and {len(rest)} more {kind} {agreeing(len(rest), 'layer', 'layers')} "
-                             f"between them, whose positions that read "
-                             f"{self.edge} differ by up to {max(layer.max_abs for layer in rest):.3g} and whose "
-                             "positions clear of it, if any, agree")
-            if self.layers:
-                lines.append(f"    (per layer: {counted(self.layers[0].crops, 'sampled crop')}, each layer's map "
-                             "on the crop against the sliding network's at the same place)")
-            if self.finer_stride and self.edge_kinds == {"padding"}:  # dilate takes no other edge effect
-                lines.append("    --stride-method dilate and shift disagreeing near the image's edges on such a "
-                             "network is this same effect: shifted copies are padded at their own borders")
+        lines.extend(self._edge_lines())
         lines.extend(f"    {note}" for note in self.notes)
         if self.top is not None:
             lines.extend(self.top.lines())
         elif not self.exact_by_construction:
             lines.append(f"    (these are random pixels: whether {self.edge} changes the top class on your images, "
                          "verify measures with --image IMAGE)")
+        lines.append("result: " + self._verdict())
+        return "\n".join(lines)
+
+    def _edge_lines(self) -> list[str]:
+        """Why cells differ from their crops: no layer pads (then they may not), or the
+        padded layers, each with how far its differences reach and how large they are."""
+        if self.exact_by_construction:
+            return ["    no layer pads, so every cell equals its crop by construction"
+                    + ("" if self.agrees else ", here to float32 rounding" if self.sliding_rounding
+                       else ": this difference is a bug")]
+        lines = [f"    {self._padding_headline()}, where the sliding network sees the neighbouring "
+                 f"pixels ({self._at_the_image_border()})"]
+        listed, rest = self._listed_layers()
+        lines.extend(f"    - {layer.line()}" for layer in listed)
+        if rest:
+            kind = "ceil_mode" if self.only_hanging_windows else "padded"
+            lines.append(f"    - and {len(rest)} more {kind} {agreeing(len(rest), 'layer', 'layers')} "
+                         f"between them, whose positions that read "
+                         f"{self.edge} differ by up to {max(layer.max_abs for layer in rest):.3g} and whose "
+                         "positions clear of it, if any, agree")
+        if self.layers:
+            lines.append(f"    (per layer: {counted(self.layers[0].crops, 'sampled crop')}, each layer's map "
+                         "on the crop against the sliding network's at the same place)")
+        if self.finer_stride and self.edge_kinds == {"padding"}:  # dilate takes no other edge effect
+            lines.append("    --stride-method dilate and shift disagreeing near the image's edges on such a "
+                         "network is this same effect: shifted copies are padded at their own borders")
+        return lines
+
+    def _verdict(self) -> str:
+        """The result line's words: PASS or FAIL (and of what), first reason first."""
         converted = ("the conversion was not checked (a compiled model)" if self.conversion_unchecked
                      else "the conversion is exact")
         if self.changed_by_plugins:
-            verdict = self._verdict_after_plugins()
-        elif self.conversion_rounding and (self.agrees or self.sliding_rounding):
-            verdict = "FAIL (--tolerance): the scores differ" + ROUNDING_ONLY
-        elif not self.conversion_exact:
-            verdict = "FAIL: the conversion is wrong"
-        elif self.agrees and any(layer.differing for layer in self.layers):
-            verdict = (f"PASS: {converted} and the sliding evaluation equals the crop loop on these "
-                       "pixels, within the tolerance; but " + self.edge + " makes the layers listed above differ, so "
-                       "on other images the scores can differ" + (" (--image measures on yours)" if self.top is None
-                                                                  else ""))
-        elif self.agrees:
-            verdict = f"PASS: {converted} and the sliding evaluation equals the crop loop"
-        elif self.exact_by_construction and self.sliding_rounding:
-            verdict = "FAIL (--tolerance): the sliding evaluation differs" + ROUNDING_ONLY
-        elif self.exact_by_construction:
-            verdict = "FAIL: an unpadded network must equal the crop loop"
-        elif not self.padding_explains:
-            verdict = f"FAIL: positions that {self.edge} does not reach differ"
-        elif self.changes_answers:
+            return self._verdict_after_plugins()
+        if self.conversion_rounding and (self.agrees or self.sliding_rounding):
+            return "FAIL (--tolerance): the scores differ" + ROUNDING_ONLY
+        if not self.conversion_exact:
+            return "FAIL: the conversion is wrong"
+        if self.agrees and any(layer.differing for layer in self.layers):
+            return (f"PASS: {converted} and the sliding evaluation equals the crop loop on these "
+                    "pixels, within the tolerance; but " + self.edge + " makes the layers listed above differ, so "
+                    "on other images the scores can differ" + (" (--image measures on yours)" if self.top is None
+                                                               else ""))
+        if self.agrees:
+            return f"PASS: {converted} and the sliding evaluation equals the crop loop"
+        if self.exact_by_construction and self.sliding_rounding:
+            return "FAIL (--tolerance): the sliding evaluation differs" + ROUNDING_ONLY
+        if self.exact_by_construction:
+            return "FAIL: an unpadded network must equal the crop loop"
+        if not self.padding_explains:
+            return f"FAIL: positions that {self.edge} does not reach differ"
+        if self.changes_answers:
             changes = "the top class of" if self.top.cut is None else f"some class's {self.top.call} in"
-            verdict = (f"FAIL ({'top class' if self.top.cut is None else 'calls'}): {converted}, but on this image "
-                       f"{self.edge} changes {changes} {self.top.share:.1%} of the cells (more than "
-                       f"{TOP_CLASS_SHARE:.0%}): the dense map is not the classifier's answer here; see the WARNING "
-                       "above")
-        elif self.strict:
-            verdict = f"FAIL (--strict): {converted}, but {self.edge} makes the sliding evaluation differ"
-        else:
-            top = "" if self.top is None else (f", {'the top class' if self.top.cut is None else 'a call'} in "
-                                               f"{self.top.changed} of {self.top.cells}")
-            verdict = (f"PASS: {converted}; the sliding evaluation differs from the crop loop in "
-                       f"{self.cells_differing} of {counted(self.cells, 'cell')} (by up to {self.max_abs:.3g}{top}), "
-                       f"only where {self.edge} reaches (--strict demands equality)")
-        lines.append("result: " + verdict)
-        return "\n".join(lines)
-
+            return (f"FAIL ({'top class' if self.top.cut is None else 'calls'}): {converted}, but on this image "
+                    f"{self.edge} changes {changes} {self.top.share:.1%} of the cells (more than "
+                    f"{TOP_CLASS_SHARE:.0%}): the dense map is not the classifier's answer here; see the WARNING "
+                    "above")
+        if self.strict:
+            return f"FAIL (--strict): {converted}, but {self.edge} makes the sliding evaluation differ"
+        top = "" if self.top is None else (f", {'the top class' if self.top.cut is None else 'a call'} in "
+                                           f"{self.top.changed} of {self.top.cells}")
+        return (f"PASS: {converted}; the sliding evaluation differs from the crop loop in "
+                f"{self.cells_differing} of {counted(self.cells, 'cell')} (by up to {self.max_abs:.3g}{top}), "
+                f"only where {self.edge} reaches (--strict demands equality)")
 
     def _padding_headline(self) -> str:
         """What the padded layers put at each crop's border, one clause per kind present
