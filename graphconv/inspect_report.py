@@ -26,20 +26,8 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
         head += "; seeded weights (the spec names no weights file)"
     beyond_crop = _beyond_the_crop(graph, hw, whole, mixed)
     dilated = any(_dilation(graph, node.name) not in ("-", "1") for node in graph.layers())
-    rows = []
-    kinds = {}
-    for row in costs:
-        f, kinds[row.name] = fields.get(row.name, (None, 1))
-        if f is None:  # from a merge of mixed strides on: no field
-            size, stride, offset = "-", "-", "-"
-        else:
-            size, offset = ("crop", "-") if row.name in whole else (_pair(f.size), _pair(f.offset))
-            stride = _pair(f.stride)
-            size += "*" if kinds[row.name] > 1 and row.name not in whole else ""
-        shape, flops = ("n/a", "n/a") if row.name in beyond_crop else ("x".join(map(str, row.shape)),
-                                                                        f"{row.flops / 1e6:.1f}")
-        rows.append([row.name, row.op, shape, f"{row.params:,}", flops, size, stride, offset,
-                     *([_dilation(graph, row.name)] if dilated else [])])
+    rows = [_layer_row(graph, row, fields, whole, beyond_crop, dilated) for row in costs]
+    kinds = {row.name: fields.get(row.name, (None, 1))[1] for row in costs}
     total_params = sum(r.params for r in costs)
     total_flops = sum(r.flops for r in costs if r.name not in beyond_crop)
     rows.append(["total", "", "", f"{total_params:,}", f"{total_flops / 1e6:.1f}"])
@@ -63,13 +51,7 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
         lines.append(f"shift-and-stitch: {model.stitch_copies} shifted copies of each image in one pass "
                      "(counted in the FLOPs above; the outputs are one copy's)")
     if not graph.find("fc") and mixed is None and (input_hw or costs[-1].shape[1:] != (1, 1)):
-        rows_stride, cols_stride = model.output_stride
-        rows, cols = model.map_size(*hw)
-        line = f"score map: {rows}x{cols} cells at output stride {rows_stride}x{cols_stride}"
-        if image_hw is not None and tuple(image_hw) != tuple(hw):
-            line = (f"score map: {image_hw[0]}x{image_hw[1]} cells at output stride {rows_stride}x{cols_stride} "
-                    f"(of the {rows}x{cols} computed on the padded input, cut back to the image)")
-        lines.append(line)
+        lines.append(_score_map_line(model, hw, image_hw))
         off_lattice = cells_off_the_lattice_note(graph)
         if off_lattice:
             lines.append(off_lattice)
@@ -82,6 +64,34 @@ def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
     if scales:
         lines.append(scales_report(model, input_hw or (max(hc, wc), max(hc, wc)), scales))
     return "\n".join(lines)
+
+
+def _layer_row(graph, row, fields: dict, whole: set[str], beyond_crop: set[str], dilated: bool) -> list[str]:
+    """A layer's cells of the table: its output and cost at the input size, and its
+    first cell's field ("crop" where it sees the whole crop, '*' where its kinds of
+    field differ, '-' past a merge of mixed strides)."""
+    field, kinds = fields.get(row.name, (None, 1))
+    if field is None:  # from a merge of mixed strides on: no field
+        size, stride, offset = "-", "-", "-"
+    else:
+        size, offset = ("crop", "-") if row.name in whole else (_pair(field.size), _pair(field.offset))
+        stride = _pair(field.stride)
+        size += "*" if kinds > 1 and row.name not in whole else ""
+    shape, flops = ("n/a", "n/a") if row.name in beyond_crop else ("x".join(map(str, row.shape)),
+                                                                    f"{row.flops / 1e6:.1f}")
+    return [row.name, row.op, shape, f"{row.params:,}", flops, size, stride, offset,
+            *([_dilation(graph, row.name)] if dilated else [])]
+
+
+def _score_map_line(model: Model, hw: tuple[int, int], image_hw: tuple[int, int] | None) -> str:
+    """"score map: RxC cells at output stride S", of the image's own size where a
+    segmentation network runs it padded (its map cut back)."""
+    rows_stride, cols_stride = model.output_stride
+    rows, cols = model.map_size(*hw)
+    if image_hw is not None and tuple(image_hw) != tuple(hw):
+        return (f"score map: {image_hw[0]}x{image_hw[1]} cells at output stride {rows_stride}x{cols_stride} "
+                f"(of the {rows}x{cols} computed on the padded input, cut back to the image)")
+    return f"score map: {rows}x{cols} cells at output stride {rows_stride}x{cols_stride}"
 
 
 def _beyond_the_crop(graph, hw: tuple[int, int], whole: set[str], mixed) -> set[str]:
