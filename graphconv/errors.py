@@ -142,14 +142,35 @@ class GraphconvWarning(UserWarning):
     these warnings off: it prints its own notes."""
 
 
-def warn_caller(message: str) -> None:
+def warn_caller(message: str, said: set | None = None) -> None:
     """A GraphconvWarning pointing at the first line outside graphconv on the stack (the
     user's `graphconv.load(...)`, whichever of our functions it went through), so the
-    warning shows where to act, once per line, as Python's default filter does."""
+    warning shows where to act, once per line, as Python's default filter does. `said`
+    (an object's own set) keeps it once per line for that object even where Python's
+    record of it is reset: every `warnings.catch_warnings` resets it, and reading each
+    image of a loop enters one (Pillow's guards), so a loop warned once per image."""
     frame, level = sys._getframe(1), 2
     while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "graphconv":
         frame, level = frame.f_back, level + 1
+    if said is not None and frame is not None and _said_once_per_line(message, frame):
+        line = (message, frame.f_code.co_filename, frame.f_lineno)
+        if line in said:
+            return
+        said.add(line)
     warnings.warn(message, GraphconvWarning, stacklevel=level)
+
+
+def _said_once_per_line(message: str, frame) -> bool:
+    """Whether the warnings filters give a GraphconvWarning from `frame` the "default"
+    action (once per line), as `warnings.warn` would match them; "always", "error",
+    "ignore" (pytest.warns, a user's filter) are left to it."""
+    module = frame.f_globals.get("__name__", "<string>")
+    for action, text, category, module_pattern, lineno in warnings.filters:
+        if ((text is None or text.match(message)) and issubclass(GraphconvWarning, category)
+                and (module_pattern is None or module_pattern.match(module))
+                and (lineno == 0 or lineno == frame.f_lineno)):
+            return action == "default"
+    return warnings.defaultaction == "default"
 
 
 def where_it_crashed(err: BaseException) -> str:

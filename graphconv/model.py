@@ -35,6 +35,7 @@ class Model:
         self.graph = graph
         self._derived: dict = {}
         self._derived_version: int | None = None
+        self._warned: set = set()  # the warnings given, for `warn_caller` to give once per line and model
 
     def __repr__(self) -> str:
         """One line a notebook shows: name, input crop, output channels, layers, and whether
@@ -714,12 +715,12 @@ class Model:
 
     def _map_of(self, picture: np.ndarray, scores) -> np.ndarray:
         """`heatmap`'s `scores` as (K, rows, cols), checked against the picture's map."""
-        scores = np.asarray(scores)
+        given = scores = np.asarray(scores)
         expected = (self.output_channels, *self.map_size(*picture.shape[1:]))
         if scores.ndim == 4 and scores.shape[0] == 1:
             scores = scores[0]
         if scores.shape != expected:
-            raise GraphconvError(f"heatmap: scores of shape {scores.shape} are not this picture's map: "
+            raise GraphconvError(f"heatmap: scores of shape {given.shape} are not this picture's map: "
                                  f"run_image gives (1, {', '.join(map(str, expected))}) for its "
                                  f"{picture.shape[1]}x{picture.shape[2]} pixels")
         return scores
@@ -736,7 +737,7 @@ class Model:
             warn_caller(f"{Path(source).name} states no preprocess {no_place}, so the "
                         "pixels go in as they are, 0..255: if the model was trained on normalised pixels, set "
                         "model.preprocess = {'scale': 1/255, 'mean': [...], 'std': [...]} (or load it with "
-                        "preprocess=...)")
+                        "preprocess=...)", said=self._warned)
 
     def run_tiled(self, source, tile: int | tuple[int, int], *, out=None, device: str = "cpu",
                   transform=None, progress=None):

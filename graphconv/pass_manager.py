@@ -220,11 +220,17 @@ def _same_source(registered: Callable, again: Callable) -> bool:
 
 
 def _origin_of(fn: Callable) -> str:
-    module = sys.modules.get(fn.__module__)
-    where = getattr(module, "__file__", None) or fn.__module__
-    if fn.__module__.startswith("graphconv.passes."):
+    """"built-in (passes/x.py)", "module my_passes", or the file of a function that has no
+    module (code run by exec() with globals of its own)."""
+    name = getattr(fn, "__module__", None)
+    if name is None:
+        code_file = getattr(getattr(fn, "__code__", None), "co_filename", None)
+        return f"code {code_file}" if code_file else "code with no module"
+    module = sys.modules.get(name)
+    where = getattr(module, "__file__", None) or name
+    if name.startswith("graphconv.passes."):
         return f"built-in ({Path(where).parent.name}/{Path(where).name})"
-    return f"module {fn.__module__}"
+    return f"module {name}"
 
 
 @contextlib.contextmanager

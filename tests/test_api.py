@@ -398,6 +398,25 @@ def test_an_onnx_model_fed_unscaled_pixels_warns(dynamic_onnx, tmp_path):
         fcn.classify(pixels)
 
 
+def test_a_loop_over_picture_files_warns_once_per_line(dynamic_onnx, tmp_path):
+    """Python's once-per-line record is reset by every warnings.catch_warnings, which
+    reading each picture enters: a loop over 8 PNG paths warned 8 times (once, given the
+    same pixels as arrays). A filter of the user's ("always") still has its way."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = [tmp_path / f"p{i}.png" for i in range(3)]
+    for path in paths:
+        Image.fromarray((rng.random((40, 36, 3)) * 255).astype(np.uint8)).save(path)
+    fcn = graphconv.compile_model(dynamic_onnx, crop_size=32)
+    for action, expected in (("default", 1), ("always", 3)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter(action)
+            for path in paths:
+                fcn.run_image(path)
+        assert [str(w.message).startswith("dyn.onnx states no preprocess") for w in caught] == [True] * expected
+
+
 def test_the_command_says_notes_not_warnings(small, tmp_path, capsys):
     from graphconv.cli import main
 

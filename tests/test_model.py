@@ -408,7 +408,7 @@ def test_heatmap_from_python_is_the_picture_the_command_draws(digits_fcn, tmp_pa
     (lambda m, page: m.heatmap(page, 3.0), r"heatmap: class 3.0: a class is its index \(a whole number\) or its name"),
     (lambda m, page: m.heatmap(page, 3, opacity=0), r"opacity is more than 0 and at most 1, got 0"),
     (lambda m, page: m.heatmap(page, 3, scores=np.zeros((1, 11, 68, 94), np.float32)),
-     r"scores of shape \(11, 68, 94\) are not this picture's map: run_image gives \(1, 11, 69, 94\) for its "
+     r"scores of shape \(1, 11, 68, 94\) are not this picture's map: run_image gives \(1, 11, 69, 94\) for its "
      r"300x400 pixels"),
     (lambda m, page: graphconv.load(SPECS / "digits.yaml").heatmap(page, 3),
      r"digits as written gives one class vector per image, not a map to draw"),

@@ -338,6 +338,18 @@ def test_duplicate_registration_is_refused():
         register_pass("fc-to-conv", "again")(lambda graph: False)
 
 
+def test_a_pass_defined_by_exec_registers_and_runs(lenet):
+    """A function exec() made with globals of its own has no __module__: register_pass
+    crashed on it (AttributeError inside graphconv); running the cell again replaces it."""
+    source = ("@register_pass('exec-made', 'made by exec')\n"
+              "def exec_made(graph):\n"
+              "    return False\n")
+    for _ in range(2):
+        exec(compile(source, "<notebook cell>", "exec"), {"register_pass": register_pass})
+    assert pm.get_pass("exec-made").origin == "code <notebook cell>"
+    PassManager(["exec-made"]).run(lenet)
+
+
 def test_a_built_in_name_is_refused_at_registration_in_a_fresh_process(tmp_path):
     """The built-ins load on first use of the registry: registered before that from a
     notebook, the clash was refused only later, by every compile of the process."""
