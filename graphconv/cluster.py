@@ -1258,8 +1258,7 @@ def _as_found(output: str, found: list[int] | None, image: str | None = None,
 def _wasteful_tile_note(grid, image_hw: tuple[int, int], tile: int, budget: int, background) -> str | None:
     """`run --image`'s note on a --tile whose halos are most of the work, for a batch's
     image: 7 slides at --tile 400 took 575 s where 512 took 31, without a word."""
-    from graphconv.tiled_cli import wasteful_tile_note
-    from graphconv.tiling import plan_tiles
+    from graphconv.tiling import plan_tiles, wasteful_tile_note
 
     return wasteful_tile_note(grid, image_hw, plan_tiles(grid, image_hw, tile), budget, background)
 

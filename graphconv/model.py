@@ -753,10 +753,17 @@ class Model:
         `tiling.map_transform(reduce="argmax")`, which returns it with the channels and
         dtype it writes). The map's size is what `cell_box` checks cells against
         afterwards, as after `run`."""
-        from graphconv.tiling import run_tiled
+        from graphconv.memory import memory_limit
+        from graphconv.tiling import as_source, plan_tiles, run_tiled, wasteful_tile_note
         if isinstance(transform, tuple):
             raise GraphconvError("transform is a function of each tile's scores: map_transform returns (function, "
                                  "channels, dtype), so pass map_transform(...)[0]")
+        source = as_source(source, self.crop_shape[0])
+        image_hw = (source.height, source.width)
+        said = wasteful_tile_note(self, image_hw, plan_tiles(self, image_hw, tile), memory_limit(), tile_option="tile=",
+                                  whole="model.run evaluates it whole")
+        if said:  # a tile of one cell among halos ran 60x slower than the whole image, unsaid
+            warn_caller(said, said=self._warned)
         out = run_tiled(self, source, tile, out=out, device=device, transform=transform, progress=progress)
         self._cache()["last_map"] = tuple(out.shape[2:])
         self._warn_if_cells_off_the_lattice()

@@ -490,44 +490,12 @@ def _out_of_memory_in_a_tile(args: argparse.Namespace, grid, plan, budget: int) 
             file=args.image) from None
 
 
-WASTEFUL = 1.5  # computing this many times the image's pixels, and a larger tile 1/WASTEFUL of it, is worth a note
-
-
 def _note_a_wasteful_tile(grid, image_hw: tuple[int, int], plan, budget: int, background=None) -> None:
+    from graphconv.tiling import wasteful_tile_note
+
     said = wasteful_tile_note(grid, image_hw, plan, budget, background)
     if said:
         print(f"note: {said}", file=sys.stderr)
-
-
-def wasteful_tile_note(grid, image_hw: tuple[int, int], plan, budget: int, background=None) -> str | None:
-    """A --tile so small that each tile's halo, computed again by its neighbours, is most
-    of the work (a 200 px tile over a slide: 15.9x the image's pixels) while the memory
-    budget allows a tile that computes much less: say so, with that tile. Where cells
-    are left out (`background`), the tiles of such cells alone are not computed, and the
-    tile compared with is the one a run without --tile takes (`Background.cheapest_tile`):
-    a 64 px tile over a scene with no-data computed 230x the work, unsaid."""
-    from graphconv.tiling import choose_tile, plan_tiles
-
-    if plan.overhead < WASTEFUL:
-        return None
-    try:
-        roomy = choose_tile(grid, image_hw, budget) if background is None else (
-            background.cheapest_tile(grid, image_hw, budget))
-    except GraphconvError:
-        return None
-    better = plan_tiles(grid, image_hw, roomy)
-    pixels = image_hw[0] * image_hw[1]
-    computed, better_computed = (
-        (plan.overhead, better.overhead) if background is None else
-        (sum(t.pixels for t in tiles if not background.is_blank(t)) / pixels for tiles in (plan.tiles, better.tiles)))
-    if better_computed * WASTEFUL <= computed:
-        instead = ("the whole image fits in one tile (leave out --tile)" if len(better.tiles) == 1 else
-                   f"--tile {roomy} would compute {better_computed:.2f}x" if background is None else
-                   f"without --tile, tiles of {roomy} would compute {better_computed:.2f}x")
-        skipped = ", less the tiles of cells left out alone" if background is not None else ""
-        return (f"tiles of {plan.tile_hw[0]}x{plan.tile_hw[1]} compute {computed:.2f}x the image's pixels "
-                f"(each tile's halo again{skipped}); {instead}, within the memory budget")
-    return None
 
 
 def describe_resolution(source, asked: float | None = None) -> None:

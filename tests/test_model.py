@@ -242,6 +242,23 @@ def test_cell_box_checks_its_indices(floor_models, rng):
     assert fcn.cell_box(np.int64(1), np.int64(0)) == (2, 0, 38, 36)
 
 
+def test_run_tiled_warns_of_a_tile_whose_halos_are_most_of_the_work(digits_fcn, rng):
+    """AlexNet over a 1000x1000 image with tile=400 (one cell a tile among 355-pixel
+    halos) ran 60x slower than whole, without a word; the command said so, Python did not."""
+    import warnings
+
+    x = random_input(rng, (1, 1, 300, 400))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tiled = digits_fcn.run_tiled(x, 32)
+        digits_fcn.run_tiled(x, 120)
+    assert [str(w.message) for w in caught] == [
+        "tiles of 32x32 compute 13.99x the image's pixels (each tile's halo again); the whole image fits in one tile "
+        "(model.run evaluates it whole), within the memory budget"]
+    assert caught[0].filename == __file__
+    np.testing.assert_allclose(tiled, digits_fcn.run(x), atol=1e-5)
+
+
 def test_cell_box_keeps_to_the_users_map_through_graphconv_s_own_runs(floor_models, rng):
     """verify's crop loop, classify's scales and a tiled run's tiles each ran the model:
     cell_box then checked a cell of the user's map against whatever ran last (a 1x1
