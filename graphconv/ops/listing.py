@@ -3,6 +3,7 @@ its OpDef alone (its doc, params, weights, kernels), so a new op is listed as it
 from __future__ import annotations
 
 import importlib.util
+import math
 
 from graphconv.errors import shown
 from graphconv.ops.registry import REQUIRED, OpDef, Param
@@ -41,7 +42,8 @@ def describe_op(op: OpDef) -> str:
 
 
 def param_text(param: Param) -> str:
-    """"pair (an int or [h, w]), at least 1; default kernel_size: the stride of ..."."""
+    """A param as `describe_op` lists it: "int or [h, w], each at least 1; default: as
+    kernel_size", then its doc."""
     kind = {"int": f"int, at least {param.minimum}",
             "pair": f"int or [h, w], each at least {param.minimum}",
             "sides": f"int or [top, left, bottom, right], each at least {param.minimum}",
@@ -93,11 +95,15 @@ def _spec_params(params: dict) -> str:
 
 
 def _yaml_value(value) -> str:
+    """A param's value as a spec file writes it (true, [1, 2], -.inf)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_yaml_value(v) for v in value) + "]"
+    if isinstance(value, float) and math.isnan(value):
+        return ".nan"
+    if isinstance(value, float) and math.isinf(value):
+        return ".inf" if value > 0 else "-.inf"
     if isinstance(value, float):
-        return f"{value:g}" if value == value and abs(value) != float("inf") else (".nan" if value != value else
-                                                                                    ("-.inf" if value < 0 else ".inf"))
+        return f"{value:g}"
     return str(value) if isinstance(value, (int, str)) else shown(value)
