@@ -2784,7 +2784,7 @@ def cmd_passes(args: argparse.Namespace) -> int:
 
 
 def cmd_ops(args: argparse.Namespace) -> int:
-    from graphconv.ops.listing import describe_op, op_line
+    from graphconv.op_listing import describe_op, op_line
     from graphconv.ops.registry import get_op, user_ops
 
     if args.op is not None:
