@@ -356,7 +356,7 @@ def _op_package(folder, package: str, op: str) -> None:
 def test_a_plugin_file_imports_the_op_package_beside_it_and_the_model_names_it_from_anywhere(tmp_path, capsys,
                                                                                              monkeypatch):
     """`--plugin proj/ops_plugin.py` whose `import beside_ops.shrink` failed (ModuleNotFoundError) unless
-    PYTHONPATH named its folder, as `python proj/ops_plugin.py` would not; and the model
+    PYTHONPATH named its folder, where `python proj/ops_plugin.py` finds it; and the model
     recorded the plugin relative to where it was compiled, so the hint of a command run
     from another folder named a file not found there."""
     from graphconv.ops import registry
