@@ -1142,15 +1142,19 @@ def _closed_group(wiring: _Wiring, nodes: list, start, outputs: set[str]) -> tup
     return (group, out) if group[-1].output[0] == out else (group, None)
 
 
+def _adaptive_bins(size: int, out: int) -> list[tuple[int, int]]:
+    """PyTorch's adaptive pooling bins, [first, end) of each: output i of n over a side of
+    s averages pixels floor(i * s / n) to ceil((i + 1) * s / n) - 1."""
+    return [(i * size // out, -(-(i + 1) * size // out)) for i in range(out)]
+
+
 def adaptive_average_matrix(in_hw: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:
     """(oh * ow, h * w): each output of F.adaptive_avg_pool2d as a weighted sum of the
-    map's pixels. PyTorch's bins: output i of n over a side of s averages pixels
-    floor(i * s / n) to ceil((i + 1) * s / n) - 1."""
+    map's pixels (`_adaptive_bins` along each axis)."""
     sides = []
     for size, out in zip(in_hw, out_hw):
         side = np.zeros((out, size))
-        for i in range(out):
-            first, end = i * size // out, -(-(i + 1) * size // out)
+        for i, (first, end) in enumerate(_adaptive_bins(size, out)):
             side[i, first:end] = 1.0 / (end - first)
         sides.append(side)
     return np.kron(sides[0], sides[1])
@@ -1189,10 +1193,9 @@ def _computes_the_average(pool: _AdaptivePool, constant: Callable[[str], np.ndar
 def _uniform_bins(size: int, out: int) -> tuple[int, int] | None:
     """(window, stride) where every one of `out` bins over `size` pixels is that many
     pixels, each `stride` after the last (8 over 7: (2, 1); 6 over 6: (1, 1)); else None."""
-    starts = [i * size // out for i in range(out)]
-    ends = [-(-(i + 1) * size // out) for i in range(out)]
-    windows = {end - first for first, end in zip(starts, ends)}
-    steps = {b - a for a, b in zip(starts, starts[1:])} or {1}
+    bins = _adaptive_bins(size, out)
+    windows = {end - first for first, end in bins}
+    steps = {b[0] - a[0] for a, b in zip(bins, bins[1:])} or {1}
     return (windows.pop(), steps.pop()) if len(windows) == 1 and len(steps) == 1 else None
 
 
