@@ -990,7 +990,13 @@ def note_cold_kernels(model, device: str, *more_models) -> bool:
     return cold
 
 
-COMPILING = " (compiling the kernels included: a first run's time)"
+COMPILING = "compiling kernels: a first run's time"
+
+
+def compiling_said(seconds: float) -> str:
+    """What a run's time adds of the kernels numba compiled during it
+    (`kernel_cache.compile_clock`): the seconds, as a first run's are not the next's."""
+    return f" ({seconds:.1f} s of it {COMPILING})" if seconds >= 0.05 else ""
 
 
 def note(text: str) -> None:
@@ -1219,13 +1225,16 @@ def _run_whole(args: argparse.Namespace, model, x: np.ndarray, picture: np.ndarr
         model.check_memory(x.shape[0], x.shape[2:], file=args.image or args.input,
                            hint=lambda: _whole_run_hint(args, model, x.shape[0]))
     profile: dict[str, float] | None = {} if args.profile else None
-    compiling = note_cold_kernels(model, args.device)
+    note_cold_kernels(model, args.device)
     for said in [] if args.full_map else model.size_notes(*x.shape[2:]):
         note(said)
-    start = time.perf_counter()
-    out = model.run(x, args.device, profile, full=args.full_map)
-    seconds = time.perf_counter() - start
-    print(f"output shape {tuple(out.shape)} in {seconds * 1e3:.1f} ms{COMPILING if compiling else ''}"
+    from graphconv.kernel_cache import compile_clock
+
+    with compile_clock() as compiled:
+        start = time.perf_counter()
+        out = model.run(x, args.device, profile, full=args.full_map)
+        seconds = time.perf_counter() - start
+    print(f"output shape {tuple(out.shape)} in {seconds * 1e3:.1f} ms{compiling_said(compiled())}"
           f" on {model.executor(args.device).device}")
     _note_whole_image_vector(args, model, x, out)
     _note_overflow(out, args.image or args.input)
@@ -1708,11 +1717,15 @@ def _run_crops(args: argparse.Namespace, model, grid, x: np.ndarray, picture: np
     check_run_fits(classifier.graph, batch, grid.field.size,
                    f"running {model.graph.name} on batches of {batch} crops", file=args.image or args.input)
     print(grid.describe((height, width), n))
-    compiling = note_cold_kernels(classifier, args.device)
-    start = time.perf_counter()
-    out = grid.whole(x, args.device)
-    print(f"output shape {tuple(out.shape)} in {(time.perf_counter() - start) * 1e3:.1f} ms"
-          f"{COMPILING if compiling else ''} on {model.executor(args.device).device}")
+    note_cold_kernels(classifier, args.device)
+    from graphconv.kernel_cache import compile_clock
+
+    with compile_clock() as compiled:
+        start = time.perf_counter()
+        out = grid.whole(x, args.device)
+        seconds = time.perf_counter() - start
+    print(f"output shape {tuple(out.shape)} in {seconds * 1e3:.1f} ms"
+          f"{compiling_said(compiled())} on {model.executor(args.device).device}")
     return _deliver(args, model, out, picture, shifted_cells(grid.cell_area, margin))
 
 

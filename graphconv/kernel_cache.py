@@ -51,6 +51,8 @@ import hashlib
 import os
 import pickle
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from graphconv.threads import start_numba_threads
@@ -250,6 +252,20 @@ def cold_kernel_modules(graph, device: str = "cpu") -> list[str]:
         if not any(folder.glob(f"{source.stem}.*.nbi")):
             cold.append(module)
     return cold
+
+
+@contextmanager
+def compile_clock() -> Iterator[Callable[[], float]]:
+    """Seconds numba spent compiling kernels (not loading them from the cache) inside the
+    block, read by calling what it yields. `cold_kernel_modules` foresees a cold module
+    only: a module one of whose kernels is cached counts as warm, so a network using its
+    other kernels compiles them unforeseen, and a run's time must say so from what
+    happened rather than from the forecast."""
+    from numba.core import event
+
+    listener = event.TimingListener()
+    with event.install_listener("numba:compile", listener):
+        yield lambda: listener.duration if listener.done else 0.0
 
 
 def _installed() -> bool:

@@ -527,7 +527,8 @@ class Model:
         executors = self._cache().setdefault("executors", {})
         if device not in executors:
             executors[device] = Executor(self.graph, device)
-            _warn_of_cold_kernels(self.graph, executors[device].device)
+            if _warn_of_cold_kernels(self.graph, executors[device].device):
+                self._cache()["compiling_foreseen"] = True
         return executors[device]
 
     @property
@@ -565,12 +566,25 @@ class Model:
         returns everything the network computed, as it computed it: those cells
         included, and always (N, K, rows, cols). The map's size is what `cell_box`
         checks cells against afterwards."""
-        out = self._scores(x, device, profile, full=full)
+        from graphconv.kernel_cache import compile_clock
+
+        with compile_clock() as compiled:
+            out = self._scores(x, device, profile, full=full)
+        self._warn_of_unforeseen_compiling(compiled())
         self._cache()["last_map"] = tuple(out.shape[2:]) if out.ndim == 4 else (1, 1)
         self._warn_if_cells_off_the_lattice()
         for said in [] if full else self.size_notes(*np.shape(x)[-2:]):  # `run` on the command line notes them
             warn_caller(said.removeprefix("note: "))
         return out
+
+    def _warn_of_unforeseen_compiling(self, seconds: float) -> None:
+        """After a call that compiled kernels for a while unannounced, why it was slow: a
+        notebook timing it took it for the run's own time. The warning before a run
+        (`_warn_of_cold_kernels`) foresees cold kernel modules only; one partly cached
+        counts as warm, and a new input size may choose other conv strategies."""
+        if seconds >= 1.0 and not self._cache().pop("compiling_foreseen", False):
+            warn_caller(f"this call spent {seconds:.0f} s compiling kernels this installation had not run "
+                        "before (once each): later calls are faster")
 
     def cells_off_the_lattice_note(self) -> str | None:
         """The note for a map holding cells on no crop (a classifier compiled without
@@ -973,14 +987,16 @@ def checked_preprocess(block, channels: int) -> dict:
         raise GraphconvError(err.message) from None
 
 
-def _warn_of_cold_kernels(graph: Graph, device: str) -> None:
+def _warn_of_cold_kernels(graph: Graph, device: str) -> bool:
     """A GraphconvWarning before a first run that compiles kernels (10-60 s, once per kind
     of layer and installation): a notebook's cell otherwise hung that long without a
-    word. The command says it on stderr itself (`cli.note_cold_kernels`)."""
+    word. The command says it on stderr itself (`cli.note_cold_kernels`). Whether it warned."""
     from graphconv.kernel_cache import COLD_NOTE, cold_kernel_modules
 
-    if cold_kernel_modules(graph, device):
+    cold = bool(cold_kernel_modules(graph, device))
+    if cold:
         warn_caller(COLD_NOTE.removeprefix("note: "))
+    return cold
 
 
 def check_meta(graph: Graph, prefix: str = "") -> None:

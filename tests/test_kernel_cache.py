@@ -2,9 +2,12 @@
 changed helper in one file can never leave a stale copy inside a kernel cached from
 another, while changes elsewhere keep the cache; a cold cache is announced."""
 import os
+import re
 import shutil
 import subprocess
 import sys
+
+import pytest
 
 from graphconv import kernel_cache
 
@@ -107,6 +110,38 @@ def test_the_first_run_on_a_cold_cache_says_why_it_is_slow(tmp_path, write_spec)
     assert COMPILING in first.stdout and COMPILING not in second.stdout  # the time said is not the run's own
 
 
+def test_a_run_s_time_says_the_kernels_compiled_during_it_where_none_was_foreseen(tmp_path, write_spec):
+    """The forecast counts a module with one kernel cached as warm: a network using its
+    other kernels compiled them unannounced, and the time printed read as the run's own."""
+    spec = write_spec("input: {shape: [1, 4, 4]}\nlayers:\n  - {name: r, op: relu}\n")
+    import numpy as np
+    np.save(tmp_path / "x.npy", np.ones((1, 1, 4, 4), np.float32))
+    env = {**{k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}, "XDG_CACHE_HOME": str(tmp_path)}
+    code = ("import sys; from graphconv import cli, kernel_cache; "
+            "kernel_cache.cold_kernel_modules = lambda graph, device='cpu': []; sys.exit(cli.main(sys.argv[1:]))")
+    out = subprocess.run([sys.executable, "-c", code, "run", str(spec), "--input", str(tmp_path / "x.npy")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert kernel_cache.COLD_NOTE not in out.stderr
+    from graphconv.cli import COMPILING
+    assert re.search(r" in [0-9.]+ ms \(([0-9.]+) s of it " + re.escape(COMPILING) + r"\) on cpu", out.stdout), out.stdout
+
+
+def test_the_compile_clock_counts_compiling_not_loading():
+    from numba import njit
+
+    @njit
+    def doubled(x):
+        return 2 * x
+
+    with kernel_cache.compile_clock() as compiled:
+        doubled(1.0)
+    assert compiled() > 0
+    with kernel_cache.compile_clock() as compiled:
+        doubled(2.0)  # compiled already for a float
+    assert compiled() == 0
+
+
 def test_verify_says_so_where_only_its_classifier_s_kernels_are_cold(monkeypatch, capsys):
     """verify runs the classifier on crops beside the compiled network: a warm dense pass
     and a cold crop loop sat 18 s without a word."""
@@ -141,6 +176,29 @@ def test_the_first_python_run_on_a_cold_cache_warns_why_it_is_slow(tmp_path, wri
     said = "GraphconvWarning: " + kernel_cache.COLD_NOTE.removeprefix("note: ")
     assert first.stderr.count(said) == 1 and "<string>:1: " in first.stderr, first.stderr  # at the caller's line
     assert said not in second.stderr
+
+
+@pytest.mark.parametrize("foreseen", [False, True])
+def test_a_python_call_that_compiled_unforeseen_says_why_it_was_slow(foreseen, monkeypatch, write_spec):
+    """The warning before a run foresees cold modules only: a call compiling the other
+    kernels of a partly cached module sat 12 s unexplained in a notebook's timing."""
+    import contextlib
+    import warnings
+    import numpy as np
+    import graphconv
+    from graphconv.errors import GraphconvWarning
+    monkeypatch.setattr(kernel_cache, "cold_kernel_modules", lambda graph, device="cpu": ["m"] if foreseen else [])
+    monkeypatch.setattr(kernel_cache, "compile_clock", lambda: contextlib.nullcontext(lambda: 12.0))
+    model = graphconv.load(write_spec("input: {shape: [1, 4, 4]}\nlayers:\n  - {name: r, op: relu}\n"))
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        model.run(np.ones((1, 1, 4, 4), np.float32))
+        model.run(np.ones((1, 1, 4, 4), np.float32))
+    messages = [str(w.message) for w in said if issubclass(w.category, GraphconvWarning)]
+    after = "this call spent 12 s compiling kernels this installation had not run before (once each): " \
+            "later calls are faster"
+    before = kernel_cache.COLD_NOTE.removeprefix("note: ")
+    assert messages == ([before, after] if foreseen else [after, after])
 
 
 def _cache_dir_in_fresh_process(tmp_path, **env):
