@@ -1358,15 +1358,16 @@ def as_picture(image, channels: int = 3, stored_values: bool = False,
     uint8 numpy array of pixels: (H, W) grey or (H, W, C) with C = 1, 3 or 4, as Pillow,
     imageio and OpenCV (after cv2.cvtColor(..., COLOR_BGR2RGB)) give them; or such a
     uint16 array (an X-ray, a microscope's camera), read as a 16-bit file of it is:
-    divided by 257 onto 0..255, or as stored with `stored_values`. Arrays of other types
-    are refused: a float array is ambiguous (0..1 or 0..255? already preprocessed?);
-    give it to `Model.run` preprocessed instead."""
+    divided by 257 onto 0..255, or as stored with `stored_values`; or anything numpy
+    reads as such an array (a CPU torch tensor of pixels). Arrays of other types are
+    refused: a float array is ambiguous (0..1 or 0..255? already preprocessed?); give it
+    to `Model.run` preprocessed instead."""
     import os
     _mode_for(channels, "<image>")
     if isinstance(image, (str, os.PathLike)):
         return load_image(os.fspath(image), resize, channels=channels, stored_values=stored_values)
-    if isinstance(image, np.ndarray):
-        picture = _array_picture(image, channels, stored_values)
+    if isinstance(image, np.ndarray) or hasattr(image, "__array__"):
+        picture = _array_picture(np.asarray(image), channels, stored_values)
     elif isinstance(image, _pil().Image):
         picture = _pil_picture(_pil(), upright(image), channels, stored_values)
     else:
@@ -1384,8 +1385,11 @@ def _array_picture(pixels: np.ndarray, channels: int, stored_values: bool = Fals
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     if pixels.ndim != 3 or pixels.shape[2] not in CHANNEL_MODES or min(pixels.shape[:2]) < 1:
+        channels_first = pixels.ndim == 3 and pixels.shape[0] in CHANNEL_MODES
         raise GraphconvError(f"an image array is (H, W) or (H, W, C) with C = 1, 3 or 4, got shape "
-                             f"{tuple(pixels.shape)}")
+                             f"{tuple(pixels.shape)}" + ("; channels first (as torchvision reads pictures)? "
+                                                         "give it as (H, W, C): .transpose(1, 2, 0)"
+                                                         if channels_first else ""))
     if pixels.dtype == np.uint16 and pixels.shape[2] == 1:  # as a 16-bit PNG of it reads
         deep = _deep_as_stored if stored_values else _deep_to_255
         return _grey_as_channels(deep(pixels[:, :, 0], "I;16", "<image>"), channels)

@@ -1124,3 +1124,16 @@ def test_a_16_bit_array_is_read_as_a_16_bit_picture_of_it_is(tmp_path, rng, chan
     got = images.as_picture(colour, 3, stored_values)
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
+
+
+def test_a_torch_tensor_of_pixels_is_read_as_its_array_and_channels_first_is_named(rng):
+    """`Model.run` took a torch tensor and `run_image` refused one ("not Tensor"); and a
+    picture read channels first (torchvision's read_image) was refused without a word on
+    why its shape was wrong."""
+    torch = pytest.importorskip("torch")
+    pixels = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(images.as_picture(torch.from_numpy(pixels)), images.as_picture(pixels))
+    with pytest.raises(GraphconvError, match=r"got shape \(3, 9, 11\); channels first .* \.transpose\(1, 2, 0\)"):
+        images.as_picture(torch.from_numpy(pixels.transpose(2, 0, 1).copy()))
+    with pytest.raises(GraphconvError, match="got float32; for float input already preprocessed, use Model.run"):
+        images.as_picture(torch.from_numpy(pixels.astype(np.float32)))
