@@ -42,7 +42,7 @@ from typing import Any, Callable, Collection, Iterator, Protocol, Sequence
 import numpy as np
 
 from graphconv.background import NO_CLASS
-from graphconv.errors import GraphconvError, counted, shown
+from graphconv.errors import GraphconvError, counted, shown, warn_caller
 from graphconv.georef import EPSG_URL, is_zarr_path
 from graphconv.memory import FLOAT_BYTES, check_fits, format_size
 from graphconv.receptive import Field, receptive_fields
@@ -775,7 +775,8 @@ def check_out(out: Any, shape: tuple, *, float_scores: bool) -> None:
     not (N, K, rows, cols) of the planned map (`shape`; K None when a transform decides
     it), it is read-only (refused here: writing found it only after the first tile's
     work), or scores would be written into integers (truncated; a transform's integer classes, `--reduce argmax`, go into
-    any integer type)."""
+    any integer type). A float16 one is warned of: a map stored small on purpose, but
+    no longer the network's numbers."""
     held = getattr(out, "shape", None)
     dtype = getattr(out, "dtype", None)
     if held is None or dtype is None:
@@ -792,6 +793,10 @@ def check_out(out: Any, shape: tuple, *, float_scores: bool) -> None:
     if float_scores and not np.issubdtype(np.dtype(dtype), np.floating):
         raise GraphconvError(f"out= is {np.dtype(dtype)}, but the map holds scores: give a floating-point out "
                              "(float32), or they would be truncated")
+    if float_scores and np.dtype(dtype).itemsize < 4:
+        narrow = np.finfo(dtype)
+        warn_caller(f"out= is {np.dtype(dtype)}: each score is kept to about {narrow.precision} significant digits "
+                    f"(and one beyond {narrow.max:g} becomes inf), not as the network computed it; float32 keeps it")
 
 
 def _check_tiles_fit(grid, plan: TilePlan, images: int, out: Any) -> None:

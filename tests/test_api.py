@@ -194,6 +194,19 @@ def test_run_tiled_checks_out_before_any_tile_runs(tiled, monkeypatch):
             fcn.run_tiled(image, 20, out=bad)
 
 
+def test_run_tiled_into_float16_warns_that_the_scores_are_rounded(tiled):
+    """A float16 out= (a map stored at half the size) was taken without a word, and the
+    scores came back rounded to 3 digits where the user relied on tiled == whole."""
+    from graphconv.errors import GraphconvWarning
+    fcn, image, whole = tiled
+    out = np.zeros(whole.shape, np.float16)
+    with pytest.warns(GraphconvWarning, match="out= is float16: each score is kept to about 3 significant digits "
+                                              r"\(and one beyond 65504 becomes inf\)") as said:
+        fcn.run_tiled(image, 20, out=out)
+    assert said[0].filename == __file__
+    np.testing.assert_allclose(out, whole, rtol=2e-3, atol=1e-3)
+
+
 def test_run_tiled_refuses_a_zarr_array_opened_read_only_before_any_tile(tiled, tmp_path, monkeypatch):
     zarr = pytest.importorskip("zarr")
     from graphconv.tiling import DenseGrid
