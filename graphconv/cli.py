@@ -2216,7 +2216,7 @@ VERIFY_REGION_CELLS = 16  # verify --image's default region, cells a side: 256 c
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from graphconv.compiler import compile_model
-    from graphconv.dense import NOTHING_TO_VERIFY_IN_SEGMENTATION, verify
+    from graphconv.dense import COMMAND_ASKED, NOTHING_TO_VERIFY_IN_SEGMENTATION, verify
 
     _check_verify_options(args)
     original = load_model(args, args.spec)
@@ -2231,7 +2231,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     _check_verify_fits(original, compiled, batch, tuple(args.input_size))
     image = np.random.default_rng(seed).standard_normal((batch, c, *args.input_size), dtype=np.float32)
     note_cold_kernels(compiled, args.device, original)
-    report = verify(original, compiled, image, args.tolerance, args.device, strict=args.strict, where=None)
+    report = verify(original, compiled, image, args.tolerance, args.device, strict=args.strict, where=None,
+                    asked=COMMAND_ASKED)
     print(report)
     return 0 if report.passed else 1
 
@@ -2271,7 +2272,7 @@ def _verify_on_image(args: argparse.Namespace, original, compiled) -> int:
     costly part, runs over the region alone, with progress on stderr. The cells `run`
     leaves out for no-data (`background.cells_left_out`, --nodata, --max-nodata) are left
     out of the comparison too, and counted: on zeros the two agree, which says nothing."""
-    from graphconv.dense import verify
+    from graphconv.dense import COMMAND_ASKED, verify
     from graphconv.sources import open_source
     from graphconv.tiled_cli import describe_resolution
 
@@ -2311,7 +2312,7 @@ def _verify_on_image(args: argparse.Namespace, original, compiled) -> int:
     with _crop_progress() as progress:
         report = verify(original, compiled, image, args.tolerance, args.device, strict=args.strict, dense=dense,
                         where=where, progress=progress, image_crops=image_crops, command=_crops_command(args),
-                        left_out=skip if why else None, left_out_why=why)
+                        left_out=skip if why else None, left_out_why=why, asked=COMMAND_ASKED)
     print(report)
     return 0 if report.passed else 1
 

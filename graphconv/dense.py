@@ -49,6 +49,23 @@ kernel, another map width, the crop loop's batch) differ by; measured up to 2e-6
 and AlexNet: tiles, dilate against shift, the crop loop). A --tolerance under it, 0 for
 bit-for-bit equality, fails on such differences, which the report then calls rounding,
 not a bug: graphconv's maps equal the crop loop to float32 rounding, not bit for bit."""
+@dataclass(frozen=True)
+class AskedAs:
+    """How verify's report names the options it points at: the command's flags, or
+    `verify`'s keywords to a Python caller (a notebook was told of "--tolerance" and
+    "run --crops", flags it has no command line for)."""
+
+    tolerance: str  # what sets both tolerances
+    strict: str     # what demands equality where padding reaches
+    on_yours: str   # how to measure on the user's own image, from random pixels
+    crop_loop: str  # how to get the classifier's own map of the whole image, crop by crop
+
+
+COMMAND_ASKED = AskedAs("--tolerance", "--strict", "verify measures with --image IMAGE",
+                        "graphconv run MODEL --image IMAGE --crops")
+PYTHON_ASKED = AskedAs("tolerance=", "strict=True", "verify on one of your images measures it",
+                       "graphconv.dense.crop_loop(classifier, image, stride)")
+
 ROUNDING_ONLY = (" by float32 rounding only (the two sum the same products in other orders), over the tolerance "
                  "asked: graphconv equals the crop loop to rounding, not bit for bit")
 
@@ -334,6 +351,7 @@ class VerifyReport:
     padding_kinds: dict[str, str] = field(default_factory=dict)  # padded layer -> `padding_kind` (absent: zeros)
     top: TopClasses | None = None  # on a real image (verify --image): what the padding does to the answer
     compiled_given: bool = False  # the classifier given was compiled to slide: (a) compares it with itself
+    asked: AskedAs = PYTHON_ASKED  # the options named as the caller sets them
     # (N, rows, cols): each cell's largest difference over its classes, dense map vs crop loop (NaN: left out),
     # to draw where the two differ (a padded network's border, a ceil_mode pool's edge)
     cell_differences: np.ndarray | None = field(default=None, repr=False)
@@ -435,10 +453,10 @@ class VerifyReport:
         n, k, rows, cols = self.shape
         reference = "the classifier as your passes left it" if self.changed_by_plugins else "the classifier"
         stride = f" at {self.finer_stride}" if self.finer_stride else ""
-        lines = [f"score map {n}x{k}x{rows}x{cols}{stride} " + (f"(tolerance {self.tolerance:.3g}, from --tolerance)"
+        lines = [f"score map {n}x{k}x{rows}x{cols}{stride} " + (f"(tolerance {self.tolerance:.3g}, from {self.asked.tolerance})"
                                                         if self.tolerance_given else
                                                         "(tolerances: 1e-4 of the largest score, "
-                                                        "unless --tolerance)"),
+                                                        f"unless {self.asked.tolerance})"),
                  self._conversion_line(),
                  f"(b) sliding evaluation vs {reference} on every crop: {self.cells_differing} of "
                  f"{self.cells} cells differ by more than the tolerance, max abs {self.max_abs:.3g} "
@@ -449,7 +467,7 @@ class VerifyReport:
             lines.extend(self.top.lines())
         elif not self.exact_by_construction:
             lines.append(f"    (these are random pixels: whether {self.edge} changes the top class on your images, "
-                         "verify measures with --image IMAGE)")
+                         f"{self.asked.on_yours})")
         lines.append("result: " + self._verdict())
         return "\n".join(lines)
 
@@ -474,7 +492,7 @@ class VerifyReport:
             lines.append(f"    (per layer: {counted(self.layers[0].crops, 'sampled crop')}, each layer's map "
                          "on the crop against the sliding network's at the same place)")
         if self.finer_stride and self.edge_kinds == {"padding"}:  # dilate takes no other edge effect
-            lines.append("    --stride-method dilate and shift disagreeing near the image's edges on such a "
+            lines.append("    the stride methods dilate and shift disagreeing near the image's edges on such a "
                          "network is this same effect: shifted copies are padded at their own borders")
         return lines
 
@@ -485,18 +503,18 @@ class VerifyReport:
         if self.changed_by_plugins:
             return self._verdict_after_plugins()
         if self.conversion_rounding and (self.agrees or self.sliding_rounding):
-            return "FAIL (--tolerance): the scores differ" + ROUNDING_ONLY
+            return f"FAIL ({self.asked.tolerance}): the scores differ" + ROUNDING_ONLY
         if not self.conversion_exact:
             return "FAIL: the conversion is wrong"
         if self.agrees and any(layer.differing for layer in self.layers):
             return (f"PASS: {converted} and the sliding evaluation equals the crop loop on these "
                     "pixels, within the tolerance; but " + self.edge + " makes the layers listed above differ, so "
-                    "on other images the scores can differ" + (" (--image measures on yours)" if self.top is None
+                    "on other images the scores can differ" + (f" ({self.asked.on_yours})" if self.top is None
                                                                else ""))
         if self.agrees:
             return f"PASS: {converted} and the sliding evaluation equals the crop loop"
         if self.exact_by_construction and self.sliding_rounding:
-            return "FAIL (--tolerance): the sliding evaluation differs" + ROUNDING_ONLY
+            return f"FAIL ({self.asked.tolerance}): the sliding evaluation differs" + ROUNDING_ONLY
         if self.exact_by_construction:
             return "FAIL: an unpadded network must equal the crop loop"
         if not self.padding_explains:
@@ -508,12 +526,12 @@ class VerifyReport:
                     f"{TOP_CLASS_SHARE:.0%}): the dense map is not the classifier's answer here; see the WARNING "
                     "above")
         if self.strict:
-            return f"FAIL (--strict): {converted}, but {self.edge} makes the sliding evaluation differ"
+            return f"FAIL ({self.asked.strict}): {converted}, but {self.edge} makes the sliding evaluation differ"
         top = "" if self.top is None else (f", {'the top class' if self.top.cut is None else 'a call'} in "
                                            f"{self.top.changed} of {self.top.cells}")
         return (f"PASS: {converted}; the sliding evaluation differs from the crop loop in "
                 f"{self.cells_differing} of {counted(self.cells, 'cell')} (by up to {self.max_abs:.3g}{top}), "
-                f"only where {self.edge} reaches (--strict demands equality)")
+                f"only where {self.edge} reaches ({self.asked.strict} demands equality)")
 
     def _padding_headline(self) -> str:
         """What the padded layers put at each crop's border, one clause per kind present
@@ -629,7 +647,7 @@ class TopClasses:
     crops: int                 # its crops
     labels: list[str] | None = None
     image_crops: int | None = None  # the crops of the whole image at this resolution (the cost of run --crops)
-    command: str = "graphconv run MODEL --image IMAGE --crops"  # the crop loop's map of the whole image
+    command: str = PYTHON_ASKED.crop_loop  # how to get the crop loop's map of the whole image
     edge: str = "padding"  # what makes crops differ, as `VerifyReport.edge` names it
     exact: bool = False  # nothing makes them differ (`VerifyReport.exact_by_construction`): no cell elsewhere can
     cut: float | None = None  # each class called where its score is at least this (`decision_cut`), or the top class
@@ -832,7 +850,7 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
            device: str = "cpu", strict: bool = False, *, dense: np.ndarray | None = None,
            where: str | None = "the image given", progress: Callable[[int, int], None] | None = None,
            image_crops: int | None = None, command: str | None = None, left_out: np.ndarray | None = None,
-           left_out_why: str | None = None) -> VerifyReport:
+           left_out_why: str | None = None, asked: AskedAs = PYTHON_ASKED) -> VerifyReport:
     """Check `compiled` (the converted network) against `original` (the classifier) on
     `image`: (a) on the classifier's crop, (b) slid over the image against the crop loop,
     and, for a padded network, where padding makes (b) differ. See the module docstring.
@@ -846,7 +864,9 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
     `run` sees them; `progress` hears
     the crop loop's. `left_out`, (rows, cols) bool: the cells `run` leaves out (no-data),
     neither computed by the crop loop nor compared, and said (`left_out_why`). Each model
-    may be given as `compile_model` takes one: a path, a Graph or a Model."""
+    may be given as `compile_model` takes one: a path, a Graph or a Model. `asked`: how
+    the report names the options it points at (the command gives COMMAND_ASKED, its
+    flags; `command`, the crop loop's command with the user's own files)."""
     original, compiled = _same_network(original, compiled)
     _refuse_a_model_returning_vectors(compiled)
     x = as_batch(image, original.crop_shape[0])
@@ -857,10 +877,11 @@ def verify(original: Model, compiled: Model, image: np.ndarray, tolerance: float
     expected, seconds = _timed_reference_crop_loop(compared, conversion.changes, progress, left_out)
     sliding = _sliding_compared(dense, expected, left_out, tolerance, conversion.tolerance)  # (b)
     report = _verify_report(compared, conversion, sliding, tolerance, strict)
+    report.asked = asked
     _note_the_cells_left_out_and_the_preprocess(report, compared, left_out_why)
     if where is not None:
         report.top = top_classes(sliding.dense, sliding.expected, where, seconds, original.graph.meta.get("labels"),
-                                 image_crops, command, decision_cut(original.graph, dense.shape[1]))
+                                 image_crops, command or asked.crop_loop, decision_cut(original.graph, dense.shape[1]))
         report.top.edge, report.top.exact = report.edge, report.exact_by_construction
     if report.padded_layers or not report.agrees:
         _say_where_padding_makes_them_differ(report, original, x, device)

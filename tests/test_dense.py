@@ -93,7 +93,7 @@ def test_a_padded_network_passes_and_says_where_padding_reaches(write_spec, rng)
     assert per_cell.shape == (2, *report.shape[2:]) and per_cell.max() == report.max_abs
     assert int((per_cell > report.tolerance).sum()) == report.cells_differing
     finer = graphconv.compile_model(classifier.graph, output_stride=1, stride_method="dilate")
-    assert "--stride-method dilate and shift disagreeing near the image's edges on such a network is this same " \
+    assert "the stride methods dilate and shift disagreeing near the image's edges on such a network is this same " \
            "effect" in str(verify(classifier, finer, random_input(rng, (1, 2, 20, 20))))
 
 
@@ -454,9 +454,9 @@ def test_scores_that_agree_while_padded_layers_differ_pass_without_saying_equal(
     assert report.agrees and report.passed and any(layer.differing for layer in report.layers)
     text = str(report)
     assert "equals the crop loop on these pixels" in text and "on other images the scores can differ" in text
-    assert "--image measures on yours" in text  # random pixels: the hint; on an image given, no hint and no region
+    assert "(verify on one of your images measures it)" in text  # random pixels: the hint; on an image, none
     given = str(verify(classifier, fcn, random_input(rng, (1, 2, 36, 30)), strict=strict))
-    assert "--image measures" not in given and "--region" not in given and "the top class agrees in every cell" in given
+    assert "measures it" not in given and "--region" not in given and "the top class agrees in every cell" in given
 
 
 def test_one_tolerance_for_the_conversion_names_the_passes_and_fails_the_run(write_spec, rng):
@@ -496,7 +496,31 @@ def test_one_tolerance_for_the_conversion_names_the_passes_and_fails_the_run(wri
     assert (f"max abs difference {report.conversion_max_abs:.3g} (tolerance {report.conversion_tolerance:.3g}: "
             f"1e-4 of the classifier's largest score on them, {sampled:.3g}): pass 'scale-scores'") in text
     assert f"tolerance {report.tolerance:.3g}: 1e-4 of it)" in text
-    assert "(tolerances: 1e-4 of the largest score, unless --tolerance)" in text.splitlines()[0]
+    assert "(tolerances: 1e-4 of the largest score, unless tolerance=)" in text.splitlines()[0]
+
+
+@pytest.mark.parametrize("asked", [dense.PYTHON_ASKED, dense.COMMAND_ASKED], ids=["python", "command"])
+def test_verify_names_the_options_as_its_caller_sets_them(asked, write_spec, rng):
+    """A notebook's report said "FAIL (--tolerance)", "--strict demands equality" and
+    "run it on every crop: `graphconv run MODEL --image IMAGE --crops`": flags of a
+    command it was not running. It names verify's keywords and crop_loop; the command's
+    report (asked=COMMAND_ASKED) its flags."""
+    classifier, fcn = models(write_spec, PADDED)
+    other = dense.COMMAND_ASKED if asked is dense.PYTHON_ASKED else dense.PYTHON_ASKED
+    image = random_input(rng, (1, 2, 36, 30))
+    texts = [str(verify(classifier, fcn, image, asked=asked, where=None)),  # PASS, where padding reaches
+             str(verify(classifier, fcn, image, strict=True, asked=asked, where=None)),
+             str(verify(classifier, fcn, image, tolerance=0.0, asked=asked, where=None))]
+    assert f"unless {asked.tolerance})" in texts[0] and f"({asked.strict} demands equality)" in texts[0]
+    assert f"FAIL ({asked.strict}):" in texts[1]
+    assert f"from {asked.tolerance})" in texts[2] and asked.on_yours in texts[2]
+    for text in texts:
+        assert other.tolerance not in text and other.strict not in text and other.on_yours not in text
+    top = dense.TopClasses("the image given", 9, 9, np.ones(2, int), np.ones(2, int), 1.0, 0.5, 1.0, 9,
+                           command=asked.crop_loop)
+    assert f"`{asked.crop_loop}`" in "\n".join(top.lines())
+    assert dense.TopClasses("x", 9, 9, np.ones(2, int), np.ones(2, int), 1.0, 0.5, 1.0, 9).command == \
+        dense.PYTHON_ASKED.crop_loop
 
 
 def test_a_tolerance_given_is_said_to_be_the_users(write_spec, rng):
@@ -506,7 +530,7 @@ def test_a_tolerance_given_is_said_to_be_the_users(write_spec, rng):
     report = verify(classifier, fcn, random_input(rng, (1, 2, 30, 26)), tolerance=0.01)
     assert report.tolerance_given and report.tolerance == report.conversion_tolerance == 0.01 and report.passed
     lines = str(report).splitlines()
-    assert lines[0].endswith("(tolerance 0.01, from --tolerance)") and "1e-4" not in str(report)
+    assert lines[0].endswith("(tolerance 0.01, from tolerance=)") and "1e-4" not in str(report)
     assert "(tolerance 0.01): exact" in lines[1] and lines[2].endswith("; tolerance 0.01)")
     assert not verify(classifier, fcn, random_input(rng, (1, 2, 30, 26))).tolerance_given
 
@@ -521,7 +545,7 @@ def test_a_tolerance_of_zero_fails_on_rounding_and_says_it_is_rounding_not_a_bug
     assert 0 < report.max_abs <= dense.ROUNDING * report.scale and not report.passed  # exit 1: not bit for bit
     text = str(report)
     assert "bug" not in text and "wrong" not in text, text
-    assert "result: FAIL (--tolerance):" in text and "float32 rounding only" in text and "not bit for bit" in text
+    assert "result: FAIL (tolerance=):" in text and "float32 rounding only" in text and "not bit for bit" in text
     assert verify(classifier, fcn, image, tolerance=1e-12 * report.scale).sliding_rounding  # any tolerance under it
     assert not verify(classifier, fcn, image).sliding_rounding  # agreeing: nothing to explain
 
@@ -636,7 +660,7 @@ def test_a_top_class_changing_in_many_cells_fails_with_a_warning_pointing_at_cro
     assert "for the 1000 crops of the whole image" in text
     assert not report.passed and text.splitlines()[-1].startswith("result: FAIL (top class): the conversion is exact")
     assert "changes the top class of 100.0% of the cells (more than 1%)" in text and "see the WARNING above" in text
-    random_pixels = verify(classifier, fcn, x, dense=flipped, where=None)  # verify --input-size
+    random_pixels = verify(classifier, fcn, x, dense=flipped, where=None, asked=dense.COMMAND_ASKED)  # --input-size
     assert random_pixels.passed and "WARNING" not in str(random_pixels)
     assert "verify measures with --image IMAGE" in str(random_pixels)
     given = str(verify(classifier, fcn, x))  # an image from Python: not called random pixels, nor a region
