@@ -1035,6 +1035,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                              "--images runs")
     x, picture = _read_image(args, model) if args.image else (_read_array(args), None)
     x = as_batch(x, model.crop_shape[0], file=args.image or args.input)
+    if not args.image:
+        _note_pixels_not_preprocessed(args, model, x)
     if x.shape[0] != 1 and is_tiff_output(args.output):  # before the run, naming the file asked for
         raise GraphconvError(f"a TIFF map holds one image's map, and {os.path.basename(args.input)} holds {x.shape[0]} "
                              f"images: write .npy{'' if model.returns_vectors else ' or .zarr'}", file=args.output)
@@ -1202,6 +1204,19 @@ def _read_image(args: argparse.Namespace, model) -> tuple[np.ndarray, np.ndarray
     if stored:
         picture = images.stretched(picture)  # what a heatmap is drawn over
     return x, picture
+
+
+def _note_pixels_not_preprocessed(args: argparse.Namespace, model, x: np.ndarray) -> None:
+    """--input takes the network's input, preprocessed; a .npy of raw 0..255 pixels for a
+    model with a preprocess mapped nonsense without a word (`images.unpreprocessed_pixels`)."""
+    from graphconv import images
+
+    raw = images.unpreprocessed_pixels(x, model.graph.meta.get("preprocess"))
+    if raw is not None:
+        top, low, high = raw
+        note(f"note: {os.path.basename(args.input)}'s values reach {top:g}, but the model's preprocess puts pixels "
+             f"(0..255) in {low:.3g}..{high:.3g}: --input takes the network's input already preprocessed; "
+             "--image reads a picture and preprocesses it")
 
 
 def _read_array(args: argparse.Namespace) -> np.ndarray:

@@ -587,6 +587,22 @@ def preprocess_scale_note(spec: dict | None, deep: str | None = None) -> str | N
     return None
 
 
+def unpreprocessed_pixels(x: np.ndarray, spec: dict | None) -> tuple[float, float, float] | None:
+    """(its largest value, low, high) where `x`, given as a network's preprocessed input
+    (N, C, H, W), looks like the pixels before the preprocess: its values reach 20 and
+    beyond four times low..high, the range `spec` makes of pixels on 0..255 (0..1 for
+    scale 1/255, about -2.1..2.6 for ImageNet's mean and std). Such a run maps nonsense
+    without a word. None without a preprocess that narrows the range, with stored
+    values (their range is the file's), or for values in range; a sixteenth of the
+    pixels is looked at (raw pixels reach 255 anywhere)."""
+    if not spec or spec.get("values") == "stored" or x.ndim != 4 or not x.size:
+        return None
+    ends = preprocess(np.tile(np.array([0.0, 255.0], np.float32), (x.shape[1], 1, 1)), spec)
+    top = float(np.max(x[:, :, ::4, ::4]))
+    low, high = float(ends.min()), float(ends.max())
+    return (top, low, high) if top >= 20 and top > 4 * max(abs(low), abs(high)) else None
+
+
 EIGHT_BIT_MODES = frozenset({"L", "LA", "P", "RGB", "RGBA"})  # Pillow's modes of 8 bits a channel
 SHALLOW_TOP = 0.1  # 8-bit pixels taken as stored that a spec's scale brings under this are read as nearly black
 

@@ -568,6 +568,7 @@ class Model:
         checks cells against afterwards."""
         from graphconv.kernel_cache import compile_clock
 
+        self._warn_if_pixels_not_preprocessed(x)
         with compile_clock() as compiled:
             out = self._scores(x, device, profile, full=full)
         self._warn_of_unforeseen_compiling(compiled())
@@ -576,6 +577,19 @@ class Model:
         for said in [] if full else self.size_notes(*np.shape(x)[-2:]):  # `run` on the command line notes them
             warn_caller(said.removeprefix("note: "))
         return out
+
+    def _warn_if_pixels_not_preprocessed(self, x) -> None:
+        """`run` takes the preprocessed input; raw 0..255 pixels given to a model with a
+        preprocess mapped nonsense without a word (`images.unpreprocessed_pixels`)."""
+        from graphconv import images
+
+        raw = images.unpreprocessed_pixels(as_batch(x, self.crop_shape[0], convert=False),
+                                           self.graph.meta.get("preprocess"))
+        if raw is not None:
+            top, low, high = raw
+            warn_caller(f"the input's values reach {top:g}, but this model's preprocess puts pixels (0..255) in "
+                        f"{low:.3g}..{high:.3g}: run takes input already preprocessed; for pixels, run_image(x) "
+                        "(a uint8 (H, W, C) array) or prepare_image(x) preprocesses them", said=self._warned)
 
     def _warn_of_unforeseen_compiling(self, seconds: float) -> None:
         """After a call that compiled kernels for a while unannounced, why it was slow: a

@@ -2544,3 +2544,18 @@ def test_threads_with_workers_is_each_worker_s(monkeypatch):
             pass
     from graphconv.threads import usable_cores
     assert made == [{"NUMBA_NUM_THREADS": "3"}, {"NUMBA_NUM_THREADS": str(max(1, usable_cores() // 2))}]
+
+
+def test_run_input_of_raw_pixels_for_a_model_with_a_preprocess_is_noted(tmp_path):
+    """--input takes the network's input; a .npy of the picture's 0..255 pixels ran through
+    a model whose preprocess brings them to 0..1, and its map was nonsense without a word."""
+    pixels = np.random.default_rng(0).integers(0, 256, (1, 1, 28, 28)).astype(np.float32)
+    np.save(tmp_path / "pixels.npy", pixels)
+    out = graphconv_in_process("run", SPECS / "digits.yaml", "--input", tmp_path / "pixels.npy")
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"note: pixels.npy's values reach 25\d, but the model's preprocess puts pixels \(0..255\) in "
+                     r"0..1: --input takes the network's input already preprocessed; --image reads a picture",
+                     out.stderr), out.stderr
+    np.save(tmp_path / "input.npy", pixels / 255)
+    assert "values reach" not in graphconv_in_process("run", SPECS / "digits.yaml", "--input",
+                                                      tmp_path / "input.npy").stderr

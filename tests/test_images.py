@@ -1137,3 +1137,22 @@ def test_a_torch_tensor_of_pixels_is_read_as_its_array_and_channels_first_is_nam
         images.as_picture(torch.from_numpy(pixels.transpose(2, 0, 1).copy()))
     with pytest.raises(GraphconvError, match="got float32; for float input already preprocessed, use Model.run"):
         images.as_picture(torch.from_numpy(pixels.astype(np.float32)))
+
+
+@pytest.mark.parametrize("spec, in_range", [
+    ({"scale": 1 / 255, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}, (-2.118, 2.64)),  # ImageNet's
+    ({"scale": 1 / 255}, (0.0, 1.0)),
+    ({"mean": [104.0, 117.0, 123.0]}, None),  # Caffe's 0..255 less a mean: raw pixels are as likely
+    ({"scale": 1 / 255, "values": "stored"}, None),  # a raster's own range
+    (None, None)])
+def test_raw_pixels_given_as_preprocessed_input_are_recognised(spec, in_range, rng):
+    """Model.run and run --input take the network's input; raw 0..255 pixels given to a
+    model with a preprocess mapped nonsense without a word."""
+    pixels = rng.integers(0, 256, (1, 3, 40, 40)).astype(np.float32)
+    found = images.unpreprocessed_pixels(pixels, spec)
+    if in_range is None:
+        assert found is None
+    else:
+        assert found[0] >= 250 and found[1:] == pytest.approx(in_range, abs=1e-3)
+    if spec is not None:
+        assert images.unpreprocessed_pixels(images.preprocess(pixels[0], spec)[None], spec) is None

@@ -458,3 +458,21 @@ def test_export_writes_the_file_graphconv_export_writes_and_refuses_a_model_of_y
     assert (tmp_path / "trained.onnx").read_bytes() == b"a model of the user's"
     with pytest.raises(GraphconvError, match="path would write over"):
         graphconv.load(tmp_path / "fcn").export(tmp_path / "fcn" / "model.yaml")
+
+
+def test_run_on_raw_pixels_of_a_model_with_a_preprocess_warns(rng):
+    """run takes the network's input, preprocessed; 0..255 pixels given to digits (whose
+    preprocess inverts them onto 1..0) mapped nonsense without a word."""
+    import warnings
+    from graphconv.errors import GraphconvWarning
+    fcn = graphconv.compile_model(SPECS / "digits.yaml")
+    pixels = rng.integers(0, 256, (1, 1, 40, 40)).astype(np.float32)
+    with pytest.warns(GraphconvWarning, match=r"the input's values reach 25\d, but this model's preprocess puts "
+                                              r"pixels \(0..255\) in 0..1: run takes input already preprocessed; "
+                                              r"for pixels, run_image\(x\)") as said:
+        fcn.run(pixels)
+    assert said[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GraphconvWarning)
+        fcn.run_image(pixels[0, 0].astype(np.uint8))  # read and preprocessed: nothing to say
+        fcn.run(fcn.prepare_image(pixels[0, 0].astype(np.uint8)))
