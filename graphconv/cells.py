@@ -43,6 +43,7 @@ COORDINATE_DIGITS = 10  # significant digits of a coordinate: 0.1 mm in UTM metr
 SCORE_DIGITS = 9  # what float32 needs to come back bit for bit
 PIXEL_UNITS = "pixels of the image at full resolution (a pyramid's level 0), x right, y down, pixel k spanning k..k+1"
 CSV_LEAD = ("row", "col", "x", "y", "top_class")  # how a CSV of cells graphconv wrote begins
+IN_MEMORY = "<scores>"  # a StoredMap's path where it is a map held in memory (`write_cells_of`)
 
 
 @dataclass(frozen=True)
@@ -329,25 +330,72 @@ def write_cells(map_path: str, output: str, top_classes: Sequence[int | str] | N
     `StoredMap.independent`); `min_score` the cells whose best score is at least it (not
     of a class map, which holds no scores). The file appears only once complete. What the command notes (a georeference that names no CRS) is a
     GraphconvWarning here, and in `notes`."""
-    from graphconv.files import atomic_write
-
     output = str(output)
     kind = _format_of(output)
     if os.path.abspath(output.rstrip("/")) == os.path.abspath(str(map_path).rstrip("/")):
         raise GraphconvError("the output is the map itself; write the cells somewhere else", file=output)
     _check_replaceable(output, kind)
     with opened_map(map_path) as stored:
-        keep = _Selection.of(stored, top_classes, min_score)
-        frame = _Frame.of(stored)
-        notes = (*frame.notes, *filter(None, [stored.class_rule_note()]))
-        counts: list[int] = []
-        writer = _write_geojson if kind == ".geojson" else _write_csv
+        return _cells_written(stored, output, kind, top_classes, min_score)
 
-        def write(path: str) -> None:
-            with open(path, "w", encoding="utf-8", newline="") as fp:
-                counts[:] = writer(fp, stored, frame, keep)
 
-        atomic_write(output, write, suffix=os.path.splitext(output.rstrip("/"))[1])
+def write_cells_of(scores, model, output: str, *, image: str | None = None,
+                   top_classes: Sequence[int | str] | None = None, min_score: float | None = None) -> CellsWritten:
+    """`write_cells` of a map held in memory: `scores`, one image's map as `model.run`,
+    `run_image` or `run_tiled` returned it ((1, K, rows, cols) or (K, rows, cols); or a
+    `reduce="argmax"` class map), of an image run whole at its full resolution, its
+    cells placed by `model.cell_area`. `image`, the path of the image it is the map of:
+    where that is a GeoTIFF or a georeferenced zarr, the cells are written in its CRS
+    (else in its pixels). A notebook had to write the map to a file first, and only
+    the command wrote one that `write_cells` reads."""
+    output = str(output)
+    kind = _format_of(output)
+    _check_replaceable(output, kind)
+    return _cells_written(_map_in_memory(scores, model, image), output, kind, top_classes, min_score)
+
+
+def _map_in_memory(scores, model, image: str | None) -> StoredMap:
+    """`scores` as `opened_map` gives a file graphconv wrote: placed by the model's cells
+    on the image, and described as `georef.map_contents` describes a run's map."""
+    from graphconv.georef import cells_on_pixels, image_georeference, placed_georeference
+    from graphconv.images import output_activation
+
+    bands = np.asarray(scores)
+    if bands.ndim == 4 and bands.shape[0] == 1:
+        bands = bands[0]
+    if bands.ndim != 3:
+        raise GraphconvError(f"scores: one image's map, (1, K, rows, cols) or (K, rows, cols), not shape "
+                             f"{tuple(np.shape(scores))}")
+    classes = model.output_channels
+    class_map = bands.dtype == np.uint16 and bands.shape[0] == 1
+    if not class_map and bands.shape[0] != classes:
+        raise GraphconvError(f"scores: {bands.shape[0]} channels, but {model.graph.name} gives {classes} classes: "
+                             "the map of this model, as run returned it")
+    contents = {"image": os.path.abspath(image) if image else None, "classes": list(range(classes)),
+                "model_classes": classes, "output_activation": output_activation(model.graph)}
+    if model.graph.meta.get("labels"):
+        contents["labels"] = list(model.graph.meta["labels"])
+    placement = replace(cells_on_pixels(model.cell_area), contents=contents)
+    geo = image_georeference(os.fspath(image)) if image else None
+    return StoredMap(IN_MEMORY, bands, placement.as_dict(), geo and placed_georeference(geo, placement))
+
+
+def _cells_written(stored: StoredMap, output: str, kind: str, top_classes, min_score) -> CellsWritten:
+    """The cells of `stored` written to `output` (its `kind`, ".geojson" or ".csv"), as
+    the user selected them, the file appearing only once complete."""
+    from graphconv.files import atomic_write
+
+    keep = _Selection.of(stored, top_classes, min_score)
+    frame = _Frame.of(stored)
+    notes = (*frame.notes, *filter(None, [stored.class_rule_note()]))
+    counts: list[int] = []
+    writer = _write_geojson if kind == ".geojson" else _write_csv
+
+    def write(path: str) -> None:
+        with open(path, "w", encoding="utf-8", newline="") as fp:
+            counts[:] = writer(fp, stored, frame, keep)
+
+    atomic_write(output, write, suffix=os.path.splitext(output.rstrip("/"))[1])
     written, computed = counts
     for text in notes:  # a Python caller's warning; the command says it as a note
         warn_caller(text.removeprefix("note: "))
@@ -577,7 +625,8 @@ def _write_geojson(fp: TextIO, stored: StoredMap, frame: _Frame, keep: _Selectio
 
     names = stored.names
     colours = class_colours(stored.classes).round().astype(int).tolist()
-    about = {"written_by": f"graphconv {__version__}", "map": os.path.abspath(stored.path),
+    about = {"written_by": f"graphconv {__version__}",
+             "map": None if stored.path == IN_MEMORY else os.path.abspath(stored.path),
              "image": stored.placement.get("image"), "model": stored.placement.get("model"),
              "coordinates": frame.describe(), "cells": "each the square a stride wide centred on its cell's centre"}
     fp.write(_GEOJSON_HEAD + json.dumps(about))

@@ -552,3 +552,33 @@ def test_a_map_damaged_since_it_was_written_is_one_message_and_writes_nothing(tm
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "map.tif: cannot read rows 0..39 of the map (damaged since it was written?)" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map.tif"]
+
+
+def test_a_map_held_in_memory_gives_the_cells_the_command_s_map_file_gives(digits, tmp_path):
+    """A notebook with the map `run_image` returned had no way to its cells: `write_cells`
+    read only a file the command wrote. `write_cells_of` places them by the model's cells
+    and the image's georeference, as the command's map does."""
+    import graphconv
+    from graphconv.cells import write_cells_of
+    image = grey_geotiff(tmp_path / "scene.tif")
+    assert graphconv_in_process("run", digits, "--image", image, "--output", "map.tif", "--quiet").returncode == 0
+    assert graphconv_in_process("cells", "map.tif", "-o", "command.csv").returncode == 0
+    assert graphconv_in_process("cells", "map.tif", "-o", "command.geojson").returncode == 0
+    model = graphconv.load(digits)
+    scores = model.run_image(image)
+    result = write_cells_of(scores, model, "python.csv", image=image)
+    assert (tmp_path / "python.csv").read_text() == (tmp_path / "command.csv").read_text()
+    assert result.coordinates == "the image's CRS (32633)" and result.written == result.computed == \
+        scores.shape[2] * scores.shape[3]
+    write_cells_of(scores[0], model, "python.geojson", image=str(image))
+    assert features(tmp_path / "python.geojson") == features(tmp_path / "command.geojson")
+    write_cells_of(scores, model, "pixels.csv", top_classes=["3"])  # no image: in its pixels
+    rows = csv_rows(tmp_path / "pixels.csv")
+    assert rows and {row["top_class"] for row in rows} == {"3"}
+    assert (float(rows[0]["x"]), float(rows[0]["y"])) == model.cell_area.centre(int(rows[0]["row"]),
+                                                                                 int(rows[0]["col"]))[::-1]
+    for bad, said in ((scores[:, :3], r"scores: 3 channels, but digits gives 11 classes"),
+                      (np.concatenate([scores, scores]), r"scores: one image's map, .* not shape \(2, 11, ")):
+        with pytest.raises(GraphconvError, match=said):
+            write_cells_of(bad, model, "bad.csv")
+    assert not (tmp_path / "bad.csv").exists()
