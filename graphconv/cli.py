@@ -1430,8 +1430,8 @@ def check_heatmap_has_a_map(args: argparse.Namespace, model) -> None:
                              f"classifier as written): {ways_to_map(args, model, ' --heatmap ...')}", file=args.model)
     if args.heatmap == "top" and scored > 1 and output_activation(model.graph) == "sigmoid":
         note(f"note: {model.graph.name} ends in a sigmoid, each class a finding of its own: --heatmap top colours "
-             "each cell by its highest-scoring class whatever its probability, where a cell may call none of them, "
-             "or several; --heatmap CLASS draws one finding's probability")
+             "each cell by its highest-scoring class where that one's probability is at least 0.5, and leaves clear "
+             "the cells calling none; a cell may call several: --heatmap CLASS draws one finding's probability")
 
 
 def ways_to_map(args: argparse.Namespace, model, run_options: str = "") -> str:
@@ -1836,7 +1836,8 @@ def write_heatmap(args: argparse.Namespace, model, picture: np.ndarray, out: np.
     scores = out.reshape(*out.shape[:2], 1, 1) if out.ndim == 2 else out
     display_hw = images.image_size(args.image) if args.resize else None  # undo --resize's stretch
     if args.heatmap == "top":
-        draw_heatmap(args, model, picture, cells, best=images.best_class(scores[0]), display_hw=display_hw)
+        best = images.best_class(scores[0], images.call_cut(model.graph, scores.shape[1]))
+        draw_heatmap(args, model, picture, cells, best=best, display_hw=display_hw)
     else:
         check_heatmap_class(args.heatmap, scores.shape[1])
         draw_heatmap(args, model, picture, cells, one=scores[0, args.heatmap], display_hw=display_hw)

@@ -795,7 +795,8 @@ class MapSample:
     cells[1][j]); the picture's pixel (y, x) shows values[at[0][y], at[1][x]]. Of the
     whole map: `extremes`, the finite range of the class drawn (None: none is finite),
     or `counts`, how many cells each class is best in; and how many cells were
-    `not_computed` (--skip-background's); `map_hw`, the whole map's rows and columns."""
+    `not_computed` (--skip-background's) and how many call `no_call` class (`best_class`'s
+    NO_CALL); `map_hw`, the whole map's rows and columns."""
     values: np.ndarray
     cells: tuple[np.ndarray, np.ndarray]
     at: tuple[np.ndarray, np.ndarray]
@@ -803,6 +804,7 @@ class MapSample:
     extremes: tuple[float, float] | None = None
     counts: np.ndarray | None = None
     not_computed: int = 0
+    no_call: int = 0
 
 
 HEATMAP_MARK = "graphconv heatmap"  # a heatmap's Software (PNG text, EXIF or TIFF tag), or comment: not a photo
@@ -921,11 +923,27 @@ def _cells(count: int) -> str:
 NOT_COMPUTED = -1  # the best class of a cell with no score (a tile `--skip-background` did not compute)
 
 
-def best_class(scores: np.ndarray) -> np.ndarray:
+NO_CALL = -2  # the best class of a cell calling none (a sigmoid's findings, none at 0.5): drawn clear
+
+
+def best_class(scores: np.ndarray, cut: float | None = None) -> np.ndarray:
     """The index of the best class of each cell of a (K, rows, cols) score map (NaN never
-    wins), NOT_COMPUTED where no score is finite."""
-    best = np.argmax(np.where(np.isfinite(scores), scores, -np.inf), axis=0)
+    wins), NOT_COMPUTED where no score is finite. With `cut` (`call_cut`: a model whose
+    classes are findings of their own), NO_CALL where the best score is under it: a
+    cell calling no finding was coloured by its best one, at 0.02 as at 0.98."""
+    filled = np.where(np.isfinite(scores), scores, -np.inf)
+    best = np.argmax(filled, axis=0)
+    if cut is not None:
+        best = np.where(np.take_along_axis(filled, best[None], axis=0)[0] >= cut, best, NO_CALL)
     return np.where(np.isfinite(scores).any(axis=0), best, NOT_COMPUTED)
+
+
+def call_cut(graph, classes: int) -> float | None:
+    """0.5 for a model of several classes ending in a sigmoid, each a finding of its own
+    (an X-ray's findings, a satellite tile's labels: several may hold, or none), whose
+    best class is an answer only where its probability is at least one half; None for
+    a model that picks one class per cell."""
+    return 0.5 if classes > 1 and output_activation(graph) == "sigmoid" else None
 
 
 def render_top_map(image: np.ndarray, scores: np.ndarray, field: Field, labels: list[str] | None = None,
@@ -943,7 +961,8 @@ def render_class_map(image: np.ndarray, best: np.ndarray, classes: int, field: F
                      title: str | None = None, sample: MapSample | None = None, opacity: float = TOP_BLEND):
     """`render_top_map` of a (rows, cols) map of class indices below `classes` (or a
     `sample`'s, of a tiled run's map: the cells its pixels show, made a block of rows at
-    a time, and the whole map's counts); cells NOT_COMPUTED leave the picture as it is."""
+    a time, and the whole map's counts); cells NOT_COMPUTED or NO_CALL leave the picture
+    as it is."""
     _pil()
     palette = class_palette(classes)
 
@@ -952,24 +971,24 @@ def render_class_map(image: np.ndarray, best: np.ndarray, classes: int, field: F
     def colours(rows: slice) -> tuple[np.ndarray, np.ndarray]:
         cells = _per_pixel(best, field, image.shape[1:], sample, rows)
         return (palette.astype(np.float32)[cells].transpose(2, 0, 1),
-                (cells == NOT_COMPUTED) | edge[0][rows, None] | edge[1][None, :])
+                (cells < 0) | edge[0][rows, None] | edge[1][None, :])
 
     panel = _panel(_blended(image, colours, opacity), display_hw)
     sy, sx = panel.size[1] / image.shape[1], panel.size[0] / image.shape[2]
     from PIL import ImageDraw
-    counts = sample.counts if sample is not None else np.bincount(best[best != NOT_COMPUTED].ravel(),
-                                                                   minlength=classes)
+    counts = sample.counts if sample is not None else np.bincount(best[best >= 0].ravel(), minlength=classes)
     missing = sample.not_computed if sample is not None else int(np.count_nonzero(best == NOT_COMPUTED))
-    legend = _class_legend(counts, palette, labels, missing)
+    no_call = sample.no_call if sample is not None else int(np.count_nonzero(best == NO_CALL))
+    legend = _class_legend(counts, palette, labels, missing, no_call)
     draw = ImageDraw.Draw(panel)
     lines = [title or "best class of each cell", *_edge_note(edge)]
     size = text_size(panel.size)
     font, _ = text_font([*lines, *(text for _, text in legend)], size)  # as `_compose`'s, which says what it lacks
     stroke = max(2, size // 7)
     taken: list[tuple[float, float, float, float]] = []
-    labelled = _regions(best, min_cells=max(1, int(np.count_nonzero(best != NOT_COMPUTED) * LABELLED_SHARE)))
+    labelled = _regions(best, min_cells=max(1, int(np.count_nonzero(best >= 0) * LABELLED_SHARE)))
     for klass, (row, col) in labelled:  # largest first; a label that would overlap one is left out
-        if klass == NOT_COMPUTED:
+        if klass < 0:
             continue
         if sample is not None:
             row, col = int(sample.cells[0][row]), int(sample.cells[1][col])
@@ -987,16 +1006,19 @@ def render_class_map(image: np.ndarray, best: np.ndarray, classes: int, field: F
 
 
 def _class_legend(counts: np.ndarray, palette: np.ndarray, labels: list[str] | None,
-                  not_computed: int) -> list[tuple[tuple[int, int, int] | None, str]]:
+                  not_computed: int, no_call: int = 0) -> list[tuple[tuple[int, int, int] | None, str]]:
     """(swatch colour, text) for each class best in some cell, most cells first: at most
     LEGEND_MOST, the rest on one line (a 1000-class map's full legend stood 17,000 px
-    tall); then the cells not computed, which have no colour (None: no swatch)."""
+    tall); then the cells calling no class and those not computed, which have no colour
+    (None: no swatch)."""
     shown = [int(k) for k in np.argsort(-counts, kind="stable") if counts[k]]
     listed = shown if len(shown) <= LEGEND_MOST else shown[:LEGEND_MOST - 1]
     legend = [(tuple(int(v) for v in palette[k]), f"{_class_name(k, labels)} ({_cells(int(counts[k]))})")
               for k in listed]
     if rest := shown[len(listed):]:
         legend.append((None, f"{len(rest)} more classes ({_cells(int(counts[rest].sum()))})"))
+    if no_call:
+        legend.append((None, f"no class at 0.5: the picture as it is ({_cells(no_call)})"))
     if not_computed:
         legend.append((None, f"not computed: the picture as it is ({_cells(not_computed)})"))
     return legend
@@ -1251,7 +1273,7 @@ def _compose(panel, lines: list[str], bar=None, legend=None):
     """Title lines above the panel; the colour bar ((3, H, 1) array, [(position 0..1, value)]) or the
     legend ([(rgb or None for no swatch, text)]) to its right; white background; text,
     margins and bar as much larger as `text_size` makes the text. Its info: "lines", the
-    title's; "undrawn", the characters no font found draws (`text_font`)."""
+    title's; "legend", its lines; "undrawn", the characters no font found draws (`text_font`)."""
     image_mod = _pil()
     from PIL import ImageDraw
     size = text_size(panel.size)
@@ -1287,6 +1309,7 @@ def _compose(panel, lines: list[str], bar=None, legend=None):
     canvas.info["panel_box"] = (margin, title_h, margin + panel.size[0], title_h + panel.size[1])
     canvas.info["undrawn"] = undrawn
     canvas.info["lines"] = lines
+    canvas.info["legend"] = [text for _, text in legend or ()]
     x = margin + panel.size[0] + margin
     if bar is not None:
         strip = image_mod.fromarray(colours.clip(0, 255).astype(np.uint8).transpose(1, 2, 0))

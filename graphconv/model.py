@@ -736,7 +736,8 @@ class Model:
             self.warn_if_pixels_unscaled()
             scores = self.run(images.preprocess(picture, spec), device)
         scores = self._map_of(picture, scores)
-        one, best = (None, images.best_class(scores)) if klass == "top" else (scores[klass], None)
+        best = images.best_class(scores, images.call_cut(self.graph, scores.shape[0])) if klass == "top" else None
+        one = scores[klass] if klass != "top" else None
         drawn, _ = images.drawn_heatmap(self, picture, self.cell_area, klass, one=one, best=best,
                                         value_range=value_range, opacity=opacity)
         return drawn

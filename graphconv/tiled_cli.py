@@ -800,13 +800,15 @@ def _draw_heatmap(args: argparse.Namespace, model, source, grid, scores, backgro
     is drawn over the image itself, its cells shifted back by the border."""
     if args.heatmap is None:
         return
+    from graphconv import images
     from graphconv.sources import on_image, thumbnail
 
     image, field = on_image(source, grid.cell_area)  # each cell where its crop stands, as the map's metadata says
     picture, (fy, fx) = (background.picture, background.scale) if background is not None else thumbnail(image)
     field = _shrunk(field, fy, fx)
     if args.heatmap == "top":
-        sample = _sample_map(args, scores, field, picture.shape[1:], model.output_channels)
+        cut = None if args.reduce == "argmax" else images.call_cut(model.graph, model.output_channels)
+        sample = _sample_map(args, scores, field, picture.shape[1:], model.output_channels, cut=cut)
         draw_heatmap(args, model, picture, field, best=sample.values, sample=sample)
     else:
         channel = list(args.classes).index(args.heatmap) if args.classes else args.heatmap
@@ -822,13 +824,14 @@ def _shrunk(field, fy: float, fx: float):
 
 
 def _sample_map(args: argparse.Namespace, scores, field, picture_hw: tuple[int, int], classes: int = 0,
-                channel: int | None = None):
+                channel: int | None = None, cut: float | None = None):
     """The cells of the (1, K, rows, cols) map written that the heatmap's pixels show
     (`images.MapSample`), read a block of rows at a time (a stride-1 slide's map has
     billions of cells; the picture at most THUMBNAIL_SIDE a side): class `channel`'s
     scores and the whole map's finite range, or (channel None) the best class of each
     (real class numbers, with --classes too; --reduce argmax wrote them) and how many
-    cells of the map each of the model's `classes` is best in."""
+    cells of the map each of the model's `classes` is best in (`cut`: and where none is
+    called, `images.best_class`)."""
     from graphconv import images
 
     _, kept_classes, rows, cols = scores.shape
@@ -836,7 +839,7 @@ def _sample_map(args: argparse.Namespace, scores, field, picture_hw: tuple[int, 
     (cell_rows, at_y), (cell_cols, at_x) = (np.unique(ys, return_inverse=True), np.unique(xs, return_inverse=True))
     values = np.empty((len(cell_rows), len(cell_cols)), np.float32 if channel is not None else np.intp)
     counts = np.zeros(classes, np.int64)
-    not_computed = 0
+    not_computed = no_call = 0
     low, high = np.inf, -np.inf
     per_row = cols * (1 if channel is not None or args.reduce == "argmax" else kept_classes)
     step = max(1, BEST_CLASS_FLOATS // per_row)
@@ -848,29 +851,31 @@ def _sample_map(args: argparse.Namespace, scores, field, picture_hw: tuple[int, 
                 low, high = min(low, extremes[0]), max(high, extremes[1])
             not_computed += int(np.count_nonzero(np.isnan(block)))
         else:
-            block = _best_of(args, np.asarray(scores[0, :, top:top + step]))
-            counts += np.bincount(block[block != images.NOT_COMPUTED], minlength=classes)[:classes]
+            block = _best_of(args, np.asarray(scores[0, :, top:top + step]), cut)
+            counts += np.bincount(block[block >= 0], minlength=classes)[:classes]
             not_computed += int(np.count_nonzero(block == images.NOT_COMPUTED))
+            no_call += int(np.count_nonzero(block == images.NO_CALL))
         shown = (cell_rows >= top) & (cell_rows < top + step)
         values[shown] = block[cell_rows[shown] - top][:, cell_cols]
     return images.MapSample(values, (cell_rows, cell_cols), (at_y, at_x), (rows, cols),
-                            extremes=(low, high) if low <= high else None, counts=counts, not_computed=not_computed)
+                            extremes=(low, high) if low <= high else None, counts=counts, not_computed=not_computed,
+                            no_call=no_call)
 
 
-def _best_of(args: argparse.Namespace, block: np.ndarray) -> np.ndarray:
+def _best_of(args: argparse.Namespace, block: np.ndarray, cut: float | None = None) -> np.ndarray:
     """The best class of each cell of a (K, rows, cols) block of the map written (real class
     numbers, with --classes too; a --reduce argmax map holds them), images.NOT_COMPUTED
-    where none was computed."""
+    where none was computed, images.NO_CALL where the best score is under `cut`."""
     from graphconv import images
     from graphconv.background import NO_CLASS
 
     if args.reduce == "argmax":
         best = block[0].astype(np.intp)
         return np.where(best == NO_CLASS, images.NOT_COMPUTED, best)
-    best = images.best_class(block)
+    best = images.best_class(block, cut)
     if not args.classes:
         return best
-    return np.where(best == images.NOT_COMPUTED, best, np.asarray(args.classes, np.intp)[best])
+    return np.where(best < 0, best, np.asarray(args.classes, np.intp)[best])
 
 
 def _map_options(args: argparse.Namespace, grid):

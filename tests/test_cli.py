@@ -2469,7 +2469,13 @@ def test_heatmap_top_of_a_multi_label_model_says_what_it_colours(write_spec, tmp
                                  "--heatmap-out", tmp_path / "h.png")
     assert drawn.returncode == 0 and (tmp_path / "h.png").exists()
     assert drawn.stderr.count("note: bin ends in a sigmoid, each class a finding of its own: --heatmap top colours "
-                              "each cell by its highest-scoring class whatever its probability") == 1
+                              "each cell by its highest-scoring class where that one's probability is at least 0.5, "
+                              "and leaves clear the cells calling none") == 1
+    tiled = graphconv_in_process("run", spec, "--image", tmp_path / "page.png", "--heatmap", "top", "--tile", "24",
+                                 "--heatmap-out", tmp_path / "tiled.png")
+    assert tiled.returncode == 0, tiled.stderr
+    with Image.open(tmp_path / "h.png") as whole, Image.open(tmp_path / "tiled.png") as by_tiles:
+        assert np.array_equal(np.asarray(whole), np.asarray(by_tiles))  # the same cells left clear
     one = graphconv_in_process("run", spec, "--image", tmp_path / "page.png", "--heatmap", "1",
                                "--heatmap-out", tmp_path / "h1.png")
     assert one.returncode == 0 and "each class a finding of its own" not in one.stderr

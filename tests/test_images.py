@@ -1156,3 +1156,13 @@ def test_raw_pixels_given_as_preprocessed_input_are_recognised(spec, in_range, r
         assert found[0] >= 250 and found[1:] == pytest.approx(in_range, abs=1e-3)
     if spec is not None:
         assert images.unpreprocessed_pixels(images.preprocess(pixels[0], spec)[None], spec) is None
+
+
+def test_best_class_with_a_cut_calls_no_class_where_the_best_is_under_it():
+    """A multi-label model's --heatmap top coloured each cell by its best finding, at 0.02
+    as at 0.98: a cell calling no finding read as calling one."""
+    scores = np.array([[[0.9, 0.2, np.nan], [0.4, 0.6, 0.5]],
+                       [[0.1, 0.3, np.nan], [0.45, 0.7, 0.1]]], np.float32)
+    assert images.best_class(scores).tolist() == [[0, 1, images.NOT_COMPUTED], [1, 1, 0]]
+    assert images.best_class(scores, 0.5).tolist() == [[0, images.NO_CALL, images.NOT_COMPUTED],
+                                                      [images.NO_CALL, 1, 0]]

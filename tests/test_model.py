@@ -476,3 +476,27 @@ def test_run_on_raw_pixels_of_a_model_with_a_preprocess_warns(rng):
         warnings.simplefilter("error", GraphconvWarning)
         fcn.run_image(pixels[0, 0].astype(np.uint8))  # read and preprocessed: nothing to say
         fcn.run(fcn.prepare_image(pixels[0, 0].astype(np.uint8)))
+
+
+def test_heatmap_top_of_a_multi_label_model_leaves_clear_the_cells_calling_no_class(write_spec, rng):
+    """Findings of their own (a sigmoid over 3 classes): a cell whose best probability
+    is 0.1 was coloured as its best finding; it is left as the picture, and the legend
+    counts it."""
+    model = graphconv.load(write_spec("name: findings\ninput: {shape: [1, 16, 16]}\nlayers:\n"
+                                      "  - {name: c1, op: conv, out_channels: 4, kernel_size: 5, stride: 2}\n"
+                                      "  - {name: c2, op: conv, out_channels: 3, kernel_size: 6}\n"
+                                      "  - {name: p, op: sigmoid}\n"))
+    page = rng.integers(0, 256, (64, 80), dtype=np.uint8)
+    scores = model.run_image(page)
+    scores[:] = 0.1
+    rows, cols = scores.shape[2:]
+    scores[0, 1, :, cols // 2:] = 0.9  # the right half calls class 1, the left half nothing
+    drawn = model.heatmap(page, "top", scores=scores)
+    assert f"no class at 0.5: the picture as it is ({rows * (cols // 2)} cells)" in drawn.info["legend"]
+    left, top, right, bottom = drawn.info["panel_box"]
+    panel = np.asarray(drawn)[top:bottom, left:right]
+    scale = panel.shape[0] // page.shape[0]  # a small picture is drawn larger
+    band = slice(20 * scale, 40 * scale)
+    clear, coloured = panel[band, 12 * scale:20 * scale], panel[band, 60 * scale:70 * scale]
+    assert (clear[..., 0] == clear[..., 1]).all() and (clear[..., 1] == clear[..., 2]).all()  # the grey picture
+    assert not (coloured[..., 0] == coloured[..., 2]).all()
