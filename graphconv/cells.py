@@ -32,7 +32,7 @@ from typing import Any, Iterator, Sequence, TextIO
 
 import numpy as np
 
-from graphconv.classes import class_index
+from graphconv.classes import class_index, rejoined_names
 from graphconv.errors import GraphconvError, agreeing, shown, shown_path, warn_caller
 from graphconv.georef import is_zarr_path
 
@@ -450,7 +450,7 @@ class _Selection:
 
         labels = stored.placement.get("labels")  # the kept classes' own, band by band
         positions = set()
-        for name in top_classes:
+        for name in rejoined_names(list(top_classes), labels):
             index = class_index(name, labels, "--top-class", "or write the map with a labelled model")
             if isinstance(name, str):  # a label: `index` is its band
                 positions.add(index)

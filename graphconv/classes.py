@@ -47,6 +47,29 @@ def class_index(name: int | str, labels: list[str] | None, flag: str,
     raise GraphconvError(f"{flag} {shown(name)}: no class of that name{hint}")
 
 
+def rejoined_names(names: list[int | str], labels: list[str] | None) -> list[int | str]:
+    """A comma-separated list of classes (`--classes`, `--top-class`) with the names that
+    hold a comma put back together: BigEarthNet names 'Moors, heathland and
+    sclerophyllous vegetation', which the list split in two, and no way of typing it was
+    left. Consecutive names are joined (", " or ",") where the whole is a label, the
+    longest first; the rest stay as given."""
+    if not labels:
+        return list(names)
+    known = {_folded(label) for label in labels}
+
+    def label_of(pieces: list) -> str | None:
+        if len(pieces) < 2 or not all(isinstance(piece, str) for piece in pieces):
+            return None
+        return next((glue.join(pieces) for glue in (", ", ",") if _folded(glue.join(pieces)) in known), None)
+
+    joined, i = [], 0
+    while i < len(names):
+        end = next((j for j in range(len(names), i + 1, -1) if label_of(names[i:j])), i + 1)
+        joined.append(label_of(names[i:end]) if end > i + 1 else names[i])
+        i = end
+    return joined
+
+
 def _folded(name: str) -> str:
     """A class name as compared but for case and Unicode form: a labels file written on a
     Mac holds 'Ä' as A and a combining diaeresis, which a name typed elsewhere is not."""

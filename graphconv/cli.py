@@ -28,7 +28,7 @@ import numpy as np
 from graphconv.arrays import load_npy
 from graphconv.background import DEFAULT_MAX_NODATA, DEFAULT_THRESHOLD
 from graphconv.backends import AUTO, get_backend
-from graphconv.classes import class_index, class_scores, print_top, top_basis
+from graphconv.classes import class_index, class_scores, print_top, rejoined_names, top_basis
 from graphconv.errors import (GraphconvError, GraphconvWarning, agreeing, counted, printable, shown, shown_path,
                               user_message)
 from graphconv.files import (atomic_write, check_model_target, check_writable, committed_outputs, forget_committed,
@@ -1892,7 +1892,7 @@ def resolve_class_names(args: argparse.Namespace, labels: list[str] | None) -> N
         if isinstance(typed, str):
             args.heatmap_tag = file_name_part(labels[args.heatmap]) or str(args.heatmap)
     if args.classes:
-        args.classes = [class_index(name, labels, "--classes") for name in args.classes]
+        args.classes = [class_index(name, labels, "--classes") for name in rejoined_names(args.classes, labels)]
         if len(set(args.classes)) != len(args.classes):
             raise GraphconvError(f"--classes names a class twice: {','.join(map(str, args.classes))}")
 

@@ -582,3 +582,14 @@ def test_a_map_held_in_memory_gives_the_cells_the_command_s_map_file_gives(digit
         with pytest.raises(GraphconvError, match=said):
             write_cells_of(bad, model, "bad.csv")
     assert not (tmp_path / "bad.csv").exists()
+
+
+def test_a_class_whose_name_holds_a_comma_can_be_kept(tmp_path, rng):
+    labels = ["Urban fabric", "Moors, heathland and sclerophyllous vegetation", "Water bodies"]
+    scores = random_scores(rng, (3, 12, 15))
+    stored = slide_map(tmp_path / "map.tif", scores, labels=labels)
+    result = graphconv_in_process("cells", stored, "-o", "moors.csv", "--top-class",
+                                  "Moors, heathland and sclerophyllous vegetation,Water bodies")
+    assert result.returncode == 0, result.stderr
+    kept = {row["top_class"] for row in csv_rows(tmp_path / "moors.csv")}
+    assert kept == set(labels[1:])
