@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import numbers
+import os
 import struct
 import warnings
 from contextlib import contextmanager
@@ -343,10 +344,37 @@ def _pillow_pixel_bytes(mode: str) -> int:
 
 
 def _mode_for(channels, path: str) -> str:
-    if not isinstance(channels, numbers.Integral) or isinstance(channels, bool) or channels not in CHANNEL_MODES:
+    if not isinstance(channels, numbers.Integral) or isinstance(channels, bool) or channels < 1:
         raise GraphconvError(f"a network with {shown(channels)} input channels cannot take an image: "
                              f"images provide 1 (greyscale), 3 (RGB) or 4 (RGBA)", file=path)
+    if channels not in CHANNEL_MODES:
+        raise GraphconvError(_no_picture_for(channels, path), file=path)
     return CHANNEL_MODES[channels]
+
+
+def _no_picture_for(channels: int, path: str) -> str:
+    """Why a network of `channels` bands (a multispectral scene's 12) cannot be fed the
+    picture at `path`: what is wrong with the file first, where something is (random
+    bytes named .tif were told the network "cannot take an image", as if no raster
+    could feed it), else that pictures hold 1, 3 or 4 bands and rasters any number."""
+    from graphconv.sources import is_tiff
+
+    rasters = (f"a network of {channels} input channels takes a raster of {channels} bands (a TIFF or a zarr "
+               "array), not a picture (grey, RGB or RGBA)")
+    if path == "<image>" or not os.path.isfile(path):
+        return (f"{rasters}; from Python, graphconv.sources.open_source(path, {channels}, model.preprocess) "
+                "reads such a raster and run_tiled maps it")
+    if is_tiff(path):
+        from graphconv.sources import open_source
+        try:
+            open_source(path, channels, None)
+        except GraphconvError as err:  # what is wrong with the file (its bands, its bytes) comes first
+            return err.message
+        return (f"a raster, which graphconv run --image reads band by band, as from Python "
+                f"graphconv.sources.open_source(path, {channels}, model.preprocess) does for run_tiled; run_image, "
+                "classify and heatmap read pictures (grey, RGB or RGBA)")
+    bands = picture_bands(path)
+    return _unidentified(path) if bands is None else f"{rasters}: it holds {counted(bands, 'band')}"
 
 
 def resized_size(resize, image: str | tuple[int, int]):
@@ -1401,10 +1429,9 @@ def as_picture(image, channels: int = 3, stored_values: bool = False,
     reads as such an array (a CPU torch tensor of pixels). Arrays of other types are
     refused: a float array is ambiguous (0..1 or 0..255? already preprocessed?); give it
     to `Model.run` preprocessed instead."""
-    import os
-    _mode_for(channels, "<image>")
     if isinstance(image, (str, os.PathLike)):
         return load_image(os.fspath(image), resize, channels=channels, stored_values=stored_values)
+    _mode_for(channels, "<image>")
     if isinstance(image, np.ndarray) or hasattr(image, "__array__"):
         picture = _array_picture(np.asarray(image), channels, stored_values)
     elif isinstance(image, _pil().Image):

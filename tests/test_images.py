@@ -121,12 +121,36 @@ def test_rgba_keeps_the_alpha_and_is_opaque_without_one(tmp_path, rng):
     assert (without[3] == 255).all()
 
 
-@pytest.mark.parametrize("channels", [0, 2, 5, -1, 3.0, True, "3", None])
+@pytest.mark.parametrize("channels", [0, -1, 3.0, True, "3", None])
 def test_channel_counts_images_cannot_provide(channels, tmp_path, rng):
     path = save(tmp_path, "a.png", Image.fromarray(colour_pixels(rng)))
     with pytest.raises(GraphconvError, match=r"images provide 1 \(greyscale\), 3 \(RGB\) or 4 \(RGBA\)") as err:
         load_image(str(path), channels=channels)
     assert str(err.value).startswith("a.png: ")
+
+
+@pytest.mark.parametrize("channels", [2, 5, 12])
+def test_a_multispectral_network_given_a_picture_is_told_what_is_wrong_with_it(channels, tmp_path, rng):
+    """A 12-band model given random bytes named .tif, or a PNG, was told it "cannot take
+    an image", as if no raster could feed it, where the digits model heard that the file
+    was unreadable; and from Python the error named "<image>", not the file."""
+    picture = save(tmp_path, "a.png", Image.fromarray(colour_pixels(rng)))
+    with pytest.raises(GraphconvError, match=rf"^a.png: a network of {channels} input channels takes a raster of "
+                                             rf"{channels} bands \(a TIFF or a zarr array\), not a picture "
+                                             r"\(grey, RGB or RGBA\): it holds 3 bands$"):
+        images.as_picture(str(picture), channels)
+    (tmp_path / "noise.tif").write_bytes(rng.integers(0, 256, 100, dtype=np.uint8).tobytes())
+    with pytest.raises(GraphconvError, match="^noise.tif: not an image file Pillow can read"):
+        load_image(str(tmp_path / "noise.tif"), channels=channels)
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(tmp_path / "scene.tif", rng.integers(0, 4000, (channels, 20, 20), dtype=np.uint16),
+                     photometric="minisblack", planarconfig="separate")
+    with pytest.raises(GraphconvError, match=r"^scene.tif: a raster, which graphconv run --image reads band by band, "
+                                             rf"as from Python graphconv.sources.open_source\(path, {channels}, "
+                                             r"model.preprocess\) does for run_tiled"):
+        images.as_picture(str(tmp_path / "scene.tif"), channels)
+    with pytest.raises(GraphconvError, match=r"^<image>: a network of .* from Python, graphconv.sources.open_source"):
+        images.as_picture(colour_pixels(rng), channels)
 
 
 # ---- 16-bit and float images ----------------------------------------------------------------
