@@ -178,6 +178,7 @@ def _checked_tiled_run(args: argparse.Namespace, model, grid, source) -> _TiledR
     """The tiles planned and the map they make settled, with every refusal that needs
     them (a --heatmap the map cannot draw, an output not this run's to replace, another
     job's partial map, a map too large for memory) made before any tile is computed."""
+    from graphconv.images import output_activation
     from graphconv.tiling import map_transform
 
     planned = _plan_the_tiles(args, model, grid, (source.height, source.width), source)
@@ -187,6 +188,10 @@ def _checked_tiled_run(args: argparse.Namespace, model, grid, source) -> _TiledR
     if args.reduce == "argmax" and (len(args.classes) if args.classes else classes) == 1:
         print("note: --reduce argmax over one score channel gives its class in every cell: a one-channel output (a "
               "sigmoid's probability) wants its scores written (drop --reduce) and thresholded", file=sys.stderr)
+    elif args.reduce == "argmax" and output_activation(model.graph) == "sigmoid":
+        print(f"note: {model.graph.name} ends in a sigmoid, each class a finding of its own: --reduce argmax writes "
+              "each cell's highest-scoring class whatever its probability, where a cell may call none (or several); "
+              "write the scores (drop --reduce), and graphconv cells calls each class at 0.5", file=sys.stderr)
     _check_heatmap(args, classes, model.graph.meta.get("labels"))
     shape = (1, channels, *planned.plan.map_hw)
     if args.output:
