@@ -1659,6 +1659,7 @@ def unstored_chunks_note(source) -> str | None:
         chunks, fill = len(page.dataoffsets), 0
         stored = sum(1 for offset, count in zip(page.dataoffsets, page.databytecounts) if offset or count)
         kind, what = ("tiles" if page.is_tiled else "strips"), "TIFF's"
+        why = "as a sparse TIFF's are (GDAL's SPARSE_OK)"
     elif array is not None:
         try:
             stored, chunks = array.nchunks_initialized, array.nchunks
@@ -1666,13 +1667,14 @@ def unstored_chunks_note(source) -> str | None:
             return None
         fill = getattr(array.fill_value, "item", lambda: array.fill_value)()
         kind, what = "chunks", "zarr array's"
+        why = "as zarr leaves out a chunk holding nothing but its fill value (its default: a scene's empty corners)"
     else:
         return None
     if stored >= chunks:
         return None
     missing = chunks - stored
     return (f"{missing} of the {what} {chunks} {kind} {agreeing(missing, 'is', 'are')} not stored, and read as "
-            f"{fill}, as a sparse image is read (or lost in copying?)")
+            f"{fill}, {why}; one lost in copying would read the same")
 
 
 def unread_images_note(source) -> str | None:

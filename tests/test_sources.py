@@ -221,7 +221,8 @@ def test_a_zarr_image_s_chunks_not_stored_are_noted(tmp_path):
     chunk = tmp_path / "a.zarr" / "c" / "0" / "1" / "2"  # chunk (0, 1, 2) as zarr 3 stores it; zarr 2: 0.1.2
     (chunk if chunk.exists() else tmp_path / "a.zarr" / "0.1.2").unlink()
     assert unstored_chunks_note(open_source(tmp_path / "a.zarr", 1, None)) == (
-        "1 of the zarr array's 6 chunks is not stored, and read as 0, as a sparse image is read (or lost in copying?)")
+        "1 of the zarr array's 6 chunks is not stored, and read as 0, as zarr leaves out a chunk holding nothing but "
+        "its fill value (its default: a scene's empty corners); one lost in copying would read the same")
 
 
 def test_a_sparse_tiff_s_tiles_not_stored_are_noted(tmp_path):
@@ -237,7 +238,8 @@ def test_a_sparse_tiff_s_tiles_not_stored_are_noted(tmp_path):
         page.tags["TileOffsets"].overwrite(offsets)
         page.tags["TileByteCounts"].overwrite(counts)
     assert unstored_chunks_note(open_source(tmp_path / "a.tif", 1, None)) == (
-        "2 of the TIFF's 6 tiles are not stored, and read as 0, as a sparse image is read (or lost in copying?)")
+        "2 of the TIFF's 6 tiles are not stored, and read as 0, as a sparse TIFF's are (GDAL's SPARSE_OK); one lost "
+        "in copying would read the same")
 
 
 @pytest.mark.parametrize("channels, bands, message", [
