@@ -437,7 +437,8 @@ def _add_run_heatmap_options(group) -> None:
                             "<image name>-heatmap-<class>.png beside --output, else in the current folder)")
     group.add_argument("--heatmap-range", type=_heatmap_range, default="auto", metavar="auto|map|LOW,HIGH",
                        help="the colour scale: 'map' stretches this map's min..max, LOW,HIGH is fixed; "
-                            "'auto' (default) is 0..1 for probabilities (a softmax's or a sigmoid's output), else 'map'")
+                            "'auto' (default) is 0..1 for probabilities (a softmax's or a sigmoid's output), "
+                            "else 'map'")
     group.add_argument("--heatmap-opacity", type=_opacity, metavar="A",
                        help="how much of each pixel the map's colour takes, more than 0 up to 1 (default 0.5; "
                             "0.45 for top); at 1 the picture is hidden and the colours are the bar's own")

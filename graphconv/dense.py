@@ -49,6 +49,8 @@ kernel, another map width, the crop loop's batch) differ by; measured up to 2e-6
 and AlexNet: tiles, dilate against shift, the crop loop). A --tolerance under it, 0 for
 bit-for-bit equality, fails on such differences, which the report then calls rounding,
 not a bug: graphconv's maps equal the crop loop to float32 rounding, not bit for bit."""
+
+
 @dataclass(frozen=True)
 class AskedAs:
     """How verify's report names the options it points at: the command's flags, or
@@ -65,6 +67,7 @@ COMMAND_ASKED = AskedAs("--tolerance", "--strict", "verify measures with --image
                         "graphconv run MODEL --image IMAGE --crops")
 PYTHON_ASKED = AskedAs("tolerance=", "strict=True", "verify on one of your images measures it",
                        "graphconv.dense.crop_loop(classifier, image, stride)")
+
 
 ROUNDING_ONLY = (" by float32 rounding only (the two sum the same products in other orders), over the tolerance "
                  "asked: graphconv equals the crop loop to rounding, not bit for bit")
@@ -453,10 +456,9 @@ class VerifyReport:
         n, k, rows, cols = self.shape
         reference = "the classifier as your passes left it" if self.changed_by_plugins else "the classifier"
         stride = f" at {self.finer_stride}" if self.finer_stride else ""
-        lines = [f"score map {n}x{k}x{rows}x{cols}{stride} " + (f"(tolerance {self.tolerance:.3g}, from {self.asked.tolerance})"
-                                                        if self.tolerance_given else
-                                                        "(tolerances: 1e-4 of the largest score, "
-                                                        f"unless {self.asked.tolerance})"),
+        tolerances = (f"(tolerance {self.tolerance:.3g}, from {self.asked.tolerance})" if self.tolerance_given
+                      else f"(tolerances: 1e-4 of the largest score, unless {self.asked.tolerance})")
+        lines = [f"score map {n}x{k}x{rows}x{cols}{stride} {tolerances}",
                  self._conversion_line(),
                  f"(b) sliding evaluation vs {reference} on every crop: {self.cells_differing} of "
                  f"{self.cells} cells differ by more than the tolerance, max abs {self.max_abs:.3g} "

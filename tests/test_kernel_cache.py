@@ -124,7 +124,8 @@ def test_a_run_s_time_says_the_kernels_compiled_during_it_where_none_was_foresee
     assert out.returncode == 0, out.stderr
     assert kernel_cache.COLD_NOTE not in out.stderr
     from graphconv.cli import COMPILING
-    assert re.search(r" in [0-9.]+ ms \(([0-9.]+) s of it " + re.escape(COMPILING) + r"\) on cpu", out.stdout), out.stdout
+    said = r" in [0-9.]+ ms \([0-9.]+ s of it " + re.escape(COMPILING) + r"\) on cpu"
+    assert re.search(said, out.stdout), out.stdout
 
 
 def test_the_compile_clock_counts_compiling_not_loading():
