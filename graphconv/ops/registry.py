@@ -356,8 +356,8 @@ def register(op: OpDef) -> OpDef:
                              "it again (rename one)")
     alias = OP_ALIASES.get(re.sub(r"[_\-\s]", "", op.name.lower()))
     if alias is not None and alias != op.name:  # its spec name would be read as the other op's
-        raise GraphconvError(f"op {op.name!r} is listed in OP_ALIASES (graphconv/ops/registry.py) as another name for "
-                         f"{alias!r}: take that entry out, or name the op otherwise")
+        raise GraphconvError(f"op {op.name!r} is listed in OP_ALIASES (graphconv/ops/registry.py) as another name "
+                             f"for {alias!r}: take that entry out, or name the op otherwise")
     _REGISTRY[op.name] = op
     return op
 
