@@ -73,7 +73,7 @@ if _TYPE_CHECKING:  # for type checkers and IDEs; at run time, __getattr__ below
 
 def load(path, **options) -> "Model":
     """Load a spec file, a compiled model directory or an ONNX model as a runnable Model;
-    `options` are `Model.load`'s (weights, labels, crop_size, task, preprocess)."""
+    `options` are `Model.load`'s (weights, labels, crop_size, task, preprocess, activation)."""
     from graphconv.model import Model
     return Model.load(path, **options)
 

@@ -38,6 +38,7 @@ from graphconv.images import PICTURE_SUFFIXES, RESIZE_HINT, SMALLER_THAN_A_CROP_
 from graphconv.memory import check_run_fits
 from graphconv.pass_manager import DEFAULT_PIPELINE
 from graphconv.profiling import format_profile, median_profile
+from graphconv.frontends import OUTPUT_ACTIVATIONS
 from graphconv.frontends.yaml import PIXEL_VALUES, TASKS
 from graphconv.sources import PAD_MODES, shifted_cells
 from graphconv.strides import METHODS as STRIDE_METHODS
@@ -607,6 +608,7 @@ def _add_import_command(sub) -> argparse.ArgumentParser:
     parser.add_argument("--task", choices=TASKS, default="classification",
                         help="segmentation: the network predicts a map already (a U-Net), and every cell it "
                              "computes on an image is kept (default: a classifier, one cell per crop)")
+    parser.add_argument("--activation", choices=OUTPUT_ACTIVATIONS, help=ACTIVATION_HELP + " (the spec ends in it)")
     _add_plugin_option(parser, "load a plugin (.py file or importable module; repeatable): one that registers a front "
                             "end (graphconv.frontends.register_frontend) imports its format")
     parser.set_defaults(handler=cmd_import)
@@ -819,6 +821,12 @@ def _version() -> str:
         return __version__
 
 
+ACTIVATION_HELP = ("end a model exported giving logits in an activation: softmax (trained with CrossEntropyLoss: "
+                   "one class per crop) or sigmoid (BCEWithLogitsLoss: each class a finding of its own, several or "
+                   "none per crop); the heatmap's 0..1 scale and the calls at 0.5 of cells, verify and --heatmap top "
+                   "read it")
+
+
 def _add_model_files_options(parser: argparse.ArgumentParser) -> None:
     """Files given on the command line are trusted wherever they are; those a spec
     names must lie inside its folder (graphconv/frontends/yaml.py)."""
@@ -830,6 +838,7 @@ def _add_model_files_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=TASKS,
                         help="segmentation: the network predicts a map itself (a U-Net), and every cell it "
                              "computes is kept (default: what the spec says; an ONNX file: a classifier)")
+    parser.add_argument("--activation", choices=OUTPUT_ACTIVATIONS, help=ACTIVATION_HELP)
 
 
 def _add_common_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
@@ -915,11 +924,12 @@ def _add_plugin_option(parser: argparse.ArgumentParser,
 # ---- commands -----------------------------------------------------------------------------
 
 def load_model(args: argparse.Namespace, path: str):
-    """The Model a command works on, with --weights, --labels and --crop-size applied;
-    says on stderr, once, when its weights are seeded."""
+    """The Model a command works on, with --weights, --labels, --crop-size, --task and
+    --activation applied; says on stderr, once, when its weights are seeded."""
     from graphconv.model import Model
 
-    model = Model.load(path, weights=args.weights, labels=args.labels, crop_size=args.crop_size, task=args.task)
+    model = Model.load(path, weights=args.weights, labels=args.labels, crop_size=args.crop_size, task=args.task,
+                       activation=args.activation)
     note_what_the_network_is(model.graph)
     return model
 
@@ -936,7 +946,7 @@ def load_model_for_table(args: argparse.Namespace):
     from graphconv.shapes import infer_shapes
 
     graph = load_network(args.model, weights=args.weights, labels=args.labels, crop_size=args.crop_size,
-                         init_missing_weights=False, task=args.task)
+                         init_missing_weights=False, task=args.task, activation=args.activation)
     from graphconv.model import check_labels
     check_labels(graph, args.labels or args.model)
     shapes = infer_shapes(graph, check_weights=False)
@@ -2088,7 +2098,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     check_model_target(args.output)
     source = load_spec(args.spec, weights=args.weights, labels=args.labels, crop_size=args.crop_size,
-                       task=args.task)
+                       task=args.task, activation=args.activation)
     from graphconv.model import check_labels
     check_labels(source, args.labels or args.spec)
     note_what_the_network_is(source)
@@ -2462,7 +2472,8 @@ def _model_files_given(args: argparse.Namespace) -> list[str]:
 
     given = []
     for option, value in (("--weights", getattr(args, "weights", None)), ("--labels", getattr(args, "labels", None)),
-                          ("--task", getattr(args, "task", None))):
+                          ("--task", getattr(args, "task", None)),
+                          ("--activation", getattr(args, "activation", None))):
         if value is not None:
             given += [option, shlex.quote(str(value))]
     if getattr(args, "crop_size", None):
@@ -2589,7 +2600,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     for path in (spec_path, weights_path):
         check_writable(path)
     graph = load_network(args.model, crop_size=args.crop_size, labels=args.labels, init_missing_weights=False,
-                         task=args.task)
+                         task=args.task, activation=args.activation)
     arrays = weight_arrays(graph)
     if not arrays:  # a front end whose file has none: the spec gets seeded ones on each load, as one written so
         weights_path = None
@@ -2613,11 +2624,24 @@ def cmd_import(args: argparse.Namespace) -> int:
     _write_all([(spec_path, lambda p: Path(p).write_text(text), ".yaml")] + files)
     print(f"imported {args.model} -> {spec_path} ({len(graph.layers())} layers)"
           + (f" + {weights_path}" if weights_path else ", no weights: they are seeded (random) on every load"))
+    _note_logits(graph, args.model)
     if "preprocess" not in graph.meta:
         print(f"note: {frontend.name} files do not say how images were normalised; add a preprocess block to the spec "
               "(or pass --scale/--mean/--std, and --values stored for a raster stored in more than 8 bits, such as "
               "16-bit reflectances) before running it on images", file=sys.stderr)
     return 0
+
+
+def _note_logits(graph, path: str) -> None:
+    """An import of a model ending in raw scores says how to end it in its activation: a
+    multi-label model exported as logits was taken for one class per cell (the heatmap's
+    scale, the calls of cells, verify and --heatmap top) without a word."""
+    from graphconv.images import output_activation
+
+    if output_activation(graph) is None and graph.output.op != "log_softmax":
+        print(f"note: {os.path.basename(path)} ends in raw scores (logits), no softmax or sigmoid: if it was trained "
+              "with one (CrossEntropyLoss: softmax; BCEWithLogitsLoss, a multi-label model: sigmoid), --activation "
+              "softmax|sigmoid ends the spec in it", file=sys.stderr)
 
 
 def _check_import_replaces_only_its_own(spec_path, others: list, given: str | None = None) -> None:

@@ -49,6 +49,7 @@ class ModelRef:
     labels: str | None = None
     crop_size: tuple[int, int] | None = None
     task: str | None = None
+    activation: str | None = None
 
     def load(self):
         """The model. A worker's GraphconvWarnings are turned off for good, not around the
@@ -57,7 +58,7 @@ class ModelRef:
         from graphconv.model import Model
         warnings.filterwarnings("ignore", category=GraphconvWarning)
         return Model.load(self.path, weights=self.weights, labels=self.labels, crop_size=self.crop_size,
-                          task=self.task)
+                          task=self.task, activation=self.activation)
 
 
 @dataclass(frozen=True)
@@ -860,7 +861,7 @@ def _map_contents(job: _ImageJob, read: _ReadImage, grid, background, tile) -> d
     return {**map_contents(image, ref.path, job.model, options.classes, options.reduce,
                            left_out_record(options, image)),
             **(background.nodata_record() if background is not None else {}),
-            IMAGE_STAMP: read.stamp, **_loaded_with(ref),
+            IMAGE_STAMP: read.stamp, **loaded_with(ref),
             "tile_plan": recorded_plan(plan_tiles(grid, read.hw, tile), tile) if tile is not None
             else WHOLE_IMAGE_PLAN}
 
@@ -1142,6 +1143,7 @@ def resume_job(ref: ModelRef, model, image: str, source, options: MapOptions, pl
         **({"--resize": list(options.resize)} if options.resize else {}),  # absent unless given: earlier jobs hold
         **({"--mask": left_out_record(options, image)["mask"]} if options.mask else {}),  # a mask edited: another
         **({"--pad-image": options.pad_image} if options.pad_image else {}),
+        **({"--activation": ref.activation} if ref.activation else {}),
     }
 
 
@@ -1695,12 +1697,14 @@ def holds_its_map(ref: ModelRef, model, image: str, output: str, options: MapOpt
 
 
 def _ref_settings(ref: ModelRef) -> dict:
-    """The model options beside its file that change a map: --weights, --crop-size, --task."""
+    """The model options beside its file that change a map: --weights, --crop-size, --task,
+    --activation."""
     return {"weights": ref.weights and os.path.abspath(ref.weights),
-            "crop_size": list(ref.crop_size) if ref.crop_size else None, "task": ref.task}
+            "crop_size": list(ref.crop_size) if ref.crop_size else None, "task": ref.task,
+            "activation": ref.activation}
 
 
-def _loaded_with(ref: ModelRef) -> dict:
+def loaded_with(ref: ModelRef) -> dict:
     """`_ref_settings` given, for a .tif map to state (a map of before them states none)."""
     return {key: value for key, value in _ref_settings(ref).items() if value is not None}
 

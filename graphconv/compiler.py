@@ -235,7 +235,7 @@ def _first_reader_not_per_element(flatten) -> str:
 def compile_model(source: str | os.PathLike | Graph | Model, passes: str | Sequence[str | PipelineItem] | None = None,
                   *, output_stride: int | None = None, stride_method: str = "auto", **options: Any) -> Model:
     """`compile_graph`, as a runnable Model: `source` is a path (read with `graphconv.load`'s
-    options: weights, labels, crop_size, task, preprocess), a Model or a Graph."""
+    options: weights, labels, crop_size, task, preprocess, activation), a Model or a Graph."""
     classifier, compiled, _ = _compiled(source, passes, output_stride, stride_method, options)
     model = Model(compiled)
     if not model.returns_vectors:  # a network that slides: what its map is, as `graphconv compile` notes

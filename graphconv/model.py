@@ -95,16 +95,18 @@ class Model:
     def load(cls, path: str | os.PathLike, *, weights: str | os.PathLike | None = None,
              labels: str | os.PathLike | Sequence[str] | None = None,
              crop_size: int | tuple[int, int] | None = None, task: str | None = None,
-             preprocess: dict | None = None) -> "Model":
+             preprocess: dict | None = None, activation: str | None = None) -> "Model":
         """Load a spec file, a compiled model directory or an ONNX model; `weights` /
         `labels` replace the files the spec names (see graphconv/frontends/yaml.py on which
         paths are trusted; `labels` may also be the list of class names itself);
         `crop_size` is the training crop, (H, W) or one number for a square, of an ONNX
         model whose input size is dynamic; `task` ("segmentation" or
         "classification") replaces the file's (`segmentation`); `preprocess` replaces the
-        file's preprocess block whole (see `Model.preprocess`)."""
+        file's preprocess block whole (see `Model.preprocess`); `activation` ("sigmoid" or
+        "softmax") ends a model exported giving logits in it: "sigmoid" declares a
+        multi-label model (`graphconv.frontends.end_in_activation`)."""
         return cls(load_graph(path, weights=weights, labels=labels, crop_size=crop_size, task=task,
-                              preprocess=preprocess))
+                              preprocess=preprocess, activation=activation))
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the model as a folder (model.yaml, weights, labels) that `graphconv.load`
@@ -813,13 +815,13 @@ class Model:
         return out
 
 
-LOAD_OPTIONS = ("weights", "labels", "crop_size", "task", "preprocess")  # load_graph's, as compile_model takes them
+LOAD_OPTIONS = ("weights", "labels", "crop_size", "task", "preprocess", "activation")  # load_graph's, as compile_model takes
 
 
 def load_graph(source: str | os.PathLike, *, weights: str | os.PathLike | None = None,
                labels: str | os.PathLike | Sequence[str] | None = None,
                crop_size: int | tuple[int, int] | None = None, task: str | None = None,
-               preprocess: dict | None = None) -> Graph:
+               preprocess: dict | None = None, activation: str | None = None) -> Graph:
     """The graph of a spec file, a model folder or an ONNX model, with `Model.load`'s
     options applied: what `graphconv.load` and `graphconv.compile_model` read."""
     if not isinstance(source, (str, os.PathLike)):
@@ -827,7 +829,8 @@ def load_graph(source: str | os.PathLike, *, weights: str | os.PathLike | None =
                              f"{type(source).__name__}")
     names = None if labels is None or isinstance(labels, (str, os.PathLike)) else labels
     labels = None if names is not None else labels
-    graph = load_spec(source, weights=weights, labels=labels, crop_size=checked_crop_size(crop_size), task=task)
+    graph = load_spec(source, weights=weights, labels=labels, crop_size=checked_crop_size(crop_size), task=task,
+                      activation=activation)
     check_labels(graph, labels or source)
     if names is not None:
         set_labels(graph, names)

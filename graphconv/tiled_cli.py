@@ -267,10 +267,11 @@ def _say_the_tiles(run: _TiledRun) -> None:
 
 def _recorded_placement(run: _TiledRun) -> tuple[CellPlacement, list[int] | None]:
     """Where the map's cells lie on the image (said), with what the map records beside it:
-    the image, model and settings that made it, its no-data, the image's stamp (checked
+    the image, model and settings that made it (the model options given too: --weights,
+    --crop-size, --task, --activation), its no-data, the image's stamp (checked
     before the map goes into place: `cluster.image_unchanged`) and the tile plan (which
     --resume goes on with); and that stamp."""
-    from graphconv.cluster import IMAGE_STAMP, image_stamp, left_out_record
+    from graphconv.cluster import IMAGE_STAMP, image_stamp, left_out_record, loaded_with
     from graphconv.georef import cell_placement, map_contents
     from graphconv.tiling import recorded_plan
 
@@ -279,7 +280,7 @@ def _recorded_placement(run: _TiledRun) -> tuple[CellPlacement, list[int] | None
     print(f"cells: {placement.describe()}", file=sys.stderr)
     left_out = left_out_record(_map_options(args, run.grid), args.image)
     contents = {**map_contents(args.image, args.model, run.model, args.classes, args.reduce, left_out),
-                **(background.nodata_record() if background is not None else {})}
+                **(background.nodata_record() if background is not None else {}), **loaded_with(_model_ref(args))}
     stamp = image_stamp(args.image)
     recorded = {**contents, IMAGE_STAMP: stamp, "tile_plan": recorded_plan(run.tiles.plan, run.tiles.tile)}
     return replace(placement, contents=recorded), stamp
@@ -994,7 +995,7 @@ def _model_ref(args: argparse.Namespace):
 
     absolute = lambda p: str(Path(p).resolve()) if p else None
     return ModelRef(absolute(args.model), absolute(args.weights), absolute(args.labels),
-                    tuple(args.crop_size) if args.crop_size else None, args.task)
+                    tuple(args.crop_size) if args.crop_size else None, args.task, args.activation)
 
 
 def run_images_command(args: argparse.Namespace) -> int:

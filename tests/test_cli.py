@@ -1185,6 +1185,37 @@ def test_import_takes_one_mean_and_std_for_every_channel(tmp_path, capsys):
     assert "did you mean" not in capsys.readouterr().err
 
 
+def test_import_with_activation_sigmoid_writes_a_multi_label_spec(tmp_path, write_spec, capsys):
+    """A BCEWithLogitsLoss model exported as logits: `import --activation sigmoid` writes a
+    spec ending in a sigmoid, whose scores are the logits' sigmoid; asked again of that
+    spec's own export, nothing is added twice."""
+    pytest.importorskip("onnx")
+    import graphconv
+    from graphconv.frontends import load_network
+    from graphconv.frontends.onnx_export import save_onnx
+    from graphconv.images import output_activation
+    spec = write_spec("""
+        name: logits
+        input: {name: data, shape: [2, 8, 8]}
+        layers:
+          - {name: conv1, op: conv, out_channels: 4, kernel_size: 3}
+          - {name: fc2, op: fc, out_features: 3}
+        """, "logits.yaml")
+    save_onnx(load_network(spec), tmp_path / "logits.onnx")
+    assert run_cli("import", tmp_path / "logits.onnx", "-o", tmp_path / "plain.yaml") == 0
+    assert "ends in raw scores (logits)" in capsys.readouterr().err
+    assert run_cli("import", tmp_path / "logits.onnx", "-o", tmp_path / "net.yaml", "--activation", "sigmoid") == 0
+    assert "raw scores" not in capsys.readouterr().err
+    imported = load_network(tmp_path / "net.yaml")
+    assert output_activation(imported) == "sigmoid" and imported.output.op == "sigmoid"
+    x = np.random.default_rng(0).standard_normal((1, 2, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(graphconv.load(tmp_path / "net.yaml").run(x),
+                               1 / (1 + np.exp(-graphconv.load(spec).run(x))), rtol=1e-5, atol=1e-6)
+    save_onnx(imported, tmp_path / "probs.onnx")
+    assert run_cli("import", tmp_path / "probs.onnx", "-o", tmp_path / "again.yaml", "--activation", "sigmoid") == 0
+    assert [node.op for node in load_network(tmp_path / "again.yaml").layers()].count("sigmoid") == 1
+
+
 @pytest.fixture(scope="module")
 def digits_fcn(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fcn") / "digits-fcn"

@@ -163,3 +163,44 @@ def test_import_names_the_formats_it_reads_for_a_file_no_front_end_claims(tmp_pa
 def test_register_frontend_refuses_suffixes_taken_or_malformed(own_frontends, suffixes, message):
     with pytest.raises(GraphconvError, match=message):
         frontends.register_frontend(frontends.FrontEnd("Other", suffixes, lambda path, crop: None))
+
+
+LOGITS_NET = """name: logits
+input: {name: data, shape: [2, 8, 8]}
+layers:
+  - {name: conv1, op: conv, out_channels: 4, kernel_size: 3}
+  - {name: relu1, op: relu}
+  - {name: fc2, op: fc, out_features: OUT}
+"""
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
+def test_a_logits_export_ends_in_the_activation_asked_and_its_scores_are_the_probabilities(
+        write_spec, rng, activation):
+    """A classifier trained with BCEWithLogitsLoss is exported without its sigmoid: nothing
+    said it is multi-label (heatmap scale, calls at 0.5). `activation=` appends it; the
+    scores are the logits' sigmoid (softmax) exactly, and a spec ending so is left alone."""
+    from graphconv.images import output_activation
+    spec = write_spec(LOGITS_NET.replace("OUT", "5"))
+    x = random_input(rng, (1, 2, 8, 8))
+    logits = graphconv.load(spec).run(x)
+    model = graphconv.load(spec, activation=activation)
+    assert output_activation(model.graph) == activation
+    expected = 1 / (1 + np.exp(-logits)) if activation == "sigmoid" else np.exp(logits) / np.exp(logits).sum(1)
+    np.testing.assert_allclose(model.run(x), expected, rtol=1e-5, atol=1e-6)
+    again = frontends.load_network(spec, activation=activation)
+    frontends.end_in_activation(again, activation, spec)
+    assert [node.op for node in again.layers()].count(activation) == 1
+
+
+def test_an_activation_is_refused_where_the_scores_are_not_logits(write_spec):
+    """A sigmoid after a softmax (or over one score, a softmax: 1 everywhere) is a mistake
+    that would run without a word."""
+    ending_in_softmax = write_spec(LOGITS_NET.replace("OUT", "5") + "  - {name: prob, op: softmax}\n", "soft.yaml")
+    with pytest.raises(GraphconvError, match="ends in a softmax already .layer 'prob'."):
+        graphconv.load(ending_in_softmax, activation="sigmoid")
+    one_score = write_spec(LOGITS_NET.replace("OUT", "1"), "one.yaml")
+    with pytest.raises(GraphconvError, match="a softmax over one score is 1 everywhere.*--activation sigmoid"):
+        graphconv.load(one_score, activation="softmax")
+    with pytest.raises(GraphconvError, match="one of .'softmax', 'sigmoid'., not 'relu'"):
+        graphconv.load(one_score, activation="relu")

@@ -1087,6 +1087,25 @@ def test_cli_bands_of_a_scene_map_as_the_model_on_those_bands(scene_net, tmp_pat
     assert Image.open(tmp_path / "map.png").mode == "RGB"
 
 
+def test_a_logits_model_run_with_activation_sigmoid_maps_probabilities_and_its_map_says_so(scene_net, tmp_path):
+    """A multi-label model exported as logits (BCEWithLogitsLoss), declared so on the
+    command line: the tiled map is the logits' sigmoid, stated as such for `cells`, and
+    --heatmap top hears that each class is a finding of its own."""
+    folder, bands = scene_net
+    result = graphconv("run", folder / "fcn", "--activation", "sigmoid", "--image", folder / "scene.tif",
+                       "--bands", "4,3,2", "--tile", "48", "--output", tmp_path / "map.tif", "--heatmap", "top",
+                       "--heatmap-out", tmp_path / "top.png")
+    assert result.returncode == 0, result.stderr
+    assert "ends in a sigmoid, each class a finding of its own" in result.stderr
+    x = (bands[[3, 2, 1]].astype(np.float32) * np.float32(1e-4) - np.float32(0.1)) / np.float32(0.05)
+    logits = Model.load(folder / "fcn").run(x[None])
+    with tifffile.TiffFile(tmp_path / "map.tif") as tif:
+        scores = tif.asarray()
+        stated = json.loads(tif.pages[0].description.split("\n", 1)[1])
+    np.testing.assert_allclose(scores, 1 / (1 + np.exp(-logits[0])), rtol=1e-4, atol=1e-6)
+    assert stated["output_activation"] == "sigmoid" and stated["activation"] == "sigmoid"
+
+
 def test_a_map_states_the_no_data_value_of_its_image_that_left_cells_out(scene_net, tmp_path):
     """Its `cells_left_out` records the options given: a GeoTIFF's own no-data tag left
     cells out while the map said `"nodata": null`."""

@@ -37,7 +37,8 @@ SEED_DRAW_BYTES = 8  # seeded weights are drawn as float64, then stored as float
 
 def load_network(path: str | os.PathLike, *, weights: str | os.PathLike | None = None,
                  labels: str | os.PathLike | None = None, init_missing_weights: bool = True,
-                 crop_size: tuple[int, int] | None = None, task: str | None = None) -> Graph:
+                 crop_size: tuple[int, int] | None = None, task: str | None = None,
+                 activation: str | None = None) -> Graph:
     """Read a network (a spec file, a compiled model folder or an ONNX model) into a
     checked IR graph.
 
@@ -46,10 +47,14 @@ def load_network(path: str | os.PathLike, *, weights: str | os.PathLike | None =
     model in graphconv/frontends/yaml.py). A network without weights gets deterministic
     seeded ones unless `init_missing_weights` is False. `crop_size` (H, W) is the
     training crop of an ONNX model whose input size is dynamic. `task`, when given,
-    replaces the file's ("classification" or "segmentation": see `Model.segmentation`)."""
+    replaces the file's ("classification" or "segmentation": see `Model.segmentation`).
+    `activation` ("softmax" or "sigmoid") ends a network exported giving logits in it
+    (`end_in_activation`)."""
     graph = _read_network(path, weights, labels, init_missing_weights, crop_size)
     if task is not None:
         set_task(graph, task)
+    if activation is not None:
+        end_in_activation(graph, activation, path)
     return graph
 
 
@@ -62,6 +67,34 @@ def set_task(graph: Graph, task: str) -> None:
     graph.meta.pop("task", None)
     if task == "segmentation":
         graph.meta["task"] = task
+
+
+OUTPUT_ACTIVATIONS = ("softmax", "sigmoid")
+
+
+def end_in_activation(graph: Graph, activation: str, path: str | os.PathLike) -> None:
+    """Append `activation` to a network whose export gave logits: a classifier trained
+    with CrossEntropyLoss (softmax) or BCEWithLogitsLoss (sigmoid: each class a finding of
+    its own, several or none per crop) is usually exported without the loss's activation.
+    graphconv reads what the scores are from the last layer (a heatmap's 0..1 scale, a
+    multi-label model's calls at 0.5 in `cells`, `verify` and `--heatmap top`), and a
+    sigmoid's "several labels" has no other place to be stated. A network already ending
+    in it is left as it is (a spec an earlier import ended so)."""
+    from graphconv.images import output_activation
+
+    if activation not in OUTPUT_ACTIVATIONS:
+        raise GraphconvError(f"the output activation is one of {list(OUTPUT_ACTIVATIONS)}, not {activation!r}")
+    ends_in, last = output_activation(graph), graph.output
+    if ends_in == activation:
+        return
+    if ends_in is not None or last.op == "log_softmax":
+        raise GraphconvError(f"--activation {activation}: {graph.name} ends in a {ends_in or last.op} already (layer "
+                             f"{last.name!r}): its scores are not logits", file=str(path))
+    if activation == "softmax" and infer_shapes(graph, check_weights=False)[last.name][0] == 1:
+        raise GraphconvError(f"--activation softmax: {graph.name} gives one score, and a softmax over one score is 1 "
+                             "everywhere; a one-score model's logit becomes a probability by --activation sigmoid",
+                             file=str(path))
+    graph.output = graph.add(graph.fresh_name(activation), activation, [last])
 
 
 TF2ONNX = "python -m tf2onnx.convert"
