@@ -443,6 +443,11 @@ def _add_run_heatmap_options(group) -> None:
     group.add_argument("--heatmap-opacity", type=_opacity, metavar="A",
                        help="how much of each pixel the map's colour takes, more than 0 up to 1 (default 0.5; "
                             "0.45 for top); at 1 the picture is hidden and the colours are the bar's own")
+    group.add_argument("--heatmap-bands", type=_heatmap_bands, metavar="R,G,B|B",
+                       help="a raster's bands to draw the heatmap over, numbered from 1 as --bands numbers them: "
+                            "three as red, green and blue (a 13-band Sentinel-2 TIFF's true colour: 4,3,2), or one "
+                            "as grey, each stretched from its 2nd to 98th percentile (default: the bands the network "
+                            "takes where they make a picture, else the first, grey)")
 
 
 def _add_run_scales_options(group) -> None:
@@ -1195,9 +1200,10 @@ def _read_image(args: argparse.Namespace, model) -> tuple[np.ndarray, np.ndarray
     the picture a heatmap is drawn over)."""
     from graphconv import images
     from graphconv.images import stores_values
-    if args.bands:
-        raise GraphconvError("--bands picks bands of a raster (a TIFF or a zarr array); this image is read "
-                             "as a picture (grey, RGB or RGBA)", file=args.image)
+    for flag, given in (("--bands", args.bands), ("--heatmap-bands", args.heatmap_bands)):
+        if given:
+            raise GraphconvError(f"{flag} picks bands of a raster (a TIFF or a zarr array); this image is read "
+                                 "as a picture (grey, RGB or RGBA)", file=args.image)
     if args.nodata is not None:
         from graphconv.sources import NODATA_OF_A_PICTURE
         raise GraphconvError(NODATA_OF_A_PICTURE, file=args.image)
@@ -1816,8 +1822,10 @@ def _heatmap_path(args: argparse.Namespace) -> str | None:
     """Where --heatmap writes, checked before any work: --heatmap-out, else
     <image stem>-heatmap-<class>.png beside --output or in the current folder."""
     if args.heatmap is None:
-        if args.heatmap_out or args.heatmap_range != "auto" or args.heatmap_opacity is not None:
-            raise GraphconvError("--heatmap-out, --heatmap-range and --heatmap-opacity go with --heatmap CLASS")
+        if (args.heatmap_out or args.heatmap_range != "auto" or args.heatmap_opacity is not None
+                or args.heatmap_bands):
+            raise GraphconvError("--heatmap-out, --heatmap-range, --heatmap-opacity and --heatmap-bands go with "
+                                 "--heatmap CLASS")
         return None
     if args.images:
         if args.heatmap_out:
@@ -2085,6 +2093,15 @@ def _tolerance(text: str) -> float:
 
 def _int_list(text: str) -> list[int]:
     return _comma_list(text, int, "positive integers", lambda values: min(values) >= 1)
+
+
+def _heatmap_bands(text: str) -> list[int]:
+    """--heatmap-bands: three bands (red, green, blue) or one (grey)."""
+    bands = _int_list(text)
+    if len(bands) not in (1, 3):
+        raise argparse.ArgumentTypeError(f"{text!r}: three bands (red, green, blue: 4,3,2) or one (grey), not "
+                                         f"{len(bands)}")
+    return bands
 
 
 def cmd_compile(args: argparse.Namespace) -> int:

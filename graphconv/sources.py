@@ -2215,8 +2215,8 @@ THUMBNAIL_SIDE = 2048  # the longer side of that picture, at most
 THUMBNAIL_BOX = 1024  # the boxes a level is read in, when it is read whole to be shrunk
 
 
-def thumbnail(source, longest: int = THUMBNAIL_SIDE,
-              channels: int | None = None) -> tuple[np.ndarray, tuple[float, float]]:
+def thumbnail(source, longest: int = THUMBNAIL_SIDE, channels: int | None = None,
+              bands: Sequence[int] | None = None) -> tuple[np.ndarray, tuple[float, float]]:
     """The image `source` reads, shrunk to at most `longest` pixels on its longer side, as
     a grey, RGB or RGBA (C, h, w) picture on 0..255 without the spec's preprocess, and how
     many of the source's pixels one of its pixels spans on each axis: what a tiled run's
@@ -2225,15 +2225,19 @@ def thumbnail(source, longest: int = THUMBNAIL_SIDE,
     box at a time; each of its pixels is the mean of those it covers there (`_averaged`).
     Values read as stored (`values: stored`) are stretched onto 0..255, and
     of bands that make no picture (2, or 5 and more) the first is shown, grey. `channels`:
-    the picture's (default: the network's, as it is fed; `own_channels`: as stored)."""
+    the picture's (default: the network's, as it is fed; `own_channels`: as stored).
+    `bands`: the raster's bands to show instead (numbered from 1, `--heatmap-bands`: three
+    as red, green and blue, or one grey), each stretched as stored values are: a
+    satellite scene's first band is no picture of it, and its true colour is no band the
+    network need take."""
     from graphconv.images import stretched
 
     step = max(1, -(-max(source.height, source.width) // longest))
     out_hw = (-(-source.height // step), -(-source.width // step))
     level = _preview_level(source, out_hw)
-    stored = getattr(source, "stored_values", False)
-    raw = _open(source.path, channels or source.channels, {"values": "stored"} if stored else None, level,
-                getattr(source, "bands", None))
+    stored = getattr(source, "stored_values", False) or bands is not None
+    raw = _open(source.path, len(bands) if bands else channels or source.channels,
+                {"values": "stored"} if stored else None, level, bands or getattr(source, "bands", None))
     picture = _averaged(raw, out_hw)
     if picture.shape[0] not in PICTURE_CHANNELS:
         picture = picture[:1]

@@ -193,6 +193,7 @@ def _checked_tiled_run(args: argparse.Namespace, model, grid, source) -> _TiledR
               "each cell's highest-scoring class whatever its probability, where a cell may call none (or several); "
               "write the scores (drop --reduce), and graphconv cells calls each class at 0.5", file=sys.stderr)
     _check_heatmap(args, classes, model.graph.meta.get("labels"))
+    _check_heatmap_bands(args, source)
     shape = (1, channels, *planned.plan.map_hw)
     if args.output:
         from graphconv.cluster import check_replaceable
@@ -793,6 +794,41 @@ def _check_heatmap(args: argparse.Namespace, classes: int, labels: list[str] | N
                              f"{','.join(map(shown_class, args.classes))}")
 
 
+def _check_heatmap_bands(args: argparse.Namespace, source) -> None:
+    """Refuse, before the run, --heatmap-bands the image does not have (or a picture's,
+    which is drawn as it is)."""
+    bands = getattr(args, "heatmap_bands", None)
+    if args.heatmap is None or not bands:
+        return
+    have = getattr(source, "band_count", None)
+    if have is None:
+        raise GraphconvError("--heatmap-bands picks bands of a raster (a TIFF or a zarr array); this image is a "
+                             "picture, and its heatmap is drawn over it as it is", file=source.path)
+    outside = [b for b in bands if b > have]
+    if outside:
+        raise GraphconvError(f"--heatmap-bands {','.join(map(str, bands))}: the image has bands 1 to {have}, not "
+                             f"{','.join(map(str, outside))}", file=source.path)
+
+
+def _heatmap_picture(args: argparse.Namespace, image, background) -> tuple[np.ndarray, tuple[float, float]]:
+    """What a tiled run's heatmap is drawn over, and how many of the image's pixels one of
+    its pixels spans: --heatmap-bands's bands; else the copy --skip-background made, or
+    the image's bands as the network takes them (the first alone, grey, where they make
+    no picture: said, with the flag that picks others)."""
+    from graphconv.sources import PICTURE_CHANNELS, thumbnail
+
+    bands = getattr(args, "heatmap_bands", None)
+    if bands:
+        _check_heatmap_bands(args, image)  # each image of a batch
+        return thumbnail(image, bands=bands)
+    picture, scale = (background.picture, background.scale) if background is not None else thumbnail(image)
+    if getattr(image, "channels", 1) not in PICTURE_CHANNELS:  # the bands the network takes make no picture
+        note(f"note: the heatmap is drawn over the first of the {image.channels} bands the network takes, grey: "
+             "--heatmap-bands R,G,B draws it over three bands of your choice (a Sentinel-2 scene's true colour: "
+             "4,3,2)")
+    return picture, scale
+
+
 BEST_CLASS_FLOATS = 1 << 24  # scores a block of rows of a huge map may hold when its best classes are found
 
 
@@ -807,10 +843,10 @@ def _draw_heatmap(args: argparse.Namespace, model, source, grid, scores, backgro
     if args.heatmap is None:
         return
     from graphconv import images
-    from graphconv.sources import on_image, thumbnail
+    from graphconv.sources import on_image
 
     image, field = on_image(source, grid.cell_area)  # each cell where its crop stands, as the map's metadata says
-    picture, (fy, fx) = (background.picture, background.scale) if background is not None else thumbnail(image)
+    picture, (fy, fx) = _heatmap_picture(args, image, background)
     field = _shrunk(field, fy, fx)
     if args.heatmap == "top":
         cut = None if args.reduce == "argmax" else images.call_cut(model.graph, model.output_channels)

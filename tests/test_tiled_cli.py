@@ -1106,6 +1106,40 @@ def test_a_logits_model_run_with_activation_sigmoid_maps_probabilities_and_its_m
     assert stated["output_activation"] == "sigmoid" and stated["activation"] == "sigmoid"
 
 
+def test_heatmap_bands_draw_the_heatmap_over_the_bands_chosen_each_stretched(scene_net, tmp_path):
+    """A 13-band scene's heatmap was drawn over band 1 (coastal aerosol), grey: nothing
+    showed where the map lay, and nothing said how to choose. The picture is now the
+    bands asked, each stretched 2..98%, and the default says how to choose; a band the
+    scene lacks is refused before any work."""
+    from graphconv.images import stretched
+    from graphconv.sources import thumbnail
+    folder, bands = scene_net
+    source = open_source(folder / "scene.tif", 3, {"values": "stored"}, bands=[4, 3, 2])
+    for chosen in ([5, 6, 7], [8]):
+        picture, scale = thumbnail(source, bands=chosen)
+        assert scale == (1, 1)
+        np.testing.assert_allclose(picture, stretched(bands[np.asarray(chosen) - 1].astype(np.float32)), atol=1e-3)
+    common = ["run", folder / "fcn", "--image", folder / "scene.tif", "--bands", "4,3,2", "--heatmap", "1"]
+    drawn = {}
+    for chosen in ("5,6,7", "8", None):
+        given = ["--heatmap-bands", chosen] if chosen else []
+        result = graphconv(*common, *given, "--heatmap-out", tmp_path / f"{chosen}.png")
+        assert result.returncode == 0, result.stderr
+        assert "--heatmap-bands R,G,B" not in result.stderr  # the bands it takes, 4,3,2, make a picture
+        drawn[chosen] = np.asarray(Image.open(tmp_path / f"{chosen}.png"))
+    assert (drawn["5,6,7"] != drawn["8"]).any() and (drawn["8"] != drawn[None]).any()
+    (tmp_path / "all.yaml").write_text("name: all-bands\ninput: {name: data, shape: [13, 8, 8]}\n"
+                                       "preprocess: {values: stored, scale: 0.0001}\nlayers:\n"
+                                       "  - {name: conv1, op: conv, out_channels: 2, kernel_size: 3}\n")
+    every_band = graphconv("run", tmp_path / "all.yaml", "--image", folder / "scene.tif", "--heatmap", "1",
+                           "--heatmap-out", tmp_path / "all.png")
+    assert every_band.returncode == 0, every_band.stderr
+    assert "drawn over the first of the 13 bands the network takes, grey: --heatmap-bands R,G,B" in every_band.stderr
+    refused = graphconv(*common, "--heatmap-bands", "4,3,14", "--output", tmp_path / "map.npy")
+    assert refused.returncode == 2 and "--heatmap-bands 4,3,14: the image has bands 1 to 13, not 14" in refused.stderr
+    assert not (tmp_path / "map.npy").exists()
+
+
 def test_a_map_states_the_no_data_value_of_its_image_that_left_cells_out(scene_net, tmp_path):
     """Its `cells_left_out` records the options given: a GeoTIFF's own no-data tag left
     cells out while the map said `"nodata": null`."""
