@@ -644,7 +644,7 @@ def graphconv_cli(*args, cwd=None):
     (["run", SPECS / "lenet.yaml", "--image", "x.png", "--heatmap", 1, "--heatmap-opacity", 0],
      "--heatmap-opacity: expected a number more than 0 and at most 1, got '0'"),
     (["run", SPECS / "lenet.yaml", "--image", "x.png", "--heatmap-opacity", 0.8],
-     "--heatmap-out, --heatmap-range and --heatmap-opacity go with --heatmap CLASS"),
+     "--heatmap-out, --heatmap-range, --heatmap-opacity and --heatmap-bands go with --heatmap CLASS"),
     (["run", SPECS / "lenet.yaml", "--input", "x.npy", "--scales", 32, "--full-map"],
      "--full-map is for one image or array evaluated whole"),
 ])
