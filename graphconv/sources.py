@@ -137,6 +137,7 @@ class ArrayLikeSource(_Preprocessed):
         self.bands = tuple(bands) if bands is not None else None
         self.picture = _looks_like_picture(array.dtype, self.band_count) if picture is None else picture
         self._band_index = _checked_bands(bands, self.band_count, channels, path, self.picture)
+        self.pixels_read = self.zero_pixels = 0  # `_count_unmarked_zeros`
         self.stored_values = stores_values(preprocess)
         self.scale = _stored_scale(np.dtype(array.dtype), path) if self.stored_values \
             else _to_255(np.dtype(array.dtype), path)
@@ -189,6 +190,7 @@ class ArrayLikeSource(_Preprocessed):
         (`background.Background.nodata_cells`). A NaN sample of a pixel that is data is
         no value either: it too goes in as 0 after the preprocess, the pixel still data."""
         raw = self._decoded(top, left, bottom, right)
+        self._count_unmarked_zeros(raw)
         nodata = self._nodata_pixels(raw, (top, left, bottom, right))
         floating = np.issubdtype(raw.dtype, np.floating)
         nan = np.isnan(raw) if floating else None
@@ -304,6 +306,16 @@ class ArrayLikeSource(_Preprocessed):
         if self.layout == "hwc":
             return np.asarray(self.array[top:bottom, left:right]).transpose(2, 0, 1)
         return np.asarray(self.array[:, top:bottom, left:right])
+
+    def _count_unmarked_zeros(self, raw: np.ndarray) -> None:
+        """Count the pixels read that are 0 in every band of a raster that declares no
+        no-data (nor has a mask) and is no picture: a scene's zero border outside its
+        swath, without GDAL's no-data tag, went into the network as data and was mapped
+        without a word (`unmarked_zeros_note`). Tiles overlap by their halo, so this is a
+        share, not a count of the image's pixels."""
+        if self.nodata is None and self.valid_pixels is None and not self.picture:
+            self.pixels_read += raw.shape[1] * raw.shape[2]
+            self.zero_pixels += int(np.count_nonzero(~raw.any(axis=0)))
 
     def _check_floats(self, raw: np.ndarray, top: int, left: int, missing: np.ndarray | None = None) -> None:
         """Float pixels are read as 0..1 (as load_image reads them): refuse others rather
@@ -698,6 +710,22 @@ def nodata_can_occur(source) -> bool:
     if can_occur is not None:
         return bool(can_occur)
     return getattr(source, "missing_value", None) is not None
+
+
+UNMARKED_ZEROS_SHARE = 0.01  # of the pixels read, 0 in every band, past which a raster without no-data is noted
+
+
+def unmarked_zeros_note(source) -> str | None:
+    """What to say after a run that read many pixels 0 in every band of a raster that
+    declares no no-data (`ArrayLikeSource._count_unmarked_zeros`): a swath's border, most
+    likely, mapped as data. None where few were, or none was counted (a picture, a raster
+    with no-data, a run whose workers read the tiles)."""
+    read, zeros = getattr(source, "pixels_read", 0), getattr(source, "zero_pixels", 0)
+    if not read or zeros < UNMARKED_ZEROS_SHARE * read:
+        return None
+    return (f"{zeros / read:.0%} of the pixels read are 0 in every band, and the image declares no no-data value, "
+            "so they went into the network as data: where they lie outside the scene (a swath's border), "
+            "--nodata 0 leaves the cells over them out of the map (NaN)")
 
 
 def nodata_named(source) -> str:

@@ -136,6 +136,9 @@ def run_tiled_command(args: argparse.Namespace, model, grid, reason: str) -> int
     else:
         done = _tiles_computed_in_memory(run, work, damaged)
     _print_what_was_done(run, work, done, time.perf_counter() - start, damaged)
+    from graphconv.sources import unmarked_zeros_note
+    if said := unmarked_zeros_note(run.source):
+        note(f"note: {said}")
     return 0
 
 

@@ -1140,6 +1140,29 @@ def test_heatmap_bands_draw_the_heatmap_over_the_bands_chosen_each_stretched(sce
     assert not (tmp_path / "map.npy").exists()
 
 
+def test_a_zero_swath_border_without_a_no_data_tag_is_said_with_the_flag_that_leaves_it_out(scene_net, tmp_path):
+    """A scene whose border outside the swath is 0 in every band, with no GDAL no-data
+    tag, was mapped as data without a word. The run says what share of the pixels read
+    were 0 in every band and names --nodata 0; with it, or a scene without such a
+    border, nothing is said."""
+    folder, bands = scene_net
+    scene = bands.copy()
+    scene[:, :, :50] = 0
+    tifffile.imwrite(tmp_path / "swath.tif", scene, photometric="minisblack", planarconfig="separate")
+    common = ["run", folder / "fcn", "--bands", "4,3,2", "--output", tmp_path / "map.npy"]
+    unmarked = graphconv_in_process(*common, "--image", tmp_path / "swath.tif")
+    assert unmarked.returncode == 0, unmarked.stderr
+    said = re.search(r"(\d+)% of the pixels read are 0 in every band, and the image declares no no-data value.*"
+                     r"--nodata 0 leaves the cells over them out", unmarked.stderr)
+    assert said and 40 <= int(said.group(1)) <= 70, unmarked.stderr
+    assert not np.isnan(np.load(tmp_path / "map.npy")).any()
+    for given, left_out in ((["--image", tmp_path / "swath.tif", "--nodata", "0"], True),
+                            (["--image", folder / "scene.tif"], False)):
+        quiet = graphconv_in_process(*common, *given)
+        assert quiet.returncode == 0 and "0 in every band" not in quiet.stderr, quiet.stderr
+        assert np.isnan(np.load(tmp_path / "map.npy")).any() == left_out
+
+
 def test_a_map_states_the_no_data_value_of_its_image_that_left_cells_out(scene_net, tmp_path):
     """Its `cells_left_out` records the options given: a GeoTIFF's own no-data tag left
     cells out while the map said `"nodata": null`."""
