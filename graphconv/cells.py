@@ -644,7 +644,8 @@ def _write_geojson(fp: TextIO, stored: StoredMap, frame: _Frame, keep: _Selectio
         for i, (row, col, top) in enumerate(zip((rows + first).tolist(), cols.tolist(), best.tolist())):
             ring = rings[i]
             values = None if cell_scores is None else cell_scores[i]
-            properties = (_flat_properties(row, col, top, values, quoted, score_keys)
+            called = None if values is None else _called(stored, values, names)
+            properties = (_flat_properties(row, col, top, values, quoted, score_keys, called)
                           if frame.georeferenced else _qupath_properties(top, values, quoted, colours))
             fp.write(("," if written else "") + '\n{"type": "Feature", "geometry": {"type": "Polygon", '
                      f'"coordinates": [[{ring}]]}}, "properties": {properties}}}')
@@ -670,28 +671,45 @@ def _qupath_properties(best: int, values: np.ndarray | None, quoted: list[str], 
 
 
 def _flat_properties(row: int, col: int, best: int, values: np.ndarray | None, quoted: list[str],
-                     score_keys: list[str]) -> str:
+                     score_keys: list[str], called: str | None = None) -> str:
     """A GIS feature's attributes, one column each: the cell's row and column in the map,
-    its best class and score (null where not known), and every class's score."""
+    its best class and score (null where not known), a multi-label model's classes
+    `called`, and every class's score."""
     text = f'{{"row": {row}, "col": {col}, "top_class": {quoted[best] if best >= 0 else "null"}'
     if values is not None:
         top = _number(values[best], SCORE_DIGITS) if best >= 0 else "null"
-        text += f', "top_score": {top}, ' + ", ".join(
-            f"{key}: {_number(v, SCORE_DIGITS)}" for key, v in zip(score_keys, values))
+        text += f', "top_score": {top}, '
+        if called is not None:
+            text += f'"{CALLED_KEY}": {json.dumps(called)}, '
+        text += ", ".join(f"{key}: {_number(v, SCORE_DIGITS)}" for key, v in zip(score_keys, values))
     return text + "}"
 
 
-_FLAT_KEYS = ("row", "col", "top_class", "top_score")
+CALLED_KEY = "labels"  # a multi-label model's cell's classes called, "Forest; Water" (`_called`)
+_FLAT_KEYS = ("row", "col", "top_class", "top_score", CALLED_KEY)
+CALLED_SEPARATOR = "; "  # BigEarthNet's labels hold commas
+
+
+def _called(stored: StoredMap, values: list[float], names: list[str]) -> str | None:
+    """A multi-label model's (`StoredMap.independent`) cell's classes called, each whose
+    probability is at least 0.5, in the map's order, joined by "; " (empty: none): its
+    best class alone hid the rest (a satellite tile's forest and water, an X-ray's
+    effusion beside its cardiomegaly). None for the other maps."""
+    if not stored.independent:
+        return None
+    return CALLED_SEPARATOR.join(name for name, v in zip(names, values) if v >= stored.threshold)
 
 
 def _write_csv(fp: TextIO, stored: StoredMap, frame: _Frame, keep: _Selection) -> tuple[int, int]:
     """A row per kept cell: its row and column in the map, its centre (x, y) in the
-    GeoJSON's coordinates, its best class and score (empty where not known), and every
-    class's score."""
+    GeoJSON's coordinates, its best class and score (empty where not known), a
+    multi-label model's classes called (`_called`), and every class's score."""
     names = stored.names
     scored = not stored.is_class_map
+    called = [CALLED_KEY] if stored.independent else []
     out = csv.writer(fp, lineterminator="\n")
-    out.writerow([*CSV_LEAD, *(["top_score", *_distinct(names, (*CSV_LEAD, "top_score"))] if scored else [])])
+    out.writerow([*CSV_LEAD, *(["top_score", *called, *_distinct(names, (*CSV_LEAD, "top_score", *called))]
+                               if scored else [])])
     written = computed = 0
     for first, block in _blocks(stored):
         rows, cols, best, counted = keep.cells(block, stored)
@@ -703,6 +721,7 @@ def _write_csv(fp: TextIO, stored: StoredMap, frame: _Frame, keep: _Selection) -
                     _number(centres[i][1], COORDINATE_DIGITS, ""), names[top] if top >= 0 else ""]
             if scored:
                 line += [_number(cell_scores[i][top], SCORE_DIGITS, "") if top >= 0 else "",
+                         *([_called(stored, cell_scores[i], names)] if called else []),
                          *(_number(v, SCORE_DIGITS, "") for v in cell_scores[i])]
             out.writerow(line)
             written += 1

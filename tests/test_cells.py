@@ -163,6 +163,7 @@ def test_a_one_score_model_s_cells_are_its_class_only_past_its_threshold(tmp_pat
     for row in csv_rows(tmp_path / "cells.csv"):
         tumour = scores[0, int(row["row"]), int(row["col"])] >= threshold
         assert (row["top_class"], bool(row["top_score"])) == (("tumour", True) if tumour else ("", False))
+        assert "labels" not in row  # the column of a multi-label model's calls: one score is its class
     write_cells(stored, tmp_path / "tumour.csv", top_classes=["tumour"])
     assert len(csv_rows(tmp_path / "tumour.csv")) == (scores[0] >= threshold).sum()
 
@@ -194,8 +195,12 @@ def test_a_multi_label_model_s_cells_call_each_class_on_its_own_score(tmp_path, 
                   if scores[LABELS.index(name), r, c] >= cut]
         if called:
             expected[(r, c)] = max(called)[1]
-    got = {(int(row["row"]), int(row["col"])): row["top_class"] for row in csv_rows(tmp_path / "cells.csv")}
+    rows = csv_rows(tmp_path / "cells.csv")
+    got = {(int(row["row"]), int(row["col"])): row["top_class"] for row in rows}
     assert got == expected and result.written == len(expected) and result.computed == computed.sum()
+    for row in rows:  # every class the cell calls, not its best alone
+        r, c = int(row["row"]), int(row["col"])
+        assert row["labels"] == "; ".join(name for k, name in enumerate(LABELS) if scores[k, r, c] >= 0.5)
     if top_classes == ["necrosis"] and min_score is None:
         assert sum(label == "necrosis" for label in got.values()) > (scores.argmax(axis=0)[computed] == 2).sum()
 
@@ -593,3 +598,30 @@ def test_a_class_whose_name_holds_a_comma_can_be_kept(tmp_path, rng):
     assert result.returncode == 0, result.stderr
     kept = {row["top_class"] for row in csv_rows(tmp_path / "moors.csv")}
     assert kept == set(labels[1:])
+
+
+def test_a_multi_label_model_s_gis_cells_list_every_label_they_call(tmp_path, write_spec):
+    """A satellite tile's labels (forest and water, say) showed as its best one alone: a
+    flat GeoJSON attribute `labels` lists every class called (probability at least 0.5),
+    joined by "; " (labels may hold commas), beside top_class and each score."""
+    import graphconv
+    from graphconv.cells import write_cells_of
+    spec = write_spec("""
+        name: land
+        input: {name: data, shape: [1, 8, 8]}
+        layers:
+          - {name: conv1, op: conv, out_channels: 3, kernel_size: 8, stride: 4}
+        """)
+    names = ["forest", "water, inland", "urban"]
+    model = graphconv.load(spec, activation="sigmoid", labels=names)
+    image = grey_geotiff(tmp_path / "scene.tif")
+    scores = model.run_image(image)
+    with pytest.warns(GraphconvWarning, match="each class a finding of its own"):
+        write_cells_of(scores, model, "cells.geojson", image=image)
+    found = features(tmp_path / "cells.geojson")
+    assert len(found) == scores.shape[2] * scores.shape[3]
+    assert {feature["properties"]["labels"].count(";") for feature in found} >= {0, 1}  # cells calling one, two
+    for feature in found:
+        props = feature["properties"]
+        called = [name for name in names if props[name] >= 0.5]
+        assert props["labels"] == "; ".join(called)
