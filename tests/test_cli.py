@@ -860,7 +860,7 @@ def test_inspect_draws_no_seeded_weights():
     import argparse
     from graphconv.cli import load_model_for_table
     model = load_model_for_table(argparse.Namespace(model=str(SPECS / "vgg16.yaml"), weights=None, labels=None,
-                                                    crop_size=None, task=None))
+                                                    crop_size=None, task=None, activation=None))
     fc6 = model.graph.node("fc6").weights["weight"]
     assert fc6.shape == (4096, 25088) and fc6.strides == (0, 0) and model.seeded_weights
     from graphconv.cost import layer_costs
