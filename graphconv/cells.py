@@ -339,25 +339,30 @@ def write_cells(map_path: str, output: str, top_classes: Sequence[int | str] | N
         return _cells_written(stored, output, kind, top_classes, min_score)
 
 
-def write_cells_of(scores, model, output: str, *, image: str | None = None,
+def write_cells_of(scores, model, output: str, *, image=None,
                    top_classes: Sequence[int | str] | None = None, min_score: float | None = None) -> CellsWritten:
     """`write_cells` of a map held in memory: `scores`, one image's map as `model.run`,
     `run_image` or `run_tiled` returned it ((1, K, rows, cols) or (K, rows, cols); or a
-    `reduce="argmax"` class map), of an image run whole at its full resolution, its
-    cells placed by `model.cell_area`. `image`, the path of the image it is the map of:
-    where that is a GeoTIFF or a georeferenced zarr, the cells are written in its CRS
-    (else in its pixels). A notebook had to write the map to a file first, and only
-    the command wrote one that `write_cells` reads."""
+    `reduce="argmax"` class map), its cells placed by `model.cell_area`. `image`, the
+    image it is the map of: its path, for a map of the image run whole at its full
+    resolution; or the source `run_tiled` read (`graphconv.sources.open_source(path, ...,
+    mpp=, level=, downsample=)`), whose level and factor place the cells on the
+    full-resolution image, as `run --mpp` and `cells` do. Where it is a GeoTIFF or a
+    georeferenced zarr, the cells are written in its CRS (else in its pixels). A map of
+    another size than the image's map is refused: one read coarser, with a path, put
+    every cell at a fraction of its place. A notebook had to write the map to a file
+    first, and only the command wrote one that `write_cells` reads."""
     output = str(output)
     kind = _format_of(output)
     _check_replaceable(output, kind)
     return _cells_written(_map_in_memory(scores, model, image), output, kind, top_classes, min_score)
 
 
-def _map_in_memory(scores, model, image: str | None) -> StoredMap:
+def _map_in_memory(scores, model, image) -> StoredMap:
     """`scores` as `opened_map` gives a file graphconv wrote: placed by the model's cells
-    on the image, and described as `georef.map_contents` describes a run's map."""
-    from graphconv.georef import cells_on_pixels, image_georeference, placed_georeference
+    on the image (a path, or a source opened), and described as `georef.map_contents`
+    describes a run's map."""
+    from graphconv.georef import cell_placement, cells_on_pixels, image_georeference, placed_georeference
     from graphconv.images import output_activation
 
     bands = np.asarray(scores)
@@ -371,13 +376,40 @@ def _map_in_memory(scores, model, image: str | None) -> StoredMap:
     if not class_map and bands.shape[0] != classes:
         raise GraphconvError(f"scores: {bands.shape[0]} channels, but {model.graph.name} gives {classes} classes: "
                              "the map of this model, as run returned it")
-    contents = {"image": os.path.abspath(image) if image else None, "classes": list(range(classes)),
+    opened = image is not None and not isinstance(image, (str, os.PathLike))
+    path = os.fspath(image.path if opened else image) if image is not None else None
+    if image is not None:
+        _check_the_map_is_the_image_s(bands.shape[1:], model, image if opened else None, path)
+    contents = {"image": os.path.abspath(path) if path else None, "classes": list(range(classes)),
                 "model_classes": classes, "output_activation": output_activation(model.graph)}
     if model.graph.meta.get("labels"):
         contents["labels"] = list(model.graph.meta["labels"])
-    placement = replace(cells_on_pixels(model.cell_area), contents=contents)
-    geo = image_georeference(os.fspath(image)) if image else None
+    placement = cell_placement(image, model.cell_area) if opened else cells_on_pixels(model.cell_area)
+    placement = replace(placement, contents=contents)
+    geo = image_georeference(path) if path else None
     return StoredMap(IN_MEMORY, bands, placement.as_dict(), geo and placed_georeference(geo, placement))
+
+
+def _check_the_map_is_the_image_s(map_hw: tuple[int, int], model, source, path: str) -> None:
+    """Refuse a map of another size than `model`'s map of the image (`source` as opened,
+    else the image at `path` read whole at full resolution): a map of a slide read at
+    --mpp 0.5, given its path, had every cell written at half its place. A raster whose
+    bands the network takes only some of (`bands=`) is not opened here, so not checked."""
+    from graphconv.sources import open_source
+
+    how = "as opened" if source is not None else "read whole at full resolution"
+    if source is None:
+        try:
+            source = open_source(path, model.crop_shape[0], None)
+        except GraphconvError:
+            return
+    expected = model.output_hw(source.height, source.width)
+    if tuple(map_hw) != tuple(expected):
+        raise GraphconvError(f"scores: a map of {map_hw[0]}x{map_hw[1]} cells, but {model.graph.name}'s map of "
+                             f"{os.path.basename(path)} ({source.height}x{source.width} pixels) {how} has "
+                             f"{expected[0]}x{expected[1]}: a map of the image read coarser or resized is placed by "
+                             "passing the source it was run on, "
+                             "image=graphconv.sources.open_source(path, ..., mpp=...)")
 
 
 def _cells_written(stored: StoredMap, output: str, kind: str, top_classes, min_score) -> CellsWritten:

@@ -625,3 +625,30 @@ def test_a_multi_label_model_s_gis_cells_list_every_label_they_call(tmp_path, wr
         props = feature["properties"]
         called = [name for name in names if props[name] >= 0.5]
         assert props["labels"] == "; ".join(called)
+
+
+def test_a_map_of_an_image_read_coarser_is_placed_by_its_source_and_refused_by_its_path(digits, tmp_path):
+    """A slide's map run through `open_source(..., downsample=2)` and given to
+    write_cells_of by its path had every cell written at half its place, labelled
+    full-resolution pixels. The source places it as `run --downsample 2` + `cells` do;
+    the path alone is refused, naming the way."""
+    import graphconv
+    from graphconv.cells import write_cells_of
+    from graphconv.sources import open_source
+    image = grey_geotiff(tmp_path / "scene.tif", shape=(240, 300))
+    assert graphconv_in_process("run", digits, "--image", image, "--downsample", "2", "--output", "map.tif",
+                                "--quiet").returncode == 0
+    assert graphconv_in_process("cells", "map.tif", "-o", "command.csv").returncode == 0
+    model = graphconv.load(digits)
+    source = open_source(image, model.crop_shape[0], model.preprocess, downsample=2)
+    scores = model.run_tiled(source, 64)
+    write_cells_of(scores, model, "python.csv", image=source)
+    python, command = csv_rows(tmp_path / "python.csv"), csv_rows(tmp_path / "command.csv")
+    placed = lambda rows: [(row["row"], row["col"], row["x"], row["y"]) for row in rows]  # noqa: E731
+    assert placed(python) == placed(command) and float(python[-1]["x"]) > 200 * 10 + 500000
+    np.testing.assert_allclose([float(row["top_score"]) for row in python],
+                               [float(row["top_score"]) for row in command], rtol=1e-4, atol=1e-6)
+    with pytest.raises(GraphconvError, match=r"scores: a map of \d+x\d+ cells, but digits's map of scene.tif "
+                                             r"\(240x300 pixels\) read whole at full resolution has .*open_source"):
+        write_cells_of(scores, model, "wrong.csv", image=image)
+    assert not (tmp_path / "wrong.csv").exists()
