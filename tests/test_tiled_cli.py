@@ -1122,8 +1122,8 @@ def test_heatmap_bands_draw_the_heatmap_over_the_bands_chosen_each_stretched(sce
     common = ["run", folder / "fcn", "--image", folder / "scene.tif", "--bands", "4,3,2", "--heatmap", "1"]
     drawn = {}
     for chosen in ("5,6,7", "8", None):
-        given = ["--heatmap-bands", chosen] if chosen else []
-        result = graphconv(*common, *given, "--heatmap-out", tmp_path / f"{chosen}.png")
+        options = ["--heatmap-bands", chosen] if chosen else []
+        result = graphconv(*common, *options, "--heatmap-out", tmp_path / f"{chosen}.png")
         assert result.returncode == 0, result.stderr
         assert "--heatmap-bands R,G,B" not in result.stderr  # the bands it takes, 4,3,2, make a picture
         drawn[chosen] = np.asarray(Image.open(tmp_path / f"{chosen}.png"))
@@ -1156,9 +1156,9 @@ def test_a_zero_swath_border_without_a_no_data_tag_is_said_with_the_flag_that_le
                      r"--nodata 0 leaves the cells over them out", unmarked.stderr)
     assert said and 40 <= int(said.group(1)) <= 70, unmarked.stderr
     assert not np.isnan(np.load(tmp_path / "map.npy")).any()
-    for given, left_out in ((["--image", tmp_path / "swath.tif", "--nodata", "0"], True),
-                            (["--image", folder / "scene.tif"], False)):
-        quiet = graphconv_in_process(*common, *given)
+    for options, left_out in ((["--image", tmp_path / "swath.tif", "--nodata", "0"], True),
+                              (["--image", folder / "scene.tif"], False)):
+        quiet = graphconv_in_process(*common, *options)
         assert quiet.returncode == 0 and "0 in every band" not in quiet.stderr, quiet.stderr
         assert np.isnan(np.load(tmp_path / "map.npy")).any() == left_out
 
