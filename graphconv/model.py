@@ -815,7 +815,8 @@ class Model:
         return out
 
 
-LOAD_OPTIONS = ("weights", "labels", "crop_size", "task", "preprocess", "activation")  # load_graph's, as compile_model takes
+# load_graph's options, as compile_model takes them
+LOAD_OPTIONS = ("weights", "labels", "crop_size", "task", "preprocess", "activation")
 
 
 def load_graph(source: str | os.PathLike, *, weights: str | os.PathLike | None = None,
