@@ -394,22 +394,34 @@ def _check_the_map_is_the_image_s(map_hw: tuple[int, int], model, source, path: 
     """Refuse a map of another size than `model`'s map of the image (`source` as opened,
     else the image at `path` read whole at full resolution): a map of a slide read at
     --mpp 0.5, given its path, had every cell written at half its place. A raster whose
-    bands the network takes only some of (`bands=`) is not opened here, so not checked."""
-    from graphconv.sources import open_source
-
+    bands the network takes only some of (`bands=`) is not checked."""
     how = "as opened" if source is not None else "read whole at full resolution"
-    if source is None:
-        try:
-            source = open_source(path, model.crop_shape[0], None)
-        except GraphconvError:
-            return
-    expected = model.output_hw(source.height, source.width)
+    hw = (source.height, source.width) if source is not None else _full_resolution_hw(path, model)
+    if hw is None:
+        return
+    expected = model.output_hw(*hw)
     if tuple(map_hw) != tuple(expected):
         raise GraphconvError(f"scores: a map of {map_hw[0]}x{map_hw[1]} cells, but {model.graph.name}'s map of "
-                             f"{os.path.basename(path)} ({source.height}x{source.width} pixels) {how} has "
+                             f"{os.path.basename(path)} ({hw[0]}x{hw[1]} pixels) {how} has "
                              f"{expected[0]}x{expected[1]}: a map of the image read coarser or resized is placed by "
                              "passing the source it was run on, "
                              "image=graphconv.sources.open_source(path, ..., mpp=...)")
+
+
+def _full_resolution_hw(path: str, model) -> tuple[int, int] | None:
+    """(height, width) of the image at `path`: a picture's from its header (decoding it
+    whole again only to measure it doubled the work), a TIFF's or zarr's from the array
+    opened lazily; None for a raster the network takes only some bands of."""
+    from graphconv.images import PICTURE_SUFFIXES, image_size
+    from graphconv.sources import open_source
+
+    if os.path.splitext(path)[1].lower() in PICTURE_SUFFIXES:
+        return image_size(path)
+    try:
+        source = open_source(path, model.crop_shape[0], None)
+    except GraphconvError:
+        return None
+    return source.height, source.width
 
 
 def _cells_written(stored: StoredMap, output: str, kind: str, top_classes, min_score) -> CellsWritten:

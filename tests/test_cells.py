@@ -651,4 +651,8 @@ def test_a_map_of_an_image_read_coarser_is_placed_by_its_source_and_refused_by_i
     with pytest.raises(GraphconvError, match=r"scores: a map of \d+x\d+ cells, but digits's map of scene.tif "
                                              r"\(240x300 pixels\) read whole at full resolution has .*open_source"):
         write_cells_of(scores, model, "wrong.csv", image=image)
+    Image = pytest.importorskip("PIL.Image")
+    Image.fromarray(np.zeros((240, 300), np.uint8)).save(tmp_path / "scene.png")  # measured from its header
+    with pytest.raises(GraphconvError, match=r"scene.png \(240x300 pixels\) read whole at full resolution"):
+        write_cells_of(scores, model, "wrong.csv", image=tmp_path / "scene.png")
     assert not (tmp_path / "wrong.csv").exists()
