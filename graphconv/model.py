@@ -533,6 +533,11 @@ class Model:
                 self._cache()["compiling_foreseen"] = True
         return executors[device]
 
+    def release_memory(self) -> None:
+        """Let go of what its executors keep between runs for reuse (`Executor.release_memory`)."""
+        for executor in self._cache().get("executors", {}).values():
+            executor.release_memory()
+
     @property
     def returns_vectors(self) -> bool:
         """Whether `run` returns (N, K) class vectors rather than (N, K, rows, cols) maps.

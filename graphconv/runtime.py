@@ -352,13 +352,30 @@ class Executor:
             return layout.view(buffer, shape)
         return buffer[:_size(shape)].reshape(shape)
 
+    def release_memory(self) -> bool:
+        """Let go of the arena and the values bound to it (the next run makes them again),
+        unless a run holds them now (False): a Dask worker that outlives its runs kept the
+        largest tile's activations of each model it ran (`cluster.memory_held_between_runs`)."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            self._arena, self._run_values = None, {}
+            self._bound.clear()
+        finally:
+            self._lock.release()
+        return True
+
     def _arena_of(self, floats: int) -> Any:
-        """The arena, made (or remade larger) on first need and kept for later runs."""
+        """The arena, made (or remade larger) on first need and kept for later runs. The
+        one it replaces is let go first: made while the old one was still held, a tiled
+        run's tile of 4080x4032 pixels after one of 4032x4080 held both arenas at once,
+        380 MB over its memory budget."""
         if self._arena is None or self._arena.size < floats:
             if self._arena is not None:
                 self._replaced_arenas += 1
-            self._arena = self.backend.empty((max(floats, 1),))
+            self._arena = None
             self._bound.clear()  # their calls hold views of the arena this replaces
+            self._arena = self.backend.empty((max(floats, 1),))
         return self._arena
 
 

@@ -76,6 +76,7 @@ class _Preprocessed:
     """Shared by the sources: channel checks and the spec's preprocess on each box."""
 
     missing_value = None  # no pixel is missing (a raster's: ArrayLikeSource.missing_value)
+    held_bytes = 0  # what the source keeps between reads, outside any tile (`tile_budget_beside`)
 
     def __init__(self, path: str, channels: int, preprocess: dict | None):
         self.path, self.channels, self.preprocess = path, channels, preprocess
@@ -84,10 +85,14 @@ class _Preprocessed:
         """The box and its no-data mask (`ArrayLikeSource.read_masked`): none here."""
         return self.read(top, left, bottom, right), None
 
-    def _finish(self, chw: np.ndarray) -> np.ndarray:
+    def _finish(self, chw: np.ndarray, owned: bool = False) -> np.ndarray:
+        """`chw` preprocessed, as float32; `owned`: `chw` is this read's own float32 copy,
+        preprocessed in place (each copy of a slide's tile is tens of MB)."""
         from graphconv.images import preprocess
-        return np.ascontiguousarray(preprocess(chw.astype(np.float32, copy=False), self.preprocess),
-                                    dtype=np.float32)
+        if not self.preprocess:
+            return np.ascontiguousarray(chw, dtype=np.float32)
+        mine = chw if owned and chw.dtype == np.float32 else chw.astype(np.float32)
+        return np.ascontiguousarray(preprocess(mine, self.preprocess, in_place=True))
 
 
 class PillowSource(_Preprocessed):
@@ -105,6 +110,7 @@ class PillowSource(_Preprocessed):
         from graphconv.images import image_size, load_image
         self.pixels = load_image(path, resize, channels, stored_values=stores_values(preprocess), keep_8_bits=True)
         _, self.height, self.width = self.pixels.shape
+        self.held_bytes = self.pixels.nbytes  # the picture, decoded whole
         self.resize = None if resize is None else (resize,) if isinstance(resize, (int, np.integer)) else tuple(resize)
         if resize is not None:
             self.full_hw = image_size(path)
@@ -200,10 +206,8 @@ class ArrayLikeSource(_Preprocessed):
             left_out = nan if nodata is None else np.broadcast_to(nodata, raw.shape) if nan is None \
                 else nan | nodata[None]
             self._check_floats(raw, top, left, left_out)
-        if self.channels == 1 and raw.shape[0] >= 3:
-            chw = grey_of(raw[:3]).astype(np.float32) * self.scale
-        else:
-            chw = raw.astype(np.float32) * self.scale
+        chw = (grey_of(raw[:3]) if self.channels == 1 and raw.shape[0] >= 3 else raw).astype(np.float32, order="C")
+        chw *= self.scale  # C order: a (H, W, C) array's transposed view made one copy, and the preprocess another
         if chw.shape[0] == 1 and self.channels == 3:
             chw = np.repeat(chw, 3, axis=0)
         chw = chw[:self.channels]
@@ -212,7 +216,7 @@ class ArrayLikeSource(_Preprocessed):
             replaced = np.isnan(chw) if replaced is None else replaced | np.isnan(chw)
         if replaced is not None:
             chw = np.where(replaced, np.float32(0), chw)
-        out = self._finish(chw)
+        out = self._finish(chw, owned=True)
         if replaced is not None:
             out[replaced] = 0  # the network's zero padding, after the preprocess
         return out, None if nodata is None else np.broadcast_to(nodata, out.shape)
@@ -1263,7 +1267,7 @@ def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
     source = ArrayLikeSource(path, array, channels, preprocess, axes=axes, bands=bands,
                              picture=_is_picture(page) and _bands_are_samples(axes))
     source.nodata = nodata
-    source.valid_pixels = _internal_mask(path, tif, _axis_sizes(levels[level]))
+    source.valid_pixels = mask = _internal_mask(path, tif, _axis_sizes(levels[level]))
     source.valid_pixels_from = None if source.valid_pixels is None else "internal"
     if source.valid_pixels is None and array is stored:
         source.valid_pixels, source.alpha_band = _alpha_plane(page, array, axes)
@@ -1271,6 +1275,7 @@ def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
             source.valid_pixels, source.alpha_fed, source.alpha_band = None, source.alpha_band, None
         source.valid_pixels_from = None if source.valid_pixels is None else "alpha"
     source.fourth_is_alpha = _fourth_is_alpha(page)
+    source.held_bytes = _chunks_kept(stored) + _chunks_kept(mask)
     source.microns_per_pixel = square_microns(_stated_pixel_size(tif))  # at level 0
     source.tiff = tif  # keep the file open as long as the source lives
     source.tiff_page = page  # the level's, for `unstored_chunks_note`
@@ -1953,6 +1958,12 @@ def _decodable_array(path: str, series, level: int, pages):
     except Exception as err:  # tifffile, zarr and the codecs raise many types for what they cannot decode
         raise GraphconvError(f"cannot decode its pixels{_chunk_failure(err)}{_codec_hint(pages)}", file=path) from None
     return array
+
+
+def _chunks_kept(array) -> int:
+    """The bytes of decoded chunks `_decodable_array`'s store may keep for `array`: 0 for
+    None, or a store that keeps none (zarr 2's)."""
+    return getattr(getattr(array, "store", None), "budget", 0)
 
 
 DECODE_BYTES_PER_CHUNK_BYTE = 2  # a chunk's decoded values and, at most as large, the compressed bytes read

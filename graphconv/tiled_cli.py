@@ -406,12 +406,13 @@ def _plan_the_tiles(args: argparse.Namespace, model, grid, image_hw: tuple[int, 
     """The tiles of an --image run: --tile's, a resumed partial map's, the cheapest over
     the tissue, or the largest the memory budget allows (spread over the workers); each
     choice said in a note, and refused where a tile cannot fit."""
-    from graphconv.tiling import (choose_tile, in_pieces, piece_cells_within, pieces_note, plan_tiles, spread_tile,
-                                  tile_bytes)
+    from graphconv.tiling import (budget_beside, choose_tile, in_pieces, piece_cells_within, pieces_note, plan_tiles,
+                                  spread_tile, tile_bytes)
 
     tile = args.tile
     at_once, worker_share = _tiles_at_once(args, model)
-    budget = _tile_budget(args, grid, image_hw, worker_share)
+    whole_budget = _tile_budget(args, grid, image_hw, worker_share)
+    budget = budget_beside(source, whole_budget)
     resumed_tile = None
     if tile is None and getattr(args, "resume", False):
         from graphconv.cluster import partial_map_tile
@@ -431,9 +432,11 @@ def _plan_the_tiles(args: argparse.Namespace, model, grid, image_hw: tuple[int, 
     if piece_cells is not None:
         print(f"note: {pieces_note(grid, plan, piece_cells, budget)}", file=sys.stderr)
     if whole is not None and whole > budget:  # the tiles as planned (whole cells: a few pixels under)
+        kept = "" if budget == whole_budget else (f" ({format_size(budget)} of it beside the {format_size(whole_budget - budget)}"
+                                                  " the image's reader keeps)")
         print(f"note: the whole {image_hw[0]}x{image_hw[1]} image would need {format_size(whole)}, "
-              f"over the {format_size(budget)} {_what_the_budget_is(args, worker_share)}: evaluating it in exact "
-              f"tiles of up to {plan.tile_hw[0]}x{plan.tile_hw[1]} pixels", file=sys.stderr)
+              f"over the {format_size(whole_budget)} {_what_the_budget_is(args, worker_share)}{kept}: evaluating it "
+              f"in exact tiles of up to {plan.tile_hw[0]}x{plan.tile_hw[1]} pixels", file=sys.stderr)
     if cut_for_workers:
         print(f"note: {len(plan.tiles)} tiles, smaller than the memory budget allows, for the workers to run "
               f"{at_once} at once", file=sys.stderr)

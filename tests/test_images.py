@@ -554,6 +554,25 @@ def test_preprocess_applies_scale_mean_and_std_per_channel():
     assert preprocess(image, None) is image
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8])
+@pytest.mark.parametrize("spec", [{"scale": 1 / 255, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+                                  {"scale": 0.0001}, {"mean": [104.0, 117.0, 123.0]}, {"std": [58.4, 57.1, 57.4]}])
+def test_preprocess_in_place_gives_the_numbers_of_the_copy_it_saves(spec, dtype, rng):
+    """A slide's tile is normalised where it lies (`in_place`: each copy of a 2128x2128
+    RGB tile is 54 MB), to the same float32 numbers as numpy's steps on a copy; a caller's
+    array is not touched without it, and only a float32 array is changed in place."""
+    pixels = rng.uniform(0, 255, (3, 17, 23)).astype(dtype)
+    kept = pixels.copy()
+    as_a_copy = preprocess(pixels, spec)
+    np.testing.assert_array_equal(pixels, kept)
+    reference = pixels.astype(np.float64) * spec.get("scale", 1.0)
+    reference = (reference - np.reshape(spec.get("mean", 0.0), (-1, 1, 1))) / np.reshape(spec.get("std", 1.0), (-1, 1, 1))
+    np.testing.assert_allclose(as_a_copy, reference, rtol=2e-6, atol=1e-6)
+    in_place = preprocess(pixels, spec, in_place=True)
+    assert in_place.dtype == np.float32 and (in_place is pixels) == (dtype == np.float32)
+    np.testing.assert_array_equal(in_place, as_a_copy)
+
+
 def test_preprocess_refuses_a_mean_for_other_channels():
     with pytest.raises(GraphconvError, match=r"preprocess mean lists 3 numbers for an image of 1 channel"):
         preprocess(np.zeros((1, 4, 4), np.float32), {"mean": [0.1, 0.2, 0.3]})

@@ -160,6 +160,33 @@ def test_plans_are_cached_per_input_size_and_bounded():
     assert executor.plan(1, 32, 32) == first
 
 
+def test_a_larger_run_lets_go_of_the_arena_it_replaces_before_making_its_own(rng):
+    """A tiled run's tile of 4080x4032 pixels after one of 4032x4080 made its arena while
+    the smaller one was still held: both at once, 380 MB over the memory budget. The
+    larger run's peak now holds the new arena, not the old one beside it; and
+    `release_memory` lets go of it between runs."""
+    import tracemalloc
+
+    model = graphconv.compile_model(SPECS / "lenet.yaml")
+    executor = model.executor("cpu")
+    small, large = random_input(rng, (1, 1, 300, 300)), random_input(rng, (1, 1, 340, 340))
+    tracemalloc.start()  # before the first run: the old arena is traced, and so is its release
+    try:
+        executor.run(small)
+        old = executor._arena.nbytes
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        executor.run(large)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    new, output = executor._arena.nbytes, 4 * int(np.prod(executor.plan(1, 340, 340).output_shape))
+    assert new > old > 4 * large.size  # the arena is what a run holds, and it grew
+    assert peak < new - old // 2 + 2 * output + (1 << 20), (peak, old, new)
+    assert executor.release_memory() and executor._arena is None
+    np.testing.assert_array_equal(executor.run(large), model.run(large))
+
+
 def test_runs_of_several_sizes_share_buffers(rng):
     """Buffers grow to the largest size asked of them and are reused: alternating sizes
     and batches gives each run the right answer, and each output stays the caller's."""
