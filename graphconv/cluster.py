@@ -322,7 +322,9 @@ def worker_task_budget(limit: int | None, threads: int, weights: int, held: int 
     bytes (dask's own, `dask worker --memory-limit`; 0 or None: no limit) running
     `threads` tasks at once, its process holding `held` bytes now: the limit below the
     share where dask starts spilling (0.7; its pause, 0.8, or kill, where those alone are
-    set), less the process (what it holds, at least WORKER_PROCESS_BYTES), shared among
+    set), less the process (what it holds, at least `memory.PROCESS_BYTES`: a fresh
+    worker, counted at 200 MB, held 253-263 MB once it had run a slide, and the same
+    slide's tiles, and its map's bits, differed between the first run and the next), shared among
     its threads, each share with the weights they all use (a task's estimate counts them,
     as a lone run's does). Below the pause share alone, a fresh 1 GB worker peaked 40 MB
     under it, and one holding the models of earlier runs (480 MB idle) was paused and
@@ -330,10 +332,12 @@ def worker_task_budget(limit: int | None, threads: int, weights: int, held: int 
     if not limit:
         return None
     import dask
+
+    from graphconv.memory import PROCESS_BYTES
     share = (dask.config.get("distributed.worker.memory.spill", None)
              or dask.config.get("distributed.worker.memory.pause", None)
              or dask.config.get("distributed.worker.memory.terminate", None) or 1.0)
-    usable = int(limit * share) - max(WORKER_PROCESS_BYTES, int(held)) - weights
+    usable = int(limit * share) - max(PROCESS_BYTES, int(held)) - weights
     return max(0, usable) // max(1, int(threads)) + weights
 
 

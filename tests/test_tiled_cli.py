@@ -2285,11 +2285,11 @@ def test_a_scheduler_s_tiles_fit_its_workers_memory_and_its_threads_each_get_one
     weights its threads share; the tiles at least as many as the workers' threads."""
     distributed = pytest.importorskip("distributed")
     from graphconv import cluster
-    from graphconv.memory import weight_bytes
+    from graphconv.memory import PROCESS_BYTES, weight_bytes
 
     weights = weight_bytes(Model.load(model_dir).graph)
     spill = 0.7  # dask's default share where it starts spilling (pausing at 0.8)
-    fresh = (int(1e9 * spill) - cluster.WORKER_PROCESS_BYTES - weights) // 2 + weights
+    fresh = (int(1e9 * spill) - PROCESS_BYTES - weights) // 2 + weights  # as one that has run (held 253-263 MB)
     assert cluster.worker_task_budget(1_000_000_000, 2, weights) == fresh
     assert cluster.worker_task_budget(1_000_000_000, 2, weights, held=480 << 20) == (
         (int(1e9 * spill) - (480 << 20) - weights) // 2 + weights)  # a worker holding earlier runs' models
