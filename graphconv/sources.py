@@ -45,7 +45,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -155,6 +155,7 @@ class ArrayLikeSource(_Preprocessed):
     alpha_band = None  # the TIFF's alpha band, numbered from 1 as GDAL numbers it, where it is the mask
     alpha_fed = None  # that band where the network reads it as a channel, and so it is no mask (`alpha_fed_note`)
     fourth_is_alpha = True  # False: a TIFF's 4th band of unstated meaning (`_fourth_is_alpha`)
+    pixel_size_stated = None  # a slide's (height, width) in µm at level 0, or why unstated (`_stated_pixel_size`)
 
     @property
     def missing_value(self) -> float | None:
@@ -896,8 +897,7 @@ def _pixel_size_and_level_heights(path: str) -> tuple[PixelSize, list[int]]:
     tifffile = require("tifffile")
     try:
         with tifffile_warnings_kept(), tifffile.TiffFile(path) as tif:  # a damaged file's warnings: said by the opener
-            series = tif.series[main_series(tif)]
-            return _stated_pixel_size(tif), [_axis_sizes(level)[0] for level in (series.levels or [series])]
+            return _stated_pixel_size(tif), [_axis_sizes(level)[0] for _, _, level in pyramid_levels(tif)]
     except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as err:
         raise GraphconvError(_unreadable_tiff(err, tifffile), file=path) from None
 
@@ -1236,6 +1236,7 @@ def _ome_zarr_source(path: str, channels: int, preprocess: dict | None, level: i
     source = ArrayLikeSource(path, plane, channels, preprocess, axes="SYX" if "c" in axes else "YX", bands=bands,
                              picture=_looks_like_picture(array.dtype, band_count, (1, 3)))  # 4: DAPI and 3 more
     source.nodata = _zarr_nodata(array)
+    source.pixel_size_stated = image.pixel_size
     source.microns_per_pixel = square_microns(image.pixel_size)
     return _as_level(source, level, image.level_hw)
 
@@ -1252,8 +1253,8 @@ def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
     try:
         with tifffile_warnings_kept() as warned:
             tif = tifffile.TiffFile(path)
-            series = tif.series[main_series(tif)]
-            levels = list(series.levels) if getattr(series, "levels", None) else [series]
+            pyramid = pyramid_levels(tif)
+            levels = [each for _, _, each in pyramid]
     except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as err:
         raise GraphconvError(_unreadable_tiff(err, tifffile), file=path) from None
     if level >= len(levels):
@@ -1262,7 +1263,7 @@ def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
                              f"{damage}", file=path)
     page = getattr(levels[level], "keyframe", None) or main_page(tif)
     _refuse_pixels_past_the_end(path, page, level, warned, skip_damaged)
-    stored = _decodable_array(path, series, level, levels[level])
+    stored = _decodable_array(path, *pyramid[level])
     array, axes, nodata = _as_shown(path, page, stored, _tiff_axes(levels[level]), _nodata(main_page(tif)))
     source = ArrayLikeSource(path, array, channels, preprocess, axes=axes, bands=bands,
                              picture=_is_picture(page) and _bands_are_samples(axes))
@@ -1276,7 +1277,8 @@ def _tiff_source(path: str, channels: int, preprocess: dict | None, level: int,
         source.valid_pixels_from = None if source.valid_pixels is None else "alpha"
     source.fourth_is_alpha = _fourth_is_alpha(page)
     source.held_bytes = _chunks_kept(stored) + _chunks_kept(mask)
-    source.microns_per_pixel = square_microns(_stated_pixel_size(tif))  # at level 0
+    source.pixel_size_stated = _stated_pixel_size(tif)
+    source.microns_per_pixel = square_microns(source.pixel_size_stated)  # at level 0
     source.tiff = tif  # keep the file open as long as the source lives
     source.tiff_page = page  # the level's, for `unstored_chunks_note`
     return _as_level(source, level, [_axis_sizes(each) for each in levels])
@@ -1326,6 +1328,35 @@ def main_series(tif) -> int:
 def _largest(images: list[tuple[int, tuple[int, int]]]) -> int:
     """The number of the largest of (number, (H, W)) images by pixels, the first of equal ones."""
     return max(images, key=lambda each: (each[1][0] * each[1][1], -each[0]))[0]
+
+
+def pyramid_levels(tif) -> list[tuple[Any, int, Any]]:
+    """The levels of the image graphconv reads (`main_series`), finest first, each as (the
+    series it is stored in, its level there, the level): tifffile's own (SubIFDs, an SVS's
+    pages), or, for an image of one level, the images right after it in the file that
+    each halve the last, of its bands and type (an OME-TIFF that stores each level as an
+    OME Image of its own, which tifffile gives as series: read as images of their own,
+    `--level 1` was refused, "the image has 1 level", and --mpp read level 0 only)."""
+    read = main_series(tif)
+    series = tif.series[read]
+    if len(getattr(series, "levels", None) or ()) > 1:
+        return [(series, index, level) for index, level in enumerate(series.levels)]
+    pyramid = [(series, 0, series)]
+    for after in tif.series[read + 1:]:
+        if not _halves(after, pyramid[-1][2]):
+            break
+        pyramid.append((after, 0, after))
+    return pyramid
+
+
+def _halves(smaller, larger) -> bool:
+    """Whether TIFF series `smaller` is `larger` at half its height and width (within a
+    pixel, as pyramids round), of the same axes, type and bands."""
+    if _is_mask(smaller) or not _is_plane(smaller) or smaller.axes != larger.axes or smaller.dtype != larger.dtype:
+        return False
+    others = [(size, bigger) for axis, size, bigger in zip(smaller.axes, smaller.shape, larger.shape) if axis not in "YX"]
+    return all(size == bigger for size, bigger in others) and all(
+        abs(2 * small - big) <= 1 for small, big in zip(_axis_sizes(smaller), _axis_sizes(larger)))
 
 
 def main_page(tif):

@@ -518,7 +518,9 @@ def describe_resolution(source, asked: float | None = None) -> None:
     level-0 pixels whichever was read: said, where they differ."""
     levels, factor = getattr(source, "levels", 1), getattr(source, "factor", 1)
     microns = getattr(source, "microns_per_pixel", None)
-    if levels == 1 and factor == 1 and microns is None:
+    stated = getattr(source, "pixel_size_stated", None)
+    oblong = stated if microns is None and isinstance(stated, tuple) else None  # not square
+    if levels == 1 and factor == 1 and microns is None and oblong is None:
         return
     parts = []
     if levels > 1:
@@ -532,6 +534,9 @@ def describe_resolution(source, asked: float | None = None) -> None:
         parts.append(f"{downsample:.4g}x coarser than level 0")
     if microns is not None:
         parts.append(f"{microns * downsample:.4g} µm per pixel" + _as_asked(microns * downsample, asked))
+    if oblong is not None:
+        parts.append(f"pixels of {oblong[0]:.4g} µm high by {oblong[1]:.4g} µm wide at level 0 as the file states: "
+                     "not square, so the map gives its cells no size in µm and --mpp cannot read it")
     counted = "; cells are placed in level-0 pixels all the same" if downsample != 1 else ""
     print(f"image: {source.height}x{source.width} pixels, {', '.join(parts)} (the network reads these{counted})",
           file=sys.stderr)

@@ -2005,3 +2005,24 @@ def test_what_a_source_keeps_between_reads_comes_out_of_the_tiles_budget(tmp_pat
     assert kept > 0 and slide.held_bytes == kept and page.held_bytes == 300 * 400 * 3
     assert budget_beside(slide, 100 << 20) == (100 << 20) - kept
     assert budget_beside(page, 100 << 20) == (100 << 20) - 360_000 and budget_beside(page, 1000) == 0
+
+
+def test_an_ome_tiff_storing_each_level_as_an_image_of_its_own_reads_them_as_levels(tmp_path):
+    """Levels written as OME Images of their own (tifffile's series) were images the run
+    did not read: `--level 1` was refused ("1 level") and --mpp read level 0 only. Images
+    after the slide that halve it are its levels; a label of another shape ends them."""
+    full = (np.random.default_rng(4).random((96, 128, 3)) * 255).astype(np.uint8)
+    levels = [full, full[::2, ::2], full[::4, ::4]]
+    path = tmp_path / "slide.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        for index, level in enumerate(levels + [full[:20, :50]]):  # the last: a label, not half the one before
+            tif.write(level, tile=(16, 16), photometric="rgb", metadata={
+                "axes": "YXS", "PhysicalSizeX": 0.25 * 2 ** index, "PhysicalSizeY": 0.25 * 2 ** index})
+    source = open_source(path, 3, {"values": "stored"}, level=2)
+    assert source.level_hw == [(96, 128), (48, 64), (24, 32)]
+    np.testing.assert_array_equal(source.read(0, 0, 24, 32), levels[2].transpose(2, 0, 1))
+    by_mpp = open_source(path, 3, {"values": "stored"}, mpp=0.5)
+    assert (by_mpp.level, by_mpp.microns_per_pixel) == (1, 0.25)
+    np.testing.assert_array_equal(by_mpp.read(0, 0, 48, 64), levels[1].transpose(2, 0, 1))
+    with pytest.raises(GraphconvError, match=r"--level 3: the image has 3 levels \(0: 96x128, 1: 48x64, 2: 24x32\)"):
+        open_source(path, 3, None, level=3)

@@ -1672,6 +1672,21 @@ def test_cli_mpp_reads_the_slide_at_the_classifier_s_pixel_size(model_dir, tmp_p
             "images)") in finer.stderr
 
 
+def test_a_slide_of_pixels_not_square_is_said_so_not_read_as_one_of_no_size(model_dir, tmp_path):
+    """A slide whose file states pixels of 0.25 by 0.31 µm ran as one of no stated size:
+    no word of it, its map's cells of no size in µm, until --mpp was refused."""
+    from test_sources import OME_PIXELS
+
+    slide = tmp_path / "slide.ome.tif"
+    tifffile.imwrite(slide, np.zeros((48, 64, 3), np.uint8), photometric="rgb", metadata=None,
+                     description=OME_PIXELS.format(sizes='PhysicalSizeX="0.31" PhysicalSizeY="0.25"'))
+    result = graphconv_in_process("run", model_dir, "--image", slide, "--output", tmp_path / "m.npy")
+    assert result.returncode == 0, result.stderr
+    assert ("image: 48x64 pixels, pixels of 0.25 µm high by 0.31 µm wide at level 0 as the file states: not square, "
+            "so the map gives its cells no size in µm and --mpp cannot read it (the network reads these)") \
+        in result.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["--image", "page.png", "--full-map", "--downsample", "2"],
      "--full-map takes a whole-image run, and this one goes in tiles: --downsample runs it in tiles"),
