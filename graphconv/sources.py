@@ -409,7 +409,10 @@ def _checked_bands(bands: Sequence[int] | None, have: int, channels: int, path: 
     first three need not be red, green and blue (PlanetScope's are blue, green, red)."""
     if bands is None:
         if have < channels and not (have == 1 and channels == 3):
-            raise GraphconvError(f"has {counted(have, 'band')}; the model takes {channels}", file=path)
+            repeated = ",".join(str(min(b, have)) for b in range(1, channels + 1))
+            raise GraphconvError(f"has {counted(have, 'band')}; the model takes {channels}: --bands feeds it "
+                                 f"{channels} of them, a band again where need be (e.g. --bands {repeated}), "
+                                 f"if that is what it was trained on", file=path)
         if have > channels and not (picture and (channels == 1 and have in (3, 4) or channels == 3 and have == 4)):
             raise GraphconvError(f"has {have} bands; the model takes {channels}: pick them with --bands "
                                  f"(numbered from 1, as GDAL numbers them; e.g. --bands "

@@ -247,6 +247,8 @@ def test_a_sparse_tiff_s_tiles_not_stored_are_noted(tmp_path):
               r"them; e\.g\. --bands 1,2,3\)"),
     (3, (4, 3), r"--bands lists 2 bands; the model takes 3"),
     (3, (4, 14, 0), r"--bands 4,14,0: the image has bands 1 to 13, not 14,0"),
+    (16, None, r"has 13 bands; the model takes 16: --bands feeds it 16 of them, a band again where need be \(e\.g\. "
+               r"--bands 1,2,3,4,5,6,7,8,9,10,11,12,13,13,13,13\), if that is what it was trained on"),
 ])
 def test_bands_that_do_not_fit_the_scene_or_the_network_are_named(scene, channels, bands, message):
     folder, _ = scene
