@@ -100,7 +100,9 @@ def _run_command(args: argparse.Namespace) -> int:
         if args.traceback:  # the error's traceback, and the status a script tests for either way
             import traceback
             traceback.print_exc()
-        print(f"graphconv: {printable(user_message(err, args.traceback))}", file=sys.stderr)
+        kept = _partial_map_kept(args)
+        print(f"graphconv: {printable(user_message(err, args.traceback))}{f' ({kept})' if kept else ''}",
+              file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(printable(f"graphconv: interrupted ({_what_is_left(args)})"), file=sys.stderr)
@@ -208,17 +210,27 @@ def note_broken_plugins() -> None:
 
 def _what_is_left(args: argparse.Namespace) -> str:
     """What a stopped command leaves: nothing, or with run --resume the partial map."""
-    if getattr(args, "resume", False) and args.output:
-        from graphconv.tiling import PartialMap
-        partial = PartialMap(args.output)
-        if os.path.isdir(partial.folder) and os.path.lexists(partial.map_path):  # not renamed into place yet
-            return f"the tiles done are kept in {partial.shown}: the same command with --resume continues it"
+    kept = _partial_map_kept(args)
+    if kept:
+        return kept
     if getattr(args, "stopped_batch", None):  # an --images batch: its finished maps are kept (tiled_cli)
         return args.stopped_batch
     written = committed_outputs()  # complete before the signal came (or held back until they were)
     if written:
         return f"it had written {', '.join(written)}, complete; nothing else is left"
     return "what it was writing is removed"
+
+
+def _partial_map_kept(args: argparse.Namespace) -> str | None:
+    """With run --resume, where its partial map is: what a stopped or failed run leaves (a
+    disk that filled mid-run said only "No space left on device")."""
+    if not (getattr(args, "resume", False) and getattr(args, "output", None)):
+        return None
+    from graphconv.tiling import PartialMap
+    partial = PartialMap(args.output)
+    if os.path.isdir(partial.folder) and os.path.lexists(partial.map_path):  # not renamed into place yet
+        return f"the tiles done are kept in {partial.shown}: the same command with --resume continues it"
+    return None
 
 
 class Terminated(BaseException):

@@ -3240,6 +3240,26 @@ def test_resume_after_ctrl_c_computes_only_the_tiles_not_done_and_equals_a_strai
     np.testing.assert_array_equal(_read_any_map(out), _read_any_map(straight))
 
 
+def test_a_resumable_run_whose_disk_fills_says_its_tiles_done_are_kept(model_dir, big_page, tmp_path, monkeypatch,
+                                                                      capsys):
+    """A full disk mid-run under --resume said "No space left on device" alone, though
+    the tiles done were kept for the same command to go on from."""
+    import errno
+
+    from graphconv.cli import main
+
+    run = ["run", str(model_dir), "--image", str(big_page), "--tile", "100", "--output", str(tmp_path / "m.zarr")]
+    _stop_after(monkeypatch, 5, lambda: OSError(errno.ENOSPC, "No space left on device"))
+    assert main([*run, "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("graphconv: ") and "No space left on device" in err, err
+    assert err.endswith(f"(the tiles done are kept in {tmp_path / 'm.zarr.partial'}: the same command with --resume "
+                        "continues it)"), err
+    monkeypatch.undo()
+    assert main([*run, "--resume"]) == 0
+    assert "resume: 5 of 20 tiles were done by an earlier run" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("output_format", ["npy", "tif"])
 def test_images_resume_goes_on_from_the_tiles_done_of_the_map_in_progress(model_dir, big_page, tmp_path, monkeypatch,
                                                                          capsys, output_format):
