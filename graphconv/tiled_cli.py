@@ -265,7 +265,9 @@ def _say_the_tiles(run: _TiledRun) -> None:
     if args.tile is not None:
         _note_a_wasteful_tile(grid, image_hw, tiles.plan, tiles.budget, tiles.background)
     if isinstance(grid, CropGrid):
-        print(grid.describe(image_hw))
+        background = tiles.background
+        left_out = sum(background.blank_count(tile) for tile in tiles.plan.tiles) if background is not None else 0
+        print(grid.describe(image_hw, left_out=left_out), flush=True)  # flushed: not after a Ctrl-C's line
     print(f"tiles: {tiles.plan.describe()}", file=sys.stderr)
 
 

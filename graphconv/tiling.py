@@ -262,14 +262,16 @@ class CropGrid:
         rows, cols = self.map_hw(image_hw)
         return images * rows * cols
 
-    def describe(self, image_hw: tuple[int, int], images: int = 1) -> str:
-        """What a run costs: the classifier's whole work once per crop."""
+    def describe(self, image_hw: tuple[int, int], images: int = 1, left_out: int = 0) -> str:
+        """What a run costs: the classifier's whole work once per crop, but for the
+        `left_out` crops not computed (--skip-background's, no-data's)."""
         from graphconv.cost import total_flops
 
         (crop_h, crop_w), (sy, sx) = self.field.size, self.stride
         crops = self.crops(image_hw, images)
-        return (f"{crops} crops of {crop_h}x{crop_w}, {sy}x{sx} pixels apart: "
-                f"{crops * total_flops(self.model.graph) / 1e9:.1f} GFLOP")
+        computed = f", {crops - left_out} of them computed ({left_out} left out)" if left_out else ""
+        return (f"{crops} crops of {crop_h}x{crop_w}, {sy}x{sx} pixels apart{computed}: "
+                f"{(crops - left_out) * total_flops(self.model.graph) / 1e9:.1f} GFLOP")
 
     def peak_bytes(self, tile_hw: tuple[int, int]) -> int:
         """A batch of crops through the classifier, plus the tile's pixels and its map."""

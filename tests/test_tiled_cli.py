@@ -943,6 +943,22 @@ def gated(tmp_path_factory):
     return folder
 
 
+def test_cli_crops_over_background_counts_only_the_crops_it_computes(gated, tmp_path):
+    """--crops with --skip-background said the crops and GFLOP of every cell, those over
+    glass too; the count is of the crops computed, the others said left out."""
+    pixels = (np.random.default_rng(6).random((70, 90, 3)) * 120 + 60).astype(np.uint8)
+    pixels[:, 45:] = 255  # white glass
+    Image.fromarray(pixels).save(tmp_path / "half.png")
+    result = graphconv("run", gated / "gated.yaml", "--image", tmp_path / "half.png", "--crops", "5",
+                       "--skip-background", "--tile", "40", "--output", tmp_path / "m.npy")
+    assert result.returncode == 0, result.stderr
+    cells = np.load(tmp_path / "m.npy")[0, 0]
+    left_out = int(np.isnan(cells).sum())
+    assert 0 < left_out < cells.size
+    assert (f"{cells.size} crops of 12x12, 5x5 pixels apart, {cells.size - left_out} of them computed ({left_out} "
+            "left out): ") in result.stdout, result.stdout
+
+
 def test_cli_crops_stream_tiles_of_a_lazy_image(gated, tmp_path):
     """A TIFF is read a tile at a time; --tile, zarr outputs, --classes and --reduce argmax
     give the map the whole-image --crops run gives, and each cell is its crop's scores."""
