@@ -76,7 +76,7 @@ class _Preprocessed:
     """Shared by the sources: channel checks and the spec's preprocess on each box."""
 
     missing_value = None  # no pixel is missing (a raster's: ArrayLikeSource.missing_value)
-    held_bytes = 0  # what the source keeps between reads, outside any tile (`tile_budget_beside`)
+    held_bytes = 0  # what the source keeps between reads, outside any tile (`tiling.budget_beside`)
 
     def __init__(self, path: str, channels: int, preprocess: dict | None):
         self.path, self.channels, self.preprocess = path, channels, preprocess
@@ -1357,8 +1357,8 @@ def _halves(smaller, larger) -> bool:
     pixel, as pyramids round), of the same axes, type and bands."""
     if _is_mask(smaller) or not _is_plane(smaller) or smaller.axes != larger.axes or smaller.dtype != larger.dtype:
         return False
-    others = [(size, bigger) for axis, size, bigger in zip(smaller.axes, smaller.shape, larger.shape) if axis not in "YX"]
-    return all(size == bigger for size, bigger in others) and all(
+    others = zip(smaller.axes, smaller.shape, larger.shape)
+    return all(size == bigger for axis, size, bigger in others if axis not in "YX") and all(
         abs(2 * small - big) <= 1 for small, big in zip(_axis_sizes(smaller), _axis_sizes(larger)))
 
 

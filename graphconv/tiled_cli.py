@@ -434,8 +434,9 @@ def _plan_the_tiles(args: argparse.Namespace, model, grid, image_hw: tuple[int, 
     if piece_cells is not None:
         print(f"note: {pieces_note(grid, plan, piece_cells, budget)}", file=sys.stderr)
     if whole is not None and whole > budget:  # the tiles as planned (whole cells: a few pixels under)
-        kept = "" if budget == whole_budget else (f" ({format_size(budget)} of it beside the {format_size(whole_budget - budget)}"
-                                                  " the image's reader keeps)")
+        reader = whole_budget - budget
+        kept = f" ({format_size(budget)} of it beside the {format_size(reader)} the image's reader keeps)" \
+            if reader else ""
         print(f"note: the whole {image_hw[0]}x{image_hw[1]} image would need {format_size(whole)}, "
               f"over the {format_size(whole_budget)} {_what_the_budget_is(args, worker_share)}{kept}: evaluating it "
               f"in exact tiles of up to {plan.tile_hw[0]}x{plan.tile_hw[1]} pixels", file=sys.stderr)

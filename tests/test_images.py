@@ -566,7 +566,8 @@ def test_preprocess_in_place_gives_the_numbers_of_the_copy_it_saves(spec, dtype,
     as_a_copy = preprocess(pixels, spec)
     np.testing.assert_array_equal(pixels, kept)
     reference = pixels.astype(np.float64) * spec.get("scale", 1.0)
-    reference = (reference - np.reshape(spec.get("mean", 0.0), (-1, 1, 1))) / np.reshape(spec.get("std", 1.0), (-1, 1, 1))
+    mean, std = (np.reshape(spec.get(key, default), (-1, 1, 1)) for key, default in (("mean", 0.0), ("std", 1.0)))
+    reference = (reference - mean) / std
     np.testing.assert_allclose(as_a_copy, reference, rtol=2e-6, atol=1e-6)
     in_place = preprocess(pixels, spec, in_place=True)
     assert in_place.dtype == np.float32 and (in_place is pixels) == (dtype == np.float32)
