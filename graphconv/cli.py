@@ -100,7 +100,7 @@ def _run_command(args: argparse.Namespace) -> int:
         if args.traceback:  # the error's traceback, and the status a script tests for either way
             import traceback
             traceback.print_exc()
-        kept = _partial_map_kept(args)
+        kept = _partial_map_kept(args) if getattr(args, "partial_map_open", False) else None  # not a refusal of it
         print(f"graphconv: {printable(user_message(err, args.traceback))}{f' ({kept})' if kept else ''}",
               file=sys.stderr)
         return EXIT_USER_ERROR

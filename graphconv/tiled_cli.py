@@ -316,6 +316,7 @@ def _tiles_computed_into_the_map_file(run: _TiledRun, work: _TileWork, damaged: 
             out = stack.enter_context(map_file)
         except FinishedByAnotherRun:
             return None
+        args.partial_map_open = run.resume  # a failure from here on keeps its tiles done (`cli._partial_map_kept`)
         if run.resume:
             _say_stale_tiles_removed(map_file.partial, args.image)
             _say_resumed(map_file, tiles.plan, work.blank_tiles, _left_out_over(tiles.background))
