@@ -318,29 +318,34 @@ class CellsWritten:
     computed: int
     coordinates: str
     notes: tuple[str, ...] = ()
+    regions: int | None = None  # --regions: the patches the cells were merged into
+    classes: int | None = None  # --regions: of how many classes
 
 
 def write_cells(map_path: str, output: str, top_classes: Sequence[int | str] | None = None,
-                min_score: float | None = None) -> CellsWritten:
+                min_score: float | None = None, regions: bool = False) -> CellsWritten:
     """Write the cells of the map at `map_path` (a .tif or .zarr `graphconv run` wrote)
     to `output`, GeoJSON (.geojson) or CSV (.csv) as its name says, replacing only a file
     graphconv wrote. `top_classes` (indices of the model's classes, or their labels)
     keeps the cells whose best class is one of them (of a multi-label model, those
     calling one: its own score at least `min_score`, 0.5 unless given,
     `StoredMap.independent`); `min_score` the cells whose best score is at least it (not
-    of a class map, which holds no scores). The file appears only once complete. What the command notes (a georeference that names no CRS) is a
-    GraphconvWarning here, and in `notes`."""
+    of a class map, which holds no scores). `regions`: GeoJSON of each class's cells
+    merged into polygons, one feature per class (`_write_regions`), not a feature per
+    cell. The file appears only once complete. What the command notes (a georeference
+    that names no CRS) is a GraphconvWarning here, and in `notes`."""
     output = str(output)
     kind = _format_of(output)
     if os.path.abspath(output.rstrip("/")) == os.path.abspath(str(map_path).rstrip("/")):
         raise GraphconvError("the output is the map itself; write the cells somewhere else", file=output)
     _check_replaceable(output, kind)
     with opened_map(map_path) as stored:
-        return _cells_written(stored, output, kind, top_classes, min_score)
+        return _cells_written(stored, output, kind, top_classes, min_score, regions)
 
 
 def write_cells_of(scores, model, output: str, *, image=None,
-                   top_classes: Sequence[int | str] | None = None, min_score: float | None = None) -> CellsWritten:
+                   top_classes: Sequence[int | str] | None = None, min_score: float | None = None,
+                   regions: bool = False) -> CellsWritten:
     """`write_cells` of a map held in memory: `scores`, one image's map as `model.run`,
     `run_image` or `run_tiled` returned it ((1, K, rows, cols) or (K, rows, cols); or a
     `reduce="argmax"` class map), its cells placed by `model.cell_area`. `image`, the
@@ -355,7 +360,7 @@ def write_cells_of(scores, model, output: str, *, image=None,
     output = str(output)
     kind = _format_of(output)
     _check_replaceable(output, kind)
-    return _cells_written(_map_in_memory(scores, model, image), output, kind, top_classes, min_score)
+    return _cells_written(_map_in_memory(scores, model, image), output, kind, top_classes, min_score, regions)
 
 
 def _map_in_memory(scores, model, image) -> StoredMap:
@@ -424,26 +429,30 @@ def _full_resolution_hw(path: str, model) -> tuple[int, int] | None:
     return source.height, source.width
 
 
-def _cells_written(stored: StoredMap, output: str, kind: str, top_classes, min_score) -> CellsWritten:
+def _cells_written(stored: StoredMap, output: str, kind: str, top_classes, min_score,
+                   regions: bool = False) -> CellsWritten:
     """The cells of `stored` written to `output` (its `kind`, ".geojson" or ".csv"), as
-    the user selected them, the file appearing only once complete."""
+    the user selected them (merged into each class's regions), the file appearing only
+    once complete."""
     from graphconv.files import atomic_write
 
+    if regions and kind != ".geojson":
+        raise GraphconvError("--regions writes polygons, which a CSV has no room for: name the output .geojson",
+                             file=output)
     keep = _Selection.of(stored, top_classes, min_score)
     frame = _Frame.of(stored)
     notes = (*frame.notes, *filter(None, [stored.class_rule_note()]))
     counts: list[int] = []
-    writer = _write_geojson if kind == ".geojson" else _write_csv
+    writer = _write_regions if regions else _write_geojson if kind == ".geojson" else _write_csv
 
     def write(path: str) -> None:
         with open(path, "w", encoding="utf-8", newline="") as fp:
             counts[:] = writer(fp, stored, frame, keep)
 
     atomic_write(output, write, suffix=os.path.splitext(output.rstrip("/"))[1])
-    written, computed = counts
     for text in notes:  # a Python caller's warning; the command says it as a note
         warn_caller(text.removeprefix("note: "))
-    return CellsWritten(written, computed, frame.describe(), notes)
+    return CellsWritten(counts[0], counts[1], frame.describe(), notes, *counts[2:])
 
 
 def _format_of(output: str) -> str:
@@ -636,6 +645,17 @@ class _Frame:
     def centres(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         return self._place(cols + 0.5, rows + 0.5)
 
+    def polygon(self, polygon) -> str:
+        """A `regions.Polygon` (corners of the cell grid) as GeoJSON's polygon
+        coordinates, its outline counter-clockwise and its holes clockwise in x, y."""
+        flipped = np.linalg.det(self.affine[:, :2]) < 0
+        rings = []
+        for ring in (polygon.exterior, *polygon.holes):
+            placed = self._place(ring[:, 0].astype(np.float64), ring[:, 1].astype(np.float64))
+            rings.append("[" + ", ".join(f"[{_number(x, COORDINATE_DIGITS)}, {_number(y, COORDINATE_DIGITS)}]"
+                                         for x, y in (placed[::-1] if flipped else placed).tolist()) + "]")
+        return "[" + ", ".join(rings) + "]"
+
 
 def _blocks(stored: StoredMap) -> Iterator[tuple[int, np.ndarray]]:
     """The map in blocks of whole rows, each (first row, (K, h, w) array) within BLOCK_BYTES."""
@@ -661,22 +681,29 @@ def _number(value: float, digits: int, missing: str = "null") -> str:
 _GEOJSON_HEAD = '{"type": "FeatureCollection", "graphconv": '
 
 
-def _write_geojson(fp: TextIO, stored: StoredMap, frame: _Frame, keep: _Selection) -> tuple[int, int]:
-    """A FeatureCollection written a block of rows at a time: its header (what it is of,
-    in which coordinates, the CRS), then one Feature per kept cell."""
+def _write_header(fp: TextIO, stored: StoredMap, frame: _Frame, features: dict[str, str]) -> None:
+    """A FeatureCollection's start: what it is of, in which coordinates, what its
+    `features` are (a member saying so), the CRS, and the opening of its features."""
     from graphconv import __version__
-    from graphconv.images import class_colours
 
-    names = stored.names
-    colours = class_colours(stored.classes).round().astype(int).tolist()
     about = {"written_by": f"graphconv {__version__}",
              "map": None if stored.path == IN_MEMORY else os.path.abspath(stored.path),
              "image": stored.placement.get("image"), "model": stored.placement.get("model"),
-             "coordinates": frame.describe(), "cells": "each the square a stride wide centred on its cell's centre"}
+             "coordinates": frame.describe(), **features}
     fp.write(_GEOJSON_HEAD + json.dumps(about))
     if frame.crs:
         fp.write(', "crs": ' + json.dumps({"type": "name", "properties": {"name": frame.crs}}))
     fp.write(', "features": [')
+
+
+def _write_geojson(fp: TextIO, stored: StoredMap, frame: _Frame, keep: _Selection) -> tuple[int, int]:
+    """A FeatureCollection written a block of rows at a time: its header (what it is of,
+    in which coordinates, the CRS), then one Feature per kept cell."""
+    from graphconv.images import class_colours
+
+    names = stored.names
+    colours = class_colours(stored.classes).round().astype(int).tolist()
+    _write_header(fp, stored, frame, {"cells": "each the square a stride wide centred on its cell's centre"})
     quoted = [json.dumps(name) for name in names]
     score_keys = [json.dumps(name) for name in _distinct(names, _FLAT_KEYS)]  # a class named "row" keeps its row
     written = computed = 0
@@ -696,6 +723,87 @@ def _write_geojson(fp: TextIO, stored: StoredMap, frame: _Frame, keep: _Selectio
             written += 1
     fp.write("\n]}\n")
     return written, computed
+
+
+def _write_regions(fp: TextIO, stored: StoredMap, frame: _Frame, keep: _Selection) -> tuple[int, int, int, int]:
+    """A FeatureCollection of one Feature per class: its kept cells merged into polygons
+    (`regions.polygons_of`: each patch's outline and holes along the cells' squares), a
+    MultiPolygon. Over a slide a QuPath annotation of that class, whose area QuPath
+    measures; over a georeferenced image flat attributes (class, cells, regions, area).
+    The map is read in blocks, each class's kept cells held as indices into it (8 bytes
+    a cell). Returns (cells written, cells computed, patches, classes)."""
+    from graphconv.images import class_colours
+
+    width = stored.bands.shape[2]
+    found: dict[int, list[np.ndarray]] = {}
+    written = computed = 0
+    for first, block in _blocks(stored):
+        calls, kept, counted = _block_calls(block, stored, keep)
+        written, computed = written + kept, computed + counted
+        for band, flat in calls:
+            found.setdefault(band, []).append(flat + first * width)
+    _write_header(fp, stored, frame, {"regions": REGIONS_ARE})
+    quoted = [json.dumps(name) for name in stored.names]
+    colours = class_colours(stored.classes).round().astype(int).tolist()
+    cell_area = abs(float(np.linalg.det(frame.affine[:, :2])))
+    microns = stored.placement.get("microns_per_pixel") if not frame.georeferenced else None
+    patches, classes = 0, len(found)
+    for n, band in enumerate(sorted(found)):
+        cells = np.concatenate(found.pop(band))
+        polygons = _patches(cells, width)
+        patches += len(polygons)
+        area = len(cells) * cell_area
+        if frame.georeferenced:
+            properties = (f'{{"class": {quoted[band]}, "cells": {len(cells)}, "regions": {len(polygons)}, '
+                          f'"area": {_number(area, COORDINATE_DIGITS)}}}')
+        else:
+            in_microns = f', "area µm^2": {_number(area * microns ** 2, COORDINATE_DIGITS)}' if microns else ""
+            colour = colours[band]
+            properties = (f'{{"objectType": "annotation", "name": {quoted[band]}, "classification": {{"name": '
+                          f'{quoted[band]}, "color": [{colour[0]}, {colour[1]}, {colour[2]}]}}, "measurements": '
+                          f'{{"cells": {len(cells)}, "regions": {len(polygons)}, '
+                          f'"area pixels^2": {_number(area, COORDINATE_DIGITS)}{in_microns}}}}}')
+        fp.write(("," if n else "") + '\n{"type": "Feature", "geometry": {"type": "MultiPolygon", "coordinates": ['
+                 + ", ".join(frame.polygon(polygon) for polygon in polygons) + f']}}, "properties": {properties}}}')
+    fp.write("\n]}\n")
+    return written, computed, patches, classes
+
+
+REGIONS_ARE = ("each class's cells (the squares a stride wide centred on their centres) merged into polygons, one "
+               "feature per class: a MultiPolygon of each patch's outline and holes")
+
+
+def _block_calls(block: np.ndarray, stored: StoredMap,
+                 keep: _Selection) -> tuple[list[tuple[int, np.ndarray]], int, int]:
+    """A block's kept cells by class: (band, their flat indices in the block) of each
+    class, how many cells are in one, and how many were computed. A cell is in its best
+    class (`_Selection.cells`), but a multi-label model's in every class it calls (its
+    own probability at least --min-score, 0.5 unless given; of those --top-class names):
+    the regions of forest and of water overlap where a tile holds both."""
+    if not stored.independent:
+        rows, cols, best, computed = keep.cells(block, stored)
+        flat = rows * block.shape[2] + cols
+        classified = best >= 0
+        return ([(band, flat[best == band]) for band in np.unique(best[classified]).tolist()],
+                int(classified.sum()), computed)
+    computed = ~np.isnan(block).all(axis=0)
+    threshold = stored.threshold if keep.min_score is None else keep.min_score
+    called = computed & (np.where(np.isnan(block), -np.inf, block) >= threshold)
+    bands = sorted(keep.bands) if keep.bands is not None else range(block.shape[0])
+    calls = [(band, np.flatnonzero(called[band])) for band in bands]
+    return calls, int(called[list(bands)].any(axis=0).sum()), int(computed.sum())
+
+
+def _patches(cells: np.ndarray, width: int) -> list:
+    """The polygons of the cells at flat indices `cells` of a map `width` cells wide, in
+    (column, row) corners of the map's cell grid."""
+    from graphconv.regions import polygons_of
+
+    rows, cols = np.divmod(cells, width)
+    top, left = int(rows.min()), int(cols.min())
+    mask = np.zeros((int(rows.max()) - top + 1, int(cols.max()) - left + 1), bool)
+    mask[rows - top, cols - left] = True
+    return [polygon.moved(left, top) for polygon in polygons_of(mask)]
 
 
 def _qupath_properties(best: int, values: np.ndarray | None, quoted: list[str], colours: list) -> str:

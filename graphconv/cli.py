@@ -691,6 +691,12 @@ def _add_cells_command(sub) -> argparse.ArgumentParser:
     parser.add_argument("--min-score", type=_finite_float, metavar="S",
                         help="only the cells whose class's score is at least S (a confident call; not of a "
                              "--reduce argmax map, which holds no scores)")
+    parser.add_argument("--regions", action="store_true",
+                        help="merge each class's cells into polygons, one GeoJSON feature per class (a "
+                             "MultiPolygon of each patch's outline and holes, exactly along the cells' squares): "
+                             "over a slide a QuPath annotation of the class, whose area QuPath measures, not a tile "
+                             "per cell; a multi-label model's regions are each class's cells calling it, and "
+                             "overlap")
     parser.set_defaults(handler=cmd_cells)
     return parser
 
@@ -743,7 +749,8 @@ EXAMPLES = {
                "--std 0.229,0.224,0.225 --labels classes.txt",),
     "export": ("graphconv export out/digits-fcn -o out/digits-fcn.onnx",),
     "cells": ("graphconv cells out/map.tif -o out/cells.geojson",
-              "graphconv cells out/map.tif -o out/sevens.csv --top-class 7 --min-score 0.9"),
+              "graphconv cells out/map.tif -o out/sevens.csv --top-class 7 --min-score 0.9",
+              "graphconv cells out/map.tif -o out/regions.geojson --regions"),
     "passes": ("graphconv passes", "graphconv passes --plugin examples/my_passes.py"),
     "ops": ("graphconv ops", "graphconv ops maxpool"),
 }
@@ -2835,7 +2842,8 @@ def cmd_cells(args: argparse.Namespace) -> int:
     if args.output == "-":
         raise GraphconvError("-o -: cells writes a file, not standard output; give its name (cells.geojson)")
     try:
-        result = write_cells(args.map, args.output, top_classes=args.top_class, min_score=args.min_score)
+        result = write_cells(args.map, args.output, top_classes=args.top_class, min_score=args.min_score,
+                             regions=args.regions)
     except GraphconvError as err:  # a class the map does not have: named by the map
         err.loc = err.loc or Location(str(args.map))
         raise
@@ -2844,7 +2852,9 @@ def cmd_cells(args: argparse.Namespace) -> int:
     if not result.written and result.computed:
         note(f"note: none of the {result.computed} computed cells has a best class and score as asked "
              "(--top-class, --min-score): the file holds no cells")
-    print(printable(f"{result.written} of {result.computed} computed cells of {args.map} -> {args.output} "
+    merged = "" if result.regions is None else (
+        f" in {counted(result.regions, 'region')} of {counted(result.classes, 'class', 'classes')}")
+    print(printable(f"{result.written} of {result.computed} computed cells of {args.map}{merged} -> {args.output} "
                     f"(coordinates: {result.coordinates})"))
     return 0
 

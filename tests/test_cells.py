@@ -477,6 +477,7 @@ def test_a_user_s_file_is_not_replaced_but_its_own_output_is(tmp_path, rng):
     (["-o", "cells.csv", "--top-class", "lymph"], "map.tif: --top-class 'lymph': no class of that name"),
     (["-o", "cells.csv", "--min-score", "nan"], "expected a finite number"),
     (["-o", "-"], "cells writes a file, not standard output"),
+    (["-o", "cells.csv", "--regions"], "cells.csv: --regions writes polygons, which a CSV has no room for"),
 ])
 def test_bad_options_are_one_message_and_write_nothing(tmp_path, rng, args, said):
     stored = slide_map(tmp_path / "map.tif", random_scores(rng))
@@ -656,3 +657,104 @@ def test_a_map_of_an_image_read_coarser_is_placed_by_its_source_and_refused_by_i
     with pytest.raises(GraphconvError, match=r"scene.png \(240x300 pixels\) read whole at full resolution"):
         write_cells_of(scores, model, "wrong.csv", image=tmp_path / "scene.png")
     assert not (tmp_path / "wrong.csv").exists()
+
+
+# ---- --regions: each class's cells merged into polygons --------------------------------------------------
+def in_region(feature, x: float, y: float) -> bool:
+    """Whether (x, y) is inside a feature's MultiPolygon."""
+    from test_regions import inside
+    return any(inside([np.array(ring) for ring in polygon], x, y)
+               for polygon in feature["geometry"]["coordinates"])
+
+
+def regions_by_class(path) -> dict:
+    return {(f["properties"].get("classification") or {}).get("name", f["properties"].get("class")): f
+            for f in features(path)}
+
+
+@pytest.mark.parametrize("first, step", [((112.0, 112.0), (32.0, 32.0)), ((14.5, 20.0), (4.0, 8.0))])
+def test_a_slide_s_regions_are_qupath_annotations_holding_exactly_each_class_s_cells(tmp_path, rng, first, step):
+    """A tumour map as one annotation per class QuPath measures, not a tile per cell:
+    every computed cell's centre inside its best class's region and no other's, glass in
+    none; the cells, and their area in pixels and in µm (0.25 µm pixels), as
+    measurements."""
+    scores = random_scores(rng, (3, 12, 15))
+    result = write_cells(slide_map(tmp_path / "map.tif", scores, first, step), tmp_path / "regions.geojson",
+                         regions=True)
+    computed = ~np.isnan(scores[0])
+    best = np.where(computed, np.nan_to_num(scores, nan=-1).argmax(axis=0), -1)
+    found = regions_by_class(tmp_path / "regions.geojson")
+    assert sorted(found) == sorted(LABELS) and result.classes == 3
+    assert result.written == result.computed == computed.sum()
+    assert result.regions == sum(f["properties"]["measurements"]["regions"] for f in found.values())
+    for band, name in enumerate(LABELS):
+        feature = found[name]
+        properties = feature["properties"]
+        assert properties["objectType"] == "annotation" and properties["classification"]["name"] == name
+        assert properties["measurements"]["cells"] == (best == band).sum()
+        assert properties["measurements"]["area pixels^2"] == pytest.approx((best == band).sum() * step[0] * step[1])
+        assert properties["measurements"]["area µm^2"] == pytest.approx(
+            (best == band).sum() * step[0] * step[1] * 0.25 ** 2)
+        for polygon in feature["geometry"]["coordinates"]:
+            assert signed_area(polygon[0]) > 0 and all(signed_area(hole) < 0 for hole in polygon[1:])
+        for r, c in np.ndindex(best.shape):
+            assert in_region(feature, first[1] + step[1] * c, first[0] + step[0] * r) == (best[r, c] == band)
+
+
+@pytest.mark.parametrize("top_classes, min_score", [(None, None), (["necrosis", "stroma"], 0.8)])
+def test_a_multi_label_model_s_regions_are_where_each_class_is_called_and_overlap(tmp_path, rng, top_classes,
+                                                                                  min_score):
+    """A satellite tile holding forest and water is in both regions: each class's region
+    is the cells whose own probability of it is at least --min-score (0.5 unless given)."""
+    scores = random_scores(rng, (3, 10, 11))
+    stored = slide_map(tmp_path / "map.tif", scores, model_classes=3, output_activation="sigmoid")
+    with pytest.warns(GraphconvWarning):
+        result = write_cells(stored, tmp_path / "regions.geojson", top_classes, min_score, regions=True)
+    cut = 0.5 if min_score is None else min_score
+    calls = np.nan_to_num(scores, nan=-1) >= cut
+    named = range(3) if top_classes is None else [LABELS.index(name) for name in top_classes]
+    found = regions_by_class(tmp_path / "regions.geojson")
+    assert sorted(found) == sorted(LABELS[k] for k in named)
+    assert result.written == calls[list(named)].any(axis=0).sum()
+    for band in named:
+        feature = found[LABELS[band]]
+        assert feature["properties"]["measurements"]["cells"] == calls[band].sum()
+        for r, c in np.ndindex(calls.shape[1:]):
+            assert in_region(feature, 112 + 32 * c, 112 + 32 * r) == calls[band, r, c]
+
+
+def test_a_class_map_s_regions_are_its_scores_map_s(digits, tmp_path):
+    """`run --reduce argmax` keeps each cell's class alone: its regions are those of the
+    map of every score, the same polygons."""
+    from conftest import ROOT
+    for output, more in (("scores.tif", []), ("classes.tif", ["--reduce", "argmax"])):
+        assert graphconv_in_process("run", digits, "--image", ROOT / "examples/digits_page.png", "--output", output,
+                                    "--quiet", *more).returncode == 0
+        result = graphconv_in_process("cells", output, "-o", output.replace(".tif", ".geojson"), "--regions")
+        assert result.returncode == 0, result.stderr
+        assert "6486 of 6486 computed cells of " + output + " in " in result.stdout
+    assert features(tmp_path / "scores.geojson") == features(tmp_path / "classes.geojson")
+    assert len(features(tmp_path / "scores.geojson")) == 11
+
+
+def test_a_geotiff_s_regions_are_polygons_in_its_crs_holding_each_class_s_cells(digits, tmp_path):
+    """Over a GeoTIFF: the regions in its CRS (north-up: rows run south, and the rings
+    still turn as RFC 7946 asks), their area in m², each cell's square centre in its
+    class's region alone."""
+    image = grey_geotiff(tmp_path / "scene.tif", UTM_33N_AREA)
+    assert graphconv_in_process("run", digits, "--image", image, "--output", "map.tif", "--quiet").returncode == 0
+    assert graphconv_in_process("cells", "map.tif", "-o", "cells.geojson").returncode == 0
+    result = graphconv_in_process("cells", "map.tif", "-o", "regions.geojson", "--regions")
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / "regions.geojson") as fp:
+        assert json.load(fp)["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32633"
+    regions = regions_by_class(tmp_path / "regions.geojson")
+    for feature in regions.values():
+        assert feature["properties"]["area"] == pytest.approx(feature["properties"]["cells"] * 40.0 ** 2)
+        assert all(signed_area(polygon[0]) > 0 for polygon in feature["geometry"]["coordinates"])
+    cells = features(tmp_path / "cells.geojson")
+    assert sum(f["properties"]["cells"] for f in regions.values()) == len(cells)
+    for cell in cells[::5]:
+        cx, cy, _, _ = square_of(cell)
+        held = [name for name, feature in regions.items() if in_region(feature, cx, cy)]
+        assert held == [cell["properties"]["top_class"]]
