@@ -42,7 +42,8 @@ NOT_COMPUTED_CLASS = 65535  # a --reduce argmax map's cells not computed (its no
 COORDINATE_DIGITS = 10  # significant digits of a coordinate: 0.1 mm in UTM metres, ~1 mm in degrees
 SCORE_DIGITS = 9  # what float32 needs to come back bit for bit
 PIXEL_UNITS = "pixels of the image at full resolution (a pyramid's level 0), x right, y down, pixel k spanning k..k+1"
-CSV_LEAD = ("row", "col", "x", "y", "top_class")  # how a CSV of cells graphconv wrote begins
+CSV_LEAD = ("row", "col", "x", "y")  # how a CSV of cells graphconv wrote begins
+MICRON_COLUMNS = ("x_um", "y_um")  # a slide's cell centres in µm from its top-left corner, where it states its pixels
 IN_MEMORY = "<scores>"  # a StoredMap's path where it is a map held in memory (`write_cells_of`)
 
 
@@ -475,7 +476,7 @@ def _check_replaceable(output: str, kind: str) -> None:
             head = fp.read(256)
     except OSError:
         head = ""
-    ours = head.startswith(_GEOJSON_HEAD) if kind == ".geojson" else head.startswith(",".join(CSV_LEAD))
+    ours = head.startswith(_GEOJSON_HEAD) if kind == ".geojson" else head.startswith(",".join(CSV_LEAD) + ",")
     if not ours:
         raise GraphconvError("is already there and is not a file of cells graphconv wrote: choose another name",
                              file=output)
@@ -854,23 +855,28 @@ def _called(stored: StoredMap, values: list[float], names: list[str]) -> str | N
 
 def _write_csv(fp: TextIO, stored: StoredMap, frame: _Frame, keep: _Selection) -> tuple[int, int]:
     """A row per kept cell: its row and column in the map, its centre (x, y) in the
-    GeoJSON's coordinates, its best class and score (empty where not known), a
+    GeoJSON's coordinates (and, over a slide that states its pixel size, in µm: a lab's
+    tables measure tissue so), its best class and score (empty where not known), a
     multi-label model's classes called (`_called`), and every class's score."""
     names = stored.names
     scored = not stored.is_class_map
     called = [CALLED_KEY] if stored.independent else []
+    microns = None if frame.georeferenced else stored.placement.get("microns_per_pixel")
+    lead = (*CSV_LEAD, *(MICRON_COLUMNS if microns else ()), "top_class")
     out = csv.writer(fp, lineterminator="\n")
-    out.writerow([*CSV_LEAD, *(["top_score", *called, *_distinct(names, (*CSV_LEAD, "top_score", *called))]
-                               if scored else [])])
+    out.writerow([*lead, *(["top_score", *called, *_distinct(names, (*lead, "top_score", *called))] if scored else [])])
     written = computed = 0
     for first, block in _blocks(stored):
         rows, cols, best, counted = keep.cells(block, stored)
         computed += counted
-        centres = frame.centres(rows + first, cols).tolist()
+        centres = frame.centres(rows + first, cols)
+        in_microns = (centres * microns).tolist() if microns else None
+        centres = centres.tolist()
         cell_scores = block[:, rows, cols].T.tolist() if scored else None
         for i, (row, col, top) in enumerate(zip((rows + first).tolist(), cols.tolist(), best.tolist())):
-            line = [row, col, _number(centres[i][0], COORDINATE_DIGITS, ""),
-                    _number(centres[i][1], COORDINATE_DIGITS, ""), names[top] if top >= 0 else ""]
+            line = [row, col, *(_number(v, COORDINATE_DIGITS, "") for v in centres[i]),
+                    *(_number(v, COORDINATE_DIGITS, "") for v in (in_microns[i] if microns else ())),
+                    names[top] if top >= 0 else ""]
             if scored:
                 line += [_number(cell_scores[i][top], SCORE_DIGITS, "") if top >= 0 else "",
                          *([_called(stored, cell_scores[i], names)] if called else []),

@@ -88,6 +88,14 @@ def test_a_json_name_is_geojson_as_qupath_imports_it(tmp_path, rng):
     write_cells(stored, tmp_path / "cells.json")  # its own output: replaced
 
 
+def test_a_slide_stating_no_pixel_size_has_no_micron_columns(tmp_path, rng):
+    scores = random_scores(rng)
+    write_map_tiff(str(tmp_path / "map.tif"), scores[None], None,
+                   CellPlacement((16.0, 16.0), (32.0, 32.0), None, contents={"classes": [0, 1, 2]}))
+    write_cells(str(tmp_path / "map.tif"), tmp_path / "cells.csv")
+    assert list(csv_rows(tmp_path / "cells.csv")[0])[:5] == ["row", "col", "x", "y", "top_class"]
+
+
 def test_the_csv_holds_the_geojson_s_cells_centre_class_and_scores(tmp_path, rng):
     scores = random_scores(rng)
     stored = slide_map(tmp_path / "map.tif", scores)
@@ -95,10 +103,11 @@ def test_the_csv_holds_the_geojson_s_cells_centre_class_and_scores(tmp_path, rng
     write_cells(stored, tmp_path / "cells.csv")
     with open(tmp_path / "cells.csv", newline="") as fp:
         rows = list(csv.DictReader(fp))
-    assert list(rows[0]) == ["row", "col", "x", "y", "top_class", "top_score", *LABELS]
+    assert list(rows[0]) == ["row", "col", "x", "y", "x_um", "y_um", "top_class", "top_score", *LABELS]
     for row, feature in zip(rows, features(tmp_path / "cells.geojson"), strict=True):
         cx, cy, _, _ = square_of(feature)
         assert (float(row["x"]), float(row["y"])) == (cx, cy)
+        assert (float(row["x_um"]), float(row["y_um"])) == pytest.approx((cx * 0.25, cy * 0.25))  # 0.25 µm pixels
         assert row["top_class"] == feature["properties"]["classification"]["name"]
         r, c = int(row["row"]), int(row["col"])
         assert np.array([row[name] for name in LABELS], np.float32).tobytes() == scores[:, r, c].tobytes()
@@ -131,7 +140,7 @@ def test_a_map_of_some_classes_names_them_by_the_model_s_indices(tmp_path, rng):
     write_cells(stored, tmp_path / "cells.csv", top_classes=[2])
     with open(tmp_path / "cells.csv", newline="") as fp:
         rows = list(csv.DictReader(fp))
-    assert list(rows[0])[6:] == ["class 2", "class 0"]
+    assert list(rows[0])[8:] == ["class 2", "class 0"]
     assert rows and {row["top_class"] for row in rows} == {"class 2"}
     with pytest.raises(GraphconvError, match="class 1 is not in this map"):
         write_cells(stored, tmp_path / "other.csv", top_classes=[1])
