@@ -268,7 +268,20 @@ def _say_the_tiles(run: _TiledRun) -> None:
         background = tiles.background
         left_out = sum(background.blank_count(tile) for tile in tiles.plan.tiles) if background is not None else 0
         print(grid.describe(image_hw, left_out=left_out), flush=True)  # flushed: not after a Ctrl-C's line
-    print(f"tiles: {tiles.plan.describe()}", file=sys.stderr)
+    print(f"tiles: {tiles.plan.describe()}{_tile_cut_to_whole_cells(args.tile, tiles.plan, image_hw)}",
+          file=sys.stderr)
+
+
+def _tile_cut_to_whole_cells(tile: int | None, plan, image_hw: tuple[int, int]) -> str:
+    """Why the tiles are smaller than --tile asked, where they are: a box holds whole
+    cells, so `--tile 500` of a network 32 pixels a cell read boxes of 481 and the user
+    asked where 19 pixels had gone."""
+    if tile is None:
+        return ""
+    cut = [plan.tile_hw[a] < min(tile, image_hw[a]) for a in (0, 1)]
+    if not any(cut):
+        return ""
+    return f" (--tile {tile}: a tile reads the boxes of whole cells, {plan.tile_hw[0]}x{plan.tile_hw[1]} the largest within it)"
 
 
 def _recorded_placement(run: _TiledRun) -> tuple[CellPlacement, list[int] | None]:

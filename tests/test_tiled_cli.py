@@ -109,6 +109,18 @@ def test_cli_reduce_argmax_and_classes(model_dir, picture, tmp_path):
     assert (np.load(tmp_path / "one.npy") == 7).all()
 
 
+def test_a_tile_cut_to_whole_cells_says_so(model_dir, picture, tmp_path):
+    """LeNet's cells are 4 pixels apart on 32-pixel crops: --tile 63 reads boxes of 60
+    (32 + 4 k), and the tiles line says why it reports 60; a --tile of whole cells, none."""
+    for tile, said in (("63", True), ("60", False)):
+        result = graphconv("run", model_dir, "--image", picture / "page.png", "--tile", tile, "--output",
+                           tmp_path / f"{tile}.npy")
+        assert result.returncode == 0, result.stderr
+        assert "tiles of up to 60x60 pixels" in result.stderr
+        assert ("(--tile 63: a tile reads the boxes of whole cells, 60x60 the largest within it)"
+                in result.stderr) == said
+
+
 def test_cli_too_small_tile_is_exit_2_with_the_smallest_size(model_dir, picture, tmp_path):
     result = graphconv("run", model_dir, "--image", picture / "page.png", "--tile", "8", "--output", tmp_path / "x.npy")
     assert result.returncode == 2
