@@ -47,6 +47,7 @@ from graphconv.errors import GraphconvError, counted
 
 DEFAULT_THRESHOLD = 0.05  # HSV saturation (or darkness) of the palest tissue kept: above JPEG noise on glass
 NO_CLASS = np.iinfo(np.uint16).max  # what a --reduce argmax map holds for a cell not computed
+NO_CALL_CLASS = NO_CLASS - 1  # and for a sigmoid model's cell calling no class (its best under 0.5)
 SMALLEST_TILE = 512  # the smallest tile `cheapest_tile` tries (or the smallest that works, when larger)
 LARGEST_TILE = 2048  # and the largest: a larger tile's buffers leave the caches and fault in fresh pages
 TILE_SIZES_TRIED = 24  # evenly spaced between the two: the pixels read do not fall or rise steadily with the size

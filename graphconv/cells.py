@@ -32,6 +32,7 @@ from typing import Any, Iterator, Sequence, TextIO
 
 import numpy as np
 
+from graphconv.background import NO_CALL_CLASS
 from graphconv.classes import class_index, rejoined_names
 from graphconv.errors import GraphconvError, agreeing, shown, shown_path, warn_caller
 from graphconv.georef import is_zarr_path
@@ -112,6 +113,9 @@ class StoredMap:
         """What `graphconv cells` says of a map whose cells are not all classified by
         their best score."""
         rule, names = self.class_rule, self.names
+        if self.is_class_map and self.placement.get("output_activation") == "sigmoid":
+            return (f"note: the model ends in a sigmoid, each class called on its own: the map's cells calling none "
+                    f"({NO_CALL_CLASS}) are written unclassified")
         if rule == "threshold" and self.independent:
             return ("note: the model ends in a sigmoid, each class a finding of its own: a cell is classified by its "
                     "best class where that one's probability is at least 0.5 (written unclassified, with its scores, "
@@ -522,7 +526,7 @@ class _Selection:
         if stored.is_class_map:
             values = block[0].astype(np.int64)
             computed = values != NOT_COMPUTED_CLASS
-            best = _band_of_class(values, stored.classes, computed)
+            best = _band_of_class(values, stored.classes, computed & (values != NO_CALL_CLASS))
             score = None
         else:
             computed = ~np.isnan(block).all(axis=0)

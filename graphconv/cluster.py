@@ -610,7 +610,7 @@ def _tile_block(ref: ModelRef, image: str, box: tuple[int, int, int, int], rows,
                 options: MapOptions) -> tuple[np.ndarray, Any]:
     """On a worker: one tile's block of the map, transformed, and with --skip-damaged
     what it left out (`tiling.DamagedCells`; else None)."""
-    from graphconv.tiling import DamagedCells, Tile, map_transform, tile_block
+    from graphconv.tiling import DamagedCells, Tile, model_map_transform, tile_block
 
     model, key = _model_and_source_key(ref, image, options)
     source = _WORKER_SOURCES.get(key)
@@ -618,7 +618,7 @@ def _tile_block(ref: ModelRef, image: str, box: tuple[int, int, int, int], rows,
         source = options.open_image(model, image, options.nodata)
         _WORKER_SOURCES.clear()
         _WORKER_SOURCES[key] = source
-    transform, _, _ = map_transform(options.reduce, options.classes, model.output_channels)
+    transform, _, _ = model_map_transform(model, options.reduce, options.classes)
     damaged = DamagedCells() if options.skip_damaged else None
     block = tile_block(options.grid(model), source, Tile(rows, cols, box), options.device, transform, damaged)
     return np.ascontiguousarray(block), damaged
@@ -798,7 +798,7 @@ def _map_made(job: _ImageJob) -> ImageResult:
     kept where another run made it meanwhile; else the image read, its tiles chosen for
     the memory, the map computed in them (or whole) and written, and what the batch is
     to say of it returned."""
-    from graphconv.tiling import map_transform
+    from graphconv.tiling import model_map_transform
 
     _refuse_a_broken_link(job.image)
     job.model = model = worker_model(job.ref)
@@ -808,7 +808,7 @@ def _map_made(job: _ImageJob) -> ImageResult:
     read = _ReadImage(job.options.open_image(model, job.image, _raster_nodata(job.image, job.options)), stamp)
     if job.options.scales:
         return _at_scales(model, job.image, job.output, read.source, job.options, job.as_found(stamp), stamp)
-    transform, _, _ = map_transform(job.options.reduce, job.options.classes, model.output_channels)
+    transform, _, _ = model_map_transform(model, job.options.reduce, job.options.classes)
     plan = _image_plan(job, read)
     if plan.tile is not None:
         written = _MapWritten(*_map_in_tiles(
@@ -1055,12 +1055,12 @@ def _map_in_tiles(ref: ModelRef, model, image: str, output: str, source, grid, t
     (`tiling.piece_cells_within`)."""
     from graphconv.background import blank_tiles
     from graphconv.georef import cell_placement, georeference_of_map, is_tiff_output
-    from graphconv.tiling import (DamagedCells, MapFile, PartialMap, map_transform, piece_cells_within, pieces_note,
-                                  plan_tiles, run_tiled, stopped_partial_map)
+    from graphconv.tiling import (DamagedCells, MapFile, PartialMap, model_map_transform, piece_cells_within,
+                                  pieces_note, plan_tiles, run_tiled, stopped_partial_map)
 
     plan = plan_tiles(grid, (source.height, source.width), tile)
     piece_cells = piece_cells_within(grid, plan, cut_to) if cut_to is not None else None
-    transform, channels, dtype = map_transform(options.reduce, options.classes, model.output_channels)
+    transform, channels, dtype = model_map_transform(model, options.reduce, options.classes)
     shape = (1, channels, *plan.map_hw)
     blank = frozenset(blank_tiles(plan.tiles, blank_cells))
     partial_beside = not options.resume and PartialMap(output).exists()
@@ -1650,9 +1650,9 @@ def image_map_shape(model, grid, image: str, options: MapOptions, tile: int | No
     TIFF's or zarr's header; a picture's, upright, as `images.image_size` reads it, not
     its pixels: a rerun over 10,000 photos decoded each one here first): what an
     existing .npy there must hold to be replaced."""
-    from graphconv.tiling import map_transform
+    from graphconv.tiling import model_map_transform
 
-    _, channels, dtype = map_transform(options.reduce, options.classes, model.output_channels)
+    _, channels, dtype = model_map_transform(model, options.reduce, options.classes)
     if options.scales:
         return np.dtype(np.float32), (1, channels)  # one class vector (`_at_scales`)
     rows, cols = grid.map_hw(size_as_read(model, image, options))

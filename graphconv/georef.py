@@ -24,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
+from graphconv.background import NO_CALL_CLASS
 from graphconv.errors import GraphconvError, agreeing
 from graphconv.receptive import Field
 
@@ -41,6 +42,7 @@ GEOTRANSFORM_ORDER = ("GDAL GeoTransform: (x0, x per column, x per row, y0, y pe
                       "r gt[5]), its centre at c + 0.5, r + 0.5")
 SHORT, ASCII, DOUBLE = 3, 2, 12  # TIFF data types
 MAP_TILE = 256  # the written map's TIFF tiles, at most (less for a smaller map)
+NO_CALL_GREY = 160  # a class map's cells calling no class, in its colour table (not computed: black)
 TIFF_TILE_MULTIPLE = 16  # what the TIFF standard requires of a tile's sides
 MAP_DESCRIPTION = "graphconv score map"  # how a map this module wrote is told from a user's image
 BLENDS = ("bilinear", "mean", "gaussian")  # how `CellPlacement.on_pixels` puts cells on the pixels
@@ -788,8 +790,11 @@ def map_contents(image: str, model_path: str, model, classes: Sequence[int] | No
     from graphconv.images import output_activation
 
     kept = list(classes) if classes is not None else list(range(model.output_channels))
-    values = ("the class of each cell: the best of `classes` (65535 where not computed)" if reduce == "argmax"
-              else "class scores, one channel per class of `classes` (NaN where not computed)")
+    values = ("class scores, one channel per class of `classes` (NaN where not computed)" if reduce != "argmax"
+              else "the class of each cell: the best of `classes` where its probability is at least 0.5, 65534 "
+              "where none is (each class called on its own: a sigmoid's); 65535 where not computed"
+              if output_activation(model.graph) == "sigmoid"
+              else "the class of each cell: the best of `classes` (65535 where not computed)")
     contents = {"image": os.path.abspath(image), "model": os.path.abspath(model_path),
                 "model_digest": digest_of_model(model_path, model),
                 "values": values, "classes": kept, "model_classes": model.output_channels,
@@ -948,9 +953,10 @@ def band_descriptions(count: int, dtype: np.dtype, contents: dict | None) -> lis
     """Each band's name, as GDAL shows it (QGIS's band names): its class's label, or
     "class K" where the model has no labels; a class map's one band says what its
     values are."""
-    if np.dtype(dtype) == np.uint16 and count == 1:
-        return ["class (the best class of each cell; 65535: not computed)"]
     contents = contents or {}
+    if np.dtype(dtype) == np.uint16 and count == 1:
+        no_call = "65534: no class called; " if _calls_on_its_own(contents) else ""
+        return [f"class (the best class of each cell; {no_call}65535: not computed)"]
     classes = contents.get("classes") or list(range(count))
     labels = contents.get("labels")
     return [labels[i] if labels and i < len(labels) else f"class {classes[i] if i < len(classes) else i}"
@@ -963,13 +969,20 @@ def class_names(dtype: np.dtype, contents: dict | None) -> dict[int, str]:
     if np.dtype(dtype) != np.uint16 or not contents:
         return {}
     classes, labels = contents.get("classes") or [], contents.get("labels")
-    return {int(c): labels[i] if labels and i < len(labels) else f"class {c}" for i, c in enumerate(classes)}
+    legend = {int(c): labels[i] if labels and i < len(labels) else f"class {c}" for i, c in enumerate(classes)}
+    return {**legend, NO_CALL_CLASS: "no class called"} if _calls_on_its_own(contents) else legend
+
+
+def _calls_on_its_own(contents: dict) -> bool:
+    """Whether a class map's model calls each class on its own (ends in a sigmoid), so
+    its map holds NO_CALL_CLASS where none is called."""
+    return contents.get("output_activation") == "sigmoid"
 
 
 def class_colour_table(dtype: np.dtype, contents: dict | None) -> np.ndarray | None:
     """A class map's TIFF colour map, (3, 65536) 16-bit red, green and blue: each
     candidate class the colour the class picture and `graphconv cells` give it, any
-    other value (65535: not computed) black. GDAL reads it as the band's colour table,
+    other value (65535: not computed) black, but 65534 (no class called) grey. GDAL reads it as the band's colour table,
     so QGIS and ArcGIS show the classes in colour unasked; the values stay the classes.
     None for a score map."""
     if np.dtype(dtype) != np.uint16 or not contents or not contents.get("classes"):
@@ -979,6 +992,8 @@ def class_colour_table(dtype: np.dtype, contents: dict | None) -> np.ndarray | N
     classes = [int(c) for c in contents["classes"]]
     table = np.zeros((3, 2 ** 16), np.uint16)
     table[:, classes] = (class_colours(classes).round().astype(np.uint16) * 257).T
+    if _calls_on_its_own(contents):
+        table[:, NO_CALL_CLASS] = NO_CALL_GREY * 257
     return table
 
 

@@ -991,6 +991,13 @@ def call_cut(graph, classes: int) -> float | None:
     return 0.5 if classes > 1 and output_activation(graph) == "sigmoid" else None
 
 
+def argmax_cut(graph) -> float | None:
+    """The probability under which a `--reduce argmax` cell's best class is not called:
+    0.5 for a model ending in a sigmoid (a one-score model's, a multi-label model's
+    findings), None for one that picks a class per cell."""
+    return 0.5 if output_activation(graph) == "sigmoid" else None
+
+
 def render_top_map(image: np.ndarray, scores: np.ndarray, field: Field, labels: list[str] | None = None,
                    *, display_hw: tuple[int, int] | None = None, title: str | None = None,
                    opacity: float = TOP_BLEND):

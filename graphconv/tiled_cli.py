@@ -146,7 +146,7 @@ def _refuse_what_a_tiled_run_cannot_do(args: argparse.Namespace, model, reason: 
     """Refuse, before the image is even opened, the options only a whole-image run takes
     (--scales, --profile, --full-map), saying why this one goes in tiles, and a wrong
     --classes (before the image's notes, which would bury the error)."""
-    from graphconv.tiling import map_transform
+    from graphconv.tiling import model_map_transform
 
     if args.scales:
         from graphconv.cluster import SCALES_NOT_IN_TILES
@@ -154,7 +154,7 @@ def _refuse_what_a_tiled_run_cannot_do(args: argparse.Namespace, model, reason: 
     if args.profile or args.full_map:
         flag = "--profile" if args.profile else "--full-map"
         raise GraphconvError(f"{flag} takes a whole-image run, and this one goes in tiles: {reason}")
-    map_transform(args.reduce, args.classes, model.output_channels)  # a wrong --classes refused before the image: line
+    model_map_transform(model, args.reduce, args.classes)  # a wrong --classes refused before the image: line
 
 
 @dataclass(frozen=True)
@@ -181,20 +181,24 @@ def _checked_tiled_run(args: argparse.Namespace, model, grid, source) -> _TiledR
     """The tiles planned and the map they make settled, with every refusal that needs
     them (a --heatmap the map cannot draw, an output not this run's to replace, another
     job's partial map, a map too large for memory) made before any tile is computed."""
+    from graphconv.background import NO_CALL_CLASS, NO_CLASS
     from graphconv.images import output_activation
-    from graphconv.tiling import map_transform
+    from graphconv.tiling import model_map_transform
 
     planned = _plan_the_tiles(args, model, grid, (source.height, source.width), source)
     resume = getattr(args, "resume", False)
     classes = model.output_channels
-    transform, channels, dtype = map_transform(args.reduce, args.classes, classes)
-    if args.reduce == "argmax" and (len(args.classes) if args.classes else classes) == 1:
+    transform, channels, dtype = model_map_transform(model, args.reduce, args.classes)
+    kept = len(args.classes) if args.classes else classes
+    if args.reduce == "argmax" and output_activation(model.graph) == "sigmoid":
+        several = ("; a cell calling several classes keeps its best alone: write the scores (drop --reduce) for "
+                   "every class it calls, which graphconv cells lists") if kept > 1 else ""
+        print(f"note: {model.graph.name} ends in a sigmoid, each class called on its own: --reduce argmax writes "
+              f"each cell's best class where its probability is at least 0.5, and {NO_CALL_CLASS} where no class is "
+              f"({NO_CLASS}: not computed){several}", file=sys.stderr)
+    elif args.reduce == "argmax" and kept == 1:
         print("note: --reduce argmax over one score channel gives its class in every cell: a one-channel output (a "
-              "sigmoid's probability) wants its scores written (drop --reduce) and thresholded", file=sys.stderr)
-    elif args.reduce == "argmax" and output_activation(model.graph) == "sigmoid":
-        print(f"note: {model.graph.name} ends in a sigmoid, each class a finding of its own: --reduce argmax writes "
-              "each cell's highest-scoring class whatever its probability, where a cell may call none (or several); "
-              "write the scores (drop --reduce), and graphconv cells calls each class at 0.5", file=sys.stderr)
+              "logit) wants its scores written (drop --reduce) and thresholded", file=sys.stderr)
     _check_heatmap(args, classes, model.graph.meta.get("labels"))
     _check_heatmap_bands(args, source)
     shape = (1, channels, *planned.plan.map_hw)
@@ -935,13 +939,14 @@ def _sample_map(args: argparse.Namespace, scores, field, picture_hw: tuple[int, 
 def _best_of(args: argparse.Namespace, block: np.ndarray, cut: float | None = None) -> np.ndarray:
     """The best class of each cell of a (K, rows, cols) block of the map written (real class
     numbers, with --classes too; a --reduce argmax map holds them), images.NOT_COMPUTED
-    where none was computed, images.NO_CALL where the best score is under `cut`."""
+    where none was computed, images.NO_CALL where the best score is under `cut` (or the
+    class map says so)."""
     from graphconv import images
-    from graphconv.background import NO_CLASS
+    from graphconv.background import NO_CALL_CLASS, NO_CLASS
 
     if args.reduce == "argmax":
         best = block[0].astype(np.intp)
-        return np.where(best == NO_CLASS, images.NOT_COMPUTED, best)
+        return np.select([best == NO_CLASS, best == NO_CALL_CLASS], [images.NOT_COMPUTED, images.NO_CALL], best)
     best = images.best_class(block, cut)
     if not args.classes:
         return best

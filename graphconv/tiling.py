@@ -41,7 +41,7 @@ from typing import Any, Callable, Collection, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from graphconv.background import NO_CLASS
+from graphconv.background import NO_CALL_CLASS, NO_CLASS
 from graphconv.errors import GraphconvError, counted, shown, warn_caller
 from graphconv.georef import EPSG_URL, is_zarr_path
 from graphconv.memory import FLOAT_BYTES, check_fits, format_size
@@ -901,11 +901,13 @@ def as_source(source, channels: int) -> Source:
 
 # ---- what a tiled run writes ------------------------------------------------------------------------
 
-def map_transform(reduce: str | None = None, classes: Sequence[int] | None = None,
-                  num_classes: int | None = None) -> tuple[Callable[[np.ndarray], np.ndarray] | None, int, np.dtype]:
+def map_transform(reduce: str | None = None, classes: Sequence[int] | None = None, num_classes: int | None = None,
+                  call_cut: float | None = None) -> tuple[Callable[[np.ndarray], np.ndarray] | None, int, np.dtype]:
     """The per-tile transform that makes a huge map small, with the channel count and
     dtype it produces: `classes` keeps those score channels; `reduce="argmax"` keeps the
-    winning class per cell as uint16 (one channel)."""
+    winning class per cell as uint16 (one channel), NO_CALL_CLASS where its score is under
+    `call_cut` (`images.argmax_cut`: a sigmoid's classes, each called on its own, where
+    the best may be a 0.02) and NO_CLASS where the cell was not computed."""
     if classes is not None and num_classes is not None:
         bad = [c for c in classes if not 0 <= c < num_classes]
         if bad:
@@ -919,12 +921,21 @@ def map_transform(reduce: str | None = None, classes: Sequence[int] | None = Non
             scores = block if index is None else block[:, index]
             winners = scores.argmax(axis=1)
             classes = (winners if index is None else index[winners]).astype(np.uint16)
+            if call_cut is not None:
+                classes[np.take_along_axis(scores, winners[:, None], axis=1)[:, 0] < call_cut] = NO_CALL_CLASS
             classes[np.isnan(scores).any(axis=1)] = NO_CLASS  # np.argmax takes a NaN for the winner
             return classes[:, None]
         return argmax, 1, np.dtype(np.uint16)
     if index is not None:
         return (lambda block: block[:, index]), len(index), np.dtype(np.float32)
     return None, num_classes or 0, np.dtype(np.float32)
+
+
+def model_map_transform(model, reduce: str | None, classes: Sequence[int] | None):
+    """`map_transform` of `model`'s map: its classes, and the cut under which a --reduce
+    argmax cell calls no class (a sigmoid's)."""
+    from graphconv.images import argmax_cut
+    return map_transform(reduce, classes, model.output_channels, argmax_cut(model.graph))
 
 
 @contextmanager

@@ -121,6 +121,44 @@ def test_a_tile_cut_to_whole_cells_says_so(model_dir, picture, tmp_path):
                 in result.stderr) == said
 
 
+def test_a_sigmoid_model_s_class_map_marks_the_cells_calling_no_class(picture, tmp_path, write_spec):
+    """A satellite model's findings (sigmoid): `--reduce argmax` wrote each cell's best
+    class at 0.02 as at 0.98; now 65534 where none reaches 0.5, named in the map's
+    legend, left unclassified by `graphconv cells` and clear in --heatmap top."""
+    spec = write_spec("""
+        name: land
+        input: {name: data, shape: [1, 8, 8]}
+        weights: land.npz
+        layers:
+          - {name: conv1, op: conv, out_channels: 3, kernel_size: 8, stride: 4}
+          - {name: prob, op: sigmoid}
+        """)
+    weights = np.random.default_rng(5).standard_normal((3, 1, 8, 8)).astype(np.float32) * 0.3
+    np.savez(tmp_path / "land.npz", **{"conv1.weight": weights, "conv1.bias": np.full(3, -2.0, np.float32)})
+    assert graphconv("compile", spec, "-o", tmp_path / "land").returncode == 0
+    common = ("run", tmp_path / "land", "--image", picture / "page.png")
+    assert graphconv(*common, "--output", tmp_path / "scores.npy").returncode == 0
+    result = graphconv(*common, "--reduce", "argmax", "--output", tmp_path / "classes.tif", "--heatmap", "top",
+                       "--heatmap-out", tmp_path / "top.png")
+    assert result.returncode == 0, result.stderr
+    assert "best class where its probability is at least 0.5, and 65534 where no class is" in result.stderr
+    scores = np.load(tmp_path / "scores.npy")[0]
+    classes = tifffile.imread(tmp_path / "classes.tif")
+    np.testing.assert_array_equal(classes, np.where(scores.max(axis=0) >= 0.5, scores.argmax(axis=0), 65534))
+    assert (classes == 65534).any() and (classes < 3).any()
+    with tifffile.TiffFile(tmp_path / "classes.tif") as tif:
+        metadata = tif.pages[0].tags["GDAL_METADATA"].value
+        colours = tif.pages[0].colormap
+    assert "65534: no class called" in metadata and 'name="CLASS_65534"' in metadata
+    assert tuple(colours[:, 65534]) == (160 * 257,) * 3
+    cells = graphconv("cells", tmp_path / "classes.tif", "-o", tmp_path / "cells.csv")
+    assert cells.returncode == 0 and "calling none (65534) are written unclassified" in cells.stderr
+    with open(tmp_path / "cells.csv", newline="") as fp:
+        rows = list(csv.DictReader(fp))
+    assert len(rows) == classes.size
+    assert sum(row["top_class"] == "" for row in rows) == (classes == 65534).sum()
+
+
 def test_cli_too_small_tile_is_exit_2_with_the_smallest_size(model_dir, picture, tmp_path):
     result = graphconv("run", model_dir, "--image", picture / "page.png", "--tile", "8", "--output", tmp_path / "x.npy")
     assert result.returncode == 2
@@ -4416,18 +4454,3 @@ def test_an_image_replaced_while_it_is_mapped_leaves_no_mixed_map(model_dir, pic
         result.stderr
     assert not (tmp_path / "maps" / "slide.npy").exists()
 
-
-def test_reduce_argmax_of_a_multi_label_model_says_it_ignores_the_calls(write_spec, tmp_path, rng):
-    """Findings of their own (a sigmoid over 3 classes): --reduce argmax wrote each cell's
-    best finding, at 0.02 as at 0.98, and the cells of that map disagreed with those of
-    the scores' map without a word."""
-    from PIL import Image
-    spec = write_spec("name: findings\ninput: {shape: [1, 16, 16]}\nlayers:\n"
-                      "  - {name: c1, op: conv, out_channels: 4, kernel_size: 5, stride: 2}\n"
-                      "  - {name: c2, op: conv, out_channels: 3, kernel_size: 6}\n  - {name: p, op: sigmoid}\n")
-    Image.fromarray(rng.integers(0, 256, (40, 48), dtype=np.uint8)).save(tmp_path / "page.png")
-    result = graphconv("run", spec, "--image", tmp_path / "page.png", "--reduce", "argmax", "--output",
-                       tmp_path / "classes.npy")
-    assert result.returncode == 0, result.stderr
-    assert "note: findings ends in a sigmoid, each class a finding of its own: --reduce argmax writes each cell's " \
-           "highest-scoring class whatever its probability" in result.stderr

@@ -199,6 +199,24 @@ def test_a_tile_as_large_as_the_image_is_one_tile_however_small(compiled, name, 
         plan_tiles(model, (hc, wc + 3 * smallest[1]), (hc, smallest[1] - 1))  # cuts the columns
 
 
+@pytest.mark.parametrize("classes", [None, [2, 0]])
+def test_argmax_of_findings_called_on_their_own_marks_the_cells_calling_none(rng, classes):
+    """A sigmoid model's best class is an answer only at 0.5: under it the class map holds
+    65534 (no class called), not the best of the kept classes at 0.02; 65535 where any
+    kept score is NaN (not computed)."""
+    scores = rng.random((2, 3, 6, 7)).astype(np.float32)
+    scores[0, :, 0, 0] = np.nan
+    transform, channels, dtype = map_transform("argmax", classes, 3, call_cut=0.5)
+    kept = scores if classes is None else scores[:, classes]
+    index = np.arange(3) if classes is None else np.array(classes)
+    expected = np.where(kept.max(axis=1) >= 0.5, index[kept.argmax(axis=1)], 65534)
+    expected[0, 0, 0] = 65535
+    got = transform(scores)
+    assert (channels, dtype, got.dtype) == (1, np.uint16, np.uint16)
+    np.testing.assert_array_equal(got[:, 0], expected)
+    assert (got == 65534).any() and (got < 3).any()
+
+
 def test_reduce_argmax_and_classes(compiled, rng):
     model = compiled("padded")
     x = rng.standard_normal((1, 3, 90, 70)).astype(np.float32)
