@@ -831,7 +831,7 @@ class _ImagePlan:
     budget: int
     tile: int | tuple[int, int] | None
     resumed_tile: tuple[int, int] | None
-    memory_tile: int | None
+    memory_tile: int | tuple[int, int] | None
     wasteful: str | None
     contents: dict
 
@@ -1196,18 +1196,18 @@ def partial_map_tile(output: str | None, grid, image_hw: tuple[int, int]) -> tup
             else tile_for_cells(grid, image_hw, (int(cells.group(1)), int(cells.group(2)))))
 
 
-def image_tile(grid, image_hw: tuple[int, int], budget: int | None) -> int | None:
+def image_tile(grid, image_hw: tuple[int, int], budget: int | None) -> int | tuple[int, int] | None:
     """The tile an image is mapped in when no --tile was given: None (the whole image in
     one pass) where that fits the memory budget, else the largest tile that does
-    (`tiling.choose_tile`), as a single --image's run does. A slide in a batch was
-    refused, its whole-image run over the budget."""
+    (`tiling.choose_tile`, its tiles made even: `balanced_tile`), as a single --image's
+    run does. A slide in a batch was refused, its whole-image run over the budget."""
     from graphconv.memory import memory_limit
-    from graphconv.tiling import choose_tile, tile_bytes
+    from graphconv.tiling import balanced_tile, choose_tile, tile_bytes
 
     budget = memory_limit() if budget is None else budget
     if tile_bytes(grid, image_hw) <= budget:
         return None
-    return choose_tile(grid, image_hw, budget)
+    return balanced_tile(grid, image_hw, choose_tile(grid, image_hw, budget))
 
 
 def _no_tissue_note(background, grid, image_hw: tuple[int, int], options: MapOptions) -> str | None:

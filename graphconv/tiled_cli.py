@@ -426,8 +426,8 @@ def _plan_the_tiles(args: argparse.Namespace, model, grid, image_hw: tuple[int, 
     """The tiles of an --image run: --tile's, a resumed partial map's, the cheapest over
     the tissue, or the largest the memory budget allows (spread over the workers); each
     choice said in a note, and refused where a tile cannot fit."""
-    from graphconv.tiling import (budget_beside, choose_tile, in_pieces, piece_cells_within, pieces_note, plan_tiles,
-                                  spread_tile, tile_bytes)
+    from graphconv.tiling import (balanced_tile, budget_beside, choose_tile, in_pieces, piece_cells_within,
+                                  pieces_note, plan_tiles, spread_tile, tile_bytes)
 
     tile = args.tile
     at_once, worker_share = _tiles_at_once(args, model)
@@ -443,7 +443,7 @@ def _plan_the_tiles(args: argparse.Namespace, model, grid, image_hw: tuple[int, 
         tile = background.cheapest_tile(grid, image_hw, budget)
     cut_for_workers = False
     if tile is None:
-        fitted = choose_tile(grid, image_hw, budget)
+        fitted = balanced_tile(grid, image_hw, choose_tile(grid, image_hw, budget))
         tile = spread_tile(grid, image_hw, fitted, at_once)
         cut_for_workers = tile != fitted
     plan = plan_tiles(grid, image_hw, tile)

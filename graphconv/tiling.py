@@ -1636,6 +1636,21 @@ def choose_tile(model, image_hw: tuple[int, int], budget: int) -> int:
     return low
 
 
+def balanced_tile(model, image_hw: tuple[int, int], tile: int | Sequence[int]) -> int | tuple[int, int]:
+    """`tile`'s plan, as many tiles along each axis, each holding as even a share of the
+    map's cells as they allow: the budget's largest tile left a sliver (an 8000-pixel
+    slide in 3x3 tiles of 4080, the last 208 pixels wide), which reads its halo for a
+    few cells and, as the largest tiles hold the most, sets the peak memory. `model` may
+    be a grid."""
+    grid = as_grid(model)
+    if isinstance(grid, DenseGrid) and grid.whole_image_only:
+        return tile
+    plan = plan_tiles(grid, image_hw, tile)
+    pieces = [len({(t.rows, t.cols)[a] for t in plan.tiles}) for a in (0, 1)]
+    even = tile_for_cells(grid, image_hw, tuple(-(-plan.map_hw[a] // pieces[a]) for a in (0, 1)))
+    return even if len(plan_tiles(grid, image_hw, even).tiles) == len(plan.tiles) else tile
+
+
 def spread_tile(model, image_hw: tuple[int, int], tile: int | Sequence[int], parts: int) -> int | tuple[int, int]:
     """`tile` (the budget's, `choose_tile`'s), or smaller tiles where it gives fewer than
     `parts` workers running at once a tile each, if that ends sooner: a slide the budget

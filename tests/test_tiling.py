@@ -15,7 +15,8 @@ from hypothesis import given, settings, strategies as st
 import graphconv
 from graphconv.compiler import compile_model
 from graphconv.errors import GraphconvError
-from graphconv.tiling import (CropGrid, MapFile, as_grid, choose_tile, map_transform, min_tile, plan_tiles,
+from graphconv.tiling import (CropGrid, MapFile, as_grid, balanced_tile, choose_tile, map_transform, min_tile,
+                              plan_tiles,
                               run_tiled, tile_bytes)
 
 from conftest import SPECS, random_input
@@ -197,6 +198,24 @@ def test_a_tile_as_large_as_the_image_is_one_tile_however_small(compiled, name, 
     smallest = min_tile(model)
     with pytest.raises(GraphconvError, match=f"the smallest tile that works is {max(smallest)}"):
         plan_tiles(model, (hc, wc + 3 * smallest[1]), (hc, smallest[1] - 1))  # cuts the columns
+
+
+@pytest.mark.parametrize("name", ["padded", "resnetish"])
+@pytest.mark.parametrize("image_hw, tile", [((400, 410), 150), ((300, 900), 260), ((517, 240), 517), ((90, 70), 60)])
+def test_balanced_tiles_are_as_many_and_as_even_as_the_cells_allow(compiled, name, image_hw, tile):
+    """The budget's largest tile left a sliver (3x3 tiles of 4080 over 8000 pixels, the
+    last 208 wide): as many tiles each way, holding near-equal shares of the cells, none
+    larger than before, the same map."""
+    grid = as_grid(compiled(name))
+    before = plan_tiles(grid, image_hw, tile)
+    after = plan_tiles(grid, image_hw, balanced_tile(grid, image_hw, tile))
+    assert len(after.tiles) == len(before.tiles) and after.map_hw == before.map_hw
+    assert all(after.tile_hw[a] <= before.tile_hw[a] for a in (0, 1))
+    for axis in (0, 1):
+        spans = sorted({(t.rows, t.cols)[axis] for t in after.tiles})
+        cells = [hi - lo for lo, hi in spans]
+        assert max(cells) - min(cells) < len(spans)  # uniform tiles: the last holds what is left
+        assert min(cells) >= min(hi - lo for lo, hi in {(t.rows, t.cols)[axis] for t in before.tiles})
 
 
 @pytest.mark.parametrize("classes", [None, [2, 0]])
