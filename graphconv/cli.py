@@ -2232,8 +2232,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         model.run(x, args.device)  # warm-up: JIT compile and caches
         profile, runs = median_profile(model, x, args.device)
         executor = model.executor(args.device)  # its graph carries the layouts the kernels ran in
+        from graphconv.threads import kernel_threads
+        threads = counted(kernel_threads(), "thread") if executor.device == "cpu" else executor.device
         print(f"per-layer times on random input of {size[0]}x{size[1]}: medians of {counted(runs, 'run')} after a "
-              "warm-up")
+              f"warm-up, on {threads} (--threads sets them; times of a machine other work loads are noise)")
         print(format_profile(executor.graph, profile, size, 1, executor.device))
     return 0
 

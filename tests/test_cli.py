@@ -203,10 +203,11 @@ def test_inspect_profile_shows_each_layer_s_median_over_several_runs(monkeypatch
     assert profiling.median_profile(Model([0.0001] * 30), None, "cpu")[1] == 25  # at most 25
     assert profiling.median_profile(Model([6.0] * 3), None, "cpu")[1] == 2  # past 10 s, fewer than 3 runs
     monkeypatch.undo()
-    assert run_cli("inspect", SPECS / "lenet.yaml", "--profile") == 0
+    assert run_cli("inspect", SPECS / "lenet.yaml", "--profile", "--threads", "1") == 0
     out = capsys.readouterr().out
     runs = int(re.search(r"per-layer times on random input of 32x32: medians of (\d+) runs after a warm-up", out)[1])
     assert 3 <= runs <= 25 and "GFLOP/s" in out
+    assert "after a warm-up, on 1 thread (--threads sets them" in out  # compared with onnxruntime's at as many
 
 
 @pytest.mark.parametrize("spec, advised", [("lenet", True), ("gated", False)])
