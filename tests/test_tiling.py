@@ -182,6 +182,9 @@ def test_a_tile_too_small_names_the_smallest_that_works(compiled):
     smallest = min_tile(model)
     with pytest.raises(GraphconvError, match=f"the smallest tile that works is {max(smallest)}"):
         plan_tiles(model, (200, 200), max(smallest) - 1)
+    with pytest.raises(GraphconvError, match=r"tiles that small compute \d+x the image's pixels \(each its halo "
+                                             r"again\); the memory budget allows the whole image in one pass"):
+        plan_tiles(model, (2000, 2000), max(smallest) - 1)  # a user took the smallest: 296x the work
 
 
 @pytest.mark.parametrize("name", sorted(NETWORKS))
