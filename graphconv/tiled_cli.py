@@ -285,7 +285,8 @@ def _tile_cut_to_whole_cells(tile: int | None, plan, image_hw: tuple[int, int]) 
     cut = [plan.tile_hw[a] < min(tile, image_hw[a]) for a in (0, 1)]
     if not any(cut):
         return ""
-    return f" (--tile {tile}: a tile reads the boxes of whole cells, {plan.tile_hw[0]}x{plan.tile_hw[1]} the largest within it)"
+    largest = f"{plan.tile_hw[0]}x{plan.tile_hw[1]}"
+    return f" (--tile {tile}: a tile reads the boxes of whole cells, {largest} the largest within it)"
 
 
 def _recorded_placement(run: _TiledRun) -> tuple[CellPlacement, list[int] | None]:
