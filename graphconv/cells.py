@@ -623,9 +623,22 @@ class _Frame:
         the order that turns counter-clockwise in the output's x, y."""
         dc = np.array([0, 1, 1, 0, 0])
         dr = np.array([0, 0, 1, 1, 0])
-        if np.linalg.det(self.affine[:, :2]) < 0:  # north-up: rows run south, the ring would turn clockwise
+        if self.flipped:
             return dc[::-1].copy(), dr[::-1].copy()
         return dc, dr
+
+    @property
+    def cell_area(self) -> float:
+        """A cell's square's area in the output's units (the affine's determinant)."""
+        (a, b, _), (d, e, _) = self.affine
+        return abs(float(a * e - b * d))
+
+    @property
+    def flipped(self) -> bool:
+        """Whether the grid's (column, row) turn the other way in x, y: north-up, rows run
+        south, and a ring counter-clockwise on the grid would turn clockwise."""
+        (a, b, _), (d, e, _) = self.affine
+        return a * e - b * d < 0
 
     def corners(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         dc, dr = self._ring_steps()
@@ -653,7 +666,7 @@ class _Frame:
     def polygon(self, polygon) -> str:
         """A `regions.Polygon` (corners of the cell grid) as GeoJSON's polygon
         coordinates, its outline counter-clockwise and its holes clockwise in x, y."""
-        flipped = np.linalg.det(self.affine[:, :2]) < 0
+        flipped = self.flipped
         rings = []
         for ring in (polygon.exterior, *polygon.holes):
             placed = self._place(ring[:, 0].astype(np.float64), ring[:, 1].astype(np.float64))
@@ -750,7 +763,7 @@ def _write_regions(fp: TextIO, stored: StoredMap, frame: _Frame, keep: _Selectio
     _write_header(fp, stored, frame, {"regions": REGIONS_ARE})
     quoted = [json.dumps(name) for name in stored.names]
     colours = class_colours(stored.classes).round().astype(int).tolist()
-    cell_area = abs(float(np.linalg.det(frame.affine[:, :2])))
+    cell_area = frame.cell_area
     microns = stored.placement.get("microns_per_pixel") if not frame.georeferenced else None
     patches, classes = 0, len(found)
     for n, band in enumerate(sorted(found)):
@@ -763,9 +776,8 @@ def _write_regions(fp: TextIO, stored: StoredMap, frame: _Frame, keep: _Selectio
                           f'"area": {_number(area, COORDINATE_DIGITS)}}}')
         else:
             in_microns = f', "area µm^2": {_number(area * microns ** 2, COORDINATE_DIGITS)}' if microns else ""
-            colour = colours[band]
-            properties = (f'{{"objectType": "annotation", "name": {quoted[band]}, "classification": {{"name": '
-                          f'{quoted[band]}, "color": [{colour[0]}, {colour[1]}, {colour[2]}]}}, "measurements": '
+            properties = (f'{{"objectType": "annotation", "name": {quoted[band]}, '
+                          f'{_classification(quoted[band], colours[band])}, "measurements": '
                           f'{{"cells": {len(cells)}, "regions": {len(polygons)}, '
                           f'"area pixels^2": {_number(area, COORDINATE_DIGITS)}{in_microns}}}}}')
         fp.write(("," if n else "") + '\n{"type": "Feature", "geometry": {"type": "MultiPolygon", "coordinates": ['
@@ -818,13 +830,16 @@ def _qupath_properties(best: int, values: np.ndarray | None, quoted: list[str], 
     NaN score, which JSON cannot write, is left out, not null)."""
     text = '{"objectType": "tile"'
     if best >= 0:
-        colour = colours[best]
-        text += (f', "classification": {{"name": {quoted[best]}, '
-                 f'"color": [{colour[0]}, {colour[1]}, {colour[2]}]}}')
+        text += ", " + _classification(quoted[best], colours[best])
     if values is not None:
         text += ', "measurements": {' + ", ".join(
             f"{name}: {_number(v, SCORE_DIGITS)}" for name, v in zip(quoted, values) if math.isfinite(v)) + "}"
     return text + "}"
+
+
+def _classification(quoted_name: str, colour: list[int]) -> str:
+    """A QuPath object's classification member: its class's name (JSON-quoted) and colour."""
+    return f'"classification": {{"name": {quoted_name}, "color": [{colour[0]}, {colour[1]}, {colour[2]}]}}'
 
 
 def _flat_properties(row: int, col: int, best: int, values: np.ndarray | None, quoted: list[str],
