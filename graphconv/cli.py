@@ -37,6 +37,7 @@ from graphconv.georef import is_tiff_output, is_zarr_path
 from graphconv.images import PICTURE_SUFFIXES, RESIZE_HINT, SMALLER_THAN_A_CROP_HINT
 from graphconv.memory import check_run_fits
 from graphconv.pass_manager import DEFAULT_PIPELINE
+from graphconv.against_onnxruntime import AGAINST
 from graphconv.profiling import format_profile, median_profile
 from graphconv.frontends import OUTPUT_ACTIVATIONS
 from graphconv.frontends.yaml import PIXEL_VALUES, TASKS
@@ -544,6 +545,10 @@ def _add_inspect_command(sub) -> argparse.ArgumentParser:
     parser.add_argument("--profile", action="store_true",
                         help="time runs on random input (a warm-up, then 3 to 25, about a second's worth) and "
                              "show each layer's median time")
+    parser.add_argument("--against", choices=AGAINST, metavar="RUNTIME",
+                        help="with --profile (implied): run onnxruntime on the same input and threads too, on the "
+                             "model as graphconv exports it: its time per layer beside graphconv's, whole-run "
+                             "medians and how far the outputs differ (needs onnxruntime; --device cpu)")
     parser.add_argument("--device", default="cpu", metavar="DEVICE", help=DEVICE_HELP)
     _add_threads_option(parser)
     _add_plugin_option(parser, PLUGIN_OPS_HELP)
@@ -2201,6 +2206,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.dot:
         check_writable(args.dot)
         _check_dot_replaceable(args.dot)
+    args.profile = args.profile or args.against is not None
     model = load_model(args, args.model) if args.profile else load_model_for_table(args)
     hw = image_hw = _size_as_run_reads(args, model) or (tuple(args.input_size) if args.input_size else None)
     if hw is not None:  # a segmentation network runs a size its strides do not divide padded, and so is it shown
@@ -2233,11 +2239,25 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         profile, runs = median_profile(model, x, args.device)
         executor = model.executor(args.device)  # its graph carries the layouts the kernels ran in
         from graphconv.threads import kernel_threads
+        against = _run_against(args, model, x, executor.device, kernel_threads())
         threads = counted(kernel_threads(), "thread") if executor.device == "cpu" else executor.device
         print(f"per-layer times on random input of {size[0]}x{size[1]}: medians of {counted(runs, 'run')} after a "
               f"warm-up, on {threads} (--threads sets them; times of a machine other work loads are noise)")
-        print(format_profile(executor.graph, profile, size, 1, executor.device))
+        print(format_profile(executor.graph, profile, size, 1, executor.device, against))
+        if against is not None:
+            print("\n".join(against.summary()))
     return 0
+
+
+def _run_against(args: argparse.Namespace, model, x: np.ndarray, device: str, threads: int):
+    """onnxruntime beside graphconv on `x` (--against), or None without it."""
+    if args.against is None:
+        return None
+    if device != "cpu":
+        raise GraphconvError(f"--against onnxruntime runs onnxruntime's CPU provider: profile with --device cpu "
+                             f"(this run is on {device})")
+    from graphconv.against_onnxruntime import compare_with_onnxruntime
+    return compare_with_onnxruntime(model, x, device, threads, args.model)
 
 
 DOT_HEAD = "// the layers of a model, drawn by graphconv inspect --dot\n"

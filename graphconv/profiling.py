@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,6 +15,9 @@ from graphconv.ir import Graph
 from graphconv.ops.layout import stored_channels_last
 from graphconv.shapes import infer_shapes
 from graphconv.text_table import text_table
+
+if TYPE_CHECKING:
+    from graphconv.against_onnxruntime import Comparison
 
 
 @dataclass(frozen=True)
@@ -48,15 +52,46 @@ def layer_timings(graph: Graph, profile: dict[str, float], input_hw: tuple[int, 
 
 
 def format_profile(graph: Graph, profile: dict[str, float], input_hw: tuple[int, int], batch: int,
-                   device: str = "cpu") -> str:
-    """Per-layer ms, share and GFLOP/s, with the kernel strategy each layer ran with."""
+                   device: str = "cpu", against: Comparison | None = None) -> str:
+    """Per-layer ms, share and GFLOP/s, with the kernel strategy each layer ran with;
+    `against`: with onnxruntime's ms per layer beside them, and graphconv's time over it."""
     rows = layer_timings(graph, profile, input_hw, batch, device)
     total = sum(r.seconds for r in rows) or 1e-12
     cells = [[r.name, r.op, r.strategy or "-", f"{r.seconds * 1e3:.2f}", f"{r.seconds / total:.0%}",
               f"{r.gflops_per_second:.1f}"] for r in rows]
-    cells.append(["total", "", "", f"{total * 1e3:.2f}"])
-    lines = text_table(["layer", "op", "strategy", "ms", "share", "GFLOP/s"], cells, left=3)
-    return "\n".join(lines)
+    headers = ["layer", "op", "strategy", "ms", "share", "GFLOP/s"]
+    if against is not None:
+        headers += ["onnxruntime ms", "x", ""]
+        cells = _beside_onnxruntime(cells, rows, against)
+    cells.append(["total", "", "", f"{total * 1e3:.2f}"] + (_against_total(total, against) if against else []))
+    return "\n".join(text_table(headers, cells, left=3))
+
+
+def _beside_onnxruntime(cells: list[list[str]], rows: list[LayerTiming], against: Comparison) -> list[list[str]]:
+    """Each layer's row with onnxruntime's ms, and a row for its nodes of no layer (its
+    layout reorders). onnxruntime fuses a convolution and the activation after it into
+    one node named after the activation: a layer it ran no node of shows '-', and the
+    next row it did run one for compares its time with those layers' and its own
+    (`x (with 1 above)`)."""
+    out, pending, above = [], 0.0, 0
+    for row, timing in zip(cells, rows):
+        theirs = against.layers.get(timing.name, 0.0)
+        if theirs <= 0:
+            out.append(row + ["-", ""])
+            pending, above = pending + timing.seconds, above + 1
+            continue
+        out.append(row + [f"{theirs * 1e3:.2f}", f"{(pending + timing.seconds) / theirs:.2f}"]
+                   + ([f"(with {above} above)"] if above else []))
+        pending, above = 0.0, 0
+    if against.own:
+        out.append([f"(onnxruntime's own: {', '.join(sorted(against.own))})", "", "", "", "", "",
+                    f"{sum(against.own.values()) * 1e3:.2f}", ""])
+    return out
+
+
+def _against_total(total: float, against: Comparison) -> list[str]:
+    theirs = sum(against.layers.values()) + sum(against.own.values())
+    return ["", "", f"{theirs * 1e3:.2f}", f"{total / theirs:.2f}" if theirs > 0 else ""]
 
 
 PROFILE_RUNS = (3, 25)  # the fewest and the most runs `median_profile` times

@@ -608,21 +608,27 @@ EXPORT_COPIES = 4  # the weights held at once by an export: the graph's, the Mod
 # twice while protobuf makes it (measured: a 0.54 GB model peaked 1.95 GB over the process's 0.8 GB before the export)
 
 
+def check_export_fits(graph: Graph, file: str, copies: int = EXPORT_COPIES) -> None:
+    """Refuse, before building anything, an export whose weights pass ONNX's 2 GiB limit
+    for one file or would not fit the memory budget `copies` times over."""
+    from graphconv.memory import check_fits, format_size
+
+    weights = sum(array.nbytes for node in graph.layers() for array in node.weights.values())
+    if weights >= ONNX_FILE_LIMIT:  # protobuf's: serialising raised EncodeError, a traceback
+        raise GraphconvError(f"the model's weights take {weights / 2**30:.2f} GiB, over ONNX's 2 GiB limit for one "
+                             "file (graphconv does not write ONNX's external data)", file=file)
+    check_fits(copies * weights, f"exporting {format_size(weights)} of weights (held {copies} times at once: the "
+               "model's, the ONNX model's, and its bytes twice while protobuf makes them)", file=file)
+
+
 def save_onnx(graph: Graph, path: str | os.PathLike, options: ExportOptions = ExportOptions()):
     """Write `graph` as ONNX at `path`, atomically (graphconv.files), and check the file
     written; returns the model written (`export_notes` reads it). Refused before
     building anything where the weights pass ONNX's 2 GiB limit for one file or the
     export would not fit the memory budget (EXPORT_COPIES copies of them)."""
     from graphconv.files import atomic_write
-    from graphconv.memory import check_fits, format_size
 
-    weights = sum(array.nbytes for node in graph.layers() for array in node.weights.values())
-    if weights >= ONNX_FILE_LIMIT:  # protobuf's: serialising raised EncodeError, a traceback
-        raise GraphconvError(f"the model's weights take {weights / 2**30:.2f} GiB, over ONNX's 2 GiB limit for one "
-                             "file (graphconv does not write ONNX's external data)", file=str(path))
-    check_fits(EXPORT_COPIES * weights, f"exporting {format_size(weights)} of weights (held {EXPORT_COPIES} times "
-               "at once: the model's, the ONNX model's, and the file's bytes twice while protobuf makes them)",
-               file=str(path))
+    check_export_fits(graph, str(path))
     model = to_onnx_model(graph, checked=False, options=options)
 
     def write(tmp: str) -> None:
