@@ -1,5 +1,7 @@
 """CPU pooling: one compiled loop nest for max and average, parallel over (image, channel)
-planes, and its twin for values stored channels-last, parallel over output rows."""
+planes, its twin for values stored channels-last, parallel over output rows, and for
+channels-last max pools of small windows (2 or 3 taps each way: nearly every network's)
+a direct one."""
 from __future__ import annotations
 
 from functools import partial
@@ -99,6 +101,78 @@ def _pool_channels_last(xh, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad,
                     flat_out[unsigned(at + t)] *= scale
         if into_planes:
             store_row_in_planes(row, out, b, oy)
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _max_pool_small_windows(xh, kh, kw, sh, sw, ph, pw, dh, dw, out, into_planes):
+    """Max pools of windows 2 or 3 taps each way on an (N, H, W, C) input stored
+    channels-last, where every window has a tap in the image along each axis
+    (`_every_window_reaches`): each output pixel's channels are the max of its taps read
+    straight from the input, each channel's running max held in a register and stored
+    once. A tap off the image reads the window's first tap in it instead, which leaves
+    the max as it was, so no window has edge cases and the taps unroll. Against the
+    separable walk of `_pool_channels_last` (a strip per row, written and read back, the
+    max through np.maximum, whose NaN test and blend ran in every step), alternating in
+    one process, 1 thread: 3x3/2 over 64x256x256 1.75 -> 1.20 ms, 64x112x112 0.15 ->
+    0.08, 192x56x56 0.088 -> 0.054 (onnxruntime's blocked-layout pool inside ResNet-18:
+    1.06 ms against 1.81 before). NaN propagates as PyTorch's does: a window holding one
+    pools to NaN (`_max_of_taps`)."""
+    n, height, width, c = xh.shape
+    ho, wo = (out.shape[2], out.shape[3]) if into_planes else (out.shape[1], out.shape[2])
+    flat_x, row_length = xh.reshape(-1), width * c
+    for job in prange(n * ho):
+        b, oy = job // ho, job % ho
+        if into_planes:
+            row = np.empty((wo, c), np.float32)
+            flat_out, row_at = row.reshape(-1), 0
+        else:
+            flat_out, row_at = out.reshape(-1), job * wo * c
+        y0, y1, y2 = _taps_in_the_image(oy * sh - ph, dh, kh, height)
+        image_at = b * height * row_length
+        rows = (image_at + y0 * row_length, image_at + y1 * row_length, image_at + y2 * row_length)
+        for ox in range(wo):
+            x0, x1, x2 = _taps_in_the_image(ox * sw - pw, dw, kw, width)
+            _max_of_taps(flat_out, row_at + ox * c, flat_x, rows, (x0 * c, x1 * c, x2 * c), kh, kw, c)
+        if into_planes:
+            store_row_in_planes(row, out, b, oy)
+
+
+@njit(cache=True, inline="always")
+def _taps_in_the_image(first, step, k, size):
+    """A window's 2 or 3 taps along one axis (a 2-tap window's third repeats its second),
+    each off the image replaced by the first in it: one must be (`_every_window_reaches`)."""
+    t0, t1 = first, first + step
+    t2 = first + 2 * step if k == 3 else t1
+    inside = t0 if 0 <= t0 < size else (t1 if 0 <= t1 < size else t2)
+    return (t0 if 0 <= t0 < size else inside, t1 if 0 <= t1 < size else inside, t2 if 0 <= t2 < size else inside)
+
+
+@njit(cache=True, inline="always")
+def _max_of_taps(flat_out, at, flat_x, rows, columns, kh, kw, c):
+    """flat_out[at + t] = the max over the window's taps (rows x columns offsets, 2x2 or
+    up to 3x3) of flat_x[row + column + t], t < c. The max is a compare and select, one
+    instruction (vmaxps), with a NaN seen anywhere remembered beside it: np.maximum's
+    NaN-propagating max took its test and blend in every step."""
+    if kh == 2 and kw == 2:
+        a, b = rows[0], rows[1]
+        p, q = columns[0], columns[1]
+        for t in range(c):
+            m = flat_x[unsigned(a + p + t)]
+            seen_nan = m != m
+            for v in (flat_x[unsigned(a + q + t)], flat_x[unsigned(b + p + t)], flat_x[unsigned(b + q + t)]):
+                m = v if v > m else m
+                seen_nan |= v != v
+            flat_out[unsigned(at + t)] = np.float32(np.nan) if seen_nan else m
+        return
+    for t in range(c):
+        m = flat_x[unsigned(rows[0] + columns[0] + t)]
+        seen_nan = m != m
+        for row in rows:
+            for column in columns:
+                v = flat_x[unsigned(row + column + t)]
+                m = v if v > m else m
+                seen_nan |= v != v
+        flat_out[unsigned(at + t)] = np.float32(np.nan) if seen_nan else m
 
 
 @njit(cache=True, inline="always")
@@ -265,6 +339,21 @@ def _geometry(params: dict, is_max: bool) -> tuple:
     return (kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad)
 
 
+def _small_windows_fit(geometry: tuple, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> bool:
+    """Whether `_max_pool_small_windows` takes this pool: windows of 2 or 3 taps each way,
+    every one with a tap in the image along each axis."""
+    kh, kw, sh, sw, ph, pw, dh, dw = geometry[:8]
+    return (kh in (2, 3) and kw in (2, 3) and _every_window_reaches(kh, sh, ph, dh, in_hw[0], out_hw[0])
+            and _every_window_reaches(kw, sw, pw, dw, in_hw[1], out_hw[1]))
+
+
+def _every_window_reaches(k: int, s: int, p: int, d: int, size: int, n_out: int) -> bool:
+    """Whether each of `n_out` windows along an axis has a tap in [0, size): one hanging
+    past the edge by more than its dilation (ceil mode's, a padding as wide as a dilated
+    window) has none, and pools to -inf."""
+    return all(any(0 <= o * s - p + t * d < size for t in range(k)) for o in range(n_out))
+
+
 def _run(params: dict, x: np.ndarray, is_max: bool, out: np.ndarray) -> None:
     """The pool on an NCHW input `_pool_call` cannot read as it is: a copy of it, C-contiguous
     for an NCHW output, channels-last for a channels-last one."""
@@ -283,8 +372,11 @@ def _pool_call(params: dict, is_max: bool, inputs: list[np.ndarray], out: np.nda
     if x_stored is None and out_stored is None and x.flags.c_contiguous:
         return partial(_pool, x, *_geometry(params, is_max), out)
     if x_stored is not None:
-        return partial(_pool_channels_last, x_stored, *_geometry(params, is_max),
-                       out if out_stored is None else out_stored, out_stored is None)
+        geometry = _geometry(params, is_max)
+        target = out if out_stored is None else out_stored
+        if is_max and _small_windows_fit(geometry, x_stored.shape[1:3], out.shape[2:]):
+            return partial(_max_pool_small_windows, x_stored, *geometry[:8], target, out_stored is None)
+        return partial(_pool_channels_last, x_stored, *geometry, target, out_stored is None)
     return partial(_run, params, x, is_max, out)  # a copy on every call
 
 
