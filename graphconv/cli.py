@@ -1072,7 +1072,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             return run_tiled_command(args, model, grid, reason)
     elif args.tile or args.workers or args.scheduler or args.reduce == "argmax" or args.classes:
         raise GraphconvError("--tile, --workers, --scheduler, --reduce argmax and --classes apply to --image and "
-                             "--images runs")
+                             "--images runs (an --input array is the network's input, read whole: run the image it "
+                             "was made from with --image)")
     x, picture = _read_image(args, model) if args.image else (_read_array(args), None)
     x = as_batch(x, model.crop_shape[0], file=args.image or args.input)
     if not args.image:
@@ -1334,8 +1335,9 @@ def _whole_run_hint(args: argparse.Namespace, model, images: int) -> str:
     if images > 1:
         hints.append("run fewer images at a time")
     elif args.input:
-        hints.append("save the array as a TIFF or a zarr array and run it with --image, which reads and runs it "
-                     "in tiles under the limit")
+        hints.append("run the image the array was made from with --image, which reads, preprocesses and runs it "
+                     "in tiles under the limit (an --input array is the network's input, read whole: a TIFF or zarr "
+                     "of it read with --image would be preprocessed a second time)")
     elif args.resize or args.full_map:
         hints.append(f"without {'--resize' if args.resize else '--full-map'} --image runs in tiles under the limit")
     copies = model.graph.find("shift_copies")

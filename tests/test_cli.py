@@ -735,9 +735,10 @@ def test_sizes_over_the_memory_limit_are_refused_before_allocating(tmp_path, arg
 
 
 @pytest.mark.parametrize("stride,batch,hints", [
-    (None, 1, ["save the array as a TIFF or a zarr array and run it with --image"]),
+    (None, 1, ["run the image the array was made from with --image, which reads, preprocesses and runs it in tiles"]),
     (None, 3, ["run fewer images at a time"]),
-    ("shift", 1, ["save the array as a TIFF", "runs 16 shifted copies of the image at once (shift-and-stitch); "
+    ("shift", 1, ["run the image the array was made from with --image",
+                  "runs 16 shifted copies of the image at once (shift-and-stitch); "
                   "compiled with --stride-method dilate, where the network allows it, it runs one"]),
 ])
 def test_a_whole_array_over_the_memory_limit_is_told_what_fits(tmp_path, capsys, stride, batch, hints):
