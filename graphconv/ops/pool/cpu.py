@@ -77,11 +77,7 @@ def _pool_channels_last(xh, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad,
     flat_x = xh.reshape(-1)
     for job in prange(n * ho):
         b, oy = job // ho, job % ho
-        if into_planes:
-            row = np.empty((wo, c), np.float32)
-            flat_out, row_at = row.reshape(-1), 0
-        else:
-            flat_out, row_at = out.reshape(-1), job * wo * c
+        row, flat_out, row_at = _output_row(out, into_planes, job, wo, c)
         strip = np.empty(strip_width, np.float32)
         fill(strip, 0, pw * c, start)  # the padding on either side (the image's part is written below): a
         fill(strip, (pw + width) * c, strip_width, start)  # fill of the whole strip cost 5-15% of the pool
@@ -103,6 +99,18 @@ def _pool_channels_last(xh, kh, kw, sh, sw, ph, pw, dh, dw, is_max, include_pad,
             store_row_in_planes(row, out, b, oy)
 
 
+@njit(cache=True, inline="always")
+def _output_row(out, into_planes, job, wo, c):
+    """Where a channels-last job writes its output row of `wo` pixels: (the row, the flat
+    array it is in, where it starts). With `into_planes`, a row of its own, which
+    `store_row_in_planes` then stores down the NCHW output's planes; else its place in
+    the channels-last output (and an empty row)."""
+    if into_planes:
+        row = np.empty((wo, c), np.float32)
+        return row, row.reshape(-1), 0
+    return np.empty((0, c), np.float32), out.reshape(-1), job * wo * c
+
+
 @njit(cache=True, parallel=True, boundscheck=False)
 def _max_pool_small_windows(xh, kh, kw, sh, sw, ph, pw, dh, dw, out, into_planes):
     """Max pools of windows 2 or 3 taps each way on an (N, H, W, C) input stored
@@ -122,11 +130,7 @@ def _max_pool_small_windows(xh, kh, kw, sh, sw, ph, pw, dh, dw, out, into_planes
     flat_x, row_length = xh.reshape(-1), width * c
     for job in prange(n * ho):
         b, oy = job // ho, job % ho
-        if into_planes:
-            row = np.empty((wo, c), np.float32)
-            flat_out, row_at = row.reshape(-1), 0
-        else:
-            flat_out, row_at = out.reshape(-1), job * wo * c
+        row, flat_out, row_at = _output_row(out, into_planes, job, wo, c)
         y0, y1, y2 = _taps_in_the_image(oy * sh - ph, dh, kh, height)
         image_at = b * height * row_length
         rows = (image_at + y0 * row_length, image_at + y1 * row_length, image_at + y2 * row_length)
