@@ -1476,12 +1476,21 @@ def output_names(images: Sequence[str], output_dir: str, output_format: str = "n
 
     Where another image with the same stem lies in the same folder on disk (a.jpg and
     a.png), in this batch or not, the map is named by stem and format, a_jpg.npy and
-    a_png.npy, in every run: a run over a.png alone would otherwise write a.npy, and a
-    later run over a.jpg replace it. Names that still meet (a.JPG and a.jpg) are
+    a_png.npy: a run over a.png alone would otherwise write a.npy, and a later run over
+    a.jpg replace it. An image `output_dir`'s list (graphconv-maps.csv) has a map of at
+    that place keeps its map's name (`_listed_name`): a.png mapped to a.npy before a.jpg
+    was added stays a.npy, where the rule alone renamed it a_png.npy and mapped it again
+    beside the old map (a photo review). Names that still meet (a.JPG and a.jpg) are
     refused, naming both images."""
+    from graphconv.manifest import listed_maps
+
     siblings: dict[Path, list[str]] = {}
-    names = [str(Path(output_dir) / _relative_folder(image, base) / f"{_map_stem(image, siblings)}.{output_format}")
-             for image in images]
+    listed = listed_maps(output_dir)
+    names = []
+    for image in images:
+        folder = Path(output_dir) / _relative_folder(image, base)
+        names.append(str(folder / (_listed_name(image, folder, output_format, listed)
+                                   or f"{_map_stem(image, siblings)}.{output_format}")))
     _check_distinct(images, names)
     paths = [Path(p) for p in images]
     overwritten = {str(Path(n).resolve()) for n in names} & {str(p.resolve()) for p in paths}
@@ -1501,6 +1510,20 @@ def _relative_folder(image: str, base: str | None) -> Path:
         raise GraphconvError(f"is not inside {base}, the folder the --images pattern starts from, so its map has "
                              "no place in --output-dir", file=image)
     return relative
+
+
+def _listed_name(image: str, folder: Path, output_format: str, listed: dict[str, str]) -> str | None:
+    """The name of the map of `image` that --output-dir's list records as written (`listed`:
+    maps by image), where it lies in `folder` and is one `output_names` gives an image of
+    that stem and format (stem.npy or stem_jpg.npy); None otherwise."""
+    recorded = listed.get(os.path.abspath(image))
+    if recorded is None:
+        return None
+    path, stem = Path(recorded), Path(image).stem
+    if (os.path.abspath(path.parent) != os.path.abspath(folder) or path.suffix != f".{output_format}"
+            or path.stem not in (stem, f"{stem}_{Path(image).suffix.lstrip('.').lower()}")):
+        return None
+    return path.name
 
 
 def _map_stem(image: str, siblings: dict[Path, list[str]]) -> str:

@@ -21,6 +21,7 @@ two batches at once may then lose rows of each other's until one's final rewrite
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -146,6 +147,19 @@ class Manifest:
             self.rows[key] = {**self.rows[key], **_top_fields(top, top_by)}
             self.recorded.add(key)
 
+    def record_moved(self, image: str, output: str) -> bool:
+        """Where the row of the map at `output`, which this run keeps, names a path of its
+        image that is no longer there (the library moved: `mv photos archive/photos`), it
+        names `image` at the `rewrite`; returns whether it did. The list named the old
+        paths for good, though every map was kept (a photo review)."""
+        key = self._key(output)
+        row = self.rows.get(key)
+        if row is None or row["image"] == os.path.abspath(image) or os.path.exists(row["image"]):
+            return False
+        self.rows[key] = {**row, "image": os.path.abspath(image)}
+        self.recorded.add(key)
+        return True
+
     def made_with(self, output: str) -> dict | None:
         """The model and settings graphconv made the file now at `output` with, as its row
         records them; None where it did not make it as it is now, or recorded none."""
@@ -192,6 +206,25 @@ class Manifest:
         """The folder locked (flock) against another batch's append or rewrite; unlocked
         where the file system refuses (the list is a record: the maps come first)."""
         return locked_if_possible(self.folder)
+
+
+def listed_maps(output_dir: str | os.PathLike) -> dict[str, str]:
+    """Each image --output-dir's list records a written map of, to that map's path (the
+    folder joined to the row's map); nothing where there is no list. Read once for the
+    list as it is (the names of one batch's maps are asked for several times)."""
+    path = Path(output_dir) / MANIFEST_NAME
+    try:
+        stat = path.stat()
+    except OSError:
+        return {}
+    return dict(_listed_maps(str(path), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=4)
+def _listed_maps(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, str], ...]:
+    folder = os.path.dirname(path)
+    return tuple((row["image"], os.path.join(folder, key)) for key, row in _read_rows(Path(path)).items()
+                 if row["status"] == "written")
 
 
 def listed_map(map_path: str) -> tuple[Path, dict[str, str]] | None:

@@ -1897,12 +1897,24 @@ def _images_not_done(args: argparse.Namespace, ref, model, images: list[str], ba
              f"{agreeing(len(changed), 'is', 'are')} not as {MANIFEST_NAME} recorded "
              f"{agreeing(len(changed), 'it', 'them')} (another size or modification time: changed since, or "
              "copied without their times; cp -a and rsync -a keep them): made again")
+    _record_moved_images(manifest, kept)
     todo = [image for image, _ in todo]
     if len(todo) < len(images):
         done = len(images) - len(todo)
         note(f"note: {done} of {counted(len(images), 'image')} {agreeing(done, 'has its', 'have their')} map in "
              f"{args.output_dir} already: left out ({'--skip-existing' if args.skip_existing else '--resume'})")
     return todo, kept
+
+
+def _record_moved_images(manifest, kept: list[tuple[str, str]]) -> None:
+    """The rows of kept maps whose image is now elsewhere (`Manifest.record_moved`),
+    rewritten to name where it is, and said."""
+    moved = [output for image, output in kept if manifest.record_moved(image, output)]
+    if moved:
+        manifest.rewrite()
+        note(f"note: {counted(len(moved), 'map')} kept (such as {moved[0]}) {agreeing(len(moved), 'was', 'were')} "
+             f"listed under a path {agreeing(len(moved), 'its image is', 'their images are')} no longer at: the "
+             "list now names where they are")
 
 
 def _heatmaps_drawn_from_kept_maps(args: argparse.Namespace, model, grid, kept: list[tuple[str, str]]) -> list[str]:

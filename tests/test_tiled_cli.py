@@ -1116,6 +1116,51 @@ def test_cli_many_images_mirror_their_folders_below_the_output_dir(model_dir, pi
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["graphconv-maps.csv", "same_jpg.npy", "same_png.npy"]
 
 
+
+def manifest_rows(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "graphconv-maps.csv", newline="", encoding="utf-8") as fp:
+        return list(csv.DictReader(fp))
+
+
+def test_a_namesake_added_later_leaves_the_mapped_photo_its_map(model_dir, picture, tmp_path):
+    """A photo review: lib/b.jpg mapped to b.npy, then lib/b.png added, and the rerun with
+    --skip-existing mapped b.jpg again as b_jpg.npy beside its old map, with two written
+    rows for it. The listed map keeps its name; the newcomer takes the format's; a third
+    run finds both done."""
+    (tmp_path / "lib").mkdir()
+    Image.open(picture / "page.png").save(tmp_path / "lib" / "b.jpg", format="JPEG")
+    run = ("run", model_dir, "--images", "lib/*", "--output-dir", "maps", "--skip-existing")
+    assert graphconv(*run, cwd=tmp_path).returncode == 0
+    before = (tmp_path / "maps" / "b.npy").stat().st_mtime_ns
+    Image.open(picture / "page.png").save(tmp_path / "lib" / "b.png")
+    result = graphconv(*run, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "maps").glob("*.npy")) == ["b.npy", "b_png.npy"]
+    assert (tmp_path / "maps" / "b.npy").stat().st_mtime_ns == before, "b.jpg's map was made again"
+    assert "at another place" not in result.stderr
+    assert sorted((Path(r["image"]).name, r["map"]) for r in manifest_rows(tmp_path / "maps")) == [
+        ("b.jpg", "b.npy"), ("b.png", "b_png.npy")]
+    again = graphconv(*run, cwd=tmp_path)
+    assert again.returncode == 0 and "2 of 2 images have their map" in again.stderr
+
+
+def test_a_moved_library_s_kept_maps_name_where_the_photos_are_now(model_dir, picture, tmp_path):
+    """After `mv lib moved`, a rerun with --skip-existing kept every map, and the list still
+    named the photos' old paths."""
+    (tmp_path / "lib").mkdir()
+    for name in ("a.png", "c.png"):
+        Image.open(picture / "page.png").save(tmp_path / "lib" / name)
+    assert graphconv("run", model_dir, "--images", "lib/*", "--output-dir", "maps", cwd=tmp_path).returncode == 0
+    (tmp_path / "lib").rename(tmp_path / "moved")
+    result = graphconv("run", model_dir, "--images", "moved/*", "--output-dir", "maps", "--skip-existing",
+                       cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "2 of 2 images have their map" in result.stderr
+    assert "2 maps kept (such as maps/a.npy) were listed under a path their images are no longer at" in result.stderr
+    assert sorted(r["image"] for r in manifest_rows(tmp_path / "maps")) == [
+        str(tmp_path / "moved" / "a.png"), str(tmp_path / "moved" / "c.png")]
+
+
 # ---- satellite scenes: many bands, values as stored ---------------------------------------------
 
 SCENE_NET = """name: scene-net
