@@ -1087,6 +1087,8 @@ def run_images_command(args: argparse.Namespace) -> int:
     earlier = Manifest(args.output_dir)  # the folder's list as this run finds it: read once, for both
     replaceable = _npy_maps_there(args, images, base, earlier)
     _note_maps_elsewhere(args, images, base, earlier)
+    if not (args.workers or args.scheduler):  # said now, not after a first image's silent 40 s (a photo review)
+        note_cold_kernels(batch.model, args.device)
     start = time.perf_counter()
     results, stale_heatmaps = _images_mapped(batch, images)
     failed = _say_what_the_batch_did(batch, results, replaceable, stale_heatmaps)
