@@ -70,7 +70,12 @@ def compare_with_onnxruntime(model, x: np.ndarray, device: str, threads: int, fi
     session = _session(ort, onnx_bytes, threads)
     feed = {session.get_inputs()[0].name: x}
     ours = model.run(x, device, full=True)
-    theirs = np.asarray(session.run(None, feed)[0]).reshape(ours.shape)
+    theirs = np.asarray(session.run(None, feed)[0])
+    if theirs.size != ours.size:
+        raise GraphconvError(f"onnxruntime's output of the exported model has shape {theirs.shape}, graphconv's "
+                             f"{ours.shape}: they cannot be compared (a bug of the export: please report it)",
+                             file=file)
+    theirs = theirs.reshape(ours.shape)
     graphconv_run, onnxruntime_run, runs = _whole_runs(model, session, x, device)
     del session
     layers, own = _layer_times(_session(ort, onnx_bytes, threads, profiled=True), feed, runs, model.graph)

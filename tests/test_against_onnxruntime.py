@@ -16,6 +16,7 @@ pytest.importorskip("onnxruntime")
 
 from graphconv.against_onnxruntime import Comparison, compare_with_onnxruntime, layer_of  # noqa: E402
 from graphconv.compiler import compile_model  # noqa: E402
+from graphconv.errors import GraphconvError  # noqa: E402
 from graphconv.profiling import format_profile  # noqa: E402
 
 LAYERS = {name: name for name in ("conv1", "conv1_bn", "layer1.0.conv2", "fc")}
@@ -121,3 +122,13 @@ def test_a_model_onnx_cannot_hold_is_refused_with_the_way_out(tmp_path):
     assert "--against onnxruntime runs the model as graphconv exports it, and a shift-and-stitch model cannot be " \
            "exported" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_export_whose_output_differs_in_shape_is_an_error_not_a_traceback(digits, monkeypatch):
+    import onnxruntime
+
+    real = onnxruntime.InferenceSession.run
+    monkeypatch.setattr(onnxruntime.InferenceSession, "run", lambda self, *a, **k: [real(self, *a, **k)[0][..., :1]])
+    x = np.random.default_rng(0).standard_normal((1, 1, 64, 80), dtype=np.float32)
+    with pytest.raises(GraphconvError, match="onnxruntime's output of the exported model has shape"):
+        compare_with_onnxruntime(digits, x, "cpu", 1, "digits.yaml")
