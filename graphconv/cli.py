@@ -1905,10 +1905,21 @@ def draw_heatmap(args: argparse.Namespace, model, picture: np.ndarray, field, *,
                                        classes=getattr(args, "classes", None), value_range=args.heatmap_range,
                                        opacity=args.heatmap_opacity, display_hw=display_hw, sample=sample)
     fmt = images.heatmap_format(args.heatmap_out)
-    atomic_write(args.heatmap_out, lambda p: images.save_picture(drawn, p, fmt), suffix=Path(args.heatmap_out).suffix)
+    atomic_write(args.heatmap_out, lambda p: images.save_picture(drawn, p, fmt, heatmap_settings(args)),
+                 suffix=Path(args.heatmap_out).suffix)
     print(f"heatmap of {what} -> {args.heatmap_out}")
     if font_note := images.heatmap_font_note(drawn):  # said once, for a batch's heatmaps too
         note(f"note: {font_note}")
+
+
+def heatmap_settings(args: argparse.Namespace) -> str:
+    """The flags that change how a heatmap looks but not its file's name, as kept in it:
+    a batch rerun with another --heatmap-range redraws the heatmaps of the maps it keeps,
+    where their times alone said they were current."""
+    import json
+
+    return json.dumps({"range": args.heatmap_range, "opacity": args.heatmap_opacity,
+                       "bands": getattr(args, "heatmap_bands", None)}, sort_keys=True)
 
 
 def _heatmap_class(text: str) -> int | str:

@@ -853,19 +853,23 @@ class MapSample:
 
 
 HEATMAP_MARK = "graphconv heatmap"  # a heatmap's Software (PNG text, EXIF or TIFF tag), or comment: not a photo
+HEATMAP_SETTINGS = "graphconv heatmap settings"  # a PNG heatmap's text: how it was drawn (`drawn_with`)
 EXIF_SOFTWARE = 0x0131
 
 
-def save_picture(picture, path: str, fmt: str | None = None) -> None:
+def save_picture(picture, path: str, fmt: str | None = None, settings: str | None = None) -> None:
     """Save a heatmap marked as graphconv's (`is_graphconv_heatmap`), so a later run may
     replace it where it must never replace a user's picture of the same name, and
-    `--images` over a folder does not take it for an image to map."""
+    `--images` over a folder does not take it for an image to map. A PNG also keeps
+    `settings`, what drew it (`drawn_with`)."""
     from PIL import PngImagePlugin
 
     fmt = fmt or heatmap_format(path)
     if fmt == "PNG":
         info = PngImagePlugin.PngInfo()
         info.add_text("Software", HEATMAP_MARK)
+        if settings is not None:
+            info.add_text(HEATMAP_SETTINGS, settings)
         picture.save(path, format=fmt, pnginfo=info)
     elif fmt == "GIF":
         picture.save(path, format=fmt, comment=HEATMAP_MARK.encode())
@@ -888,6 +892,16 @@ def is_graphconv_heatmap(path: str | Path) -> bool:
                                         picture.getexif().get(EXIF_SOFTWARE))
     except Exception:  # not a picture Pillow reads: not a heatmap either
         return False
+
+
+def drawn_with(path: str | Path) -> str | None:
+    """The settings a PNG heatmap was drawn with (`save_picture`), read from its header;
+    None where it has none (an older graphconv's, or not a PNG) or cannot be read."""
+    try:
+        with warnings.catch_warnings(), _pil().open(path) as picture:
+            return picture.info.get(HEATMAP_SETTINGS)
+    except Exception:  # gone, or not a picture: nothing drew it as this run would
+        return None
 
 
 def save_heatmap(image: np.ndarray, scores: np.ndarray, field: Field, path: str, *,

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from graphconv.classes import class_scores, print_top, ranked_text, top_basis
-from graphconv.cli import (check_heatmap_class, check_heatmap_has_a_map, draw_heatmap, heatmap_tag, nodata_flag, note,
-                           note_cold_kernels, note_dense_padding, note_how_the_image_is_read,
+from graphconv.cli import (check_heatmap_class, check_heatmap_has_a_map, draw_heatmap, heatmap_settings, heatmap_tag,
+                           nodata_flag, note, note_cold_kernels, note_dense_padding, note_how_the_image_is_read,
                            note_how_the_raster_is_read, note_pixels_as_they_are, note_run_as_written,
                            note_shallow_pixels, note_value_scaling, resolve_class_names, ways_to_map)
 from graphconv.errors import GraphconvError, Location, agreeing, counted, printable, shown, user_message
@@ -1936,16 +1936,25 @@ def _heatmaps_drawn_from_kept_maps(args: argparse.Namespace, model, grid, kept: 
     if len(undrawn) > len(redo):
         drawn = len(undrawn) - len(redo)
         note(f"note: {counted(drawn, 'heatmap')} drawn from {agreeing(drawn, 'its map', 'their maps')} in "
-             f"{args.output_dir} (none there, or older than the map)")
+             f"{args.output_dir} (none there, older than the map, or drawn with other --heatmap-range, "
+             "--heatmap-opacity or --heatmap-bands)")
     return redo
 
 
 def _heatmap_is_current(args: argparse.Namespace, output: str) -> bool:
-    """Whether the map's --heatmap is there and no older than the map (drawn after it)."""
+    """Whether the map's --heatmap is there, no older than the map (drawn after it), and
+    drawn as this run would draw it (one with no settings kept, an older graphconv's, as
+    the defaults draw)."""
+    from graphconv.images import drawn_with
+
+    heatmap = _heatmap_name(args, output)
     try:
-        return _heatmap_name(args, output).stat().st_mtime_ns >= os.stat(output).st_mtime_ns
+        if heatmap.stat().st_mtime_ns < os.stat(output).st_mtime_ns:
+            return False
     except OSError:
         return False
+    defaults = argparse.Namespace(heatmap_range="auto", heatmap_opacity=None, heatmap_bands=None)
+    return (drawn_with(heatmap) or heatmap_settings(defaults)) == heatmap_settings(args)
 
 
 def _npy_maps_there(args: argparse.Namespace, images: list[str], base: str, manifest: Manifest) -> set[str]:

@@ -2723,6 +2723,30 @@ def test_a_batch_stopped_before_its_first_map_leaves_the_rows_of_a_batch_beside_
     assert not (tmp_path / "a").exists()
 
 
+def test_cli_many_images_skip_existing_redraws_heatmaps_drawn_otherwise(model_dir, picture, tmp_path):
+    """A rerun with another --heatmap-range (or opacity) kept the earlier heatmaps, newer
+    than their maps, as done: "no map to make", and the pictures still showed the old
+    scale. Each heatmap keeps how it was drawn; one drawn otherwise is drawn again."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a", "b"):
+        (folder / f"{name}.png").write_bytes((picture / "page.png").read_bytes())
+    out, fresh = tmp_path / "maps", tmp_path / "fresh"
+    batch = ["run", model_dir, "--images", folder, "--heatmap", "3"]
+    assert graphconv(*batch, "--output-dir", out).returncode == 0
+    maps = {name: (out / f"{name}.npy").stat().st_mtime_ns for name in ("a", "b")}
+    for settings in (["--heatmap-range", "0,1"], ["--heatmap-range", "0,1", "--heatmap-opacity", "0.8"], []):
+        result = graphconv(*batch, "--output-dir", out, "--skip-existing", *settings)
+        assert result.returncode == 0 and "2 heatmaps drawn from their maps in" in result.stderr, result.stderr
+        assert graphconv(*batch, "--output-dir", fresh, *settings).returncode == 0
+        for name in ("a", "b"):
+            np.testing.assert_array_equal(np.asarray(Image.open(out / f"{name}-heatmap-3.png")),
+                                          np.asarray(Image.open(fresh / f"{name}-heatmap-3.png")))
+        again = graphconv(*batch, "--output-dir", out, "--skip-existing", *settings)
+        assert "no map to make" in again.stdout and "drawn from" not in again.stderr, "drawn so already: kept"
+    assert maps == {name: (out / f"{name}.npy").stat().st_mtime_ns for name in ("a", "b")}, "maps kept"
+
+
 def test_cli_many_images_skip_existing_goes_on_where_a_stopped_batch_stopped(model_dir, picture, tmp_path):
     """A batch of slides killed half way was computed again whole; --skip-existing leaves
     out each image whose map (and, with --heatmap, heatmap) is there already."""
