@@ -249,7 +249,7 @@ def _listed_npy_map(path: str) -> StoredMap:
     """An --images batch's .npy map, placed and described by its row of the batch's
     graphconv-maps.csv (`manifest.listed_map`): an .npy holds nothing but the scores."""
     from graphconv.georef import georeference_from_dict, georeference_of_placement
-    from graphconv.manifest import MANIFEST_NAME, listed_map, placement_of
+    from graphconv.manifest import MANIFEST_NAME, listed_map, placement_of, row_settings
 
     if not os.path.isfile(path):
         raise GraphconvError("no such file", file=path)
@@ -271,7 +271,7 @@ def _listed_npy_map(path: str) -> StoredMap:
     if scores.ndim != 4 or scores.shape[0] != 1:
         raise GraphconvError(f"holds a {tuple(scores.shape)} array; cells reads the map of one image "
                              "(1, classes, rows, cols)", file=path)
-    made_with = _made_with(row)
+    made_with = row_settings(listing.parent, row)
     contents = {key: made_with[key] for key in ("model", "model_digest", "classes", "labels", "model_classes",
                                                 "output_activation") if made_with.get(key) is not None}
     contents["image"] = row["image"]
@@ -287,15 +287,6 @@ def _listed_npy_map(path: str) -> StoredMap:
     else:  # an earlier version's: the image's own, where it is still there
         geo = georeference_of_placement(placement)
     return StoredMap(path, _FirstImage(scores), placement.as_dict(), geo)
-
-
-def _made_with(row: dict[str, str]) -> dict:
-    """A list's row's `made_with` (`cluster.map_settings`, and `cluster._what_an_npy_holds`)."""
-    try:
-        made_with = json.loads(row.get("made_with") or "{}")
-    except ValueError:
-        return {}
-    return made_with if isinstance(made_with, dict) else {}
 
 
 class _FirstImage:

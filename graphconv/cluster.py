@@ -1575,10 +1575,10 @@ def leaving_out(path: str | Path, lists: dict | None = None) -> str | None:
     AppleDouble files, which shells leave out of a * too), or a file graphconv wrote (a
     .tif map, a heatmap, a .npy map its folder's list of maps names). `lists` keeps
     each folder's list as read, for a call per file of one folder."""
-    from graphconv.manifest import MANIFEST_NAME
+    from graphconv.manifest import LABELS_NAME, MANIFEST_NAME
 
     path = Path(path)
-    if path.name == MANIFEST_NAME:
+    if path.name in (MANIFEST_NAME, LABELS_NAME):
         return WRITTEN_BY_GRAPHCONV
     if path.name.startswith("."):  # before the format: a .DS_Store was counted as a file of no suffix
         return HIDDEN

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import io
 import json
 import os
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from graphconv.tiling import DamagedCells
 
 MANIFEST_NAME = "graphconv-maps.csv"
+LABELS_NAME = "graphconv-labels.json"  # the label lists rows name by digest (`Manifest._labels_named`)
 PLACEMENT_COLUMNS = ("first_cell_centre_y", "first_cell_centre_x", "cell_step_y", "cell_step_x", "cell_area_h",
                      "cell_area_w")
 TOP_COLUMNS = ("top", "top_by")
@@ -87,7 +89,7 @@ class Manifest:
         if not written and stamp and not _still_there(stamp, output):
             stamp = ""  # the earlier map is gone or changed since
         if written:
-            settings = json.dumps(made_with, sort_keys=True) if made_with is not None else ""
+            settings = json.dumps(self._labels_named(made_with), sort_keys=True) if made_with is not None else ""
             cells = {**_placement_fields(placement), **_top_fields(top, top_by), **_damage_fields(damaged)}
         else:  # the earlier map's, while it is there unchanged
             settings = earlier.get("made_with", "") if stamp else ""
@@ -160,15 +162,27 @@ class Manifest:
         self.recorded.add(key)
         return True
 
+    def _labels_named(self, made_with: dict) -> dict:
+        """`made_with` with its labels named by their digest, the list itself kept once in
+        LABELS_NAME beside the list of maps: an ImageNet model's 1000 names in every row
+        made 17 KB rows, and a batch of 15,000 photos a list past MANIFEST_LIMIT."""
+        labels = made_with.get("labels")
+        if not isinstance(labels, list):
+            return made_with
+        digest = hashlib.sha256(json.dumps(labels).encode()).hexdigest()[:16]
+        if digest not in _label_lists(self.folder):
+            with self._locked():  # another batch may have added its own list since
+                lists = {**_label_lists(self.folder), digest: labels}
+                text = json.dumps(lists, indent=1, ensure_ascii=False)
+                atomic_write(self.folder / LABELS_NAME, lambda p: Path(p).write_text(text, **WRITING))
+        return {**{key: value for key, value in made_with.items() if key != "labels"}, LABELS_DIGEST: digest}
+
     def made_with(self, output: str) -> dict | None:
         """The model and settings graphconv made the file now at `output` with, as its row
         records them; None where it did not make it as it is now, or recorded none."""
         if self.image_of(output) is None:
             return None
-        try:
-            return json.loads(self.rows[self._key(output)]["made_with"] or "null")
-        except ValueError:
-            return None
+        return row_settings(self.folder, self.rows[self._key(output)]) or None
 
     def wrote(self, output: str) -> bool:
         """Whether graphconv wrote the file now at `output`, as it is now."""
@@ -249,6 +263,47 @@ def listed_map(map_path: str) -> tuple[Path, dict[str, str]] | None:
                                  "run wrote", file=map_path)
         return path, row
     return None
+
+
+def row_settings(folder: str | os.PathLike, row: dict[str, str]) -> dict:
+    """A row's `made_with` (`cluster.map_settings`, and `cluster._what_an_npy_holds`),
+    with its labels as LABELS_NAME in the list's `folder` keeps them (rows of before it
+    hold them themselves); {} where the row records none. Labels whose list is gone (the
+    CSV copied without it) are left out: the classes are then named by their index."""
+    try:
+        settings = json.loads(row.get("made_with") or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(settings, dict):
+        return {}
+    digest = settings.pop(LABELS_DIGEST, None)
+    if digest is not None and digest in _label_lists(Path(folder)):
+        settings["labels"] = _label_lists(Path(folder))[digest]
+    return settings
+
+
+LABELS_DIGEST = "labels_digest"  # a row's name of its labels in LABELS_NAME
+
+
+def _label_lists(folder: Path) -> dict[str, list]:
+    """LABELS_NAME's lists by digest ({} where there is none, or it is not one graphconv
+    wrote), read again only once the file changed."""
+    path = folder / LABELS_NAME
+    try:
+        stat = path.stat()
+    except OSError:
+        return {}
+    return _read_label_lists(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_label_lists(path: str, mtime_ns: int, size: int) -> dict[str, list]:
+    try:
+        lists = json.loads(Path(path).read_text(**READING))
+    except (OSError, ValueError):
+        return {}
+    return {digest: labels for digest, labels in lists.items() if isinstance(labels, list)} \
+        if isinstance(lists, dict) else {}
 
 
 def placement_of(row: dict[str, str]) -> CellPlacement | None:

@@ -1617,17 +1617,18 @@ def _remove_if_empty(created: list[Path], images: list[str]) -> None:
     nor the list of maps (`manifest`) of none, which the run wrote there, unless it lists
     another batch's images too: a job array's task stopped before its first map took
     the folder, and the rows of the task beside it, with it."""
-    from graphconv.manifest import MANIFEST_NAME, Manifest
+    from graphconv.manifest import LABELS_NAME, MANIFEST_NAME, Manifest
 
     mine = {os.path.abspath(image) for image in images}
     for folder in created:
         if not folder.is_dir():
             continue
-        files = [name for _, _, names in os.walk(folder) for name in names]
+        files = {name for _, _, names in os.walk(folder) for name in names}
         listed = folder / MANIFEST_NAME
-        if (files == [MANIFEST_NAME] and listed.is_file()
+        if (MANIFEST_NAME in files <= {MANIFEST_NAME, LABELS_NAME} and listed.is_file()
                 and all(row["image"] in mine for row in Manifest(folder).rows.values())):
-            listed.unlink()
+            for name in files:
+                (folder / name).unlink()
         for inner, _, _ in sorted(os.walk(folder), key=lambda entry: -len(entry[0])):
             with contextlib.suppress(OSError):  # not empty: kept
                 os.rmdir(inner)

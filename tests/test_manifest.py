@@ -287,6 +287,50 @@ def test_skip_existing_redoes_an_npy_map_of_its_shape_made_with_another_model_or
     assert json.loads(rows(out)["a.npy"]["made_with"])["weights"] == str(tmp_path / "retrained.npz")
 
 
+def test_a_batch_keeps_its_labels_once_not_in_every_row(tmp_path, write_spec):
+    """A 1000-class model's names were in every row's made_with (17 KB a row: a batch of
+    15,000 photos made a list past the size graphconv reads). They are kept once, in
+    graphconv-labels.json, named by their digest; `graphconv cells` names the classes
+    from there, and reads a row of before, which holds them itself."""
+    import shutil
+
+    model = tmp_path / "wide"
+    labels = [f"a class with a long descriptive name number {k}" for k in range(1000)]
+    (tmp_path / "wide.labels.txt").write_text("\n".join(labels) + "\n")
+    spec = write_spec("name: wide\ninput: {name: data, shape: [1, 8, 8]}\nlabels: wide.labels.txt\nlayers:\n"
+                      "  - {name: conv, op: conv, out_channels: 1000, kernel_size: 8}\n", "wide.yaml")
+    assert graphconv("compile", spec, "-o", model).returncode == 0
+    folder = photos(tmp_path / "photos", {f"p{k}.png": (12, 12) for k in range(3)})
+    out = tmp_path / "maps"
+    assert graphconv("run", model, "--images", folder, "--output-dir", out).returncode == 0
+    listed = rows(out)
+    assert all(len(row["made_with"]) < 2000 for row in listed.values()), "no row repeats the labels"
+    kept = json.loads((out / "graphconv-labels.json").read_text())
+    assert list(kept.values()) == [labels]
+    assert {json.loads(row["made_with"])["labels_digest"] for row in listed.values()} == set(kept)
+    assert graphconv("cells", out / "p0.npy", "-o", tmp_path / "cells.csv").returncode == 0
+    named = [row["top_class"] for row in csv.DictReader(open(tmp_path / "cells.csv", newline=""))]
+    assert named and all(name in labels for name in named)
+    before = tmp_path / "before"  # a list of before: the labels in the row itself
+    shutil.copytree(out, before)
+    (before / "graphconv-labels.json").unlink()
+    with open(before / "graphconv-maps.csv", newline="") as fp:
+        old_rows = list(csv.DictReader(fp))
+    for row in old_rows:
+        made_with = json.loads(row["made_with"])
+        del made_with["labels_digest"]
+        row["made_with"] = json.dumps({**made_with, "labels": labels})
+    with open(before / "graphconv-maps.csv", "w", newline="") as fp:
+        writer = csv.DictWriter(fp, list(old_rows[0]))
+        writer.writeheader()
+        writer.writerows(old_rows)
+    shutil.copystat(out / "p0.npy", before / "p0.npy")
+    assert graphconv("cells", before / "p0.npy", "-o", tmp_path / "before.csv").returncode == 0
+    assert (tmp_path / "before.csv").read_text() == (tmp_path / "cells.csv").read_text()
+    result = graphconv("run", model, "--images", folder, "--output-dir", out, "--skip-existing")
+    assert "no map to make" in result.stdout, "the rows name the labels: the maps are this run's"
+
+
 @pytest.mark.parametrize("resize", [[], ["--resize", "52"]])
 def test_a_row_places_its_maps_cells_on_the_image_as_a_tif_map_states(model_dir, tmp_path, resize):
     """An .npy map has no room for where its cells stand; a batch's row says it, in the
