@@ -1480,17 +1480,21 @@ def output_names(images: Sequence[str], output_dir: str, output_format: str = "n
     a.jpg replace it. An image `output_dir`'s list (graphconv-maps.csv) has a map of at
     that place keeps its map's name (`_listed_name`): a.png mapped to a.npy before a.jpg
     was added stays a.npy, where the rule alone renamed it a_png.npy and mapped it again
-    beside the old map (a photo review). Names that still meet (a.JPG and a.jpg) are
-    refused, naming both images."""
+    beside the old map (a photo review). Images whose names differ only in the case of
+    their extension (a.JPG and a.jpg) are numbered in the folder's order, a_jpg.npy and
+    a_jpg_2.npy (the whole batch was refused). Names that still meet are refused, naming
+    both images."""
     from graphconv.manifest import listed_maps
 
     siblings: dict[Path, list[str]] = {}
     listed = listed_maps(output_dir)
+    owners = {os.path.abspath(output): image for image, output in listed.items()}
     names = []
     for image in images:
         folder = Path(output_dir) / _relative_folder(image, base)
         names.append(str(folder / (_listed_name(image, folder, output_format, listed)
-                                   or f"{_map_stem(image, siblings)}.{output_format}")))
+                                   or _free_name(image, folder / f"{_map_stem(image, siblings)}.{output_format}",
+                                                 owners))))
     _check_distinct(images, names)
     paths = [Path(p) for p in images]
     overwritten = {str(Path(n).resolve()) for n in names} & {str(p.resolve()) for p in paths}
@@ -1519,11 +1523,30 @@ def _listed_name(image: str, folder: Path, output_format: str, listed: dict[str,
     recorded = listed.get(os.path.abspath(image))
     if recorded is None:
         return None
-    path, stem = Path(recorded), Path(image).stem
-    if (os.path.abspath(path.parent) != os.path.abspath(folder) or path.suffix != f".{output_format}"
-            or path.stem not in (stem, f"{stem}_{Path(image).suffix.lstrip('.').lower()}")):
+    path, image = Path(recorded), Path(image)
+    named_so = re.fullmatch(rf"{re.escape(image.stem)}(_{re.escape(_format_of(image))}(_\d+)?)?", path.stem)
+    if os.path.abspath(path.parent) != os.path.abspath(folder) or path.suffix != f".{output_format}" or not named_so:
         return None
     return path.name
+
+
+def _free_name(image: str, path: Path, owners: dict[str, str]) -> str:
+    """`path`'s name, or where --output-dir's list records it as the map of a namesake in
+    the image's folder (`owners`: images by map), the first of name_2, name_3... that is
+    not: a.jpg mapped to a_jpg.npy keeps it when a.JPG is added (a_jpg_2.npy). Another
+    folder's image of that name (cameras reuse IMG_0001.JPG) is refused, naming both
+    (`map_of_another_image`): a silent IMG_0001_2 would hide which card it came from."""
+    name, number, folder = path, 1, os.path.dirname(os.path.abspath(image))
+    while (owner := owners.get(os.path.abspath(name))) not in (None, os.path.abspath(image)) \
+            and os.path.dirname(owner) == folder and os.path.exists(owner):
+        number += 1
+        name = path.with_name(f"{path.stem}_{number}{path.suffix}")
+    return name.name
+
+
+def _format_of(image: Path) -> str:
+    """What a map's name says of its image's format: 'jpg' of IMG_0001.JPG."""
+    return image.suffix.lstrip(".").lower()
 
 
 def _map_stem(image: str, siblings: dict[Path, list[str]]) -> str:
@@ -1538,7 +1561,11 @@ def _map_stem(image: str, siblings: dict[Path, list[str]]) -> str:
             siblings[folder] = []
     namesakes = [name for name in siblings[folder]
                  if name != path.name and Path(name).stem == path.stem and is_image_to_map(folder / name)]
-    return f"{path.stem}_{path.suffix.lstrip('.').lower()}" if namesakes else path.stem
+    if not namesakes:
+        return path.stem
+    same_format = sorted(name for name in [*namesakes, path.name] if _format_of(Path(name)) == _format_of(path))
+    place = same_format.index(path.name)
+    return f"{path.stem}_{_format_of(path)}" + (f"_{place + 1}" if place else "")
 
 
 def _check_distinct(images: Sequence[str], names: Sequence[str]) -> None:

@@ -1081,8 +1081,10 @@ def test_dask_workers_map_crops_too(gated, tmp_path):
 def test_many_images_sharing_a_stem_get_distinct_maps_whatever_the_batch(tmp_path):
     """A photo's map name depended on the other photos of the batch: same.png alone wrote
     same.npy, and a later run over same.jpg replaced it. A namesake on disk in the same
-    folder, in the batch or not, names both by format; other folders mirror below
-    --output-dir; names that still meet are refused, naming both images."""
+    folder, in the batch or not, names both by format (numbered in the folder's order
+    where the formats differ only in case: a.JPG and a.jpg refused the whole batch);
+    other folders mirror below --output-dir; names that still meet are refused, naming
+    both images."""
     from graphconv.cluster import output_names
     for name in ("a/slide.png", "a/slide.tif", "a/other.png", "b/slide.png", "a/.slide.jpg", "a/slide.txt"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
@@ -1092,9 +1094,9 @@ def test_many_images_sharing_a_stem_get_distinct_maps_whatever_the_batch(tmp_pat
     assert output_names(["a/slide.png"], "maps", base="a") == ["maps/slide_png.npy"], "alone, the same name"
     assert output_names(["a/slide.tif"], "maps", "tif", base="a") == ["maps/slide_tif.tif"]
     (tmp_path / "a" / "slide.PNG").write_bytes(b"")
-    with pytest.raises(Exception, match=r"a/slide.PNG and a/slide.png would both write their map to "
-                                        r"maps/a/slide_png.npy: rename one"):
-        output_names(["a/slide.PNG", "a/slide.png"], "maps", base=".")
+    assert output_names(["a/slide.png", "a/slide.PNG", "a/slide.tif"], "maps", base=".") == [
+        "maps/a/slide_png_2.npy", "maps/a/slide_png.npy", "maps/a/slide_tif.npy"]
+    assert output_names(["a/slide.png"], "maps", base=".") == ["maps/a/slide_png_2.npy"], "whatever the batch"
     with pytest.raises(Exception, match=r"b/slide.png and a/../b/slide.png would both write"):
         output_names(["b/slide.png", "a/../b/slide.png"], "maps")
 
@@ -1114,6 +1116,13 @@ def test_cli_many_images_mirror_their_folders_below_the_output_dir(model_dir, pi
         result = graphconv("run", model_dir, "--images", f"lib/{name}", "--output-dir", "two", cwd=tmp_path)
         assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["graphconv-maps.csv", "same_jpg.npy", "same_png.npy"]
+    Image.open(tmp_path / "lib/same.jpg").save(tmp_path / "lib/same.JPG", format="JPEG")  # a copy, 'JPG' < 'jpg'
+    result = graphconv("run", model_dir, "--images", "lib", "--output-dir", "two", "--skip-existing", cwd=tmp_path)
+    assert result.returncode == 0 and "2 of 3 images have their map in two" in result.stderr, result.stderr
+    assert sorted(p.name for p in (tmp_path / "two").glob("*.npy")) == ["same_jpg.npy", "same_jpg_2.npy", "same_png.npy"]
+    listed = {row["image"]: row["map"] for row in manifest_rows(tmp_path / "two")}
+    assert listed[str(tmp_path / "lib/same.jpg")] == "same_jpg.npy", "the mapped photo keeps its map's name"
+    assert listed[str(tmp_path / "lib/same.JPG")] == "same_jpg_2.npy"
 
 
 
