@@ -418,6 +418,11 @@ def _add_run_output_options(group) -> None:
     group.add_argument("--skip-existing", action="store_true",
                        help="with --images: leave out each image whose map (and heatmap, with --heatmap) is in "
                             "--output-dir already, so a stopped batch goes on where it stopped")
+    group.add_argument("--skip-failed", action="store_true",
+                       help="with --images: leave out each image whose map failed in an earlier run into "
+                            "--output-dir with the same settings, the image file unchanged since (its row in "
+                            "graphconv-maps.csv keeps the error), so a nightly rerun over a folder with a broken "
+                            "photo exits 0; an image replaced or a setting changed is tried again")
     group.add_argument("--shard", type=_shard, metavar="K/N",
                        help="with --images: map only part K of N (K from 0 to N-1) of the batch, every Nth image "
                             "from the Kth: one job array task's share (--shard $SLURM_ARRAY_TASK_ID/N with "
@@ -1155,6 +1160,8 @@ def _refuse_batch_options_without_a_batch(args: argparse.Namespace) -> None:
         raise GraphconvError("--shard maps a part of an --images batch: give --images")
     if args.skip_existing and not args.images:
         raise GraphconvError("--skip-existing leaves out the images of an --images batch whose maps are there")
+    if args.skip_failed and not args.images:
+        raise GraphconvError("--skip-failed leaves out the images of an --images batch that failed before")
     if args.output_dir and not args.images:
         raise GraphconvError("--output-dir is where --images writes its maps; for one image or array, name the "
                              "file: --output MAP")

@@ -1331,6 +1331,8 @@ def run_images(ref: ModelRef, images: Sequence[str], output_dir: str, options: M
         settings = map_settings(ref, result.image, options)
         if result.image_stamp is not None:  # else the image's time against the map's tells an image edited since
             settings[IMAGE_STAMP] = result.image_stamp
+        elif not written:  # a failure's row records which file failed (--skip-failed)
+            settings[IMAGE_STAMP] = image_stamp(result.image)
         settings.update(_what_an_npy_holds(result))
         record = functools.partial(manifest.record, result.image, output_of[result.image], result.shape)
         record = functools.partial(record, placement=result.placement, top=result.top, top_by=options.top_by,

@@ -46,9 +46,9 @@ PLACEMENT_COLUMNS = ("first_cell_centre_y", "first_cell_centre_x", "cell_step_y"
 TOP_COLUMNS = ("top", "top_by")
 DAMAGE_COLUMNS = ("damaged_cells", "damaged_tiff_tiles")
 COLUMNS = ("image", "map", "status", "shape", "error", "map_stamp", "made_with", *PLACEMENT_COLUMNS, *TOP_COLUMNS,
-           *DAMAGE_COLUMNS)
+           *DAMAGE_COLUMNS, "failed_with")
 # Lists earlier versions wrote, with fewer of these columns: read, and written anew at the next row.
-EARLIER_HEADERS = (COLUMNS[:15], COLUMNS[:13], COLUMNS[:7], COLUMNS[:6])
+EARLIER_HEADERS = (COLUMNS[:17], COLUMNS[:15], COLUMNS[:13], COLUMNS[:7], COLUMNS[:6])
 MANIFEST_LIMIT = 256 << 20  # bytes: a list of millions of maps; a larger file is not one graphconv wrote
 # File names are bytes on POSIX: one that is not UTF-8 (a Latin-1 'café.png') is kept as its
 # bytes, as Python's os functions keep it, rather than stopping the batch. A byte-order mark,
@@ -82,7 +82,8 @@ class Manifest:
         `placement` says (an .npy map has no room for it), its best classes `top` (--top,
         ranked by --top-by's `top_by`), `damaged` the cells --skip-damaged left out of it.
         A failed image's earlier map, unchanged, keeps its stamp, settings, placement,
-        classes and damage count: it is still graphconv's."""
+        classes and damage count: it is still graphconv's; `made_with`, what the failed
+        attempt was made with, is its `failed_with` (`failed_alike`)."""
         key = self._key(output)
         earlier = self.rows.get(key) or {}
         stamp = _stamp_text(output) if written else earlier.get("map_stamp", "")
@@ -95,9 +96,11 @@ class Manifest:
             settings = earlier.get("made_with", "") if stamp else ""
             cells = {name: earlier.get(name, "") if stamp else ""
                      for name in (*PLACEMENT_COLUMNS, *TOP_COLUMNS, *DAMAGE_COLUMNS)}
+        attempt = {name: value for name, value in (made_with or {}).items() if name != "labels"}
         row = {"image": os.path.abspath(image), "map": key, "status": "written" if written else "failed",
                "shape": "x".join(map(str, shape)) if shape and written else "", "error": _unnamed(error or "", image),
-               "map_stamp": stamp, "made_with": settings, **cells}
+               "map_stamp": stamp, "made_with": settings, **cells,
+               "failed_with": json.dumps(attempt, sort_keys=True) if attempt and not written else ""}
         self.rows[key] = row
         self.recorded.add(key)
         self.folder.mkdir(parents=True, exist_ok=True)  # where the first image failed, no map made it
@@ -183,6 +186,18 @@ class Manifest:
         if self.image_of(output) is None:
             return None
         return row_settings(self.folder, self.rows[self._key(output)]) or None
+
+    def failed_alike(self, output: str, attempt: dict) -> str | None:
+        """The error of the map at `output` where its row says it failed, tried with the
+        very settings and image file of `attempt` (`cluster.map_settings` and the image's
+        stamp): tried again, it would fail again (--skip-failed). None otherwise."""
+        row = self.rows.get(self._key(output))
+        if row is None or row["status"] != "failed" or not row.get("failed_with"):
+            return None
+        try:
+            return row["error"] if json.loads(row["failed_with"]) == json.loads(json.dumps(attempt)) else None
+        except ValueError:
+            return None
 
     def wrote(self, output: str) -> bool:
         """Whether graphconv wrote the file now at `output`, as it is now."""

@@ -1193,6 +1193,11 @@ def _images_left_to_map(batch: _Batch, images: list[str]) -> list[str]:
     whose heatmap could not be drawn from it), the maps kept ranked for --top; none, said,
     where every image has its map. Without them, every image."""
     args = batch.args
+    if args.skip_failed:
+        images = _images_not_failed_alike(batch, images)
+        if not images:
+            print(f"every image failed in {args.output_dir} before, as it is now (--skip-failed): no map to make")
+            return images
     if not (args.skip_existing or args.resume):
         return images
     images, kept = _images_not_done(args, batch.ref, batch.model, images, batch.base, batch.options)
@@ -1869,6 +1874,28 @@ def pattern_base(pattern: str) -> str:
             break
         fixed.append(GLOB_ESCAPED.sub(r"\1", part))  # 'Wed [[]2023]' (glob.escape's) is the folder 'Wed [2023]'
     return str(Path(*fixed)) if fixed else "."
+
+
+def _images_not_failed_alike(batch: _Batch, images: list[str]) -> list[str]:
+    """--skip-failed: the images but those whose map failed in an earlier run with this
+    run's settings, their file unchanged since (`Manifest.failed_alike`): a broken photo
+    made every nightly rerun exit 2. Those left out are said, with one's error."""
+    from graphconv.cluster import IMAGE_STAMP, image_stamp, map_settings, output_names
+    from graphconv.manifest import MANIFEST_NAME, Manifest
+
+    args = batch.args
+    manifest = Manifest(args.output_dir)
+    outputs = output_names(images, args.output_dir, args.output_format, batch.base)
+    errors = {image: manifest.failed_alike(output, {**map_settings(batch.ref, image, batch.options),
+                                                    IMAGE_STAMP: image_stamp(image)})
+              for image, output in zip(images, outputs)}
+    failed = [image for image in images if errors[image] is not None]
+    if failed:
+        note(f"note: {counted(len(failed), 'image')} failed in an earlier run with these settings and "
+             f"{agreeing(len(failed), 'is', 'are')} unchanged since: left out (--skip-failed; "
+             f"{agreeing(len(failed), 'its', 'their')} {MANIFEST_NAME} rows keep the error, such as "
+             f"{printable(failed[0])}: {errors[failed[0]]})")
+    return [image for image in images if errors[image] is None]
 
 
 def _images_not_done(args: argparse.Namespace, ref, model, images: list[str], base: str,

@@ -186,6 +186,33 @@ def test_the_same_batch_run_twice_at_once_keeps_the_winner_s_written_rows(tmp_pa
     assert rows(tmp_path)["img_0.npy"]["status"] == "failed"
 
 
+def test_skip_failed_leaves_out_images_that_failed_alike_before(model_dir, tmp_path):
+    """A broken photo in a folder made every nightly --skip-existing rerun exit 2. With
+    --skip-failed an image whose map failed with these settings, its file unchanged, is
+    left out and said; replaced, or with another setting, it is tried again."""
+    folder = photos(tmp_path / "photos", {"a.png": (40, 50), "small.png": (20, 20)})
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not a picture")
+    out = tmp_path / "maps"
+    batch = ["run", model_dir, "--images", folder, "--output-dir", out, "--skip-existing"]
+    first = graphconv(*batch)
+    assert first.returncode == 2 and rows(out)["broken.npy"]["status"] == "failed"
+    assert rows(out)["small.npy"]["status"] == "failed", "smaller than the crop"
+    assert graphconv(*batch).returncode == 2, "without --skip-failed each is tried again"
+    again = graphconv(*batch, "--skip-failed")
+    assert again.returncode == 0, again.stderr
+    assert "2 images failed in an earlier run with these settings" in again.stderr
+    assert "no map to make" in again.stdout
+    assert rows(out)["broken.npy"]["error"] and rows(out)["broken.npy"]["status"] == "failed", "the row keeps it"
+    padded = graphconv(*batch, "--skip-failed", "--pad-image", "constant")  # another setting: tried again
+    assert "2 of 3 images" in padded.stdout and rows(out)["small.npy"]["status"] == "written"
+    assert padded.returncode == 2 and rows(out)["broken.npy"]["status"] == "failed"
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(folder / "broken.png")  # mended: tried again
+    mended = graphconv(*batch, "--skip-failed", "--pad-image", "constant")
+    assert mended.returncode == 0 and rows(out)["broken.npy"]["status"] == "written", mended.stderr
+    refused = graphconv("run", model_dir, "--image", folder / "a.png", "--skip-failed")
+    assert refused.returncode == 2 and "--skip-failed leaves out the images of an --images batch" in refused.stderr
+
+
 def test_an_image_that_fails_after_its_map_keeps_its_earlier_map_s_stamp(tmp_path):
     """Its map, unchanged, is still graphconv's: a later run may replace it, whatever its shape."""
     np.save(tmp_path / "a.npy", np.zeros((1, 2, 3, 3), np.float32))
