@@ -1526,7 +1526,8 @@ def _listed_name(image: str, folder: Path, output_format: str, listed: dict[str,
     if recorded is None:
         return None
     path, image = Path(recorded), Path(image)
-    named_so = re.fullmatch(rf"{re.escape(image.stem)}(_{re.escape(_format_of(image))}(_\d+)?)?", path.stem)
+    stems = "|".join(map(re.escape, {_stem_of(image), image.stem}))  # image.stem: a.ome of before `_stem_of`
+    named_so = re.fullmatch(rf"({stems})(_{re.escape(_format_of(image))}(_\d+)?)?", path.stem)
     if os.path.abspath(path.parent) != os.path.abspath(folder) or path.suffix != f".{output_format}" or not named_so:
         return None
     return path.name
@@ -1546,6 +1547,13 @@ def _free_name(image: str, path: Path, owners: dict[str, str]) -> str:
     return name.name
 
 
+def _stem_of(image: Path) -> str:
+    """What a map's name keeps of its image's: the name without its extension, nor the
+    '.ome' of an OME-TIFF or OME-Zarr (slide.ome.tif -> slide, not slide.ome)."""
+    stem = image.stem
+    return stem[:-4] if stem.lower().endswith(".ome") and len(stem) > 4 else stem
+
+
 def _format_of(image: Path) -> str:
     """What a map's name says of its image's format: 'jpg' of IMG_0001.JPG."""
     return image.suffix.lstrip(".").lower()
@@ -1562,12 +1570,12 @@ def _map_stem(image: str, siblings: dict[Path, list[str]]) -> str:
         except OSError:
             siblings[folder] = []
     namesakes = [name for name in siblings[folder]
-                 if name != path.name and Path(name).stem == path.stem and is_image_to_map(folder / name)]
+                 if name != path.name and _stem_of(Path(name)) == _stem_of(path) and is_image_to_map(folder / name)]
     if not namesakes:
-        return path.stem
+        return _stem_of(path)
     same_format = sorted(name for name in [*namesakes, path.name] if _format_of(Path(name)) == _format_of(path))
     place = same_format.index(path.name)
-    return f"{path.stem}_{_format_of(path)}" + (f"_{place + 1}" if place else "")
+    return f"{_stem_of(path)}_{_format_of(path)}" + (f"_{place + 1}" if place else "")
 
 
 def _check_distinct(images: Sequence[str], names: Sequence[str]) -> None:

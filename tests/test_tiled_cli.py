@@ -1097,6 +1097,8 @@ def test_many_images_sharing_a_stem_get_distinct_maps_whatever_the_batch(tmp_pat
     assert output_names(["a/slide.png", "a/slide.PNG", "a/slide.tif"], "maps", base=".") == [
         "maps/a/slide_png_2.npy", "maps/a/slide_png.npy", "maps/a/slide_tif.npy"]
     assert output_names(["a/slide.png"], "maps", base=".") == ["maps/a/slide_png_2.npy"], "whatever the batch"
+    (tmp_path / "b" / "scan.ome.tif").write_bytes(b"")
+    assert output_names(["b/scan.ome.tif"], "maps", "tif", base="b") == ["maps/scan.tif"], "not scan.ome.tif"
     with pytest.raises(Exception, match=r"b/slide.png and a/../b/slide.png would both write"):
         output_names(["b/slide.png", "a/../b/slide.png"], "maps")
 
