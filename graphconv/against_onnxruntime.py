@@ -115,23 +115,35 @@ def _session(ort, onnx_bytes: bytes, threads: int, profiled: bool = False):
         raise GraphconvError(f"onnxruntime could not load the model graphconv exports: {err}") from None
 
 
+REST = 0.05  # seconds each runtime rests before its turn (`_rested_run`)
+
+
 def _whole_runs(model, session, x: np.ndarray, device: str) -> tuple[float, float, int]:
-    """Median seconds of whole runs, graphconv's and onnxruntime's taken in turn, and how
-    many of each: as many as `median_profile` would take of graphconv's alone."""
+    """Median seconds of whole runs, graphconv's and onnxruntime's taken in turn
+    (`_rested_run`), and how many of each: as many as `median_profile` would take of
+    graphconv's alone."""
     feed = {session.get_inputs()[0].name: x}
     ours, theirs = [], []
     spent = 0.0
     while len(ours) < PROFILE_RUNS[1] and spent < 2 * PROFILE_SECONDS[1] and (
             len(ours) < PROFILE_RUNS[0] or spent < 2 * PROFILE_SECONDS[0]):
-        start = time.perf_counter()
-        model.run(x, device, full=True)
-        middle = time.perf_counter()
-        session.run(None, feed)
-        end = time.perf_counter()
-        ours.append(middle - start)
-        theirs.append(end - middle)
-        spent += end - start
+        ours.append(_rested_run(lambda: model.run(x, device, full=True)))
+        theirs.append(_rested_run(lambda: session.run(None, feed)))
+        spent += ours[-1] + theirs[-1]
     return float(np.median(ours)), float(np.median(theirs)), len(ours)
+
+
+def _rested_run(run) -> float:
+    """Seconds of run() after a REST and one untimed run() of its own: the steady state
+    of a runtime mapping tile after tile. Taken straight after onnxruntime's turn, whose
+    worker threads spin on after a run (its default) and so held the cores, a 14 ms
+    graphconv run measured 22-27 ms (2x onnxruntime, where it takes 1.1-1.7x); the
+    untimed run wakes numba's workers, asleep after the rest."""
+    time.sleep(REST)
+    run()
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
 
 
 def _layer_times(session, feed: dict, runs: int, graph) -> tuple[dict[str, float], dict[str, float]]:
