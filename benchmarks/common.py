@@ -57,7 +57,22 @@ def machine() -> str:
     if flags:
         present = set(flags.group(1).split())
         vector = "AVX-512" if "avx512f" in present else "AVX2" if "avx2" in present else ""
-    return ", ".join(part for part in (name.group(1).strip() if name else "", vector, arch) if part)
+    model = name.group(1).strip() if name else ""
+    core = _core_name()
+    if core and model and core not in model:  # a VM's "AMD EPYC" says nothing of Zen 4 or Zen 5
+        model = f"{model} ({core})"
+    return ", ".join(part for part in (model, vector, arch) if part)
+
+
+def _core_name() -> str:
+    """The core LLVM compiles numba's kernels for ("znver4", "znver5", "sapphirerapids"):
+    a Zen 4 runs a 16-lane FMA as two halves where a Zen 5 runs it whole, and the same
+    VM's "AMD EPYC" ran graphconv's AVX-512 kernels half as fast on the one as the other."""
+    try:
+        from llvmlite import binding
+        return binding.get_host_cpu_name()
+    except Exception:  # no llvmlite (numba not installed): the model name alone
+        return ""
 
 
 def pin_threads(threads: int | None) -> int:
