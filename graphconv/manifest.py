@@ -195,9 +195,11 @@ class Manifest:
         if row is None or row["status"] != "failed" or not row.get("failed_with"):
             return None
         try:
-            return row["error"] if json.loads(row["failed_with"]) == json.loads(json.dumps(attempt)) else None
+            recorded, expected = json.loads(row["failed_with"]), json.loads(json.dumps(attempt))
         except ValueError:
             return None
+        alike = isinstance(recorded, dict) and all(recorded.get(key) == value for key, value in expected.items())
+        return row["error"] if alike else None
 
     def wrote(self, output: str) -> bool:
         """Whether graphconv wrote the file now at `output`, as it is now."""
