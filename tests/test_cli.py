@@ -2257,7 +2257,7 @@ def test_a_heatmap_draws_each_cell_on_its_crop_where_the_map_s_georeference_puts
     assert run_cli("compile", write_spec(OFF_CENTRE), "-o", tmp_path / "m") == 0
     drawn = []
     save = images.save_picture
-    monkeypatch.setattr(images, "save_picture", lambda picture, path, fmt=None: save(picture, path, fmt)
+    monkeypatch.setattr(images, "save_picture", lambda picture, path, fmt=None, settings=None: save(picture, path, fmt, settings)
                         or drawn.append(picture))
     assert run_cli("run", tmp_path / "m", "--image", tmp_path / "pic.png", "--output", tmp_path / "map.npy",
                    "--heatmap", 0, "--heatmap-range", "map", "--heatmap-opacity", 1) == 0
