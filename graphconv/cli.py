@@ -453,7 +453,8 @@ def _add_run_heatmap_options(group) -> None:
                             "file has it), or 'top': the best class of each cell")
     group.add_argument("--heatmap-out", type=_path, metavar="FILE",
                        help="the heatmap image, in the format its extension names (.png, .jpg, ...; default: "
-                            "<image name>-heatmap-<class>.png beside --output, else in the current folder)")
+                            "<output name>-heatmap-<class>.png beside --output, else <image name>-heatmap-"
+                            "<class>.png in the current folder)")
     group.add_argument("--heatmap-range", type=_heatmap_range, default="auto", metavar="auto|map|LOW,HIGH",
                        help="the colour scale: 'map' stretches this map's min..max, LOW,HIGH is fixed; "
                             "'auto' (default) is 0..1 for probabilities (a softmax's or a sigmoid's output), "
@@ -1852,8 +1853,10 @@ def _write_map_file(args: argparse.Namespace, model, out: np.ndarray, cells) -> 
 
 
 def _heatmap_path(args: argparse.Namespace) -> str | None:
-    """Where --heatmap writes, checked before any work: --heatmap-out, else
-    <image stem>-heatmap-<class>.png beside --output or in the current folder."""
+    """Where --heatmap writes, checked before any work: --heatmap-out, else the map's
+    <--output stem>-heatmap-<class>.png beside it (named after the image, two models'
+    maps of one photo into one folder replaced each other's heatmap, unsaid), without
+    --output <image stem>-heatmap-<class>.png in the current folder."""
     if args.heatmap is None:
         if (args.heatmap_out or args.heatmap_range != "auto" or args.heatmap_opacity is not None
                 or args.heatmap_bands):
@@ -1874,8 +1877,8 @@ def _heatmap_path(args: argparse.Namespace) -> str | None:
     if not path:
         if isinstance(args.heatmap, str) and args.heatmap != "top":
             return None  # a class's name: the file is named once the labels have it (cmd_run)
-        folder = Path(args.output).parent if args.output else Path(".")
-        path = str(folder / f"{Path(args.image).stem}-heatmap-{heatmap_tag(args)}.png")
+        named_after = Path(args.output) if args.output else Path(Path(args.image).name)
+        path = str(named_after.with_name(f"{named_after.stem}-heatmap-{heatmap_tag(args)}.png"))
     images.heatmap_format(path)
     return path
 

@@ -793,7 +793,8 @@ def test_seeded_weights_are_announced_once_on_stderr_by_every_command(tmp_path):
 
 
 def test_heatmaps_name_their_class_show_their_scale_and_take_the_format_of_their_name(tmp_path):
-    """The digit model: a heatmap goes beside the image's name by default, says what its
+    """The digit model: a heatmap is named after the image by default (after the map
+    with --output: two models' maps of one photo kept each other's heatmaps), says what its
     colours mean (probabilities on a fixed 0..1), and is a JPEG when called .jpg;
     `--heatmap top` draws the best class of each cell."""
     pytest.importorskip("PIL")
@@ -807,7 +808,7 @@ def test_heatmaps_name_their_class_show_their_scale_and_take_the_format_of_their
     result = graphconv_cli("run", tmp_path / "m", "--image", page, "--heatmap", "top",
                            "--output", tmp_path / "out" / "scores.npy", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert Image.open(tmp_path / "out" / "digits_page-heatmap-top.png").size[0] > 400  # page + legend
+    assert Image.open(tmp_path / "out" / "scores-heatmap-top.png").size[0] > 400  # page + legend
     result = graphconv_cli("run", tmp_path / "m", "--image", page, "--heatmap", 7, "--heatmap-range", "map",
                            "--heatmap-out", tmp_path / "seven.jpg")
     assert result.returncode == 0, result.stderr
@@ -1522,7 +1523,7 @@ def test_classes_are_named_as_the_labels_file_names_them(digits_fcn, tmp_path, c
                        "--heatmap", heatmap, "--output", tmp_path / f"{heatmap}.npy") == 0
     assert np.array_equal(np.load(tmp_path / "10.npy"), np.load(tmp_path / "Background.npy"))
     assert run_cli("run", digits_fcn, "--image", page, "--heatmap", "background", "--output", tmp_path / "m.npy") == 0
-    assert (tmp_path / "digits_page-heatmap-background.png").exists(), "named by the label, as the labels file spells it"
+    assert (tmp_path / "m-heatmap-background.png").exists(), "named by the label, as the labels file spells it"
     capsys.readouterr()
     assert run_cli("run", digits_fcn, "--image", page, "--heatmap", "backgruond") == 2
     assert "--heatmap 'backgruond': no class of that name: did you mean 'background'?" in capsys.readouterr().err

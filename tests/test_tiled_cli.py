@@ -207,7 +207,7 @@ def test_cli_heatmap_of_a_tiled_run_from_a_reduced_map(model_dir, picture, tmp_p
     ok = graphconv("run", model_dir, "--image", picture / "tiled.tif", "--reduce", "argmax", "--heatmap", "top",
                    "--output", tmp_path / "classes.npy")
     assert ok.returncode == 0, ok.stderr
-    assert (tmp_path / "tiled-heatmap-top.png").exists()
+    assert (tmp_path / "classes-heatmap-top.png").exists()
     for extra, message in ((["--reduce", "argmax"], "which --reduce argmax does not keep"),
                            (["--classes", "1,2"], "--heatmap 3: that class is not among --classes 1,2")):
         refused = graphconv("run", model_dir, "--image", picture / "tiled.tif", "--heatmap", "3", *extra,
