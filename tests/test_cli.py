@@ -1513,6 +1513,17 @@ def test_a_class_name_two_labels_share_is_refused_naming_both():
         class_index("CRANE", labels, "--heatmap")
 
 
+def test_a_run_that_keeps_nothing_says_how_to_keep_the_map(digits_fcn, tmp_path, capsys):
+    """`run MODEL --image x.png` computed the map, printed its shape and kept nothing,
+    with no word of --output (a newcomer's first run)."""
+    page = ROOT / "examples" / "digits_page.png"
+    assert run_cli("run", digits_fcn, "--image", page) == 0
+    assert "the map was not saved: --output MAP.npy writes it" in capsys.readouterr().err
+    for keeps in (["--output", tmp_path / "m.npy"], ["--top", "3"]):
+        assert run_cli("run", digits_fcn, "--image", page, *keeps) == 0
+        assert "not saved" not in capsys.readouterr().err
+
+
 def test_classes_are_named_as_the_labels_file_names_them(digits_fcn, tmp_path, capsys):
     """--heatmap tumour and --classes tumour,stroma were refused ('expected an integer')
     though the model's labels were loaded; a misspelt name is told the nearest."""
