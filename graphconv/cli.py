@@ -1821,8 +1821,9 @@ def _deliver(args: argparse.Namespace, model, out: np.ndarray, picture: np.ndarr
     if args.output:
         print(f"-> {args.output}")
     elif args.heatmap is None and not args.top and not args.profile:  # a newcomer's first run kept nothing, unsaid
+        drawn = ", --heatmap K draws it over the image" if args.image else ""
         note("note: the map was not saved: --output MAP.npy writes it (MAP.tif or MAP.zarr with where its cells "
-             "stand), --heatmap K draws it over the image, --top K prints its best classes")
+             f"stand){drawn}, --top K prints its best classes")
     return 0
 
 
