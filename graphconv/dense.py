@@ -791,7 +791,7 @@ def changing_passes(classifier: Model, pipeline: str, crops: np.ndarray, toleran
     for name, options in parse_pipeline(pipeline):
         whole_input_layers = _whole_input_layers(graph)
         graph = PassManager([(name, options)]).run(graph)
-        model = Model(graph)
+        model = Model(graph, as_written=True)
         after = _flat(model, _as_its_input(model, classifier, crops), device)
         diff = float(_abs_difference(after, before).max()) if after.shape == before.shape else float("inf")
         if diff > tolerance:
@@ -1217,6 +1217,7 @@ def _same_network(original, compiled) -> tuple[Model, Model]:
     refused (a numpy shape error came out of the comparison)."""
     from graphconv.compiler import source_graph
     original, compiled = (m if isinstance(m, Model) else Model(source_graph(m)) for m in (original, compiled))
+    original = Model(original.graph, as_written=True)  # the reference the passes are checked against
     if original.segmentation or compiled.segmentation:
         raise GraphconvError(NOTHING_TO_VERIFY_IN_SEGMENTATION)
     for what, before, after in (("crops", original.crop_shape, compiled.crop_shape),

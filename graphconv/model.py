@@ -31,8 +31,12 @@ class Model:
     the receptive field) is kept while `graph.version` stays the same, and worked out
     again after any edit, so an edited graph runs as edited."""
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, *, as_written: bool = False):
+        """`as_written`: run the graph's layers exactly as they are, where a graph not
+        compiled otherwise runs after the passes that keep its function
+        (`runnable_graph`): what `verify` checks the passes against."""
         self.graph = graph
+        self.as_written = as_written
         self._derived: dict = {}
         self._derived_version: int | None = None
         self._warned: set = set()  # the warnings given, for `warn_caller` to give once per line and model
@@ -72,10 +76,10 @@ class Model:
         """Pickled and deep-copied as its graph alone: what it derived (executors bound to
         kernels, plans, buffers, a lock) is rebuilt on the next run, so a model that ran
         can go to a spawn pool, joblib or Dask."""
-        return {"graph": self.graph}
+        return {"graph": self.graph, "as_written": self.as_written}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["graph"])
+        self.__init__(state["graph"], as_written=state.get("as_written", False))
 
     def _cache(self) -> dict:
         """What was derived from the graph at its current version."""
@@ -528,10 +532,30 @@ class Model:
         channels-last`) is its own, and the model's graph stays as the user left it."""
         executors = self._cache().setdefault("executors", {})
         if device not in executors:
-            executors[device] = Executor(self.graph, device)
-            if _warn_of_cold_kernels(self.graph, executors[device].device):
+            graph = self.runnable_graph()
+            executors[device] = Executor(graph, device)
+            if _warn_of_cold_kernels(graph, executors[device].device):
                 self._cache()["compiling_foreseen"] = True
         return executors[device]
+
+    def runnable_graph(self) -> Graph:
+        """The graph the executors run. A compiled one as it is (its pipeline is the
+        user's choice), and one made `as_written`; one not compiled after the passes that keep it the same function
+        (`CLASSIFIER_PIPELINE`: pads and batch norm folded, activations and residual adds
+        fused), as onnxruntime optimises a model when it loads it. Run as loaded, a
+        network imported from ONNX ran its layers one by one: an inverted-residual block
+        at 224x224 24 ms against 15 ms (session 96). A graph those passes refuse runs as
+        it is, to fail, where it does, with the executor's own error."""
+        if self.graph.meta.get("compiled") or self.as_written:
+            return self.graph
+
+        def optimised() -> Graph:
+            from graphconv.pass_manager import CLASSIFIER_PIPELINE, PassManager
+            try:
+                return PassManager(CLASSIFIER_PIPELINE).run(self.graph)
+            except GraphconvError:
+                return self.graph
+        return self.derived("runnable graph", optimised)
 
     def release_memory(self) -> None:
         """Let go of what its executors keep between runs for reuse (`Executor.release_memory`)."""

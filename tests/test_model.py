@@ -314,6 +314,38 @@ def test_running_a_model_leaves_the_callers_graph_as_it_was(rng):
     assert not any("layout" in node.annotations for node in graph.layers())
 
 
+BATCHNORM_NET = """
+name: bn
+task: segmentation
+input: {shape: [3, 16, 16]}
+layers:
+  - {name: pad, op: pad, padding: 1}
+  - {name: conv, op: conv, out_channels: 6, kernel_size: 3}
+  - {name: bn, op: batchnorm}
+  - {name: relu, op: relu}
+  - {name: out, op: conv, out_channels: 2, kernel_size: 1}
+"""
+
+
+def test_a_model_not_compiled_runs_after_the_passes_that_keep_its_function(write_spec, rng):
+    """As onnxruntime optimises a model it loads: pad and batch norm folded, the relu
+    fused; the caller's graph untouched, the output that of the layers as written; a
+    compiled model and one made `as_written` (verify's reference) run their own graph."""
+    model = graphconv.load(write_spec(BATCHNORM_NET))
+    model.graph.set_weights("bn", running_mean=rng.standard_normal(6).astype(np.float32),
+                            running_var=rng.uniform(0.5, 2, 6).astype(np.float32))
+    as_written = graphconv.Model(model.graph, as_written=True)
+    assert [node.op for node in model.runnable_graph().layers()] == ["conv", "conv"]
+    assert [node.op for node in model.graph.layers()] == ["pad", "conv", "batchnorm", "relu", "conv"]
+    assert as_written.runnable_graph() is model.graph
+    x = random_input(rng, (2, 3, 23, 19))
+    np.testing.assert_allclose(model.run(x), as_written.run(x), rtol=1e-5, atol=1e-5)
+    compiled = graphconv.compile_model(model.graph, passes="shape-inference")
+    assert compiled.runnable_graph() is compiled.graph
+    import pickle
+    assert pickle.loads(pickle.dumps(as_written)).as_written
+
+
 # ---- memory: run refuses what does not fit, before allocating ---------------------------------------
 
 @pytest.fixture
