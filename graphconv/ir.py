@@ -38,6 +38,7 @@ from graphconv.errors import GraphconvError, Location, agreeing, nearest, shown
 from graphconv.ops import get_op
 
 INPUT_OP = "input"
+FUSED_LAYERS = "fused_layers"  # the annotation a fused block keeps of the layers it took in, first to last
 
 
 class UnknownNodeError(GraphconvError, KeyError):

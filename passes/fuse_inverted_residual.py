@@ -23,12 +23,11 @@ import os
 
 import numpy as np
 
-from graphconv.ir import Graph, Node
+from graphconv.ir import FUSED_LAYERS, Graph, Node
 from graphconv.ops.conv import is_depthwise
 from graphconv.pass_manager import register_pass
 
 ENABLED = os.environ.get("GRAPHCONV_FUSE_BLOCKS", "1") != "0"
-FUSED_LAYERS = "fused_layers"  # the annotation naming the layers a block took in, first to last
 
 
 @register_pass("fuse-inverted-residual", "make each 1x1 conv -> depthwise conv -> 1x1 conv chain one "

@@ -14,7 +14,8 @@ from conftest import SPECS, graphconv_in_process
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from graphconv.against_onnxruntime import Comparison, compare_with_onnxruntime, layer_of  # noqa: E402
+import graphconv  # noqa: E402
+from graphconv.against_onnxruntime import Comparison, _onto_rows, compare_with_onnxruntime, layer_of  # noqa: E402
 from graphconv.compiler import compile_model  # noqa: E402
 from graphconv.errors import GraphconvError  # noqa: E402
 from graphconv.profiling import format_profile  # noqa: E402
@@ -74,6 +75,37 @@ def test_a_layer_onnxruntime_fused_into_the_next_is_compared_with_it(digits):
     rows = {line.split()[0]: line for line in table.splitlines()}
     assert re.search(r"\s-$", rows[first])
     assert re.search(r"\s1\.50\s+2\.00\s+\(with 1 above\)$", rows[second])  # (1 + 2 ms) / 1.5 ms
+
+
+BLOCK_NET = """
+name: block
+task: segmentation
+input: {shape: [4, 16, 16]}
+layers:
+  - {name: pad, op: pad, padding: 1}
+  - {name: stem, op: conv, out_channels: 8, kernel_size: 3}
+  - {name: stem_bn, op: batchnorm}
+  - {name: expand, op: conv, out_channels: 16, kernel_size: 1}
+  - {name: expand_relu, op: relu}
+  - {name: dw, op: conv, out_channels: 16, kernel_size: 3, padding: 1, groups: 16}
+  - {name: dw_relu, op: relu}
+  - {name: project, op: conv, out_channels: 8, kernel_size: 1}
+"""
+
+
+def test_onnxruntime_s_times_go_to_the_layers_graphconv_fused_them_into(write_spec):
+    """The executor runs a model as loaded with its pad and batch norm folded, its
+    activations fused and the 1x1 -> depthwise -> 1x1 chain one inverted_residual layer:
+    each layer's onnxruntime time goes to the row that computed it, none is lost."""
+    model = graphconv.load(write_spec(BLOCK_NET))
+    ran = model.executor("cpu").graph
+    assert [(node.name, node.op) for node in ran.layers()] == [("stem", "conv"), ("project", "inverted_residual")]
+    exported = {node.name: 0.001 * 2 ** i for i, node in enumerate(model.graph.layers())}
+    onto = _onto_rows(exported, model.graph, ran)
+    assert onto == pytest.approx({"stem": 0.001 * (1 + 2 + 4), "project": 0.001 * (8 + 16 + 32 + 64 + 128)})
+    x = np.random.default_rng(0).standard_normal((1, 4, 20, 24), dtype=np.float32)
+    compared = compare_with_onnxruntime(model, x, "cpu", 1, "block.yaml")
+    assert set(compared.layers) <= {"stem", "project"} and compared.layers.get("project", 0) > 0
 
 
 def test_onnxruntime_s_own_nodes_have_a_row_and_count_in_its_total(digits):
