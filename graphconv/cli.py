@@ -2236,10 +2236,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     args.profile = args.profile or args.against is not None
     model = load_model(args, args.model) if args.profile else load_model_for_table(args)
     hw = image_hw = _size_as_run_reads(args, model) or (tuple(args.input_size) if args.input_size else None)
-    if hw is not None:  # a segmentation network runs a size its strides do not divide padded, and so is it shown
+    if hw is not None:  # the size the network runs the image at (padded, or its top-left part), and so is it shown
         for said in model.size_notes(*hw):
             note(said)
-        hw = model.padded_hw(*hw) or hw
+        hw = model.padded_hw(*hw) or model.trimmed_hw(*hw) or hw
     size = hw or model.crop_shape[1:]
     if args.profile:
         check_run_fits(model.graph, 1, size, f"profiling at {size[0]}x{size[1]}")

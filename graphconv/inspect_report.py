@@ -13,7 +13,8 @@ from graphconv.text_table import text_table
 def inspect_report(model: Model, input_hw: tuple[int, int] | None = None,
                    scales: list[int] | None = None, image_hw: tuple[int, int] | None = None) -> str:
     """The table at `input_hw`; `image_hw` the image's own size where a segmentation
-    network runs it padded to `input_hw` (`Model.padded_hw`): its map is cut back to it."""
+    network runs it padded to `input_hw` (`Model.padded_hw`): its map is cut back to it;
+    or where a classifier runs its top-left `input_hw` (`Model.trimmed_hw`)."""
     graph = model.graph
     c, hc, wc = model.crop_shape
     hw = input_hw or (hc, wc)
@@ -85,9 +86,14 @@ def _layer_row(graph, row, fields: dict, whole: set[str], beyond_crop: set[str],
 
 def _score_map_line(model: Model, hw: tuple[int, int], image_hw: tuple[int, int] | None) -> str:
     """"score map: RxC cells at output stride S", of the image's own size where a
-    segmentation network runs it padded (its map cut back)."""
+    segmentation network runs it padded (its map cut back), or a classifier its top-left
+    part (`Model.trimmed_hw`)."""
     rows_stride, cols_stride = model.output_stride
     rows, cols = model.map_size(*hw)
+    if image_hw is not None and hw[0] <= image_hw[0] and hw[1] <= image_hw[1] and tuple(image_hw) != tuple(hw):
+        return (f"score map: {rows}x{cols} cells at output stride {rows_stride}x{cols_stride}, computed on the "
+                f"image's top-left {hw[0]}x{hw[1]}: the network's branches meet on that size, and the pixels past "
+                "it lie in no cell's crop")
     if image_hw is not None and tuple(image_hw) != tuple(hw):
         return (f"score map: {image_hw[0]}x{image_hw[1]} cells at output stride {rows_stride}x{cols_stride} "
                 f"(of the {rows}x{cols} computed on the padded input, cut back to the image)")

@@ -278,7 +278,8 @@ class Model:
 
         if self.segmentation and self.padded_hw(height, width) is not None:
             return height, width  # the map of the padded image, cut back to the image's pixels
-        _, full_rows, full_cols = infer_shapes(self.graph, (height, width), check_weights=False)[self.graph.output.name]
+        run_hw = self.trimmed_hw(height, width) or (height, width)
+        _, full_rows, full_cols = infer_shapes(self.graph, run_hw, check_weights=False)[self.graph.output.name]
         if self.segmentation:
             self._check_labels_line_up(height, width, (full_rows, full_cols))
             return full_rows, full_cols
@@ -337,6 +338,34 @@ class Model:
         rows = next((h for h in range(height, height + 257) if lines_up(h, wc)), None)
         cols = next((w for w in range(width, width + 257) if lines_up(hc, w)), None)
         return (rows, cols) if rows and cols and lines_up(rows, cols) else None
+
+    def trimmed_hw(self, height: int, width: int) -> tuple[int, int] | None:
+        """The top-left part of an image of height x width that a sliding classifier
+        whose branches meet on some sides only (`shapes.fitting_sizes`: an upsampled
+        branch added to a finer one meets it on sides 8k..8k+1 or 8k+6..8k+7) runs the
+        image at: each side they do not meet on cut to the largest one they do, which
+        still holds every crop of the crop grid (`map_size`). The pixels cut lie in no
+        crop, so the map is the same, and for an unpadded network exact: it was refused
+        for sides that only added rows no cell is made of. None where the image's sides
+        fit, for a segmentation network (`padded_hw`) and a classifier as written, and
+        where no such part exists (the shape error then says what to do)."""
+        if self.segmentation or self.returns_vectors:
+            return None
+        return self.derived(f"trimmed size {height}x{width}", lambda: self._largest_fitting_part(height, width))
+
+    def _largest_fitting_part(self, height: int, width: int) -> tuple[int, int] | None:
+        from graphconv.shapes import fitting_sizes
+
+        sizes = self.derived("fitting sizes", lambda: fitting_sizes(self.graph))
+        if sizes is None or (sizes.fits(height, 0) and sizes.fits(width, 1)):
+            return None
+        _, hc, wc = self.crop_shape
+        if height < hc or width < wc:
+            return None
+        crops_end = [(cells - 1) * stride + crop for cells, stride, crop
+                     in zip(self.map_size(height, width), self.output_stride, (hc, wc))]
+        part = tuple(sizes.last_fit(side, axis) for axis, side in enumerate((height, width)))
+        return part if all(part[a] >= crops_end[a] for a in (0, 1)) else None
 
     def padding_note(self, height: int, width: int) -> str | None:
         """The note a run gives for an image `padded_hw` pads; None for one it does not."""
@@ -669,6 +698,8 @@ class Model:
                     self.derived(f"output size {image_hw}", lambda: self.output_hw(*image_hw))
         if padded is not None:
             batch = padded_batch(batch, padded)
+        elif not full and (trimmed := self.trimmed_hw(*image_hw)):
+            batch = batch[:, :, :trimmed[0], :trimmed[1]]
         self.check_memory(batch.shape[0], batch.shape[2:], hint=lambda: self._memory_hint(batch.shape[0], image_hw))
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         out = self.executor(device).run(batch, profile)
@@ -692,7 +723,7 @@ class Model:
         from graphconv.memory import check_fits, memory_limit, run_estimate
 
         hw = (int(input_hw[0]), int(input_hw[1]))
-        hw = self.padded_hw(*hw) or hw  # the size a segmentation network runs the image at
+        hw = self.padded_hw(*hw) or self.trimmed_hw(*hw) or hw  # the size the network runs the image at
         estimate = self.derived(f"run estimate {images}x{hw}", lambda: run_estimate(self.graph, images, hw))
         if estimate > memory_limit():
             check_fits(estimate, f"running {self.graph.name} on {counted(images, 'image')} of "

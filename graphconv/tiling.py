@@ -188,6 +188,10 @@ class DenseGrid:
         """The size a segmentation network runs the image at (`Model.padded_hw`), or None."""
         return self.model.padded_hw(*image_hw)
 
+    def trimmed_hw(self, image_hw: tuple[int, int]) -> tuple[int, int] | None:
+        """The part of the image a classifier runs at (`Model.trimmed_hw`), or None."""
+        return self.model.trimmed_hw(*image_hw)
+
     def run(self, x: np.ndarray, device: str) -> np.ndarray:
         """The map of an input box, uncut: cell (0, 0) is the first whose field starts in it."""
         return self.model.executor(device).run(x)
@@ -240,6 +244,9 @@ class CropGrid:
 
     def padded_hw(self, image_hw: tuple[int, int]) -> None:
         return None  # crops lie inside the image
+
+    def trimmed_hw(self, image_hw: tuple[int, int]) -> None:
+        return None  # the classifier runs on each crop alone
 
     def smallest_tile(self) -> tuple[int, int]:
         return self.field.size
@@ -352,6 +359,9 @@ def plan_tiles(model, image_hw: tuple[int, int], tile: int | Sequence[int]) -> T
         covering = tuple(max(side, padded[a]) if side >= image_hw[a] else side  # covers the image: the padding too
                          for a, side in enumerate(checked_tile(tile)))
         return _cut_to_image(plan_tiles(grid, padded, covering), tuple(image_hw), grid.map_hw(tuple(image_hw)))
+    trimmed = grid.trimmed_hw(tuple(image_hw))
+    if trimmed is not None:  # the part of the image the network runs at: the same cells, boxes inside it
+        return replace(plan_tiles(grid, trimmed, tile), image_hw=tuple(image_hw))
     if isinstance(grid, DenseGrid) and grid.whole_image_only:
         return _whole_image_plan(grid, image_hw, tile)
     tile_hw = check_tile_holds_a_cell(grid, tile, image_hw)

@@ -15,7 +15,7 @@ import pytest
 from graphconv.cli import DOT_HEAD, main
 from graphconv.errors import GraphconvError
 from conftest import ROOT, SPECS, graphconv_in_process
-from nets import GATED
+from nets import GATED, UNPADDED_BEFORE_UPSAMPLE
 
 
 def run_cli(*args):
@@ -225,6 +225,15 @@ def test_inspect_at_another_size_advises_fc_to_conv_only_for_a_network_that_can_
         assert rows["prob"][2] == "n/a" and "from 'fc3' on, outputs and MFLOP at 40x44 are n/a" in text
         conv_part = sum(float(rows[name][4]) for name in ("conv1", "relu1", "pool1", "conv2", "relu2", "pool2"))
         assert float(rows["total"][2]) == pytest.approx(conv_part, abs=0.2)
+
+
+def test_inspect_of_a_side_the_branches_do_not_meet_on_shows_the_part_run_maps(write_spec, capsys, tmp_path):
+    assert run_cli("compile", write_spec(UNPADDED_BEFORE_UPSAMPLE), "-o", tmp_path / "m") == 0
+    capsys.readouterr()
+    assert run_cli("inspect", tmp_path / "m", "--input-size", 60, 61) == 0
+    out = capsys.readouterr().out
+    assert "input 2x59x61" in out and "score map: 20x21 cells at output stride 2x2, computed on the image's top-left " \
+        "59x61: the network's branches meet on that size, and the pixels past it lie in no cell's crop" in out
 
 
 def test_inspect_of_an_image_of_billions_of_pixels_counts_exactly(tmp_path, capsys):

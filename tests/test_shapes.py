@@ -109,8 +109,43 @@ def test_tiles_start_on_the_lattice_of_a_fractional_stride(write_spec, rng):
         np.testing.assert_array_equal(model.run_tiled(image, tile), whole)
 
 
-def test_an_image_of_a_side_that_does_not_fit_is_told_the_nearest_that_does(write_spec, rng):
-    model = graphconv.compile_model(write_spec(UNPADDED_BEFORE_UPSAMPLE))
+@pytest.mark.parametrize("size", [(60, 61), (62, 64), (59, 66)])
+def test_a_classifier_maps_an_image_its_branches_do_not_meet_on_from_its_top_left_part(write_spec, rng, size):
+    """The branches meet on sides 2k+1 only; the last row or column of an even side lies
+    in no crop, so the classifier runs the top-left part they meet on: the same crop
+    grid, each cell the classifier on its crop (the network is unpadded), whole or tiled.
+    It was refused, though the rows it refused for fed no cell."""
+    from graphconv.dense import crop_loop
+
+    classifier = graphconv.load(write_spec(UNPADDED_BEFORE_UPSAMPLE))
+    model = graphconv.compile_model(classifier.graph)
+    image = random_input(rng, (1, 2, *size))
+    part = tuple(side - 1 + side % 2 for side in size)
+    assert model.trimmed_hw(*size) == part and model.output_hw(*size) == model.map_size(*size)
+    whole = model.run(image)
+    assert whole.shape[2:] == model.map_size(*size)
+    np.testing.assert_array_equal(whole, model.run(image[:, :, :part[0], :part[1]]))
+    np.testing.assert_allclose(whole, crop_loop(classifier, image, (2, 2)), rtol=1e-5, atol=1e-5)
+    for tile in (26, 33):
+        np.testing.assert_array_equal(model.run_tiled(image, tile), whole)
+
+
+def test_a_padded_classifier_runs_the_largest_part_its_branches_meet_on(write_spec, rng):
+    model = compiled_classifier(write_spec, STRIDED_BRANCHES)
+    image = random_input(rng, (1, 1, 51, 63))
+    assert model.trimmed_hw(51, 63) == (50, 62) and model.trimmed_hw(50, 62) is None
+    whole = model.run(image)
+    np.testing.assert_array_equal(whole, model.run(image[:, :, :50, :62]))
+    np.testing.assert_array_equal(model.run_tiled(image, max(min_tile(model)) + 1), whole)
+
+
+def test_a_segmentation_network_on_a_side_that_does_not_fit_is_told_the_nearest_that_does(write_spec, rng):
+    """A segmentation network's map is everything it computes, so no row is dropped for
+    it: the error says which sides fit."""
+    spec = UNPADDED_BEFORE_UPSAMPLE.replace("layers:", "task: segmentation\nlayers:", 1).replace(
+        "  - {name: fc, op: fc, out_features: 3}\n", "")
+    model = graphconv.load(write_spec(spec))
+    assert model.trimmed_hw(60, 61) is None
     with pytest.raises(GraphconvError, match=r"layer 'a4'.*meet only on images of height 2k\+1 and width 2k\+1 "
                                              r"pixels \(k whole\): crop the image to one \(e.g. its top-left "
                                              r"59x61\) or resize it \(an --image: --resize 59 61\)"):
