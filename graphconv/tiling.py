@@ -202,7 +202,8 @@ class DenseGrid:
 
     def peak_bytes(self, tile_hw: tuple[int, int]) -> int:
         from graphconv.memory import run_estimate
-        return run_estimate(self.model.graph, 1, self.padded_hw(tuple(tile_hw)) or tile_hw)
+        tile_hw = tuple(tile_hw)
+        return run_estimate(self.model.graph, 1, self.padded_hw(tile_hw) or self.trimmed_hw(tile_hw) or tile_hw)
 
     def largest_useful_tile(self, image_hw: tuple[int, int]) -> int:
         """The tile that holds the whole map in one: the smallest tile (one cell's field, its

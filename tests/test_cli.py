@@ -236,6 +236,21 @@ def test_inspect_of_a_side_the_branches_do_not_meet_on_shows_the_part_run_maps(w
         "59x61: the network's branches meet on that size, and the pixels past it lie in no cell's crop" in out
 
 
+def test_run_maps_an_image_its_branches_do_not_meet_on_whole_or_tiled(write_spec, tmp_path, rng):
+    """A photo of even sides for a classifier whose branches meet on odd ones: both runs
+    map it (from its top-left 299x411), where both exited 2 with a shape error."""
+    from PIL import Image
+    Image.fromarray(rng.integers(0, 256, (300, 412, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
+    spec = write_spec(UNPADDED_BEFORE_UPSAMPLE.replace("shape: [2, 21, 21]", "shape: [3, 21, 21]"))
+    assert run_cli("compile", spec, "-o", tmp_path / "m") == 0
+    for name, tile in (("whole", []), ("tiled", ["--tile", 64])):
+        assert run_cli("run", tmp_path / "m", "--image", tmp_path / "photo.png", "--output",
+                       tmp_path / f"{name}.npy", *tile) == 0
+    whole = np.load(tmp_path / "whole.npy")
+    assert whole.shape == (1, 3, 140, 196)
+    np.testing.assert_array_equal(np.load(tmp_path / "tiled.npy"), whole)
+
+
 def test_inspect_of_an_image_of_billions_of_pixels_counts_exactly(tmp_path, capsys):
     """FLOP counts past int64 (a 4e9 x 4e9 image) overflowed to a negative count, whose
     logarithm crashed inspect with a traceback."""
