@@ -139,7 +139,10 @@ def test_dynamic_input_size_needs_the_crop(tmp_path, rng):
         load_network(path)
     graph = load_network(path, crop_size=(64, 64))
     assert graph.input_shape == (3, 64, 64)
-    with pytest.raises(GraphconvError, match="--crop-size"):
+    with pytest.raises(GraphconvError, match=r"gives width 40, but the model's input 'x' is fixed at (\d+), the "
+                       r"size it was exported at: leave out --crop-size to take \1x\d+ as the crop, or, where the "
+                       r"model was trained on 32x40 crops, export it again with a dynamic height and width "
+                       r"\(torch.onnx.export\(\.\.\., dynamic_axes=\{'x': \{2: 'height', 3: 'width'\}\}\)\)"):
         load_network(onnx_zoo_path_fixed(tmp_path), crop_size=(32, 40))
 
 

@@ -602,8 +602,13 @@ class Importer:
         crop_h, crop_w = self.crop_size
         for fixed_size, given, axis in ((height, crop_h, "height"), (width, crop_w, "width")):
             if fixed_size is not None and fixed_size != given:
+                keep = (f"leave out --crop-size to take {height}x{width} as the crop, or, " if height and width
+                        else "")
                 raise GraphconvError(f"--crop-size (crop_size=) gives {axis} {given}, but the model's input "
-                                     f"{shown(input_name)} is fixed at {fixed_size}", file=self.source)
+                                     f"{shown(input_name)} is fixed at {fixed_size}, the size it was exported at: "
+                                     f"{keep}where the model was trained on {crop_h}x{crop_w} crops, export it again with a dynamic "
+                                     f"height and width (torch.onnx.export(..., dynamic_axes={{"
+                                     f"{input_name!r}: {{2: 'height', 3: 'width'}}}}))", file=self.source)
         return crop_h, crop_w
 
     def _check_one_output(self) -> None:
