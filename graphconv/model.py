@@ -569,9 +569,9 @@ class Model:
 
     def runnable_graph(self) -> Graph:
         """The graph the executors run. A compiled one as it is (its pipeline is the
-        user's choice), and one made `as_written`; one not compiled after the passes that keep it the same function
-        (`CLASSIFIER_PIPELINE`: pads and batch norm folded, activations and residual adds
-        fused), as onnxruntime optimises a model when it loads it. Run as loaded, a
+        user's choice), and one made `as_written`; one not compiled after the passes that
+        keep it the same function (`CLASSIFIER_PIPELINE`: pads and batch norm folded,
+        activations and residual adds fused), as onnxruntime optimises a model it loads. Run as loaded, a
         network imported from ONNX ran its layers one by one: an inverted-residual block
         at 224x224 24 ms against 15 ms (session 96). A graph those passes refuse runs as
         it is, to fail, where it does, with the executor's own error."""

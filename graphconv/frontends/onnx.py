@@ -606,8 +606,8 @@ class Importer:
                         else "")
                 raise GraphconvError(f"--crop-size (crop_size=) gives {axis} {given}, but the model's input "
                                      f"{shown(input_name)} is fixed at {fixed_size}, the size it was exported at: "
-                                     f"{keep}where the model was trained on {crop_h}x{crop_w} crops, export it again with a dynamic "
-                                     f"height and width (torch.onnx.export(..., dynamic_axes={{"
+                                     f"{keep}where the model was trained on {crop_h}x{crop_w} crops, export it "
+                                     f"again with a dynamic height and width (torch.onnx.export(..., dynamic_axes={{"
                                      f"{input_name!r}: {{2: 'height', 3: 'width'}}}}))", file=self.source)
         return crop_h, crop_w
 
