@@ -126,14 +126,16 @@ def test_dilation_is_refused_and_shift_and_stitch_works(write_spec, rng):
     np.testing.assert_allclose(fine.run(image), crop_loop(classifier, image, (2, 2)), rtol=1e-5, atol=1e-5)
 
 
-def test_an_image_the_branches_cannot_meet_on_says_which_sizes_work(write_spec, rng):
+def test_an_image_the_branches_do_not_meet_on_runs_from_the_part_they_meet_on(write_spec, rng):
     """Three stride-2 convs padded by 1 make ceil(side / 8) cells: the branches meet on
-    sides of 8k and of 8k+7 alone (found, not assumed: a multiple of 8 was once the rule)."""
+    sides of 8k and of 8k+7 alone (found, not assumed: a multiple of 8 was once the rule).
+    A 70x75 image maps from its top-left 64x72, which holds every crop of its grid."""
     _, fcn = models(write_spec, BRANCHES)
     assert fitting_sizes(fcn.graph) == FittingSizes((8, 8), (frozenset({0, 7}), frozenset({0, 7})))
-    with pytest.raises(GraphconvError, match=r"layer 'fused'.*height 8k or 8k\+7 and width 8k or 8k\+7 pixels"
-                                             r".*--resize 64 72"):
-        fcn.run(random_input(rng, (1, 3, 70, 75)))
+    odd = random_input(rng, (1, 3, 70, 75))
+    assert fcn.trimmed_hw(70, 75) == (64, 72)
+    np.testing.assert_array_equal(fcn.run(odd), fcn.run(odd[:, :, :64, :72]))
+    np.testing.assert_array_equal(fcn.run_tiled(odd, 58), fcn.run(odd))
     image = random_input(rng, (1, 3, 71, 79))
     whole = fcn.run(image)
     for tile in (58, 63, 70):  # boxes grown to 8k or 8k+7 sides, or cut at the image's end
