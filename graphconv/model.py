@@ -353,10 +353,17 @@ class Model:
             return None
         return self.derived(f"trimmed size {height}x{width}", lambda: self._largest_fitting_part(height, width))
 
-    def _largest_fitting_part(self, height: int, width: int) -> tuple[int, int] | None:
+    @property
+    def fitting_sizes(self):
+        """The input sides the network's branches meet on (`shapes.fitting_sizes`; None:
+        any), worked out once per graph version: a ResNet-50's tries a period of sides
+        by shape inference, some 60 ms."""
         from graphconv.shapes import fitting_sizes
 
-        sizes = self.derived("fitting sizes", lambda: fitting_sizes(self.graph))
+        return self.derived("fitting sizes", lambda: fitting_sizes(self.graph))
+
+    def _largest_fitting_part(self, height: int, width: int) -> tuple[int, int] | None:
+        sizes = self.fitting_sizes
         if sizes is None or (sizes.fits(height, 0) and sizes.fits(width, 1)):
             return None
         _, hc, wc = self.crop_shape

@@ -46,7 +46,7 @@ from graphconv.errors import GraphconvError, counted, shown, warn_caller
 from graphconv.georef import EPSG_URL, is_zarr_path
 from graphconv.memory import FLOAT_BYTES, check_fits, format_size
 from graphconv.receptive import Field, receptive_fields
-from graphconv.shapes import FittingSizes, fitting_sizes
+from graphconv.shapes import FittingSizes
 
 
 class Source(Protocol):
@@ -169,10 +169,10 @@ class DenseGrid:
             return True
         return False
 
-    @cached_property
+    @property
     def sizes(self) -> FittingSizes | None:
-        """The box sides the network's branches meet on (`fitting_sizes`); None: any."""
-        return fitting_sizes(self.model.graph)
+        """The box sides the network's branches meet on (`Model.fitting_sizes`); None: any."""
+        return self.model.fitting_sizes
 
     def smallest_tile(self) -> tuple[int, int]:
         _check_slides(self.model.graph)
